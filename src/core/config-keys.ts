@@ -1,0 +1,131 @@
+import { invalidArgument } from './errors.ts';
+import type { RestartPolicy } from './types.ts';
+import { parseBytes } from './sizes.ts';
+
+/** Host facts that bound what a guest may ask for. */
+export interface HostCapacity {
+  memoryBytes: number;
+  cpus: number;
+}
+
+interface KeySpec {
+  /** Throws InvalidArgument when `value` is malformed or out of bounds. */
+  check(value: string, host: HostCapacity): void;
+  /** Whether a running guest can take a change of this key without a restart (driver permitting). */
+  live: boolean;
+  help: string;
+}
+
+const bool: KeySpec['check'] = (v) => {
+  if (v !== 'true' && v !== 'false') throw invalidArgument(`Expected true or false, got ${JSON.stringify(v)}`);
+};
+
+const MIN_MEMORY_BYTES = 8 * 1024 * 1024;
+
+const KEYS: Record<string, KeySpec> = {
+  'limits.memory': {
+    live: true,
+    help: 'memory limit, e.g. 256MiB',
+    check(v, host) {
+      const bytes = parseBytes(v, 'limits.memory');
+      if (bytes < MIN_MEMORY_BYTES) throw invalidArgument(`limits.memory=${v} is too small: give at least 8MiB`);
+      if (bytes > host.memoryBytes) {
+        throw invalidArgument(`limits.memory=${v} is more than the host's ${Math.floor(host.memoryBytes / 2 ** 20)}MiB`);
+      }
+    },
+  },
+  'limits.cpu': {
+    live: true,
+    help: 'number of CPUs the guest may use, e.g. 2 or 0.5',
+    check(v, host) {
+      if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) {
+        throw invalidArgument(`limits.cpu=${JSON.stringify(v)} is not a positive number of CPUs`);
+      }
+      if (Number(v) > host.cpus) throw invalidArgument(`limits.cpu=${v} is more than the host's ${host.cpus} CPUs`);
+    },
+  },
+  'limits.processes': {
+    live: true,
+    help: 'maximum number of processes, e.g. 500',
+    check(v) {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 4_194_304) {
+        throw invalidArgument(`limits.processes=${JSON.stringify(v)} is not a whole number between 1 and 4194304`);
+      }
+    },
+  },
+  'limits.disk': {
+    live: false,
+    help: 'root disk size, e.g. 2GiB',
+    check(v) {
+      parseBytes(v, 'limits.disk');
+    },
+  },
+  'boot.autostart': { live: true, help: 'start the guest when the daemon starts', check: bool },
+  'boot.restart_policy': {
+    live: true,
+    help: 'never, on-failure or always: what to do when the guest dies unasked',
+    check(v) {
+      if (!['never', 'on-failure', 'always'].includes(v)) {
+        throw invalidArgument(`boot.restart_policy=${JSON.stringify(v)} must be never, on-failure or always`);
+      }
+    },
+  },
+  'security.privileged': { live: false, help: 'run without a user namespace (root in the guest is root on the host)', check: bool },
+};
+
+const PREFIX_KEYS: Record<string, KeySpec> = {
+  'user.': { live: true, help: 'free-form user metadata', check() {} },
+  'environment.': { live: true, help: 'environment variable for exec', check() {} },
+};
+
+function specOf(key: string): KeySpec | undefined {
+  const exact = KEYS[key];
+  if (exact) return exact;
+  for (const [prefix, spec] of Object.entries(PREFIX_KEYS)) {
+    if (key.startsWith(prefix) && key.length > prefix.length) return spec;
+  }
+  return undefined;
+}
+
+/** Throws InvalidArgument for unknown keys or bad values; returns the config unchanged otherwise. */
+export function validateConfig(config: Record<string, string>, host: HostCapacity): Record<string, string> {
+  for (const [key, value] of Object.entries(config)) {
+    const spec = specOf(key);
+    if (!spec) throw invalidArgument(`Unknown configuration key ${JSON.stringify(key)}`);
+    if (typeof value !== 'string') throw invalidArgument(`The value of ${key} must be a string`);
+    spec.check(value, host);
+  }
+  return config;
+}
+
+/** Whether every changed key can be applied to a running guest. */
+export function isLiveKey(key: string): boolean {
+  return specOf(key)?.live ?? false;
+}
+
+/** Known keys with a line of help each, for `config` completion and docs. */
+export function configKeyHelp(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, s] of Object.entries(KEYS)) out[k] = s.help;
+  for (const [k, s] of Object.entries(PREFIX_KEYS)) out[`${k}*`] = s.help;
+  return out;
+}
+
+/** Typed reads of config values (already validated). */
+export const configValue = {
+  memoryBytes: (c: Record<string, string>): number | undefined =>
+    c['limits.memory'] ? parseBytes(c['limits.memory']) : undefined,
+  cpus: (c: Record<string, string>): number | undefined => (c['limits.cpu'] ? Number(c['limits.cpu']) : undefined),
+  processes: (c: Record<string, string>): number | undefined =>
+    c['limits.processes'] ? Number(c['limits.processes']) : undefined,
+  privileged: (c: Record<string, string>): boolean => c['security.privileged'] === 'true',
+  autostart: (c: Record<string, string>): boolean => c['boot.autostart'] === 'true',
+  restartPolicy: (c: Record<string, string>): RestartPolicy =>
+    (c['boot.restart_policy'] as RestartPolicy | undefined) ?? 'never',
+  environment: (c: Record<string, string>): Record<string, string> =>
+    Object.fromEntries(
+      Object.entries(c)
+        .filter(([k]) => k.startsWith('environment.'))
+        .map(([k, v]) => [k.slice('environment.'.length), v]),
+    ),
+};

@@ -1,0 +1,48 @@
+/**
+ * The closed set of error codes every layer speaks. Only `server/` turns them
+ * into HTTP status codes (see `httpStatusOf` in api/), once.
+ */
+export type ErrorCode =
+  | 'NotFound'
+  | 'AlreadyExists'
+  | 'InvalidArgument'
+  | 'FailedPrecondition'
+  | 'Conflict'
+  | 'Unavailable'
+  | 'NotSupported'
+  | 'Cancelled'
+  | 'Internal';
+
+/** A typed, user-facing error: `message` is one sentence saying what was wrong and what to do. */
+export class TrivisorError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = `TrivisorError(${code})`;
+  }
+}
+
+export const notFound = (message: string): TrivisorError => new TrivisorError('NotFound', message);
+export const alreadyExists = (message: string): TrivisorError => new TrivisorError('AlreadyExists', message);
+export const invalidArgument = (message: string): TrivisorError =>
+  new TrivisorError('InvalidArgument', message);
+export const failedPrecondition = (message: string): TrivisorError =>
+  new TrivisorError('FailedPrecondition', message);
+export const conflict = (message: string): TrivisorError => new TrivisorError('Conflict', message);
+export const unavailable = (message: string): TrivisorError => new TrivisorError('Unavailable', message);
+export const notSupported = (message: string): TrivisorError => new TrivisorError('NotSupported', message);
+export const cancelled = (message: string): TrivisorError => new TrivisorError('Cancelled', message);
+export const internal = (message: string, cause?: unknown): TrivisorError =>
+  new TrivisorError('Internal', message, { cause });
+
+export function isTrivisorError(e: unknown): e is TrivisorError {
+  return e instanceof TrivisorError;
+}
+
+/** Wraps anything thrown into a TrivisorError, keeping typed ones as they are. */
+export function asTrivisorError(e: unknown): TrivisorError {
+  if (e instanceof TrivisorError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return internal(message, e);
+}

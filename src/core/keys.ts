@@ -1,0 +1,13 @@
+/** Key layout of everything Trivisor keeps in the key-value store. */
+export const keys = {
+  guestPrefix: '/trivisor/guests/',
+  guest: (name: string): string => `/trivisor/guests/${name}`,
+  guestStatusPrefix: '/trivisor/guest-status/',
+  guestStatus: (name: string): string => `/trivisor/guest-status/${name}`,
+  imagePrefix: '/trivisor/images/',
+  image: (fingerprint: string): string => `/trivisor/images/${fingerprint}`,
+  imageAliasPrefix: '/trivisor/image-aliases/',
+  imageAlias: (alias: string): string => `/trivisor/image-aliases/${alias}`,
+  hostPrefix: '/trivisor/hosts/',
+  host: (name: string): string => `/trivisor/hosts/${name}`,
+} as const;

@@ -1,0 +1,139 @@
+/** The three models of server virtualization Trivisor runs side by side. */
+export type Model = 'ct' | 'pvm' | 'vm';
+export const MODELS: readonly Model[] = ['ct', 'pvm', 'vm'];
+
+/** What an administrator asks a guest to be. */
+export type DesiredState = 'Running' | 'Stopped' | 'Frozen';
+
+/** What a guest is observed to be (Incus's status names). */
+export type GuestStatusName = 'Running' | 'Stopped' | 'Frozen' | 'Error';
+
+/** Restart policy applied when a guest's init dies without being asked to. */
+export type RestartPolicy = 'never' | 'on-failure' | 'always';
+
+/**
+ * Desired state of one guest, stored at `keys.guest(name)`. Every change that the
+ * controller must act on bumps `generation`.
+ */
+export interface GuestSpec {
+  name: string;
+  project: string;
+  model: Model;
+  /** Fingerprint of the image the guest was made from. */
+  image: string;
+  /** What the user typed for the image (alias or fingerprint), for display. */
+  imageAlias: string;
+  /** Incus-style configuration keys (`limits.memory`, `boot.autostart`…), validated by core/config-keys. */
+  config: Record<string, string>;
+  desired: DesiredState;
+  generation: number;
+  /** Bumped by `restart`: the controller restarts the guest once per bump. */
+  restartRequest: number;
+  /** How long a requested stop waits for the guest's init before killing it. */
+  stopTimeoutMs: number;
+  /** Set by a forced stop: kill at once. */
+  stopForce: boolean;
+  /** Host that owns the guest. */
+  host: string;
+  createdAt: string;
+}
+
+/** Facts that identify a live guest process: a pid alone can be reused. */
+export interface ProcessIdentity {
+  pid: number;
+  /** Field 22 of /proc/PID/stat: clock ticks after boot when the process started. */
+  startTime: number;
+}
+
+/** Observed state of one guest, written by its host's controller at `keys.guestStatus(name)`. */
+export interface GuestStatus {
+  status: GuestStatusName;
+  /** `generation` of the spec this status answers. */
+  observedGeneration: number;
+  observedRestartRequest: number;
+  process?: ProcessIdentity;
+  startedAt?: string;
+  /** Why the guest is in Error, or why the last action failed. */
+  error?: string;
+  /** Incremented each time a restart policy restarted the guest. */
+  restartCount: number;
+  lastExitAt?: string;
+  /** True while the on-disk guest (root file system, bundle) exists. */
+  provisioned: boolean;
+}
+
+/** Live resource usage of a guest, read on demand from cgroups. */
+export interface GuestUsage {
+  memoryBytes: number;
+  memoryLimitBytes?: number;
+  cpuSeconds: number;
+  processes: number;
+}
+
+/** A guest as the API shows it: spec and status together. */
+export interface Guest {
+  name: string;
+  project: string;
+  model: Model;
+  status: GuestStatusName;
+  image: string;
+  imageAlias: string;
+  config: Record<string, string>;
+  host: string;
+  createdAt: string;
+  error?: string;
+  state: {
+    pid: number | null;
+    startedAt: string | null;
+    uptimeSeconds: number | null;
+    usage: GuestUsage | null;
+    restartCount: number;
+  };
+}
+
+/** Metadata of a stored image: a root file system tree shared read-only by its guests. */
+export interface ImageRecord {
+  fingerprint: string;
+  aliases: string[];
+  description: string;
+  os: string;
+  release: string;
+  architecture: string;
+  source: 'builtin' | 'debootstrap' | 'import';
+  sizeBytes: number;
+  createdAt: string;
+  /**
+   * Image properties the drivers read: `init` (JSON argv of the guest's init when
+   * not /sbin/init) and `stop.signal` (signal that asks init to power off).
+   */
+  properties: Record<string, string>;
+}
+
+export type OperationStatus = 'Pending' | 'Running' | 'Success' | 'Failure' | 'Cancelled';
+
+/** A long-running action (Incus's operation): listed, waited on, cancelled. */
+export interface Operation {
+  id: string;
+  description: string;
+  status: OperationStatus;
+  createdAt: string;
+  updatedAt: string;
+  /** 0..100 when known. */
+  progress: number | null;
+  progressText: string | null;
+  /** Resources the operation touches, e.g. `{ guests: ['/1.0/guests/web1'] }`. */
+  resources: Record<string, string[]>;
+  metadata: Record<string, unknown>;
+  mayCancel: boolean;
+  error: string | null;
+}
+
+/** One entry of the event stream (`/1.0/events`). */
+export interface TrivisorEvent {
+  type: 'lifecycle' | 'operation' | 'logging';
+  timestamp: string;
+  /** e.g. `guest-started`, `guest-stopped`, `image-created`. */
+  action?: string;
+  source?: string;
+  metadata: Record<string, unknown>;
+}

@@ -1,0 +1,98 @@
+import type { Readable, Writable } from 'node:stream';
+import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from '../core/types.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import type { Logger } from '../host/logger.ts';
+
+/** What a driver's probe found on this host. */
+export interface ProbeResult {
+  model: Model;
+  supported: boolean;
+  version: string;
+  /** Why it is unsupported, or caveats (e.g. "KVM hangs; using TCG"). */
+  warnings: string[];
+  details: Record<string, string>;
+}
+
+/** What a driver sees of the image a guest is made from. */
+export interface ImageHandle {
+  record: ImageRecord;
+  /** Path of the read-only root file system tree (owned by real root ids). */
+  rootfs: string;
+  /** The same tree with ownership shifted by `base` (for user-namespaced guests), made once and cached. */
+  shiftedRootfs(base: number): Promise<string>;
+}
+
+/** Observed state of a guest's processes on this host. */
+export interface RuntimeState {
+  state: 'running' | 'frozen' | 'stopped' | 'absent';
+  process?: ProcessIdentity;
+}
+
+export interface ExecOptions {
+  command: string[];
+  env: Record<string, string>;
+  cwd?: string;
+  tty: boolean;
+  /** Initial terminal size when tty. */
+  columns?: number;
+  rows?: number;
+  user?: number;
+  group?: number;
+}
+
+/** A running exec session: streams plus control. */
+export interface ExecSession {
+  stdin: Writable;
+  stdout: Readable;
+  /** null when tty (stderr is merged into the terminal). */
+  stderr: Readable | null;
+  resize(columns: number, rows: number): void;
+  signal(signal: NodeJS.Signals): void;
+  /** Exit code of the command (128+n when killed by signal n). */
+  exit: Promise<number>;
+}
+
+export interface StopOptions {
+  timeoutMs: number;
+  force: boolean;
+}
+
+/**
+ * One interface for the three models (Incus's instance drivers). Every method is
+ * idempotent where that makes sense; `create` must leave nothing behind when it
+ * fails. Where a driver cannot do something it throws NotSupported.
+ */
+export interface GuestDriver {
+  readonly model: Model;
+  probe(): Promise<ProbeResult>;
+  /** Driver-specific validation of a guest's config (on top of core/config-keys). */
+  validate(spec: GuestSpec): void;
+  /** Makes the guest's on-disk state (root file system, bundle). */
+  create(spec: GuestSpec, image: ImageHandle): Promise<void>;
+  /** Boots the guest; resolves once its init runs, with the identity of its top process. */
+  start(spec: GuestSpec, image: ImageHandle): Promise<ProcessIdentity>;
+  /** Asks init to power off, kills after `timeoutMs` (at once when `force`); resolves when gone. */
+  stop(spec: GuestSpec, options: StopOptions): Promise<void>;
+  freeze(spec: GuestSpec): Promise<void>;
+  unfreeze(spec: GuestSpec): Promise<void>;
+  /** Removes everything `create` and `start` made; the guest must be stopped. Idempotent. */
+  delete(spec: GuestSpec): Promise<void>;
+  /** What runs now; `known` is the identity recorded at start, checked against pid reuse. */
+  inspect(spec: GuestSpec, known: ProcessIdentity | undefined): Promise<RuntimeState>;
+  usage(spec: GuestSpec): Promise<GuestUsage>;
+  /** Applies live-changeable config to a running guest; returns keys that need a restart. */
+  update(spec: GuestSpec, changedKeys: string[]): Promise<string[]>;
+  exec(spec: GuestSpec, options: ExecOptions): Promise<ExecSession>;
+  /** Path of the guest's console log file. */
+  consoleLogPath(spec: GuestSpec): string;
+}
+
+/** What every driver is built with (injected by main.ts). */
+export interface DriverContext {
+  runner: ProcessRunner;
+  log: Logger;
+  /** Root of Trivisor's state (TRIVISOR_DIR). */
+  stateDir: string;
+  /** Host uid/gid that root in unprivileged guests maps to; 65536 ids from there. */
+  idmapBase: number;
+}

@@ -1,0 +1,119 @@
+import type { ExecSession } from '../drivers/guest-driver.ts';
+import type { Guest, ImageRecord, Model, Operation, TrivisorEvent } from '../core/types.ts';
+
+/** Body of `POST /1.0/guests`. */
+export interface CreateGuestRequest {
+  name: string;
+  /** Image alias or fingerprint (prefix). */
+  image: string;
+  model?: Model;
+  config?: Record<string, string>;
+  /** Start after creating (`launch`). */
+  start?: boolean;
+}
+
+/** Body of `PUT /1.0/guests/{name}/state`. */
+export interface StateChangeRequest {
+  action: 'start' | 'stop' | 'restart' | 'freeze' | 'unfreeze';
+  /** For stop/restart: seconds to wait for a clean shutdown before killing (default 30, -1 = forever). */
+  timeout?: number;
+  force?: boolean;
+}
+
+/** Body of `POST /1.0/guests/{name}/exec` (Incus's field names). */
+export interface ExecRequest {
+  command: string[];
+  environment?: Record<string, string>;
+  cwd?: string;
+  interactive?: boolean;
+  width?: number;
+  height?: number;
+  user?: number;
+  group?: number;
+}
+
+/** Progress reporting and cancellation handed to the work of an operation. */
+export interface OperationContext {
+  signal: AbortSignal;
+  progress(percent: number | null, text?: string): void;
+  setMetadata(metadata: Record<string, unknown>): void;
+}
+
+export interface OperationSpec {
+  description: string;
+  resources?: Record<string, string[]>;
+  mayCancel?: boolean;
+  /** The work; its resolved value is merged into the operation's metadata. */
+  run(ctx: OperationContext): Promise<Record<string, unknown> | undefined>;
+}
+
+/** Long actions as listable, waitable, cancellable operations (in memory, per daemon, as in Incus). */
+export interface OperationService {
+  start(spec: OperationSpec): Operation;
+  list(): Operation[];
+  /** NotFound for unknown ids. */
+  get(id: string): Operation;
+  /** Resolves when the operation ends or `timeoutMs` passes (then with its current state). */
+  wait(id: string, timeoutMs?: number): Promise<Operation>;
+  /** FailedPrecondition if it cannot be cancelled. */
+  cancel(id: string): Operation;
+}
+
+/** Fan-out of events to `/1.0/events` subscribers. */
+export interface EventBus {
+  publish(event: Omit<TrivisorEvent, 'timestamp'>): void;
+  /** Returns an unsubscribe function. */
+  subscribe(listener: (event: TrivisorEvent) => void, types?: TrivisorEvent['type'][]): () => void;
+}
+
+export interface GuestService {
+  list(options?: { withUsage?: boolean }): Promise<Guest[]>;
+  get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
+  /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
+  create(request: CreateGuestRequest): Promise<Operation>;
+  changeState(name: string, request: StateChangeRequest): Promise<Operation>;
+  delete(name: string, options?: { force?: boolean }): Promise<Operation>;
+  /** Sets and unsets config keys; applies live ones to a running guest; returns keys that wait for a restart. */
+  updateConfig(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<{ guest: Guest; pendingRestart: string[] }>;
+  /** Starts a command in a running guest. */
+  exec(name: string, request: ExecRequest): Promise<ExecSession>;
+  /** Path of the guest's console log (for `console --show-log` and following). */
+  consoleLogPath(name: string): Promise<string>;
+}
+
+export interface ImageService {
+  list(): Promise<ImageRecord[]>;
+  /** By alias or (unique prefix of) fingerprint; NotFound otherwise. */
+  get(ref: string): Promise<ImageRecord>;
+  /** `debian/bookworm` and friends, built with debootstrap, as an operation. */
+  build(request: { source: string; alias?: string }): Promise<Operation>;
+  /** Imports a root file system tarball already written to `tarballPath` (the service deletes it). */
+  importTarball(request: { tarballPath: string; alias: string }): Promise<Operation>;
+  /** FailedPrecondition while a guest uses it. */
+  delete(ref: string): Promise<void>;
+}
+
+/** Host-level facts for `/1.0` and metrics. */
+export interface HostService {
+  info(): Promise<{
+    name: string;
+    version: string;
+    stateDir: string;
+    kernel: string;
+    cpus: number;
+    memoryBytes: number;
+    drivers: Array<{ model: Model; supported: boolean; version: string; warnings: string[] }>;
+    store: string;
+  }>;
+  /** Prometheus exposition text. */
+  metrics(): Promise<{ contentType: string; body: string }>;
+}
+
+/** Everything the HTTP layer needs, injected by main.ts. */
+export interface Services {
+  guests: GuestService;
+  images: ImageService;
+  operations: OperationService;
+  events: EventBus;
+  host: HostService;
+}

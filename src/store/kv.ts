@@ -1,0 +1,102 @@
+/**
+ * The key-value store every piece of desired state and observed status lives in.
+ * It follows etcd's data model so that the SQLite, memory and etcd backends are
+ * interchangeable: one global revision bumped by every write, per-key
+ * create/mod revisions and version, compare-and-swap transactions, prefix
+ * listing, watches that can resume from a revision, and leases.
+ */
+export interface KeyValue {
+  key: string;
+  value: string;
+  /** Revision of the write that created the key (since its last deletion). */
+  createRevision: number;
+  /** Revision of the last write to the key. */
+  modRevision: number;
+  /** Number of writes since the key was created; 1 after the first put. */
+  version: number;
+  /** Lease the key is attached to, 0 if none. */
+  lease: number;
+}
+
+export type CompareTarget = 'value' | 'version' | 'createRevision' | 'modRevision';
+export type CompareOp = '=' | '!=' | '<' | '>';
+
+/** One condition of a transaction; a missing key has version, createRevision and modRevision 0 and no value. */
+export interface Compare {
+  key: string;
+  target: CompareTarget;
+  op: CompareOp;
+  value: string | number;
+}
+
+export type TxnOp =
+  | { type: 'put'; key: string; value: string; lease?: number }
+  | { type: 'delete'; key: string; prefix?: boolean }
+  | { type: 'get'; key: string; prefix?: boolean };
+
+export interface TxnRequest {
+  compare: Compare[];
+  success: TxnOp[];
+  failure?: TxnOp[];
+}
+
+/** Result of one op of a transaction, in order: the kvs of a `get`, the count of a `delete`, nothing for a `put`. */
+export type TxnOpResult = { type: 'put' } | { type: 'delete'; deleted: number } | { type: 'get'; kvs: KeyValue[] };
+
+export interface TxnResponse {
+  succeeded: boolean;
+  revision: number;
+  results: TxnOpResult[];
+}
+
+export interface WatchEvent {
+  type: 'put' | 'delete';
+  /** For a delete: the key with `modRevision` set to the deleting revision and an empty value. */
+  kv: KeyValue;
+  prevKv?: KeyValue;
+}
+
+/** A registered watch; `cancel()` stops delivery. */
+export interface Watcher {
+  cancel(): void;
+}
+
+export interface WatchOptions {
+  /** Also deliver (in order) every event with revision >= this one that happened before the watch began. */
+  fromRevision?: number;
+  /** Treat `key` as a prefix (default true). */
+  prefix?: boolean;
+}
+
+export interface ListOptions {
+  limit?: number;
+}
+
+export interface Lease {
+  id: number;
+  ttlSeconds: number;
+}
+
+export interface KvStore {
+  get(key: string): Promise<KeyValue | undefined>;
+  /** Keys starting with `prefix`, in key order, and the store revision they were read at. */
+  list(prefix: string, options?: ListOptions): Promise<{ kvs: KeyValue[]; revision: number }>;
+  put(key: string, value: string, options?: { lease?: number }): Promise<{ revision: number; prevKv?: KeyValue }>;
+  delete(key: string, options?: { prefix?: boolean }): Promise<{ revision: number; deleted: number }>;
+  /** Atomically: if every compare holds run `success`, else `failure`. */
+  txn(request: TxnRequest): Promise<TxnResponse>;
+  /**
+   * Calls `onEvents` with batches of events, each batch one revision, in
+   * revision order. Delivery is asynchronous and never reentrant.
+   */
+  watch(key: string, options: WatchOptions, onEvents: (events: WatchEvent[], revision: number) => void): Watcher;
+  /** The current revision. */
+  revision(): Promise<number>;
+  grantLease(ttlSeconds: number): Promise<Lease>;
+  /** Extends a lease to its full TTL again; NotFound if it expired or was revoked. */
+  keepAlive(leaseId: number): Promise<void>;
+  /** Deletes the lease and every key attached to it. */
+  revokeLease(leaseId: number): Promise<void>;
+  /** Releases the backend (closes the database, stops timers). */
+  close(): Promise<void>;
+}
