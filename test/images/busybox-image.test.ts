@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict';
+import { lstat, mkdtemp, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { hostRunner } from '../../src/host/runner.ts';
+import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
+
+describe('buildBusyboxRootfs', () => {
+  const runner = hostRunner();
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'trivisor-busybox-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('builds a tree that runs a shell under chroot and boots with busybox init', async () => {
+    const root = join(dir, 'rootfs');
+    const metadata = await buildBusyboxRootfs(root, { runner });
+    assert.equal(metadata.os, 'busybox');
+    assert.equal(metadata.source, 'builtin');
+    assert.equal(metadata.properties['stop.signal'], 'SIGUSR2');
+    assert.deepEqual(JSON.parse(metadata.properties.init ?? 'null'), ['/sbin/init']);
+
+    const { stdout } = await runner.run(['chroot', root, '/bin/sh', '-c', 'echo hi; ls /bin/ls && id -un']);
+    assert.equal(stdout, 'hi\n/bin/ls\nroot\n');
+
+    assert.equal(await readlink(join(root, 'sbin/init')), '/bin/busybox');
+    const inittab = await readFile(join(root, 'etc/inittab'), 'utf8');
+    assert.match(inittab, /^::sysinit:\/etc\/init\.d\/rcS$/m);
+    assert.match(inittab, /^::shutdown:/m);
+    assert.doesNotMatch(inittab, /^[^#].*(respawn|getty)/m);
+    assert.match(await readFile(join(root, 'etc/os-release'), 'utf8'), /^ID=busybox$/m);
+    assert.match(await readFile(join(root, 'etc/passwd'), 'utf8'), /^root:x:0:0:/m);
+    assert.match(await readFile(join(root, 'etc/group'), 'utf8'), /^nobody:x:65534:/m);
+    assert.equal((await stat(join(root, 'etc/init.d/rcS'))).mode & 0o777, 0o755);
+    assert.equal((await stat(join(root, 'tmp'))).mode & 0o7777, 0o1777);
+    for (const d of ['dev', 'proc', 'sys', 'run', 'var', 'home', 'root']) {
+      assert.ok((await lstat(join(root, d))).isDirectory(), `${d} is a directory`);
+    }
+    // rcS must succeed even where hostname cannot be set (it just reports nothing fatal).
+    const rcs = await runner.run(['chroot', root, '/etc/init.d/rcS'], { allowFailure: true });
+    assert.equal(rcs.code, 0);
+  });
+});
