@@ -1,7 +1,10 @@
 import type { KvStore } from './kv.ts';
 
 /** Typed JSON helpers over the raw string store. */
-export async function getJson<T>(store: KvStore, key: string): Promise<{ value: T; modRevision: number } | undefined> {
+export async function getJson<T>(
+  store: KvStore,
+  key: string,
+): Promise<{ value: T; modRevision: number } | undefined> {
   const kv = await store.get(key);
   return kv ? { value: JSON.parse(kv.value) as T, modRevision: kv.modRevision } : undefined;
 }

@@ -41,7 +41,10 @@ export interface TxnRequest {
 }
 
 /** Result of one op of a transaction, in order: the kvs of a `get`, the count of a `delete`, nothing for a `put`. */
-export type TxnOpResult = { type: 'put' } | { type: 'delete'; deleted: number } | { type: 'get'; kvs: KeyValue[] };
+export type TxnOpResult =
+  | { type: 'put' }
+  | { type: 'delete'; deleted: number }
+  | { type: 'get'; kvs: KeyValue[] };
 
 export interface TxnResponse {
   succeeded: boolean;
@@ -81,7 +84,11 @@ export interface KvStore {
   get(key: string): Promise<KeyValue | undefined>;
   /** Keys starting with `prefix`, in key order, and the store revision they were read at. */
   list(prefix: string, options?: ListOptions): Promise<{ kvs: KeyValue[]; revision: number }>;
-  put(key: string, value: string, options?: { lease?: number }): Promise<{ revision: number; prevKv?: KeyValue }>;
+  put(
+    key: string,
+    value: string,
+    options?: { lease?: number },
+  ): Promise<{ revision: number; prevKv?: KeyValue }>;
   delete(key: string, options?: { prefix?: boolean }): Promise<{ revision: number; deleted: number }>;
   /** Atomically: if every compare holds run `success`, else `failure`. */
   txn(request: TxnRequest): Promise<TxnResponse>;
@@ -89,7 +96,11 @@ export interface KvStore {
    * Calls `onEvents` with batches of events, each batch one revision, in
    * revision order. Delivery is asynchronous and never reentrant.
    */
-  watch(key: string, options: WatchOptions, onEvents: (events: WatchEvent[], revision: number) => void): Watcher;
+  watch(
+    key: string,
+    options: WatchOptions,
+    onEvents: (events: WatchEvent[], revision: number) => void,
+  ): Watcher;
   /** The current revision. */
   revision(): Promise<number>;
   grantLease(ttlSeconds: number): Promise<Lease>;
