@@ -33,6 +33,8 @@ export interface GuestSpec {
   stopTimeoutMs: number;
   /** Set by a forced stop: kill at once. */
   stopForce: boolean;
+  /** Set by delete: the controller stops the guest, removes its files, then its records. */
+  deleting: boolean;
   /** Host that owns the guest. */
   host: string;
   createdAt: string;
@@ -55,6 +57,12 @@ export interface GuestStatus {
   startedAt?: string;
   /** Why the guest is in Error, or why the last action failed. */
   error?: string;
+  /** Spec generation whose convergence failed (with `error`): the world was left as it was. */
+  failedGeneration?: number;
+  /** Config as last applied to the guest (live keys apply at once, others at the next start). */
+  appliedConfig: Record<string, string>;
+  /** Changed keys that take effect only after a restart. */
+  pendingRestart: string[];
   /** Incremented each time a restart policy restarted the guest. */
   restartCount: number;
   lastExitAt?: string;

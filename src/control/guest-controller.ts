@@ -1,0 +1,343 @@
+import { configValue } from '../core/config-keys.ts';
+import { asTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/types.ts';
+import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
+import type { Logger } from '../host/logger.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
+import type { EventBus } from '../services/types.ts';
+
+/** Turns an image fingerprint into what drivers need to build a guest from it. */
+export interface ImageResolver {
+  handle(fingerprint: string): Promise<ImageHandle>;
+}
+
+export interface GuestControllerDeps {
+  store: KvStore;
+  drivers: Partial<Record<Model, GuestDriver>>;
+  images: ImageResolver;
+  events: EventBus;
+  log: Logger;
+  hostName: string;
+  /** How often running guests are checked for unexpected death. */
+  livenessIntervalMs?: number;
+  /** Guests reconciled in parallel (start-up of 1000 guests, bulk launches). */
+  concurrency?: number;
+}
+
+/** Converges this host's guests to their desired state (Kubernetes controller pattern). */
+export interface GuestController {
+  /** Adopts what runs, finishes half-done work, starts autostart guests, then watches. */
+  start(): Promise<void>;
+  /** Stops watching and waits for in-flight reconciles; guests keep running. */
+  stop(): Promise<void>;
+  /** Queues a reconcile of one guest and resolves when it has run. */
+  reconcile(name: string): Promise<void>;
+}
+
+/** Restarts by policy within this window count towards giving up. */
+const CRASH_WINDOW_MS = 60_000;
+const CRASH_LIMIT = 5;
+
+export function initialStatus(): GuestStatus {
+  return {
+    status: 'Stopped',
+    observedGeneration: 0,
+    observedRestartRequest: 0,
+    restartCount: 0,
+    provisioned: false,
+    appliedConfig: {},
+    pendingRestart: [],
+  };
+}
+
+export function createGuestController(deps: GuestControllerDeps): GuestController {
+  const { store, drivers, images, events, hostName } = deps;
+  const log = deps.log.child({ component: 'guest-controller' });
+  const concurrency = deps.concurrency ?? 4;
+  const livenessIntervalMs = deps.livenessIntervalMs ?? 2000;
+
+  /** Last known status of each of this host's running guests, for the liveness loop. */
+  const live = new Map<string, { spec: GuestSpec; status: GuestStatus }>();
+  const crashes = new Map<string, number[]>();
+
+  // Work queue: one reconcile per guest at a time; requests while one runs coalesce into one re-run.
+  const pending = new Map<string, Array<() => void>>();
+  const running = new Set<string>();
+  const inFlight = new Set<Promise<void>>();
+  let watcher: Watcher | undefined;
+  let livenessTimer: NodeJS.Timeout | undefined;
+  let stopped = false;
+
+  const pump = () => {
+    for (const [name, waiters] of pending) {
+      if (running.size >= concurrency) return;
+      if (running.has(name)) continue;
+      pending.delete(name);
+      running.add(name);
+      const p = reconcileOnce(name)
+        .catch((e) => log.error({ guest: name, err: asTrivisorError(e).message }, 'reconcile crashed'))
+        .finally(() => {
+          running.delete(name);
+          inFlight.delete(p);
+          for (const w of waiters) w();
+          pump();
+        });
+      inFlight.add(p);
+    }
+  };
+
+  const enqueue = (name: string): Promise<void> =>
+    new Promise((resolve) => {
+      const waiters = pending.get(name) ?? [];
+      waiters.push(resolve);
+      pending.set(name, waiters);
+      queueMicrotask(pump);
+    });
+
+  const lifecycle = (action: string, spec: GuestSpec, metadata: Record<string, unknown> = {}) =>
+    events.publish({
+      type: 'lifecycle',
+      action,
+      source: `/1.0/guests/${spec.name}`,
+      metadata: { name: spec.name, model: spec.model, ...metadata },
+    });
+
+  async function reconcileOnce(name: string): Promise<void> {
+    const specKv = await store.get(keys.guest(name));
+    const statusKv = await store.get(keys.guestStatus(name));
+    if (!specKv) {
+      // A status without a spec is debris of an interrupted delete.
+      if (statusKv) await store.delete(keys.guestStatus(name));
+      live.delete(name);
+      return;
+    }
+    const spec = JSON.parse(specKv.value) as GuestSpec;
+    if (spec.host !== hostName) return;
+    const previous: GuestStatus = statusKv ? (JSON.parse(statusKv.value) as GuestStatus) : initialStatus();
+    const status: GuestStatus = structuredClone(previous);
+    const driver = drivers[spec.model];
+
+    let deleted = false;
+    try {
+      if (!driver) throw new Error(`The ${spec.model} model is not available on host ${hostName}`);
+      deleted = await converge(spec, status, driver);
+      delete status.error;
+      delete status.failedGeneration;
+    } catch (e) {
+      const err = asTrivisorError(e);
+      log.warn({ guest: name, generation: spec.generation, err: err.message }, 'convergence failed');
+      status.error = err.message;
+      status.failedGeneration = spec.generation;
+      if (driver) {
+        const rt = await driver.inspect(spec, status.process).catch((): RuntimeState => ({ state: 'absent' }));
+        status.status = statusOf(rt);
+        if (rt.process) status.process = rt.process;
+        else delete status.process;
+      }
+    }
+    if (deleted) {
+      live.delete(name);
+      return;
+    }
+    status.observedGeneration = spec.generation;
+    status.observedRestartRequest = spec.restartRequest;
+    if (status.status === 'Running' || status.status === 'Frozen') live.set(name, { spec, status });
+    else live.delete(name);
+    await store.put(keys.guestStatus(name), JSON.stringify(status));
+    if (previous.status !== status.status) lifecycle('guest-updated', spec, { status: status.status });
+  }
+
+  /** Brings one guest to its spec; mutates `status`; returns true when the guest was deleted. */
+  async function converge(spec: GuestSpec, status: GuestStatus, driver: GuestDriver): Promise<boolean> {
+    let rt = await driver.inspect(spec, status.process);
+
+    if (spec.deleting) {
+      if (rt.state !== 'stopped' && rt.state !== 'absent') {
+        if (rt.state === 'frozen') await driver.unfreeze(spec);
+        await driver.stop(spec, { timeoutMs: spec.stopTimeoutMs, force: spec.stopForce });
+      }
+      await driver.delete(spec);
+      await store.txn({
+        compare: [],
+        success: [
+          { type: 'delete', key: keys.guest(spec.name) },
+          { type: 'delete', key: keys.guestStatus(spec.name) },
+        ],
+      });
+      lifecycle('guest-deleted', spec);
+      return true;
+    }
+
+    if (!status.provisioned) {
+      await driver.create(spec, await images.handle(spec.image));
+      status.provisioned = true;
+      status.appliedConfig = { ...spec.config };
+      lifecycle('guest-created', spec);
+    }
+
+    const up = (s: RuntimeState['state']) => s === 'running' || s === 'frozen';
+    const start = async (action: string) => {
+      const process = await driver.start(spec, await images.handle(spec.image));
+      status.process = process;
+      status.startedAt = new Date().toISOString();
+      status.status = 'Running';
+      status.appliedConfig = { ...spec.config };
+      status.pendingRestart = [];
+      rt = { state: 'running', process };
+      lifecycle(action, spec, { pid: process.pid });
+    };
+    const stop = async (action: string) => {
+      if (rt.state === 'frozen') await driver.unfreeze(spec);
+      await driver.stop(spec, { timeoutMs: spec.stopTimeoutMs, force: spec.stopForce });
+      markStopped(status);
+      rt = { state: 'stopped' };
+      lifecycle(action, spec);
+    };
+
+    // The guest was up and went away without being asked: clean up, then apply the restart policy.
+    const wasUp = status.status === 'Running' || status.status === 'Frozen';
+    if (wasUp && !up(rt.state)) {
+      await driver.stop(spec, { timeoutMs: 0, force: true });
+      markStopped(status);
+      lifecycle('guest-died', spec);
+      const policy = configValue.restartPolicy(spec.config);
+      if (spec.desired !== 'Stopped' && policy !== 'never') {
+        if (tooManyCrashes(spec.name)) {
+          status.status = 'Error';
+          throw new Error(`Guest ${spec.name} died ${CRASH_LIMIT} times within a minute; not restarting it again`);
+        }
+        status.restartCount++;
+        await start('guest-restarted');
+      } else if (spec.desired !== 'Stopped') {
+        // As in Incus: a guest that shut itself down is Stopped, and its desired state says so.
+        await setDesired(spec, 'Stopped');
+        return false;
+      }
+    }
+
+    if (spec.restartRequest > status.observedRestartRequest && spec.desired !== 'Stopped') {
+      if (up(rt.state)) await stop('guest-stopped');
+      await start('guest-restarted');
+    }
+
+    switch (spec.desired) {
+      case 'Running':
+        if (rt.state === 'frozen') {
+          await driver.unfreeze(spec);
+          status.status = 'Running';
+          lifecycle('guest-unfrozen', spec);
+        } else if (!up(rt.state)) await start('guest-started');
+        else status.status = 'Running';
+        break;
+      case 'Frozen':
+        if (rt.state === 'running') {
+          await driver.freeze(spec);
+          status.status = 'Frozen';
+          lifecycle('guest-frozen', spec);
+        } else if (rt.state === 'frozen') status.status = 'Frozen';
+        else throw new Error(`Cannot freeze guest ${spec.name}: it is not running`);
+        break;
+      case 'Stopped':
+        if (up(rt.state)) await stop('guest-stopped');
+        else markStopped(status);
+        break;
+    }
+
+    const changed = changedKeys(status.appliedConfig, spec.config);
+    if (changed.length > 0) {
+      if (up(rt.state)) {
+        const needRestart = await driver.update(spec, changed);
+        status.pendingRestart = [...new Set([...status.pendingRestart, ...needRestart])];
+      }
+      status.appliedConfig = { ...spec.config };
+    }
+    return false;
+  }
+
+  function tooManyCrashes(name: string): boolean {
+    const now = Date.now();
+    const recent = (crashes.get(name) ?? []).filter((t) => now - t < CRASH_WINDOW_MS);
+    recent.push(now);
+    crashes.set(name, recent);
+    return recent.length > CRASH_LIMIT;
+  }
+
+  /** Records a desired state chosen by the controller itself (autostart, self-shutdown), if nobody changed the spec meanwhile. */
+  async function setDesired(spec: GuestSpec, desired: GuestSpec['desired']): Promise<void> {
+    const kv = await store.get(keys.guest(spec.name));
+    if (!kv) return;
+    const current = JSON.parse(kv.value) as GuestSpec;
+    if (current.generation !== spec.generation) return;
+    const next: GuestSpec = { ...current, desired, generation: current.generation + 1 };
+    await store.txn({
+      compare: [{ key: keys.guest(spec.name), target: 'modRevision', op: '=', value: kv.modRevision }],
+      success: [{ type: 'put', key: keys.guest(spec.name), value: JSON.stringify(next) }],
+    });
+  }
+
+  async function checkLiveness(): Promise<void> {
+    for (const [name, { spec, status }] of live) {
+      if (stopped) return;
+      const driver = drivers[spec.model];
+      if (!driver || running.has(name) || pending.has(name)) continue;
+      const rt = await driver.inspect(spec, status.process).catch((): RuntimeState => ({ state: 'absent' }));
+      if (rt.state !== 'running' && rt.state !== 'frozen') void enqueue(name);
+    }
+  }
+
+  return {
+    async start() {
+      const { kvs, revision } = await store.list(keys.guestPrefix);
+      const names: string[] = [];
+      for (const kv of kvs) {
+        const spec = JSON.parse(kv.value) as GuestSpec;
+        if (spec.host !== hostName) continue;
+        names.push(spec.name);
+        if (configValue.autostart(spec.config) && spec.desired === 'Stopped' && !spec.deleting) {
+          await setDesired(spec, 'Running');
+        }
+      }
+      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (evs) => {
+        for (const ev of evs) void enqueue(ev.kv.key.slice(keys.guestPrefix.length));
+      });
+      // Orphaned statuses (spec deleted while the daemon was down) are swept by the reconcile of their name.
+      const statuses = await store.list(keys.guestStatusPrefix);
+      for (const kv of statuses.kvs) names.push(kv.key.slice(keys.guestStatusPrefix.length));
+      await Promise.all([...new Set(names)].map((n) => enqueue(n)));
+      const tick = () => {
+        livenessTimer = setTimeout(async () => {
+          await checkLiveness().catch((e) => log.error({ err: String(e) }, 'liveness check failed'));
+          if (!stopped) tick();
+        }, livenessIntervalMs);
+        livenessTimer.unref();
+      };
+      tick();
+    },
+    async stop() {
+      stopped = true;
+      watcher?.cancel();
+      clearTimeout(livenessTimer);
+      pending.clear();
+      await Promise.allSettled([...inFlight]);
+    },
+    reconcile: enqueue,
+  };
+}
+
+function markStopped(status: GuestStatus): void {
+  status.status = 'Stopped';
+  delete status.process;
+  delete status.startedAt;
+  status.lastExitAt = new Date().toISOString();
+  status.pendingRestart = [];
+}
+
+function statusOf(rt: RuntimeState): GuestStatusName {
+  return rt.state === 'running' ? 'Running' : rt.state === 'frozen' ? 'Frozen' : 'Stopped';
+}
+
+function changedKeys(a: Record<string, string>, b: Record<string, string>): string[] {
+  const all = new Set([...Object.keys(a), ...Object.keys(b)]);
+  return [...all].filter((k) => a[k] !== b[k]);
+}

@@ -1,0 +1,144 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createGuestController } from './control/guest-controller.ts';
+import { createCtDriver } from './drivers/ct/ct-driver.ts';
+import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
+import type { Model } from './core/types.ts';
+import { createLogger } from './host/logger.ts';
+import { hostRunner } from './host/runner.ts';
+import { imageFiles } from './images/image-files.ts';
+import { buildServer } from './server/build-server.ts';
+import { listenTcp, listenUnix } from './server/listen.ts';
+import { createEventBus } from './services/event-bus.ts';
+import { createGuestService } from './services/guest-service.ts';
+import { createHostService } from './services/host-service.ts';
+import { createImageService } from './services/image-service.ts';
+import { createOperationService } from './services/operation-service.ts';
+import type { Services } from './services/types.ts';
+import { openSqliteStore } from './store/sqlite-store.ts';
+
+export interface DaemonOptions {
+  /** State directory; default $TRIVISOR_DIR or /var/lib/trivisor. */
+  stateDir?: string;
+  /** `HOST:PORT` for the token-protected TCP listener, or `none`; default $TRIVISOR_LISTEN or 127.0.0.1:8443. */
+  listen?: string;
+}
+
+/** Root in unprivileged guests is this host uid/gid (and the 65535 after it). */
+const IDMAP_BASE = 1_000_000;
+
+const version = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
+/** Composition root: reads config, builds every part, injects it, serves until SIGTERM/SIGINT. */
+export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
+  const stateDir = path.resolve(options.stateDir ?? process.env.TRIVISOR_DIR ?? '/var/lib/trivisor');
+  const listen = options.listen ?? process.env.TRIVISOR_LISTEN ?? '127.0.0.1:8443';
+  await mkdir(stateDir, { recursive: true, mode: 0o711 });
+  const log = createLogger();
+  await takePidLock(stateDir);
+
+  const runner = hostRunner();
+  const store = openSqliteStore(path.join(stateDir, 'store.db'));
+  const hostName = os.hostname();
+  const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE };
+  const drivers: Partial<Record<Model, GuestDriver>> = { ct: createCtDriver(ctx) };
+
+  const events = createEventBus();
+  const operations = createOperationService(events);
+  const files = imageFiles(stateDir, { runner, log });
+  const images = createImageService({ store, files, operations, events });
+  const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
+  const guests = createGuestService({ store, drivers, images, operations, hostName, capacity });
+  const host = createHostService({
+    hostName,
+    version,
+    stateDir,
+    storeDescription: 'sqlite',
+    drivers,
+    guests,
+  });
+  const services: Services = { guests, images, operations, events, host };
+
+  await images.ensureBusybox();
+  const controller = createGuestController({ store, drivers, images, events, log, hostName });
+  await controller.start();
+
+  const unixApp = await buildServer(services, { auth: { type: 'none' }, logger: false, uploadDir: stateDir });
+  const socketPath = path.join(stateDir, 'trivisor.sock');
+  await listenUnix(unixApp, socketPath);
+  const apps = [unixApp];
+  let url: string | null = null;
+  if (listen !== 'none') {
+    const token = await ensureToken(stateDir);
+    const tcpApp = await buildServer(services, { auth: { type: 'token', token }, logger: false, uploadDir: stateDir });
+    const [hostPart, portPart] = splitHostPort(listen);
+    url = await listenTcp(tcpApp, hostPart, portPart);
+    apps.push(tcpApp);
+  }
+  await writeFile(
+    path.join(stateDir, 'daemon.json'),
+    `${JSON.stringify({ pid: process.pid, socket: socketPath, url, version }, null, 2)}\n`,
+  );
+  log.info({ stateDir, socket: socketPath, url }, 'trivisor daemon ready');
+
+  process.on('unhandledRejection', (e) => log.error({ err: String(e) }, 'unhandled rejection'));
+  await new Promise<void>((resolve) => {
+    const shutdown = () => resolve();
+    process.once('SIGTERM', shutdown);
+    process.once('SIGINT', shutdown);
+  });
+  // Guests keep running: they outlive the daemon and are re-adopted at the next start.
+  log.info('shutting down; guests keep running');
+  await Promise.allSettled(apps.map((a) => a.close()));
+  await controller.stop();
+  await store.close();
+  await rm(path.join(stateDir, 'trivisor.pid'), { force: true });
+}
+
+function splitHostPort(listen: string): [string, number] {
+  const i = listen.lastIndexOf(':');
+  const port = Number(listen.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`--listen ${listen} is not HOST:PORT`);
+  }
+  return [listen.slice(0, i).replace(/^\[|\]$/g, ''), port];
+}
+
+/** The bearer token TCP clients need; made once, readable by root only. */
+async function ensureToken(stateDir: string): Promise<string> {
+  const file = path.join(stateDir, 'token');
+  if (existsSync(file)) return (await readFile(file, 'utf8')).trim();
+  const token = randomBytes(32).toString('hex');
+  await writeFile(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  await chmod(file, 0o600);
+  return token;
+}
+
+/** One daemon per state directory: a second one would fight the first over every guest. */
+async function takePidLock(stateDir: string): Promise<void> {
+  const file = path.join(stateDir, 'trivisor.pid');
+  try {
+    await writeFile(file, `${process.pid}\n`, { flag: 'wx' });
+    return;
+  } catch {
+    const other = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+    if (other > 0 && other !== process.pid && isAlive(other)) {
+      throw new Error(`Another trivisor daemon (pid ${other}) already uses ${stateDir}`);
+    }
+    await writeFile(file, `${process.pid}\n`);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,302 @@
+import { type HostCapacity, configValue, validateConfig } from '../core/config-keys.ts';
+import { alreadyExists, conflict, invalidArgument, notFound, notSupported } from '../core/errors.ts';
+import { assertCanDo } from '../core/guest-state.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import { type Guest, type GuestSpec, type GuestStatus, type GuestUsage, MODELS, type Model } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
+import type { KvStore } from '../store/kv.ts';
+import type { GuestService, ImageService, OperationService } from './types.ts';
+import { convergedTo, waitForGuest } from './wait-guest.ts';
+
+export interface GuestServiceDeps {
+  store: KvStore;
+  drivers: Partial<Record<Model, GuestDriver>>;
+  images: Pick<ImageService, 'get'>;
+  operations: OperationService;
+  hostName: string;
+  capacity: HostCapacity;
+  /** How long a config change waits for the controller before answering (it still applies later). */
+  configWaitMs?: number;
+}
+
+const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+/** `--timeout -1`: wait for the guest as long as it takes (a day, in practice). */
+const FOREVER_MS = 24 * 3600_000;
+
+interface Loaded {
+  spec: GuestSpec;
+  status: GuestStatus | undefined;
+  modRevision: number;
+}
+
+export function createGuestService(deps: GuestServiceDeps): GuestService {
+  const { store, drivers, operations } = deps;
+
+  const driverFor = (model: Model): GuestDriver => {
+    const d = drivers[model];
+    if (!d) throw notSupported(`The ${model} model is not available on this host; available: ${Object.keys(drivers).join(', ')}`);
+    return d;
+  };
+
+  async function load(name: string): Promise<Loaded> {
+    assertDnsLabel(name, 'guest name');
+    const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
+    if (!s) throw notFound(`Guest ${name} not found`);
+    return {
+      spec: JSON.parse(s.value) as GuestSpec,
+      status: st ? (JSON.parse(st.value) as GuestStatus) : undefined,
+      modRevision: s.modRevision,
+    };
+  }
+
+  /** Writes a new spec if nobody else changed it since `loaded` was read. */
+  async function writeSpec(loaded: Loaded, next: GuestSpec): Promise<void> {
+    const r = await store.txn({
+      compare: [{ key: keys.guest(next.name), target: 'modRevision', op: '=', value: loaded.modRevision }],
+      success: [{ type: 'put', key: keys.guest(next.name), value: JSON.stringify(next) }],
+    });
+    if (!r.succeeded) throw conflict(`Guest ${next.name} was changed at the same time; retry`);
+  }
+
+  const statusName = (l: Loaded) => l.status?.status ?? 'Stopped';
+
+  /** A guest whose last change is still being carried out takes no new one. */
+  function assertIdle(l: Loaded): void {
+    if (l.spec.deleting) throw conflict(`Guest ${l.spec.name} is being deleted`);
+    if (!l.status || l.status.observedGeneration < l.spec.generation) {
+      throw conflict(`Guest ${l.spec.name} is busy with another change; wait for its operation to finish`);
+    }
+  }
+
+  /** Puts the spec's desired state back after a failed change, unless it changed again meanwhile. */
+  async function revertDesired(name: string, gen: number, desired: GuestSpec['desired']): Promise<void> {
+    const l = await load(name).catch(() => undefined);
+    if (!l || l.spec.generation !== gen) return;
+    await writeSpec(l, { ...l.spec, desired, generation: gen + 1 }).catch(() => {});
+  }
+
+  async function usageOf(spec: GuestSpec, status: GuestStatus | undefined): Promise<GuestUsage | null> {
+    if (status?.status !== 'Running' && status?.status !== 'Frozen') return null;
+    return (await drivers[spec.model]?.usage(spec).catch(() => null)) ?? null;
+  }
+
+  function toGuest(spec: GuestSpec, status: GuestStatus | undefined, usage: GuestUsage | null): Guest {
+    const startedAt = status?.startedAt ?? null;
+    const guest: Guest = {
+      name: spec.name,
+      project: spec.project,
+      model: spec.model,
+      status: status?.status ?? 'Stopped',
+      image: spec.image,
+      imageAlias: spec.imageAlias,
+      config: spec.config,
+      host: spec.host,
+      createdAt: spec.createdAt,
+      state: {
+        pid: status?.process?.pid ?? null,
+        startedAt,
+        uptimeSeconds: startedAt ? Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000)) : null,
+        usage,
+        restartCount: status?.restartCount ?? 0,
+      },
+    };
+    if (status?.error) guest.error = status.error;
+    return guest;
+  }
+
+  return {
+    async list(options = {}) {
+      const [specs, statuses] = await Promise.all([store.list(keys.guestPrefix), store.list(keys.guestStatusPrefix)]);
+      const byName = new Map<string, GuestStatus>();
+      for (const kv of statuses.kvs) byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
+      const guests: Guest[] = [];
+      for (const kv of specs.kvs) {
+        const spec = JSON.parse(kv.value) as GuestSpec;
+        const status = byName.get(spec.name);
+        guests.push(toGuest(spec, status, options.withUsage ? await usageOf(spec, status) : null));
+      }
+      return guests;
+    },
+
+    async get(name, options = { withUsage: true }) {
+      const l = await load(name);
+      return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null);
+    },
+
+    async create(request) {
+      assertDnsLabel(request.name, 'guest name');
+      const model = request.model ?? 'ct';
+      if (!MODELS.includes(model)) throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
+      const driver = driverFor(model);
+      const image = await deps.images.get(request.image);
+      const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity);
+      const spec: GuestSpec = {
+        name: request.name,
+        project: 'default',
+        model,
+        image: image.fingerprint,
+        imageAlias: request.image,
+        config,
+        desired: request.start ? 'Running' : 'Stopped',
+        generation: 1,
+        restartRequest: 0,
+        stopTimeoutMs: DEFAULT_STOP_TIMEOUT_MS,
+        stopForce: false,
+        deleting: false,
+        host: deps.hostName,
+        createdAt: new Date().toISOString(),
+      };
+      driver.validate(spec);
+      const r = await store.txn({
+        compare: [{ key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 }],
+        // A stale status of an earlier guest of this name must not make the new one look provisioned.
+        success: [
+          { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
+          { type: 'delete', key: keys.guestStatus(spec.name) },
+        ],
+      });
+      if (!r.succeeded) throw alreadyExists(`Guest ${spec.name} already exists`);
+      return operations.start({
+        description: request.start ? `Launching guest ${spec.name}` : `Creating guest ${spec.name}`,
+        resources: { guests: [`/1.0/guests/${spec.name}`] },
+        async run(ctx) {
+          try {
+            await waitForGuest(store, spec.name, convergedTo(1), ctx.signal);
+          } catch (e) {
+            // A create that fails half way leaves nothing behind.
+            const l = await load(spec.name).catch(() => undefined);
+            if (l && !l.spec.deleting) {
+              await writeSpec(l, { ...l.spec, deleting: true, stopForce: true, generation: l.spec.generation + 1 }).catch(
+                () => {},
+              );
+            }
+            await waitForGuest(store, spec.name, (s) => (s ? undefined : true)).catch(() => {});
+            throw e;
+          }
+          return undefined;
+        },
+      });
+    },
+
+    async changeState(name, request) {
+      const l = await load(name);
+      assertIdle(l);
+      assertCanDo(request.action, name, statusName(l));
+      const stopTimeoutMs =
+        request.timeout === undefined
+          ? DEFAULT_STOP_TIMEOUT_MS
+          : request.timeout < 0
+            ? FOREVER_MS
+            : Math.round(request.timeout * 1000);
+      const gen = l.spec.generation + 1;
+      const next: GuestSpec = { ...l.spec, generation: gen, stopTimeoutMs, stopForce: request.force === true };
+      switch (request.action) {
+        case 'start':
+        case 'unfreeze':
+          next.desired = 'Running';
+          break;
+        case 'stop':
+          next.desired = 'Stopped';
+          break;
+        case 'freeze':
+          next.desired = 'Frozen';
+          break;
+        case 'restart':
+          next.desired = 'Running';
+          next.restartRequest = l.spec.restartRequest + 1;
+          break;
+      }
+      await writeSpec(l, next);
+      const verb = { start: 'Starting', stop: 'Stopping', restart: 'Restarting', freeze: 'Freezing', unfreeze: 'Unfreezing' };
+      return operations.start({
+        description: `${verb[request.action]} guest ${name}`,
+        resources: { guests: [`/1.0/guests/${name}`] },
+        async run(ctx) {
+          try {
+            await waitForGuest(store, name, convergedTo(gen), ctx.signal);
+          } catch (e) {
+            await revertDesired(name, gen, l.spec.desired);
+            throw e;
+          }
+          return undefined;
+        },
+      });
+    },
+
+    async delete(name, options = {}) {
+      const l = await load(name);
+      if (l.spec.deleting) throw conflict(`Guest ${name} is already being deleted`);
+      const status = statusName(l);
+      if (!options.force) assertCanDo('delete', name, status);
+      await writeSpec(l, {
+        ...l.spec,
+        deleting: true,
+        stopForce: options.force === true,
+        generation: l.spec.generation + 1,
+      });
+      return operations.start({
+        description: `Deleting guest ${name}`,
+        resources: { guests: [`/1.0/guests/${name}`] },
+        async run(ctx) {
+          await waitForGuest(
+            store,
+            name,
+            (spec, st) => {
+              if (!spec) return true;
+              if (st?.error && st.failedGeneration === spec.generation) return new Error(st.error);
+              return undefined;
+            },
+            ctx.signal,
+          );
+          return undefined;
+        },
+      });
+    },
+
+    async updateConfig(name, change) {
+      const l = await load(name);
+      assertIdle(l);
+      const config = { ...l.spec.config, ...(change.set ?? {}) };
+      for (const key of change.unset ?? []) {
+        if (!(key in config)) throw notFound(`Guest ${name} has no configuration key ${JSON.stringify(key)}`);
+        delete config[key];
+      }
+      validateConfig(config, deps.capacity);
+      const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
+      driverFor(next.model).validate(next);
+      await writeSpec(l, next);
+      const timeout = AbortSignal.timeout(deps.configWaitMs ?? 60_000);
+      await waitForGuest(store, name, convergedTo(next.generation), timeout);
+      const after = await load(name);
+      return {
+        guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status)),
+        pendingRestart: after.status?.pendingRestart ?? [],
+      };
+    },
+
+    async exec(name, request) {
+      const l = await load(name);
+      assertCanDo('exec', name, statusName(l));
+      if (request.command.length === 0 || request.command[0] === '') {
+        throw invalidArgument('No command given: pass the command to run after --');
+      }
+      const options: Parameters<GuestDriver['exec']>[1] = {
+        command: request.command,
+        env: { ...configValue.environment(l.spec.config), ...(request.environment ?? {}) },
+        tty: request.interactive === true,
+      };
+      if (request.cwd !== undefined) options.cwd = request.cwd;
+      if (request.width !== undefined) options.columns = request.width;
+      if (request.height !== undefined) options.rows = request.height;
+      if (request.user !== undefined) options.user = request.user;
+      if (request.group !== undefined) options.group = request.group;
+      return driverFor(l.spec.model).exec(l.spec, options);
+    },
+
+    async consoleLogPath(name) {
+      const l = await load(name);
+      return driverFor(l.spec.model).consoleLogPath(l.spec);
+    },
+  };
+}

@@ -1,0 +1,74 @@
+import { cancelled } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import type { KvStore } from '../store/kv.ts';
+
+/** Verdict of a wait predicate: keep waiting (undefined), done (true), or failed (an Error). */
+export type WaitVerdict = undefined | true | Error;
+
+/**
+ * Resolves when `judge` says the guest's records reached the wanted state. Works
+ * through store watches, so it works the same when another host's controller
+ * does the work.
+ */
+export async function waitForGuest(
+  store: KvStore,
+  name: string,
+  judge: (spec: GuestSpec | undefined, status: GuestStatus | undefined) => WaitVerdict,
+  signal?: AbortSignal,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    let checking = false;
+    let again = false;
+    const finish = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      w1.cancel();
+      w2.cancel();
+      signal?.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve();
+    };
+    const check = async () => {
+      if (checking) {
+        again = true;
+        return;
+      }
+      checking = true;
+      try {
+        do {
+          again = false;
+          const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
+          const verdict = judge(
+            s ? (JSON.parse(s.value) as GuestSpec) : undefined,
+            st ? (JSON.parse(st.value) as GuestStatus) : undefined,
+          );
+          if (verdict === true) return finish();
+          if (verdict instanceof Error) return finish(verdict);
+        } while (again && !settled);
+      } catch (e) {
+        finish(e as Error);
+      } finally {
+        checking = false;
+      }
+    };
+    const onAbort = () => finish(cancelled(`Waiting for guest ${name} was cancelled`));
+    const w1 = store.watch(keys.guest(name), { prefix: false }, () => void check());
+    const w2 = store.watch(keys.guestStatus(name), { prefix: false }, () => void check());
+    signal?.addEventListener('abort', onAbort);
+    void check();
+  });
+}
+
+/** Judge for "the controller has acted on generation `gen`". */
+export function convergedTo(gen: number): (spec?: GuestSpec, status?: GuestStatus) => WaitVerdict {
+  return (spec, status) => {
+    if (!spec) return new Error('The guest was deleted meanwhile');
+    if (!status || status.observedGeneration < gen) return undefined;
+    if (status.failedGeneration !== undefined && status.failedGeneration >= gen && status.error) {
+      return new Error(status.error);
+    }
+    return true;
+  };
+}
