@@ -133,6 +133,19 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         );
       });
 
+      test('keys are ordered by their UTF-8 bytes, like etcd', async () => {
+        // UTF-16 order would put the astral emoji before U+FF5E; byte order puts it after.
+        for (const k of ['\u{1F600}', '\uFF5E', 'z', 'é']) await store.put(`${p}${k}`, k);
+        assert.deepEqual(
+          (await store.list(p)).kvs.map((kv) => kv.value),
+          ['z', 'é', '\uFF5E', '\u{1F600}'],
+        );
+        assert.deepEqual(
+          (await store.list(`${p}\u{1F600}`)).kvs.map((kv) => kv.value),
+          ['\u{1F600}'],
+        );
+      });
+
       test('list of an unused prefix is empty', async () => {
         assert.deepEqual((await store.list(`${p}nothing/`)).kvs, []);
       });
