@@ -1,0 +1,243 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { type GuestController, createGuestController } from '../control/guest-controller.ts';
+import { type TrivisorError, isTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, ImageRecord } from '../core/types.ts';
+import { type FakeDriver, createFakeDriver } from '../drivers/fake-driver.ts';
+import { silentLogger } from '../host/logger.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import type { KvStore } from '../store/kv.ts';
+import { createEventBus } from './event-bus.ts';
+import { createGuestService } from './guest-service.ts';
+import { createOperationService } from './operation-service.ts';
+import type { GuestService, OperationService, TrivisorEvent } from './types.ts';
+
+const image: ImageRecord = {
+  fingerprint: 'ab'.repeat(32),
+  aliases: ['busybox'],
+  description: 'test',
+  os: 'busybox',
+  release: '1',
+  architecture: 'x86_64',
+  source: 'builtin',
+  sizeBytes: 1,
+  createdAt: new Date(0).toISOString(),
+  properties: {},
+};
+
+interface World {
+  store: KvStore;
+  driver: FakeDriver;
+  guests: GuestService;
+  operations: OperationService;
+  controller: GuestController;
+  events: TrivisorEvent[];
+}
+
+async function makeWorld(store: KvStore = createMemoryStore(), driver = createFakeDriver()): Promise<World> {
+  const bus = createEventBus();
+  const events: TrivisorEvent[] = [];
+  bus.subscribe((e) => events.push(e));
+  const operations = createOperationService(bus);
+  const images = {
+    async get(ref: string) {
+      if (ref !== 'busybox') throw Object.assign(new Error(`Image ${ref} not found`), { code: 'NotFound' });
+      return image;
+    },
+  };
+  const guests = createGuestService({
+    store,
+    drivers: { ct: driver },
+    images,
+    operations,
+    hostName: 'h1',
+    capacity: { memoryBytes: 4 * 2 ** 30, cpus: 2 },
+  });
+  const controller = createGuestController({
+    store,
+    drivers: { ct: driver },
+    images: { handle: async () => ({ record: image, rootfs: '/x', shiftedRootfs: async () => '/y' }) },
+    events: bus,
+    log: silentLogger(),
+    hostName: 'h1',
+    livenessIntervalMs: 20,
+  });
+  await controller.start();
+  return { store, driver, guests, operations, controller, events };
+}
+
+async function done(w: World, op: { id: string }) {
+  return w.operations.wait(op.id);
+}
+
+async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(isTrivisorError(e), `expected a TrivisorError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    if (re) assert.match(e.message, re);
+    return true;
+  });
+}
+
+describe('guest service and controller', () => {
+  let w: World;
+  beforeEach(async () => {
+    w = await makeWorld();
+  });
+  afterEach(async () => {
+    await w.controller.stop();
+  });
+
+  test('launch creates and starts the guest and reports Running with a pid', async () => {
+    const op = await done(w, await w.guests.create({ name: 'web1', image: 'busybox', start: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    const g = await w.guests.get('web1');
+    assert.equal(g.status, 'Running');
+    assert.equal(typeof g.state.pid, 'number');
+    assert.deepEqual(w.driver.calls, ['create:web1', 'start:web1']);
+    assert.ok(w.events.some((e) => e.action === 'guest-started'));
+  });
+
+  test('create without start leaves a Stopped guest; start, freeze, unfreeze, stop go through the driver', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    assert.equal((await w.guests.get('a')).status, 'Stopped');
+    for (const [action, want] of [
+      ['start', 'Running'],
+      ['freeze', 'Frozen'],
+      ['unfreeze', 'Running'],
+      ['stop', 'Stopped'],
+    ] as const) {
+      const op = await done(w, await w.guests.changeState('a', { action }));
+      assert.equal(op.status, 'Success', `${action}: ${op.error}`);
+      assert.equal((await w.guests.get('a')).status, want, action);
+    }
+  });
+
+  test('wrong-state actions are refused with FailedPrecondition and change nothing', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
+    const before = await w.store.get(keys.guest('a'));
+    await rejectsWith(w.guests.changeState('a', { action: 'start' }), 'FailedPrecondition', /is Running/);
+    await rejectsWith(w.guests.changeState('a', { action: 'unfreeze' }), 'FailedPrecondition');
+    await rejectsWith(w.guests.delete('a'), 'FailedPrecondition', /--force/);
+    assert.equal((await w.store.get(keys.guest('a')))?.modRevision, before?.modRevision);
+  });
+
+  test('bad names, unknown images, unknown keys, bad limits and duplicates are refused before anything is made', async () => {
+    for (const name of ['../x', 'a/b', '', 'x'.repeat(64), 'Upper', '-a']) {
+      await rejectsWith(w.guests.create({ name, image: 'busybox' }), 'InvalidArgument');
+    }
+    await assert.rejects(w.guests.create({ name: 'a', image: 'nope' }), /not found/);
+    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.bogus': '1' } }), 'InvalidArgument', /Unknown configuration key/);
+    for (const v of ['lots', '-1', '0', '100GiB']) {
+      await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.memory': v } }), 'InvalidArgument');
+    }
+    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.cpu': '64' } }), 'InvalidArgument');
+    assert.equal((await w.store.list(keys.guestPrefix)).kvs.length, 0);
+    assert.deepEqual(w.driver.calls, []);
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox' }), 'AlreadyExists');
+  });
+
+  test('a launch whose start fails rolls back everything it made', async () => {
+    w.driver.failNext('start', 'runc exploded');
+    const op = await done(w, await w.guests.create({ name: 'bad', image: 'busybox', start: true }));
+    assert.equal(op.status, 'Failure');
+    assert.match(op.error ?? '', /runc exploded/);
+    assert.equal(await w.store.get(keys.guest('bad')), undefined);
+    assert.equal(await w.store.get(keys.guestStatus('bad')), undefined);
+    assert.equal(w.driver.guests.has('bad'), false);
+  });
+
+  test('a failed start of an existing guest leaves it Stopped and startable', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    w.driver.failNext('start', 'no init');
+    const op = await done(w, await w.guests.changeState('a', { action: 'start' }));
+    assert.equal(op.status, 'Failure');
+    const g = await w.guests.get('a');
+    assert.equal(g.status, 'Stopped');
+    const again = await done(w, await w.guests.changeState('a', { action: 'start' }));
+    assert.equal(again.status, 'Success', again.error ?? '');
+  });
+
+  test('delete --force stops a running guest and removes its records and files', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
+    const op = await done(w, await w.guests.delete('a', { force: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.deepEqual(w.driver.calls.slice(-2), ['stop:a:force', 'delete:a']);
+    await rejectsWith(w.guests.get('a'), 'NotFound');
+  });
+
+  test('stop passes the timeout; restart stops then starts', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
+    await done(w, await w.guests.changeState('a', { action: 'restart', timeout: 5 }));
+    assert.deepEqual(w.driver.calls.slice(-2), ['stop:a:5000', 'start:a']);
+    await done(w, await w.guests.changeState('a', { action: 'stop', force: true }));
+    assert.equal(w.driver.calls.at(-1), 'stop:a:force');
+  });
+
+  test('live config changes reach the running guest; others wait for a restart', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
+    const r = await w.guests.updateConfig('a', { set: { 'limits.memory': '128MiB', 'security.privileged': 'true' } });
+    assert.equal(r.guest.config['limits.memory'], '128MiB');
+    assert.deepEqual(r.pendingRestart, ['security.privileged']);
+    assert.ok(w.driver.calls.some((c) => c.startsWith('update:a:')));
+    await rejectsWith(w.guests.updateConfig('a', { set: { 'limits.memory': 'lots' } }), 'InvalidArgument');
+    await rejectsWith(w.guests.updateConfig('a', { unset: ['limits.cpu'] }), 'NotFound');
+  });
+
+  test('a guest that dies is marked Stopped; with restart_policy=always it is restarted', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
+    await done(w, await w.guests.create({ name: 'b', image: 'busybox', start: true, config: { 'boot.restart_policy': 'always' } }));
+    w.driver.kill('a');
+    w.driver.kill('b');
+    await waitUntil(async () => (await w.guests.get('a')).status === 'Stopped');
+    await waitUntil(async () => (await w.guests.get('b')).state.restartCount === 1);
+    assert.equal((await w.guests.get('b')).status, 'Running');
+    const spec = JSON.parse((await w.store.get(keys.guest('a')))!.value) as GuestSpec;
+    assert.equal(spec.desired, 'Stopped');
+  });
+
+  test('a restarted controller re-adopts running guests, restarts autostart ones and finishes half-done deletes', async () => {
+    await done(w, await w.guests.create({ name: 'keep', image: 'busybox', start: true }));
+    await done(w, await w.guests.create({ name: 'auto', image: 'busybox', config: { 'boot.autostart': 'true' } }));
+    await done(w, await w.guests.create({ name: 'gone', image: 'busybox' }));
+    await w.controller.stop();
+    // A delete requested while the daemon was down.
+    const kv = await w.store.get(keys.guest('gone'));
+    const spec = JSON.parse(kv!.value) as GuestSpec;
+    await w.store.put(keys.guest('gone'), JSON.stringify({ ...spec, deleting: true, generation: spec.generation + 1 }));
+    const pid = (await w.guests.get('keep')).state.pid;
+    const starts = w.driver.calls.filter((c) => c === 'start:keep').length;
+
+    const w2 = await makeWorld(w.store, w.driver);
+    try {
+      await waitUntil(async () => (await w2.guests.get('auto')).status === 'Running');
+      await waitUntil(async () => (await w2.store.get(keys.guest('gone'))) === undefined);
+      const keep = await w2.guests.get('keep');
+      assert.equal(keep.status, 'Running');
+      assert.equal(keep.state.pid, pid);
+      assert.equal(w.driver.calls.filter((c) => c === 'start:keep').length, starts, 'not started twice');
+    } finally {
+      await w2.controller.stop();
+    }
+  });
+
+  test('exec needs a running guest and passes the command through', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    await rejectsWith(w.guests.exec('a', { command: ['true'] }), 'FailedPrecondition', /start it first/);
+    await done(w, await w.guests.changeState('a', { action: 'start' }));
+    const s = await w.guests.exec('a', { command: ['echo', 'hi'] });
+    assert.equal(await s.exit, 0);
+    await rejectsWith(w.guests.exec('a', { command: [] }), 'InvalidArgument');
+  });
+});
+
+async function waitUntil(cond: () => Promise<boolean>, timeoutMs = 3000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail('condition not met in time');
+}
