@@ -1,0 +1,420 @@
+import { createHash } from 'node:crypto';
+import { chmod, chown, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { configValue, isLiveKey } from '../../core/config-keys.ts';
+import { failedPrecondition, internal, invalidArgument, notSupported } from '../../core/errors.ts';
+import { withRevert } from '../../core/revert.ts';
+import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
+import { cgroupMode, readCgroupUsage, readFreezerState, removeCgroup } from '../../host/cgroups-v1.ts';
+import { isMountPoint, mountOverlay, unmountIfMounted } from '../../host/mounts.ts';
+import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { readHardLimits } from '../../host/rlimits.ts';
+import type {
+  DriverContext,
+  ExecSession,
+  GuestDriver,
+  ImageHandle,
+  ProbeResult,
+  RuntimeState,
+} from '../guest-driver.ts';
+import { buildOciSpec, DEFAULT_ENV, type OciSpec, ociResources, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
+import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
+import { readRuncInitIdentity } from './runc-state.ts';
+
+/** How often stop() looks whether init is gone. */
+const POLL_MS = 50;
+/** How long stop() waits for the kernel to reap a SIGKILLed guest. */
+const KILL_WAIT_MS = 10_000;
+/** Config keys `runc update` applies to a running guest. */
+const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
+
+/** Where a ct guest keeps its files under the state dir. */
+export interface CtGuestPaths {
+  dir: string;
+  bundle: string;
+  config: string;
+  upper: string;
+  work: string;
+  rootfs: string;
+  consoleLog: string;
+  pidFile: string;
+}
+
+/** The cgroup parent shared by every guest of one state dir: `/trivisor-<8 hex of sha256(stateDir)>`. */
+export function cgroupParentOf(stateDir: string): string {
+  return `/trivisor-${createHash('sha256').update(stateDir).digest('hex').slice(0, 8)}`;
+}
+
+/** The OCI runtime (runc) behind the `ct` model: one detached runc container per guest. */
+export function createCtDriver(ctx: DriverContext): GuestDriver {
+  const { runner, stateDir, idmapBase } = ctx;
+  const log = ctx.log.child({ driver: 'ct' });
+  const runcRoot = join(stateDir, 'runc');
+  const runc = ['runc', '--root', runcRoot];
+  const cgroupParent = cgroupParentOf(stateDir);
+  const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
+
+  const pathsOf = (spec: GuestSpec): CtGuestPaths => {
+    const dir = join(stateDir, 'guests', spec.name);
+    return {
+      dir,
+      bundle: join(dir, 'bundle'),
+      config: join(dir, 'bundle', 'config.json'),
+      upper: join(dir, 'upper'),
+      work: join(dir, 'work'),
+      rootfs: join(dir, 'rootfs'),
+      consoleLog: join(dir, 'console.log'),
+      pidFile: join(dir, 'init.pid'),
+    };
+  };
+
+  const baseOf = (spec: GuestSpec): number | undefined =>
+    configValue.privileged(spec.config) ? undefined : idmapBase;
+
+  const initOf = (image: ImageHandle): string[] => {
+    const raw = image.record.properties.init;
+    if (!raw) return ['/sbin/init'];
+    try {
+      const argv = JSON.parse(raw) as unknown;
+      if (Array.isArray(argv) && argv.length > 0 && argv.every((a) => typeof a === 'string')) return argv;
+    } catch {
+      // Fall through to the error below.
+    }
+    throw invalidArgument(
+      `Image ${image.record.fingerprint} has an init property that is not a JSON list of strings: fix the image metadata.`,
+    );
+  };
+
+  /** The stop signal recorded in the bundle at start (stop() has no image at hand). */
+  const stopSignalOf = async (spec: GuestSpec): Promise<string> => {
+    const oci = await readBundle(spec).catch(() => undefined);
+    return oci?.annotations[STOP_SIGNAL_ANNOTATION] ?? 'SIGTERM';
+  };
+
+  const readBundle = async (spec: GuestSpec): Promise<OciSpec> =>
+    JSON.parse(await readFile(pathsOf(spec).config, 'utf8')) as OciSpec;
+
+  /** The live init of a guest: `known` when given (never second-guessed), else what runc recorded. */
+  const liveInit = async (spec: GuestSpec, known?: ProcessIdentity): Promise<ProcessIdentity | undefined> => {
+    const identity = known ?? (await readRuncInitIdentity(runcRoot, spec.name));
+    return identity && (await isSameProcess(identity)) ? identity : undefined;
+  };
+
+  const exists = async (path: string): Promise<boolean> => {
+    try {
+      await stat(path);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  const waitGone = async (identity: ProcessIdentity, timeoutMs: number): Promise<boolean> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!(await isSameProcess(identity))) return true;
+      if (Date.now() >= deadline) return false;
+      await sleep(POLL_MS);
+    }
+  };
+
+  /** Removes what a started guest holds (runc container, overlay mount, cgroups); leaves the guest dir. */
+  const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
+    const p = pathsOf(spec);
+    await runner.run([...runc, 'delete', '--force', spec.name], { allowFailure: true });
+    await unmountIfMounted(p.rootfs, { runner });
+    await removeCgroup(cgroupsPath(spec));
+    await rm(p.pidFile, { force: true });
+  };
+
+  const writeBundle = async (spec: GuestSpec, image: ImageHandle): Promise<void> => {
+    const p = pathsOf(spec);
+    const oci = buildOciSpec(spec, {
+      rootfsPath: p.rootfs,
+      init: initOf(image),
+      idmapBase: baseOf(spec),
+      cgroupsPath: cgroupsPath(spec),
+      hostHardLimits: await readHardLimits(),
+      stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
+    });
+    await writeFile(p.config, `${JSON.stringify(oci, null, 2)}\n`);
+  };
+
+  /**
+   * runc mounts rootfs/ from inside the guest's user namespace, where host root's
+   * files count as "other": every directory on the way must be searchable (o+x).
+   * The state dir and guests/ get it (search only, no listing); directories
+   * above the state dir are the administrator's, so they are only checked.
+   */
+  const ensureTraversable = async (spec: GuestSpec): Promise<void> => {
+    const own = [stateDir, join(stateDir, 'guests')];
+    for (const dir of own) {
+      const mode = (await stat(dir)).mode;
+      if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o001);
+    }
+    for (let dir = dirname(stateDir); ; dir = dirname(dir)) {
+      if (((await stat(dir)).mode & 0o001) === 0) {
+        throw failedPrecondition(
+          `Unprivileged guest ${spec.name} cannot start: ${dir} is not searchable by others; chmod o+x it or move the state dir.`,
+        );
+      }
+      if (dir === dirname(dir)) break;
+    }
+  };
+
+  const runningInit = async (spec: GuestSpec): Promise<ProcessIdentity> => {
+    const init = await liveInit(spec);
+    if (!init) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
+    return init;
+  };
+
+  const driver: GuestDriver = {
+    model: 'ct',
+
+    async probe(): Promise<ProbeResult> {
+      const warnings: string[] = [];
+      const details: Record<string, string> = {};
+      let version = '';
+      const result = await runner.run(['runc', '--version'], { allowFailure: true }).catch(() => undefined);
+      if (result && result.code === 0) {
+        version = /runc version (\S+)/.exec(result.stdout)?.[1] ?? result.stdout.split('\n')[0] ?? '';
+        const spec = /spec: (\S+)/.exec(result.stdout)?.[1];
+        if (spec) details.ociSpec = spec;
+      } else {
+        warnings.push("runc is not installed: install Debian's runc package.");
+      }
+      const mode = await cgroupMode();
+      details.cgroups = mode;
+      if (mode === 'v2') warnings.push('cgroups v2: usage() reads cgroup v1 files and reports zeros.');
+      const filesystems = await readFile('/proc/filesystems', 'utf8').catch(() => '');
+      if (!/\toverlay$/m.test(filesystems))
+        warnings.push('overlayfs is not available: load the overlay module.');
+      const script = await runner.run(['script', '--version'], { allowFailure: true }).catch(() => undefined);
+      if (script?.code !== 0) warnings.push('util-linux script is missing: exec with a tty will fail.');
+      details.idmapBase = String(idmapBase);
+      details.cgroupParent = cgroupParent;
+      return {
+        model: 'ct',
+        supported: version !== '' && !warnings.some((w) => w.startsWith('overlayfs')),
+        version,
+        warnings,
+        details,
+      };
+    },
+
+    validate(spec) {
+      if (spec.config['limits.disk'] !== undefined) {
+        throw notSupported(
+          'limits.disk is not supported for ct guests yet: their root file systems live on a directory pool without quotas; remove the key.',
+        );
+      }
+      if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
+        throw invalidArgument(
+          `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
+        );
+      }
+    },
+
+    async create(spec, image) {
+      driver.validate(spec);
+      const p = pathsOf(spec);
+      if (await exists(p.bundle)) return;
+      await withRevert(async (r) => {
+        await mkdir(join(stateDir, 'guests'), { recursive: true });
+        // 0711: a user-namespaced runc init must be able to walk to rootfs/, nothing more.
+        await mkdir(p.dir, { mode: 0o711 });
+        r.add(() => rm(p.dir, { recursive: true, force: true }));
+        for (const d of [p.bundle, p.upper, p.work, p.rootfs]) await mkdir(d, { mode: 0o755 });
+        await writeFile(p.consoleLog, '', { mode: 0o600 });
+        await writeBundle(spec, image);
+      });
+    },
+
+    async start(spec, image) {
+      driver.validate(spec);
+      const p = pathsOf(spec);
+      if (!(await exists(p.bundle))) {
+        throw failedPrecondition(`Guest ${spec.name} has no root file system on this host: create it first.`);
+      }
+      const running = await liveInit(spec);
+      if (running) return running;
+      await cleanUpRuntime(spec);
+      return withRevert(async (r) => {
+        const base = baseOf(spec);
+        if (base !== undefined) await ensureTraversable(spec);
+        const lowerDir = base === undefined ? image.rootfs : await image.shiftedRootfs(base);
+        // The overlay's root directory takes the upper dir's owner: make it the guest's root.
+        await chown(p.upper, base ?? 0, base ?? 0);
+        await chown(p.work, base ?? 0, base ?? 0);
+        await mountOverlay(p.rootfs, { lowerDir, upperDir: p.upper, workDir: p.work }, { runner });
+        r.add(() => unmountIfMounted(p.rootfs, { runner }));
+        await writeBundle(spec, image);
+        r.add(() => cleanUpRuntime(spec));
+
+        const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
+        const consoleFile = await open(p.consoleLog, 'a', 0o600);
+        let code: number;
+        try {
+          // runc -d exits once init runs; init keeps the log fd as its stdout/stderr and is
+          // re-parented away from us. setsid (detached) keeps terminal signals off the guest.
+          const child = runner.spawn(
+            [...runc, 'run', '--detach', '--pid-file', p.pidFile, '--bundle', p.bundle, spec.name],
+            {
+              stdio: ['ignore', consoleFile.fd, consoleFile.fd],
+              detached: true,
+            },
+          );
+          code = await new Promise<number>((resolve) => {
+            child.once('error', () => resolve(127));
+            child.once('exit', (c: number | null) => resolve(c ?? 1));
+          });
+        } finally {
+          await consoleFile.close();
+        }
+        if (code !== 0) {
+          const output = (await readFile(p.consoleLog).catch(() => Buffer.alloc(0)))
+            .subarray(before)
+            .toString('utf8');
+          const detail = output.trim().split('\n').slice(-3).join(' ').slice(0, 400);
+          throw internal(`runc could not start guest ${spec.name} (exit ${code}): ${detail || 'no output'}`);
+        }
+        const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
+        const identity = await readProcessIdentity(pid);
+        if (!identity) {
+          throw internal(`Guest ${spec.name}'s init (pid ${pid}) exited at once: see ${p.consoleLog}.`);
+        }
+        log.info({ guest: spec.name, pid: identity.pid }, 'guest started');
+        return identity;
+      });
+    },
+
+    async stop(spec, options) {
+      const init = await liveInit(spec);
+      if (init) {
+        // A frozen task cannot act on a signal, not even SIGKILL in cgroup v1.
+        const freezer = await readFreezerState(cgroupsPath(spec));
+        if (freezer && freezer !== 'THAWED')
+          await runner.run([...runc, 'resume', spec.name], { allowFailure: true });
+        let gone = false;
+        if (!options.force) {
+          await runner.run([...runc, 'kill', spec.name, await stopSignalOf(spec)], { allowFailure: true });
+          gone = await waitGone(init, options.timeoutMs);
+        }
+        if (!gone) {
+          log.info({ guest: spec.name, force: options.force }, 'killing guest');
+          await runner.run([...runc, 'kill', '--all', spec.name, 'KILL'], { allowFailure: true });
+          if (!(await waitGone(init, KILL_WAIT_MS))) {
+            throw internal(
+              `Guest ${spec.name}'s init (pid ${init.pid}) survived SIGKILL: check the host for stuck I/O.`,
+            );
+          }
+        }
+      }
+      await cleanUpRuntime(spec);
+    },
+
+    async freeze(spec) {
+      await runningInit(spec);
+      await runner.run([...runc, 'pause', spec.name]);
+    },
+
+    async unfreeze(spec) {
+      await runningInit(spec);
+      await runner.run([...runc, 'resume', spec.name]);
+    },
+
+    async delete(spec) {
+      const p = pathsOf(spec);
+      const init = await liveInit(spec);
+      if (init) await driver.stop(spec, { timeoutMs: 0, force: true });
+      await cleanUpRuntime(spec);
+      if (await isMountPoint(p.rootfs)) {
+        throw internal(
+          `${p.rootfs} is still mounted: unmount it by hand, then delete guest ${spec.name} again.`,
+        );
+      }
+      await rm(p.dir, { recursive: true, force: true });
+      // The parent goes once its last guest is gone; rmdir refuses while others remain.
+      await removeCgroup(cgroupParent);
+    },
+
+    async inspect(spec, known): Promise<RuntimeState> {
+      if (!(await exists(pathsOf(spec).dir))) return { state: 'absent' };
+      const init = await liveInit(spec, known);
+      if (!init) return { state: 'stopped' };
+      const freezer = await readFreezerState(cgroupsPath(spec));
+      return { state: freezer === 'FROZEN' || freezer === 'FREEZING' ? 'frozen' : 'running', process: init };
+    },
+
+    async usage(spec): Promise<GuestUsage> {
+      return readCgroupUsage(cgroupsPath(spec));
+    },
+
+    async update(spec, changedKeys) {
+      const p = pathsOf(spec);
+      if (await exists(p.config)) {
+        // Keep the bundle in step so that config.json tells the truth (start rewrites it anyway).
+        const oci = await readBundle(spec);
+        oci.linux.resources = ociResources(spec.config);
+        await writeFile(p.config, `${JSON.stringify(oci, null, 2)}\n`);
+      }
+      if (!(await liveInit(spec))) return [];
+      const live = changedKeys.filter((k) => RUNC_UPDATE_KEYS.has(k));
+      if (live.length > 0) {
+        const args: string[] = [];
+        if (live.includes('limits.memory')) {
+          const bytes = configValue.memoryBytes(spec.config);
+          const value = bytes === undefined ? '-1' : String(bytes);
+          args.push('--memory', value, '--memory-swap', value);
+        }
+        if (live.includes('limits.cpu')) {
+          const cpus = configValue.cpus(spec.config);
+          const quota = cpus === undefined ? -1 : Math.max(1000, Math.round(cpus * 100_000));
+          args.push('--cpu-period', '100000', '--cpu-quota', String(quota));
+        }
+        if (live.includes('limits.processes')) {
+          const n = configValue.processes(spec.config);
+          args.push('--pids-limit', String(n ?? -1));
+        }
+        await runner.run([...runc, 'update', ...args, spec.name]);
+      }
+      return changedKeys.filter((k) => !isLiveKey(k));
+    },
+
+    async exec(spec, options): Promise<ExecSession> {
+      await runningInit(spec);
+      if (options.command.length === 0)
+        throw invalidArgument('The command to run is empty: give at least a program.');
+      const user = options.user ?? 0;
+      const group = options.group ?? (options.user === undefined ? 0 : options.user);
+      const env: Record<string, string> = {
+        ...DEFAULT_ENV,
+        HOME: user === 0 ? '/root' : '/',
+        ...configValue.environment(spec.config),
+        ...options.env,
+      };
+      if (!options.tty) delete env.TERM;
+      const argv = [
+        ...runc,
+        'exec',
+        ...Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
+        '--cwd',
+        options.cwd ?? '/',
+        '--user',
+        `${user}:${group}`,
+        ...(options.tty ? ['--tty'] : []),
+        spec.name,
+        ...options.command,
+      ];
+      return options.tty
+        ? ttyExecSession(runner, argv, { columns: options.columns ?? 80, rows: options.rows ?? 24 })
+        : pipeExecSession(runner, argv);
+    },
+
+    consoleLogPath(spec) {
+      return pathsOf(spec).consoleLog;
+    },
+  };
+  return driver;
+}

@@ -1,0 +1,93 @@
+import { readFile } from 'node:fs/promises';
+import type { ProcessIdentity } from '../core/types.ts';
+
+/** The fields of /proc/PID/stat that Trivisor reads. */
+export interface ProcStat {
+  pid: number;
+  comm: string;
+  /** One letter: R, S, D, Z (zombie), T, X… */
+  state: string;
+  ppid: number;
+  /** Field 22: clock ticks after boot when the process started. */
+  startTime: number;
+}
+
+/**
+ * Parses one /proc/PID/stat line. comm (field 2) may hold spaces and
+ * parentheses, so it ends at the *last* ')' of the line, not the first.
+ */
+export function parseProcStat(text: string): ProcStat {
+  const open = text.indexOf('(');
+  const close = text.lastIndexOf(')');
+  if (open < 0 || close < open) throw new Error(`Malformed /proc stat line: ${text.slice(0, 80)}`);
+  const pid = Number(text.slice(0, open).trim());
+  const comm = text.slice(open + 1, close);
+  // Fields after comm start at field 3 (state); field 22 is index 19 of the rest.
+  const rest = text
+    .slice(close + 1)
+    .trim()
+    .split(/\s+/);
+  const state = rest[0] ?? '';
+  const ppid = Number(rest[1]);
+  const startTime = Number(rest[19]);
+  if (!Number.isInteger(pid) || !Number.isInteger(startTime) || state === '') {
+    throw new Error(`Malformed /proc stat line: ${text.slice(0, 80)}`);
+  }
+  return { pid, comm, state, ppid, startTime };
+}
+
+/** Reads /proc/PID/stat; undefined when the process does not exist. */
+export async function readProcStat(pid: number, procRoot = '/proc'): Promise<ProcStat | undefined> {
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    return parseProcStat(await readFile(`${procRoot}/${pid}/stat`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Identity of a live (non-zombie) process, or undefined when there is none with this pid. */
+export async function readProcessIdentity(
+  pid: number,
+  procRoot = '/proc',
+): Promise<ProcessIdentity | undefined> {
+  const stat = await readProcStat(pid, procRoot);
+  if (!stat || stat.state === 'Z' || stat.state === 'X') return undefined;
+  return { pid: stat.pid, startTime: stat.startTime };
+}
+
+/** Whether `identity` still names the same live process (pid reuse gives a different start time). */
+export async function isSameProcess(identity: ProcessIdentity, procRoot = '/proc'): Promise<boolean> {
+  const now = await readProcessIdentity(identity.pid, procRoot);
+  return now !== undefined && now.startTime === identity.startTime;
+}
+
+/** Real uid and gid of a process from /proc/PID/status; undefined when it is gone. */
+export async function readProcessOwner(
+  pid: number,
+  procRoot = '/proc',
+): Promise<{ uid: number; gid: number } | undefined> {
+  try {
+    const text = await readFile(`${procRoot}/${pid}/status`, 'utf8');
+    const uid = /^Uid:\s+(\d+)/m.exec(text)?.[1];
+    const gid = /^Gid:\s+(\d+)/m.exec(text)?.[1];
+    if (uid === undefined || gid === undefined) return undefined;
+    return { uid: Number(uid), gid: Number(gid) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Direct children of a process (needs CONFIG_PROC_CHILDREN, which Debian kernels have). */
+export async function readChildPids(pid: number, procRoot = '/proc'): Promise<number[]> {
+  try {
+    const text = await readFile(`${procRoot}/${pid}/task/${pid}/children`, 'utf8');
+    return text
+      .trim()
+      .split(/\s+/)
+      .filter((s) => s !== '')
+      .map(Number);
+  } catch {
+    return [];
+  }
+}
