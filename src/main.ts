@@ -4,9 +4,9 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
+import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
-import type { Model } from './core/types.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
@@ -75,9 +75,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   let url: string | null = null;
   if (listen !== 'none') {
     const token = await ensureToken(stateDir);
-    const tcpApp = await buildServer(services, { auth: { type: 'token', token }, logger: false, uploadDir: stateDir });
+    const tcpApp = await buildServer(services, {
+      auth: { type: 'token', token },
+      logger: false,
+      uploadDir: stateDir,
+    });
     const [hostPart, portPart] = splitHostPort(listen);
-    url = await listenTcp(tcpApp, hostPart, portPart);
+    const bound = await listenTcp(tcpApp, hostPart, portPart);
+    url = `http://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
     apps.push(tcpApp);
   }
   await writeFile(

@@ -4,8 +4,8 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/types.ts';
 import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
 import type { EventBus } from '../services/types.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
 
 /** Turns an image fingerprint into what drivers need to build a guest from it. */
 export interface ImageResolver {
@@ -130,7 +130,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       status.error = err.message;
       status.failedGeneration = spec.generation;
       if (driver) {
-        const rt = await driver.inspect(spec, status.process).catch((): RuntimeState => ({ state: 'absent' }));
+        const rt = await driver
+          .inspect(spec, status.process)
+          .catch((): RuntimeState => ({ state: 'absent' }));
         status.status = statusOf(rt);
         if (rt.process) status.process = rt.process;
         else delete status.process;
@@ -205,7 +207,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       if (spec.desired !== 'Stopped' && policy !== 'never') {
         if (tooManyCrashes(spec.name)) {
           status.status = 'Error';
-          throw new Error(`Guest ${spec.name} died ${CRASH_LIMIT} times within a minute; not restarting it again`);
+          throw new Error(
+            `Guest ${spec.name} died ${CRASH_LIMIT} times within a minute; not restarting it again`,
+          );
         }
         status.restartCount++;
         await start('guest-restarted');

@@ -1,6 +1,6 @@
 import { invalidArgument } from './errors.ts';
-import type { RestartPolicy } from './types.ts';
 import { parseBytes } from './sizes.ts';
+import type { RestartPolicy } from './types.ts';
 
 /** Host facts that bound what a guest may ask for. */
 export interface HostCapacity {
@@ -17,7 +17,8 @@ interface KeySpec {
 }
 
 const bool: KeySpec['check'] = (v) => {
-  if (v !== 'true' && v !== 'false') throw invalidArgument(`Expected true or false, got ${JSON.stringify(v)}`);
+  if (v !== 'true' && v !== 'false')
+    throw invalidArgument(`Expected true or false, got ${JSON.stringify(v)}`);
 };
 
 const MIN_MEMORY_BYTES = 8 * 1024 * 1024;
@@ -28,9 +29,12 @@ const KEYS: Record<string, KeySpec> = {
     help: 'memory limit, e.g. 256MiB',
     check(v, host) {
       const bytes = parseBytes(v, 'limits.memory');
-      if (bytes < MIN_MEMORY_BYTES) throw invalidArgument(`limits.memory=${v} is too small: give at least 8MiB`);
+      if (bytes < MIN_MEMORY_BYTES)
+        throw invalidArgument(`limits.memory=${v} is too small: give at least 8MiB`);
       if (bytes > host.memoryBytes) {
-        throw invalidArgument(`limits.memory=${v} is more than the host's ${Math.floor(host.memoryBytes / 2 ** 20)}MiB`);
+        throw invalidArgument(
+          `limits.memory=${v} is more than the host's ${Math.floor(host.memoryBytes / 2 ** 20)}MiB`,
+        );
       }
     },
   },
@@ -41,7 +45,8 @@ const KEYS: Record<string, KeySpec> = {
       if (!/^\d+(\.\d+)?$/.test(v) || Number(v) <= 0) {
         throw invalidArgument(`limits.cpu=${JSON.stringify(v)} is not a positive number of CPUs`);
       }
-      if (Number(v) > host.cpus) throw invalidArgument(`limits.cpu=${v} is more than the host's ${host.cpus} CPUs`);
+      if (Number(v) > host.cpus)
+        throw invalidArgument(`limits.cpu=${v} is more than the host's ${host.cpus} CPUs`);
     },
   },
   'limits.processes': {
@@ -49,7 +54,9 @@ const KEYS: Record<string, KeySpec> = {
     help: 'maximum number of processes, e.g. 500',
     check(v) {
       if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 4_194_304) {
-        throw invalidArgument(`limits.processes=${JSON.stringify(v)} is not a whole number between 1 and 4194304`);
+        throw invalidArgument(
+          `limits.processes=${JSON.stringify(v)} is not a whole number between 1 and 4194304`,
+        );
       }
     },
   },
@@ -70,7 +77,11 @@ const KEYS: Record<string, KeySpec> = {
       }
     },
   },
-  'security.privileged': { live: false, help: 'run without a user namespace (root in the guest is root on the host)', check: bool },
+  'security.privileged': {
+    live: false,
+    help: 'run without a user namespace (root in the guest is root on the host)',
+    check: bool,
+  },
 };
 
 const PREFIX_KEYS: Record<string, KeySpec> = {
@@ -115,7 +126,8 @@ export function configKeyHelp(): Record<string, string> {
 export const configValue = {
   memoryBytes: (c: Record<string, string>): number | undefined =>
     c['limits.memory'] ? parseBytes(c['limits.memory']) : undefined,
-  cpus: (c: Record<string, string>): number | undefined => (c['limits.cpu'] ? Number(c['limits.cpu']) : undefined),
+  cpus: (c: Record<string, string>): number | undefined =>
+    c['limits.cpu'] ? Number(c['limits.cpu']) : undefined,
   processes: (c: Record<string, string>): number | undefined =>
     c['limits.processes'] ? Number(c['limits.processes']) : undefined,
   privileged: (c: Record<string, string>): boolean => c['security.privileged'] === 'true',

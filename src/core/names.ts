@@ -8,7 +8,9 @@ export function assertDnsLabel(name: unknown, what = 'name'): asserts name is st
     throw invalidArgument(`The ${what} must not be empty`);
   }
   if (name.length > 63) {
-    throw invalidArgument(`The ${what} "${name.slice(0, 20)}…" is ${name.length} characters long; at most 63 are allowed`);
+    throw invalidArgument(
+      `The ${what} "${name.slice(0, 20)}…" is ${name.length} characters long; at most 63 are allowed`,
+    );
   }
   if (!DNS_LABEL.test(name)) {
     throw invalidArgument(

@@ -47,7 +47,8 @@ export function formatBytes(bytes: number): string {
 /** Parses a duration such as `30s`, `500ms`, `2m` or a bare number of seconds into milliseconds. */
 export function parseDurationMs(text: string, what = 'duration'): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
-  if (!m) throw invalidArgument(`The ${what} ${JSON.stringify(text)} is not a duration: write e.g. 30s or 500ms`);
+  if (!m)
+    throw invalidArgument(`The ${what} ${JSON.stringify(text)} is not a duration: write e.g. 30s or 500ms`);
   const factor = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
   return Math.round(Number(m[1]) * factor);
 }

@@ -6,7 +6,10 @@ import type { GuestDriver, RuntimeState } from './guest-driver.ts';
 /** In-memory guest driver for unit tests of services and controllers (never used by the daemon). */
 export interface FakeDriver extends GuestDriver {
   /** Guests as the fake "host" has them. */
-  readonly guests: Map<string, { state: RuntimeState['state']; process?: ProcessIdentity; config: Record<string, string> }>;
+  readonly guests: Map<
+    string,
+    { state: RuntimeState['state']; process?: ProcessIdentity; config: Record<string, string> }
+  >;
   /** Calls made, as `action:name`. */
   readonly calls: string[];
   /** Make the next call of `action` fail. */

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { type GuestController, createGuestController } from '../control/guest-controller.ts';
-import { type TrivisorError, isTrivisorError } from '../core/errors.ts';
+import { createGuestController, type GuestController } from '../control/guest-controller.ts';
+import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestSpec, ImageRecord } from '../core/types.ts';
-import { type FakeDriver, createFakeDriver } from '../drivers/fake-driver.ts';
+import type { GuestSpec, ImageRecord, TrivisorEvent } from '../core/types.ts';
+import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
-import { createMemoryStore } from '../store/memory-store.ts';
 import type { KvStore } from '../store/kv.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
 import { createEventBus } from './event-bus.ts';
 import { createGuestService } from './guest-service.ts';
 import { createOperationService } from './operation-service.ts';
-import type { GuestService, OperationService, TrivisorEvent } from './types.ts';
+import type { GuestService, OperationService } from './types.ts';
 
 const image: ImageRecord = {
   fingerprint: 'ab'.repeat(32),
@@ -128,11 +128,21 @@ describe('guest service and controller', () => {
       await rejectsWith(w.guests.create({ name, image: 'busybox' }), 'InvalidArgument');
     }
     await assert.rejects(w.guests.create({ name: 'a', image: 'nope' }), /not found/);
-    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.bogus': '1' } }), 'InvalidArgument', /Unknown configuration key/);
+    await rejectsWith(
+      w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.bogus': '1' } }),
+      'InvalidArgument',
+      /Unknown configuration key/,
+    );
     for (const v of ['lots', '-1', '0', '100GiB']) {
-      await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.memory': v } }), 'InvalidArgument');
+      await rejectsWith(
+        w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.memory': v } }),
+        'InvalidArgument',
+      );
     }
-    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.cpu': '64' } }), 'InvalidArgument');
+    await rejectsWith(
+      w.guests.create({ name: 'a', image: 'busybox', config: { 'limits.cpu': '64' } }),
+      'InvalidArgument',
+    );
     assert.equal((await w.store.list(keys.guestPrefix)).kvs.length, 0);
     assert.deepEqual(w.driver.calls, []);
     await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
@@ -178,7 +188,9 @@ describe('guest service and controller', () => {
 
   test('live config changes reach the running guest; others wait for a restart', async () => {
     await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
-    const r = await w.guests.updateConfig('a', { set: { 'limits.memory': '128MiB', 'security.privileged': 'true' } });
+    const r = await w.guests.updateConfig('a', {
+      set: { 'limits.memory': '128MiB', 'security.privileged': 'true' },
+    });
     assert.equal(r.guest.config['limits.memory'], '128MiB');
     assert.deepEqual(r.pendingRestart, ['security.privileged']);
     assert.ok(w.driver.calls.some((c) => c.startsWith('update:a:')));
@@ -188,7 +200,15 @@ describe('guest service and controller', () => {
 
   test('a guest that dies is marked Stopped; with restart_policy=always it is restarted', async () => {
     await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
-    await done(w, await w.guests.create({ name: 'b', image: 'busybox', start: true, config: { 'boot.restart_policy': 'always' } }));
+    await done(
+      w,
+      await w.guests.create({
+        name: 'b',
+        image: 'busybox',
+        start: true,
+        config: { 'boot.restart_policy': 'always' },
+      }),
+    );
     w.driver.kill('a');
     w.driver.kill('b');
     await waitUntil(async () => (await w.guests.get('a')).status === 'Stopped');
@@ -200,13 +220,19 @@ describe('guest service and controller', () => {
 
   test('a restarted controller re-adopts running guests, restarts autostart ones and finishes half-done deletes', async () => {
     await done(w, await w.guests.create({ name: 'keep', image: 'busybox', start: true }));
-    await done(w, await w.guests.create({ name: 'auto', image: 'busybox', config: { 'boot.autostart': 'true' } }));
+    await done(
+      w,
+      await w.guests.create({ name: 'auto', image: 'busybox', config: { 'boot.autostart': 'true' } }),
+    );
     await done(w, await w.guests.create({ name: 'gone', image: 'busybox' }));
     await w.controller.stop();
     // A delete requested while the daemon was down.
     const kv = await w.store.get(keys.guest('gone'));
     const spec = JSON.parse(kv!.value) as GuestSpec;
-    await w.store.put(keys.guest('gone'), JSON.stringify({ ...spec, deleting: true, generation: spec.generation + 1 }));
+    await w.store.put(
+      keys.guest('gone'),
+      JSON.stringify({ ...spec, deleting: true, generation: spec.generation + 1 }),
+    );
     const pid = (await w.guests.get('keep')).state.pid;
     const starts = w.driver.calls.filter((c) => c === 'start:keep').length;
 

@@ -1,9 +1,16 @@
-import { type HostCapacity, configValue, validateConfig } from '../core/config-keys.ts';
+import { configValue, type HostCapacity, validateConfig } from '../core/config-keys.ts';
 import { alreadyExists, conflict, invalidArgument, notFound, notSupported } from '../core/errors.ts';
 import { assertCanDo } from '../core/guest-state.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import { type Guest, type GuestSpec, type GuestStatus, type GuestUsage, MODELS, type Model } from '../core/types.ts';
+import {
+  type Guest,
+  type GuestSpec,
+  type GuestStatus,
+  type GuestUsage,
+  MODELS,
+  type Model,
+} from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { KvStore } from '../store/kv.ts';
 import type { GuestService, ImageService, OperationService } from './types.ts';
@@ -35,7 +42,10 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   const driverFor = (model: Model): GuestDriver => {
     const d = drivers[model];
-    if (!d) throw notSupported(`The ${model} model is not available on this host; available: ${Object.keys(drivers).join(', ')}`);
+    if (!d)
+      throw notSupported(
+        `The ${model} model is not available on this host; available: ${Object.keys(drivers).join(', ')}`,
+      );
     return d;
   };
 
@@ -96,7 +106,9 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       state: {
         pid: status?.process?.pid ?? null,
         startedAt,
-        uptimeSeconds: startedAt ? Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000)) : null,
+        uptimeSeconds: startedAt
+          ? Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000))
+          : null,
         usage,
         restartCount: status?.restartCount ?? 0,
       },
@@ -107,9 +119,13 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   return {
     async list(options = {}) {
-      const [specs, statuses] = await Promise.all([store.list(keys.guestPrefix), store.list(keys.guestStatusPrefix)]);
+      const [specs, statuses] = await Promise.all([
+        store.list(keys.guestPrefix),
+        store.list(keys.guestStatusPrefix),
+      ]);
       const byName = new Map<string, GuestStatus>();
-      for (const kv of statuses.kvs) byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
+      for (const kv of statuses.kvs)
+        byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
       const guests: Guest[] = [];
       for (const kv of specs.kvs) {
         const spec = JSON.parse(kv.value) as GuestSpec;
@@ -127,7 +143,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     async create(request) {
       assertDnsLabel(request.name, 'guest name');
       const model = request.model ?? 'ct';
-      if (!MODELS.includes(model)) throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
+      if (!MODELS.includes(model))
+        throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
       const driver = driverFor(model);
       const image = await deps.images.get(request.image);
       const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity);
@@ -167,9 +184,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             // A create that fails half way leaves nothing behind.
             const l = await load(spec.name).catch(() => undefined);
             if (l && !l.spec.deleting) {
-              await writeSpec(l, { ...l.spec, deleting: true, stopForce: true, generation: l.spec.generation + 1 }).catch(
-                () => {},
-              );
+              await writeSpec(l, {
+                ...l.spec,
+                deleting: true,
+                stopForce: true,
+                generation: l.spec.generation + 1,
+              }).catch(() => {});
             }
             await waitForGuest(store, spec.name, (s) => (s ? undefined : true)).catch(() => {});
             throw e;
@@ -190,7 +210,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             ? FOREVER_MS
             : Math.round(request.timeout * 1000);
       const gen = l.spec.generation + 1;
-      const next: GuestSpec = { ...l.spec, generation: gen, stopTimeoutMs, stopForce: request.force === true };
+      const next: GuestSpec = {
+        ...l.spec,
+        generation: gen,
+        stopTimeoutMs,
+        stopForce: request.force === true,
+      };
       switch (request.action) {
         case 'start':
         case 'unfreeze':
@@ -208,7 +233,13 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           break;
       }
       await writeSpec(l, next);
-      const verb = { start: 'Starting', stop: 'Stopping', restart: 'Restarting', freeze: 'Freezing', unfreeze: 'Unfreezing' };
+      const verb = {
+        start: 'Starting',
+        stop: 'Stopping',
+        restart: 'Restarting',
+        freeze: 'Freezing',
+        unfreeze: 'Unfreezing',
+      };
       return operations.start({
         description: `${verb[request.action]} guest ${name}`,
         resources: { guests: [`/1.0/guests/${name}`] },

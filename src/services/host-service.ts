@@ -23,23 +23,82 @@ export function createHostService(deps: HostServiceDeps): HostService {
 
   const registry = new Registry();
   const labels = ['name', 'model'] as const;
-  const guestMemory = new Gauge({ name: 'trivisor_guest_memory_bytes', help: 'Memory used by the guest', labelNames: labels, registers: [registry] });
-  const guestMemoryLimit = new Gauge({ name: 'trivisor_guest_memory_limit_bytes', help: 'Memory limit of the guest', labelNames: labels, registers: [registry] });
-  const guestCpu = new Gauge({ name: 'trivisor_guest_cpu_seconds_total', help: 'CPU time used by the guest', labelNames: labels, registers: [registry] });
-  const guestProcesses = new Gauge({ name: 'trivisor_guest_processes', help: 'Processes in the guest', labelNames: labels, registers: [registry] });
-  const guestUp = new Gauge({ name: 'trivisor_guest_up', help: '1 when the guest runs', labelNames: labels, registers: [registry] });
-  const guestsByStatus = new Gauge({ name: 'trivisor_guests', help: 'Guests by status', labelNames: ['status'] as const, registers: [registry] });
-  const hostMemory = new Gauge({ name: 'trivisor_host_memory_bytes', help: 'Host memory', registers: [registry] });
-  const hostMemoryAvailable = new Gauge({ name: 'trivisor_host_memory_available_bytes', help: 'Host memory not in use', registers: [registry] });
+  const guestMemory = new Gauge({
+    name: 'trivisor_guest_memory_bytes',
+    help: 'Memory used by the guest',
+    labelNames: labels,
+    registers: [registry],
+  });
+  const guestMemoryLimit = new Gauge({
+    name: 'trivisor_guest_memory_limit_bytes',
+    help: 'Memory limit of the guest',
+    labelNames: labels,
+    registers: [registry],
+  });
+  const guestCpu = new Gauge({
+    name: 'trivisor_guest_cpu_seconds_total',
+    help: 'CPU time used by the guest',
+    labelNames: labels,
+    registers: [registry],
+  });
+  const guestProcesses = new Gauge({
+    name: 'trivisor_guest_processes',
+    help: 'Processes in the guest',
+    labelNames: labels,
+    registers: [registry],
+  });
+  const guestUp = new Gauge({
+    name: 'trivisor_guest_up',
+    help: '1 when the guest runs',
+    labelNames: labels,
+    registers: [registry],
+  });
+  const guestsByStatus = new Gauge({
+    name: 'trivisor_guests',
+    help: 'Guests by status',
+    labelNames: ['status'] as const,
+    registers: [registry],
+  });
+  const hostMemory = new Gauge({
+    name: 'trivisor_host_memory_bytes',
+    help: 'Host memory',
+    registers: [registry],
+  });
+  const hostMemoryAvailable = new Gauge({
+    name: 'trivisor_host_memory_available_bytes',
+    help: 'Host memory not in use',
+    registers: [registry],
+  });
   const hostCpus = new Gauge({ name: 'trivisor_host_cpus', help: 'Host CPUs', registers: [registry] });
-  const hostLoad = new Gauge({ name: 'trivisor_host_load1', help: 'Host load average over 1 minute', registers: [registry] });
-  const guestsMemoryTotal = new Gauge({ name: 'trivisor_host_guest_memory_bytes', help: 'Memory used by all guests', registers: [registry] });
-  const guestsCpuTotal = new Gauge({ name: 'trivisor_host_guest_cpu_seconds_total', help: 'CPU time used by all guests', registers: [registry] });
-  const guestsProcessesTotal = new Gauge({ name: 'trivisor_host_guest_processes', help: 'Processes in all guests', registers: [registry] });
-  const daemonRss = new Gauge({ name: 'trivisor_daemon_resident_memory_bytes', help: 'Resident memory of the daemon', registers: [registry] });
+  const hostLoad = new Gauge({
+    name: 'trivisor_host_load1',
+    help: 'Host load average over 1 minute',
+    registers: [registry],
+  });
+  const guestsMemoryTotal = new Gauge({
+    name: 'trivisor_host_guest_memory_bytes',
+    help: 'Memory used by all guests',
+    registers: [registry],
+  });
+  const guestsCpuTotal = new Gauge({
+    name: 'trivisor_host_guest_cpu_seconds_total',
+    help: 'CPU time used by all guests',
+    registers: [registry],
+  });
+  const guestsProcessesTotal = new Gauge({
+    name: 'trivisor_host_guest_processes',
+    help: 'Processes in all guests',
+    registers: [registry],
+  });
+  const daemonRss = new Gauge({
+    name: 'trivisor_daemon_resident_memory_bytes',
+    help: 'Resident memory of the daemon',
+    registers: [registry],
+  });
 
   async function collect(): Promise<void> {
-    for (const g of [guestMemory, guestMemoryLimit, guestCpu, guestProcesses, guestUp, guestsByStatus]) g.reset();
+    for (const g of [guestMemory, guestMemoryLimit, guestCpu, guestProcesses, guestUp, guestsByStatus])
+      g.reset();
     const guests = await deps.guests.list({ withUsage: true });
     const counts: Record<string, number> = { Running: 0, Stopped: 0, Frozen: 0, Error: 0 };
     let mem = 0;
@@ -80,7 +139,12 @@ export function createHostService(deps: HostServiceDeps): HostService {
         kernel: `${os.type()} ${os.release()}`,
         cpus: os.availableParallelism(),
         memoryBytes: os.totalmem(),
-        drivers: results.map((p) => ({ model: p.model, supported: p.supported, version: p.version, warnings: p.warnings })),
+        drivers: results.map((p) => ({
+          model: p.model,
+          supported: p.supported,
+          version: p.version,
+          warnings: p.warnings,
+        })),
         store: deps.storeDescription,
       };
     },

@@ -1,9 +1,10 @@
 import { rm } from 'node:fs/promises';
+import type { ImageResolver } from '../control/guest-controller.ts';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertImageAlias } from '../core/names.ts';
 import type { GuestSpec, ImageRecord } from '../core/types.ts';
-import type { ImageResolver } from '../control/guest-controller.ts';
+import { debootstrapSuite } from '../images/debootstrap-image.ts';
 import type { ImageFiles } from '../images/image-files.ts';
 import type { KvStore } from '../store/kv.ts';
 import type { EventBus, ImageService, OperationService } from './types.ts';
@@ -40,7 +41,8 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     if (/^[0-9a-f]{6,64}$/.test(ref)) {
       const matches = (await records()).filter((r) => r.fingerprint.startsWith(ref));
       if (matches.length === 1 && matches[0]) return matches[0];
-      if (matches.length > 1) throw invalidArgument(`Image fingerprint prefix ${ref} is ambiguous; give more digits`);
+      if (matches.length > 1)
+        throw invalidArgument(`Image fingerprint prefix ${ref} is ambiguous; give more digits`);
     }
     throw notFound(`Image ${ref} not found; see trivisor image list`);
   }
@@ -92,7 +94,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     async build(request) {
       const alias = request.alias ?? request.source;
       await assertAliasFree(alias);
-      files.assertBuildSource(request.source);
+      await debootstrapSuite(request.source);
       return operations.start({
         description: `Building image ${alias} from ${request.source}`,
         resources: { images: [`/1.0/images/${alias}`] },
@@ -137,11 +139,16 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     async delete(ref) {
       const record = await resolve(ref);
       const { kvs } = await store.list(keys.guestPrefix);
-      const users = kvs.map((kv) => JSON.parse(kv.value) as GuestSpec).filter((g) => g.image === record.fingerprint);
+      const users = kvs
+        .map((kv) => JSON.parse(kv.value) as GuestSpec)
+        .filter((g) => g.image === record.fingerprint);
       if (users.length > 0) {
         const names = users.map((g) => g.name);
-        const shown = names.slice(0, 5).join(', ') + (names.length > 5 ? ` and ${names.length - 5} more` : '');
-        throw failedPrecondition(`Image ${ref} is used by guest${names.length > 1 ? 's' : ''} ${shown}; delete them first`);
+        const shown =
+          names.slice(0, 5).join(', ') + (names.length > 5 ? ` and ${names.length - 5} more` : '');
+        throw failedPrecondition(
+          `Image ${ref} is used by guest${names.length > 1 ? 's' : ''} ${shown}; delete them first`,
+        );
       }
       await store.txn({
         compare: [],
@@ -160,14 +167,23 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     },
 
     async ensureBusybox() {
-      const alias = await store.get(keys.imageAlias('busybox'));
-      if (alias) {
-        const kv = await store.get(keys.image(alias.value));
-        if (kv && files.exists(alias.value)) return JSON.parse(kv.value) as ImageRecord;
-      }
+      // Rebuilt each start (it takes well under a second): a busybox-static upgrade yields a new image.
       const added = await files.addBusybox();
-      const have = alias?.value === added.fingerprint;
-      return register(added, have ? undefined : 'busybox');
+      const alias = await store.get(keys.imageAlias('busybox'));
+      if (alias?.value === added.fingerprint && (await store.get(keys.image(added.fingerprint)))) {
+        return resolve(added.fingerprint);
+      }
+      if (alias) {
+        // The alias moves to the new build; the old image stays for the guests made from it.
+        const old = await store.get(keys.image(alias.value));
+        if (old) {
+          const rec = JSON.parse(old.value) as ImageRecord;
+          rec.aliases = rec.aliases.filter((a) => a !== 'busybox');
+          await store.put(keys.image(rec.fingerprint), JSON.stringify(rec));
+        }
+        await store.delete(keys.imageAlias('busybox'));
+      }
+      return register(added, 'busybox');
     },
 
     async handle(fingerprint) {

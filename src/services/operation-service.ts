@@ -18,7 +18,8 @@ export function createOperationService(events: EventBus): OperationService {
   const ops = new Map<string, Entry>();
 
   const snapshot = (op: Operation): Operation => structuredClone(op);
-  const emit = (op: Operation) => events.publish({ type: 'operation', metadata: { operation: snapshot(op) } });
+  const emit = (op: Operation) =>
+    events.publish({ type: 'operation', metadata: { operation: snapshot(op) } });
   const touch = (op: Operation) => {
     op.updatedAt = new Date().toISOString();
     emit(op);
@@ -108,7 +109,8 @@ export function createOperationService(events: EventBus): OperationService {
     cancel(id) {
       const e = entryOf(id);
       if (isFinal(e.op)) throw failedPrecondition(`Operation ${id} has already finished (${e.op.status})`);
-      if (!e.op.mayCancel) throw failedPrecondition(`Operation ${id} (${e.op.description}) cannot be cancelled`);
+      if (!e.op.mayCancel)
+        throw failedPrecondition(`Operation ${id} (${e.op.description}) cannot be cancelled`);
       e.abort.abort();
       return snapshot(e.op);
     },

@@ -1,5 +1,5 @@
-import type { ExecSession } from '../drivers/guest-driver.ts';
 import type { Guest, ImageRecord, Model, Operation, TrivisorEvent } from '../core/types.ts';
+import type { ExecSession } from '../drivers/guest-driver.ts';
 
 /** Body of `POST /1.0/guests`. */
 export interface CreateGuestRequest {
@@ -74,7 +74,10 @@ export interface GuestService {
   changeState(name: string, request: StateChangeRequest): Promise<Operation>;
   delete(name: string, options?: { force?: boolean }): Promise<Operation>;
   /** Sets and unsets config keys; applies live ones to a running guest; returns keys that wait for a restart. */
-  updateConfig(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<{ guest: Guest; pendingRestart: string[] }>;
+  updateConfig(
+    name: string,
+    change: { set?: Record<string, string>; unset?: string[] },
+  ): Promise<{ guest: Guest; pendingRestart: string[] }>;
   /** Starts a command in a running guest. */
   exec(name: string, request: ExecRequest): Promise<ExecSession>;
   /** Path of the guest's console log (for `console --show-log` and following). */
