@@ -1,0 +1,229 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { GuestSpec, ImageRecord } from '../../core/types.ts';
+import { fakeRunner } from '../../host/fake-runner.ts';
+import { silentLogger } from '../../host/logger.ts';
+import { readProcessIdentity } from '../../host/proc-stat.ts';
+import type { ImageHandle } from '../guest-driver.ts';
+import { cgroupParentOf, createCtDriver } from './ct-driver.ts';
+import type { OciSpec } from './oci-spec.ts';
+
+const guest = (config: Record<string, string> = {}): GuestSpec => ({
+  name: 'g1',
+  project: 'default',
+  model: 'ct',
+  image: 'abc',
+  imageAlias: 'busybox',
+  config,
+  desired: 'Running',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 10_000,
+  stopForce: false,
+  host: 'h1',
+  createdAt: '2026-01-01T00:00:00Z',
+});
+
+const image: ImageHandle = {
+  record: {
+    fingerprint: 'abc',
+    properties: { init: '["/sbin/init"]', 'stop.signal': 'SIGUSR2' },
+  } as unknown as ImageRecord,
+  rootfs: '/images/abc/rootfs',
+  shiftedRootfs: async (base) => `/images/abc/rootfs-${base}`,
+};
+
+describe('ct driver against a recording runner', () => {
+  let dir: string;
+  let stateDir: string;
+  const sleepers: ChildProcess[] = [];
+
+  /** A real process standing in for the guest's init, so /proc checks see it. */
+  const fakeInit = async (): Promise<{ child: ChildProcess; state: string }> => {
+    const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+    sleepers.push(child);
+    await new Promise((r) => child.once('spawn', r));
+    const id = await readProcessIdentity(child.pid!);
+    assert.ok(id);
+    const state = JSON.stringify({ init_process_pid: id.pid, init_process_start: id.startTime });
+    return { child, state };
+  };
+
+  const writeRuncState = async (state: string) => {
+    await mkdir(join(stateDir, 'runc', 'g1'), { recursive: true });
+    await writeFile(join(stateDir, 'runc', 'g1', 'state.json'), state);
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ct-unit-'));
+    await chmod(dir, 0o711);
+    stateDir = join(dir, 'state');
+    await mkdir(stateDir);
+  });
+  after(async () => {
+    for (const s of sleepers) s.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('start mounts the overlay on the shifted image and runs runc detached, returning init identity', async () => {
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.create(guest({ 'limits.memory': '64MiB' }), image);
+    const init = await fakeInit();
+    runner.respond((argv) =>
+      argv.includes('run')
+        ? {
+            effect: async () => {
+              await writeFile(join(stateDir, 'guests', 'g1', 'init.pid'), String(init.child.pid));
+              await writeRuncState(init.state);
+            },
+          }
+        : undefined,
+    );
+    const identity = await driver.start(guest({ 'limits.memory': '64MiB' }), image);
+    assert.equal(identity.pid, init.child.pid);
+    const g = join(stateDir, 'guests', 'g1');
+    const cmds = runner.commands();
+    const mount = cmds.find((c) => c.startsWith('mount '));
+    assert.equal(
+      mount,
+      `mount -t overlay overlay -o lowerdir=/images/abc/rootfs-1000000,upperdir=${g}/upper,workdir=${g}/work ${g}/rootfs`,
+    );
+    const run = runner.calls.find((c) => c.argv.includes('run'));
+    assert.deepEqual(run?.argv, [
+      'runc',
+      '--root',
+      join(stateDir, 'runc'),
+      'run',
+      '--detach',
+      '--pid-file',
+      `${g}/init.pid`,
+      '--bundle',
+      `${g}/bundle`,
+      'g1',
+    ]);
+    assert.equal(run?.kind, 'spawn');
+    const oci = JSON.parse(await readFile(`${g}/bundle/config.json`, 'utf8')) as OciSpec;
+    assert.equal(oci.linux.cgroupsPath, `${cgroupParentOf(stateDir)}/g1`);
+    assert.equal(oci.linux.resources.memory?.limit, 64 * 2 ** 20);
+    assert.equal((await driver.inspect(guest(), identity)).state, 'running');
+    assert.equal(
+      (await driver.inspect(guest(), { ...identity, startTime: identity.startTime + 1 })).state,
+      'stopped',
+    );
+  });
+
+  test('stop sends the image stop signal and cleans up once init is gone', async () => {
+    const init = await fakeInit();
+    await writeRuncState(init.state);
+    const runner = fakeRunner((argv) =>
+      argv.includes('kill') && argv.at(-1) === 'SIGUSR2'
+        ? { effect: () => void init.child.kill('SIGKILL') }
+        : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.stop(guest(), { timeoutMs: 5000, force: false });
+    const runc = `runc --root ${join(stateDir, 'runc')}`;
+    assert.deepEqual(
+      runner.commands().filter((c) => c.startsWith('runc')),
+      [`${runc} kill g1 SIGUSR2`, `${runc} delete --force g1`],
+    );
+  });
+
+  test('stop kills with SIGKILL after the timeout when init ignores the stop signal', async () => {
+    const init = await fakeInit();
+    await writeRuncState(init.state);
+    const runner = fakeRunner((argv) =>
+      argv.includes('KILL') ? { effect: () => void init.child.kill('SIGKILL') } : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    const t0 = Date.now();
+    await driver.stop(guest(), { timeoutMs: 300, force: false });
+    assert.ok(Date.now() - t0 >= 300, 'waited for the timeout first');
+    const runc = `runc --root ${join(stateDir, 'runc')}`;
+    assert.deepEqual(
+      runner.commands().filter((c) => c.startsWith('runc')),
+      [`${runc} kill g1 SIGUSR2`, `${runc} kill --all g1 KILL`, `${runc} delete --force g1`],
+    );
+  });
+
+  test('force stop kills at once', async () => {
+    const init = await fakeInit();
+    await writeRuncState(init.state);
+    const runner = fakeRunner((argv) =>
+      argv.includes('KILL') ? { effect: () => void init.child.kill('SIGKILL') } : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.stop(guest(), { timeoutMs: 60_000, force: true });
+    const runc = `runc --root ${join(stateDir, 'runc')}`;
+    assert.deepEqual(
+      runner.commands().filter((c) => c.startsWith('runc')),
+      [`${runc} kill --all g1 KILL`, `${runc} delete --force g1`],
+    );
+  });
+
+  test('stop on a guest whose init already died only cleans up', async () => {
+    await writeRuncState(JSON.stringify({ init_process_pid: 999_999_999, init_process_start: 1 }));
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.stop(guest(), { timeoutMs: 5000, force: false });
+    assert.deepEqual(
+      runner.commands().filter((c) => c.startsWith('runc')),
+      [`runc --root ${join(stateDir, 'runc')} delete --force g1`],
+    );
+  });
+
+  test('update applies limits live with runc update and returns keys that need a restart', async () => {
+    const init = await fakeInit();
+    await writeRuncState(init.state);
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    const spec = guest({ 'limits.memory': '128MiB', 'limits.cpu': '1.5', 'security.privileged': 'true' });
+    const restart = await driver.update(spec, [
+      'limits.memory',
+      'limits.cpu',
+      'security.privileged',
+      'user.x',
+    ]);
+    assert.deepEqual(restart, ['security.privileged']);
+    const bytes = String(128 * 2 ** 20);
+    assert.deepEqual(runner.commands(), [
+      `runc --root ${join(stateDir, 'runc')} update --memory ${bytes} --memory-swap ${bytes} --cpu-period 100000 --cpu-quota 150000 g1`,
+    ]);
+    const oci = JSON.parse(
+      await readFile(join(stateDir, 'guests', 'g1', 'bundle', 'config.json'), 'utf8'),
+    ) as OciSpec;
+    assert.equal(oci.linux.resources.memory?.limit, 128 * 2 ** 20, 'bundle follows the new limits');
+    init.child.kill('SIGKILL');
+  });
+
+  test('validate refuses limits.disk with NotSupported', () => {
+    const driver = createCtDriver({
+      runner: fakeRunner(),
+      log: silentLogger(),
+      stateDir,
+      idmapBase: 1_000_000,
+    });
+    assert.throws(() => driver.validate(guest({ 'limits.disk': '1GiB' })), { code: 'NotSupported' });
+  });
+
+  test('a failed runc run is undone: no runc container, no mount, the guest stays created', async () => {
+    await rm(join(stateDir, 'runc'), { recursive: true, force: true });
+    const runner = fakeRunner((argv) =>
+      argv.includes('run') ? { code: 1, stderr: 'no such file' } : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await assert.rejects(driver.start(guest(), image), { code: 'Internal' });
+    const cmds = runner.commands();
+    const runAt = cmds.findIndex((c) => c.includes(' run '));
+    assert.ok(
+      cmds.slice(runAt + 1).some((c) => c.endsWith('delete --force g1')),
+      'runc delete after the failed run',
+    );
+    assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
+  });
+});
