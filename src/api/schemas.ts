@@ -1,0 +1,245 @@
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
+
+/*
+ * TypeBox schemas of everything on the wire. The server validates requests and
+ * serializes responses with them, @fastify/swagger turns them into
+ * docs/openapi.json, and clients take their types from `Static<...>`.
+ * Request bodies reject unknown fields (additionalProperties: false) so typos
+ * fail loudly instead of being ignored.
+ */
+
+const Model = Type.Union([Type.Literal('ct'), Type.Literal('pvm'), Type.Literal('vm')]);
+const StringMap = Type.Record(Type.String(), Type.String());
+const AnyMap = Type.Record(Type.String(), Type.Unknown());
+const NullableString = Type.Union([Type.String(), Type.Null()]);
+const NullableInteger = Type.Union([Type.Integer(), Type.Null()]);
+
+export const GuestUsageSchema = Type.Object({
+  memoryBytes: Type.Number(),
+  memoryLimitBytes: Type.Optional(Type.Number()),
+  cpuSeconds: Type.Number(),
+  processes: Type.Integer(),
+});
+
+export const GuestStateSchema = Type.Object({
+  pid: NullableInteger,
+  startedAt: NullableString,
+  uptimeSeconds: Type.Union([Type.Number(), Type.Null()]),
+  usage: Type.Union([GuestUsageSchema, Type.Null()]),
+  restartCount: Type.Integer(),
+});
+
+export const GuestSchema = Type.Object({
+  name: Type.String(),
+  project: Type.String(),
+  model: Model,
+  status: Type.Union([
+    Type.Literal('Running'),
+    Type.Literal('Stopped'),
+    Type.Literal('Frozen'),
+    Type.Literal('Error'),
+  ]),
+  image: Type.String(),
+  imageAlias: Type.String(),
+  config: StringMap,
+  host: Type.String(),
+  createdAt: Type.String(),
+  error: Type.Optional(Type.String()),
+  state: GuestStateSchema,
+});
+
+/** `GET /1.0/guests/{name}/state`: the status plus the live state. */
+export const GuestStateResponseSchema = Type.Object({
+  status: GuestSchema.properties.status,
+  error: Type.Optional(Type.String()),
+  pid: NullableInteger,
+  startedAt: NullableString,
+  uptimeSeconds: Type.Union([Type.Number(), Type.Null()]),
+  usage: Type.Union([GuestUsageSchema, Type.Null()]),
+  restartCount: Type.Integer(),
+});
+
+export const ImageSchema = Type.Object({
+  fingerprint: Type.String(),
+  aliases: Type.Array(Type.String()),
+  description: Type.String(),
+  os: Type.String(),
+  release: Type.String(),
+  architecture: Type.String(),
+  source: Type.Union([Type.Literal('builtin'), Type.Literal('debootstrap'), Type.Literal('import')]),
+  sizeBytes: Type.Number(),
+  createdAt: Type.String(),
+  properties: StringMap,
+});
+
+export const OperationSchema = Type.Object({
+  id: Type.String(),
+  description: Type.String(),
+  status: Type.Union([
+    Type.Literal('Pending'),
+    Type.Literal('Running'),
+    Type.Literal('Success'),
+    Type.Literal('Failure'),
+    Type.Literal('Cancelled'),
+  ]),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+  progress: Type.Union([Type.Number(), Type.Null()]),
+  progressText: NullableString,
+  resources: Type.Record(Type.String(), Type.Array(Type.String())),
+  metadata: AnyMap,
+  mayCancel: Type.Boolean(),
+  error: NullableString,
+});
+
+export const EventSchema = Type.Object({
+  type: Type.Union([Type.Literal('lifecycle'), Type.Literal('operation'), Type.Literal('logging')]),
+  timestamp: Type.String(),
+  action: Type.Optional(Type.String()),
+  source: Type.Optional(Type.String()),
+  metadata: AnyMap,
+});
+
+export const HostInfoSchema = Type.Object({
+  api_version: Type.String(),
+  auth: Type.Union([Type.Literal('trusted'), Type.Literal('untrusted')]),
+  auth_methods: Type.Array(Type.String()),
+  environment: Type.Optional(
+    Type.Object({
+      name: Type.String(),
+      version: Type.String(),
+      stateDir: Type.String(),
+      kernel: Type.String(),
+      cpus: Type.Integer(),
+      memoryBytes: Type.Number(),
+      drivers: Type.Array(
+        Type.Object({
+          model: Model,
+          supported: Type.Boolean(),
+          version: Type.String(),
+          warnings: Type.Array(Type.String()),
+        }),
+      ),
+      store: Type.String(),
+    }),
+  ),
+});
+
+// ---- requests ----
+
+export const CreateGuestBodySchema = Type.Object(
+  {
+    name: Type.String({ description: 'DNS label' }),
+    image: Type.Optional(Type.String({ description: 'Image alias or fingerprint (prefix)' })),
+    source: Type.Optional(
+      Type.Object(
+        {
+          type: Type.Literal('image'),
+          alias: Type.Optional(Type.String()),
+          fingerprint: Type.Optional(Type.String()),
+        },
+        { additionalProperties: false, description: "Incus's form of `image`" },
+      ),
+    ),
+    model: Type.Optional(Model),
+    config: Type.Optional(StringMap),
+    start: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+/** `type: ['string','null']` rather than anyOf, so Ajv's type coercion keeps null as null. */
+const StringOrNull = Type.Unsafe<string | null>({ type: ['string', 'null'] });
+
+export const PatchGuestBodySchema = Type.Object(
+  {
+    config: Type.Optional(
+      Type.Record(Type.String(), StringOrNull, { description: 'Keys to set; a null value unsets the key' }),
+    ),
+    unset: Type.Optional(Type.Array(Type.String(), { description: 'Keys to unset' })),
+  },
+  { additionalProperties: false },
+);
+
+export const StateChangeBodySchema = Type.Object(
+  {
+    action: Type.Union([
+      Type.Literal('start'),
+      Type.Literal('stop'),
+      Type.Literal('restart'),
+      Type.Literal('freeze'),
+      Type.Literal('unfreeze'),
+    ]),
+    timeout: Type.Optional(
+      Type.Integer({ minimum: -1, description: 'Seconds (stop/restart); -1 waits forever' }),
+    ),
+    force: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const ExecBodySchema = Type.Object(
+  {
+    command: Type.Array(Type.String(), { minItems: 1 }),
+    environment: Type.Optional(StringMap),
+    cwd: Type.Optional(Type.String()),
+    interactive: Type.Optional(Type.Boolean()),
+    width: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    height: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+    user: Type.Optional(Type.Integer({ minimum: 0 })),
+    group: Type.Optional(Type.Integer({ minimum: 0 })),
+    'wait-for-websocket': Type.Optional(Type.Boolean()),
+    'record-output': Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const BuildImageBodySchema = Type.Object(
+  {
+    source: Type.String({ description: 'e.g. debian/bookworm' }),
+    alias: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+// ---- parameters ----
+
+export const NameParamsSchema = Type.Object({ name: Type.String() });
+export const IdParamsSchema = Type.Object({ id: Type.String() });
+export const RecursionQuerySchema = Type.Object({
+  recursion: Type.Optional(Type.Integer({ minimum: 0, maximum: 2, default: 0 })),
+});
+
+// ---- envelopes ----
+
+/** `{ type: 'sync', status: 'Success', status_code: 200, metadata }`. */
+export function SyncEnvelope<T extends TSchema>(metadata: T) {
+  return Type.Object({
+    type: Type.Literal('sync'),
+    status: Type.String(),
+    status_code: Type.Integer(),
+    metadata,
+  });
+}
+
+export const AsyncEnvelopeSchema = Type.Object({
+  type: Type.Literal('async'),
+  status: Type.String(),
+  status_code: Type.Integer(),
+  operation: Type.String({ description: '/1.0/operations/<id>' }),
+  metadata: OperationSchema,
+});
+
+export const ErrorEnvelopeSchema = Type.Object({
+  type: Type.Literal('error'),
+  error: Type.String(),
+  error_code: Type.Integer(),
+});
+
+export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
+export type PatchGuestBody = Static<typeof PatchGuestBodySchema>;
+export type StateChangeBody = Static<typeof StateChangeBodySchema>;
+export type ExecBody = Static<typeof ExecBodySchema>;
+export type BuildImageBody = Static<typeof BuildImageBodySchema>;
+export type HostInfo = Static<typeof HostInfoSchema>;
+export type GuestStateResponse = Static<typeof GuestStateResponseSchema>;

@@ -1,0 +1,159 @@
+import type { Server } from 'node:http';
+import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyHttpOptions,
+  type FastifyInstance,
+  LogController,
+} from 'fastify';
+import { errorResponse } from '../api/envelopes.ts';
+import { httpStatusOf } from '../api/errors.ts';
+import { isTrivisorError } from '../core/errors.ts';
+import type { Services } from '../services/types.ts';
+import { type AuthOptions, createAuthCheck } from './auth.ts';
+import { createExecRegistry } from './exec-bridge.ts';
+import { registerGuestRoutes } from './guest-routes.ts';
+import { registerHostRoutes } from './host-routes.ts';
+import { registerImageRoutes } from './image-routes.ts';
+import { registerOperationRoutes } from './operation-routes.ts';
+import type { RouteContext } from './route-context.ts';
+import { formatSchemaErrors } from './schema-errors.ts';
+
+/** Options of `buildServer`. */
+export interface BuildServerOptions {
+  auth: AuthOptions;
+  /** false (default) for silence, a pino logger instance, or pino options. */
+  logger?: false | object;
+  /** Where uploaded image tarballs are spooled (default: os.tmpdir()). */
+  uploadDir?: string;
+}
+
+/** JSON bodies; image uploads have their own, larger limit. */
+const JSON_BODY_LIMIT_BYTES = 1024 * 1024;
+
+/** Messages for Fastify's own errors that say what to do. */
+const FASTIFY_MESSAGES: Record<string, string> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'Unsupported Content-Type: send application/json',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'The request body is too large (JSON bodies are limited to 1 MiB)',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'The body is empty but Content-Type is application/json: send a JSON object',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'The body is not valid JSON',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'The Content-Length header does not match the body',
+};
+
+function isLoggerInstance(logger: object): boolean {
+  const l = logger as Record<string, unknown>;
+  return typeof l.child === 'function' && typeof l.info === 'function';
+}
+
+const oneLine = (text: string) => text.replace(/\s*\n\s*/g, ' ').trim();
+
+/**
+ * Builds the HTTP + WebSocket API over `services` (not listening yet: see
+ * listen.ts). Thin by design: parse, call a service, map errors.
+ */
+export async function buildServer(services: Services, options: BuildServerOptions): Promise<FastifyInstance> {
+  const fastifyOptions: FastifyHttpOptions<Server> = {
+    bodyLimit: JSON_BODY_LIMIT_BYTES,
+    logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: true,
+    return503OnClosing: true,
+    ajv: {
+      customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false },
+    },
+    schemaErrorFormatter: formatSchemaErrors,
+    // Errors met before routing (e.g. a malformed URL) get the same envelope.
+    frameworkErrors: (error, _request, reply) => {
+      const status = typeof error.statusCode === 'number' && error.statusCode >= 400 ? error.statusCode : 400;
+      reply
+        .code(status)
+        .type('application/json; charset=utf-8')
+        .send(errorResponse(oneLine(error.message), status));
+    },
+  };
+  const logger = options.logger ?? false;
+  if (logger !== false && isLoggerInstance(logger))
+    fastifyOptions.loggerInstance = logger as FastifyBaseLogger;
+  else fastifyOptions.logger = logger as NonNullable<FastifyHttpOptions<Server>['logger']>;
+  const app: FastifyInstance = Fastify(fastifyOptions);
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    let status: number;
+    let message: string;
+    if (isTrivisorError(error)) {
+      status = httpStatusOf(error.code);
+      message = error.message;
+    } else if (error.validation) {
+      status = 400;
+      message = error.message;
+    } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
+      status = error.statusCode;
+      message = FASTIFY_MESSAGES[error.code] ?? error.message;
+      if (error instanceof SyntaxError) message = `The body is not valid JSON: ${error.message}`;
+    } else {
+      status = 500;
+      message = error.message || 'Internal error';
+    }
+    if (status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
+    reply
+      .code(status)
+      .type('application/json; charset=utf-8')
+      .send(errorResponse(oneLine(message), status));
+  });
+  app.setNotFoundHandler((request, reply) => {
+    reply
+      .code(404)
+      .type('application/json; charset=utf-8')
+      .send(errorResponse(`No such endpoint: ${request.method} ${request.url.split('?')[0]}`, 404));
+  });
+
+  // JSON only (plus raw image uploads, registered with the image routes): anything else is a 415.
+  app.removeContentTypeParser('text/plain');
+
+  const authorized = createAuthCheck(options.auth);
+  app.decorateRequest('trusted', false);
+  app.addHook('onRequest', async (request, reply) => {
+    const trusted = authorized(request);
+    (request as { trusted?: boolean }).trusted = trusted;
+    // GET /1.0 answers untrusted callers too (like Incus), saying only that they are untrusted.
+    if (trusted || (request.method === 'GET' && request.url.split('?')[0] === '/1.0')) return;
+    reply
+      .code(401)
+      .type('application/json; charset=utf-8')
+      .header('www-authenticate', 'Bearer')
+      .send(errorResponse('Not authorized: send the API token as "Authorization: Bearer <token>"', 401));
+    return reply;
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Trivisor API',
+        version: '1.0',
+        description:
+          'REST API of the Trivisor daemon, modelled on Incus: sync/async/error envelopes, operations, events. See docs/api.md.',
+      },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+
+  const ctx: RouteContext = {
+    services,
+    execs: createExecRegistry(),
+    uploadDir: options.uploadDir,
+    authType: options.auth.type,
+  };
+  registerHostRoutes(app, ctx);
+  registerGuestRoutes(app, ctx);
+  await app.register(async (scope) => registerImageRoutes(scope, ctx));
+  registerOperationRoutes(app, ctx);
+
+  app.addHook('onClose', async () => ctx.execs.closeAll());
+  return app;
+}

@@ -1,0 +1,335 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { guestUrl, operationUrl, syncResponse } from '../api/envelopes.ts';
+import {
+  AsyncEnvelopeSchema,
+  type CreateGuestBody,
+  CreateGuestBodySchema,
+  ErrorEnvelopeSchema,
+  type ExecBody,
+  ExecBodySchema,
+  GuestSchema,
+  type GuestStateResponse,
+  GuestStateResponseSchema,
+  NameParamsSchema,
+  type PatchGuestBody,
+  PatchGuestBodySchema,
+  RecursionQuerySchema,
+  type StateChangeBody,
+  StateChangeBodySchema,
+  SyncEnvelope,
+} from '../api/schemas.ts';
+import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
+import { failedPrecondition, invalidArgument } from '../core/errors.ts';
+import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
+import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
+import { type RouteContext, sendAsync } from './route-context.ts';
+
+type NameParams = { name: string };
+
+/** How long an exec waits for its client to connect to the websocket. */
+const EXEC_CONNECT_TIMEOUT_MS = 30_000;
+/** How often a followed console log is polled for growth. */
+const CONSOLE_POLL_MS = 250;
+
+/** `/1.0/guests...`: list, create, show, configure, delete, state, exec, console. */
+export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { services } = ctx;
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const asyncReply = { 202: AsyncEnvelopeSchema, ...errors };
+
+  app.get<{ Querystring: { recursion?: number } }>(
+    '/1.0/guests',
+    {
+      schema: {
+        summary: 'List guests',
+        description: 'recursion=0: URLs; 1: guests; 2: guests with live usage.',
+        querystring: RecursionQuerySchema,
+        response: {
+          200: SyncEnvelope(Type.Union([Type.Array(GuestSchema), Type.Array(Type.String())])),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const recursion = request.query.recursion ?? 0;
+      const guests = await services.guests.list({ withUsage: recursion >= 2 });
+      return syncResponse(recursion === 0 ? guests.map((g) => guestUrl(g.name)) : guests);
+    },
+  );
+
+  app.post<{ Body: CreateGuestBody }>(
+    '/1.0/guests',
+    {
+      schema: {
+        summary: 'Create (and with start: true, launch) a guest',
+        body: CreateGuestBodySchema,
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      const image = body.image ?? body.source?.alias ?? body.source?.fingerprint;
+      if (image === undefined) {
+        throw invalidArgument(
+          'Say which image to use: give "image" (or Incus\'s "source": {"type": "image", "alias": ...})',
+        );
+      }
+      const op = await services.guests.create({
+        name: body.name,
+        image,
+        ...(body.model !== undefined && { model: body.model }),
+        ...(body.config !== undefined && { config: body.config }),
+        ...(body.start !== undefined && { start: body.start }),
+      });
+      return sendAsync(reply, op);
+    },
+  );
+
+  app.get<{ Params: NameParams }>(
+    '/1.0/guests/:name',
+    {
+      schema: {
+        summary: 'Show a guest, with live usage',
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(GuestSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await services.guests.get(request.params.name, { withUsage: true })),
+  );
+
+  app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
+    '/1.0/guests/:name',
+    {
+      schema: {
+        summary: 'Set and unset config keys',
+        description:
+          'Keys in `config` are set; keys with a null value and keys in `unset` are removed. Live keys apply at once; `pendingRestart` lists the keys that wait for a restart.',
+        params: NameParamsSchema,
+        body: PatchGuestBodySchema,
+        response: {
+          200: SyncEnvelope(Type.Object({ guest: GuestSchema, pendingRestart: Type.Array(Type.String()) })),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const set: Record<string, string> = {};
+      const unset = [...(request.body.unset ?? [])];
+      for (const [key, value] of Object.entries(request.body.config ?? {})) {
+        if (value === null) unset.push(key);
+        else set[key] = value;
+      }
+      if (Object.keys(set).length === 0 && unset.length === 0) {
+        throw invalidArgument(
+          'Nothing to change: give "config" with keys to set or "unset" with keys to remove',
+        );
+      }
+      return syncResponse(await services.guests.updateConfig(request.params.name, { set, unset }));
+    },
+  );
+
+  app.delete<{ Params: NameParams; Querystring: { force?: boolean } }>(
+    '/1.0/guests/:name',
+    {
+      schema: {
+        summary: 'Delete a guest (force: stop it first when running)',
+        params: NameParamsSchema,
+        querystring: Type.Object({ force: Type.Optional(Type.Boolean()) }),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const op = await services.guests.delete(request.params.name, { force: request.query.force === true });
+      return sendAsync(reply, op);
+    },
+  );
+
+  app.get<{ Params: NameParams }>(
+    '/1.0/guests/:name/state',
+    {
+      schema: {
+        summary: 'Status and live state of a guest',
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(GuestStateResponseSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const g = await services.guests.get(request.params.name, { withUsage: true });
+      const state: GuestStateResponse = { status: g.status, ...g.state };
+      if (g.error !== undefined) state.error = g.error;
+      return syncResponse(state);
+    },
+  );
+
+  app.put<{ Params: NameParams; Body: StateChangeBody }>(
+    '/1.0/guests/:name/state',
+    {
+      schema: {
+        summary: 'Start, stop, restart, freeze or unfreeze a guest',
+        params: NameParamsSchema,
+        body: StateChangeBodySchema,
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      const change: StateChangeRequest = { action: body.action };
+      if (body.timeout !== undefined) change.timeout = body.timeout;
+      if (body.force !== undefined) change.force = body.force;
+      return sendAsync(reply, await services.guests.changeState(request.params.name, change));
+    },
+  );
+
+  app.post<{ Params: NameParams; Body: ExecBody }>(
+    '/1.0/guests/:name/exec',
+    {
+      schema: {
+        summary: 'Run a command in a running guest',
+        description:
+          'wait-for-websocket: the operation metadata has `websocket`, the URL to connect to within 30 s (protocol in docs/api.md). record-output: stdin is closed and the operation ends with metadata {return, stdout, stderr}. Otherwise the output is discarded and metadata.return is the exit code.',
+        params: NameParamsSchema,
+        body: ExecBodySchema,
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const name = request.params.name;
+      const body = request.body;
+      const guest = await services.guests.get(name);
+      if (guest.status !== 'Running') {
+        throw failedPrecondition(`Guest ${name} is ${guest.status.toLowerCase()}: start it first`);
+      }
+      const exec: ExecRequest = { command: body.command, interactive: body.interactive === true };
+      if (body.environment) exec.environment = body.environment;
+      if (body.cwd !== undefined) exec.cwd = body.cwd;
+      if (body.width !== undefined) exec.width = body.width;
+      if (body.height !== undefined) exec.height = body.height;
+      if (body.user !== undefined) exec.user = body.user;
+      if (body.group !== undefined) exec.group = body.group;
+      const description = `Executing command in guest ${name}`;
+      const resources = { guests: [guestUrl(name)] };
+
+      if (body['wait-for-websocket']) {
+        const secret = randomBytes(24).toString('hex');
+        let handOver!: (pending: PendingExec) => void;
+        const pendingReady = new Promise<PendingExec>((resolve) => {
+          handOver = resolve;
+        });
+        let websocket = '';
+        const op = services.operations.start({
+          description,
+          resources,
+          mayCancel: true,
+          async run(opCtx) {
+            const pending = await pendingReady;
+            opCtx.setMetadata({ command: body.command, websocket });
+            const socket = await pending.connected(EXEC_CONNECT_TIMEOUT_MS, opCtx.signal);
+            let session: Awaited<ReturnType<typeof services.guests.exec>>;
+            try {
+              session = await services.guests.exec(name, exec);
+            } catch (e) {
+              failExecSocket(socket, e instanceof Error ? e.message : String(e));
+              throw e;
+            }
+            return { return: await bridgeExec(socket, session, { signal: opCtx.signal }) };
+          },
+        });
+        websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
+        handOver(ctx.execs.register(op.id, secret));
+        return sendAsync(reply, { ...op, metadata: { ...op.metadata, command: body.command, websocket } });
+      }
+
+      // Without a websocket stdin is closed at once; output is recorded or dropped.
+      const session = await services.guests.exec(name, exec);
+      session.stdin.on('error', () => {});
+      session.stdin.end();
+      const record = body['record-output'] === true;
+      const op = services.operations.start({
+        description,
+        resources,
+        mayCancel: true,
+        async run(opCtx) {
+          const kill = () => session.signal('SIGKILL');
+          opCtx.signal.addEventListener('abort', kill, { once: true });
+          const [stdout, stderr, code] = await Promise.all([
+            collectCapped(session.stdout, record ? RECORD_OUTPUT_MAX_BYTES : 0),
+            collectCapped(session.stderr, record ? RECORD_OUTPUT_MAX_BYTES : 0),
+            session.exit,
+          ]);
+          opCtx.signal.removeEventListener('abort', kill);
+          return record ? { return: code, stdout, stderr } : { return: code };
+        },
+      });
+      return sendAsync(reply, op);
+    },
+  );
+
+  app.get<{ Params: NameParams; Querystring: { type?: string } }>(
+    '/1.0/guests/:name/console',
+    {
+      schema: {
+        summary: "The guest's console log (text/plain)",
+        params: NameParamsSchema,
+        querystring: Type.Object({ type: Type.Optional(Type.Literal('log')) }),
+        produces: ['text/plain'],
+        response: { 200: Type.String(), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const path = await services.guests.consoleLogPath(request.params.name);
+      reply.type('text/plain; charset=utf-8');
+      const exists = await stat(path).then(
+        (s) => s.isFile(),
+        () => false,
+      );
+      return exists ? reply.send(createReadStream(path)) : '';
+    },
+  );
+
+  app.get<{ Params: NameParams }>(
+    '/1.0/guests/:name/console/follow',
+    {
+      websocket: true,
+      schema: {
+        summary: 'Console log as it grows (WebSocket, binary frames of log bytes; output only)',
+        params: NameParamsSchema,
+        response: errors,
+      },
+      preValidation: async (request) => {
+        await services.guests.consoleLogPath((request.params as NameParams).name);
+      },
+    },
+    async (socket, request) => {
+      socket.on('message', () => {});
+      const path = await services.guests.consoleLogPath(request.params.name);
+      let offset = 0;
+      let closed = false;
+      socket.on('close', () => {
+        closed = true;
+      });
+      const buffer = Buffer.alloc(64 * 1024);
+      while (!closed) {
+        const handle = await open(path, 'r').catch(() => null);
+        if (handle) {
+          try {
+            const size = (await handle.stat()).size;
+            if (size < offset) offset = 0; // the log was truncated or replaced: start again
+            while (!closed && offset < size && socket.bufferedAmount < 1024 * 1024) {
+              const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+              if (bytesRead === 0) break;
+              offset += bytesRead;
+              socket.send(Buffer.from(buffer.subarray(0, bytesRead)), { binary: true });
+            }
+          } finally {
+            await handle.close();
+          }
+        }
+        await new Promise((r) => setTimeout(r, CONSOLE_POLL_MS));
+      }
+    },
+  );
+}

@@ -1,0 +1,105 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { syncResponse } from '../api/envelopes.ts';
+import {
+  ErrorEnvelopeSchema,
+  EventSchema,
+  type HostInfo,
+  HostInfoSchema,
+  SyncEnvelope,
+} from '../api/schemas.ts';
+import { invalidArgument } from '../core/errors.ts';
+import type { TrivisorEvent } from '../core/types.ts';
+import type { RouteContext } from './route-context.ts';
+
+const EVENT_TYPES: readonly TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging'];
+
+/** `/1.0`, metrics, the OpenAPI document and the event stream. */
+export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { services } = ctx;
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+
+  app.get(
+    '/1.0',
+    {
+      schema: {
+        summary: 'Server and host information',
+        description: 'Answers untrusted callers too, with `auth: untrusted` and nothing else.',
+        response: { 200: SyncEnvelope(HostInfoSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const trusted = (request as { trusted?: boolean }).trusted === true;
+      const info: HostInfo = {
+        api_version: '1.0',
+        auth: trusted ? 'trusted' : 'untrusted',
+        auth_methods: ctx.authType === 'token' ? ['token'] : ['unix'],
+      };
+      if (trusted) info.environment = await services.host.info();
+      return syncResponse(info);
+    },
+  );
+
+  app.get(
+    '/1.0/metrics',
+    {
+      schema: {
+        summary: 'Prometheus metrics (text exposition format)',
+        produces: ['text/plain'],
+        response: { 200: Type.String(), ...errors },
+      },
+    },
+    async (_request, reply) => {
+      const metrics = await services.host.metrics();
+      reply.type(metrics.contentType);
+      return metrics.body;
+    },
+  );
+
+  app.get(
+    '/1.0/openapi.json',
+    { schema: { summary: 'This API as an OpenAPI 3 document', hide: true } },
+    async () => app.swagger(),
+  );
+
+  app.get(
+    '/1.0/events',
+    {
+      websocket: true,
+      schema: {
+        summary: 'Event stream (WebSocket): one JSON TrivisorEvent per text message',
+        querystring: Type.Object({
+          type: Type.Optional(Type.String({ description: 'Comma-separated: lifecycle,operation,logging' })),
+        }),
+        response: { 101: EventSchema, ...errors },
+      },
+      preValidation: async (request) => {
+        eventTypesOf(request.query as { type?: string });
+      },
+    },
+    (socket, request) => {
+      const types = eventTypesOf(request.query as { type?: string });
+      const unsubscribe = services.events.subscribe((event) => {
+        if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(event));
+      }, types);
+      socket.on('close', unsubscribe);
+      socket.on('error', unsubscribe);
+      // Incoming messages carry nothing; reading them keeps the socket's buffers empty.
+      socket.on('message', () => {});
+    },
+  );
+}
+
+function eventTypesOf(query: { type?: string }): TrivisorEvent['type'][] | undefined {
+  if (!query.type) return undefined;
+  const types = query.type
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t.length > 0);
+  for (const t of types) {
+    if (!EVENT_TYPES.includes(t as TrivisorEvent['type'])) {
+      throw invalidArgument(`Unknown event type ${JSON.stringify(t)}: use ${EVENT_TYPES.join(', ')}`);
+    }
+  }
+  return types as TrivisorEvent['type'][];
+}

@@ -1,0 +1,100 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { operationUrl, syncResponse } from '../api/envelopes.ts';
+import {
+  ErrorEnvelopeSchema,
+  IdParamsSchema,
+  OperationSchema,
+  RecursionQuerySchema,
+  SyncEnvelope,
+} from '../api/schemas.ts';
+import { TrivisorError } from '../core/errors.ts';
+import type { RouteContext } from './route-context.ts';
+
+type IdParams = { id: string };
+
+/** `/1.0/operations...`: list, show, wait, cancel, and the exec websocket. */
+export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const { services } = ctx;
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const opReply = { 200: SyncEnvelope(OperationSchema), ...errors };
+
+  app.get<{ Querystring: { recursion?: number } }>(
+    '/1.0/operations',
+    {
+      schema: {
+        summary: 'List operations (running and recently finished)',
+        description: 'recursion=0: URLs; 1 or 2: operations.',
+        querystring: RecursionQuerySchema,
+        response: {
+          200: SyncEnvelope(Type.Union([Type.Array(OperationSchema), Type.Array(Type.String())])),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const ops = services.operations.list();
+      return syncResponse((request.query.recursion ?? 0) === 0 ? ops.map((o) => operationUrl(o.id)) : ops);
+    },
+  );
+
+  app.get<{ Params: IdParams }>(
+    '/1.0/operations/:id',
+    { schema: { summary: 'Show an operation', params: IdParamsSchema, response: opReply } },
+    async (request) => syncResponse(services.operations.get(request.params.id)),
+  );
+
+  app.get<{ Params: IdParams; Querystring: { timeout?: number } }>(
+    '/1.0/operations/:id/wait',
+    {
+      schema: {
+        summary: 'Wait for an operation to end',
+        description:
+          'Answers when the operation ends or after `timeout` seconds (-1, the default: no limit).',
+        params: IdParamsSchema,
+        querystring: Type.Object({ timeout: Type.Optional(Type.Number({ minimum: -1 })) }),
+        response: opReply,
+      },
+    },
+    async (request) => {
+      const timeout = request.query.timeout ?? -1;
+      const op = await services.operations.wait(request.params.id, timeout < 0 ? undefined : timeout * 1000);
+      return syncResponse(op);
+    },
+  );
+
+  app.delete<{ Params: IdParams }>(
+    '/1.0/operations/:id',
+    { schema: { summary: 'Cancel an operation', params: IdParamsSchema, response: opReply } },
+    async (request) => syncResponse(services.operations.cancel(request.params.id)),
+  );
+
+  app.get<{ Params: IdParams; Querystring: { secret?: string } }>(
+    '/1.0/operations/:id/websocket',
+    {
+      websocket: true,
+      schema: {
+        summary: 'Streams of an exec operation (WebSocket; protocol in docs/api.md)',
+        params: IdParamsSchema,
+        querystring: Type.Object({ secret: Type.String() }),
+        response: errors,
+      },
+      preValidation: async (request) => {
+        const { id } = request.params as IdParams;
+        const { secret } = request.query as { secret?: string };
+        services.operations.get(id);
+        if (typeof secret !== 'string' || !ctx.execs.accepts(id, secret)) {
+          throw new TrivisorError(
+            'FailedPrecondition',
+            `Operation ${id} has no websocket waiting for this secret (wrong secret, or already connected)`,
+          );
+        }
+      },
+    },
+    (socket, request) => {
+      if (!ctx.execs.attach(request.params.id, request.query.secret ?? '', socket)) {
+        socket.close(1008, 'exec no longer waiting');
+      }
+    },
+  );
+}
