@@ -1,0 +1,81 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { alive, type Daemon, eventually, startDaemon } from './harness.ts';
+
+interface GuestJson {
+  name: string;
+  status: string;
+  state: { pid: number | null };
+}
+
+const N = 20;
+
+describe('guests outlive the daemon and are re-adopted', () => {
+  let d: Daemon;
+  before(async () => {
+    d = await startDaemon();
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  const list = () => JSON.parse(d.ok(['list', '--format', 'json'])) as GuestJson[];
+
+  test(`kill -9 of the daemon with ${N} guests running: all re-adopted, running, exec-able, none duplicated`, async () => {
+    const names = Array.from({ length: N }, (_, i) => `g${i}`);
+    for (const n of names) d.ok(['launch', 'busybox', n]);
+    d.ok(['create', 'busybox', 'auto', '-c', 'boot.autostart=true']);
+    d.ok(['launch', 'busybox', 'victim']);
+    const before = new Map(list().map((g) => [g.name, g.state.pid]));
+    assert.equal([...before.values()].filter((p) => p !== null).length, N + 1);
+
+    // No Node.js process per guest: the guests' inits are not children of the daemon.
+    const daemonPid = d.process.pid!;
+    const children = execFileSync('ps', ['-o', 'pid=', '--ppid', String(daemonPid)], {
+      encoding: 'utf8',
+    }).trim();
+    assert.equal(children, '', 'the daemon has no child processes while guests run');
+
+    await d.kill9();
+    for (const [name, pid] of before) assert.ok(pid && alive(pid), `${name} survived the daemon's death`);
+    // A guest that dies while the daemon is down is noticed at the next start.
+    const victimPid = before.get('victim')!;
+    process.kill(victimPid, 'SIGKILL');
+    await eventually('victim gone', () => !alive(victimPid));
+
+    await d.restart();
+    const after = new Map(list().map((g) => [g.name, g]));
+    for (const n of names) {
+      const g = after.get(n);
+      assert.equal(g?.status, 'Running', n);
+      assert.equal(g?.state.pid, before.get(n), `${n} kept its pid (re-adopted, not restarted)`);
+    }
+    assert.equal(after.size, N + 2, 'no guest lost or duplicated');
+    await eventually(
+      'victim marked Stopped',
+      () => list().find((g) => g.name === 'victim')?.status === 'Stopped',
+    );
+    await eventually(
+      'autostart guest started',
+      () => list().find((g) => g.name === 'auto')?.status === 'Running',
+    );
+    for (const n of names) assert.equal(d.ok(['exec', n, '--', 'hostname']).trim(), n);
+    const runcIds = execFileSync('runc', ['--root', `${d.stateDir}/runc`, 'list', '-q'], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .filter(Boolean);
+    assert.equal(runcIds.length, N + 1, 'one runc container per running guest, no duplicates');
+  });
+
+  test('a guest with boot.restart_policy=always is restarted when its init is killed', async () => {
+    d.ok(['launch', 'busybox', 'phoenix', '-c', 'boot.restart_policy=always']);
+    const pid = list().find((g) => g.name === 'phoenix')!.state.pid!;
+    process.kill(pid, 'SIGKILL');
+    await eventually('phoenix restarted with a new init', () => {
+      const g = list().find((x) => x.name === 'phoenix');
+      return g?.status === 'Running' && g.state.pid !== null && g.state.pid !== pid;
+    });
+    assert.equal(d.ok(['exec', 'phoenix', '--', 'hostname']).trim(), 'phoenix');
+  });
+});

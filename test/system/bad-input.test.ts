@@ -1,0 +1,127 @@
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, startDaemon } from './harness.ts';
+
+describe('bad input gets a 4xx with one clear line, changes nothing and never crashes the daemon', () => {
+  let d: Daemon;
+  let baseline: string;
+  before(async () => {
+    d = await startDaemon();
+    d.ok(['launch', 'busybox', 'ok1']);
+    baseline = snapshot();
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  function snapshot(): string {
+    const list = JSON.parse(d.ok(['list', '--format', 'json'])) as Array<{
+      name: string;
+      status: string;
+      config: unknown;
+    }>;
+    const dirs = readdirSync(`${d.stateDir}/guests`).sort();
+    return JSON.stringify({ list: list.map((g) => [g.name, g.status, g.config]), dirs });
+  }
+
+  async function expect4xx(method: string, path: string, body: unknown, status: number, re: RegExp) {
+    const r = await d.api(method, path, body);
+    assert.equal(r.status, status, `${method} ${path} ${JSON.stringify(body)?.slice(0, 80)}: ${r.text}`);
+    assert.equal(r.body.type, 'error');
+    assert.equal(r.body.error_code, status);
+    assert.ok(typeof r.body.error === 'string' && !r.body.error.includes('\n'), 'one line');
+    assert.match(r.body.error as string, re);
+  }
+
+  test('names that are not DNS labels', async () => {
+    for (const name of ['../x', 'a/b', '', 'x'.repeat(64), 'UPPER', 'a_b']) {
+      await expect4xx('POST', '/1.0/guests', { name, image: 'busybox' }, 400, /name/i);
+      const r = d.cli(['launch', 'busybox', name]);
+      assert.equal(r.code, 1, `launch ${name}`);
+      assert.match(r.stderr, /^Error: /);
+      assert.equal(r.stderr.trim().split('\n').length, 1);
+    }
+    const r = await d.api('GET', '/1.0/guests/UPPER');
+    assert.equal(r.status, 400);
+  });
+
+  test('unknown images, duplicate names and unknown config keys', async () => {
+    await expect4xx(
+      'POST',
+      '/1.0/guests',
+      { name: 'x1', image: 'nosuchimage' },
+      404,
+      /nosuchimage.*not found/i,
+    );
+    await expect4xx('POST', '/1.0/guests', { name: 'ok1', image: 'busybox' }, 409, /already exists/);
+    await expect4xx(
+      'POST',
+      '/1.0/guests',
+      { name: 'x1', image: 'busybox', config: { 'limits.nope': '1' } },
+      400,
+      /limits\.nope/,
+    );
+    await expect4xx('GET', '/1.0/guests/nosuch', undefined, 404, /nosuch/);
+    await expect4xx('POST', '/1.0/guests', { name: 'x1', image: 'busybox', model: 'zz' }, 400, /model/);
+  });
+
+  test('malformed limits: not a size, negative, larger than the host', async () => {
+    for (const [k, v] of [
+      ['limits.memory', 'lots'],
+      ['limits.memory', '-64MiB'],
+      ['limits.memory', '100TiB'],
+      ['limits.cpu', '1000'],
+      ['limits.cpu', '-1'],
+      ['limits.processes', 'many'],
+      ['limits.processes', '-5'],
+    ]) {
+      await expect4xx(
+        'POST',
+        '/1.0/guests',
+        { name: 'x1', image: 'busybox', config: { [k]: v } },
+        400,
+        new RegExp(k!.replace('.', '\\.')),
+      );
+      assert.equal(d.cli(['launch', 'busybox', 'x1', '-c', `${k}=${v}`]).code, 1);
+      assert.equal(d.cli(['config', 'set', 'ok1', `${k}=${v}`]).code, 1);
+    }
+  });
+
+  test('malformed, oversized and unknown-field JSON bodies', async () => {
+    await expect4xx('POST', '/1.0/guests', '{"name": "x1", ', 400, /JSON|body/i);
+    await expect4xx(
+      'POST',
+      '/1.0/guests',
+      { name: 'x1', image: 'busybox', bogus: 1 },
+      400,
+      /bogus|additional|unknown/i,
+    );
+    await expect4xx('POST', '/1.0/guests', { name: 'x1' }, 400, /image/);
+    await expect4xx('POST', '/1.0/guests', [1, 2], 400, /./);
+    await expect4xx(
+      'POST',
+      '/1.0/guests',
+      { name: 'x1', image: 'busybox', config: { 'user.x': 'y'.repeat(2 * 2 ** 20) } },
+      413,
+      /large|limit/i,
+    );
+    await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'explode' }, 400, /action/);
+    await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'stop', timeout: 'soon' }, 400, /timeout/);
+  });
+
+  test('operations in the wrong state', async () => {
+    await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'start' }, 400, /Running/);
+    await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'unfreeze' }, 400, /frozen/i);
+    await expect4xx('DELETE', '/1.0/guests/ok1', undefined, 400, /force/);
+    const r = d.cli(['start', 'ok1']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: .*Running/);
+  });
+
+  test('after all of it, nothing changed and the daemon still serves', async () => {
+    assert.equal(snapshot(), baseline);
+    assert.equal(d.process.exitCode, null, 'daemon alive');
+    assert.equal(d.ok(['exec', 'ok1', '--', 'hostname']).trim(), 'ok1');
+  });
+});

@@ -1,0 +1,262 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+
+const REPO = path.resolve(import.meta.dirname, '../..');
+const CLI = path.join(REPO, 'bin/trivisor');
+const MAIN = path.join(REPO, 'src/cli/main.ts');
+
+/** Result of one CLI run. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** A real daemon on its own TRIVISOR_DIR, driven through the real CLI and HTTP API. */
+export interface Daemon {
+  stateDir: string;
+  socket: string;
+  process: ChildProcess;
+  /** TCP URL, when the daemon listens on TCP. */
+  url: string | null;
+  cli(args: string[], options?: { input?: string; timeoutMs?: number }): CliResult;
+  /** Like cli() but fails the test with the stderr when the exit code is not 0. */
+  ok(args: string[], options?: { input?: string }): string;
+  api(
+    method: string,
+    urlPath: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<ApiResponse>;
+  /** kill -9 the daemon (guests must survive). */
+  kill9(): Promise<void>;
+  /** Starts the daemon again on the same state dir. */
+  restart(): Promise<void>;
+  /** Stops the daemon, force-deletes what the test left, and removes every trace. */
+  destroy(): Promise<void>;
+}
+
+export interface ApiResponse {
+  status: number;
+  body: {
+    type?: string;
+    error?: string;
+    error_code?: number;
+    metadata?: unknown;
+    operation?: string;
+  } & Record<string, unknown>;
+  text: string;
+}
+
+export async function startDaemon(options: { tcp?: boolean } = {}): Promise<Daemon> {
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-sys-'));
+  const env = {
+    ...process.env,
+    TRIVISOR_DIR: stateDir,
+    TRIVISOR_LISTEN: options.tcp ? '127.0.0.1:0' : 'none',
+    TRIVISOR_LOG_LEVEL: 'warn',
+  };
+  let child = await launch();
+  let info = readDaemonJson();
+
+  async function launch(): Promise<ChildProcess> {
+    rmSync(path.join(stateDir, 'daemon.json'), { force: true });
+    const c = spawn(process.execPath, [MAIN, 'daemon'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const end = Date.now() + 60_000;
+    while (!existsSync(path.join(stateDir, 'daemon.json'))) {
+      if (c.exitCode !== null) throw new Error(`daemon exited with ${c.exitCode}: ${stderr}`);
+      if (Date.now() > end) throw new Error(`daemon not ready after 60 s: ${stderr}`);
+      await sleep(50);
+    }
+    return c;
+  }
+
+  function readDaemonJson(): { socket: string; url: string | null } {
+    return JSON.parse(readFileSync(path.join(stateDir, 'daemon.json'), 'utf8'));
+  }
+
+  const cli: Daemon['cli'] = (args, o = {}) => {
+    const r = spawnSync(CLI, args, {
+      env,
+      input: o.input ?? '',
+      encoding: 'utf8',
+      timeout: o.timeoutMs ?? 120_000,
+    });
+    return { code: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
+  };
+
+  const daemon: Daemon = {
+    stateDir,
+    get socket() {
+      return info.socket;
+    },
+    get process() {
+      return child;
+    },
+    get url() {
+      return info.url;
+    },
+    cli,
+    ok(args, o) {
+      const r = cli(args, o);
+      if (r.code !== 0)
+        throw new Error(`trivisor ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
+      return r.stdout;
+    },
+    api(method, urlPath, body, headers = {}) {
+      return request({ socketPath: info.socket }, method, urlPath, body, headers);
+    },
+    async kill9() {
+      child.kill('SIGKILL');
+      await new Promise((r) =>
+        child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
+      );
+    },
+    async restart() {
+      child = await launch();
+      info = readDaemonJson();
+    },
+    async destroy() {
+      if (child.exitCode === null && child.signalCode === null) {
+        // Best effort: delete what the test left through the API, then stop the daemon.
+        const list = cli(['list', '--format', 'json']);
+        if (list.code === 0) {
+          const names = (JSON.parse(list.stdout) as Array<{ name: string }>).map((g) => g.name);
+          if (names.length > 0) cli(['delete', '--force', ...names], { timeoutMs: 120_000 });
+        }
+        child.kill('SIGTERM');
+        await new Promise((r) =>
+          child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
+        );
+      }
+      scrubHost(stateDir);
+    },
+  };
+  return daemon;
+}
+
+/** Removes every trace a state dir can leave on the host: runc containers, mounts, cgroups, files. */
+export function scrubHost(stateDir: string): void {
+  const runcRoot = path.join(stateDir, 'runc');
+  if (existsSync(runcRoot)) {
+    const ids = spawnSync('runc', ['--root', runcRoot, 'list', '-q'], { encoding: 'utf8' }).stdout.split(
+      '\n',
+    );
+    for (const id of ids.filter(Boolean)) spawnSync('runc', ['--root', runcRoot, 'delete', '--force', id]);
+  }
+  const mounts = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[1] ?? '')
+    .filter((m) => m.startsWith(stateDir))
+    .sort((a, b) => b.length - a.length);
+  for (const m of mounts) spawnSync('umount', ['-l', m]);
+  for (const ctl of [
+    'cpu',
+    'cpuacct',
+    'cpuset',
+    'memory',
+    'pids',
+    'freezer',
+    'devices',
+    'blkio',
+    'systemd',
+  ]) {
+    const root = `/sys/fs/cgroup/${ctl}`;
+    if (!existsSync(root)) continue;
+    for (const dir of readdirSync(root).filter((d) => d.startsWith('trivisor-'))) {
+      removeCgroupIfOurs(path.join(root, dir), stateDir);
+    }
+  }
+  rmSync(stateDir, { recursive: true, force: true });
+}
+
+function removeCgroupIfOurs(dir: string, _stateDir: string): void {
+  // Leaf-first rmdir; cgroup dirs with live tasks stay (and show up in the leak checks).
+  for (const d of readdirSync(dir, { withFileTypes: true })) {
+    if (d.isDirectory()) removeCgroupIfOurs(path.join(dir, d.name), _stateDir);
+  }
+  spawnSync('rmdir', [dir]);
+}
+
+export function request(
+  target: { socketPath: string } | { url: string },
+  method: string,
+  urlPath: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<ApiResponse> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+    const base =
+      'socketPath' in target
+        ? { socketPath: target.socketPath }
+        : (() => {
+            const u = new URL(target.url);
+            return { host: u.hostname, port: Number(u.port) };
+          })();
+    const req = http.request(
+      {
+        ...base,
+        method,
+        path: urlPath,
+        headers: {
+          ...(payload !== undefined ? { 'content-type': 'application/json' } : {}),
+          ...headers,
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: ApiResponse['body'] = {};
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            // Non-JSON bodies (metrics, logs) are in `text`.
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed, text });
+        });
+      },
+    );
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `cond` until it holds or `timeoutMs` passes (then throws with `what`). */
+export async function eventually(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs = 20_000,
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for: ${what}`);
+}
+
+/** Whether a pid is alive on the host. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { alive, type Daemon, eventually, startDaemon } from './harness.ts';
+
+interface GuestJson {
+  name: string;
+  model: string;
+  status: string;
+  image: string;
+  config: Record<string, string>;
+  state: { pid: number | null; usage: { memoryBytes: number; cpuSeconds: number; processes: number } | null };
+}
+
+describe('ct guests end to end through the daemon and CLI', () => {
+  let d: Daemon;
+  before(async () => {
+    d = await startDaemon();
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  const info = (name: string) => JSON.parse(d.ok(['info', name, '--format', 'json'])) as GuestJson;
+
+  test('launch busybox web1, then exec hostname prints web1', () => {
+    d.ok(['launch', 'busybox', 'web1']);
+    assert.equal(d.ok(['exec', 'web1', '--', 'hostname']).trim(), 'web1');
+  });
+
+  test('list and info in JSON carry name, model, status, image, config and live usage', () => {
+    const list = JSON.parse(d.ok(['list', '--format', 'json'])) as GuestJson[];
+    const g = list.find((x) => x.name === 'web1');
+    assert.ok(g, 'web1 listed');
+    assert.equal(g.model, 'ct');
+    assert.equal(g.status, 'Running');
+    assert.match(g.image, /^[0-9a-f]{64}$/);
+    assert.deepEqual(g.config, {});
+    const i = info('web1');
+    assert.ok(i.state.pid && alive(i.state.pid), 'pid is a live host process');
+    assert.ok(i.state.usage && i.state.usage.memoryBytes > 0, 'memory usage read from the cgroup');
+    assert.ok(i.state.usage.processes >= 1);
+    const table = d.ok(['list']);
+    assert.match(table, /NAME/);
+    assert.match(table, /web1\s+ct\s+Running/);
+    const yaml = d.ok(['list', '--format', 'yaml']);
+    assert.match(yaml, /name: web1/);
+  });
+
+  test('exec passes stdout, stderr, stdin and the exit code through', () => {
+    const r = d.cli(['exec', 'web1', '--', 'sh', '-c', 'echo out; echo err >&2; exit 7']);
+    assert.equal(r.code, 7);
+    assert.equal(r.stdout, 'out\n');
+    assert.equal(r.stderr, 'err\n');
+    assert.equal(d.ok(['exec', 'web1', '--', 'cat'], { input: 'piped through\n' }), 'piped through\n');
+    assert.equal(d.ok(['exec', 'web1', '--env', 'GREETING=hi', '--', 'sh', '-c', 'echo $GREETING']), 'hi\n');
+    const missing = d.cli(['exec', 'web1', '--', '/no/such/command']);
+    assert.notEqual(missing.code, 0);
+  });
+
+  test('exec -t runs the command on a terminal', () => {
+    const r = d.cli(['exec', '-t', 'web1', '--', 'sh', '-c', 'test -t 0 && test -t 1 && echo tty; exit 3']);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stdout, /tty/);
+  });
+
+  test('freeze stops the guest processes from running and unfreeze resumes them', () => {
+    d.ok(['freeze', 'web1']);
+    assert.equal(info('web1').status, 'Frozen');
+    const cg = readFileSync(`/proc/${info('web1').state.pid}/status`, 'utf8');
+    assert.match(cg, /State:\s+[SD]/, 'frozen processes do not run');
+    assert.notEqual(d.cli(['exec', 'web1', '--', 'true']).code, 0, 'exec is refused while frozen');
+    d.ok(['unfreeze', 'web1']);
+    assert.equal(info('web1').status, 'Running');
+    assert.equal(d.ok(['exec', 'web1', '--', 'echo', 'back']), 'back\n');
+  });
+
+  test('stop powers the guest off, start boots it again with a new init, restart replaces init', async () => {
+    const pid1 = info('web1').state.pid!;
+    d.ok(['stop', 'web1', '--timeout', '20']);
+    assert.equal(info('web1').status, 'Stopped');
+    assert.equal(info('web1').state.pid, null);
+    await eventually('old init gone', () => !alive(pid1));
+    d.ok(['start', 'web1']);
+    const pid2 = info('web1').state.pid!;
+    assert.ok(alive(pid2));
+    d.ok(['restart', 'web1']);
+    const pid3 = info('web1').state.pid!;
+    assert.notEqual(pid3, pid2);
+    assert.ok(alive(pid3));
+    assert.equal(d.ok(['exec', 'web1', '--', 'hostname']).trim(), 'web1');
+  });
+
+  test('files written in a guest survive a restart and stay its own', () => {
+    d.ok(['launch', 'busybox', 'web2']);
+    d.ok(['exec', 'web1', '--', 'sh', '-c', 'echo mine > /root/note']);
+    d.ok(['restart', 'web1']);
+    assert.equal(d.ok(['exec', 'web1', '--', 'cat', '/root/note']), 'mine\n');
+    assert.notEqual(
+      d.cli(['exec', 'web2', '--', 'cat', '/root/note']).code,
+      0,
+      'web2 does not see web1 files',
+    );
+  });
+
+  test('config set changes limits live; config get/show/unset work', () => {
+    d.ok(['config', 'set', 'web1', 'limits.memory=96MiB', 'limits.processes=200']);
+    assert.equal(d.ok(['config', 'get', 'web1', 'limits.memory']).trim(), '96MiB');
+    const limit = d.ok(['exec', 'web1', '--', 'cat', '/sys/fs/cgroup/memory/memory.limit_in_bytes']).trim();
+    assert.equal(Number(limit), 96 * 2 ** 20, 'the new limit is in force inside the guest');
+    assert.match(d.ok(['config', 'show', 'web1']), /limits\.processes: "?200"?/);
+    d.ok(['config', 'unset', 'web1', 'limits.processes']);
+    assert.equal(info('web1').config['limits.processes'], undefined);
+  });
+
+  test('console --show-log shows what init printed', () => {
+    d.ok(['launch', 'busybox', 'talker']);
+    d.ok(['exec', 'talker', '--', 'sh', '-c', 'echo hello-console > /proc/1/fd/1']);
+    assert.match(d.ok(['console', 'talker', '--show-log']), /hello-console/);
+  });
+
+  test('delete is refused while running, works with --force, and leaves nothing behind', () => {
+    const r = d.cli(['delete', 'web2']);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+    assert.match(r.stderr, /^Error: .*(running|Running)/);
+    const pid = info('web2').state.pid!;
+    d.ok(['delete', '--force', 'web2', 'talker']);
+    assert.ok(!alive(pid));
+    assert.equal(d.cli(['info', 'web2']).code, 1);
+    assert.ok(!existsSync(`${d.stateDir}/guests/web2`), 'guest directory removed');
+    const mounts = readFileSync('/proc/mounts', 'utf8');
+    assert.ok(!mounts.includes(`${d.stateDir}/guests/web2`), 'overlay unmounted');
+  });
+});
