@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyError,
   type FastifyHttpOptions,
   type FastifyInstance,
+  type FastifyReply,
   LogController,
 } from 'fastify';
 import { errorResponse } from '../api/envelopes.ts';
@@ -64,8 +65,9 @@ export async function buildServer(services: Services, options: BuildServerOption
     },
     schemaErrorFormatter: formatSchemaErrors,
     // Errors met before routing (e.g. a malformed URL) get the same envelope.
-    frameworkErrors: (error, _request, reply) => {
+    frameworkErrors: (error, _request, rawReply) => {
       const status = typeof error.statusCode === 'number' && error.statusCode >= 400 ? error.statusCode : 400;
+      const reply = rawReply as unknown as FastifyReply;
       reply
         .code(status)
         .type('application/json; charset=utf-8')
