@@ -75,13 +75,13 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
       ['limits.cpu', '-1'],
       ['limits.processes', 'many'],
       ['limits.processes', '-5'],
-    ]) {
+    ] as const) {
       await expect4xx(
         'POST',
         '/1.0/guests',
         { name: 'x1', image: 'busybox', config: { [k]: v } },
         400,
-        new RegExp(k!.replace('.', '\\.')),
+        new RegExp(k.replace('.', '\\.')),
       );
       assert.equal(d.cli(['launch', 'busybox', 'x1', '-c', `${k}=${v}`]).code, 1);
       assert.equal(d.cli(['config', 'set', 'ok1', `${k}=${v}`]).code, 1);
