@@ -1,0 +1,301 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, type TestContext, test } from 'node:test';
+import { isTrivisorError } from '../../src/core/errors.ts';
+import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
+import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
+import { withInit } from './busybox-image-handle.ts';
+import { execIn } from './exec-helpers.ts';
+import { testGuestSpec } from './guest-spec.ts';
+
+/** A driver set up for the conformance suite, with what the suite needs to look behind it. */
+export interface DriverUnderTest {
+  driver: GuestDriver;
+  /** A busybox image (init: busybox init, stop signal in its properties). */
+  image: ImageHandle;
+  /** Removes everything the setup made (state dir, image). */
+  cleanup(): Promise<void>;
+  /** Config every guest of this run gets (e.g. security.privileged=true). */
+  guestConfig?: Record<string, string>;
+  /** A second driver instance on the same state dir, as after a daemon restart. */
+  reopen?(): GuestDriver;
+  /**
+   * Throws when anything of the guest is left on the host. With `runtimeOnly`
+   * only what start made (mounts, cgroups, runtime state) counts: the guest's
+   * files may stay.
+   */
+  assertNoLeftovers?(spec: GuestSpec, options?: { runtimeOnly?: boolean }): Promise<void>;
+}
+
+/** Runs `work`; a NotSupported error skips the test with its reason (the driver cannot do this). */
+async function orSkip(t: TestContext, work: () => Promise<void>): Promise<void> {
+  try {
+    await work();
+  } catch (e) {
+    if (isTrivisorError(e) && e.code === 'NotSupported') {
+      t.skip(e.message);
+      return;
+    }
+    throw e;
+  }
+}
+
+/** Whatever state the guest is in, gets rid of it (after a failed test). */
+async function forceDelete(driver: GuestDriver, spec: GuestSpec): Promise<void> {
+  await driver.stop(spec, { timeoutMs: 0, force: true }).catch(() => {});
+  await driver.delete(spec).catch(() => {});
+}
+
+/**
+ * The lifecycle suite every guest driver runs (containerd's snapshotter
+ * testsuite, Incus's driver tests): create, start, exec, freeze, stop, restart,
+ * limits, re-adoption, delete, failure rollback.
+ */
+export function runDriverConformance(name: string, makeDriver: () => Promise<DriverUnderTest>): void {
+  describe(`${name}: guest driver conformance`, () => {
+    let dut: DriverUnderTest;
+    let driver: GuestDriver;
+    let spec: GuestSpec;
+    let identity: ProcessIdentity | undefined;
+    const made: GuestSpec[] = [];
+    const guest = (guestName: string, config: Record<string, string> = {}): GuestSpec => {
+      const s = testGuestSpec(guestName, driver.model, { ...dut.guestConfig, ...config });
+      made.push(s);
+      return s;
+    };
+    const needRunning = (t: TestContext): boolean => {
+      if (identity) return true;
+      t.skip('the guest did not start');
+      return false;
+    };
+
+    before(async () => {
+      dut = await makeDriver();
+      driver = dut.driver;
+      spec = guest('conf-main');
+    });
+
+    after(async () => {
+      for (const s of made) await forceDelete(driver, s);
+      await dut?.cleanup();
+    });
+
+    test('probe() says the driver is supported on this host', async () => {
+      const probe = await driver.probe();
+      assert.equal(probe.model, driver.model);
+      assert.equal(probe.supported, true, probe.warnings.join('; '));
+    });
+
+    test('create() then start() runs the guest, and inspect() reports it running', async () => {
+      assert.equal((await driver.inspect(spec, undefined)).state, 'absent');
+      await driver.create(spec, dut.image);
+      assert.equal((await driver.inspect(spec, undefined)).state, 'stopped');
+      identity = await driver.start(spec, dut.image);
+      assert.ok(identity.pid > 0);
+      const state = await driver.inspect(spec, identity);
+      assert.equal(state.state, 'running');
+      assert.deepEqual(state.process, identity);
+    });
+
+    test('start() on a running guest returns the same init', async (t) => {
+      if (!needRunning(t)) return;
+      assert.deepEqual(await driver.start(spec, dut.image), identity);
+    });
+
+    test('exec passes stdout, stderr and the exit code through', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const ok = await execIn(driver, spec, ['/bin/sh', '-c', 'echo out; echo err >&2']);
+        assert.deepEqual(ok, { code: 0, stdout: 'out\n', stderr: 'err\n' });
+        const seven = await execIn(driver, spec, ['/bin/sh', '-c', 'exit 7']);
+        assert.equal(seven.code, 7);
+        const env = await execIn(driver, spec, ['/bin/sh', '-c', 'echo "$GREETING"; pwd'], {
+          env: { GREETING: 'hello' },
+        });
+        assert.equal(env.stdout, 'hello\n/\n');
+      });
+    });
+
+    test('exec pipes stdin through', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const text = 'line one\nline two\n'.repeat(1000);
+        const r = await execIn(driver, spec, ['cat'], { input: text });
+        assert.equal(r.code, 0);
+        assert.equal(r.stdout, text);
+      });
+    });
+
+    test('exec with a tty gives the command a terminal and passes the exit code', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const r = await execIn(
+          driver,
+          spec,
+          ['/bin/sh', '-c', 'test -t 0 && test -t 1 && tty && stty size; exit 5'],
+          {
+            tty: true,
+          },
+        );
+        assert.equal(r.code, 5, r.stdout);
+        assert.match(r.stdout, /\/dev\/pts\/\d+/);
+        assert.match(r.stdout, /30 100/, 'the initial size reaches the terminal');
+        assert.equal(r.stderr, '');
+      });
+    });
+
+    test('freeze() makes inspect() say frozen and holds the guest; unfreeze() resumes it', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        await driver.freeze(spec);
+        try {
+          assert.equal((await driver.inspect(spec, identity)).state, 'frozen');
+          // A frozen guest runs nothing: an exec is refused or does not finish.
+          const r = await execIn(driver, spec, ['true'], { timeoutMs: 1500 }).catch(() => undefined);
+          assert.ok(r === undefined || r.code !== 0, 'exec in a frozen guest must not succeed');
+        } finally {
+          await driver.unfreeze(spec);
+        }
+        assert.equal((await driver.inspect(spec, identity)).state, 'running');
+        assert.equal((await execIn(driver, spec, ['true'])).code, 0);
+      });
+    });
+
+    test('usage() reports memory, cpu and processes of a running guest', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const u = await driver.usage(spec);
+        assert.ok(u.memoryBytes > 0, 'memory in use');
+        assert.ok(u.processes >= 1, 'at least init');
+        assert.ok(u.cpuSeconds >= 0);
+      });
+    });
+
+    test('a second driver on the same state re-adopts the running guest, and refuses a reused pid', async (t) => {
+      if (!needRunning(t) || !identity) return;
+      if (!dut.reopen) return t.skip('this setup cannot open a second driver');
+      const again = dut.reopen();
+      const state = await again.inspect(spec, identity);
+      assert.equal(state.state, 'running');
+      assert.deepEqual(state.process, identity);
+      const reused = await again.inspect(spec, { pid: identity.pid, startTime: identity.startTime + 1 });
+      assert.notEqual(reused.state, 'running');
+      assert.notEqual(reused.state, 'frozen');
+    });
+
+    test('stop() asks init to power off and the guest stops', async (t) => {
+      if (!needRunning(t)) return;
+      await driver.stop(spec, { timeoutMs: 20_000, force: false });
+      assert.equal((await driver.inspect(spec, identity)).state, 'stopped');
+      await dut.assertNoLeftovers?.(spec, { runtimeOnly: true });
+      await driver.stop(spec, { timeoutMs: 1000, force: false });
+    });
+
+    test('start() after stop() boots the guest again with a new init', async (t) => {
+      if (!needRunning(t) || !identity) return;
+      const old = identity;
+      identity = await driver.start(spec, dut.image);
+      assert.notDeepEqual(identity, old);
+      assert.equal((await driver.inspect(spec, identity)).state, 'running');
+      assert.notEqual((await driver.inspect(spec, old)).state, 'running');
+      await orSkip(t, async () => {
+        assert.equal((await execIn(driver, spec, ['/bin/sh', '-c', 'exit 0'])).code, 0);
+      });
+    });
+
+    test('delete() leaves nothing behind and can be repeated', async (t) => {
+      if (!needRunning(t)) return;
+      await driver.stop(spec, { timeoutMs: 0, force: true });
+      assert.equal((await driver.inspect(spec, identity)).state, 'stopped');
+      await driver.delete(spec);
+      assert.equal((await driver.inspect(spec, undefined)).state, 'absent');
+      await dut.assertNoLeftovers?.(spec);
+      await driver.delete(spec);
+    });
+
+    test('stop() kills the guest after the timeout when init ignores the stop signal', async () => {
+      const stubborn = guest('conf-stubborn');
+      const image = withInit(dut.image, [
+        '/bin/sh',
+        '-c',
+        "trap '' TERM INT USR1 USR2 PWR; while :; do sleep 1; done",
+      ]);
+      await driver.create(stubborn, image);
+      const id = await driver.start(stubborn, image);
+      assert.equal((await driver.inspect(stubborn, id)).state, 'running');
+      const t0 = Date.now();
+      await driver.stop(stubborn, { timeoutMs: 1500, force: false });
+      const took = Date.now() - t0;
+      assert.ok(took >= 1400, `stop waited ${took}ms, less than the timeout`);
+      assert.ok(took < 15_000, `stop took ${took}ms`);
+      assert.equal((await driver.inspect(stubborn, id)).state, 'stopped');
+      await driver.delete(stubborn);
+      await dut.assertNoLeftovers?.(stubborn);
+    });
+
+    test('stop() with force kills at once', async () => {
+      const stubborn = guest('conf-forced');
+      const image = withInit(dut.image, [
+        '/bin/sh',
+        '-c',
+        "trap '' TERM INT USR1 USR2 PWR; while :; do sleep 1; done",
+      ]);
+      await driver.create(stubborn, image);
+      const id = await driver.start(stubborn, image);
+      const t0 = Date.now();
+      await driver.stop(stubborn, { timeoutMs: 60_000, force: true });
+      assert.ok(Date.now() - t0 < 10_000);
+      assert.equal((await driver.inspect(stubborn, id)).state, 'stopped');
+      await driver.delete(stubborn);
+    });
+
+    test('limits are visible inside the guest', async (t) => {
+      const limited = guest('conf-limits', {
+        'limits.memory': '96MiB',
+        'limits.processes': '64',
+        'limits.cpu': '0.5',
+      });
+      await driver.create(limited, dut.image);
+      const id = await driver.start(limited, dut.image);
+      await orSkip(t, async () => {
+        const mem = await execIn(driver, limited, [
+          '/bin/sh',
+          '-c',
+          'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max 2>/dev/null; grep MemTotal /proc/meminfo',
+        ]);
+        const limit = 96 * 2 ** 20;
+        const lines = mem.stdout.trim().split('\n');
+        const cgroupLimit = Number(lines[0]);
+        const memTotalKiB = Number(/MemTotal:\s+(\d+)/.exec(mem.stdout)?.[1]);
+        const seen = cgroupLimit === limit || (memTotalKiB * 1024 <= limit && memTotalKiB * 1024 > limit / 2);
+        assert.ok(
+          seen,
+          `the guest sees neither a ${limit}-byte cgroup limit nor a matching MemTotal: ${mem.stdout}`,
+        );
+        const pids = await execIn(driver, limited, [
+          '/bin/sh',
+          '-c',
+          'cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max 2>/dev/null || echo none',
+        ]);
+        if (pids.stdout.trim() !== 'none') assert.equal(pids.stdout.trim(), '64');
+        const usage = await driver.usage(limited);
+        if (usage.memoryLimitBytes !== undefined) assert.equal(usage.memoryLimitBytes, limit);
+      });
+      await driver.stop(limited, { timeoutMs: 0, force: true });
+      assert.equal((await driver.inspect(limited, id)).state, 'stopped');
+      await driver.delete(limited);
+    });
+
+    test('a start that fails (init does not exist) leaves nothing running behind', async () => {
+      const broken = guest('conf-broken');
+      const image = withInit(dut.image, ['/no/such/init']);
+      await driver.create(broken, image);
+      await assert.rejects(driver.start(broken, image));
+      const state = await driver.inspect(broken, undefined);
+      assert.ok(state.state === 'stopped' || state.state === 'absent', state.state);
+      await dut.assertNoLeftovers?.(broken, { runtimeOnly: true });
+      await driver.delete(broken);
+      assert.equal((await driver.inspect(broken, undefined)).state, 'absent');
+      await dut.assertNoLeftovers?.(broken);
+    });
+  });
+}

@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { access, chmod, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { GuestSpec } from '../../src/core/types.ts';
+import { cgroupParentOf, createCtDriver } from '../../src/drivers/ct/ct-driver.ts';
+import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
+import { cgroupDirs, removeCgroup } from '../../src/host/cgroups-v1.ts';
+import { silentLogger } from '../../src/host/logger.ts';
+import { mountPointsUnder } from '../../src/host/mounts.ts';
+import { hostRunner } from '../../src/host/runner.ts';
+import { makeBusyboxImage } from './busybox-image-handle.ts';
+import type { DriverUnderTest } from './conformance.ts';
+
+/** Host uid/gid that root of unprivileged test guests maps to. */
+export const TEST_IDMAP_BASE = 1_000_000;
+
+/** A ct driver on a fresh state dir in a temp dir, with the busybox image beside it. */
+export interface CtFixture extends DriverUnderTest {
+  dir: string;
+  stateDir: string;
+  runcRoot: string;
+  assertNoLeftovers(spec: GuestSpec, options?: { runtimeOnly?: boolean }): Promise<void>;
+  reopen(): GuestDriver;
+}
+
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
+
+/** Builds the fixture; `cleanup()` checks nothing is left (runc containers, mounts, cgroups) and removes it all. */
+export async function makeCtFixture(
+  options: { guestConfig?: Record<string, string> } = {},
+): Promise<CtFixture> {
+  const runner = hostRunner();
+  const dir = await mkdtemp('/tmp/trivisor-ct-');
+  // Unprivileged runc walks to the rootfs as "other": the temp dir must be searchable.
+  await chmod(dir, 0o711);
+  const stateDir = join(dir, 'state');
+  const runcRoot = join(stateDir, 'runc');
+  const image: ImageHandle = await makeBusyboxImage(join(dir, 'image'), { runner });
+  const make = () => createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: TEST_IDMAP_BASE });
+  const cgroupParent = cgroupParentOf(stateDir);
+  const fixture: CtFixture = {
+    dir,
+    stateDir,
+    runcRoot,
+    driver: make(),
+    image,
+    ...(options.guestConfig ? { guestConfig: options.guestConfig } : {}),
+    reopen: make,
+    async assertNoLeftovers(spec, opts = {}) {
+      const guestDir = join(stateDir, 'guests', spec.name);
+      assert.deepEqual(await mountPointsUnder(guestDir), [], 'no mounts left in the guest dir');
+      assert.deepEqual(await cgroupDirs(`${cgroupParent}/${spec.name}`), [], 'no cgroups left');
+      assert.equal(await exists(join(runcRoot, spec.name)), false, 'no runc state left');
+      if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
+    },
+    async cleanup() {
+      let leftovers = '';
+      if (await exists(runcRoot)) {
+        const list = await runner.run(['runc', '--root', runcRoot, 'list', '--quiet'], {
+          allowFailure: true,
+        });
+        for (const id of list.stdout.split('\n').filter(Boolean)) {
+          leftovers += `runc container ${id}; `;
+          await runner.run(['runc', '--root', runcRoot, 'delete', '--force', id], { allowFailure: true });
+        }
+      }
+      for (const point of await mountPointsUnder(dir)) {
+        leftovers += `mount ${point}; `;
+        await runner.run(['umount', '--lazy', point], { allowFailure: true });
+      }
+      const cgroups = await cgroupDirs(cgroupParent);
+      if (cgroups.length > 0) {
+        leftovers += `cgroup ${cgroupParent}; `;
+        for (const cg of cgroups) {
+          const { readdir } = await import('node:fs/promises');
+          for (const e of await readdir(cg, { withFileTypes: true })) {
+            if (e.isDirectory()) await removeCgroup(`${cgroupParent}/${e.name}`);
+          }
+        }
+        await removeCgroup(cgroupParent);
+      }
+      await rm(dir, { recursive: true, force: true });
+      assert.equal(leftovers, '', `tests left things behind: ${leftovers}`);
+    },
+  };
+  return fixture;
+}
