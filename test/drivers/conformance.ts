@@ -143,6 +143,41 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       });
     });
 
+    test('resize() of a tty session reaches the terminal in the guest', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const session = await driver.exec(spec, {
+          command: ['/bin/sh', '-c', 'sleep 1; stty size'],
+          env: {},
+          tty: true,
+          columns: 80,
+          rows: 24,
+        });
+        const out: Buffer[] = [];
+        session.stdout.on('data', (d: Buffer) => out.push(d));
+        await new Promise((r) => setTimeout(r, 300));
+        session.resize(132, 43);
+        assert.equal(await session.exit, 0);
+        assert.match(Buffer.concat(out).toString('utf8'), /43 132/);
+        session.stdin.destroy();
+      });
+    });
+
+    test('signal() reaches the command and the exit code says which signal killed it', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const session = await driver.exec(spec, { command: ['sleep', '30'], env: {}, tty: false });
+        session.stdin.end();
+        session.stdout.resume();
+        session.stderr?.resume();
+        await new Promise((r) => setTimeout(r, 300));
+        const t0 = Date.now();
+        session.signal('SIGTERM');
+        assert.equal(await session.exit, 143);
+        assert.ok(Date.now() - t0 < 5000);
+      });
+    });
+
     test('freeze() makes inspect() say frozen and holds the guest; unfreeze() resumes it', async (t) => {
       if (!needRunning(t)) return;
       await orSkip(t, async () => {
@@ -230,6 +265,38 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       assert.equal((await driver.inspect(stubborn, id)).state, 'stopped');
       await driver.delete(stubborn);
       await dut.assertNoLeftovers?.(stubborn);
+    });
+
+    test('stop() stops a frozen guest', async (t) => {
+      const frozen = guest('conf-frozen');
+      await driver.create(frozen, dut.image);
+      const id = await driver.start(frozen, dut.image);
+      await orSkip(t, async () => {
+        await driver.freeze(frozen);
+        assert.equal((await driver.inspect(frozen, id)).state, 'frozen');
+      });
+      await driver.stop(frozen, { timeoutMs: 5000, force: false });
+      assert.equal((await driver.inspect(frozen, id)).state, 'stopped');
+      await driver.delete(frozen);
+      await dut.assertNoLeftovers?.(frozen);
+    });
+
+    test('when init dies unasked, inspect() says stopped and stop() only cleans up', async () => {
+      const victim = guest('conf-victim');
+      await driver.create(victim, dut.image);
+      const id = await driver.start(victim, dut.image);
+      process.kill(id.pid, 'SIGKILL');
+      const t0 = Date.now();
+      while ((await driver.inspect(victim, id)).state !== 'stopped') {
+        assert.ok(Date.now() - t0 < 5000, 'the dead guest still looks alive');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await driver.stop(victim, { timeoutMs: 10_000, force: false });
+      assert.ok(Date.now() - t0 < 5000, 'stop must not wait for a dead init');
+      await dut.assertNoLeftovers?.(victim, { runtimeOnly: true });
+      await driver.start(victim, dut.image).then((again) => assert.notDeepEqual(again, id));
+      await driver.stop(victim, { timeoutMs: 0, force: true });
+      await driver.delete(victim);
     });
 
     test('stop() with force kills at once', async () => {
