@@ -85,3 +85,33 @@ describe('ct guests are isolated from the host and from each other', () => {
     assert.equal(upper, 'private\n');
   });
 });
+
+describe('privileged ct guests (no user namespace) are still confined', () => {
+  let fx: CtFixture;
+  const spec = testGuestSpec('iso-priv', 'ct', { 'security.privileged': 'true' });
+  let init: ProcessIdentity;
+  const sh = (script: string) => execIn(fx.driver, spec, ['/bin/sh', '-c', script]);
+
+  before(async () => {
+    fx = await makeCtFixture();
+    await fx.driver.create(spec, fx.image);
+    init = await fx.driver.start(spec, fx.image);
+  });
+
+  after(async () => {
+    await fx.driver.stop(spec, { timeoutMs: 0, force: true }).catch(() => {});
+    await fx.driver.delete(spec).catch(() => {});
+    await fx.cleanup();
+  });
+
+  test('root in the guest is host root, as privileged means', async () => {
+    assert.deepEqual(await readProcessOwner(init.pid), { uid: 0, gid: 0 });
+  });
+
+  test('the guest can neither mount, nor use block devices, nor write kernel knobs', async () => {
+    assert.notEqual((await sh('mkdir -p /mnt/t && mount -t tmpfs tmpfs /mnt/t')).code, 0);
+    assert.notEqual((await sh('mknod /tmp/disk b 8 0 && head -c 1 /tmp/disk >/dev/null')).code, 0);
+    assert.notEqual((await sh('echo 1 > /proc/sys/vm/drop_caches')).code, 0);
+    assert.notEqual((await sh('echo h > /proc/sysrq-trigger')).code, 0);
+  });
+});

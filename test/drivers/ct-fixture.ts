@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { access, chmod, mkdtemp, rm } from 'node:fs/promises';
+import { access, chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestSpec } from '../../src/core/types.ts';
 import { cgroupParentOf, createCtDriver } from '../../src/drivers/ct/ct-driver.ts';
@@ -76,7 +76,6 @@ export async function makeCtFixture(
       if (cgroups.length > 0) {
         leftovers += `cgroup ${cgroupParent}; `;
         for (const cg of cgroups) {
-          const { readdir } = await import('node:fs/promises');
           for (const e of await readdir(cg, { withFileTypes: true })) {
             if (e.isDirectory()) await removeCgroup(`${cgroupParent}/${e.name}`);
           }
