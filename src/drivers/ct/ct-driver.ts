@@ -26,6 +26,8 @@ import { readRuncInitIdentity } from './runc-state.ts';
 const POLL_MS = 50;
 /** How long stop() waits for the kernel to reap a SIGKILLed guest. */
 const KILL_WAIT_MS = 10_000;
+/** How long `runc run --detach` may take before start() gives up. */
+const RUNC_RUN_TIMEOUT_MS = 60_000;
 /** Config keys `runc update` applies to a running guest. */
 const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
 
@@ -265,10 +267,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
               detached: true,
             },
           );
+          // runc returns as soon as init has exec'd; a runc that hangs (stuck mount, full disk) is killed.
+          const timer = setTimeout(() => child.kill('SIGKILL'), RUNC_RUN_TIMEOUT_MS);
           code = await new Promise<number>((resolve) => {
             child.once('error', () => resolve(127));
-            child.once('exit', (c: number | null) => resolve(c ?? 1));
-          });
+            child.once('exit', (c: number | null) => resolve(c ?? 137));
+          }).finally(() => clearTimeout(timer));
         } finally {
           await consoleFile.close();
         }
