@@ -198,6 +198,34 @@ describe('guest service and controller', () => {
     await rejectsWith(w.guests.updateConfig('a', { unset: ['limits.cpu'] }), 'NotFound');
   });
 
+  test('a live config change the guest refuses is a FailedPrecondition and the old config stays', async () => {
+    await done(
+      w,
+      await w.guests.create({
+        name: 'a',
+        image: 'busybox',
+        start: true,
+        config: { 'limits.memory': '256MiB' },
+      }),
+    );
+    const update = w.driver.update;
+    w.driver.update = async () => {
+      throw new Error('memory limit below current usage');
+    };
+    try {
+      await rejectsWith(
+        w.guests.updateConfig('a', { set: { 'limits.memory': '8MiB' } }),
+        'FailedPrecondition',
+        /below current usage/,
+      );
+    } finally {
+      w.driver.update = update;
+    }
+    await waitUntil(async () => (await w.guests.get('a')).config['limits.memory'] === '256MiB');
+    const r = await w.guests.updateConfig('a', { set: { 'limits.memory': '128MiB' } });
+    assert.equal(r.guest.config['limits.memory'], '128MiB');
+  });
+
   test('a guest that dies is marked Stopped; with restart_policy=always it is restarted', async () => {
     await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
     await done(

@@ -1,5 +1,12 @@
 import { configValue, type HostCapacity, validateConfig } from '../core/config-keys.ts';
-import { alreadyExists, conflict, invalidArgument, notFound, notSupported } from '../core/errors.ts';
+import {
+  alreadyExists,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  notSupported,
+} from '../core/errors.ts';
 import { assertCanDo } from '../core/guest-state.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
@@ -298,7 +305,18 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       driverFor(next.model).validate(next);
       await writeSpec(l, next);
       const timeout = AbortSignal.timeout(deps.configWaitMs ?? 60_000);
-      await waitForGuest(store, name, convergedTo(next.generation), timeout);
+      try {
+        await waitForGuest(store, name, convergedTo(next.generation), timeout);
+      } catch (e) {
+        // The guest refused the change (e.g. a memory limit below what it uses): put the old config back.
+        const now = await load(name).catch(() => undefined);
+        if (now && now.spec.generation === next.generation) {
+          await writeSpec(now, { ...now.spec, config: l.spec.config, generation: next.generation + 1 }).catch(
+            () => {},
+          );
+        }
+        throw failedPrecondition(`Cannot apply the configuration to guest ${name}: ${(e as Error).message}`);
+      }
       const after = await load(name);
       return {
         guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status)),
