@@ -113,6 +113,10 @@ export async function buildServer(services: Services, options: BuildServerOption
   // JSON only (plus raw image uploads, registered with the image routes): anything else is a 415.
   app.removeContentTypeParser('text/plain');
 
+  // Before the auth hook: the plugin's own onRequest hook must mark upgrade requests first, so that
+  // a refused upgrade's socket gets destroyed (an undestroyed one would keep close() waiting).
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+
   const authorized = createAuthCheck(options.auth);
   app.decorateRequest('trusted', false);
   app.addHook('onRequest', async (request, reply) => {
@@ -143,7 +147,6 @@ export async function buildServer(services: Services, options: BuildServerOption
       security: [{ bearer: [] }],
     },
   });
-  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
 
   const ctx: RouteContext = {
     services,

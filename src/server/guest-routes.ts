@@ -23,7 +23,7 @@ import {
   SyncEnvelope,
 } from '../api/schemas.ts';
 import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
-import { failedPrecondition, invalidArgument } from '../core/errors.ts';
+import { cancelled, failedPrecondition, invalidArgument } from '../core/errors.ts';
 import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { type RouteContext, sendAsync } from './route-context.ts';
@@ -235,7 +235,9 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
               failExecSocket(socket, e instanceof Error ? e.message : String(e));
               throw e;
             }
-            return { return: await bridgeExec(socket, session, { signal: opCtx.signal }) };
+            const code = await bridgeExec(socket, session, { signal: opCtx.signal });
+            if (opCtx.signal.aborted) throw cancelled('The command was killed: its operation was cancelled');
+            return { return: code };
           },
         });
         websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
@@ -261,6 +263,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
             session.exit,
           ]);
           opCtx.signal.removeEventListener('abort', kill);
+          if (opCtx.signal.aborted) throw cancelled('The command was killed: its operation was cancelled');
           return record ? { return: code, stdout, stderr } : { return: code };
         },
       });

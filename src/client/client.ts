@@ -1,0 +1,229 @@
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { PassThrough } from 'node:stream';
+import type WebSocket from 'ws';
+import type { AsyncResponse, SyncResponse } from '../api/envelopes.ts';
+import type {
+  ConfigUpdateResult,
+  CreateGuestBody,
+  ExecBody,
+  Guest,
+  GuestStateResponse,
+  HostInfo,
+  ImageRecord,
+  Operation,
+  StateChangeBody,
+  TrivisorEvent,
+} from '../api/types.ts';
+import { TrivisorApiError } from './api-error.ts';
+import { type ExecHandle, execHandleOf } from './exec-stream.ts';
+import { type ClientTarget, createTransport, parseEnvelope } from './transport.ts';
+
+/** A subscription to the event stream. */
+export interface EventSubscription {
+  close(): void;
+  /** Resolves when the stream ends (closed by either side). */
+  closed: Promise<void>;
+}
+
+/** Options of `waitOperation`. */
+export interface WaitOptions {
+  /** Called with the operation whenever it is polled (about every `pollMs`) while it runs. */
+  onProgress?: (op: Operation) => void;
+  pollMs?: number;
+  /** Return failed/cancelled operations instead of throwing. */
+  allowFailure?: boolean;
+}
+
+/** Typed access to every route of the Trivisor API. */
+export interface TrivisorClient {
+  serverInfo(): Promise<HostInfo>;
+  listGuests(options?: { usage?: boolean }): Promise<Guest[]>;
+  getGuest(name: string): Promise<Guest>;
+  createGuest(request: CreateGuestBody): Promise<Operation>;
+  updateGuestConfig(
+    name: string,
+    change: { set?: Record<string, string>; unset?: string[] },
+  ): Promise<ConfigUpdateResult>;
+  deleteGuest(name: string, options?: { force?: boolean }): Promise<Operation>;
+  getGuestState(name: string): Promise<GuestStateResponse>;
+  changeGuestState(name: string, request: StateChangeBody): Promise<Operation>;
+  /** Starts an exec operation as given (record-output, wait-for-websocket or neither). */
+  startExec(name: string, request: ExecBody): Promise<Operation>;
+  /** Runs a command and joins its stdin/stdout/stderr over a WebSocket. */
+  exec(name: string, request: Omit<ExecBody, 'wait-for-websocket' | 'record-output'>): Promise<ExecHandle>;
+  consoleLog(name: string): Promise<string>;
+  /** The console log from its start, then as it grows, until `close()`. */
+  followConsole(name: string): Promise<{ stream: Readable; close(): void }>;
+  listImages(): Promise<ImageRecord[]>;
+  getImage(ref: string): Promise<ImageRecord>;
+  buildImage(request: { source: string; alias?: string }): Promise<Operation>;
+  importImage(tarballPath: string, options: { alias: string }): Promise<Operation>;
+  deleteImage(ref: string): Promise<void>;
+  listOperations(): Promise<Operation[]>;
+  getOperation(id: string): Promise<Operation>;
+  /** Waits for the end; throws TrivisorApiError for failed or cancelled ones (unless allowFailure). */
+  waitOperation(id: string, options?: WaitOptions): Promise<Operation>;
+  cancelOperation(id: string): Promise<Operation>;
+  events(
+    listener: (event: TrivisorEvent) => void,
+    options?: { types?: TrivisorEvent['type'][] },
+  ): Promise<EventSubscription>;
+  metrics(): Promise<string>;
+  openapi(): Promise<Record<string, unknown>>;
+}
+
+const enc = encodeURIComponent;
+
+function opened(socket: WebSocket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    socket.once('open', () => resolve());
+    socket.once('unexpected-response', (req, res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        // ws leaves a refused handshake's connection to us: drop it, or it keeps the process alive.
+        req.destroy();
+        let message = `The server refused the WebSocket (HTTP ${res.statusCode})`;
+        try {
+          const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error?: string };
+          if (body.error) message = body.error;
+        } catch {}
+        reject(new TrivisorApiError(message, { status: res.statusCode ?? 0 }));
+      });
+    });
+    socket.once('error', (e) =>
+      reject(
+        new TrivisorApiError(`Cannot open the WebSocket: ${e.message}`, { status: 0, code: 'Unavailable' }),
+      ),
+    );
+  });
+}
+
+/** Creates a client for the daemon's unix socket (`{socketPath}`) or a remote URL with a token. */
+export function createClient(options: ClientTarget): TrivisorClient {
+  const transport = createTransport(options);
+
+  const call = async <T>(method: string, path: string, json?: unknown): Promise<T> => {
+    const res = await transport.request(method, path, json === undefined ? {} : { json });
+    return parseEnvelope<SyncResponse<T>>(res).metadata;
+  };
+  const callAsync = async (method: string, path: string, json?: unknown): Promise<Operation> => {
+    const res = await transport.request(method, path, json === undefined ? {} : { json });
+    return parseEnvelope<AsyncResponse>(res).metadata;
+  };
+
+  const client: TrivisorClient = {
+    serverInfo: () => call('GET', '/1.0'),
+    listGuests: (o) => call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}`),
+    getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),
+    createGuest: (request) => callAsync('POST', '/1.0/guests', request),
+    updateGuestConfig: (name, change) => {
+      const body: { config?: Record<string, string>; unset?: string[] } = {};
+      if (change.set) body.config = change.set;
+      if (change.unset) body.unset = change.unset;
+      return call('PATCH', `/1.0/guests/${enc(name)}`, body);
+    },
+    deleteGuest: (name, o) => callAsync('DELETE', `/1.0/guests/${enc(name)}${o?.force ? '?force=true' : ''}`),
+    getGuestState: (name) => call('GET', `/1.0/guests/${enc(name)}/state`),
+    changeGuestState: (name, request) => callAsync('PUT', `/1.0/guests/${enc(name)}/state`, request),
+    startExec: (name, request) => callAsync('POST', `/1.0/guests/${enc(name)}/exec`, request),
+    async exec(name, request) {
+      const op = await callAsync('POST', `/1.0/guests/${enc(name)}/exec`, {
+        ...request,
+        'wait-for-websocket': true,
+      });
+      const url = op.metadata.websocket;
+      if (typeof url !== 'string')
+        throw new TrivisorApiError('The server gave no exec websocket', { status: 500 });
+      const socket = transport.websocket(url);
+      // Listen before the upgrade completes: the first frames may arrive with it.
+      const handle = execHandleOf(socket, op.id);
+      await opened(socket);
+      return handle;
+    },
+    async consoleLog(name) {
+      const res = await transport.request('GET', `/1.0/guests/${enc(name)}/console?type=log`);
+      if (res.status >= 400) parseEnvelope(res);
+      return res.body.toString('utf8');
+    },
+    async followConsole(name) {
+      const socket = transport.websocket(`/1.0/guests/${enc(name)}/console/follow`);
+      const stream = new PassThrough();
+      socket.on('message', (data) => {
+        stream.write(Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer));
+      });
+      socket.on('close', () => stream.end());
+      socket.on('error', () => stream.end());
+      await opened(socket);
+      return { stream, close: () => socket.close() };
+    },
+    listImages: () => call('GET', '/1.0/images?recursion=1'),
+    getImage: (ref) => call('GET', `/1.0/images/${enc(ref)}`),
+    buildImage: (request) => callAsync('POST', '/1.0/images', request),
+    async importImage(tarballPath, o) {
+      const size = (await stat(tarballPath)).size;
+      const res = await transport.request('POST', '/1.0/images', {
+        stream: createReadStream(tarballPath),
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-length': String(size),
+          'x-trivisor-alias': o.alias,
+        },
+      });
+      return parseEnvelope<AsyncResponse>(res).metadata;
+    },
+    async deleteImage(ref) {
+      await call('DELETE', `/1.0/images/${enc(ref)}`);
+    },
+    listOperations: () => call('GET', '/1.0/operations?recursion=1'),
+    getOperation: (id) => call('GET', `/1.0/operations/${enc(id)}`),
+    async waitOperation(id, o = {}) {
+      // Long polls keep the request count low; progress callers poll faster to show movement.
+      const timeoutSeconds = (o.pollMs ?? (o.onProgress ? 500 : 30_000)) / 1000;
+      let op = await call<Operation>('GET', `/1.0/operations/${enc(id)}/wait?timeout=${timeoutSeconds}`);
+      while (op.status === 'Running' || op.status === 'Pending') {
+        o.onProgress?.(op);
+        op = await call<Operation>('GET', `/1.0/operations/${enc(id)}/wait?timeout=${timeoutSeconds}`);
+      }
+      if (!o.allowFailure && op.status !== 'Success') {
+        const code = typeof op.metadata.errorCode === 'string' ? op.metadata.errorCode : undefined;
+        throw new TrivisorApiError(op.error ?? `The operation ended with status ${op.status}`, {
+          status: 0,
+          ...(code !== undefined && { code: code as never }),
+          ...(op.status === 'Cancelled' && { code: 'Cancelled' as const }),
+        });
+      }
+      return op;
+    },
+    cancelOperation: (id) => call('DELETE', `/1.0/operations/${enc(id)}`),
+    async events(listener, o = {}) {
+      const query = o.types?.length ? `?type=${o.types.join(',')}` : '';
+      const socket = transport.websocket(`/1.0/events${query}`);
+      socket.on('message', (data) => {
+        try {
+          listener(JSON.parse(String(data)) as TrivisorEvent);
+        } catch {
+          // a malformed message is skipped, not fatal
+        }
+      });
+      await opened(socket);
+      const closed = new Promise<void>((resolve) => {
+        socket.on('close', () => resolve());
+        socket.on('error', () => resolve());
+      });
+      return { close: () => socket.close(), closed };
+    },
+    async metrics() {
+      const res = await transport.request('GET', '/1.0/metrics');
+      if (res.status >= 400) parseEnvelope(res);
+      return res.body.toString('utf8');
+    },
+    async openapi() {
+      const res = await transport.request('GET', '/1.0/openapi.json');
+      return parseEnvelope<Record<string, unknown>>(res);
+    },
+  };
+  return client;
+}

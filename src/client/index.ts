@@ -1,0 +1,4 @@
+export { TrivisorApiError } from './api-error.ts';
+export { createClient, type EventSubscription, type TrivisorClient, type WaitOptions } from './client.ts';
+export type { ExecHandle } from './exec-stream.ts';
+export type { ClientTarget } from './transport.ts';

@@ -1,0 +1,127 @@
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import WebSocket from 'ws';
+import type { ErrorResponse } from '../api/envelopes.ts';
+import { TrivisorApiError } from './api-error.ts';
+
+/** Where the daemon is: its root-only unix socket, or a URL plus token. */
+export type ClientTarget = { socketPath: string } | { url: string; token: string };
+
+/** A raw answer: status, headers, body bytes. */
+export interface RawResponse {
+  status: number;
+  headers: IncomingMessage['headers'];
+  body: Buffer;
+}
+
+/** Sends HTTP requests and opens WebSockets to one daemon. */
+export interface Transport {
+  request(
+    method: string,
+    path: string,
+    options?: { json?: unknown; stream?: Readable; headers?: Record<string, string> },
+  ): Promise<RawResponse>;
+  websocket(path: string): WebSocket;
+  /** For messages: `unix:/var/lib/trivisor/trivisor.sock` or the URL. */
+  describe(): string;
+}
+
+export function createTransport(target: ClientTarget): Transport {
+  const base = 'url' in target ? new URL(target.url) : null;
+  const authHeaders: Record<string, string> =
+    'token' in target && target.token ? { authorization: `Bearer ${target.token}` } : {};
+  const describe = () => ('socketPath' in target ? `unix:${target.socketPath}` : target.url);
+
+  return {
+    describe,
+    request(method, path, options = {}) {
+      const headers: Record<string, string> = { ...authHeaders, ...options.headers };
+      let payload: Buffer | undefined;
+      if (options.json !== undefined) {
+        payload = Buffer.from(JSON.stringify(options.json));
+        headers['content-type'] = 'application/json';
+        headers['content-length'] = String(payload.length);
+      }
+      const reqOptions: RequestOptions = { method, path, headers };
+      let send = httpRequest;
+      if (base) {
+        reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
+        reqOptions.port = base.port || (base.protocol === 'https:' ? 443 : 80);
+        reqOptions.path = `${base.pathname.replace(/\/$/, '')}${path}`;
+        if (base.protocol === 'https:') send = httpsRequest;
+      } else if ('socketPath' in target) {
+        reqOptions.socketPath = target.socketPath;
+      }
+      return new Promise<RawResponse>((resolve, reject) => {
+        const req = send(reqOptions, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+          );
+          res.on('error', reject);
+        });
+        req.on('error', (e: NodeJS.ErrnoException) => reject(connectionError(e, describe())));
+        if (options.stream) {
+          pipeline(options.stream, req).catch((e: unknown) => req.destroy(e as Error));
+        } else {
+          req.end(payload);
+        }
+      });
+    },
+    websocket(path) {
+      if (base) {
+        const url = new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
+        url.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
+        return new WebSocket(url, { headers: authHeaders, perMessageDeflate: false });
+      }
+      const socketPath = (target as { socketPath: string }).socketPath;
+      return new WebSocket(`ws+unix://${socketPath}:${path}`, { perMessageDeflate: false });
+    },
+  };
+}
+
+function connectionError(e: NodeJS.ErrnoException, where: string): TrivisorApiError {
+  const hint =
+    e.code === 'ENOENT' || e.code === 'ECONNREFUSED'
+      ? 'is the daemon running? (start it with `trivisor daemon`)'
+      : e.code === 'EACCES'
+        ? 'the socket is root-only: run as root'
+        : e.message;
+  return new TrivisorApiError(`Cannot reach the Trivisor daemon at ${where}: ${hint}`, {
+    status: 0,
+    code: 'Unavailable',
+    cause: e,
+  });
+}
+
+/** Parses a JSON envelope, throwing the server's error as a TrivisorApiError. */
+export function parseEnvelope<T>(res: RawResponse): T {
+  const type = String(res.headers['content-type'] ?? '');
+  let parsed: unknown;
+  if (type.includes('json')) {
+    try {
+      parsed = JSON.parse(res.body.toString('utf8'));
+    } catch {
+      throw new TrivisorApiError(`The server sent malformed JSON (HTTP ${res.status})`, {
+        status: res.status,
+      });
+    }
+  }
+  const envelope = parsed as Partial<ErrorResponse> | undefined;
+  if (res.status >= 400 || envelope?.type === 'error') {
+    const message =
+      typeof envelope?.error === 'string'
+        ? envelope.error
+        : res.body.toString('utf8').trim().split('\n')[0] || `HTTP ${res.status}`;
+    throw new TrivisorApiError(message, { status: envelope?.error_code ?? res.status });
+  }
+  if (parsed === undefined) {
+    throw new TrivisorApiError(`Expected a JSON answer, got ${type || 'nothing'} (HTTP ${res.status})`, {
+      status: res.status,
+    });
+  }
+  return parsed as T;
+}
