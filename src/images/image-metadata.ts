@@ -10,12 +10,13 @@ export type ImageMetadata = Omit<ImageRecord, 'fingerprint' | 'aliases' | 'creat
 /**
  * Init argv for trees that have no init of their own (debootstrap minbase, bare
  * tarballs): POSIX sh as pid 1 waits forever, reaps orphans through `wait`, and
- * exits 0 when asked to stop.
+ * exits 0 when asked to stop, taking its sleep along (outside a pid namespace
+ * an orphaned sleep would hold the caller's pipes open).
  */
 export const SH_INIT_ARGV: readonly string[] = [
   '/bin/sh',
   '-c',
-  "trap 'exit 0' TERM INT PWR; while :; do sleep 3600 & wait $!; done",
+  "trap 'kill $! 2>/dev/null; exit 0' TERM INT PWR; while :; do sleep 3600 & wait $!; done",
 ];
 
 /** Image properties for an init argv and the signal that asks it to power off. */

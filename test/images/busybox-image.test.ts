@@ -42,7 +42,9 @@ describe('buildBusyboxRootfs', () => {
     }
     // rcS must succeed even where hostname cannot be set (it just reports nothing fatal). It runs in
     // a UTS namespace of its own: run bare, its `hostname -F` would rename the host.
-    const rcs = await runner.run(['unshare', '--uts', 'chroot', root, '/etc/init.d/rcS'], { allowFailure: true });
+    const rcs = await runner.run(['unshare', '--uts', 'chroot', root, '/etc/init.d/rcS'], {
+      allowFailure: true,
+    });
     assert.equal(rcs.code, 0);
   });
 });
