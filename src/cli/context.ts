@@ -1,0 +1,49 @@
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { createClient, type TrivisorClient } from '../client/client.ts';
+import { invalidArgument } from '../core/errors.ts';
+
+/** Global options every command sees. */
+export interface GlobalOptions {
+  remote?: string;
+  token?: string;
+}
+
+/** Where the daemon keeps its state and socket (TRIVISOR_DIR). */
+export function stateDir(): string {
+  return process.env.TRIVISOR_DIR || '/var/lib/trivisor';
+}
+
+/** The client for `--remote/--token` (or TRIVISOR_REMOTE/TRIVISOR_TOKEN), else the local unix socket. */
+export function clientOf(command: Command): TrivisorClient {
+  const opts = command.optsWithGlobals<GlobalOptions>();
+  const remote = opts.remote ?? process.env.TRIVISOR_REMOTE;
+  if (remote) {
+    const token = opts.token ?? process.env.TRIVISOR_TOKEN;
+    if (!token) throw invalidArgument('A remote needs its API token: give --token or set TRIVISOR_TOKEN');
+    if (!/^https?:\/\//.test(remote)) {
+      throw invalidArgument(
+        `The remote ${JSON.stringify(remote)} is not a URL: write e.g. http://10.0.0.5:8443`,
+      );
+    }
+    return createClient({ url: remote, token });
+  }
+  return createClient({ socketPath: join(stateDir(), 'trivisor.sock') });
+}
+
+/** Collects a repeatable option into a list. */
+export const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** Parses `key=value` pairs into a map. */
+export function parsePairs(pairs: string[], what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of pairs) {
+    const i = pair.indexOf('=');
+    if (i <= 0) throw invalidArgument(`${what} ${JSON.stringify(pair)} is not key=value`);
+    out[pair.slice(0, i)] = pair.slice(i + 1);
+  }
+  return out;
+}
+
+/** Cleared by commands that keep running after their action returns (the daemon). */
+export const lifecycle = { exitWhenDone: true };

@@ -1,0 +1,114 @@
+import { finished } from 'node:stream/promises';
+import type { Command } from 'commander';
+import { clientOf, collect, parsePairs } from './context.ts';
+
+interface ExecOptions {
+  t?: boolean;
+  T?: boolean;
+  env: string[];
+  cwd?: string;
+  user?: string;
+  group?: string;
+}
+
+/** `exec NAME [-t|-T] [--env K=V] [--cwd DIR] -- CMD...`: streams pass through, the exit code is ours. */
+export function addExecCommand(program: Command): void {
+  program
+    .command('exec')
+    .description('Run a command in a guest (put the command after --)')
+    .argument('<name>')
+    .argument('<command...>')
+    .option('-t, --force-interactive', 'use a terminal even when stdin/stdout are not terminals')
+    .option('-T, --force-noninteractive', 'no terminal, even when stdin and stdout are terminals')
+    .option('--env <key=value>', 'environment variable (repeatable)', collect, [])
+    .option('--cwd <dir>', 'working directory in the guest')
+    .option('--user <uid>', 'user id to run as')
+    .option('--group <gid>', 'group id to run as')
+    .action(async (name: string, command: string[], rawOpts: Record<string, unknown>, cmd: Command) => {
+      const opts: ExecOptions = {
+        t: rawOpts.forceInteractive === true,
+        T: rawOpts.forceNoninteractive === true,
+        env: rawOpts.env as string[],
+      };
+      if (typeof rawOpts.cwd === 'string') opts.cwd = rawOpts.cwd;
+      if (typeof rawOpts.user === 'string') opts.user = rawOpts.user;
+      if (typeof rawOpts.group === 'string') opts.group = rawOpts.group;
+      process.exitCode = await runExec(cmd, name, command, opts);
+    });
+}
+
+async function runExec(cmd: Command, name: string, command: string[], opts: ExecOptions): Promise<number> {
+  const stdin = process.stdin;
+  const stdout = process.stdout;
+  // Like Incus: a terminal when both ends are terminals, unless told otherwise.
+  const tty = opts.t ? true : opts.T ? false : stdin.isTTY === true && stdout.isTTY === true;
+  const environment = parsePairs(opts.env, 'Environment variable');
+  if (tty && !environment.TERM) environment.TERM = process.env.TERM ?? 'xterm-256color';
+  const request: Parameters<ReturnType<typeof clientOf>['exec']>[1] = {
+    command,
+    environment,
+    interactive: tty,
+  };
+  if (opts.cwd !== undefined) request.cwd = opts.cwd;
+  if (opts.user !== undefined) request.user = Number(opts.user);
+  if (opts.group !== undefined) request.group = Number(opts.group);
+  if (tty && stdout.isTTY) {
+    request.width = stdout.columns;
+    request.height = stdout.rows;
+  }
+
+  const handle = await clientOf(cmd).exec(name, request);
+  const rawMode = tty && stdin.isTTY === true;
+  const restore = () => {
+    if (rawMode) stdin.setRawMode(false);
+  };
+  process.once('exit', restore);
+  if (rawMode) stdin.setRawMode(true);
+
+  const onResize = () => handle.resize(stdout.columns, stdout.rows);
+  const onSigint = () => handle.signal('SIGINT');
+  const onSigterm = () => handle.signal('SIGTERM');
+  if (tty && stdout.isTTY) process.on('SIGWINCH', onResize);
+  // In raw mode Ctrl-C arrives as a byte; otherwise forward the signal, as Incus does.
+  if (!rawMode) process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigterm);
+
+  stdin.pipe(handle.stdin);
+  handle.stdout.pipe(stdout, { end: false });
+  handle.stderr.pipe(process.stderr, { end: false });
+  try {
+    const [code] = await Promise.all([handle.exit, finished(handle.stdout), finished(handle.stderr)]);
+    return code;
+  } finally {
+    restore();
+    stdin.unpipe(handle.stdin);
+    stdin.pause();
+    stdin.unref?.();
+    process.off('SIGWINCH', onResize);
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigterm);
+  }
+}
+
+/** `console NAME [--show-log]`. */
+export function addConsoleCommand(program: Command): void {
+  program
+    .command('console')
+    .description("Show a guest's console log, or follow it live")
+    .argument('<name>')
+    .option('--show-log', 'print the console log and exit')
+    .action(async (name: string, opts: { showLog?: boolean }, cmd: Command) => {
+      const client = clientOf(cmd);
+      if (opts.showLog) {
+        process.stdout.write(await client.consoleLog(name));
+        return;
+      }
+      const follow = await client.followConsole(name);
+      process.stderr.write(
+        `Following the console of ${name} (output only: ct consoles take no input). Press Ctrl-C to stop.\n`,
+      );
+      process.once('SIGINT', () => follow.close());
+      follow.stream.pipe(process.stdout, { end: false });
+      await finished(follow.stream);
+    });
+}

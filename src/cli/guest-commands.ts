@@ -1,0 +1,153 @@
+import { type Command, Option } from 'commander';
+import type { CreateGuestBody, Model, StateChangeBody } from '../api/types.ts';
+import { invalidArgument } from '../core/errors.ts';
+import { clientOf, collect, parsePairs } from './context.ts';
+import { guestInfo, guestTable, type OutputFormat, renderData } from './output.ts';
+import { waitWithProgress } from './progress.ts';
+
+const formatOption = (choices: OutputFormat[], fallback: OutputFormat) =>
+  new Option('-f, --format <format>', 'output format').choices(choices).default(fallback);
+
+/** launch, create, list, info, start/stop/restart/freeze/unfreeze, delete. */
+export function addGuestCommands(program: Command): void {
+  for (const [verb, start] of [
+    ['launch', true],
+    ['create', false],
+  ] as const) {
+    program
+      .command(verb)
+      .description(start ? 'Create and start a guest' : 'Create a guest without starting it')
+      .argument('<image>', 'image alias or fingerprint')
+      .argument('<name>', 'guest name')
+      .addOption(new Option('-m, --model <model>', 'virtualization model').choices(['ct', 'pvm', 'vm']))
+      .option('-c, --config <key=value>', 'config key (repeatable)', collect, [])
+      .action(
+        async (image: string, name: string, opts: { model?: Model; config: string[] }, cmd: Command) => {
+          const client = clientOf(cmd);
+          const request: CreateGuestBody = { name, image, start };
+          if (opts.model) request.model = opts.model;
+          if (opts.config.length > 0) request.config = parsePairs(opts.config, 'Config');
+          const op = await client.createGuest(request);
+          await waitWithProgress(client, op, { label: `${start ? 'Launching' : 'Creating'} ${name}` });
+          process.stdout.write(`${start ? 'Launched' : 'Created'} ${name}\n`);
+        },
+      );
+  }
+
+  program
+    .command('list')
+    .alias('ls')
+    .description('List guests')
+    .addOption(formatOption(['table', 'json', 'yaml'], 'table'))
+    .action(async (opts: { format: OutputFormat }, cmd: Command) => {
+      const guests = await clientOf(cmd).listGuests({ usage: true });
+      process.stdout.write(opts.format === 'table' ? guestTable(guests) : renderData(guests, opts.format));
+    });
+
+  program
+    .command('info')
+    .description('Show a guest: status, model, image, usage, config')
+    .argument('<name>')
+    .addOption(new Option('-f, --format <format>', 'json or yaml instead of text').choices(['json', 'yaml']))
+    .action(async (name: string, opts: { format?: 'json' | 'yaml' }, cmd: Command) => {
+      const guest = await clientOf(cmd).getGuest(name);
+      process.stdout.write(opts.format ? renderData(guest, opts.format) : guestInfo(guest));
+    });
+
+  const actions: Array<[StateChangeBody['action'], string, boolean]> = [
+    ['start', 'Start guests', false],
+    ['stop', 'Stop guests (clean shutdown, killed after --timeout)', true],
+    ['restart', 'Restart guests', true],
+    ['freeze', 'Freeze (pause) guests', false],
+    ['unfreeze', 'Unfreeze (resume) guests', false],
+  ];
+  for (const [action, description, stopping] of actions) {
+    const command = program.command(action).description(description).argument('<names...>');
+    if (stopping) {
+      command
+        .option('--timeout <seconds>', 'seconds to wait for a clean shutdown (-1: forever)')
+        .option('--force', 'kill at once');
+    }
+    command.action(async (names: string[], opts: { timeout?: string; force?: boolean }, cmd: Command) => {
+      const client = clientOf(cmd);
+      const request: StateChangeBody = { action };
+      if (opts.timeout !== undefined) {
+        const timeout = Number(opts.timeout);
+        if (!Number.isInteger(timeout) || timeout < -1) {
+          throw invalidArgument(`--timeout ${JSON.stringify(opts.timeout)} is not a whole number of seconds`);
+        }
+        request.timeout = timeout;
+      }
+      if (opts.force) request.force = true;
+      for (const name of names) {
+        const op = await client.changeGuestState(name, request);
+        await waitWithProgress(client, op, { label: `${action} ${name}` });
+      }
+    });
+  }
+
+  program
+    .command('delete')
+    .alias('rm')
+    .description('Delete guests')
+    .argument('<names...>')
+    .option('--force', 'stop running guests first')
+    .action(async (names: string[], opts: { force?: boolean }, cmd: Command) => {
+      const client = clientOf(cmd);
+      for (const name of names) {
+        const op = await client.deleteGuest(name, { force: opts.force === true });
+        await waitWithProgress(client, op, { label: `Deleting ${name}` });
+      }
+    });
+}
+
+/** config set|unset|get|show. */
+export function addConfigCommands(program: Command): void {
+  const config = program.command('config').description('Show and change guest configuration');
+
+  config
+    .command('set')
+    .description('Set config keys: config set NAME key=value... (or NAME key value)')
+    .argument('<name>')
+    .argument('<pairs...>')
+    .action(async (name: string, pairs: string[], _opts: unknown, cmd: Command) => {
+      const set =
+        pairs.length === 2 && !pairs[0]?.includes('=')
+          ? { [pairs[0] ?? '']: pairs[1] ?? '' }
+          : parsePairs(pairs, 'Config');
+      const result = await clientOf(cmd).updateGuestConfig(name, { set });
+      if (result.pendingRestart.length > 0) {
+        process.stderr.write(`Takes effect at the next restart: ${result.pendingRestart.join(', ')}\n`);
+      }
+    });
+
+  config
+    .command('unset')
+    .description('Remove config keys')
+    .argument('<name>')
+    .argument('<keys...>')
+    .action(async (name: string, keys: string[], _opts: unknown, cmd: Command) => {
+      await clientOf(cmd).updateGuestConfig(name, { unset: keys });
+    });
+
+  config
+    .command('get')
+    .description('Print the value of a config key (empty when unset)')
+    .argument('<name>')
+    .argument('<key>')
+    .action(async (name: string, key: string, _opts: unknown, cmd: Command) => {
+      const guest = await clientOf(cmd).getGuest(name);
+      process.stdout.write(`${guest.config[key] ?? ''}\n`);
+    });
+
+  config
+    .command('show')
+    .description("Show a guest's configuration")
+    .argument('<name>')
+    .addOption(formatOption(['yaml', 'json'], 'yaml'))
+    .action(async (name: string, opts: { format: 'yaml' | 'json' }, cmd: Command) => {
+      const g = await clientOf(cmd).getGuest(name);
+      const shown = { name: g.name, model: g.model, image: g.imageAlias || g.image, config: g.config };
+      process.stdout.write(renderData(shown, opts.format));
+    });
+}

@@ -1,0 +1,128 @@
+import { stringify } from 'yaml';
+import type { Guest, ImageRecord, Operation } from '../api/types.ts';
+import { formatBytes } from '../core/sizes.ts';
+
+/** Output formats for people (table) and scripts (json, yaml). */
+export type OutputFormat = 'table' | 'json' | 'yaml';
+
+/** Renders rows as left-aligned columns with a header line. */
+export function renderTable(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd();
+  return `${[line(headers), ...rows.map(line)].join('\n')}\n`;
+}
+
+/** JSON or YAML of API objects, exactly as the API returns them. */
+export function renderData(data: unknown, format: 'json' | 'yaml'): string {
+  return format === 'json' ? `${JSON.stringify(data, null, 2)}\n` : stringify(data);
+}
+
+/** `3725` → `1h 2m 5s`. */
+export function formatDuration(seconds: number): string {
+  let s = Math.floor(seconds);
+  const parts: string[] = [];
+  for (const [unit, size] of [
+    ['d', 86_400],
+    ['h', 3_600],
+    ['m', 60],
+  ] as const) {
+    if (s >= size) {
+      parts.push(`${Math.floor(s / size)}${unit}`);
+      s %= size;
+    }
+  }
+  if (s > 0 || parts.length === 0) parts.push(`${s}s`);
+  return parts.join(' ');
+}
+
+const dash = (v: string | number | null | undefined) => (v === null || v === undefined ? '-' : String(v));
+
+export function guestTable(guests: Guest[]): string {
+  return renderTable(
+    ['NAME', 'MODEL', 'STATUS', 'IMAGE', 'PID', 'MEMORY', 'PROCESSES'],
+    guests.map((g) => [
+      g.name,
+      g.model,
+      g.status,
+      g.imageAlias || g.image.slice(0, 12),
+      dash(g.state.pid),
+      g.state.usage ? formatBytes(g.state.usage.memoryBytes) : '-',
+      dash(g.state.usage?.processes),
+    ]),
+  );
+}
+
+export function guestInfo(g: Guest): string {
+  const usage = g.state.usage;
+  const lines = [
+    `Name: ${g.name}`,
+    `Status: ${g.status}`,
+    `Model: ${g.model}`,
+    `Image: ${g.imageAlias ? `${g.imageAlias} (${g.image.slice(0, 12)})` : g.image.slice(0, 12)}`,
+    `Host: ${g.host}`,
+    `Created: ${g.createdAt}`,
+  ];
+  if (g.error) lines.push(`Error: ${g.error}`);
+  if (g.state.pid !== null) lines.push(`PID: ${g.state.pid}`);
+  if (g.state.uptimeSeconds !== null) lines.push(`Uptime: ${formatDuration(g.state.uptimeSeconds)}`);
+  if (usage) {
+    const limit = usage.memoryLimitBytes ? ` (limit ${formatBytes(usage.memoryLimitBytes)})` : '';
+    lines.push(`Memory: ${formatBytes(usage.memoryBytes)}${limit}`);
+    lines.push(`CPU: ${usage.cpuSeconds.toFixed(2)}s`);
+    lines.push(`Processes: ${usage.processes}`);
+  }
+  lines.push(`Restarts: ${g.state.restartCount}`);
+  const keys = Object.keys(g.config).sort();
+  lines.push(keys.length === 0 ? 'Config: (none)' : 'Config:');
+  for (const k of keys) lines.push(`  ${k}: ${g.config[k]}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function imageTable(images: ImageRecord[]): string {
+  return renderTable(
+    ['ALIAS', 'FINGERPRINT', 'DESCRIPTION', 'OS', 'RELEASE', 'SIZE', 'SOURCE', 'CREATED'],
+    images.map((i) => [
+      i.aliases.join(',') || '-',
+      i.fingerprint.slice(0, 12),
+      i.description,
+      i.os,
+      i.release,
+      formatBytes(i.sizeBytes),
+      i.source,
+      i.createdAt.slice(0, 19).replace('T', ' '),
+    ]),
+  );
+}
+
+export function imageInfo(i: ImageRecord): string {
+  const lines = [
+    `Fingerprint: ${i.fingerprint}`,
+    `Aliases: ${i.aliases.join(', ') || '(none)'}`,
+    `Description: ${i.description}`,
+    `OS: ${i.os} ${i.release}`,
+    `Architecture: ${i.architecture}`,
+    `Source: ${i.source}`,
+    `Size: ${formatBytes(i.sizeBytes)}`,
+    `Created: ${i.createdAt}`,
+  ];
+  const props = Object.keys(i.properties).sort();
+  if (props.length > 0) lines.push('Properties:', ...props.map((k) => `  ${k}: ${i.properties[k]}`));
+  return `${lines.join('\n')}\n`;
+}
+
+export function operationTable(ops: Operation[]): string {
+  return renderTable(
+    ['ID', 'DESCRIPTION', 'STATUS', 'PROGRESS', 'CREATED'],
+    ops.map((o) => [
+      o.id,
+      o.description,
+      o.status,
+      o.progress === null ? '-' : `${Math.round(o.progress)}%`,
+      o.createdAt.slice(0, 19).replace('T', ' '),
+    ]),
+  );
+}
