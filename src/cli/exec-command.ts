@@ -52,7 +52,8 @@ async function runExec(cmd: Command, name: string, command: string[], opts: Exec
   if (opts.cwd !== undefined) request.cwd = opts.cwd;
   if (opts.user !== undefined) request.user = Number(opts.user);
   if (opts.group !== undefined) request.group = Number(opts.group);
-  if (tty && stdout.isTTY) {
+  // A terminal may report 0x0 (e.g. a fresh pty): then let the guest pick its default size.
+  if (tty && stdout.isTTY && stdout.columns > 0 && stdout.rows > 0) {
     request.width = stdout.columns;
     request.height = stdout.rows;
   }
@@ -65,7 +66,9 @@ async function runExec(cmd: Command, name: string, command: string[], opts: Exec
   process.once('exit', restore);
   if (rawMode) stdin.setRawMode(true);
 
-  const onResize = () => handle.resize(stdout.columns, stdout.rows);
+  const onResize = () => {
+    if (stdout.columns > 0 && stdout.rows > 0) handle.resize(stdout.columns, stdout.rows);
+  };
   const onSigint = () => handle.signal('SIGINT');
   const onSigterm = () => handle.signal('SIGTERM');
   if (tty && stdout.isTTY) process.on('SIGWINCH', onResize);
