@@ -247,3 +247,32 @@ describe('client against a TCP server with a token', () => {
     );
   });
 });
+
+describe('exec websocket lifetimes', () => {
+  test('an exec nobody connects to fails after the connect timeout; a client that leaves kills the command', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'trivisor-exec-'));
+    const fake = createFakeServices();
+    const app = await buildServer(fake, { auth: { type: 'none' }, execConnectTimeoutMs: 200 });
+    try {
+      const socketPath = join(dir, 'trivisor.sock');
+      await listenUnix(app, socketPath);
+      const client = createClient({ socketPath });
+      const op = await client.startExec('web1', { command: ['cat'], 'wait-for-websocket': true });
+      const done = await client.waitOperation(op.id, { allowFailure: true });
+      assert.equal(done.status, 'Failure');
+      assert.match(done.error ?? '', /No client connected to the exec websocket/);
+      assert.equal(fake.execs.length, 0, 'the command never started');
+
+      const handle = await client.exec('web1', { command: ['sleep'] });
+      for (let i = 0; i < 100 && fake.execs.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      handle.close();
+      await assert.rejects(handle.exit, /closed before the command exited/);
+      const ended = await client.waitOperation(handle.operationId, { allowFailure: true });
+      assert.equal(ended.metadata.return, 137);
+      assert.deepEqual(fake.execs.at(-1)?.signals, ['SIGKILL']);
+    } finally {
+      await app.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

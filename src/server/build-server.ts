@@ -29,6 +29,8 @@ export interface BuildServerOptions {
   logger?: false | object;
   /** Where uploaded image tarballs are spooled (default: os.tmpdir()). */
   uploadDir?: string;
+  /** How long an exec waits for its client to connect to the websocket (default 30 s). */
+  execConnectTimeoutMs?: number;
 }
 
 /** JSON bodies; image uploads have their own, larger limit. */
@@ -152,6 +154,7 @@ export async function buildServer(services: Services, options: BuildServerOption
     services,
     execs: createExecRegistry(),
     uploadDir: options.uploadDir,
+    execConnectTimeoutMs: options.execConnectTimeoutMs ?? 30_000,
     authType: options.auth.type,
   };
   registerHostRoutes(app, ctx);

@@ -110,6 +110,8 @@ export async function bridgeExec(
   options.signal.addEventListener('abort', kill, { once: true });
   socket.on('close', kill);
   socket.on('error', () => {});
+  // The client may have gone between connecting and the command starting.
+  if (socket.readyState !== socket.OPEN) kill();
 
   socket.on('message', (data, isBinary) => {
     const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);

@@ -30,8 +30,6 @@ import { type RouteContext, sendAsync } from './route-context.ts';
 
 type NameParams = { name: string };
 
-/** How long an exec waits for its client to connect to the websocket. */
-const EXEC_CONNECT_TIMEOUT_MS = 30_000;
 /** How often a followed console log is polled for growth. */
 const CONSOLE_POLL_MS = 250;
 
@@ -227,7 +225,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
           async run(opCtx) {
             const pending = await pendingReady;
             opCtx.setMetadata({ command: body.command, websocket });
-            const socket = await pending.connected(EXEC_CONNECT_TIMEOUT_MS, opCtx.signal);
+            const socket = await pending.connected(ctx.execConnectTimeoutMs, opCtx.signal);
             let session: Awaited<ReturnType<typeof services.guests.exec>>;
             try {
               session = await services.guests.exec(name, exec);

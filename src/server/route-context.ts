@@ -9,6 +9,7 @@ export interface RouteContext {
   services: Services;
   execs: ExecRegistry;
   uploadDir: string | undefined;
+  execConnectTimeoutMs: number;
   authType: 'none' | 'token';
 }
 
