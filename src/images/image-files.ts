@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { asTrivisorError, cancelled, invalidArgument, notFound } from '../core/errors.ts';
 import type { Logger } from '../host/logger.ts';
@@ -116,10 +116,13 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   ): Promise<AddedImage> => {
     const { signal } = options;
     signal?.throwIfAborted();
-    await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+    // Search-only for others: runc in a user namespace must traverse to a shifted rootfs as the guest's root.
+    await mkdir(imagesDir, { recursive: true, mode: 0o711 });
+    await chmod(imagesDir, 0o711);
     const tmp = join(imagesDir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
     const rootfs = join(tmp, 'rootfs');
-    await mkdir(tmp, { mode: 0o700 });
+    await mkdir(tmp, { mode: 0o711 });
+    await chmod(tmp, 0o711);
     try {
       await mkdir(rootfs, { mode: 0o755 });
       const built = await build(rootfs);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,13 +23,19 @@ describe('buildDebootstrap', { timeout: 600_000 }, () => {
 
   test('a cancelled build leaves nothing behind, not even mounts', async () => {
     const controller = new AbortController();
+    let mountedAtAbort = false;
     const build = images.buildDebootstrap('debian/bookworm', {
       signal: controller.signal,
       onProgress: (percent) => {
-        if (percent >= 10) controller.abort();
+        // Configuring runs with /proc mounted in the target: the worst moment to stop.
+        if (percent >= 80 && !controller.signal.aborted) {
+          mountedAtAbort = readFileSync('/proc/self/mountinfo', 'utf8').includes(stateDir);
+          controller.abort();
+        }
       },
     });
     await assert.rejects(build, { code: 'Cancelled' });
+    assert.ok(mountedAtAbort, 'debootstrap had mounts in the target when it was cancelled');
     assert.deepEqual(await readdir(join(stateDir, 'images')), []);
     const mounts = await readFile('/proc/self/mountinfo', 'utf8');
     assert.ok(!mounts.includes(stateDir), 'no mount left under the state dir');

@@ -67,6 +67,9 @@ describe('imageFiles', () => {
     assert.equal(st.uid, base);
     assert.equal(st.gid, base);
     assert.equal((await stat(join(path as string, 'tmp'))).mode & 0o7777, 0o1777);
+    // A user-namespaced runc must be able to walk down to the tree as the guest's root.
+    assert.equal((await stat(join(stateDir, 'images'))).mode & 0o111, 0o111);
+    assert.equal((await stat(join(stateDir, 'images', busyboxFp))).mode & 0o111, 0o111);
     assert.equal(await images.shiftedRootfs(busyboxFp, base), path);
     await assert.rejects(images.shiftedRootfs('0'.repeat(64), base), { code: 'NotFound' });
   });
@@ -75,6 +78,7 @@ describe('imageFiles', () => {
     let tarDir = '';
     let gz = '';
     let xz = '';
+    let zst = '';
     before(async () => {
       tarDir = join(dir, 'tarballs');
       await mkdir(tarDir);
@@ -84,11 +88,13 @@ describe('imageFiles', () => {
       xz = join(tarDir, 'busybox-xz.tar');
       await runner.run(['tar', '-C', rootfs, '--numeric-owner', '-czf', gz, '.']);
       await runner.run(['tar', '-C', rootfs, '--numeric-owner', '-cJf', xz, '.']);
+      zst = join(tarDir, 'busybox.tar.zst');
+      await runner.run(['tar', '-C', rootfs, '--numeric-owner', '--zstd', '-cf', zst, '.']);
     });
 
-    for (const kind of ['gz', 'xz'] as const) {
+    for (const kind of ['gz', 'xz', 'zst'] as const) {
       test(`imports a ${kind} tarball, fingerprinted by its bytes, with metadata read from the tree`, async () => {
-        const path = kind === 'gz' ? gz : xz;
+        const path = { gz, xz, zst }[kind];
         const percents: number[] = [];
         const added = await images.importTarball(path, { onProgress: (p) => percents.push(p) });
         assert.equal(
