@@ -44,6 +44,3 @@ export function parsePairs(pairs: string[], what: string): Record<string, string
   }
   return out;
 }
-
-/** Cleared by commands that keep running after their action returns (the daemon). */
-export const lifecycle = { exitWhenDone: true };

@@ -1,5 +1,4 @@
 import { Command, CommanderError } from 'commander';
-import { lifecycle } from './context.ts';
 import { addConsoleCommand, addExecCommand } from './exec-command.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
 import {
@@ -48,7 +47,7 @@ export async function runCli(argv: string[]): Promise<void> {
     process.exit(1);
   }
   // Exit as soon as the command is done: open sockets must not keep the CLI alive.
-  if (lifecycle.exitWhenDone) process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+  process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
 }
 
 if (import.meta.main) await runCli(process.argv.slice(2));

@@ -1,6 +1,6 @@
 import { type Command, Option } from 'commander';
 import type { TrivisorEvent } from '../api/types.ts';
-import { clientOf, lifecycle, stateDir } from './context.ts';
+import { clientOf, stateDir } from './context.ts';
 import { imageInfo, imageTable, type OutputFormat, operationTable, renderData } from './output.ts';
 import { waitWithProgress } from './progress.ts';
 
@@ -139,13 +139,13 @@ export function addDaemonCommand(program: Command): void {
     .option('--listen <address>', 'also serve the API on TCP, e.g. 127.0.0.1:8443 (token required)')
     .action(async (opts: { listen?: string }) => {
       // Imported late: the CLI must not load the daemon's dependencies for client commands.
+      // runDaemon serves until SIGTERM/SIGINT and resolves once it has shut down.
       const mainUrl = new URL('../main.ts', import.meta.url).href;
       const { runDaemon } = (await import(mainUrl)) as {
         runDaemon(options: { stateDir?: string; listen?: string }): Promise<void>;
       };
       const options: { stateDir?: string; listen?: string } = { stateDir: stateDir() };
       if (opts.listen) options.listen = opts.listen;
-      lifecycle.exitWhenDone = false;
       await runDaemon(options);
     });
 }
