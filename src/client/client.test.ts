@@ -225,6 +225,15 @@ describe('client against a TCP server with a token', () => {
         anonymous.events(() => {}),
         (e: unknown) => e instanceof TrivisorApiError && e.status === 401,
       );
+      const { default: WebSocket } = await import('ws');
+      const browserLike = new WebSocket(`ws://127.0.0.1:${port}/1.0/events?token=tok-123`);
+      await new Promise<void>((resolve, reject) => {
+        browserLike.once('open', () => resolve());
+        browserLike.once('error', reject);
+      });
+      browserLike.close();
+      const plainQuery = await anonymous.listGuests().catch((e: unknown) => e);
+      assert.ok(plainQuery instanceof TrivisorApiError && plainQuery.status === 401);
       const client = createClient({ url, token: 'tok-123' });
       assert.equal((await client.listGuests()).length, 1);
       assert.equal((await client.serverInfo()).auth, 'trusted');
