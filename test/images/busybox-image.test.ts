@@ -47,4 +47,56 @@ describe('buildBusyboxRootfs', () => {
     });
     assert.equal(rcs.code, 0);
   });
+
+  test('busybox init boots in a pid namespace and powers off on SIGUSR2', { timeout: 30_000 }, async () => {
+    const root = join(dir, 'rootfs');
+    const child = runner.spawn(
+      [
+        'unshare',
+        '--pid',
+        '--fork',
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        'mount -t proc proc "$1/proc" && exec chroot "$1" /sbin/init',
+        'sh',
+        root,
+      ],
+      { stdio: ['ignore', 'ignore', 'ignore'] },
+    );
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    let init = 0;
+    try {
+      // unshare --fork makes init its only child; it is pid 1 inside.
+      for (let i = 0; i < 50 && init === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const children = await readFile(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').catch(
+          () => '',
+        );
+        init = Number(children.trim().split(' ')[0] ?? 0);
+      }
+      assert.ok(init > 0, 'init started');
+      await new Promise((r) => setTimeout(r, 500));
+      process.kill(init, 'SIGUSR2');
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await Promise.race([
+        exited.then(() => false),
+        new Promise<boolean>((r) => {
+          timer = setTimeout(() => r(true), 15_000);
+        }),
+      ]);
+      clearTimeout(timer);
+      assert.equal(timedOut, false, 'init powered off within 15 s');
+    } finally {
+      try {
+        if (init > 0) process.kill(init, 'SIGKILL');
+      } catch {
+        // Already powered off.
+      }
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
 });
