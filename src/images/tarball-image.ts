@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { internal, invalidArgument } from '../core/errors.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { ProgressCallback } from './debootstrap-image.ts';
@@ -84,26 +85,30 @@ export async function extractTarball(
     '--xattrs-include=security.capability',
     '--warning=no-unknown-keyword',
   ];
-  await runStreamed(options.runner, argv, {
-    input: createReadStream(tarball).pipe(counter),
-    ...(options.signal ? { signal: options.signal } : {}),
-    env: { LC_ALL: 'C' },
-    onFailure: ({ tail }) => {
-      if (/No space left|Disk quota/i.test(tail)) {
-        return internal(`Unpacking ${basename(tarball)} ran out of disk space: free some and retry.`);
-      }
-      const reason = tail.split('\n').find((l) => l.trim() !== '') ?? 'tar failed';
-      return invalidArgument(
-        `${basename(tarball)} is corrupt or truncated (${reason.replace(/\s+/g, ' ').trim()}): export it again and retry.`,
-      );
-    },
-  });
-  if (readBytes !== totalBytes) {
-    throw invalidArgument(
-      `${basename(tarball)} changed while it was being imported: retry with a stable file.`,
-    );
+  const file = createReadStream(tarball);
+  try {
+    await runStreamed(options.runner, argv, {
+      input: file.pipe(counter),
+      ...(options.signal ? { signal: options.signal } : {}),
+      env: { LC_ALL: 'C' },
+      onFailure: ({ tail }) => {
+        if (/No space left|Disk quota/i.test(tail)) {
+          return internal(`Unpacking ${basename(tarball)} ran out of disk space: free some and retry.`);
+        }
+        const reason = tail.split('\n').find((l) => l.trim() !== '') ?? 'tar failed';
+        return invalidArgument(
+          `${basename(tarball)} is corrupt or truncated (${reason.replace(/\s+/g, ' ').trim()}): export it again and retry.`,
+        );
+      },
+    });
+  } finally {
+    file.destroy();
   }
-  return { fingerprint: hash.digest('hex') };
+  // tar may stop reading at the end-of-archive blocks, before trailing padding: hash what it left too.
+  if (readBytes === totalBytes) return { fingerprint: hash.digest('hex') };
+  const whole = createHash('sha256');
+  await pipeline(createReadStream(tarball), whole);
+  return { fingerprint: whole.digest('hex') };
 }
 
 /** Refuses trees that cannot be a guest's root: no /etc, or neither /bin nor /usr/bin. */

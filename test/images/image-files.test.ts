@@ -118,6 +118,21 @@ describe('imageFiles', () => {
       });
     }
 
+    test('fingerprints a plain tar by all its bytes, trailing padding included', async () => {
+      const plain = join(tarDir, 'padded.tar');
+      await runner.run(['tar', '-C', images.rootfsPath(busyboxFp), '--numeric-owner', '-cf', plain, '.']);
+      await writeFile(plain, Buffer.alloc(1 << 20), { flag: 'a' });
+      const added = await images.importTarball(plain);
+      assert.equal(
+        added.fingerprint,
+        createHash('sha256')
+          .update(await readFile(plain))
+          .digest('hex'),
+      );
+      await images.remove(added.fingerprint);
+      assert.deepEqual(await leftovers(), []);
+    });
+
     test('refuses a truncated archive and leaves nothing behind', async () => {
       const cut = join(tarDir, 'cut.tar.gz');
       await writeFile(cut, await readFile(gz));
