@@ -1,7 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
 import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from '../core/types.ts';
-import type { ProcessRunner } from '../host/runner.ts';
 import type { Logger } from '../host/logger.ts';
+import type { ProcessRunner } from '../host/runner.ts';
 
 /** What a driver's probe found on this host. */
 export interface ProbeResult {

@@ -70,7 +70,9 @@ export function hostRunner(): ProcessRunner {
         const err: Buffer[] = [];
         child.stdout.on('data', (d: Buffer) => out.push(d));
         child.stderr.on('data', (d: Buffer) => err.push(d));
-        child.on('error', (e) => reject(new TrivisorError('Internal', `cannot run ${cmd}: ${e.message}`, { cause: e })));
+        child.on('error', (e) =>
+          reject(new TrivisorError('Internal', `cannot run ${cmd}: ${e.message}`, { cause: e })),
+        );
         child.on('close', (code, sig) => {
           const result: RunResult = {
             code: code ?? (sig ? 128 : 1),

@@ -1,0 +1,102 @@
+// Benchmark (a): create+start latency of a busybox ct guest through the API, against
+// raw `runc run -d` of an equivalent overlay bundle, interleaved in one run.
+// Usage: node bench/ct-latency.ts [iterations=30]
+import { spawn, spawnSync } from 'node:child_process';
+import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { startDaemon } from '../test/system/harness.ts';
+import { ms, percentile, runOperation, writeResult } from './lib.ts';
+
+const iterations = Number(process.argv[2] ?? 30);
+const d = await startDaemon();
+const rawDir = path.join(d.stateDir, 'raw');
+const rawRoot = path.join(rawDir, 'runc');
+try {
+  // The template: the exact bundle Trivisor generated, and the lower layer it used.
+  await runOperation(d, 'POST', '/1.0/guests', { name: 'template', image: 'busybox', start: true });
+  const template = JSON.parse(
+    readFileSync(path.join(d.stateDir, 'guests/template/bundle/config.json'), 'utf8'),
+  );
+  const mount = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .find((l) => l.includes(`${d.stateDir}/guests/template/rootfs`));
+  const lowerDir = /lowerdir=([^,]+)/.exec(mount ?? '')?.[1];
+  if (!lowerDir) throw new Error('cannot find the template overlay');
+  const idBase: number = template.linux?.uidMappings?.[0]?.hostID ?? 0;
+  await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
+  mkdirSync(rawRoot, { recursive: true });
+
+  const rawStart = (i: number): number => {
+    const dir = path.join(rawDir, `raw${i}`);
+    const t0 = process.hrtime.bigint();
+    for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
+      mkdirSync(path.join(dir, sub), { recursive: true });
+    chownSync(path.join(dir, 'upper'), idBase, idBase);
+    chownSync(path.join(dir, 'work'), idBase, idBase);
+    const m = spawnSync('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lowerDir},upperdir=${dir}/upper,workdir=${dir}/work`,
+      `${dir}/rootfs`,
+    ]);
+    if (m.status !== 0) throw new Error(`mount: ${m.stderr}`);
+    const spec = structuredClone(template);
+    spec.root.path = `${dir}/rootfs`;
+    spec.hostname = `raw${i}`;
+    spec.linux.cgroupsPath = `/trivisor-bench-raw/raw${i}`;
+    writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
+    const log = openSync(`${dir}/console.log`, 'a');
+    const r = spawnSync(
+      'runc',
+      ['--root', rawRoot, 'run', '-d', '--pid-file', `${dir}/pid`, '--bundle', `${dir}/bundle`, `raw${i}`],
+      {
+        stdio: ['ignore', log, log],
+      },
+    );
+    closeSync(log);
+    if (r.status !== 0) throw new Error(`runc run: ${readFileSync(`${dir}/console.log`, 'utf8')}`);
+    return ms(process.hrtime.bigint() - t0);
+  };
+  const rawStop = (i: number) => {
+    const dir = path.join(rawDir, `raw${i}`);
+    spawnSync('runc', ['--root', rawRoot, 'delete', '--force', `raw${i}`]);
+    spawnSync('umount', [`${dir}/rootfs`]);
+    rmSync(dir, { recursive: true, force: true });
+  };
+
+  const api: number[] = [];
+  const raw: number[] = [];
+  // One warm-up of each, not counted.
+  await runOperation(d, 'POST', '/1.0/guests', { name: 'warm', image: 'busybox', start: true });
+  await runOperation(d, 'DELETE', '/1.0/guests/warm?force=true');
+  rawStart(0);
+  rawStop(0);
+  for (let i = 1; i <= iterations; i++) {
+    const t0 = process.hrtime.bigint();
+    await runOperation(d, 'POST', '/1.0/guests', { name: `lat${i}`, image: 'busybox', start: true });
+    api.push(ms(process.hrtime.bigint() - t0));
+    raw.push(rawStart(i));
+    await runOperation(d, 'DELETE', `/1.0/guests/lat${i}?force=true`);
+    rawStop(i);
+  }
+  spawnSync('rmdir', ['/sys/fs/cgroup/*/trivisor-bench-raw'], { shell: true });
+  const result = {
+    benchmark: 'ct create+start latency',
+    iterations,
+    trivisor: { p50Ms: percentile(api, 50), p95Ms: percentile(api, 95) },
+    rawRunc: { p50Ms: percentile(raw, 50), p95Ms: percentile(raw, 95) },
+    ratioP50: percentile(api, 50) / percentile(raw, 50),
+    ratioP95: percentile(api, 95) / percentile(raw, 95),
+    target: 'ratio <= 1.5',
+  };
+  console.log(JSON.stringify(result, null, 2));
+  console.log(`wrote ${writeResult('ct-latency', result)}`);
+} finally {
+  spawnSync('sh', [
+    '-c',
+    `for c in $(runc --root ${rawRoot} list -q 2>/dev/null); do runc --root ${rawRoot} delete --force $c; done; for m in $(grep ${rawDir} /proc/mounts | cut -d' ' -f2); do umount $m; done; rmdir /sys/fs/cgroup/*/trivisor-bench-raw 2>/dev/null`,
+  ]);
+  await d.destroy();
+}

@@ -1,0 +1,71 @@
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { type ApiResponse, type Daemon, sleep } from '../test/system/harness.ts';
+
+export const RESULTS_DIR = path.resolve(import.meta.dirname, 'results');
+
+/** Percentile of a sample (nearest rank). */
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i] ?? Number.NaN;
+}
+
+/** Runs an async API action that returns an operation and waits for it; throws on failure. */
+export async function runOperation(
+  d: Daemon,
+  method: string,
+  urlPath: string,
+  body?: unknown,
+): Promise<void> {
+  const r = await d.api(method, urlPath, body);
+  if (r.status !== 202) throw new Error(`${method} ${urlPath}: ${r.status} ${r.text}`);
+  const done: ApiResponse = await d.api('GET', `${r.body.operation}/wait?timeout=600`);
+  const op = done.body.metadata as { status: string; error: string | null };
+  if (op.status !== 'Success') throw new Error(`${method} ${urlPath}: ${op.status} ${op.error}`);
+}
+
+/** Runs `fn` over items with at most `limit` in flight. */
+export async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const item = items[next++] as T;
+        await fn(item);
+      }
+    }),
+  );
+}
+
+/** Host memory in use (MemTotal − MemAvailable), bytes. */
+export function hostUsedBytes(): number {
+  const info = readFileSync('/proc/meminfo', 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+  return (kb('MemTotal') - kb('MemAvailable')) * 1024;
+}
+
+/** Resident memory of a process, bytes (0 if gone). */
+export function rssBytes(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    return Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? 0) * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/** Lets the kernel settle (reclaim, RCU) before a memory reading. */
+export async function settle(): Promise<void> {
+  writeFileSync('/proc/sys/vm/drop_caches', '3\n');
+  await sleep(1500);
+}
+
+export function writeResult(name: string, result: Record<string, unknown>): string {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = path.join(RESULTS_DIR, `${name}.json`);
+  writeFileSync(file, `${JSON.stringify({ ...result, measuredAt: new Date().toISOString() }, null, 2)}\n`);
+  return file;
+}
+
+export const ms = (ns: bigint | number): number => Number(ns) / 1e6;
