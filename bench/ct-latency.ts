@@ -1,7 +1,7 @@
 // Benchmark (a): create+start latency of a busybox ct guest through the API, against
 // raw `runc run -d` of an equivalent overlay bundle, interleaved in one run.
 // Usage: node bench/ct-latency.ts [iterations=30]
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { startDaemon } from '../test/system/harness.ts';
