@@ -74,6 +74,7 @@ export function createExecRegistry(): ExecRegistry {
       const w = waiting.get(operationId);
       if (!w || w.secret !== secret) return false;
       waiting.delete(operationId);
+      holdEarlyMessages(socket);
       w.deliver(socket);
       return true;
     },
@@ -113,7 +114,7 @@ export async function bridgeExec(
   // The client may have gone between connecting and the command starting.
   if (socket.readyState !== socket.OPEN) kill();
 
-  socket.on('message', (data, isBinary) => {
+  const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
     const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);
     if (isBinary) {
       if (buf[0] === EXEC_CHANNEL.stdin && !session.stdin.writableEnded && !session.stdin.destroyed) {
@@ -143,7 +144,10 @@ export async function bridgeExec(
     } catch {
       // A control message the session cannot honour (e.g. resize without a tty) is ignored.
     }
-  });
+  };
+  // Synchronously: stop buffering, listen, replay what came while the command was starting.
+  for (const [data, isBinary] of releaseEarlyMessages(socket)) onMessage(data, isBinary);
+  socket.on('message', onMessage);
 
   const pump = (stream: NodeJS.ReadableStream & { pause(): void; resume(): void }, channel: number) => {
     stream.on('data', (chunk: Buffer) => {
@@ -187,4 +191,25 @@ export async function collectCapped(stream: NodeJS.ReadableStream | null, maxByt
     }
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Messages a client sent between attaching and the command starting (stdin, EOF, resize). */
+const early = new WeakMap<
+  WebSocket,
+  { queue: Array<[WebSocket.RawData, boolean]>; listener: (d: WebSocket.RawData, b: boolean) => void }
+>();
+
+function holdEarlyMessages(socket: WebSocket): void {
+  const queue: Array<[WebSocket.RawData, boolean]> = [];
+  const listener = (d: WebSocket.RawData, b: boolean) => queue.push([d, b]);
+  socket.on('message', listener);
+  early.set(socket, { queue, listener });
+}
+
+function releaseEarlyMessages(socket: WebSocket): Array<[WebSocket.RawData, boolean]> {
+  const held = early.get(socket);
+  if (!held) return [];
+  early.delete(socket);
+  socket.off('message', held.listener);
+  return held.queue;
 }

@@ -42,7 +42,7 @@ describe('guests outlive the daemon and are re-adopted', () => {
     // A guest that dies while the daemon is down is noticed at the next start.
     const victimPid = before.get('victim')!;
     process.kill(victimPid, 'SIGKILL');
-    await eventually('victim gone', () => !alive(victimPid));
+    await eventually('victim gone', () => gone(victimPid));
 
     await d.restart();
     const after = new Map(list().map((g) => [g.name, g]));

@@ -260,3 +260,13 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/** Whether a process has ended: absent, or a zombie its reaper has not collected yet. */
+export function gone(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}

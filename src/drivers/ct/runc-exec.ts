@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
+import { Writable } from 'node:stream';
 import { readChildPids } from '../../host/proc-stat.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import type { ExecSession } from '../guest-driver.ts';
@@ -50,6 +51,8 @@ export function pipeExecSession(runner: ProcessRunner, argv: readonly string[]):
  * console socket), so util-linux `script` makes it; resizing the pty that runc
  * holds as stdin makes the kernel send runc that SIGWINCH.
  */
+const CTRL_D = Buffer.from([4]);
+
 export function ttyExecSession(
   runner: ProcessRunner,
   argv: readonly string[],
@@ -67,8 +70,26 @@ export function ttyExecSession(
   /** The runc process: script's child, which holds the pty's slave side as fd 0. */
   const runcPid = async (): Promise<number | undefined> =>
     child.pid ? (await readChildPids(child.pid))[0] : undefined;
+  // End of input is typed as Ctrl-D, as a person at a terminal would: closing script's stdin
+  // instead makes it write the pty's VEOF character, which runc's raw mode has set to NUL.
+  // Input is held until runc has put its terminal in raw mode: before that, the pty's line
+  // discipline would echo it and turn control characters into something else.
+  const childStdin = child.stdin;
+  let ready: Promise<void> | undefined;
+  const whenRaw = () => {
+    ready ??= waitForRawTerminal(runner, runcPid, child);
+    return ready;
+  };
+  const stdin = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      void whenRaw().then(() => childStdin.write(chunk, () => callback()));
+    },
+    final(callback) {
+      void whenRaw().then(() => childStdin.write(CTRL_D, () => callback()));
+    },
+  });
   return {
-    stdin: child.stdin,
+    stdin,
     stdout: child.stdout,
     stderr: null,
     resize(columns, rows) {
@@ -102,4 +123,21 @@ export function ttyExecSession(
     },
     exit: exitOf(child),
   };
+}
+
+/** Resolves once runc's terminal (the pty script made) has canonical mode off, or after 3 s. */
+async function waitForRawTerminal(
+  runner: ProcessRunner,
+  runcPid: () => Promise<number | undefined>,
+  child: { exitCode: number | null },
+): Promise<void> {
+  const end = Date.now() + 3000;
+  while (Date.now() < end && child.exitCode === null) {
+    const pid = await runcPid().catch(() => undefined);
+    if (pid !== undefined) {
+      const r = await runner.run(['stty', '-F', `/proc/${pid}/fd/0`, '-a'], { allowFailure: true });
+      if (r.code === 0 && /(^|\s)-icanon(\s|$)/.test(r.stdout)) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
