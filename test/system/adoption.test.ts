@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { alive, type Daemon, eventually, startDaemon } from './harness.ts';
+import { alive, type Daemon, eventually, gone, startDaemon } from './harness.ts';
 
 interface GuestJson {
   name: string;

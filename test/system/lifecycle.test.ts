@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { alive, type Daemon, eventually, startDaemon } from './harness.ts';
+import { alive, type Daemon, eventually, gone, startDaemon } from './harness.ts';
 
 interface GuestJson {
   name: string;
