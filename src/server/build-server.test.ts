@@ -300,7 +300,7 @@ describe('buildServer (inject)', () => {
     assert.ok(ops.length > 0);
     const id = ops[0].id;
     assert.equal((await app.inject({ url: `/1.0/operations/${id}` })).json().metadata.id, id);
-    await expectError({ method: 'DELETE', url: `/1.0/operations/${id}` }, 400, /cannot be cancelled/);
+    await expectError({ method: 'DELETE', url: `/1.0/operations/${id}` }, 400, /already finished/);
     await expectError({ url: '/1.0/operations/nope' }, 404, /not found/);
   });
 

@@ -1,17 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
-import {
-  alreadyExists,
-  asTrivisorError,
-  failedPrecondition,
-  invalidArgument,
-  notFound,
-} from '../core/errors.ts';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import type { Guest, ImageRecord, Operation, TrivisorEvent } from '../core/types.ts';
+import type { Guest, ImageRecord } from '../core/types.ts';
 import type { ExecSession } from '../drivers/guest-driver.ts';
-import type { EventBus, ExecRequest, OperationService, OperationSpec, Services } from '../services/types.ts';
+import { createEventBus } from '../services/event-bus.ts';
+import { createOperationService } from '../services/operation-service.ts';
+import type { ExecRequest, Services } from '../services/types.ts';
 
 /** What a fake exec session saw, for assertions. */
 export interface FakeExecRecord {
@@ -30,95 +26,6 @@ export interface FakeServices extends Services {
   imports: Array<{ alias: string; sizeBytes: number; head: string }>;
   consoleLog: string;
   consoleLogPath: string;
-}
-
-function fakeOperations(events: EventBus): OperationService {
-  const ops = new Map<string, { op: Operation; abort: AbortController; done: Promise<void> }>();
-  const entry = (id: string) => {
-    const e = ops.get(id);
-    if (!e) throw notFound(`Operation ${id} not found`);
-    return e;
-  };
-  const final = (op: Operation) => ['Success', 'Failure', 'Cancelled'].includes(op.status);
-  return {
-    start(spec: OperationSpec) {
-      const now = new Date().toISOString();
-      const op: Operation = {
-        id: randomUUID(),
-        description: spec.description,
-        status: 'Running',
-        createdAt: now,
-        updatedAt: now,
-        progress: null,
-        progressText: null,
-        resources: spec.resources ?? {},
-        metadata: {},
-        mayCancel: spec.mayCancel ?? false,
-        error: null,
-      };
-      const abort = new AbortController();
-      const done = (async () => {
-        try {
-          const result = await spec.run({
-            signal: abort.signal,
-            progress(percent, text) {
-              op.progress = percent;
-              op.progressText = text ?? null;
-            },
-            setMetadata(metadata) {
-              op.metadata = { ...op.metadata, ...metadata };
-            },
-          });
-          op.metadata = { ...op.metadata, ...(result ?? {}) };
-          op.status = 'Success';
-        } catch (e) {
-          op.status = abort.signal.aborted ? 'Cancelled' : 'Failure';
-          op.error = asTrivisorError(e).message;
-        }
-        op.mayCancel = false;
-        op.updatedAt = new Date().toISOString();
-        events.publish({ type: 'operation', metadata: { operation: structuredClone(op) } });
-      })();
-      ops.set(op.id, { op, abort, done });
-      return structuredClone(op);
-    },
-    list: () => [...ops.values()].map((e) => structuredClone(e.op)),
-    get: (id) => structuredClone(entry(id).op),
-    async wait(id, timeoutMs) {
-      const e = entry(id);
-      let timer: NodeJS.Timeout | undefined;
-      const timeout =
-        timeoutMs === undefined || timeoutMs < 0
-          ? new Promise<void>(() => {})
-          : new Promise<void>((r) => {
-              timer = setTimeout(r, timeoutMs);
-            });
-      await Promise.race([e.done, timeout]);
-      clearTimeout(timer);
-      return structuredClone(e.op);
-    },
-    cancel(id) {
-      const e = entry(id);
-      if (final(e.op) || !e.op.mayCancel) throw failedPrecondition(`Operation ${id} cannot be cancelled`);
-      e.abort.abort();
-      return structuredClone(e.op);
-    },
-  };
-}
-
-function fakeEvents(): EventBus {
-  const listeners = new Set<{ fn: (e: TrivisorEvent) => void; types: TrivisorEvent['type'][] | undefined }>();
-  return {
-    publish(event) {
-      const full: TrivisorEvent = { ...event, timestamp: new Date().toISOString() };
-      for (const l of listeners) if (!l.types || l.types.includes(full.type)) l.fn(full);
-    },
-    subscribe(fn, types) {
-      const l = { fn, types };
-      listeners.add(l);
-      return () => listeners.delete(l);
-    },
-  };
 }
 
 /**
@@ -227,8 +134,9 @@ function makeGuest(name: string, image: ImageRecord, running: boolean): Guest {
  * `web1`. `consoleLogPath` names a file the test may write (the fake only reads it).
  */
 export function createFakeServices(options: { consoleLogPath?: string } = {}): FakeServices {
-  const events = fakeEvents();
-  const operations = fakeOperations(events);
+  // The real operation service and event bus: pure in-memory logic, no I/O.
+  const events = createEventBus();
+  const operations = createOperationService(events);
   const guestMap = new Map<string, Guest>([['web1', makeGuest('web1', IMAGE, true)]]);
   const imageMap = new Map<string, ImageRecord>([[IMAGE.fingerprint, IMAGE]]);
   const execs: FakeExecRecord[] = [];
