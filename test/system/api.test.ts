@@ -61,6 +61,30 @@ describe('the REST API: TCP with a token, events, metrics, operations, OpenAPI',
     assert.ok(seen.some((e) => e.action === 'guest-started' && e.metadata.name === 'ev1'));
   });
 
+  test('trivisor monitor prints lifecycle events as they happen', async () => {
+    const { spawn } = await import('node:child_process');
+    const mon = spawn(`${import.meta.dirname}/../../bin/trivisor`, ['monitor', '--type', 'lifecycle'], {
+      env: { ...process.env, TRIVISOR_DIR: d.stateDir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    mon.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 1000));
+      d.ok(['launch', 'busybox', 'mon1']);
+      const deadline = Date.now() + 10_000;
+      while (!/guest-started/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.match(out, /guest-created/);
+      assert.match(out, /guest-started/);
+      assert.match(out, /mon1/);
+    } finally {
+      mon.kill('SIGINT');
+      d.ok(['delete', '--force', 'mon1']);
+    }
+  });
+
   test('/1.0/metrics has per-guest cpu, memory and processes and host totals', async () => {
     const r = await d.api('GET', '/1.0/metrics');
     assert.equal(r.status, 200);

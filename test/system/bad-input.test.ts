@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, startDaemon } from './harness.ts';
 
@@ -117,6 +120,42 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     const r = d.cli(['start', 'ok1']);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /^Error: .*Running/);
+  });
+
+  test('a launch that fails half way (runc cannot start init) rolls back everything it made', () => {
+    // An image whose /sbin/init is not executable: the image imports fine, runc fails at start.
+    const work = mkdtempSync(path.join(os.tmpdir(), 'trivisor-broken-'));
+    try {
+      const busybox = JSON.parse(d.ok(['image', 'info', 'busybox', '--format', 'json'])) as {
+        fingerprint: string;
+      };
+      execFileSync('cp', [
+        '-a',
+        path.join(d.stateDir, 'images', busybox.fingerprint, 'rootfs'),
+        `${work}/tree`,
+      ]);
+      execFileSync('sh', [
+        '-c',
+        `rm ${work}/tree/sbin/init && echo 'not a program' > ${work}/tree/sbin/init`,
+      ]);
+      execFileSync('tar', ['-C', `${work}/tree`, '-czf', `${work}/broken.tar.gz`, '.']);
+      d.ok(['image', 'import', `${work}/broken.tar.gz`, '--alias', 'broken']);
+      const mountsBefore = readFileSync('/proc/mounts', 'utf8');
+      const r = d.cli(['launch', 'broken', 'halfway']);
+      assert.equal(r.code, 1);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /^Error: .*halfway/);
+      assert.equal(d.cli(['info', 'halfway']).code, 1, 'no guest record');
+      assert.ok(!existsSync(`${d.stateDir}/guests/halfway`), 'no guest directory');
+      assert.equal(readFileSync('/proc/mounts', 'utf8'), mountsBefore, 'no mount left');
+      const runcIds = execFileSync('runc', ['--root', `${d.stateDir}/runc`, 'list', '-q'], {
+        encoding: 'utf8',
+      });
+      assert.doesNotMatch(runcIds, /halfway/);
+      d.ok(['image', 'delete', 'broken']);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
   });
 
   test('after all of it, nothing changed and the daemon still serves', async () => {
