@@ -1,10 +1,10 @@
 // Benchmark (a): create+start latency of a busybox ct guest through the API, against
-// raw `runc run -d` of an equivalent overlay bundle, interleaved in one run.
+// raw `runc run -d` of an equivalent overlay bundle, interleaved in one run (alternating order, after a settle pause).
 // Usage: node bench/ct-latency.ts [iterations=30]
 import { spawnSync } from 'node:child_process';
 import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { startDaemon } from '../test/system/harness.ts';
+import { sleep, startDaemon } from '../test/system/harness.ts';
 import { ms, percentile, runOperation, writeResult } from './lib.ts';
 
 const iterations = Number(process.argv[2] ?? 30);
@@ -73,11 +73,24 @@ try {
   await runOperation(d, 'DELETE', '/1.0/guests/warm?force=true');
   rawStart(0);
   rawStop(0);
-  for (let i = 1; i <= iterations; i++) {
+  // Fairness: teardown of both before each pair, a pause for the kernel's asynchronous
+  // namespace cleanup, and the order alternates (ABBA) so neither side always goes first.
+  const measureApi = async (i: number) => {
     const t0 = process.hrtime.bigint();
     await runOperation(d, 'POST', '/1.0/guests', { name: `lat${i}`, image: 'busybox', start: true });
     api.push(ms(process.hrtime.bigint() - t0));
-    raw.push(rawStart(i));
+  };
+  for (let i = 1; i <= iterations; i++) {
+    await sleep(300);
+    if (i % 2 === 1) {
+      await measureApi(i);
+      await sleep(300);
+      raw.push(rawStart(i));
+    } else {
+      raw.push(rawStart(i));
+      await sleep(300);
+      await measureApi(i);
+    }
     await runOperation(d, 'DELETE', `/1.0/guests/lat${i}?force=true`);
     rawStop(i);
   }

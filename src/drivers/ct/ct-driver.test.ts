@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -214,9 +215,12 @@ describe('ct driver against a recording runner', () => {
 
   test('a failed runc run is undone: no runc container, no mount, the guest stays created', async () => {
     await rm(join(stateDir, 'runc'), { recursive: true, force: true });
-    const runner = fakeRunner((argv) =>
-      argv.includes('run') ? { code: 1, stderr: 'no such file' } : undefined,
-    );
+    // Like real runc when init fails after the container was made: its state dir stays behind.
+    const runner = fakeRunner((argv) => {
+      if (!argv.includes('run')) return undefined;
+      mkdirSync(join(stateDir, 'runc', 'g1'), { recursive: true });
+      return { code: 1, stderr: 'no such file' };
+    });
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await assert.rejects(driver.start(guest(), image), { code: 'Internal' });
     const cmds = runner.commands();
