@@ -50,7 +50,18 @@ try {
     const log = openSync(`${dir}/console.log`, 'a');
     const r = spawnSync(
       'runc',
-      ['--root', rawRoot, 'run', '-d', '--pid-file', `${dir}/pid`, '--bundle', `${dir}/bundle`, `raw${i}`],
+      [
+        '--root',
+        rawRoot,
+        'run',
+        '-d',
+        '--no-new-keyring',
+        '--pid-file',
+        `${dir}/pid`,
+        '--bundle',
+        `${dir}/bundle`,
+        `raw${i}`,
+      ],
       {
         stdio: ['ignore', log, log],
       },

@@ -102,6 +102,7 @@ describe('ct driver against a recording runner', () => {
       join(stateDir, 'runc'),
       'run',
       '--detach',
+      '--no-new-keyring',
       '--pid-file',
       `${g}/init.pid`,
       '--bundle',

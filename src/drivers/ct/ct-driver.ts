@@ -264,7 +264,20 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           // runc -d exits once init runs; init keeps the log fd as its stdout/stderr and is
           // re-parented away from us. setsid (detached) keeps terminal signals off the guest.
           const child = runner.spawn(
-            [...runc, 'run', '--detach', '--pid-file', p.pidFile, '--bundle', p.bundle, spec.name],
+            // --no-new-keyring: a session keyring per guest would be owned by the shared mapped root
+            // uid and hit the kernel's per-user key quota (kernel.keys.maxkeys, 200) at ~200 guests.
+            // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
+            [
+              ...runc,
+              'run',
+              '--detach',
+              '--no-new-keyring',
+              '--pid-file',
+              p.pidFile,
+              '--bundle',
+              p.bundle,
+              spec.name,
+            ],
             {
               stdio: ['ignore', consoleFile.fd, consoleFile.fd],
               detached: true,
