@@ -33,7 +33,10 @@ lines.push("`start: true`, then waiting on the operation) until the guest's init
 lines.push(
   '`runc run -d` of the same OCI bundle on a fresh overlay (mkdir, chown, mount, write config, run),',
 );
-lines.push('interleaved with alternating order and a 300 ms pause before each start (so neither side pays for the other's teardown). Target: ratio ≤ 1.5.', '');
+lines.push(
+  'interleaved with alternating order and a 300 ms pause before each start (so neither side pays for the teardown of the other). Target: ratio ≤ 1.5.',
+  '',
+);
 if (lat) {
   const t = lat.trivisor as Json;
   const r = lat.rawRunc as Json;

@@ -20,6 +20,12 @@ export interface ImageHandle {
   rootfs: string;
   /** The same tree with ownership shifted by `base` (for user-namespaced guests), made once and cached. */
   shiftedRootfs(base: number): Promise<string>;
+  /**
+   * A raw ext4 disk image derived once from the tree (with the guest kit of
+   * src/images/guest-kit.ts injected), cached and shared read-only: the
+   * copy-on-write backing file of `vm` and `pvm` guests.
+   */
+  baseDisk(): Promise<string>;
 }
 
 /** Observed state of a guest's processes on this host. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { asTrivisorError, cancelled, invalidArgument, notFound } from '../core/errors.ts';
+import { asTrivisorError, cancelled, invalidArgument, notFound, notSupported } from '../core/errors.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { buildBusyboxRootfs } from './busybox-image.ts';
@@ -37,6 +37,8 @@ export interface ImageFiles {
   rootfsPath(fingerprint: string): string;
   /** Path of the image's tree with ids raised by `base`, made on first use; NotFound if the image is absent. */
   shiftedRootfs(fingerprint: string, base: number): Promise<string>;
+  /** The image's ext4 base disk for vm and pvm guests, made once and cached. */
+  baseDisk(fingerprint: string): Promise<string>;
   /** Adds the builtin busybox image; same fingerprint on every run on the same host. */
   addBusybox(): Promise<AddedImage>;
   /** Builds a Debian minbase image with debootstrap from a source such as `debian/bookworm`. */
@@ -166,6 +168,11 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       return join(imageDir(fingerprint), 'rootfs');
     },
 
+    baseDisk(fingerprint) {
+      checkFingerprint(fingerprint);
+      // Replaced by the guest-kit work (vm/pvm issues): nothing uses it yet.
+      return Promise.reject(notSupported('Base disks for vm and pvm guests are not available yet.'));
+    },
     shiftedRootfs(fingerprint, base) {
       checkFingerprint(fingerprint);
       if (!Number.isInteger(base) || base < 0) {

@@ -57,7 +57,14 @@ async function makeWorld(store: KvStore = createMemoryStore(), driver = createFa
   const controller = createGuestController({
     store,
     drivers: { ct: driver },
-    images: { handle: async () => ({ record: image, rootfs: '/x', shiftedRootfs: async () => '/y' }) },
+    images: {
+      handle: async () => ({
+        record: image,
+        rootfs: '/x',
+        shiftedRootfs: async () => '/y',
+        baseDisk: async () => '/z',
+      }),
+    },
     events: bus,
     log: silentLogger(),
     hostName: 'h1',

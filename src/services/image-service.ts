@@ -193,6 +193,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
         record: JSON.parse(kv.value) as ImageRecord,
         rootfs: files.rootfsPath(fingerprint),
         shiftedRootfs: (base: number) => files.shiftedRootfs(fingerprint, base),
+        baseDisk: () => files.baseDisk(fingerprint),
       };
     },
   };

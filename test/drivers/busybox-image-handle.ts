@@ -38,6 +38,10 @@ export async function makeBusyboxImage(
       }
       return p;
     },
+    baseDisk() {
+      // The ct driver never asks; vm/pvm tests bring their own image handles.
+      return Promise.reject(new Error('no base disk in the ct test image'));
+    },
   };
 }
 

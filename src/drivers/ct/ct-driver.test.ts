@@ -37,6 +37,7 @@ const image: ImageHandle = {
   } as unknown as ImageRecord,
   rootfs: '/images/abc/rootfs',
   shiftedRootfs: async (base) => `/images/abc/rootfs-${base}`,
+  baseDisk: async () => '/images/abc/disk.ext4',
 };
 
 describe('ct driver against a recording runner', () => {
