@@ -2,7 +2,17 @@
 // total time, host memory per guest beyond the guest's own processes, daemon RSS and
 // list latency at N. Usage: node bench/ct-density.ts [N=1000] [concurrency=4]
 import { startDaemon } from '../test/system/harness.ts';
-import { hostUsedBytes, ms, percentile, pool, rssBytes, runOperation, settle, writeResult } from './lib.ts';
+import {
+  hostUsedBytes,
+  ms,
+  percentile,
+  pool,
+  pssBytes,
+  rssBytes,
+  runOperation,
+  settle,
+  writeResult,
+} from './lib.ts';
 
 const n = Number(process.argv[2] ?? 1000);
 const concurrency = Number(process.argv[3] ?? 4);
@@ -46,7 +56,7 @@ try {
   const running = guests.filter((g) => g.status === 'Running').length;
   await settle();
   const usedAfter = hostUsedBytes();
-  const guestRss = guests.reduce((sum, g) => sum + rssBytes(g.state.pid), 0);
+  const guestRss = guests.reduce((sum, g) => sum + pssBytes(g.state.pid), 0);
   const daemonRss = rssBytes(daemonPid);
   const perGuestTotal = (usedAfter - usedBefore) / n;
   const perGuestBeyond = (usedAfter - usedBefore - guestRss - (daemonRss - rssBefore)) / n;
@@ -64,7 +74,7 @@ try {
     startPerGuestMs: (startSeconds * 1000) / n,
     deleteAllSeconds: deleteSeconds,
     hostMemoryPerGuestMiB: perGuestTotal / MiB,
-    guestProcessRssPerGuestMiB: guestRss / n / MiB,
+    guestProcessPssPerGuestMiB: guestRss / n / MiB,
     hostMemoryPerGuestBeyondOwnProcessesMiB: perGuestBeyond / MiB,
     daemonRssMiB: daemonRss / MiB,
     daemonRssBeforeMiB: rssBefore / MiB,

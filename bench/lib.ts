@@ -69,3 +69,16 @@ export function writeResult(name: string, result: Record<string, unknown>): stri
 }
 
 export const ms = (ns: bigint | number): number => Number(ns) / 1e6;
+
+/**
+ * Proportional set size of a process, bytes (0 if gone): shared pages (the busybox
+ * binary every guest maps) are divided among their users, so sums over guests add up.
+ */
+export function pssBytes(pid: number): number {
+  try {
+    const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    return Number(/^Pss:\s+(\d+)/m.exec(rollup)?.[1] ?? 0) * 1024;
+  } catch {
+    return 0;
+  }
+}

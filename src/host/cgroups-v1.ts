@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { access, readdir, readFile, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestUsage } from '../core/types.ts';
@@ -23,10 +24,13 @@ const V1_UNLIMITED = 2 ** 62;
  * Missing files count as zero: the guest is not running.
  */
 export async function readCgroupUsage(cgroupsPath: string, root = CGROUP_ROOT): Promise<GuestUsage> {
-  const memoryBytes = await readNumber(join(root, 'memory', cgroupsPath, 'memory.usage_in_bytes'));
-  const limit = await readNumber(join(root, 'memory', cgroupsPath, 'memory.limit_in_bytes'));
-  const cpuNs = await readNumber(join(root, 'cpuacct', cgroupsPath, 'cpuacct.usage'));
-  const processes = await readNumber(join(root, 'pids', cgroupsPath, 'pids.current'));
+  // Synchronous on purpose: these are in-memory kernel files read in microseconds, and
+  // `list` reads four per guest for a thousand guests; a thread-pool round trip each
+  // made that take over a second.
+  const memoryBytes = readNumberSync(join(root, 'memory', cgroupsPath, 'memory.usage_in_bytes'));
+  const limit = readNumberSync(join(root, 'memory', cgroupsPath, 'memory.limit_in_bytes'));
+  const cpuNs = readNumberSync(join(root, 'cpuacct', cgroupsPath, 'cpuacct.usage'));
+  const processes = readNumberSync(join(root, 'pids', cgroupsPath, 'pids.current'));
   const usage: GuestUsage = {
     memoryBytes: memoryBytes ?? 0,
     cpuSeconds: (cpuNs ?? 0) / 1e9,
@@ -34,6 +38,15 @@ export async function readCgroupUsage(cgroupsPath: string, root = CGROUP_ROOT): 
   };
   if (limit !== undefined && limit < V1_UNLIMITED) usage.memoryLimitBytes = limit;
   return usage;
+}
+
+function readNumberSync(path: string): number | undefined {
+  try {
+    const n = Number(readFileSync(path, 'utf8').trim());
+    return Number.isFinite(n) ? n : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** State of the v1 freezer for a cgroup; undefined when the cgroup does not exist. */
@@ -86,15 +99,6 @@ export async function removeCgroup(cgroupsPath: string, root = CGROUP_ROOT): Pro
     }
   }
   return left;
-}
-
-async function readNumber(path: string): Promise<number | undefined> {
-  try {
-    const n = Number((await readFile(path, 'utf8')).trim());
-    return Number.isFinite(n) ? n : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -133,13 +133,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       const byName = new Map<string, GuestStatus>();
       for (const kv of statuses.kvs)
         byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
-      const guests: Guest[] = [];
-      for (const kv of specs.kvs) {
-        const spec = JSON.parse(kv.value) as GuestSpec;
-        const status = byName.get(spec.name);
-        guests.push(toGuest(spec, status, options.withUsage ? await usageOf(spec, status) : null));
-      }
-      return guests;
+      const specList = specs.kvs.map((kv) => JSON.parse(kv.value) as GuestSpec);
+      // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
+      const usages = options.withUsage
+        ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
+        : [];
+      return specList.map((spec, i) => toGuest(spec, byName.get(spec.name), usages[i] ?? null));
     },
 
     async get(name, options = { withUsage: true }) {
