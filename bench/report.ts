@@ -55,7 +55,7 @@ lines.push(
 );
 lines.push('then memory and list latency at N. "Beyond own processes" is the growth of host memory in use');
 lines.push(
-  "(MemTotal − MemAvailable, after dropping caches) minus the guests' init RSS and the daemon's growth,",
+  "(MemTotal − MemAvailable, after dropping caches) minus the guests' init PSS (shared pages divided among their users) and the daemon's growth,",
 );
 lines.push(
   'per guest: namespaces, cgroups, overlay mounts and runc state. Targets: 1000 running guests, daemon RSS ≤ 300 MiB,',
