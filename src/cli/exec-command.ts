@@ -40,8 +40,10 @@ export function addExecCommand(program: Command): void {
 async function runExec(cmd: Command, name: string, command: string[], opts: ExecOptions): Promise<number> {
   const stdin = process.stdin;
   const stdout = process.stdout;
-  // Like Incus: a terminal when both ends are terminals, unless told otherwise.
-  const tty = opts.t ? true : opts.T ? false : stdin.isTTY === true && stdout.isTTY === true;
+  // Like Incus: a terminal when both ends are terminals, unless told otherwise; but vm and
+  // pvm guests run commands through the QEMU guest agent, which has no terminal.
+  const auto = !opts.t && !opts.T && stdin.isTTY === true && stdout.isTTY === true;
+  const tty = opts.t ? true : auto ? (await clientOf(cmd).getGuest(name)).model === 'ct' : false;
   const environment = parsePairs(opts.env, 'Environment variable');
   if (tty && !environment.TERM) environment.TERM = process.env.TERM ?? 'xterm-256color';
   const request: Parameters<ReturnType<typeof clientOf>['exec']>[1] = {
