@@ -60,7 +60,9 @@ ensure_npm_packages() {
   say "Installing npm packages ($1)"
   local omit=()
   [ "$1" = dev ] || omit=(--omit=dev)
-  (cd "$TRIVISOR_SRC" && npm ci --no-audit --no-fund --loglevel=error "${omit[@]}" >/dev/null)
+  # npm install, not npm ci: npm 11 records only the glibc variants of platform-optional
+  # packages (biome's binaries) in the lockfile, and ci then refuses the lockfile.
+  (cd "$TRIVISOR_SRC" && npm install --no-audit --no-fund --no-save --loglevel=error "${omit[@]}" >/dev/null)
   touch "$stamp"
 }
 
