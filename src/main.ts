@@ -44,7 +44,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
 
   const runner = hostRunner();
   const store = openSqliteStore(path.join(stateDir, 'store.db'));
-  const hostName = os.hostname();
+  const hostName = await hostIdentity(stateDir);
   const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE };
   const drivers: Partial<Record<Model, GuestDriver>> = { ct: createCtDriver(ctx) };
 
@@ -112,6 +112,19 @@ function splitHostPort(listen: string): [string, number] {
     throw new Error(`--listen ${listen} is not HOST:PORT`);
   }
   return [listen.slice(0, i).replace(/^\[|\]$/g, ''), port];
+}
+
+/**
+ * The name this host owns its guests under: taken from the system host name on first
+ * start and kept, so that renaming the machine never orphans its guests.
+ */
+async function hostIdentity(stateDir: string): Promise<string> {
+  const file = path.join(stateDir, 'host-name');
+  const kept = (await readFile(file, 'utf8').catch(() => '')).trim();
+  if (kept) return kept;
+  const name = os.hostname();
+  await writeFile(file, `${name}\n`);
+  return name;
 }
 
 /** The bearer token TCP clients need; made once, readable by root only. */
