@@ -80,4 +80,24 @@ describe('guests outlive the daemon and are re-adopted', () => {
     });
     assert.equal(d.ok(['exec', 'phoenix', '--', 'hostname']).trim(), 'phoenix');
   });
+
+  test('renaming the host does not orphan its guests', async () => {
+    const host = await startDaemon({ hostname: 'before-rename' });
+    try {
+      host.ok(['launch', 'busybox', 'stay']);
+      const pid = (JSON.parse(host.ok(['info', 'stay', '--format', 'json'])) as GuestJson).state.pid;
+      await host.kill9();
+      await host.restart({ hostname: 'after-rename' });
+      const g = JSON.parse(host.ok(['info', 'stay', '--format', 'json'])) as GuestJson;
+      assert.equal(g.status, 'Running');
+      assert.equal(g.state.pid, pid);
+      host.ok(['stop', 'stay', '--timeout', '10']);
+      assert.equal(
+        (JSON.parse(host.ok(['info', 'stay', '--format', 'json'])) as GuestJson).status,
+        'Stopped',
+      );
+    } finally {
+      await host.destroy();
+    }
+  });
 });

@@ -34,8 +34,8 @@ export interface Daemon {
   ): Promise<ApiResponse>;
   /** kill -9 the daemon (guests must survive). */
   kill9(): Promise<void>;
-  /** Starts the daemon again on the same state dir. */
-  restart(): Promise<void>;
+  /** Starts the daemon again on the same state dir (in a UTS namespace with `hostname`, if given). */
+  restart(options?: { hostname?: string }): Promise<void>;
   /** Stops the daemon, force-deletes what the test left, and removes every trace. */
   destroy(): Promise<void>;
 }
@@ -52,7 +52,7 @@ export interface ApiResponse {
   text: string;
 }
 
-export async function startDaemon(options: { tcp?: boolean } = {}): Promise<Daemon> {
+export async function startDaemon(options: { tcp?: boolean; hostname?: string } = {}): Promise<Daemon> {
   const stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-sys-'));
   const env = {
     ...process.env,
@@ -60,12 +60,25 @@ export async function startDaemon(options: { tcp?: boolean } = {}): Promise<Daem
     TRIVISOR_LISTEN: options.tcp ? '127.0.0.1:0' : 'none',
     TRIVISOR_LOG_LEVEL: 'warn',
   };
-  let child = await launch();
+  let child = await launch(options.hostname);
   let info = readDaemonJson();
 
-  async function launch(): Promise<ChildProcess> {
+  async function launch(hostname?: string): Promise<ChildProcess> {
     rmSync(path.join(stateDir, 'daemon.json'), { force: true });
-    const c = spawn(process.execPath, [MAIN, 'daemon'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    // With a host name: in a UTS namespace of its own, so the machine's name is untouched.
+    const argv = hostname
+      ? [
+          'unshare',
+          '--uts',
+          'sh',
+          '-c',
+          `hostname ${hostname} && exec "$0" "$@"`,
+          process.execPath,
+          MAIN,
+          'daemon',
+        ]
+      : [process.execPath, MAIN, 'daemon'];
+    const c = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     c.stderr?.on('data', (d: Buffer) => {
       stderr += d.toString();
@@ -120,8 +133,8 @@ export async function startDaemon(options: { tcp?: boolean } = {}): Promise<Daem
         child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
       );
     },
-    async restart() {
-      child = await launch();
+    async restart(o = {}) {
+      child = await launch(o.hostname);
       info = readDaemonJson();
     },
     async destroy() {
