@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { asTrivisorError, cancelled, invalidArgument, notFound, notSupported } from '../core/errors.ts';
+import { asTrivisorError, cancelled, invalidArgument, notFound } from '../core/errors.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { buildBaseDisk } from './base-disk.ts';
 import { buildBusyboxRootfs } from './busybox-image.ts';
 import { buildDebootstrapRootfs, type ProgressCallback } from './debootstrap-image.ts';
+import { imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
 import { removeTree } from './remove-tree.ts';
 import { shiftTree } from './shift-tree.ts';
@@ -67,6 +69,14 @@ function checkFingerprint(fingerprint: string): void {
   }
 }
 
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await lstat(path)).isFile();
+  } catch {
+    return false;
+  }
+}
+
 async function isDirectory(path: string): Promise<boolean> {
   try {
     return (await lstat(path)).isDirectory();
@@ -81,6 +91,7 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   const imagesDir = join(stateDir, 'images');
   const imageDir = (fp: string): string => join(imagesDir, fp);
   const shifting = new Map<string, Promise<string>>();
+  const diskBuilds = new Map<string, Promise<string>>();
 
   const exists = async (fingerprint: string): Promise<boolean> => {
     checkFingerprint(fingerprint);
@@ -170,8 +181,23 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
 
     baseDisk(fingerprint) {
       checkFingerprint(fingerprint);
-      // Replaced by the guest-kit work (vm/pvm issues): nothing uses it yet.
-      return Promise.reject(notSupported('Base disks for vm and pvm guests are not available yet.'));
+      const pending = diskBuilds.get(fingerprint);
+      if (pending) return pending;
+      const target = join(imageDir(fingerprint), 'disk.ext4');
+      const work = (async () => {
+        const { metadata: meta } = await metadata(fingerprint);
+        // Never rebuilt once made: guests' copy-on-write layers point at this very file.
+        if (await isFile(target)) return target;
+        log.info({ fingerprint }, 'making the base disk of the image for vm and pvm guests');
+        const { sizeBytes } = await buildBaseDisk(join(imageDir(fingerprint), 'rootfs'), target, {
+          runner,
+          initArgv: imageInitArgv(meta.properties),
+        });
+        log.info({ fingerprint, sizeBytes }, 'base disk made');
+        return target;
+      })().finally(() => diskBuilds.delete(fingerprint));
+      diskBuilds.set(fingerprint, work);
+      return work;
     },
     shiftedRootfs(fingerprint, base) {
       checkFingerprint(fingerprint);

@@ -1,0 +1,89 @@
+/**
+ * The text of `/.trivisor/init`, the first program the kernel of a `vm` or
+ * `pvm` guest runs. It only uses the kit's own busybox and libraries, so it
+ * works whatever the image holds, and it never fails the boot: every step is
+ * best effort and the image's init always runs at the end.
+ */
+export function guestKitInitScript(options: { loaderName: string }): string {
+  const { loaderName } = options;
+  return `#!/.trivisor/busybox sh
+# Trivisor guest kit: prepares a vm/pvm guest, starts the guest agent, then runs the image's init.
+K=/.trivisor
+BB=$K/busybox
+LD="$K/lib/${loaderName} --library-path $K/lib"
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# Debian's static busybox has no mountpoint applet.
+mounted() { $BB awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts 2>/dev/null; }
+
+$BB mkdir -p /proc /sys /dev 2>/dev/null
+mounted /proc || $BB mount -t proc -o nosuid,nodev,noexec proc /proc
+mounted /sys || $BB mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mounted /dev || $BB mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
+$BB mkdir -p /dev/pts 2>/dev/null
+mounted /dev/pts || $BB mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts 2>/dev/null
+$BB mount -o remount,rw / 2>/dev/null
+
+# The test hook lets the kit be run in a sandbox on the host, where /proc/cmdline is the host's.
+CMDLINE=\${TRIVISOR_KIT_CMDLINE:-$($BB cat /proc/cmdline)}
+HOSTNAME_ARG=
+AGENT=
+MODEL=
+ROOT_ARG=
+for arg in $CMDLINE; do
+  case "$arg" in
+    trivisor.hostname=*) HOSTNAME_ARG=\${arg#trivisor.hostname=} ;;
+    trivisor.agent=*) AGENT=\${arg#trivisor.agent=} ;;
+    trivisor.model=*) MODEL=\${arg#trivisor.model=} ;;
+    root=*) ROOT_ARG=\${arg#root=} ;;
+  esac
+done
+
+# Grow the root file system to its device: the COW disk may be larger than the base disk (limits.disk).
+ROOTDEV=
+MAJMIN=$($BB awk '$5 == "/" { m = $3 } END { print m }' /proc/self/mountinfo 2>/dev/null)
+if [ -n "$MAJMIN" ] && [ -r "/sys/dev/block/$MAJMIN/uevent" ]; then
+  NAME=$($BB sed -n 's/^DEVNAME=//p' "/sys/dev/block/$MAJMIN/uevent")
+  [ -n "$NAME" ] && [ -b "/dev/$NAME" ] && ROOTDEV=/dev/$NAME
+fi
+if [ -z "$ROOTDEV" ] && [ -b "$ROOT_ARG" ]; then ROOTDEV=$ROOT_ARG; fi
+if [ -n "$ROOTDEV" ]; then
+  $LD $K/bin/resize2fs "$ROOTDEV" >/dev/null 2>&1 || echo "trivisor: cannot grow the root file system on $ROOTDEV"
+fi
+
+if [ -n "$HOSTNAME_ARG" ]; then
+  $BB hostname "$HOSTNAME_ARG"
+  [ -d /etc ] && echo "$HOSTNAME_ARG" > /etc/hostname
+fi
+
+# The agent's state lives on a tmpfs of the kit's own, so the image's /run is left alone.
+$BB mkdir -p $K/run 2>/dev/null
+mounted $K/run || $BB mount -t tmpfs -o mode=0700,size=4m tmpfs $K/run
+case "$AGENT" in
+  '') METHOD= ;;
+  unix:*) METHOD=unix-listen; AGENT=\${AGENT#unix:} ;;
+  *) if [ "$MODEL" = pvm ]; then METHOD=isa-serial; else METHOD=virtio-serial; fi ;;
+esac
+if [ -n "$METHOD" ]; then
+  # In the background: a virtio port may appear only after this script has moved on.
+  (
+    i=0
+    while [ "$METHOD" != unix-listen ] && [ ! -e "$AGENT" ] && [ $i -lt 600 ]; do
+      $BB sleep 0.1
+      i=$((i + 1))
+    done
+    exec $BB setsid $LD $K/bin/qemu-ga -m $METHOD -p "$AGENT" -t $K/run -f $K/run/qemu-ga.pid \\
+      -l $K/run/qemu-ga.log
+  ) </dev/null >/dev/null 2>&1 &
+fi
+
+echo "trivisor: init"
+INIT=$($BB cat $K/image-init 2>/dev/null)
+[ -n "$INIT" ] || INIT=/sbin/init
+eval "set -- $INIT"
+# A failed exec would end pid 1 and panic the kernel: check first, and fall back to a shell.
+if [ -x "$1" ] || command -v "$1" >/dev/null 2>&1; then exec "$@"; fi
+echo "trivisor: cannot run the image's init ($INIT): starting a shell"
+exec $BB sh
+`;
+}
