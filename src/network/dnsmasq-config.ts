@@ -1,0 +1,69 @@
+import { join } from 'node:path';
+import { dhcpRange, formatIpv4 } from './ipv4.ts';
+import type { NetworkDefinition } from './network-backend.ts';
+
+/** Files of one network's dnsmasq under `${stateDir}/networks/<name>/`. */
+export interface DnsmasqPaths {
+  dir: string;
+  pidFile: string;
+  leases: string;
+  dhcpHosts: string;
+  hosts: string;
+  log: string;
+}
+
+export function dnsmasqPaths(stateDir: string, name: string): DnsmasqPaths {
+  const dir = join(stateDir, 'networks', name);
+  return {
+    dir,
+    pidFile: join(dir, 'dnsmasq.pid'),
+    leases: join(dir, 'dnsmasq.leases'),
+    dhcpHosts: join(dir, 'dhcp-hosts'),
+    hosts: join(dir, 'hosts'),
+    log: join(dir, 'dnsmasq.log'),
+  };
+}
+
+/**
+ * argv of a network's dnsmasq: bound to the bridge only (several run side by
+ * side), no system config file, DHCP over the whole subnet but the gateway,
+ * authoritative for the network's domain. It daemonizes and writes a pid file,
+ * so it outlives the Trivisor daemon.
+ */
+export function dnsmasqArgv(def: NetworkDefinition, paths: DnsmasqPaths): string[] {
+  let { first, last } = dhcpRange(def.gateway);
+  if (first === def.gateway.value) first++;
+  if (last === def.gateway.value) last--;
+  const mask = formatIpv4(2 ** 32 - 2 ** (32 - def.gateway.prefixLength));
+  return [
+    'dnsmasq',
+    '--conf-file=/dev/null',
+    '--strict-order',
+    '--bind-dynamic',
+    `--interface=${def.name}`,
+    '--except-interface=lo',
+    `--listen-address=${def.gateway.address}`,
+    `--pid-file=${paths.pidFile}`,
+    `--dhcp-leasefile=${paths.leases}`,
+    `--dhcp-hostsfile=${paths.dhcpHosts}`,
+    `--addn-hosts=${paths.hosts}`,
+    `--dhcp-range=${formatIpv4(first)},${formatIpv4(last)},${mask},1h`,
+    '--dhcp-authoritative',
+    '--dhcp-no-override',
+    `--domain=${def.domain}`,
+    `--local=/${def.domain}/`,
+    '--expand-hosts',
+    '--no-hosts',
+    `--log-facility=${paths.log}`,
+  ];
+}
+
+/** `--dhcp-hostsfile` content: every NIC's reservation (re-read on SIGHUP). */
+export function dhcpHostsFile(def: Pick<NetworkDefinition, 'hosts'>): string {
+  return def.hosts.map((h) => `${h.mac},${h.ip},${h.name}\n`).join('');
+}
+
+/** `--addn-hosts` content: DNS names of every NIC, also before its first lease. */
+export function hostsFile(def: Pick<NetworkDefinition, 'hosts' | 'domain'>): string {
+  return def.hosts.map((h) => `${h.ip} ${h.name}.${def.domain} ${h.name}\n`).join('');
+}

@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { fakeRunner } from '../host/fake-runner.ts';
+import { createLogger } from '../host/logger.ts';
+import { dnsmasqArgv, dnsmasqPaths } from './dnsmasq-config.ts';
+import { parseGatewayCidr } from './ipv4.ts';
+import { createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
+import type { NetworkDefinition } from './network-backend.ts';
+import { networkRuleset, portRuleset } from './nft-rules.ts';
+
+const log = createLogger({ level: 'silent' });
+const dirs: string[] = [];
+after(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
+
+const def = (over: Partial<NetworkDefinition> = {}): NetworkDefinition => ({
+  name: 'tvnet0',
+  gateway: parseGatewayCidr('198.18.10.1/24'),
+  nat: true,
+  isolated: false,
+  domain: 'trivisor',
+  hosts: [{ mac: '02:00:00:00:00:02', ip: '198.18.10.2', name: 'a' }],
+  ...over,
+});
+
+describe('nft rulesets', () => {
+  test('a NAT network masquerades its subnet out of every interface but its bridge', () => {
+    const text = networkRuleset(def());
+    assert.match(
+      text,
+      /^add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\ntable ip trivisor-tvnet0 \{/,
+    );
+    assert.match(text, /ip saddr 198\.18\.10\.0\/24 oifname != "tvnet0" masquerade/);
+    assert.match(
+      text,
+      /oifname "tvnet0" ct state established,related accept\n\s+oifname "tvnet0" ct status dnat accept\n\s+oifname "tvnet0" drop/,
+    );
+    assert.doesNotMatch(text, /iifname "tvnet0" drop/);
+  });
+
+  test('a network without NAT keeps its guests on the bridge', () => {
+    const text = networkRuleset(def({ nat: false }));
+    assert.doesNotMatch(text, /masquerade/);
+    assert.match(text, /iifname "tvnet0" drop/);
+  });
+
+  test('a port may only send with its own MAC and address, ARP included', () => {
+    const text = portRuleset({ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
+    assert.match(text, /table bridge trivisor-tvabc/);
+    assert.match(text, /type filter hook prerouting priority filter/);
+    assert.match(text, /iifname "tvabc" ether saddr != 02:00:00:00:00:02 drop/);
+    assert.match(text, /iifname "tvabc" arp saddr ether != 02:00:00:00:00:02 drop/);
+    assert.match(text, /iifname "tvabc" arp saddr ip != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
+    assert.match(text, /iifname "tvabc" ip saddr != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
+  });
+});
+
+describe('dnsmasq config', () => {
+  test('dnsmasq serves the subnet but the gateway, on the bridge only, with its files in the state dir', () => {
+    const argv = dnsmasqArgv(def(), dnsmasqPaths('/s', 'tvnet0'));
+    assert.ok(argv.includes('--interface=tvnet0'));
+    assert.ok(argv.includes('--listen-address=198.18.10.1'));
+    assert.ok(argv.includes('--dhcp-range=198.18.10.2,198.18.10.254,255.255.255.0,1h'));
+    assert.ok(argv.includes('--pid-file=/s/networks/tvnet0/dnsmasq.pid'));
+    assert.ok(argv.includes('--domain=trivisor'));
+    assert.ok(argv.includes('--conf-file=/dev/null'));
+  });
+});
+
+describe('linux network backend', () => {
+  test('ensure() creates a bridge marked as ours, its address, nft table, files and dnsmasq', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const paths = dnsmasqPaths(stateDir, 'tvnet0');
+    const runner = fakeRunner((argv) => {
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (argv[0] === 'dnsmasq')
+        return {
+          effect: () =>
+            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+        };
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir });
+    const identity = await backend.ensure(def(), undefined);
+    assert.equal(identity.pid, process.pid);
+    const cmds = runner.commands();
+    assert.ok(cmds.includes('ip link add name tvnet0 type bridge stp_state 0'));
+    assert.ok(cmds.includes(`ip link set dev tvnet0 alias ${ownerAlias(stateDir)}`));
+    assert.ok(cmds.includes('ip addr add 198.18.10.1/24 dev tvnet0'));
+    assert.ok(cmds.includes('ip link set dev tvnet0 up'));
+    assert.ok(cmds.includes('sysctl -q -w net.ipv4.ip_forward=1'));
+    const nft = runner.calls.find((c) => c.argv.join(' ') === 'nft -f -');
+    assert.match(String((nft?.options as { input?: string } | undefined)?.input), /table ip trivisor-tvnet0/);
+    assert.ok(cmds.some((c) => c.startsWith('dnsmasq ')));
+    assert.equal(await readFile(paths.dhcpHosts, 'utf8'), '02:00:00:00:00:02,198.18.10.2,a\n');
+    assert.equal(await readFile(paths.hosts, 'utf8'), '198.18.10.2 a.trivisor a\n');
+  });
+
+  test('ensure() refuses a host interface of that name that is not ours', async () => {
+    const runner = fakeRunner((argv) =>
+      argv.join(' ') === 'ip -json link show dev tvnet0' ? { stdout: '[{"ifname":"tvnet0"}]' } : undefined,
+    );
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/nonexistent' });
+    await assert.rejects(backend.ensure(def(), undefined), { code: 'FailedPrecondition' });
+    assert.ok(!runner.commands().some((c) => c.includes('link add') || c.includes('link del')));
+  });
+
+  test('remove() deletes only our bridge and its nft table', async () => {
+    const stateDir = '/nonexistent-state';
+    const runner = fakeRunner((argv) =>
+      argv.join(' ') === 'ip -json link show dev tvnet0'
+        ? { stdout: JSON.stringify([{ ifname: 'tvnet0', ifalias: ownerAlias(stateDir) }]) }
+        : undefined,
+    );
+    await createLinuxNetworkBackend({ runner, log, stateDir }).remove('tvnet0', undefined);
+    assert.ok(runner.commands().includes('ip link del dev tvnet0'));
+    const nft = runner.calls.find((c) => c.argv[0] === 'nft');
+    assert.equal(
+      (nft?.options as { input?: string } | undefined)?.input,
+      'add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\n',
+    );
+  });
+
+  test('plugVeth() puts the host end on the bridge, isolates it, filters it and moves the guest end', async () => {
+    const runner = fakeRunner();
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    await backend.plugVeth(
+      { port: 'tv0123456789', bridge: 'tvnet0', mac: '02:00:00:00:00:02', ip: '198.18.10.2', isolated: true },
+      { netnsPid: 42, ifname: 'eth0' },
+    );
+    const cmds = runner.commands().filter((c) => c !== 'nft -f -');
+    assert.deepEqual(cmds, [
+      'ip link del dev tv0123456789',
+      'ip link add name tv0123456789 type veth peer name tv0123456789p',
+      'ip link set dev tv0123456789p address 02:00:00:00:00:02',
+      'ip link set dev tv0123456789 master tvnet0 up',
+      'bridge link set dev tv0123456789 isolated on',
+      'ip link set dev tv0123456789p netns 42',
+      'nsenter --net=/proc/42/ns/net ip link set dev tv0123456789p name eth0',
+      'nsenter --net=/proc/42/ns/net ip link set dev eth0 up',
+    ]);
+  });
+
+  test('counters() reads the host end and reports them as the guest sees them', async () => {
+    const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
+    dirs.push(sys);
+    await mkdir(join(sys, 'tvx', 'statistics'), { recursive: true });
+    for (const [f, v] of [
+      ['rx_bytes', 10],
+      ['tx_bytes', 20],
+      ['rx_packets', 1],
+      ['tx_packets', 2],
+    ] as const)
+      await writeFile(join(sys, 'tvx', 'statistics', f), `${v}\n`);
+    const backend = createLinuxNetworkBackend({
+      runner: fakeRunner(),
+      log,
+      stateDir: '/s',
+      sysClassNet: sys,
+    });
+    assert.deepEqual(await backend.counters('tvx'), { rxBytes: 20, txBytes: 10, rxPackets: 2, txPackets: 1 });
+    assert.equal(await backend.counters('nope'), undefined);
+  });
+});

@@ -1,0 +1,203 @@
+import { createHash } from 'node:crypto';
+import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { failedPrecondition, internal } from '../core/errors.ts';
+import type { ProcessIdentity } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import { dhcpHostsFile, dnsmasqArgv, dnsmasqPaths, hostsFile } from './dnsmasq-config.ts';
+import type { NetworkBackend, NetworkDefinition, NicCounters } from './network-backend.ts';
+import { deleteNetworkRuleset, deletePortRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
+
+/** What the Linux backend is built with. */
+export interface LinuxNetworkBackendOptions {
+  runner: ProcessRunner;
+  log: Logger;
+  stateDir: string;
+  /** Where per-interface counters are read (tests point it elsewhere). */
+  sysClassNet?: string;
+  procRoot?: string;
+}
+
+/** The alias a bridge carries to say which state dir made it (so nothing else is ever touched). */
+export function ownerAlias(stateDir: string): string {
+  return `trivisor:${createHash('sha256').update(stateDir).digest('hex').slice(0, 12)}`;
+}
+
+/** The Linux implementation: iproute2 bridges and veths, dnsmasq, nftables, all through the runner. */
+export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): NetworkBackend {
+  const { runner, stateDir } = options;
+  const log = options.log.child({ component: 'network-backend' });
+  const sysClassNet = options.sysClassNet ?? '/sys/class/net';
+  const procRoot = options.procRoot ?? '/proc';
+  const alias = ownerAlias(stateDir);
+
+  /** `ip -details -json link show` of one device; undefined when it does not exist. */
+  const linkInfo = async (name: string): Promise<{ ifalias?: string; operstate?: string } | undefined> => {
+    const r = await runner.run(['ip', '-json', 'link', 'show', 'dev', name], { allowFailure: true });
+    if (r.code !== 0) return undefined;
+    return (JSON.parse(r.stdout || '[]') as Array<{ ifalias?: string }>)[0];
+  };
+
+  const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
+
+  const dnsmasqRuns = async (known: ProcessIdentity | undefined): Promise<boolean> => {
+    if (!known || !(await isSameProcess(known, procRoot))) return false;
+    const comm = await readFile(`${procRoot}/${known.pid}/comm`, 'utf8').catch(() => '');
+    return comm.trim() === 'dnsmasq';
+  };
+
+  /** The dnsmasq recorded in the pid file, if it is still that process. */
+  const adoptDnsmasq = async (name: string, known: ProcessIdentity | undefined) => {
+    if (await dnsmasqRuns(known)) return known;
+    const pid = Number((await readFile(dnsmasqPaths(stateDir, name).pidFile, 'utf8').catch(() => '')).trim());
+    if (!pid) return undefined;
+    const identity = await readProcessIdentity(pid, procRoot);
+    return identity && (await dnsmasqRuns(identity)) ? identity : undefined;
+  };
+
+  const cmdlineOf = async (pid: number): Promise<string[]> =>
+    (await readFile(`${procRoot}/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean);
+
+  const killDnsmasq = async (identity: ProcessIdentity | undefined) => {
+    if (!identity || !(await dnsmasqRuns(identity))) return;
+    try {
+      process.kill(identity.pid, 'SIGTERM');
+    } catch {
+      return;
+    }
+    for (let i = 0; i < 100 && (await isSameProcess(identity, procRoot)); i++) await sleep(20);
+  };
+
+  /** Writes a file only when its content changed; says whether it did. */
+  const writeIfChanged = async (path: string, content: string): Promise<boolean> => {
+    const old = await readFile(path, 'utf8').catch(() => undefined);
+    if (old === content) return false;
+    await writeFile(path, content, { mode: 0o644 });
+    return true;
+  };
+
+  const backend: NetworkBackend = {
+    async ensure(def, known) {
+      const info = await linkInfo(def.name);
+      if (info && info.ifalias !== alias) {
+        throw failedPrecondition(
+          `A host interface named ${def.name} exists and is not this daemon's bridge: pick another network name.`,
+        );
+      }
+      if (!info) {
+        await runner.run(['ip', 'link', 'add', 'name', def.name, 'type', 'bridge', 'stp_state', '0']);
+        await runner.run(['ip', 'link', 'set', 'dev', def.name, 'alias', alias]);
+      }
+      const cidr = `${def.gateway.address}/${def.gateway.prefixLength}`;
+      const addrs = await runner.run(['ip', '-json', '-4', 'addr', 'show', 'dev', def.name]);
+      const present = (
+        JSON.parse(addrs.stdout || '[]') as Array<{ addr_info?: Array<{ local: string; prefixlen: number }> }>
+      )
+        .flatMap((l) => l.addr_info ?? [])
+        .map((a) => `${a.local}/${a.prefixlen}`);
+      if (present.length !== 1 || present[0] !== cidr) {
+        await runner.run(['ip', '-4', 'addr', 'flush', 'dev', def.name]);
+        await runner.run(['ip', 'addr', 'add', cidr, 'dev', def.name]);
+      }
+      await runner.run(['ip', 'link', 'set', 'dev', def.name, 'up']);
+
+      if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+      await nft(networkRuleset(def));
+
+      const paths = dnsmasqPaths(stateDir, def.name);
+      // dnsmasq drops to its own user and re-reads the hosts files on SIGHUP: they must stay reachable.
+      const mode = (await stat(stateDir)).mode;
+      if ((mode & 0o001) === 0) await chmod(stateDir, (mode & 0o7777) | 0o001);
+      await mkdir(paths.dir, { recursive: true, mode: 0o755 });
+      await chmod(join(stateDir, 'networks'), 0o755);
+      const dhcpChanged = await writeIfChanged(paths.dhcpHosts, dhcpHostsFile(def));
+      const hostsChanged = (await writeIfChanged(paths.hosts, hostsFile(def))) || dhcpChanged;
+
+      const argv = dnsmasqArgv(def, paths);
+      let running = await adoptDnsmasq(def.name, known);
+      if (running && (await cmdlineOf(running.pid)).join('\0') !== argv.join('\0')) {
+        log.info({ network: def.name }, 'dnsmasq arguments changed; restarting it');
+        await killDnsmasq(running);
+        running = undefined;
+      }
+      if (running) {
+        if (hostsChanged) process.kill(running.pid, 'SIGHUP');
+        return running;
+      }
+      await rm(paths.pidFile, { force: true });
+      await runner.run(argv, { timeoutMs: 10_000 });
+      const pid = Number((await readFile(paths.pidFile, 'utf8').catch(() => '')).trim());
+      const identity = pid ? await readProcessIdentity(pid, procRoot) : undefined;
+      if (!identity) throw internal(`dnsmasq for network ${def.name} did not start: see ${paths.log}.`);
+      log.info({ network: def.name, pid }, 'dnsmasq started');
+      return identity;
+    },
+
+    async inspect(name, known) {
+      const info = await linkInfo(name);
+      return {
+        bridge: info?.ifalias === alias,
+        dnsmasq: (await adoptDnsmasq(name, known)) !== undefined,
+      };
+    },
+
+    async remove(name, known) {
+      await killDnsmasq(await adoptDnsmasq(name, known));
+      const info = await linkInfo(name);
+      if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', name]);
+      await nft(deleteNetworkRuleset(name));
+      await rm(dnsmasqPaths(stateDir, name).dir, { recursive: true, force: true });
+    },
+
+    async listOwned() {
+      const r = await runner.run(['ip', '-json', 'link', 'show', 'type', 'bridge']);
+      return (JSON.parse(r.stdout || '[]') as Array<{ ifname: string; ifalias?: string }>)
+        .filter((l) => l.ifalias === alias)
+        .map((l) => l.ifname);
+    },
+
+    async plugVeth(def, { netnsPid, ifname }) {
+      const peer = `${def.port}p`.slice(-15);
+      await backend.unplug(def.port);
+      try {
+        await runner.run(['ip', 'link', 'add', 'name', def.port, 'type', 'veth', 'peer', 'name', peer]);
+        await runner.run(['ip', 'link', 'set', 'dev', peer, 'address', def.mac]);
+        await nft(portRuleset(def));
+        await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', def.bridge, 'up']);
+        if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+        await runner.run(['ip', 'link', 'set', 'dev', peer, 'netns', String(netnsPid)]);
+        const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];
+        await runner.run([...inNs, peer, 'name', ifname]);
+        await runner.run([...inNs, ifname, 'up']);
+      } catch (e) {
+        await backend.unplug(def.port);
+        throw e;
+      }
+    },
+
+    async unplug(port) {
+      await runner.run(['ip', 'link', 'del', 'dev', port], { allowFailure: true });
+      await nft(deletePortRuleset(port));
+    },
+
+    async counters(port): Promise<NicCounters | undefined> {
+      const read = async (f: string) =>
+        Number((await readFile(join(sysClassNet, port, 'statistics', f), 'utf8')).trim());
+      try {
+        // The host end's receive is the guest's transmit.
+        return {
+          rxBytes: await read('tx_bytes'),
+          txBytes: await read('rx_bytes'),
+          rxPackets: await read('tx_packets'),
+          txPackets: await read('rx_packets'),
+        };
+      } catch {
+        return undefined;
+      }
+    },
+  };
+  return backend;
+}

@@ -1,0 +1,66 @@
+import type { ProcessIdentity } from '../core/types.ts';
+import type { Ipv4Cidr } from './ipv4.ts';
+
+/** One DHCP reservation and DNS name of a NIC on a network. */
+export interface DhcpHost {
+  mac: string;
+  /** Dotted quad. */
+  ip: string;
+  /** Host name the guest gets in DNS (`NAME` and `NAME.<dns.domain>`). */
+  name: string;
+}
+
+/** Everything the host needs to build one network, derived from its spec. */
+export interface NetworkDefinition {
+  /** Network name, also the Linux bridge's name (at most 15 characters). */
+  name: string;
+  gateway: Ipv4Cidr;
+  nat: boolean;
+  isolated: boolean;
+  /** DNS domain of the guests (`trivisor` by default). */
+  domain: string;
+  hosts: DhcpHost[];
+}
+
+/** A guest's port on a network: a veth (ct) or tap (vm, pvm) enslaved to the bridge. */
+export interface PortDefinition {
+  /** Host-side interface name (at most 15 characters). */
+  port: string;
+  bridge: string;
+  mac: string;
+  ip: string;
+  isolated: boolean;
+}
+
+/** Byte counters of a NIC, from the guest's point of view. */
+export interface NicCounters {
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+}
+
+/**
+ * The host's side of network virtualization: bridges, their dnsmasq and
+ * nftables tables, and guest ports on them. Idempotent; only ever touches
+ * objects it made (bridges carry an alias naming their state dir).
+ */
+export interface NetworkBackend {
+  /**
+   * Creates or repairs a network: bridge with its gateway address, up; DHCP/DNS
+   * files; dnsmasq (restarted when its arguments changed, signalled when its
+   * hosts changed); the network's nftables table. Resolves with dnsmasq's identity.
+   */
+  ensure(def: NetworkDefinition, known: ProcessIdentity | undefined): Promise<ProcessIdentity>;
+  /** Whether the bridge exists and dnsmasq (`known`) still runs. */
+  inspect(name: string, known: ProcessIdentity | undefined): Promise<{ bridge: boolean; dnsmasq: boolean }>;
+  /** Deletes the bridge, its dnsmasq, its nftables table and its files; nothing else. */
+  remove(name: string, known: ProcessIdentity | undefined): Promise<void>;
+  /** Names of the bridges this state dir made (for removing stale ones). */
+  listOwned(): Promise<string[]>;
+  /** Creates a veth pair on the bridge and moves its guest end into `netnsPid`'s namespace as `ifname`. */
+  plugVeth(def: PortDefinition, options: { netnsPid: number; ifname: string }): Promise<void>;
+  /** Removes a port (veth or tap) and its filters; a port that is gone already is fine. */
+  unplug(port: string): Promise<void>;
+  counters(port: string): Promise<NicCounters | undefined>;
+}

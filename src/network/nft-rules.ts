@@ -1,0 +1,59 @@
+import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
+import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
+
+/** nftables table of a network (family ip). */
+export const networkTable = (name: string): string => `trivisor-${name}`;
+/** nftables table of a guest port (family bridge). */
+export const portTable = (port: string): string => `trivisor-${port}`;
+
+/** Replaces a whole table in one nft transaction: `add` makes `delete` safe when it is missing. */
+function replaceTable(family: string, table: string, body: string): string {
+  return `add table ${family} ${table}\ndelete table ${family} ${table}\ntable ${family} ${table} {\n${body}}\n`;
+}
+
+/**
+ * The ip-family table of a network: other networks and the outside reach its
+ * guests only through replies and port forwards; without NAT the guests reach
+ * nothing beyond the bridge; with NAT their subnet is masqueraded out of any
+ * interface but the bridge.
+ */
+export function networkRuleset(def: Pick<NetworkDefinition, 'name' | 'nat'> & { gateway: Ipv4Cidr }): string {
+  const br = JSON.stringify(def.name);
+  const forward = [
+    `    iifname ${br} oifname ${br} accept`,
+    `    oifname ${br} ct state established,related accept`,
+    `    oifname ${br} ct status dnat accept`,
+    `    oifname ${br} drop`,
+  ];
+  if (!def.nat) forward.push(`    iifname ${br} drop`);
+  let body = `  chain forward {\n    type filter hook forward priority filter; policy accept;\n${forward.join('\n')}\n  }\n`;
+  if (def.nat) {
+    body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
+  }
+  return replaceTable('ip', networkTable(def.name), body);
+}
+
+export function deleteNetworkRuleset(name: string): string {
+  return `add table ip ${networkTable(name)}\ndelete table ip ${networkTable(name)}\n`;
+}
+
+/**
+ * Anti-spoofing of one guest port (bridge family, before any forwarding
+ * decision): frames from the port must carry the NIC's MAC, IPv4 packets its
+ * address (0.0.0.0 only for DHCP), ARP its MAC and address.
+ */
+export function portRuleset(def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): string {
+  const p = JSON.stringify(def.port);
+  const rules = [
+    `    iifname ${p} ether saddr != ${def.mac} drop`,
+    `    iifname ${p} arp saddr ether != ${def.mac} drop`,
+    `    iifname ${p} arp saddr ip != { 0.0.0.0, ${def.ip} } drop`,
+    `    iifname ${p} ip saddr != { 0.0.0.0, ${def.ip} } drop`,
+  ];
+  const body = `  chain prerouting {\n    type filter hook prerouting priority filter; policy accept;\n${rules.join('\n')}\n  }\n`;
+  return replaceTable('bridge', portTable(def.port), body);
+}
+
+export function deletePortRuleset(port: string): string {
+  return `add table bridge ${portTable(port)}\ndelete table bridge ${portTable(port)}\n`;
+}
