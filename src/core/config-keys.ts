@@ -13,6 +13,8 @@ interface KeySpec {
   check(value: string, host: HostCapacity): void;
   /** Whether a running guest can take a change of this key without a restart (driver permitting). */
   live: boolean;
+  /** Only settable when the guest is created (its on-disk state depends on it). */
+  createOnly?: boolean;
   help: string;
 }
 
@@ -79,6 +81,8 @@ const KEYS: Record<string, KeySpec> = {
   },
   'security.privileged': {
     live: false,
+    // The guest's files are owned by the id range its user namespace maps (or by real root).
+    createOnly: true,
     help: 'run without a user namespace (root in the guest is root on the host)',
     check: bool,
   },
@@ -141,3 +145,9 @@ export const configValue = {
         .map(([k, v]) => [k.slice('environment.'.length), v]),
     ),
 };
+
+/** Keys of `after` that differ from `before` but may only be set at creation. */
+export function createOnlyChanges(before: Record<string, string>, after: Record<string, string>): string[] {
+  const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
+  return [...keys].filter((k) => before[k] !== after[k] && specOf(k)?.createOnly === true);
+}

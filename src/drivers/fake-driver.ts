@@ -105,7 +105,7 @@ export function createFakeDriver(model: Model = 'ct'): FakeDriver {
     async update(spec, changed) {
       calls.push(`update:${spec.name}:${changed.join(',')}`);
       get(spec).config = { ...spec.config };
-      return changed.filter((k) => k === 'security.privileged');
+      return changed.filter((k) => k === 'limits.disk');
     },
     async exec(spec, options) {
       calls.push(`exec:${spec.name}:${options.command.join(' ')}`);

@@ -195,11 +195,14 @@ describe('guest service and controller', () => {
 
   test('live config changes reach the running guest; others wait for a restart', async () => {
     await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
-    const r = await w.guests.updateConfig('a', {
-      set: { 'limits.memory': '128MiB', 'security.privileged': 'true' },
-    });
+    const r = await w.guests.updateConfig('a', { set: { 'limits.memory': '128MiB', 'limits.disk': '2GiB' } });
     assert.equal(r.guest.config['limits.memory'], '128MiB');
-    assert.deepEqual(r.pendingRestart, ['security.privileged']);
+    assert.deepEqual(r.pendingRestart, ['limits.disk']);
+    await rejectsWith(
+      w.guests.updateConfig('a', { set: { 'security.privileged': 'true' } }),
+      'InvalidArgument',
+      /only be set when a guest is created/,
+    );
     assert.ok(w.driver.calls.some((c) => c.startsWith('update:a:')));
     await rejectsWith(w.guests.updateConfig('a', { set: { 'limits.memory': 'lots' } }), 'InvalidArgument');
     await rejectsWith(w.guests.updateConfig('a', { unset: ['limits.cpu'] }), 'NotFound');

@@ -1,4 +1,4 @@
-import { configValue, type HostCapacity, validateConfig } from '../core/config-keys.ts';
+import { configValue, createOnlyChanges, type HostCapacity, validateConfig } from '../core/config-keys.ts';
 import {
   alreadyExists,
   conflict,
@@ -300,6 +300,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         delete config[key];
       }
       validateConfig(config, deps.capacity);
+      const frozenKeys = createOnlyChanges(l.spec.config, config);
+      if (frozenKeys.length > 0) {
+        throw invalidArgument(
+          `${frozenKeys.join(', ')} can only be set when a guest is created: copy or re-create guest ${name} instead`,
+        );
+      }
       const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
       driverFor(next.model).validate(next);
       await writeSpec(l, next);

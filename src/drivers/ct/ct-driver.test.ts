@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -119,6 +119,32 @@ describe('ct driver against a recording runner', () => {
       (await driver.inspect(guest(), { ...identity, startTime: identity.startTime + 1 })).state,
       'stopped',
     );
+  });
+
+  test('start keeps the earlier console output in console.log.1 once it passes 1 MiB', async () => {
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    const spec = guest();
+    // A fresh g1: the fake runner cannot stop the previous test's one.
+    await rm(join(stateDir, 'guests', 'g1'), { recursive: true, force: true });
+    await rm(join(stateDir, 'runc', 'g1'), { recursive: true, force: true });
+    await driver.create(spec, image);
+    const log = join(stateDir, 'guests', 'g1', 'console.log');
+    await writeFile(log, 'x'.repeat(1024 * 1024 + 1));
+    const init = await fakeInit();
+    runner.respond((argv) =>
+      argv.includes('run')
+        ? {
+            effect: async () => {
+              await writeFile(join(stateDir, 'guests', 'g1', 'init.pid'), String(init.child.pid));
+              await writeRuncState(init.state);
+            },
+          }
+        : undefined,
+    );
+    await driver.start(spec, image);
+    assert.equal((await stat(`${log}.1`)).size, 1024 * 1024 + 1);
+    assert.equal((await stat(log)).size, 0);
   });
 
   test('stop sends the image stop signal and cleans up once init is gone', async () => {

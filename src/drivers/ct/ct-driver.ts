@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, chown, mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
@@ -49,6 +49,8 @@ export function cgroupParentOf(stateDir: string): string {
 }
 
 /** The OCI runtime (runc) behind the `ct` model: one detached runc container per guest. */
+const CONSOLE_LOG_ROTATE_BYTES = 1024 * 1024;
+
 export function createCtDriver(ctx: DriverContext): GuestDriver {
   const { runner, stateDir, idmapBase } = ctx;
   const log = ctx.log.child({ driver: 'ct' });
@@ -257,6 +259,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         await writeBundle(spec, image);
         r.add(() => cleanUpRuntime(spec));
 
+        // The previous boots' output is kept in console.log.1 once it passes 1 MiB. (A running
+        // guest holds its log open, so a guest that prints without end still grows it until restart.)
+        if (((await stat(p.consoleLog).catch(() => undefined))?.size ?? 0) > CONSOLE_LOG_ROTATE_BYTES) {
+          await rename(p.consoleLog, `${p.consoleLog}.1`);
+        }
         const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
         const consoleFile = await open(p.consoleLog, 'a', 0o600);
         let code: number;
