@@ -1,0 +1,623 @@
+import {
+  access,
+  chown,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { isAbsolute, join, posix } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { configValue, isLiveKey } from '../../core/config-keys.ts';
+import {
+  failedPrecondition,
+  internal,
+  invalidArgument,
+  isTrivisorError,
+  notSupported,
+  unavailable,
+} from '../../core/errors.ts';
+import { withRevert } from '../../core/revert.ts';
+import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
+import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
+import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
+import { cgroupParentOf } from '../ct/ct-driver.ts';
+import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
+import { type AgentConnection, connectAgent } from './pvm-agent.ts';
+import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
+import { umlArgv } from './uml-command.ts';
+import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
+
+const MiB = 1024 * 1024;
+/** Guest RAM when limits.memory is not set. */
+export const PVM_DEFAULT_MEMORY_BYTES = 128 * MiB;
+/** Below this the kernel, busybox and qemu-ga do not fit: UML panics or the OOM killer takes the agent. */
+export const PVM_MIN_MEMORY_BYTES = 32 * MiB;
+/** Host memory a UML kernel needs beyond its guest RAM (its own text, helper stacks, page tables). */
+const HOST_OVERHEAD_BYTES = 64 * MiB;
+/** Host processes a UML kernel needs beyond one per guest process (I/O and SIGIO helpers). */
+const HOST_HELPER_PIDS = 16;
+/** Where Debian's user-mode-linux puts the kernel. */
+export const DEFAULT_UML_KERNEL = '/usr/bin/linux.uml';
+/** Where a pvm guest's kernel keeps its mconsole socket: `<guest>/run/<UMID>/mconsole`. */
+const UMID = 'uml';
+/** Per-guest host uids: `uidBase + slot`, slots allocated at create and kept in the guest dir. */
+const UID_SLOTS = 65_536;
+
+const POLL_MS = 50;
+/** How long start() waits for the kit's marker on the console (a contended host boots slowly). */
+const BOOT_TIMEOUT_MS = 90_000;
+/** How long stop() waits after `halt` and after SIGKILL. */
+const HALT_WAIT_MS = 5_000;
+const KILL_WAIT_MS = 10_000;
+/** How long the agent may take to ask init to power off. */
+const AGENT_STOP_TIMEOUT_MS = 5_000;
+/** Longest unix socket path (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** What a pvm driver is built with on top of the shared context. */
+export interface PvmDriverOptions {
+  /** linux.uml to boot (Debian's user-mode-linux by default). */
+  kernelPath?: string;
+  /**
+   * First host uid of pvm guests; guest n runs as `uidBase + n` with the same
+   * gid. Defaults to `idmapBase + 131072`, beyond the 65536 ids of ct's
+   * user namespaces (and a block left for vm).
+   */
+  uidBase?: number;
+  /** Where UML keeps guest RAM (a tmpfs, so that it never touches the disk). */
+  memoryDir?: string;
+}
+
+/** Where a pvm guest keeps its files under the state dir. */
+export interface PvmGuestPaths {
+  /** root 0755: nothing the guest's uid may change. */
+  dir: string;
+  consoleLog: string;
+  /** JSON {pid, startTime} of the main UML process (root-owned: the guest's uid cannot redirect our kills). */
+  processFile: string;
+  /** The host uid the guest runs as. */
+  uidFile: string;
+  /** Present while the kernel is stopped through mconsole. */
+  frozenFile: string;
+  /** Owned by the guest uid, 0700: the copy-on-write file. */
+  diskDir: string;
+  cow: string;
+  /** Owned by the guest uid, 0700: `uml_dir`, holding `<umid>/mconsole` and `<umid>/pid`. */
+  runDir: string;
+  mconsoleSocket: string;
+}
+
+interface ProcessRecord extends ProcessIdentity {
+  uid: number;
+  memoryBytes: number;
+}
+
+const exists = async (path: string): Promise<boolean> => {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Whether `path` names an executable inside the root tree `root`, following
+ * symlinks as the guest would (absolute links resolve inside the root).
+ */
+async function existsInRoot(root: string, path: string): Promise<boolean> {
+  let current = posix.normalize(path);
+  for (let hops = 0; hops < 40; hops++) {
+    let resolved = '/';
+    const parts = current.split('/').filter((p) => p !== '');
+    let relinked = false;
+    for (let i = 0; i < parts.length; i++) {
+      const next = posix.join(resolved, parts[i] ?? '');
+      const host = join(root, next);
+      let target: string | undefined;
+      try {
+        target = await readlink(host);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EINVAL') {
+          resolved = next;
+          continue;
+        }
+        return false;
+      }
+      const rest = parts.slice(i + 1).join('/');
+      current = posix.join(posix.isAbsolute(target) ? target : posix.join(resolved, target), rest);
+      relinked = true;
+      break;
+    }
+    if (!relinked) return (await stat(join(root, resolved)).catch(() => undefined))?.isFile() ?? false;
+  }
+  return false;
+}
+
+/**
+ * User-Mode Linux behind the `pvm` model: one linux.uml kernel per guest,
+ * running as its own unprivileged host uid in its own cgroup, its disk a UML
+ * copy-on-write file over the image's shared base disk, controlled through
+ * its mconsole socket, with qemu-ga inside on the serial line ssl1.
+ */
+export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = {}): GuestDriver {
+  const { runner, stateDir } = ctx;
+  const log = ctx.log.child({ driver: 'pvm' });
+  const kernelPath = options.kernelPath ?? DEFAULT_UML_KERNEL;
+  const uidBase = options.uidBase ?? ctx.idmapBase + 2 * 65_536;
+  const memoryDir = options.memoryDir ?? '/dev/shm';
+  const cgroupParent = cgroupParentOf(stateDir);
+  const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
+  const agents = new Map<string, Promise<AgentConnection>>();
+  let uidLock: Promise<unknown> = Promise.resolve();
+
+  const pathsOf = (spec: GuestSpec): PvmGuestPaths => {
+    const dir = join(stateDir, 'guests', spec.name);
+    const runDir = join(dir, 'run');
+    return {
+      dir,
+      consoleLog: join(dir, 'console.log'),
+      processFile: join(dir, 'uml.json'),
+      uidFile: join(dir, 'uid'),
+      frozenFile: join(dir, 'frozen'),
+      diskDir: join(dir, 'disk'),
+      cow: join(dir, 'disk', 'root.cow'),
+      runDir,
+      mconsoleSocket: join(runDir, UMID, 'mconsole'),
+    };
+  };
+
+  const mconsoleOf = (spec: GuestSpec): MconsoleClient =>
+    createMconsoleClient(pathsOf(spec).mconsoleSocket, { runner });
+
+  const memoryOf = (spec: GuestSpec): number =>
+    configValue.memoryBytes(spec.config) ?? PVM_DEFAULT_MEMORY_BYTES;
+
+  const readRecord = async (spec: GuestSpec): Promise<ProcessRecord | undefined> => {
+    try {
+      const r = JSON.parse(await readFile(pathsOf(spec).processFile, 'utf8')) as ProcessRecord;
+      return Number.isInteger(r.pid) && Number.isInteger(r.startTime) ? r : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+
+  /** The live main UML process: `known` when given (never second-guessed), else what start() recorded. */
+  const liveUml = async (spec: GuestSpec, known?: ProcessIdentity): Promise<ProcessIdentity | undefined> => {
+    const record = known ?? (await readRecord(spec));
+    if (!record) return undefined;
+    const identity = { pid: record.pid, startTime: record.startTime };
+    return (await isSameProcess(identity)) ? identity : undefined;
+  };
+
+  const waitGone = async (identity: ProcessIdentity, timeoutMs: number): Promise<boolean> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!(await isSameProcess(identity))) return true;
+      if (Date.now() >= deadline) return false;
+      await sleep(POLL_MS);
+    }
+  };
+
+  const dropAgent = (spec: GuestSpec): void => {
+    const pending = agents.get(spec.name);
+    agents.delete(spec.name);
+    pending?.then((a) => a.close()).catch(() => {});
+  };
+
+  /** One agent connection per guest and driver: the serial line carries one conversation at a time. */
+  const agentOf = (spec: GuestSpec, timeoutMs: number): Promise<AgentConnection> => {
+    let pending = agents.get(spec.name);
+    if (!pending) {
+      pending = connectAgent(mconsoleOf(spec), { runner, timeoutMs });
+      agents.set(spec.name, pending);
+      pending.then(
+        (a) => a.onClose(() => agents.get(spec.name) === pending && agents.delete(spec.name)),
+        () => agents.get(spec.name) === pending && agents.delete(spec.name),
+      );
+    }
+    return pending;
+  };
+
+  /** Removes what a started guest holds (processes, cgroup, mconsole dir, records); keeps disk and log. */
+  const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
+    const p = pathsOf(spec);
+    dropAgent(spec);
+    if (!(await killUmlCgroup(cgroupsPath(spec), KILL_WAIT_MS))) {
+      throw internal(`Guest ${spec.name}'s UML processes survived SIGKILL: check the host for stuck I/O.`);
+    }
+    if (await exists(p.runDir)) {
+      await rm(join(p.runDir, UMID), { recursive: true, force: true });
+    }
+    await rm(p.processFile, { force: true });
+    await rm(p.frozenFile, { force: true });
+  };
+
+  const readUid = async (spec: GuestSpec): Promise<number> => {
+    const text = await readFile(pathsOf(spec).uidFile, 'utf8').catch(() => '');
+    const uid = Number(text.trim());
+    if (!Number.isInteger(uid) || uid < uidBase || uid >= uidBase + UID_SLOTS) {
+      throw failedPrecondition(
+        `Guest ${spec.name} has no valid host uid in ${pathsOf(spec).uidFile}: delete and recreate it.`,
+      );
+    }
+    return uid;
+  };
+
+  /** The lowest uid no other pvm guest of this state dir holds (serialised: two creates must not share one). */
+  const allocateUid = (spec: GuestSpec): Promise<number> => {
+    const work = uidLock.then(async () => {
+      const taken = new Set<number>();
+      const guestsDir = join(stateDir, 'guests');
+      for (const name of await readdir(guestsDir).catch(() => [] as string[])) {
+        if (name === spec.name) continue;
+        const text = await readFile(join(guestsDir, name, 'uid'), 'utf8').catch(() => '');
+        if (text.trim() !== '') taken.add(Number(text.trim()));
+      }
+      for (let uid = uidBase; uid < uidBase + UID_SLOTS; uid++) {
+        if (!taken.has(uid)) {
+          await writeFile(pathsOf(spec).uidFile, `${uid}\n`, { mode: 0o644 });
+          return uid;
+        }
+      }
+      throw failedPrecondition(`All ${UID_SLOTS} pvm host uids are in use: delete unused pvm guests.`);
+    });
+    uidLock = work.catch(() => {});
+    return work;
+  };
+
+  const checkKernel = async (): Promise<void> => {
+    try {
+      await access(kernelPath);
+    } catch {
+      throw failedPrecondition(
+        `The UML kernel ${kernelPath} is missing: install Debian's user-mode-linux package (apt-get install user-mode-linux).`,
+      );
+    }
+  };
+
+  /** Waits for the kit's marker in the console output after `offset`; throws when UML dies first. */
+  const waitForInit = async (spec: GuestSpec, identity: ProcessIdentity, offset: number): Promise<void> => {
+    const p = pathsOf(spec);
+    const deadline = Date.now() + BOOT_TIMEOUT_MS;
+    for (;;) {
+      const text = (await readFile(p.consoleLog).catch(() => Buffer.alloc(0)))
+        .subarray(offset)
+        .toString('utf8');
+      if (text.includes(KIT_INIT_MARKER)) {
+        // The kit falls back to a shell when the image's init cannot run: that boot failed.
+        if (/trivisor: cannot run the image's init/.test(text)) {
+          throw invalidArgument(
+            `Guest ${spec.name}'s image init cannot run: fix the image's init property; see ${p.consoleLog}.`,
+          );
+        }
+        return;
+      }
+      const tail = text.trim().split('\n').slice(-3).join(' ').slice(0, 400);
+      if (!(await isSameProcess(identity))) {
+        throw internal(`Guest ${spec.name}'s UML kernel exited while booting: ${tail || 'no output'}.`);
+      }
+      if (Date.now() >= deadline) {
+        throw unavailable(
+          `Guest ${spec.name} did not reach init within ${BOOT_TIMEOUT_MS / 1000}s: ${tail || 'no output'}.`,
+        );
+      }
+      await sleep(POLL_MS);
+    }
+  };
+
+  /** Asks the guest's init to power off with the image's stop signal, through the agent; false when it cannot. */
+  const askInitToStop = async (spec: GuestSpec): Promise<boolean> => {
+    const signal = (
+      await readFile(join(pathsOf(spec).dir, 'stop-signal'), 'utf8').catch(() => 'SIGTERM')
+    ).trim();
+    try {
+      const agent = await agentOf(spec, AGENT_STOP_TIMEOUT_MS);
+      await agent.signalInit(signal.replace(/^SIG/, ''), AGENT_STOP_TIMEOUT_MS);
+      return true;
+    } catch (e) {
+      log.debug({ guest: spec.name, err: String(e) }, 'the agent could not ask init to stop');
+      dropAgent(spec);
+      return false;
+    }
+  };
+
+  const runningUml = async (spec: GuestSpec): Promise<ProcessIdentity> => {
+    const identity = await liveUml(spec);
+    if (!identity) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
+    return identity;
+  };
+
+  const driver: GuestDriver = {
+    model: 'pvm',
+
+    async probe(): Promise<ProbeResult> {
+      const warnings: string[] = [];
+      const details: Record<string, string> = { kernel: kernelPath, uidBase: String(uidBase) };
+      let version = '';
+      if (await exists(kernelPath)) {
+        const r = await runner
+          .run([kernelPath, '--version'], { allowFailure: true, timeoutMs: 10_000 })
+          .catch(() => undefined);
+        version = r?.stdout.trim().split('\n')[0] ?? '';
+        if (!version) version = 'unknown';
+      } else {
+        warnings.push(`${kernelPath} is missing: install Debian's user-mode-linux package.`);
+      }
+      const mconsole = await runner
+        .run(['uml_mconsole', '--help'], { allowFailure: true })
+        .catch(() => undefined);
+      if (!mconsole) warnings.push("uml_mconsole is missing: install Debian's uml-utilities package.");
+      const setpriv = await runner
+        .run(['setpriv', '--version'], { allowFailure: true })
+        .catch(() => undefined);
+      if (setpriv?.code !== 0) warnings.push('setpriv (util-linux) is missing: pvm guests cannot drop root.');
+      if (!(await exists(join('/sys/fs/cgroup/pids'))))
+        warnings.push('The cgroup v1 pids hierarchy is missing.');
+      details.cgroupParent = cgroupParent;
+      details.memoryDir = memoryDir;
+      return { model: 'pvm', supported: warnings.length === 0, version, warnings, details };
+    },
+
+    validate(spec) {
+      if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
+        throw invalidArgument(
+          `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
+        );
+      }
+      if (spec.config['limits.disk'] !== undefined) {
+        throw notSupported(
+          "limits.disk is not supported for pvm guests yet: a UML copy-on-write file has its base disk's size; remove the key.",
+        );
+      }
+      const memory = memoryOf(spec);
+      if (memory < PVM_MIN_MEMORY_BYTES) {
+        throw invalidArgument(
+          `limits.memory=${spec.config['limits.memory']} is too small for a pvm guest: give at least ${PVM_MIN_MEMORY_BYTES / MiB}MiB.`,
+        );
+      }
+      const cpus = configValue.cpus(spec.config);
+      if (cpus !== undefined && cpus > availableParallelism()) {
+        throw invalidArgument(
+          `limits.cpu=${spec.config['limits.cpu']} is more than this host's ${availableParallelism()} CPUs: give at most ${availableParallelism()}.`,
+        );
+      }
+      if (!isAbsolute(kernelPath))
+        throw invalidArgument(`The UML kernel path ${kernelPath} must be absolute.`);
+      const socket = pathsOf(spec).mconsoleSocket;
+      if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+        throw failedPrecondition(
+          `The mconsole socket path ${socket} is longer than ${MAX_SOCKET_PATH} bytes: use a shorter state dir or guest name.`,
+        );
+      }
+    },
+
+    async create(spec, image) {
+      driver.validate(spec);
+      await checkKernel();
+      const p = pathsOf(spec);
+      if (await exists(p.diskDir)) return;
+      await withRevert(async (r) => {
+        await mkdir(join(stateDir, 'guests'), { recursive: true });
+        await mkdir(p.dir, { mode: 0o755 });
+        r.add(() => rm(p.dir, { recursive: true, force: true }));
+        const uid = await allocateUid(spec);
+        await writeFile(p.consoleLog, '', { mode: 0o640 });
+        // Made first so that a slow base-disk build fails before the guest looks created.
+        await image.baseDisk();
+        for (const d of [p.runDir, p.diskDir]) {
+          await mkdir(d, { mode: 0o700 });
+          await chown(d, uid, uid);
+        }
+      });
+    },
+
+    async start(spec, image) {
+      driver.validate(spec);
+      const p = pathsOf(spec);
+      if (!(await exists(p.diskDir))) {
+        throw failedPrecondition(`Guest ${spec.name} has no disk on this host: create it first.`);
+      }
+      const running = await liveUml(spec);
+      if (running) return running;
+      await checkKernel();
+      const initArgv = imageInitArgv(image.record.properties);
+      const program = initArgv[0] ?? '/sbin/init';
+      if (program.startsWith('/') && !(await existsInRoot(image.rootfs, program))) {
+        throw invalidArgument(
+          `Image ${image.record.fingerprint}'s init ${program} does not exist in the image: fix its init property.`,
+        );
+      }
+      await cleanUpRuntime(spec);
+      const uid = await readUid(spec);
+      const baseDisk = await image.baseDisk();
+      const memoryBytes = memoryOf(spec);
+      return withRevert(async (r) => {
+        await writeFile(
+          join(p.dir, 'stop-signal'),
+          `${image.record.properties['stop.signal'] ?? 'SIGTERM'}\n`,
+        );
+        r.add(() => cleanUpRuntime(spec));
+        const procs = await makeUmlCgroup(cgroupsPath(spec));
+        await setUmlCgroupLimits(cgroupsPath(spec), limitsOf(spec));
+        const argv = umlArgv({
+          kernelPath,
+          memoryBytes,
+          cowPath: p.cow,
+          baseDiskPath: baseDisk,
+          umlDir: p.runDir,
+          umid: UMID,
+          hostname: spec.name,
+        });
+        // The launcher joins the cgroup before exec so that every UML helper is born inside it,
+        // then drops to the guest's uid: the kernel never runs as root on the host.
+        const launcher = [
+          '/bin/sh',
+          '-c',
+          'ulimit -c 0; while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
+          'trivisor-pvm-launch',
+          ...procs,
+          '--',
+          'setpriv',
+          `--reuid=${uid}`,
+          `--regid=${uid}`,
+          '--clear-groups',
+          '--no-new-privs',
+          '--',
+          'env',
+          '-i',
+          'PATH=/usr/sbin:/usr/bin:/sbin:/bin',
+          `TMPDIR=${memoryDir}`,
+          ...argv,
+        ];
+        const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
+        const consoleFile = await open(p.consoleLog, 'a', 0o640);
+        let pid: number | undefined;
+        try {
+          const child = runner.spawn(launcher, {
+            cwd: p.runDir,
+            stdio: ['ignore', consoleFile.fd, consoleFile.fd],
+            detached: true,
+          });
+          child.on('error', () => {});
+          child.unref();
+          pid = child.pid;
+        } finally {
+          await consoleFile.close();
+        }
+        if (pid === undefined) throw internal(`Cannot run ${kernelPath} for guest ${spec.name}.`);
+        const identity = await readProcessIdentity(pid);
+        if (!identity) {
+          throw internal(`Guest ${spec.name}'s UML kernel (pid ${pid}) exited at once: see ${p.consoleLog}.`);
+        }
+        const record: ProcessRecord = { ...identity, uid, memoryBytes };
+        await writeFile(`${p.processFile}.tmp`, JSON.stringify(record));
+        await rename(`${p.processFile}.tmp`, p.processFile);
+        await waitForInit(spec, identity, before);
+        log.info({ guest: spec.name, pid, uid }, 'guest started');
+        return identity;
+      });
+    },
+
+    async stop(spec, options) {
+      const identity = await liveUml(spec);
+      if (identity) {
+        const mconsole = mconsoleOf(spec);
+        // A stopped kernel serves nothing but mconsole: resume it so that it can power off or halt.
+        if (await exists(pathsOf(spec).frozenFile)) await mconsole.go().catch(() => {});
+        let gone = false;
+        if (!options.force) {
+          const deadline = Date.now() + options.timeoutMs;
+          await Promise.race([askInitToStop(spec), sleep(options.timeoutMs)]);
+          gone = await waitGone(identity, Math.max(0, deadline - Date.now()));
+        }
+        if (!gone) {
+          log.info({ guest: spec.name, force: options.force }, 'halting guest');
+          await mconsole.halt().catch(() => {});
+          gone = await waitGone(identity, HALT_WAIT_MS);
+        }
+        if (!gone) {
+          try {
+            process.kill(identity.pid, 'SIGKILL');
+          } catch {
+            // Gone meanwhile.
+          }
+        }
+      }
+      await cleanUpRuntime(spec);
+    },
+
+    async freeze(spec) {
+      await runningUml(spec);
+      await mconsoleOf(spec).stop();
+      await writeFile(pathsOf(spec).frozenFile, '');
+    },
+
+    async unfreeze(spec) {
+      await runningUml(spec);
+      await mconsoleOf(spec).go();
+      await rm(pathsOf(spec).frozenFile, { force: true });
+    },
+
+    async delete(spec) {
+      const p = pathsOf(spec);
+      if (await liveUml(spec)) await driver.stop(spec, { timeoutMs: 0, force: true });
+      await cleanUpRuntime(spec);
+      await rm(p.dir, { recursive: true, force: true });
+      // The parent goes with its last guest; rmdir refuses while ct or pvm guests remain.
+      await removeCgroup(cgroupParent);
+    },
+
+    async inspect(spec, known): Promise<RuntimeState> {
+      const p = pathsOf(spec);
+      if (!(await exists(p.dir))) return { state: 'absent' };
+      const identity = await liveUml(spec, known);
+      if (!identity) return { state: 'stopped' };
+      return { state: (await exists(p.frozenFile)) ? 'frozen' : 'running', process: identity };
+    },
+
+    async usage(spec): Promise<GuestUsage> {
+      const usage = await readCgroupUsage(cgroupsPath(spec));
+      // The guest's limit is its RAM; the cgroup's is that plus the kernel's host overhead.
+      const record = await readRecord(spec);
+      if (record) usage.memoryLimitBytes = record.memoryBytes;
+      else delete usage.memoryLimitBytes;
+      return usage;
+    },
+
+    async update(spec, changedKeys) {
+      const needRestart = changedKeys.filter((k) => !isLiveKey(k) || k === 'limits.memory');
+      if (!(await liveUml(spec))) return [];
+      if (changedKeys.some((k) => k === 'limits.cpu' || k === 'limits.processes')) {
+        // Memory stays as booted (mem= is fixed): only cpu and pids follow.
+        const record = await readRecord(spec);
+        const limits = limitsOf(spec);
+        if (record) limits.memoryBytes = record.memoryBytes + HOST_OVERHEAD_BYTES;
+        await setUmlCgroupLimits(cgroupsPath(spec), limits);
+      }
+      return needRestart;
+    },
+
+    async exec(spec, options): Promise<ExecSession> {
+      await runningUml(spec);
+      if (options.command.length === 0)
+        throw invalidArgument('The command to run is empty: give at least a program.');
+      if (options.tty) {
+        throw notSupported('`vm` and `pvm` guests have no terminal exec yet: run without -t');
+      }
+      try {
+        const agent = await agentOf(spec, 30_000);
+        return await agent.exec(options, configValue.environment(spec.config));
+      } catch (e) {
+        if (!isTrivisorError(e) || e.code !== 'NotSupported') dropAgent(spec);
+        throw e;
+      }
+    },
+
+    consoleLogPath(spec) {
+      return pathsOf(spec).consoleLog;
+    },
+  };
+
+  function limitsOf(spec: GuestSpec): { memoryBytes: number; cpus?: number; pids?: number } {
+    const limits: { memoryBytes: number; cpus?: number; pids?: number } = {
+      memoryBytes: memoryOf(spec) + HOST_OVERHEAD_BYTES,
+    };
+    const cpus = configValue.cpus(spec.config);
+    if (cpus !== undefined) limits.cpus = cpus;
+    const processes = configValue.processes(spec.config);
+    if (processes !== undefined) limits.pids = processes + HOST_HELPER_PIDS;
+    return limits;
+  }
+
+  return driver;
+}

@@ -1,0 +1,49 @@
+import { kitKernelArgs } from '../../images/guest-kit.ts';
+
+/** What a UML kernel is booted with. */
+export interface UmlBootOptions {
+  /** Path of linux.uml. */
+  kernelPath: string;
+  /** Guest RAM (`mem=`), rounded down to KiB. */
+  memoryBytes: number;
+  /** The guest's writable copy-on-write file, and the shared read-only base disk beneath it. */
+  cowPath: string;
+  baseDiskPath: string;
+  /** `uml_dir=`: where the kernel makes `<umid>/mconsole` and `<umid>/pid`. */
+  umlDir: string;
+  umid: string;
+  hostname: string;
+}
+
+/** The in-guest device of the agent's serial line (`ssl1`, UML's second serial line). */
+export const PVM_AGENT_DEVICE = '/dev/ttyS1';
+
+/**
+ * The linux.uml argv for one guest. The console (con0) writes to the kernel's
+ * stdout, which the driver points at console.log, and reads nothing; every
+ * other console and serial line is `null`, because UML's default for them is
+ * an xterm. ssl1 is the guest agent's line: a host pty whose path mconsole's
+ * `config ssl1` tells once qemu-ga has opened it.
+ */
+export function umlArgv(options: UmlBootOptions): string[] {
+  const kib = Math.floor(options.memoryBytes / 1024);
+  return [
+    options.kernelPath,
+    `mem=${kib}K`,
+    `ubd0=${options.cowPath},${options.baseDiskPath}`,
+    'root=/dev/ubda',
+    `umid=${options.umid}`,
+    `uml_dir=${options.umlDir}`,
+    'con=null',
+    'con0=null,fd:1',
+    'ssl=null',
+    'ssl1=pts',
+    ...kitKernelArgs({ hostname: options.hostname, model: 'pvm', agent: PVM_AGENT_DEVICE }),
+  ];
+}
+
+/** Parses mconsole's `config ssl1` answer (`pts:/dev/pts/3`); undefined while the line is not open yet. */
+export function parsePtsConfig(text: string): string | undefined {
+  const m = /^pts:(\/dev\/pts\/\d+)$/.exec(text.trim());
+  return m?.[1];
+}
