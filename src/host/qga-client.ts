@@ -142,7 +142,9 @@ export function createQgaClient(stream: Duplex, options: QgaClientOptions = {}):
 
   const handleLine = (line: Buffer): void => {
     if (!pending) return; // stale: nobody asked
-    const text = line.toString('utf8').trim();
+    // A line that echoes our own sentinel (a serial line in echo mode) carries the answer after it.
+    const lastSentinel = line.lastIndexOf(SENTINEL);
+    const text = (lastSentinel >= 0 ? line.subarray(lastSentinel + 1) : line).toString('utf8').trim();
     if (text === '') return;
     let message: Record<string, unknown>;
     try {
