@@ -1,0 +1,154 @@
+import { join } from 'node:path';
+import { configValue } from '../../core/config-keys.ts';
+import type { Accelerator } from './accelerator-probe.ts';
+import type { BootKit } from './boot-kit.ts';
+
+/** Where a vm guest keeps its files under the state dir. */
+export interface VmGuestPaths {
+  dir: string;
+  /** qcow2 overlay on the image's base disk. */
+  disk: string;
+  qmpSocket: string;
+  consoleSocket: string;
+  consoleLog: string;
+  agentSocket: string;
+  pidFile: string;
+  /** JSON of what start() chose (BootRecord). */
+  bootRecord: string;
+}
+
+/** The guest dir and files of guest `name` (short socket names: sun_path holds 108 bytes). */
+export function vmGuestPaths(stateDir: string, name: string): VmGuestPaths {
+  const dir = join(stateDir, 'guests', name);
+  return {
+    dir,
+    disk: join(dir, 'root.qcow2'),
+    qmpSocket: join(dir, 'qmp.sock'),
+    consoleSocket: join(dir, 'console.sock'),
+    consoleLog: join(dir, 'console.log'),
+    agentSocket: join(dir, 'agent.sock'),
+    pidFile: join(dir, 'qemu.pid'),
+    bootRecord: join(dir, 'boot.json'),
+  };
+}
+
+/** Machine types a vm guest can have. */
+export type MachineType = 'q35' | 'microvm';
+
+const MiB = 1024 * 1024;
+/** Guest RAM when limits.memory is not set. */
+export const DEFAULT_VM_MEMORY_BYTES = 256 * MiB;
+/** Below this Debian's cloud kernel with our initramfs does not reach init. */
+export const MIN_VM_MEMORY_BYTES = 64 * MiB;
+/** Root disk size when limits.disk is not set. */
+export const DEFAULT_VM_DISK_BYTES = 2 * 1024 * MiB;
+
+/** What limits turn into for QEMU. */
+export interface VmResources {
+  memoryMiB: number;
+  vcpus: number;
+  /** cfs quota (µs per 100 ms) for a fractional limits.cpu; undefined for whole CPUs. */
+  cpuQuotaUs?: number;
+}
+
+/** limits.memory → guest RAM (whole MiB), limits.cpu → vCPUs (rounded up, the fraction as a host quota). */
+export function vmResources(config: Record<string, string>): VmResources {
+  const memoryBytes = configValue.memoryBytes(config) ?? DEFAULT_VM_MEMORY_BYTES;
+  const cpus = configValue.cpus(config);
+  const vcpus = Math.max(1, Math.ceil(cpus ?? 1));
+  const resources: VmResources = { memoryMiB: Math.ceil(memoryBytes / MiB), vcpus };
+  if (cpus !== undefined && cpus !== vcpus) resources.cpuQuotaUs = Math.max(1000, Math.round(cpus * 100_000));
+  return resources;
+}
+
+/** Everything qemuArgv needs. */
+export interface QemuCommandOptions {
+  name: string;
+  paths: VmGuestPaths;
+  kit: BootKit;
+  accelerator: Accelerator;
+  machine: MachineType;
+  resources: VmResources;
+  /** Words for the kernel command line after the driver's own (the kit's init=, trivisor.*). */
+  kernelArgs: string[];
+}
+
+/**
+ * The QEMU command line of a vm guest: daemonized with a pid file (the guest
+ * outlives the daemon), QMP and the serial console on unix sockets (the
+ * console also logged to console.log), the qcow2 root on virtio-blk,
+ * virtio-rng, a balloon for live memory lowering, the guest agent's
+ * virtio-serial port, and no network.
+ */
+export function qemuArgv(options: QemuCommandOptions): string[] {
+  const { paths, kit, accelerator, machine, resources } = options;
+  const microvm = machine === 'microvm';
+  // microvm has no PCI: its devices sit on virtio-mmio.
+  const bus = microvm ? 'device' : 'pci';
+  const machineArg = microvm
+    ? `microvm,accel=${accelerator},x-option-roms=off,isa-serial=on,rtc=on`
+    : `q35,accel=${accelerator}`;
+  const append = [
+    'console=ttyS0',
+    'root=/dev/vda',
+    'rootfstype=ext4',
+    'rw',
+    'quiet',
+    // A kernel panic (an init that exits) restarts, and -no-reboot turns that into QEMU's exit.
+    'panic=-1',
+    ...options.kernelArgs,
+  ];
+  return [
+    'qemu-system-x86_64',
+    '-name',
+    `guest=${options.name},debug-threads=on`,
+    '-machine',
+    machineArg,
+    '-cpu',
+    accelerator === 'kvm' ? 'host' : 'max',
+    '-m',
+    String(resources.memoryMiB),
+    '-smp',
+    String(resources.vcpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-daemonize',
+    '-pidfile',
+    paths.pidFile,
+    '-chardev',
+    `socket,id=qmp,path=${paths.qmpSocket},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp,mode=control',
+    '-chardev',
+    `socket,id=console,path=${paths.consoleSocket},server=on,wait=off,logfile=${paths.consoleLog},logappend=on`,
+    '-serial',
+    'chardev:console',
+    '-kernel',
+    kit.kernelPath,
+    '-initrd',
+    kit.initramfsPath,
+    '-append',
+    append.join(' '),
+    '-drive',
+    `file=${paths.disk},if=none,id=root,format=qcow2,discard=unmap`,
+    '-device',
+    `virtio-blk-${bus},drive=root`,
+    '-object',
+    'rng-random,id=rng,filename=/dev/urandom',
+    '-device',
+    `virtio-rng-${bus},rng=rng`,
+    '-device',
+    `virtio-balloon-${bus},id=balloon`,
+    '-device',
+    `virtio-serial-${bus},id=vser`,
+    '-chardev',
+    `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+    '-device',
+    'virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0',
+    '-nic',
+    'none',
+  ];
+}

@@ -1,0 +1,510 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { configValue, isLiveKey } from '../../core/config-keys.ts';
+import { failedPrecondition, internal, invalidArgument } from '../../core/errors.ts';
+import { withRevert } from '../../core/revert.ts';
+import { parseBytes } from '../../core/sizes.ts';
+import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
+import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
+import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { KIT_INIT_MARKER, kitKernelArgs } from '../../images/guest-kit.ts';
+import { cgroupParentOf } from '../ct/ct-driver.ts';
+import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
+import {
+  ACCELERATOR_ENV,
+  type AcceleratorSetting,
+  type AcceleratorVerdict,
+  chooseAccelerator,
+  parseAcceleratorSetting,
+} from './accelerator-probe.ts';
+import { type BootKit, ensureBootKit } from './boot-kit.ts';
+import {
+  DEFAULT_VM_DISK_BYTES,
+  type MachineType,
+  MIN_VM_MEMORY_BYTES,
+  qemuArgv,
+  type VmGuestPaths,
+  vmGuestPaths,
+  vmResources,
+} from './qemu-command.ts';
+import { connectQmp, type QmpClient } from './qmp-client.ts';
+import { agentExec, agentPing, agentSignalInit } from './vm-agent.ts';
+
+/** How often waits poll. */
+const POLL_MS = 100;
+/** How long start() waits for the kit's init and its agent (TCG on a busy 2-core host is slow). */
+const DEFAULT_START_TIMEOUT_MS = 180_000;
+/** How long stop() waits for QEMU to exit after `quit` or SIGKILL. */
+const KILL_WAIT_MS = 10_000;
+/** Line the guest kit prints when the image's init cannot run (it then starts a shell instead). */
+const KIT_INIT_FAILED = "trivisor: cannot run the image's init";
+/** Cgroup v1 hierarchies the QEMU process is put in (usage, cpu quota). */
+const CGROUP_HIERARCHIES = ['memory', 'cpu', 'cpuacct', 'pids'] as const;
+const CGROUP_ROOT = '/sys/fs/cgroup';
+
+/** What start() chose for a boot, kept in the guest dir for stop(), usage() and update(). */
+export interface BootRecord {
+  identity: ProcessIdentity;
+  accelerator: string;
+  machine: MachineType;
+  memoryBytes: number;
+  /** Guest RAM after the last balloon change. */
+  balloonBytes: number;
+  vcpus: number;
+  stopSignal: string;
+  kernelRelease: string;
+}
+
+/** Per-host settings of the vm driver (main.ts passes them from the host config). */
+export interface VmDriverOptions {
+  /** kvm, tcg, or auto (probe); default from TRIVISOR_VM_ACCELERATOR, else auto. */
+  accelerator?: AcceleratorSetting;
+  /** A guest kernel instead of the newest /boot/vmlinuz-*-cloud-amd64. */
+  kernelPath?: string;
+  bootDir?: string;
+  machine?: MachineType;
+  /** How long a KVM test boot may take before KVM counts as hanging. */
+  probeTimeoutMs?: number;
+  startTimeoutMs?: number;
+}
+
+const exists = async (path: string): Promise<boolean> => {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** QEMU behind the `vm` model: one daemonized qemu-system-x86_64 per guest, driven over QMP and the guest agent. */
+export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}): GuestDriver {
+  const { runner, stateDir } = ctx;
+  const log = ctx.log.child({ driver: 'vm' });
+  const setting = options.accelerator ?? parseAcceleratorSetting(process.env[ACCELERATOR_ENV]);
+  const machine = options.machine ?? 'q35';
+  const startTimeoutMs = options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
+  const cgroupParent = cgroupParentOf(stateDir);
+  const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
+  const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
+
+  const bootKit = (): Promise<BootKit> =>
+    ensureBootKit(stateDir, {
+      runner,
+      ...(options.bootDir ? { bootDir: options.bootDir } : {}),
+      ...(options.kernelPath ? { kernelPath: options.kernelPath } : {}),
+    });
+  const accelerator = async (kit: BootKit): Promise<AcceleratorVerdict> =>
+    chooseAccelerator(stateDir, {
+      runner,
+      kit,
+      setting,
+      ...(options.probeTimeoutMs ? { timeoutMs: options.probeTimeoutMs } : {}),
+    });
+
+  const readBoot = async (spec: GuestSpec): Promise<BootRecord | undefined> =>
+    readFile(pathsOf(spec).bootRecord, 'utf8')
+      .then((t) => JSON.parse(t) as BootRecord)
+      .catch(() => undefined);
+  const writeBoot = (spec: GuestSpec, record: BootRecord): Promise<void> =>
+    writeFile(pathsOf(spec).bootRecord, `${JSON.stringify(record, null, 2)}\n`);
+
+  /** The live QEMU of a guest: `known` when given (never second-guessed), else what start recorded. */
+  const liveQemu = async (spec: GuestSpec, known?: ProcessIdentity): Promise<ProcessIdentity | undefined> => {
+    const identity = known ?? (await readBoot(spec))?.identity;
+    return identity && (await isSameProcess(identity)) ? identity : undefined;
+  };
+
+  const withQmp = async <T>(spec: GuestSpec, work: (qmp: QmpClient) => Promise<T>): Promise<T> => {
+    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 5000 });
+    try {
+      return await work(qmp);
+    } finally {
+      qmp.close();
+    }
+  };
+
+  const runStatus = async (spec: GuestSpec): Promise<string | undefined> =>
+    withQmp(spec, (q) => q.execute<{ status: string }>('query-status')).then(
+      (s) => s.status,
+      () => undefined,
+    );
+
+  const waitGone = async (identity: ProcessIdentity, timeoutMs: number): Promise<boolean> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!(await isSameProcess(identity))) return true;
+      if (Date.now() >= deadline) return false;
+      await sleep(Math.min(POLL_MS, Math.max(1, deadline - Date.now())));
+    }
+  };
+
+  const joinCgroup = async (spec: GuestSpec, pid: number, cpuQuotaUs: number | undefined): Promise<void> => {
+    for (const h of CGROUP_HIERARCHIES) {
+      // Only mounted hierarchies (cpu and cpuacct may be one, mounted twice, or a cpu,cpuacct link).
+      if (!(await exists(join(CGROUP_ROOT, h, 'cgroup.procs')))) continue;
+      const dir = join(CGROUP_ROOT, h, cgroupsPath(spec));
+      await mkdir(dir, { recursive: true });
+      if (h === 'cpu' && cpuQuotaUs !== undefined) {
+        await writeFile(join(dir, 'cpu.cfs_period_us'), '100000');
+        await writeFile(join(dir, 'cpu.cfs_quota_us'), String(cpuQuotaUs));
+      }
+      await writeFile(join(dir, 'cgroup.procs'), String(pid));
+    }
+  };
+
+  /** Removes what a started guest holds (sockets, pid file, cgroup); leaves disk, console log and dir. */
+  const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
+    const p = pathsOf(spec);
+    for (const f of [p.qmpSocket, p.consoleSocket, p.agentSocket, p.pidFile]) await rm(f, { force: true });
+    // Threads of a QEMU that just exited may linger a moment in the cgroup.
+    for (let i = 0; i < 20; i++) {
+      if ((await removeCgroup(cgroupsPath(spec))).length === 0) break;
+      await sleep(50);
+    }
+  };
+
+  const killQemu = async (spec: GuestSpec, identity: ProcessIdentity): Promise<void> => {
+    await withQmp(spec, (q) => q.execute('quit', undefined, { timeoutMs: 2000 })).catch(() => {});
+    if (await waitGone(identity, 2000)) return;
+    log.info({ guest: spec.name, pid: identity.pid }, 'killing QEMU');
+    try {
+      process.kill(identity.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+    if (!(await waitGone(identity, KILL_WAIT_MS))) {
+      throw internal(
+        `QEMU of guest ${spec.name} (pid ${identity.pid}) survived SIGKILL: check the host for stuck I/O.`,
+      );
+    }
+  };
+
+  const consoleSince = async (path: string, offset: number): Promise<string> =>
+    (await readFile(path).catch(() => Buffer.alloc(0))).subarray(offset).toString('utf8');
+
+  const tail = (text: string): string =>
+    text.replace(/\r/g, '').trim().split('\n').slice(-4).join(' | ').slice(0, 400) || 'no console output';
+
+  /** Waits until the kit's init ran and its agent answers; throws when QEMU dies or the image's init cannot run. */
+  const waitBooted = async (
+    spec: GuestSpec,
+    identity: ProcessIdentity,
+    consoleOffset: number,
+  ): Promise<void> => {
+    const p = pathsOf(spec);
+    const deadline = Date.now() + startTimeoutMs;
+    const check = async (): Promise<string> => {
+      const text = await consoleSince(p.consoleLog, consoleOffset);
+      if (!(await isSameProcess(identity))) {
+        throw internal(`Guest ${spec.name} powered off while booting: ${tail(text)} (see ${p.consoleLog}).`);
+      }
+      if (text.includes(KIT_INIT_FAILED)) {
+        throw failedPrecondition(`Guest ${spec.name} cannot run its image's init: ${tail(text)}.`);
+      }
+      if (Date.now() > deadline) {
+        throw internal(
+          `Guest ${spec.name} did not finish booting within ${startTimeoutMs}ms: ${tail(text)} (see ${p.consoleLog}).`,
+        );
+      }
+      return text;
+    };
+    while (!(await check()).includes(KIT_INIT_MARKER)) await sleep(POLL_MS);
+    // The agent starts beside the image's init: once it answers, a failed init has been reported.
+    while (!(await agentPing(p.agentSocket, { timeoutMs: 3000 }))) {
+      await check();
+      await sleep(POLL_MS);
+    }
+    await check();
+  };
+
+  const runningQemu = async (spec: GuestSpec): Promise<ProcessIdentity> => {
+    const q = await liveQemu(spec);
+    if (!q) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
+    return q;
+  };
+
+  const hostCpus = availableParallelism();
+
+  const driver: GuestDriver = {
+    model: 'vm',
+
+    async probe(): Promise<ProbeResult> {
+      const warnings: string[] = [];
+      const details: Record<string, string> = { machine };
+      let version = '';
+      const qemu = await runner
+        .run(['qemu-system-x86_64', '--version'], { allowFailure: true })
+        .catch(() => undefined);
+      if (qemu?.code === 0) version = /version (\S+)/.exec(qemu.stdout)?.[1] ?? '';
+      else warnings.push("qemu-system-x86_64 is missing: install Debian's qemu-system-x86 package.");
+      const img = await runner.run(['qemu-img', '--version'], { allowFailure: true }).catch(() => undefined);
+      if (img?.code !== 0) warnings.push("qemu-img is missing: install Debian's qemu-utils package.");
+      let supported = version !== '' && img?.code === 0;
+      if (supported) {
+        try {
+          const kit = await bootKit();
+          details.kernel = kit.kernelRelease;
+          details.initramfs = kit.initramfsPath;
+          const verdict = await accelerator(kit);
+          details.accelerator = verdict.accelerator;
+          details.acceleratorReason = verdict.reason;
+          if (verdict.accelerator === 'tcg') warnings.push(`vm guests run under TCG: ${verdict.reason}.`);
+        } catch (e) {
+          supported = false;
+          warnings.push(e instanceof Error ? e.message : String(e));
+        }
+      }
+      return { model: 'vm', supported, version, warnings, details };
+    },
+
+    validate(spec) {
+      if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
+        throw invalidArgument(
+          `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
+        );
+      }
+      const memory = configValue.memoryBytes(spec.config);
+      if (memory !== undefined && memory < MIN_VM_MEMORY_BYTES) {
+        throw invalidArgument(
+          `limits.memory=${spec.config['limits.memory']} is too small for a vm guest to boot: give at least ${MIN_VM_MEMORY_BYTES / 2 ** 20}MiB.`,
+        );
+      }
+      const cpus = configValue.cpus(spec.config);
+      if (cpus !== undefined && cpus > hostCpus) {
+        throw invalidArgument(
+          `limits.cpu=${spec.config['limits.cpu']} is more than this host's ${hostCpus} CPUs: give at most ${hostCpus}.`,
+        );
+      }
+      const disk = spec.config['limits.disk'];
+      if (disk !== undefined) parseBytes(disk, 'limits.disk');
+      if (stateDir.includes(',')) {
+        throw failedPrecondition(
+          `The state dir ${stateDir} holds a comma, which QEMU options cannot carry: move it.`,
+        );
+      }
+      if (
+        options.kernelPath ? !existsSync(options.kernelPath) : !hasCloudKernel(options.bootDir ?? '/boot')
+      ) {
+        throw failedPrecondition(
+          options.kernelPath
+            ? `The vm kernel ${options.kernelPath} does not exist: install it or fix the host setting.`
+            : "No guest kernel for vm guests: install Debian's linux-image-cloud-amd64 package (apt-get install linux-image-cloud-amd64).",
+        );
+      }
+    },
+
+    async create(spec, image) {
+      driver.validate(spec);
+      const p = pathsOf(spec);
+      if (await exists(p.disk)) return;
+      await withRevert(async (r) => {
+        await mkdir(join(stateDir, 'guests'), { recursive: true });
+        await mkdir(p.dir, { mode: 0o700 });
+        r.add(() => rm(p.dir, { recursive: true, force: true }));
+        const base = await image.baseDisk();
+        const baseBytes = (await stat(base)).size;
+        const disk = spec.config['limits.disk'];
+        const diskBytes = disk === undefined ? Math.max(DEFAULT_VM_DISK_BYTES, baseBytes) : parseBytes(disk);
+        if (diskBytes < baseBytes) {
+          throw invalidArgument(
+            `limits.disk=${disk} is smaller than the image's base disk (${Math.ceil(baseBytes / 2 ** 20)}MiB): give at least that.`,
+          );
+        }
+        await runner.run([
+          'qemu-img',
+          'create',
+          '-q',
+          '-f',
+          'qcow2',
+          '-F',
+          'raw',
+          '-b',
+          base,
+          p.disk,
+          String(diskBytes),
+        ]);
+        await writeFile(p.consoleLog, '', { mode: 0o600 });
+      });
+    },
+
+    async start(spec, image) {
+      driver.validate(spec);
+      const p = pathsOf(spec);
+      if (!(await exists(p.disk))) {
+        throw failedPrecondition(`Guest ${spec.name} has no disk on this host: create it first.`);
+      }
+      const running = await liveQemu(spec);
+      if (running) return running;
+      await cleanUpRuntime(spec);
+      const kit = await bootKit();
+      const verdict = await accelerator(kit);
+      const resources = vmResources(spec.config);
+      return withRevert(async (r) => {
+        const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
+        const argv = qemuArgv({
+          name: spec.name,
+          paths: p,
+          kit,
+          accelerator: verdict.accelerator,
+          machine,
+          resources,
+          kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm' }),
+        });
+        r.add(() => cleanUpRuntime(spec));
+        // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
+        const result = await runner.run(argv, { allowFailure: true, timeoutMs: 60_000 });
+        if (result.code !== 0) {
+          throw internal(
+            `QEMU could not start guest ${spec.name} (exit ${result.code}): ${tail(result.stderr || result.stdout)}`,
+          );
+        }
+        const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
+        const identity = await readProcessIdentity(pid);
+        if (!identity)
+          throw internal(`QEMU of guest ${spec.name} (pid ${pid}) exited at once: see ${p.consoleLog}.`);
+        r.add(() => killQemu(spec, identity));
+        await writeBoot(spec, {
+          identity,
+          accelerator: verdict.accelerator,
+          machine,
+          memoryBytes: resources.memoryMiB * 2 ** 20,
+          balloonBytes: resources.memoryMiB * 2 ** 20,
+          vcpus: resources.vcpus,
+          stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
+          kernelRelease: kit.kernelRelease,
+        });
+        await joinCgroup(spec, pid, resources.cpuQuotaUs);
+        await waitBooted(spec, identity, consoleOffset);
+        log.info({ guest: spec.name, pid, accelerator: verdict.accelerator }, 'vm guest started');
+        return identity;
+      });
+    },
+
+    async stop(spec, stopOptions) {
+      const q = await liveQemu(spec);
+      if (q) {
+        let gone = false;
+        if (!stopOptions.force) {
+          const p = pathsOf(spec);
+          // A paused CPU cannot act on a power-down request.
+          if ((await runStatus(spec)) === 'paused')
+            await withQmp(spec, (c) => c.execute('cont')).catch(() => {});
+          const signal = (await readBoot(spec))?.stopSignal ?? 'SIGTERM';
+          // The image's init powers off on its stop signal (busybox init ignores ACPI): ask through the
+          // agent, and press the ACPI power button too for images that listen to it.
+          const asked = agentSignalInit(p.agentSocket, signal, {
+            timeoutMs: Math.min(3000, stopOptions.timeoutMs),
+          });
+          await withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
+          await asked.catch(() => {});
+          gone = await waitGone(q, stopOptions.timeoutMs);
+        }
+        if (!gone) {
+          log.info({ guest: spec.name, force: stopOptions.force }, 'killing vm guest');
+          await killQemu(spec, q);
+        }
+      }
+      await cleanUpRuntime(spec);
+    },
+
+    async freeze(spec) {
+      await runningQemu(spec);
+      await withQmp(spec, (q) => q.execute('stop'));
+    },
+
+    async unfreeze(spec) {
+      await runningQemu(spec);
+      await withQmp(spec, (q) => q.execute('cont'));
+    },
+
+    async delete(spec) {
+      const p = pathsOf(spec);
+      const q = await liveQemu(spec);
+      if (q) await driver.stop(spec, { timeoutMs: 0, force: true });
+      await cleanUpRuntime(spec);
+      await rm(p.dir, { recursive: true, force: true });
+      await removeCgroup(cgroupParent);
+    },
+
+    async inspect(spec, known): Promise<RuntimeState> {
+      if (!(await exists(pathsOf(spec).dir))) return { state: 'absent' };
+      const q = await liveQemu(spec, known);
+      if (!q) return { state: 'stopped' };
+      const status = await runStatus(spec);
+      return { state: status === 'paused' ? 'frozen' : 'running', process: q };
+    },
+
+    async usage(spec): Promise<GuestUsage> {
+      const usage = await readCgroupUsage(cgroupsPath(spec));
+      const boot = await readBoot(spec);
+      const q = boot && (await isSameProcess(boot.identity));
+      // The host sees one process per guest; what runs inside is the guest kernel's business.
+      usage.processes = q ? 1 : 0;
+      if (q) usage.memoryLimitBytes = boot.balloonBytes;
+      else delete usage.memoryLimitBytes;
+      return usage;
+    },
+
+    async update(spec, changedKeys) {
+      const boot = await readBoot(spec);
+      const live = boot && (await isSameProcess(boot.identity));
+      const needRestart = changedKeys.filter((k) => !isLiveKey(k));
+      if (!live) return [];
+      const wanted = vmResources(spec.config);
+      if (changedKeys.includes('limits.memory')) {
+        const bytes = wanted.memoryMiB * 2 ** 20;
+        if (bytes > boot.memoryBytes) {
+          // The balloon can only give back what the guest booted with.
+          needRestart.push('limits.memory');
+        } else {
+          await withQmp(spec, (q) => q.execute('balloon', { value: bytes }));
+          await writeBoot(spec, { ...boot, balloonBytes: bytes });
+        }
+      }
+      if (changedKeys.includes('limits.cpu')) {
+        if (wanted.vcpus !== boot.vcpus) needRestart.push('limits.cpu');
+        const dir = join(CGROUP_ROOT, 'cpu', cgroupsPath(spec));
+        await writeFile(join(dir, 'cpu.cfs_quota_us'), String(wanted.cpuQuotaUs ?? -1)).catch(() => {});
+      }
+      return [...new Set(needRestart)];
+    },
+
+    async exec(spec, execOptions): Promise<ExecSession> {
+      await runningQemu(spec);
+      if (execOptions.command.length === 0) {
+        throw invalidArgument('The command to run is empty: give at least a program.');
+      }
+      if ((await runStatus(spec)) === 'paused') {
+        throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
+      }
+      return agentExec(pathsOf(spec).agentSocket, {
+        ...execOptions,
+        env: { ...configValue.environment(spec.config), ...execOptions.env },
+      });
+    },
+
+    consoleLogPath(spec) {
+      return pathsOf(spec).consoleLog;
+    },
+  };
+  return driver;
+}
+
+function hasCloudKernel(bootDir: string): boolean {
+  try {
+    return readdirSync(bootDir).some((n) => /^vmlinuz-.*-cloud-amd64$/.test(n));
+  } catch {
+    return false;
+  }
+}
+
+/** Reads the pid file QEMU wrote (for tests and diagnostics). */
+export async function readQemuPid(paths: VmGuestPaths): Promise<number | undefined> {
+  const text = await readFile(paths.pidFile, 'utf8').catch(() => undefined);
+  const pid = Number(text?.trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
