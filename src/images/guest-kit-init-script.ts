@@ -69,6 +69,13 @@ if [ -n "$METHOD" ]; then
   (
     i=0
     while [ "$METHOD" != unix-listen ] && [ ! -e "$AGENT" ] && [ $i -lt 600 ]; do
+      # Without udev nobody names virtio ports: link the one the host called like the agent's path.
+      for port in /sys/class/virtio-ports/*; do
+        [ -r "$port/name" ] && [ "/dev/virtio-ports/$($BB cat "$port/name")" = "$AGENT" ] || continue
+        $BB mkdir -p /dev/virtio-ports
+        $BB ln -sf "../\${port##*/}" "$AGENT"
+      done
+      [ -e "$AGENT" ] && break
       $BB sleep 0.1
       i=$((i + 1))
     done
