@@ -6,6 +6,7 @@ import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
 import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
+import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
@@ -17,6 +18,7 @@ import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
 import { createOperationService } from './services/operation-service.ts';
+import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
@@ -64,6 +66,18 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   const services: Services = { guests, images, operations, events, host };
 
+  services.storage = createStorageService({
+    store,
+    storage: { ct: createCtStorage(ctx) },
+    guests,
+    images,
+    operations,
+    events,
+    runner,
+    stateDir,
+  });
+  // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
+  await services.storage.sweep();
   await images.ensureBusybox();
   const controller = createGuestController({ store, drivers, images, events, log, hostName });
   await controller.start();

@@ -132,14 +132,23 @@ export const CreateGuestBodySchema = Type.Object(
     name: Type.String({ description: 'DNS label' }),
     image: Type.Optional(Type.String({ description: 'Image alias or fingerprint (prefix)' })),
     source: Type.Optional(
-      Type.Object(
-        {
-          type: Type.Literal('image'),
-          alias: Type.Optional(Type.String()),
-          fingerprint: Type.Optional(Type.String()),
-        },
-        { additionalProperties: false, description: "Incus's form of `image`" },
-      ),
+      Type.Union([
+        Type.Object(
+          {
+            type: Type.Literal('image'),
+            alias: Type.Optional(Type.String()),
+            fingerprint: Type.Optional(Type.String()),
+          },
+          { additionalProperties: false, description: "Incus's form of `image`" },
+        ),
+        Type.Object(
+          {
+            type: Type.Literal('copy'),
+            source: Type.String({ description: 'Guest to copy, or GUEST/SNAPSHOT' }),
+          },
+          { additionalProperties: false, description: 'A copy of another guest (Incus: source type copy)' },
+        ),
+      ]),
     ),
     model: Type.Optional(Model),
     config: Type.Optional(StringMap),

@@ -7,6 +7,7 @@ import {
   addMonitorCommand,
   addOperationCommands,
 } from './other-commands.ts';
+import { addStorageCommands } from './storage-commands.ts';
 
 /** The `trivisor` command line (commander), without parsing anything yet. */
 export function buildProgram(): Command {
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   addConsoleCommand(program);
   addConfigCommands(program);
   addImageCommands(program);
+  addStorageCommands(program);
   addOperationCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);

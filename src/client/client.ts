@@ -18,6 +18,7 @@ import type {
 } from '../api/types.ts';
 import { TrivisorApiError } from './api-error.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
+import { type StorageClient, storageMethods } from './storage-client.ts';
 import { type ClientTarget, createTransport, parseEnvelope } from './transport.ts';
 
 /** A subscription to the event stream. */
@@ -37,7 +38,7 @@ export interface WaitOptions {
 }
 
 /** Typed access to every route of the Trivisor API. */
-export interface TrivisorClient {
+export interface TrivisorClient extends StorageClient {
   serverInfo(): Promise<HostInfo>;
   listGuests(options?: { usage?: boolean }): Promise<Guest[]>;
   getGuest(name: string): Promise<Guest>;
@@ -115,6 +116,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
   };
 
   const client: TrivisorClient = {
+    ...storageMethods(transport, { call, callAsync }),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) => call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),

@@ -1,6 +1,6 @@
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import WebSocket from 'ws';
 import type { ErrorResponse } from '../api/envelopes.ts';
@@ -21,7 +21,13 @@ export interface Transport {
   request(
     method: string,
     path: string,
-    options?: { json?: unknown; stream?: Readable; headers?: Record<string, string> },
+    options?: {
+      json?: unknown;
+      stream?: Readable;
+      headers?: Record<string, string>;
+      /** A successful (< 400) answer's body is streamed here instead of being buffered. */
+      sink?: Writable;
+    },
   ): Promise<RawResponse>;
   websocket(path: string): WebSocket;
   /** For messages: `unix:/var/lib/trivisor/trivisor.sock` or the URL. */
@@ -56,6 +62,13 @@ export function createTransport(target: ClientTarget): Transport {
       }
       return new Promise<RawResponse>((resolve, reject) => {
         const req = send(reqOptions, (res) => {
+          if (options.sink && (res.statusCode ?? 0) < 400) {
+            pipeline(res, options.sink).then(
+              () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.alloc(0) }),
+              reject,
+            );
+            return;
+          }
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () =>

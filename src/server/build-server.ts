@@ -20,6 +20,7 @@ import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import type { RouteContext } from './route-context.ts';
+import { registerStorageRoutes } from './storage-routes.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 
 /** Options of `buildServer`. */
@@ -160,6 +161,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerHostRoutes(app, ctx);
   registerGuestRoutes(app, ctx);
   await app.register(async (scope) => registerImageRoutes(scope, ctx));
+  await app.register(async (scope) => registerStorageRoutes(scope, ctx));
   registerOperationRoutes(app, ctx);
 
   app.addHook('onClose', async () => ctx.execs.closeAll());

@@ -23,7 +23,7 @@ import {
   SyncEnvelope,
 } from '../api/schemas.ts';
 import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
-import { cancelled, failedPrecondition, invalidArgument } from '../core/errors.ts';
+import { cancelled, failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
 import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { type RouteContext, sendAsync } from './route-context.ts';
@@ -70,6 +70,18 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
     async (request, reply) => {
       const body = request.body;
+      if (body.source?.type === 'copy') {
+        if (!services.storage) throw notSupported('This daemon cannot copy guests: it has no storage service');
+        const [source = '', snapshot, ...rest] = body.source.source.split('/');
+        if (rest.length > 0) throw invalidArgument('A copy source is GUEST or GUEST/SNAPSHOT');
+        const op = await services.storage.copyGuest({
+          name: body.name,
+          source,
+          ...(snapshot !== undefined && { snapshot }),
+          ...(body.start !== undefined && { start: body.start }),
+        });
+        return sendAsync(reply, op);
+      }
       const image = body.image ?? body.source?.alias ?? body.source?.fingerprint;
       if (image === undefined) {
         throw invalidArgument(

@@ -1,5 +1,6 @@
 import type { Guest, ImageRecord, Model, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ExecSession } from '../drivers/guest-driver.ts';
+import type { StorageService } from './storage-service.ts';
 
 /** Body of `POST /1.0/guests`. */
 export interface CreateGuestRequest {
@@ -119,4 +120,6 @@ export interface Services {
   operations: OperationService;
   events: EventBus;
   host: HostService;
+  /** Snapshots, copies and backups; absent where storage is not set up. */
+  storage?: StorageService;
 }

@@ -1,0 +1,129 @@
+import { resolve } from 'node:path';
+import { type Command, Option } from 'commander';
+import { invalidArgument } from '../core/errors.ts';
+import { clientOf } from './context.ts';
+import { type OutputFormat, renderData, renderTable } from './output.ts';
+import { waitWithProgress } from './progress.ts';
+
+/** snapshot create|list|restore|delete, copy, export, import. */
+export function addStorageCommands(program: Command): void {
+  const snapshot = program.command('snapshot').description('Snapshots of guests');
+
+  snapshot
+    .command('create')
+    .description('Snapshot a guest (running guests are frozen while they are copied)')
+    .argument('<name>')
+    .argument('[snapshot]', 'snapshot name (default: snapN)')
+    .action(async (name: string, snap: string | undefined, _opts: unknown, cmd: Command) => {
+      const client = clientOf(cmd);
+      let chosen = snap;
+      if (chosen === undefined) {
+        const taken = new Set((await client.listSnapshots(name)).map((s) => s.name));
+        let n = 0;
+        while (taken.has(`snap${n}`)) n++;
+        chosen = `snap${n}`;
+      }
+      const op = await client.createSnapshot(name, chosen);
+      await waitWithProgress(client, op, { label: `Snapshotting ${name}` });
+      process.stdout.write(`${chosen}\n`);
+    });
+
+  snapshot
+    .command('list')
+    .alias('ls')
+    .description("List a guest's snapshots")
+    .argument('<name>')
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (name: string, opts: { format: OutputFormat }, cmd: Command) => {
+      const list = await clientOf(cmd).listSnapshots(name);
+      process.stdout.write(
+        opts.format === 'table'
+          ? renderTable(
+              ['NAME', 'CREATED', 'WAS RUNNING'],
+              list.map((s) => [s.name, s.createdAt, s.wasRunning ? 'yes' : 'no']),
+            )
+          : renderData(list, opts.format),
+      );
+    });
+
+  snapshot
+    .command('restore')
+    .description('Roll a guest back to a snapshot (a running guest is stopped and started again)')
+    .argument('<name>')
+    .argument('<snapshot>')
+    .action(async (name: string, snap: string, _opts: unknown, cmd: Command) => {
+      const client = clientOf(cmd);
+      await waitWithProgress(client, await client.restoreSnapshot(name, snap), {
+        label: `Restoring ${name}`,
+      });
+    });
+
+  snapshot
+    .command('delete')
+    .alias('rm')
+    .description('Delete a snapshot')
+    .argument('<name>')
+    .argument('<snapshot>')
+    .action(async (name: string, snap: string, _opts: unknown, cmd: Command) => {
+      const client = clientOf(cmd);
+      await waitWithProgress(client, await client.deleteSnapshot(name, snap));
+    });
+
+  program
+    .command('copy')
+    .alias('cp')
+    .description('Copy a guest (or one of its snapshots, SRC/SNAP) to a new, independent guest')
+    .argument('<source>', 'guest, or guest/snapshot')
+    .argument('<name>', 'name of the copy')
+    .option('-s, --snapshot <snapshot>', 'copy this snapshot of the source')
+    .option('--start', 'start the copy')
+    .action(
+      async (source: string, name: string, opts: { snapshot?: string; start?: boolean }, cmd: Command) => {
+        const client = clientOf(cmd);
+        const [guest = '', fromPath] = source.split('/', 2);
+        const snap = opts.snapshot ?? fromPath;
+        if (opts.snapshot && fromPath)
+          throw invalidArgument('Give the snapshot either as SRC/SNAP or with --snapshot');
+        const op = await client.copyGuest(guest, name, {
+          ...(snap !== undefined && { snapshot: snap }),
+          ...(opts.start && { start: true }),
+        });
+        await waitWithProgress(client, op, { label: `Copying ${source} to ${name}` });
+      },
+    );
+
+  program
+    .command('export')
+    .description('Write a backup archive of a guest (tar + zstd, with a manifest of checksums) to FILE')
+    .argument('<name>')
+    .argument('<file>')
+    .option('--with-snapshots', 'include the snapshots')
+    .action(async (name: string, file: string, opts: { withSnapshots?: boolean }, cmd: Command) => {
+      const client = clientOf(cmd);
+      const op = await client.createBackup(name, { snapshots: opts.withSnapshots === true });
+      const done = await waitWithProgress(client, op, { label: `Backing up ${name}` });
+      const backup = done.metadata.backup;
+      if (typeof backup !== 'string') throw new Error('The daemon did not name the backup it made');
+      try {
+        await client.downloadBackup(name, backup, resolve(file));
+      } finally {
+        await client.deleteBackup(name, backup).catch(() => {});
+      }
+    });
+
+  program
+    .command('import')
+    .description('Make a guest from a backup archive written by export')
+    .argument('<file>')
+    .argument('[name]', 'name of the guest (default: the name in the archive)')
+    .action(async (file: string, name: string | undefined, _opts: unknown, cmd: Command) => {
+      const client = clientOf(cmd);
+      const op = await client.importBackup(resolve(file), name === undefined ? {} : { name });
+      const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
+      process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
+    });
+}

@@ -1,0 +1,97 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import type { AsyncResponse } from '../api/envelopes.ts';
+import type { Operation } from '../api/types.ts';
+import type { SnapshotRecord } from '../storage/storage-records.ts';
+import { parseEnvelope, type Transport } from './transport.ts';
+
+/** Snapshots, copies and backups of guests. */
+export interface StorageClient {
+  listSnapshots(guest: string): Promise<SnapshotRecord[]>;
+  getSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord>;
+  createSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  deleteSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  restoreSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  /** Copies `source` (or `source`'s snapshot) to a new guest `name`. */
+  copyGuest(
+    source: string,
+    name: string,
+    options?: { snapshot?: string; start?: boolean },
+  ): Promise<Operation>;
+  /** Starts making a backup archive on the daemon; the finished operation's metadata names it (`backup`). */
+  createBackup(guest: string, options?: { snapshots?: boolean }): Promise<Operation>;
+  /** Streams a finished backup to `filePath` (written under a temporary name, renamed when complete). */
+  downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
+  deleteBackup(guest: string, backup: string): Promise<void>;
+  /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`). */
+  importBackup(filePath: string, options?: { name?: string }): Promise<Operation>;
+}
+
+type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
+type CallAsync = (method: string, path: string, json?: unknown) => Promise<Operation>;
+
+const enc = encodeURIComponent;
+
+/** The storage half of the client, over the same transport. */
+export function storageMethods(
+  transport: Transport,
+  helpers: { call: Call; callAsync: CallAsync },
+): StorageClient {
+  const { call, callAsync } = helpers;
+  const snapshots = (guest: string) => `/1.0/guests/${enc(guest)}/snapshots`;
+  return {
+    listSnapshots: (guest) => call('GET', `${snapshots(guest)}?recursion=1`),
+    getSnapshot: (guest, snapshot) => call('GET', `${snapshots(guest)}/${enc(snapshot)}`),
+    createSnapshot: (guest, snapshot) => callAsync('POST', snapshots(guest), { name: snapshot }),
+    deleteSnapshot: (guest, snapshot) => callAsync('DELETE', `${snapshots(guest)}/${enc(snapshot)}`),
+    restoreSnapshot: (guest, snapshot) =>
+      callAsync('PUT', `/1.0/guests/${enc(guest)}`, { restore: snapshot }),
+    copyGuest: (source, name, o = {}) =>
+      callAsync('POST', '/1.0/guests', {
+        name,
+        source: { type: 'copy', source: o.snapshot ? `${source}/${o.snapshot}` : source },
+        ...(o.start !== undefined && { start: o.start }),
+      }),
+    createBackup: (guest, o = {}) =>
+      callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, { snapshots: o.snapshots === true }),
+    async downloadBackup(guest, backup, filePath) {
+      const partial = `${filePath}.partial`;
+      try {
+        const res = await transport.request(
+          'GET',
+          `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export`,
+          {
+            sink: createWriteStream(partial, { mode: 0o600 }),
+          },
+        );
+        if (res.status >= 400) parseEnvelope(res);
+        const expected = Number(res.headers['content-length']);
+        const got = (await stat(partial)).size;
+        if (Number.isFinite(expected) && got !== expected) {
+          throw new Error(`The download of backup ${backup} stopped after ${got} of ${expected} bytes`);
+        }
+        await rename(partial, filePath);
+      } catch (e) {
+        await rm(partial, { force: true });
+        const err = e as NodeJS.ErrnoException;
+        if (err.code === 'ENOSPC') throw new Error(`Cannot write ${filePath}: the disk is full`);
+        throw e;
+      }
+    },
+    async deleteBackup(guest, backup) {
+      await call('DELETE', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}`);
+    },
+    async importBackup(filePath, o = {}) {
+      const size = (await stat(filePath)).size;
+      const res = await transport.request('POST', '/1.0/backups', {
+        stream: createReadStream(filePath),
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-length': String(size),
+          ...(o.name !== undefined && { 'x-trivisor-name': o.name }),
+        },
+      });
+      return parseEnvelope<AsyncResponse>(res).metadata;
+    },
+  };
+}

@@ -1,0 +1,182 @@
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { failedPrecondition, notFound } from '../../core/errors.ts';
+import type { GuestSpec } from '../../core/types.ts';
+import { readFreezerState } from '../../host/cgroups-v1.ts';
+import { isMountPoint } from '../../host/mounts.ts';
+import type { DriverContext } from '../guest-driver.ts';
+import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { cgroupParentOf } from './ct-driver.ts';
+
+/** Half-made objects carry this prefix until they are renamed into place. */
+const TMP_PREFIX = '.tmp-';
+
+/** tar flags that keep what an overlay upper layer needs: numeric owners, whiteouts, opaque-dir xattrs. */
+const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
+
+/**
+ * Storage of `ct` guests on a directory pool: the overlay's upper layer is the
+ * guest's whole writable state; snapshots are copies of it (`cp --reflink=auto`:
+ * copy-on-write on btrfs/xfs, a plain copy elsewhere) under the guest's dir.
+ */
+export function createCtStorage(ctx: DriverContext): GuestStorage {
+  const { runner, stateDir } = ctx;
+  const runc = ['runc', '--root', join(stateDir, 'runc')];
+  const cgroupParent = cgroupParentOf(stateDir);
+
+  const dirOf = (spec: GuestSpec) => join(stateDir, 'guests', spec.name);
+  const upperOf = (spec: GuestSpec) => join(dirOf(spec), 'upper');
+  const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
+  const snapshotUpper = (spec: GuestSpec, snap: string) => join(snapshotsOf(spec), snap, 'upper');
+
+  const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
+
+  const sourceOf = async (spec: GuestSpec, options: FromSnapshot | undefined): Promise<string> => {
+    if (options?.snapshot === undefined) return upperOf(spec);
+    const path = snapshotUpper(spec, options.snapshot);
+    if (!(await exists(path))) {
+      throw notFound(`Guest ${spec.name} has no snapshot ${options.snapshot} on disk: list its snapshots.`);
+    }
+    return path;
+  };
+
+  /** Runs `work` with the guest's processes frozen (if they run and are not frozen already). */
+  const whileFrozen = async <T>(spec: GuestSpec, work: () => Promise<T>): Promise<T> => {
+    const freezer = await readFreezerState(`${cgroupParent}/${spec.name}`);
+    const paused = freezer === 'THAWED' && (await exists(join(stateDir, 'runc', spec.name)));
+    if (paused) await runner.run([...runc, 'pause', spec.name]);
+    try {
+      return await work();
+    } finally {
+      if (paused) await runner.run([...runc, 'resume', spec.name], { allowFailure: true });
+    }
+  };
+
+  const assertStopped = async (spec: GuestSpec) => {
+    if (await isMountPoint(join(dirOf(spec), 'rootfs'))) {
+      throw failedPrecondition(
+        `Guest ${spec.name} is running: stop it before replacing its root file system.`,
+      );
+    }
+  };
+
+  /** Swaps the guest's upper layer for `fill`'s result, keeping the old one until the new one is complete. */
+  const replaceUpper = async (spec: GuestSpec, fill: (tmp: string) => Promise<void>) => {
+    await assertStopped(spec);
+    const upper = upperOf(spec);
+    const tmp = join(dirOf(spec), `${TMP_PREFIX}upper`);
+    const old = join(dirOf(spec), `${TMP_PREFIX}upper-old`);
+    await rm(tmp, { recursive: true, force: true });
+    try {
+      await fill(tmp);
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    await rm(old, { recursive: true, force: true });
+    await rename(upper, old);
+    await rename(tmp, upper);
+    await rm(old, { recursive: true, force: true });
+    // overlayfs's work dir must be empty and on the same file system as upper/.
+    const work = join(dirOf(spec), 'work');
+    await rm(work, { recursive: true, force: true });
+    await mkdir(work, { mode: 0o755 });
+  };
+
+  const storage: GuestStorage = {
+    async snapshot(spec, snap) {
+      const target = join(snapshotsOf(spec), snap);
+      if (await exists(target))
+        throw failedPrecondition(`Snapshot ${snap} of guest ${spec.name} exists on disk.`);
+      await mkdir(snapshotsOf(spec), { recursive: true, mode: 0o700 });
+      const tmp = join(snapshotsOf(spec), `${TMP_PREFIX}${snap}`);
+      await rm(tmp, { recursive: true, force: true });
+      await mkdir(tmp, { mode: 0o700 });
+      try {
+        await whileFrozen(spec, () =>
+          runner.run(['cp', '-a', '--reflink=auto', '--', upperOf(spec), join(tmp, 'upper')]),
+        );
+        await rename(tmp, target);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
+    },
+
+    async restoreSnapshot(spec, snap) {
+      const from = await sourceOf(spec, { snapshot: snap });
+      await replaceUpper(spec, (tmp) =>
+        runner.run(['cp', '-a', '--reflink=auto', '--', from, tmp]).then(() => {}),
+      );
+    },
+
+    async deleteSnapshot(spec, snap) {
+      await rm(join(snapshotsOf(spec), snap), { recursive: true, force: true });
+    },
+
+    async listSnapshots(spec) {
+      const names = await readdir(snapshotsOf(spec)).catch(() => [] as string[]);
+      return names.filter((n) => !n.startsWith(TMP_PREFIX)).sort();
+    },
+
+    async copy(source, target, options) {
+      const from = await sourceOf(source, options);
+      await replaceUpper(target, async (tmp) => {
+        const cp = () => runner.run(['cp', '-a', '--reflink=auto', '--', from, tmp]);
+        if (options?.snapshot !== undefined) await cp();
+        else await whileFrozen(source, cp);
+      });
+    },
+
+    async exportTar(spec, tarPath, options) {
+      const from = await sourceOf(spec, options);
+      const run = () =>
+        runner.run(['tar', ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
+          ...(options?.signal && { signal: options.signal }),
+        });
+      if (options?.snapshot !== undefined) await run();
+      else await whileFrozen(spec, run);
+    },
+
+    async importTar(spec, tarPath, options) {
+      const extract = async (dir: string) => {
+        await mkdir(dir, { mode: 0o755 });
+        await runner.run(
+          ['tar', ...TAR_KEEP, '--same-permissions', '--same-owner', '-C', dir, '-xf', tarPath],
+          {
+            ...(options?.signal && { signal: options.signal }),
+          },
+        );
+      };
+      if (options?.snapshot === undefined) {
+        await replaceUpper(spec, extract);
+        return;
+      }
+      const target = join(snapshotsOf(spec), options.snapshot);
+      await mkdir(snapshotsOf(spec), { recursive: true, mode: 0o700 });
+      const tmp = join(snapshotsOf(spec), `${TMP_PREFIX}${options.snapshot}`);
+      await rm(tmp, { recursive: true, force: true });
+      await mkdir(tmp, { mode: 0o700 });
+      try {
+        await extract(join(tmp, 'upper'));
+        await rm(target, { recursive: true, force: true });
+        await rename(tmp, target);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
+    },
+
+    async sweep(spec) {
+      const dir = dirOf(spec);
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        if (name.startsWith(TMP_PREFIX)) await rm(join(dir, name), { recursive: true, force: true });
+      }
+      for (const name of await readdir(snapshotsOf(spec)).catch(() => [] as string[])) {
+        if (name.startsWith(TMP_PREFIX))
+          await rm(join(snapshotsOf(spec), name), { recursive: true, force: true });
+      }
+    },
+  };
+  return storage;
+}

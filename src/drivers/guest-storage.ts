@@ -1,0 +1,39 @@
+import type { GuestSpec } from '../core/types.ts';
+
+/** Options of the copy and archive methods: work from a snapshot instead of the live root file system. */
+export interface FromSnapshot {
+  snapshot?: string;
+}
+
+/**
+ * The storage side of a guest driver: snapshots, clones and archives of a guest's
+ * own writable state (for `ct` the overlay's upper layer). Kept apart from
+ * GuestDriver so that a model without it is simply absent from the storage map
+ * and answers NotSupported (docs/decisions/0006-guest-storage-interface.md).
+ */
+export interface GuestStorage {
+  /** Makes snapshot `snapshot` of the guest, consistent even while it runs (frozen while copied). */
+  snapshot(spec: GuestSpec, snapshot: string): Promise<void>;
+  /** Replaces the guest's writable state by the snapshot's; the guest must be stopped. */
+  restoreSnapshot(spec: GuestSpec, snapshot: string): Promise<void>;
+  /** Removes a snapshot; idempotent. */
+  deleteSnapshot(spec: GuestSpec, snapshot: string): Promise<void>;
+  /** Snapshots present on disk (for recovery and reconciliation). */
+  listSnapshots(spec: GuestSpec): Promise<string[]>;
+  /** Fills a freshly created, stopped `target` with the writable state of `source` (copy-on-write where the file system allows). */
+  copy(source: GuestSpec, target: GuestSpec, options?: FromSnapshot): Promise<void>;
+  /** Writes the writable state (or a snapshot's) as a tar file at `tarPath`. */
+  exportTar(
+    spec: GuestSpec,
+    tarPath: string,
+    options?: FromSnapshot & { signal?: AbortSignal },
+  ): Promise<void>;
+  /** Replaces the writable state of a stopped guest (or makes a snapshot) from a tar made by exportTar. */
+  importTar(
+    spec: GuestSpec,
+    tarPath: string,
+    options?: FromSnapshot & { signal?: AbortSignal },
+  ): Promise<void>;
+  /** Removes half-made snapshots and copies left by an interrupted daemon. */
+  sweep(spec: GuestSpec): Promise<void>;
+}

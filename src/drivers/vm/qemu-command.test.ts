@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { qemuArgv, vmGuestPaths, vmResources } from './qemu-command.ts';
+
+const argvFor = (config: Record<string, string>, machine: 'q35' | 'microvm' = 'q35') =>
+  qemuArgv({
+    name: 'web1',
+    paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
+    kit: { kernelPath: '/boot/vmlinuz-k', kernelRelease: 'k', initramfsPath: '/var/lib/trivisor/vm/i.cpio' },
+    accelerator: 'tcg',
+    machine,
+    resources: vmResources(config),
+    kernelArgs: ['init=/.trivisor/init', 'trivisor.model=vm'],
+  });
+
+const after = (argv: string[], flag: string): string[] =>
+  argv.flatMap((a, i) => (a === flag && argv[i + 1] !== undefined ? [argv[i + 1] as string] : []));
+
+describe('qemu command line', () => {
+  test('limits become RAM and vCPUs; a fractional CPU limit rounds up and becomes a quota', () => {
+    assert.deepEqual(vmResources({}), { memoryMiB: 256, vcpus: 1 });
+    assert.deepEqual(vmResources({ 'limits.memory': '128MiB', 'limits.cpu': '2' }), {
+      memoryMiB: 128,
+      vcpus: 2,
+    });
+    assert.deepEqual(vmResources({ 'limits.cpu': '0.5' }), { memoryMiB: 256, vcpus: 1, cpuQuotaUs: 50_000 });
+    assert.deepEqual(vmResources({ 'limits.cpu': '1.5' }).vcpus, 2);
+  });
+
+  test('QEMU is daemonized with a pid file, QMP, a logged serial console and the agent port', () => {
+    const argv = argvFor({ 'limits.memory': '128MiB', 'limits.cpu': '2' });
+    const dir = '/var/lib/trivisor/guests/web1';
+    assert.ok(argv.includes('-daemonize'));
+    assert.deepEqual(after(argv, '-pidfile'), [`${dir}/qemu.pid`]);
+    assert.deepEqual(after(argv, '-m'), ['128']);
+    assert.deepEqual(after(argv, '-smp'), ['2']);
+    assert.deepEqual(after(argv, '-machine'), ['q35,accel=tcg']);
+    const chardevs = after(argv, '-chardev');
+    assert.ok(chardevs.includes(`socket,id=qmp,path=${dir}/qmp.sock,server=on,wait=off`));
+    assert.ok(
+      chardevs.includes(
+        `socket,id=console,path=${dir}/console.sock,server=on,wait=off,logfile=${dir}/console.log,logappend=on`,
+      ),
+    );
+    assert.ok(chardevs.includes(`socket,id=agent,path=${dir}/agent.sock,server=on,wait=off`));
+    const devices = after(argv, '-device');
+    assert.ok(devices.includes('virtio-blk-pci,drive=root'));
+    assert.ok(devices.includes('virtio-rng-pci,rng=rng'));
+    assert.ok(devices.includes('virtio-balloon-pci,id=balloon'));
+    assert.ok(devices.includes('virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0'));
+    assert.deepEqual(after(argv, '-nic'), ['none']);
+    assert.deepEqual(after(argv, '-drive'), [
+      `file=${dir}/root.qcow2,if=none,id=root,format=qcow2,discard=unmap`,
+    ]);
+    const append = after(argv, '-append')[0] ?? '';
+    assert.match(
+      append,
+      /console=ttyS0 root=\/dev\/vda .*panic=-1 init=\/\.trivisor\/init trivisor\.model=vm$/,
+    );
+    assert.ok(argv.includes('-no-reboot'), 'a panic must end QEMU, not loop');
+  });
+
+  test('microvm puts the devices on virtio-mmio', () => {
+    const argv = argvFor({}, 'microvm');
+    assert.match(after(argv, '-machine')[0] ?? '', /^microvm,accel=tcg/);
+    assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
+  });
+});

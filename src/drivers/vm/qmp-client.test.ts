@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { isTrivisorError } from '../../core/errors.ts';
+import { connectQmp, QmpCommandError } from './qmp-client.ts';
+
+const GREETING = {
+  QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: '' }, capabilities: ['oob'] },
+};
+
+/** A QMP server that answers like QEMU: greeting, capabilities, then scripted commands. */
+function fakeQemu(
+  path: string,
+  answer: (cmd: { execute: string; id?: string; arguments?: unknown }, s: Socket) => void,
+) {
+  const received: string[] = [];
+  const server: Server = createServer((s) => {
+    s.write(`${JSON.stringify(GREETING)}\r\n`);
+    let buf = '';
+    s.on('data', (d) => {
+      buf += d.toString();
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const cmd = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        received.push(cmd.execute);
+        if (cmd.execute === 'qmp_capabilities') s.write(`${JSON.stringify({ return: {}, id: cmd.id })}\r\n`);
+        else answer(cmd, s);
+      }
+    });
+  });
+  return new Promise<{ server: Server; received: string[] }>((resolve) =>
+    server.listen(path, () => resolve({ server, received })),
+  );
+}
+
+describe('QMP client', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp('/tmp/trivisor-qmp-');
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  test('negotiates capabilities, matches replies by id, reports errors and events', async () => {
+    const path = join(dir, 'a.sock');
+    const { server, received } = await fakeQemu(path, (cmd, s) => {
+      const reply = (o: object) => s.write(`${JSON.stringify({ ...o, id: cmd.id })}\r\n`);
+      if (cmd.execute === 'query-status') {
+        // An event may arrive between a command and its reply.
+        s.write(
+          `${JSON.stringify({ event: 'STOP', data: {}, timestamp: { seconds: 1, microseconds: 2 } })}\r\n`,
+        );
+        reply({ return: { status: 'paused', running: false } });
+      } else if (cmd.execute === 'slow') {
+        setTimeout(() => reply({ return: 'late' }), 20);
+      } else {
+        reply({ error: { class: 'CommandNotFound', desc: `The command ${cmd.execute} has not been found` } });
+      }
+    });
+    const qmp = await connectQmp(path);
+    try {
+      assert.equal(qmp.greeting.version.qemu.major, 7);
+      const stop = qmp.waitForEvent('STOP', { timeoutMs: 2000 });
+      const [slow, status] = await Promise.all([
+        qmp.execute('slow'),
+        qmp.execute<{ status: string }>('query-status'),
+      ]);
+      assert.equal(slow, 'late');
+      assert.equal(status.status, 'paused');
+      assert.equal((await stop).event, 'STOP');
+      await assert.rejects(qmp.execute('nope'), (e: unknown) => {
+        assert.ok(e instanceof QmpCommandError);
+        assert.equal(e.errorClass, 'CommandNotFound');
+        return true;
+      });
+      assert.deepEqual(received, ['qmp_capabilities', 'slow', 'query-status', 'nope']);
+    } finally {
+      qmp.close();
+      server.close();
+    }
+    await qmp.closed;
+  });
+
+  test('a command QEMU never answers times out, and a closed connection fails pending commands', async () => {
+    const path = join(dir, 'b.sock');
+    let peer: Socket | undefined;
+    const { server } = await fakeQemu(path, (_cmd, s) => {
+      peer = s;
+    });
+    const qmp = await connectQmp(path);
+    try {
+      await assert.rejects(qmp.execute('query-status', undefined, { timeoutMs: 50 }), /did not answer/);
+      const pending = qmp.execute('quit');
+      await new Promise((r) => setTimeout(r, 20));
+      peer?.destroy();
+      await assert.rejects(pending, (e: unknown) => isTrivisorError(e) && e.code === 'Unavailable');
+      await qmp.closed;
+      await assert.rejects(qmp.execute('query-status'), /closed/);
+    } finally {
+      qmp.close();
+      server.close();
+    }
+  });
+
+  test('connecting to a socket nobody listens on is Unavailable', async () => {
+    await assert.rejects(
+      connectQmp(join(dir, 'none.sock')),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Unavailable',
+    );
+  });
+});

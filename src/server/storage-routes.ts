@@ -1,0 +1,241 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { syncResponse } from '../api/envelopes.ts';
+import {
+  AsyncEnvelopeSchema,
+  ErrorEnvelopeSchema,
+  RecursionQuerySchema,
+  SyncEnvelope,
+} from '../api/schemas.ts';
+import { invalidArgument, notSupported } from '../core/errors.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import type { StorageService } from '../services/storage-service.ts';
+import { type RouteContext, sendAsync } from './route-context.ts';
+
+/** Largest backup archive accepted by import. */
+export const BACKUP_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 3;
+
+const SnapshotSchema = Type.Object({
+  name: Type.String(),
+  guest: Type.String(),
+  createdAt: Type.String(),
+  wasRunning: Type.Boolean(),
+});
+const NameParams = Type.Object({ name: Type.String() });
+const SnapshotParams = Type.Object({ name: Type.String(), snapshot: Type.String() });
+const BackupParams = Type.Object({ name: Type.String(), backup: Type.String() });
+
+type Name = { name: string };
+type Snap = { name: string; snapshot: string };
+type Backup = { name: string; backup: string };
+
+/**
+ * Snapshots, restore, backups and backup import (Incus's shapes): registered in
+ * its own plugin scope because the import takes a raw streamed body.
+ */
+export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const asyncReply = { 202: AsyncEnvelopeSchema, ...errors };
+  const storage = (): StorageService => {
+    const s = ctx.services.storage;
+    if (!s) throw notSupported('This daemon has no storage service: snapshots and backups are unavailable');
+    return s;
+  };
+
+  app.addContentTypeParser(
+    ['application/octet-stream', 'application/zstd'],
+    { bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES },
+    (_request, payload, done) => done(null, payload),
+  );
+
+  app.get<{ Params: Name; Querystring: { recursion?: number } }>(
+    '/1.0/guests/:name/snapshots',
+    {
+      schema: {
+        summary: "List a guest's snapshots",
+        params: NameParams,
+        querystring: RecursionQuerySchema,
+        response: {
+          200: SyncEnvelope(Type.Union([Type.Array(SnapshotSchema), Type.Array(Type.String())])),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const list = await storage().listSnapshots(request.params.name);
+      return syncResponse(
+        (request.query.recursion ?? 0) === 0
+          ? list.map((s) => `/1.0/guests/${request.params.name}/snapshots/${s.name}`)
+          : list,
+      );
+    },
+  );
+
+  app.post<{ Params: Name; Body: { name: string } }>(
+    '/1.0/guests/:name/snapshots',
+    {
+      schema: {
+        summary: 'Snapshot a guest (running guests are frozen while their state is copied)',
+        params: NameParams,
+        body: Type.Object({ name: Type.String() }, { additionalProperties: false }),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) =>
+      sendAsync(reply, await storage().createSnapshot(request.params.name, request.body.name)),
+  );
+
+  app.get<{ Params: Snap }>(
+    '/1.0/guests/:name/snapshots/:snapshot',
+    {
+      schema: {
+        summary: 'Show a snapshot',
+        params: SnapshotParams,
+        response: { 200: SyncEnvelope(SnapshotSchema), ...errors },
+      },
+    },
+    async (request) =>
+      syncResponse(await storage().getSnapshot(request.params.name, request.params.snapshot)),
+  );
+
+  app.delete<{ Params: Snap }>(
+    '/1.0/guests/:name/snapshots/:snapshot',
+    { schema: { summary: 'Delete a snapshot', params: SnapshotParams, response: asyncReply } },
+    async (request, reply) =>
+      sendAsync(reply, await storage().deleteSnapshot(request.params.name, request.params.snapshot)),
+  );
+
+  app.put<{ Params: Name; Body: { restore: string } }>(
+    '/1.0/guests/:name',
+    {
+      schema: {
+        summary: 'Restore a guest to a snapshot (Incus: PUT with {"restore": SNAPSHOT})',
+        description: 'A running guest is stopped, rolled back, and started again.',
+        params: NameParams,
+        body: Type.Object({ restore: Type.String() }, { additionalProperties: false }),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) =>
+      sendAsync(reply, await storage().restoreSnapshot(request.params.name, request.body.restore)),
+  );
+
+  app.post<{ Params: Name; Body: { snapshots?: boolean } }>(
+    '/1.0/guests/:name/backups',
+    {
+      schema: {
+        summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
+        description: 'The operation metadata names the backup (`backup`) once it is done.',
+        params: NameParams,
+        body: Type.Object({ snapshots: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) =>
+      sendAsync(
+        reply,
+        await storage().createBackup(request.params.name, {
+          withSnapshots: request.body?.snapshots === true,
+        }),
+      ),
+  );
+
+  app.get<{ Params: Backup }>(
+    '/1.0/guests/:name/backups/:backup/export',
+    {
+      schema: {
+        summary: 'Download a backup archive (tar + zstd)',
+        params: BackupParams,
+        response: { 200: Type.Unsafe({ description: 'The archive bytes' }), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const file = await storage().backupFile(request.params.name, request.params.backup);
+      reply.header('content-type', 'application/octet-stream');
+      reply.header('content-length', String(file.sizeBytes));
+      return reply.send(createReadStream(file.path));
+    },
+  );
+
+  app.delete<{ Params: Backup }>(
+    '/1.0/guests/:name/backups/:backup',
+    {
+      schema: {
+        summary: 'Delete a backup archive',
+        params: BackupParams,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await storage().deleteBackup(request.params.name, request.params.backup);
+      return syncResponse({});
+    },
+  );
+
+  app.post<{ Body: Readable }>(
+    '/1.0/backups',
+    {
+      bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES,
+      schema: {
+        summary: 'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it)',
+        headers: Type.Object({ 'x-trivisor-name': Type.Optional(Type.String()) }),
+        body: {
+          content: {
+            'application/octet-stream': { schema: Type.Unsafe({ description: 'The archive bytes' }) },
+          },
+        },
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const stream = request.body;
+      if (typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
+        throw invalidArgument(
+          'Send the backup archive as the raw body (Content-Type: application/octet-stream)',
+        );
+      }
+      const name = request.headers['x-trivisor-name'];
+      if (typeof name === 'string' && name !== '') {
+        try {
+          assertDnsLabel(name, 'guest name');
+        } catch (e) {
+          stream.resume();
+          throw e;
+        }
+      }
+      const path = join(
+        ctx.uploadDir ?? tmpdir(),
+        `trivisor-import-${randomBytes(8).toString('hex')}.tar.zst`,
+      );
+      let received = 0;
+      const count = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          received += chunk.length;
+          cb(null, chunk);
+        },
+      });
+      try {
+        await pipeline(stream, count, createWriteStream(path, { mode: 0o600 }));
+        if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
+        return sendAsync(
+          reply,
+          await storage().importBackup({
+            archivePath: path,
+            ...(typeof name === 'string' && name !== '' && { name }),
+          }),
+        );
+      } catch (e) {
+        await rm(path, { force: true });
+        throw e;
+      }
+    },
+  );
+}

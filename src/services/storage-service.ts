@@ -1,0 +1,517 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import {
+  alreadyExists,
+  asTrivisorError,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  notSupported,
+  TrivisorError,
+} from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
+import type { GuestStorage } from '../drivers/guest-storage.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
+import type { KvStore } from '../store/kv.ts';
+import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
+
+/** Body of `POST /1.0/guests` with `source: {type: 'copy'}`. */
+export interface CopyGuestRequest {
+  name: string;
+  source: string;
+  snapshot?: string;
+  start?: boolean;
+}
+
+/** Snapshots, clones and backups of guests (Incus's instance snapshot and backup API). */
+export interface StorageService {
+  listSnapshots(guest: string): Promise<SnapshotRecord[]>;
+  getSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord>;
+  createSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  deleteSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  /** Rolls the guest back to the snapshot: stops it if it runs, replaces its state, starts it again. */
+  restoreSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  copyGuest(request: CopyGuestRequest): Promise<Operation>;
+  /** Writes a backup archive on the daemon's side; the operation's metadata names it (`backup`). */
+  createBackup(guest: string, options: { withSnapshots: boolean }): Promise<Operation>;
+  /** Path and size of a finished backup archive, for download. */
+  backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
+  deleteBackup(guest: string, backup: string): Promise<void>;
+  /** Restores a guest from an archive already written to `archivePath` (the service deletes it). */
+  importBackup(request: { archivePath: string; name?: string }): Promise<Operation>;
+  /** Removes half-made snapshots, backups and imports an interrupted daemon left; run at start. */
+  sweep(): Promise<void>;
+}
+
+export interface StorageServiceDeps {
+  store: KvStore;
+  storage: Partial<Record<Model, GuestStorage>>;
+  guests: GuestService;
+  images: Pick<ImageService, 'get'>;
+  operations: OperationService;
+  events: EventBus;
+  runner: ProcessRunner;
+  stateDir: string;
+}
+
+const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
+
+export function createStorageService(deps: StorageServiceDeps): StorageService {
+  const { store, operations, guests, runner } = deps;
+  const backupsDir = join(deps.stateDir, 'backups');
+  const importsDir = join(deps.stateDir, 'imports');
+  /** Guests with a storage action under way: one at a time per guest. */
+  const busy = new Set<string>();
+
+  // Snapshot records go with their guest (its directory, snapshots included, is gone already).
+  deps.events.subscribe(
+    (event) => {
+      const name = event.metadata.name;
+      if (event.action === 'guest-deleted' && typeof name === 'string') {
+        void store.delete(storageKeys.snapshotPrefix(name), { prefix: true }).catch(() => {});
+      }
+    },
+    ['lifecycle'],
+  );
+
+  async function load(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
+    assertDnsLabel(name, 'guest name');
+    const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
+    if (!s) throw notFound(`Guest ${name} not found`);
+    const spec = JSON.parse(s.value) as GuestSpec;
+    if (spec.deleting) throw conflict(`Guest ${name} is being deleted`);
+    return { spec, status: st ? (JSON.parse(st.value) as GuestStatus) : undefined };
+  }
+
+  const storageFor = (spec: GuestSpec): GuestStorage => {
+    const s = deps.storage[spec.model];
+    if (!s)
+      throw notSupported(`Snapshots, copies and backups are not supported for ${spec.model} guests yet`);
+    return s;
+  };
+
+  const assertProvisioned = (spec: GuestSpec, status: GuestStatus | undefined) => {
+    if (!status?.provisioned) {
+      throw conflict(`Guest ${spec.name} is still being created: wait for its operation to finish`);
+    }
+  };
+
+  async function readSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord | undefined> {
+    const kv = await store.get(storageKeys.snapshot(guest, snapshot));
+    return kv ? (JSON.parse(kv.value) as SnapshotRecord) : undefined;
+  }
+
+  /** Runs `work` as an operation holding the guest's storage lock. */
+  function exclusive(
+    guest: string,
+    description: string,
+    work: Parameters<OperationService['start']>[0]['run'],
+    extra: { mayCancel?: boolean; resources?: Record<string, string[]> } = {},
+  ): Operation {
+    if (busy.has(guest))
+      throw conflict(`Guest ${guest} has a snapshot, copy or backup under way: wait for it`);
+    busy.add(guest);
+    return operations.start({
+      description,
+      resources: extra.resources ?? { guests: [`/1.0/guests/${guest}`] },
+      mayCancel: extra.mayCancel ?? false,
+      async run(ctx) {
+        try {
+          return await work(ctx);
+        } finally {
+          busy.delete(guest);
+        }
+      },
+    });
+  }
+
+  /** Waits for an operation started by another service; throws its error when it failed. */
+  async function finished(op: Operation): Promise<void> {
+    const end = await operations.wait(op.id);
+    if (end.status !== 'Success') {
+      const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
+      throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
+    }
+  }
+
+  const guestUp = (status: GuestStatus | undefined) =>
+    status?.status === 'Running' || status?.status === 'Frozen';
+
+  async function sha256Of(path: string): Promise<{ sha256: string; sizeBytes: number }> {
+    const hash = createHash('sha256');
+    await pipeline(createReadStream(path), hash);
+    return { sha256: hash.digest('hex'), sizeBytes: (await stat(path)).size };
+  }
+
+  /** Deletes a guest made by a failed copy or import, with its records. */
+  async function discard(name: string): Promise<void> {
+    const op = await guests.delete(name, { force: true }).catch(() => undefined);
+    if (op) await operations.wait(op.id).catch(() => {});
+    await store.delete(storageKeys.snapshotPrefix(name), { prefix: true }).catch(() => {});
+  }
+
+  const service: StorageService = {
+    async listSnapshots(guest) {
+      await load(guest);
+      const { kvs } = await store.list(storageKeys.snapshotPrefix(guest));
+      return kvs
+        .map((kv) => JSON.parse(kv.value) as SnapshotRecord)
+        .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    },
+
+    async getSnapshot(guest, snapshot) {
+      await load(guest);
+      assertDnsLabel(snapshot, 'snapshot name');
+      const record = await readSnapshot(guest, snapshot);
+      if (!record) throw notFound(`Guest ${guest} has no snapshot ${snapshot}`);
+      return record;
+    },
+
+    async createSnapshot(guest, snapshot) {
+      const { spec, status } = await load(guest);
+      assertDnsLabel(snapshot, 'snapshot name');
+      const storage = storageFor(spec);
+      assertProvisioned(spec, status);
+      if (await readSnapshot(guest, snapshot)) {
+        throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
+      }
+      return exclusive(guest, `Snapshotting guest ${guest} as ${snapshot}`, async () => {
+        const record: SnapshotRecord = {
+          name: snapshot,
+          guest,
+          createdAt: new Date().toISOString(),
+          wasRunning: guestUp(status),
+        };
+        await storage.snapshot(spec, snapshot);
+        const r = await store.txn({
+          compare: [
+            { key: storageKeys.snapshot(guest, snapshot), target: 'createRevision', op: '=', value: 0 },
+          ],
+          success: [
+            { type: 'put', key: storageKeys.snapshot(guest, snapshot), value: JSON.stringify(record) },
+          ],
+        });
+        if (!r.succeeded) {
+          await storage.deleteSnapshot(spec, snapshot);
+          throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
+        }
+        return { snapshot: record };
+      });
+    },
+
+    async deleteSnapshot(guest, snapshot) {
+      const record = await service.getSnapshot(guest, snapshot);
+      const { spec } = await load(guest);
+      const storage = storageFor(spec);
+      return exclusive(guest, `Deleting snapshot ${snapshot} of guest ${guest}`, async () => {
+        // Record first: a crash in between leaves a directory that sweep() removes, never a dangling record.
+        await store.delete(storageKeys.snapshot(guest, record.name));
+        await storage.deleteSnapshot(spec, record.name);
+        return undefined;
+      });
+    },
+
+    async restoreSnapshot(guest, snapshot) {
+      await service.getSnapshot(guest, snapshot);
+      const { spec, status } = await load(guest);
+      const storage = storageFor(spec);
+      assertProvisioned(spec, status);
+      return exclusive(guest, `Restoring guest ${guest} to snapshot ${snapshot}`, async (ctx) => {
+        const wasUp = guestUp(status);
+        if (wasUp) {
+          ctx.progress(null, 'stopping');
+          await finished(await guests.changeState(guest, { action: 'stop' }));
+        }
+        ctx.progress(null, 'restoring');
+        const now = await load(guest);
+        await storage.restoreSnapshot(now.spec, snapshot);
+        if (wasUp) {
+          ctx.progress(null, 'starting');
+          await finished(await guests.changeState(guest, { action: 'start' }));
+        }
+        return undefined;
+      });
+    },
+
+    async copyGuest(request) {
+      assertDnsLabel(request.name, 'guest name');
+      const { spec: source, status } = await load(request.source);
+      const storage = storageFor(source);
+      assertProvisioned(source, status);
+      if (request.snapshot !== undefined) await service.getSnapshot(request.source, request.snapshot);
+      if (await store.get(keys.guest(request.name)))
+        throw alreadyExists(`Guest ${request.name} already exists`);
+      const what = request.snapshot ? `${request.source}/${request.snapshot}` : request.source;
+      return exclusive(
+        request.source,
+        `Copying guest ${what} to ${request.name}`,
+        async (ctx) => {
+          await finished(
+            await guests.create({
+              name: request.name,
+              image: source.image,
+              model: source.model,
+              config: { ...source.config },
+            }),
+          );
+          try {
+            ctx.progress(null, 'copying');
+            const target = (await load(request.name)).spec;
+            await storage.copy(
+              source,
+              target,
+              request.snapshot === undefined ? {} : { snapshot: request.snapshot },
+            );
+          } catch (e) {
+            await discard(request.name);
+            throw e;
+          }
+          if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
+          return undefined;
+        },
+        { resources: { guests: [`/1.0/guests/${request.source}`, `/1.0/guests/${request.name}`] } },
+      );
+    },
+
+    async createBackup(guest, options) {
+      const { spec, status } = await load(guest);
+      const storage = storageFor(spec);
+      assertProvisioned(spec, status);
+      const backup = `backup-${randomBytes(8).toString('hex')}`;
+      return exclusive(
+        guest,
+        `Backing up guest ${guest}`,
+        async (ctx) => {
+          const image = await deps.images.get(spec.image);
+          const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
+          const dir = join(backupsDir, guest);
+          const work = join(dir, `.tmp-${backup}`);
+          const archive = join(dir, `${backup}.tar.zst`);
+          await mkdir(join(work, 'snapshots'), { recursive: true, mode: 0o700 });
+          try {
+            const files: BackupManifest['files'] = {};
+            const steps = 1 + snapshots.length;
+            ctx.progress(0, 'root file system');
+            await storage.exportTar(spec, join(work, 'rootfs.tar'), { signal: ctx.signal });
+            files['rootfs.tar'] = await sha256Of(join(work, 'rootfs.tar'));
+            for (const [i, snap] of snapshots.entries()) {
+              ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
+              const rel = `snapshots/${snap.name}.tar`;
+              await storage.exportTar(spec, join(work, rel), { snapshot: snap.name, signal: ctx.signal });
+              files[rel] = await sha256Of(join(work, rel));
+            }
+            const manifest: BackupManifest = {
+              format: 'trivisor-backup/1',
+              createdAt: new Date().toISOString(),
+              guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
+              image: {
+                fingerprint: image.fingerprint,
+                alias: spec.imageAlias,
+                description: image.description,
+              },
+              snapshots,
+              files,
+            };
+            await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+            ctx.progress(Math.round((steps / (steps + 1)) * 100), 'compressing');
+            await runner.run(
+              ['tar', '--zstd', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar', 'snapshots'],
+              { signal: ctx.signal },
+            );
+            return { backup, sizeBytes: (await stat(archive)).size };
+          } catch (e) {
+            await rm(archive, { force: true });
+            if (ctx.signal.aborted)
+              throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
+            throw diskFull(e, `Cannot back up guest ${guest}`);
+          } finally {
+            await rm(work, { recursive: true, force: true });
+          }
+        },
+        { mayCancel: true },
+      );
+    },
+
+    async backupFile(guest, backup) {
+      assertDnsLabel(guest, 'guest name');
+      if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
+      const path = join(backupsDir, guest, `${backup}.tar.zst`);
+      const st = await stat(path).catch(() => undefined);
+      if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
+      return { path, sizeBytes: st.size };
+    },
+
+    async deleteBackup(guest, backup) {
+      const { path } = await service.backupFile(guest, backup);
+      await rm(path, { force: true });
+    },
+
+    async importBackup(request) {
+      const id = randomBytes(8).toString('hex');
+      return operations.start({
+        description: 'Importing a guest backup',
+        mayCancel: true,
+        async run(ctx) {
+          const work = join(importsDir, `.tmp-${id}`);
+          let created: string | undefined;
+          try {
+            await mkdir(work, { recursive: true, mode: 0o700 });
+            ctx.progress(0, 'unpacking');
+            const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', request.archivePath], {
+              signal: ctx.signal,
+              allowFailure: true,
+            });
+            if (unpacked.code !== 0) {
+              if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+              if (/No space left/i.test(unpacked.stderr))
+                throw diskFull(new Error(unpacked.stderr), 'Cannot import');
+              throw invalidArgument(
+                `The backup archive is corrupted or truncated (${lastLine(unpacked.stderr)}): make the export again`,
+              );
+            }
+            const manifest = await readManifest(work);
+            ctx.progress(30, 'verifying checksums');
+            for (const [rel, want] of Object.entries(manifest.files)) {
+              const got = await sha256Of(join(work, rel)).catch(() => undefined);
+              if (!got)
+                throw invalidArgument(
+                  `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
+                );
+              if (got.sha256 !== want.sha256 || got.sizeBytes !== want.sizeBytes) {
+                throw invalidArgument(`The backup archive is corrupted: ${rel} does not match its checksum`);
+              }
+            }
+            for (const snap of manifest.snapshots) {
+              if (!manifest.files[`snapshots/${snap.name}.tar`]) {
+                throw invalidArgument(
+                  `The backup archive lacks snapshot ${snap.name}: make the export again`,
+                );
+              }
+            }
+            const name = request.name ?? manifest.guest.name;
+            assertDnsLabel(name, 'guest name');
+            if (await store.get(keys.guest(name))) {
+              throw alreadyExists(`Guest ${name} already exists: give the import another name`);
+            }
+            await deps.images.get(manifest.image.fingerprint).catch((e: unknown) => {
+              if (asTrivisorError(e).code !== 'NotFound') throw e;
+              throw failedPrecondition(
+                `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
+              );
+            });
+            if (busy.has(name)) throw conflict(`Guest ${name} is being imported already`);
+            busy.add(name);
+            try {
+              ctx.progress(50, 'creating the guest');
+              created = name;
+              await finished(
+                await guests.create({
+                  name,
+                  image: manifest.image.fingerprint,
+                  model: manifest.guest.model as Model,
+                  config: manifest.guest.config,
+                }),
+              );
+              const { spec } = await load(name);
+              const storage = storageFor(spec);
+              ctx.progress(60, 'root file system');
+              await storage.importTar(spec, join(work, 'rootfs.tar'), { signal: ctx.signal });
+              for (const snap of manifest.snapshots) {
+                ctx.progress(80, `snapshot ${snap.name}`);
+                await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar`), {
+                  snapshot: snap.name,
+                  signal: ctx.signal,
+                });
+                const record: SnapshotRecord = { ...snap, guest: name };
+                await store.put(storageKeys.snapshot(name, snap.name), JSON.stringify(record));
+              }
+            } finally {
+              busy.delete(name);
+            }
+            return { name };
+          } catch (e) {
+            if (created) await discard(created);
+            if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+            throw diskFull(e, 'Cannot import the backup');
+          } finally {
+            await rm(work, { recursive: true, force: true });
+            await rm(request.archivePath, { force: true });
+          }
+        },
+      });
+    },
+
+    async sweep() {
+      for (const dir of [backupsDir, importsDir]) {
+        await sweepTmp(dir);
+        for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
+      }
+      const { kvs } = await store.list(keys.guestPrefix);
+      const names = new Set(kvs.map((kv) => kv.key.slice(keys.guestPrefix.length)));
+      for (const r of (await store.list('/trivisor/snapshots/')).kvs) {
+        const guest = r.key.slice('/trivisor/snapshots/'.length).split('/')[0] ?? '';
+        if (!names.has(guest)) await store.delete(r.key);
+      }
+      for (const kv of kvs) {
+        const spec = JSON.parse(kv.value) as GuestSpec;
+        const storage = deps.storage[spec.model];
+        if (!storage) continue;
+        await storage.sweep(spec).catch(() => {});
+        // A snapshot is real only when both its record and its directory exist.
+        const onDisk = new Set(await storage.listSnapshots(spec).catch(() => [] as string[]));
+        const recorded = await store.list(storageKeys.snapshotPrefix(spec.name));
+        for (const r of recorded.kvs) {
+          const name = r.key.slice(storageKeys.snapshotPrefix(spec.name).length);
+          if (!onDisk.has(name)) await store.delete(r.key);
+          onDisk.delete(name);
+        }
+        for (const name of onDisk) await storage.deleteSnapshot(spec, name).catch(() => {});
+      }
+    },
+  };
+  return service;
+}
+
+async function sweepTmp(dir: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (name.startsWith('.tmp-')) await rm(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+async function readManifest(dir: string): Promise<BackupManifest> {
+  let manifest: BackupManifest;
+  try {
+    manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as BackupManifest;
+  } catch {
+    throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
+  }
+  if (manifest.format !== 'trivisor-backup/1') {
+    throw invalidArgument(`The backup format ${JSON.stringify(manifest.format)} is not known to this daemon`);
+  }
+  if (!manifest.files?.['rootfs.tar']) throw invalidArgument('The backup manifest lists no rootfs.tar');
+  for (const rel of Object.keys(manifest.files)) {
+    if (!/^(rootfs\.tar|snapshots\/[a-z0-9-]+\.tar)$/.test(rel)) {
+      throw invalidArgument(`The backup manifest lists an unexpected file ${JSON.stringify(rel)}`);
+    }
+  }
+  return manifest;
+}
+
+const lastLine = (text: string) => text.trim().split('\n').pop()?.slice(0, 200) ?? 'no output';
+
+/** Turns ENOSPC (from Node or from tar/cp output) into a clear FailedPrecondition. */
+function diskFull(e: unknown, what: string): TrivisorError {
+  const err = asTrivisorError(e);
+  const text = `${err.message} ${(e as { stderr?: string }).stderr ?? ''} ${(e as { code?: string }).code ?? ''}`;
+  if (/ENOSPC|No space left on device/i.test(text)) {
+    return failedPrecondition(`${what}: the disk is full; free some space and try again`);
+  }
+  return err;
+}

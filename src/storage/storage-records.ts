@@ -1,0 +1,25 @@
+/** Key layout of the storage records in the key-value store (beside core/keys.ts). */
+export const storageKeys = {
+  snapshotPrefix: (guest: string): string => `/trivisor/snapshots/${guest}/`,
+  snapshot: (guest: string, snapshot: string): string => `/trivisor/snapshots/${guest}/${snapshot}`,
+} as const;
+
+/** A snapshot of a guest's writable state, stored at `storageKeys.snapshot(guest, name)`. */
+export interface SnapshotRecord {
+  name: string;
+  guest: string;
+  createdAt: string;
+  /** Whether the guest was running (and so frozen for a consistent copy) when it was taken. */
+  wasRunning: boolean;
+}
+
+/** What `manifest.json` of a backup archive says (format `trivisor-backup/1`). */
+export interface BackupManifest {
+  format: 'trivisor-backup/1';
+  createdAt: string;
+  guest: { name: string; model: string; config: Record<string, string>; createdAt: string };
+  image: { fingerprint: string; alias: string; description: string };
+  snapshots: SnapshotRecord[];
+  /** Every other file of the archive by relative path: its sha256 and size. */
+  files: Record<string, { sha256: string; sizeBytes: number }>;
+}

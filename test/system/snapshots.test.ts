@@ -1,0 +1,114 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, startDaemon } from './harness.ts';
+
+// Daemons of storage tests need no network of their own.
+process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
+
+describe('snapshots and copies of ct guests', () => {
+  let d: Daemon;
+  before(async () => {
+    d = await startDaemon();
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  const read = (guest: string, file: string) => d.ok(['exec', guest, '--', 'cat', file]);
+  const write = (guest: string, file: string, text: string) =>
+    d.ok(['exec', guest, '--', 'sh', '-c', `printf %s '${text}' > ${file}`]);
+  const status = (guest: string) =>
+    (JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { status: string }).status;
+
+  test('a snapshot of a running guest restores its old file content and the guest runs again', () => {
+    d.ok(['launch', 'busybox', 's1']);
+    write('s1', '/data.txt', 'one');
+    assert.equal(d.ok(['snapshot', 'create', 's1', 'snap0']).trim(), 'snap0');
+    write('s1', '/data.txt', 'two');
+    write('s1', '/new.txt', 'made after the snapshot');
+    assert.equal(read('s1', '/data.txt'), 'two');
+    const list = JSON.parse(d.ok(['snapshot', 'list', 's1', '--format', 'json'])) as Array<{
+      name: string;
+      wasRunning: boolean;
+    }>;
+    assert.deepEqual(
+      list.map((s) => [s.name, s.wasRunning]),
+      [['snap0', true]],
+    );
+    d.ok(['snapshot', 'restore', 's1', 'snap0']);
+    assert.equal(status('s1'), 'Running');
+    assert.equal(read('s1', '/data.txt'), 'one');
+    assert.notEqual(d.cli(['exec', 's1', '--', 'test', '-e', '/new.txt']).code, 0, 'file made later is gone');
+  });
+
+  test('a stopped guest is snapshotted and restored, and stays stopped', () => {
+    d.ok(['stop', 's1', '--force']);
+    const upper = path.join(d.stateDir, 'guests/s1/upper');
+    d.ok(['snapshot', 'create', 's1']); // auto-named snap1
+    writeFileSync(path.join(upper, 'data.txt'), 'changed while stopped');
+    d.ok(['snapshot', 'restore', 's1', 'snap1']);
+    assert.equal(status('s1'), 'Stopped');
+    assert.equal(readFileSync(path.join(upper, 'data.txt'), 'utf8'), 'one');
+    d.ok(['start', 's1']);
+    assert.equal(read('s1', '/data.txt'), 'one');
+  });
+
+  test('delete removes the snapshot record and its files', () => {
+    d.ok(['snapshot', 'delete', 's1', 'snap1']);
+    const names = (
+      JSON.parse(d.ok(['snapshot', 'list', 's1', '--format', 'json'])) as Array<{ name: string }>
+    ).map((s) => s.name);
+    assert.deepEqual(names, ['snap0']);
+    assert.equal(existsSync(path.join(d.stateDir, 'guests/s1/snapshots/snap1')), false);
+  });
+
+  test('bad names, unknown snapshots and duplicates are refused with 4xx', async () => {
+    const bad = await d.api('POST', '/1.0/guests/s1/snapshots', { name: 'Bad_Name' });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.error ?? '', /snapshot name/);
+    const dup = await d.api('POST', '/1.0/guests/s1/snapshots', { name: 'snap0' });
+    assert.equal(dup.status, 409);
+    const unknown = await d.api('PUT', '/1.0/guests/s1', { restore: 'nope' });
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.body.error ?? '', /no snapshot nope/);
+    assert.equal((await d.api('GET', '/1.0/guests/s1/snapshots/nope')).status, 404);
+    assert.equal((await d.api('DELETE', '/1.0/guests/s1/snapshots/nope')).status, 404);
+    assert.equal((await d.api('POST', '/1.0/guests/ghost/snapshots', { name: 'x' })).status, 404);
+    const r = d.cli(['snapshot', 'restore', 's1', 'nope']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: Guest s1 has no snapshot nope\n$/);
+  });
+
+  test('a copy is independent of its source in both directions', () => {
+    d.ok(['copy', 's1', 'c1', '--start']);
+    assert.equal(status('c1'), 'Running');
+    assert.equal(read('c1', '/data.txt'), 'one');
+    write('c1', '/data.txt', 'copy');
+    assert.equal(read('s1', '/data.txt'), 'one');
+    write('s1', '/data.txt', 'source');
+    write('s1', '/only-in-source.txt', 'x');
+    assert.equal(read('c1', '/data.txt'), 'copy');
+    assert.notEqual(d.cli(['exec', 'c1', '--', 'test', '-e', '/only-in-source.txt']).code, 0);
+  });
+
+  test('a copy of a snapshot has the snapshot content and no snapshots of its own', () => {
+    write('s1', '/data.txt', 'later');
+    d.ok(['copy', 's1/snap0', 'c2']);
+    assert.equal(status('c2'), 'Stopped');
+    d.ok(['start', 'c2']);
+    assert.equal(read('c2', '/data.txt'), 'one');
+    assert.deepEqual(JSON.parse(d.ok(['snapshot', 'list', 'c2', '--format', 'json'])), []);
+    const taken = d.cli(['copy', 's1', 'c2']);
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /already exists/);
+  });
+
+  test('deleting a guest deletes its snapshots; a new guest of the same name starts with none', async () => {
+    d.ok(['delete', '--force', 's1']);
+    d.ok(['create', 'busybox', 's1']);
+    assert.deepEqual(JSON.parse(d.ok(['snapshot', 'list', 's1', '--format', 'json'])), []);
+    d.ok(['delete', 's1']);
+  });
+});
