@@ -1,6 +1,6 @@
 import { constants } from 'node:os';
 import { PassThrough, Writable } from 'node:stream';
-import { invalidArgument, notSupported } from '../core/errors.ts';
+import { internal, invalidArgument, notSupported } from '../core/errors.ts';
 import type { ExecOptions, ExecSession } from '../drivers/guest-driver.ts';
 import type { QgaClient } from './qga-client.ts';
 
@@ -156,4 +156,37 @@ export function qgaExecSession(client: QgaClient, options: QgaExecSessionOptions
     },
     exit,
   };
+}
+
+/** Options of qgaPushFile. */
+export interface QgaPushFileOptions {
+  /** Permission bits of the file; default 0o644 (the agent itself creates files world-writable). */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  busyboxPath?: string;
+}
+
+/**
+ * Writes a file into the guest through the agent and then sets its mode and
+ * owner with the guest's busybox, since guest-file-open creates files 0666.
+ */
+export async function qgaPushFile(
+  client: QgaClient,
+  path: string,
+  data: Buffer | string,
+  options: QgaPushFileOptions = {},
+): Promise<void> {
+  const bb = options.busyboxPath ?? GUEST_BUSYBOX;
+  await client.writeFile(path, data);
+  const mode = (options.mode ?? 0o644).toString(8).padStart(4, '0');
+  const owner = options.uid !== undefined ? `${options.uid}:${options.gid ?? options.uid}` : undefined;
+  // $0 is the busybox itself: the image may have no chmod or chown of its own.
+  const script = owner ? '"$0" chmod "$1" "$3" && "$0" chown "$2" "$3"' : '"$0" chmod "$1" "$3"';
+  const r = await client.exec([bb, 'sh', '-c', script, bb, mode, owner ?? '', path], {
+    env: { PATH: DEFAULT_PATH },
+  });
+  if (r.exitCode !== 0) {
+    throw internal(`Cannot set the mode or owner of ${path} in the guest: ${r.stderr.toString().trim()}.`);
+  }
 }

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createQgaClient, type QgaClient } from '../../src/host/qga-client.ts';
-import { qgaExecSession } from '../../src/host/qga-exec-session.ts';
+import { qgaExecSession, qgaPushFile } from '../../src/host/qga-exec-session.ts';
 
 const QEMU_GA = '/usr/sbin/qemu-ga';
 
@@ -114,6 +114,23 @@ describe('QGA client against a real qemu-ga (unix-listen on the host)', {
     await writeFile(join(dir, 'empty'), '');
     assert.equal((await client.readFile(join(dir, 'empty'))).length, 0);
     await assert.rejects(client.readFile(join(dir, 'missing')), /guest-file-open/);
+  });
+
+  test('qgaPushFile sets the mode and owner the agent does not', async () => {
+    const path = join(dir, 'owned');
+    await qgaPushFile(client, path, 'secret\n', {
+      mode: 0o600,
+      uid: 65534,
+      gid: 65534,
+      busyboxPath: '/bin/busybox',
+    });
+    const s = await stat(path);
+    assert.equal(s.mode & 0o777, 0o600);
+    assert.equal(s.uid, 65534);
+    assert.equal(s.gid, 65534);
+    assert.equal(await readFile(path, 'utf8'), 'secret\n');
+    await qgaPushFile(client, join(dir, 'plain'), 'x', { busyboxPath: '/bin/busybox' });
+    assert.equal((await stat(join(dir, 'plain'))).mode & 0o777, 0o644);
   });
 
   test('sync discards a half request and unasked answers on the line', async () => {
