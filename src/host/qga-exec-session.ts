@@ -115,7 +115,17 @@ export function qgaExecSession(client: QgaClient, options: QgaExecSessionOptions
         },
       })
       .then(
-        (r) => finish(r.exitCode, r.stdout, r.stderr),
+        (r) =>
+          finish(
+            r.exitCode,
+            r.stdout,
+            r.truncated
+              ? Buffer.concat([
+                  r.stderr,
+                  Buffer.from('trivisor: the guest agent kept only the first 16 MiB of output\n'),
+                ])
+              : r.stderr,
+          ),
         (e: unknown) =>
           finish(255, Buffer.alloc(0), Buffer.from(`${e instanceof Error ? e.message : String(e)}\n`)),
       );
