@@ -71,6 +71,11 @@ export interface QemuCommandOptions {
   resources: VmResources;
   /** Words for the kernel command line after the driver's own (the kit's init=, trivisor.*). */
   kernelArgs: string[];
+  /**
+   * A kernel of another OS booted as it is (image property `vm.kernel`): no
+   * initramfs, and `kernelArgs` are its whole command line.
+   */
+  foreignKernel?: string;
 }
 
 /**
@@ -88,16 +93,21 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
   const machineArg = microvm
     ? `microvm,accel=${accelerator},x-option-roms=off,isa-serial=on,rtc=on`
     : `q35,accel=${accelerator}`;
-  const append = [
-    'console=ttyS0',
-    'root=/dev/vda',
-    'rootfstype=ext4',
-    'rw',
-    'quiet',
-    // A kernel panic (an init that exits) restarts, and -no-reboot turns that into QEMU's exit.
-    'panic=-1',
-    ...options.kernelArgs,
-  ];
+  const append = options.foreignKernel
+    ? options.kernelArgs
+    : [
+        'console=ttyS0',
+        'root=/dev/vda',
+        'rootfstype=ext4',
+        'rw',
+        'quiet',
+        // A kernel panic (an init that exits) restarts, and -no-reboot turns that into QEMU's exit.
+        'panic=-1',
+        ...options.kernelArgs,
+      ];
+  const boot = options.foreignKernel
+    ? ['-kernel', options.foreignKernel]
+    : ['-kernel', kit.kernelPath, '-initrd', kit.initramfsPath];
   return [
     'qemu-system-x86_64',
     '-name',
@@ -126,10 +136,7 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `socket,id=console,path=${paths.consoleSocket},server=on,wait=off,logfile=${paths.consoleLog},logappend=on`,
     '-serial',
     'chardev:console',
-    '-kernel',
-    kit.kernelPath,
-    '-initrd',
-    kit.initramfsPath,
+    ...boot,
     '-append',
     append.join(' '),
     '-drive',

@@ -12,7 +12,14 @@ import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { KIT_INIT_MARKER, kitKernelArgs } from '../../images/guest-kit.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
-import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
+import type {
+  DriverContext,
+  ExecSession,
+  GuestDriver,
+  ImageHandle,
+  ProbeResult,
+  RuntimeState,
+} from '../guest-driver.ts';
 import {
   ACCELERATOR_ENV,
   type AcceleratorSetting,
@@ -221,6 +228,29 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     await check();
   };
 
+  /** Another OS has no kit: it counts as booted once its `vm.ready` text is on the console. */
+  const waitForeignBooted = async (
+    spec: GuestSpec,
+    identity: ProcessIdentity,
+    options: { consoleOffset: number; ready: string | undefined },
+  ): Promise<void> => {
+    const p = pathsOf(spec);
+    const deadline = Date.now() + startTimeoutMs;
+    for (;;) {
+      const text = await consoleSince(p.consoleLog, options.consoleOffset);
+      if (!(await isSameProcess(identity))) {
+        throw internal(`Guest ${spec.name} powered off while booting: ${tail(text)} (see ${p.consoleLog}).`);
+      }
+      if (options.ready === undefined || text.includes(options.ready)) return;
+      if (Date.now() > deadline) {
+        throw internal(
+          `Guest ${spec.name} did not print ${JSON.stringify(options.ready)} within ${startTimeoutMs}ms (see ${p.consoleLog}).`,
+        );
+      }
+      await sleep(POLL_MS);
+    }
+  };
+
   const runningQemu = async (spec: GuestSpec): Promise<ProcessIdentity> => {
     const q = await liveQemu(spec);
     if (!q) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
@@ -343,6 +373,12 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       const kit = await bootKit();
       const verdict = await accelerator(kit);
       const resources = vmResources(spec.config);
+      const foreign = foreignBootOf(image);
+      if (foreign && !(await exists(foreign.kernel))) {
+        throw failedPrecondition(
+          `The kernel ${foreign.kernel} of image ${image.record.fingerprint} does not exist on this host: install it or fix the image's vm.kernel property.`,
+        );
+      }
       return withRevert(async (r) => {
         const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
         const argv = qemuArgv({
@@ -352,7 +388,9 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           accelerator: verdict.accelerator,
           machine,
           resources,
-          kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm' }),
+          ...(foreign
+            ? { foreignKernel: foreign.kernel, kernelArgs: foreign.cmdline }
+            : { kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm' }) }),
         });
         r.add(() => cleanUpRuntime(spec));
         // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
@@ -378,7 +416,8 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           kernelRelease: kit.kernelRelease,
         });
         await joinCgroup(spec, pid, resources.cpuQuotaUs);
-        await waitBooted(spec, identity, consoleOffset);
+        if (foreign) await waitForeignBooted(spec, identity, { consoleOffset, ready: foreign.ready });
+        else await waitBooted(spec, identity, consoleOffset);
         log.info({ guest: spec.name, pid, accelerator: verdict.accelerator }, 'vm guest started');
         return identity;
       });
@@ -492,6 +531,24 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     },
   };
   return driver;
+}
+
+/**
+ * Image properties that boot another OS's kernel directly instead of the
+ * cloud kernel and the kit: `vm.kernel` (host path), `vm.cmdline` (its whole
+ * command line) and `vm.ready` (console text that means it is up). Such
+ * guests have no agent: exec fails, and stop ends in a kill after the timeout
+ * unless the OS acts on ACPI power-down.
+ */
+function foreignBootOf(
+  image: ImageHandle,
+): { kernel: string; cmdline: string[]; ready: string | undefined } | undefined {
+  const kernel = image.record.properties['vm.kernel'];
+  if (!kernel) return undefined;
+  const cmdline = (image.record.properties['vm.cmdline'] ?? 'console=ttyS0,115200')
+    .split(/\s+/)
+    .filter(Boolean);
+  return { kernel, cmdline, ready: image.record.properties['vm.ready'] };
 }
 
 function hasCloudKernel(bootDir: string): boolean {
