@@ -1,10 +1,14 @@
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:os';
+import { PassThrough, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { unavailable } from '../../core/errors.ts';
+import { invalidArgument, unavailable } from '../../core/errors.ts';
 import { createQgaClient, type QgaClient } from '../../host/qga-client.ts';
-import { GUEST_BUSYBOX, qgaExecSession } from '../../host/qga-exec-session.ts';
+import { GUEST_BUSYBOX, qgaExecArgv, qgaExecSession } from '../../host/qga-exec-session.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import type { ExecOptions, ExecSession } from '../guest-driver.ts';
 import { openAgentLine } from './agent-line.ts';
+import { pacedLine } from './paced-line.ts';
 import { parsePtsConfig } from './uml-command.ts';
 import type { MconsoleClient } from './uml-mconsole.ts';
 
@@ -18,6 +22,199 @@ export interface AgentConnection {
   signalInit(signal: string, timeoutMs: number): Promise<void>;
   onClose(listener: () => void): void;
   close(): void;
+}
+
+/** Largest piece per guest-file-read/write: its base64 in JSON stays well under the guest tty's 4 KiB. */
+const CHUNK_BYTES = 2048;
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** The kit's private tmpfs in the guest (guest-kit-init-script.ts). */
+const KIT_RUN_DIR = '/.trivisor/run';
+/** How often a running command's output files are read. */
+const POLL_MIN_MS = 10;
+const POLL_MAX_MS = 200;
+
+async function writeGuestFile(client: QgaClient, path: string, data: Buffer): Promise<void> {
+  const handle = await client.command<number>('guest-file-open', { path, mode: 'w' });
+  try {
+    for (let at = 0; at < data.length; at += CHUNK_BYTES) {
+      const chunk = data.subarray(at, at + CHUNK_BYTES);
+      await client.command('guest-file-write', { handle, 'buf-b64': chunk.toString('base64') });
+    }
+  } finally {
+    await client.command('guest-file-close', { handle }).catch(() => {});
+  }
+}
+
+/**
+ * Follows a growing file in the guest: each call returns what was added since
+ * the last. The file is reopened each time because the agent reads with stdio,
+ * whose end-of-file indicator sticks once reached.
+ */
+function guestFileFollower(client: QgaClient, path: string) {
+  let offset = 0;
+  return async (): Promise<Buffer> => {
+    // Missing until the command's shell made it: nothing to read yet.
+    const handle = await client
+      .command<number>('guest-file-open', { path, mode: 'r' })
+      .catch(() => undefined);
+    if (handle === undefined) return Buffer.alloc(0);
+    const chunks: Buffer[] = [];
+    try {
+      if (offset > 0) await client.command('guest-file-seek', { handle, offset, whence: 'set' });
+      for (;;) {
+        const r = await client.command<{ count: number; 'buf-b64': string; eof: boolean }>(
+          'guest-file-read',
+          {
+            handle,
+            count: CHUNK_BYTES,
+          },
+        );
+        if (r.count > 0) chunks.push(Buffer.from(r['buf-b64'], 'base64'));
+        offset += r.count;
+        if (r.eof || r.count < CHUNK_BYTES) break;
+      }
+    } finally {
+      await client.command('guest-file-close', { handle }).catch(() => {});
+    }
+    return Buffer.concat(chunks);
+  };
+}
+
+/**
+ * An exec session for a guest agent behind a UML serial line, where no
+ * single message may be large: one larger than the guest tty's 4 KiB buffer
+ * throttles UML's line driver (6.1), which then stops reading for good, and
+ * large answers stall too. So stdin goes in small guest-file-write requests
+ * to a file on the kit's private tmpfs, the command's stdout and stderr go to
+ * files there, and those are read back in small pieces while it runs (which
+ * streams output, unlike guest-exec's capture). Every request is answered
+ * before the next is sent: the agent's own pace is the flow control.
+ */
+function smallMessageExecSession(client: QgaClient, options: ExecOptions): ExecSession {
+  if (options.tty) return qgaExecSession(client, options);
+  if (options.command.length === 0)
+    throw invalidArgument('The command to run is empty: give at least a program.');
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const input: Buffer[] = [];
+  let pid: number | undefined;
+  let pendingSignal: number | undefined;
+  let state: 'collecting' | 'running' | 'done' = 'collecting';
+  let settle: (code: number) => void = () => {};
+  const exit = new Promise<number>((resolve) => {
+    settle = resolve;
+  });
+  const env = { PATH: DEFAULT_PATH, HOME: (options.user ?? 0) === 0 ? '/root' : '/', ...options.env };
+
+  const kill = (n: number, target: number): void => {
+    client
+      .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['kill', `-${n}`, String(target)] })
+      .catch(() => {});
+  };
+
+  const run = async (): Promise<number> => {
+    const base = `${KIT_RUN_DIR}/exec-${randomBytes(8).toString('hex')}`;
+    const files = { in: `${base}.in`, out: `${base}.out`, err: `${base}.err` };
+    const data = Buffer.concat(input);
+    if (data.length > 0) await writeGuestFile(client, files.in, data);
+    const argv = [
+      GUEST_BUSYBOX,
+      'sh',
+      '-c',
+      // Redirections first (as root: the files are the kit's), then the user and directory wrappers.
+      // $0 is the input file or empty (then stdin is /dev/null), $1 and $2 the output files.
+      'exec >"$1" 2>"$2" || exit 127; if [ -n "$0" ]; then exec <"$0" || exit 127; rm -f "$0"; else exec </dev/null; fi; shift 2; exec "$@"',
+      data.length > 0 ? files.in : '',
+      files.out,
+      files.err,
+      ...qgaExecArgv(options),
+    ];
+    const [path, ...arg] = argv;
+    const started = await client.command<{ pid: number }>('guest-exec', {
+      path,
+      arg,
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+    });
+    pid = started.pid;
+    if (pendingSignal !== undefined) kill(pendingSignal, pid);
+    const readOut = guestFileFollower(client, files.out);
+    const readErr = guestFileFollower(client, files.err);
+    try {
+      let delayMs = POLL_MIN_MS;
+      for (;;) {
+        const status = await client.command<Record<string, unknown>>('guest-exec-status', { pid });
+        // Read after the status: once it says exited, the files hold everything.
+        const o = await readOut();
+        const e = await readErr();
+        if (o.length > 0) stdout.write(o);
+        if (e.length > 0) stderr.write(e);
+        if (status.exited === true) {
+          if (typeof status.signal === 'number') return 128 + status.signal;
+          return typeof status.exitcode === 'number' ? status.exitcode : 0;
+        }
+        if (o.length > 0 || e.length > 0) delayMs = POLL_MIN_MS;
+        await sleep(delayMs);
+        delayMs = Math.min(POLL_MAX_MS, delayMs * 2);
+      }
+    } finally {
+      client
+        .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['rm', '-f', files.in, files.out, files.err] })
+        .catch(() => {});
+    }
+  };
+
+  const finish = (code: number, message?: string): void => {
+    state = 'done';
+    stdout.end();
+    stderr.end(message);
+    settle(code);
+  };
+
+  const start = (): void => {
+    if (state !== 'collecting') return;
+    state = 'running';
+    if (pendingSignal !== undefined) {
+      finish(128 + pendingSignal);
+      return;
+    }
+    run().then(
+      (code) => finish(code),
+      (e: unknown) => finish(255, `${e instanceof Error ? e.message : String(e)}\n`),
+    );
+  };
+
+  const stdin = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      input.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+      callback();
+    },
+    final(callback) {
+      start();
+      callback();
+    },
+  });
+  // A destroyed stdin is an ended one, as for a pipe whose writer went away.
+  stdin.on('close', start);
+  stdin.on('error', () => {});
+
+  return {
+    stdin,
+    stdout,
+    stderr,
+    resize() {
+      // No terminal.
+    },
+    signal(signal) {
+      const n = constants.signals[signal];
+      if (n === undefined || state === 'done') return;
+      if (state === 'collecting') {
+        pendingSignal = n;
+        start();
+      } else if (pid === undefined) pendingSignal = n;
+      else kill(n, pid);
+    },
+    exit,
+  };
 }
 
 /**
@@ -42,7 +239,10 @@ export async function connectAgent(
     }
     await sleep(100);
   }
-  const socket = await openAgentLine(ptyPath, { runner: options.runner });
+  const socket = pacedLine(await openAgentLine(ptyPath, { runner: options.runner }), {
+    chunkBytes: 1024,
+    gapMs: 2,
+  });
   const client = createQgaClient(socket, options.guestName ? { guestName: options.guestName } : {});
   try {
     await client.waitReady({ timeoutMs: Math.max(1000, deadline - Date.now()) });
@@ -55,7 +255,7 @@ export async function connectAgent(
     client,
     ptyPath: path,
     exec(execOptions, configEnv) {
-      return qgaExecSession(client, { ...execOptions, env: { ...configEnv, ...execOptions.env } });
+      return smallMessageExecSession(client, { ...execOptions, env: { ...configEnv, ...execOptions.env } });
     },
     async signalInit(signal, timeoutMs) {
       // Only started, not awaited: init's shutdown may take the agent down before it could report.
