@@ -56,6 +56,8 @@ describe('buildBusyboxRootfs', () => {
         '--pid',
         '--fork',
         '--mount',
+        // Its own UTS namespace: the image's rcS sets the host name from /etc/hostname.
+        '--uts',
         '--propagation',
         'private',
         'sh',
