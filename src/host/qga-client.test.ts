@@ -143,6 +143,36 @@ describe('createQgaClient', () => {
     client.close();
   });
 
+  test('file reads and writes go in chunks of fileChunkBytes', async () => {
+    const written: string[] = [];
+    const content = Buffer.from('0123456789');
+    let readAt = 0;
+    const agent = fakeAgent((r) => {
+      const args = (r.arguments ?? {}) as Record<string, unknown>;
+      if (r.execute === 'guest-file-open') return '{"return": 5}\n';
+      if (r.execute === 'guest-file-write') {
+        const chunk = Buffer.from(String(args['buf-b64']), 'base64');
+        written.push(chunk.toString());
+        return `{"return": {"count": ${chunk.length}, "eof": false}}\n`;
+      }
+      if (r.execute === 'guest-file-read') {
+        const chunk = content.subarray(readAt, readAt + Number(args.count));
+        readAt += chunk.length;
+        return `{"return": {"count": ${chunk.length}, "buf-b64": "${chunk.toString('base64')}", "eof": ${readAt >= content.length}}}\n`;
+      }
+      if (r.execute === 'guest-file-flush' || r.execute === 'guest-file-close') return '{"return": {}}\n';
+      return undefined;
+    });
+    const client = createQgaClient(agent.stream, { fileChunkBytes: 4 });
+    await client.writeFile('/f', content);
+    assert.deepEqual(written, ['0123', '4567', '89']);
+    assert.equal((await client.readFile('/f')).toString(), '0123456789');
+    const reads = agent.requests.filter((r) => r.execute === 'guest-file-read');
+    assert.equal(reads.length, 3);
+    assert.ok(reads.every((r) => (r.arguments as { count: number }).count === 4));
+    client.close();
+  });
+
   test('shutdown expects no answer and makes the next request resync', async () => {
     const agent = fakeAgent((r) => (r.execute === 'guest-ping' ? '{"return": {}}\n' : undefined));
     const client = createQgaClient(agent.stream);

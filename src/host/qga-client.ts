@@ -10,6 +10,11 @@ export interface QgaClientOptions {
   requestTimeoutMs?: number;
   /** Name of the guest in error messages. */
   guestName?: string;
+  /**
+   * Bytes per guest-file-read/write; default QGA_FILE_CHUNK_BYTES. Lines that
+   * stall on long messages (UML's serial line past its 4 KiB tty buffer) need ~2 KiB.
+   */
+  fileChunkBytes?: number;
 }
 
 /** What a finished guest-exec produced. */
@@ -112,6 +117,7 @@ function fromBase64(value: unknown): Buffer {
 
 export function createQgaClient(stream: Duplex, options: QgaClientOptions = {}): QgaClient {
   const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const chunkBytes = options.fileChunkBytes ?? QGA_FILE_CHUNK_BYTES;
   const who = options.guestName ? `of guest ${options.guestName}` : 'of the guest';
   let buffer: Buffer = Buffer.alloc(0);
   let pending: Pending | null = null;
@@ -329,7 +335,7 @@ export function createQgaClient(stream: Duplex, options: QgaClientOptions = {}):
         for (;;) {
           const r = await command<{ count: number; 'buf-b64': string; eof: boolean }>('guest-file-read', {
             handle,
-            count: QGA_FILE_CHUNK_BYTES,
+            count: chunkBytes,
           });
           if (r.count > 0) chunks.push(fromBase64(r['buf-b64']));
           if (r.eof || r.count === 0) break;
@@ -345,7 +351,7 @@ export function createQgaClient(stream: Duplex, options: QgaClientOptions = {}):
       const handle = await command<number>('guest-file-open', { path, mode: 'w' });
       try {
         for (let at = 0; at < bytes.length; ) {
-          const chunk = bytes.subarray(at, at + QGA_FILE_CHUNK_BYTES);
+          const chunk = bytes.subarray(at, at + chunkBytes);
           const r = await command<{ count: number }>('guest-file-write', {
             handle,
             'buf-b64': base64(chunk),
