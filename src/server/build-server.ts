@@ -20,8 +20,8 @@ import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import type { RouteContext } from './route-context.ts';
-import { registerStorageRoutes } from './storage-routes.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
+import { registerStorageRoutes } from './storage-routes.ts';
 
 /** Options of `buildServer`. */
 export interface BuildServerOptions {

@@ -71,7 +71,9 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     async (request, reply) => {
       const body = request.body;
       if (body.source?.type === 'copy') {
-        if (!services.storage) throw notSupported('This daemon cannot copy guests: it has no storage service');
+        if (!services.storage) {
+          throw notSupported('This daemon cannot copy guests: it has no storage service');
+        }
         const [source = '', snapshot, ...rest] = body.source.source.split('/');
         if (rest.length > 0) throw invalidArgument('A copy source is GUEST or GUEST/SNAPSHOT');
         const op = await services.storage.copyGuest({
