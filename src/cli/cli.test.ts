@@ -57,8 +57,8 @@ describe('bin/trivisor against a fake daemon on a unix socket', () => {
     const run = await trivisor(['list']);
     assert.equal(run.code, 0, run.stderr);
     const lines = run.stdout.trimEnd().split('\n');
-    assert.match(lines[0] ?? '', /^NAME\s+MODEL\s+STATUS\s+IMAGE\s+PID\s+MEMORY\s+PROCESSES$/);
-    assert.match(lines[1] ?? '', /^web1\s+ct\s+Running\s+busybox\s+4242\s+3MiB\s+2$/);
+    assert.match(lines[0] ?? '', /^NAME\s+MODEL\s+STATUS\s+IMAGE\s+PID\s+MEMORY\s+PROCESSES\s+IPV4$/);
+    assert.match(lines[1] ?? '', /^web1\s+ct\s+Running\s+busybox\s+4242\s+3MiB\s+2\s+-$/);
     assert.equal(run.stderr, '');
   });
 

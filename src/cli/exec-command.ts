@@ -42,8 +42,12 @@ async function runExec(cmd: Command, name: string, command: string[], opts: Exec
   const stdout = process.stdout;
   // Like Incus: a terminal when both ends are terminals, unless told otherwise; but vm and
   // pvm guests run commands through the QEMU guest agent, which has no terminal.
+  const model = stdin.isTTY === true && !opts.t ? (await clientOf(cmd).getGuest(name)).model : undefined;
   const auto = !opts.t && !opts.T && stdin.isTTY === true && stdout.isTTY === true;
-  const tty = opts.t ? true : auto ? (await clientOf(cmd).getGuest(name)).model === 'ct' : false;
+  const tty = opts.t ? true : auto ? model === 'ct' : false;
+  // The guest agent of vm/pvm guests takes stdin whole before the command runs: a terminal
+  // would never end it, so it gets none (as `ssh -n`); pipe input in to give some.
+  const noStdin = model !== undefined && model !== 'ct' && !tty;
   const environment = parsePairs(opts.env, 'Environment variable');
   if (tty && !environment.TERM) environment.TERM = process.env.TERM ?? 'xterm-256color';
   const request: Parameters<ReturnType<typeof clientOf>['exec']>[1] = {
@@ -78,7 +82,8 @@ async function runExec(cmd: Command, name: string, command: string[], opts: Exec
   if (!rawMode) process.on('SIGINT', onSigint);
   process.on('SIGTERM', onSigterm);
 
-  stdin.pipe(handle.stdin);
+  if (noStdin) handle.stdin.end();
+  else stdin.pipe(handle.stdin);
   handle.stdout.pipe(stdout, { end: false });
   handle.stderr.pipe(process.stderr, { end: false });
   try {

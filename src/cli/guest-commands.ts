@@ -21,11 +21,22 @@ export function addGuestCommands(program: Command): void {
       .argument('<name>', 'guest name')
       .addOption(new Option('-m, --model <model>', 'virtualization model').choices(['ct', 'pvm', 'vm']))
       .option('-c, --config <key=value>', 'config key (repeatable)', collect, [])
+      .option('-n, --network <network>', 'add a NIC on this network (repeatable: eth0, eth1…)', collect, [])
       .action(
-        async (image: string, name: string, opts: { model?: Model; config: string[] }, cmd: Command) => {
+        async (
+          image: string,
+          name: string,
+          opts: { model?: Model; config: string[]; network: string[] },
+          cmd: Command,
+        ) => {
           const client = clientOf(cmd);
           const request: CreateGuestBody = { name, image, start };
           if (opts.model) request.model = opts.model;
+          if (opts.network.length > 0) {
+            request.devices = Object.fromEntries(
+              opts.network.map((network, i) => [`eth${i}`, { type: 'nic' as const, network }]),
+            );
+          }
           if (opts.config.length > 0) request.config = parsePairs(opts.config, 'Config');
           const op = await client.createGuest(request);
           await waitWithProgress(client, op, { label: `${start ? 'Launching' : 'Creating'} ${name}` });

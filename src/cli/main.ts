@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { addConsoleCommand, addExecCommand } from './exec-command.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
+import { addNetworkCommands } from './network-commands.ts';
 import {
   addDaemonCommand,
   addImageCommands,
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   addConfigCommands(program);
   addImageCommands(program);
   addStorageCommands(program);
+  addNetworkCommands(program);
   addOperationCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);

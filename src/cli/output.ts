@@ -1,5 +1,5 @@
 import { stringify } from 'yaml';
-import type { Guest, ImageRecord, Operation } from '../api/types.ts';
+import type { Guest, ImageRecord, Network, Operation } from '../api/types.ts';
 import { formatBytes } from '../core/sizes.ts';
 
 /** Output formats for people (table) and scripts (json, yaml). */
@@ -43,7 +43,7 @@ const dash = (v: string | number | null | undefined) => (v === null || v === und
 
 export function guestTable(guests: Guest[]): string {
   return renderTable(
-    ['NAME', 'MODEL', 'STATUS', 'IMAGE', 'PID', 'MEMORY', 'PROCESSES'],
+    ['NAME', 'MODEL', 'STATUS', 'IMAGE', 'PID', 'MEMORY', 'PROCESSES', 'IPV4'],
     guests.map((g) => [
       g.name,
       g.model,
@@ -52,6 +52,7 @@ export function guestTable(guests: Guest[]): string {
       dash(g.state.pid),
       g.state.usage ? formatBytes(g.state.usage.memoryBytes) : '-',
       dash(g.state.usage?.processes),
+      g.state.addresses?.length ? g.state.addresses.join(',') : '-',
     ]),
   );
 }
@@ -76,6 +77,17 @@ export function guestInfo(g: Guest): string {
     lines.push(`Processes: ${usage.processes}`);
   }
   lines.push(`Restarts: ${g.state.restartCount}`);
+  const nics = Object.entries(g.state.nics ?? {});
+  if (nics.length > 0) lines.push('Network:');
+  for (const [nic, n] of nics) {
+    lines.push(`  ${nic}: network ${n.network}, hwaddr ${n.hwaddr}, host ${n.hostName}`);
+    lines.push(`    addresses: ${n.addresses.join(', ') || '-'}`);
+    if (n.counters) {
+      const c = n.counters;
+      lines.push(`    received: ${formatBytes(c.rxBytes)} (${c.rxPackets} packets)`);
+      lines.push(`    sent: ${formatBytes(c.txBytes)} (${c.txPackets} packets)`);
+    }
+  }
   const keys = Object.keys(g.config).sort();
   lines.push(keys.length === 0 ? 'Config: (none)' : 'Config:');
   for (const k of keys) lines.push(`  ${k}: ${g.config[k]}`);
@@ -125,4 +137,30 @@ export function operationTable(ops: Operation[]): string {
       o.createdAt.slice(0, 19).replace('T', ' '),
     ]),
   );
+}
+
+export function networkTable(networks: Network[]): string {
+  return renderTable(
+    ['NAME', 'IPV4', 'NAT', 'ISOLATED', 'DOMAIN', 'STATUS', 'USED BY'],
+    networks.map((n) => [
+      n.name,
+      n.config['ipv4.address'] ?? '-',
+      n.config['ipv4.nat'] ?? 'false',
+      n.config['security.isolated'] ?? 'false',
+      n.config['dns.domain'] ?? '-',
+      n.status,
+      String(n.usedBy.length),
+    ]),
+  );
+}
+
+export function networkInfo(n: Network): string {
+  const lines = [`Name: ${n.name}`, `Type: ${n.type}`, `Status: ${n.status}`];
+  if (n.description) lines.push(`Description: ${n.description}`);
+  if (n.error) lines.push(`Error: ${n.error}`);
+  lines.push('Config:');
+  for (const k of Object.keys(n.config).sort()) lines.push(`  ${k}: ${n.config[k]}`);
+  lines.push(n.usedBy.length === 0 ? 'Used by: (none)' : 'Used by:');
+  for (const u of n.usedBy) lines.push(`  ${u}`);
+  return `${lines.join('\n')}\n`;
 }

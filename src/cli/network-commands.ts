@@ -1,0 +1,91 @@
+import { type Command, Option } from 'commander';
+import type { CreateNetworkBody } from '../api/types.ts';
+import { invalidArgument } from '../core/errors.ts';
+import { clientOf, parsePairs } from './context.ts';
+import { networkInfo, networkTable, type OutputFormat, renderData } from './output.ts';
+
+/** `network create|list|info|set|unset|delete`. */
+export function addNetworkCommands(program: Command): void {
+  const network = program.command('network').description('Manage networks (bridges with DHCP/DNS and NAT)');
+
+  network
+    .command('create')
+    .description(
+      'Create a network: network create NAME ipv4.address=198.18.10.1/24 [ipv4.nat=true] [dns.domain=…]',
+    )
+    .argument('<name>')
+    .argument('[pairs...]', 'config keys as key=value')
+    .option('--isolated', 'guests reach the gateway but not each other (security.isolated=true)')
+    .option('--description <text>')
+    .action(
+      async (
+        name: string,
+        pairs: string[],
+        opts: { isolated?: boolean; description?: string },
+        cmd: Command,
+      ) => {
+        const config = parsePairs(pairs, 'Config');
+        if (opts.isolated) config['security.isolated'] = 'true';
+        const request: CreateNetworkBody = { name, config };
+        if (opts.description !== undefined) request.description = opts.description;
+        await clientOf(cmd).createNetwork(request);
+        process.stdout.write(`Network ${name} created\n`);
+      },
+    );
+
+  network
+    .command('list')
+    .alias('ls')
+    .description('List networks')
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (opts: { format: OutputFormat }, cmd: Command) => {
+      const list = await clientOf(cmd).listNetworks();
+      process.stdout.write(opts.format === 'table' ? networkTable(list) : renderData(list, opts.format));
+    });
+
+  network
+    .command('info')
+    .alias('show')
+    .description('Show a network')
+    .argument('<name>')
+    .addOption(new Option('-f, --format <format>', 'json or yaml instead of text').choices(['json', 'yaml']))
+    .action(async (name: string, opts: { format?: 'json' | 'yaml' }, cmd: Command) => {
+      const n = await clientOf(cmd).getNetwork(name);
+      process.stdout.write(opts.format ? renderData(n, opts.format) : networkInfo(n));
+    });
+
+  network
+    .command('set')
+    .description('Set network config keys: network set NAME key=value...')
+    .argument('<name>')
+    .argument('<pairs...>')
+    .option('--isolated', 'shorthand for security.isolated=true')
+    .action(async (name: string, pairs: string[], opts: { isolated?: boolean }, cmd: Command) => {
+      const set = parsePairs(pairs, 'Config');
+      if (opts.isolated) set['security.isolated'] = 'true';
+      if (Object.keys(set).length === 0) throw invalidArgument('Nothing to set: give key=value pairs');
+      await clientOf(cmd).updateNetwork(name, { set });
+    });
+
+  network
+    .command('unset')
+    .description('Remove network config keys (back to their defaults)')
+    .argument('<name>')
+    .argument('<keys...>')
+    .action(async (name: string, keys: string[], _opts: unknown, cmd: Command) => {
+      await clientOf(cmd).updateNetwork(name, { unset: keys });
+    });
+
+  network
+    .command('delete')
+    .alias('rm')
+    .description('Delete networks (refused while a guest has a NIC on them)')
+    .argument('<names...>')
+    .action(async (names: string[], _opts: unknown, cmd: Command) => {
+      for (const name of names) await clientOf(cmd).deleteNetwork(name);
+    });
+}
