@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
 import { PassThrough, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { invalidArgument, unavailable } from '../../core/errors.ts';
+import { invalidArgument, isTrivisorError, unavailable } from '../../core/errors.ts';
 import { createQgaClient, type QgaClient } from '../../host/qga-client.ts';
 import { GUEST_BUSYBOX, qgaExecArgv, qgaExecSession } from '../../host/qga-exec-session.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
@@ -179,7 +179,11 @@ function smallMessageExecSession(client: QgaClient, options: ExecOptions): ExecS
     }
     run().then(
       (code) => finish(code),
-      (e: unknown) => finish(255, `${e instanceof Error ? e.message : String(e)}\n`),
+      (e: unknown) => {
+        // An agent that stopped answering leaves the line in an unknown state: start afresh next time.
+        if (isTrivisorError(e) && e.code === 'Unavailable') client.close();
+        finish(255, `${e instanceof Error ? e.message : String(e)}\n`);
+      },
     );
   };
 

@@ -517,7 +517,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         let gone = false;
         if (!options.force) {
           const deadline = Date.now() + options.timeoutMs;
-          await Promise.race([askInitToStop(spec), sleep(options.timeoutMs)]);
+          const timer = new AbortController();
+          await Promise.race([
+            askInitToStop(spec),
+            sleep(options.timeoutMs, undefined, { signal: timer.signal }).catch(() => {}),
+          ]).finally(() => timer.abort());
           gone = await waitGone(identity, Math.max(0, deadline - Date.now()));
         }
         if (!gone) {

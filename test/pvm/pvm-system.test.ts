@@ -1,0 +1,203 @@
+import assert from 'node:assert/strict';
+import { access, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { isTrivisorError } from '../../src/core/errors.ts';
+import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
+import { umlCgroupPids } from '../../src/drivers/pvm/uml-cgroup.ts';
+import { createMconsoleClient } from '../../src/drivers/pvm/uml-mconsole.ts';
+import { readProcessOwner } from '../../src/host/proc-stat.ts';
+import { hostRunner } from '../../src/host/runner.ts';
+import { eventually, execIn } from '../drivers/exec-helpers.ts';
+import { testGuestSpec } from '../drivers/guest-spec.ts';
+import { makePvmFixture, type PvmFixture } from './pvm-fixture.ts';
+
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
+
+/** Asserts that `work` fails with a TrivisorError of `code`. */
+async function rejectsWith(work: () => unknown, code: string, message?: RegExp): Promise<void> {
+  await assert.rejects(
+    async () => work(),
+    (e: unknown) => {
+      assert.ok(isTrivisorError(e), `expected a TrivisorError, got ${String(e)}`);
+      assert.equal(e.code, code, e.message);
+      if (message) assert.match(e.message, message);
+      return true;
+    },
+  );
+}
+
+describe('pvm guests (User-Mode Linux) on this host', () => {
+  let f: PvmFixture;
+  const specs: GuestSpec[] = [];
+  const guest = (name: string, config: Record<string, string> = {}): GuestSpec => {
+    const s = testGuestSpec(name, 'pvm', config);
+    specs.push(s);
+    return s;
+  };
+  const guestDir = (s: GuestSpec) => join(f.stateDir, 'guests', s.name);
+
+  before(async () => {
+    f = await makePvmFixture();
+  });
+
+  after(async () => {
+    for (const s of specs) {
+      await f.driver.stop(s, { timeoutMs: 0, force: true }).catch(() => {});
+      await f.driver.delete(s).catch(() => {});
+    }
+    await f.cleanup();
+  });
+
+  test('a guest runs User-Mode Linux, as its own unprivileged host uid, in its own cgroup', async () => {
+    const a = guest('lp-a', { 'limits.memory': '64MiB' });
+    const b = guest('lp-b', { 'limits.memory': '64MiB' });
+    await f.driver.create(a, f.image);
+    await f.driver.create(b, f.image);
+    const idA = await f.driver.start(a, f.image);
+    const idB = await f.driver.start(b, f.image);
+
+    const cpuinfo = await execIn(f.driver, a, ['cat', '/proc/cpuinfo']);
+    assert.equal(cpuinfo.code, 0, cpuinfo.stderr);
+    assert.match(cpuinfo.stdout, /User Mode Linux/);
+    const inside = await execIn(f.driver, a, ['/bin/sh', '-c', 'id -u; hostname']);
+    assert.equal(inside.stdout, '0\nlp-a\n', 'root inside the guest, named after it');
+
+    const owners = async (s: GuestSpec, id: ProcessIdentity): Promise<Set<number>> => {
+      const pids = await umlCgroupPids(`${f.cgroupParent}/${s.name}`);
+      assert.ok(pids.includes(id.pid), 'the main UML process is in the guest cgroup');
+      assert.ok(pids.length >= 3, `the kernel's helpers are in it too: ${pids.join(' ')}`);
+      const uids = new Set<number>();
+      for (const pid of pids) {
+        const owner = await readProcessOwner(pid);
+        if (owner) uids.add(owner.uid);
+      }
+      return uids;
+    };
+    const uidsA = await owners(a, idA);
+    const uidsB = await owners(b, idB);
+    assert.equal(uidsA.size, 1, 'one uid for every host process of a guest');
+    assert.ok(!uidsA.has(0) && !uidsB.has(0), 'no pvm guest process runs as root on the host');
+    const [uidA] = [...uidsA];
+    const [uidB] = [...uidsB];
+    assert.notEqual(uidA, uidB, 'two guests never share a host uid');
+    // Everything the kernel writes is the guest's uid's; what steers the daemon stays root's.
+    assert.equal((await stat(join(guestDir(a), 'disk', 'root.cow'))).uid, uidA);
+    assert.equal((await stat(join(guestDir(a), 'run', 'uml', 'mconsole'))).uid, uidA);
+    assert.equal((await stat(join(guestDir(a), 'uml.json'))).uid, 0);
+    assert.equal((await stat(guestDir(a))).uid, 0);
+
+    // The cgroup holds the limits: RAM plus the kernel's overhead, pids.
+    const memLimit = Number(
+      (
+        await readFile(`/sys/fs/cgroup/memory${f.cgroupParent}/${a.name}/memory.limit_in_bytes`, 'utf8')
+      ).trim(),
+    );
+    assert.ok(memLimit > 64 * 2 ** 20 && memLimit < 256 * 2 ** 20, `memory limit ${memLimit}`);
+
+    // mconsole answers: version of the guest kernel.
+    const mconsole = createMconsoleClient(join(guestDir(a), 'run', 'uml', 'mconsole'), {
+      runner: hostRunner(),
+    });
+    assert.match(await mconsole.version(), /^Linux lp-a /);
+
+    await f.driver.stop(a, { timeoutMs: 20_000, force: false });
+    await f.driver.stop(b, { timeoutMs: 0, force: true });
+    await f.driver.delete(a);
+    await f.driver.delete(b);
+    await f.assertNoLeftovers(a);
+    await f.assertNoLeftovers(b);
+  });
+
+  test('a UML kernel that dies is noticed by inspect(), and its helpers are cleaned up', async () => {
+    const s = guest('dies');
+    await f.driver.create(s, f.image);
+    const id = await f.driver.start(s, f.image);
+    // Kill every host process of the guest at once, as the OOM killer or an admin might.
+    for (const pid of await umlCgroupPids(`${f.cgroupParent}/${s.name}`)) process.kill(pid, 'SIGKILL');
+    assert.ok(
+      await eventually(async () => (await f.driver.inspect(s, id)).state === 'stopped', 10_000),
+      'inspect() notices the dead kernel',
+    );
+    // A fresh driver (a restarted daemon) without the recorded identity sees the same.
+    assert.equal((await f.reopen().inspect(s, undefined)).state, 'stopped');
+    await f.driver.stop(s, { timeoutMs: 10_000, force: false });
+    await f.assertNoLeftovers(s, { runtimeOnly: true });
+    await f.driver.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+
+  test('a restarted daemon re-adopts a running guest and talks to its agent', async () => {
+    const s = guest('adopt');
+    await f.driver.create(s, f.image);
+    const id = await f.driver.start(s, f.image);
+    // The first daemon never opened the agent's line; a dead one's descriptors are closed anyway.
+    const again = f.reopen();
+    const state = await again.inspect(s, undefined);
+    assert.equal(state.state, 'running');
+    assert.deepEqual(state.process, id);
+    const r = await execIn(again, s, ['/bin/sh', '-c', 'echo adopted; cat /proc/1/comm']);
+    assert.equal(r.stdout, 'adopted\ninit\n');
+    await again.freeze(s);
+    assert.equal((await f.reopen().inspect(s, id)).state, 'frozen');
+    await again.unfreeze(s);
+    await again.stop(s, { timeoutMs: 20_000, force: false });
+    assert.equal((await f.driver.inspect(s, id)).state, 'stopped');
+    await again.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+
+  test('memory too small is refused with InvalidArgument before anything is made', async () => {
+    const s = guest('tiny', { 'limits.memory': '16MiB' });
+    await rejectsWith(() => f.driver.validate(s), 'InvalidArgument', /at least 32MiB/);
+    await rejectsWith(() => f.driver.create(s, f.image), 'InvalidArgument');
+    assert.equal(await exists(guestDir(s)), false);
+    assert.equal((await f.driver.inspect(s, undefined)).state, 'absent');
+  });
+
+  test('more CPUs than the host has are refused', async () => {
+    const s = guest('greedy', { 'limits.cpu': '4096' });
+    await rejectsWith(() => f.driver.validate(s), 'InvalidArgument', /CPUs/);
+  });
+
+  test('a missing UML kernel is refused with FailedPrecondition and leaves nothing behind', async () => {
+    const broken = f.reopen({ kernelPath: join(f.dir, 'no-such-linux.uml') });
+    const s = guest('nokernel');
+    await rejectsWith(() => broken.create(s, f.image), 'FailedPrecondition', /user-mode-linux/);
+    assert.equal(await exists(guestDir(s)), false);
+    const probe = await broken.probe();
+    assert.equal(probe.supported, false);
+    assert.match(probe.warnings.join(' '), /user-mode-linux/);
+    // A guest made with a good kernel that later goes missing fails to start, and nothing runs.
+    await f.driver.create(s, f.image);
+    await rejectsWith(() => broken.start(s, f.image), 'FailedPrecondition');
+    assert.equal((await f.driver.inspect(s, undefined)).state, 'stopped');
+    await f.assertNoLeftovers(s, { runtimeOnly: true });
+    await f.driver.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+
+  test('live limits: cpu and processes follow at once, memory waits for a restart', async () => {
+    const s = guest('live', { 'limits.cpu': '0.5' });
+    await f.driver.create(s, f.image);
+    await f.driver.start(s, f.image);
+    const quota = () =>
+      readFile(`/sys/fs/cgroup/cpu${f.cgroupParent}/${s.name}/cpu.cfs_quota_us`, 'utf8').then((t) =>
+        t.trim(),
+      );
+    assert.equal(await quota(), '50000');
+    s.config = { 'limits.cpu': '1', 'limits.processes': '100', 'limits.memory': '96MiB' };
+    const pending = await f.driver.update(s, ['limits.cpu', 'limits.processes', 'limits.memory']);
+    assert.deepEqual(pending, ['limits.memory']);
+    assert.equal(await quota(), '100000');
+    const pidsMax = await readFile(`/sys/fs/cgroup/pids${f.cgroupParent}/${s.name}/pids.max`, 'utf8');
+    assert.ok(Number(pidsMax) >= 100);
+    await f.driver.stop(s, { timeoutMs: 0, force: true });
+    await f.driver.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+});
