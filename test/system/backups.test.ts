@@ -1,0 +1,194 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, startDaemon } from './harness.ts';
+
+// Daemons of storage tests need no network of their own.
+process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
+
+/** Every regular file and link of the guest's root with owner, mode and content hash, sorted. */
+const FINGERPRINT = [
+  'sh',
+  '-c',
+  'cd / && find . -xdev \\( -type f -o -type l \\) | sort | while read -r f; do ' +
+    'if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else echo "$(stat -c "%u:%g %a" "$f") $(sha256sum < "$f" | cut -c1-64) $f"; fi; done',
+];
+
+describe('export and import of ct guests between two daemons', () => {
+  let src: Daemon;
+  let dst: Daemon;
+  let dir: string;
+  let token: string;
+  before(async () => {
+    [src, dst] = await Promise.all([startDaemon({ tcp: true }), startDaemon()]);
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-backups-'));
+    token = readFileSync(path.join(src.stateDir, 'token'), 'utf8').trim();
+  });
+  after(async () => {
+    await Promise.all([src?.destroy(), dst?.destroy()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const file = (name: string) => path.join(dir, name);
+  const leftovers = (d: Daemon) =>
+    ['imports', 'backups'].flatMap((sub) => {
+      const p = path.join(d.stateDir, sub);
+      return existsSync(p) ? readdirSync(p, { recursive: true }).map(String) : [];
+    });
+  const guests = (d: Daemon) =>
+    (JSON.parse(d.ok(['list', '--format', 'json'])) as Array<{ name: string }>).map((g) => g.name);
+
+  let before1: string;
+  let snapContent: string;
+
+  test('export (through --remote) writes one archive with a manifest of checksums', () => {
+    src.ok(['launch', 'busybox', 'b1']);
+    src.ok([
+      'exec',
+      'b1',
+      '--',
+      'sh',
+      '-c',
+      'mkdir -p /srv/data && echo old > /srv/data/v.txt && dd if=/dev/urandom of=/srv/data/blob bs=64k count=40 2>/dev/null ' +
+        '&& chown 1234:2345 /srv/data/blob && chmod 640 /srv/data/blob && ln -s /srv/data/v.txt /srv/link && rm /bin/vi',
+    ]);
+    src.ok(['snapshot', 'create', 'b1', 'snap0']);
+    snapContent = src.ok(['exec', 'b1', '--', 'sha256sum', '/srv/data/blob']);
+    src.ok([
+      'exec',
+      'b1',
+      '--',
+      'sh',
+      '-c',
+      'echo new > /srv/data/v.txt && dd if=/dev/urandom of=/srv/data/blob bs=1k count=3 2>/dev/null',
+    ]);
+    before1 = src.ok(['exec', 'b1', '--', ...FINGERPRINT]);
+    assert.match(before1, /1234:2345 640 [0-9a-f]{64} \.\/srv\/data\/blob/);
+    assert.doesNotMatch(before1, /\.\/bin\/vi$/m);
+    src.ok([
+      '--remote',
+      src.url ?? '',
+      '--token',
+      token,
+      'export',
+      'b1',
+      file('b1.tar.zst'),
+      '--with-snapshots',
+    ]);
+    const listing = spawnSync('tar', ['--zstd', '-tf', file('b1.tar.zst')], { encoding: 'utf8' }).stdout;
+    assert.match(listing, /^manifest\.json$/m);
+    assert.match(listing, /^rootfs\.tar$/m);
+    assert.match(listing, /^snapshots\/snap0\.tar$/m);
+    assert.deepEqual(leftovers(src), ['b1'], 'the daemon keeps no archive after the download');
+  });
+
+  test('import on a fresh daemon gives identical files, owners and modes, and the snapshot', () => {
+    assert.equal(dst.ok(['import', file('b1.tar.zst')]).trim(), 'Imported b1');
+    dst.ok(['start', 'b1']);
+    assert.equal(dst.ok(['exec', 'b1', '--', ...FINGERPRINT]), before1);
+    const snaps = JSON.parse(dst.ok(['snapshot', 'list', 'b1', '--format', 'json'])) as Array<{
+      name: string;
+    }>;
+    assert.deepEqual(
+      snaps.map((s) => s.name),
+      ['snap0'],
+    );
+    dst.ok(['snapshot', 'restore', 'b1', 'snap0']);
+    assert.equal(dst.ok(['exec', 'b1', '--', 'cat', '/srv/data/v.txt']), 'old\n');
+    assert.equal(dst.ok(['exec', 'b1', '--', 'sha256sum', '/srv/data/blob']), snapContent);
+    assert.deepEqual(leftovers(dst), []);
+  });
+
+  test('import under another name; an existing name is refused', () => {
+    dst.ok(['import', file('b1.tar.zst'), 'b2']);
+    assert.deepEqual(guests(dst).sort(), ['b1', 'b2']);
+    const again = dst.cli(['import', file('b1.tar.zst')]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /^Error: Guest b1 already exists: give the import another name\n$/);
+    dst.ok(['delete', 'b2']);
+  });
+
+  test('a corrupted archive is refused with one line and leaves nothing behind', () => {
+    const bytes = readFileSync(file('b1.tar.zst'));
+    bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+    writeFileSync(file('corrupt.tar.zst'), bytes);
+    const r = dst.cli(['import', file('corrupt.tar.zst'), 'bad1']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: The backup archive is corrupted.*\n$/);
+    assert.ok(!guests(dst).includes('bad1'));
+    assert.deepEqual(leftovers(dst), []);
+  });
+
+  test('a truncated archive is refused with one line and leaves nothing behind', () => {
+    writeFileSync(file('short.tar.zst'), readFileSync(file('b1.tar.zst')));
+    truncateSync(file('short.tar.zst'), Math.floor(statSync(file('short.tar.zst')).size * 0.7));
+    const r = dst.cli(['import', file('short.tar.zst'), 'bad2']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: The backup archive is corrupted or truncated.*\n$/);
+    assert.ok(!guests(dst).includes('bad2'));
+    assert.deepEqual(leftovers(dst), []);
+  });
+
+  test('a changed payload whose archive is intact fails its checksum', () => {
+    const work = path.join(dir, 'tamper');
+    spawnSync('mkdir', ['-p', work]);
+    spawnSync('tar', ['--zstd', '-C', work, '-xf', file('b1.tar.zst')]);
+    writeFileSync(path.join(work, 'snapshots/snap0.tar'), Buffer.alloc(10240));
+    spawnSync('tar', [
+      '--zstd',
+      '-C',
+      work,
+      '-cf',
+      file('tampered.tar.zst'),
+      'manifest.json',
+      'rootfs.tar',
+      'snapshots',
+    ]);
+    const r = dst.cli(['import', file('tampered.tar.zst'), 'bad3']);
+    assert.equal(r.code, 1);
+    assert.equal(
+      r.stderr,
+      'Error: The backup archive is corrupted: snapshots/snap0.tar does not match its checksum\n',
+    );
+    assert.ok(!guests(dst).includes('bad3'));
+  });
+
+  test('an archive of an image the host lacks names the missing image', () => {
+    const work = path.join(dir, 'other-image');
+    spawnSync('mkdir', ['-p', work]);
+    spawnSync('tar', ['--zstd', '-C', work, '-xf', file('b1.tar.zst')]);
+    const manifestPath = path.join(work, 'manifest.json');
+    const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+    manifest.image = { fingerprint: 'ab'.repeat(32), alias: 'debian/trixie', description: '' };
+    writeFileSync(manifestPath, JSON.stringify(manifest));
+    spawnSync('tar', [
+      '--zstd',
+      '-C',
+      work,
+      '-cf',
+      file('other.tar.zst'),
+      'manifest.json',
+      'rootfs.tar',
+      'snapshots',
+    ]);
+    const r = dst.cli(['import', file('other.tar.zst'), 'bad4']);
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      /^Error: The image debian\/trixie \(fingerprint abab.*\) .* is not on this host: import or build it first\n$/,
+    );
+    assert.ok(!guests(dst).includes('bad4'));
+    assert.deepEqual(leftovers(dst), []);
+  });
+
+  test('a file that is no backup at all is refused', () => {
+    writeFileSync(file('junk.tar.zst'), 'not an archive at all');
+    const r = dst.cli(['import', file('junk.tar.zst')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: The backup archive is corrupted or truncated/);
+  });
+});
