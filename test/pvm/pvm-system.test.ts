@@ -181,6 +181,26 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     await f.assertNoLeftovers(s);
   });
 
+  test('limits.disk gives the guest a root file system of that size; less than the base disk is refused', async () => {
+    const small = guest('disk-small', { 'limits.disk': '16MiB' });
+    await rejectsWith(
+      () => f.driver.create(small, f.image),
+      'InvalidArgument',
+      /smaller than the image's base disk/,
+    );
+    assert.equal(await exists(guestDir(small)), false);
+
+    const s = guest('disk-big', { 'limits.disk': '1GiB' });
+    await f.driver.create(s, f.image);
+    await f.driver.start(s, f.image);
+    const df = await execIn(f.driver, s, ['/bin/sh', '-c', "df -k / | awk 'NR == 2 { print $2 }'"]);
+    const kib = Number(df.stdout.trim());
+    assert.ok(kib > 900 * 1024 && kib <= 1024 * 1024, `root file system of ${kib} KiB`);
+    await f.driver.stop(s, { timeoutMs: 20_000, force: false });
+    await f.driver.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+
   test('live limits: cpu and processes follow at once, memory waits for a restart', async () => {
     const s = guest('live', { 'limits.cpu': '0.5' });
     await f.driver.create(s, f.image);

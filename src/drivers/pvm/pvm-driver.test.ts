@@ -41,8 +41,8 @@ describe('umlArgv', () => {
     const argv = umlArgv({
       kernelPath: '/usr/bin/linux.uml',
       memoryBytes: 96 * 2 ** 20 + 100,
-      cowPath: '/s/guests/p1/disk/root.cow',
-      baseDiskPath: '/s/images/fp/disk.ext4',
+      diskPath: '/s/guests/p1/disk/root.cow',
+      backingPath: '/s/images/fp/disk.ext4',
       umlDir: '/s/guests/p1/run',
       umid: 'uml',
       hostname: 'p1',
@@ -103,7 +103,7 @@ describe('pvm driver validation', async () => {
     { kernelPath: join(dir, 'missing-linux.uml') },
   );
 
-  test('accepts the defaults and refuses bad names, too little memory, too many CPUs and limits.disk', () => {
+  test('accepts the defaults and refuses bad names, too little memory, and too many CPUs', () => {
     assert.equal(
       codeOf(() => driver.validate(spec('p1'))),
       undefined,

@@ -1,5 +1,6 @@
 import {
   access,
+  chmod,
   chown,
   mkdir,
   open,
@@ -9,6 +10,7 @@ import {
   rename,
   rm,
   stat,
+  truncate,
   writeFile,
 } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -24,6 +26,7 @@ import {
   unavailable,
 } from '../../core/errors.ts';
 import { withRevert } from '../../core/revert.ts';
+import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
@@ -90,6 +93,8 @@ export interface PvmGuestPaths {
   /** Owned by the guest uid, 0700: the copy-on-write file. */
   diskDir: string;
   cow: string;
+  /** A whole private disk instead of the COW file, when limits.disk asks for more than the base disk. */
+  raw: string;
   /** Owned by the guest uid, 0700: `uml_dir`, holding `<umid>/mconsole` and `<umid>/pid`. */
   runDir: string;
   mconsoleSocket: string;
@@ -171,6 +176,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       frozenFile: join(dir, 'frozen'),
       diskDir: join(dir, 'disk'),
       cow: join(dir, 'disk', 'root.cow'),
+      raw: join(dir, 'disk', 'root.img'),
       runDir,
       mconsoleSocket: join(runDir, UMID, 'mconsole'),
     };
@@ -178,6 +184,9 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
 
   const mconsoleOf = (spec: GuestSpec): MconsoleClient =>
     createMconsoleClient(pathsOf(spec).mconsoleSocket, { runner });
+
+  const diskBytesOf = (spec: GuestSpec): number | undefined =>
+    spec.config['limits.disk'] ? parseBytes(spec.config['limits.disk'], 'limits.disk') : undefined;
 
   const memoryOf = (spec: GuestSpec): number =>
     configValue.memoryBytes(spec.config) ?? PVM_DEFAULT_MEMORY_BYTES;
@@ -374,11 +383,6 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
         );
       }
-      if (spec.config['limits.disk'] !== undefined) {
-        throw notSupported(
-          "limits.disk is not supported for pvm guests yet: a UML copy-on-write file has its base disk's size; remove the key.",
-        );
-      }
       const memory = memoryOf(spec);
       if (memory < PVM_MIN_MEMORY_BYTES) {
         throw invalidArgument(
@@ -412,11 +416,24 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         r.add(() => rm(p.dir, { recursive: true, force: true }));
         const uid = await allocateUid(spec);
         await writeFile(p.consoleLog, '', { mode: 0o640 });
-        // Made first so that a slow base-disk build fails before the guest looks created.
-        await image.baseDisk();
+        const baseDisk = await image.baseDisk();
         for (const d of [p.runDir, p.diskDir]) {
           await mkdir(d, { mode: 0o700 });
           await chown(d, uid, uid);
+        }
+        const diskBytes = diskBytesOf(spec);
+        if (diskBytes !== undefined) {
+          // A UML COW file has its backing file's size, so a bigger disk is a private sparse copy.
+          const baseBytes = (await stat(baseDisk)).size;
+          if (diskBytes < baseBytes) {
+            throw invalidArgument(
+              `limits.disk=${spec.config['limits.disk']} is smaller than the image's base disk (${Math.ceil(baseBytes / MiB)}MiB): give at least that much.`,
+            );
+          }
+          await runner.run(['cp', '--sparse=always', '--', baseDisk, p.raw]);
+          await truncate(p.raw, diskBytes);
+          await chmod(p.raw, 0o600);
+          await chown(p.raw, uid, uid);
         }
       });
     },
@@ -449,11 +466,20 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         r.add(() => cleanUpRuntime(spec));
         const procs = await makeUmlCgroup(cgroupsPath(spec));
         await setUmlCgroupLimits(cgroupsPath(spec), limitsOf(spec));
+        const raw = await stat(p.raw).catch(() => undefined);
+        const diskBytes = diskBytesOf(spec);
+        // limits.disk only grows a private disk (the kit grows the file system at boot); it never shrinks one.
+        if (raw && diskBytes !== undefined && diskBytes > raw.size) await truncate(p.raw, diskBytes);
+        if (!raw && diskBytes !== undefined) {
+          log.warn(
+            { guest: spec.name },
+            'limits.disk set after create: the guest keeps its copy-on-write disk',
+          );
+        }
         const argv = umlArgv({
           kernelPath,
           memoryBytes,
-          cowPath: p.cow,
-          baseDiskPath: baseDisk,
+          ...(raw ? { diskPath: p.raw } : { diskPath: p.cow, backingPath: baseDisk }),
           umlDir: p.runDir,
           umid: UMID,
           hostname: spec.name,

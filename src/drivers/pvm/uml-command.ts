@@ -6,9 +6,10 @@ export interface UmlBootOptions {
   kernelPath: string;
   /** Guest RAM (`mem=`), rounded down to KiB. */
   memoryBytes: number;
-  /** The guest's writable copy-on-write file, and the shared read-only base disk beneath it. */
-  cowPath: string;
-  baseDiskPath: string;
+  /** The guest's writable disk: a UML copy-on-write file over `backingPath`, or a whole disk without it. */
+  diskPath: string;
+  /** The image's shared read-only base disk. */
+  backingPath?: string;
   /** `uml_dir=`: where the kernel makes `<umid>/mconsole` and `<umid>/pid`. */
   umlDir: string;
   umid: string;
@@ -30,7 +31,7 @@ export function umlArgv(options: UmlBootOptions): string[] {
   return [
     options.kernelPath,
     `mem=${kib}K`,
-    `ubd0=${options.cowPath},${options.baseDiskPath}`,
+    options.backingPath ? `ubd0=${options.diskPath},${options.backingPath}` : `ubd0=${options.diskPath}`,
     'root=/dev/ubda',
     `umid=${options.umid}`,
     `uml_dir=${options.umlDir}`,
