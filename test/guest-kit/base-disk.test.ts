@@ -151,7 +151,8 @@ describe('base disk with the guest kit', { skip: process.getuid?.() !== 0 }, () 
       ].join(' ');
       sandbox = spawn(
         'unshare',
-        ['--mount', '--uts', '--pid', '--fork', '--kill-child', 'chroot', mnt, '/.trivisor/init'],
+        // --net: the image's init runs DHCP on every NIC it sees; the host's must stay untouched.
+        ['--mount', '--uts', '--net', '--pid', '--fork', '--kill-child', 'chroot', mnt, '/.trivisor/init'],
         {
           env: { TRIVISOR_KIT_CMDLINE: cmdline, PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
           stdio: ['ignore', 'pipe', 'pipe'],

@@ -56,8 +56,10 @@ describe('buildBusyboxRootfs', () => {
         '--pid',
         '--fork',
         '--mount',
-        // Its own UTS namespace: the image's rcS sets the host name from /etc/hostname.
+        // Its own UTS and network namespaces: the image's rcS sets the host name from
+        // /etc/hostname and runs DHCP on every NIC it sees (on the host's, it took the host off the net).
         '--uts',
+        '--net',
         '--propagation',
         'private',
         'sh',
