@@ -75,9 +75,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     events,
     runner,
     stateDir,
+    drivers,
+    hostName,
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
-  await services.storage.sweep();
+  await services.storage.start();
   await images.ensureBusybox();
   const controller = createGuestController({ store, drivers, images, events, log, hostName });
   await controller.start();
@@ -115,6 +117,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   log.info('shutting down; guests keep running');
   await Promise.allSettled(apps.map((a) => a.close()));
   await controller.stop();
+  services.storage.stop();
   await store.close();
   await rm(path.join(stateDir, 'trivisor.pid'), { force: true });
 }

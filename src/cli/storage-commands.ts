@@ -126,4 +126,20 @@ export function addStorageCommands(program: Command): void {
       const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
       process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
     });
+
+  program
+    .command('admin')
+    .description('Administration of the daemon')
+    .command('recover')
+    .description('Rebuild the records of guests found on disk after the store was lost')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const report = await clientOf(cmd).recover();
+      for (const g of report.recovered) {
+        const snaps = g.snapshots.length > 0 ? ` with snapshots ${g.snapshots.join(', ')}` : '';
+        process.stdout.write(`Recovered ${g.name} (${g.model}, ${g.status})${snaps}\n`);
+      }
+      for (const g of report.skipped) process.stdout.write(`Skipped ${g.name}: ${g.reason}\n`);
+      if (report.recovered.length === 0 && report.skipped.length === 0)
+        process.stdout.write('No guests found on disk\n');
+    });
 }

@@ -2,6 +2,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import type { Operation } from '../api/types.ts';
+import type { RecoverReport } from '../services/storage-service.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { parseEnvelope, type Transport } from './transport.ts';
 
@@ -25,6 +26,8 @@ export interface StorageClient {
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`). */
   importBackup(filePath: string, options?: { name?: string }): Promise<Operation>;
+  /** Rebuilds lost guest records from what is on the daemon's disk. */
+  recover(): Promise<RecoverReport>;
 }
 
 type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
@@ -93,5 +96,6 @@ export function storageMethods(
       });
       return parseEnvelope<AsyncResponse>(res).metadata;
     },
+    recover: () => call('POST', '/1.0/admin/recover', {}),
   };
 }

@@ -180,6 +180,33 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
+  app.post(
+    '/1.0/admin/recover',
+    {
+      schema: {
+        summary: 'Rebuild lost guest records from the guests directories (guests/NAME/guest.json)',
+        description: 'Running guests are adopted as they run; nothing is started or stopped.',
+        response: {
+          200: SyncEnvelope(
+            Type.Object({
+              recovered: Type.Array(
+                Type.Object({
+                  name: Type.String(),
+                  model: Type.String(),
+                  status: Type.String(),
+                  snapshots: Type.Array(Type.String()),
+                }),
+              ),
+              skipped: Type.Array(Type.Object({ name: Type.String(), reason: Type.String() })),
+            }),
+          ),
+          ...errors,
+        },
+      },
+    },
+    async () => syncResponse(await storage().recover()),
+  );
+
   app.post<{ Body: Readable }>(
     '/1.0/backups',
     {

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import {
@@ -16,10 +16,11 @@ import {
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
-import type { KvStore } from '../store/kv.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
 
 /** Body of `POST /1.0/guests` with `source: {type: 'copy'}`. */
@@ -48,6 +49,22 @@ export interface StorageService {
   importBackup(request: { archivePath: string; name?: string }): Promise<Operation>;
   /** Removes half-made snapshots, backups and imports an interrupted daemon left; run at start. */
   sweep(): Promise<void>;
+  /**
+   * Sweeps, then keeps a copy of every guest's spec in `guests/NAME/guest.json`
+   * (Incus's backup.yaml) from now on, for `recover`.
+   */
+  start(): Promise<void>;
+  stop(): void;
+  /** Rebuilds the records of guests whose directories survive but whose records were lost (`admin recover`). */
+  recover(): Promise<RecoverReport>;
+}
+
+/** What `admin recover` did. */
+export interface RecoverReport {
+  /** Guests whose records were rebuilt, with the state found. */
+  recovered: Array<{ name: string; model: string; status: string; snapshots: string[] }>;
+  /** Guest directories left alone, and why. */
+  skipped: Array<{ name: string; reason: string }>;
 }
 
 export interface StorageServiceDeps {
@@ -59,7 +76,13 @@ export interface StorageServiceDeps {
   events: EventBus;
   runner: ProcessRunner;
   stateDir: string;
+  /** For `recover`: drivers inspect what runs, and guests are recorded as this host's. */
+  drivers?: Partial<Record<Model, GuestDriver>>;
+  hostName?: string;
 }
+
+/** Name of the spec copy in each guest's directory. */
+export const GUEST_CONFIG_FILE = 'guest.json';
 
 const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
 
@@ -156,6 +179,22 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     if (op) await operations.wait(op.id).catch(() => {});
     await store.delete(storageKeys.snapshotPrefix(name), { prefix: true }).catch(() => {});
   }
+
+  const guestsDir = join(deps.stateDir, 'guests');
+  let watcher: Watcher | undefined;
+
+  /** Writes the spec copy if the guest's directory exists (it does not until the driver made it). */
+  async function keepConfig(spec: GuestSpec): Promise<void> {
+    const dir = join(guestsDir, spec.name);
+    if (spec.deleting || !(await stat(dir).catch(() => undefined))) return;
+    const file = join(dir, GUEST_CONFIG_FILE);
+    await writeFile(`${file}.tmp`, `${JSON.stringify({ spec }, null, 2)}\n`, { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  }
+  const keepConfigOf = async (name: string) => {
+    const kv = await store.get(keys.guest(name));
+    if (kv) await keepConfig(JSON.parse(kv.value) as GuestSpec);
+  };
 
   const service: StorageService = {
     async listSnapshots(guest) {
@@ -446,6 +485,118 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           }
         },
       });
+    },
+
+    async start() {
+      await service.sweep();
+      const { kvs, revision } = await store.list(keys.guestPrefix);
+      for (const kv of kvs) await keepConfig(JSON.parse(kv.value) as GuestSpec).catch(() => {});
+      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
+        for (const ev of events) {
+          if (ev.type === 'put') void keepConfig(JSON.parse(ev.kv.value) as GuestSpec).catch(() => {});
+        }
+      });
+      // The first copy can only be written once the driver has made the guest's directory.
+      deps.events.subscribe(
+        (event) => {
+          const name = event.metadata.name;
+          if (event.action === 'guest-created' && typeof name === 'string')
+            void keepConfigOf(name).catch(() => {});
+        },
+        ['lifecycle'],
+      );
+    },
+
+    stop() {
+      watcher?.cancel();
+    },
+
+    async recover() {
+      const report: RecoverReport = { recovered: [], skipped: [] };
+      const entries = await readdir(guestsDir).catch(() => [] as string[]);
+      for (const name of entries.sort()) {
+        if (name.startsWith('.')) continue;
+        const skip = (reason: string) => report.skipped.push({ name, reason });
+        let spec: GuestSpec;
+        try {
+          spec = (
+            JSON.parse(await readFile(join(guestsDir, name, GUEST_CONFIG_FILE), 'utf8')) as {
+              spec: GuestSpec;
+            }
+          ).spec;
+        } catch {
+          skip(`no readable ${GUEST_CONFIG_FILE}`);
+          continue;
+        }
+        if (spec.name !== name) {
+          skip(`${GUEST_CONFIG_FILE} names another guest (${spec.name})`);
+          continue;
+        }
+        if (await store.get(keys.guest(name))) {
+          skip('its records exist');
+          continue;
+        }
+        const driver = deps.drivers?.[spec.model];
+        if (!driver) {
+          skip(`the ${spec.model} model is not available on this host`);
+          continue;
+        }
+        const image = await deps.images.get(spec.image).catch(() => undefined);
+        if (!image) {
+          skip(`its image ${spec.imageAlias || spec.image} (fingerprint ${spec.image}) is not on this host`);
+          continue;
+        }
+        const rt = await driver.inspect(spec, undefined).catch(() => ({ state: 'absent' as const }));
+        if (rt.state === 'absent') {
+          skip('its driver finds nothing of it on disk');
+          continue;
+        }
+        // The desired state follows what runs: recovery adopts, it does not start or stop anything.
+        const desired = rt.state === 'running' ? 'Running' : rt.state === 'frozen' ? 'Frozen' : 'Stopped';
+        const next: GuestSpec = {
+          ...spec,
+          desired,
+          deleting: false,
+          stopForce: false,
+          host: deps.hostName ?? spec.host,
+        };
+        const status: GuestStatus = {
+          status: desired,
+          observedGeneration: next.generation,
+          observedRestartRequest: next.restartRequest,
+          restartCount: 0,
+          provisioned: true,
+          appliedConfig: { ...next.config },
+          pendingRestart: [],
+        };
+        if ('process' in rt && rt.process) status.process = rt.process;
+        const storage = deps.storage[spec.model];
+        const snapshots = storage ? await storage.listSnapshots(spec).catch(() => [] as string[]) : [];
+        const ops: Parameters<KvStore['txn']>[0]['success'] = [
+          { type: 'put', key: keys.guestStatus(name), value: JSON.stringify(status) },
+          { type: 'put', key: keys.guest(name), value: JSON.stringify(next) },
+        ];
+        for (const snap of snapshots) {
+          const st = await stat(join(guestsDir, name, 'snapshots', snap)).catch(() => undefined);
+          const record: SnapshotRecord = {
+            name: snap,
+            guest: name,
+            createdAt: (st?.mtime ?? new Date()).toISOString(),
+            wasRunning: false,
+          };
+          ops.push({ type: 'put', key: storageKeys.snapshot(name, snap), value: JSON.stringify(record) });
+        }
+        const r = await store.txn({
+          compare: [{ key: keys.guest(name), target: 'createRevision', op: '=', value: 0 }],
+          success: ops,
+        });
+        if (!r.succeeded) {
+          skip('its records were made meanwhile');
+          continue;
+        }
+        report.recovered.push({ name, model: spec.model, status: desired, snapshots });
+      }
+      return report;
     },
 
     async sweep() {

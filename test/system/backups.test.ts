@@ -114,7 +114,8 @@ describe('export and import of ct guests between two daemons', () => {
 
   test('a corrupted archive is refused with one line and leaves nothing behind', () => {
     const bytes = readFileSync(file('b1.tar.zst'));
-    bytes[Math.floor(bytes.length / 2)] ^= 0xff;
+    const middle = Math.floor(bytes.length / 2);
+    bytes.writeUInt8(bytes.readUInt8(middle) ^ 0xff, middle);
     writeFileSync(file('corrupt.tar.zst'), bytes);
     const r = dst.cli(['import', file('corrupt.tar.zst'), 'bad1']);
     assert.equal(r.code, 1);
