@@ -32,12 +32,14 @@ export interface ModuleEntry {
 }
 
 /**
- * The modules the initramfs loads: the virtio devices a `vm` guest has, ext4 for its
+ * The modules the initramfs loads: the virtio devices a `vm` guest has (on PCI for
+ * q35, on virtio-mmio for microvm), ext4 for its
  * root, and the ACPI button so that system_powerdown reaches the guest as an event.
  * Built-in ones (ext4 on Debian's cloud kernel) are skipped.
  */
 export const INITRAMFS_MODULES = [
   'virtio_pci',
+  'virtio_mmio',
   'virtio_blk',
   'virtio_console',
   'virtio_balloon',

@@ -333,8 +333,9 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (await exists(p.disk)) return;
       await withRevert(async (r) => {
         await mkdir(join(stateDir, 'guests'), { recursive: true });
-        await mkdir(p.dir, { mode: 0o700 });
-        r.add(() => rm(p.dir, { recursive: true, force: true }));
+        // The dir may be left from a create that died half-way (it then holds no disk): reuse it.
+        const made = await mkdir(p.dir, { recursive: true, mode: 0o700 });
+        r.add(() => (made ? rm(p.dir, { recursive: true, force: true }) : rm(p.disk, { force: true })));
         const base = await image.baseDisk();
         const baseBytes = (await stat(base)).size;
         const disk = spec.config['limits.disk'];
