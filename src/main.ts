@@ -4,6 +4,7 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
+import { createNetworkController } from './control/network-controller.ts';
 import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
@@ -11,12 +12,16 @@ import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
+import { pickDefaultSubnet } from './network/default-network.ts';
+import { createGuestNetworking } from './network/guest-networking.ts';
+import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
 import { buildServer } from './server/build-server.ts';
 import { listenTcp, listenUnix } from './server/listen.ts';
 import { createEventBus } from './services/event-bus.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
+import { createNetworkService, type NetworkService } from './services/network-service.ts';
 import { createOperationService } from './services/operation-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
@@ -47,7 +52,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const runner = hostRunner();
   const store = openSqliteStore(path.join(stateDir, 'store.db'));
   const hostName = await hostIdentity(stateDir);
-  const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE };
+  const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
+  const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
+  const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE, network: nics };
   const drivers: Partial<Record<Model, GuestDriver>> = { ct: createCtDriver(ctx) };
 
   const events = createEventBus();
@@ -55,7 +62,17 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const files = imageFiles(stateDir, { runner, log });
   const images = createImageService({ store, files, operations, events });
   const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
-  const guests = createGuestService({ store, drivers, images, operations, hostName, capacity });
+  const networks = createNetworkService({ store, hostName });
+  const guests = createGuestService({
+    store,
+    drivers,
+    images,
+    operations,
+    hostName,
+    capacity,
+    networks,
+    nics,
+  });
   const host = createHostService({
     hostName,
     version,
@@ -64,7 +81,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     drivers,
     guests,
   });
-  const services: Services = { guests, images, operations, events, host };
+  const services: Services = { guests, networks, images, operations, events, host };
 
   services.storage = createStorageService({
     store,
@@ -81,6 +98,22 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();
   await images.ensureBusybox();
+  // Networks first: guests that start now need their bridges.
+  const networkController = createNetworkController({
+    store,
+    backend: networkBackend,
+    events,
+    log,
+    hostName,
+    stateDir,
+  });
+  await networkController.start();
+  await ensureDefaultNetwork(stateDir, networks, runner).catch((e) =>
+    log.warn(
+      { err: String(e) },
+      'cannot create the default network; create one with trivisor network create',
+    ),
+  );
   const controller = createGuestController({ store, drivers, images, events, log, hostName });
   await controller.start();
 
@@ -118,8 +151,34 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await Promise.allSettled(apps.map((a) => a.close()));
   await controller.stop();
   services.storage.stop();
+  await networkController.stop();
   await store.close();
   await rm(path.join(stateDir, 'trivisor.pid'), { force: true });
+}
+
+/**
+ * Creates the default network (`trivisor0`, NAT, a free /24 of 198.18.0.0/15) on
+ * the first start only: once deleted it stays deleted. TRIVISOR_DEFAULT_NETWORK
+ * names it differently, or `none` skips it (test daemons side by side).
+ */
+async function ensureDefaultNetwork(
+  stateDir: string,
+  networks: NetworkService,
+  runner: ReturnType<typeof hostRunner>,
+): Promise<void> {
+  const name = process.env.TRIVISOR_DEFAULT_NETWORK ?? 'trivisor0';
+  const marker = path.join(stateDir, 'default-network');
+  if (name === 'none' || existsSync(marker)) return;
+  const taken = (await networks.list()).map((n) => n.config['ipv4.address'] ?? '');
+  if (!(await networks.list()).some((n) => n.name === name)) {
+    const address = await pickDefaultSubnet(runner, taken);
+    await networks.create({
+      name,
+      description: 'Default network',
+      config: { 'ipv4.address': address, 'ipv4.nat': 'true' },
+    });
+  }
+  await writeFile(marker, `${name}\n`);
 }
 
 function splitHostPort(listen: string): [string, number] {

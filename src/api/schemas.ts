@@ -21,7 +21,55 @@ export const GuestUsageSchema = Type.Object({
   processes: Type.Integer(),
 });
 
+export const NicDeviceSchema = Type.Object(
+  {
+    type: Type.Literal('nic'),
+    network: Type.String({ description: 'Managed network to plug into' }),
+    hwaddr: Type.Optional(
+      Type.String({ description: 'MAC address (default: stable, derived from guest and NIC)' }),
+    ),
+    'ipv4.address': Type.Optional(
+      Type.String({ description: 'Static address (default: the next free one)' }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const GuestNicStateSchema = Type.Object({
+  network: Type.String(),
+  hwaddr: Type.String(),
+  hostName: Type.String({ description: 'Host-side interface' }),
+  addresses: Type.Array(Type.String()),
+  counters: Type.Union([
+    Type.Object({
+      rxBytes: Type.Number(),
+      txBytes: Type.Number(),
+      rxPackets: Type.Number(),
+      txPackets: Type.Number(),
+    }),
+    Type.Null(),
+  ]),
+});
+
+const NetworkStateFields = {
+  addresses: Type.Optional(Type.Array(Type.String(), { description: "IPv4 addresses of the guest's NICs" })),
+  nics: Type.Optional(Type.Record(Type.String(), GuestNicStateSchema)),
+};
+
+export const NetworkSchema = Type.Object({
+  name: Type.String(),
+  description: Type.String(),
+  type: Type.Literal('bridge'),
+  managed: Type.Boolean(),
+  config: StringMap,
+  status: Type.Union([Type.Literal('Created'), Type.Literal('Pending'), Type.Literal('Error')]),
+  error: Type.Optional(Type.String()),
+  usedBy: Type.Array(Type.String()),
+  createdAt: Type.String(),
+});
+
 export const GuestStateSchema = Type.Object({
+  ...NetworkStateFields,
   pid: NullableInteger,
   startedAt: NullableString,
   uptimeSeconds: Type.Union([Type.Number(), Type.Null()]),
@@ -45,11 +93,13 @@ export const GuestSchema = Type.Object({
   host: Type.String(),
   createdAt: Type.String(),
   error: Type.Optional(Type.String()),
+  devices: Type.Optional(Type.Record(Type.String(), NicDeviceSchema)),
   state: GuestStateSchema,
 });
 
 /** `GET /1.0/guests/{name}/state`: the status plus the live state. */
 export const GuestStateResponseSchema = Type.Object({
+  ...NetworkStateFields,
   status: GuestSchema.properties.status,
   error: Type.Optional(Type.String()),
   pid: NullableInteger,
@@ -153,6 +203,22 @@ export const CreateGuestBodySchema = Type.Object(
     model: Type.Optional(Model),
     config: Type.Optional(StringMap),
     start: Type.Optional(Type.Boolean()),
+    devices: Type.Optional(
+      Type.Record(Type.String(), NicDeviceSchema, { description: 'NICs by name (eth0…)' }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const CreateNetworkBodySchema = Type.Object(
+  {
+    name: Type.String({ description: 'DNS label of at most 15 characters (it names the bridge)' }),
+    description: Type.Optional(Type.String()),
+    config: Type.Optional(
+      Type.Record(Type.String(), Type.String(), {
+        description: 'ipv4.address (required, gateway CIDR), ipv4.nat, dns.domain, security.isolated',
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -247,6 +313,7 @@ export const ErrorEnvelopeSchema = Type.Object({
 
 export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
 export type PatchGuestBody = Static<typeof PatchGuestBodySchema>;
+export type CreateNetworkBody = Static<typeof CreateNetworkBodySchema>;
 export type StateChangeBody = Static<typeof StateChangeBodySchema>;
 export type ExecBody = Static<typeof ExecBodySchema>;
 export type BuildImageBody = Static<typeof BuildImageBodySchema>;

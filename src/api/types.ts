@@ -6,9 +6,12 @@ import type { Guest } from '../core/types.ts';
  */
 export type {
   Guest,
+  GuestNicState,
   GuestUsage,
   ImageRecord,
   Model,
+  Network,
+  NicDevice,
   Operation,
   OperationStatus,
   TrivisorEvent,
@@ -18,6 +21,7 @@ export type { ApiResponse, AsyncResponse, ErrorResponse, SyncResponse } from './
 export type {
   BuildImageBody,
   CreateGuestBody,
+  CreateNetworkBody,
   ExecBody,
   GuestStateResponse,
   HostInfo,

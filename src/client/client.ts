@@ -7,11 +7,13 @@ import type { AsyncResponse, SyncResponse } from '../api/envelopes.ts';
 import type {
   ConfigUpdateResult,
   CreateGuestBody,
+  CreateNetworkBody,
   ExecBody,
   Guest,
   GuestStateResponse,
   HostInfo,
   ImageRecord,
+  Network,
   Operation,
   StateChangeBody,
   TrivisorEvent,
@@ -73,6 +75,11 @@ export interface TrivisorClient extends StorageClient {
   ): Promise<EventSubscription>;
   metrics(): Promise<string>;
   openapi(): Promise<Record<string, unknown>>;
+  listNetworks(): Promise<Network[]>;
+  getNetwork(name: string): Promise<Network>;
+  createNetwork(request: CreateNetworkBody): Promise<Network>;
+  updateNetwork(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<Network>;
+  deleteNetwork(name: string): Promise<void>;
 }
 
 const enc = encodeURIComponent;
@@ -121,6 +128,18 @@ export function createClient(options: ClientTarget): TrivisorClient {
     listGuests: (o) => call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),
     createGuest: (request) => callAsync('POST', '/1.0/guests', request),
+    listNetworks: () => call('GET', '/1.0/networks?recursion=1'),
+    getNetwork: (name) => call('GET', `/1.0/networks/${enc(name)}`),
+    createNetwork: (request) => call('POST', '/1.0/networks', request),
+    updateNetwork: (name, change) => {
+      const body: { config?: Record<string, string>; unset?: string[] } = {};
+      if (change.set) body.config = change.set;
+      if (change.unset) body.unset = change.unset;
+      return call('PATCH', `/1.0/networks/${enc(name)}`, body);
+    },
+    async deleteNetwork(name) {
+      await call('DELETE', `/1.0/networks/${enc(name)}`);
+    },
     updateGuestConfig: (name, change) => {
       const body: { config?: Record<string, string>; unset?: string[] } = {};
       if (change.set) body.config = change.set;

@@ -10,4 +10,12 @@ export const keys = {
   imageAlias: (alias: string): string => `/trivisor/image-aliases/${alias}`,
   hostPrefix: '/trivisor/hosts/',
   host: (name: string): string => `/trivisor/hosts/${name}`,
+  networkPrefix: '/trivisor/networks/',
+  network: (name: string): string => `/trivisor/networks/${name}`,
+  networkStatusPrefix: '/trivisor/network-status/',
+  networkStatus: (name: string): string => `/trivisor/network-status/${name}`,
+  /** Claims of network addresses: `/trivisor/network-addresses/NET/IP` → NetworkAddressClaim. */
+  networkAddressPrefix: '/trivisor/network-addresses/',
+  networkAddresses: (network: string): string => `/trivisor/network-addresses/${network}/`,
+  networkAddress: (network: string, ip: string): string => `/trivisor/network-addresses/${network}/${ip}`,
 } as const;

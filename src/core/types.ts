@@ -38,6 +38,74 @@ export interface GuestSpec {
   /** Host that owns the guest. */
   host: string;
   createdAt: string;
+  /** Incus-style devices by name (`eth0: { type: 'nic', network: 'trivisor0' }`); none when absent. */
+  devices?: Record<string, NicDevice>;
+}
+
+/**
+ * A guest's NIC on a managed network (Incus's `nic` device). `hwaddr` and
+ * `ipv4.address` are filled in at creation when not given, and kept: the MAC
+ * and the DHCP reservation stay the same across restarts.
+ */
+export interface NicDevice {
+  type: 'nic';
+  network: string;
+  hwaddr?: string;
+  'ipv4.address'?: string;
+}
+
+/** Desired state of one managed network, stored at `keys.network(name)`. */
+export interface NetworkSpec {
+  /** Also the Linux bridge's name. */
+  name: string;
+  description: string;
+  /** `ipv4.address` (gateway CIDR), `ipv4.nat`, `dns.domain`, `security.isolated`. */
+  config: Record<string, string>;
+  generation: number;
+  /** Set by delete: the controller removes the bridge, dnsmasq and rules, then the records. */
+  deleting: boolean;
+  host: string;
+  createdAt: string;
+}
+
+/** Observed state of a network, written by its host's network controller. */
+export interface NetworkStatus {
+  status: 'Created' | 'Error';
+  observedGeneration: number;
+  error?: string;
+  failedGeneration?: number;
+  dnsmasq?: ProcessIdentity;
+}
+
+/** Who holds an address of a network (value of `keys.networkAddress`). */
+export interface NetworkAddressClaim {
+  guest: string;
+  nic: string;
+  hwaddr: string;
+}
+
+/** A network as the API shows it. */
+export interface Network {
+  name: string;
+  description: string;
+  type: 'bridge';
+  managed: boolean;
+  config: Record<string, string>;
+  status: 'Created' | 'Pending' | 'Error';
+  error?: string;
+  /** `/1.0/guests/NAME` of every guest with a NIC on it. */
+  usedBy: string[];
+  createdAt: string;
+}
+
+/** One NIC of a guest as `info` shows it. */
+export interface GuestNicState {
+  network: string;
+  hwaddr: string;
+  /** Host-side interface name. */
+  hostName: string;
+  addresses: string[];
+  counters: { rxBytes: number; txBytes: number; rxPackets: number; txPackets: number } | null;
 }
 
 /** Facts that identify a live guest process: a pid alone can be reused. */
@@ -90,12 +158,17 @@ export interface Guest {
   host: string;
   createdAt: string;
   error?: string;
+  devices?: Record<string, NicDevice>;
   state: {
     pid: number | null;
     startedAt: string | null;
     uptimeSeconds: number | null;
     usage: GuestUsage | null;
     restartCount: number;
+    /** IPv4 addresses of the guest's NICs while it runs. */
+    addresses?: string[];
+    /** Per-NIC state (with counters when usage was asked for). */
+    nics?: Record<string, GuestNicState>;
   };
 }
 

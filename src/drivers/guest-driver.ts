@@ -2,6 +2,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import type { GuestNetworking } from '../network/guest-networking.ts';
 
 /** What a driver's probe found on this host. */
 export interface ProbeResult {
@@ -101,4 +102,6 @@ export interface DriverContext {
   stateDir: string;
   /** Host uid/gid that root in unprivileged guests maps to; 65536 ids from there. */
   idmapBase: number;
+  /** Puts guests' NICs on their networks; absent where networking is not set up (NICs then fail to start). */
+  network?: GuestNetworking;
 }

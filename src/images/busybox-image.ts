@@ -25,6 +25,45 @@ done
 exit 0
 `;
 
+// DHCP on the NICs the host plugged in before init ran, named in TRIVISOR_NICS (set by
+// the host for guests with NICs only: run anywhere else, e.g. on a host's own
+// interfaces, this does nothing). udhcpc waits ~10 s for a lease, then renews in the background.
+const NETWORK_INIT = `#!/bin/sh
+[ "$1" = start ] || exit 0
+for n in $TRIVISOR_NICS; do
+  case "$n" in eth[0-9]|eth[0-9][0-9]) ;; *) continue ;; esac
+  ip link show dev "$n" >/dev/null 2>&1 || continue
+  ip link set dev "$n" up
+  udhcpc -b -t 10 -T 1 -i "$n" -s /etc/udhcpc/default.script -p "/run/udhcpc.$n.pid" -x "hostname:$(hostname)" >/dev/null 2>&1
+done
+exit 0
+`;
+
+// udhcpc's event script: applies the lease (address, default route, DNS).
+const UDHCPC_SCRIPT = `#!/bin/sh
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface" 2>/dev/null
+    ip link set dev "$interface" up
+    ;;
+  bound|renew)
+    if ! ip -4 addr show dev "$interface" | grep -q " $ip/"; then
+      ip -4 addr flush dev "$interface"
+      ip addr add "$ip/\${mask:-24}" dev "$interface"
+    fi
+    for r in $router; do
+      ip route replace default via "$r" dev "$interface"
+      break
+    done
+    {
+      [ -n "$domain" ] && echo "search $domain"
+      for s in $dns; do echo "nameserver $s"; done
+    } > /etc/resolv.conf
+    ;;
+esac
+exit 0
+`;
+
 const PASSWD = `root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
 `;
@@ -82,6 +121,7 @@ export async function buildBusyboxRootfs(
     ['usr/sbin', 0o755],
     ['etc', 0o755],
     ['etc/init.d', 0o755],
+    ['etc/udhcpc', 0o755],
     ['root', 0o700],
     ['tmp', 0o1777],
     ['dev', 0o755],
@@ -124,6 +164,8 @@ PRETTY_NAME="BusyBox ${version}"
   const files: Array<[string, string, number]> = [
     ['etc/inittab', INITTAB, 0o644],
     ['etc/init.d/rcS', RCS, 0o755],
+    ['etc/init.d/S10network', NETWORK_INIT, 0o755],
+    ['etc/udhcpc/default.script', UDHCPC_SCRIPT, 0o755],
     ['etc/hostname', 'busybox\n', 0o644],
     ['etc/hosts', HOSTS, 0o644],
     ['etc/passwd', PASSWD, 0o644],

@@ -79,6 +79,25 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     return true;
   };
 
+  /** A recreated bridge gets back the ports of running guests (they kept their veths). */
+  const reattachPorts = async (def: NetworkDefinition): Promise<void> => {
+    const wanted = new Set(def.hosts.flatMap((h) => (h.port ? [h.port] : [])));
+    if (wanted.size === 0) return;
+    const r = await runner.run(['ip', '-json', 'link', 'show'], { allowFailure: true });
+    const links = JSON.parse(r.stdout || '[]') as Array<{ ifname: string; master?: string }>;
+    for (const l of links) {
+      if (!wanted.has(l.ifname) || l.master === def.name) continue;
+      await runner.run(['ip', 'link', 'set', 'dev', l.ifname, 'master', def.name, 'up'], {
+        allowFailure: true,
+      });
+      if (def.isolated) {
+        await runner.run(['bridge', 'link', 'set', 'dev', l.ifname, 'isolated', 'on'], {
+          allowFailure: true,
+        });
+      }
+    }
+  };
+
   const backend: NetworkBackend = {
     async ensure(def, known) {
       const info = await linkInfo(def.name);
@@ -103,6 +122,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         await runner.run(['ip', 'addr', 'add', cidr, 'dev', def.name]);
       }
       await runner.run(['ip', 'link', 'set', 'dev', def.name, 'up']);
+      await reattachPorts(def);
 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
       await nft(networkRuleset(def));
@@ -118,6 +138,11 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
 
       const argv = dnsmasqArgv(def, paths);
       let running = await adoptDnsmasq(def.name, known);
+      // A dnsmasq that outlived its bridge holds sockets bound to the old interface: start afresh.
+      if (running && !info) {
+        await killDnsmasq(running);
+        running = undefined;
+      }
       if (running && (await cmdlineOf(running.pid)).join('\0') !== argv.join('\0')) {
         log.info({ network: def.name }, 'dnsmasq arguments changed; restarting it');
         await killDnsmasq(running);

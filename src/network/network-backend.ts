@@ -8,6 +8,8 @@ export interface DhcpHost {
   ip: string;
   /** Host name the guest gets in DNS (`NAME` and `NAME.<dns.domain>`). */
   name: string;
+  /** Host-side interface of the NIC: put back on the bridge when the bridge was recreated. */
+  port?: string;
 }
 
 /** Everything the host needs to build one network, derived from its spec. */

@@ -18,6 +18,7 @@ import { createExecRegistry } from './exec-bridge.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
 import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
+import { registerNetworkRoutes } from './network-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import type { RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
@@ -163,6 +164,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   await app.register(async (scope) => registerImageRoutes(scope, ctx));
   await app.register(async (scope) => registerStorageRoutes(scope, ctx));
   registerOperationRoutes(app, ctx);
+  registerNetworkRoutes(app, ctx);
 
   app.addHook('onClose', async () => ctx.execs.closeAll());
   return app;

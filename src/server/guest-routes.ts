@@ -96,6 +96,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         ...(body.model !== undefined && { model: body.model }),
         ...(body.config !== undefined && { config: body.config }),
         ...(body.start !== undefined && { start: body.start }),
+        ...(body.devices !== undefined && { devices: body.devices }),
       });
       return sendAsync(reply, op);
     },

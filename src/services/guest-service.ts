@@ -19,7 +19,9 @@ import {
   type Model,
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
+import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
+import type { NetworkService } from './network-service.ts';
 import type { GuestService, ImageService, OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
 
@@ -32,6 +34,10 @@ export interface GuestServiceDeps {
   capacity: HostCapacity;
   /** How long a config change waits for the controller before answering (it still applies later). */
   configWaitMs?: number;
+  /** Claims NIC addresses at create; without it guests cannot have NICs. */
+  networks?: Pick<NetworkService, 'claimNics'>;
+  /** Per-NIC state for `info`. */
+  nics?: GuestNetworking;
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
@@ -98,7 +104,20 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     return (await drivers[spec.model]?.usage(spec).catch(() => null)) ?? null;
   }
 
-  function toGuest(spec: GuestSpec, status: GuestStatus | undefined, usage: GuestUsage | null): Guest {
+  async function nicsOf(spec: GuestSpec, status: GuestStatus | undefined, withCounters: boolean) {
+    if (!deps.nics?.hasNics(spec)) return undefined;
+    const running = status?.status === 'Running' || status?.status === 'Frozen';
+    const state = await deps.nics.state(spec, { running }).catch(() => undefined);
+    if (state && !withCounters) for (const n of Object.values(state)) n.counters = null;
+    return state;
+  }
+
+  function toGuest(
+    spec: GuestSpec,
+    status: GuestStatus | undefined,
+    usage: GuestUsage | null,
+    nics?: Guest['state']['nics'],
+  ): Guest {
     const startedAt = status?.startedAt ?? null;
     const guest: Guest = {
       name: spec.name,
@@ -120,6 +139,14 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         restartCount: status?.restartCount ?? 0,
       },
     };
+    if (spec.devices) {
+      guest.devices = spec.devices;
+      const running = status?.status === 'Running' || status?.status === 'Frozen';
+      guest.state.addresses = running
+        ? Object.values(spec.devices).flatMap((d) => (d['ipv4.address'] ? [d['ipv4.address']] : []))
+        : [];
+    }
+    if (nics) guest.state.nics = nics;
     if (status?.error) guest.error = status.error;
     return guest;
   }
@@ -138,12 +165,20 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       const usages = options.withUsage
         ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
         : [];
-      return specList.map((spec, i) => toGuest(spec, byName.get(spec.name), usages[i] ?? null));
+      const nics = options.withUsage
+        ? await Promise.all(specList.map((spec) => nicsOf(spec, byName.get(spec.name), true)))
+        : [];
+      return specList.map((spec, i) => toGuest(spec, byName.get(spec.name), usages[i] ?? null, nics[i]));
     },
 
     async get(name, options = { withUsage: true }) {
       const l = await load(name);
-      return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null);
+      return toGuest(
+        l.spec,
+        l.status,
+        options.withUsage ? await usageOf(l.spec, l.status) : null,
+        await nicsOf(l.spec, l.status, options.withUsage === true),
+      );
     },
 
     async create(request) {
@@ -170,16 +205,33 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         host: deps.hostName,
         createdAt: new Date().toISOString(),
       };
+      let claims: Awaited<ReturnType<NetworkService['claimNics']>> | undefined;
+      if (request.devices && Object.keys(request.devices).length > 0) {
+        if (!deps.networks)
+          throw notSupported('Networking is not set up on this host: create the guest without NICs');
+        if (await store.get(keys.guest(spec.name))) throw alreadyExists(`Guest ${spec.name} already exists`);
+        claims = await deps.networks.claimNics(spec.name, request.devices);
+        spec.devices = claims.devices;
+      }
       driver.validate(spec);
       const r = await store.txn({
-        compare: [{ key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 }],
+        compare: [
+          { key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 },
+          ...(claims?.compare ?? []),
+        ],
         // A stale status of an earlier guest of this name must not make the new one look provisioned.
         success: [
           { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
           { type: 'delete', key: keys.guestStatus(spec.name) },
+          ...(claims?.success ?? []),
         ],
       });
-      if (!r.succeeded) throw alreadyExists(`Guest ${spec.name} already exists`);
+      if (!r.succeeded) {
+        if (claims && !(await store.get(keys.guest(spec.name)))) {
+          throw conflict(`An address of guest ${spec.name}'s NICs was taken at the same time; retry`);
+        }
+        throw alreadyExists(`Guest ${spec.name} already exists`);
+      }
       return operations.start({
         description: request.start ? `Launching guest ${spec.name}` : `Creating guest ${spec.name}`,
         resources: { guests: [`/1.0/guests/${spec.name}`] },

@@ -1,5 +1,6 @@
-import type { Guest, ImageRecord, Model, Operation, TrivisorEvent } from '../core/types.ts';
+import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ExecSession } from '../drivers/guest-driver.ts';
+import type { NetworkService } from './network-service.ts';
 import type { StorageService } from './storage-service.ts';
 
 /** Body of `POST /1.0/guests`. */
@@ -11,6 +12,8 @@ export interface CreateGuestRequest {
   config?: Record<string, string>;
   /** Start after creating (`launch`). */
   start?: boolean;
+  /** Incus-style devices: `{ eth0: { type: 'nic', network: 'trivisor0' } }`. */
+  devices?: Record<string, NicDevice>;
 }
 
 /** Body of `PUT /1.0/guests/{name}/state`. */
@@ -116,6 +119,8 @@ export interface HostService {
 /** Everything the HTTP layer needs, injected by main.ts. */
 export interface Services {
   guests: GuestService;
+  /** Managed networks; absent where networking is not set up. */
+  networks?: NetworkService;
   images: ImageService;
   operations: OperationService;
   events: EventBus;

@@ -5,6 +5,9 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 
+import { hostPortName } from '../../src/network/guest-networking.ts';
+import { ownerAlias } from '../../src/network/linux-network-backend.ts';
+
 const REPO = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(REPO, 'bin/trivisor');
 const MAIN = path.join(REPO, 'src/cli/main.ts');
@@ -52,10 +55,14 @@ export interface ApiResponse {
   text: string;
 }
 
-export async function startDaemon(options: { tcp?: boolean; hostname?: string } = {}): Promise<Daemon> {
+export async function startDaemon(
+  options: { tcp?: boolean; hostname?: string; defaultNetwork?: boolean } = {},
+): Promise<Daemon> {
   const stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-sys-'));
   const env = {
     ...process.env,
+    // Daemons side by side would all want the bridge trivisor0: only tests that ask get it.
+    ...(options.defaultNetwork ? {} : { TRIVISOR_DEFAULT_NETWORK: 'none' }),
     TRIVISOR_DIR: stateDir,
     TRIVISOR_LISTEN: options.tcp ? '127.0.0.1:0' : 'none',
     TRIVISOR_LOG_LEVEL: 'warn',
@@ -171,6 +178,7 @@ export function scrubHost(stateDir: string): void {
     .filter((m) => m.startsWith(stateDir))
     .sort((a, b) => b.length - a.length);
   for (const m of mounts) spawnSync('umount', ['-l', m]);
+  scrubNetworks(stateDir);
   for (const ctl of [
     'cpu',
     'cpuacct',
@@ -189,6 +197,41 @@ export function scrubHost(stateDir: string): void {
     }
   }
   rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** Removes the bridges, dnsmasq, nft tables and guest ports a state dir made. */
+function scrubNetworks(stateDir: string): void {
+  const guestsDir = path.join(stateDir, 'guests');
+  const guests = existsSync(guestsDir) ? readdirSync(guestsDir) : [];
+  for (const g of guests) {
+    for (let i = 0; i < 4; i++) {
+      const port = hostPortName(stateDir, g, `eth${i}`);
+      spawnSync('ip', ['link', 'del', 'dev', port]);
+      spawnSync('nft', ['delete', 'table', 'bridge', `trivisor-${port}`]);
+    }
+  }
+  const netDir = path.join(stateDir, 'networks');
+  const networks = existsSync(netDir) ? readdirSync(netDir) : [];
+  for (const n of networks) {
+    const pid = Number(readFileSafe(path.join(netDir, n, 'dnsmasq.pid')).trim());
+    if (pid > 0 && readFileSafe(`/proc/${pid}/cmdline`).includes(netDir)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {}
+    }
+    const link = spawnSync('ip', ['-json', 'link', 'show', 'dev', n], { encoding: 'utf8' });
+    if (link.status === 0 && link.stdout.includes(`"${ownerAlias(stateDir)}"`))
+      spawnSync('ip', ['link', 'del', 'dev', n]);
+    spawnSync('nft', ['delete', 'table', 'ip', `trivisor-${n}`]);
+  }
+}
+
+function readFileSafe(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 function removeCgroupIfOurs(dir: string, _stateDir: string): void {

@@ -133,6 +133,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     await unmountIfMounted(p.rootfs, { runner });
     await removeCgroup(cgroupsPath(spec));
     await rm(p.pidFile, { force: true });
+    if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
   };
 
   const writeBundle = async (spec: GuestSpec, image: ImageHandle): Promise<void> => {
@@ -247,6 +248,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       const running = await liveInit(spec);
       if (running) return running;
       await cleanUpRuntime(spec);
+      const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
+      if (withNics && !ctx.network) {
+        throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
+      }
       return withRevert(async (r) => {
         const base = baseOf(spec);
         if (base !== undefined) await ensureTraversable(spec);
@@ -276,8 +281,9 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
             // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
             [
               ...runc,
-              'run',
-              '--detach',
+              // With NICs: create, plug the NICs into the guest's network namespace, then start,
+              // so that init finds its interfaces at boot.
+              ...(withNics ? ['create'] : ['run', '--detach']),
               '--no-new-keyring',
               '--pid-file',
               p.pidFile,
@@ -307,6 +313,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           throw internal(`runc could not start guest ${spec.name} (exit ${code}): ${detail || 'no output'}`);
         }
         const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
+        if (withNics && ctx.network) {
+          await ctx.network.plugVeths(spec, pid);
+          await runner.run([...runc, 'start', spec.name]);
+        }
         const identity = await readProcessIdentity(pid);
         if (!identity) {
           throw internal(`Guest ${spec.name}'s init (pid ${pid}) exited at once: see ${p.consoleLog}.`);

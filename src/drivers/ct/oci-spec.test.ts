@@ -31,6 +31,18 @@ const options = (over: Partial<OciSpecOptions> = {}): OciSpecOptions => ({
 });
 
 describe('buildOciSpec', () => {
+  test('a guest with NICs gets CAP_NET_ADMIN and TRIVISOR_NICS for its DHCP client; one without gets neither', () => {
+    const plain = buildOciSpec(guest(), options());
+    assert.ok(!plain.process.capabilities.bounding.includes('CAP_NET_ADMIN'));
+    assert.ok(!plain.process.env.some((e) => e.startsWith('TRIVISOR_NICS=')));
+    const withNics = buildOciSpec(
+      { ...guest(), devices: { eth0: { type: 'nic', network: 'n0' }, eth1: { type: 'nic', network: 'n1' } } },
+      options(),
+    );
+    assert.ok(withNics.process.capabilities.bounding.includes('CAP_NET_ADMIN'));
+    assert.ok(withNics.process.env.includes('TRIVISOR_NICS=eth0 eth1'));
+  });
+
   test('maps root to idmapBase in a user namespace by default', () => {
     const oci = buildOciSpec(guest(), options());
     assert.ok(oci.linux.namespaces.some((n) => n.type === 'user'));

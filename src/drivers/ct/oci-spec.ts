@@ -238,8 +238,15 @@ export function ociResources(config: Record<string, string>): OciSpec['linux']['
 /** Generates the OCI runtime spec of a ct guest. Pure: same inputs, same spec. */
 export function buildOciSpec(spec: GuestSpec, options: OciSpecOptions): OciSpec {
   const caps = [...DEFAULT_CAPABILITIES];
+  const nics = Object.entries(spec.devices ?? {})
+    .filter(([, d]) => d.type === 'nic')
+    .map(([name]) => name);
+  // A guest with NICs configures them itself (DHCP): only in its own network namespace.
+  if (nics.length > 0) caps.push('CAP_NET_ADMIN');
   const namespaces = ['pid', 'network', 'ipc', 'uts', 'mount'].map((type) => ({ type }));
-  const env = { ...DEFAULT_ENV, ...configValue.environment(spec.config) };
+  const env: Record<string, string> = { ...DEFAULT_ENV, ...configValue.environment(spec.config) };
+  // Tells the image's boot scripts which interfaces to run DHCP on.
+  if (nics.length > 0) env.TRIVISOR_NICS = nics.join(' ');
   const oci: OciSpec = {
     ociVersion: '1.0.2-dev',
     process: {

@@ -1,0 +1,249 @@
+import { asTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, NetworkAddressClaim, NetworkSpec, NetworkStatus } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import { hostPortName } from '../network/guest-networking.ts';
+import { parseGatewayCidr } from '../network/ipv4.ts';
+import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
+import type { EventBus } from '../services/types.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
+
+export interface NetworkControllerDeps {
+  store: KvStore;
+  backend: NetworkBackend;
+  events: EventBus;
+  log: Logger;
+  hostName: string;
+  /** State dir: names the host ends of NICs, to put them back on a recreated bridge. */
+  stateDir?: string;
+  /** How often bridges and dnsmasq are checked and repaired. */
+  checkIntervalMs?: number;
+}
+
+/** Converges this host's managed networks to their specs (bridge, dnsmasq, nftables). */
+export interface NetworkController {
+  /** Removes stale bridges, builds or repairs every network, then watches. */
+  start(): Promise<void>;
+  /** Stops watching; networks keep working. */
+  stop(): Promise<void>;
+  reconcile(name: string): Promise<void>;
+}
+
+/** The backend's view of a network spec and the NICs that claimed its addresses. */
+export function networkDefinition(
+  spec: NetworkSpec,
+  claims: Array<{ ip: string; claim: NetworkAddressClaim }>,
+  stateDir?: string,
+): NetworkDefinition {
+  const hosts: DhcpHost[] = claims.map(({ ip, claim }) => ({
+    mac: claim.hwaddr,
+    ip,
+    // A guest's first NIC answers to its name; others to NAME-NIC.
+    name: claim.nic === 'eth0' ? claim.guest : `${claim.guest}-${claim.nic}`,
+    ...(stateDir !== undefined && { port: hostPortName(stateDir, claim.guest, claim.nic) }),
+  }));
+  return {
+    name: spec.name,
+    gateway: parseGatewayCidr(spec.config['ipv4.address'] as string),
+    nat: spec.config['ipv4.nat'] === 'true',
+    isolated: spec.config['security.isolated'] === 'true',
+    domain: spec.config['dns.domain'] ?? 'trivisor',
+    hosts,
+  };
+}
+
+export function createNetworkController(deps: NetworkControllerDeps): NetworkController {
+  const { store, backend, events, hostName } = deps;
+  const log = deps.log.child({ component: 'network-controller' });
+  const checkIntervalMs = deps.checkIntervalMs ?? 5000;
+  const watchers: Watcher[] = [];
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  // One reconcile per network at a time; requests meanwhile coalesce into one re-run.
+  const chains = new Map<string, Promise<void>>();
+  const dirty = new Set<string>();
+
+  const reconcile = (name: string): Promise<void> => {
+    if (dirty.has(name)) return chains.get(name) ?? Promise.resolve();
+    dirty.add(name);
+    const prev = chains.get(name) ?? Promise.resolve();
+    const next = prev.then(async () => {
+      dirty.delete(name);
+      await reconcileOnce(name).catch((e) =>
+        log.error({ network: name, err: asTrivisorError(e).message }, 'network reconcile crashed'),
+      );
+    });
+    chains.set(name, next);
+    void next.then(() => {
+      if (chains.get(name) === next) chains.delete(name);
+    });
+    return next;
+  };
+
+  async function claimsOf(name: string) {
+    const prefix = keys.networkAddresses(name);
+    const { kvs } = await store.list(prefix);
+    return kvs.map((kv) => ({
+      key: kv.key,
+      ip: kv.key.slice(prefix.length),
+      claim: JSON.parse(kv.value) as NetworkAddressClaim,
+    }));
+  }
+
+  async function reconcileOnce(name: string): Promise<void> {
+    const [specKv, statusKv] = await Promise.all([
+      store.get(keys.network(name)),
+      store.get(keys.networkStatus(name)),
+    ]);
+    const previous = statusKv ? (JSON.parse(statusKv.value) as NetworkStatus) : undefined;
+    if (!specKv) {
+      if (statusKv) await store.delete(keys.networkStatus(name));
+      return;
+    }
+    const spec = JSON.parse(specKv.value) as NetworkSpec;
+    if (spec.host !== hostName) return;
+    if (spec.deleting) {
+      await backend.remove(name, previous?.dnsmasq);
+      await store.txn({
+        compare: [],
+        success: [
+          { type: 'delete', key: keys.network(name) },
+          { type: 'delete', key: keys.networkStatus(name) },
+          { type: 'delete', key: keys.networkAddresses(name), prefix: true },
+        ],
+      });
+      events.publish({
+        type: 'lifecycle',
+        action: 'network-deleted',
+        source: `/1.0/networks/${name}`,
+        metadata: { name },
+      });
+      return;
+    }
+    const status: NetworkStatus = { status: 'Created', observedGeneration: spec.generation };
+    try {
+      const claims = await claimsOf(name);
+      status.dnsmasq = await backend.ensure(
+        networkDefinition(spec, claims, deps.stateDir),
+        previous?.dnsmasq,
+      );
+    } catch (e) {
+      const err = asTrivisorError(e);
+      log.warn({ network: name, err: err.message }, 'network convergence failed');
+      status.status = 'Error';
+      status.error = err.message;
+      status.failedGeneration = spec.generation;
+      if (previous?.dnsmasq) status.dnsmasq = previous.dnsmasq;
+    }
+    if (JSON.stringify(previous) !== JSON.stringify(status)) {
+      await store.put(keys.networkStatus(name), JSON.stringify(status));
+      if (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration) {
+        events.publish({
+          type: 'lifecycle',
+          action: previous ? 'network-updated' : 'network-created',
+          source: `/1.0/networks/${name}`,
+          metadata: { name, status: status.status },
+        });
+      }
+    }
+  }
+
+  /** Releases addresses whose guest or NIC is gone (a deleted guest's claims end here). */
+  async function sweepClaims(): Promise<void> {
+    const [claims, guests] = await Promise.all([
+      store.list(keys.networkAddressPrefix),
+      store.list(keys.guestPrefix),
+    ]);
+    const nics = new Set<string>();
+    for (const kv of guests.kvs) {
+      const g = JSON.parse(kv.value) as GuestSpec;
+      for (const [nic, d] of Object.entries(g.devices ?? {}))
+        nics.add(`${g.name}/${nic}/${d.network}/${d['ipv4.address']}`);
+    }
+    const touched = new Set<string>();
+    for (const kv of claims.kvs) {
+      const [net, ip] = kv.key.slice(keys.networkAddressPrefix.length).split('/');
+      const c = JSON.parse(kv.value) as NetworkAddressClaim;
+      if (!nics.has(`${c.guest}/${c.nic}/${net}/${ip}`)) {
+        await store.txn({
+          compare: [{ key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision }],
+          success: [{ type: 'delete', key: kv.key }],
+        });
+        if (net) touched.add(net);
+      }
+    }
+    for (const net of touched) void reconcile(net);
+  }
+
+  async function check(): Promise<void> {
+    const [{ kvs }, statuses] = await Promise.all([
+      store.list(keys.networkPrefix),
+      store.list(keys.networkStatusPrefix),
+    ]);
+    const st = new Map(
+      statuses.kvs.map((kv) => [
+        kv.key.slice(keys.networkStatusPrefix.length),
+        JSON.parse(kv.value) as NetworkStatus,
+      ]),
+    );
+    for (const kv of kvs) {
+      const spec = JSON.parse(kv.value) as NetworkSpec;
+      if (spec.host !== hostName || spec.deleting) continue;
+      const s = st.get(spec.name);
+      const seen = await backend.inspect(spec.name, s?.dnsmasq);
+      if (!seen.bridge || !seen.dnsmasq || s?.status === 'Error') {
+        log.info({ network: spec.name, ...seen }, 'network needs repair');
+        void reconcile(spec.name);
+      }
+    }
+  }
+
+  return {
+    async start() {
+      const { kvs, revision } = await store.list(keys.networkPrefix);
+      const names = new Set<string>();
+      for (const kv of kvs) {
+        const spec = JSON.parse(kv.value) as NetworkSpec;
+        if (spec.host === hostName) names.add(spec.name);
+      }
+      for (const bridge of await backend.listOwned()) {
+        if (!names.has(bridge)) {
+          log.info({ network: bridge }, 'removing stale network');
+          await backend
+            .remove(bridge, undefined)
+            .catch((e) => log.warn({ network: bridge, err: String(e) }, 'cannot remove stale network'));
+        }
+      }
+      const nameOf = (key: string, prefix: string) => key.slice(prefix.length).split('/')[0] ?? '';
+      watchers.push(
+        store.watch(keys.networkPrefix, { fromRevision: revision + 1 }, (evs) => {
+          for (const ev of evs) void reconcile(nameOf(ev.kv.key, keys.networkPrefix));
+        }),
+        store.watch(keys.networkAddressPrefix, { fromRevision: revision + 1 }, (evs) => {
+          for (const n of new Set(evs.map((ev) => nameOf(ev.kv.key, keys.networkAddressPrefix))))
+            void reconcile(n);
+        }),
+        store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (evs) => {
+          if (evs.some((ev) => ev.type === 'delete')) void sweepClaims().catch(() => {});
+        }),
+      );
+      await sweepClaims().catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
+      await Promise.all([...names].map((n) => reconcile(n)));
+      const tick = () => {
+        timer = setTimeout(async () => {
+          await check().catch((e) => log.error({ err: String(e) }, 'network check failed'));
+          if (!stopped) tick();
+        }, checkIntervalMs);
+        timer.unref();
+      };
+      tick();
+    },
+    async stop() {
+      stopped = true;
+      for (const w of watchers) w.cancel();
+      clearTimeout(timer);
+      await Promise.allSettled([...chains.values()]);
+    },
+    reconcile,
+  };
+}

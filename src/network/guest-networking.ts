@@ -1,0 +1,85 @@
+import { createHash } from 'node:crypto';
+import { failedPrecondition } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice } from '../core/types.ts';
+import type { KvStore } from '../store/kv.ts';
+import type { NetworkBackend } from './network-backend.ts';
+
+/** What guest drivers use to put a guest's NICs on their networks. */
+export interface GuestNetworking {
+  /** Whether the guest has NICs at all (drivers skip every network step when not). */
+  hasNics(spec: GuestSpec): boolean;
+  /** Plugs every NIC into its bridge, the guest end into `netnsPid`'s network namespace under the NIC's name. */
+  plugVeths(spec: GuestSpec, netnsPid: number): Promise<void>;
+  /** Removes every port of the guest and its filters; idempotent. */
+  unplug(spec: GuestSpec): Promise<void>;
+  /** Per-NIC addresses and counters. */
+  state(spec: GuestSpec, options: { running: boolean }): Promise<Record<string, GuestNicState>>;
+}
+
+const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
+  Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
+
+/** Host-side interface name of a NIC: `tv` + 10 hex, unique per state dir, guest and NIC (15 chars at most). */
+export function hostPortName(stateDir: string, guest: string, nic: string): string {
+  return `tv${createHash('sha256').update(`${stateDir}\0${guest}\0${nic}`).digest('hex').slice(0, 10)}`;
+}
+
+export function createGuestNetworking(deps: {
+  store: KvStore;
+  backend: NetworkBackend;
+  stateDir: string;
+}): GuestNetworking {
+  const { store, backend, stateDir } = deps;
+
+  const networkOf = async (name: string): Promise<NetworkSpec> => {
+    const kv = await store.get(keys.network(name));
+    if (!kv) throw failedPrecondition(`Network ${name} does not exist: create it or remove the NIC`);
+    return JSON.parse(kv.value) as NetworkSpec;
+  };
+
+  const gn: GuestNetworking = {
+    hasNics: (spec) => nicsOf(spec).length > 0,
+
+    async plugVeths(spec, netnsPid) {
+      for (const [nic, d] of nicsOf(spec)) {
+        const net = await networkOf(d.network);
+        if (!d.hwaddr || !d['ipv4.address']) {
+          throw failedPrecondition(
+            `NIC ${nic} of guest ${spec.name} has no MAC or address: recreate the guest`,
+          );
+        }
+        await backend.plugVeth(
+          {
+            port: hostPortName(stateDir, spec.name, nic),
+            bridge: net.name,
+            mac: d.hwaddr,
+            ip: d['ipv4.address'],
+            isolated: net.config['security.isolated'] === 'true',
+          },
+          { netnsPid, ifname: nic },
+        );
+      }
+    },
+
+    async unplug(spec) {
+      for (const [nic] of nicsOf(spec)) await backend.unplug(hostPortName(stateDir, spec.name, nic));
+    },
+
+    async state(spec, { running }) {
+      const out: Record<string, GuestNicState> = {};
+      for (const [nic, d] of nicsOf(spec)) {
+        const hostName = hostPortName(stateDir, spec.name, nic);
+        out[nic] = {
+          network: d.network,
+          hwaddr: d.hwaddr ?? '',
+          hostName,
+          addresses: running && d['ipv4.address'] ? [d['ipv4.address']] : [],
+          counters: running ? ((await backend.counters(hostName)) ?? null) : null,
+        };
+      }
+      return out;
+    },
+  };
+  return gn;
+}

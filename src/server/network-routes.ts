@@ -1,0 +1,124 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { syncResponse } from '../api/envelopes.ts';
+import {
+  type CreateNetworkBody,
+  CreateNetworkBodySchema,
+  ErrorEnvelopeSchema,
+  NameParamsSchema,
+  NetworkSchema,
+  type PatchGuestBody,
+  PatchGuestBodySchema,
+  RecursionQuerySchema,
+  SyncEnvelope,
+} from '../api/schemas.ts';
+import { invalidArgument, notSupported } from '../core/errors.ts';
+import type { NetworkService } from '../services/network-service.ts';
+import type { RouteContext } from './route-context.ts';
+
+type NameParams = { name: string };
+
+/** `/1.0/networks...`: managed networks (synchronous: building a bridge takes well under a second). */
+export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const networks = (): NetworkService => {
+    const n = ctx.services.networks;
+    if (!n) throw notSupported('Networking is not set up on this daemon');
+    return n;
+  };
+  const url = (name: string) => `/1.0/networks/${name}`;
+
+  app.get<{ Querystring: { recursion?: number } }>(
+    '/1.0/networks',
+    {
+      schema: {
+        summary: 'List managed networks',
+        description: 'recursion=0: URLs; 1 or 2: networks.',
+        querystring: RecursionQuerySchema,
+        response: {
+          200: SyncEnvelope(Type.Union([Type.Array(NetworkSchema), Type.Array(Type.String())])),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const list = await networks().list();
+      return syncResponse((request.query.recursion ?? 0) === 0 ? list.map((n) => url(n.name)) : list);
+    },
+  );
+
+  app.post<{ Body: CreateNetworkBody }>(
+    '/1.0/networks',
+    {
+      schema: {
+        summary: 'Create a network (bridge, DHCP/DNS, optional NAT)',
+        body: CreateNetworkBodySchema,
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const b = request.body;
+      const created = await networks().create({
+        name: b.name,
+        ...(b.description !== undefined && { description: b.description }),
+        ...(b.config !== undefined && { config: b.config }),
+      });
+      reply.header('location', url(created.name));
+      return syncResponse(created);
+    },
+  );
+
+  app.get<{ Params: NameParams }>(
+    '/1.0/networks/:name',
+    {
+      schema: {
+        summary: 'Show a network',
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await networks().get(request.params.name)),
+  );
+
+  app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
+    '/1.0/networks/:name',
+    {
+      schema: {
+        summary: 'Set and unset network config keys',
+        description: 'Keys in `config` are set; keys with a null value and keys in `unset` are removed.',
+        params: NameParamsSchema,
+        body: PatchGuestBodySchema,
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const set: Record<string, string> = {};
+      const unset = [...(request.body.unset ?? [])];
+      for (const [key, value] of Object.entries(request.body.config ?? {})) {
+        if (value === null) unset.push(key);
+        else set[key] = value;
+      }
+      if (Object.keys(set).length === 0 && unset.length === 0) {
+        throw invalidArgument(
+          'Nothing to change: give "config" with keys to set or "unset" with keys to remove',
+        );
+      }
+      return syncResponse(await networks().update(request.params.name, { set, unset }));
+    },
+  );
+
+  app.delete<{ Params: NameParams }>(
+    '/1.0/networks/:name',
+    {
+      schema: {
+        summary: 'Delete a network (refused while a NIC uses it)',
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await networks().delete(request.params.name);
+      return syncResponse({});
+    },
+  );
+}

@@ -1,0 +1,212 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, ProcessIdentity } from '../core/types.ts';
+import { silentLogger } from '../host/logger.ts';
+import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
+import type { KvStore } from '../store/kv.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { createEventBus } from './event-bus.ts';
+import { createNetworkService, type NetworkService } from './network-service.ts';
+
+/** A backend that keeps its "bridges" in a map. */
+function fakeBackend() {
+  const bridges = new Map<string, NetworkDefinition>();
+  const calls: string[] = [];
+  let failNext: string | undefined;
+  const backend: NetworkBackend & { bridges: typeof bridges; calls: string[]; fail(msg: string): void } = {
+    bridges,
+    calls,
+    fail(msg) {
+      failNext = msg;
+    },
+    async ensure(def) {
+      calls.push(`ensure ${def.name}`);
+      if (failNext) throw new Error(failNext);
+      bridges.set(def.name, def);
+      return { pid: 1, startTime: 1 } satisfies ProcessIdentity;
+    },
+    async inspect(name) {
+      return { bridge: bridges.has(name), dnsmasq: bridges.has(name) };
+    },
+    async remove(name) {
+      calls.push(`remove ${name}`);
+      bridges.delete(name);
+    },
+    async listOwned() {
+      return [...bridges.keys()];
+    },
+    async plugVeth() {},
+    async unplug() {},
+    async counters() {
+      return undefined;
+    },
+  };
+  return backend;
+}
+
+describe('network service and controller', () => {
+  let store: KvStore;
+  let backend: ReturnType<typeof fakeBackend>;
+  let controller: NetworkController;
+  let networks: NetworkService;
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    backend = fakeBackend();
+    controller = createNetworkController({
+      store,
+      backend,
+      events: createEventBus(),
+      log: silentLogger(),
+      hostName: 'h1',
+      checkIntervalMs: 50,
+    });
+    await controller.start();
+    networks = createNetworkService({ store, hostName: 'h1', convergeWaitMs: 2000 });
+  });
+  afterEach(async () => {
+    await controller.stop();
+    await store.close();
+  });
+
+  const guestWith = async (name: string, network: string) => {
+    const claims = await networks.claimNics(name, { eth0: { type: 'nic', network } });
+    const spec = { name, devices: claims.devices } as unknown as GuestSpec;
+    await store.txn({
+      compare: claims.compare,
+      success: [...claims.success, { type: 'put', key: keys.guest(name), value: JSON.stringify(spec) }],
+    });
+    return claims;
+  };
+
+  test('create() builds the network with defaults and shows it as Created', async () => {
+    const n = await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    assert.equal(n.status, 'Created');
+    assert.deepEqual(n.config, {
+      'ipv4.address': '198.18.10.1/24',
+      'ipv4.nat': 'false',
+      'security.isolated': 'false',
+      'dns.domain': 'trivisor',
+    });
+    assert.equal(backend.bridges.get('net1')?.gateway.address, '198.18.10.1');
+    assert.deepEqual(
+      (await networks.list()).map((x) => x.name),
+      ['net1'],
+    );
+  });
+
+  test('bad input is refused with clear errors', async () => {
+    await assert.rejects(networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.0/24' } }), {
+      code: 'InvalidArgument',
+    });
+    await assert.rejects(networks.create({ name: 'net1', config: { 'ipv4.address': 'nonsense' } }), {
+      code: 'InvalidArgument',
+    });
+    await assert.rejects(networks.create({ name: 'net1', config: {} }), /ipv4.address is required/);
+    await assert.rejects(
+      networks.create({ name: 'a-very-long-name', config: { 'ipv4.address': '198.18.10.1/24' } }),
+      /at most 15/,
+    );
+    await assert.rejects(networks.create({ name: 'Net', config: { 'ipv4.address': '198.18.10.1/24' } }), {
+      code: 'InvalidArgument',
+    });
+    await assert.rejects(
+      networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24', 'ipv4.nat': 'yes' } }),
+      /true or false/,
+    );
+    await assert.rejects(
+      networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24', bogus: '1' } }),
+      /Unknown network configuration key/,
+    );
+    await assert.rejects(networks.get('nope'), { code: 'NotFound' });
+  });
+
+  test('overlapping subnets are refused with Conflict, names taken with AlreadyExists', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await assert.rejects(networks.create({ name: 'net2', config: { 'ipv4.address': '198.18.0.1/16' } }), {
+      code: 'Conflict',
+    });
+    await assert.rejects(networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.11.1/24' } }), {
+      code: 'AlreadyExists',
+    });
+  });
+
+  test('a network that cannot be built leaves nothing behind', async () => {
+    backend.fail('bridge name taken');
+    await assert.rejects(
+      networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } }),
+      /bridge name taken/,
+    );
+    assert.equal((await networks.list()).length, 0);
+  });
+
+  test('NICs get stable MACs and the next free address; their reservations reach the backend', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    const a = await guestWith('a', 'net1');
+    const b = await guestWith('b', 'net1');
+    assert.equal(a.devices.eth0?.['ipv4.address'], '198.18.10.2');
+    assert.equal(b.devices.eth0?.['ipv4.address'], '198.18.10.3');
+    assert.match(a.devices.eth0?.hwaddr ?? '', /^02:/);
+    await controller.reconcile('net1');
+    assert.deepEqual(
+      backend.bridges.get('net1')?.hosts.map((h) => `${h.name}=${h.ip}`),
+      ['a=198.18.10.2', 'b=198.18.10.3'],
+    );
+    await assert.rejects(
+      networks.claimNics('c', { eth0: { type: 'nic', network: 'net1', 'ipv4.address': '198.18.10.2' } }),
+      { code: 'Conflict' },
+    );
+    await assert.rejects(
+      networks.claimNics('c', { eth0: { type: 'nic', network: 'net1', 'ipv4.address': '198.18.20.2' } }),
+      { code: 'InvalidArgument' },
+    );
+    await assert.rejects(networks.claimNics('c', { eth0: { type: 'nic', network: 'nope' } }), {
+      code: 'NotFound',
+    });
+  });
+
+  test('delete is refused while a NIC uses the network; a deleted guest releases its address', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await guestWith('a', 'net1');
+    await assert.rejects(networks.delete('net1'), { code: 'FailedPrecondition' });
+    await store.delete(keys.guest('a'));
+    for (let i = 0; i < 50 && (await store.list(keys.networkAddresses('net1'))).kvs.length > 0; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal((await store.list(keys.networkAddresses('net1'))).kvs.length, 0);
+    await networks.delete('net1');
+    assert.equal(backend.bridges.has('net1'), false);
+    assert.equal((await networks.list()).length, 0);
+  });
+
+  test('update() applies NAT and refuses a new subnet while NICs hold addresses', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    const n = await networks.update('net1', { set: { 'ipv4.nat': 'true' } });
+    assert.equal(n.config['ipv4.nat'], 'true');
+    assert.equal(backend.bridges.get('net1')?.nat, true);
+    await guestWith('a', 'net1');
+    await assert.rejects(networks.update('net1', { set: { 'ipv4.address': '198.18.11.1/24' } }), {
+      code: 'FailedPrecondition',
+    });
+  });
+
+  test('the controller recreates a missing bridge and removes stale ones at start', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    backend.bridges.delete('net1');
+    for (let i = 0; i < 100 && !backend.bridges.has('net1'); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(backend.bridges.has('net1'));
+    await controller.stop();
+    backend.bridges.set('stale0', backend.bridges.get('net1') as NetworkDefinition);
+    controller = createNetworkController({
+      store,
+      backend,
+      events: createEventBus(),
+      log: silentLogger(),
+      hostName: 'h1',
+    });
+    await controller.start();
+    assert.deepEqual([...backend.bridges.keys()], ['net1']);
+    assert.ok(backend.calls.includes('remove stale0'));
+  });
+});

@@ -1,0 +1,360 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  alreadyExists,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  unavailable,
+} from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import type {
+  GuestSpec,
+  Network,
+  NetworkAddressClaim,
+  NetworkSpec,
+  NetworkStatus,
+  NicDevice,
+} from '../core/types.ts';
+import {
+  allocateAddress,
+  assertUnicastMac,
+  contains,
+  formatIpv4,
+  type Ipv4Cidr,
+  overlaps,
+  parseGatewayCidr,
+  parseIpv4,
+  stableMac,
+  subnetOf,
+} from '../network/ipv4.ts';
+import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
+
+/** Body of `POST /1.0/networks`. */
+export interface CreateNetworkRequest {
+  name: string;
+  description?: string;
+  config?: Record<string, string>;
+}
+
+/** What a guest create adds to its transaction to claim its NICs' addresses. */
+export interface NicClaims {
+  devices: Record<string, NicDevice>;
+  compare: Compare[];
+  success: TxnOp[];
+}
+
+/** Managed networks: validates and writes desired state; the network controller builds them. */
+export interface NetworkService {
+  list(): Promise<Network[]>;
+  get(name: string): Promise<Network>;
+  /** Validates, records and waits until the network is built (or removes it again and throws). */
+  create(request: CreateNetworkRequest): Promise<Network>;
+  update(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<Network>;
+  /** FailedPrecondition while a NIC uses the network. */
+  delete(name: string): Promise<void>;
+  /** Completes a guest's NICs (MAC, address) and the store operations that claim their addresses. */
+  claimNics(guest: string, devices: Record<string, NicDevice>): Promise<NicClaims>;
+}
+
+export interface NetworkServiceDeps {
+  store: KvStore;
+  hostName: string;
+  /** How long create/update/delete wait for the controller. */
+  convergeWaitMs?: number;
+}
+
+/** Longest Linux interface name: the network's name is its bridge's name. */
+export const MAX_NETWORK_NAME = 15;
+export const DEFAULT_DNS_DOMAIN = 'trivisor';
+const NETWORK_KEYS = new Set(['ipv4.address', 'ipv4.nat', 'dns.domain', 'security.isolated']);
+const DOMAIN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/;
+
+export function assertNetworkName(name: unknown): asserts name is string {
+  assertDnsLabel(name, 'network name');
+  if (name.length > MAX_NETWORK_NAME) {
+    throw invalidArgument(
+      `The network name ${name} is ${name.length} characters long; it names a Linux bridge, so at most ${MAX_NETWORK_NAME} are allowed`,
+    );
+  }
+}
+
+/** Validates a network's config and returns it with defaults filled in. */
+export function validateNetworkConfig(config: Record<string, string>): Record<string, string> {
+  for (const key of Object.keys(config)) {
+    if (!NETWORK_KEYS.has(key)) {
+      throw invalidArgument(
+        `Unknown network configuration key ${JSON.stringify(key)}: use ${[...NETWORK_KEYS].join(', ')}`,
+      );
+    }
+  }
+  const address = config['ipv4.address'];
+  if (address === undefined)
+    throw invalidArgument('ipv4.address is required, like ipv4.address=198.18.10.1/24');
+  parseGatewayCidr(address);
+  for (const key of ['ipv4.nat', 'security.isolated']) {
+    const v = config[key];
+    if (v !== undefined && v !== 'true' && v !== 'false') {
+      throw invalidArgument(`${key} must be true or false, not ${JSON.stringify(v)}`);
+    }
+  }
+  const domain = config['dns.domain'] ?? DEFAULT_DNS_DOMAIN;
+  if (!DOMAIN.test(domain) || domain.length > 253) {
+    throw invalidArgument(
+      `dns.domain ${JSON.stringify(domain)} is not a DNS domain like trivisor or lab.example`,
+    );
+  }
+  return { 'ipv4.nat': 'false', 'security.isolated': 'false', 'dns.domain': domain, ...config };
+}
+
+export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
+  const { store } = deps;
+  const waitMs = deps.convergeWaitMs ?? 30_000;
+
+  async function load(name: string) {
+    assertNetworkName(name);
+    const kv = await store.get(keys.network(name));
+    if (!kv) throw notFound(`Network ${name} not found: see trivisor network list`);
+    const st = await store.get(keys.networkStatus(name));
+    return {
+      spec: JSON.parse(kv.value) as NetworkSpec,
+      status: st ? (JSON.parse(st.value) as NetworkStatus) : undefined,
+      modRevision: kv.modRevision,
+    };
+  }
+
+  async function guestsUsing(): Promise<Map<string, string[]>> {
+    const { kvs } = await store.list(keys.guestPrefix);
+    const byNetwork = new Map<string, string[]>();
+    for (const kv of kvs) {
+      const g = JSON.parse(kv.value) as GuestSpec;
+      for (const d of Object.values(g.devices ?? {})) {
+        if (d.type !== 'nic') continue;
+        const list = byNetwork.get(d.network) ?? [];
+        if (!list.includes(g.name)) list.push(g.name);
+        byNetwork.set(d.network, list);
+      }
+    }
+    return byNetwork;
+  }
+
+  const toNetwork = (spec: NetworkSpec, status: NetworkStatus | undefined, usedBy: string[]): Network => {
+    const n: Network = {
+      name: spec.name,
+      description: spec.description,
+      type: 'bridge',
+      managed: true,
+      config: spec.config,
+      status:
+        status?.error && status.failedGeneration === spec.generation
+          ? 'Error'
+          : status && status.observedGeneration >= spec.generation
+            ? status.status
+            : 'Pending',
+      usedBy: usedBy.map((g) => `/1.0/guests/${g}`),
+      createdAt: spec.createdAt,
+    };
+    if (status?.error) n.error = status.error;
+    return n;
+  };
+
+  /** Waits until the controller answered `generation` (or deleted the network when `gone`). */
+  async function waitConverged(name: string, generation: number, gone = false): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    while (Date.now() < deadline) {
+      const [s, st] = await Promise.all([store.get(keys.network(name)), store.get(keys.networkStatus(name))]);
+      if (!s) {
+        if (gone) return;
+        throw conflict(`Network ${name} was deleted meanwhile`);
+      }
+      const status = st ? (JSON.parse(st.value) as NetworkStatus) : undefined;
+      if (status?.failedGeneration === generation && status.error) throw failedPrecondition(status.error);
+      if (!gone && status && status.observedGeneration >= generation) return;
+      await sleep(50);
+    }
+    throw unavailable(
+      `Network ${name} was not converged within ${waitMs / 1000} s: is the daemon's network controller running?`,
+    );
+  }
+
+  async function assertNoOverlap(name: string, cidr: Ipv4Cidr): Promise<void> {
+    const { kvs } = await store.list(keys.networkPrefix);
+    for (const kv of kvs) {
+      const other = JSON.parse(kv.value) as NetworkSpec;
+      if (other.name === name || other.deleting) continue;
+      const o = other.config['ipv4.address'];
+      if (o && overlaps(parseGatewayCidr(o), cidr)) {
+        throw conflict(
+          `Subnet ${subnetOf(cidr)} overlaps network ${other.name} (${o}): pick another ipv4.address`,
+        );
+      }
+    }
+  }
+
+  async function writeSpec(next: NetworkSpec, modRevision: number): Promise<void> {
+    const r = await store.txn({
+      compare: [{ key: keys.network(next.name), target: 'modRevision', op: '=', value: modRevision }],
+      success: [{ type: 'put', key: keys.network(next.name), value: JSON.stringify(next) }],
+    });
+    if (!r.succeeded) throw conflict(`Network ${next.name} was changed at the same time; retry`);
+  }
+
+  const service: NetworkService = {
+    async list() {
+      const [specs, statuses, used] = await Promise.all([
+        store.list(keys.networkPrefix),
+        store.list(keys.networkStatusPrefix),
+        guestsUsing(),
+      ]);
+      const st = new Map<string, NetworkStatus>();
+      for (const kv of statuses.kvs)
+        st.set(kv.key.slice(keys.networkStatusPrefix.length), JSON.parse(kv.value));
+      return specs.kvs
+        .map((kv) => JSON.parse(kv.value) as NetworkSpec)
+        .map((s) => toNetwork(s, st.get(s.name), used.get(s.name) ?? []));
+    },
+
+    async get(name) {
+      const l = await load(name);
+      return toNetwork(l.spec, l.status, (await guestsUsing()).get(name) ?? []);
+    },
+
+    async create(request) {
+      assertNetworkName(request.name);
+      const config = validateNetworkConfig({ ...(request.config ?? {}) });
+      await assertNoOverlap(request.name, parseGatewayCidr(config['ipv4.address'] as string));
+      const spec: NetworkSpec = {
+        name: request.name,
+        description: request.description ?? '',
+        config,
+        generation: 1,
+        deleting: false,
+        host: deps.hostName,
+        createdAt: new Date().toISOString(),
+      };
+      const r = await store.txn({
+        compare: [{ key: keys.network(spec.name), target: 'createRevision', op: '=', value: 0 }],
+        success: [
+          { type: 'put', key: keys.network(spec.name), value: JSON.stringify(spec) },
+          { type: 'delete', key: keys.networkStatus(spec.name) },
+        ],
+      });
+      if (!r.succeeded) throw alreadyExists(`Network ${spec.name} already exists`);
+      try {
+        await waitConverged(spec.name, 1);
+      } catch (e) {
+        // A network that could not be built leaves nothing behind.
+        const l = await load(spec.name).catch(() => undefined);
+        if (l) {
+          await writeSpec(
+            { ...l.spec, deleting: true, generation: l.spec.generation + 1 },
+            l.modRevision,
+          ).catch(() => {});
+          await waitConverged(spec.name, l.spec.generation + 1, true).catch(() => {});
+        }
+        throw e;
+      }
+      return service.get(spec.name);
+    },
+
+    async update(name, change) {
+      const l = await load(name);
+      if (l.spec.deleting) throw conflict(`Network ${name} is being deleted`);
+      const config = { ...l.spec.config, ...(change.set ?? {}) };
+      for (const key of change.unset ?? []) {
+        if (!(key in config))
+          throw notFound(`Network ${name} has no configuration key ${JSON.stringify(key)}`);
+        delete config[key];
+      }
+      const next = validateNetworkConfig(config);
+      if (next['ipv4.address'] !== l.spec.config['ipv4.address']) {
+        const cidr = parseGatewayCidr(next['ipv4.address'] as string);
+        await assertNoOverlap(name, cidr);
+        const claims = await store.list(keys.networkAddresses(name));
+        if (claims.kvs.length > 0) {
+          throw failedPrecondition(
+            `Network ${name} has guest NICs with addresses in its subnet: remove them before changing ipv4.address`,
+          );
+        }
+      }
+      const gen = l.spec.generation + 1;
+      await writeSpec({ ...l.spec, config: next, generation: gen }, l.modRevision);
+      await waitConverged(name, gen);
+      return service.get(name);
+    },
+
+    async delete(name) {
+      const l = await load(name);
+      const users = (await guestsUsing()).get(name) ?? [];
+      if (users.length > 0) {
+        throw failedPrecondition(
+          `Network ${name} is used by ${users.join(', ')}: delete those guests or their NICs first`,
+        );
+      }
+      const gen = l.spec.generation + 1;
+      if (!l.spec.deleting) await writeSpec({ ...l.spec, deleting: true, generation: gen }, l.modRevision);
+      await waitConverged(name, gen, true);
+    },
+
+    async claimNics(guest, devices) {
+      const out: NicClaims = { devices: {}, compare: [], success: [] };
+      const taken = new Map<string, Set<number>>();
+      for (const [nic, raw] of Object.entries(devices)) {
+        if (!/^[a-z][a-z0-9]{0,14}$/.test(nic)) {
+          throw invalidArgument(`Device name ${JSON.stringify(nic)} is not a valid interface name like eth0`);
+        }
+        if (raw.type !== 'nic')
+          throw invalidArgument(`Device ${nic} has type ${JSON.stringify(raw.type)}: only nic is supported`);
+        const l = await load(raw.network).catch((e) => {
+          throw e.code === 'NotFound'
+            ? notFound(`Network ${raw.network} of device ${nic} not found: create it first`)
+            : e;
+        });
+        if (l.spec.deleting) throw conflict(`Network ${raw.network} is being deleted`);
+        const cidr = parseGatewayCidr(l.spec.config['ipv4.address'] as string);
+        const hwaddr = raw.hwaddr?.toLowerCase() ?? stableMac(guest, nic);
+        assertUnicastMac(hwaddr, `${nic}.hwaddr`);
+        let used = taken.get(raw.network);
+        if (!used) {
+          used = new Set(
+            (await store.list(keys.networkAddresses(raw.network))).kvs.map(
+              (kv) => parseIpv4(kv.key.slice(keys.networkAddresses(raw.network).length)) ?? 0,
+            ),
+          );
+          taken.set(raw.network, used);
+        }
+        let ip: number | undefined;
+        const wanted = raw['ipv4.address'];
+        if (wanted !== undefined) {
+          ip = parseIpv4(wanted);
+          if (
+            ip === undefined ||
+            !contains(cidr, ip) ||
+            ip === cidr.value ||
+            ip === cidr.network ||
+            ip === cidr.broadcast
+          ) {
+            throw invalidArgument(
+              `${nic}.ipv4.address ${wanted} is not a host address of network ${raw.network} (${subnetOf(cidr)}) other than its gateway`,
+            );
+          }
+          if (used.has(ip))
+            throw conflict(`Address ${wanted} of network ${raw.network} is taken: pick another`);
+        } else {
+          ip = allocateAddress(cidr, used);
+          if (ip === undefined) throw failedPrecondition(`Network ${raw.network} has no free address left`);
+        }
+        used.add(ip);
+        const address = formatIpv4(ip);
+        out.devices[nic] = { type: 'nic', network: raw.network, hwaddr, 'ipv4.address': address };
+        const key = keys.networkAddress(raw.network, address);
+        const claim: NetworkAddressClaim = { guest, nic, hwaddr };
+        out.compare.push({ key, target: 'createRevision', op: '=', value: 0 });
+        out.success.push({ type: 'put', key, value: JSON.stringify(claim) });
+      }
+      return out;
+    },
+  };
+  return service;
+}

@@ -1,0 +1,265 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, eventually, sleep, startDaemon } from '../system/harness.ts';
+
+/*
+ * Real networks between real ct guests. Traffic stays between this test's guests,
+ * bridges and one test network namespace; every address is in 198.18.0.0/15.
+ */
+
+const sfx = String(process.pid % 10000);
+const NET_A = `tna${sfx}`;
+const NET_B = `tnb${sfx}`;
+const NET_ISO = `tni${sfx}`;
+const UPLINK_NS = `tvtinet${sfx}`;
+const UPLINK_HOST = `tvtup${sfx}`;
+
+/** Links, nft tables and dnsmasq processes on the host now. */
+function hostNetworkState() {
+  const links = spawnSync('ip', ['-o', 'link'], { encoding: 'utf8' }).stdout;
+  const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
+  return { links, tables };
+}
+
+/** Live (non-zombie) dnsmasq processes whose command line mentions `dir`. */
+function dnsmasqOf(dir: string): number[] {
+  const out = spawnSync('pgrep', ['-f', `dnsmasq.*${dir}`], { encoding: 'utf8' }).stdout;
+  return out
+    .split('\n')
+    .filter(Boolean)
+    .map(Number)
+    .filter((pid) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+      } catch {
+        return false;
+      }
+    });
+}
+
+describe('ct guests on managed networks', { timeout: 600_000 }, () => {
+  let d: Daemon;
+  let uplinkServer: ChildProcess | undefined;
+
+  const sh = (guest: string, script: string) => d.cli(['exec', guest, '--', 'sh', '-c', script]);
+  const pings = (from: string, to: string) => sh(from, `ping -c1 -W2 ${to}`).code === 0;
+  const addressOf = (guest: string): string => {
+    const g = JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { state: { addresses?: string[] } };
+    return g.state.addresses?.[0] ?? '';
+  };
+  /** The address DHCP gave eth0, as the guest sees it. */
+  const leased = (guest: string) =>
+    /inet (\d+\.\d+\.\d+\.\d+)\//.exec(sh(guest, 'ip -4 addr show dev eth0').stdout)?.[1];
+
+  before(async () => {
+    d = await startDaemon();
+    d.ok(['network', 'create', NET_A, 'ipv4.address=198.18.201.1/24']);
+    d.ok(['network', 'create', NET_B, 'ipv4.address=198.18.202.1/24', 'dns.domain=lab.test']);
+    d.ok(['network', 'create', NET_ISO, '--isolated', 'ipv4.address=198.18.203.1/24']);
+    d.ok(['launch', 'busybox', 'a1', '-n', NET_A]);
+    d.ok(['launch', 'busybox', 'a2', '--network', NET_A]);
+    d.ok(['launch', 'busybox', 'b1', '-n', NET_B]);
+    d.ok(['launch', 'busybox', 'i1', '-n', NET_ISO]);
+    d.ok(['launch', 'busybox', 'i2', '-n', NET_ISO]);
+  });
+
+  after(async () => {
+    uplinkServer?.kill('SIGKILL');
+    spawnSync('ip', ['netns', 'del', UPLINK_NS]);
+    spawnSync('ip', ['link', 'del', UPLINK_HOST]);
+    if (d) {
+      d.cli(['delete', '--force', 'a1', 'a2', 'b1', 'i1', 'i2']);
+      d.cli(['network', 'delete', NET_A, NET_B, NET_ISO]);
+      const stateDir = d.stateDir;
+      await d.destroy();
+      await eventually('no dnsmasq of the test left', () => dnsmasqOf(stateDir).length === 0, 5000);
+    }
+    const { links, tables } = hostNetworkState();
+    for (const n of [NET_A, NET_B, NET_ISO, UPLINK_HOST])
+      assert.doesNotMatch(links, new RegExp(`: ${n}[:@]`));
+    assert.doesNotMatch(tables, new RegExp(`trivisor-(${NET_A}|${NET_B}|${NET_ISO})`));
+  });
+
+  test('guests get their addresses by DHCP, and list shows them', () => {
+    for (const g of ['a1', 'a2']) {
+      const ip = addressOf(g);
+      assert.match(ip, /^198\.18\.201\.\d+$/);
+      assert.equal(leased(g), ip, `${g}'s eth0 has the address it was given`);
+    }
+    assert.notEqual(addressOf('a1'), addressOf('a2'));
+    assert.match(d.ok(['list']), /a1\s.*198\.18\.201\./);
+    assert.match(sh('a1', 'cat /etc/resolv.conf').stdout, /nameserver 198\.18\.201\.1/);
+  });
+
+  test('guests on one network ping each other by address and by DNS name', () => {
+    assert.ok(pings('a1', addressOf('a2')));
+    assert.ok(pings('a1', `a2.trivisor`));
+    assert.ok(pings('a2', 'a1'));
+    assert.ok(pings('a1', '198.18.201.1'), 'the gateway answers');
+  });
+
+  test('dns.domain names guests of a network', () => {
+    assert.ok(pings('b1', 'b1.lab.test'));
+    assert.match(sh('b1', 'nslookup b1.lab.test 198.18.202.1').stdout, /198\.18\.202\./);
+  });
+
+  test('guests move data over TCP', async () => {
+    assert.equal(sh('a2', 'nc -l -p 5000 -e sh -c "cat > /tmp/got" </dev/null >/dev/null 2>&1 &').code, 0);
+    await sleep(300);
+    const sent = sh(
+      'a1',
+      'dd if=/dev/urandom of=/tmp/sent bs=1k count=512 2>/dev/null && nc a2 5000 < /tmp/sent && md5sum /tmp/sent',
+    );
+    assert.equal(sent.code, 0, sent.stderr);
+    const sum = sent.stdout.split(' ')[0];
+    await eventually(
+      'a2 received everything',
+      () => sh('a2', 'md5sum /tmp/got').stdout.startsWith(`${sum} `),
+      10_000,
+    );
+  });
+
+  test('two networks cannot reach each other', () => {
+    assert.equal(pings('b1', addressOf('a1')), false);
+    assert.equal(pings('a1', addressOf('b1')), false);
+  });
+
+  test('an isolated network blocks guest to guest but not the gateway', () => {
+    assert.ok(pings('i1', '198.18.203.1'));
+    assert.ok(pings('i2', '198.18.203.1'));
+    assert.equal(pings('i1', addressOf('i2')), false);
+  });
+
+  test('a guest that takes another address or MAC is dropped', () => {
+    const a2 = addressOf('a2');
+    const spoofIp = sh(
+      'a1',
+      `ip addr add 198.18.201.250/24 dev eth0 && ping -c1 -W2 -I 198.18.201.250 ${a2}; r=$?; ip addr del 198.18.201.250/24 dev eth0; exit $r`,
+    );
+    assert.notEqual(spoofIp.code, 0, 'a packet from a foreign address got through');
+    const mac = sh('a1', 'cat /sys/class/net/eth0/address').stdout.trim();
+    const spoofMac = sh(
+      'a1',
+      `ip link set eth0 address 02:00:00:00:00:99 && ping -c1 -W2 ${a2}; r=$?; ip link set eth0 address ${mac}; exit $r`,
+    );
+    assert.notEqual(spoofMac.code, 0, 'a frame from a foreign MAC got through');
+    assert.ok(pings('a1', a2), 'back to its own addresses, the guest works again');
+  });
+
+  test('NAT rewrites the source address towards a (fake) uplink; without NAT guests stay inside', async () => {
+    const ip = (...args: string[]) => {
+      const r = spawnSync('ip', args, { encoding: 'utf8' });
+      assert.equal(r.status, 0, `ip ${args.join(' ')}: ${r.stderr}`);
+    };
+    ip('netns', 'add', UPLINK_NS);
+    ip('link', 'add', UPLINK_HOST, 'type', 'veth', 'peer', 'name', `${UPLINK_HOST}p`);
+    ip('link', 'set', `${UPLINK_HOST}p`, 'netns', UPLINK_NS);
+    ip('addr', 'add', '198.19.250.1/24', 'dev', UPLINK_HOST);
+    ip('link', 'set', UPLINK_HOST, 'up');
+    ip('-n', UPLINK_NS, 'addr', 'add', '198.19.250.2/24', 'dev', `${UPLINK_HOST}p`);
+    ip('-n', UPLINK_NS, 'link', 'set', `${UPLINK_HOST}p`, 'up');
+    // The "internet" answers every connection with the address it came from.
+    uplinkServer = spawn('ip', [
+      'netns',
+      'exec',
+      UPLINK_NS,
+      process.execPath,
+      '-e',
+      "require('net').createServer((s) => s.end(s.remoteAddress.replace('::ffff:', '') + '\\n')).listen(6000)",
+    ]);
+    await eventually('the uplink server listens', () =>
+      spawnSync('ip', ['netns', 'exec', UPLINK_NS, 'ss', '-ltn'], { encoding: 'utf8' }).stdout.includes(
+        ':6000',
+      ),
+    );
+    const ask = () => sh('a1', 'sleep 1 | nc -w 3 198.19.250.2 6000');
+    assert.notEqual(ask().code, 0, 'without NAT the guest reaches nothing beyond its bridge');
+    d.ok(['network', 'set', NET_A, 'ipv4.nat=true']);
+    const r = ask();
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), '198.19.250.1', 'the uplink sees the host, not the guest');
+  });
+
+  test('networks survive a daemon restart; a deleted bridge or dnsmasq is recreated', async () => {
+    await d.kill9();
+    await d.restart();
+    assert.ok(pings('a1', 'a2.trivisor'), 'DNS and traffic work after the restart');
+    spawnSync('ip', ['link', 'del', NET_A]);
+    await eventually('the bridge is back', () => hostNetworkState().links.includes(`: ${NET_A}:`), 15_000);
+    await eventually('a1 reaches a2 again', () => pings('a1', addressOf('a2')), 15_000);
+    for (const pid of dnsmasqOf(`${d.stateDir}/networks/${NET_A}/`)) process.kill(pid, 'SIGKILL');
+    await eventually(
+      'dnsmasq is back',
+      () => dnsmasqOf(`${d.stateDir}/networks/${NET_A}/`).length === 1,
+      15_000,
+    );
+    assert.ok(pings('a1', 'a2.trivisor'));
+  });
+
+  test('info shows per-NIC counters', () => {
+    const g = JSON.parse(d.ok(['info', 'a1', '--format', 'json'])) as {
+      state: { nics?: Record<string, { counters: { rxBytes: number; txBytes: number } | null }> };
+    };
+    const c = g.state.nics?.eth0?.counters;
+    assert.ok(c && c.rxBytes > 0 && c.txBytes > 0, JSON.stringify(g.state.nics));
+    assert.match(d.ok(['info', 'a1']), /eth0: network tna/);
+  });
+
+  test('bad input gets clear errors', () => {
+    const overlap = d.cli(['network', 'create', `tno${sfx}`, 'ipv4.address=198.18.201.129/25']);
+    assert.equal(overlap.code, 1);
+    assert.match(overlap.stderr, /overlaps network/);
+    const badCidr = d.cli(['network', 'create', `tno${sfx}`, 'ipv4.address=198.18.300.1/24']);
+    assert.match(badCidr.stderr, /not an IPv4 address with a prefix length/);
+    const unknown = d.cli(['launch', 'busybox', 'x1', '-n', 'nosuchnet']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /Network nosuchnet/);
+    const inUse = d.cli(['network', 'delete', NET_A]);
+    assert.match(inUse.stderr, /is used by a1, a2/);
+    const longName = d.cli(['network', 'create', 'abcdefghijklmnop', 'ipv4.address=198.18.210.1/24']);
+    assert.match(longName.stderr, /at most 15/);
+  });
+
+  test('stop and delete leave no port behind', () => {
+    const g = JSON.parse(d.ok(['info', 'i2', '--format', 'json'])) as {
+      state: { nics: Record<string, { hostName: string }> };
+    };
+    const port = g.state.nics.eth0?.hostName ?? '';
+    assert.match(hostNetworkState().links, new RegExp(`: ${port}@`));
+    d.ok(['stop', '--force', 'i2']);
+    assert.doesNotMatch(hostNetworkState().links, new RegExp(`: ${port}@`));
+    assert.doesNotMatch(hostNetworkState().tables, new RegExp(`trivisor-${port}`));
+    d.ok(['start', 'i2']);
+    assert.ok(pings('i2', '198.18.203.1'), 'a restarted guest has its network back');
+    d.ok(['delete', '--force', 'i2']);
+    assert.doesNotMatch(hostNetworkState().links, new RegExp(`: ${port}@`));
+  });
+});
+
+describe('the default network', { timeout: 120_000 }, () => {
+  test('trivisor0 is created on first start with NAT and a free subnet, and stays deleted once deleted', async () => {
+    const taken = hostNetworkState().links.includes(': trivisor0:');
+    if (taken) return; // Another daemon on this host holds the name.
+    const d = await startDaemon({ defaultNetwork: true });
+    try {
+      const n = JSON.parse(d.ok(['network', 'info', 'trivisor0', '--format', 'json'])) as {
+        config: Record<string, string>;
+        status: string;
+      };
+      assert.equal(n.status, 'Created');
+      assert.equal(n.config['ipv4.nat'], 'true');
+      assert.match(n.config['ipv4.address'] ?? '', /^198\.1[89]\.\d+\.1\/24$/);
+      d.ok(['network', 'delete', 'trivisor0']);
+      d.process.kill('SIGTERM');
+      await new Promise((r) => d.process.once('exit', r));
+      await d.restart();
+      assert.doesNotMatch(d.ok(['network', 'list']), /trivisor0/);
+    } finally {
+      await d.destroy();
+    }
+    assert.doesNotMatch(hostNetworkState().links, /: trivisor0:/);
+  });
+});
