@@ -31,6 +31,22 @@ async function rejectsWith(work: () => unknown, code: string, message?: RegExp):
   );
 }
 
+/** A script for a separate Node process: a driver on `stateDir` runs `echo <text>` in the guest, then the process exits. */
+function execOnceScript(stateDir: string, name: string, text: string): string {
+  const at = (rel: string) => JSON.stringify(new URL(rel, import.meta.url).pathname);
+  return `
+    import { createPvmDriver } from ${at('../../src/drivers/pvm/pvm-driver.ts')};
+    import { silentLogger } from ${at('../../src/host/logger.ts')};
+    import { hostRunner } from ${at('../../src/host/runner.ts')};
+    import { execIn } from ${at('../drivers/exec-helpers.ts')};
+    import { testGuestSpec } from ${at('../drivers/guest-spec.ts')};
+    const driver = createPvmDriver({ runner: hostRunner(), log: silentLogger(), stateDir: ${JSON.stringify(stateDir)}, idmapBase: 1000000 });
+    const r = await execIn(driver, testGuestSpec(${JSON.stringify(name)}, 'pvm'), ['echo', ${JSON.stringify(text)}]);
+    process.stdout.write(r.stdout);
+    process.exit(r.code);
+  `;
+}
+
 describe('pvm guests (User-Mode Linux) on this host', () => {
   let f: PvmFixture;
   const specs: GuestSpec[] = [];
@@ -135,7 +151,14 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     const s = guest('adopt');
     await f.driver.create(s, f.image);
     const id = await f.driver.start(s, f.image);
-    // The first daemon never opened the agent's line; a dead one's descriptors are closed anyway.
+    // A daemon that talked to the agent and died: its end of the line closes with it.
+    for (let i = 0; i < 2; i++) {
+      const child = await hostRunner().run(
+        [process.execPath, '--input-type=module', '-e', execOnceScript(f.stateDir, s.name, `child ${i}`)],
+        { timeoutMs: 60_000 },
+      );
+      assert.equal(child.stdout, `child ${i}\n`);
+    }
     const again = f.reopen();
     const state = await again.inspect(s, undefined);
     assert.equal(state.state, 'running');

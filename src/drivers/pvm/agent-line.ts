@@ -1,19 +1,48 @@
 import { constants, openSync } from 'node:fs';
-import type { Socket } from 'node:net';
-import { ReadStream } from 'node:tty';
-import type { ProcessRunner } from '../../host/runner.ts';
+import { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 
 /**
- * Opens the host end of a UML serial line (the slave side of the pty that
- * `ssl1=pts` allocated) as a duplex byte stream for the QGA client. The line
- * is made raw first: a cooked pty would echo the guest's answers back into
- * the guest and hold partial lines. Other openers may have left bytes on the
- * line; the QGA client resynchronises with guest-sync-delimited.
+ * Opens the host end of a pvm guest's agent line: two FIFOs that the UML
+ * kernel holds open read-write as `ssl1=fd:3,fd:4` (input, output). Unlike a
+ * pty, a FIFO the kernel itself holds never hangs up, so the line survives
+ * any number of host openers coming and going (a restarted daemon). A pty
+ * would not: when its last host opener closes it, UML reads EIO and shuts the
+ * serial line down for good. Bytes nobody read stay in the FIFO; the QGA
+ * client resynchronises with guest-sync-delimited.
  */
-export async function openAgentLine(ptyPath: string, options: { runner: ProcessRunner }): Promise<Socket> {
-  await options.runner.run(['stty', '-F', ptyPath, 'raw', '-echo'], { timeoutMs: 5_000 });
-  // A plain fd, not a FileHandle: the socket owns and closes it.
-  const fd = openSync(ptyPath, constants.O_RDWR | constants.O_NOCTTY | constants.O_NONBLOCK);
-  // A tty.ReadStream is a net.Socket over libuv's tty handle, which writes as well as it reads.
-  return new ReadStream(fd);
+export function openAgentLine(inPath: string, outPath: string): Duplex {
+  // Non-blocking opens never wait: the kernel holds both FIFOs open read-write.
+  const toGuest = new Socket({
+    fd: openSync(inPath, constants.O_WRONLY | constants.O_NONBLOCK),
+    readable: false,
+    writable: true,
+  });
+  const fromGuest = new Socket({
+    fd: openSync(outPath, constants.O_RDONLY | constants.O_NONBLOCK),
+    readable: true,
+    writable: false,
+  });
+  const line = new Duplex({
+    read() {
+      fromGuest.resume();
+    },
+    write(chunk: Buffer, _encoding, callback) {
+      toGuest.write(chunk, callback);
+    },
+    final(callback) {
+      toGuest.end(callback);
+    },
+    destroy(err, callback) {
+      toGuest.destroy();
+      fromGuest.destroy();
+      callback(err);
+    },
+  });
+  fromGuest.on('data', (d: Buffer) => {
+    if (!line.push(d)) fromGuest.pause();
+  });
+  fromGuest.on('end', () => line.push(null));
+  for (const s of [toGuest, fromGuest]) s.on('error', (e) => line.destroy(e));
+  return line;
 }

@@ -2,20 +2,16 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
 import { PassThrough, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { invalidArgument, isTrivisorError, unavailable } from '../../core/errors.ts';
+import { invalidArgument, isTrivisorError } from '../../core/errors.ts';
 import { createQgaClient, type QgaClient } from '../../host/qga-client.ts';
 import { GUEST_BUSYBOX, qgaExecArgv, qgaExecSession } from '../../host/qga-exec-session.ts';
-import type { ProcessRunner } from '../../host/runner.ts';
 import type { ExecOptions, ExecSession } from '../guest-driver.ts';
 import { openAgentLine } from './agent-line.ts';
 import { pacedLine } from './paced-line.ts';
-import { parsePtsConfig } from './uml-command.ts';
-import type { MconsoleClient } from './uml-mconsole.ts';
 
 /** A live conversation with the qemu-ga of one pvm guest, over its serial line ssl1. */
 export interface AgentConnection {
   readonly client: QgaClient;
-  readonly ptyPath: string;
   /** Runs a command through the agent; `configEnv` is the guest's `environment.*` config. */
   exec(options: ExecOptions, configEnv: Record<string, string>): ExecSession;
   /** Sends `signal` (a name without SIG) to the guest's pid 1 and returns once the agent started `kill`. */
@@ -221,32 +217,25 @@ function smallMessageExecSession(client: QgaClient, options: ExecOptions): ExecS
   };
 }
 
+/** The host ends of a guest's agent line (see agent-line.ts). */
+export interface AgentLinePaths {
+  /** FIFO the kernel reads as ssl1's input. */
+  toGuest: string;
+  /** FIFO the kernel writes ssl1's output to. */
+  fromGuest: string;
+}
+
 /**
- * Finds the host pty of the guest's ssl1 through mconsole (UML allocates it
- * when qemu-ga opens /dev/ttyS1, so a booting guest has none yet), opens it
- * and waits until the agent answers a sync, all within `timeoutMs`.
+ * Opens the guest's agent line and waits until qemu-ga answers a sync
+ * (it starts while the guest boots), within `timeoutMs`.
  */
 export async function connectAgent(
-  mconsole: MconsoleClient,
-  options: { runner: ProcessRunner; timeoutMs: number; guestName?: string },
+  paths: AgentLinePaths,
+  options: { timeoutMs: number; guestName?: string },
 ): Promise<AgentConnection> {
   const deadline = Date.now() + options.timeoutMs;
-  let ptyPath: string | undefined;
-  for (;;) {
-    const text = await mconsole.config('ssl1');
-    ptyPath = parsePtsConfig(text);
-    if (ptyPath) break;
-    if (Date.now() >= deadline) {
-      throw unavailable(
-        `The guest agent${options.guestName ? ` of ${options.guestName}` : ''} has not opened its serial line: is the guest still booting?`,
-      );
-    }
-    await sleep(100);
-  }
-  const socket = pacedLine(await openAgentLine(ptyPath, { runner: options.runner }), {
-    chunkBytes: 1024,
-    gapMs: 2,
-  });
+  // Paced as a second line of defence: no message the driver sends should exceed the guest's tty buffer.
+  const socket = pacedLine(openAgentLine(paths.toGuest, paths.fromGuest), { chunkBytes: 1024, gapMs: 2 });
   const client = createQgaClient(socket, options.guestName ? { guestName: options.guestName } : {});
   try {
     await client.waitReady({ timeoutMs: Math.max(1000, deadline - Date.now()) });
@@ -254,10 +243,8 @@ export async function connectAgent(
     client.close();
     throw e;
   }
-  const path = ptyPath;
   return {
     client,
-    ptyPath: path,
     exec(execOptions, configEnv) {
       return smallMessageExecSession(client, { ...execOptions, env: { ...configEnv, ...execOptions.env } });
     },

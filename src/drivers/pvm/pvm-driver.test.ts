@@ -7,7 +7,7 @@ import type { GuestSpec } from '../../core/types.ts';
 import { fakeRunner } from '../../host/fake-runner.ts';
 import { silentLogger } from '../../host/logger.ts';
 import { createPvmDriver } from './pvm-driver.ts';
-import { parsePtsConfig, umlArgv } from './uml-command.ts';
+import { umlArgv } from './uml-command.ts';
 import { createMconsoleClient, parseMconsoleOutput } from './uml-mconsole.ts';
 
 const spec = (name: string, config: Record<string, string> = {}): GuestSpec => ({
@@ -54,7 +54,7 @@ describe('umlArgv', () => {
     assert.ok(argv.includes('umid=uml'));
     assert.ok(argv.includes('uml_dir=/s/guests/p1/run'));
     // Every console and serial line not named is null: UML's default would open xterms.
-    for (const word of ['con=null', 'ssl=null', 'con0=null,fd:1', 'ssl1=pts'])
+    for (const word of ['con=null', 'ssl=null', 'con0=null,fd:1', 'ssl1=fd:3,fd:4'])
       assert.ok(argv.includes(word), word);
     for (const word of [
       'init=/.trivisor/init',
@@ -75,8 +75,6 @@ describe('mconsole output', () => {
     assert.deepEqual(parseMconsoleOutput('OK \n'), { ok: true, text: '' });
     assert.deepEqual(parseMconsoleOutput('ERR Unknown command\n'), { ok: false, text: 'Unknown command' });
     assert.equal(parseMconsoleOutput(''), undefined);
-    assert.equal(parsePtsConfig('pts:/dev/pts/7'), '/dev/pts/7');
-    assert.equal(parsePtsConfig('pts'), undefined);
   });
 
   test('the client runs uml_mconsole with the socket path and maps refusals to errors', async () => {

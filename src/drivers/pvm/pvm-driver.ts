@@ -14,7 +14,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { isAbsolute, join, posix } from 'node:path';
+import { dirname, isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import {
@@ -98,6 +98,9 @@ export interface PvmGuestPaths {
   /** Owned by the guest uid, 0700: `uml_dir`, holding `<umid>/mconsole` and `<umid>/pid`. */
   runDir: string;
   mconsoleSocket: string;
+  /** FIFOs of the agent's serial line (root's, 0600: the kernel gets them as open fds). */
+  agentIn: string;
+  agentOut: string;
 }
 
 interface ProcessRecord extends ProcessIdentity {
@@ -179,6 +182,8 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       raw: join(dir, 'disk', 'root.img'),
       runDir,
       mconsoleSocket: join(runDir, UMID, 'mconsole'),
+      agentIn: join(dir, 'agent.in'),
+      agentOut: join(dir, 'agent.out'),
     };
   };
 
@@ -227,7 +232,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   const agentOf = (spec: GuestSpec, timeoutMs: number): Promise<AgentConnection> => {
     let pending = agents.get(spec.name);
     if (!pending) {
-      pending = connectAgent(mconsoleOf(spec), { runner, timeoutMs });
+      const p = pathsOf(spec);
+      pending = connectAgent(
+        { toGuest: p.agentIn, fromGuest: p.agentOut },
+        { timeoutMs, guestName: spec.name },
+      );
       agents.set(spec.name, pending);
       pending.then(
         (a) => a.onClose(() => agents.get(spec.name) === pending && agents.delete(spec.name)),
@@ -337,6 +346,30 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       log.debug({ guest: spec.name, err: String(e) }, 'the agent could not ask init to stop');
       dropAgent(spec);
       return false;
+    }
+  };
+
+  /**
+   * The kernel runs as the guest's uid, which reaches its disk and the base
+   * disk as "other": every directory on the way must be searchable (o+x).
+   * Directories above the state dir are the administrator's: only checked.
+   */
+  const ensureReachable = async (spec: GuestSpec, paths: string[]): Promise<void> => {
+    // The state dir and guests/ are Trivisor's own: they get search (not listing) for others, as for ct.
+    for (const dir of [stateDir, join(stateDir, 'guests')]) {
+      const mode = (await stat(dir)).mode;
+      if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o001);
+    }
+    for (const path of paths) {
+      for (let dir = dirname(path); ; dir = dirname(dir)) {
+        const mode = (await stat(dir)).mode;
+        if ((mode & 0o001) === 0) {
+          throw failedPrecondition(
+            `pvm guest ${spec.name} cannot start: its kernel runs unprivileged and cannot pass ${dir}; chmod o+x it or move the state dir.`,
+          );
+        }
+        if (dir === dirname(dir)) break;
+      }
     }
   };
 
@@ -466,6 +499,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         r.add(() => cleanUpRuntime(spec));
         const procs = await makeUmlCgroup(cgroupsPath(spec));
         await setUmlCgroupLimits(cgroupsPath(spec), limitsOf(spec));
+        await ensureReachable(spec, [baseDisk, p.diskDir]);
         const raw = await stat(p.raw).catch(() => undefined);
         const diskBytes = diskBytesOf(spec);
         // limits.disk only grows a private disk (the kit grows the file system at boot); it never shrinks one.
@@ -486,11 +520,17 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         });
         // The launcher joins the cgroup before exec so that every UML helper is born inside it,
         // then drops to the guest's uid: the kernel never runs as root on the host.
+        for (const fifo of [p.agentIn, p.agentOut]) {
+          await rm(fifo, { force: true });
+          await runner.run(['mkfifo', '-m', '0600', fifo]);
+        }
         const launcher = [
           '/bin/sh',
           '-c',
-          'ulimit -c 0; while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
-          'trivisor-pvm-launch',
+          'ulimit -c 0; exec 3<>"$0" 4<>"$1" || exit 111; shift 2; ' +
+            'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
+          p.agentIn,
+          p.agentOut,
           ...procs,
           '--',
           'setpriv',
@@ -601,6 +641,12 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       const record = await readRecord(spec);
       if (record) usage.memoryLimitBytes = record.memoryBytes;
       else delete usage.memoryLimitBytes;
+      if (usage.memoryBytes === 0 && record && (await isSameProcess(record))) {
+        // Someone moved the kernel out of its memory cgroup (some sandboxes' supervisors do):
+        // the main process's resident set, which maps all guest RAM it touched, is the next best figure.
+        const statm = await readFile(`/proc/${record.pid}/statm`, 'utf8').catch(() => '');
+        usage.memoryBytes = Number(statm.split(' ')[1] ?? 0) * 4096;
+      }
       return usage;
     },
 

@@ -23,8 +23,8 @@ export const PVM_AGENT_DEVICE = '/dev/ttyS1';
  * The linux.uml argv for one guest. The console (con0) writes to the kernel's
  * stdout, which the driver points at console.log, and reads nothing; every
  * other console and serial line is `null`, because UML's default for them is
- * an xterm. ssl1 is the guest agent's line: a host pty whose path mconsole's
- * `config ssl1` tells once qemu-ga has opened it.
+ * an xterm. ssl1 is the guest agent's line, on two FIFOs the launcher hands
+ * over as fds 3 and 4.
  */
 export function umlArgv(options: UmlBootOptions): string[] {
   const kib = Math.floor(options.memoryBytes / 1024);
@@ -38,13 +38,8 @@ export function umlArgv(options: UmlBootOptions): string[] {
     'con=null',
     'con0=null,fd:1',
     'ssl=null',
-    'ssl1=pts',
+    // The agent's line: fd 3 in, fd 4 out, FIFOs the launcher opened read-write (see agent-line.ts).
+    'ssl1=fd:3,fd:4',
     ...kitKernelArgs({ hostname: options.hostname, model: 'pvm', agent: PVM_AGENT_DEVICE }),
   ];
-}
-
-/** Parses mconsole's `config ssl1` answer (`pts:/dev/pts/3`); undefined while the line is not open yet. */
-export function parsePtsConfig(text: string): string | undefined {
-  const m = /^pts:(\/dev\/pts\/\d+)$/.exec(text.trim());
-  return m?.[1];
 }
