@@ -292,6 +292,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
         request.source,
         `Copying guest ${what} to ${request.name}`,
         async (ctx) => {
+          await store.put(storageKeys.pending(request.name), JSON.stringify({ kind: 'copy' }));
           await finished(
             await guests.create({
               name: request.name,
@@ -311,6 +312,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           } catch (e) {
             await discard(request.name);
             throw e;
+          } finally {
+            await store.delete(storageKeys.pending(request.name));
           }
           if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
           return undefined;
@@ -450,6 +453,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             try {
               ctx.progress(50, 'creating the guest');
               created = name;
+              await store.put(storageKeys.pending(name), JSON.stringify({ kind: 'import' }));
               await finished(
                 await guests.create({
                   name,
@@ -474,9 +478,13 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             } finally {
               busy.delete(name);
             }
+            await store.delete(storageKeys.pending(name));
             return { name };
           } catch (e) {
-            if (created) await discard(created);
+            if (created) {
+              await discard(created);
+              await store.delete(storageKeys.pending(created));
+            }
             if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
             throw diskFull(e, 'Cannot import the backup');
           } finally {
@@ -600,6 +608,16 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     },
 
     async sweep() {
+      // Guests a crash left half-copied or half-imported are deleted (by the controller, once it runs).
+      for (const kv of (await store.list(storageKeys.pendingPrefix)).kvs) {
+        const name = kv.key.slice(storageKeys.pendingPrefix.length);
+        const op = await guests.delete(name, { force: true }).catch(() => undefined);
+        if (op) void operations.wait(op.id).catch(() => {});
+        await store.delete(kv.key);
+      }
+      for (const name of await readdir(deps.stateDir).catch(() => [] as string[])) {
+        if (name.startsWith('trivisor-import-')) await rm(join(deps.stateDir, name), { force: true });
+      }
       for (const dir of [backupsDir, importsDir]) {
         await sweepTmp(dir);
         for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
@@ -632,8 +650,19 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
 async function sweepTmp(dir: string): Promise<void> {
   for (const name of await readdir(dir).catch(() => [] as string[])) {
-    if (name.startsWith('.tmp-')) await rm(join(dir, name), { recursive: true, force: true });
+    if (name.startsWith('.tmp-')) await removeDebris(join(dir, name));
   }
+}
+
+/**
+ * Removes a half-made tree. A copy started by a daemon that was killed may still be
+ * writing into it: renaming it first makes that copy fail instead of refilling it.
+ */
+export async function removeDebris(path: string): Promise<void> {
+  const trash = `${path}.trash-${randomBytes(4).toString('hex')}`;
+  await rename(path, trash).catch(() => {});
+  await rm(trash, { recursive: true, force: true, maxRetries: 3 });
+  await rm(path, { recursive: true, force: true, maxRetries: 3 });
 }
 
 async function readManifest(dir: string): Promise<BackupManifest> {
@@ -661,7 +690,8 @@ const lastLine = (text: string) => text.trim().split('\n').pop()?.slice(0, 200) 
 function diskFull(e: unknown, what: string): TrivisorError {
   const err = asTrivisorError(e);
   const text = `${err.message} ${(e as { stderr?: string }).stderr ?? ''} ${(e as { code?: string }).code ?? ''}`;
-  if (/ENOSPC|No space left on device/i.test(text)) {
+  // GNU tar reports a short write ("Wrote only 8192 of 10240 bytes") rather than ENOSPC.
+  if (/ENOSPC|No space left on device|Wrote only \d+ of \d+ bytes/i.test(text)) {
     return failedPrecondition(`${what}: the disk is full; free some space and try again`);
   }
   return err;

@@ -91,12 +91,22 @@ export async function startDaemon(
       stderr += d.toString();
     });
     const end = Date.now() + 60_000;
-    while (!existsSync(path.join(stateDir, 'daemon.json'))) {
+    // The daemon writes daemon.json in place: wait until it is whole, not just there.
+    while (!daemonJsonComplete()) {
       if (c.exitCode !== null) throw new Error(`daemon exited with ${c.exitCode}: ${stderr}`);
       if (Date.now() > end) throw new Error(`daemon not ready after 60 s: ${stderr}`);
       await sleep(50);
     }
     return c;
+  }
+
+  function daemonJsonComplete(): boolean {
+    try {
+      JSON.parse(readFileSync(path.join(stateDir, 'daemon.json'), 'utf8'));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   function readDaemonJson(): { socket: string; url: string | null } {

@@ -168,13 +168,19 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     },
 
     async sweep(spec) {
-      const dir = dirOf(spec);
-      for (const name of await readdir(dir).catch(() => [] as string[])) {
-        if (name.startsWith(TMP_PREFIX)) await rm(join(dir, name), { recursive: true, force: true });
+      // An interrupted restore may have left (between its two renames) the old upper aside and no new one in place.
+      const upper = upperOf(spec);
+      if (!(await exists(upper)) && (await exists(join(dirOf(spec), `${TMP_PREFIX}upper-old`)))) {
+        await rename(join(dirOf(spec), `${TMP_PREFIX}upper-old`), upper);
       }
-      for (const name of await readdir(snapshotsOf(spec)).catch(() => [] as string[])) {
-        if (name.startsWith(TMP_PREFIX))
-          await rm(join(snapshotsOf(spec), name), { recursive: true, force: true });
+      for (const dir of [dirOf(spec), snapshotsOf(spec)]) {
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          if (!name.startsWith(TMP_PREFIX)) continue;
+          // A cp of a killed daemon may still write here: move it away first so that it fails.
+          const trash = join(dir, `${name}.trash`);
+          await rename(join(dir, name), trash).catch(() => {});
+          await rm(trash, { recursive: true, force: true, maxRetries: 3 });
+        }
       }
     },
   };

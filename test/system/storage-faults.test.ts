@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, eventually, sleep, startDaemon } from './harness.ts';
+
+const CLI = path.resolve(import.meta.dirname, '../../bin/trivisor');
+
+// Daemons of storage tests need no network of their own.
+process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
+
+/** Polls fast for a path: the windows these tests aim at last about a second. */
+async function waitForPath(what: string, find: () => boolean, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (find()) return;
+    await sleep(5);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('storage faults: a daemon killed mid-way and full disks leave nothing half-made', () => {
+  let d: Daemon;
+  let dir: string;
+  const mounts: string[] = [];
+  before(async () => {
+    d = await startDaemon();
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-faults-'));
+  });
+  after(async () => {
+    for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
+    await d?.destroy();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const guestDir = (name: string) => path.join(d.stateDir, 'guests', name);
+  const tmpEntries = (p: string) =>
+    existsSync(p) ? readdirSync(p).filter((n) => n.startsWith('.tmp-')) : [];
+  const names = () =>
+    (JSON.parse(d.ok(['list', '--format', 'json'])) as Array<{ name: string }>).map((g) => g.name);
+  const status = (name: string) =>
+    (JSON.parse(d.ok(['info', name, '--format', 'json'])) as { status: string }).status;
+  const tmpfs = (at: string, size: string) => {
+    mkdirSync(at, { recursive: true });
+    const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', at]);
+    assert.equal(r.status, 0, String(r.stderr));
+    mounts.push(at);
+  };
+  const unmount = (at: string) => {
+    spawnSync('umount', [at]);
+    mounts.splice(mounts.indexOf(at), 1);
+  };
+
+  test('kill -9 during a snapshot of a running guest: no half snapshot, the guest runs unfrozen', async () => {
+    d.ok(['launch', 'busybox', 'f1']);
+    d.ok([
+      'exec',
+      'f1',
+      '--',
+      'sh',
+      '-c',
+      'dd if=/dev/zero of=/big bs=1M count=600 2>/dev/null && dd if=/dev/urandom of=/rand bs=1M count=4 2>/dev/null',
+    ]);
+    const r = await d.api('POST', '/1.0/guests/f1/snapshots', { name: 's1' });
+    assert.equal(r.status, 202);
+    await waitForPath(
+      'the snapshot copy to start',
+      () => tmpEntries(path.join(guestDir('f1'), 'snapshots')).length > 0,
+    );
+    await d.kill9();
+    await d.restart();
+    await eventually('f1 runs again', () => status('f1') === 'Running');
+    assert.deepEqual(tmpEntries(path.join(guestDir('f1'), 'snapshots')), []);
+    assert.equal(existsSync(path.join(guestDir('f1'), 'snapshots/s1')), false);
+    assert.deepEqual(JSON.parse(d.ok(['snapshot', 'list', 'f1', '--format', 'json'])), []);
+    assert.equal(d.ok(['exec', 'f1', '--', 'echo', 'thawed']), 'thawed\n');
+    d.ok(['snapshot', 'create', 'f1', 's1']);
+  });
+
+  test('kill -9 during an import: the half-imported guest is deleted at the next start', async () => {
+    d.ok(['export', 'f1', path.join(dir, 'f1.tar.zst')]);
+    const importer = spawn(CLI, ['import', path.join(dir, 'f1.tar.zst'), 'f2'], {
+      env: { ...process.env, TRIVISOR_DIR: d.stateDir },
+      stdio: 'ignore',
+    });
+    try {
+      await waitForPath('the import to fill the new guest', () => tmpEntries(guestDir('f2')).length > 0);
+      await d.kill9();
+    } finally {
+      importer.kill('SIGKILL');
+    }
+    await d.restart();
+    await eventually(
+      'the half-imported f2 is deleted',
+      () => !names().includes('f2') && !existsSync(guestDir('f2')),
+    );
+    assert.deepEqual(tmpEntries(path.join(d.stateDir, 'imports')), []);
+    assert.deepEqual(
+      readdirSync(d.stateDir).filter((n) => n.startsWith('trivisor-import-')),
+      [],
+      'no upload spool left',
+    );
+    // The same import runs to the end now.
+    d.ok(['import', path.join(dir, 'f1.tar.zst'), 'f2']);
+    assert.deepEqual(
+      (JSON.parse(d.ok(['snapshot', 'list', 'f2', '--format', 'json'])) as unknown[]).length,
+      0,
+    );
+    d.ok(['delete', 'f2']);
+  });
+
+  test('a full disk on the daemon during an export is one clear error; guest and snapshots stay intact', () => {
+    const backups = path.join(d.stateDir, 'backups');
+    tmpfs(backups, '2m');
+    try {
+      const r = d.cli(['export', 'f1', path.join(dir, 'never.tar.zst'), '--with-snapshots']);
+      assert.equal(r.code, 1);
+      assert.equal(
+        r.stderr,
+        'Error: Cannot back up guest f1: the disk is full; free some space and try again\n',
+      );
+      assert.equal(existsSync(path.join(dir, 'never.tar.zst')), false);
+      assert.deepEqual(readdirSync(path.join(backups, 'f1')), []);
+    } finally {
+      unmount(backups);
+    }
+    assert.equal(status('f1'), 'Running');
+    assert.equal(d.ok(['exec', 'f1', '--', 'echo', 'fine']), 'fine\n');
+    assert.deepEqual(
+      (JSON.parse(d.ok(['snapshot', 'list', 'f1', '--format', 'json'])) as Array<{ name: string }>).map(
+        (s) => s.name,
+      ),
+      ['s1'],
+    );
+  });
+
+  test('a full disk where the client writes the archive is one clear error and leaves no partial file', () => {
+    const small = path.join(dir, 'small');
+    tmpfs(small, '1m');
+    try {
+      const target = path.join(small, 'f1.tar.zst');
+      const r = d.cli(['export', 'f1', target]);
+      assert.equal(r.code, 1);
+      assert.equal(r.stderr, `Error: Cannot write ${target}: the disk is full\n`);
+      assert.deepEqual(readdirSync(small), []);
+    } finally {
+      unmount(small);
+    }
+    assert.deepEqual(readdirSync(path.join(d.stateDir, 'backups', 'f1')), [], 'the daemon dropped its copy');
+    assert.equal(status('f1'), 'Running');
+  });
+});
