@@ -429,6 +429,8 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (q) {
         let gone = false;
         if (!stopOptions.force) {
+          // The timeout counts from the request, however long the agent takes to answer.
+          const deadline = Date.now() + stopOptions.timeoutMs;
           const p = pathsOf(spec);
           // A paused CPU cannot act on a power-down request.
           if ((await runStatus(spec)) === 'paused')
@@ -441,7 +443,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           });
           await withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
           await asked.catch(() => {});
-          gone = await waitGone(q, stopOptions.timeoutMs);
+          gone = await waitGone(q, Math.max(0, deadline - Date.now()));
         }
         if (!gone) {
           log.info({ guest: spec.name, force: stopOptions.force }, 'killing vm guest');
