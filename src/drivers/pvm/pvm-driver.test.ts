@@ -126,6 +126,11 @@ describe('pvm driver validation', async () => {
       codeOf(() => driver.validate(spec('p1', { 'limits.disk': '2GiB' }))),
       undefined,
     );
+    const withNic = { ...spec('p1'), devices: { eth0: { type: 'nic', network: 'n1' } } } as GuestSpec;
+    assert.equal(
+      codeOf(() => driver.validate(withNic)),
+      'NotSupported',
+    );
   });
 
   test('a state dir too deep for the mconsole socket path is refused', () => {

@@ -416,6 +416,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
         );
       }
+      if (Object.keys(spec.devices ?? {}).length > 0) {
+        throw notSupported(
+          `pvm guests have no network devices yet: remove the NIC devices of ${spec.name} or use --model ct.`,
+        );
+      }
       const memory = memoryOf(spec);
       if (memory < PVM_MIN_MEMORY_BYTES) {
         throw invalidArgument(
