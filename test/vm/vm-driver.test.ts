@@ -94,6 +94,16 @@ describe('vm driver', () => {
     assert.deepEqual(await again.inspect(spec, id), { state: 'running', process: id });
     const uname = await execIn(again, spec, ['uname', '-r']);
     assert.deepEqual(uname, { code: 0, stdout: `${kit.kernelRelease}\n`, stderr: '' });
+    // Execs at the same time share the agent (QEMU serves one client on its socket): neither waits for the other.
+    const order: string[] = [];
+    const slow = execIn(again, spec, ['/bin/sh', '-c', 'sleep 2; echo slow']).then((r) => {
+      order.push(r.stdout.trim());
+      return r;
+    });
+    const quick = await execIn(again, spec, ['/bin/sh', '-c', 'echo quick']);
+    order.push(quick.stdout.trim());
+    assert.equal((await slow).code, 0);
+    assert.deepEqual(order, ['quick', 'slow']);
     const host = await execIn(again, spec, ['hostname']);
     assert.equal(host.stdout, 'vm-life\n');
 

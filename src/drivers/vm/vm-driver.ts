@@ -38,7 +38,7 @@ import {
   vmResources,
 } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
-import { agentExec, agentPing, agentSignalInit } from './vm-agent.ts';
+import { createAgentPool } from './vm-agent.ts';
 
 /** How often waits poll. */
 const POLL_MS = 100;
@@ -97,6 +97,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
+  const agents = createAgentPool();
 
   const bootKit = (): Promise<BootKit> =>
     ensureBootKit(stateDir, {
@@ -166,6 +167,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   /** Removes what a started guest holds (sockets, pid file, cgroup); leaves disk, console log and dir. */
   const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
     const p = pathsOf(spec);
+    agents.drop(p.agentSocket);
     for (const f of [p.qmpSocket, p.consoleSocket, p.agentSocket, p.pidFile]) await rm(f, { force: true });
     // Threads of a QEMU that just exited may linger a moment in the cgroup.
     for (let i = 0; i < 20; i++) {
@@ -221,7 +223,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     };
     while (!(await check()).includes(KIT_INIT_MARKER)) await sleep(POLL_MS);
     // The agent starts beside the image's init: once it answers, a failed init has been reported.
-    while (!(await agentPing(p.agentSocket, { timeoutMs: 3000 }))) {
+    while (!(await agents.ping(p.agentSocket, { timeoutMs: 3000 }))) {
       await check();
       await sleep(POLL_MS);
     }
@@ -438,7 +440,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           const signal = (await readBoot(spec))?.stopSignal ?? 'SIGTERM';
           // The image's init powers off on its stop signal (busybox init ignores ACPI): ask through the
           // agent, and press the ACPI power button too for images that listen to it.
-          const asked = agentSignalInit(p.agentSocket, signal, {
+          const asked = agents.signalInit(p.agentSocket, signal, {
             timeoutMs: Math.min(3000, stopOptions.timeoutMs),
           });
           await withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
@@ -523,7 +525,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if ((await runStatus(spec)) === 'paused') {
         throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
       }
-      return agentExec(pathsOf(spec).agentSocket, {
+      return agents.exec(pathsOf(spec).agentSocket, {
         ...execOptions,
         env: { ...configValue.environment(spec.config), ...execOptions.env },
       });
