@@ -56,6 +56,26 @@ const NetworkStateFields = {
   nics: Type.Optional(Type.Record(Type.String(), GuestNicStateSchema)),
 };
 
+export const NetworkForwardSchema = Type.Object({
+  listenAddress: Type.String(),
+  listenPort: Type.Integer(),
+  protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp')]),
+  targetAddress: Type.String(),
+  targetPort: Type.Integer(),
+  targetGuest: Type.Optional(Type.String()),
+});
+
+export const AddForwardBodySchema = Type.Object(
+  {
+    listenAddress: Type.String({ description: 'Host IPv4 address to listen on' }),
+    listenPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp')], { default: 'tcp' })),
+    target: Type.String({ description: 'Guest name (its NIC on this network) or an address of the network' }),
+    targetPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+  },
+  { additionalProperties: false },
+);
+
 export const NetworkSchema = Type.Object({
   name: Type.String(),
   description: Type.String(),
@@ -66,6 +86,7 @@ export const NetworkSchema = Type.Object({
   error: Type.Optional(Type.String()),
   usedBy: Type.Array(Type.String()),
   createdAt: Type.String(),
+  forwards: Type.Optional(Type.Array(NetworkForwardSchema)),
 });
 
 export const GuestStateSchema = Type.Object({
@@ -314,6 +335,7 @@ export const ErrorEnvelopeSchema = Type.Object({
 export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
 export type PatchGuestBody = Static<typeof PatchGuestBodySchema>;
 export type CreateNetworkBody = Static<typeof CreateNetworkBodySchema>;
+export type AddForwardBody = Static<typeof AddForwardBodySchema>;
 export type StateChangeBody = Static<typeof StateChangeBodySchema>;
 export type ExecBody = Static<typeof ExecBodySchema>;
 export type BuildImageBody = Static<typeof BuildImageBodySchema>;

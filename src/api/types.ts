@@ -11,6 +11,7 @@ export type {
   ImageRecord,
   Model,
   Network,
+  NetworkForward,
   NicDevice,
   Operation,
   OperationStatus,
@@ -19,6 +20,7 @@ export type {
 export type { CreateGuestRequest, ExecRequest, StateChangeRequest } from '../services/types.ts';
 export type { ApiResponse, AsyncResponse, ErrorResponse, SyncResponse } from './envelopes.ts';
 export type {
+  AddForwardBody,
   BuildImageBody,
   CreateGuestBody,
   CreateNetworkBody,

@@ -2,7 +2,7 @@ import { type Command, Option } from 'commander';
 import type { CreateNetworkBody } from '../api/types.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { clientOf, parsePairs } from './context.ts';
-import { networkInfo, networkTable, type OutputFormat, renderData } from './output.ts';
+import { networkInfo, networkTable, type OutputFormat, renderData, renderTable } from './output.ts';
 
 /** `network create|list|info|set|unset|delete`. */
 export function addNetworkCommands(program: Command): void {
@@ -88,4 +88,79 @@ export function addNetworkCommands(program: Command): void {
     .action(async (names: string[], _opts: unknown, cmd: Command) => {
       for (const name of names) await clientOf(cmd).deleteNetwork(name);
     });
+
+  const forward = network
+    .command('forward')
+    .description('Port forwards (DNAT) from host addresses to guests');
+  const protocolOption = () =>
+    new Option('--protocol <protocol>', 'tcp or udp').choices(['tcp', 'udp']).default('tcp');
+
+  forward
+    .command('add')
+    .description('Forward LISTEN_ADDR:PORT on the host to GUEST:PORT (guest name or address)')
+    .argument('<network>')
+    .argument('<listen>', 'LISTEN_ADDR:PORT')
+    .argument('<target>', 'GUEST:PORT')
+    .addOption(protocolOption())
+    .action(
+      async (
+        net: string,
+        listen: string,
+        target: string,
+        opts: { protocol: 'tcp' | 'udp' },
+        cmd: Command,
+      ) => {
+        const [listenAddress, listenPort] = splitPort(listen, 'LISTEN_ADDR:PORT');
+        const [to, targetPort] = splitPort(target, 'GUEST:PORT');
+        await clientOf(cmd).addNetworkForward(net, {
+          listenAddress,
+          listenPort,
+          target: to,
+          targetPort,
+          protocol: opts.protocol,
+        });
+      },
+    );
+
+  forward
+    .command('list')
+    .alias('ls')
+    .description("List a network's port forwards")
+    .argument('<network>')
+    .action(async (net: string, _opts: unknown, cmd: Command) => {
+      const n = await clientOf(cmd).getNetwork(net);
+      process.stdout.write(
+        renderTable(
+          ['PROTOCOL', 'LISTEN', 'TARGET', 'GUEST'],
+          (n.forwards ?? []).map((f) => [
+            f.protocol,
+            `${f.listenAddress}:${f.listenPort}`,
+            `${f.targetAddress}:${f.targetPort}`,
+            f.targetGuest ?? '-',
+          ]),
+        ),
+      );
+    });
+
+  forward
+    .command('remove')
+    .alias('rm')
+    .description('Remove a port forward')
+    .argument('<network>')
+    .argument('<listen>', 'LISTEN_ADDR:PORT')
+    .addOption(protocolOption())
+    .action(async (net: string, listen: string, opts: { protocol: 'tcp' | 'udp' }, cmd: Command) => {
+      const [listenAddress, listenPort] = splitPort(listen, 'LISTEN_ADDR:PORT');
+      await clientOf(cmd).removeNetworkForward(net, { listenAddress, listenPort, protocol: opts.protocol });
+    });
+}
+
+/** `HOST:PORT` → [host, port]; InvalidArgument otherwise. */
+function splitPort(text: string, what: string): [string, number] {
+  const i = text.lastIndexOf(':');
+  const port = Number(text.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw invalidArgument(`${JSON.stringify(text)} is not ${what}`);
+  }
+  return [text.slice(0, i), port];
 }

@@ -5,6 +5,7 @@ import { PassThrough } from 'node:stream';
 import type WebSocket from 'ws';
 import type { AsyncResponse, SyncResponse } from '../api/envelopes.ts';
 import type {
+  AddForwardBody,
   ConfigUpdateResult,
   CreateGuestBody,
   CreateNetworkBody,
@@ -80,6 +81,11 @@ export interface TrivisorClient extends StorageClient {
   createNetwork(request: CreateNetworkBody): Promise<Network>;
   updateNetwork(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<Network>;
   deleteNetwork(name: string): Promise<void>;
+  addNetworkForward(network: string, request: AddForwardBody): Promise<Network>;
+  removeNetworkForward(
+    network: string,
+    forward: { listenAddress: string; listenPort: number; protocol?: 'tcp' | 'udp' },
+  ): Promise<Network>;
 }
 
 const enc = encodeURIComponent;
@@ -137,6 +143,12 @@ export function createClient(options: ClientTarget): TrivisorClient {
       if (change.unset) body.unset = change.unset;
       return call('PATCH', `/1.0/networks/${enc(name)}`, body);
     },
+    addNetworkForward: (network, request) => call('POST', `/1.0/networks/${enc(network)}/forwards`, request),
+    removeNetworkForward: (network, f) =>
+      call(
+        'DELETE',
+        `/1.0/networks/${enc(network)}/forwards/${enc(`${f.listenAddress}:${f.listenPort}`)}${f.protocol ? `?protocol=${f.protocol}` : ''}`,
+      ),
     async deleteNetwork(name) {
       await call('DELETE', `/1.0/networks/${enc(name)}`);
     },

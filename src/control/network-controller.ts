@@ -49,6 +49,7 @@ export function networkDefinition(
     isolated: spec.config['security.isolated'] === 'true',
     domain: spec.config['dns.domain'] ?? 'trivisor',
     hosts,
+    forwards: spec.forwards ?? [],
   };
 }
 

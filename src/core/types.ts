@@ -66,6 +66,19 @@ export interface NetworkSpec {
   deleting: boolean;
   host: string;
   createdAt: string;
+  /** Port forwards (DNAT) from host addresses to guests of this network. */
+  forwards?: NetworkForward[];
+}
+
+/** DNAT of one host address and port to an address and port on a network. */
+export interface NetworkForward {
+  listenAddress: string;
+  listenPort: number;
+  protocol: 'tcp' | 'udp';
+  targetAddress: string;
+  targetPort: number;
+  /** Guest the target address belonged to when the forward was added, for display. */
+  targetGuest?: string;
 }
 
 /** Observed state of a network, written by its host's network controller. */
@@ -96,6 +109,7 @@ export interface Network {
   /** `/1.0/guests/NAME` of every guest with a NIC on it. */
   usedBy: string[];
   createdAt: string;
+  forwards?: NetworkForward[];
 }
 
 /** One NIC of a guest as `info` shows it. */

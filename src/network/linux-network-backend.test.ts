@@ -46,6 +46,30 @@ describe('nft rulesets', () => {
     assert.match(text, /iifname "tvnet0" drop/);
   });
 
+  test('forwards become DNAT rules for clients elsewhere and on the host; replies leave a network without NAT', () => {
+    const text = networkRuleset(
+      def({
+        nat: false,
+        forwards: [
+          {
+            listenAddress: '198.19.251.1',
+            listenPort: 8080,
+            protocol: 'tcp',
+            targetAddress: '198.18.10.2',
+            targetPort: 80,
+          },
+        ],
+      }),
+    );
+    assert.match(
+      text,
+      /chain prerouting \{\n\s+type nat hook prerouting priority -100; policy accept;\n\s+ip daddr 198\.19\.251\.1 tcp dport 8080 dnat to 198\.18\.10\.2:80/,
+    );
+    assert.match(text, /chain output \{\n\s+type nat hook output priority -100/);
+    assert.match(text, /iifname "tvnet0" ct state established,related accept\n\s+iifname "tvnet0" drop/);
+    assert.doesNotMatch(networkRuleset(def()), /dnat to/);
+  });
+
   test('a port may only send with its own MAC and address, ARP included', () => {
     const text = portRuleset({ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
     assert.match(text, /table bridge trivisor-tvabc/);

@@ -1,4 +1,4 @@
-import type { ProcessIdentity } from '../core/types.ts';
+import type { NetworkForward, ProcessIdentity } from '../core/types.ts';
 import type { Ipv4Cidr } from './ipv4.ts';
 
 /** One DHCP reservation and DNS name of a NIC on a network. */
@@ -22,6 +22,8 @@ export interface NetworkDefinition {
   /** DNS domain of the guests (`trivisor` by default). */
   domain: string;
   hosts: DhcpHost[];
+  /** Port forwards into the network (DNAT). */
+  forwards?: NetworkForward[];
 }
 
 /** A guest's port on a network: a veth (ct) or tap (vm, pvm) enslaved to the bridge. */

@@ -17,7 +17,9 @@ function replaceTable(family: string, table: string, body: string): string {
  * nothing beyond the bridge; with NAT their subnet is masqueraded out of any
  * interface but the bridge.
  */
-export function networkRuleset(def: Pick<NetworkDefinition, 'name' | 'nat'> & { gateway: Ipv4Cidr }): string {
+export function networkRuleset(
+  def: Pick<NetworkDefinition, 'name' | 'nat' | 'forwards'> & { gateway: Ipv4Cidr },
+): string {
   const br = JSON.stringify(def.name);
   const forward = [
     `    iifname ${br} oifname ${br} accept`,
@@ -25,10 +27,23 @@ export function networkRuleset(def: Pick<NetworkDefinition, 'name' | 'nat'> & { 
     `    oifname ${br} ct status dnat accept`,
     `    oifname ${br} drop`,
   ];
-  if (!def.nat) forward.push(`    iifname ${br} drop`);
+  // Replies to forwarded connections leave even a network without NAT.
+  if (!def.nat)
+    forward.push(`    iifname ${br} ct state established,related accept`, `    iifname ${br} drop`);
   let body = `  chain forward {\n    type filter hook forward priority filter; policy accept;\n${forward.join('\n')}\n  }\n`;
   if (def.nat) {
     body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
+  }
+  const dnat = (def.forwards ?? []).map(
+    (f) =>
+      `    ip daddr ${f.listenAddress} ${f.protocol} dport ${f.listenPort} dnat to ${f.targetAddress}:${f.targetPort}`,
+  );
+  if (dnat.length > 0) {
+    // prerouting for clients elsewhere, output for clients on the host itself.
+    // nft 1.0.6 takes the name dstnat only for prerouting; -100 is its value.
+    for (const hook of ['prerouting', 'output']) {
+      body += `  chain ${hook} {\n    type nat hook ${hook} priority -100; policy accept;\n${dnat.join('\n')}\n  }\n`;
+    }
   }
   return replaceTable('ip', networkTable(def.name), body);
 }

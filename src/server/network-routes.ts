@@ -2,6 +2,8 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import {
+  type AddForwardBody,
+  AddForwardBodySchema,
   type CreateNetworkBody,
   CreateNetworkBodySchema,
   ErrorEnvelopeSchema,
@@ -104,6 +106,55 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
         );
       }
       return syncResponse(await networks().update(request.params.name, { set, unset }));
+    },
+  );
+
+  app.post<{ Params: NameParams; Body: AddForwardBody }>(
+    '/1.0/networks/:name/forwards',
+    {
+      schema: {
+        summary: 'Forward a host address and port to a guest (DNAT)',
+        params: NameParamsSchema,
+        body: AddForwardBodySchema,
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const b = request.body;
+      return syncResponse(
+        await networks().addForward(request.params.name, {
+          listenAddress: b.listenAddress,
+          listenPort: b.listenPort,
+          target: b.target,
+          targetPort: b.targetPort,
+          ...(b.protocol !== undefined && { protocol: b.protocol }),
+        }),
+      );
+    },
+  );
+
+  app.delete<{ Params: NameParams & { listen: string }; Querystring: { protocol?: 'tcp' | 'udp' } }>(
+    '/1.0/networks/:name/forwards/:listen',
+    {
+      schema: {
+        summary: 'Remove a port forward (`listen` is ADDRESS:PORT)',
+        params: Type.Object({ name: Type.String(), listen: Type.String() }),
+        querystring: Type.Object({
+          protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp')])),
+        }),
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(request.params.listen);
+      if (!m) throw invalidArgument(`${JSON.stringify(request.params.listen)} is not ADDRESS:PORT`);
+      return syncResponse(
+        await networks().removeForward(request.params.name, {
+          listenAddress: m[1] as string,
+          listenPort: Number(m[2]),
+          ...(request.query.protocol !== undefined && { protocol: request.query.protocol }),
+        }),
+      );
     },
   );
 

@@ -191,6 +191,62 @@ describe('network service and controller', () => {
     });
   });
 
+  test('forwards target a guest by name or an address, and the same listen port is refused twice', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await guestWith('a', 'net1');
+    const n = await networks.addForward('net1', {
+      listenAddress: '198.19.251.1',
+      listenPort: 8080,
+      target: 'a',
+      targetPort: 80,
+    });
+    assert.deepEqual(n.forwards, [
+      {
+        listenAddress: '198.19.251.1',
+        listenPort: 8080,
+        protocol: 'tcp',
+        targetAddress: '198.18.10.2',
+        targetPort: 80,
+        targetGuest: 'a',
+      },
+    ]);
+    assert.equal(backend.bridges.get('net1')?.forwards?.length, 1);
+    const again = { listenAddress: '198.19.251.1', listenPort: 8080, target: '198.18.10.9', targetPort: 81 };
+    await assert.rejects(networks.addForward('net1', again), { code: 'Conflict' });
+    await networks.addForward('net1', { ...again, protocol: 'udp' });
+    await assert.rejects(networks.addForward('net1', { ...again, listenPort: 8081, target: '10.0.0.1' }), {
+      code: 'InvalidArgument',
+    });
+    await assert.rejects(networks.addForward('net1', { ...again, listenPort: 0 }), {
+      code: 'InvalidArgument',
+    });
+    await assert.rejects(networks.addForward('net1', { ...again, listenPort: 8081, target: 'nobody' }), {
+      code: 'NotFound',
+    });
+    const after = await networks.removeForward('net1', { listenAddress: '198.19.251.1', listenPort: 8080 });
+    assert.deepEqual(
+      after.forwards?.map((f) => f.protocol),
+      ['udp'],
+    );
+    await assert.rejects(
+      networks.removeForward('net1', { listenAddress: '198.19.251.1', listenPort: 8080 }),
+      {
+        code: 'NotFound',
+      },
+    );
+  });
+
+  test('a change the host cannot apply is rolled back', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    backend.fail('nft refused the rules');
+    await assert.rejects(networks.update('net1', { set: { 'ipv4.nat': 'true' } }), /nft refused/);
+    backend.fail('');
+    await controller.reconcile('net1');
+    const n = await networks.get('net1');
+    assert.equal(n.config['ipv4.nat'], 'false');
+    assert.equal(n.status, 'Created');
+  });
+
   test('the controller recreates a missing bridge and removes stale ones at start', async () => {
     await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
     backend.bridges.delete('net1');

@@ -13,6 +13,7 @@ import type {
   GuestSpec,
   Network,
   NetworkAddressClaim,
+  NetworkForward,
   NetworkSpec,
   NetworkStatus,
   NicDevice,
@@ -38,6 +39,16 @@ export interface CreateNetworkRequest {
   config?: Record<string, string>;
 }
 
+/** Body of `POST /1.0/networks/{name}/forwards`. */
+export interface AddForwardRequest {
+  listenAddress: string;
+  listenPort: number;
+  protocol?: 'tcp' | 'udp';
+  /** A guest with a NIC on the network, or an address of the network. */
+  target: string;
+  targetPort: number;
+}
+
 /** What a guest create adds to its transaction to claim its NICs' addresses. */
 export interface NicClaims {
   devices: Record<string, NicDevice>;
@@ -54,6 +65,13 @@ export interface NetworkService {
   update(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<Network>;
   /** FailedPrecondition while a NIC uses the network. */
   delete(name: string): Promise<void>;
+  /** Adds a port forward; Conflict when that address, port and protocol is forwarded already. */
+  addForward(network: string, request: AddForwardRequest): Promise<Network>;
+  /** NotFound when there is no such forward. */
+  removeForward(
+    network: string,
+    forward: { listenAddress: string; listenPort: number; protocol?: 'tcp' | 'udp' },
+  ): Promise<Network>;
   /** Completes a guest's NICs (MAC, address) and the store operations that claim their addresses. */
   claimNics(guest: string, devices: Record<string, NicDevice>): Promise<NicClaims>;
 }
@@ -156,6 +174,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       createdAt: spec.createdAt,
     };
     if (status?.error) n.error = status.error;
+    if (spec.forwards?.length) n.forwards = spec.forwards;
     return n;
   };
 
@@ -198,6 +217,15 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       success: [{ type: 'put', key: keys.network(next.name), value: JSON.stringify(next) }],
     });
     if (!r.succeeded) throw conflict(`Network ${next.name} was changed at the same time; retry`);
+  }
+
+  /** Puts back the spec before a change the host could not apply, unless it changed again meanwhile. */
+  async function rollBack(name: string, failedGen: number, before: NetworkSpec): Promise<void> {
+    const kv = await store.get(keys.network(name));
+    if (!kv) return;
+    const now = JSON.parse(kv.value) as NetworkSpec;
+    if (now.generation !== failedGen) return;
+    await writeSpec({ ...before, generation: failedGen + 1 }, kv.modRevision).catch(() => {});
   }
 
   const service: NetworkService = {
@@ -280,7 +308,10 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       }
       const gen = l.spec.generation + 1;
       await writeSpec({ ...l.spec, config: next, generation: gen }, l.modRevision);
-      await waitConverged(name, gen);
+      await waitConverged(name, gen).catch(async (e) => {
+        await rollBack(name, gen, l.spec);
+        throw e;
+      });
       return service.get(name);
     },
 
@@ -295,6 +326,100 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       const gen = l.spec.generation + 1;
       if (!l.spec.deleting) await writeSpec({ ...l.spec, deleting: true, generation: gen }, l.modRevision);
       await waitConverged(name, gen, true);
+    },
+
+    async addForward(network, request) {
+      const l = await load(network);
+      if (l.spec.deleting) throw conflict(`Network ${network} is being deleted`);
+      const protocol = request.protocol ?? 'tcp';
+      if (protocol !== 'tcp' && protocol !== 'udp')
+        throw invalidArgument(`Protocol ${JSON.stringify(protocol)} is not tcp or udp`);
+      const listen = parseIpv4(request.listenAddress);
+      if (listen === undefined || listen === 0) {
+        throw invalidArgument(
+          `Listen address ${JSON.stringify(request.listenAddress)} is not an IPv4 address of this host`,
+        );
+      }
+      for (const [what, port] of [
+        ['listen port', request.listenPort],
+        ['target port', request.targetPort],
+      ] as const) {
+        if (!Number.isInteger(port) || port < 1 || port > 65535) {
+          throw invalidArgument(`The ${what} ${JSON.stringify(port)} is not a port number from 1 to 65535`);
+        }
+      }
+      const cidr = parseGatewayCidr(l.spec.config['ipv4.address'] as string);
+      let targetAddress: string;
+      let targetGuest: string | undefined;
+      const asIp = parseIpv4(request.target);
+      if (asIp !== undefined) {
+        if (!contains(cidr, asIp)) {
+          throw invalidArgument(
+            `Target ${request.target} is not in network ${network}'s subnet ${subnetOf(cidr)}`,
+          );
+        }
+        targetAddress = request.target;
+      } else {
+        assertDnsLabel(request.target, 'target guest');
+        const kv = await store.get(keys.guest(request.target));
+        if (!kv) throw notFound(`Guest ${request.target} not found`);
+        const g = JSON.parse(kv.value) as GuestSpec;
+        const nic = Object.values(g.devices ?? {}).find((d) => d.network === network && d['ipv4.address']);
+        if (!nic?.['ipv4.address'])
+          throw failedPrecondition(`Guest ${request.target} has no NIC on network ${network}`);
+        targetAddress = nic['ipv4.address'];
+        targetGuest = g.name;
+      }
+      const { kvs } = await store.list(keys.networkPrefix);
+      for (const kv of kvs) {
+        const other = JSON.parse(kv.value) as NetworkSpec;
+        const taken = (other.forwards ?? []).find(
+          (f) =>
+            f.listenAddress === request.listenAddress &&
+            f.listenPort === request.listenPort &&
+            f.protocol === protocol,
+        );
+        if (taken) {
+          throw conflict(
+            `${protocol} ${request.listenAddress}:${request.listenPort} is already forwarded to ${taken.targetAddress}:${taken.targetPort} (network ${other.name}): remove that forward first`,
+          );
+        }
+      }
+      const forward: NetworkForward = {
+        listenAddress: request.listenAddress,
+        listenPort: request.listenPort,
+        protocol,
+        targetAddress,
+        targetPort: request.targetPort,
+        ...(targetGuest !== undefined && { targetGuest }),
+      };
+      const gen = l.spec.generation + 1;
+      await writeSpec(
+        { ...l.spec, forwards: [...(l.spec.forwards ?? []), forward], generation: gen },
+        l.modRevision,
+      );
+      await waitConverged(network, gen).catch(async (e) => {
+        await rollBack(network, gen, l.spec);
+        throw e;
+      });
+      return service.get(network);
+    },
+
+    async removeForward(network, f) {
+      const l = await load(network);
+      const protocol = f.protocol ?? 'tcp';
+      const forwards = l.spec.forwards ?? [];
+      const rest = forwards.filter(
+        (x) =>
+          !(x.listenAddress === f.listenAddress && x.listenPort === f.listenPort && x.protocol === protocol),
+      );
+      if (rest.length === forwards.length) {
+        throw notFound(`Network ${network} has no ${protocol} forward of ${f.listenAddress}:${f.listenPort}`);
+      }
+      const gen = l.spec.generation + 1;
+      await writeSpec({ ...l.spec, forwards: rest, generation: gen }, l.modRevision);
+      await waitConverged(network, gen);
+      return service.get(network);
     },
 
     async claimNics(guest, devices) {

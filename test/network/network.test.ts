@@ -183,6 +183,34 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.equal(r.stdout.trim(), '198.19.250.1', 'the uplink sees the host, not the guest');
   });
 
+  test('a port forward reaches a guest from a client in a separate namespace, also on a network without NAT', async () => {
+    for (const g of ['a2', 'b1']) {
+      const r = sh(g, 'nc -ll -p 80 -e sh -c "echo hello from $(hostname)" </dev/null >/dev/null 2>&1 &');
+      assert.equal(r.code, 0, r.stderr);
+    }
+    d.ok(['network', 'forward', 'add', NET_A, '198.19.250.1:8080', 'a2:80']);
+    d.ok(['network', 'forward', 'add', NET_B, '198.19.250.1:8081', 'b1:80']);
+    assert.match(
+      d.ok(['network', 'forward', 'list', NET_A]),
+      /tcp\s+198\.19\.250\.1:8080\s+198\.18\.201\.\d+:80\s+a2/,
+    );
+    const fetch = (port: number) =>
+      spawnSync(
+        'ip',
+        ['netns', 'exec', UPLINK_NS, 'sh', '-c', `sleep 1 | busybox nc -w 3 198.19.250.1 ${port}`],
+        {
+          encoding: 'utf8',
+        },
+      ).stdout.trim();
+    await eventually('the forward to a2 answers', () => fetch(8080) === 'hello from a2', 10_000);
+    await eventually('the forward to b1 answers', () => fetch(8081) === 'hello from b1', 10_000);
+    const twice = d.cli(['network', 'forward', 'add', NET_B, '198.19.250.1:8080', 'b1:80']);
+    assert.equal(twice.code, 1);
+    assert.match(twice.stderr, /already forwarded/);
+    d.ok(['network', 'forward', 'remove', NET_B, '198.19.250.1:8081']);
+    assert.equal(fetch(8081), '');
+  });
+
   test('networks survive a daemon restart; a deleted bridge or dnsmasq is recreated', async () => {
     await d.kill9();
     await d.restart();
