@@ -43,6 +43,10 @@ export function openAgentLine(inPath: string, outPath: string): Duplex {
     if (!line.push(d)) fromGuest.pause();
   });
   fromGuest.on('end', () => line.push(null));
-  for (const s of [toGuest, fromGuest]) s.on('error', (e) => line.destroy(e));
+  for (const s of [toGuest, fromGuest]) {
+    s.on('error', (e) => line.destroy(e));
+    // An idle line must not keep a stopping daemon alive: the guest outlives it anyway.
+    s.unref();
+  }
   return line;
 }
