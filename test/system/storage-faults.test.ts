@@ -152,4 +152,25 @@ describe('storage faults: a daemon killed mid-way and full disks leave nothing h
     assert.deepEqual(readdirSync(path.join(d.stateDir, 'backups', 'f1')), [], 'the daemon dropped its copy');
     assert.equal(status('f1'), 'Running');
   });
+
+  test('an export can be cancelled through its operation, leaving no archive behind', async () => {
+    const r = await d.api('POST', '/1.0/guests/f1/backups', {});
+    assert.equal(r.status, 202);
+    const id = String((r.body.metadata as { id: string }).id);
+    await waitForPath(
+      'the backup to start writing',
+      () => tmpEntries(path.join(d.stateDir, 'backups/f1')).length > 0,
+    );
+    assert.equal((await d.api('DELETE', `/1.0/operations/${id}`)).status, 200);
+    const done = await d.api('GET', `/1.0/operations/${id}/wait?timeout=60`);
+    const op = done.body.metadata as { status: string; error: string };
+    assert.equal(op.status, 'Cancelled');
+    assert.match(op.error, /cancelled/);
+    await eventually(
+      'the work dir is gone',
+      () => readdirSync(path.join(d.stateDir, 'backups/f1')).length === 0,
+    );
+    assert.equal(status('f1'), 'Running');
+    assert.equal(d.ok(['exec', 'f1', '--', 'echo', 'thawed']), 'thawed\n');
+  });
 });
