@@ -14,10 +14,22 @@ export interface AgentConnection {
   readonly client: QgaClient;
   /** Runs a command through the agent; `configEnv` is the guest's `environment.*` config. */
   exec(options: ExecOptions, configEnv: Record<string, string>): ExecSession;
-  /** Sends `signal` (a name without SIG) to the guest's pid 1 and returns once the agent started `kill`. */
+  /** Sends `signal` (`SIGUSR2`, `SIGRTMIN+3`…) to the guest's pid 1 and returns once the agent started `kill`. */
   signalInit(signal: string, timeoutMs: number): Promise<void>;
   onClose(listener: () => void): void;
   close(): void;
+}
+
+/** glibc's SIGRTMIN (the kernel's is 32; glibc keeps two for threads): what systemd's SIGRTMIN+n means. */
+const GLIBC_SIGRTMIN = 34;
+
+/** busybox kill's option for a signal name: `-USR2`, or a number for real-time ones (`SIGRTMIN+3` is `-37`). */
+export function killSignalArg(signal: string): string {
+  const name = signal.trim().replace(/^SIG/, '');
+  const rt = /^RTMIN(?:\+(\d+))?$/.exec(name);
+  if (rt) return `-${GLIBC_SIGRTMIN + Number(rt[1] ?? 0)}`;
+  const number = constants.signals[`SIG${name}` as NodeJS.Signals];
+  return number === undefined ? '-TERM' : `-${number}`;
 }
 
 /** Largest piece per guest-file-read/write: its base64 in JSON stays well under the guest tty's 4 KiB. */
@@ -252,7 +264,7 @@ export async function connectAgent(
       // Only started, not awaited: init's shutdown may take the agent down before it could report.
       await client.command(
         'guest-exec',
-        { path: GUEST_BUSYBOX, arg: ['kill', '-s', signal, '1'] },
+        { path: GUEST_BUSYBOX, arg: ['kill', killSignalArg(signal), '1'] },
         { timeoutMs },
       );
     },

@@ -6,6 +6,7 @@ import { isTrivisorError } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { fakeRunner } from '../../host/fake-runner.ts';
 import { silentLogger } from '../../host/logger.ts';
+import { killSignalArg } from './pvm-agent.ts';
 import { createPvmDriver } from './pvm-driver.ts';
 import { umlArgv } from './uml-command.ts';
 import { createMconsoleClient, parseMconsoleOutput } from './uml-mconsole.ts';
@@ -63,6 +64,15 @@ describe('umlArgv', () => {
       'trivisor.model=pvm',
     ])
       assert.ok(argv.includes(word), word);
+  });
+});
+
+describe('killSignalArg', () => {
+  test("names an image's stop signal by number for busybox kill, glibc's real-time numbering included", () => {
+    assert.equal(killSignalArg('SIGUSR2'), '-12');
+    assert.equal(killSignalArg('SIGTERM'), '-15');
+    assert.equal(killSignalArg('SIGRTMIN+3'), '-37');
+    assert.equal(killSignalArg('SIGNOPE'), '-TERM');
   });
 });
 

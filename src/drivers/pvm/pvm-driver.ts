@@ -340,7 +340,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     ).trim();
     try {
       const agent = await agentOf(spec, AGENT_STOP_TIMEOUT_MS);
-      await agent.signalInit(signal.replace(/^SIG/, ''), AGENT_STOP_TIMEOUT_MS);
+      await agent.signalInit(signal, AGENT_STOP_TIMEOUT_MS);
       return true;
     } catch (e) {
       log.debug({ guest: spec.name, err: String(e) }, 'the agent could not ask init to stop');
