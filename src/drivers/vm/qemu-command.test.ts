@@ -34,7 +34,8 @@ describe('qemu command line', () => {
     assert.deepEqual(after(argv, '-pidfile'), [`${dir}/qemu.pid`]);
     assert.deepEqual(after(argv, '-m'), ['128']);
     assert.deepEqual(after(argv, '-smp'), ['2']);
-    assert.deepEqual(after(argv, '-machine'), ['q35,accel=tcg']);
+    assert.deepEqual(after(argv, '-machine'), ['q35']);
+    assert.deepEqual(after(argv, '-accel'), ['tcg,tb-size=64']);
     const chardevs = after(argv, '-chardev');
     assert.ok(chardevs.includes(`socket,id=qmp,path=${dir}/qmp.sock,server=on,wait=off`));
     assert.ok(
@@ -46,7 +47,7 @@ describe('qemu command line', () => {
     const devices = after(argv, '-device');
     assert.ok(devices.includes('virtio-blk-pci,drive=root'));
     assert.ok(devices.includes('virtio-rng-pci,rng=rng'));
-    assert.ok(devices.includes('virtio-balloon-pci,id=balloon'));
+    assert.ok(devices.includes('virtio-balloon-pci,id=balloon,free-page-reporting=on'));
     assert.ok(devices.includes('virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0'));
     assert.deepEqual(after(argv, '-nic'), ['none']);
     assert.deepEqual(after(argv, '-drive'), [
@@ -62,7 +63,7 @@ describe('qemu command line', () => {
 
   test('microvm puts the devices on virtio-mmio', () => {
     const argv = argvFor({}, 'microvm');
-    assert.match(after(argv, '-machine')[0] ?? '', /^microvm,accel=tcg/);
+    assert.match(after(argv, '-machine')[0] ?? '', /^microvm,/);
     assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
   });
 });

@@ -40,6 +40,8 @@ const MiB = 1024 * 1024;
 export const DEFAULT_VM_MEMORY_BYTES = 256 * MiB;
 /** Below this Debian's cloud kernel with our initramfs does not reach init. */
 export const MIN_VM_MEMORY_BYTES = 64 * MiB;
+/** Size of TCG's translation block cache per guest (QEMU's default is 1 GiB). */
+export const TCG_TB_SIZE_MIB = 64;
 /** Root disk size when limits.disk is not set. */
 export const DEFAULT_VM_DISK_BYTES = 2 * 1024 * MiB;
 
@@ -90,9 +92,10 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
   const microvm = machine === 'microvm';
   // microvm has no PCI: its devices sit on virtio-mmio.
   const bus = microvm ? 'device' : 'pci';
-  const machineArg = microvm
-    ? `microvm,accel=${accelerator},x-option-roms=off,isa-serial=on,rtc=on`
-    : `q35,accel=${accelerator}`;
+  const machineArg = microvm ? 'microvm,isa-serial=on,rtc=on' : 'q35';
+  // TCG's translation cache defaults to 1 GiB and fills up over time: bounded, a 128 MiB
+  // guest's QEMU holds about half the host memory.
+  const accelArg = accelerator === 'tcg' ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm';
   const append = options.foreignKernel
     ? options.kernelArgs
     : [
@@ -114,6 +117,8 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `guest=${options.name},debug-threads=on`,
     '-machine',
     machineArg,
+    '-accel',
+    accelArg,
     '-cpu',
     accelerator === 'kvm' ? 'host' : 'max',
     '-m',
@@ -148,7 +153,7 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-device',
     `virtio-rng-${bus},rng=rng`,
     '-device',
-    `virtio-balloon-${bus},id=balloon`,
+    `virtio-balloon-${bus},id=balloon,free-page-reporting=on`,
     '-device',
     `virtio-serial-${bus},id=vser`,
     '-chardev',
