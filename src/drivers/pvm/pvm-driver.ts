@@ -613,13 +613,25 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
 
     async freeze(spec) {
       await runningUml(spec);
-      await mconsoleOf(spec).stop();
+      // Marked first: a daemon dying between the two must not leave a stopped kernel that looks running.
       await writeFile(pathsOf(spec).frozenFile, '');
+      try {
+        await mconsoleOf(spec).stop();
+      } catch (e) {
+        await rm(pathsOf(spec).frozenFile, { force: true });
+        throw e;
+      }
     },
 
     async unfreeze(spec) {
       await runningUml(spec);
-      await mconsoleOf(spec).go();
+      const reply = await mconsoleOf(spec).request('go');
+      // A kernel that is not stopped refuses `go`: it runs, which is what was asked.
+      if (!reply.ok && (await exists(pathsOf(spec).frozenFile))) {
+        throw internal(
+          `Guest ${spec.name}'s UML kernel refused to resume: ${reply.text || 'no reason given'}.`,
+        );
+      }
       await rm(pathsOf(spec).frozenFile, { force: true });
     },
 
