@@ -76,6 +76,20 @@ export const AddForwardBodySchema = Type.Object(
   { additionalProperties: false },
 );
 
+export const NetworkAclRuleSchema = Type.Object(
+  {
+    direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')], {
+      description: 'ingress: to a guest; egress: from a guest',
+    }),
+    action: Type.Union([Type.Literal('allow'), Type.Literal('drop')]),
+    source: Type.Optional(Type.String({ description: 'Address or CIDR' })),
+    destination: Type.Optional(Type.String({ description: 'Address or CIDR' })),
+    protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp')])),
+    destinationPort: Type.Optional(Type.Integer()),
+  },
+  { additionalProperties: false },
+);
+
 export const NetworkSchema = Type.Object({
   name: Type.String(),
   description: Type.String(),
@@ -87,6 +101,7 @@ export const NetworkSchema = Type.Object({
   usedBy: Type.Array(Type.String()),
   createdAt: Type.String(),
   forwards: Type.Optional(Type.Array(NetworkForwardSchema)),
+  acls: Type.Optional(Type.Array(NetworkAclRuleSchema)),
 });
 
 export const GuestStateSchema = Type.Object({
@@ -336,6 +351,7 @@ export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
 export type PatchGuestBody = Static<typeof PatchGuestBodySchema>;
 export type CreateNetworkBody = Static<typeof CreateNetworkBodySchema>;
 export type AddForwardBody = Static<typeof AddForwardBodySchema>;
+export type NetworkAclRuleBody = Static<typeof NetworkAclRuleSchema>;
 export type StateChangeBody = Static<typeof StateChangeBodySchema>;
 export type ExecBody = Static<typeof ExecBodySchema>;
 export type BuildImageBody = Static<typeof BuildImageBodySchema>;

@@ -11,6 +11,7 @@ export type {
   ImageRecord,
   Model,
   Network,
+  NetworkAclRule,
   NetworkForward,
   NicDevice,
   Operation,

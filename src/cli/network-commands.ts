@@ -1,5 +1,5 @@
 import { type Command, Option } from 'commander';
-import type { CreateNetworkBody } from '../api/types.ts';
+import type { CreateNetworkBody, NetworkAclRule } from '../api/types.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { clientOf, parsePairs } from './context.ts';
 import { networkInfo, networkTable, type OutputFormat, renderData, renderTable } from './output.ts';
@@ -152,6 +152,73 @@ export function addNetworkCommands(program: Command): void {
     .action(async (net: string, listen: string, opts: { protocol: 'tcp' | 'udp' }, cmd: Command) => {
       const [listenAddress, listenPort] = splitPort(listen, 'LISTEN_ADDR:PORT');
       await clientOf(cmd).removeNetworkForward(net, { listenAddress, listenPort, protocol: opts.protocol });
+    });
+
+  const acl = network
+    .command('acl')
+    .description("A network's ACL rules (stateless; first match decides; the rest is allowed)");
+
+  acl
+    .command('add')
+    .description(
+      'Append a rule: network acl add NET ingress|egress allow|drop [source=CIDR] [destination=CIDR] [protocol=tcp|udp|icmp] [destination_port=N]',
+    )
+    .argument('<network>')
+    .argument('<direction>', 'ingress (to guests) or egress (from guests)')
+    .argument('<action>', 'allow or drop')
+    .argument('[pairs...]', 'match fields as key=value')
+    .action(
+      async (net: string, direction: string, action: string, pairs: string[], _o: unknown, cmd: Command) => {
+        const fields = parsePairs(pairs, 'Rule');
+        const rule: NetworkAclRule = {
+          direction: direction as NetworkAclRule['direction'],
+          action: action as NetworkAclRule['action'],
+        };
+        for (const [key, value] of Object.entries(fields)) {
+          if (key === 'source' || key === 'destination') rule[key] = value;
+          else if (key === 'protocol') rule.protocol = value as 'tcp' | 'udp' | 'icmp';
+          else if (key === 'destination_port') rule.destinationPort = Number(value);
+          else
+            throw invalidArgument(
+              `Unknown rule field ${key}: use source, destination, protocol, destination_port`,
+            );
+        }
+        await clientOf(cmd).addNetworkAcl(net, rule);
+      },
+    );
+
+  acl
+    .command('list')
+    .alias('ls')
+    .description("List a network's ACL rules with their indexes")
+    .argument('<network>')
+    .action(async (net: string, _opts: unknown, cmd: Command) => {
+      const n = await clientOf(cmd).getNetwork(net);
+      process.stdout.write(
+        renderTable(
+          ['INDEX', 'DIRECTION', 'ACTION', 'SOURCE', 'DESTINATION', 'PROTOCOL', 'PORT'],
+          (n.acls ?? []).map((r, i) => [
+            String(i),
+            r.direction,
+            r.action,
+            r.source ?? '-',
+            r.destination ?? '-',
+            r.protocol ?? '-',
+            r.destinationPort === undefined ? '-' : String(r.destinationPort),
+          ]),
+        ),
+      );
+    });
+
+  acl
+    .command('remove')
+    .alias('rm')
+    .description('Remove the rule with this index (see acl list)')
+    .argument('<network>')
+    .argument('<index>')
+    .action(async (net: string, index: string, _opts: unknown, cmd: Command) => {
+      if (!/^\d+$/.test(index)) throw invalidArgument(`${JSON.stringify(index)} is not a rule index`);
+      await clientOf(cmd).removeNetworkAcl(net, Number(index));
     });
 }
 

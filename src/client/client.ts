@@ -15,6 +15,7 @@ import type {
   HostInfo,
   ImageRecord,
   Network,
+  NetworkAclRule,
   Operation,
   StateChangeBody,
   TrivisorEvent,
@@ -81,6 +82,8 @@ export interface TrivisorClient extends StorageClient {
   createNetwork(request: CreateNetworkBody): Promise<Network>;
   updateNetwork(name: string, change: { set?: Record<string, string>; unset?: string[] }): Promise<Network>;
   deleteNetwork(name: string): Promise<void>;
+  addNetworkAcl(network: string, rule: NetworkAclRule): Promise<Network>;
+  removeNetworkAcl(network: string, index: number): Promise<Network>;
   addNetworkForward(network: string, request: AddForwardBody): Promise<Network>;
   removeNetworkForward(
     network: string,
@@ -149,6 +152,8 @@ export function createClient(options: ClientTarget): TrivisorClient {
         'DELETE',
         `/1.0/networks/${enc(network)}/forwards/${enc(`${f.listenAddress}:${f.listenPort}`)}${f.protocol ? `?protocol=${f.protocol}` : ''}`,
       ),
+    addNetworkAcl: (network, rule) => call('POST', `/1.0/networks/${enc(network)}/acls`, rule),
+    removeNetworkAcl: (network, index) => call('DELETE', `/1.0/networks/${enc(network)}/acls/${index}`),
     async deleteNetwork(name) {
       await call('DELETE', `/1.0/networks/${enc(name)}`);
     },

@@ -50,6 +50,7 @@ export function networkDefinition(
     domain: spec.config['dns.domain'] ?? 'trivisor',
     hosts,
     forwards: spec.forwards ?? [],
+    acls: spec.acls ?? [],
   };
 }
 

@@ -68,6 +68,23 @@ export interface NetworkSpec {
   createdAt: string;
   /** Port forwards (DNAT) from host addresses to guests of this network. */
   forwards?: NetworkForward[];
+  /** ACL rules for every guest port of the network, in order; what no rule matches is allowed. */
+  acls?: NetworkAclRule[];
+}
+
+/**
+ * One stateless ACL rule (Incus's rule fields): `egress` is traffic a guest sends,
+ * `ingress` traffic sent to a guest; the first matching rule decides.
+ */
+export interface NetworkAclRule {
+  direction: 'ingress' | 'egress';
+  action: 'allow' | 'drop';
+  /** Address or CIDR. */
+  source?: string;
+  destination?: string;
+  protocol?: 'tcp' | 'udp' | 'icmp';
+  /** Only with tcp or udp. */
+  destinationPort?: number;
 }
 
 /** DNAT of one host address and port to an address and port on a network. */
@@ -110,6 +127,7 @@ export interface Network {
   usedBy: string[];
   createdAt: string;
   forwards?: NetworkForward[];
+  acls?: NetworkAclRule[];
 }
 
 /** One NIC of a guest as `info` shows it. */

@@ -9,7 +9,7 @@ import { dnsmasqArgv, dnsmasqPaths } from './dnsmasq-config.ts';
 import { parseGatewayCidr } from './ipv4.ts';
 import { createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
 import type { NetworkDefinition } from './network-backend.ts';
-import { networkRuleset, portRuleset } from './nft-rules.ts';
+import { aclRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
 
 const log = createLogger({ level: 'silent' });
 const dirs: string[] = [];
@@ -68,6 +68,40 @@ describe('nft rulesets', () => {
     assert.match(text, /chain output \{\n\s+type nat hook output priority -100/);
     assert.match(text, /iifname "tvnet0" ct state established,related accept\n\s+iifname "tvnet0" drop/);
     assert.doesNotMatch(networkRuleset(def()), /dnat to/);
+  });
+
+  test('ACLs: egress rules on frames from guest ports, ingress rules on frames to them, first match decides', () => {
+    const text = aclRuleset({
+      name: 'tvnet0',
+      hosts: [
+        { mac: '02:00:00:00:00:02', ip: '198.18.10.2', name: 'a', port: 'tva' },
+        { mac: '02:00:00:00:00:03', ip: '198.18.10.3', name: 'b', port: 'tvb' },
+      ],
+      acls: [
+        { direction: 'ingress', action: 'allow', source: '198.18.10.2' },
+        { direction: 'ingress', action: 'drop', protocol: 'tcp', destinationPort: 22 },
+        { direction: 'egress', action: 'drop', protocol: 'icmp', destination: '198.18.10.0/24' },
+      ],
+    });
+    assert.match(text, /table bridge trivisor-acl-tvnet0/);
+    assert.match(text, /chain ingress \{\n\s+ip saddr 198\.18\.10\.2 return\n\s+tcp dport 22 drop\n\s+\}/);
+    assert.match(text, /chain egress \{\n\s+ip daddr 198\.18\.10\.0\/24 ip protocol icmp drop\n\s+\}/);
+    assert.match(
+      text,
+      /hook forward priority filter; policy accept;\n\s+iifname \{ "tva", "tvb" \} jump egress\n\s+oifname \{ "tva", "tvb" \} jump ingress/,
+    );
+    assert.match(
+      text,
+      /hook input priority filter; policy accept;\n\s+iifname \{ "tva", "tvb" \} jump egress/,
+    );
+    assert.match(
+      text,
+      /hook output priority filter; policy accept;\n\s+oifname \{ "tva", "tvb" \} jump ingress/,
+    );
+    assert.equal(
+      aclRuleset({ name: 'tvnet0', hosts: [], acls: [] }),
+      'add table bridge trivisor-acl-tvnet0\ndelete table bridge trivisor-acl-tvnet0\n',
+    );
   });
 
   test('a port may only send with its own MAC and address, ARP included', () => {

@@ -9,7 +9,13 @@ import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { dhcpHostsFile, dnsmasqArgv, dnsmasqPaths, hostsFile } from './dnsmasq-config.ts';
 import type { NetworkBackend, NetworkDefinition, NicCounters } from './network-backend.ts';
-import { deleteNetworkRuleset, deletePortRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
+import {
+  aclRuleset,
+  deleteNetworkRuleset,
+  deletePortRuleset,
+  networkRuleset,
+  portRuleset,
+} from './nft-rules.ts';
 
 /** What the Linux backend is built with. */
 export interface LinuxNetworkBackendOptions {
@@ -126,6 +132,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
       await nft(networkRuleset(def));
+      await nft(aclRuleset(def));
 
       const paths = dnsmasqPaths(stateDir, def.name);
       // dnsmasq drops to its own user and re-reads the hosts files on SIGHUP: they must stay reachable.
@@ -174,6 +181,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       const info = await linkInfo(name);
       if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', name]);
       await nft(deleteNetworkRuleset(name));
+      await nft(aclRuleset({ name, hosts: [] }));
       await rm(dnsmasqPaths(stateDir, name).dir, { recursive: true, force: true });
     },
 

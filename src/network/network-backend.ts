@@ -1,4 +1,4 @@
-import type { NetworkForward, ProcessIdentity } from '../core/types.ts';
+import type { NetworkAclRule, NetworkForward, ProcessIdentity } from '../core/types.ts';
 import type { Ipv4Cidr } from './ipv4.ts';
 
 /** One DHCP reservation and DNS name of a NIC on a network. */
@@ -24,6 +24,8 @@ export interface NetworkDefinition {
   hosts: DhcpHost[];
   /** Port forwards into the network (DNAT). */
   forwards?: NetworkForward[];
+  /** ACL rules applied on every guest port (`hosts[].port`). */
+  acls?: NetworkAclRule[];
 }
 
 /** A guest's port on a network: a veth (ct) or tap (vm, pvm) enslaved to the bridge. */

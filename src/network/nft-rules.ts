@@ -1,3 +1,4 @@
+import type { NetworkAclRule } from '../core/types.ts';
 import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
 import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
 
@@ -71,4 +72,53 @@ export function portRuleset(def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): s
 
 export function deletePortRuleset(port: string): string {
   return `add table bridge ${portTable(port)}\ndelete table bridge ${portTable(port)}\n`;
+}
+
+/** nftables table of a network's ACLs (family bridge). */
+export const aclTable = (name: string): string => `trivisor-acl-${name}`;
+
+function aclMatch(rule: NetworkAclRule): string {
+  const parts: string[] = [];
+  if (rule.source) parts.push(`ip saddr ${rule.source}`);
+  if (rule.destination) parts.push(`ip daddr ${rule.destination}`);
+  if (rule.protocol === 'icmp') parts.push('ip protocol icmp');
+  else if (rule.protocol) {
+    parts.push(
+      rule.destinationPort
+        ? `${rule.protocol} dport ${rule.destinationPort}`
+        : `ip protocol ${rule.protocol}`,
+    );
+  }
+  if (parts.length === 0) parts.push('ether type ip');
+  return parts.join(' ');
+}
+
+/**
+ * A network's ACLs, in the bridge family so that they also hold between guests
+ * of one bridge: frames from a guest port go through `egress`, frames to one
+ * through `ingress`; the first matching rule decides, the rest is allowed.
+ * Stateless (this kernel has no bridge conntrack): an allow rule does not
+ * open the way back, and replies are matched like any other packet. Without
+ * rules or ports the table is removed.
+ */
+export function aclRuleset(def: Pick<NetworkDefinition, 'name' | 'acls' | 'hosts'>): string {
+  const ports = def.hosts.flatMap((h) => (h.port ? [JSON.stringify(h.port)] : []));
+  const acls = def.acls ?? [];
+  if (acls.length === 0 || ports.length === 0) {
+    return `add table bridge ${aclTable(def.name)}\ndelete table bridge ${aclTable(def.name)}\n`;
+  }
+  const set = `{ ${ports.join(', ')} }`;
+  const chain = (direction: NetworkAclRule['direction']) =>
+    acls
+      .filter((r) => r.direction === direction)
+      .map((r) => `    ${aclMatch(r)} ${r.action === 'allow' ? 'return' : 'drop'}`)
+      .join('\n');
+  const body = [
+    `  chain egress {\n${chain('egress')}\n  }`,
+    `  chain ingress {\n${chain('ingress')}\n  }`,
+    `  chain between_ports {\n    type filter hook forward priority filter; policy accept;\n    iifname ${set} jump egress\n    oifname ${set} jump ingress\n  }`,
+    `  chain to_host {\n    type filter hook input priority filter; policy accept;\n    iifname ${set} jump egress\n  }`,
+    `  chain from_host {\n    type filter hook output priority filter; policy accept;\n    oifname ${set} jump ingress\n  }`,
+  ].join('\n');
+  return replaceTable('bridge', aclTable(def.name), `${body}\n`);
 }

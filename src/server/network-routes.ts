@@ -8,6 +8,8 @@ import {
   CreateNetworkBodySchema,
   ErrorEnvelopeSchema,
   NameParamsSchema,
+  type NetworkAclRuleBody,
+  NetworkAclRuleSchema,
   NetworkSchema,
   type PatchGuestBody,
   PatchGuestBodySchema,
@@ -156,6 +158,33 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
         }),
       );
     },
+  );
+
+  app.post<{ Params: NameParams; Body: NetworkAclRuleBody }>(
+    '/1.0/networks/:name/acls',
+    {
+      schema: {
+        summary: "Append an ACL rule to a network's rules",
+        description:
+          'Rules apply to every guest port of the network, in order; the first match decides; what no rule matches is allowed. Stateless.',
+        params: NameParamsSchema,
+        body: NetworkAclRuleSchema,
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await networks().addAcl(request.params.name, request.body)),
+  );
+
+  app.delete<{ Params: NameParams & { index: number } }>(
+    '/1.0/networks/:name/acls/:index',
+    {
+      schema: {
+        summary: 'Remove an ACL rule by its index (0-based, as listed)',
+        params: Type.Object({ name: Type.String(), index: Type.Integer({ minimum: 0 }) }),
+        response: { 200: SyncEnvelope(NetworkSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await networks().removeAcl(request.params.name, request.params.index)),
   );
 
   app.delete<{ Params: NameParams }>(

@@ -8,7 +8,7 @@ import type { NetworkBackend, NetworkDefinition } from '../network/network-backe
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createEventBus } from './event-bus.ts';
-import { createNetworkService, type NetworkService } from './network-service.ts';
+import { createNetworkService, type NetworkService, validateAclRule } from './network-service.ts';
 
 /** A backend that keeps its "bridges" in a map. */
 function fakeBackend() {
@@ -245,6 +245,42 @@ describe('network service and controller', () => {
     const n = await networks.get('net1');
     assert.equal(n.config['ipv4.nat'], 'false');
     assert.equal(n.status, 'Created');
+  });
+
+  test('ACL rules are validated, appended in order and removed by index', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await networks.addAcl('net1', {
+      direction: 'ingress',
+      action: 'drop',
+      protocol: 'tcp',
+      destinationPort: 22,
+    });
+    const n = await networks.addAcl('net1', {
+      direction: 'egress',
+      action: 'allow',
+      destination: '198.18.0.0/15',
+    });
+    assert.deepEqual(
+      n.acls?.map((r) => `${r.direction}/${r.action}`),
+      ['ingress/drop', 'egress/allow'],
+    );
+    assert.equal(backend.bridges.get('net1')?.acls?.length, 2);
+    assert.deepEqual(
+      (await networks.removeAcl('net1', 0)).acls?.map((r) => r.direction),
+      ['egress'],
+    );
+    await assert.rejects(networks.removeAcl('net1', 5), { code: 'NotFound' });
+    const bad = [
+      { direction: 'sideways', action: 'drop' },
+      { direction: 'ingress', action: 'reject' },
+      { direction: 'ingress', action: 'drop', source: '10.0.0.300' },
+      { direction: 'ingress', action: 'drop', destinationPort: 22 },
+      { direction: 'ingress', action: 'drop', protocol: 'tcp', destinationPort: 70000 },
+      { direction: 'ingress', action: 'drop', protocol: 'gre' },
+    ];
+    for (const rule of bad) {
+      assert.throws(() => validateAclRule(rule as never), { code: 'InvalidArgument' }, JSON.stringify(rule));
+    }
   });
 
   test('the controller recreates a missing bridge and removes stale ones at start', async () => {

@@ -12,6 +12,7 @@ import { assertDnsLabel } from '../core/names.ts';
 import type {
   GuestSpec,
   Network,
+  NetworkAclRule,
   NetworkAddressClaim,
   NetworkForward,
   NetworkSpec,
@@ -25,6 +26,7 @@ import {
   formatIpv4,
   type Ipv4Cidr,
   overlaps,
+  parseCidr,
   parseGatewayCidr,
   parseIpv4,
   stableMac,
@@ -72,6 +74,10 @@ export interface NetworkService {
     network: string,
     forward: { listenAddress: string; listenPort: number; protocol?: 'tcp' | 'udp' },
   ): Promise<Network>;
+  /** Appends an ACL rule to the network's list. */
+  addAcl(network: string, rule: NetworkAclRule): Promise<Network>;
+  /** Removes the rule at `index` (0-based, as listed). */
+  removeAcl(network: string, index: number): Promise<Network>;
   /** Completes a guest's NICs (MAC, address) and the store operations that claim their addresses. */
   claimNics(guest: string, devices: Record<string, NicDevice>): Promise<NicClaims>;
 }
@@ -126,6 +132,41 @@ export function validateNetworkConfig(config: Record<string, string>): Record<st
   return { 'ipv4.nat': 'false', 'security.isolated': 'false', 'dns.domain': domain, ...config };
 }
 
+/** Checks an ACL rule and returns it with only the fields it uses. */
+export function validateAclRule(raw: NetworkAclRule): NetworkAclRule {
+  if (raw.direction !== 'ingress' && raw.direction !== 'egress') {
+    throw invalidArgument(`ACL direction ${JSON.stringify(raw.direction)} is not ingress or egress`);
+  }
+  if (raw.action !== 'allow' && raw.action !== 'drop') {
+    throw invalidArgument(`ACL action ${JSON.stringify(raw.action)} is not allow or drop`);
+  }
+  const rule: NetworkAclRule = { direction: raw.direction, action: raw.action };
+  for (const key of ['source', 'destination'] as const) {
+    const v = raw[key];
+    if (v === undefined) continue;
+    if (parseIpv4(v) === undefined) parseCidr(v, key);
+    rule[key] = v;
+  }
+  if (raw.protocol !== undefined) {
+    if (!['tcp', 'udp', 'icmp'].includes(raw.protocol)) {
+      throw invalidArgument(`ACL protocol ${JSON.stringify(raw.protocol)} is not tcp, udp or icmp`);
+    }
+    rule.protocol = raw.protocol;
+  }
+  if (raw.destinationPort !== undefined) {
+    if (rule.protocol !== 'tcp' && rule.protocol !== 'udp') {
+      throw invalidArgument('destination_port needs protocol=tcp or protocol=udp');
+    }
+    if (!Number.isInteger(raw.destinationPort) || raw.destinationPort < 1 || raw.destinationPort > 65535) {
+      throw invalidArgument(
+        `destination_port ${JSON.stringify(raw.destinationPort)} is not a port from 1 to 65535`,
+      );
+    }
+    rule.destinationPort = raw.destinationPort;
+  }
+  return rule;
+}
+
 export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
   const { store } = deps;
   const waitMs = deps.convergeWaitMs ?? 30_000;
@@ -175,6 +216,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     };
     if (status?.error) n.error = status.error;
     if (spec.forwards?.length) n.forwards = spec.forwards;
+    if (spec.acls?.length) n.acls = spec.acls;
     return n;
   };
 
@@ -418,6 +460,36 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       }
       const gen = l.spec.generation + 1;
       await writeSpec({ ...l.spec, forwards: rest, generation: gen }, l.modRevision);
+      await waitConverged(network, gen);
+      return service.get(network);
+    },
+
+    async addAcl(network, raw) {
+      const rule = validateAclRule(raw);
+      const l = await load(network);
+      if (l.spec.deleting) throw conflict(`Network ${network} is being deleted`);
+      const gen = l.spec.generation + 1;
+      await writeSpec({ ...l.spec, acls: [...(l.spec.acls ?? []), rule], generation: gen }, l.modRevision);
+      await waitConverged(network, gen).catch(async (e) => {
+        await rollBack(network, gen, l.spec);
+        throw e;
+      });
+      return service.get(network);
+    },
+
+    async removeAcl(network, index) {
+      const l = await load(network);
+      const acls = l.spec.acls ?? [];
+      if (!Number.isInteger(index) || index < 0 || index >= acls.length) {
+        throw notFound(
+          `Network ${network} has no ACL rule ${index}: see trivisor network acl list ${network}`,
+        );
+      }
+      const gen = l.spec.generation + 1;
+      await writeSpec(
+        { ...l.spec, acls: acls.filter((_, i) => i !== index), generation: gen },
+        l.modRevision,
+      );
       await waitConverged(network, gen);
       return service.get(network);
     },
