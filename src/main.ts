@@ -23,8 +23,10 @@ import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
 import { createNetworkService, type NetworkService } from './services/network-service.ts';
 import { createOperationService } from './services/operation-service.ts';
+import { createPoolService } from './services/pool-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
+import { createPoolDrivers } from './storage/storage-pools.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
@@ -97,6 +99,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();
+  services.pools = createPoolService({ store, drivers: createPoolDrivers({ runner, stateDir }), log, stateDir });
+  await services.pools.start();
   await images.ensureBusybox();
   // Networks first: guests that start now need their bridges.
   const networkController = createNetworkController({

@@ -1,7 +1,8 @@
 import { resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { invalidArgument } from '../core/errors.ts';
-import { clientOf } from './context.ts';
+import { formatBytes } from '../core/sizes.ts';
+import { clientOf, parsePairs } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 import { waitWithProgress } from './progress.ts';
 
@@ -141,5 +142,72 @@ export function addStorageCommands(program: Command): void {
       for (const g of report.skipped) process.stdout.write(`Skipped ${g.name}: ${g.reason}\n`);
       if (report.recovered.length === 0 && report.skipped.length === 0)
         process.stdout.write('No guests found on disk\n');
+    });
+
+  const storage = program.command('storage').description('Storage pools');
+
+  storage
+    .command('create')
+    .description('Create a pool: storage create NAME dir|btrfs [size=2GiB] [source=PATH]')
+    .argument('<name>')
+    .argument('<driver>', 'dir or btrfs')
+    .argument('[config...]', 'key=value')
+    .option('--description <text>', 'what the pool is for')
+    .action(
+      async (name: string, driver: string, pairs: string[], opts: { description?: string }, cmd: Command) => {
+        const pool = await clientOf(cmd).createPool({
+          name,
+          driver,
+          config: parsePairs(pairs, 'Pool config'),
+          ...(opts.description !== undefined && { description: opts.description }),
+        });
+        process.stdout.write(`Created storage pool ${pool.name} (${pool.driver}) at ${pool.path}\n`);
+      },
+    );
+
+  storage
+    .command('list')
+    .alias('ls')
+    .description('List storage pools with their space')
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (opts: { format: OutputFormat }, cmd: Command) => {
+      const list = await clientOf(cmd).listPools();
+      process.stdout.write(
+        opts.format === 'table'
+          ? renderTable(
+              ['NAME', 'DRIVER', 'STATUS', 'USED', 'TOTAL', 'PATH'],
+              list.map((p) => [
+                p.name,
+                p.driver,
+                p.status,
+                p.usage ? formatBytes(p.usage.usedBytes) : '-',
+                p.usage ? formatBytes(p.usage.totalBytes) : '-',
+                p.path,
+              ]),
+            )
+          : renderData(list, opts.format),
+      );
+    });
+
+  storage
+    .command('info')
+    .description('Show a storage pool')
+    .argument('<name>')
+    .addOption(new Option('-f, --format <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .action(async (name: string, opts: { format: 'yaml' | 'json' }, cmd: Command) => {
+      process.stdout.write(renderData(await clientOf(cmd).getPool(name), opts.format));
+    });
+
+  storage
+    .command('delete')
+    .alias('rm')
+    .description('Delete a storage pool and everything in it')
+    .argument('<name>')
+    .action(async (name: string, _opts: unknown, cmd: Command) => {
+      await clientOf(cmd).deletePool(name);
     });
 }

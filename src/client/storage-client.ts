@@ -2,6 +2,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import type { Operation } from '../api/types.ts';
+import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
 import type { RecoverReport } from '../services/storage-service.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { parseEnvelope, type Transport } from './transport.ts';
@@ -28,6 +29,10 @@ export interface StorageClient {
   importBackup(filePath: string, options?: { name?: string }): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
+  listPools(): Promise<StoragePool[]>;
+  getPool(name: string): Promise<StoragePool>;
+  createPool(request: CreatePoolRequest): Promise<StoragePool>;
+  deletePool(name: string): Promise<void>;
 }
 
 type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
@@ -97,5 +102,11 @@ export function storageMethods(
       return parseEnvelope<AsyncResponse>(res).metadata;
     },
     recover: () => call('POST', '/1.0/admin/recover', {}),
+    listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),
+    getPool: (name) => call('GET', `/1.0/storage-pools/${enc(name)}`),
+    createPool: (request) => call('POST', '/1.0/storage-pools', request),
+    async deletePool(name) {
+      await call('DELETE', `/1.0/storage-pools/${enc(name)}`);
+    },
   };
 }

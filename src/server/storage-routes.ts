@@ -180,6 +180,91 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
+  const pools = () => {
+    const p = ctx.services.pools;
+    if (!p) throw notSupported('This daemon has no storage pools');
+    return p;
+  };
+  const PoolSchema = Type.Object({
+    name: Type.String(),
+    driver: Type.String(),
+    description: Type.String(),
+    config: Type.Record(Type.String(), Type.String()),
+    createdAt: Type.String(),
+    path: Type.String(),
+    status: Type.String(),
+    error: Type.Optional(Type.String()),
+    usage: Type.Union([Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number() }), Type.Null()]),
+  });
+
+  app.get<{ Querystring: { recursion?: number } }>(
+    '/1.0/storage-pools',
+    {
+      schema: {
+        summary: 'List storage pools',
+        querystring: RecursionQuerySchema,
+        response: {
+          200: SyncEnvelope(Type.Union([Type.Array(PoolSchema), Type.Array(Type.String())])),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const list = await pools().list();
+      return syncResponse(
+        (request.query.recursion ?? 0) === 0 ? list.map((p) => `/1.0/storage-pools/${p.name}`) : list,
+      );
+    },
+  );
+
+  app.post<{ Body: { name: string; driver: string; description?: string; config?: Record<string, string> } }>(
+    '/1.0/storage-pools',
+    {
+      schema: {
+        summary:
+          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source)',
+        body: Type.Object(
+          {
+            name: Type.String(),
+            driver: Type.String(),
+            description: Type.Optional(Type.String()),
+            config: Type.Optional(Type.Record(Type.String(), Type.String())),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(PoolSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await pools().create(request.body)),
+  );
+
+  app.get<{ Params: Name }>(
+    '/1.0/storage-pools/:name',
+    {
+      schema: {
+        summary: 'Show a storage pool with its space',
+        params: NameParams,
+        response: { 200: SyncEnvelope(PoolSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await pools().get(request.params.name)),
+  );
+
+  app.delete<{ Params: Name }>(
+    '/1.0/storage-pools/:name',
+    {
+      schema: {
+        summary: 'Delete a storage pool and everything in it',
+        params: NameParams,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await pools().delete(request.params.name);
+      return syncResponse({});
+    },
+  );
+
   app.post(
     '/1.0/admin/recover',
     {

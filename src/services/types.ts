@@ -1,6 +1,7 @@
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ExecSession } from '../drivers/guest-driver.ts';
 import type { NetworkService } from './network-service.ts';
+import type { PoolService } from './pool-service.ts';
 import type { StorageService } from './storage-service.ts';
 
 /** Body of `POST /1.0/guests`. */
@@ -127,4 +128,6 @@ export interface Services {
   host: HostService;
   /** Snapshots, copies and backups; absent where storage is not set up. */
   storage?: StorageService;
+  /** Storage pools; absent where storage is not set up. */
+  pools?: PoolService;
 }

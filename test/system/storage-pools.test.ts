@@ -1,0 +1,106 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, startDaemon } from './harness.ts';
+
+// Daemons of storage tests need no network of their own.
+process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
+
+interface PoolJson {
+  name: string;
+  driver: string;
+  status: string;
+  path: string;
+  usage: { totalBytes: number; usedBytes: number } | null;
+}
+
+const mountOf = (at: string) =>
+  readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .find((f) => f[1] === at);
+
+describe('storage pools: dir and btrfs on a loop file', () => {
+  let d: Daemon;
+  before(async () => {
+    d = await startDaemon();
+  });
+  after(async () => {
+    await d?.destroy();
+  });
+
+  const pools = () => JSON.parse(d.ok(['storage', 'list', '--format', 'json'])) as PoolJson[];
+  const pool = (name: string) => JSON.parse(d.ok(['storage', 'info', name, '--format', 'json'])) as PoolJson;
+
+  test('the default dir pool exists and shows the space of the state directory', () => {
+    const list = pools();
+    assert.deepEqual(
+      list.map((p) => [p.name, p.driver, p.status]),
+      [['default', 'dir', 'Created']],
+    );
+    assert.equal(list[0]?.path, d.stateDir);
+    assert.ok((list[0]?.usage?.totalBytes ?? 0) > 0);
+    assert.match(d.ok(['storage', 'list']), /default\s+dir\s+Created/);
+  });
+
+  test('a btrfs pool on a loop file is made, mounted with quotas on, and measured', () => {
+    const out = d.ok(['storage', 'create', 'fast', 'btrfs', 'size=300MiB']);
+    assert.match(out, /^Created storage pool fast \(btrfs\)/);
+    const p = pool('fast');
+    assert.equal(p.status, 'Created');
+    assert.equal(mountOf(p.path)?.[2], 'btrfs');
+    assert.ok(
+      p.usage && Math.abs(p.usage.totalBytes - 300 * 2 ** 20) < 20 * 2 ** 20,
+      `size ${p.usage?.totalBytes}`,
+    );
+    const qgroups = spawnSync('btrfs', ['qgroup', 'show', p.path], { encoding: 'utf8' });
+    assert.equal(qgroups.status, 0, `quotas are on: ${qgroups.stderr}`);
+  });
+
+  test('bad requests are refused with one clear line', () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['storage', 'create', 'fast', 'btrfs'], /already exists/],
+      [['storage', 'create', 'p2', 'zfs'], /Unknown storage driver "zfs": use dir or btrfs/],
+      [['storage', 'create', 'p2', 'btrfs', 'size=10MiB'], /at least 256MiB/],
+      [['storage', 'create', 'p2', 'btrfs', 'color=blue'], /no key "color"/],
+      [['storage', 'create', 'Bad_Name', 'dir'], /pool name/],
+      [['storage', 'info', 'nope'], /Storage pool nope not found/],
+      [['storage', 'delete', 'default'], /cannot be deleted/],
+    ];
+    for (const [args, message] of cases) {
+      const r = d.cli(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.match(r.stderr, message);
+      assert.equal(r.stderr.split('\n').length, 2, 'one line');
+    }
+    assert.equal(existsSync(path.join(d.stateDir, 'storage-pools/p2.img')), false);
+  });
+
+  test('a dir pool is a directory; pools are mounted again when the daemon starts', async () => {
+    d.ok(['storage', 'create', 'plain', 'dir']);
+    assert.ok(existsSync(pool('plain').path));
+    const fast = pool('fast').path;
+    await d.kill9();
+    spawnSync('umount', [fast]);
+    assert.equal(mountOf(fast), undefined);
+    await d.restart();
+    assert.equal(mountOf(fast)?.[2], 'btrfs');
+    assert.equal(pool('fast').status, 'Created');
+  });
+
+  test('delete unmounts the pool and removes its loop file', () => {
+    const fast = pool('fast').path;
+    const image = path.join(d.stateDir, 'storage-pools/fast.img');
+    d.ok(['storage', 'delete', 'fast']);
+    d.ok(['storage', 'delete', 'plain']);
+    assert.equal(mountOf(fast), undefined);
+    assert.equal(existsSync(image), false);
+    assert.equal(spawnSync('losetup', ['-j', image], { encoding: 'utf8' }).stdout.trim(), '');
+    assert.deepEqual(
+      pools().map((p) => p.name),
+      ['default'],
+    );
+  });
+});
