@@ -50,6 +50,15 @@ describe('vm driver', () => {
     await f.cleanup();
   });
 
+  test('probe() says which accelerator vm guests use and why', async () => {
+    const probe = await f.driver.probe();
+    assert.equal(probe.supported, true, probe.warnings.join('; '));
+    assert.equal(probe.details.accelerator, 'tcg');
+    assert.match(probe.details.acceleratorReason ?? '', /forced to tcg/);
+    assert.match(probe.details.kernel ?? '', /cloud-amd64$/);
+    assert.ok(probe.warnings.some((w) => /TCG/.test(w)));
+  });
+
   test('bad input is refused with a clear error and leaves nothing behind', async () => {
     const small = guest('bad-memory', { 'limits.memory': '32MiB' });
     await rejectsWith(f.driver.create(small, f.image), 'InvalidArgument', /too small for a vm guest to boot/);
