@@ -99,7 +99,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();
-  services.pools = createPoolService({ store, drivers: createPoolDrivers({ runner, stateDir }), log, stateDir });
+  services.pools = createPoolService({
+    store,
+    drivers: createPoolDrivers({ runner, stateDir }),
+    log,
+    stateDir,
+  });
   await services.pools.start();
   await images.ensureBusybox();
   // Networks first: guests that start now need their bridges.
