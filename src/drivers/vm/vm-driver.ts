@@ -48,8 +48,12 @@ const DEFAULT_START_TIMEOUT_MS = 180_000;
 const KILL_WAIT_MS = 10_000;
 /** Line the guest kit prints when the image's init cannot run (it then starts a shell instead). */
 const KIT_INIT_FAILED = "trivisor: cannot run the image's init";
-/** Cgroup v1 hierarchies the QEMU process is put in (usage, cpu quota). */
-const CGROUP_HIERARCHIES = ['memory', 'cpu', 'cpuacct', 'pids'] as const;
+/**
+ * Cgroup hierarchies the QEMU process is put in: usage and the cpu quota, and
+ * systemd's (and the hybrid unified one), so that stopping the daemon's
+ * service, which kills its cgroup there, leaves the guests running.
+ */
+const CGROUP_HIERARCHIES = ['memory', 'cpu', 'cpuacct', 'pids', 'systemd', 'unified'] as const;
 const CGROUP_ROOT = '/sys/fs/cgroup';
 
 /** What start() chose for a boot, kept in the guest dir for stop(), usage() and update(). */
