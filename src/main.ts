@@ -9,6 +9,7 @@ import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
+import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
@@ -57,7 +58,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
   const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
   const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE, network: nics };
-  const drivers: Partial<Record<Model, GuestDriver>> = { ct: createCtDriver(ctx) };
+  const drivers: Partial<Record<Model, GuestDriver>> = {
+    ct: createCtDriver(ctx),
+    pvm: createPvmDriver(ctx),
+  };
 
   const events = createEventBus();
   const operations = createOperationService(events);
@@ -104,6 +108,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     drivers: createPoolDrivers({ runner, stateDir }),
     log,
     stateDir,
+    runner,
+    guests,
+    operations,
+    events,
   });
   await services.pools.start();
   await images.ensureBusybox();
@@ -160,6 +168,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await Promise.allSettled(apps.map((a) => a.close()));
   await controller.stop();
   services.storage.stop();
+  services.pools.stop();
   await networkController.stop();
   await store.close();
   await rm(path.join(stateDir, 'trivisor.pid'), { force: true });
