@@ -1,0 +1,128 @@
+// The three-model comparison: the same busybox workloads natively on the host and inside a
+// ct, a pvm and a vm guest, each as a ratio to native; plus boot time to init and idle
+// host memory per guest. Usage: node bench/models.ts [models=ct,pvm,vm] [repeats=3]
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
+import { type Daemon, startDaemon } from '../test/system/harness.ts';
+import { ms, pssBytes, runOperation, settle, writeResult } from './lib.ts';
+
+const models = (process.argv[2] ?? 'ct,pvm,vm').split(',');
+const repeats = Number(process.argv[3] ?? 3);
+const MiB = 2 ** 20;
+
+/** Each workload prints its own elapsed seconds, read from /proc/uptime around it (10 ms steps). */
+const WORKLOADS: Record<string, { what: string; script: string }> = {
+  cpu: {
+    what: 'sha256sum of 256 MiB',
+    script: 'dd if=/dev/zero bs=1M count=256 2>/dev/null | sha256sum >/dev/null',
+  },
+  syscalls: {
+    what: '1M one-byte read+write syscalls',
+    script: 'dd if=/dev/zero of=/dev/null bs=1 count=500000 2>/dev/null',
+  },
+  forkExec: {
+    what: '500 fork+exec of /bin/true',
+    script: 'i=0; while [ $i -lt 500 ]; do /bin/true; i=$((i+1)); done',
+  },
+  fileFsync: {
+    what: '200 x (write 64 KiB + fsync)',
+    script:
+      'mkdir -p /root/b; i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b',
+  },
+  memory: {
+    what: '4 GiB through dd (memory bandwidth)',
+    script: 'dd if=/dev/zero of=/dev/null bs=1M count=4096 2>/dev/null',
+  },
+};
+
+const timed = (script: string) => `read a _ < /proc/uptime; ${script}; read b _ < /proc/uptime; echo "$a $b"`;
+const elapsed = (out: string): number => {
+  const [a, b] = out.trim().split(/\s+/).map(Number);
+  if (a === undefined || b === undefined || Number.isNaN(a) || Number.isNaN(b))
+    throw new Error(`bad timing: ${out}`);
+  return b - a;
+};
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)] ?? Number.NaN;
+
+function runNative(script: string): number {
+  // The host's own busybox, so native runs the same binaries the guests do.
+  const r = spawnSync('busybox', ['sh', '-c', timed(script)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`native: ${r.stderr}`);
+  return elapsed(r.stdout);
+}
+
+function runIn(d: Daemon, guest: string, script: string): number {
+  return elapsed(d.ok(['exec', guest, '--', 'sh', '-c', timed(script)]));
+}
+
+/** PSS of every process in the guest's pids cgroup (ct, pvm and vm guests each run in one). */
+function guestPss(stateDir: string, guest: string): number {
+  const procs = readFileSync(`/sys/fs/cgroup/pids${cgroupParentOf(stateDir)}/${guest}/cgroup.procs`, 'utf8');
+  return procs
+    .split('\n')
+    .filter(Boolean)
+    .reduce((sum, pid) => sum + pssBytes(Number(pid)), 0);
+}
+
+const d = await startDaemon();
+const results: Record<string, Record<string, number>> = { native: {} };
+const boot: Record<string, number> = {};
+const idle: Record<string, number> = {};
+try {
+  // Native samples are taken next to each guest's, alternating, so both see the same machine.
+  const nativeByModel: Record<string, Record<string, number>> = {};
+  for (const model of models) {
+    const guest = `m-${model}`;
+    const t0 = process.hrtime.bigint();
+    await runOperation(d, 'POST', '/1.0/guests', {
+      name: guest,
+      image: 'busybox',
+      model,
+      start: true,
+      config: { 'limits.memory': '512MiB', 'limits.cpu': '1' },
+    });
+    boot[model] = ms(process.hrtime.bigint() - t0);
+    await settle();
+    idle[model] = guestPss(d.stateDir, guest);
+    results[model] = {};
+    nativeByModel[model] = {};
+    for (const [name, w] of Object.entries(WORKLOADS)) {
+      const native: number[] = [];
+      const inGuest: number[] = [];
+      for (let r = 0; r < repeats; r++) {
+        native.push(runNative(w.script));
+        inGuest.push(runIn(d, guest, w.script));
+      }
+      nativeByModel[model]![name] = median(native);
+      results[model]![name] = median(inGuest);
+    }
+    await runOperation(d, 'DELETE', `/1.0/guests/${guest}?force=true`);
+    console.error(`${model} done`);
+  }
+  const ratios: Record<string, Record<string, number>> = {};
+  for (const model of models) {
+    ratios[model] = {};
+    for (const name of Object.keys(WORKLOADS)) {
+      ratios[model]![name] = results[model]![name]! / nativeByModel[model]![name]!;
+    }
+  }
+  results.native = nativeByModel[models[0]!] ?? {};
+  const info = (await d.api('GET', '/1.0')).body.metadata as { environment?: { drivers?: unknown } };
+  const result = {
+    benchmark: 'three-model comparison',
+    repeats,
+    workloads: Object.fromEntries(Object.entries(WORKLOADS).map(([k, w]) => [k, w.what])),
+    seconds: results,
+    ratioToNative: ratios,
+    bootToInitMs: boot,
+    idleHostMemoryMiB: Object.fromEntries(Object.entries(idle).map(([k, v]) => [k, v / MiB])),
+    drivers: info.environment?.drivers ?? null,
+    guestLimits: { memory: '512MiB', cpus: 1 },
+  };
+  console.log(JSON.stringify(result, null, 2));
+  console.log(`wrote ${writeResult('models', result)}`);
+} finally {
+  await d.destroy();
+}
