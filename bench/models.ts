@@ -115,6 +115,7 @@ try {
     repeats,
     workloads: Object.fromEntries(Object.entries(WORKLOADS).map(([k, w]) => [k, w.what])),
     seconds: results,
+    nativeSecondsByModel: nativeByModel,
     ratioToNative: ratios,
     bootToInitMs: boot,
     idleHostMemoryMiB: Object.fromEntries(Object.entries(idle).map(([k, v]) => [k, v / MiB])),

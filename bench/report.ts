@@ -76,5 +76,35 @@ if (densityFiles.length > 0) {
   lines.push('');
 } else lines.push('_Not measured yet._', '');
 
+const models = load('models.json');
+lines.push('## The three models side by side', '');
+lines.push(
+  "`node bench/models.ts ct,pvm,vm 3`: the same busybox workloads run natively (the host's own busybox) and",
+);
+lines.push(
+  'inside one guest of each model (512 MiB, 1 CPU), each timed inside with /proc/uptime so exec overhead does not',
+);
+lines.push(
+  "count; native samples alternate with the guest's. Ratio to native (lower is better; 1.0 = native speed):",
+  '',
+);
+if (models) {
+  const ratio = models.ratioToNative as Record<string, Record<string, number>>;
+  const what = models.workloads as Record<string, string>;
+  const ms = Object.keys(ratio);
+  lines.push(`| workload | ${ms.join(' | ')} |`, `|---|${ms.map(() => '---').join('|')}|`);
+  for (const w of Object.keys(what)) {
+    lines.push(`| ${what[w]} | ${ms.map((m) => f(ratio[m]?.[w], 2)).join(' | ')} |`);
+  }
+  const boot = models.bootToInitMs as Record<string, number>;
+  const idle = models.idleHostMemoryMiB as Record<string, number>;
+  lines.push(`| boot to init (ms, API call to Running) | ${ms.map((m) => f(boot[m], 0)).join(' | ')} |`);
+  lines.push(
+    `| idle host memory per guest (MiB, PSS of its processes) | ${ms.map((m) => f(idle[m], 1)).join(' | ')} |`,
+    '',
+  );
+  lines.push(`Measured ${models.measuredAt}, ${models.repeats} repeats (medians).`, '');
+} else lines.push('_Not measured yet._', '');
+
 writeFileSync(path.resolve(import.meta.dirname, '../docs/benchmarks.md'), `${lines.join('\n')}\n`);
 console.log('wrote docs/benchmarks.md');
