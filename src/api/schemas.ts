@@ -242,6 +242,7 @@ export const CreateGuestBodySchema = Type.Object(
     devices: Type.Optional(
       Type.Record(Type.String(), NicDeviceSchema, { description: 'NICs by name (eth0…)' }),
     ),
+    storage: Type.Optional(Type.String({ description: 'Storage pool of the guest (default: default)' })),
   },
   { additionalProperties: false },
 );

@@ -22,16 +22,18 @@ export function addGuestCommands(program: Command): void {
       .addOption(new Option('-m, --model <model>', 'virtualization model').choices(['ct', 'pvm', 'vm']))
       .option('-c, --config <key=value>', 'config key (repeatable)', collect, [])
       .option('-n, --network <network>', 'add a NIC on this network (repeatable: eth0, eth1…)', collect, [])
+      .option('-s, --storage <pool>', 'storage pool for the guest (btrfs pools take limits.disk)')
       .action(
         async (
           image: string,
           name: string,
-          opts: { model?: Model; config: string[]; network: string[] },
+          opts: { model?: Model; config: string[]; network: string[]; storage?: string },
           cmd: Command,
         ) => {
           const client = clientOf(cmd);
           const request: CreateGuestBody = { name, image, start };
           if (opts.model) request.model = opts.model;
+          if (opts.storage) request.storage = opts.storage;
           if (opts.network.length > 0) {
             request.devices = Object.fromEntries(
               opts.network.map((network, i) => [`eth${i}`, { type: 'nic' as const, network }]),

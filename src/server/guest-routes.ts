@@ -90,14 +90,19 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
           'Say which image to use: give "image" (or Incus\'s "source": {"type": "image", "alias": ...})',
         );
       }
-      const op = await services.guests.create({
+      const create = {
         name: body.name,
         image,
         ...(body.model !== undefined && { model: body.model }),
         ...(body.config !== undefined && { config: body.config }),
         ...(body.start !== undefined && { start: body.start }),
         ...(body.devices !== undefined && { devices: body.devices }),
-      });
+      };
+      if (body.storage !== undefined && body.storage !== 'default') {
+        if (!services.pools) throw notSupported('This daemon has no storage pools: leave out "storage"');
+        return sendAsync(reply, await services.pools.createGuest(body.storage, create));
+      }
+      const op = await services.guests.create(create);
       return sendAsync(reply, op);
     },
   );

@@ -1,6 +1,20 @@
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
+import { chmod, lstat, mkdir, rm, symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  alreadyExists,
+  asTrivisorError,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  TrivisorError,
+} from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import { parseBytes } from '../core/sizes.ts';
+import type { GuestSpec, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
+import type { ProcessRunner } from '../host/runner.ts';
 import {
   POOL_DRIVERS,
   type PoolDriver,
@@ -9,7 +23,8 @@ import {
   type PoolUsage,
   poolKeys,
 } from '../storage/storage-pools.ts';
-import type { KvStore } from '../store/kv.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
+import type { CreateGuestRequest, EventBus, GuestService, OperationService } from './types.ts';
 
 /** A pool as the API shows it: its record, where it is mounted and its space. */
 export interface StoragePool extends PoolRecord {
@@ -33,9 +48,24 @@ export interface PoolService {
   get(name: string): Promise<StoragePool>;
   create(request: CreatePoolRequest): Promise<StoragePool>;
   delete(name: string): Promise<void>;
-  /** Records the `default` dir pool on first start and mounts every pool again. */
+  /**
+   * Creates a guest whose directory is a subvolume of a btrfs pool (linked at
+   * guests/NAME), with `limits.disk` as its qgroup limit.
+   */
+  createGuest(pool: string, request: CreateGuestRequest): Promise<Operation>;
+  /** Records the `default` dir pool on first start, mounts every pool again, keeps disk limits in step. */
   start(): Promise<void>;
+  stop(): void;
 }
+
+/** Which pool a guest lives on (value of `/trivisor/guest-pools/NAME`), for guests off the default pool. */
+interface GuestPoolRecord {
+  pool: string;
+  path: string;
+  limitBytes: number | null;
+}
+
+const guestPoolKey = (guest: string) => `/trivisor/guest-pools/${guest}`;
 
 /** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
 export const DEFAULT_POOL = 'default';
@@ -45,8 +75,45 @@ export function createPoolService(deps: {
   drivers: Record<PoolDriverName, PoolDriver>;
   log: Logger;
   stateDir: string;
+  runner?: ProcessRunner;
+  guests?: GuestService;
+  operations?: OperationService;
+  events?: EventBus;
 }): PoolService {
   const { store, drivers } = deps;
+  let watcher: Watcher | undefined;
+
+  const run = (argv: string[]) => {
+    if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
+    return deps.runner.run(argv);
+  };
+
+  /** Removes what createGuest made for a guest that is gone (or never came). */
+  async function releaseGuest(name: string): Promise<void> {
+    const kv = await store.get(guestPoolKey(name));
+    if (!kv) return;
+    const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    const link = join(deps.stateDir, 'guests', name);
+    if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await rm(link, { force: true });
+    if (await lstat(rec.path).catch(() => undefined)) {
+      await run(['btrfs', 'subvolume', 'delete', rec.path]).catch(async () => {
+        await rm(rec.path, { recursive: true, force: true });
+      });
+    }
+    await store.delete(guestPoolKey(name));
+  }
+
+  /** Applies a guest's limits.disk as the qgroup limit of its subvolume when it changed. */
+  async function syncLimit(spec: GuestSpec): Promise<void> {
+    const kv = await store.get(guestPoolKey(spec.name));
+    if (!kv || spec.deleting) return;
+    const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    const raw = spec.config['limits.disk'];
+    const limitBytes = raw === undefined ? null : parseBytes(raw, 'limits.disk');
+    if (limitBytes === rec.limitBytes) return;
+    await run(['btrfs', 'qgroup', 'limit', limitBytes === null ? 'none' : String(limitBytes), rec.path]);
+    await store.put(guestPoolKey(spec.name), JSON.stringify({ ...rec, limitBytes }));
+  }
   /** Pools being made or removed: no second change meanwhile. */
   const busy = new Set<string>();
 
@@ -126,7 +193,98 @@ export function createPoolService(deps: {
       }
     },
 
+    async createGuest(poolName, request) {
+      const pool = await record(poolName);
+      assertDnsLabel(request.name, 'guest name');
+      const { guests, operations } = deps;
+      if (!guests || !operations) throw failedPrecondition('This daemon cannot place guests on pools');
+      if (pool.driver !== 'btrfs') {
+        throw invalidArgument(
+          `Guests can be placed on btrfs pools only; ${poolName} is a ${pool.driver} pool (leave out --storage for the default pool)`,
+        );
+      }
+      if ((request.model ?? 'ct') !== 'ct') {
+        throw invalidArgument('Only ct guests can be placed on a storage pool so far: leave out --storage');
+      }
+      if (await store.get(keys.guest(request.name)))
+        throw alreadyExists(`Guest ${request.name} already exists`);
+      const link = join(deps.stateDir, 'guests', request.name);
+      if (await lstat(link).catch(() => undefined)) {
+        throw conflict(`${link} exists from an earlier guest: delete it or pick another name`);
+      }
+      if (request.config?.['limits.disk'] !== undefined)
+        parseBytes(request.config['limits.disk'], 'limits.disk');
+      const parent = join(drivers.btrfs.mountPath(pool), 'guests');
+      const path = join(parent, request.name);
+      await mkdir(parent, { recursive: true, mode: 0o711 });
+      await run(['btrfs', 'subvolume', 'create', path]);
+      const rec: GuestPoolRecord = { pool: poolName, path, limitBytes: null };
+      await store.put(guestPoolKey(request.name), JSON.stringify(rec));
+      let op: Operation;
+      try {
+        // runc walks to rootfs/ from inside the guest's user namespace: search permission only.
+        await chmod(path, 0o711);
+        await mkdir(join(deps.stateDir, 'guests'), { recursive: true, mode: 0o711 });
+        await symlink(path, link);
+        const limit = request.config?.['limits.disk'];
+        if (limit !== undefined) {
+          const limitBytes = parseBytes(limit, 'limits.disk');
+          await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
+          await store.put(guestPoolKey(request.name), JSON.stringify({ ...rec, limitBytes }));
+        }
+        op = await guests.create(request);
+      } catch (e) {
+        await releaseGuest(request.name);
+        throw e;
+      }
+      return operations.start({
+        description: `${op.description} on storage pool ${poolName}`,
+        resources: {
+          guests: [`/1.0/guests/${request.name}`],
+          storage_pools: [`/1.0/storage-pools/${poolName}`],
+        },
+        async run() {
+          const end = await operations.wait(op.id);
+          if (end.status !== 'Success') {
+            // The guest service deleted the half-made guest; its subvolume goes with it.
+            await releaseGuest(request.name).catch(() => {});
+            const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
+            throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
+          }
+          return undefined;
+        },
+      });
+    },
+
+    stop() {
+      watcher?.cancel();
+    },
+
     async start() {
+      // Subvolumes go with their guests; disk limits follow config changes.
+      deps.events?.subscribe(
+        (event) => {
+          const name = event.metadata.name;
+          if (event.action === 'guest-deleted' && typeof name === 'string') {
+            void releaseGuest(name).catch((e) =>
+              deps.log.warn(
+                { guest: name, err: asTrivisorError(e).message },
+                'cannot remove guest subvolume',
+              ),
+            );
+          }
+        },
+        ['lifecycle'],
+      );
+      const { revision } = await store.list(keys.guestPrefix, { limit: 1 });
+      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
+        for (const ev of events) {
+          if (ev.type !== 'put') continue;
+          void syncLimit(JSON.parse(ev.kv.value) as GuestSpec).catch((e) =>
+            deps.log.warn({ err: asTrivisorError(e).message }, 'cannot apply limits.disk'),
+          );
+        }
+      });
       if (!(await store.get(poolKeys.pool(DEFAULT_POOL)))) {
         const pool: PoolRecord = {
           name: DEFAULT_POOL,

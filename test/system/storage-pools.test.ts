@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, startDaemon } from './harness.ts';
@@ -88,6 +88,41 @@ describe('storage pools: dir and btrfs on a loop file', () => {
     await d.restart();
     assert.equal(mountOf(fast)?.[2], 'btrfs');
     assert.equal(pool('fast').status, 'Created');
+  });
+
+  test('a ct guest on a btrfs pool lives in a subvolume whose qgroup enforces limits.disk', () => {
+    d.ok(['launch', 'busybox', 'q1', '--storage', 'fast', '-c', 'limits.disk=40MiB']);
+    const sub = path.join(pool('fast').path, 'guests/q1');
+    assert.equal(readlinkSync(path.join(d.stateDir, 'guests/q1')), sub);
+    assert.equal(spawnSync('btrfs', ['subvolume', 'show', sub]).status, 0, 'a subvolume');
+    d.ok(['exec', 'q1', '--', 'dd', 'if=/dev/urandom', 'of=/small', 'bs=1M', 'count=10']);
+    const big = d.cli(['exec', 'q1', '--', 'sh', '-c', 'dd if=/dev/urandom of=/big bs=1M count=60 && sync']);
+    assert.notEqual(big.code, 0, 'writing past limits.disk fails');
+    assert.match(big.stderr, /quota exceeded|No space left/i);
+    d.ok(['exec', 'q1', '--', 'rm', '-f', '/big']);
+    d.ok(['snapshot', 'create', 'q1', 's0']);
+    d.ok(['config', 'set', 'q1', 'limits.disk=200MiB']);
+    d.ok(['exec', 'q1', '--', 'sh', '-c', 'dd if=/dev/urandom of=/big bs=1M count=60 2>/dev/null && sync']);
+    d.ok(['snapshot', 'restore', 'q1', 's0']);
+    assert.notEqual(d.cli(['exec', 'q1', '--', 'test', '-e', '/big']).code, 0);
+    d.ok(['delete', '--force', 'q1']);
+    assert.equal(existsSync(sub), false, 'the subvolume goes with the guest');
+    assert.equal(existsSync(path.join(d.stateDir, 'guests/q1')), false);
+  });
+
+  test('limits.disk off a btrfs pool, and guests on dir or unknown pools, are refused', () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['launch', 'busybox', 'q2', '-c', 'limits.disk=1GiB'], /limits\.disk needs a btrfs storage pool/],
+      [['launch', 'busybox', 'q2', '--storage', 'plain'], /btrfs pools only; plain is a dir pool/],
+      [['launch', 'busybox', 'q2', '--storage', 'nope'], /Storage pool nope not found/],
+    ];
+    for (const [args, message] of cases) {
+      const r = d.cli(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.match(r.stderr, message);
+    }
+    assert.equal(existsSync(path.join(d.stateDir, 'guests/q2')), false);
+    assert.equal(existsSync(path.join(pool('fast').path, 'guests/q2')), false);
   });
 
   test('delete unmounts the pool and removes its loop file', () => {

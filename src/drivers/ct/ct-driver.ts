@@ -18,6 +18,7 @@ import type {
   ProbeResult,
   RuntimeState,
 } from '../guest-driver.ts';
+import { guestDirOf, isPoolLinked } from './guest-dir.ts';
 import { buildOciSpec, DEFAULT_ENV, type OciSpec, ociResources, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
@@ -60,7 +61,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
 
   const pathsOf = (spec: GuestSpec): CtGuestPaths => {
-    const dir = join(stateDir, 'guests', spec.name);
+    const dir = guestDirOf(stateDir, spec.name);
     return {
       dir,
       bundle: join(dir, 'bundle'),
@@ -212,9 +213,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     },
 
     validate(spec) {
-      if (spec.config['limits.disk'] !== undefined) {
+      // A guest placed on a btrfs pool has its directory linked to a subvolume there, which takes a quota.
+      if (spec.config['limits.disk'] !== undefined && !isPoolLinked(join(stateDir, 'guests', spec.name))) {
         throw notSupported(
-          'limits.disk is not supported for ct guests yet: their root file systems live on a directory pool without quotas; remove the key.',
+          'limits.disk needs a btrfs storage pool: create the guest with --storage POOL, or remove the key.',
         );
       }
       if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
@@ -231,8 +233,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       await withRevert(async (r) => {
         await mkdir(join(stateDir, 'guests'), { recursive: true });
         // 0711: a user-namespaced runc init must be able to walk to rootfs/, nothing more.
-        await mkdir(p.dir, { mode: 0o711 });
-        r.add(() => rm(p.dir, { recursive: true, force: true }));
+        // A storage pool may have made the directory already (and removes it itself).
+        if (!isPoolLinked(join(stateDir, 'guests', spec.name))) {
+          await mkdir(p.dir, { mode: 0o711 });
+          r.add(() => rm(p.dir, { recursive: true, force: true }));
+        }
         for (const d of [p.bundle, p.upper, p.work, p.rootfs]) await mkdir(d, { mode: 0o755 });
         await writeFile(p.consoleLog, '', { mode: 0o600 });
         await writeBundle(spec, image);

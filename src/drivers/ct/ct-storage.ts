@@ -7,6 +7,7 @@ import { isMountPoint } from '../../host/mounts.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { cgroupParentOf } from './ct-driver.ts';
+import { guestDirOf } from './guest-dir.ts';
 
 /** Half-made objects carry this prefix until they are renamed into place. */
 const TMP_PREFIX = '.tmp-';
@@ -24,7 +25,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
   const runc = ['runc', '--root', join(stateDir, 'runc')];
   const cgroupParent = cgroupParentOf(stateDir);
 
-  const dirOf = (spec: GuestSpec) => join(stateDir, 'guests', spec.name);
+  const dirOf = (spec: GuestSpec) => guestDirOf(stateDir, spec.name);
   const upperOf = (spec: GuestSpec) => join(dirOf(spec), 'upper');
   const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
   const snapshotUpper = (spec: GuestSpec, snap: string) => join(snapshotsOf(spec), snap, 'upper');
