@@ -93,9 +93,12 @@ while [ ! -b "$root" ]; do
 done
 mount -t "$rootfstype" -o rw "$root" /newroot || fail "cannot mount $root"
 # Name links of virtio-serial ports (the agent's channel), which udev would make: guests may have no udev.
-# The host announces its ports just after virtio_console loads, so wait a little for the first.
+# The host announces its ports just after virtio_console loads, so wait a little for the first
+# (only when there is a virtio-serial device, virtio device id 3).
+serial=
+for d in /sys/bus/virtio/devices/*; do [ "$(cat "$d/device" 2>/dev/null)" = 0x0003 ] && serial=1; done
 n=0
-while [ -d /sys/class/virtio-ports ] && [ -z "$(ls /sys/class/virtio-ports)" ] && [ $n -lt 40 ]; do
+while [ -n "$serial" ] && [ -z "$(ls /sys/class/virtio-ports 2>/dev/null)" ] && [ $n -lt 40 ]; do
   n=$((n + 1))
   sleep 0.05
 done
