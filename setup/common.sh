@@ -105,5 +105,11 @@ ensure_guest_kernel() {
   release=$(basename "$(ls "$GUEST_KERNEL_DIR.tmp"/boot/vmlinuz-*)" | sed 's/^vmlinuz-//')
   # The package's modules.dep is made by its postinst, which unpacking does not run.
   depmod -b "$GUEST_KERNEL_DIR.tmp" "$release"
+  # memtest86+: a guest OS that is not Linux, for the vm tests (its own boot loader stays out of the host's menu).
+  tmp=$(mktemp -d) && chmod 755 "$tmp"
+  if (cd "$tmp" && apt-get download -qq memtest86+ >/dev/null 2>&1) || cp /var/cache/apt/archives/memtest86+_*.deb "$tmp"/ 2>/dev/null; then
+    dpkg-deb -x "$tmp"/memtest86+_*.deb "$GUEST_KERNEL_DIR.tmp"
+  fi
+  rm -rf "$tmp"
   rm -rf "$GUEST_KERNEL_DIR" && mv "$GUEST_KERNEL_DIR.tmp" "$GUEST_KERNEL_DIR"
 }

@@ -10,6 +10,7 @@ import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
+import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
@@ -61,6 +62,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const drivers: Partial<Record<Model, GuestDriver>> = {
     ct: createCtDriver(ctx),
     pvm: createPvmDriver(ctx),
+    vm: createVmDriver(ctx),
   };
 
   const events = createEventBus();

@@ -1,7 +1,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import { failedPrecondition, internal, invalidArgument } from '../../core/errors.ts';
@@ -103,10 +103,13 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
   const agents = createAgentPool();
 
+  const bootDir = options.bootDir ?? defaultBootDir();
   const bootKit = (): Promise<BootKit> =>
     ensureBootKit(stateDir, {
       runner,
-      ...(options.bootDir ? { bootDir: options.bootDir } : {}),
+      bootDir,
+      // The modules of a kernel in <root>/boot are in <root>/lib/modules.
+      modulesDir: join(dirname(bootDir), 'lib', 'modules'),
       ...(options.kernelPath ? { kernelPath: options.kernelPath } : {}),
     });
   const accelerator = async (kit: BootKit): Promise<AcceleratorVerdict> =>
@@ -322,9 +325,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           `The state dir ${stateDir} holds a comma, which QEMU options cannot carry: move it.`,
         );
       }
-      if (
-        options.kernelPath ? !existsSync(options.kernelPath) : !hasCloudKernel(options.bootDir ?? '/boot')
-      ) {
+      if (options.kernelPath ? !existsSync(options.kernelPath) : !hasCloudKernel(bootDir)) {
         throw failedPrecondition(
           options.kernelPath
             ? `The vm kernel ${options.kernelPath} does not exist: install it or fix the host setting.`
@@ -558,6 +559,18 @@ function foreignBootOf(
     .split(/\s+/)
     .filter(Boolean);
   return { kernel, cmdline, ready: image.record.properties['vm.ready'] };
+}
+
+/**
+ * Where setup/common.sh unpacks Debian's cloud kernel: unpacked rather than installed, so
+ * the host's own boot menu and /lib/modules stay as they were.
+ */
+export const GUEST_KERNEL_DIR = '/opt/trivisor/guest-kernel';
+
+/** The unpacked guest kernel when there is one, else the host's /boot. */
+function defaultBootDir(): string {
+  const unpacked = join(GUEST_KERNEL_DIR, 'boot');
+  return hasCloudKernel(unpacked) ? unpacked : '/boot';
 }
 
 function hasCloudKernel(bootDir: string): boolean {
