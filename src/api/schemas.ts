@@ -31,6 +31,8 @@ export const NicDeviceSchema = Type.Object(
     'ipv4.address': Type.Optional(
       Type.String({ description: 'Static address (default: the next free one)' }),
     ),
+    'limits.ingress': Type.Optional(Type.String({ description: 'Bandwidth to the guest, e.g. 10Mbit' })),
+    'limits.egress': Type.Optional(Type.String({ description: 'Bandwidth from the guest, e.g. 10Mbit' })),
   },
   { additionalProperties: false },
 );

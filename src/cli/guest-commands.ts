@@ -8,6 +8,21 @@ import { waitWithProgress } from './progress.ts';
 const formatOption = (choices: OutputFormat[], fallback: OutputFormat) =>
   new Option('-f, --format <format>', 'output format').choices(choices).default(fallback);
 
+const NIC_KEYS = new Set(['hwaddr', 'ipv4.address', 'limits.ingress', 'limits.egress']);
+
+/** `-n NET[,key=value...]`: a NIC on NET with optional hwaddr, ipv4.address, limits.ingress, limits.egress. */
+function nicOf(spec: string): NonNullable<CreateGuestBody['devices']>[string] {
+  const [network = '', ...pairs] = spec.split(',');
+  const nic: NonNullable<CreateGuestBody['devices']>[string] = { type: 'nic', network };
+  for (const [key, value] of Object.entries(parsePairs(pairs, 'NIC option'))) {
+    if (!NIC_KEYS.has(key)) {
+      throw invalidArgument(`Unknown NIC option ${key}: use ${[...NIC_KEYS].join(', ')}`);
+    }
+    nic[key as 'hwaddr'] = value;
+  }
+  return nic;
+}
+
 /** launch, create, list, info, start/stop/restart/freeze/unfreeze, delete. */
 export function addGuestCommands(program: Command): void {
   for (const [verb, start] of [
@@ -21,7 +36,12 @@ export function addGuestCommands(program: Command): void {
       .argument('<name>', 'guest name')
       .addOption(new Option('-m, --model <model>', 'virtualization model').choices(['ct', 'pvm', 'vm']))
       .option('-c, --config <key=value>', 'config key (repeatable)', collect, [])
-      .option('-n, --network <network>', 'add a NIC on this network (repeatable: eth0, eth1…)', collect, [])
+      .option(
+        '-n, --network <network>',
+        'add a NIC: NETWORK[,ipv4.address=…,limits.ingress=10Mbit,limits.egress=…] (repeatable: eth0, eth1…)',
+        collect,
+        [],
+      )
       .option('-s, --storage <pool>', 'storage pool for the guest (btrfs pools take limits.disk)')
       .action(
         async (
@@ -35,9 +55,7 @@ export function addGuestCommands(program: Command): void {
           if (opts.model) request.model = opts.model;
           if (opts.storage) request.storage = opts.storage;
           if (opts.network.length > 0) {
-            request.devices = Object.fromEntries(
-              opts.network.map((network, i) => [`eth${i}`, { type: 'nic' as const, network }]),
-            );
+            request.devices = Object.fromEntries(opts.network.map((spec, i) => [`eth${i}`, nicOf(spec)]));
           }
           if (opts.config.length > 0) request.config = parsePairs(opts.config, 'Config');
           const op = await client.createGuest(request);

@@ -52,6 +52,10 @@ export interface NicDevice {
   network: string;
   hwaddr?: string;
   'ipv4.address'?: string;
+  /** Bandwidth to the guest, e.g. `10Mbit` (shaped on the host end). */
+  'limits.ingress'?: string;
+  /** Bandwidth from the guest, e.g. `10Mbit` (policed as it enters the bridge). */
+  'limits.egress'?: string;
 }
 
 /** Desired state of one managed network, stored at `keys.network(name)`. */

@@ -3,6 +3,7 @@ import { failedPrecondition } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice } from '../core/types.ts';
 import type { KvStore } from '../store/kv.ts';
+import { parseBitRate } from './ipv4.ts';
 import type { NetworkBackend } from './network-backend.ts';
 
 /** What guest drivers use to put a guest's NICs on their networks. */
@@ -56,6 +57,12 @@ export function createGuestNetworking(deps: {
             mac: d.hwaddr,
             ip: d['ipv4.address'],
             isolated: net.config['security.isolated'] === 'true',
+            ...(d['limits.ingress'] !== undefined && {
+              ingressBitsPerSecond: parseBitRate(d['limits.ingress']),
+            }),
+            ...(d['limits.egress'] !== undefined && {
+              egressBitsPerSecond: parseBitRate(d['limits.egress']),
+            }),
           },
           { netnsPid, ifname: nic },
         );

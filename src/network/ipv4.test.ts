@@ -5,6 +5,7 @@ import {
   assertUnicastMac,
   formatIpv4,
   overlaps,
+  parseBitRate,
   parseCidr,
   parseGatewayCidr,
   parseIpv4,
@@ -69,5 +70,14 @@ describe('ipv4', () => {
     assertUnicastMac(stableMac('a', 'eth0'));
     assert.throws(() => assertUnicastMac('01:00:00:00:00:01'), { code: 'InvalidArgument' });
     assert.throws(() => assertUnicastMac('02:00:00:00:00'), { code: 'InvalidArgument' });
+  });
+
+  test('parseBitRate() reads Incus-style bandwidths', () => {
+    assert.equal(parseBitRate('10Mbit'), 10_000_000);
+    assert.equal(parseBitRate('500kbit'), 500_000);
+    assert.equal(parseBitRate('1.5Gbit'), 1_500_000_000);
+    for (const bad of ['10', '10MB', '-1Mbit', '1bit', 'fast']) {
+      assert.throws(() => parseBitRate(bad), { code: 'InvalidArgument' }, bad);
+    }
   });
 });

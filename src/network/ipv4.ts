@@ -107,3 +107,18 @@ export function assertUnicastMac(mac: string, what = 'hwaddr'): void {
     );
   }
 }
+
+const RATE_UNITS: Record<string, number> = { bit: 1, kbit: 1e3, mbit: 1e6, gbit: 1e9 };
+
+/** Parses a bandwidth like `10Mbit`, `500kbit` or `1Gbit` into bits per second (Incus's limits.ingress syntax). */
+export function parseBitRate(text: string, what = 'bandwidth'): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)$/i.exec(text.trim());
+  const unit = m?.[2] === undefined ? undefined : RATE_UNITS[m[2].toLowerCase()];
+  const bits = m && unit ? Math.round(Number(m[1]) * unit) : Number.NaN;
+  if (!Number.isFinite(bits) || bits < 8000 || bits > 100e9) {
+    throw invalidArgument(
+      `${what} ${JSON.stringify(text)} is not a bandwidth from 8kbit to 100Gbit, like 10Mbit`,
+    );
+  }
+  return bits;
+}

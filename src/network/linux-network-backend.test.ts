@@ -7,7 +7,7 @@ import { fakeRunner } from '../host/fake-runner.ts';
 import { createLogger } from '../host/logger.ts';
 import { dnsmasqArgv, dnsmasqPaths } from './dnsmasq-config.ts';
 import { parseGatewayCidr } from './ipv4.ts';
-import { createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
+import { bridgeMac, createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
 import type { NetworkDefinition } from './network-backend.ts';
 import { aclRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
 
@@ -149,7 +149,7 @@ describe('linux network backend', () => {
     assert.ok(cmds.includes('ip link add name tvnet0 type bridge stp_state 0'));
     assert.ok(cmds.includes(`ip link set dev tvnet0 alias ${ownerAlias(stateDir)}`));
     assert.ok(cmds.includes('ip addr add 198.18.10.1/24 dev tvnet0'));
-    assert.ok(cmds.includes('ip link set dev tvnet0 up'));
+    assert.ok(cmds.includes(`ip link set dev tvnet0 address ${bridgeMac(stateDir, 'tvnet0')} up`));
     assert.ok(cmds.includes('sysctl -q -w net.ipv4.ip_forward=1'));
     const nft = runner.calls.find((c) => c.argv.join(' ') === 'nft -f -');
     assert.match(String((nft?.options as { input?: string } | undefined)?.input), /table ip trivisor-tvnet0/);
@@ -193,6 +193,7 @@ describe('linux network backend', () => {
     const cmds = runner.commands().filter((c) => c !== 'nft -f -');
     assert.deepEqual(cmds, [
       'ip link del dev tv0123456789',
+      'ip link del dev tv0123456789i',
       'ip link add name tv0123456789 type veth peer name tv0123456789p',
       'ip link set dev tv0123456789p address 02:00:00:00:00:02',
       'ip link set dev tv0123456789 master tvnet0 up',
@@ -201,6 +202,39 @@ describe('linux network backend', () => {
       'nsenter --net=/proc/42/ns/net ip link set dev tv0123456789p name eth0',
       'nsenter --net=/proc/42/ns/net ip link set dev eth0 up',
     ]);
+  });
+
+  test('plugVeth() shapes bandwidth: tbf on the host end for ingress, an ifb for egress', async () => {
+    const runner = fakeRunner();
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    await backend.plugVeth(
+      {
+        port: 'tv0123456789',
+        bridge: 'tvnet0',
+        mac: '02:00:00:00:00:02',
+        ip: '198.18.10.2',
+        isolated: false,
+        ingressBitsPerSecond: 8_000_000,
+        egressBitsPerSecond: 16_000_000,
+      },
+      { netnsPid: 42, ifname: 'eth0' },
+    );
+    const cmds = runner.commands();
+    assert.ok(
+      cmds.includes('tc qdisc replace dev tv0123456789 root tbf rate 8000000bit burst 15000 latency 50ms'),
+    );
+    assert.ok(cmds.includes('ip link add name tv0123456789i type ifb'));
+    assert.ok(
+      cmds.includes('tc qdisc replace dev tv0123456789i root tbf rate 16000000bit burst 20000 latency 50ms'),
+    );
+    assert.ok(cmds.includes('tc qdisc add dev tv0123456789 handle ffff: ingress'));
+    assert.ok(
+      cmds.includes(
+        'tc filter add dev tv0123456789 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev tv0123456789i',
+      ),
+    );
+    await backend.unplug('tv0123456789');
+    assert.ok(runner.commands().includes('ip link del dev tv0123456789i'));
   });
 
   test('counters() reads the host end and reports them as the guest sees them', async () => {

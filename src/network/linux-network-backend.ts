@@ -8,6 +8,7 @@ import type { Logger } from '../host/logger.ts';
 import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { dhcpHostsFile, dnsmasqArgv, dnsmasqPaths, hostsFile } from './dnsmasq-config.ts';
+import { stableMac } from './ipv4.ts';
 import type { NetworkBackend, NetworkDefinition, NicCounters } from './network-backend.ts';
 import {
   aclRuleset,
@@ -26,6 +27,12 @@ export interface LinuxNetworkBackendOptions {
   sysClassNet?: string;
   procRoot?: string;
 }
+
+/** The fixed MAC of a network's bridge. */
+export const bridgeMac = (stateDir: string, name: string): string => stableMac(`bridge\0${stateDir}`, name);
+
+/** The ifb that shapes what a guest port sends (port names are 12 characters, so this fits in 15). */
+export const ifbOf = (port: string): string => `${port}i`;
 
 /** The alias a bridge carries to say which state dir made it (so nothing else is ever touched). */
 export function ownerAlias(stateDir: string): string {
@@ -104,6 +111,13 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     }
   };
 
+  /** tbf on a device's egress: a burst of 10 ms at the rate, at least one jumbo frame. */
+  const shape = (dev: string, bitsPerSecond: number) =>
+    runner.run([
+      ...['tc', 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${bitsPerSecond}bit`],
+      ...['burst', String(Math.max(15_000, Math.round(bitsPerSecond / 8 / 100))), 'latency', '50ms'],
+    ]);
+
   const backend: NetworkBackend = {
     async ensure(def, known) {
       const info = await linkInfo(def.name);
@@ -127,7 +141,18 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         await runner.run(['ip', '-4', 'addr', 'flush', 'dev', def.name]);
         await runner.run(['ip', 'addr', 'add', cidr, 'dev', def.name]);
       }
-      await runner.run(['ip', 'link', 'set', 'dev', def.name, 'up']);
+      // A bridge takes the lowest MAC of its ports unless given one: guests would lose the
+      // gateway (stale ARP) whenever a guest's port comes or goes.
+      await runner.run([
+        'ip',
+        'link',
+        'set',
+        'dev',
+        def.name,
+        'address',
+        bridgeMac(stateDir, def.name),
+        'up',
+      ]);
       await reattachPorts(def);
 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
@@ -201,6 +226,20 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         await nft(portRuleset(def));
         await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', def.bridge, 'up']);
         if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+        if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
+        if (def.egressBitsPerSecond) {
+          // What the guest sends arrives on the host end: redirect it through an ifb to shape it there
+          // (this kernel has no tc police action).
+          const ifb = ifbOf(def.port);
+          await runner.run(['ip', 'link', 'add', 'name', ifb, 'type', 'ifb']);
+          await runner.run(['ip', 'link', 'set', 'dev', ifb, 'up']);
+          await shape(ifb, def.egressBitsPerSecond);
+          await runner.run(['tc', 'qdisc', 'add', 'dev', def.port, 'handle', 'ffff:', 'ingress']);
+          await runner.run([
+            ...['tc', 'filter', 'add', 'dev', def.port, 'parent', 'ffff:', 'protocol', 'all'],
+            ...['u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', ifb],
+          ]);
+        }
         await runner.run(['ip', 'link', 'set', 'dev', peer, 'netns', String(netnsPid)]);
         const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];
         await runner.run([...inNs, peer, 'name', ifname]);
@@ -213,6 +252,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
 
     async unplug(port) {
       await runner.run(['ip', 'link', 'del', 'dev', port], { allowFailure: true });
+      await runner.run(['ip', 'link', 'del', 'dev', ifbOf(port)], { allowFailure: true });
       await nft(deletePortRuleset(port));
     },
 

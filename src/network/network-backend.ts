@@ -36,6 +36,10 @@ export interface PortDefinition {
   mac: string;
   ip: string;
   isolated: boolean;
+  /** Bandwidth to the guest (bits/s), shaped with tbf on the host end. */
+  ingressBitsPerSecond?: number;
+  /** Bandwidth from the guest (bits/s), shaped with tbf on an ifb the host end redirects to. */
+  egressBitsPerSecond?: number;
 }
 
 /** Byte counters of a NIC, from the guest's point of view. */

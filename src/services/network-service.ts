@@ -26,6 +26,7 @@ import {
   formatIpv4,
   type Ipv4Cidr,
   overlaps,
+  parseBitRate,
   parseCidr,
   parseGatewayCidr,
   parseIpv4,
@@ -544,7 +545,14 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
         }
         used.add(ip);
         const address = formatIpv4(ip);
-        out.devices[nic] = { type: 'nic', network: raw.network, hwaddr, 'ipv4.address': address };
+        const device: NicDevice = { type: 'nic', network: raw.network, hwaddr, 'ipv4.address': address };
+        for (const key of ['limits.ingress', 'limits.egress'] as const) {
+          const v = raw[key];
+          if (v === undefined) continue;
+          parseBitRate(v, `${nic}.${key}`);
+          device[key] = v;
+        }
+        out.devices[nic] = device;
         const key = keys.networkAddress(raw.network, address);
         const claim: NetworkAddressClaim = { guest, nic, hwaddr };
         out.compare.push({ key, target: 'createRevision', op: '=', value: 0 });

@@ -71,7 +71,7 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     spawnSync('ip', ['netns', 'del', UPLINK_NS]);
     spawnSync('ip', ['link', 'del', UPLINK_HOST]);
     if (d) {
-      d.cli(['delete', '--force', 'a1', 'a2', 'b1', 'i1', 'i2']);
+      d.cli(['delete', '--force', 'a1', 'a2', 'b1', 'i1', 'i2', 'l1']);
       d.cli(['network', 'delete', NET_A, NET_B, NET_ISO]);
       const stateDir = d.stateDir;
       await d.destroy();
@@ -225,6 +225,39 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.match(bad.stderr, /destination_port needs protocol/);
     d.ok(['network', 'acl', 'remove', NET_A, '0']);
     assert.ok(pings('a1', a2));
+  });
+
+  test('bandwidth limits hold within 20% both ways', async () => {
+    d.ok(['launch', 'busybox', 'l1', '-n', `${NET_A},limits.ingress=8Mbit,limits.egress=8Mbit`]);
+    const bytes = 4 * 1024 * 1024;
+    /** Seconds the receiver took for `bytes`, timed by the receiver from connection to end of data. */
+    const transfer = async (from: string, to: string, port: number) => {
+      sh(
+        to,
+        `rm -f /tmp/t; nc -l -p ${port} -e sh -c "time cat > /dev/null" </dev/null >/dev/null 2>/tmp/t &`,
+      );
+      await sleep(300);
+      const r = sh(
+        from,
+        `dd if=/dev/zero bs=1k count=${bytes / 1024} 2>/dev/null > /tmp/f && nc ${to} ${port} < /tmp/f`,
+      );
+      assert.equal(r.code, 0, r.stderr);
+      let seconds = Number.NaN;
+      await eventually('the receiver timed the transfer', () => {
+        const m = /real\s+(?:(\d+)m\s*)?([\d.]+)s/.exec(sh(to, 'cat /tmp/t').stdout);
+        if (m) seconds = Number(m[1] ?? 0) * 60 + Number(m[2]);
+        return m !== null;
+      });
+      return seconds;
+    };
+    for (const [from, to, port] of [
+      ['l1', 'a2', 5100],
+      ['a2', 'l1', 5101],
+    ] as const) {
+      const mbit = (bytes * 8) / (await transfer(from, to, port)) / 1e6;
+      assert.ok(mbit > 6.4 && mbit < 9.6, `${from} -> ${to}: ${mbit.toFixed(2)} Mbit/s, limit 8`);
+    }
+    d.ok(['delete', '--force', 'l1']);
   });
 
   test('networks survive a daemon restart; a deleted bridge or dnsmasq is recreated', async () => {
