@@ -206,6 +206,7 @@ export const HostInfoSchema = Type.Object({
           supported: Type.Boolean(),
           version: Type.String(),
           warnings: Type.Array(Type.String()),
+          details: Type.Record(Type.String(), Type.String()),
         }),
       ),
       store: Type.String(),

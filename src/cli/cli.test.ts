@@ -79,7 +79,7 @@ describe('bin/trivisor against a fake daemon on a unix socket', () => {
   });
 
   test('usage errors print exactly one line and exit 1', async () => {
-    for (const args of [['bogus'], ['info'], ['list', '--format', 'xml'], ['list', '--nope']]) {
+    for (const args of [['bogus'], ['start'], ['list', '--format', 'xml'], ['list', '--nope']]) {
       const run = await trivisor(args);
       assert.equal(run.code, 1, args.join(' '));
       assert.match(run.stderr, /^Error: [^\n]+\n$/, `${args.join(' ')}: ${run.stderr}`);

@@ -1,6 +1,7 @@
 import { type Command, Option } from 'commander';
 import type { CreateGuestBody, Model, StateChangeBody } from '../api/types.ts';
 import { invalidArgument } from '../core/errors.ts';
+import { formatBytes } from '../core/sizes.ts';
 import { clientOf, collect, parsePairs } from './context.ts';
 import { guestInfo, guestTable, type OutputFormat, renderData } from './output.ts';
 import { waitWithProgress } from './progress.ts';
@@ -77,13 +78,25 @@ export function addGuestCommands(program: Command): void {
 
   program
     .command('info')
-    .description('Show a guest: status, model, image, usage, config')
-    .argument('<name>')
+    .description(
+      'Show a guest (status, model, image, usage, config), or with --host this host and its drivers',
+    )
+    .argument('[name]')
+    .option('--host', 'show the host: engines, versions, the vm accelerator and why')
     .addOption(new Option('-f, --format <format>', 'json or yaml instead of text').choices(['json', 'yaml']))
-    .action(async (name: string, opts: { format?: 'json' | 'yaml' }, cmd: Command) => {
-      const guest = await clientOf(cmd).getGuest(name);
-      process.stdout.write(opts.format ? renderData(guest, opts.format) : guestInfo(guest));
-    });
+    .action(
+      async (name: string | undefined, opts: { format?: 'json' | 'yaml'; host?: boolean }, cmd: Command) => {
+        if (opts.host || name === undefined) {
+          const info = (await clientOf(cmd).serverInfo()) as { environment?: HostInfo };
+          const env = info.environment;
+          if (!env) throw new Error('The daemon did not describe its host: check --remote and --token');
+          process.stdout.write(opts.format ? renderData(env, opts.format) : hostInfo(env));
+          return;
+        }
+        const guest = await clientOf(cmd).getGuest(name);
+        process.stdout.write(opts.format ? renderData(guest, opts.format) : guestInfo(guest));
+      },
+    );
 
   const actions: Array<[StateChangeBody['action'], string, boolean]> = [
     ['start', 'Start guests', false],
@@ -181,4 +194,41 @@ export function addConfigCommands(program: Command): void {
       const shown = { name: g.name, model: g.model, image: g.imageAlias || g.image, config: g.config };
       process.stdout.write(renderData(shown, opts.format));
     });
+}
+
+interface HostInfo {
+  name: string;
+  version: string;
+  kernel: string;
+  cpus: number;
+  memoryBytes: number;
+  store: string;
+  drivers: Array<{
+    model: string;
+    supported: boolean;
+    version: string;
+    warnings: string[];
+    details: Record<string, string>;
+  }>;
+}
+
+/** `info --host` for people: the host, then one block per model. */
+function hostInfo(h: HostInfo): string {
+  const lines = [
+    `Host: ${h.name}`,
+    `Trivisor: ${h.version}`,
+    `Kernel: ${h.kernel}`,
+    `CPUs: ${h.cpus}`,
+    `Memory: ${formatBytes(h.memoryBytes)}`,
+    `Store: ${h.store}`,
+    'Models:',
+  ];
+  for (const d of h.drivers) {
+    lines.push(
+      `  ${d.model}: ${d.supported ? 'available' : 'unavailable'} (${d.version || 'not installed'})`,
+    );
+    for (const [k, v] of Object.entries(d.details)) lines.push(`    ${k}: ${v}`);
+    for (const w of d.warnings) lines.push(`    warning: ${w}`);
+  }
+  return `${lines.join('\n')}\n`;
 }

@@ -305,7 +305,7 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
           kernel: '6.1.0',
           cpus: 2,
           memoryBytes: 8 * 1024 ** 3,
-          drivers: [{ model: 'ct', supported: true, version: 'runc 1.1.5', warnings: [] }],
+          drivers: [{ model: 'ct', supported: true, version: 'runc 1.1.5', warnings: [], details: {} }],
           store: 'memory',
         };
       },

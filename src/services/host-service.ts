@@ -144,6 +144,7 @@ export function createHostService(deps: HostServiceDeps): HostService {
           supported: p.supported,
           version: p.version,
           warnings: p.warnings,
+          details: p.details,
         })),
         store: deps.storeDescription,
       };

@@ -38,6 +38,7 @@ function fakeBackend() {
       return [...bridges.keys()];
     },
     async plugVeth() {},
+    async plugTap() {},
     async unplug() {},
     async counters() {
       return undefined;

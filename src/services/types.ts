@@ -110,7 +110,14 @@ export interface HostService {
     kernel: string;
     cpus: number;
     memoryBytes: number;
-    drivers: Array<{ model: Model; supported: boolean; version: string; warnings: string[] }>;
+    drivers: Array<{
+      model: Model;
+      supported: boolean;
+      version: string;
+      warnings: string[];
+      /** Driver facts, e.g. the vm driver's `accelerator` and `acceleratorReason`. */
+      details: Record<string, string>;
+    }>;
     store: string;
   }>;
   /** Prometheus exposition text. */
