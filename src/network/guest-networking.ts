@@ -4,7 +4,7 @@ import { keys } from '../core/keys.ts';
 import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice } from '../core/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { parseBitRate } from './ipv4.ts';
-import type { NetworkBackend } from './network-backend.ts';
+import type { NetworkBackend, PortDefinition } from './network-backend.ts';
 
 /** What guest drivers use to put a guest's NICs on their networks. */
 export interface GuestNetworking {
@@ -12,7 +12,16 @@ export interface GuestNetworking {
   hasNics(spec: GuestSpec): boolean;
   /** Plugs every NIC into its bridge, the guest end into `netnsPid`'s network namespace under the NIC's name. */
   plugVeths(spec: GuestSpec, netnsPid: number): Promise<void>;
+  /**
+   * For vm and pvm: a tap per NIC on its bridge (filtered, limited); the driver hands
+   * each `tap` to QEMU or UML with the NIC's `mac`.
+   */
+  plugTaps(
+    spec: GuestSpec,
+    options?: { user?: number },
+  ): Promise<Array<{ nic: string; tap: string; mac: string }>>;
   /** Removes every port of the guest and its filters; idempotent. */
+
   unplug(spec: GuestSpec): Promise<void>;
   /** Per-NIC addresses and counters. */
   state(spec: GuestSpec, options: { running: boolean }): Promise<Record<string, GuestNicState>>;
@@ -39,34 +48,44 @@ export function createGuestNetworking(deps: {
     return JSON.parse(kv.value) as NetworkSpec;
   };
 
+  const portOf = async (spec: GuestSpec, nic: string, d: NicDevice): Promise<PortDefinition> => {
+    const net = await networkOf(d.network);
+    if (!d.hwaddr || !d['ipv4.address']) {
+      throw failedPrecondition(`NIC ${nic} of guest ${spec.name} has no MAC or address: recreate the guest`);
+    }
+    return {
+      port: hostPortName(stateDir, spec.name, nic),
+      bridge: net.name,
+      mac: d.hwaddr,
+      ip: d['ipv4.address'],
+      isolated: net.config['security.isolated'] === 'true',
+      ...(d['limits.ingress'] !== undefined && { ingressBitsPerSecond: parseBitRate(d['limits.ingress']) }),
+      ...(d['limits.egress'] !== undefined && { egressBitsPerSecond: parseBitRate(d['limits.egress']) }),
+    };
+  };
+
   const gn: GuestNetworking = {
     hasNics: (spec) => nicsOf(spec).length > 0,
 
     async plugVeths(spec, netnsPid) {
       for (const [nic, d] of nicsOf(spec)) {
-        const net = await networkOf(d.network);
-        if (!d.hwaddr || !d['ipv4.address']) {
-          throw failedPrecondition(
-            `NIC ${nic} of guest ${spec.name} has no MAC or address: recreate the guest`,
-          );
-        }
-        await backend.plugVeth(
-          {
-            port: hostPortName(stateDir, spec.name, nic),
-            bridge: net.name,
-            mac: d.hwaddr,
-            ip: d['ipv4.address'],
-            isolated: net.config['security.isolated'] === 'true',
-            ...(d['limits.ingress'] !== undefined && {
-              ingressBitsPerSecond: parseBitRate(d['limits.ingress']),
-            }),
-            ...(d['limits.egress'] !== undefined && {
-              egressBitsPerSecond: parseBitRate(d['limits.egress']),
-            }),
-          },
-          { netnsPid, ifname: nic },
-        );
+        await backend.plugVeth(await portOf(spec, nic, d), { netnsPid, ifname: nic });
       }
+    },
+
+    async plugTaps(spec, options = {}) {
+      const taps: Array<{ nic: string; tap: string; mac: string }> = [];
+      try {
+        for (const [nic, d] of nicsOf(spec)) {
+          const port = await portOf(spec, nic, d);
+          await backend.plugTap(port, options);
+          taps.push({ nic, tap: port.port, mac: port.mac });
+        }
+      } catch (e) {
+        await gn.unplug(spec);
+        throw e;
+      }
+      return taps;
     },
 
     async unplug(spec) {

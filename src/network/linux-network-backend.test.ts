@@ -237,6 +237,28 @@ describe('linux network backend', () => {
     assert.ok(runner.commands().includes('ip link del dev tv0123456789i'));
   });
 
+  test('plugTap() makes a tap the given user may open, filtered and on the bridge', async () => {
+    const runner = fakeRunner();
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    await backend.plugTap(
+      {
+        port: 'tv0123456789',
+        bridge: 'tvnet0',
+        mac: '02:00:00:00:00:02',
+        ip: '198.18.10.2',
+        isolated: false,
+      },
+      { user: 1234 },
+    );
+    const cmds = runner.commands();
+    assert.ok(cmds.includes('ip tuntap add dev tv0123456789 mode tap user 1234'));
+    assert.ok(cmds.includes('ip link set dev tv0123456789 master tvnet0 up'));
+    const nft = runner.calls
+      .filter((c) => c.argv[0] === 'nft')
+      .map((c) => (c.options as { input?: string }).input);
+    assert.ok(nft.some((t) => t?.includes('iifname "tv0123456789" ether saddr != 02:00:00:00:00:02 drop')));
+  });
+
   test('counters() reads the host end and reports them as the guest sees them', async () => {
     const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
     dirs.push(sys);

@@ -9,7 +9,7 @@ import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { dhcpHostsFile, dnsmasqArgv, dnsmasqPaths, hostsFile } from './dnsmasq-config.ts';
 import { stableMac } from './ipv4.ts';
-import type { NetworkBackend, NetworkDefinition, NicCounters } from './network-backend.ts';
+import type { NetworkBackend, NetworkDefinition, NicCounters, PortDefinition } from './network-backend.ts';
 import {
   aclRuleset,
   deleteNetworkRuleset,
@@ -118,6 +118,27 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       ...['burst', String(Math.max(15_000, Math.round(bitsPerSecond / 8 / 100))), 'latency', '50ms'],
     ]);
 
+  /** Filters, enslaves, isolates and shapes a guest's host-side port (veth end or tap). */
+  const attachPort = async (def: PortDefinition): Promise<void> => {
+    await nft(portRuleset(def));
+    await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', def.bridge, 'up']);
+    if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+    if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
+    if (def.egressBitsPerSecond) {
+      // What the guest sends arrives on the host end: redirect it through an ifb to shape it there
+      // (this kernel has no tc police action).
+      const ifb = ifbOf(def.port);
+      await runner.run(['ip', 'link', 'add', 'name', ifb, 'type', 'ifb']);
+      await runner.run(['ip', 'link', 'set', 'dev', ifb, 'up']);
+      await shape(ifb, def.egressBitsPerSecond);
+      await runner.run(['tc', 'qdisc', 'add', 'dev', def.port, 'handle', 'ffff:', 'ingress']);
+      await runner.run([
+        ...['tc', 'filter', 'add', 'dev', def.port, 'parent', 'ffff:', 'protocol', 'all'],
+        ...['u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', ifb],
+      ]);
+    }
+  };
+
   const backend: NetworkBackend = {
     async ensure(def, known) {
       const info = await linkInfo(def.name);
@@ -223,27 +244,25 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       try {
         await runner.run(['ip', 'link', 'add', 'name', def.port, 'type', 'veth', 'peer', 'name', peer]);
         await runner.run(['ip', 'link', 'set', 'dev', peer, 'address', def.mac]);
-        await nft(portRuleset(def));
-        await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', def.bridge, 'up']);
-        if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
-        if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
-        if (def.egressBitsPerSecond) {
-          // What the guest sends arrives on the host end: redirect it through an ifb to shape it there
-          // (this kernel has no tc police action).
-          const ifb = ifbOf(def.port);
-          await runner.run(['ip', 'link', 'add', 'name', ifb, 'type', 'ifb']);
-          await runner.run(['ip', 'link', 'set', 'dev', ifb, 'up']);
-          await shape(ifb, def.egressBitsPerSecond);
-          await runner.run(['tc', 'qdisc', 'add', 'dev', def.port, 'handle', 'ffff:', 'ingress']);
-          await runner.run([
-            ...['tc', 'filter', 'add', 'dev', def.port, 'parent', 'ffff:', 'protocol', 'all'],
-            ...['u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', ifb],
-          ]);
-        }
+        await attachPort(def);
         await runner.run(['ip', 'link', 'set', 'dev', peer, 'netns', String(netnsPid)]);
         const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];
         await runner.run([...inNs, peer, 'name', ifname]);
         await runner.run([...inNs, ifname, 'up']);
+      } catch (e) {
+        await backend.unplug(def.port);
+        throw e;
+      }
+    },
+
+    async plugTap(def, options = {}) {
+      await backend.unplug(def.port);
+      try {
+        await runner.run([
+          ...['ip', 'tuntap', 'add', 'dev', def.port, 'mode', 'tap'],
+          ...(options.user !== undefined ? ['user', String(options.user)] : []),
+        ]);
+        await attachPort(def);
       } catch (e) {
         await backend.unplug(def.port);
         throw e;

@@ -70,7 +70,13 @@ export interface NetworkBackend {
   listOwned(): Promise<string[]>;
   /** Creates a veth pair on the bridge and moves its guest end into `netnsPid`'s namespace as `ifname`. */
   plugVeth(def: PortDefinition, options: { netnsPid: number; ifname: string }): Promise<void>;
+  /**
+   * Creates a tap device on the bridge for a `vm` or `pvm` guest (QEMU or UML opens it;
+   * `user` may open it without privileges), with the same filters and limits as a veth.
+   */
+  plugTap(def: PortDefinition, options?: { user?: number }): Promise<void>;
   /** Removes a port (veth or tap) and its filters; a port that is gone already is fine. */
+
   unplug(port: string): Promise<void>;
   counters(port: string): Promise<NicCounters | undefined>;
 }
