@@ -14,25 +14,25 @@ const MiB = 2 ** 20;
 /** Each workload prints its own elapsed seconds, read from /proc/uptime around it (10 ms steps). */
 const WORKLOADS: Record<string, { what: string; script: string }> = {
   cpu: {
-    what: 'sha256sum of 256 MiB',
-    script: 'dd if=/dev/zero bs=1M count=256 2>/dev/null | sha256sum >/dev/null',
+    what: 'sha256sum of 64 MiB',
+    script: 'dd if=/dev/zero bs=1M count=64 2>/dev/null | sha256sum >/dev/null',
   },
   syscalls: {
-    what: '1M one-byte read+write syscalls',
-    script: 'dd if=/dev/zero of=/dev/null bs=1 count=500000 2>/dev/null',
+    what: '200k one-byte read+write syscalls',
+    script: 'dd if=/dev/zero of=/dev/null bs=1 count=100000 2>/dev/null',
   },
   forkExec: {
-    what: '500 fork+exec of /bin/true',
-    script: 'i=0; while [ $i -lt 500 ]; do /bin/true; i=$((i+1)); done',
+    what: '200 fork+exec of /bin/true',
+    script: 'i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done',
   },
   fileFsync: {
-    what: '200 x (write 64 KiB + fsync)',
+    what: '100 x (write 64 KiB + fsync)',
     script:
-      'mkdir -p /root/b; i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b',
+      'mkdir -p /root/b; i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b',
   },
   memory: {
-    what: '4 GiB through dd (memory bandwidth)',
-    script: 'dd if=/dev/zero of=/dev/null bs=1M count=4096 2>/dev/null',
+    what: '1 GiB through dd (memory bandwidth)',
+    script: 'dd if=/dev/zero of=/dev/null bs=1M count=1024 2>/dev/null',
   },
 };
 
