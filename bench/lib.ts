@@ -1,5 +1,6 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
 import { type ApiResponse, type Daemon, sleep } from '../test/system/harness.ts';
 
 export const RESULTS_DIR = path.resolve(import.meta.dirname, 'results');
@@ -81,4 +82,13 @@ export function pssBytes(pid: number): number {
   } catch {
     return 0;
   }
+}
+
+/** PSS of every process in the guest's pids cgroup (ct, pvm and vm guests each run in one). */
+export function guestPss(stateDir: string, guest: string): number {
+  const procs = readFileSync(`/sys/fs/cgroup/pids${cgroupParentOf(stateDir)}/${guest}/cgroup.procs`, 'utf8');
+  return procs
+    .split('\n')
+    .filter(Boolean)
+    .reduce((sum, pid) => sum + pssBytes(Number(pid)), 0);
 }

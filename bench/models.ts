@@ -2,10 +2,8 @@
 // ct, a pvm and a vm guest, each as a ratio to native; plus boot time to init and idle
 // host memory per guest. Usage: node bench/models.ts [models=ct,pvm,vm] [repeats=3]
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
 import { type Daemon, startDaemon } from '../test/system/harness.ts';
-import { ms, pssBytes, runOperation, settle, writeResult } from './lib.ts';
+import { guestPss, ms, runOperation, settle, writeResult } from './lib.ts';
 
 const models = (process.argv[2] ?? 'ct,pvm,vm').split(',');
 const repeats = Number(process.argv[3] ?? 3);
@@ -55,15 +53,6 @@ function runNative(script: string): number {
 
 function runIn(d: Daemon, guest: string, script: string): number {
   return elapsed(d.ok(['exec', guest, '--', 'sh', '-c', timed(script)]));
-}
-
-/** PSS of every process in the guest's pids cgroup (ct, pvm and vm guests each run in one). */
-function guestPss(stateDir: string, guest: string): number {
-  const procs = readFileSync(`/sys/fs/cgroup/pids${cgroupParentOf(stateDir)}/${guest}/cgroup.procs`, 'utf8');
-  return procs
-    .split('\n')
-    .filter(Boolean)
-    .reduce((sum, pid) => sum + pssBytes(Number(pid)), 0);
 }
 
 const d = await startDaemon();

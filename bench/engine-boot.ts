@@ -1,0 +1,150 @@
+// Benchmarks (a) of the vm and pvm issues: time from the API call to the guest's init
+// (the guest kit's "trivisor: init" console line), against the same engine started by
+// hand with the same arguments (read from the running guest's /proc/PID/cmdline, paths
+// moved to a scratch dir) and timed to the same line, alternating, in one run.
+// Usage: node bench/engine-boot.ts vm|pvm [iterations=5]
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { type Daemon, sleep, startDaemon } from '../test/system/harness.ts';
+import { guestPss, percentile, pssBytes, runOperation, settle, writeResult } from './lib.ts';
+
+const model = process.argv[2] === 'pvm' ? 'pvm' : 'vm';
+const iterations = Number(process.argv[3] ?? 5);
+const MARKER = 'trivisor: init';
+const config = { 'limits.memory': '128MiB', 'limits.cpu': '1' };
+
+async function untilMarker(file: string, t0: number, timeoutMs = 120_000): Promise<number> {
+  while (performance.now() - t0 < timeoutMs) {
+    if (existsSync(file) && readFileSync(file, 'utf8').includes(MARKER)) return performance.now() - t0;
+    await sleep(5);
+  }
+  throw new Error(`no "${MARKER}" in ${file} after ${timeoutMs} ms`);
+}
+
+async function viaApi(d: Daemon, name: string): Promise<number> {
+  const log = path.join(d.stateDir, 'guests', name, 'console.log');
+  const t0 = performance.now();
+  const r = await d.api('POST', '/1.0/guests', { name, image: 'busybox', model, start: true, config });
+  if (r.status !== 202) throw new Error(r.text);
+  const ms = await untilMarker(log, t0);
+  await d.api('GET', `${r.body.operation}/wait?timeout=120`);
+  return ms;
+}
+
+/** The engine's own argv for guest `name`, with its guest dir replaced by `dir`. */
+function rawArgv(d: Daemon, name: string, dir: string): string[] {
+  const pid = (JSON.parse(d.ok(['info', name, '--format', 'json'])) as { state: { pid: number } }).state.pid;
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  const guestDir = path.join(d.stateDir, 'guests', name);
+  return argv.map((a) =>
+    a
+      .replaceAll(guestDir, dir)
+      // The agent's FIFOs are opened by Trivisor's launcher; the raw run has no agent.
+      .replace(/^ssl1=fd:\d+,fd:\d+$/, 'ssl1=null'),
+  );
+}
+
+async function viaRaw(template: string[], dir: string, baseDisk: string): Promise<number> {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const log = path.join(dir, 'console.log');
+  let t0: number;
+  if (model === 'vm') {
+    t0 = performance.now();
+    execFileSync('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-F',
+      'raw',
+      '-b',
+      baseDisk,
+      `${dir}/root.qcow2`,
+      '2G',
+    ]);
+    execFileSync(template[0]!, template.slice(1), { stdio: 'ignore' }); // -daemonize: returns once QEMU runs
+  } else {
+    mkdirSync(path.join(dir, 'disk'), { recursive: true });
+    mkdirSync(path.join(dir, 'uml'), { recursive: true });
+    const out = openSync(log, 'a');
+    t0 = performance.now();
+    spawn(template[0]!, template.slice(1), { stdio: ['ignore', out, out], detached: true }).unref();
+  }
+  return untilMarker(log, t0);
+}
+
+function killRaw(dir: string): void {
+  // Every process whose command line names the scratch dir is the raw guest's.
+  spawnSync('pkill', ['-KILL', '-f', dir]);
+}
+
+const d = await startDaemon();
+const rawDir = path.join(d.stateDir, 'raw');
+const api: number[] = [];
+const raw: number[] = [];
+try {
+  await runOperation(d, 'POST', '/1.0/guests', { name: 'tpl', image: 'busybox', model, start: true, config });
+  const template = rawArgv(d, 'tpl', rawDir);
+  const base = baseDiskOf(d);
+  await runOperation(d, 'DELETE', '/1.0/guests/tpl?force=true');
+  for (let i = 0; i < iterations; i++) {
+    await sleep(500);
+    const order = i % 2 === 0 ? ['api', 'raw'] : ['raw', 'api'];
+    for (const which of order) {
+      if (which === 'api') {
+        api.push(await viaApi(d, `b${i}`));
+        await runOperation(d, 'DELETE', `/1.0/guests/b${i}?force=true`);
+      } else {
+        raw.push(await viaRaw(template, rawDir, base));
+        killRaw(rawDir);
+      }
+      await sleep(500);
+    }
+  }
+  // Idle host memory: one guest through the API and one raw engine, side by side, after a settle.
+  await runOperation(d, 'POST', '/1.0/guests', {
+    name: 'idle',
+    image: 'busybox',
+    model,
+    start: true,
+    config,
+  });
+  await viaRaw(template, rawDir, base);
+  await settle();
+  await sleep(5000);
+  const rawPids = spawnSync('pgrep', ['-f', rawDir], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  const idle = {
+    trivisorMiB: guestPss(d.stateDir, 'idle') / 2 ** 20,
+    rawMiB: rawPids.reduce((sum, pid) => sum + pssBytes(Number(pid)), 0) / 2 ** 20,
+  };
+  killRaw(rawDir);
+  await runOperation(d, 'DELETE', '/1.0/guests/idle?force=true');
+  const result = {
+    idleHostMemory: idle,
+    benchmark: `${model} API call to init vs raw ${model === 'vm' ? 'qemu-system-x86_64' : 'linux.uml'}`,
+    model,
+    iterations,
+    guest: config,
+    trivisor: { p50Ms: percentile(api, 50), p95Ms: percentile(api, 95), samples: api },
+    raw: { p50Ms: percentile(raw, 50), p95Ms: percentile(raw, 95), samples: raw },
+    ratioP50: percentile(api, 50) / percentile(raw, 50),
+    target: 'ratio <= 1.1',
+  };
+  console.log(JSON.stringify(result, null, 2));
+  console.log(`wrote ${writeResult(`${model}-boot`, result)}`);
+} finally {
+  killRaw(rawDir);
+  await d.destroy();
+}
+
+/** The busybox image's base disk (the one disk.ext4 the run made). */
+function baseDiskOf(daemon: Daemon): string {
+  const images = path.join(daemon.stateDir, 'images');
+  const found = execFileSync('find', [images, '-name', 'disk.ext4'], { encoding: 'utf8' })
+    .trim()
+    .split('\n')[0];
+  if (!found) throw new Error('no base disk found');
+  return found;
+}
