@@ -106,5 +106,51 @@ if (models) {
   lines.push(`Measured ${models.measuredAt}, ${models.repeats} repeats (medians).`, '');
 } else lines.push('_Not measured yet._', '');
 
+lines.push('## vm and pvm: API call to init, against the raw engine', '');
+lines.push(
+  "`node bench/engine-boot.ts vm|pvm 5`: from the API call to the guest kit's `trivisor: init` console line, against",
+);
+lines.push(
+  'the engine started by hand with the very argv Trivisor used (read from the running guest, paths moved to a scratch',
+);
+lines.push(
+  'dir), timed to the same line, alternating. 128 MiB, 1 CPU, busybox image; vm under TCG (KVM hangs on this host).',
+);
+lines.push(
+  "Target: ratio ≤ 1.1. Idle memory: PSS of the guest's processes against the raw engine's, after a settle.",
+  '',
+);
+lines.push(
+  '| model | Trivisor p50 ms | raw p50 ms | ratio | idle MiB (Trivisor) | idle MiB (raw) |',
+  '|---|---|---|---|---|---|',
+);
+for (const m of ['vm', 'pvm']) {
+  const x = load(`${m}-boot.json`);
+  if (!x) continue;
+  const idle = x.idleHostMemory as Json | undefined;
+  lines.push(
+    `| ${m} | ${f((x.trivisor as Json).p50Ms, 0)} | ${f((x.raw as Json).p50Ms, 0)} | **${f(x.ratioP50, 2)}** | ${f(idle?.trivisorMiB)} | ${f(idle?.rawMiB)} |`,
+  );
+}
+lines.push('');
+const dens = readdirSync(RESULTS_DIR).filter((n) => /^(vm|pvm)-density-\d+\.json$/.test(n));
+if (dens.length > 0) {
+  lines.push(
+    '`node bench/engine-density.ts vm 10 128MiB` and `pvm 50 64MiB`: guests started at once through the API.',
+    '',
+  );
+  lines.push(
+    '| model | guests | memory each | all up (s) | host MiB per idle guest (PSS) | delete all (s) |',
+    '|---|---|---|---|---|---|',
+  );
+  for (const file of dens.sort()) {
+    const x = load(file)!;
+    lines.push(
+      `| ${x.model} | ${x.guests} | ${x.memory} | ${f(x.allUpSeconds)} | ${f(x.hostMemoryPerGuestMiB)} | ${f(x.deleteAllSeconds)} |`,
+    );
+  }
+  lines.push('');
+}
+
 writeFileSync(path.resolve(import.meta.dirname, '../docs/benchmarks.md'), `${lines.join('\n')}\n`);
 console.log('wrote docs/benchmarks.md');
