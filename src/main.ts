@@ -102,6 +102,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     stateDir,
     drivers,
     hostName,
+    pools: () => services.pools,
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();

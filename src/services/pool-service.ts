@@ -53,6 +53,8 @@ export interface PoolService {
    * guests/NAME), with `limits.disk` as its qgroup limit.
    */
   createGuest(pool: string, request: CreateGuestRequest): Promise<Operation>;
+  /** The pool a guest was placed on with createGuest; undefined for the default pool. */
+  poolOf(guest: string): Promise<string | undefined>;
   /** Records the `default` dir pool on first start, mounts every pool again, keeps disk limits in step. */
   start(): Promise<void>;
   stop(): void;
@@ -254,6 +256,11 @@ export function createPoolService(deps: {
           return undefined;
         },
       });
+    },
+
+    async poolOf(guest) {
+      const kv = await store.get(guestPoolKey(guest));
+      return kv ? (JSON.parse(kv.value) as GuestPoolRecord).pool : undefined;
     },
 
     stop() {

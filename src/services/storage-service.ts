@@ -21,6 +21,7 @@ import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
 import type { KvStore, Watcher } from '../store/kv.ts';
+import type { PoolService } from './pool-service.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
 
 /** Body of `POST /1.0/guests` with `source: {type: 'copy'}`. */
@@ -79,6 +80,8 @@ export interface StorageServiceDeps {
   /** For `recover`: drivers inspect what runs, and guests are recorded as this host's. */
   drivers?: Partial<Record<Model, GuestDriver>>;
   hostName?: string;
+  /** Copies of guests on a pool are made on the same pool (copy-on-write there). */
+  pools?: () => PoolService | undefined;
 }
 
 /** Name of the spec copy in each guest's directory. */
@@ -293,14 +296,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
         `Copying guest ${what} to ${request.name}`,
         async (ctx) => {
           await store.put(storageKeys.pending(request.name), JSON.stringify({ kind: 'copy' }));
-          await finished(
-            await guests.create({
-              name: request.name,
-              image: source.image,
-              model: source.model,
-              config: { ...source.config },
-            }),
-          );
+          const create = {
+            name: request.name,
+            image: source.image,
+            model: source.model,
+            config: { ...source.config },
+          };
+          const pools = deps.pools?.();
+          const pool = await pools?.poolOf(request.source);
+          await finished(pool && pools ? await pools.createGuest(pool, create) : await guests.create(create));
           try {
             ctx.progress(null, 'copying');
             const target = (await load(request.name)).spec;

@@ -110,6 +110,27 @@ describe('storage pools: dir and btrfs on a loop file', () => {
     assert.equal(existsSync(path.join(d.stateDir, 'guests/q1')), false);
   });
 
+  test('a copy of a guest on a btrfs pool lands on the same pool and shares its data (copy-on-write)', () => {
+    d.ok(['launch', 'busybox', 'q3', '--storage', 'fast']);
+    d.ok(['exec', 'q3', '--', 'sh', '-c', 'dd if=/dev/urandom of=/data bs=1M count=80 2>/dev/null && sync']);
+    spawnSync('sync');
+    const before = pool('fast').usage?.usedBytes ?? 0;
+    d.ok(['copy', 'q3', 'q4']);
+    spawnSync('sync');
+    spawnSync('btrfs', ['filesystem', 'sync', pool('fast').path]);
+    const grown = (pool('fast').usage?.usedBytes ?? 0) - before;
+    assert.ok(grown < 40 * 2 ** 20, `the copy shares extents (pool grew by ${grown} bytes)`);
+    const sub = path.join(pool('fast').path, 'guests/q4');
+    assert.equal(readlinkSync(path.join(d.stateDir, 'guests/q4')), sub);
+    d.ok(['start', 'q4']);
+    const sum = (g: string) => d.ok(['exec', g, '--', 'sha256sum', '/data']);
+    assert.equal(sum('q4'), sum('q3'));
+    d.ok(['exec', 'q4', '--', 'sh', '-c', 'echo changed > /data']);
+    assert.notEqual(sum('q4'), sum('q3'));
+    d.ok(['delete', '--force', 'q3', 'q4']);
+    assert.equal(existsSync(sub), false);
+  });
+
   test('limits.disk off a btrfs pool, and guests on dir or unknown pools, are refused', () => {
     const cases: Array<[string[], RegExp]> = [
       [['launch', 'busybox', 'q2', '-c', 'limits.disk=1GiB'], /limits\.disk needs a btrfs storage pool/],
