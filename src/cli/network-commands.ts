@@ -89,6 +89,40 @@ export function addNetworkCommands(program: Command): void {
       for (const name of names) await clientOf(cmd).deleteNetwork(name);
     });
 
+  network
+    .command('attach')
+    .description('Give a guest a NIC on a network (a running guest gets it at its next start)')
+    .argument('<network>')
+    .argument('<guest>')
+    .argument('[nic]', 'device name (default: the first free ethN)')
+    .option('--ipv4-address <address>', 'static address')
+    .action(
+      async (
+        net: string,
+        guest: string,
+        nic: string | undefined,
+        opts: { ipv4Address?: string },
+        cmd: Command,
+      ) => {
+        const r = await clientOf(cmd).attachNetwork(net, {
+          guest,
+          ...(nic !== undefined && { nic }),
+          ...(opts.ipv4Address !== undefined && { 'ipv4.address': opts.ipv4Address }),
+        });
+        process.stdout.write(`Guest ${guest} has ${r.nic} on ${net}\n`);
+      },
+    );
+
+  network
+    .command('detach')
+    .description("Remove a stopped guest's NIC on a network")
+    .argument('<network>')
+    .argument('<guest>')
+    .argument('[nic]')
+    .action(async (net: string, guest: string, nic: string | undefined, _opts: unknown, cmd: Command) => {
+      await clientOf(cmd).detachNetwork(net, { guest, ...(nic !== undefined && { nic }) });
+    });
+
   const forward = network
     .command('forward')
     .description('Port forwards (DNAT) from host addresses to guests');

@@ -84,6 +84,12 @@ export interface TrivisorClient extends StorageClient {
   deleteNetwork(name: string): Promise<void>;
   addNetworkAcl(network: string, rule: NetworkAclRule): Promise<Network>;
   removeNetworkAcl(network: string, index: number): Promise<Network>;
+  /** Returns the NIC's name. */
+  attachNetwork(
+    network: string,
+    request: { guest: string; nic?: string; hwaddr?: string; 'ipv4.address'?: string },
+  ): Promise<{ nic: string }>;
+  detachNetwork(network: string, request: { guest: string; nic?: string }): Promise<void>;
   addNetworkForward(network: string, request: AddForwardBody): Promise<Network>;
   removeNetworkForward(
     network: string,
@@ -154,6 +160,10 @@ export function createClient(options: ClientTarget): TrivisorClient {
       ),
     addNetworkAcl: (network, rule) => call('POST', `/1.0/networks/${enc(network)}/acls`, rule),
     removeNetworkAcl: (network, index) => call('DELETE', `/1.0/networks/${enc(network)}/acls/${index}`),
+    attachNetwork: (network, request) => call('POST', `/1.0/networks/${enc(network)}/attach`, request),
+    async detachNetwork(network, request) {
+      await call('POST', `/1.0/networks/${enc(network)}/detach`, request);
+    },
     async deleteNetwork(name) {
       await call('DELETE', `/1.0/networks/${enc(name)}`);
     },

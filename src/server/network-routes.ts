@@ -187,6 +187,55 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request) => syncResponse(await networks().removeAcl(request.params.name, request.params.index)),
   );
 
+  app.post<{
+    Params: NameParams;
+    Body: { guest: string; nic?: string; hwaddr?: string; 'ipv4.address'?: string };
+  }>(
+    '/1.0/networks/:name/attach',
+    {
+      schema: {
+        summary: 'Give a guest a NIC on this network (a running guest gets it at its next start)',
+        params: NameParamsSchema,
+        body: Type.Object(
+          {
+            guest: Type.String(),
+            nic: Type.Optional(Type.String({ description: 'Device name; default the first free ethN' })),
+            hwaddr: Type.Optional(Type.String()),
+            'ipv4.address': Type.Optional(Type.String()),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(Type.Object({ nic: Type.String() })), ...errors },
+      },
+    },
+    async (request) => {
+      const { guest, nic, ...device } = request.body;
+      const options: Parameters<NetworkService['attach']>[2] = { device };
+      if (nic !== undefined) options.nic = nic;
+      return syncResponse({ nic: await networks().attach(request.params.name, guest, options) });
+    },
+  );
+
+  app.post<{ Params: NameParams; Body: { guest: string; nic?: string } }>(
+    '/1.0/networks/:name/detach',
+    {
+      schema: {
+        summary: "Remove a stopped guest's NIC on this network",
+        params: NameParamsSchema,
+        body: Type.Object(
+          { guest: Type.String(), nic: Type.Optional(Type.String()) },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      const { guest, nic } = request.body;
+      await networks().detach(request.params.name, guest, nic === undefined ? {} : { nic });
+      return syncResponse({});
+    },
+  );
+
   app.delete<{ Params: NameParams }>(
     '/1.0/networks/:name',
     {

@@ -284,6 +284,27 @@ describe('network service and controller', () => {
     }
   });
 
+  test('attach gives a guest the next ethN with an address; detach releases it, refused while running', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await store.put(keys.guest('g'), JSON.stringify({ name: 'g' }));
+    assert.equal(await networks.attach('net1', 'g'), 'eth0');
+    assert.equal(await networks.attach('net1', 'g', { device: { 'ipv4.address': '198.18.10.9' } }), 'eth1');
+    const spec = JSON.parse((await store.get(keys.guest('g')))?.value ?? '{}') as GuestSpec;
+    assert.deepEqual(
+      Object.entries(spec.devices ?? {}).map(([n, d]) => `${n}=${d['ipv4.address']}`),
+      ['eth0=198.18.10.2', 'eth1=198.18.10.9'],
+    );
+    await assert.rejects(networks.attach('net1', 'g', { nic: 'eth0' }), { code: 'AlreadyExists' });
+    await assert.rejects(networks.detach('net1', 'g'), /several NICs/);
+    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Running' }));
+    await assert.rejects(networks.detach('net1', 'g', { nic: 'eth1' }), { code: 'FailedPrecondition' });
+    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Stopped' }));
+    await networks.detach('net1', 'g', { nic: 'eth1' });
+    const claims = (await store.list(keys.networkAddresses('net1'))).kvs.map((kv) => kv.key.split('/').pop());
+    assert.deepEqual(claims, ['198.18.10.2']);
+    await assert.rejects(networks.attach('net1', 'nobody'), { code: 'NotFound' });
+  });
+
   test('the controller recreates a missing bridge and removes stale ones at start', async () => {
     await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
     backend.bridges.delete('net1');

@@ -79,6 +79,17 @@ export interface NetworkService {
   addAcl(network: string, rule: NetworkAclRule): Promise<Network>;
   /** Removes the rule at `index` (0-based, as listed). */
   removeAcl(network: string, index: number): Promise<Network>;
+  /**
+   * Adds a NIC to a guest (`eth0`, `eth1`… when no name is given); a running guest gets
+   * it at its next start. Returns the NIC's name.
+   */
+  attach(
+    network: string,
+    guest: string,
+    options?: { nic?: string; device?: Omit<NicDevice, 'type' | 'network'> },
+  ): Promise<string>;
+  /** Removes a guest's NIC on this network (the only one, or `nic`); refused while the guest runs. */
+  detach(network: string, guest: string, options?: { nic?: string }): Promise<void>;
   /** Completes a guest's NICs (MAC, address) and the store operations that claim their addresses. */
   claimNics(guest: string, devices: Record<string, NicDevice>): Promise<NicClaims>;
 }
@@ -493,6 +504,63 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       );
       await waitConverged(network, gen);
       return service.get(network);
+    },
+
+    async attach(network, guest, options = {}) {
+      assertDnsLabel(guest, 'guest name');
+      const kv = await store.get(keys.guest(guest));
+      if (!kv) throw notFound(`Guest ${guest} not found`);
+      const spec = JSON.parse(kv.value) as GuestSpec;
+      if (spec.deleting) throw conflict(`Guest ${guest} is being deleted`);
+      const devices = spec.devices ?? {};
+      let nic = options.nic;
+      if (nic === undefined) {
+        for (let i = 0; nic === undefined; i++) if (!(`eth${i}` in devices)) nic = `eth${i}`;
+      }
+      if (nic in devices) throw alreadyExists(`Guest ${guest} already has a device ${nic}`);
+      const claims = await service.claimNics(guest, { [nic]: { ...options.device, type: 'nic', network } });
+      const next: GuestSpec = { ...spec, devices: { ...devices, ...claims.devices } };
+      const r = await store.txn({
+        compare: [
+          { key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision },
+          ...claims.compare,
+        ],
+        success: [{ type: 'put', key: keys.guest(guest), value: JSON.stringify(next) }, ...claims.success],
+      });
+      if (!r.succeeded) throw conflict(`Guest ${guest} or the address was changed at the same time; retry`);
+      return nic;
+    },
+
+    async detach(network, guest, options = {}) {
+      assertDnsLabel(guest, 'guest name');
+      const [kv, st] = await Promise.all([store.get(keys.guest(guest)), store.get(keys.guestStatus(guest))]);
+      if (!kv) throw notFound(`Guest ${guest} not found`);
+      const spec = JSON.parse(kv.value) as GuestSpec;
+      const status = st ? (JSON.parse(st.value) as { status?: string }).status : undefined;
+      if (status === 'Running' || status === 'Frozen') {
+        throw failedPrecondition(`Guest ${guest} is running: stop it before detaching a NIC`);
+      }
+      const onNet = Object.entries(spec.devices ?? {}).filter(
+        ([name, d]) => d.network === network && (options.nic === undefined || name === options.nic),
+      );
+      if (onNet.length === 0) throw notFound(`Guest ${guest} has no NIC on network ${network}`);
+      if (onNet.length > 1) {
+        throw invalidArgument(
+          `Guest ${guest} has several NICs on network ${network} (${onNet.map(([n]) => n).join(', ')}): say which`,
+        );
+      }
+      const [nic, device] = onNet[0] as [string, NicDevice];
+      const devices = { ...spec.devices };
+      delete devices[nic];
+      const next: GuestSpec = { ...spec, devices };
+      const release = device['ipv4.address']
+        ? [{ type: 'delete' as const, key: keys.networkAddress(network, device['ipv4.address']) }]
+        : [];
+      const r = await store.txn({
+        compare: [{ key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision }],
+        success: [{ type: 'put', key: keys.guest(guest), value: JSON.stringify(next) }, ...release],
+      });
+      if (!r.succeeded) throw conflict(`Guest ${guest} was changed at the same time; retry`);
     },
 
     async claimNics(guest, devices) {

@@ -71,7 +71,7 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     spawnSync('ip', ['netns', 'del', UPLINK_NS]);
     spawnSync('ip', ['link', 'del', UPLINK_HOST]);
     if (d) {
-      d.cli(['delete', '--force', 'a1', 'a2', 'b1', 'i1', 'i2', 'l1']);
+      d.cli(['delete', '--force', 'a1', 'a2', 'b1', 'i1', 'i2', 'l1', 'late']);
       d.cli(['network', 'delete', NET_A, NET_B, NET_ISO]);
       const stateDir = d.stateDir;
       await d.destroy();
@@ -298,6 +298,20 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.match(inUse.stderr, /is used by a1, a2/);
     const longName = d.cli(['network', 'create', 'abcdefghijklmnop', 'ipv4.address=198.18.210.1/24']);
     assert.match(longName.stderr, /at most 15/);
+  });
+
+  test('attach gives a stopped guest a NIC it uses at its next start; detach takes it away', () => {
+    d.ok(['create', 'busybox', 'late']);
+    assert.match(d.ok(['network', 'attach', NET_B, 'late']), /late has eth0 on tnb/);
+    d.ok(['start', 'late']);
+    assert.ok(pings('late', 'b1.lab.test'), 'the attached NIC works after start');
+    const running = d.cli(['network', 'detach', NET_B, 'late']);
+    assert.match(running.stderr, /stop it before detaching/);
+    d.ok(['stop', '--force', 'late']);
+    d.ok(['network', 'detach', NET_B, 'late']);
+    const g = JSON.parse(d.ok(['info', 'late', '--format', 'json'])) as { devices?: Record<string, unknown> };
+    assert.deepEqual(g.devices ?? {}, {});
+    d.ok(['delete', 'late']);
   });
 
   test('stop and delete leave no port behind', () => {
