@@ -162,5 +162,22 @@ export function networkInfo(n: Network): string {
   for (const k of Object.keys(n.config).sort()) lines.push(`  ${k}: ${n.config[k]}`);
   lines.push(n.usedBy.length === 0 ? 'Used by: (none)' : 'Used by:');
   for (const u of n.usedBy) lines.push(`  ${u}`);
+  if (n.forwards?.length) lines.push('Forwards:');
+  for (const f of n.forwards ?? []) {
+    const guest = f.targetGuest ? ` (${f.targetGuest})` : '';
+    lines.push(
+      `  ${f.protocol} ${f.listenAddress}:${f.listenPort} -> ${f.targetAddress}:${f.targetPort}${guest}`,
+    );
+  }
+  if (n.acls?.length) lines.push('ACL rules:');
+  (n.acls ?? []).forEach((r, i) => {
+    const match = [
+      r.source && `source=${r.source}`,
+      r.destination && `destination=${r.destination}`,
+      r.protocol && `protocol=${r.protocol}`,
+      r.destinationPort !== undefined && `destination_port=${r.destinationPort}`,
+    ].filter(Boolean);
+    lines.push(`  ${i}: ${r.direction} ${r.action} ${match.join(' ')}`.trimEnd());
+  });
   return `${lines.join('\n')}\n`;
 }
