@@ -1,0 +1,225 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, GuestStatus, Model } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
+import type { GuestStorage } from '../drivers/guest-storage.ts';
+import { fakeRunner } from '../host/fake-runner.ts';
+import { storageKeys } from '../storage/storage-records.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { createEventBus } from './event-bus.ts';
+import { createOperationService } from './operation-service.ts';
+import { createStorageService, type StorageService } from './storage-service.ts';
+import type { GuestService } from './types.ts';
+
+const specOf = (name: string, model: Model = 'ct'): GuestSpec => ({
+  name,
+  project: 'default',
+  model,
+  image: 'f'.repeat(64),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Running',
+  generation: 3,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  host: 'h1',
+  createdAt: '2026-01-01T00:00:00.000Z',
+});
+
+const statusOf = (status: GuestStatus['status']): GuestStatus => ({
+  status,
+  observedGeneration: 3,
+  observedRestartRequest: 0,
+  restartCount: 0,
+  provisioned: true,
+  appliedConfig: {},
+  pendingRestart: [],
+});
+
+/** A GuestStorage that only records what it was asked and keeps snapshot names in memory. */
+function recordingStorage() {
+  const calls: string[] = [];
+  const onDisk = new Map<string, Set<string>>();
+  const snaps = (g: string) => onDisk.get(g) ?? onDisk.set(g, new Set()).get(g)!;
+  const storage: GuestStorage = {
+    async snapshot(spec, snap) {
+      calls.push(`snapshot ${spec.name} ${snap}`);
+      snaps(spec.name).add(snap);
+    },
+    async restoreSnapshot(spec, snap) {
+      calls.push(`restore ${spec.name} ${snap}`);
+    },
+    async deleteSnapshot(spec, snap) {
+      calls.push(`delete ${spec.name} ${snap}`);
+      snaps(spec.name).delete(snap);
+    },
+    async listSnapshots(spec) {
+      return [...snaps(spec.name)];
+    },
+    async copy(source, target) {
+      calls.push(`copy ${source.name} ${target.name}`);
+    },
+    async exportTar() {},
+    async importTar() {},
+    async sweep() {},
+  };
+  return { storage, calls, onDisk: snaps };
+}
+
+describe('storage service', () => {
+  let stateDir: string;
+  let service: StorageService;
+  const store = createMemoryStore();
+  const events = createEventBus();
+  const operations = createOperationService(events);
+  const rec = recordingStorage();
+  const guestCalls: string[] = [];
+  const succeed = (description: string) => operations.start({ description, run: async () => undefined });
+  const guests = {
+    async changeState(name: string, request: { action: string }) {
+      guestCalls.push(`${request.action} ${name}`);
+      return succeed(request.action);
+    },
+    async create(request: { name: string }) {
+      guestCalls.push(`create ${request.name}`);
+      return succeed('create');
+    },
+    async delete(name: string) {
+      guestCalls.push(`delete ${name}`);
+      return succeed('delete');
+    },
+  } as unknown as GuestService;
+  const inspected: string[] = [];
+  const ctDriver = {
+    model: 'ct',
+    async inspect(spec: GuestSpec) {
+      inspected.push(spec.name);
+      return spec.name === 'lost1'
+        ? { state: 'running', process: { pid: 4242, startTime: 7 } }
+        : { state: 'stopped' };
+    },
+  } as unknown as GuestDriver;
+
+  const put = async (spec: GuestSpec, status: GuestStatus) => {
+    await store.put(keys.guest(spec.name), JSON.stringify(spec));
+    await store.put(keys.guestStatus(spec.name), JSON.stringify(status));
+  };
+  const waitOp = async (op: { id: string }) => operations.wait(op.id);
+
+  before(async () => {
+    stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-storage-service-'));
+    service = createStorageService({
+      store,
+      storage: { ct: rec.storage },
+      guests,
+      images: {
+        get: async (ref: string) => {
+          if (ref !== 'f'.repeat(64)) throw Object.assign(new Error('no'), { code: 'NotFound' });
+          return { fingerprint: ref } as never;
+        },
+      },
+      operations,
+      events,
+      runner: fakeRunner(),
+      stateDir,
+      drivers: { ct: ctDriver },
+      hostName: 'h2',
+    });
+    await put(specOf('web'), statusOf('Running'));
+    await put(specOf('vm1', 'vm'), statusOf('Stopped'));
+  });
+  after(async () => {
+    service.stop();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  test('models without guest storage answer NotSupported with the model named', async () => {
+    for (const call of [
+      () => service.createSnapshot('vm1', 's0'),
+      () => service.copyGuest({ name: 'vm2', source: 'vm1' }),
+      () => service.createBackup('vm1', { withSnapshots: false }),
+    ]) {
+      await assert.rejects(call(), { code: 'NotSupported', message: /not supported for vm guests/ });
+    }
+  });
+
+  test('bad names, unknown guests and unknown snapshots are typed errors', async () => {
+    await assert.rejects(service.createSnapshot('web', 'Bad_Name'), { code: 'InvalidArgument' });
+    await assert.rejects(service.createSnapshot('ghost', 's0'), { code: 'NotFound' });
+    await assert.rejects(service.restoreSnapshot('web', 'nope'), {
+      code: 'NotFound',
+      message: /no snapshot nope/,
+    });
+    await assert.rejects(service.backupFile('web', '../etc'), { code: 'InvalidArgument' });
+  });
+
+  test('a snapshot is made on disk, then recorded; a second of that name is refused', async () => {
+    const op = await waitOp(await service.createSnapshot('web', 's0'));
+    assert.equal(op.status, 'Success');
+    assert.deepEqual(rec.calls.at(-1), 'snapshot web s0');
+    const record = await service.getSnapshot('web', 's0');
+    assert.equal(record.wasRunning, true);
+    await assert.rejects(service.createSnapshot('web', 's0'), { code: 'AlreadyExists' });
+  });
+
+  test('restoring a running guest stops it, restores, and starts it again', async () => {
+    guestCalls.length = 0;
+    const op = await waitOp(await service.restoreSnapshot('web', 's0'));
+    assert.equal(op.status, 'Success');
+    assert.deepEqual(guestCalls, ['stop web', 'start web']);
+    assert.equal(rec.calls.at(-1), 'restore web s0');
+  });
+
+  test('sweep drops records without a snapshot, snapshots without a record, and half-made copies', async () => {
+    await store.put(storageKeys.snapshot('web', 'ghost'), JSON.stringify({ name: 'ghost' }));
+    rec.onDisk('web').add('orphan');
+    await store.put(storageKeys.snapshot('gone', 'x'), JSON.stringify({ name: 'x' }));
+    await store.put(storageKeys.pending('half'), '{}');
+    guestCalls.length = 0;
+    await service.sweep();
+    assert.deepEqual(
+      (await service.listSnapshots('web')).map((s) => s.name),
+      ['s0'],
+    );
+    assert.ok(rec.calls.includes('delete web orphan'));
+    assert.equal(await store.get(storageKeys.snapshot('gone', 'x')), undefined);
+    assert.deepEqual(guestCalls, ['delete half']);
+    assert.equal(await store.get(storageKeys.pending('half')), undefined);
+  });
+
+  test('recover rebuilds lost records from guest.json, adopting what runs, as this host', async () => {
+    for (const name of ['lost1', 'lost2', 'web', 'junk']) {
+      const dir = path.join(stateDir, 'guests', name);
+      await mkdir(dir, { recursive: true });
+      const spec = { ...specOf(name), host: 'old-host' };
+      await writeFile(path.join(dir, 'guest.json'), name === 'junk' ? '{' : JSON.stringify({ spec }));
+    }
+    const report = await service.recover();
+    assert.deepEqual(
+      report.recovered.map((g) => [g.name, g.status]),
+      [
+        ['lost1', 'Running'],
+        ['lost2', 'Stopped'],
+      ],
+    );
+    assert.deepEqual(
+      report.skipped.map((g) => [g.name, g.reason]),
+      [
+        ['junk', 'no readable guest.json'],
+        ['web', 'its records exist'],
+      ],
+    );
+    const spec = JSON.parse((await store.get(keys.guest('lost1')))?.value ?? '{}') as GuestSpec;
+    const status = JSON.parse((await store.get(keys.guestStatus('lost1')))?.value ?? '{}') as GuestStatus;
+    assert.equal(spec.host, 'h2');
+    assert.equal(spec.desired, 'Running');
+    assert.deepEqual(status.process, { pid: 4242, startTime: 7 });
+    assert.equal(status.observedGeneration, spec.generation, 'the controller sees nothing to do');
+  });
+});
