@@ -51,7 +51,6 @@ export function pipeExecSession(runner: ProcessRunner, argv: readonly string[]):
  * console socket), so util-linux `script` makes it; resizing the pty that runc
  * holds as stdin makes the kernel send runc that SIGWINCH.
  */
-const CTRL_D = Buffer.from([4]);
 
 export function ttyExecSession(
   runner: ProcessRunner,
@@ -70,22 +69,28 @@ export function ttyExecSession(
   /** The runc process: script's child, which holds the pty's slave side as fd 0. */
   const runcPid = async (): Promise<number | undefined> =>
     child.pid ? (await readChildPids(child.pid))[0] : undefined;
-  // End of input is typed as Ctrl-D, as a person at a terminal would: closing script's stdin
-  // instead makes it write the pty's VEOF character, which runc's raw mode has set to NUL.
   // Input is held until runc has put its terminal in raw mode: before that, the pty's line
-  // discipline would echo it and turn control characters into something else.
+  // discipline would echo it and turn control characters into something else. runc is raw
+  // once the command's first output arrives; a command that waits for input before it says
+  // anything gets it after 500 ms. (Polling the terminal's mode instead raced with runc
+  // copying the window size to the guest's terminal.)
   const childStdin = child.stdin;
-  let ready: Promise<void> | undefined;
-  const whenRaw = () => {
-    ready ??= waitForRawTerminal(runner, runcPid, child);
-    return ready;
-  };
+  let release = (): void => {};
+  const ready = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  child.stdout.once('data', () => release());
+  setTimeout(() => release(), 500).unref();
+  const whenRaw = () => ready;
   const stdin = new Writable({
     write(chunk: Buffer, _encoding, callback) {
       void whenRaw().then(() => childStdin.write(chunk, () => callback()));
     },
     final(callback) {
-      void whenRaw().then(() => childStdin.write(CTRL_D, () => callback()));
+      // End of input is not forwarded: on a terminal it can only be a typed Ctrl-D, which reaches
+      // runc as its own EOF if it comes before runc's terminal is raw, and runc then closes the
+      // guest's console. A person at a terminal types Ctrl-D as data; piped input with -t gets no EOF.
+      callback();
     },
   });
   return {
@@ -123,21 +128,4 @@ export function ttyExecSession(
     },
     exit: exitOf(child),
   };
-}
-
-/** Resolves once runc's terminal (the pty script made) has canonical mode off, or after 3 s. */
-async function waitForRawTerminal(
-  runner: ProcessRunner,
-  runcPid: () => Promise<number | undefined>,
-  child: { exitCode: number | null },
-): Promise<void> {
-  const end = Date.now() + 3000;
-  while (Date.now() < end && child.exitCode === null) {
-    const pid = await runcPid().catch(() => undefined);
-    if (pid !== undefined) {
-      const r = await runner.run(['stty', '-F', `/proc/${pid}/fd/0`, '-a'], { allowFailure: true });
-      if (r.code === 0 && /(^|\s)-icanon(\s|$)/.test(r.stdout)) return;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
