@@ -49,7 +49,7 @@ try {
     rawTarZstd: { ms: Math.round(rawPackMs), mibPerSecond: mibps(rawPackMs) },
     rawTarZstdAllCores: { ms: Math.round(rawPackParallelMs), mibPerSecond: mibps(rawPackParallelMs) },
     rawUnzstdUntar: { ms: Math.round(rawUnpackMs), mibPerSecond: mibps(rawUnpackMs) },
-    note: 'export = CLI export (daemon tar + sha256 + tar --zstd, then download and delete); import = CLI import (upload, unpack, verify, create, extract). Both write the data about twice (inner tar, then archive).',
+    note: 'export = CLI export (daemon: tar --zstd of the writable layer, sha256, outer tar; then download and delete); import = CLI import (upload, unpack, verify, create, extract). Both write the compressed data about three times (payload, archive, download or upload).',
   };
   console.error(JSON.stringify(result, null, 2));
   console.log(writeResult('storage-backup', result));

@@ -22,7 +22,7 @@ export interface GuestStorage {
   listSnapshots(spec: GuestSpec): Promise<string[]>;
   /** Fills a freshly created, stopped `target` with the writable state of `source` (copy-on-write where the file system allows). */
   copy(source: GuestSpec, target: GuestSpec, options?: FromSnapshot): Promise<void>;
-  /** Writes the writable state (or a snapshot's) as a tar file at `tarPath`. */
+  /** Writes the writable state (or a snapshot's) as a zstd-compressed tar file at `tarPath`. */
   exportTar(
     spec: GuestSpec,
     tarPath: string,

@@ -339,17 +339,17 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
           const dir = join(backupsDir, guest);
           const work = join(dir, `.tmp-${backup}`);
-          const archive = join(dir, `${backup}.tar.zst`);
+          const archive = join(dir, `${backup}.tar`);
           await mkdir(join(work, 'snapshots'), { recursive: true, mode: 0o700 });
           try {
             const files: BackupManifest['files'] = {};
             const steps = 1 + snapshots.length;
             ctx.progress(0, 'root file system');
-            await storage.exportTar(spec, join(work, 'rootfs.tar'), { signal: ctx.signal });
-            files['rootfs.tar'] = await sha256Of(join(work, 'rootfs.tar'));
+            await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+            files['rootfs.tar.zst'] = await sha256Of(join(work, 'rootfs.tar.zst'));
             for (const [i, snap] of snapshots.entries()) {
               ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
-              const rel = `snapshots/${snap.name}.tar`;
+              const rel = `snapshots/${snap.name}.tar.zst`;
               await storage.exportTar(spec, join(work, rel), { snapshot: snap.name, signal: ctx.signal });
               files[rel] = await sha256Of(join(work, rel));
             }
@@ -368,7 +368,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
             ctx.progress(Math.round((steps / (steps + 1)) * 100), 'compressing');
             await runner.run(
-              ['tar', '--zstd', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar', 'snapshots'],
+              // The payloads are compressed already: the outer tar only strings them together.
+              ['tar', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar.zst', 'snapshots'],
               { signal: ctx.signal },
             );
             return { backup, sizeBytes: (await stat(archive)).size };
@@ -388,7 +389,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     async backupFile(guest, backup) {
       assertDnsLabel(guest, 'guest name');
       if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
-      const path = join(backupsDir, guest, `${backup}.tar.zst`);
+      const path = join(backupsDir, guest, `${backup}.tar`);
       const st = await stat(path).catch(() => undefined);
       if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
       return { path, sizeBytes: st.size };
@@ -410,7 +411,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           try {
             await mkdir(work, { recursive: true, mode: 0o700 });
             ctx.progress(0, 'unpacking');
-            const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', request.archivePath], {
+            const unpacked = await runner.run(['tar', '-C', work, '-xf', request.archivePath], {
               signal: ctx.signal,
               allowFailure: true,
             });
@@ -435,7 +436,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               }
             }
             for (const snap of manifest.snapshots) {
-              if (!manifest.files[`snapshots/${snap.name}.tar`]) {
+              if (!manifest.files[`snapshots/${snap.name}.tar.zst`]) {
                 throw invalidArgument(
                   `The backup archive lacks snapshot ${snap.name}: make the export again`,
                 );
@@ -469,10 +470,10 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               const { spec } = await load(name);
               const storage = storageFor(spec);
               ctx.progress(60, 'root file system');
-              await storage.importTar(spec, join(work, 'rootfs.tar'), { signal: ctx.signal });
+              await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
               for (const snap of manifest.snapshots) {
                 ctx.progress(80, `snapshot ${snap.name}`);
-                await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar`), {
+                await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar.zst`), {
                   snapshot: snap.name,
                   signal: ctx.signal,
                 });
@@ -679,9 +680,10 @@ async function readManifest(dir: string): Promise<BackupManifest> {
   if (manifest.format !== 'trivisor-backup/1') {
     throw invalidArgument(`The backup format ${JSON.stringify(manifest.format)} is not known to this daemon`);
   }
-  if (!manifest.files?.['rootfs.tar']) throw invalidArgument('The backup manifest lists no rootfs.tar');
+  if (!manifest.files?.['rootfs.tar.zst'])
+    throw invalidArgument('The backup manifest lists no rootfs.tar.zst');
   for (const rel of Object.keys(manifest.files)) {
-    if (!/^(rootfs\.tar|snapshots\/[a-z0-9-]+\.tar)$/.test(rel)) {
+    if (!/^(rootfs\.tar\.zst|snapshots\/[a-z0-9-]+\.tar\.zst)$/.test(rel)) {
       throw invalidArgument(`The backup manifest lists an unexpected file ${JSON.stringify(rel)}`);
     }
   }

@@ -79,10 +79,10 @@ describe('export and import of ct guests between two daemons', () => {
       file('b1.tar.zst'),
       '--with-snapshots',
     ]);
-    const listing = spawnSync('tar', ['--zstd', '-tf', file('b1.tar.zst')], { encoding: 'utf8' }).stdout;
+    const listing = spawnSync('tar', ['-tf', file('b1.tar.zst')], { encoding: 'utf8' }).stdout;
     assert.match(listing, /^manifest\.json$/m);
-    assert.match(listing, /^rootfs\.tar$/m);
-    assert.match(listing, /^snapshots\/snap0\.tar$/m);
+    assert.match(listing, /^rootfs\.tar\.zst$/m);
+    assert.match(listing, /^snapshots\/snap0\.tar\.zst$/m);
     assert.deepEqual(leftovers(src), ['b1'], 'the daemon keeps no archive after the download');
   });
 
@@ -137,23 +137,22 @@ describe('export and import of ct guests between two daemons', () => {
   test('a changed payload whose archive is intact fails its checksum', () => {
     const work = path.join(dir, 'tamper');
     spawnSync('mkdir', ['-p', work]);
-    spawnSync('tar', ['--zstd', '-C', work, '-xf', file('b1.tar.zst')]);
-    writeFileSync(path.join(work, 'snapshots/snap0.tar'), Buffer.alloc(10240));
+    spawnSync('tar', ['-C', work, '-xf', file('b1.tar.zst')]);
+    writeFileSync(path.join(work, 'snapshots/snap0.tar.zst'), Buffer.alloc(10240));
     spawnSync('tar', [
-      '--zstd',
       '-C',
       work,
       '-cf',
       file('tampered.tar.zst'),
       'manifest.json',
-      'rootfs.tar',
+      'rootfs.tar.zst',
       'snapshots',
     ]);
     const r = dst.cli(['import', file('tampered.tar.zst'), 'bad3']);
     assert.equal(r.code, 1);
     assert.equal(
       r.stderr,
-      'Error: The backup archive is corrupted: snapshots/snap0.tar does not match its checksum\n',
+      'Error: The backup archive is corrupted: snapshots/snap0.tar.zst does not match its checksum\n',
     );
     assert.ok(!guests(dst).includes('bad3'));
   });
@@ -161,19 +160,18 @@ describe('export and import of ct guests between two daemons', () => {
   test('an archive of an image the host lacks names the missing image', () => {
     const work = path.join(dir, 'other-image');
     spawnSync('mkdir', ['-p', work]);
-    spawnSync('tar', ['--zstd', '-C', work, '-xf', file('b1.tar.zst')]);
+    spawnSync('tar', ['-C', work, '-xf', file('b1.tar.zst')]);
     const manifestPath = path.join(work, 'manifest.json');
     const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
     manifest.image = { fingerprint: 'ab'.repeat(32), alias: 'debian/trixie', description: '' };
     writeFileSync(manifestPath, JSON.stringify(manifest));
     spawnSync('tar', [
-      '--zstd',
       '-C',
       work,
       '-cf',
       file('other.tar.zst'),
       'manifest.json',
-      'rootfs.tar',
+      'rootfs.tar.zst',
       'snapshots',
     ]);
     const r = dst.cli(['import', file('other.tar.zst'), 'bad4']);

@@ -83,7 +83,7 @@ describe('ct storage on a directory pool', () => {
     const b = await makeGuest('eb');
     await mkdir(path.join(a, 'upper/etc'));
     await writeFile(path.join(a, 'upper/etc/conf'), 'x=1', { mode: 0o640 });
-    const tar = path.join(stateDir, 'ea.tar');
+    const tar = path.join(stateDir, 'ea.tar.zst');
     const s = storage();
     await s.exportTar(spec('ea'), tar);
     await s.importTar(spec('eb'), tar);

@@ -132,7 +132,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async exportTar(spec, tarPath, options) {
       const from = await sourceOf(spec, options);
       const run = () =>
-        runner.run(['tar', ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
+        runner.run(['tar', '--zstd', ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
           ...(options?.signal && { signal: options.signal }),
         });
       if (options?.snapshot !== undefined) await run();
@@ -143,7 +143,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       const extract = async (dir: string) => {
         await mkdir(dir, { mode: 0o755 });
         await runner.run(
-          ['tar', ...TAR_KEEP, '--same-permissions', '--same-owner', '-C', dir, '-xf', tarPath],
+          ['tar', '--zstd', ...TAR_KEEP, '--same-permissions', '--same-owner', '-C', dir, '-xf', tarPath],
           {
             ...(options?.signal && { signal: options.signal }),
           },
