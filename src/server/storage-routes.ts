@@ -195,6 +195,16 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     status: Type.String(),
     error: Type.Optional(Type.String()),
     usage: Type.Union([Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number() }), Type.Null()]),
+    guests: Type.Optional(
+      Type.Array(
+        Type.Object({
+          name: Type.String(),
+          usedBytes: Type.Union([Type.Number(), Type.Null()]),
+          exclusiveBytes: Type.Union([Type.Number(), Type.Null()]),
+          limitBytes: Type.Union([Type.Number(), Type.Null()]),
+        }),
+      ),
+    ),
   });
 
   app.get<{ Querystring: { recursion?: number } }>(

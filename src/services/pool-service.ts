@@ -32,6 +32,18 @@ export interface StoragePool extends PoolRecord {
   usage: PoolUsage | null;
   status: 'Created' | 'Unavailable';
   error?: string;
+  /** Guests on the pool with their space (btrfs: from their subvolume's qgroup). */
+  guests?: PoolGuestUsage[];
+}
+
+/** One guest's space on a pool. */
+export interface PoolGuestUsage {
+  name: string;
+  /** Bytes its subvolume references (shared extents included). */
+  usedBytes: number | null;
+  /** Bytes only it holds (what deleting it frees). */
+  exclusiveBytes: number | null;
+  limitBytes: number | null;
 }
 
 /** Body of `POST /1.0/storage-pools`. */
@@ -67,7 +79,8 @@ interface GuestPoolRecord {
   limitBytes: number | null;
 }
 
-const guestPoolKey = (guest: string) => `/trivisor/guest-pools/${guest}`;
+const guestPoolPrefix = '/trivisor/guest-pools/';
+const guestPoolKey = (guest: string) => `${guestPoolPrefix}${guest}`;
 
 /** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
 export const DEFAULT_POOL = 'default';
@@ -126,11 +139,38 @@ export function createPoolService(deps: {
     return JSON.parse(kv.value) as PoolRecord;
   }
 
+  /** Space of the guests placed on a btrfs pool, from their qgroups. */
+  async function guestsOn(pool: PoolRecord): Promise<PoolGuestUsage[]> {
+    const { kvs } = await store.list(guestPoolPrefix);
+    const out: PoolGuestUsage[] = [];
+    for (const kv of kvs) {
+      const rec = JSON.parse(kv.value) as GuestPoolRecord;
+      if (rec.pool !== pool.name) continue;
+      const name = kv.key.slice(guestPoolPrefix.length);
+      const shown = await deps.runner
+        ?.run(['btrfs', 'qgroup', 'show', '--raw', '-f', rec.path], { allowFailure: true })
+        .catch(() => undefined);
+      // The last line is the subvolume's own qgroup: "0/257  referenced  exclusive  path".
+      const fields =
+        shown?.code === 0 ? (shown.stdout.trim().split('\n').pop() ?? '').trim().split(/\s+/) : [];
+      const num = (v: string | undefined) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : null);
+      out.push({
+        name,
+        usedBytes: num(fields[1]),
+        exclusiveBytes: num(fields[2]),
+        limitBytes: rec.limitBytes,
+      });
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
   async function show(pool: PoolRecord): Promise<StoragePool> {
     const driver = drivers[pool.driver];
     const path = pool.name === DEFAULT_POOL && pool.driver === 'dir' ? deps.stateDir : driver.mountPath(pool);
     try {
       const usage = await driver.usage({ ...pool, config: { ...pool.config, source: path } });
+      if (pool.driver === 'btrfs')
+        return { ...pool, path, usage, status: 'Created', guests: await guestsOn(pool) };
       return { ...pool, path, usage, status: 'Created' };
     } catch (e) {
       return { ...pool, path, usage: null, status: 'Unavailable', error: (e as Error).message };

@@ -14,6 +14,7 @@ interface PoolJson {
   status: string;
   path: string;
   usage: { totalBytes: number; usedBytes: number } | null;
+  guests?: Array<{ name: string; usedBytes: number | null; limitBytes: number | null }>;
 }
 
 const mountOf = (at: string) =>
@@ -100,6 +101,10 @@ describe('storage pools: dir and btrfs on a loop file', () => {
     assert.notEqual(big.code, 0, 'writing past limits.disk fails');
     assert.match(big.stderr, /quota exceeded|No space left/i);
     d.ok(['exec', 'q1', '--', 'rm', '-f', '/big']);
+    spawnSync('sync');
+    const onPool = pool('fast').guests?.find((g) => g.name === 'q1');
+    assert.equal(onPool?.limitBytes, 40 * 2 ** 20);
+    assert.ok((onPool?.usedBytes ?? 0) >= 10 * 2 ** 20, `q1 uses ${onPool?.usedBytes} bytes`);
     d.ok(['snapshot', 'create', 'q1', 's0']);
     d.ok(['config', 'set', 'q1', 'limits.disk=200MiB']);
     d.ok(['exec', 'q1', '--', 'sh', '-c', 'dd if=/dev/urandom of=/big bs=1M count=60 2>/dev/null && sync']);
