@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { chmod, chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import { failedPrecondition, internal, invalidArgument, notSupported } from '../../core/errors.ts';
@@ -10,6 +10,7 @@ import { cgroupMode, readCgroupUsage, readFreezerState, removeCgroup } from '../
 import { isMountPoint, mountOverlay, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
+import { ensureSearchable } from '../../host/searchable-path.ts';
 import type {
   DriverContext,
   ExecSession,
@@ -157,18 +158,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
    * above the state dir are the administrator's, so they are only checked.
    */
   const ensureTraversable = async (spec: GuestSpec): Promise<void> => {
-    const own = [stateDir, join(stateDir, 'guests')];
-    for (const dir of own) {
-      const mode = (await stat(dir)).mode;
-      if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o001);
-    }
-    for (let dir = dirname(stateDir); ; dir = dirname(dir)) {
-      if (((await stat(dir)).mode & 0o001) === 0) {
-        throw failedPrecondition(
-          `Unprivileged guest ${spec.name} cannot start: ${dir} is not searchable by others; chmod o+x it or move the state dir.`,
-        );
-      }
-      if (dir === dirname(dir)) break;
+    const blocked = await ensureSearchable([stateDir, join(stateDir, 'guests')], [stateDir]);
+    if (blocked) {
+      throw failedPrecondition(
+        `Unprivileged guest ${spec.name} cannot start: ${blocked} is not searchable by others; chmod o+x it or move the state dir.`,
+      );
     }
   };
 

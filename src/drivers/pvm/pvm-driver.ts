@@ -14,7 +14,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { dirname, isAbsolute, join, posix } from 'node:path';
+import { isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import {
@@ -30,6 +30,7 @@ import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { ensureSearchable } from '../../host/searchable-path.ts';
 import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
@@ -356,20 +357,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
    */
   const ensureReachable = async (spec: GuestSpec, paths: string[]): Promise<void> => {
     // The state dir and guests/ are Trivisor's own: they get search (not listing) for others, as for ct.
-    for (const dir of [stateDir, join(stateDir, 'guests')]) {
-      const mode = (await stat(dir)).mode;
-      if ((mode & 0o001) === 0) await chmod(dir, (mode & 0o7777) | 0o001);
-    }
-    for (const path of paths) {
-      for (let dir = dirname(path); ; dir = dirname(dir)) {
-        const mode = (await stat(dir)).mode;
-        if ((mode & 0o001) === 0) {
-          throw failedPrecondition(
-            `pvm guest ${spec.name} cannot start: its kernel runs unprivileged and cannot pass ${dir}; chmod o+x it or move the state dir.`,
-          );
-        }
-        if (dir === dirname(dir)) break;
-      }
+    const blocked = await ensureSearchable([stateDir, join(stateDir, 'guests')], paths);
+    if (blocked) {
+      throw failedPrecondition(
+        `pvm guest ${spec.name} cannot start: its kernel runs unprivileged and cannot pass ${blocked}; chmod o+x it or move the state dir.`,
+      );
     }
   };
 
