@@ -198,5 +198,24 @@ if (snap || backup) {
   }
 }
 
+const net = load('network.json');
+lines.push('## Networks (ct)', '');
+lines.push(
+  '`node bench/network.ts 256 50`: TCP throughput (busybox nc, 256 MiB) and ping round trip between ct guests on one',
+);
+lines.push(
+  'managed network (bridge, anti-spoofing filters on) and from a guest to the host, against a plain veth pair between',
+);
+lines.push('two network namespaces in the same run.', '');
+if (net) {
+  lines.push('| path | Mbit/s | RTT ms | throughput vs veth | RTT vs veth |', '|---|---|---|---|---|');
+  for (const r of net.rows as Json[]) {
+    lines.push(
+      `| ${r.path} | ${f(r.mbitPerSecond, 0)} | ${f(r.rttMs, 3)} | ${f(r.throughputRatio, 2)} | ${f(r.rttRatio, 2)} |`,
+    );
+  }
+  lines.push('', `Measured ${net.measuredAt}.`, '');
+} else lines.push('_Not measured yet._', '');
+
 writeFileSync(path.resolve(import.meta.dirname, '../docs/benchmarks.md'), `${lines.join('\n')}\n`);
 console.log('wrote docs/benchmarks.md');
