@@ -3,7 +3,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { WebSocket } from 'ws';
 import { EXEC_CHANNEL, type ExecClientControl, type ExecServerControl } from '../api/types.ts';
 import { failedPrecondition } from '../core/errors.ts';
-import type { ExecSession } from '../drivers/guest-driver.ts';
+import type { ExecSession } from '../services/types.ts';
 
 /** An exec operation waiting for its client to connect to `/1.0/operations/{id}/websocket`. */
 export interface PendingExec {

@@ -4,10 +4,9 @@ import { PassThrough } from 'node:stream';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { Guest, ImageRecord } from '../core/types.ts';
-import type { ExecSession } from '../drivers/guest-driver.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
-import type { ExecRequest, Services } from '../services/types.ts';
+import type { ExecRequest, ExecSession, Services } from '../services/types.ts';
 
 /** What a fake exec session saw, for assertions. */
 export interface FakeExecRecord {

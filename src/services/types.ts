@@ -1,5 +1,9 @@
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ExecSession } from '../drivers/guest-driver.ts';
+
+/** A running command in a guest, as the transport streams it. */
+export type { ExecSession };
+
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
 import type { StorageService } from './storage-service.ts';
