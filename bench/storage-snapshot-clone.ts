@@ -15,7 +15,10 @@ const sizes = [10 * MiB, 1024 * MiB];
 
 const d = await startDaemon();
 try {
-  const fsType = spawnSync('stat', ['-f', '-c', '%T', d.stateDir], { encoding: 'utf8' }).stdout.trim();
+  // findmnt names the file system (stat -f only knows the ext magic number, shared by ext2/3/4).
+  const fsType = spawnSync('findmnt', ['-n', '-o', 'FSTYPE', '-T', d.stateDir], {
+    encoding: 'utf8',
+  }).stdout.trim();
   const made = await d.api('POST', '/1.0/storage-pools', {
     name: 'bench',
     driver: 'btrfs',
