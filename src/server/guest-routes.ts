@@ -26,7 +26,7 @@ import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
 import { cancelled, failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
 import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
-import { type RouteContext, sendAsync } from './route-context.ts';
+import { configChange, type RouteContext, sendAsync } from './route-context.ts';
 
 type NameParams = { name: string };
 
@@ -135,18 +135,9 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request) => {
-      const set: Record<string, string> = {};
-      const unset = [...(request.body.unset ?? [])];
-      for (const [key, value] of Object.entries(request.body.config ?? {})) {
-        if (value === null) unset.push(key);
-        else set[key] = value;
-      }
-      if (Object.keys(set).length === 0 && unset.length === 0) {
-        throw invalidArgument(
-          'Nothing to change: give "config" with keys to set or "unset" with keys to remove',
-        );
-      }
-      return syncResponse(await services.guests.updateConfig(request.params.name, { set, unset }));
+      return syncResponse(
+        await services.guests.updateConfig(request.params.name, configChange(request.body)),
+      );
     },
   );
 

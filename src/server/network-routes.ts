@@ -18,7 +18,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import type { NetworkService } from '../services/network-service.ts';
-import type { RouteContext } from './route-context.ts';
+import { configChange, type RouteContext } from './route-context.ts';
 
 type NameParams = { name: string };
 
@@ -96,18 +96,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      const set: Record<string, string> = {};
-      const unset = [...(request.body.unset ?? [])];
-      for (const [key, value] of Object.entries(request.body.config ?? {})) {
-        if (value === null) unset.push(key);
-        else set[key] = value;
-      }
-      if (Object.keys(set).length === 0 && unset.length === 0) {
-        throw invalidArgument(
-          'Nothing to change: give "config" with keys to set or "unset" with keys to remove',
-        );
-      }
-      return syncResponse(await networks().update(request.params.name, { set, unset }));
+      return syncResponse(await networks().update(request.params.name, configChange(request.body)));
     },
   );
 

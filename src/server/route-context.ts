@@ -1,5 +1,6 @@
 import type { FastifyReply } from 'fastify';
 import { type AsyncResponse, asyncResponse, operationUrl } from '../api/envelopes.ts';
+import { invalidArgument } from '../core/errors.ts';
 import type { Operation } from '../core/types.ts';
 import type { Services } from '../services/types.ts';
 import type { ExecRegistry } from './exec-bridge.ts';
@@ -17,4 +18,24 @@ export interface RouteContext {
 export function sendAsync(reply: FastifyReply, op: Operation): AsyncResponse {
   reply.code(202).header('location', operationUrl(op.id));
   return asyncResponse(op);
+}
+
+/**
+ * A PATCH body's config change: keys in `config` are set, keys with a null value and keys
+ * in `unset` are removed. An empty change is refused rather than silently accepted.
+ */
+export function configChange(body: { config?: Record<string, string | null>; unset?: string[] }): {
+  set: Record<string, string>;
+  unset: string[];
+} {
+  const set: Record<string, string> = {};
+  const unset = [...(body.unset ?? [])];
+  for (const [key, value] of Object.entries(body.config ?? {})) {
+    if (value === null) unset.push(key);
+    else set[key] = value;
+  }
+  if (Object.keys(set).length === 0 && unset.length === 0) {
+    throw invalidArgument('Nothing to change: give "config" with keys to set or "unset" with keys to remove');
+  }
+  return { set, unset };
 }
