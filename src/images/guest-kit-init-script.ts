@@ -30,12 +30,14 @@ HOSTNAME_ARG=
 AGENT=
 MODEL=
 ROOT_ARG=
+NICS_ARG=
 for arg in $CMDLINE; do
   case "$arg" in
     trivisor.hostname=*) HOSTNAME_ARG=\${arg#trivisor.hostname=} ;;
     trivisor.agent=*) AGENT=\${arg#trivisor.agent=} ;;
     trivisor.model=*) MODEL=\${arg#trivisor.model=} ;;
     root=*) ROOT_ARG=\${arg#root=} ;;
+    trivisor.nics=*) NICS_ARG=\${arg#trivisor.nics=} ;;
   esac
 done
 
@@ -54,6 +56,28 @@ fi
 if [ -n "$HOSTNAME_ARG" ]; then
   $BB hostname "$HOSTNAME_ARG"
   [ -d /etc ] && echo "$HOSTNAME_ARG" > /etc/hostname
+fi
+
+# NICs get the names the host gave them (NAME@MAC,…), whatever order the kernel found them in:
+# first out of the way, then to their names, so that two can swap. The image's init learns them
+# from TRIVISOR_NICS (its DHCP client runs on those).
+if [ -n "$NICS_ARG" ]; then
+  NICS=
+  i=0
+  for pair in $(echo "$NICS_ARG" | $BB tr , ' '); do
+    for dev in /sys/class/net/*; do
+      [ "$($BB cat "$dev/address" 2>/dev/null)" = "\${pair#*@}" ] || continue
+      [ "\${dev##*/}" = "\${pair%%@*}" ] || $BB ip link set dev "\${dev##*/}" name "tvnic$i"
+    done
+    i=$((i + 1))
+  done
+  i=0
+  for pair in $(echo "$NICS_ARG" | $BB tr , ' '); do
+    [ -e "/sys/class/net/tvnic$i" ] && $BB ip link set dev "tvnic$i" name "\${pair%%@*}"
+    NICS="$NICS \${pair%%@*}"
+    i=$((i + 1))
+  done
+  export TRIVISOR_NICS="\${NICS# }"
 fi
 
 # The agent's state lives on a tmpfs of the kit's own, so the image's /run is left alone.

@@ -20,6 +20,33 @@ describe('guest kit', () => {
     });
   });
 
+  test('kitKernelArgs names the NICs by MAC for the kit and in TRIVISOR_NICS for the image init', () => {
+    const one = kitKernelArgs({
+      hostname: 'v',
+      model: 'vm',
+      nics: [{ name: 'eth0', mac: '02:00:00:00:00:01' }],
+    });
+    assert.deepEqual(one.slice(-2), ['trivisor.nics=eth0@02:00:00:00:00:01', 'TRIVISOR_NICS=eth0']);
+    const two = kitKernelArgs({
+      hostname: 'p',
+      model: 'pvm',
+      nics: [
+        { name: 'eth0', mac: '02:00:00:00:00:01' },
+        { name: 'lan', mac: '02:00:00:00:00:02' },
+      ],
+    });
+    assert.deepEqual(two.slice(-2), [
+      'trivisor.nics=eth0@02:00:00:00:00:01,lan@02:00:00:00:00:02',
+      'TRIVISOR_NICS="eth0 lan"',
+    ]);
+    assert.ok(!kitKernelArgs({ hostname: 'v', model: 'vm' }).some((a) => a.includes('NICS')));
+    assert.throws(
+      () =>
+        kitKernelArgs({ hostname: 'v', model: 'vm', nics: [{ name: 'eth 0', mac: '02:00:00:00:00:01' }] }),
+      { code: 'InvalidArgument' },
+    );
+  });
+
   test('shellQuote survives a round trip through sh', () => {
     const argv = ['/bin/sh', '-c', `echo "it's" $HOME; a\\b`, '', 'plain', 'x=y'];
     const out = execFileSync('/bin/sh', ['-c', `printf '%s\\n' ${argv.map(shellQuote).join(' ')}`], {

@@ -33,6 +33,11 @@ export interface KitKernelArgsOptions {
    * device (KIT_AGENT_DEVICE). `unix:<path>` makes it listen on a socket (tests).
    */
   agent?: string;
+  /**
+   * The guest's NICs in the order the host plugged them: the kit renames the
+   * interface with each `mac` to `name` and tells the image's init (TRIVISOR_NICS).
+   */
+  nics?: ReadonlyArray<{ name: string; mac: string }>;
 }
 
 /**
@@ -52,11 +57,28 @@ export function kitKernelArgs(options: KitKernelArgsOptions): string[] {
       `Agent path '${agent}' cannot go on a kernel command line: use a path without spaces.`,
     );
   }
+  const nics = options.nics ?? [];
+  for (const n of nics) {
+    if (!/^[a-z][a-z0-9]{0,14}$/.test(n.name) || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(n.mac)) {
+      throw invalidArgument(
+        `NIC ${n.name} (${n.mac}) cannot go on a kernel command line: use a name like eth0 and a lower-case MAC.`,
+      );
+    }
+  }
+  const names = nics.map((n) => n.name);
   return [
     `init=${KIT_INIT}`,
     `trivisor.hostname=${hostname}`,
     `trivisor.agent=${agent}`,
     `trivisor.model=${model}`,
+    ...(nics.length > 0
+      ? [
+          `trivisor.nics=${nics.map((n) => `${n.name}@${n.mac}`).join(',')}`,
+          // Undotted, so the kernel hands it to init as an environment variable: the image's
+          // DHCP client finds its NICs even on a base disk whose kit predates trivisor.nics.
+          names.length === 1 ? `TRIVISOR_NICS=${names[0]}` : `TRIVISOR_NICS="${names.join(' ')}"`,
+        ]
+      : []),
   ];
 }
 

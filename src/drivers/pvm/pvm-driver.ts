@@ -259,6 +259,8 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     }
     await rm(p.processFile, { force: true });
     await rm(p.frozenFile, { force: true });
+    // The taps are persistent: they outlive the kernel, and go only with the guest's runtime.
+    if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
   };
 
   const readUid = async (spec: GuestSpec): Promise<number> => {
@@ -408,11 +410,6 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
         );
       }
-      if (Object.keys(spec.devices ?? {}).length > 0) {
-        throw notSupported(
-          `pvm guests have no network devices yet: remove the NIC devices of ${spec.name} or use --model ct.`,
-        );
-      }
       const memory = memoryOf(spec);
       if (memory < PVM_MIN_MEMORY_BYTES) {
         throw invalidArgument(
@@ -488,6 +485,10 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       const uid = await readUid(spec);
       const baseDisk = await image.baseDisk();
       const memoryBytes = memoryOf(spec);
+      const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
+      if (withNics && !ctx.network) {
+        throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
+      }
       return withRevert(async (r) => {
         await writeFile(
           join(p.dir, 'stop-signal'),
@@ -507,8 +508,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
             'limits.disk set after create: the guest keeps its copy-on-write disk',
           );
         }
+        // The kernel opens its taps as the guest's uid: they are made with that owner.
+        const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec, { user: uid }) : [];
         const argv = umlArgv({
           kernelPath,
+          nics: taps,
           memoryBytes,
           ...(raw ? { diskPath: p.raw } : { diskPath: p.cow, backingPath: baseDisk }),
           umlDir: p.runDir,

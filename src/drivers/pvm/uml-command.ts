@@ -14,6 +14,8 @@ export interface UmlBootOptions {
   umlDir: string;
   umid: string;
   hostname: string;
+  /** The guest's NICs in order: a tap the host made for the guest's uid, the NIC's name and MAC. */
+  nics?: ReadonlyArray<{ nic: string; tap: string; mac: string }>;
 }
 
 /** The in-guest device of the agent's serial line (`ssl1`, UML's second serial line). */
@@ -24,7 +26,9 @@ export const PVM_AGENT_DEVICE = '/dev/ttyS1';
  * stdout, which the driver points at console.log, and reads nothing; every
  * other console and serial line is `null`, because UML's default for them is
  * an xterm. ssl1 is the guest agent's line, on two FIFOs the launcher hands
- * over as fds 3 and 4.
+ * over as fds 3 and 4. Each NIC is `ethN=tuntap,TAP,MAC`: the kernel opens the
+ * host's tap itself (it belongs to the guest's uid), and the kit renames the
+ * guest's ethN to the NIC's name.
  */
 export function umlArgv(options: UmlBootOptions): string[] {
   const kib = Math.floor(options.memoryBytes / 1024);
@@ -40,6 +44,12 @@ export function umlArgv(options: UmlBootOptions): string[] {
     'ssl=null',
     // The agent's line: fd 3 in, fd 4 out, FIFOs the launcher opened read-write (see agent-line.ts).
     'ssl1=fd:3,fd:4',
-    ...kitKernelArgs({ hostname: options.hostname, model: 'pvm', agent: PVM_AGENT_DEVICE }),
+    ...(options.nics ?? []).map((n, i) => `eth${i}=tuntap,${n.tap},${n.mac}`),
+    ...kitKernelArgs({
+      hostname: options.hostname,
+      model: 'pvm',
+      agent: PVM_AGENT_DEVICE,
+      nics: (options.nics ?? []).map((n) => ({ name: n.nic, mac: n.mac })),
+    }),
   ];
 }

@@ -34,7 +34,8 @@ export interface ModuleEntry {
 /**
  * The modules the initramfs loads: the virtio devices a `vm` guest has (on PCI for
  * q35, on virtio-mmio for microvm), ext4 for its
- * root, and the ACPI button so that system_powerdown reaches the guest as an event.
+ * root, virtio_net for NICs (with its failover deps), and the ACPI button so that
+ * system_powerdown reaches the guest as an event.
  * Built-in ones (ext4 on Debian's cloud kernel) are skipped.
  */
 export const INITRAMFS_MODULES = [
@@ -44,6 +45,7 @@ export const INITRAMFS_MODULES = [
   'virtio_console',
   'virtio_balloon',
   'virtio_rng',
+  'virtio_net',
   'ext4',
   'button',
 ] as const;

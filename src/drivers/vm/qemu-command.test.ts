@@ -2,7 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { qemuArgv, vmGuestPaths, vmResources } from './qemu-command.ts';
 
-const argvFor = (config: Record<string, string>, machine: 'q35' | 'microvm' = 'q35') =>
+const argvFor = (
+  config: Record<string, string>,
+  machine: 'q35' | 'microvm' = 'q35',
+  nics?: Array<{ tap: string; mac: string }>,
+) =>
   qemuArgv({
     name: 'web1',
     paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
@@ -11,6 +15,7 @@ const argvFor = (config: Record<string, string>, machine: 'q35' | 'microvm' = 'q
     machine,
     resources: vmResources(config),
     kernelArgs: ['init=/.trivisor/init', 'trivisor.model=vm'],
+    ...(nics ? { nics } : {}),
   });
 
 const after = (argv: string[], flag: string): string[] =>
@@ -65,5 +70,26 @@ describe('qemu command line', () => {
     const argv = argvFor({}, 'microvm');
     assert.match(after(argv, '-machine')[0] ?? '', /^microvm,/);
     assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
+  });
+
+  test('each NIC is a virtio-net device with its MAC on its tap, in order; no NIC means -nic none', () => {
+    const nics = [
+      { tap: 'tv0123456789', mac: '02:aa:bb:cc:dd:01' },
+      { tap: 'tv9876543210', mac: '02:aa:bb:cc:dd:02' },
+    ];
+    const argv = argvFor({}, 'q35', nics);
+    assert.deepEqual(after(argv, '-netdev'), [
+      'tap,id=net0,ifname=tv0123456789,script=no,downscript=no',
+      'tap,id=net1,ifname=tv9876543210,script=no,downscript=no',
+    ]);
+    const devices = after(argv, '-device').filter((d) => d.startsWith('virtio-net'));
+    assert.deepEqual(devices, [
+      'virtio-net-pci,netdev=net0,mac=02:aa:bb:cc:dd:01',
+      'virtio-net-pci,netdev=net1,mac=02:aa:bb:cc:dd:02',
+    ]);
+    assert.deepEqual(after(argv, '-nic'), []);
+    assert.ok(
+      after(argvFor({}, 'microvm', nics), '-device').includes(devices[0]?.replace('-pci', '-device') ?? ''),
+    );
   });
 });

@@ -78,6 +78,8 @@ export interface QemuCommandOptions {
    * initramfs, and `kernelArgs` are its whole command line.
    */
   foreignKernel?: string;
+  /** The guest's NICs, in order: a tap the host made (on its bridge) and the NIC's MAC each. */
+  nics?: ReadonlyArray<{ tap: string; mac: string }>;
 }
 
 /**
@@ -85,7 +87,7 @@ export interface QemuCommandOptions {
  * outlives the daemon), QMP and the serial console on unix sockets (the
  * console also logged to console.log), the qcow2 root on virtio-blk,
  * virtio-rng, a balloon for live memory lowering, the guest agent's
- * virtio-serial port, and no network.
+ * virtio-serial port, and a virtio-net device on its host tap per NIC (none without NICs).
  */
 export function qemuArgv(options: QemuCommandOptions): string[] {
   const { paths, kit, accelerator, machine, resources } = options;
@@ -160,7 +162,21 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
     '-device',
     'virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0',
-    '-nic',
-    'none',
+    ...nicArgs(options.nics ?? [], bus),
   ];
+}
+
+/**
+ * One virtio-net device per NIC on the tap the host made and put on the bridge
+ * (script=no: QEMU configures nothing on the host). In command-line order, so the
+ * guest kernel names them eth0, eth1… in the NICs' order.
+ */
+function nicArgs(nics: ReadonlyArray<{ tap: string; mac: string }>, bus: string): string[] {
+  if (nics.length === 0) return ['-nic', 'none'];
+  return nics.flatMap((n, i) => [
+    '-netdev',
+    `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`,
+    '-device',
+    `virtio-net-${bus},netdev=net${i},mac=${n.mac}`,
+  ]);
 }

@@ -176,6 +176,8 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     const p = pathsOf(spec);
     agents.drop(p.agentSocket);
     for (const f of [p.qmpSocket, p.consoleSocket, p.agentSocket, p.pidFile]) await rm(f, { force: true });
+    // The taps are persistent: they outlive QEMU, and go only with the guest's runtime.
+    if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
     // Threads of a QEMU that just exited may linger a moment in the cgroup.
     for (let i = 0; i < 20; i++) {
       if ((await removeCgroup(cgroupsPath(spec))).length === 0) break;
@@ -387,8 +389,16 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           `The kernel ${foreign.kernel} of image ${image.record.fingerprint} does not exist on this host: install it or fix the image's vm.kernel property.`,
         );
       }
+      const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
+      if (withNics && !ctx.network) {
+        throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
+      }
       return withRevert(async (r) => {
         const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
+        r.add(() => cleanUpRuntime(spec));
+        // A tap per NIC on its bridge, filtered and limited before QEMU opens it.
+        const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec) : [];
+        const nics = taps.map((t) => ({ name: t.nic, mac: t.mac }));
         const argv = qemuArgv({
           name: spec.name,
           paths: p,
@@ -398,9 +408,9 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           resources,
           ...(foreign
             ? { foreignKernel: foreign.kernel, kernelArgs: foreign.cmdline }
-            : { kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm' }) }),
+            : { kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm', nics }) }),
+          nics: taps,
         });
-        r.add(() => cleanUpRuntime(spec));
         // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
         const result = await runner.run(argv, { allowFailure: true, timeoutMs: 60_000 });
         if (result.code !== 0) {

@@ -1,0 +1,35 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { umlArgv } from './uml-command.ts';
+
+const base = {
+  kernelPath: '/usr/bin/linux.uml',
+  memoryBytes: 64 * 2 ** 20,
+  diskPath: '/s/guests/p1/disk/root.cow',
+  backingPath: '/s/images/fp/disk.ext4',
+  umlDir: '/s/guests/p1/run',
+  umid: 'uml',
+  hostname: 'p1',
+};
+
+test('each NIC is a tuntap transport on its host tap with its MAC, named for the kit by MAC', () => {
+  const argv = umlArgv({
+    ...base,
+    nics: [
+      { nic: 'eth0', tap: 'tv0123456789', mac: '02:aa:bb:cc:dd:01' },
+      { nic: 'lan', tap: 'tv9876543210', mac: '02:aa:bb:cc:dd:02' },
+    ],
+  });
+  assert.deepEqual(
+    argv.filter((a) => /^eth\d+=/.test(a)),
+    ['eth0=tuntap,tv0123456789,02:aa:bb:cc:dd:01', 'eth1=tuntap,tv9876543210,02:aa:bb:cc:dd:02'],
+  );
+  assert.ok(argv.includes('trivisor.nics=eth0@02:aa:bb:cc:dd:01,lan@02:aa:bb:cc:dd:02'));
+  assert.ok(argv.includes('TRIVISOR_NICS="eth0 lan"'));
+});
+
+test('a guest without NICs gets no network device', () => {
+  const argv = umlArgv(base);
+  assert.ok(!argv.some((a) => /^eth\d+=|NICS/.test(a)));
+  assert.ok(argv.includes('ubd0=/s/guests/p1/disk/root.cow,/s/images/fp/disk.ext4'));
+});

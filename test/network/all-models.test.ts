@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, eventually, sleep, startDaemon } from '../system/harness.ts';
+
+/*
+ * One guest of each model (ct, vm, pvm) on one managed network: DHCP, ping by address and
+ * by name, TCP both ways, counters, anti-spoofing on a tap, and the taps through a daemon
+ * kill -9, stop and delete. Traffic stays between this test's guests and bridge, in
+ * 198.18.211.0/24.
+ */
+
+const sfx = String(process.pid % 10000);
+const NET = `tnm${sfx}`;
+const GUESTS = { mc: 'ct', mv: 'vm', mp: 'pvm' } as const;
+type Name = keyof typeof GUESTS;
+const NAMES = Object.keys(GUESTS) as Name[];
+
+/** Host interfaces now (`ip -o link`). */
+const links = () => spawnSync('ip', ['-o', 'link'], { encoding: 'utf8' }).stdout;
+const tables = () => spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
+
+interface NicInfo {
+  hostName: string;
+  hwaddr: string;
+  addresses: string[];
+  counters: { rxBytes: number; txBytes: number; rxPackets: number; txPackets: number } | null;
+}
+
+describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
+  let d: Daemon;
+  const ports: Partial<Record<Name, string>> = {};
+
+  const sh = (guest: string, script: string) =>
+    d.cli(['exec', guest, '--', 'sh', '-c', script], { timeoutMs: 120_000 });
+  const pings = (from: string, to: string) => sh(from, `ping -c1 -W3 ${to}`).code === 0;
+  const nicOf = (guest: string): NicInfo => {
+    const g = JSON.parse(d.ok(['info', guest, '--format', 'json'])) as {
+      state: { nics?: Record<string, NicInfo> };
+    };
+    const nic = g.state.nics?.eth0;
+    assert.ok(nic, `${guest} has eth0 in info`);
+    return nic;
+  };
+  const addressOf = (guest: string) => nicOf(guest).addresses[0] ?? '';
+  /** The address eth0 holds inside the guest. */
+  const leased = (guest: string) =>
+    /inet (\d+\.\d+\.\d+\.\d+)\//.exec(sh(guest, 'ip -4 addr show dev eth0').stdout)?.[1];
+
+  before(async () => {
+    d = await startDaemon();
+    d.ok(['network', 'create', NET, 'ipv4.address=198.18.211.1/24']);
+    for (const name of NAMES) {
+      d.ok(['launch', 'busybox', name, '--model', GUESTS[name], '-n', NET]);
+      ports[name] = nicOf(name).hostName;
+    }
+  });
+
+  after(async () => {
+    if (d) {
+      d.cli(['delete', '--force', ...NAMES]);
+      d.cli(['network', 'delete', NET]);
+      await d.destroy();
+    }
+    const now = links();
+    for (const port of [NET, ...Object.values(ports)]) assert.doesNotMatch(now, new RegExp(`: ${port}[:@]`));
+    assert.doesNotMatch(tables(), new RegExp(`trivisor-(${[NET, ...Object.values(ports)].join('|')})`));
+  });
+
+  test('each guest gets its reserved address by DHCP on eth0, and list shows it', async () => {
+    for (const name of NAMES) {
+      const ip = addressOf(name);
+      assert.match(ip, /^198\.18\.211\.\d+$/, `${name} has an address`);
+      // udhcpc may still be asking when a fast guest's init has run.
+      await eventually(`${name}'s eth0 holds ${ip}`, () => leased(name) === ip, 60_000);
+      assert.match(
+        sh(name, 'cat /etc/resolv.conf').stdout,
+        /nameserver 198\.18\.211\.1/,
+        `${name} uses the network's DNS`,
+      );
+      assert.equal(
+        sh(name, 'cat /sys/class/net/eth0/address').stdout.trim(),
+        nicOf(name).hwaddr,
+        `${name}'s eth0 has the NIC's MAC`,
+      );
+    }
+    assert.equal(new Set(NAMES.map(addressOf)).size, 3);
+    const list = d.ok(['list']);
+    for (const name of NAMES)
+      assert.match(list, new RegExp(`${name}\\s.*${addressOf(name).replace(/\./g, '\\.')}`));
+  });
+
+  test('vm and pvm NICs are taps on the bridge (pvm: owned by the guest uid), with their filters', () => {
+    const now = links();
+    for (const name of ['mv', 'mp'] as const) {
+      const port = ports[name] ?? '';
+      assert.match(now, new RegExp(`: ${port}: .* master ${NET} `), `${name}'s tap is on the bridge`);
+      const info = JSON.parse(
+        spawnSync('ip', ['-json', '-d', 'link', 'show', 'dev', port], { encoding: 'utf8' }).stdout,
+      )[0] as { linkinfo?: { info_kind?: string; info_data?: { user?: string | number } } };
+      assert.equal(info.linkinfo?.info_kind, 'tun');
+      assert.match(tables(), new RegExp(`bridge trivisor-${port}`));
+    }
+    const uid = Number(spawnSync('cat', [`${d.stateDir}/guests/mp/uid`], { encoding: 'utf8' }).stdout.trim());
+    const owner = JSON.parse(
+      spawnSync('ip', ['-json', '-d', 'link', 'show', 'dev', ports.mp ?? ''], { encoding: 'utf8' }).stdout,
+    )[0]?.linkinfo?.info_data?.user;
+    assert.ok(uid > 0);
+    assert.ok(owner === uid || owner === String(uid), `the pvm tap belongs to uid ${uid}, not ${owner}`);
+  });
+
+  test('every guest pings the others by address and by DNS name, and the gateway', () => {
+    for (const from of NAMES) {
+      assert.ok(pings(from, '198.18.211.1'), `${from} reaches the gateway`);
+      for (const to of NAMES) {
+        if (to === from) continue;
+        assert.ok(pings(from, addressOf(to)), `${from} pings ${to} by address`);
+        assert.ok(pings(from, `${to}.trivisor`), `${from} pings ${to}.trivisor`);
+      }
+    }
+  });
+
+  test('every guest moves data over TCP to each of the others', async () => {
+    for (const to of NAMES) {
+      for (const from of NAMES) {
+        if (to === from) continue;
+        const port = 5100 + NAMES.indexOf(from);
+        const listen = sh(
+          to,
+          `rm -f /tmp/got-${from}; nc -l -p ${port} -e sh -c "cat > /tmp/got-${from}" </dev/null >/dev/null 2>&1 &`,
+        );
+        assert.equal(listen.code, 0, listen.stderr);
+        await sleep(500);
+        const sent = sh(
+          from,
+          `dd if=/dev/urandom of=/tmp/sent bs=1k count=256 2>/dev/null && nc ${to}.trivisor ${port} < /tmp/sent && md5sum /tmp/sent`,
+        );
+        assert.equal(sent.code, 0, `${from} → ${to}: ${sent.stderr}`);
+        const sum = sent.stdout.split(' ')[0] ?? '';
+        assert.match(sum, /^[0-9a-f]{32}$/);
+        await eventually(
+          `${to} received all of ${from}'s data`,
+          () => sh(to, `md5sum /tmp/got-${from}`).stdout.startsWith(`${sum} `),
+          30_000,
+        );
+      }
+    }
+  });
+
+  test('info shows per-NIC counters for every model', () => {
+    for (const name of NAMES) {
+      const c = nicOf(name).counters;
+      assert.ok(c && c.rxBytes > 256 * 1024 && c.txBytes > 256 * 1024, `${name}: ${JSON.stringify(c)}`);
+    }
+    assert.match(d.ok(['info', 'mv']), new RegExp(`eth0: network ${NET}`));
+  });
+
+  test('a pvm or vm guest that takes another address or MAC is dropped', () => {
+    const target = addressOf('mc');
+    for (const name of ['mp', 'mv'] as const) {
+      const spoofIp = sh(
+        name,
+        `ip addr add 198.18.211.250/24 dev eth0 && ping -c1 -W2 -I 198.18.211.250 ${target}; r=$?; ip addr del 198.18.211.250/24 dev eth0; exit $r`,
+      );
+      assert.notEqual(spoofIp.code, 0, `a packet from a foreign address got out of ${name}`);
+      const mac = sh(name, 'cat /sys/class/net/eth0/address').stdout.trim();
+      const spoofMac = sh(
+        name,
+        `ip link set eth0 address 02:00:00:00:00:99 && ping -c1 -W2 ${target}; r=$?; ip link set eth0 address ${mac}; exit $r`,
+      );
+      assert.notEqual(spoofMac.code, 0, `a frame from a foreign MAC got out of ${name}`);
+      assert.ok(pings(name, target), `back to its own addresses, ${name} works again`);
+    }
+  });
+
+  test('after a daemon kill -9 the guests are re-adopted with their taps, and still talk', async () => {
+    await d.kill9();
+    await d.restart();
+    const now = links();
+    for (const name of ['mv', 'mp'] as const)
+      assert.match(now, new RegExp(`: ${ports[name]}: .* master ${NET} `));
+    for (const name of NAMES) {
+      const g = JSON.parse(d.ok(['info', name, '--format', 'json'])) as { status: string };
+      assert.equal(g.status, 'Running', `${name} is still running`);
+    }
+    assert.ok(pings('mv', 'mp.trivisor'));
+    assert.ok(pings('mp', 'mc.trivisor'));
+    assert.ok(pings('mc', 'mv.trivisor'));
+  });
+
+  test('stop removes the taps and their filters; start brings them back; delete removes them', () => {
+    for (const name of ['mv', 'mp'] as const) {
+      const port = ports[name] ?? '';
+      d.ok(['stop', '--force', name]);
+      assert.doesNotMatch(links(), new RegExp(`: ${port}[:@]`), `${name}'s tap went with the stop`);
+      assert.doesNotMatch(tables(), new RegExp(`trivisor-${port}`));
+    }
+    d.ok(['start', 'mp']);
+    assert.match(links(), new RegExp(`: ${ports.mp}: .* master ${NET} `));
+    assert.ok(pings('mp', addressOf('mc')), 'a restarted pvm guest has its network back');
+    for (const name of ['mv', 'mp'] as const) {
+      d.ok(['delete', '--force', name]);
+      assert.doesNotMatch(links(), new RegExp(`: ${ports[name]}[:@]`));
+    }
+  });
+});
