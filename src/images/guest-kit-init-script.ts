@@ -112,6 +112,18 @@ echo "trivisor: init"
 INIT=$($BB cat $K/image-init 2>/dev/null)
 [ -n "$INIT" ] || INIT=/sbin/init
 eval "set -- $INIT"
+# A root shell on the console for \`trivisor console\` (the images bring no getty for it), started
+# again when it exits; cttyhack makes the console its controlling terminal (job control, Ctrl-C).
+# Not with \`&\`: a background job of this shell would ignore SIGINT, and so would every shell
+# and command under it. systemd runs its own getty on the console: then the kit keeps out of the way.
+# Nor in the tests' sandbox on the host (TRIVISOR_KIT_CMDLINE), where the console is the host's.
+if [ -z "$TRIVISOR_KIT_CMDLINE" ] && [ "$($BB basename "$($BB readlink -f "$1" 2>/dev/null)")" != systemd ]; then
+  SH=/bin/sh
+  [ -x "$SH" ] || SH="$BB sh"
+  $BB start-stop-daemon -S -b -m -p $K/run/console-shell.pid -x $BB -- sh -c \
+    'exec </dev/console >/dev/console 2>&1; while :; do $0 setsid $0 cttyhack $1 -l; $0 sleep 1; done' \
+    "$BB" "$SH"
+fi
 # A failed exec would end pid 1 and panic the kernel: check first, and fall back to a shell.
 if [ -x "$1" ] || command -v "$1" >/dev/null 2>&1; then exec "$@"; fi
 echo "trivisor: cannot run the image's init ($INIT): starting a shell"
