@@ -173,6 +173,30 @@ describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
     }
   });
 
+  test('a guest NIC gets its own name whatever order the kernel finds it in', async () => {
+    // Attached eth1 first: UML's eth0 carries NIC eth1, and the kit must swap the names.
+    d.ok(['create', 'busybox', 'mr', '--model', 'pvm']);
+    try {
+      d.ok(['network', 'attach', NET, 'mr', 'eth1']);
+      d.ok(['network', 'attach', NET, 'mr', 'eth0']);
+      d.ok(['start', 'mr']);
+      const g = JSON.parse(d.ok(['info', 'mr', '--format', 'json'])) as {
+        state: { nics: Record<string, NicInfo> };
+      };
+      for (const nic of ['eth0', 'eth1']) {
+        assert.equal(
+          sh('mr', `cat /sys/class/net/${nic}/address`).stdout.trim(),
+          g.state.nics[nic]?.hwaddr,
+          `${nic} inside has NIC ${nic}'s MAC`,
+        );
+      }
+      const ip = g.state.nics.eth0?.addresses[0];
+      await eventually('eth0 holds its own address', () => leased('mr') === ip, 60_000);
+    } finally {
+      d.cli(['delete', '--force', 'mr']);
+    }
+  });
+
   test('after a daemon kill -9 the guests are re-adopted with their taps, and still talk', async () => {
     await d.kill9();
     await d.restart();
