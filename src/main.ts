@@ -9,8 +9,12 @@ import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
+import type { PvmAgentMap } from './drivers/pvm/pvm-agent-pool.ts';
 import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
+import { createPvmStorage } from './drivers/pvm/pvm-storage.ts';
+import { createAgentPool } from './drivers/vm/vm-agent.ts';
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
+import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
@@ -59,10 +63,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
   const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
   const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE, network: nics };
+  // One set of agent connections per model, shared by driver and storage (an agent's line serves one client).
+  const vmAgents = createAgentPool();
+  const pvmAgents: PvmAgentMap = new Map();
   const drivers: Partial<Record<Model, GuestDriver>> = {
     ct: createCtDriver(ctx),
-    pvm: createPvmDriver(ctx),
-    vm: createVmDriver(ctx),
+    pvm: createPvmDriver(ctx, { agents: pvmAgents }),
+    vm: createVmDriver(ctx, { agents: vmAgents }),
   };
 
   const events = createEventBus();
@@ -93,7 +100,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
 
   services.storage = createStorageService({
     store,
-    storage: { ct: createCtStorage(ctx) },
+    storage: {
+      ct: createCtStorage(ctx),
+      vm: createVmStorage(ctx, { agents: vmAgents }),
+      pvm: createPvmStorage(ctx, { agents: pvmAgents }),
+    },
     guests,
     images,
     operations,

@@ -35,6 +35,7 @@ import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
+import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
 import { umlArgv } from './uml-command.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
@@ -78,6 +79,8 @@ export interface PvmDriverOptions {
   uidBase?: number;
   /** Where UML keeps guest RAM (a tmpfs, so that it never touches the disk). */
   memoryDir?: string;
+  /** The agent connections, shared with the pvm storage (a serial line carries one conversation). */
+  agents?: PvmAgentMap;
 }
 
 /** Where a pvm guest keeps its files under the state dir. */
@@ -166,7 +169,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   const memoryDir = options.memoryDir ?? '/dev/shm';
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
-  const agents = new Map<string, Promise<AgentConnection>>();
+  const agents: PvmAgentMap = options.agents ?? new Map<string, Promise<AgentConnection>>();
   let uidLock: Promise<unknown> = Promise.resolve();
 
   const pathsOf = (spec: GuestSpec): PvmGuestPaths => {

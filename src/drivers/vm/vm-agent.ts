@@ -28,6 +28,12 @@ export interface AgentPool {
   exec(socketPath: string, options: ExecOptions): Promise<ExecSession>;
   /** Closes the connection to one guest's agent (before its sockets go away). */
   drop(socketPath: string): void;
+  /** Runs `work` on the guest's shared connection (after a sync), e.g. fsfreeze around a snapshot. */
+  use<T>(
+    socketPath: string,
+    options: { timeoutMs: number },
+    work: (client: QgaClient) => Promise<T>,
+  ): Promise<T>;
 }
 
 interface Shared {
@@ -118,6 +124,10 @@ export function createAgentPool(): AgentPool {
           await session.exit;
         }).catch(reject);
       });
+    },
+
+    use(socketPath, options, work) {
+      return use(socketPath, options.timeoutMs, work);
     },
 
     drop(socketPath) {

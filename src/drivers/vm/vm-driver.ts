@@ -38,7 +38,7 @@ import {
   vmResources,
 } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
-import { createAgentPool } from './vm-agent.ts';
+import { type AgentPool, createAgentPool } from './vm-agent.ts';
 
 /** How often waits poll. */
 const POLL_MS = 100;
@@ -71,6 +71,8 @@ export interface BootRecord {
 
 /** Per-host settings of the vm driver (main.ts passes them from the host config). */
 export interface VmDriverOptions {
+  /** The guest agents' connections, shared with the vm storage (QEMU serves one client per agent socket). */
+  agents?: AgentPool;
   /** kvm, tcg, or auto (probe); default from TRIVISOR_VM_ACCELERATOR, else auto. */
   accelerator?: AcceleratorSetting;
   /** A guest kernel instead of the newest /boot/vmlinuz-*-cloud-amd64. */
@@ -101,7 +103,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
-  const agents = createAgentPool();
+  const agents = options.agents ?? createAgentPool();
 
   const bootDir = options.bootDir ?? defaultBootDir();
   const bootKit = (): Promise<BootKit> =>

@@ -1,0 +1,327 @@
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
+import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
+import { isSameProcess } from '../../host/proc-stat.ts';
+import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import type { DriverContext } from '../guest-driver.ts';
+import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
+import { readUmlCowHeader } from './uml-cow.ts';
+import { createMconsoleClient } from './uml-mconsole.ts';
+
+/** Half-made files carry this prefix until they are renamed into place. */
+const TMP_PREFIX = '.tmp-';
+/** The two kinds of pvm disk (pvm-driver.ts): a COW file over the base disk, or a private whole disk. */
+const COW = 'root.cow';
+const RAW = 'root.img';
+/** Name of the flat disk inside an archive made by exportTar. */
+const ARCHIVE_DISK = 'disk.img';
+/** Present while the guest's file systems are frozen for a snapshot. */
+const FREEZE_MARKER = 'fsfreeze.pending';
+/** Present while the kernel is stopped through mconsole for a snapshot (no agent to freeze with). */
+const PAUSE_MARKER = 'paused-for-snapshot';
+
+/** What the pvm storage is built with beyond the driver context. */
+export interface PvmStorageOptions {
+  /** The pvm driver's agent connections (main.ts makes one map for both). */
+  agents: PvmAgentMap;
+}
+
+/**
+ * Storage of `pvm` guests by COW layering (docs/decisions/0008-vm-and-pvm-storage.md).
+ * A guest's writable state is one file in `disk/`: the UML COW file `root.cow`
+ * over the image's shared base disk, or a private whole disk `root.img`. UML
+ * COW files cannot be chained, so a snapshot is a copy of that file
+ * (`cp --reflink=auto --sparse=always`: shared extents where the file system
+ * can, only the written sectors elsewhere) in `snapshots/NAME/`, taken with
+ * the guest's file systems frozen through its agent when it runs; a snapshot
+ * without a file is the pristine state of a guest that never booted. Restore
+ * and copy put such a copy in place; archives hold the flat disk (base disk
+ * merged in with uml_moo), because base disks are made anew on each host, and
+ * come back as a private disk.
+ */
+export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions): GuestStorage {
+  const { runner, stateDir } = ctx;
+  const log = ctx.log.child({ storage: 'pvm' });
+
+  const dirOf = (spec: GuestSpec) => join(stateDir, 'guests', spec.name);
+  const diskDirOf = (spec: GuestSpec) => join(dirOf(spec), 'disk');
+  const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
+  const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
+  const tmpName = (what: string) => `${TMP_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
+
+  const liveUml = async (spec: GuestSpec): Promise<ProcessIdentity | undefined> => {
+    const record = await readFile(join(dirOf(spec), 'uml.json'), 'utf8')
+      .then((t) => JSON.parse(t) as ProcessIdentity)
+      .catch(() => undefined);
+    if (!record || !Number.isInteger(record.pid)) return undefined;
+    const identity = { pid: record.pid, startTime: record.startTime };
+    return (await isSameProcess(identity)) ? identity : undefined;
+  };
+
+  const uidOf = async (spec: GuestSpec): Promise<number> => {
+    const uid = Number((await readFile(join(dirOf(spec), 'uid'), 'utf8').catch(() => '')).trim());
+    if (!Number.isInteger(uid) || uid <= 0) {
+      throw failedPrecondition(`Guest ${spec.name} has no host uid on this host: create it first.`);
+    }
+    return uid;
+  };
+
+  /** The file holding the guest's disk now (a private disk wins, as in the driver), or none before its first boot. */
+  const currentDisk = async (dir: string): Promise<string | undefined> => {
+    for (const name of [RAW, COW]) if (await exists(join(dir, name))) return join(dir, name);
+    return undefined;
+  };
+
+  const agentOf =
+    (spec: GuestSpec): AgentAccess =>
+    async (work) => {
+      const paths = { toGuest: join(dirOf(spec), 'agent.in'), fromGuest: join(dirOf(spec), 'agent.out') };
+      const agent = await pvmAgentOf(options.agents, spec.name, { paths, timeoutMs: 10_000 });
+      try {
+        return await work(agent.client);
+      } catch (e) {
+        if (e instanceof Error && /did not answer|closed|failed/.test(e.message)) {
+          dropPvmAgent(options.agents, spec.name);
+        }
+        throw e;
+      }
+    };
+
+  const assertStopped = async (spec: GuestSpec, what: string) => {
+    if (await liveUml(spec))
+      throw failedPrecondition(`Guest ${spec.name} is running: stop it before ${what}.`);
+  };
+
+  /**
+   * Runs `work` with the running guest's disk quiescent: its file systems
+   * frozen through the agent (dirty data written to the COW file, writers
+   * blocked). Without an answering agent the kernel is stopped through
+   * mconsole instead: crash-consistent only (what the guest had not written
+   * yet is not in the copy). A kernel the administrator froze stays frozen,
+   * and its copy is crash-consistent too.
+   */
+  const whileQuiescent = async <T>(spec: GuestSpec, work: () => Promise<T>): Promise<T> => {
+    if (!(await liveUml(spec))) return work();
+    if (await exists(join(dirOf(spec), 'frozen'))) return work();
+    try {
+      return await withFrozenFileSystems(
+        agentOf(spec),
+        { marker: join(dirOf(spec), FREEZE_MARKER), guest: spec.name },
+        work,
+      );
+    } catch (e) {
+      if (!(e instanceof Error) || !/Cannot freeze/.test(e.message)) throw e;
+      log.warn(
+        { guest: spec.name, err: e.message },
+        'no guest agent to freeze with: stopping the kernel instead (crash-consistent copy)',
+      );
+    }
+    const mconsole = createMconsoleClient(join(dirOf(spec), 'run', 'uml', 'mconsole'), { runner });
+    const marker = join(dirOf(spec), PAUSE_MARKER);
+    await writeFile(marker, '', { mode: 0o600 });
+    try {
+      await mconsole.stop();
+      try {
+        return await work();
+      } finally {
+        await mconsole.go();
+      }
+    } finally {
+      await rm(marker, { force: true });
+    }
+  };
+
+  /** Copies a disk file sparsely (copy-on-write where the file system can). */
+  const copyFile = (from: string, to: string) =>
+    runner.run(['cp', '--reflink=auto', '--sparse=always', '--', from, to]);
+
+  /**
+   * Puts `from` (a COW or private disk file, or undefined for the pristine
+   * state) in place as the disk of a stopped guest, owned by its uid: a
+   * temporary copy renamed over the disk, then the other kind removed.
+   */
+  const installDisk = async (spec: GuestSpec, from: string | undefined, kind?: string): Promise<void> => {
+    const diskDir = diskDirOf(spec);
+    if (!(await exists(diskDir))) throw failedPrecondition(`Guest ${spec.name} has no disk on this host.`);
+    const uid = await uidOf(spec);
+    const name = kind ?? (from ? basename(from) : undefined);
+    if (from && name) {
+      const tmp = join(diskDir, tmpName('disk'));
+      try {
+        await copyFile(from, tmp);
+        await chmod(tmp, 0o600);
+        await chown(tmp, uid, uid);
+        await rename(tmp, join(diskDir, name));
+      } catch (e) {
+        await rm(tmp, { force: true });
+        throw e;
+      }
+    }
+    for (const other of [COW, RAW]) {
+      if (other !== name) await rm(join(diskDir, other), { force: true });
+    }
+  };
+
+  const snapshotDisk = async (spec: GuestSpec, snap: string): Promise<string | undefined> => {
+    const dir = join(snapshotsOf(spec), snap);
+    if (!(await exists(dir))) {
+      throw notFound(`Guest ${spec.name} has no snapshot ${snap} on disk: list its snapshots.`);
+    }
+    return currentDisk(dir);
+  };
+
+  /** Makes snapshot-like directory `target` under `parent` from `fill(tmpDir)`, renamed into place when complete. */
+  const makeDir = async (parent: string, target: string, fill: (tmp: string) => Promise<void>) => {
+    await mkdir(parent, { recursive: true, mode: 0o700 });
+    const tmp = join(parent, tmpName(basename(target)));
+    await mkdir(tmp, { mode: 0o700 });
+    try {
+      await fill(tmp);
+      await rm(target, { recursive: true, force: true });
+      await rename(tmp, target);
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  };
+
+  /** Runs `read` on a file holding the wanted state that nothing writes to meanwhile. */
+  const withStableDisk = async <T>(
+    spec: GuestSpec,
+    from: FromSnapshot | undefined,
+    read: (disk: { path: string; kind: string } | undefined) => Promise<T>,
+  ): Promise<T> => {
+    const described = (path: string | undefined) => (path ? { path, kind: basename(path) } : undefined);
+    if (from?.snapshot !== undefined) return read(described(await snapshotDisk(spec, from.snapshot)));
+    const disk = await currentDisk(diskDirOf(spec));
+    if (!disk || !(await liveUml(spec))) return read(described(disk));
+    // Copied while quiescent, read afterwards: the guest is frozen only for the copy.
+    const tmp = join(diskDirOf(spec), tmpName('read'));
+    try {
+      await whileQuiescent(spec, () => copyFile(disk, tmp));
+      return await read({ path: tmp, kind: basename(disk) });
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  };
+
+  const storage: GuestStorage = {
+    async snapshot(spec, snap) {
+      const target = join(snapshotsOf(spec), snap);
+      if (await exists(target))
+        throw failedPrecondition(`Snapshot ${snap} of guest ${spec.name} exists on disk.`);
+      if (!(await exists(diskDirOf(spec)))) {
+        throw failedPrecondition(`Guest ${spec.name} has no disk on this host.`);
+      }
+      await makeDir(snapshotsOf(spec), target, (tmp) =>
+        whileQuiescent(spec, async () => {
+          const disk = await currentDisk(diskDirOf(spec));
+          if (disk) await copyFile(disk, join(tmp, basename(disk)));
+        }),
+      );
+    },
+
+    async restoreSnapshot(spec, snap) {
+      await assertStopped(spec, 'restoring a snapshot');
+      await installDisk(spec, await snapshotDisk(spec, snap));
+    },
+
+    async deleteSnapshot(spec, snap) {
+      await rm(join(snapshotsOf(spec), snap), { recursive: true, force: true });
+    },
+
+    async listSnapshots(spec) {
+      const names = await readdir(snapshotsOf(spec)).catch(() => [] as string[]);
+      return names.filter((n) => !n.startsWith(TMP_PREFIX)).sort();
+    },
+
+    async copy(source, target, copyOptions) {
+      await assertStopped(target, 'filling it with a copy');
+      // Same image, same base disk: the source's COW file fits the target as it is.
+      await withStableDisk(source, copyOptions, (disk) => installDisk(target, disk?.path, disk?.kind));
+    },
+
+    async exportTar(spec, tarPath, exportOptions) {
+      const signal = exportOptions?.signal;
+      const work = join(snapshotsOf(spec), tmpName('export'));
+      await mkdir(work, { recursive: true, mode: 0o700 });
+      try {
+        await withStableDisk(spec, exportOptions, async (disk) => {
+          const flat = join(work, ARCHIVE_DISK);
+          if (!disk)
+            throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
+          if (disk.kind === RAW) {
+            await copyFile(disk.path, flat);
+          } else {
+            // Base disk and COW merged into one flat disk (the base disk differs on another host).
+            const header = await readUmlCowHeader(disk.path);
+            await runner.run(['uml_moo', '-b', header.backingFile, disk.path, flat], {
+              ...(signal && { signal }),
+            });
+          }
+          await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
+            ...(signal && { signal }),
+          });
+        });
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+
+    async importTar(spec, tarPath, importOptions) {
+      await assertStopped(spec, 'replacing its disk');
+      const signal = importOptions?.signal;
+      const work = join(diskDirOf(spec), tmpName('import'));
+      await mkdir(work, { mode: 0o700 });
+      try {
+        const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+          ...(signal && { signal }),
+          allowFailure: true,
+        });
+        if (unpacked.code !== 0) {
+          signal?.throwIfAborted();
+          if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
+          throw invalidArgument(
+            `The archive holds no ${ARCHIVE_DISK}: it was not made from a pvm guest, or it is damaged.`,
+          );
+        }
+        const flat = join(work, ARCHIVE_DISK);
+        const st = await stat(flat);
+        if (!st.isFile() || st.size === 0) {
+          throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
+        }
+        if (importOptions?.snapshot === undefined) {
+          await installDisk(spec, flat, RAW);
+          return;
+        }
+        await makeDir(snapshotsOf(spec), join(snapshotsOf(spec), importOptions.snapshot), async (tmp) => {
+          await rename(flat, join(tmp, RAW));
+        });
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+
+    async sweep(spec) {
+      const running = (await liveUml(spec)) !== undefined;
+      await thawIfMarked(running ? agentOf(spec) : undefined, join(dirOf(spec), FREEZE_MARKER));
+      if (await exists(join(dirOf(spec), PAUSE_MARKER))) {
+        if (running) {
+          await createMconsoleClient(join(dirOf(spec), 'run', 'uml', 'mconsole'), { runner })
+            .go()
+            .catch(() => {});
+        }
+        await rm(join(dirOf(spec), PAUSE_MARKER), { force: true });
+      }
+      for (const dir of [diskDirOf(spec), snapshotsOf(spec)]) {
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          if (name.startsWith(TMP_PREFIX)) await rm(join(dir, name), { recursive: true, force: true });
+        }
+      }
+    },
+  };
+  return storage;
+}

@@ -1,0 +1,351 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
+import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
+import { isSameProcess } from '../../host/proc-stat.ts';
+import { qemuImg } from '../../host/qemu-img.ts';
+import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import type { DriverContext } from '../guest-driver.ts';
+import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { vmGuestPaths } from './qemu-command.ts';
+import { connectQmp, type QmpClient } from './qmp-client.ts';
+import type { AgentPool } from './vm-agent.ts';
+
+/** Half-made files and internal snapshots carry this prefix until they are complete. */
+const TMP_PREFIX = '.tmp-';
+/** The block device of the root disk in the QEMU command line (`-drive …,id=root`). */
+const ROOT_DEVICE = 'root';
+/** Name of the disk inside an archive made by exportTar. */
+const ARCHIVE_DISK = 'disk.qcow2';
+/** Present while the guest's file systems are frozen for a snapshot. */
+const FREEZE_MARKER = 'fsfreeze.pending';
+/** Present while the guest's vCPUs are paused for a snapshot (no agent to freeze with). */
+const PAUSE_MARKER = 'paused-for-snapshot';
+
+/** What the vm storage is built with beyond the driver context. */
+export interface VmStorageOptions {
+  /** The vm driver's agent connections (main.ts makes one pool for both). */
+  agents: AgentPool;
+}
+
+/**
+ * Storage of `vm` guests (docs/decisions/0008-vm-and-pvm-storage.md): a guest's
+ * writable state is its qcow2 overlay `root.qcow2` on the image's shared base
+ * disk. Snapshots are internal qcow2 snapshots of that file (copy-on-write
+ * inside it): taken with QMP `blockdev-snapshot-internal-sync` while QEMU runs,
+ * with the guest's file systems frozen through its agent, and with
+ * `qemu-img snapshot` when it is stopped. Copies are new overlays on the same
+ * base disk holding only the source's own clusters; archives hold a flat
+ * qcow2 (base disk included), because base disks are made anew on each host.
+ */
+export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): GuestStorage {
+  const { runner, stateDir } = ctx;
+  const log = ctx.log.child({ storage: 'vm' });
+  const img = qemuImg(runner);
+  const pathsOf = (spec: GuestSpec) => vmGuestPaths(stateDir, spec.name);
+
+  const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
+  const tmpName = (what: string) => `${TMP_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
+
+  /** The QEMU of the guest when it runs (identity from the driver's boot.json, checked against pid reuse). */
+  const liveQemu = async (spec: GuestSpec): Promise<ProcessIdentity | undefined> => {
+    const boot = await readFile(pathsOf(spec).bootRecord, 'utf8')
+      .then((t) => JSON.parse(t) as { identity?: ProcessIdentity })
+      .catch(() => undefined);
+    return boot?.identity && (await isSameProcess(boot.identity)) ? boot.identity : undefined;
+  };
+
+  const withQmp = async <T>(spec: GuestSpec, work: (qmp: QmpClient) => Promise<T>): Promise<T> => {
+    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 10_000 });
+    try {
+      return await work(qmp);
+    } finally {
+      qmp.close();
+    }
+  };
+
+  const agentOf =
+    (spec: GuestSpec): AgentAccess =>
+    (work) =>
+      options.agents.use(pathsOf(spec).agentSocket, { timeoutMs: 10_000 }, work);
+
+  const diskOf = async (spec: GuestSpec): Promise<string> => {
+    const disk = pathsOf(spec).disk;
+    if (!(await exists(disk))) throw failedPrecondition(`Guest ${spec.name} has no disk on this host.`);
+    return disk;
+  };
+
+  /** Internal snapshots of the disk, `.tmp-` ones included (the table only changes under the storage lock). */
+  const allSnapshots = async (spec: GuestSpec, running: boolean): Promise<string[]> =>
+    (await img.info(await diskOf(spec), { forceShare: running })).snapshots;
+
+  const assertStopped = async (spec: GuestSpec, what: string) => {
+    if (await liveQemu(spec)) {
+      throw failedPrecondition(`Guest ${spec.name} is running: stop it before ${what}.`);
+    }
+  };
+
+  /**
+   * Makes an internal snapshot of a running guest's disk: file systems frozen
+   * through the agent for it. Without an agent (another OS, or it does not
+   * answer) the vCPUs are paused instead, which makes it crash-consistent only;
+   * a guest the administrator paused stays paused and is crash-consistent too.
+   */
+  const liveSnapshot = async (spec: GuestSpec, name: string): Promise<void> => {
+    const take = () =>
+      withQmp(spec, (q) =>
+        q.execute('blockdev-snapshot-internal-sync', { device: ROOT_DEVICE, name }, { timeoutMs: 120_000 }),
+      );
+    const status = await withQmp(spec, (q) => q.execute<{ status: string }>('query-status'));
+    if (status.status === 'paused') {
+      await take();
+      return;
+    }
+    const p = pathsOf(spec);
+    try {
+      await withFrozenFileSystems(
+        agentOf(spec),
+        { marker: join(p.dir, FREEZE_MARKER), guest: spec.name },
+        take,
+      );
+      return;
+    } catch (e) {
+      if (!(e instanceof Error) || !/Cannot freeze/.test(e.message)) throw e;
+      log.warn(
+        { guest: spec.name, err: e.message },
+        'no guest agent to freeze with: pausing the vCPUs instead (crash-consistent snapshot)',
+      );
+    }
+    await writeFile(join(p.dir, PAUSE_MARKER), '', { mode: 0o600 });
+    try {
+      await withQmp(spec, (q) => q.execute('stop'));
+      try {
+        await take();
+      } finally {
+        await withQmp(spec, (q) => q.execute('cont'));
+      }
+    } finally {
+      await rm(join(p.dir, PAUSE_MARKER), { force: true });
+    }
+  };
+
+  const deleteInternal = async (spec: GuestSpec, name: string): Promise<void> => {
+    if (await liveQemu(spec)) {
+      await withQmp(spec, (q) =>
+        q.execute(
+          'blockdev-snapshot-delete-internal-sync',
+          { device: ROOT_DEVICE, name },
+          { timeoutMs: 60_000 },
+        ),
+      );
+    } else {
+      await img.deleteSnapshot(await diskOf(spec), name);
+    }
+  };
+
+  /**
+   * Runs `read` on a state of the disk that cannot change while it reads: a
+   * named snapshot, the disk itself when the guest is stopped, or a throw-away
+   * internal snapshot taken (frozen) when it runs, deleted afterwards.
+   */
+  const withStableState = async <T>(
+    spec: GuestSpec,
+    from: FromSnapshot | undefined,
+    read: (state: { disk: string; snapshot?: string; forceShare: boolean }) => Promise<T>,
+  ): Promise<T> => {
+    const disk = await diskOf(spec);
+    const running = (await liveQemu(spec)) !== undefined;
+    if (from?.snapshot !== undefined) {
+      if (!(await allSnapshots(spec, running)).includes(from.snapshot)) {
+        throw notFound(`Guest ${spec.name} has no snapshot ${from.snapshot} on disk: list its snapshots.`);
+      }
+      return read({ disk, snapshot: from.snapshot, forceShare: running });
+    }
+    if (!running) return read({ disk, forceShare: false });
+    const temp = tmpName('read');
+    await liveSnapshot(spec, temp);
+    try {
+      // QEMU writes on: the reader may only look at the snapshot, whose clusters nobody changes.
+      return await read({ disk, snapshot: temp, forceShare: true });
+    } finally {
+      await deleteInternal(spec, temp).catch((e: unknown) =>
+        log.warn({ guest: spec.name, err: String(e) }, 'cannot delete a temporary snapshot; sweep will'),
+      );
+    }
+  };
+
+  /** Builds a new disk file beside the guest's disk with `fill`, then renames it into place. */
+  const replaceDisk = async (spec: GuestSpec, fill: (tmp: string) => Promise<void>): Promise<void> => {
+    const disk = await diskOf(spec);
+    const tmp = join(dirname(disk), `${tmpName('disk')}.qcow2`);
+    try {
+      await fill(tmp);
+      await rename(tmp, disk);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      throw e;
+    }
+  };
+
+  /** A copy of the guest's disk file (snapshots included) to work on before it replaces the disk. */
+  const copyDisk = async (disk: string, tmp: string) => {
+    await runner.run(['cp', '--reflink=auto', '--sparse=always', '--', disk, tmp]);
+  };
+
+  const storage: GuestStorage = {
+    async snapshot(spec, snap) {
+      const running = (await liveQemu(spec)) !== undefined;
+      if ((await allSnapshots(spec, running)).includes(snap)) {
+        throw failedPrecondition(`Snapshot ${snap} of guest ${spec.name} exists on disk.`);
+      }
+      if (running) await liveSnapshot(spec, snap);
+      else await img.createSnapshot(await diskOf(spec), snap);
+    },
+
+    async restoreSnapshot(spec, snap) {
+      await assertStopped(spec, 'restoring a snapshot');
+      if (!(await allSnapshots(spec, false)).includes(snap)) {
+        throw notFound(`Guest ${spec.name} has no snapshot ${snap} on disk: list its snapshots.`);
+      }
+      // In place: qcow2 switches the active L1 table in one write; the snapshot itself stays.
+      await img.applySnapshot(await diskOf(spec), snap);
+    },
+
+    async deleteSnapshot(spec, snap) {
+      if (!(await exists(pathsOf(spec).disk))) return;
+      const running = (await liveQemu(spec)) !== undefined;
+      if (!(await allSnapshots(spec, running)).includes(snap)) return;
+      await deleteInternal(spec, snap);
+    },
+
+    async listSnapshots(spec) {
+      if (!(await exists(pathsOf(spec).disk))) return [];
+      const running = (await liveQemu(spec)) !== undefined;
+      return (await allSnapshots(spec, running)).filter((n) => !n.startsWith(TMP_PREFIX)).sort();
+    },
+
+    async copy(source, target, copyOptions) {
+      await assertStopped(target, 'filling it with a copy');
+      const targetInfo = await img.info(await diskOf(target));
+      const sourceInfo = await img.info(await diskOf(source), { forceShare: true });
+      await replaceDisk(target, async (tmp) => {
+        await withStableState(source, copyOptions, async (state) => {
+          const read = {
+            forceShare: state.forceShare,
+            ...(state.snapshot === undefined ? {} : { snapshot: state.snapshot }),
+          };
+          if (targetInfo.backingFile && targetInfo.backingFile === sourceInfo.backingFile) {
+            // Same base disk: the copy is a new overlay holding only the source's own clusters.
+            await img.convert(state.disk, tmp, {
+              ...read,
+              backing: { path: targetInfo.backingFile, format: targetInfo.backingFormat ?? 'raw' },
+            });
+            return;
+          }
+          // Another base disk (the image was rebuilt): through a flat copy, keeping only what differs.
+          const flat = `${tmp}.flat`;
+          try {
+            await img.convert(state.disk, flat, read);
+            await copyDisk(pathsOf(target).disk, tmp);
+            await img.setContent(tmp, { path: flat, format: 'qcow2' });
+          } finally {
+            await rm(flat, { force: true });
+          }
+        });
+      });
+    },
+
+    async exportTar(spec, tarPath, exportOptions) {
+      const work = join(dirname(tarPath), tmpName('vm-export'));
+      await mkdir(work, { mode: 0o700 });
+      const signal = exportOptions?.signal;
+      try {
+        await withStableState(spec, exportOptions, (state) =>
+          // Flat: the base disk is made anew on every host (mkfs), so an overlay would not fit another one.
+          img.convert(state.disk, join(work, ARCHIVE_DISK), {
+            forceShare: state.forceShare,
+            ...(state.snapshot === undefined ? {} : { snapshot: state.snapshot }),
+            ...(signal && { signal }),
+          }),
+        );
+        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
+          ...(signal && { signal }),
+        });
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+
+    async importTar(spec, tarPath, importOptions) {
+      await assertStopped(spec, 'replacing its disk');
+      const disk = await diskOf(spec);
+      const signal = importOptions?.signal;
+      const work = join(dirname(disk), tmpName('vm-import'));
+      await mkdir(work, { mode: 0o700 });
+      try {
+        const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+          ...(signal && { signal }),
+          allowFailure: true,
+        });
+        if (unpacked.code !== 0) {
+          signal?.throwIfAborted();
+          if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
+          throw invalidArgument(
+            `The archive holds no ${ARCHIVE_DISK}: it was not made from a vm guest, or it is damaged.`,
+          );
+        }
+        const flat = join(work, ARCHIVE_DISK);
+        const info = await img.info(flat).catch(() => undefined);
+        // A backing file inside an archive would point anywhere on this host (another guest's disk…).
+        if (info?.format !== 'qcow2' || info.backingFile !== undefined || info.snapshots.length > 0) {
+          throw invalidArgument(
+            'The archive does not hold a flat qcow2 disk of a vm guest: make the export again.',
+          );
+        }
+        const diskInfo = await img.info(disk);
+        await replaceDisk(spec, async (tmp) => {
+          await copyDisk(disk, tmp);
+          if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
+            await runner.run(['qemu-img', 'resize', '-q', '-f', 'qcow2', tmp, String(info.virtualSizeBytes)]);
+          }
+          const content = { path: flat, format: 'qcow2' };
+          const snap = importOptions?.snapshot;
+          if (snap === undefined) {
+            await img.setContent(tmp, content, signal ? { signal } : {});
+            return;
+          }
+          // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
+          const active = tmpName('active');
+          await img.createSnapshot(tmp, active);
+          await img.setContent(tmp, content, signal ? { signal } : {});
+          if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
+          await img.createSnapshot(tmp, snap);
+          await img.applySnapshot(tmp, active);
+          await img.deleteSnapshot(tmp, active);
+        });
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+
+    async sweep(spec) {
+      const p = pathsOf(spec);
+      const running = (await liveQemu(spec)) !== undefined;
+      // A daemon killed mid-snapshot must not leave the guest frozen or paused.
+      await thawIfMarked(running ? agentOf(spec) : undefined, join(p.dir, FREEZE_MARKER));
+      if (await exists(join(p.dir, PAUSE_MARKER))) {
+        if (running) await withQmp(spec, (q) => q.execute('cont'));
+        await rm(join(p.dir, PAUSE_MARKER), { force: true });
+      }
+      for (const name of await readdir(p.dir).catch(() => [] as string[])) {
+        if (name.startsWith(TMP_PREFIX)) await rm(join(p.dir, name), { recursive: true, force: true });
+      }
+      if (!(await exists(p.disk))) return;
+      for (const name of await allSnapshots(spec, running)) {
+        if (name.startsWith(TMP_PREFIX)) await deleteInternal(spec, name);
+      }
+    },
+  };
+  return storage;
+}
