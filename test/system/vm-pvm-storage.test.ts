@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, startDaemon } from './harness.ts';
+
+// Daemons of storage tests need no network of their own.
+process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
+
+/** Owner, mode and content hash of every regular file and link under /srv and /etc, sorted. */
+const FINGERPRINT = [
+  'sh',
+  '-c',
+  'cd / && find ./srv ./etc -xdev \\( -type f -o -type l \\) | sort | while read -r f; do ' +
+    'if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else echo "$(stat -c "%u:%g %a" "$f") $(sha256sum < "$f" | cut -c1-64) $f"; fi; done',
+];
+
+for (const model of ['vm', 'pvm'] as const) {
+  describe(`snapshots, copies and backups of ${model} guests through the CLI`, () => {
+    let src: Daemon;
+    let dst: Daemon | undefined;
+    let dir: string;
+    const name = `${model}1`;
+    before(async () => {
+      src = await startDaemon();
+      dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-backups-'));
+    });
+    after(async () => {
+      await Promise.all([src?.destroy(), dst?.destroy()]);
+      if (dir) await rm(dir, { recursive: true, force: true });
+    });
+
+    const sh = (d: Daemon, guest: string, script: string) => d.ok(['exec', guest, '--', 'sh', '-c', script]);
+    const status = (d: Daemon, guest: string) =>
+      (JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { status: string }).status;
+    const snapshots = (d: Daemon, guest: string) =>
+      (JSON.parse(d.ok(['snapshot', 'list', guest, '--format', 'json'])) as Array<{ name: string }>).map(
+        (s) => s.name,
+      );
+
+    test('a snapshot of the running guest restores the old file content, and the guest runs again', () => {
+      src.ok(['launch', 'busybox', name, '--model', model, '-c', 'limits.memory=128MiB']);
+      sh(
+        src,
+        name,
+        'mkdir -p /srv && printf one > /srv/data.txt && dd if=/dev/urandom of=/srv/blob bs=64k count=16 2>/dev/null',
+      );
+      src.ok(['snapshot', 'create', name, 'snap0']);
+      sh(src, name, 'printf two > /srv/data.txt && echo later > /srv/new.txt');
+      assert.deepEqual(snapshots(src, name), ['snap0']);
+      src.ok(['snapshot', 'restore', name, 'snap0']);
+      assert.equal(status(src, name), 'Running');
+      assert.equal(sh(src, name, 'cat /srv/data.txt'), 'one');
+      assert.equal(sh(src, name, 'test -e /srv/new.txt && echo yes || echo no'), 'no\n');
+      sh(src, name, 'printf three > /srv/data.txt');
+    });
+
+    test('a copy is independent of its source in both directions', () => {
+      src.ok(['copy', name, 'c1', '--start']);
+      assert.equal(sh(src, 'c1', 'cat /srv/data.txt'), 'three');
+      sh(src, 'c1', 'printf copy > /srv/data.txt');
+      assert.equal(sh(src, name, 'cat /srv/data.txt'), 'three');
+      sh(src, name, 'printf source > /srv/data.txt');
+      assert.equal(sh(src, 'c1', 'cat /srv/data.txt'), 'copy');
+      assert.deepEqual(snapshots(src, 'c1'), []);
+      src.ok(['delete', '--force', 'c1']);
+    });
+
+    test('an export imported by a daemon on a fresh state dir has identical checksums and snapshots', async () => {
+      const want = src.ok(['exec', name, '--', ...FINGERPRINT]);
+      assert.match(want, /\.\/srv\/blob/);
+      const archive = path.join(dir, `${name}.backup`);
+      src.ok(['export', name, archive, '--with-snapshots']);
+      dst = await startDaemon();
+      dst.ok(['import', archive, name]);
+      assert.deepEqual(snapshots(dst, name), ['snap0']);
+      dst.ok(['start', name]);
+      assert.equal(dst.ok(['exec', name, '--', ...FINGERPRINT]), want);
+      dst.ok(['snapshot', 'restore', name, 'snap0']);
+      assert.equal(sh(dst, name, 'cat /srv/data.txt'), 'one');
+    });
+  });
+}
