@@ -309,6 +309,17 @@ export const ExecBodySchema = Type.Object(
   { additionalProperties: false },
 );
 
+export const ConsoleBodySchema = Type.Object(
+  {
+    type: Type.Optional(
+      Type.Literal('console', {
+        description: "Incus's console type; only the interactive console is attached",
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
 export const BuildImageBodySchema = Type.Object(
   {
     source: Type.String({ description: 'e.g. debian/bookworm' }),
@@ -358,6 +369,7 @@ export type AddForwardBody = Static<typeof AddForwardBodySchema>;
 export type NetworkAclRuleBody = Static<typeof NetworkAclRuleSchema>;
 export type StateChangeBody = Static<typeof StateChangeBodySchema>;
 export type ExecBody = Static<typeof ExecBodySchema>;
+export type ConsoleBody = Static<typeof ConsoleBodySchema>;
 export type BuildImageBody = Static<typeof BuildImageBodySchema>;
 export type HostInfo = Static<typeof HostInfoSchema>;
 export type GuestStateResponse = Static<typeof GuestStateResponseSchema>;

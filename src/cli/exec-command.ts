@@ -99,26 +99,3 @@ async function runExec(cmd: Command, name: string, command: string[], opts: Exec
     process.off('SIGTERM', onSigterm);
   }
 }
-
-/** `console NAME [--show-log]`. */
-export function addConsoleCommand(program: Command): void {
-  program
-    .command('console')
-    .description("Show a guest's console log, or follow it live")
-    .argument('<name>')
-    .option('--show-log', 'print the console log and exit')
-    .action(async (name: string, opts: { showLog?: boolean }, cmd: Command) => {
-      const client = clientOf(cmd);
-      if (opts.showLog) {
-        process.stdout.write(await client.consoleLog(name));
-        return;
-      }
-      const follow = await client.followConsole(name);
-      process.stderr.write(
-        `Following the console of ${name} (output only: ct consoles take no input). Press Ctrl-C to stop.\n`,
-      );
-      process.once('SIGINT', () => follow.close());
-      follow.stream.pipe(process.stdout, { end: false });
-      await finished(follow.stream);
-    });
-}

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
-import { addConsoleCommand, addExecCommand } from './exec-command.ts';
+import { addConsoleCommand } from './console-command.ts';
+import { addExecCommand } from './exec-command.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
 import { addNetworkCommands } from './network-commands.ts';
 import {

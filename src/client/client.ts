@@ -21,6 +21,7 @@ import type {
   TrivisorEvent,
 } from '../api/types.ts';
 import { TrivisorApiError } from './api-error.ts';
+import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
 import { type StorageClient, storageMethods } from './storage-client.ts';
 import { type ClientTarget, createTransport, parseEnvelope } from './transport.ts';
@@ -59,6 +60,8 @@ export interface TrivisorClient extends StorageClient {
   /** Runs a command and joins its stdin/stdout/stderr over a WebSocket. */
   exec(name: string, request: Omit<ExecBody, 'wait-for-websocket' | 'record-output'>): Promise<ExecHandle>;
   consoleLog(name: string): Promise<string>;
+  /** Attaches to a vm or pvm guest's console, input and output, over a WebSocket (ct: NotSupported). */
+  attachConsole(name: string): Promise<ConsoleHandle>;
   /** The console log from its start, then as it grows, until `close()`. */
   followConsole(name: string): Promise<{ stream: Readable; close(): void }>;
   listImages(): Promise<ImageRecord[]>;
@@ -196,6 +199,18 @@ export function createClient(options: ClientTarget): TrivisorClient {
       if (res.status >= 400) parseEnvelope(res);
       return res.body.toString('utf8');
     },
+    async attachConsole(name) {
+      const op = await callAsync('POST', `/1.0/guests/${enc(name)}/console`, { type: 'console' });
+      const url = op.metadata.websocket;
+      if (typeof url !== 'string')
+        throw new TrivisorApiError('The server gave no console websocket', { status: 500 });
+      const socket = transport.websocket(url);
+      // Listen before the upgrade completes: the first frames may arrive with it.
+      const handle = consoleHandleOf(socket, op.id);
+      await opened(socket);
+      return handle;
+    },
+
     async followConsole(name) {
       const socket = transport.websocket(`/1.0/guests/${enc(name)}/console/follow`);
       const stream = new PassThrough();

@@ -1,5 +1,5 @@
 import { PassThrough } from 'node:stream';
-import { internal } from '../core/errors.ts';
+import { failedPrecondition, internal, notSupported } from '../core/errors.ts';
 import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
 import type { GuestDriver, RuntimeState } from './guest-driver.ts';
 
@@ -122,6 +122,13 @@ export function createFakeDriver(model: Model = 'ct'): FakeDriver {
     },
     consoleLogPath(spec) {
       return `/nonexistent/${spec.name}/console.log`;
+    },
+    async attachConsole(spec) {
+      calls.push(`console:${spec.name}`);
+      if (model === 'ct') throw notSupported('fake ct consoles take no input');
+      if (get(spec).state !== 'running') throw failedPrecondition(`Guest ${spec.name} is not running`);
+      // A terminal that echoes what is typed, as a guest tty in canonical mode does.
+      return new PassThrough();
     },
   };
 }

@@ -1,4 +1,4 @@
-import type { Readable, Writable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
@@ -59,6 +59,14 @@ export interface ExecSession {
   exit: Promise<number>;
 }
 
+/**
+ * An attached interactive console: what is written goes to the guest's console
+ * as typed input; what is read is the console's output from the moment of
+ * attaching. It ends when the console goes away (the guest stopped); destroy()
+ * detaches, and the guest never waits for a detached or slow reader.
+ */
+export type ConsoleStream = Duplex;
+
 export interface StopOptions {
   timeoutMs: number;
   force: boolean;
@@ -90,6 +98,11 @@ export interface GuestDriver {
   /** Applies live-changeable config to a running guest; returns keys that need a restart. */
   update(spec: GuestSpec, changedKeys: string[]): Promise<string[]>;
   exec(spec: GuestSpec, options: ExecOptions): Promise<ExecSession>;
+  /**
+   * Attaches to the console of a running guest, input and output (Conflict when
+   * already attached, NotSupported where the console takes no input).
+   */
+  attachConsole(spec: GuestSpec): Promise<ConsoleStream>;
   /** Path of the guest's console log file. */
   consoleLogPath(spec: GuestSpec): string;
 }

@@ -48,13 +48,15 @@ export function createExecRegistry(): ExecRegistry {
             };
             const onAbort = () => {
               done();
-              reject(failedPrecondition('The exec was cancelled before a client connected to its websocket'));
+              reject(
+                failedPrecondition('The operation was cancelled before a client connected to its websocket'),
+              );
             };
             const timer = setTimeout(() => {
               done();
               reject(
                 failedPrecondition(
-                  `No client connected to the exec websocket within ${Math.round(timeoutMs / 1000)} seconds`,
+                  `No client connected to the operation's websocket within ${Math.round(timeoutMs / 1000)} seconds`,
                 ),
               );
             }, timeoutMs);
@@ -193,7 +195,7 @@ export async function collectCapped(stream: NodeJS.ReadableStream | null, maxByt
   return Buffer.concat(chunks).toString('utf8');
 }
 
-/** Messages a client sent between attaching and the command starting (stdin, EOF, resize). */
+/** Messages a client sent between attaching and the command (or console) starting (stdin, EOF, resize). */
 const early = new WeakMap<
   WebSocket,
   { queue: Array<[WebSocket.RawData, boolean]>; listener: (d: WebSocket.RawData, b: boolean) => void }
@@ -206,7 +208,8 @@ function holdEarlyMessages(socket: WebSocket): void {
   early.set(socket, { queue, listener });
 }
 
-function releaseEarlyMessages(socket: WebSocket): Array<[WebSocket.RawData, boolean]> {
+/** Stops holding the messages of a socket handed over by the registry; returns those held so far, in order. */
+export function releaseEarlyMessages(socket: WebSocket): Array<[WebSocket.RawData, boolean]> {
   const held = early.get(socket);
   if (!held) return [];
   early.delete(socket);

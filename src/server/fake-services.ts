@@ -1,7 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
+import {
+  alreadyExists,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  notSupported,
+} from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { Guest, ImageRecord } from '../core/types.ts';
 import { createEventBus } from '../services/event-bus.ts';
@@ -25,6 +31,8 @@ export interface FakeServices extends Services {
   imports: Array<{ alias: string; sizeBytes: number; head: string }>;
   consoleLog: string;
   consoleLogPath: string;
+  /** Consoles attached so far (each echoes what is written to it); destroyed once detached. */
+  consoles: PassThrough[];
 }
 
 /**
@@ -161,6 +169,7 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
     imports,
     consoleLog: '',
     consoleLogPath: options.consoleLogPath ?? '/nonexistent/console.log',
+    consoles: [],
     events,
     operations,
     guests: {
@@ -241,6 +250,16 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
         execs.push(record);
         return fakeExec(record);
       },
+      async attachConsole(name) {
+        const g = guestOf(name);
+        if (g.model === 'ct') throw notSupported(`ct guests' consoles take no input: follow ${name}'s log`);
+        if (g.status !== 'Running') throw failedPrecondition(`Guest ${name} is not running: start it first`);
+        // Echoes what is typed, as a guest's tty does.
+        const stream = new PassThrough();
+        fake.consoles.push(stream);
+        return stream;
+      },
+
       async consoleLogPath(name) {
         guestOf(name);
         return fake.consoleLogPath;

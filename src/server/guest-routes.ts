@@ -6,6 +6,8 @@ import type { FastifyInstance } from 'fastify';
 import { guestUrl, operationUrl, syncResponse } from '../api/envelopes.ts';
 import {
   AsyncEnvelopeSchema,
+  type ConsoleBody,
+  ConsoleBodySchema,
   type CreateGuestBody,
   CreateGuestBodySchema,
   ErrorEnvelopeSchema,
@@ -25,6 +27,7 @@ import {
 import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
 import { cancelled, failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
 import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
+import { bridgeConsole } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { configChange, type RouteContext, sendAsync } from './route-context.ts';
 
@@ -33,7 +36,7 @@ type NameParams = { name: string };
 /** How often a followed console log is polled for growth. */
 const CONSOLE_POLL_MS = 250;
 
-/** `/1.0/guests...`: list, create, show, configure, delete, state, exec, console. */
+/** `/1.0/guests...`: list, create, show, configure, delete, state, exec, console (log and attached). */
 export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { services } = ctx;
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
@@ -299,6 +302,53 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         () => false,
       );
       return exists ? reply.send(createReadStream(path)) : '';
+    },
+  );
+
+  app.post<{ Params: NameParams; Body: ConsoleBody }>(
+    '/1.0/guests/:name/console',
+    {
+      schema: {
+        summary: "Attach to a guest's console: input and output over a WebSocket (vm and pvm)",
+        description:
+          "The operation's metadata has `websocket`, the URL to connect to within 30 s; binary frames carry console bytes both ways (docs/api.md). The operation runs while attached and ends when the client closes the WebSocket, the operation is cancelled or the guest stops. ct guests answer NotSupported: their console takes no input. One attachment per guest at a time (Conflict).",
+        params: NameParamsSchema,
+        body: ConsoleBodySchema,
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const name = request.params.name;
+      // Attached before the operation exists, so that a guest that cannot be attached is this request's error.
+      const stream = await services.guests.attachConsole(name);
+      stream.on('error', () => {});
+      const secret = randomBytes(24).toString('hex');
+      let handOver!: (pending: PendingExec) => void;
+      const pendingReady = new Promise<PendingExec>((resolve) => {
+        handOver = resolve;
+      });
+      let websocket = '';
+      const op = services.operations.start({
+        description: `Attached to the console of guest ${name}`,
+        resources: { guests: [guestUrl(name)] },
+        mayCancel: true,
+        async run(opCtx) {
+          const pending = await pendingReady;
+          opCtx.setMetadata({ websocket });
+          let socket: Awaited<ReturnType<PendingExec['connected']>>;
+          try {
+            socket = await pending.connected(ctx.execConnectTimeoutMs, opCtx.signal);
+          } catch (e) {
+            stream.destroy();
+            throw e;
+          }
+          const end = await bridgeConsole(socket, stream, { signal: opCtx.signal });
+          return { ended: end };
+        },
+      });
+      websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
+      handOver(ctx.execs.register(op.id, secret));
+      return sendAsync(reply, { ...op, metadata: { ...op.metadata, websocket } });
     },
   );
 

@@ -13,7 +13,7 @@ import type { RouteContext } from './route-context.ts';
 
 type IdParams = { id: string };
 
-/** `/1.0/operations...`: list, show, wait, cancel, and the exec websocket. */
+/** `/1.0/operations...`: list, show, wait, cancel, and the websocket of an exec or console. */
 export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { services } = ctx;
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
@@ -74,7 +74,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
     {
       websocket: true,
       schema: {
-        summary: 'Streams of an exec operation (WebSocket; protocol in docs/api.md)',
+        summary: 'Streams of an exec or console operation (WebSocket; protocol in docs/api.md)',
         params: IdParamsSchema,
         querystring: Type.Object({ secret: Type.String() }),
         response: errors,
@@ -93,7 +93,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
     },
     (socket, request) => {
       if (!ctx.execs.attach(request.params.id, request.query.secret ?? '', socket)) {
-        socket.close(1008, 'exec no longer waiting');
+        socket.close(1008, 'no longer waiting');
       }
     },
   );

@@ -400,6 +400,15 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       return driverFor(l.spec.model).exec(l.spec, options);
     },
 
+    async attachConsole(name) {
+      const l = await load(name);
+      const status = statusName(l);
+      if (status !== 'Running' && status !== 'Frozen') {
+        throw failedPrecondition(`Guest ${name} is ${status}: start it to attach to its console`);
+      }
+      return driverFor(l.spec.model).attachConsole(l.spec);
+    },
+
     async consoleLogPath(name) {
       const l = await load(name);
       return driverFor(l.spec.model).consoleLogPath(l.spec);

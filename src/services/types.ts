@@ -1,8 +1,8 @@
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
-import type { ExecSession } from '../drivers/guest-driver.ts';
+import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 
-/** A running command in a guest, as the transport streams it. */
-export type { ExecSession };
+/** A running command in a guest, and an attached guest console, as the transport streams them. */
+export type { ConsoleStream, ExecSession };
 
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
@@ -89,6 +89,8 @@ export interface GuestService {
   ): Promise<{ guest: Guest; pendingRestart: string[] }>;
   /** Starts a command in a running guest. */
   exec(name: string, request: ExecRequest): Promise<ExecSession>;
+  /** Attaches to a running (or frozen) guest's console: input and output. */
+  attachConsole(name: string): Promise<ConsoleStream>;
   /** Path of the guest's console log (for `console --show-log` and following). */
   consoleLogPath(name: string): Promise<string>;
 }

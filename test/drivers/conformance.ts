@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { after, before, describe, type TestContext, test } from 'node:test';
 import { isTrivisorError } from '../../src/core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
@@ -36,6 +38,19 @@ async function orSkip(t: TestContext, work: () => Promise<void>): Promise<void> 
       return;
     }
     throw e;
+  }
+}
+
+/** Polls `check` until it holds; fails with `what` after `timeoutMs`. */
+async function waitUntil(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
@@ -175,6 +190,64 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
         session.signal('SIGTERM');
         assert.equal(await session.exit, 143);
         assert.ok(Date.now() - t0 < 5000);
+      });
+    });
+
+    test('the console takes a command line and shows its output; detached, the guest runs on and the log has it', async (t) => {
+      if (!needRunning(t)) return;
+      await orSkip(t, async () => {
+        const marker = `console-${process.pid}-${Date.now()}`;
+        const first = await driver.attachConsole(spec);
+        let seen = '';
+        first.on('data', (d: Buffer) => {
+          seen += d.toString('latin1');
+        });
+        try {
+          // The typed line echoes as `$((6*7))marker`: only the shell's answer holds `42marker`.
+          first.write(`echo $((6*7))${marker}\n`);
+          await waitUntil(() => seen.includes(`42${marker}`), 60_000, `42${marker} on the console`);
+          await assert.rejects(
+            driver.attachConsole(spec),
+            (e) => isTrivisorError(e) && e.code === 'Conflict',
+          );
+        } finally {
+          first.destroy();
+        }
+        await once(first, 'close');
+        assert.equal((await driver.inspect(spec, identity)).state, 'running');
+        // Nobody reads the console now: a burst of output must not hold the guest up, and all of it is logged.
+        const burst = await execIn(
+          driver,
+          spec,
+          [
+            '/bin/sh',
+            '-c',
+            `for i in $(seq 1 500); do echo "burst-$i-${marker}" > /dev/console; done; echo done`,
+          ],
+          { timeoutMs: 60_000 },
+        );
+        assert.equal(burst.stdout, 'done\n');
+        await waitUntil(
+          async () => (await readFile(driver.consoleLogPath(spec), 'latin1')).includes(`burst-500-${marker}`),
+          10_000,
+          'the burst in the console log',
+        );
+        const log = await readFile(driver.consoleLogPath(spec), 'latin1');
+        assert.ok(log.includes(`42${marker}`), 'the answer is in the console log');
+        // A second driver on the same state (a restarted daemon) finds the console again.
+        const again = dut.reopen?.() ?? driver;
+        const second = await again.attachConsole(spec);
+        let later = '';
+        second.on('data', (d: Buffer) => {
+          later += d.toString('latin1');
+        });
+        try {
+          second.write(`echo $((7*6))again-${marker}\n`);
+          await waitUntil(() => later.includes(`42again-${marker}`), 30_000, 'the answer after re-attaching');
+          assert.ok(!later.includes(`42${marker}`), 'a new attachment starts at the end of the output');
+        } finally {
+          second.destroy();
+        }
       });
     });
 

@@ -448,6 +448,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         : pipeExecSession(runner, argv);
     },
 
+    async attachConsole(spec) {
+      throw notSupported(
+        `ct guests' consoles take no input (init writes to ${spec.name}'s console log): run a shell with \`trivisor exec -t ${spec.name} -- sh\``,
+      );
+    },
+
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
     },

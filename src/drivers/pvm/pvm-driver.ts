@@ -32,12 +32,14 @@ import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
 import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
+import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
 import { umlArgv } from './uml-command.ts';
+import { openUmlConsole } from './uml-console.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
 
 const MiB = 1024 * 1024;
@@ -105,6 +107,8 @@ export interface PvmGuestPaths {
   /** FIFOs of the agent's serial line (root's, 0600: the kernel gets them as open fds). */
   agentIn: string;
   agentOut: string;
+  /** FIFO con0 reads (root's, 0600, fd 5 of the kernel): what `trivisor console` types. */
+  consoleIn: string;
 }
 
 interface ProcessRecord extends ProcessIdentity {
@@ -171,6 +175,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const agents: PvmAgentMap = options.agents ?? new Map<string, Promise<AgentConnection>>();
   let uidLock: Promise<unknown> = Promise.resolve();
+  const consoles = createConsoleSlots();
 
   const pathsOf = (spec: GuestSpec): PvmGuestPaths => {
     const dir = join(stateDir, 'guests', spec.name);
@@ -188,6 +193,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       mconsoleSocket: join(runDir, UMID, 'mconsole'),
       agentIn: join(dir, 'agent.in'),
       agentOut: join(dir, 'agent.out'),
+      consoleIn: join(dir, 'console.in'),
     };
   };
 
@@ -524,17 +530,19 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         });
         // The launcher joins the cgroup before exec so that every UML helper is born inside it,
         // then drops to the guest's uid: the kernel never runs as root on the host.
-        for (const fifo of [p.agentIn, p.agentOut]) {
+        for (const fifo of [p.agentIn, p.agentOut, p.consoleIn]) {
           await rm(fifo, { force: true });
           await runner.run(['mkfifo', '-m', '0600', fifo]);
         }
         const launcher = [
           '/bin/sh',
           '-c',
-          'ulimit -c 0; exec 3<>"$0" 4<>"$1" || exit 111; shift 2; ' +
+          // $0 is no positional parameter: `shift 2` drops $1 and $2, leaving the cgroups' procs files.
+          'ulimit -c 0; exec 3<>"$0" 4<>"$1" 5<>"$2" || exit 111; shift 2; ' +
             'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
           p.agentIn,
           p.agentOut,
+          p.consoleIn,
           ...procs,
           '--',
           'setpriv',
@@ -693,6 +701,19 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         if (!isTrivisorError(e) || e.code !== 'NotSupported') dropAgent(spec);
         throw e;
       }
+    },
+
+    async attachConsole(spec) {
+      const identity = await runningUml(spec);
+      const p = pathsOf(spec);
+      return consoles.claim(spec.name, () =>
+        openUmlConsole({
+          input: p.consoleIn,
+          log: p.consoleLog,
+          alive: () => isSameProcess(identity),
+          guestName: spec.name,
+        }),
+      );
     },
 
     consoleLogPath(spec) {

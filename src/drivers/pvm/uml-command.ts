@@ -23,10 +23,11 @@ export const PVM_AGENT_DEVICE = '/dev/ttyS1';
 
 /**
  * The linux.uml argv for one guest. The console (con0) writes to the kernel's
- * stdout, which the driver points at console.log, and reads nothing; every
- * other console and serial line is `null`, because UML's default for them is
- * an xterm. ssl1 is the guest agent's line, on two FIFOs the launcher hands
- * over as fds 3 and 4. Each NIC is `ethN=tuntap,TAP,MAC`: the kernel opens the
+ * stdout, which the driver points at console.log, and reads a FIFO the
+ * launcher hands over as fd 5 (`trivisor console` writes what is typed there,
+ * see uml-console.ts); every other console and serial line is `null`, because
+ * UML's default for them is an xterm. ssl1 is the guest agent's line, on two
+ * FIFOs the launcher hands over as fds 3 and 4. Each NIC is `ethN=tuntap,TAP,MAC`: the kernel opens the
  * host's tap itself (it belongs to the guest's uid), and the kit renames the
  * guest's ethN to the NIC's name.
  */
@@ -40,7 +41,7 @@ export function umlArgv(options: UmlBootOptions): string[] {
     `umid=${options.umid}`,
     `uml_dir=${options.umlDir}`,
     'con=null',
-    'con0=null,fd:1',
+    'con0=fd:5,fd:1',
     'ssl=null',
     // The agent's line: fd 3 in, fd 4 out, FIFOs the launcher opened read-write (see agent-line.ts).
     'ssl1=fd:3,fd:4',

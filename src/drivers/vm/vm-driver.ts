@@ -11,6 +11,7 @@ import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { KIT_INIT_MARKER, kitKernelArgs } from '../../images/guest-kit.ts';
+import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type {
   DriverContext,
@@ -38,6 +39,7 @@ import {
   vmResources,
 } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
+import { connectSerialConsole } from './serial-console.ts';
 import { type AgentPool, createAgentPool } from './vm-agent.ts';
 
 /** How often waits poll. */
@@ -104,6 +106,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
   const agents = options.agents ?? createAgentPool();
+  const consoles = createConsoleSlots();
 
   const bootDir = options.bootDir ?? defaultBootDir();
   const bootKit = (): Promise<BootKit> =>
@@ -546,6 +549,13 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         ...execOptions,
         env: { ...configValue.environment(spec.config), ...execOptions.env },
       });
+    },
+
+    async attachConsole(spec) {
+      await runningQemu(spec);
+      return consoles.claim(spec.name, () =>
+        connectSerialConsole(pathsOf(spec).consoleSocket, { guestName: spec.name }),
+      );
     },
 
     consoleLogPath(spec) {

@@ -1,0 +1,66 @@
+import type { WebSocket } from 'ws';
+import type { ConsoleStream } from '../services/types.ts';
+import { releaseEarlyMessages } from './exec-bridge.ts';
+
+/**
+ * Above this much unsent output the console's output is dropped rather than
+ * read more slowly: a vm guest's serial line waits for its reader, and the
+ * console log keeps everything anyway.
+ */
+const DROP_ABOVE_BYTES = 1024 * 1024;
+
+/** How a console session ended. */
+export type ConsoleEnd = 'detached' | 'console-closed';
+
+/**
+ * Joins an attached console and a client WebSocket (protocol in docs/api.md):
+ * binary frames carry console bytes both ways; text frames are JSON control
+ * messages (none from the client yet; the server's `{type:'error'}`). Resolves
+ * when the client goes (detached) or the console ends (the guest stopped),
+ * having closed the other side.
+ */
+export function bridgeConsole(
+  socket: WebSocket,
+  stream: ConsoleStream,
+  options: { signal: AbortSignal },
+): Promise<ConsoleEnd> {
+  return new Promise((resolve) => {
+    let ended: ConsoleEnd | undefined;
+    const finish = (how: ConsoleEnd) => {
+      if (ended) return;
+      ended = how;
+      options.signal.removeEventListener('abort', onAbort);
+      stream.destroy();
+      if (socket.readyState === socket.OPEN) {
+        socket.close(1000, how === 'detached' ? 'detached' : 'console closed');
+      }
+      resolve(how);
+    };
+    const onAbort = () => finish('detached');
+    options.signal.addEventListener('abort', onAbort, { once: true });
+    socket.on('close', () => finish('detached'));
+    socket.on('error', () => {});
+    stream.on('error', () => finish('console-closed'));
+    stream.on('close', () => finish('console-closed'));
+    stream.on('end', () => finish('console-closed'));
+
+    const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
+      if (!isBinary || ended) return;
+      const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);
+      if (!stream.write(buf)) {
+        socket.pause();
+        stream.once('drain', () => socket.resume());
+      }
+    };
+    // Synchronously: stop buffering, listen, replay what came while the console was being attached.
+    for (const [data, isBinary] of releaseEarlyMessages(socket)) onMessage(data, isBinary);
+    socket.on('message', onMessage);
+
+    stream.on('data', (chunk: Buffer) => {
+      if (socket.readyState !== socket.OPEN || socket.bufferedAmount > DROP_ABOVE_BYTES) return;
+      socket.send(chunk, { binary: true });
+    });
+    // The client may have gone between connecting and the console opening.
+    if (socket.readyState !== socket.OPEN) finish('detached');
+  });
+}
