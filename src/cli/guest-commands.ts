@@ -3,6 +3,7 @@ import type { CreateGuestBody, Model, StateChangeBody } from '../api/types.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { clientOf, collect, parsePairs } from './context.ts';
+import { injectedFileConfig } from './file-commands.ts';
 import { guestInfo, guestTable, type OutputFormat, renderData } from './output.ts';
 import { waitWithProgress } from './progress.ts';
 
@@ -44,11 +45,17 @@ export function addGuestCommands(program: Command): void {
         [],
       )
       .option('-s, --storage <pool>', 'storage pool for the guest (btrfs pools take limits.disk)')
+      .option(
+        '--file <guest-path=local-file>',
+        'write a file into the guest at every start: /etc/motd=./motd[,mode=0600,uid=N,gid=N] (repeatable)',
+        collect,
+        [],
+      )
       .action(
         async (
           image: string,
           name: string,
-          opts: { model?: Model; config: string[]; network: string[]; storage?: string },
+          opts: { model?: Model; config: string[]; network: string[]; storage?: string; file: string[] },
           cmd: Command,
         ) => {
           const client = clientOf(cmd);
@@ -59,6 +66,10 @@ export function addGuestCommands(program: Command): void {
             request.devices = Object.fromEntries(opts.network.map((spec, i) => [`eth${i}`, nicOf(spec)]));
           }
           if (opts.config.length > 0) request.config = parsePairs(opts.config, 'Config');
+          for (const spec of opts.file) {
+            const [key, value] = await injectedFileConfig(spec);
+            request.config = { ...request.config, [key]: value };
+          }
           const op = await client.createGuest(request);
           await waitWithProgress(client, op, { label: `${start ? 'Launching' : 'Creating'} ${name}` });
           process.stdout.write(`${start ? 'Launched' : 'Created'} ${name}\n`);
@@ -159,6 +170,25 @@ export function addConfigCommands(program: Command): void {
         pairs.length === 2 && !pairs[0]?.includes('=')
           ? { [pairs[0] ?? '']: pairs[1] ?? '' }
           : parsePairs(pairs, 'Config');
+      const result = await clientOf(cmd).updateGuestConfig(name, { set });
+      if (result.pendingRestart.length > 0) {
+        process.stderr.write(`Takes effect at the next restart: ${result.pendingRestart.join(', ')}\n`);
+      }
+    });
+
+  config
+    .command('set-file')
+    .description(
+      'Write a local file into the guest at every start: config set-file NAME /etc/motd=./motd[,mode=0600,uid=N,gid=N]',
+    )
+    .argument('<name>')
+    .argument('<files...>')
+    .action(async (name: string, files: string[], _opts: unknown, cmd: Command) => {
+      const set: Record<string, string> = {};
+      for (const spec of files) {
+        const [key, value] = await injectedFileConfig(spec);
+        set[key] = value;
+      }
       const result = await clientOf(cmd).updateGuestConfig(name, { set });
       if (result.pendingRestart.length > 0) {
         process.stderr.write(`Takes effect at the next restart: ${result.pendingRestart.join(', ')}\n`);

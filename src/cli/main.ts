@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { addConsoleCommand } from './console-command.ts';
 import { addExecCommand } from './exec-command.ts';
+import { addFileCommands } from './file-commands.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
 import { addNetworkCommands } from './network-commands.ts';
 import {
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   addExecCommand(program);
   addConsoleCommand(program);
   addConfigCommands(program);
+  addFileCommands(program);
   addImageCommands(program);
   addStorageCommands(program);
   addNetworkCommands(program);

@@ -1,5 +1,6 @@
 import { stringify } from 'yaml';
 import type { Guest, ImageRecord, Network, Operation } from '../api/types.ts';
+import { formatMode, INJECTED_FILE_PREFIX, parseInjectedFile } from '../core/guest-files.ts';
 import { formatBytes } from '../core/sizes.ts';
 
 /** Output formats for people (table) and scripts (json, yaml). */
@@ -57,6 +58,17 @@ export function guestTable(guests: Guest[]): string {
   );
 }
 
+/** A config value for people: an injected file as its mode, owner and size rather than its base64. */
+function configShown(key: string, value: string): string {
+  if (!key.startsWith(INJECTED_FILE_PREFIX)) return value;
+  try {
+    const f = parseInjectedFile(key, value);
+    return `${formatMode(f.mode)} ${f.uid}:${f.gid}, ${formatBytes(f.content.length)} (written at every start)`;
+  } catch {
+    return value;
+  }
+}
+
 export function guestInfo(g: Guest): string {
   const usage = g.state.usage;
   const lines = [
@@ -90,7 +102,7 @@ export function guestInfo(g: Guest): string {
   }
   const keys = Object.keys(g.config).sort();
   lines.push(keys.length === 0 ? 'Config: (none)' : 'Config:');
-  for (const k of keys) lines.push(`  ${k}: ${g.config[k]}`);
+  for (const k of keys) lines.push(`  ${k}: ${configShown(k, g.config[k] ?? '')}`);
   return `${lines.join('\n')}\n`;
 }
 

@@ -1,7 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type WebSocket from 'ws';
 import type { AsyncResponse, SyncResponse } from '../api/envelopes.ts';
 import type {
@@ -42,6 +41,23 @@ export interface WaitOptions {
   allowFailure?: boolean;
 }
 
+/** What `pushFile` gives the file. */
+export interface PushFileOptions {
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  /** Make missing parent directories. */
+  createDirs?: boolean;
+}
+
+/** A file read from a guest. */
+export interface PulledFile {
+  data: Buffer;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
 /** Typed access to every route of the Trivisor API. */
 export interface TrivisorClient extends StorageClient {
   serverInfo(): Promise<HostInfo>;
@@ -60,6 +76,10 @@ export interface TrivisorClient extends StorageClient {
   /** Runs a command and joins its stdin/stdout/stderr over a WebSocket. */
   exec(name: string, request: Omit<ExecBody, 'wait-for-websocket' | 'record-output'>): Promise<ExecHandle>;
   consoleLog(name: string): Promise<string>;
+  /** Writes a whole file into a running guest (mode 0644, root's, unless given). */
+  pushFile(name: string, path: string, data: Buffer, options?: PushFileOptions): Promise<void>;
+  /** Reads a file of a running guest, with its mode and owner in the guest. */
+  pullFile(name: string, path: string): Promise<PulledFile>;
   /** Attaches to a vm or pvm guest's console, input and output, over a WebSocket (ct: NotSupported). */
   attachConsole(name: string): Promise<ConsoleHandle>;
   /** The console log from its start, then as it grows, until `close()`. */
@@ -210,7 +230,32 @@ export function createClient(options: ClientTarget): TrivisorClient {
       await opened(socket);
       return handle;
     },
-
+    async pushFile(name, path, data, o = {}) {
+      const headers: Record<string, string> = {
+        'content-type': 'application/octet-stream',
+        'content-length': String(data.length),
+      };
+      if (o.mode !== undefined) headers['x-trivisor-mode'] = o.mode.toString(8).padStart(4, '0');
+      if (o.uid !== undefined) headers['x-trivisor-uid'] = String(o.uid);
+      if (o.gid !== undefined) headers['x-trivisor-gid'] = String(o.gid);
+      if (o.createDirs) headers['x-trivisor-create-dirs'] = 'true';
+      const res = await transport.request('POST', `/1.0/guests/${enc(name)}/files?path=${enc(path)}`, {
+        stream: Readable.from([data]),
+        headers,
+      });
+      parseEnvelope(res);
+    },
+    async pullFile(name, path) {
+      const res = await transport.request('GET', `/1.0/guests/${enc(name)}/files?path=${enc(path)}`);
+      if (res.status >= 400) parseEnvelope(res);
+      const header = (h: string) => String(res.headers[h] ?? '');
+      return {
+        data: res.body,
+        mode: Number.parseInt(header('x-trivisor-mode') || '644', 8),
+        uid: Number(header('x-trivisor-uid') || 0),
+        gid: Number(header('x-trivisor-gid') || 0),
+      };
+    },
     async followConsole(name) {
       const socket = transport.websocket(`/1.0/guests/${enc(name)}/console/follow`);
       const stream = new PassThrough();

@@ -1,4 +1,5 @@
 import { invalidArgument } from './errors.ts';
+import { injectedFiles, parseInjectedFile } from './guest-files.ts';
 import { parseBytes } from './sizes.ts';
 import type { RestartPolicy } from './types.ts';
 
@@ -9,8 +10,8 @@ export interface HostCapacity {
 }
 
 interface KeySpec {
-  /** Throws InvalidArgument when `value` is malformed or out of bounds. */
-  check(value: string, host: HostCapacity): void;
+  /** Throws InvalidArgument when `value` (of `key`) is malformed or out of bounds. */
+  check(value: string, host: HostCapacity, key: string): void;
   /** Whether a running guest can take a change of this key without a restart (driver permitting). */
   live: boolean;
   /** Only settable when the guest is created (its on-disk state depends on it). */
@@ -91,6 +92,14 @@ const KEYS: Record<string, KeySpec> = {
 const PREFIX_KEYS: Record<string, KeySpec> = {
   'user.': { live: true, help: 'free-form user metadata', check() {} },
   'environment.': { live: true, help: 'environment variable for exec', check() {} },
+  // Written into the guest at every start, before its init runs (docs/decisions/0009).
+  'files.': {
+    live: false,
+    help: 'a file written into the guest at every start: files./PATH=mode=0644,uid=0,gid=0,content=BASE64',
+    check(v, _host, key) {
+      parseInjectedFile(key, v);
+    },
+  },
 };
 
 function specOf(key: string): KeySpec | undefined {
@@ -108,8 +117,9 @@ export function validateConfig(config: Record<string, string>, host: HostCapacit
     const spec = specOf(key);
     if (!spec) throw invalidArgument(`Unknown configuration key ${JSON.stringify(key)}`);
     if (typeof value !== 'string') throw invalidArgument(`The value of ${key} must be a string`);
-    spec.check(value, host);
+    spec.check(value, host, key);
   }
+  injectedFiles(config);
   return config;
 }
 

@@ -1,5 +1,6 @@
 import { PassThrough } from 'node:stream';
-import { failedPrecondition, internal, notSupported } from '../core/errors.ts';
+import { failedPrecondition, internal, notFound, notSupported } from '../core/errors.ts';
+import type { GuestFile } from '../core/guest-files.ts';
 import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
 import type { GuestDriver, RuntimeState } from './guest-driver.ts';
 
@@ -8,7 +9,13 @@ export interface FakeDriver extends GuestDriver {
   /** Guests as the fake "host" has them. */
   readonly guests: Map<
     string,
-    { state: RuntimeState['state']; process?: ProcessIdentity; config: Record<string, string> }
+    {
+      state: RuntimeState['state'];
+      process?: ProcessIdentity;
+      config: Record<string, string>;
+      /** Files pushed into the guest, by path. */
+      files?: Map<string, GuestFile>;
+    }
   >;
   /** Calls made, as `action:name`. */
   readonly calls: string[];
@@ -119,6 +126,24 @@ export function createFakeDriver(model: Model = 'ct'): FakeDriver {
         signal() {},
         exit: Promise.resolve(0),
       };
+    },
+    async pushFile(spec, options) {
+      calls.push(`push:${spec.name}:${options.path}`);
+      const g = get(spec);
+      if (g.state !== 'running')
+        throw failedPrecondition(`Guest ${spec.name} is not running: start it first`);
+      g.files ??= new Map();
+      const { mode, uid, gid, data } = options;
+      g.files.set(options.path, { mode, uid, gid, data: Buffer.from(data) });
+    },
+    async pullFile(spec, path) {
+      calls.push(`pull:${spec.name}:${path}`);
+      const g = get(spec);
+      if (g.state !== 'running')
+        throw failedPrecondition(`Guest ${spec.name} is not running: start it first`);
+      const file = g.files?.get(path);
+      if (!file) throw notFound(`${path} does not exist in guest ${spec.name}`);
+      return file;
     },
     consoleLogPath(spec) {
       return `/nonexistent/${spec.name}/console.log`;

@@ -1,4 +1,5 @@
 import type { Duplex, Readable, Writable } from 'node:stream';
+import type { GuestFile, GuestFileAttributes } from '../core/guest-files.ts';
 import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
@@ -59,6 +60,15 @@ export interface ExecSession {
   exit: Promise<number>;
 }
 
+/** What `pushFile` writes: a whole regular file, ids as the guest sees them. */
+export interface PushFileOptions extends GuestFileAttributes {
+  /** Absolute, normalized path in the guest (core/guest-files checkGuestPath). */
+  path: string;
+  data: Buffer;
+  /** Make missing parent directories (0755, root's). */
+  createDirs?: boolean;
+}
+
 /**
  * An attached interactive console: what is written goes to the guest's console
  * as typed input; what is read is the console's output from the moment of
@@ -98,6 +108,15 @@ export interface GuestDriver {
   /** Applies live-changeable config to a running guest; returns keys that need a restart. */
   update(spec: GuestSpec, changedKeys: string[]): Promise<string[]>;
   exec(spec: GuestSpec, options: ExecOptions): Promise<ExecSession>;
+  /**
+   * Makes a file of the running guest hold `data` with the given mode and
+   * owner (replacing it whole; a symlink at the path is replaced, links above
+   * it are followed inside the guest). FailedPrecondition when the guest is
+   * not running; NotFound when its directory is missing; InvalidArgument for a directory.
+   */
+  pushFile(spec: GuestSpec, options: PushFileOptions): Promise<void>;
+  /** Reads a regular file of the running guest (following symlinks inside it), with its mode and owner. */
+  pullFile(spec: GuestSpec, path: string): Promise<GuestFile>;
   /**
    * Attaches to the console of a running guest, input and output (Conflict when
    * already attached, NotSupported where the console takes no input).

@@ -1,3 +1,5 @@
+import { CONFIG_DISK_MAGIC } from '../core/guest-files.ts';
+
 /**
  * The text of `/.trivisor/init`, the first program the kernel of a `vm` or
  * `pvm` guest runs. It only uses the kit's own busybox and libraries, so it
@@ -31,6 +33,7 @@ AGENT=
 MODEL=
 ROOT_ARG=
 NICS_ARG=
+CONFIG_DEV=
 for arg in $CMDLINE; do
   case "$arg" in
     trivisor.hostname=*) HOSTNAME_ARG=\${arg#trivisor.hostname=} ;;
@@ -38,6 +41,7 @@ for arg in $CMDLINE; do
     trivisor.model=*) MODEL=\${arg#trivisor.model=} ;;
     root=*) ROOT_ARG=\${arg#root=} ;;
     trivisor.nics=*) NICS_ARG=\${arg#trivisor.nics=} ;;
+    trivisor.config=*) CONFIG_DEV=\${arg#trivisor.config=} ;;
   esac
 done
 
@@ -83,6 +87,36 @@ fi
 # The agent's state lives on a tmpfs of the kit's own, so the image's /run is left alone.
 $BB mkdir -p $K/run 2>/dev/null
 mounted $K/run || $BB mount -t tmpfs -o mode=0700,size=4m tmpfs $K/run
+
+# Injected files (files.* config keys) come on a small read-only ext4 disk: a manifest
+# (MODE UID GID NAME PATH per line) and the files, copied into place at every boot.
+if [ -n "$CONFIG_DEV" ]; then
+  C=$K/run/config
+  i=0
+  while [ ! -b "$CONFIG_DEV" ] && [ $i -lt 50 ]; do $BB sleep 0.1; i=$((i + 1)); done
+  $BB mkdir -p $C
+  if $BB mount -t ext4 -o ro,nosuid,nodev,noexec "$CONFIG_DEV" $C 2>/dev/null; then
+    if [ "$($BB head -n 1 $C/manifest 2>/dev/null)" = "${CONFIG_DISK_MAGIC}" ]; then
+      $BB tail -n +2 $C/manifest | while read -r mode uid gid name path; do
+        if [ -d "$path" ]; then echo "trivisor: cannot inject $path: it is a directory"; continue; fi
+        $BB mkdir -p "\${path%/*}" 2>/dev/null
+        tmp="\${path%/*}/.\${path##*/}.trivisor-new"
+        $BB rm -f "$tmp"
+        if ! { $BB cp "$C/$name" "$tmp" && $BB chown "$uid:$gid" "$tmp" && $BB chmod "$mode" "$tmp" &&
+          $BB mv -f "$tmp" "$path"; }; then
+          $BB rm -f "$tmp"
+          echo "trivisor: cannot inject $path"
+        fi
+      done
+    else
+      echo "trivisor: $CONFIG_DEV is not a Trivisor config disk"
+    fi
+    $BB umount $C
+  else
+    echo "trivisor: cannot mount the config disk $CONFIG_DEV"
+  fi
+  $BB rmdir $C 2>/dev/null
+fi
 case "$AGENT" in
   '') METHOD= ;;
   unix:*) METHOD=unix-listen; AGENT=\${AGENT#unix:} ;;

@@ -38,6 +38,11 @@ export interface KitKernelArgsOptions {
    * interface with each `mac` to `name` and tells the image's init (TRIVISOR_NICS).
    */
   nics?: ReadonlyArray<{ name: string; mac: string }>;
+  /**
+   * The guest's config disk (`/dev/vdb`, `/dev/ubdb`), whose files the kit
+   * copies into place before the image's init runs (drivers/config-disk.ts).
+   */
+  configDevice?: string;
 }
 
 /**
@@ -66,6 +71,10 @@ export function kitKernelArgs(options: KitKernelArgsOptions): string[] {
     }
   }
   const names = nics.map((n) => n.name);
+  const config = options.configDevice;
+  if (config !== undefined && !/^\/dev\/[a-z0-9]+$/.test(config)) {
+    throw invalidArgument(`Config disk device '${config}' is not a /dev/NAME path.`);
+  }
   return [
     `init=${KIT_INIT}`,
     `trivisor.hostname=${hostname}`,
@@ -79,6 +88,7 @@ export function kitKernelArgs(options: KitKernelArgsOptions): string[] {
           names.length === 1 ? `TRIVISOR_NICS=${names[0]}` : `TRIVISOR_NICS="${names.join(' ')}"`,
         ]
       : []),
+    ...(config !== undefined ? [`trivisor.config=${config}`] : []),
   ];
 }
 

@@ -15,6 +15,7 @@ import { isTrivisorError } from '../core/errors.ts';
 import type { Services } from '../services/types.ts';
 import { type AuthOptions, createAuthCheck } from './auth.ts';
 import { createExecRegistry } from './exec-bridge.ts';
+import { registerFileRoutes } from './file-routes.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
 import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
@@ -163,6 +164,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerGuestRoutes(app, ctx);
   await app.register(async (scope) => registerImageRoutes(scope, ctx));
   await app.register(async (scope) => registerStorageRoutes(scope, ctx));
+  await app.register(async (scope) => registerFileRoutes(scope, ctx));
   registerOperationRoutes(app, ctx);
   registerNetworkRoutes(app, ctx);
 

@@ -8,6 +8,7 @@ import {
   notFound,
   notSupported,
 } from '../core/errors.ts';
+import type { GuestFile } from '../core/guest-files.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { Guest, ImageRecord } from '../core/types.ts';
 import { createEventBus } from '../services/event-bus.ts';
@@ -162,6 +163,7 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
   };
   const withoutUsage = (g: Guest): Guest => ({ ...g, state: { ...g.state, usage: null } });
 
+  const files = new Map<string, GuestFile>();
   const fake: FakeServices = {
     guestMap,
     imageMap,
@@ -263,6 +265,20 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
       async consoleLogPath(name) {
         guestOf(name);
         return fake.consoleLogPath;
+      },
+      async pushFile(name, request) {
+        const g = guestOf(name);
+        if (g.status !== 'Running') throw failedPrecondition(`Guest ${name} is not running: start it first`);
+        if (!request.path.startsWith('/')) throw invalidArgument(`${request.path} is not absolute`);
+        const { mode = 0o644, uid = 0, gid = 0 } = request;
+        files.set(`${name}:${request.path}`, { data: Buffer.from(request.data), mode, uid, gid });
+        return { size: request.data.length };
+      },
+      async pullFile(name, path) {
+        guestOf(name);
+        const file = files.get(`${name}:${path}`);
+        if (!file) throw notFound(`${path} does not exist in guest ${name}`);
+        return file;
       },
     },
     images: {

@@ -7,6 +7,7 @@ import {
   notFound,
   notSupported,
 } from '../core/errors.ts';
+import { checkAttributes, checkGuestPath, GUEST_FILE_MAX_BYTES } from '../core/guest-files.ts';
 import { assertCanDo } from '../core/guest-state.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
@@ -83,6 +84,16 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
   }
 
   const statusName = (l: Loaded) => l.status?.status ?? 'Stopped';
+
+  /** Files are copied through the running guest (its agent, or its init's root for ct). */
+  function assertFilesReachable(l: Loaded): void {
+    const status = statusName(l);
+    if (status !== 'Running' && status !== 'Frozen') {
+      throw failedPrecondition(
+        `Guest ${l.spec.name} is ${status.toLowerCase()}: start it first (files are copied through the running guest)`,
+      );
+    }
+  }
 
   /** A guest whose last change is still being carried out takes no new one. */
   function assertIdle(l: Loaded): void {
@@ -412,6 +423,33 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     async consoleLogPath(name) {
       const l = await load(name);
       return driverFor(l.spec.model).consoleLogPath(l.spec);
+    },
+
+    async pushFile(name, request) {
+      checkGuestPath(request.path);
+      const attributes = { mode: request.mode ?? 0o644, uid: request.uid ?? 0, gid: request.gid ?? 0 };
+      checkAttributes(attributes);
+      if (request.data.length > GUEST_FILE_MAX_BYTES) {
+        throw invalidArgument(
+          `The file is ${request.data.length} bytes, more than the ${GUEST_FILE_MAX_BYTES / 2 ** 20} MiB a push may have`,
+        );
+      }
+      const l = await load(name);
+      assertFilesReachable(l);
+      await driverFor(l.spec.model).pushFile(l.spec, {
+        path: request.path,
+        data: request.data,
+        ...attributes,
+        ...(request.createDirs ? { createDirs: true } : {}),
+      });
+      return { size: request.data.length };
+    },
+
+    async pullFile(name, path) {
+      checkGuestPath(path);
+      const l = await load(name);
+      assertFilesReachable(l);
+      return driverFor(l.spec.model).pullFile(l.spec, path);
     },
   };
 }

@@ -1,3 +1,4 @@
+import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 
@@ -93,6 +94,21 @@ export interface GuestService {
   attachConsole(name: string): Promise<ConsoleStream>;
   /** Path of the guest's console log (for `console --show-log` and following). */
   consoleLogPath(name: string): Promise<string>;
+  /** Writes a whole file into a running guest (`file push`). */
+  pushFile(name: string, request: PushFileRequest): Promise<{ size: number }>;
+  /** Reads a regular file of a running guest (`file pull`). */
+  pullFile(name: string, path: string): Promise<GuestFile>;
+}
+
+/** `POST /1.0/guests/{name}/files`: the bytes and what the file gets (mode 0644, root's, by default). */
+export interface PushFileRequest {
+  path: string;
+  data: Buffer;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  /** Make missing parent directories. */
+  createDirs?: boolean;
 }
 
 export interface ImageService {

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, type TestContext, test } from 'node:test';
 import { isTrivisorError } from '../../src/core/errors.ts';
+import { formatInjectedFile } from '../../src/core/guest-files.ts';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
 import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
 import { withInit } from './busybox-image-handle.ts';
@@ -27,6 +29,10 @@ export interface DriverUnderTest {
    */
   assertNoLeftovers?(spec: GuestSpec, options?: { runtimeOnly?: boolean }): Promise<void>;
 }
+
+/** Every byte value, four times. */
+const ALL_BYTES = Buffer.from(Array.from({ length: 1024 }, (_, i) => i % 256));
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 /** Runs `work`; a NotSupported error skips the test with its reason (the driver cannot do this). */
 async function orSkip(t: TestContext, work: () => Promise<void>): Promise<void> {
@@ -86,7 +92,21 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     before(async () => {
       dut = await makeDriver();
       driver = dut.driver;
-      spec = guest('conf-main');
+      // Injected files: written into the guest at every start, before its init runs.
+      spec = guest('conf-main', {
+        'files./etc/trivisor-motd': formatInjectedFile({
+          mode: 0o640,
+          uid: 0,
+          gid: 0,
+          content: Buffer.from('injected\n'),
+        }),
+        'files./opt/injected/deep/secret': formatInjectedFile({
+          mode: 0o600,
+          uid: 1000,
+          gid: 1000,
+          content: ALL_BYTES,
+        }),
+      });
     });
 
     after(async () => {
@@ -128,6 +148,80 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
         });
         assert.equal(env.stdout, 'hello\n/\n');
       });
+    });
+
+    test('files injected at create are there at first boot, with content, mode and owner', async (t) => {
+      if (!needRunning(t)) return;
+      const motd = await driver.pullFile(spec, '/etc/trivisor-motd');
+      assert.equal(motd.data.toString(), 'injected\n');
+      assert.deepEqual([motd.mode, motd.uid, motd.gid], [0o640, 0, 0]);
+      const secret = await driver.pullFile(spec, '/opt/injected/deep/secret');
+      assert.equal(sha256(secret.data), sha256(ALL_BYTES));
+      assert.deepEqual([secret.mode, secret.uid, secret.gid], [0o600, 1000, 1000]);
+      // Seen from inside too, by the guest's own tools.
+      const r = await execIn(driver, spec, [
+        '/bin/sh',
+        '-c',
+        'cat /etc/trivisor-motd; stat -c "%a %u %g" /etc/trivisor-motd /opt/injected/deep/secret',
+      ]);
+      assert.equal(r.stdout, 'injected\n640 0 0\n600 1000 1000\n', r.stderr);
+    });
+
+    test('pushFile/pullFile round-trip binary and multi-chunk files (sha256) and honour the mode', async (t) => {
+      if (!needRunning(t)) return;
+      // Larger than one agent chunk of every model (1 MiB for vm, 1 KiB on pvm's serial line).
+      const big = randomBytes(1024 * 1024 + 4099);
+      for (const [path, data, mode, uid, gid] of [
+        ['/root/all-bytes.bin', ALL_BYTES, 0o751, 0, 0],
+        ['/tmp/big.bin', big, 0o600, 1000, 1001],
+        ['/empty', Buffer.alloc(0), 0o644, 0, 0],
+      ] as const) {
+        await driver.pushFile(spec, { path, data, mode, uid, gid });
+        const back = await driver.pullFile(spec, path);
+        assert.equal(back.data.length, data.length, path);
+        assert.equal(sha256(back.data), sha256(data), path);
+        assert.deepEqual([back.mode, back.uid, back.gid], [mode, uid, gid], path);
+        const inside = await execIn(driver, spec, [
+          '/bin/sh',
+          '-c',
+          'sha256sum "$0" | cut -d" " -f1; stat -c "%a %u %g" "$0"',
+          path,
+        ]);
+        assert.equal(
+          inside.stdout,
+          `${sha256(data)}\n${mode.toString(8)} ${uid} ${gid}\n`,
+          `${path}: ${inside.stderr}`,
+        );
+      }
+      // A push replaces the file whole; the injected one is written again at the next start.
+      await driver.pushFile(spec, {
+        path: '/etc/trivisor-motd',
+        data: Buffer.from('changed'),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+      });
+      assert.equal((await driver.pullFile(spec, '/etc/trivisor-motd')).data.toString(), 'changed');
+      await driver.pushFile(spec, {
+        path: '/new/dirs/file',
+        data: Buffer.from('x'),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        createDirs: true,
+      });
+      assert.equal((await driver.pullFile(spec, '/new/dirs/file')).data.toString(), 'x');
+    });
+
+    test('file errors a user can cause are typed: missing, directory, missing parent', async (t) => {
+      if (!needRunning(t)) return;
+      const code = (c: string) => (e: unknown) => isTrivisorError(e) && e.code === c;
+      await assert.rejects(driver.pullFile(spec, '/no/such/file'), code('NotFound'));
+      await assert.rejects(driver.pullFile(spec, '/etc'), code('InvalidArgument'));
+      const push = (path: string) =>
+        driver.pushFile(spec, { path, data: Buffer.from('x'), mode: 0o644, uid: 0, gid: 0 });
+      await assert.rejects(push('/no/such/dir/file'), code('NotFound'));
+      await assert.rejects(push('/etc'), code('InvalidArgument'));
     });
 
     test('exec pipes stdin through', async (t) => {
@@ -296,6 +390,11 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       assert.equal((await driver.inspect(spec, identity)).state, 'stopped');
       await dut.assertNoLeftovers?.(spec, { runtimeOnly: true });
       await driver.stop(spec, { timeoutMs: 1000, force: false });
+      // Files are copied through the running guest.
+      await assert.rejects(
+        driver.pullFile(spec, '/etc/trivisor-motd'),
+        (e) => isTrivisorError(e) && e.code === 'FailedPrecondition',
+      );
     });
 
     test('start() after stop() boots the guest again with a new init', async (t) => {
@@ -308,6 +407,8 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       await orSkip(t, async () => {
         assert.equal((await execIn(driver, spec, ['/bin/sh', '-c', 'exit 0'])).code, 0);
       });
+      // The injected file the guest's copy replaced is written again at every start.
+      assert.equal((await driver.pullFile(spec, '/etc/trivisor-motd')).data.toString(), 'injected\n');
     });
 
     test('delete() leaves nothing behind and can be repeated', async (t) => {

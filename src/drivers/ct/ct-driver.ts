@@ -4,12 +4,14 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import { failedPrecondition, internal, invalidArgument, notSupported } from '../../core/errors.ts';
+import { GUEST_FILE_MAX_BYTES, INJECTED_FILE_PREFIX, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { cgroupMode, readCgroupUsage, readFreezerState, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isMountPoint, mountOverlay, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
+import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
 import type {
   DriverContext,
@@ -20,7 +22,14 @@ import type {
   RuntimeState,
 } from '../guest-driver.ts';
 import { guestDirOf, isPoolLinked } from './guest-dir.ts';
-import { buildOciSpec, DEFAULT_ENV, type OciSpec, ociResources, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
+import {
+  buildOciSpec,
+  DEFAULT_ENV,
+  ID_MAP_SIZE,
+  type OciSpec,
+  ociResources,
+  STOP_SIGNAL_ANNOTATION,
+} from './oci-spec.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
 
@@ -166,6 +175,62 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     }
   };
 
+  /** A guest's uid/gid as the host has it (shifted into the user namespace's range unless privileged). */
+  const hostId = (spec: GuestSpec, id: number, what: string): number => {
+    const base = baseOf(spec);
+    if (base === undefined) return id;
+    if (id >= ID_MAP_SIZE) {
+      throw invalidArgument(
+        `The ${what} ${id} does not exist in unprivileged guest ${spec.name}: use 0 to ${ID_MAP_SIZE - 1}`,
+      );
+    }
+    return base + id;
+  };
+  /** A host uid/gid as the guest sees it (the overflow id 65534 when unmapped). */
+  const guestId = (spec: GuestSpec, id: number): number => {
+    const base = baseOf(spec);
+    if (base === undefined) return id;
+    return id >= base && id < base + ID_MAP_SIZE ? id - base : 65534;
+  };
+
+  /**
+   * Writes the guest's `files.*` into its mounted root before its init runs:
+   * through the same symlink-safe walk as `file push` (the upper layer is the
+   * guest's own and may hold links planted in an earlier boot).
+   */
+  const injectFiles = async (spec: GuestSpec, root: string): Promise<void> => {
+    for (const f of injectedFiles(spec.config)) {
+      try {
+        await writeFileInRoot(root, f.path, f.content, {
+          mode: f.mode,
+          uid: hostId(spec, f.uid, 'uid'),
+          gid: hostId(spec, f.gid, 'gid'),
+          createDirs: { uid: hostId(spec, 0, 'uid'), gid: hostId(spec, 0, 'gid') },
+        });
+      } catch (e) {
+        const message = e instanceof Error ? e.message : String(e);
+        const code = (e as { code?: string }).code;
+        const wrapped = `Cannot inject ${INJECTED_FILE_PREFIX}${f.path} into guest ${spec.name}: ${message}`;
+        throw code === 'NotFound' || code === 'InvalidArgument' || code === 'FailedPrecondition'
+          ? failedPrecondition(wrapped)
+          : internal(wrapped, e);
+      }
+    }
+  };
+
+  /** `/proc/PID/root` of the running guest's init: its root with its own mounts; checked against pid reuse. */
+  const liveRoot = async (spec: GuestSpec) => {
+    const init = await runningInit(spec);
+    return {
+      root: `/proc/${init.pid}/root`,
+      verify: async () => {
+        if (!(await isSameProcess(init))) {
+          throw failedPrecondition(`Guest ${spec.name} stopped meanwhile: start it and try again`);
+        }
+      },
+    };
+  };
+
   const runningInit = async (spec: GuestSpec): Promise<ProcessIdentity> => {
     const init = await liveInit(spec);
     if (!init) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
@@ -218,6 +283,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
         );
       }
+      for (const f of injectedFiles(spec.config)) {
+        hostId(spec, f.uid, `uid of ${INJECTED_FILE_PREFIX}${f.path}`);
+        hostId(spec, f.gid, `gid of ${INJECTED_FILE_PREFIX}${f.path}`);
+      }
     },
 
     async create(spec, image) {
@@ -260,6 +329,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         await chown(p.work, base ?? 0, base ?? 0);
         await mountOverlay(p.rootfs, { lowerDir, upperDir: p.upper, workDir: p.work }, { runner });
         r.add(() => unmountIfMounted(p.rootfs, { runner }));
+        await injectFiles(spec, p.rootfs);
         await writeBundle(spec, image);
         r.add(() => cleanUpRuntime(spec));
 
@@ -452,6 +522,26 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       throw notSupported(
         `ct guests' consoles take no input (init writes to ${spec.name}'s console log): run a shell with \`trivisor exec -t ${spec.name} -- sh\``,
       );
+    },
+
+    // On the host side, through the init's /proc/PID/root: the guest's own view with its mounts
+    // (a /tmp tmpfs…), walked symlink-safely (host/rooted-fs.ts). Works on frozen guests too.
+    async pushFile(spec, options) {
+      const { root, verify } = await liveRoot(spec);
+      const rootId = { uid: hostId(spec, 0, 'uid'), gid: hostId(spec, 0, 'gid') };
+      await writeFileInRoot(root, options.path, options.data, {
+        mode: options.mode,
+        uid: hostId(spec, options.uid, 'uid'),
+        gid: hostId(spec, options.gid, 'gid'),
+        ...(options.createDirs ? { createDirs: rootId } : {}),
+        verify,
+      });
+    },
+
+    async pullFile(spec, path) {
+      const { root, verify } = await liveRoot(spec);
+      const file = await readFileInRoot(root, path, { maxBytes: GUEST_FILE_MAX_BYTES, verify });
+      return { ...file, uid: guestId(spec, file.uid), gid: guestId(spec, file.gid) };
     },
 
     consoleLogPath(spec) {

@@ -32,6 +32,8 @@ export function killSignalArg(signal: string): string {
   return number === undefined ? '-TERM' : `-${number}`;
 }
 
+/** Bytes per guest-file-read/write of `file push|pull`: each message stays under 2 KiB. */
+const FILE_CHUNK_BYTES = 1024;
 /** Largest piece per guest-file-read/write: its base64 in JSON stays well under the guest tty's 4 KiB. */
 const CHUNK_BYTES = 2048;
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -248,7 +250,11 @@ export async function connectAgent(
   const deadline = Date.now() + options.timeoutMs;
   // Paced as a second line of defence: no message the driver sends should exceed the guest's tty buffer.
   const socket = pacedLine(openAgentLine(paths.toGuest, paths.fromGuest), { chunkBytes: 1024, gapMs: 2 });
-  const client = createQgaClient(socket, options.guestName ? { guestName: options.guestName } : {});
+  const client = createQgaClient(socket, {
+    ...(options.guestName ? { guestName: options.guestName } : {}),
+    // guest-file-read/write of file push|pull: 1 KiB is ~1.4 KiB of base64, under the 2 KiB a message may have.
+    fileChunkBytes: FILE_CHUNK_BYTES,
+  });
   try {
     await client.waitReady({ timeoutMs: Math.max(1000, deadline - Date.now()) });
   } catch (e) {

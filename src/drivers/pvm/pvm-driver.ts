@@ -25,13 +25,17 @@ import {
   notSupported,
   unavailable,
 } from '../../core/errors.ts';
+import { GUEST_FILE_MAX_BYTES, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import type { QgaClient } from '../../host/qga-client.ts';
+import { qgaPullFile, qgaPushFile } from '../../host/qga-files.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
 import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
+import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
@@ -376,6 +380,25 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     }
   };
 
+  /** A running, unfrozen guest whose agent can take file requests. */
+  const runningAgent = async (spec: GuestSpec): Promise<void> => {
+    await runningUml(spec);
+    if (await exists(pathsOf(spec).frozenFile)) {
+      throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
+    }
+  };
+
+  /** Runs `work` on the guest's agent connection; a connection that stopped answering is dropped. */
+  const withAgent = async <T>(spec: GuestSpec, work: (client: QgaClient) => Promise<T>): Promise<T> => {
+    const agent = await agentOf(spec, 30_000);
+    try {
+      return await work(agent.client);
+    } catch (e) {
+      if (isTrivisorError(e) && e.code === 'Unavailable') dropAgent(spec);
+      throw e;
+    }
+  };
+
   const runningUml = async (spec: GuestSpec): Promise<ProcessIdentity> => {
     const identity = await liveUml(spec);
     if (!identity) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
@@ -519,9 +542,17 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         }
         // The kernel opens its taps as the guest's uid: they are made with that owner.
         const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec, { user: uid }) : [];
+        // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start),
+        // in the root-owned guest dir so that the guest's uid cannot swap it, readable by its group.
+        const configDisk = join(p.dir, 'config.ext4');
+        const withConfig = await writeConfigDisk(injectedFiles(spec.config), configDisk, {
+          runner,
+          group: uid,
+        });
         const argv = umlArgv({
           kernelPath,
           nics: taps,
+          ...(withConfig ? { configDisk } : {}),
           memoryBytes,
           ...(raw ? { diskPath: p.raw } : { diskPath: p.cow, backingPath: baseDisk }),
           umlDir: p.runDir,
@@ -701,6 +732,18 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         if (!isTrivisorError(e) || e.code !== 'NotSupported') dropAgent(spec);
         throw e;
       }
+    },
+
+    async pushFile(spec, options) {
+      await runningAgent(spec);
+      await withAgent(spec, (client) => qgaPushFile(client, { ...options, guest: spec.name }));
+    },
+
+    async pullFile(spec, path) {
+      await runningAgent(spec);
+      return withAgent(spec, (client) =>
+        qgaPullFile(client, path, { maxBytes: GUEST_FILE_MAX_BYTES, guest: spec.name }),
+      );
     },
 
     async attachConsole(spec) {

@@ -16,6 +16,8 @@ export interface UmlBootOptions {
   hostname: string;
   /** The guest's NICs in order: a tap the host made for the guest's uid, the NIC's name and MAC. */
   nics?: ReadonlyArray<{ nic: string; tap: string; mac: string }>;
+  /** The guest's config disk (injected files): read-only `ubd1r`, `/dev/ubdb` in the guest. */
+  configDisk?: string;
 }
 
 /** The in-guest device of the agent's serial line (`ssl1`, UML's second serial line). */
@@ -37,6 +39,7 @@ export function umlArgv(options: UmlBootOptions): string[] {
     options.kernelPath,
     `mem=${kib}K`,
     options.backingPath ? `ubd0=${options.diskPath},${options.backingPath}` : `ubd0=${options.diskPath}`,
+    ...(options.configDisk ? [`ubd1r=${options.configDisk}`] : []),
     'root=/dev/ubda',
     `umid=${options.umid}`,
     `uml_dir=${options.umlDir}`,
@@ -51,6 +54,7 @@ export function umlArgv(options: UmlBootOptions): string[] {
       model: 'pvm',
       agent: PVM_AGENT_DEVICE,
       nics: (options.nics ?? []).map((n) => ({ name: n.nic, mac: n.mac })),
+      ...(options.configDisk ? { configDevice: '/dev/ubdb' } : {}),
     }),
   ];
 }

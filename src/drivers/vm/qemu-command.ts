@@ -80,6 +80,8 @@ export interface QemuCommandOptions {
   foreignKernel?: string;
   /** The guest's NICs, in order: a tap the host made (on its bridge) and the NIC's MAC each. */
   nics?: ReadonlyArray<{ tap: string; mac: string }>;
+  /** The guest's config disk (injected files), read-only on virtio-blk right after the root: `/dev/vdb`. */
+  configDisk?: string;
 }
 
 /**
@@ -150,6 +152,14 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `file=${paths.disk},if=none,id=root,format=qcow2,discard=unmap`,
     '-device',
     `virtio-blk-${bus},drive=root`,
+    ...(options.configDisk
+      ? [
+          '-drive',
+          `file=${options.configDisk},if=none,id=config,format=raw,readonly=on`,
+          '-device',
+          `virtio-blk-${bus},drive=config,serial=trivisor-config`,
+        ]
+      : []),
     '-object',
     'rng-random,id=rng,filename=/dev/urandom',
     '-device',

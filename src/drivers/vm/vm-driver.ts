@@ -5,12 +5,15 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import { failedPrecondition, internal, invalidArgument } from '../../core/errors.ts';
+import { GUEST_FILE_MAX_BYTES, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { qgaPullFile, qgaPushFile } from '../../host/qga-files.ts';
 import { KIT_INIT_MARKER, kitKernelArgs } from '../../images/guest-kit.ts';
+import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type {
@@ -42,6 +45,10 @@ import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { connectSerialConsole } from './serial-console.ts';
 import { type AgentPool, createAgentPool } from './vm-agent.ts';
 
+/** The config disk (injected files) in the guest: the second virtio-blk disk, after the root. */
+const VM_CONFIG_DEVICE = '/dev/vdb';
+/** How long one agent request of a file copy may wait for its answer. */
+const AGENT_FILE_TIMEOUT_MS = 30_000;
 /** How often waits poll. */
 const POLL_MS = 100;
 /** How long start() waits for the kit's init and its agent (TCG on a busy 2-core host is slow). */
@@ -275,6 +282,14 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
 
   const hostCpus = availableParallelism();
 
+  /** A running, unfrozen guest whose agent can take file requests. */
+  const runningAgent = async (spec: GuestSpec): Promise<void> => {
+    await runningQemu(spec);
+    if ((await runStatus(spec)) === 'paused') {
+      throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
+    }
+  };
+
   const driver: GuestDriver = {
     model: 'vm',
 
@@ -404,6 +419,15 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         // A tap per NIC on its bridge, filtered and limited before QEMU opens it.
         const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec) : [];
         const nics = taps.map((t) => ({ name: t.nic, mac: t.mac }));
+        // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start).
+        const files = injectedFiles(spec.config);
+        if (foreign && files.length > 0) {
+          throw failedPrecondition(
+            `Image ${image.record.fingerprint} boots its own kernel without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
+          );
+        }
+        const configDisk = join(p.dir, 'config.ext4');
+        const withConfig = await writeConfigDisk(files, configDisk, { runner });
         const argv = qemuArgv({
           name: spec.name,
           paths: p,
@@ -413,8 +437,16 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           resources,
           ...(foreign
             ? { foreignKernel: foreign.kernel, kernelArgs: foreign.cmdline }
-            : { kernelArgs: kitKernelArgs({ hostname: spec.name, model: 'vm', nics }) }),
+            : {
+                kernelArgs: kitKernelArgs({
+                  hostname: spec.name,
+                  model: 'vm',
+                  nics,
+                  ...(withConfig ? { configDevice: VM_CONFIG_DEVICE } : {}),
+                }),
+              }),
           nics: taps,
+          ...(withConfig ? { configDisk } : {}),
         });
         // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
         const result = await runner.run(argv, { allowFailure: true, timeoutMs: 60_000 });
@@ -549,6 +581,20 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         ...execOptions,
         env: { ...configValue.environment(spec.config), ...execOptions.env },
       });
+    },
+
+    async pushFile(spec, options) {
+      await runningAgent(spec);
+      await agents.use(pathsOf(spec).agentSocket, { timeoutMs: AGENT_FILE_TIMEOUT_MS }, (client) =>
+        qgaPushFile(client, { ...options, guest: spec.name }),
+      );
+    },
+
+    async pullFile(spec, path) {
+      await runningAgent(spec);
+      return agents.use(pathsOf(spec).agentSocket, { timeoutMs: AGENT_FILE_TIMEOUT_MS }, (client) =>
+        qgaPullFile(client, path, { maxBytes: GUEST_FILE_MAX_BYTES, guest: spec.name }),
+      );
     },
 
     async attachConsole(spec) {
