@@ -50,7 +50,7 @@ export function addConsoleCommand(program: Command): void {
     )
     .argument('<name>')
     .option('--show-log', 'print the console log and exit')
-    .option('-f, --follow', 'follow the console log (output only) instead of attaching')
+    .option('--follow', 'follow the console log (output only) instead of attaching')
     .action(async (name: string, opts: { showLog?: boolean; follow?: boolean }, cmd: Command) => {
       const client = clientOf(cmd);
       if (opts.showLog) {
