@@ -11,6 +11,7 @@ import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
+import { BACKUP_BITMAP } from './vm-incremental.ts';
 
 /** Half-made files and internal snapshots carry this prefix until they are complete. */
 const TMP_PREFIX = '.tmp-';
@@ -193,6 +194,18 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     await runner.run(['cp', '--reflink=auto', '--sparse=always', '--', disk, tmp]);
   };
 
+  /** Removes the incremental-backup bitmap (vm-incremental.ts) from a disk that is not in use. */
+  const dropBackupBitmap = async (disk: string): Promise<void> => {
+    const { stdout } = await runner.run(['qemu-img', 'info', '--output=json', disk]);
+    const bitmaps =
+      (JSON.parse(stdout) as { 'format-specific'?: { data?: { bitmaps?: Array<{ name: string }> } } })[
+        'format-specific'
+      ]?.data?.bitmaps ?? [];
+    if (bitmaps.some((b) => b.name === BACKUP_BITMAP)) {
+      await runner.run(['qemu-img', 'bitmap', '--remove', disk, BACKUP_BITMAP]);
+    }
+  };
+
   const storage: GuestStorage = {
     async snapshot(spec, snap) {
       const running = (await liveQemu(spec)) !== undefined;
@@ -208,6 +221,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       if (!(await allSnapshots(spec, false)).includes(snap)) {
         throw notFound(`Guest ${spec.name} has no snapshot ${snap} on disk: list its snapshots.`);
       }
+      // qcow2 refuses to roll back under a dirty bitmap, and a rolled-back disk ends its backup chain anyway.
+      await dropBackupBitmap(await diskOf(spec));
+      await rm(join(pathsOf(spec).dir, 'backup-chain.json'), { force: true });
       // In place: qcow2 switches the active L1 table in one write; the snapshot itself stays.
       await img.applySnapshot(await diskOf(spec), snap);
     },
@@ -304,6 +320,8 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           );
         }
         const diskInfo = await img.info(disk);
+        // New content: backups of the old one are no base for incrementals of the new.
+        await rm(join(pathsOf(spec).dir, 'backup-chain.json'), { force: true });
         await replaceDisk(spec, async (tmp) => {
           await copyDisk(disk, tmp);
           if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
@@ -316,6 +334,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
             return;
           }
           // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
+          await dropBackupBitmap(tmp);
           const active = tmpName('active');
           await img.createSnapshot(tmp, active);
           await img.setContent(tmp, content, signal ? { signal } : {});
