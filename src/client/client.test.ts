@@ -269,7 +269,7 @@ describe('exec websocket lifetimes', () => {
       const op = await client.startExec('web1', { command: ['cat'], 'wait-for-websocket': true });
       const done = await client.waitOperation(op.id, { allowFailure: true });
       assert.equal(done.status, 'Failure');
-      assert.match(done.error ?? '', /No client connected to the exec websocket/);
+      assert.match(done.error ?? '', /No client connected to the operation's websocket/);
       assert.equal(fake.execs.length, 0, 'the command never started');
 
       const handle = await client.exec('web1', { command: ['sleep'] });

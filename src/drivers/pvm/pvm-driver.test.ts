@@ -55,7 +55,7 @@ describe('umlArgv', () => {
     assert.ok(argv.includes('umid=uml'));
     assert.ok(argv.includes('uml_dir=/s/guests/p1/run'));
     // Every console and serial line not named is null: UML's default would open xterms.
-    for (const word of ['con=null', 'ssl=null', 'con0=null,fd:1', 'ssl1=fd:3,fd:4'])
+    for (const word of ['con=null', 'ssl=null', 'con0=fd:5,fd:1', 'ssl1=fd:3,fd:4'])
       assert.ok(argv.includes(word), word);
     for (const word of [
       'init=/.trivisor/init',
