@@ -47,6 +47,18 @@ describe('guest kit', () => {
     );
   });
 
+  test('kitKernelArgs names the config disk device, and refuses one that is not /dev/NAME', () => {
+    assert.ok(
+      kitKernelArgs({ hostname: 'v', model: 'vm', configDevice: '/dev/vdb' }).includes(
+        'trivisor.config=/dev/vdb',
+      ),
+    );
+    assert.ok(!kitKernelArgs({ hostname: 'v', model: 'vm' }).some((a) => a.startsWith('trivisor.config=')));
+    assert.throws(() => kitKernelArgs({ hostname: 'v', model: 'vm', configDevice: '/dev/vd b' }), {
+      code: 'InvalidArgument',
+    });
+  });
+
   test('shellQuote survives a round trip through sh', () => {
     const argv = ['/bin/sh', '-c', `echo "it's" $HOME; a\\b`, '', 'plain', 'x=y'];
     const out = execFileSync('/bin/sh', ['-c', `printf '%s\\n' ${argv.map(shellQuote).join(' ')}`], {

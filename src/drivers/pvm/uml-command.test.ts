@@ -33,3 +33,11 @@ test('a guest without NICs gets no network device', () => {
   assert.ok(!argv.some((a) => /^eth\d+=|NICS/.test(a)));
   assert.ok(argv.includes('ubd0=/s/guests/p1/disk/root.cow,/s/images/fp/disk.ext4'));
 });
+
+test('a config disk is the read-only ubd1 and the kit is told where it is', () => {
+  const argv = umlArgv({ ...base, configDisk: '/s/guests/p1/config.ext4' });
+  assert.ok(argv.includes('ubd1r=/s/guests/p1/config.ext4'));
+  assert.ok(argv.includes('trivisor.config=/dev/ubdb'));
+  const none = umlArgv(base);
+  assert.ok(!none.some((a) => a.startsWith('ubd1') || a.startsWith('trivisor.config=')));
+});
