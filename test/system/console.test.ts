@@ -44,7 +44,7 @@ describe('trivisor console through the daemon', () => {
     await d?.destroy();
   });
 
-  test('a pvm guest: type a command, see its answer, Ctrl-a q detaches; the guest runs on and logs it; again after kill -9 of the daemon', async () => {
+  test('a pvm guest: type a command, see its answer, Ctrl-a q detaches; the guest runs on and logs it; again after kill -9 of the daemon; a stop ends the session', async () => {
     d.ok(['launch', 'busybox', 'p1', '--model', 'pvm']);
     const marker = `sys-${process.pid}`;
     const attached = start(['console', 'p1']);
@@ -85,6 +85,20 @@ describe('trivisor console through the daemon', () => {
     );
     again.child.stdin?.end(); // end of piped input detaches too
     assert.equal(await again.exit, 0, again.stderr());
+
+    // A guest that stops under an attached console ends the session, saying why.
+    const last = start(['console', 'p1']);
+    await eventually('attached', () =>
+      (
+        JSON.parse(d.ok(['operation', 'list', '--format', 'json'])) as Array<{
+          description: string;
+          status: string;
+        }>
+      ).some((o) => o.description.includes('console of guest p1') && o.status === 'Running'),
+    );
+    d.ok(['stop', 'p1', '--timeout', '10']);
+    assert.equal(await last.exit, 0, last.stderr());
+    assert.match(last.stderr(), /The console of p1 closed: the guest stopped/);
   });
 
   test('a ct guest: the console takes no input, so the CLI says so and follows the log', async () => {
