@@ -78,11 +78,25 @@ describe('config keys', () => {
       ['boot.autostart', 'yes'],
       ['boot.restart_policy', 'sometimes'],
       ['environment.', 'x'],
+      ['vm.machine', 'isapc'],
+      ['vm.machine', 'microvm'],
     ] as const) {
       assert.throws(
         () => validateConfig({ [k]: v }, host),
         (e: unknown) => isTrivisorError(e) && e.code === 'InvalidArgument',
         `${k}=${v}`,
+      );
+    }
+  });
+  test('a model-specific key is refused on the other models', () => {
+    validateConfig({ 'vm.machine': 'pc' }, host, 'vm');
+    for (const model of ['ct', 'pvm'] as const) {
+      assert.throws(
+        () => validateConfig({ 'vm.machine': 'q35' }, host, model),
+        (e: unknown) =>
+          isTrivisorError(e) &&
+          e.code === 'InvalidArgument' &&
+          /only applies to vm guests, not/.test(e.message),
       );
     }
   });

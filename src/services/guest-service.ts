@@ -199,7 +199,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
       const driver = driverFor(model);
       const image = await deps.images.get(request.image);
-      const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity);
+      const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
       const spec: GuestSpec = {
         name: request.name,
         project: 'default',
@@ -362,7 +362,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         if (!(key in config)) throw notFound(`Guest ${name} has no configuration key ${JSON.stringify(key)}`);
         delete config[key];
       }
-      validateConfig(config, deps.capacity);
+      validateConfig(config, deps.capacity, l.spec.model);
       const frozenKeys = createOnlyChanges(l.spec.config, config);
       if (frozenKeys.length > 0) {
         throw invalidArgument(

@@ -161,6 +161,20 @@ describe('vm driver', () => {
     await f.assertNoLeftovers(spec);
   });
 
+  test('vm.machine picks the machine type per guest: a pc (i440fx) guest boots and its agent answers', async () => {
+    const spec = guest('vm-pc', { 'vm.machine': 'pc', 'limits.cpu': '1' });
+    await f.driver.create(spec, f.image);
+    const id = await f.driver.start(spec, f.image);
+    const argv = (await readFile(`/proc/${id.pid}/cmdline`, 'utf8')).split('\0');
+    assert.equal(argv[argv.indexOf('-machine') + 1], 'pc');
+    // The i440fx host bridge (8086:1237) instead of q35's (8086:29c0).
+    const bridge = await execIn(f.driver, spec, ['cat', '/sys/bus/pci/devices/0000:00:00.0/device']);
+    assert.deepEqual(bridge, { code: 0, stdout: '0x1237\n', stderr: '' });
+    await f.driver.stop(spec, { timeoutMs: 10_000, force: false });
+    await f.driver.delete(spec);
+    await f.assertNoLeftovers(spec);
+  });
+
   test('the accelerator probe falls back to TCG when a KVM test boot hangs or aborts, and caches its verdict', async () => {
     const dir = await mkdtemp('/tmp/trivisor-vm-probe-');
     try {

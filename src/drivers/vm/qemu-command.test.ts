@@ -4,7 +4,7 @@ import { qemuArgv, vmGuestPaths, vmResources } from './qemu-command.ts';
 
 const argvFor = (
   config: Record<string, string>,
-  machine: 'q35' | 'microvm' = 'q35',
+  machine: 'q35' | 'pc' | 'microvm' = 'q35',
   nics?: Array<{ tap: string; mac: string }>,
 ) =>
   qemuArgv({
@@ -68,8 +68,15 @@ describe('qemu command line', () => {
 
   test('microvm puts the devices on virtio-mmio', () => {
     const argv = argvFor({}, 'microvm');
-    assert.match(after(argv, '-machine')[0] ?? '', /^microvm,/);
+    // Without the legacy PIT and PIC the cloud kernel hangs calibrating its clock under TCG.
+    assert.match(after(argv, '-machine')[0] ?? '', /^microvm,.*pit=on,pic=on/);
     assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
+  });
+
+  test('pc is passed through as the machine, with PCI devices', () => {
+    const argv = argvFor({}, 'pc');
+    assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc']);
+    assert.ok(after(argv, '-device').includes('virtio-blk-pci,drive=root'));
   });
 
   test('each NIC is a virtio-net device with its MAC on its tap, in order; no NIC means -nic none', () => {

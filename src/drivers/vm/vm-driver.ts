@@ -413,6 +413,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (withNics && !ctx.network) {
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
+      const guestMachine = configValue.vmMachine(spec.config) ?? machine;
       return withRevert(async (r) => {
         const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
         r.add(() => cleanUpRuntime(spec));
@@ -433,7 +434,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           paths: p,
           kit,
           accelerator: verdict.accelerator,
-          machine,
+          machine: guestMachine,
           resources,
           ...(foreign
             ? { foreignKernel: foreign.kernel, kernelArgs: foreign.cmdline }
@@ -463,7 +464,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         await writeBoot(spec, {
           identity,
           accelerator: verdict.accelerator,
-          machine,
+          machine: guestMachine,
           memoryBytes: resources.memoryMiB * 2 ** 20,
           balloonBytes: resources.memoryMiB * 2 ** 20,
           vcpus: resources.vcpus,
