@@ -139,10 +139,10 @@ try {
   await d.destroy();
 }
 
-/** The busybox image's base disk (the one disk.ext4 the run made). */
+/** The busybox image's base disk (the one disk-*.ext4 the run made). */
 function baseDiskOf(daemon: Daemon): string {
   const images = path.join(daemon.stateDir, 'images');
-  const found = execFileSync('find', [images, '-name', 'disk.ext4'], { encoding: 'utf8' })
+  const found = execFileSync('find', [images, '-name', 'disk*.ext4'], { encoding: 'utf8' })
     .trim()
     .split('\n')[0];
   if (!found) throw new Error('no base disk found');

@@ -110,7 +110,7 @@ try {
     .split('\0')
     .filter(Boolean)
     .map((a) => a.replaceAll(guestDir, scratch));
-  const base = execFileSync('find', [path.join(d.stateDir, 'images'), '-name', 'disk.ext4'], {
+  const base = execFileSync('find', [path.join(d.stateDir, 'images'), '-name', 'disk*.ext4'], {
     encoding: 'utf8',
   })
     .trim()

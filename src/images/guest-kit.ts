@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { access, chmod, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { failedPrecondition, invalidArgument } from '../core/errors.ts';
@@ -22,6 +23,20 @@ const KIT_PROGRAMS: ReadonlyArray<{ host: string; name: string; pkg: string }> =
   { host: '/usr/sbin/qemu-ga', name: 'qemu-ga', pkg: 'qemu-guest-agent' },
   { host: '/usr/sbin/resize2fs', name: 'resize2fs', pkg: 'e2fsprogs' },
 ];
+
+/**
+ * Version of the kit (its init script and what it carries). Base disks are named
+ * after it: a daemon with a changed kit builds a new base disk for new guests,
+ * while existing guests keep the one their copy-on-write layer points at.
+ */
+export const KIT_VERSION = createHash('sha256')
+  .update(guestKitInitScript({ loaderName: 'ld.so' }))
+  .update(JSON.stringify(KIT_PROGRAMS))
+  .digest('hex')
+  .slice(0, 12);
+
+/** File name of an image's base disk for the current kit. */
+export const BASE_DISK_NAME = `disk-${KIT_VERSION}.ext4`;
 
 /** What the kernel command line tells the kit's init. */
 export interface KitKernelArgsOptions {

@@ -7,7 +7,7 @@ import type { ProcessRunner } from '../host/runner.ts';
 import { buildBaseDisk } from './base-disk.ts';
 import { buildBusyboxRootfs } from './busybox-image.ts';
 import { buildDebootstrapRootfs, type ProgressCallback } from './debootstrap-image.ts';
-import { imageInitArgv } from './guest-kit.ts';
+import { BASE_DISK_NAME, imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
 import { removeTree } from './remove-tree.ts';
 import { shiftTree } from './shift-tree.ts';
@@ -183,10 +183,11 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       checkFingerprint(fingerprint);
       const pending = diskBuilds.get(fingerprint);
       if (pending) return pending;
-      const target = join(imageDir(fingerprint), 'disk.ext4');
+      const target = join(imageDir(fingerprint), BASE_DISK_NAME);
       const work = (async () => {
         const { metadata: meta } = await metadata(fingerprint);
-        // Never rebuilt once made: guests' copy-on-write layers point at this very file.
+        // Never rebuilt once made: guests' copy-on-write layers point at this very file. A
+        // changed kit gets a disk of its own name (BASE_DISK_NAME); older ones stay for their guests.
         if (await isFile(target)) return target;
         log.info({ fingerprint }, 'making the base disk of the image for vm and pvm guests');
         const { sizeBytes } = await buildBaseDisk(join(imageDir(fingerprint), 'rootfs'), target, {

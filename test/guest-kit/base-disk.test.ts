@@ -8,7 +8,7 @@ import { connectQga, type QgaClient } from '../../src/host/qga-client.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { buildBaseDisk, MIN_BASE_DISK_BYTES } from '../../src/images/base-disk.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
-import { KIT_INIT_MARKER, kitKernelArgs } from '../../src/images/guest-kit.ts';
+import { BASE_DISK_NAME, KIT_INIT_MARKER, kitKernelArgs } from '../../src/images/guest-kit.ts';
 import { imageFiles } from '../../src/images/image-files.ts';
 
 const runner = hostRunner();
@@ -218,13 +218,14 @@ describe('base disk with the guest kit', { skip: process.getuid?.() !== 0 }, () 
     const images = imageFiles(stateDir, { runner, log: silentLogger() });
     const { fingerprint } = await images.addBusybox();
     const [a, b] = await Promise.all([images.baseDisk(fingerprint), images.baseDisk(fingerprint)]);
-    assert.equal(a, join(stateDir, 'images', fingerprint, 'disk.ext4'));
+    assert.equal(a, join(stateDir, 'images', fingerprint, BASE_DISK_NAME));
+    assert.match(BASE_DISK_NAME, /^disk-[0-9a-f]{12}\.ext4$/);
     assert.equal(b, a);
     const made = (await stat(a)).mtimeMs;
     assert.equal(await images.baseDisk(fingerprint), a);
     assert.equal((await stat(a)).mtimeMs, made, 'a made disk is never rebuilt');
     assert.deepEqual((await readdir(join(stateDir, 'images', fingerprint))).sort(), [
-      'disk.ext4',
+      BASE_DISK_NAME,
       'image.json',
       'rootfs',
     ]);
