@@ -103,22 +103,48 @@ export function addStorageCommands(program: Command): void {
     .argument('<name>')
     .argument('<file>')
     .option('--with-snapshots', 'include the snapshots')
-    .action(async (name: string, file: string, opts: { withSnapshots?: boolean }, cmd: Command) => {
-      const client = clientOf(cmd);
-      const op = await client.createBackup(name, { snapshots: opts.withSnapshots === true });
-      const done = await waitWithProgress(client, op, { label: `Backing up ${name}` });
-      const backup = done.metadata.backup;
-      if (typeof backup !== 'string') throw new Error('The daemon did not name the backup it made');
-      try {
-        await client.downloadBackup(name, backup, resolve(file));
-      } finally {
-        await client.deleteBackup(name, backup).catch(() => {});
-      }
-    });
+    .option(
+      '--incremental',
+      'vm: only what changed since the last --incremental export (the first one is full); import them in order',
+    )
+    .action(
+      async (
+        name: string,
+        file: string,
+        opts: { withSnapshots?: boolean; incremental?: boolean },
+        cmd: Command,
+      ) => {
+        const client = clientOf(cmd);
+        const op = await client.createBackup(name, {
+          snapshots: opts.withSnapshots === true,
+          ...(opts.incremental && { incremental: true }),
+        });
+        const done = await waitWithProgress(client, op, { label: `Backing up ${name}` });
+        const backup = done.metadata.backup;
+        if (typeof backup !== 'string') throw new Error('The daemon did not name the backup it made');
+        try {
+          await client.downloadBackup(name, backup, resolve(file));
+        } finally {
+          await client.deleteBackup(name, backup).catch(() => {});
+        }
+        const link = done.metadata.incremental as
+          | { chain?: string; sequence?: number; kind?: string }
+          | undefined;
+        if (link?.kind) {
+          process.stdout.write(
+            link.kind === 'full'
+              ? `Full backup: starts chain ${link.chain}\n`
+              : `Incremental backup ${link.sequence} of chain ${link.chain}\n`,
+          );
+        }
+      },
+    );
 
   program
     .command('import')
-    .description('Make a guest from a backup archive written by export')
+    .description(
+      'Make a guest from a backup archive written by export (an incremental one goes onto the stopped guest restored from the earlier ones)',
+    )
     .argument('<file>')
     .argument('[name]', 'name of the guest (default: the name in the archive)')
     .action(async (file: string, name: string | undefined, _opts: unknown, cmd: Command) => {

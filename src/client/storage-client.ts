@@ -21,7 +21,7 @@ export interface StorageClient {
     options?: { snapshot?: string; start?: boolean },
   ): Promise<Operation>;
   /** Starts making a backup archive on the daemon; the finished operation's metadata names it (`backup`). */
-  createBackup(guest: string, options?: { snapshots?: boolean }): Promise<Operation>;
+  createBackup(guest: string, options?: { snapshots?: boolean; incremental?: boolean }): Promise<Operation>;
   /** Streams a finished backup to `filePath` (written under a temporary name, renamed when complete). */
   downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
@@ -61,7 +61,10 @@ export function storageMethods(
         ...(o.start !== undefined && { start: o.start }),
       }),
     createBackup: (guest, o = {}) =>
-      callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, { snapshots: o.snapshots === true }),
+      callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, {
+        snapshots: o.snapshots === true,
+        ...(o.incremental && { incremental: true }),
+      }),
     async downloadBackup(guest, backup, filePath) {
       const partial = `${filePath}.partial`;
       try {

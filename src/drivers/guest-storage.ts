@@ -1,5 +1,12 @@
 import type { GuestSpec } from '../core/types.ts';
 
+/** Where a disk backup stands in an incremental chain: a full backup is sequence 0 of a new chain. */
+export interface BackupChainLink {
+  chain: string;
+  sequence: number;
+  kind: 'full' | 'incremental';
+}
+
 /** Options of the copy and archive methods: work from a snapshot instead of the live root file system. */
 export interface FromSnapshot {
   snapshot?: string;
@@ -36,4 +43,24 @@ export interface GuestStorage {
   ): Promise<void>;
   /** Removes half-made snapshots and copies left by an interrupted daemon. */
   sweep(spec: GuestSpec): Promise<void>;
+  /**
+   * Optional (vm): writes a backup of the disk as a zstd tar at `tarPath`, as
+   * the next link of the guest's incremental chain: only what changed since
+   * the chain's last backup, or everything (a new chain) when there is none.
+   */
+  exportIncremental?(
+    spec: GuestSpec,
+    tarPath: string,
+    options?: { signal?: AbortSignal },
+  ): Promise<BackupChainLink>;
+  /**
+   * Optional (vm): applies a tar made by exportIncremental to a stopped guest: a
+   * full one replaces its disk, an incremental one must follow the last one
+   * applied, with the guest unchanged since.
+   */
+  importIncremental?(
+    spec: GuestSpec,
+    tarPath: string,
+    options: { link: BackupChainLink; signal?: AbortSignal },
+  ): Promise<void>;
 }

@@ -128,14 +128,18 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       sendAsync(reply, await storage().restoreSnapshot(request.params.name, request.body.restore)),
   );
 
-  app.post<{ Params: Name; Body: { snapshots?: boolean } }>(
+  app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean } }>(
     '/1.0/guests/:name/backups',
     {
       schema: {
         summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
-        description: 'The operation metadata names the backup (`backup`) once it is done.',
+        description:
+          "The operation metadata names the backup (`backup`) once it is done. `incremental` (vm guests): the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`.",
         params: NameParams,
-        body: Type.Object({ snapshots: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
+        body: Type.Object(
+          { snapshots: Type.Optional(Type.Boolean()), incremental: Type.Optional(Type.Boolean()) },
+          { additionalProperties: false },
+        ),
         response: asyncReply,
       },
     },
@@ -144,6 +148,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         reply,
         await storage().createBackup(request.params.name, {
           withSnapshots: request.body?.snapshots === true,
+          incremental: request.body?.incremental === true,
         }),
       ),
   );

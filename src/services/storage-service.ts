@@ -41,8 +41,11 @@ export interface StorageService {
   /** Rolls the guest back to the snapshot: stops it if it runs, replaces its state, starts it again. */
   restoreSnapshot(guest: string, snapshot: string): Promise<Operation>;
   copyGuest(request: CopyGuestRequest): Promise<Operation>;
-  /** Writes a backup archive on the daemon's side; the operation's metadata names it (`backup`). */
-  createBackup(guest: string, options: { withSnapshots: boolean }): Promise<Operation>;
+  /**
+   * Writes a backup archive on the daemon's side; the operation's metadata names it (`backup`).
+   * `incremental` (vm): the next link of the guest's backup chain (`incremental` in the metadata).
+   */
+  createBackup(guest: string, options: { withSnapshots: boolean; incremental?: boolean }): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
   deleteBackup(guest: string, backup: string): Promise<void>;
@@ -330,6 +333,17 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
       const { spec, status } = await load(guest);
       const storage = storageFor(spec);
       assertProvisioned(spec, status);
+      const exportIncremental = storage.exportIncremental?.bind(storage);
+      if (options.incremental) {
+        if (!exportIncremental) {
+          throw notSupported(
+            `Incremental backups are not supported for ${spec.model} guests: only vm disks keep dirty bitmaps`,
+          );
+        }
+        if (options.withSnapshots) {
+          throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
+        }
+      }
       const backup = `backup-${randomBytes(8).toString('hex')}`;
       return exclusive(
         guest,
@@ -345,7 +359,12 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             const files: BackupManifest['files'] = {};
             const steps = 1 + snapshots.length;
             ctx.progress(0, 'root file system');
-            await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+            let link: BackupManifest['incremental'];
+            if (options.incremental && exportIncremental) {
+              link = await exportIncremental(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+            } else {
+              await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+            }
             files['rootfs.tar.zst'] = await sha256Of(join(work, 'rootfs.tar.zst'));
             for (const [i, snap] of snapshots.entries()) {
               ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
@@ -363,6 +382,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                 description: image.description,
               },
               snapshots,
+              ...(link && { incremental: link }),
               files,
             };
             await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
@@ -372,7 +392,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               ['tar', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar.zst', 'snapshots'],
               { signal: ctx.signal },
             );
-            return { backup, sizeBytes: (await stat(archive)).size };
+            return { backup, sizeBytes: (await stat(archive)).size, ...(link && { incremental: link }) };
           } catch (e) {
             await rm(archive, { force: true });
             if (ctx.signal.aborted)
@@ -444,6 +464,40 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             }
             const name = request.name ?? manifest.guest.name;
             assertDnsLabel(name, 'guest name');
+            const link = manifest.incremental;
+            if (link?.kind === 'incremental') {
+              // An incremental backup goes onto the guest restored from the earlier links of its chain.
+              const { spec, status } = await load(name).catch((e: unknown) => {
+                if (asTrivisorError(e).code !== 'NotFound') throw e;
+                throw failedPrecondition(
+                  `Guest ${name} does not exist: import the full backup of this chain and the incrementals before this one first`,
+                );
+              });
+              const storage = storageFor(spec);
+              if (spec.model !== manifest.guest.model || !storage.importIncremental) {
+                throw failedPrecondition(
+                  `Guest ${name} is a ${spec.model} guest: the backup is of a ${manifest.guest.model} guest`,
+                );
+              }
+              if (guestUp(status)) {
+                throw failedPrecondition(
+                  `Guest ${name} is running: stop it before applying an incremental backup`,
+                );
+              }
+              if (busy.has(name))
+                throw conflict(`Guest ${name} has a snapshot, copy or backup under way: wait for it`);
+              busy.add(name);
+              try {
+                ctx.progress(60, 'applying the incremental backup');
+                await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
+                  link,
+                  signal: ctx.signal,
+                });
+              } finally {
+                busy.delete(name);
+              }
+              return { name };
+            }
             if (await store.get(keys.guest(name))) {
               throw alreadyExists(`Guest ${name} already exists: give the import another name`);
             }
@@ -470,7 +524,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               const { spec } = await load(name);
               const storage = storageFor(spec);
               ctx.progress(60, 'root file system');
-              await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+              if (link && storage.importIncremental) {
+                // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
+                await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
+                  link,
+                  signal: ctx.signal,
+                });
+              } else {
+                await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+              }
               for (const snap of manifest.snapshots) {
                 ctx.progress(80, `snapshot ${snap.name}`);
                 await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar.zst`), {

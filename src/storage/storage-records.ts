@@ -23,6 +23,8 @@ export interface BackupManifest {
   guest: { name: string; model: string; config: Record<string, string>; createdAt: string };
   image: { fingerprint: string; alias: string; description: string };
   snapshots: SnapshotRecord[];
+  /** For a link of an incremental chain (vm, `export --incremental`): which one. */
+  incremental?: { chain: string; sequence: number; kind: 'full' | 'incremental' };
   /** Every other file of the archive by relative path: its sha256 and size. */
   files: Record<string, { sha256: string; sizeBytes: number }>;
 }

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -82,3 +83,65 @@ for (const model of ['vm', 'pvm'] as const) {
     });
   });
 }
+
+describe('incremental backups of a vm guest through the CLI', () => {
+  let src: Daemon;
+  let dst: Daemon;
+  let dir: string;
+  before(async () => {
+    [src, dst] = await Promise.all([startDaemon(), startDaemon()]);
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-incremental-'));
+  });
+  after(async () => {
+    await Promise.all([src?.destroy(), dst?.destroy()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  const file = (name: string) => path.join(dir, name);
+  const sh = (d: Daemon, guest: string, script: string) => d.ok(['exec', guest, '--', 'sh', '-c', script]);
+
+  test('a full export, then incrementals; imported in order on a fresh daemon they give identical checksums', () => {
+    src.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB']);
+    sh(
+      src,
+      'v1',
+      'mkdir -p /srv && dd if=/dev/urandom of=/srv/blob bs=1M count=4 2>/dev/null && printf zero > /srv/v.txt',
+    );
+    assert.match(
+      src.ok(['export', 'v1', file('f0'), '--incremental']),
+      /^Full backup: starts chain [0-9a-f]+\n$/,
+    );
+    sh(
+      src,
+      'v1',
+      'dd if=/dev/urandom of=/srv/blob bs=64k count=1 seek=3 conv=notrunc 2>/dev/null && printf one > /srv/v.txt',
+    );
+    assert.match(src.ok(['export', 'v1', file('i1'), '--incremental']), /^Incremental backup 1 of chain /);
+    sh(src, 'v1', 'printf two > /srv/v.txt && echo new > /srv/new.txt');
+    const want = src.ok(['exec', 'v1', '--', ...FINGERPRINT]);
+    src.ok(['stop', 'v1']);
+    assert.match(src.ok(['export', 'v1', file('i2'), '--incremental']), /^Incremental backup 2 of chain /);
+    const sizes = ['f0', 'i1', 'i2'].map((n) => statSync(file(n)).size);
+    assert.ok(
+      (sizes[1] ?? 0) < (sizes[0] ?? 0) / 4 && (sizes[2] ?? 0) < (sizes[0] ?? 0) / 4,
+      `sizes ${sizes}`,
+    );
+
+    dst.ok(['import', file('f0'), 'v1']);
+    const early = dst.cli(['import', file('i2'), 'v1']);
+    assert.equal(early.code, 1);
+    assert.match(early.stderr, /is not at backup 1 of chain/);
+    dst.ok(['import', file('i1'), 'v1']);
+    dst.ok(['import', file('i2'), 'v1']);
+    dst.ok(['start', 'v1']);
+    assert.equal(dst.ok(['exec', 'v1', '--', ...FINGERPRINT]), want);
+    const late = dst.cli(['import', file('i2'), 'v1']);
+    assert.equal(late.code, 1);
+  });
+
+  test('pvm and ct guests refuse --incremental with a reason', () => {
+    src.ok(['create', 'busybox', 'p1', '--model', 'pvm']);
+    const r = src.cli(['export', 'p1', file('p'), '--incremental']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Incremental backups are not supported for pvm guests/);
+  });
+});

@@ -11,7 +11,7 @@ import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
-import { BACKUP_BITMAP } from './vm-incremental.ts';
+import { BACKUP_BITMAP, createVmIncrementalBackups } from './vm-incremental.ts';
 
 /** Half-made files and internal snapshots carry this prefix until they are complete. */
 const TMP_PREFIX = '.tmp-';
@@ -23,6 +23,10 @@ const ARCHIVE_DISK = 'disk.qcow2';
 const FREEZE_MARKER = 'fsfreeze.pending';
 /** Present while the guest's vCPUs are paused for a snapshot (no agent to freeze with). */
 const PAUSE_MARKER = 'paused-for-snapshot';
+/** vm-incremental.ts's record of the guest's own backup chain. */
+const CHAIN_FILE = 'backup-chain.json';
+/** Which backup of which chain the guest's disk was last restored to (by importIncremental), and its mtime then. */
+const RESTORED_CHAIN_FILE = 'restored-chain.json';
 
 /** What the vm storage is built with beyond the driver context. */
 export interface VmStorageOptions {
@@ -45,6 +49,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
   const log = ctx.log.child({ storage: 'vm' });
   const img = qemuImg(runner);
   const pathsOf = (spec: GuestSpec) => vmGuestPaths(stateDir, spec.name);
+  const incremental = createVmIncrementalBackups(ctx, options);
 
   const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
   const tmpName = (what: string) => `${TMP_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
@@ -206,6 +211,57 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     }
   };
 
+  /**
+   * Unpacks the qcow2 of an archive made by exportTar or exportIncremental and
+   * runs `apply` on a copy of the stopped guest's disk (grown to the archived
+   * size if smaller), which then replaces the disk. The disk's old backup
+   * chains end: its content is new.
+   */
+  const withArchiveDisk = async (
+    spec: GuestSpec,
+    tarPath: string,
+    signal: AbortSignal | undefined,
+    apply: (files: { flat: string; tmp: string }) => Promise<void>,
+  ): Promise<void> => {
+    await assertStopped(spec, 'replacing its disk');
+    const disk = await diskOf(spec);
+    const work = join(dirname(disk), tmpName('vm-import'));
+    await mkdir(work, { mode: 0o700 });
+    try {
+      const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+        ...(signal && { signal }),
+        allowFailure: true,
+      });
+      if (unpacked.code !== 0) {
+        signal?.throwIfAborted();
+        if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
+        throw invalidArgument(
+          `The archive holds no ${ARCHIVE_DISK}: it was not made from a vm guest, or it is damaged.`,
+        );
+      }
+      const flat = join(work, ARCHIVE_DISK);
+      const info = await img.info(flat).catch(() => undefined);
+      // A backing file inside an archive would point anywhere on this host (another guest's disk…).
+      if (info?.format !== 'qcow2' || info.backingFile !== undefined || info.snapshots.length > 0) {
+        throw invalidArgument(
+          'The archive does not hold a flat qcow2 disk of a vm guest: make the export again.',
+        );
+      }
+      const diskInfo = await img.info(disk);
+      for (const f of [CHAIN_FILE, RESTORED_CHAIN_FILE])
+        await rm(join(pathsOf(spec).dir, f), { force: true });
+      await replaceDisk(spec, async (tmp) => {
+        await copyDisk(disk, tmp);
+        if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
+          await runner.run(['qemu-img', 'resize', '-q', '-f', 'qcow2', tmp, String(info.virtualSizeBytes)]);
+        }
+        await apply({ flat, tmp });
+      });
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  };
+
   const storage: GuestStorage = {
     async snapshot(spec, snap) {
       const running = (await liveQemu(spec)) !== undefined;
@@ -223,7 +279,8 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       }
       // qcow2 refuses to roll back under a dirty bitmap, and a rolled-back disk ends its backup chain anyway.
       await dropBackupBitmap(await diskOf(spec));
-      await rm(join(pathsOf(spec).dir, 'backup-chain.json'), { force: true });
+      for (const f of [CHAIN_FILE, RESTORED_CHAIN_FILE])
+        await rm(join(pathsOf(spec).dir, f), { force: true });
       // In place: qcow2 switches the active L1 table in one write; the snapshot itself stays.
       await img.applySnapshot(await diskOf(spec), snap);
     },
@@ -294,58 +351,83 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     },
 
     async importTar(spec, tarPath, importOptions) {
-      await assertStopped(spec, 'replacing its disk');
-      const disk = await diskOf(spec);
       const signal = importOptions?.signal;
-      const work = join(dirname(disk), tmpName('vm-import'));
+      await withArchiveDisk(spec, tarPath, signal, async ({ flat, tmp }) => {
+        const content = { path: flat, format: 'qcow2' };
+        const snap = importOptions?.snapshot;
+        if (snap === undefined) {
+          await img.setContent(tmp, content, signal ? { signal } : {});
+          return;
+        }
+        // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
+        await dropBackupBitmap(tmp);
+        const active = tmpName('active');
+        await img.createSnapshot(tmp, active);
+        await img.setContent(tmp, content, signal ? { signal } : {});
+        if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
+        await img.createSnapshot(tmp, snap);
+        await img.applySnapshot(tmp, active);
+        await img.deleteSnapshot(tmp, active);
+      });
+    },
+
+    async exportIncremental(spec, tarPath, exportOptions) {
+      const signal = exportOptions?.signal;
+      const work = join(dirname(tarPath), tmpName('vm-export'));
       await mkdir(work, { mode: 0o700 });
       try {
-        const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+        const target = join(work, ARCHIVE_DISK);
+        const link = await incremental.backup(spec, target, { incremental: true }).catch((e: unknown) => {
+          // No chain yet, or the disk was rolled back: this link starts a new chain.
+          if (e instanceof Error && /full backup first/.test(e.message)) {
+            return incremental.backup(spec, target, { incremental: false });
+          }
+          throw e;
+        });
+        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
           ...(signal && { signal }),
-          allowFailure: true,
         });
-        if (unpacked.code !== 0) {
-          signal?.throwIfAborted();
-          if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
-          throw invalidArgument(
-            `The archive holds no ${ARCHIVE_DISK}: it was not made from a vm guest, or it is damaged.`,
-          );
-        }
-        const flat = join(work, ARCHIVE_DISK);
-        const info = await img.info(flat).catch(() => undefined);
-        // A backing file inside an archive would point anywhere on this host (another guest's disk…).
-        if (info?.format !== 'qcow2' || info.backingFile !== undefined || info.snapshots.length > 0) {
-          throw invalidArgument(
-            'The archive does not hold a flat qcow2 disk of a vm guest: make the export again.',
-          );
-        }
-        const diskInfo = await img.info(disk);
-        // New content: backups of the old one are no base for incrementals of the new.
-        await rm(join(pathsOf(spec).dir, 'backup-chain.json'), { force: true });
-        await replaceDisk(spec, async (tmp) => {
-          await copyDisk(disk, tmp);
-          if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
-            await runner.run(['qemu-img', 'resize', '-q', '-f', 'qcow2', tmp, String(info.virtualSizeBytes)]);
-          }
-          const content = { path: flat, format: 'qcow2' };
-          const snap = importOptions?.snapshot;
-          if (snap === undefined) {
-            await img.setContent(tmp, content, signal ? { signal } : {});
-            return;
-          }
-          // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
-          await dropBackupBitmap(tmp);
-          const active = tmpName('active');
-          await img.createSnapshot(tmp, active);
-          await img.setContent(tmp, content, signal ? { signal } : {});
-          if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
-          await img.createSnapshot(tmp, snap);
-          await img.applySnapshot(tmp, active);
-          await img.deleteSnapshot(tmp, active);
-        });
+        return link;
       } finally {
         await rm(work, { recursive: true, force: true });
       }
+    },
+
+    async importIncremental(spec, tarPath, importOptions) {
+      const { link, signal } = importOptions;
+      const restored = join(pathsOf(spec).dir, RESTORED_CHAIN_FILE);
+      const previous = await readFile(restored, 'utf8')
+        .then((t) => JSON.parse(t) as { chain: string; sequence: number; diskMtimeNs: string })
+        .catch(() => undefined);
+      if (link.kind === 'incremental') {
+        const expected = `backup ${link.sequence - 1} of chain ${link.chain}`;
+        if (!previous || previous.chain !== link.chain || previous.sequence !== link.sequence - 1) {
+          throw failedPrecondition(
+            `Guest ${spec.name} is not at ${expected}: import the chain's full backup and its incrementals in order.`,
+          );
+        }
+        const mtime = (await stat(pathsOf(spec).disk, { bigint: true })).mtimeNs.toString();
+        if (mtime !== previous.diskMtimeNs) {
+          throw failedPrecondition(
+            `Guest ${spec.name}'s disk changed since ${expected} was applied (it ran): import the chain again from its full backup.`,
+          );
+        }
+      }
+      await withArchiveDisk(spec, tarPath, signal, async ({ flat, tmp }) => {
+        if (link.kind === 'full') {
+          await img.setContent(tmp, { path: flat, format: 'qcow2' }, signal ? { signal } : {});
+          return;
+        }
+        // The incremental holds only the changed clusters: on top of the disk, then committed into it.
+        await runner.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', tmp, flat]);
+        await runner.run(['qemu-img', 'commit', '-q', '-f', 'qcow2', flat], { ...(signal && { signal }) });
+      });
+      const mtime = (await stat(pathsOf(spec).disk, { bigint: true })).mtimeNs.toString();
+      await writeFile(
+        `${restored}.tmp`,
+        `${JSON.stringify({ chain: link.chain, sequence: link.sequence, diskMtimeNs: mtime })}\n`,
+      );
+      await rename(`${restored}.tmp`, restored);
     },
 
     async sweep(spec) {
