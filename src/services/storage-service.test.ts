@@ -149,6 +149,13 @@ describe('storage service', () => {
     }
   });
 
+  test('an incremental backup needs a model whose disks keep dirty bitmaps', async () => {
+    await assert.rejects(service.createBackup('web', { withSnapshots: false, incremental: true }), {
+      code: 'NotSupported',
+      message: /Incremental backups are not supported for ct guests: only vm disks keep dirty bitmaps/,
+    });
+  });
+
   test('bad names, unknown guests and unknown snapshots are typed errors', async () => {
     await assert.rejects(service.createSnapshot('web', 'Bad_Name'), { code: 'InvalidArgument' });
     await assert.rejects(service.createSnapshot('ghost', 's0'), { code: 'NotFound' });
