@@ -167,6 +167,8 @@ describe('vm driver', () => {
     const id = await f.driver.start(spec, f.image);
     const argv = (await readFile(`/proc/${id.pid}/cmdline`, 'utf8')).split('\0');
     assert.equal(argv[argv.indexOf('-machine') + 1], 'pc');
+    // QEMU runs under its seccomp sandbox (mode 2: filter).
+    assert.match(await readFile(`/proc/${id.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m);
     // The i440fx host bridge (8086:1237) instead of q35's (8086:29c0).
     const bridge = await execIn(f.driver, spec, ['cat', '/sys/bus/pci/devices/0000:00:00.0/device']);
     assert.deepEqual(bridge, { code: 0, stdout: '0x1237\n', stderr: '' });

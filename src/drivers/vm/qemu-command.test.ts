@@ -64,6 +64,7 @@ describe('qemu command line', () => {
       /console=ttyS0 root=\/dev\/vda .*panic=-1 init=\/\.trivisor\/init trivisor\.model=vm$/,
     );
     assert.ok(argv.includes('-no-reboot'), 'a panic must end QEMU, not loop');
+    assert.deepEqual(after(argv, '-sandbox'), ['on,obsolete=deny,resourcecontrol=deny']);
   });
 
   test('microvm puts the devices on virtio-mmio', () => {

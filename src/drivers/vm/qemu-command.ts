@@ -137,6 +137,10 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-display',
     'none',
     '-no-reboot',
+    // seccomp: obsolete system calls and scheduler/affinity changes are refused. spawn=deny and
+    // elevateprivileges=deny would be stricter, but -daemonize forks and QEMU 7.2 then fails to start.
+    '-sandbox',
+    'on,obsolete=deny,resourcecontrol=deny',
     '-daemonize',
     '-pidfile',
     paths.pidFile,
