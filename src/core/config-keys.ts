@@ -64,7 +64,9 @@ const KEYS: Record<string, KeySpec> = {
   },
   'limits.processes': {
     live: true,
-    help: 'maximum number of processes, e.g. 500',
+    // A vm's processes belong to its own kernel: a host limit would only count QEMU's threads.
+    models: ['ct', 'pvm'],
+    help: 'maximum number of processes (ct, pvm), e.g. 500',
     check(v) {
       if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 4_194_304) {
         throw invalidArgument(

@@ -90,6 +90,11 @@ describe('config keys', () => {
   });
   test('a model-specific key is refused on the other models', () => {
     validateConfig({ 'vm.machine': 'pc' }, host, 'vm');
+    validateConfig({ 'limits.processes': '100' }, host, 'pvm');
+    assert.throws(
+      () => validateConfig({ 'limits.processes': '100' }, host, 'vm'),
+      /limits.processes only applies to ct and pvm guests, not vm/,
+    );
     for (const model of ['ct', 'pvm'] as const) {
       assert.throws(
         () => validateConfig({ 'vm.machine': 'q35' }, host, model),

@@ -91,6 +91,29 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     }
   });
 
+  test('keys of another model and machine types that are not offered are refused, and nothing is made', async () => {
+    for (const [model, k, v, pattern] of [
+      ['vm', 'limits.processes', '100', /only applies to ct and pvm guests, not vm/],
+      ['ct', 'vm.machine', 'pc', /only applies to vm guests, not ct/],
+      ['pvm', 'vm.machine', 'q35', /only applies to vm guests, not pvm/],
+      ['vm', 'vm.machine', 'microvm', /microvm is not offered/],
+      ['vm', 'vm.machine', 'isapc', /must be one of q35, pc/],
+    ] as const) {
+      await expect4xx(
+        'POST',
+        '/1.0/guests',
+        { name: 'x1', image: 'busybox', model, config: { [k]: v } },
+        400,
+        pattern,
+      );
+      const r = d.cli(['launch', 'busybox', 'x1', '--model', model, '-c', `${k}=${v}`]);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, pattern);
+    }
+    assert.equal(d.cli(['config', 'set', 'ok1', 'vm.machine=pc']).code, 1);
+    assert.equal((await d.api('GET', '/1.0/guests/x1')).status, 404);
+  });
+
   test('malformed, oversized and unknown-field JSON bodies', async () => {
     await expect4xx('POST', '/1.0/guests', '{"name": "x1", ', 400, /JSON|body/i);
     await expect4xx(
