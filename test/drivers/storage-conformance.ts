@@ -15,6 +15,8 @@ export interface StorageUnderTest extends DriverUnderTest {
   stateDir: string;
   /** Leaves what a daemon killed mid-snapshot would (half-made snapshot, temp files) for a stopped guest. */
   makeDebris?(spec: GuestSpec): Promise<void>;
+  /** Freezes a running guest's file systems and leaves the storage's marker, as a daemon killed mid-snapshot would. */
+  freezeLikeACrash?(spec: GuestSpec): Promise<void>;
 }
 
 /** Runs `work`; a NotSupported error skips the test with its reason. */
@@ -182,6 +184,20 @@ export function runStorageConformance(name: string, make: () => Promise<StorageU
         assert.equal(await sh(on, imported, 'cat /data.txt'), wantSnap);
         assert.deepEqual(await debrisUnder(join(on.stateDir, 'guests', imported.name)), []);
       });
+    });
+
+    test('sweep thaws a guest that a daemon killed mid-snapshot left frozen', async (t) => {
+      if (!dut.freezeLikeACrash) {
+        t.skip('this model freezes no file systems through an agent');
+        return;
+      }
+      await dut.freezeLikeACrash(src);
+      const frozen = await execIn(dut.driver, src, ['/bin/sh', '-c', 'echo x > /frozen.txt'], {
+        timeoutMs: 15_000,
+      }).catch((e: unknown) => ({ code: -1, stdout: '', stderr: String(e) }));
+      assert.notEqual(frozen.code, 0, 'nothing can be written while frozen');
+      await dut.storage.sweep(src);
+      assert.equal(await sh(dut, src, 'echo thawed > /after.txt && cat /after.txt'), 'thawed\n');
     });
 
     test('sweep removes half-made snapshots and leaves the real ones', async (t) => {

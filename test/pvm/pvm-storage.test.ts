@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { PvmAgentMap } from '../../src/drivers/pvm/pvm-agent-pool.ts';
+import { type PvmAgentMap, pvmAgentOf } from '../../src/drivers/pvm/pvm-agent-pool.ts';
 import { createPvmStorage } from '../../src/drivers/pvm/pvm-storage.ts';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
@@ -17,6 +17,13 @@ runStorageConformance('pvm (User-Mode Linux; COW file copies)', async () => {
   return {
     ...fixture,
     storage,
+    async freezeLikeACrash(spec) {
+      const dir = join(fixture.stateDir, 'guests', spec.name);
+      await writeFile(join(dir, 'fsfreeze.pending'), '');
+      const paths = { toGuest: join(dir, 'agent.in'), fromGuest: join(dir, 'agent.out') };
+      const agent = await pvmAgentOf(agents, spec.name, { paths, timeoutMs: 10_000 });
+      await agent.client.command('guest-fsfreeze-freeze', undefined, { timeoutMs: 60_000 });
+    },
     async makeDebris(spec) {
       const dir = join(fixture.stateDir, 'guests', spec.name);
       await mkdir(join(dir, 'snapshots', '.tmp-half-0000'), { recursive: true });

@@ -18,6 +18,13 @@ runStorageConformance('vm (QEMU, TCG; internal qcow2 snapshots)', async () => {
   return {
     ...fixture,
     storage,
+    async freezeLikeACrash(spec) {
+      const dir = join(fixture.stateDir, 'guests', spec.name);
+      await writeFile(join(dir, 'fsfreeze.pending'), '');
+      await agents.use(join(dir, 'agent.sock'), { timeoutMs: 10_000 }, (c) =>
+        c.command('guest-fsfreeze-freeze', undefined, { timeoutMs: 60_000 }),
+      );
+    },
     async makeDebris(spec) {
       const dir = join(fixture.stateDir, 'guests', spec.name);
       await runner.run(['qemu-img', 'snapshot', '-c', '.tmp-half', join(dir, 'root.qcow2')]);
