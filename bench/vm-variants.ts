@@ -130,7 +130,7 @@ try {
       const result = await boot(v.argv(template), scratch, base);
       killAll(scratch);
       if (typeof result === 'string') failures[v.name] = result;
-      else (samples[v.name] ??= []).push(result);
+      else samples[v.name] = [...(samples[v.name] ?? []), result];
     }
   }
   const base50 = percentile(samples['q35-own'] ?? [], 50);
