@@ -44,6 +44,7 @@ import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
 import { umlArgv } from './uml-command.ts';
 import { openUmlConsole } from './uml-console.ts';
+import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
 
 const MiB = 1024 * 1024;
@@ -515,7 +516,13 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       }
       await cleanUpRuntime(spec);
       const uid = await readUid(spec);
-      const baseDisk = await image.baseDisk();
+      // A COW file stays over the base disk it was made on (base disks are per kit version, and
+      // snapshots and copies carry the header): boot it over that one while it exists.
+      const madeOver = await readUmlCowHeader(p.cow).then(
+        (h) => h.backingFile,
+        () => undefined,
+      );
+      const baseDisk = madeOver && (await exists(madeOver)) ? madeOver : await image.baseDisk();
       const memoryBytes = memoryOf(spec);
       const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
       if (withNics && !ctx.network) {
