@@ -5,16 +5,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
+import { configValue } from './core/config-keys.ts';
 import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
+import { createCtVolumes } from './drivers/ct/ct-volumes.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import type { PvmAgentMap } from './drivers/pvm/pvm-agent-pool.ts';
 import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
 import { createPvmStorage } from './drivers/pvm/pvm-storage.ts';
+import { createPvmVolumes } from './drivers/pvm/pvm-volumes.ts';
 import { createAgentPool } from './drivers/vm/vm-agent.ts';
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
+import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { createLogger } from './host/logger.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
@@ -32,7 +36,9 @@ import { createOperationService } from './services/operation-service.ts';
 import { createPoolService } from './services/pool-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
+import { createVolumeResolver, createVolumeService } from './services/volume-service.ts';
 import { createPoolDrivers } from './storage/storage-pools.ts';
+import { createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
@@ -62,7 +68,16 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const hostName = await hostIdentity(stateDir);
   const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
   const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
-  const ctx: DriverContext = { runner, log, stateDir, idmapBase: IDMAP_BASE, network: nics };
+  const poolDrivers = createPoolDrivers({ runner, stateDir });
+  const volumeResolver = createVolumeResolver({ store, drivers: poolDrivers, stateDir });
+  const ctx: DriverContext = {
+    runner,
+    log,
+    stateDir,
+    idmapBase: IDMAP_BASE,
+    network: nics,
+    volumes: volumeResolver,
+  };
   // One set of agent connections per model, shared by driver and storage (an agent's line serves one client).
   const vmAgents = createAgentPool();
   const pvmAgents: PvmAgentMap = new Map();
@@ -117,9 +132,27 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();
-  services.pools = createPoolService({
+  services.volumes = createVolumeService({
     store,
-    drivers: createPoolDrivers({ runner, stateDir }),
+    pools: poolDrivers,
+    backend: createVolumeBackend({ runner }),
+    stateDir,
+    drivers,
+    live: {
+      ct: createCtVolumes({
+        runner,
+        rootIdOf: (spec) => (configValue.privileged(spec.config) ? 0 : IDMAP_BASE),
+      }),
+      vm: createVmVolumes({ stateDir }),
+      pvm: createPvmVolumes({ runner, stateDir }),
+    },
+    events,
+  });
+  const volumeService = services.volumes;
+  services.pools = createPoolService({
+    inUse: (pool) => volumeService.poolInUse(pool),
+    store,
+    drivers: poolDrivers,
     log,
     stateDir,
     runner,

@@ -37,6 +37,16 @@ export const NicDeviceSchema = Type.Object(
   { additionalProperties: false },
 );
 
+export const DiskDeviceSchema = Type.Object(
+  {
+    type: Type.Literal('disk'),
+    pool: Type.String({ description: 'Storage pool of the volume' }),
+    source: Type.String({ description: 'Custom volume name' }),
+    path: Type.Optional(Type.String({ description: 'Mount path in a ct guest (filesystem volumes)' })),
+  },
+  { additionalProperties: false },
+);
+
 export const GuestNicStateSchema = Type.Object({
   network: Type.String(),
   hwaddr: Type.String(),
@@ -132,6 +142,9 @@ export const GuestSchema = Type.Object({
   createdAt: Type.String(),
   error: Type.Optional(Type.String()),
   devices: Type.Optional(Type.Record(Type.String(), NicDeviceSchema)),
+  disks: Type.Optional(
+    Type.Record(Type.String(), DiskDeviceSchema, { description: 'Attached custom volumes' }),
+  ),
   state: GuestStateSchema,
 });
 

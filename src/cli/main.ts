@@ -11,6 +11,7 @@ import {
   addOperationCommands,
 } from './other-commands.ts';
 import { addStorageCommands } from './storage-commands.ts';
+import { addVolumeCommands } from './volume-commands.ts';
 
 /** The `trivisor` command line (commander), without parsing anything yet. */
 export function buildProgram(): Command {
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   addFileCommands(program);
   addImageCommands(program);
   addStorageCommands(program);
+  addVolumeCommands(program);
   addNetworkCommands(program);
   addOperationCommands(program);
   addMonitorCommand(program);

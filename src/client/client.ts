@@ -24,6 +24,7 @@ import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
 import { type StorageClient, storageMethods } from './storage-client.ts';
 import { type ClientTarget, createTransport, parseEnvelope } from './transport.ts';
+import { type VolumeClient, volumeMethods } from './volume-client.ts';
 
 /** A subscription to the event stream. */
 export interface EventSubscription {
@@ -59,7 +60,7 @@ export interface PulledFile {
 }
 
 /** Typed access to every route of the Trivisor API. */
-export interface TrivisorClient extends StorageClient {
+export interface TrivisorClient extends StorageClient, VolumeClient {
   serverInfo(): Promise<HostInfo>;
   listGuests(options?: { usage?: boolean }): Promise<Guest[]>;
   getGuest(name: string): Promise<Guest>;
@@ -162,6 +163,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
 
   const client: TrivisorClient = {
     ...storageMethods(transport, { call, callAsync }),
+    ...volumeMethods(call),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) => call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),

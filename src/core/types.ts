@@ -40,6 +40,21 @@ export interface GuestSpec {
   createdAt: string;
   /** Incus-style devices by name (`eth0: { type: 'nic', network: 'trivisor0' }`); none when absent. */
   devices?: Record<string, NicDevice>;
+  /**
+   * Custom volumes attached to the guest, by device name (Incus's `disk` device:
+   * `data: { type: 'disk', pool: 'default', source: 'vol1', path: '/mnt/data' }`).
+   * Kept apart from `devices`, which the network code reads as NICs only.
+   */
+  disks?: Record<string, DiskDevice>;
+}
+
+/** A custom volume attached to a guest (Incus's `disk` device); `path` is where a ct guest sees a filesystem volume. */
+export interface DiskDevice {
+  type: 'disk';
+  pool: string;
+  /** The volume's name. */
+  source: string;
+  path?: string;
 }
 
 /**
@@ -195,6 +210,8 @@ export interface Guest {
   createdAt: string;
   error?: string;
   devices?: Record<string, NicDevice>;
+  /** Attached custom volumes by device name. */
+  disks?: Record<string, DiskDevice>;
   state: {
     pid: number | null;
     startedAt: string | null;

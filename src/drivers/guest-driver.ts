@@ -4,6 +4,7 @@ import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from 
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
+import type { VolumeResolver } from './guest-volumes.ts';
 
 /** What a driver's probe found on this host. */
 export interface ProbeResult {
@@ -136,4 +137,6 @@ export interface DriverContext {
   idmapBase: number;
   /** Puts guests' NICs on their networks; absent where networking is not set up (NICs then fail to start). */
   network?: GuestNetworking;
+  /** Resolves guests' attached custom volumes to host paths; absent where volumes are not set up (none attach). */
+  volumes?: VolumeResolver;
 }

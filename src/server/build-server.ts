@@ -24,6 +24,7 @@ import { registerOperationRoutes } from './operation-routes.ts';
 import type { RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 import { registerStorageRoutes } from './storage-routes.ts';
+import { registerVolumeRoutes } from './volume-routes.ts';
 
 /** Options of `buildServer`. */
 export interface BuildServerOptions {
@@ -167,6 +168,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   await app.register(async (scope) => registerFileRoutes(scope, ctx));
   registerOperationRoutes(app, ctx);
   registerNetworkRoutes(app, ctx);
+  registerVolumeRoutes(app, ctx);
 
   app.addHook('onClose', async () => ctx.execs.closeAll());
   return app;

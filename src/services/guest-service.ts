@@ -157,6 +157,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         ? Object.values(spec.devices).flatMap((d) => (d['ipv4.address'] ? [d['ipv4.address']] : []))
         : [];
     }
+    if (spec.disks && Object.keys(spec.disks).length > 0) guest.disks = spec.disks;
     if (nics) guest.state.nics = nics;
     if (status?.error) guest.error = status.error;
     return guest;

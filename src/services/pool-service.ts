@@ -94,6 +94,8 @@ export function createPoolService(deps: {
   guests?: GuestService;
   operations?: OperationService;
   events?: EventBus;
+  /** Why a pool cannot be deleted yet (it holds custom volumes), or undefined. */
+  inUse?: (pool: string) => Promise<string | undefined>;
 }): PoolService {
   const { store, drivers } = deps;
   let watcher: Watcher | undefined;
@@ -226,6 +228,8 @@ export function createPoolService(deps: {
       if (name === DEFAULT_POOL)
         throw failedPrecondition('The default pool holds the guests directory: it cannot be deleted');
       if (busy.has(name)) throw failedPrecondition(`Storage pool ${name} is being changed: wait for that`);
+      const used = await deps.inUse?.(name);
+      if (used !== undefined) throw failedPrecondition(used);
       busy.add(name);
       try {
         await drivers[pool.driver].delete(pool);

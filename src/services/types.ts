@@ -8,6 +8,7 @@ export type { ConsoleStream, ExecSession };
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
 import type { StorageService } from './storage-service.ts';
+import type { VolumeService } from './volume-service.ts';
 
 /** Body of `POST /1.0/guests`. */
 export interface CreateGuestRequest {
@@ -159,4 +160,6 @@ export interface Services {
   storage?: StorageService;
   /** Storage pools; absent where storage is not set up. */
   pools?: PoolService;
+  /** Custom storage volumes; absent where storage is not set up. */
+  volumes?: VolumeService;
 }

@@ -21,6 +21,7 @@ import type {
   ProbeResult,
   RuntimeState,
 } from '../guest-driver.ts';
+import { ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isPoolLinked } from './guest-dir.ts';
 import {
   buildOciSpec,
@@ -157,6 +158,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       hostHardLimits: await readHardLimits(),
       stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
     });
+    // Attached filesystem volumes: bind mounts, their root owned by the guest's root.
+    const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+    for (const v of volumes) await prepareCtVolume(v, baseOf(spec) ?? 0);
+    oci.mounts.push(...ctVolumeMounts(volumes));
     await writeFile(p.config, `${JSON.stringify(oci, null, 2)}\n`);
   };
 

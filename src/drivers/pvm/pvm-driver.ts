@@ -41,6 +41,7 @@ import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
+import { preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
 import { umlArgv } from './uml-command.ts';
 import { openUmlConsole } from './uml-console.ts';
@@ -566,6 +567,10 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           umid: UMID,
           hostname: spec.name,
         });
+        // Attached block volumes as ubd2 and up, owned by the guest's uid (the kernel opens them as it).
+        const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+        await preparePvmVolumes(volumes, uid);
+        argv.push(...umlVolumeArgs(volumes));
         // The launcher joins the cgroup before exec so that every UML helper is born inside it,
         // then drops to the guest's uid: the kernel never runs as root on the host.
         for (const fifo of [p.agentIn, p.agentOut, p.consoleIn]) {

@@ -44,6 +44,7 @@ import {
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { connectSerialConsole } from './serial-console.ts';
 import { type AgentPool, createAgentPool } from './vm-agent.ts';
+import { vmVolumeArgs } from './vm-volumes.ts';
 
 /** The config disk (injected files) in the guest: the second virtio-blk disk, after the root. */
 const VM_CONFIG_DEVICE = '/dev/vdb';
@@ -449,6 +450,8 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           nics: taps,
           ...(withConfig ? { configDisk } : {}),
         });
+        // Attached block volumes, and on q35 the root ports that let volumes come and go live.
+        argv.push(...vmVolumeArgs((await ctx.volumes?.resolve(spec)) ?? [], guestMachine));
         // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
         const result = await runner.run(argv, { allowFailure: true, timeoutMs: 60_000 });
         if (result.code !== 0) {

@@ -1,0 +1,43 @@
+import type {
+  AttachVolumeRequest,
+  CreateVolumeRequest,
+  StorageVolume,
+  VolumeChange,
+} from '../services/volume-service.ts';
+
+/** Custom storage volumes. */
+export interface VolumeClient {
+  listVolumes(pool: string): Promise<StorageVolume[]>;
+  getVolume(pool: string, name: string): Promise<StorageVolume>;
+  createVolume(pool: string, request: CreateVolumeRequest): Promise<StorageVolume>;
+  /** Grows a volume to `size` (e.g. `2GiB`). */
+  resizeVolume(pool: string, name: string, size: string): Promise<VolumeChange>;
+  deleteVolume(pool: string, name: string): Promise<void>;
+  attachVolume(pool: string, name: string, request: AttachVolumeRequest): Promise<VolumeChange>;
+  detachVolume(
+    pool: string,
+    name: string,
+    request: { guest: string; device?: string },
+  ): Promise<VolumeChange>;
+}
+
+type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
+
+const enc = encodeURIComponent;
+
+/** The volume part of the client, over the same transport. */
+export function volumeMethods(call: Call): VolumeClient {
+  const url = (pool: string, name?: string) =>
+    `/1.0/storage-pools/${enc(pool)}/volumes/custom${name === undefined ? '' : `/${enc(name)}`}`;
+  return {
+    listVolumes: (pool) => call('GET', `${url(pool)}?recursion=1`),
+    getVolume: (pool, name) => call('GET', url(pool, name)),
+    createVolume: (pool, request) => call('POST', url(pool), request),
+    resizeVolume: (pool, name, size) => call('PATCH', url(pool, name), { config: { size } }),
+    async deleteVolume(pool, name) {
+      await call('DELETE', url(pool, name));
+    },
+    attachVolume: (pool, name, request) => call('POST', `${url(pool, name)}/attach`, request),
+    detachVolume: (pool, name, request) => call('POST', `${url(pool, name)}/detach`, request),
+  };
+}

@@ -1,0 +1,145 @@
+import { readFile } from 'node:fs/promises';
+import { failedPrecondition, unavailable } from '../../core/errors.ts';
+import { type AttachedVolume, engineIdOf, type GuestVolumes } from '../guest-volumes.ts';
+import { vmGuestPaths } from './qemu-command.ts';
+import { connectQmp, type QmpClient, QmpCommandError } from './qmp-client.ts';
+
+/**
+ * PCIe root ports a q35 guest gets for its volumes: q35's root bus takes no
+ * hot-plugged devices, a root port takes one. Volumes attached at start sit on
+ * them too, so that every volume can also be unplugged live.
+ */
+export const VM_VOLUME_PORTS = 4;
+/** Chassis numbers of those ports (unique per machine; far from anything else's). */
+const FIRST_CHASSIS = 100;
+/** How long a guest may take to release an unplugged disk (TCG is slow; the guest must acknowledge). */
+const UNPLUG_TIMEOUT_MS = 30_000;
+
+export const portId = (i: number): string => `trivisor-port${i}`;
+
+/** QEMU's -blockdev and -device for one volume (JSON syntax: the path may hold any character). */
+function blockdevOf(v: AttachedVolume): Record<string, unknown> {
+  const id = engineIdOf(v.device);
+  return { driver: 'raw', 'node-name': id, discard: 'unmap', file: { driver: 'file', filename: v.hostPath } };
+}
+
+function deviceOf(v: AttachedVolume, bus: string | undefined): Record<string, unknown> {
+  const id = engineIdOf(v.device);
+  // The serial names the disk in the guest: /sys/block/vdX/serial.
+  return { driver: 'virtio-blk-pci', id, drive: id, serial: id, ...(bus !== undefined && { bus }) };
+}
+
+/**
+ * The QEMU arguments for a vm guest's volumes: on q35 the hot-plug root ports
+ * (always, so that a running guest can take a volume) with one volume per port;
+ * on pc the volumes on the root bus (which hot-plugs through ACPI).
+ */
+export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string): string[] {
+  const q35 = machine === 'q35';
+  const blocks = volumes.filter((v) => v.type === 'block').slice(0, q35 ? VM_VOLUME_PORTS : undefined);
+  const ports = q35
+    ? Array.from({ length: VM_VOLUME_PORTS }, (_, i) => [
+        '-device',
+        `pcie-root-port,id=${portId(i)},bus=pcie.0,chassis=${FIRST_CHASSIS + i}`,
+      ]).flat()
+    : [];
+  return [
+    ...ports,
+    ...blocks.flatMap((v, i) => [
+      '-blockdev',
+      JSON.stringify(blockdevOf(v)),
+      '-device',
+      JSON.stringify(deviceOf(v, q35 ? portId(i) : undefined)),
+    ]),
+  ];
+}
+
+/** Hot-plug of block volumes into running vm guests over QMP (virtio-blk). */
+export function createVmVolumes(options: { stateDir: string }): GuestVolumes {
+  const withQmp = async <T>(name: string, work: (q: QmpClient) => Promise<T>): Promise<T> => {
+    const q = await connectQmp(vmGuestPaths(options.stateDir, name).qmpSocket, { timeoutMs: 10_000 });
+    try {
+      return await work(q);
+    } finally {
+      q.close();
+    }
+  };
+  const machineOf = async (name: string): Promise<string> => {
+    const text = await readFile(vmGuestPaths(options.stateDir, name).bootRecord, 'utf8').catch(() => '{}');
+    return (JSON.parse(text) as { machine?: string }).machine ?? 'q35';
+  };
+  const refused = (e: unknown) => (e instanceof QmpCommandError ? e.message : String(e));
+
+  return {
+    model: 'vm',
+    async attach(spec, volume) {
+      const q35 = (await machineOf(spec.name)) === 'q35';
+      await withQmp(spec.name, async (q) => {
+        const id = engineIdOf(volume.device);
+        await q.execute('blockdev-add', blockdevOf(volume));
+        const buses = q35 ? Array.from({ length: VM_VOLUME_PORTS }, (_, i) => portId(i)) : [undefined];
+        const errors: string[] = [];
+        for (const bus of buses) {
+          try {
+            await q.execute('device_add', deviceOf(volume, bus));
+            return;
+          } catch (e) {
+            errors.push(refused(e));
+          }
+        }
+        await q.execute('blockdev-del', { 'node-name': id }).catch(() => {});
+        throw failedPrecondition(
+          q35 &&
+            errors.every((m) => /does not support hotplugging|Bus .* not found|full|in use|occupied/i.test(m))
+            ? `Guest ${spec.name} has no free hot-plug port (it has ${VM_VOLUME_PORTS}; one is taken by each volume, and a guest started before volumes existed has none): stop it and attach again`
+            : `QEMU could not plug volume ${volume.volume} into ${spec.name}: ${errors[errors.length - 1] ?? 'no reason given'}`,
+        );
+      });
+      return 'live';
+    },
+
+    async detach(spec, volume) {
+      await withQmp(spec.name, async (q) => {
+        const id = engineIdOf(volume.device);
+        let deleted: () => void = () => {};
+        const gone = new Promise<void>((resolve) => {
+          deleted = resolve;
+        });
+        const stop = q.onEvent((ev) => {
+          if (ev.event === 'DEVICE_DELETED' && ev.data.device === id) deleted();
+        });
+        try {
+          let present = true;
+          try {
+            await q.execute('device_del', { id });
+          } catch (e) {
+            if (!/not found/i.test(refused(e))) throw e;
+            present = false;
+          }
+          if (present) {
+            const timer = new Promise<'timeout'>((r) =>
+              setTimeout(() => r('timeout'), UNPLUG_TIMEOUT_MS).unref(),
+            );
+            if ((await Promise.race([gone, timer])) === 'timeout') {
+              throw unavailable(
+                `Guest ${spec.name} did not release volume ${volume.volume} within ${UNPLUG_TIMEOUT_MS / 1000} s (is it mounted, or the guest busy?): unmount it in the guest and detach again, or stop the guest`,
+              );
+            }
+          }
+          await q.execute('blockdev-del', { 'node-name': id }).catch(() => {});
+        } finally {
+          stop();
+        }
+      });
+      return 'live';
+    },
+
+    async resize(spec, volume) {
+      // virtio-blk tells the guest kernel of the new capacity at once.
+      await withQmp(spec.name, (q) =>
+        q.execute('block_resize', { 'node-name': engineIdOf(volume.device), size: volume.sizeBytes }),
+      );
+      return 'live';
+    },
+  };
+}

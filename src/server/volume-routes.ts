@@ -1,0 +1,192 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { syncResponse } from '../api/envelopes.ts';
+import { ErrorEnvelopeSchema, RecursionQuerySchema, SyncEnvelope } from '../api/schemas.ts';
+import { notSupported } from '../core/errors.ts';
+import type { VolumeService } from '../services/volume-service.ts';
+import type { RouteContext } from './route-context.ts';
+
+type PoolParams = { pool: string };
+type VolumeParams = { pool: string; volume: string };
+
+const PoolParamsSchema = Type.Object({ pool: Type.String() });
+const VolumeParamsSchema = Type.Object({ pool: Type.String(), volume: Type.String() });
+
+export const VolumeSchema = Type.Object({
+  name: Type.String(),
+  pool: Type.String(),
+  kind: Type.Literal('custom'),
+  type: Type.Union([Type.Literal('filesystem'), Type.Literal('block')], {
+    description: 'filesystem (ct guests mount it at a path) or block (a disk for vm and pvm guests)',
+  }),
+  sizeBytes: Type.Number({ description: 'Raw disk length, or the quota of a btrfs filesystem volume' }),
+  description: Type.String(),
+  createdAt: Type.String(),
+  path: Type.String({ description: 'Where it is on the host' }),
+  usedBy: Type.Array(Type.String()),
+  attachments: Type.Array(
+    Type.Object({ guest: Type.String(), device: Type.String(), path: Type.Optional(Type.String()) }),
+  ),
+  usedBytes: Type.Union([Type.Number(), Type.Null()], { description: 'Space it takes on its pool' }),
+});
+
+const VolumeChangeSchema = Type.Object({
+  volume: VolumeSchema,
+  guest: Type.Optional(Type.String()),
+  device: Type.Optional(Type.String()),
+  applied: Type.Union([Type.Literal('live'), Type.Literal('next-start'), Type.Literal('none')], {
+    description:
+      'live: the running guest has the change now; next-start: when it starts next; none: it is not running',
+  }),
+  message: Type.String(),
+});
+
+/**
+ * `/1.0/storage-pools/{pool}/volumes/custom…`: custom volumes (Incus's shapes),
+ * and attach/detach as Incus `disk` devices of a guest (like networks' attach).
+ */
+export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const volumes = (): VolumeService => {
+    const v = ctx.services.volumes;
+    if (!v) throw notSupported('This daemon has no storage volumes');
+    return v;
+  };
+  const base = '/1.0/storage-pools/:pool/volumes';
+
+  for (const path of [base, `${base}/custom`]) {
+    app.get<{ Params: PoolParams; Querystring: { recursion?: number } }>(
+      path,
+      {
+        schema: {
+          summary: 'List the custom volumes of a pool',
+          params: PoolParamsSchema,
+          querystring: RecursionQuerySchema,
+          response: {
+            200: SyncEnvelope(Type.Union([Type.Array(VolumeSchema), Type.Array(Type.String())])),
+            ...errors,
+          },
+        },
+      },
+      async (request) => {
+        const list = await volumes().list(request.params.pool);
+        return syncResponse(
+          (request.query.recursion ?? 0) === 0
+            ? list.map((v) => `/1.0/storage-pools/${v.pool}/volumes/custom/${v.name}`)
+            : list,
+        );
+      },
+    );
+  }
+
+  app.post<{
+    Params: PoolParams;
+    Body: { name: string; type?: string; description?: string; config?: Record<string, string> };
+  }>(
+    `${base}/custom`,
+    {
+      schema: {
+        summary: 'Create a custom volume (filesystem for ct guests, block for vm and pvm guests)',
+        params: PoolParamsSchema,
+        body: Type.Object(
+          {
+            name: Type.String(),
+            type: Type.Optional(Type.String({ description: 'filesystem (default) or block' })),
+            description: Type.Optional(Type.String()),
+            config: Type.Optional(
+              Type.Record(Type.String(), Type.String(), { description: 'size (default 10GiB)' }),
+            ),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(VolumeSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await volumes().create(request.params.pool, request.body)),
+  );
+
+  app.get<{ Params: VolumeParams }>(
+    `${base}/custom/:volume`,
+    {
+      schema: {
+        summary: 'Show a custom volume, who uses it and its space',
+        params: VolumeParamsSchema,
+        response: { 200: SyncEnvelope(VolumeSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await volumes().get(request.params.pool, request.params.volume)),
+  );
+
+  app.patch<{ Params: VolumeParams; Body: { config: Record<string, string> } }>(
+    `${base}/custom/:volume`,
+    {
+      schema: {
+        summary: 'Grow a custom volume (config.size; shrinking is refused)',
+        description: 'A running vm guest sees the new size at once; a pvm guest after its next start.',
+        params: VolumeParamsSchema,
+        body: Type.Object(
+          { config: Type.Record(Type.String(), Type.String()) },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(VolumeChangeSchema), ...errors },
+      },
+    },
+    async (request) =>
+      syncResponse(await volumes().update(request.params.pool, request.params.volume, request.body)),
+  );
+
+  app.delete<{ Params: VolumeParams }>(
+    `${base}/custom/:volume`,
+    {
+      schema: {
+        summary: 'Delete a custom volume (refused while it is attached)',
+        params: VolumeParamsSchema,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await volumes().delete(request.params.pool, request.params.volume);
+      return syncResponse({});
+    },
+  );
+
+  app.post<{ Params: VolumeParams; Body: { guest: string; device?: string; path?: string } }>(
+    `${base}/custom/:volume/attach`,
+    {
+      schema: {
+        summary: 'Attach a custom volume to a guest (a disk device; live where the guest runs)',
+        description:
+          'Recorded in the guest as devices-style `disks.DEVICE: {type: disk, pool, source, path}` and applied at every start. ct: a bind mount at path; vm: virtio-blk; pvm: ubd.',
+        params: VolumeParamsSchema,
+        body: Type.Object(
+          {
+            guest: Type.String(),
+            device: Type.Optional(Type.String({ description: 'Device name (default: the volume name)' })),
+            path: Type.Optional(Type.String({ description: 'Mount path in a ct guest' })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(VolumeChangeSchema), ...errors },
+      },
+    },
+    async (request) =>
+      syncResponse(await volumes().attach(request.params.pool, request.params.volume, request.body)),
+  );
+
+  app.post<{ Params: VolumeParams; Body: { guest: string; device?: string } }>(
+    `${base}/custom/:volume/detach`,
+    {
+      schema: {
+        summary: 'Detach a custom volume from a guest (live where the guest runs)',
+        params: VolumeParamsSchema,
+        body: Type.Object(
+          { guest: Type.String(), device: Type.Optional(Type.String()) },
+          { additionalProperties: false },
+        ),
+        response: { 200: SyncEnvelope(VolumeChangeSchema), ...errors },
+      },
+    },
+    async (request) =>
+      syncResponse(await volumes().detach(request.params.pool, request.params.volume, request.body)),
+  );
+}

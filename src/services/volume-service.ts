@@ -1,0 +1,498 @@
+import {
+  alreadyExists,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  unavailable,
+} from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import { formatBytes } from '../core/sizes.ts';
+import type { DiskDevice, GuestSpec, GuestStatus, Model } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
+import type { AttachedVolume, GuestVolumes, LiveResult, VolumeResolver } from '../drivers/guest-volumes.ts';
+import { isMountPoint } from '../host/mounts.ts';
+import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
+import { poolKeys } from '../storage/storage-pools.ts';
+import {
+  assertVolumeName,
+  checkGrow,
+  checkMountPath,
+  checkVolumeConfig,
+  DEFAULT_VOLUME_BYTES,
+  modelsFor,
+  parseVolumeType,
+  type VolumeBackend,
+  type VolumeRecord,
+  volumeKeys,
+  volumePath,
+} from '../storage/volumes.ts';
+import type { KvStore } from '../store/kv.ts';
+import type { EventBus } from './types.ts';
+
+/** A volume as the API shows it: its record, where it is, who uses it and its space. */
+export interface StorageVolume extends VolumeRecord {
+  /** Incus's volume type: always `custom`; `contentType` is filesystem or block. */
+  kind: 'custom';
+  path: string;
+  /** `/1.0/guests/NAME` of every guest it is attached to. */
+  usedBy: string[];
+  attachments: VolumeAttachment[];
+  /** Bytes it takes on its pool (sparse raw disks: only what was written). */
+  usedBytes: number | null;
+}
+
+/** One guest a volume is attached to, as which device. */
+export interface VolumeAttachment {
+  guest: string;
+  device: string;
+  path?: string;
+}
+
+/** Body of `POST /1.0/storage-pools/{pool}/volumes/custom`. */
+export interface CreateVolumeRequest {
+  name: string;
+  /** `filesystem` (default, for ct) or `block` (for vm and pvm). */
+  type?: string;
+  description?: string;
+  /** `size` (default 10GiB). */
+  config?: Record<string, string>;
+}
+
+/** Body of `POST …/volumes/custom/{vol}/attach`. */
+export interface AttachVolumeRequest {
+  guest: string;
+  /** Device name in the guest (default: the volume's name). */
+  device?: string;
+  /** Mount path in a ct guest (filesystem volumes; required there). */
+  path?: string;
+}
+
+/** What an attach, detach or resize did. */
+export interface VolumeChange {
+  volume: StorageVolume;
+  guest?: string;
+  device?: string;
+  /** `live`: the running guest has it now; `next-start`: it applies when the guest starts next; `none`: nothing runs. */
+  applied: LiveResult | 'none';
+  /** One line for people, e.g. "Attached data to web1 at /mnt/data (live)". */
+  message: string;
+}
+
+/** Custom storage volumes (`trivisor storage volume`), as in Incus's /1.0/storage-pools/{pool}/volumes/custom. */
+export interface VolumeService {
+  list(pool: string): Promise<StorageVolume[]>;
+  get(pool: string, name: string): Promise<StorageVolume>;
+  create(pool: string, request: CreateVolumeRequest): Promise<StorageVolume>;
+  /** Grows a volume (`config.size`); shrinking is refused. */
+  update(pool: string, name: string, change: { config?: Record<string, string> }): Promise<VolumeChange>;
+  /** Refused while the volume is attached. */
+  delete(pool: string, name: string): Promise<void>;
+  attach(pool: string, name: string, request: AttachVolumeRequest): Promise<VolumeChange>;
+  detach(pool: string, name: string, request: { guest: string; device?: string }): Promise<VolumeChange>;
+  /** Why a pool cannot be deleted (it holds volumes), or undefined. */
+  poolInUse(pool: string): Promise<string | undefined>;
+}
+
+/** Most volumes one guest can have: a vm's hot-plug ports, UML's ubd slots after root and config. */
+export const MAX_VOLUMES: Record<Model, number> = { vm: 4, pvm: 14, ct: 64 };
+
+/** Where a pool's files are: the default dir pool is the state directory itself. */
+export function poolPathOf(
+  pool: PoolRecord,
+  drivers: Record<PoolDriverName, PoolDriver>,
+  stateDir: string,
+): string {
+  return pool.name === 'default' && pool.driver === 'dir' ? stateDir : drivers[pool.driver].mountPath(pool);
+}
+
+/** Resolves guests' `disks` to host paths from the store (what drivers get as `ctx.volumes`). */
+export function createVolumeResolver(deps: {
+  store: KvStore;
+  drivers: Record<PoolDriverName, PoolDriver>;
+  stateDir: string;
+}): VolumeResolver {
+  return {
+    async resolve(spec) {
+      const out: AttachedVolume[] = [];
+      for (const [device, disk] of Object.entries(spec.disks ?? {}).sort(([a], [b]) => a.localeCompare(b))) {
+        const poolKv = await deps.store.get(poolKeys.pool(disk.pool));
+        const volKv = await deps.store.get(volumeKeys.volume(disk.pool, disk.source));
+        if (!poolKv || !volKv) continue;
+        const pool = JSON.parse(poolKv.value) as PoolRecord;
+        const vol = JSON.parse(volKv.value) as VolumeRecord;
+        out.push({
+          device,
+          pool: pool.name,
+          volume: vol.name,
+          type: vol.type,
+          hostPath: volumePath(poolPathOf(pool, deps.drivers, deps.stateDir), vol),
+          ...(disk.path !== undefined && { path: disk.path }),
+          sizeBytes: vol.sizeBytes,
+        });
+      }
+      return out;
+    },
+  };
+}
+
+export function createVolumeService(deps: {
+  store: KvStore;
+  pools: Record<PoolDriverName, PoolDriver>;
+  backend: VolumeBackend;
+  stateDir: string;
+  drivers: Partial<Record<Model, GuestDriver>>;
+  /** Hot attach/detach per model; a model without one picks changes up at its next start. */
+  live: Partial<Record<Model, GuestVolumes>>;
+  events?: EventBus;
+}): VolumeService {
+  const { store, backend } = deps;
+  const resolver = createVolumeResolver({ store, drivers: deps.pools, stateDir: deps.stateDir });
+
+  // One change at a time: attach checks (a block volume on one guest only) read then write.
+  let chain: Promise<unknown> = Promise.resolve();
+  const serial = <T>(work: () => Promise<T>): Promise<T> => {
+    const next = chain.then(work, work);
+    chain = next.catch(() => {});
+    return next;
+  };
+
+  async function poolRecord(name: string): Promise<PoolRecord> {
+    assertDnsLabel(name, 'pool name');
+    const kv = await store.get(poolKeys.pool(name));
+    if (!kv) throw notFound(`Storage pool ${name} not found`);
+    return JSON.parse(kv.value) as PoolRecord;
+  }
+
+  const poolPath = (pool: PoolRecord) => poolPathOf(pool, deps.pools, deps.stateDir);
+
+  async function volumeRecord(pool: string, name: string): Promise<{ pool: PoolRecord; vol: VolumeRecord }> {
+    const p = await poolRecord(pool);
+    assertVolumeName(name);
+    const kv = await store.get(volumeKeys.volume(pool, name));
+    if (!kv) throw notFound(`Storage volume ${name} not found on pool ${pool}`);
+    return { pool: p, vol: JSON.parse(kv.value) as VolumeRecord };
+  }
+
+  async function allSpecs(): Promise<GuestSpec[]> {
+    const { kvs } = await store.list(keys.guestPrefix);
+    return kvs.map((kv) => JSON.parse(kv.value) as GuestSpec);
+  }
+
+  const attachmentsOf = (vol: VolumeRecord, specs: GuestSpec[]): VolumeAttachment[] =>
+    specs.flatMap((s) =>
+      Object.entries(s.disks ?? {})
+        .filter(([, d]) => d.pool === vol.pool && d.source === vol.name)
+        .map(([device, d]) => ({ guest: s.name, device, ...(d.path !== undefined && { path: d.path }) })),
+    );
+
+  async function show(pool: PoolRecord, vol: VolumeRecord, specs?: GuestSpec[]): Promise<StorageVolume> {
+    const attachments = attachmentsOf(vol, specs ?? (await allSpecs()));
+    const usage = await backend.usage(pool.driver, poolPath(pool), vol).catch(() => ({ usedBytes: null }));
+    return {
+      ...vol,
+      kind: 'custom',
+      path: volumePath(poolPath(pool), vol),
+      usedBy: [...new Set(attachments.map((a) => `/1.0/guests/${a.guest}`))],
+      attachments,
+      usedBytes: usage.usedBytes,
+    };
+  }
+
+  async function guestSpec(name: string): Promise<{ spec: GuestSpec; modRevision: number }> {
+    assertDnsLabel(name, 'guest name');
+    const kv = await store.get(keys.guest(name));
+    if (!kv) throw notFound(`Guest ${name} not found`);
+    const spec = JSON.parse(kv.value) as GuestSpec;
+    if (spec.deleting) throw failedPrecondition(`Guest ${name} is being deleted`);
+    return { spec, modRevision: kv.modRevision };
+  }
+
+  /** The guest's top process when it runs (or is frozen), checked against pid reuse by its driver. */
+  async function runningPid(spec: GuestSpec): Promise<number | undefined> {
+    const driver = deps.drivers[spec.model];
+    if (!driver) return undefined;
+    const kv = await store.get(keys.guestStatus(spec.name));
+    const status = kv ? (JSON.parse(kv.value) as GuestStatus) : undefined;
+    const rt = await driver.inspect(spec, status?.process).catch(() => ({ state: 'absent' as const }));
+    return (rt.state === 'running' || rt.state === 'frozen') && 'process' in rt ? rt.process?.pid : undefined;
+  }
+
+  /** Writes the guest's disks (no generation bump: the controller has nothing to converge). */
+  async function writeDisks(
+    name: string,
+    change: (disks: Record<string, DiskDevice>) => Record<string, DiskDevice>,
+  ): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const { spec, modRevision } = await guestSpec(name);
+      const disks = change({ ...(spec.disks ?? {}) });
+      const next: GuestSpec = { ...spec };
+      if (Object.keys(disks).length > 0) next.disks = disks;
+      else delete next.disks;
+      const r = await store.txn({
+        compare: [{ key: keys.guest(name), target: 'modRevision', op: '=', value: modRevision }],
+        success: [{ type: 'put', key: keys.guest(name), value: JSON.stringify(next) }],
+      });
+      if (r.succeeded) return;
+    }
+    throw conflict(`Guest ${name} kept changing: try again`);
+  }
+
+  const lifecycle = (action: string, vol: VolumeRecord, metadata: Record<string, unknown> = {}) =>
+    deps.events?.publish({
+      type: 'lifecycle',
+      action,
+      source: `/1.0/storage-pools/${vol.pool}/volumes/custom/${vol.name}`,
+      metadata: { pool: vol.pool, name: vol.name, ...metadata },
+    });
+
+  return {
+    async list(pool) {
+      const p = await poolRecord(pool);
+      const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+      const specs = await allSpecs();
+      return Promise.all(kvs.map((kv) => show(p, JSON.parse(kv.value) as VolumeRecord, specs)));
+    },
+
+    async get(pool, name) {
+      const { pool: p, vol } = await volumeRecord(pool, name);
+      return show(p, vol);
+    },
+
+    create(pool, request) {
+      return serial(async () => {
+        const p = await poolRecord(pool);
+        assertVolumeName(request.name);
+        const type = parseVolumeType(request.type);
+        const { sizeBytes } = checkVolumeConfig(request.config ?? {});
+        if (await store.get(volumeKeys.volume(pool, request.name))) {
+          throw alreadyExists(`Storage volume ${request.name} already exists on pool ${pool}`);
+        }
+        if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
+          throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
+        }
+        const vol: VolumeRecord = {
+          name: request.name,
+          pool,
+          type,
+          sizeBytes: sizeBytes ?? DEFAULT_VOLUME_BYTES,
+          description: request.description ?? '',
+          createdAt: new Date().toISOString(),
+        };
+        await backend.create(p.driver, poolPath(p), vol);
+        const r = await store.txn({
+          compare: [{ key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 }],
+          success: [{ type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) }],
+        });
+        if (!r.succeeded) {
+          await backend.delete(p.driver, poolPath(p), vol);
+          throw alreadyExists(`Storage volume ${vol.name} already exists on pool ${pool}`);
+        }
+        lifecycle('storage-volume-created', vol);
+        return show(p, vol);
+      });
+    },
+
+    update(pool, name, change) {
+      return serial(async () => {
+        const { pool: p, vol } = await volumeRecord(pool, name);
+        const { sizeBytes } = checkVolumeConfig(change.config ?? {});
+        if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
+        checkGrow(vol, sizeBytes);
+        if (sizeBytes === vol.sizeBytes) {
+          return {
+            volume: await show(p, vol),
+            applied: 'none',
+            message: `Volume ${name} is already ${formatBytes(sizeBytes)}`,
+          };
+        }
+        await backend.resize(p.driver, poolPath(p), vol, sizeBytes);
+        const grown: VolumeRecord = { ...vol, sizeBytes };
+        await store.put(volumeKeys.volume(pool, name), JSON.stringify(grown));
+        lifecycle('storage-volume-updated', grown, { sizeBytes });
+        // Running guests that have it learn the new size where their engine can tell them.
+        const specs = await allSpecs();
+        const results: string[] = [];
+        let applied = 'none' as VolumeChange['applied'];
+        for (const a of attachmentsOf(grown, specs)) {
+          const spec = specs.find((s) => s.name === a.guest);
+          const pid = spec && (await runningPid(spec));
+          if (!spec || pid === undefined) continue;
+          const attached = (await resolver.resolve(spec)).find((v) => v.device === a.device);
+          const live = deps.live[spec.model];
+          if (!attached || !live) continue;
+          const r = await live.resize(spec, attached, { pid });
+          applied = r === 'next-start' || applied === 'next-start' ? 'next-start' : 'live';
+          results.push(r === 'live' ? `${a.guest} sees it now` : `${a.guest} sees it after its next start`);
+        }
+        const tail = results.length > 0 ? ` (${results.join('; ')})` : '';
+        return {
+          volume: await show(p, grown, specs),
+          applied,
+          message: `Resized volume ${name} to ${formatBytes(sizeBytes)}${tail}`,
+        };
+      });
+    },
+
+    delete(pool, name) {
+      return serial(async () => {
+        const { pool: p, vol } = await volumeRecord(pool, name);
+        const attachments = attachmentsOf(vol, await allSpecs());
+        if (attachments.length > 0) {
+          const guests = [...new Set(attachments.map((a) => a.guest))].join(', ');
+          throw failedPrecondition(`Storage volume ${name} is attached to ${guests}: detach it first`);
+        }
+        await backend.delete(p.driver, poolPath(p), vol);
+        await store.delete(volumeKeys.volume(pool, name));
+        lifecycle('storage-volume-deleted', vol);
+      });
+    },
+
+    attach(pool, name, request) {
+      return serial(async () => {
+        const { pool: p, vol } = await volumeRecord(pool, name);
+        const { spec } = await guestSpec(request.guest);
+        const allowed = modelsFor(vol.type);
+        if (!allowed.includes(spec.model)) {
+          throw invalidArgument(
+            vol.type === 'filesystem'
+              ? `Volume ${name} is a filesystem volume, which only ct guests can mount; ${spec.name} is a ${spec.model} guest: use a block volume (--type block)`
+              : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
+          );
+        }
+        let path: string | undefined;
+        if (vol.type === 'filesystem') {
+          if (request.path === undefined || request.path === '') {
+            throw invalidArgument(`Give the path where ${spec.name} mounts volume ${name}, e.g. /mnt/data`);
+          }
+          path = checkMountPath(request.path);
+        } else if (request.path !== undefined) {
+          throw invalidArgument(
+            `A block volume has no mount path: it shows up as a disk (vdX or ubdX) in ${spec.name}; leave the path out`,
+          );
+        }
+        const device = request.device ?? name;
+        assertDnsLabel(device, 'device name');
+        const disks = spec.disks ?? {};
+        if (disks[device] || spec.devices?.[device]) {
+          throw conflict(
+            `Guest ${spec.name} already has a device named ${device}: choose another with --device`,
+          );
+        }
+        const specs = await allSpecs();
+        const attachments = attachmentsOf(vol, specs);
+        const here = attachments.find((a) => a.guest === spec.name);
+        if (here) throw conflict(`Volume ${name} is already attached to ${spec.name} as ${here.device}`);
+        if (vol.type === 'block' && attachments.length > 0) {
+          throw conflict(
+            `Block volume ${name} is attached to ${attachments[0]?.guest}: a disk can be in one guest at a time; detach it there first`,
+          );
+        }
+        if (path !== undefined && Object.values(disks).some((d) => d.path === path)) {
+          throw conflict(`Guest ${spec.name} already has a volume at ${path}`);
+        }
+        if (Object.keys(disks).length >= MAX_VOLUMES[spec.model]) {
+          throw failedPrecondition(
+            `Guest ${spec.name} has ${MAX_VOLUMES[spec.model]} volumes, the most a ${spec.model} guest can have: detach one first`,
+          );
+        }
+        const disk: DiskDevice = { type: 'disk', pool, source: name, ...(path !== undefined && { path }) };
+        const attached: AttachedVolume = {
+          device,
+          pool,
+          volume: name,
+          type: vol.type,
+          hostPath: volumePath(poolPath(p), vol),
+          ...(path !== undefined && { path }),
+          sizeBytes: vol.sizeBytes,
+        };
+        // Recorded first: a daemon killed in the middle leaves an attachment that applies at the next start.
+        await writeDisks(spec.name, (d) => ({ ...d, [device]: disk }));
+        let applied: VolumeChange['applied'] = 'none';
+        const pid = await runningPid(spec);
+        const live = deps.live[spec.model];
+        if (pid !== undefined) {
+          if (live) {
+            try {
+              applied = await live.attach(spec, attached, { pid });
+            } catch (e) {
+              await writeDisks(spec.name, (d) => {
+                delete d[device];
+                return d;
+              }).catch(() => {});
+              throw e;
+            }
+          } else applied = 'next-start';
+        }
+        lifecycle('storage-volume-attached', vol, { guest: spec.name, device });
+        const where = path !== undefined ? ` at ${path}` : '';
+        const how =
+          applied === 'live'
+            ? ' (live)'
+            : applied === 'next-start'
+              ? `; it applies when ${spec.name} starts next`
+              : `; ${spec.name} gets it when it starts`;
+        return {
+          volume: await show(p, vol),
+          guest: spec.name,
+          device,
+          applied,
+          message: `Attached volume ${name} to ${spec.name} as ${device}${where}${how}`,
+        };
+      });
+    },
+
+    detach(pool, name, request) {
+      return serial(async () => {
+        const { pool: p, vol } = await volumeRecord(pool, name);
+        const { spec } = await guestSpec(request.guest);
+        const mine = Object.entries(spec.disks ?? {}).filter(
+          ([dev, d]) =>
+            d.pool === pool && d.source === name && (request.device === undefined || dev === request.device),
+        );
+        const found = mine[0];
+        if (!found) throw notFound(`Storage volume ${name} is not attached to guest ${spec.name}`);
+        const [device, disk] = found;
+        const attached: AttachedVolume = {
+          device,
+          pool,
+          volume: name,
+          type: vol.type,
+          hostPath: volumePath(poolPath(p), vol),
+          ...(disk.path !== undefined && { path: disk.path }),
+          sizeBytes: vol.sizeBytes,
+        };
+        let applied: VolumeChange['applied'] = 'none';
+        const pid = await runningPid(spec);
+        const live = deps.live[spec.model];
+        if (pid !== undefined) applied = live ? await live.detach(spec, attached, { pid }) : 'next-start';
+        await writeDisks(spec.name, (d) => {
+          delete d[device];
+          return d;
+        });
+        lifecycle('storage-volume-detached', vol, { guest: spec.name, device });
+        const how =
+          applied === 'live'
+            ? ' (live)'
+            : applied === 'next-start'
+              ? `; it goes when ${spec.name} stops`
+              : '';
+        return {
+          volume: await show(p, vol),
+          guest: spec.name,
+          device,
+          applied,
+          message: `Detached volume ${name} from ${spec.name}${how}`,
+        };
+      });
+    },
+
+    async poolInUse(pool) {
+      const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+      if (kvs.length === 0) return undefined;
+      const names = kvs.map((kv) => kv.key.slice(volumeKeys.poolPrefix(pool).length));
+      return `Storage pool ${pool} holds volumes ${names.join(', ')}: delete them first`;
+    },
+  };
+}
