@@ -375,15 +375,15 @@ export function createVolumeService(deps: {
         const device = request.device ?? name;
         assertDnsLabel(device, 'device name');
         const disks = spec.disks ?? {};
+        const specs = await allSpecs();
+        const attachments = attachmentsOf(vol, specs);
+        const here = attachments.find((a) => a.guest === spec.name);
+        if (here) throw conflict(`Volume ${name} is already attached to ${spec.name} as ${here.device}`);
         if (disks[device] || spec.devices?.[device]) {
           throw conflict(
             `Guest ${spec.name} already has a device named ${device}: choose another with --device`,
           );
         }
-        const specs = await allSpecs();
-        const attachments = attachmentsOf(vol, specs);
-        const here = attachments.find((a) => a.guest === spec.name);
-        if (here) throw conflict(`Volume ${name} is already attached to ${spec.name} as ${here.device}`);
         if (vol.type === 'block' && attachments.length > 0) {
           throw conflict(
             `Block volume ${name} is attached to ${attachments[0]?.guest}: a disk can be in one guest at a time; detach it there first`,
