@@ -44,7 +44,10 @@ export function addGuestCommands(program: Command): void {
         collect,
         [],
       )
-      .option('-s, --storage <pool>', 'storage pool for the guest (btrfs pools take limits.disk)')
+      .option(
+        '-s, --storage <pool>',
+        "storage pool for the guest (dir or btrfs; on btrfs a ct guest's limits.disk is a quota)",
+      )
       .option(
         '--file <guest-path=local-file>',
         'write a file into the guest at every start: /etc/motd=./motd[,mode=0600,uid=N,gid=N] (repeatable)',

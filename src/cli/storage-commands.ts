@@ -82,8 +82,14 @@ export function addStorageCommands(program: Command): void {
     .argument('<name>', 'name of the copy')
     .option('-s, --snapshot <snapshot>', 'copy this snapshot of the source')
     .option('--start', 'start the copy')
+    .option('--storage <pool>', "storage pool of the copy (default: the source's pool)")
     .action(
-      async (source: string, name: string, opts: { snapshot?: string; start?: boolean }, cmd: Command) => {
+      async (
+        source: string,
+        name: string,
+        opts: { snapshot?: string; start?: boolean; storage?: string },
+        cmd: Command,
+      ) => {
         const client = clientOf(cmd);
         const [guest = '', fromPath] = source.split('/', 2);
         const snap = opts.snapshot ?? fromPath;
@@ -92,6 +98,7 @@ export function addStorageCommands(program: Command): void {
         const op = await client.copyGuest(guest, name, {
           ...(snap !== undefined && { snapshot: snap }),
           ...(opts.start && { start: true }),
+          ...(opts.storage !== undefined && { storage: opts.storage }),
         });
         await waitWithProgress(client, op, { label: `Copying ${source} to ${name}` });
       },
@@ -147,9 +154,13 @@ export function addStorageCommands(program: Command): void {
     )
     .argument('<file>')
     .argument('[name]', 'name of the guest (default: the name in the archive)')
-    .action(async (file: string, name: string | undefined, _opts: unknown, cmd: Command) => {
+    .option('-s, --storage <pool>', 'storage pool of the guest (default: the default pool)')
+    .action(async (file: string, name: string | undefined, opts: { storage?: string }, cmd: Command) => {
       const client = clientOf(cmd);
-      const op = await client.importBackup(resolve(file), name === undefined ? {} : { name });
+      const op = await client.importBackup(resolve(file), {
+        ...(name !== undefined && { name }),
+        ...(opts.storage !== undefined && { storage: opts.storage }),
+      });
       const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
       process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
     });
@@ -163,7 +174,8 @@ export function addStorageCommands(program: Command): void {
       const report = await clientOf(cmd).recover();
       for (const g of report.recovered) {
         const snaps = g.snapshots.length > 0 ? ` with snapshots ${g.snapshots.join(', ')}` : '';
-        process.stdout.write(`Recovered ${g.name} (${g.model}, ${g.status})${snaps}\n`);
+        const pool = g.pool ? ` on pool ${g.pool}` : '';
+        process.stdout.write(`Recovered ${g.name} (${g.model}, ${g.status})${pool}${snaps}\n`);
       }
       for (const g of report.skipped) process.stdout.write(`Skipped ${g.name}: ${g.reason}\n`);
       if (report.recovered.length === 0 && report.skipped.length === 0)

@@ -14,19 +14,19 @@ export interface StorageClient {
   createSnapshot(guest: string, snapshot: string): Promise<Operation>;
   deleteSnapshot(guest: string, snapshot: string): Promise<Operation>;
   restoreSnapshot(guest: string, snapshot: string): Promise<Operation>;
-  /** Copies `source` (or `source`'s snapshot) to a new guest `name`. */
+  /** Copies `source` (or `source`'s snapshot) to a new guest `name` (on `storage`, default: the source's pool). */
   copyGuest(
     source: string,
     name: string,
-    options?: { snapshot?: string; start?: boolean },
+    options?: { snapshot?: string; start?: boolean; storage?: string },
   ): Promise<Operation>;
   /** Starts making a backup archive on the daemon; the finished operation's metadata names it (`backup`). */
   createBackup(guest: string, options?: { snapshots?: boolean; incremental?: boolean }): Promise<Operation>;
   /** Streams a finished backup to `filePath` (written under a temporary name, renamed when complete). */
   downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
-  /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`). */
-  importBackup(filePath: string, options?: { name?: string }): Promise<Operation>;
+  /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`; on pool `storage`). */
+  importBackup(filePath: string, options?: { name?: string; storage?: string }): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   listPools(): Promise<StoragePool[]>;
@@ -59,6 +59,7 @@ export function storageMethods(
         name,
         source: { type: 'copy', source: o.snapshot ? `${source}/${o.snapshot}` : source },
         ...(o.start !== undefined && { start: o.start }),
+        ...(o.storage !== undefined && { storage: o.storage }),
       }),
     createBackup: (guest, o = {}) =>
       callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, {
@@ -100,6 +101,7 @@ export function storageMethods(
           'content-type': 'application/octet-stream',
           'content-length': String(size),
           ...(o.name !== undefined && { 'x-trivisor-name': o.name }),
+          ...(o.storage !== undefined && { 'x-trivisor-pool': o.storage }),
         },
       });
       return parseEnvelope<AsyncResponse>(res).metadata;

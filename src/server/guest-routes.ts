@@ -84,6 +84,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
           source,
           ...(snapshot !== undefined && { snapshot }),
           ...(body.start !== undefined && { start: body.start }),
+          ...(body.storage !== undefined && { storage: body.storage }),
         });
         return sendAsync(reply, op);
       }

@@ -295,6 +295,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
                   model: Type.String(),
                   status: Type.String(),
                   snapshots: Type.Array(Type.String()),
+                  pool: Type.Optional(Type.String({ description: 'Storage pool, when not the default one' })),
                 }),
               ),
               skipped: Type.Array(Type.Object({ name: Type.String(), reason: Type.String() })),
@@ -312,8 +313,12 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     {
       bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES,
       schema: {
-        summary: 'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it)',
-        headers: Type.Object({ 'x-trivisor-name': Type.Optional(Type.String()) }),
+        summary:
+          'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it, X-Trivisor-Pool puts it on a storage pool)',
+        headers: Type.Object({
+          'x-trivisor-name': Type.Optional(Type.String()),
+          'x-trivisor-pool': Type.Optional(Type.String()),
+        }),
         body: {
           content: {
             'application/octet-stream': { schema: Type.Unsafe({ description: 'The archive bytes' }) },
@@ -330,9 +335,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         );
       }
       const name = request.headers['x-trivisor-name'];
-      if (typeof name === 'string' && name !== '') {
+      const pool = request.headers['x-trivisor-pool'];
+      if ((typeof name === 'string' && name !== '') || (typeof pool === 'string' && pool !== '')) {
         try {
-          assertDnsLabel(name, 'guest name');
+          if (typeof name === 'string' && name !== '') assertDnsLabel(name, 'guest name');
+          if (typeof pool === 'string' && pool !== '') assertDnsLabel(pool, 'pool name');
         } catch (e) {
           stream.resume();
           throw e;
@@ -357,6 +364,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
           await storage().importBackup({
             archivePath: path,
             ...(typeof name === 'string' && name !== '' && { name }),
+            ...(typeof pool === 'string' && pool !== '' && { storage: pool }),
           }),
         );
       } catch (e) {

@@ -1,5 +1,5 @@
-import { chmod, lstat, mkdir, rm, symlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import {
   alreadyExists,
   asTrivisorError,
@@ -7,6 +7,7 @@ import {
   failedPrecondition,
   invalidArgument,
   notFound,
+  notSupported,
   TrivisorError,
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
@@ -14,6 +15,7 @@ import { assertDnsLabel } from '../core/names.ts';
 import { parseBytes } from '../core/sizes.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
+import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import {
   POOL_DRIVERS,
@@ -32,16 +34,16 @@ export interface StoragePool extends PoolRecord {
   usage: PoolUsage | null;
   status: 'Created' | 'Unavailable';
   error?: string;
-  /** Guests on the pool with their space (btrfs: from their subvolume's qgroup). */
+  /** Guests on the pool with their space (btrfs: from their subvolume's qgroup; dir: du of their directory). */
   guests?: PoolGuestUsage[];
 }
 
 /** One guest's space on a pool. */
 export interface PoolGuestUsage {
   name: string;
-  /** Bytes its subvolume references (shared extents included). */
+  /** Bytes its subvolume references (shared extents included); on a dir pool the blocks of its directory. */
   usedBytes: number | null;
-  /** Bytes only it holds (what deleting it frees). */
+  /** Bytes only it holds (what deleting it frees); null on a dir pool. */
   exclusiveBytes: number | null;
   limitBytes: number | null;
 }
@@ -61,12 +63,19 @@ export interface PoolService {
   create(request: CreatePoolRequest): Promise<StoragePool>;
   delete(name: string): Promise<void>;
   /**
-   * Creates a guest whose directory is a subvolume of a btrfs pool (linked at
-   * guests/NAME), with `limits.disk` as its qgroup limit.
+   * Creates a guest whose directory is a subvolume of a btrfs pool or a
+   * directory of a dir pool (linked at guests/NAME); a ct guest's `limits.disk`
+   * is its subvolume's qgroup limit.
    */
   createGuest(pool: string, request: CreateGuestRequest): Promise<Operation>;
   /** The pool a guest was placed on with createGuest; undefined for the default pool. */
   poolOf(guest: string): Promise<string | undefined>;
+  /**
+   * After `admin recover` rebuilt a guest's records: when guests/NAME links into
+   * a pool, records that pool again (from the copy kept on it) if it was lost
+   * and the guest's place on it. Returns the pool's name, undefined for the default pool.
+   */
+  recoverGuest(spec: GuestSpec): Promise<string | undefined>;
   /** Records the `default` dir pool on first start, mounts every pool again, keeps disk limits in step. */
   start(): Promise<void>;
   stop(): void;
@@ -80,6 +89,8 @@ interface GuestPoolRecord {
 }
 
 const guestPoolPrefix = '/trivisor/guest-pools/';
+/** A copy of the pool's record at its root, for `admin recover` after the store is lost. */
+export const POOL_RECORD_FILE = '.trivisor-pool.json';
 const guestPoolKey = (guest: string) => `${guestPoolPrefix}${guest}`;
 
 /** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
@@ -113,24 +124,79 @@ export function createPoolService(deps: {
     const link = join(deps.stateDir, 'guests', name);
     if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await rm(link, { force: true });
     if (await lstat(rec.path).catch(() => undefined)) {
-      await run(['btrfs', 'subvolume', 'delete', rec.path]).catch(async () => {
+      if (await isOnBtrfs(rec.path)) {
+        await run(['btrfs', 'subvolume', 'delete', rec.path]).catch(async () => {
+          await rm(rec.path, { recursive: true, force: true });
+        });
+      } else {
         await rm(rec.path, { recursive: true, force: true });
-      });
+      }
     }
     await store.delete(guestPoolKey(name));
   }
 
-  /** Applies a guest's limits.disk as the qgroup limit of its subvolume when it changed. */
+  /**
+   * Applies a ct guest's limits.disk as the qgroup limit of its subvolume when it
+   * changed. For vm and pvm guests limits.disk is the size of their disk, which
+   * bounds what they write already; a qgroup limit would also count their
+   * snapshots and turn a full quota into I/O errors inside the guest.
+   */
   async function syncLimit(spec: GuestSpec): Promise<void> {
+    if (spec.model !== 'ct') return;
     const kv = await store.get(guestPoolKey(spec.name));
     if (!kv || spec.deleting) return;
     const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    if (!(await isOnBtrfs(rec.path))) return;
     const raw = spec.config['limits.disk'];
     const limitBytes = raw === undefined ? null : parseBytes(raw, 'limits.disk');
     if (limitBytes === rec.limitBytes) return;
     await run(['btrfs', 'qgroup', 'limit', limitBytes === null ? 'none' : String(limitBytes), rec.path]);
     await store.put(guestPoolKey(spec.name), JSON.stringify({ ...rec, limitBytes }));
   }
+  /** Keeps a copy of a pool's record at its root (written through a temporary name). */
+  async function keepPoolRecord(pool: PoolRecord): Promise<void> {
+    if (pool.name === DEFAULT_POOL) return;
+    const file = join(drivers[pool.driver].mountPath(pool), POOL_RECORD_FILE);
+    await writeFile(`${file}.tmp`, `${JSON.stringify(pool, null, 2)}\n`, { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  }
+
+  /**
+   * The pool whose root is `root`, from the copy of its record kept there, or,
+   * for a pool made before those copies, from where it is: a loop-file btrfs
+   * pool (mounted again if it is not) or a dir pool.
+   */
+  async function poolAt(root: string): Promise<PoolRecord | undefined> {
+    const read = async () =>
+      JSON.parse(
+        await readFile(join(root, POOL_RECORD_FILE), 'utf8').catch(() => 'null'),
+      ) as PoolRecord | null;
+    const poolsDir = join(deps.stateDir, 'storage-pools');
+    const name = root.startsWith(`${poolsDir}/`) ? root.slice(poolsDir.length + 1) : undefined;
+    const loopFile =
+      name !== undefined && (await lstat(join(poolsDir, `${name}.img`)).catch(() => undefined));
+    if (name !== undefined && loopFile) {
+      const guess: PoolRecord = {
+        name,
+        driver: 'btrfs',
+        description: '',
+        config: {},
+        createdAt: new Date().toISOString(),
+      };
+      await drivers.btrfs.mount(guess).catch(() => {});
+      return (await read()) ?? guess;
+    }
+    const kept = await read();
+    if (kept || name === undefined || !(await lstat(root).catch(() => undefined))) return kept ?? undefined;
+    return {
+      name,
+      driver: (await isOnBtrfs(root)) ? 'btrfs' : 'dir',
+      description: '',
+      config: {},
+      createdAt: new Date().toISOString(),
+    };
+  }
+
   /** Pools being made or removed: no second change meanwhile. */
   const busy = new Set<string>();
 
@@ -141,8 +207,49 @@ export function createPoolService(deps: {
     return JSON.parse(kv.value) as PoolRecord;
   }
 
+  /**
+   * Space of the guests on a dir pool: the allocated blocks of each guest's
+   * directory (`du -x`: a running ct guest's mounted root file system is another
+   * file system and not counted; sparse disks count what they hold), in one `du`
+   * for the whole pool. The default pool holds every guest without a pool record.
+   */
+  async function guestsOnDir(pool: PoolRecord): Promise<PoolGuestUsage[]> {
+    const placed = (await store.list(guestPoolPrefix)).kvs.map(
+      (kv) => [kv.key.slice(guestPoolPrefix.length), JSON.parse(kv.value) as GuestPoolRecord] as const,
+    );
+    const dirs = new Map<string, string>();
+    if (pool.name === DEFAULT_POOL) {
+      const elsewhere = new Set(placed.map(([name]) => name));
+      for (const kv of (await store.list(keys.guestPrefix)).kvs) {
+        const name = kv.key.slice(keys.guestPrefix.length);
+        if (!elsewhere.has(name)) dirs.set(name, join(deps.stateDir, 'guests', name));
+      }
+    } else {
+      for (const [name, rec] of placed) if (rec.pool === pool.name) dirs.set(name, rec.path);
+    }
+    const used = new Map<string, number>();
+    if (dirs.size > 0 && deps.runner) {
+      const r = await deps.runner
+        .run(['du', '-s', '-x', '-B1', '--', ...dirs.values()], { allowFailure: true })
+        .catch(() => undefined);
+      for (const line of r?.stdout.split('\n') ?? []) {
+        const m = /^(\d+)\t(.+)$/.exec(line);
+        if (m?.[1] !== undefined && m[2] !== undefined) used.set(m[2], Number(m[1]));
+      }
+    }
+    return [...dirs]
+      .map(([name, dir]) => ({
+        name,
+        usedBytes: used.get(dir) ?? null,
+        exclusiveBytes: null,
+        limitBytes: null,
+      }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
   /** Space of the guests placed on a btrfs pool, from their qgroups. */
   async function guestsOn(pool: PoolRecord): Promise<PoolGuestUsage[]> {
+    if (pool.driver === 'dir') return guestsOnDir(pool);
     const { kvs } = await store.list(guestPoolPrefix);
     const out: PoolGuestUsage[] = [];
     for (const kv of kvs) {
@@ -171,9 +278,7 @@ export function createPoolService(deps: {
     const path = pool.name === DEFAULT_POOL && pool.driver === 'dir' ? deps.stateDir : driver.mountPath(pool);
     try {
       const usage = await driver.usage({ ...pool, config: { ...pool.config, source: path } });
-      if (pool.driver === 'btrfs')
-        return { ...pool, path, usage, status: 'Created', guests: await guestsOn(pool) };
-      return { ...pool, path, usage, status: 'Created' };
+      return { ...pool, path, usage, status: 'Created', guests: await guestsOn(pool) };
     } catch (e) {
       return { ...pool, path, usage: null, status: 'Unavailable', error: (e as Error).message };
     }
@@ -217,6 +322,9 @@ export function createPoolService(deps: {
           await driver.delete(pool);
           throw alreadyExists(`Storage pool ${pool.name} already exists`);
         }
+        await keepPoolRecord(pool).catch((e) =>
+          deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot keep a copy of the pool record'),
+        );
       } finally {
         busy.delete(pool.name);
       }
@@ -244,13 +352,11 @@ export function createPoolService(deps: {
       assertDnsLabel(request.name, 'guest name');
       const { guests, operations } = deps;
       if (!guests || !operations) throw failedPrecondition('This daemon cannot place guests on pools');
-      if (pool.driver !== 'btrfs') {
-        throw invalidArgument(
-          `Guests can be placed on btrfs pools only; ${poolName} is a ${pool.driver} pool (leave out --storage for the default pool)`,
+      const model = request.model ?? 'ct';
+      if (model === 'ct' && pool.driver !== 'btrfs' && request.config?.['limits.disk'] !== undefined) {
+        throw notSupported(
+          `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool: pick a btrfs pool or remove the key.`,
         );
-      }
-      if ((request.model ?? 'ct') !== 'ct') {
-        throw invalidArgument('Only ct guests can be placed on a storage pool so far: leave out --storage');
       }
       if (await store.get(keys.guest(request.name)))
         throw alreadyExists(`Guest ${request.name} already exists`);
@@ -260,10 +366,11 @@ export function createPoolService(deps: {
       }
       if (request.config?.['limits.disk'] !== undefined)
         parseBytes(request.config['limits.disk'], 'limits.disk');
-      const parent = join(drivers.btrfs.mountPath(pool), 'guests');
+      const parent = join(drivers[pool.driver].mountPath(pool), 'guests');
       const path = join(parent, request.name);
       await mkdir(parent, { recursive: true, mode: 0o711 });
-      await run(['btrfs', 'subvolume', 'create', path]);
+      if (pool.driver === 'btrfs') await run(['btrfs', 'subvolume', 'create', path]);
+      else await mkdir(path, { mode: 0o711 });
       const rec: GuestPoolRecord = { pool: poolName, path, limitBytes: null };
       await store.put(guestPoolKey(request.name), JSON.stringify(rec));
       let op: Operation;
@@ -273,7 +380,7 @@ export function createPoolService(deps: {
         await mkdir(join(deps.stateDir, 'guests'), { recursive: true, mode: 0o711 });
         await symlink(path, link);
         const limit = request.config?.['limits.disk'];
-        if (limit !== undefined) {
+        if (limit !== undefined && model === 'ct' && pool.driver === 'btrfs') {
           const limitBytes = parseBytes(limit, 'limits.disk');
           await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
           await store.put(guestPoolKey(request.name), JSON.stringify({ ...rec, limitBytes }));
@@ -305,6 +412,33 @@ export function createPoolService(deps: {
     async poolOf(guest) {
       const kv = await store.get(guestPoolKey(guest));
       return kv ? (JSON.parse(kv.value) as GuestPoolRecord).pool : undefined;
+    },
+
+    async recoverGuest(spec) {
+      const link = join(deps.stateDir, 'guests', spec.name);
+      if (!(await lstat(link).catch(() => undefined))?.isSymbolicLink()) return undefined;
+      const path = await readlink(link);
+      // createGuest links guests/NAME to POOL/guests/NAME.
+      const pool = await poolAt(dirname(dirname(path)));
+      if (!pool) {
+        throw failedPrecondition(
+          `The storage pool that holds ${path} cannot be found: mount it and recover again`,
+        );
+      }
+      await store.txn({
+        compare: [{ key: poolKeys.pool(pool.name), target: 'createRevision', op: '=', value: 0 }],
+        success: [{ type: 'put', key: poolKeys.pool(pool.name), value: JSON.stringify(pool) }],
+      });
+      // A qgroup limit lives in the file system: it is still the one limits.disk set.
+      const raw = spec.config['limits.disk'];
+      const limited = spec.model === 'ct' && pool.driver === 'btrfs' && raw !== undefined;
+      const rec: GuestPoolRecord = {
+        pool: pool.name,
+        path,
+        limitBytes: limited ? parseBytes(raw, 'limits.disk') : null,
+      };
+      await store.put(guestPoolKey(spec.name), JSON.stringify(rec));
+      return pool.name;
     },
 
     stop() {
@@ -355,6 +489,7 @@ export function createPoolService(deps: {
         if (pool.name === DEFAULT_POOL) continue;
         await drivers[pool.driver]
           .mount(pool)
+          .then(() => keepPoolRecord(pool))
           .catch((e) => deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot mount storage pool'));
       }
     },

@@ -21,7 +21,7 @@ import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
 import type { KvStore, Watcher } from '../store/kv.ts';
-import type { PoolService } from './pool-service.ts';
+import { DEFAULT_POOL, type PoolService } from './pool-service.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
 
 /** Body of `POST /1.0/guests` with `source: {type: 'copy'}`. */
@@ -30,6 +30,8 @@ export interface CopyGuestRequest {
   source: string;
   snapshot?: string;
   start?: boolean;
+  /** Storage pool of the copy (default: the source's pool). */
+  storage?: string;
 }
 
 /** Snapshots, clones and backups of guests (Incus's instance snapshot and backup API). */
@@ -50,7 +52,7 @@ export interface StorageService {
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Restores a guest from an archive already written to `archivePath` (the service deletes it). */
-  importBackup(request: { archivePath: string; name?: string }): Promise<Operation>;
+  importBackup(request: { archivePath: string; name?: string; storage?: string }): Promise<Operation>;
   /** Removes half-made snapshots, backups and imports an interrupted daemon left; run at start. */
   sweep(): Promise<void>;
   /**
@@ -66,7 +68,7 @@ export interface StorageService {
 /** What `admin recover` did. */
 export interface RecoverReport {
   /** Guests whose records were rebuilt, with the state found. */
-  recovered: Array<{ name: string; model: string; status: string; snapshots: string[] }>;
+  recovered: Array<{ name: string; model: string; status: string; snapshots: string[]; pool?: string }>;
   /** Guest directories left alone, and why. */
   skipped: Array<{ name: string; reason: string }>;
 }
@@ -83,7 +85,7 @@ export interface StorageServiceDeps {
   /** For `recover`: drivers inspect what runs, and guests are recorded as this host's. */
   drivers?: Partial<Record<Model, GuestDriver>>;
   hostName?: string;
-  /** Copies of guests on a pool are made on the same pool (copy-on-write there). */
+  /** Copies of guests on a pool are made on the same pool (copy-on-write there) unless told another. */
   pools?: () => PoolService | undefined;
 }
 
@@ -179,6 +181,22 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     return { sha256: hash.digest('hex'), sizeBytes: (await stat(path)).size };
   }
 
+  /** Creates a guest on `pool` (the default pool when undefined or "default"). */
+  async function createOn(pool: string | undefined, request: Parameters<GuestService['create']>[0]) {
+    if (pool === undefined || pool === DEFAULT_POOL) return guests.create(request);
+    const pools = deps.pools?.();
+    if (!pools) throw notSupported('This daemon has no storage pools: leave out the storage pool');
+    return pools.createGuest(pool, request);
+  }
+
+  /** Fails early, before any work, on a pool that does not exist. */
+  async function checkPool(pool: string | undefined): Promise<void> {
+    if (pool === undefined || pool === DEFAULT_POOL) return;
+    const pools = deps.pools?.();
+    if (!pools) throw notSupported('This daemon has no storage pools: leave out the storage pool');
+    await pools.get(pool);
+  }
+
   /** Deletes a guest made by a failed copy or import, with its records. */
   async function discard(name: string): Promise<void> {
     const op = await guests.delete(name, { force: true }).catch(() => undefined);
@@ -234,7 +252,9 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           createdAt: new Date().toISOString(),
           wasRunning: guestUp(status),
         };
-        await storage.snapshot(spec, snapshot);
+        await storage.snapshot(spec, snapshot).catch((e: unknown) => {
+          throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);
+        });
         const r = await store.txn({
           compare: [
             { key: storageKeys.snapshot(guest, snapshot), target: 'createRevision', op: '=', value: 0 },
@@ -293,6 +313,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
       if (request.snapshot !== undefined) await service.getSnapshot(request.source, request.snapshot);
       if (await store.get(keys.guest(request.name)))
         throw alreadyExists(`Guest ${request.name} already exists`);
+      await checkPool(request.storage);
       const what = request.snapshot ? `${request.source}/${request.snapshot}` : request.source;
       return exclusive(
         request.source,
@@ -305,9 +326,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             model: source.model,
             config: { ...source.config },
           };
-          const pools = deps.pools?.();
-          const pool = await pools?.poolOf(request.source);
-          await finished(pool && pools ? await pools.createGuest(pool, create) : await guests.create(create));
+          const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
+          await finished(await createOn(pool, create));
           try {
             ctx.progress(null, 'copying');
             const target = (await load(request.name)).spec;
@@ -421,6 +441,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     },
 
     async importBackup(request) {
+      await checkPool(request.storage);
       const id = randomBytes(8).toString('hex');
       return operations.start({
         description: 'Importing a guest backup',
@@ -514,7 +535,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               created = name;
               await store.put(storageKeys.pending(name), JSON.stringify({ kind: 'import' }));
               await finished(
-                await guests.create({
+                await createOn(request.storage, {
                   name,
                   image: manifest.image.fingerprint,
                   model: manifest.guest.model as Model,
@@ -669,7 +690,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           skip('its records were made meanwhile');
           continue;
         }
-        report.recovered.push({ name, model: spec.model, status: desired, snapshots });
+        // A guest on a pool other than the default one is recorded there again, with the pool if it was lost too.
+        const pool = await deps
+          .pools?.()
+          ?.recoverGuest(next)
+          .catch((e: unknown) => {
+            report.skipped.push({ name, reason: `its pool: ${asTrivisorError(e).message}` });
+            return undefined;
+          });
+        report.recovered.push({ name, model: spec.model, status: desired, snapshots, ...(pool && { pool }) });
       }
       return report;
     },

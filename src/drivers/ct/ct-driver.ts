@@ -22,7 +22,7 @@ import type {
   RuntimeState,
 } from '../guest-driver.ts';
 import { ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
-import { guestDirOf, isPoolLinked } from './guest-dir.ts';
+import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
 import {
   buildOciSpec,
   DEFAULT_ENV,
@@ -278,7 +278,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     validate(spec) {
       // A guest placed on a btrfs pool has its directory linked to a subvolume there, which takes a quota.
-      if (spec.config['limits.disk'] !== undefined && !isPoolLinked(join(stateDir, 'guests', spec.name))) {
+      if (spec.config['limits.disk'] !== undefined && !isOnBtrfsPool(join(stateDir, 'guests', spec.name))) {
         throw notSupported(
           'limits.disk needs a btrfs storage pool: create the guest with --storage POOL, or remove the key.',
         );

@@ -4,6 +4,7 @@ import { failedPrecondition, notFound } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { readFreezerState } from '../../host/cgroups-v1.ts';
 import { isMountPoint } from '../../host/mounts.ts';
+import { copyFlags } from '../../host/reflink.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { cgroupParentOf } from './ct-driver.ts';
@@ -94,8 +95,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { mode: 0o700 });
       try {
+        const flags = await copyFlags(upperOf(spec), tmp);
         await whileFrozen(spec, () =>
-          runner.run(['cp', '-a', '--reflink=auto', '--', upperOf(spec), join(tmp, 'upper')]),
+          runner.run(['cp', '-a', ...flags, '--', upperOf(spec), join(tmp, 'upper')]),
         );
         await rename(tmp, target);
       } catch (e) {
@@ -107,7 +109,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async restoreSnapshot(spec, snap) {
       const from = await sourceOf(spec, { snapshot: snap });
       await replaceUpper(spec, (tmp) =>
-        runner.run(['cp', '-a', '--reflink=auto', '--', from, tmp]).then(() => {}),
+        copyFlags(from, tmp)
+          .then((flags) => runner.run(['cp', '-a', ...flags, '--', from, tmp]))
+          .then(() => {}),
       );
     },
 
@@ -123,7 +127,8 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async copy(source, target, options) {
       const from = await sourceOf(source, options);
       await replaceUpper(target, async (tmp) => {
-        const cp = () => runner.run(['cp', '-a', '--reflink=auto', '--', from, tmp]);
+        const flags = await copyFlags(from, tmp);
+        const cp = () => runner.run(['cp', '-a', ...flags, '--', from, tmp]);
         if (options?.snapshot !== undefined) await cp();
         else await whileFrozen(source, cp);
       });

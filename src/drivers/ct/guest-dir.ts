@@ -1,10 +1,21 @@
-import { lstatSync, readlinkSync } from 'node:fs';
+import { lstatSync, readlinkSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
+import { BTRFS_MAGIC } from '../../host/reflink.ts';
 
 /** Whether a guest directory is a link into a storage pool (made by the pool service before create). */
 export function isPoolLinked(dir: string): boolean {
   try {
     return lstatSync(dir).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a guest directory is a link into a btrfs pool, whose qgroups can enforce limits.disk. */
+export function isOnBtrfsPool(dir: string): boolean {
+  if (!isPoolLinked(dir)) return false;
+  try {
+    return statfsSync(dir).type === BTRFS_MAGIC;
   } catch {
     return false;
   }

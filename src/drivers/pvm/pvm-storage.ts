@@ -4,6 +4,7 @@ import { basename, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
+import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
@@ -135,8 +136,8 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
   };
 
   /** Copies a disk file sparsely (copy-on-write where the file system can). */
-  const copyFile = (from: string, to: string) =>
-    runner.run(['cp', '--reflink=auto', '--sparse=always', '--', from, to]);
+  const copyFile = async (from: string, to: string) =>
+    runner.run(['cp', ...(await copyFlags(from, to, { sparse: true })), '--', from, to]);
 
   /**
    * Puts `from` (a COW or private disk file, or undefined for the pristine

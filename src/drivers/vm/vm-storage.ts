@@ -5,6 +5,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../../core/errors
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
+import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
@@ -196,7 +197,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
 
   /** A copy of the guest's disk file (snapshots included) to work on before it replaces the disk. */
   const copyDisk = async (disk: string, tmp: string) => {
-    await runner.run(['cp', '--reflink=auto', '--sparse=always', '--', disk, tmp]);
+    await runner.run(['cp', ...(await copyFlags(disk, tmp, { sparse: true })), '--', disk, tmp]);
   };
 
   /** Removes the incremental-backup bitmap (vm-incremental.ts) from a disk that is not in use. */
