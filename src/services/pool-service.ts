@@ -338,6 +338,14 @@ export function createPoolService(deps: {
       if (busy.has(name)) throw failedPrecondition(`Storage pool ${name} is being changed: wait for that`);
       const used = await deps.inUse?.(name);
       if (used !== undefined) throw failedPrecondition(used);
+      const held = (await store.list(guestPoolPrefix)).kvs
+        .filter((kv) => (JSON.parse(kv.value) as GuestPoolRecord).pool === name)
+        .map((kv) => kv.key.slice(guestPoolPrefix.length));
+      if (held.length > 0) {
+        throw failedPrecondition(
+          `Storage pool ${name} holds guests ${held.join(', ')}: delete them or copy them to another pool first`,
+        );
+      }
       busy.add(name);
       try {
         await drivers[pool.driver].delete(pool);

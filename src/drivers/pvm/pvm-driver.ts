@@ -2,6 +2,7 @@ import {
   access,
   chmod,
   chown,
+  lstat,
   mkdir,
   open,
   readdir,
@@ -473,7 +474,9 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       if (await exists(p.diskDir)) return;
       await withRevert(async (r) => {
         await mkdir(join(stateDir, 'guests'), { recursive: true });
-        await mkdir(p.dir, { mode: 0o755 });
+        // A storage pool may have made the directory already, linked at guests/NAME (and removes it itself).
+        if ((await lstat(p.dir).catch(() => undefined))?.isSymbolicLink()) await chmod(p.dir, 0o755);
+        else await mkdir(p.dir, { mode: 0o755 });
         r.add(() => rm(p.dir, { recursive: true, force: true }));
         const uid = await allocateUid(spec);
         await writeFile(p.consoleLog, '', { mode: 0o640 });
