@@ -100,6 +100,11 @@ export function guestInfo(g: Guest): string {
       lines.push(`    sent: ${formatBytes(c.txBytes)} (${c.txPackets} packets)`);
     }
   }
+  const disks = Object.entries(g.disks ?? {});
+  if (disks.length > 0) lines.push('Volumes:');
+  for (const [device, d] of disks) {
+    lines.push(`  ${device}: ${d.pool}/${d.source}${d.path !== undefined ? ` at ${d.path}` : ''}`);
+  }
   const keys = Object.keys(g.config).sort();
   lines.push(keys.length === 0 ? 'Config: (none)' : 'Config:');
   for (const k of keys) lines.push(`  ${k}: ${configShown(k, g.config[k] ?? '')}`);
