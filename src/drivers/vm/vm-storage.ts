@@ -105,6 +105,11 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         q.execute('blockdev-snapshot-internal-sync', { device: ROOT_DEVICE, name }, { timeoutMs: 120_000 }),
       );
     const status = await withQmp(spec, (q) => q.execute<{ status: string }>('query-status'));
+    if (status.status === 'io-error') {
+      // QEMU paused the guest on a failed write (werror=enospc: a full disk); space may be back, so it retries.
+      log.warn({ guest: spec.name }, 'resuming a guest QEMU paused on an I/O error before its snapshot');
+      await withQmp(spec, (q) => q.execute('cont'));
+    }
     if (status.status === 'paused') {
       await take();
       return;
