@@ -82,10 +82,21 @@ export function createPvmVolumes(options: { runner: ProcessRunner; stateDir: str
       return 'live';
     },
 
-    // UML reads a disk's size when the device is added: a grown volume shows after a restart
-    // (or a detach and attach while the guest does not use it).
-    async resize() {
-      return 'next-start';
+    // UML reads a disk's size when the disk is added: a disk the guest does not hold open is
+    // removed and added again in the same slot; one in use shows its new size at the next start.
+    async resize(spec, volume) {
+      const held = await slots(spec.name);
+      const slot = [...held.entries()].find(([, f]) => f.split(',')[0] === volume.hostPath)?.[0];
+      if (slot === undefined) return 'next-start';
+      const m = mconsoleOf(spec.name);
+      if (!(await m.request(`remove ubd${slot}`)).ok) return 'next-start';
+      const r = await m.request(`config ubd${slot}=${volume.hostPath}`);
+      if (!r.ok) {
+        throw failedPrecondition(
+          `The UML kernel of ${spec.name} did not take volume ${volume.volume} back as ubd${slot}: ${r.text || 'no reason given'}; restart the guest`,
+        );
+      }
+      return 'live';
     },
   };
 }
