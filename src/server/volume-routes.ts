@@ -122,7 +122,8 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
     {
       schema: {
         summary: 'Grow a custom volume (config.size; shrinking is refused)',
-        description: 'A running vm guest sees the new size at once; a pvm guest too unless it holds the disk open (then at its next start).',
+        description:
+          'A running vm guest sees the new size at once; a pvm guest too unless it holds the disk open (then at its next start).',
         params: VolumeParamsSchema,
         body: Type.Object(
           { config: Type.Record(Type.String(), Type.String()) },
