@@ -12,6 +12,7 @@ import { storageKeys } from '../storage/storage-records.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
+import type { PoolService } from './pool-service.ts';
 import { createStorageService, type StorageService } from './storage-service.ts';
 import type { GuestService } from './types.ts';
 
@@ -95,6 +96,24 @@ describe('storage service', () => {
       return succeed('delete');
     },
   } as unknown as GuestService;
+  /** Pools: fast and slow exist; guest web2 lives on slow. */
+  const pools = {
+    async get(name: string) {
+      if (name !== 'fast' && name !== 'slow')
+        throw Object.assign(new Error(`Storage pool ${name} not found`), { code: 'NotFound' });
+      return { name };
+    },
+    async poolOf(guest: string) {
+      return guest === 'web2' ? 'slow' : undefined;
+    },
+    async createGuest(pool: string, request: { name: string }) {
+      guestCalls.push(`create ${request.name} on ${pool}`);
+      return succeed('create');
+    },
+    async recoverGuest() {
+      return undefined;
+    },
+  } as unknown as PoolService;
   const inspected: string[] = [];
   const ctDriver = {
     model: 'ct',
@@ -130,6 +149,7 @@ describe('storage service', () => {
       stateDir,
       drivers: { ct: ctDriver },
       hostName: 'h2',
+      pools: () => pools,
     });
     await put(specOf('web'), statusOf('Running'));
     await put(specOf('vm1', 'vm'), statusOf('Stopped'));
@@ -198,6 +218,27 @@ describe('storage service', () => {
     assert.equal(await store.get(storageKeys.snapshot('gone', 'x')), undefined);
     assert.deepEqual(guestCalls, ['delete half']);
     assert.equal(await store.get(storageKeys.pending('half')), undefined);
+  });
+
+  test("a copy goes to the pool asked for, else to its source's pool; an unknown pool is refused first", async () => {
+    await put(specOf('web2'), statusOf('Stopped'));
+    guestCalls.length = 0;
+    // The fake guest service records the create and makes nothing, so the copy itself then fails: only where it was made counts.
+    const copy = async (request: { name: string; source: string; storage?: string }) =>
+      waitOp(await service.copyGuest(request));
+    await copy({ name: 'k1', source: 'web', storage: 'fast' });
+    await copy({ name: 'k2', source: 'web2' });
+    await copy({ name: 'k3', source: 'web2', storage: 'default' });
+    assert.deepEqual(
+      guestCalls.filter((c) => c.startsWith('create')),
+      ['create k1 on fast', 'create k2 on slow', 'create k3'],
+    );
+    await assert.rejects(service.copyGuest({ name: 'k4', source: 'web', storage: 'nope' }), /nope not found/);
+    await assert.rejects(
+      service.importBackup({ archivePath: path.join(stateDir, 'x.tar'), storage: 'nope' }),
+      /nope not found/,
+    );
+    assert.equal(guestCalls.filter((c) => c.includes('k4')).length, 0, 'nothing was made');
   });
 
   test('recover rebuilds lost records from guest.json, adopting what runs, as this host', async () => {

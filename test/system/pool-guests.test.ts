@@ -94,6 +94,14 @@ describe('guests of every model on btrfs and dir pools; copies and imports acros
       sh(`${g}c`, 'printf copy > /srv/data.txt');
       assert.equal(sh(g, 'cat /srv/data.txt'), 'one', 'the source is independent of its copy');
 
+      if (model === 'pvm') {
+        // Across pools: btrfs to dir.
+        d.ok(['copy', g, `${g}x`, '--storage', 'plain', '--start']);
+        assert.equal(placeOf(`${g}x`), path.join(plain, 'guests', `${g}x`));
+        assert.equal(sh(`${g}x`, 'cat /srv/data.txt'), 'one');
+        d.ok(['delete', '--force', `${g}x`]);
+      }
+
       spawnSync('sync');
       assert.ok((usageOn('fast', g) ?? 0) > 0, `${g} shows its space on the pool`);
       assert.ok((usageOn('fast', `${g}c`) ?? 0) > 0);
