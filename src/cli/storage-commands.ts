@@ -243,7 +243,7 @@ export function addStorageCommands(program: Command): void {
   storage
     .command('delete')
     .alias('rm')
-    .description('Delete a storage pool and everything in it')
+    .description('Delete an empty storage pool (refused while it holds guests or volumes)')
     .argument('<name>')
     .action(async (name: string, _opts: unknown, cmd: Command) => {
       await clientOf(cmd).deletePool(name);

@@ -269,7 +269,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     '/1.0/storage-pools/:name',
     {
       schema: {
-        summary: 'Delete a storage pool and everything in it',
+        summary: 'Delete a storage pool (refused while it holds guests or volumes)',
         params: NameParams,
         response: { 200: SyncEnvelope(Type.Object({})), ...errors },
       },
