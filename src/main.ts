@@ -149,6 +149,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     events,
   });
   const volumeService = services.volumes;
+  await volumeService.start();
   services.pools = createPoolService({
     inUse: (pool) => volumeService.poolInUse(pool),
     store,

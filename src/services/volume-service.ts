@@ -1,3 +1,4 @@
+import { chown, stat } from 'node:fs/promises';
 import {
   alreadyExists,
   conflict,
@@ -93,6 +94,11 @@ export interface VolumeService {
   detach(pool: string, name: string, request: { guest: string; device?: string }): Promise<VolumeChange>;
   /** Why a pool cannot be deleted (it holds volumes), or undefined. */
   poolInUse(pool: string): Promise<string | undefined>;
+  /**
+   * Gives block volumes that no guest has back to root (a pvm guest's host uid owns its
+   * disks, and a later guest may get the same uid), now and whenever a guest is deleted.
+   */
+  start(): Promise<void>;
 }
 
 /** Most volumes one guest can have: a vm's hot-plug ports, UML's ubd slots after root and config. */
@@ -486,6 +492,30 @@ export function createVolumeService(deps: {
           message: `Detached volume ${name} from ${spec.name}${how}`,
         };
       });
+    },
+
+    async start() {
+      const reclaim = () =>
+        serial(async () => {
+          const specs = await allSpecs();
+          const { kvs } = await store.list(volumeKeys.prefix);
+          for (const kv of kvs) {
+            const vol = JSON.parse(kv.value) as VolumeRecord;
+            if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
+            const pkv = await store.get(poolKeys.pool(vol.pool));
+            if (!pkv) continue;
+            const file = volumePath(poolPath(JSON.parse(pkv.value) as PoolRecord), vol);
+            const s = await stat(file).catch(() => undefined);
+            if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
+          }
+        });
+      deps.events?.subscribe(
+        (event) => {
+          if (event.action === 'guest-deleted') void reclaim().catch(() => {});
+        },
+        ['lifecycle'],
+      );
+      await reclaim();
     },
 
     async poolInUse(pool) {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type Daemon, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
@@ -151,7 +152,7 @@ describe('custom volumes through the CLI', () => {
     d.ok(['storage', 'volume', 'delete', 'default', 'fs']);
   });
 
-  test('a block volume is hot-plugged into a running vm, grows live, and moves to a running pvm with its data', () => {
+  test('a block volume is hot-plugged into a running vm, grows live, and moves to a running pvm with its data', async () => {
     d.ok(['storage', 'volume', 'create', 'default', 'disk1', 'size=32MiB', '--type', 'block']);
     d.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB']);
     assert.match(
@@ -218,8 +219,14 @@ describe('custom volumes through the CLI', () => {
     d.ok(['start', 'p1']);
     assert.equal(Number(sh('p1', 'cat /sys/block/ubdc/size')) * 512, 80 * MiB);
     assert.equal(sh('p1', 'mount /dev/ubdc /mnt/d && cat /mnt/d/f && umount /mnt/d'), 'from-vm\nfrom-pvm\n');
-    d.ok(['storage', 'volume', 'detach', 'default', 'disk1', 'p1']);
+    // The kernel opens its disks as the guest's host uid; once the guest is gone, root has the file back
+    // (a later guest may get the same uid).
+    const img = path.join(d.stateDir, 'custom', 'disk1.img');
+    assert.ok(statSync(img).uid > 1_000_000, `owned by the guest's uid: ${statSync(img).uid}`);
     d.ok(['delete', '--force', 'v1', 'p1']);
+    for (let i = 0; i < 50 && statSync(img).uid !== 0; i++) await sleep(100);
+    assert.equal(statSync(img).uid, 0);
+    assert.deepEqual(volume('default', 'disk1').usedBy, []);
     d.ok(['storage', 'volume', 'delete', 'default', 'disk1']);
     assert.equal(existsSync(path.join(d.stateDir, 'custom', 'disk1.img')), false);
   });
