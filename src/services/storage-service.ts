@@ -488,6 +488,11 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             const link = manifest.incremental;
             if (link?.kind === 'incremental') {
               // An incremental backup goes onto the guest restored from the earlier links of its chain.
+              if (request.storage !== undefined) {
+                throw invalidArgument(
+                  "An incremental backup goes onto the guest imported from its chain, on that guest's pool: leave out the storage pool",
+                );
+              }
               const { spec, status } = await load(name).catch((e: unknown) => {
                 if (asTrivisorError(e).code !== 'NotFound') throw e;
                 throw failedPrecondition(
