@@ -74,6 +74,22 @@ describe('qemu command line', () => {
     assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
   });
 
+  test('a root disk over the shared base disk takes no locks on the base (UML holds one)', () => {
+    const drive = (argv: string[]) => after(argv, '-drive').find((d) => d.includes('id=root')) ?? '';
+    assert.doesNotMatch(drive(argvFor({})), /locking/);
+    const shared = qemuArgv({
+      name: 'web1',
+      paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
+      kit: { kernelPath: '/k', kernelRelease: 'k', initramfsPath: '/i' },
+      accelerator: 'tcg',
+      machine: 'q35',
+      resources: vmResources({}),
+      kernelArgs: [],
+      sharedBacking: true,
+    });
+    assert.match(drive(shared), /,backing\.file\.locking=off$/);
+  });
+
   test('pc is passed through as the machine, with PCI devices', () => {
     const argv = argvFor({}, 'pc');
     assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc']);

@@ -83,6 +83,12 @@ export interface QemuCommandOptions {
   nics?: ReadonlyArray<{ tap: string; mac: string }>;
   /** The guest's config disk (injected files), read-only on virtio-blk right after the root: `/dev/vdb`. */
   configDisk?: string;
+  /**
+   * The root disk has a backing file (the image's shared base disk): QEMU then takes no
+   * locks on it, since other engines read it too (UML locks it whole, which QEMU's
+   * byte-range locks take for a writer) and nothing ever writes it.
+   */
+  sharedBacking?: boolean;
 }
 
 /**
@@ -156,7 +162,7 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-append',
     append.join(' '),
     '-drive',
-    `file=${paths.disk},if=none,id=root,format=qcow2,discard=unmap`,
+    `file=${paths.disk},if=none,id=root,format=qcow2,discard=unmap${options.sharedBacking ? ',backing.file.locking=off' : ''}`,
     '-device',
     `virtio-blk-${bus},drive=root`,
     ...(options.configDisk

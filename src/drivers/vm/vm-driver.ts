@@ -1,5 +1,5 @@
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -92,6 +92,18 @@ export interface VmDriverOptions {
   /** How long a KVM test boot may take before KVM counts as hanging. */
   probeTimeoutMs?: number;
   startTimeoutMs?: number;
+}
+
+/** Whether a qcow2 file names a backing file (its header's backing_file_offset, bytes 8-15, is not 0). */
+async function hasBackingFile(path: string): Promise<boolean> {
+  const file = await open(path, 'r');
+  try {
+    const header = Buffer.alloc(16);
+    await file.read(header, 0, 16, 0);
+    return header.readBigUInt64BE(8) !== 0n;
+  } finally {
+    await file.close();
+  }
 }
 
 const exists = async (path: string): Promise<boolean> => {
@@ -449,6 +461,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
               }),
           nics: taps,
           ...(withConfig ? { configDisk } : {}),
+          sharedBacking: await hasBackingFile(p.disk),
         });
         // Attached block volumes, and on q35 the root ports that let volumes come and go live.
         argv.push(...vmVolumeArgs((await ctx.volumes?.resolve(spec)) ?? [], guestMachine));
