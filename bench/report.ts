@@ -236,6 +236,93 @@ if (snap || backup) {
   }
 }
 
+const vmStorage = load('storage-vm.json');
+if (vmStorage) {
+  const mib = (v: unknown) => (typeof v === 'number' ? `${Math.round(v / 2 ** 20)} MiB` : '–');
+  const cfg = vmStorage.config as Json;
+  lines.push(
+    '## Storage: snapshots, clones, backups (vm and pvm)',
+    '',
+    `\`node bench/storage-vm.ts ${vmStorage.reps}\`: a running busybox guest (${cfg['limits.memory']}, ${cfg['limits.cpu']} CPU, \`limits.disk=${cfg['limits.disk']}\`) that wrote`,
+    '10 MiB or 1 GiB of random data into its root disk (`dd` inside the guest, then `sync`); times through the API',
+    `(operation start to end), median of ${vmStorage.reps}. vm: snapshots are internal qcow2 snapshots (QMP, file systems frozen`,
+    'through the agent), a clone is a new overlay on the base disk filled by `qemu-img convert -B` from a frozen',
+    'temporary snapshot. pvm: with `limits.disk` above the base disk the guest has a private sparse `root.img`',
+    "(a UML COW file has its base disk's size), and snapshots and clones are `cp --reflink=auto` copies of it (full copies of",
+    'the written data on this ext4). Restore includes stopping and starting the guest.',
+    '',
+    '| model | written | disk file (allocated) | snapshot ms | clone ms | restore ms | delete snapshot ms |',
+    '|---|---|---|---|---|---|---|',
+  );
+  for (const row of (vmStorage.snapshots as Json[]) ?? []) {
+    const p50 = (k: string) => f((row[k] as Json | undefined)?.p50Ms, 0);
+    lines.push(
+      `| ${row.model} | ${mib(row.writtenBytes)} | ${row.diskFile} (${mib(row.diskAllocatedBytes)}) | ${p50('snapshotRunning')} | ${p50('cloneRunning')} | ${p50('restoreRunning')} | ${p50('deleteSnapshot')} |`,
+    );
+  }
+  lines.push(
+    '',
+    'Flat against the data written: vm snapshots (one QMP command; the snapshot shares every cluster with the disk by',
+    'refcount) and snapshot deletes. Not flat: vm clones copy the clusters the source wrote (`qemu-img convert -B`: the',
+    'copy costs what the guest wrote, not the image, but it is a copy, not copy-on-write), and every pvm operation copies',
+    'the disk file (on ext4 a full copy of the written data; on a btrfs pool they are `cp --reflink=always` clones, not measured here).',
+    'vm restores are an L1 table switch plus the stop and start, so they stay flat too; pvm restores copy the file.',
+    '',
+  );
+  const backups = (vmStorage.backups as Json[]) ?? [];
+  if (backups.length > 0) {
+    lines.push(
+      'Export (CLI: flat qcow2 of the disk, `tar --zstd`, checksum, download) and import (CLI: upload, verify, create,',
+      'put the content onto a new overlay) of the stopped 1 GiB guest, against the raw tools on the same disk in the same',
+      'run: `qemu-img convert` of the disk to a flat qcow2, `tar --zstd --sparse` of that flat qcow2 and of the disk file',
+      'itself, unpacking it, and `qemu-img convert` back. MiB/s are of the flat qcow2 (base disk plus written data).',
+      '',
+      '| model | flat qcow2 | archive | export ms (MiB/s) | import ms (MiB/s) | raw qemu-img convert to flat | raw tar --zstd of flat | raw tar --zstd of disk file | raw untar | raw qemu-img convert back |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+    );
+    const cell = (x: unknown) => {
+      const v = x as Json | undefined;
+      return `${f(v?.ms, 0)} (${f(v?.mibPerSecond)})`;
+    };
+    for (const b of backups) {
+      lines.push(
+        `| ${b.model} | ${mib(b.flatQcow2Bytes)} | ${mib(b.archiveBytes)} | ${cell(b.export)} | ${cell(b.import)} | ${cell(b.rawQemuImgConvertFlat)} | ${cell(b.rawTarZstdOfFlat)} | ${cell(b.rawTarZstdOfDiskFile)} | ${cell(b.rawUntarZstd)} | ${cell(b.rawQemuImgConvertBack)} |`,
+      );
+    }
+    lines.push(
+      '',
+      'Random data does not compress, so the archive is about the size of the data. Against the raw pipeline',
+      '(`qemu-img convert` plus `tar --zstd`) an export costs several times as much: it also hashes the payload,',
+      'strings it into the outer tar and streams it to the client, each a pass over the whole gigabyte. An import costs',
+      'more again: upload, unpack, checksum, unpack the disk, then for vm `setContent` (a safe-mode `qemu-img rebase` of',
+      "the flat image onto the new guest's overlay, which compares it with the base disk cluster by cluster so that the",
+      'overlay keeps only what differs, then a commit), for pvm the flat disk installed as the private `root.img`.',
+      "pvm's archive holds the raw disk (this guest has a private `root.img`, copied as it is). The split between these",
+      'steps was not measured.',
+      '',
+    );
+  }
+  const inc = vmStorage.incremental as Json | undefined;
+  if (inc) {
+    const full = inc.full as Json;
+    const next = inc.incremental as Json;
+    lines.push(
+      `vm incremental backups (\`trivisor export --incremental\`, CLI, running guest): the full backup of the guest with 1 GiB written, then ${mib(inc.changedBytes)} of that 1 GiB`,
+      'rewritten inside the guest (160 random 64 KiB blocks spread over the file, 1%) and the next incremental:',
+      '',
+      '| backup | ms | archive |',
+      '|---|---|---|',
+      `| full | ${f(full.ms, 0)} | ${mib(full.archiveBytes)} |`,
+      `| incremental after 1% changed | ${f(next.ms, 0)} | ${mib(next.archiveBytes)} |`,
+      '',
+    );
+  }
+  lines.push(
+    `Load average before ${vmStorage.loadBefore}, after ${vmStorage.loadAfter} (2 cores, shared with other work); ${vmStorage.qemuImgVersion}. Measured ${vmStorage.measuredAt}.`,
+    '',
+  );
+}
+
 const net = load('network.json');
 lines.push('## Networks (ct)', '');
 lines.push(
