@@ -176,6 +176,7 @@ for (const model of ['vm', 'pvm'] as const) {
       assert.equal(r.status, 202);
       await waitForPath('the guest to be frozen for the snapshot', () => existsSync(marker));
       await d.kill9();
+      assert.ok(existsSync(marker), 'the daemon was killed with the guest frozen');
       await d.restart();
       await eventually('the guest runs again', () => status(g) === 'Running', 60_000);
       assert.equal(existsSync(marker), false, 'the freeze marker is gone');
