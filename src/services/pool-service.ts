@@ -383,8 +383,10 @@ export function createPoolService(deps: {
       await store.put(guestPoolKey(request.name), JSON.stringify(rec));
       let op: Operation;
       try {
-        // runc walks to rootfs/ from inside the guest's user namespace: search permission only.
-        await chmod(path, 0o711);
+        // The mode each driver gives the directory it makes: runc walks to rootfs/ from inside
+        // the guest's user namespace (search permission only); QEMU's disk and sockets are root's
+        // alone; a pvm guest's uid reaches its own subdirectories.
+        await chmod(path, model === 'vm' ? 0o700 : model === 'pvm' ? 0o755 : 0o711);
         await mkdir(join(deps.stateDir, 'guests'), { recursive: true, mode: 0o711 });
         await symlink(path, link);
         const limit = request.config?.['limits.disk'];

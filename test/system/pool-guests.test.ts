@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -64,6 +64,11 @@ describe('guests of every model on btrfs and dir pools; copies and imports acros
       const sub = path.join(fast, 'guests', g);
       assert.equal(placeOf(g), sub);
       assert.equal(spawnSync('btrfs', ['subvolume', 'show', sub]).status, 0, 'a subvolume');
+      assert.equal(
+        statSync(sub).mode & 0o777,
+        model === 'vm' ? 0o700 : 0o755,
+        'the mode its driver gives it',
+      );
       const disk = model === 'vm' ? path.join(sub, 'root.qcow2') : path.join(sub, 'disk/root.cow');
       assert.ok(existsSync(disk), `${disk} is on the pool`);
       sh(
