@@ -1,0 +1,121 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { isTrivisorError } from '../../core/errors.ts';
+import type { GuestSpec } from '../../core/types.ts';
+import { fakeRunner } from '../../host/fake-runner.ts';
+import { silentLogger } from '../../host/logger.ts';
+import type { GuestNetworking } from '../../network/guest-networking.ts';
+import type { ImageHandle } from '../guest-driver.ts';
+import { INITRAMFS_MODULES } from './boot-kit.ts';
+import { vmGuestPaths } from './qemu-command.ts';
+import { createVmDriver } from './vm-driver.ts';
+
+const RELEASE = '6.1.0-56-cloud-amd64';
+
+const spec: GuestSpec = {
+  name: 'v1',
+  project: 'default',
+  model: 'vm',
+  image: 'fp',
+  imageAlias: 'busybox',
+  config: {},
+  devices: {
+    eth0: { type: 'nic', network: 'n1', hwaddr: '02:00:00:00:00:01', 'ipv4.address': '198.18.9.2' },
+  },
+  desired: 'Running',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 10_000,
+  stopForce: false,
+  deleting: false,
+  host: 'h',
+  createdAt: new Date(0).toISOString(),
+};
+
+/** Records what the driver asks of the network (the calls a start and a clean-up make). */
+function recordingNetworking(events: string[]): GuestNetworking {
+  const fake: Pick<GuestNetworking, 'hasNics' | 'plugVeths' | 'plugTaps' | 'unplug' | 'state'> = {
+    hasNics: (s) => Object.keys(s.devices ?? {}).length > 0,
+    plugVeths: () => Promise.reject(new Error('a vm has no veths')),
+    async plugTaps(s) {
+      events.push(`plugTaps ${s.name}`);
+      return [{ nic: 'eth0', tap: 'tvtaptest01', mac: '02:00:00:00:00:01' }];
+    },
+    async unplug(s) {
+      events.push(`unplug ${s.name}`);
+    },
+    state: async () => ({}),
+  };
+  return fake as GuestNetworking;
+}
+
+/** The fake runner "builds" the initramfs (an empty file where cpio would write). */
+const buildsKit = (argv: readonly string[]) =>
+  argv[0] === 'sh' && argv.some((a) => a.includes('cpio'))
+    ? { effect: () => writeFile(argv.at(-1) as string, '') }
+    : undefined;
+
+let dir: string;
+before(async () => {
+  dir = await mkdtemp('/tmp/trivisor-vmnic-');
+  // A fake cloud kernel with every module the initramfs wants (the fake runner builds no cpio).
+  await mkdir(join(dir, 'boot'));
+  await writeFile(join(dir, 'boot', `vmlinuz-${RELEASE}`), '');
+  const modules = join(dir, 'lib', 'modules', RELEASE);
+  await mkdir(join(modules, 'kernel'), { recursive: true });
+  await writeFile(join(modules, 'modules.dep'), INITRAMFS_MODULES.map((m) => `kernel/${m}.ko:\n`).join(''));
+  for (const m of INITRAMFS_MODULES) await writeFile(join(modules, 'kernel', `${m}.ko`), m);
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+test('a vm start that fails after its taps were plugged unplugs them; QEMU got one virtio-net per tap', async () => {
+  const events: string[] = [];
+  const runner = fakeRunner((argv) => {
+    if (argv[0] === 'qemu-system-x86_64' && argv.includes('-daemonize')) {
+      events.push('qemu');
+      return { code: 1, stderr: 'could not open tap' };
+    }
+    return buildsKit(argv);
+  });
+  const stateDir = join(dir, 'state');
+  const driver = createVmDriver(
+    { runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network: recordingNetworking(events) },
+    { accelerator: 'tcg', bootDir: join(dir, 'boot') },
+  );
+  const paths = vmGuestPaths(stateDir, 'v1');
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.disk, '');
+  const image = { record: { fingerprint: 'fp', properties: {} } } as unknown as ImageHandle;
+  await assert.rejects(
+    driver.start(spec, image),
+    (e) => isTrivisorError(e) && /could not open tap/.test(e.message),
+  );
+  assert.deepEqual(events.slice(events.indexOf('plugTaps v1')), ['plugTaps v1', 'qemu', 'unplug v1']);
+  const qemu = runner.calls.find((c) => c.argv[0] === 'qemu-system-x86_64' && c.argv.includes('-daemonize'));
+  const argv = qemu?.argv ?? [];
+  assert.ok(argv.includes('tap,id=net0,ifname=tvtaptest01,script=no,downscript=no'));
+  assert.ok(argv.includes('virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01'));
+  assert.match(
+    argv[argv.indexOf('-append') + 1] ?? '',
+    /trivisor\.nics=eth0@02:00:00:00:00:01 TRIVISOR_NICS=eth0/,
+  );
+});
+
+test('a vm guest with NICs on a host without networking is refused before anything runs', async () => {
+  const runner = fakeRunner(buildsKit);
+  const driver = createVmDriver(
+    { runner, log: silentLogger(), stateDir: join(dir, 'state2'), idmapBase: 1_000_000 },
+    { accelerator: 'tcg', bootDir: join(dir, 'boot') },
+  );
+  const paths = vmGuestPaths(join(dir, 'state2'), 'v1');
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.disk, '');
+  const image = { record: { fingerprint: 'fp', properties: {} } } as unknown as ImageHandle;
+  await assert.rejects(
+    driver.start(spec, image),
+    (e) => isTrivisorError(e) && e.code === 'FailedPrecondition',
+  );
+  assert.ok(!runner.commands().some((c) => c.includes('-daemonize')));
+});
