@@ -92,7 +92,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const files = imageFiles(stateDir, { runner, log });
   const images = createImageService({ store, files, operations, events });
   const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
-  const networks = createNetworkService({ store, hostName });
+  const networks = createNetworkService({ store, hostName, drivers });
   const guests = createGuestService({
     store,
     drivers,

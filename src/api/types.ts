@@ -18,6 +18,7 @@ export type {
   OperationStatus,
   TrivisorEvent,
 } from '../core/types.ts';
+export type { NicChange } from '../services/network-service.ts';
 export type { CreateGuestRequest, ExecRequest, StateChangeRequest } from '../services/types.ts';
 export type { ApiResponse, AsyncResponse, ErrorResponse, SyncResponse } from './envelopes.ts';
 export type {

@@ -91,7 +91,7 @@ export function addNetworkCommands(program: Command): void {
 
   network
     .command('attach')
-    .description('Give a guest a NIC on a network (a running guest gets it at its next start)')
+    .description('Give a guest a NIC on a network (hot-plugged into a running guest)')
     .argument('<network>')
     .argument('<guest>')
     .argument('[nic]', 'device name (default: the first free ethN)')
@@ -109,18 +109,19 @@ export function addNetworkCommands(program: Command): void {
           ...(nic !== undefined && { nic }),
           ...(opts.ipv4Address !== undefined && { 'ipv4.address': opts.ipv4Address }),
         });
-        process.stdout.write(`Guest ${guest} has ${r.nic} on ${net}\n`);
+        process.stdout.write(`${r.message}\n`);
       },
     );
 
   network
     .command('detach')
-    .description("Remove a stopped guest's NIC on a network")
+    .description("Remove a guest's NIC on a network (hot-unplugged from a running guest)")
     .argument('<network>')
     .argument('<guest>')
     .argument('[nic]')
     .action(async (net: string, guest: string, nic: string | undefined, _opts: unknown, cmd: Command) => {
-      await clientOf(cmd).detachNetwork(net, { guest, ...(nic !== undefined && { nic }) });
+      const r = await clientOf(cmd).detachNetwork(net, { guest, ...(nic !== undefined && { nic }) });
+      process.stdout.write(`${r.message}\n`);
     });
 
   const forward = network

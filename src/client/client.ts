@@ -15,6 +15,7 @@ import type {
   ImageRecord,
   Network,
   NetworkAclRule,
+  NicChange,
   Operation,
   StateChangeBody,
   TrivisorEvent,
@@ -108,12 +109,12 @@ export interface TrivisorClient extends StorageClient, VolumeClient {
   deleteNetwork(name: string): Promise<void>;
   addNetworkAcl(network: string, rule: NetworkAclRule): Promise<Network>;
   removeNetworkAcl(network: string, index: number): Promise<Network>;
-  /** Returns the NIC's name. */
+  /** Returns the NIC's name and whether the running guest got it live. */
   attachNetwork(
     network: string,
     request: { guest: string; nic?: string; hwaddr?: string; 'ipv4.address'?: string },
-  ): Promise<{ nic: string }>;
-  detachNetwork(network: string, request: { guest: string; nic?: string }): Promise<void>;
+  ): Promise<NicChange>;
+  detachNetwork(network: string, request: { guest: string; nic?: string }): Promise<NicChange>;
   addNetworkForward(network: string, request: AddForwardBody): Promise<Network>;
   removeNetworkForward(
     network: string,
@@ -187,7 +188,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     removeNetworkAcl: (network, index) => call('DELETE', `/1.0/networks/${enc(network)}/acls/${index}`),
     attachNetwork: (network, request) => call('POST', `/1.0/networks/${enc(network)}/attach`, request),
     async detachNetwork(network, request) {
-      await call('POST', `/1.0/networks/${enc(network)}/detach`, request);
+      return call('POST', `/1.0/networks/${enc(network)}/detach`, request);
     },
     async deleteNetwork(name) {
       await call('DELETE', `/1.0/networks/${enc(name)}`);

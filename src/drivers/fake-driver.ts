@@ -20,7 +20,10 @@ export interface FakeDriver extends GuestDriver {
   /** Calls made, as `action:name`. */
   readonly calls: string[];
   /** Make the next call of `action` fail. */
-  failNext(action: 'create' | 'start' | 'stop' | 'delete', message?: string): void;
+  failNext(
+    action: 'create' | 'start' | 'stop' | 'delete' | 'attach-nic' | 'detach-nic',
+    message?: string,
+  ): void;
   /** Simulate the guest's init dying on its own. */
   kill(name: string): void;
 }
@@ -147,6 +150,17 @@ export function createFakeDriver(model: Model = 'ct'): FakeDriver {
     },
     consoleLogPath(spec) {
       return `/nonexistent/${spec.name}/console.log`;
+    },
+    async attachNic(spec, nic) {
+      calls.push(`attach-nic:${spec.name}:${nic}`);
+      if (get(spec).state !== 'running') throw failedPrecondition(`Guest ${spec.name} is not running`);
+      maybeFail('attach-nic');
+      return 'live';
+    },
+    async detachNic(spec, nic) {
+      calls.push(`detach-nic:${spec.name}:${nic}`);
+      maybeFail('detach-nic');
+      return 'live';
     },
     async attachConsole(spec) {
       calls.push(`console:${spec.name}`);

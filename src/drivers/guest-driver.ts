@@ -4,7 +4,7 @@ import type { GuestSpec, GuestUsage, ImageRecord, Model, ProcessIdentity } from 
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
-import type { VolumeResolver } from './guest-volumes.ts';
+import type { LiveResult, VolumeResolver } from './guest-volumes.ts';
 
 /** What a driver's probe found on this host. */
 export interface ProbeResult {
@@ -125,6 +125,15 @@ export interface GuestDriver {
   attachConsole(spec: GuestSpec): Promise<ConsoleStream>;
   /** Path of the guest's console log file. */
   consoleLogPath(spec: GuestSpec): string;
+  /**
+   * Hot-plugs NIC `nic` (already in `spec.devices`) into the running guest (`pid`: its top
+   * process): its port on the bridge with the same filters and limits as at start, and the
+   * device in the guest. Leaves nothing behind when it fails; FailedPrecondition when the
+   * engine cannot take a device now (the caller says to stop the guest).
+   */
+  attachNic(spec: GuestSpec, nic: string, options: { pid: number }): Promise<LiveResult>;
+  /** Hot-unplugs NIC `nic` (still in `spec.devices`) from the running guest and removes its port and filters. */
+  detachNic(spec: GuestSpec, nic: string, options: { pid: number }): Promise<LiveResult>;
 }
 
 /** What every driver is built with (injected by main.ts). */

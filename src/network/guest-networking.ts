@@ -23,12 +23,34 @@ export interface GuestNetworking {
   /** Removes every port of the guest and its filters; idempotent. */
 
   unplug(spec: GuestSpec): Promise<void>;
+  /**
+   * Hot-plug into a running ct guest: one NIC's veth, its guest end into `netnsPid`'s namespace,
+   * up and holding its reserved address (the guest's DHCP client ran at boot only).
+   */
+  plugVeth(spec: GuestSpec, nic: string, netnsPid: number): Promise<void>;
+  /**
+   * Hot-plug into a running vm or pvm guest: one NIC's tap on its bridge, filtered and limited;
+   * `cidr` is the NIC's reserved address with the network's prefix, for the guest to take.
+   */
+  plugTap(
+    spec: GuestSpec,
+    nic: string,
+    options?: { user?: number },
+  ): Promise<{ tap: string; mac: string; cidr: string }>;
+  /** Removes one NIC's port and its filters (hot-unplug); idempotent. */
+  unplugNic(spec: GuestSpec, nic: string): Promise<void>;
   /** Per-NIC addresses and counters. */
   state(spec: GuestSpec, options: { running: boolean }): Promise<Record<string, GuestNicState>>;
 }
 
 const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
   Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
+
+const nicOf = (spec: GuestSpec, nic: string): NicDevice => {
+  const d = spec.devices?.[nic];
+  if (d?.type !== 'nic') throw failedPrecondition(`Guest ${spec.name} has no NIC ${nic}`);
+  return d;
+};
 
 /** Host-side interface name of a NIC: `tv` + 10 hex, unique per state dir, guest and NIC (15 chars at most). */
 export function hostPortName(stateDir: string, guest: string, nic: string): string {
@@ -47,6 +69,10 @@ export function createGuestNetworking(deps: {
     if (!kv) throw failedPrecondition(`Network ${name} does not exist: create it or remove the NIC`);
     return JSON.parse(kv.value) as NetworkSpec;
   };
+
+  /** `IP/prefix` of a NIC's address on its network. */
+  const cidrOf = async (ip: string, network: string): Promise<string> =>
+    `${ip}/${(await networkOf(network)).config['ipv4.address']?.split('/')[1] ?? '24'}`;
 
   const portOf = async (spec: GuestSpec, nic: string, d: NicDevice): Promise<PortDefinition> => {
     const net = await networkOf(d.network);
@@ -86,6 +112,24 @@ export function createGuestNetworking(deps: {
         throw e;
       }
       return taps;
+    },
+
+    async plugVeth(spec, nic, netnsPid) {
+      const d = nicOf(spec, nic);
+      const port = await portOf(spec, nic, d);
+      await backend.plugVeth(port, { netnsPid, ifname: nic, address: await cidrOf(port.ip, d.network) });
+    },
+
+    async plugTap(spec, nic, options = {}) {
+      const d = nicOf(spec, nic);
+      const port = await portOf(spec, nic, d);
+      const cidr = await cidrOf(port.ip, d.network);
+      await backend.plugTap(port, options);
+      return { tap: port.port, mac: port.mac, cidr };
+    },
+
+    async unplugNic(spec, nic) {
+      await backend.unplug(hostPortName(stateDir, spec.name, nic));
     },
 
     async unplug(spec) {

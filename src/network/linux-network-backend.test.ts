@@ -113,6 +113,11 @@ describe('nft rulesets', () => {
     assert.match(text, /iifname "tvabc" arp saddr ip != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
     assert.match(text, /iifname "tvabc" ip saddr != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
   });
+
+  test('a port sends nothing but IPv4 and ARP: IPv6 and VLAN-tagged frames are dropped', () => {
+    const text = portRuleset({ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
+    assert.match(text, /iifname "tvabc" ether type != \{ ip, arp \} drop/);
+  });
 });
 
 describe('dnsmasq config', () => {

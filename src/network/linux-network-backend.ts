@@ -238,7 +238,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         .map((l) => l.ifname);
     },
 
-    async plugVeth(def, { netnsPid, ifname }) {
+    async plugVeth(def, { netnsPid, ifname, address }) {
       const peer = `${def.port}p`.slice(-15);
       await backend.unplug(def.port);
       try {
@@ -249,6 +249,12 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];
         await runner.run([...inNs, peer, 'name', ifname]);
         await runner.run([...inNs, ifname, 'up']);
+        if (address !== undefined) {
+          await runner.run([
+            ...['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`],
+            ...['ip', 'addr', 'replace', address, 'dev', ifname],
+          ]);
+        }
       } catch (e) {
         await backend.unplug(def.port);
         throw e;

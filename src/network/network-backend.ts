@@ -68,8 +68,14 @@ export interface NetworkBackend {
   remove(name: string, known: ProcessIdentity | undefined): Promise<void>;
   /** Names of the bridges this state dir made (for removing stale ones). */
   listOwned(): Promise<string[]>;
-  /** Creates a veth pair on the bridge and moves its guest end into `netnsPid`'s namespace as `ifname`. */
-  plugVeth(def: PortDefinition, options: { netnsPid: number; ifname: string }): Promise<void>;
+  /**
+   * Creates a veth pair on the bridge and moves its guest end into `netnsPid`'s namespace as
+   * `ifname` (with `address`, `IP/prefix`, when given: a NIC hot-plugged into a running guest).
+   */
+  plugVeth(
+    def: PortDefinition,
+    options: { netnsPid: number; ifname: string; address?: string },
+  ): Promise<void>;
   /**
    * Creates a tap device on the bridge for a `vm` or `pvm` guest (QEMU or UML opens it;
    * `user` may open it without privileges), with the same filters and limits as a veth.

@@ -56,7 +56,9 @@ export function deleteNetworkRuleset(name: string): string {
 /**
  * Anti-spoofing of one guest port (bridge family, before any forwarding
  * decision): frames from the port must carry the NIC's MAC, IPv4 packets its
- * address (0.0.0.0 only for DHCP), ARP its MAC and address.
+ * address (0.0.0.0 only for DHCP), ARP its MAC and address; nothing but IPv4 and
+ * ARP leaves the port: IPv6 (managed networks are IPv4 only), VLAN-tagged frames
+ * (which would carry either past these checks) and other ether types are dropped.
  */
 export function portRuleset(def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): string {
   const p = JSON.stringify(def.port);
@@ -65,6 +67,7 @@ export function portRuleset(def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): s
     `    iifname ${p} arp saddr ether != ${def.mac} drop`,
     `    iifname ${p} arp saddr ip != { 0.0.0.0, ${def.ip} } drop`,
     `    iifname ${p} ip saddr != { 0.0.0.0, ${def.ip} } drop`,
+    `    iifname ${p} ether type != { ip, arp } drop`,
   ];
   const body = `  chain prerouting {\n    type filter hook prerouting priority filter; policy accept;\n${rules.join('\n')}\n  }\n`;
   return replaceTable('bridge', portTable(def.port), body);

@@ -23,6 +23,17 @@ import { configChange, type RouteContext } from './route-context.ts';
 type NameParams = { name: string };
 
 /** `/1.0/networks...`: managed networks (synchronous: building a bridge takes well under a second). */
+
+/** What `attach` and `detach` answer. */
+const NicChangeSchema = Type.Object({
+  guest: Type.String(),
+  nic: Type.String(),
+  applied: Type.Union([Type.Literal('live'), Type.Literal('next-start'), Type.Literal('none')], {
+    description: 'live: the running guest has (or lost) the NIC now; none: the guest does not run',
+  }),
+  message: Type.String(),
+});
+
 export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
   const networks = (): NetworkService => {
@@ -183,7 +194,8 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     '/1.0/networks/:name/attach',
     {
       schema: {
-        summary: 'Give a guest a NIC on this network (a running guest gets it at its next start)',
+        summary:
+          'Give a guest a NIC on this network (hot-plugged into a running guest; nothing changes when that fails)',
         params: NameParamsSchema,
         body: Type.Object(
           {
@@ -194,14 +206,14 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
           },
           { additionalProperties: false },
         ),
-        response: { 200: SyncEnvelope(Type.Object({ nic: Type.String() })), ...errors },
+        response: { 200: SyncEnvelope(NicChangeSchema), ...errors },
       },
     },
     async (request) => {
       const { guest, nic, ...device } = request.body;
       const options: Parameters<NetworkService['attach']>[2] = { device };
       if (nic !== undefined) options.nic = nic;
-      return syncResponse({ nic: await networks().attach(request.params.name, guest, options) });
+      return syncResponse(await networks().attach(request.params.name, guest, options));
     },
   );
 
@@ -209,19 +221,20 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     '/1.0/networks/:name/detach',
     {
       schema: {
-        summary: "Remove a stopped guest's NIC on this network",
+        summary: "Remove a guest's NIC on this network (hot-unplugged from a running guest first)",
         params: NameParamsSchema,
         body: Type.Object(
           { guest: Type.String(), nic: Type.Optional(Type.String()) },
           { additionalProperties: false },
         ),
-        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+        response: { 200: SyncEnvelope(NicChangeSchema), ...errors },
       },
     },
     async (request) => {
       const { guest, nic } = request.body;
-      await networks().detach(request.params.name, guest, nic === undefined ? {} : { nic });
-      return syncResponse({});
+      return syncResponse(
+        await networks().detach(request.params.name, guest, nic === undefined ? {} : { nic }),
+      );
     },
   );
 

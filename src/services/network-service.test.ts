@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, ProcessIdentity } from '../core/types.ts';
+import { createFakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -284,11 +285,12 @@ describe('network service and controller', () => {
     }
   });
 
-  test('attach gives a guest the next ethN with an address; detach releases it, refused while running', async () => {
+  test('attach gives a guest the next ethN with an address; detach releases it, refused while running without a driver', async () => {
     await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
     await store.put(keys.guest('g'), JSON.stringify({ name: 'g' }));
-    assert.equal(await networks.attach('net1', 'g'), 'eth0');
-    assert.equal(await networks.attach('net1', 'g', { device: { 'ipv4.address': '198.18.10.9' } }), 'eth1');
+    assert.equal((await networks.attach('net1', 'g')).nic, 'eth0');
+    const second = await networks.attach('net1', 'g', { device: { 'ipv4.address': '198.18.10.9' } });
+    assert.deepEqual([second.nic, second.applied], ['eth1', 'none']);
     const spec = JSON.parse((await store.get(keys.guest('g')))?.value ?? '{}') as GuestSpec;
     assert.deepEqual(
       Object.entries(spec.devices ?? {}).map(([n, d]) => `${n}=${d['ipv4.address']}`),
@@ -303,6 +305,50 @@ describe('network service and controller', () => {
     const claims = (await store.list(keys.networkAddresses('net1'))).kvs.map((kv) => kv.key.split('/').pop());
     assert.deepEqual(claims, ['198.18.10.2']);
     await assert.rejects(networks.attach('net1', 'nobody'), { code: 'NotFound' });
+  });
+
+  test('a running guest gets and loses NICs live through its driver; a failed hot-plug changes nothing', async () => {
+    const driver = createFakeDriver('ct');
+    const live = createNetworkService({
+      store,
+      hostName: 'h1',
+      convergeWaitMs: 2000,
+      drivers: { ct: driver },
+    });
+    await live.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    const spec = { name: 'g', model: 'ct', config: {} } as unknown as GuestSpec;
+    await store.put(keys.guest('g'), JSON.stringify(spec));
+    await driver.create(spec, undefined as never);
+    const process = await driver.start(spec, undefined as never);
+    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Running', process }));
+
+    const r = await live.attach('net1', 'g');
+    assert.deepEqual([r.nic, r.applied], ['eth0', 'live']);
+    assert.match(r.message, /Attached eth0 on net1 to g \(live\)/);
+    assert.ok(driver.calls.includes('attach-nic:g:eth0'));
+
+    driver.failNext('attach-nic', 'no free port');
+    await assert.rejects(live.attach('net1', 'g'), /no free port/);
+    const after = JSON.parse((await store.get(keys.guest('g')))?.value ?? '{}') as GuestSpec;
+    assert.deepEqual(Object.keys(after.devices ?? {}), ['eth0'], 'the failed NIC is not recorded');
+    assert.equal(
+      (await store.list(keys.networkAddresses('net1'))).kvs.length,
+      1,
+      'its address is free again',
+    );
+
+    driver.failNext('detach-nic', 'busy');
+    await assert.rejects(live.detach('net1', 'g'), /busy/);
+    assert.ok(
+      JSON.parse((await store.get(keys.guest('g')))?.value ?? '{}').devices.eth0,
+      'kept when unplug fails',
+    );
+    const d = await live.detach('net1', 'g');
+    assert.equal(d.applied, 'live');
+    assert.equal((await store.list(keys.networkAddresses('net1'))).kvs.length, 0);
+
+    await driver.freeze(spec);
+    await assert.rejects(live.attach('net1', 'g'), { code: 'FailedPrecondition', message: /frozen/ });
   });
 
   test('the controller recreates a missing bridge and removes stale ones at start', async () => {

@@ -11,6 +11,8 @@ import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type {
   GuestSpec,
+  GuestStatus,
+  Model,
   Network,
   NetworkAclRule,
   NetworkAddressClaim,
@@ -19,6 +21,8 @@ import type {
   NetworkStatus,
   NicDevice,
 } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
+import type { LiveResult } from '../drivers/guest-volumes.ts';
 import {
   allocateAddress,
   assertUnicastMac,
@@ -80,23 +84,35 @@ export interface NetworkService {
   /** Removes the rule at `index` (0-based, as listed). */
   removeAcl(network: string, index: number): Promise<Network>;
   /**
-   * Adds a NIC to a guest (`eth0`, `eth1`… when no name is given); a running guest gets
-   * it at its next start. Returns the NIC's name.
+   * Adds a NIC to a guest (`eth0`, `eth1`… when no name is given), hot-plugged into a running
+   * guest by its driver; nothing is changed when that fails. FailedPrecondition for a frozen guest.
    */
   attach(
     network: string,
     guest: string,
     options?: { nic?: string; device?: Omit<NicDevice, 'type' | 'network'> },
-  ): Promise<string>;
-  /** Removes a guest's NIC on this network (the only one, or `nic`); refused while the guest runs. */
-  detach(network: string, guest: string, options?: { nic?: string }): Promise<void>;
+  ): Promise<NicChange>;
+  /** Removes a guest's NIC on this network (the only one, or `nic`), hot-unplugged from a running guest first. */
+  detach(network: string, guest: string, options?: { nic?: string }): Promise<NicChange>;
   /** Completes a guest's NICs (MAC, address) and the store operations that claim their addresses. */
   claimNics(guest: string, devices: Record<string, NicDevice>): Promise<NicClaims>;
+}
+
+/** What an attach or detach did. */
+export interface NicChange {
+  guest: string;
+  nic: string;
+  /** `live`: the running guest has (or lost) it now; `none`: the guest does not run, it applies at its start. */
+  applied: LiveResult | 'none';
+  /** One line for people, e.g. "Attached eth1 on lab to web1 (live)". */
+  message: string;
 }
 
 export interface NetworkServiceDeps {
   store: KvStore;
   hostName: string;
+  /** Drivers that hot-plug NICs into running guests; without them NICs change only on stopped guests. */
+  drivers?: Partial<Record<Model, GuestDriver>>;
   /** How long create/update/delete wait for the controller. */
   convergeWaitMs?: number;
 }
@@ -280,6 +296,61 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     const now = JSON.parse(kv.value) as NetworkSpec;
     if (now.generation !== failedGen) return;
     await writeSpec({ ...before, generation: failedGen + 1 }, kv.modRevision).catch(() => {});
+  }
+
+  // One NIC change at a time: each reads the guest, then writes it and plugs or unplugs.
+  let chain: Promise<unknown> = Promise.resolve();
+  const serial = <T>(work: () => Promise<T>): Promise<T> => {
+    const next = chain.then(work, work);
+    chain = next.catch(() => {});
+    return next;
+  };
+
+  /**
+   * The guest's top process while it runs (checked against pid reuse by its driver); undefined when
+   * stopped. FailedPrecondition when frozen, or running without a driver here to plug NICs live.
+   */
+  async function runningPid(spec: GuestSpec): Promise<number | undefined> {
+    const st = await store.get(keys.guestStatus(spec.name));
+    const status = st ? (JSON.parse(st.value) as Partial<GuestStatus>) : undefined;
+    const driver = deps.drivers?.[spec.model];
+    if (!driver) {
+      if (status?.status === 'Running' || status?.status === 'Frozen') {
+        throw failedPrecondition(`Guest ${spec.name} is running: stop it before changing its NICs`);
+      }
+      return undefined;
+    }
+    const rt = await driver
+      .inspect(spec, status?.process)
+      .catch(() => ({ state: 'absent' as const, process: undefined }));
+    if (rt.state === 'frozen') {
+      throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it before changing its NICs`);
+    }
+    return rt.state === 'running' ? rt.process?.pid : undefined;
+  }
+
+  /** Removes a NIC from the guest's spec and releases its address, in one transaction. */
+  async function removeNic(guest: string, nic: string, device: NicDevice): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const kv = await store.get(keys.guest(guest));
+      if (!kv) return;
+      const spec = JSON.parse(kv.value) as GuestSpec;
+      const devices = { ...spec.devices };
+      delete devices[nic];
+      const release =
+        device['ipv4.address'] && spec.devices?.[nic]
+          ? [{ type: 'delete' as const, key: keys.networkAddress(device.network, device['ipv4.address']) }]
+          : [];
+      const r = await store.txn({
+        compare: [{ key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision }],
+        success: [
+          { type: 'put', key: keys.guest(guest), value: JSON.stringify({ ...spec, devices }) },
+          ...release,
+        ],
+      });
+      if (r.succeeded) return;
+    }
+    throw conflict(`Guest ${guest} was changed at the same time; retry`);
   }
 
   const service: NetworkService = {
@@ -506,61 +577,82 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       return service.get(network);
     },
 
-    async attach(network, guest, options = {}) {
-      assertDnsLabel(guest, 'guest name');
-      const kv = await store.get(keys.guest(guest));
-      if (!kv) throw notFound(`Guest ${guest} not found`);
-      const spec = JSON.parse(kv.value) as GuestSpec;
-      if (spec.deleting) throw conflict(`Guest ${guest} is being deleted`);
-      const devices = spec.devices ?? {};
-      let nic = options.nic;
-      if (nic === undefined) {
-        for (let i = 0; nic === undefined; i++) if (!(`eth${i}` in devices)) nic = `eth${i}`;
-      }
-      if (nic in devices) throw alreadyExists(`Guest ${guest} already has a device ${nic}`);
-      const claims = await service.claimNics(guest, { [nic]: { ...options.device, type: 'nic', network } });
-      const next: GuestSpec = { ...spec, devices: { ...devices, ...claims.devices } };
-      const r = await store.txn({
-        compare: [
-          { key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision },
-          ...claims.compare,
-        ],
-        success: [{ type: 'put', key: keys.guest(guest), value: JSON.stringify(next) }, ...claims.success],
+    attach(network, guest, options = {}) {
+      return serial(async () => {
+        assertDnsLabel(guest, 'guest name');
+        const kv = await store.get(keys.guest(guest));
+        if (!kv) throw notFound(`Guest ${guest} not found`);
+        const spec = JSON.parse(kv.value) as GuestSpec;
+        if (spec.deleting) throw conflict(`Guest ${guest} is being deleted`);
+        const devices = spec.devices ?? {};
+        let nic = options.nic;
+        if (nic === undefined) {
+          for (let i = 0; nic === undefined; i++) if (!(`eth${i}` in devices)) nic = `eth${i}`;
+        }
+        if (nic in devices) throw alreadyExists(`Guest ${guest} already has a device ${nic}`);
+        const pid = await runningPid(spec);
+        const claims = await service.claimNics(guest, {
+          [nic]: { ...options.device, type: 'nic', network },
+        });
+        const next: GuestSpec = { ...spec, devices: { ...devices, ...claims.devices } };
+        const r = await store.txn({
+          compare: [
+            { key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision },
+            ...claims.compare,
+          ],
+          success: [{ type: 'put', key: keys.guest(guest), value: JSON.stringify(next) }, ...claims.success],
+        });
+        if (!r.succeeded) throw conflict(`Guest ${guest} or the address was changed at the same time; retry`);
+        let applied: NicChange['applied'] = 'none';
+        const driver = deps.drivers?.[spec.model];
+        if (pid !== undefined && driver) {
+          try {
+            applied = await driver.attachNic(next, nic, { pid });
+          } catch (e) {
+            // Recorded first (a daemon killed meanwhile leaves a NIC for the next start); taken back here.
+            await removeNic(guest, nic, claims.devices[nic] as NicDevice).catch(() => {});
+            throw e;
+          }
+        }
+        const how =
+          applied === 'live'
+            ? ' (live)'
+            : applied === 'next-start'
+              ? `; ${guest} gets it at its next start`
+              : `; ${guest} gets it when it starts`;
+        return { guest, nic, applied, message: `Attached ${nic} on ${network} to ${guest}${how}` };
       });
-      if (!r.succeeded) throw conflict(`Guest ${guest} or the address was changed at the same time; retry`);
-      return nic;
     },
 
-    async detach(network, guest, options = {}) {
-      assertDnsLabel(guest, 'guest name');
-      const [kv, st] = await Promise.all([store.get(keys.guest(guest)), store.get(keys.guestStatus(guest))]);
-      if (!kv) throw notFound(`Guest ${guest} not found`);
-      const spec = JSON.parse(kv.value) as GuestSpec;
-      const status = st ? (JSON.parse(st.value) as { status?: string }).status : undefined;
-      if (status === 'Running' || status === 'Frozen') {
-        throw failedPrecondition(`Guest ${guest} is running: stop it before detaching a NIC`);
-      }
-      const onNet = Object.entries(spec.devices ?? {}).filter(
-        ([name, d]) => d.network === network && (options.nic === undefined || name === options.nic),
-      );
-      if (onNet.length === 0) throw notFound(`Guest ${guest} has no NIC on network ${network}`);
-      if (onNet.length > 1) {
-        throw invalidArgument(
-          `Guest ${guest} has several NICs on network ${network} (${onNet.map(([n]) => n).join(', ')}): say which`,
+    detach(network, guest, options = {}) {
+      return serial(async () => {
+        assertDnsLabel(guest, 'guest name');
+        const kv = await store.get(keys.guest(guest));
+        if (!kv) throw notFound(`Guest ${guest} not found`);
+        const spec = JSON.parse(kv.value) as GuestSpec;
+        const onNet = Object.entries(spec.devices ?? {}).filter(
+          ([name, d]) => d.network === network && (options.nic === undefined || name === options.nic),
         );
-      }
-      const [nic, device] = onNet[0] as [string, NicDevice];
-      const devices = { ...spec.devices };
-      delete devices[nic];
-      const next: GuestSpec = { ...spec, devices };
-      const release = device['ipv4.address']
-        ? [{ type: 'delete' as const, key: keys.networkAddress(network, device['ipv4.address']) }]
-        : [];
-      const r = await store.txn({
-        compare: [{ key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision }],
-        success: [{ type: 'put', key: keys.guest(guest), value: JSON.stringify(next) }, ...release],
+        if (onNet.length === 0) throw notFound(`Guest ${guest} has no NIC on network ${network}`);
+        if (onNet.length > 1) {
+          throw invalidArgument(
+            `Guest ${guest} has several NICs on network ${network} (${onNet.map(([n]) => n).join(', ')}): say which`,
+          );
+        }
+        const [nic, device] = onNet[0] as [string, NicDevice];
+        const pid = await runningPid(spec);
+        let applied: NicChange['applied'] = 'none';
+        if (pid !== undefined) {
+          const driver = deps.drivers?.[spec.model];
+          if (!driver) throw failedPrecondition(`Guest ${guest} is running: stop it before detaching a NIC`);
+          // Unplugged first: when the guest does not let go, the NIC stays recorded and nothing changed.
+          applied = await driver.detachNic(spec, nic, { pid });
+        }
+        await removeNic(guest, nic, device);
+        const how =
+          applied === 'live' ? ' (live)' : applied === 'next-start' ? `; it goes when ${guest} stops` : '';
+        return { guest, nic, applied, message: `Detached ${nic} on ${network} from ${guest}${how}` };
       });
-      if (!r.succeeded) throw conflict(`Guest ${guest} was changed at the same time; retry`);
     },
 
     async claimNics(guest, devices) {

@@ -552,6 +552,20 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
     },
+
+    // A veth into the running init's network namespace, as at start, with its address set from
+    // the host: a guest started without NICs has no CAP_NET_ADMIN to configure it itself.
+    async attachNic(spec, nic, { pid }) {
+      if (!ctx.network) throw failedPrecondition('Networking is not set up on this host.');
+      await ctx.network.plugVeth(spec, nic, pid);
+      return 'live';
+    },
+
+    // Deleting the host end takes the guest end with it.
+    async detachNic(spec, nic) {
+      await ctx.network?.unplugNic(spec, nic);
+      return 'live';
+    },
   };
   return driver;
 }

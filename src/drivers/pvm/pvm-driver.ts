@@ -40,6 +40,7 @@ import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
+import { nicDownScript, nicUpScript, runGuestScript } from '../guest-nic.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
@@ -553,6 +554,8 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         }
         // The kernel opens its taps as the guest's uid: they are made with that owner.
         const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec, { user: uid }) : [];
+        // Which UML device (ethN) carries which NIC: hot-plug takes a free N, unplug the NIC's.
+        await writeNicSlots(spec, Object.fromEntries(taps.map((t, i) => [t.nic, i])));
         // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start),
         // in the root-owned guest dir so that the guest's uid cannot swap it, readable by its group.
         const configDisk = join(p.dir, 'config.ext4');
@@ -777,7 +780,85 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
     },
+
+    async attachNic(spec, nic) {
+      if (!ctx.network) throw failedPrecondition('Networking is not set up on this host.');
+      await runningUml(spec);
+      const slots = await readNicSlots(spec);
+      if (slots[nic] !== undefined) return 'live';
+      const taken = new Set(Object.values(slots));
+      let n = 0;
+      while (taken.has(n)) n++;
+      // The kernel opens the tap as the guest's uid, as at start.
+      const t = await ctx.network.plugTap(spec, nic, { user: await readUid(spec) });
+      try {
+        const r = await mconsoleOf(spec).request(`config eth${n}=tuntap,${t.tap},${t.mac}`);
+        if (!r.ok) {
+          throw failedPrecondition(
+            `The UML kernel of ${spec.name} refused NIC ${nic} as eth${n}: ${r.text || 'no reason given'}`,
+          );
+        }
+      } catch (e) {
+        await ctx.network.unplugNic(spec, nic);
+        throw e;
+      }
+      await writeNicSlots(spec, { ...slots, [nic]: n });
+      await nicUp(spec, { name: nic, mac: t.mac, cidr: t.cidr });
+      return 'live';
+    },
+
+    async detachNic(spec, nic) {
+      const slots = await readNicSlots(spec);
+      const n = slots[nic];
+      if (n !== undefined) {
+        const m = mconsoleOf(spec);
+        let r = await m.request(`remove eth${n}`);
+        if (!r.ok) {
+          // UML removes only a device the guest has closed: take it down through the agent.
+          const mac = spec.devices?.[nic]?.hwaddr;
+          if (mac)
+            await runGuestScript((g, o) => driver.exec(g, o), spec, nicDownScript(mac)).catch(
+              () => undefined,
+            );
+          r = await m.request(`remove eth${n}`);
+        }
+        if (!r.ok && !/not found|no such|-19|ENODEV/i.test(r.text)) {
+          throw failedPrecondition(
+            `The UML kernel of ${spec.name} did not let go of NIC ${nic} (eth${n}: ${r.text || 'busy'}): take it down in the guest (ip link set ${nic} down) and detach again, or stop the guest`,
+          );
+        }
+        const rest = { ...slots };
+        delete rest[nic];
+        await writeNicSlots(spec, rest);
+      }
+      await ctx.network?.unplugNic(spec, nic);
+      return 'live';
+    },
   };
+
+  const nicSlotsFile = (spec: GuestSpec) => join(pathsOf(spec).dir, 'nic-slots.json');
+  async function readNicSlots(spec: GuestSpec): Promise<Record<string, number>> {
+    const text = await readFile(nicSlotsFile(spec), 'utf8').catch(() => undefined);
+    if (text !== undefined) return JSON.parse(text) as Record<string, number>;
+    // A guest started before the record existed: its NICs are ethN in the spec's order.
+    const nics = Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
+    return Object.fromEntries(nics.map(([name], i) => [name, i]));
+  }
+  async function writeNicSlots(spec: GuestSpec, slots: Record<string, number>): Promise<void> {
+    await writeFile(nicSlotsFile(spec), `${JSON.stringify(slots)}\n`, { mode: 0o644 });
+  }
+  /** The hot-plugged NIC takes its name, comes up and holds its address in the guest (best effort). */
+  async function nicUp(spec: GuestSpec, n: { name: string; mac: string; cidr: string }): Promise<void> {
+    const r = await runGuestScript((g, o) => driver.exec(g, o), spec, nicUpScript(n)).catch((e) => ({
+      code: -1,
+      output: String(e),
+    }));
+    if (r.code !== 0)
+      log.warn(
+        { guest: spec.name, nic: n.name, err: r.output },
+        'the guest did not set up a hot-plugged NIC',
+      );
+  }
 
   function limitsOf(spec: GuestSpec): { memoryBytes: number; cpus?: number; pids?: number } {
     const limits: { memoryBytes: number; cpus?: number; pids?: number } = {

@@ -5,7 +5,7 @@ import { qemuArgv, vmGuestPaths, vmResources } from './qemu-command.ts';
 const argvFor = (
   config: Record<string, string>,
   machine: 'q35' | 'pc' | 'microvm' = 'q35',
-  nics?: Array<{ tap: string; mac: string }>,
+  nics?: Array<{ nic?: string; tap: string; mac: string }>,
 ) =>
   qemuArgv({
     name: 'web1',
@@ -96,24 +96,44 @@ describe('qemu command line', () => {
     assert.ok(after(argv, '-device').includes('virtio-blk-pci,drive=root'));
   });
 
-  test('each NIC is a virtio-net device with its MAC on its tap, in order; no NIC means -nic none', () => {
+  test('each NIC is a virtio-net device with its MAC on its tap, in order, on a q35 NIC root port; no NIC means -nic none', () => {
     const nics = [
-      { tap: 'tv0123456789', mac: '02:aa:bb:cc:dd:01' },
-      { tap: 'tv9876543210', mac: '02:aa:bb:cc:dd:02' },
+      { nic: 'eth0', tap: 'tv0123456789', mac: '02:aa:bb:cc:dd:01' },
+      { nic: 'lan', tap: 'tv9876543210', mac: '02:aa:bb:cc:dd:02' },
     ];
     const argv = argvFor({}, 'q35', nics);
     assert.deepEqual(after(argv, '-netdev'), [
-      'tap,id=net0,ifname=tv0123456789,script=no,downscript=no',
-      'tap,id=net1,ifname=tv9876543210,script=no,downscript=no',
+      'tap,id=hn-eth0,ifname=tv0123456789,script=no,downscript=no',
+      'tap,id=hn-lan,ifname=tv9876543210,script=no,downscript=no',
     ]);
     const devices = after(argv, '-device').filter((d) => d.startsWith('virtio-net'));
     assert.deepEqual(devices, [
-      'virtio-net-pci,netdev=net0,mac=02:aa:bb:cc:dd:01',
-      'virtio-net-pci,netdev=net1,mac=02:aa:bb:cc:dd:02',
+      'virtio-net-pci,netdev=hn-eth0,mac=02:aa:bb:cc:dd:01,id=nic-eth0,bus=trivisor-nic0',
+      'virtio-net-pci,netdev=hn-lan,mac=02:aa:bb:cc:dd:02,id=nic-lan,bus=trivisor-nic1',
     ]);
-    assert.deepEqual(after(argv, '-nic'), []);
+    const ports = after(argv, '-device').filter((d) => d.startsWith('pcie-root-port,id=trivisor-nic'));
+    assert.equal(ports.length, 4, 'the NIC root ports come before the NICs, free ones for hot-plug');
     assert.ok(
-      after(argvFor({}, 'microvm', nics), '-device').includes(devices[0]?.replace('-pci', '-device') ?? ''),
+      argv.indexOf(`pcie-root-port,id=trivisor-nic0,bus=pcie.0,chassis=120`) < argv.indexOf(devices[0] ?? ''),
+    );
+    assert.deepEqual(after(argv, '-nic'), []);
+    assert.deepEqual(after(argvFor({}, 'q35', []), '-nic'), ['none']);
+    assert.equal(
+      after(argvFor({}, 'q35', []), '-device').filter((d) => d.startsWith('pcie-root-port,id=trivisor-nic'))
+        .length,
+      4,
+      'a q35 guest without NICs can still take one live',
+    );
+    // pc hot-plugs on its root bus (ACPI); microvm has no PCI and no ports.
+    assert.ok(
+      after(argvFor({}, 'pc', nics), '-device').includes(
+        'virtio-net-pci,netdev=hn-eth0,mac=02:aa:bb:cc:dd:01,id=nic-eth0',
+      ),
+    );
+    assert.ok(
+      after(argvFor({}, 'microvm', nics), '-device').includes(
+        'virtio-net-device,netdev=hn-eth0,mac=02:aa:bb:cc:dd:01,id=nic-eth0',
+      ),
     );
   });
 });

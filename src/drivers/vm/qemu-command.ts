@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { configValue, type VmMachine } from '../../core/config-keys.ts';
 import type { Accelerator } from './accelerator-probe.ts';
 import type { BootKit } from './boot-kit.ts';
+import { portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
 
 /** Where a vm guest keeps its files under the state dir. */
 export interface VmGuestPaths {
@@ -80,7 +81,7 @@ export interface QemuCommandOptions {
    */
   foreignKernel?: string;
   /** The guest's NICs, in order: a tap the host made (on its bridge) and the NIC's MAC each. */
-  nics?: ReadonlyArray<{ tap: string; mac: string }>;
+  nics?: ReadonlyArray<{ nic?: string; tap: string; mac: string }>;
   /** The guest's config disk (injected files), read-only on virtio-blk right after the root: `/dev/vdb`. */
   configDisk?: string;
   /**
@@ -185,21 +186,40 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
     '-device',
     'virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0',
-    ...nicArgs(options.nics ?? [], bus),
+    ...nicArgs(options.nics ?? [], { bus, machine }),
   ];
 }
+
+/** QEMU ids of a NIC's netdev and device (the same at boot and when hot-plugged, so either can be unplugged). */
+export const nicEngineIds = (nic: string): { netdev: string; device: string } => ({
+  netdev: `hn-${nic}`,
+  device: `nic-${nic}`,
+});
 
 /**
  * One virtio-net device per NIC on the tap the host made and put on the bridge
  * (script=no: QEMU configures nothing on the host). In command-line order, so the
  * guest kernel names them eth0, eth1… in the NICs' order.
  */
-function nicArgs(nics: ReadonlyArray<{ tap: string; mac: string }>, bus: string): string[] {
-  if (nics.length === 0) return ['-nic', 'none'];
-  return nics.flatMap((n, i) => [
-    '-netdev',
-    `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`,
-    '-device',
-    `virtio-net-${bus},netdev=net${i},mac=${n.mac}`,
-  ]);
+function nicArgs(
+  nics: ReadonlyArray<{ nic?: string; tap: string; mac: string }>,
+  options: { bus: string; machine: string },
+): string[] {
+  // On q35 the NICs sit on hot-plug root ports (always there, so that a running guest can take
+  // a NIC), and the ones plugged at boot can go live too.
+  const ports = rootPortArgs('nic', options.machine);
+  if (nics.length === 0) return [...ports, '-nic', 'none'];
+  return [
+    ...ports,
+    ...nics.flatMap((n, i) => {
+      const ids = n.nic !== undefined ? nicEngineIds(n.nic) : { netdev: `net${i}`, device: undefined };
+      const port = ports.length > 0 && i < portCount('nic') ? `,bus=${portIdOf('nic', i)}` : '';
+      return [
+        '-netdev',
+        `tap,id=${ids.netdev},ifname=${n.tap},script=no,downscript=no`,
+        '-device',
+        `virtio-net-${options.bus},netdev=${ids.netdev},mac=${n.mac}${ids.device ? `,id=${ids.device}` : ''}${port}`,
+      ];
+    }),
+  ];
 }

@@ -95,8 +95,10 @@ test('a vm start that fails after its taps were plugged unplugs them; QEMU got o
   assert.deepEqual(events.slice(events.indexOf('plugTaps v1')), ['plugTaps v1', 'qemu', 'unplug v1']);
   const qemu = runner.calls.find((c) => c.argv[0] === 'qemu-system-x86_64' && c.argv.includes('-daemonize'));
   const argv = qemu?.argv ?? [];
-  assert.ok(argv.includes('tap,id=net0,ifname=tvtaptest01,script=no,downscript=no'));
-  assert.ok(argv.includes('virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01'));
+  assert.ok(argv.includes('tap,id=hn-eth0,ifname=tvtaptest01,script=no,downscript=no'));
+  assert.ok(
+    argv.includes('virtio-net-pci,netdev=hn-eth0,mac=02:00:00:00:00:01,id=nic-eth0,bus=trivisor-nic0'),
+  );
   assert.match(
     argv[argv.indexOf('-append') + 1] ?? '',
     /trivisor\.nics=eth0@02:00:00:00:00:01 TRIVISOR_NICS=eth0/,

@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
-import { failedPrecondition, internal, invalidArgument } from '../../core/errors.ts';
+import { failedPrecondition, internal, invalidArgument, unavailable } from '../../core/errors.ts';
 import { GUEST_FILE_MAX_BYTES, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
@@ -24,6 +24,7 @@ import type {
   ProbeResult,
   RuntimeState,
 } from '../guest-driver.ts';
+import { nicUpScript, runGuestScript } from '../guest-nic.ts';
 import {
   ACCELERATOR_ENV,
   type AcceleratorSetting,
@@ -32,10 +33,12 @@ import {
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
 import { type BootKit, ensureBootKit } from './boot-kit.ts';
+import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
   DEFAULT_VM_DISK_BYTES,
   type MachineType,
   MIN_VM_MEMORY_BYTES,
+  nicEngineIds,
   qemuArgv,
   type VmGuestPaths,
   vmGuestPaths,
@@ -624,9 +627,109 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
     },
+
+    // A tap on the bridge as at start, then QMP: netdev_add on it and a virtio-net device on a
+    // free NIC root port (q35) or the root bus (pc, ACPI hot-plug).
+    async attachNic(spec, nic) {
+      if (!ctx.network) throw failedPrecondition('Networking is not set up on this host.');
+      await runningQemu(spec);
+      const machine = (await readBoot(spec))?.machine ?? 'q35';
+      if (machine === 'microvm') {
+        throw failedPrecondition(
+          `Guest ${spec.name} is a microvm, which has no hot-plug: stop it, attach the NIC and start it again`,
+        );
+      }
+      const t = await ctx.network.plugTap(spec, nic);
+      const ids = nicEngineIds(nic);
+      try {
+        await withQmp(spec, async (q) => {
+          await q.execute('netdev_add', {
+            type: 'tap',
+            id: ids.netdev,
+            ifname: t.tap,
+            script: 'no',
+            downscript: 'no',
+          });
+          try {
+            await addOnFreePort(q, 'nic', {
+              machine,
+              device: { driver: 'virtio-net-pci', id: ids.device, netdev: ids.netdev, mac: t.mac },
+            });
+          } catch (e) {
+            await q.execute('netdev_del', { id: ids.netdev }).catch(() => {});
+            throw e instanceof NoFreePortError
+              ? failedPrecondition(
+                  `Guest ${spec.name} has no free hot-plug port for a NIC (it has ${portCount('nic')}, one per NIC; a guest started before NIC hot-plug existed has none): stop it, attach the NIC and start it again`,
+                )
+              : e;
+          }
+        });
+      } catch (e) {
+        await ctx.network.unplugNic(spec, nic);
+        throw e;
+      }
+      const r = await runGuestScript(
+        (g, o) => driver.exec(g, o),
+        spec,
+        nicUpScript({ name: nic, mac: t.mac, cidr: t.cidr }),
+      ).catch((e) => ({ code: -1, output: String(e) }));
+      if (r.code !== 0)
+        log.warn({ guest: spec.name, nic, err: r.output }, 'the guest did not set up a hot-plugged NIC');
+      return 'live';
+    },
+
+    // device_del needs the guest's consent (PCIe native hot-plug): wait for DEVICE_DELETED.
+    async detachNic(spec, nic) {
+      const ids = nicEngineIds(nic);
+      if (await liveQemu(spec)) {
+        await withQmp(spec, async (q) => {
+          let deleted: () => void = () => {};
+          const gone = new Promise<void>((resolve) => {
+            deleted = resolve;
+          });
+          const off = q.onEvent((ev) => {
+            if (ev.event === 'DEVICE_DELETED' && ev.data.device === ids.device) deleted();
+          });
+          try {
+            let present = true;
+            try {
+              await q.execute('device_del', { id: ids.device });
+            } catch (e) {
+              const m = e instanceof Error ? e.message : String(e);
+              if (/does not support hotplugging|not hotpluggable/i.test(m)) {
+                throw failedPrecondition(
+                  `NIC ${nic} of ${spec.name} sits on a bus without hot-plug: stop the guest to detach it`,
+                );
+              }
+              // Not found: unplugged already, or a NIC of a guest started before NICs had ids
+              // (removing its tap below cuts it off all the same).
+              present = false;
+            }
+            if (present) {
+              const timer = new Promise<'timeout'>((r) =>
+                setTimeout(() => r('timeout'), NIC_UNPLUG_TIMEOUT_MS).unref(),
+              );
+              if ((await Promise.race([gone, timer])) === 'timeout') {
+                throw unavailable(
+                  `Guest ${spec.name} did not release NIC ${nic} within ${NIC_UNPLUG_TIMEOUT_MS / 1000} s (is it busy?): detach again, or stop the guest`,
+                );
+              }
+            }
+            await q.execute('netdev_del', { id: ids.netdev }).catch(() => {});
+          } finally {
+            off();
+          }
+        });
+      }
+      await ctx.network?.unplugNic(spec, nic);
+      return 'live';
+    },
   };
   return driver;
 }
+
+/** How long a guest may take to let go of an unplugged NIC (PCIe hot-plug waits about 5 s; TCG is slow). */
+const NIC_UNPLUG_TIMEOUT_MS = 30_000;
 
 /**
  * Image properties that boot another OS's kernel directly instead of the

@@ -1,21 +1,19 @@
 import { readFile } from 'node:fs/promises';
 import { failedPrecondition, unavailable } from '../../core/errors.ts';
 import { type AttachedVolume, engineIdOf, type GuestVolumes } from '../guest-volumes.ts';
+import { addOnFreePort, NoFreePortError, portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient, QmpCommandError } from './qmp-client.ts';
 
 /**
- * PCIe root ports a q35 guest gets for its volumes: q35's root bus takes no
- * hot-plugged devices, a root port takes one. Volumes attached at start sit on
- * them too, so that every volume can also be unplugged live.
+ * PCIe root ports a q35 guest gets for its volumes (pcie-ports.ts). Volumes attached at
+ * start sit on them too, so that every volume can also be unplugged live.
  */
-export const VM_VOLUME_PORTS = 4;
-/** Chassis numbers of those ports (unique per machine; far from anything else's). */
-const FIRST_CHASSIS = 100;
+export const VM_VOLUME_PORTS = portCount('volume');
 /** How long a guest may take to release an unplugged disk (TCG is slow; the guest must acknowledge). */
 const UNPLUG_TIMEOUT_MS = 30_000;
 
-export const portId = (i: number): string => `trivisor-port${i}`;
+export const portId = (i: number): string => portIdOf('volume', i);
 
 /** QEMU's -blockdev and -device for one volume (JSON syntax: the path may hold any character). */
 function blockdevOf(v: AttachedVolume): Record<string, unknown> {
@@ -37,12 +35,7 @@ function deviceOf(v: AttachedVolume, bus: string | undefined): Record<string, un
 export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string): string[] {
   const q35 = machine === 'q35';
   const blocks = volumes.filter((v) => v.type === 'block').slice(0, q35 ? VM_VOLUME_PORTS : undefined);
-  const ports = q35
-    ? Array.from({ length: VM_VOLUME_PORTS }, (_, i) => [
-        '-device',
-        `pcie-root-port,id=${portId(i)},bus=pcie.0,chassis=${FIRST_CHASSIS + i}`,
-      ]).flat()
-    : [];
+  const ports = rootPortArgs('volume', machine);
   return [
     ...ports,
     ...blocks.flatMap((v, i) => [
@@ -73,27 +66,20 @@ export function createVmVolumes(options: { stateDir: string }): GuestVolumes {
   return {
     model: 'vm',
     async attach(spec, volume) {
-      const q35 = (await machineOf(spec.name)) === 'q35';
+      const machine = await machineOf(spec.name);
       await withQmp(spec.name, async (q) => {
         const id = engineIdOf(volume.device);
         await q.execute('blockdev-add', blockdevOf(volume));
-        const buses = q35 ? Array.from({ length: VM_VOLUME_PORTS }, (_, i) => portId(i)) : [undefined];
-        const errors: string[] = [];
-        for (const bus of buses) {
-          try {
-            await q.execute('device_add', deviceOf(volume, bus));
-            return;
-          } catch (e) {
-            errors.push(refused(e));
-          }
+        try {
+          await addOnFreePort(q, 'volume', { machine, device: deviceOf(volume, undefined) });
+        } catch (e) {
+          await q.execute('blockdev-del', { 'node-name': id }).catch(() => {});
+          throw failedPrecondition(
+            e instanceof NoFreePortError
+              ? `Guest ${spec.name} has no free hot-plug port (it has ${VM_VOLUME_PORTS}; one is taken by each volume, and a guest started before volumes existed has none): stop it and attach again`
+              : `QEMU could not plug volume ${volume.volume} into ${spec.name}: ${refused(e)}`,
+          );
         }
-        await q.execute('blockdev-del', { 'node-name': id }).catch(() => {});
-        throw failedPrecondition(
-          q35 &&
-            errors.every((m) => /does not support hotplugging|Bus .* not found|full|in use|occupied/i.test(m))
-            ? `Guest ${spec.name} has no free hot-plug port (it has ${VM_VOLUME_PORTS}; one is taken by each volume, and a guest started before volumes existed has none): stop it and attach again`
-            : `QEMU could not plug volume ${volume.volume} into ${spec.name}: ${errors[errors.length - 1] ?? 'no reason given'}`,
-        );
       });
       return 'live';
     },
