@@ -784,7 +784,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     async attachNic(spec, nic) {
       if (!ctx.network) throw failedPrecondition('Networking is not set up on this host.');
       await runningUml(spec);
-      const slots = await readNicSlots(spec);
+      const slots = await readNicSlots(spec, nic);
       if (slots[nic] !== undefined) return 'live';
       const taken = new Set(Object.values(slots));
       let n = 0;
@@ -837,11 +837,12 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   };
 
   const nicSlotsFile = (spec: GuestSpec) => join(pathsOf(spec).dir, 'nic-slots.json');
-  async function readNicSlots(spec: GuestSpec): Promise<Record<string, number>> {
+  /** Which ethN carries which NIC; `adding`, a NIC being hot-plugged, is not among them yet. */
+  async function readNicSlots(spec: GuestSpec, adding?: string): Promise<Record<string, number>> {
     const text = await readFile(nicSlotsFile(spec), 'utf8').catch(() => undefined);
     if (text !== undefined) return JSON.parse(text) as Record<string, number>;
     // A guest started before the record existed: its NICs are ethN in the spec's order.
-    const nics = Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
+    const nics = Object.entries(spec.devices ?? {}).filter(([n, d]) => d.type === 'nic' && n !== adding);
     return Object.fromEntries(nics.map(([name], i) => [name, i]));
   }
   async function writeNicSlots(spec: GuestSpec, slots: Record<string, number>): Promise<void> {
