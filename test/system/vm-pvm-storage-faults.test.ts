@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -123,6 +124,37 @@ for (const model of ['vm', 'pvm'] as const) {
       d.ok(['snapshot', 'restore', g, 's0']);
       assert.equal(sh(g, 'cat /srv/v.txt'), 'one');
     });
+
+    // A vm's QEMU pauses the guest on a write the full disk refuses (werror=enospc); the daemon resumes it.
+    // (A pvm's kernel gets the error itself, as a disk of its own would give it.)
+    if (model === 'vm') {
+      test('a vm guest paused on a full disk goes on by itself once there is room again', async () => {
+        const filler = fill(0);
+        let writer: ReturnType<typeof spawn> | undefined;
+        try {
+          writer = spawn(
+            CLI,
+            [
+              'exec',
+              g,
+              '--',
+              'sh',
+              '-c',
+              'dd if=/dev/urandom of=/srv/fill bs=1M count=16 conv=fsync 2>/dev/null; rm /srv/fill',
+            ],
+            { env: { ...process.env, TRIVISOR_DIR: d.stateDir }, stdio: 'ignore' },
+          );
+          await sleep(4000);
+        } finally {
+          rmSync(filler, { force: true });
+        }
+        const exited =
+          writer.exitCode !== null ||
+          (await Promise.race([once(writer, 'exit').then(() => true), sleep(90_000).then(() => false)]));
+        assert.ok(exited, 'the guest stayed paused after the disk had room again');
+        intact(g, ['s0']);
+      });
+    }
 
     test('a full disk during an export is one clear error; guest and snapshots stay intact', () => {
       const backups = path.join(d.stateDir, 'backups');

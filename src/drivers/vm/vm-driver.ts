@@ -551,6 +551,13 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       const q = await liveQemu(spec, known);
       if (!q) return { state: 'stopped' };
       const status = await runStatus(spec);
+      if (status === 'io-error') {
+        // QEMU paused the guest on a failed write (werror=enospc: its disk's file system is full).
+        // The liveness checks come here every few seconds: resume, and once there is room again the
+        // write succeeds; while the disk is still full QEMU just pauses it again.
+        log.warn({ guest: spec.name }, 'vm guest paused on a full disk: resuming it');
+        await withQmp(spec, (c) => c.execute('cont')).catch(() => {});
+      }
       return { state: status === 'paused' ? 'frozen' : 'running', process: q };
     },
 
