@@ -96,18 +96,22 @@ export function addNetworkCommands(program: Command): void {
     .argument('<guest>')
     .argument('[nic]', 'device name (default: the first free ethN)')
     .option('--ipv4-address <address>', 'static address')
+    .option('--limits-ingress <rate>', 'bandwidth to the guest, e.g. 10Mbit')
+    .option('--limits-egress <rate>', 'bandwidth from the guest, e.g. 10Mbit')
     .action(
       async (
         net: string,
         guest: string,
         nic: string | undefined,
-        opts: { ipv4Address?: string },
+        opts: { ipv4Address?: string; limitsIngress?: string; limitsEgress?: string },
         cmd: Command,
       ) => {
         const r = await clientOf(cmd).attachNetwork(net, {
           guest,
           ...(nic !== undefined && { nic }),
           ...(opts.ipv4Address !== undefined && { 'ipv4.address': opts.ipv4Address }),
+          ...(opts.limitsIngress !== undefined && { 'limits.ingress': opts.limitsIngress }),
+          ...(opts.limitsEgress !== undefined && { 'limits.egress': opts.limitsEgress }),
         });
         process.stdout.write(`${r.message}\n`);
       },

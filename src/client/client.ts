@@ -112,7 +112,14 @@ export interface TrivisorClient extends StorageClient, VolumeClient {
   /** Returns the NIC's name and whether the running guest got it live. */
   attachNetwork(
     network: string,
-    request: { guest: string; nic?: string; hwaddr?: string; 'ipv4.address'?: string },
+    request: {
+      guest: string;
+      nic?: string;
+      hwaddr?: string;
+      'ipv4.address'?: string;
+      'limits.ingress'?: string;
+      'limits.egress'?: string;
+    },
   ): Promise<NicChange>;
   detachNetwork(network: string, request: { guest: string; nic?: string }): Promise<NicChange>;
   addNetworkForward(network: string, request: AddForwardBody): Promise<Network>;

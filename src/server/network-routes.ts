@@ -189,7 +189,14 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
 
   app.post<{
     Params: NameParams;
-    Body: { guest: string; nic?: string; hwaddr?: string; 'ipv4.address'?: string };
+    Body: {
+      guest: string;
+      nic?: string;
+      hwaddr?: string;
+      'ipv4.address'?: string;
+      'limits.ingress'?: string;
+      'limits.egress'?: string;
+    };
   }>(
     '/1.0/networks/:name/attach',
     {
@@ -203,6 +210,12 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
             nic: Type.Optional(Type.String({ description: 'Device name; default the first free ethN' })),
             hwaddr: Type.Optional(Type.String()),
             'ipv4.address': Type.Optional(Type.String()),
+            'limits.ingress': Type.Optional(
+              Type.String({ description: 'Bandwidth to the guest, e.g. 10Mbit' }),
+            ),
+            'limits.egress': Type.Optional(
+              Type.String({ description: 'Bandwidth from the guest, e.g. 10Mbit' }),
+            ),
           },
           { additionalProperties: false },
         ),

@@ -83,7 +83,10 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
   for (const name of NAMES) {
     test(`a running ${GUESTS[name]} guest gets a NIC live, reaches a guest on the network, and loses it live`, async () => {
       const peerIp = nicsOf(PEER).eth0?.addresses[0] ?? '';
-      const attached = d.ok(['network', 'attach', NET, name]);
+      const attached = d.ok([
+        ...['network', 'attach', NET, name],
+        ...['--limits-ingress', '50Mbit', '--limits-egress', '50Mbit'],
+      ]);
       assert.match(attached, new RegExp(`Attached eth0 on ${NET} to ${name} \\(live\\)`));
       const nic = nicsOf(name).eth0;
       assert.ok(nic, `${name} has eth0 in info`);
@@ -100,6 +103,9 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
         new RegExp(`bridge trivisor-${nic.hostName}\\b`),
         'with its anti-spoofing table',
       );
+      // Its bandwidth limits as at start: tbf on the port, and on the ifb its ingress goes through.
+      assert.match(run(['tc', 'qdisc', 'show', 'dev', nic.hostName]).stdout, /qdisc tbf .*rate 50Mbit/);
+      assert.match(run(['tc', 'qdisc', 'show', 'dev', `${nic.hostName}i`]).stdout, /qdisc tbf .*rate 50Mbit/);
       // The driver brings the NIC up with its reserved address (the image's DHCP client ran at boot only).
       await eventually(
         `${name}'s eth0 holds ${ip}`,
