@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { dhcpRange, formatIpv4 } from './ipv4.ts';
-import type { NetworkDefinition } from './network-backend.ts';
+import type { DhcpHost, NetworkDefinition } from './network-backend.ts';
 
 /** Files of one network's dnsmasq under `${stateDir}/networks/<name>/`. */
 export interface DnsmasqPaths {
@@ -66,4 +66,23 @@ export function dhcpHostsFile(def: Pick<NetworkDefinition, 'hosts'>): string {
 /** `--addn-hosts` content: DNS names of every NIC, also before its first lease. */
 export function hostsFile(def: Pick<NetworkDefinition, 'hosts' | 'domain'>): string {
   return def.hosts.map((h) => `${h.ip} ${h.name}.${def.domain} ${h.name}\n`).join('');
+}
+
+/**
+ * A dnsmasq lease file (`EXPIRY MAC IP NAME CLIENT-ID` a line) without the leases of
+ * addresses now reserved for another MAC (a deleted guest's address given to a new
+ * guest); the same text when there are none.
+ */
+export function leasesWithoutConflicts(
+  text: string,
+  hosts: ReadonlyArray<Pick<DhcpHost, 'mac' | 'ip'>>,
+): string {
+  const reserved = new Map(hosts.map((h) => [h.ip, h.mac.toLowerCase()]));
+  const lines = text.split('\n');
+  const kept = lines.filter((line) => {
+    const [, mac, ip] = line.split(' ');
+    const owner = ip === undefined ? undefined : reserved.get(ip);
+    return owner === undefined || owner === mac?.toLowerCase();
+  });
+  return kept.length === lines.length ? text : kept.join('\n');
 }

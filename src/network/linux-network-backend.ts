@@ -7,7 +7,13 @@ import type { ProcessIdentity } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
 import type { ProcessRunner } from '../host/runner.ts';
-import { dhcpHostsFile, dnsmasqArgv, dnsmasqPaths, hostsFile } from './dnsmasq-config.ts';
+import {
+  dhcpHostsFile,
+  dnsmasqArgv,
+  dnsmasqPaths,
+  hostsFile,
+  leasesWithoutConflicts,
+} from './dnsmasq-config.ts';
 import { stableMac } from './ipv4.ts';
 import type { NetworkBackend, NetworkDefinition, NicCounters, PortDefinition } from './network-backend.ts';
 import {
@@ -201,10 +207,21 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         await killDnsmasq(running);
         running = undefined;
       }
+      // dnsmasq never hands out an address leased to another MAC until that lease ends: a deleted
+      // guest's lease would keep its address from the next guest given it. Such leases are dropped,
+      // which takes a restart (dnsmasq reads its lease file only at start).
+      const leases = await readFile(paths.leases, 'utf8').catch(() => '');
+      const kept = leasesWithoutConflicts(leases, def.hosts);
+      if (running && kept !== leases) {
+        log.info({ network: def.name }, 'dnsmasq holds leases of reassigned addresses; restarting it');
+        await killDnsmasq(running);
+        running = undefined;
+      }
       if (running) {
         if (hostsChanged) process.kill(running.pid, 'SIGHUP');
         return running;
       }
+      if (kept !== leases) await writeFile(paths.leases, kept, { mode: 0o644 });
       await rm(paths.pidFile, { force: true });
       await runner.run(argv, { timeoutMs: 10_000 });
       const pid = Number((await readFile(paths.pidFile, 'utf8').catch(() => '')).trim());

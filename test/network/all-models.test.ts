@@ -173,6 +173,9 @@ describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
     }
   });
 
+  /** Addresses of a deleted guest, given again to the next one (its old lease must not keep them). */
+  let released: string[] = [];
+
   test('a guest NIC gets its own name whatever order the kernel finds it in', async () => {
     // Attached eth1 first: UML's eth0 carries NIC eth1, and the kit must swap the names.
     d.ok(['create', 'busybox', 'mr', '--model', 'pvm']);
@@ -192,8 +195,59 @@ describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
       }
       const ip = g.state.nics.eth0?.addresses[0];
       await eventually('eth0 holds its own address', () => leased('mr') === ip, 60_000);
+      released = Object.values(g.state.nics).flatMap((n) => n.addresses);
     } finally {
       d.cli(['delete', '--force', 'mr']);
+    }
+  });
+
+  test('bandwidth limits on a tap (pvm) hold within 20% both ways', async () => {
+    d.ok([
+      'launch',
+      'busybox',
+      'ml',
+      '--model',
+      'pvm',
+      '-n',
+      `${NET},limits.ingress=8Mbit,limits.egress=8Mbit`,
+    ]);
+    try {
+      const ip = nicOf('ml').addresses[0] ?? '';
+      assert.ok(released.includes(ip), `ml got ${ip}, an address mr held (${released})`);
+      await eventually(
+        'ml has its address (not one dnsmasq had left to mr)',
+        () => leased('ml') === ip,
+        60_000,
+      );
+      const bytes = 4 * 1024 * 1024;
+      for (const [from, to, port] of [
+        ['ml', 'mc', 5200],
+        ['mc', 'ml', 5201],
+      ] as const) {
+        assert.equal(
+          sh(
+            to,
+            `rm -f /tmp/t; nc -l -p ${port} -e sh -c "time cat > /dev/null" </dev/null >/dev/null 2>/tmp/t &`,
+          ).code,
+          0,
+        );
+        await sleep(500);
+        const r = sh(
+          from,
+          `dd if=/dev/zero bs=1k count=${bytes / 1024} 2>/dev/null > /tmp/f && nc ${to}.trivisor ${port} < /tmp/f`,
+        );
+        assert.equal(r.code, 0, r.stderr);
+        let seconds = Number.NaN;
+        await eventually('the receiver timed the transfer', () => {
+          const m = /real\s+(?:(\d+)m\s*)?([\d.]+)s/.exec(sh(to, 'cat /tmp/t').stdout);
+          if (m) seconds = Number(m[1] ?? 0) * 60 + Number(m[2]);
+          return m !== null;
+        });
+        const mbit = (bytes * 8) / seconds / 1e6;
+        assert.ok(mbit > 6.4 && mbit < 9.6, `${from} -> ${to}: ${mbit.toFixed(2)} Mbit/s, limit 8`);
+      }
+    } finally {
+      d.cli(['delete', '--force', 'ml']);
     }
   });
 
