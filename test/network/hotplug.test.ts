@@ -141,6 +141,42 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
     });
   }
 
+  test('vm and pvm NICs present at boot (DHCP at boot) are unplugged live too', async () => {
+    const peerIp = nicsOf(PEER).eth0?.addresses[0] ?? '';
+    for (const [name, model] of [
+      ['bv', 'vm'],
+      ['bm', 'pvm'],
+    ] as const) {
+      d.ok(['launch', 'busybox', name, '--model', model, '-n', NET]);
+      try {
+        const nic = nicsOf(name).eth0;
+        assert.ok(nic);
+        ports.push(nic.hostName);
+        const ip = nic.addresses[0] ?? '';
+        await eventually(
+          `${name} leased ${ip} at boot`,
+          () => sh(name, 'ip -4 addr show dev eth0').stdout.includes(`inet ${ip}/`),
+          60_000,
+        );
+        assert.ok(pings(name, peerIp), `${name} reaches ${PEER}`);
+        assert.match(d.ok(['network', 'detach', NET, name]), /\(live\)/);
+        assert.ok(!pings(PEER, ip), `${name} is unreachable after the detach`);
+        assert.doesNotMatch(links(), new RegExp(`: ${nic.hostName}[:@]`));
+        assert.doesNotMatch(tables(), new RegExp(`trivisor-${nic.hostName}\\b`));
+        await eventually(
+          `the NIC is gone inside ${name}`,
+          () => !sh(name, 'cat /sys/class/net/*/address').stdout.includes(nic.hwaddr),
+          60_000,
+        );
+        // And it can come back live on the same guest.
+        assert.match(d.ok(['network', 'attach', NET, name]), /\(live\)/);
+        await eventually(`${name} reaches ${PEER} again`, () => pings(name, peerIp), 60_000);
+      } finally {
+        d.cli(['delete', '--force', name]);
+      }
+    }
+  });
+
   test('a NIC attached live stays across a restart of the guest; a second one can come and go', () => {
     d.ok(['network', 'attach', NET, 'hc']);
     d.ok(['restart', 'hc']);
