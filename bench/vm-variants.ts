@@ -35,6 +35,13 @@ function debianInitrd(): string | undefined {
   return found ? path.join('/boot', found) : undefined;
 }
 
+/** The argv without q35's PCI Express root ports (pc and microvm have no pcie.0 bus). */
+const withoutRootPorts = (argv: string[]): string[] =>
+  argv.filter(
+    (a, i) =>
+      !a.startsWith('pcie-root-port') && !(a === '-device' && argv[i + 1]?.startsWith('pcie-root-port')),
+  );
+
 const variants: Variant[] = [
   { name: 'q35-own', what: 'q35, own initramfs (the default)', argv: (t) => t },
   {
@@ -52,12 +59,16 @@ const variants: Variant[] = [
     what: "q35, Debian's initrd, 256 MiB",
     argv: (t) => replaced(replaced(t, '-initrd', debianInitrd() ?? '/nonexistent'), '-m', '256'),
   },
-  { name: 'pc-own', what: 'pc (i440fx), own initramfs', argv: (t) => replaced(t, '-machine', 'pc') },
+  {
+    name: 'pc-own',
+    what: 'pc (i440fx), own initramfs',
+    argv: (t) => replaced(withoutRootPorts(t), '-machine', 'pc'),
+  },
   {
     name: 'microvm',
     what: 'microvm (virtio-mmio; PIT, PIC and RTC on), own initramfs',
     argv: (t) =>
-      replaced(t, '-machine', 'microvm,isa-serial=on,rtc=on,pit=on,pic=on').map((a) =>
+      replaced(withoutRootPorts(t), '-machine', 'microvm,isa-serial=on,rtc=on,pit=on,pic=on').map((a) =>
         /^virtio-[a-z]+-pci/.test(a) ? a.replace(/-pci/, '-device') : a,
       ),
   },

@@ -28,8 +28,8 @@ const bool: KeySpec['check'] = (v) => {
 
 /**
  * The QEMU machine types a vm guest can have (`vm.machine`). Not microvm: under TCG
- * Debian's cloud kernel hangs at random points of its early boot there
- * (bench/vm-variants.ts, docs/benchmarks.md).
+ * Debian's cloud kernel often hangs in its early boot there when the host is busy,
+ * and it has no PCI for hot-plug (bench/vm-variants.ts, docs/benchmarks.md).
  */
 export const VM_MACHINES = ['q35', 'pc'] as const;
 export type VmMachine = (typeof VM_MACHINES)[number];
@@ -99,7 +99,7 @@ const KEYS: Record<string, KeySpec> = {
     check(v) {
       if (v === 'microvm') {
         throw invalidArgument(
-          'vm.machine=microvm is not offered: the guest kernel hangs at random points of its boot on it under TCG; use q35 or pc',
+          'vm.machine=microvm is not offered: under TCG the guest kernel often hangs early in its boot on a busy host, and nothing hot-plugs on it; use q35 or pc',
         );
       }
       if (!(VM_MACHINES as readonly string[]).includes(v)) {
