@@ -58,8 +58,7 @@ export function addConsoleCommand(program: Command): void {
         return;
       }
       if (opts.follow) {
-        process.stderr.write(`Following the console log of ${name}. Press Ctrl-C to stop.\n`);
-        await followLog(client, name);
+        await followLog(client, name, `Following the console log of ${name}. Press Ctrl-C to stop.\n`);
         return;
       }
       let handle: ConsoleHandle;
@@ -69,19 +68,31 @@ export function addConsoleCommand(program: Command): void {
         // ct consoles take no input (NotSupported, answered as 400): their log is what there is.
         if (!(e instanceof TrivisorApiError) || e.status !== 400) throw e;
         if ((await client.getGuest(name)).model !== 'ct') throw e;
-        process.stderr.write(
+        await followLog(
+          client,
+          name,
           `${e.message}\nFollowing the console log of ${name} instead (output only). Press Ctrl-C to stop.\n`,
         );
-        await followLog(client, name);
         return;
       }
       process.exitCode = await runAttached(handle, name);
     });
 }
 
-async function followLog(client: TrivisorClient, name: string): Promise<void> {
+/** Prints `banner` and follows the log until Ctrl-C, which counts from the moment the banner says so. */
+async function followLog(client: TrivisorClient, name: string, banner: string): Promise<void> {
+  let interrupted = false;
+  let close = () => {
+    interrupted = true;
+  };
+  process.once('SIGINT', () => close());
+  process.stderr.write(banner);
   const follow = await client.followConsole(name);
-  process.once('SIGINT', () => follow.close());
+  if (interrupted) {
+    follow.close();
+    return;
+  }
+  close = () => follow.close();
   follow.stream.pipe(process.stdout, { end: false });
   await finished(follow.stream);
 }
