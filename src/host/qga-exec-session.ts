@@ -7,7 +7,8 @@ import type { QgaClient } from './qga-client.ts';
 /** The guest kit's static busybox (src/images/guest-kit.ts): present in every vm and pvm guest. */
 export const GUEST_BUSYBOX = '/.trivisor/busybox';
 
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** PATH of commands the agent runs. */
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /** Options of qgaExecSession on top of the driver's ExecOptions. */
 export interface QgaExecSessionOptions extends ExecOptions {
@@ -73,61 +74,97 @@ export function qgaExecSession(client: QgaClient, options: QgaExecSessionOptions
   const argv = qgaExecArgv(options);
   const env = { PATH: DEFAULT_PATH, HOME: (options.user ?? 0) === 0 ? '/root' : '/', ...options.env };
   const bb = options.busyboxPath ?? GUEST_BUSYBOX;
+  return collectingExecSession({
+    async run({ input, stdout, stderr, started }) {
+      const r = await client.exec(argv, {
+        env,
+        ...(input.length > 0 ? { input } : {}),
+        onStart: started,
+      });
+      stdout.write(r.stdout);
+      stderr.write(
+        r.truncated
+          ? Buffer.concat([
+              r.stderr,
+              Buffer.from('trivisor: the guest agent kept only the first 16 MiB of output\n'),
+            ])
+          : r.stderr,
+      );
+      return r.exitCode;
+    },
+    kill(signal, pid) {
+      client.exec([bb, 'kill', `-${signal}`, String(pid)], { env: { PATH: DEFAULT_PATH } }).catch(() => {});
+    },
+  });
+}
 
+/** What a collecting session's `run` gets. */
+export interface CollectedCommand {
+  /** Everything written to the session's stdin. */
+  input: Buffer;
+  /** Where the command's output goes; the session ends both when `run` settles. */
+  stdout: Writable;
+  stderr: Writable;
+  /** To call once the command's pid is known: a signal that came before is sent then. */
+  started(pid: number): void;
+}
+
+/**
+ * The ExecSession shell of agents that cannot stream input: stdin is collected
+ * until it ends (or is destroyed), then `run` starts the command with it whole.
+ * A signal before the start cancels the command (exit 128+n); one before its
+ * pid is known is sent once `started` gives it. A failed `run` ends the
+ * session with exit code 255 and the reason on stderr, like ssh.
+ */
+export function collectingExecSession(handlers: {
+  run(command: CollectedCommand): Promise<number>;
+  kill(signal: number, pid: number): void;
+  /** Called with the error of a failed `run` before the session ends. */
+  onError?(e: unknown): void;
+}): ExecSession {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   const input: Buffer[] = [];
   let state: 'collecting' | 'running' | 'done' = 'collecting';
   let pid: number | undefined;
   let cancelledBy: number | undefined;
-  // A signal that came while the agent was starting the command, before its pid was known.
+  // A signal that came while the command was starting, before its pid was known.
   let early: number | undefined;
   let settle: (code: number) => void = () => {};
   const exit = new Promise<number>((resolve) => {
     settle = resolve;
   });
 
-  const finish = (code: number, out: Buffer, err: Buffer): void => {
+  const finish = (code: number, message?: string): void => {
     state = 'done';
-    stdout.end(out);
-    stderr.end(err);
+    stdout.end();
+    stderr.end(message);
     settle(code);
-  };
-
-  const kill = (number: number): void => {
-    client.exec([bb, 'kill', `-${number}`, String(pid)], { env: { PATH: DEFAULT_PATH } }).catch(() => {});
   };
 
   const start = (): void => {
     if (state !== 'collecting') return;
     state = 'running';
     if (cancelledBy !== undefined) {
-      finish(128 + cancelledBy, Buffer.alloc(0), Buffer.alloc(0));
+      finish(128 + cancelledBy);
       return;
     }
-    client
-      .exec(argv, {
-        env,
-        ...(input.length > 0 ? { input: Buffer.concat(input) } : {}),
-        onStart: (p) => {
+    handlers
+      .run({
+        input: Buffer.concat(input),
+        stdout,
+        stderr,
+        started: (p) => {
           pid = p;
-          if (early !== undefined) kill(early);
+          if (early !== undefined) handlers.kill(early, p);
         },
       })
       .then(
-        (r) =>
-          finish(
-            r.exitCode,
-            r.stdout,
-            r.truncated
-              ? Buffer.concat([
-                  r.stderr,
-                  Buffer.from('trivisor: the guest agent kept only the first 16 MiB of output\n'),
-                ])
-              : r.stderr,
-          ),
-        (e: unknown) =>
-          finish(255, Buffer.alloc(0), Buffer.from(`${e instanceof Error ? e.message : String(e)}\n`)),
+        (code) => finish(code),
+        (e: unknown) => {
+          handlers.onError?.(e);
+          finish(255, `${e instanceof Error ? e.message : String(e)}\n`);
+        },
       );
   };
 
@@ -162,7 +199,7 @@ export function qgaExecSession(client: QgaClient, options: QgaExecSessionOptions
       }
       if (state !== 'running') return;
       if (pid === undefined) early = number;
-      else kill(number);
+      else handlers.kill(number, pid);
     },
     exit,
   };

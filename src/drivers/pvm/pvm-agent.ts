@@ -1,10 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
-import { PassThrough, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { invalidArgument, isTrivisorError } from '../../core/errors.ts';
 import { createQgaClient, type QgaClient } from '../../host/qga-client.ts';
-import { GUEST_BUSYBOX, qgaExecArgv, qgaExecSession } from '../../host/qga-exec-session.ts';
+import {
+  collectingExecSession,
+  DEFAULT_PATH,
+  GUEST_BUSYBOX,
+  qgaExecArgv,
+  qgaExecSession,
+} from '../../host/qga-exec-session.ts';
 import type { ExecOptions, ExecSession } from '../guest-driver.ts';
 import { openAgentLine } from './agent-line.ts';
 import { pacedLine } from './paced-line.ts';
@@ -36,7 +41,6 @@ export function killSignalArg(signal: string): string {
 const FILE_CHUNK_BYTES = 1024;
 /** Largest piece per guest-file-read/write: its base64 in JSON stays well under the guest tty's 4 KiB. */
 const CHUNK_BYTES = 2048;
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** The kit's private tmpfs in the guest (guest-kit-init-script.ts). */
 const KIT_RUN_DIR = '/.trivisor/run';
 /** How often a running command's output files are read. */
@@ -104,131 +108,67 @@ function smallMessageExecSession(client: QgaClient, options: ExecOptions): ExecS
   if (options.tty) return qgaExecSession(client, options);
   if (options.command.length === 0)
     throw invalidArgument('The command to run is empty: give at least a program.');
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const input: Buffer[] = [];
-  let pid: number | undefined;
-  let pendingSignal: number | undefined;
-  let state: 'collecting' | 'running' | 'done' = 'collecting';
-  let settle: (code: number) => void = () => {};
-  const exit = new Promise<number>((resolve) => {
-    settle = resolve;
-  });
   const env = { PATH: DEFAULT_PATH, HOME: (options.user ?? 0) === 0 ? '/root' : '/', ...options.env };
 
-  const kill = (n: number, target: number): void => {
-    client
-      .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['kill', `-${n}`, String(target)] })
-      .catch(() => {});
-  };
-
-  const run = async (): Promise<number> => {
-    const base = `${KIT_RUN_DIR}/exec-${randomBytes(8).toString('hex')}`;
-    const files = { in: `${base}.in`, out: `${base}.out`, err: `${base}.err` };
-    const data = Buffer.concat(input);
-    if (data.length > 0) await writeGuestFile(client, files.in, data);
-    const argv = [
-      GUEST_BUSYBOX,
-      'sh',
-      '-c',
-      // Redirections first (as root: the files are the kit's), then the user and directory wrappers.
-      // $0 is the input file or empty (then stdin is /dev/null), $1 and $2 the output files.
-      'exec >"$1" 2>"$2" || exit 127; if [ -n "$0" ]; then exec <"$0" || exit 127; rm -f "$0"; else exec </dev/null; fi; shift 2; exec "$@"',
-      data.length > 0 ? files.in : '',
-      files.out,
-      files.err,
-      ...qgaExecArgv(options),
-    ];
-    const [path, ...arg] = argv;
-    const started = await client.command<{ pid: number }>('guest-exec', {
-      path,
-      arg,
-      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-    });
-    pid = started.pid;
-    if (pendingSignal !== undefined) kill(pendingSignal, pid);
-    const readOut = guestFileFollower(client, files.out);
-    const readErr = guestFileFollower(client, files.err);
-    try {
-      let delayMs = POLL_MIN_MS;
-      for (;;) {
-        const status = await client.command<Record<string, unknown>>('guest-exec-status', { pid });
-        // Read after the status: once it says exited, the files hold everything.
-        const o = await readOut();
-        const e = await readErr();
-        if (o.length > 0) stdout.write(o);
-        if (e.length > 0) stderr.write(e);
-        if (status.exited === true) {
-          if (typeof status.signal === 'number') return 128 + status.signal;
-          return typeof status.exitcode === 'number' ? status.exitcode : 0;
+  return collectingExecSession({
+    async run({ input, stdout, stderr, started }) {
+      const base = `${KIT_RUN_DIR}/exec-${randomBytes(8).toString('hex')}`;
+      const files = { in: `${base}.in`, out: `${base}.out`, err: `${base}.err` };
+      if (input.length > 0) await writeGuestFile(client, files.in, input);
+      const argv = [
+        GUEST_BUSYBOX,
+        'sh',
+        '-c',
+        // Redirections first (as root: the files are the kit's), then the user and directory wrappers.
+        // $0 is the input file or empty (then stdin is /dev/null), $1 and $2 the output files.
+        'exec >"$1" 2>"$2" || exit 127; if [ -n "$0" ]; then exec <"$0" || exit 127; rm -f "$0"; else exec </dev/null; fi; shift 2; exec "$@"',
+        input.length > 0 ? files.in : '',
+        files.out,
+        files.err,
+        ...qgaExecArgv(options),
+      ];
+      const [path, ...arg] = argv;
+      const { pid } = await client.command<{ pid: number }>('guest-exec', {
+        path,
+        arg,
+        env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      });
+      started(pid);
+      const readOut = guestFileFollower(client, files.out);
+      const readErr = guestFileFollower(client, files.err);
+      try {
+        let delayMs = POLL_MIN_MS;
+        for (;;) {
+          const status = await client.command<Record<string, unknown>>('guest-exec-status', { pid });
+          // Read after the status: once it says exited, the files hold everything.
+          const o = await readOut();
+          const e = await readErr();
+          if (o.length > 0) stdout.write(o);
+          if (e.length > 0) stderr.write(e);
+          if (status.exited === true) {
+            if (typeof status.signal === 'number') return 128 + status.signal;
+            return typeof status.exitcode === 'number' ? status.exitcode : 0;
+          }
+          if (o.length > 0 || e.length > 0) delayMs = POLL_MIN_MS;
+          await sleep(delayMs);
+          delayMs = Math.min(POLL_MAX_MS, delayMs * 2);
         }
-        if (o.length > 0 || e.length > 0) delayMs = POLL_MIN_MS;
-        await sleep(delayMs);
-        delayMs = Math.min(POLL_MAX_MS, delayMs * 2);
+      } finally {
+        client
+          .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['rm', '-f', files.in, files.out, files.err] })
+          .catch(() => {});
       }
-    } finally {
-      client
-        .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['rm', '-f', files.in, files.out, files.err] })
-        .catch(() => {});
-    }
-  };
-
-  const finish = (code: number, message?: string): void => {
-    state = 'done';
-    stdout.end();
-    stderr.end(message);
-    settle(code);
-  };
-
-  const start = (): void => {
-    if (state !== 'collecting') return;
-    state = 'running';
-    if (pendingSignal !== undefined) {
-      finish(128 + pendingSignal);
-      return;
-    }
-    run().then(
-      (code) => finish(code),
-      (e: unknown) => {
-        // An agent that stopped answering leaves the line in an unknown state: start afresh next time.
-        if (isTrivisorError(e) && e.code === 'Unavailable') client.close();
-        finish(255, `${e instanceof Error ? e.message : String(e)}\n`);
-      },
-    );
-  };
-
-  const stdin = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      input.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
-      callback();
     },
-    final(callback) {
-      start();
-      callback();
+    kill(signal, pid) {
+      client
+        .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['kill', `-${signal}`, String(pid)] })
+        .catch(() => {});
+    },
+    // An agent that stopped answering leaves the line in an unknown state: start afresh next time.
+    onError(e) {
+      if (isTrivisorError(e) && e.code === 'Unavailable') client.close();
     },
   });
-  // A destroyed stdin is an ended one, as for a pipe whose writer went away.
-  stdin.on('close', start);
-  stdin.on('error', () => {});
-
-  return {
-    stdin,
-    stdout,
-    stderr,
-    resize() {
-      // No terminal.
-    },
-    signal(signal) {
-      const n = constants.signals[signal];
-      if (n === undefined || state === 'done') return;
-      if (state === 'collecting') {
-        pendingSignal = n;
-        start();
-      } else if (pid === undefined) pendingSignal = n;
-      else kill(n, pid);
-    },
-    exit,
-  };
 }
 
 /** The host ends of a guest's agent line (see agent-line.ts). */
