@@ -397,11 +397,16 @@ export function createQgaClient(stream: Duplex, options: QgaClientOptions = {}):
 /** Connects to a unix socket on which a guest agent answers (QEMU chardev or qemu-ga's unix-listen). */
 export function connectQga(
   socketPath: string,
-  options: QgaClientOptions & { connectTimeoutMs?: number } = {},
+  options: QgaClientOptions & {
+    connectTimeoutMs?: number;
+    /** Called when the socket closes, whether or not it ever connected. */
+    onClose?: () => void;
+  } = {},
 ) {
   const timeoutMs = options.connectTimeoutMs ?? 5000;
   return new Promise<QgaClient>((resolve, reject) => {
     const socket = connect(socketPath);
+    if (options.onClose) socket.once('close', options.onClose);
     const timer = setTimeout(() => {
       socket.destroy();
       reject(unavailable(`Cannot connect to the guest agent socket ${socketPath} within ${timeoutMs} ms.`));

@@ -1,7 +1,5 @@
-import { connect } from 'node:net';
 import { constants } from 'node:os';
-import { unavailable } from '../../core/errors.ts';
-import { createQgaClient, type QgaClient } from '../../host/qga-client.ts';
+import { connectQga, type QgaClient } from '../../host/qga-client.ts';
 import { GUEST_BUSYBOX, qgaExecSession } from '../../host/qga-exec-session.ts';
 import type { ExecOptions, ExecSession } from '../guest-driver.ts';
 
@@ -45,29 +43,6 @@ interface Shared {
 export function createAgentPool(): AgentPool {
   const shared = new Map<string, Shared>();
 
-  const connectClient = (socketPath: string, timeoutMs: number, entry: () => Shared | undefined) =>
-    new Promise<QgaClient>((resolve, reject) => {
-      const socket = connect(socketPath);
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(unavailable(`Cannot connect to the guest agent socket ${socketPath} within ${timeoutMs} ms.`));
-      }, timeoutMs);
-      socket.once('error', (e) => {
-        clearTimeout(timer);
-        reject(unavailable(`Cannot connect to the guest agent socket ${socketPath}: ${e.message}.`));
-      });
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        socket.on('error', () => {});
-        resolve(createQgaClient(socket));
-      });
-      socket.once('close', () => {
-        const e = entry();
-        if (e && shared.get(socketPath) === e) shared.delete(socketPath);
-      });
-    });
-
   /** Runs `work` on the guest's shared connection, made on first use and closed when its last user is done. */
   const use = async <T>(
     socketPath: string,
@@ -76,7 +51,15 @@ export function createAgentPool(): AgentPool {
   ): Promise<T> => {
     let entry = shared.get(socketPath);
     if (!entry) {
-      const made: Shared = { users: 0, client: connectClient(socketPath, timeoutMs, () => made) };
+      const made: Shared = {
+        users: 0,
+        client: connectQga(socketPath, {
+          connectTimeoutMs: timeoutMs,
+          onClose: () => {
+            if (shared.get(socketPath) === made) shared.delete(socketPath);
+          },
+        }),
+      };
       made.client.catch(() => {
         if (shared.get(socketPath) === made) shared.delete(socketPath);
       });
