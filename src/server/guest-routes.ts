@@ -26,7 +26,7 @@ import {
 } from '../api/schemas.ts';
 import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
 import { cancelled, failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
-import type { ExecRequest, StateChangeRequest } from '../services/types.ts';
+import type { ExecRequest, OperationContext, StateChangeRequest } from '../services/types.ts';
 import { bridgeConsole } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { configChange, type RouteContext, sendAsync } from './route-context.ts';
@@ -41,6 +41,48 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   const { services } = ctx;
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
   const asyncReply = { 202: AsyncEnvelopeSchema, ...errors };
+
+  type ConnectedSocket = Awaited<ReturnType<PendingExec['connected']>>;
+  /**
+   * Starts an operation whose work runs over one WebSocket (exec, console): its
+   * metadata carries `websocket`, the URL with a secret to connect to within
+   * the connect timeout; `run` gets the socket once the client is there.
+   */
+  const startSocketOperation = (spec: {
+    description: string;
+    resources: Record<string, string[]>;
+    metadata: Record<string, unknown>;
+    run(socket: ConnectedSocket, opCtx: OperationContext): Promise<Record<string, unknown>>;
+    /** Called when no client connected in time (or the operation was cancelled first). */
+    onNoConnection?(): void;
+  }) => {
+    const secret = randomBytes(24).toString('hex');
+    let handOver!: (pending: PendingExec) => void;
+    const pendingReady = new Promise<PendingExec>((resolve) => {
+      handOver = resolve;
+    });
+    let websocket = '';
+    const op = services.operations.start({
+      description: spec.description,
+      resources: spec.resources,
+      mayCancel: true,
+      async run(opCtx) {
+        const pending = await pendingReady;
+        opCtx.setMetadata({ ...spec.metadata, websocket });
+        let socket: ConnectedSocket;
+        try {
+          socket = await pending.connected(ctx.execConnectTimeoutMs, opCtx.signal);
+        } catch (e) {
+          spec.onNoConnection?.();
+          throw e;
+        }
+        return spec.run(socket, opCtx);
+      },
+    });
+    websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
+    handOver(ctx.execs.register(op.id, secret));
+    return { ...op, metadata: { ...op.metadata, ...spec.metadata, websocket } };
+  };
 
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/guests',
@@ -227,20 +269,11 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       const resources = { guests: [guestUrl(name)] };
 
       if (body['wait-for-websocket']) {
-        const secret = randomBytes(24).toString('hex');
-        let handOver!: (pending: PendingExec) => void;
-        const pendingReady = new Promise<PendingExec>((resolve) => {
-          handOver = resolve;
-        });
-        let websocket = '';
-        const op = services.operations.start({
+        const op = startSocketOperation({
           description,
           resources,
-          mayCancel: true,
-          async run(opCtx) {
-            const pending = await pendingReady;
-            opCtx.setMetadata({ command: body.command, websocket });
-            const socket = await pending.connected(ctx.execConnectTimeoutMs, opCtx.signal);
+          metadata: { command: body.command },
+          async run(socket, opCtx) {
             let session: Awaited<ReturnType<typeof services.guests.exec>>;
             try {
               session = await services.guests.exec(name, exec);
@@ -253,9 +286,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
             return { return: code };
           },
         });
-        websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
-        handOver(ctx.execs.register(op.id, secret));
-        return sendAsync(reply, { ...op, metadata: { ...op.metadata, command: body.command, websocket } });
+        return sendAsync(reply, op);
       }
 
       // Without a websocket stdin is closed at once; output is recorded or dropped.
@@ -323,33 +354,16 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       // Attached before the operation exists, so that a guest that cannot be attached is this request's error.
       const stream = await services.guests.attachConsole(name);
       stream.on('error', () => {});
-      const secret = randomBytes(24).toString('hex');
-      let handOver!: (pending: PendingExec) => void;
-      const pendingReady = new Promise<PendingExec>((resolve) => {
-        handOver = resolve;
-      });
-      let websocket = '';
-      const op = services.operations.start({
+      const op = startSocketOperation({
         description: `Attached to the console of guest ${name}`,
         resources: { guests: [guestUrl(name)] },
-        mayCancel: true,
-        async run(opCtx) {
-          const pending = await pendingReady;
-          opCtx.setMetadata({ websocket });
-          let socket: Awaited<ReturnType<PendingExec['connected']>>;
-          try {
-            socket = await pending.connected(ctx.execConnectTimeoutMs, opCtx.signal);
-          } catch (e) {
-            stream.destroy();
-            throw e;
-          }
-          const end = await bridgeConsole(socket, stream, { signal: opCtx.signal });
-          return { ended: end };
+        metadata: {},
+        async run(socket, opCtx) {
+          return { ended: await bridgeConsole(socket, stream, { signal: opCtx.signal }) };
         },
+        onNoConnection: () => stream.destroy(),
       });
-      websocket = `${operationUrl(op.id)}/websocket?secret=${secret}`;
-      handOver(ctx.execs.register(op.id, secret));
-      return sendAsync(reply, { ...op, metadata: { ...op.metadata, websocket } });
+      return sendAsync(reply, op);
     },
   );
 
