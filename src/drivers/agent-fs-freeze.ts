@@ -7,6 +7,9 @@ import type { QgaClient } from '../host/qga-client.ts';
  * because the agent's line (QEMU's socket, UML's serial line) carries one
  * conversation at a time.
  */
+/** File name of the marker present in a guest's dir while its file systems are frozen for a snapshot. */
+export const FREEZE_MARKER = 'fsfreeze.pending';
+
 export type AgentAccess = <T>(work: (agent: QgaClient) => Promise<T>) => Promise<T>;
 
 /** How long the agent may take to freeze: it flushes every dirty page of the guest first. */

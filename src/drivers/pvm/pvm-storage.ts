@@ -5,7 +5,7 @@ import { failedPrecondition, invalidArgument, notFound } from '../../core/errors
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
-import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
@@ -19,8 +19,6 @@ const COW = 'root.cow';
 const RAW = 'root.img';
 /** Name of the flat disk inside an archive made by exportTar. */
 const ARCHIVE_DISK = 'disk.img';
-/** Present while the guest's file systems are frozen for a snapshot. */
-const FREEZE_MARKER = 'fsfreeze.pending';
 /** Present while the kernel is stopped through mconsole for a snapshot (no agent to freeze with). */
 const PAUSE_MARKER = 'paused-for-snapshot';
 

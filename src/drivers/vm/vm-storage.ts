@@ -6,7 +6,7 @@ import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
-import { type AgentAccess, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import { vmGuestPaths } from './qemu-command.ts';
@@ -20,8 +20,6 @@ const TMP_PREFIX = '.tmp-';
 const ROOT_DEVICE = 'root';
 /** Name of the disk inside an archive made by exportTar. */
 const ARCHIVE_DISK = 'disk.qcow2';
-/** Present while the guest's file systems are frozen for a snapshot. */
-const FREEZE_MARKER = 'fsfreeze.pending';
 /** Present while the guest's vCPUs are paused for a snapshot (no agent to freeze with). */
 const PAUSE_MARKER = 'paused-for-snapshot';
 /** vm-incremental.ts's record of the guest's own backup chain. */
