@@ -7,7 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { type Daemon, sleep, startDaemon } from '../test/system/harness.ts';
-import { guestPss, percentile, pssBytes, runOperation, settle, writeResult } from './lib.ts';
+import { baseDiskOf, guestPss, percentile, pssBytes, runOperation, settle, writeResult } from './lib.ts';
 
 const model = process.argv[2] === 'pvm' ? 'pvm' : 'vm';
 const iterations = Number(process.argv[3] ?? 5);
@@ -137,14 +137,4 @@ try {
 } finally {
   killRaw(rawDir);
   await d.destroy();
-}
-
-/** The busybox image's base disk (the one disk-*.ext4 the run made). */
-function baseDiskOf(daemon: Daemon): string {
-  const images = path.join(daemon.stateDir, 'images');
-  const found = execFileSync('find', [images, '-name', 'disk*.ext4'], { encoding: 'utf8' })
-    .trim()
-    .split('\n')[0];
-  if (!found) throw new Error('no base disk found');
-  return found;
 }

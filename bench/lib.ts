@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
@@ -91,4 +92,14 @@ export function guestPss(stateDir: string, guest: string): number {
     .split('\n')
     .filter(Boolean)
     .reduce((sum, pid) => sum + pssBytes(Number(pid)), 0);
+}
+
+/** The busybox image's base disk (the one disk-*.ext4 the run made). */
+export function baseDiskOf(daemon: Daemon): string {
+  const images = path.join(daemon.stateDir, 'images');
+  const found = execFileSync('find', [images, '-name', 'disk*.ext4'], { encoding: 'utf8' })
+    .trim()
+    .split('\n')[0];
+  if (!found) throw new Error('no base disk found');
+  return found;
 }

@@ -10,7 +10,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { sleep, startDaemon } from '../test/system/harness.ts';
-import { percentile, runOperation, writeResult } from './lib.ts';
+import { baseDiskOf, percentile, runOperation, writeResult } from './lib.ts';
 
 const iterations = Number(process.argv[2] ?? 3);
 const MARKER = 'trivisor: init';
@@ -121,11 +121,7 @@ try {
     .split('\0')
     .filter(Boolean)
     .map((a) => a.replaceAll(guestDir, scratch));
-  const base = execFileSync('find', [path.join(d.stateDir, 'images'), '-name', 'disk*.ext4'], {
-    encoding: 'utf8',
-  })
-    .trim()
-    .split('\n')[0] as string;
+  const base = baseDiskOf(d);
   await runOperation(d, 'DELETE', '/1.0/guests/tpl?force=true');
   if (!debianInitrd()) {
     for (const v of ['q35-debian', 'q35-debian-256'])
