@@ -95,8 +95,9 @@ describe('guest kit in a real kernel (User-Mode Linux)', {
       30_000,
       'the serial line pty',
     );
-    await runner.run(['stty', '-F', pty, 'raw', '-echo']);
+    // Open first: UML drops a pts whose last opener hangs up, which stty's own open and close could be.
     const fd = openSync(pty, constants.O_RDWR | constants.O_NOCTTY | constants.O_NONBLOCK);
+    await runner.run(['stty', '-F', pty, 'raw', '-echo']);
     client = createQgaClient(new ReadStream(fd), { requestTimeoutMs: 20_000 });
     await client.waitReady({ timeoutMs: 60_000 });
 
