@@ -45,7 +45,7 @@ import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
-import { umlArgv } from './uml-command.ts';
+import { privateTunArgv, umlArgv } from './uml-command.ts';
 import { openUmlConsole } from './uml-console.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
@@ -594,6 +594,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           p.consoleIn,
           ...procs,
           '--',
+          ...privateTunArgv(uid),
           'setpriv',
           `--reuid=${uid}`,
           `--regid=${uid}`,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { umlArgv } from './uml-command.ts';
+import { privateTunArgv, umlArgv } from './uml-command.ts';
 
 const base = {
   kernelPath: '/usr/bin/linux.uml',
@@ -40,4 +40,14 @@ test('a config disk is the read-only ubd1 and the kit is told where it is', () =
   assert.ok(argv.includes('trivisor.config=/dev/ubdb'));
   const none = umlArgv(base);
   assert.ok(!none.some((a) => a.startsWith('ubd1') || a.startsWith('trivisor.config=')));
+});
+
+test('the launcher gives UML a private tun node owned by the guest uid, not the host device', () => {
+  const argv = privateTunArgv(1_000_123);
+  assert.deepEqual(argv.slice(0, 5), ['unshare', '--mount', '--propagation', 'private', '--']);
+  const script = argv[7] ?? '';
+  assert.match(script, /mount -t tmpfs .* \/dev\/net/);
+  assert.match(script, /mknod -m 0600 \/dev\/net\/tun c 10 200/);
+  assert.match(script, /chown "\$0:\$0" \/dev\/net\/tun/);
+  assert.equal(argv[8], '1000123');
 });

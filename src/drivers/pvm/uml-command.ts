@@ -58,3 +58,30 @@ export function umlArgv(options: UmlBootOptions): string[] {
     }),
   ];
 }
+
+/**
+ * The argv prefix that gives a UML kernel a private `/dev/net/tun` it may open as the guest's uid.
+ * UML's tuntap transport opens `/dev/net/tun` itself, which may be root-only on the host (0600:
+ * hardened hosts and containers, where Debian's udev rule does not run). Rather than change the
+ * host device's mode, the launcher enters a mount namespace of its own, mounts a tmpfs over
+ * `/dev/net` there and makes a tun node owned by the guest's uid. The namespace dies with the
+ * guest; the host's `/dev/net/tun` stays as it is. Opening tun gives the uid nothing it may not
+ * have: without CAP_NET_ADMIN it can only attach to a persistent tap that already belongs to it.
+ * The pid stays the launcher's (unshare and sh exec), so the driver's process record still holds.
+ */
+export function privateTunArgv(uid: number): string[] {
+  return [
+    'unshare',
+    '--mount',
+    '--propagation',
+    'private',
+    '--',
+    '/bin/sh',
+    '-c',
+    // $0 is the uid; the rest is the command to exec.
+    // Without /dev/net the host has no tun at all: the guest boots, its NICs report why they are down.
+    'if [ -d /dev/net ]; then mount -t tmpfs -o size=16k,mode=0755,nosuid,noexec trivisor-tun /dev/net && ' +
+      'mknod -m 0600 /dev/net/tun c 10 200 && chown "$0:$0" /dev/net/tun || exit 112; fi; exec "$@"',
+    String(uid),
+  ];
+}
