@@ -1,30 +1,23 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { GuestSpec } from '../../src/core/types.ts';
 import type { ImageHandle } from '../../src/drivers/guest-driver.ts';
+import { GUEST_KERNEL_DIR } from '../../src/drivers/vm/boot-kit.ts';
 import { eventually } from '../drivers/exec-helpers.ts';
 import { testGuestSpec } from '../drivers/guest-spec.ts';
 import { makeVmFixture, type VmFixture } from './vm-fixture.ts';
 
-/** Debian's memtest86+ (package memtest86+): a standalone OS with its own kernel, not Linux. */
-const MEMTEST =
-  ['/opt/trivisor/guest-kernel/boot/memtest86+x64.bin', '/boot/memtest86+x64.bin'].find((p) =>
-    existsSync(p),
-  ) ?? '/boot/memtest86+x64.bin';
-const hasMemtest = await access(MEMTEST).then(
-  () => true,
-  () => false,
-);
+/** Debian's memtest86+ (package memtest86+): a standalone OS with its own kernel, not Linux. setup/test unpacks it. */
+const MEMTEST = join(GUEST_KERNEL_DIR, 'boot/memtest86+x64.bin');
 
-describe('vm guests run an OS other than the host', {
-  skip: hasMemtest ? false : `${MEMTEST} is missing: run setup/test (it unpacks memtest86+)`,
-}, () => {
+describe('vm guests run an OS other than the host', () => {
   let f: VmFixture;
   let spec: GuestSpec;
   before(async () => {
+    assert.ok(existsSync(MEMTEST), `${MEMTEST} is missing: run setup/test (it unpacks memtest86+)`);
     f = await makeVmFixture();
     spec = testGuestSpec('memtest', 'vm', { 'limits.memory': '128MiB' });
   });

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import {
   access,
   chmod,
@@ -11,7 +12,7 @@ import {
   rm,
   writeFile,
 } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { failedPrecondition } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 
@@ -170,9 +171,36 @@ export function moduleLoadOrder(
   return order;
 }
 
+/**
+ * Where setup/common.sh unpacks Debian's cloud kernel: unpacked rather than installed, so
+ * the host's own boot menu and /lib/modules stay as they were.
+ */
+export const GUEST_KERNEL_DIR = '/opt/trivisor/guest-kernel';
+
+/**
+ * The guest kernel's boot directory: the one setup unpacked when it is there, else the host's
+ * /boot. Every caller (driver, tests, benches) takes it from here, so none depends on what
+ * happens to be installed in /boot when setup has put a kernel in its own place.
+ */
+export function defaultBootDir(): string {
+  const unpacked = join(GUEST_KERNEL_DIR, 'boot');
+  return hasCloudKernel(unpacked) ? unpacked : '/boot';
+}
+
+/** The modules of a kernel in `<root>/boot` are in `<root>/lib/modules`. */
+export const modulesDirOf = (bootDir: string): string => join(dirname(bootDir), 'lib', 'modules');
+
+export function hasCloudKernel(bootDir: string): boolean {
+  try {
+    return readdirSync(bootDir).some((n) => /^vmlinuz-.*-cloud-amd64$/.test(n));
+  } catch {
+    return false;
+  }
+}
+
 /** Release string of the newest Debian cloud kernel in `bootDir`, or undefined when none is installed. */
 export async function findCloudKernel(
-  bootDir = '/boot',
+  bootDir = defaultBootDir(),
 ): Promise<{ kernelPath: string; kernelRelease: string } | undefined> {
   const names = await readdir(bootDir).catch(() => [] as string[]);
   const releases = names
@@ -194,9 +222,9 @@ const exists = (p: string): Promise<boolean> =>
 /** Options for ensureBootKit: where to look for the kernel and modules, and where to cache. */
 export interface BootKitOptions {
   runner: ProcessRunner;
-  /** Directory holding vmlinuz-* (default /boot). */
+  /** Directory holding vmlinuz-* (default: defaultBootDir()). */
   bootDir?: string;
-  /** Directory holding <release>/modules.dep (default /lib/modules). */
+  /** Directory holding <release>/modules.dep (default: lib/modules beside bootDir's parent). */
   modulesDir?: string;
   /** A kernel to use instead of the newest cloud kernel in bootDir. */
   kernelPath?: string;
@@ -209,7 +237,8 @@ export interface BootKitOptions {
  * busybox upgrade makes a new one. Concurrent callers share one build.
  */
 export async function ensureBootKit(stateDir: string, options: BootKitOptions): Promise<BootKit> {
-  const modulesDir = options.modulesDir ?? '/lib/modules';
+  const bootDir = options.bootDir ?? defaultBootDir();
+  const modulesDir = options.modulesDir ?? modulesDirOf(bootDir);
   let kernel: { kernelPath: string; kernelRelease: string } | undefined;
   if (options.kernelPath) {
     if (!(await exists(options.kernelPath))) {
@@ -224,7 +253,7 @@ export async function ensureBootKit(stateDir: string, options: BootKitOptions): 
       );
     kernel = { kernelPath: options.kernelPath, kernelRelease: release };
   } else {
-    kernel = await findCloudKernel(options.bootDir);
+    kernel = await findCloudKernel(bootDir);
   }
   if (!kernel) {
     throw failedPrecondition(

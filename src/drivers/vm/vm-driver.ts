@@ -1,7 +1,7 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import { failedPrecondition, internal, invalidArgument, unavailable } from '../../core/errors.ts';
@@ -32,7 +32,7 @@ import {
   chooseAccelerator,
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
-import { type BootKit, ensureBootKit } from './boot-kit.ts';
+import { type BootKit, defaultBootDir, ensureBootKit, hasCloudKernel, modulesDirOf } from './boot-kit.ts';
 import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
   DEFAULT_VM_DISK_BYTES,
@@ -136,8 +136,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     ensureBootKit(stateDir, {
       runner,
       bootDir,
-      // The modules of a kernel in <root>/boot are in <root>/lib/modules.
-      modulesDir: join(dirname(bootDir), 'lib', 'modules'),
+      modulesDir: modulesDirOf(bootDir),
       ...(options.kernelPath ? { kernelPath: options.kernelPath } : {}),
     });
   const accelerator = async (kit: BootKit): Promise<AcceleratorVerdict> =>
@@ -754,26 +753,6 @@ function foreignBootOf(
     .split(/\s+/)
     .filter(Boolean);
   return { kernel, cmdline, ready: image.record.properties['vm.ready'] };
-}
-
-/**
- * Where setup/common.sh unpacks Debian's cloud kernel: unpacked rather than installed, so
- * the host's own boot menu and /lib/modules stay as they were.
- */
-export const GUEST_KERNEL_DIR = '/opt/trivisor/guest-kernel';
-
-/** The unpacked guest kernel when there is one, else the host's /boot. */
-function defaultBootDir(): string {
-  const unpacked = join(GUEST_KERNEL_DIR, 'boot');
-  return hasCloudKernel(unpacked) ? unpacked : '/boot';
-}
-
-function hasCloudKernel(bootDir: string): boolean {
-  try {
-    return readdirSync(bootDir).some((n) => /^vmlinuz-.*-cloud-amd64$/.test(n));
-  } catch {
-    return false;
-  }
 }
 
 /** Reads the pid file QEMU wrote (for tests and diagnostics). */
