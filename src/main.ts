@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
+import { createNicObserver } from './control/nic-observer.ts';
 import { configValue } from './core/config-keys.ts';
 import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
@@ -181,6 +182,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   );
   const controller = createGuestController({ store, drivers, images, events, log, hostName });
   await controller.start();
+  // What running guests actually hold on their NICs, and NICs that did not come up (decision 15).
+  const nicObserver = createNicObserver({ store, drivers, networking: nics, events, log, hostName });
+  await nicObserver.start();
 
   const unixApp = await buildServer(services, { auth: { type: 'none' }, logger: false, uploadDir: stateDir });
   const socketPath = path.join(stateDir, 'trivisor.sock');
@@ -214,6 +218,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await Promise.allSettled(apps.map((a) => a.close()));
+  await nicObserver.stop();
   await controller.stop();
   services.storage.stop();
   services.pools.stop();

@@ -51,7 +51,17 @@ export const GuestNicStateSchema = Type.Object({
   network: Type.String(),
   hwaddr: Type.String(),
   hostName: Type.String({ description: 'Host-side interface' }),
-  addresses: Type.Array(Type.String()),
+  addresses: Type.Array(Type.String(), {
+    description: 'IPv4 addresses the running guest was last seen holding on this NIC (not its reservation)',
+  }),
+  addressSource: Type.Optional(
+    Type.Union([Type.Literal('guest'), Type.Literal('lease')], {
+      description: 'lease: the guest could not be asked, and addresses are its unexpired DHCP lease',
+    }),
+  ),
+  warning: Type.Optional(
+    Type.String({ description: 'Why the NIC does not work in the guest, naming the cause' }),
+  ),
   counters: Type.Union([
     Type.Object({
       rxBytes: Type.Number(),
@@ -64,8 +74,18 @@ export const GuestNicStateSchema = Type.Object({
 });
 
 const NetworkStateFields = {
-  addresses: Type.Optional(Type.Array(Type.String(), { description: "IPv4 addresses of the guest's NICs" })),
+  addresses: Type.Optional(
+    Type.Array(Type.String(), {
+      description:
+        'IPv4 addresses the running guest holds on its NICs, as last observed (refreshed every few seconds)',
+    }),
+  ),
   nics: Type.Optional(Type.Record(Type.String(), GuestNicStateSchema)),
+  warnings: Type.Optional(
+    Type.Array(Type.String(), {
+      description: 'What does not work as asked (e.g. a NIC that did not come up), naming the cause',
+    }),
+  ),
 };
 
 export const NetworkForwardSchema = Type.Object({

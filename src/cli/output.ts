@@ -80,6 +80,7 @@ export function guestInfo(g: Guest): string {
     `Created: ${g.createdAt}`,
   ];
   if (g.error) lines.push(`Error: ${g.error}`);
+  for (const w of g.state.warnings ?? []) lines.push(`Warning: ${w}`);
   if (g.state.pid !== null) lines.push(`PID: ${g.state.pid}`);
   if (g.state.uptimeSeconds !== null) lines.push(`Uptime: ${formatDuration(g.state.uptimeSeconds)}`);
   if (usage) {
@@ -93,7 +94,8 @@ export function guestInfo(g: Guest): string {
   if (nics.length > 0) lines.push('Network:');
   for (const [nic, n] of nics) {
     lines.push(`  ${nic}: network ${n.network}, hwaddr ${n.hwaddr}, host ${n.hostName}`);
-    lines.push(`    addresses: ${n.addresses.join(', ') || '-'}`);
+    const from = n.addressSource === 'lease' ? ' (its DHCP lease: the guest cannot be asked)' : '';
+    lines.push(`    addresses: ${n.addresses.join(', ') || '-'}${n.addresses.length > 0 ? from : ''}`);
     if (n.counters) {
       const c = n.counters;
       lines.push(`    received: ${formatBytes(c.rxBytes)} (${c.rxPackets} packets)`);

@@ -165,6 +165,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         success: [
           { type: 'delete', key: keys.guest(spec.name) },
           { type: 'delete', key: keys.guestStatus(spec.name) },
+          { type: 'delete', key: keys.guestNetwork(spec.name) },
         ],
       });
       lifecycle('guest-deleted', spec);

@@ -4,6 +4,9 @@ export const keys = {
   guest: (name: string): string => `/trivisor/guests/${name}`,
   guestStatusPrefix: '/trivisor/guest-status/',
   guestStatus: (name: string): string => `/trivisor/guest-status/${name}`,
+  /** What the NIC observer saw of a running guest's NICs → GuestNetworkObservation. */
+  guestNetworkPrefix: '/trivisor/guest-network/',
+  guestNetwork: (name: string): string => `/trivisor/guest-network/${name}`,
   imagePrefix: '/trivisor/images/',
   image: (fingerprint: string): string => `/trivisor/images/${fingerprint}`,
   imageAliasPrefix: '/trivisor/image-aliases/',

@@ -155,8 +155,36 @@ export interface GuestNicState {
   hwaddr: string;
   /** Host-side interface name. */
   hostName: string;
+  /** IPv4 addresses the guest was last seen holding on this NIC (not the reserved one). */
   addresses: string[];
+  /** `lease` when the guest could not be asked and `addresses` are its active DHCP lease. */
+  addressSource?: 'guest' | 'lease';
+  /** Why the NIC does not work in the guest, naming the cause; absent while it works. */
+  warning?: string;
   counters: { rxBytes: number; txBytes: number; rxPackets: number; txPackets: number } | null;
+}
+
+/** What the NIC observer last saw of one NIC of a running guest. */
+export interface ObservedNic {
+  /** IPv4 addresses (dotted quads) the guest holds on the NIC, which is up. */
+  addresses: string[];
+  /** `guest`: the guest's own view (its network namespace or agent); `lease`: dnsmasq's active lease. */
+  source: 'guest' | 'lease' | 'none';
+  /** Why the NIC does not work, naming the cause, once that has lasted (decision 15). */
+  warning?: string;
+}
+
+/**
+ * Observed network state of one running guest, written by its host's NIC observer at
+ * `keys.guestNetwork(name)` when it changes; kept apart from `GuestStatus`, which the
+ * guest controller owns (two writers of one key would lose each other's updates).
+ */
+export interface GuestNetworkObservation {
+  /** The guest process it was seen in: an observation of an earlier run is never shown. */
+  process: ProcessIdentity;
+  nics: Record<string, ObservedNic>;
+  /** When it last changed. */
+  changedAt: string;
 }
 
 /** Facts that identify a live guest process: a pid alone can be reused. */
@@ -218,10 +246,12 @@ export interface Guest {
     uptimeSeconds: number | null;
     usage: GuestUsage | null;
     restartCount: number;
-    /** IPv4 addresses of the guest's NICs while it runs. */
+    /** IPv4 addresses the running guest holds on its NICs, as last observed (decision 15). */
     addresses?: string[];
     /** Per-NIC state (with counters when usage was asked for). */
     nics?: Record<string, GuestNicState>;
+    /** What does not work as asked, e.g. a NIC that did not come up, naming the cause; absent when nothing. */
+    warnings?: string[];
   };
 }
 

@@ -2,7 +2,7 @@ import { PassThrough } from 'node:stream';
 import { failedPrecondition, internal, notFound, notSupported } from '../core/errors.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
-import type { GuestDriver, RuntimeState } from './guest-driver.ts';
+import type { GuestDriver, GuestNicView, RuntimeState } from './guest-driver.ts';
 
 /** In-memory guest driver for unit tests of services and controllers (never used by the daemon). */
 export interface FakeDriver extends GuestDriver {
@@ -15,6 +15,8 @@ export interface FakeDriver extends GuestDriver {
       config: Record<string, string>;
       /** Files pushed into the guest, by path. */
       files?: Map<string, GuestFile>;
+      /** What observeNics() answers (an error is thrown); none: no interfaces. */
+      nicView?: GuestNicView | Error;
     }
   >;
   /** Calls made, as `action:name`. */
@@ -150,6 +152,19 @@ export function createFakeDriver(model: Model = 'ct'): FakeDriver {
     },
     consoleLogPath(spec) {
       return `/nonexistent/${spec.name}/console.log`;
+    },
+    async observeNics(spec, { process }) {
+      calls.push(`observe-nics:${spec.name}`);
+      const g = guests.get(spec.name);
+      if (
+        g?.state !== 'running' ||
+        g.process?.pid !== process.pid ||
+        g.process.startTime !== process.startTime
+      ) {
+        throw failedPrecondition(`Guest ${spec.name} is not running`);
+      }
+      if (g.nicView instanceof Error) throw g.nicView;
+      return structuredClone(g.nicView ?? { interfaces: [], engineErrors: [] });
     },
     async attachNic(spec, nic) {
       calls.push(`attach-nic:${spec.name}:${nic}`);

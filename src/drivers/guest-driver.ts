@@ -78,6 +78,29 @@ export interface PushFileOptions extends GuestFileAttributes {
  */
 export type ConsoleStream = Duplex;
 
+/** One network interface as the guest itself sees it. */
+export interface GuestInterface {
+  /** Its name in the guest (`eth0`). */
+  name: string;
+  /** Its MAC, lower case, when the guest says. */
+  mac?: string;
+  /** Administratively up; undefined when the guest's view cannot tell (ct: the host's veth end does). */
+  up?: boolean;
+  /** IPv4 addresses (dotted quads) it holds. */
+  addresses: string[];
+}
+
+/** What a running guest says of its interfaces (`GuestDriver.observeNics`). */
+export interface GuestNicView {
+  /** Every interface but loopback. */
+  interfaces: GuestInterface[];
+  /**
+   * What the guest's engine logged about its NICs since it started, e.g. UML's
+   * `Failed to open /dev/net/tun, err = 13` (lines as written, most recent last).
+   */
+  engineErrors: string[];
+}
+
 export interface StopOptions {
   timeoutMs: number;
   force: boolean;
@@ -125,6 +148,17 @@ export interface GuestDriver {
   attachConsole(spec: GuestSpec): Promise<ConsoleStream>;
   /** Path of the guest's console log file. */
   consoleLogPath(spec: GuestSpec): string;
+  /**
+   * The running guest's own view of its interfaces and addresses (ct: its network namespace, read
+   * from /proc; vm, pvm: a probe through its agent), for the NIC observer. `process` is the identity
+   * recorded at start. FailedPrecondition when that process no longer runs; NotSupported where the
+   * guest cannot be asked (a vm booting another OS without the agent); Unavailable when its agent
+   * does not answer within `timeoutMs`.
+   */
+  observeNics(
+    spec: GuestSpec,
+    options: { process: ProcessIdentity; timeoutMs: number },
+  ): Promise<GuestNicView>;
   /**
    * Hot-plugs NIC `nic` (already in `spec.devices`) into the running guest (`pid`: its top
    * process): its port on the bridge with the same filters and limits as at start, and the

@@ -1,5 +1,6 @@
+import { isTrivisorError, unavailable } from '../core/errors.ts';
 import type { GuestSpec } from '../core/types.ts';
-import type { ExecOptions, ExecSession } from './guest-driver.ts';
+import type { ExecOptions, ExecSession, GuestInterface } from './guest-driver.ts';
 
 /** The guest kit's static busybox (vm and pvm guests booted with the kit have it). */
 const KIT_BUSYBOX = '/.trivisor/busybox';
@@ -44,4 +45,65 @@ export async function runGuestScript(
   session.stderr?.on('data', (c: Buffer) => chunks.push(c));
   const code = await session.exit;
   return { code, output: Buffer.concat(chunks).toString('utf8').trim() };
+}
+
+/**
+ * What a vm or pvm guest runs (through its agent) to show its interfaces: `link NAME MAC FLAGS`
+ * per interface (FLAGS from sysfs, hex; bit 0 is IFF_UP), then `ip -4 -o addr`. The agent's own
+ * guest-network-get-interfaces has no flags, and an address on an interface that is down is not held.
+ */
+export const NIC_PROBE_SCRIPT = [
+  `cd /sys/class/net || exit 1`,
+  `for d in *; do [ "$d" = lo ] || echo "link $d $(${KIT_BUSYBOX} cat $d/address 2>/dev/null) $(${KIT_BUSYBOX} cat $d/flags 2>/dev/null)"; done`,
+  `${KIT_BUSYBOX} ip -4 -o addr show`,
+].join('\n');
+
+/** Parses what NIC_PROBE_SCRIPT printed (busybox's and iproute2's `ip -o` alike). */
+export function parseNicProbe(output: string): GuestInterface[] {
+  const byName = new Map<string, GuestInterface>();
+  for (const line of output.split('\n')) {
+    const link = /^link (\S+) ([0-9a-fA-F:]*) ?(0x[0-9a-fA-F]+)?\s*$/.exec(line);
+    if (link) {
+      const [, name, mac, flags] = link as unknown as [string, string, string, string | undefined];
+      byName.set(name, {
+        name,
+        ...(mac ? { mac: mac.toLowerCase() } : {}),
+        ...(flags ? { up: (Number.parseInt(flags, 16) & 0x1) === 1 } : {}),
+        addresses: [],
+      });
+      continue;
+    }
+    const addr = /^\d+:\s+([^\s@]+)\S*\s+inet\s+(\d+\.\d+\.\d+\.\d+)\/\d+/.exec(line);
+    if (addr) byName.get(addr[1] as string)?.addresses.push(addr[2] as string);
+  }
+  return [...byName.values()];
+}
+
+/** Runs NIC_PROBE_SCRIPT in a running vm or pvm guest; Unavailable when it does not answer in `timeoutMs`. */
+export async function probeGuestNics(
+  exec: (spec: GuestSpec, options: ExecOptions) => Promise<ExecSession>,
+  spec: GuestSpec,
+  options: { timeoutMs: number },
+): Promise<GuestInterface[]> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(unavailable(`The agent of guest ${spec.name} did not answer within ${options.timeoutMs}ms`)),
+      options.timeoutMs,
+    );
+  });
+  try {
+    const r = await Promise.race([runGuestScript(exec, spec, NIC_PROBE_SCRIPT), late]);
+    if (r.code !== 0) {
+      throw unavailable(
+        `The agent of guest ${spec.name} could not list its interfaces: ${r.output || `exit ${r.code}`}`,
+      );
+    }
+    return parseNicProbe(r.output);
+  } catch (e) {
+    throw isTrivisorError(e) ? e : unavailable(`Cannot ask the agent of guest ${spec.name}: ${String(e)}`);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -86,3 +86,18 @@ export function leasesWithoutConflicts(
   });
   return kept.length === lines.length ? text : kept.join('\n');
 }
+
+/**
+ * The unexpired leases of a dnsmasq lease file (`EXPIRY MAC IP NAME CLIENT-ID` a line;
+ * expiry 0 never ends): MAC (lower case) → address.
+ */
+export function activeLeases(text: string, nowSeconds: number): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const [expiry, mac, ip] = line.trim().split(/\s+/);
+    if (!expiry || !mac || !ip || !/^\d+$/.test(expiry)) continue;
+    const ends = Number(expiry);
+    if (ends === 0 || ends > nowSeconds) out.set(mac.toLowerCase(), ip);
+  }
+  return out;
+}

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { failedPrecondition } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice } from '../core/types.ts';
+import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice, ObservedNic } from '../core/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { parseBitRate } from './ipv4.ts';
-import type { NetworkBackend, PortDefinition } from './network-backend.ts';
+import type { NetworkBackend, PortDefinition, PortState } from './network-backend.ts';
 
 /** What guest drivers use to put a guest's NICs on their networks. */
 export interface GuestNetworking {
@@ -39,8 +39,18 @@ export interface GuestNetworking {
   ): Promise<{ tap: string; mac: string; cidr: string }>;
   /** Removes one NIC's port and its filters (hot-unplug); idempotent. */
   unplugNic(spec: GuestSpec, nic: string): Promise<void>;
-  /** Per-NIC addresses and counters. */
-  state(spec: GuestSpec, options: { running: boolean }): Promise<Record<string, GuestNicState>>;
+  /**
+   * Per-NIC state for `info`: the addresses and warnings of `observed` (what the NIC observer
+   * last saw of the running guest; none shown without it), and counters while it runs.
+   */
+  state(
+    spec: GuestSpec,
+    options: { running: boolean; observed?: Record<string, ObservedNic> },
+  ): Promise<Record<string, GuestNicState>>;
+  /** Each NIC's host port and what the host sees of it (for the NIC observer). */
+  hostView(spec: GuestSpec): Promise<Record<string, { port: string; state: PortState }>>;
+  /** Each NIC's unexpired DHCP lease, for NICs that have one (for guests that cannot be asked). */
+  leases(spec: GuestSpec): Promise<Record<string, string>>;
 }
 
 const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
@@ -136,17 +146,44 @@ export function createGuestNetworking(deps: {
       for (const [nic] of nicsOf(spec)) await backend.unplug(hostPortName(stateDir, spec.name, nic));
     },
 
-    async state(spec, { running }) {
+    async state(spec, { running, observed }) {
       const out: Record<string, GuestNicState> = {};
       for (const [nic, d] of nicsOf(spec)) {
         const hostName = hostPortName(stateDir, spec.name, nic);
+        const seen = running ? observed?.[nic] : undefined;
         out[nic] = {
           network: d.network,
           hwaddr: d.hwaddr ?? '',
           hostName,
-          addresses: running && d['ipv4.address'] ? [d['ipv4.address']] : [],
+          addresses: seen?.addresses ?? [],
+          ...(seen?.source === 'lease' && { addressSource: 'lease' as const }),
+          ...(seen?.warning !== undefined && { warning: seen.warning }),
           counters: running ? ((await backend.counters(hostName)) ?? null) : null,
         };
+      }
+      return out;
+    },
+
+    async hostView(spec) {
+      const out: Record<string, { port: string; state: PortState }> = {};
+      for (const [nic] of nicsOf(spec)) {
+        const port = hostPortName(stateDir, spec.name, nic);
+        out[nic] = { port, state: await backend.portState(port) };
+      }
+      return out;
+    },
+
+    async leases(spec) {
+      const out: Record<string, string> = {};
+      const byNetwork = new Map<string, Map<string, string>>();
+      for (const [nic, d] of nicsOf(spec)) {
+        let leases = byNetwork.get(d.network);
+        if (!leases) {
+          leases = await backend.leases(d.network);
+          byNetwork.set(d.network, leases);
+        }
+        const ip = d.hwaddr ? leases.get(d.hwaddr.toLowerCase()) : undefined;
+        if (ip !== undefined) out[nic] = ip;
       }
       return out;
     },

@@ -8,6 +8,7 @@ import type { Logger } from '../host/logger.ts';
 import { isSameProcess, readProcessIdentity } from '../host/proc-stat.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import {
+  activeLeases,
   dhcpHostsFile,
   dnsmasqArgv,
   dnsmasqPaths,
@@ -15,7 +16,13 @@ import {
   leasesWithoutConflicts,
 } from './dnsmasq-config.ts';
 import { stableMac } from './ipv4.ts';
-import type { NetworkBackend, NetworkDefinition, NicCounters, PortDefinition } from './network-backend.ts';
+import type {
+  NetworkBackend,
+  NetworkDefinition,
+  NicCounters,
+  PortDefinition,
+  PortState,
+} from './network-backend.ts';
 import {
   aclRuleset,
   deleteNetworkRuleset,
@@ -312,6 +319,20 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       } catch {
         return undefined;
       }
+    },
+
+    async portState(port): Promise<PortState> {
+      // carrier reads EINVAL while the interface is administratively down: no carrier either.
+      const carrier = await readFile(join(sysClassNet, port, 'carrier'), 'utf8').catch(
+        (e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? undefined : '0'),
+      );
+      if (carrier === undefined) return 'missing';
+      return carrier.trim() === '1' ? 'up' : 'no-carrier';
+    },
+
+    async leases(network) {
+      const text = await readFile(dnsmasqPaths(stateDir, network).leases, 'utf8').catch(() => '');
+      return activeLeases(text, Math.floor(Date.now() / 1000));
     },
   };
   return backend;

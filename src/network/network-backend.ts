@@ -51,6 +51,12 @@ export interface NicCounters {
 }
 
 /**
+ * What the host sees of a guest port: `up` when it has carrier (a veth: both ends are up;
+ * a tap: QEMU or UML has it open), `no-carrier`, or `missing` when the interface is gone.
+ */
+export type PortState = 'up' | 'no-carrier' | 'missing';
+
+/**
  * The host's side of network virtualization: bridges, their dnsmasq and
  * nftables tables, and guest ports on them. Idempotent; only ever touches
  * objects it made (bridges carry an alias naming their state dir).
@@ -85,4 +91,8 @@ export interface NetworkBackend {
 
   unplug(port: string): Promise<void>;
   counters(port: string): Promise<NicCounters | undefined>;
+  /** Whether a port exists and has carrier (read from sysfs: cheap enough for every port every few seconds). */
+  portState(port: string): Promise<PortState>;
+  /** A network's unexpired DHCP leases from its dnsmasq's lease file: MAC (lower case) → address. */
+  leases(network: string): Promise<Map<string, string>>;
 }

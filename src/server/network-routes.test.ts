@@ -20,6 +20,8 @@ const nullBackend: NetworkBackend = {
   plugTap: async () => {},
   unplug: async () => {},
   counters: async () => undefined,
+  portState: async () => 'up',
+  leases: async () => new Map(),
 };
 
 describe('/1.0/networks routes', () => {

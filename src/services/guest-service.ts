@@ -13,6 +13,7 @@ import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import {
   type Guest,
+  type GuestNetworkObservation,
   type GuestSpec,
   type GuestStatus,
   type GuestUsage,
@@ -49,6 +50,21 @@ interface Loaded {
   spec: GuestSpec;
   status: GuestStatus | undefined;
   modRevision: number;
+  /** What the NIC observer last saw, when it is about the guest's current run. */
+  network: GuestNetworkObservation | undefined;
+}
+
+/** An observation counts only for the run it was made in, and only while the guest runs. */
+function currentObservation(
+  status: GuestStatus | undefined,
+  observation: GuestNetworkObservation | undefined,
+): GuestNetworkObservation | undefined {
+  const running = status?.status === 'Running' || status?.status === 'Frozen';
+  const p = status?.process;
+  if (!running || !p || !observation) return undefined;
+  return observation.process.pid === p.pid && observation.process.startTime === p.startTime
+    ? observation
+    : undefined;
 }
 
 export function createGuestService(deps: GuestServiceDeps): GuestService {
@@ -65,12 +81,21 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   async function load(name: string): Promise<Loaded> {
     assertDnsLabel(name, 'guest name');
-    const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
+    const [s, st, net] = await Promise.all([
+      store.get(keys.guest(name)),
+      store.get(keys.guestStatus(name)),
+      store.get(keys.guestNetwork(name)),
+    ]);
     if (!s) throw notFound(`Guest ${name} not found`);
+    const status = st ? (JSON.parse(st.value) as GuestStatus) : undefined;
     return {
       spec: JSON.parse(s.value) as GuestSpec,
-      status: st ? (JSON.parse(st.value) as GuestStatus) : undefined,
+      status,
       modRevision: s.modRevision,
+      network: currentObservation(
+        status,
+        net ? (JSON.parse(net.value) as GuestNetworkObservation) : undefined,
+      ),
     };
   }
 
@@ -115,10 +140,17 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     return (await drivers[spec.model]?.usage(spec).catch(() => null)) ?? null;
   }
 
-  async function nicsOf(spec: GuestSpec, status: GuestStatus | undefined, withCounters: boolean) {
+  async function nicsOf(
+    spec: GuestSpec,
+    status: GuestStatus | undefined,
+    options: { withCounters: boolean; network: GuestNetworkObservation | undefined },
+  ) {
     if (!deps.nics?.hasNics(spec)) return undefined;
     const running = status?.status === 'Running' || status?.status === 'Frozen';
-    const state = await deps.nics.state(spec, { running }).catch(() => undefined);
+    const { withCounters, network } = options;
+    const state = await deps.nics
+      .state(spec, { running, ...(network && { observed: network.nics }) })
+      .catch(() => undefined);
     if (state && !withCounters) for (const n of Object.values(state)) n.counters = null;
     return state;
   }
@@ -127,8 +159,9 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     spec: GuestSpec,
     status: GuestStatus | undefined,
     usage: GuestUsage | null,
-    nics?: Guest['state']['nics'],
+    options: { nics?: Guest['state']['nics']; network: GuestNetworkObservation | undefined },
   ): Guest {
+    const { nics, network } = options;
     const startedAt = status?.startedAt ?? null;
     const guest: Guest = {
       name: spec.name,
@@ -152,10 +185,14 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     };
     if (spec.devices) {
       guest.devices = spec.devices;
-      const running = status?.status === 'Running' || status?.status === 'Frozen';
-      guest.state.addresses = running
-        ? Object.values(spec.devices).flatMap((d) => (d['ipv4.address'] ? [d['ipv4.address']] : []))
-        : [];
+      // What the guest holds, as last observed (decision 15); never the reservation itself.
+      const seen = Object.keys(spec.devices).flatMap((nic) => {
+        const n = network?.nics[nic];
+        return n ? [n] : [];
+      });
+      guest.state.addresses = seen.flatMap((n) => n.addresses);
+      const warnings = seen.flatMap((n) => (n.warning !== undefined ? [n.warning] : []));
+      if (warnings.length > 0) guest.state.warnings = warnings;
     }
     if (spec.disks && Object.keys(spec.disks).length > 0) guest.disks = spec.disks;
     if (nics) guest.state.nics = nics;
@@ -165,32 +202,48 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   return {
     async list(options = {}) {
-      const [specs, statuses] = await Promise.all([
+      const [specs, statuses, networks] = await Promise.all([
         store.list(keys.guestPrefix),
         store.list(keys.guestStatusPrefix),
+        store.list(keys.guestNetworkPrefix),
       ]);
       const byName = new Map<string, GuestStatus>();
       for (const kv of statuses.kvs)
         byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
+      const observed = new Map<string, GuestNetworkObservation>();
+      for (const kv of networks.kvs)
+        observed.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
       const specList = specs.kvs.map((kv) => JSON.parse(kv.value) as GuestSpec);
+      const networkOf = (spec: GuestSpec) =>
+        currentObservation(byName.get(spec.name), observed.get(spec.name));
       // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
       const usages = options.withUsage
         ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
         : [];
       const nics = options.withUsage
-        ? await Promise.all(specList.map((spec) => nicsOf(spec, byName.get(spec.name), true)))
+        ? await Promise.all(
+            specList.map((spec) =>
+              nicsOf(spec, byName.get(spec.name), { withCounters: true, network: networkOf(spec) }),
+            ),
+          )
         : [];
-      return specList.map((spec, i) => toGuest(spec, byName.get(spec.name), usages[i] ?? null, nics[i]));
+      return specList.map((spec, i) =>
+        toGuest(spec, byName.get(spec.name), usages[i] ?? null, {
+          nics: nics[i],
+          network: networkOf(spec),
+        }),
+      );
     },
 
     async get(name, options = { withUsage: true }) {
       const l = await load(name);
-      return toGuest(
-        l.spec,
-        l.status,
-        options.withUsage ? await usageOf(l.spec, l.status) : null,
-        await nicsOf(l.spec, l.status, options.withUsage === true),
-      );
+      return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null, {
+        nics: await nicsOf(l.spec, l.status, {
+          withCounters: options.withUsage === true,
+          network: l.network,
+        }),
+        network: l.network,
+      });
     },
 
     async create(request) {
@@ -235,6 +288,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         success: [
           { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
           { type: 'delete', key: keys.guestStatus(spec.name) },
+          { type: 'delete', key: keys.guestNetwork(spec.name) },
           ...(claims?.success ?? []),
         ],
       });
@@ -388,7 +442,9 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       }
       const after = await load(name);
       return {
-        guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status)),
+        guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status), {
+          network: after.network,
+        }),
         pendingRestart: after.status?.pendingRestart ?? [],
       };
     },

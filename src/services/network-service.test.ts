@@ -44,6 +44,12 @@ function fakeBackend() {
     async counters() {
       return undefined;
     },
+    async portState() {
+      return 'up' as const;
+    },
+    async leases() {
+      return new Map<string, string>();
+    },
   };
   return backend;
 }

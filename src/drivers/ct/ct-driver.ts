@@ -23,6 +23,7 @@ import type {
 } from '../guest-driver.ts';
 import { ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
+import { readNetnsInterfaces } from './netns-interfaces.ts';
 import {
   buildOciSpec,
   DEFAULT_ENV,
@@ -551,6 +552,13 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
+    },
+
+    async observeNics(spec, { process }) {
+      const init = await liveInit(spec, process);
+      const interfaces = init ? await readNetnsInterfaces(init.pid).catch(() => undefined) : undefined;
+      if (!interfaces) throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      return { interfaces, engineErrors: [] };
     },
 
     // A veth into the running init's network namespace, as at start, with its address set from

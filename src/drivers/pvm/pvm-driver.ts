@@ -40,7 +40,7 @@ import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
-import { nicDownScript, nicUpScript, runGuestScript } from '../guest-nic.ts';
+import { nicDownScript, nicUpScript, probeGuestNics, runGuestScript } from '../guest-nic.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
 import { preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
@@ -49,6 +49,7 @@ import { privateTunArgv, umlArgv } from './uml-command.ts';
 import { openUmlConsole } from './uml-console.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
+import { readTail, umlNicErrors } from './uml-net-log.ts';
 
 const MiB = 1024 * 1024;
 /** Guest RAM when limits.memory is not set. */
@@ -780,6 +781,13 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
 
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
+    },
+
+    // The guest's interfaces through its agent; what the UML kernel said about its NICs from the console.
+    async observeNics(spec, { process, timeoutMs }) {
+      if (!(await liveUml(spec, process))) throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      const interfaces = await probeGuestNics((g, o) => driver.exec(g, o), spec, { timeoutMs });
+      return { interfaces, engineErrors: umlNicErrors(await readTail(pathsOf(spec).consoleLog)) };
     },
 
     async attachNic(spec, nic) {

@@ -4,7 +4,13 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
-import { failedPrecondition, internal, invalidArgument, unavailable } from '../../core/errors.ts';
+import {
+  failedPrecondition,
+  internal,
+  invalidArgument,
+  notSupported,
+  unavailable,
+} from '../../core/errors.ts';
 import { GUEST_FILE_MAX_BYTES, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
@@ -24,7 +30,7 @@ import type {
   ProbeResult,
   RuntimeState,
 } from '../guest-driver.ts';
-import { nicUpScript, runGuestScript } from '../guest-nic.ts';
+import { nicUpScript, probeGuestNics, runGuestScript } from '../guest-nic.ts';
 import {
   ACCELERATOR_ENV,
   type AcceleratorSetting,
@@ -80,6 +86,8 @@ export interface BootRecord {
   vcpus: number;
   stopSignal: string;
   kernelRelease: string;
+  /** Booted another OS's kernel without the guest kit (image property vm.kernel): no agent. */
+  foreign?: boolean;
 }
 
 /** Per-host settings of the vm driver (main.ts passes them from the host config). */
@@ -488,6 +496,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           vcpus: resources.vcpus,
           stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
           kernelRelease: kit.kernelRelease,
+          ...(foreign ? { foreign: true } : {}),
         });
         await joinCgroup(spec, pid, resources.cpuQuotaUs);
         if (foreign) await waitForeignBooted(spec, identity, { consoleOffset, ready: foreign.ready });
@@ -632,6 +641,18 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
 
     consoleLogPath(spec) {
       return pathsOf(spec).consoleLog;
+    },
+
+    // Through the agent, like exec: QEMU's own view (query-rx-filter, link state) knows no addresses.
+    async observeNics(spec, { process, timeoutMs }) {
+      if (!(await liveQemu(spec, process))) throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      if ((await readBoot(spec))?.foreign) {
+        throw notSupported(`Guest ${spec.name} boots its own kernel without the guest agent.`);
+      }
+      return {
+        interfaces: await probeGuestNics((g, o) => driver.exec(g, o), spec, { timeoutMs }),
+        engineErrors: [],
+      };
     },
 
     // A tap on the bridge as at start, then QMP: netdev_add on it and a virtio-net device on a

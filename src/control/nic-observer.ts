@@ -1,0 +1,320 @@
+import { asTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type {
+  GuestNetworkObservation,
+  GuestSpec,
+  GuestStatus,
+  Model,
+  NicDevice,
+  ObservedNic,
+  ProcessIdentity,
+} from '../core/types.ts';
+import type { GuestDriver, GuestNicView } from '../drivers/guest-driver.ts';
+import type { Logger } from '../host/logger.ts';
+import type { GuestNetworking } from '../network/guest-networking.ts';
+import type { EventBus } from '../services/types.ts';
+import type { KvStore } from '../store/kv.ts';
+import { diagnoseNic, interfaceOf, type NicProblem } from './nic-diagnosis.ts';
+
+export interface NicObserverDeps {
+  store: KvStore;
+  drivers: Partial<Record<Model, GuestDriver>>;
+  networking: Pick<GuestNetworking, 'hostView' | 'leases'>;
+  events: EventBus;
+  log: Logger;
+  hostName: string;
+  /** How often a settled guest is looked at again (the most an address change takes to show). */
+  refreshMs?: number;
+  /** How often a guest is looked at while it boots or while a problem is being confirmed. */
+  fastMs?: number;
+  /** How long a problem must last before it is a warning (a hot-plug, a DHCP renewal pass by). */
+  settleMs?: number;
+  /** After a start, how long a NIC may lack an address or be down before that is a warning (DHCP takes a while). */
+  graceMs?: number;
+  /** How long a guest's agent may take to answer. */
+  agentTimeoutMs?: number;
+  /** Guests observed at once. */
+  concurrency?: number;
+  now?: () => number;
+}
+
+/**
+ * Watches what this host's running guests hold on their NICs (decision 15): each guest's own
+ * view (ct: its network namespace through /proc; vm, pvm: a probe through its agent), its host
+ * ports' carrier, and its engine's log; records addresses and warnings at `keys.guestNetwork`
+ * when they change, and publishes `guest-nic-warning`, `guest-nic-recovered` and
+ * `guest-addresses-changed` events. Lists stay cheap: they read the record, never the guest.
+ */
+export interface NicObserver {
+  start(): Promise<void>;
+  /** Stops looking; waits for observations in flight. */
+  stop(): Promise<void>;
+  /** Runs one pass now and waits for the observations it started (tests). */
+  tick(): Promise<void>;
+}
+
+interface Tracked {
+  process: ProcessIdentity;
+  /** Problems seen but not yet reported, by NIC: kind and since when. */
+  pending: Map<string, { kind: string; since: number }>;
+  record: GuestNetworkObservation | undefined;
+  nextAt: number;
+  inFlight: boolean;
+}
+
+const sameProcess = (a: ProcessIdentity | undefined, b: ProcessIdentity | undefined) =>
+  a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
+
+const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
+  Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
+
+/** The record without its timestamp, for telling whether anything changed. */
+const essence = (r: GuestNetworkObservation | undefined) =>
+  r === undefined ? '' : JSON.stringify({ process: r.process, nics: r.nics });
+
+export function createNicObserver(deps: NicObserverDeps): NicObserver {
+  const { store, drivers, networking, events, hostName } = deps;
+  const log = deps.log.child({ component: 'nic-observer' });
+  const refreshMs = deps.refreshMs ?? 5000;
+  const fastMs = deps.fastMs ?? 1000;
+  const settleMs = deps.settleMs ?? 2000;
+  const graceMs = deps.graceMs ?? 30_000;
+  const agentTimeoutMs = deps.agentTimeoutMs ?? 10_000;
+  const concurrency = deps.concurrency ?? 8;
+  const now = deps.now ?? Date.now;
+
+  const tracked = new Map<string, Tracked>();
+  const inFlight = new Set<Promise<void>>();
+  /** Guests waiting for a free observation slot, in the order they became due. */
+  const queue: Array<{ spec: GuestSpec; status: GuestStatus; t: Tracked }> = [];
+  let busy = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+
+  const publish = (action: string, spec: GuestSpec, metadata: Record<string, unknown>) =>
+    events.publish({
+      type: 'lifecycle',
+      action,
+      source: `/1.0/guests/${spec.name}`,
+      metadata: { name: spec.name, model: spec.model, ...metadata },
+    });
+
+  /** Asks the guest; undefined view with a reason when it cannot be asked. */
+  async function guestView(
+    spec: GuestSpec,
+    driver: GuestDriver,
+    process: ProcessIdentity,
+  ): Promise<{ view: GuestNicView } | { view: undefined; why: string; expected: boolean } | 'not-running'> {
+    try {
+      return { view: await driver.observeNics(spec, { process, timeoutMs: agentTimeoutMs }) };
+    } catch (e) {
+      const err = asTrivisorError(e);
+      if (err.code === 'FailedPrecondition') return 'not-running';
+      return { view: undefined, why: err.message, expected: err.code === 'NotSupported' };
+    }
+  }
+
+  async function observe(spec: GuestSpec, status: GuestStatus, t: Tracked): Promise<void> {
+    const driver = drivers[spec.model];
+    if (!driver || !status.process) return;
+    const [ports, asked] = await Promise.all([
+      networking.hostView(spec),
+      guestView(spec, driver, status.process),
+    ]);
+    // Stopped or frozen meanwhile: the guest controller notices; nothing to say about its NICs.
+    if (asked === 'not-running') return;
+    const leases = asked.view ? {} : await networking.leases(spec).catch(() => ({}));
+    const at = now();
+    const startedAt = status.startedAt ? Date.parse(status.startedAt) : 0;
+    const booting = at - startedAt < graceMs;
+    const nics: Record<string, ObservedNic> = {};
+    let unsettled = false;
+    for (const [nic, device] of nicsOf(spec)) {
+      const port = ports[nic];
+      if (!port) continue;
+      const iface = asked.view ? interfaceOf(asked.view.interfaces, nic, device.hwaddr) : undefined;
+      const lease = (leases as Record<string, string>)[nic];
+      const verdict = diagnoseNic({
+        nic,
+        device,
+        model: spec.model,
+        port: { name: port.port, state: port.state },
+        inGuest: asked.view ? (iface ?? 'absent') : 'unknown',
+        ...(asked.view ? {} : { unknownWhy: asked.why, unknownExpected: asked.expected }),
+        ...(lease !== undefined && { lease }),
+        engineErrors: asked.view?.engineErrors ?? [],
+      });
+      const entry: ObservedNic = { ...verdict.observed };
+      const warning = warningOf(t, nic, verdict.problem, at, booting);
+      if (warning !== undefined) entry.warning = warning;
+      // A problem not reported yet is looked at again soon, to confirm it or see it go.
+      if (verdict.problem && warning === undefined) unsettled = true;
+      nics[nic] = entry;
+    }
+    if (booting && Object.values(nics).some((n) => n.addresses.length === 0)) unsettled = true;
+    t.nextAt = at + (unsettled ? fastMs : refreshMs);
+
+    const record: GuestNetworkObservation = {
+      process: status.process,
+      nics,
+      changedAt: new Date(at).toISOString(),
+    };
+    const previous = t.record && sameProcess(t.record.process, status.process) ? t.record : undefined;
+    if (essence(previous) === essence(record)) return;
+    if (stopped) return;
+    await store.put(keys.guestNetwork(spec.name), JSON.stringify(record));
+    t.record = record;
+    announce(spec, previous, record);
+  }
+
+  /** The warning a problem makes now, if it has lasted long enough; updates what is pending. */
+  function warningOf(
+    t: Tracked,
+    nic: string,
+    problem: NicProblem | undefined,
+    at: number,
+    booting: boolean,
+  ): string | undefined {
+    if (!problem) {
+      t.pending.delete(nic);
+      return undefined;
+    }
+    let p = t.pending.get(nic);
+    if (p?.kind !== problem.kind) {
+      p = { kind: problem.kind, since: at };
+      t.pending.set(nic, p);
+    }
+    const reported = t.record?.nics[nic]?.warning !== undefined && sameProcess(t.record.process, t.process);
+    if (reported) return problem.text;
+    if (at - p.since < settleMs) return undefined;
+    if (booting && !problem.definite) return undefined;
+    return problem.text;
+  }
+
+  function announce(
+    spec: GuestSpec,
+    previous: GuestNetworkObservation | undefined,
+    next: GuestNetworkObservation,
+  ): void {
+    for (const [nic, n] of Object.entries(next.nics)) {
+      const before = previous?.nics[nic]?.warning;
+      if (n.warning !== undefined && n.warning !== before) {
+        log.warn({ guest: spec.name, nic, warning: n.warning }, 'guest NIC warning');
+        publish('guest-nic-warning', spec, { nic, warning: n.warning });
+      } else if (n.warning === undefined && before !== undefined) {
+        publish('guest-nic-recovered', spec, { nic });
+      }
+    }
+    const addresses = (r: GuestNetworkObservation | undefined) =>
+      Object.values(r?.nics ?? {}).flatMap((n) => n.addresses);
+    if (JSON.stringify(addresses(previous)) !== JSON.stringify(addresses(next))) {
+      publish('guest-addresses-changed', spec, { addresses: addresses(next) });
+    }
+  }
+
+  /** Starts queued observations while slots are free; resolves when those it started are done. */
+  function drain(): Promise<void> {
+    const started: Promise<void>[] = [];
+    while (!stopped && busy < concurrency && queue.length > 0) {
+      const { spec, status, t } = queue.shift() as (typeof queue)[number];
+      busy++;
+      const p = observe(spec, status, t)
+        .catch((e) => {
+          log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'cannot observe guest NICs');
+          t.nextAt = now() + refreshMs;
+        })
+        .finally(() => {
+          busy--;
+          t.inFlight = false;
+          inFlight.delete(p);
+          void drain();
+        });
+      inFlight.add(p);
+      started.push(p);
+    }
+    return Promise.all(started).then(() => {});
+  }
+
+  /** Finds the guests that are due, queues them, and starts what the slots allow. */
+  async function scan(): Promise<{ done: Promise<void> }> {
+    const [specs, statuses, records] = await Promise.all([
+      store.list(keys.guestPrefix),
+      store.list(keys.guestStatusPrefix),
+      store.list(keys.guestNetworkPrefix),
+    ]);
+    const statusOf = new Map<string, GuestStatus>();
+    for (const kv of statuses.kvs) {
+      statusOf.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value) as GuestStatus);
+    }
+    const recordOf = new Map<string, GuestNetworkObservation>();
+    for (const kv of records.kvs) {
+      recordOf.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
+    }
+    const ours = new Set<string>();
+    const at = now();
+    for (const kv of specs.kvs) {
+      const spec = JSON.parse(kv.value) as GuestSpec;
+      if (spec.host !== hostName) continue;
+      ours.add(spec.name);
+      const status = statusOf.get(spec.name);
+      const record = recordOf.get(spec.name);
+      // Frozen guests cannot be asked: their last observation stays.
+      if (status?.status === 'Frozen') continue;
+      if (status?.status !== 'Running' || !status.process || spec.deleting || nicsOf(spec).length === 0) {
+        tracked.delete(spec.name);
+        if (record) await store.delete(keys.guestNetwork(spec.name));
+        continue;
+      }
+      let t = tracked.get(spec.name);
+      if (!t || !sameProcess(t.process, status.process)) {
+        t = {
+          process: status.process,
+          pending: new Map(),
+          record: record && sameProcess(record.process, status.process) ? record : undefined,
+          nextAt: 0,
+          inFlight: false,
+        };
+        tracked.set(spec.name, t);
+      }
+      if (!t.inFlight && at >= t.nextAt) {
+        t.inFlight = true;
+        queue.push({ spec, status, t });
+      }
+    }
+    // Records of guests that are gone (deleted while an observation was in flight).
+    for (const name of recordOf.keys()) {
+      if (!specs.kvs.some((kv) => kv.key === keys.guest(name))) await store.delete(keys.guestNetwork(name));
+    }
+    for (const name of tracked.keys()) if (!ours.has(name)) tracked.delete(name);
+
+    // Wrapped: an async function would wait for a promise it returns.
+    return { done: drain() };
+  }
+
+  /** One pass; waits until every observation in flight is done (tests). */
+  async function tick(): Promise<void> {
+    await (await scan()).done;
+    while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
+  }
+
+  return {
+    async start() {
+      stopped = false;
+      const loop = () => {
+        // Observations run on in the background: a slow agent never holds up the next pass.
+        timer = setTimeout(async () => {
+          await scan().catch((e) => log.error({ err: asTrivisorError(e).message }, 'NIC observation failed'));
+          if (!stopped) loop();
+        }, fastMs);
+        timer.unref();
+      };
+      loop();
+    },
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await Promise.allSettled([...inFlight]);
+    },
+    tick,
+  };
+}
