@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { access, chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestSpec } from '../../src/core/types.ts';
 import { cgroupParentOf, createCtDriver } from '../../src/drivers/ct/ct-driver.ts';
 import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
-import { cgroupDirs, removeCgroup } from '../../src/host/cgroups-v1.ts';
+import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { silentLogger } from '../../src/host/logger.ts';
 import { mountPointsUnder } from '../../src/host/mounts.ts';
 import { hostRunner } from '../../src/host/runner.ts';
+import { cleanUpRun, makeRunDir } from '../leftovers.ts';
 import { makeBusyboxImage } from './busybox-image-handle.ts';
 import type { DriverUnderTest } from './conformance.ts';
 
@@ -34,9 +35,8 @@ export async function makeCtFixture(
   options: { guestConfig?: Record<string, string> } = {},
 ): Promise<CtFixture> {
   const runner = hostRunner();
-  const dir = await mkdtemp('/tmp/trivisor-ct-');
   // Unprivileged runc walks to the rootfs as "other": the temp dir must be searchable.
-  await chmod(dir, 0o711);
+  const dir = await makeRunDir('ct', { stateDir: 'state', mode: 0o711 });
   const stateDir = join(dir, 'state');
   const runcRoot = join(stateDir, 'runc');
   const image: ImageHandle = await makeBusyboxImage(join(dir, 'image'), { runner });
@@ -58,32 +58,7 @@ export async function makeCtFixture(
       if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
     },
     async cleanup() {
-      let leftovers = '';
-      if (await exists(runcRoot)) {
-        const list = await runner.run(['runc', '--root', runcRoot, 'list', '--quiet'], {
-          allowFailure: true,
-        });
-        for (const id of list.stdout.split('\n').filter(Boolean)) {
-          leftovers += `runc container ${id}; `;
-          await runner.run(['runc', '--root', runcRoot, 'delete', '--force', id], { allowFailure: true });
-        }
-      }
-      for (const point of await mountPointsUnder(dir)) {
-        leftovers += `mount ${point}; `;
-        await runner.run(['umount', '--lazy', point], { allowFailure: true });
-      }
-      const cgroups = await cgroupDirs(cgroupParent);
-      if (cgroups.length > 0) {
-        leftovers += `cgroup ${cgroupParent}; `;
-        for (const cg of cgroups) {
-          for (const e of await readdir(cg, { withFileTypes: true })) {
-            if (e.isDirectory()) await removeCgroup(`${cgroupParent}/${e.name}`);
-          }
-        }
-        await removeCgroup(cgroupParent);
-      }
-      await rm(dir, { recursive: true, force: true });
-      assert.equal(leftovers, '', `tests left things behind: ${leftovers}`);
+      assert.deepEqual(await cleanUpRun(dir), [], 'tests left things behind');
     },
   };
   return fixture;

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, type TestContext, test } from 'node:test';
 import { isTrivisorError } from '../../src/core/errors.ts';
 import type { GuestSpec } from '../../src/core/types.ts';
 import type { GuestStorage } from '../../src/drivers/guest-storage.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import type { DriverUnderTest } from './conformance.ts';
 import { execIn } from './exec-helpers.ts';
 import { testGuestSpec } from './guest-spec.ts';
@@ -83,7 +84,7 @@ export function runStorageConformance(name: string, make: () => Promise<StorageU
         await on.driver.stop(m.spec, { timeoutMs: 0, force: true }).catch(() => {});
         await on.driver.delete(m.spec).catch(() => {});
       }
-      if (exported) await rm(exported, { recursive: true, force: true });
+      if (exported) await removeRunDir(exported);
       await fresh?.cleanup();
       await dut?.cleanup();
     });
@@ -161,7 +162,7 @@ export function runStorageConformance(name: string, make: () => Promise<StorageU
       await orSkip(t, async () => {
         const want = await sh(dut, src, checksums);
         const wantSnap = 'one';
-        exported = await mkdtemp('/tmp/trivisor-export-');
+        exported = await makeRunDir('export');
         archives = { live: join(exported, 'rootfs.tar.zst'), snap0: join(exported, 'snap0.tar.zst') };
         // The guest runs: the live export is consistent on its own (frozen or from a throw-away snapshot).
         await dut.storage.exportTar(src, archives.live);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { access, lstat, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { access, lstat, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
@@ -10,6 +10,7 @@ import { buildBaseDisk, MIN_BASE_DISK_BYTES } from '../../src/images/base-disk.t
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
 import { BASE_DISK_NAME, KIT_INIT_MARKER, kitKernelArgs } from '../../src/images/guest-kit.ts';
 import { imageFiles } from '../../src/images/image-files.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const runner = hostRunner();
 const LOADER = '/.trivisor/lib/ld-linux-x86-64.so.2';
@@ -77,7 +78,7 @@ describe('base disk with the guest kit', { skip: process.getuid?.() !== 0 }, () 
   const releases: Array<() => Promise<void>> = [];
 
   before(async () => {
-    dir = await mkdtemp('/tmp/trivisor-basedisk-');
+    dir = await makeRunDir('basedisk');
     tree = join(dir, 'image', 'rootfs');
     await buildBusyboxRootfs(tree, { runner });
     disk = join(dir, 'image', 'disk.ext4');
@@ -87,7 +88,7 @@ describe('base disk with the guest kit', { skip: process.getuid?.() !== 0 }, () 
 
   after(async () => {
     for (const release of releases.reverse()) await release().catch(() => {});
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   test('the disk is a clean ext4 file system of at least the minimum size, made without leftovers', async () => {

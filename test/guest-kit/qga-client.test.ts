@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { access, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createQgaClient, type QgaClient } from '../../src/host/qga-client.ts';
 import { qgaExecSession, qgaPushFile } from '../../src/host/qga-exec-session.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const QEMU_GA = '/usr/sbin/qemu-ga';
 
@@ -56,7 +57,7 @@ describe('QGA client against a real qemu-ga (unix-listen on the host)', {
 
   before(async () => {
     await access(QEMU_GA);
-    dir = await mkdtemp('/tmp/trivisor-qga-');
+    dir = await makeRunDir('qga');
     agent = spawn(QEMU_GA, ['-m', 'unix-listen', '-p', sockPath(), '-t', dir, '-f', join(dir, 'qga.pid')], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -73,7 +74,7 @@ describe('QGA client against a real qemu-ga (unix-listen on the host)', {
       agent.kill('SIGKILL');
       await gone;
     }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   test('sync and ping get answers', async () => {

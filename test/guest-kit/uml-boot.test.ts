@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
-import { access, constants, mkdtemp, rm } from 'node:fs/promises';
+import { access, constants } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ReadStream } from 'node:tty';
@@ -10,6 +10,7 @@ import { hostRunner } from '../../src/host/runner.ts';
 import { buildBaseDisk } from '../../src/images/base-disk.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
 import { KIT_INIT_MARKER, kitKernelArgs } from '../../src/images/guest-kit.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const runner = hostRunner();
 const UML = '/usr/bin/linux.uml';
@@ -41,7 +42,7 @@ describe('guest kit in a real kernel (User-Mode Linux)', {
   let output = '';
 
   before(async () => {
-    dir = await mkdtemp('/tmp/trivisor-kit-uml-');
+    dir = await makeRunDir('kit-uml');
     const tree = join(dir, 'rootfs');
     await buildBusyboxRootfs(tree, { runner });
     const disk = join(dir, 'disk.ext4');
@@ -84,7 +85,7 @@ describe('guest kit in a real kernel (User-Mode Linux)', {
       } catch {}
       await gone;
     }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   test('boots through the kit: root grown, hostname set, agent answering on the serial line', async () => {

@@ -1,19 +1,19 @@
 import assert from 'node:assert/strict';
-import { lstat, mkdtemp, readFile, readlink, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, readFile, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { hostRunner } from '../../src/host/runner.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 describe('buildBusyboxRootfs', () => {
   const runner = hostRunner();
   let dir = '';
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'trivisor-busybox-'));
+    dir = await makeRunDir('busybox');
   });
   after(async () => {
-    await rm(dir, { recursive: true, force: true });
+    await removeRunDir(dir);
   });
 
   test('builds a tree that runs a shell under chroot and boots with busybox init', async () => {

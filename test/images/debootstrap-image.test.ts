@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { type ImageFiles, imageFiles } from '../../src/images/image-files.ts';
 import { debianArchiveUnreachable } from '../debian-archive.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 // Needs Debian's archive (about 25-60 s); without it there is nothing to test, and it says why.
 const offline = await debianArchiveUnreachable();
@@ -16,11 +16,11 @@ describe('buildDebootstrap', { timeout: 600_000, skip: offline ?? false }, () =>
   let stateDir = '';
   let images: ImageFiles;
   before(async () => {
-    stateDir = await mkdtemp(join(tmpdir(), 'trivisor-debootstrap-'));
+    stateDir = await makeRunDir('debootstrap');
     images = imageFiles(stateDir, { runner, log: silentLogger() });
   });
   after(async () => {
-    await rm(stateDir, { recursive: true, force: true });
+    await removeRunDir(stateDir);
   });
 
   test('a cancelled build leaves nothing behind, not even mounts', async () => {

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { type ImageFiles, imageFiles } from '../../src/images/image-files.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const runner = hostRunner();
 
@@ -21,12 +21,12 @@ describe('imageFiles', () => {
     (await readdir(join(stateDir, 'images'))).filter((n) => !/^[0-9a-f]{64}$/.test(n));
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'trivisor-images-'));
+    dir = await makeRunDir('images');
     stateDir = join(dir, 'state');
     images = imageFiles(stateDir, { runner, log: silentLogger() });
   });
   after(async () => {
-    await rm(dir, { recursive: true, force: true });
+    await removeRunDir(dir);
   });
 
   test('addBusybox adds a runnable image whose fingerprint is the same on every build', async () => {

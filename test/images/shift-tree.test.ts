@@ -1,27 +1,15 @@
 import assert from 'node:assert/strict';
-import {
-  chmod,
-  chown,
-  link,
-  lstat,
-  mkdir,
-  mkdtemp,
-  readdir,
-  rm,
-  stat,
-  symlink,
-  writeFile,
-} from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, chown, link, lstat, mkdir, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { shiftTree } from '../../src/images/shift-tree.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 describe('shiftTree', () => {
   let dir = '';
   let src = '';
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'trivisor-shift-'));
+    dir = await makeRunDir('shift');
     src = join(dir, 'src');
     await mkdir(join(src, 'bin'), { recursive: true });
     await mkdir(join(src, 'home/user'), { recursive: true });
@@ -39,7 +27,7 @@ describe('shiftTree', () => {
     await chmod(join(src, 'tmp'), 0o1777);
   });
   after(async () => {
-    await rm(dir, { recursive: true, force: true });
+    await removeRunDir(dir);
   });
 
   test('raises every uid and gid by base and keeps setuid, setgid, sticky bits and hard links', async () => {

@@ -195,6 +195,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
 
   test('IPv6 with a forged source from a guest port is dropped; from an unfiltered namespace it passes', async () => {
     // A receiver namespace on the bridge with fd00::2, and a control sender with fd00::77.
+    d.claim({ netns: [RX, TX], links: [`${RX}h`, `${TX}h`] });
     for (const [ns, addr] of [
       [RX, 'fd00::2/64'],
       [TX, 'fd00::77/64'],

@@ -154,6 +154,8 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
       const r = spawnSync('ip', args, { encoding: 'utf8' });
       assert.equal(r.status, 0, `ip ${args.join(' ')}: ${r.stderr}`);
     };
+    // Claimed first: if this test is killed, the next run's sweep removes them (test/leftovers.ts).
+    d.claim({ netns: [UPLINK_NS], links: [UPLINK_HOST] });
     ip('netns', 'add', UPLINK_NS);
     ip('link', 'add', UPLINK_HOST, 'type', 'veth', 'peer', 'name', `${UPLINK_HOST}p`);
     ip('link', 'set', `${UPLINK_HOST}p`, 'netns', UPLINK_NS);

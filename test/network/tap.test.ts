@@ -1,16 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { parseGatewayCidr } from '../../src/network/ipv4.ts';
 import { createLinuxNetworkBackend } from '../../src/network/linux-network-backend.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 test('taps for vm and pvm guests: on the bridge, filtered, limited, and gone after unplug and remove', async () => {
-  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-tap-'));
+  const stateDir = await makeRunDir('tap');
   const backend = createLinuxNetworkBackend({ runner: hostRunner(), log: silentLogger(), stateDir });
   const name = `tnt${process.pid % 10000}`;
   const port = `tvtap${process.pid % 10000}`;
@@ -67,7 +65,7 @@ test('taps for vm and pvm guests: on the bridge, filtered, limited, and gone aft
     spawnSync('ip', ['link', 'del', `${port}i`]);
     spawnSync('nft', ['delete', 'table', 'bridge', `trivisor-${port}`]);
     await backend.remove(name, undefined).catch(() => {});
-    await rm(stateDir, { recursive: true, force: true });
+    await removeRunDir(stateDir);
   }
   const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
   assert.doesNotMatch(tables, new RegExp(`trivisor-(${name}|${port})`));

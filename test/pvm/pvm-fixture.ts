@@ -1,19 +1,19 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { access, chmod, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestSpec, ImageRecord } from '../../src/core/types.ts';
 import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
 import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
 import { createPvmDriver, type PvmDriverOptions } from '../../src/drivers/pvm/pvm-driver.ts';
-import { killUmlCgroup } from '../../src/drivers/pvm/uml-cgroup.ts';
-import { cgroupDirs, removeCgroup } from '../../src/host/cgroups-v1.ts';
+import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { buildBaseDisk } from '../../src/images/base-disk.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
 import { imageInitArgv } from '../../src/images/guest-kit.ts';
 import type { DriverUnderTest } from '../drivers/conformance.ts';
+import { cleanUpRun, makeRunDir } from '../leftovers.ts';
 
 /** Host uid/gid base of the test state dir (pvm guests get uids from idmapBase + 131072). */
 export const TEST_IDMAP_BASE = 1_000_000;
@@ -84,9 +84,8 @@ async function makeImage(dir: string): Promise<ImageHandle> {
 /** Builds the fixture; `cleanup()` asserts that no UML process, cgroup or file is left, and removes it all. */
 export async function makePvmFixture(options: PvmDriverOptions = {}): Promise<PvmFixture> {
   const runner = hostRunner();
-  const dir = await mkdtemp('/tmp/trivisor-pvm-');
   // The guests' uids walk to their disk and the base disk as "other".
-  await chmod(dir, 0o711);
+  const dir = await makeRunDir('pvm', { stateDir: 'state', mode: 0o711 });
   const stateDir = join(dir, 'state');
   const image = await makeImage(join(dir, 'image'));
   const make = (more: PvmDriverOptions = {}) =>
@@ -110,33 +109,7 @@ export async function makePvmFixture(options: PvmDriverOptions = {}): Promise<Pv
       if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
     },
     async cleanup() {
-      let leftovers = '';
-      const pids = await umlProcessesUnder(dir);
-      if (pids.length > 0) {
-        leftovers += `UML processes ${pids.join(' ')}; `;
-        for (const pid of pids) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // gone
-          }
-        }
-      }
-      const cgroups = await cgroupDirs(cgroupParent);
-      if (cgroups.length > 0) {
-        for (const cg of cgroups) {
-          for (const e of await readdir(cg, { withFileTypes: true })) {
-            if (e.isDirectory()) {
-              leftovers += `cgroup ${cgroupParent}/${e.name}; `;
-              await killUmlCgroup(`${cgroupParent}/${e.name}`, 5000);
-              await removeCgroup(`${cgroupParent}/${e.name}`);
-            }
-          }
-        }
-        await removeCgroup(cgroupParent);
-      }
-      await rm(dir, { recursive: true, force: true });
-      assert.equal(leftovers, '', `tests left things behind: ${leftovers}`);
+      assert.deepEqual(await cleanUpRun(dir), [], 'tests left things behind');
     },
   };
 }

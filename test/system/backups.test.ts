@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
@@ -25,12 +24,12 @@ describe('export and import of ct guests between two daemons', () => {
   let token: string;
   before(async () => {
     [src, dst] = await Promise.all([startDaemon({ tcp: true }), startDaemon()]);
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-backups-'));
+    dir = await makeRunDir('backups');
     token = readFileSync(path.join(src.stateDir, 'token'), 'utf8').trim();
   });
   after(async () => {
     await Promise.all([src?.destroy(), dst?.destroy()]);
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   const file = (name: string) => path.join(dir, name);

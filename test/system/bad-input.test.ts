@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDirSync, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 describe('bad input gets a 4xx with one clear line, changes nothing and never crashes the daemon', () => {
@@ -145,9 +145,9 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     assert.match(r.stderr, /^Error: .*Running/);
   });
 
-  test('a launch that fails half way (runc cannot start init) rolls back everything it made', () => {
+  test('a launch that fails half way (runc cannot start init) rolls back everything it made', async () => {
     // An image whose /sbin/init is not executable: the image imports fine, runc fails at start.
-    const work = mkdtempSync(path.join(os.tmpdir(), 'trivisor-broken-'));
+    const work = makeRunDirSync('broken');
     try {
       const busybox = JSON.parse(d.ok(['image', 'info', 'busybox', '--format', 'json'])) as {
         fingerprint: string;
@@ -183,7 +183,7 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
       assert.doesNotMatch(runcIds, /halfway/);
       d.ok(['image', 'delete', 'broken']);
     } finally {
-      rmSync(work, { recursive: true, force: true });
+      await removeRunDir(work);
     }
   });
 

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
@@ -22,7 +22,7 @@ describe('trivisor file push|pull and injected files through the daemon and CLI'
 
   before(async () => {
     d = await startDaemon();
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-files-'));
+    dir = await makeRunDir('files');
     await writeFile(local('motd'), 'welcome to c1\n', { mode: 0o644 });
     await writeFile(local('motd2'), 'second version\n');
     await writeFile(local('all-bytes'), Buffer.from(Array.from({ length: 1024 }, (_, i) => i % 256)));
@@ -30,7 +30,7 @@ describe('trivisor file push|pull and injected files through the daemon and CLI'
   });
   after(async () => {
     await d?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   test('ct: a file injected at launch is there with its mode; config and info show it', () => {

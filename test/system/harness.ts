@@ -1,12 +1,9 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
 
-import { hostPortName } from '../../src/network/guest-networking.ts';
-import { ownerAlias } from '../../src/network/linux-network-backend.ts';
+import { claim, describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const CLI = path.join(REPO, 'bin/trivisor');
@@ -39,7 +36,12 @@ export interface Daemon {
   kill9(): Promise<void>;
   /** Starts the daemon again on the same state dir (in a UTS namespace with `hostname`, if given). */
   restart(options?: { hostname?: string }): Promise<void>;
-  /** Stops the daemon, force-deletes what the test left, and removes every trace. */
+  /**
+   * Records a network namespace or host interface the test makes beside the daemon, so that
+   * destroy() removes it, and a sweep does if the test is killed (claim before making it).
+   */
+  claim(things: { netns?: string[]; links?: string[] }): void;
+  /** Stops the daemon, force-deletes what the test left, and removes every trace (test/leftovers.ts). */
   destroy(): Promise<void>;
 }
 
@@ -58,7 +60,8 @@ export interface ApiResponse {
 export async function startDaemon(
   options: { tcp?: boolean; hostname?: string; defaultNetwork?: boolean } = {},
 ): Promise<Daemon> {
-  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-sys-'));
+  // Owned by this process: if it is killed, the next test run's sweep removes what it left.
+  const stateDir = await makeRunDir('sys');
   const env = {
     ...process.env,
     // Daemons side by side would all want the bridge trivisor0: only tests that ask get it.
@@ -154,6 +157,9 @@ export async function startDaemon(
       child = await launch(o.hostname);
       info = readDaemonJson();
     },
+    claim(things) {
+      claim(stateDir, things);
+    },
     async destroy() {
       if (child.exitCode === null && child.signalCode === null) {
         // Best effort: delete what the test left through the API, then stop the daemon.
@@ -167,89 +173,15 @@ export async function startDaemon(
           child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r),
         );
       }
-      scrubHost(stateDir);
+      const report = await removeRunDir(stateDir);
+      if (report.left.length > 0) {
+        throw new Error(
+          `The test left things that could not be removed: ${report.left.map(describeThing).join('; ')}`,
+        );
+      }
     },
   };
   return daemon;
-}
-
-/** Removes every trace a state dir can leave on the host: runc containers, mounts, cgroups, files. */
-export function scrubHost(stateDir: string): void {
-  const runcRoot = path.join(stateDir, 'runc');
-  if (existsSync(runcRoot)) {
-    const ids = spawnSync('runc', ['--root', runcRoot, 'list', '-q'], { encoding: 'utf8' }).stdout.split(
-      '\n',
-    );
-    for (const id of ids.filter(Boolean)) spawnSync('runc', ['--root', runcRoot, 'delete', '--force', id]);
-  }
-  const mounts = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(stateDir))
-    .sort((a, b) => b.length - a.length);
-  for (const m of mounts) spawnSync('umount', ['-l', m]);
-  scrubNetworks(stateDir);
-  for (const ctl of [
-    'cpu',
-    'cpuacct',
-    'cpuset',
-    'memory',
-    'pids',
-    'freezer',
-    'devices',
-    'blkio',
-    'systemd',
-  ]) {
-    const root = `/sys/fs/cgroup/${ctl}`;
-    if (!existsSync(root)) continue;
-    for (const dir of readdirSync(root).filter((d) => d.startsWith('trivisor-'))) {
-      removeCgroupIfOurs(path.join(root, dir), stateDir);
-    }
-  }
-  rmSync(stateDir, { recursive: true, force: true });
-}
-
-/** Removes the bridges, dnsmasq, nft tables and guest ports a state dir made. */
-function scrubNetworks(stateDir: string): void {
-  const guestsDir = path.join(stateDir, 'guests');
-  const guests = existsSync(guestsDir) ? readdirSync(guestsDir) : [];
-  for (const g of guests) {
-    for (let i = 0; i < 4; i++) {
-      const port = hostPortName(stateDir, g, `eth${i}`);
-      spawnSync('ip', ['link', 'del', 'dev', port]);
-      spawnSync('nft', ['delete', 'table', 'bridge', `trivisor-${port}`]);
-    }
-  }
-  const netDir = path.join(stateDir, 'networks');
-  const networks = existsSync(netDir) ? readdirSync(netDir) : [];
-  for (const n of networks) {
-    const pid = Number(readFileSafe(path.join(netDir, n, 'dnsmasq.pid')).trim());
-    if (pid > 0 && readFileSafe(`/proc/${pid}/cmdline`).includes(netDir)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {}
-    }
-    const link = spawnSync('ip', ['-json', 'link', 'show', 'dev', n], { encoding: 'utf8' });
-    if (link.status === 0 && link.stdout.includes(`"${ownerAlias(stateDir)}"`))
-      spawnSync('ip', ['link', 'del', 'dev', n]);
-    spawnSync('nft', ['delete', 'table', 'ip', `trivisor-${n}`]);
-  }
-}
-
-function readFileSafe(file: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
-function removeCgroupIfOurs(dir: string, _stateDir: string): void {
-  // Leaf-first rmdir; cgroup dirs with live tasks stay (and show up in the leak checks).
-  for (const d of readdirSync(dir, { withFileTypes: true })) {
-    if (d.isDirectory()) removeCgroupIfOurs(path.join(dir, d.name), _stateDir);
-  }
-  spawnSync('rmdir', [dir]);
 }
 
 export function request(

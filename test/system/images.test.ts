@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { debianArchiveUnreachable } from '../debian-archive.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 const offline = await debianArchiveUnreachable();
@@ -14,11 +13,11 @@ describe('images through the CLI', () => {
   let work: string;
   before(async () => {
     d = await startDaemon();
-    work = mkdtempSync(path.join(os.tmpdir(), 'trivisor-img-'));
+    work = await makeRunDir('img');
   });
   after(async () => {
     await d?.destroy();
-    rmSync(work, { recursive: true, force: true });
+    await removeRunDir(work);
   });
 
   test('the built-in busybox image is there on first start', () => {

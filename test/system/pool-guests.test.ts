@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
@@ -31,7 +30,7 @@ describe('guests of every model on btrfs and dir pools; copies and imports acros
   let loopFile: string;
   before(async () => {
     d = await startDaemon();
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-pool-guests-'));
+    dir = await makeRunDir('pool-guests');
     d.ok(['storage', 'create', 'fast', 'btrfs', 'size=1GiB']);
     d.ok(['storage', 'create', 'plain', 'dir']);
     fast = pool('fast').path;
@@ -40,7 +39,7 @@ describe('guests of every model on btrfs and dir pools; copies and imports acros
   });
   after(async () => {
     await d?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
     // The loop mount is made with autoclear: once unmounted, no loop device stays behind.
     if (loopFile) {
       assert.equal(spawnSync('losetup', ['-j', loopFile], { encoding: 'utf8' }).stdout.trim(), '');

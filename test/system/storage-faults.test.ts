@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, sleep, startDaemon } from './harness.ts';
 
 const CLI = path.resolve(import.meta.dirname, '../../bin/trivisor');
@@ -28,12 +27,12 @@ describe('storage faults: a daemon killed mid-way and full disks leave nothing h
   const mounts: string[] = [];
   before(async () => {
     d = await startDaemon();
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-faults-'));
+    dir = await makeRunDir('faults');
   });
   after(async () => {
     for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
     await d?.destroy();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
 
   const guestDir = (name: string) => path.join(d.stateDir, 'guests', name);

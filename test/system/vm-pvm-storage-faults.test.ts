@@ -2,10 +2,9 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, sleep, startDaemon } from './harness.ts';
 
 const CLI = path.resolve(import.meta.dirname, '../../bin/trivisor');
@@ -33,7 +32,7 @@ for (const model of ['vm', 'pvm'] as const) {
     const g = `${model}f`;
     before(async () => {
       d = await startDaemon();
-      dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-faults-'));
+      dir = await makeRunDir('faults');
       // Guests live on a small file system of their own, so that the tests can fill it.
       tmpfs(path.join(d.stateDir, 'guests'), '512m');
     });
@@ -44,7 +43,7 @@ for (const model of ['vm', 'pvm'] as const) {
       }
       for (const m of mounts.reverse()) spawnSync('umount', ['-l', m]);
       await d?.destroy();
-      if (dir) await rm(dir, { recursive: true, force: true });
+      if (dir) await removeRunDir(dir);
     });
 
     const guestDir = (name: string) => path.join(d.stateDir, 'guests', name);

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
@@ -25,11 +24,11 @@ for (const model of ['vm', 'pvm'] as const) {
     const name = `${model}1`;
     before(async () => {
       src = await startDaemon();
-      dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-backups-'));
+      dir = await makeRunDir('backups');
     });
     after(async () => {
       await Promise.all([src?.destroy(), dst?.destroy()]);
-      if (dir) await rm(dir, { recursive: true, force: true });
+      if (dir) await removeRunDir(dir);
     });
 
     const sh = (d: Daemon, guest: string, script: string) => d.ok(['exec', guest, '--', 'sh', '-c', script]);
@@ -90,11 +89,11 @@ describe('incremental backups of a vm guest through the CLI', () => {
   let dir: string;
   before(async () => {
     [src, dst] = await Promise.all([startDaemon(), startDaemon()]);
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-incremental-'));
+    dir = await makeRunDir('incremental');
   });
   after(async () => {
     await Promise.all([src?.destroy(), dst?.destroy()]);
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) await removeRunDir(dir);
   });
   const file = (name: string) => path.join(dir, name);
   const sh = (d: Daemon, guest: string, script: string) => d.ok(['exec', guest, '--', 'sh', '-c', script]);

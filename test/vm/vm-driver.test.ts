@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isTrivisorError } from '../../src/core/errors.ts';
@@ -12,6 +12,7 @@ import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { eventually, execIn } from '../drivers/exec-helpers.ts';
 import { testGuestSpec } from '../drivers/guest-spec.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { makeVmFixture, qemuProcessesUnder, type VmFixture } from './vm-fixture.ts';
 
 const exists = (p: string) =>
@@ -178,7 +179,7 @@ describe('vm driver', () => {
   });
 
   test('the accelerator probe falls back to TCG when a KVM test boot hangs or aborts, and caches its verdict', async () => {
-    const dir = await mkdtemp('/tmp/trivisor-vm-probe-');
+    const dir = await makeRunDir('vm-probe');
     try {
       const runner = hostRunner();
       const kit = await ensureBootKit(f.stateDir, { runner });
@@ -195,7 +196,7 @@ describe('vm driver', () => {
       assert.equal(forced.accelerator, 'tcg');
       assert.match(forced.reason, /forced/);
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await removeRunDir(dir);
     }
   });
 

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { access, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { access, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestSpec } from '../../src/core/types.ts';
 import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
 import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
 import { createVmDriver, type VmDriverOptions } from '../../src/drivers/vm/vm-driver.ts';
-import { cgroupDirs, removeCgroup } from '../../src/host/cgroups-v1.ts';
+import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { silentLogger } from '../../src/host/logger.ts';
 import { readProcStat } from '../../src/host/proc-stat.ts';
 import { hostRunner } from '../../src/host/runner.ts';
@@ -14,6 +14,7 @@ import { buildBaseDisk } from '../../src/images/base-disk.ts';
 import { imageInitArgv } from '../../src/images/guest-kit.ts';
 import { makeBusyboxImage } from '../drivers/busybox-image-handle.ts';
 import type { DriverUnderTest } from '../drivers/conformance.ts';
+import { cleanUpRun, makeRunDir } from '../leftovers.ts';
 
 /** A vm driver on a fresh state dir in a temp dir, with a busybox image whose base disks are made on demand. */
 export interface VmFixture extends DriverUnderTest {
@@ -70,7 +71,7 @@ function withBaseDisks(image: ImageHandle, disksDir: string): ImageHandle {
 /** Builds the fixture; cleanup() checks that no QEMU, cgroup or temp dir is left. */
 export async function makeVmFixture(options: VmDriverOptions = {}): Promise<VmFixture> {
   const runner = hostRunner();
-  const dir = await mkdtemp('/tmp/trivisor-vm-');
+  const dir = await makeRunDir('vm', { stateDir: 'state' });
   const stateDir = join(dir, 'state');
   const image = withBaseDisks(await makeBusyboxImage(join(dir, 'image'), { runner }), join(dir, 'image'));
   const make = () =>
@@ -97,26 +98,7 @@ export async function makeVmFixture(options: VmDriverOptions = {}): Promise<VmFi
       if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
     },
     async cleanup() {
-      let leftovers = '';
-      for (const pid of await qemuProcessesUnder(dir)) {
-        leftovers += `qemu pid ${pid}; `;
-        process.kill(pid, 'SIGKILL');
-      }
-      for (let i = 0; i < 50 && (await qemuProcessesUnder(dir)).length > 0; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      const cgroups = await cgroupDirs(cgroupParent);
-      if (cgroups.length > 0) {
-        leftovers += `cgroup ${cgroupParent}; `;
-        for (const cg of cgroups) {
-          for (const e of await readdir(cg, { withFileTypes: true })) {
-            if (e.isDirectory()) await removeCgroup(`${cgroupParent}/${e.name}`);
-          }
-        }
-        await removeCgroup(cgroupParent);
-      }
-      await rm(dir, { recursive: true, force: true });
-      assert.equal(leftovers, '', `tests left things behind: ${leftovers}`);
+      assert.deepEqual(await cleanUpRun(dir), [], 'tests left things behind');
     },
   };
 }

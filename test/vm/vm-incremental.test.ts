@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createAgentPool } from '../../src/drivers/vm/vm-agent.ts';
@@ -13,6 +13,7 @@ import { qemuImg } from '../../src/host/qemu-img.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { execIn } from '../drivers/exec-helpers.ts';
 import { testGuestSpec } from '../drivers/guest-spec.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { makeVmFixture, type VmFixture } from './vm-fixture.ts';
 
 describe('incremental backups of vm disks through a persistent dirty bitmap', () => {
@@ -38,14 +39,14 @@ describe('incremental backups of vm disks through a persistent dirty bitmap', ()
     const ctx = { runner, log: silentLogger(), stateDir: fx.stateDir, idmapBase: 1_000_000 };
     backups = createVmIncrementalBackups(ctx, { agents });
     storage = createVmStorage(ctx, { agents });
-    dir = await mkdtemp('/tmp/trivisor-inc-');
+    dir = await makeRunDir('inc');
   });
   after(async () => {
     for (const s of [copy, spec]) {
       await fx.driver.stop(s, { timeoutMs: 0, force: true }).catch(() => {});
       await fx.driver.delete(s).catch(() => {});
     }
-    await rm(dir, { recursive: true, force: true });
+    await removeRunDir(dir);
     await fx?.cleanup();
   });
 
