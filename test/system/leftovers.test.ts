@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
 import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { mountPointsUnder } from '../../src/host/mounts.ts';
 import { hostPortName } from '../../src/network/guest-networking.ts';
-import { markerOf, removeRunDir } from '../leftovers.ts';
+import { markerOf, removeRunDir, sessionLogOf } from '../leftovers.ts';
 import { alive, type Daemon, eventually, gone, startDaemon } from './harness.ts';
 
 // A test process killed by a timeout leaves its daemon's guests running. The next run's
@@ -25,8 +25,11 @@ interface KilledRun {
   guests: Record<string, number | null>;
 }
 
+// The run to kill is a session of its own: what it leaves is this test's, not the suite's to report.
+const SESSION = `leftovers-test-${process.pid}`;
+const env = { ...process.env, TRIVISOR_TEST_SESSION: SESSION };
 const leftovers = (mode: string) =>
-  spawnSync(process.execPath, [LEFTOVERS, mode], { encoding: 'utf8', timeout: 120_000 });
+  spawnSync(process.execPath, [LEFTOVERS, mode], { encoding: 'utf8', timeout: 120_000, env });
 const linkExists = (name: string) => spawnSync('ip', ['link', 'show', 'dev', name]).status === 0;
 const nftTables = () => spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
 const loopsOf = (file: string) => spawnSync('losetup', ['-j', file], { encoding: 'utf8' }).stdout.trim();
@@ -77,11 +80,12 @@ describe('a killed test run is swept by the next one; a live run beside it is le
         await removeRunDir(killed.stateDir);
       }
     }
+    rmSync(sessionLogOf(SESSION), { force: true });
     await live?.destroy();
   });
 
   test('guests, daemon, dnsmasq, mounts, loop device, bridge, ports, nft tables, netns, cgroups and dir go', async () => {
-    child = spawn(process.execPath, [KILLED_RUN], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = spawn(process.execPath, [KILLED_RUN], { stdio: ['ignore', 'pipe', 'inherit'], env });
     const run = child;
     killed = await new Promise<KilledRun>((resolve, reject) => {
       let out = '';
@@ -142,6 +146,13 @@ describe('a killed test run is swept by the next one; a live run beside it is le
     assert.ok(!existsSync(k.stateDir), 'no state dir');
     assert.ok(!existsSync(markerOf(k.stateDir)), 'no marker');
     killed = undefined;
+
+    // Its session's check still hears of it, once.
+    const later = leftovers('--check');
+    assert.equal(later.status, 1, later.stdout);
+    assert.ok(later.stdout.includes(`${k.stateDir} (dead run of this session, swept by a later test file)`));
+    assert.match(later.stdout, /runc container kc/);
+    assert.equal(leftovers('--check').status, 0, 'reported once');
 
     // The live run beside it: untouched.
     assert.ok(alive(livePid), 'the live guest still runs');
