@@ -146,16 +146,24 @@ ensure_cli_on_path() {
   ln -sfn "$TRIVISOR_SRC/bin/trivisor" /usr/local/bin/trivisor
 }
 
-# Downloads Debian package $1 (apt's own cache serves when the archive cannot be reached) and
-# unpacks it into directory $2.
+# Unpacks Debian package $1 (its candidate version) into directory $2, without installing it. The
+# .deb is kept in apt's own cache, which also serves when the archive cannot be reached.
 deb_unpack() {
-  local tmp
-  tmp=$(mktemp -d) && chmod 755 "$tmp" # apt's download user must be able to write there
-  if ! (cd "$tmp" && apt-get download -qq "$1" >/dev/null 2>&1); then
-    cp /var/cache/apt/archives/"$1"_*.deb "$tmp"/ 2>/dev/null || { rm -rf "$tmp"; return 1; }
+  local version cached tmp
+  version=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+  cached=$(ls /var/cache/apt/archives/"$1"_"${version//:/%3a}"_*.deb 2>/dev/null | head -n 1 || true)
+  if [ -z "$cached" ]; then
+    tmp=$(mktemp -d) && chmod 755 "$tmp" # apt's download user must be able to write there
+    if (cd "$tmp" && apt-get download -qq "$1" >/dev/null 2>&1); then
+      mkdir -p /var/cache/apt/archives && cp "$tmp"/*.deb /var/cache/apt/archives/
+      cached=$(ls /var/cache/apt/archives/"$(basename "$(ls "$tmp"/*.deb)")")
+    else
+      cached=$(ls /var/cache/apt/archives/"$1"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)
+    fi
+    rm -rf "$tmp"
   fi
-  dpkg-deb -x "$tmp"/*.deb "$2"
-  rm -rf "$tmp"
+  [ -n "$cached" ] || return 1
+  dpkg-deb -x "$cached" "$2"
 }
 
 ensure_guest_kernel() {
