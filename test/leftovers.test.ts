@@ -143,8 +143,8 @@ describe('thingsOf', () => {
       { hierarchy: 'pids', path: '/trivisor-c6596532' },
     ],
     loops: [
-      { device: '/dev/loop3', backingFile: `${dead}/storage-pools/p.img` },
-      { device: '/dev/loop4', backingFile: `${live}/storage-pools/p.img` },
+      { device: '/dev/loop3', backingFile: `${dead}/storage-pools/p.img`, autoclear: true },
+      { device: '/dev/loop4', backingFile: `${live}/storage-pools/p.img`, autoclear: true },
     ],
     netns: [
       { name: 'tvtinet99', id: 'net:[77]' },

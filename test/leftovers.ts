@@ -133,7 +133,8 @@ export interface HostFacts {
   mounts: string[];
   links: LinkFacts[];
   cgroups: CgroupFacts[];
-  loops: Array<{ device: string; backingFile: string }>;
+  /** Loop devices; autoclear ones detach by themselves once nothing uses their file system. */
+  loops: Array<{ device: string; backingFile: string; autoclear: boolean }>;
   netns: Array<{ name: string; id: string }>;
   nftTables: Array<{ family: string; name: string }>;
 }
@@ -143,7 +144,7 @@ export type Thing =
   | { kind: 'process'; pid: number; startTime: number; what: string; why: string }
   | { kind: 'runc'; root: string; id: string }
   | { kind: 'mount'; path: string }
-  | { kind: 'loop'; device: string; backingFile: string }
+  | { kind: 'loop'; device: string; backingFile: string; autoclear: boolean }
   | { kind: 'link'; name: string; type: string }
   | { kind: 'nft'; family: string; name: string }
   | { kind: 'netns'; name: string }
@@ -226,8 +227,9 @@ export function mentionsDir(text: string, dir: string): boolean {
 
 const inside = (path: string, dir: string) => path === dir || path.startsWith(`${dir}/`);
 
-/** Processes the sweeper may kill: the daemon and the CLI are node processes with TRIVISOR_DIR set. */
-const isNode = (p: ProcessFacts) => p.comm === 'node' || basename(p.cmdline[0] ?? '') === 'node';
+/** The daemon and the CLI are node processes (Node 24 names its main thread MainThread). */
+const isNode = (p: ProcessFacts) =>
+  p.comm === 'node' || p.comm === 'MainThread' || basename(p.cmdline[0] ?? '') === 'node';
 
 /**
  * Everything on the host that belongs to one run. A process belongs to it when
@@ -497,7 +499,12 @@ function readLoops(): HostFacts['loops'] {
   }
   for (const n of names) {
     const file = readText(`/sys/block/${n}/loop/backing_file`)?.trim();
-    if (file) out.push({ device: `/dev/${n}`, backingFile: file.replace(/ \(deleted\)$/, '') });
+    if (!file) continue;
+    out.push({
+      device: `/dev/${n}`,
+      backingFile: file.replace(/ \(deleted\)$/, ''),
+      autoclear: readText(`/sys/block/${n}/loop/autoclear`)?.trim() === '1',
+    });
   }
   return out;
 }
@@ -675,12 +682,26 @@ export async function sweepRuns(
   host = await readHostFacts();
   for (const r of runs) {
     const things = thingsOf(r, host, guard);
-    for (const t of things) if (t.kind === 'mount') run(['umount', '--lazy', t.path]);
+    // A plain umount first: it lets go of a loop-backed file system at once, a lazy one may not.
+    for (const t of things) {
+      if (t.kind === 'mount' && run(['umount', t.path]).status !== 0) run(['umount', '--lazy', t.path]);
+    }
     for (const t of things) if (t.kind === 'loop') run(['losetup', '-d', t.device]);
     // Ports before their bridges (thingsOf lists them in that order).
     for (const t of things) if (t.kind === 'link') run(['ip', 'link', 'del', 'dev', t.name]);
     for (const t of things) if (t.kind === 'nft') run(['nft', 'delete', 'table', t.family, t.name]);
     for (const t of things) if (t.kind === 'netns') run(['ip', 'netns', 'del', t.name]);
+  }
+  // A loop device whose file system was let go is detached when the kernel is done with it; a
+  // copy of the mount in another mount namespace (a process that unshared while it was mounted)
+  // holds it until that process ends, so the wait is short (autoclear detaches it then).
+  const loopDeadline = Math.min(deadline, Date.now() + 3000);
+  for (;;) {
+    host = { ...host, mounts: await listMountPoints(), loops: readLoops() };
+    const busy = runs.flatMap((r) => thingsOf(r, host, guard)).filter((t) => t.kind === 'loop');
+    if (busy.length === 0 || Date.now() > loopDeadline) break;
+    for (const t of busy) run(['losetup', '-d', t.device]);
+    await sleep(100);
   }
   // A task that was just killed still counts for a moment: rmdir says EBUSY until it does not.
   for (;;) {
@@ -705,7 +726,9 @@ export async function sweepRuns(
   host = await readHostFacts();
   const reports: SweepReport[] = [];
   for (const r of runs) {
-    let left = thingsOf({ ...r, runc: r.runc.filter((c) => existsSync(join(c.root, c.id))) }, host, guard);
+    let left = thingsOf({ ...r, runc: r.runc.filter((c) => existsSync(join(c.root, c.id))) }, host, guard)
+      // Unmounted here and set to autoclear: it goes when its last user elsewhere does.
+      .filter((t) => !(t.kind === 'loop' && t.autoclear));
     if (left.length === 0 && existsSync(r.dir)) {
       // Mounts were checked just now: removing cannot reach into another file system.
       rmSync(r.dir, { recursive: true, force: true, maxRetries: 3 });
@@ -723,6 +746,14 @@ export async function sweepDeadRuns(options: { timeoutMs?: number } = {}): Promi
   const dead = listRuns()
     .filter((r) => r.liveness === 'dead')
     .map((r) => r.facts);
+  // Notes of sessions nobody checked (a suite killed before its check) go after a day.
+  for (const parent of runParents()) {
+    for (const name of listDir(parent)) {
+      const file = join(parent, name);
+      const st = name.startsWith(`${RUN_PREFIX}swept-`) ? lstatOf(file) : undefined;
+      if (st?.isFile() && Date.now() - st.mtimeMs > 86_400_000) rmSync(file, { force: true });
+    }
+  }
   const hadDir = new Set(dead.filter((r) => existsSync(r.dir)).map((r) => r.dir));
   const reports = await sweepRuns(dead, options);
   // A suite's own dead runs are often swept by its next test file: the end-of-suite check

@@ -1,7 +1,7 @@
 /**
  * A test run to be killed (by test/system/leftovers.test.ts): a daemon on a run dir of
  * this process with a ct guest on a network (bridge, veth, dnsmasq, nft tables), a pvm
- * guest (UML), a btrfs pool (a loop device and a mount), and a network namespace with a
+ * guest (UML), a vm guest (QEMU), a btrfs pool (a loop device and a mount), and a network namespace with a
  * process in it. Prints what it made as one JSON line, then waits to be killed.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -15,6 +15,7 @@ const d = await startDaemon();
 d.ok(['network', 'create', net, 'ipv4.address=198.18.231.1/24']);
 d.ok(['launch', 'busybox', 'kc', '-n', net]);
 d.ok(['launch', 'busybox', 'kp', '--model', 'pvm', '-c', 'limits.memory=64MiB']);
+d.ok(['launch', 'busybox', 'kv', '--model', 'vm', '-c', 'limits.memory=128MiB']);
 d.ok(['storage', 'create', 'kb', 'btrfs', 'size=256MiB']);
 d.claim({ netns: [netns] });
 if (spawnSync('ip', ['netns', 'add', netns]).status !== 0) throw new Error(`cannot add netns ${netns}`);
