@@ -915,11 +915,16 @@ async function main(args: string[]): Promise<number> {
     }
     if (session) {
       const log = sessionLogOf(session);
+      // Two test files starting at once may both have swept a run: one entry per run.
+      const swept = new Map<string, Set<string>>();
       for (const line of (readText(log) ?? '').split('\n').filter(Boolean)) {
-        const swept = JSON.parse(line) as { dir: string; things: string[] };
+        const entry = JSON.parse(line) as { dir: string; things: string[] };
+        swept.set(entry.dir, new Set([...(swept.get(entry.dir) ?? []), ...entry.things]));
+      }
+      for (const [dir, things] of swept) {
         counted++;
-        console.log(`${swept.dir} (dead run of this session, swept by a later test file)`);
-        for (const t of swept.things) console.log(`  ${t}`);
+        console.log(`${dir} (dead run of this session, swept by a later test file)`);
+        for (const t of things) console.log(`  ${t}`);
       }
       rmSync(log, { force: true });
     }
