@@ -86,6 +86,7 @@ describe('diagnoseNic()', () => {
       /missing in the guest: it has no interface with MAC 02:00:00:00:00:05/,
     );
     assert.match(diagnoseNic(facts('ct', 'absent')).problem?.text ?? '', /network namespace has no eth0/);
+    assert.equal(v.problem?.definite, false, 'a hot-plugged device takes a moment to appear');
   });
 
   test('a tap nobody holds open is a link problem of the engine', () => {

@@ -85,7 +85,6 @@ export function diagnoseNic(f: NicFacts): NicVerdict {
       f.model === 'ct'
         ? `NIC ${nic} is missing in the guest: its network namespace has no ${nic}`
         : `NIC ${nic} is missing in the guest: it has no interface with MAC ${mac}${because}`,
-      true,
     );
   }
   if (f.model === 'pvm' && port.state === 'no-carrier' && f.engineErrors.length > 0) {

@@ -204,6 +204,31 @@ describe('NIC observer', () => {
     assert.deepEqual({ name: ev?.metadata.name, nic: ev?.metadata.nic }, { name: 'c1', nic: 'eth0' });
   });
 
+  test('a NIC hot-plugged into a settled guest gets its own grace period', async () => {
+    await w.run('c1', { ageMs: 10 * GRACE_MS });
+    const g = w.driver.guests.get('c1')!;
+    g.nicView = holding([RESERVED]);
+    await w.observer.tick();
+    const spec = JSON.parse((await w.store.get(keys.guest('c1')))!.value) as GuestSpec;
+    spec.devices = {
+      ...spec.devices,
+      eth1: { type: 'nic', network: 'net1', hwaddr: '02:00:00:00:00:06', 'ipv4.address': '198.18.9.6' },
+    };
+    await w.store.put(keys.guest('c1'), JSON.stringify(spec));
+    // The guest's kernel has not announced the new device yet.
+    for (let i = 0; i < 10; i++) {
+      w.clock.now += 1000;
+      await w.observer.tick();
+    }
+    assert.equal((await w.record('c1'))?.nics.eth1?.warning, undefined);
+    w.clock.now += GRACE_MS;
+    await w.observer.tick();
+    w.clock.now += 5000;
+    await w.observer.tick();
+    assert.match((await w.record('c1'))?.nics.eth1?.warning ?? '', /NIC eth1 is missing in the guest/);
+    assert.equal((await w.record('c1'))?.nics.eth0?.warning, undefined);
+  });
+
   test('a problem that goes before it has lasted is never reported', async () => {
     await w.run('c1', { ageMs: GRACE_MS });
     const g = w.driver.guests.get('c1')!;

@@ -60,6 +60,8 @@ interface Tracked {
   record: GuestNetworkObservation | undefined;
   nextAt: number;
   inFlight: boolean;
+  /** When each NIC's grace period began: the guest's start, or when a hot-plugged NIC was first seen. */
+  nicSince: Map<string, number>;
 }
 
 const sameProcess = (a: ProcessIdentity | undefined, b: ProcessIdentity | undefined) =>
@@ -126,12 +128,16 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     const leases = asked.view ? {} : await networking.leases(spec).catch(() => ({}));
     const at = now();
     const startedAt = status.startedAt ? Date.parse(status.startedAt) : 0;
-    const booting = at - startedAt < graceMs;
     const nics: Record<string, ObservedNic> = {};
     let unsettled = false;
+    let booting = false;
     for (const [nic, device] of nicsOf(spec)) {
       const port = ports[nic];
       if (!port) continue;
+      // A NIC hot-plugged into the running guest gets its own grace period from when it was first seen.
+      if (!t.nicSince.has(nic)) t.nicSince.set(nic, t.nextAt > 0 ? at : startedAt);
+      const nicBooting = at - (t.nicSince.get(nic) ?? startedAt) < graceMs;
+      booting ||= nicBooting;
       const iface = asked.view ? interfaceOf(asked.view.interfaces, nic, device.hwaddr) : undefined;
       const lease = (leases as Record<string, string>)[nic];
       const verdict = diagnoseNic({
@@ -145,7 +151,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
         engineErrors: asked.view?.engineErrors ?? [],
       });
       const entry: ObservedNic = { ...verdict.observed };
-      const warning = warningOf(t, nic, verdict.problem, at, booting);
+      const warning = warningOf(t, nic, verdict.problem, at, nicBooting);
       if (warning !== undefined) entry.warning = warning;
       // A problem not reported yet is looked at again soon, to confirm it or see it go.
       if (verdict.problem && warning === undefined) unsettled = true;
@@ -251,9 +257,11 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       recordOf.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
     }
     const ours = new Set<string>();
+    const named = new Set<string>();
     const at = now();
     for (const kv of specs.kvs) {
       const spec = JSON.parse(kv.value) as GuestSpec;
+      named.add(spec.name);
       if (spec.host !== hostName) continue;
       ours.add(spec.name);
       const status = statusOf.get(spec.name);
@@ -273,6 +281,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
           record: record && sameProcess(record.process, status.process) ? record : undefined,
           nextAt: 0,
           inFlight: false,
+          nicSince: new Map(),
         };
         tracked.set(spec.name, t);
       }
@@ -282,9 +291,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       }
     }
     // Records of guests that are gone (deleted while an observation was in flight).
-    for (const name of recordOf.keys()) {
-      if (!specs.kvs.some((kv) => kv.key === keys.guest(name))) await store.delete(keys.guestNetwork(name));
-    }
+    for (const name of recordOf.keys()) if (!named.has(name)) await store.delete(keys.guestNetwork(name));
     for (const name of tracked.keys()) if (!ours.has(name)) tracked.delete(name);
 
     // Wrapped: an async function would wait for a promise it returns.

@@ -1,3 +1,4 @@
+import { finished } from 'node:stream/promises';
 import { isTrivisorError, unavailable } from '../core/errors.ts';
 import type { GuestSpec } from '../core/types.ts';
 import type { ExecOptions, ExecSession, GuestInterface } from './guest-driver.ts';
@@ -43,7 +44,11 @@ export async function runGuestScript(
   const chunks: Buffer[] = [];
   session.stdout.on('data', (c: Buffer) => chunks.push(c));
   session.stderr?.on('data', (c: Buffer) => chunks.push(c));
-  const code = await session.exit;
+  // The exit code may come before the last output has been read: wait for the streams' ends too.
+  const ended = [session.stdout, ...(session.stderr ? [session.stderr] : [])].map((st) =>
+    finished(st).catch(() => {}),
+  );
+  const [code] = await Promise.all([session.exit, ...ended]);
   return { code, output: Buffer.concat(chunks).toString('utf8').trim() };
 }
 

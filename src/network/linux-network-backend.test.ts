@@ -284,4 +284,45 @@ describe('linux network backend', () => {
     assert.deepEqual(await backend.counters('tvx'), { rxBytes: 20, txBytes: 10, rxPackets: 2, txPackets: 1 });
     assert.equal(await backend.counters('nope'), undefined);
   });
+
+  test('portState() reads carrier from sysfs: up, no carrier (also when it cannot be read), or missing', async () => {
+    const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
+    dirs.push(sys);
+    await mkdir(join(sys, 'tvup'), { recursive: true });
+    await writeFile(join(sys, 'tvup', 'carrier'), '1\n');
+    await mkdir(join(sys, 'tvdown'), { recursive: true });
+    await writeFile(join(sys, 'tvdown', 'carrier'), '0\n');
+    // An interface that is administratively down answers EINVAL; a directory stands in for it here.
+    await mkdir(join(sys, 'tvadmin', 'carrier'), { recursive: true });
+    const backend = createLinuxNetworkBackend({
+      runner: fakeRunner(),
+      log,
+      stateDir: '/s',
+      sysClassNet: sys,
+    });
+    assert.equal(await backend.portState('tvup'), 'up');
+    assert.equal(await backend.portState('tvdown'), 'no-carrier');
+    assert.equal(await backend.portState('tvadmin'), 'no-carrier');
+    assert.equal(await backend.portState('tvgone'), 'missing');
+  });
+
+  test('leases() reads the unexpired leases of a network from its dnsmasq lease file', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    await mkdir(join(stateDir, 'networks', 'tvnet0'), { recursive: true });
+    const soon = Math.floor(Date.now() / 1000) + 3600;
+    await writeFile(
+      join(stateDir, 'networks', 'tvnet0', 'dnsmasq.leases'),
+      `${soon} 02:AA:00:00:00:01 198.18.9.5 g1 *\n1 02:aa:00:00:00:02 198.18.9.6 g2 *\n0 02:aa:00:00:00:03 198.18.9.7 g3 *\n`,
+    );
+    const backend = createLinuxNetworkBackend({ runner: fakeRunner(), log, stateDir });
+    assert.deepEqual(
+      [...(await backend.leases('tvnet0'))],
+      [
+        ['02:aa:00:00:00:01', '198.18.9.5'],
+        ['02:aa:00:00:00:03', '198.18.9.7'],
+      ],
+    );
+    assert.deepEqual([...(await backend.leases('none'))], []);
+  });
 });

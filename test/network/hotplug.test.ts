@@ -41,12 +41,14 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
   const sh = (guest: string, script: string) =>
     d.cli(['exec', guest, '--', 'sh', '-c', script], { timeoutMs: 120_000 });
   const pings = (from: string, to: string) => sh(from, `ping -c1 -W3 ${to}`).code === 0;
-  const nicsOf = (guest: string): Record<string, NicInfo> =>
-    (
-      JSON.parse(d.ok(['info', guest, '--format', 'json'])) as {
-        state: { nics?: Record<string, NicInfo> };
-      }
-    ).state.nics ?? {};
+  const infoOf = (guest: string) =>
+    JSON.parse(d.ok(['info', guest, '--format', 'json'])) as {
+      devices?: Record<string, { 'ipv4.address'?: string }>;
+      state: { nics?: Record<string, NicInfo> };
+    };
+  const nicsOf = (guest: string): Record<string, NicInfo> => infoOf(guest).state.nics ?? {};
+  /** The address reserved for a NIC (info's addresses are what the guest holds, once it holds it). */
+  const reservedOf = (guest: string, nic = 'eth0') => infoOf(guest).devices?.[nic]?.['ipv4.address'] ?? '';
 
   before(async () => {
     d = await startDaemon();
@@ -56,7 +58,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
     const peer = nicsOf(PEER).eth0;
     assert.ok(peer);
     ports.push(peer.hostName);
-    const ip = peer.addresses[0] ?? '';
+    const ip = reservedOf(PEER);
     await eventually(
       `${PEER} holds ${ip}`,
       () => sh(PEER, 'ip -4 addr show dev eth0').stdout.includes(ip),
@@ -82,7 +84,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
 
   for (const name of NAMES) {
     test(`a running ${GUESTS[name]} guest gets a NIC live, reaches a guest on the network, and loses it live`, async () => {
-      const peerIp = nicsOf(PEER).eth0?.addresses[0] ?? '';
+      const peerIp = reservedOf(PEER);
       const attached = d.ok([
         ...['network', 'attach', NET, name],
         ...['--limits-ingress', '50Mbit', '--limits-egress', '50Mbit'],
@@ -91,7 +93,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
       const nic = nicsOf(name).eth0;
       assert.ok(nic, `${name} has eth0 in info`);
       ports.push(nic.hostName);
-      const ip = nic.addresses[0] ?? '';
+      const ip = reservedOf(name);
       assert.match(ip, /^198\.18\.212\.\d+$/);
       assert.match(
         links(),
@@ -113,6 +115,11 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
         60_000,
       );
       assert.equal(sh(name, 'cat /sys/class/net/eth0/address').stdout.trim(), nic.hwaddr);
+      await eventually(
+        `info shows the address the hot-plugged NIC of ${name} holds`,
+        () => JSON.stringify(nicsOf(name).eth0?.addresses) === JSON.stringify([ip]),
+        15_000,
+      );
       await eventually(`${name} reaches ${PEER}`, () => pings(name, peerIp), 30_000);
       assert.ok(pings(PEER, ip), `${PEER} reaches ${name}`);
       // Anti-spoofing holds on the hot-plugged port as at start.
@@ -142,7 +149,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
   }
 
   test('vm and pvm NICs present at boot (DHCP at boot) are unplugged live too', async () => {
-    const peerIp = nicsOf(PEER).eth0?.addresses[0] ?? '';
+    const peerIp = reservedOf(PEER);
     for (const [name, model] of [
       ['bv', 'vm'],
       ['bm', 'pvm'],
@@ -152,7 +159,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
         const nic = nicsOf(name).eth0;
         assert.ok(nic);
         ports.push(nic.hostName);
-        const ip = nic.addresses[0] ?? '';
+        const ip = reservedOf(name);
         await eventually(
           `${name} leased ${ip} at boot`,
           () => sh(name, 'ip -4 addr show dev eth0').stdout.includes(`inet ${ip}/`),

@@ -46,10 +46,13 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
 
   const sh = (guest: string, script: string) => d.cli(['exec', guest, '--', 'sh', '-c', script]);
   const pings = (from: string, to: string) => sh(from, `ping -c1 -W2 ${to}`).code === 0;
-  const addressOf = (guest: string): string => {
-    const g = JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { state: { addresses?: string[] } };
-    return g.state.addresses?.[0] ?? '';
-  };
+  const infoOf = (guest: string) =>
+    JSON.parse(d.ok(['info', guest, '--format', 'json'])) as {
+      devices?: Record<string, { 'ipv4.address'?: string }>;
+      state: { addresses?: string[] };
+    };
+  /** The address reserved for eth0 (info's addresses are what the guest holds, once it holds it). */
+  const addressOf = (guest: string): string => infoOf(guest).devices?.eth0?.['ipv4.address'] ?? '';
   /** The address DHCP gave eth0, as the guest sees it. */
   const leased = (guest: string) =>
     /inet (\d+\.\d+\.\d+\.\d+)\//.exec(sh(guest, 'ip -4 addr show dev eth0').stdout)?.[1];
@@ -83,11 +86,16 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.doesNotMatch(tables, new RegExp(`trivisor-(${NET_A}|${NET_B}|${NET_ISO})`));
   });
 
-  test('guests get their addresses by DHCP, and list shows them', () => {
+  test('guests get their addresses by DHCP, and list shows them', async () => {
     for (const g of ['a1', 'a2']) {
       const ip = addressOf(g);
       assert.match(ip, /^198\.18\.201\.\d+$/);
-      assert.equal(leased(g), ip, `${g}'s eth0 has the address it was given`);
+      await eventually(`${g}'s eth0 has the address it was given`, () => leased(g) === ip, 30_000);
+      await eventually(
+        `info shows the address ${g} holds`,
+        () => JSON.stringify(infoOf(g).state.addresses) === JSON.stringify([ip]),
+        15_000,
+      );
     }
     assert.notEqual(addressOf('a1'), addressOf('a2'));
     assert.match(d.ok(['list']), /a1\s.*198\.18\.201\./);

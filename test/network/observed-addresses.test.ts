@@ -82,7 +82,7 @@ describe('observed addresses and NIC warnings', { timeout: 900_000 }, () => {
     d.ok(['network', 'create', NET, 'ipv4.address=198.18.215.1/24']);
     for (const name of NAMES) {
       d.ok(['launch', 'busybox', name, '--model', GUESTS[name], '-n', NET]);
-      ports[name] = info(name).state.nics?.eth0?.hostName;
+      ports[name] = info(name).state.nics?.eth0?.hostName ?? '';
     }
   });
 
