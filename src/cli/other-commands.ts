@@ -138,12 +138,10 @@ export function addDaemonCommand(program: Command): void {
     .description('Run the Trivisor daemon in the foreground')
     .option('--listen <address>', 'also serve the API on TCP, e.g. 127.0.0.1:8443 (token required)')
     .action(async (opts: { listen?: string }) => {
-      // Imported late: the CLI must not load the daemon's dependencies for client commands.
+      // Imported late: the CLI must not load the daemon's dependencies for client commands
+      // (in the bundle the daemon is a chunk of its own, loaded here only).
       // runDaemon serves until SIGTERM/SIGINT and resolves once it has shut down.
-      const mainUrl = new URL('../main.ts', import.meta.url).href;
-      const { runDaemon } = (await import(mainUrl)) as {
-        runDaemon(options: { stateDir?: string; listen?: string }): Promise<void>;
-      };
+      const { runDaemon } = await import('../main.ts');
       const options: { stateDir?: string; listen?: string } = { stateDir: stateDir() };
       if (opts.listen) options.listen = opts.listen;
       await runDaemon(options);

@@ -218,7 +218,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
       const url = op.metadata.websocket;
       if (typeof url !== 'string')
         throw new TrivisorApiError('The server gave no exec websocket', { status: 500 });
-      const socket = transport.websocket(url);
+      const socket = await transport.websocket(url);
       // Listen before the upgrade completes: the first frames may arrive with it.
       const handle = execHandleOf(socket, op.id);
       await opened(socket);
@@ -234,7 +234,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
       const url = op.metadata.websocket;
       if (typeof url !== 'string')
         throw new TrivisorApiError('The server gave no console websocket', { status: 500 });
-      const socket = transport.websocket(url);
+      const socket = await transport.websocket(url);
       // Listen before the upgrade completes: the first frames may arrive with it.
       const handle = consoleHandleOf(socket, op.id);
       await opened(socket);
@@ -267,7 +267,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
       };
     },
     async followConsole(name) {
-      const socket = transport.websocket(`/1.0/guests/${enc(name)}/console/follow`);
+      const socket = await transport.websocket(`/1.0/guests/${enc(name)}/console/follow`);
       const stream = new PassThrough();
       socket.on('message', (data) => {
         stream.write(Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer));
@@ -318,7 +318,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     cancelOperation: (id) => call('DELETE', `/1.0/operations/${enc(id)}`),
     async events(listener, o = {}) {
       const query = o.types?.length ? `?type=${o.types.join(',')}` : '';
-      const socket = transport.websocket(`/1.0/events${query}`);
+      const socket = await transport.websocket(`/1.0/events${query}`);
       socket.on('message', (data) => {
         try {
           listener(JSON.parse(String(data)) as TrivisorEvent);

@@ -1,8 +1,7 @@
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import type { ErrorResponse } from '../api/envelopes.ts';
 import { TrivisorApiError } from './api-error.ts';
 
@@ -29,7 +28,8 @@ export interface Transport {
       sink?: Writable;
     },
   ): Promise<RawResponse>;
-  websocket(path: string): WebSocket;
+  /** Loads `ws` on first use: most CLI commands never open a WebSocket (docs/decisions/0013-fast-cli.md). */
+  websocket(path: string): Promise<WebSocket>;
   /** For messages: `unix:/var/lib/trivisor/trivisor.sock` or the URL. */
   describe(): string;
 }
@@ -42,7 +42,7 @@ export function createTransport(target: ClientTarget): Transport {
 
   return {
     describe,
-    request(method, path, options = {}) {
+    async request(method, path, options = {}) {
       const headers: Record<string, string> = { ...authHeaders, ...options.headers };
       let payload: Buffer | undefined;
       if (options.json !== undefined) {
@@ -56,7 +56,8 @@ export function createTransport(target: ClientTarget): Transport {
         reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
         reqOptions.port = base.port || (base.protocol === 'https:' ? 443 : 80);
         reqOptions.path = `${base.pathname.replace(/\/$/, '')}${path}`;
-        if (base.protocol === 'https:') send = httpsRequest;
+        // Loaded only for https: it brings TLS and crypto, which a unix-socket call never needs.
+        if (base.protocol === 'https:') send = (await import('node:https')).request;
       } else if ('socketPath' in target) {
         reqOptions.socketPath = target.socketPath;
       }
@@ -84,7 +85,8 @@ export function createTransport(target: ClientTarget): Transport {
         }
       });
     },
-    websocket(path) {
+    async websocket(path) {
+      const { default: WebSocket } = await import('ws');
       if (base) {
         const url = new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
         url.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
