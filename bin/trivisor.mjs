@@ -49,7 +49,7 @@ async function freshBundleDir() {
   if (manifest && entries.every((e) => isFresh(manifest, e))) return join(buildDir, manifest.dir);
   try {
     const { buildBundles } = await import(pathToFileURL(join(root, 'src/build/bundles.ts')).href);
-    return join(buildDir, (await buildBundles(root)).dir);
+    return join(buildDir, (await buildBundles(root, { wait: false })).dir);
   } catch {
     return null;
   }

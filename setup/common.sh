@@ -191,3 +191,10 @@ ensure_memtest() {
   cp "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.bin" "$GUEST_KERNEL_DIR/boot/"
   rm -rf "$GUEST_KERNEL_DIR/memtest.tmp"
 }
+
+# The pre-compiled CLI and daemon under build/ (docs/decisions/0013-fast-cli.md). bin/trivisor
+# rebuilds them itself once the sources change; made here so that the first command is fast too.
+ensure_bundles() {
+  say "Bundling the CLI and the daemon (esbuild)"
+  "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/bundles.ts" >/dev/null
+}

@@ -3,6 +3,7 @@ import { constants as fsConstants, statSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { builtinModules } from 'node:module';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import type { Loader, Plugin } from 'esbuild';
 
@@ -99,13 +100,57 @@ const KEEP_OLD_BUILDS_MS = 10 * 60_000;
 /**
  * Bundles the CLI and the daemon of the checkout at `root` into a new directory under
  * `build/`, then points `build/manifest.json` at it (a rename, so a concurrent reader sees
- * the old build or the new one, whole). Concurrent builds are safe: the last one wins.
+ * the old build or the new one, whole). One build at a time: with `wait: false` (the
+ * launcher) it gives up at once when another runs, and that command runs the sources
+ * rather than queue behind it; many commands started at once on a stale bundle would
+ * otherwise each run esbuild.
  */
-export async function buildBundles(root: string): Promise<BundleManifest> {
+export async function buildBundles(root: string, options: { wait?: boolean } = {}): Promise<BundleManifest> {
   const buildDir = buildDirOf(root);
   await mkdir(buildDir, { recursive: true });
   // Fail before the esbuild run when the checkout is read-only: the launcher then runs the sources.
   await access(buildDir, fsConstants.W_OK);
+  const unlock = await lockBuilds(buildDir, options.wait ?? true);
+  try {
+    return await buildUnlocked(root, buildDir);
+  } finally {
+    await unlock();
+  }
+}
+
+/**
+ * Takes `build/.lock` (it holds the builder's pid; a dead builder's is taken over). It only
+ * keeps builds from piling up: two that slip past it at once are still safe.
+ */
+async function lockBuilds(buildDir: string, wait: boolean): Promise<() => Promise<void>> {
+  const lock = path.join(buildDir, '.lock');
+  for (;;) {
+    try {
+      await writeFile(lock, `${process.pid}\n`, { flag: 'wx' });
+      return () => rm(lock, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const holder = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
+    if (holder > 0 && isAlive(holder)) {
+      if (!wait) throw new Error(`Another build of the bundles (pid ${holder}) is running`);
+      await sleep(100);
+    } else {
+      await rm(lock, { force: true });
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function buildUnlocked(root: string, buildDir: string): Promise<BundleManifest> {
   const { build } = await import('esbuild');
 
   const stamps: Record<string, InputStamp> = {};
@@ -268,7 +313,7 @@ function withOwnLocation(contents: string, file: string): string {
 
 async function removeOldBuilds(buildDir: string, current: string): Promise<void> {
   for (const name of await readdir(buildDir)) {
-    if (name === current || name === 'manifest.json') continue;
+    if (name === current || name === 'manifest.json' || name === '.lock') continue;
     const full = path.join(buildDir, name);
     const s = await stat(full).catch(() => null);
     // Recent ones may still be in use: a process started from one loads its chunks lazily.
