@@ -163,7 +163,16 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     events,
   });
   await services.pools.start();
-  await images.ensureBusybox();
+  // The busybox image is made again at every start (so an upgraded busybox-static gives a new
+  // image), which takes a few hundred ms: once it exists, start-up (re-adoption) does not wait.
+  const busybox = images.ensureBusybox();
+  const hasBusybox = await images.get('busybox').then(
+    () => true,
+    () => false,
+  );
+  if (hasBusybox)
+    busybox.catch((e: unknown) => log.warn({ err: String(e) }, 'cannot refresh the busybox image'));
+  else await busybox;
   // Networks first: guests that start now need their bridges.
   const networkController = createNetworkController({
     store,

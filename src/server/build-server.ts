@@ -19,6 +19,7 @@ import { registerFileRoutes } from './file-routes.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
 import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
+import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import type { RouteContext } from './route-context.ts';
@@ -35,6 +36,8 @@ export interface BuildServerOptions {
   uploadDir?: string;
   /** How long an exec waits for its client to connect to the websocket (default 30 s). */
   execConnectTimeoutMs?: number;
+  /** Compile every route's schemas when the server gets ready (tests: a bad schema fails there) instead of on first use. */
+  compileSchemasAtReady?: boolean;
 }
 
 /** JSON bodies; image uploads have their own, larger limit. */
@@ -61,6 +64,7 @@ const oneLine = (text: string) => text.replace(/\s*\n\s*/g, ' ').trim();
  * listen.ts). Thin by design: parse, call a service, map errors.
  */
 export async function buildServer(services: Services, options: BuildServerOptions): Promise<FastifyInstance> {
+  const compilers = lazySchemaCompilers();
   const fastifyOptions: FastifyHttpOptions<Server> = {
     bodyLimit: JSON_BODY_LIMIT_BYTES,
     logController: new LogController({ disableRequestLogging: true }),
@@ -70,6 +74,7 @@ export async function buildServer(services: Services, options: BuildServerOption
       customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false },
     },
     schemaErrorFormatter: formatSchemaErrors,
+    schemaController: { compilersFactory: compilers.compilersFactory },
     // Errors met before routing (e.g. a malformed URL) get the same envelope.
     frameworkErrors: (error, _request, rawReply) => {
       const status = typeof error.statusCode === 'number' && error.statusCode >= 400 ? error.statusCode : 400;
@@ -85,6 +90,7 @@ export async function buildServer(services: Services, options: BuildServerOption
     fastifyOptions.loggerInstance = logger as FastifyBaseLogger;
   else fastifyOptions.logger = logger as NonNullable<FastifyHttpOptions<Server>['logger']>;
   const app: FastifyInstance = Fastify(fastifyOptions);
+  if (options.compileSchemasAtReady) app.addHook('onReady', async () => compilers.compileAll());
 
   app.setErrorHandler((error: FastifyError, request, reply) => {
     let status: number;
