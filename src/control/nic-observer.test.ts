@@ -31,7 +31,10 @@ interface World {
   actions(): string[];
 }
 
-async function makeWorld(model: Model = 'ct'): Promise<World> {
+async function makeWorld(
+  model: Model = 'ct',
+  timing: { fastMs?: number; refreshMs?: number; realClock?: boolean } = {},
+): Promise<World> {
   const store = createMemoryStore();
   const driver = createFakeDriver(model);
   const bus = createEventBus();
@@ -61,7 +64,9 @@ async function makeWorld(model: Model = 'ct'): Promise<World> {
     hostName: 'h1',
     graceMs: GRACE_MS,
     settleMs: 2000,
-    now: () => clock.now,
+    ...(timing.realClock ? {} : { now: () => clock.now }),
+    ...(timing.fastMs !== undefined && { fastMs: timing.fastMs }),
+    ...(timing.refreshMs !== undefined && { refreshMs: timing.refreshMs }),
   });
   return {
     store,
@@ -280,6 +285,27 @@ describe('NIC observer', () => {
     await w.observer.tick();
     assert.equal(await w.record('c1'), undefined);
   });
+});
+
+test('started, the observer looks at a guest soon after it starts, and follows it without being asked', async () => {
+  const w = await makeWorld('ct', { fastMs: 20, refreshMs: 100, realClock: true });
+  await w.observer.start();
+  try {
+    await w.run('c1');
+    w.driver.guests.get('c1')!.nicView = holding([RESERVED]);
+    const until = async (what: string, cond: () => Promise<boolean>) => {
+      for (let i = 0; i < 200 && !(await cond()); i++) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(await cond(), what);
+    };
+    await until('the new guest was looked at', async () => (await w.record('c1')) !== undefined);
+    w.driver.guests.get('c1')!.nicView = holding(['198.18.9.77']);
+    await until(
+      'the change inside it was seen at a later pass',
+      async () => (await w.record('c1'))?.nics.eth0?.addresses[0] === '198.18.9.77',
+    );
+  } finally {
+    await w.observer.stop();
+  }
 });
 
 describe('guest service with observed addresses', () => {

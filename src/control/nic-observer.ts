@@ -13,7 +13,7 @@ import type { GuestDriver, GuestNicView } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore } from '../store/kv.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
 import { diagnoseNic, interfaceOf, type NicProblem } from './nic-diagnosis.ts';
 
 export interface NicObserverDeps {
@@ -54,6 +54,9 @@ export interface NicObserver {
 }
 
 interface Tracked {
+  /** Spec and status as the last full pass read them. */
+  spec: GuestSpec;
+  status: GuestStatus;
   process: ProcessIdentity;
   /** Problems seen but not yet reported, by NIC: kind and since when. */
   pending: Map<string, { kind: string; since: number }>;
@@ -88,8 +91,12 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   const tracked = new Map<string, Tracked>();
   const inFlight = new Set<Promise<void>>();
   /** Guests waiting for a free observation slot, in the order they became due. */
-  const queue: Array<{ spec: GuestSpec; status: GuestStatus; t: Tracked }> = [];
+  const queue: Tracked[] = [];
   let busy = 0;
+  const watchers: Watcher[] = [];
+  /** A spec or status changed since the last full pass (a guest started, stopped, got a NIC). */
+  let dirty = true;
+  let lastFullAt = 0;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
 
@@ -222,7 +229,8 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   function drain(): Promise<void> {
     const started: Promise<void>[] = [];
     while (!stopped && busy < concurrency && queue.length > 0) {
-      const { spec, status, t } = queue.shift() as (typeof queue)[number];
+      const t = queue.shift() as Tracked;
+      const { spec, status } = t;
       busy++;
       const p = observe(spec, status, t)
         .catch((e) => {
@@ -241,8 +249,25 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     return Promise.all(started).then(() => {});
   }
 
-  /** Finds the guests that are due, queues them, and starts what the slots allow. */
+  /** Queues the tracked guests that are due and starts what the slots allow (no store access). */
+  function quickScan(): { done: Promise<void> } {
+    const at = now();
+    for (const t of tracked.values()) {
+      if (!t.inFlight && at >= t.nextAt) {
+        t.inFlight = true;
+        queue.push(t);
+      }
+    }
+    return { done: drain() };
+  }
+
+  /**
+   * Reads every guest of this host from the store (level-based: whatever was missed is seen here),
+   * drops records of guests that stopped or are gone, queues the guests that are due.
+   */
   async function scan(): Promise<{ done: Promise<void> }> {
+    dirty = false;
+    lastFullAt = now();
     const [specs, statuses, records] = await Promise.all([
       store.list(keys.guestPrefix),
       store.list(keys.guestStatusPrefix),
@@ -276,6 +301,8 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       let t = tracked.get(spec.name);
       if (!t || !sameProcess(t.process, status.process)) {
         t = {
+          spec,
+          status,
           process: status.process,
           pending: new Map(),
           record: record && sameProcess(record.process, status.process) ? record : undefined,
@@ -285,9 +312,11 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
         };
         tracked.set(spec.name, t);
       }
+      t.spec = spec;
+      t.status = status;
       if (!t.inFlight && at >= t.nextAt) {
         t.inFlight = true;
-        queue.push({ spec, status, t });
+        queue.push(t);
       }
     }
     // Records of guests that are gone (deleted while an observation was in flight).
@@ -307,10 +336,26 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   return {
     async start() {
       stopped = false;
+      // A started guest is looked at within a second: changes of specs and statuses make the next
+      // pass a full one. Otherwise a full pass every refresh interval, and in between only the
+      // guests already known (a thousand guests' specs are not parsed every second).
+      const revision = await store.revision();
+      for (const prefix of [keys.guestPrefix, keys.guestStatusPrefix]) {
+        watchers.push(
+          store.watch(prefix, { fromRevision: revision + 1 }, () => {
+            dirty = true;
+          }),
+        );
+      }
       const loop = () => {
         // Observations run on in the background: a slow agent never holds up the next pass.
         timer = setTimeout(async () => {
-          await scan().catch((e) => log.error({ err: asTrivisorError(e).message }, 'NIC observation failed'));
+          try {
+            if (dirty || now() - lastFullAt >= refreshMs) await scan();
+            else quickScan();
+          } catch (e) {
+            log.error({ err: asTrivisorError(e).message }, 'NIC observation failed');
+          }
           if (!stopped) loop();
         }, fastMs);
         timer.unref();
@@ -319,6 +364,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     },
     async stop() {
       stopped = true;
+      for (const w of watchers.splice(0)) w.cancel();
       clearTimeout(timer);
       await Promise.allSettled([...inFlight]);
     },

@@ -556,9 +556,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     async observeNics(spec, { process }) {
       const init = await liveInit(spec, process);
-      const interfaces = init ? await readNetnsInterfaces(init.pid).catch(() => undefined) : undefined;
-      if (!interfaces) throw failedPrecondition(`Guest ${spec.name} is not running.`);
-      return { interfaces, engineErrors: [] };
+      if (!init) throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      try {
+        return { interfaces: readNetnsInterfaces(init.pid), engineErrors: [] };
+      } catch {
+        throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      }
     },
 
     // A veth into the running init's network namespace, as at start, with its address set from

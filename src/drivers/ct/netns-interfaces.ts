@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import type { GuestInterface } from '../guest-driver.ts';
 
 /*
@@ -97,14 +97,13 @@ export function netnsInterfaces(files: { dev: string; fibTrie: string; route: st
   return [...byName.values()];
 }
 
-/** Reads the interfaces of process `pid`'s network namespace (rejects when the process is gone). */
-export async function readNetnsInterfaces(
-  pid: number,
-  options: { procRoot?: string } = {},
-): Promise<GuestInterface[]> {
+/**
+ * Reads the interfaces of process `pid`'s network namespace (throws when the process is gone).
+ * Synchronous on purpose: /proc files are made in memory and never wait on a disk, and the three
+ * reads take ~50 µs, where async reads cost a thread-pool round trip each (8 times the CPU).
+ */
+export function readNetnsInterfaces(pid: number, options: { procRoot?: string } = {}): GuestInterface[] {
   const dir = `${options.procRoot ?? '/proc'}/${pid}/net`;
-  const [dev, fibTrie, route] = await Promise.all(
-    ['dev', 'fib_trie', 'route'].map((f) => readFile(`${dir}/${f}`, 'utf8')),
-  );
-  return netnsInterfaces({ dev: dev ?? '', fibTrie: fibTrie ?? '', route: route ?? '' });
+  const read = (f: string) => readFileSync(`${dir}/${f}`, 'utf8');
+  return netnsInterfaces({ dev: read('dev'), fibTrie: read('fib_trie'), route: read('route') });
 }
