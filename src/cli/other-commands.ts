@@ -1,3 +1,4 @@
+import { flushCompileCache } from 'node:module';
 import { type Command, Option } from 'commander';
 import type { TrivisorEvent } from '../api/types.ts';
 import { clientOf, stateDir } from './context.ts';
@@ -144,6 +145,10 @@ export function addDaemonCommand(program: Command): void {
       const { runDaemon } = await import('../main.ts');
       const options: { stateDir?: string; listen?: string } = { stateDir: stateDir() };
       if (opts.listen) options.listen = opts.listen;
-      await runDaemon(options);
+      const served = runDaemon(options);
+      // Node writes its compile cache (bin/trivisor.mjs turns it on for the bundle) at exit, which a
+      // daemon that is killed never reaches: write it once start-up code has run.
+      setTimeout(() => flushCompileCache(), 10_000).unref();
+      await served;
     });
 }
