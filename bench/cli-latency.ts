@@ -10,7 +10,7 @@
 // Usage: node bench/cli-latency.ts [rounds=30] [guests=100] [--before GIT-REF]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg, release, tmpdir } from 'node:os';
 import path from 'node:path';
 import { readManifest, staleInputs } from '../src/build/bundles.ts';
 import { request, sleep, startDaemon } from '../test/system/harness.ts';
@@ -241,6 +241,7 @@ try {
     daemonStartup,
     targets: 'list, info, --help <= 150 ms; exec <= 250 ms (p50, 10 guests)',
     loadAverage: { start: loadAtStart, end: loadavg() },
+    kernel: release(),
   };
   console.log(JSON.stringify(result, null, 2));
   console.log(`wrote ${writeResult('cli-latency', result)}`);

@@ -363,5 +363,59 @@ if (net) {
   lines.push('', `Measured ${net.measuredAt}.`, '');
 } else lines.push('_Not measured yet._', '');
 
+const cliLat = load('cli-latency.json');
+lines.push('## CLI latency and daemon start-up', '');
+lines.push(
+  '`node bench/cli-latency.ts 30 100 --before REF`: wall time of each `trivisor` command with 10 ct guests running,',
+  'from the pre-compiled bundle (docs/decisions/0013-fast-cli.md), from the TypeScript sources (`TRIVISOR_NO_BUNDLE=1`)',
+  'and from the code of commit REF (before the bundle), side by side with what each command wraps: `curl` sending the',
+  "CLI's own request over the unix socket, `runc exec` of the same container, and Node's bare start-up (`node -e 0`).",
+  'Each round runs every command once, in an order that rotates. Targets (p50): `list`, `info`, `--help` ≤ 150 ms;',
+  '`exec` ≤ 250 ms.',
+  '',
+);
+if (cliLat) {
+  const rows = cliLat.cli as Json[];
+  const hasBefore = rows.some((r) => r.before);
+  const cell = (x: unknown) => {
+    const s = x as Json | undefined;
+    return s ? `${f(s.p50Ms, 0)} / ${f(s.p95Ms, 0)}` : '–';
+  };
+  lines.push(
+    `| command | bundle p50 / p95 ms | sources p50 / p95 ms |${hasBefore ? ' before p50 / p95 ms |' : ''} baseline | baseline p50 / p95 ms | bundle ÷ baseline (p50) |`,
+    `|---|---|---|${hasBefore ? '---|' : ''}---|---|---|`,
+  );
+  for (const r of rows) {
+    lines.push(
+      `| \`${r.command === '--help' ? 'trivisor --help' : `trivisor ${r.command}`}\` | **${cell(r.bundle)}** | ${cell(r.sources)} |${hasBefore ? ` ${cell(r.before)} |` : ''} ${r.baseline} | ${cell(r.baselineStats)} | ${f(r.ratioP50, 1)} |`,
+    );
+  }
+  const rss = cliLat.rss as Json;
+  const mibOf = (x: unknown) => (typeof x === 'number' ? (x / 2 ** 20).toFixed(0) : '–');
+  lines.push(
+    '',
+    `Peak RSS of \`trivisor list\`: ${mibOf(rss.bundleListBytes)} MiB from the bundle, ${mibOf(rss.sourcesListBytes)} MiB from the sources${rss.beforeListBytes ? `, ${mibOf(rss.beforeListBytes)} MiB before` : ''}.`,
+    '',
+  );
+  const startup = cliLat.daemonStartup as Record<string, Json>;
+  lines.push(
+    `Daemon start-up with ${cliLat.startupGuests} ct guests running (its re-adoption time after a crash): kill -9, start again,`,
+    'time until `daemon.json` is written (guests re-adopted, API listening) and until the first `GET /1.0/guests?recursion=1`',
+    `answers; medians of ${cliLat.startupRounds} starts each, alternating.`,
+    '',
+    '| daemon | ready ms | first answer ms | RSS MiB |',
+    '|---|---|---|---|',
+  );
+  for (const [name, x] of Object.entries(startup)) {
+    lines.push(`| ${name} | ${f(x.readyP50Ms, 0)} | ${f(x.firstAnswerP50Ms, 0)} | ${mibOf(x.rssP50Bytes)} |`);
+  }
+  const load = cliLat.loadAverage as { start: number[]; end: number[] };
+  lines.push(
+    '',
+    `${cliLat.rounds} rounds${cliLat.before ? `, before = ${cliLat.before}` : ''}; the bundle stayed fresh throughout: ${cliLat.bundleFreshThroughout}. Kernel ${cliLat.kernel}. Load average (1, 5, 15 min) at the start ${load.start.map((x) => x.toFixed(2)).join(', ')}, at the end ${load.end.map((x) => x.toFixed(2)).join(', ')}. Measured ${cliLat.measuredAt}.`,
+    '',
+  );
+} else lines.push('_Not measured yet._', '');
+
 writeFileSync(path.resolve(import.meta.dirname, '../docs/benchmarks.md'), `${lines.join('\n')}\n`);
 console.log('wrote docs/benchmarks.md');
