@@ -204,6 +204,62 @@ describe('observed addresses and NIC warnings', { timeout: 900_000 }, () => {
     }
   });
 
+  test("pvm: a tap UML may not attach to gives a warning quoting UML's own error, and an event", async () => {
+    // UML opens its tap when the guest brings eth0 up. Made again owned by root while eth0 is down,
+    // the tap refuses the guest's uid (TUNSETIFF: EPERM): the same path as a /dev/net/tun UML
+    // cannot open, made to happen on purpose.
+    const port = ports.op ?? '';
+    assert.equal(sh('op', 'ip link set dev eth0 down').code, 0);
+    await eventually(
+      `UML let go of ${port}`,
+      () =>
+        !/LOWER_UP/.test(
+          links()
+            .split('\n')
+            .find((l) => l.includes(`: ${port}:`)) ?? '',
+        ),
+      10_000,
+    );
+    for (const argv of [
+      ['link', 'del', 'dev', port],
+      ['tuntap', 'add', 'dev', port, 'mode', 'tap', 'user', '0'],
+      ['link', 'set', 'dev', port, 'master', NET, 'up'],
+    ]) {
+      const r = spawnSync('ip', argv, { encoding: 'utf8' });
+      assert.equal(r.status, 0, `ip ${argv.join(' ')}: ${r.stderr}`);
+    }
+    assert.notEqual(sh('op', 'ip link set dev eth0 up').code, 0, 'UML refused to bring eth0 up');
+    const cause = new RegExp(
+      `NIC eth0 is down: UML could not open its tap ${port} \\(UML says: .*TUNSETIFF failed`,
+    );
+    let last: GuestJson | undefined;
+    await eventually(
+      'info quotes UML',
+      () => {
+        last = info('op');
+        return cause.test(last.state.warnings?.join('\n') ?? '');
+      },
+      WARNING_WAIT_MS,
+    ).catch((e) => assert.fail(`${e.message}: ${JSON.stringify(last?.state)}`));
+    assert.deepEqual(listed('op').state.addresses, []);
+    assert.match(d.ok(['info', 'op']), /Warning: NIC eth0 is down: UML could not open its tap/);
+    await eventually(
+      'an event quotes UML',
+      () => eventFor('op', 'guest-nic-warning', /TUNSETIFF failed/),
+      2000,
+    );
+    // A restart makes the tap again, owned by the guest's uid.
+    d.ok(['restart', 'op']);
+    await eventually(
+      'op works again after a restart',
+      () => {
+        const g = info('op');
+        return g.state.warnings === undefined && sameList(g.state.addresses, [reserved('op')]);
+      },
+      60_000,
+    );
+  });
+
   test('a host port deleted under a running guest is a warning naming the port, and an event', async () => {
     for (const name of ['oc', 'op'] as const) {
       const port = ports[name] ?? '';
