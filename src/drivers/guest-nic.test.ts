@@ -84,3 +84,9 @@ test('probeGuestNics() is Unavailable when the agent fails or does not answer in
     (e: Error & { code?: string }) => e.code === 'Unavailable' && /connect ENOENT/.test(e.message),
   );
 });
+
+test('parseNicProbe() keeps 16 addresses per interface, however many the guest reports', () => {
+  const lines = ['link eth0 02:00:00:00:00:01 0x1003'];
+  for (let i = 0; i < 40; i++) lines.push(`2: eth0    inet 10.0.0.${i}/24 scope global eth0`);
+  assert.equal(parseNicProbe(lines.join('\n'))[0]?.addresses.length, 16);
+});

@@ -63,12 +63,15 @@ export const NIC_PROBE_SCRIPT = [
   `${KIT_BUSYBOX} ip -4 -o addr show`,
 ].join('\n');
 
-/** Parses what NIC_PROBE_SCRIPT printed (busybox's and iproute2's `ip -o` alike). */
+/** Addresses kept per interface (a guest may configure thousands). */
+const MAX_ADDRESSES = 16;
+
+/** Parses what NIC_PROBE_SCRIPT printed (busybox's and iproute2's `ip -o` alike), at most 64 interfaces. */
 export function parseNicProbe(output: string): GuestInterface[] {
   const byName = new Map<string, GuestInterface>();
   for (const line of output.split('\n')) {
     const link = /^link (\S+) ([0-9a-fA-F:]*) ?(0x[0-9a-fA-F]+)?\s*$/.exec(line);
-    if (link) {
+    if (link && byName.size < 64) {
       const [, name, mac, flags] = link as unknown as [string, string, string, string | undefined];
       byName.set(name, {
         name,
@@ -79,7 +82,9 @@ export function parseNicProbe(output: string): GuestInterface[] {
       continue;
     }
     const addr = /^\d+:\s+([^\s@]+)\S*\s+inet\s+(\d+\.\d+\.\d+\.\d+)\/\d+/.exec(line);
-    if (addr) byName.get(addr[1] as string)?.addresses.push(addr[2] as string);
+    const iface = addr ? byName.get(addr[1] as string) : undefined;
+    // What a guest's agent says goes into the store and every list: a guest gets a bounded say.
+    if (iface && iface.addresses.length < MAX_ADDRESSES) iface.addresses.push(addr?.[2] as string);
   }
   return [...byName.values()];
 }

@@ -75,3 +75,26 @@ test('readNetnsInterfaces() reads /proc/PID/net of the process and throws when i
     await rm(root, { recursive: true, force: true });
   }
 });
+
+test('a guest with thousands of addresses gets 16 kept, and only the first 256 KiB of a file is read', async () => {
+  const leaves = Array.from(
+    { length: 20_000 },
+    (_, i) => `        |-- 10.${i >> 16}.${(i >> 8) & 255}.${i & 255}\n           /32 host LOCAL\n`,
+  );
+  const fibTrie = `Local:\n  +-- 0.0.0.0/0 3 0 5\n${leaves.join('')}`;
+  const dev = DEV.split('\n')
+    .filter((l) => !l.includes('eth1:'))
+    .join('\n');
+  assert.equal(netnsInterfaces({ dev, fibTrie, route: '' })[0]?.addresses.length, 16);
+  const root = await mkdtemp(join(tmpdir(), 'trivisor-netns-'));
+  try {
+    await mkdir(join(root, '7', 'net'), { recursive: true });
+    await writeFile(join(root, '7', 'net', 'dev'), dev);
+    await writeFile(join(root, '7', 'net', 'fib_trie'), fibTrie);
+    await writeFile(join(root, '7', 'net', 'route'), ROUTE);
+    assert.ok(fibTrie.length > 256 * 1024);
+    assert.equal(readNetnsInterfaces(7, { procRoot: root })[0]?.addresses.length, 16);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { GuestInterface } from '../guest-driver.ts';
 
 /*
@@ -9,6 +9,9 @@ import type { GuestInterface } from '../guest-driver.ts';
  * interface flags: whether the guest's end is up is told by the host's end of the
  * veth (a veth has carrier only while both ends are up).
  */
+
+/** Addresses kept per interface (a guest may configure thousands). */
+const MAX_ADDRESSES = 16;
 
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
 
@@ -92,7 +95,8 @@ export function netnsInterfaces(files: { dev: string; fibTrie: string; route: st
       if (!best || r.mask >>> 0 > best.mask >>> 0) best = r;
     }
     const iface = best ? byName.get(best.iface) : names.length === 1 ? byName.get(names[0]!) : undefined;
-    iface?.addresses.push(address);
+    // What a guest configures goes into the store and every list: a guest gets a bounded say.
+    if (iface && iface.addresses.length < MAX_ADDRESSES) iface.addresses.push(address);
   }
   return [...byName.values()];
 }
@@ -104,6 +108,29 @@ export function netnsInterfaces(files: { dev: string; fibTrie: string; route: st
  */
 export function readNetnsInterfaces(pid: number, options: { procRoot?: string } = {}): GuestInterface[] {
   const dir = `${options.procRoot ?? '/proc'}/${pid}/net`;
-  const read = (f: string) => readFileSync(`${dir}/${f}`, 'utf8');
-  return netnsInterfaces({ dev: read('dev'), fibTrie: read('fib_trie'), route: read('route') });
+  return netnsInterfaces({
+    dev: readAtMost(`${dir}/dev`),
+    fibTrie: readAtMost(`${dir}/fib_trie`),
+    route: readAtMost(`${dir}/route`),
+  });
 }
+
+/**
+ * The first `max` bytes of a file: a guest may give its namespace thousands of addresses
+ * and routes, and the daemon's event loop must not pay for reading them all.
+ */
+function readAtMost(path: string): string {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = readBuffer;
+    const max = buf.length;
+    let n = 0;
+    for (let r = 1; r > 0 && n < max; n += r) r = readSync(fd, buf, n, max - n, null);
+    return buf.subarray(0, n).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Enough for ~2,000 addresses in fib_trie; what is past it is not read. One buffer serves every read (they are synchronous). */
+const readBuffer = Buffer.allocUnsafe(256 * 1024);

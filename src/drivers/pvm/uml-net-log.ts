@@ -24,7 +24,8 @@ export function umlNicErrors(log: string, max = 3): string[] {
     .slice(Math.max(since, 0))
     .replace(/\r/g, '')
     .split('\n')
-    .map((l) => l.trim())
+    // The guest writes to this console too: what is quoted is kept short.
+    .map((l) => l.trim().slice(0, 200))
     .filter((l) => NIC_FAILURE.test(l) && !l.startsWith('Kernel command line'));
   const unique: string[] = [];
   for (const l of lines.reverse()) if (!unique.includes(l)) unique.unshift(l);
