@@ -21,6 +21,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { createLogger } from './host/logger.ts';
+import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
 import { pickDefaultSubnet } from './network/default-network.ts';
@@ -65,6 +66,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await takePidLock(stateDir);
 
   const runner = hostRunner();
+  // Before anything is mounted below it (pools, guests' trees): see ensureSharedMount.
+  await ensureSharedMount(stateDir, { runner });
   const store = openSqliteStore(path.join(stateDir, 'store.db'));
   const hostName = await hostIdentity(stateDir);
   const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });

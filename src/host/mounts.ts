@@ -64,3 +64,62 @@ export async function unmountIfMounted(target: string, options: { runner: Proces
     await options.runner.run(['umount', '--lazy', target]);
   }
 }
+
+/** One mountinfo line's mount point and its propagation (`shared:N` among the optional fields). */
+export interface MountEntry {
+  mountPoint: string;
+  shared: boolean;
+}
+
+/** Parses /proc/self/mountinfo text. */
+export function parseMountinfo(text: string): MountEntry[] {
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .flatMap((line) => {
+      const fields = line.split(' ');
+      const point = fields[4];
+      if (point === undefined) return [];
+      const dash = fields.indexOf('-');
+      const optional = fields.slice(6, dash < 0 ? undefined : dash);
+      return [
+        { mountPoint: unescapeMountPath(point), shared: optional.some((f) => f.startsWith('shared:')) },
+      ];
+    });
+}
+
+/** What ensureSharedMount found or did. */
+export type SharedMountResult = 'already-shared' | 'made-shared' | 'busy';
+
+/**
+ * Makes `dir` part of a shared mount, so that mounts and unmounts below it propagate into the
+ * mount namespaces of processes started with `--propagation slave` (a pvm guest's UML, which
+ * needs one of its own): a pool unmounted or a guest's overlay taken down on the host then
+ * goes in those namespaces too, instead of staying pinned there while the guest runs.
+ * When the mount holding `dir` is shared already (`/` on a systemd host), nothing changes.
+ * Otherwise `dir` is bind-mounted onto itself and made shared: only Trivisor's own directory
+ * changes, never the host's other mounts. That is done only while nothing is mounted below
+ * `dir`, because a bind would hide (and pin) what is: then the result is `busy`.
+ */
+export async function ensureSharedMount(
+  dir: string,
+  options: { runner: ProcessRunner; mountinfoPath?: string },
+): Promise<SharedMountResult> {
+  const target = resolve(dir);
+  const entries = parseMountinfo(await readFile(options.mountinfoPath ?? '/proc/self/mountinfo', 'utf8'));
+  // The last entry for the longest mount point at or above `dir` is the one that is visible.
+  let holder: MountEntry | undefined;
+  for (const e of entries) {
+    const covers = e.mountPoint === '/' || target === e.mountPoint || target.startsWith(`${e.mountPoint}/`);
+    if (covers && (!holder || e.mountPoint.length >= holder.mountPoint.length)) holder = e;
+  }
+  if (holder?.shared) return 'already-shared';
+  if (holder?.mountPoint === target) {
+    await options.runner.run(['mount', '--make-shared', target]);
+    return 'made-shared';
+  }
+  if (entries.some((e) => e.mountPoint.startsWith(`${target}/`))) return 'busy';
+  await options.runner.run(['mount', '--bind', target, target]);
+  await options.runner.run(['mount', '--make-shared', target]);
+  return 'made-shared';
+}

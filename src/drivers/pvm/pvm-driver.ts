@@ -31,6 +31,7 @@ import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
+import { ensureSharedMount } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import type { QgaClient } from '../../host/qga-client.ts';
 import { qgaPullFile, qgaPushFile } from '../../host/qga-files.ts';
@@ -185,6 +186,26 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   const agents: PvmAgentMap = options.agents ?? new Map<string, Promise<AgentConnection>>();
   let uidLock: Promise<unknown> = Promise.resolve();
   const consoles = createConsoleSlots();
+  // UML runs in a mount namespace of its own (privateTunArgv) that follows the state dir's
+  // mounts as a slave: made shared once, before the first guest starts.
+  let sharedStateDir: Promise<void> | undefined;
+  const ensureSharedStateDir = (): Promise<void> => {
+    sharedStateDir ??= ensureSharedMount(stateDir, { runner }).then(
+      (r) => {
+        if (r === 'busy') {
+          log.warn(
+            { stateDir },
+            'the state dir is not on a shared mount and has mounts below it: pvm guests keep copies of them until they stop',
+          );
+        }
+      },
+      (e: unknown) => {
+        sharedStateDir = undefined;
+        throw e;
+      },
+    );
+    return sharedStateDir;
+  };
 
   const pathsOf = (spec: GuestSpec): PvmGuestPaths => {
     const dir = join(stateDir, 'guests', spec.name);
@@ -534,6 +555,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       if (withNics && !ctx.network) {
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
+      await ensureSharedStateDir();
       return withRevert(async (r) => {
         await writeFile(
           join(p.dir, 'stop-signal'),

@@ -44,7 +44,7 @@ test('a config disk is the read-only ubd1 and the kit is told where it is', () =
 
 test('the launcher gives UML a private tun node owned by the guest uid, not the host device', () => {
   const argv = privateTunArgv(1_000_123);
-  assert.deepEqual(argv.slice(0, 5), ['unshare', '--mount', '--propagation', 'private', '--']);
+  assert.deepEqual(argv.slice(0, 5), ['unshare', '--mount', '--propagation', 'slave', '--']);
   const script = argv[7] ?? '';
   assert.match(script, /mount -t tmpfs .* \/dev\/net/);
   assert.match(script, /mknod -m 0600 \/dev\/net\/tun c 10 200/);

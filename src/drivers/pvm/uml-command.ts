@@ -73,8 +73,10 @@ export function privateTunArgv(uid: number): string[] {
   return [
     'unshare',
     '--mount',
+    // A slave of the state dir's shared mount (ensureSharedMount): pools and overlays the host
+    // unmounts go here too, instead of staying pinned while the guest runs; nothing goes back.
     '--propagation',
-    'private',
+    'slave',
     '--',
     '/bin/sh',
     '-c',
