@@ -59,6 +59,9 @@ export function checkGuestPath(path: string, what = 'The guest path'): string {
     throw invalidArgument(`${what} ${JSON.stringify(path)} holds control characters: use a plain path`);
   }
   if (Buffer.byteLength(path) > 4095) throw invalidArgument(`${what} is longer than 4095 bytes`);
+  if (path.split('/').some((part) => Buffer.byteLength(part) > 255)) {
+    throw invalidArgument(`${what} has a name longer than 255 bytes, which no Linux file system holds`);
+  }
   if (path === '/' || path.endsWith('/')) {
     throw invalidArgument(`${what} ${JSON.stringify(path)} names a directory: give the path of a file`);
   }

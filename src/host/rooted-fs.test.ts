@@ -95,6 +95,40 @@ describe('rooted-fs', () => {
     assert.equal((await stat(join(root, 'new', 'deep'))).mode & 0o777, 0o755);
   });
 
+  test('paths into proc, sysfs or cgroup and overlong names are typed errors that name no host path', async () => {
+    // The host's own root stands in for a guest's: its /proc and /sys are the kernel's file systems.
+    const refusals: Array<[string, () => Promise<unknown>]> = [
+      // /proc/mounts -> self/mounts: `self` cannot be read through another process's /proc (was ENOENT).
+      ['/proc/mounts', () => readFileInRoot('/', '/proc/mounts', { maxBytes: 1 << 20 })],
+      [
+        '/proc/self/root/etc/hostname',
+        () => readFileInRoot('/', '/proc/self/root/etc/hostname', { maxBytes: 100 }),
+      ],
+      // A write below /sys/fs/cgroup (was EOVERFLOW from the tmpfs or cgroup below sysfs).
+      [
+        '/sys/fs/cgroup/x',
+        () => writeFileInRoot('/', '/sys/fs/cgroup/x', Buffer.from('1'), { mode: 0o644, uid: 0, gid: 0 }),
+      ],
+      // A 300-byte name (was ENAMETOOLONG naming /proc/self/fd/N/…).
+      [`/${'a'.repeat(300)}`, () => readFileInRoot(root, `/${'a'.repeat(300)}`, { maxBytes: 100 })],
+      [`/etc/${'b'.repeat(300)}`, () => write(`/etc/${'b'.repeat(300)}`, 'x')],
+    ];
+    for (const [path, attempt] of refusals) {
+      const error = await attempt().then(
+        () => assert.fail(`${path} was not refused`),
+        (e: unknown) => e as { code?: string; message: string },
+      );
+      assert.equal(error.code, 'InvalidArgument', `${path}: ${error.message}`);
+      assert.doesNotMatch(error.message, /\/proc\/self\/fd|\n/, `${path}: ${error.message}`);
+    }
+    // A guest's symlink to /proc/self/root is followed inside the guest, into its /proc.
+    await mkdir(join(root, 'proc'), { recursive: true });
+    await symlink('/proc/self/root', join(root, 'to-self-root'));
+    await assert.rejects(readFileInRoot(root, '/to-self-root/etc/passwd', { maxBytes: 100 }), {
+      code: 'NotFound',
+    });
+  });
+
   test('a failed write leaves no temporary file behind', async () => {
     await assert.rejects(
       writeFileInRoot(root, '/etc/bad-owner', Buffer.from('x'), { mode: 0o644, uid: -5, gid: 0 }),

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, readlink, rename, statfs, unlink } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
+import { failedPrecondition, invalidArgument, notFound, TrivisorError } from '../core/errors.ts';
 
 /**
  * Reading and writing files of a guest's root tree from the host, as real
@@ -42,6 +42,54 @@ const via = (dir: FileHandle, name?: string): string =>
   name === undefined ? `/proc/self/fd/${dir.fd}` : `/proc/self/fd/${dir.fd}/${name}`;
 
 const codeOf = (e: unknown): string | undefined => (e as NodeJS.ErrnoException)?.code;
+
+/** The longest name one path component may have (NAME_MAX). */
+const NAME_MAX_BYTES = 255;
+
+/** What a system call's failure means for the guest path, in words that name no host path. */
+const ERRNO_MEANINGS: Record<string, { kind: 'invalid' | 'precondition' | 'missing'; says: string }> = {
+  ENOENT: { kind: 'missing', says: 'does not exist in the guest' },
+  ENOTDIR: { kind: 'invalid', says: 'passes through something that is not a directory in the guest' },
+  EISDIR: { kind: 'invalid', says: 'is a directory in the guest: give the path of a file' },
+  ELOOP: { kind: 'precondition', says: 'changed in the guest while it was looked up: try again' },
+  ENAMETOOLONG: { kind: 'invalid', says: `has a name longer than ${NAME_MAX_BYTES} bytes` },
+  EACCES: { kind: 'precondition', says: 'is not accessible in the guest' },
+  EPERM: { kind: 'precondition', says: 'cannot be changed in the guest (operation not permitted)' },
+  EROFS: { kind: 'precondition', says: 'is on a read-only file system' },
+  ENOSPC: {
+    kind: 'precondition',
+    says: "cannot be written: the guest's disk is full; free some space and retry",
+  },
+  EDQUOT: {
+    kind: 'precondition',
+    says: "cannot be written: the guest's disk is full; free some space and retry",
+  },
+  EEXIST: { kind: 'precondition', says: 'changed in the guest while it was written: try again' },
+  EBUSY: { kind: 'precondition', says: 'is busy in the guest (a mount point?)' },
+  EXDEV: { kind: 'invalid', says: 'is a mount point in the guest: give the path of a file' },
+  EOVERFLOW: { kind: 'invalid', says: 'is on a file system that does not hold ordinary files' },
+  EINVAL: { kind: 'invalid', says: 'is on a file system that does not hold ordinary files' },
+  EOPNOTSUPP: { kind: 'invalid', says: 'is on a file system that does not hold ordinary files' },
+  ENXIO: { kind: 'invalid', says: 'is not a regular file in the guest' },
+  ETXTBSY: { kind: 'precondition', says: 'is a program running in the guest: stop it first' },
+  EMLINK: { kind: 'precondition', says: 'cannot be made: its directory holds too many entries' },
+};
+
+/**
+ * Turns a system call's error into a typed one naming only the guest path: the raw
+ * message names `/proc/self/fd/N/…`, a host path, and would reach the API's caller.
+ * Typed errors pass unchanged.
+ */
+function guestPathError(e: unknown, path: string, doing: 'read' | 'write'): unknown {
+  if (e instanceof TrivisorError) return e;
+  const code = codeOf(e);
+  if (code === undefined) return e;
+  const meaning = ERRNO_MEANINGS[code];
+  if (!meaning) return failedPrecondition(`Cannot ${doing} ${path} in the guest (${code})`);
+  const message = `${path} ${meaning.says}`;
+  if (meaning.kind === 'missing') return notFound(message);
+  return meaning.kind === 'invalid' ? invalidArgument(message) : failedPrecondition(message);
+}
 
 /** Options of a lookup. */
 interface WalkOptions {
@@ -98,6 +146,9 @@ async function resolveInRoot(
         if (stack.length > 1) stack = stack.slice(0, -1);
         continue;
       }
+      if (Buffer.byteLength(name) > NAME_MAX_BYTES) {
+        throw invalidArgument(`${path} has a name longer than ${NAME_MAX_BYTES} bytes`);
+      }
       const last = pending.length === 0;
       const entry = await lstat(via(dir, name)).catch((e: unknown) => {
         if (codeOf(e) === 'ENOENT') return undefined;
@@ -134,6 +185,9 @@ async function resolveInRoot(
         throw e;
       }
       handles.push(next);
+      // Refused as soon as the walk enters proc, sysfs… (a link such as /proc/self/root leads
+      // there too): what lies below them is the host kernel's, not the guest's disk.
+      await checkFileSystem(next, path);
       if (!entry && options.createDirs) await next.chown(options.createDirs.uid, options.createDirs.gid);
       stack = [...stack, next];
     }
@@ -184,53 +238,58 @@ export async function readFileInRoot(
 ): Promise<RootedFile> {
   const rootHandle = await openRoot(root, options.verify);
   try {
-    const { parent, name, handles } = await resolveInRoot(rootHandle, path, { followLast: true });
-    try {
-      let file: FileHandle;
-      try {
-        // O_NONBLOCK: a FIFO must not hang the daemon (it is refused below anyway).
-        file = await open(
-          via(parent, name),
-          constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
-        );
-      } catch (e) {
-        if (codeOf(e) === 'ENOENT') throw notFound(`${path} does not exist in the guest`);
-        if (codeOf(e) === 'ELOOP') {
-          throw failedPrecondition(`${path} changed in the guest while it was looked up: try again`);
-        }
-        throw e;
-      }
-      try {
-        const st = await file.stat();
-        if (st.isDirectory()) throw invalidArgument(`${path} is a directory: give the path of a file`);
-        if (!st.isFile()) throw invalidArgument(`${path} is not a regular file in the guest`);
-        await checkFileSystem(file, path);
-        if (st.size > options.maxBytes) {
-          throw invalidArgument(
-            `${path} is ${st.size} bytes, more than the ${options.maxBytes} bytes a copy may have`,
-          );
-        }
-        const chunks: Buffer[] = [];
-        let total = 0;
-        for (;;) {
-          const buffer = Buffer.allocUnsafe(Math.min(1 << 20, options.maxBytes + 1 - total) || 1);
-          const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
-          if (bytesRead === 0) break;
-          total += bytesRead;
-          if (total > options.maxBytes) {
-            throw invalidArgument(`${path} is more than the ${options.maxBytes} bytes a copy may have`);
-          }
-          chunks.push(buffer.subarray(0, bytesRead));
-        }
-        return { data: Buffer.concat(chunks), mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
-      } finally {
-        await file.close();
-      }
-    } finally {
-      await closeAll(handles);
-    }
+    return await readResolved(rootHandle, path, options.maxBytes);
+  } catch (e) {
+    throw guestPathError(e, path, 'read');
   } finally {
     await rootHandle.close();
+  }
+}
+
+/** The read itself, on an open root; the caller types what a system call throws. */
+async function readResolved(rootHandle: FileHandle, path: string, maxBytes: number): Promise<RootedFile> {
+  const { parent, name, handles } = await resolveInRoot(rootHandle, path, { followLast: true });
+  try {
+    let file: FileHandle;
+    try {
+      // O_NONBLOCK: a FIFO must not hang the daemon (it is refused below anyway).
+      file = await open(
+        via(parent, name),
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+      );
+    } catch (e) {
+      if (codeOf(e) === 'ENOENT') throw notFound(`${path} does not exist in the guest`);
+      if (codeOf(e) === 'ELOOP') {
+        throw failedPrecondition(`${path} changed in the guest while it was looked up: try again`);
+      }
+      throw e;
+    }
+    try {
+      const st = await file.stat();
+      if (st.isDirectory()) throw invalidArgument(`${path} is a directory: give the path of a file`);
+      if (!st.isFile()) throw invalidArgument(`${path} is not a regular file in the guest`);
+      await checkFileSystem(file, path);
+      if (st.size > maxBytes) {
+        throw invalidArgument(`${path} is ${st.size} bytes, more than the ${maxBytes} bytes a copy may have`);
+      }
+      const chunks: Buffer[] = [];
+      let total = 0;
+      for (;;) {
+        const buffer = Buffer.allocUnsafe(Math.min(1 << 20, maxBytes + 1 - total) || 1);
+        const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
+        if (bytesRead === 0) break;
+        total += bytesRead;
+        if (total > maxBytes) {
+          throw invalidArgument(`${path} is more than the ${maxBytes} bytes a copy may have`);
+        }
+        chunks.push(buffer.subarray(0, bytesRead));
+      }
+      return { data: Buffer.concat(chunks), mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    } finally {
+      await file.close();
+    }
+  } finally {
+    await closeAll(handles);
   }
 }
 
@@ -296,12 +355,7 @@ export async function writeFileInRoot(
       await closeAll(handles);
     }
   } catch (e) {
-    if (codeOf(e) === 'ENOSPC' || codeOf(e) === 'EDQUOT') {
-      throw failedPrecondition(`Cannot write ${path}: the guest's disk is full; free some space and retry`);
-    }
-    if (codeOf(e) === 'EROFS')
-      throw failedPrecondition(`Cannot write ${path}: it is on a read-only file system`);
-    throw e;
+    throw guestPathError(e, path, 'write');
   } finally {
     await rootHandle.close();
   }

@@ -98,10 +98,22 @@ describe('buildServer (inject)', () => {
         };
         await expectError({ url: '/1.0/metrics' }, httpStatusOf(code), new RegExp(`Failed with ${code}`));
       }
+      // An untyped error (a bug, a raw system call failure) never shows its message: it may
+      // name host paths.
       fake.host.metrics = async () => {
-        throw new Error('plain\nerror');
+        throw new Error(
+          "ENOENT: no such file or directory, open '/var/lib/trivisor/x'\n    at open (node:fs)",
+        );
       };
-      await expectError({ url: '/1.0/metrics' }, 500, /^plain error$/);
+      await expectError(
+        { url: '/1.0/metrics' },
+        500,
+        /^Internal error \(request req-[0-9a-z]+\): the daemon's log has the details$/,
+      );
+      fake.host.metrics = async () => {
+        throw new TypeError("Cannot read properties of undefined (reading 'source')");
+      };
+      await expectError({ url: '/1.0/metrics' }, 500, /^Internal error \(request /);
     } finally {
       fake.host.metrics = original;
     }
@@ -280,6 +292,13 @@ describe('buildServer (inject)', () => {
     const del = await app.inject({ method: 'DELETE', url: '/1.0/images/debian/bookworm' });
     assert.equal(del.statusCode, 200);
     await expectError({ url: '/1.0/images/debian/bookworm' }, 404, /not found/);
+  });
+
+  test('POST /1.0/images without a body is a 400 saying what to send, not a TypeError', async () => {
+    const before = fake.images.list ? (await fake.images.list()).length : 0;
+    await expectError({ method: 'POST', url: '/1.0/images' }, 400, /Send \{"source"/);
+    await expectError({ method: 'POST', url: '/1.0/images', payload: '' }, 400, /Send \{"source"/);
+    assert.equal((await fake.images.list()).length, before, 'nothing was built');
   });
 
   test('image upload without an alias is refused with 400', async () => {

@@ -106,10 +106,13 @@ export async function buildServer(services: Services, options: BuildServerOption
       message = FASTIFY_MESSAGES[error.code] ?? error.message;
       if (error instanceof SyntaxError) message = `The body is not valid JSON: ${error.message}`;
     } else {
+      // Not one of ours: its message may name host paths (ENOENT, '/var/lib/…') or be a
+      // TypeError's, so it goes to the log, and the caller gets the request id to look it up.
       status = 500;
-      message = error.message || 'Internal error';
+      message = `Internal error (request ${request.id}): the daemon's log has the details`;
     }
-    if (status >= 500) request.log.error({ err: error, url: request.url }, 'request failed');
+    if (status >= 500)
+      request.log.error({ err: error, url: request.url, reqId: request.id }, 'request failed');
     reply
       .code(status)
       .type('application/json; charset=utf-8')

@@ -89,7 +89,13 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
     async (request, reply) => {
       const contentType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
       if (!UPLOAD_TYPES.includes(contentType)) {
-        const body = request.body as BuildImageBody;
+        // Without a Content-Type no body schema applies (they are per content type): check here.
+        const body = request.body as BuildImageBody | undefined;
+        if (typeof body !== 'object' || body === null || typeof body.source !== 'string') {
+          throw invalidArgument(
+            'Send {"source": "debian/bookworm"} as JSON (Content-Type: application/json) to build an image, or a tarball as application/octet-stream to import one',
+          );
+        }
         const build: { source: string; alias?: string } = { source: body.source };
         if (body.alias !== undefined) build.alias = body.alias;
         return sendAsync(reply, await services.images.build(build));

@@ -136,6 +136,13 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'stop', timeout: 'soon' }, 400, /timeout/);
   });
 
+  test('POST /1.0/images without a body, or with a body of the wrong shape, is a 400', async () => {
+    const images = (await d.api('GET', '/1.0/images')).body.metadata;
+    await expect4xx('POST', '/1.0/images', undefined, 400, /Send \{"source"/);
+    await expect4xx('POST', '/1.0/images', [], 400, /body/i);
+    assert.deepEqual((await d.api('GET', '/1.0/images')).body.metadata, images, 'no image was made');
+  });
+
   test('operations in the wrong state', async () => {
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'start' }, 400, /Running/);
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'unfreeze' }, 400, /frozen/i);

@@ -75,6 +75,39 @@ describe('trivisor file push|pull and injected files through the daemon and CLI'
     fails(['launch', 'busybox', 'bad', '--file', `/proc/x=${local('motd')}`], /cannot be injected/);
   });
 
+  test('ct: kernel file systems, a link to /proc/self/root and overlong names are one-line 4xx naming no host path', async () => {
+    d.ok(['exec', 'c1', '--', 'ln', '-s', '/proc/self/root', '/tmp/to-self-root']);
+    const long = 'n'.repeat(300);
+    for (const [method, guestPath] of [
+      ['GET', '/proc/mounts'],
+      ['GET', '/proc/self/root/etc/hostname'],
+      ['GET', '/tmp/to-self-root/etc/passwd'],
+      ['GET', `/${long}`],
+      ['GET', `/tmp/${long}/x`],
+      ['POST', '/sys/fs/cgroup/x'],
+      ['POST', '/proc/sys/kernel/hostname'],
+      ['POST', `/tmp/${long}`],
+    ] as const) {
+      const r = await d.api(
+        method,
+        `/1.0/guests/c1/files?path=${encodeURIComponent(guestPath)}`,
+        method === 'POST' ? 'x' : undefined,
+        method === 'POST' ? { 'content-type': 'application/octet-stream' } : {},
+      );
+      const what = `${method} ${guestPath.slice(0, 40)}: ${r.text.slice(0, 200)}`;
+      assert.ok(r.status >= 400 && r.status < 500, what);
+      assert.equal(r.body.type, 'error', what);
+      assert.ok(typeof r.body.error === 'string' && !r.body.error.includes('\n'), what);
+      assert.doesNotMatch(
+        r.body.error as string,
+        /\/proc\/self\/fd|\/var\/lib|trivisor-test|E[A-Z]{4,}:/,
+        what,
+      );
+    }
+    fails(['file', 'pull', 'c1/proc/mounts', local('x')], /kernel file system/);
+    assert.equal(d.ok(['exec', 'c1', '--', 'hostname']).trim(), 'c1', 'the guest was not changed');
+  });
+
   test('ct: a changed injected file waits for the next start; stopped guests refuse copies', () => {
     const r = d.cli(['config', 'set-file', 'c1', `/etc/motd=${local('motd2')}`]);
     assert.equal(r.code, 0, r.stderr);
