@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { appendFile, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { get as httpGet } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -226,15 +227,61 @@ describe('client against a TCP server with a token', () => {
         (e: unknown) => e instanceof TrivisorApiError && e.status === 401,
       );
       const { default: WebSocket } = await import('ws');
-      const browserLike = new WebSocket(`ws://127.0.0.1:${port}/1.0/events?token=tok-123`);
-      await new Promise<void>((resolve, reject) => {
-        browserLike.once('open', () => resolve());
-        browserLike.once('error', reject);
+      /** Whether a header-less (browser-like) WebSocket to `path` opens; else the refusal's status. */
+      const opens = (path: string) =>
+        new Promise<true | number>((resolve, reject) => {
+          const socket = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+          socket.once('open', () => {
+            socket.close();
+            resolve(true);
+          });
+          socket.once('unexpected-response', (_req, res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          socket.once('error', reject);
+        });
+      // The token in a URL is refused everywhere, WebSocket upgrades included (finding 9).
+      assert.equal(await opens('/1.0/events?token=tok-123'), 401);
+      // The old hole: any route took ?token= when an Upgrade header came with it.
+      const tokenInQuery = await new Promise<number>((resolve, reject) => {
+        const req = httpGet(
+          `${url}/1.0/guests?token=tok-123`,
+          { headers: { upgrade: 'websocket', connection: 'Upgrade' } },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
+        req.on('upgrade', () => resolve(101));
+        req.on('error', reject);
       });
-      browserLike.close();
-      const plainQuery = await anonymous.listGuests().catch((e: unknown) => e);
-      assert.ok(plainQuery instanceof TrivisorApiError && plainQuery.status === 401);
+      assert.equal(tokenInQuery, 401);
       const client = createClient({ url, token: 'tok-123' });
+      // A browser asks for a ticket with the token in a header, then opens the WebSocket with it, once.
+      const { ticket, expiresInSeconds } = await client.websocketTicket('/1.0/events');
+      assert.equal(expiresInSeconds, 10);
+      assert.equal(await opens(`/1.0/events?type=lifecycle&ticket=${ticket}`), true);
+      assert.equal(await opens(`/1.0/events?ticket=${ticket}`), 401, 'a ticket is good once');
+      const other = await client.websocketTicket('/1.0/events');
+      assert.equal(await opens(`/1.0/operations/x/websocket?secret=s&ticket=${other.ticket}`), 401);
+      assert.equal(
+        await opens(`/1.0/events?ticket=${other.ticket}`),
+        401,
+        'tried once on another path: gone',
+      );
+      const third = await client.websocketTicket('/1.0/events');
+      const notWs = await fetch(`${url}/1.0/guests?ticket=${third.ticket}`);
+      assert.equal(notWs.status, 401, 'a ticket opens WebSocket routes only');
+      await assert.rejects(
+        client.websocketTicket('/1.0/guests'),
+        (e: unknown) =>
+          e instanceof TrivisorApiError && e.status === 400 && /not a WebSocket path/.test(e.message),
+      );
+      await assert.rejects(
+        anonymous.websocketTicket('/1.0/events'),
+        (e: unknown) => e instanceof TrivisorApiError && e.status === 401,
+      );
       assert.equal((await client.listGuests()).length, 1);
       assert.equal((await client.serverInfo()).auth, 'trusted');
       const handle = await client.exec('web1', { command: ['echo', 'over', 'tcp'] });

@@ -101,6 +101,8 @@ export interface TrivisorClient extends StorageClient, VolumeClient {
     options?: { types?: TrivisorEvent['type'][] },
   ): Promise<EventSubscription>;
   metrics(): Promise<string>;
+  /** A single-use ticket for one WebSocket path, for clients that cannot send the token in a header (browsers). */
+  websocketTicket(path: string): Promise<{ ticket: string; path: string; expiresInSeconds: number }>;
   openapi(): Promise<Record<string, unknown>>;
   listNetworks(): Promise<Network[]>;
   getNetwork(name: string): Promise<Network>;
@@ -338,6 +340,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
       if (res.status >= 400) parseEnvelope(res);
       return res.body.toString('utf8');
     },
+    websocketTicket: (path) => call('POST', '/1.0/websocket-tickets', { path }),
     async openapi() {
       const res = await transport.request('GET', '/1.0/openapi.json');
       return parseEnvelope<Record<string, unknown>>(res);

@@ -26,6 +26,7 @@ import type { RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 import { registerStorageRoutes } from './storage-routes.ts';
 import { registerVolumeRoutes } from './volume-routes.ts';
+import { createWebSocketTickets } from './websocket-tickets.ts';
 
 /** Options of `buildServer`. */
 export interface BuildServerOptions {
@@ -132,7 +133,16 @@ export async function buildServer(services: Services, options: BuildServerOption
   // a refused upgrade's socket gets destroyed (an undestroyed one would keep close() waiting).
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
 
-  const authorized = createAuthCheck(options.auth);
+  // Which routes serve WebSockets: the only ones where a ticket may stand in for the token.
+  const webSocketRoutes = new Set<string>();
+  app.addHook('onRoute', (route) => {
+    if ((route as { websocket?: boolean }).websocket) webSocketRoutes.add(route.url);
+  });
+  const tickets = createWebSocketTickets();
+  const authorized = createAuthCheck(options.auth, {
+    tickets,
+    isWebSocketRoute: (url) => url !== undefined && webSocketRoutes.has(url),
+  });
   app.decorateRequest('trusted', false);
   app.addHook('onRequest', async (request, reply) => {
     const trusted = authorized(request);
@@ -169,6 +179,11 @@ export async function buildServer(services: Services, options: BuildServerOption
     uploadDir: options.uploadDir,
     execConnectTimeoutMs: options.execConnectTimeoutMs ?? 30_000,
     authType: options.auth.type,
+    tickets,
+    isWebSocketPath: (path) =>
+      [...webSocketRoutes].some((pattern) =>
+        new RegExp(`^${pattern.replace(/[.]/g, '\\.').replace(/:[^/]+/g, '[^/?#]+')}$`).test(path),
+      ),
   };
   registerHostRoutes(app, ctx);
   registerGuestRoutes(app, ctx);

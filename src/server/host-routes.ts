@@ -62,6 +62,42 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
     async () => app.swagger(),
   );
 
+  app.post<{ Body: { path: string } }>(
+    '/1.0/websocket-tickets',
+    {
+      schema: {
+        summary: 'A ticket that opens one WebSocket without the token in its URL',
+        description:
+          'For clients that cannot set an Authorization header on a WebSocket (browsers): connect to `path` with `?ticket=` (or `&ticket=` after the secret) within `expiresInSeconds`; the ticket is good once, for that path only.',
+        body: Type.Object(
+          {
+            path: Type.String({
+              maxLength: 512,
+              description:
+                'The WebSocket path without a query: /1.0/events or /1.0/operations/{id}/websocket',
+            }),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: SyncEnvelope(
+            Type.Object({ ticket: Type.String(), path: Type.String(), expiresInSeconds: Type.Integer() }),
+          ),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { path } = request.body;
+      if (!ctx.isWebSocketPath(path)) {
+        throw invalidArgument(
+          `${JSON.stringify(path.slice(0, 100))} is not a WebSocket path: give /1.0/events or /1.0/operations/{id}/websocket, without a query`,
+        );
+      }
+      return syncResponse({ ...ctx.tickets.issue(path), path });
+    },
+  );
+
   app.get(
     '/1.0/events',
     {

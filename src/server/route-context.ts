@@ -4,6 +4,7 @@ import { invalidArgument } from '../core/errors.ts';
 import type { Operation } from '../core/types.ts';
 import type { Services } from '../services/types.ts';
 import type { ExecRegistry } from './exec-bridge.ts';
+import type { WebSocketTickets } from './websocket-tickets.ts';
 
 /** What every route module gets. */
 export interface RouteContext {
@@ -12,6 +13,10 @@ export interface RouteContext {
   uploadDir: string | undefined;
   execConnectTimeoutMs: number;
   authType: 'none' | 'token';
+  /** Tickets that open one WebSocket without the token in the URL (auth.ts). */
+  tickets: WebSocketTickets;
+  /** True when `path` (no query) is the path of a WebSocket route. */
+  isWebSocketPath: (path: string) => boolean;
 }
 
 /** Answers 202 with the async envelope and a Location header, as Incus does. */
