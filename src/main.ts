@@ -24,7 +24,7 @@ import { createLogger } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
 import { imageFiles } from './images/image-files.ts';
-import { pickDefaultSubnet } from './network/default-network.ts';
+import { hostNetworks, pickDefaultSubnet } from './network/default-network.ts';
 import { createGuestNetworking } from './network/guest-networking.ts';
 import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
 import { buildServer } from './server/build-server.ts';
@@ -96,7 +96,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const files = imageFiles(stateDir, { runner, log });
   const images = createImageService({ store, files, operations, events });
   const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
-  const networks = createNetworkService({ store, hostName, drivers });
+  const networks = createNetworkService({
+    store,
+    hostName,
+    drivers,
+    hostSubnets: () => hostNetworks(runner),
+  });
   const guests = createGuestService({
     store,
     drivers,

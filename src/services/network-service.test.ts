@@ -5,6 +5,7 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, ProcessIdentity } from '../core/types.ts';
 import { createFakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
+import type { HostSubnet } from '../network/default-network.ts';
 import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
@@ -103,6 +104,37 @@ describe('network service and controller', () => {
       (await networks.list()).map((x) => x.name),
       ['net1'],
     );
+  });
+
+  test('a subnet the host already routes is refused naming the interface; its own bridge is not a conflict', async () => {
+    const host: HostSubnet[] = [
+      { cidr: '198.19.250.1/24', dev: 'eth9', source: 'address' },
+      { cidr: '10.77.0.0/16', dev: 'wg0', source: 'route' },
+      { cidr: '198.18.10.1/24', dev: 'net1', source: 'address' },
+    ];
+    const guarded = createNetworkService({
+      store,
+      hostName: 'h1',
+      convergeWaitMs: 2000,
+      hostSubnets: async () => host,
+    });
+    await assert.rejects(guarded.create({ name: 'clash', config: { 'ipv4.address': '198.19.250.5/24' } }), {
+      code: 'Conflict',
+      message: /Subnet 198\.19\.250\.0\/24 overlaps the address 198\.19\.250\.1\/24 of host interface eth9/,
+    });
+    await assert.rejects(guarded.create({ name: 'clash', config: { 'ipv4.address': '10.77.3.1/24' } }), {
+      code: 'Conflict',
+      message: /a route to 10\.77\.0\.0\/16 on host interface wg0/,
+    });
+    assert.deepEqual(await guarded.list(), [], 'nothing was recorded');
+    assert.equal(backend.bridges.size, 0, 'nothing was built');
+    // net1's own bridge carries its subnet: creating it and changing it is not a conflict with itself.
+    await guarded.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await guarded.update('net1', { set: { 'ipv4.address': '198.18.10.1/25' } });
+    await assert.rejects(guarded.update('net1', { set: { 'ipv4.address': '198.19.250.9/24' } }), {
+      code: 'Conflict',
+    });
+    assert.equal((await guarded.get('net1')).config['ipv4.address'], '198.18.10.1/25');
   });
 
   test('bad input is refused with clear errors', async () => {

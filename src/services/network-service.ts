@@ -23,6 +23,7 @@ import type {
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { LiveResult } from '../drivers/guest-volumes.ts';
+import type { HostSubnet } from '../network/default-network.ts';
 import {
   allocateAddress,
   assertUnicastMac,
@@ -115,6 +116,11 @@ export interface NetworkServiceDeps {
   drivers?: Partial<Record<Model, GuestDriver>>;
   /** How long create/update/delete wait for the controller. */
   convergeWaitMs?: number;
+  /**
+   * The subnets the host's own interfaces and routes carry (network/default-network.ts
+   * hostNetworks): a network's subnet may not overlap one of them, as Docker refuses too.
+   */
+  hostSubnets?: () => Promise<HostSubnet[]>;
 }
 
 /** Longest Linux interface name: the network's name is its bridge's name. */
@@ -281,6 +287,35 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     }
   }
 
+  /**
+   * Refuses a subnet the host already routes through an interface that is not a Trivisor
+   * network's bridge (those are checked against the store above): the host would have two
+   * routes for it, and guests on the new network could reach neither side reliably.
+   */
+  async function assertNotHostRouted(name: string, cidr: Ipv4Cidr): Promise<void> {
+    if (!deps.hostSubnets) return;
+    // The network's own bridge (one a lost record left, too: the controller takes it over) is no conflict.
+    const ours = new Set([
+      name,
+      ...(await store.list(keys.networkPrefix)).kvs.map((kv) => (JSON.parse(kv.value) as NetworkSpec).name),
+    ]);
+    for (const host of await deps.hostSubnets()) {
+      if (ours.has(host.dev)) continue;
+      let theirs: Ipv4Cidr;
+      try {
+        theirs = parseCidr(host.cidr);
+      } catch {
+        continue;
+      }
+      if (!overlaps(theirs, cidr)) continue;
+      const where = host.dev ? `host interface ${host.dev}` : 'the host';
+      const what = host.source === 'address' ? `the address ${host.cidr} of` : `a route to ${host.cidr} on`;
+      throw conflict(
+        `Subnet ${subnetOf(cidr)} overlaps ${what} ${where}: pick another ipv4.address (a free /24 of 198.18.0.0/15, say)`,
+      );
+    }
+  }
+
   async function writeSpec(next: NetworkSpec, modRevision: number): Promise<void> {
     const r = await store.txn({
       compare: [{ key: keys.network(next.name), target: 'modRevision', op: '=', value: modRevision }],
@@ -376,7 +411,9 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     async create(request) {
       assertNetworkName(request.name);
       const config = validateNetworkConfig({ ...(request.config ?? {}) });
-      await assertNoOverlap(request.name, parseGatewayCidr(config['ipv4.address'] as string));
+      const cidr = parseGatewayCidr(config['ipv4.address'] as string);
+      await assertNoOverlap(request.name, cidr);
+      await assertNotHostRouted(request.name, cidr);
       const spec: NetworkSpec = {
         name: request.name,
         description: request.description ?? '',
@@ -424,6 +461,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       if (next['ipv4.address'] !== l.spec.config['ipv4.address']) {
         const cidr = parseGatewayCidr(next['ipv4.address'] as string);
         await assertNoOverlap(name, cidr);
+        await assertNotHostRouted(name, cidr);
         const claims = await store.list(keys.networkAddresses(name));
         if (claims.kvs.length > 0) {
           throw failedPrecondition(

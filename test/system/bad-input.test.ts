@@ -143,6 +143,39 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     assert.deepEqual((await d.api('GET', '/1.0/images')).body.metadata, images, 'no image was made');
   });
 
+  test('a network on a subnet a host interface already carries is refused, naming the interface', async () => {
+    // A free /24 of 198.19.0.0/16 on the host, put on a bridge of this test's (no dummy module here).
+    const routed = execFileSync('ip', ['-4', '-o', 'route', 'show', 'table', 'all'], { encoding: 'utf8' });
+    const third = [250, 249, 248, 247, 246].find((n) => !routed.includes(`198.19.${n}.`));
+    assert.ok(third !== undefined, 'a free /24 of 198.19.0.0/16');
+    const link = `tvbad${process.pid.toString(16).slice(-6)}`;
+    d.claim({ links: [link] });
+    execFileSync('ip', ['link', 'add', link, 'type', 'bridge']);
+    try {
+      execFileSync('ip', ['addr', 'add', `198.19.${third}.1/24`, 'dev', link]);
+      execFileSync('ip', ['link', 'set', link, 'up']);
+      await expect4xx(
+        'POST',
+        '/1.0/networks',
+        { name: 'clash', config: { 'ipv4.address': `198.19.${third}.5/24` } },
+        409,
+        new RegExp(`overlaps the address 198\\.19\\.${third}\\.1/24 of host interface ${link}`),
+      );
+      const r = d.cli(['network', 'create', 'clash', `ipv4.address=198.19.${third}.129/25`]);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`^Error: .*host interface ${link}`));
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.equal((await d.api('GET', '/1.0/networks/clash')).status, 404, 'no network recorded');
+      assert.doesNotMatch(
+        execFileSync('ip', ['-o', 'link'], { encoding: 'utf8' }),
+        / clash[:@]/,
+        'no bridge made',
+      );
+    } finally {
+      execFileSync('ip', ['link', 'del', link]);
+    }
+  });
+
   test('operations in the wrong state', async () => {
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'start' }, 400, /Running/);
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'unfreeze' }, 400, /frozen/i);
