@@ -159,7 +159,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   const volumeService = services.volumes;
   await volumeService.start();
-  services.pools = createPoolService({
+  const poolService = createPoolService({
     inUse: (pool) => volumeService.poolInUse(pool),
     store,
     drivers: poolDrivers,
@@ -170,7 +170,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     operations,
     events,
   });
-  await services.pools.start();
+  services.pools = poolService;
+  await poolService.start();
   // The busybox image is made again at every start (so an upgraded busybox-static gives a new
   // image), which takes a few hundred ms: once it exists, start-up (re-adoption) does not wait.
   const busybox = images.ensureBusybox();
@@ -197,7 +198,15 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       'cannot create the default network; create one with trivisor network create',
     ),
   );
-  const controller = createGuestController({ store, drivers, images, events, log, hostName });
+  const controller = createGuestController({
+    store,
+    drivers,
+    images,
+    events,
+    log,
+    hostName,
+    releasePlacement: (name) => poolService.releaseGuest(name),
+  });
   await controller.start();
   // What running guests actually hold on their NICs, and NICs that did not come up (decision 15).
   const nicObserver = createNicObserver({ store, drivers, networking: nics, events, log, hostName });

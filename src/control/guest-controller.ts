@@ -23,6 +23,11 @@ export interface GuestControllerDeps {
   livenessIntervalMs?: number;
   /** Guests reconciled in parallel (start-up of 1000 guests, bulk launches). */
   concurrency?: number;
+  /**
+   * Removes where a deleted guest lived (its pool subvolume or directory) once the driver has
+   * deleted it, before its records go: a delete is done when nothing of the guest is left.
+   */
+  releasePlacement?: (name: string) => Promise<void>;
 }
 
 /** Converges this host's guests to their desired state (Kubernetes controller pattern). */
@@ -160,6 +165,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         await driver.stop(spec, { timeoutMs: spec.stopTimeoutMs, force: spec.stopForce });
       }
       await driver.delete(spec);
+      await deps.releasePlacement?.(spec.name);
       await store.txn({
         compare: [],
         success: [

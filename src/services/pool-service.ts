@@ -68,6 +68,8 @@ export interface PoolService {
    * is its subvolume's qgroup limit.
    */
   createGuest(pool: string, request: CreateGuestRequest): Promise<Operation>;
+  /** Removes a deleted guest's subvolume or directory on its pool, and its placement record. */
+  releaseGuest(name: string): Promise<void>;
   /** The pool a guest was placed on with createGuest; undefined for the default pool. */
   poolOf(guest: string): Promise<string | undefined>;
   /**
@@ -285,6 +287,8 @@ export function createPoolService(deps: {
   }
 
   return {
+    releaseGuest,
+
     async list() {
       const { kvs } = await store.list(poolKeys.poolPrefix);
       return Promise.all(kvs.map((kv) => show(JSON.parse(kv.value) as PoolRecord)));
@@ -456,21 +460,8 @@ export function createPoolService(deps: {
     },
 
     async start() {
-      // Subvolumes go with their guests; disk limits follow config changes.
-      deps.events?.subscribe(
-        (event) => {
-          const name = event.metadata.name;
-          if (event.action === 'guest-deleted' && typeof name === 'string') {
-            void releaseGuest(name).catch((e) =>
-              deps.log.warn(
-                { guest: name, err: asTrivisorError(e).message },
-                'cannot remove guest subvolume',
-              ),
-            );
-          }
-        },
-        ['lifecycle'],
-      );
+      // Disk limits follow config changes (subvolumes go with their guests: the guest
+      // controller calls releaseGuest when it deletes one).
       const { revision } = await store.list(keys.guestPrefix, { limit: 1 });
       watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
         for (const ev of events) {

@@ -8,6 +8,7 @@ import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts
 import { createPvmDriver, type PvmDriverOptions } from '../../src/drivers/pvm/pvm-driver.ts';
 import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { silentLogger } from '../../src/host/logger.ts';
+import { unmountIfMounted } from '../../src/host/mounts.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { buildBaseDisk } from '../../src/images/base-disk.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
@@ -109,6 +110,9 @@ export async function makePvmFixture(options: PvmDriverOptions = {}): Promise<Pv
       if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
     },
     async cleanup() {
+      // The driver made the state dir a shared mount of its own (ensureSharedMount): that one is
+      // the product's, not a leak; everything else must be gone.
+      await unmountIfMounted(stateDir, { runner });
       assert.deepEqual(await cleanUpRun(dir), [], 'tests left things behind');
     },
   };
