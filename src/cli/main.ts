@@ -45,7 +45,12 @@ const oneLine = (text: string) => text.replace(/\s*\n\s*/g, ' ').trim();
 /** Runs the CLI; every failure is one `Error: ...` line on stderr and exit code 1. */
 export async function runCli(argv: string[]): Promise<void> {
   try {
-    await buildProgram().parseAsync(argv, { from: 'user' });
+    const program = buildProgram();
+    // The daemon logs its own stray errors and keeps serving (main.ts); every other command fails with one line.
+    program.hook('preAction', (_program, command) => {
+      if (command.name() !== 'daemon') failOnStrayErrors();
+    });
+    await program.parseAsync(argv, { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
       // Commander already printed its (one-line) message, or help/version.
@@ -57,6 +62,22 @@ export async function runCli(argv: string[]): Promise<void> {
   }
   // Exit as soon as the command is done: open sockets must not keep the CLI alive.
   process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+}
+
+/**
+ * What escapes a command's promise (a stream's 'error' nobody listens to, a promise nobody
+ * awaits) is still one `Error:` line and exit code 1, never a stack trace (issue 11, finding 7).
+ */
+function failOnStrayErrors(): void {
+  const fail = (e: unknown) => {
+    process.stderr.write(`Error: ${oneLine(e instanceof Error ? e.message : String(e))}\n`);
+    process.exit(1);
+  };
+  process.on('uncaughtException', fail);
+  process.on('unhandledRejection', fail);
+  // A reader that went away (`trivisor list | head -1`) ends the command quietly, as a pipe does.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => (e.code === 'EPIPE' ? process.exit(0) : fail(e)));
+  process.stderr.on('error', () => process.exit(1));
 }
 
 if (import.meta.main) await runCli(process.argv.slice(2));

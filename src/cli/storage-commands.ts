@@ -1,4 +1,6 @@
-import { resolve } from 'node:path';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
@@ -121,6 +123,9 @@ export function addStorageCommands(program: Command): void {
         opts: { withSnapshots?: boolean; incremental?: boolean },
         cmd: Command,
       ) => {
+        // Before the daemon makes the archive: a target that cannot be written leaves nothing behind.
+        const target = resolve(file);
+        await assertWritableFile(target);
         const client = clientOf(cmd);
         const op = await client.createBackup(name, {
           snapshots: opts.withSnapshots === true,
@@ -130,7 +135,7 @@ export function addStorageCommands(program: Command): void {
         const backup = done.metadata.backup;
         if (typeof backup !== 'string') throw new Error('The daemon did not name the backup it made');
         try {
-          await client.downloadBackup(name, backup, resolve(file));
+          await client.downloadBackup(name, backup, target);
         } finally {
           await client.deleteBackup(name, backup).catch(() => {});
         }
@@ -248,4 +253,17 @@ export function addStorageCommands(program: Command): void {
     .action(async (name: string, _opts: unknown, cmd: Command) => {
       await clientOf(cmd).deletePool(name);
     });
+}
+
+/** Throws one clear line unless `path` can be written: its directory exists and is writable, and it is no directory. */
+async function assertWritableFile(path: string): Promise<void> {
+  const dir = dirname(path);
+  const dirStat = await stat(dir).catch(() => null);
+  if (!dirStat?.isDirectory()) throw new Error(`Cannot write ${path}: ${dir} is not an existing directory`);
+  await access(dir, constants.W_OK).catch(() => {
+    throw new Error(`Cannot write ${path}: ${dir} is not writable`);
+  });
+  if ((await stat(path).catch(() => null))?.isDirectory()) {
+    throw new Error(`Cannot write ${path}: it is a directory; give a file name`);
+  }
 }

@@ -1,5 +1,5 @@
-import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import type { Operation } from '../api/types.ts';
 import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
@@ -40,6 +40,27 @@ type CallAsync = (method: string, path: string, json?: unknown) => Promise<Opera
 
 const enc = encodeURIComponent;
 
+/** Why a local file could not be used, in words (not the errno line, which names `.partial` files). */
+function localReason(e: NodeJS.ErrnoException): string {
+  switch (e.code) {
+    case 'ENOENT':
+      return 'its directory does not exist';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'it is a directory';
+    case 'ENOTDIR':
+      return 'a part of its path is not a directory';
+    case 'ENOSPC':
+      return 'the disk is full';
+    case 'EROFS':
+      return 'the file system is read-only';
+    default:
+      return e.code ?? e.message;
+  }
+}
+
 /** The storage half of the client, over the same transport. */
 export function storageMethods(
   transport: Transport,
@@ -68,13 +89,16 @@ export function storageMethods(
       }),
     async downloadBackup(guest, backup, filePath) {
       const partial = `${filePath}.partial`;
+      // Opened (and awaited) before the download: a stream that fails to open emits 'error'
+      // before anything listens, which crashed the CLI with a stack trace (issue 11, finding 7).
+      const out = await open(partial, 'w', 0o600).catch((e: NodeJS.ErrnoException) => {
+        throw new Error(`Cannot write ${filePath}: ${localReason(e)}`);
+      });
       try {
         const res = await transport.request(
           'GET',
           `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export`,
-          {
-            sink: createWriteStream(partial, { mode: 0o600 }),
-          },
+          { sink: out.createWriteStream() },
         );
         if (res.status >= 400) parseEnvelope(res);
         const expected = Number(res.headers['content-length']);
@@ -84,9 +108,11 @@ export function storageMethods(
         }
         await rename(partial, filePath);
       } catch (e) {
+        await out.close().catch(() => {});
         await rm(partial, { force: true });
         const err = e as NodeJS.ErrnoException;
         if (err.code === 'ENOSPC') throw new Error(`Cannot write ${filePath}: the disk is full`);
+        if (err.code && err.syscall) throw new Error(`Cannot write ${filePath}: ${localReason(err)}`);
         throw e;
       }
     },

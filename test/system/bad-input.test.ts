@@ -176,6 +176,33 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
     }
   });
 
+  test('export to a path that cannot be written is one line, no stack, and leaves no archive behind', async () => {
+    const backups = () => (existsSync(`${d.stateDir}/backups`) ? readdirSync(`${d.stateDir}/backups`) : []);
+    const before = backups();
+    const work = makeRunDirSync('export');
+    try {
+      for (const [target, pattern] of [
+        [
+          '/no/such/dir/x.backup',
+          /^Error: Cannot write \/no\/such\/dir\/x\.backup: \/no\/such\/dir is not an existing directory$/,
+        ],
+        [work, /^Error: Cannot write .*: it is a directory; give a file name$/],
+        [`${work}/file/x.backup`, /^Error: Cannot write .*is not an existing directory$/],
+      ] as const) {
+        if (target.endsWith('/file/x.backup')) execFileSync('touch', [`${work}/file`]);
+        const r = d.cli(['export', 'ok1', target]);
+        assert.equal(r.code, 1, `${target}: ${r.stdout}`);
+        assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+        assert.match(r.stderr.trim(), pattern);
+        assert.doesNotMatch(r.stderr, /\bat .*\.(ts|js|mjs):\d+/, 'no stack trace');
+      }
+      assert.deepEqual(backups(), before, `no archive left in ${d.stateDir}/backups`);
+      assert.deepEqual(readdirSync(work), ['file'], 'no .partial file');
+    } finally {
+      await removeRunDir(work);
+    }
+  });
+
   test('operations in the wrong state', async () => {
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'start' }, 400, /Running/);
     await expect4xx('PUT', '/1.0/guests/ok1/state', { action: 'unfreeze' }, 400, /frozen/i);
