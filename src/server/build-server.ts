@@ -13,6 +13,7 @@ import { errorResponse } from '../api/envelopes.ts';
 import { httpStatusOf } from '../api/errors.ts';
 import { isTrivisorError } from '../core/errors.ts';
 import type { Services } from '../services/types.ts';
+import { type ApiLimits, installApiLimits, TCP_API_LIMITS, UNIX_API_LIMITS } from './api-limits.ts';
 import { type AuthOptions, createAuthCheck } from './auth.ts';
 import { createExecRegistry } from './exec-bridge.ts';
 import { registerFileRoutes } from './file-routes.ts';
@@ -39,6 +40,8 @@ export interface BuildServerOptions {
   execConnectTimeoutMs?: number;
   /** Compile every route's schemas when the server gets ready (tests: a bad schema fails there) instead of on first use. */
   compileSchemasAtReady?: boolean;
+  /** Request rate and connection limits (default: TCP_API_LIMITS with a token, UNIX_API_LIMITS without). */
+  limits?: ApiLimits;
 }
 
 /** JSON bodies; image uploads have their own, larger limit. */
@@ -132,6 +135,8 @@ export async function buildServer(services: Services, options: BuildServerOption
   // Before the auth hook: the plugin's own onRequest hook must mark upgrade requests first, so that
   // a refused upgrade's socket gets destroyed (an undestroyed one would keep close() waiting).
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+  // Before authentication: a client flooding the API without a token is held back too.
+  installApiLimits(app, options.limits ?? (options.auth.type === 'token' ? TCP_API_LIMITS : UNIX_API_LIMITS));
 
   // Which routes serve WebSockets: the only ones where a ticket may stand in for the token.
   const webSocketRoutes = new Set<string>();
