@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -139,6 +139,37 @@ describe('sqlite store durability', () => {
         e.code === 'FailedPrecondition' &&
         /not a valid SQLite database/.test(e.message),
     );
+  });
+
+  test('the store and its -wal and -shm files are readable by root only (issue 11, finding 4)', async () => {
+    const path = freshPath();
+    const store = openSqliteStore(path);
+    try {
+      await store.put('guests/a', '{"config":{"environment.API_KEY":"secret"}}');
+      for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+        assert.equal(statSync(file).mode & 0o777, 0o600, file);
+      }
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('a store left 0644 by an earlier version is made 0600 with its -wal and -shm on open', async () => {
+    const path = freshPath();
+    const first = openSqliteStore(path);
+    await first.put('guests/a', 'alpha');
+    await first.close();
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) writeFileSync(file, '', { flag: 'a' });
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) chmodSync(file, 0o644);
+    const second = openSqliteStore(path);
+    try {
+      for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+        assert.equal(statSync(file).mode & 0o777, 0o600, file);
+      }
+      assert.equal((await second.get('guests/a'))?.value, 'alpha');
+    } finally {
+      await second.close();
+    }
   });
 
   test('opening a path in a missing directory fails with a FailedPrecondition error', () => {

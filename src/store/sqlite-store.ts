@@ -1,3 +1,4 @@
+import { chmodSync, closeSync, constants, openSync, statSync } from 'node:fs';
 import { DatabaseSync, type SQLOutputValue, type StatementSync } from 'node:sqlite';
 import { internal, TrivisorError } from '../core/errors.ts';
 import { prefixEnd } from './key-order.ts';
@@ -235,9 +236,27 @@ class SqliteBackend implements KvBackend {
   }
 }
 
+/**
+ * The store holds every guest's `environment.*` values and injected file contents: it is
+ * made 0600 before SQLite opens it, since SQLite gives the -wal and -shm files it creates the
+ * main file's mode. A store made by an earlier version (0644) is closed here too, with
+ * whatever -wal and -shm it left.
+ */
+function closeStoreFiles(path: string): void {
+  closeSync(openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600));
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      if ((statSync(file).mode & 0o777) !== 0o600) chmodSync(file, 0o600);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
 function openDatabase(path: string): DatabaseSync {
   let db: DatabaseSync | undefined;
   try {
+    closeStoreFiles(path);
     db = new DatabaseSync(path, { timeout: 5000 });
     // The first statement is where SQLite notices a file that is not a database.
     const found = db.prepare('PRAGMA user_version').get()!.user_version as number;
