@@ -242,6 +242,9 @@ try {
     targets: 'list, info, --help <= 150 ms; exec <= 250 ms (p50, 10 guests)',
     loadAverage: { start: loadAtStart, end: loadavg() },
     kernel: release(),
+    commit:
+      spawnSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim() ||
+      null,
   };
   console.log(JSON.stringify(result, null, 2));
   console.log(`wrote ${writeResult('cli-latency', result)}`);

@@ -412,7 +412,7 @@ if (cliLat) {
   const load = cliLat.loadAverage as { start: number[]; end: number[] };
   lines.push(
     '',
-    `${cliLat.rounds} rounds${cliLat.before ? `, before = ${cliLat.before}` : ''}; the bundle stayed fresh throughout: ${cliLat.bundleFreshThroughout}. Kernel ${cliLat.kernel}. Load average (1, 5, 15 min) at the start ${load.start.map((x) => x.toFixed(2)).join(', ')}, at the end ${load.end.map((x) => x.toFixed(2)).join(', ')}. Measured ${cliLat.measuredAt}.`,
+    `${cliLat.rounds} rounds${cliLat.commit ? ` on commit ${cliLat.commit}` : ''}${cliLat.before ? `, before = ${cliLat.before}` : ''}; the bundle stayed fresh throughout: ${cliLat.bundleFreshThroughout}. Kernel ${cliLat.kernel}. Load average (1, 5, 15 min) at the start ${load.start.map((x) => x.toFixed(2)).join(', ')}, at the end ${load.end.map((x) => x.toFixed(2)).join(', ')}. Measured ${cliLat.measuredAt}.`,
     '',
   );
 } else lines.push('_Not measured yet._', '');
