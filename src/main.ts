@@ -152,7 +152,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         runner,
         rootIdOf: (spec) => (configValue.privileged(spec.config) ? 0 : IDMAP_BASE),
       }),
-      vm: createVmVolumes({ stateDir }),
+      vm: createVmVolumes({ stateDir, runner }),
       pvm: createPvmVolumes({ runner, stateDir }),
     },
     events,

@@ -74,6 +74,7 @@ export function fakeRunner(initial?: Responder): FakeRunner {
         pid: number;
         exitCode: number | null;
         kill(signal?: NodeJS.Signals): boolean;
+        unref(): void;
       };
       child.stdin = new PassThrough();
       child.stdout = new PassThrough();
@@ -81,6 +82,7 @@ export function fakeRunner(initial?: Responder): FakeRunner {
       child.pid = 4_000_000;
       child.exitCode = null;
       child.kill = () => true;
+      child.unref = () => {};
       setImmediate(async () => {
         await scripted.effect?.();
         if (scripted.stdout) child.stdout.write(scripted.stdout);

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import type { Stream } from 'node:stream';
 import { TrivisorError } from '../core/errors.ts';
 
 /** Result of a finished command. */
@@ -21,8 +22,8 @@ export interface RunOptions {
 export interface SpawnOptions {
   cwd?: string;
   env?: Record<string, string>;
-  /** stdio of the child: pipes by default; a number is an open file descriptor to hand over. */
-  stdio?: Array<'pipe' | 'ignore' | 'inherit' | number>;
+  /** stdio of the child: pipes by default; a number or a socket is an open descriptor to hand over. */
+  stdio?: Array<'pipe' | 'ignore' | 'inherit' | number | Stream>;
   detached?: boolean;
 }
 

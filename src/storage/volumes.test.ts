@@ -3,6 +3,7 @@ import { describe, test } from 'node:test';
 import { ctVolumeMounts } from '../drivers/ct/ct-volumes.ts';
 import type { AttachedVolume } from '../drivers/guest-volumes.ts';
 import { umlVolumeArgs } from '../drivers/pvm/pvm-volumes.ts';
+import { qemuFds } from '../drivers/vm/qemu-fds.ts';
 import { vmVolumeArgs } from '../drivers/vm/vm-volumes.ts';
 import { checkMountPath, parseVolumeSize, parseVolumeType, volumePath } from './volumes.ts';
 
@@ -59,7 +60,8 @@ describe('volumes on the engines command lines', () => {
   });
 
   test('vm q35: four hot-plug root ports, and each volume on one of them with its serial', () => {
-    const argv = vmVolumeArgs([vol('d1', 'block')], 'q35');
+    const fds = qemuFds();
+    const argv = vmVolumeArgs([vol('d1', 'block')], 'q35', fds);
     assert.deepEqual(argv.slice(0, 2), [
       '-device',
       'pcie-root-port,id=trivisor-port0,bus=pcie.0,chassis=100',
@@ -70,8 +72,13 @@ describe('volumes on the engines command lines', () => {
       driver: 'raw',
       'node-name': 'vol-d1',
       discard: 'unmap',
-      file: { driver: 'file', filename: '/s/custom/d1.img' },
+      file: { driver: 'file', filename: '/dev/fdset/1' },
     });
+    // QEMU runs unprivileged: the daemon opens the volume and hands it over (fd 3, fd set 1).
+    assert.deepEqual(fds.entries, [
+      { fd: 3, source: { kind: 'file', path: '/s/custom/d1.img', access: 'readwrite' } },
+    ]);
+    assert.deepEqual(fds.addFdArgs(), ['-add-fd', 'fd=3,set=1,opaque=/s/custom/d1.img']);
     assert.deepEqual(JSON.parse(argv[i + 3] ?? ''), {
       driver: 'virtio-blk-pci',
       id: 'vol-d1',
@@ -82,7 +89,7 @@ describe('volumes on the engines command lines', () => {
   });
 
   test('vm pc: no root ports, volumes on the root bus', () => {
-    const argv = vmVolumeArgs([vol('d1', 'block')], 'pc');
+    const argv = vmVolumeArgs([vol('d1', 'block')], 'pc', qemuFds());
     assert.ok(!argv.some((a) => a.includes('pcie-root-port')));
     assert.equal(JSON.parse(argv[3] ?? '').bus, undefined);
   });

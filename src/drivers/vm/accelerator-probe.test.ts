@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fakeRunner } from '../../host/fake-runner.ts';
-import { chooseAccelerator, parseAcceleratorSetting, probeArgv } from './accelerator-probe.ts';
+import { chooseAccelerator, kvmAccess, parseAcceleratorSetting, probeArgv } from './accelerator-probe.ts';
 import { type BootKit, PROBE_MARKER } from './boot-kit.ts';
 
 const kit: BootKit = {
@@ -19,14 +19,16 @@ describe('accelerator probe', () => {
   before(async () => {
     dir = await mkdtemp('/tmp/trivisor-accel-');
     kvm = join(dir, 'kvm');
-    await writeFile(kvm, '');
+    // Open to everyone: an unprivileged QEMU may open it (the modes tested below are other files).
+    await writeFile(kvm, '', { mode: 0o666 });
+    await chmod(kvm, 0o666);
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
   const qemu = (stdout: string, code = 0, delayMs = 0) =>
     fakeRunner((argv) => {
       if (argv[1] === '--version') return { stdout: 'QEMU emulator version 7.2.22 (Debian)\n' };
-      if (argv[0] === 'qemu-system-x86_64') return { stdout, code, effect: () => sleep(delayMs) };
+      if (argv.includes('qemu-system-x86_64')) return { stdout, code, effect: () => sleep(delayMs) };
       return undefined;
     });
 
@@ -78,7 +80,7 @@ describe('accelerator probe', () => {
     const runner = qemu(PROBE_MARKER);
     const v = await chooseAccelerator(join(dir, 'none'), { runner, kit, kvmDevice: join(dir, 'nope') });
     assert.equal(v.accelerator, 'tcg');
-    assert.match(v.reason, /missing or not usable/);
+    assert.match(v.reason, /is missing/);
     const forced = await chooseAccelerator(join(dir, 'forced'), {
       runner,
       kit,
@@ -88,5 +90,60 @@ describe('accelerator probe', () => {
     assert.equal(forced.accelerator, 'kvm');
     assert.match(forced.reason, /forced/);
     assert.equal(runner.commands().filter((c) => c.includes('accel=kvm')).length, 0);
+  });
+
+  test('KVM needs a device an unprivileged QEMU can open: open to all, or to a group other than root (then its only group)', async () => {
+    const node = async (name: string, mode: number, gid: number): Promise<string> => {
+      const path = join(dir, name);
+      await writeFile(path, '');
+      await chown(path, 0, gid);
+      await chmod(path, mode);
+      return path;
+    };
+    assert.deepEqual(await kvmAccess(await node('all', 0o666, 0)), { groups: [] });
+    assert.deepEqual(await kvmAccess(await node('group', 0o660, 36)), { groups: [36] });
+    const rootOnly = await kvmAccess(await node('root-only', 0o600, 0));
+    assert.match('refused' in rootOnly ? rootOnly.refused : '', /mode 0600 .*unprivileged QEMU cannot open/);
+    // Group root would give QEMU every file of group root: refused too.
+    assert.ok('refused' in (await kvmAccess(await node('group-root', 0o660, 0))));
+
+    // A root-only device: TCG without a test boot, saying why.
+    const runner = qemu(PROBE_MARKER);
+    const v = await chooseAccelerator(join(dir, 'root-only-state'), {
+      runner,
+      kit,
+      kvmDevice: join(dir, 'root-only'),
+    });
+    assert.equal(v.accelerator, 'tcg');
+    assert.match(v.reason, /unprivileged QEMU cannot open/);
+    assert.equal(runner.commands().filter((c) => c.includes('accel=kvm')).length, 0);
+  });
+
+  test('the test boot runs as the unprivileged uid with the kvm group, the kit handed over as descriptors', async () => {
+    const device = join(dir, 'kvm-group');
+    await writeFile(device, '');
+    await chown(device, 0, 36);
+    await chmod(device, 0o660);
+    const runner = qemu(PROBE_MARKER);
+    const v = await chooseAccelerator(join(dir, 'unprivileged'), {
+      runner,
+      kit,
+      kvmDevice: device,
+      runAs: 1131071,
+    });
+    assert.equal(v.accelerator, 'kvm');
+    const boot = runner.calls.find((c) => c.argv.includes('q35,accel=kvm'))?.argv ?? [];
+    for (const a of [
+      'file:3:r:/boot/vmlinuz-x',
+      'file:4:r:/s/vm/initramfs-x.cpio',
+      'setpriv',
+      '--reuid=1131071',
+      '--groups=36',
+      '--no-new-privs',
+    ]) {
+      assert.ok(boot.includes(a), `${a} in ${boot.slice(5).join(' ')}`);
+    }
+    assert.equal(boot[boot.indexOf('-kernel') + 1], '/proc/self/fd/3');
+    assert.equal(boot[boot.indexOf('-initrd') + 1], '/proc/self/fd/4');
   });
 });

@@ -1,9 +1,9 @@
-import { constants } from 'node:fs';
-import { access, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidArgument } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import { type BootKit, PROBE_MARKER } from './boot-kit.ts';
+import { launcherArgv, qemuFds } from './qemu-fds.ts';
 
 /** The accelerators QEMU can run a `vm` guest with here. */
 export type Accelerator = 'kvm' | 'tcg';
@@ -36,8 +36,29 @@ export function parseAcceleratorSetting(value: string | undefined): AcceleratorS
   );
 }
 
+/**
+ * Whether QEMU, running as an unprivileged uid, can open the KVM device (it opens it by name
+ * and takes no descriptor): yes when the device is open to everyone, or to a group other
+ * than root's (Debian's udev rule: 0660, group kvm), which QEMU then gets as its only
+ * supplementary group. The device's modes are the administrator's: they are never changed.
+ */
+export async function kvmAccess(device = '/dev/kvm'): Promise<{ groups: number[] } | { refused: string }> {
+  const st = await stat(device).catch(() => undefined);
+  if (!st) return { refused: `${device} is missing` };
+  const mode = st.mode & 0o777;
+  if ((mode & 0o006) === 0o006) return { groups: [] };
+  if ((mode & 0o060) === 0o060 && st.gid !== 0) return { groups: [st.gid] };
+  return {
+    refused: `${device} is mode ${mode.toString(8).padStart(4, '0')} (owner ${st.uid}, group ${st.gid}), which an unprivileged QEMU cannot open; Debian's udev rule makes it 0660 with group kvm`,
+  };
+}
+
 /** The QEMU argv of a test boot: the kit's kernel and initramfs, which power off at once in probe mode. */
-export function probeArgv(kit: BootKit, accelerator: Accelerator): string[] {
+export function probeArgv(
+  kit: BootKit,
+  accelerator: Accelerator,
+  files = { kernel: kit.kernelPath, initrd: kit.initramfsPath },
+): string[] {
   return [
     'qemu-system-x86_64',
     '-machine',
@@ -56,9 +77,9 @@ export function probeArgv(kit: BootKit, accelerator: Accelerator): string[] {
     '-nic',
     'none',
     '-kernel',
-    kit.kernelPath,
+    files.kernel,
     '-initrd',
-    kit.initramfsPath,
+    files.initrd,
     '-append',
     'console=ttyS0 quiet panic=-1 trivisor.probe=1',
   ];
@@ -74,6 +95,11 @@ export interface ChooseAcceleratorOptions {
   timeoutMs?: number;
   /** The KVM device (tests point it elsewhere). */
   kvmDevice?: string;
+  /**
+   * The unprivileged uid (and gid) the test boot's QEMU runs as, as guests' do, with the
+   * kvm group; without it the test boot runs as root (tests of the probe itself).
+   */
+  runAs?: number;
 }
 
 /**
@@ -95,7 +121,11 @@ export async function chooseAccelerator(
     .run(['qemu-system-x86_64', '--version'], { allowFailure: true })
     .catch(() => undefined);
   const qemuVersion = /version (\S+)/.exec(qemu?.stdout ?? '')?.[1] ?? 'unknown';
-  const key = `host ${hostRelease}, qemu ${qemuVersion}, guest ${kit.kernelRelease}`;
+  // Who may open the KVM device is part of the verdict: a changed mode or group re-probes.
+  const device = options.kvmDevice ?? '/dev/kvm';
+  const kvm = await kvmAccess(device);
+  const access = 'refused' in kvm ? 'refused' : `groups ${kvm.groups.join(',') || 'none'}`;
+  const key = `host ${hostRelease}, qemu ${qemuVersion}, guest ${kit.kernelRelease}, unprivileged kvm ${access}`;
   if (setting !== 'auto')
     return { accelerator: setting, reason: `forced to ${setting} by the host setting`, key };
 
@@ -123,14 +153,25 @@ export async function chooseAccelerator(
 async function probe(options: ChooseAcceleratorOptions, key: string): Promise<AcceleratorVerdict> {
   const device = options.kvmDevice ?? '/dev/kvm';
   const timeoutMs = options.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS;
-  try {
-    await access(device, constants.R_OK | constants.W_OK);
-  } catch {
-    return { accelerator: 'tcg', reason: `${device} is missing or not usable`, key };
-  }
+  const kvm = await kvmAccess(device);
+  if ('refused' in kvm) return { accelerator: 'tcg', reason: kvm.refused, key };
   const started = Date.now();
   const probedAt = new Date(started).toISOString();
-  const result = await options.runner.run(probeArgv(options.kit, 'kvm'), { allowFailure: true, timeoutMs });
+  let argv = probeArgv(options.kit, 'kvm');
+  if (options.runAs !== undefined) {
+    // As a guest's QEMU runs: its uid, the kvm group, the kit's files handed over.
+    const fds = qemuFds();
+    const files = {
+      kernel: `/proc/self/fd/${fds.fd({ kind: 'file', path: options.kit.kernelPath, access: 'read' })}`,
+      initrd: `/proc/self/fd/${fds.fd({ kind: 'file', path: options.kit.initramfsPath, access: 'read' })}`,
+    };
+    argv = launcherArgv({
+      fds,
+      identity: { uid: options.runAs, gid: options.runAs, groups: kvm.groups },
+      command: probeArgv(options.kit, 'kvm', files),
+    });
+  }
+  const result = await options.runner.run(argv, { allowFailure: true, timeoutMs });
   const tookMs = Date.now() - started;
   if (result.stdout.includes(PROBE_MARKER)) {
     return {

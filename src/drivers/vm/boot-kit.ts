@@ -283,7 +283,12 @@ export async function ensureBootKit(stateDir: string, options: BootKitOptions): 
   const dir = join(stateDir, 'vm');
   const initramfsPath = join(dir, `initramfs-${kernelRelease}-${hash.digest('hex').slice(0, 12)}.cpio`);
   const kit: BootKit = { kernelPath, kernelRelease, initramfsPath };
-  if (await exists(initramfsPath)) return kit;
+  if (await exists(initramfsPath)) {
+    // QEMU runs as an unprivileged uid and reads it itself (through /proc/self/fd: the
+    // directories on the way do not matter, the file's mode does). It holds no secret.
+    await chmod(initramfsPath, 0o644);
+    return kit;
+  }
   let job = building.get(initramfsPath);
   if (!job) {
     job = buildInitramfs(initramfsPath, { runner: options.runner, releaseDir, order })
@@ -336,6 +341,7 @@ async function buildInitramfs(
       HOST_BUSYBOX,
       temp,
     ]);
+    await chmod(temp, 0o644);
     await rename(temp, target);
   } finally {
     await rm(tree, { recursive: true, force: true });

@@ -1,15 +1,18 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { qemuArgv, vmGuestPaths, vmResources } from './qemu-command.ts';
+import { qemuArgv, rootBlockdev, vmGuestPaths, vmResources } from './qemu-command.ts';
+import { type FdSource, launcherArgv, qemuFds } from './qemu-fds.ts';
 
 const argvFor = (
   config: Record<string, string>,
   machine: 'q35' | 'pc' | 'microvm' = 'q35',
   nics?: Array<{ nic?: string; tap: string; mac: string }>,
+  fds = qemuFds(),
 ) =>
   qemuArgv({
     name: 'web1',
     paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
+    fds,
     kit: { kernelPath: '/boot/vmlinuz-k', kernelRelease: 'k', initramfsPath: '/var/lib/trivisor/vm/i.cpio' },
     accelerator: 'tcg',
     machine,
@@ -32,68 +35,157 @@ describe('qemu command line', () => {
     assert.deepEqual(vmResources({ 'limits.cpu': '1.5' }).vcpus, 2);
   });
 
-  test('QEMU is daemonized with a pid file, QMP, a logged serial console and the agent port', () => {
-    const argv = argvFor({ 'limits.memory': '128MiB', 'limits.cpu': '2' });
+  test('QEMU gets every file and socket as a descriptor: QMP, a logged serial console, the agent port, kernel, disk', () => {
+    const fds = qemuFds();
+    const argv = argvFor({ 'limits.memory': '128MiB', 'limits.cpu': '2' }, 'q35', undefined, fds);
     const dir = '/var/lib/trivisor/guests/web1';
-    assert.ok(argv.includes('-daemonize'));
-    assert.deepEqual(after(argv, '-pidfile'), [`${dir}/qemu.pid`]);
+    // Not daemonized (that forks, which the sandbox forbids), and nothing of the guest dir by name.
+    assert.ok(!argv.includes('-daemonize'));
+    assert.deepEqual(after(argv, '-pidfile'), []);
+    assert.ok(!argv.some((a) => a.includes(dir)), 'no path of the guest dir on the command line');
     assert.deepEqual(after(argv, '-m'), ['128']);
     assert.deepEqual(after(argv, '-smp'), ['2']);
     assert.deepEqual(after(argv, '-machine'), ['q35']);
     assert.deepEqual(after(argv, '-accel'), ['tcg,tb-size=64']);
+    const source = (n: number): FdSource | undefined => fds.entries.find((e) => e.fd === n)?.source;
+    const fdOf = (chardev: string): number => Number(/,fd=(\d+),/.exec(chardev)?.[1]);
     const chardevs = after(argv, '-chardev');
-    assert.ok(chardevs.includes(`socket,id=qmp,path=${dir}/qmp.sock,server=on,wait=off`));
-    assert.ok(
-      chardevs.includes(
-        `socket,id=console,path=${dir}/console.sock,server=on,wait=off,logfile=${dir}/console.log,logappend=on`,
-      ),
+    const [qmp, console, agent] = ['qmp', 'console', 'agent'].map(
+      (id) => chardevs.find((c) => c.startsWith(`socket,id=${id},`)) ?? '',
     );
-    assert.ok(chardevs.includes(`socket,id=agent,path=${dir}/agent.sock,server=on,wait=off`));
+    assert.deepEqual(source(fdOf(qmp ?? '')), { kind: 'listen', path: `${dir}/qmp.sock` });
+    assert.deepEqual(source(fdOf(console ?? '')), { kind: 'listen', path: `${dir}/console.sock` });
+    assert.deepEqual(source(fdOf(agent ?? '')), { kind: 'listen', path: `${dir}/agent.sock` });
+    assert.match(console ?? '', /,server=on,wait=off,logfile=\/dev\/fdset\/1,logappend=on$/);
+    // The console log is fd set 1, opened for appending; the root disk read-write in set 2.
+    const addFd = fds.addFdArgs();
+    const setFd = (set: number) => Number(new RegExp(`fd=(\\d+),set=${set},`).exec(addFd.join(' '))?.[1]);
+    assert.deepEqual(source(setFd(1)), { kind: 'file', path: `${dir}/console.log`, access: 'append' });
+    assert.deepEqual(source(setFd(2)), { kind: 'file', path: `${dir}/root.qcow2`, access: 'readwrite' });
+    assert.match(addFd.join(' '), new RegExp(`set=2,opaque=${dir}/root.qcow2`));
+    // The kernel loader takes names only: its files are inherited descriptors reopened through /proc.
+    const kernel = after(argv, '-kernel')[0] ?? '';
+    const initrd = after(argv, '-initrd')[0] ?? '';
+    assert.deepEqual(source(Number(/^\/proc\/self\/fd\/(\d+)$/.exec(kernel)?.[1])), {
+      kind: 'file',
+      path: '/boot/vmlinuz-k',
+      access: 'read',
+    });
+    assert.deepEqual(source(Number(/^\/proc\/self\/fd\/(\d+)$/.exec(initrd)?.[1])), {
+      kind: 'file',
+      path: '/var/lib/trivisor/vm/i.cpio',
+      access: 'read',
+    });
     const devices = after(argv, '-device');
-    assert.ok(devices.includes('virtio-blk-pci,drive=root'));
+    assert.ok(devices.includes('virtio-blk-pci,drive=root,werror=enospc,rerror=report'));
     assert.ok(devices.includes('virtio-rng-pci,rng=rng'));
     assert.ok(devices.includes('virtio-balloon-pci,id=balloon,free-page-reporting=on'));
     assert.ok(devices.includes('virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0'));
     assert.deepEqual(after(argv, '-nic'), ['none']);
-    assert.deepEqual(after(argv, '-drive'), [
-      `file=${dir}/root.qcow2,if=none,id=root,format=qcow2,discard=unmap`,
-    ]);
+    assert.deepEqual(after(argv, '-drive'), []);
+    assert.deepEqual(JSON.parse(after(argv, '-blockdev')[0] ?? ''), {
+      driver: 'qcow2',
+      'node-name': 'root',
+      discard: 'unmap',
+      file: { driver: 'file', filename: '/dev/fdset/2' },
+      backing: null,
+    });
     const append = after(argv, '-append')[0] ?? '';
     assert.match(
       append,
       /console=ttyS0 root=\/dev\/vda .*panic=-1 init=\/\.trivisor\/init trivisor\.model=vm$/,
     );
     assert.ok(argv.includes('-no-reboot'), 'a panic must end QEMU, not loop');
-    assert.deepEqual(after(argv, '-sandbox'), ['on,obsolete=deny,resourcecontrol=deny']);
+    assert.deepEqual(after(argv, '-sandbox'), [
+      'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    ]);
   });
 
+  test('the launcher opens the sources as root, joins the cgroups, then drops to the guest uid with no capabilities', () => {
+    const fds = qemuFds();
+    const argv = argvFor({}, 'q35', [{ nic: 'eth0', tap: 'tv01', mac: '02:00:00:00:00:01' }], fds);
+    const launch = launcherArgv({
+      fds,
+      cgroups: ['/sys/fs/cgroup/pids/trivisor-x/web1'],
+      identity: { uid: 1065536, gid: 1065536, groups: [] },
+      command: argv,
+    });
+    assert.deepEqual(launch.slice(0, 4), ['env', '-i', '/usr/bin/perl', '-e']);
+    const args = launch.slice(launch.indexOf('--') + 1);
+    const directives = args.slice(0, args.indexOf('--'));
+    // One directive per descriptor, at the number the command line names.
+    assert.deepEqual(
+      directives.filter((d) => !d.startsWith('cgroup:')).map((d) => Number(d.split(':')[1])),
+      fds.entries.map((e) => e.fd),
+    );
+    assert.ok(directives.some((d) => /^listen:\d+:\/var\/lib\/trivisor\/guests\/web1\/qmp\.sock$/.test(d)));
+    assert.ok(
+      directives.some((d) => /^file:\d+:rw:\/var\/lib\/trivisor\/guests\/web1\/root\.qcow2$/.test(d)),
+    );
+    const tap = directives.find((d) => d.startsWith('tap:')) ?? '';
+    assert.match(tap, /^tap:\d+:tv01$/);
+    assert.ok(after(argv, '-netdev').includes(`tap,id=hn-eth0,fd=${tap.split(':')[1]}`));
+    assert.ok(directives.includes('cgroup:/sys/fs/cgroup/pids/trivisor-x/web1'));
+    const rest = args.slice(args.indexOf('--') + 1);
+    assert.deepEqual(rest.slice(0, rest.indexOf('--')), [
+      'setpriv',
+      '--reuid=1065536',
+      '--regid=1065536',
+      '--clear-groups',
+      '--inh-caps=-all',
+      '--bounding-set=-all',
+      '--no-new-privs',
+    ]);
+    assert.deepEqual(rest.slice(rest.indexOf('--') + 1, rest.indexOf('--') + 4), [
+      'env',
+      '-i',
+      'PATH=/usr/sbin:/usr/bin:/sbin:/bin',
+    ]);
+    assert.equal(rest[rest.indexOf('--') + 4], 'qemu-system-x86_64');
+    // Under KVM the kvm group is QEMU's only supplementary group.
+    const kvm = launcherArgv({ fds, identity: { uid: 7, gid: 7, groups: [36] }, command: argv });
+    assert.ok(kvm.includes('--groups=36') && !kvm.includes('--clear-groups'));
+  });
   test('microvm puts the devices on virtio-mmio', () => {
     const argv = argvFor({}, 'microvm');
     // Without the legacy PIT and PIC the cloud kernel hangs calibrating its clock under TCG.
     assert.match(after(argv, '-machine')[0] ?? '', /^microvm,.*pit=on,pic=on/);
-    assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root'));
+    assert.ok(after(argv, '-device').includes('virtio-blk-device,drive=root,werror=enospc,rerror=report'));
   });
 
-  test('a root disk over the shared base disk takes no locks on the base (UML holds one)', () => {
-    const drive = (argv: string[]) => after(argv, '-drive').find((d) => d.includes('id=root')) ?? '';
-    assert.doesNotMatch(drive(argvFor({})), /locking/);
-    const shared = qemuArgv({
-      name: 'web1',
-      paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
-      kit: { kernelPath: '/k', kernelRelease: 'k', initramfsPath: '/i' },
-      accelerator: 'tcg',
-      machine: 'q35',
-      resources: vmResources({}),
-      kernelArgs: [],
-      sharedBacking: true,
+  test('a root disk over the shared base disk: the backing file is named and handed over, read-only, unlocked (UML holds one)', () => {
+    const fds = qemuFds();
+    const node = rootBlockdev(
+      [
+        { path: '/s/guests/web1/root.qcow2', format: 'qcow2' },
+        { path: '/s/images/fp/disk.ext4', format: 'raw' },
+      ],
+      fds,
+    );
+    assert.deepEqual(node, {
+      driver: 'qcow2',
+      'node-name': 'root',
+      discard: 'unmap',
+      file: { driver: 'file', filename: '/dev/fdset/1' },
+      backing: {
+        driver: 'raw',
+        'read-only': true,
+        file: { driver: 'file', filename: '/dev/fdset/2', 'read-only': true, locking: 'off' },
+      },
     });
-    assert.match(drive(shared), /,backing\.file\.locking=off$/);
+    assert.deepEqual(
+      fds.entries.map((e) => e.source),
+      [
+        { kind: 'file', path: '/s/guests/web1/root.qcow2', access: 'readwrite' },
+        { kind: 'file', path: '/s/images/fp/disk.ext4', access: 'read' },
+      ],
+    );
   });
 
   test('pc is passed through as the machine, with PCI devices', () => {
     const argv = argvFor({}, 'pc');
     assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc']);
-    assert.ok(after(argv, '-device').includes('virtio-blk-pci,drive=root'));
+    assert.ok(after(argv, '-device').includes('virtio-blk-pci,drive=root,werror=enospc,rerror=report'));
   });
 
   test('each NIC is a virtio-net device with its MAC on its tap, in order, on a q35 NIC root port; no NIC means -nic none', () => {
@@ -101,11 +193,21 @@ describe('qemu command line', () => {
       { nic: 'eth0', tap: 'tv0123456789', mac: '02:aa:bb:cc:dd:01' },
       { nic: 'lan', tap: 'tv9876543210', mac: '02:aa:bb:cc:dd:02' },
     ];
-    const argv = argvFor({}, 'q35', nics);
-    assert.deepEqual(after(argv, '-netdev'), [
-      'tap,id=hn-eth0,ifname=tv0123456789,script=no,downscript=no',
-      'tap,id=hn-lan,ifname=tv9876543210,script=no,downscript=no',
-    ]);
+    const fds = qemuFds();
+    const argv = argvFor({}, 'q35', nics, fds);
+    // The taps are attached by the daemon and handed over: QEMU cannot open /dev/net/tun.
+    const netdevs = after(argv, '-netdev');
+    assert.deepEqual(
+      netdevs.map((n) => n.replace(/fd=\d+$/, 'fd=N')),
+      ['tap,id=hn-eth0,fd=N', 'tap,id=hn-lan,fd=N'],
+    );
+    assert.deepEqual(
+      netdevs.map((n) => fds.entries.find((e) => e.fd === Number(/fd=(\d+)$/.exec(n)?.[1]))?.source),
+      [
+        { kind: 'tap', name: 'tv0123456789' },
+        { kind: 'tap', name: 'tv9876543210' },
+      ],
+    );
     const devices = after(argv, '-device').filter((d) => d.startsWith('virtio-net'));
     assert.deepEqual(devices, [
       'virtio-net-pci,netdev=hn-eth0,mac=02:aa:bb:cc:dd:01,id=nic-eth0,bus=trivisor-nic0',

@@ -3,6 +3,7 @@ import { configValue, type VmMachine } from '../../core/config-keys.ts';
 import type { Accelerator } from './accelerator-probe.ts';
 import type { BootKit } from './boot-kit.ts';
 import { portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
+import type { QemuFds } from './qemu-fds.ts';
 
 /** Where a vm guest keeps its files under the state dir. */
 export interface VmGuestPaths {
@@ -13,7 +14,12 @@ export interface VmGuestPaths {
   consoleSocket: string;
   consoleLog: string;
   agentSocket: string;
+  /** QEMU's pid, written by the daemon (QEMU cannot write in the guest dir). */
   pidFile: string;
+  /** QEMU's stdout and stderr (its warnings and why it could not start). */
+  qemuLog: string;
+  /** The host uid QEMU runs as (allocated at create). */
+  uidFile: string;
   /** JSON of what start() chose (BootRecord). */
   bootRecord: string;
 }
@@ -29,6 +35,8 @@ export function vmGuestPaths(stateDir: string, name: string): VmGuestPaths {
     consoleLog: join(dir, 'console.log'),
     agentSocket: join(dir, 'agent.sock'),
     pidFile: join(dir, 'qemu.pid'),
+    qemuLog: join(dir, 'qemu.log'),
+    uidFile: join(dir, 'uid'),
     bootRecord: join(dir, 'boot.json'),
   };
 }
@@ -65,10 +73,24 @@ export function vmResources(config: Record<string, string>): VmResources {
   return resources;
 }
 
+/** One file of the root disk's chain, top first: what `qemu-img info --backing-chain` says. */
+export interface DiskLayer {
+  path: string;
+  format: string;
+}
+
 /** Everything qemuArgv needs. */
 export interface QemuCommandOptions {
   name: string;
   paths: VmGuestPaths;
+  /** Where every file and socket QEMU uses is registered: QEMU gets them as descriptors. */
+  fds: QemuFds;
+  /**
+   * The root disk and its backing files (top first; default: the qcow2 alone). Each is
+   * opened by the daemon and named in the -blockdev tree, so QEMU never opens a backing
+   * file by the path in a header.
+   */
+  rootChain?: readonly DiskLayer[];
   kit: BootKit;
   accelerator: Accelerator;
   machine: MachineType;
@@ -80,22 +102,38 @@ export interface QemuCommandOptions {
    * initramfs, and `kernelArgs` are its whole command line.
    */
   foreignKernel?: string;
-  /** The guest's NICs, in order: a tap the host made (on its bridge) and the NIC's MAC each. */
+  /** The guest's NICs, in order: a tap the host made (on its bridge) and the NIC's MAC each (handed over as an fd). */
   nics?: ReadonlyArray<{ nic?: string; tap: string; mac: string }>;
   /** The guest's config disk (injected files), read-only on virtio-blk right after the root: `/dev/vdb`. */
   configDisk?: string;
-  /**
-   * The root disk has a backing file (the image's shared base disk): QEMU then takes no
-   * locks on it, since other engines read it too (UML locks it whole, which QEMU's
-   * byte-range locks take for a writer) and nothing ever writes it.
-   */
-  sharedBacking?: boolean;
+}
+
+/** The node tree of the root disk: the qcow2 (node `root`) over its read-only backing files. */
+export function rootBlockdev(chain: readonly DiskLayer[], fds: QemuFds): Record<string, unknown> {
+  // Backing files are the image's shared base disk: QEMU takes no locks on them, since other
+  // engines read them too (UML locks a disk whole, which QEMU's byte-range locks take for a
+  // writer) and nothing ever writes them.
+  const layer = (i: number): Record<string, unknown> | null => {
+    const l = chain[i];
+    if (!l) return null;
+    const top = i === 0;
+    const file = fds.fdset({ kind: 'file', path: l.path, access: top ? 'readwrite' : 'read' });
+    return {
+      driver: l.format,
+      ...(top ? { 'node-name': 'root', discard: 'unmap' } : { 'read-only': true }),
+      file: { driver: 'file', filename: file, ...(top ? {} : { 'read-only': true, locking: 'off' }) },
+      // null: no backing file, whatever the header names; raw files have none to name.
+      ...(l.format === 'raw' ? {} : { backing: layer(i + 1) }),
+    };
+  };
+  return layer(0) ?? {};
 }
 
 /**
- * The QEMU command line of a vm guest: daemonized with a pid file (the guest
- * outlives the daemon), QMP and the serial console on unix sockets (the
- * console also logged to console.log), the qcow2 root on virtio-blk,
+ * The QEMU command line of a vm guest, every file, socket and tap of it a
+ * descriptor registered in `fds` (the launcher of qemu-fds.ts opens them as
+ * root): QMP and the serial console on unix sockets (the console also logged
+ * to console.log), the qcow2 root on virtio-blk,
  * virtio-rng, a balloon for live memory lowering, the guest agent's
  * virtio-serial port, and a virtio-net device on its host tap per NIC (none without NICs).
  */
@@ -122,9 +160,18 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
         'panic=-1',
         ...options.kernelArgs,
       ];
+  const { fds } = options;
+  const chardev = (id: string, socket: string, extra = ''): string[] => [
+    '-chardev',
+    `socket,id=${id},fd=${fds.fd({ kind: 'listen', path: socket })},server=on,wait=off${extra}`,
+  ];
+  // The kernel loader opens its files by name (fopen): /proc/self/fd/N reopens the inherited
+  // descriptor without walking the state dir, so only the file's own mode must let QEMU read it.
+  const procFd = (path: string): string => `/proc/self/fd/${fds.fd({ kind: 'file', path, access: 'read' })}`;
   const boot = options.foreignKernel
-    ? ['-kernel', options.foreignKernel]
-    : ['-kernel', kit.kernelPath, '-initrd', kit.initramfsPath];
+    ? ['-kernel', procFd(options.foreignKernel)]
+    : ['-kernel', procFd(kit.kernelPath), '-initrd', procFd(kit.initramfsPath)];
+  const rootChain = options.rootChain ?? [{ path: paths.disk, format: 'qcow2' }];
   return [
     'qemu-system-x86_64',
     '-name',
@@ -144,32 +191,42 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-display',
     'none',
     '-no-reboot',
-    // seccomp: obsolete system calls and scheduler/affinity changes are refused. spawn=deny and
-    // elevateprivileges=deny would be stricter, but -daemonize forks and QEMU 7.2 then fails to start.
+    // seccomp: obsolete system calls, set*uid/gid, fork and exec, and scheduler/affinity changes
+    // are refused. QEMU is not daemonized (the launcher starts it detached): -daemonize forks,
+    // which spawn=deny forbids.
     '-sandbox',
-    'on,obsolete=deny,resourcecontrol=deny',
-    '-daemonize',
-    '-pidfile',
-    paths.pidFile,
-    '-chardev',
-    `socket,id=qmp,path=${paths.qmpSocket},server=on,wait=off`,
+    'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    ...chardev('qmp', paths.qmpSocket),
     '-mon',
     'chardev=qmp,mode=control',
-    '-chardev',
-    `socket,id=console,path=${paths.consoleSocket},server=on,wait=off,logfile=${paths.consoleLog},logappend=on`,
+    ...chardev(
+      'console',
+      paths.consoleSocket,
+      `,logfile=${fds.fdset({ kind: 'file', path: paths.consoleLog, access: 'append' })},logappend=on`,
+    ),
     '-serial',
     'chardev:console',
     ...boot,
     '-append',
     append.join(' '),
-    '-drive',
-    `file=${paths.disk},if=none,id=root,format=qcow2,discard=unmap${options.sharedBacking ? ',backing.file.locking=off' : ''}`,
+    '-blockdev',
+    JSON.stringify(rootBlockdev(rootChain, fds)),
+    // What -drive did by default: a full disk pauses the guest (io-error) instead of failing its writes.
     '-device',
-    `virtio-blk-${bus},drive=root`,
+    `virtio-blk-${bus},drive=root,werror=enospc,rerror=report`,
     ...(options.configDisk
       ? [
-          '-drive',
-          `file=${options.configDisk},if=none,id=config,format=raw,readonly=on`,
+          '-blockdev',
+          JSON.stringify({
+            driver: 'raw',
+            'node-name': 'config',
+            'read-only': true,
+            file: {
+              driver: 'file',
+              filename: fds.fdset({ kind: 'file', path: options.configDisk, access: 'read' }),
+              'read-only': true,
+            },
+          }),
           '-device',
           `virtio-blk-${bus},drive=config,serial=trivisor-config`,
         ]
@@ -182,11 +239,10 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     `virtio-balloon-${bus},id=balloon,free-page-reporting=on`,
     '-device',
     `virtio-serial-${bus},id=vser`,
-    '-chardev',
-    `socket,id=agent,path=${paths.agentSocket},server=on,wait=off`,
+    ...chardev('agent', paths.agentSocket),
     '-device',
     'virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0',
-    ...nicArgs(options.nics ?? [], { bus, machine }),
+    ...nicArgs(options.nics ?? [], { bus, machine, fds }),
   ];
 }
 
@@ -197,13 +253,13 @@ export const nicEngineIds = (nic: string): { netdev: string; device: string } =>
 });
 
 /**
- * One virtio-net device per NIC on the tap the host made and put on the bridge
- * (script=no: QEMU configures nothing on the host). In command-line order, so the
+ * One virtio-net device per NIC on the tap the host made and put on the bridge, handed
+ * over attached (QEMU configures nothing on the host and cannot open /dev/net/tun). In command-line order, so the
  * guest kernel names them eth0, eth1… in the NICs' order.
  */
 function nicArgs(
   nics: ReadonlyArray<{ nic?: string; tap: string; mac: string }>,
-  options: { bus: string; machine: string },
+  options: { bus: string; machine: string; fds: QemuFds },
 ): string[] {
   // On q35 the NICs sit on hot-plug root ports (always there, so that a running guest can take
   // a NIC), and the ones plugged at boot can go live too.
@@ -216,7 +272,7 @@ function nicArgs(
       const port = ports.length > 0 && i < portCount('nic') ? `,bus=${portIdOf('nic', i)}` : '';
       return [
         '-netdev',
-        `tap,id=${ids.netdev},ifname=${n.tap},script=no,downscript=no`,
+        `tap,id=${ids.netdev},fd=${options.fds.fd({ kind: 'tap', name: n.tap })}`,
         '-device',
         `virtio-net-${options.bus},netdev=${ids.netdev},mac=${n.mac}${ids.device ? `,id=${ids.device}` : ''}${port}`,
       ];

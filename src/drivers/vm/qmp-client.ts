@@ -1,6 +1,8 @@
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { internal, TrivisorError, unavailable } from '../../core/errors.ts';
+import type { ProcessRunner } from '../../host/runner.ts';
+import { type FdSource, sendWithFds } from './qemu-fds.ts';
 
 /** What QEMU says first on a QMP connection. */
 export interface QmpGreeting {
@@ -22,6 +24,17 @@ export interface QmpClient {
   execute<T = unknown>(
     command: string,
     args?: Record<string, unknown>,
+    options?: { timeoutMs?: number },
+  ): Promise<T>;
+  /**
+   * Runs a command with descriptors attached (SCM_RIGHTS), each opened by root from its
+   * source: `getfd` and `add-fd` hand QEMU files and taps it could not open itself. Only on
+   * a client connected with a runner (connectQmp's `runner`).
+   */
+  executeWithFds<T = unknown>(
+    command: string,
+    args: Record<string, unknown>,
+    fds: readonly FdSource[],
     options?: { timeoutMs?: number },
   ): Promise<T>;
   /** Calls `listener` for every event; returns a function that stops listening. */
@@ -56,8 +69,18 @@ interface Pending {
  * matches replies to commands by id (QEMU answers in order, but ids make a reply
  * to a timed-out command harmless) and hands events to listeners.
  */
-export function createQmpClient(stream: Duplex, options: { timeoutMs?: number } = {}): Promise<QmpClient> {
+export function createQmpClient(
+  stream: Duplex,
+  options: {
+    timeoutMs?: number;
+    /** Writes one line on the stream with descriptors attached; absent: executeWithFds refuses. */
+    sendWithFds?: (line: string, fds: readonly FdSource[]) => Promise<void>;
+  } = {},
+): Promise<QmpClient> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  // Lines go out one after another: a line sent with descriptors is written by another process,
+  // which must not interleave with bytes Node still buffers.
+  let writing: Promise<void> = Promise.resolve();
   const pending = new Map<string, Pending>();
   const listeners = new Set<(event: QmpEvent) => void>();
   let nextId = 1;
@@ -130,8 +153,17 @@ export function createQmpClient(stream: Duplex, options: { timeoutMs?: number } 
   stream.on('error', (e) => fail(e));
   stream.on('close', () => fail(new Error('socket closed')));
 
-  const send = <T>(command: string, args: Record<string, unknown> | undefined, ms: number): Promise<T> => {
+  const send = <T>(
+    command: string,
+    args: Record<string, unknown> | undefined,
+    ms: number,
+    fds?: readonly FdSource[],
+  ): Promise<T> => {
     if (gone) return Promise.reject(unavailable(`QMP connection is closed: cannot run ${command}.`));
+    const { sendWithFds } = options;
+    if (fds && !sendWithFds) {
+      return Promise.reject(internal(`QMP client cannot pass descriptors: cannot run ${command}.`));
+    }
     const id = `t${nextId++}`;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -139,9 +171,17 @@ export function createQmpClient(stream: Duplex, options: { timeoutMs?: number } 
         reject(unavailable(`QEMU did not answer ${command} within ${ms}ms.`));
       }, ms);
       pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
-      stream.write(
-        `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`,
-      );
+      const line = `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`;
+      const write = (): Promise<void> =>
+        fds && sendWithFds
+          ? sendWithFds(line, fds)
+          : new Promise<void>((done, failed) => stream.write(line, (e) => (e ? failed(e) : done())));
+      writing = writing.then(write).catch((e: unknown) => {
+        // The line never reached QEMU: no answer will come.
+        if (!pending.delete(id)) return;
+        clearTimeout(timer);
+        reject(e instanceof Error ? e : internal(String(e)));
+      });
     });
   };
 
@@ -162,6 +202,7 @@ export function createQmpClient(stream: Duplex, options: { timeoutMs?: number } 
         greeting,
         closed,
         execute: (command, args, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs),
+        executeWithFds: (command, args, fds, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs, fds),
         onEvent(listener) {
           listeners.add(listener);
           return () => listeners.delete(listener);
@@ -196,8 +237,14 @@ export function createQmpClient(stream: Duplex, options: { timeoutMs?: number } 
   });
 }
 
-/** Connects to a QMP unix socket and negotiates capabilities. */
-export function connectQmp(socketPath: string, options: { timeoutMs?: number } = {}): Promise<QmpClient> {
+/**
+ * Connects to a QMP unix socket and negotiates capabilities. With `runner`, the client
+ * can also pass descriptors (executeWithFds) through the perl sender of qemu-fds.ts.
+ */
+export function connectQmp(
+  socketPath: string,
+  options: { timeoutMs?: number; runner?: ProcessRunner } = {},
+): Promise<QmpClient> {
   return new Promise<QmpClient>((resolve, reject) => {
     const socket = connect(socketPath);
     socket.once('error', (e) =>
@@ -205,7 +252,11 @@ export function connectQmp(socketPath: string, options: { timeoutMs?: number } =
     );
     socket.once('connect', () => {
       socket.removeAllListeners('error');
-      createQmpClient(socket, options).then(resolve, reject);
+      const { runner } = options;
+      createQmpClient(socket, {
+        ...(options.timeoutMs !== undefined && { timeoutMs: options.timeoutMs }),
+        ...(runner && { sendWithFds: (line, fds) => sendWithFds(runner, socket, line, fds) }),
+      }).then(resolve, reject);
     });
   });
 }

@@ -72,19 +72,23 @@ after(() => rm(dir, { recursive: true, force: true }));
 
 test('a vm start that fails after its taps were plugged unplugs them; QEMU got one virtio-net per tap', async () => {
   const events: string[] = [];
+  const stateDir = join(dir, 'state');
+  const paths = vmGuestPaths(stateDir, 'v1');
   const runner = fakeRunner((argv) => {
-    if (argv[0] === 'qemu-system-x86_64' && argv.includes('-daemonize')) {
+    if (argv.includes('--backing-chain')) {
+      return { stdout: JSON.stringify([{ filename: paths.disk, format: 'qcow2' }]) };
+    }
+    if (argv[0] === 'env' && argv.includes('qemu-system-x86_64')) {
       events.push('qemu');
-      return { code: 1, stderr: 'could not open tap' };
+      // What QEMU prints lands in qemu.log (its stdout and stderr).
+      return { code: 1, effect: () => writeFile(paths.qemuLog, 'qemu-system-x86_64: could not open tap\n') };
     }
     return buildsKit(argv);
   });
-  const stateDir = join(dir, 'state');
   const driver = createVmDriver(
     { runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network: recordingNetworking(events) },
     { accelerator: 'tcg', bootDir: join(dir, 'boot') },
   );
-  const paths = vmGuestPaths(stateDir, 'v1');
   await mkdir(paths.dir, { recursive: true });
   await writeFile(paths.disk, '');
   const image = { record: { fingerprint: 'fp', properties: {} } } as unknown as ImageHandle;
@@ -93,9 +97,12 @@ test('a vm start that fails after its taps were plugged unplugs them; QEMU got o
     (e) => isTrivisorError(e) && /could not open tap/.test(e.message),
   );
   assert.deepEqual(events.slice(events.indexOf('plugTaps v1')), ['plugTaps v1', 'qemu', 'unplug v1']);
-  const qemu = runner.calls.find((c) => c.argv[0] === 'qemu-system-x86_64' && c.argv.includes('-daemonize'));
-  const argv = qemu?.argv ?? [];
-  assert.ok(argv.includes('tap,id=hn-eth0,ifname=tvtaptest01,script=no,downscript=no'));
+  const launch = runner.calls.find((c) => c.kind === 'spawn' && c.argv.includes('qemu-system-x86_64'));
+  const argv = launch?.argv ?? [];
+  // The daemon attaches to the tap (the launcher, as root) and QEMU gets it as an fd.
+  const tap = argv.find((a) => a.startsWith('tap:')) ?? '';
+  assert.match(tap, /^tap:\d+:tvtaptest01$/);
+  assert.ok(argv.includes(`tap,id=hn-eth0,fd=${tap.split(':')[1]}`));
   assert.ok(
     argv.includes('virtio-net-pci,netdev=hn-eth0,mac=02:00:00:00:00:01,id=nic-eth0,bus=trivisor-nic0'),
   );
@@ -119,5 +126,5 @@ test('a vm guest with NICs on a host without networking is refused before anythi
     driver.start(spec, image),
     (e) => isTrivisorError(e) && e.code === 'FailedPrecondition',
   );
-  assert.ok(!runner.commands().some((c) => c.includes('-daemonize')));
+  assert.ok(!runner.calls.some((c) => c.kind === 'spawn'), 'QEMU was not launched');
 });

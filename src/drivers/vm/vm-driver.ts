@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,12 +36,14 @@ import {
   type AcceleratorSetting,
   type AcceleratorVerdict,
   chooseAccelerator,
+  kvmAccess,
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
 import { type BootKit, defaultBootDir, ensureBootKit, hasCloudKernel, modulesDirOf } from './boot-kit.ts';
 import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
   DEFAULT_VM_DISK_BYTES,
+  type DiskLayer,
   type MachineType,
   MIN_VM_MEMORY_BYTES,
   nicEngineIds,
@@ -50,6 +52,7 @@ import {
   vmGuestPaths,
   vmResources,
 } from './qemu-command.ts';
+import { launcherArgv, type QemuIdentity, qemuFds } from './qemu-fds.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { connectSerialConsole } from './serial-console.ts';
 import { type AgentPool, createAgentPool } from './vm-agent.ts';
@@ -65,6 +68,15 @@ const POLL_MS = 100;
 const DEFAULT_START_TIMEOUT_MS = 180_000;
 /** How long stop() waits for QEMU to exit after `quit` or SIGKILL. */
 const KILL_WAIT_MS = 10_000;
+/** How long QEMU may take from exec to its QMP greeting (devices set up, main loop running). */
+const QEMU_READY_TIMEOUT_MS = 60_000;
+/**
+ * vm guests' host uids start this far above idmapBase: ct's user namespaces hold the first
+ * 65,536 ids and pvm starts at 2 × 65,536 (pvm-driver.ts), so the block between is vm's.
+ */
+export const VM_UID_OFFSET = 65_536;
+/** Per-guest uids `uidBase + slot`; the last slot is the accelerator probe's. */
+const UID_SLOTS = 65_536;
 /** Line the guest kit prints when the image's init cannot run (it then starts a shell instead). */
 const KIT_INIT_FAILED = "trivisor: cannot run the image's init";
 /**
@@ -86,6 +98,8 @@ export interface BootRecord {
   vcpus: number;
   stopSignal: string;
   kernelRelease: string;
+  /** The host uid QEMU runs as (absent: a QEMU started as root before guests had their own). */
+  uid?: number;
   /** Booted another OS's kernel without the guest kit (image property vm.kernel): no agent. */
   foreign?: boolean;
 }
@@ -103,18 +117,11 @@ export interface VmDriverOptions {
   /** How long a KVM test boot may take before KVM counts as hanging. */
   probeTimeoutMs?: number;
   startTimeoutMs?: number;
-}
-
-/** Whether a qcow2 file names a backing file (its header's backing_file_offset, bytes 8-15, is not 0). */
-async function hasBackingFile(path: string): Promise<boolean> {
-  const file = await open(path, 'r');
-  try {
-    const header = Buffer.alloc(16);
-    await file.read(header, 0, 16, 0);
-    return header.readBigUInt64BE(8) !== 0n;
-  } finally {
-    await file.close();
-  }
+  /**
+   * First host uid of vm guests; guest n's QEMU runs as `uidBase + n` with the same gid.
+   * Defaults to `idmapBase + 65536`, between ct's ids and pvm's.
+   */
+  uidBase?: number;
 }
 
 const exists = async (path: string): Promise<boolean> => {
@@ -138,6 +145,10 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const pathsOf = (spec: GuestSpec): VmGuestPaths => vmGuestPaths(stateDir, spec.name);
   const agents = options.agents ?? createAgentPool();
   const consoles = createConsoleSlots();
+  const uidBase = options.uidBase ?? ctx.idmapBase + VM_UID_OFFSET;
+  /** The test boot's QEMU runs unprivileged too, as the uid no guest gets. */
+  const probeUid = uidBase + UID_SLOTS - 1;
+  let uidLock: Promise<unknown> = Promise.resolve();
 
   const bootDir = options.bootDir ?? defaultBootDir();
   const bootKit = (): Promise<BootKit> =>
@@ -152,8 +163,41 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       runner,
       kit,
       setting,
+      runAs: probeUid,
       ...(options.probeTimeoutMs ? { timeoutMs: options.probeTimeoutMs } : {}),
     });
+
+  /** The guest's QEMU uid, from its uid file; undefined when it has none (made before QEMU ran unprivileged). */
+  const readUid = async (spec: GuestSpec): Promise<number | undefined> => {
+    const text = await readFile(pathsOf(spec).uidFile, 'utf8').catch(() => '');
+    const uid = Number(text.trim());
+    return Number.isInteger(uid) && uid >= uidBase && uid < uidBase + UID_SLOTS - 1 ? uid : undefined;
+  };
+
+  /**
+   * The lowest uid of the vm block that no other guest of this state dir holds
+   * (serialised: two creates must not share one), written to the guest's uid file.
+   */
+  const allocateUid = (spec: GuestSpec): Promise<number> => {
+    const work = uidLock.then(async () => {
+      const taken = new Set<number>();
+      const guestsDir = join(stateDir, 'guests');
+      for (const name of await readdir(guestsDir).catch(() => [] as string[])) {
+        if (name === spec.name) continue;
+        const text = await readFile(join(guestsDir, name, 'uid'), 'utf8').catch(() => '');
+        if (text.trim() !== '') taken.add(Number(text.trim()));
+      }
+      for (let uid = uidBase; uid < uidBase + UID_SLOTS - 1; uid++) {
+        if (!taken.has(uid)) {
+          await writeFile(pathsOf(spec).uidFile, `${uid}\n`, { mode: 0o644 });
+          return uid;
+        }
+      }
+      throw failedPrecondition(`All ${UID_SLOTS - 1} vm host uids are in use: delete unused vm guests.`);
+    });
+    uidLock = work.catch(() => {});
+    return work;
+  };
 
   const readBoot = async (spec: GuestSpec): Promise<BootRecord | undefined> =>
     readFile(pathsOf(spec).bootRecord, 'utf8')
@@ -169,7 +213,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   };
 
   const withQmp = async <T>(spec: GuestSpec, work: (qmp: QmpClient) => Promise<T>): Promise<T> => {
-    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 5000 });
+    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 5000, runner });
     try {
       return await work(qmp);
     } finally {
@@ -192,18 +236,23 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     }
   };
 
-  const joinCgroup = async (spec: GuestSpec, pid: number, cpuQuotaUs: number | undefined): Promise<void> => {
+  /** The guest's cgroup in every mounted hierarchy: the launcher makes and joins them before exec. */
+  const cgroupDirsOf = async (spec: GuestSpec): Promise<string[]> => {
+    const dirs: string[] = [];
     for (const h of CGROUP_HIERARCHIES) {
       // Only mounted hierarchies (cpu and cpuacct may be one, mounted twice, or a cpu,cpuacct link).
-      if (!(await exists(join(CGROUP_ROOT, h, 'cgroup.procs')))) continue;
-      const dir = join(CGROUP_ROOT, h, cgroupsPath(spec));
-      await mkdir(dir, { recursive: true });
-      if (h === 'cpu' && cpuQuotaUs !== undefined) {
-        await writeFile(join(dir, 'cpu.cfs_period_us'), '100000');
-        await writeFile(join(dir, 'cpu.cfs_quota_us'), String(cpuQuotaUs));
-      }
-      await writeFile(join(dir, 'cgroup.procs'), String(pid));
+      if (await exists(join(CGROUP_ROOT, h, 'cgroup.procs')))
+        dirs.push(join(CGROUP_ROOT, h, cgroupsPath(spec)));
     }
+    return dirs;
+  };
+
+  /** A fractional limits.cpu as a cfs quota on the guest's cpu cgroup. */
+  const setCpuQuota = async (spec: GuestSpec, cpuQuotaUs: number | undefined): Promise<void> => {
+    if (cpuQuotaUs === undefined) return;
+    const dir = join(CGROUP_ROOT, 'cpu', cgroupsPath(spec));
+    await writeFile(join(dir, 'cpu.cfs_period_us'), '100000');
+    await writeFile(join(dir, 'cpu.cfs_quota_us'), String(cpuQuotaUs));
   };
 
   /** Removes what a started guest holds (sockets, pid file, cgroup); leaves disk, console log and dir. */
@@ -291,6 +340,104 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (Date.now() > deadline) {
         throw internal(
           `Guest ${spec.name} did not print ${JSON.stringify(options.ready)} within ${startTimeoutMs}ms (see ${p.consoleLog}).`,
+        );
+      }
+      await sleep(POLL_MS);
+    }
+  };
+
+  /**
+   * Who the guest's QEMU runs as: its own uid and gid (a guest made before QEMU ran
+   * unprivileged gets one now), no other group but, under KVM, the group that may open
+   * /dev/kvm (QEMU opens it by name; there is no way to hand it over).
+   */
+  const qemuIdentity = async (spec: GuestSpec, accel: string): Promise<QemuIdentity> => {
+    const uid = (await readUid(spec)) ?? (await allocateUid(spec));
+    if (accel !== 'kvm') return { uid, gid: uid, groups: [] };
+    const kvm = await kvmAccess();
+    if ('refused' in kvm) throw failedPrecondition(`Guest ${spec.name} cannot use KVM: ${kvm.refused}.`);
+    return { uid, gid: uid, groups: kvm.groups };
+  };
+
+  /**
+   * The kernel loader opens its files by name (through /proc/self/fd, so the state dir's
+   * modes do not matter, the file's own do): QEMU's uid reads them as "other". The kit's
+   * initramfs is the daemon's own and made readable; a kernel is the administrator's.
+   */
+  const assertReadableByOthers = async (files: readonly string[]): Promise<void> => {
+    for (const file of files) {
+      const st = await stat(file);
+      if ((st.mode & 0o004) !== 0) continue;
+      throw failedPrecondition(
+        `The vm boot file ${file} is not readable by other users (mode ${(st.mode & 0o777).toString(8)}): QEMU runs as an unprivileged uid and reads it itself; chmod o+r it.`,
+      );
+    }
+  };
+
+  /** The root disk and its backing files, top first, as QEMU must be given them. */
+  const diskChain = async (disk: string): Promise<DiskLayer[]> => {
+    const { stdout } = await runner.run(['qemu-img', 'info', '-U', '--backing-chain', '--output=json', disk]);
+    const chain = JSON.parse(stdout) as Array<{ filename: string; format: string }>;
+    return chain.map((l) => ({ path: l.filename, format: l.format }));
+  };
+
+  const qemuLogTail = async (spec: GuestSpec): Promise<string> =>
+    tail(await readFile(pathsOf(spec).qemuLog, 'utf8').catch(() => ''));
+
+  /**
+   * Starts the launcher detached (the guest outlives the daemon), its stdout and stderr in
+   * qemu.log; returns its pid, which stays QEMU's (perl, setpriv and env exec).
+   */
+  const launchQemu = async (
+    spec: GuestSpec,
+    argv: string[],
+  ): Promise<{ pid: number; exited: Promise<void> }> => {
+    const logFile = await open(pathsOf(spec).qemuLog, 'w', 0o600);
+    try {
+      const child = runner.spawn(argv, {
+        cwd: '/',
+        stdio: ['ignore', logFile.fd, logFile.fd],
+        detached: true,
+      });
+      // Resolves once a QEMU that failed has been reaped: what it printed is all in qemu.log by then
+      // (bounded: a daemon that did not spawn it never hears of its exit).
+      const exited = new Promise<void>((resolve) => {
+        child.once('exit', () => resolve());
+        child.once('error', () => resolve());
+        setTimeout(resolve, 2000).unref();
+      });
+      child.unref();
+      if (child.pid === undefined) throw internal(`Cannot run QEMU for guest ${spec.name}.`);
+      return { pid: child.pid, exited };
+    } finally {
+      await logFile.close();
+    }
+  };
+
+  /**
+   * Waits for QEMU's QMP greeting: it comes once the devices are set up and the main loop
+   * runs (what -daemonize's return meant). A QEMU that exits first fails the start with
+   * what it printed.
+   */
+  const waitQemuReady = async (
+    spec: GuestSpec,
+    identity: ProcessIdentity,
+    exited: Promise<void>,
+  ): Promise<void> => {
+    const deadline = Date.now() + QEMU_READY_TIMEOUT_MS;
+    for (;;) {
+      if (!(await isSameProcess(identity))) {
+        await exited;
+        throw internal(`QEMU could not start guest ${spec.name}: ${await qemuLogTail(spec)}`);
+      }
+      const ready = await withQmp(spec, (q) => q.execute('query-status')).then(
+        () => true,
+        () => false,
+      );
+      if (ready) return;
+      if (Date.now() >= deadline) {
+        throw internal(
+          `QEMU of guest ${spec.name} did not answer on QMP within ${QEMU_READY_TIMEOUT_MS / 1000} s: ${await qemuLogTail(spec)}`,
         );
       }
       await sleep(POLL_MS);
@@ -388,6 +535,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         // The dir may be left from a create that died half-way (it then holds no disk): reuse it.
         const made = await mkdir(p.dir, { recursive: true, mode: 0o700 });
         r.add(() => (made ? rm(p.dir, { recursive: true, force: true }) : rm(p.disk, { force: true })));
+        await allocateUid(spec);
         const base = await image.baseDisk();
         const baseBytes = (await stat(base)).size;
         const disk = spec.config['limits.disk'];
@@ -452,9 +600,14 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         }
         const configDisk = join(p.dir, 'config.ext4');
         const withConfig = await writeConfigDisk(files, configDisk, { runner });
+        const identity = await qemuIdentity(spec, verdict.accelerator);
+        await assertReadableByOthers(foreign ? [foreign.kernel] : [kit.kernelPath, kit.initramfsPath]);
+        const fds = qemuFds();
         const argv = qemuArgv({
           name: spec.name,
           paths: p,
+          fds,
+          rootChain: await diskChain(p.disk),
           kit,
           accelerator: verdict.accelerator,
           machine: guestMachine,
@@ -471,24 +624,24 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
               }),
           nics: taps,
           ...(withConfig ? { configDisk } : {}),
-          sharedBacking: await hasBackingFile(p.disk),
         });
         // Attached block volumes, and on q35 the root ports that let volumes come and go live.
-        argv.push(...vmVolumeArgs((await ctx.volumes?.resolve(spec)) ?? [], guestMachine));
-        // -daemonize: this returns once QEMU has set up its devices and sockets and forked away.
-        const result = await runner.run(argv, { allowFailure: true, timeoutMs: 60_000 });
-        if (result.code !== 0) {
-          throw internal(
-            `QEMU could not start guest ${spec.name} (exit ${result.code}): ${tail(result.stderr || result.stdout)}`,
-          );
+        argv.push(...vmVolumeArgs((await ctx.volumes?.resolve(spec)) ?? [], guestMachine, fds));
+        argv.push(...fds.addFdArgs());
+        const launched = await launchQemu(
+          spec,
+          launcherArgv({ fds, cgroups: await cgroupDirsOf(spec), identity, command: argv }),
+        );
+        const { pid } = launched;
+        const started = await readProcessIdentity(pid);
+        if (!started) {
+          await launched.exited;
+          throw internal(`QEMU could not start guest ${spec.name}: ${await qemuLogTail(spec)}`);
         }
-        const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
-        const identity = await readProcessIdentity(pid);
-        if (!identity)
-          throw internal(`QEMU of guest ${spec.name} (pid ${pid}) exited at once: see ${p.consoleLog}.`);
-        r.add(() => killQemu(spec, identity));
+        r.add(() => killQemu(spec, started));
+        await writeFile(p.pidFile, `${pid}\n`, { mode: 0o600 });
         await writeBoot(spec, {
-          identity,
+          identity: started,
           accelerator: verdict.accelerator,
           machine: guestMachine,
           memoryBytes: resources.memoryMiB * 2 ** 20,
@@ -496,13 +649,18 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           vcpus: resources.vcpus,
           stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
           kernelRelease: kit.kernelRelease,
+          uid: identity.uid,
           ...(foreign ? { foreign: true } : {}),
         });
-        await joinCgroup(spec, pid, resources.cpuQuotaUs);
-        if (foreign) await waitForeignBooted(spec, identity, { consoleOffset, ready: foreign.ready });
-        else await waitBooted(spec, identity, consoleOffset);
-        log.info({ guest: spec.name, pid, accelerator: verdict.accelerator }, 'vm guest started');
-        return identity;
+        await waitQemuReady(spec, started, launched.exited);
+        await setCpuQuota(spec, resources.cpuQuotaUs);
+        if (foreign) await waitForeignBooted(spec, started, { consoleOffset, ready: foreign.ready });
+        else await waitBooted(spec, started, consoleOffset);
+        log.info(
+          { guest: spec.name, pid, uid: identity.uid, accelerator: verdict.accelerator },
+          'vm guest started',
+        );
+        return started;
       });
     },
 
@@ -670,13 +828,15 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       const ids = nicEngineIds(nic);
       try {
         await withQmp(spec, async (q) => {
-          await q.execute('netdev_add', {
-            type: 'tap',
-            id: ids.netdev,
-            ifname: t.tap,
-            script: 'no',
-            downscript: 'no',
-          });
+          // QEMU cannot open /dev/net/tun: the daemon attaches to the tap and hands it over
+          // (getfd), and netdev_add takes it by that name.
+          await q.executeWithFds('getfd', { fdname: ids.netdev }, [{ kind: 'tap', name: t.tap }]);
+          try {
+            await q.execute('netdev_add', { type: 'tap', id: ids.netdev, fd: ids.netdev });
+          } catch (e) {
+            await q.execute('closefd', { fdname: ids.netdev }).catch(() => {});
+            throw e;
+          }
           try {
             await addOnFreePort(q, 'nic', {
               machine,

@@ -97,7 +97,7 @@ export function createVmIncrementalBackups(
   ): Promise<T> => {
     const p = pathsOf(spec);
     if (await liveQemu(spec)) {
-      const qmp = await connectQmp(p.qmpSocket, { timeoutMs: 30_000 });
+      const qmp = await connectQmp(p.qmpSocket, { timeoutMs: 30_000, runner });
       try {
         return await work(qmp, true);
       } finally {
@@ -154,8 +154,16 @@ export function createVmIncrementalBackups(
     type Bitmaps = Array<{ name: string; inconsistent?: boolean }>;
     if (live) {
       const blocks =
-        await qmp.execute<Array<{ device: string; inserted?: { 'dirty-bitmaps'?: Bitmaps } }>>('query-block');
-      return blocks.find((b) => b.device === 'root')?.inserted?.['dirty-bitmaps'] ?? [];
+        await qmp.execute<
+          Array<{ device: string; inserted?: { 'node-name'?: string; 'dirty-bitmaps'?: Bitmaps } }>
+        >('query-block');
+      // A guest started with -blockdev has node `root` (its BlockBackend has no name); one
+      // started before, with -drive, has a BlockBackend named `root`.
+      return (
+        blocks.find((b) => b.device === 'root' || b.inserted?.['node-name'] === 'root')?.inserted?.[
+          'dirty-bitmaps'
+        ] ?? []
+      );
     }
     const nodes =
       await qmp.execute<Array<{ 'node-name': string; 'dirty-bitmaps'?: Bitmaps }>>('query-named-block-nodes');
@@ -229,11 +237,26 @@ export function createVmIncrementalBackups(
           // A bitmap QEMU added lives in its memory until it closes the disk: ask QEMU, not the file.
           const bitmap = (await monitorBitmaps(qmp, live)).find((b) => b.name === BACKUP_BITMAP);
           if (link.kind === 'incremental' && (!bitmap || bitmap.inconsistent)) throw noBase();
-          await qmp.execute('blockdev-add', {
-            driver: 'qcow2',
-            'node-name': targetNode,
-            file: { driver: 'file', filename: target },
-          });
+          // A guest's QEMU runs unprivileged: the daemon opens the target and hands it over. The
+          // storage daemon of a stopped guest runs as root and opens it itself.
+          let filename = target;
+          if (live) {
+            const added = await qmp.executeWithFds<{ 'fdset-id': number }>('add-fd', { opaque: target }, [
+              { kind: 'file', path: target, access: 'readwrite' },
+            ]);
+            filename = `/dev/fdset/${added['fdset-id']}`;
+          }
+          try {
+            await qmp.execute('blockdev-add', {
+              driver: 'qcow2',
+              'node-name': targetNode,
+              file: { driver: 'file', filename },
+            });
+          } finally {
+            // The node holds its own duplicate: the set's copy goes once nothing uses it.
+            const set = /^\/dev\/fdset\/(\d+)$/.exec(filename)?.[1];
+            if (set) await qmp.execute('remove-fd', { 'fdset-id': Number(set) }).catch(() => {});
+          }
           try {
             const backup = { device: 'root', target: targetNode, 'job-id': jobId, 'auto-dismiss': true };
             const actions: unknown[] = [];

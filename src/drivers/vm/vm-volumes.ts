@@ -1,9 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { failedPrecondition, unavailable } from '../../core/errors.ts';
+import type { ProcessRunner } from '../../host/runner.ts';
 import { type AttachedVolume, engineIdOf, type GuestVolumes } from '../guest-volumes.ts';
 import { addOnFreePort, NoFreePortError, portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
 import { vmGuestPaths } from './qemu-command.ts';
-import { connectQmp, type QmpClient, QmpCommandError } from './qmp-client.ts';
+import type { FileSource, QemuFds } from './qemu-fds.ts';
+import { connectQmp, type QmpClient } from './qmp-client.ts';
 
 /**
  * PCIe root ports a q35 guest gets for its volumes (pcie-ports.ts). Volumes attached at
@@ -15,10 +17,13 @@ const UNPLUG_TIMEOUT_MS = 30_000;
 
 export const portId = (i: number): string => portIdOf('volume', i);
 
-/** QEMU's -blockdev and -device for one volume (JSON syntax: the path may hold any character). */
-function blockdevOf(v: AttachedVolume): Record<string, unknown> {
+/** The volume's file as the daemon opens it for QEMU (which runs unprivileged and cannot). */
+const sourceOf = (v: AttachedVolume): FileSource => ({ kind: 'file', path: v.hostPath, access: 'readwrite' });
+
+/** QEMU's -blockdev for one volume, its file an fd set (`/dev/fdset/N`). */
+function blockdevOf(v: AttachedVolume, filename: string): Record<string, unknown> {
   const id = engineIdOf(v.device);
-  return { driver: 'raw', 'node-name': id, discard: 'unmap', file: { driver: 'file', filename: v.hostPath } };
+  return { driver: 'raw', 'node-name': id, discard: 'unmap', file: { driver: 'file', filename } };
 }
 
 function deviceOf(v: AttachedVolume, bus: string | undefined): Record<string, unknown> {
@@ -32,7 +37,7 @@ function deviceOf(v: AttachedVolume, bus: string | undefined): Record<string, un
  * (always, so that a running guest can take a volume) with one volume per port;
  * on pc the volumes on the root bus (which hot-plugs through ACPI).
  */
-export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string): string[] {
+export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string, fds: QemuFds): string[] {
   const q35 = machine === 'q35';
   const blocks = volumes.filter((v) => v.type === 'block').slice(0, q35 ? VM_VOLUME_PORTS : undefined);
   const ports = rootPortArgs('volume', machine);
@@ -40,17 +45,23 @@ export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string
     ...ports,
     ...blocks.flatMap((v, i) => [
       '-blockdev',
-      JSON.stringify(blockdevOf(v)),
+      JSON.stringify(blockdevOf(v, fds.fdset(sourceOf(v)))),
       '-device',
       JSON.stringify(deviceOf(v, q35 ? portId(i) : undefined)),
     ]),
   ];
 }
 
-/** Hot-plug of block volumes into running vm guests over QMP (virtio-blk). */
-export function createVmVolumes(options: { stateDir: string }): GuestVolumes {
+/**
+ * Hot-plug of block volumes into running vm guests over QMP (virtio-blk). QEMU runs as the
+ * guest's unprivileged uid: the daemon opens the volume's file and hands it over (add-fd).
+ */
+export function createVmVolumes(options: { stateDir: string; runner: ProcessRunner }): GuestVolumes {
   const withQmp = async <T>(name: string, work: (q: QmpClient) => Promise<T>): Promise<T> => {
-    const q = await connectQmp(vmGuestPaths(options.stateDir, name).qmpSocket, { timeoutMs: 10_000 });
+    const q = await connectQmp(vmGuestPaths(options.stateDir, name).qmpSocket, {
+      timeoutMs: 10_000,
+      runner: options.runner,
+    });
     try {
       return await work(q);
     } finally {
@@ -61,7 +72,7 @@ export function createVmVolumes(options: { stateDir: string }): GuestVolumes {
     const text = await readFile(vmGuestPaths(options.stateDir, name).bootRecord, 'utf8').catch(() => '{}');
     return (JSON.parse(text) as { machine?: string }).machine ?? 'q35';
   };
-  const refused = (e: unknown) => (e instanceof QmpCommandError ? e.message : String(e));
+  const refused = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
   return {
     model: 'vm',
@@ -69,7 +80,18 @@ export function createVmVolumes(options: { stateDir: string }): GuestVolumes {
       const machine = await machineOf(spec.name);
       await withQmp(spec.name, async (q) => {
         const id = engineIdOf(volume.device);
-        await q.execute('blockdev-add', blockdevOf(volume));
+        const added = await q
+          .executeWithFds<{ 'fdset-id': number }>('add-fd', { opaque: volume.hostPath }, [sourceOf(volume)])
+          .catch((e: unknown) => {
+            throw failedPrecondition(`Cannot hand volume ${volume.volume} to ${spec.name}: ${refused(e)}`);
+          });
+        const fdset = added['fdset-id'];
+        try {
+          await q.execute('blockdev-add', blockdevOf(volume, `/dev/fdset/${fdset}`));
+        } finally {
+          // The node holds its own duplicate: the set's copy goes once nothing uses it.
+          await q.execute('remove-fd', { 'fdset-id': fdset }).catch(() => {});
+        }
         try {
           await addOnFreePort(q, 'volume', { machine, device: deviceOf(volume, undefined) });
         } catch (e) {
