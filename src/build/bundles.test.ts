@@ -42,6 +42,20 @@ describe('the bundle in this checkout', () => {
     assert.match(bundled.stdout, new RegExp(DESCRIPTION));
   });
 
+  test("the CLI's inputs include what it loads only later (ws, for exec), not the daemon's", async () => {
+    launch(ROOT, ['--help']);
+    const manifest = await readManifest(ROOT);
+    assert.ok(manifest);
+    const cli = Object.keys(manifest.inputs.cli);
+    assert.ok(
+      cli.some((k) => k.endsWith('node_modules/ws/lib/websocket.js')),
+      'ws is among the inputs',
+    );
+    assert.ok(cli.includes('src/client/transport.ts'));
+    assert.ok(!cli.includes('src/main.ts') && !cli.some((k) => k.includes('node_modules/fastify/')));
+    assert.ok(Object.keys(manifest.inputs.daemon).includes('src/main.ts'));
+  });
+
   test('`trivisor daemon` checks (and makes) the daemon bundle too', async () => {
     const run = launch(ROOT, ['daemon', '--help']);
     assert.equal(run.code, 0, run.stderr);
