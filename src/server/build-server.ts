@@ -1,4 +1,4 @@
-import type { Server } from 'node:http';
+import { type Server, STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import Fastify, {
@@ -79,6 +79,26 @@ export async function buildServer(services: Services, options: BuildServerOption
     },
     schemaErrorFormatter: formatSchemaErrors,
     schemaController: { compilersFactory: compilers.compilersFactory },
+    // Malformed HTTP (a bad header, a body that does not match its framing) gets the envelope too,
+    // and only when no answer has begun on the connection: a second one would corrupt the stream.
+    clientErrorHandler: (error, socket) => {
+      const e = error as NodeJS.ErrnoException & { reason?: string };
+      if (e.code === 'ECONNRESET' || socket.destroyed) return;
+      const [status, message] =
+        e.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? [408, 'The request took too long to arrive']
+          : e.code === 'HPE_HEADER_OVERFLOW'
+            ? [431, "The request's headers are too large (16 KiB at most)"]
+            : [400, `Malformed HTTP request${e.reason ? `: ${oneLine(e.reason)}` : ''}`];
+      const pending = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+      if (socket.writable && !pending?.headersSent) {
+        const body = JSON.stringify(errorResponse(message, status));
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      }
+      socket.destroy();
+    },
     // Errors met before routing (e.g. a malformed URL) get the same envelope.
     frameworkErrors: (error, _request, rawReply) => {
       const status = typeof error.statusCode === 'number' && error.statusCode >= 400 ? error.statusCode : 400;

@@ -157,6 +157,30 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.ok(pings('a1', a2), 'back to its own addresses, the guest works again');
   });
 
+  test('a guest with a NIC holds CAP_NET_ADMIN, scoped to its own network namespace; one without a NIC does not', () => {
+    // CAP_NET_ADMIN is bit 12 of the effective set (threat model, decision 0007).
+    const netAdmin = (guest: string) => {
+      const capEff = /CapEff:\s*([0-9a-f]+)/.exec(sh(guest, 'cat /proc/self/status').stdout)?.[1] ?? '0';
+      return (BigInt(`0x${capEff}`) & (1n << 12n)) !== 0n;
+    };
+    assert.equal(netAdmin('a1'), true, 'a guest with a NIC has CAP_NET_ADMIN');
+    const added = sh('a1', 'ip addr add 192.0.2.77/32 dev lo && ip -4 addr show dev lo');
+    assert.equal(added.code, 0, added.stderr);
+    assert.match(added.stdout, /192\.0\.2\.77/, 'it changes its own namespace');
+    const host = spawnSync('ip', ['-o', '-4', 'addr'], { encoding: 'utf8' }).stdout;
+    assert.doesNotMatch(host, /192\.0\.2\.77/, "and nothing of the host's");
+    sh('a1', 'ip addr del 192.0.2.77/32 dev lo');
+    d.ok(['launch', 'busybox', 'nonic']);
+    try {
+      assert.equal(netAdmin('nonic'), false, 'a guest without NICs has no CAP_NET_ADMIN');
+      const refused = sh('nonic', 'ip addr add 192.0.2.78/32 dev lo');
+      assert.notEqual(refused.code, 0);
+      assert.match(refused.stderr, /not permitted/i);
+    } finally {
+      d.ok(['delete', '--force', 'nonic']);
+    }
+  });
+
   test('NAT rewrites the source address towards a (fake) uplink; without NAT guests stay inside', async () => {
     const ip = (...args: string[]) => {
       const r = spawnSync('ip', args, { encoding: 'utf8' });
