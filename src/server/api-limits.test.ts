@@ -71,6 +71,8 @@ describe('API limits on a TCP server', () => {
     app = await buildServer(createFakeServices(), {
       auth: { type: 'token', token: 't' },
       limits: { requestsPerSecond: 5, requestBurst: 10, connectionsPerClient: 4, connections: 8 },
+      // The burst must pass within one refill (200 ms): no schema compiling on the first request.
+      compileSchemasAtReady: true,
     });
     port = (await listenTcp(app, '127.0.0.1', 0)).port;
   });
