@@ -86,6 +86,24 @@ describe('bin/trivisor against a fake daemon on a unix socket', () => {
     }
   });
 
+  test('a local file that cannot be read or written is one line naming it, never a stack', async () => {
+    for (const [args, pattern] of [
+      [
+        ['image', 'import', '/no/such.tar', '--alias', 'x'],
+        /^Error: \/no\/such\.tar: no such file or directory\n$/,
+      ],
+      [['import', '/no/such.backup'], /^Error: \/no\/such\.backup: no such file or directory\n$/],
+      [
+        ['export', 'web1', '/no/such/dir/x.backup'],
+        /^Error: Cannot write \/no\/such\/dir\/x\.backup: \/no\/such\/dir is not an existing directory\n$/,
+      ],
+    ] as const) {
+      const run = await trivisor([...args]);
+      assert.equal(run.code, 1, args.join(' '));
+      assert.match(run.stderr, pattern, `${args.join(' ')}: ${run.stderr}`);
+    }
+  });
+
   test('an unreachable daemon is one clear line', async () => {
     const run = await new Promise<Run>((resolve) => {
       const child = spawn(BIN, ['list'], { env: { ...process.env, TRIVISOR_DIR: join(dir, 'none') } });

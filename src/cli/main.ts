@@ -56,12 +56,21 @@ export async function runCli(argv: string[]): Promise<void> {
       // Commander already printed its (one-line) message, or help/version.
       process.exit(e.exitCode === 0 ? 0 : 1);
     }
-    const message = e instanceof Error ? e.message : String(e);
-    process.stderr.write(`Error: ${oneLine(message)}\n`);
+    process.stderr.write(`Error: ${oneLine(messageOf(e))}\n`);
     process.exit(1);
   }
   // Exit as soon as the command is done: open sockets must not keep the CLI alive.
   process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+}
+
+/** A local file's system call error as `PATH: reason` ("ENOENT: no such file…, stat '/x'" reads badly). */
+function messageOf(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  if (err instanceof Error && typeof err.path === 'string' && typeof err.syscall === 'string') {
+    const reason = err.message.replace(/^[A-Z0-9_]+: /, '').replace(/, [a-z_]+ '[^']*'(?: -> '[^']*')?$/, '');
+    return `${err.path}: ${reason}`;
+  }
+  return e instanceof Error ? e.message : String(e);
 }
 
 /**
@@ -70,7 +79,7 @@ export async function runCli(argv: string[]): Promise<void> {
  */
 function failOnStrayErrors(): void {
   const fail = (e: unknown) => {
-    process.stderr.write(`Error: ${oneLine(e instanceof Error ? e.message : String(e))}\n`);
+    process.stderr.write(`Error: ${oneLine(messageOf(e))}\n`);
     process.exit(1);
   };
   process.on('uncaughtException', fail);
