@@ -6,7 +6,6 @@ import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
-import { configValue } from './core/config-keys.ts';
 import type { Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
@@ -50,7 +49,11 @@ export interface DaemonOptions {
   listen?: string;
 }
 
-/** Root in unprivileged guests is this host uid/gid (and the 65535 after it). */
+/**
+ * Host ids of unprivileged guests start here: the ct range shared by guests with
+ * security.idmap.isolated=false, pvm kernels' uids, then one range of 65536 per ct guest
+ * (src/drivers/ct/id-ranges.ts).
+ */
 const IDMAP_BASE = 1_000_000;
 
 const version = (
@@ -62,6 +65,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const stateDir = path.resolve(options.stateDir ?? process.env.TRIVISOR_DIR ?? '/var/lib/trivisor');
   const listen = options.listen ?? process.env.TRIVISOR_LISTEN ?? '127.0.0.1:8443';
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
+  // Search only for others (docs/decisions/0018): guests' uids walk through it to what is theirs.
+  await chmod(stateDir, 0o711);
   const log = createLogger();
   await takePidLock(stateDir);
 
@@ -94,6 +99,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const events = createEventBus();
   const operations = createOperationService(events);
   const files = imageFiles(stateDir, { runner, log });
+  await files.prepare();
   const images = createImageService({ store, files, operations, events });
   const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
   const networks = createNetworkService({
@@ -148,10 +154,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     stateDir,
     drivers,
     live: {
-      ct: createCtVolumes({
-        runner,
-        rootIdOf: (spec) => (configValue.privileged(spec.config) ? 0 : IDMAP_BASE),
-      }),
+      ct: createCtVolumes({ runner }),
       vm: createVmVolumes({ stateDir, runner }),
       pvm: createPvmVolumes({ runner, stateDir }),
     },

@@ -116,6 +116,13 @@ const KEYS: Record<string, KeySpec> = {
     help: 'run without a user namespace (root in the guest is root on the host)',
     check: bool,
   },
+  'security.idmap.isolated': {
+    // Applied at the next start, which moves the guest's files to its new range (decision 18).
+    live: false,
+    models: ['ct'],
+    help: 'give the guest an id range of its own (default true); false shares one range among such guests',
+    check: bool,
+  },
 };
 
 const PREFIX_KEYS: Record<string, KeySpec> = {
@@ -184,6 +191,8 @@ export const configValue = {
   processes: (c: Record<string, string>): number | undefined =>
     c['limits.processes'] ? Number(c['limits.processes']) : undefined,
   privileged: (c: Record<string, string>): boolean => c['security.privileged'] === 'true',
+  /** Own id range per unprivileged ct guest unless set to false (Incus's default is false; ours is true). */
+  idmapIsolated: (c: Record<string, string>): boolean => c['security.idmap.isolated'] !== 'false',
   vmMachine: (c: Record<string, string>): VmMachine | undefined => c['vm.machine'] as VmMachine | undefined,
   autostart: (c: Record<string, string>): boolean => c['boot.autostart'] === 'true',
   restartPolicy: (c: Record<string, string>): RestartPolicy =>

@@ -21,8 +21,11 @@ export interface ImageHandle {
   record: ImageRecord;
   /** Path of the read-only root file system tree (owned by real root ids). */
   rootfs: string;
-  /** The same tree with ownership shifted by `base` (for user-namespaced guests), made once and cached. */
-  shiftedRootfs(base: number): Promise<string>;
+  /**
+   * Unused since ct guests mount `rootfs` idmapped (docs/decisions/0018); optional only so
+   * that handles written for the earlier interface still compile. Do not call it.
+   */
+  shiftedRootfs?(base: number): Promise<string>;
   /**
    * A raw ext4 disk image derived once from the tree (with the guest kit of
    * src/images/guest-kit.ts injected), cached and shared read-only: the

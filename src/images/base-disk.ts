@@ -41,8 +41,8 @@ export function baseDiskSizeBytes(usedBytes: number): number {
 
 /**
  * Makes a raw ext4 disk image at `targetPath` holding the tree `treeDir` plus
- * the guest kit under /.trivisor, atomically (temp files beside the target,
- * named `*.tmp-*`, then a rename). The tree is never written to: the disk is
+ * the guest kit under /.trivisor, atomically (a root-only `*.tmp-*` directory
+ * beside the target holds the work, then a rename). The tree is never written to: the disk is
  * made from a hard-linked copy of it (a plain copy across file systems), to
  * which the kit is added, with `mkfs.ext4 -d`. Overwrites `targetPath`, so
  * callers must not rebuild a disk that guests already use as backing file.
@@ -55,12 +55,18 @@ export async function buildBaseDisk(
   const { runner, initArgv, signal } = options;
   const dir = dirname(targetPath);
   const suffix = randomBytes(6).toString('hex');
-  const staging = join(dir, `${basename(targetPath)}-tree.tmp-${suffix}`);
-  const tmpDisk = join(dir, `${basename(targetPath)}.tmp-${suffix}`);
+  // The staging copy hard-links the image's setuid files and device nodes: it sits behind a
+  // root-only directory, as the image tree does (docs/decisions/0018), never beside the disk,
+  // whose directory a pvm guest's uid (and so every host user) may pass.
+  const work = join(dir, `${basename(targetPath)}.tmp-${suffix}`);
+  const staging = join(work, 'tree');
+  const tmpDisk = join(work, 'disk');
   const run = (argv: string[]) => runner.run(argv, signal ? { signal } : {});
   try {
     signal?.throwIfAborted();
     await mkdir(dir, { recursive: true });
+    await mkdir(work, { mode: 0o700 });
+    await chmod(work, 0o700);
     try {
       await run(['cp', '-a', '--link', '--', treeDir, staging]);
     } catch {
@@ -142,6 +148,6 @@ export async function buildBaseDisk(
     if (signal?.aborted) throw cancelled(`Building the base disk ${targetPath} was cancelled.`);
     throw asTrivisorError(e);
   } finally {
-    await removeTree(staging, { runner }).catch(() => {});
+    await removeTree(work, { runner }).catch(() => {});
   }
 }

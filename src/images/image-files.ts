@@ -7,10 +7,10 @@ import type { ProcessRunner } from '../host/runner.ts';
 import { buildBaseDisk } from './base-disk.ts';
 import { buildBusyboxRootfs } from './busybox-image.ts';
 import { buildDebootstrapRootfs, type ProgressCallback } from './debootstrap-image.ts';
+import { removeDeviceNodes } from './device-nodes.ts';
 import { BASE_DISK_NAME, imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
 import { removeTree } from './remove-tree.ts';
-import { shiftTree } from './shift-tree.ts';
 import { assertRootFileSystem, extractTarball, importedMetadata } from './tarball-image.ts';
 import { digestTree } from './tree-manifest.ts';
 
@@ -28,17 +28,17 @@ export interface AddOptions {
 }
 
 /**
- * The image trees on one host, under `${stateDir}/images/<fingerprint>/`:
- * `rootfs/` (the tree), `image.json` (metadata and size) and lazily made
- * `rootfs-shift-<base>/` copies for user-namespaced containers. Every add builds
- * in `images/.tmp-*` and renames into place, so a directory named by a
- * fingerprint is always complete. Records in the KV store are not kept here.
+ * The image trees on one host, under `${stateDir}/images/<fingerprint>/` (0711):
+ * `trees/rootfs/` (the tree, behind `trees/`, 0700: docs/decisions/0018),
+ * `image.json` (metadata and size, 0600) and the base disks of vm and pvm
+ * guests (0444: a pvm kernel opens its image's as its own uid). Every add
+ * builds in `images/.tmp-*` (0700) and renames into place, so a directory named
+ * by a fingerprint is always complete. Trees hold no device nodes. Records in
+ * the KV store are not kept here.
  */
 export interface ImageFiles {
   /** Path of an image's tree (whether or not it exists). */
   rootfsPath(fingerprint: string): string;
-  /** Path of the image's tree with ids raised by `base`, made on first use; NotFound if the image is absent. */
-  shiftedRootfs(fingerprint: string, base: number): Promise<string>;
   /** The image's ext4 base disk for vm and pvm guests, made once and cached. */
   baseDisk(fingerprint: string): Promise<string>;
   /** Adds the builtin busybox image; same fingerprint on every run on the same host. */
@@ -47,7 +47,7 @@ export interface ImageFiles {
   buildDebootstrap(source: string, options?: AddOptions): Promise<AddedImage>;
   /** Imports a root file system tarball (plain, gzip, xz, zstd or bzip2; told apart by content). */
   importTarball(path: string, options?: AddOptions): Promise<AddedImage>;
-  /** Removes an image and its shifted copies; does nothing if it is absent. */
+  /** Removes an image and all it holds; does nothing if it is absent. */
   remove(fingerprint: string): Promise<void>;
   exists(fingerprint: string): Promise<boolean>;
   /** Fingerprints of the complete images on disk. */
@@ -58,7 +58,17 @@ export interface ImageFiles {
   sizeBytes(fingerprint: string): Promise<number>;
   /** Removes temp dirs left by a crash mid-add; call once at daemon start, before any add. */
   removeLeftovers(): Promise<string[]>;
+  /**
+   * Call once at daemon start, before anything else: removes leftovers and closes the
+   * trees of images an earlier version stored open (`images/<fp>/rootfs`, and the
+   * `rootfs-shift-*` copies it made for ct guests) by moving them behind `trees/`
+   * and dropping their device nodes.
+   */
+  prepare(): Promise<void>;
 }
+
+/** The directory every tree of an image sits behind: root only, so no host user reaches a tree. */
+const TREES = 'trees';
 
 const FINGERPRINT = /^[0-9a-f]{64}$/;
 const TMP_PREFIX = '.tmp-';
@@ -90,14 +100,12 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   const log = deps.log.child({ component: 'image-files' });
   const imagesDir = join(stateDir, 'images');
   const imageDir = (fp: string): string => join(imagesDir, fp);
-  const shifting = new Map<string, Promise<string>>();
+  const treeOf = (fp: string): string => join(imageDir(fp), TREES, 'rootfs');
   const diskBuilds = new Map<string, Promise<string>>();
 
   const exists = async (fingerprint: string): Promise<boolean> => {
     checkFingerprint(fingerprint);
-    return (
-      (await isDirectory(join(imageDir(fingerprint), 'rootfs'))) && (await readRecord(fingerprint)) !== null
-    );
+    return (await isDirectory(treeOf(fingerprint))) && (await readRecord(fingerprint)) !== null;
   };
 
   const readRecord = async (fingerprint: string): Promise<AddedImage | null> => {
@@ -108,19 +116,49 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
     }
   };
 
+  const ensureImagesDir = async (): Promise<void> => {
+    await mkdir(imagesDir, { recursive: true, mode: 0o711 });
+    await chmod(imagesDir, 0o711);
+  };
+
+  /**
+   * Moves the trees of an image stored by an earlier version (`rootfs/`, `rootfs-shift-*`, open to
+   * every host user) behind `trees/`. A shifted copy may be the lower layer of a ct guest still
+   * running on the shared id range: a rename does not disturb a mounted overlay, which holds its
+   * layers, not their paths.
+   */
+  const closeImage = async (fingerprint: string): Promise<void> => {
+    const dir = imageDir(fingerprint);
+    const trees = join(dir, TREES);
+    await mkdir(trees, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EEXIST') throw e;
+    });
+    await chmod(trees, 0o700);
+    for (const inner of await readdir(dir)) {
+      if (inner !== 'rootfs' && !inner.startsWith('rootfs-shift-')) continue;
+      if (inner === 'rootfs') {
+        const dropped = await removeDeviceNodes(join(dir, inner), { runner });
+        if (dropped.length > 0) log.info({ fingerprint, count: dropped.length }, 'dropped device nodes');
+      }
+      await rename(join(dir, inner), join(trees, inner));
+      log.info({ fingerprint, tree: inner }, 'moved an image tree behind trees/');
+    }
+    await chmod(dir, 0o711);
+    if (await isFile(join(dir, 'image.json'))) await chmod(join(dir, 'image.json'), 0o600);
+  };
+
   const metadata = async (fingerprint: string): Promise<AddedImage> => {
     checkFingerprint(fingerprint);
-    const record = (await isDirectory(join(imageDir(fingerprint), 'rootfs')))
-      ? await readRecord(fingerprint)
-      : null;
+    const record = (await isDirectory(treeOf(fingerprint))) ? await readRecord(fingerprint) : null;
     if (!record)
       throw notFound(`Image ${fingerprint.slice(0, 12)} is not on this host: add or import it first.`);
     return record;
   };
 
   /**
-   * Runs `build` on a fresh `rootfs` dir inside a fresh `images/.tmp-<random>`, fingerprints the result and
-   * renames it into place; on any failure or cancel the temp dir goes away.
+   * Runs `build` on a fresh `trees/rootfs` dir inside a fresh `images/.tmp-<random>`, drops the
+   * tree's device nodes, fingerprints it and renames it into place; on any failure or cancel the
+   * temp dir goes away.
    */
   const add = async (
     what: string,
@@ -129,29 +167,36 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   ): Promise<AddedImage> => {
     const { signal } = options;
     signal?.throwIfAborted();
-    // Search-only for others: runc in a user namespace must traverse to a shifted rootfs as the guest's root.
-    await mkdir(imagesDir, { recursive: true, mode: 0o711 });
-    await chmod(imagesDir, 0o711);
+    await ensureImagesDir();
     const tmp = join(imagesDir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
-    const rootfs = join(tmp, 'rootfs');
-    await mkdir(tmp, { mode: 0o711 });
-    await chmod(tmp, 0o711);
+    const rootfs = join(tmp, TREES, 'rootfs');
+    // Closed while the tree is made: an importing tarball's setuid files are there from the start.
+    await mkdir(tmp, { mode: 0o700 });
     try {
+      await mkdir(join(tmp, TREES), { mode: 0o700 });
+      await chmod(join(tmp, TREES), 0o700);
       await mkdir(rootfs, { mode: 0o755 });
       const built = await build(rootfs);
+      signal?.throwIfAborted();
+      const dropped = await removeDeviceNodes(rootfs, { runner });
+      if (dropped.length > 0) {
+        log.info({ what, count: dropped.length, first: dropped.slice(0, 5) }, 'dropped device nodes');
+      }
       signal?.throwIfAborted();
       options.onProgress?.(99, 'Fingerprinting the tree');
       const digest = await digestTree(rootfs, signal ? { signal } : {});
       const fingerprint = built.fingerprint ?? digest.fingerprint;
       const record: AddedImage = { fingerprint, metadata: built.metadata, sizeBytes: digest.sizeBytes };
       const existing = await readRecord(fingerprint);
-      if (existing && (await isDirectory(join(imageDir(fingerprint), 'rootfs')))) {
+      if (existing && (await isDirectory(treeOf(fingerprint)))) {
         log.info({ fingerprint, what }, 'image already on disk: discarding the new tree');
         await removeTree(tmp, { runner });
         return existing;
       }
-      await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`);
+      await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
       signal?.throwIfAborted();
+      // Search only: a pvm guest's kernel opens the image's base disk as its own uid.
+      await chmod(tmp, 0o711);
       try {
         await rename(tmp, imageDir(fingerprint));
       } catch (e) {
@@ -173,10 +218,10 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
     }
   };
 
-  return {
+  const files: ImageFiles = {
     rootfsPath(fingerprint) {
       checkFingerprint(fingerprint);
-      return join(imageDir(fingerprint), 'rootfs');
+      return treeOf(fingerprint);
     },
 
     baseDisk(fingerprint) {
@@ -190,7 +235,7 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
         // changed kit gets a disk of its own name (BASE_DISK_NAME); older ones stay for their guests.
         if (await isFile(target)) return target;
         log.info({ fingerprint }, 'making the base disk of the image for vm and pvm guests');
-        const { sizeBytes } = await buildBaseDisk(join(imageDir(fingerprint), 'rootfs'), target, {
+        const { sizeBytes } = await buildBaseDisk(treeOf(fingerprint), target, {
           runner,
           initArgv: imageInitArgv(meta.properties),
         });
@@ -200,28 +245,6 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       diskBuilds.set(fingerprint, work);
       return work;
     },
-    shiftedRootfs(fingerprint, base) {
-      checkFingerprint(fingerprint);
-      if (!Number.isInteger(base) || base < 0) {
-        return Promise.reject(
-          invalidArgument(`Id shift base ${base} is not a valid uid: use a non-negative integer.`),
-        );
-      }
-      const key = `${fingerprint}:${base}`;
-      const pending = shifting.get(key);
-      if (pending) return pending;
-      const target = join(imageDir(fingerprint), `rootfs-shift-${base}`);
-      const work = (async () => {
-        await metadata(fingerprint);
-        if (await isDirectory(target)) return target;
-        log.info({ fingerprint, base }, 'making an id-shifted copy of the image');
-        await shiftTree(join(imageDir(fingerprint), 'rootfs'), target, { base });
-        return target;
-      })().finally(() => shifting.delete(key));
-      shifting.set(key, work);
-      return work;
-    },
-
     addBusybox() {
       return add('the busybox image', {}, async (rootfs) => ({
         metadata: await buildBusyboxRootfs(rootfs, { runner }),
@@ -284,6 +307,15 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       return (await metadata(fingerprint)).sizeBytes;
     },
 
+    async prepare() {
+      await ensureImagesDir();
+      await files.removeLeftovers();
+      // A few calls per image, and idempotent: a start killed half-way finishes the job at the next.
+      for (const name of await readdir(imagesDir)) {
+        if (FINGERPRINT.test(name)) await closeImage(name);
+      }
+    },
+
     async removeLeftovers() {
       const removed: string[] = [];
       let names: string[];
@@ -309,4 +341,5 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       return removed;
     },
   };
+  return files;
 }

@@ -192,7 +192,6 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
       return {
         record: JSON.parse(kv.value) as ImageRecord,
         rootfs: files.rootfsPath(fingerprint),
-        shiftedRootfs: (base: number) => files.shiftedRootfs(fingerprint, base),
         baseDisk: () => files.baseDisk(fingerprint),
       };
     },

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
+import { ownRangeBase } from '../../src/drivers/ct/id-ranges.ts';
 import { readProcessOwner } from '../../src/host/proc-stat.ts';
 import { type CtFixture, makeCtFixture, TEST_IDMAP_BASE } from '../drivers/ct-fixture.ts';
 import { execIn } from '../drivers/exec-helpers.ts';
@@ -70,17 +71,17 @@ describe('ct guests are isolated from the host and from each other', () => {
     assert.equal((capEff >> CAP_SYS_ADMIN) & 1n, 0n);
   });
 
-  test('root in the guest is not root on the host', async () => {
+  test('root in the guest is not root on the host, but the first id of a range of its own', async () => {
     assert.equal((await sh('id -u')).stdout.trim(), '0');
-    assert.deepEqual(await readProcessOwner(init.pid), { uid: TEST_IDMAP_BASE, gid: TEST_IDMAP_BASE });
+    const own = ownRangeBase(TEST_IDMAP_BASE, 0);
+    assert.deepEqual(await readProcessOwner(init.pid), { uid: own, gid: own });
     const uidMap = await readFile(`/proc/${init.pid}/uid_map`, 'utf8');
-    assert.match(uidMap.trim(), new RegExp(`^0\\s+${TEST_IDMAP_BASE}\\s+65536$`));
+    assert.match(uidMap.trim(), new RegExp(`^0\\s+${own}\\s+65536$`));
   });
 
   test('files the guest writes land in its own upper layer, not in the shared image', async () => {
     assert.equal((await sh('echo private > /etc/guest-file && cat /etc/guest-file')).stdout, 'private\n');
-    const lower = await fx.image.shiftedRootfs(TEST_IDMAP_BASE);
-    await assert.rejects(readFile(`${lower}/etc/guest-file`), { code: 'ENOENT' });
+    await assert.rejects(readFile(`${fx.image.rootfs}/etc/guest-file`), { code: 'ENOENT' });
     const upper = await readFile(`${fx.stateDir}/guests/iso1/upper/etc/guest-file`, 'utf8');
     assert.equal(upper, 'private\n');
   });

@@ -28,12 +28,10 @@ test('a guest outlives the process that started it and is re-adopted by a new dr
     import { hostRunner } from ${JSON.stringify(new URL('../../src/host/runner.ts', import.meta.url).pathname)};
     import { silentLogger } from ${JSON.stringify(new URL('../../src/host/logger.ts', import.meta.url).pathname)};
     const driver = createCtDriver({ runner: hostRunner(), log: silentLogger(), stateDir: process.argv[1], idmapBase: ${1_000_000} });
-    const image = { record: { fingerprint: 't', properties: JSON.parse(process.argv[3]) }, rootfs: process.argv[2],
-      shiftedRootfs: async () => process.argv[4] };
-    const id = await driver.start(JSON.parse(process.argv[5]), image);
+    const image = { record: { fingerprint: 't', properties: JSON.parse(process.argv[3]) }, rootfs: process.argv[2] };
+    const id = await driver.start(JSON.parse(process.argv[4]), image);
     process.stdout.write(JSON.stringify({ id, daemon: process.pid }));
   `;
-  const shifted = await fx.image.shiftedRootfs(1_000_000);
   const child = spawn(
     process.execPath,
     [
@@ -43,7 +41,6 @@ test('a guest outlives the process that started it and is re-adopted by a new dr
       fx.stateDir,
       fx.image.rootfs,
       JSON.stringify(fx.image.record.properties),
-      shifted,
       JSON.stringify(spec),
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },

@@ -4,12 +4,10 @@ import type { ImageRecord } from '../../src/core/types.ts';
 import type { ImageHandle } from '../../src/drivers/guest-driver.ts';
 import type { ProcessRunner } from '../../src/host/runner.ts';
 import { buildBusyboxRootfs } from '../../src/images/busybox-image.ts';
-import { shiftTree } from '../../src/images/shift-tree.ts';
 
 /**
  * Builds a busybox root file system once into `dir` and wraps it as the
- * ImageHandle a driver sees; shifted copies are made on first use per base,
- * as the image store does.
+ * ImageHandle a driver sees (ct guests see the tree through idmapped mounts).
  */
 export async function makeBusyboxImage(
   dir: string,
@@ -25,19 +23,9 @@ export async function makeBusyboxImage(
     sizeBytes: 0,
     createdAt: new Date().toISOString(),
   };
-  const shifted = new Map<number, Promise<string>>();
   return {
     record,
     rootfs,
-    shiftedRootfs(base) {
-      let p = shifted.get(base);
-      if (!p) {
-        const target = join(dir, `rootfs-shifted-${base}`);
-        p = shiftTree(rootfs, target, { base }).then(() => target);
-        shifted.set(base, p);
-      }
-      return p;
-    },
     baseDisk() {
       // The ct driver never asks; vm/pvm tests bring their own image handles.
       return Promise.reject(new Error('no base disk in the ct test image'));

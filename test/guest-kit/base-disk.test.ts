@@ -228,7 +228,7 @@ describe('base disk with the guest kit', { skip: process.getuid?.() !== 0 }, () 
     assert.deepEqual((await readdir(join(stateDir, 'images', fingerprint))).sort(), [
       BASE_DISK_NAME,
       'image.json',
-      'rootfs',
+      'trees',
     ]);
     const init = await runner.run(['debugfs', '-R', 'cat /.trivisor/image-init', a]);
     assert.equal(init.stdout, '/sbin/init\n');

@@ -1,6 +1,19 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  truncate,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
@@ -9,6 +22,21 @@ import { type ImageFiles, imageFiles } from '../../src/images/image-files.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 
 const runner = hostRunner();
+
+/**
+ * Runs argv as host user nobody, without supplementary groups. Through `sh -c exec`: setpriv
+ * keeps root's capabilities until its own execve, which would look the program up with them.
+ */
+function asNobody(argv: string[]) {
+  const r = spawnSync(
+    'setpriv',
+    ['--reuid=65534', '--regid=65534', '--clear-groups', '--', '/bin/sh', '-c', 'exec "$0" "$@"', ...argv],
+    { encoding: 'utf8' },
+  );
+  return { code: r.status ?? 128, stdout: r.stdout ?? '' };
+}
+
+const mkfifo = (path: string) => runner.run(['mkfifo', path]);
 
 describe('imageFiles', () => {
   let dir = '';
@@ -21,7 +49,8 @@ describe('imageFiles', () => {
     (await readdir(join(stateDir, 'images'))).filter((n) => !/^[0-9a-f]{64}$/.test(n));
 
   before(async () => {
-    dir = await makeRunDir('images');
+    // Searchable by others, as /var/lib is: only the store's own modes may stop a host user.
+    dir = await makeRunDir('images', { mode: 0o711 });
     stateDir = join(dir, 'state');
     images = imageFiles(stateDir, { runner, log: silentLogger() });
   });
@@ -57,21 +86,15 @@ describe('imageFiles', () => {
     assert.deepEqual(await leftovers(), []);
   });
 
-  test('shiftedRootfs makes one shifted copy, shared by concurrent callers', async () => {
-    const base = 200000;
-    const calls = [images.shiftedRootfs(busyboxFp, base), images.shiftedRootfs(busyboxFp, base)];
-    assert.equal(calls[0], calls[1]);
-    const [path] = await Promise.all(calls);
-    assert.equal(path, join(stateDir, 'images', busyboxFp, `rootfs-shift-${base}`));
-    const st = await stat(join(path as string, 'etc/passwd'));
-    assert.equal(st.uid, base);
-    assert.equal(st.gid, base);
-    assert.equal((await stat(join(path as string, 'tmp'))).mode & 0o7777, 0o1777);
-    // A user-namespaced runc must be able to walk down to the tree as the guest's root.
-    assert.equal((await stat(join(stateDir, 'images'))).mode & 0o111, 0o111);
-    assert.equal((await stat(join(stateDir, 'images', busyboxFp))).mode & 0o111, 0o111);
-    assert.equal(await images.shiftedRootfs(busyboxFp, base), path);
-    await assert.rejects(images.shiftedRootfs('0'.repeat(64), base), { code: 'NotFound' });
+  test('the tree sits behind a root-only directory; the image directory is search-only', async () => {
+    const imageDir = join(stateDir, 'images', busyboxFp);
+    assert.equal(images.rootfsPath(busyboxFp), join(imageDir, 'trees', 'rootfs'));
+    assert.equal((await stat(join(stateDir, 'images'))).mode & 0o777, 0o711);
+    assert.equal((await stat(imageDir)).mode & 0o777, 0o711);
+    assert.equal((await stat(join(imageDir, 'trees'))).mode & 0o777, 0o700);
+    assert.equal((await stat(join(imageDir, 'image.json'))).mode & 0o777, 0o600);
+    const r = asNobody(['ls', join(imageDir, 'trees', 'rootfs', 'bin')]);
+    assert.notEqual(r.code, 0, 'nobody lists the tree');
   });
 
   describe('importTarball', () => {
@@ -117,6 +140,29 @@ describe('imageFiles', () => {
         assert.equal(await images.exists(added.fingerprint), false);
       });
     }
+
+    test('an imported setuid-root shell is out of reach of host users and device nodes are dropped', async () => {
+      const tree = join(tarDir, 'evil');
+      await runner.run(['cp', '-a', images.rootfsPath(busyboxFp), tree]);
+      await copyFile('/bin/bash', join(tree, 'bin/suidsh'));
+      await chmod(join(tree, 'bin/suidsh'), 0o4755);
+      await runner.run(['mknod', '-m', '0666', join(tree, 'dev/evilnull'), 'c', '1', '3']);
+      await runner.run(['mknod', '-m', '0666', join(tree, 'etc/evilloop'), 'b', '7', '0']);
+      await mkfifo(join(tree, 'etc/fifo'));
+      const tar = join(tarDir, 'evil.tar');
+      await runner.run(['tar', '-C', tree, '--numeric-owner', '-cf', tar, '.']);
+      const added = await images.importTarball(tar);
+      const root = images.rootfsPath(added.fingerprint);
+      assert.equal((await stat(join(root, 'bin/suidsh'))).mode & 0o7777, 0o4755, 'setuid kept for guests');
+      await assert.rejects(lstat(join(root, 'dev/evilnull')), { code: 'ENOENT' });
+      await assert.rejects(lstat(join(root, 'etc/evilloop')), { code: 'ENOENT' });
+      assert.ok((await lstat(join(root, 'etc/fifo'))).isFIFO(), 'other special files stay');
+      const r = asNobody([join(root, 'bin/suidsh'), '-p', '-c', 'id -u']);
+      assert.notEqual(r.code, 0, `nobody ran the image's setuid shell: ${r.stdout}`);
+      assert.equal(r.stdout, '');
+      await images.remove(added.fingerprint);
+      assert.deepEqual(await leftovers(), []);
+    });
 
     test('fingerprints a plain tar by all its bytes, trailing padding included', async () => {
       const plain = join(tarDir, 'padded.tar');
@@ -189,7 +235,31 @@ describe('imageFiles', () => {
     assert.deepEqual(await leftovers(), []);
   });
 
-  test('remove deletes the image and its shifted copies; removing again is a no-op', async () => {
+  test('prepare() closes an image stored open by an earlier version, shifted copies too', async () => {
+    // The earlier layout: images/<fp>/rootfs and rootfs-shift-<base>, 0711/0755 on the way down.
+    const imageDir = join(stateDir, 'images', busyboxFp);
+    await rename(join(imageDir, 'trees', 'rootfs'), join(imageDir, 'rootfs'));
+    await rm(join(imageDir, 'trees'), { recursive: true });
+    await runner.run(['cp', '-a', join(imageDir, 'rootfs'), join(imageDir, 'rootfs-shift-1000000')]);
+    await runner.run(['mknod', '-m', '0666', join(imageDir, 'rootfs', 'dev', 'evilnull'), 'c', '1', '3']);
+    await chmod(join(imageDir, 'image.json'), 0o644);
+    await chmod(imageDir, 0o755);
+    assert.equal(await images.exists(busyboxFp), false, 'the open layout is not taken as an image');
+
+    const restarted = imageFiles(stateDir, { runner, log: silentLogger() });
+    await restarted.prepare();
+    assert.equal(await restarted.exists(busyboxFp), true);
+    assert.deepEqual((await readdir(imageDir)).sort(), ['image.json', 'trees']);
+    assert.deepEqual((await readdir(join(imageDir, 'trees'))).sort(), ['rootfs', 'rootfs-shift-1000000']);
+    assert.equal((await stat(join(imageDir, 'trees'))).mode & 0o777, 0o700);
+    assert.equal((await stat(imageDir)).mode & 0o777, 0o711);
+    assert.equal((await stat(join(imageDir, 'image.json'))).mode & 0o777, 0o600);
+    await assert.rejects(lstat(join(imageDir, 'trees', 'rootfs', 'dev', 'evilnull')), { code: 'ENOENT' });
+    await restarted.prepare();
+    assert.equal(await restarted.exists(busyboxFp), true, 'prepare() again changes nothing');
+  });
+
+  test('remove deletes the image and all it holds; removing again is a no-op', async () => {
     await images.remove(busyboxFp);
     assert.deepEqual(await images.list(), []);
     assert.deepEqual(await readdir(join(stateDir, 'images')), []);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -11,7 +11,9 @@ import { silentLogger } from '../../host/logger.ts';
 import { readProcessIdentity } from '../../host/proc-stat.ts';
 import type { ImageHandle } from '../guest-driver.ts';
 import { cgroupParentOf, createCtDriver } from './ct-driver.ts';
+import { ownRangeBase } from './id-ranges.ts';
 import type { OciSpec } from './oci-spec.ts';
+import { overlayRootfsArgv } from './overlay-rootfs.ts';
 
 const guest = (config: Record<string, string> = {}): GuestSpec => ({
   name: 'g1',
@@ -36,7 +38,6 @@ const image: ImageHandle = {
     properties: { init: '["/sbin/init"]', 'stop.signal': 'SIGUSR2' },
   } as unknown as ImageRecord,
   rootfs: '/images/abc/rootfs',
-  shiftedRootfs: async (base) => `/images/abc/rootfs-${base}`,
   baseDisk: async () => '/images/abc/disk.ext4',
 };
 
@@ -72,7 +73,7 @@ describe('ct driver against a recording runner', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test('start mounts the overlay on the shifted image and runs runc detached, returning init identity', async () => {
+  test('start mounts the overlay on the idmapped image tree and runs runc detached, returning init identity', async () => {
     const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await driver.create(guest({ 'limits.memory': '64MiB' }), image);
@@ -91,11 +92,32 @@ describe('ct driver against a recording runner', () => {
     assert.equal(identity.pid, init.child.pid);
     const g = join(stateDir, 'guests', 'g1');
     const cmds = runner.commands();
-    const mount = cmds.find((c) => c.startsWith('mount '));
-    assert.equal(
-      mount,
-      `mount -t overlay overlay -o lowerdir=/images/abc/rootfs-1000000,upperdir=${g}/upper,workdir=${g}/work ${g}/rootfs`,
+    const own = ownRangeBase(1_000_000, 0);
+    const mount = runner.calls.find((c) => c.argv.includes('/usr/bin/perl'));
+    assert.deepEqual(
+      mount?.argv,
+      overlayRootfsArgv({
+        tree: '/images/abc/rootfs',
+        staging: `${g}/staging`,
+        upper: `${g}/upper`,
+        work: `${g}/work`,
+        target: `${g}/rootfs`,
+        idmap: { base: own, size: 65536 },
+      }),
     );
+    assert.ok(!cmds.some((c) => c.startsWith('mount ')));
+    // Closed to host users (decision 18): the guest's root passes its dir, nobody else does.
+    const dirStat = await stat(g);
+    assert.deepEqual([dirStat.uid, dirStat.gid, dirStat.mode & 0o777], [0, own, 0o710]);
+    assert.equal((await stat(`${g}/bundle`)).mode & 0o777, 0o700);
+    assert.equal((await stat(`${g}/bundle/config.json`)).mode & 0o777, 0o600);
+    assert.deepEqual(JSON.parse(await readFile(`${g}/idmap.json`, 'utf8')), {
+      base: own,
+      size: 65536,
+      slot: 0,
+    });
+    assert.equal(await readlink(join(stateDir, 'idmap', '0')), 'g1');
+    assert.equal((await stat(`${g}/upper`)).uid, own);
     const run = runner.calls.find((c) => c.argv.includes('run'));
     assert.deepEqual(run?.argv, [
       'runc',
@@ -112,6 +134,7 @@ describe('ct driver against a recording runner', () => {
     ]);
     assert.equal(run?.kind, 'spawn');
     const oci = JSON.parse(await readFile(`${g}/bundle/config.json`, 'utf8')) as OciSpec;
+    assert.deepEqual(oci.linux.uidMappings, [{ containerID: 0, hostID: own, size: 65536 }]);
     assert.equal(oci.linux.cgroupsPath, `${cgroupParentOf(stateDir)}/g1`);
     assert.equal(oci.linux.resources.memory?.limit, 64 * 2 ** 20);
     assert.equal((await driver.inspect(guest(), identity)).state, 'running');

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chown, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
@@ -8,11 +8,12 @@ import { GUEST_FILE_MAX_BYTES, INJECTED_FILE_PREFIX, injectedFiles } from '../..
 import { withRevert } from '../../core/revert.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { cgroupMode, readCgroupUsage, readFreezerState, removeCgroup } from '../../host/cgroups-v1.ts';
-import { isMountPoint, mountOverlay, unmountIfMounted } from '../../host/mounts.ts';
+import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
 import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
+import { shiftIds } from '../../images/shift-tree.ts';
 import type {
   DriverContext,
   ExecSession,
@@ -23,6 +24,7 @@ import type {
 } from '../guest-driver.ts';
 import { ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
+import { createIdRanges, type IdRange, isRangeBase, readIdRangeOf } from './id-ranges.ts';
 import { readNetnsInterfaces } from './netns-interfaces.ts';
 import {
   buildOciSpec,
@@ -32,6 +34,7 @@ import {
   ociResources,
   STOP_SIGNAL_ANNOTATION,
 } from './oci-spec.ts';
+import { mountOverlayRootfs } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
 
@@ -44,7 +47,13 @@ const RUNC_RUN_TIMEOUT_MS = 60_000;
 /** Config keys `runc update` applies to a running guest. */
 const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
 
-/** Where a ct guest keeps its files under the state dir. */
+/**
+ * Where a ct guest keeps its files under the state dir. `dir` is root's, group
+ * the guest's root (its range's base), mode 0710: the guest's root passes it on
+ * the way to `rootfs` (runc mounts the root from inside the user namespace), no
+ * other host user does (docs/decisions/0018). Root only inside: `bundle/`
+ * (config.json holds the guest's environment), `staging/`, `console.log`.
+ */
 export interface CtGuestPaths {
   dir: string;
   bundle: string;
@@ -52,6 +61,8 @@ export interface CtGuestPaths {
   upper: string;
   work: string;
   rootfs: string;
+  /** Where the idmapped image tree is attached while the overlay is mounted on it. */
+  staging: string;
   consoleLog: string;
   pidFile: string;
 }
@@ -81,13 +92,68 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       upper: join(dir, 'upper'),
       work: join(dir, 'work'),
       rootfs: join(dir, 'rootfs'),
+      staging: join(dir, 'staging'),
       consoleLog: join(dir, 'console.log'),
       pidFile: join(dir, 'init.pid'),
     };
   };
 
-  const baseOf = (spec: GuestSpec): number | undefined =>
-    configValue.privileged(spec.config) ? undefined : idmapBase;
+  const ranges = createIdRanges(stateDir, idmapBase);
+
+  /**
+   * The id range the guest runs under, undefined for a privileged one (no user namespace).
+   * An own range by default (claimed at create); the shared one with
+   * security.idmap.isolated=false. A guest made before decision 18 moves to an own range
+   * at its next start, unless a filesystem volume is attached to it: the volume's files are
+   * in the shared range, and other guests may share the volume, so it stays there, as it was,
+   * until its volumes are detached.
+   */
+  const rangeFor = async (
+    spec: GuestSpec,
+    dir: string,
+    options: { creating?: boolean } = {},
+  ): Promise<IdRange | undefined> => {
+    if (configValue.privileged(spec.config)) return undefined;
+    if (!configValue.idmapIsolated(spec.config)) return ranges.shared(spec.name, dir);
+    const recorded = options.creating ? undefined : await ranges.recorded(dir);
+    // No record at start: a guest made before decision 18.
+    if ((recorded === undefined && !options.creating) || recorded?.kept) {
+      const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+      if (volumes.some((v) => v.type === 'filesystem')) {
+        if (!recorded) log.warn({ guest: spec.name }, 'kept on the shared id range for its volumes');
+        return ranges.shared(spec.name, dir, { kept: true });
+      }
+    }
+    return ranges.own(spec.name, dir);
+  };
+
+  /** The range a live guest's init runs under (its uid_map); undefined for a privileged guest. */
+  const liveRange = async (spec: GuestSpec, init: ProcessIdentity): Promise<{ base: number } | undefined> =>
+    configValue.privileged(spec.config) ? undefined : readIdRangeOf(init.pid);
+
+  /**
+   * Moves the upper layer's files to `base` (0 for a privileged guest) when they are in
+   * another range: a guest made before decision 18 (the shared range), a copy, an imported
+   * backup or a restored snapshot of a guest in another range. The upper dir's owner says
+   * which range its files are in: start makes it the guest's root every time, and a
+   * guest can set it to no other range's base. A shift cut short is finished at the next
+   * start (shiftIds changes that owner last).
+   */
+  const followRange = async (spec: GuestSpec, upper: string, base: number): Promise<void> => {
+    const owner = (await lstat(upper)).uid;
+    let from = owner;
+    if (!isRangeBase(idmapBase, owner)) {
+      // The guest gave its / to one of its other ids: its files are where they were.
+      from = (await ranges.recorded(guestDirOf(stateDir, spec.name)))?.base ?? base;
+    }
+    if (from === base) return;
+    const started = Date.now();
+    const changed = await shiftIds(upper, { from, to: base, size: ID_MAP_SIZE });
+    log.info(
+      { guest: spec.name, from, to: base, changed, ms: Date.now() - started },
+      'moved the guest to its id range',
+    );
+  };
 
   const initOf = (image: ImageHandle): string[] => {
     const raw = image.record.properties.init;
@@ -144,26 +210,48 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       await runner.run([...runc, 'delete', '--force', spec.name], { allowFailure: true });
     }
     await unmountIfMounted(p.rootfs, { runner });
+    // Only a start killed between its two mounts leaves the idmapped tree attached here.
+    await unmountIfMounted(p.staging, { runner });
     await removeCgroup(cgroupsPath(spec));
     await rm(p.pidFile, { force: true });
     if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
   };
 
-  const writeBundle = async (spec: GuestSpec, image: ImageHandle): Promise<void> => {
+  /** config.json holds the guest's environment: root only (written whole, then renamed). */
+  const writeConfig = async (path: string, oci: OciSpec): Promise<void> => {
+    await writeFile(`${path}.tmp`, `${JSON.stringify(oci, null, 2)}\n`, { mode: 0o600 });
+    await chmod(`${path}.tmp`, 0o600);
+    await rename(`${path}.tmp`, path);
+  };
+
+  const writeBundle = async (
+    spec: GuestSpec,
+    image: ImageHandle,
+    range: IdRange | undefined,
+  ): Promise<void> => {
     const p = pathsOf(spec);
     const oci = buildOciSpec(spec, {
       rootfsPath: p.rootfs,
       init: initOf(image),
-      idmapBase: baseOf(spec),
+      idmapBase: range?.base,
       cgroupsPath: cgroupsPath(spec),
       hostHardLimits: await readHardLimits(),
       stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
     });
     // Attached filesystem volumes: bind mounts, their root owned by the guest's root.
     const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
-    for (const v of volumes) await prepareCtVolume(v, baseOf(spec) ?? 0);
+    for (const v of volumes) await prepareCtVolume(v, range?.base ?? 0);
     oci.mounts.push(...ctVolumeMounts(volumes));
-    await writeFile(p.config, `${JSON.stringify(oci, null, 2)}\n`);
+    await writeConfig(p.config, oci);
+  };
+
+  /**
+   * Closes the guest's directory to every host user but the guest's root (docs/decisions/0018):
+   * root's, group the range's base, 0710; a privileged guest's is root's alone (0700).
+   */
+  const closeGuestDir = async (p: CtGuestPaths, range: IdRange | undefined): Promise<void> => {
+    await chown(p.dir, 0, range?.base ?? 0);
+    await chmod(p.dir, range ? 0o710 : 0o700);
   };
 
   /**
@@ -181,22 +269,46 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     }
   };
 
-  /** A guest's uid/gid as the host has it (shifted into the user namespace's range unless privileged). */
-  const hostId = (spec: GuestSpec, id: number, what: string): number => {
-    const base = baseOf(spec);
-    if (base === undefined) return id;
-    if (id >= ID_MAP_SIZE) {
+  const checkedDirs = new Set<string>();
+  /**
+   * A guest made before decision 18 has an open directory (0711: its upper layer and its
+   * mounted root reachable by every host user) and a world-readable config.json. The first
+   * inspect in a daemon's life (re-adoption at start) closes them at once, without waiting for
+   * the guest's next start: to its running init's range (the mount stays as it is, so its root
+   * must still pass), or to root alone while it is stopped. Its range moves at its next start.
+   */
+  const closeEarlierDir = async (
+    spec: GuestSpec,
+    p: CtGuestPaths,
+    init: ProcessIdentity | undefined,
+  ): Promise<void> => {
+    if (((await stat(p.dir)).mode & 0o007) === 0) return;
+    await mkdir(join(stateDir, 'guests'), { recursive: true, mode: 0o711 });
+    await chmod(join(stateDir, 'guests'), 0o711);
+    await chmod(p.bundle, 0o700).catch(() => {});
+    await chmod(p.config, 0o600).catch(() => {});
+    const range = init ? await liveRange(spec, init) : undefined;
+    await closeGuestDir(p, range && { ...range, size: ID_MAP_SIZE, own: false });
+    log.info({ guest: spec.name, running: init !== undefined }, 'closed the directory of an earlier guest');
+  };
+
+  /** Refuses a uid/gid an unprivileged guest does not have (its range maps 0 to 65535). */
+  const checkGuestId = (spec: GuestSpec, id: number, what: string): void => {
+    if (!configValue.privileged(spec.config) && id >= ID_MAP_SIZE) {
       throw invalidArgument(
         `The ${what} ${id} does not exist in unprivileged guest ${spec.name}: use 0 to ${ID_MAP_SIZE - 1}`,
       );
     }
-    return base + id;
+  };
+  /** A guest's uid/gid as the host has it (in the guest's range; itself for a privileged guest). */
+  const hostId = (spec: GuestSpec, range: { base: number } | undefined, id: number, what: string): number => {
+    checkGuestId(spec, id, what);
+    return range === undefined ? id : range.base + id;
   };
   /** A host uid/gid as the guest sees it (the overflow id 65534 when unmapped). */
-  const guestId = (spec: GuestSpec, id: number): number => {
-    const base = baseOf(spec);
-    if (base === undefined) return id;
-    return id >= base && id < base + ID_MAP_SIZE ? id - base : 65534;
+  const guestId = (range: { base: number } | undefined, id: number): number => {
+    if (range === undefined) return id;
+    return id >= range.base && id < range.base + ID_MAP_SIZE ? id - range.base : 65534;
   };
 
   /**
@@ -204,14 +316,14 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
    * through the same symlink-safe walk as `file push` (the upper layer is the
    * guest's own and may hold links planted in an earlier boot).
    */
-  const injectFiles = async (spec: GuestSpec, root: string): Promise<void> => {
+  const injectFiles = async (spec: GuestSpec, root: string, range: IdRange | undefined): Promise<void> => {
     for (const f of injectedFiles(spec.config)) {
       try {
         await writeFileInRoot(root, f.path, f.content, {
           mode: f.mode,
-          uid: hostId(spec, f.uid, 'uid'),
-          gid: hostId(spec, f.gid, 'gid'),
-          createDirs: { uid: hostId(spec, 0, 'uid'), gid: hostId(spec, 0, 'gid') },
+          uid: hostId(spec, range, f.uid, 'uid'),
+          gid: hostId(spec, range, f.gid, 'gid'),
+          createDirs: { uid: hostId(spec, range, 0, 'uid'), gid: hostId(spec, range, 0, 'gid') },
         });
       } catch (e) {
         const message = e instanceof Error ? e.message : String(e);
@@ -227,8 +339,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
   /** `/proc/PID/root` of the running guest's init: its root with its own mounts; checked against pid reuse. */
   const liveRoot = async (spec: GuestSpec) => {
     const init = await runningInit(spec);
+    const range = await liveRange(spec, init);
     return {
       root: `/proc/${init.pid}/root`,
+      range,
       verify: async () => {
         if (!(await isSameProcess(init))) {
           throw failedPrecondition(`Guest ${spec.name} stopped meanwhile: start it and try again`);
@@ -267,6 +381,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       const script = await runner.run(['script', '--version'], { allowFailure: true }).catch(() => undefined);
       if (script?.code !== 0) warnings.push('util-linux script is missing: exec with a tty will fail.');
       details.idmapBase = String(idmapBase);
+      details.idmap = 'a range of 65536 ids per guest (security.idmap.isolated), the image tree idmapped';
       details.cgroupParent = cgroupParent;
       return {
         model: 'ct',
@@ -290,8 +405,8 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         );
       }
       for (const f of injectedFiles(spec.config)) {
-        hostId(spec, f.uid, `uid of ${INJECTED_FILE_PREFIX}${f.path}`);
-        hostId(spec, f.gid, `gid of ${INJECTED_FILE_PREFIX}${f.path}`);
+        checkGuestId(spec, f.uid, `uid of ${INJECTED_FILE_PREFIX}${f.path}`);
+        checkGuestId(spec, f.gid, `gid of ${INJECTED_FILE_PREFIX}${f.path}`);
       }
     },
 
@@ -300,16 +415,26 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       const p = pathsOf(spec);
       if (await exists(p.bundle)) return;
       await withRevert(async (r) => {
-        await mkdir(join(stateDir, 'guests'), { recursive: true });
-        // 0711: a user-namespaced runc init must be able to walk to rootfs/, nothing more.
+        // 0711: guests' roots pass it on the way to their own directory; nobody lists it.
+        await mkdir(join(stateDir, 'guests'), { recursive: true, mode: 0o711 });
+        await chmod(join(stateDir, 'guests'), 0o711);
         // A storage pool may have made the directory already (and removes it itself).
         if (!isPoolLinked(join(stateDir, 'guests', spec.name))) {
-          await mkdir(p.dir, { mode: 0o711 });
+          await mkdir(p.dir, { mode: 0o700 });
           r.add(() => rm(p.dir, { recursive: true, force: true }));
         }
-        for (const d of [p.bundle, p.upper, p.work, p.rootfs]) await mkdir(d, { mode: 0o755 });
+        await chmod(p.dir, 0o700);
+        const range = await rangeFor(spec, p.dir, { creating: true });
+        r.add(() => ranges.release(spec.name, p.dir));
+        await mkdir(p.bundle, { mode: 0o700 });
+        await mkdir(p.staging, { mode: 0o700 });
+        // upper's root is the guest's / (overlayfs gives it upper's owner and mode); its owner
+        // also says which range the files below are in (followRange).
+        for (const d of [p.upper, p.work, p.rootfs]) await mkdir(d, { mode: 0o755 });
+        await chown(p.upper, range?.base ?? 0, range?.base ?? 0);
         await writeFile(p.consoleLog, '', { mode: 0o600 });
-        await writeBundle(spec, image);
+        await writeBundle(spec, image, range);
+        await closeGuestDir(p, range);
       });
     },
 
@@ -327,16 +452,31 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
       return withRevert(async (r) => {
-        const base = baseOf(spec);
-        if (base !== undefined) await ensureTraversable(spec);
-        const lowerDir = base === undefined ? image.rootfs : await image.shiftedRootfs(base);
+        const range = await rangeFor(spec, p.dir);
+        if (range !== undefined) await ensureTraversable(spec);
+        const base = range?.base ?? 0;
+        await followRange(spec, p.upper, base);
         // The overlay's root directory takes the upper dir's owner: make it the guest's root.
-        await chown(p.upper, base ?? 0, base ?? 0);
-        await chown(p.work, base ?? 0, base ?? 0);
-        await mountOverlay(p.rootfs, { lowerDir, upperDir: p.upper, workDir: p.work }, { runner });
+        await chown(p.upper, base, base);
+        await chown(p.work, base, base);
+        await closeGuestDir(p, range);
+        // Guests made before decision 18 have no staging dir (and a world-readable config.json).
+        await mkdir(p.staging, { mode: 0o700 }).catch(() => {});
+        await chmod(p.bundle, 0o700);
+        await mountOverlayRootfs(
+          {
+            tree: image.rootfs,
+            staging: p.staging,
+            upper: p.upper,
+            work: p.work,
+            target: p.rootfs,
+            ...(range && { idmap: range }),
+          },
+          { runner },
+        );
         r.add(() => unmountIfMounted(p.rootfs, { runner }));
-        await injectFiles(spec, p.rootfs);
-        await writeBundle(spec, image);
+        await injectFiles(spec, p.rootfs, range);
+        await writeBundle(spec, image, range);
         r.add(() => cleanUpRuntime(spec));
 
         // The previous boots' output is kept in console.log.1 once it passes 1 MiB. (A running
@@ -441,19 +581,30 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       const init = await liveInit(spec);
       if (init) await driver.stop(spec, { timeoutMs: 0, force: true });
       await cleanUpRuntime(spec);
-      if (await isMountPoint(p.rootfs)) {
-        throw internal(
-          `${p.rootfs} is still mounted: unmount it by hand, then delete guest ${spec.name} again.`,
-        );
+      for (const point of [p.rootfs, p.staging]) {
+        if (await isMountPoint(point)) {
+          throw internal(
+            `${point} is still mounted: unmount it by hand, then delete guest ${spec.name} again.`,
+          );
+        }
       }
+      // Given back first: a claim that outlived its guest would hold 65536 ids for ever.
+      await ranges.release(spec.name, p.dir);
       await rm(p.dir, { recursive: true, force: true });
       // The parent goes once its last guest is gone; rmdir refuses while others remain.
       await removeCgroup(cgroupParent);
     },
 
     async inspect(spec, known): Promise<RuntimeState> {
-      if (!(await exists(pathsOf(spec).dir))) return { state: 'absent' };
+      const p = pathsOf(spec);
+      if (!(await exists(p.dir))) return { state: 'absent' };
       const init = await liveInit(spec, known);
+      if (!checkedDirs.has(spec.name)) {
+        checkedDirs.add(spec.name);
+        await closeEarlierDir(spec, p, init).catch((e: unknown) =>
+          log.warn({ guest: spec.name, err: String(e) }, 'cannot close the guest directory'),
+        );
+      }
       if (!init) return { state: 'stopped' };
       const freezer = await readFreezerState(cgroupsPath(spec));
       return { state: freezer === 'FROZEN' || freezer === 'FREEZING' ? 'frozen' : 'running', process: init };
@@ -469,7 +620,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         // Keep the bundle in step so that config.json tells the truth (start rewrites it anyway).
         const oci = await readBundle(spec);
         oci.linux.resources = ociResources(spec.config);
-        await writeFile(p.config, `${JSON.stringify(oci, null, 2)}\n`);
+        await writeConfig(p.config, oci);
       }
       if (!(await liveInit(spec))) return [];
       const live = changedKeys.filter((k) => RUNC_UPDATE_KEYS.has(k));
@@ -533,21 +684,21 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     // On the host side, through the init's /proc/PID/root: the guest's own view with its mounts
     // (a /tmp tmpfs…), walked symlink-safely (host/rooted-fs.ts). Works on frozen guests too.
     async pushFile(spec, options) {
-      const { root, verify } = await liveRoot(spec);
-      const rootId = { uid: hostId(spec, 0, 'uid'), gid: hostId(spec, 0, 'gid') };
+      const { root, verify, range } = await liveRoot(spec);
+      const rootId = { uid: hostId(spec, range, 0, 'uid'), gid: hostId(spec, range, 0, 'gid') };
       await writeFileInRoot(root, options.path, options.data, {
         mode: options.mode,
-        uid: hostId(spec, options.uid, 'uid'),
-        gid: hostId(spec, options.gid, 'gid'),
+        uid: hostId(spec, range, options.uid, 'uid'),
+        gid: hostId(spec, range, options.gid, 'gid'),
         ...(options.createDirs ? { createDirs: rootId } : {}),
         verify,
       });
     },
 
     async pullFile(spec, path) {
-      const { root, verify } = await liveRoot(spec);
+      const { root, verify, range } = await liveRoot(spec);
       const file = await readFileInRoot(root, path, { maxBytes: GUEST_FILE_MAX_BYTES, verify });
-      return { ...file, uid: guestId(spec, file.uid), gid: guestId(spec, file.gid) };
+      return { ...file, uid: guestId(range, file.uid), gid: guestId(range, file.gid) };
     },
 
     consoleLogPath(spec) {

@@ -1,7 +1,9 @@
 import { chown, stat } from 'node:fs/promises';
+import { configValue } from '../../core/config-keys.ts';
 import { failedPrecondition, internal } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import type { AttachedVolume, GuestVolumes } from '../guest-volumes.ts';
+import { readIdRangeOf } from './id-ranges.ts';
 import type { OciSpec } from './oci-spec.ts';
 
 /** Bind mounts of a ct guest's filesystem volumes, for its OCI spec (runc makes missing mount points). */
@@ -75,17 +77,14 @@ if (syscall(166, $dst, 2) != 0) { exit 3 if ($! + 0) == 22 || ($! + 0) == 2; die
 const perl = (script: string, args: string[]) => ['env', '-i', '/usr/bin/perl', '-e', script, '--', ...args];
 
 /** Hot attach and detach of filesystem volumes to running ct guests. */
-export function createCtVolumes(options: {
-  runner: ProcessRunner;
-  /** Host uid/gid of root in an unprivileged guest; undefined ids for privileged ones. */
-  rootIdOf: (spec: { config: Record<string, string> }) => number;
-}): GuestVolumes {
+export function createCtVolumes(options: { runner: ProcessRunner }): GuestVolumes {
   const { runner } = options;
   return {
     model: 'ct',
     async attach(spec, volume, { pid }) {
       if (volume.path === undefined) throw internal(`Volume ${volume.volume} has no mount path`);
-      const rootId = options.rootIdOf(spec);
+      // Each unprivileged guest has a range of its own (decision 18): its running init's map says which.
+      const rootId = configValue.privileged(spec.config) ? 0 : (await readIdRangeOf(pid)).base;
       await prepareCtVolume(volume, rootId);
       const r = await runner.run(
         perl(ATTACH_SCRIPT, [String(pid), volume.hostPath, volume.path, String(rootId)]),
