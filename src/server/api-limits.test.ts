@@ -70,7 +70,7 @@ describe('API limits on a TCP server', () => {
   before(async () => {
     app = await buildServer(createFakeServices(), {
       auth: { type: 'token', token: 't' },
-      limits: { requestsPerSecond: 5, requestBurst: 10, connectionsPerClient: 4, connections: 8 },
+      limits: { requestsPerSecond: 1, requestBurst: 10, connectionsPerClient: 4, connections: 8 },
       // The burst must pass within one refill (200 ms): no schema compiling on the first request.
       compileSchemasAtReady: true,
     });
@@ -81,22 +81,26 @@ describe('API limits on a TCP server', () => {
   });
 
   test('a client over its request rate gets 429 with Retry-After; another client is still served', async () => {
-    const answers = [];
-    for (let i = 0; i < 14; i++) answers.push(await get(port, '/1.0/guests', '127.0.0.1'));
-    const statuses = answers.map((a) => a.status);
-    assert.deepEqual(statuses.slice(0, 10), Array(10).fill(200), 'the burst passes');
-    assert.ok(
-      statuses.slice(10).every((s) => s === 429),
-      `then 429: ${statuses}`,
+    // At once, so that a slow machine refills (1 a second) at most one.
+    const answers = await Promise.all(
+      Array.from({ length: 14 }, () => get(port, '/1.0/guests', '127.0.0.1')),
     );
-    const refused = answers.at(-1);
+    const statuses = answers.map((a) => a.status);
+    const passed = statuses.filter((s) => s === 200).length;
+    assert.ok(passed >= 10 && passed <= 11, `the burst passes, no more: ${statuses}`);
+    assert.ok(statuses.filter((s) => s === 429).length >= 3, `then 429: ${statuses}`);
+    assert.ok(
+      statuses.every((s) => s === 200 || s === 429),
+      `${statuses}`,
+    );
+    const refused = answers.find((a) => a.status === 429);
     assert.equal(refused?.retryAfter, '1');
     const body = JSON.parse(refused?.body ?? '{}');
     assert.equal(body.type, 'error');
     assert.equal(body.error_code, 429);
     assert.match(
       body.error,
-      /^Too many requests from 127\.0\.0\.1: at most 5 a second \(bursts of 10\); retry in 1 s$/,
+      /^Too many requests from 127\.0\.0\.1: at most 1 a second \(bursts of 10\); retry in 1 s$/,
     );
     // Unauthenticated floods count too: the limit comes before the token check.
     assert.equal((await get(port, '/1.0/guests', '127.0.0.1')).status, 429);
