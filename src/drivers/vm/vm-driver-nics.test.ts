@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { isTrivisorError } from '../../core/errors.ts';
@@ -127,4 +127,41 @@ test('a vm guest with NICs on a host without networking is refused before anythi
     (e) => isTrivisorError(e) && e.code === 'FailedPrecondition',
   );
   assert.ok(!runner.calls.some((c) => c.kind === 'spawn'), 'QEMU was not launched');
+});
+
+test('a kernel the unprivileged QEMU cannot read is refused before QEMU runs, with what to do', async () => {
+  const events: string[] = [];
+  const runner = fakeRunner(buildsKit);
+  const root = join(dir, 'private-kernel');
+  await mkdir(join(root, 'boot'), { recursive: true });
+  const modules = join(root, 'lib', 'modules', RELEASE);
+  await mkdir(join(modules, 'kernel'), { recursive: true });
+  await writeFile(join(modules, 'modules.dep'), INITRAMFS_MODULES.map((m) => `kernel/${m}.ko:\n`).join(''));
+  for (const m of INITRAMFS_MODULES) await writeFile(join(modules, 'kernel', `${m}.ko`), m);
+  const kernel = join(root, 'boot', `vmlinuz-${RELEASE}`);
+  await writeFile(kernel, '');
+  await chmod(kernel, 0o600);
+  const stateDir = join(root, 'state');
+  const driver = createVmDriver(
+    { runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network: recordingNetworking(events) },
+    { accelerator: 'tcg', bootDir: join(root, 'boot') },
+  );
+  const paths = vmGuestPaths(stateDir, 'v1');
+  await mkdir(paths.dir, { recursive: true });
+  await writeFile(paths.disk, '');
+  const image = { record: { fingerprint: 'fp', properties: {} } } as unknown as ImageHandle;
+  await assert.rejects(
+    driver.start(spec, image),
+    (e) =>
+      isTrivisorError(e) &&
+      e.code === 'FailedPrecondition' &&
+      e.message.includes(`${kernel} is not readable by other users (mode 600)`) &&
+      /chmod o\+r/.test(e.message),
+  );
+  assert.ok(!runner.calls.some((c) => c.kind === 'spawn'), 'QEMU was not launched');
+  assert.deepEqual(
+    events.slice(events.indexOf('plugTaps v1')),
+    ['plugTaps v1', 'unplug v1'],
+    'taps unplugged',
+  );
 });

@@ -474,7 +474,17 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       else warnings.push("qemu-system-x86_64 is missing: install Debian's qemu-system-x86 package.");
       const img = await runner.run(['qemu-img', '--version'], { allowFailure: true }).catch(() => undefined);
       if (img?.code !== 0) warnings.push("qemu-img is missing: install Debian's qemu-utils package.");
-      let supported = version !== '' && img?.code === 0;
+      // The launcher and the descriptor sender are perl-base scripts; setpriv drops to the guest's uid.
+      const setpriv = await runner
+        .run(['setpriv', '--version'], { allowFailure: true })
+        .catch(() => undefined);
+      if (setpriv?.code !== 0) warnings.push('setpriv (util-linux) is missing: QEMU cannot drop root.');
+      const perl = await runner
+        .run(['/usr/bin/perl', '-e', '1'], { allowFailure: true })
+        .catch(() => undefined);
+      if (perl?.code !== 0) warnings.push("/usr/bin/perl is missing: install Debian's perl-base package.");
+      details.uidBase = String(uidBase);
+      let supported = version !== '' && img?.code === 0 && setpriv?.code === 0 && perl?.code === 0;
       if (supported) {
         try {
           const kit = await bootKit();
