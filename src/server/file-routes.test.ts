@@ -13,6 +13,27 @@ describe('file routes (inject)', () => {
     await app.close();
   });
 
+  test('a JSON body with bad attribute headers is a 400, not a TypeError on resume()', async () => {
+    for (const payload of ['{}', 'false', '1', '"x"']) {
+      const r = await app.inject({
+        method: 'POST',
+        url: '/1.0/guests/web1/files?path=/etc/motd',
+        payload,
+        headers: { 'content-type': 'application/json', 'x-trivisor-mode': 'Bad Alias' },
+      });
+      assert.equal(r.statusCode, 400, `${payload}: ${r.body}`);
+      assert.match(r.json().error, /mode/i);
+      const plain = await app.inject({
+        method: 'POST',
+        url: '/1.0/guests/web1/files?path=/etc/motd',
+        payload,
+        headers: { 'content-type': 'application/json' },
+      });
+      assert.equal(plain.statusCode, 400, `${payload}: ${plain.body}`);
+      assert.match(plain.json().error, /raw body/);
+    }
+  });
+
   test('POST then GET /1.0/guests/{name}/files round-trips bytes, mode and owner', async () => {
     const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
     const put = await app.inject({

@@ -124,7 +124,9 @@ export function registerFileRoutes(app: FastifyInstance, ctx: RouteContext): voi
         if (gid !== undefined) push.gid = gid;
         if (h['x-trivisor-create-dirs'] === 'true') push.createDirs = true;
       } catch (e) {
-        request.body?.resume();
+        // A JSON body (wrong Content-Type) is parsed already: only a stream needs draining.
+        const body = request.body as { resume?: unknown } | undefined | null;
+        if (typeof body?.resume === 'function') (body as Readable).resume();
         throw e;
       }
       push.data = await collect(request.body, GUEST_FILE_MAX_BYTES);

@@ -653,6 +653,11 @@ export function send(
     req.on('error', (e: Error & { code?: string; rawPacket?: Buffer }) => {
       clearTimeout(timer);
       // What the client's parser refused (a body after a HEAD's answer, say) was still an answer.
+      // A server may answer an oversized body (413) and close before it is all sent: refused, not lost.
+      if ((e.code === 'EPIPE' || e.code === 'ECONNRESET') && (r.body?.length ?? 0) > 1024 * 1024) {
+        resolve({ status: 0, contentType: '', text: '', ms: performance.now() - started });
+        return;
+      }
       const raw = e.code?.startsWith('HPE_') ? e.rawPacket?.toString('latin1') : undefined;
       const m = raw ? /^HTTP\/1\.[01] (\d{3})[^\r]*\r\n([\s\S]*?)\r\n\r\n([\s\S]*)$/.exec(raw) : null;
       if (m) {
@@ -673,6 +678,7 @@ export function send(
  * an error naming a host path (`hostPaths`: the state dir, say) or showing a stack.
  */
 export function judge(answer: FuzzAnswer, hostPaths: string[]): string | undefined {
+  if (answer.status === 0) return undefined; // closed on an oversized body (see send)
   if (answer.status >= 500) return `HTTP ${answer.status}: ${answer.text.slice(0, 300)}`;
   if (answer.status < 400) return undefined;
   if (answer.text === '') return undefined; // HEAD
@@ -942,7 +948,7 @@ export async function runFuzz(o: FuzzRunOptions): Promise<FuzzReport> {
     }
     report.requests++;
     report.slowestMs = Math.max(report.slowestMs, answer.ms);
-    const cls = `${Math.floor(answer.status / 100)}xx`;
+    const cls = answer.status === 0 ? 'closed' : `${Math.floor(answer.status / 100)}xx`;
     report.byStatus[cls] = (report.byStatus[cls] ?? 0) + 1;
     const wrong = judge(answer, o.hostPaths);
     // 5xx first: they are what a report must show even when cut.
