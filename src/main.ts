@@ -154,7 +154,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     stateDir,
     drivers,
     live: {
-      ct: createCtVolumes({ runner }),
+      ct: createCtVolumes({ runner, idmapBase: IDMAP_BASE }),
       vm: createVmVolumes({ stateDir, runner }),
       pvm: createPvmVolumes({ runner, stateDir }),
     },

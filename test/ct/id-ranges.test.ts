@@ -154,8 +154,8 @@ describe('ct guests run in id ranges of their own', () => {
     await stop(driver, spec);
   });
 
-  test('one made before, with a filesystem volume, stays on the shared range until the volume goes', async () => {
-    const spec = testGuestSpec('rg-vol', 'ct');
+  test("a filesystem volume keeps shared-range ids on disk and is every guest's own through an idmapped mount", async () => {
+    // As guests sharing one range left it: files of guest uid 1000 are host uid base + 1000.
     const hostPath = join(fx.dir, 'vol');
     await mkdir(hostPath, { recursive: true });
     await writeFile(join(hostPath, 'data'), 'shared\n');
@@ -171,22 +171,29 @@ describe('ct guests run in id ranges of their own', () => {
         sizeBytes: 0,
       },
     ];
-    await withVolumes.create(spec, fx.image);
-    await makeEarlier(spec);
-    const init = await withVolumes.start(spec, fx.image);
-    started.push({ driver: withVolumes, spec });
-    assert.equal((await readIdRangeOf(init.pid)).base, TEST_IDMAP_BASE);
-    assert.equal(await sh(withVolumes, spec, 'stat -c %u /srv/v/data'), '1000\n');
-    assert.deepEqual(JSON.parse(await readFile(join(dirOf(spec.name), 'idmap.json'), 'utf8')), {
-      base: TEST_IDMAP_BASE,
-      size: 65536,
-      kept: true,
-    });
-    await stop(withVolumes, spec);
+    const earlier = testGuestSpec('rg-vol', 'ct');
+    await withVolumes.create(earlier, fx.image);
+    await makeEarlier(earlier);
+    const other = testGuestSpec('rg-vol2', 'ct');
+    await launch(withVolumes, other);
+    const init = await withVolumes.start(earlier, fx.image);
+    started.push({ driver: withVolumes, spec: earlier });
+    const range = await readIdRangeOf(init.pid);
+    assert.notEqual(range.base, TEST_IDMAP_BASE, 'a guest made before moves to its own range, volume or not');
+    for (const spec of [earlier, other]) {
+      assert.equal(await sh(withVolumes, spec, 'stat -c "%u %g" /srv/v/data /srv/v'), '1000 1000\n0 0\n');
+    }
+    await sh(withVolumes, earlier, 'echo from-earlier >> /srv/v/data && touch /srv/v/new');
+    await sh(withVolumes, other, 'echo from-other >> /srv/v/data && chown 33:33 /srv/v/new');
+    assert.equal(
+      await sh(withVolumes, earlier, 'cat /srv/v/data; stat -c %u /srv/v/new'),
+      'shared\nfrom-earlier\nfrom-other\n33\n',
+    );
+    // On disk the ids stay those of the shared range, whoever wrote them.
+    assert.equal((await stat(join(hostPath, 'new'))).uid, TEST_IDMAP_BASE + 33);
+    assert.equal((await stat(hostPath)).uid, TEST_IDMAP_BASE);
+    await stop(withVolumes, earlier);
     volumes = [];
-    const again = await withVolumes.start(spec, fx.image);
-    assert.notEqual((await readIdRangeOf(again.pid)).base, TEST_IDMAP_BASE);
-    await stop(withVolumes, spec);
   });
 
   test('security.idmap.isolated=false shares one range; back to true, the guest takes its own', async () => {

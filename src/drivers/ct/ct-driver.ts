@@ -22,7 +22,8 @@ import type {
   ProbeResult,
   RuntimeState,
 } from '../guest-driver.ts';
-import { ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
+import type { AttachedVolume } from '../guest-volumes.ts';
+import { attachCtVolume, ctVolumeIdmap, ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
 import { createIdRanges, type IdRange, isRangeBase, readIdRangeOf } from './id-ranges.ts';
 import { readNetnsInterfaces } from './netns-interfaces.ts';
@@ -102,28 +103,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
   /**
    * The id range the guest runs under, undefined for a privileged one (no user namespace).
-   * An own range by default (claimed at create); the shared one with
-   * security.idmap.isolated=false. A guest made before decision 18 moves to an own range
-   * at its next start, unless a filesystem volume is attached to it: the volume's files are
-   * in the shared range, and other guests may share the volume, so it stays there, as it was,
-   * until its volumes are detached.
+   * An own range by default (claimed at create, or at the first start of a guest made before
+   * decision 18); the shared one with security.idmap.isolated=false.
    */
-  const rangeFor = async (
-    spec: GuestSpec,
-    dir: string,
-    options: { creating?: boolean } = {},
-  ): Promise<IdRange | undefined> => {
+  const rangeFor = async (spec: GuestSpec, dir: string): Promise<IdRange | undefined> => {
     if (configValue.privileged(spec.config)) return undefined;
     if (!configValue.idmapIsolated(spec.config)) return ranges.shared(spec.name, dir);
-    const recorded = options.creating ? undefined : await ranges.recorded(dir);
-    // No record at start: a guest made before decision 18.
-    if ((recorded === undefined && !options.creating) || recorded?.kept) {
-      const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
-      if (volumes.some((v) => v.type === 'filesystem')) {
-        if (!recorded) log.warn({ guest: spec.name }, 'kept on the shared id range for its volumes');
-        return ranges.shared(spec.name, dir, { kept: true });
-      }
-    }
     return ranges.own(spec.name, dir);
   };
 
@@ -224,11 +209,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     await rename(`${path}.tmp`, path);
   };
 
+  /** Writes config.json; returns the volumes to attach after `runc create` (an unprivileged guest's). */
   const writeBundle = async (
     spec: GuestSpec,
     image: ImageHandle,
     range: IdRange | undefined,
-  ): Promise<void> => {
+  ): Promise<AttachedVolume[]> => {
     const p = pathsOf(spec);
     const oci = buildOciSpec(spec, {
       rootfsPath: p.rootfs,
@@ -238,11 +224,14 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       hostHardLimits: await readHardLimits(),
       stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
     });
-    // Attached filesystem volumes: bind mounts, their root owned by the guest's root.
-    const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
-    for (const v of volumes) await prepareCtVolume(v, range?.base ?? 0);
-    oci.mounts.push(...ctVolumeMounts(volumes));
+    // Attached filesystem volumes, their root owned by the guest's root as the volume stores it.
+    // A privileged guest's are runc bind mounts; an unprivileged guest's are idmapped from its
+    // range to the shared one volumes store (ct-volumes.ts), which runc cannot do.
+    const volumes = ((await ctx.volumes?.resolve(spec)) ?? []).filter((v) => v.type === 'filesystem');
+    for (const v of volumes) await prepareCtVolume(v, range ? idmapBase : 0);
+    if (!range) oci.mounts.push(...ctVolumeMounts(volumes));
     await writeConfig(p.config, oci);
+    return range ? volumes.filter((v) => v.path !== undefined) : [];
   };
 
   /**
@@ -424,7 +413,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           r.add(() => rm(p.dir, { recursive: true, force: true }));
         }
         await chmod(p.dir, 0o700);
-        const range = await rangeFor(spec, p.dir, { creating: true });
+        const range = await rangeFor(spec, p.dir);
         r.add(() => ranges.release(spec.name, p.dir));
         await mkdir(p.bundle, { mode: 0o700 });
         await mkdir(p.staging, { mode: 0o700 });
@@ -476,8 +465,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         );
         r.add(() => unmountIfMounted(p.rootfs, { runner }));
         await injectFiles(spec, p.rootfs, range);
-        await writeBundle(spec, image, range);
+        const volumes = await writeBundle(spec, image, range);
         r.add(() => cleanUpRuntime(spec));
+        // Create, plug NICs into the guest's network namespace and mount volumes into its mount
+        // namespace, then start: init finds its interfaces and volumes at boot.
+        const twoSteps = withNics || volumes.length > 0;
 
         // The previous boots' output is kept in console.log.1 once it passes 1 MiB. (A running
         // guest holds its log open, so a guest that prints without end still grows it until restart.)
@@ -496,9 +488,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
             // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
             [
               ...runc,
-              // With NICs: create, plug the NICs into the guest's network namespace, then start,
-              // so that init finds its interfaces at boot.
-              ...(withNics ? ['create'] : ['run', '--detach']),
+              ...(twoSteps ? ['create'] : ['run', '--detach']),
               '--no-new-keyring',
               '--pid-file',
               p.pidFile,
@@ -528,10 +518,17 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           throw internal(`runc could not start guest ${spec.name} (exit ${code}): ${detail || 'no output'}`);
         }
         const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
-        if (withNics && ctx.network) {
-          await ctx.network.plugVeths(spec, pid);
-          await runner.run([...runc, 'start', spec.name]);
+        if (withNics && ctx.network) await ctx.network.plugVeths(spec, pid);
+        for (const volume of volumes) {
+          const idmap = ctVolumeIdmap(idmapBase, base);
+          await attachCtVolume(runner, volume, {
+            pid,
+            rootId: base,
+            guest: spec.name,
+            ...(idmap && { idmap }),
+          });
         }
+        if (twoSteps) await runner.run([...runc, 'start', spec.name]);
         const identity = await readProcessIdentity(pid);
         if (!identity) {
           throw internal(`Guest ${spec.name}'s init (pid ${pid}) exited at once: see ${p.consoleLog}.`);

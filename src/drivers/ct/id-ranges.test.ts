@@ -108,10 +108,7 @@ describe('id ranges', () => {
       base: BASE,
       size: ID_RANGE_SIZE,
       own: false,
-      kept: false,
     });
-    await ranges.shared('f', dir, { kept: true });
-    assert.equal((await ranges.recorded(dir))?.kept, true);
     assert.equal(await ranges.recorded(await dirOf('never')), undefined);
   });
 

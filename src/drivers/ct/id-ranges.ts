@@ -29,13 +29,6 @@ interface IdmapFile {
   base: number;
   size: number;
   slot?: number;
-  /** A guest made before decision 18 that stays on the shared range for its filesystem volumes. */
-  kept?: boolean;
-}
-
-/** A recorded range, and whether it is the shared one kept for a guest made before decision 18. */
-export interface RecordedRange extends IdRange {
-  kept: boolean;
 }
 
 /** Number of guests' own ranges that fit below the highest id. */
@@ -82,17 +75,14 @@ export async function readIdRangeOf(pid: number): Promise<{ base: number; size: 
  */
 export interface IdRanges {
   /** The range recorded for the guest, if any (`dir` is its real directory). */
-  recorded(dir: string): Promise<RecordedRange | undefined>;
+  recorded(dir: string): Promise<IdRange | undefined>;
   /**
    * The guest's own range: the recorded one while its claim is still the guest's,
    * else a newly claimed one (recorded in `dir`). FailedPrecondition when all are taken.
    */
   own(name: string, dir: string): Promise<IdRange>;
-  /**
-   * Records the shared range for the guest (and gives back an own range it held); `kept` marks
-   * a guest made before decision 18 that stays there for its volumes.
-   */
-  shared(name: string, dir: string, options?: { kept?: boolean }): Promise<IdRange>;
+  /** Records the shared range for the guest (and gives back an own range it held). */
+  shared(name: string, dir: string): Promise<IdRange>;
   /** Gives back the guest's own range, if it holds one. */
   release(name: string, dir: string): Promise<void>;
 }
@@ -145,7 +135,7 @@ export function createIdRanges(stateDir: string, idmapBase: number): IdRanges {
   const ranges: IdRanges = {
     async recorded(dir) {
       const r = await readFileRecord(dir);
-      return r && { base: r.base, size: r.size, own: r.slot !== undefined, kept: r.kept === true };
+      return r && { base: r.base, size: r.size, own: r.slot !== undefined };
     },
 
     async own(name, dir) {
@@ -174,13 +164,10 @@ export function createIdRanges(stateDir: string, idmapBase: number): IdRanges {
       return { ...range, own: true };
     },
 
-    async shared(name, dir, options = {}) {
+    async shared(name, dir) {
       const r = await readFileRecord(dir);
       const range = { base: idmapBase, size: ID_RANGE_SIZE };
-      const kept = options.kept === true;
-      if (r?.base !== range.base || r.slot !== undefined || (r.kept === true) !== kept) {
-        await write(dir, kept ? { ...range, kept } : range);
-      }
+      if (r?.base !== range.base || r.slot !== undefined) await write(dir, range);
       await releaseSlot(name, r?.slot);
       return { ...range, own: false };
     },

@@ -1,5 +1,6 @@
 import { failedPrecondition, internal, invalidArgument } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
+import { USERNS_PERL } from './userns-perl.ts';
 
 /** Where and how a ct guest's root is mounted. */
 export interface OverlayRootfs {
@@ -20,42 +21,20 @@ export interface OverlayRootfs {
  * through an idmapped mount of the guest's range (docs/decisions/0018): one
  * copy of the tree serves every guest, whatever its range, and its real-root
  * files are the guest's root's and no one else's. Steps (x86_64 syscalls):
- * a child process unshares a user namespace whose uid_map and gid_map the parent
- * writes (`0 BASE SIZE`), then open_tree(OPEN_TREE_CLONE) of the tree,
+ * a user namespace mapping 0 to the range's base (userns-perl.ts), open_tree(OPEN_TREE_CLONE) of the tree,
  * mount_setattr(MOUNT_ATTR_IDMAP | RDONLY | NODEV | NOSUID, that namespace),
  * move_mount onto the staging dir, mount(2) of the overlay (nodev) on the
  * target, and umount2(MNT_DETACH) of the staging mount: overlayfs holds its
  * own private clone of every layer, so after the mount only the overlay shows.
- * The user namespace goes with the helper (an idmapped mount keeps a copy of
- * the map, not the namespace). The same perl route as the volume helper
+ * The same perl route as the volume helper
  * (decision 11): no native module in the daemon, nothing of the guest run.
  */
 const MOUNT_SCRIPT = `
 BEGIN { @INC = () }
+${USERNS_PERL}
 my ($tree, $stage, $upper, $work, $target, $base, $size) = @ARGV;
 my $nsfd;
-if ($base ne '-') {
-  pipe(my $r1, my $w1) or die "pipe: $!\\n";
-  pipe(my $r2, my $w2) or die "pipe: $!\\n";
-  my $child = fork() // die "fork: $!\\n";
-  if ($child == 0) {
-    close($r1); close($w2);
-    syscall(272, 0x10000000) == 0 or die "unshare(CLONE_NEWUSER): $!\\n";
-    syswrite($w1, 'u'); close($w1);
-    sysread($r2, my $x, 1);
-    exit 0;
-  }
-  close($w1); close($r2);
-  sysread($r1, my $x, 1) == 1 or die "the user namespace helper died\\n";
-  for my $f ('uid_map', 'gid_map') {
-    open(my $m, '>', "/proc/$child/$f") or die "open $f: $!\\n";
-    syswrite($m, "0 $base $size\\n") or die "write $f: $!\\n";
-    close($m) or die "write $f: $!\\n";
-  }
-  open($nsfd, '<', "/proc/$child/ns/user") or die "open the user namespace: $!\\n";
-  close($w2);
-  waitpid($child, 0);
-}
+$nsfd = idmap_userns(0, $base, $size) if $base ne '-';
 my $lower = $tree;
 if (defined $nsfd) {
   my $fd = syscall(428, -100, $tree, 0x1 | 0x80000);
