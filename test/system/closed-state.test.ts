@@ -182,6 +182,8 @@ describe('a local user gets nothing from the state directory (issue 11, findings
     d.ok(['export', 'sec1', path.join(work, 'sec1.tar.zst')]);
     d.ok(['snapshot', 'create', 'sec1', 'snap0']);
 
+    const backups = await stat(path.join(d.stateDir, 'backups'));
+    assert.equal(backups.mode & 0o777, 0o700, 'backups/ is root-only');
     for (const name of ['store.db', 'store.db-wal', 'store.db-shm', 'token']) {
       const st = await stat(path.join(d.stateDir, name)).catch(() => undefined);
       if (name !== 'store.db-shm' || st) {

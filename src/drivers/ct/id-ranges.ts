@@ -83,7 +83,7 @@ export interface IdRanges {
   own(name: string, dir: string): Promise<IdRange>;
   /** Records the shared range for the guest (and gives back an own range it held). */
   shared(name: string, dir: string): Promise<IdRange>;
-  /** Gives back the guest's own range, if it holds one. */
+  /** Gives back the guest's own range, if it holds one (before its directory goes: see delete). */
   release(name: string, dir: string): Promise<void>;
 }
 
@@ -110,11 +110,17 @@ export function createIdRanges(stateDir: string, idmapBase: number): IdRanges {
   const holderOf = async (slot: number): Promise<string | undefined> =>
     readlink(join(claimsDir, String(slot))).catch(() => undefined);
 
-  const claim = async (name: string): Promise<number> => {
+  /**
+   * Claims the lowest free slot for the guest. The guest's record names the slot before the
+   * claim is made: a daemon killed in between leaves a record whose slot is taken back at the
+   * next start, never a claim that no record names (which would hold a range for ever).
+   */
+  const claim = async (name: string, dir: string): Promise<number> => {
     await mkdir(claimsDir, { recursive: true, mode: 0o700 });
     const taken = new Set((await readdir(claimsDir)).map(Number));
     for (let slot = 0; slot < slots; slot++) {
       if (taken.has(slot)) continue;
+      await write(dir, { base: ownRangeBase(idmapBase, slot), size: ID_RANGE_SIZE, slot });
       try {
         await symlink(name, join(claimsDir, String(slot)));
         return slot;
@@ -153,15 +159,8 @@ export function createIdRanges(stateDir: string, idmapBase: number): IdRanges {
           if (ok) return { base: r.base, size: r.size, own: true };
         }
       }
-      const slot = await claim(name);
-      const range = { base: ownRangeBase(idmapBase, slot), size: ID_RANGE_SIZE };
-      try {
-        await write(dir, { ...range, slot });
-      } catch (e) {
-        await releaseSlot(name, slot);
-        throw e;
-      }
-      return { ...range, own: true };
+      const slot = await claim(name, dir);
+      return { base: ownRangeBase(idmapBase, slot), size: ID_RANGE_SIZE, own: true };
     },
 
     async shared(name, dir) {
