@@ -128,7 +128,10 @@ ensure_npm_packages() {
   say "Installing npm packages ($1)"
   # npm install, not npm ci: npm 11 records only the glibc variants of platform-optional
   # packages (biome's binaries) in the lockfile, and ci then refuses the lockfile.
-  if (cd "$TRIVISOR_SRC" && npm install --no-audit --no-fund --no-save --loglevel=error \
+  # --use-system-ca: npm trusts what apt and curl trust (Debian's store, with the site's own CAs
+  # from /usr/local/share/ca-certificates), not only the CAs built into Node.js.
+  if (cd "$TRIVISOR_SRC" && NODE_OPTIONS="--use-system-ca${NODE_OPTIONS:+ $NODE_OPTIONS}" \
+    npm install --no-audit --no-fund --no-save --loglevel=error \
     --fetch-retries=1 --fetch-timeout=30000 "${omit[@]}" >/dev/null); then
     rm -rf "$kept.tmp" && mkdir -p "$NPM_KEEP_DIR" && cp -a "$TRIVISOR_SRC/node_modules" "$kept.tmp"
     rm -rf "$kept" && mv "$kept.tmp" "$kept"
