@@ -7,11 +7,11 @@ NODE_HOME=/opt/trivisor-node
 NODE_MAJOR=24
 NPM_MAJOR=11
 
-# Debian packages the platform runs: ct (runc), vm (QEMU), pvm (User-Mode Linux), the guest
+# Debian packages the platform runs: ct (runc), vm (QEMU), pvm (User-Mode Linux, jailed by bubblewrap), the guest
 # kit (qemu-guest-agent, e2fsprogs), images (busybox-static, debootstrap, tar compressors),
 # storage (btrfs-progs), networks (dnsmasq-base, not dnsmasq, which starts a system service; nftables).
 RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-linux procps iproute2 ca-certificates
-  qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities e2fsprogs kmod btrfs-progs
+  qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities bubblewrap e2fsprogs kmod btrfs-progs
   dnsmasq-base nftables)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the

@@ -85,8 +85,8 @@ async function makeImage(dir: string): Promise<ImageHandle> {
 /** Builds the fixture; `cleanup()` asserts that no UML process, cgroup or file is left, and removes it all. */
 export async function makePvmFixture(options: PvmDriverOptions = {}): Promise<PvmFixture> {
   const runner = hostRunner();
-  // The guests' uids walk to their disk and the base disk as "other".
-  const dir = await makeRunDir('pvm', { stateDir: 'state', mode: 0o711 });
+  // Closed to every other user: the kernels reach their files through their jails (decision 17).
+  const dir = await makeRunDir('pvm', { stateDir: 'state', mode: 0o700 });
   const stateDir = join(dir, 'state');
   const image = await makeImage(join(dir, 'image'));
   const make = (more: PvmDriverOptions = {}) =>

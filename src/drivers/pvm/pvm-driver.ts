@@ -32,10 +32,9 @@ import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
 import { readCgroupUsage, removeCgroup } from '../../host/cgroups-v1.ts';
 import { ensureSharedMount } from '../../host/mounts.ts';
-import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { isSameProcess, readChildPids, readProcessIdentity } from '../../host/proc-stat.ts';
 import type { QgaClient } from '../../host/qga-client.ts';
 import { qgaPullFile, qgaPushFile } from '../../host/qga-files.ts';
-import { ensureSearchable } from '../../host/searchable-path.ts';
 import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
@@ -44,13 +43,15 @@ import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState
 import { nicDownScript, nicUpScript, probeGuestNics, runGuestScript } from '../guest-nic.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
-import { preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
+import { bootVolumes, preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
 import { killUmlCgroup, makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
 import { privateTunArgv, umlArgv } from './uml-command.ts';
 import { openUmlConsole } from './uml-console.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
+import { BWRAP, JAIL_CPUINFO_FD, JAIL_SECCOMP_FD, programFilesOf, SETPRIV, umlJailArgv } from './uml-jail.ts';
 import { createMconsoleClient, type MconsoleClient } from './uml-mconsole.ts';
 import { readTail, umlNicErrors } from './uml-net-log.ts';
+import { umlSeccompProgram } from './uml-seccomp.ts';
 
 const MiB = 1024 * 1024;
 /** Guest RAM when limits.memory is not set. */
@@ -78,6 +79,8 @@ const KILL_WAIT_MS = 10_000;
 const AGENT_STOP_TIMEOUT_MS = 5_000;
 /** Longest unix socket path (sun_path is 108 bytes with its NUL). */
 const MAX_SOCKET_PATH = 107;
+/** How long start() waits for bwrap to fork the process that becomes the kernel. */
+const JAIL_FORK_TIMEOUT_MS = 10_000;
 
 /** What a pvm driver is built with on top of the shared context. */
 export interface PvmDriverOptions {
@@ -89,15 +92,13 @@ export interface PvmDriverOptions {
    * user namespaces (and a block left for vm).
    */
   uidBase?: number;
-  /** Where UML keeps guest RAM (a tmpfs, so that it never touches the disk). */
-  memoryDir?: string;
   /** The agent connections, shared with the pvm storage (a serial line carries one conversation). */
   agents?: PvmAgentMap;
 }
 
 /** Where a pvm guest keeps its files under the state dir. */
 export interface PvmGuestPaths {
-  /** root 0755: nothing the guest's uid may change. */
+  /** root 0700: the kernel sees only what its jail binds of it (disk/, run/, the config disk). */
   dir: string;
   consoleLog: string;
   /** JSON {pid, startTime} of the main UML process (root-owned: the guest's uid cannot redirect our kills). */
@@ -119,6 +120,8 @@ export interface PvmGuestPaths {
   agentOut: string;
   /** FIFO con0 reads (root's, 0600, fd 5 of the kernel): what `trivisor console` types. */
   consoleIn: string;
+  /** The jail's seccomp program (root's, 0600), written at every start for bwrap to read. */
+  seccomp: string;
 }
 
 interface ProcessRecord extends ProcessIdentity {
@@ -180,12 +183,20 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   const log = ctx.log.child({ driver: 'pvm' });
   const kernelPath = options.kernelPath ?? DEFAULT_UML_KERNEL;
   const uidBase = options.uidBase ?? ctx.idmapBase + 2 * 65_536;
-  const memoryDir = options.memoryDir ?? '/dev/shm';
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const agents: PvmAgentMap = options.agents ?? new Map<string, Promise<AgentConnection>>();
   let uidLock: Promise<unknown> = Promise.resolve();
   const consoles = createConsoleSlots();
+  // What the jail binds for the kernel to run: linux.uml, setpriv and the libraries they load.
+  let programFiles: Promise<string[]> | undefined;
+  const jailProgramFiles = (): Promise<string[]> => {
+    programFiles ??= programFilesOf([kernelPath, SETPRIV], runner).catch((e: unknown) => {
+      programFiles = undefined;
+      throw e;
+    });
+    return programFiles;
+  };
   // UML runs in a mount namespace of its own (privateTunArgv) that follows the state dir's
   // mounts as a slave: made shared once, before the first guest starts.
   let sharedStateDir: Promise<void> | undefined;
@@ -224,6 +235,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       agentIn: join(dir, 'agent.in'),
       agentOut: join(dir, 'agent.out'),
       consoleIn: join(dir, 'console.in'),
+      seccomp: join(dir, 'seccomp.bpf'),
     };
   };
 
@@ -392,17 +404,33 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   };
 
   /**
-   * The kernel runs as the guest's uid, which reaches its disk and the base
-   * disk as "other": every directory on the way must be searchable (o+x).
-   * Directories above the state dir are the administrator's: only checked.
+   * The process that becomes the kernel. bwrap forks once and its first process stays outside
+   * the jail (as root without capabilities) until the kernel exits, so the launcher's pid is
+   * bwrap's and the kernel is its only child. Until the launcher has exec'd bwrap, its children
+   * are the mount, mknod and chown of privateTunArgv: only a child of bwrap counts.
    */
-  const ensureReachable = async (spec: GuestSpec, paths: string[]): Promise<void> => {
-    // The state dir and guests/ are Trivisor's own: they get search (not listing) for others, as for ct.
-    const blocked = await ensureSearchable([stateDir, join(stateDir, 'guests')], paths);
-    if (blocked) {
-      throw failedPrecondition(
-        `pvm guest ${spec.name} cannot start: its kernel runs unprivileged and cannot pass ${blocked}; chmod o+x it or move the state dir.`,
-      );
+  const jailedKernel = async (spec: GuestSpec, launcher: ProcessIdentity): Promise<ProcessIdentity> => {
+    const p = pathsOf(spec);
+    const deadline = Date.now() + JAIL_FORK_TIMEOUT_MS;
+    for (;;) {
+      const exe = await readlink(`/proc/${launcher.pid}/exe`).catch(() => '');
+      if (exe === BWRAP && (await isSameProcess(launcher))) {
+        const [child] = await readChildPids(launcher.pid);
+        const identity = child === undefined ? undefined : await readProcessIdentity(child);
+        if (identity) return identity;
+      }
+      if (!(await isSameProcess(launcher))) {
+        const tail = (await readTail(p.consoleLog).catch(() => '')).trim().split('\n').slice(-2).join(' ');
+        throw internal(
+          `Guest ${spec.name}'s UML jail could not be made: ${tail.slice(0, 400) || 'no output'} (see ${p.consoleLog}).`,
+        );
+      }
+      if (Date.now() >= deadline) {
+        throw unavailable(
+          `Guest ${spec.name}'s UML jail did not start its kernel within ${JAIL_FORK_TIMEOUT_MS / 1000}s.`,
+        );
+      }
+      await sleep(10);
     }
   };
 
@@ -451,14 +479,19 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         .run(['uml_mconsole', '--help'], { allowFailure: true })
         .catch(() => undefined);
       if (!mconsole) warnings.push("uml_mconsole is missing: install Debian's uml-utilities package.");
-      const setpriv = await runner
-        .run(['setpriv', '--version'], { allowFailure: true })
-        .catch(() => undefined);
-      if (setpriv?.code !== 0) warnings.push('setpriv (util-linux) is missing: pvm guests cannot drop root.');
+      const setpriv = await runner.run([SETPRIV, '--version'], { allowFailure: true }).catch(() => undefined);
+      if (setpriv?.code !== 0)
+        warnings.push(`${SETPRIV} (util-linux) is missing: pvm guests cannot drop root.`);
+      if (!(await exists(BWRAP))) {
+        warnings.push(
+          `${BWRAP} is missing: pvm guests cannot be jailed; install Debian's bubblewrap package.`,
+        );
+      }
+      // The jail's seccomp filter is written for x86_64 system call numbers.
+      if (process.arch !== 'x64') warnings.push(`pvm guests need an x86_64 host, not ${process.arch}.`);
       if (!(await exists(join('/sys/fs/cgroup/pids'))))
         warnings.push('The cgroup v1 pids hierarchy is missing.');
       details.cgroupParent = cgroupParent;
-      details.memoryDir = memoryDir;
       return { model: 'pvm', supported: warnings.length === 0, version, warnings, details };
     },
 
@@ -498,8 +531,8 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       await withRevert(async (r) => {
         await mkdir(join(stateDir, 'guests'), { recursive: true });
         // A storage pool may have made the directory already, linked at guests/NAME (and removes it itself).
-        if ((await lstat(p.dir).catch(() => undefined))?.isSymbolicLink()) await chmod(p.dir, 0o755);
-        else await mkdir(p.dir, { mode: 0o755 });
+        if ((await lstat(p.dir).catch(() => undefined))?.isSymbolicLink()) await chmod(p.dir, 0o700);
+        else await mkdir(p.dir, { mode: 0o700 });
         r.add(() => rm(p.dir, { recursive: true, force: true }));
         const uid = await allocateUid(spec);
         await writeFile(p.consoleLog, '', { mode: 0o640 });
@@ -534,6 +567,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
       const running = await liveUml(spec);
       if (running) return running;
       await checkKernel();
+      if (!(await exists(BWRAP))) {
+        throw failedPrecondition(
+          `${BWRAP} is missing: pvm guests run jailed by bubblewrap; install it (apt-get install bubblewrap).`,
+        );
+      }
       const initArgv = imageInitArgv(image.record.properties);
       const program = initArgv[0] ?? '/sbin/init';
       if (program.startsWith('/') && !(await existsInRoot(image.rootfs, program))) {
@@ -564,7 +602,8 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         r.add(() => cleanUpRuntime(spec));
         const procs = await makeUmlCgroup(cgroupsPath(spec));
         await setUmlCgroupLimits(cgroupsPath(spec), limitsOf(spec));
-        await ensureReachable(spec, [baseDisk, p.diskDir]);
+        // Guests made before the jail have a 0755 dir: the kernel needs no path through it any more.
+        await chmod(p.dir, 0o700);
         const raw = await stat(p.raw).catch(() => undefined);
         const diskBytes = diskBytesOf(spec);
         // limits.disk only grows a private disk (the kit grows the file system at boot); it never shrinks one.
@@ -597,11 +636,24 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           hostname: spec.name,
         });
         // Attached block volumes as ubd2 and up, owned by the guest's uid (the kernel opens them as it).
-        const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+        const volumes = bootVolumes((await ctx.volumes?.resolve(spec)) ?? []);
         await preparePvmVolumes(volumes, uid);
         argv.push(...umlVolumeArgs(volumes));
+        // The kernel runs in its jail (uml-jail.ts, decision 17) with only these of the host's files.
+        const jail = umlJailArgv(
+          {
+            uid,
+            programFiles: await jailProgramFiles(),
+            writableDirs: [p.diskDir, p.runDir],
+            readOnlyFiles: [...(raw ? [] : [baseDisk]), ...(withConfig ? [configDisk] : [])],
+            volumes: volumes.map((v) => ({ device: v.device, hostPath: v.hostPath })),
+            memoryTmpfsBytes: memoryBytes + HOST_OVERHEAD_BYTES,
+          },
+          argv,
+        );
+        await writeFile(p.seccomp, umlSeccompProgram(), { mode: 0o600 });
         // The launcher joins the cgroup before exec so that every UML helper is born inside it,
-        // then drops to the guest's uid: the kernel never runs as root on the host.
+        // then the jail drops to the guest's uid: the kernel never runs as root on the host.
         for (const fifo of [p.agentIn, p.agentOut, p.consoleIn]) {
           await rm(fifo, { force: true });
           await runner.run(['mkfifo', '-m', '0600', fifo]);
@@ -609,26 +661,17 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         const launcher = [
           '/bin/sh',
           '-c',
-          // $0 is no positional parameter: `shift 2` drops $1 and $2, leaving the cgroups' procs files.
-          'ulimit -c 0; exec 3<>"$0" 4<>"$1" 5<>"$2" || exit 111; shift 2; ' +
+          // $0 is no positional parameter: `shift 3` drops $1 to $3, leaving the cgroups' procs files.
+          `ulimit -c 0; exec 3<>"$0" 4<>"$1" 5<>"$2" ${JAIL_SECCOMP_FD}<"$3" ${JAIL_CPUINFO_FD}</proc/cpuinfo || exit 111; shift 3; ` +
             'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
           p.agentIn,
           p.agentOut,
           p.consoleIn,
+          p.seccomp,
           ...procs,
           '--',
           ...privateTunArgv(uid),
-          'setpriv',
-          `--reuid=${uid}`,
-          `--regid=${uid}`,
-          '--clear-groups',
-          '--no-new-privs',
-          '--',
-          'env',
-          '-i',
-          'PATH=/usr/sbin:/usr/bin:/sbin:/bin',
-          `TMPDIR=${memoryDir}`,
-          ...argv,
+          ...jail,
         ];
         const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
         const consoleFile = await open(p.consoleLog, 'a', 0o640);
@@ -646,15 +689,16 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
           await consoleFile.close();
         }
         if (pid === undefined) throw internal(`Cannot run ${kernelPath} for guest ${spec.name}.`);
-        const identity = await readProcessIdentity(pid);
-        if (!identity) {
+        const launched = await readProcessIdentity(pid);
+        if (!launched) {
           throw internal(`Guest ${spec.name}'s UML kernel (pid ${pid}) exited at once: see ${p.consoleLog}.`);
         }
+        const identity = await jailedKernel(spec, launched);
         const record: ProcessRecord = { ...identity, uid, memoryBytes };
         await writeFile(`${p.processFile}.tmp`, JSON.stringify(record));
         await rename(`${p.processFile}.tmp`, p.processFile);
         await waitForInit(spec, identity, before);
-        log.info({ guest: spec.name, pid, uid }, 'guest started');
+        log.info({ guest: spec.name, pid: identity.pid, uid }, 'guest started');
         return identity;
       });
     },

@@ -1,4 +1,5 @@
 import { kitKernelArgs } from '../../images/guest-kit.ts';
+import { JAIL_HOSTFS_DIR } from './uml-jail.ts';
 
 /** What a UML kernel is booted with. */
 export interface UmlBootOptions {
@@ -31,7 +32,9 @@ export const PVM_AGENT_DEVICE = '/dev/ttyS1';
  * UML's default for them is an xterm. ssl1 is the guest agent's line, on two
  * FIFOs the launcher hands over as fds 3 and 4. Each NIC is `ethN=tuntap,TAP,MAC`: the kernel opens the
  * host's tap itself (it belongs to the guest's uid), and the kit renames the
- * guest's ethN to the NIC's name.
+ * guest's ethN to the NIC's name. `hostfs=` roots every hostfs mount in an empty directory of
+ * the jail; a guest that climbs out of it with `..` (hostfs does not stop it) finds the jail,
+ * never the host (uml-jail.ts).
  */
 export function umlArgv(options: UmlBootOptions): string[] {
   const kib = Math.floor(options.memoryBytes / 1024);
@@ -43,6 +46,7 @@ export function umlArgv(options: UmlBootOptions): string[] {
     'root=/dev/ubda',
     `umid=${options.umid}`,
     `uml_dir=${options.umlDir}`,
+    `hostfs=${JAIL_HOSTFS_DIR}`,
     'con=null',
     'con0=fd:5,fd:1',
     'ssl=null',
@@ -67,7 +71,9 @@ export function umlArgv(options: UmlBootOptions): string[] {
  * `/dev/net` there and makes a tun node owned by the guest's uid. The namespace dies with the
  * guest; the host's `/dev/net/tun` stays as it is. Opening tun gives the uid nothing it may not
  * have: without CAP_NET_ADMIN it can only attach to a persistent tap that already belongs to it.
- * The pid stays the launcher's (unshare and sh exec), so the driver's process record still holds.
+ * The node is made here rather than in the guest dir because a device node works only on a
+ * file system mounted without nodev, which the state dir need not be; the jail (uml-jail.ts)
+ * binds this node, and nothing else of this namespace, for the kernel. unshare and sh exec.
  */
 export function privateTunArgv(uid: number): string[] {
   return [
