@@ -2,8 +2,10 @@ import assert from 'node:assert/strict';
 import { access, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { isTrivisorError } from '../../src/core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
 import { connectQmp } from '../../src/drivers/vm/qmp-client.ts';
+import { hostRunner } from '../../src/host/runner.ts';
 import { eventually, execIn } from '../drivers/exec-helpers.ts';
 import { testGuestSpec } from '../drivers/guest-spec.ts';
 import { makeVmFixture, qemuProcessesUnder, type VmFixture } from './vm-fixture.ts';
@@ -146,5 +148,25 @@ describe('vm guests: QEMU runs as the guest’s own unprivileged uid', () => {
       await f.assertNoLeftovers(s);
     }
     assert.deepEqual(await qemuProcessesUnder(f.dir), []);
+  });
+
+  test('a disk whose header names a host file as its backing file is not started: root does not open it for QEMU', async () => {
+    // QEMU holds its qcow2 open read-write, header included: a QEMU a guest took over could
+    // name any host file as the backing file for root to open at the next start.
+    const spec = guest('forged-backing');
+    await f.driver.create(spec, f.image);
+    const secret = join(f.dir, 'backing-secret');
+    await writeFile(secret, 'host secret\n'.repeat(1000), { mode: 0o600 });
+    const disk = join(f.stateDir, 'guests', spec.name, 'root.qcow2');
+    await hostRunner().run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'raw', '-b', secret, disk]);
+    await assert.rejects(f.driver.start(spec, f.image), (e: unknown) => {
+      assert.ok(isTrivisorError(e), String(e));
+      assert.equal(e.code, 'FailedPrecondition', e.message);
+      assert.match(e.message, /names a backing file that is not an image's base disk/);
+      return true;
+    });
+    assert.deepEqual(await qemuProcessesUnder(join(f.stateDir, 'guests', spec.name)), [], 'no QEMU started');
+    await f.driver.delete(spec);
+    await f.assertNoLeftovers(spec);
   });
 });

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import {
@@ -375,10 +375,37 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   };
 
   /** The root disk and its backing files, top first, as QEMU must be given them. */
-  const diskChain = async (disk: string): Promise<DiskLayer[]> => {
-    const { stdout } = await runner.run(['qemu-img', 'info', '-U', '--backing-chain', '--output=json', disk]);
-    const chain = JSON.parse(stdout) as Array<{ filename: string; format: string }>;
-    return chain.map((l) => ({ path: l.filename, format: l.format }));
+  /**
+   * The root disk and its backing file, as QEMU is to be given them. QEMU holds the qcow2
+   * open for writing, header included, so a QEMU a guest took over could name any host file
+   * as the backing file, which root would then open for it at the next start: only an
+   * image's base disk (raw, beside the image's current one or under the state dir's
+   * images) is handed over.
+   */
+  const diskChain = async (spec: GuestSpec, image: ImageHandle): Promise<DiskLayer[]> => {
+    const disk = pathsOf(spec).disk;
+    const { stdout } = await runner.run([
+      ...['qemu-img', 'info', '-U', '-f', 'qcow2', '--backing-chain', '--output=json', disk],
+    ]);
+    const [, base, ...deeper] = JSON.parse(stdout) as Array<{ filename: string; format: string }>;
+    const top: DiskLayer = { path: disk, format: 'qcow2' };
+    if (!base) return [top];
+    const real = await realpath(base.filename).catch(() => undefined);
+    const allowed = [
+      dirname(await realpath(await image.baseDisk())),
+      await realpath(join(stateDir, 'images')).catch(() => join(stateDir, 'images')),
+    ];
+    if (
+      deeper.length > 0 ||
+      base.format !== 'raw' ||
+      !real ||
+      !allowed.some((d) => real.startsWith(`${d}/`))
+    ) {
+      throw failedPrecondition(
+        `Guest ${spec.name}'s disk names a backing file that is not an image's base disk (${base.filename}): it is not handed to QEMU; restore the guest from a backup or recreate it.`,
+      );
+    }
+    return [top, { path: real, format: 'raw' }];
   };
 
   const qemuLogTail = async (spec: GuestSpec): Promise<string> =>
@@ -617,7 +644,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           name: spec.name,
           paths: p,
           fds,
-          rootChain: await diskChain(p.disk),
+          rootChain: await diskChain(spec, image),
           kit,
           accelerator: verdict.accelerator,
           machine: guestMachine,
