@@ -221,7 +221,7 @@ describe('bad input gets a 4xx with one clear line, changes nothing and never cr
       };
       execFileSync('cp', [
         '-a',
-        path.join(d.stateDir, 'images', busybox.fingerprint, 'rootfs'),
+        path.join(d.stateDir, 'images', busybox.fingerprint, 'trees', 'rootfs'),
         `${work}/tree`,
       ]);
       execFileSync('sh', [

@@ -36,7 +36,7 @@ describe('images through the CLI', () => {
     const busybox = JSON.parse(d.ok(['image', 'info', 'busybox', '--format', 'json'])) as {
       fingerprint: string;
     };
-    execFileSync('cp', ['-a', path.join(d.stateDir, 'images', busybox.fingerprint, 'rootfs'), tree]);
+    execFileSync('cp', ['-a', path.join(d.stateDir, 'images', busybox.fingerprint, 'trees', 'rootfs'), tree]);
     execFileSync('sh', ['-c', `echo imported > ${tree}/etc/marker`]);
     const tarball = path.join(work, 'rootfs.tar.xz');
     execFileSync('tar', ['-C', tree, '-cJf', tarball, '.']);
