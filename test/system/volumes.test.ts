@@ -188,6 +188,11 @@ describe('custom volumes through the CLI', () => {
     assert.equal(sh('v1', `test -e /sys/block/${dev} && echo there || echo gone`), 'gone\n');
 
     assert.match(d.ok(['storage', 'volume', 'attach', 'default', 'disk1', 'p1']), /\(live\)/);
+    // The kernel runs in its jail (decision 17): the volume was mounted into it, nothing else of the pool.
+    const p1 = JSON.parse(d.ok(['info', 'p1', '--format', 'json'])) as { state: { pid: number } };
+    const inJail = (p: string) => existsSync(`/proc/${p1.state.pid}/root${p}`);
+    assert.ok(inJail('/.uml/volumes/disk1'), 'the volume is in the jail');
+    assert.ok(!inJail(path.join(d.stateDir, 'custom')), "the pool's directory is not");
     // ubd0 is the root disk, ubd1 the config disk's slot: the volume is ubd2, /dev/ubdc.
     assert.equal(Number(sh('p1', 'cat /sys/block/ubdc/size')) * 512, 48 * MiB);
     assert.equal(
@@ -209,6 +214,7 @@ describe('custom volumes through the CLI', () => {
     assert.equal(Number(sh('p1', 'cat /sys/block/ubdc/size')) * 512, 80 * MiB);
     assert.match(d.ok(['storage', 'volume', 'detach', 'default', 'disk1', 'p1']), /\(live\)/);
     assert.equal(sh('p1', 'test -e /sys/block/ubdc && echo there || echo gone'), 'gone\n');
+    assert.ok(!inJail('/.uml/volumes/disk1'), 'and is taken out of the jail');
 
     // Attached to a stopped guest: it is there at the next start (and can still be unplugged live).
     d.ok(['stop', 'p1']);
