@@ -74,8 +74,14 @@ export async function preparePvmVolumes(volumes: readonly AttachedVolume[], uid:
  * first (ATTACH_SCRIPT) and named by its jail path. A guest started before the jail existed
  * (its root has no /.uml) still sees the host's tree and is given the host path, as before.
  */
-export function createPvmVolumes(options: { runner: ProcessRunner; stateDir: string }): GuestVolumes {
+export function createPvmVolumes(options: {
+  runner: ProcessRunner;
+  stateDir: string;
+  /** Where a kernel's root is looked at (`PROC/PID/root`); tests point it elsewhere. */
+  procRoot?: string;
+}): GuestVolumes {
   const { runner, stateDir } = options;
+  const procRoot = options.procRoot ?? '/proc';
   const dirOf = (name: string) => join(stateDir, 'guests', name);
   const mconsoleOf = (name: string) =>
     createMconsoleClient(join(dirOf(name), 'run', 'uml', 'mconsole'), { runner });
@@ -96,7 +102,7 @@ export function createPvmVolumes(options: { runner: ProcessRunner; stateDir: str
   };
   const letter = (n: number) => `/dev/ubd${String.fromCharCode(97 + n)}`;
   const jailed = (pid: number): Promise<boolean> =>
-    access(`/proc/${pid}/root${JAIL_DIR}`).then(
+    access(`${procRoot}/${pid}/root${JAIL_DIR}`).then(
       () => true,
       () => false,
     );
