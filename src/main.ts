@@ -37,9 +37,9 @@ import { createOperationService } from './services/operation-service.ts';
 import { createPoolService } from './services/pool-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
-import { createVolumeResolver, createVolumeService } from './services/volume-service.ts';
-import { createPoolDrivers } from './storage/storage-pools.ts';
-import { createVolumeBackend } from './storage/volumes.ts';
+import { createVolumeResolver, createVolumeService, poolPathOf } from './services/volume-service.ts';
+import { createPoolDrivers, type PoolRecord, poolKeys } from './storage/storage-pools.ts';
+import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
@@ -175,6 +175,15 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   services.pools = poolService;
   await poolService.start();
+  // Every pool's volumes, left open (0711) by earlier versions: root only (decision 18).
+  const poolPaths = (await store.list(poolKeys.poolPrefix)).kvs.map((kv) =>
+    poolPathOf(JSON.parse(kv.value) as PoolRecord, poolDrivers, stateDir),
+  );
+  for (const dir of new Set([stateDir, ...poolPaths])) {
+    await closeVolumesDir(dir).catch((e: unknown) =>
+      log.warn({ err: String(e), pool: dir }, 'cannot close the volumes directory'),
+    );
+  }
   // The busybox image is made again at every start (so an upgraded busybox-static gives a new
   // image), which takes a few hundred ms: once it exists, start-up (re-adoption) does not wait.
   const busybox = images.ensureBusybox();

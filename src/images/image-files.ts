@@ -28,13 +28,13 @@ export interface AddOptions {
 }
 
 /**
- * The image trees on one host, under `${stateDir}/images/<fingerprint>/` (0711):
- * `trees/rootfs/` (the tree, behind `trees/`, 0700: docs/decisions/0018),
- * `image.json` (metadata and size, 0600) and the base disks of vm and pvm
- * guests (0444: a pvm kernel opens its image's as its own uid). Every add
- * builds in `images/.tmp-*` (0700) and renames into place, so a directory named
- * by a fingerprint is always complete. Trees hold no device nodes. Records in
- * the KV store are not kept here.
+ * The image trees on one host, under `${stateDir}/images/<fingerprint>/`, root
+ * only (0700, as `images/`: docs/decisions/0018): `trees/rootfs/` (the tree),
+ * `image.json` (metadata and size) and the base disks of vm and pvm guests
+ * (0444: a pvm kernel reads its image's as its own uid, through the bind mount
+ * its jail gets from root). Every add builds in `images/.tmp-*` and renames into
+ * place, so a directory named by a fingerprint is always complete. Trees hold no
+ * device nodes. Records in the KV store are not kept here.
  */
 export interface ImageFiles {
   /** Path of an image's tree (whether or not it exists). */
@@ -67,7 +67,11 @@ export interface ImageFiles {
   prepare(): Promise<void>;
 }
 
-/** The directory every tree of an image sits behind: root only, so no host user reaches a tree. */
+/**
+ * The directory every tree of an image sits behind: root only, so no host user reaches a tree
+ * even if the image's directory had to be opened again for a guest uid (as it was for pvm
+ * kernels before their jail).
+ */
 const TREES = 'trees';
 
 const FINGERPRINT = /^[0-9a-f]{64}$/;
@@ -116,9 +120,11 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
     }
   };
 
+  // Nothing but the daemon opens anything here: ct guests get the tree through an idmapped mount,
+  // vm guests their disks as descriptors, pvm kernels through bind mounts made by root.
   const ensureImagesDir = async (): Promise<void> => {
-    await mkdir(imagesDir, { recursive: true, mode: 0o711 });
-    await chmod(imagesDir, 0o711);
+    await mkdir(imagesDir, { recursive: true, mode: 0o700 });
+    await chmod(imagesDir, 0o700);
   };
 
   /**
@@ -143,7 +149,7 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       await rename(join(dir, inner), join(trees, inner));
       log.info({ fingerprint, tree: inner }, 'moved an image tree behind trees/');
     }
-    await chmod(dir, 0o711);
+    await chmod(dir, 0o700);
     if (await isFile(join(dir, 'image.json'))) await chmod(join(dir, 'image.json'), 0o600);
   };
 
@@ -195,8 +201,6 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       }
       await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
       signal?.throwIfAborted();
-      // Search only: a pvm guest's kernel opens the image's base disk as its own uid.
-      await chmod(tmp, 0o711);
       try {
         await rename(tmp, imageDir(fingerprint));
       } catch (e) {

@@ -137,6 +137,16 @@ function explain(what: string, e: unknown): Error {
   return e instanceof Error ? e : new Error(text);
 }
 
+/**
+ * Makes a pool's `custom/` root only, if it exists (decision 18): earlier versions left it 0711
+ * for guest uids that no longer walk there. Called for every pool at daemon start.
+ */
+export async function closeVolumesDir(poolPath: string): Promise<void> {
+  await chmod(join(poolPath, 'custom'), 0o700).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'ENOENT') throw e;
+  });
+}
+
 /** The volume backend over the host's tools (truncate, btrfs). */
 export function createVolumeBackend(options: { runner: ProcessRunner }): VolumeBackend {
   const { runner } = options;
@@ -145,9 +155,10 @@ export function createVolumeBackend(options: { runner: ProcessRunner }): VolumeB
   return {
     async create(poolDriver, poolPath, volume) {
       const dir = join(poolPath, 'custom');
-      // 0711: runc bind-mounts a ct volume from inside the guest's user namespace, which needs search rights.
-      await mkdir(dir, { recursive: true, mode: 0o711 });
-      await chmod(dir, 0o711);
+      // Root only (decision 18): the daemon attaches volumes to ct guests (idmapped) and to vm
+      // guests (descriptors), and pvm jails get theirs bound by root; no guest uid walks here.
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await chmod(dir, 0o700);
       const path = volumePath(poolPath, volume);
       if (await lstat(path).catch(() => undefined)) {
         throw failedPrecondition(`${path} exists already: remove it or pick another volume name`);

@@ -189,6 +189,11 @@ describe('ct guests run in id ranges of their own', () => {
       await sh(withVolumes, earlier, 'cat /srv/v/data; stat -c %u /srv/v/new'),
       'shared\nfrom-earlier\nfrom-other\n33\n',
     );
+    assert.match(
+      await sh(withVolumes, other, 'grep " /srv/v " /proc/mounts'),
+      /\bnosuid\b.*\bnodev\b|\bnodev\b.*\bnosuid\b/,
+      'nosuid and nodev, as runc binds volumes',
+    );
     // On disk the ids stay those of the shared range, whoever wrote them.
     assert.equal((await stat(join(hostPath, 'new'))).uid, TEST_IDMAP_BASE + 33);
     assert.equal((await stat(hostPath)).uid, TEST_IDMAP_BASE);
@@ -200,12 +205,18 @@ describe('ct guests run in id ranges of their own', () => {
     const shared = testGuestSpec('rg-shared', 'ct', { 'security.idmap.isolated': 'false' });
     const init = await launch(fx.driver, shared);
     assert.equal((await readIdRangeOf(init.pid)).base, TEST_IDMAP_BASE);
-    await sh(fx.driver, shared, 'mkdir -p /home/u && echo x > /home/u/f && chown -R 1000:1000 /home/u');
+    // The guest also gives its / to another of its ids: the upper dir's owner then names no
+    // range, and the files are taken to be in the range the guest last ran under.
+    await sh(
+      fx.driver,
+      shared,
+      'mkdir -p /home/u && echo x > /home/u/f && chown -R 1000:1000 /home/u && chown 7 /',
+    );
     await stop(fx.driver, shared);
     const own = { ...shared, config: {} };
     const again = await fx.driver.start(own, fx.image);
     assert.notEqual((await readIdRangeOf(again.pid)).base, TEST_IDMAP_BASE);
-    assert.equal(await sh(fx.driver, own, 'stat -c %u /home/u/f'), '1000\n');
+    assert.equal(await sh(fx.driver, own, 'stat -c %u /home/u/f /'), '1000\n0\n');
     await stop(fx.driver, own);
   });
 

@@ -86,11 +86,11 @@ describe('imageFiles', () => {
     assert.deepEqual(await leftovers(), []);
   });
 
-  test('the tree sits behind a root-only directory; the image directory is search-only', async () => {
+  test('the tree sits behind root-only directories', async () => {
     const imageDir = join(stateDir, 'images', busyboxFp);
     assert.equal(images.rootfsPath(busyboxFp), join(imageDir, 'trees', 'rootfs'));
-    assert.equal((await stat(join(stateDir, 'images'))).mode & 0o777, 0o711);
-    assert.equal((await stat(imageDir)).mode & 0o777, 0o711);
+    assert.equal((await stat(join(stateDir, 'images'))).mode & 0o777, 0o700);
+    assert.equal((await stat(imageDir)).mode & 0o777, 0o700);
     assert.equal((await stat(join(imageDir, 'trees'))).mode & 0o777, 0o700);
     assert.equal((await stat(join(imageDir, 'image.json'))).mode & 0o777, 0o600);
     const r = asNobody(['ls', join(imageDir, 'trees', 'rootfs', 'bin')]);
@@ -252,7 +252,7 @@ describe('imageFiles', () => {
     assert.deepEqual((await readdir(imageDir)).sort(), ['image.json', 'trees']);
     assert.deepEqual((await readdir(join(imageDir, 'trees'))).sort(), ['rootfs', 'rootfs-shift-1000000']);
     assert.equal((await stat(join(imageDir, 'trees'))).mode & 0o777, 0o700);
-    assert.equal((await stat(imageDir)).mode & 0o777, 0o711);
+    assert.equal((await stat(imageDir)).mode & 0o777, 0o700);
     assert.equal((await stat(join(imageDir, 'image.json'))).mode & 0o777, 0o600);
     await assert.rejects(lstat(join(imageDir, 'trees', 'rootfs', 'dev', 'evilnull')), { code: 'ENOENT' });
     await restarted.prepare();

@@ -163,6 +163,22 @@ describe('a local user gets nothing from the state directory (issue 11, findings
     d.ok(['delete', '--force', 'ga', 'gb']);
   });
 
+  test('finding 3, through a volume: a setuid file a guest leaves in its volume gives nobody nothing', async () => {
+    d.ok(['storage', 'volume', 'create', 'default', 'vol1', 'size=16MiB']);
+    d.ok(['launch', 'busybox', 'gv']);
+    d.ok(['storage', 'volume', 'attach', 'default', 'vol1', 'gv', '/srv/v']);
+    await copyFile('/bin/bash', path.join(work, 'vbash'));
+    d.ok(['file', 'push', path.join(work, 'vbash'), 'gv/srv/v/sbash']);
+    d.ok(['exec', 'gv', '--', 'sh', '-c', 'chmod 755 /srv/v && chmod 4755 /srv/v/sbash']);
+    const sbash = path.join(d.stateDir, 'custom', 'vol1', 'sbash');
+    assert.equal((await stat(sbash)).mode & 0o7777, 0o4755, 'the volume holds it');
+    const r = asNobody([sbash, '-p', '-c', 'id -u']);
+    assert.notEqual(r.code, 0, `nobody ran the volume's setuid shell as uid ${r.stdout.trim()}`);
+    assert.notEqual(asNobody(['ls', path.join(d.stateDir, 'custom')]).code, 0);
+    d.ok(['delete', '--force', 'gv']);
+    d.ok(['storage', 'volume', 'delete', 'default', 'vol1']);
+  });
+
   test('finding 4: every file under the state dir that holds a secret is root-only', async () => {
     const secret = `s3cret-${randomBytes(12).toString('hex')}`;
     const fileSecret = `filesecret-${randomBytes(12).toString('hex')}`;

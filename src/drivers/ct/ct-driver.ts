@@ -121,16 +121,18 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
    * another range: a guest made before decision 18 (the shared range), a copy, an imported
    * backup or a restored snapshot of a guest in another range. The upper dir's owner says
    * which range its files are in: start makes it the guest's root every time, and a
-   * guest can set it to no other range's base. A shift cut short is finished at the next
-   * start (shiftIds changes that owner last).
+   * guest can set it to no other range's base. When it is no base (the guest gave its / to
+   * another of its ids), the files are in `previous`, the range the guest last ran under. A
+   * shift cut short is finished at the next start (shiftIds changes that owner last).
    */
-  const followRange = async (spec: GuestSpec, upper: string, base: number): Promise<void> => {
+  const followRange = async (
+    spec: GuestSpec,
+    upper: string,
+    base: number,
+    previous: number,
+  ): Promise<void> => {
     const owner = (await lstat(upper)).uid;
-    let from = owner;
-    if (!isRangeBase(idmapBase, owner)) {
-      // The guest gave its / to one of its other ids: its files are where they were.
-      from = (await ranges.recorded(guestDirOf(stateDir, spec.name)))?.base ?? base;
-    }
+    const from = isRangeBase(idmapBase, owner) ? owner : previous;
     if (from === base) return;
     const started = Date.now();
     const changed = await shiftIds(upper, { from, to: base, size: ID_MAP_SIZE });
@@ -441,10 +443,13 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
       return withRevert(async (r) => {
+        // A guest made before decision 18 has no record: it ran on the shared range (or none).
+        const previous =
+          (await ranges.recorded(p.dir))?.base ?? (configValue.privileged(spec.config) ? 0 : idmapBase);
         const range = await rangeFor(spec, p.dir);
         if (range !== undefined) await ensureTraversable(spec);
         const base = range?.base ?? 0;
-        await followRange(spec, p.upper, base);
+        await followRange(spec, p.upper, base, previous);
         // The overlay's root directory takes the upper dir's owner: make it the guest's root.
         await chown(p.upper, base, base);
         await chown(p.work, base, base);

@@ -45,24 +45,25 @@ export async function prepareCtVolume(volume: AttachedVolume, rootId: number): P
  * file system is ever run as host root; after setns paths resolve inside the
  * guest's root, so its symlinks cannot reach the host. Missing directories on
  * the way are made and given to the guest's root.
- * With an idmap (`INNER OUTER COUNT`), the clone is idmapped first
+ * The clone is made nosuid and nodev, and, with an idmap, idmapped
  * (mount_setattr): a volume stores its files in the shared range, and each
  * unprivileged guest, in a range of its own (decision 18), sees them as its own
- * ids, so guests share a volume as they did when they shared one range.
+ * ids, so guests share a volume as they did when they shared one range. Root
+ * is mapped to itself as well, so that the daemon can still write there
+ * (`file push`): an id the idmap does not map cannot create a file (EOVERFLOW).
  */
 const ATTACH_SCRIPT = `
 BEGIN { @INC = () }
 ${USERNS_PERL}
-my ($pid, $src, $dst, $id, $inner, $outer, $count) = @ARGV;
+my ($pid, $src, $dst, $id, $map) = @ARGV;
 open(my $ns, '<', "/proc/$pid/ns/mnt") or die "cannot open the mount namespace of $pid: $!\\n";
 my $fd = syscall(428, -100, $src, 0x1 | 0x80000 | 0x8000);
 die "open_tree $src: $!\\n" if $fd < 0;
-if ($inner ne '-') {
-  my $userns = idmap_userns($inner, $outer, $count);
-  my $attr = pack('QQQQ', 0x100000, 0, 0, fileno($userns));
-  my $none = '';
-  syscall(442, $fd, $none, 0x1000 | 0x8000, $attr, 32) == 0 or die "idmapping the volume (mount_setattr): $!\\n";
-}
+my $userns = $map eq '-' ? undef : idmap_userns($map);
+# nosuid and nodev as runc's bind mounts of volumes have them; the idmap when one is given.
+my $attr = pack('QQQQ', 0x2 | 0x4 | (defined $userns ? 0x100000 : 0), 0, 0, defined $userns ? fileno($userns) : 0);
+my $none = '';
+syscall(442, $fd, $none, 0x1000 | 0x8000, $attr, 32) == 0 or die "mount_setattr of the volume: $!\\n";
 syscall(308, fileno($ns), 0x20000) == 0 or die "setns: $!\\n";
 chdir('/') or die "chdir: $!\\n";
 my $p = '';
@@ -109,7 +110,7 @@ export function attachCtVolumeArgv(volume: AttachedVolume, target: CtVolumeTarge
     volume.hostPath,
     volume.path ?? '',
     String(target.rootId),
-    ...(idmap ? [String(idmap.inner), String(idmap.outer), String(idmap.count)] : ['-', '-', '-']),
+    idmap ? `${idmap.inner} ${idmap.outer} ${idmap.count},0 0 1` : '-',
   ]);
 }
 

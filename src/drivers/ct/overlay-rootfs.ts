@@ -34,7 +34,7 @@ BEGIN { @INC = () }
 ${USERNS_PERL}
 my ($tree, $stage, $upper, $work, $target, $base, $size) = @ARGV;
 my $nsfd;
-$nsfd = idmap_userns(0, $base, $size) if $base ne '-';
+$nsfd = idmap_userns("0 $base $size") if $base ne '-';
 my $lower = $tree;
 if (defined $nsfd) {
   my $fd = syscall(428, -100, $tree, 0x1 | 0x80000);

@@ -1,14 +1,16 @@
 /**
  * A perl sub for the ct helpers (overlay-rootfs.ts, ct-volumes.ts) that makes a
- * user namespace mapping `count` ids from `inner` to host ids from `outer`, and
- * returns an open handle on it, for mount_setattr(MOUNT_ATTR_IDMAP): a child
- * unshares (x86_64 unshare = 272, CLONE_NEWUSER), the parent writes its uid_map
- * and gid_map and opens /proc/CHILD/ns/user, then lets it exit. The handle keeps
- * the namespace; an idmapped mount keeps a copy of the map, not the namespace.
+ * user namespace with the given map (uid_map and gid_map lines, `INNER OUTER
+ * COUNT` each, separated by `,`) and returns an open handle on it, for
+ * mount_setattr(MOUNT_ATTR_IDMAP): a child unshares (x86_64 unshare = 272,
+ * CLONE_NEWUSER), the parent writes its maps and opens /proc/CHILD/ns/user,
+ * then lets it exit. The handle keeps the namespace; an idmapped mount keeps a
+ * copy of the map, not the namespace.
  */
 export const USERNS_PERL = `
 sub idmap_userns {
-  my ($inner, $outer, $count) = @_;
+  my ($map) = @_;
+  $map =~ s/,/\\n/g;
   pipe(my $r1, my $w1) or die "pipe: $!\\n";
   pipe(my $r2, my $w2) or die "pipe: $!\\n";
   my $child = fork() // die "fork: $!\\n";
@@ -23,7 +25,7 @@ sub idmap_userns {
   sysread($r1, my $x, 1) == 1 or die "the user namespace helper died\\n";
   for my $f ('uid_map', 'gid_map') {
     open(my $m, '>', "/proc/$child/$f") or die "open $f: $!\\n";
-    syswrite($m, "$inner $outer $count\\n") or die "write $f: $!\\n";
+    syswrite($m, "$map\\n") or die "write $f: $!\\n";
     close($m) or die "write $f: $!\\n";
   }
   open(my $ns, '<', "/proc/$child/ns/user") or die "open the user namespace: $!\\n";
