@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { fakeRunner } from '../../host/fake-runner.ts';
+import { attachCtVolumeArgv, ctVolumeIdmap } from './ct-volumes.ts';
+import { mountOverlayRootfs, overlayRootfsArgv } from './overlay-rootfs.ts';
+
+const layers = {
+  tree: '/s/images/fp/trees/rootfs',
+  staging: '/s/guests/g/staging',
+  upper: '/s/guests/g/upper',
+  work: '/s/guests/g/work',
+  target: '/s/guests/g/rootfs',
+};
+
+test('the root mount runs perl with no environment, the layers and the range as arguments', () => {
+  const argv = overlayRootfsArgv({ ...layers, idmap: { base: 1_262_144, size: 65536 } });
+  assert.deepEqual(argv.slice(0, 4), ['env', '-i', '/usr/bin/perl', '-e']);
+  assert.match(argv[4] ?? '', /BEGIN \{ @INC = \(\) \}/, 'nothing of the guest is ever loaded');
+  assert.deepEqual(argv.slice(5), ['--', ...Object.values(layers), '1262144', '65536']);
+  assert.deepEqual(overlayRootfsArgv(layers).slice(-2), ['-', '-'], 'a privileged guest: no idmap');
+});
+
+test('a layer path that overlayfs would split is refused before anything runs', () => {
+  for (const bad of ['/s/a,b', '/s/a:b', '/s/a b', 'relative']) {
+    assert.throws(() => overlayRootfsArgv({ ...layers, upper: bad }), { code: 'InvalidArgument' });
+  }
+});
+
+test('a kernel without idmapped mounts is a FailedPrecondition that says what is needed', async () => {
+  const runner = fakeRunner(() => ({
+    code: 1,
+    stderr: 'idmapping the image tree (mount_setattr): Invalid argument\n',
+  }));
+  await assert.rejects(mountOverlayRootfs(layers, { runner }), (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'FailedPrecondition');
+    assert.match(e.message, /idmapped mounts \(Linux 5\.19 or later\)/);
+    return true;
+  });
+});
+
+test("volumes map the shared range onto the guest's, and root onto itself; none on the shared range", () => {
+  assert.equal(ctVolumeIdmap(1_000_000, 1_000_000), undefined);
+  const idmap = ctVolumeIdmap(1_000_000, 1_327_680);
+  assert.deepEqual(idmap, { inner: 1_000_000, outer: 1_327_680, count: 65536 });
+  const volume = {
+    device: 'v',
+    pool: 'default',
+    volume: 'v',
+    type: 'filesystem' as const,
+    hostPath: '/s/custom/v',
+    path: '/srv/v',
+    sizeBytes: 0,
+  };
+  const argv = attachCtVolumeArgv(volume, { pid: 42, rootId: 1_327_680, ...(idmap && { idmap }) });
+  assert.deepEqual(argv.slice(-5), ['42', '/s/custom/v', '/srv/v', '1327680', '1000000 1327680 65536,0 0 1']);
+  assert.equal(attachCtVolumeArgv(volume, { pid: 42, rootId: 0 }).at(-1), '-');
+});
