@@ -197,6 +197,19 @@ describe('a local user gets nothing from the state directory (issue 11, findings
     assert.equal(d.ok(['exec', 'sec1', '--', 'cat', '/etc/app.key']), `${fileSecret}\n`);
     d.ok(['export', 'sec1', path.join(work, 'sec1.tar.zst')]);
     d.ok(['snapshot', 'create', 'sec1', 'snap0']);
+    // A pvm guest gets its injected files on a config disk under the state dir.
+    d.ok([
+      'launch',
+      'busybox',
+      'sec2',
+      '--model',
+      'pvm',
+      '-c',
+      'limits.memory=64MiB',
+      '--file',
+      `/etc/app.key=${path.join(work, 'injected')},mode=0644`,
+    ]);
+    assert.equal(d.ok(['exec', 'sec2', '--', 'cat', '/etc/app.key']), `${fileSecret}\n`);
 
     const backups = await stat(path.join(d.stateDir, 'backups'));
     assert.equal(backups.mode & 0o777, 0o700, 'backups/ is root-only');
@@ -224,6 +237,10 @@ describe('a local user gets nothing from the state directory (issue 11, findings
       const r = asNobody(['cat', holder]);
       assert.notEqual(r.code, 0, `nobody read ${holder}`);
     }
-    d.ok(['delete', '--force', 'sec1']);
+    assert.ok(
+      holders.some((h) => h.includes(`${path.sep}sec2${path.sep}`)),
+      `the pvm guest's config disk holds the file: ${holders.join('\n')}`,
+    );
+    d.ok(['delete', '--force', 'sec1', 'sec2']);
   });
 });
