@@ -6,6 +6,7 @@ import {
   chmod,
   lstat,
   mkdir,
+  open,
   readdir,
   readFile,
   readlink,
@@ -15,6 +16,7 @@ import {
 } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { isTrivisorError } from '../../src/core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
 import { DEFAULT_UML_KERNEL } from '../../src/drivers/pvm/pvm-driver.ts';
 import { umlCgroupPids } from '../../src/drivers/pvm/uml-cgroup.ts';
@@ -299,5 +301,30 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
       ),
       'its agent answers again',
     );
+  });
+
+  test('a COW header rebased onto another host file is refused at the next start: that file never enters the jail', async () => {
+    const s = guest('jail-rebase', { 'limits.memory': '64MiB' });
+    await f.driver.create(s, f.image);
+    await f.driver.start(s, f.image);
+    await f.driver.stop(s, { timeoutMs: 0, force: true });
+    // The kernel owns its COW file, header included: a taken-over one could name any file there.
+    const cow = join(f.stateDir, 'guests', s.name, 'disk', 'root.cow');
+    const header = Buffer.alloc(4096);
+    header.write('/etc/passwd', 0, 'utf8');
+    const handle = await open(cow, 'r+');
+    try {
+      await handle.write(header, 0, header.length, 32);
+    } finally {
+      await handle.close();
+    }
+    await assert.rejects(
+      f.driver.start(s, f.image),
+      (e: unknown) =>
+        isTrivisorError(e) && e.code === 'FailedPrecondition' && /not an image's base disk/.test(e.message),
+    );
+    assert.equal((await f.driver.inspect(s, undefined)).state, 'stopped');
+    await f.assertNoLeftovers(s, { runtimeOnly: true });
+    await f.driver.delete(s);
   });
 });

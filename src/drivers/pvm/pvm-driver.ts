@@ -8,6 +8,7 @@ import {
   readdir,
   readFile,
   readlink,
+  realpath,
   rename,
   rm,
   stat,
@@ -15,7 +16,7 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { isAbsolute, join, posix } from 'node:path';
+import { dirname, isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, isLiveKey } from '../../core/config-keys.ts';
 import {
@@ -39,7 +40,14 @@ import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
-import type { DriverContext, ExecSession, GuestDriver, ProbeResult, RuntimeState } from '../guest-driver.ts';
+import type {
+  DriverContext,
+  ExecSession,
+  GuestDriver,
+  ImageHandle,
+  ProbeResult,
+  RuntimeState,
+} from '../guest-driver.ts';
 import { nicDownScript, nicUpScript, probeGuestNics, runGuestScript } from '../guest-nic.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';
@@ -404,6 +412,34 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
   };
 
   /**
+   * The base disk to boot a COW file over, by the path its header names (UML rewrites a
+   * header whose path differs) and the real file the jail binds there. The kernel owns its
+   * COW file, header included, so a kernel a guest took over could name any host file there,
+   * which root would bind into its jail at the next start: only an image's base disk (beside
+   * the image's current one, or under the state dir's images) is taken. A header naming a
+   * file that is gone gets the image's current base disk, as before.
+   */
+  const baseDiskOf = async (
+    spec: GuestSpec,
+    image: ImageHandle,
+    madeOver: string | undefined,
+  ): Promise<{ path: string; source: string }> => {
+    const current = await image.baseDisk();
+    if (!madeOver || !(await exists(madeOver))) return { path: current, source: current };
+    const real = await realpath(madeOver);
+    const allowed = [
+      dirname(await realpath(current)),
+      await realpath(join(stateDir, 'images')).catch(() => join(stateDir, 'images')),
+    ];
+    if (!allowed.some((d) => real.startsWith(`${d}/`)) || !(await stat(real)).isFile()) {
+      throw failedPrecondition(
+        `Guest ${spec.name}'s disk names a backing file that is not an image's base disk (${madeOver.slice(0, 200)}): it is not given to the kernel; restore a snapshot or backup of the guest, or recreate it.`,
+      );
+    }
+    return { path: madeOver, source: real };
+  };
+
+  /**
    * The process that becomes the kernel. bwrap forks once and its first process stays outside
    * the jail (as root without capabilities) until the kernel exits, so the launcher's pid is
    * bwrap's and the kernel is its only child. Until the launcher has exec'd bwrap, its children
@@ -587,7 +623,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         (h) => h.backingFile,
         () => undefined,
       );
-      const baseDisk = madeOver && (await exists(madeOver)) ? madeOver : await image.baseDisk();
+      const { path: baseDisk, source: baseSource } = await baseDiskOf(spec, image, madeOver);
       const memoryBytes = memoryOf(spec);
       const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
       if (withNics && !ctx.network) {
@@ -645,7 +681,10 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
             uid,
             programFiles: await jailProgramFiles(),
             writableDirs: [p.diskDir, p.runDir],
-            readOnlyFiles: [...(raw ? [] : [baseDisk]), ...(withConfig ? [configDisk] : [])],
+            readOnlyFiles: [
+              ...(raw ? [] : [{ path: baseDisk, source: baseSource }]),
+              ...(withConfig ? [configDisk] : []),
+            ],
             volumes: volumes.map((v) => ({ device: v.device, hostPath: v.hostPath })),
             memoryTmpfsBytes: memoryBytes + HOST_OVERHEAD_BYTES,
           },

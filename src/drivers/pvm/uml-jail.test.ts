@@ -54,6 +54,20 @@ test('the jail binds only what the kernel opens, each at its own host path, read
   assert.ok(!argv.includes('--proc') && !argv.includes('--dev'), 'no procfs, no /dev of the host');
 });
 
+test('a read-only file named by a path with links is bound from its real file at that path', () => {
+  const argv = umlJailArgv(
+    {
+      ...jail,
+      readOnlyFiles: [{ path: '/var/lib/t/images/fp/disk.ext4', source: '/srv/t/images/fp/disk.ext4' }],
+    },
+    kernel,
+  );
+  assert.deepEqual(pairs(argv, '--ro-bind').pop(), [
+    '/srv/t/images/fp/disk.ext4',
+    '/var/lib/t/images/fp/disk.ext4',
+  ]);
+});
+
 test('every directory on the way is 0711 and made before the binds; the root ends read-only', () => {
   const argv = umlJailArgv(jail, kernel);
   const dirs = pairs(argv, '--dir').map(([d]) => d);

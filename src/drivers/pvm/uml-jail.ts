@@ -34,8 +34,11 @@ export interface UmlJail {
   programFiles: readonly string[];
   /** The guest's own directories the kernel writes (its disk dir, its `uml_dir`). */
   writableDirs: readonly string[];
-  /** Files the kernel only reads: the base disk, the config disk. */
-  readOnlyFiles: readonly string[];
+  /**
+   * Files the kernel only reads: the base disk, the config disk. A `source` is bound at
+   * `path` (the base disk named by a path with links in it is bound from its real file).
+   */
+  readOnlyFiles: ReadonlyArray<string | { path: string; source: string }>;
   /** Block volumes, bound at `/.uml/volumes/DEVICE`. */
   volumes: ReadonlyArray<{ device: string; hostPath: string }>;
   /** Size of the RAM tmpfs: the guest's RAM plus what UML maps beyond it. */
@@ -58,7 +61,8 @@ export function jailVolumePath(device: string): string {
  * the child). Only CAP_SETUID and CAP_SETGID reach setpriv, which drops them with root.
  */
 export function umlJailArgv(jail: UmlJail, command: readonly string[]): string[] {
-  const absolute = [...jail.programFiles, ...jail.writableDirs, ...jail.readOnlyFiles];
+  const readOnly = jail.readOnlyFiles.map((f) => (typeof f === 'string' ? { path: f, source: f } : f));
+  const absolute = [...jail.programFiles, ...jail.writableDirs, ...readOnly.map((f) => f.path)];
   for (const path of absolute) {
     if (!posix.isAbsolute(path) || posix.normalize(path) !== path || path.includes(',')) {
       throw internal(`The UML jail cannot bind ${JSON.stringify(path)}: paths must be absolute and normal.`);
@@ -137,7 +141,7 @@ export function umlJailArgv(jail: UmlJail, command: readonly string[]): string[]
     '--tmpfs',
     JAIL_VOLUMES_DIR,
     ...jail.writableDirs.flatMap((d) => ['--bind', d, d]),
-    ...jail.readOnlyFiles.flatMap((f) => ['--ro-bind', f, f]),
+    ...readOnly.flatMap((f) => ['--ro-bind', f.source, f.path]),
     ...jail.volumes.flatMap((v) => ['--bind', v.hostPath, jailVolumePath(v.device)]),
     // Nothing new may appear in the jail's root; hot-plugged volumes go to their own tmpfs.
     '--remount-ro',
