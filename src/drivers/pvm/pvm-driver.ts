@@ -205,8 +205,9 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     });
     return programFiles;
   };
-  // UML runs in a mount namespace of its own (privateTunArgv) that follows the state dir's
-  // mounts as a slave: made shared once, before the first guest starts.
+  // The launcher's mount namespace (privateTunArgv), where bwrap's first process waits while
+  // the guest runs, and the jail's binds of the guest's dirs follow the state dir's mounts as
+  // slaves: made shared once, before the first guest starts.
   let sharedStateDir: Promise<void> | undefined;
   const ensureSharedStateDir = (): Promise<void> => {
     sharedStateDir ??= ensureSharedMount(stateDir, { runner }).then(
