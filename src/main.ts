@@ -35,6 +35,7 @@ import { createImageService } from './services/image-service.ts';
 import { createNetworkService, type NetworkService } from './services/network-service.ts';
 import { createOperationService } from './services/operation-service.ts';
 import { createPoolService } from './services/pool-service.ts';
+import { createProjectService } from './services/project-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
 import { createVolumeResolver, createVolumeService, poolPathOf } from './services/volume-service.ts';
@@ -126,7 +127,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     drivers,
     guests,
   });
-  const services: Services = { guests, networks, images, operations, events, host };
+  const projects = createProjectService({ store });
+  const services: Services = { guests, networks, images, operations, events, host, projects };
 
   services.storage = createStorageService({
     store,

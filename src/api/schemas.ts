@@ -124,6 +124,7 @@ export const NetworkAclRuleSchema = Type.Object(
 
 export const NetworkSchema = Type.Object({
   name: Type.String(),
+  project: Type.String(),
   description: Type.String(),
   type: Type.Literal('bridge'),
   managed: Type.Boolean(),
@@ -182,6 +183,7 @@ export const GuestStateResponseSchema = Type.Object({
 
 export const ImageSchema = Type.Object({
   fingerprint: Type.String(),
+  project: Type.String(),
   aliases: Type.Array(Type.String()),
   description: Type.String(),
   os: Type.String(),
@@ -195,6 +197,7 @@ export const ImageSchema = Type.Object({
 
 export const OperationSchema = Type.Object({
   id: Type.String(),
+  project: Type.String(),
   description: Type.String(),
   status: Type.Union([
     Type.Literal('Pending'),
@@ -215,6 +218,7 @@ export const OperationSchema = Type.Object({
 
 export const EventSchema = Type.Object({
   type: Type.Union([Type.Literal('lifecycle'), Type.Literal('operation'), Type.Literal('logging')]),
+  project: Type.Optional(Type.String()),
   timestamp: Type.String(),
   action: Type.Optional(Type.String()),
   source: Type.Optional(Type.String()),
@@ -247,7 +251,52 @@ export const HostInfoSchema = Type.Object({
   ),
 });
 
+export const ProjectUsageSchema = Type.Object({
+  guests: Type.Integer(),
+  memoryBytes: Type.Number({ description: "Sum of the guests' limits.memory" }),
+  cpus: Type.Number({ description: "Sum of the guests' limits.cpu" }),
+  diskBytes: Type.Number({ description: "Sum of the guests' limits.disk and the custom volumes' sizes" }),
+  networks: Type.Integer(),
+});
+
+export const ProjectSchema = Type.Object({
+  name: Type.String(),
+  description: Type.String(),
+  config: StringMap,
+  createdAt: Type.String(),
+  usage: ProjectUsageSchema,
+  usedBy: Type.Array(Type.String(), {
+    description: 'URLs of the guests, networks, volumes and images it holds',
+  }),
+});
+
 // ---- requests ----
+
+export const CreateProjectBodySchema = Type.Object(
+  {
+    name: Type.String({ description: 'DNS label' }),
+    description: Type.Optional(Type.String()),
+    config: Type.Optional(
+      Type.Record(Type.String(), Type.String(), {
+        description: 'limits.guests, limits.memory, limits.cpu, limits.disk, limits.networks, user.*',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const PatchProjectBodySchema = Type.Object(
+  {
+    description: Type.Optional(Type.String()),
+    config: Type.Optional(
+      Type.Record(Type.String(), Type.Unsafe<string | null>({ type: ['string', 'null'] }), {
+        description: 'Keys to set; a null value unsets the key',
+      }),
+    ),
+    unset: Type.Optional(Type.Array(Type.String(), { description: 'Keys to unset' })),
+  },
+  { additionalProperties: false },
+);
 
 export const CreateGuestBodySchema = Type.Object(
   {
@@ -396,6 +445,8 @@ export const ErrorEnvelopeSchema = Type.Object({
 });
 
 export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
+export type CreateProjectBody = Static<typeof CreateProjectBodySchema>;
+export type PatchProjectBody = Static<typeof PatchProjectBodySchema>;
 export type PatchGuestBody = Static<typeof PatchGuestBodySchema>;
 export type CreateNetworkBody = Static<typeof CreateNetworkBodySchema>;
 export type AddForwardBody = Static<typeof AddForwardBodySchema>;

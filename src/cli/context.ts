@@ -2,11 +2,26 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { createClient, type TrivisorClient } from '../client/client.ts';
 import { invalidArgument } from '../core/errors.ts';
+import { assertProjectName, DEFAULT_PROJECT } from '../core/projects.ts';
 
 /** Global options every command sees. */
 export interface GlobalOptions {
   remote?: string;
   token?: string;
+  /** `--project NAME`: the project every command acts in. */
+  project?: string;
+}
+
+/**
+ * The project a command acts in: `--project`, else TRIVISOR_PROJECT, else the remote's own
+ * default project (`remoteDefault`, from the CLI config file that remotes are kept in),
+ * else `default`. Checked here so that a typo is one clear line before any request.
+ */
+export function projectFor(opts: GlobalOptions, remoteDefault?: string): string {
+  const project =
+    opts.project ?? (process.env.TRIVISOR_PROJECT || undefined) ?? remoteDefault ?? DEFAULT_PROJECT;
+  assertProjectName(project);
+  return project;
 }
 
 /** Where the daemon keeps its state and socket (TRIVISOR_DIR). */
@@ -26,9 +41,9 @@ export function clientOf(command: Command): TrivisorClient {
         `The remote ${JSON.stringify(remote)} is not a URL: write e.g. http://10.0.0.5:8443`,
       );
     }
-    return createClient({ url: remote, token });
+    return createClient({ url: remote, token, project: projectFor(opts) });
   }
-  return createClient({ socketPath: join(stateDir(), 'trivisor.sock') });
+  return createClient({ socketPath: join(stateDir(), 'trivisor.sock'), project: projectFor(opts) });
 }
 
 /** Collects a repeatable option into a list. */

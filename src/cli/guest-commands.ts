@@ -85,9 +85,13 @@ export function addGuestCommands(program: Command): void {
     .alias('ls')
     .description('List guests')
     .addOption(formatOption(['table', 'json', 'yaml'], 'table'))
-    .action(async (opts: { format: OutputFormat }, cmd: Command) => {
-      const guests = await clientOf(cmd).listGuests({ usage: true });
-      process.stdout.write(opts.format === 'table' ? guestTable(guests) : renderData(guests, opts.format));
+    .option('--all-projects', "list every project's guests, with a PROJECT column")
+    .action(async (opts: { format: OutputFormat; allProjects?: boolean }, cmd: Command) => {
+      const all = opts.allProjects === true;
+      const guests = await clientOf(cmd).listGuests({ usage: true, allProjects: all });
+      process.stdout.write(
+        opts.format === 'table' ? guestTable(guests, { withProject: all }) : renderData(guests, opts.format),
+      );
     });
 
   program

@@ -10,6 +10,7 @@ import {
   addMonitorCommand,
   addOperationCommands,
 } from './other-commands.ts';
+import { addProjectCommands } from './project-commands.ts';
 import { addStorageCommands } from './storage-commands.ts';
 import { addVolumeCommands } from './volume-commands.ts';
 
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
     .description('Trivisor: vm, pvm and ct guests from one control plane')
     .option('--remote <url>', 'daemon URL, e.g. http://10.0.0.5:8443 (env TRIVISOR_REMOTE)')
     .option('--token <token>', 'API token for --remote (env TRIVISOR_TOKEN)')
+    .option('--project <name>', 'project to act in (env TRIVISOR_PROJECT; default: default)')
     .showSuggestionAfterError(true)
     // Settings below are inherited by every subcommand added afterwards.
     .exitOverride()
@@ -35,6 +37,7 @@ export function buildProgram(): Command {
   addVolumeCommands(program);
   addNetworkCommands(program);
   addOperationCommands(program);
+  addProjectCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
   return program;

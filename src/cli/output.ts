@@ -42,10 +42,22 @@ export function formatDuration(seconds: number): string {
 
 const dash = (v: string | number | null | undefined) => (v === null || v === undefined ? '-' : String(v));
 
-export function guestTable(guests: Guest[]): string {
+export function guestTable(guests: Guest[], options: { withProject?: boolean } = {}): string {
+  const project = options.withProject === true;
   return renderTable(
-    ['NAME', 'MODEL', 'STATUS', 'IMAGE', 'PID', 'MEMORY', 'PROCESSES', 'IPV4'],
+    [
+      ...(project ? ['PROJECT'] : []),
+      'NAME',
+      'MODEL',
+      'STATUS',
+      'IMAGE',
+      'PID',
+      'MEMORY',
+      'PROCESSES',
+      'IPV4',
+    ],
     guests.map((g) => [
+      ...(project ? [g.project] : []),
       g.name,
       g.model,
       g.status,

@@ -23,6 +23,7 @@ import type {
 import { TrivisorApiError } from './api-error.ts';
 import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
+import { type ProjectClient, projectMethods } from './project-client.ts';
 import { type StorageClient, storageMethods } from './storage-client.ts';
 import { type ClientTarget, createTransport, parseEnvelope } from './transport.ts';
 import { type VolumeClient, volumeMethods } from './volume-client.ts';
@@ -61,9 +62,10 @@ export interface PulledFile {
 }
 
 /** Typed access to every route of the Trivisor API. */
-export interface TrivisorClient extends StorageClient, VolumeClient {
+export interface TrivisorClient extends StorageClient, VolumeClient, ProjectClient {
   serverInfo(): Promise<HostInfo>;
-  listGuests(options?: { usage?: boolean }): Promise<Guest[]>;
+  /** `allProjects`: every project's guests, each with its `project`. */
+  listGuests(options?: { usage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
   getGuest(name: string): Promise<Guest>;
   createGuest(request: CreateGuestBody): Promise<Operation>;
   updateGuestConfig(
@@ -174,8 +176,10 @@ export function createClient(options: ClientTarget): TrivisorClient {
   const client: TrivisorClient = {
     ...storageMethods(transport, { call, callAsync }),
     ...volumeMethods(call),
+    ...projectMethods(call),
     serverInfo: () => call('GET', '/1.0'),
-    listGuests: (o) => call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}`),
+    listGuests: (o) =>
+      call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),
     createGuest: (request) => callAsync('POST', '/1.0/guests', request),
     listNetworks: () => call('GET', '/1.0/networks?recursion=1'),

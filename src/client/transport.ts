@@ -5,8 +5,19 @@ import type WebSocket from 'ws';
 import type { ErrorResponse } from '../api/envelopes.ts';
 import { TrivisorApiError } from './api-error.ts';
 
-/** Where the daemon is: its root-only unix socket, or a URL plus token. */
-export type ClientTarget = { socketPath: string } | { url: string; token: string };
+/**
+ * Where the daemon is: its root-only unix socket, or a URL plus token; and the project
+ * every request acts in (`default` when absent), sent as `?project=` as Incus's client does.
+ */
+export type ClientTarget = ({ socketPath: string } | { url: string; token: string }) & { project?: string };
+
+/** `path` with `project=` added, except on the routes that are not in a project (`/1.0`, `/1.0/projects…`). */
+export function inProject(path: string, project: string | undefined): string {
+  if (project === undefined || project === 'default') return path;
+  const bare = path.split('?')[0] ?? '';
+  if (!bare.startsWith('/1.0/') || bare === '/1.0/projects' || bare.startsWith('/1.0/projects/')) return path;
+  return `${path}${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(project)}`;
+}
 
 /** A raw answer: status, headers, body bytes. */
 export interface RawResponse {
@@ -42,7 +53,8 @@ export function createTransport(target: ClientTarget): Transport {
 
   return {
     describe,
-    async request(method, path, options = {}) {
+    async request(method, rawPath, options = {}) {
+      const path = inProject(rawPath, target.project);
       const headers: Record<string, string> = { ...authHeaders, ...options.headers };
       let payload: Buffer | undefined;
       if (options.json !== undefined) {
@@ -85,7 +97,8 @@ export function createTransport(target: ClientTarget): Transport {
         }
       });
     },
-    async websocket(path) {
+    async websocket(rawPath) {
+      const path = inProject(rawPath, target.project);
       const { default: WebSocket } = await import('ws');
       if (base) {
         const url = new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);

@@ -116,6 +116,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       });
       events.publish({
         type: 'lifecycle',
+        project: spec.project ?? 'default',
         action: 'network-deleted',
         source: `/1.0/networks/${name}`,
         metadata: { name },
@@ -142,6 +143,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       if (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration) {
         events.publish({
           type: 'lifecycle',
+          project: spec.project ?? 'default',
           action: previous ? 'network-updated' : 'network-created',
           source: `/1.0/networks/${name}`,
           metadata: { name, status: status.status },

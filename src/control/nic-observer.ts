@@ -103,6 +103,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   const publish = (action: string, spec: GuestSpec, metadata: Record<string, unknown>) =>
     events.publish({
       type: 'lifecycle',
+      project: spec.project ?? 'default',
       action,
       source: `/1.0/guests/${spec.name}`,
       metadata: { name: spec.name, model: spec.model, ...metadata },

@@ -75,8 +75,10 @@ export interface NicDevice {
 
 /** Desired state of one managed network, stored at `keys.network(name)`. */
 export interface NetworkSpec {
-  /** Also the Linux bridge's name. */
+  /** Also the Linux bridge's name, so unique on the host whatever the project. */
   name: string;
+  /** Absent in records made before projects: `default` (core/projects.ts projectOfRecord). */
+  project?: string;
   description: string;
   /** `ipv4.address` (gateway CIDR), `ipv4.nat`, `dns.domain`, `security.isolated`. */
   config: Record<string, string>;
@@ -136,6 +138,7 @@ export interface NetworkAddressClaim {
 /** A network as the API shows it. */
 export interface Network {
   name: string;
+  project: string;
   description: string;
   type: 'bridge';
   managed: boolean;
@@ -258,6 +261,8 @@ export interface Guest {
 /** Metadata of a stored image: a root file system tree shared read-only by its guests. */
 export interface ImageRecord {
   fingerprint: string;
+  /** Absent in records made before projects: `default`, whose images every project may launch from. */
+  project?: string;
   aliases: string[];
   description: string;
   os: string;
@@ -278,6 +283,7 @@ export type OperationStatus = 'Pending' | 'Running' | 'Success' | 'Failure' | 'C
 /** A long-running action (Incus's operation): listed, waited on, cancelled. */
 export interface Operation {
   id: string;
+  project: string;
   description: string;
   status: OperationStatus;
   createdAt: string;
@@ -295,6 +301,8 @@ export interface Operation {
 /** One entry of the event stream (`/1.0/events`). */
 export interface TrivisorEvent {
   type: 'lifecycle' | 'operation' | 'logging';
+  /** Project of what the event is about; absent: `default` (host-level events included). */
+  project?: string;
   timestamp: string;
   /** e.g. `guest-started`, `guest-stopped`, `image-created`. */
   action?: string;

@@ -23,7 +23,8 @@ import { registerImageRoutes } from './image-routes.ts';
 import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
-import type { RouteContext } from './route-context.ts';
+import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
+import { projectOf, type RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 import { registerStorageRoutes } from './storage-routes.ts';
 import { registerVolumeRoutes } from './volume-routes.ts';
@@ -163,6 +164,12 @@ export async function buildServer(services: Services, options: BuildServerOption
   app.addHook('onRoute', (route) => {
     if ((route as { websocket?: boolean }).websocket) webSocketRoutes.add(route.url);
   });
+  // Every route that lists or acts on project-owned objects takes ?project= (and lists ?all-projects=):
+  // added here, once, so that no route can forget it and docs/openapi.json shows it on each.
+  app.addHook('onRoute', (route) => {
+    if (!isProjectRoute(route.url)) return;
+    route.schema = withProjectQuery(route.schema, { list: isListRoute(route.method, route.url) });
+  });
   const tickets = createWebSocketTickets();
   const authorized = createAuthCheck(options.auth, {
     tickets,
@@ -180,6 +187,11 @@ export async function buildServer(services: Services, options: BuildServerOption
       .header('www-authenticate', 'Bearer')
       .send(errorResponse('Not authorized: send the API token as "Authorization: Bearer <token>"', 401));
     return reply;
+  });
+  // A request in a project that does not exist is a 404 before any route looks at it.
+  app.addHook('preHandler', async (request) => {
+    if (!isProjectRoute(request.routeOptions.url)) return;
+    await services.projects.assertExists(projectOf(request));
   });
 
   await app.register(swagger, {
@@ -218,6 +230,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerOperationRoutes(app, ctx);
   registerNetworkRoutes(app, ctx);
   registerVolumeRoutes(app, ctx);
+  registerProjectRoutes(app, ctx);
 
   app.addHook('onClose', async () => ctx.execs.closeAll());
   return app;

@@ -13,7 +13,9 @@ import { assertDnsLabel } from '../core/names.ts';
 import type { Guest, ImageRecord } from '../core/types.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
+import { createProjectService } from '../services/project-service.ts';
 import type { ExecRequest, ExecSession, Services } from '../services/types.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
 
 /** What a fake exec session saw, for assertions. */
 export interface FakeExecRecord {
@@ -105,6 +107,7 @@ function fakeExec(record: FakeExecRecord): ExecSession {
 
 const IMAGE: ImageRecord = {
   fingerprint: 'a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901234567890abcdef012345',
+  project: 'default',
   aliases: ['busybox'],
   description: 'BusyBox',
   os: 'busybox',
@@ -174,7 +177,10 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
     consoles: [],
     events,
     operations,
+    // Real projects over a memory store; the fake guests and images know nothing of them.
+    projects: createProjectService({ store: createMemoryStore() }),
     guests: {
+      inProject: () => fake.guests,
       async list(opts) {
         const all = [...guestMap.values()];
         return opts?.withUsage ? structuredClone(all) : all.map(withoutUsage);
@@ -282,6 +288,7 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
       },
     },
     images: {
+      inProject: () => fake.images,
       async list() {
         return [...imageMap.values()];
       },

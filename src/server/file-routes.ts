@@ -6,7 +6,7 @@ import { ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/sche
 import { invalidArgument } from '../core/errors.ts';
 import { formatMode, GUEST_FILE_MAX_BYTES, parseMode } from '../core/guest-files.ts';
 import type { PushFileRequest } from '../services/types.ts';
-import type { RouteContext } from './route-context.ts';
+import { projectOf, type RouteContext } from './route-context.ts';
 
 type NameParams = { name: string };
 type PathQuery = { path: string };
@@ -78,7 +78,9 @@ export function registerFileRoutes(app: FastifyInstance, ctx: RouteContext): voi
       },
     },
     async (request, reply) => {
-      const file = await services.guests.pullFile(request.params.name, request.query.path);
+      const file = await services.guests
+        .inProject(projectOf(request))
+        .pullFile(request.params.name, request.query.path);
       reply
         .type('application/octet-stream')
         .header('x-trivisor-type', 'file')
@@ -130,7 +132,9 @@ export function registerFileRoutes(app: FastifyInstance, ctx: RouteContext): voi
         throw e;
       }
       push.data = await collect(request.body, GUEST_FILE_MAX_BYTES);
-      return syncResponse(await services.guests.pushFile(request.params.name, push));
+      return syncResponse(
+        await services.guests.inProject(projectOf(request)).pushFile(request.params.name, push),
+      );
     },
   );
 }

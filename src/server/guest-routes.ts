@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { guestUrl, operationUrl, syncResponse } from '../api/envelopes.ts';
 import {
   AsyncEnvelopeSchema,
@@ -29,7 +29,7 @@ import { cancelled, failedPrecondition, invalidArgument, notSupported } from '..
 import type { ExecRequest, OperationContext, StateChangeRequest } from '../services/types.ts';
 import { bridgeConsole } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
-import { configChange, type RouteContext, sendAsync } from './route-context.ts';
+import { allProjectsOf, configChange, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 type NameParams = { name: string };
 
@@ -39,6 +39,8 @@ const CONSOLE_POLL_MS = 250;
 /** `/1.0/guests...`: list, create, show, configure, delete, state, exec, console (log and attached). */
 export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { services } = ctx;
+  /** The guests of the request's project: another project's guest is a 404. */
+  const guestsOf = (request: FastifyRequest) => services.guests.inProject(projectOf(request));
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
   const asyncReply = { 202: AsyncEnvelopeSchema, ...errors };
 
@@ -49,6 +51,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
    * the connect timeout; `run` gets the socket once the client is there.
    */
   const startSocketOperation = (spec: {
+    project: string;
     description: string;
     resources: Record<string, string[]>;
     metadata: Record<string, unknown>;
@@ -63,6 +66,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     });
     let websocket = '';
     const op = services.operations.start({
+      project: spec.project,
       description: spec.description,
       resources: spec.resources,
       mayCancel: true,
@@ -99,7 +103,10 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
     async (request) => {
       const recursion = request.query.recursion ?? 0;
-      const guests = await services.guests.list({ withUsage: recursion >= 2 });
+      const guests = await guestsOf(request).list({
+        withUsage: recursion >= 2,
+        allProjects: allProjectsOf(request),
+      });
       return syncResponse(recursion === 0 ? guests.map((g) => guestUrl(g.name)) : guests);
     },
   );
@@ -121,7 +128,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         }
         const [source = '', snapshot, ...rest] = body.source.source.split('/');
         if (rest.length > 0) throw invalidArgument('A copy source is GUEST or GUEST/SNAPSHOT');
-        const op = await services.storage.copyGuest({
+        const op = await services.storage.inProject(projectOf(request)).copyGuest({
           name: body.name,
           source,
           ...(snapshot !== undefined && { snapshot }),
@@ -138,6 +145,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       }
       const create = {
         name: body.name,
+        project: projectOf(request),
         image,
         ...(body.model !== undefined && { model: body.model }),
         ...(body.config !== undefined && { config: body.config }),
@@ -148,7 +156,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         if (!services.pools) throw notSupported('This daemon has no storage pools: leave out "storage"');
         return sendAsync(reply, await services.pools.createGuest(body.storage, create));
       }
-      const op = await services.guests.create(create);
+      const op = await guestsOf(request).create(create);
       return sendAsync(reply, op);
     },
   );
@@ -162,7 +170,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         response: { 200: SyncEnvelope(GuestSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await services.guests.get(request.params.name, { withUsage: true })),
+    async (request) => syncResponse(await guestsOf(request).get(request.params.name, { withUsage: true })),
   );
 
   app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
@@ -182,7 +190,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
     async (request) => {
       return syncResponse(
-        await services.guests.updateConfig(request.params.name, configChange(request.body)),
+        await guestsOf(request).updateConfig(request.params.name, configChange(request.body)),
       );
     },
   );
@@ -198,7 +206,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request, reply) => {
-      const op = await services.guests.delete(request.params.name, { force: request.query.force === true });
+      const op = await guestsOf(request).delete(request.params.name, { force: request.query.force === true });
       return sendAsync(reply, op);
     },
   );
@@ -213,7 +221,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request) => {
-      const g = await services.guests.get(request.params.name, { withUsage: true });
+      const g = await guestsOf(request).get(request.params.name, { withUsage: true });
       const state: GuestStateResponse = { status: g.status, ...g.state };
       if (g.error !== undefined) state.error = g.error;
       return syncResponse(state);
@@ -235,7 +243,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       const change: StateChangeRequest = { action: body.action };
       if (body.timeout !== undefined) change.timeout = body.timeout;
       if (body.force !== undefined) change.force = body.force;
-      return sendAsync(reply, await services.guests.changeState(request.params.name, change));
+      return sendAsync(reply, await guestsOf(request).changeState(request.params.name, change));
     },
   );
 
@@ -254,7 +262,8 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     async (request, reply) => {
       const name = request.params.name;
       const body = request.body;
-      const guest = await services.guests.get(name);
+      const guests = guestsOf(request);
+      const guest = await guests.get(name);
       if (guest.status !== 'Running') {
         throw failedPrecondition(`Guest ${name} is ${guest.status.toLowerCase()}: start it first`);
       }
@@ -270,13 +279,14 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
 
       if (body['wait-for-websocket']) {
         const op = startSocketOperation({
+          project: guest.project,
           description,
           resources,
           metadata: { command: body.command },
           async run(socket, opCtx) {
-            let session: Awaited<ReturnType<typeof services.guests.exec>>;
+            let session: Awaited<ReturnType<typeof guests.exec>>;
             try {
-              session = await services.guests.exec(name, exec);
+              session = await guests.exec(name, exec);
             } catch (e) {
               failExecSocket(socket, e instanceof Error ? e.message : String(e));
               throw e;
@@ -290,11 +300,12 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       }
 
       // Without a websocket stdin is closed at once; output is recorded or dropped.
-      const session = await services.guests.exec(name, exec);
+      const session = await guests.exec(name, exec);
       session.stdin.on('error', () => {});
       session.stdin.end();
       const record = body['record-output'] === true;
       const op = services.operations.start({
+        project: guest.project,
         description,
         resources,
         mayCancel: true,
@@ -327,7 +338,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request, reply) => {
-      const path = await services.guests.consoleLogPath(request.params.name);
+      const path = await guestsOf(request).consoleLogPath(request.params.name);
       reply.type('text/plain; charset=utf-8');
       const exists = await stat(path).then(
         (s) => s.isFile(),
@@ -352,9 +363,10 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     async (request, reply) => {
       const name = request.params.name;
       // Attached before the operation exists, so that a guest that cannot be attached is this request's error.
-      const stream = await services.guests.attachConsole(name);
+      const stream = await guestsOf(request).attachConsole(name);
       stream.on('error', () => {});
       const op = startSocketOperation({
+        project: projectOf(request),
         description: `Attached to the console of guest ${name}`,
         resources: { guests: [guestUrl(name)] },
         metadata: {},
@@ -377,12 +389,12 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         response: errors,
       },
       preValidation: async (request) => {
-        await services.guests.consoleLogPath((request.params as NameParams).name);
+        await guestsOf(request).consoleLogPath((request.params as NameParams).name);
       },
     },
     async (socket, request) => {
       socket.on('message', () => {});
-      const path = await services.guests.consoleLogPath(request.params.name);
+      const path = await guestsOf(request).consoleLogPath(request.params.name);
       let offset = 0;
       let closed = false;
       socket.on('close', () => {

@@ -9,8 +9,9 @@ import {
   SyncEnvelope,
 } from '../api/schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
+import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { TrivisorEvent } from '../core/types.ts';
-import type { RouteContext } from './route-context.ts';
+import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
 const EVENT_TYPES: readonly TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging'];
 
@@ -115,7 +116,11 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
     },
     (socket, request) => {
       const types = eventTypesOf(request.query as { type?: string });
+      const project = projectOf(request);
+      const all = allProjectsOf(request);
       const unsubscribe = services.events.subscribe((event) => {
+        // Another project's events are not this project's business (unlabelled ones are default's).
+        if (!all && (event.project ?? DEFAULT_PROJECT) !== project) return;
         if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(event));
       }, types);
       socket.on('close', unsubscribe);

@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { imageUrl, syncResponse } from '../api/envelopes.ts';
 import {
   AsyncEnvelopeSchema,
@@ -20,7 +20,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { assertImageAlias } from '../core/names.ts';
-import { type RouteContext, sendAsync } from './route-context.ts';
+import { allProjectsOf, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** Largest image tarball accepted by upload. */
 export const UPLOAD_LIMIT_BYTES = 8 * 1024 ** 3;
@@ -39,6 +39,8 @@ type RefParams = { '*': string };
  */
 export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const { services } = ctx;
+  /** The images of the request's project: another project's image is a 404. */
+  const imagesOf = (request: FastifyRequest) => services.images.inProject(projectOf(request));
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
 
   // Hand the raw request stream to the handler: it is spooled to disk, never buffered in memory.
@@ -60,7 +62,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request) => {
-      const images = await services.images.list();
+      const images = await imagesOf(request).list({ allProjects: allProjectsOf(request) });
       return syncResponse(
         (request.query.recursion ?? 0) === 0 ? images.map((i) => imageUrl(i.fingerprint)) : images,
       );
@@ -98,7 +100,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
         }
         const build: { source: string; alias?: string } = { source: body.source };
         if (body.alias !== undefined) build.alias = body.alias;
-        return sendAsync(reply, await services.images.build(build));
+        return sendAsync(reply, await imagesOf(request).build(build));
       }
       const stream = request.body as Readable;
       const alias = request.headers['x-trivisor-alias'];
@@ -126,7 +128,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
         await pipeline(stream, limit, createWriteStream(path, { mode: 0o600 }));
         if (received === 0)
           throw invalidArgument('The upload is empty: send the tarball as the request body');
-        return sendAsync(reply, await services.images.importTarball({ tarballPath: path, alias }));
+        return sendAsync(reply, await imagesOf(request).importTarball({ tarballPath: path, alias }));
       } catch (e) {
         await rm(path, { force: true });
         throw e;
@@ -143,7 +145,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
         response: { 200: SyncEnvelope(ImageSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await services.images.get(refOf(request.params))),
+    async (request) => syncResponse(await imagesOf(request).get(refOf(request.params))),
   );
 
   app.delete<{ Params: RefParams }>(
@@ -156,7 +158,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
       },
     },
     async (request) => {
-      await services.images.delete(refOf(request.params));
+      await imagesOf(request).delete(refOf(request.params));
       return syncResponse({});
     },
   );

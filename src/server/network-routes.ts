@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import {
   type AddForwardBody,
@@ -18,7 +18,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import type { NetworkService } from '../services/network-service.ts';
-import { configChange, type RouteContext } from './route-context.ts';
+import { allProjectsOf, configChange, projectOf, type RouteContext } from './route-context.ts';
 
 type NameParams = { name: string };
 
@@ -36,10 +36,11 @@ const NicChangeSchema = Type.Object({
 
 export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
-  const networks = (): NetworkService => {
+  /** The networks of the request's project: another project's network is a 404. */
+  const networks = (request: FastifyRequest): NetworkService => {
     const n = ctx.services.networks;
     if (!n) throw notSupported('Networking is not set up on this daemon');
-    return n;
+    return n.inProject(projectOf(request));
   };
   const url = (name: string) => `/1.0/networks/${name}`;
 
@@ -57,7 +58,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      const list = await networks().list();
+      const list = await networks(request).list({ allProjects: allProjectsOf(request) });
       return syncResponse((request.query.recursion ?? 0) === 0 ? list.map((n) => url(n.name)) : list);
     },
   );
@@ -73,7 +74,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
     async (request, reply) => {
       const b = request.body;
-      const created = await networks().create({
+      const created = await networks(request).create({
         name: b.name,
         ...(b.description !== undefined && { description: b.description }),
         ...(b.config !== undefined && { config: b.config }),
@@ -92,7 +93,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 200: SyncEnvelope(NetworkSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await networks().get(request.params.name)),
+    async (request) => syncResponse(await networks(request).get(request.params.name)),
   );
 
   app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
@@ -107,7 +108,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      return syncResponse(await networks().update(request.params.name, configChange(request.body)));
+      return syncResponse(await networks(request).update(request.params.name, configChange(request.body)));
     },
   );
 
@@ -124,7 +125,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request) => {
       const b = request.body;
       return syncResponse(
-        await networks().addForward(request.params.name, {
+        await networks(request).addForward(request.params.name, {
           listenAddress: b.listenAddress,
           listenPort: b.listenPort,
           target: b.target,
@@ -151,7 +152,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       const m = /^(\d+\.\d+\.\d+\.\d+):(\d+)$/.exec(request.params.listen);
       if (!m) throw invalidArgument(`${JSON.stringify(request.params.listen)} is not ADDRESS:PORT`);
       return syncResponse(
-        await networks().removeForward(request.params.name, {
+        await networks(request).removeForward(request.params.name, {
           listenAddress: m[1] as string,
           listenPort: Number(m[2]),
           ...(request.query.protocol !== undefined && { protocol: request.query.protocol }),
@@ -172,7 +173,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 200: SyncEnvelope(NetworkSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await networks().addAcl(request.params.name, request.body)),
+    async (request) => syncResponse(await networks(request).addAcl(request.params.name, request.body)),
   );
 
   app.delete<{ Params: NameParams & { index: number } }>(
@@ -184,7 +185,8 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 200: SyncEnvelope(NetworkSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await networks().removeAcl(request.params.name, request.params.index)),
+    async (request) =>
+      syncResponse(await networks(request).removeAcl(request.params.name, request.params.index)),
   );
 
   app.post<{
@@ -226,7 +228,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       const { guest, nic, ...device } = request.body;
       const options: Parameters<NetworkService['attach']>[2] = { device };
       if (nic !== undefined) options.nic = nic;
-      return syncResponse(await networks().attach(request.params.name, guest, options));
+      return syncResponse(await networks(request).attach(request.params.name, guest, options));
     },
   );
 
@@ -246,7 +248,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request) => {
       const { guest, nic } = request.body;
       return syncResponse(
-        await networks().detach(request.params.name, guest, nic === undefined ? {} : { nic }),
+        await networks(request).detach(request.params.name, guest, nic === undefined ? {} : { nic }),
       );
     },
   );
@@ -261,7 +263,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      await networks().delete(request.params.name);
+      await networks(request).delete(request.params.name);
       return syncResponse({});
     },
   );

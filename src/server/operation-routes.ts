@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { operationUrl, syncResponse } from '../api/envelopes.ts';
 import {
   ErrorEnvelopeSchema,
@@ -9,7 +9,8 @@ import {
   SyncEnvelope,
 } from '../api/schemas.ts';
 import { TrivisorError } from '../core/errors.ts';
-import type { RouteContext } from './route-context.ts';
+import type { Operation } from '../core/types.ts';
+import { allProjectsOf, assertInProject, projectOf, type RouteContext } from './route-context.ts';
 
 type IdParams = { id: string };
 
@@ -18,6 +19,12 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
   const { services } = ctx;
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
   const opReply = { 200: SyncEnvelope(OperationSchema), ...errors };
+  /** The operation if it belongs to the request's project; another project's is NotFound, as a missing one. */
+  const opOf = (request: FastifyRequest, id: string): Operation => {
+    const op = services.operations.get(id);
+    assertInProject(request, op, `Operation ${id} not found`);
+    return op;
+  };
 
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/operations',
@@ -33,7 +40,9 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
       },
     },
     async (request) => {
-      const ops = services.operations.list();
+      const all = allProjectsOf(request);
+      const project = projectOf(request);
+      const ops = services.operations.list().filter((o) => all || o.project === project);
       return syncResponse((request.query.recursion ?? 0) === 0 ? ops.map((o) => operationUrl(o.id)) : ops);
     },
   );
@@ -41,7 +50,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
   app.get<{ Params: IdParams }>(
     '/1.0/operations/:id',
     { schema: { summary: 'Show an operation', params: IdParamsSchema, response: opReply } },
-    async (request) => syncResponse(services.operations.get(request.params.id)),
+    async (request) => syncResponse(opOf(request, request.params.id)),
   );
 
   app.get<{ Params: IdParams; Querystring: { timeout?: number } }>(
@@ -58,6 +67,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
     },
     async (request) => {
       const timeout = request.query.timeout ?? -1;
+      opOf(request, request.params.id);
       const op = await services.operations.wait(request.params.id, timeout < 0 ? undefined : timeout * 1000);
       return syncResponse(op);
     },
@@ -66,7 +76,10 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
   app.delete<{ Params: IdParams }>(
     '/1.0/operations/:id',
     { schema: { summary: 'Cancel an operation', params: IdParamsSchema, response: opReply } },
-    async (request) => syncResponse(services.operations.cancel(request.params.id)),
+    async (request) => {
+      opOf(request, request.params.id);
+      return syncResponse(services.operations.cancel(request.params.id));
+    },
   );
 
   app.get<{ Params: IdParams; Querystring: { secret?: string } }>(
@@ -82,7 +95,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
       preValidation: async (request) => {
         const { id } = request.params as IdParams;
         const { secret } = request.query as { secret?: string };
-        services.operations.get(id);
+        opOf(request, id);
         if (typeof secret !== 'string' || !ctx.execs.accepts(id, secret)) {
           throw new TrivisorError(
             'FailedPrecondition',

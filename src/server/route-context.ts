@@ -1,6 +1,7 @@
-import type { FastifyReply } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { type AsyncResponse, asyncResponse, operationUrl } from '../api/envelopes.ts';
-import { invalidArgument } from '../core/errors.ts';
+import { invalidArgument, notFound } from '../core/errors.ts';
+import { assertProjectName, DEFAULT_PROJECT } from '../core/projects.ts';
 import type { Operation } from '../core/types.ts';
 import type { Services } from '../services/types.ts';
 import type { ExecRegistry } from './exec-bridge.ts';
@@ -43,4 +44,33 @@ export function configChange(body: { config?: Record<string, string | null>; uns
     throw invalidArgument('Nothing to change: give "config" with keys to set or "unset" with keys to remove');
   }
   return { set, unset };
+}
+
+/**
+ * The project a request acts in: `?project=NAME` (Incus's convention), `default` when
+ * absent. The one reading of it, shared by the routes, the project check and the role
+ * check of auth: InvalidArgument for a malformed name (never a silent fallback to default).
+ */
+export function projectOf(request: FastifyRequest): string {
+  const query = (request.query ?? {}) as Record<string, unknown>;
+  const project = query.project;
+  if (project === undefined || project === '') return DEFAULT_PROJECT;
+  if (typeof project !== 'string') throw invalidArgument('Give one project: ?project=NAME');
+  assertProjectName(project);
+  return project;
+}
+
+/** `?all-projects=true`: a list shows every project's objects, each with its `project`. */
+export function allProjectsOf(request: FastifyRequest): boolean {
+  const value = ((request.query ?? {}) as Record<string, unknown>)['all-projects'];
+  return value === true || value === 'true' || value === '1';
+}
+
+/** NotFound unless `object` (anything with a `project`) is in the request's project, worded as a missing one. */
+export function assertInProject(
+  request: FastifyRequest,
+  object: { project?: string },
+  missing: string,
+): void {
+  if ((object.project ?? DEFAULT_PROJECT) !== projectOf(request)) throw notFound(missing);
 }

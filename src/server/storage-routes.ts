@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import {
   AsyncEnvelopeSchema,
@@ -18,7 +18,7 @@ import {
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { StorageService } from '../services/storage-service.ts';
-import { type RouteContext, sendAsync } from './route-context.ts';
+import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** Largest backup archive accepted by import. */
 export const BACKUP_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 3;
@@ -44,10 +44,11 @@ type Backup = { name: string; backup: string };
 export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
   const asyncReply = { 202: AsyncEnvelopeSchema, ...errors };
-  const storage = (): StorageService => {
+  /** Storage of the request's project (another project's guest is a 404); the host's view without one. */
+  const storage = (request?: FastifyRequest): StorageService => {
     const s = ctx.services.storage;
     if (!s) throw notSupported('This daemon has no storage service: snapshots and backups are unavailable');
-    return s;
+    return request ? s.inProject(projectOf(request)) : s;
   };
 
   app.addContentTypeParser(
@@ -70,7 +71,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      const list = await storage().listSnapshots(request.params.name);
+      const list = await storage(request).listSnapshots(request.params.name);
       return syncResponse(
         (request.query.recursion ?? 0) === 0
           ? list.map((s) => `/1.0/guests/${request.params.name}/snapshots/${s.name}`)
@@ -90,7 +91,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request, reply) =>
-      sendAsync(reply, await storage().createSnapshot(request.params.name, request.body.name)),
+      sendAsync(reply, await storage(request).createSnapshot(request.params.name, request.body.name)),
   );
 
   app.get<{ Params: Snap }>(
@@ -103,14 +104,14 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) =>
-      syncResponse(await storage().getSnapshot(request.params.name, request.params.snapshot)),
+      syncResponse(await storage(request).getSnapshot(request.params.name, request.params.snapshot)),
   );
 
   app.delete<{ Params: Snap }>(
     '/1.0/guests/:name/snapshots/:snapshot',
     { schema: { summary: 'Delete a snapshot', params: SnapshotParams, response: asyncReply } },
     async (request, reply) =>
-      sendAsync(reply, await storage().deleteSnapshot(request.params.name, request.params.snapshot)),
+      sendAsync(reply, await storage(request).deleteSnapshot(request.params.name, request.params.snapshot)),
   );
 
   app.put<{ Params: Name; Body: { restore: string } }>(
@@ -125,7 +126,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request, reply) =>
-      sendAsync(reply, await storage().restoreSnapshot(request.params.name, request.body.restore)),
+      sendAsync(reply, await storage(request).restoreSnapshot(request.params.name, request.body.restore)),
   );
 
   app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean } }>(
@@ -146,7 +147,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request, reply) =>
       sendAsync(
         reply,
-        await storage().createBackup(request.params.name, {
+        await storage(request).createBackup(request.params.name, {
           withSnapshots: request.body?.snapshots === true,
           incremental: request.body?.incremental === true,
         }),
@@ -163,7 +164,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request, reply) => {
-      const file = await storage().backupFile(request.params.name, request.params.backup);
+      const file = await storage(request).backupFile(request.params.name, request.params.backup);
       reply.header('content-type', 'application/octet-stream');
       reply.header('content-length', String(file.sizeBytes));
       return reply.send(createReadStream(file.path));
@@ -180,7 +181,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      await storage().deleteBackup(request.params.name, request.params.backup);
+      await storage(request).deleteBackup(request.params.name, request.params.backup);
       return syncResponse({});
     },
   );
@@ -305,6 +306,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         },
       },
     },
+    // Recovery is the host's: it rebuilds every project's guests as their kept specs say.
     async () => syncResponse(await storage().recover()),
   );
 
@@ -361,7 +363,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
         return sendAsync(
           reply,
-          await storage().importBackup({
+          await storage(request).importBackup({
             archivePath: path,
             ...(typeof name === 'string' && name !== '' && { name }),
             ...(typeof pool === 'string' && pool !== '' && { storage: pool }),

@@ -1,10 +1,10 @@
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import { ErrorEnvelopeSchema, RecursionQuerySchema, SyncEnvelope } from '../api/schemas.ts';
 import { notSupported } from '../core/errors.ts';
 import type { VolumeService } from '../services/volume-service.ts';
-import type { RouteContext } from './route-context.ts';
+import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
 type PoolParams = { pool: string };
 type VolumeParams = { pool: string; volume: string };
@@ -14,6 +14,7 @@ const VolumeParamsSchema = Type.Object({ pool: Type.String(), volume: Type.Strin
 
 export const VolumeSchema = Type.Object({
   name: Type.String(),
+  project: Type.String(),
   pool: Type.String(),
   kind: Type.Literal('custom'),
   type: Type.Union([Type.Literal('filesystem'), Type.Literal('block')], {
@@ -47,10 +48,11 @@ const VolumeChangeSchema = Type.Object({
  */
 export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): void {
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
-  const volumes = (): VolumeService => {
+  /** The volumes of the request's project: another project's volume is a 404. */
+  const volumes = (request: FastifyRequest): VolumeService => {
     const v = ctx.services.volumes;
     if (!v) throw notSupported('This daemon has no storage volumes');
-    return v;
+    return v.inProject(projectOf(request));
   };
   const base = '/1.0/storage-pools/:pool/volumes';
 
@@ -69,7 +71,9 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
         },
       },
       async (request) => {
-        const list = await volumes().list(request.params.pool);
+        const list = await volumes(request).list(request.params.pool, {
+          allProjects: allProjectsOf(request),
+        });
         return syncResponse(
           (request.query.recursion ?? 0) === 0
             ? list.map((v) => `/1.0/storage-pools/${v.pool}/volumes/custom/${v.name}`)
@@ -102,7 +106,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
         response: { 200: SyncEnvelope(VolumeSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await volumes().create(request.params.pool, request.body)),
+    async (request) => syncResponse(await volumes(request).create(request.params.pool, request.body)),
   );
 
   app.get<{ Params: VolumeParams }>(
@@ -114,7 +118,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
         response: { 200: SyncEnvelope(VolumeSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await volumes().get(request.params.pool, request.params.volume)),
+    async (request) => syncResponse(await volumes(request).get(request.params.pool, request.params.volume)),
   );
 
   app.patch<{ Params: VolumeParams; Body: { config: Record<string, string> } }>(
@@ -133,7 +137,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) =>
-      syncResponse(await volumes().update(request.params.pool, request.params.volume, request.body)),
+      syncResponse(await volumes(request).update(request.params.pool, request.params.volume, request.body)),
   );
 
   app.delete<{ Params: VolumeParams }>(
@@ -146,7 +150,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) => {
-      await volumes().delete(request.params.pool, request.params.volume);
+      await volumes(request).delete(request.params.pool, request.params.volume);
       return syncResponse({});
     },
   );
@@ -171,7 +175,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) =>
-      syncResponse(await volumes().attach(request.params.pool, request.params.volume, request.body)),
+      syncResponse(await volumes(request).attach(request.params.pool, request.params.volume, request.body)),
   );
 
   app.post<{ Params: VolumeParams; Body: { guest: string; device?: string } }>(
@@ -188,6 +192,6 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) =>
-      syncResponse(await volumes().detach(request.params.pool, request.params.volume, request.body)),
+      syncResponse(await volumes(request).detach(request.params.pool, request.params.volume, request.body)),
   );
 }

@@ -12,6 +12,15 @@ import { assertCanDo } from '../core/guest-state.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import {
+  addUsage,
+  assertGuestCountable,
+  assertWithinLimits,
+  DEFAULT_PROJECT,
+  guestUsage,
+  projectOfRecord,
+  subtractUsage,
+} from '../core/projects.ts';
+import {
   type Guest,
   type GuestNetworkObservation,
   type GuestSpec,
@@ -24,12 +33,14 @@ import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
 import type { NetworkService } from './network-service.ts';
+import { guardedWrite } from './project-service.ts';
 import type { GuestService, ImageService, OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
 
 export interface GuestServiceDeps {
   store: KvStore;
   drivers: Partial<Record<Model, GuestDriver>>;
+  /** Resolves images host-wide: create checks that the image is the project's own or `default`'s. */
   images: Pick<ImageService, 'get'>;
   operations: OperationService;
   hostName: string;
@@ -79,7 +90,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     return d;
   };
 
-  async function load(name: string): Promise<Loaded> {
+  async function loadAny(name: string): Promise<Loaded> {
     assertDnsLabel(name, 'guest name');
     const [s, st, net] = await Promise.all([
       store.get(keys.guest(name)),
@@ -130,7 +141,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   /** Puts the spec's desired state back after a failed change, unless it changed again meanwhile. */
   async function revertDesired(name: string, gen: number, desired: GuestSpec['desired']): Promise<void> {
-    const l = await load(name).catch(() => undefined);
+    const l = await loadAny(name).catch(() => undefined);
     if (!l || l.spec.generation !== gen) return;
     await writeSpec(l, { ...l.spec, desired, generation: gen + 1 }).catch(() => {});
   }
@@ -200,313 +211,385 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     return guest;
   }
 
-  return {
-    async list(options = {}) {
-      const [specs, statuses, networks] = await Promise.all([
-        store.list(keys.guestPrefix),
-        store.list(keys.guestStatusPrefix),
-        store.list(keys.guestNetworkPrefix),
-      ]);
-      const byName = new Map<string, GuestStatus>();
-      for (const kv of statuses.kvs)
-        byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
-      const observed = new Map<string, GuestNetworkObservation>();
-      for (const kv of networks.kvs)
-        observed.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
-      const specList = specs.kvs.map((kv) => JSON.parse(kv.value) as GuestSpec);
-      const networkOf = (spec: GuestSpec) =>
-        currentObservation(byName.get(spec.name), observed.get(spec.name));
-      // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
-      const usages = options.withUsage
-        ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
-        : [];
-      const nics = options.withUsage
-        ? await Promise.all(
-            specList.map((spec) =>
-              nicsOf(spec, byName.get(spec.name), { withCounters: true, network: networkOf(spec) }),
-            ),
-          )
-        : [];
-      return specList.map((spec, i) =>
-        toGuest(spec, byName.get(spec.name), usages[i] ?? null, {
-          nics: nics[i],
-          network: networkOf(spec),
-        }),
-      );
-    },
+  /** What another project's object gets: the same answer as a name nobody has. */
+  const nameTaken = (name: string, other: GuestSpec | undefined, project: string) =>
+    other && projectOfRecord(other) !== project
+      ? alreadyExists(
+          `The name ${name} is taken by a guest of another project: guest names are unique on this host, pick another`,
+        )
+      : alreadyExists(`Guest ${name} already exists`);
 
-    async get(name, options = { withUsage: true }) {
-      const l = await load(name);
-      return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null, {
-        nics: await nicsOf(l.spec, l.status, {
-          withCounters: options.withUsage === true,
+  async function existing(name: string): Promise<GuestSpec | undefined> {
+    const kv = await store.get(keys.guest(name));
+    return kv ? (JSON.parse(kv.value) as GuestSpec) : undefined;
+  }
+
+  /** The service as one project sees it; `scope` undefined is the host's view (internal callers). */
+  function scoped(scope: string | undefined): GuestService {
+    /** A guest of another project is NotFound, word for word as one that does not exist. */
+    async function load(name: string): Promise<Loaded> {
+      const l = await loadAny(name);
+      if (scope !== undefined && projectOfRecord(l.spec) !== scope) throw notFound(`Guest ${name} not found`);
+      return l;
+    }
+
+    return {
+      inProject: (project) => scoped(project),
+
+      async list(options = {}) {
+        const [specs, statuses, networks] = await Promise.all([
+          store.list(keys.guestPrefix),
+          store.list(keys.guestStatusPrefix),
+          store.list(keys.guestNetworkPrefix),
+        ]);
+        const byName = new Map<string, GuestStatus>();
+        for (const kv of statuses.kvs)
+          byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
+        const observed = new Map<string, GuestNetworkObservation>();
+        for (const kv of networks.kvs)
+          observed.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
+        const specList = specs.kvs
+          .map((kv) => JSON.parse(kv.value) as GuestSpec)
+          .filter((spec) => scope === undefined || options.allProjects || projectOfRecord(spec) === scope);
+        const networkOf = (spec: GuestSpec) =>
+          currentObservation(byName.get(spec.name), observed.get(spec.name));
+        // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
+        const usages = options.withUsage
+          ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
+          : [];
+        const nics = options.withUsage
+          ? await Promise.all(
+              specList.map((spec) =>
+                nicsOf(spec, byName.get(spec.name), { withCounters: true, network: networkOf(spec) }),
+              ),
+            )
+          : [];
+        return specList.map((spec, i) =>
+          toGuest(spec, byName.get(spec.name), usages[i] ?? null, {
+            nics: nics[i],
+            network: networkOf(spec),
+          }),
+        );
+      },
+
+      async get(name, options = { withUsage: true }) {
+        const l = await load(name);
+        return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null, {
+          nics: await nicsOf(l.spec, l.status, {
+            withCounters: options.withUsage === true,
+            network: l.network,
+          }),
           network: l.network,
-        }),
-        network: l.network,
-      });
-    },
+        });
+      },
 
-    async create(request) {
-      assertDnsLabel(request.name, 'guest name');
-      const model = request.model ?? 'ct';
-      if (!MODELS.includes(model))
-        throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
-      const driver = driverFor(model);
-      const image = await deps.images.get(request.image);
-      const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
-      const spec: GuestSpec = {
-        name: request.name,
-        project: 'default',
-        model,
-        image: image.fingerprint,
-        imageAlias: request.image,
-        config,
-        desired: request.start ? 'Running' : 'Stopped',
-        generation: 1,
-        restartRequest: 0,
-        stopTimeoutMs: DEFAULT_STOP_TIMEOUT_MS,
-        stopForce: false,
-        deleting: false,
-        host: deps.hostName,
-        createdAt: new Date().toISOString(),
-      };
-      let claims: Awaited<ReturnType<NetworkService['claimNics']>> | undefined;
-      if (request.devices && Object.keys(request.devices).length > 0) {
-        if (!deps.networks)
-          throw notSupported('Networking is not set up on this host: create the guest without NICs');
-        if (await store.get(keys.guest(spec.name))) throw alreadyExists(`Guest ${spec.name} already exists`);
-        claims = await deps.networks.claimNics(spec.name, request.devices);
-        spec.devices = claims.devices;
-      }
-      driver.validate(spec);
-      const r = await store.txn({
-        compare: [
-          { key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 },
-          ...(claims?.compare ?? []),
-        ],
-        // A stale status of an earlier guest of this name must not make the new one look provisioned.
-        success: [
-          { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
-          { type: 'delete', key: keys.guestStatus(spec.name) },
-          { type: 'delete', key: keys.guestNetwork(spec.name) },
-          ...(claims?.success ?? []),
-        ],
-      });
-      if (!r.succeeded) {
-        if (claims && !(await store.get(keys.guest(spec.name)))) {
-          throw conflict(`An address of guest ${spec.name}'s NICs was taken at the same time; retry`);
+      async create(request) {
+        assertDnsLabel(request.name, 'guest name');
+        const model = request.model ?? 'ct';
+        if (!MODELS.includes(model))
+          throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
+        const driver = driverFor(model);
+        const project = scope ?? request.project ?? DEFAULT_PROJECT;
+        const image = await deps.images.get(request.image);
+        // A project launches from its own images and from default's, the host's shared catalogue (decision 21).
+        const imageProject = projectOfRecord(image);
+        if (imageProject !== project && imageProject !== DEFAULT_PROJECT) {
+          throw notFound(`Image ${request.image} not found; see trivisor image list`);
         }
-        throw alreadyExists(`Guest ${spec.name} already exists`);
-      }
-      return operations.start({
-        description: request.start ? `Launching guest ${spec.name}` : `Creating guest ${spec.name}`,
-        resources: { guests: [`/1.0/guests/${spec.name}`] },
-        async run(ctx) {
-          try {
-            await waitForGuest(store, spec.name, convergedTo(1), ctx.signal);
-          } catch (e) {
-            // A create that fails half way leaves nothing behind.
-            const l = await load(spec.name).catch(() => undefined);
-            if (l && !l.spec.deleting) {
-              await writeSpec(l, {
-                ...l.spec,
-                deleting: true,
-                stopForce: true,
-                generation: l.spec.generation + 1,
-              }).catch(() => {});
+        const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
+        const spec: GuestSpec = {
+          name: request.name,
+          project,
+          model,
+          image: image.fingerprint,
+          imageAlias: request.image,
+          config,
+          desired: request.start ? 'Running' : 'Stopped',
+          generation: 1,
+          restartRequest: 0,
+          stopTimeoutMs: DEFAULT_STOP_TIMEOUT_MS,
+          stopForce: false,
+          deleting: false,
+          host: deps.hostName,
+          createdAt: new Date().toISOString(),
+        };
+        let claims: Awaited<ReturnType<NetworkService['claimNics']>> | undefined;
+        if (request.devices && Object.keys(request.devices).length > 0) {
+          if (!deps.networks)
+            throw notSupported('Networking is not set up on this host: create the guest without NICs');
+          const other = await existing(spec.name);
+          if (other) throw nameTaken(spec.name, other, project);
+          claims = await deps.networks.claimNics(spec.name, request.devices, { project });
+          spec.devices = claims.devices;
+        }
+        driver.validate(spec);
+        // The quota is decided on the project as read and the guest lands only if nothing was
+        // written in the project meanwhile (guardedWrite reads again and decides again then).
+        const r = await guardedWrite(store, project, async (p) => {
+          assertGuestCountable(project, p.spec.config, config);
+          assertWithinLimits(project, p.spec.config, {
+            before: p.usage,
+            after: addUsage(p.usage, guestUsage(config)),
+          });
+          return {
+            compare: [
+              { key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 },
+              ...(claims?.compare ?? []),
+            ],
+            // A stale status of an earlier guest of this name must not make the new one look provisioned.
+            success: [
+              { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
+              { type: 'delete', key: keys.guestStatus(spec.name) },
+              { type: 'delete', key: keys.guestNetwork(spec.name) },
+              ...(claims?.success ?? []),
+            ],
+          };
+        });
+        if (!r.succeeded) {
+          const other = await existing(spec.name);
+          if (claims && !other) {
+            throw conflict(`An address of guest ${spec.name}'s NICs was taken at the same time; retry`);
+          }
+          throw nameTaken(spec.name, other, project);
+        }
+        return operations.start({
+          project,
+          description: request.start ? `Launching guest ${spec.name}` : `Creating guest ${spec.name}`,
+          resources: { guests: [`/1.0/guests/${spec.name}`] },
+          async run(ctx) {
+            try {
+              await waitForGuest(store, spec.name, convergedTo(1), ctx.signal);
+            } catch (e) {
+              // A create that fails half way leaves nothing behind.
+              const l = await loadAny(spec.name).catch(() => undefined);
+              if (l && !l.spec.deleting) {
+                await writeSpec(l, {
+                  ...l.spec,
+                  deleting: true,
+                  stopForce: true,
+                  generation: l.spec.generation + 1,
+                }).catch(() => {});
+              }
+              await waitForGuest(store, spec.name, (s) => (s ? undefined : true)).catch(() => {});
+              throw e;
             }
-            await waitForGuest(store, spec.name, (s) => (s ? undefined : true)).catch(() => {});
-            throw e;
-          }
-          return undefined;
-        },
-      });
-    },
+            return undefined;
+          },
+        });
+      },
 
-    async changeState(name, request) {
-      const l = await load(name);
-      assertIdle(l);
-      assertCanDo(request.action, name, statusName(l));
-      const stopTimeoutMs =
-        request.timeout === undefined
-          ? DEFAULT_STOP_TIMEOUT_MS
-          : request.timeout < 0
-            ? FOREVER_MS
-            : Math.round(request.timeout * 1000);
-      const gen = l.spec.generation + 1;
-      const next: GuestSpec = {
-        ...l.spec,
-        generation: gen,
-        stopTimeoutMs,
-        stopForce: request.force === true,
-      };
-      switch (request.action) {
-        case 'start':
-        case 'unfreeze':
-          next.desired = 'Running';
-          break;
-        case 'stop':
-          next.desired = 'Stopped';
-          break;
-        case 'freeze':
-          next.desired = 'Frozen';
-          break;
-        case 'restart':
-          next.desired = 'Running';
-          next.restartRequest = l.spec.restartRequest + 1;
-          break;
-      }
-      await writeSpec(l, next);
-      const verb = {
-        start: 'Starting',
-        stop: 'Stopping',
-        restart: 'Restarting',
-        freeze: 'Freezing',
-        unfreeze: 'Unfreezing',
-      };
-      return operations.start({
-        description: `${verb[request.action]} guest ${name}`,
-        resources: { guests: [`/1.0/guests/${name}`] },
-        async run(ctx) {
-          try {
-            await waitForGuest(store, name, convergedTo(gen), ctx.signal);
-          } catch (e) {
-            await revertDesired(name, gen, l.spec.desired);
-            throw e;
-          }
-          return undefined;
-        },
-      });
-    },
+      async changeState(name, request) {
+        const l = await load(name);
+        assertIdle(l);
+        assertCanDo(request.action, name, statusName(l));
+        const stopTimeoutMs =
+          request.timeout === undefined
+            ? DEFAULT_STOP_TIMEOUT_MS
+            : request.timeout < 0
+              ? FOREVER_MS
+              : Math.round(request.timeout * 1000);
+        const gen = l.spec.generation + 1;
+        const next: GuestSpec = {
+          ...l.spec,
+          generation: gen,
+          stopTimeoutMs,
+          stopForce: request.force === true,
+        };
+        switch (request.action) {
+          case 'start':
+          case 'unfreeze':
+            next.desired = 'Running';
+            break;
+          case 'stop':
+            next.desired = 'Stopped';
+            break;
+          case 'freeze':
+            next.desired = 'Frozen';
+            break;
+          case 'restart':
+            next.desired = 'Running';
+            next.restartRequest = l.spec.restartRequest + 1;
+            break;
+        }
+        await writeSpec(l, next);
+        const verb = {
+          start: 'Starting',
+          stop: 'Stopping',
+          restart: 'Restarting',
+          freeze: 'Freezing',
+          unfreeze: 'Unfreezing',
+        };
+        return operations.start({
+          project: projectOfRecord(l.spec),
+          description: `${verb[request.action]} guest ${name}`,
+          resources: { guests: [`/1.0/guests/${name}`] },
+          async run(ctx) {
+            try {
+              await waitForGuest(store, name, convergedTo(gen), ctx.signal);
+            } catch (e) {
+              await revertDesired(name, gen, l.spec.desired);
+              throw e;
+            }
+            return undefined;
+          },
+        });
+      },
 
-    async delete(name, options = {}) {
-      const l = await load(name);
-      if (l.spec.deleting) throw conflict(`Guest ${name} is already being deleted`);
-      const status = statusName(l);
-      if (!options.force) assertCanDo('delete', name, status);
-      await writeSpec(l, {
-        ...l.spec,
-        deleting: true,
-        stopForce: options.force === true,
-        generation: l.spec.generation + 1,
-      });
-      return operations.start({
-        description: `Deleting guest ${name}`,
-        resources: { guests: [`/1.0/guests/${name}`] },
-        async run(ctx) {
-          await waitForGuest(
-            store,
-            name,
-            (spec, st) => {
-              if (!spec) return true;
-              if (st?.error && st.failedGeneration === spec.generation) return new Error(st.error);
-              return undefined;
-            },
-            ctx.signal,
-          );
-          return undefined;
-        },
-      });
-    },
+      async delete(name, options = {}) {
+        const l = await load(name);
+        if (l.spec.deleting) throw conflict(`Guest ${name} is already being deleted`);
+        const status = statusName(l);
+        if (!options.force) assertCanDo('delete', name, status);
+        await writeSpec(l, {
+          ...l.spec,
+          deleting: true,
+          stopForce: options.force === true,
+          generation: l.spec.generation + 1,
+        });
+        return operations.start({
+          project: projectOfRecord(l.spec),
+          description: `Deleting guest ${name}`,
+          resources: { guests: [`/1.0/guests/${name}`] },
+          async run(ctx) {
+            await waitForGuest(
+              store,
+              name,
+              (spec, st) => {
+                if (!spec) return true;
+                if (st?.error && st.failedGeneration === spec.generation) return new Error(st.error);
+                return undefined;
+              },
+              ctx.signal,
+            );
+            return undefined;
+          },
+        });
+      },
 
-    async updateConfig(name, change) {
-      const l = await load(name);
-      assertIdle(l);
-      const config = { ...l.spec.config, ...(change.set ?? {}) };
-      for (const key of change.unset ?? []) {
-        if (!(key in config)) throw notFound(`Guest ${name} has no configuration key ${JSON.stringify(key)}`);
-        delete config[key];
-      }
-      validateConfig(config, deps.capacity, l.spec.model);
-      const frozenKeys = createOnlyChanges(l.spec.config, config);
-      if (frozenKeys.length > 0) {
-        throw invalidArgument(
-          `${frozenKeys.join(', ')} can only be set when a guest is created: copy or re-create guest ${name} instead`,
-        );
-      }
-      const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
-      driverFor(next.model).validate(next);
-      await writeSpec(l, next);
-      const timeout = AbortSignal.timeout(deps.configWaitMs ?? 60_000);
-      try {
-        await waitForGuest(store, name, convergedTo(next.generation), timeout);
-      } catch (e) {
-        // The guest refused the change (e.g. a memory limit below what it uses): put the old config back.
-        const now = await load(name).catch(() => undefined);
-        if (now && now.spec.generation === next.generation) {
-          await writeSpec(now, { ...now.spec, config: l.spec.config, generation: next.generation + 1 }).catch(
-            () => {},
+      async updateConfig(name, change) {
+        const l = await load(name);
+        assertIdle(l);
+        const config = { ...l.spec.config, ...(change.set ?? {}) };
+        for (const key of change.unset ?? []) {
+          if (!(key in config))
+            throw notFound(`Guest ${name} has no configuration key ${JSON.stringify(key)}`);
+          delete config[key];
+        }
+        validateConfig(config, deps.capacity, l.spec.model);
+        const frozenKeys = createOnlyChanges(l.spec.config, config);
+        if (frozenKeys.length > 0) {
+          throw invalidArgument(
+            `${frozenKeys.join(', ')} can only be set when a guest is created: copy or re-create guest ${name} instead`,
           );
         }
-        throw failedPrecondition(`Cannot apply the configuration to guest ${name}: ${(e as Error).message}`);
-      }
-      const after = await load(name);
-      return {
-        guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status), {
-          network: after.network,
-        }),
-        pendingRestart: after.status?.pendingRestart ?? [],
-      };
-    },
+        const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
+        driverFor(next.model).validate(next);
+        const counted = ['limits.memory', 'limits.cpu', 'limits.disk'];
+        if (counted.some((key) => l.spec.config[key] !== config[key])) {
+          // A change of what the project counts is a guarded write, like a create.
+          const project = projectOfRecord(l.spec);
+          const r = await guardedWrite(store, project, async (p) => {
+            assertGuestCountable(project, p.spec.config, config);
+            assertWithinLimits(project, p.spec.config, {
+              before: p.usage,
+              after: addUsage(subtractUsage(p.usage, guestUsage(l.spec.config)), guestUsage(config)),
+            });
+            return {
+              compare: [{ key: keys.guest(name), target: 'modRevision', op: '=', value: l.modRevision }],
+              success: [{ type: 'put', key: keys.guest(name), value: JSON.stringify(next) }],
+            };
+          });
+          if (!r.succeeded) throw conflict(`Guest ${name} was changed at the same time; retry`);
+        } else {
+          await writeSpec(l, next);
+        }
+        const timeout = AbortSignal.timeout(deps.configWaitMs ?? 60_000);
+        try {
+          await waitForGuest(store, name, convergedTo(next.generation), timeout);
+        } catch (e) {
+          // The guest refused the change (e.g. a memory limit below what it uses): put the old config back.
+          const now = await loadAny(name).catch(() => undefined);
+          if (now && now.spec.generation === next.generation) {
+            await writeSpec(now, {
+              ...now.spec,
+              config: l.spec.config,
+              generation: next.generation + 1,
+            }).catch(() => {});
+          }
+          throw failedPrecondition(
+            `Cannot apply the configuration to guest ${name}: ${(e as Error).message}`,
+          );
+        }
+        const after = await load(name);
+        return {
+          guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status), {
+            network: after.network,
+          }),
+          pendingRestart: after.status?.pendingRestart ?? [],
+        };
+      },
 
-    async exec(name, request) {
-      const l = await load(name);
-      assertCanDo('exec', name, statusName(l));
-      if (request.command.length === 0 || request.command[0] === '') {
-        throw invalidArgument('No command given: pass the command to run after --');
-      }
-      const options: Parameters<GuestDriver['exec']>[1] = {
-        command: request.command,
-        env: { ...configValue.environment(l.spec.config), ...(request.environment ?? {}) },
-        tty: request.interactive === true,
-      };
-      if (request.cwd !== undefined) options.cwd = request.cwd;
-      if (request.width !== undefined) options.columns = request.width;
-      if (request.height !== undefined) options.rows = request.height;
-      if (request.user !== undefined) options.user = request.user;
-      if (request.group !== undefined) options.group = request.group;
-      return driverFor(l.spec.model).exec(l.spec, options);
-    },
+      async exec(name, request) {
+        const l = await load(name);
+        assertCanDo('exec', name, statusName(l));
+        if (request.command.length === 0 || request.command[0] === '') {
+          throw invalidArgument('No command given: pass the command to run after --');
+        }
+        const options: Parameters<GuestDriver['exec']>[1] = {
+          command: request.command,
+          env: { ...configValue.environment(l.spec.config), ...(request.environment ?? {}) },
+          tty: request.interactive === true,
+        };
+        if (request.cwd !== undefined) options.cwd = request.cwd;
+        if (request.width !== undefined) options.columns = request.width;
+        if (request.height !== undefined) options.rows = request.height;
+        if (request.user !== undefined) options.user = request.user;
+        if (request.group !== undefined) options.group = request.group;
+        return driverFor(l.spec.model).exec(l.spec, options);
+      },
 
-    async attachConsole(name) {
-      const l = await load(name);
-      const status = statusName(l);
-      if (status !== 'Running' && status !== 'Frozen') {
-        throw failedPrecondition(`Guest ${name} is ${status}: start it to attach to its console`);
-      }
-      return driverFor(l.spec.model).attachConsole(l.spec);
-    },
+      async attachConsole(name) {
+        const l = await load(name);
+        const status = statusName(l);
+        if (status !== 'Running' && status !== 'Frozen') {
+          throw failedPrecondition(`Guest ${name} is ${status}: start it to attach to its console`);
+        }
+        return driverFor(l.spec.model).attachConsole(l.spec);
+      },
 
-    async consoleLogPath(name) {
-      const l = await load(name);
-      return driverFor(l.spec.model).consoleLogPath(l.spec);
-    },
+      async consoleLogPath(name) {
+        const l = await load(name);
+        return driverFor(l.spec.model).consoleLogPath(l.spec);
+      },
 
-    async pushFile(name, request) {
-      checkGuestPath(request.path);
-      const attributes = { mode: request.mode ?? 0o644, uid: request.uid ?? 0, gid: request.gid ?? 0 };
-      checkAttributes(attributes);
-      if (request.data.length > GUEST_FILE_MAX_BYTES) {
-        throw invalidArgument(
-          `The file is ${request.data.length} bytes, more than the ${GUEST_FILE_MAX_BYTES / 2 ** 20} MiB a push may have`,
-        );
-      }
-      const l = await load(name);
-      assertFilesReachable(l);
-      await driverFor(l.spec.model).pushFile(l.spec, {
-        path: request.path,
-        data: request.data,
-        ...attributes,
-        ...(request.createDirs ? { createDirs: true } : {}),
-      });
-      return { size: request.data.length };
-    },
+      async pushFile(name, request) {
+        checkGuestPath(request.path);
+        const attributes = { mode: request.mode ?? 0o644, uid: request.uid ?? 0, gid: request.gid ?? 0 };
+        checkAttributes(attributes);
+        if (request.data.length > GUEST_FILE_MAX_BYTES) {
+          throw invalidArgument(
+            `The file is ${request.data.length} bytes, more than the ${GUEST_FILE_MAX_BYTES / 2 ** 20} MiB a push may have`,
+          );
+        }
+        const l = await load(name);
+        assertFilesReachable(l);
+        await driverFor(l.spec.model).pushFile(l.spec, {
+          path: request.path,
+          data: request.data,
+          ...attributes,
+          ...(request.createDirs ? { createDirs: true } : {}),
+        });
+        return { size: request.data.length };
+      },
 
-    async pullFile(name, path) {
-      checkGuestPath(path);
-      const l = await load(name);
-      assertFilesReachable(l);
-      return driverFor(l.spec.model).pullFile(l.spec, path);
-    },
-  };
+      async pullFile(name, path) {
+        checkGuestPath(path);
+        const l = await load(name);
+        assertFilesReachable(l);
+        return driverFor(l.spec.model).pullFile(l.spec, path);
+      },
+    };
+  }
+
+  return scoped(undefined);
 }

@@ -3,6 +3,7 @@ import type { ImageResolver } from '../control/guest-controller.ts';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertImageAlias } from '../core/names.ts';
+import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, ImageRecord } from '../core/types.ts';
 import { debootstrapSuite } from '../images/debootstrap-image.ts';
 import type { ImageFiles } from '../images/image-files.ts';
@@ -30,16 +31,23 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     return kvs.map((kv) => JSON.parse(kv.value) as ImageRecord);
   }
 
-  async function resolve(ref: string): Promise<ImageRecord> {
+  /** The record as the API shows it: with its project, `default` for one recorded before projects. */
+  const shown = (r: ImageRecord): ImageRecord => ({ ...r, project: projectOfRecord(r) });
+
+  /** By alias or fingerprint prefix, among `scope`'s images (every image when undefined). */
+  async function resolve(ref: string, scope?: string): Promise<ImageRecord> {
     if (typeof ref !== 'string' || ref.length === 0) throw invalidArgument('No image given');
+    const inScope = (r: ImageRecord) => scope === undefined || projectOfRecord(r) === scope;
     const alias = await store.get(keys.imageAlias(ref));
     const fp = alias?.value;
     if (fp) {
       const kv = await store.get(keys.image(fp));
-      if (kv) return JSON.parse(kv.value) as ImageRecord;
+      const r = kv ? (JSON.parse(kv.value) as ImageRecord) : undefined;
+      if (r && inScope(r)) return shown(r);
     }
     if (/^[0-9a-f]{6,64}$/.test(ref)) {
-      const matches = (await records()).filter((r) => r.fingerprint.startsWith(ref));
+      // Only the project's own fingerprints: another project's must not make a prefix ambiguous.
+      const matches = (await records()).filter((r) => inScope(r) && r.fingerprint.startsWith(ref)).map(shown);
       if (matches.length === 1 && matches[0]) return matches[0];
       if (matches.length > 1)
         throw invalidArgument(`Image fingerprint prefix ${ref} is ambiguous; give more digits`);
@@ -47,22 +55,41 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     throw notFound(`Image ${ref} not found; see trivisor image list`);
   }
 
-  async function assertAliasFree(alias: string): Promise<void> {
+  async function assertAliasFree(alias: string, project: string): Promise<void> {
     assertImageAlias(alias);
-    if (await store.get(keys.imageAlias(alias))) throw alreadyExists(`Image alias ${alias} already exists`);
+    const taken = await store.get(keys.imageAlias(alias));
+    if (!taken) return;
+    const kv = await store.get(keys.image(taken.value));
+    const owner = kv ? projectOfRecord(JSON.parse(kv.value) as ImageRecord) : project;
+    throw alreadyExists(
+      owner === project
+        ? `Image alias ${alias} already exists`
+        : `The image alias ${alias} is taken by an image of another project: aliases are unique on this host, pick another`,
+    );
   }
 
   /** Stores the record and alias of an image whose files are in place. */
   async function register(
     added: Awaited<ReturnType<ImageFiles['addBusybox']>>,
     alias: string | undefined,
+    project: string,
   ): Promise<ImageRecord> {
     const existing = await store.get(keys.image(added.fingerprint));
-    const record: ImageRecord = existing
-      ? (JSON.parse(existing.value) as ImageRecord)
+    const before = existing ? (JSON.parse(existing.value) as ImageRecord) : undefined;
+    if (before && projectOfRecord(before) !== project) {
+      // Image files are stored once per fingerprint: the same tree cannot belong to two projects.
+      throw alreadyExists(
+        projectOfRecord(before) === DEFAULT_PROJECT
+          ? `This image is already on the host in project default (fingerprint ${added.fingerprint}), whose images every project can launch from`
+          : 'This image is already on the host in another project: images are stored once per fingerprint',
+      );
+    }
+    const record: ImageRecord = before
+      ? before
       : {
           ...added.metadata,
           fingerprint: added.fingerprint,
+          project,
           aliases: [],
           sizeBytes: added.sizeBytes,
           createdAt: new Date().toISOString(),
@@ -80,91 +107,114 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     if (!r.succeeded) throw alreadyExists(`Image alias ${alias} was taken meanwhile`);
     events.publish({
       type: 'lifecycle',
+      project,
       action: 'image-created',
       source: `/1.0/images/${record.fingerprint}`,
       metadata: { fingerprint: record.fingerprint, aliases: record.aliases },
     });
-    return record;
+    return shown(record);
   }
 
-  return {
-    list: records,
-    get: resolve,
+  /** The service as one project sees it; `scope` undefined is the host's view. */
+  function scoped(scope: string | undefined): ImageService {
+    const project = scope ?? DEFAULT_PROJECT;
+    return {
+      inProject: (p) => scoped(p),
 
-    async build(request) {
-      const alias = request.alias ?? request.source;
-      await assertAliasFree(alias);
-      await debootstrapSuite(request.source);
-      return operations.start({
-        description: `Building image ${alias} from ${request.source}`,
-        resources: { images: [`/1.0/images/${alias}`] },
-        mayCancel: true,
-        async run(ctx) {
-          const added = await files.buildDebootstrap(request.source, {
-            signal: ctx.signal,
-            onProgress: (percent, text) => ctx.progress(percent, text),
-          });
-          const record = await register(added, alias);
-          return { fingerprint: record.fingerprint };
-        },
-      });
-    },
+      async list(options = {}) {
+        const all = await records();
+        return all
+          .filter((r) => scope === undefined || options.allProjects || projectOfRecord(r) === scope)
+          .map(shown);
+      },
 
-    async importTarball(request) {
-      try {
-        await assertAliasFree(request.alias);
-      } catch (e) {
-        await rm(request.tarballPath, { force: true });
-        throw e;
-      }
-      return operations.start({
-        description: `Importing image ${request.alias}`,
-        resources: { images: [`/1.0/images/${request.alias}`] },
-        mayCancel: true,
-        async run(ctx) {
-          try {
-            const added = await files.importTarball(request.tarballPath, {
+      get: (ref) => resolve(ref, scope),
+
+      async build(request) {
+        const alias = request.alias ?? request.source;
+        await assertAliasFree(alias, project);
+        await debootstrapSuite(request.source);
+        return operations.start({
+          project,
+          description: `Building image ${alias} from ${request.source}`,
+          resources: { images: [`/1.0/images/${alias}`] },
+          mayCancel: true,
+          async run(ctx) {
+            const added = await files.buildDebootstrap(request.source, {
               signal: ctx.signal,
               onProgress: (percent, text) => ctx.progress(percent, text),
             });
-            const record = await register(added, request.alias);
+            const record = await register(added, alias, project);
             return { fingerprint: record.fingerprint };
-          } finally {
-            await rm(request.tarballPath, { force: true });
-          }
-        },
-      });
-    },
+          },
+        });
+      },
 
-    async delete(ref) {
-      const record = await resolve(ref);
-      const { kvs } = await store.list(keys.guestPrefix);
-      const users = kvs
-        .map((kv) => JSON.parse(kv.value) as GuestSpec)
-        .filter((g) => g.image === record.fingerprint);
-      if (users.length > 0) {
-        const names = users.map((g) => g.name);
-        const shown =
-          names.slice(0, 5).join(', ') + (names.length > 5 ? ` and ${names.length - 5} more` : '');
-        throw failedPrecondition(
-          `Image ${ref} is used by guest${names.length > 1 ? 's' : ''} ${shown}; delete them first`,
-        );
-      }
-      await store.txn({
-        compare: [],
-        success: [
-          { type: 'delete', key: keys.image(record.fingerprint) },
-          ...record.aliases.map((a) => ({ type: 'delete' as const, key: keys.imageAlias(a) })),
-        ],
-      });
-      await files.remove(record.fingerprint);
-      events.publish({
-        type: 'lifecycle',
-        action: 'image-deleted',
-        source: `/1.0/images/${record.fingerprint}`,
-        metadata: { fingerprint: record.fingerprint, aliases: record.aliases },
-      });
-    },
+      async importTarball(request) {
+        try {
+          await assertAliasFree(request.alias, project);
+        } catch (e) {
+          await rm(request.tarballPath, { force: true });
+          throw e;
+        }
+        return operations.start({
+          project,
+          description: `Importing image ${request.alias}`,
+          resources: { images: [`/1.0/images/${request.alias}`] },
+          mayCancel: true,
+          async run(ctx) {
+            try {
+              const added = await files.importTarball(request.tarballPath, {
+                signal: ctx.signal,
+                onProgress: (percent, text) => ctx.progress(percent, text),
+              });
+              const record = await register(added, request.alias, project);
+              return { fingerprint: record.fingerprint };
+            } finally {
+              await rm(request.tarballPath, { force: true });
+            }
+          },
+        });
+      },
+
+      async delete(ref) {
+        const record = await resolve(ref, scope);
+        const { kvs } = await store.list(keys.guestPrefix);
+        const users = kvs
+          .map((kv) => JSON.parse(kv.value) as GuestSpec)
+          .filter((g) => g.image === record.fingerprint);
+        if (users.length > 0) {
+          // Guests of other projects (launched from default's images) are counted, not named.
+          const own = users.filter((g) => scope === undefined || projectOfRecord(g) === scope);
+          const others = users.length - own.length;
+          const names = [...own.map((g) => g.name), ...(others > 0 ? [`${others} of other projects`] : [])];
+          const listed =
+            names.slice(0, 5).join(', ') + (names.length > 5 ? ` and ${names.length - 5} more` : '');
+          throw failedPrecondition(
+            `Image ${ref} is used by guest${names.length > 1 ? 's' : ''} ${listed}; delete them first`,
+          );
+        }
+        await store.txn({
+          compare: [],
+          success: [
+            { type: 'delete', key: keys.image(record.fingerprint) },
+            ...record.aliases.map((a) => ({ type: 'delete' as const, key: keys.imageAlias(a) })),
+          ],
+        });
+        await files.remove(record.fingerprint);
+        events.publish({
+          type: 'lifecycle',
+          project: projectOfRecord(record),
+          action: 'image-deleted',
+          source: `/1.0/images/${record.fingerprint}`,
+          metadata: { fingerprint: record.fingerprint, aliases: record.aliases },
+        });
+      },
+    };
+  }
+
+  return {
+    ...scoped(undefined),
 
     async ensureBusybox() {
       // Rebuilt each start (it takes well under a second): a busybox-static upgrade yields a new image.
@@ -183,7 +233,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
         }
         await store.delete(keys.imageAlias('busybox'));
       }
-      return register(added, 'busybox');
+      return register(added, 'busybox', DEFAULT_PROJECT);
     },
 
     async handle(fingerprint) {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { asTrivisorError, failedPrecondition, notFound } from '../core/errors.ts';
+import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { Operation } from '../core/types.ts';
 import type { EventBus, OperationService, OperationSpec } from './types.ts';
 
@@ -19,7 +20,7 @@ export function createOperationService(events: EventBus): OperationService {
 
   const snapshot = (op: Operation): Operation => structuredClone(op);
   const emit = (op: Operation) =>
-    events.publish({ type: 'operation', metadata: { operation: snapshot(op) } });
+    events.publish({ type: 'operation', project: op.project, metadata: { operation: snapshot(op) } });
   const touch = (op: Operation) => {
     op.updatedAt = new Date().toISOString();
     emit(op);
@@ -46,6 +47,7 @@ export function createOperationService(events: EventBus): OperationService {
       const now = new Date().toISOString();
       const op: Operation = {
         id: randomUUID(),
+        project: spec.project ?? DEFAULT_PROJECT,
         description: spec.description,
         status: 'Running',
         createdAt: now,

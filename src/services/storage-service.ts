@@ -15,6 +15,15 @@ import {
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import {
+  addUsage,
+  assertGuestCountable,
+  assertWithinLimits,
+  DEFAULT_PROJECT,
+  guestUsage,
+  NO_USAGE,
+  projectOfRecord,
+} from '../core/projects.ts';
 import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
@@ -22,6 +31,7 @@ import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
 import type { KvStore, Watcher } from '../store/kv.ts';
 import { DEFAULT_POOL, type PoolService } from './pool-service.ts';
+import { readProject } from './project-service.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
 
 /** Body of `POST /1.0/guests` with `source: {type: 'copy'}`. */
@@ -36,6 +46,8 @@ export interface CopyGuestRequest {
 
 /** Snapshots, clones and backups of guests (Incus's instance snapshot and backup API). */
 export interface StorageService {
+  /** One project's view (another project's guest is NotFound); the service itself is the host's view. */
+  inProject(project: string): StorageService;
   listSnapshots(guest: string): Promise<SnapshotRecord[]>;
   getSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord>;
   createSnapshot(guest: string, snapshot: string): Promise<Operation>;
@@ -112,7 +124,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     ['lifecycle'],
   );
 
-  async function load(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
+  async function loadAny(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
     assertDnsLabel(name, 'guest name');
     const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
     if (!s) throw notFound(`Guest ${name} not found`);
@@ -144,12 +156,13 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     guest: string,
     description: string,
     work: Parameters<OperationService['start']>[0]['run'],
-    extra: { mayCancel?: boolean; resources?: Record<string, string[]> } = {},
+    extra: { project: string; mayCancel?: boolean; resources?: Record<string, string[]> },
   ): Operation {
     if (busy.has(guest))
       throw conflict(`Guest ${guest} has a snapshot, copy or backup under way: wait for it`);
     busy.add(guest);
     return operations.start({
+      project: extra.project,
       description,
       resources: extra.resources ?? { guests: [`/1.0/guests/${guest}`] },
       mayCancel: extra.mayCancel ?? false,
@@ -220,533 +233,609 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     if (kv) await keepConfig(JSON.parse(kv.value) as GuestSpec);
   };
 
-  const service: StorageService = {
-    async listSnapshots(guest) {
-      await load(guest);
-      const { kvs } = await store.list(storageKeys.snapshotPrefix(guest));
-      return kvs
-        .map((kv) => JSON.parse(kv.value) as SnapshotRecord)
-        .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    },
+  /** The service as one project sees it; `scope` undefined is the host's view. */
+  function scoped(scope: string | undefined): StorageService {
+    /** Another project's guest is NotFound, as one that does not exist. */
+    async function load(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
+      const l = await loadAny(name);
+      if (scope !== undefined && projectOfRecord(l.spec) !== scope) throw notFound(`Guest ${name} not found`);
+      return l;
+    }
 
-    async getSnapshot(guest, snapshot) {
-      await load(guest);
-      assertDnsLabel(snapshot, 'snapshot name');
-      const record = await readSnapshot(guest, snapshot);
-      if (!record) throw notFound(`Guest ${guest} has no snapshot ${snapshot}`);
-      return record;
-    },
+    const service: StorageService = {
+      inProject: (project) => scoped(project),
 
-    async createSnapshot(guest, snapshot) {
-      const { spec, status } = await load(guest);
-      assertDnsLabel(snapshot, 'snapshot name');
-      const storage = storageFor(spec);
-      assertProvisioned(spec, status);
-      if (await readSnapshot(guest, snapshot)) {
-        throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
-      }
-      return exclusive(guest, `Snapshotting guest ${guest} as ${snapshot}`, async () => {
-        const record: SnapshotRecord = {
-          name: snapshot,
-          guest,
-          createdAt: new Date().toISOString(),
-          wasRunning: guestUp(status),
-        };
-        await storage.snapshot(spec, snapshot).catch((e: unknown) => {
-          throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);
-        });
-        const r = await store.txn({
-          compare: [
-            { key: storageKeys.snapshot(guest, snapshot), target: 'createRevision', op: '=', value: 0 },
-          ],
-          success: [
-            { type: 'put', key: storageKeys.snapshot(guest, snapshot), value: JSON.stringify(record) },
-          ],
-        });
-        if (!r.succeeded) {
-          await storage.deleteSnapshot(spec, snapshot);
+      async listSnapshots(guest) {
+        await load(guest);
+        const { kvs } = await store.list(storageKeys.snapshotPrefix(guest));
+        return kvs
+          .map((kv) => JSON.parse(kv.value) as SnapshotRecord)
+          .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+      },
+
+      async getSnapshot(guest, snapshot) {
+        await load(guest);
+        assertDnsLabel(snapshot, 'snapshot name');
+        const record = await readSnapshot(guest, snapshot);
+        if (!record) throw notFound(`Guest ${guest} has no snapshot ${snapshot}`);
+        return record;
+      },
+
+      async createSnapshot(guest, snapshot) {
+        const { spec, status } = await load(guest);
+        assertDnsLabel(snapshot, 'snapshot name');
+        const storage = storageFor(spec);
+        assertProvisioned(spec, status);
+        if (await readSnapshot(guest, snapshot)) {
           throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
         }
-        return { snapshot: record };
-      });
-    },
-
-    async deleteSnapshot(guest, snapshot) {
-      const record = await service.getSnapshot(guest, snapshot);
-      const { spec } = await load(guest);
-      const storage = storageFor(spec);
-      return exclusive(guest, `Deleting snapshot ${snapshot} of guest ${guest}`, async () => {
-        // Record first: a crash in between leaves a directory that sweep() removes, never a dangling record.
-        await store.delete(storageKeys.snapshot(guest, record.name));
-        await storage.deleteSnapshot(spec, record.name);
-        return undefined;
-      });
-    },
-
-    async restoreSnapshot(guest, snapshot) {
-      await service.getSnapshot(guest, snapshot);
-      const { spec, status } = await load(guest);
-      const storage = storageFor(spec);
-      assertProvisioned(spec, status);
-      return exclusive(guest, `Restoring guest ${guest} to snapshot ${snapshot}`, async (ctx) => {
-        const wasUp = guestUp(status);
-        if (wasUp) {
-          ctx.progress(null, 'stopping');
-          await finished(await guests.changeState(guest, { action: 'stop' }));
-        }
-        ctx.progress(null, 'restoring');
-        const now = await load(guest);
-        await storage.restoreSnapshot(now.spec, snapshot);
-        if (wasUp) {
-          ctx.progress(null, 'starting');
-          await finished(await guests.changeState(guest, { action: 'start' }));
-        }
-        return undefined;
-      });
-    },
-
-    async copyGuest(request) {
-      assertDnsLabel(request.name, 'guest name');
-      const { spec: source, status } = await load(request.source);
-      const storage = storageFor(source);
-      assertProvisioned(source, status);
-      if (request.snapshot !== undefined) await service.getSnapshot(request.source, request.snapshot);
-      if (await store.get(keys.guest(request.name)))
-        throw alreadyExists(`Guest ${request.name} already exists`);
-      await checkPool(request.storage);
-      const what = request.snapshot ? `${request.source}/${request.snapshot}` : request.source;
-      return exclusive(
-        request.source,
-        `Copying guest ${what} to ${request.name}`,
-        async (ctx) => {
-          await store.put(storageKeys.pending(request.name), JSON.stringify({ kind: 'copy' }));
-          const create = {
-            name: request.name,
-            image: source.image,
-            model: source.model,
-            config: { ...source.config },
-          };
-          const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
-          await finished(await createOn(pool, create));
-          try {
-            ctx.progress(null, 'copying');
-            const target = (await load(request.name)).spec;
-            await storage.copy(
-              source,
-              target,
-              request.snapshot === undefined ? {} : { snapshot: request.snapshot },
-            );
-          } catch (e) {
-            await discard(request.name);
-            throw e;
-          } finally {
-            await store.delete(storageKeys.pending(request.name));
-          }
-          if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
-          return undefined;
-        },
-        { resources: { guests: [`/1.0/guests/${request.source}`, `/1.0/guests/${request.name}`] } },
-      );
-    },
-
-    async createBackup(guest, options) {
-      const { spec, status } = await load(guest);
-      const storage = storageFor(spec);
-      assertProvisioned(spec, status);
-      const exportIncremental = storage.exportIncremental?.bind(storage);
-      if (options.incremental) {
-        if (!exportIncremental) {
-          throw notSupported(
-            `Incremental backups are not supported for ${spec.model} guests: only vm disks keep dirty bitmaps`,
-          );
-        }
-        if (options.withSnapshots) {
-          throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
-        }
-      }
-      const backup = `backup-${randomBytes(8).toString('hex')}`;
-      return exclusive(
-        guest,
-        `Backing up guest ${guest}`,
-        async (ctx) => {
-          const image = await deps.images.get(spec.image);
-          const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
-          const dir = join(backupsDir, guest);
-          const work = join(dir, `.tmp-${backup}`);
-          const archive = join(dir, `${backup}.tar`);
-          await mkdir(join(work, 'snapshots'), { recursive: true, mode: 0o700 });
-          try {
-            const files: BackupManifest['files'] = {};
-            const steps = 1 + snapshots.length;
-            ctx.progress(0, 'root file system');
-            let link: BackupManifest['incremental'];
-            if (options.incremental && exportIncremental) {
-              link = await exportIncremental(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
-            } else {
-              await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
-            }
-            files['rootfs.tar.zst'] = await sha256Of(join(work, 'rootfs.tar.zst'));
-            for (const [i, snap] of snapshots.entries()) {
-              ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
-              const rel = `snapshots/${snap.name}.tar.zst`;
-              await storage.exportTar(spec, join(work, rel), { snapshot: snap.name, signal: ctx.signal });
-              files[rel] = await sha256Of(join(work, rel));
-            }
-            const manifest: BackupManifest = {
-              format: 'trivisor-backup/1',
+        const own = { project: projectOfRecord(spec) };
+        return exclusive(
+          guest,
+          `Snapshotting guest ${guest} as ${snapshot}`,
+          async () => {
+            const record: SnapshotRecord = {
+              name: snapshot,
+              guest,
               createdAt: new Date().toISOString(),
-              guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
-              image: {
-                fingerprint: image.fingerprint,
-                alias: spec.imageAlias,
-                description: image.description,
-              },
-              snapshots,
-              ...(link && { incremental: link }),
-              files,
+              wasRunning: guestUp(status),
             };
-            await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-            ctx.progress(Math.round((steps / (steps + 1)) * 100), 'compressing');
-            await runner.run(
-              // The payloads are compressed already: the outer tar only strings them together.
-              ['tar', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar.zst', 'snapshots'],
-              { signal: ctx.signal },
-            );
-            return { backup, sizeBytes: (await stat(archive)).size, ...(link && { incremental: link }) };
-          } catch (e) {
-            await rm(archive, { force: true });
-            if (ctx.signal.aborted)
-              throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
-            throw diskFull(e, `Cannot back up guest ${guest}`);
-          } finally {
-            await rm(work, { recursive: true, force: true });
-          }
-        },
-        { mayCancel: true },
-      );
-    },
-
-    async backupFile(guest, backup) {
-      assertDnsLabel(guest, 'guest name');
-      if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
-      const path = join(backupsDir, guest, `${backup}.tar`);
-      const st = await stat(path).catch(() => undefined);
-      if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
-      return { path, sizeBytes: st.size };
-    },
-
-    async deleteBackup(guest, backup) {
-      const { path } = await service.backupFile(guest, backup);
-      await rm(path, { force: true });
-    },
-
-    async importBackup(request) {
-      await checkPool(request.storage);
-      const id = randomBytes(8).toString('hex');
-      return operations.start({
-        description: 'Importing a guest backup',
-        mayCancel: true,
-        async run(ctx) {
-          const work = join(importsDir, `.tmp-${id}`);
-          let created: string | undefined;
-          try {
-            await mkdir(work, { recursive: true, mode: 0o700 });
-            ctx.progress(0, 'unpacking');
-            const unpacked = await runner.run(['tar', '-C', work, '-xf', request.archivePath], {
-              signal: ctx.signal,
-              allowFailure: true,
+            await storage.snapshot(spec, snapshot).catch((e: unknown) => {
+              throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);
             });
-            if (unpacked.code !== 0) {
-              if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-              if (/No space left/i.test(unpacked.stderr))
-                throw diskFull(new Error(unpacked.stderr), 'Cannot import');
-              throw invalidArgument(
-                `The backup archive is corrupted or truncated (${lastLine(unpacked.stderr)}): make the export again`,
+            const r = await store.txn({
+              compare: [
+                { key: storageKeys.snapshot(guest, snapshot), target: 'createRevision', op: '=', value: 0 },
+              ],
+              success: [
+                { type: 'put', key: storageKeys.snapshot(guest, snapshot), value: JSON.stringify(record) },
+              ],
+            });
+            if (!r.succeeded) {
+              await storage.deleteSnapshot(spec, snapshot);
+              throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
+            }
+            return { snapshot: record };
+          },
+          own,
+        );
+      },
+
+      async deleteSnapshot(guest, snapshot) {
+        const record = await service.getSnapshot(guest, snapshot);
+        const { spec } = await load(guest);
+        const storage = storageFor(spec);
+        return exclusive(
+          guest,
+          `Deleting snapshot ${snapshot} of guest ${guest}`,
+          async () => {
+            // Record first: a crash in between leaves a directory that sweep() removes, never a dangling record.
+            await store.delete(storageKeys.snapshot(guest, record.name));
+            await storage.deleteSnapshot(spec, record.name);
+            return undefined;
+          },
+          { project: projectOfRecord(spec) },
+        );
+      },
+
+      async restoreSnapshot(guest, snapshot) {
+        await service.getSnapshot(guest, snapshot);
+        const { spec, status } = await load(guest);
+        const storage = storageFor(spec);
+        assertProvisioned(spec, status);
+        return exclusive(
+          guest,
+          `Restoring guest ${guest} to snapshot ${snapshot}`,
+          async (ctx) => {
+            const wasUp = guestUp(status);
+            if (wasUp) {
+              ctx.progress(null, 'stopping');
+              await finished(await guests.changeState(guest, { action: 'stop' }));
+            }
+            ctx.progress(null, 'restoring');
+            const now = await load(guest);
+            await storage.restoreSnapshot(now.spec, snapshot);
+            if (wasUp) {
+              ctx.progress(null, 'starting');
+              await finished(await guests.changeState(guest, { action: 'start' }));
+            }
+            return undefined;
+          },
+          { project: projectOfRecord(spec) },
+        );
+      },
+
+      async copyGuest(request) {
+        assertDnsLabel(request.name, 'guest name');
+        const { spec: source, status } = await load(request.source);
+        const storage = storageFor(source);
+        assertProvisioned(source, status);
+        if (request.snapshot !== undefined) await service.getSnapshot(request.source, request.snapshot);
+        const project = projectOfRecord(source);
+        const taken = await store.get(keys.guest(request.name));
+        if (taken) {
+          throw projectOfRecord(JSON.parse(taken.value) as GuestSpec) === project
+            ? alreadyExists(`Guest ${request.name} already exists`)
+            : alreadyExists(
+                `The name ${request.name} is taken by a guest of another project: guest names are unique on this host, pick another`,
               );
+        }
+        // The quota is refused here, before any work; the create in the operation checks it again, race-free.
+        const p = await readProject(store, project);
+        assertGuestCountable(project, p.spec.config, source.config);
+        assertWithinLimits(project, p.spec.config, {
+          before: p.usage,
+          after: addUsage(p.usage, guestUsage(source.config)),
+        });
+        await checkPool(request.storage);
+        const what = request.snapshot ? `${request.source}/${request.snapshot}` : request.source;
+        return exclusive(
+          request.source,
+          `Copying guest ${what} to ${request.name}`,
+          async (ctx) => {
+            await store.put(storageKeys.pending(request.name), JSON.stringify({ kind: 'copy' }));
+            const create = {
+              name: request.name,
+              project,
+              image: source.image,
+              model: source.model,
+              config: { ...source.config },
+            };
+            const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
+            await finished(await createOn(pool, create));
+            try {
+              ctx.progress(null, 'copying');
+              const target = (await load(request.name)).spec;
+              await storage.copy(
+                source,
+                target,
+                request.snapshot === undefined ? {} : { snapshot: request.snapshot },
+              );
+            } catch (e) {
+              await discard(request.name);
+              throw e;
+            } finally {
+              await store.delete(storageKeys.pending(request.name));
             }
-            const manifest = await readManifest(work);
-            ctx.progress(30, 'verifying checksums');
-            for (const [rel, want] of Object.entries(manifest.files)) {
-              const got = await sha256Of(join(work, rel)).catch(() => undefined);
-              if (!got)
-                throw invalidArgument(
-                  `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
-                );
-              if (got.sha256 !== want.sha256 || got.sizeBytes !== want.sizeBytes) {
-                throw invalidArgument(`The backup archive is corrupted: ${rel} does not match its checksum`);
+            if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
+            return undefined;
+          },
+          {
+            project,
+            resources: { guests: [`/1.0/guests/${request.source}`, `/1.0/guests/${request.name}`] },
+          },
+        );
+      },
+
+      async createBackup(guest, options) {
+        const { spec, status } = await load(guest);
+        const storage = storageFor(spec);
+        assertProvisioned(spec, status);
+        const exportIncremental = storage.exportIncremental?.bind(storage);
+        if (options.incremental) {
+          if (!exportIncremental) {
+            throw notSupported(
+              `Incremental backups are not supported for ${spec.model} guests: only vm disks keep dirty bitmaps`,
+            );
+          }
+          if (options.withSnapshots) {
+            throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
+          }
+        }
+        const backup = `backup-${randomBytes(8).toString('hex')}`;
+        return exclusive(
+          guest,
+          `Backing up guest ${guest}`,
+          async (ctx) => {
+            const image = await deps.images.get(spec.image);
+            const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
+            const dir = join(backupsDir, guest);
+            const work = join(dir, `.tmp-${backup}`);
+            const archive = join(dir, `${backup}.tar`);
+            await mkdir(join(work, 'snapshots'), { recursive: true, mode: 0o700 });
+            try {
+              const files: BackupManifest['files'] = {};
+              const steps = 1 + snapshots.length;
+              ctx.progress(0, 'root file system');
+              let link: BackupManifest['incremental'];
+              if (options.incremental && exportIncremental) {
+                link = await exportIncremental(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+              } else {
+                await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
               }
+              files['rootfs.tar.zst'] = await sha256Of(join(work, 'rootfs.tar.zst'));
+              for (const [i, snap] of snapshots.entries()) {
+                ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
+                const rel = `snapshots/${snap.name}.tar.zst`;
+                await storage.exportTar(spec, join(work, rel), { snapshot: snap.name, signal: ctx.signal });
+                files[rel] = await sha256Of(join(work, rel));
+              }
+              const manifest: BackupManifest = {
+                format: 'trivisor-backup/1',
+                createdAt: new Date().toISOString(),
+                guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
+                image: {
+                  fingerprint: image.fingerprint,
+                  alias: spec.imageAlias,
+                  description: image.description,
+                },
+                snapshots,
+                ...(link && { incremental: link }),
+                files,
+              };
+              await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+              ctx.progress(Math.round((steps / (steps + 1)) * 100), 'compressing');
+              await runner.run(
+                // The payloads are compressed already: the outer tar only strings them together.
+                ['tar', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar.zst', 'snapshots'],
+                { signal: ctx.signal },
+              );
+              return { backup, sizeBytes: (await stat(archive)).size, ...(link && { incremental: link }) };
+            } catch (e) {
+              await rm(archive, { force: true });
+              if (ctx.signal.aborted)
+                throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
+              throw diskFull(e, `Cannot back up guest ${guest}`);
+            } finally {
+              await rm(work, { recursive: true, force: true });
             }
-            for (const snap of manifest.snapshots) {
-              if (!manifest.files[`snapshots/${snap.name}.tar.zst`]) {
+          },
+          { project: projectOfRecord(spec), mayCancel: true },
+        );
+      },
+
+      async backupFile(guest, backup) {
+        assertDnsLabel(guest, 'guest name');
+        // Backups are kept by guest name: one is only reachable through a guest of the project.
+        if (scope !== undefined) await load(guest);
+        if (!BACKUP_NAME.test(backup))
+          throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
+        const path = join(backupsDir, guest, `${backup}.tar`);
+        const st = await stat(path).catch(() => undefined);
+        if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
+        return { path, sizeBytes: st.size };
+      },
+
+      async deleteBackup(guest, backup) {
+        const { path } = await service.backupFile(guest, backup);
+        await rm(path, { force: true });
+      },
+
+      async importBackup(request) {
+        const project = scope ?? DEFAULT_PROJECT;
+        // What the archive holds is known only once it is unpacked: the guest count is refused here,
+        // the rest (memory, CPUs, disk) by the create in the operation, which leaves nothing behind.
+        const p = await readProject(store, project);
+        assertWithinLimits(project, p.spec.config, {
+          before: p.usage,
+          after: addUsage(p.usage, { ...NO_USAGE, guests: 1 }),
+        });
+        await checkPool(request.storage);
+        const id = randomBytes(8).toString('hex');
+        return operations.start({
+          project,
+          description: 'Importing a guest backup',
+          mayCancel: true,
+          async run(ctx) {
+            const work = join(importsDir, `.tmp-${id}`);
+            let created: string | undefined;
+            try {
+              await mkdir(work, { recursive: true, mode: 0o700 });
+              ctx.progress(0, 'unpacking');
+              const unpacked = await runner.run(['tar', '-C', work, '-xf', request.archivePath], {
+                signal: ctx.signal,
+                allowFailure: true,
+              });
+              if (unpacked.code !== 0) {
+                if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+                if (/No space left/i.test(unpacked.stderr))
+                  throw diskFull(new Error(unpacked.stderr), 'Cannot import');
                 throw invalidArgument(
-                  `The backup archive lacks snapshot ${snap.name}: make the export again`,
+                  `The backup archive is corrupted or truncated (${lastLine(unpacked.stderr)}): make the export again`,
                 );
               }
-            }
-            const name = request.name ?? manifest.guest.name;
-            assertDnsLabel(name, 'guest name');
-            const link = manifest.incremental;
-            if (link?.kind === 'incremental') {
-              // An incremental backup goes onto the guest restored from the earlier links of its chain.
-              if (request.storage !== undefined) {
-                throw invalidArgument(
-                  "An incremental backup goes onto the guest imported from its chain, on that guest's pool: leave out the storage pool",
-                );
+              const manifest = await readManifest(work);
+              ctx.progress(30, 'verifying checksums');
+              for (const [rel, want] of Object.entries(manifest.files)) {
+                const got = await sha256Of(join(work, rel)).catch(() => undefined);
+                if (!got)
+                  throw invalidArgument(
+                    `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
+                  );
+                if (got.sha256 !== want.sha256 || got.sizeBytes !== want.sizeBytes) {
+                  throw invalidArgument(
+                    `The backup archive is corrupted: ${rel} does not match its checksum`,
+                  );
+                }
               }
-              const { spec, status } = await load(name).catch((e: unknown) => {
+              for (const snap of manifest.snapshots) {
+                if (!manifest.files[`snapshots/${snap.name}.tar.zst`]) {
+                  throw invalidArgument(
+                    `The backup archive lacks snapshot ${snap.name}: make the export again`,
+                  );
+                }
+              }
+              const name = request.name ?? manifest.guest.name;
+              assertDnsLabel(name, 'guest name');
+              const link = manifest.incremental;
+              if (link?.kind === 'incremental') {
+                // An incremental backup goes onto the guest restored from the earlier links of its chain.
+                if (request.storage !== undefined) {
+                  throw invalidArgument(
+                    "An incremental backup goes onto the guest imported from its chain, on that guest's pool: leave out the storage pool",
+                  );
+                }
+                const { spec, status } = await load(name).catch((e: unknown) => {
+                  if (asTrivisorError(e).code !== 'NotFound') throw e;
+                  throw failedPrecondition(
+                    `Guest ${name} does not exist: import the full backup of this chain and the incrementals before this one first`,
+                  );
+                });
+                const storage = storageFor(spec);
+                if (spec.model !== manifest.guest.model || !storage.importIncremental) {
+                  throw failedPrecondition(
+                    `Guest ${name} is a ${spec.model} guest: the backup is of a ${manifest.guest.model} guest`,
+                  );
+                }
+                if (guestUp(status)) {
+                  throw failedPrecondition(
+                    `Guest ${name} is running: stop it before applying an incremental backup`,
+                  );
+                }
+                if (busy.has(name))
+                  throw conflict(`Guest ${name} has a snapshot, copy or backup under way: wait for it`);
+                busy.add(name);
+                try {
+                  ctx.progress(60, 'applying the incremental backup');
+                  await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
+                    link,
+                    signal: ctx.signal,
+                  });
+                } finally {
+                  busy.delete(name);
+                }
+                return { name };
+              }
+              const taken = await store.get(keys.guest(name));
+              if (taken) {
+                throw projectOfRecord(JSON.parse(taken.value) as GuestSpec) === project
+                  ? alreadyExists(`Guest ${name} already exists: give the import another name`)
+                  : alreadyExists(
+                      `The name ${name} is taken by a guest of another project: guest names are unique on this host, give the import another name`,
+                    );
+              }
+              await deps.images.get(manifest.image.fingerprint).catch((e: unknown) => {
                 if (asTrivisorError(e).code !== 'NotFound') throw e;
                 throw failedPrecondition(
-                  `Guest ${name} does not exist: import the full backup of this chain and the incrementals before this one first`,
+                  `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
                 );
               });
-              const storage = storageFor(spec);
-              if (spec.model !== manifest.guest.model || !storage.importIncremental) {
-                throw failedPrecondition(
-                  `Guest ${name} is a ${spec.model} guest: the backup is of a ${manifest.guest.model} guest`,
-                );
-              }
-              if (guestUp(status)) {
-                throw failedPrecondition(
-                  `Guest ${name} is running: stop it before applying an incremental backup`,
-                );
-              }
-              if (busy.has(name))
-                throw conflict(`Guest ${name} has a snapshot, copy or backup under way: wait for it`);
+              if (busy.has(name)) throw conflict(`Guest ${name} is being imported already`);
               busy.add(name);
               try {
-                ctx.progress(60, 'applying the incremental backup');
-                await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
-                  link,
-                  signal: ctx.signal,
-                });
+                ctx.progress(50, 'creating the guest');
+                created = name;
+                await store.put(storageKeys.pending(name), JSON.stringify({ kind: 'import' }));
+                await finished(
+                  await createOn(request.storage, {
+                    name,
+                    project,
+                    image: manifest.image.fingerprint,
+                    model: manifest.guest.model as Model,
+                    config: manifest.guest.config,
+                  }),
+                );
+                const { spec } = await load(name);
+                const storage = storageFor(spec);
+                ctx.progress(60, 'root file system');
+                if (link && storage.importIncremental) {
+                  // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
+                  await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
+                    link,
+                    signal: ctx.signal,
+                  });
+                } else {
+                  await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+                }
+                for (const snap of manifest.snapshots) {
+                  ctx.progress(80, `snapshot ${snap.name}`);
+                  await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar.zst`), {
+                    snapshot: snap.name,
+                    signal: ctx.signal,
+                  });
+                  const record: SnapshotRecord = { ...snap, guest: name };
+                  await store.put(storageKeys.snapshot(name, snap.name), JSON.stringify(record));
+                }
               } finally {
                 busy.delete(name);
               }
+              await store.delete(storageKeys.pending(name));
               return { name };
-            }
-            if (await store.get(keys.guest(name))) {
-              throw alreadyExists(`Guest ${name} already exists: give the import another name`);
-            }
-            await deps.images.get(manifest.image.fingerprint).catch((e: unknown) => {
-              if (asTrivisorError(e).code !== 'NotFound') throw e;
-              throw failedPrecondition(
-                `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
-              );
-            });
-            if (busy.has(name)) throw conflict(`Guest ${name} is being imported already`);
-            busy.add(name);
-            try {
-              ctx.progress(50, 'creating the guest');
-              created = name;
-              await store.put(storageKeys.pending(name), JSON.stringify({ kind: 'import' }));
-              await finished(
-                await createOn(request.storage, {
-                  name,
-                  image: manifest.image.fingerprint,
-                  model: manifest.guest.model as Model,
-                  config: manifest.guest.config,
-                }),
-              );
-              const { spec } = await load(name);
-              const storage = storageFor(spec);
-              ctx.progress(60, 'root file system');
-              if (link && storage.importIncremental) {
-                // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
-                await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
-                  link,
-                  signal: ctx.signal,
-                });
-              } else {
-                await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+            } catch (e) {
+              if (created) {
+                await discard(created);
+                await store.delete(storageKeys.pending(created));
               }
-              for (const snap of manifest.snapshots) {
-                ctx.progress(80, `snapshot ${snap.name}`);
-                await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar.zst`), {
-                  snapshot: snap.name,
-                  signal: ctx.signal,
-                });
-                const record: SnapshotRecord = { ...snap, guest: name };
-                await store.put(storageKeys.snapshot(name, snap.name), JSON.stringify(record));
-              }
+              if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+              throw diskFull(e, 'Cannot import the backup');
             } finally {
-              busy.delete(name);
+              await rm(work, { recursive: true, force: true });
+              await rm(request.archivePath, { force: true });
             }
-            await store.delete(storageKeys.pending(name));
-            return { name };
-          } catch (e) {
-            if (created) {
-              await discard(created);
-              await store.delete(storageKeys.pending(created));
-            }
-            if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-            throw diskFull(e, 'Cannot import the backup');
-          } finally {
-            await rm(work, { recursive: true, force: true });
-            await rm(request.archivePath, { force: true });
-          }
-        },
-      });
-    },
-
-    async start() {
-      await service.sweep();
-      const { kvs, revision } = await store.list(keys.guestPrefix);
-      for (const kv of kvs) await keepConfig(JSON.parse(kv.value) as GuestSpec).catch(() => {});
-      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
-        for (const ev of events) {
-          if (ev.type === 'put') void keepConfig(JSON.parse(ev.kv.value) as GuestSpec).catch(() => {});
-        }
-      });
-      // The first copy can only be written once the driver has made the guest's directory.
-      deps.events.subscribe(
-        (event) => {
-          const name = event.metadata.name;
-          if (event.action === 'guest-created' && typeof name === 'string')
-            void keepConfigOf(name).catch(() => {});
-        },
-        ['lifecycle'],
-      );
-    },
-
-    stop() {
-      watcher?.cancel();
-    },
-
-    async recover() {
-      const report: RecoverReport = { recovered: [], skipped: [] };
-      const entries = await readdir(guestsDir).catch(() => [] as string[]);
-      for (const name of entries.sort()) {
-        if (name.startsWith('.')) continue;
-        const skip = (reason: string) => report.skipped.push({ name, reason });
-        let spec: GuestSpec;
-        try {
-          spec = (
-            JSON.parse(await readFile(join(guestsDir, name, GUEST_CONFIG_FILE), 'utf8')) as {
-              spec: GuestSpec;
-            }
-          ).spec;
-        } catch {
-          skip(`no readable ${GUEST_CONFIG_FILE}`);
-          continue;
-        }
-        if (spec.name !== name) {
-          skip(`${GUEST_CONFIG_FILE} names another guest (${spec.name})`);
-          continue;
-        }
-        if (await store.get(keys.guest(name))) {
-          skip('its records exist');
-          continue;
-        }
-        const driver = deps.drivers?.[spec.model];
-        if (!driver) {
-          skip(`the ${spec.model} model is not available on this host`);
-          continue;
-        }
-        const image = await deps.images.get(spec.image).catch(() => undefined);
-        if (!image) {
-          skip(`its image ${spec.imageAlias || spec.image} (fingerprint ${spec.image}) is not on this host`);
-          continue;
-        }
-        const rt = await driver.inspect(spec, undefined).catch(() => ({ state: 'absent' as const }));
-        if (rt.state === 'absent') {
-          skip('its driver finds nothing of it on disk');
-          continue;
-        }
-        // The desired state follows what runs: recovery adopts, it does not start or stop anything.
-        const desired = rt.state === 'running' ? 'Running' : rt.state === 'frozen' ? 'Frozen' : 'Stopped';
-        const next: GuestSpec = {
-          ...spec,
-          desired,
-          deleting: false,
-          stopForce: false,
-          host: deps.hostName ?? spec.host,
-        };
-        const status: GuestStatus = {
-          status: desired,
-          observedGeneration: next.generation,
-          observedRestartRequest: next.restartRequest,
-          restartCount: 0,
-          provisioned: true,
-          appliedConfig: { ...next.config },
-          pendingRestart: [],
-        };
-        if ('process' in rt && rt.process) status.process = rt.process;
-        const storage = deps.storage[spec.model];
-        const snapshots = storage ? await storage.listSnapshots(spec).catch(() => [] as string[]) : [];
-        const ops: Parameters<KvStore['txn']>[0]['success'] = [
-          { type: 'put', key: keys.guestStatus(name), value: JSON.stringify(status) },
-          { type: 'put', key: keys.guest(name), value: JSON.stringify(next) },
-        ];
-        for (const snap of snapshots) {
-          const st = await stat(join(guestsDir, name, 'snapshots', snap)).catch(() => undefined);
-          const record: SnapshotRecord = {
-            name: snap,
-            guest: name,
-            createdAt: (st?.mtime ?? new Date()).toISOString(),
-            wasRunning: false,
-          };
-          ops.push({ type: 'put', key: storageKeys.snapshot(name, snap), value: JSON.stringify(record) });
-        }
-        const r = await store.txn({
-          compare: [{ key: keys.guest(name), target: 'createRevision', op: '=', value: 0 }],
-          success: ops,
+          },
         });
-        if (!r.succeeded) {
-          skip('its records were made meanwhile');
-          continue;
-        }
-        // A guest on a pool other than the default one is recorded there again, with the pool if it was lost too.
-        const pool = await deps
-          .pools?.()
-          ?.recoverGuest(next)
-          .catch((e: unknown) => {
-            report.skipped.push({ name, reason: `its pool: ${asTrivisorError(e).message}` });
-            return undefined;
-          });
-        report.recovered.push({ name, model: spec.model, status: desired, snapshots, ...(pool && { pool }) });
-      }
-      return report;
-    },
+      },
 
-    async sweep() {
-      // Guests a crash left half-copied or half-imported are deleted (by the controller, once it runs).
-      for (const kv of (await store.list(storageKeys.pendingPrefix)).kvs) {
-        const name = kv.key.slice(storageKeys.pendingPrefix.length);
-        const op = await guests.delete(name, { force: true }).catch(() => undefined);
-        if (op) void operations.wait(op.id).catch(() => {});
-        await store.delete(kv.key);
-      }
-      for (const name of await readdir(deps.stateDir).catch(() => [] as string[])) {
-        if (name.startsWith('trivisor-import-')) await rm(join(deps.stateDir, name), { force: true });
-      }
-      for (const dir of [backupsDir, importsDir]) {
-        await sweepTmp(dir);
-        for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
-      }
-      const { kvs } = await store.list(keys.guestPrefix);
-      const names = new Set(kvs.map((kv) => kv.key.slice(keys.guestPrefix.length)));
-      for (const r of (await store.list('/trivisor/snapshots/')).kvs) {
-        const guest = r.key.slice('/trivisor/snapshots/'.length).split('/')[0] ?? '';
-        if (!names.has(guest)) await store.delete(r.key);
-      }
-      for (const kv of kvs) {
-        const spec = JSON.parse(kv.value) as GuestSpec;
-        const storage = deps.storage[spec.model];
-        if (!storage) continue;
-        await storage.sweep(spec).catch(() => {});
-        // A snapshot is real only when both its record and its directory exist.
-        const onDisk = new Set(await storage.listSnapshots(spec).catch(() => [] as string[]));
-        const recorded = await store.list(storageKeys.snapshotPrefix(spec.name));
-        for (const r of recorded.kvs) {
-          const name = r.key.slice(storageKeys.snapshotPrefix(spec.name).length);
-          if (!onDisk.has(name)) await store.delete(r.key);
-          onDisk.delete(name);
+      async start() {
+        await service.sweep();
+        const { kvs, revision } = await store.list(keys.guestPrefix);
+        for (const kv of kvs) await keepConfig(JSON.parse(kv.value) as GuestSpec).catch(() => {});
+        watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
+          for (const ev of events) {
+            if (ev.type === 'put') void keepConfig(JSON.parse(ev.kv.value) as GuestSpec).catch(() => {});
+          }
+        });
+        // The first copy can only be written once the driver has made the guest's directory.
+        deps.events.subscribe(
+          (event) => {
+            const name = event.metadata.name;
+            if (event.action === 'guest-created' && typeof name === 'string')
+              void keepConfigOf(name).catch(() => {});
+          },
+          ['lifecycle'],
+        );
+      },
+
+      stop() {
+        watcher?.cancel();
+      },
+
+      async recover() {
+        const report: RecoverReport = { recovered: [], skipped: [] };
+        const entries = await readdir(guestsDir).catch(() => [] as string[]);
+        for (const name of entries.sort()) {
+          if (name.startsWith('.')) continue;
+          const skip = (reason: string) => report.skipped.push({ name, reason });
+          let spec: GuestSpec;
+          try {
+            spec = (
+              JSON.parse(await readFile(join(guestsDir, name, GUEST_CONFIG_FILE), 'utf8')) as {
+                spec: GuestSpec;
+              }
+            ).spec;
+          } catch {
+            skip(`no readable ${GUEST_CONFIG_FILE}`);
+            continue;
+          }
+          if (spec.name !== name) {
+            skip(`${GUEST_CONFIG_FILE} names another guest (${spec.name})`);
+            continue;
+          }
+          if (await store.get(keys.guest(name))) {
+            skip('its records exist');
+            continue;
+          }
+          const driver = deps.drivers?.[spec.model];
+          if (!driver) {
+            skip(`the ${spec.model} model is not available on this host`);
+            continue;
+          }
+          const image = await deps.images.get(spec.image).catch(() => undefined);
+          if (!image) {
+            skip(
+              `its image ${spec.imageAlias || spec.image} (fingerprint ${spec.image}) is not on this host`,
+            );
+            continue;
+          }
+          const rt = await driver.inspect(spec, undefined).catch(() => ({ state: 'absent' as const }));
+          if (rt.state === 'absent') {
+            skip('its driver finds nothing of it on disk');
+            continue;
+          }
+          // The desired state follows what runs: recovery adopts, it does not start or stop anything.
+          const desired = rt.state === 'running' ? 'Running' : rt.state === 'frozen' ? 'Frozen' : 'Stopped';
+          const next: GuestSpec = {
+            ...spec,
+            desired,
+            deleting: false,
+            stopForce: false,
+            host: deps.hostName ?? spec.host,
+          };
+          const status: GuestStatus = {
+            status: desired,
+            observedGeneration: next.generation,
+            observedRestartRequest: next.restartRequest,
+            restartCount: 0,
+            provisioned: true,
+            appliedConfig: { ...next.config },
+            pendingRestart: [],
+          };
+          if ('process' in rt && rt.process) status.process = rt.process;
+          const storage = deps.storage[spec.model];
+          const snapshots = storage ? await storage.listSnapshots(spec).catch(() => [] as string[]) : [];
+          const ops: Parameters<KvStore['txn']>[0]['success'] = [
+            { type: 'put', key: keys.guestStatus(name), value: JSON.stringify(status) },
+            { type: 'put', key: keys.guest(name), value: JSON.stringify(next) },
+          ];
+          for (const snap of snapshots) {
+            const st = await stat(join(guestsDir, name, 'snapshots', snap)).catch(() => undefined);
+            const record: SnapshotRecord = {
+              name: snap,
+              guest: name,
+              createdAt: (st?.mtime ?? new Date()).toISOString(),
+              wasRunning: false,
+            };
+            ops.push({ type: 'put', key: storageKeys.snapshot(name, snap), value: JSON.stringify(record) });
+          }
+          const r = await store.txn({
+            compare: [{ key: keys.guest(name), target: 'createRevision', op: '=', value: 0 }],
+            success: ops,
+          });
+          if (!r.succeeded) {
+            skip('its records were made meanwhile');
+            continue;
+          }
+          // A guest on a pool other than the default one is recorded there again, with the pool if it was lost too.
+          const pool = await deps
+            .pools?.()
+            ?.recoverGuest(next)
+            .catch((e: unknown) => {
+              report.skipped.push({ name, reason: `its pool: ${asTrivisorError(e).message}` });
+              return undefined;
+            });
+          report.recovered.push({
+            name,
+            model: spec.model,
+            status: desired,
+            snapshots,
+            ...(pool && { pool }),
+          });
         }
-        for (const name of onDisk) await storage.deleteSnapshot(spec, name).catch(() => {});
-      }
-    },
-  };
-  return service;
+        return report;
+      },
+
+      async sweep() {
+        // Guests a crash left half-copied or half-imported are deleted (by the controller, once it runs).
+        for (const kv of (await store.list(storageKeys.pendingPrefix)).kvs) {
+          const name = kv.key.slice(storageKeys.pendingPrefix.length);
+          const op = await guests.delete(name, { force: true }).catch(() => undefined);
+          if (op) void operations.wait(op.id).catch(() => {});
+          await store.delete(kv.key);
+        }
+        for (const name of await readdir(deps.stateDir).catch(() => [] as string[])) {
+          if (name.startsWith('trivisor-import-')) await rm(join(deps.stateDir, name), { force: true });
+        }
+        for (const dir of [backupsDir, importsDir]) {
+          await sweepTmp(dir);
+          for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
+        }
+        const { kvs } = await store.list(keys.guestPrefix);
+        const names = new Set(kvs.map((kv) => kv.key.slice(keys.guestPrefix.length)));
+        for (const r of (await store.list('/trivisor/snapshots/')).kvs) {
+          const guest = r.key.slice('/trivisor/snapshots/'.length).split('/')[0] ?? '';
+          if (!names.has(guest)) await store.delete(r.key);
+        }
+        for (const kv of kvs) {
+          const spec = JSON.parse(kv.value) as GuestSpec;
+          const storage = deps.storage[spec.model];
+          if (!storage) continue;
+          await storage.sweep(spec).catch(() => {});
+          // A snapshot is real only when both its record and its directory exist.
+          const onDisk = new Set(await storage.listSnapshots(spec).catch(() => [] as string[]));
+          const recorded = await store.list(storageKeys.snapshotPrefix(spec.name));
+          for (const r of recorded.kvs) {
+            const name = r.key.slice(storageKeys.snapshotPrefix(spec.name).length);
+            if (!onDisk.has(name)) await store.delete(r.key);
+            onDisk.delete(name);
+          }
+          for (const name of onDisk) await storage.deleteSnapshot(spec, name).catch(() => {});
+        }
+      },
+    };
+    return service;
+  }
+
+  return scoped(undefined);
 }
 
 async function sweepTmp(dir: string): Promise<void> {

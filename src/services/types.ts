@@ -7,6 +7,7 @@ export type { ConsoleStream, ExecSession };
 
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
+import type { ProjectService } from './project-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { VolumeService } from './volume-service.ts';
 
@@ -21,6 +22,8 @@ export interface CreateGuestRequest {
   start?: boolean;
   /** Incus-style devices: `{ eth0: { type: 'nic', network: 'trivisor0' } }`. */
   devices?: Record<string, NicDevice>;
+  /** Project of the new guest (default: the service's project, else `default`). */
+  project?: string;
 }
 
 /** Body of `PUT /1.0/guests/{name}/state`. */
@@ -51,6 +54,8 @@ export interface OperationContext {
 }
 
 export interface OperationSpec {
+  /** Project the operation belongs to (default: `default`); another project's requests do not see it. */
+  project?: string;
   description: string;
   resources?: Record<string, string[]>;
   mayCancel?: boolean;
@@ -77,8 +82,14 @@ export interface EventBus {
   subscribe(listener: (event: TrivisorEvent) => void, types?: TrivisorEvent['type'][]): () => void;
 }
 
+/**
+ * Guests. The service main.ts builds is the host's view (every project, for internal
+ * callers); `inProject(name)` is one project's, where another project's guest is NotFound.
+ */
 export interface GuestService {
-  list(options?: { withUsage?: boolean }): Promise<Guest[]>;
+  inProject(project: string): GuestService;
+  /** `allProjects` lists every project's guests even in a project's view. */
+  list(options?: { withUsage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
   get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
   /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
   create(request: CreateGuestRequest): Promise<Operation>;
@@ -112,9 +123,11 @@ export interface PushFileRequest {
   createDirs?: boolean;
 }
 
+/** Images; like GuestService, the host's view with `inProject` for one project's. */
 export interface ImageService {
-  list(): Promise<ImageRecord[]>;
-  /** By alias or (unique prefix of) fingerprint; NotFound otherwise. */
+  inProject(project: string): ImageService;
+  list(options?: { allProjects?: boolean }): Promise<ImageRecord[]>;
+  /** By alias or (unique prefix of) fingerprint; NotFound otherwise (and for another project's image). */
   get(ref: string): Promise<ImageRecord>;
   /** `debian/bookworm` and friends, built with debootstrap, as an operation. */
   build(request: { source: string; alias?: string }): Promise<Operation>;
@@ -162,4 +175,6 @@ export interface Services {
   pools?: PoolService;
   /** Custom storage volumes; absent where storage is not set up. */
   volumes?: VolumeService;
+  /** Projects and their quotas. */
+  projects: ProjectService;
 }

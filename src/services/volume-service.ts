@@ -9,6 +9,14 @@ import {
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import {
+  addUsage,
+  assertWithinLimits,
+  DEFAULT_PROJECT,
+  NO_USAGE,
+  type ProjectOwned,
+  projectOfRecord,
+} from '../core/projects.ts';
 import { formatBytes } from '../core/sizes.ts';
 import type { DiskDevice, GuestSpec, GuestStatus, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
@@ -30,10 +38,15 @@ import {
   volumePath,
 } from '../storage/volumes.ts';
 import type { KvStore } from '../store/kv.ts';
+import { guardedWrite, readProject } from './project-service.ts';
 import type { EventBus } from './types.ts';
+
+/** A volume record with its project (volumes.ts's record predates projects). */
+type OwnedVolume = VolumeRecord & ProjectOwned;
 
 /** A volume as the API shows it: its record, where it is, who uses it and its space. */
 export interface StorageVolume extends VolumeRecord {
+  project: string;
   /** Incus's volume type: always `custom`; `contentType` is filesystem or block. */
   kind: 'custom';
   path: string;
@@ -83,7 +96,9 @@ export interface VolumeChange {
 
 /** Custom storage volumes (`trivisor storage volume`), as in Incus's /1.0/storage-pools/{pool}/volumes/custom. */
 export interface VolumeService {
-  list(pool: string): Promise<StorageVolume[]>;
+  /** One project's view (another project's volume is NotFound); the service itself is the host's view. */
+  inProject(project: string): VolumeService;
+  list(pool: string, options?: { allProjects?: boolean }): Promise<StorageVolume[]>;
   get(pool: string, name: string): Promise<StorageVolume>;
   create(pool: string, request: CreateVolumeRequest): Promise<StorageVolume>;
   /** Grows a volume (`config.size`); shrinking is refused. */
@@ -173,13 +188,16 @@ export function createVolumeService(deps: {
 
   const poolPath = (pool: PoolRecord) => poolPathOf(pool, deps.pools, deps.stateDir);
 
-  async function volumeRecord(pool: string, name: string): Promise<{ pool: PoolRecord; vol: VolumeRecord }> {
+  async function volumeAny(pool: string, name: string): Promise<{ pool: PoolRecord; vol: OwnedVolume }> {
     const p = await poolRecord(pool);
     assertVolumeName(name);
     const kv = await store.get(volumeKeys.volume(pool, name));
     if (!kv) throw notFound(`Storage volume ${name} not found on pool ${pool}`);
-    return { pool: p, vol: JSON.parse(kv.value) as VolumeRecord };
+    return { pool: p, vol: JSON.parse(kv.value) as OwnedVolume };
   }
+
+  /** What `quota` adds to a project when a volume of `sizeBytes` is made or grown by that much. */
+  const diskOf = (sizeBytes: number) => ({ ...NO_USAGE, diskBytes: sizeBytes });
 
   async function allSpecs(): Promise<GuestSpec[]> {
     const { kvs } = await store.list(keys.guestPrefix);
@@ -198,6 +216,7 @@ export function createVolumeService(deps: {
     const usage = await backend.usage(pool.driver, poolPath(pool), vol).catch(() => ({ usedBytes: null }));
     return {
       ...vol,
+      project: projectOfRecord(vol as OwnedVolume),
       kind: 'custom',
       path: volumePath(poolPath(pool), vol),
       usedBy: [...new Set(attachments.map((a) => `/1.0/guests/${a.guest}`))],
@@ -248,281 +267,364 @@ export function createVolumeService(deps: {
   const lifecycle = (action: string, vol: VolumeRecord, metadata: Record<string, unknown> = {}) =>
     deps.events?.publish({
       type: 'lifecycle',
+      project: projectOfRecord(vol as OwnedVolume),
       action,
       source: `/1.0/storage-pools/${vol.pool}/volumes/custom/${vol.name}`,
       metadata: { pool: vol.pool, name: vol.name, ...metadata },
     });
 
-  return {
-    async list(pool) {
-      const p = await poolRecord(pool);
-      const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
-      const specs = await allSpecs();
-      return Promise.all(kvs.map((kv) => show(p, JSON.parse(kv.value) as VolumeRecord, specs)));
-    },
+  /** The service as one project sees it; `scope` undefined is the host's view. */
+  function scoped(scope: string | undefined): VolumeService {
+    const project = scope ?? DEFAULT_PROJECT;
+    async function volumeRecord(pool: string, name: string): Promise<{ pool: PoolRecord; vol: OwnedVolume }> {
+      const found = await volumeAny(pool, name);
+      if (scope !== undefined && projectOfRecord(found.vol) !== scope) {
+        throw notFound(`Storage volume ${name} not found on pool ${pool}`);
+      }
+      return found;
+    }
 
-    async get(pool, name) {
-      const { pool: p, vol } = await volumeRecord(pool, name);
-      return show(p, vol);
-    },
+    /** A guest to attach to or detach from: in the volume's project, or not found. */
+    async function guestOf(name: string, vol: OwnedVolume) {
+      const found = await guestSpec(name);
+      if (projectOfRecord(found.spec) !== projectOfRecord(vol)) throw notFound(`Guest ${name} not found`);
+      return found;
+    }
 
-    create(pool, request) {
-      return serial(async () => {
+    return {
+      inProject: (p) => scoped(p),
+
+      async list(pool, options = {}) {
         const p = await poolRecord(pool);
-        assertVolumeName(request.name);
-        const type = parseVolumeType(request.type);
-        const { sizeBytes } = checkVolumeConfig(request.config ?? {});
-        if (await store.get(volumeKeys.volume(pool, request.name))) {
-          throw alreadyExists(`Storage volume ${request.name} already exists on pool ${pool}`);
-        }
-        if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
-          throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
-        }
-        const vol: VolumeRecord = {
-          name: request.name,
-          pool,
-          type,
-          sizeBytes: sizeBytes ?? DEFAULT_VOLUME_BYTES,
-          description: request.description ?? '',
-          createdAt: new Date().toISOString(),
-        };
-        await backend.create(p.driver, poolPath(p), vol);
-        const r = await store.txn({
-          compare: [{ key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 }],
-          success: [{ type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) }],
-        });
-        if (!r.succeeded) {
-          await backend.delete(p.driver, poolPath(p), vol);
-          throw alreadyExists(`Storage volume ${vol.name} already exists on pool ${pool}`);
-        }
-        lifecycle('storage-volume-created', vol);
-        return show(p, vol);
-      });
-    },
+        const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+        const specs = await allSpecs();
+        const vols = kvs
+          .map((kv) => JSON.parse(kv.value) as OwnedVolume)
+          .filter((v) => scope === undefined || options.allProjects || projectOfRecord(v) === scope);
+        return Promise.all(vols.map((v) => show(p, v, specs)));
+      },
 
-    update(pool, name, change) {
-      return serial(async () => {
+      async get(pool, name) {
         const { pool: p, vol } = await volumeRecord(pool, name);
-        const { sizeBytes } = checkVolumeConfig(change.config ?? {});
-        if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
-        checkGrow(vol, sizeBytes);
-        if (sizeBytes === vol.sizeBytes) {
+        return show(p, vol);
+      },
+
+      create(pool, request) {
+        return serial(async () => {
+          const p = await poolRecord(pool);
+          assertVolumeName(request.name);
+          const type = parseVolumeType(request.type);
+          const { sizeBytes } = checkVolumeConfig(request.config ?? {});
+          const taken = await store.get(volumeKeys.volume(pool, request.name));
+          if (taken) throw nameTaken(request.name, pool, JSON.parse(taken.value) as OwnedVolume, project);
+          const size = sizeBytes ?? DEFAULT_VOLUME_BYTES;
+          // Checked before any file is made; checked again, race-free, when the record is written.
+          const before = await readProject(store, project);
+          assertWithinLimits(project, before.spec.config, {
+            before: before.usage,
+            after: addUsage(before.usage, diskOf(size)),
+          });
+          if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
+            throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
+          }
+          const vol: OwnedVolume = {
+            name: request.name,
+            project,
+            pool,
+            type,
+            sizeBytes: size,
+            description: request.description ?? '',
+            createdAt: new Date().toISOString(),
+          };
+          await backend.create(p.driver, poolPath(p), vol);
+          let r: Awaited<ReturnType<typeof guardedWrite>>;
+          try {
+            r = await guardedWrite(store, project, async (g) => {
+              assertWithinLimits(project, g.spec.config, {
+                before: g.usage,
+                after: addUsage(g.usage, diskOf(size)),
+              });
+              return {
+                compare: [
+                  { key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 },
+                ],
+                success: [
+                  { type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) },
+                ],
+              };
+            });
+          } catch (e) {
+            // Refused after all (another create took the last of the quota): no volume is left behind.
+            await backend.delete(p.driver, poolPath(p), vol);
+            throw e;
+          }
+          if (!r.succeeded) {
+            await backend.delete(p.driver, poolPath(p), vol);
+            const now = await store.get(volumeKeys.volume(pool, vol.name));
+            throw nameTaken(vol.name, pool, now && (JSON.parse(now.value) as OwnedVolume), project);
+          }
+          lifecycle('storage-volume-created', vol);
+          return show(p, vol);
+        });
+      },
+
+      update(pool, name, change) {
+        return serial(async () => {
+          const { pool: p, vol } = await volumeRecord(pool, name);
+          const { sizeBytes } = checkVolumeConfig(change.config ?? {});
+          if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
+          checkGrow(vol, sizeBytes);
+          if (sizeBytes === vol.sizeBytes) {
+            return {
+              volume: await show(p, vol),
+              applied: 'none',
+              message: `Volume ${name} is already ${formatBytes(sizeBytes)}`,
+            };
+          }
+          const grown: OwnedVolume = { ...vol, sizeBytes };
+          const owner = projectOfRecord(vol);
+          // The new size is recorded (under the project's quota) before the file grows: a refused
+          // resize changes nothing, and a failed one is taken back.
+          const r = await guardedWrite(store, owner, async (g) => {
+            assertWithinLimits(owner, g.spec.config, {
+              before: g.usage,
+              after: addUsage(g.usage, diskOf(sizeBytes - vol.sizeBytes)),
+            });
+            return {
+              compare: [
+                { key: volumeKeys.volume(pool, name), target: 'value', op: '=', value: JSON.stringify(vol) },
+              ],
+              success: [{ type: 'put', key: volumeKeys.volume(pool, name), value: JSON.stringify(grown) }],
+            };
+          });
+          if (!r.succeeded) throw conflict(`Storage volume ${name} was changed at the same time; retry`);
+          try {
+            await backend.resize(p.driver, poolPath(p), vol, sizeBytes);
+          } catch (e) {
+            await store.put(volumeKeys.volume(pool, name), JSON.stringify(vol));
+            throw e;
+          }
+          lifecycle('storage-volume-updated', grown, { sizeBytes });
+          // Running guests that have it learn the new size where their engine can tell them.
+          const specs = await allSpecs();
+          const results: string[] = [];
+          let applied = 'none' as VolumeChange['applied'];
+          for (const a of attachmentsOf(grown, specs)) {
+            const spec = specs.find((s) => s.name === a.guest);
+            const pid = spec && (await runningPid(spec));
+            if (!spec || pid === undefined) continue;
+            const attached = (await resolver.resolve(spec)).find((v) => v.device === a.device);
+            const live = deps.live[spec.model];
+            if (!attached || !live) continue;
+            const r = await live.resize(spec, attached, { pid });
+            applied = r === 'next-start' || applied === 'next-start' ? 'next-start' : 'live';
+            results.push(r === 'live' ? `${a.guest} sees it now` : `${a.guest} sees it after its next start`);
+          }
+          const tail = results.length > 0 ? ` (${results.join('; ')})` : '';
+          return {
+            volume: await show(p, grown, specs),
+            applied,
+            message: `Resized volume ${name} to ${formatBytes(sizeBytes)}${tail}`,
+          };
+        });
+      },
+
+      delete(pool, name) {
+        return serial(async () => {
+          const { pool: p, vol } = await volumeRecord(pool, name);
+          const attachments = attachmentsOf(vol, await allSpecs());
+          if (attachments.length > 0) {
+            const guests = [...new Set(attachments.map((a) => a.guest))].join(', ');
+            throw failedPrecondition(`Storage volume ${name} is attached to ${guests}: detach it first`);
+          }
+          await backend.delete(p.driver, poolPath(p), vol);
+          await store.delete(volumeKeys.volume(pool, name));
+          lifecycle('storage-volume-deleted', vol);
+        });
+      },
+
+      attach(pool, name, request) {
+        return serial(async () => {
+          const { pool: p, vol } = await volumeRecord(pool, name);
+          const { spec } = await guestOf(request.guest, vol);
+          const allowed = modelsFor(vol.type);
+          if (!allowed.includes(spec.model)) {
+            throw invalidArgument(
+              vol.type === 'filesystem'
+                ? `Volume ${name} is a filesystem volume, which only ct guests can mount; ${spec.name} is a ${spec.model} guest: use a block volume (--type block)`
+                : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
+            );
+          }
+          let path: string | undefined;
+          if (vol.type === 'filesystem') {
+            if (request.path === undefined || request.path === '') {
+              throw invalidArgument(`Give the path where ${spec.name} mounts volume ${name}, e.g. /mnt/data`);
+            }
+            path = checkMountPath(request.path);
+          } else if (request.path !== undefined) {
+            throw invalidArgument(
+              `A block volume has no mount path: it shows up as a disk (vdX or ubdX) in ${spec.name}; leave the path out`,
+            );
+          }
+          const device = request.device ?? name;
+          assertDnsLabel(device, 'device name');
+          const disks = spec.disks ?? {};
+          const specs = await allSpecs();
+          const attachments = attachmentsOf(vol, specs);
+          const here = attachments.find((a) => a.guest === spec.name);
+          if (here) throw conflict(`Volume ${name} is already attached to ${spec.name} as ${here.device}`);
+          if (disks[device] || spec.devices?.[device]) {
+            throw conflict(
+              `Guest ${spec.name} already has a device named ${device}: choose another with --device`,
+            );
+          }
+          if (vol.type === 'block' && attachments.length > 0) {
+            throw conflict(
+              `Block volume ${name} is attached to ${attachments[0]?.guest}: a disk can be in one guest at a time; detach it there first`,
+            );
+          }
+          if (path !== undefined && Object.values(disks).some((d) => d.path === path)) {
+            throw conflict(`Guest ${spec.name} already has a volume at ${path}`);
+          }
+          if (Object.keys(disks).length >= MAX_VOLUMES[spec.model]) {
+            throw failedPrecondition(
+              `Guest ${spec.name} has ${MAX_VOLUMES[spec.model]} volumes, the most a ${spec.model} guest can have: detach one first`,
+            );
+          }
+          const disk: DiskDevice = { type: 'disk', pool, source: name, ...(path !== undefined && { path }) };
+          const attached: AttachedVolume = {
+            device,
+            pool,
+            volume: name,
+            type: vol.type,
+            hostPath: volumePath(poolPath(p), vol),
+            ...(path !== undefined && { path }),
+            sizeBytes: vol.sizeBytes,
+          };
+          // Recorded first: a daemon killed in the middle leaves an attachment that applies at the next start.
+          await writeDisks(spec.name, (d) => ({ ...d, [device]: disk }));
+          let applied: VolumeChange['applied'] = 'none';
+          const pid = await runningPid(spec);
+          const live = deps.live[spec.model];
+          if (pid !== undefined) {
+            if (live) {
+              try {
+                applied = await live.attach(spec, attached, { pid });
+              } catch (e) {
+                await writeDisks(spec.name, (d) => {
+                  delete d[device];
+                  return d;
+                }).catch(() => {});
+                throw e;
+              }
+            } else applied = 'next-start';
+          }
+          lifecycle('storage-volume-attached', vol, { guest: spec.name, device });
+          const where = path !== undefined ? ` at ${path}` : '';
+          const how =
+            applied === 'live'
+              ? ' (live)'
+              : applied === 'next-start'
+                ? `; it applies when ${spec.name} starts next`
+                : `; ${spec.name} gets it when it starts`;
           return {
             volume: await show(p, vol),
-            applied: 'none',
-            message: `Volume ${name} is already ${formatBytes(sizeBytes)}`,
+            guest: spec.name,
+            device,
+            applied,
+            message: `Attached volume ${name} to ${spec.name} as ${device}${where}${how}`,
           };
-        }
-        await backend.resize(p.driver, poolPath(p), vol, sizeBytes);
-        const grown: VolumeRecord = { ...vol, sizeBytes };
-        await store.put(volumeKeys.volume(pool, name), JSON.stringify(grown));
-        lifecycle('storage-volume-updated', grown, { sizeBytes });
-        // Running guests that have it learn the new size where their engine can tell them.
-        const specs = await allSpecs();
-        const results: string[] = [];
-        let applied = 'none' as VolumeChange['applied'];
-        for (const a of attachmentsOf(grown, specs)) {
-          const spec = specs.find((s) => s.name === a.guest);
-          const pid = spec && (await runningPid(spec));
-          if (!spec || pid === undefined) continue;
-          const attached = (await resolver.resolve(spec)).find((v) => v.device === a.device);
+        });
+      },
+
+      detach(pool, name, request) {
+        return serial(async () => {
+          const { pool: p, vol } = await volumeRecord(pool, name);
+          const { spec } = await guestOf(request.guest, vol);
+          const mine = Object.entries(spec.disks ?? {}).filter(
+            ([dev, d]) =>
+              d.pool === pool &&
+              d.source === name &&
+              (request.device === undefined || dev === request.device),
+          );
+          const found = mine[0];
+          if (!found) throw notFound(`Storage volume ${name} is not attached to guest ${spec.name}`);
+          const [device, disk] = found;
+          const attached: AttachedVolume = {
+            device,
+            pool,
+            volume: name,
+            type: vol.type,
+            hostPath: volumePath(poolPath(p), vol),
+            ...(disk.path !== undefined && { path: disk.path }),
+            sizeBytes: vol.sizeBytes,
+          };
+          let applied: VolumeChange['applied'] = 'none';
+          const pid = await runningPid(spec);
           const live = deps.live[spec.model];
-          if (!attached || !live) continue;
-          const r = await live.resize(spec, attached, { pid });
-          applied = r === 'next-start' || applied === 'next-start' ? 'next-start' : 'live';
-          results.push(r === 'live' ? `${a.guest} sees it now` : `${a.guest} sees it after its next start`);
-        }
-        const tail = results.length > 0 ? ` (${results.join('; ')})` : '';
-        return {
-          volume: await show(p, grown, specs),
-          applied,
-          message: `Resized volume ${name} to ${formatBytes(sizeBytes)}${tail}`,
-        };
-      });
-    },
+          if (pid !== undefined) applied = live ? await live.detach(spec, attached, { pid }) : 'next-start';
+          await writeDisks(spec.name, (d) => {
+            delete d[device];
+            return d;
+          });
+          lifecycle('storage-volume-detached', vol, { guest: spec.name, device });
+          const how =
+            applied === 'live'
+              ? ' (live)'
+              : applied === 'next-start'
+                ? `; it goes when ${spec.name} stops`
+                : '';
+          return {
+            volume: await show(p, vol),
+            guest: spec.name,
+            device,
+            applied,
+            message: `Detached volume ${name} from ${spec.name}${how}`,
+          };
+        });
+      },
 
-    delete(pool, name) {
-      return serial(async () => {
-        const { pool: p, vol } = await volumeRecord(pool, name);
-        const attachments = attachmentsOf(vol, await allSpecs());
-        if (attachments.length > 0) {
-          const guests = [...new Set(attachments.map((a) => a.guest))].join(', ');
-          throw failedPrecondition(`Storage volume ${name} is attached to ${guests}: detach it first`);
-        }
-        await backend.delete(p.driver, poolPath(p), vol);
-        await store.delete(volumeKeys.volume(pool, name));
-        lifecycle('storage-volume-deleted', vol);
-      });
-    },
-
-    attach(pool, name, request) {
-      return serial(async () => {
-        const { pool: p, vol } = await volumeRecord(pool, name);
-        const { spec } = await guestSpec(request.guest);
-        const allowed = modelsFor(vol.type);
-        if (!allowed.includes(spec.model)) {
-          throw invalidArgument(
-            vol.type === 'filesystem'
-              ? `Volume ${name} is a filesystem volume, which only ct guests can mount; ${spec.name} is a ${spec.model} guest: use a block volume (--type block)`
-              : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
-          );
-        }
-        let path: string | undefined;
-        if (vol.type === 'filesystem') {
-          if (request.path === undefined || request.path === '') {
-            throw invalidArgument(`Give the path where ${spec.name} mounts volume ${name}, e.g. /mnt/data`);
-          }
-          path = checkMountPath(request.path);
-        } else if (request.path !== undefined) {
-          throw invalidArgument(
-            `A block volume has no mount path: it shows up as a disk (vdX or ubdX) in ${spec.name}; leave the path out`,
-          );
-        }
-        const device = request.device ?? name;
-        assertDnsLabel(device, 'device name');
-        const disks = spec.disks ?? {};
-        const specs = await allSpecs();
-        const attachments = attachmentsOf(vol, specs);
-        const here = attachments.find((a) => a.guest === spec.name);
-        if (here) throw conflict(`Volume ${name} is already attached to ${spec.name} as ${here.device}`);
-        if (disks[device] || spec.devices?.[device]) {
-          throw conflict(
-            `Guest ${spec.name} already has a device named ${device}: choose another with --device`,
-          );
-        }
-        if (vol.type === 'block' && attachments.length > 0) {
-          throw conflict(
-            `Block volume ${name} is attached to ${attachments[0]?.guest}: a disk can be in one guest at a time; detach it there first`,
-          );
-        }
-        if (path !== undefined && Object.values(disks).some((d) => d.path === path)) {
-          throw conflict(`Guest ${spec.name} already has a volume at ${path}`);
-        }
-        if (Object.keys(disks).length >= MAX_VOLUMES[spec.model]) {
-          throw failedPrecondition(
-            `Guest ${spec.name} has ${MAX_VOLUMES[spec.model]} volumes, the most a ${spec.model} guest can have: detach one first`,
-          );
-        }
-        const disk: DiskDevice = { type: 'disk', pool, source: name, ...(path !== undefined && { path }) };
-        const attached: AttachedVolume = {
-          device,
-          pool,
-          volume: name,
-          type: vol.type,
-          hostPath: volumePath(poolPath(p), vol),
-          ...(path !== undefined && { path }),
-          sizeBytes: vol.sizeBytes,
-        };
-        // Recorded first: a daemon killed in the middle leaves an attachment that applies at the next start.
-        await writeDisks(spec.name, (d) => ({ ...d, [device]: disk }));
-        let applied: VolumeChange['applied'] = 'none';
-        const pid = await runningPid(spec);
-        const live = deps.live[spec.model];
-        if (pid !== undefined) {
-          if (live) {
-            try {
-              applied = await live.attach(spec, attached, { pid });
-            } catch (e) {
-              await writeDisks(spec.name, (d) => {
-                delete d[device];
-                return d;
-              }).catch(() => {});
-              throw e;
+      async start() {
+        const reclaim = () =>
+          serial(async () => {
+            const specs = await allSpecs();
+            const { kvs } = await store.list(volumeKeys.prefix);
+            for (const kv of kvs) {
+              const vol = JSON.parse(kv.value) as VolumeRecord;
+              if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
+              const pkv = await store.get(poolKeys.pool(vol.pool));
+              if (!pkv) continue;
+              const file = volumePath(poolPath(JSON.parse(pkv.value) as PoolRecord), vol);
+              const s = await stat(file).catch(() => undefined);
+              if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
             }
-          } else applied = 'next-start';
-        }
-        lifecycle('storage-volume-attached', vol, { guest: spec.name, device });
-        const where = path !== undefined ? ` at ${path}` : '';
-        const how =
-          applied === 'live'
-            ? ' (live)'
-            : applied === 'next-start'
-              ? `; it applies when ${spec.name} starts next`
-              : `; ${spec.name} gets it when it starts`;
-        return {
-          volume: await show(p, vol),
-          guest: spec.name,
-          device,
-          applied,
-          message: `Attached volume ${name} to ${spec.name} as ${device}${where}${how}`,
-        };
-      });
-    },
-
-    detach(pool, name, request) {
-      return serial(async () => {
-        const { pool: p, vol } = await volumeRecord(pool, name);
-        const { spec } = await guestSpec(request.guest);
-        const mine = Object.entries(spec.disks ?? {}).filter(
-          ([dev, d]) =>
-            d.pool === pool && d.source === name && (request.device === undefined || dev === request.device),
+          });
+        deps.events?.subscribe(
+          (event) => {
+            if (event.action === 'guest-deleted') void reclaim().catch(() => {});
+          },
+          ['lifecycle'],
         );
-        const found = mine[0];
-        if (!found) throw notFound(`Storage volume ${name} is not attached to guest ${spec.name}`);
-        const [device, disk] = found;
-        const attached: AttachedVolume = {
-          device,
-          pool,
-          volume: name,
-          type: vol.type,
-          hostPath: volumePath(poolPath(p), vol),
-          ...(disk.path !== undefined && { path: disk.path }),
-          sizeBytes: vol.sizeBytes,
-        };
-        let applied: VolumeChange['applied'] = 'none';
-        const pid = await runningPid(spec);
-        const live = deps.live[spec.model];
-        if (pid !== undefined) applied = live ? await live.detach(spec, attached, { pid }) : 'next-start';
-        await writeDisks(spec.name, (d) => {
-          delete d[device];
-          return d;
-        });
-        lifecycle('storage-volume-detached', vol, { guest: spec.name, device });
-        const how =
-          applied === 'live'
-            ? ' (live)'
-            : applied === 'next-start'
-              ? `; it goes when ${spec.name} stops`
-              : '';
-        return {
-          volume: await show(p, vol),
-          guest: spec.name,
-          device,
-          applied,
-          message: `Detached volume ${name} from ${spec.name}${how}`,
-        };
-      });
-    },
+        await reclaim();
+      },
 
-    async start() {
-      const reclaim = () =>
-        serial(async () => {
-          const specs = await allSpecs();
-          const { kvs } = await store.list(volumeKeys.prefix);
-          for (const kv of kvs) {
-            const vol = JSON.parse(kv.value) as VolumeRecord;
-            if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
-            const pkv = await store.get(poolKeys.pool(vol.pool));
-            if (!pkv) continue;
-            const file = volumePath(poolPath(JSON.parse(pkv.value) as PoolRecord), vol);
-            const s = await stat(file).catch(() => undefined);
-            if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
-          }
-        });
-      deps.events?.subscribe(
-        (event) => {
-          if (event.action === 'guest-deleted') void reclaim().catch(() => {});
-        },
-        ['lifecycle'],
-      );
-      await reclaim();
-    },
+      async poolInUse(pool) {
+        const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+        if (kvs.length === 0) return undefined;
+        const names = kvs.map((kv) => kv.key.slice(volumeKeys.poolPrefix(pool).length));
+        return `Storage pool ${pool} holds volumes ${names.join(', ')}: delete them first`;
+      },
+    };
+  }
 
-    async poolInUse(pool) {
-      const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
-      if (kvs.length === 0) return undefined;
-      const names = kvs.map((kv) => kv.key.slice(volumeKeys.poolPrefix(pool).length));
-      return `Storage pool ${pool} holds volumes ${names.join(', ')}: delete them first`;
-    },
-  };
+  return scoped(undefined);
+}
+
+/** A volume name taken by another project's volume says only that (volume names are per pool on the host). */
+function nameTaken(name: string, pool: string, other: OwnedVolume | undefined, project: string) {
+  return other && projectOfRecord(other) !== project
+    ? alreadyExists(
+        `The name ${name} is taken on pool ${pool} by a volume of another project: volume names are unique per pool on this host, pick another`,
+      )
+    : alreadyExists(`Storage volume ${name} already exists on pool ${pool}`);
 }

@@ -1,0 +1,270 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { alreadyExists, conflict, failedPrecondition, notFound, unavailable } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import {
+  addUsage,
+  assertLimitsCover,
+  assertProjectName,
+  DEFAULT_PROJECT,
+  guestUsage,
+  NO_USAGE,
+  type Project,
+  type ProjectSpec,
+  type ProjectUsage,
+  projectKeys,
+  projectOfRecord,
+  validateProjectConfig,
+} from '../core/projects.ts';
+import type { GuestSpec, ImageRecord, NetworkSpec } from '../core/types.ts';
+import { type VolumeRecord, volumeKeys } from '../storage/volumes.ts';
+import type { Compare, KvStore, TxnOp, TxnResponse } from '../store/kv.ts';
+
+/** Body of `POST /1.0/projects`. */
+export interface CreateProjectRequest {
+  name: string;
+  description?: string;
+  config?: Record<string, string>;
+}
+
+/** Projects (`trivisor project`), as in Incus's /1.0/projects. */
+export interface ProjectService {
+  list(): Promise<Project[]>;
+  /** NotFound for a project that does not exist. */
+  get(name: string): Promise<Project>;
+  create(request: CreateProjectRequest): Promise<Project>;
+  /** Sets and unsets config keys (and the description); a limit below what the project uses is refused. */
+  update(
+    name: string,
+    change: { set?: Record<string, string>; unset?: string[]; description?: string },
+  ): Promise<Project>;
+  /** Refused for `default` and for a project that still holds anything. */
+  delete(name: string): Promise<void>;
+  /** NotFound unless the project exists (what every scoped request checks first). */
+  assertExists(name: string): Promise<void>;
+}
+
+/** A project as a guarded write read it: its record, its usage, and what makes the write conditional on both. */
+export interface GuardedProject {
+  spec: ProjectSpec;
+  usage: ProjectUsage;
+  /** Objects of the project, for messages and for delete. */
+  objects: string[];
+  /** The project's record is still the one read (and exists, unless it is an unrecorded `default`). */
+  compare: Compare[];
+  /** Rewrites the record: every other guarded write that read it now fails its compare and reads again. */
+  success: TxnOp[];
+}
+
+/** An unrecorded `default`: a store from before projects, or one where default was never edited. */
+const defaultSpec = (): ProjectSpec => ({
+  name: DEFAULT_PROJECT,
+  description: 'Default project',
+  config: {},
+  createdAt: new Date(0).toISOString(),
+});
+
+/** How often a guarded write reads again after another write in the same project won the race. */
+const MAX_ATTEMPTS = 200;
+
+/**
+ * Reads a project, what it uses and holds, and the compare/put pair that makes a
+ * transaction conditional on nothing having been written in the project since
+ * (each create, copy, import and resize in a project rewrites its record in its
+ * own transaction). Quotas are checked against this usage and the write lands
+ * only if the record is unchanged, so two racing creates cannot both pass a
+ * quota of one more: the second reads again and sees the first.
+ */
+export async function readProject(store: KvStore, name: string): Promise<GuardedProject> {
+  assertProjectName(name);
+  const [kv, guests, networks, volumes, images] = await Promise.all([
+    store.get(projectKeys.project(name)),
+    store.list(keys.guestPrefix),
+    store.list(keys.networkPrefix),
+    store.list(volumeKeys.prefix),
+    store.list(keys.imagePrefix),
+  ]);
+  if (!kv && name !== DEFAULT_PROJECT) throw notFound(`Project ${name} not found: see trivisor project list`);
+  const spec = kv ? (JSON.parse(kv.value) as ProjectSpec) : defaultSpec();
+  let usage = NO_USAGE;
+  const objects: string[] = [];
+  for (const g of guests.kvs) {
+    const guest = JSON.parse(g.value) as GuestSpec;
+    if (projectOfRecord(guest) !== name) continue;
+    usage = addUsage(usage, guestUsage(guest.config));
+    objects.push(`/1.0/guests/${guest.name}`);
+  }
+  for (const n of networks.kvs) {
+    const network = JSON.parse(n.value) as NetworkSpec;
+    if (projectOfRecord(network) !== name) continue;
+    usage = addUsage(usage, { ...NO_USAGE, networks: 1 });
+    objects.push(`/1.0/networks/${network.name}`);
+  }
+  for (const v of volumes.kvs) {
+    const volume = JSON.parse(v.value) as VolumeRecord & { project?: string };
+    if (projectOfRecord(volume) !== name) continue;
+    usage = addUsage(usage, { ...NO_USAGE, diskBytes: volume.sizeBytes });
+    objects.push(`/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`);
+  }
+  for (const i of images.kvs) {
+    const image = JSON.parse(i.value) as ImageRecord;
+    if (projectOfRecord(image) !== name) continue;
+    objects.push(`/1.0/images/${image.fingerprint}`);
+  }
+  return {
+    spec,
+    usage,
+    objects,
+    compare: [
+      { key: projectKeys.project(name), target: 'modRevision', op: '=', value: kv?.modRevision ?? 0 },
+    ],
+    success: [{ type: 'put', key: projectKeys.project(name), value: JSON.stringify(spec) }],
+  };
+}
+
+/** A guarded write's own part of its transaction; `project` replaces the record the guard rewrites. */
+export interface GuardedParts {
+  compare: Compare[];
+  success: TxnOp[];
+  project?: ProjectSpec;
+}
+
+/**
+ * Runs a write in a project under its guard: `attempt` gets what `readProject` read,
+ * throws to refuse (a quota, a taken name) and returns the transaction's own parts;
+ * the guard's are added. When the transaction fails because another write in the
+ * project came first, everything is read and decided again. A failure of the
+ * attempt's own compares is returned for the caller to explain.
+ */
+export async function guardedWrite(
+  store: KvStore,
+  project: string,
+  attempt: (p: GuardedProject) => Promise<GuardedParts>,
+): Promise<TxnResponse> {
+  for (let i = 0; i < MAX_ATTEMPTS; i++) {
+    const p = await readProject(store, project);
+    const own = await attempt(p);
+    const guardPut: TxnOp[] = own.project
+      ? [{ type: 'put', key: projectKeys.project(project), value: JSON.stringify(own.project) }]
+      : p.success;
+    const r = await store.txn({
+      compare: [...p.compare, ...own.compare],
+      success: [...own.success, ...guardPut],
+    });
+    if (r.succeeded) return r;
+    const now = await store.get(projectKeys.project(project));
+    const guard = p.compare[0]?.value;
+    if ((now?.modRevision ?? 0) === guard) return r;
+    // Another write in the project won: back off a little so that a crowd of creates spreads out.
+    await sleep(Math.random() * Math.min(20, i + 1));
+  }
+  throw unavailable(`Project ${project} is too busy with other changes: retry`);
+}
+
+export function createProjectService(deps: { store: KvStore }): ProjectService {
+  const { store } = deps;
+
+  const show = (p: GuardedProject): Project => ({ ...p.spec, usage: p.usage, usedBy: p.objects });
+
+  const service: ProjectService = {
+    async list() {
+      const { kvs } = await store.list(projectKeys.prefix);
+      const names = new Set([
+        DEFAULT_PROJECT,
+        ...kvs.map((kv) => (JSON.parse(kv.value) as ProjectSpec).name),
+      ]);
+      const out: Project[] = [];
+      for (const name of [...names].sort()) {
+        const p = await readProject(store, name).catch(() => undefined);
+        if (p) out.push(show(p));
+      }
+      return out;
+    },
+
+    async get(name) {
+      return show(await readProject(store, name));
+    },
+
+    async create(request) {
+      assertProjectName(request.name);
+      const config = validateProjectConfig({ ...(request.config ?? {}) });
+      if (request.name === DEFAULT_PROJECT) throw alreadyExists('Project default already exists');
+      const spec: ProjectSpec = {
+        name: request.name,
+        description: request.description ?? '',
+        config,
+        createdAt: new Date().toISOString(),
+      };
+      const r = await store.txn({
+        compare: [{ key: projectKeys.project(spec.name), target: 'createRevision', op: '=', value: 0 }],
+        success: [{ type: 'put', key: projectKeys.project(spec.name), value: JSON.stringify(spec) }],
+      });
+      if (!r.succeeded) throw alreadyExists(`Project ${spec.name} already exists`);
+      return service.get(spec.name);
+    },
+
+    async update(name, change) {
+      await guardedWrite(store, name, async (p) => {
+        const config = { ...p.spec.config, ...(change.set ?? {}) };
+        for (const key of change.unset ?? []) {
+          if (!(key in config))
+            throw notFound(`Project ${name} has no configuration key ${JSON.stringify(key)}`);
+          delete config[key];
+        }
+        validateProjectConfig(config);
+        assertLimitsCover(name, config, p.usage);
+        await assertGuestsCountable(name, config);
+        const next: ProjectSpec = {
+          ...p.spec,
+          config,
+          ...(change.description !== undefined && { description: change.description }),
+        };
+        return { compare: [], success: [], project: next };
+      });
+      return service.get(name);
+    },
+
+    async delete(name) {
+      assertProjectName(name);
+      if (name === DEFAULT_PROJECT) throw failedPrecondition('Project default cannot be deleted');
+      const p = await readProject(store, name);
+      if (p.objects.length > 0) {
+        const shown = p.objects.slice(0, 5).join(', ');
+        throw failedPrecondition(
+          `Project ${name} is not empty: it holds ${shown}${p.objects.length > 5 ? ` and ${p.objects.length - 5} more` : ''}; delete them first`,
+        );
+      }
+      // Conditional on nothing having been made in it since it was found empty.
+      const r = await store.txn({
+        compare: p.compare,
+        success: [{ type: 'delete', key: projectKeys.project(name) }],
+      });
+      if (!r.succeeded) throw conflict(`Project ${name} was changed at the same time; retry`);
+    },
+
+    async assertExists(name) {
+      assertProjectName(name);
+      if (name === DEFAULT_PROJECT) return;
+      if (!(await store.get(projectKeys.project(name)))) {
+        throw notFound(`Project ${name} not found: see trivisor project list`);
+      }
+    },
+  };
+
+  /** With limits.memory (cpu, disk) on the project, every guest in it must set the key (as Incus requires). */
+  async function assertGuestsCountable(name: string, config: Record<string, string>): Promise<void> {
+    const { kvs } = await store.list(keys.guestPrefix);
+    for (const kv of kvs) {
+      const g = JSON.parse(kv.value) as GuestSpec;
+      if (projectOfRecord(g) !== name) continue;
+      for (const key of ['limits.memory', 'limits.cpu', 'limits.disk']) {
+        if (config[key] !== undefined && g.config[key] === undefined) {
+          throw failedPrecondition(
+            `Guest ${g.name} of project ${name} has no ${key}: set it on the guest before setting ${key} on the project`,
+          );
+        }
+      }
+    }
+  }
+
+  return service;
+}
