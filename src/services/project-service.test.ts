@@ -1,0 +1,262 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import {
+  assertLimitsCover,
+  assertWithinLimits,
+  guestUsage,
+  NO_USAGE,
+  projectKeys,
+} from '../core/projects.ts';
+import type { GuestSpec } from '../core/types.ts';
+import { makeProjectWorld, type ProjectWorld } from './project-world.ts';
+
+async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(isTrivisorError(e), `expected a TrivisorError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    if (re) assert.match(e.message, re);
+    return true;
+  });
+}
+
+describe('quota arithmetic', () => {
+  test('a change that goes over a limit is a Conflict naming the project, the usage and the key', () => {
+    const config = { 'limits.guests': '4', 'limits.memory': '1GiB' };
+    const before = { ...NO_USAGE, guests: 4, memoryBytes: 2 ** 29 };
+    assert.throws(
+      () => assertWithinLimits('p1', config, { before, after: { ...before, guests: 5 } }),
+      (e: TrivisorError) =>
+        e.code === 'Conflict' && /^Project p1 would use 5 guests of limits\.guests=4/.test(e.message),
+    );
+    assert.throws(
+      () => assertWithinLimits('p1', config, { before, after: { ...before, memoryBytes: 2 ** 30 + 1 } }),
+      /would use .* of memory of limits\.memory=1GiB/,
+    );
+  });
+
+  test('a change that lowers or keeps a usage already over its limit passes (cleaning up is never refused)', () => {
+    const config = { 'limits.guests': '1' };
+    const before = { ...NO_USAGE, guests: 3 };
+    assertWithinLimits('p1', config, { before, after: { ...before, guests: 2 } });
+    assertWithinLimits('p1', config, { before, after: before });
+  });
+
+  test('tenths of CPUs add up without floating-point drift', () => {
+    const a = guestUsage({ 'limits.cpu': '0.1' });
+    const b = guestUsage({ 'limits.cpu': '0.2' });
+    const sum = { ...NO_USAGE, cpus: Math.round((a.cpus + b.cpus) * 1000) / 1000 };
+    assertWithinLimits('p', { 'limits.cpu': '0.3' }, { before: NO_USAGE, after: sum });
+  });
+
+  test('a limit below the usage is refused', () => {
+    assert.throws(
+      () => assertLimitsCover('p1', { 'limits.networks': '1' }, { ...NO_USAGE, networks: 2 }),
+      /already uses 2 networks, more than limits\.networks=1/,
+    );
+  });
+});
+
+describe('projects and quotas over the real services', () => {
+  let w: ProjectWorld;
+  beforeEach(async () => {
+    w = await makeProjectWorld();
+  });
+  afterEach(async () => {
+    await w.stop();
+  });
+  const guestsIn = async (project: string) =>
+    (await w.store.list(keys.guestPrefix)).kvs
+      .map((kv) => JSON.parse(kv.value) as GuestSpec)
+      .filter((g) => (g.project ?? 'default') === project)
+      .map((g) => g.name)
+      .sort();
+
+  test('twenty concurrent creates against limits.guests=5: exactly five land, the rest are 409s that left nothing', async () => {
+    const { projects, guests } = w.services;
+    await projects.create({ name: 'p1', config: { 'limits.guests': '5' } });
+    const scoped = guests.inProject('p1');
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, (_, i) => scoped.create({ name: `g${i}`, image: 'busybox' })),
+    );
+    const landed = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r) => r.status === 'rejected');
+    assert.equal(landed.length, 5);
+    assert.equal(refused.length, 15);
+    for (const r of refused) {
+      const e = (r as PromiseRejectedResult).reason as TrivisorError;
+      assert.equal(e.code, 'Conflict', e.message);
+      assert.match(e.message, /^Project p1 would use 6 guests of limits\.guests=5/);
+    }
+    assert.equal((await guestsIn('p1')).length, 5);
+    for (const op of landed)
+      await w.services.operations.wait((op as PromiseFulfilledResult<{ id: string }>).value.id);
+    assert.equal((await projects.get('p1')).usage.guests, 5);
+  });
+
+  test('concurrent network creates against limits.networks=1: one lands', async () => {
+    await w.services.projects.create({ name: 'p1', config: { 'limits.networks': '1' } });
+    const nets = w.services.networks!.inProject('p1');
+    const results = await Promise.allSettled(
+      [1, 2, 3, 4].map((i) =>
+        nets.create({ name: `n${i}`, config: { 'ipv4.address': `198.18.${40 + i}.1/24` } }),
+      ),
+    );
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    for (const r of results.filter((x) => x.status === 'rejected')) {
+      assert.match(
+        String((r as PromiseRejectedResult).reason.message),
+        /would use 2 networks of limits\.networks=1/,
+      );
+    }
+    assert.equal((await nets.list()).length, 1);
+  });
+
+  test('limits.memory: a guest must set limits.memory, the sum is held, and raising one past it is refused with its config unchanged', async () => {
+    const { projects, guests, operations } = w.services;
+    await projects.create({ name: 'p1', config: { 'limits.memory': '256MiB' } });
+    const p1 = guests.inProject('p1');
+    await rejectsWith(
+      p1.create({ name: 'a', image: 'busybox' }),
+      'InvalidArgument',
+      /set limits\.memory on the guest/,
+    );
+    await operations.wait(
+      (await p1.create({ name: 'a', image: 'busybox', config: { 'limits.memory': '128MiB' } })).id,
+    );
+    await rejectsWith(
+      p1.create({ name: 'b', image: 'busybox', config: { 'limits.memory': '200MiB' } }),
+      'Conflict',
+      /Project p1 would use 328MiB of memory of limits\.memory=256MiB/,
+    );
+    const before = await w.store.get(keys.guest('a'));
+    await rejectsWith(
+      p1.updateConfig('a', { set: { 'limits.memory': '512MiB' } }),
+      'Conflict',
+      /would use 512MiB of memory of limits\.memory=256MiB/,
+    );
+    assert.equal((await w.store.get(keys.guest('a')))?.modRevision, before?.modRevision);
+    await rejectsWith(
+      p1.updateConfig('a', { unset: ['limits.memory'] }),
+      'InvalidArgument',
+      /set limits\.memory/,
+    );
+    const ok = await p1.updateConfig('a', { set: { 'limits.memory': '256MiB' } });
+    assert.equal(ok.guest.config['limits.memory'], '256MiB');
+    assert.equal((await guestsIn('p1')).join(), 'a');
+  });
+
+  test('limits.disk counts custom volumes; a refused volume create leaves no file', async () => {
+    await w.services.projects.create({ name: 'p1', config: { 'limits.disk': '1GiB' } });
+    const vols = w.services.volumes!.inProject('p1');
+    await vols.create('default', { name: 'v1', config: { size: '768MiB' } });
+    await rejectsWith(
+      vols.create('default', { name: 'v2', config: { size: '512MiB' } }),
+      'Conflict',
+      /would use 1\.3GiB of disk of limits\.disk=1GiB/,
+    );
+    await rejectsWith(
+      vols.update('default', 'v1', { config: { size: '2GiB' } }),
+      'Conflict',
+      /limits\.disk=1GiB/,
+    );
+    assert.deepEqual(w.volumeCalls, ['create v1']);
+    assert.equal((await vols.get('default', 'v1')).sizeBytes, 768 * 2 ** 20);
+  });
+
+  test('project set refuses a limit below the usage, and limits.memory while a guest has none', async () => {
+    const { projects, guests, operations } = w.services;
+    await projects.create({ name: 'p1' });
+    const p1 = guests.inProject('p1');
+    await operations.wait((await p1.create({ name: 'a', image: 'busybox' })).id);
+    await operations.wait((await p1.create({ name: 'b', image: 'busybox' })).id);
+    await rejectsWith(
+      projects.update('p1', { set: { 'limits.guests': '1' } }),
+      'Conflict',
+      /already uses 2 guests, more than limits\.guests=1/,
+    );
+    await rejectsWith(
+      projects.update('p1', { set: { 'limits.memory': '1GiB' } }),
+      'FailedPrecondition',
+      /Guest a of project p1 has no limits\.memory/,
+    );
+    const p = await projects.update('p1', { set: { 'limits.guests': '2' } });
+    assert.equal(p.config['limits.guests'], '2');
+    assert.deepEqual(p.usage, { guests: 2, memoryBytes: 0, cpus: 0, diskBytes: 0, networks: 0 });
+  });
+
+  test('a project that holds anything cannot be deleted; default never; an empty one can', async () => {
+    const { projects, guests, operations } = w.services;
+    await projects.create({ name: 'p1' });
+    await operations.wait((await guests.inProject('p1').create({ name: 'a', image: 'busybox' })).id);
+    await rejectsWith(
+      projects.delete('p1'),
+      'FailedPrecondition',
+      /Project p1 is not empty: it holds \/1\.0\/guests\/a/,
+    );
+    await rejectsWith(projects.delete('default'), 'FailedPrecondition', /default cannot be deleted/);
+    await operations.wait((await guests.inProject('p1').delete('a')).id);
+    await projects.delete('p1');
+    await rejectsWith(projects.get('p1'), 'NotFound', /Project p1 not found/);
+    await rejectsWith(
+      guests.inProject('p1').create({ name: 'x', image: 'busybox' }),
+      'NotFound',
+      /Project p1/,
+    );
+  });
+
+  test('a create racing the delete of its project never lands in a deleted project', async () => {
+    const { projects, guests } = w.services;
+    for (let round = 0; round < 10; round++) {
+      await projects.create({ name: `r${round}` });
+      const [created, deleted] = await Promise.allSettled([
+        guests.inProject(`r${round}`).create({ name: `x${round}`, image: 'busybox' }),
+        projects.delete(`r${round}`),
+      ]);
+      const projectExists = (await w.store.get(projectKeys.project(`r${round}`))) !== undefined;
+      const guestExists = (await w.store.get(keys.guest(`x${round}`))) !== undefined;
+      assert.ok(!(guestExists && !projectExists), `round ${round}: a guest in a deleted project`);
+      assert.equal(created.status === 'fulfilled', guestExists);
+      assert.equal(deleted.status === 'fulfilled', !projectExists);
+    }
+  });
+
+  test("guests recorded before projects (no project field) are default's, counted and listed, with no migration step", async () => {
+    const { projects, guests } = w.services;
+    const old = {
+      name: 'legacy',
+      model: 'ct',
+      image: 'x',
+      config: {},
+      deleting: false,
+    } as unknown as GuestSpec;
+    delete (old as { project?: string }).project;
+    await w.store.put(keys.guest('legacy'), JSON.stringify(old));
+    assert.equal((await projects.get('default')).usage.guests, 1);
+    assert.deepEqual(
+      (await guests.inProject('default').list()).map((g) => g.name),
+      ['legacy'],
+    );
+    await projects.create({ name: 'p1' });
+    assert.deepEqual(await guests.inProject('p1').list(), []);
+    await rejectsWith(guests.inProject('p1').get('legacy'), 'NotFound', /^Guest legacy not found$/);
+  });
+
+  test("names are the host's: a name taken in another project is refused saying so, naming no project", async () => {
+    const { projects, guests, operations } = w.services;
+    await projects.create({ name: 'p1' });
+    await projects.create({ name: 'p2' });
+    await operations.wait((await guests.inProject('p1').create({ name: 'web', image: 'busybox' })).id);
+    await rejectsWith(
+      guests.inProject('p2').create({ name: 'web', image: 'busybox' }),
+      'AlreadyExists',
+      /^The name web is taken by a guest of another project: guest names are unique on this host, pick another$/,
+    );
+    await rejectsWith(
+      guests.inProject('p1').create({ name: 'web', image: 'busybox' }),
+      'AlreadyExists',
+      /^Guest web already exists$/,
+    );
+  });
+});
