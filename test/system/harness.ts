@@ -163,10 +163,17 @@ export async function startDaemon(
     async destroy() {
       if (child.exitCode === null && child.signalCode === null) {
         // Best effort: delete what the test left through the API, then stop the daemon.
-        const list = cli(['list', '--format', 'json']);
+        // Every project's: a guest is deleted in its own project (another project's is not found).
+        const list = cli(['list', '--all-projects', '--format', 'json']);
         if (list.code === 0) {
-          const names = (JSON.parse(list.stdout) as Array<{ name: string }>).map((g) => g.name);
-          if (names.length > 0) cli(['delete', '--force', ...names], { timeoutMs: 120_000 });
+          const byProject = new Map<string, string[]>();
+          for (const g of JSON.parse(list.stdout) as Array<{ name: string; project?: string }>) {
+            const project = g.project ?? 'default';
+            byProject.set(project, [...(byProject.get(project) ?? []), g.name]);
+          }
+          for (const [project, names] of byProject) {
+            cli(['--project', project, 'delete', '--force', ...names], { timeoutMs: 120_000 });
+          }
         }
         child.kill('SIGTERM');
         await new Promise((r) =>
