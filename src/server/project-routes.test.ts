@@ -1,10 +1,15 @@
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createClient } from '../client/client.ts';
 import { keys } from '../core/keys.ts';
 import type { ImageRecord } from '../core/types.ts';
 import { BUSYBOX, makeProjectWorld, type ProjectWorld } from '../services/project-world.ts';
 import { buildServer } from './build-server.ts';
+import { listenUnix } from './listen.ts';
 
 /**
  * Projects as an isolation boundary of the API: every route kind, asked from project b
@@ -345,5 +350,43 @@ describe('project scoping of the API', () => {
       diskBytes: 16 * 2 ** 20,
       networks: 1,
     });
+  });
+
+  test("through the typed client: exec's WebSocket works in the guest's project, and each project's event stream carries its own events only", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'trivisor-projects-'));
+    const server = await buildServer(w.services, { auth: { type: 'none' } });
+    try {
+      const socketPath = join(dir, 'api.sock');
+      await listenUnix(server, socketPath);
+      const a = createClient({ socketPath, project: 'a' });
+      const b = createClient({ socketPath, project: 'b' });
+      const handle = await a.exec('ga', { command: ['echo', 'hi'] });
+      const chunks: Buffer[] = [];
+      handle.stdout.on('data', (c: Buffer) => chunks.push(c));
+      assert.equal(await handle.exit, 0);
+      assert.equal(Buffer.concat(chunks).toString(), 'echo hi\n');
+      await assert.rejects(b.exec('ga', { command: ['true'] }), /Guest ga not found/);
+      const seen: Record<string, string[]> = { a: [], b: [] };
+      const subs = await Promise.all(
+        (['a', 'b'] as const).map((p) =>
+          (p === 'a' ? a : b).events((e) => seen[p]?.push(String(e.metadata.tag)), { types: ['lifecycle'] }),
+        ),
+      );
+      w.services.events.publish({ type: 'lifecycle', project: 'a', action: 'x', metadata: { tag: 'for-a' } });
+      w.services.events.publish({ type: 'lifecycle', project: 'b', action: 'x', metadata: { tag: 'for-b' } });
+      w.services.events.publish({ type: 'lifecycle', action: 'x', metadata: { tag: 'for-default' } });
+      for (let i = 0; i < 100 && (seen.a?.length === 0 || seen.b?.length === 0); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      for (const sub of subs) {
+        sub.close();
+        await sub.closed;
+      }
+      assert.deepEqual(seen, { a: ['for-a'], b: ['for-b'] });
+    } finally {
+      await server.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
