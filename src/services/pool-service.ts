@@ -12,6 +12,7 @@ import {
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import { parseBytes } from '../core/sizes.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
@@ -370,8 +371,17 @@ export function createPoolService(deps: {
           `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool: pick a btrfs pool or remove the key.`,
         );
       }
-      if (await store.get(keys.guest(request.name)))
-        throw alreadyExists(`Guest ${request.name} already exists`);
+      const taken = await store.get(keys.guest(request.name));
+      if (taken) {
+        // Names are the host's (decision 21): another project's guest is named as such, and no more.
+        const other =
+          projectOfRecord(JSON.parse(taken.value) as GuestSpec) !== (request.project ?? DEFAULT_PROJECT);
+        throw alreadyExists(
+          other
+            ? `The name ${request.name} is taken by a guest of another project: guest names are unique on this host, pick another`
+            : `Guest ${request.name} already exists`,
+        );
+      }
       const link = join(deps.stateDir, 'guests', request.name);
       if (await lstat(link).catch(() => undefined)) {
         throw conflict(`${link} exists from an earlier guest: delete it or pick another name`);

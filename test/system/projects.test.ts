@@ -81,12 +81,17 @@ describe('projects and quotas through the CLI', () => {
     assert.notEqual(d.cli(['exec', 'w1', '--', 'true']).code, 0);
     assert.doesNotMatch(d.ok(['list']), /w1/);
     assert.match(d.ok(['list', '--all-projects']), /^PROJECT\s+NAME.*\np1\s+w1\s+ct\s+Running/m);
+    const message =
+      'Error: The name w1 is taken by a guest of another project: guest names are unique on this host, pick another';
     const taken = d.cli(['launch', 'busybox', 'w1']);
     assert.equal(taken.code, 1);
-    assert.equal(
-      oneLine(taken.stderr),
-      'Error: The name w1 is taken by a guest of another project: guest names are unique on this host, pick another',
-    );
+    assert.equal(oneLine(taken.stderr), message);
+    // On a storage pool too (the pool refuses before it makes anything).
+    d.ok(['storage', 'create', 'plain', 'dir']);
+    const onPool = d.cli(['launch', 'busybox', 'w1', '--storage', 'plain']);
+    assert.equal(onPool.code, 1);
+    assert.equal(oneLine(onPool.stderr), message);
+    d.ok(['storage', 'delete', 'plain']);
   });
 
   test('a project that does not exist is one line; default cannot be deleted; p1 only once empty', () => {
