@@ -12,7 +12,7 @@ NPM_MAJOR=11
 # storage (btrfs-progs), networks (dnsmasq-base, not dnsmasq, which starts a system service; nftables).
 RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-linux procps iproute2 ca-certificates
   qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities bubblewrap e2fsprogs kmod btrfs-progs
-  dnsmasq-base nftables)
+  dnsmasq-base nftables openssl)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.

@@ -22,12 +22,15 @@ import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { createLogger } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
+import { ensureServerCertificate } from './host/server-certificate.ts';
 import { imageFiles } from './images/image-files.ts';
 import { hostNetworks, pickDefaultSubnet } from './network/default-network.ts';
 import { createGuestNetworking } from './network/guest-networking.ts';
 import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
 import { buildServer } from './server/build-server.ts';
 import { listenTcp, listenUnix } from './server/listen.ts';
+import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
+import { createAuthService } from './services/auth-service.ts';
 import { createEventBus } from './services/event-bus.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
@@ -41,12 +44,13 @@ import type { Services } from './services/types.ts';
 import { createVolumeResolver, createVolumeService, poolPathOf } from './services/volume-service.ts';
 import { createPoolDrivers, type PoolRecord, poolKeys } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
+import { openSqliteAuditStore } from './store/audit-store.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
   /** State directory; default $TRIVISOR_DIR or /var/lib/trivisor. */
   stateDir?: string;
-  /** `HOST:PORT` for the token-protected TCP listener, or `none`; default $TRIVISOR_LISTEN or 127.0.0.1:8443. */
+  /** `HOST:PORT` for the HTTPS listener (tokens, client certificates), or `none`; default $TRIVISOR_LISTEN or 127.0.0.1:8443. */
   listen?: string;
 }
 
@@ -129,6 +133,16 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   const projects = createProjectService({ store });
   const services: Services = { guests, networks, images, operations, events, host, projects };
+  // Tokens and trusted certificates (in the store), and the audit log (its own file): decision 0022.
+  services.auth = createAuthService({ store, assertProjectExists: (name) => projects.assertExists(name) });
+  const audit = createAuditLog({
+    store: openSqliteAuditStore(path.join(stateDir, 'audit.db')),
+    events,
+    hostName,
+    retention: auditRetentionFromEnv(process.env),
+    onError: (e) => log.error({ err: String(e) }, 'cannot record an audit entry'),
+  });
+  services.audit = audit;
 
   services.storage = createStorageService({
     store,
@@ -231,23 +245,28 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await listenUnix(unixApp, socketPath);
   const apps = [unixApp];
   let url: string | null = null;
+  let fingerprint: string | null = null;
   if (listen !== 'none') {
     const token = await ensureToken(stateDir);
+    const [hostPart, portPart] = splitHostPort(listen);
+    // TCP is HTTPS only: clients pin this certificate's fingerprint (trivisor remote add).
+    const certificate = await ensureServerCertificate(stateDir, { runner, hostName, listenHost: hostPart });
+    fingerprint = certificate.fingerprint;
     const tcpApp = await buildServer(services, {
       auth: { type: 'token', token },
       logger: false,
       uploadDir: stateDir,
+      https: { key: certificate.key, cert: certificate.cert },
     });
-    const [hostPart, portPart] = splitHostPort(listen);
     const bound = await listenTcp(tcpApp, hostPart, portPart);
-    url = `http://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
+    url = `https://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
     apps.push(tcpApp);
   }
   await writeFile(
     path.join(stateDir, 'daemon.json'),
-    `${JSON.stringify({ pid: process.pid, socket: socketPath, url, version }, null, 2)}\n`,
+    `${JSON.stringify({ pid: process.pid, socket: socketPath, url, fingerprint, version }, null, 2)}\n`,
   );
-  log.info({ stateDir, socket: socketPath, url }, 'trivisor daemon ready');
+  log.info({ stateDir, socket: socketPath, url, fingerprint }, 'trivisor daemon ready');
 
   process.on('unhandledRejection', (e) => log.error({ err: String(e) }, 'unhandled rejection'));
   await new Promise<void>((resolve) => {
@@ -258,6 +277,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await Promise.allSettled(apps.map((a) => a.close()));
+  audit.close();
   await nicObserver.stop();
   await controller.stop();
   services.storage.stop();

@@ -17,6 +17,8 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   NotSupported: 400,
   Unavailable: 503,
   Cancelled: 409,
+  Unauthenticated: 401,
+  PermissionDenied: 403,
   Internal: 500,
 };
 
@@ -40,8 +42,9 @@ export function errorCodeOfStatus(status: number): ErrorCode {
     case 409:
       return 'Conflict';
     case 401:
+      return 'Unauthenticated';
     case 403:
-      return 'FailedPrecondition';
+      return 'PermissionDenied';
     case 503:
       return 'Unavailable';
     default:

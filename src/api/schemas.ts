@@ -217,7 +217,12 @@ export const OperationSchema = Type.Object({
 });
 
 export const EventSchema = Type.Object({
-  type: Type.Union([Type.Literal('lifecycle'), Type.Literal('operation'), Type.Literal('logging')]),
+  type: Type.Union([
+    Type.Literal('lifecycle'),
+    Type.Literal('operation'),
+    Type.Literal('logging'),
+    Type.Literal('audit'),
+  ]),
   project: Type.Optional(Type.String()),
   timestamp: Type.String(),
   action: Type.Optional(Type.String()),
@@ -229,6 +234,12 @@ export const HostInfoSchema = Type.Object({
   api_version: Type.String(),
   auth: Type.Union([Type.Literal('trusted'), Type.Literal('untrusted')]),
   auth_methods: Type.Array(Type.String()),
+  /** Who the server takes the caller for (trusted callers only): token or certificate name, `root` on the socket. */
+  auth_user_name: Type.Optional(Type.String()),
+  auth_user_method: Type.Optional(Type.String()),
+  /** The caller's role and the projects it holds in (`*`: all of them and the host). */
+  auth_role: Type.Optional(Type.String()),
+  auth_projects: Type.Optional(Type.Array(Type.String())),
   environment: Type.Optional(
     Type.Object({
       name: Type.String(),

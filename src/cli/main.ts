@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { addAdminCommands, addAuthCommands } from './auth-commands.ts';
 import { addConsoleCommand } from './console-command.ts';
 import { addExecCommand } from './exec-command.ts';
 import { addFileCommands } from './file-commands.ts';
@@ -11,6 +12,7 @@ import {
   addOperationCommands,
 } from './other-commands.ts';
 import { addProjectCommands } from './project-commands.ts';
+import { addRemoteCommands } from './remote-commands.ts';
 import { addStorageCommands } from './storage-commands.ts';
 import { addVolumeCommands } from './volume-commands.ts';
 
@@ -18,8 +20,11 @@ import { addVolumeCommands } from './volume-commands.ts';
 export function buildProgram(): Command {
   const program = new Command('trivisor')
     .description('Trivisor: vm, pvm and ct guests from one control plane')
-    .option('--remote <url>', 'daemon URL, e.g. http://10.0.0.5:8443 (env TRIVISOR_REMOTE)')
-    .option('--token <token>', 'API token for --remote (env TRIVISOR_TOKEN)')
+    .option(
+      '--remote <name>',
+      'remote to talk to (trivisor remote list; env TRIVISOR_REMOTE; default: local)',
+    )
+    .option('--token <token>', "API token instead of the remote's own (env TRIVISOR_TOKEN)")
     .option('--project <name>', 'project to act in (env TRIVISOR_PROJECT; default: default)')
     .showSuggestionAfterError(true)
     // Settings below are inherited by every subcommand added afterwards.
@@ -38,6 +43,9 @@ export function buildProgram(): Command {
   addNetworkCommands(program);
   addOperationCommands(program);
   addProjectCommands(program);
+  addRemoteCommands(program);
+  addAuthCommands(program);
+  addAdminCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
   return program;

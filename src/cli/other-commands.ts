@@ -137,7 +137,10 @@ export function addDaemonCommand(program: Command): void {
   program
     .command('daemon')
     .description('Run the Trivisor daemon in the foreground')
-    .option('--listen <address>', 'also serve the API on TCP, e.g. 127.0.0.1:8443 (token required)')
+    .option(
+      '--listen <address>',
+      'also serve the API on HTTPS, e.g. 127.0.0.1:8443 (a token or a trusted client certificate required)',
+    )
     .action(async (opts: { listen?: string }) => {
       // Imported late: the CLI must not load the daemon's dependencies for client commands
       // (in the bundle the daemon is a chunk of its own, loaded here only).

@@ -21,6 +21,7 @@ import type {
   TrivisorEvent,
 } from '../api/types.ts';
 import { TrivisorApiError } from './api-error.ts';
+import { type AuthClient, authMethods } from './auth-client.ts';
 import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
 import { type ProjectClient, projectMethods } from './project-client.ts';
@@ -62,7 +63,7 @@ export interface PulledFile {
 }
 
 /** Typed access to every route of the Trivisor API. */
-export interface TrivisorClient extends StorageClient, VolumeClient, ProjectClient {
+export interface TrivisorClient extends StorageClient, VolumeClient, ProjectClient, AuthClient {
   serverInfo(): Promise<HostInfo>;
   /** `allProjects`: every project's guests, each with its `project`. */
   listGuests(options?: { usage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
@@ -177,6 +178,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     ...storageMethods(transport, { call, callAsync }),
     ...volumeMethods(call),
     ...projectMethods(call),
+    ...authMethods(call),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),

@@ -9,11 +9,25 @@ import { TrivisorApiError } from './api-error.ts';
  * Where the daemon is: its root-only unix socket, or a URL plus token; and the project
  * every request acts in (`default` when absent), sent as `?project=` as Incus's client does.
  */
-export type ClientTarget = ({ socketPath: string } | { url: string; token: string }) & { project?: string };
+export type ClientTarget = ({ socketPath: string } | RemoteTarget) & { project?: string };
+
+/**
+ * A daemon over TCP: always HTTPS (docs/decisions/0022-tls-roles-audit.md). With
+ * `serverFingerprint` the server must present exactly that certificate (pinned at `remote
+ * add`), else the system's CAs must vouch for it. A token, a client certificate or both.
+ */
+export interface RemoteTarget {
+  url: string;
+  token?: string;
+  /** SHA-256 (hex) of the server's certificate. */
+  serverFingerprint?: string;
+  /** PEM certificate and key, presented to servers that trust it. */
+  clientCertificate?: { cert: string; key: string };
+}
 
 /** `path` with `project=` added, except on the routes that are not in a project (`/1.0`, `/1.0/projects…`). */
 export function inProject(path: string, project: string | undefined): string {
-  if (project === undefined || project === 'default') return path;
+  if (project === undefined || project === 'default' || /[?&]project=/.test(path)) return path;
   const bare = path.split('?')[0] ?? '';
   if (!bare.startsWith('/1.0/') || bare === '/1.0/projects' || bare.startsWith('/1.0/projects/')) return path;
   return `${path}${path.includes('?') ? '&' : '?'}project=${encodeURIComponent(project)}`;
@@ -50,6 +64,17 @@ export function createTransport(target: ClientTarget): Transport {
   const authHeaders: Record<string, string> =
     'token' in target && target.token ? { authorization: `Bearer ${target.token}` } : {};
   const describe = () => ('socketPath' in target ? `unix:${target.socketPath}` : target.url);
+  // Loaded only for https: TLS and crypto, which a unix-socket call never needs.
+  const secureSocket = async () => {
+    const remote = target as RemoteTarget;
+    const { connectTls } = await import('./tls-connect.ts');
+    return connectTls({
+      host: base!.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(base!.port || 443),
+      ...(remote.serverFingerprint !== undefined && { pin: remote.serverFingerprint }),
+      ...(remote.clientCertificate !== undefined && { clientCertificate: remote.clientCertificate }),
+    });
+  };
 
   return {
     describe,
@@ -63,13 +88,16 @@ export function createTransport(target: ClientTarget): Transport {
         headers['content-length'] = String(payload.length);
       }
       const reqOptions: RequestOptions = { method, path, headers };
-      let send = httpRequest;
+      const send = httpRequest;
       if (base) {
         reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
         reqOptions.port = base.port || (base.protocol === 'https:' ? 443 : 80);
         reqOptions.path = `${base.pathname.replace(/\/$/, '')}${path}`;
-        // Loaded only for https: it brings TLS and crypto, which a unix-socket call never needs.
-        if (base.protocol === 'https:') send = (await import('node:https')).request;
+        // The TLS connection is made and its certificate checked before HTTP writes a byte on it.
+        if (base.protocol === 'https:') {
+          const socket = await secureSocket();
+          reqOptions.createConnection = () => socket;
+        }
       } else if ('socketPath' in target) {
         reqOptions.socketPath = target.socketPath;
       }
@@ -103,7 +131,14 @@ export function createTransport(target: ClientTarget): Transport {
       if (base) {
         const url = new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
         url.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
-        return new WebSocket(url, { headers: authHeaders, perMessageDeflate: false });
+        if (base.protocol !== 'https:')
+          return new WebSocket(url, { headers: authHeaders, perMessageDeflate: false });
+        const socket = await secureSocket();
+        return new WebSocket(url, {
+          headers: authHeaders,
+          perMessageDeflate: false,
+          createConnection: () => socket,
+        });
       }
       const socketPath = (target as { socketPath: string }).socketPath;
       return new WebSocket(`ws+unix://${socketPath}:${path}`, { perMessageDeflate: false });

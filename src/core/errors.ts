@@ -11,6 +11,8 @@ export type ErrorCode =
   | 'Unavailable'
   | 'NotSupported'
   | 'Cancelled'
+  | 'Unauthenticated'
+  | 'PermissionDenied'
   | 'Internal';
 
 /** A typed, user-facing error: `message` is one sentence saying what was wrong and what to do. */
@@ -33,6 +35,12 @@ export const conflict = (message: string): TrivisorError => new TrivisorError('C
 export const unavailable = (message: string): TrivisorError => new TrivisorError('Unavailable', message);
 export const notSupported = (message: string): TrivisorError => new TrivisorError('NotSupported', message);
 export const cancelled = (message: string): TrivisorError => new TrivisorError('Cancelled', message);
+/** The caller did not prove who it is (no or a wrong token or certificate): 401. */
+export const unauthenticated = (message: string): TrivisorError =>
+  new TrivisorError('Unauthenticated', message);
+/** The caller is known, and its role or projects do not allow the request: 403. */
+export const permissionDenied = (message: string): TrivisorError =>
+  new TrivisorError('PermissionDenied', message);
 export const internal = (message: string, cause?: unknown): TrivisorError =>
   new TrivisorError('Internal', message, { cause });
 

@@ -300,7 +300,8 @@ export interface Operation {
 
 /** One entry of the event stream (`/1.0/events`). */
 export interface TrivisorEvent {
-  type: 'lifecycle' | 'operation' | 'logging';
+  /** `audit`: one entry of the audit log (services/audit-log.ts) as it is recorded. */
+  type: 'lifecycle' | 'operation' | 'logging' | 'audit';
   /** Project of what the event is about; absent: `default` (host-level events included). */
   project?: string;
   timestamp: string;

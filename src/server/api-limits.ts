@@ -1,5 +1,6 @@
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { errorResponse } from '../api/envelopes.ts';
 
@@ -118,7 +119,10 @@ export function installApiLimits(app: FastifyInstance, limits: ApiLimits): void 
   if (limits.connections !== undefined || limits.connectionsPerClient !== undefined) {
     const perClient = new Map<string, number>();
     let total = 0;
-    server.on('connection', (socket: Socket) => {
+    // Over TLS a refusal is written once the handshake is done: raw HTTP on a socket that is
+    // still negotiating would reach the client as a TLS error instead of the 429 that says why.
+    const event = server instanceof TlsServer ? 'secureConnection' : 'connection';
+    server.on(event, (socket: Socket) => {
       const client = clientOf(socket);
       const mine = perClient.get(client) ?? 0;
       let refusal: string | undefined;

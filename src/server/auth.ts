@@ -1,40 +1,57 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
+import { fingerprintOfPeer } from '../api/certificates.ts';
+import { ALL_PROJECTS, type Caller, UNIX_CALLER } from '../core/access.ts';
+import { ADMIN_TOKEN_NAME, type AuthService } from '../services/auth-service.ts';
+import { peerCertificateOf } from './access.ts';
 import type { WebSocketTickets } from './websocket-tickets.ts';
 
-/** How callers prove who they are: nobody has to on the root-only unix socket; a bearer token on TCP. */
+/**
+ * How callers prove who they are: nobody has to on the root-only unix socket (root, the
+ * host's admin); on TCP a bearer token (the daemon's own, or one made with `auth token
+ * create`) or a trusted client certificate.
+ */
 export type AuthOptions = { type: 'none' } | { type: 'token'; token: string };
 
-/** What the check needs besides the token: the tickets, and which routes are WebSockets. */
+/** What the check needs besides the daemon's token. */
 export interface AuthCheckOptions {
-  tickets: WebSocketTickets;
+  /** Tickets carry the caller who asked for them. */
+  tickets: WebSocketTickets<Caller>;
   /** True for a route pattern (`/1.0/operations/:id/websocket`) that serves a WebSocket. */
   isWebSocketRoute: (routeUrl: string | undefined) => boolean;
+  /** Issued tokens and trusted certificates; without it only the daemon's token is known. */
+  service?: AuthService;
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest();
 
 /**
- * Returns a checker of requests. Comparing fixed-length digests in constant time
- * leaks neither the token nor its length. The token is taken from the
- * Authorization header only: never from a URL, which proxies and browsers log.
- * A client that cannot set headers (a browser's WebSocket) asks for a ticket
- * first (`POST /1.0/websocket-tickets`) and passes it as `?ticket=`, which
- * is accepted on WebSocket upgrades of WebSocket routes only, for the path it
- * was issued for, once.
+ * Returns who sent a request, or undefined. Comparing fixed-length digests in constant time
+ * leaks neither a token nor its length. A token is taken from the Authorization header only:
+ * never from a URL, which proxies and browsers log. A client that cannot set headers (a
+ * browser's WebSocket) asks for a ticket first (`POST /1.0/websocket-tickets`) and passes it
+ * as `?ticket=`, which is accepted on WebSocket upgrades of WebSocket routes only, for the
+ * path it was issued for, once, as the caller who asked for it. A client certificate counts
+ * when no Authorization header is sent: a wrong token is refused, whatever came with it.
  */
-export function createAuthCheck(
+export function createAuthenticator(
   auth: AuthOptions,
   options: AuthCheckOptions,
-): (request: FastifyRequest) => boolean {
-  if (auth.type === 'none') return () => true;
+): (request: FastifyRequest) => Promise<Caller | undefined> {
+  if (auth.type === 'none') return async () => UNIX_CALLER;
   if (auth.token.length === 0) throw new Error('The API token must not be empty');
   const expected = digest(auth.token);
-  return (request) => {
+  const service = options.service;
+  return async (request) => {
     const header = request.headers.authorization;
     if (typeof header === 'string' && header.startsWith('Bearer ')) {
-      return timingSafeEqual(digest(header.slice('Bearer '.length).trim()), expected);
+      const bearer = header.slice('Bearer '.length).trim();
+      if (timingSafeEqual(digest(bearer), expected)) {
+        return { method: 'token', name: ADMIN_TOKEN_NAME, role: 'admin', projects: [ALL_PROJECTS] };
+      }
+      return service?.authenticate({ bearer });
     }
+    if (header !== undefined) return undefined;
     if (
       request.method === 'GET' &&
       request.headers.upgrade?.toLowerCase() === 'websocket' &&
@@ -43,6 +60,8 @@ export function createAuthCheck(
       const ticket = (request.query as Record<string, unknown> | undefined)?.ticket;
       if (typeof ticket === 'string') return options.tickets.redeem(ticket, request.url.split('?')[0] ?? '');
     }
-    return false;
+    const fingerprint = fingerprintOfPeer(peerCertificateOf(request) ?? {});
+    if (fingerprint && service) return service.authenticate({ certificateFingerprint: fingerprint });
+    return undefined;
   };
 }

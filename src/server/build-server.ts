@@ -11,10 +11,13 @@ import Fastify, {
 } from 'fastify';
 import { errorResponse } from '../api/envelopes.ts';
 import { httpStatusOf } from '../api/errors.ts';
+import type { Caller } from '../core/access.ts';
 import { isTrivisorError } from '../core/errors.ts';
 import type { Services } from '../services/types.ts';
+import { installAccess } from './access.ts';
 import { type ApiLimits, installApiLimits, TCP_API_LIMITS, UNIX_API_LIMITS } from './api-limits.ts';
-import { type AuthOptions, createAuthCheck } from './auth.ts';
+import { type AuthOptions, createAuthenticator } from './auth.ts';
+import { registerAuthRoutes } from './auth-routes.ts';
 import { createExecRegistry } from './exec-bridge.ts';
 import { registerFileRoutes } from './file-routes.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
@@ -43,6 +46,12 @@ export interface BuildServerOptions {
   compileSchemasAtReady?: boolean;
   /** Request rate and connection limits (default: TCP_API_LIMITS with a token, UNIX_API_LIMITS without). */
   limits?: ApiLimits;
+  /**
+   * Serve HTTPS with this key and certificate (PEM). Clients may present a certificate of
+   * their own: it is not checked against any CA (they are self-signed), only looked up
+   * among the trusted ones (services.auth), by fingerprint.
+   */
+  https?: { key: string; cert: string };
 }
 
 /** JSON bodies; image uploads have their own, larger limit. */
@@ -110,6 +119,18 @@ export async function buildServer(services: Services, options: BuildServerOption
         .send(errorResponse(oneLine(error.message), status));
     },
   };
+  if (options.https) {
+    (fastifyOptions as { https?: object }).https = {
+      key: options.https.key,
+      cert: options.https.cert,
+      minVersion: 'TLSv1.2',
+      // Connections count against the API's limits from the end of the handshake (api-limits.ts): one that
+      // never finishes it holds a socket for this long at most (Node's default is 120 s).
+      handshakeTimeout: 10_000,
+      requestCert: true,
+      rejectUnauthorized: false,
+    };
+  }
   const logger = options.logger ?? false;
   if (logger !== false && isLoggerInstance(logger))
     fastifyOptions.loggerInstance = logger as FastifyBaseLogger;
@@ -170,23 +191,18 @@ export async function buildServer(services: Services, options: BuildServerOption
     if (!isProjectRoute(route.url)) return;
     route.schema = withProjectQuery(route.schema, { list: isListRoute(route.method, route.url) });
   });
-  const tickets = createWebSocketTickets();
-  const authorized = createAuthCheck(options.auth, {
-    tickets,
-    isWebSocketRoute: (url) => url !== undefined && webSocketRoutes.has(url),
-  });
-  app.decorateRequest('trusted', false);
-  app.addHook('onRequest', async (request, reply) => {
-    const trusted = authorized(request);
-    (request as { trusted?: boolean }).trusted = trusted;
-    // GET /1.0 answers untrusted callers too (like Incus), saying only that they are untrusted.
-    if (trusted || (request.method === 'GET' && request.url.split('?')[0] === '/1.0')) return;
-    reply
-      .code(401)
-      .type('application/json; charset=utf-8')
-      .header('www-authenticate', 'Bearer')
-      .send(errorResponse('Not authorized: send the API token as "Authorization: Bearer <token>"', 401));
-    return reply;
+  const tickets = createWebSocketTickets<Caller>();
+  // Who the caller is, what its role allows on the route, and the audit of changes: one place (access.ts).
+  installAccess(app, {
+    authenticate: createAuthenticator(options.auth, {
+      tickets,
+      isWebSocketRoute: (url) => url !== undefined && webSocketRoutes.has(url),
+      ...(services.auth !== undefined && { service: services.auth }),
+    }),
+    ...(services.audit !== undefined && { audit: services.audit }),
+    unauthenticatedMessage: options.https
+      ? 'Not authorized: send a token as "Authorization: Bearer <token>" or a trusted client certificate'
+      : 'Not authorized: send the API token as "Authorization: Bearer <token>"',
   });
   // A request in a project that does not exist is a 404 before any route looks at it.
   app.addHook('preHandler', async (request) => {
@@ -216,6 +232,7 @@ export async function buildServer(services: Services, options: BuildServerOption
     uploadDir: options.uploadDir,
     execConnectTimeoutMs: options.execConnectTimeoutMs ?? 30_000,
     authType: options.auth.type,
+    tls: options.https !== undefined,
     tickets,
     isWebSocketPath: (path) =>
       [...webSocketRoutes].some((pattern) =>
@@ -230,6 +247,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerOperationRoutes(app, ctx);
   registerNetworkRoutes(app, ctx);
   registerVolumeRoutes(app, ctx);
+  registerAuthRoutes(app, ctx);
   registerProjectRoutes(app, ctx);
 
   app.addHook('onClose', async () => ctx.execs.closeAll());

@@ -67,6 +67,7 @@ export function registerFileRoutes(app: FastifyInstance, ctx: RouteContext): voi
   app.get<{ Params: NameParams; Querystring: PathQuery }>(
     '/1.0/guests/:name/files',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Read a file of a running guest',
         description:
@@ -94,6 +95,7 @@ export function registerFileRoutes(app: FastifyInstance, ctx: RouteContext): voi
   app.post<{ Params: NameParams; Querystring: PathQuery; Body: Readable | undefined }>(
     '/1.0/guests/:name/files',
     {
+      config: { access: 'operate' },
       bodyLimit: GUEST_FILE_MAX_BYTES + 1,
       schema: {
         summary: 'Write a file into a running guest',

@@ -91,6 +91,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/guests',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'List guests',
         description: 'recursion=0: URLs; 1: guests; 2: guests with live usage.',
@@ -114,6 +115,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.post<{ Body: CreateGuestBody }>(
     '/1.0/guests',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Create (and with start: true, launch) a guest',
         body: CreateGuestBodySchema,
@@ -164,6 +166,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Params: NameParams }>(
     '/1.0/guests/:name',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Show a guest, with live usage',
         params: NameParamsSchema,
@@ -176,6 +179,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
     '/1.0/guests/:name',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Set and unset config keys',
         description:
@@ -198,6 +202,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.delete<{ Params: NameParams; Querystring: { force?: boolean } }>(
     '/1.0/guests/:name',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Delete a guest (force: stop it first when running)',
         params: NameParamsSchema,
@@ -214,6 +219,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Params: NameParams }>(
     '/1.0/guests/:name/state',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Status and live state of a guest',
         params: NameParamsSchema,
@@ -231,6 +237,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.put<{ Params: NameParams; Body: StateChangeBody }>(
     '/1.0/guests/:name/state',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Start, stop, restart, freeze or unfreeze a guest',
         params: NameParamsSchema,
@@ -250,6 +257,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.post<{ Params: NameParams; Body: ExecBody }>(
     '/1.0/guests/:name/exec',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Run a command in a running guest',
         description:
@@ -329,6 +337,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Params: NameParams; Querystring: { type?: string } }>(
     '/1.0/guests/:name/console',
     {
+      config: { access: 'operate' },
       schema: {
         summary: "The guest's console log (text/plain)",
         params: NameParamsSchema,
@@ -351,6 +360,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.post<{ Params: NameParams; Body: ConsoleBody }>(
     '/1.0/guests/:name/console',
     {
+      config: { access: 'operate' },
       schema: {
         summary: "Attach to a guest's console: input and output over a WebSocket (vm and pvm)",
         description:
@@ -382,6 +392,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Params: NameParams }>(
     '/1.0/guests/:name/console/follow',
     {
+      config: { access: 'operate' },
       websocket: true,
       schema: {
         summary: 'Console log as it grows (WebSocket, binary frames of log bytes; output only)',

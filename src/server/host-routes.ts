@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import {
   ErrorEnvelopeSchema,
@@ -13,7 +13,15 @@ import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { TrivisorEvent } from '../core/types.ts';
 import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
-const EVENT_TYPES: readonly TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging'];
+const EVENT_TYPES: readonly TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging', 'audit'];
+/** What a stream without `?type=` carries: the audit log only when asked for, since it needs an admin. */
+const DEFAULT_EVENT_TYPES: TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging'];
+
+/** `?type=…audit…` reads the audit log: an admin's (of the project, or of all with ?all-projects). */
+const wantsAudit = (request: FastifyRequest) =>
+  String((request.query as { type?: unknown } | undefined)?.type ?? '')
+    .split(',')
+    .some((t) => t.trim() === 'audit');
 
 /** `/1.0`, metrics, the OpenAPI document and the event stream. */
 export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -25,18 +33,26 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
     {
       schema: {
         summary: 'Server and host information',
-        description: 'Answers untrusted callers too, with `auth: untrusted` and nothing else.',
+        description:
+          'Answers untrusted callers too, with `auth: untrusted` and nothing else. A trusted caller also learns who it is to the server and what its role allows (`auth_user_*`).',
         response: { 200: SyncEnvelope(HostInfoSchema), ...errors },
       },
+      config: { access: 'public' },
     },
     async (request) => {
-      const trusted = (request as { trusted?: boolean }).trusted === true;
+      const caller = request.caller;
       const info: HostInfo = {
         api_version: '1.0',
-        auth: trusted ? 'trusted' : 'untrusted',
-        auth_methods: ctx.authType === 'token' ? ['token'] : ['unix'],
+        auth: caller ? 'trusted' : 'untrusted',
+        auth_methods: ctx.authType === 'none' ? ['unix'] : ctx.tls ? ['token', 'certificate'] : ['token'],
       };
-      if (trusted) info.environment = await services.host.info();
+      if (caller) {
+        info.auth_user_name = caller.name;
+        info.auth_user_method = caller.method;
+        info.auth_role = caller.role;
+        info.auth_projects = caller.projects;
+        info.environment = await services.host.info();
+      }
       return syncResponse(info);
     },
   );
@@ -49,6 +65,8 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
         produces: ['text/plain'],
         response: { 200: Type.String(), ...errors },
       },
+      // Every project's guests are in it: the host's to read.
+      config: { access: 'host-read' },
     },
     async (_request, reply) => {
       const metrics = await services.host.metrics();
@@ -59,7 +77,10 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
 
   app.get(
     '/1.0/openapi.json',
-    { schema: { summary: 'This API as an OpenAPI 3 document', hide: true } },
+    {
+      schema: { summary: 'This API as an OpenAPI 3 document', hide: true },
+      config: { access: 'authenticated' },
+    },
     async () => app.swagger(),
   );
 
@@ -87,6 +108,8 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
           ...errors,
         },
       },
+      // Changes nothing: the ticket opens only what its caller may open (checked at the upgrade).
+      config: { access: 'authenticated' },
     },
     async (request) => {
       const { path } = request.body;
@@ -95,7 +118,8 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
           `${JSON.stringify(path.slice(0, 100))} is not a WebSocket path: give /1.0/events or /1.0/operations/{id}/websocket, without a query`,
         );
       }
-      return syncResponse({ ...ctx.tickets.issue(path), path });
+      // The socket opens as whoever asked, and its route's access is checked then, as for a header.
+      return syncResponse({ ...ctx.tickets.issue(path, request.caller!), path });
     },
   );
 
@@ -106,10 +130,16 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
       schema: {
         summary: 'Event stream (WebSocket): one JSON TrivisorEvent per text message',
         querystring: Type.Object({
-          type: Type.Optional(Type.String({ description: 'Comma-separated: lifecycle,operation,logging' })),
+          type: Type.Optional(
+            Type.String({
+              description:
+                'Comma-separated: lifecycle,operation,logging (the default: all three), audit (the audit log: admins only)',
+            }),
+          ),
         }),
         response: { 101: EventSchema, ...errors },
       },
+      config: { access: (request) => (wantsAudit(request) ? 'admin' : 'read') },
       preValidation: async (request) => {
         eventTypesOf(request.query as { type?: string });
       },
@@ -131,8 +161,8 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
   );
 }
 
-function eventTypesOf(query: { type?: string }): TrivisorEvent['type'][] | undefined {
-  if (!query.type) return undefined;
+function eventTypesOf(query: { type?: string }): TrivisorEvent['type'][] {
+  if (!query.type) return DEFAULT_EVENT_TYPES;
   const types = query.type
     .split(',')
     .map((t) => t.trim())

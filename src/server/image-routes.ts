@@ -51,6 +51,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/images',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'List images',
         description: 'recursion=0: URLs; 1 or 2: images.',
@@ -72,6 +73,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.post<{ Body: BuildImageBody | Readable }>(
     '/1.0/images',
     {
+      config: { access: 'operate' },
       bodyLimit: UPLOAD_LIMIT_BYTES,
       schema: {
         summary: 'Build an image from a source, or import an uploaded root file system tarball',
@@ -139,6 +141,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.get<{ Params: RefParams }>(
     '/1.0/images/*',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Show an image by alias (may contain slashes) or fingerprint prefix',
         params: Type.Object({ '*': Type.String() }),
@@ -151,6 +154,7 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
   app.delete<{ Params: RefParams }>(
     '/1.0/images/*',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Delete an image (refused while a guest uses it)',
         params: Type.Object({ '*': Type.String() }),

@@ -47,6 +47,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/networks',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'List managed networks',
         description: 'recursion=0: URLs; 1 or 2: networks.',
@@ -66,6 +67,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Body: CreateNetworkBody }>(
     '/1.0/networks',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Create a network (bridge, DHCP/DNS, optional NAT)',
         body: CreateNetworkBodySchema,
@@ -87,6 +89,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: NameParams }>(
     '/1.0/networks/:name',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Show a network',
         params: NameParamsSchema,
@@ -99,6 +102,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.patch<{ Params: NameParams; Body: PatchGuestBody }>(
     '/1.0/networks/:name',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Set and unset network config keys',
         description: 'Keys in `config` are set; keys with a null value and keys in `unset` are removed.',
@@ -115,6 +119,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Params: NameParams; Body: AddForwardBody }>(
     '/1.0/networks/:name/forwards',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Forward a host address and port to a guest (DNAT)',
         params: NameParamsSchema,
@@ -139,6 +144,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: NameParams & { listen: string }; Querystring: { protocol?: 'tcp' | 'udp' } }>(
     '/1.0/networks/:name/forwards/:listen',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Remove a port forward (`listen` is ADDRESS:PORT)',
         params: Type.Object({ name: Type.String(), listen: Type.String() }),
@@ -164,6 +170,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Params: NameParams; Body: NetworkAclRuleBody }>(
     '/1.0/networks/:name/acls',
     {
+      config: { access: 'operate' },
       schema: {
         summary: "Append an ACL rule to a network's rules",
         description:
@@ -179,6 +186,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: NameParams & { index: number } }>(
     '/1.0/networks/:name/acls/:index',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Remove an ACL rule by its index (0-based, as listed)',
         params: Type.Object({ name: Type.String(), index: Type.Integer({ minimum: 0 }) }),
@@ -202,6 +210,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   }>(
     '/1.0/networks/:name/attach',
     {
+      config: { access: 'operate' },
       schema: {
         summary:
           'Give a guest a NIC on this network (hot-plugged into a running guest; nothing changes when that fails)',
@@ -235,6 +244,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Params: NameParams; Body: { guest: string; nic?: string } }>(
     '/1.0/networks/:name/detach',
     {
+      config: { access: 'operate' },
       schema: {
         summary: "Remove a guest's NIC on this network (hot-unplugged from a running guest first)",
         params: NameParamsSchema,
@@ -256,6 +266,7 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: NameParams }>(
     '/1.0/networks/:name',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Delete a network (refused while a NIC uses it)',
         params: NameParamsSchema,

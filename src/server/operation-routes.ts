@@ -29,6 +29,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/operations',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'List operations (running and recently finished)',
         description: 'recursion=0: URLs; 1 or 2: operations.',
@@ -49,13 +50,17 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
 
   app.get<{ Params: IdParams }>(
     '/1.0/operations/:id',
-    { schema: { summary: 'Show an operation', params: IdParamsSchema, response: opReply } },
+    {
+      config: { access: 'read' },
+      schema: { summary: 'Show an operation', params: IdParamsSchema, response: opReply },
+    },
     async (request) => syncResponse(opOf(request, request.params.id)),
   );
 
   app.get<{ Params: IdParams; Querystring: { timeout?: number } }>(
     '/1.0/operations/:id/wait',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Wait for an operation to end',
         description:
@@ -75,7 +80,10 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
 
   app.delete<{ Params: IdParams }>(
     '/1.0/operations/:id',
-    { schema: { summary: 'Cancel an operation', params: IdParamsSchema, response: opReply } },
+    {
+      config: { access: 'operate' },
+      schema: { summary: 'Cancel an operation', params: IdParamsSchema, response: opReply },
+    },
     async (request) => {
       opOf(request, request.params.id);
       return syncResponse(services.operations.cancel(request.params.id));
@@ -85,6 +93,7 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
   app.get<{ Params: IdParams; Querystring: { secret?: string } }>(
     '/1.0/operations/:id/websocket',
     {
+      config: { access: 'operate' },
       websocket: true,
       schema: {
         summary: 'Streams of an exec or console operation (WebSocket; protocol in docs/api.md)',

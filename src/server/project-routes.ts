@@ -76,6 +76,7 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/projects',
     {
+      config: { access: 'host-read' },
       schema: {
         summary: 'List projects',
         description: 'recursion=0: URLs; 1 or 2: projects with their usage.',
@@ -95,6 +96,7 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Body: CreateProjectBody }>(
     '/1.0/projects',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary: 'Create a project',
         body: CreateProjectBodySchema,
@@ -116,6 +118,7 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: NameParams }>(
     '/1.0/projects/:name',
     {
+      config: { access: (request) => ({ class: 'read', project: (request.params as NameParams).name }) },
       schema: {
         summary: 'Show a project, with its usage against its limits',
         params: NameParamsSchema,
@@ -128,6 +131,7 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.patch<{ Params: NameParams; Body: PatchProjectBody }>(
     '/1.0/projects/:name',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary: 'Set and unset project config keys (limits), or change its description',
         description:
@@ -161,6 +165,7 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: NameParams }>(
     '/1.0/projects/:name',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary: 'Delete an empty project (default cannot be deleted)',
         params: NameParamsSchema,

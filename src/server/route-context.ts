@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { type AsyncResponse, asyncResponse, operationUrl } from '../api/envelopes.ts';
+import type { Caller } from '../core/access.ts';
 import { invalidArgument, notFound } from '../core/errors.ts';
 import { assertProjectName, DEFAULT_PROJECT } from '../core/projects.ts';
 import type { Operation } from '../core/types.ts';
@@ -14,8 +15,10 @@ export interface RouteContext {
   uploadDir: string | undefined;
   execConnectTimeoutMs: number;
   authType: 'none' | 'token';
-  /** Tickets that open one WebSocket without the token in the URL (auth.ts). */
-  tickets: WebSocketTickets;
+  /** Serving HTTPS (client certificates then authenticate too). */
+  tls: boolean;
+  /** Tickets that open one WebSocket as their caller without the token in the URL (auth.ts). */
+  tickets: WebSocketTickets<Caller>;
   /** True when `path` (no query) is the path of a WebSocket route. */
   isWebSocketPath: (path: string) => boolean;
 }

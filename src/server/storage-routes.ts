@@ -60,6 +60,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: Name; Querystring: { recursion?: number } }>(
     '/1.0/guests/:name/snapshots',
     {
+      config: { access: 'read' },
       schema: {
         summary: "List a guest's snapshots",
         params: NameParams,
@@ -83,6 +84,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Params: Name; Body: { name: string } }>(
     '/1.0/guests/:name/snapshots',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Snapshot a guest (running guests are frozen while their state is copied)',
         params: NameParams,
@@ -97,6 +99,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: Snap }>(
     '/1.0/guests/:name/snapshots/:snapshot',
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Show a snapshot',
         params: SnapshotParams,
@@ -109,7 +112,10 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
 
   app.delete<{ Params: Snap }>(
     '/1.0/guests/:name/snapshots/:snapshot',
-    { schema: { summary: 'Delete a snapshot', params: SnapshotParams, response: asyncReply } },
+    {
+      config: { access: 'operate' },
+      schema: { summary: 'Delete a snapshot', params: SnapshotParams, response: asyncReply },
+    },
     async (request, reply) =>
       sendAsync(reply, await storage(request).deleteSnapshot(request.params.name, request.params.snapshot)),
   );
@@ -117,6 +123,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.put<{ Params: Name; Body: { restore: string } }>(
     '/1.0/guests/:name',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Restore a guest to a snapshot (Incus: PUT with {"restore": SNAPSHOT})',
         description: 'A running guest is stopped, rolled back, and started again.',
@@ -132,6 +139,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean } }>(
     '/1.0/guests/:name/backups',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
         description:
@@ -157,6 +165,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: Backup }>(
     '/1.0/guests/:name/backups/:backup/export',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Download a backup archive (tar + zstd)',
         params: BackupParams,
@@ -174,6 +183,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: Backup }>(
     '/1.0/guests/:name/backups/:backup',
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Delete a backup archive',
         params: BackupParams,
@@ -216,6 +226,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Querystring: { recursion?: number } }>(
     '/1.0/storage-pools',
     {
+      config: { access: 'host-read' },
       schema: {
         summary: 'List storage pools',
         querystring: RecursionQuerySchema,
@@ -236,6 +247,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Body: { name: string; driver: string; description?: string; config?: Record<string, string> } }>(
     '/1.0/storage-pools',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary:
           'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source)',
@@ -257,6 +269,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.get<{ Params: Name }>(
     '/1.0/storage-pools/:name',
     {
+      config: { access: 'host-read' },
       schema: {
         summary: 'Show a storage pool with its space',
         params: NameParams,
@@ -269,6 +282,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.delete<{ Params: Name }>(
     '/1.0/storage-pools/:name',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary: 'Delete a storage pool (refused while it holds guests or volumes)',
         params: NameParams,
@@ -284,6 +298,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post(
     '/1.0/admin/recover',
     {
+      config: { access: 'host-admin' },
       schema: {
         summary: 'Rebuild lost guest records from the guests directories (guests/NAME/guest.json)',
         description: 'Running guests are adopted as they run; nothing is started or stopped.',
@@ -313,6 +328,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   app.post<{ Body: Readable }>(
     '/1.0/backups',
     {
+      config: { access: 'operate' },
       bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES,
       schema: {
         summary:

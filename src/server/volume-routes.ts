@@ -60,6 +60,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
     app.get<{ Params: PoolParams; Querystring: { recursion?: number } }>(
       path,
       {
+        config: { access: 'read' },
         schema: {
           summary: 'List the custom volumes of a pool',
           params: PoolParamsSchema,
@@ -89,6 +90,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   }>(
     `${base}/custom`,
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Create a custom volume (filesystem for ct guests, block for vm and pvm guests)',
         params: PoolParamsSchema,
@@ -112,6 +114,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   app.get<{ Params: VolumeParams }>(
     `${base}/custom/:volume`,
     {
+      config: { access: 'read' },
       schema: {
         summary: 'Show a custom volume, who uses it and its space',
         params: VolumeParamsSchema,
@@ -124,6 +127,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   app.patch<{ Params: VolumeParams; Body: { config: Record<string, string> } }>(
     `${base}/custom/:volume`,
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Grow a custom volume (config.size; shrinking is refused)',
         description:
@@ -143,6 +147,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   app.delete<{ Params: VolumeParams }>(
     `${base}/custom/:volume`,
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Delete a custom volume (refused while it is attached)',
         params: VolumeParamsSchema,
@@ -158,6 +163,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   app.post<{ Params: VolumeParams; Body: { guest: string; device?: string; path?: string } }>(
     `${base}/custom/:volume/attach`,
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Attach a custom volume to a guest (a disk device; live where the guest runs)',
         description:
@@ -181,6 +187,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   app.post<{ Params: VolumeParams; Body: { guest: string; device?: string } }>(
     `${base}/custom/:volume/detach`,
     {
+      config: { access: 'operate' },
       schema: {
         summary: 'Detach a custom volume from a guest (live where the guest runs)',
         params: VolumeParamsSchema,

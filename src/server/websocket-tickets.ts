@@ -6,11 +6,14 @@ import { randomBytes } from 'node:crypto';
  * and a token in a query string ends up in proxies' and browsers' histories; a ticket
  * that is good for one path, once, for a few seconds is worth little to whoever sees it.
  */
-export interface WebSocketTickets {
-  /** A new ticket for the WebSocket at `path` (a path without a query). */
-  issue(path: string): { ticket: string; expiresInSeconds: number };
-  /** True once for a ticket issued for `path` and not yet expired; the ticket is gone after any attempt. */
-  redeem(ticket: string, path: string): boolean;
+export interface WebSocketTickets<Holder = true> {
+  /** A new ticket for the WebSocket at `path` (a path without a query), good for whoever asked (`holder`). */
+  issue(path: string, holder: Holder): { ticket: string; expiresInSeconds: number };
+  /**
+   * The holder, once, for a ticket issued for `path` and not yet expired (undefined otherwise);
+   * the ticket is gone after any attempt. The socket then opens as its holder, with its role.
+   */
+  redeem(ticket: string, path: string): Holder | undefined;
 }
 
 /** Options of `createWebSocketTickets`. */
@@ -22,12 +25,14 @@ export interface WebSocketTicketOptions {
   now?: () => number;
 }
 
-export function createWebSocketTickets(options: WebSocketTicketOptions = {}): WebSocketTickets {
+export function createWebSocketTickets<Holder = true>(
+  options: WebSocketTicketOptions = {},
+): WebSocketTickets<Holder> {
   const ttlMs = options.ttlMs ?? 10_000;
   const max = options.maxOutstanding ?? 1024;
   const now = options.now ?? Date.now;
   // Insertion order is issue order: the first entries are the oldest.
-  const tickets = new Map<string, { path: string; expiresAt: number }>();
+  const tickets = new Map<string, { path: string; expiresAt: number; holder: Holder }>();
 
   const sweep = () => {
     const t = now();
@@ -38,17 +43,17 @@ export function createWebSocketTickets(options: WebSocketTicketOptions = {}): We
   };
 
   return {
-    issue(path) {
+    issue(path, holder) {
       sweep();
       const ticket = randomBytes(32).toString('base64url');
-      tickets.set(ticket, { path, expiresAt: now() + ttlMs });
+      tickets.set(ticket, { path, expiresAt: now() + ttlMs, holder });
       return { ticket, expiresInSeconds: Math.round(ttlMs / 1000) };
     },
     redeem(ticket, path) {
       const entry = tickets.get(ticket);
-      if (!entry) return false;
+      if (!entry) return undefined;
       tickets.delete(ticket);
-      return entry.path === path && entry.expiresAt > now();
+      return entry.path === path && entry.expiresAt > now() ? entry.holder : undefined;
     },
   };
 }

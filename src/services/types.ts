@@ -5,6 +5,8 @@ import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 /** A running command in a guest, and an attached guest console, as the transport streams them. */
 export type { ConsoleStream, ExecSession };
 
+import type { AuditLog } from './audit-log.ts';
+import type { AuthService } from './auth-service.ts';
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
 import type { ProjectService } from './project-service.ts';
@@ -175,6 +177,10 @@ export interface Services {
   pools?: PoolService;
   /** Custom storage volumes; absent where storage is not set up. */
   volumes?: VolumeService;
+  /** Tokens and trusted client certificates; absent: only the daemon's own token is known. */
+  auth?: AuthService;
+  /** The audit log of changes made through the API; absent: nothing is recorded. */
+  audit?: AuditLog;
   /** Projects and their quotas. */
   projects: ProjectService;
 }

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import fc from 'fast-check';
 
@@ -616,36 +617,42 @@ export function anyRequest(routes: Route[], fx: FuzzFixtures): fc.Arbitrary<Fuzz
 
 /** Sends one request on the unix socket; rejects after `timeoutMs` (a hang). */
 export function send(
-  target: { socketPath: string } | { host: string; port: number },
+  target: { socketPath: string } | { host: string; port: number; tls?: boolean },
   r: FuzzRequest,
   timeoutMs: number,
 ): Promise<FuzzAnswer> {
+  // TCP is HTTPS (decision 0022); the certificate is not what is fuzzed here.
+  const { tls, ...where } = target as { tls?: boolean };
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { ...r.headers };
     if (r.body !== undefined) headers['content-length'] = String(r.body.length);
-    const req = http.request({ ...target, method: r.method, path: r.path, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        // Enough to judge an error envelope; a large download is drained, not kept.
-        if (size < 64 * 1024) chunks.push(c);
-        size += c.length;
-      });
-      res.on('end', () => {
-        clearTimeout(timer);
-        resolve({
-          status: res.statusCode ?? 0,
-          contentType: String(res.headers['content-type'] ?? ''),
-          text: Buffer.concat(chunks).toString('utf8'),
-          ms: performance.now() - started,
+    const options = { ...where, method: r.method, path: r.path, headers, agent: false };
+    const req = (tls ? https : http).request(
+      tls ? { ...options, rejectUnauthorized: false } : options,
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          // Enough to judge an error envelope; a large download is drained, not kept.
+          if (size < 64 * 1024) chunks.push(c);
+          size += c.length;
         });
-      });
-      res.on('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-    });
+        res.on('end', () => {
+          clearTimeout(timer);
+          resolve({
+            status: res.statusCode ?? 0,
+            contentType: String(res.headers['content-type'] ?? ''),
+            text: Buffer.concat(chunks).toString('utf8'),
+            ms: performance.now() - started,
+          });
+        });
+        res.on('error', (e) => {
+          clearTimeout(timer);
+          reject(e);
+        });
+      },
+    );
     const timer = setTimeout(() => {
       req.destroy();
       reject(new Error(`no answer within ${timeoutMs} ms`));

@@ -59,7 +59,7 @@ describe('API fuzz (fixed seed): no 5xx, no hang, clear errors, refused requests
 
   test('over TCP, requests without the token are refused before anything runs', async () => {
     const url = new URL(d.url ?? '');
-    const target = { host: url.hostname, port: Number(url.port) };
+    const target = { host: url.hostname, port: Number(url.port), tls: true };
     const requests = fc.sample(anyRequest(routes, fixtures), { seed: SEED + 2, numRuns: 150 });
     const wrong: string[] = [];
     for (const r of requests) {

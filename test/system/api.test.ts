@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { type Daemon, request, startDaemon } from './harness.ts';
 
-describe('the REST API: TCP with a token, events, metrics, operations, OpenAPI', () => {
+describe('the REST API: HTTPS with a token, events, metrics, operations, OpenAPI', () => {
   let d: Daemon;
   before(async () => {
     d = await startDaemon({ tcp: true });
@@ -14,8 +14,9 @@ describe('the REST API: TCP with a token, events, metrics, operations, OpenAPI',
 
   const token = async () => (await import('node:fs')).readFileSync(`${d.stateDir}/token`, 'utf8').trim();
 
-  test('TCP refuses requests without the bearer token and serves them with it', async () => {
+  test('TCP (HTTPS) refuses requests without the bearer token and serves them with it', async () => {
     assert.ok(d.url, 'daemon listens on TCP');
+    assert.match(d.url, /^https:\/\//, 'with TLS');
     const anon = await request({ url: d.url }, 'GET', '/1.0/guests');
     assert.equal(anon.status, 401);
     assert.equal(anon.body.type, 'error');
@@ -28,7 +29,8 @@ describe('the REST API: TCP with a token, events, metrics, operations, OpenAPI',
     });
     assert.equal(ok.status, 200);
     assert.equal(ok.body.type, 'sync');
-    const r = d.cli(['list', '--remote', d.url, '--token', await token(), '--format', 'json']);
+    d.ok(['remote', 'add', 'tcp', d.url, '--token', await token(), '--accept-certificate']);
+    const r = d.cli(['list', '--remote', 'tcp', '--format', 'json']);
     assert.equal(r.code, 0, r.stderr);
   });
 

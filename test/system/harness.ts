@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 
 import { claim, describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
@@ -23,9 +24,13 @@ export interface Daemon {
   process: ChildProcess;
   /** TCP URL, when the daemon listens on TCP. */
   url: string | null;
-  cli(args: string[], options?: { input?: string; timeoutMs?: number }): CliResult;
+  /** `env` adds to the daemon's environment (TRIVISOR_DIR, and TRIVISOR_CONFIG_DIR: a CLI config of the run's own). */
+  cli(
+    args: string[],
+    options?: { input?: string; timeoutMs?: number; env?: Record<string, string> },
+  ): CliResult;
   /** Like cli() but fails the test with the stderr when the exit code is not 0. */
-  ok(args: string[], options?: { input?: string }): string;
+  ok(args: string[], options?: { input?: string; env?: Record<string, string> }): string;
   api(
     method: string,
     urlPath: string,
@@ -69,6 +74,8 @@ export async function startDaemon(
     TRIVISOR_DIR: stateDir,
     TRIVISOR_LISTEN: options.tcp ? '127.0.0.1:0' : 'none',
     TRIVISOR_LOG_LEVEL: 'warn',
+    // The CLI's remotes and tokens: the run's own, never the user's ~/.config/trivisor.
+    TRIVISOR_CONFIG_DIR: path.join(stateDir, 'cli-config'),
   };
   let child = await launch(options.hostname);
   let info = readDaemonJson();
@@ -118,7 +125,7 @@ export async function startDaemon(
 
   const cli: Daemon['cli'] = (args, o = {}) => {
     const r = spawnSync(CLI, args, {
-      env,
+      env: { ...env, ...o.env },
       input: o.input ?? '',
       encoding: 'utf8',
       timeout: o.timeoutMs ?? 120_000,
@@ -191,6 +198,7 @@ export async function startDaemon(
   return daemon;
 }
 
+/** One request on the unix socket, or to an HTTPS URL (any certificate: pinning is the CLI's, tested through it). */
 export function request(
   target: { socketPath: string } | { url: string },
   method: string,
@@ -207,11 +215,13 @@ export function request(
             const u = new URL(target.url);
             return { host: u.hostname, port: Number(u.port) };
           })();
-    const req = http.request(
+    const tls = 'url' in target && target.url.startsWith('https:');
+    const req = (tls ? https : http).request(
       {
         ...base,
         method,
         path: urlPath,
+        ...(tls && { rejectUnauthorized: false }),
         headers: {
           ...(payload !== undefined ? { 'content-type': 'application/json' } : {}),
           ...headers,
