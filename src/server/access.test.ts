@@ -259,6 +259,16 @@ describe('roles on every route (one access hook, classes declared beside the rou
       const anon = await app.inject({ method: r.method as 'GET', url: urlOf(r.method, r.url) });
       if (r.url === '/1.0') assert.equal(anon.statusCode, 200);
       else assert.equal(anon.statusCode, 401, `${r.method} ${r.url}: ${anon.body}`);
+      // Nothing of the request is read before the caller is known: a malformed project is still a 401.
+      const odd = await app.inject({
+        method: r.method as 'GET',
+        url: `${r.url.replace(/[:*][a-z]*/g, 'x')}?project=Bad%20Name`,
+      });
+      assert.equal(
+        odd.statusCode,
+        r.url === '/1.0' ? 200 : 401,
+        `${r.method} ${r.url}?project=Bad Name: ${odd.body}`,
+      );
       const admin = await app.inject({
         method: r.method as 'GET',
         url: urlOf(r.method, r.url),

@@ -110,14 +110,18 @@ export function installAccess(app: FastifyInstance, options: AccessOptions): voi
   app.addHook('onRequest', async (request, reply) => {
     const caller = (await options.authenticate(request)) ?? null;
     request.caller = caller;
-    const need = accessNeedOf(request);
-    (request as Marked)[kNeed] = need;
-    if (need?.class === 'public') return;
+    if (!request.is404 && request.routeOptions.config.access === 'public') {
+      (request as Marked)[kNeed] = { class: 'public', project: ALL_PROJECTS };
+      return;
+    }
+    // Before anything of the request is read (its ?project=, say): a stranger learns nothing but 401.
     if (!caller) {
       (request as Marked)[kError] = 'Unauthenticated';
       reply.header('www-authenticate', 'Bearer');
       return sendError(reply, 401, options.unauthenticatedMessage);
     }
+    const need = accessNeedOf(request);
+    (request as Marked)[kNeed] = need;
     // Unknown routes: any caller gets the 404 that says so.
     if (!need) return;
     const route = request.routeOptions.url ?? request.url.split('?')[0];
