@@ -112,7 +112,7 @@ export function addMonitorCommand(program: Command): void {
   program
     .command('monitor')
     .description('Print events as they happen (one JSON object per line, or YAML documents)')
-    .option('--type <types>', 'comma-separated event types: lifecycle,operation,logging')
+    .option('--type <types>', 'comma-separated event types: lifecycle,operation,logging, or audit (admins)')
     .addOption(formatOption(['json', 'yaml'], 'json'))
     .action(async (opts: { type?: string; format: 'json' | 'yaml' }, cmd: Command) => {
       const types = opts.type
