@@ -1,4 +1,3 @@
-import { createInterface } from 'node:readline';
 import { type Command, Option } from 'commander';
 import { createClient } from '../client/client.ts';
 import { failedPrecondition, invalidArgument } from '../core/errors.ts';
@@ -70,7 +69,8 @@ export async function acceptFingerprint(
 }
 
 /** One line from stdin after writing `question` to stderr ('' at end of input). */
-function askOnStdin(question: string): Promise<string> {
+async function askOnStdin(question: string): Promise<string> {
+  const { createInterface } = await import('node:readline');
   return new Promise((resolve) => {
     process.stderr.write(question);
     const rl = createInterface({ input: process.stdin, terminal: false });
