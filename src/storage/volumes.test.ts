@@ -94,10 +94,10 @@ describe('volumes on the engines command lines', () => {
     assert.equal(JSON.parse(argv[3] ?? '').bus, undefined);
   });
 
-  test('pvm: block volumes from ubd2 on', () => {
+  test('pvm: block volumes from ubd2 on, by their place in the jail (decision 0017)', () => {
     assert.deepEqual(umlVolumeArgs([vol('a', 'block'), vol('f', 'filesystem'), vol('b', 'block')]), [
-      'ubd2=/s/custom/a.img',
-      'ubd3=/s/custom/b.img',
+      'ubd2=/.uml/volumes/a',
+      'ubd3=/.uml/volumes/b',
     ]);
   });
 });
