@@ -68,23 +68,9 @@ export async function acceptFingerprint(
   }
 }
 
-/** One line from stdin after writing `question` to stderr ('' at end of input). */
-async function askOnStdin(question: string): Promise<string> {
-  const { createInterface } = await import('node:readline');
-  return new Promise((resolve) => {
-    process.stderr.write(question);
-    const rl = createInterface({ input: process.stdin, terminal: false });
-    let answered = false;
-    rl.once('line', (line) => {
-      answered = true;
-      rl.close();
-      resolve(line);
-    });
-    rl.once('close', () => {
-      if (!answered) resolve('');
-    });
-  });
-}
+/** One line from stdin after the question (src/cli/ask.ts, loaded only when asking). */
+const askOnStdin = async (question: string): Promise<string> =>
+  (await import('./ask.ts')).askOnStdin(question);
 
 /** remote add|list|remove|switch|get-default|set-project (Incus's `remote`). */
 export function addRemoteCommands(program: Command): void {
