@@ -9,10 +9,12 @@ NPM_MAJOR=11
 
 # Debian packages the platform runs: ct (runc), vm (QEMU), pvm (User-Mode Linux, jailed by bubblewrap), the guest
 # kit (qemu-guest-agent, e2fsprogs), images (busybox-static, debootstrap, tar compressors),
-# storage (btrfs-progs), networks (dnsmasq-base, not dnsmasq, which starts a system service; nftables).
+# storage (btrfs-progs), networks (dnsmasq-base, not dnsmasq, which starts a system service; nftables),
+# the cluster store (etcd-server: members run as the daemon's children; the system service it enables is
+# turned off below when this script installed it).
 RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-linux procps iproute2 ca-certificates
   qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities bubblewrap e2fsprogs kmod btrfs-progs
-  dnsmasq-base nftables openssl)
+  dnsmasq-base nftables openssl etcd-server)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.
@@ -37,6 +39,12 @@ apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's etcd-server enables and starts a system etcd on 127.0.0.1:2379, open to every local
+  # user. Trivisor runs its own members (src/cluster/etcd-member.ts), so the one this script brought
+  # is turned off; an etcd the administrator installed earlier is not in $missing and stays as it is.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
 }
 
 node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
