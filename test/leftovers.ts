@@ -408,7 +408,17 @@ export function selfOwner(): RunOwner {
 }
 
 function readProcesses(): ProcessFacts[] {
-  const ourRoot = readLink('/proc/self/root') ?? '/';
+  // By identity, not by name: a process that pivot_root'ed into another tree (CI's fresh root)
+  // reads as "/" through readlink like ours, but its root is another directory.
+  const rootId = (pid: number | 'self') => {
+    try {
+      const s = statSync(`/proc/${pid}/root`);
+      return `${s.dev}:${s.ino}`;
+    } catch {
+      return undefined;
+    }
+  };
+  const ourRoot = rootId('self');
   const out: ProcessFacts[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -430,7 +440,7 @@ function readProcesses(): ProcessFacts[] {
       state: stat.state,
       cmdline,
       trivisorDir: dirVar?.slice('TRIVISOR_DIR='.length),
-      sameRoot: readLink(`/proc/${pid}/root`) === ourRoot,
+      sameRoot: ourRoot !== undefined && rootId(pid) === ourRoot,
       cgroups,
       netns: readLink(`/proc/${pid}/ns/net`),
     });
