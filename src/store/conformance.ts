@@ -1,17 +1,49 @@
 import assert from 'node:assert/strict';
-import { afterEach, beforeEach, describe, test } from 'node:test';
-import { isTrivisorError } from '../core/errors.ts';
-import type { Compare, CompareOp, CompareTarget, KvStore, WatchEvent } from './kv.ts';
+import { afterEach, beforeEach, describe, type TestContext, test } from 'node:test';
+import { isTrivisorError, notSupported } from '../core/errors.ts';
+import type { Compare, CompareOp, CompareTarget, KvStore, WatchEvent, WatchOptions } from './kv.ts';
+import type { KvEngine } from './kv-engine.ts';
+import { isCompactedError, type WatchLostError } from './store-errors.ts';
 
 /** What a backend under test hands the suite: a fresh, empty-enough store and a way to dispose of it. */
 export interface OpenedStore {
   store: KvStore;
   cleanup(): Promise<void>;
+  faults: StoreFaults;
+}
+
+/**
+ * Server-side faults the suite makes happen to `store`. A backend that cannot have one
+ * throws NotSupported saying why, and the case is skipped with that reason.
+ */
+export interface StoreFaults {
+  /** The server cancels every watch `store` has open (etcd does on a lost leader, a revoked permission). */
+  cancelWatches(): Promise<void>;
+  /**
+   * Stops the server and starts it again on the same data; `afterStart` runs as soon as it
+   * serves again, with another client of it (its writes race `store`'s reconnection).
+   */
+  restart(afterStart: (other: KvStore) => Promise<void>): Promise<void>;
 }
 
 interface Seen {
   revision: number;
   events: WatchEvent[];
+}
+
+/**
+ * Faults of a store embedded in the process (memory, SQLite): its engine can cancel its
+ * watches as a server would; there is no server to restart.
+ */
+export function embeddedFaults(engine: KvEngine, restartWhy: string): StoreFaults {
+  return {
+    async cancelWatches() {
+      engine.cancelWatches('the conformance suite cancelled it');
+    },
+    async restart() {
+      throw notSupported(restartWhy);
+    },
+  };
 }
 
 /**
@@ -340,9 +372,11 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
     });
 
     describe('watch', () => {
-      function collect(key: string, options: Parameters<KvStore['watch']>[1] = {}) {
+      function collect(key: string, options: Omit<WatchOptions, 'onLost'> = {}) {
         const seen: Seen[] = [];
-        const watcher = store.watch(key, options, (events, revision) => seen.push({ revision, events }));
+        const watcher = store.watch(key, { ...options, onLost: failOnLost }, (events, revision) =>
+          seen.push({ revision, events }),
+        );
         return { seen, watcher };
       }
 
@@ -433,10 +467,14 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         let returned = false;
         let calledBeforeReturn = false;
         const seen: Seen[] = [];
-        const watcher = store.watch(p, { fromRevision: r1.revision }, (events, revision) => {
-          if (!returned) calledBeforeReturn = true;
-          seen.push({ revision, events });
-        });
+        const watcher = store.watch(
+          p,
+          { fromRevision: r1.revision, onLost: failOnLost },
+          (events, revision) => {
+            if (!returned) calledBeforeReturn = true;
+            seen.push({ revision, events });
+          },
+        );
         returned = true;
         try {
           const r4 = await store.put(`${p}c`, '3');
@@ -452,6 +490,24 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
             ['put:a', 'put:b', 'delete:a', 'put:c'],
           );
           assert.equal(seen[2]?.events[0]?.prevKv?.value, '1');
+        } finally {
+          watcher.cancel();
+        }
+      });
+
+      test('a watch from a future revision delivers nothing before that revision', async () => {
+        const now = await store.revision();
+        const { seen, watcher } = collect(p, { fromRevision: now + 3 });
+        try {
+          await store.put(`${p}a`, '1');
+          await store.put(`${p}a`, '2');
+          const r3 = await store.put(`${p}a`, '3');
+          await waitFor(() => seen.length >= 1);
+          await settle();
+          assert.deepEqual(
+            seen.map((s) => s.revision),
+            [r3.revision],
+          );
         } finally {
           watcher.cancel();
         }
@@ -473,7 +529,7 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         const order: string[] = [];
         let depth = 0;
         let maxDepth = 0;
-        const watcher = store.watch(p, {}, (events) => {
+        const watcher = store.watch(p, { onLost: failOnLost }, (events) => {
           depth++;
           maxDepth = Math.max(maxDepth, depth);
           for (const e of events) {
@@ -489,6 +545,185 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
           assert.equal(maxDepth, 1, 'callback re-entered');
         } finally {
           watcher.cancel();
+        }
+      });
+    });
+
+    describe('compaction', () => {
+      test('a watch from before the compact revision reports CompactedError through onLost and delivers nothing', async () => {
+        const r1 = await store.put(`${p}a`, '1');
+        await store.put(`${p}a`, '2');
+        const r3 = await store.put(`${p}a`, '3');
+        await store.compact(r3.revision);
+        let returned = false;
+        let calledBeforeReturn = false;
+        const lost: WatchLostError[] = [];
+        const seen: Seen[] = [];
+        const watcher = store.watch(
+          p,
+          {
+            fromRevision: r1.revision,
+            onLost: (e) => {
+              if (!returned) calledBeforeReturn = true;
+              lost.push(e);
+            },
+          },
+          (events, revision) => seen.push({ revision, events }),
+        );
+        returned = true;
+        try {
+          await waitFor(() => lost.length >= 1);
+          await store.put(`${p}a`, '4');
+          await settle();
+          assert.equal(calledBeforeReturn, false, 'onLost must be called asynchronously');
+          assert.equal(lost.length, 1);
+          const [error] = lost;
+          assert.ok(isCompactedError(error), `not a CompactedError: ${String(error)}`);
+          assert.equal(error.code, 'FailedPrecondition');
+          assert.equal(error.reason, 'compacted');
+          assert.ok(error.compactRevision >= r1.revision && error.compactRevision < r3.revision);
+          assert.deepEqual(seen, [], 'a lost watch delivers nothing');
+        } finally {
+          watcher.cancel();
+        }
+      });
+
+      test('the compact revision itself stays watchable, and keys and list are unaffected', async () => {
+        await store.put(`${p}a`, '1');
+        const r2 = await store.put(`${p}b`, '2');
+        const r3 = await store.put(`${p}a`, '3');
+        await store.compact(r2.revision);
+        assert.equal((await store.get(`${p}a`))?.value, '3');
+        assert.equal((await store.get(`${p}b`))?.modRevision, r2.revision);
+        assert.deepEqual(
+          (await store.list(p)).kvs.map((kv) => kv.value),
+          ['3', '2'],
+        );
+        const { seen, lost, watcher } = collectAll(store, p, { fromRevision: r2.revision });
+        try {
+          await waitFor(() => seen.length >= 2);
+          await settle();
+          assert.deepEqual(described(seen, p), [`${r2.revision}:put:b`, `${r3.revision}:put:a`]);
+          assert.deepEqual(lost, []);
+        } finally {
+          watcher.cancel();
+        }
+      });
+
+      test('compacting above the current revision is InvalidArgument; at or below an earlier compaction it does nothing', async () => {
+        const r1 = await store.put(`${p}a`, '1');
+        const r2 = await store.put(`${p}a`, '2');
+        await assert.rejects(
+          store.compact(r2.revision + 1000),
+          (e) => isTrivisorError(e) && e.code === 'InvalidArgument',
+        );
+        await store.compact(r2.revision);
+        await store.compact(r2.revision);
+        await store.compact(r1.revision);
+        assert.equal((await store.get(`${p}a`))?.value, '2');
+      });
+
+      test('a watch that has caught up keeps delivering across a compaction', async () => {
+        const { seen, lost, watcher } = collectAll(store, p);
+        try {
+          const r1 = await store.put(`${p}a`, '1');
+          await waitFor(() => seen.length >= 1);
+          await store.compact(r1.revision);
+          const r2 = await store.put(`${p}a`, '2');
+          await waitFor(() => seen.length >= 2);
+          assert.deepEqual(described(seen, p), [`${r1.revision}:put:a`, `${r2.revision}:put:a`]);
+          assert.deepEqual(lost, []);
+        } finally {
+          watcher.cancel();
+        }
+      });
+
+      test('a watch replaying history while it is compacted delivers all of it or reports the loss, never a gap', async () => {
+        const first = await store.put(`${p}k0`, '0');
+        for (let i = 1; i < 30; i++) await store.put(`${p}k${i}`, String(i));
+        const last = await store.revision();
+        const { seen, lost, watcher } = collectAll(store, p, { fromRevision: first.revision });
+        // No await between the watch and the compaction: the replay and the compaction race.
+        const compacted = store.compact(first.revision + 20);
+        try {
+          await compacted;
+          await waitFor(() => lost.length > 0 || seen.length >= 30, 5000);
+          await settle();
+          const revisions = seen.map((s) => s.revision);
+          // Whatever arrived is the history from the start, in order, without a hole.
+          assert.deepEqual(
+            revisions,
+            Array.from({ length: revisions.length }, (_, i) => first.revision + i),
+          );
+          if (lost.length === 0) {
+            assert.equal(revisions.at(-1), last);
+          } else {
+            assert.equal(lost.length, 1);
+            assert.ok(isCompactedError(lost[0]), `not a CompactedError: ${String(lost[0])}`);
+            await store.put(`${p}after`, 'x');
+            await settle();
+            assert.equal(seen.length, revisions.length, 'nothing is delivered after onLost');
+          }
+        } finally {
+          watcher.cancel();
+        }
+      });
+    });
+
+    describe('server faults', () => {
+      test('a watch the server cancels is reported through onLost (reason cancelled) and delivers nothing more', async (t) => {
+        const { seen, lost, watcher } = collectAll(store, p);
+        try {
+          const r1 = await store.put(`${p}a`, '1');
+          await waitFor(() => seen.length >= 1);
+          if (!(await unlessNotSupported(t, () => opened.faults.cancelWatches()))) return;
+          await waitFor(() => lost.length >= 1, 5000);
+          await store.put(`${p}a`, '2');
+          await settle();
+          assert.equal(lost.length, 1);
+          assert.equal(lost[0]?.reason, 'cancelled');
+          assert.equal(lost[0]?.code, 'Unavailable');
+          assert.deepEqual(described(seen, p), [`${r1.revision}:put:a`]);
+        } finally {
+          watcher.cancel();
+        }
+      });
+
+      test('across a server restart data and leases stay, writes work again, and a watch resumes without a gap or reports the loss', async (t) => {
+        const lease = await store.grantLease(60);
+        await store.put(`${p}leased`, 'l', { lease: lease.id });
+        const { seen, lost, watcher } = collectAll(store, p);
+        const written: number[] = [];
+        try {
+          const r1 = await store.put(`${p}a`, '1');
+          await waitFor(() => seen.length >= 1);
+          const restarted = await unlessNotSupported(t, () =>
+            opened.faults.restart(async (other) => {
+              // Written while `store`'s watch may still be reconnecting: it must replay them.
+              for (const k of ['b', 'c']) written.push((await other.put(`${p}${k}`, k)).revision);
+            }),
+          );
+          if (!restarted) return;
+          const r4 = await store.put(`${p}d`, 'd');
+          assert.equal((await store.get(`${p}a`))?.value, '1');
+          assert.equal((await store.get(`${p}leased`))?.lease, lease.id);
+          await store.keepAlive(lease.id);
+          await waitFor(() => lost.length > 0 || seen.length >= 4, 10_000);
+          await settle();
+          if (lost.length === 0) {
+            assert.deepEqual(described(seen, p), [
+              `${r1.revision}:put:a`,
+              `${written[0]}:put:b`,
+              `${written[1]}:put:c`,
+              `${r4.revision}:put:d`,
+            ]);
+          } else {
+            // Told instead: a consumer lists again, and nothing it got before was out of order.
+            assert.equal(seen[0]?.revision, r1.revision);
+          }
+        } finally {
+          watcher.cancel();
+          await store.revokeLease(lease.id).catch(() => {});
         }
       });
     });
@@ -567,6 +802,20 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         }
       });
 
+      test('keepAlive of an expired lease says NotFound promptly, long before twice its TTL', async () => {
+        const lease = await store.grantLease(2);
+        const ttlMs = lease.ttlSeconds * 1000;
+        const granted = Date.now();
+        await store.put(`${p}a`, '1', { lease: lease.id });
+        await sleep(ttlMs + 300);
+        const asked = Date.now();
+        await assert.rejects(store.keepAlive(lease.id), isNotFound);
+        const answered = Date.now();
+        assert.ok(answered - asked < 1500, `keepAlive took ${answered - asked} ms to say the lease is gone`);
+        assert.ok(answered - granted < 2 * ttlMs, 'told only after twice the TTL');
+        await waitFor(async () => (await store.get(`${p}a`)) === undefined, 3000);
+      });
+
       test('keepAlive extends the lease past its TTL', async () => {
         const lease = await store.grantLease(1);
         await store.put(`${p}a`, '1', { lease: lease.id });
@@ -583,10 +832,37 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
   });
 }
 
-function collectAll(store: KvStore, prefix: string) {
+function collectAll(store: KvStore, prefix: string, options: Omit<WatchOptions, 'onLost'> = {}) {
   const seen: Seen[] = [];
-  const watcher = store.watch(prefix, {}, (events, revision) => seen.push({ revision, events }));
-  return { seen, watcher };
+  const lost: WatchLostError[] = [];
+  const watcher = store.watch(prefix, { ...options, onLost: (e) => lost.push(e) }, (events, revision) =>
+    seen.push({ revision, events }),
+  );
+  return { seen, lost, watcher };
+}
+
+/** onLost of a watch that no fault touches: being told is a failure of the backend. */
+function failOnLost(error: WatchLostError): void {
+  throw new Error(`watch lost unexpectedly: ${error.message}`);
+}
+
+/** Whether `fault` says the backend cannot have it; then the case is skipped with the backend's reason. */
+async function unlessNotSupported(t: TestContext, fault: () => Promise<void>): Promise<boolean> {
+  try {
+    await fault();
+    return true;
+  } catch (e) {
+    if (isTrivisorError(e) && e.code === 'NotSupported') {
+      t.skip(e.message);
+      return false;
+    }
+    throw e;
+  }
+}
+
+/** Revisions of what a watch delivered, flattened to `revision:type:key` after the test prefix. */
+function described(seen: Seen[], p: string): string[] {
+  return seen.flatMap((s) => s.events.map((e) => `${s.revision}:${e.type}:${e.kv.key.slice(p.length)}`));
 }
 
 function isNotFound(e: unknown): boolean {

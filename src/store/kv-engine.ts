@@ -14,7 +14,7 @@ import type {
   Watcher,
   WatchOptions,
 } from './kv.ts';
-import { CompactedError } from './store-errors.ts';
+import { CompactedError, watchCancelled } from './store-errors.ts';
 import { type RevisionEvents, WatchHub } from './watch-hub.ts';
 
 /** A lease as a backend keeps it: expiry is wall-clock so it survives restarts. */
@@ -151,17 +151,46 @@ export class KvEngine implements KvStore {
     let replay: RevisionEvents[] = [];
     if (from > 0) {
       const compacted = this.#backend.compactRevision();
-      if (from <= compacted) throw new CompactedError(from, compacted);
+      // Reported like etcd reports it, through onLost, so consumers have one path for it.
+      if (from <= compacted) return this.#hub.lost(options.onLost, new CompactedError(from, compacted));
       // Reading history and registering happen in one synchronous step, so no
       // write can fall between replay and live delivery.
       if (from <= this.#backend.revision()) replay = this.#backend.historySince(from);
     }
-    return this.#hub.add(key, options.prefix ?? true, replay, onEvents);
+    const watch = {
+      key,
+      prefix: options.prefix ?? true,
+      fromRevision: from,
+      onEvents,
+      onLost: options.onLost,
+    };
+    return this.#hub.add(watch, replay);
   }
 
   async revision(): Promise<number> {
     this.#assertOpen();
     return this.#backend.revision();
+  }
+
+  async compact(revision: number): Promise<void> {
+    this.#assertOpen();
+    const current = this.#backend.revision();
+    if (!Number.isInteger(revision) || revision < 1 || revision > current) {
+      throw invalidArgument(
+        `Cannot compact at revision ${revision}: it must be a whole number from 1 to the current revision ${current}.`,
+      );
+    }
+    // etcd keeps the compact revision itself watchable; the backend's number is the last one dropped.
+    if (revision - 1 <= this.#backend.compactRevision()) return;
+    this.#backend.atomic(() => this.#backend.compact(revision - 1));
+  }
+
+  /**
+   * Ends every open watch as the server had cancelled it: an embedded store has no
+   * server that would, so this stands in for one (the conformance suite, consumers' tests).
+   */
+  cancelWatches(why: string): void {
+    this.#hub.loseAll(watchCancelled(why));
   }
 
   async grantLease(ttlSeconds: number): Promise<Lease> {
@@ -306,7 +335,8 @@ function leaseNotFound(leaseId: number) {
   return notFound(`Lease ${leaseId} does not exist or has expired; grant a new lease.`);
 }
 
-function validateCompare(c: Compare): void {
+/** Refuses a compare whose value does not fit its target (shared with the etcd backend). */
+export function validateCompare(c: Compare): void {
   const wantString = c.target === 'value';
   if (wantString ? typeof c.value !== 'string' : typeof c.value !== 'number') {
     throw invalidArgument(
@@ -315,9 +345,13 @@ function validateCompare(c: Compare): void {
   }
 }
 
+/**
+ * Refuses empty keys and a branch that writes one key twice (shared with the etcd
+ * backend, so both say it in the same words).
+ */
 // etcd rejects a transaction branch that writes the same key twice, since the
 // outcome would depend on op order within one revision.
-function validateOps(ops: TxnOp[]): void {
+export function validateOps(ops: TxnOp[]): void {
   const putKeys = new Set<string>();
   for (const op of ops) {
     if (op.type !== 'get' && op.key === '' && !(op.type === 'delete' && op.prefix)) {

@@ -1,3 +1,5 @@
+import type { WatchLostError } from './store-errors.ts';
+
 /**
  * The key-value store every piece of desired state and observed status lives in.
  * It follows etcd's data model so that the SQLite, memory and etcd backends are
@@ -65,10 +67,23 @@ export interface Watcher {
 }
 
 export interface WatchOptions {
-  /** Also deliver (in order) every event with revision >= this one that happened before the watch began. */
+  /**
+   * Deliver events from this revision on: those that happened before the watch began
+   * first (replayed, in order), then live ones. Without it, every event written after
+   * `watch` returns is delivered (etcd may also deliver a few just before).
+   */
   fromRevision?: number;
   /** Treat `key` as a prefix (default true). */
   prefix?: boolean;
+  /**
+   * Called at most once, asynchronously, when the watch ends without `cancel()`: the
+   * history it needs is compacted (`CompactedError`), or the server cancelled it (a
+   * `WatchLostError` with reason `cancelled`). Nothing is delivered after it; events
+   * after the last delivered revision may be missing, so list again and watch from the
+   * list's revision (src/control/informer.ts does). Required: a watch must never lose
+   * events silently.
+   */
+  onLost?: (error: WatchLostError) => void;
 }
 
 export interface ListOptions {
@@ -103,6 +118,13 @@ export interface KvStore {
   ): Watcher;
   /** The current revision. */
   revision(): Promise<number>;
+  /**
+   * Discards the history before `revision` (etcd's compaction): a watch from an older
+   * revision reports `CompactedError` through `onLost`; current keys are unaffected.
+   * Compacting at or below an earlier compaction does nothing; a revision above the
+   * current one is InvalidArgument.
+   */
+  compact(revision: number): Promise<void>;
   grantLease(ttlSeconds: number): Promise<Lease>;
   /** Extends a lease to its full TTL again; NotFound if it expired or was revoked. */
   keepAlive(leaseId: number): Promise<void>;

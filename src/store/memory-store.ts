@@ -1,10 +1,10 @@
 import { compareByteOrder } from './key-order.ts';
-import type { KeyValue, KvStore } from './kv.ts';
+import type { KeyValue } from './kv.ts';
 import { type KvBackend, KvEngine, type KvEngineOptions, type StoredLease } from './kv-engine.ts';
 import type { RevisionEvents } from './watch-hub.ts';
 
 /** A store that lives and dies with the process: for unit tests and throwaway tools. */
-export function createMemoryStore(options: KvEngineOptions = {}): KvStore {
+export function createMemoryStore(options: KvEngineOptions = {}): KvEngine {
   return new KvEngine(new MemoryBackend(), options);
 }
 

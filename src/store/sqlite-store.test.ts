@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { isTrivisorError } from '../core/errors.ts';
-import { runKvConformance } from './conformance.ts';
+import { embeddedFaults, runKvConformance } from './conformance.ts';
 import type { WatchEvent } from './kv.ts';
 import { openSqliteStore } from './sqlite-store.ts';
 import { isCompactedError } from './store-errors.ts';
@@ -16,7 +16,11 @@ const freshPath = () => join(dir, `store-${files++}.db`);
 
 runKvConformance('sqlite store', async () => {
   const store = openSqliteStore(freshPath());
-  return { store, cleanup: () => store.close() };
+  const faults = embeddedFaults(
+    store,
+    'The SQLite store is embedded in the daemon: there is no server to restart while a client stays open (its reopening after a daemon restart is tested below).',
+  );
+  return { store, cleanup: () => store.close(), faults };
 });
 
 describe('sqlite store durability', () => {
@@ -59,8 +63,10 @@ describe('sqlite store durability', () => {
     const second = openSqliteStore(path);
     try {
       const seen: { revision: number; events: WatchEvent[] }[] = [];
-      const watcher = second.watch('guests/', { fromRevision: r1.revision }, (events, revision) =>
-        seen.push({ revision, events }),
+      const watcher = second.watch(
+        'guests/',
+        { fromRevision: r1.revision, onLost: (e) => assert.fail(e) },
+        (events, revision) => seen.push({ revision, events }),
       );
       const r4 = await second.put('guests/b', '3');
       await waitFor(() => seen.length >= 4);
@@ -85,7 +91,7 @@ describe('sqlite store durability', () => {
     }
   });
 
-  test('history is compacted to historyLimit and older watches fail with a compacted error', async () => {
+  test('history is compacted to historyLimit and older watches report a compacted error', async () => {
     const path = freshPath();
     const store = openSqliteStore(path, { historyLimit: 5 });
     for (let i = 0; i < 20; i++) await store.put('k', String(i));
@@ -93,15 +99,19 @@ describe('sqlite store durability', () => {
 
     const reopened = openSqliteStore(path, { historyLimit: 5 });
     try {
-      assert.throws(
-        () => reopened.watch('k', { fromRevision: 2 }, () => {}),
-        (e) => isCompactedError(e) && e.code === 'FailedPrecondition' && e.compactRevision >= 2,
-      );
+      const lost: unknown[] = [];
+      reopened.watch('k', { fromRevision: 2, onLost: (e) => lost.push(e) }, () => {});
       const seen: number[] = [];
-      const watcher = reopened.watch('k', { fromRevision: 16 }, (_, revision) => seen.push(revision));
+      const watcher = reopened.watch('k', { fromRevision: 16, onLost: (e) => lost.push(e) }, (_, revision) =>
+        seen.push(revision),
+      );
       await waitFor(() => seen.length >= 5);
       watcher.cancel();
       assert.deepEqual(seen, [16, 17, 18, 19, 20]);
+      assert.equal(lost.length, 1);
+      assert.ok(
+        isCompactedError(lost[0]) && lost[0].code === 'FailedPrecondition' && lost[0].compactRevision >= 2,
+      );
     } finally {
       await reopened.close();
     }

@@ -2,7 +2,7 @@ import { chmodSync, closeSync, constants, openSync, statSync } from 'node:fs';
 import { DatabaseSync, type SQLOutputValue, type StatementSync } from 'node:sqlite';
 import { internal, TrivisorError } from '../core/errors.ts';
 import { prefixEnd } from './key-order.ts';
-import type { KeyValue, KvStore, WatchEvent } from './kv.ts';
+import type { KeyValue, WatchEvent } from './kv.ts';
 import { type KvBackend, KvEngine, type KvEngineOptions, type StoredLease } from './kv-engine.ts';
 import type { RevisionEvents } from './watch-hub.ts';
 
@@ -11,7 +11,7 @@ import type { RevisionEvents } from './watch-hub.ts';
  * mode written by this process only. Watch history survives restarts, so a
  * controller can resume from the revision it last saw.
  */
-export function openSqliteStore(path: string, options: KvEngineOptions = {}): KvStore {
+export function openSqliteStore(path: string, options: KvEngineOptions = {}): KvEngine {
   return new KvEngine(new SqliteBackend(path), options);
 }
 

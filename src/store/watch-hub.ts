@@ -1,4 +1,5 @@
 import type { WatchEvent, Watcher } from './kv.ts';
+import type { WatchLostError } from './store-errors.ts';
 
 /** All events of one revision. */
 export interface RevisionEvents {
@@ -7,6 +8,17 @@ export interface RevisionEvents {
 }
 
 type OnEvents = (events: WatchEvent[], revision: number) => void;
+type OnLost = ((error: WatchLostError) => void) | undefined;
+
+/** What a watcher of the hub asks for. */
+export interface HubWatch {
+  key: string;
+  prefix: boolean;
+  /** Live batches below this revision are not delivered (a watch from a future revision). */
+  fromRevision: number;
+  onEvents: OnEvents;
+  onLost: OnLost;
+}
 
 /**
  * In-process watch delivery for backends with a single writer: each watcher has
@@ -23,8 +35,8 @@ export class WatchHub {
   }
 
   /** Registers a watcher; `replay` (already-committed history) is delivered first. */
-  add(key: string, prefix: boolean, replay: RevisionEvents[], onEvents: OnEvents): Watcher {
-    const watcher = new QueuedWatcher(key, prefix, onEvents, this.#onError);
+  add(watch: HubWatch, replay: RevisionEvents[]): Watcher {
+    const watcher = new QueuedWatcher(watch, this.#onError);
     this.#watchers.add(watcher);
     for (const batch of replay) watcher.offer(batch);
     return {
@@ -35,38 +47,68 @@ export class WatchHub {
     };
   }
 
+  /** A watcher that is lost from the start (its history is compacted): told on a microtask. */
+  lost(onLost: OnLost, error: WatchLostError): Watcher {
+    let cancelled = false;
+    queueMicrotask(() => {
+      if (!cancelled) this.#report(onLost, error);
+    });
+    return {
+      cancel: () => {
+        cancelled = true;
+      },
+    };
+  }
+
   publish(batch: RevisionEvents): void {
     for (const watcher of this.#watchers) watcher.offer(batch);
+  }
+
+  /** Ends every watch as lost (what a server's cancellation looks like to its owners). */
+  loseAll(error: WatchLostError): void {
+    for (const watcher of this.#watchers) {
+      watcher.cancel();
+      queueMicrotask(() => this.#report(watcher.onLost, error));
+    }
+    this.#watchers.clear();
   }
 
   closeAll(): void {
     for (const watcher of this.#watchers) watcher.cancel();
     this.#watchers.clear();
   }
+
+  #report(onLost: OnLost, error: WatchLostError): void {
+    try {
+      if (onLost) onLost(error);
+      else this.#onError(error);
+    } catch (e) {
+      this.#onError(e);
+    }
+  }
 }
 
 class QueuedWatcher {
-  readonly #key: string;
-  readonly #prefix: boolean;
-  readonly #onEvents: OnEvents;
+  readonly #watch: HubWatch;
   readonly #onError: (error: unknown) => void;
   readonly #queue: RevisionEvents[] = [];
   #scheduled = false;
   #draining = false;
   #cancelled = false;
 
-  constructor(key: string, prefix: boolean, onEvents: OnEvents, onError: (error: unknown) => void) {
-    this.#key = key;
-    this.#prefix = prefix;
-    this.#onEvents = onEvents;
+  constructor(watch: HubWatch, onError: (error: unknown) => void) {
+    this.#watch = watch;
     this.#onError = onError;
   }
 
+  get onLost(): OnLost {
+    return this.#watch.onLost;
+  }
+
   offer(batch: RevisionEvents): void {
-    if (this.#cancelled) return;
-    const events = batch.events.filter((e) =>
-      this.#prefix ? e.kv.key.startsWith(this.#key) : e.kv.key === this.#key,
-    );
+    if (this.#cancelled || batch.revision < this.#watch.fromRevision) return;
+    const { key, prefix } = this.#watch;
+    const events = batch.events.filter((e) => (prefix ? e.kv.key.startsWith(key) : e.kv.key === key));
     if (events.length === 0) return;
     this.#queue.push({ revision: batch.revision, events });
     if (!this.#scheduled) {
@@ -87,7 +129,7 @@ class QueuedWatcher {
     try {
       for (let batch = this.#queue.shift(); batch && !this.#cancelled; batch = this.#queue.shift()) {
         try {
-          this.#onEvents(batch.events, batch.revision);
+          this.#watch.onEvents(batch.events, batch.revision);
         } catch (error) {
           // A failing consumer must not stop delivery to itself or to others.
           this.#onError(error);
