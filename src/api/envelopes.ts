@@ -1,4 +1,6 @@
+import type { ErrorCode } from '../core/errors.ts';
 import type { Operation } from '../core/types.ts';
+import { errorCodeOfStatus } from './errors.ts';
 
 /** A finished answer (HTTP 200). */
 export interface SyncResponse<T> {
@@ -17,11 +19,16 @@ export interface AsyncResponse {
   metadata: Operation;
 }
 
-/** A failed request; `error_code` repeats the HTTP status. */
+/**
+ * A failed request. `error_code` repeats the HTTP status, as Incus's envelope does (its
+ * clients read that); `code` is the typed error code the server met, which a status
+ * alone cannot tell apart (409 is AlreadyExists, Conflict or Cancelled).
+ */
 export interface ErrorResponse {
   type: 'error';
   error: string;
   error_code: number;
+  code: ErrorCode;
 }
 
 export type ApiResponse<T> = SyncResponse<T> | AsyncResponse | ErrorResponse;
@@ -40,8 +47,9 @@ export function asyncResponse(op: Operation): AsyncResponse {
   };
 }
 
-export function errorResponse(message: string, status: number): ErrorResponse {
-  return { type: 'error', error: message, error_code: status };
+/** The error envelope; without `code`, the code an HTTP status most often stands for. */
+export function errorResponse(message: string, status: number, code?: ErrorCode): ErrorResponse {
+  return { type: 'error', error: message, error_code: status, code: code ?? errorCodeOfStatus(status) };
 }
 
 export const operationUrl = (id: string): string => `/1.0/operations/${encodeURIComponent(id)}`;

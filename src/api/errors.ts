@@ -28,14 +28,17 @@ export function httpStatusOf(code: ErrorCode): number {
 }
 
 /**
- * Best guess of the error code behind an HTTP status, for clients (several codes
- * share a status, so the most common one wins).
+ * Best guess of the error code behind an HTTP status, for answers that carry no code
+ * (a server before codes travelled, a proxy, the transport's own refusals): several
+ * codes share a status, so the most common one wins.
  */
 export function errorCodeOfStatus(status: number): ErrorCode {
   switch (status) {
     case 400:
+    case 408:
     case 413:
     case 415:
+    case 431:
       return 'InvalidArgument';
     case 404:
       return 'NotFound';
@@ -45,6 +48,7 @@ export function errorCodeOfStatus(status: number): ErrorCode {
       return 'Unauthenticated';
     case 403:
       return 'PermissionDenied';
+    case 429:
     case 503:
       return 'Unavailable';
     default:

@@ -1,4 +1,5 @@
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
+import { ERROR_CODES } from '../core/errors.ts';
 
 /*
  * TypeBox schemas of everything on the wire. The server validates requests and
@@ -452,7 +453,11 @@ export const AsyncEnvelopeSchema = Type.Object({
 export const ErrorEnvelopeSchema = Type.Object({
   type: Type.Literal('error'),
   error: Type.String(),
-  error_code: Type.Integer(),
+  error_code: Type.Integer({ description: 'The HTTP status again, as in Incus' }),
+  code: Type.Union(
+    ERROR_CODES.map((c) => Type.Literal(c)),
+    { description: 'The typed error code (docs/api.md, Errors): NotFound, Conflict, FailedPrecondition…' },
+  ),
 });
 
 export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;

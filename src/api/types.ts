@@ -47,7 +47,10 @@ export type ExecClientControl =
   | { type: 'eof' };
 
 /** Server -> client control message on an exec WebSocket. */
-export type ExecServerControl = { type: 'exit'; code: number } | { type: 'error'; error: string };
+export type ExecServerControl =
+  | { type: 'exit'; code: number }
+  /** `code`: the typed error code (core/errors.ts), as in the error envelope. */
+  | { type: 'error'; error: string; code?: string };
 
 /** First byte of a binary frame on an exec WebSocket. */
 export const EXEC_CHANNEL = { stdin: 0, stdout: 1, stderr: 2 } as const;

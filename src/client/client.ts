@@ -20,6 +20,7 @@ import type {
   StateChangeBody,
   TrivisorEvent,
 } from '../api/types.ts';
+import { type ErrorCode, isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
 import { type AuthClient, authMethods } from './auth-client.ts';
 import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
@@ -146,11 +147,18 @@ function opened(socket: WebSocket): Promise<void> {
         // ws leaves a refused handshake's connection to us: drop it, or it keeps the process alive.
         req.destroy();
         let message = `The server refused the WebSocket (HTTP ${res.statusCode})`;
+        let code: ErrorCode | undefined;
         try {
-          const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error?: string };
+          const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+            error?: string;
+            code?: unknown;
+          };
           if (body.error) message = body.error;
+          if (isErrorCode(body.code)) code = body.code;
         } catch {}
-        reject(new TrivisorApiError(message, { status: res.statusCode ?? 0 }));
+        reject(
+          new TrivisorApiError(message, { status: res.statusCode ?? 0, ...(code !== undefined && { code }) }),
+        );
       });
     });
     socket.once('error', (e) =>
@@ -314,10 +322,10 @@ export function createClient(options: ClientTarget): TrivisorClient {
         op = await call<Operation>('GET', `/1.0/operations/${enc(id)}/wait?timeout=${timeoutSeconds}`);
       }
       if (!o.allowFailure && op.status !== 'Success') {
-        const code = typeof op.metadata.errorCode === 'string' ? op.metadata.errorCode : undefined;
+        const code = isErrorCode(op.metadata.errorCode) ? op.metadata.errorCode : undefined;
         throw new TrivisorApiError(op.error ?? `The operation ended with status ${op.status}`, {
           status: 0,
-          ...(code !== undefined && { code: code as never }),
+          ...(code !== undefined && { code }),
           ...(op.status === 'Cancelled' && { code: 'Cancelled' as const }),
         });
       }

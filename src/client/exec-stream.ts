@@ -1,6 +1,7 @@
 import { PassThrough, type Readable, Writable } from 'node:stream';
 import type WebSocket from 'ws';
 import { EXEC_CHANNEL, type ExecClientControl, type ExecServerControl } from '../api/types.ts';
+import { isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
 
 /** A command running in a guest, joined over the exec WebSocket. */
@@ -44,7 +45,10 @@ export function execHandleOf(socket: WebSocket, operationId: string): ExecHandle
       try {
         const message = JSON.parse(buf.toString('utf8')) as ExecServerControl;
         if (message.type === 'exit') exitCode = message.code;
-        else if (message.type === 'error') failure = new TrivisorApiError(message.error, { status: 400 });
+        else if (message.type === 'error') {
+          const code = isErrorCode(message.code) ? message.code : undefined;
+          failure = new TrivisorApiError(message.error, { status: 400, ...(code !== undefined && { code }) });
+        }
       } catch {
         // not ours: ignore
       }

@@ -3,6 +3,7 @@ import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type WebSocket from 'ws';
 import type { ErrorResponse } from '../api/envelopes.ts';
+import { isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
 
 /**
@@ -179,7 +180,12 @@ export function parseEnvelope<T>(res: RawResponse): T {
       typeof envelope?.error === 'string'
         ? envelope.error
         : res.body.toString('utf8').trim().split('\n')[0] || `HTTP ${res.status}`;
-    throw new TrivisorApiError(message, { status: envelope?.error_code ?? res.status });
+    // The server's own code when it sent one; a guess from the status for older servers and proxies.
+    const code = isErrorCode(envelope?.code) ? envelope.code : undefined;
+    throw new TrivisorApiError(message, {
+      status: typeof envelope?.error_code === 'number' ? envelope.error_code : res.status,
+      ...(code !== undefined && { code }),
+    });
   }
   if (parsed === undefined) {
     throw new TrivisorApiError(`Expected a JSON answer, got ${type || 'nothing'} (HTTP ${res.status})`, {

@@ -1,5 +1,5 @@
 import { configValue } from '../core/config-keys.ts';
-import { asTrivisorError } from '../core/errors.ts';
+import { asTrivisorError, failedPrecondition, notSupported } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/types.ts';
 import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
@@ -126,14 +126,16 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
 
     let deleted = false;
     try {
-      if (!driver) throw new Error(`The ${spec.model} model is not available on host ${hostName}`);
+      if (!driver) throw notSupported(`The ${spec.model} model is not available on host ${hostName}`);
       deleted = await converge(spec, status, driver);
       delete status.error;
+      delete status.errorCode;
       delete status.failedGeneration;
     } catch (e) {
       const err = asTrivisorError(e);
       log.warn({ guest: name, generation: spec.generation, err: err.message }, 'convergence failed');
       status.error = err.message;
+      status.errorCode = err.code;
       status.failedGeneration = spec.generation;
       if (driver) {
         const rt = await driver
@@ -215,7 +217,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       if (spec.desired !== 'Stopped' && policy !== 'never') {
         if (tooManyCrashes(spec.name)) {
           status.status = 'Error';
-          throw new Error(
+          throw failedPrecondition(
             `Guest ${spec.name} died ${CRASH_LIMIT} times within a minute; not restarting it again`,
           );
         }
@@ -248,7 +250,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
           status.status = 'Frozen';
           lifecycle('guest-frozen', spec);
         } else if (rt.state === 'frozen') status.status = 'Frozen';
-        else throw new Error(`Cannot freeze guest ${spec.name}: it is not running`);
+        else throw failedPrecondition(`Cannot freeze guest ${spec.name}: it is not running`);
         break;
       case 'Stopped':
         if (up(rt.state)) await stop('guest-stopped');

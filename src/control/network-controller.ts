@@ -135,6 +135,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       log.warn({ network: name, err: err.message }, 'network convergence failed');
       status.status = 'Error';
       status.error = err.message;
+      status.errorCode = err.code;
       status.failedGeneration = spec.generation;
       if (previous?.dnsmasq) status.dnsmasq = previous.dnsmasq;
     }

@@ -1,19 +1,28 @@
 /**
  * The closed set of error codes every layer speaks. Only `server/` turns them
- * into HTTP status codes (see `httpStatusOf` in api/), once.
+ * into HTTP status codes (see `httpStatusOf` in api/), once; the code itself
+ * travels too: in the API's error envelope, in a failed operation's metadata and
+ * in the stored status of a failed convergence.
  */
-export type ErrorCode =
-  | 'NotFound'
-  | 'AlreadyExists'
-  | 'InvalidArgument'
-  | 'FailedPrecondition'
-  | 'Conflict'
-  | 'Unavailable'
-  | 'NotSupported'
-  | 'Cancelled'
-  | 'Unauthenticated'
-  | 'PermissionDenied'
-  | 'Internal';
+export const ERROR_CODES = [
+  'NotFound',
+  'AlreadyExists',
+  'InvalidArgument',
+  'FailedPrecondition',
+  'Conflict',
+  'Unavailable',
+  'NotSupported',
+  'Cancelled',
+  'Unauthenticated',
+  'PermissionDenied',
+  'Internal',
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** Whether a string read from the wire or the store is one of the codes (anything else is not trusted). */
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && (ERROR_CODES as readonly string[]).includes(value);
+}
 
 /** A typed, user-facing error: `message` is one sentence saying what was wrong and what to do. */
 export class TrivisorError extends Error {

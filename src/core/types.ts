@@ -1,3 +1,5 @@
+import type { ErrorCode } from './errors.ts';
+
 /** The three models of server virtualization Trivisor runs side by side. */
 export type Model = 'ct' | 'pvm' | 'vm';
 export const MODELS: readonly Model[] = ['ct', 'pvm', 'vm'];
@@ -124,6 +126,8 @@ export interface NetworkStatus {
   status: 'Created' | 'Error';
   observedGeneration: number;
   error?: string;
+  /** The typed code of `error`. */
+  errorCode?: ErrorCode;
   failedGeneration?: number;
   dnsmasq?: ProcessIdentity;
 }
@@ -207,6 +211,8 @@ export interface GuestStatus {
   startedAt?: string;
   /** Why the guest is in Error, or why the last action failed. */
   error?: string;
+  /** The typed code of `error`, so that a waiter (on any member) fails with it, not with Internal. */
+  errorCode?: ErrorCode;
   /** Spec generation whose convergence failed (with `error`): the world was left as it was. */
   failedGeneration?: number;
   /** Config as last applied to the guest (live keys apply at once, others at the next start). */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance, InjectOptions } from 'fastify';
 import { httpStatusOf } from '../api/errors.ts';
-import { type ErrorCode, TrivisorError } from '../core/errors.ts';
+import { type ErrorCode, isErrorCode, TrivisorError } from '../core/errors.ts';
 import { buildServer } from './build-server.ts';
 import { createFakeServices, type FakeServices } from './fake-services.ts';
 
@@ -17,13 +17,20 @@ describe('buildServer (inject)', () => {
     await app.close();
   });
 
-  const expectError = async (request: InjectOptions, status: number, pattern: RegExp): Promise<void> => {
+  const expectError = async (
+    request: InjectOptions,
+    status: number,
+    pattern: RegExp,
+    code?: ErrorCode,
+  ): Promise<void> => {
     const res = await app.inject(request);
     assert.equal(res.statusCode, status, res.body);
     const body = res.json();
-    assert.deepEqual(Object.keys(body).sort(), ['error', 'error_code', 'type']);
+    assert.deepEqual(Object.keys(body).sort(), ['code', 'error', 'error_code', 'type']);
     assert.equal(body.type, 'error');
     assert.equal(body.error_code, status);
+    assert.ok(isErrorCode(body.code), `${body.code} is an error code`);
+    if (code !== undefined) assert.equal(body.code, code);
     assert.match(body.error, pattern);
     assert.ok(!body.error.includes('\n'), 'error messages are one line');
   };
@@ -78,7 +85,7 @@ describe('buildServer (inject)', () => {
     assert.equal(res.statusCode, 202, res.body);
   });
 
-  test('every error code maps to its HTTP status in the error envelope', async () => {
+  test('every error code maps to its HTTP status in the error envelope, and travels in it as `code`', async () => {
     const codes: ErrorCode[] = [
       'NotFound',
       'AlreadyExists',
@@ -96,7 +103,12 @@ describe('buildServer (inject)', () => {
         fake.host.metrics = async () => {
           throw new TrivisorError(code, `Failed with ${code}`);
         };
-        await expectError({ url: '/1.0/metrics' }, httpStatusOf(code), new RegExp(`Failed with ${code}`));
+        await expectError(
+          { url: '/1.0/metrics' },
+          httpStatusOf(code),
+          new RegExp(`Failed with ${code}`),
+          code,
+        );
       }
       // An untyped error (a bug, a raw system call failure) never shows its message: it may
       // name host paths.
@@ -109,6 +121,7 @@ describe('buildServer (inject)', () => {
         { url: '/1.0/metrics' },
         500,
         /^Internal error \(request req-[0-9a-z]+\): the daemon's log has the details$/,
+        'Internal',
       );
       fake.host.metrics = async () => {
         throw new TypeError("Cannot read properties of undefined (reading 'source')");
@@ -130,6 +143,8 @@ describe('buildServer (inject)', () => {
       { method: 'POST', url: '/1.0/guests', payload: { name: 'web1', image: 'busybox' } },
       409,
       /already exists/,
+      // The status alone would say Conflict: the code tells the two 409s apart.
+      'AlreadyExists',
     );
     await expectError(
       { method: 'POST', url: '/1.0/guests', payload: { name: 'Bad_Name', image: 'busybox' } },
@@ -171,7 +186,7 @@ describe('buildServer (inject)', () => {
       413,
       /too large/,
     );
-    await expectError({ url: '/1.0/nothing' }, 404, /No such endpoint: GET \/1\.0\/nothing/);
+    await expectError({ url: '/1.0/nothing' }, 404, /No such endpoint: GET \/1\.0\/nothing/, 'NotFound');
     await expectError({ url: '/1.0/images/%E0%A4%A' }, 400, /valid/);
     await expectError(
       { method: 'DELETE', url: '/1.0/guests/web1', headers: { 'content-type': 'application/json' } },
@@ -202,7 +217,7 @@ describe('buildServer (inject)', () => {
       /body\.timeout must be integer/,
     );
     await expectError({ method: 'POST', url: '/1.0/guests', payload: { name: 'a' } }, 400, /Say which image/);
-    await expectError({ url: '/1.0/guests?recursion=7' }, 400, /recursion/);
+    await expectError({ url: '/1.0/guests?recursion=7' }, 400, /recursion/, 'InvalidArgument');
     await expectError({ method: 'POST', url: '/1.0/guests', payload: [1, 2] }, 400, /JSON object/);
   });
 

@@ -12,7 +12,7 @@ import Fastify, {
 import { errorResponse } from '../api/envelopes.ts';
 import { httpStatusOf } from '../api/errors.ts';
 import type { Caller } from '../core/access.ts';
-import { isTrivisorError } from '../core/errors.ts';
+import { type ErrorCode, isTrivisorError } from '../core/errors.ts';
 import type { Services } from '../services/types.ts';
 import { installAccess } from './access.ts';
 import { type ApiLimits, installApiLimits, TCP_API_LIMITS, UNIX_API_LIMITS } from './api-limits.ts';
@@ -141,12 +141,15 @@ export async function buildServer(services: Services, options: BuildServerOption
   app.setErrorHandler((error: FastifyError, request, reply) => {
     let status: number;
     let message: string;
+    let code: ErrorCode | undefined;
     if (isTrivisorError(error)) {
       status = httpStatusOf(error.code);
       message = error.message;
+      code = error.code;
     } else if (error.validation) {
       status = 400;
       message = error.message;
+      code = 'InvalidArgument';
     } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
       status = error.statusCode;
       message = FASTIFY_MESSAGES[error.code] ?? error.message;
@@ -162,7 +165,7 @@ export async function buildServer(services: Services, options: BuildServerOption
     reply
       .code(status)
       .type('application/json; charset=utf-8')
-      .send(errorResponse(oneLine(message), status));
+      .send(errorResponse(oneLine(message), status, code));
   });
   app.setNotFoundHandler((request, reply) => {
     reply

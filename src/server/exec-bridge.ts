@@ -2,7 +2,7 @@ import { finished } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { WebSocket } from 'ws';
 import { EXEC_CHANNEL, type ExecClientControl, type ExecServerControl } from '../api/types.ts';
-import { failedPrecondition } from '../core/errors.ts';
+import { asTrivisorError, failedPrecondition } from '../core/errors.ts';
 import type { ExecSession } from '../services/types.ts';
 
 /** An exec operation waiting for its client to connect to `/1.0/operations/{id}/websocket`. */
@@ -174,8 +174,9 @@ export async function bridgeExec(
 }
 
 /** Sends an error and closes, for an exec that could not start. */
-export function failExecSocket(socket: WebSocket, message: string): void {
-  sendControl(socket, { type: 'error', error: message });
+export function failExecSocket(socket: WebSocket, error: unknown): void {
+  const e = asTrivisorError(error);
+  sendControl(socket, { type: 'error', error: e.message, code: e.code });
   if (socket.readyState === socket.OPEN) socket.close(1011, 'exec failed');
 }
 

@@ -296,7 +296,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
             try {
               session = await guests.exec(name, exec);
             } catch (e) {
-              failExecSocket(socket, e instanceof Error ? e.message : String(e));
+              failExecSocket(socket, e);
               throw e;
             }
             const code = await bridgeExec(socket, session, { signal: opCtx.signal });

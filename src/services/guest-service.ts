@@ -1,11 +1,13 @@
 import { configValue, createOnlyChanges, type HostCapacity, validateConfig } from '../core/config-keys.ts';
 import {
   alreadyExists,
+  asTrivisorError,
   conflict,
   failedPrecondition,
   invalidArgument,
   notFound,
   notSupported,
+  TrivisorError,
 } from '../core/errors.ts';
 import { checkAttributes, checkGuestPath, GUEST_FILE_MAX_BYTES } from '../core/guest-files.ts';
 import { assertCanDo } from '../core/guest-state.ts';
@@ -35,7 +37,7 @@ import type { KvStore } from '../store/kv.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite } from './project-service.ts';
 import type { GuestService, ImageService, OperationService } from './types.ts';
-import { convergedTo, waitForGuest } from './wait-guest.ts';
+import { convergedTo, convergenceError, waitForGuest } from './wait-guest.ts';
 
 export interface GuestServiceDeps {
   store: KvStore;
@@ -456,7 +458,9 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
               name,
               (spec, st) => {
                 if (!spec) return true;
-                if (st?.error && st.failedGeneration === spec.generation) return new Error(st.error);
+                if (st?.error && st.failedGeneration === spec.generation) {
+                  return convergenceError({ error: st.error, errorCode: st.errorCode });
+                }
                 return undefined;
               },
               ctx.signal,
@@ -516,8 +520,11 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
               generation: next.generation + 1,
             }).catch(() => {});
           }
-          throw failedPrecondition(
-            `Cannot apply the configuration to guest ${name}: ${(e as Error).message}`,
+          // The controller's code when it gave one (a refusal by the driver); FailedPrecondition otherwise.
+          const err = asTrivisorError(e);
+          throw new TrivisorError(
+            err.code === 'Internal' ? 'FailedPrecondition' : err.code,
+            `Cannot apply the configuration to guest ${name}: ${err.message}`,
           );
         }
         const after = await load(name);

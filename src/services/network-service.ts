@@ -4,7 +4,9 @@ import {
   conflict,
   failedPrecondition,
   invalidArgument,
+  isErrorCode,
   notFound,
+  TrivisorError,
   unavailable,
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
@@ -279,7 +281,15 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
         throw conflict(`Network ${name} was deleted meanwhile`);
       }
       const status = st ? (JSON.parse(st.value) as NetworkStatus) : undefined;
-      if (status?.failedGeneration === generation && status.error) throw failedPrecondition(status.error);
+      if (status?.failedGeneration === generation && status.error) {
+        // The controller's code (a refusal stays what it was); statuses without one were refusals.
+        throw new TrivisorError(
+          isErrorCode(status.errorCode) && status.errorCode !== 'Internal'
+            ? status.errorCode
+            : 'FailedPrecondition',
+          status.error,
+        );
+      }
       if (!gone && status && status.observedGeneration >= generation) return;
       await sleep(50);
     }

@@ -1,4 +1,4 @@
-import { cancelled } from '../core/errors.ts';
+import { cancelled, conflict, isErrorCode, TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -61,13 +61,22 @@ export async function waitForGuest(
   });
 }
 
+/**
+ * The failure a stored status records, with its code: the controller that failed may be
+ * another member's, and its code (FailedPrecondition, NotSupported…) is what the caller
+ * must get, not Internal. Statuses written before codes were stored have none: Internal.
+ */
+export function convergenceError(status: { error: string; errorCode?: string | undefined }): TrivisorError {
+  return new TrivisorError(isErrorCode(status.errorCode) ? status.errorCode : 'Internal', status.error);
+}
+
 /** Judge for "the controller has acted on generation `gen`". */
 export function convergedTo(gen: number): (spec?: GuestSpec, status?: GuestStatus) => WaitVerdict {
   return (spec, status) => {
-    if (!spec) return new Error('The guest was deleted meanwhile');
+    if (!spec) return conflict('The guest was deleted meanwhile');
     if (!status || status.observedGeneration < gen) return undefined;
     if (status.failedGeneration !== undefined && status.failedGeneration >= gen && status.error) {
-      return new Error(status.error);
+      return convergenceError({ error: status.error, errorCode: status.errorCode });
     }
     return true;
   };
