@@ -1,5 +1,5 @@
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
-import { ERROR_CODES } from '../core/errors.ts';
+import { ERROR_CODES, type ErrorCode } from '../core/errors.ts';
 
 /*
  * TypeBox schemas of everything on the wire. The server validates requests and
@@ -454,10 +454,11 @@ export const ErrorEnvelopeSchema = Type.Object({
   type: Type.Literal('error'),
   error: Type.String(),
   error_code: Type.Integer({ description: 'The HTTP status again, as in Incus' }),
-  code: Type.Union(
-    ERROR_CODES.map((c) => Type.Literal(c)),
-    { description: 'The typed error code (docs/api.md, Errors): NotFound, Conflict, FailedPrecondition…' },
-  ),
+  code: Type.Unsafe<ErrorCode>({
+    type: 'string',
+    enum: [...ERROR_CODES],
+    description: 'The typed error code (docs/api.md, Errors): NotFound, Conflict, FailedPrecondition…',
+  }),
 });
 
 export type CreateGuestBody = Static<typeof CreateGuestBodySchema>;
