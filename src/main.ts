@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -19,6 +19,7 @@ import { createAgentPool } from './drivers/vm/vm-agent.ts';
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
+import { readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { createLogger } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
@@ -29,12 +30,15 @@ import { createGuestNetworking } from './network/guest-networking.ts';
 import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
 import { buildServer } from './server/build-server.ts';
 import { listenTcp, listenUnix } from './server/listen.ts';
+import { createWebSessions } from './server/web-sessions.ts';
 import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
 import { createAuthService } from './services/auth-service.ts';
 import { createEventBus } from './services/event-bus.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
+import { openMetricsHistory } from './services/metrics-history.ts';
+import { createMetricsSampler } from './services/metrics-sampler.ts';
 import { createNetworkService, type NetworkService } from './services/network-service.ts';
 import { createOperationService } from './services/operation-service.ts';
 import { createPoolService } from './services/pool-service.ts';
@@ -240,7 +244,34 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const nicObserver = createNicObserver({ store, drivers, networking: nics, events, log, hostName });
   await nicObserver.start();
 
-  const unixApp = await buildServer(services, { auth: { type: 'none' }, logger: false, uploadDir: stateDir });
+  // The metric history the web UI charts (decision 0027): its own file, sampled every 10 s.
+  const metricsHistory = openMetricsHistory(path.join(stateDir, 'metrics.db'));
+  services.metricsHistory = metricsHistory;
+  const sampler = createMetricsSampler({
+    guests,
+    history: metricsHistory,
+    hostName,
+    readHost: () => readHostCounters(),
+    readGuestIo: (g) => readGuestIo(g),
+    onError: (e) => log.warn({ err: String(e) }, 'cannot sample the metric history'),
+  });
+  sampler.start();
+
+  // Browser sessions and login links (decision 0026), in the store: both listeners and restarts share them.
+  let daemonTokenSha256: string | undefined;
+  const sessionTtlSeconds = Number(process.env.TRIVISOR_WEB_SESSION_TTL ?? '');
+  const webSessions = createWebSessions({
+    store,
+    daemonTokenSha256: () => daemonTokenSha256,
+    ...(Number.isInteger(sessionTtlSeconds) &&
+      sessionTtlSeconds > 0 && { sessionTtlMs: sessionTtlSeconds * 1000 }),
+  });
+  const unixApp = await buildServer(services, {
+    auth: { type: 'none' },
+    logger: false,
+    uploadDir: stateDir,
+    web: { sessions: webSessions },
+  });
   const socketPath = path.join(stateDir, 'trivisor.sock');
   await listenUnix(unixApp, socketPath);
   const apps = [unixApp];
@@ -248,6 +279,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   let fingerprint: string | null = null;
   if (listen !== 'none') {
     const token = await ensureToken(stateDir);
+    daemonTokenSha256 = createHash('sha256').update(token).digest('hex');
     const [hostPart, portPart] = splitHostPort(listen);
     // TCP is HTTPS only: clients pin this certificate's fingerprint (trivisor remote add).
     const certificate = await ensureServerCertificate(stateDir, { runner, hostName, listenHost: hostPart });
@@ -257,6 +289,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       logger: false,
       uploadDir: stateDir,
       https: { key: certificate.key, cert: certificate.cert },
+      // The web UI is served where browsers can reach it: HTTPS (decision 0026).
+      web: { sessions: webSessions, uiRoot: path.resolve(import.meta.dirname, '..') },
     });
     const bound = await listenTcp(tcpApp, hostPart, portPart);
     url = `https://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
@@ -277,6 +311,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await Promise.allSettled(apps.map((a) => a.close()));
+  sampler.stop();
+  metricsHistory.close();
   audit.close();
   await nicObserver.stop();
   await controller.stop();

@@ -42,8 +42,8 @@ export const ACTION_CLASSES: readonly ActionClass[] = [
   'public',
 ];
 
-/** How a caller proved who it is. */
-export type AuthMethod = 'unix' | 'token' | 'certificate';
+/** How a caller proved who it is (`session`: a web UI session cookie, made from a token or a login link). */
+export type AuthMethod = 'unix' | 'token' | 'certificate' | 'session';
 
 /** An authenticated caller: who it is and what it is bound to. */
 export interface Caller {
@@ -80,6 +80,7 @@ export function describeCaller(caller: Caller): string {
   if (caller.method === 'unix') return `${caller.name} on the unix socket`;
   if (caller.method === 'certificate')
     return `certificate ${caller.name} (${caller.fingerprint?.slice(0, 12)}…)`;
+  if (caller.method === 'session') return `web session of ${caller.name}`;
   return `token ${caller.name}`;
 }
 

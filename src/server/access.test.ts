@@ -90,6 +90,14 @@ const EXPECTED: Record<string, ActionClass> = {
   'DELETE /1.0/auth/certificates/:fingerprint': 'host-admin',
   // Without ?project= every project's entries and the host's: a host admin's (cases below too).
   'GET /1.0/audit': 'host-admin',
+  // The metric history (decision 0027): a guest's is read in its project, the host's is the host's.
+  'GET /1.0/guests/:name/metrics': 'read',
+  'GET /1.0/metrics/history': 'host-read',
+  // Web UI sessions (decision 0026): signing in is how a browser gets an identity at all.
+  'POST /1.0/auth/session': 'public',
+  'GET /1.0/auth/session': 'authenticated',
+  'DELETE /1.0/auth/session': 'authenticated',
+  'POST /1.0/auth/web-links': 'host-admin',
 };
 
 /** Requests that ask for more than the route's plain class. */
@@ -254,10 +262,13 @@ describe('roles on every route (one access hook, classes declared beside the rou
     assert.deepEqual(wrong, []);
   });
 
-  test("the daemon's own token is the host's admin; no token is a 401 everywhere but GET /1.0", async () => {
+  test("the daemon's own token is the host's admin; no token is a 401 everywhere but GET /1.0 and signing in", async () => {
     for (const r of app.accessTable) {
       const anon = await app.inject({ method: r.method as 'GET', url: urlOf(r.method, r.url) });
+      const signIn = r.method === 'POST' && r.url === '/1.0/auth/session';
       if (r.url === '/1.0') assert.equal(anon.statusCode, 200);
+      // Signing in is how a browser becomes a caller: its own refusals are 400 and 401 with their reasons.
+      else if (signIn) assert.equal(anon.statusCode, 400, `${r.method} ${r.url}: ${anon.body}`);
       else assert.equal(anon.statusCode, 401, `${r.method} ${r.url}: ${anon.body}`);
       // Nothing of the request is read before the caller is known: a malformed project is still a 401.
       const odd = await app.inject({
@@ -266,7 +277,7 @@ describe('roles on every route (one access hook, classes declared beside the rou
       });
       assert.equal(
         odd.statusCode,
-        r.url === '/1.0' ? 200 : 401,
+        r.url === '/1.0' ? 200 : signIn ? 400 : 401,
         `${r.method} ${r.url}?project=Bad Name: ${odd.body}`,
       );
       const admin = await app.inject({

@@ -4,6 +4,7 @@ import { fingerprintOfPeer } from '../api/certificates.ts';
 import { ALL_PROJECTS, type Caller, UNIX_CALLER } from '../core/access.ts';
 import { ADMIN_TOKEN_NAME, type AuthService } from '../services/auth-service.ts';
 import { peerCertificateOf } from './access.ts';
+import type { SessionCredential, WebSessions } from './web-sessions.ts';
 import type { WebSocketTickets } from './websocket-tickets.ts';
 
 /**
@@ -21,6 +22,8 @@ export interface AuthCheckOptions {
   isWebSocketRoute: (routeUrl: string | undefined) => boolean;
   /** Issued tokens and trusted certificates; without it only the daemon's token is known. */
   service?: AuthService;
+  /** Web UI sessions (cookies); without it a cookie proves nothing. */
+  sessions?: WebSessions;
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest();
@@ -39,29 +42,50 @@ export function createAuthenticator(
   options: AuthCheckOptions,
 ): (request: FastifyRequest) => Promise<Caller | undefined> {
   if (auth.type === 'none') return async () => UNIX_CALLER;
-  if (auth.token.length === 0) throw new Error('The API token must not be empty');
-  const expected = digest(auth.token);
+  const bearerCheck = createBearerCheck(auth, options.service);
   const service = options.service;
   return async (request) => {
     const header = request.headers.authorization;
     if (typeof header === 'string' && header.startsWith('Bearer ')) {
-      const bearer = header.slice('Bearer '.length).trim();
-      if (timingSafeEqual(digest(bearer), expected)) {
-        return { method: 'token', name: ADMIN_TOKEN_NAME, role: 'admin', projects: [ALL_PROJECTS] };
-      }
-      return service?.authenticate({ bearer });
+      return (await bearerCheck(header.slice('Bearer '.length).trim()))?.caller;
     }
     if (header !== undefined) return undefined;
-    if (
-      request.method === 'GET' &&
-      request.headers.upgrade?.toLowerCase() === 'websocket' &&
-      options.isWebSocketRoute(request.routeOptions.url)
-    ) {
+    const upgrade = request.headers.upgrade?.toLowerCase() === 'websocket';
+    if (request.method === 'GET' && upgrade && options.isWebSocketRoute(request.routeOptions.url)) {
       const ticket = (request.query as Record<string, unknown> | undefined)?.ticket;
       if (typeof ticket === 'string') return options.tickets.redeem(ticket, request.url.split('?')[0] ?? '');
+    }
+    // A cookie never opens a WebSocket (the UI asks for a ticket, with its CSRF token), and a
+    // public route that changes something (signing in) does not look at it.
+    const publicChange = request.routeOptions.config?.access === 'public' && request.method !== 'GET';
+    if (options.sessions && !upgrade && !publicChange) {
+      const caller = await options.sessions.authenticate(request);
+      if (caller) return caller;
     }
     const fingerprint = fingerprintOfPeer(peerCertificateOf(request) ?? {});
     if (fingerprint && service) return service.authenticate({ certificateFingerprint: fingerprint });
     return undefined;
+  };
+}
+
+/**
+ * Who a bearer secret stands for (the daemon's own token or an issued one), and what a
+ * browser session made from it must still find to last; undefined for an unknown secret.
+ */
+export function createBearerCheck(
+  auth: { type: 'token'; token: string },
+  service: AuthService | undefined,
+): (bearer: string) => Promise<{ caller: Caller; credential: SessionCredential } | undefined> {
+  if (auth.token.length === 0) throw new Error('The API token must not be empty');
+  const expected = digest(auth.token);
+  return async (bearer) => {
+    if (timingSafeEqual(digest(bearer), expected)) {
+      return {
+        caller: { method: 'token', name: ADMIN_TOKEN_NAME, role: 'admin', projects: [ALL_PROJECTS] },
+        credential: { type: 'daemon-token', sha256: expected.toString('hex') },
+      };
+    }
+    const caller = await service?.authenticate({ bearer });
+    return caller ? { caller, credential: { type: 'token', name: caller.name } } : undefined;
   };
 }

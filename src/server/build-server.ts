@@ -24,6 +24,7 @@ import { registerGuestRoutes } from './guest-routes.ts';
 import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
 import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
+import { registerMetricsHistoryRoutes } from './metrics-history-routes.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
@@ -31,6 +32,7 @@ import { projectOf, type RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 import { registerStorageRoutes } from './storage-routes.ts';
 import { registerVolumeRoutes } from './volume-routes.ts';
+import { registerWebSessionRoutes, registerWebUi, type WebOptions } from './web-routes.ts';
 import { createWebSocketTickets } from './websocket-tickets.ts';
 
 /** Options of `buildServer`. */
@@ -52,6 +54,8 @@ export interface BuildServerOptions {
    * among the trusted ones (services.auth), by fingerprint.
    */
   https?: { key: string; cert: string };
+  /** Browser sessions and login links, and (with `uiRoot`) the web UI's pages (docs/decisions/0026-web-ui.md). */
+  web?: WebOptions;
 }
 
 /** JSON bodies; image uploads have their own, larger limit. */
@@ -201,6 +205,7 @@ export async function buildServer(services: Services, options: BuildServerOption
       tickets,
       isWebSocketRoute: (url) => url !== undefined && webSocketRoutes.has(url),
       ...(services.auth !== undefined && { service: services.auth }),
+      ...(options.web !== undefined && { sessions: options.web.sessions }),
     }),
     ...(services.audit !== undefined && { audit: services.audit }),
     unauthenticatedMessage: options.https
@@ -252,6 +257,10 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerVolumeRoutes(app, ctx);
   registerAuthRoutes(app, ctx);
   registerProjectRoutes(app, ctx);
+  registerMetricsHistoryRoutes(app, ctx);
+  registerWebSessionRoutes(app, { web: options.web, auth: options.auth, service: services.auth });
+  if (options.web?.uiRoot !== undefined)
+    await app.register(async (scope) => registerWebUi(scope, options.web!.uiRoot!));
 
   app.addHook('onClose', async () => ctx.execs.closeAll());
   return app;

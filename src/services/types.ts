@@ -7,6 +7,7 @@ export type { ConsoleStream, ExecSession };
 
 import type { AuditLog } from './audit-log.ts';
 import type { AuthService } from './auth-service.ts';
+import type { MetricsHistory } from './metrics-history.ts';
 import type { NetworkService } from './network-service.ts';
 import type { PoolService } from './pool-service.ts';
 import type { ProjectService } from './project-service.ts';
@@ -183,4 +184,6 @@ export interface Services {
   audit?: AuditLog;
   /** Projects and their quotas. */
   projects: ProjectService;
+  /** CPU, memory, network and disk history of guests and the host; absent: none is kept. */
+  metricsHistory?: MetricsHistory;
 }
