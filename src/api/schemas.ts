@@ -191,6 +191,11 @@ export const ImageSchema = Type.Object({
   release: Type.String(),
   architecture: Type.String(),
   source: Type.Union([Type.Literal('builtin'), Type.Literal('debootstrap'), Type.Literal('import')]),
+  type: Type.Optional(
+    Type.Union([Type.Literal('rootfs'), Type.Literal('disk')], {
+      description: 'disk: a whole-disk image that only vm guests boot; rootfs (or absent): a tree',
+    }),
+  ),
   sizeBytes: Type.Number(),
   createdAt: Type.String(),
   properties: StringMap,

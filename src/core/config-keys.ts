@@ -34,6 +34,10 @@ const bool: KeySpec['check'] = (v) => {
 export const VM_MACHINES = ['q35', 'pc'] as const;
 export type VmMachine = (typeof VM_MACHINES)[number];
 
+/** Firmware a vm guest that boots its own disk can have (`vm.firmware`). */
+export const VM_FIRMWARES = ['bios', 'uefi'] as const;
+export type VmFirmware = (typeof VM_FIRMWARES)[number];
+
 const MIN_MEMORY_BYTES = 8 * 1024 * 1024;
 
 const KEYS: Record<string, KeySpec> = {
@@ -106,6 +110,49 @@ const KEYS: Record<string, KeySpec> = {
         throw invalidArgument(
           `vm.machine must be one of ${VM_MACHINES.join(', ')}, got ${JSON.stringify(v)}`,
         );
+      }
+    },
+  },
+  // Firmware, display and device models of vm guests that boot their own disk (docs/decisions/0023).
+  'vm.firmware': {
+    live: false,
+    models: ['vm'],
+    help: 'firmware of a vm guest that boots its own disk: bios (SeaBIOS, default) or uefi (OVMF)',
+    check(v) {
+      if (!(VM_FIRMWARES as readonly string[]).includes(v)) {
+        throw invalidArgument(`vm.firmware must be bios or uefi, got ${JSON.stringify(v)}`);
+      }
+    },
+  },
+  'vm.secureboot': {
+    live: false,
+    models: ['vm'],
+    help: "UEFI Secure Boot with the Microsoft keys Debian's ovmf ships (needs vm.firmware=uefi)",
+    check: bool,
+  },
+  'vm.display': {
+    live: false,
+    models: ['vm'],
+    help: 'a virtual GPU whose screen `console --type vga` shows (default: true for disk and ISO guests)',
+    check: bool,
+  },
+  'vm.nic_model': {
+    live: false,
+    models: ['vm'],
+    help: 'NIC device of a vm guest: virtio (default) or e1000, for OSes without virtio drivers',
+    check(v) {
+      if (v !== 'virtio' && v !== 'e1000') {
+        throw invalidArgument(`vm.nic_model must be virtio or e1000, got ${JSON.stringify(v)}`);
+      }
+    },
+  },
+  'vm.disk_bus': {
+    live: false,
+    models: ['vm'],
+    help: 'bus of the root disk of a vm guest: virtio (default) or sata, for OSes without virtio drivers',
+    check(v) {
+      if (v !== 'virtio' && v !== 'sata') {
+        throw invalidArgument(`vm.disk_bus must be virtio or sata, got ${JSON.stringify(v)}`);
       }
     },
   },
@@ -194,6 +241,16 @@ export const configValue = {
   /** Own id range per unprivileged ct guest unless set to false (Incus's default is false; ours is true). */
   idmapIsolated: (c: Record<string, string>): boolean => c['security.idmap.isolated'] !== 'false',
   vmMachine: (c: Record<string, string>): VmMachine | undefined => c['vm.machine'] as VmMachine | undefined,
+  vmFirmware: (c: Record<string, string>): VmFirmware =>
+    (c['vm.firmware'] as VmFirmware | undefined) ?? 'bios',
+  vmSecureBoot: (c: Record<string, string>): boolean => c['vm.secureboot'] === 'true',
+  /** Undefined when not set: the driver's default depends on how the guest boots. */
+  vmDisplay: (c: Record<string, string>): boolean | undefined =>
+    c['vm.display'] === undefined ? undefined : c['vm.display'] === 'true',
+  vmNicModel: (c: Record<string, string>): 'virtio' | 'e1000' =>
+    c['vm.nic_model'] === 'e1000' ? 'e1000' : 'virtio',
+  vmDiskBus: (c: Record<string, string>): 'virtio' | 'sata' =>
+    c['vm.disk_bus'] === 'sata' ? 'sata' : 'virtio',
   autostart: (c: Record<string, string>): boolean => c['boot.autostart'] === 'true',
   restartPolicy: (c: Record<string, string>): RestartPolicy =>
     (c['boot.restart_policy'] as RestartPolicy | undefined) ?? 'never',

@@ -264,6 +264,9 @@ export interface Guest {
   };
 }
 
+/** What an image holds: a root file system tree (every model) or a whole disk (vm only). */
+export type ImageType = 'rootfs' | 'disk';
+
 /** Metadata of a stored image: a root file system tree shared read-only by its guests. */
 export interface ImageRecord {
   fingerprint: string;
@@ -275,6 +278,11 @@ export interface ImageRecord {
   release: string;
   architecture: string;
   source: 'builtin' | 'debootstrap' | 'import';
+  /**
+   * `disk`: a whole-disk image (partition table, boot loader and kernel of its own) that only
+   * vm guests boot, through their firmware; absent or `rootfs`: a root file system tree.
+   */
+  type?: ImageType;
   sizeBytes: number;
   createdAt: string;
   /**

@@ -32,6 +32,18 @@ export interface ImageHandle {
    * copy-on-write backing file of `vm` and `pvm` guests.
    */
   baseDisk(): Promise<string>;
+  /**
+   * No image at all: a vm guest with a blank disk of `limits.disk`, installed from an ISO
+   * (`create --empty`). Its record is a stand-in of type `disk` (the guest boots through its
+   * firmware) and `baseDisk()` rejects.
+   */
+  blank?: boolean;
+}
+
+/** What `sendKeys` presses: named combinations (`ctrl-alt-del`), then a string typed key by key. */
+export interface KeyInput {
+  combos?: string[];
+  text?: string;
 }
 
 /** Observed state of a guest's processes on this host. */
@@ -117,8 +129,11 @@ export interface StopOptions {
 export interface GuestDriver {
   readonly model: Model;
   probe(): Promise<ProbeResult>;
-  /** Driver-specific validation of a guest's config (on top of core/config-keys). */
-  validate(spec: GuestSpec): void;
+  /**
+   * Driver-specific validation of a guest's config (on top of core/config-keys); with the
+   * record of its image when the caller has it (the fingerprint '' record: no image, a blank disk).
+   */
+  validate(spec: GuestSpec, image?: ImageRecord): void;
   /** Makes the guest's on-disk state (root file system, bundle). */
   create(spec: GuestSpec, image: ImageHandle): Promise<void>;
   /** Boots the guest; resolves once its init runs, with the identity of its top process. */
@@ -151,6 +166,16 @@ export interface GuestDriver {
   attachConsole(spec: GuestSpec): Promise<ConsoleStream>;
   /** Path of the guest's console log file. */
   consoleLogPath(spec: GuestSpec): string;
+  /**
+   * A new connection to the running guest's graphical display, speaking RFB (VNC) both ways
+   * (vm guests with `vm.display`); absent where a model has no screen. FailedPrecondition
+   * when the guest has none.
+   */
+  attachDisplay?(spec: GuestSpec): Promise<ConsoleStream>;
+  /** The running guest's screen as a PNG image (vm guests with a display). */
+  screenshot?(spec: GuestSpec): Promise<Buffer>;
+  /** Presses keys on the running guest's keyboard (vm guests with a display). */
+  sendKeys?(spec: GuestSpec, keys: KeyInput): Promise<void>;
   /**
    * The running guest's own view of its interfaces and addresses (ct: its network namespace, read
    * from /proc; vm, pvm: a probe through its agent), for the NIC observer. `process` is the identity

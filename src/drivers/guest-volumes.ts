@@ -6,8 +6,8 @@ export interface AttachedVolume {
   device: string;
   pool: string;
   volume: string;
-  type: 'filesystem' | 'block';
-  /** A directory or subvolume (filesystem), a raw disk image (block). */
+  type: 'filesystem' | 'block' | 'iso';
+  /** A directory or subvolume (filesystem), a raw disk image (block), an ISO image (iso: a vm's CD-ROM). */
   hostPath: string;
   /** Mount path in a ct guest (filesystem volumes). */
   path?: string;

@@ -42,8 +42,12 @@ const STAT_PULL = `
 [ -f "$1" ] || exit ${NOT_FILE}
 exec $0 stat -L -c '%f %u %g %s' "$1"`;
 
-async function run(client: QgaClient, script: string, args: string[]) {
-  return client.exec([GUEST_BUSYBOX, 'sh', '-c', script, GUEST_BUSYBOX, ...args], { env: PATH_ENV });
+/**
+ * Runs a check script with `tools` as its $0: the kit's busybox, or `/usr/bin/env` in a guest
+ * without the kit (then `$0 chmod` runs the guest's own chmod from its PATH).
+ */
+async function run(client: QgaClient, script: string, args: string[], tools = GUEST_BUSYBOX) {
+  return client.exec([tools, 'sh', '-c', script, tools, ...args], { env: PATH_ENV });
 }
 
 const detail = (r: { stderr: Buffer; stdout: Buffer }) =>
@@ -52,10 +56,17 @@ const detail = (r: { stderr: Buffer; stdout: Buffer }) =>
 /** Writes a whole file into the guest through its agent: a temporary file beside it, then a rename. */
 export async function qgaPushFile(
   client: QgaClient,
-  options: GuestFileAttributes & { path: string; data: Buffer; createDirs?: boolean; guest: string },
+  options: GuestFileAttributes & {
+    path: string;
+    data: Buffer;
+    createDirs?: boolean;
+    guest: string;
+    /** What runs the checks: the kit's busybox (default) or the guest's own tools. */
+    tools?: string;
+  },
 ): Promise<void> {
-  const { path, guest } = options;
-  const prepared = await run(client, PREPARE_PUSH, [path, options.createDirs ? '1' : '0']);
+  const { path, guest, tools } = options;
+  const prepared = await run(client, PREPARE_PUSH, [path, options.createDirs ? '1' : '0'], tools);
   if (prepared.exitCode === NO_DIR) {
     throw notFound(`The directory of ${path} does not exist in guest ${guest}: create it first`);
   }
@@ -71,7 +82,7 @@ export async function qgaPushFile(
   try {
     await client.writeFile(temp, options.data);
   } catch (e) {
-    await run(client, '$0 rm -f "$1"', [temp]).catch(() => {});
+    await run(client, '$0 rm -f "$1"', [temp], tools).catch(() => {});
     const message = e instanceof Error ? e.message : String(e);
     if (/No space left|Disk quota/i.test(message)) {
       throw failedPrecondition(
@@ -83,13 +94,12 @@ export async function qgaPushFile(
     }
     throw e;
   }
-  const finished = await run(client, FINISH_PUSH, [
-    temp,
-    path,
-    String(options.uid),
-    String(options.gid),
-    formatMode(options.mode),
-  ]);
+  const finished = await run(
+    client,
+    FINISH_PUSH,
+    [temp, path, String(options.uid), String(options.gid), formatMode(options.mode)],
+    tools,
+  );
   if (finished.exitCode !== 0) {
     throw internal(`Cannot finish writing ${path} in guest ${guest}: ${detail(finished)}`);
   }
@@ -99,10 +109,10 @@ export async function qgaPushFile(
 export async function qgaPullFile(
   client: QgaClient,
   path: string,
-  options: { maxBytes: number; guest: string },
+  options: { maxBytes: number; guest: string; tools?: string },
 ): Promise<GuestFile> {
   const { guest, maxBytes } = options;
-  const st = await run(client, STAT_PULL, [path]);
+  const st = await run(client, STAT_PULL, [path], options.tools);
   if (st.exitCode === NO_DIR) throw notFound(`${path} does not exist in guest ${guest}`);
   if (st.exitCode === IS_DIR) throw invalidArgument(`${path} is a directory in guest ${guest}: give a file`);
   if (st.exitCode === NOT_FILE) throw invalidArgument(`${path} is not a regular file in guest ${guest}`);

@@ -8,6 +8,13 @@ import { buildBaseDisk } from './base-disk.ts';
 import { buildBusyboxRootfs } from './busybox-image.ts';
 import { buildDebootstrapRootfs, type ProgressCallback } from './debootstrap-image.ts';
 import { removeDeviceNodes } from './device-nodes.ts';
+import {
+  DISK_IMAGE_NAME,
+  diskImageMetadata,
+  inspectDiskImage,
+  sha256File,
+  storeDiskImage,
+} from './disk-image.ts';
 import { BASE_DISK_NAME, imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
 import { removeTree } from './remove-tree.ts';
@@ -47,6 +54,15 @@ export interface ImageFiles {
   buildDebootstrap(source: string, options?: AddOptions): Promise<AddedImage>;
   /** Imports a root file system tarball (plain, gzip, xz, zstd or bzip2; told apart by content). */
   importTarball(path: string, options?: AddOptions): Promise<AddedImage>;
+  /**
+   * Imports a whole-disk image (qcow2 or raw, with its own partition table and boot loader) as
+   * a vm disk image: checked, fingerprinted by the sha256 of its bytes, stored once as a sparse
+   * qcow2 (`images/<fp>/disk.qcow2`, root only).
+   */
+  importDisk(
+    path: string,
+    options: AddOptions & { format: 'qcow2' | 'raw'; description: string; sha256?: string },
+  ): Promise<AddedImage>;
   /** Removes an image and all it holds; does nothing if it is absent. */
   remove(fingerprint: string): Promise<void>;
   exists(fingerprint: string): Promise<boolean>;
@@ -107,9 +123,14 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   const treeOf = (fp: string): string => join(imageDir(fp), TREES, 'rootfs');
   const diskBuilds = new Map<string, Promise<string>>();
 
+  const diskOf = (fp: string): string => join(imageDir(fp), DISK_IMAGE_NAME);
+  /** A complete image: its tree (rootfs images) or its disk (disk images) is there. */
+  const hasContent = async (fingerprint: string): Promise<boolean> =>
+    (await isDirectory(treeOf(fingerprint))) || (await isFile(diskOf(fingerprint)));
+
   const exists = async (fingerprint: string): Promise<boolean> => {
     checkFingerprint(fingerprint);
-    return (await isDirectory(treeOf(fingerprint))) && (await readRecord(fingerprint)) !== null;
+    return (await hasContent(fingerprint)) && (await readRecord(fingerprint)) !== null;
   };
 
   const readRecord = async (fingerprint: string): Promise<AddedImage | null> => {
@@ -155,7 +176,7 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
 
   const metadata = async (fingerprint: string): Promise<AddedImage> => {
     checkFingerprint(fingerprint);
-    const record = (await isDirectory(treeOf(fingerprint))) ? await readRecord(fingerprint) : null;
+    const record = (await hasContent(fingerprint)) ? await readRecord(fingerprint) : null;
     if (!record)
       throw notFound(`Image ${fingerprint.slice(0, 12)} is not on this host: add or import it first.`);
     return record;
@@ -235,6 +256,8 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       const target = join(imageDir(fingerprint), BASE_DISK_NAME);
       const work = (async () => {
         const { metadata: meta } = await metadata(fingerprint);
+        // A disk image is its own disk: guests are overlays on it.
+        if (meta.type === 'disk') return diskOf(fingerprint);
         // Never rebuilt once made: guests' copy-on-write layers point at this very file. A
         // changed kit gets a disk of its own name (BASE_DISK_NAME); older ones stay for their guests.
         if (await isFile(target)) return target;
@@ -276,6 +299,51 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
         await assertRootFileSystem(rootfs, basename(path));
         return { fingerprint, metadata: await importedMetadata(rootfs, path) };
       });
+    },
+
+    async importDisk(path, options) {
+      const { signal } = options;
+      signal?.throwIfAborted();
+      const info = await inspectDiskImage(runner, path, options.format);
+      const fingerprint = options.sha256 ?? (await sha256File(path, options));
+      const existing = await readRecord(fingerprint);
+      if (existing && (await isFile(diskOf(fingerprint)))) {
+        log.info({ fingerprint }, 'disk image already on disk');
+        return existing;
+      }
+      await ensureImagesDir();
+      const tmp = join(imagesDir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+      await mkdir(tmp, { mode: 0o700 });
+      try {
+        options.onProgress?.(45, 'Storing the disk image');
+        const disk = join(tmp, DISK_IMAGE_NAME);
+        await storeDiskImage(runner, { path, format: options.format }, disk, signal ? { signal } : {});
+        // Shared read-only by every guest made from it (QEMU gets it as a descriptor, decision 19).
+        await chmod(disk, 0o400);
+        const sizeBytes = (await lstat(disk)).blocks * 512;
+        const record: AddedImage = {
+          fingerprint,
+          metadata: diskImageMetadata(options.description, info),
+          sizeBytes,
+        };
+        await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+        signal?.throwIfAborted();
+        try {
+          await rename(tmp, imageDir(fingerprint));
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+          await removeTree(tmp, { runner });
+          return await metadata(fingerprint);
+        }
+        options.onProgress?.(100, 'Done');
+        log.info({ fingerprint, sizeBytes, virtualSizeBytes: info.virtualSizeBytes }, 'disk image added');
+        return record;
+      } catch (e) {
+        await removeTree(tmp, { runner }).catch(() => {});
+        if (signal?.aborted) throw cancelled(`Importing ${options.description} was cancelled.`);
+        throw asTrivisorError(e);
+      }
     },
 
     async remove(fingerprint) {

@@ -258,6 +258,18 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
         execs.push(record);
         return fakeExec(record);
       },
+      async attachDisplay(name) {
+        guestOf(name);
+        throw notSupported(`Guest ${name} has no display here`);
+      },
+      async screenshot(name) {
+        guestOf(name);
+        throw notSupported(`Guest ${name} has no display here`);
+      },
+      async sendKeys(name) {
+        guestOf(name);
+        throw notSupported(`Guest ${name} has no display here`);
+      },
       async attachConsole(name) {
         const g = guestOf(name);
         if (g.model === 'ct') throw notSupported(`ct guests' consoles take no input: follow ${name}'s log`);

@@ -28,15 +28,17 @@ import {
   type GuestSpec,
   type GuestStatus,
   type GuestUsage,
+  type ImageRecord,
   MODELS,
   type Model,
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
+import { BLANK_IMAGE } from './image-service.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite } from './project-service.ts';
-import type { GuestService, ImageService, OperationService } from './types.ts';
+import type { ConsoleStream, GuestService, ImageService, OperationService } from './types.ts';
 import { convergedTo, convergenceError, waitForGuest } from './wait-guest.ts';
 
 export interface GuestServiceDeps {
@@ -226,6 +228,27 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     return kv ? (JSON.parse(kv.value) as GuestSpec) : undefined;
   }
 
+  /** The image record of a guest (the blank record for one made without an image), when it is on this host. */
+  async function imageOf(spec: GuestSpec): Promise<ImageRecord | undefined> {
+    if (spec.image === '') return BLANK_IMAGE.record;
+    return deps.images.get(spec.image).catch(() => undefined);
+  }
+
+  /** The driver of a running guest that has a screen (a vm guest's display), or why not. */
+  async function displayDriver(l: Loaded, what: string): Promise<GuestDriver> {
+    const driver = driverFor(l.spec.model);
+    if (!driver.attachDisplay || !driver.screenshot || !driver.sendKeys) {
+      throw notSupported(
+        `Guest ${l.spec.name} is a ${l.spec.model} guest, which has no screen: only vm guests do`,
+      );
+    }
+    const status = statusName(l);
+    if (status !== 'Running' && status !== 'Frozen') {
+      throw failedPrecondition(`Guest ${l.spec.name} is ${status}: start it to ${what}`);
+    }
+    return driver;
+  }
+
   /** The service as one project sees it; `scope` undefined is the host's view (internal callers). */
   function scoped(scope: string | undefined): GuestService {
     /** A guest of another project is NotFound, word for word as one that does not exist. */
@@ -292,11 +315,22 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           throw notSupported(`Unknown model ${JSON.stringify(model)}: use ct, pvm or vm`);
         const driver = driverFor(model);
         const project = scope ?? request.project ?? DEFAULT_PROJECT;
-        const image = await deps.images.get(request.image);
+        // '' asks for no image: a vm guest with a blank disk, installed from an ISO (`create --empty`).
+        if (request.image === '' && model !== 'vm') {
+          throw invalidArgument(
+            `A ${model} guest needs an image with a root file system; only vm guests start from a blank disk (--empty)`,
+          );
+        }
+        const image = request.image === '' ? BLANK_IMAGE.record : await deps.images.get(request.image);
         // A project launches from its own images and from default's, the host's shared catalogue (decision 21).
         const imageProject = projectOfRecord(image);
-        if (imageProject !== project && imageProject !== DEFAULT_PROJECT) {
+        if (request.image !== '' && imageProject !== project && imageProject !== DEFAULT_PROJECT) {
           throw notFound(`Image ${request.image} not found; see trivisor image list`);
+        }
+        if (image.type === 'disk' && model !== 'vm') {
+          throw invalidArgument(
+            `Image ${request.image} is a whole-disk image with its own boot loader and kernel, which only vm guests boot (through their firmware): use --model vm`,
+          );
         }
         const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
         const spec: GuestSpec = {
@@ -324,7 +358,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           claims = await deps.networks.claimNics(spec.name, request.devices, { project });
           spec.devices = claims.devices;
         }
-        driver.validate(spec);
+        driver.validate(spec, image);
         // The quota is decided on the project as read and the guest lands only if nothing was
         // written in the project meanwhile (guardedWrite reads again and decides again then).
         const r = await guardedWrite(store, project, async (p) => {
@@ -487,7 +521,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           );
         }
         const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
-        driverFor(next.model).validate(next);
+        driverFor(next.model).validate(next, await imageOf(next));
         const counted = ['limits.memory', 'limits.cpu', 'limits.disk'];
         if (counted.some((key) => l.spec.config[key] !== config[key])) {
           // A change of what the project counts is a guarded write, like a create.
@@ -562,6 +596,25 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           throw failedPrecondition(`Guest ${name} is ${status}: start it to attach to its console`);
         }
         return driverFor(l.spec.model).attachConsole(l.spec);
+      },
+
+      async attachDisplay(name) {
+        const l = await load(name);
+        const driver = await displayDriver(l, 'attach to its display');
+        return driver.attachDisplay?.(l.spec) as Promise<ConsoleStream>;
+      },
+
+      async screenshot(name) {
+        const l = await load(name);
+        return (await displayDriver(l, 'take a screenshot')).screenshot?.(l.spec) as Promise<Buffer>;
+      },
+
+      async sendKeys(name, keys) {
+        const l = await load(name);
+        if ((keys.combos ?? []).length === 0 && (keys.text ?? '') === '') {
+          throw invalidArgument('No keys to send: give a key combination (ctrl-alt-del) or text to type');
+        }
+        await (await displayDriver(l, 'send it keys')).sendKeys?.(l.spec, keys);
       },
 
       async consoleLogPath(name) {

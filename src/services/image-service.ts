@@ -5,7 +5,10 @@ import { keys } from '../core/keys.ts';
 import { assertImageAlias } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, ImageRecord } from '../core/types.ts';
+import type { ImageHandle } from '../drivers/guest-driver.ts';
+import { hostRunner, type ProcessRunner } from '../host/runner.ts';
 import { debootstrapSuite } from '../images/debootstrap-image.ts';
+import { inspectDiskImage, sniffUpload, type UploadKind } from '../images/disk-image.ts';
 import type { ImageFiles } from '../images/image-files.ts';
 import type { KvStore } from '../store/kv.ts';
 import type { EventBus, ImageService, OperationService } from './types.ts';
@@ -15,7 +18,32 @@ export interface ImageServiceDeps {
   files: ImageFiles;
   operations: OperationService;
   events: EventBus;
+  /** Runs qemu-img to check an uploaded disk image before its import starts (default: the host's). */
+  runner?: ProcessRunner;
 }
+
+/**
+ * What a guest made without an image (`create --empty`, spec.image ''): a blank disk that a vm
+ * guest boots through its firmware, from an ISO until an OS is installed.
+ */
+export const BLANK_IMAGE: ImageHandle = {
+  record: {
+    fingerprint: '',
+    aliases: [],
+    description: 'A blank disk',
+    os: '',
+    release: '',
+    architecture: '',
+    source: 'import',
+    type: 'disk',
+    sizeBytes: 0,
+    createdAt: '',
+    properties: {},
+  },
+  rootfs: '',
+  blank: true,
+  baseDisk: () => Promise.reject(failedPrecondition('A guest made with --empty has no image disk.')),
+};
 
 /** The image service plus what the daemon needs at start and the controller needs to build guests. */
 export interface ImageServiceWithInternals extends ImageService, ImageResolver {
@@ -25,6 +53,7 @@ export interface ImageServiceWithInternals extends ImageService, ImageResolver {
 
 export function createImageService(deps: ImageServiceDeps): ImageServiceWithInternals {
   const { store, files, operations, events } = deps;
+  const runner = deps.runner ?? hostRunner();
 
   async function records(): Promise<ImageRecord[]> {
     const { kvs } = await store.list(keys.imagePrefix);
@@ -151,23 +180,44 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
       },
 
       async importTarball(request) {
+        let kind: UploadKind;
         try {
           await assertAliasFree(request.alias, project);
+          kind = await sniffUpload(request.tarballPath);
+          if (kind === 'iso') {
+            throw invalidArgument(
+              'The upload is an ISO image, which is not an image but a CD for vm guests: keep it as an iso volume (trivisor storage volume import POOL FILE NAME --type iso) and attach it (trivisor config device add GUEST cdrom source=NAME)',
+            );
+          }
+          if (kind === 'unknown') {
+            throw invalidArgument(
+              'The upload is neither a root file system tarball (tar, plain or compressed) nor a whole-disk image (qcow2, or raw with a partition table)',
+            );
+          }
+          if (kind === 'qcow2' || kind === 'raw-disk') {
+            await inspectDiskImage(runner, request.tarballPath, kind === 'qcow2' ? 'qcow2' : 'raw');
+          }
         } catch (e) {
           await rm(request.tarballPath, { force: true });
           throw e;
         }
+        const disk = kind === 'qcow2' || kind === 'raw-disk';
         return operations.start({
           project,
-          description: `Importing image ${request.alias}`,
+          description: `Importing ${disk ? 'disk image' : 'image'} ${request.alias}`,
           resources: { images: [`/1.0/images/${request.alias}`] },
           mayCancel: true,
           async run(ctx) {
             try {
-              const added = await files.importTarball(request.tarballPath, {
-                signal: ctx.signal,
-                onProgress: (percent, text) => ctx.progress(percent, text),
-              });
+              const progress = { signal: ctx.signal, onProgress: ctx.progress.bind(ctx) };
+              const added = disk
+                ? await files.importDisk(request.tarballPath, {
+                    ...progress,
+                    format: kind === 'qcow2' ? 'qcow2' : 'raw',
+                    description: request.alias,
+                    ...(request.sha256 !== undefined && { sha256: request.sha256 }),
+                  })
+                : await files.importTarball(request.tarballPath, progress);
               const record = await register(added, request.alias, project);
               return { fingerprint: record.fingerprint };
             } finally {
@@ -237,6 +287,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     },
 
     async handle(fingerprint) {
+      if (fingerprint === '') return BLANK_IMAGE;
       const kv = await store.get(keys.image(fingerprint));
       if (!kv) throw notFound(`Image ${fingerprint} not found; it may have been deleted`);
       return {

@@ -107,6 +107,12 @@ export interface GuestService {
   exec(name: string, request: ExecRequest): Promise<ExecSession>;
   /** Attaches to a running (or frozen) guest's console: input and output. */
   attachConsole(name: string): Promise<ConsoleStream>;
+  /** A new VNC (RFB) connection to a running vm guest's display (`console --type vga`). */
+  attachDisplay(name: string): Promise<ConsoleStream>;
+  /** A running vm guest's screen as PNG (`console --screenshot`). */
+  screenshot(name: string): Promise<Buffer>;
+  /** Presses keys on a running vm guest's keyboard: combinations (`ctrl-alt-del`), then typed text. */
+  sendKeys(name: string, keys: { combos?: string[]; text?: string }): Promise<void>;
   /** Path of the guest's console log (for `console --show-log` and following). */
   consoleLogPath(name: string): Promise<string>;
   /** Writes a whole file into a running guest (`file push`). */
@@ -134,8 +140,13 @@ export interface ImageService {
   get(ref: string): Promise<ImageRecord>;
   /** `debian/bookworm` and friends, built with debootstrap, as an operation. */
   build(request: { source: string; alias?: string }): Promise<Operation>;
-  /** Imports a root file system tarball already written to `tarballPath` (the service deletes it). */
-  importTarball(request: { tarballPath: string; alias: string }): Promise<Operation>;
+  /**
+   * Imports an uploaded file already written to `tarballPath` (the service deletes it): a root
+   * file system tarball, or a whole-disk image (qcow2 or raw) that becomes a vm disk image,
+   * told apart by content; anything else (an ISO among them) is an InvalidArgument before any
+   * operation starts. `sha256`: the upload's, computed as it arrived (a disk image's fingerprint).
+   */
+  importTarball(request: { tarballPath: string; alias: string; sha256?: string }): Promise<Operation>;
   /** FailedPrecondition while a guest uses it. */
   delete(ref: string): Promise<void>;
 }

@@ -1,4 +1,4 @@
-import { chown, stat } from 'node:fs/promises';
+import { chown, rm, stat } from 'node:fs/promises';
 import {
   alreadyExists,
   conflict,
@@ -30,6 +30,7 @@ import {
   checkMountPath,
   checkVolumeConfig,
   DEFAULT_VOLUME_BYTES,
+  isIsoImage,
   modelsFor,
   parseVolumeType,
   type VolumeBackend,
@@ -39,7 +40,7 @@ import {
 } from '../storage/volumes.ts';
 import type { KvStore } from '../store/kv.ts';
 import { guardedWrite, readProject } from './project-service.ts';
-import type { EventBus } from './types.ts';
+import type { EventBus, ImageService } from './types.ts';
 
 /** A volume record with its project (volumes.ts's record predates projects). */
 type OwnedVolume = VolumeRecord & ProjectOwned;
@@ -74,6 +75,14 @@ export interface CreateVolumeRequest {
   config?: Record<string, string>;
 }
 
+/** An uploaded ISO file to keep as an iso volume (`POST …/volumes/custom` with the file as the body). */
+export interface ImportIsoRequest {
+  name: string;
+  /** The uploaded file (the daemon's own temp file): moved into the pool, or removed on failure. */
+  file: string;
+  description?: string;
+}
+
 /** Body of `POST …/volumes/custom/{vol}/attach`. */
 export interface AttachVolumeRequest {
   guest: string;
@@ -101,6 +110,8 @@ export interface VolumeService {
   list(pool: string, options?: { allProjects?: boolean }): Promise<StorageVolume[]>;
   get(pool: string, name: string): Promise<StorageVolume>;
   create(pool: string, request: CreateVolumeRequest): Promise<StorageVolume>;
+  /** Keeps an uploaded ISO image as an iso volume (a vm guest's CD-ROM); the file is always consumed. */
+  importIso(pool: string, request: ImportIsoRequest): Promise<StorageVolume>;
   /** Grows a volume (`config.size`); shrinking is refused. */
   update(pool: string, name: string, change: { config?: Record<string, string> }): Promise<VolumeChange>;
   /** Refused while the volume is attached. */
@@ -118,6 +129,8 @@ export interface VolumeService {
 
 /** Most volumes one guest can have: a vm's hot-plug ports, UML's ubd slots after root and config. */
 export const MAX_VOLUMES: Record<Model, number> = { vm: 4, pvm: 14, ct: 64 };
+/** Most ISOs a vm guest can have attached: its CD-ROM drives (qemu-command.ts CDROM_DRIVES). */
+export const MAX_ISOS = 2;
 
 /** Where a pool's files are: the default dir pool is the state directory itself. */
 export function poolPathOf(
@@ -167,6 +180,11 @@ export function createVolumeService(deps: {
   /** Hot attach/detach per model; a model without one picks changes up at its next start. */
   live: Partial<Record<Model, GuestVolumes>>;
   events?: EventBus;
+  /**
+   * What a guest's image is: an ISO goes only into a vm guest that boots through its firmware
+   * (a disk image or a blank disk); the kit's guests boot a kernel with no CD-ROM driver.
+   */
+  images?: Pick<ImageService, 'get'>;
 }): VolumeService {
   const { store, backend } = deps;
   const resolver = createVolumeResolver({ store, drivers: deps.pools, stateDir: deps.stateDir });
@@ -273,6 +291,27 @@ export function createVolumeService(deps: {
       metadata: { pool: vol.pool, name: vol.name, ...metadata },
     });
 
+  /** The device names of a guest's attached ISOs (they take CD-ROM drives, not disk ports). */
+  async function isosOf(disks: Record<string, DiskDevice>): Promise<string[]> {
+    const out: string[] = [];
+    for (const [device, d] of Object.entries(disks)) {
+      const kv = await store.get(volumeKeys.volume(d.pool, d.source));
+      if (kv && (JSON.parse(kv.value) as VolumeRecord).type === 'iso') out.push(device);
+    }
+    return out;
+  }
+
+  /** An ISO goes into a guest that boots through its firmware: a disk image's or a blank disk's. */
+  async function assertBootsFirmware(spec: GuestSpec, volume: string): Promise<void> {
+    if (spec.image === '' || !deps.images) return;
+    const image = await deps.images.get(spec.image).catch(() => undefined);
+    if (image && image.type !== 'disk') {
+      throw failedPrecondition(
+        `Guest ${spec.name} boots Trivisor's kernel directly, which has no CD-ROM, so it cannot take ISO ${volume}: use a guest made from a disk image or with --empty`,
+      );
+    }
+  }
+
   /** The service as one project sees it; `scope` undefined is the host's view. */
   function scoped(scope: string | undefined): VolumeService {
     const project = scope ?? DEFAULT_PROJECT;
@@ -368,9 +407,80 @@ export function createVolumeService(deps: {
         });
       },
 
+      async importIso(pool, request) {
+        try {
+          return await serial(async () => {
+            const p = await poolRecord(pool);
+            assertVolumeName(request.name);
+            const importer = backend.importIso?.bind(backend);
+            if (!importer) throw failedPrecondition('This daemon cannot keep ISO images on its pools');
+            if (!(await isIsoImage(request.file).catch(() => false))) {
+              throw invalidArgument(
+                'The upload is not an ISO image (no ISO 9660 or UDF volume descriptor at sector 16): give an installer or live CD image',
+              );
+            }
+            const taken = await store.get(volumeKeys.volume(pool, request.name));
+            if (taken) throw nameTaken(request.name, pool, JSON.parse(taken.value) as OwnedVolume, project);
+            const size = (await stat(request.file)).size;
+            const before = await readProject(store, project);
+            assertWithinLimits(project, before.spec.config, {
+              before: before.usage,
+              after: addUsage(before.usage, diskOf(size)),
+            });
+            if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
+              throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
+            }
+            const vol: OwnedVolume = {
+              name: request.name,
+              project,
+              pool,
+              type: 'iso',
+              sizeBytes: size,
+              description: request.description ?? '',
+              createdAt: new Date().toISOString(),
+            };
+            await importer(p.driver, poolPath(p), vol, request.file);
+            let r: Awaited<ReturnType<typeof guardedWrite>>;
+            try {
+              r = await guardedWrite(store, project, async (g) => {
+                assertWithinLimits(project, g.spec.config, {
+                  before: g.usage,
+                  after: addUsage(g.usage, diskOf(size)),
+                });
+                return {
+                  compare: [
+                    { key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 },
+                  ],
+                  success: [
+                    { type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) },
+                  ],
+                };
+              });
+            } catch (e) {
+              await backend.delete(p.driver, poolPath(p), vol);
+              throw e;
+            }
+            if (!r.succeeded) {
+              await backend.delete(p.driver, poolPath(p), vol);
+              const now = await store.get(volumeKeys.volume(pool, vol.name));
+              throw nameTaken(vol.name, pool, now && (JSON.parse(now.value) as OwnedVolume), project);
+            }
+            lifecycle('storage-volume-created', vol);
+            return show(p, vol);
+          });
+        } finally {
+          await rm(request.file, { force: true });
+        }
+      },
+
       update(pool, name, change) {
         return serial(async () => {
           const { pool: p, vol } = await volumeRecord(pool, name);
+          if (vol.type === 'iso') {
+            throw invalidArgument(
+              `Volume ${name} is an ISO image, which keeps the size it was uploaded with`,
+            );
+          }
           const { sizeBytes } = checkVolumeConfig(change.config ?? {});
           if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
           checkGrow(vol, sizeBytes);
@@ -452,9 +562,12 @@ export function createVolumeService(deps: {
             throw invalidArgument(
               vol.type === 'filesystem'
                 ? `Volume ${name} is a filesystem volume, which only ct guests can mount; ${spec.name} is a ${spec.model} guest: use a block volume (--type block)`
-                : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
+                : vol.type === 'iso'
+                  ? `Volume ${name} is an ISO image, which only vm guests read (as a CD-ROM); ${spec.name} is a ${spec.model} guest`
+                  : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
             );
           }
+          if (vol.type === 'iso') await assertBootsFirmware(spec, name);
           let path: string | undefined;
           if (vol.type === 'filesystem') {
             if (request.path === undefined || request.path === '') {
@@ -463,7 +576,9 @@ export function createVolumeService(deps: {
             path = checkMountPath(request.path);
           } else if (request.path !== undefined) {
             throw invalidArgument(
-              `A block volume has no mount path: it shows up as a disk (vdX or ubdX) in ${spec.name}; leave the path out`,
+              vol.type === 'iso'
+                ? `An ISO has no mount path: it is the medium of a CD-ROM drive of ${spec.name}; leave the path out`
+                : `A block volume has no mount path: it shows up as a disk (vdX or ubdX) in ${spec.name}; leave the path out`,
             );
           }
           const device = request.device ?? name;
@@ -486,7 +601,14 @@ export function createVolumeService(deps: {
           if (path !== undefined && Object.values(disks).some((d) => d.path === path)) {
             throw conflict(`Guest ${spec.name} already has a volume at ${path}`);
           }
-          if (Object.keys(disks).length >= MAX_VOLUMES[spec.model]) {
+          if (vol.type === 'iso') {
+            const isos = await isosOf(disks);
+            if (isos.length >= MAX_ISOS) {
+              throw failedPrecondition(
+                `Guest ${spec.name} has ${MAX_ISOS} CD-ROM drives, both holding an ISO (${isos.join(', ')}): remove one first`,
+              );
+            }
+          } else if (Object.keys(disks).length - (await isosOf(disks)).length >= MAX_VOLUMES[spec.model]) {
             throw failedPrecondition(
               `Guest ${spec.name} has ${MAX_VOLUMES[spec.model]} volumes, the most a ${spec.model} guest can have: detach one first`,
             );

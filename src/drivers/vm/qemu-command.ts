@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { configValue, type VmMachine } from '../../core/config-keys.ts';
 import type { Accelerator } from './accelerator-probe.ts';
 import type { BootKit } from './boot-kit.ts';
+import { UEFI_VARS_FILE } from './firmware.ts';
 import { portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
 import type { QemuFds } from './qemu-fds.ts';
 
@@ -22,6 +23,8 @@ export interface VmGuestPaths {
   uidFile: string;
   /** JSON of what start() chose (BootRecord). */
   bootRecord: string;
+  /** The guest's own UEFI variables (vm.firmware=uefi), made from OVMF's template. */
+  uefiVars: string;
 }
 
 /** The guest dir and files of guest `name` (short socket names: sun_path holds 108 bytes). */
@@ -38,6 +41,7 @@ export function vmGuestPaths(stateDir: string, name: string): VmGuestPaths {
     qemuLog: join(dir, 'qemu.log'),
     uidFile: join(dir, 'uid'),
     bootRecord: join(dir, 'boot.json'),
+    uefiVars: join(dir, UEFI_VARS_FILE),
   };
 }
 
@@ -79,6 +83,39 @@ export interface DiskLayer {
   format: string;
 }
 
+/** The CD-ROM drives of a guest that boots through its firmware (ids `cd0`, `cd1`; media are iso volumes). */
+export const CDROM_DRIVES = ['cd0', 'cd1'] as const;
+export type CdromDrive = (typeof CDROM_DRIVES)[number];
+
+/** UEFI firmware files of one guest: OVMF's code (shared, read-only) and the guest's own variables. */
+export interface UefiFiles {
+  code: string;
+  vars: string;
+  /** The Secure Boot build (needs SMM) with variables enrolled with Microsoft's keys. */
+  secureBoot: boolean;
+}
+
+/**
+ * How a guest that runs its own boot loader starts (a disk image, an ISO, a blank disk): its
+ * firmware reads the boot order and boots from a disk or CD-ROM; no kernel is handed to QEMU.
+ */
+export interface FirmwareBoot {
+  /** SeaBIOS (QEMU's default) when undefined; OVMF's pflash pair otherwise. */
+  uefi?: UefiFiles;
+  /** cdrom: the CD-ROM drives come first (an OS not installed yet), disk: the root disk. */
+  bootFrom: 'disk' | 'cdrom';
+  /** Media in the CD-ROM drives at boot: the iso file of each and its node (isoNodeOf its device). */
+  media?: Partial<Record<CdromDrive, { path: string; node: string }>>;
+}
+
+/** Device models of a guest (`vm.disk_bus`, `vm.nic_model`, `vm.display`). */
+export interface VmDevices {
+  diskBus: 'virtio' | 'sata';
+  nicModel: 'virtio' | 'e1000';
+  /** A VGA device and QEMU's VNC server with no listening socket (clients come through `add_client`). */
+  display: boolean;
+}
+
 /** Everything qemuArgv needs. */
 export interface QemuCommandOptions {
   name: string;
@@ -91,7 +128,12 @@ export interface QemuCommandOptions {
    * file by the path in a header.
    */
   rootChain?: readonly DiskLayer[];
-  kit: BootKit;
+  /** The cloud kernel and initramfs of a guest booted with the kit (neither firmware nor foreignKernel). */
+  kit?: BootKit;
+  /** The guest boots its own disk or CD through its firmware: no kernel, no kit. */
+  firmware?: FirmwareBoot;
+  /** Device models; default virtio disk and NICs, no display. */
+  devices?: VmDevices;
   accelerator: Accelerator;
   machine: MachineType;
   resources: VmResources;
@@ -138,19 +180,45 @@ export function rootBlockdev(chain: readonly DiskLayer[], fds: QemuFds): Record<
  * virtio-serial port, and a virtio-net device on its host tap per NIC (none without NICs).
  */
 export function qemuArgv(options: QemuCommandOptions): string[] {
-  const { paths, kit, accelerator, machine, resources } = options;
+  const { paths, kit, accelerator, machine, resources, firmware } = options;
+  const devices: VmDevices = options.devices ?? { diskBus: 'virtio', nicModel: 'virtio', display: false };
   const microvm = machine === 'microvm';
   // microvm has no PCI: its devices sit on virtio-mmio.
   const bus = microvm ? 'device' : 'pci';
+  const { fds } = options;
   // microvm boots Debian's cloud kernel under TCG only with the legacy PIT and PIC on: without
   // them it hangs calibrating the clock (bench/vm-variants.ts).
-  const machineArg = microvm ? 'microvm,isa-serial=on,rtc=on,pit=on,pic=on' : machine;
+  const machineArg = microvm
+    ? 'microvm,isa-serial=on,rtc=on,pit=on,pic=on'
+    : firmware?.uefi
+      ? // OVMF's code and the guest's variables as the machine's two flash chips (nodes below);
+        // the Secure Boot build keeps its variables in SMM-protected flash.
+        `${machine},pflash0=fw-code,pflash1=fw-vars${firmware.uefi.secureBoot ? ',smm=on' : ''}`
+      : machine;
   // TCG's translation cache defaults to 1 GiB and fills up over time: bounded, a 128 MiB
   // guest's QEMU holds about half the host memory.
   const accelArg = accelerator === 'tcg' ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm';
-  const append = options.foreignKernel
-    ? options.kernelArgs
-    : [
+  const chardev = (id: string, socket: string, extra = ''): string[] => [
+    '-chardev',
+    `socket,id=${id},fd=${fds.fd({ kind: 'listen', path: socket })},server=on,wait=off${extra}`,
+  ];
+  // The kernel loader opens its files by name (fopen): /proc/self/fd/N reopens the inherited
+  // descriptor without walking the state dir, so only the file's own mode must let QEMU read it.
+  const procFd = (path: string): string => `/proc/self/fd/${fds.fd({ kind: 'file', path, access: 'read' })}`;
+  let boot: string[];
+  if (firmware) {
+    boot = firmware.uefi ? uefiArgs(firmware.uefi, fds) : [];
+  } else if (options.foreignKernel) {
+    boot = ['-kernel', procFd(options.foreignKernel), '-append', options.kernelArgs.join(' ')];
+  } else {
+    if (!kit) throw new Error('qemuArgv: a guest booted with the kit needs its kit');
+    boot = [
+      '-kernel',
+      procFd(kit.kernelPath),
+      '-initrd',
+      procFd(kit.initramfsPath),
+      '-append',
+      [
         'console=ttyS0',
         'root=/dev/vda',
         'rootfstype=ext4',
@@ -159,19 +227,25 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
         // A kernel panic (an init that exits) restarts, and -no-reboot turns that into QEMU's exit.
         'panic=-1',
         ...options.kernelArgs,
-      ];
-  const { fds } = options;
-  const chardev = (id: string, socket: string, extra = ''): string[] => [
-    '-chardev',
-    `socket,id=${id},fd=${fds.fd({ kind: 'listen', path: socket })},server=on,wait=off${extra}`,
-  ];
-  // The kernel loader opens its files by name (fopen): /proc/self/fd/N reopens the inherited
-  // descriptor without walking the state dir, so only the file's own mode must let QEMU read it.
-  const procFd = (path: string): string => `/proc/self/fd/${fds.fd({ kind: 'file', path, access: 'read' })}`;
-  const boot = options.foreignKernel
-    ? ['-kernel', procFd(options.foreignKernel)]
-    : ['-kernel', procFd(kit.kernelPath), '-initrd', procFd(kit.initramfsPath)];
+      ].join(' '),
+    ];
+  }
   const rootChain = options.rootChain ?? [{ path: paths.disk, format: 'qcow2' }];
+  // With a firmware the boot order is the devices' bootindex: the CD-ROMs first until the OS is
+  // installed (a blank disk), the disk first after that.
+  const cdFirst = firmware?.bootFrom === 'cdrom';
+  const bootIndex = (what: 'disk' | CdromDrive): string => {
+    if (!firmware) return '';
+    const order = cdFirst ? [...CDROM_DRIVES, 'disk'] : ['disk', ...CDROM_DRIVES];
+    return `,bootindex=${order.indexOf(what) + 1}`;
+  };
+  const sata = devices.diskBus === 'sata';
+  // q35 has an AHCI controller of six ports (ide.0…ide.5); pc has two IDE buses of two units.
+  const ataBus = (n: number): string => (machine === 'q35' ? `ide.${n}` : `ide.${n >> 1},unit=${n & 1}`);
+  const rootDevice = sata
+    ? `ide-hd,drive=root,bus=${ataBus(0)},werror=enospc,rerror=report${bootIndex('disk')}`
+    : // What -drive did by default: a full disk pauses the guest (io-error) instead of failing its writes.
+      `virtio-blk-${bus},drive=root,werror=enospc,rerror=report${bootIndex('disk')}`;
   return [
     'qemu-system-x86_64',
     '-name',
@@ -190,7 +264,9 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-no-user-config',
     '-display',
     'none',
-    '-no-reboot',
+    // An OS of its own reboots (an installer does at its end): QEMU stays, as a machine would.
+    // The kit's guests are powered off instead, so that a broken boot is a dead QEMU.
+    ...(firmware ? [] : ['-no-reboot']),
     // seccomp: obsolete system calls, set*uid/gid, fork and exec, and scheduler/affinity changes
     // are refused. QEMU is not daemonized (the launcher starts it detached): -daemonize forks,
     // which spawn=deny forbids.
@@ -207,13 +283,10 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     '-serial',
     'chardev:console',
     ...boot,
-    '-append',
-    append.join(' '),
     '-blockdev',
     JSON.stringify(rootBlockdev(rootChain, fds)),
-    // What -drive did by default: a full disk pauses the guest (io-error) instead of failing its writes.
     '-device',
-    `virtio-blk-${bus},drive=root,werror=enospc,rerror=report`,
+    rootDevice,
     ...(options.configDisk
       ? [
           '-blockdev',
@@ -231,6 +304,8 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
           `virtio-blk-${bus},drive=config,serial=trivisor-config`,
         ]
       : []),
+    ...(firmware ? cdromArgs(firmware, { ataBus, bootIndex, fds }) : []),
+    ...(devices.display ? displayArgs() : []),
     '-object',
     'rng-random,id=rng,filename=/dev/urandom',
     '-device',
@@ -242,9 +317,87 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
     ...chardev('agent', paths.agentSocket),
     '-device',
     'virtserialport,bus=vser.0,chardev=agent,name=org.qemu.guest_agent.0',
-    ...nicArgs(options.nics ?? [], { bus, machine, fds }),
+    ...nicArgs(options.nics ?? [], { bus, machine, fds, model: devices.nicModel }),
   ];
 }
+
+/** OVMF's code (read-only, shared) and the guest's variables (its own) as flash nodes, both descriptors. */
+function uefiArgs(uefi: UefiFiles, fds: QemuFds): string[] {
+  const node = (name: string, path: string, readOnly: boolean) =>
+    JSON.stringify({
+      driver: 'raw',
+      'node-name': name,
+      ...(readOnly ? { 'read-only': true } : {}),
+      file: {
+        driver: 'file',
+        filename: fds.fdset({ kind: 'file', path, access: readOnly ? 'read' : 'readwrite' }),
+        ...(readOnly ? { 'read-only': true } : {}),
+      },
+    });
+  return [
+    '-blockdev',
+    node('fw-code', uefi.code, true),
+    '-blockdev',
+    node('fw-vars', uefi.vars, false),
+    // Only SMM code may write the variables: what Secure Boot's keys rely on.
+    ...(uefi.secureBoot ? ['-global', 'driver=cfi.pflash01,property=secure,value=on'] : []),
+  ];
+}
+
+/** The QEMU node of an ISO volume's medium (the same at boot and hot-inserted, so either can be ejected). */
+export const isoNodeOf = (device: string): string => `iso-${device}`.slice(0, 31);
+
+/** Two CD-ROM drives on the ATA bus after the root disk's port, with their media (read-only descriptors). */
+function cdromArgs(
+  firmware: FirmwareBoot,
+  helpers: { ataBus: (n: number) => string; bootIndex: (what: CdromDrive) => string; fds: QemuFds },
+): string[] {
+  return CDROM_DRIVES.flatMap((drive, i) => {
+    const medium = firmware.media?.[drive];
+    const node = medium?.node;
+    return [
+      ...(medium
+        ? [
+            '-blockdev',
+            JSON.stringify({
+              driver: 'raw',
+              'node-name': node,
+              'read-only': true,
+              file: {
+                driver: 'file',
+                filename: helpers.fds.fdset({ kind: 'file', path: medium.path, access: 'read' }),
+                'read-only': true,
+              },
+            }),
+          ]
+        : []),
+      '-device',
+      `ide-cd,id=${drive},bus=${helpers.ataBus(2 + i)}${node ? `,drive=${node}` : ''}${helpers.bootIndex(drive)}`,
+    ];
+  });
+}
+
+/**
+ * A VGA device (text modes, VBE for firmware and boot loaders, GOP under OVMF), a USB tablet so
+ * that a viewer's pointer lands where it is shown, and QEMU's VNC server with no listening
+ * socket: each viewer is a socket pair the daemon hands over (`add_client`), nothing listens.
+ */
+function displayArgs(): string[] {
+  return [
+    '-device',
+    'VGA,id=video0',
+    '-device',
+    'qemu-xhci,id=usb',
+    '-device',
+    'usb-tablet,bus=usb.0',
+    '-vnc',
+    'none',
+  ];
+}
+
+/** The QEMU device of a NIC model (e1000 for OSes without virtio drivers). */
+export const nicDriverOf = (model: 'virtio' | 'e1000', bus = 'pci'): string =>
+  model === 'e1000' ? 'e1000' : `virtio-net-${bus}`;
 
 /** QEMU ids of a NIC's netdev and device (the same at boot and when hot-plugged, so either can be unplugged). */
 export const nicEngineIds = (nic: string): { netdev: string; device: string } => ({
@@ -259,7 +412,7 @@ export const nicEngineIds = (nic: string): { netdev: string; device: string } =>
  */
 function nicArgs(
   nics: ReadonlyArray<{ nic?: string; tap: string; mac: string }>,
-  options: { bus: string; machine: string; fds: QemuFds },
+  options: { bus: string; machine: string; fds: QemuFds; model: 'virtio' | 'e1000' },
 ): string[] {
   // On q35 the NICs sit on hot-plug root ports (always there, so that a running guest can take
   // a NIC), and the ones plugged at boot can go live too.
@@ -274,7 +427,7 @@ function nicArgs(
         '-netdev',
         `tap,id=${ids.netdev},fd=${options.fds.fd({ kind: 'tap', name: n.tap })}`,
         '-device',
-        `virtio-net-${options.bus},netdev=${ids.netdev},mac=${n.mac}${ids.device ? `,id=${ids.device}` : ''}${port}`,
+        `${nicDriverOf(options.model, options.bus)},netdev=${ids.netdev},mac=${n.mac}${ids.device ? `,id=${ids.device}` : ''}${port}`,
       ];
     }),
   ];

@@ -18,7 +18,12 @@ export type FdSource =
   /** A unix socket bound by root (0600, so only root can connect) and listening. */
   | { kind: 'listen'; path: string }
   /** The persistent tap `name`, attached (TUNSETIFF with a virtio-net header) by root. */
-  | { kind: 'tap'; name: string };
+  | { kind: 'tap'; name: string }
+  /**
+   * One end of a new connected socket pair, whose other end the daemon keeps (sender only):
+   * a VNC client's connection handed to QEMU's display with `add_client`.
+   */
+  | { kind: 'pair' };
 
 /** A file given to QEMU in an fd set (`/dev/fdset/N`): for options that take a file name. */
 export type FileSource = Extract<FdSource, { kind: 'file' }>;
@@ -30,9 +35,14 @@ const ACCESS_CODE: Record<FileSource['access'], string> = {
   truncate: 'w',
 };
 
-/** One launcher or sender directive per source: `file:N:MODE:PATH`, `listen:N:PATH`, `tap:N:NAME`. */
+/**
+ * One launcher or sender directive per source: `file:N:MODE:PATH`, `listen:N:PATH`, `tap:N:NAME`,
+ * `fd:N` (a descriptor the sender was started with: a socket pair's end).
+ */
 export function directiveOf(fd: number, source: FdSource): string {
   switch (source.kind) {
+    case 'pair':
+      return `fd:${fd}`;
     case 'file':
       return `file:${fd}:${ACCESS_CODE[source.access]}:${source.path}`;
     case 'listen':
@@ -107,6 +117,11 @@ sub open_source {
     umask($old);
     listen($s, 16) or die "cannot listen on $path: $!\\n";
     return ($n, $s);
+  }
+  if ($kind eq 'fd') {
+    # A descriptor this process was started with (Node made the pair: its stdio 'pipe' is one).
+    open(my $h, '+<&=', $rest) or die "fd $rest: $!\\n";
+    return ($rest, $h);
   }
   if ($kind eq 'tap') {
     my ($n, $name) = split(/:/, $rest, 2);
@@ -235,27 +250,40 @@ export function launcherArgv(options: {
   ];
 }
 
-/** The argv of the sender of one QMP message with descriptors (the connection is its fd 3). */
+/**
+ * The argv of the sender of one QMP message with descriptors (the connection is its fd 3;
+ * the socket pairs' ends its fds 4, 5… in order).
+ */
 export function senderArgv(line: string, sources: readonly FdSource[]): string[] {
-  // The numbers only name the directives: the sender attaches whatever fds it opened, in order.
-  return perl(SEND_SCRIPT, [line, ...sources.map((s, i) => directiveOf(100 + i, s))]);
+  // Other numbers only name the directives: the sender attaches whatever fds it opened, in order.
+  let pair = 4;
+  return perl(SEND_SCRIPT, [
+    line,
+    ...sources.map((s, i) => directiveOf(s.kind === 'pair' ? pair++ : 100 + i, s)),
+  ]);
 }
 
 /**
  * Sends `line` on `socket` with `sources` attached, through the perl sender. Node hands the
  * socket to the child as its fd 3 and pauses its own reading meanwhile: it is resumed at
- * once (the reply is read by the daemon as usual).
+ * once (the reply is read by the daemon as usual). Resolves with the daemon's ends of the
+ * `pair` sources, in order: libuv makes a child's stdio 'pipe' as a unix socket pair, so
+ * the sender gets one end as its fd and hands it on, and the other stays here, connected
+ * to whoever holds the first once the sender exits.
  */
 export function sendWithFds(
   runner: ProcessRunner,
   socket: Socket,
   line: string,
   sources: readonly FdSource[],
-): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
+): Promise<Socket[]> {
+  return new Promise<Socket[]>((resolve, reject) => {
     let child: ChildProcess;
+    const pairs = sources.filter((s) => s.kind === 'pair').length;
     try {
-      child = runner.spawn(senderArgv(line, sources), { stdio: ['ignore', 'ignore', 'pipe', socket] });
+      child = runner.spawn(senderArgv(line, sources), {
+        stdio: ['ignore', 'ignore', 'pipe', socket, ...Array.from({ length: pairs }, () => 'pipe' as const)],
+      });
     } catch (e) {
       reject(internal(`Cannot hand QEMU a descriptor: ${e instanceof Error ? e.message : String(e)}`));
       return;
@@ -265,12 +293,21 @@ export function sendWithFds(
     const err: Buffer[] = [];
     child.stderr?.on('data', (d: Buffer) => err.push(d));
     child.on('error', (e) => reject(internal(`Cannot hand QEMU a descriptor: ${e.message}`)));
-    child.on('close', (code) => {
-      if (code === 0) resolve();
-      else {
-        const why = Buffer.concat(err).toString('utf8').trim().split('\n').pop() || `exit ${code}`;
-        reject(internal(`Cannot hand QEMU a descriptor: ${why}`));
-      }
+    const ends = child.stdio.slice(4, 4 + pairs) as Socket[];
+    // Not 'close': that waits for every stdio stream, and a pair's end stays open for QEMU.
+    const stderrDone = new Promise<void>((done) => {
+      if (!child.stderr) done();
+      child.stderr?.once('close', () => done());
+    });
+    child.on('exit', (code) => {
+      void stderrDone.then(() => {
+        if (code === 0) resolve(ends);
+        else {
+          for (const end of ends) end.destroy();
+          const why = Buffer.concat(err).toString('utf8').trim().split('\n').pop() || `exit ${code}`;
+          reject(internal(`Cannot hand QEMU a descriptor: ${why}`));
+        }
+      });
     });
   });
 }

@@ -1,4 +1,4 @@
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { internal, TrivisorError, unavailable } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
@@ -37,6 +37,11 @@ export interface QmpClient {
     fds: readonly FdSource[],
     options?: { timeoutMs?: number },
   ): Promise<T>;
+  /**
+   * `getfd` with one end of a new connected socket pair named `fdname`; resolves with the
+   * other end once QEMU took it (then e.g. `add_client` gives it to the VNC server).
+   */
+  getfdPair(fdname: string, options?: { timeoutMs?: number }): Promise<Socket>;
   /** Calls `listener` for every event; returns a function that stops listening. */
   onEvent(listener: (event: QmpEvent) => void): () => void;
   /** Resolves with the first event named `name` that arrives from now on. */
@@ -74,7 +79,7 @@ export function createQmpClient(
   options: {
     timeoutMs?: number;
     /** Writes one line on the stream with descriptors attached; absent: executeWithFds refuses. */
-    sendWithFds?: (line: string, fds: readonly FdSource[]) => Promise<void>;
+    sendWithFds?: (line: string, fds: readonly FdSource[]) => Promise<Socket[]>;
   } = {},
 ): Promise<QmpClient> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -153,11 +158,13 @@ export function createQmpClient(
   stream.on('error', (e) => fail(e));
   stream.on('close', () => fail(new Error('socket closed')));
 
+  /** `onEnds` gets the daemon's ends of the line's socket pairs, once it is sent. */
   const send = <T>(
     command: string,
     args: Record<string, unknown> | undefined,
     ms: number,
     fds?: readonly FdSource[],
+    onEnds?: (ends: Socket[]) => void,
   ): Promise<T> => {
     if (gone) return Promise.reject(unavailable(`QMP connection is closed: cannot run ${command}.`));
     const { sendWithFds } = options;
@@ -174,7 +181,7 @@ export function createQmpClient(
       const line = `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`;
       const write = (): Promise<void> =>
         fds && sendWithFds
-          ? sendWithFds(line, fds)
+          ? sendWithFds(line, fds).then((ends) => onEnds?.(ends))
           : new Promise<void>((done, failed) => stream.write(line, (e) => (e ? failed(e) : done())));
       writing = writing.then(write).catch((e: unknown) => {
         // The line never reached QEMU: no answer will come.
@@ -203,6 +210,20 @@ export function createQmpClient(
         closed,
         execute: (command, args, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs),
         executeWithFds: (command, args, fds, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs, fds),
+        async getfdPair(fdname, opts) {
+          let ends: Socket[] = [];
+          try {
+            await send('getfd', { fdname }, opts?.timeoutMs ?? timeoutMs, [{ kind: 'pair' }], (e) => {
+              ends = e;
+            });
+          } catch (e) {
+            for (const end of ends) end.destroy();
+            throw e;
+          }
+          const end = ends[0];
+          if (!end) throw internal('The descriptor sender made no socket pair.');
+          return end;
+        },
         onEvent(listener) {
           listeners.add(listener);
           return () => listeners.delete(listener);

@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
 import { connectQga, type QgaClient } from '../../host/qga-client.ts';
-import { GUEST_BUSYBOX, qgaExecSession } from '../../host/qga-exec-session.ts';
-import type { ExecOptions, ExecSession } from '../guest-driver.ts';
+import { GUEST_BUSYBOX, type QgaExecSessionOptions, qgaExecSession } from '../../host/qga-exec-session.ts';
+import type { ExecSession } from '../guest-driver.ts';
 
 /**
  * Connections to the guest agents of one driver instance, one per guest.
@@ -22,8 +22,8 @@ export interface AgentPool {
    * ACPI and has no /sbin/shutdown for guest-shutdown) acts on.
    */
   signalInit(socketPath: string, signal: string, options: { timeoutMs: number }): Promise<void>;
-  /** An exec session through the agent. */
-  exec(socketPath: string, options: ExecOptions): Promise<ExecSession>;
+  /** An exec session through the agent (`busyboxPath`: what wraps cwd and user changes, the kit's busybox by default). */
+  exec(socketPath: string, options: QgaExecSessionOptions): Promise<ExecSession>;
   /** Closes the connection to one guest's agent (before its sockets go away). */
   drop(socketPath: string): void;
   /** Runs `work` on the guest's shared connection (after a sync), e.g. fsfreeze around a snapshot. */

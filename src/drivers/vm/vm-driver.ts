@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -26,6 +27,7 @@ import type {
   DriverContext,
   ExecSession,
   GuestDriver,
+  GuestInterface,
   ImageHandle,
   ProbeResult,
   RuntimeState,
@@ -40,14 +42,21 @@ import {
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
 import { type BootKit, defaultBootDir, ensureBootKit, hasCloudKernel, modulesDirOf } from './boot-kit.ts';
+import { DEFAULT_OVMF_DIR, diskIsInstalled, ensureUefiVars, requireOvmf } from './firmware.ts';
 import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
+  CDROM_DRIVES,
+  type CdromDrive,
   DEFAULT_VM_DISK_BYTES,
   type DiskLayer,
+  type FirmwareBoot,
+  isoNodeOf,
   type MachineType,
   MIN_VM_MEMORY_BYTES,
+  nicDriverOf,
   nicEngineIds,
   qemuArgv,
+  type VmDevices,
   type VmGuestPaths,
   vmGuestPaths,
   vmResources,
@@ -56,6 +65,7 @@ import { launcherArgv, type QemuIdentity, qemuFds } from './qemu-fds.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { connectSerialConsole } from './serial-console.ts';
 import { type AgentPool, createAgentPool } from './vm-agent.ts';
+import { keyPresses, openDisplay, screenshotPng, sendKeys } from './vm-display.ts';
 import { vmVolumeArgs } from './vm-volumes.ts';
 
 /** The config disk (injected files) in the guest: the second virtio-blk disk, after the root. */
@@ -66,6 +76,8 @@ const AGENT_FILE_TIMEOUT_MS = 30_000;
 const POLL_MS = 100;
 /** How long start() waits for the kit's init and its agent (TCG on a busy 2-core host is slow). */
 const DEFAULT_START_TIMEOUT_MS = 180_000;
+/** How long exec and files wait for the agent of a guest's own OS before saying it has none. */
+const AGENT_DETECT_TIMEOUT_MS = 3000;
 /** How long stop() waits for QEMU to exit after `quit` or SIGKILL. */
 const KILL_WAIT_MS = 10_000;
 /** How long QEMU may take from exec to its QMP greeting (devices set up, main loop running). */
@@ -102,7 +114,26 @@ export interface BootRecord {
   uid?: number;
   /** Booted another OS's kernel without the guest kit (image property vm.kernel): no agent. */
   foreign?: boolean;
+  /**
+   * How it booted: the kit (cloud kernel and initramfs), another OS's kernel (vm.kernel), or
+   * its own disk or CD through its firmware (a disk image, an ISO install). Absent: kit, or
+   * kernel when `foreign`.
+   */
+  boot?: BootMode;
+  firmware?: 'bios' | 'uefi';
+  /** It has a VGA device and a VNC server (vm.display). */
+  display?: boolean;
+  nicModel?: 'virtio' | 'e1000';
 }
+
+/** How a vm guest boots (BootRecord.boot). */
+export type BootMode = 'kit' | 'kernel' | 'firmware';
+
+/**
+ * What runs a command in a guest without the kit: `env` finds the guest's own tools on its PATH
+ * where the agent helpers would name the kit's busybox (`env sh -c …`, `env chmod …`).
+ */
+const OWN_TOOLS = '/usr/bin/env';
 
 /** Per-host settings of the vm driver (main.ts passes them from the host config). */
 export interface VmDriverOptions {
@@ -122,6 +153,8 @@ export interface VmDriverOptions {
    * Defaults to `idmapBase + 65536`, between ct's ids and pvm's.
    */
   uidBase?: number;
+  /** Where OVMF's files are (vm.firmware=uefi); default Debian's /usr/share/OVMF. */
+  ovmfDir?: string;
 }
 
 const exists = async (path: string): Promise<boolean> => {
@@ -146,6 +179,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const agents = options.agents ?? createAgentPool();
   const consoles = createConsoleSlots();
   const uidBase = options.uidBase ?? ctx.idmapBase + VM_UID_OFFSET;
+  const ovmfDir = options.ovmfDir ?? DEFAULT_OVMF_DIR;
   /** The test boot's QEMU runs unprivileged too, as the uid no guest gets. */
   const probeUid = uidBase + UID_SLOTS - 1;
   let uidLock: Promise<unknown> = Promise.resolve();
@@ -374,38 +408,55 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     }
   };
 
-  /** The root disk and its backing files, top first, as QEMU must be given them. */
+  /** What `qemu-img info` says of one file of a given format (never following a backing file). */
+  const qemuImgInfo = async (
+    file: string,
+    format: string,
+  ): Promise<{ virtualSize: number; backing?: string }> => {
+    const { stdout } = await runner.run(['qemu-img', 'info', '-U', '-f', format, '--output=json', file]);
+    const info = JSON.parse(stdout) as { 'virtual-size': number; 'backing-filename'?: string };
+    return {
+      virtualSize: info['virtual-size'],
+      ...(info['backing-filename'] !== undefined && { backing: info['backing-filename'] }),
+    };
+  };
+
   /**
    * The root disk and its backing file, as QEMU is to be given them. QEMU holds the qcow2
    * open for writing, header included, so a QEMU a guest took over could name any host file
    * as the backing file, which root would then open for it at the next start: only an
    * image's base disk (raw, beside the image's current one or under the state dir's
-   * images) is handed over.
+   * images; a disk image's qcow2, itself without a backing file) is handed over, and a
+   * blank disk has none at all.
    */
-  const diskChain = async (spec: GuestSpec, image: ImageHandle): Promise<DiskLayer[]> => {
+  const diskChain = async (spec: GuestSpec, image: ImageHandle, mode: BootMode): Promise<DiskLayer[]> => {
     const disk = pathsOf(spec).disk;
     const { stdout } = await runner.run([
       ...['qemu-img', 'info', '-U', '-f', 'qcow2', '--backing-chain', '--output=json', disk],
     ]);
     const [, base, ...deeper] = JSON.parse(stdout) as Array<{ filename: string; format: string }>;
     const top: DiskLayer = { path: disk, format: 'qcow2' };
+    const refused = (what: string) =>
+      failedPrecondition(
+        `Guest ${spec.name}'s disk names a backing file that is not ${what} (${base?.filename}): it is not handed to QEMU; restore the guest from a backup or recreate it.`,
+      );
     if (!base) return [top];
+    if (image.blank) throw refused('anything: it was made blank');
     const real = await realpath(base.filename).catch(() => undefined);
     const allowed = [
       dirname(await realpath(await image.baseDisk())),
       await realpath(join(stateDir, 'images')).catch(() => join(stateDir, 'images')),
     ];
+    const format = mode === 'firmware' ? 'qcow2' : 'raw';
     if (
       deeper.length > 0 ||
-      base.format !== 'raw' ||
+      base.format !== format ||
       !real ||
       !allowed.some((d) => real.startsWith(`${d}/`))
     ) {
-      throw failedPrecondition(
-        `Guest ${spec.name}'s disk names a backing file that is not an image's base disk (${base.filename}): it is not handed to QEMU; restore the guest from a backup or recreate it.`,
-      );
+      throw refused("an image's base disk");
     }
-    return [top, { path: real, format: 'raw' }];
+    return [top, { path: real, format }];
   };
 
   const qemuLogTail = async (spec: GuestSpec): Promise<string> =>
@@ -487,6 +538,31 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
     }
   };
 
+  /**
+   * Whether the running guest's agent is its own OS's (a disk image's or an installed OS's
+   * qemu-guest-agent), not the kit's: true, after checking that it answers, which it must
+   * for exec and files (FailedPrecondition saying so otherwise).
+   */
+  const ownAgent = async (spec: GuestSpec): Promise<boolean> => {
+    if (bootOf(await readBoot(spec)) === 'kit') return false;
+    if (!(await agents.ping(pathsOf(spec).agentSocket, { timeoutMs: AGENT_DETECT_TIMEOUT_MS }))) {
+      throw failedPrecondition(
+        `Guest ${spec.name} has no guest agent: exec and files need qemu-guest-agent running in it (install it there, e.g. apt-get install qemu-guest-agent).`,
+      );
+    }
+    return true;
+  };
+
+  /** A running guest with a display (vm.display). */
+  const runningDisplay = async (spec: GuestSpec): Promise<void> => {
+    await runningQemu(spec);
+    if (!(await readBoot(spec))?.display) {
+      throw failedPrecondition(
+        `Guest ${spec.name} has no display: set vm.display=true and restart it (a guest booted with Trivisor's kernel has its serial console).`,
+      );
+    }
+  };
+
   const driver: GuestDriver = {
     model: 'vm',
 
@@ -529,7 +605,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       return { model: 'vm', supported, version, warnings, details };
     },
 
-    validate(spec) {
+    validate(spec, image) {
       if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
         throw invalidArgument(
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
@@ -549,6 +625,23 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       }
       const disk = spec.config['limits.disk'];
       if (disk !== undefined) parseBytes(disk, 'limits.disk');
+      if (configValue.vmSecureBoot(spec.config) && configValue.vmFirmware(spec.config) !== 'uefi') {
+        throw invalidArgument('vm.secureboot=true needs vm.firmware=uefi: set both.');
+      }
+      if (image) {
+        const mode = bootModeOf({
+          record: image,
+          rootfs: '',
+          blank: image.fingerprint === '',
+          baseDisk: noDisk,
+        });
+        try {
+          assertBootConfig(spec, mode);
+        } catch (e) {
+          // A request that asks for it is wrong as asked (at start it is the host's state that is).
+          throw invalidArgument(e instanceof Error ? e.message : String(e));
+        }
+      }
       if (stateDir.includes(',')) {
         throw failedPrecondition(
           `The state dir ${stateDir} holds a comma, which QEMU options cannot carry: move it.`,
@@ -567,34 +660,50 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       driver.validate(spec);
       const p = pathsOf(spec);
       if (await exists(p.disk)) return;
+      const mode = bootModeOf(image);
+      assertBootConfig(spec, mode);
       await withRevert(async (r) => {
         await mkdir(join(stateDir, 'guests'), { recursive: true });
         // The dir may be left from a create that died half-way (it then holds no disk): reuse it.
         const made = await mkdir(p.dir, { recursive: true, mode: 0o700 });
         r.add(() => (made ? rm(p.dir, { recursive: true, force: true }) : rm(p.disk, { force: true })));
         await allocateUid(spec);
-        const base = await image.baseDisk();
-        const baseBytes = (await stat(base)).size;
         const disk = spec.config['limits.disk'];
-        const diskBytes = disk === undefined ? Math.max(DEFAULT_VM_DISK_BYTES, baseBytes) : parseBytes(disk);
-        if (diskBytes < baseBytes) {
-          throw invalidArgument(
-            `limits.disk=${disk} is smaller than the image's base disk (${Math.ceil(baseBytes / 2 ** 20)}MiB): give at least that.`,
-          );
+        if (image.blank) {
+          // No image: a blank disk for an OS installed from an ISO.
+          const size = disk === undefined ? DEFAULT_VM_DISK_BYTES : parseBytes(disk);
+          await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', p.disk, String(size)]);
+        } else {
+          const base = await image.baseDisk();
+          // A disk image is a qcow2 of its own size; a tree's base disk a raw ext4 image.
+          const format = mode === 'firmware' ? 'qcow2' : 'raw';
+          const baseBytes =
+            format === 'qcow2' ? (await qemuImgInfo(base, 'qcow2')).virtualSize : (await stat(base)).size;
+          const diskBytes =
+            disk === undefined ? Math.max(DEFAULT_VM_DISK_BYTES, baseBytes) : parseBytes(disk);
+          if (diskBytes < baseBytes) {
+            throw invalidArgument(
+              `limits.disk=${disk} is smaller than the image's ${mode === 'firmware' ? 'disk' : 'base disk'} (${Math.ceil(baseBytes / 2 ** 20)}MiB): give at least that.`,
+            );
+          }
+          await runner.run([
+            'qemu-img',
+            'create',
+            '-q',
+            '-f',
+            'qcow2',
+            '-F',
+            format,
+            '-b',
+            base,
+            p.disk,
+            String(diskBytes),
+          ]);
         }
-        await runner.run([
-          'qemu-img',
-          'create',
-          '-q',
-          '-f',
-          'qcow2',
-          '-F',
-          'raw',
-          '-b',
-          base,
-          p.disk,
-          String(diskBytes),
-        ]);
+        if (mode === 'firmware' && configValue.vmFirmware(spec.config) === 'uefi') {
+          const secureBoot = configValue.vmSecureBoot(spec.config);
+          await ensureUefiVars(p.dir, await requireOvmf(ovmfDir, secureBoot), { secureBoot });
+        }
         await writeFile(p.consoleLog, '', { mode: 0o600 });
       });
     },
@@ -608,10 +717,12 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       const running = await liveQemu(spec);
       if (running) return running;
       await cleanUpRuntime(spec);
+      const mode = bootModeOf(image);
+      assertBootConfig(spec, mode);
       const kit = await bootKit();
       const verdict = await accelerator(kit);
       const resources = vmResources(spec.config);
-      const foreign = foreignBootOf(image);
+      const foreign = mode === 'kernel' ? foreignBootOf(image) : undefined;
       if (foreign && !(await exists(foreign.kernel))) {
         throw failedPrecondition(
           `The kernel ${foreign.kernel} of image ${image.record.fingerprint} does not exist on this host: install it or fix the image's vm.kernel property.`,
@@ -622,6 +733,28 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
       const guestMachine = configValue.vmMachine(spec.config) ?? machine;
+      const uefi =
+        mode === 'firmware' && configValue.vmFirmware(spec.config) === 'uefi'
+          ? await requireOvmf(ovmfDir, configValue.vmSecureBoot(spec.config))
+          : undefined;
+      const devices: VmDevices = {
+        diskBus: configValue.vmDiskBus(spec.config),
+        nicModel: configValue.vmNicModel(spec.config),
+        // A guest that runs its own OS is seen on its screen; the kit's guests have a serial console.
+        display: configValue.vmDisplay(spec.config) ?? mode === 'firmware',
+      };
+      const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+      const isos = volumes.filter((v) => v.type === 'iso');
+      if (isos.length > 0 && mode !== 'firmware') {
+        throw failedPrecondition(
+          `Guest ${spec.name} boots Trivisor's kernel directly, which has no CD-ROM: detach ${isos.map((v) => v.volume).join(', ')}.`,
+        );
+      }
+      if (isos.length > CDROM_DRIVES.length) {
+        throw failedPrecondition(
+          `Guest ${spec.name} has ${CDROM_DRIVES.length} CD-ROM drives and ${isos.length} ISOs attached: detach one.`,
+        );
+      }
       return withRevert(async (r) => {
         const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
         r.add(() => cleanUpRuntime(spec));
@@ -630,40 +763,65 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         const nics = taps.map((t) => ({ name: t.nic, mac: t.mac }));
         // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start).
         const files = injectedFiles(spec.config);
-        if (foreign && files.length > 0) {
+        if (mode !== 'kit' && files.length > 0) {
           throw failedPrecondition(
-            `Image ${image.record.fingerprint} boots its own kernel without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
+            `Guest ${spec.name} boots ${mode === 'firmware' ? 'its own disk' : 'its own kernel'} without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
           );
         }
         const configDisk = join(p.dir, 'config.ext4');
-        const withConfig = await writeConfigDisk(files, configDisk, { runner });
+        const withConfig = mode === 'kit' ? await writeConfigDisk(files, configDisk, { runner }) : false;
         const identity = await qemuIdentity(spec, verdict.accelerator);
-        await assertReadableByOthers(foreign ? [foreign.kernel] : [kit.kernelPath, kit.initramfsPath]);
+        if (mode === 'kit') await assertReadableByOthers([kit.kernelPath, kit.initramfsPath]);
+        if (foreign) await assertReadableByOthers([foreign.kernel]);
+        const rootChain = await diskChain(spec, image, mode);
+        let firmware: FirmwareBoot | undefined;
+        if (mode === 'firmware') {
+          const secureBoot = configValue.vmSecureBoot(spec.config);
+          const media: NonNullable<FirmwareBoot['media']> = {};
+          isos.forEach((v, i) => {
+            const drive = CDROM_DRIVES[i] as CdromDrive;
+            media[drive] = { path: v.hostPath, node: isoNodeOf(v.device) };
+          });
+          firmware = {
+            // Checked after the chain: qemu-img reads the disk as root, and only a checked chain.
+            bootFrom: (await diskIsInstalled(runner, p.disk, { format: 'qcow2' })) ? 'disk' : 'cdrom',
+            media,
+            ...(uefi && {
+              uefi: {
+                code: uefi.code,
+                vars: await ensureUefiVars(p.dir, uefi, { secureBoot }),
+                secureBoot,
+              },
+            }),
+          };
+        }
         const fds = qemuFds();
         const argv = qemuArgv({
           name: spec.name,
           paths: p,
           fds,
-          rootChain: await diskChain(spec, image),
+          rootChain,
           kit,
           accelerator: verdict.accelerator,
           machine: guestMachine,
           resources,
-          ...(foreign
-            ? { foreignKernel: foreign.kernel, kernelArgs: foreign.cmdline }
-            : {
-                kernelArgs: kitKernelArgs({
+          devices,
+          ...(firmware && { firmware }),
+          ...(foreign && { foreignKernel: foreign.kernel }),
+          kernelArgs:
+            mode === 'kit'
+              ? kitKernelArgs({
                   hostname: spec.name,
                   model: 'vm',
                   nics,
                   ...(withConfig ? { configDevice: VM_CONFIG_DEVICE } : {}),
-                }),
-              }),
+                })
+              : (foreign?.cmdline ?? []),
           nics: taps,
           ...(withConfig ? { configDisk } : {}),
         });
         // Attached block volumes, and on q35 the root ports that let volumes come and go live.
-        argv.push(...vmVolumeArgs((await ctx.volumes?.resolve(spec)) ?? [], guestMachine, fds));
+        argv.push(...vmVolumeArgs(volumes, guestMachine, fds));
         argv.push(...fds.addFdArgs());
         const launched = await launchQemu(
           spec,
@@ -685,16 +843,27 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           balloonBytes: resources.memoryMiB * 2 ** 20,
           vcpus: resources.vcpus,
           stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
-          kernelRelease: kit.kernelRelease,
+          kernelRelease: mode === 'kit' ? kit.kernelRelease : '',
           uid: identity.uid,
+          boot: mode,
+          display: devices.display,
+          nicModel: devices.nicModel,
           ...(foreign ? { foreign: true } : {}),
+          ...(firmware && { firmware: firmware.uefi ? 'uefi' : 'bios' }),
         });
         await waitQemuReady(spec, started, launched.exited);
         await setCpuQuota(spec, resources.cpuQuotaUs);
         if (foreign) await waitForeignBooted(spec, started, { consoleOffset, ready: foreign.ready });
-        else await waitBooted(spec, started, consoleOffset);
+        else if (mode === 'firmware') {
+          // Its own OS says nothing Trivisor knows: it runs once its firmware does, or, with the
+          // image property vm.ready, once that text is on its serial console.
+          await waitForeignBooted(spec, started, {
+            consoleOffset,
+            ready: image.record.properties['vm.ready'],
+          });
+        } else await waitBooted(spec, started, consoleOffset);
         log.info(
-          { guest: spec.name, pid, uid: identity.uid, accelerator: verdict.accelerator },
+          { guest: spec.name, pid, uid: identity.uid, accelerator: verdict.accelerator, boot: mode },
           'vm guest started',
         );
         return started;
@@ -712,12 +881,16 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           // A paused CPU cannot act on a power-down request.
           if ((await runStatus(spec)) === 'paused')
             await withQmp(spec, (c) => c.execute('cont')).catch(() => {});
-          const signal = (await readBoot(spec))?.stopSignal ?? 'SIGTERM';
+          const boot = await readBoot(spec);
           // The image's init powers off on its stop signal (busybox init ignores ACPI): ask through the
-          // agent, and press the ACPI power button too for images that listen to it.
-          const asked = agents.signalInit(p.agentSocket, signal, {
-            timeoutMs: Math.min(3000, stopOptions.timeoutMs),
-          });
+          // agent, and press the ACPI power button too for images that listen to it. An OS of its own
+          // gets the button only, as a machine's would (no kit in it to signal its init).
+          const asked =
+            bootOf(boot) === 'kit'
+              ? agents.signalInit(p.agentSocket, boot?.stopSignal ?? 'SIGTERM', {
+                  timeoutMs: Math.min(3000, stopOptions.timeoutMs),
+                })
+              : Promise.resolve();
           await withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
           await asked.catch(() => {});
           gone = await waitGone(q, Math.max(0, deadline - Date.now()));
@@ -807,23 +980,31 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if ((await runStatus(spec)) === 'paused') {
         throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
       }
+      const own = await ownAgent(spec);
       return agents.exec(pathsOf(spec).agentSocket, {
         ...execOptions,
         env: { ...configValue.environment(spec.config), ...execOptions.env },
+        ...(own && { busyboxPath: OWN_TOOLS }),
       });
     },
 
     async pushFile(spec, options) {
       await runningAgent(spec);
+      const own = await ownAgent(spec);
       await agents.use(pathsOf(spec).agentSocket, { timeoutMs: AGENT_FILE_TIMEOUT_MS }, (client) =>
-        qgaPushFile(client, { ...options, guest: spec.name }),
+        qgaPushFile(client, { ...options, guest: spec.name, ...(own && { tools: OWN_TOOLS }) }),
       );
     },
 
     async pullFile(spec, path) {
       await runningAgent(spec);
+      const own = await ownAgent(spec);
       return agents.use(pathsOf(spec).agentSocket, { timeoutMs: AGENT_FILE_TIMEOUT_MS }, (client) =>
-        qgaPullFile(client, path, { maxBytes: GUEST_FILE_MAX_BYTES, guest: spec.name }),
+        qgaPullFile(client, path, {
+          maxBytes: GUEST_FILE_MAX_BYTES,
+          guest: spec.name,
+          ...(own && { tools: OWN_TOOLS }),
+        }),
       );
     },
 
@@ -838,11 +1019,46 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       return pathsOf(spec).consoleLog;
     },
 
+    async attachDisplay(spec) {
+      await runningDisplay(spec);
+      const id = randomBytes(4).toString('hex');
+      return withQmp(spec, (q) => openDisplay(q, id));
+    },
+
+    async screenshot(spec) {
+      await runningDisplay(spec);
+      return withQmp(spec, (q) => screenshotPng(q, pathsOf(spec).dir));
+    },
+
+    async sendKeys(spec, keys) {
+      const presses = keyPresses(keys);
+      await runningDisplay(spec);
+      if ((await runStatus(spec)) === 'paused') {
+        throw failedPrecondition(`Guest ${spec.name} is frozen: unfreeze it first.`);
+      }
+      await withQmp(spec, (q) => sendKeys(q, presses));
+    },
+
     // Through the agent, like exec: QEMU's own view (query-rx-filter, link state) knows no addresses.
     async observeNics(spec, { process, timeoutMs }) {
       if (!(await liveQemu(spec, process))) throw failedPrecondition(`Guest ${spec.name} is not running.`);
-      if ((await readBoot(spec))?.foreign) {
+      const boot = await readBoot(spec);
+      if (bootOf(boot) === 'kernel') {
         throw notSupported(`Guest ${spec.name} boots its own kernel without the guest agent.`);
+      }
+      if (bootOf(boot) === 'firmware') {
+        // Its own OS: its own agent's view (guest-network-get-interfaces), when it runs one.
+        if (!(await agents.ping(pathsOf(spec).agentSocket, { timeoutMs: Math.min(timeoutMs, 3000) }))) {
+          throw notSupported(`Guest ${spec.name} runs no guest agent (qemu-guest-agent).`);
+        }
+        return {
+          interfaces: await agents.use(pathsOf(spec).agentSocket, { timeoutMs }, (c) =>
+            agentInterfaces(
+              c.command<AgentInterface[]>('guest-network-get-interfaces', undefined, { timeoutMs }),
+            ),
+          ),
+          engineErrors: [],
+        };
       }
       return {
         interfaces: await probeGuestNics((g, o) => driver.exec(g, o), spec, { timeoutMs }),
@@ -861,6 +1077,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           `Guest ${spec.name} is a microvm, which has no hot-plug: stop it, attach the NIC and start it again`,
         );
       }
+      const boot = await readBoot(spec);
       const t = await ctx.network.plugTap(spec, nic);
       const ids = nicEngineIds(nic);
       try {
@@ -877,7 +1094,12 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
           try {
             await addOnFreePort(q, 'nic', {
               machine,
-              device: { driver: 'virtio-net-pci', id: ids.device, netdev: ids.netdev, mac: t.mac },
+              device: {
+                driver: nicDriverOf(boot?.nicModel ?? 'virtio'),
+                id: ids.device,
+                netdev: ids.netdev,
+                mac: t.mac,
+              },
             });
           } catch (e) {
             await q.execute('netdev_del', { id: ids.netdev }).catch(() => {});
@@ -892,6 +1114,8 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
         await ctx.network.unplugNic(spec, nic);
         throw e;
       }
+      // An OS of its own brings its NICs up itself (udev, its network manager); the kit's are set here.
+      if (bootOf(boot) !== 'kit') return 'live';
       const r = await runGuestScript(
         (g, o) => driver.exec(g, o),
         spec,
@@ -954,6 +1178,58 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
 
 /** How long a guest may take to let go of an unplugged NIC (PCIe hot-plug waits about 5 s; TCG is slow). */
 const NIC_UNPLUG_TIMEOUT_MS = 30_000;
+
+const noDisk = (): Promise<string> => Promise.reject(new Error('no disk'));
+
+/** How a started guest booted, also for boot records written before it was recorded. */
+const bootOf = (boot: BootRecord | undefined): BootMode => boot?.boot ?? (boot?.foreign ? 'kernel' : 'kit');
+
+/** One interface as QEMU's guest agent reports it (guest-network-get-interfaces). */
+interface AgentInterface {
+  name: string;
+  'hardware-address'?: string;
+  'ip-addresses'?: Array<{ 'ip-address-type': string; 'ip-address': string }>;
+}
+
+/** The agent's interfaces as the NIC observer takes them: IPv4 addresses, loopback left out. */
+async function agentInterfaces(reply: Promise<AgentInterface[]>): Promise<GuestInterface[]> {
+  return (await reply)
+    .filter((i) => i.name !== 'lo')
+    .map((i) => ({
+      name: i.name,
+      ...(i['hardware-address'] !== undefined && { mac: i['hardware-address'].toLowerCase() }),
+      addresses: (i['ip-addresses'] ?? [])
+        .filter((a) => a['ip-address-type'] === 'ipv4')
+        .map((a) => a['ip-address']),
+    }));
+}
+
+/** How a guest of this image boots: through its firmware (a disk image or a blank disk), another kernel, or the kit. */
+export function bootModeOf(image: ImageHandle): BootMode {
+  if (image.blank || image.record.type === 'disk') return 'firmware';
+  return image.record.properties['vm.kernel'] ? 'kernel' : 'kit';
+}
+
+/**
+ * Keys that only mean something for a guest that boots through its firmware are refused on
+ * one the kit boots: its kernel is handed to QEMU directly, and its initramfs has virtio
+ * drivers only.
+ */
+export function assertBootConfig(spec: GuestSpec, mode: BootMode): void {
+  if (mode === 'firmware') return;
+  const how = mode === 'kit' ? "Trivisor's kernel" : "its image's vm.kernel";
+  const offending = [
+    configValue.vmFirmware(spec.config) === 'uefi' && 'vm.firmware=uefi',
+    configValue.vmSecureBoot(spec.config) && 'vm.secureboot=true',
+    configValue.vmDiskBus(spec.config) === 'sata' && 'vm.disk_bus=sata',
+    configValue.vmNicModel(spec.config) === 'e1000' && 'vm.nic_model=e1000',
+  ].filter((k): k is string => typeof k === 'string');
+  if (offending.length > 0) {
+    throw failedPrecondition(
+      `Guest ${spec.name} boots ${how} directly (with virtio devices), so ${offending.join(' and ')} cannot apply: it is for guests of disk images and ISO installs; unset ${offending.length > 1 ? 'them' : 'it'}.`,
+    );
+  }
+}
 
 /**
  * Image properties that boot another OS's kernel directly instead of the

@@ -1,9 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { failedPrecondition, unavailable } from '../../core/errors.ts';
+import type { GuestSpec } from '../../core/types.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import { type AttachedVolume, engineIdOf, type GuestVolumes } from '../guest-volumes.ts';
 import { addOnFreePort, NoFreePortError, portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
-import { vmGuestPaths } from './qemu-command.ts';
+import { CDROM_DRIVES, type CdromDrive, isoNodeOf, vmGuestPaths } from './qemu-command.ts';
 import type { FileSource, QemuFds } from './qemu-fds.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 
@@ -52,6 +53,19 @@ export function vmVolumeArgs(volumes: readonly AttachedVolume[], machine: string
   ];
 }
 
+/** What each CD-ROM drive holds, from `query-block` (the node name and file of its medium, if any). */
+async function drivesOf(q: QmpClient): Promise<Array<{ drive: CdromDrive; node?: string }>> {
+  const blocks =
+    await q.execute<Array<{ qdev?: string; inserted?: { 'node-name'?: string } }>>('query-block');
+  return CDROM_DRIVES.map((drive) => {
+    const b = blocks.find((x) => x.qdev === drive || x.qdev?.endsWith(`/${drive}`));
+    return {
+      drive,
+      ...(b?.inserted?.['node-name'] !== undefined && { node: b.inserted['node-name'] }),
+    };
+  });
+}
+
 /**
  * Hot-plug of block volumes into running vm guests over QMP (virtio-blk). QEMU runs as the
  * guest's unprivileged uid: the daemon opens the volume's file and hands it over (add-fd).
@@ -73,10 +87,80 @@ export function createVmVolumes(options: { stateDir: string; runner: ProcessRunn
     return (JSON.parse(text) as { machine?: string }).machine ?? 'q35';
   };
   const refused = (e: unknown) => (e instanceof Error ? e.message : String(e));
+  const bootOf = async (name: string): Promise<string | undefined> => {
+    const text = await readFile(vmGuestPaths(options.stateDir, name).bootRecord, 'utf8').catch(() => '{}');
+    return (JSON.parse(text) as { boot?: string }).boot;
+  };
+
+  /**
+   * Puts an ISO in an empty CD-ROM drive of the running guest (its tray opened, the medium
+   * inserted, the tray closed: the guest sees a disc change).
+   */
+  const insertIso = async (spec: GuestSpec, volume: AttachedVolume): Promise<void> => {
+    if ((await bootOf(spec.name)) !== 'firmware') {
+      throw failedPrecondition(
+        `Guest ${spec.name} boots Trivisor's kernel directly, which has no CD-ROM: it cannot take ISO ${volume.volume}`,
+      );
+    }
+    await withQmp(spec.name, async (q) => {
+      const drive = (await drivesOf(q)).find((d) => d.node === undefined)?.drive;
+      if (!drive) {
+        throw failedPrecondition(
+          `Both CD-ROM drives of ${spec.name} hold a disc: remove one first (trivisor config device remove)`,
+        );
+      }
+      const node = isoNodeOf(volume.device);
+      const added = await q
+        .executeWithFds<{ 'fdset-id': number }>('add-fd', { opaque: volume.hostPath }, [
+          { kind: 'file', path: volume.hostPath, access: 'read' },
+        ])
+        .catch((e: unknown) => {
+          throw failedPrecondition(`Cannot hand ISO ${volume.volume} to ${spec.name}: ${refused(e)}`);
+        });
+      const fdset = added['fdset-id'];
+      try {
+        await q.execute('blockdev-add', {
+          driver: 'raw',
+          'node-name': node,
+          'read-only': true,
+          file: { driver: 'file', filename: `/dev/fdset/${fdset}`, 'read-only': true },
+        });
+      } finally {
+        await q.execute('remove-fd', { 'fdset-id': fdset }).catch(() => {});
+      }
+      try {
+        await q.execute('blockdev-open-tray', { id: drive, force: true });
+        await q.execute('blockdev-insert-medium', { id: drive, 'node-name': node });
+        await q.execute('blockdev-close-tray', { id: drive });
+      } catch (e) {
+        await q.execute('blockdev-remove-medium', { id: drive }).catch(() => {});
+        await q.execute('blockdev-del', { 'node-name': node }).catch(() => {});
+        throw failedPrecondition(`QEMU could not put ISO ${volume.volume} into ${spec.name}: ${refused(e)}`);
+      }
+    });
+  };
+
+  /** Takes an ISO out of whichever drive holds it (forcing the tray: the guest may have locked it). */
+  const ejectIso = async (spec: GuestSpec, volume: AttachedVolume): Promise<void> => {
+    await withQmp(spec.name, async (q) => {
+      const node = isoNodeOf(volume.device);
+      const held = (await drivesOf(q)).filter((d) => d.node === node);
+      for (const d of held) {
+        await q.execute('blockdev-open-tray', { id: d.drive, force: true });
+        await q.execute('blockdev-remove-medium', { id: d.drive });
+        if (d.node !== undefined) await q.execute('blockdev-del', { 'node-name': d.node }).catch(() => {});
+        await q.execute('blockdev-close-tray', { id: d.drive }).catch(() => {});
+      }
+    });
+  };
 
   return {
     model: 'vm',
     async attach(spec, volume) {
+      if (volume.type === 'iso') {
+        await insertIso(spec, volume);
+        return 'live';
+      }
       const machine = await machineOf(spec.name);
       await withQmp(spec.name, async (q) => {
         const id = engineIdOf(volume.device);
@@ -107,6 +191,10 @@ export function createVmVolumes(options: { stateDir: string; runner: ProcessRunn
     },
 
     async detach(spec, volume) {
+      if (volume.type === 'iso') {
+        await ejectIso(spec, volume);
+        return 'live';
+      }
       await withQmp(spec.name, async (q) => {
         const id = engineIdOf(volume.device);
         let deleted: () => void = () => {};
@@ -143,6 +231,7 @@ export function createVmVolumes(options: { stateDir: string; runner: ProcessRunn
     },
 
     async resize(spec, volume) {
+      if (volume.type === 'iso') return 'next-start';
       // virtio-blk tells the guest kernel of the new capacity at once.
       await withQmp(spec.name, (q) =>
         q.execute('block_resize', { 'node-name': engineIdOf(volume.device), size: volume.sizeBytes }),

@@ -1,0 +1,170 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { invalidArgument } from '../core/errors.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import type { ProgressCallback } from './debootstrap-image.ts';
+import { hostArchitecture, type ImageMetadata } from './image-metadata.ts';
+
+/** The file a disk image is kept as in its image directory (always qcow2: sparse, and one format to check). */
+export const DISK_IMAGE_NAME = 'disk.qcow2';
+
+/** What an uploaded image file is, told by its content (never by its name). */
+export type UploadKind = 'tarball' | 'qcow2' | 'raw-disk' | 'iso' | 'unknown';
+
+/**
+ * Tells an upload apart from its first bytes: a qcow2 (`QFI\xfb`), an ISO 9660 or UDF image
+ * (a volume descriptor at sector 16; checked before the partition table, since hybrid ISOs
+ * have one too), a tarball (compressed, or `ustar` at 257), or a raw whole disk (the boot
+ * signature 0x55AA that every MBR and every GPT's protective MBR ends with).
+ */
+export async function sniffUpload(path: string): Promise<UploadKind> {
+  const head = Buffer.alloc(16 * 2048 + 6);
+  const fh = await open(path, 'r');
+  let length: number;
+  try {
+    ({ bytesRead: length } = await fh.read(head, 0, head.length, 0));
+  } finally {
+    await fh.close();
+  }
+  const at = (offset: number, ...bytes: number[]): boolean =>
+    length >= offset + bytes.length && bytes.every((b, i) => head[offset + i] === b);
+  const text = (offset: number, s: string): boolean =>
+    length >= offset + s.length && head.subarray(offset, offset + s.length).toString('latin1') === s;
+  if (text(0, 'QFI\xfb')) return 'qcow2';
+  if (text(16 * 2048 + 1, 'CD001') || text(16 * 2048 + 1, 'BEA01')) return 'iso';
+  if (
+    at(0, 0x1f, 0x8b) ||
+    at(0, 0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00) ||
+    at(0, 0x28, 0xb5, 0x2f, 0xfd) ||
+    at(0, 0x42, 0x5a, 0x68) ||
+    text(257, 'ustar')
+  ) {
+    return 'tarball';
+  }
+  if (at(510, 0x55, 0xaa)) return 'raw-disk';
+  return 'unknown';
+}
+
+/** What `qemu-img info` says of a disk image that matters before it is taken. */
+interface DiskInfo {
+  format: string;
+  virtualSizeBytes: number;
+}
+
+/**
+ * Checks a whole-disk image before anything reads it as a disk: qcow2 without a backing file,
+ * an external data file or encryption (a backing file or data file would name a file of this
+ * host, which root would then read into the image), or raw. InvalidArgument otherwise.
+ */
+export async function inspectDiskImage(
+  runner: ProcessRunner,
+  path: string,
+  format: 'qcow2' | 'raw',
+): Promise<DiskInfo> {
+  // -f: never probed, and no --backing-chain: nothing but the file itself is opened.
+  const r = await runner.run(['qemu-img', 'info', '-f', format, '--output=json', path], {
+    allowFailure: true,
+  });
+  if (r.code !== 0) {
+    throw invalidArgument(
+      `${basename(path)} is not a readable ${format} disk image: ${r.stderr.trim().split('\n').pop() ?? ''}`,
+    );
+  }
+  const info = JSON.parse(r.stdout) as {
+    'virtual-size': number;
+    'backing-filename'?: string;
+    encrypted?: boolean;
+    'format-specific'?: { data?: { 'data-file'?: string; encrypt?: unknown } };
+  };
+  if (info['backing-filename'] !== undefined) {
+    throw invalidArgument(
+      'The qcow2 image has a backing file: flatten it first (qemu-img convert -O qcow2 IN OUT) and import that.',
+    );
+  }
+  if (info['format-specific']?.data?.['data-file'] !== undefined) {
+    throw invalidArgument(
+      'The qcow2 image keeps its data in an external file: flatten it first (qemu-img convert -O qcow2 IN OUT).',
+    );
+  }
+  if (info.encrypted || info['format-specific']?.data?.encrypt !== undefined) {
+    throw invalidArgument('The qcow2 image is encrypted: import a decrypted copy.');
+  }
+  if (!(info['virtual-size'] > 0)) throw invalidArgument('The disk image is empty.');
+  return { format, virtualSizeBytes: info['virtual-size'] };
+}
+
+/** sha256 of a file's bytes (what a disk image's fingerprint is), with progress. */
+export async function sha256File(
+  path: string,
+  options: { onProgress?: ProgressCallback; signal?: AbortSignal } = {},
+): Promise<string> {
+  const total = (await stat(path)).size;
+  const hash = createHash('sha256');
+  let read = 0;
+  let shown = -1;
+  await pipeline(
+    createReadStream(path, { highWaterMark: 1024 * 1024 }),
+    new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        read += chunk.length;
+        const percent = total > 0 ? Math.floor((read / total) * 40) : 40;
+        if (percent !== shown) {
+          shown = percent;
+          options.onProgress?.(percent, 'Checking the disk image');
+        }
+        cb();
+      },
+    }),
+    ...(options.signal ? [{ signal: options.signal }] : []),
+  );
+  return hash.digest('hex');
+}
+
+/**
+ * Copies a checked disk image into `target` as a qcow2 (only allocated clusters: sparse,
+ * whatever the source was; compressed clusters, internal snapshots and bitmaps left out).
+ */
+export async function storeDiskImage(
+  runner: ProcessRunner,
+  source: { path: string; format: 'qcow2' | 'raw' },
+  target: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<void> {
+  await runner.run(
+    [
+      'qemu-img',
+      'convert',
+      '-q',
+      '-f',
+      source.format,
+      '-O',
+      'qcow2',
+      '-o',
+      'cluster_size=65536',
+      source.path,
+      target,
+    ],
+    options.signal ? { signal: options.signal } : {},
+  );
+}
+
+/** The metadata of an imported disk image: what can be told without booting it. */
+export function diskImageMetadata(description: string, info: DiskInfo): ImageMetadata {
+  return {
+    description,
+    os: 'unknown',
+    release: '',
+    architecture: hostArchitecture(),
+    source: 'import',
+    type: 'disk',
+    properties: {
+      'disk.format': info.format,
+      'disk.virtual_size': String(info.virtualSizeBytes),
+    },
+  };
+}
