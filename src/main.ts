@@ -164,6 +164,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     drivers,
     hostName,
     pools: () => services.pools,
+    log,
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();

@@ -45,9 +45,13 @@ describe('error codes travel from where the failure happened to the client', () 
     await client.waitOperation(created.id);
     // Every status the controller writes: the failed one is followed by the one after the rollback.
     const written: GuestStatus[] = [];
-    const watch = world.store.watch(keys.guestStatus('c1'), { prefix: false }, (events) => {
-      for (const ev of events) if (ev.type === 'put') written.push(JSON.parse(ev.kv.value) as GuestStatus);
-    });
+    const watch = world.store.watch(
+      keys.guestStatus('c1'),
+      { prefix: false, onLost: (e) => assert.fail(e) },
+      (events) => {
+        for (const ev of events) if (ev.type === 'put') written.push(JSON.parse(ev.kv.value) as GuestStatus);
+      },
+    );
     const start = world.driver.start.bind(world.driver);
     world.driver.start = async () => {
       throw failedPrecondition('The guest kernel refuses this machine: pick another image');

@@ -5,7 +5,8 @@ import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/typ
 import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import type { KvStore } from '../store/kv.ts';
+import { createInformer, type Informer } from './informer.ts';
 
 /** Turns an image fingerprint into what drivers need to build a guest from it. */
 export interface ImageResolver {
@@ -70,7 +71,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
   const pending = new Map<string, Array<() => void>>();
   const running = new Set<string>();
   const inFlight = new Set<Promise<void>>();
-  let watcher: Watcher | undefined;
+  let informer: Informer<GuestSpec> | undefined;
   let livenessTimer: NodeJS.Timeout | undefined;
   let stopped = false;
 
@@ -302,23 +303,39 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
 
   return {
     async start() {
-      const { kvs, revision } = await store.list(keys.guestPrefix);
-      const names: string[] = [];
-      for (const kv of kvs) {
-        const spec = JSON.parse(kv.value) as GuestSpec;
+      // Until start-up has queued its first reconciles, changes only collect names: the
+      // autostart writes below must land before the first reconcile of their guest.
+      const names = new Set<string>();
+      let starting = true;
+      const changed = (key: string, spec: GuestSpec | undefined) => {
+        const name = key.slice(keys.guestPrefix.length);
+        if (!starting) void enqueue(name);
+        else if (!spec || spec.host === hostName) names.add(name);
+      };
+      informer = createInformer<GuestSpec>({
+        store,
+        prefix: keys.guestPrefix,
+        decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+        log,
+        handlers: {
+          onAdd: (key, spec) => changed(key, spec),
+          onUpdate: (key, spec) => changed(key, spec),
+          // Also a delete the watch missed (found by a re-list after a compaction).
+          onDelete: (key) => changed(key, undefined),
+        },
+      });
+      await informer.start();
+      for (const spec of informer.values()) {
         if (spec.host !== hostName) continue;
-        names.push(spec.name);
         if (configValue.autostart(spec.config) && spec.desired === 'Stopped' && !spec.deleting) {
           await setDesired(spec, 'Running');
         }
       }
-      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (evs) => {
-        for (const ev of evs) void enqueue(ev.kv.key.slice(keys.guestPrefix.length));
-      });
       // Orphaned statuses (spec deleted while the daemon was down) are swept by the reconcile of their name.
       const statuses = await store.list(keys.guestStatusPrefix);
-      for (const kv of statuses.kvs) names.push(kv.key.slice(keys.guestStatusPrefix.length));
-      await Promise.all([...new Set(names)].map((n) => enqueue(n)));
+      for (const kv of statuses.kvs) names.add(kv.key.slice(keys.guestStatusPrefix.length));
+      starting = false;
+      await Promise.all([...names].map((n) => enqueue(n)));
       const tick = () => {
         livenessTimer = setTimeout(async () => {
           await checkLiveness().catch((e) => log.error({ err: String(e) }, 'liveness check failed'));
@@ -330,7 +347,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     },
     async stop() {
       stopped = true;
-      watcher?.cancel();
+      informer?.stop();
       clearTimeout(livenessTimer);
       pending.clear();
       await Promise.allSettled([...inFlight]);

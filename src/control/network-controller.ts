@@ -6,7 +6,8 @@ import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
 import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import type { KvStore } from '../store/kv.ts';
+import { createInformer, type Informer } from './informer.ts';
 
 export interface NetworkControllerDeps {
   store: KvStore;
@@ -58,7 +59,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   const { store, backend, events, hostName } = deps;
   const log = deps.log.child({ component: 'network-controller' });
   const checkIntervalMs = deps.checkIntervalMs ?? 5000;
-  const watchers: Watcher[] = [];
+  const informers: Array<Informer<unknown>> = [];
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
   // One reconcile per network at a time; requests meanwhile coalesce into one re-run.
@@ -205,35 +206,69 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
 
   return {
     async start() {
-      const { kvs, revision } = await store.list(keys.networkPrefix);
+      const nameOf = (key: string, prefix: string) => key.slice(prefix.length).split('/')[0] ?? '';
+      // What changes while the informers start up is reconciled once they all have listed.
       const names = new Set<string>();
-      for (const kv of kvs) {
-        const spec = JSON.parse(kv.value) as NetworkSpec;
-        if (spec.host === hostName) names.add(spec.name);
-      }
+      let starting = true;
+      const changed = (name: string) => {
+        if (starting) names.add(name);
+        else void reconcile(name);
+      };
+      const networks = createInformer<NetworkSpec>({
+        store,
+        prefix: keys.networkPrefix,
+        decode: (kv) => JSON.parse(kv.value) as NetworkSpec,
+        log,
+        handlers: {
+          onAdd: (key, spec) => {
+            if (!starting || spec.host === hostName) changed(nameOf(key, keys.networkPrefix));
+          },
+          onUpdate: (key) => changed(nameOf(key, keys.networkPrefix)),
+          onDelete: (key) => changed(nameOf(key, keys.networkPrefix)),
+        },
+      });
+      // Claims and guests are read from the store when acted on: their caches keep only keys.
+      const present = () => true as const;
+      const claims = createInformer({
+        store,
+        prefix: keys.networkAddressPrefix,
+        decode: present,
+        log,
+        handlers: {
+          onAdd: (key) => {
+            if (!starting) changed(nameOf(key, keys.networkAddressPrefix));
+          },
+          onUpdate: (key) => changed(nameOf(key, keys.networkAddressPrefix)),
+          onDelete: (key) => changed(nameOf(key, keys.networkAddressPrefix)),
+        },
+      });
+      const guests = createInformer({
+        store,
+        prefix: keys.guestPrefix,
+        decode: present,
+        log,
+        handlers: {
+          // A deleted guest's claims end here (also a delete only a re-list found); while
+          // starting, the sweep below covers it.
+          onDelete: () => {
+            if (!starting) void sweepClaims().catch(() => {});
+          },
+        },
+      });
+      informers.push(networks, claims, guests);
+      for (const informer of informers) await informer.start();
+      const ours = new Set(networks.values().flatMap((spec) => (spec.host === hostName ? [spec.name] : [])));
       for (const bridge of await backend.listOwned()) {
-        if (!names.has(bridge)) {
+        if (!ours.has(bridge)) {
           log.info({ network: bridge }, 'removing stale network');
           await backend
             .remove(bridge, undefined)
             .catch((e) => log.warn({ network: bridge, err: String(e) }, 'cannot remove stale network'));
         }
       }
-      const nameOf = (key: string, prefix: string) => key.slice(prefix.length).split('/')[0] ?? '';
-      watchers.push(
-        store.watch(keys.networkPrefix, { fromRevision: revision + 1 }, (evs) => {
-          for (const ev of evs) void reconcile(nameOf(ev.kv.key, keys.networkPrefix));
-        }),
-        store.watch(keys.networkAddressPrefix, { fromRevision: revision + 1 }, (evs) => {
-          for (const n of new Set(evs.map((ev) => nameOf(ev.kv.key, keys.networkAddressPrefix))))
-            void reconcile(n);
-        }),
-        store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (evs) => {
-          if (evs.some((ev) => ev.type === 'delete')) void sweepClaims().catch(() => {});
-        }),
-      );
+      starting = false;
       await sweepClaims().catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
-      await Promise.all([...names].map((n) => reconcile(n)));
+      await Promise.all([...new Set([...ours, ...names])].map((n) => reconcile(n)));
       const tick = () => {
         timer = setTimeout(async () => {
           await check().catch((e) => log.error({ err: String(e) }, 'network check failed'));
@@ -245,7 +280,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     },
     async stop() {
       stopped = true;
-      for (const w of watchers) w.cancel();
+      for (const informer of informers.splice(0)) informer.stop();
       clearTimeout(timer);
       await Promise.allSettled([...chains.values()]);
     },

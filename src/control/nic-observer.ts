@@ -13,7 +13,8 @@ import type { GuestDriver, GuestNicView } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import type { KvStore } from '../store/kv.ts';
+import { createInformer, type Informer } from './informer.ts';
 import { diagnoseNic, interfaceOf, type NicProblem } from './nic-diagnosis.ts';
 
 export interface NicObserverDeps {
@@ -93,9 +94,12 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   /** Guests waiting for a free observation slot, in the order they became due. */
   const queue: Tracked[] = [];
   let busy = 0;
-  const watchers: Watcher[] = [];
+  const informers: Array<Informer<true>> = [];
   /** A spec or status changed since the last full pass (a guest started, stopped, got a NIC). */
   let dirty = true;
+  const markDirty = () => {
+    dirty = true;
+  };
   let lastFullAt = 0;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
@@ -340,13 +344,23 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       // A started guest is looked at within a second: changes of specs and statuses make the next
       // pass a full one. Otherwise a full pass every refresh interval, and in between only the
       // guests already known (a thousand guests' specs are not parsed every second).
-      const revision = await store.revision();
+      // Informers rather than bare watches: a watch lost to a compaction is re-listed, and
+      // the changes it missed still make the next pass a full one. The passes read the store
+      // themselves (they must work without start, in tests), so the caches keep only keys.
       for (const prefix of [keys.guestPrefix, keys.guestStatusPrefix]) {
-        watchers.push(
-          store.watch(prefix, { fromRevision: revision + 1 }, () => {
-            dirty = true;
-          }),
-        );
+        const informer = createInformer({
+          store,
+          prefix,
+          decode: () => true as const,
+          log,
+          handlers: {
+            onAdd: markDirty,
+            onUpdate: markDirty,
+            onDelete: markDirty,
+          },
+        });
+        await informer.start();
+        informers.push(informer);
       }
       const loop = () => {
         // Observations run on in the background: a slow agent never holds up the next pass.
@@ -365,7 +379,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     },
     async stop() {
       stopped = true;
-      for (const w of watchers.splice(0)) w.cancel();
+      for (const informer of informers.splice(0)) informer.stop();
       clearTimeout(timer);
       await Promise.allSettled([...inFlight]);
     },

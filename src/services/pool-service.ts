@@ -1,5 +1,6 @@
 import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { createInformer, type Informer } from '../control/informer.ts';
 import {
   alreadyExists,
   asTrivisorError,
@@ -26,7 +27,7 @@ import {
   type PoolUsage,
   poolKeys,
 } from '../storage/storage-pools.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import type { KvStore } from '../store/kv.ts';
 import type { CreateGuestRequest, EventBus, GuestService, OperationService } from './types.ts';
 
 /** A pool as the API shows it: its record, where it is mounted and its space. */
@@ -112,7 +113,7 @@ export function createPoolService(deps: {
   inUse?: (pool: string) => Promise<string | undefined>;
 }): PoolService {
   const { store, drivers } = deps;
-  let watcher: Watcher | undefined;
+  let informer: Informer<GuestSpec> | undefined;
 
   const run = (argv: string[]) => {
     if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
@@ -466,21 +467,25 @@ export function createPoolService(deps: {
     },
 
     stop() {
-      watcher?.cancel();
+      informer?.stop();
     },
 
     async start() {
       // Disk limits follow config changes (subvolumes go with their guests: the guest
-      // controller calls releaseGuest when it deletes one).
-      const { revision } = await store.list(keys.guestPrefix, { limit: 1 });
-      watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
-        for (const ev of events) {
-          if (ev.type !== 'put') continue;
-          void syncLimit(JSON.parse(ev.kv.value) as GuestSpec).catch((e) =>
-            deps.log.warn({ err: asTrivisorError(e).message }, 'cannot apply limits.disk'),
-          );
-        }
+      // controller calls releaseGuest when it deletes one). Every guest of the first list
+      // is looked at too, so a change made while the daemon was down is applied now.
+      const sync = (_key: string, spec: GuestSpec) =>
+        void syncLimit(spec).catch((e) =>
+          deps.log.warn({ err: asTrivisorError(e).message }, 'cannot apply limits.disk'),
+        );
+      informer = createInformer<GuestSpec>({
+        store,
+        prefix: keys.guestPrefix,
+        decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+        log: deps.log,
+        handlers: { onAdd: sync, onUpdate: sync },
       });
+      await informer.start();
       if (!(await store.get(poolKeys.pool(DEFAULT_POOL)))) {
         const pool: PoolRecord = {
           name: DEFAULT_POOL,

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { createInformer, type Informer } from '../control/informer.ts';
 import {
   alreadyExists,
   asTrivisorError,
@@ -27,9 +28,10 @@ import {
 import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
+import { type Logger, silentLogger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import type { KvStore } from '../store/kv.ts';
 import { DEFAULT_POOL, type PoolService } from './pool-service.ts';
 import { readProject } from './project-service.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
@@ -99,6 +101,8 @@ export interface StorageServiceDeps {
   hostName?: string;
   /** Copies of guests on a pool are made on the same pool (copy-on-write there) unless told another. */
   pools?: () => PoolService | undefined;
+  /** Where the watch of guest specs says it was lost and listed again (silent if not given). */
+  log?: Logger;
 }
 
 /** Name of the spec copy in each guest's directory. */
@@ -218,7 +222,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
   }
 
   const guestsDir = join(deps.stateDir, 'guests');
-  let watcher: Watcher | undefined;
+  let informer: Informer<GuestSpec> | undefined;
 
   /** Writes the spec copy if the guest's directory exists (it does not until the driver made it). */
   async function keepConfig(spec: GuestSpec): Promise<void> {
@@ -668,13 +672,23 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
       async start() {
         await service.sweep();
-        const { kvs, revision } = await store.list(keys.guestPrefix);
-        for (const kv of kvs) await keepConfig(JSON.parse(kv.value) as GuestSpec).catch(() => {});
-        watcher = store.watch(keys.guestPrefix, { fromRevision: revision + 1 }, (events) => {
-          for (const ev of events) {
-            if (ev.type === 'put') void keepConfig(JSON.parse(ev.kv.value) as GuestSpec).catch(() => {});
-          }
+        // The copies of the first list are written before start returns.
+        const first: Array<Promise<void>> = [];
+        const keep = (_key: string, spec: GuestSpec) => {
+          const written = keepConfig(spec).catch(() => {});
+          if (starting) first.push(written);
+        };
+        let starting = true;
+        informer = createInformer<GuestSpec>({
+          store,
+          prefix: keys.guestPrefix,
+          decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+          log: deps.log ?? silentLogger(),
+          handlers: { onAdd: keep, onUpdate: keep },
         });
+        await informer.start();
+        starting = false;
+        await Promise.all(first);
         // The first copy can only be written once the driver has made the guest's directory.
         deps.events.subscribe(
           (event) => {
@@ -687,7 +701,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
       },
 
       stop() {
-        watcher?.cancel();
+        informer?.stop();
       },
 
       async recover() {

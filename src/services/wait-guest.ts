@@ -1,7 +1,7 @@
 import { cancelled, conflict, isErrorCode, TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
-import type { KvStore } from '../store/kv.ts';
+import type { KvStore, Watcher } from '../store/kv.ts';
 
 /** Verdict of a wait predicate: keep waiting (undefined), done (true), or failed (an Error). */
 export type WaitVerdict = undefined | true | Error;
@@ -54,8 +54,28 @@ export async function waitForGuest(
       }
     };
     const onAbort = () => finish(cancelled(`Waiting for guest ${name} was cancelled`));
-    const w1 = store.watch(keys.guest(name), { prefix: false }, () => void check());
-    const w2 = store.watch(keys.guestStatus(name), { prefix: false }, () => void check());
+    // A lost watch (the store cancelled it) is opened again, and the records read again.
+    const follow = (key: string): Watcher => {
+      let watcher: Watcher;
+      const open = () => {
+        watcher = store.watch(
+          key,
+          {
+            prefix: false,
+            onLost: () => {
+              if (settled) return;
+              open();
+              void check();
+            },
+          },
+          () => void check(),
+        );
+      };
+      open();
+      return { cancel: () => watcher.cancel() };
+    };
+    const w1 = follow(keys.guest(name));
+    const w2 = follow(keys.guestStatus(name));
     signal?.addEventListener('abort', onAbort);
     void check();
   });

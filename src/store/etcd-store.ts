@@ -234,7 +234,7 @@ class EtcdKvStore implements EtcdStore {
       // Every write that follows this call gets a revision above any seen so far.
       from: options.fromRevision ?? this.#revision + 1,
       onEvents,
-      onLost: options.onLost ?? ((error) => this.#onError(error)),
+      onLost: options.onLost,
       onError: this.#onError,
       saw: (header) => this.#saw(header),
       done: (w) => this.#watches.delete(w),

@@ -83,7 +83,7 @@ export interface WatchOptions {
    * list's revision (src/control/informer.ts does). Required: a watch must never lose
    * events silently.
    */
-  onLost?: (error: WatchLostError) => void;
+  onLost: (error: WatchLostError) => void;
 }
 
 export interface ListOptions {

@@ -8,7 +8,7 @@ export interface RevisionEvents {
 }
 
 type OnEvents = (events: WatchEvent[], revision: number) => void;
-type OnLost = ((error: WatchLostError) => void) | undefined;
+type OnLost = (error: WatchLostError) => void;
 
 /** What a watcher of the hub asks for. */
 export interface HubWatch {
@@ -80,8 +80,7 @@ export class WatchHub {
 
   #report(onLost: OnLost, error: WatchLostError): void {
     try {
-      if (onLost) onLost(error);
-      else this.#onError(error);
+      onLost(error);
     } catch (e) {
       this.#onError(e);
     }
