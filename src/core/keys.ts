@@ -1,4 +1,7 @@
-/** Key layout of everything Trivisor keeps in the key-value store. */
+/**
+ * Key layout of everything Trivisor keeps in the key-value store: the one place a key
+ * prefix is written down (src/store/records.ts pairs each with its record's schema).
+ */
 export const keys = {
   guestPrefix: '/trivisor/guests/',
   guest: (name: string): string => `/trivisor/guests/${name}`,
@@ -21,4 +24,32 @@ export const keys = {
   networkAddressPrefix: '/trivisor/network-addresses/',
   networkAddresses: (network: string): string => `/trivisor/network-addresses/${network}/`,
   networkAddress: (network: string, ip: string): string => `/trivisor/network-addresses/${network}/${ip}`,
+  storagePoolPrefix: '/trivisor/storage-pools/',
+  storagePool: (name: string): string => `/trivisor/storage-pools/${name}`,
+  /** Custom volumes: `/trivisor/storage-volumes/POOL/NAME` → VolumeRecord. */
+  storageVolumePrefix: '/trivisor/storage-volumes/',
+  storageVolumes: (pool: string): string => `/trivisor/storage-volumes/${pool}/`,
+  storageVolume: (pool: string, name: string): string => `/trivisor/storage-volumes/${pool}/${name}`,
+  /** Which pool a guest off the default pool lives on → GuestPoolRecord. */
+  guestPoolPrefix: '/trivisor/guest-pools/',
+  guestPool: (guest: string): string => `/trivisor/guest-pools/${guest}`,
+  /** Snapshots: `/trivisor/snapshots/GUEST/NAME` → SnapshotRecord. */
+  snapshotPrefix: '/trivisor/snapshots/',
+  snapshots: (guest: string): string => `/trivisor/snapshots/${guest}/`,
+  snapshot: (guest: string, snapshot: string): string => `/trivisor/snapshots/${guest}/${snapshot}`,
+  /** Marks a guest being made by a copy or an import until it is complete: a crash leaves it to be deleted. */
+  storagePendingPrefix: '/trivisor/storage-pending/',
+  storagePending: (guest: string): string => `/trivisor/storage-pending/${guest}`,
+  projectPrefix: '/trivisor/projects/',
+  project: (name: string): string => `/trivisor/projects/${name}`,
+  tokenPrefix: '/trivisor/auth/tokens/',
+  token: (name: string): string => `/trivisor/auth/tokens/${name}`,
+  certificatePrefix: '/trivisor/auth/certificates/',
+  certificate: (fingerprint: string): string => `/trivisor/auth/certificates/${fingerprint}`,
+  /**
+   * Operation claims (docs/decisions/0028): `/trivisor/claims/KIND/NAME` → OperationClaim,
+   * made with a create-if-absent while one member changes an object, deleted when it is done.
+   */
+  claimPrefix: '/trivisor/claims/',
+  claim: (kind: string, name: string): string => `/trivisor/claims/${kind}/${name}`,
 } as const;

@@ -1,0 +1,467 @@
+import { type Static, type TObject, type TProperties, type TSchema, Type } from '@sinclair/typebox';
+import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
+import { CertificateSchema, TokenSchema } from '../api/auth-schemas.ts';
+import {
+  DiskDeviceSchema,
+  ImageSchema,
+  NetworkAclRuleSchema,
+  NetworkForwardSchema,
+  NicDeviceSchema,
+} from '../api/schemas.ts';
+import { conflict, internal } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { DEFAULT_PROJECT, type ProjectSpec } from '../core/projects.ts';
+import type {
+  GuestNetworkObservation,
+  GuestSpec,
+  GuestStatus,
+  ImageRecord,
+  NetworkAddressClaim,
+  NetworkSpec,
+  NetworkStatus,
+} from '../core/types.ts';
+import type { PoolRecord } from '../storage/storage-pools.ts';
+import type { SnapshotRecord } from '../storage/storage-records.ts';
+import type { VolumeRecord } from '../storage/volumes.ts';
+import type { Compare, KeyValue, KvStore, TxnOp } from './kv.ts';
+
+/*
+ * The typed record layer (docs/decisions/0029): one entry per kind of stored record, with
+ * its key, its prefix, its TypeBox schema, and a decode that migrates old shapes and
+ * validates, so that nothing reads a stored record through a bare `JSON.parse(...) as X`.
+ * A record that does not decode is Internal, naming its key: a corrupt or foreign record
+ * is never taken for a valid one. Schemas accept fields they do not know (a newer version
+ * may have added some); the wire schemas of src/api/ are reused where the stored shape is
+ * the wire shape (NICs, disks, forwards, ACL rules, images, tokens, certificates).
+ */
+
+/** A decoded record with the store's facts about it. */
+export interface Stored<T> {
+  key: string;
+  value: T;
+  modRevision: number;
+  createRevision: number;
+}
+
+/** What a list found: the decoded records, the revision they were read at, and what did not decode. */
+export interface RecordList<T> {
+  items: Array<Stored<T>>;
+  revision: number;
+  /** Keys under the prefix whose value is not a valid record, with why; left out of `items`. */
+  malformed: Array<{ key: string; error: string }>;
+}
+
+/** One record at one key: typed reads, writes and the pieces of a transaction. */
+export interface RecordRef<T> {
+  readonly key: string;
+  get(store: KvStore): Promise<Stored<T> | undefined>;
+  /**
+   * Writes the record. With `ifModRevision` it is a compare-and-swap (0: the key must not
+   * exist): a lost race is Conflict and writes nothing.
+   */
+  put(store: KvStore, value: T, options?: { ifModRevision?: number; lease?: number }): Promise<number>;
+  putOp(value: T, options?: { lease?: number }): TxnOp;
+  deleteOp(): TxnOp;
+  /** The key does not exist (create-if-absent). */
+  absent(): Compare;
+  /** The key still has this mod revision (0: it does not exist). */
+  unchanged(modRevision: number): Compare;
+}
+
+/** A kind of stored record. `A`: what its key is made of; `P`: what narrows a list (a guest's snapshots). */
+export interface RecordKind<T, A extends string[], P extends string[] = []> {
+  /** For messages: `guest`, `snapshot`… */
+  readonly kind: string;
+  readonly prefix: string;
+  key(...args: A): string;
+  at(...args: A): RecordRef<T>;
+  /** The record at a key under the prefix (one a list or a watch gave). */
+  ref(key: string): RecordRef<T>;
+  /** What follows the prefix: a guest's name, `POOL/NAME` of a volume. */
+  nameOf(key: string): string;
+  /** Parses, migrates and validates; Internal naming the key when the record is not valid. */
+  decode(kv: Pick<KeyValue, 'key' | 'value'>): T;
+  encode(value: T): string;
+  /** Every record under the prefix, or under the narrower prefix `scope` makes. */
+  list(store: KvStore, ...scope: P | []): Promise<RecordList<T>>;
+}
+
+interface Definition<S extends TSchema, A extends string[], P extends string[]> {
+  kind: string;
+  prefix: string;
+  key: (...args: A) => string;
+  scope?: (...args: P) => string;
+  schema: S;
+  /** Brings an old shape up to date in place, before validation (fields added later get their defaults). */
+  migrate?: (raw: Record<string, unknown>) => void;
+  /** The value is the bare string, not JSON (image aliases hold a fingerprint). */
+  raw?: boolean;
+}
+
+/**
+ * Defines a kind of record whose TypeScript type is `T`. The schema's static type must
+ * accept every `T` (checked by the compiler), so that whatever the code writes decodes.
+ */
+function defineRecord<T>() {
+  return <S extends TSchema, A extends string[], P extends string[] = []>(
+    d: Definition<S, A, P> & ([T] extends [Static<S>] ? unknown : { schemaDoesNotAcceptType: never }),
+  ): RecordKind<T, A, P> => {
+    let check: TypeCheck<S> | undefined;
+    const checker = () => {
+      check ??= TypeCompiler.Compile(d.schema);
+      return check;
+    };
+    const decode = (kv: Pick<KeyValue, 'key' | 'value'>): T => {
+      let value: unknown;
+      try {
+        value = d.raw ? kv.value : JSON.parse(kv.value);
+      } catch {
+        throw internal(`The stored ${d.kind} ${kv.key} is not JSON: the store holds a corrupt record`);
+      }
+      if (!d.raw && (typeof value !== 'object' || value === null || Array.isArray(value))) {
+        throw internal(`The stored ${d.kind} ${kv.key} is not an object: the store holds a corrupt record`);
+      }
+      if (d.migrate) d.migrate(value as Record<string, unknown>);
+      const c = checker();
+      if (!c.Check(value)) {
+        const first = c.Errors(value).First();
+        const where = first ? `${first.path || '/'}: ${first.message}` : 'invalid';
+        throw internal(
+          `The stored ${d.kind} ${kv.key} is not valid (${where}): the store holds a corrupt record`,
+        );
+      }
+      // Validated against a schema that accepts every T: the value is one.
+      return value as T;
+    };
+    const encode = (value: T): string => (d.raw ? String(value) : JSON.stringify(value));
+    const ref = (key: string): RecordRef<T> => ({
+      key,
+      async get(store) {
+        const kv = await store.get(key);
+        if (!kv) return undefined;
+        return { key, value: decode(kv), modRevision: kv.modRevision, createRevision: kv.createRevision };
+      },
+      async put(store, value, options = {}) {
+        const lease = options.lease ? { lease: options.lease } : {};
+        if (options.ifModRevision === undefined) return (await store.put(key, encode(value), lease)).revision;
+        const r = await store.txn({
+          compare: [{ key, target: 'modRevision', op: '=', value: options.ifModRevision }],
+          success: [{ type: 'put', key, value: encode(value), ...lease }],
+        });
+        if (!r.succeeded) {
+          throw conflict(`The ${d.kind} at ${key} was changed at the same time: read it again and retry`);
+        }
+        return r.revision;
+      },
+      putOp: (value, options = {}) => ({
+        type: 'put',
+        key,
+        value: encode(value),
+        ...(options.lease ? { lease: options.lease } : {}),
+      }),
+      deleteOp: () => ({ type: 'delete', key }),
+      absent: () => ({ key, target: 'createRevision', op: '=', value: 0 }),
+      unchanged: (modRevision) => ({ key, target: 'modRevision', op: '=', value: modRevision }),
+    });
+    return {
+      kind: d.kind,
+      prefix: d.prefix,
+      key: d.key,
+      at: (...args) => ref(d.key(...args)),
+      ref: (key) => {
+        if (!key.startsWith(d.prefix)) throw internal(`${key} is not the key of a ${d.kind}`);
+        return ref(key);
+      },
+      nameOf: (key) => key.slice(d.prefix.length),
+      decode,
+      encode,
+      async list(store, ...scope) {
+        const prefix = d.scope && scope.length > 0 ? d.scope(...(scope as P)) : d.prefix;
+        const { kvs, revision } = await store.list(prefix);
+        const out: RecordList<T> = { items: [], revision, malformed: [] };
+        for (const kv of kvs) {
+          try {
+            out.items.push({
+              key: kv.key,
+              value: decode(kv),
+              modRevision: kv.modRevision,
+              createRevision: kv.createRevision,
+            });
+          } catch (e) {
+            out.malformed.push({ key: kv.key, error: (e as Error).message });
+          }
+        }
+        return out;
+      },
+    };
+  };
+}
+
+/** The values of a list, in key order. */
+export const valuesOf = <T>(list: RecordList<T>): T[] => list.items.map((i) => i.value);
+
+const StringMap = Type.Record(Type.String(), Type.String());
+const Model = Type.Union([Type.Literal('ct'), Type.Literal('pvm'), Type.Literal('vm')]);
+const ProcessIdentity = Type.Object({ pid: Type.Integer(), startTime: Type.Number() });
+
+/** Stored objects are read more leniently than request bodies: unknown fields pass (a newer version's). */
+const lenient = <P extends TProperties>(schema: TObject<P>): TObject<P> => Type.Object(schema.properties);
+
+/** Records written before projects have none: they are `default`'s (decision 21). */
+const defaultProject = (raw: Record<string, unknown>) => {
+  raw.project ??= DEFAULT_PROJECT;
+};
+
+export const GuestSpecSchema = Type.Object({
+  name: Type.String(),
+  project: Type.String(),
+  model: Model,
+  image: Type.String(),
+  imageAlias: Type.String(),
+  config: StringMap,
+  desired: Type.Union([Type.Literal('Running'), Type.Literal('Stopped'), Type.Literal('Frozen')]),
+  generation: Type.Integer(),
+  restartRequest: Type.Integer(),
+  stopTimeoutMs: Type.Number(),
+  stopForce: Type.Boolean(),
+  deleting: Type.Boolean(),
+  host: Type.String(),
+  createdAt: Type.String(),
+  devices: Type.Optional(Type.Record(Type.String(), lenient(NicDeviceSchema))),
+  disks: Type.Optional(Type.Record(Type.String(), lenient(DiskDeviceSchema))),
+});
+
+export const GuestStatusSchema = Type.Object({
+  status: Type.Union([
+    Type.Literal('Running'),
+    Type.Literal('Stopped'),
+    Type.Literal('Frozen'),
+    Type.Literal('Error'),
+  ]),
+  observedGeneration: Type.Integer(),
+  observedRestartRequest: Type.Integer(),
+  process: Type.Optional(ProcessIdentity),
+  startedAt: Type.Optional(Type.String()),
+  error: Type.Optional(Type.String()),
+  // Any string: a newer member may know codes this one does not (readers use isErrorCode).
+  errorCode: Type.Optional(Type.String()),
+  failedGeneration: Type.Optional(Type.Integer()),
+  appliedConfig: StringMap,
+  pendingRestart: Type.Array(Type.String()),
+  restartCount: Type.Integer(),
+  lastExitAt: Type.Optional(Type.String()),
+  provisioned: Type.Boolean(),
+});
+
+export const GuestNetworkObservationSchema = Type.Object({
+  process: ProcessIdentity,
+  nics: Type.Record(
+    Type.String(),
+    Type.Object({
+      addresses: Type.Array(Type.String()),
+      source: Type.Union([Type.Literal('guest'), Type.Literal('lease'), Type.Literal('none')]),
+      warning: Type.Optional(Type.String()),
+    }),
+  ),
+  changedAt: Type.String(),
+});
+
+export const NetworkSpecSchema = Type.Object({
+  name: Type.String(),
+  // Optional in the type (records before projects); decode fills in `default`.
+  project: Type.Optional(Type.String()),
+  description: Type.String(),
+  config: StringMap,
+  generation: Type.Integer(),
+  deleting: Type.Boolean(),
+  host: Type.String(),
+  createdAt: Type.String(),
+  forwards: Type.Optional(Type.Array(lenient(NetworkForwardSchema))),
+  acls: Type.Optional(Type.Array(lenient(NetworkAclRuleSchema))),
+});
+
+export const NetworkStatusSchema = Type.Object({
+  status: Type.Union([Type.Literal('Created'), Type.Literal('Error')]),
+  observedGeneration: Type.Integer(),
+  error: Type.Optional(Type.String()),
+  errorCode: Type.Optional(Type.String()),
+  failedGeneration: Type.Optional(Type.Integer()),
+  dnsmasq: Type.Optional(ProcessIdentity),
+});
+
+export const NetworkAddressClaimSchema = Type.Object({
+  guest: Type.String(),
+  nic: Type.String(),
+  hwaddr: Type.String(),
+});
+
+export const PoolRecordSchema = Type.Object({
+  name: Type.String(),
+  driver: Type.Union([Type.Literal('dir'), Type.Literal('btrfs')]),
+  description: Type.String(),
+  config: StringMap,
+  createdAt: Type.String(),
+});
+
+export const VolumeRecordSchema = Type.Object({
+  name: Type.String(),
+  project: Type.String(),
+  pool: Type.String(),
+  type: Type.Union([Type.Literal('filesystem'), Type.Literal('block'), Type.Literal('iso')]),
+  sizeBytes: Type.Number(),
+  description: Type.String(),
+  createdAt: Type.String(),
+});
+
+export const ProjectSpecSchema = Type.Object({
+  name: Type.String(),
+  description: Type.String(),
+  config: StringMap,
+  createdAt: Type.String(),
+});
+
+export const SnapshotRecordSchema = Type.Object({
+  name: Type.String(),
+  guest: Type.String(),
+  createdAt: Type.String(),
+  wasRunning: Type.Boolean(),
+});
+
+/** What a storage-pending marker says: which kind of work made the guest (value of `keys.storagePending`). */
+export const StoragePendingSchema = Type.Object({
+  kind: Type.Union([Type.Literal('copy'), Type.Literal('import')]),
+});
+export type StoragePending = Static<typeof StoragePendingSchema>;
+
+/** Which pool a guest off the default pool lives on (value of `keys.guestPool`). */
+export const GuestPoolRecordSchema = Type.Object({
+  pool: Type.String(),
+  path: Type.String(),
+  limitBytes: Type.Union([Type.Number(), Type.Null()]),
+});
+export type GuestPoolRecord = Static<typeof GuestPoolRecordSchema>;
+
+/** A stored token: what is listed, plus the SHA-256 of its secret (the secret itself is never kept). */
+export const TokenRecordSchema = Type.Composite([
+  lenient(TokenSchema),
+  Type.Object({ secretSha256: Type.String() }),
+]);
+export type TokenRecord = Static<typeof TokenRecordSchema>;
+
+export const CertificateRecordSchema = lenient(CertificateSchema);
+export type CertificateRecord = Static<typeof CertificateRecordSchema>;
+
+// The wire's image always has a project; a stored one from before projects has none until decoded.
+export const ImageRecordSchema = Type.Composite([
+  Type.Omit(lenient(ImageSchema), ['project']),
+  Type.Object({ project: Type.Optional(Type.String()) }),
+]);
+
+/** The kinds of stored records. */
+export const records = {
+  guest: defineRecord<GuestSpec>()({
+    kind: 'guest',
+    prefix: keys.guestPrefix,
+    key: (name: string) => keys.guest(name),
+    schema: GuestSpecSchema,
+    migrate: defaultProject,
+  }),
+  guestStatus: defineRecord<GuestStatus>()({
+    kind: 'guest status',
+    prefix: keys.guestStatusPrefix,
+    key: (name: string) => keys.guestStatus(name),
+    schema: GuestStatusSchema,
+  }),
+  guestNetwork: defineRecord<GuestNetworkObservation>()({
+    kind: 'guest network observation',
+    prefix: keys.guestNetworkPrefix,
+    key: (name: string) => keys.guestNetwork(name),
+    schema: GuestNetworkObservationSchema,
+  }),
+  network: defineRecord<NetworkSpec>()({
+    kind: 'network',
+    prefix: keys.networkPrefix,
+    key: (name: string) => keys.network(name),
+    schema: NetworkSpecSchema,
+    migrate: defaultProject,
+  }),
+  networkStatus: defineRecord<NetworkStatus>()({
+    kind: 'network status',
+    prefix: keys.networkStatusPrefix,
+    key: (name: string) => keys.networkStatus(name),
+    schema: NetworkStatusSchema,
+  }),
+  networkAddress: defineRecord<NetworkAddressClaim>()({
+    kind: 'network address claim',
+    prefix: keys.networkAddressPrefix,
+    key: (network: string, ip: string) => keys.networkAddress(network, ip),
+    scope: (network: string) => keys.networkAddresses(network),
+    schema: NetworkAddressClaimSchema,
+  }),
+  image: defineRecord<ImageRecord>()({
+    kind: 'image',
+    prefix: keys.imagePrefix,
+    key: (fingerprint: string) => keys.image(fingerprint),
+    schema: ImageRecordSchema,
+    migrate: defaultProject,
+  }),
+  /** An alias's value is the fingerprint of its image, as a bare string. */
+  imageAlias: defineRecord<string>()({
+    kind: 'image alias',
+    prefix: keys.imageAliasPrefix,
+    key: (alias: string) => keys.imageAlias(alias),
+    schema: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    raw: true,
+  }),
+  pool: defineRecord<PoolRecord>()({
+    kind: 'storage pool',
+    prefix: keys.storagePoolPrefix,
+    key: (name: string) => keys.storagePool(name),
+    schema: PoolRecordSchema,
+  }),
+  volume: defineRecord<VolumeRecord & { project: string }>()({
+    kind: 'storage volume',
+    prefix: keys.storageVolumePrefix,
+    key: (pool: string, name: string) => keys.storageVolume(pool, name),
+    scope: (pool: string) => keys.storageVolumes(pool),
+    schema: VolumeRecordSchema,
+    migrate: defaultProject,
+  }),
+  guestPool: defineRecord<GuestPoolRecord>()({
+    kind: 'guest placement',
+    prefix: keys.guestPoolPrefix,
+    key: (guest: string) => keys.guestPool(guest),
+    schema: GuestPoolRecordSchema,
+  }),
+  snapshot: defineRecord<SnapshotRecord>()({
+    kind: 'snapshot',
+    prefix: keys.snapshotPrefix,
+    key: (guest: string, name: string) => keys.snapshot(guest, name),
+    scope: (guest: string) => keys.snapshots(guest),
+    schema: SnapshotRecordSchema,
+  }),
+  storagePending: defineRecord<StoragePending>()({
+    kind: 'storage-pending marker',
+    prefix: keys.storagePendingPrefix,
+    key: (guest: string) => keys.storagePending(guest),
+    schema: StoragePendingSchema,
+  }),
+  project: defineRecord<ProjectSpec>()({
+    kind: 'project',
+    prefix: keys.projectPrefix,
+    key: (name: string) => keys.project(name),
+    schema: ProjectSpecSchema,
+  }),
+  token: defineRecord<TokenRecord>()({
+    kind: 'token',
+    prefix: keys.tokenPrefix,
+    key: (name: string) => keys.token(name),
+    schema: TokenRecordSchema,
+  }),
+  certificate: defineRecord<CertificateRecord>()({
+    kind: 'trusted certificate',
+    prefix: keys.certificatePrefix,
+    key: (fingerprint: string) => keys.certificate(fingerprint),
+    schema: CertificateRecordSchema,
+  }),
+} as const;
