@@ -1,11 +1,11 @@
 import { configValue } from '../core/config-keys.ts';
 import { asTrivisorError, failedPrecondition, notSupported } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/types.ts';
 import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 /** Turns an image fingerprint into what drivers need to build a guest from it. */
@@ -111,17 +111,17 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     });
 
   async function reconcileOnce(name: string): Promise<void> {
-    const specKv = await store.get(keys.guest(name));
-    const statusKv = await store.get(keys.guestStatus(name));
-    if (!specKv) {
+    const specRecord = await records.guest.at(name).get(store);
+    const statusRecord = await records.guestStatus.at(name).get(store);
+    if (!specRecord) {
       // A status without a spec is debris of an interrupted delete.
-      if (statusKv) await store.delete(keys.guestStatus(name));
+      if (statusRecord) await store.delete(statusRecord.key);
       live.delete(name);
       return;
     }
-    const spec = JSON.parse(specKv.value) as GuestSpec;
+    const spec = specRecord.value;
     if (spec.host !== hostName) return;
-    const previous: GuestStatus = statusKv ? (JSON.parse(statusKv.value) as GuestStatus) : initialStatus();
+    const previous: GuestStatus = statusRecord?.value ?? initialStatus();
     const status: GuestStatus = structuredClone(previous);
     const driver = drivers[spec.model];
 
@@ -155,7 +155,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     status.observedRestartRequest = spec.restartRequest;
     if (status.status === 'Running' || status.status === 'Frozen') live.set(name, { spec, status });
     else live.delete(name);
-    await store.put(keys.guestStatus(name), JSON.stringify(status));
+    await records.guestStatus.at(name).put(store, status);
     if (previous.status !== status.status) lifecycle('guest-updated', spec, { status: status.status });
   }
 
@@ -173,9 +173,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       await store.txn({
         compare: [],
         success: [
-          { type: 'delete', key: keys.guest(spec.name) },
-          { type: 'delete', key: keys.guestStatus(spec.name) },
-          { type: 'delete', key: keys.guestNetwork(spec.name) },
+          records.guest.at(spec.name).deleteOp(),
+          records.guestStatus.at(spec.name).deleteOp(),
+          records.guestNetwork.at(spec.name).deleteOp(),
         ],
       });
       lifecycle('guest-deleted', spec);
@@ -280,15 +280,11 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
 
   /** Records a desired state chosen by the controller itself (autostart, self-shutdown), if nobody changed the spec meanwhile. */
   async function setDesired(spec: GuestSpec, desired: GuestSpec['desired']): Promise<void> {
-    const kv = await store.get(keys.guest(spec.name));
-    if (!kv) return;
-    const current = JSON.parse(kv.value) as GuestSpec;
-    if (current.generation !== spec.generation) return;
-    const next: GuestSpec = { ...current, desired, generation: current.generation + 1 };
-    await store.txn({
-      compare: [{ key: keys.guest(spec.name), target: 'modRevision', op: '=', value: kv.modRevision }],
-      success: [{ type: 'put', key: keys.guest(spec.name), value: JSON.stringify(next) }],
-    });
+    const ref = records.guest.at(spec.name);
+    const current = await ref.get(store);
+    if (!current || current.value.generation !== spec.generation) return;
+    const next: GuestSpec = { ...current.value, desired, generation: current.value.generation + 1 };
+    await store.txn({ compare: [ref.unchanged(current.modRevision)], success: [ref.putOp(next)] });
   }
 
   async function checkLiveness(): Promise<void> {
@@ -308,14 +304,14 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       const names = new Set<string>();
       let starting = true;
       const changed = (key: string, spec: GuestSpec | undefined) => {
-        const name = key.slice(keys.guestPrefix.length);
+        const name = records.guest.nameOf(key);
         if (!starting) void enqueue(name);
         else if (!spec || spec.host === hostName) names.add(name);
       };
       informer = createInformer<GuestSpec>({
         store,
-        prefix: keys.guestPrefix,
-        decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+        prefix: records.guest.prefix,
+        decode: records.guest.decode,
         log,
         handlers: {
           onAdd: (key, spec) => changed(key, spec),
@@ -332,8 +328,8 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         }
       }
       // Orphaned statuses (spec deleted while the daemon was down) are swept by the reconcile of their name.
-      const statuses = await store.list(keys.guestStatusPrefix);
-      for (const kv of statuses.kvs) names.add(kv.key.slice(keys.guestStatusPrefix.length));
+      const statuses = await store.list(records.guestStatus.prefix);
+      for (const kv of statuses.kvs) names.add(records.guestStatus.nameOf(kv.key));
       starting = false;
       await Promise.all([...names].map((n) => enqueue(n)));
       const tick = () => {

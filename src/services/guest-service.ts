@@ -11,7 +11,6 @@ import {
 } from '../core/errors.ts';
 import { checkAttributes, checkGuestPath, GUEST_FILE_MAX_BYTES } from '../core/guest-files.ts';
 import { assertCanDo } from '../core/guest-state.ts';
-import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import {
   addUsage,
@@ -35,6 +34,7 @@ import {
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite } from './project-service.ts';
@@ -97,29 +97,23 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
   async function loadAny(name: string): Promise<Loaded> {
     assertDnsLabel(name, 'guest name');
     const [s, st, net] = await Promise.all([
-      store.get(keys.guest(name)),
-      store.get(keys.guestStatus(name)),
-      store.get(keys.guestNetwork(name)),
+      records.guest.at(name).get(store),
+      records.guestStatus.at(name).get(store),
+      records.guestNetwork.at(name).get(store),
     ]);
     if (!s) throw notFound(`Guest ${name} not found`);
-    const status = st ? (JSON.parse(st.value) as GuestStatus) : undefined;
     return {
-      spec: JSON.parse(s.value) as GuestSpec,
-      status,
+      spec: s.value,
+      status: st?.value,
       modRevision: s.modRevision,
-      network: currentObservation(
-        status,
-        net ? (JSON.parse(net.value) as GuestNetworkObservation) : undefined,
-      ),
+      network: currentObservation(st?.value, net?.value),
     };
   }
 
   /** Writes a new spec if nobody else changed it since `loaded` was read. */
   async function writeSpec(loaded: Loaded, next: GuestSpec): Promise<void> {
-    const r = await store.txn({
-      compare: [{ key: keys.guest(next.name), target: 'modRevision', op: '=', value: loaded.modRevision }],
-      success: [{ type: 'put', key: keys.guest(next.name), value: JSON.stringify(next) }],
-    });
+    const ref = records.guest.at(next.name);
+    const r = await store.txn({ compare: [ref.unchanged(loaded.modRevision)], success: [ref.putOp(next)] });
     if (!r.succeeded) throw conflict(`Guest ${next.name} was changed at the same time; retry`);
   }
 
@@ -224,8 +218,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       : alreadyExists(`Guest ${name} already exists`);
 
   async function existing(name: string): Promise<GuestSpec | undefined> {
-    const kv = await store.get(keys.guest(name));
-    return kv ? (JSON.parse(kv.value) as GuestSpec) : undefined;
+    return (await records.guest.at(name).get(store))?.value;
   }
 
   /** The image record of a guest (the blank record for one made without an image), when it is on this host. */
@@ -263,19 +256,17 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
       async list(options = {}) {
         const [specs, statuses, networks] = await Promise.all([
-          store.list(keys.guestPrefix),
-          store.list(keys.guestStatusPrefix),
-          store.list(keys.guestNetworkPrefix),
+          records.guest.list(store),
+          records.guestStatus.list(store),
+          records.guestNetwork.list(store),
         ]);
         const byName = new Map<string, GuestStatus>();
-        for (const kv of statuses.kvs)
-          byName.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value));
+        for (const st of statuses.items) byName.set(records.guestStatus.nameOf(st.key), st.value);
         const observed = new Map<string, GuestNetworkObservation>();
-        for (const kv of networks.kvs)
-          observed.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
-        const specList = specs.kvs
-          .map((kv) => JSON.parse(kv.value) as GuestSpec)
-          .filter((spec) => scope === undefined || options.allProjects || projectOfRecord(spec) === scope);
+        for (const n of networks.items) observed.set(records.guestNetwork.nameOf(n.key), n.value);
+        const specList = valuesOf(specs).filter(
+          (spec) => scope === undefined || options.allProjects || projectOfRecord(spec) === scope,
+        );
         const networkOf = (spec: GuestSpec) =>
           currentObservation(byName.get(spec.name), observed.get(spec.name));
         // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
@@ -368,15 +359,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             after: addUsage(p.usage, guestUsage(config)),
           });
           return {
-            compare: [
-              { key: keys.guest(spec.name), target: 'createRevision', op: '=', value: 0 },
-              ...(claims?.compare ?? []),
-            ],
+            compare: [records.guest.at(spec.name).absent(), ...(claims?.compare ?? [])],
             // A stale status of an earlier guest of this name must not make the new one look provisioned.
             success: [
-              { type: 'put', key: keys.guest(spec.name), value: JSON.stringify(spec) },
-              { type: 'delete', key: keys.guestStatus(spec.name) },
-              { type: 'delete', key: keys.guestNetwork(spec.name) },
+              records.guest.at(spec.name).putOp(spec),
+              records.guestStatus.at(spec.name).deleteOp(),
+              records.guestNetwork.at(spec.name).deleteOp(),
               ...(claims?.success ?? []),
             ],
           };
@@ -533,8 +521,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
               after: addUsage(subtractUsage(p.usage, guestUsage(l.spec.config)), guestUsage(config)),
             });
             return {
-              compare: [{ key: keys.guest(name), target: 'modRevision', op: '=', value: l.modRevision }],
-              success: [{ type: 'put', key: keys.guest(name), value: JSON.stringify(next) }],
+              compare: [records.guest.at(name).unchanged(l.modRevision)],
+              success: [records.guest.at(name).putOp(next)],
             };
           });
           if (!r.succeeded) throw conflict(`Guest ${name} was changed at the same time; retry`);

@@ -224,14 +224,22 @@ describe('projects and quotas over the real services', () => {
 
   test("guests recorded before projects (no project field) are default's, counted and listed, with no migration step", async () => {
     const { projects, guests } = w.services;
+    // A whole guest record as a daemon before projects wrote it: every field but the project.
     const old = {
       name: 'legacy',
       model: 'ct',
       image: 'x',
+      imageAlias: 'x',
       config: {},
+      desired: 'Stopped',
+      generation: 1,
+      restartRequest: 0,
+      stopTimeoutMs: 30_000,
+      stopForce: false,
       deleting: false,
+      host: 'h1',
+      createdAt: new Date(0).toISOString(),
     } as unknown as GuestSpec;
-    delete (old as { project?: string }).project;
     await w.store.put(keys.guest('legacy'), JSON.stringify(old));
     assert.equal((await projects.get('default')).usage.guests, 1);
     assert.deepEqual(

@@ -1,7 +1,7 @@
 import { cancelled, conflict, isErrorCode, TrivisorError } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { KvStore, Watcher } from '../store/kv.ts';
+import { records } from '../store/records.ts';
 
 /** Verdict of a wait predicate: keep waiting (undefined), done (true), or failed (an Error). */
 export type WaitVerdict = undefined | true | Error;
@@ -39,11 +39,11 @@ export async function waitForGuest(
       try {
         do {
           again = false;
-          const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
-          const verdict = judge(
-            s ? (JSON.parse(s.value) as GuestSpec) : undefined,
-            st ? (JSON.parse(st.value) as GuestStatus) : undefined,
-          );
+          const [s, st] = await Promise.all([
+            records.guest.at(name).get(store),
+            records.guestStatus.at(name).get(store),
+          ]);
+          const verdict = judge(s?.value, st?.value);
           if (verdict === true) return finish();
           if (verdict instanceof Error) return finish(verdict);
         } while (again && !settled);
@@ -74,8 +74,8 @@ export async function waitForGuest(
       open();
       return { cancel: () => watcher.cancel() };
     };
-    const w1 = follow(keys.guest(name));
-    const w2 = follow(keys.guestStatus(name));
+    const w1 = follow(records.guest.key(name));
+    const w2 = follow(records.guestStatus.key(name));
     signal?.addEventListener('abort', onAbort);
     void check();
   });
