@@ -180,6 +180,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       pvm: createPvmVolumes({ runner, stateDir }),
     },
     events,
+    images,
   });
   const volumeService = services.volumes;
   await volumeService.start();

@@ -336,6 +336,14 @@ export const CreateGuestBodySchema = Type.Object(
           },
           { additionalProperties: false, description: 'A copy of another guest (Incus: source type copy)' },
         ),
+        Type.Object(
+          { type: Type.Literal('none') },
+          {
+            additionalProperties: false,
+            description:
+              'No image: a vm guest with a blank disk of limits.disk, to install from an ISO (Incus: source type none)',
+          },
+        ),
       ]),
     ),
     model: Type.Optional(Model),
@@ -411,9 +419,26 @@ export const ExecBodySchema = Type.Object(
 export const ConsoleBodySchema = Type.Object(
   {
     type: Type.Optional(
-      Type.Literal('console', {
-        description: "Incus's console type; only the interactive console is attached",
+      Type.Union([Type.Literal('console'), Type.Literal('vga')], {
+        description:
+          "Incus's console type: console (the serial console, default) or vga (a vm guest's screen: RFB, as a VNC viewer or noVNC speaks it)",
       }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const ConsoleKeysBodySchema = Type.Object(
+  {
+    keys: Type.Optional(
+      Type.Array(Type.String({ maxLength: 64 }), {
+        maxItems: 64,
+        description:
+          'Key combinations pressed in order: ctrl-alt-del, or QEMU qcodes joined by - (ctrl-alt-f2)',
+      }),
+    ),
+    text: Type.Optional(
+      Type.String({ maxLength: 4096, description: 'Typed key by key after the combinations (US layout)' }),
     ),
   },
   { additionalProperties: false },
@@ -476,6 +501,7 @@ export type NetworkAclRuleBody = Static<typeof NetworkAclRuleSchema>;
 export type StateChangeBody = Static<typeof StateChangeBodySchema>;
 export type ExecBody = Static<typeof ExecBodySchema>;
 export type ConsoleBody = Static<typeof ConsoleBodySchema>;
+export type ConsoleKeysBody = Static<typeof ConsoleKeysBodySchema>;
 export type BuildImageBody = Static<typeof BuildImageBodySchema>;
 export type HostInfo = Static<typeof HostInfoSchema>;
 export type GuestStateResponse = Static<typeof GuestStateResponseSchema>;

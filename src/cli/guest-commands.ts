@@ -6,6 +6,7 @@ import { clientOf, collect, parsePairs } from './context.ts';
 import { injectedFileConfig } from './file-commands.ts';
 import { guestInfo, guestTable, type OutputFormat, renderData } from './output.ts';
 import { waitWithProgress } from './progress.ts';
+import { addDeviceCommands, isoVolumeOf } from './vm-media-commands.ts';
 
 const formatOption = (choices: OutputFormat[], fallback: OutputFormat) =>
   new Option('-f, --format <format>', 'output format').choices(choices).default(fallback);
@@ -34,8 +35,8 @@ export function addGuestCommands(program: Command): void {
     program
       .command(verb)
       .description(start ? 'Create and start a guest' : 'Create a guest without starting it')
-      .argument('<image>', 'image alias or fingerprint')
-      .argument('<name>', 'guest name')
+      .argument('<image>', 'image alias or fingerprint (with --empty: the guest name)')
+      .argument('[name]', 'guest name')
       .addOption(new Option('-m, --model <model>', 'virtualization model').choices(['ct', 'pvm', 'vm']))
       .option('-c, --config <key=value>', 'config key (repeatable)', collect, [])
       .option(
@@ -54,15 +55,44 @@ export function addGuestCommands(program: Command): void {
         collect,
         [],
       )
+      .option('--empty', 'no image: a vm guest with a blank disk of limits.disk, to install from an ISO')
+      .option(
+        '--iso <file-or-volume>',
+        'an ISO in the CD-ROM drive (a local file, uploaded as an iso volume, or an iso volume [POOL/]NAME): the guest boots from it until an OS is installed',
+      )
       .action(
         async (
-          image: string,
-          name: string,
-          opts: { model?: Model; config: string[]; network: string[]; storage?: string; file: string[] },
+          imageOrName: string,
+          maybeName: string | undefined,
+          opts: {
+            model?: Model;
+            config: string[];
+            network: string[];
+            storage?: string;
+            file: string[];
+            empty?: boolean;
+            iso?: string;
+          },
           cmd: Command,
         ) => {
           const client = clientOf(cmd);
-          const request: CreateGuestBody = { name, image, start };
+          if (opts.empty && maybeName !== undefined) {
+            throw invalidArgument(`--empty takes no image: ${verb} NAME --empty --model vm`);
+          }
+          if (!opts.empty && maybeName === undefined) {
+            throw invalidArgument(
+              `Give an image and a name (${verb} IMAGE NAME), or --empty (${verb} NAME --empty)`,
+            );
+          }
+          const name = opts.empty ? imageOrName : (maybeName ?? '');
+          if ((opts.empty || opts.iso !== undefined) && (opts.model ?? 'vm') !== 'vm') {
+            throw invalidArgument(
+              `${opts.empty ? '--empty' : '--iso'} is for vm guests (a blank disk and a CD-ROM drive); a ${opts.model} guest boots an image's root file system`,
+            );
+          }
+          const request: CreateGuestBody = opts.empty
+            ? { name, source: { type: 'none' }, start: start && opts.iso === undefined, model: 'vm' }
+            : { name, image: imageOrName, start: start && opts.iso === undefined };
           if (opts.model) request.model = opts.model;
           if (opts.storage) request.storage = opts.storage;
           if (opts.network.length > 0) {
@@ -73,9 +103,29 @@ export function addGuestCommands(program: Command): void {
             const [key, value] = await injectedFileConfig(spec);
             request.config = { ...request.config, [key]: value };
           }
+          // The ISO goes in before the first start, so that the guest boots from it.
+          const iso = opts.iso !== undefined ? await isoVolumeOf(client, opts.iso, {}) : undefined;
           const op = await client.createGuest(request);
           await waitWithProgress(client, op, { label: `${start ? 'Launching' : 'Creating'} ${name}` });
-          process.stdout.write(`${start ? 'Launched' : 'Created'} ${name}\n`);
+          if (iso) {
+            try {
+              await client.attachVolume(iso.pool, iso.name, { guest: name });
+            } catch (e) {
+              // Nothing half-made: the guest goes again when its medium cannot go in.
+              await waitWithProgress(client, await client.deleteGuest(name, { force: true }), {
+                label: `Deleting ${name}`,
+              }).catch(() => {});
+              throw e;
+            }
+            if (start) {
+              await waitWithProgress(client, await client.changeGuestState(name, { action: 'start' }), {
+                label: `Starting ${name}`,
+              });
+            }
+          }
+          process.stdout.write(
+            `${start ? 'Launched' : 'Created'} ${name}${iso ? ` with ISO ${iso.name}` : ''}\n`,
+          );
         },
       );
   }
@@ -231,6 +281,8 @@ export function addConfigCommands(program: Command): void {
       const shown = { name: g.name, model: g.model, image: g.imageAlias || g.image, config: g.config };
       process.stdout.write(renderData(shown, opts.format));
     });
+
+  addDeviceCommands(config);
 }
 
 interface HostInfo {

@@ -44,12 +44,21 @@ export function addImageCommands(program: Command): void {
 
   image
     .command('import')
-    .description('Import a root file system tarball')
+    .description(
+      'Import a root file system tarball, or a whole-disk image (qcow2 or raw, with its own boot loader) for vm guests',
+    )
     .argument('<file>')
     .requiredOption('--alias <alias>', 'alias of the new image')
-    .action(async (file: string, opts: { alias: string }, cmd: Command) => {
+    .option(
+      '--checksum <algorithm:hex>',
+      'sha256:HEX or sha512:HEX the file must have, e.g. from the publisher (nothing is imported otherwise)',
+    )
+    .action(async (file: string, opts: { alias: string; checksum?: string }, cmd: Command) => {
       const client = clientOf(cmd);
-      const op = await client.importImage(file, { alias: opts.alias });
+      const op = await client.importImage(file, {
+        alias: opts.alias,
+        ...(opts.checksum !== undefined && { checksum: opts.checksum }),
+      });
       const done = await waitWithProgress(client, op, { label: `Importing ${opts.alias}` });
       const fingerprint = done.metadata.fingerprint;
       process.stdout.write(

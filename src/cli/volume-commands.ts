@@ -3,6 +3,7 @@ import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { clientOf, parsePairs } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
+import { addVolumeImportCommand } from './vm-media-commands.ts';
 
 /** `storage volume create|list|info|attach|detach|resize|delete` (Incus's `storage volume`), under `storage`. */
 export function addVolumeCommands(program: Command): void {
@@ -148,4 +149,6 @@ export function addVolumeCommands(program: Command): void {
       await clientOf(cmd).deleteVolume(pool, name);
       process.stdout.write(`Deleted volume ${name}\n`);
     });
+
+  addVolumeImportCommand(volume);
 }

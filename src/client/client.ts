@@ -88,12 +88,25 @@ export interface TrivisorClient extends StorageClient, VolumeClient, ProjectClie
   pullFile(name: string, path: string): Promise<PulledFile>;
   /** Attaches to a vm or pvm guest's console, input and output, over a WebSocket (ct: NotSupported). */
   attachConsole(name: string): Promise<ConsoleHandle>;
+  /**
+   * Opens a vm guest's display over a WebSocket: `input` and `output` carry RFB (VNC) bytes,
+   * for a local VNC viewer or noVNC to speak through.
+   */
+  attachDisplay(name: string): Promise<ConsoleHandle>;
+  /** A running vm guest's screen as PNG bytes. */
+  screenshot(name: string): Promise<Buffer>;
+  /** Presses key combinations (`ctrl-alt-del`) and then types `text` on a running vm guest's keyboard. */
+  sendKeys(name: string, keys: { keys?: string[]; text?: string }): Promise<void>;
   /** The console log from its start, then as it grows, until `close()`. */
   followConsole(name: string): Promise<{ stream: Readable; close(): void }>;
   listImages(): Promise<ImageRecord[]>;
   getImage(ref: string): Promise<ImageRecord>;
   buildImage(request: { source: string; alias?: string }): Promise<Operation>;
-  importImage(tarballPath: string, options: { alias: string }): Promise<Operation>;
+  /**
+   * Uploads a root file system tarball or a whole-disk image (qcow2 or raw); with `checksum`
+   * (`sha256:HEX` or `sha512:HEX`) the daemon refuses an upload that does not match it.
+   */
+  importImage(tarballPath: string, options: { alias: string; checksum?: string }): Promise<Operation>;
   deleteImage(ref: string): Promise<void>;
   listOperations(): Promise<Operation[]>;
   getOperation(id: string): Promise<Operation>;
@@ -182,9 +195,29 @@ export function createClient(options: ClientTarget): TrivisorClient {
     return parseEnvelope<AsyncResponse>(res).metadata;
   };
 
+  /** An attached console of `type` (the serial console, or a vm's display as RFB) over its WebSocket. */
+  const consoleOfType = async (name: string, type: 'console' | 'vga'): Promise<ConsoleHandle> => {
+    const op = await callAsync('POST', `/1.0/guests/${enc(name)}/console`, { type });
+    const url = op.metadata.websocket;
+    if (typeof url !== 'string')
+      throw new TrivisorApiError('The server gave no console websocket', { status: 500 });
+    const socket = await transport.websocket(url);
+    // Listen before the upgrade completes: the first frames may arrive with it.
+    const handle = consoleHandleOf(socket, op.id);
+    await opened(socket);
+    return handle;
+  };
+
   const client: TrivisorClient = {
     ...storageMethods(transport, { call, callAsync }),
-    ...volumeMethods(call),
+    ...volumeMethods(call, async (path, file, headers) => {
+      const size = (await stat(file)).size;
+      const res = await transport.request('POST', path, {
+        stream: createReadStream(file),
+        headers: { 'content-type': 'application/octet-stream', 'content-length': String(size), ...headers },
+      });
+      return parseEnvelope(res);
+    }),
     ...projectMethods(call),
     ...authMethods(call),
     serverInfo: () => call('GET', '/1.0'),
@@ -246,15 +279,18 @@ export function createClient(options: ClientTarget): TrivisorClient {
       return res.body.toString('utf8');
     },
     async attachConsole(name) {
-      const op = await callAsync('POST', `/1.0/guests/${enc(name)}/console`, { type: 'console' });
-      const url = op.metadata.websocket;
-      if (typeof url !== 'string')
-        throw new TrivisorApiError('The server gave no console websocket', { status: 500 });
-      const socket = await transport.websocket(url);
-      // Listen before the upgrade completes: the first frames may arrive with it.
-      const handle = consoleHandleOf(socket, op.id);
-      await opened(socket);
-      return handle;
+      return consoleOfType(name, 'console');
+    },
+    async attachDisplay(name) {
+      return consoleOfType(name, 'vga');
+    },
+    async screenshot(name) {
+      const res = await transport.request('GET', `/1.0/guests/${enc(name)}/console/screenshot`);
+      if (res.status >= 400) parseEnvelope(res);
+      return res.body;
+    },
+    async sendKeys(name, keys) {
+      await call('POST', `/1.0/guests/${enc(name)}/console/keys`, keys);
     },
     async pushFile(name, path, data, o = {}) {
       const headers: Record<string, string> = {
@@ -304,6 +340,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
           'content-type': 'application/octet-stream',
           'content-length': String(size),
           'x-trivisor-alias': o.alias,
+          ...(o.checksum !== undefined && { 'x-trivisor-checksum': o.checksum }),
         },
       });
       return parseEnvelope<AsyncResponse>(res).metadata;

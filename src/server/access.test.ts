@@ -33,6 +33,9 @@ const EXPECTED: Record<string, ActionClass> = {
   'GET /1.0/guests/:name/console': 'operate',
   'POST /1.0/guests/:name/console': 'operate',
   'GET /1.0/guests/:name/console/follow': 'operate',
+  // A vm guest's screen and keyboard: as much as its console.
+  'GET /1.0/guests/:name/console/screenshot': 'operate',
+  'POST /1.0/guests/:name/console/keys': 'operate',
   'GET /1.0/guests/:name/files': 'operate',
   'POST /1.0/guests/:name/files': 'operate',
   'GET /1.0/guests/:name/snapshots': 'read',

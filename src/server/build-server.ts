@@ -254,7 +254,8 @@ export async function buildServer(services: Services, options: BuildServerOption
   await app.register(async (scope) => registerFileRoutes(scope, ctx));
   registerOperationRoutes(app, ctx);
   registerNetworkRoutes(app, ctx);
-  registerVolumeRoutes(app, ctx);
+  // In a scope of their own: ISO uploads need a streaming body parser the other routes must not get.
+  await app.register(async (scope) => registerVolumeRoutes(scope, ctx));
   registerAuthRoutes(app, ctx);
   registerProjectRoutes(app, ctx);
   registerMetricsHistoryRoutes(app, ctx);

@@ -64,3 +64,58 @@ export function bridgeConsole(
     if (socket.readyState !== socket.OPEN) finish('detached');
   });
 }
+
+/** Unsent display bytes above which the display's stream is paused (RFB must not lose a byte). */
+const DISPLAY_PAUSE_ABOVE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Joins a guest's display (an RFB connection to its VNC server) and a client WebSocket: binary
+ * frames carry RFB bytes both ways, as noVNC and websockify speak it. Unlike a console, nothing
+ * is ever dropped (RFB is a protocol, not a log): a slow client pauses the display's stream,
+ * which QEMU's VNC server tolerates (it coalesces screen updates). Resolves when either side ends.
+ */
+export function bridgeDisplay(
+  socket: WebSocket,
+  stream: ConsoleStream,
+  options: { signal: AbortSignal },
+): Promise<ConsoleEnd> {
+  return new Promise((resolve) => {
+    let ended: ConsoleEnd | undefined;
+    const finish = (how: ConsoleEnd) => {
+      if (ended) return;
+      ended = how;
+      options.signal.removeEventListener('abort', onAbort);
+      stream.destroy();
+      if (socket.readyState === socket.OPEN)
+        socket.close(1000, how === 'detached' ? 'detached' : 'display closed');
+      resolve(how);
+    };
+    const onAbort = () => finish('detached');
+    options.signal.addEventListener('abort', onAbort, { once: true });
+    socket.on('close', () => finish('detached'));
+    socket.on('error', () => {});
+    stream.on('error', () => finish('console-closed'));
+    stream.on('close', () => finish('console-closed'));
+    stream.on('end', () => finish('console-closed'));
+
+    const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
+      if (!isBinary || ended) return;
+      const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);
+      if (!stream.write(buf)) {
+        socket.pause();
+        stream.once('drain', () => socket.resume());
+      }
+    };
+    for (const [data, isBinary] of releaseEarlyMessages(socket)) onMessage(data, isBinary);
+    socket.on('message', onMessage);
+
+    stream.on('data', (chunk: Buffer) => {
+      if (socket.readyState !== socket.OPEN) return;
+      socket.send(chunk, { binary: true }, () => {
+        if (stream.isPaused() && socket.bufferedAmount <= DISPLAY_PAUSE_ABOVE_BYTES / 2) stream.resume();
+      });
+      if (socket.bufferedAmount > DISPLAY_PAUSE_ABOVE_BYTES) stream.pause();
+    });
+    if (socket.readyState !== socket.OPEN) finish('detached');
+  });
+}

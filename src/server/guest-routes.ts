@@ -8,6 +8,8 @@ import {
   AsyncEnvelopeSchema,
   type ConsoleBody,
   ConsoleBodySchema,
+  type ConsoleKeysBody,
+  ConsoleKeysBodySchema,
   type CreateGuestBody,
   CreateGuestBodySchema,
   ErrorEnvelopeSchema,
@@ -27,7 +29,7 @@ import {
 import { RECORD_OUTPUT_MAX_BYTES } from '../api/types.ts';
 import { cancelled, failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
 import type { ExecRequest, OperationContext, StateChangeRequest } from '../services/types.ts';
-import { bridgeConsole } from './console-bridge.ts';
+import { bridgeConsole, bridgeDisplay } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { allProjectsOf, configChange, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
@@ -139,7 +141,15 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         });
         return sendAsync(reply, op);
       }
-      const image = body.image ?? body.source?.alias ?? body.source?.fingerprint;
+      // Incus's source type none: no image, a blank disk (vm guests installed from an ISO).
+      const none = body.source?.type === 'none';
+      if (none && body.image !== undefined) {
+        throw invalidArgument('Give either "image" or "source": {"type": "none"} (a blank disk), not both');
+      }
+      const image = none
+        ? ''
+        : (body.image ??
+          (body.source?.type === 'image' ? (body.source.alias ?? body.source.fingerprint) : undefined));
       if (image === undefined) {
         throw invalidArgument(
           'Say which image to use: give "image" (or Incus\'s "source": {"type": "image", "alias": ...})',
@@ -372,20 +382,63 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
     async (request, reply) => {
       const name = request.params.name;
+      const vga = request.body?.type === 'vga';
       // Attached before the operation exists, so that a guest that cannot be attached is this request's error.
-      const stream = await guestsOf(request).attachConsole(name);
+      const stream = vga
+        ? await guestsOf(request).attachDisplay(name)
+        : await guestsOf(request).attachConsole(name);
       stream.on('error', () => {});
       const op = startSocketOperation({
         project: projectOf(request),
-        description: `Attached to the console of guest ${name}`,
+        description: vga
+          ? `Attached to the display of guest ${name}`
+          : `Attached to the console of guest ${name}`,
         resources: { guests: [guestUrl(name)] },
-        metadata: {},
+        metadata: vga ? { type: 'vga', protocol: 'rfb' } : {},
         async run(socket, opCtx) {
-          return { ended: await bridgeConsole(socket, stream, { signal: opCtx.signal }) };
+          const bridge = vga ? bridgeDisplay : bridgeConsole;
+          return { ended: await bridge(socket, stream, { signal: opCtx.signal }) };
         },
         onNoConnection: () => stream.destroy(),
       });
       return sendAsync(reply, op);
+    },
+  );
+
+  app.get<{ Params: NameParams }>(
+    '/1.0/guests/:name/console/screenshot',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: "A running vm guest's screen as a PNG image (QEMU's screendump)",
+        params: NameParamsSchema,
+        produces: ['image/png'],
+        response: { 200: Type.Unsafe({ type: 'string', format: 'binary' }), ...errors },
+      },
+    },
+    async (request, reply) => {
+      const png = await guestsOf(request).screenshot(request.params.name);
+      return reply.type('image/png').send(png);
+    },
+  );
+
+  app.post<{ Params: NameParams; Body: ConsoleKeysBody }>(
+    '/1.0/guests/:name/console/keys',
+    {
+      config: { access: 'operate' },
+      schema: {
+        summary: "Press keys on a running vm guest's keyboard: combinations, then text typed key by key",
+        params: NameParamsSchema,
+        body: ConsoleKeysBodySchema,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await guestsOf(request).sendKeys(request.params.name, {
+        ...(request.body.keys !== undefined && { combos: request.body.keys }),
+        ...(request.body.text !== undefined && { text: request.body.text }),
+      });
+      return syncResponse({});
     },
   );
 

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -76,10 +76,18 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
       config: { access: 'operate' },
       bodyLimit: UPLOAD_LIMIT_BYTES,
       schema: {
-        summary: 'Build an image from a source, or import an uploaded root file system tarball',
+        summary:
+          'Build an image from a source, or import an uploaded root file system tarball or whole-disk image',
         description:
-          'JSON {source, alias?} builds (e.g. debian/bookworm). A raw body (application/octet-stream) with header X-Trivisor-Alias imports a tarball (up to 8 GiB).',
-        headers: Type.Object({ 'x-trivisor-alias': Type.Optional(Type.String()) }),
+          'JSON {source, alias?} builds (e.g. debian/bookworm). A raw body (application/octet-stream) with header X-Trivisor-Alias imports a root file system tarball or a whole-disk image (qcow2 or raw: a vm disk image), told apart by content, up to 8 GiB.',
+        headers: Type.Object({
+          'x-trivisor-alias': Type.Optional(Type.String()),
+          'x-trivisor-checksum': Type.Optional(
+            Type.String({
+              description: 'sha256:HEX or sha512:HEX the upload must have (else 400, nothing imported)',
+            }),
+          ),
+        }),
         body: {
           content: {
             'application/json': { schema: BuildImageBodySchema },
@@ -116,21 +124,48 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
         stream.resume();
         throw e;
       }
+      let expected: { algorithm: 'sha256' | 'sha512'; hex: string } | undefined;
+      try {
+        expected = checksumOf(request.headers['x-trivisor-checksum']);
+      } catch (e) {
+        stream.resume();
+        throw e;
+      }
       const path = join(ctx.uploadDir ?? tmpdir(), `trivisor-upload-${randomBytes(8).toString('hex')}.tar`);
       let received = 0;
+      // Hashed as it arrives: the sha256 is a disk image's fingerprint, and the checksum the
+      // client asked for is checked before anything is imported.
+      const sha256 = createHash('sha256');
+      const other = expected?.algorithm === 'sha512' ? createHash('sha512') : undefined;
       const limit = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           received += chunk.length;
           if (received > UPLOAD_LIMIT_BYTES) {
             cb(Object.assign(new Error('The upload is larger than 8 GiB'), { statusCode: 413 }));
-          } else cb(null, chunk);
+          } else {
+            sha256.update(chunk);
+            other?.update(chunk);
+            cb(null, chunk);
+          }
         },
       });
       try {
         await pipeline(stream, limit, createWriteStream(path, { mode: 0o600 }));
         if (received === 0)
           throw invalidArgument('The upload is empty: send the tarball as the request body');
-        return sendAsync(reply, await imagesOf(request).importTarball({ tarballPath: path, alias }));
+        const digest = sha256.digest('hex');
+        if (expected) {
+          const got = expected.algorithm === 'sha256' ? digest : (other?.digest('hex') ?? '');
+          if (got !== expected.hex) {
+            throw invalidArgument(
+              `The upload's ${expected.algorithm} is ${got}, not the ${expected.hex} it was sent with: the file is damaged or not the one meant; nothing was imported`,
+            );
+          }
+        }
+        return sendAsync(
+          reply,
+          await imagesOf(request).importTarball({ tarballPath: path, alias, sha256: digest }),
+        );
       } catch (e) {
         await rm(path, { force: true });
         throw e;
@@ -166,6 +201,19 @@ export function registerImageRoutes(app: FastifyInstance, ctx: RouteContext): vo
       return syncResponse({});
     },
   );
+}
+
+/** The `X-Trivisor-Checksum` header (`sha256:HEX` or `sha512:HEX`), or undefined when absent. */
+function checksumOf(
+  header: string | string[] | undefined,
+): { algorithm: 'sha256' | 'sha512'; hex: string } | undefined {
+  if (header === undefined) return undefined;
+  const m = typeof header === 'string' ? /^(sha256|sha512):([0-9a-fA-F]+)$/.exec(header.trim()) : null;
+  const hexLength = { sha256: 64, sha512: 128 };
+  if (!m || m[2]?.length !== hexLength[m[1] as 'sha256' | 'sha512']) {
+    throw invalidArgument('X-Trivisor-Checksum must be sha256:<64 hex digits> or sha512:<128 hex digits>');
+  }
+  return { algorithm: m[1] as 'sha256' | 'sha512', hex: (m[2] ?? '').toLowerCase() };
 }
 
 function refOf(params: RefParams): string {

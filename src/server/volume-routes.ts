@@ -1,10 +1,22 @@
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import { ErrorEnvelopeSchema, RecursionQuerySchema, SyncEnvelope } from '../api/schemas.ts';
-import { notSupported } from '../core/errors.ts';
+import { invalidArgument, notSupported } from '../core/errors.ts';
 import type { VolumeService } from '../services/volume-service.ts';
+import { assertVolumeName } from '../storage/volumes.ts';
 import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
+
+/** Largest ISO image accepted by upload (a DVD image of an OS installer fits). */
+export const ISO_UPLOAD_LIMIT_BYTES = 16 * 1024 ** 3;
+const ISO_UPLOAD_TYPES = ['application/octet-stream', 'application/x-iso9660-image'];
 
 type PoolParams = { pool: string };
 type VolumeParams = { pool: string; volume: string };
@@ -17,8 +29,9 @@ export const VolumeSchema = Type.Object({
   project: Type.String(),
   pool: Type.String(),
   kind: Type.Literal('custom'),
-  type: Type.Union([Type.Literal('filesystem'), Type.Literal('block')], {
-    description: 'filesystem (ct guests mount it at a path) or block (a disk for vm and pvm guests)',
+  type: Type.Union([Type.Literal('filesystem'), Type.Literal('block'), Type.Literal('iso')], {
+    description:
+      'filesystem (ct guests mount it at a path), block (a disk for vm and pvm guests) or iso (an uploaded ISO image: a CD-ROM for vm guests)',
   }),
   sizeBytes: Type.Number({ description: 'Raw disk length, or the quota of a btrfs filesystem volume' }),
   description: Type.String(),
@@ -84,31 +97,104 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
     );
   }
 
-  app.post<{
-    Params: PoolParams;
-    Body: { name: string; type?: string; description?: string; config?: Record<string, string> };
-  }>(
+  // An ISO upload is the raw request stream, spooled to a file (never buffered in memory).
+  app.addContentTypeParser(
+    ISO_UPLOAD_TYPES,
+    { bodyLimit: ISO_UPLOAD_LIMIT_BYTES },
+    (_request, payload, done) => {
+      done(null, payload);
+    },
+  );
+
+  type CreateBody = { name: string; type?: string; description?: string; config?: Record<string, string> };
+  app.post<{ Params: PoolParams; Body: CreateBody | Readable }>(
     `${base}/custom`,
     {
       config: { access: 'operate' },
+      bodyLimit: ISO_UPLOAD_LIMIT_BYTES,
       schema: {
-        summary: 'Create a custom volume (filesystem for ct guests, block for vm and pvm guests)',
+        summary:
+          'Create a custom volume (filesystem for ct guests, block for vm and pvm guests), or keep an uploaded ISO image as an iso volume',
+        description:
+          'JSON {name, type?, config?} creates. A raw body (application/octet-stream) with headers X-Trivisor-Name and X-Trivisor-Type: iso (Incus: X-Incus-name, X-Incus-type) uploads an ISO image (up to 16 GiB), checked for an ISO 9660 or UDF volume descriptor.',
         params: PoolParamsSchema,
-        body: Type.Object(
-          {
-            name: Type.String(),
-            type: Type.Optional(Type.String({ description: 'filesystem (default) or block' })),
-            description: Type.Optional(Type.String()),
-            config: Type.Optional(
-              Type.Record(Type.String(), Type.String(), { description: 'size (default 10GiB)' }),
-            ),
+        headers: Type.Object({
+          'x-trivisor-name': Type.Optional(Type.String()),
+          'x-trivisor-type': Type.Optional(Type.String()),
+        }),
+        body: {
+          content: {
+            'application/json': {
+              schema: Type.Object(
+                {
+                  name: Type.String(),
+                  type: Type.Optional(Type.String({ description: 'filesystem (default) or block' })),
+                  description: Type.Optional(Type.String()),
+                  config: Type.Optional(
+                    Type.Record(Type.String(), Type.String(), { description: 'size (default 10GiB)' }),
+                  ),
+                },
+                { additionalProperties: false },
+              ),
+            },
+            // No type: the parsed body is the request stream itself, which a type would reject.
+            'application/octet-stream': { schema: Type.Unsafe({ description: 'The ISO image bytes' }) },
           },
-          { additionalProperties: false },
-        ),
+        },
         response: { 200: SyncEnvelope(VolumeSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await volumes(request).create(request.params.pool, request.body)),
+    async (request) => {
+      const contentType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+      if (!ISO_UPLOAD_TYPES.includes(contentType)) {
+        const body = request.body as CreateBody | undefined;
+        if (typeof body !== 'object' || body === null || typeof body.name !== 'string') {
+          throw invalidArgument(
+            'Send {"name": "vol1", "type": "block"} as JSON to create a volume, or an ISO as application/octet-stream with X-Trivisor-Name and X-Trivisor-Type: iso to upload one',
+          );
+        }
+        return syncResponse(await volumes(request).create(request.params.pool, body));
+      }
+      const stream = request.body as Readable;
+      const header = (name: string) => {
+        const v = request.headers[`x-trivisor-${name}`] ?? request.headers[`x-incus-${name}`];
+        return typeof v === 'string' ? v : undefined;
+      };
+      const name = header('name');
+      const type = header('type');
+      if (name === undefined || name === '' || type !== 'iso') {
+        stream.resume();
+        throw invalidArgument(
+          'A volume upload needs X-Trivisor-Name (the new volume) and X-Trivisor-Type: iso (only ISO images are uploaded)',
+        );
+      }
+      try {
+        assertVolumeName(name);
+      } catch (e) {
+        stream.resume();
+        throw e;
+      }
+      const path = join(ctx.uploadDir ?? tmpdir(), `trivisor-upload-${randomBytes(8).toString('hex')}.iso`);
+      let received = 0;
+      const limit = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          received += chunk.length;
+          if (received > ISO_UPLOAD_LIMIT_BYTES) {
+            cb(Object.assign(new Error('The upload is larger than 16 GiB'), { statusCode: 413 }));
+          } else cb(null, chunk);
+        },
+      });
+      try {
+        await pipeline(stream, limit, createWriteStream(path, { mode: 0o600 }));
+        if (received === 0)
+          throw invalidArgument('The upload is empty: send the ISO image as the request body');
+      } catch (e) {
+        await rm(path, { force: true });
+        throw e;
+      }
+      // The service takes the file over (moved into the pool, or removed).
+      return syncResponse(await volumes(request).importIso(request.params.pool, { name, file: path }));
+    },
   );
 
   app.get<{ Params: VolumeParams }>(

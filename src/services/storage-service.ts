@@ -32,6 +32,7 @@ import { type Logger, silentLogger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
 import type { KvStore } from '../store/kv.ts';
+import { BLANK_IMAGE } from './image-service.ts';
 import { DEFAULT_POOL, type PoolService } from './pool-service.ts';
 import { readProject } from './project-service.ts';
 import type { EventBus, GuestService, ImageService, OperationService } from './types.ts';
@@ -431,7 +432,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           guest,
           `Backing up guest ${guest}`,
           async (ctx) => {
-            const image = await deps.images.get(spec.image);
+            // A guest made with --empty has no image: its archive names none ('').
+            const image = spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image);
             const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
             const dir = join(backupsDir, guest);
             const work = join(dir, `.tmp-${backup}`);
@@ -608,12 +610,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                       `The name ${name} is taken by a guest of another project: guest names are unique on this host, give the import another name`,
                     );
               }
-              await deps.images.get(manifest.image.fingerprint).catch((e: unknown) => {
-                if (asTrivisorError(e).code !== 'NotFound') throw e;
-                throw failedPrecondition(
-                  `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
-                );
-              });
+              const blank = manifest.image.fingerprint === '';
+              await (blank ? Promise.resolve() : deps.images.get(manifest.image.fingerprint)).catch(
+                (e: unknown) => {
+                  if (asTrivisorError(e).code !== 'NotFound') throw e;
+                  throw failedPrecondition(
+                    `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
+                  );
+                },
+              );
               if (busy.has(name)) throw conflict(`Guest ${name} is being imported already`);
               busy.add(name);
               try {
@@ -734,7 +739,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             skip(`the ${spec.model} model is not available on this host`);
             continue;
           }
-          const image = await deps.images.get(spec.image).catch(() => undefined);
+          const image =
+            spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image).catch(() => undefined);
           if (!image) {
             skip(
               `its image ${spec.imageAlias || spec.image} (fingerprint ${spec.image}) is not on this host`,
