@@ -1,0 +1,120 @@
+import { useComputed } from '@preact/signals';
+import { Charts } from './lazy.tsx';
+import { api, guests, host, operations, recentEvents } from './state.ts';
+import { bytes, Link, Page, Status, useLoad, when } from './ui.tsx';
+
+/** The dashboard: this member's CPU, memory and storage; guests by state and model; recent operations; warnings. */
+export function Dashboard() {
+  const counts = useComputed(() => {
+    const byStatus: Record<string, number> = {};
+    const byModel: Record<string, number> = {};
+    const warnings: Array<[string, string]> = [];
+    for (const g of guests.value.values()) {
+      byStatus[g.status] = (byStatus[g.status] ?? 0) + 1;
+      byModel[g.model] = (byModel[g.model] ?? 0) + 1;
+      if (g.error) warnings.push([g.name, g.error]);
+      for (const w of g.state.warnings ?? []) warnings.push([g.name, w]);
+    }
+    return { byStatus, byModel, warnings };
+  });
+  const pools = useLoad(() => api.listPools().catch(() => []), []);
+  const env = host.value?.environment;
+  const recent = [...operations.value.values()]
+    .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+    .slice(0, 8);
+  const driverWarnings = (env?.drivers ?? []).flatMap((d) =>
+    d.warnings.map((w) => [`${d.model} driver`, w] as [string, string]),
+  );
+  void recentEvents.value;
+  return (
+    <Page title="Dashboard">
+      <section class="cards" aria-label="This member">
+        <div class="panel card">
+          <div class="muted">Member</div>
+          <div class="big">{env?.name ?? '–'}</div>
+          <div class="muted">
+            {env?.cpus} CPUs · {bytes(env?.memoryBytes)} memory · Trivisor {env?.version}
+          </div>
+        </div>
+        <div class="panel card">
+          <div class="muted">Guests</div>
+          <div class="big">{guests.value.size}</div>
+          <div>
+            {Object.entries(counts.value.byStatus).map(([s, n]) => (
+              <span key={s} style={{ marginRight: '8px' }}>
+                <Status value={s} /> {n}
+              </span>
+            ))}
+          </div>
+        </div>
+        <div class="panel card">
+          <div class="muted">By model</div>
+          <div>
+            {(['ct', 'pvm', 'vm'] as const).map((m) => (
+              <div key={m}>
+                <Link to={`/guests?model=${m}`}>{m}</Link>: {counts.value.byModel[m] ?? 0}
+              </div>
+            ))}
+          </div>
+        </div>
+        <div class="panel card">
+          <div class="muted">Storage</div>
+          {(pools.data ?? []).map((p) => (
+            <div key={p.name}>
+              <Link to={`/storage/${encodeURIComponent(p.name)}`}>{p.name}</Link>:{' '}
+              {p.usage ? `${bytes(p.usage.usedBytes)} of ${bytes(p.usage.totalBytes)}` : p.status}
+            </div>
+          ))}
+        </div>
+      </section>
+      <section class="panel" aria-labelledby="host-charts">
+        <h2 id="host-charts">CPU, memory, network and disk of this member</h2>
+        <Charts target={{ kind: 'host' }} />
+      </section>
+      <section class="panel" aria-labelledby="warnings">
+        <h2 id="warnings">Warnings</h2>
+        {counts.value.warnings.length + driverWarnings.length === 0 ? (
+          <p class="muted">None.</p>
+        ) : (
+          <ul>
+            {[...driverWarnings, ...counts.value.warnings].slice(0, 50).map(([who, text], i) => (
+              <li key={i}>
+                <strong>{who}</strong>: {text}
+              </li>
+            ))}
+          </ul>
+        )}
+      </section>
+      <section class="panel" aria-labelledby="recent-ops">
+        <h2 id="recent-ops">Recent operations</h2>
+        {recent.length === 0 ? (
+          <p class="muted">None yet.</p>
+        ) : (
+          <div class="table-wrap">
+            <table>
+              <thead>
+                <tr>
+                  <th>Started</th>
+                  <th>What</th>
+                  <th>Status</th>
+                </tr>
+              </thead>
+              <tbody>
+                {recent.map((o) => (
+                  <tr key={o.id}>
+                    <td>{when(o.createdAt)}</td>
+                    <td>{o.description}</td>
+                    <td>
+                      <Status value={o.status} /> {o.error ?? ''}
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+        <Link to="/operations">All operations</Link>
+      </section>
+    </Page>
+  );
+}

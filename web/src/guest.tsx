@@ -1,0 +1,604 @@
+import { useSignal } from '@preact/signals';
+import { useState } from 'preact/hooks';
+import type { Guest } from '../../src/api/types.ts';
+import { Charts, Terminal, Vnc } from './lazy.tsx';
+import { navigate, route, withQuery } from './router.ts';
+import { api, finished, guests, recentEvents } from './state.ts';
+import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
+
+const TABS: Array<[string, string]> = [
+  ['overview', 'Overview'],
+  ['config', 'Configuration'],
+  ['snapshots', 'Snapshots'],
+  ['backups', 'Backups'],
+  ['volumes', 'Volumes'],
+  ['nics', 'Network'],
+  ['files', 'Files'],
+  ['events', 'Events'],
+  ['console', 'Console'],
+  ['metrics', 'Charts'],
+];
+
+/** One guest: its state and every action on it, each section under its own URL (`?tab=`). */
+export function GuestPage(props: { name: string }) {
+  const tab = route.value.query.get('tab') ?? 'overview';
+  // The list the event stream keeps current; read once when it does not have the guest (yet).
+  const live = guests.value.get(props.name);
+  const fetched = useLoad(
+    () => (live ? Promise.resolve(live) : api.getGuest(props.name)),
+    [props.name, !!live],
+  );
+  const guest = live ?? fetched.data;
+  if (!guest) return <Page title={props.name}>{<Loading error={fetched.error} />}</Page>;
+  return (
+    <Page title={guest.name} actions={<StateActions guest={guest} />}>
+      <p>
+        <Status value={guest.status} /> {guest.model} · {guest.imageAlias || guest.image.slice(0, 12)}
+        {guest.error && <span role="alert"> · {guest.error}</span>}
+      </p>
+      <Tabs tabs={TABS} current={tab} />
+      {tab === 'overview' && <Overview guest={guest} />}
+      {tab === 'config' && <Config guest={guest} />}
+      {tab === 'snapshots' && <Snapshots guest={guest} />}
+      {tab === 'backups' && <Backups guest={guest} />}
+      {tab === 'volumes' && <Volumes guest={guest} />}
+      {tab === 'nics' && <Nics guest={guest} />}
+      {tab === 'files' && <Files guest={guest} />}
+      {tab === 'events' && <Events guest={guest} />}
+      {tab === 'console' && <Console guest={guest} />}
+      {tab === 'metrics' && <Charts target={{ kind: 'guest', name: guest.name }} />}
+    </Page>
+  );
+}
+
+function StateActions(props: { guest: Guest }) {
+  const g = props.guest;
+  const change = (action: 'start' | 'stop' | 'restart' | 'freeze' | 'unfreeze') => async () =>
+    finished(await api.changeGuestState(g.name, { action }));
+  return (
+    <>
+      {g.status !== 'Running' && g.status !== 'Frozen' && (
+        <Action kind="primary" run={change('start')}>
+          Start
+        </Action>
+      )}
+      {g.status === 'Running' && <Action run={change('stop')}>Stop</Action>}
+      {g.status === 'Running' && <Action run={change('restart')}>Restart</Action>}
+      {g.status === 'Running' && <Action run={change('freeze')}>Freeze</Action>}
+      {g.status === 'Frozen' && <Action run={change('unfreeze')}>Unfreeze</Action>}
+      <Action
+        kind="danger"
+        confirm={`Delete ${g.name}${g.status === 'Running' ? ' (it is running: it is stopped first)' : ''}?`}
+        run={async () => {
+          await finished(await api.deleteGuest(g.name, { force: true }));
+          navigate('/guests');
+        }}
+      >
+        Delete
+      </Action>
+    </>
+  );
+}
+
+function Overview(props: { guest: Guest }) {
+  const g = props.guest;
+  const state = useLoad(() => api.getGuestState(g.name), [g.name, g.status]);
+  const u = state.data?.usage;
+  return (
+    <div class="panel">
+      <dl class="facts">
+        <dt>Status</dt>
+        <dd>{g.status}</dd>
+        <dt>Project</dt>
+        <dd>{g.project}</dd>
+        <dt>Host</dt>
+        <dd>{g.host}</dd>
+        <dt>Created</dt>
+        <dd>{when(g.createdAt)}</dd>
+        <dt>Started</dt>
+        <dd>{when(state.data?.startedAt)}</dd>
+        <dt>Process</dt>
+        <dd>{state.data?.pid ?? '–'}</dd>
+        <dt>Addresses</dt>
+        <dd>{(state.data?.addresses ?? g.state.addresses ?? []).join(', ') || '–'}</dd>
+        <dt>Memory</dt>
+        <dd>
+          {u ? `${bytes(u.memoryBytes)}${u.memoryLimitBytes ? ` of ${bytes(u.memoryLimitBytes)}` : ''}` : '–'}
+        </dd>
+        <dt>CPU time</dt>
+        <dd>{u ? `${u.cpuSeconds.toFixed(1)} s` : '–'}</dd>
+        <dt>Processes</dt>
+        <dd>{u?.processes ?? '–'}</dd>
+        <dt>Restarts</dt>
+        <dd>{state.data?.restartCount ?? 0}</dd>
+      </dl>
+      {(state.data?.warnings ?? []).map((w) => (
+        <p key={w} role="alert">
+          {w}
+        </p>
+      ))}
+      <h2>Copy</h2>
+      <Form
+        label="Copy this guest"
+        submit="Copy"
+        done="Copied"
+        run={async (d) => finished(await api.copyGuest(g.name, String(d.get('name'))))}
+      >
+        <Field label="Name of the copy">{(id) => <input id={id} name="name" required />}</Field>
+      </Form>
+    </div>
+  );
+}
+
+function Config(props: { guest: Guest }) {
+  const g = props.guest;
+  const [pending, setPending] = useState<string[]>([]);
+  const entries = Object.entries(g.config).sort(([a], [b]) => a.localeCompare(b));
+  return (
+    <div class="panel">
+      <p class="muted">
+        limits.cpu, limits.memory (ct), limits.processes, boot.*, user.* and environment.* apply live to a
+        running guest; other keys at its next start.
+      </p>
+      <div class="table-wrap">
+        <table>
+          <thead>
+            <tr>
+              <th>Key</th>
+              <th>Value</th>
+              <th>
+                <span class="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {entries.map(([k, v]) => (
+              <tr key={k}>
+                <td>{k}</td>
+                <td>{k.startsWith('files.') ? '(file)' : v}</td>
+                <td>
+                  <Action
+                    label={`Remove ${k}`}
+                    run={async () => {
+                      const r = await api.updateGuestConfig(g.name, { unset: [k] });
+                      setPending(r.pendingRestart);
+                    }}
+                  >
+                    Remove
+                  </Action>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      {pending.length > 0 && <p role="status">Applies at the next start: {pending.join(', ')}</p>}
+      <h2>Set a key</h2>
+      <Form
+        label="Set a configuration key"
+        submit="Set"
+        done="Configuration changed"
+        run={async (d) => {
+          const r = await api.updateGuestConfig(g.name, {
+            set: { [String(d.get('key'))]: String(d.get('value')) },
+          });
+          setPending(r.pendingRestart);
+          guests.value = new Map(guests.value).set(g.name, r.guest);
+        }}
+      >
+        <Field label="Key">{(id) => <input id={id} name="key" required placeholder="limits.memory" />}</Field>
+        <Field label="Value">{(id) => <input id={id} name="value" required placeholder="512MiB" />}</Field>
+      </Form>
+    </div>
+  );
+}
+
+function Snapshots(props: { guest: Guest }) {
+  const g = props.guest;
+  const list = useLoad(() => api.listSnapshots(g.name), [g.name]);
+  return (
+    <div class="panel">
+      <Form
+        label="Take a snapshot"
+        submit="Take snapshot"
+        done="Snapshot taken"
+        run={async (d) => {
+          await finished(await api.createSnapshot(g.name, String(d.get('snapshot'))));
+          list.reload();
+        }}
+      >
+        <Field label="Snapshot name">{(id) => <input id={id} name="snapshot" required />}</Field>
+      </Form>
+      {list.data ? (
+        <div class="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <th>Name</th>
+                <th>Taken</th>
+                <th>
+                  <span class="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {list.data.map((s) => (
+                <tr key={s.name}>
+                  <td>{s.name}</td>
+                  <td>{when(s.createdAt)}</td>
+                  <td class="row">
+                    <Action
+                      confirm={`Restore ${g.name} to ${s.name}? What changed since is lost.`}
+                      done="Restored"
+                      run={async () => finished(await api.restoreSnapshot(g.name, s.name))}
+                    >
+                      Restore
+                    </Action>
+                    <Action
+                      kind="danger"
+                      confirm={`Delete snapshot ${s.name}?`}
+                      run={async () => {
+                        await finished(await api.deleteSnapshot(g.name, s.name));
+                        list.reload();
+                      }}
+                    >
+                      Delete
+                    </Action>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      ) : (
+        <Loading error={list.error} />
+      )}
+    </div>
+  );
+}
+
+function Backups(props: { guest: Guest }) {
+  const g = props.guest;
+  const made = useSignal<string[]>([]);
+  const progress = useSignal<number | null>(null);
+  return (
+    <div class="panel">
+      <h2>Export</h2>
+      <div class="row">
+        <Action
+          kind="primary"
+          done="Backup made: download it below"
+          run={async () => {
+            const op = await finished(await api.createBackup(g.name, { snapshots: true }));
+            const backup = op.metadata.backup;
+            if (typeof backup === 'string') made.value = [...made.value, backup];
+          }}
+        >
+          Make a backup
+        </Action>
+      </div>
+      <ul>
+        {made.value.map((b) => (
+          <li key={b} class="row">
+            <a href={api.backupUrl(g.name, b)} download={`${g.name}-${b}.tar`}>
+              Download {b}
+            </a>
+            <Action
+              run={async () => {
+                await api.deleteBackup(g.name, b);
+                made.value = made.value.filter((x) => x !== b);
+              }}
+            >
+              Delete from the daemon
+            </Action>
+          </li>
+        ))}
+      </ul>
+      <h2>Import</h2>
+      <Form
+        label="Import a backup"
+        submit="Upload and import"
+        done="Backup imported"
+        run={async (d) => {
+          const file = d.get('archive');
+          if (!(file instanceof File) || file.size === 0) throw new Error('Choose a backup archive first');
+          const op = await api.importBackup(file, { name: String(d.get('name') || '') }, (f) => {
+            progress.value = f;
+          });
+          progress.value = null;
+          await finished(op);
+        }}
+      >
+        <Field label="Backup archive">{(id) => <input id={id} name="archive" type="file" required />}</Field>
+        <Field label="Name of the imported guest" hint="Default: the name in the archive">
+          {(id) => <input id={id} name="name" />}
+        </Field>
+        {progress.value !== null && <progress value={progress.value} max={1} aria-label="Upload progress" />}
+      </Form>
+    </div>
+  );
+}
+
+function Volumes(props: { guest: Guest }) {
+  const g = props.guest;
+  const pools = useLoad(() => api.listPools().catch(() => []), []);
+  const disks = Object.entries(g.disks ?? {});
+  return (
+    <div class="panel">
+      {disks.length === 0 ? (
+        <p class="muted">No volumes attached.</p>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th>Device</th>
+              <th>Volume</th>
+              <th>Path</th>
+              <th>
+                <span class="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {disks.map(([device, d]) => (
+              <tr key={device}>
+                <td>{device}</td>
+                <td>
+                  {d.pool}/{d.source}
+                </td>
+                <td>{d.path ?? '–'}</td>
+                <td>
+                  <Action
+                    run={async () => api.detachVolume(d.pool, d.source, { guest: g.name, device })}
+                    done="Detached"
+                  >
+                    Detach
+                  </Action>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <h2>Attach a volume</h2>
+      <Form
+        label="Attach a volume"
+        submit="Attach"
+        done="Attached"
+        run={async (d) => {
+          const path = String(d.get('path') || '');
+          await api.attachVolume(String(d.get('pool')), String(d.get('volume')), {
+            guest: g.name,
+            ...(path ? { path } : {}),
+          });
+        }}
+      >
+        <Field label="Pool">
+          {(id) => (
+            <select id={id} name="pool">
+              {(pools.data ?? []).map((p) => (
+                <option key={p.name}>{p.name}</option>
+              ))}
+            </select>
+          )}
+        </Field>
+        <Field label="Volume">{(id) => <input id={id} name="volume" required />}</Field>
+        {g.model === 'ct' && (
+          <Field label="Mount path">{(id) => <input id={id} name="path" placeholder="/data" />}</Field>
+        )}
+      </Form>
+    </div>
+  );
+}
+
+function Nics(props: { guest: Guest }) {
+  const g = props.guest;
+  const networks = useLoad(() => api.listNetworks().catch(() => []), []);
+  const nics = Object.entries(g.devices ?? {});
+  return (
+    <div class="panel">
+      <table>
+        <thead>
+          <tr>
+            <th>NIC</th>
+            <th>Network</th>
+            <th>MAC</th>
+            <th>Addresses</th>
+            <th>
+              <span class="sr-only">Actions</span>
+            </th>
+          </tr>
+        </thead>
+        <tbody>
+          {nics.map(([nic, d]) => {
+            const s = g.state.nics?.[nic];
+            return (
+              <tr key={nic}>
+                <td>{nic}</td>
+                <td>
+                  <Link to={`/networks/${encodeURIComponent(d.network)}`}>{d.network}</Link>
+                </td>
+                <td>{s?.hwaddr ?? d.hwaddr ?? '–'}</td>
+                <td>
+                  {(s?.addresses ?? []).join(', ') || '–'}
+                  {s?.warning && <div role="alert">{s.warning}</div>}
+                </td>
+                <td>
+                  <Action
+                    run={async () => api.detachNetwork(d.network, { guest: g.name, nic })}
+                    done="NIC removed"
+                  >
+                    Detach
+                  </Action>
+                </td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+      <h2>Add a NIC</h2>
+      <Form
+        label="Add a NIC"
+        submit="Attach"
+        done="NIC added"
+        run={async (d) => api.attachNetwork(String(d.get('network')), { guest: g.name })}
+      >
+        <Field label="Network">
+          {(id) => (
+            <select id={id} name="network">
+              {(networks.data ?? []).map((n) => (
+                <option key={n.name}>{n.name}</option>
+              ))}
+            </select>
+          )}
+        </Field>
+      </Form>
+    </div>
+  );
+}
+
+/** Lists a directory of a running guest through exec (`ls -1Ap`), the public API's only way to see one. */
+async function listDirectory(guest: string, dir: string): Promise<string[]> {
+  const op = await finished(
+    await api.startExec(guest, { command: ['ls', '-1Ap', '--', dir], 'record-output': true }),
+  );
+  const m = op.metadata as { return?: number; stdout?: string; stderr?: string };
+  if (m.return !== 0) throw new Error((m.stderr ?? '').trim().split('\n')[0] || `Cannot list ${dir}`);
+  return (m.stdout ?? '').split('\n').filter((l) => l !== '');
+}
+
+function Files(props: { guest: Guest }) {
+  const g = props.guest;
+  const dir = route.value.query.get('path') ?? '/';
+  const running = g.status === 'Running';
+  const entries = useLoad(
+    () => (running ? listDirectory(g.name, dir) : Promise.resolve([])),
+    [g.name, dir, running],
+  );
+  if (!running) return <p class="panel">Start the guest to browse its files.</p>;
+  const join = (name: string) => `${dir.replace(/\/$/, '')}/${name}`;
+  return (
+    <div class="panel">
+      <p>
+        <strong>{dir}</strong>{' '}
+        {dir !== '/' && <Link to={withQuery({ path: dir.replace(/\/[^/]+\/?$/, '') || '/' })}>Up</Link>}
+      </p>
+      {entries.data ? (
+        <ul>
+          {entries.data.map((e) =>
+            e.endsWith('/') ? (
+              <li key={e}>
+                <Link to={withQuery({ path: join(e.slice(0, -1)) })}>{e}</Link>
+              </li>
+            ) : (
+              <li key={e}>
+                {e}{' '}
+                <Action
+                  label={`Download ${e}`}
+                  run={async () => {
+                    const { blob } = await api.pullFile(g.name, join(e));
+                    const a = document.createElement('a');
+                    a.href = URL.createObjectURL(blob);
+                    a.download = e;
+                    a.click();
+                    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+                  }}
+                >
+                  Download
+                </Action>
+              </li>
+            ),
+          )}
+        </ul>
+      ) : (
+        <Loading error={entries.error} />
+      )}
+      <h2>Upload a file here</h2>
+      <Form
+        label="Upload a file"
+        submit="Upload"
+        done="Uploaded"
+        run={async (d) => {
+          const file = d.get('file');
+          if (!(file instanceof File) || !file.name) throw new Error('Choose a file first');
+          await api.pushFile(g.name, join(file.name), file, { mode: String(d.get('mode') || '0644') });
+          entries.reload();
+        }}
+      >
+        <Field label="File">{(id) => <input id={id} name="file" type="file" required />}</Field>
+        <Field label="Mode">{(id) => <input id={id} name="mode" value="0644" />}</Field>
+      </Form>
+    </div>
+  );
+}
+
+function Events(props: { guest: Guest }) {
+  const source = `/1.0/guests/${props.guest.name}`;
+  const log = useLoad(() => api.consoleLog(props.guest.name).catch(() => ''), [props.guest.name]);
+  const mine = recentEvents.value.filter(
+    (e) =>
+      e.source === source ||
+      (
+        (e.metadata as { operation?: { resources?: { guests?: string[] } } }).operation?.resources?.guests ??
+        []
+      ).includes(source),
+  );
+  return (
+    <div class="panel">
+      <h2>Events since this page opened</h2>
+      {mine.length === 0 ? (
+        <p class="muted">None yet: they appear here as they happen.</p>
+      ) : (
+        <ul data-testid="guest-events">
+          {mine
+            .slice()
+            .reverse()
+            .map((e, i) => (
+              <li key={i}>
+                {when(e.timestamp)} · {e.type} ·{' '}
+                {e.action ??
+                  `${(e.metadata as { operation?: { description?: string; status?: string } }).operation?.description} ${(e.metadata as { operation?: { status?: string } }).operation?.status}`}
+              </li>
+            ))}
+        </ul>
+      )}
+      <h2>Console log</h2>
+      <pre style={{ maxHeight: '300px', overflow: 'auto', whiteSpace: 'pre-wrap' }}>
+        {log.data?.slice(-20_000) || '(empty)'}
+      </pre>
+    </div>
+  );
+}
+
+function Console(props: { guest: Guest }) {
+  const g = props.guest;
+  const kinds: Array<[string, string]> = [['shell', 'Shell (exec)']];
+  if (g.model !== 'ct') kinds.push(['console', g.model === 'vm' ? 'Serial console' : 'UML console']);
+  if (g.model === 'vm' && g.config['vm.display'] !== 'false') kinds.push(['vga', 'Screen (VNC)']);
+  const kind = route.value.query.get('console') ?? (g.model === 'ct' ? 'shell' : 'console');
+  if (g.status !== 'Running' && g.status !== 'Frozen')
+    return <p class="panel">Start the guest to open its console.</p>;
+  return (
+    <div class="panel">
+      <fieldset class="row plain" style={{ marginBottom: '8px' }}>
+        <legend class="sr-only">Console kind</legend>
+        {kinds.map(([k, label]) => (
+          <button
+            type="button"
+            key={k}
+            aria-pressed={k === kind}
+            class={k === kind ? 'primary' : undefined}
+            onClick={() => navigate(withQuery({ console: k }), { replace: true })}
+          >
+            {label}
+          </button>
+        ))}
+      </fieldset>
+      {kind === 'vga' ? (
+        <Vnc guest={g.name} />
+      ) : (
+        <Terminal key={kind} guest={g.name} mode={kind === 'shell' ? 'exec' : 'console'} />
+      )}
+    </div>
+  );
+}
