@@ -1,12 +1,13 @@
 import { asTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestSpec, NetworkAddressClaim, NetworkSpec, NetworkStatus } from '../core/types.ts';
+import type { NetworkAddressClaim, NetworkSpec, NetworkStatus } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
 import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 export interface NetworkControllerDeps {
@@ -85,33 +86,29 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
 
   async function claimsOf(name: string) {
     const prefix = keys.networkAddresses(name);
-    const { kvs } = await store.list(prefix);
-    return kvs.map((kv) => ({
-      key: kv.key,
-      ip: kv.key.slice(prefix.length),
-      claim: JSON.parse(kv.value) as NetworkAddressClaim,
-    }));
+    const { items } = await records.networkAddress.list(store, name);
+    return items.map((c) => ({ key: c.key, ip: c.key.slice(prefix.length), claim: c.value }));
   }
 
   async function reconcileOnce(name: string): Promise<void> {
-    const [specKv, statusKv] = await Promise.all([
-      store.get(keys.network(name)),
-      store.get(keys.networkStatus(name)),
+    const [specRecord, statusRecord] = await Promise.all([
+      records.network.at(name).get(store),
+      records.networkStatus.at(name).get(store),
     ]);
-    const previous = statusKv ? (JSON.parse(statusKv.value) as NetworkStatus) : undefined;
-    if (!specKv) {
-      if (statusKv) await store.delete(keys.networkStatus(name));
+    const previous = statusRecord?.value;
+    if (!specRecord) {
+      if (statusRecord) await store.delete(statusRecord.key);
       return;
     }
-    const spec = JSON.parse(specKv.value) as NetworkSpec;
+    const spec = specRecord.value;
     if (spec.host !== hostName) return;
     if (spec.deleting) {
       await backend.remove(name, previous?.dnsmasq);
       await store.txn({
         compare: [],
         success: [
-          { type: 'delete', key: keys.network(name) },
-          { type: 'delete', key: keys.networkStatus(name) },
+          records.network.at(name).deleteOp(),
+          records.networkStatus.at(name).deleteOp(),
           { type: 'delete', key: keys.networkAddresses(name), prefix: true },
         ],
       });
@@ -141,7 +138,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       if (previous?.dnsmasq) status.dnsmasq = previous.dnsmasq;
     }
     if (JSON.stringify(previous) !== JSON.stringify(status)) {
-      await store.put(keys.networkStatus(name), JSON.stringify(status));
+      await records.networkStatus.at(name).put(store, status);
       if (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration) {
         events.publish({
           type: 'lifecycle',
@@ -157,24 +154,22 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   /** Releases addresses whose guest or NIC is gone (a deleted guest's claims end here). */
   async function sweepClaims(): Promise<void> {
     const [claims, guests] = await Promise.all([
-      store.list(keys.networkAddressPrefix),
-      store.list(keys.guestPrefix),
+      records.networkAddress.list(store),
+      records.guest.list(store),
     ]);
+    // A guest record that does not decode keeps its claims: its NICs cannot be told.
+    if (guests.malformed.length > 0) return;
     const nics = new Set<string>();
-    for (const kv of guests.kvs) {
-      const g = JSON.parse(kv.value) as GuestSpec;
+    for (const g of valuesOf(guests)) {
       for (const [nic, d] of Object.entries(g.devices ?? {}))
         nics.add(`${g.name}/${nic}/${d.network}/${d['ipv4.address']}`);
     }
     const touched = new Set<string>();
-    for (const kv of claims.kvs) {
-      const [net, ip] = kv.key.slice(keys.networkAddressPrefix.length).split('/');
-      const c = JSON.parse(kv.value) as NetworkAddressClaim;
+    for (const { key, value: c, modRevision } of claims.items) {
+      const [net, ip] = records.networkAddress.nameOf(key).split('/');
       if (!nics.has(`${c.guest}/${c.nic}/${net}/${ip}`)) {
-        await store.txn({
-          compare: [{ key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision }],
-          success: [{ type: 'delete', key: kv.key }],
-        });
+        const ref = records.networkAddress.ref(key);
+        await store.txn({ compare: [ref.unchanged(modRevision)], success: [ref.deleteOp()] });
         if (net) touched.add(net);
       }
     }
@@ -182,18 +177,12 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   }
 
   async function check(): Promise<void> {
-    const [{ kvs }, statuses] = await Promise.all([
-      store.list(keys.networkPrefix),
-      store.list(keys.networkStatusPrefix),
+    const [specs, statuses] = await Promise.all([
+      records.network.list(store),
+      records.networkStatus.list(store),
     ]);
-    const st = new Map(
-      statuses.kvs.map((kv) => [
-        kv.key.slice(keys.networkStatusPrefix.length),
-        JSON.parse(kv.value) as NetworkStatus,
-      ]),
-    );
-    for (const kv of kvs) {
-      const spec = JSON.parse(kv.value) as NetworkSpec;
+    const st = new Map(statuses.items.map((s) => [records.networkStatus.nameOf(s.key), s.value]));
+    for (const spec of valuesOf(specs)) {
       if (spec.host !== hostName || spec.deleting) continue;
       const s = st.get(spec.name);
       const seen = await backend.inspect(spec.name, s?.dnsmasq);
@@ -217,7 +206,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       const networks = createInformer<NetworkSpec>({
         store,
         prefix: keys.networkPrefix,
-        decode: (kv) => JSON.parse(kv.value) as NetworkSpec,
+        decode: records.network.decode,
         log,
         handlers: {
           onAdd: (key, spec) => {
@@ -258,8 +247,16 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       informers.push(networks, claims, guests);
       for (const informer of informers) await informer.start();
       const ours = new Set(networks.values().flatMap((spec) => (spec.host === hostName ? [spec.name] : [])));
+      // A bridge is stale when no record names it: one whose record does not decode is kept.
+      const elsewhere = new Set(
+        networks.values().flatMap((spec) => (spec.host !== hostName ? [spec.name] : [])),
+      );
+      const named = (await store.list(records.network.prefix)).kvs.map((kv) =>
+        records.network.nameOf(kv.key),
+      );
+      const keep = new Set(named.filter((name) => !elsewhere.has(name)));
       for (const bridge of await backend.listOwned()) {
-        if (!ours.has(bridge)) {
+        if (!keep.has(bridge)) {
           log.info({ network: bridge }, 'removing stale network');
           await backend
             .remove(bridge, undefined)

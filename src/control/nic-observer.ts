@@ -14,6 +14,7 @@ import type { Logger } from '../host/logger.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 import { diagnoseNic, interfaceOf, type NicProblem } from './nic-diagnosis.ts';
 
@@ -180,7 +181,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     const previous = t.record && sameProcess(t.record.process, status.process) ? t.record : undefined;
     if (essence(previous) === essence(record)) return;
     if (stopped) return;
-    await store.put(keys.guestNetwork(spec.name), JSON.stringify(record));
+    await records.guestNetwork.at(spec.name).put(store, record);
     t.record = record;
     announce(spec, previous, record);
   }
@@ -273,24 +274,20 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   async function scan(): Promise<{ done: Promise<void> }> {
     dirty = false;
     lastFullAt = now();
-    const [specs, statuses, records] = await Promise.all([
-      store.list(keys.guestPrefix),
-      store.list(keys.guestStatusPrefix),
-      store.list(keys.guestNetworkPrefix),
+    const [specs, statuses, observations] = await Promise.all([
+      records.guest.list(store),
+      records.guestStatus.list(store),
+      records.guestNetwork.list(store),
     ]);
     const statusOf = new Map<string, GuestStatus>();
-    for (const kv of statuses.kvs) {
-      statusOf.set(kv.key.slice(keys.guestStatusPrefix.length), JSON.parse(kv.value) as GuestStatus);
-    }
+    for (const s of statuses.items) statusOf.set(records.guestStatus.nameOf(s.key), s.value);
     const recordOf = new Map<string, GuestNetworkObservation>();
-    for (const kv of records.kvs) {
-      recordOf.set(kv.key.slice(keys.guestNetworkPrefix.length), JSON.parse(kv.value));
-    }
+    for (const o of observations.items) recordOf.set(records.guestNetwork.nameOf(o.key), o.value);
     const ours = new Set<string>();
-    const named = new Set<string>();
+    // Every guest with a record, whether it decodes or not: only a gone guest's observation goes.
+    const named = new Set(specs.malformed.map((m) => records.guest.nameOf(m.key)));
     const at = now();
-    for (const kv of specs.kvs) {
-      const spec = JSON.parse(kv.value) as GuestSpec;
+    for (const spec of valuesOf(specs)) {
       named.add(spec.name);
       if (spec.host !== hostName) continue;
       ours.add(spec.name);

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { failedPrecondition } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import type { GuestNicState, GuestSpec, NetworkSpec, NicDevice, ObservedNic } from '../core/types.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records } from '../store/records.ts';
 import { parseBitRate } from './ipv4.ts';
 import type { NetworkBackend, PortDefinition, PortState } from './network-backend.ts';
 
@@ -75,9 +75,9 @@ export function createGuestNetworking(deps: {
   const { store, backend, stateDir } = deps;
 
   const networkOf = async (name: string): Promise<NetworkSpec> => {
-    const kv = await store.get(keys.network(name));
-    if (!kv) throw failedPrecondition(`Network ${name} does not exist: create it or remove the NIC`);
-    return JSON.parse(kv.value) as NetworkSpec;
+    const found = await records.network.at(name).get(store);
+    if (!found) throw failedPrecondition(`Network ${name} does not exist: create it or remove the NIC`);
+    return found.value;
   };
 
   /** `IP/prefix` of a NIC's address on its network. */

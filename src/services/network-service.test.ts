@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestSpec, ProcessIdentity } from '../core/types.ts';
+import type { GuestSpec, GuestStatus, ProcessIdentity } from '../core/types.ts';
 import { createFakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { HostSubnet } from '../network/default-network.ts';
@@ -11,6 +11,36 @@ import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createEventBus } from './event-bus.ts';
 import { createNetworkService, type NetworkService, validateAclRule } from './network-service.ts';
+
+/** A whole guest record, as the guest service writes one. */
+const guestRecord = (name: string, extra: Partial<GuestSpec> = {}): GuestSpec => ({
+  name,
+  project: 'default',
+  model: 'ct',
+  image: 'ab'.repeat(32),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Stopped',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  host: 'h1',
+  createdAt: new Date(0).toISOString(),
+  ...extra,
+});
+
+/** A whole guest status, as the guest controller writes one. */
+const statusRecord = (status: GuestStatus['status']): GuestStatus => ({
+  status,
+  observedGeneration: 1,
+  observedRestartRequest: 0,
+  appliedConfig: {},
+  pendingRestart: [],
+  restartCount: 0,
+  provisioned: true,
+});
 
 /** A backend that keeps its "bridges" in a map. */
 function fakeBackend() {
@@ -82,7 +112,7 @@ describe('network service and controller', () => {
 
   const guestWith = async (name: string, network: string) => {
     const claims = await networks.claimNics(name, { eth0: { type: 'nic', network } });
-    const spec = { name, devices: claims.devices } as unknown as GuestSpec;
+    const spec = guestRecord(name, { devices: claims.devices });
     await store.txn({
       compare: claims.compare,
       success: [...claims.success, { type: 'put', key: keys.guest(name), value: JSON.stringify(spec) }],
@@ -325,7 +355,7 @@ describe('network service and controller', () => {
 
   test('attach gives a guest the next ethN with an address; detach releases it, refused while running without a driver', async () => {
     await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
-    await store.put(keys.guest('g'), JSON.stringify({ name: 'g' }));
+    await store.put(keys.guest('g'), JSON.stringify(guestRecord('g')));
     assert.equal((await networks.attach('net1', 'g')).nic, 'eth0');
     const second = await networks.attach('net1', 'g', { device: { 'ipv4.address': '198.18.10.9' } });
     assert.deepEqual([second.nic, second.applied], ['eth1', 'none']);
@@ -336,9 +366,9 @@ describe('network service and controller', () => {
     );
     await assert.rejects(networks.attach('net1', 'g', { nic: 'eth0' }), { code: 'AlreadyExists' });
     await assert.rejects(networks.detach('net1', 'g'), /several NICs/);
-    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Running' }));
+    await store.put(keys.guestStatus('g'), JSON.stringify(statusRecord('Running')));
     await assert.rejects(networks.detach('net1', 'g', { nic: 'eth1' }), { code: 'FailedPrecondition' });
-    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Stopped' }));
+    await store.put(keys.guestStatus('g'), JSON.stringify(statusRecord('Stopped')));
     await networks.detach('net1', 'g', { nic: 'eth1' });
     const claims = (await store.list(keys.networkAddresses('net1'))).kvs.map((kv) => kv.key.split('/').pop());
     assert.deepEqual(claims, ['198.18.10.2']);
@@ -354,11 +384,11 @@ describe('network service and controller', () => {
       drivers: { ct: driver },
     });
     await live.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
-    const spec = { name: 'g', model: 'ct', config: {} } as unknown as GuestSpec;
+    const spec = guestRecord('g');
     await store.put(keys.guest('g'), JSON.stringify(spec));
     await driver.create(spec, undefined as never);
     const process = await driver.start(spec, undefined as never);
-    await store.put(keys.guestStatus('g'), JSON.stringify({ status: 'Running', process }));
+    await store.put(keys.guestStatus('g'), JSON.stringify({ ...statusRecord('Running'), process }));
 
     const r = await live.attach('net1', 'g');
     assert.deepEqual([r.nic, r.applied], ['eth0', 'live']);

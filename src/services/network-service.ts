@@ -20,7 +20,6 @@ import {
 } from '../core/projects.ts';
 import type {
   GuestSpec,
-  GuestStatus,
   Model,
   Network,
   NetworkAclRule,
@@ -48,6 +47,7 @@ import {
   subnetOf,
 } from '../network/ipv4.ts';
 import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 import { guardedWrite } from './project-service.ts';
 
 /** Body of `POST /1.0/networks`. */
@@ -223,21 +223,15 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
 
   async function loadAny(name: string) {
     assertNetworkName(name);
-    const kv = await store.get(keys.network(name));
-    if (!kv) throw notFound(`Network ${name} not found: see trivisor network list`);
-    const st = await store.get(keys.networkStatus(name));
-    return {
-      spec: JSON.parse(kv.value) as NetworkSpec,
-      status: st ? (JSON.parse(st.value) as NetworkStatus) : undefined,
-      modRevision: kv.modRevision,
-    };
+    const found = await records.network.at(name).get(store);
+    if (!found) throw notFound(`Network ${name} not found: see trivisor network list`);
+    const st = await records.networkStatus.at(name).get(store);
+    return { spec: found.value, status: st?.value, modRevision: found.modRevision };
   }
 
   async function guestsUsing(): Promise<Map<string, string[]>> {
-    const { kvs } = await store.list(keys.guestPrefix);
     const byNetwork = new Map<string, string[]>();
-    for (const kv of kvs) {
-      const g = JSON.parse(kv.value) as GuestSpec;
+    for (const g of valuesOf(await records.guest.list(store))) {
       for (const d of Object.values(g.devices ?? {})) {
         if (d.type !== 'nic') continue;
         const list = byNetwork.get(d.network) ?? [];
@@ -275,12 +269,15 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
   async function waitConverged(name: string, generation: number, gone = false): Promise<void> {
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
-      const [s, st] = await Promise.all([store.get(keys.network(name)), store.get(keys.networkStatus(name))]);
+      const [s, st] = await Promise.all([
+        records.network.at(name).get(store),
+        records.networkStatus.at(name).get(store),
+      ]);
       if (!s) {
         if (gone) return;
         throw conflict(`Network ${name} was deleted meanwhile`);
       }
-      const status = st ? (JSON.parse(st.value) as NetworkStatus) : undefined;
+      const status = st?.value;
       if (status?.failedGeneration === generation && status.error) {
         // The controller's code (a refusal stays what it was); statuses without one were refusals.
         throw new TrivisorError(
@@ -299,9 +296,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
   }
 
   async function assertNoOverlap(name: string, cidr: Ipv4Cidr, project: string): Promise<void> {
-    const { kvs } = await store.list(keys.networkPrefix);
-    for (const kv of kvs) {
-      const other = JSON.parse(kv.value) as NetworkSpec;
+    for (const other of valuesOf(await records.network.list(store))) {
       if (other.name === name || other.deleting) continue;
       const o = other.config['ipv4.address'];
       if (o && overlaps(parseGatewayCidr(o), cidr)) {
@@ -325,7 +320,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     // The network's own bridge (one a lost record left, too: the controller takes it over) is no conflict.
     const ours = new Set([
       name,
-      ...(await store.list(keys.networkPrefix)).kvs.map((kv) => (JSON.parse(kv.value) as NetworkSpec).name),
+      ...(await store.list(records.network.prefix)).kvs.map((kv) => records.network.nameOf(kv.key)),
     ]);
     for (const host of await deps.hostSubnets()) {
       if (ours.has(host.dev)) continue;
@@ -345,20 +340,16 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
   }
 
   async function writeSpec(next: NetworkSpec, modRevision: number): Promise<void> {
-    const r = await store.txn({
-      compare: [{ key: keys.network(next.name), target: 'modRevision', op: '=', value: modRevision }],
-      success: [{ type: 'put', key: keys.network(next.name), value: JSON.stringify(next) }],
-    });
+    const ref = records.network.at(next.name);
+    const r = await store.txn({ compare: [ref.unchanged(modRevision)], success: [ref.putOp(next)] });
     if (!r.succeeded) throw conflict(`Network ${next.name} was changed at the same time; retry`);
   }
 
   /** Puts back the spec before a change the host could not apply, unless it changed again meanwhile. */
   async function rollBack(name: string, failedGen: number, before: NetworkSpec): Promise<void> {
-    const kv = await store.get(keys.network(name));
-    if (!kv) return;
-    const now = JSON.parse(kv.value) as NetworkSpec;
-    if (now.generation !== failedGen) return;
-    await writeSpec({ ...before, generation: failedGen + 1 }, kv.modRevision).catch(() => {});
+    const now = await records.network.at(name).get(store);
+    if (!now || now.value.generation !== failedGen) return;
+    await writeSpec({ ...before, generation: failedGen + 1 }, now.modRevision).catch(() => {});
   }
 
   // One NIC change at a time: each reads the guest, then writes it and plugs or unplugs.
@@ -374,8 +365,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
    * stopped. FailedPrecondition when frozen, or running without a driver here to plug NICs live.
    */
   async function runningPid(spec: GuestSpec): Promise<number | undefined> {
-    const st = await store.get(keys.guestStatus(spec.name));
-    const status = st ? (JSON.parse(st.value) as Partial<GuestStatus>) : undefined;
+    const status = (await records.guestStatus.at(spec.name).get(store))?.value;
     const driver = deps.drivers?.[spec.model];
     if (!driver) {
       if (status?.status === 'Running' || status?.status === 'Frozen') {
@@ -395,21 +385,18 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
   /** Removes a NIC from the guest's spec and releases its address, in one transaction. */
   async function removeNic(guest: string, nic: string, device: NicDevice): Promise<void> {
     for (let attempt = 0; attempt < 5; attempt++) {
-      const kv = await store.get(keys.guest(guest));
-      if (!kv) return;
-      const spec = JSON.parse(kv.value) as GuestSpec;
+      const found = await records.guest.at(guest).get(store);
+      if (!found) return;
+      const spec = found.value;
       const devices = { ...spec.devices };
       delete devices[nic];
       const release =
         device['ipv4.address'] && spec.devices?.[nic]
-          ? [{ type: 'delete' as const, key: keys.networkAddress(device.network, device['ipv4.address']) }]
+          ? [records.networkAddress.at(device.network, device['ipv4.address']).deleteOp()]
           : [];
       const r = await store.txn({
-        compare: [{ key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision }],
-        success: [
-          { type: 'put', key: keys.guest(guest), value: JSON.stringify({ ...spec, devices }) },
-          ...release,
-        ],
+        compare: [records.guest.at(guest).unchanged(found.modRevision)],
+        success: [records.guest.at(guest).putOp({ ...spec, devices }), ...release],
       });
       if (r.succeeded) return;
     }
@@ -429,10 +416,9 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     /** The guest of a NIC change, which must be in the network's project (else it is not found). */
     async function guestIn(guest: string, project: string) {
       assertDnsLabel(guest, 'guest name');
-      const kv = await store.get(keys.guest(guest));
-      const spec = kv ? (JSON.parse(kv.value) as GuestSpec) : undefined;
-      if (!kv || !spec || projectOfRecord(spec) !== project) throw notFound(`Guest ${guest} not found`);
-      return { kv, spec };
+      const found = await records.guest.at(guest).get(store);
+      if (!found || projectOfRecord(found.value) !== project) throw notFound(`Guest ${guest} not found`);
+      return { modRevision: found.modRevision, spec: found.value };
     }
 
     const service: NetworkService = {
@@ -440,15 +426,13 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
 
       async list(options = {}) {
         const [specs, statuses, used] = await Promise.all([
-          store.list(keys.networkPrefix),
-          store.list(keys.networkStatusPrefix),
+          records.network.list(store),
+          records.networkStatus.list(store),
           guestsUsing(),
         ]);
         const st = new Map<string, NetworkStatus>();
-        for (const kv of statuses.kvs)
-          st.set(kv.key.slice(keys.networkStatusPrefix.length), JSON.parse(kv.value));
-        return specs.kvs
-          .map((kv) => JSON.parse(kv.value) as NetworkSpec)
+        for (const s of statuses.items) st.set(records.networkStatus.nameOf(s.key), s.value);
+        return valuesOf(specs)
           .filter((s) => scope === undefined || options.allProjects || projectOfRecord(s) === scope)
           .map((s) => toNetwork(s, st.get(s.name), used.get(s.name) ?? []));
       },
@@ -463,8 +447,8 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
         const project = scope ?? DEFAULT_PROJECT;
         const config = validateNetworkConfig({ ...(request.config ?? {}) });
         const cidr = parseGatewayCidr(config['ipv4.address'] as string);
-        const taken = await store.get(keys.network(request.name));
-        if (taken) throw nameTaken(request.name, JSON.parse(taken.value) as NetworkSpec, project);
+        const taken = await records.network.at(request.name).get(store);
+        if (taken) throw nameTaken(request.name, taken.value, project);
         await assertNoOverlap(request.name, cidr, project);
         await assertNotHostRouted(request.name, cidr);
         const spec: NetworkSpec = {
@@ -483,16 +467,16 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
             after: addUsage(p.usage, { ...NO_USAGE, networks: 1 }),
           });
           return {
-            compare: [{ key: keys.network(spec.name), target: 'createRevision', op: '=', value: 0 }],
+            compare: [records.network.at(spec.name).absent()],
             success: [
-              { type: 'put', key: keys.network(spec.name), value: JSON.stringify(spec) },
-              { type: 'delete', key: keys.networkStatus(spec.name) },
+              records.network.at(spec.name).putOp(spec),
+              records.networkStatus.at(spec.name).deleteOp(),
             ],
           };
         });
         if (!r.succeeded) {
-          const now = await store.get(keys.network(spec.name));
-          throw nameTaken(spec.name, now && (JSON.parse(now.value) as NetworkSpec), project);
+          const now = await records.network.at(spec.name).get(store);
+          throw nameTaken(spec.name, now?.value, project);
         }
         try {
           await waitConverged(spec.name, 1);
@@ -593,9 +577,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
           targetAddress = nic['ipv4.address'];
           targetGuest = g.name;
         }
-        const { kvs } = await store.list(keys.networkPrefix);
-        for (const kv of kvs) {
-          const other = JSON.parse(kv.value) as NetworkSpec;
+        for (const other of valuesOf(await records.network.list(store))) {
           const taken = (other.forwards ?? []).find(
             (f) =>
               f.listenAddress === request.listenAddress &&
@@ -689,7 +671,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
       attach(network, guest, options = {}) {
         return serial(async () => {
           const net = await load(network);
-          const { kv, spec } = await guestIn(guest, projectOfRecord(net.spec));
+          const { modRevision, spec } = await guestIn(guest, projectOfRecord(net.spec));
           if (spec.deleting) throw conflict(`Guest ${guest} is being deleted`);
           const devices = spec.devices ?? {};
           let nic = options.nic;
@@ -705,14 +687,8 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
           );
           const next: GuestSpec = { ...spec, devices: { ...devices, ...claims.devices } };
           const r = await store.txn({
-            compare: [
-              { key: keys.guest(guest), target: 'modRevision', op: '=', value: kv.modRevision },
-              ...claims.compare,
-            ],
-            success: [
-              { type: 'put', key: keys.guest(guest), value: JSON.stringify(next) },
-              ...claims.success,
-            ],
+            compare: [records.guest.at(guest).unchanged(modRevision), ...claims.compare],
+            success: [records.guest.at(guest).putOp(next), ...claims.success],
           });
           if (!r.succeeded)
             throw conflict(`Guest ${guest} or the address was changed at the same time; retry`);
@@ -839,10 +815,10 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
             device[key] = v;
           }
           out.devices[nic] = device;
-          const key = keys.networkAddress(raw.network, address);
+          const ref = records.networkAddress.at(raw.network, address);
           const claim: NetworkAddressClaim = { guest, nic, hwaddr };
-          out.compare.push({ key, target: 'createRevision', op: '=', value: 0 });
-          out.success.push({ type: 'put', key, value: JSON.stringify(claim) });
+          out.compare.push(ref.absent());
+          out.success.push(ref.putOp(claim));
         }
         return out;
       },
