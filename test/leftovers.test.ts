@@ -106,12 +106,18 @@ describe('thingsOf', () => {
       proc(12, { comm: 'sh', cgroups: [`${deadParent}/c1`], sameRoot: false }),
       proc(13, { comm: 'dnsmasq', cmdline: ['dnsmasq', `--pid-file=${dead}/networks/tn1/dnsmasq.pid`] }),
       proc(14, { comm: 'sleep', cmdline: ['sleep', '60'], netns: 'net:[77]' }),
+      // Its etcd members (detached, so they outlive the test process): a test's own, a managed one.
+      proc(15, { comm: 'etcd', cmdline: ['etcd', '--name=etcd', `--data-dir=${dead}/etcd/data`] }),
+      proc(16, { comm: 'etcd', cmdline: ['etcd', '--name=m1', `--data-dir=${dead}/m1-state/etcd/data`] }),
       // Not the dead run's: a shell an engineer left in it, a chroot's copy of the path, the live run.
       proc(20, { comm: 'bash', cmdline: ['-bash'], trivisorDir: dead }),
       proc(21, { comm: 'qemu-system-x86', cmdline: ['qemu', `${dead}/x`], sameRoot: false }),
       proc(22, { comm: 'node', cmdline: ['node', 'main.ts', 'daemon'], trivisorDir: live }),
       proc(23, { comm: 'init', cgroups: [`${liveParent}/c1`], sameRoot: false }),
       proc(24, { comm: 'qemu-system-x86', cmdline: ['qemu', `${live}/guests/v1`] }),
+      // The live run's etcd, and the host's own.
+      proc(26, { comm: 'etcd', cmdline: ['etcd', `--data-dir=${live}/etcd/data`] }),
+      proc(27, { comm: 'etcd', cmdline: ['/usr/bin/etcd', '--data-dir=/var/lib/etcd/default'] }),
       proc(25, { comm: 'sleep', cmdline: ['sleep', `${dead}/x`], state: 'Z' }),
       // The sweeper itself, whatever it names.
       proc(30, { comm: 'node', cmdline: ['node', 'test/leftovers.ts', dead] }),
@@ -164,9 +170,9 @@ describe('thingsOf', () => {
   const things = thingsOf(deadRun, host, new Set([30]));
   const lines = things.map(describeThing);
 
-  test("a dead run's processes: its daemon, guests by cgroup or path, dnsmasq, what runs in its netns", () => {
+  test("a dead run's processes: its daemon, guests by cgroup or path, dnsmasq, what runs in its netns, its etcd", () => {
     const pids = things.flatMap((t) => (t.kind === 'process' ? [t.pid] : []));
-    assert.deepEqual(pids, [10, 11, 12, 13, 14]);
+    assert.deepEqual(pids, [10, 11, 12, 13, 14, 15, 16]);
   });
 
   test('its mounts deepest first, loop devices, runc containers, cgroups, netns', () => {
@@ -206,8 +212,9 @@ describe('thingsOf', () => {
     assert.ok(!liveThings.map(describeThing).some((l) => l.includes(dead)));
     assert.deepEqual(
       liveThings.flatMap((t) => (t.kind === 'process' ? [t.pid] : [])),
-      [22, 23, 24],
+      [22, 23, 24, 26],
     );
+    assert.ok(!lines.some((l) => l.includes('/var/lib/etcd')), "the host's own etcd is nobody's leftover");
   });
 
   test('a bare cgroup parent is housekeeping, a guest cgroup is a leftover', () => {
