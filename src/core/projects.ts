@@ -6,7 +6,7 @@ import { formatBytes, parseBytes } from './sizes.ts';
 export const DEFAULT_PROJECT = 'default';
 
 /**
- * A project (Incus's project), stored at `projectKeys.project(name)`. Guests, networks,
+ * A project (Incus's project), stored at `keys.project(name)`. Guests, networks,
  * volumes, images and operations belong to one; object names stay unique per host
  * (docs/decisions/0021-projects.md). Every create in the project rewrites this record
  * in the same transaction, so that its `modRevision` is the guard two racing creates
@@ -38,12 +38,6 @@ export interface Project extends ProjectSpec {
   /** `/1.0/guests/NAME`, `/1.0/networks/NAME`… of what it holds. */
   usedBy: string[];
 }
-
-/** Key layout of project records (beside core/keys.ts). */
-export const projectKeys = {
-  prefix: '/trivisor/projects/',
-  project: (name: string): string => `/trivisor/projects/${name}`,
-} as const;
 
 /** Objects that belong to a project; records written before projects existed have none. */
 export interface ProjectOwned {

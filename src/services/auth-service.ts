@@ -2,8 +2,10 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { certificateFingerprint, normalizeFingerprint, parseCertificate } from '../api/certificates.ts';
 import { ALL_PROJECTS, type Caller, ROLES, type Role } from '../core/access.ts';
 import { alreadyExists, invalidArgument, notFound } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, type Stored, type TokenRecord, valuesOf } from '../store/records.ts';
 
 /** A token as listed: never its secret, nor the secret's hash. */
 export interface TokenInfo {
@@ -30,11 +32,6 @@ export interface CertificateInfo {
   notAfter: string;
   createdAt: string;
   createdBy: string;
-}
-
-/** Stored token: the info plus the SHA-256 of its secret (the secret itself is never kept). */
-interface TokenRecord extends TokenInfo {
-  secretSha256: string;
 }
 
 /** Tokens and trusted certificates (issue 11): made, listed and revoked by host admins; checked on every TCP request. */
@@ -64,11 +61,12 @@ export interface AuthService {
   }): Promise<Caller | undefined>;
 }
 
+/** Keys of tokens and certificates, as core/keys.ts defines them (for the web sessions' checks). */
 export const authKeys = {
-  tokens: '/trivisor/auth/tokens/',
-  token: (name: string): string => `/trivisor/auth/tokens/${name}`,
-  certificates: '/trivisor/auth/certificates/',
-  certificate: (fingerprint: string): string => `/trivisor/auth/certificates/${fingerprint}`,
+  tokens: keys.tokenPrefix,
+  token: keys.token,
+  certificates: keys.certificatePrefix,
+  certificate: keys.certificate,
 } as const;
 
 /** The name of the daemon's own token (`$TRIVISOR_DIR/token`): the host admin's, for local scripts. */
@@ -113,17 +111,12 @@ export function createAuthService(deps: {
     for (const p of projects) if (p !== ALL_PROJECTS) await deps.assertProjectExists?.(p);
   };
 
-  const getJson = async <T>(key: string): Promise<T | undefined> => {
-    const kv = await deps.store.get(key);
-    return kv ? (JSON.parse(kv.value) as T) : undefined;
-  };
-  const putIfAbsent = async (key: string, value: unknown): Promise<boolean> => {
-    const { succeeded } = await deps.store.txn({
-      compare: [{ key, target: 'version', op: '=', value: 0 }],
-      success: [{ type: 'put', key, value: JSON.stringify(value) }],
-    });
-    return succeeded;
-  };
+  /** A record that does not decode authenticates nobody: authentication fails closed. */
+  const orNothing = <T>(read: Promise<Stored<T> | undefined>): Promise<T | undefined> =>
+    read.then(
+      (found) => found?.value,
+      () => undefined,
+    );
   const publicToken = ({ secretSha256: _, ...info }: TokenRecord): TokenInfo => info;
 
   const certificateByPrefix = async (text: string): Promise<CertificateInfo> => {
@@ -133,11 +126,11 @@ export function createAuthService(deps: {
         `${JSON.stringify(text.slice(0, 80))} is not a certificate fingerprint: give at least its first 8 hex digits`,
       );
     }
-    const { kvs } = await deps.store.list(authKeys.certificate(prefix));
+    const { kvs } = await deps.store.list(keys.certificate(prefix));
     if (kvs.length === 0) throw notFound(`No trusted certificate has the fingerprint ${prefix}`);
     if (kvs.length > 1)
       throw invalidArgument(`${prefix} matches ${kvs.length} certificates: give more digits`);
-    return JSON.parse(kvs[0]!.value) as CertificateInfo;
+    return records.certificate.decode(kvs[0]!);
   };
 
   return {
@@ -161,18 +154,18 @@ export function createAuthService(deps: {
         createdBy,
         secretSha256: sha256(secret).toString('hex'),
       };
-      if (!(await putIfAbsent(authKeys.token(request.name), record))) {
+      const ref = records.token.at(request.name);
+      if (!(await deps.store.txn({ compare: [ref.absent()], success: [ref.putOp(record)] })).succeeded) {
         throw alreadyExists(`Token ${request.name} already exists: revoke it first or choose another name`);
       }
       return { token: publicToken(record), secret };
     },
     async listTokens() {
-      const { kvs } = await deps.store.list(authKeys.tokens);
-      return kvs.map((kv) => publicToken(JSON.parse(kv.value) as TokenRecord));
+      return valuesOf(await records.token.list(deps.store)).map(publicToken);
     },
     async revokeToken(name) {
       assertDnsLabel(name, 'token name');
-      const { deleted } = await deps.store.delete(authKeys.token(name));
+      const { deleted } = await deps.store.delete(keys.token(name));
       if (deleted === 0) {
         throw notFound(
           name === ADMIN_TOKEN_NAME
@@ -208,7 +201,8 @@ export function createAuthService(deps: {
         createdAt: now().toISOString(),
         createdBy,
       };
-      if (!(await putIfAbsent(authKeys.certificate(fingerprint), info))) {
+      const ref = records.certificate.at(fingerprint);
+      if (!(await deps.store.txn({ compare: [ref.absent()], success: [ref.putOp(info)] })).succeeded) {
         throw alreadyExists(
           `The certificate ${fingerprint.slice(0, 12)} is already trusted: remove it first`,
         );
@@ -216,12 +210,11 @@ export function createAuthService(deps: {
       return info;
     },
     async listCertificates() {
-      const { kvs } = await deps.store.list(authKeys.certificates);
-      return kvs.map((kv) => JSON.parse(kv.value) as CertificateInfo);
+      return valuesOf(await records.certificate.list(deps.store));
     },
     async untrustCertificate(fingerprint) {
       const info = await certificateByPrefix(fingerprint);
-      await deps.store.delete(authKeys.certificate(info.fingerprint));
+      await deps.store.delete(keys.certificate(info.fingerprint));
       return info;
     },
     async authenticate({ bearer, certificateFingerprint: fp }) {
@@ -229,12 +222,12 @@ export function createAuthService(deps: {
         const digest = sha256(bearer);
         const m = SECRET.exec(bearer);
         if (!m) return undefined;
-        const record = await getJson<TokenRecord>(authKeys.token(m[1]!));
+        const record = await orNothing(records.token.at(m[1]!).get(deps.store));
         if (!record || !timingSafeEqual(digest, Buffer.from(record.secretSha256, 'hex'))) return undefined;
         return { method: 'token', name: record.name, role: record.role, projects: record.projects };
       }
       if (fp !== undefined) {
-        const info = await getJson<CertificateInfo>(authKeys.certificate(normalizeFingerprint(fp)));
+        const info = await orNothing(records.certificate.at(normalizeFingerprint(fp)).get(deps.store));
         // TLS checked that the client holds the key; the dates are ours to check (self-signed, no chain).
         if (!info || Date.parse(info.notAfter) < now().getTime()) return undefined;
         return {

@@ -1,16 +1,16 @@
 import { rm } from 'node:fs/promises';
 import type { ImageResolver } from '../control/guest-controller.ts';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import { assertImageAlias } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
-import type { GuestSpec, ImageRecord } from '../core/types.ts';
+import type { ImageRecord } from '../core/types.ts';
 import type { ImageHandle } from '../drivers/guest-driver.ts';
 import { hostRunner, type ProcessRunner } from '../host/runner.ts';
 import { debootstrapSuite } from '../images/debootstrap-image.ts';
 import { inspectDiskImage, sniffUpload, type UploadKind } from '../images/disk-image.ts';
 import type { ImageFiles } from '../images/image-files.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 import type { EventBus, ImageService, OperationService } from './types.ts';
 
 export interface ImageServiceDeps {
@@ -55,9 +55,8 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
   const { store, files, operations, events } = deps;
   const runner = deps.runner ?? hostRunner();
 
-  async function records(): Promise<ImageRecord[]> {
-    const { kvs } = await store.list(keys.imagePrefix);
-    return kvs.map((kv) => JSON.parse(kv.value) as ImageRecord);
+  async function allImages(): Promise<ImageRecord[]> {
+    return valuesOf(await records.image.list(store));
   }
 
   /** The record as the API shows it: with its project, `default` for one recorded before projects. */
@@ -67,16 +66,16 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
   async function resolve(ref: string, scope?: string): Promise<ImageRecord> {
     if (typeof ref !== 'string' || ref.length === 0) throw invalidArgument('No image given');
     const inScope = (r: ImageRecord) => scope === undefined || projectOfRecord(r) === scope;
-    const alias = await store.get(keys.imageAlias(ref));
-    const fp = alias?.value;
+    const fp = (await records.imageAlias.at(ref).get(store))?.value;
     if (fp) {
-      const kv = await store.get(keys.image(fp));
-      const r = kv ? (JSON.parse(kv.value) as ImageRecord) : undefined;
+      const r = (await records.image.at(fp).get(store))?.value;
       if (r && inScope(r)) return shown(r);
     }
     if (/^[0-9a-f]{6,64}$/.test(ref)) {
       // Only the project's own fingerprints: another project's must not make a prefix ambiguous.
-      const matches = (await records()).filter((r) => inScope(r) && r.fingerprint.startsWith(ref)).map(shown);
+      const matches = (await allImages())
+        .filter((r) => inScope(r) && r.fingerprint.startsWith(ref))
+        .map(shown);
       if (matches.length === 1 && matches[0]) return matches[0];
       if (matches.length > 1)
         throw invalidArgument(`Image fingerprint prefix ${ref} is ambiguous; give more digits`);
@@ -86,10 +85,10 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
 
   async function assertAliasFree(alias: string, project: string): Promise<void> {
     assertImageAlias(alias);
-    const taken = await store.get(keys.imageAlias(alias));
+    const taken = await records.imageAlias.at(alias).get(store);
     if (!taken) return;
-    const kv = await store.get(keys.image(taken.value));
-    const owner = kv ? projectOfRecord(JSON.parse(kv.value) as ImageRecord) : project;
+    const image = await records.image.at(taken.value).get(store);
+    const owner = image ? projectOfRecord(image.value) : project;
     throw alreadyExists(
       owner === project
         ? `Image alias ${alias} already exists`
@@ -103,8 +102,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     alias: string | undefined,
     project: string,
   ): Promise<ImageRecord> {
-    const existing = await store.get(keys.image(added.fingerprint));
-    const before = existing ? (JSON.parse(existing.value) as ImageRecord) : undefined;
+    const before = (await records.image.at(added.fingerprint).get(store))?.value;
     if (before && projectOfRecord(before) !== project) {
       // Image files are stored once per fingerprint: the same tree cannot belong to two projects.
       throw alreadyExists(
@@ -125,12 +123,12 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
         };
     if (alias && !record.aliases.includes(alias)) record.aliases.push(alias);
     const ops: Parameters<KvStore['txn']>[0]['success'] = [
-      { type: 'put', key: keys.image(record.fingerprint), value: JSON.stringify(record) },
+      records.image.at(record.fingerprint).putOp(record),
     ];
     const compare: Parameters<KvStore['txn']>[0]['compare'] = [];
     if (alias) {
-      ops.push({ type: 'put', key: keys.imageAlias(alias), value: record.fingerprint });
-      compare.push({ key: keys.imageAlias(alias), target: 'version', op: '=', value: 0 });
+      ops.push(records.imageAlias.at(alias).putOp(record.fingerprint));
+      compare.push(records.imageAlias.at(alias).absent());
     }
     const r = await store.txn({ compare, success: ops });
     if (!r.succeeded) throw alreadyExists(`Image alias ${alias} was taken meanwhile`);
@@ -151,7 +149,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
       inProject: (p) => scoped(p),
 
       async list(options = {}) {
-        const all = await records();
+        const all = await allImages();
         return all
           .filter((r) => scope === undefined || options.allProjects || projectOfRecord(r) === scope)
           .map(shown);
@@ -229,10 +227,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
 
       async delete(ref) {
         const record = await resolve(ref, scope);
-        const { kvs } = await store.list(keys.guestPrefix);
-        const users = kvs
-          .map((kv) => JSON.parse(kv.value) as GuestSpec)
-          .filter((g) => g.image === record.fingerprint);
+        const users = valuesOf(await records.guest.list(store)).filter((g) => g.image === record.fingerprint);
         if (users.length > 0) {
           // Guests of other projects (launched from default's images) are counted, not named.
           const own = users.filter((g) => scope === undefined || projectOfRecord(g) === scope);
@@ -247,8 +242,8 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
         await store.txn({
           compare: [],
           success: [
-            { type: 'delete', key: keys.image(record.fingerprint) },
-            ...record.aliases.map((a) => ({ type: 'delete' as const, key: keys.imageAlias(a) })),
+            records.image.at(record.fingerprint).deleteOp(),
+            ...record.aliases.map((a) => records.imageAlias.at(a).deleteOp()),
           ],
         });
         await files.remove(record.fingerprint);
@@ -269,29 +264,28 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     async ensureBusybox() {
       // Rebuilt each start (it takes well under a second): a busybox-static upgrade yields a new image.
       const added = await files.addBusybox();
-      const alias = await store.get(keys.imageAlias('busybox'));
-      if (alias?.value === added.fingerprint && (await store.get(keys.image(added.fingerprint)))) {
+      const alias = await records.imageAlias.at('busybox').get(store);
+      if (alias?.value === added.fingerprint && (await store.get(records.image.key(added.fingerprint)))) {
         return resolve(added.fingerprint);
       }
       if (alias) {
         // The alias moves to the new build; the old image stays for the guests made from it.
-        const old = await store.get(keys.image(alias.value));
+        const old = await records.image.at(alias.value).get(store);
         if (old) {
-          const rec = JSON.parse(old.value) as ImageRecord;
-          rec.aliases = rec.aliases.filter((a) => a !== 'busybox');
-          await store.put(keys.image(rec.fingerprint), JSON.stringify(rec));
+          const rec = { ...old.value, aliases: old.value.aliases.filter((a) => a !== 'busybox') };
+          await records.image.at(rec.fingerprint).put(store, rec);
         }
-        await store.delete(keys.imageAlias('busybox'));
+        await store.delete(alias.key);
       }
       return register(added, 'busybox', DEFAULT_PROJECT);
     },
 
     async handle(fingerprint) {
       if (fingerprint === '') return BLANK_IMAGE;
-      const kv = await store.get(keys.image(fingerprint));
-      if (!kv) throw notFound(`Image ${fingerprint} not found; it may have been deleted`);
+      const found = await records.image.at(fingerprint).get(store);
+      if (!found) throw notFound(`Image ${fingerprint} not found; it may have been deleted`);
       return {
-        record: JSON.parse(kv.value) as ImageRecord,
+        record: found.value,
         rootfs: files.rootfsPath(fingerprint),
         baseDisk: () => files.baseDisk(fingerprint),
       };

@@ -2,13 +2,7 @@ import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import {
-  assertLimitsCover,
-  assertWithinLimits,
-  guestUsage,
-  NO_USAGE,
-  projectKeys,
-} from '../core/projects.ts';
+import { assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
 import { makeProjectWorld, type ProjectWorld } from './project-world.ts';
 
@@ -214,7 +208,7 @@ describe('projects and quotas over the real services', () => {
         guests.inProject(`r${round}`).create({ name: `x${round}`, image: 'busybox' }),
         projects.delete(`r${round}`),
       ]);
-      const projectExists = (await w.store.get(projectKeys.project(`r${round}`))) !== undefined;
+      const projectExists = (await w.store.get(keys.project(`r${round}`))) !== undefined;
       const guestExists = (await w.store.get(keys.guest(`x${round}`))) !== undefined;
       assert.ok(!(guestExists && !projectExists), `round ${round}: a guest in a deleted project`);
       assert.equal(created.status === 'fulfilled', guestExists);

@@ -1,6 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { alreadyExists, conflict, failedPrecondition, notFound, unavailable } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import {
   addUsage,
   assertLimitsCover,
@@ -11,13 +10,11 @@ import {
   type Project,
   type ProjectSpec,
   type ProjectUsage,
-  projectKeys,
   projectOfRecord,
   validateProjectConfig,
 } from '../core/projects.ts';
-import type { GuestSpec, ImageRecord, NetworkSpec } from '../core/types.ts';
-import { type VolumeRecord, volumeKeys } from '../storage/volumes.ts';
 import type { Compare, KvStore, TxnOp, TxnResponse } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
 
 /** Body of `POST /1.0/projects`. */
 export interface CreateProjectRequest {
@@ -77,36 +74,32 @@ const MAX_ATTEMPTS = 200;
 export async function readProject(store: KvStore, name: string): Promise<GuardedProject> {
   assertProjectName(name);
   const [kv, guests, networks, volumes, images] = await Promise.all([
-    store.get(projectKeys.project(name)),
-    store.list(keys.guestPrefix),
-    store.list(keys.networkPrefix),
-    store.list(volumeKeys.prefix),
-    store.list(keys.imagePrefix),
+    records.project.at(name).get(store),
+    records.guest.list(store),
+    records.network.list(store),
+    records.volume.list(store),
+    records.image.list(store),
   ]);
   if (!kv && name !== DEFAULT_PROJECT) throw notFound(`Project ${name} not found: see trivisor project list`);
-  const spec = kv ? (JSON.parse(kv.value) as ProjectSpec) : defaultSpec();
+  const spec = kv?.value ?? defaultSpec();
   let usage = NO_USAGE;
   const objects: string[] = [];
-  for (const g of guests.kvs) {
-    const guest = JSON.parse(g.value) as GuestSpec;
+  for (const guest of valuesOf(guests)) {
     if (projectOfRecord(guest) !== name) continue;
     usage = addUsage(usage, guestUsage(guest.config));
     objects.push(`/1.0/guests/${guest.name}`);
   }
-  for (const n of networks.kvs) {
-    const network = JSON.parse(n.value) as NetworkSpec;
+  for (const network of valuesOf(networks)) {
     if (projectOfRecord(network) !== name) continue;
     usage = addUsage(usage, { ...NO_USAGE, networks: 1 });
     objects.push(`/1.0/networks/${network.name}`);
   }
-  for (const v of volumes.kvs) {
-    const volume = JSON.parse(v.value) as VolumeRecord & { project?: string };
+  for (const volume of valuesOf(volumes)) {
     if (projectOfRecord(volume) !== name) continue;
     usage = addUsage(usage, { ...NO_USAGE, diskBytes: volume.sizeBytes });
     objects.push(`/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`);
   }
-  for (const i of images.kvs) {
-    const image = JSON.parse(i.value) as ImageRecord;
+  for (const image of valuesOf(images)) {
     if (projectOfRecord(image) !== name) continue;
     objects.push(`/1.0/images/${image.fingerprint}`);
   }
@@ -114,10 +107,8 @@ export async function readProject(store: KvStore, name: string): Promise<Guarded
     spec,
     usage,
     objects,
-    compare: [
-      { key: projectKeys.project(name), target: 'modRevision', op: '=', value: kv?.modRevision ?? 0 },
-    ],
-    success: [{ type: 'put', key: projectKeys.project(name), value: JSON.stringify(spec) }],
+    compare: [records.project.at(name).unchanged(kv?.modRevision ?? 0)],
+    success: [records.project.at(name).putOp(spec)],
   };
 }
 
@@ -143,15 +134,13 @@ export async function guardedWrite(
   for (let i = 0; i < MAX_ATTEMPTS; i++) {
     const p = await readProject(store, project);
     const own = await attempt(p);
-    const guardPut: TxnOp[] = own.project
-      ? [{ type: 'put', key: projectKeys.project(project), value: JSON.stringify(own.project) }]
-      : p.success;
+    const guardPut: TxnOp[] = own.project ? [records.project.at(project).putOp(own.project)] : p.success;
     const r = await store.txn({
       compare: [...p.compare, ...own.compare],
       success: [...own.success, ...guardPut],
     });
     if (r.succeeded) return r;
-    const now = await store.get(projectKeys.project(project));
+    const now = await store.get(records.project.key(project));
     const guard = p.compare[0]?.value;
     if ((now?.modRevision ?? 0) === guard) return r;
     // Another write in the project won: back off a little so that a crowd of creates spreads out.
@@ -167,11 +156,8 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
 
   const service: ProjectService = {
     async list() {
-      const { kvs } = await store.list(projectKeys.prefix);
-      const names = new Set([
-        DEFAULT_PROJECT,
-        ...kvs.map((kv) => (JSON.parse(kv.value) as ProjectSpec).name),
-      ]);
+      const { kvs } = await store.list(records.project.prefix);
+      const names = new Set([DEFAULT_PROJECT, ...kvs.map((kv) => records.project.nameOf(kv.key))]);
       const out: Project[] = [];
       for (const name of [...names].sort()) {
         const p = await readProject(store, name).catch(() => undefined);
@@ -194,10 +180,8 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
         config,
         createdAt: new Date().toISOString(),
       };
-      const r = await store.txn({
-        compare: [{ key: projectKeys.project(spec.name), target: 'createRevision', op: '=', value: 0 }],
-        success: [{ type: 'put', key: projectKeys.project(spec.name), value: JSON.stringify(spec) }],
-      });
+      const ref = records.project.at(spec.name);
+      const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(spec)] });
       if (!r.succeeded) throw alreadyExists(`Project ${spec.name} already exists`);
       return service.get(spec.name);
     },
@@ -236,7 +220,7 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
       // Conditional on nothing having been made in it since it was found empty.
       const r = await store.txn({
         compare: p.compare,
-        success: [{ type: 'delete', key: projectKeys.project(name) }],
+        success: [records.project.at(name).deleteOp()],
       });
       if (!r.succeeded) throw conflict(`Project ${name} was changed at the same time; retry`);
     },
@@ -244,7 +228,7 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
     async assertExists(name) {
       assertProjectName(name);
       if (name === DEFAULT_PROJECT) return;
-      if (!(await store.get(projectKeys.project(name)))) {
+      if (!(await store.get(records.project.key(name)))) {
         throw notFound(`Project ${name} not found: see trivisor project list`);
       }
     },
@@ -252,9 +236,7 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
 
   /** With limits.memory (cpu, disk) on the project, every guest in it must set the key (as Incus requires). */
   async function assertGuestsCountable(name: string, config: Record<string, string>): Promise<void> {
-    const { kvs } = await store.list(keys.guestPrefix);
-    for (const kv of kvs) {
-      const g = JSON.parse(kv.value) as GuestSpec;
+    for (const g of valuesOf(await records.guest.list(store))) {
       if (projectOfRecord(g) !== name) continue;
       for (const key of ['limits.memory', 'limits.cpu', 'limits.disk']) {
         if (config[key] !== undefined && g.config[key] === undefined) {

@@ -410,7 +410,7 @@ export const records = {
     kind: 'image alias',
     prefix: keys.imageAliasPrefix,
     key: (alias: string) => keys.imageAlias(alias),
-    schema: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    schema: Type.String({ minLength: 1 }),
     raw: true,
   }),
   pool: defineRecord<PoolRecord>()({
