@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -199,6 +199,41 @@ for (const mode of ['plain', 'tls'] as const) {
       } finally {
         await store.close();
       }
+    });
+
+    test('an etcd that keeps dying is started again with growing pauses, and serves again once it can', async () => {
+      // etcd through a wrapper that notes every start and, while told to, fails at once.
+      const dir = join(runDir, `loop-${mode}-bin`);
+      mkdirSync(dir, { recursive: true });
+      const wrapper = join(dir, 'etcd');
+      writeFileSync(
+        wrapper,
+        `#!/bin/sh\necho start >> ${dir}/attempts\n[ -e ${dir}/fail ] && exit 1\nexec etcd "$@"\n`,
+        { mode: 0o755 },
+      );
+      const options = { ...(await optionsFor(`loop-${mode}`, tls)), etcdBinary: wrapper };
+      const member = tracked(await bootstrapEtcdMember(options));
+      const first = member.process();
+      assert.ok(first);
+      writeFileSync(join(dir, 'fail'), '');
+      const attemptsBefore = readFileSync(join(dir, 'attempts'), 'utf8').split('\n').length;
+      process.kill(first.pid, 'SIGKILL');
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      const attempts = readFileSync(join(dir, 'attempts'), 'utf8').split('\n').length - attemptsBefore;
+      // Pauses of 0, 0.2, 0.4, 0.8, 1.6 s: about 5 starts in 3 s, where one at every check
+      // (each 0.2 s) would make about 15.
+      assert.ok(attempts >= 3 && attempts <= 6, `${attempts} starts in 3 s`);
+      rmSync(join(dir, 'fail'));
+      const store = await storeOf([member.clientUrl], tls);
+      try {
+        await waitFor(
+          async () => (await store.put('back', '1').catch(() => undefined)) !== undefined,
+          20_000,
+        );
+      } finally {
+        await store.close();
+      }
+      assert.equal(countProcessesNaming(member.dataDir), 1);
     });
 
     test('stop() stops etcd and keeps its data; the member starts again from it', async () => {
