@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createInformer } from '../../src/control/informer.ts';
 import { isTrivisorError } from '../../src/core/errors.ts';
+import { silentLogger } from '../../src/host/logger.ts';
 import { runKvConformance } from '../../src/store/conformance.ts';
 import { openEtcdStore } from '../../src/store/etcd-store.ts';
+import type { KvStore } from '../../src/store/kv.ts';
 import { cleanUpRun, makeRunDir } from '../leftovers.ts';
 import { type EtcdServer, freePort, makeEtcdServer } from './etcd-server.ts';
 import { makeTestCa } from './test-certs.ts';
@@ -106,6 +109,60 @@ describe('etcd store beyond the shared suite', () => {
       );
     } finally {
       watcher.cancel();
+      await store.close();
+    }
+  });
+
+  test('the informer over etcd: a watch from a revision etcd compacted meanwhile is re-listed, deletes included', async () => {
+    const store = await openEtcdStore({ endpoints: [server.clientUrl] });
+    const p = prefix();
+    await store.put(`${p}stays`, '1');
+    await store.put(`${p}goes`, '1');
+    const calls: string[] = [];
+    let synced = 0;
+    let raced = false;
+    // Between the informer's list and its watch, a change and a delete happen and etcd
+    // compacts them away: the watch from list + 1 is cancelled with compact_revision.
+    const racing: KvStore = new Proxy(store, {
+      get(target, prop) {
+        if (prop === 'list') {
+          return async (prefix: string) => {
+            const listed = await target.list(prefix);
+            if (!raced) {
+              raced = true;
+              await target.put(`${p}stays`, '2');
+              await target.delete(`${p}goes`);
+              await target.compact(await target.revision());
+            }
+            return listed;
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const informer = createInformer({
+      store: racing,
+      prefix: p,
+      decode: (kv) => kv.value,
+      log: silentLogger(),
+      handlers: {
+        onAdd: (k, v) => calls.push(`add ${k.slice(p.length)}=${v}`),
+        onUpdate: (k, v) => calls.push(`update ${k.slice(p.length)}=${v}`),
+        onDelete: (k) => calls.push(`delete ${k.slice(p.length)}`),
+        onSynced: () => synced++,
+      },
+    });
+    try {
+      await informer.start();
+      await waitFor(() => synced === 2);
+      assert.equal(informer.relists(), 1);
+      assert.deepEqual(calls, ['add goes=1', 'add stays=1', 'update stays=2', 'delete goes']);
+      await store.put(`${p}new`, '1');
+      await waitFor(() => calls.length === 5);
+      assert.equal(calls[4], 'add new=1');
+    } finally {
+      informer.stop();
       await store.close();
     }
   });
