@@ -33,6 +33,7 @@ import { listenTcp, listenUnix } from './server/listen.ts';
 import { createWebSessions } from './server/web-sessions.ts';
 import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
 import { createAuthService } from './services/auth-service.ts';
+import { createClaims } from './services/claims.ts';
 import { createEventBus } from './services/event-bus.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
@@ -84,6 +85,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await ensureSharedMount(stateDir, { runner });
   const store = openSqliteStore(path.join(stateDir, 'store.db'));
   const hostName = await hostIdentity(stateDir);
+  // Operation claims this member's previous daemon held when it died are released before anything runs.
+  const claims = createClaims({ store, member: hostName });
+  const swept = await claims.sweep();
+  if (swept > 0) log.info({ claims: swept }, 'released the operation claims of the previous daemon');
   const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
   const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
   const poolDrivers = createPoolDrivers({ runner, stateDir });
@@ -165,6 +170,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostName,
     pools: () => services.pools,
     log,
+    claims,
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.start();

@@ -8,7 +8,6 @@ import type { GuestSpec, GuestStatus, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { fakeRunner } from '../host/fake-runner.ts';
-import { storageKeys } from '../storage/storage-records.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
@@ -204,10 +203,10 @@ describe('storage service', () => {
   });
 
   test('sweep drops records without a snapshot, snapshots without a record, and half-made copies', async () => {
-    await store.put(storageKeys.snapshot('web', 'ghost'), JSON.stringify({ name: 'ghost' }));
+    await store.put(keys.snapshot('web', 'ghost'), JSON.stringify({ name: 'ghost' }));
     rec.onDisk('web').add('orphan');
-    await store.put(storageKeys.snapshot('gone', 'x'), JSON.stringify({ name: 'x' }));
-    await store.put(storageKeys.pending('half'), '{}');
+    await store.put(keys.snapshot('gone', 'x'), JSON.stringify({ name: 'x' }));
+    await store.put(keys.storagePending('half'), '{}');
     guestCalls.length = 0;
     await service.sweep();
     assert.deepEqual(
@@ -215,9 +214,9 @@ describe('storage service', () => {
       ['s0'],
     );
     assert.ok(rec.calls.includes('delete web orphan'));
-    assert.equal(await store.get(storageKeys.snapshot('gone', 'x')), undefined);
+    assert.equal(await store.get(keys.snapshot('gone', 'x')), undefined);
     assert.deepEqual(guestCalls, ['delete half']);
-    assert.equal(await store.get(storageKeys.pending('half')), undefined);
+    assert.equal(await store.get(keys.storagePending('half')), undefined);
   });
 
   test("a copy goes to the pool asked for, else to its source's pool; an unknown pool is refused first", async () => {

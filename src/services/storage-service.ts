@@ -30,8 +30,10 @@ import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { type Logger, silentLogger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
-import { type BackupManifest, type SnapshotRecord, storageKeys } from '../storage/storage-records.ts';
+import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
+import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { DEFAULT_POOL, type PoolService } from './pool-service.ts';
 import { readProject } from './project-service.ts';
@@ -104,6 +106,8 @@ export interface StorageServiceDeps {
   pools?: () => PoolService | undefined;
   /** Where the watch of guest specs says it was lost and listed again (silent if not given). */
   log?: Logger;
+  /** Operation claims of this member (default: this service's own, over `store`). */
+  claims?: Claims;
 }
 
 /** Name of the spec copy in each guest's directory. */
@@ -115,15 +119,20 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
   const { store, operations, guests, runner } = deps;
   const backupsDir = join(deps.stateDir, 'backups');
   const importsDir = join(deps.stateDir, 'imports');
-  /** Guests with a storage action under way: one at a time per guest. */
-  const busy = new Set<string>();
+  // One storage action at a time per guest, whichever member asks: a claim in the store (decision 28).
+  const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
+  const guestBusy = (guest: string) => ({
+    action: 'storage',
+    busy: (h: ClaimHolder) =>
+      conflict(`Guest ${guest} has a snapshot, copy or backup under way (${describeHolder(h)}): wait for it`),
+  });
 
   // Snapshot records go with their guest (its directory, snapshots included, is gone already).
   deps.events.subscribe(
     (event) => {
       const name = event.metadata.name;
       if (event.action === 'guest-deleted' && typeof name === 'string') {
-        void store.delete(storageKeys.snapshotPrefix(name), { prefix: true }).catch(() => {});
+        void store.delete(keys.snapshots(name), { prefix: true }).catch(() => {});
       }
     },
     ['lifecycle'],
@@ -131,11 +140,13 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
   async function loadAny(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
     assertDnsLabel(name, 'guest name');
-    const [s, st] = await Promise.all([store.get(keys.guest(name)), store.get(keys.guestStatus(name))]);
+    const [s, st] = await Promise.all([
+      records.guest.at(name).get(store),
+      records.guestStatus.at(name).get(store),
+    ]);
     if (!s) throw notFound(`Guest ${name} not found`);
-    const spec = JSON.parse(s.value) as GuestSpec;
-    if (spec.deleting) throw conflict(`Guest ${name} is being deleted`);
-    return { spec, status: st ? (JSON.parse(st.value) as GuestStatus) : undefined };
+    if (s.value.deleting) throw conflict(`Guest ${name} is being deleted`);
+    return { spec: s.value, status: st?.value };
   }
 
   const storageFor = (spec: GuestSpec): GuestStorage => {
@@ -152,33 +163,38 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
   };
 
   async function readSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord | undefined> {
-    const kv = await store.get(storageKeys.snapshot(guest, snapshot));
-    return kv ? (JSON.parse(kv.value) as SnapshotRecord) : undefined;
+    return (await records.snapshot.at(guest, snapshot).get(store))?.value;
   }
 
-  /** Runs `work` as an operation holding the guest's storage lock. */
-  function exclusive(
+  /**
+   * Runs `work` as an operation holding the guest's storage claim: taken before the operation
+   * starts (a second action is a 409 at once), released when it ends.
+   */
+  async function exclusive(
     guest: string,
     description: string,
     work: Parameters<OperationService['start']>[0]['run'],
     extra: { project: string; mayCancel?: boolean; resources?: Record<string, string[]> },
-  ): Operation {
-    if (busy.has(guest))
-      throw conflict(`Guest ${guest} has a snapshot, copy or backup under way: wait for it`);
-    busy.add(guest);
-    return operations.start({
-      project: extra.project,
-      description,
-      resources: extra.resources ?? { guests: [`/1.0/guests/${guest}`] },
-      mayCancel: extra.mayCancel ?? false,
-      async run(ctx) {
-        try {
-          return await work(ctx);
-        } finally {
-          busy.delete(guest);
-        }
-      },
-    });
+  ): Promise<Operation> {
+    const held = await claims.acquire('guest', guest, guestBusy(guest));
+    try {
+      return operations.start({
+        project: extra.project,
+        description,
+        resources: extra.resources ?? { guests: [`/1.0/guests/${guest}`] },
+        mayCancel: extra.mayCancel ?? false,
+        async run(ctx) {
+          try {
+            return await work(ctx);
+          } finally {
+            await held.release().catch(() => {});
+          }
+        },
+      });
+    } catch (e) {
+      await held.release().catch(() => {});
+      throw e;
+    }
   }
 
   /** Waits for an operation started by another service; throws its error when it failed. */
@@ -219,7 +235,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
   async function discard(name: string): Promise<void> {
     const op = await guests.delete(name, { force: true }).catch(() => undefined);
     if (op) await operations.wait(op.id).catch(() => {});
-    await store.delete(storageKeys.snapshotPrefix(name), { prefix: true }).catch(() => {});
+    await store.delete(keys.snapshots(name), { prefix: true }).catch(() => {});
   }
 
   const guestsDir = join(deps.stateDir, 'guests');
@@ -234,8 +250,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     await rename(`${file}.tmp`, file);
   }
   const keepConfigOf = async (name: string) => {
-    const kv = await store.get(keys.guest(name));
-    if (kv) await keepConfig(JSON.parse(kv.value) as GuestSpec);
+    const found = await records.guest.at(name).get(store);
+    if (found) await keepConfig(found.value);
   };
 
   /** The service as one project sees it; `scope` undefined is the host's view. */
@@ -252,10 +268,9 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
       async listSnapshots(guest) {
         await load(guest);
-        const { kvs } = await store.list(storageKeys.snapshotPrefix(guest));
-        return kvs
-          .map((kv) => JSON.parse(kv.value) as SnapshotRecord)
-          .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+        return valuesOf(await records.snapshot.list(store, guest)).sort((a, b) =>
+          a.createdAt.localeCompare(b.createdAt),
+        );
       },
 
       async getSnapshot(guest, snapshot) {
@@ -288,14 +303,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             await storage.snapshot(spec, snapshot).catch((e: unknown) => {
               throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);
             });
-            const r = await store.txn({
-              compare: [
-                { key: storageKeys.snapshot(guest, snapshot), target: 'createRevision', op: '=', value: 0 },
-              ],
-              success: [
-                { type: 'put', key: storageKeys.snapshot(guest, snapshot), value: JSON.stringify(record) },
-              ],
-            });
+            const ref = records.snapshot.at(guest, snapshot);
+            const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(record)] });
             if (!r.succeeded) {
               await storage.deleteSnapshot(spec, snapshot);
               throw alreadyExists(`Guest ${guest} already has a snapshot ${snapshot}: pick another name`);
@@ -315,7 +324,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           `Deleting snapshot ${snapshot} of guest ${guest}`,
           async () => {
             // Record first: a crash in between leaves a directory that sweep() removes, never a dangling record.
-            await store.delete(storageKeys.snapshot(guest, record.name));
+            await store.delete(keys.snapshot(guest, record.name));
             await storage.deleteSnapshot(spec, record.name);
             return undefined;
           },
@@ -357,9 +366,9 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
         assertProvisioned(source, status);
         if (request.snapshot !== undefined) await service.getSnapshot(request.source, request.snapshot);
         const project = projectOfRecord(source);
-        const taken = await store.get(keys.guest(request.name));
+        const taken = await records.guest.at(request.name).get(store);
         if (taken) {
-          throw projectOfRecord(JSON.parse(taken.value) as GuestSpec) === project
+          throw projectOfRecord(taken.value) === project
             ? alreadyExists(`Guest ${request.name} already exists`)
             : alreadyExists(
                 `The name ${request.name} is taken by a guest of another project: guest names are unique on this host, pick another`,
@@ -378,7 +387,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           request.source,
           `Copying guest ${what} to ${request.name}`,
           async (ctx) => {
-            await store.put(storageKeys.pending(request.name), JSON.stringify({ kind: 'copy' }));
+            await records.storagePending.at(request.name).put(store, { kind: 'copy' });
             const create = {
               name: request.name,
               project,
@@ -400,7 +409,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               await discard(request.name);
               throw e;
             } finally {
-              await store.delete(storageKeys.pending(request.name));
+              await store.delete(keys.storagePending(request.name));
             }
             if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
             return undefined;
@@ -588,23 +597,16 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                     `Guest ${name} is running: stop it before applying an incremental backup`,
                   );
                 }
-                if (busy.has(name))
-                  throw conflict(`Guest ${name} has a snapshot, copy or backup under way: wait for it`);
-                busy.add(name);
-                try {
+                const importIncremental = storage.importIncremental.bind(storage);
+                await claims.holding('guest', name, guestBusy(name), async () => {
                   ctx.progress(60, 'applying the incremental backup');
-                  await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
-                    link,
-                    signal: ctx.signal,
-                  });
-                } finally {
-                  busy.delete(name);
-                }
+                  await importIncremental(spec, join(work, 'rootfs.tar.zst'), { link, signal: ctx.signal });
+                });
                 return { name };
               }
-              const taken = await store.get(keys.guest(name));
+              const taken = await records.guest.at(name).get(store);
               if (taken) {
-                throw projectOfRecord(JSON.parse(taken.value) as GuestSpec) === project
+                throw projectOfRecord(taken.value) === project
                   ? alreadyExists(`Guest ${name} already exists: give the import another name`)
                   : alreadyExists(
                       `The name ${name} is taken by a guest of another project: guest names are unique on this host, give the import another name`,
@@ -619,12 +621,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                   );
                 },
               );
-              if (busy.has(name)) throw conflict(`Guest ${name} is being imported already`);
-              busy.add(name);
-              try {
+              const importing = {
+                action: 'import',
+                busy: (h: ClaimHolder) =>
+                  conflict(`Guest ${name} is being imported already (${describeHolder(h)}): wait for it`),
+              };
+              await claims.holding('guest', name, importing, async () => {
                 ctx.progress(50, 'creating the guest');
                 created = name;
-                await store.put(storageKeys.pending(name), JSON.stringify({ kind: 'import' }));
+                await records.storagePending.at(name).put(store, { kind: 'import' });
                 await finished(
                   await createOn(request.storage, {
                     name,
@@ -653,17 +658,15 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                     signal: ctx.signal,
                   });
                   const record: SnapshotRecord = { ...snap, guest: name };
-                  await store.put(storageKeys.snapshot(name, snap.name), JSON.stringify(record));
+                  await records.snapshot.at(name, snap.name).put(store, record);
                 }
-              } finally {
-                busy.delete(name);
-              }
-              await store.delete(storageKeys.pending(name));
+              });
+              await store.delete(keys.storagePending(name));
               return { name };
             } catch (e) {
               if (created) {
                 await discard(created);
-                await store.delete(storageKeys.pending(created));
+                await store.delete(keys.storagePending(created));
               }
               if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
               throw diskFull(e, 'Cannot import the backup');
@@ -687,7 +690,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
         informer = createInformer<GuestSpec>({
           store,
           prefix: keys.guestPrefix,
-          decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+          decode: records.guest.decode,
           log: deps.log ?? silentLogger(),
           handlers: { onAdd: keep, onUpdate: keep },
         });
@@ -716,12 +719,10 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           if (name.startsWith('.')) continue;
           const skip = (reason: string) => report.skipped.push({ name, reason });
           let spec: GuestSpec;
+          const file = join(guestsDir, name, GUEST_CONFIG_FILE);
           try {
-            spec = (
-              JSON.parse(await readFile(join(guestsDir, name, GUEST_CONFIG_FILE), 'utf8')) as {
-                spec: GuestSpec;
-              }
-            ).spec;
+            const kept = JSON.parse(await readFile(file, 'utf8')) as { spec?: unknown };
+            spec = records.guest.check(kept.spec, file);
           } catch {
             skip(`no readable ${GUEST_CONFIG_FILE}`);
             continue;
@@ -730,7 +731,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             skip(`${GUEST_CONFIG_FILE} names another guest (${spec.name})`);
             continue;
           }
-          if (await store.get(keys.guest(name))) {
+          if (await store.get(records.guest.key(name))) {
             skip('its records exist');
             continue;
           }
@@ -774,8 +775,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           const storage = deps.storage[spec.model];
           const snapshots = storage ? await storage.listSnapshots(spec).catch(() => [] as string[]) : [];
           const ops: Parameters<KvStore['txn']>[0]['success'] = [
-            { type: 'put', key: keys.guestStatus(name), value: JSON.stringify(status) },
-            { type: 'put', key: keys.guest(name), value: JSON.stringify(next) },
+            records.guestStatus.at(name).putOp(status),
+            records.guest.at(name).putOp(next),
           ];
           for (const snap of snapshots) {
             const st = await stat(join(guestsDir, name, 'snapshots', snap)).catch(() => undefined);
@@ -785,12 +786,9 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               createdAt: (st?.mtime ?? new Date()).toISOString(),
               wasRunning: false,
             };
-            ops.push({ type: 'put', key: storageKeys.snapshot(name, snap), value: JSON.stringify(record) });
+            ops.push(records.snapshot.at(name, snap).putOp(record));
           }
-          const r = await store.txn({
-            compare: [{ key: keys.guest(name), target: 'createRevision', op: '=', value: 0 }],
-            success: ops,
-          });
+          const r = await store.txn({ compare: [records.guest.at(name).absent()], success: ops });
           if (!r.succeeded) {
             skip('its records were made meanwhile');
             continue;
@@ -816,8 +814,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
       async sweep() {
         // Guests a crash left half-copied or half-imported are deleted (by the controller, once it runs).
-        for (const kv of (await store.list(storageKeys.pendingPrefix)).kvs) {
-          const name = kv.key.slice(storageKeys.pendingPrefix.length);
+        for (const kv of (await store.list(records.storagePending.prefix)).kvs) {
+          const name = records.storagePending.nameOf(kv.key);
           const op = await guests.delete(name, { force: true }).catch(() => undefined);
           if (op) void operations.wait(op.id).catch(() => {});
           await store.delete(kv.key);
@@ -829,22 +827,24 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           await sweepTmp(dir);
           for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
         }
-        const { kvs } = await store.list(keys.guestPrefix);
-        const names = new Set(kvs.map((kv) => kv.key.slice(keys.guestPrefix.length)));
-        for (const r of (await store.list('/trivisor/snapshots/')).kvs) {
-          const guest = r.key.slice('/trivisor/snapshots/'.length).split('/')[0] ?? '';
+        const guestList = await records.guest.list(store);
+        // Every guest with a record keeps its snapshot records, whether it decodes or not.
+        const names = new Set(
+          [...guestList.items, ...guestList.malformed].map((g) => records.guest.nameOf(g.key)),
+        );
+        for (const r of (await store.list(records.snapshot.prefix)).kvs) {
+          const guest = records.snapshot.nameOf(r.key).split('/')[0] ?? '';
           if (!names.has(guest)) await store.delete(r.key);
         }
-        for (const kv of kvs) {
-          const spec = JSON.parse(kv.value) as GuestSpec;
+        for (const spec of valuesOf(guestList)) {
           const storage = deps.storage[spec.model];
           if (!storage) continue;
           await storage.sweep(spec).catch(() => {});
           // A snapshot is real only when both its record and its directory exist.
           const onDisk = new Set(await storage.listSnapshots(spec).catch(() => [] as string[]));
-          const recorded = await store.list(storageKeys.snapshotPrefix(spec.name));
+          const recorded = await store.list(keys.snapshots(spec.name));
           for (const r of recorded.kvs) {
-            const name = r.key.slice(storageKeys.snapshotPrefix(spec.name).length);
+            const name = r.key.slice(keys.snapshots(spec.name).length);
             if (!onDisk.has(name)) await store.delete(r.key);
             onDisk.delete(name);
           }

@@ -1,13 +1,4 @@
-/** Key layout of the storage records in the key-value store (beside core/keys.ts). */
-export const storageKeys = {
-  snapshotPrefix: (guest: string): string => `/trivisor/snapshots/${guest}/`,
-  snapshot: (guest: string, snapshot: string): string => `/trivisor/snapshots/${guest}/${snapshot}`,
-  /** Marks a guest being made by a copy or an import until it is complete: a crash leaves it to be deleted. */
-  pendingPrefix: '/trivisor/storage-pending/',
-  pending: (guest: string): string => `/trivisor/storage-pending/${guest}`,
-} as const;
-
-/** A snapshot of a guest's writable state, stored at `storageKeys.snapshot(guest, name)`. */
+/** A snapshot of a guest's writable state, stored at `keys.snapshot(guest, name)`. */
 export interface SnapshotRecord {
   name: string;
   guest: string;

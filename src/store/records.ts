@@ -81,6 +81,8 @@ export interface RecordKind<T, A extends string[], P extends string[] = []> {
   nameOf(key: string): string;
   /** Parses, migrates and validates; Internal naming the key when the record is not valid. */
   decode(kv: Pick<KeyValue, 'key' | 'value'>): T;
+  /** Migrates and validates a value already parsed (a copy kept in a file); `where` names it in errors. */
+  check(value: unknown, where: string): T;
   encode(value: T): string;
   /** Every record under the prefix, or under the narrower prefix `scope` makes. */
   list(store: KvStore, ...scope: P | []): Promise<RecordList<T>>;
@@ -106,10 +108,26 @@ function defineRecord<T>() {
   return <S extends TSchema, A extends string[], P extends string[] = []>(
     d: Definition<S, A, P> & ([T] extends [Static<S>] ? unknown : { schemaDoesNotAcceptType: never }),
   ): RecordKind<T, A, P> => {
-    let check: TypeCheck<S> | undefined;
+    let compiled: TypeCheck<S> | undefined;
     const checker = () => {
-      check ??= TypeCompiler.Compile(d.schema);
-      return check;
+      compiled ??= TypeCompiler.Compile(d.schema);
+      return compiled;
+    };
+    const check = (value: unknown, where: string): T => {
+      if (!d.raw && (typeof value !== 'object' || value === null || Array.isArray(value))) {
+        throw internal(`The stored ${d.kind} ${where} is not an object: the store holds a corrupt record`);
+      }
+      if (d.migrate) d.migrate(value as Record<string, unknown>);
+      const c = checker();
+      if (!c.Check(value)) {
+        const first = c.Errors(value).First();
+        const why = first ? `${first.path || '/'}: ${first.message}` : 'invalid';
+        throw internal(
+          `The stored ${d.kind} ${where} is not valid (${why}): the store holds a corrupt record`,
+        );
+      }
+      // Validated against a schema that accepts every T: the value is one.
+      return value as T;
     };
     const decode = (kv: Pick<KeyValue, 'key' | 'value'>): T => {
       let value: unknown;
@@ -118,20 +136,7 @@ function defineRecord<T>() {
       } catch {
         throw internal(`The stored ${d.kind} ${kv.key} is not JSON: the store holds a corrupt record`);
       }
-      if (!d.raw && (typeof value !== 'object' || value === null || Array.isArray(value))) {
-        throw internal(`The stored ${d.kind} ${kv.key} is not an object: the store holds a corrupt record`);
-      }
-      if (d.migrate) d.migrate(value as Record<string, unknown>);
-      const c = checker();
-      if (!c.Check(value)) {
-        const first = c.Errors(value).First();
-        const where = first ? `${first.path || '/'}: ${first.message}` : 'invalid';
-        throw internal(
-          `The stored ${d.kind} ${kv.key} is not valid (${where}): the store holds a corrupt record`,
-        );
-      }
-      // Validated against a schema that accepts every T: the value is one.
-      return value as T;
+      return check(value, kv.key);
     };
     const encode = (value: T): string => (d.raw ? String(value) : JSON.stringify(value));
     const ref = (key: string): RecordRef<T> => ({
@@ -174,6 +179,7 @@ function defineRecord<T>() {
       },
       nameOf: (key) => key.slice(d.prefix.length),
       decode,
+      check,
       encode,
       async list(store, ...scope) {
         const prefix = d.scope && scope.length > 0 ? d.scope(...(scope as P)) : d.prefix;
@@ -352,6 +358,18 @@ export const CertificateRecordSchema = lenient(CertificateSchema);
 export type CertificateRecord = Static<typeof CertificateRecordSchema>;
 
 // The wire's image always has a project; a stored one from before projects has none until decoded.
+/**
+ * An operation claim (docs/decisions/0028): which member holds an object while it changes it.
+ * `incarnation` tells the daemon that made it from a later one of the same member.
+ */
+export const OperationClaimSchema = Type.Object({
+  member: Type.String(),
+  incarnation: Type.String(),
+  action: Type.String(),
+  since: Type.String(),
+});
+export type OperationClaim = Static<typeof OperationClaimSchema>;
+
 export const ImageRecordSchema = Type.Composite([
   Type.Omit(lenient(ImageSchema), ['project']),
   Type.Object({ project: Type.Optional(Type.String()) }),
@@ -457,6 +475,12 @@ export const records = {
     prefix: keys.tokenPrefix,
     key: (name: string) => keys.token(name),
     schema: TokenRecordSchema,
+  }),
+  claim: defineRecord<OperationClaim>()({
+    kind: 'operation claim',
+    prefix: keys.claimPrefix,
+    key: (kind: string, name: string) => keys.claim(kind, name),
+    schema: OperationClaimSchema,
   }),
   certificate: defineRecord<CertificateRecord>()({
     kind: 'trusted certificate',

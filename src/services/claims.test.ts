@@ -1,0 +1,186 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { conflict, isTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import type { GuestStorage } from '../drivers/guest-storage.ts';
+import { fakeRunner } from '../host/fake-runner.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { createClaims, describeHolder, listClaims } from './claims.ts';
+import { createEventBus } from './event-bus.ts';
+import { createOperationService } from './operation-service.ts';
+import { createStorageService } from './storage-service.ts';
+import type { GuestService } from './types.ts';
+
+const busy = (h: Parameters<typeof describeHolder>[0]) => conflict(`Busy (${describeHolder(h)})`);
+const is409 = (pattern: RegExp) => (e: unknown) =>
+  isTrivisorError(e) && (e.code === 'Conflict' || e.code === 'AlreadyExists') && pattern.test(e.message);
+
+describe('operation claims', () => {
+  test('one holder at a time: the second acquire is the busy error naming the holder, then free again', async () => {
+    const store = createMemoryStore();
+    const h1 = createClaims({ store, member: 'h1' });
+    const h2 = createClaims({ store, member: 'h2' });
+    const held = await h1.acquire('guest', 'web', { action: 'snapshot', busy });
+    await assert.rejects(
+      h2.acquire('guest', 'web', { action: 'backup', busy }),
+      is409(/snapshot, for \d+ s on h1/),
+    );
+    await assert.rejects(h1.acquire('guest', 'web', { action: 'copy', busy }), is409(/on h1/));
+    // Other objects are not held.
+    await (await h2.acquire('guest', 'db', { action: 'copy', busy })).release();
+    await held.release();
+    await (await h2.acquire('guest', 'web', { action: 'backup', busy })).release();
+    assert.deepEqual(await listClaims(store), []);
+  });
+
+  test('holding releases however the work ends', async () => {
+    const store = createMemoryStore();
+    const claims = createClaims({ store, member: 'h1' });
+    await assert.rejects(
+      claims.holding('pool', 'fast', { action: 'create', busy }, async () => {
+        assert.equal((await listClaims(store)).length, 1);
+        throw new Error('mkfs failed');
+      }),
+      /mkfs failed/,
+    );
+    assert.deepEqual(await listClaims(store), []);
+  });
+
+  test("a daemon killed mid-action leaves its claims; its member's next daemon sweeps them, not another member's", async () => {
+    const store = createMemoryStore();
+    const dead = createClaims({ store, member: 'h1', incarnation: 'first' });
+    const other = createClaims({ store, member: 'h2', incarnation: 'x' });
+    await dead.acquire('guest', 'web', { action: 'snapshot', busy });
+    await other.acquire('guest', 'db', { action: 'backup', busy });
+    const next = createClaims({ store, member: 'h1', incarnation: 'second' });
+    await assert.rejects(next.acquire('guest', 'web', { action: 'copy', busy }), is409(/on h1/));
+    assert.equal(await next.sweep(), 1);
+    await (await next.acquire('guest', 'web', { action: 'copy', busy })).release();
+    assert.deepEqual(
+      (await listClaims(store)).map((c) => c.member),
+      ['h2'],
+      "another member's claim is its own to release (or its lease's, later)",
+    );
+  });
+
+  test('a release never deletes a claim another holder made after it', async () => {
+    const store = createMemoryStore();
+    const a = createClaims({ store, member: 'h1', incarnation: 'a' });
+    const held = await a.acquire('guest', 'web', { action: 'snapshot', busy });
+    // The claim is swept (its daemon was thought dead) and taken by another daemon.
+    await createClaims({ store, member: 'h1', incarnation: 'b' }).sweep();
+    const b = createClaims({ store, member: 'h1', incarnation: 'b' });
+    await b.acquire('guest', 'web', { action: 'backup', busy });
+    await held.release();
+    assert.deepEqual(
+      (await listClaims(store)).map((c) => c.action),
+      ['backup'],
+    );
+  });
+});
+
+describe('two members race over one store', () => {
+  const store = createMemoryStore();
+  let stateDir: string;
+
+  const spec: GuestSpec = {
+    name: 'web',
+    project: 'default',
+    model: 'ct',
+    image: 'f'.repeat(64),
+    imageAlias: 'busybox',
+    config: {},
+    desired: 'Stopped',
+    generation: 1,
+    restartRequest: 0,
+    stopTimeoutMs: 1000,
+    stopForce: false,
+    deleting: false,
+    host: 'h1',
+    createdAt: '2026-01-01T00:00:00.000Z',
+  };
+  const status: GuestStatus = {
+    status: 'Stopped',
+    observedGeneration: 1,
+    observedRestartRequest: 0,
+    restartCount: 0,
+    provisioned: true,
+    appliedConfig: {},
+    pendingRestart: [],
+  };
+
+  /** A storage service of one member, whose snapshots take a while. */
+  const member = (hostName: string, taken: string[]) => {
+    const events = createEventBus();
+    const operations = createOperationService(events);
+    const storage: GuestStorage = {
+      async snapshot(s, name) {
+        await new Promise((r) => setTimeout(r, 100));
+        taken.push(`${hostName}:${s.name}/${name}`);
+      },
+      async restoreSnapshot() {},
+      async deleteSnapshot() {},
+      async listSnapshots() {
+        return [];
+      },
+      async copy() {},
+      async exportTar() {},
+      async importTar() {},
+      async sweep() {},
+    };
+    const service = createStorageService({
+      store,
+      storage: { ct: storage },
+      guests: {} as GuestService,
+      images: { get: async () => ({}) as never },
+      operations,
+      events,
+      runner: fakeRunner(),
+      stateDir,
+      hostName,
+      claims: createClaims({ store, member: hostName }),
+    });
+    return { service, operations };
+  };
+
+  before(async () => {
+    stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-claims-'));
+    await store.put(keys.guest('web'), JSON.stringify(spec));
+    await store.put(keys.guestStatus('web'), JSON.stringify(status));
+  });
+  after(async () => {
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  test('two snapshots of one guest asked of two members at once: one is taken, the other is a 409 naming the holder', async () => {
+    const taken: string[] = [];
+    const h1 = member('h1', taken);
+    const h2 = member('h2', taken);
+    const results = await Promise.allSettled([
+      h1.service.createSnapshot('web', 's1'),
+      h2.service.createSnapshot('web', 's2'),
+    ]);
+    const won = results.filter((r) => r.status === 'fulfilled');
+    const lost = results.filter((r) => r.status === 'rejected');
+    assert.equal(won.length, 1, 'exactly one snapshot starts');
+    assert.equal(lost.length, 1);
+    assert.ok(
+      is409(
+        /^Guest web has a snapshot, copy or backup under way \(storage, for \d+ s on h[12]\): wait for it$/,
+      )((lost[0] as PromiseRejectedResult).reason),
+      String((lost[0] as PromiseRejectedResult).reason),
+    );
+    const op = (won[0] as PromiseFulfilledResult<{ id: string }>).value;
+    const winner = results[0]?.status === 'fulfilled' ? h1 : h2;
+    assert.equal((await winner.operations.wait(op.id)).status, 'Success');
+    assert.equal(taken.length, 1, 'one snapshot was taken, by one member');
+    // The claim went with the operation: the guest takes the next one.
+    assert.deepEqual(await listClaims(store), []);
+    const next = await h2.service.createSnapshot('web', 's3');
+    assert.equal((await h2.operations.wait(next.id)).status, 'Success');
+  });
+});
