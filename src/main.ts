@@ -200,6 +200,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     guests,
     operations,
     events,
+    hostName,
+    claims,
   });
   services.pools = poolService;
   await poolService.start();

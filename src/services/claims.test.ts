@@ -8,10 +8,13 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { fakeRunner } from '../host/fake-runner.ts';
+import { silentLogger } from '../host/logger.ts';
+import type { PoolDriver } from '../storage/storage-pools.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createClaims, describeHolder, listClaims } from './claims.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
+import { createPoolService } from './pool-service.ts';
 import { createStorageService } from './storage-service.ts';
 import type { GuestService } from './types.ts';
 
@@ -182,5 +185,56 @@ describe('two members race over one store', () => {
     assert.deepEqual(await listClaims(store), []);
     const next = await h2.service.createSnapshot('web', 's3');
     assert.equal((await h2.operations.wait(next.id)).status, 'Success');
+  });
+});
+
+describe('two members create one pool at once', () => {
+  test('one pool is made, the other create is a 409 and makes and removes nothing', async () => {
+    const store = createMemoryStore();
+    const calls: string[] = [];
+    const driverOf = (member: string): PoolDriver => ({
+      name: 'dir',
+      validate() {},
+      async create(pool) {
+        calls.push(`${member} create ${pool.name}`);
+        await new Promise((r) => setTimeout(r, 50));
+      },
+      async mount() {},
+      async usage() {
+        return { totalBytes: 1, usedBytes: 0 };
+      },
+      async delete(pool) {
+        calls.push(`${member} delete ${pool.name}`);
+      },
+      mountPath: (pool) => `/nonexistent/${member}/${pool.name}`,
+    });
+    const poolsOf = (member: string) =>
+      createPoolService({
+        store,
+        drivers: { dir: driverOf(member), btrfs: driverOf(member) },
+        log: silentLogger(),
+        stateDir: '/nonexistent',
+        hostName: member,
+        claims: createClaims({ store, member }),
+      });
+    const results = await Promise.allSettled([
+      poolsOf('h1').create({ name: 'fast', driver: 'dir' }),
+      poolsOf('h2').create({ name: 'fast', driver: 'dir' }),
+    ]);
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.ok(
+      is409(
+        /^Storage pool fast (already exists|is being created \(create, for \d+ s on h[12]\): pick another name)$/,
+      )(lost.reason),
+      String(lost.reason),
+    );
+    assert.equal(calls.filter((c) => c.endsWith('create fast')).length, 1, calls.join(', '));
+    assert.equal(
+      calls.filter((c) => c.endsWith('delete fast')).length,
+      0,
+      'the winner’s pool is not removed',
+    );
+    assert.deepEqual(await listClaims(store), []);
   });
 });

@@ -7,11 +7,11 @@ import {
   conflict,
   failedPrecondition,
   invalidArgument,
+  isErrorCode,
   notFound,
   notSupported,
   TrivisorError,
 } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import { parseBytes } from '../core/sizes.ts';
@@ -25,9 +25,10 @@ import {
   type PoolDriverName,
   type PoolRecord,
   type PoolUsage,
-  poolKeys,
 } from '../storage/storage-pools.ts';
 import type { KvStore } from '../store/kv.ts';
+import { type GuestPoolRecord, records, valuesOf } from '../store/records.ts';
+import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
 import type { CreateGuestRequest, EventBus, GuestService, OperationService } from './types.ts';
 
 /** A pool as the API shows it: its record, where it is mounted and its space. */
@@ -85,17 +86,8 @@ export interface PoolService {
   stop(): void;
 }
 
-/** Which pool a guest lives on (value of `/trivisor/guest-pools/NAME`), for guests off the default pool. */
-interface GuestPoolRecord {
-  pool: string;
-  path: string;
-  limitBytes: number | null;
-}
-
-const guestPoolPrefix = '/trivisor/guest-pools/';
 /** A copy of the pool's record at its root, for `admin recover` after the store is lost. */
 export const POOL_RECORD_FILE = '.trivisor-pool.json';
-const guestPoolKey = (guest: string) => `${guestPoolPrefix}${guest}`;
 
 /** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
 export const DEFAULT_POOL = 'default';
@@ -111,8 +103,13 @@ export function createPoolService(deps: {
   events?: EventBus;
   /** Why a pool cannot be deleted yet (it holds custom volumes), or undefined. */
   inUse?: (pool: string) => Promise<string | undefined>;
+  /** Operation claims of this member (default: this service's own, over `store`). */
+  claims?: Claims;
+  hostName?: string;
 }): PoolService {
   const { store, drivers } = deps;
+  // One change of a pool at a time, whichever member asks: a claim in the store (decision 28).
+  const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
   let informer: Informer<GuestSpec> | undefined;
 
   const run = (argv: string[]) => {
@@ -122,9 +119,9 @@ export function createPoolService(deps: {
 
   /** Removes what createGuest made for a guest that is gone (or never came). */
   async function releaseGuest(name: string): Promise<void> {
-    const kv = await store.get(guestPoolKey(name));
-    if (!kv) return;
-    const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    const found = await records.guestPool.at(name).get(store);
+    if (!found) return;
+    const rec = found.value;
     const link = join(deps.stateDir, 'guests', name);
     if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await rm(link, { force: true });
     if (await lstat(rec.path).catch(() => undefined)) {
@@ -136,7 +133,7 @@ export function createPoolService(deps: {
         await rm(rec.path, { recursive: true, force: true });
       }
     }
-    await store.delete(guestPoolKey(name));
+    await store.delete(found.key);
   }
 
   /**
@@ -147,15 +144,17 @@ export function createPoolService(deps: {
    */
   async function syncLimit(spec: GuestSpec): Promise<void> {
     if (spec.model !== 'ct') return;
-    const kv = await store.get(guestPoolKey(spec.name));
-    if (!kv || spec.deleting) return;
-    const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    const found = await records.guestPool.at(spec.name).get(store);
+    if (!found || spec.deleting) return;
+    const rec = found.value;
     if (!(await isOnBtrfs(rec.path))) return;
     const raw = spec.config['limits.disk'];
     const limitBytes = raw === undefined ? null : parseBytes(raw, 'limits.disk');
     if (limitBytes === rec.limitBytes) return;
     await run(['btrfs', 'qgroup', 'limit', limitBytes === null ? 'none' : String(limitBytes), rec.path]);
-    await store.put(guestPoolKey(spec.name), JSON.stringify({ ...rec, limitBytes }));
+    await records.guestPool
+      .at(spec.name)
+      .put(store, { ...rec, limitBytes }, { ifModRevision: found.modRevision });
   }
   /** Keeps a copy of a pool's record at its root (written through a temporary name). */
   async function keepPoolRecord(pool: PoolRecord): Promise<void> {
@@ -171,10 +170,16 @@ export function createPoolService(deps: {
    * pool (mounted again if it is not) or a dir pool.
    */
   async function poolAt(root: string): Promise<PoolRecord | undefined> {
-    const read = async () =>
-      JSON.parse(
-        await readFile(join(root, POOL_RECORD_FILE), 'utf8').catch(() => 'null'),
-      ) as PoolRecord | null;
+    const read = async (): Promise<PoolRecord | null> => {
+      const file = join(root, POOL_RECORD_FILE);
+      const text = await readFile(file, 'utf8').catch(() => undefined);
+      if (text === undefined) return null;
+      try {
+        return records.pool.check(JSON.parse(text), file);
+      } catch {
+        return null;
+      }
+    };
     const poolsDir = join(deps.stateDir, 'storage-pools');
     const name = root.startsWith(`${poolsDir}/`) ? root.slice(poolsDir.length + 1) : undefined;
     const loopFile =
@@ -201,15 +206,18 @@ export function createPoolService(deps: {
     };
   }
 
-  /** Pools being made or removed: no second change meanwhile. */
-  const busy = new Set<string>();
-
   async function record(name: string): Promise<PoolRecord> {
     assertDnsLabel(name, 'pool name');
-    const kv = await store.get(poolKeys.pool(name));
-    if (!kv) throw notFound(`Storage pool ${name} not found`);
-    return JSON.parse(kv.value) as PoolRecord;
+    const found = await records.pool.at(name).get(store);
+    if (!found) throw notFound(`Storage pool ${name} not found`);
+    return found.value;
   }
+
+  const poolBusy = (name: string, action: string) => ({
+    action,
+    busy: (h: ClaimHolder) =>
+      conflict(`Storage pool ${name} is being changed (${describeHolder(h)}): wait for that`),
+  });
 
   /**
    * Space of the guests on a dir pool: the allocated blocks of each guest's
@@ -218,14 +226,14 @@ export function createPoolService(deps: {
    * for the whole pool. The default pool holds every guest without a pool record.
    */
   async function guestsOnDir(pool: PoolRecord): Promise<PoolGuestUsage[]> {
-    const placed = (await store.list(guestPoolPrefix)).kvs.map(
-      (kv) => [kv.key.slice(guestPoolPrefix.length), JSON.parse(kv.value) as GuestPoolRecord] as const,
+    const placed = (await records.guestPool.list(store)).items.map(
+      (p) => [records.guestPool.nameOf(p.key), p.value] as const,
     );
     const dirs = new Map<string, string>();
     if (pool.name === DEFAULT_POOL) {
       const elsewhere = new Set(placed.map(([name]) => name));
-      for (const kv of (await store.list(keys.guestPrefix)).kvs) {
-        const name = kv.key.slice(keys.guestPrefix.length);
+      for (const kv of (await store.list(records.guest.prefix)).kvs) {
+        const name = records.guest.nameOf(kv.key);
         if (!elsewhere.has(name)) dirs.set(name, join(deps.stateDir, 'guests', name));
       }
     } else {
@@ -254,12 +262,10 @@ export function createPoolService(deps: {
   /** Space of the guests placed on a btrfs pool, from their qgroups. */
   async function guestsOn(pool: PoolRecord): Promise<PoolGuestUsage[]> {
     if (pool.driver === 'dir') return guestsOnDir(pool);
-    const { kvs } = await store.list(guestPoolPrefix);
     const out: PoolGuestUsage[] = [];
-    for (const kv of kvs) {
-      const rec = JSON.parse(kv.value) as GuestPoolRecord;
+    for (const { key, value: rec } of (await records.guestPool.list(store)).items) {
       if (rec.pool !== pool.name) continue;
-      const name = kv.key.slice(guestPoolPrefix.length);
+      const name = records.guestPool.nameOf(key);
       const shown = await deps.runner
         ?.run(['btrfs', 'qgroup', 'show', '--raw', '-f', rec.path], { allowFailure: true })
         .catch(() => undefined);
@@ -292,8 +298,7 @@ export function createPoolService(deps: {
     releaseGuest,
 
     async list() {
-      const { kvs } = await store.list(poolKeys.poolPrefix);
-      return Promise.all(kvs.map((kv) => show(JSON.parse(kv.value) as PoolRecord)));
+      return Promise.all(valuesOf(await records.pool.list(store)).map(show));
     },
 
     async get(name) {
@@ -314,26 +319,29 @@ export function createPoolService(deps: {
       };
       const driver = drivers[pool.driver];
       driver.validate(pool);
-      if (busy.has(pool.name) || (await store.get(poolKeys.pool(pool.name)))) {
-        throw alreadyExists(`Storage pool ${pool.name} already exists`);
-      }
-      busy.add(pool.name);
-      try {
+      const exists = () => alreadyExists(`Storage pool ${pool.name} already exists`);
+      const ref = records.pool.at(pool.name);
+      if (await store.get(ref.key)) throw exists();
+      const creating = {
+        action: 'create',
+        busy: (h: ClaimHolder) =>
+          alreadyExists(
+            `Storage pool ${pool.name} is being created (${describeHolder(h)}): pick another name`,
+          ),
+      };
+      await claims.holding('pool', pool.name, creating, async () => {
+        // Checked again under the claim: another member may have made it since the check above.
+        if (await store.get(ref.key)) throw exists();
         await driver.create(pool);
-        const r = await store.txn({
-          compare: [{ key: poolKeys.pool(pool.name), target: 'createRevision', op: '=', value: 0 }],
-          success: [{ type: 'put', key: poolKeys.pool(pool.name), value: JSON.stringify(pool) }],
-        });
+        const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
         if (!r.succeeded) {
           await driver.delete(pool);
-          throw alreadyExists(`Storage pool ${pool.name} already exists`);
+          throw exists();
         }
         await keepPoolRecord(pool).catch((e) =>
           deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot keep a copy of the pool record'),
         );
-      } finally {
-        busy.delete(pool.name);
-      }
+      });
       return show(pool);
     },
 
@@ -341,24 +349,20 @@ export function createPoolService(deps: {
       const pool = await record(name);
       if (name === DEFAULT_POOL)
         throw failedPrecondition('The default pool holds the guests directory: it cannot be deleted');
-      if (busy.has(name)) throw failedPrecondition(`Storage pool ${name} is being changed: wait for that`);
-      const used = await deps.inUse?.(name);
-      if (used !== undefined) throw failedPrecondition(used);
-      const held = (await store.list(guestPoolPrefix)).kvs
-        .filter((kv) => (JSON.parse(kv.value) as GuestPoolRecord).pool === name)
-        .map((kv) => kv.key.slice(guestPoolPrefix.length));
-      if (held.length > 0) {
-        throw failedPrecondition(
-          `Storage pool ${name} holds guests ${held.join(', ')}: delete them or copy them to another pool first`,
-        );
-      }
-      busy.add(name);
-      try {
+      await claims.holding('pool', name, poolBusy(name, 'delete'), async () => {
+        const used = await deps.inUse?.(name);
+        if (used !== undefined) throw failedPrecondition(used);
+        const held = (await records.guestPool.list(store)).items
+          .filter((p) => p.value.pool === name)
+          .map((p) => records.guestPool.nameOf(p.key));
+        if (held.length > 0) {
+          throw failedPrecondition(
+            `Storage pool ${name} holds guests ${held.join(', ')}: delete them or copy them to another pool first`,
+          );
+        }
         await drivers[pool.driver].delete(pool);
-        await store.delete(poolKeys.pool(name));
-      } finally {
-        busy.delete(name);
-      }
+        await store.delete(records.pool.key(name));
+      });
     },
 
     async createGuest(poolName, request) {
@@ -372,11 +376,10 @@ export function createPoolService(deps: {
           `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool: pick a btrfs pool or remove the key.`,
         );
       }
-      const taken = await store.get(keys.guest(request.name));
+      const taken = await records.guest.at(request.name).get(store);
       if (taken) {
         // Names are the host's (decision 21): another project's guest is named as such, and no more.
-        const other =
-          projectOfRecord(JSON.parse(taken.value) as GuestSpec) !== (request.project ?? DEFAULT_PROJECT);
+        const other = projectOfRecord(taken.value) !== (request.project ?? DEFAULT_PROJECT);
         throw alreadyExists(
           other
             ? `The name ${request.name} is taken by a guest of another project: guest names are unique on this host, pick another`
@@ -391,13 +394,17 @@ export function createPoolService(deps: {
         parseBytes(request.config['limits.disk'], 'limits.disk');
       const parent = join(drivers[pool.driver].mountPath(pool), 'guests');
       const path = join(parent, request.name);
-      await mkdir(parent, { recursive: true, mode: 0o711 });
-      if (pool.driver === 'btrfs') await run(['btrfs', 'subvolume', 'create', path]);
-      else await mkdir(path, { mode: 0o711 });
+      // The placement is recorded first, if no other create placed the name meanwhile: two creates of
+      // one name on two pools do not both make a subvolume, and the loser releases nothing of the winner's.
       const rec: GuestPoolRecord = { pool: poolName, path, limitBytes: null };
-      await store.put(guestPoolKey(request.name), JSON.stringify(rec));
+      const placement = records.guestPool.at(request.name);
+      const placed = await store.txn({ compare: [placement.absent()], success: [placement.putOp(rec)] });
+      if (!placed.succeeded) throw alreadyExists(`Guest ${request.name} is being created already`);
       let op: Operation;
       try {
+        await mkdir(parent, { recursive: true, mode: 0o711 });
+        if (pool.driver === 'btrfs') await run(['btrfs', 'subvolume', 'create', path]);
+        else await mkdir(path, { mode: 0o711 });
         // The mode each driver gives the directory it makes: runc walks to rootfs/ from inside
         // the guest's user namespace (search permission only); QEMU's disk and sockets are root's
         // alone; a pvm guest's uid reaches its own subdirectories.
@@ -408,7 +415,7 @@ export function createPoolService(deps: {
         if (limit !== undefined && model === 'ct' && pool.driver === 'btrfs') {
           const limitBytes = parseBytes(limit, 'limits.disk');
           await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
-          await store.put(guestPoolKey(request.name), JSON.stringify({ ...rec, limitBytes }));
+          await placement.put(store, { ...rec, limitBytes });
         }
         op = await guests.create(request);
       } catch (e) {
@@ -426,8 +433,8 @@ export function createPoolService(deps: {
           if (end.status !== 'Success') {
             // The guest service deleted the half-made guest; its subvolume goes with it.
             await releaseGuest(request.name).catch(() => {});
-            const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
-            throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
+            const code = isErrorCode(end.metadata.errorCode) ? end.metadata.errorCode : 'Internal';
+            throw new TrivisorError(code, end.error ?? `${end.description} ended ${end.status}`);
           }
           return undefined;
         },
@@ -435,8 +442,7 @@ export function createPoolService(deps: {
     },
 
     async poolOf(guest) {
-      const kv = await store.get(guestPoolKey(guest));
-      return kv ? (JSON.parse(kv.value) as GuestPoolRecord).pool : undefined;
+      return (await records.guestPool.at(guest).get(store))?.value.pool;
     },
 
     async recoverGuest(spec) {
@@ -451,8 +457,8 @@ export function createPoolService(deps: {
         );
       }
       await store.txn({
-        compare: [{ key: poolKeys.pool(pool.name), target: 'createRevision', op: '=', value: 0 }],
-        success: [{ type: 'put', key: poolKeys.pool(pool.name), value: JSON.stringify(pool) }],
+        compare: [records.pool.at(pool.name).absent()],
+        success: [records.pool.at(pool.name).putOp(pool)],
       });
       // A qgroup limit lives in the file system: it is still the one limits.disk set.
       const raw = spec.config['limits.disk'];
@@ -462,7 +468,7 @@ export function createPoolService(deps: {
         path,
         limitBytes: limited ? parseBytes(raw, 'limits.disk') : null,
       };
-      await store.put(guestPoolKey(spec.name), JSON.stringify(rec));
+      await records.guestPool.at(spec.name).put(store, rec);
       return pool.name;
     },
 
@@ -480,13 +486,13 @@ export function createPoolService(deps: {
         );
       informer = createInformer<GuestSpec>({
         store,
-        prefix: keys.guestPrefix,
-        decode: (kv) => JSON.parse(kv.value) as GuestSpec,
+        prefix: records.guest.prefix,
+        decode: records.guest.decode,
         log: deps.log,
         handlers: { onAdd: sync, onUpdate: sync },
       });
       await informer.start();
-      if (!(await store.get(poolKeys.pool(DEFAULT_POOL)))) {
+      if (!(await store.get(records.pool.key(DEFAULT_POOL)))) {
         const pool: PoolRecord = {
           name: DEFAULT_POOL,
           driver: 'dir',
@@ -494,14 +500,10 @@ export function createPoolService(deps: {
           config: {},
           createdAt: new Date().toISOString(),
         };
-        await store.txn({
-          compare: [{ key: poolKeys.pool(DEFAULT_POOL), target: 'createRevision', op: '=', value: 0 }],
-          success: [{ type: 'put', key: poolKeys.pool(DEFAULT_POOL), value: JSON.stringify(pool) }],
-        });
+        const ref = records.pool.at(DEFAULT_POOL);
+        await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
       }
-      const { kvs } = await store.list(poolKeys.poolPrefix);
-      for (const kv of kvs) {
-        const pool = JSON.parse(kv.value) as PoolRecord;
+      for (const pool of valuesOf(await records.pool.list(store))) {
         if (pool.name === DEFAULT_POOL) continue;
         await drivers[pool.driver]
           .mount(pool)

@@ -1,6 +1,7 @@
 import { mkdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import { parseBytes } from '../core/sizes.ts';
 import { isMountPoint, unmountIfMounted } from '../host/mounts.ts';
 import type { ProcessRunner } from '../host/runner.ts';
@@ -9,7 +10,7 @@ import type { ProcessRunner } from '../host/runner.ts';
 export type PoolDriverName = 'dir' | 'btrfs';
 export const POOL_DRIVERS: readonly PoolDriverName[] = ['dir', 'btrfs'];
 
-/** A storage pool, stored at `poolKeys.pool(name)`. */
+/** A storage pool, stored at `keys.storagePool(name)`. */
 export interface PoolRecord {
   name: string;
   driver: PoolDriverName;
@@ -19,10 +20,10 @@ export interface PoolRecord {
   createdAt: string;
 }
 
-/** Key layout of pool records. */
+/** Key layout of pool records, as core/keys.ts defines it. */
 export const poolKeys = {
-  poolPrefix: '/trivisor/storage-pools/',
-  pool: (name: string): string => `/trivisor/storage-pools/${name}`,
+  poolPrefix: keys.storagePoolPrefix,
+  pool: keys.storagePool,
 } as const;
 
 /** Space of a pool as its file system reports it. */
