@@ -16,6 +16,9 @@ RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-li
   qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities bubblewrap e2fsprogs kmod btrfs-progs
   dnsmasq-base nftables openssl etcd-server)
 
+# Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
+TEST_PACKAGES=(chromium)
+
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.
 GUEST_KERNEL_DIR=/opt/trivisor/guest-kernel
@@ -208,4 +211,7 @@ ensure_memtest() {
 ensure_bundles() {
   say "Bundling the CLI and the daemon (esbuild)"
   "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/bundles.ts" >/dev/null
+  # The web UI (docs/decisions/0026-web-ui.md); the daemon also rebuilds it before serving a stale one.
+  say "Building the web UI (esbuild)"
+  "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/web-bundle.ts" >/dev/null
 }

@@ -76,7 +76,7 @@ export function Charts(props: { target: ChartTarget }) {
       </fieldset>
       {history.error && <p role="alert">{history.error}</p>}
       {history.data && (
-        <div class="cards" style={{ marginTop: '10px' }}>
+        <div class="charts">
           {GROUPS.map((g) => (
             <Chart key={g.title} group={g} history={history.data!} />
           ))}

@@ -1,5 +1,6 @@
 import { useComputed } from '@preact/signals';
 import { Charts } from './lazy.tsx';
+import { navigate, route, withQuery } from './router.ts';
 import { api, guests, host, operations, recentEvents } from './state.ts';
 import { bytes, Link, Page, Status, useLoad, when } from './ui.tsx';
 
@@ -69,7 +70,14 @@ export function Dashboard() {
       </section>
       <section class="panel" aria-labelledby="host-charts">
         <h2 id="host-charts">CPU, memory, network and disk of this member</h2>
-        <Charts target={{ kind: 'host' }} />
+        {/* Chart code loads when asked for: the first page stays small. */}
+        {route.value.query.get('charts') === '1' ? (
+          <Charts target={{ kind: 'host' }} />
+        ) : (
+          <button type="button" onClick={() => navigate(withQuery({ charts: '1' }), { replace: true })}>
+            Show charts
+          </button>
+        )}
       </section>
       <section class="panel" aria-labelledby="warnings">
         <h2 id="warnings">Warnings</h2>

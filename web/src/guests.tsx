@@ -38,7 +38,6 @@ const matches = (g: Guest, q: string) =>
  */
 export function GuestList() {
   const query = route.value.query;
-  const q = (query.get('q') ?? '').toLowerCase();
   const status = query.get('status') ?? '';
   const model = query.get('model') ?? '';
   const sort = (query.get('sort') as SortKey | null) ?? 'name';
@@ -47,14 +46,22 @@ export function GuestList() {
   const results = useSignal<{ action: string; failed: Array<[string, string]>; ok: number } | null>(null);
   const [filterText, setFilterText] = useState(query.get('q') ?? '');
 
+  // Everything the rows depend on is read inside: the URL's filters and the live list.
   const rows = useComputed(() => {
+    const qs = route.value.query;
+    const text = (qs.get('q') ?? '').toLowerCase();
+    const wantStatus = qs.get('status') ?? '';
+    const wantModel = qs.get('model') ?? '';
+    const key = (qs.get('sort') as SortKey | null) ?? 'name';
+    const order = qs.get('dir') === 'desc' ? -1 : 1;
     const list = [...guests.value.values()].filter(
-      (g) => (!status || g.status === status) && (!model || g.model === model) && matches(g, q),
+      (g) =>
+        (!wantStatus || g.status === wantStatus) && (!wantModel || g.model === wantModel) && matches(g, text),
     );
     list.sort((a, b) => {
-      const x = String(a[sort] ?? '');
-      const y = String(b[sort] ?? '');
-      return (x < y ? -1 : x > y ? 1 : a.name < b.name ? -1 : 1) * dir;
+      const x = String(a[key] ?? '');
+      const y = String(b[key] ?? '');
+      return (x < y ? -1 : x > y ? 1 : a.name < b.name ? -1 : 1) * order;
     });
     return list;
   });
@@ -227,6 +234,8 @@ function Window(props: {
   const box = useRef<HTMLDivElement>(null);
   const [scroll, setScroll] = useState(0);
   const [height, setHeight] = useState(600);
+  // Rows are as tall as the styles make them (fonts differ): measured once drawn.
+  const [rowHeight, setRowHeight] = useState(ROW_HEIGHT);
   useEffect(() => {
     const el = box.current;
     if (!el) return;
@@ -234,8 +243,12 @@ function Window(props: {
     observer.observe(el);
     return () => observer.disconnect();
   }, []);
-  const first = Math.max(0, Math.floor(scroll / ROW_HEIGHT) - OVERSCAN);
-  const count = Math.min(MAX_ROWS, Math.ceil(height / ROW_HEIGHT) + 2 * OVERSCAN);
+  useEffect(() => {
+    const row = box.current?.querySelector<HTMLElement>('tr[data-guest]');
+    if (row && row.offsetHeight > 0 && row.offsetHeight !== rowHeight) setRowHeight(row.offsetHeight);
+  });
+  const first = Math.max(0, Math.floor(scroll / rowHeight) - OVERSCAN);
+  const count = Math.min(MAX_ROWS, Math.ceil(height / rowHeight) + 2 * OVERSCAN);
   const shown = props.rows.slice(first, first + count);
   const after = Math.max(0, props.rows.length - first - shown.length);
   const allShown = props.rows.length > 0 && props.rows.every((g) => props.selected.has(g.name));
@@ -281,7 +294,7 @@ function Window(props: {
         <tbody>
           {first > 0 && (
             <tr class="spacer">
-              <td colSpan={7} style={{ height: `${first * ROW_HEIGHT}px` }} />
+              <td colSpan={7} style={{ height: `${first * rowHeight}px` }} />
             </tr>
           )}
           {shown.map((g, i) => (
@@ -313,7 +326,7 @@ function Window(props: {
           ))}
           {after > 0 && (
             <tr class="spacer">
-              <td colSpan={7} style={{ height: `${after * ROW_HEIGHT}px` }} />
+              <td colSpan={7} style={{ height: `${after * rowHeight}px` }} />
             </tr>
           )}
         </tbody>

@@ -194,4 +194,7 @@ effect(() => {
   switchedProject();
 });
 
-render(<App />, document.getElementById('app')!);
+const root = document.getElementById('app')!;
+// The page's own "Loading…" goes: the app draws everything from here on.
+root.replaceChildren();
+render(<App />, root);

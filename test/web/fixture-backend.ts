@@ -1,0 +1,230 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { failedPrecondition } from '../../src/core/errors.ts';
+import type { Guest, Model } from '../../src/core/types.ts';
+import { buildServer } from '../../src/server/build-server.ts';
+import { createFakeServices, type FakeServices } from '../../src/server/fake-services.ts';
+import { createWebSessions } from '../../src/server/web-sessions.ts';
+import { openMetricsHistory } from '../../src/services/metrics-history.ts';
+import { createMemoryStore } from '../../src/store/memory-store.ts';
+
+/**
+ * The deterministic layer of the browser tests (issue 15): the real server, sessions, static
+ * serving and web build over fake services that hold 1,000 guests of all three models and a
+ * day of seeded metrics. Guests named `broken-N` refuse to start, with a reason, so that bulk
+ * actions have failures to report. Also run by hand (`node test/web/fixture-backend.ts DIR`)
+ * for screenshots and the speed benchmark.
+ */
+export interface FixtureBackend {
+  url: string;
+  token: string;
+  fake: FakeServices;
+  app: FastifyInstance;
+  /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
+  setStatus(name: string, status: Guest['status']): void;
+  close(): Promise<void>;
+}
+
+export const FIXTURE_TOKEN = 'fixture-admin-token';
+const REPO = path.resolve(import.meta.dirname, '../..');
+const MODELS: Model[] = ['ct', 'pvm', 'vm'];
+const NOW = Date.now();
+
+/** `n` guests: `ct-0001`…, every model, a few stopped and frozen, three broken. */
+export function fixtureGuests(n: number): Guest[] {
+  const out: Guest[] = [];
+  for (let i = 1; i <= n; i++) {
+    const model = MODELS[i % 3]!;
+    const broken = i % 333 === 0;
+    const name = broken ? `broken-${i}` : `${model}-${String(i).padStart(4, '0')}`;
+    const status: Guest['status'] = broken
+      ? 'Stopped'
+      : i % 7 === 0
+        ? 'Stopped'
+        : i % 50 === 0
+          ? 'Frozen'
+          : 'Running';
+    const running = status !== 'Stopped';
+    out.push({
+      name,
+      project: 'default',
+      model,
+      status,
+      image: 'a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901234567890abcdef012345',
+      imageAlias: 'busybox',
+      config: { 'limits.memory': model === 'ct' ? '64MiB' : '128MiB' },
+      host: 'fakehost',
+      createdAt: new Date(Date.parse('2026-11-01T00:00:00Z') + i * 60_000).toISOString(),
+      devices: { eth0: { type: 'nic', network: 'trivisor0' } },
+      state: {
+        pid: running ? 10_000 + i : null,
+        startedAt: running ? '2026-11-30T00:00:00.000Z' : null,
+        uptimeSeconds: running ? 3600 : null,
+        usage: running ? { memoryBytes: (8 + (i % 40)) * 2 ** 20, cpuSeconds: i, processes: 3 } : null,
+        restartCount: 0,
+        addresses: running ? [`198.18.${Math.floor(i / 250)}.${(i % 250) + 2}`] : [],
+      },
+    });
+  }
+  return out;
+}
+
+/** A day of one sample a minute for the host and a few guests, with a stopped hour as a gap. */
+function seedHistory(history: ReturnType<typeof openMetricsHistory>, names: string[]): void {
+  const start = NOW - 24 * 3600_000;
+  // One sample a minute, and every 10 s in the last hour (the hour range's step).
+  for (let t = start; t <= NOW; t += t >= NOW - 3600_000 ? 10_000 : 60_000) {
+    const phase = (t - start) / 3600_000;
+    const samples = [
+      {
+        series: 'host/fakehost',
+        values: {
+          cpu: 0.6 + 0.4 * Math.sin(phase),
+          memoryBytes: 6e9 + 1e9 * Math.sin(phase / 3),
+          netRxBytesPerSecond: 2e5 + 1e5 * Math.cos(phase),
+          netTxBytesPerSecond: 1e5,
+          diskReadBytesPerSecond: 5e5,
+          diskWriteBytesPerSecond: 3e5 + 2e5 * Math.sin(phase * 2),
+        },
+      },
+    ];
+    // Stopped between 6 and 7 hours ago: a gap in every guest's charts.
+    const stopped = t > NOW - 7 * 3600_000 && t < NOW - 6 * 3600_000;
+    if (!stopped) {
+      for (const name of names) {
+        samples.push({
+          series: `guest/${name}`,
+          values: {
+            cpu: 0.2 + 0.15 * Math.sin(phase * 1.5),
+            memoryBytes: 4e7 + 1e7 * Math.sin(phase),
+            netRxBytesPerSecond: 3e4,
+            netTxBytesPerSecond: 1e4 + 5e3 * Math.sin(phase),
+            diskReadBytesPerSecond: 1e4,
+            diskWriteBytesPerSecond: 2e4,
+          },
+        });
+      }
+    }
+    history.record(samples, t);
+  }
+}
+
+/** Starts the fixture on 127.0.0.1 over HTTPS (a throwaway certificate in `runDir`). */
+export async function startFixtureBackend(
+  runDir: string,
+  options: { guests?: number; sessionTtlMs?: number; port?: number } = {},
+): Promise<FixtureBackend> {
+  const key = path.join(runDir, 'fixture.key');
+  const cert = path.join(runDir, 'fixture.crt');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=127.0.0.1',
+    ],
+    { stdio: 'ignore' },
+  );
+
+  const fake = createFakeServices();
+  fake.guestMap.clear();
+  for (const g of fixtureGuests(options.guests ?? 1000)) fake.guestMap.set(g.name, g);
+  const history = openMetricsHistory(':memory:');
+  seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
+  fake.metricsHistory = history;
+
+  const publish = (name: string, status: Guest['status']) =>
+    fake.events.publish({
+      type: 'lifecycle',
+      project: 'default',
+      action: 'guest-updated',
+      source: `/1.0/guests/${name}`,
+      metadata: { name, status },
+    });
+  const base = fake.guests;
+  const guests: typeof base = {
+    ...base,
+    inProject: () => guests,
+    async changeState(name, request) {
+      if (name.startsWith('broken-') && request.action === 'start') {
+        throw failedPrecondition(
+          `Guest ${name} cannot start: its root file system is missing (restore a backup)`,
+        );
+      }
+      const op = await base.changeState(name, request);
+      fake.operations.wait(op.id).then(() => publish(name, fake.guestMap.get(name)?.status ?? 'Stopped'));
+      return op;
+    },
+    async delete(name, o) {
+      const op = await base.delete(name, o);
+      fake.operations.wait(op.id).then(() =>
+        fake.events.publish({
+          type: 'lifecycle',
+          project: 'default',
+          action: 'guest-deleted',
+          source: `/1.0/guests/${name}`,
+          metadata: { name },
+        }),
+      );
+      return op;
+    },
+  };
+  fake.guests = guests;
+
+  const sessions = createWebSessions({
+    store: createMemoryStore(),
+    ...(options.sessionTtlMs !== undefined && { sessionTtlMs: options.sessionTtlMs }),
+    daemonTokenSha256: () => createHash('sha256').update(FIXTURE_TOKEN).digest('hex'),
+  });
+  const app = await buildServer(fake, {
+    auth: { type: 'token', token: FIXTURE_TOKEN },
+    https: { key: readFileSync(key, 'utf8'), cert: readFileSync(cert, 'utf8') },
+    // The browser suite's pages load many chunks at once; the limits are the API's own concern.
+    limits: {},
+    web: { sessions, uiRoot: REPO },
+  });
+  await app.listen({ host: '127.0.0.1', port: options.port ?? 0 });
+  const port = (app.server.address() as { port: number }).port;
+  return {
+    url: `https://127.0.0.1:${port}`,
+    token: FIXTURE_TOKEN,
+    fake,
+    app,
+    setStatus(name, status) {
+      const g = fake.guestMap.get(name);
+      if (g) g.status = status;
+      publish(name, status);
+    },
+    async close() {
+      await app.close();
+      history.close();
+    },
+  };
+}
+
+if (import.meta.main) {
+  const dir = process.argv[2];
+  if (!dir) {
+    process.stderr.write(
+      'Error: give a directory for the certificate: node test/web/fixture-backend.ts DIR [PORT]\n',
+    );
+    process.exit(1);
+  }
+  const backend = await startFixtureBackend(dir, { port: Number(process.argv[3] ?? 0) });
+  process.stdout.write(`${backend.url} token ${backend.token}\n`);
+}

@@ -1,0 +1,350 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import type { BrowserContext, Page } from 'playwright-core';
+import { readWebManifest, webDistOf } from '../../src/build/web-bundle.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { openBrowser, signIn } from './browser.ts';
+import { type FixtureBackend, startFixtureBackend } from './fixture-backend.ts';
+
+const REPO = path.resolve(import.meta.dirname, '../..');
+const AXE = readFileSync(path.join(REPO, 'node_modules/axe-core/axe.min.js'), 'utf8');
+
+/** The main pages, each by its URL: what the quality checks walk. */
+const MAIN_PAGES = [
+  '/',
+  '/guests',
+  '/guests/ct-0003',
+  '/guests/ct-0003?tab=config',
+  '/guests/ct-0003?tab=snapshots',
+  '/new-guest',
+  '/networks',
+  '/storage',
+  '/images',
+  '/operations',
+  '/admin',
+];
+
+/**
+ * The browser suite's deterministic layer (issue 15): the real server and UI over a fixture of
+ * 1,000 guests and seeded metrics, in Debian's headless Chromium.
+ */
+describe('web UI over the fixture backend (1,000 guests)', () => {
+  let runDir: string;
+  let backend: FixtureBackend;
+  let context: BrowserContext;
+  let page: Page;
+  const errors: string[] = [];
+
+  before(async () => {
+    runDir = await makeRunDir('web');
+    backend = await startFixtureBackend(runDir);
+    context = await openBrowser(runDir);
+    page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => errors.push(String(e)));
+  });
+  // Each test starts signed in (the first one signs in through the page itself).
+  const signedIn = async () => {
+    const cookies = await context.cookies(backend.url);
+    if (!cookies.some((c) => c.name === '__Host-trivisor_session'))
+      await signIn(page, backend.url, backend.token);
+  };
+  after(async () => {
+    await context?.close();
+    await backend?.close();
+    if (runDir) await removeRunDir(runDir);
+  });
+
+  test('signing in with the token gives an HttpOnly session cookie the page cannot read; a wrong token is one line', async () => {
+    await page.goto(`${backend.url}/guests`);
+    await page.waitForURL(/\/login\?next=%2Fguests/);
+    await page.fill('#token', 'not-the-token');
+    await page.click('button[type=submit]');
+    const alert = page.locator('[role=alert]');
+    await alert.waitFor();
+    assert.match((await alert.textContent()) ?? '', /^That token is not valid here/);
+    await page.fill('#token', backend.token);
+    await page.click('button[type=submit]');
+    // Back to the page that asked for the sign-in.
+    await page.waitForURL(`${backend.url}/guests`);
+    const cookies = await context.cookies(backend.url);
+    const session = cookies.find((c) => c.name === '__Host-trivisor_session');
+    assert.ok(session, 'the session cookie is set');
+    assert.equal(session.httpOnly, true);
+    assert.equal(session.secure, true);
+    assert.equal(session.sameSite, 'Strict');
+    assert.ok(session.expires > Date.now() / 1000, 'it has an expiry');
+    assert.equal(await page.evaluate('document.cookie'), '', 'scripts cannot read it');
+  });
+
+  test('the first page loads at most 150 KB of gzipped JavaScript; chart and console code load only when opened', async () => {
+    await signedIn();
+    const scripts: string[] = [];
+    const onResponse = (r: { url(): string }) => {
+      if (r.url().endsWith('.js')) scripts.push(r.url());
+    };
+    page.on('response', onResponse);
+    await page.goto(`${backend.url}/guests`);
+    await page.waitForSelector('tr[data-guest]');
+    const manifest = await readWebManifest(REPO);
+    assert.ok(manifest);
+    const dir = path.join(webDistOf(REPO), manifest.dir);
+    const gz = (url: string) => gzipSync(readFileSync(path.join(dir, path.basename(url)))).length;
+    const first = scripts.reduce((sum, u) => sum + gz(u), 0);
+    assert.ok(first <= 150 * 1024, `first page: ${first} gzipped bytes of JavaScript`);
+    const loaded = (needle: string) =>
+      scripts.some((u) => readFileSync(path.join(dir, path.basename(u)), 'utf8').includes(needle));
+    assert.ok(!loaded('uplot'), 'no chart code on the first page');
+    assert.ok(!loaded('xterm-helper-textarea'), 'no terminal code on the first page');
+    await page.goto(`${backend.url}/guests/ct-0003?tab=metrics`);
+    await page.waitForSelector('.uplot canvas');
+    assert.ok(loaded('uplot'), 'opening the charts loads their code');
+    page.off('response', onResponse);
+  });
+
+  test('the list shows 1,000 guests with at most 200 rows in the DOM; a filter narrows it; the URL holds it, and reload and back restore it', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests`);
+    await page.waitForSelector('tr[data-guest]');
+    assert.equal((await page.locator('[data-testid=guest-count]').textContent()) ?? '', '1000 of 1000');
+    assert.ok((await page.locator('tr[data-guest]').count()) <= 200);
+    // Scrolled to the end: the last guest is drawn, and still at most 200 rows.
+    await page.locator('.window').evaluate((el) => {
+      el.scrollTop = el.scrollHeight;
+    });
+    await page.waitForSelector('tr[data-guest="vm-0998"]');
+    assert.ok((await page.locator('tr[data-guest]').count()) <= 200);
+
+    await page.fill('#guest-filter', 'pvm-00');
+    await page.waitForFunction(
+      "document.querySelector('[data-testid=guest-count]')?.textContent?.startsWith('33 of')",
+    );
+    assert.match(page.url(), /q=pvm-00/);
+    await page.selectOption('#status-filter', 'Running');
+    await page.waitForURL(/status=Running/);
+    const shown = (await page.locator('[data-testid=guest-count]').textContent()) ?? '';
+    await page.reload();
+    await page.waitForSelector('tr[data-guest]').catch(async (e) => {
+      await page.screenshot({ path: path.join(runDir, 'reload.png') });
+      throw e;
+    });
+    assert.equal((await page.locator('[data-testid=guest-count]').textContent()) ?? '', shown);
+    assert.equal(await page.inputValue('#guest-filter'), 'pvm-00');
+    await page.click('tr[data-guest] a');
+    await page.waitForURL(/\/guests\/pvm-00/);
+    await page.goBack();
+    await page.waitForSelector('tr[data-guest]');
+    assert.equal((await page.locator('[data-testid=guest-count]').textContent()) ?? '', shown);
+  });
+
+  test('a bulk start says exactly which guests failed and why', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests?q=broken`);
+    await page.waitForSelector('tr[data-guest]');
+    await page.fill('#guest-filter', '');
+    await page.fill('#guest-filter', 'ct-0021');
+    await page.waitForSelector('tr[data-guest="ct-0021"]');
+    await page.check('input[aria-label="Select ct-0021"]');
+    await page.fill('#guest-filter', 'broken');
+    await page.waitForSelector('tr[data-guest="broken-666"]');
+    await page.check('input[aria-label="Select all shown"]');
+    await page.click('fieldset >> text=Start');
+    const results = page.locator('[data-testid=bulk-results]');
+    await results.waitFor();
+    const text = (await results.textContent()) ?? '';
+    assert.match(text, /start: 1 succeeded, 3 failed/);
+    for (const n of ['broken-333', 'broken-666', 'broken-999']) {
+      assert.match(text, new RegExp(`${n}: Guest ${n} cannot start: its root file system is missing`));
+    }
+    assert.equal(backend.fake.guestMap.get('ct-0021')?.status, 'Running');
+  });
+
+  test('a state change shows in an open page within 2 s, without a reload', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests?q=vm-0002`);
+    await page.waitForSelector('tr[data-guest="vm-0002"]');
+    const status = page.locator('tr[data-guest="vm-0002"] .status');
+    assert.equal((await status.textContent()) ?? '', 'Running');
+    const started = Date.now();
+    backend.setStatus('vm-0002', 'Stopped');
+    await page.waitForFunction(
+      `document.querySelector('tr[data-guest="vm-0002"] .status')?.textContent === 'Stopped'`,
+      undefined,
+      { timeout: 2000 },
+    );
+    assert.ok(Date.now() - started < 2000);
+    backend.setStatus('vm-0002', 'Running');
+  });
+
+  test('charts show a range from an hour to a year, average and maximum, with the stopped hour as a gap', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests/ct-0003?tab=metrics&range=day`);
+    await page.waitForSelector('.uplot canvas');
+    assert.equal(await page.locator('.uplot').count(), 4);
+    // The page's own session reads the history, as the charts do.
+    const history = (await page.evaluate(
+      "fetch('/1.0/guests/ct-0003/metrics?range=day').then((r) => r.json()).then((b) => b.metadata)",
+    )) as {
+      times: number[];
+      metrics: Record<string, { average: Array<number | null>; maximum: Array<number | null> }>;
+    };
+    const cpu = history.metrics.cpu!.average;
+    const now = Date.now() / 1000;
+    const gapSteps = history.times
+      .map((t, i) => [t, cpu[i]] as const)
+      .filter(([t]) => t > now - 6.8 * 3600 && t < now - 6.2 * 3600);
+    assert.ok(gapSteps.length > 0 && gapSteps.every(([, v]) => v === null), 'the stopped hour is a gap');
+    assert.ok(cpu.filter((v) => v !== null).length > 200, 'the rest of the day has values');
+    assert.ok(history.metrics.cpu!.maximum.some((v, i) => v !== null && v >= (cpu[i] ?? 0)));
+    for (const range of ['hour', 'week', 'month', 'year']) {
+      await page.click(`button:has-text("Last ${range}")`);
+      await page.waitForURL(new RegExp(`range=${range}`));
+    }
+  });
+
+  test('every view renders from its own URL without a script error', async () => {
+    await signedIn();
+    errors.length = 0;
+    for (const url of [
+      ...MAIN_PAGES,
+      '/guests/ct-0003?tab=backups',
+      '/guests/ct-0003?tab=volumes',
+      '/guests/ct-0003?tab=nics',
+      '/guests/ct-0003?tab=files',
+      '/guests/ct-0003?tab=events',
+    ]) {
+      await page.goto(`${backend.url}${url}`);
+      await page.waitForSelector('h1');
+      await page.waitForTimeout(150);
+      assert.ok(((await page.locator('h1').textContent()) ?? '').length > 0, url);
+    }
+    assert.deepEqual(errors, []);
+  });
+
+  test('axe-core finds no serious or critical issue on the main pages, in light and dark mode', async () => {
+    await signedIn();
+    for (const scheme of ['light', 'dark'] as const) {
+      await page.emulateMedia({ colorScheme: scheme });
+      for (const url of MAIN_PAGES) {
+        await page.goto(`${backend.url}${url}`);
+        await page.waitForSelector('h1');
+        await page.waitForTimeout(200);
+        await page.addScriptTag({ content: AXE });
+        const found = (await page.evaluate(`axe.run().then((r) => r.violations
+          .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+          .map((v) => v.id + ' (' + v.impact + '): ' + v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')))`)) as string[];
+        assert.deepEqual(found, [], `${scheme} ${url}`);
+      }
+    }
+    await page.emulateMedia({ colorScheme: 'light' });
+  });
+
+  test('dark mode follows the system', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests`);
+    await page.waitForSelector('h1');
+    const background = () =>
+      page.evaluate('getComputedStyle(document.body).backgroundColor') as Promise<string>;
+    await page.emulateMedia({ colorScheme: 'light' });
+    const light = await background();
+    await page.emulateMedia({ colorScheme: 'dark' });
+    const dark = await background();
+    const lum = (rgb: string) => (rgb.match(/\d+/g) ?? []).slice(0, 3).reduce((s, v) => s + Number(v), 0);
+    assert.ok(lum(light) > 600 && lum(dark) < 150, `light ${light}, dark ${dark}`);
+    await page.emulateMedia({ colorScheme: 'light' });
+  });
+
+  test('at 390×844 (a phone) no main page scrolls sideways, and the menu opens', async () => {
+    await signedIn();
+    await page.setViewportSize({ width: 390, height: 844 });
+    try {
+      for (const url of MAIN_PAGES) {
+        await page.goto(`${backend.url}${url}`);
+        await page.waitForSelector('h1');
+        await page.waitForTimeout(150);
+        const width = (await page.evaluate('document.documentElement.scrollWidth')) as number;
+        assert.ok(width <= 390, `${url} is ${width} px wide`);
+      }
+      await page.click('button.menu-toggle');
+      await page.click('nav.side >> text=Networks');
+      await page.waitForURL(/\/networks$/);
+    } finally {
+      await page.setViewportSize({ width: 1280, height: 900 });
+    }
+  });
+
+  test('the keyboard reaches the skip link, every menu entry and the list filter', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests`);
+    await page.waitForSelector('tr[data-guest]');
+    await page.evaluate('document.activeElement?.blur()');
+    const reached: string[] = [];
+    for (let i = 0; i < 14; i++) {
+      await page.keyboard.press('Tab');
+      reached.push(
+        (await page.evaluate(
+          "(() => { const el = document.activeElement; return el?.id ? '#' + el.id : (el?.innerText ?? '').trim(); })()",
+        )) as string,
+      );
+    }
+    for (const want of [
+      'Skip to content',
+      'Dashboard',
+      'Guests',
+      'Networks',
+      'Storage',
+      'Images',
+      'Operations',
+      'Administration',
+      '#guest-filter',
+    ]) {
+      assert.ok(reached.includes(want), `${want} among ${reached.join(' | ')}`);
+    }
+    // Enter on a focused link navigates.
+    await page.focus('nav.side >> text=Images');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/\/images$/);
+  });
+
+  test('a login link signs a fresh browser in, once', async () => {
+    await signedIn();
+    // Made as an admin would with trivisor admin web-link (the fixture's server, asked directly).
+    const made = await backend.app.inject({
+      method: 'POST',
+      url: '/1.0/auth/web-links',
+      headers: { authorization: `Bearer ${backend.token}` },
+    });
+    const link = made.json().metadata.path as string;
+    await context.clearCookies();
+    await page.goto(`${backend.url}${link}`);
+    await page.waitForSelector('nav.side');
+    assert.ok(!page.url().includes('code='), 'the code is taken out of the address bar');
+    await context.clearCookies();
+    await page.goto(`${backend.url}${link}`);
+    const alert = page.locator('[role=alert]');
+    await alert.waitFor();
+    assert.match((await alert.textContent()) ?? '', /used already or expired/);
+    await signIn(page, backend.url, backend.token);
+  });
+
+  test('when the session expires the next request leads to sign-in, and then back to the same page', async () => {
+    await signedIn();
+    const short = await startFixtureBackend(runDir, { guests: 20, sessionTtlMs: 3000 });
+    try {
+      await signIn(page, short.url, short.token, '/guests?q=ct&sort=status');
+      await page.waitForSelector('tr[data-guest]');
+      await page.waitForTimeout(3500);
+      await page.goto(`${short.url}/guests/ct-0003?tab=config`);
+      await page.waitForURL(/\/login\?next=/);
+      assert.match(decodeURIComponent(page.url()), /next=\/guests\/ct-0003\?tab=config/);
+      await page.fill('#token', short.token);
+      await page.click('button[type=submit]');
+      await page.waitForURL(`${short.url}/guests/ct-0003?tab=config`);
+      await page.waitForSelector('h1:has-text("ct-0003")');
+    } finally {
+      await short.close();
+    }
+  });
+});
