@@ -47,9 +47,10 @@ import { createProjectService } from './services/project-service.ts';
 import { createStorageService } from './services/storage-service.ts';
 import type { Services } from './services/types.ts';
 import { createVolumeResolver, createVolumeService, poolPathOf } from './services/volume-service.ts';
-import { createPoolDrivers, type PoolRecord, poolKeys } from './storage/storage-pools.ts';
+import { createPoolDrivers } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteAuditStore } from './store/audit-store.ts';
+import { records, valuesOf } from './store/records.ts';
 import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
@@ -187,6 +188,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     },
     events,
     images,
+    hostName,
+    claims,
   });
   const volumeService = services.volumes;
   await volumeService.start();
@@ -206,8 +209,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   services.pools = poolService;
   await poolService.start();
   // Every pool's volumes, left open (0711) by earlier versions: root only (decision 18).
-  const poolPaths = (await store.list(poolKeys.poolPrefix)).kvs.map((kv) =>
-    poolPathOf(JSON.parse(kv.value) as PoolRecord, poolDrivers, stateDir),
+  const poolPaths = valuesOf(await records.pool.list(store)).map((pool) =>
+    poolPathOf(pool, poolDrivers, stateDir),
   );
   for (const dir of new Set([stateDir, ...poolPaths])) {
     await closeVolumesDir(dir).catch((e: unknown) =>

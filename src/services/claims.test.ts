@@ -9,7 +9,8 @@ import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { fakeRunner } from '../host/fake-runner.ts';
 import { silentLogger } from '../host/logger.ts';
-import type { PoolDriver } from '../storage/storage-pools.ts';
+import type { PoolDriver, PoolRecord } from '../storage/storage-pools.ts';
+import type { VolumeBackend } from '../storage/volumes.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createClaims, describeHolder, listClaims } from './claims.ts';
 import { createEventBus } from './event-bus.ts';
@@ -17,6 +18,7 @@ import { createOperationService } from './operation-service.ts';
 import { createPoolService } from './pool-service.ts';
 import { createStorageService } from './storage-service.ts';
 import type { GuestService } from './types.ts';
+import { createVolumeService } from './volume-service.ts';
 
 const busy = (h: Parameters<typeof describeHolder>[0]) => conflict(`Busy (${describeHolder(h)})`);
 const is409 = (pattern: RegExp) => (e: unknown) =>
@@ -86,11 +88,28 @@ describe('operation claims', () => {
   });
 });
 
+const spec = (name: string): GuestSpec => ({
+  name,
+  project: 'default',
+  model: 'ct',
+  image: 'f'.repeat(64),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Stopped',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  host: 'h1',
+  createdAt: '2026-01-01T00:00:00.000Z',
+});
+
 describe('two members race over one store', () => {
   const store = createMemoryStore();
   let stateDir: string;
 
-  const spec: GuestSpec = {
+  const web: GuestSpec = {
     name: 'web',
     project: 'default',
     model: 'ct',
@@ -152,7 +171,7 @@ describe('two members race over one store', () => {
 
   before(async () => {
     stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-claims-'));
-    await store.put(keys.guest('web'), JSON.stringify(spec));
+    await store.put(keys.guest('web'), JSON.stringify(web));
     await store.put(keys.guestStatus('web'), JSON.stringify(status));
   });
   after(async () => {
@@ -236,5 +255,56 @@ describe('two members create one pool at once', () => {
       'the winner’s pool is not removed',
     );
     assert.deepEqual(await listClaims(store), []);
+  });
+});
+
+describe('two members attach one block volume at once', () => {
+  test('the volume goes into one guest; the other attach is a 409 and writes nothing', async () => {
+    const store = createMemoryStore();
+    const pool: PoolRecord = { name: 'default', driver: 'dir', description: '', config: {}, createdAt: '' };
+    await store.put(keys.storagePool('default'), JSON.stringify(pool));
+    for (const name of ['vm1', 'vm2']) {
+      await store.put(keys.guest(name), JSON.stringify({ ...spec(name), model: 'vm', desired: 'Stopped' }));
+    }
+    const backend: VolumeBackend = {
+      async create() {
+        await new Promise((r) => setTimeout(r, 20));
+      },
+      async resize() {},
+      async usage() {
+        return { usedBytes: 0 };
+      },
+      async delete() {},
+    };
+    const volumesOf = (member: string) =>
+      createVolumeService({
+        store,
+        pools: { dir: { mountPath: () => '/unused' }, btrfs: { mountPath: () => '/unused' } } as never,
+        backend,
+        stateDir: '/nonexistent',
+        drivers: {},
+        live: {},
+        hostName: member,
+        claims: createClaims({ store, member }),
+      });
+    const h1 = volumesOf('h1');
+    const h2 = volumesOf('h2');
+    await h1.create('default', { name: 'data', type: 'block', config: { size: '1GiB' } });
+    const results = await Promise.allSettled([
+      h1.attach('default', 'data', { guest: 'vm1' }),
+      h2.attach('default', 'data', { guest: 'vm2' }),
+    ]);
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.ok(
+      is409(/Storage volume data on pool default is being changed|attached to vm[12]/)(lost.reason),
+      String(lost.reason),
+    );
+    const holders = [];
+    for (const name of ['vm1', 'vm2']) {
+      const g = JSON.parse((await store.get(keys.guest(name)))?.value ?? '{}') as GuestSpec;
+      if (g.disks?.data) holders.push(name);
+    }
+    assert.equal(holders.length, 1, `a disk is in one guest at a time, not in ${holders.join(' and ')}`);
   });
 });

@@ -349,7 +349,7 @@ export function createPoolService(deps: {
       const pool = await record(name);
       if (name === DEFAULT_POOL)
         throw failedPrecondition('The default pool holds the guests directory: it cannot be deleted');
-      await claims.holding('pool', name, poolBusy(name, 'delete'), async () => {
+      const assertEmpty = async () => {
         const used = await deps.inUse?.(name);
         if (used !== undefined) throw failedPrecondition(used);
         const held = (await records.guestPool.list(store)).items
@@ -360,6 +360,11 @@ export function createPoolService(deps: {
             `Storage pool ${name} holds guests ${held.join(', ')}: delete them or copy them to another pool first`,
           );
         }
+      };
+      // Refused before the claim (a refused request writes nothing), and checked again under it.
+      await assertEmpty();
+      await claims.holding('pool', name, poolBusy(name, 'delete'), async () => {
+        await assertEmpty();
         await drivers[pool.driver].delete(pool);
         await store.delete(records.pool.key(name));
       });

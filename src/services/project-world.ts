@@ -1,5 +1,6 @@
 import { createGuestController, type GuestController } from '../control/guest-controller.ts';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
+import { keys } from '../core/keys.ts';
 import type { GuestSpec, ImageRecord, ProcessIdentity } from '../core/types.ts';
 import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
@@ -7,7 +8,7 @@ import { fakeRunner } from '../host/fake-runner.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { ImageFiles } from '../images/image-files.ts';
 import type { NetworkBackend } from '../network/network-backend.ts';
-import { type PoolRecord, poolKeys } from '../storage/storage-pools.ts';
+import type { PoolRecord } from '../storage/storage-pools.ts';
 import type { VolumeBackend } from '../storage/volumes.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
@@ -154,7 +155,7 @@ export async function makeProjectWorld(): Promise<ProjectWorld> {
   await guestController.start();
   await networkController.start();
   const pool: PoolRecord = { name: 'default', driver: 'dir', description: '', config: {}, createdAt: '' };
-  await store.put(poolKeys.pool('default'), JSON.stringify(pool));
+  await store.put(keys.storagePool('default'), JSON.stringify(pool));
   const volumeCalls: string[] = [];
   const volumeBackend: VolumeBackend = {
     async create(_d, _p, v) {

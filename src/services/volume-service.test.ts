@@ -4,7 +4,7 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, Model } from '../core/types.ts';
 import type { GuestDriver, RuntimeState } from '../drivers/guest-driver.ts';
 import type { AttachedVolume, GuestVolumes, LiveResult } from '../drivers/guest-volumes.ts';
-import { type PoolDriver, type PoolDriverName, type PoolRecord, poolKeys } from '../storage/storage-pools.ts';
+import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
 import type { VolumeBackend, VolumeRecord } from '../storage/volumes.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createVolumeService } from './volume-service.ts';
@@ -30,7 +30,7 @@ const specOf = (name: string, model: Model): GuestSpec => ({
 async function setup() {
   const store = createMemoryStore();
   const pool: PoolRecord = { name: 'default', driver: 'dir', description: '', config: {}, createdAt: '' };
-  await store.put(poolKeys.pool('default'), JSON.stringify(pool));
+  await store.put(keys.storagePool('default'), JSON.stringify(pool));
   const calls: string[] = [];
   const running = new Set<string>();
   const backend: VolumeBackend = {

@@ -14,16 +14,14 @@ import {
   assertWithinLimits,
   DEFAULT_PROJECT,
   NO_USAGE,
-  type ProjectOwned,
   projectOfRecord,
 } from '../core/projects.ts';
 import { formatBytes } from '../core/sizes.ts';
-import type { DiskDevice, GuestSpec, GuestStatus, Model } from '../core/types.ts';
+import type { DiskDevice, GuestSpec, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { AttachedVolume, GuestVolumes, LiveResult, VolumeResolver } from '../drivers/guest-volumes.ts';
 import { isMountPoint } from '../host/mounts.ts';
 import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
-import { poolKeys } from '../storage/storage-pools.ts';
 import {
   assertVolumeName,
   checkGrow,
@@ -35,15 +33,16 @@ import {
   parseVolumeType,
   type VolumeBackend,
   type VolumeRecord,
-  volumeKeys,
   volumePath,
 } from '../storage/volumes.ts';
 import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
+import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
 import { guardedWrite, readProject } from './project-service.ts';
 import type { EventBus, ImageService } from './types.ts';
 
 /** A volume record with its project (volumes.ts's record predates projects). */
-type OwnedVolume = VolumeRecord & ProjectOwned;
+type OwnedVolume = VolumeRecord & { project: string };
 
 /** A volume as the API shows it: its record, where it is, who uses it and its space. */
 export interface StorageVolume extends VolumeRecord {
@@ -151,11 +150,11 @@ export function createVolumeResolver(deps: {
     async resolve(spec) {
       const out: AttachedVolume[] = [];
       for (const [device, disk] of Object.entries(spec.disks ?? {}).sort(([a], [b]) => a.localeCompare(b))) {
-        const poolKv = await deps.store.get(poolKeys.pool(disk.pool));
-        const volKv = await deps.store.get(volumeKeys.volume(disk.pool, disk.source));
-        if (!poolKv || !volKv) continue;
-        const pool = JSON.parse(poolKv.value) as PoolRecord;
-        const vol = JSON.parse(volKv.value) as VolumeRecord;
+        const poolFound = await records.pool.at(disk.pool).get(deps.store);
+        const volFound = await records.volume.at(disk.pool, disk.source).get(deps.store);
+        if (!poolFound || !volFound) continue;
+        const pool = poolFound.value;
+        const vol = volFound.value;
         out.push({
           device,
           pool: pool.name,
@@ -185,23 +184,34 @@ export function createVolumeService(deps: {
    * (a disk image or a blank disk); the kit's guests boot a kernel with no CD-ROM driver.
    */
   images?: Pick<ImageService, 'get'>;
+  /** Operation claims of this member (default: this service's own, over `store`). */
+  claims?: Claims;
+  hostName?: string;
 }): VolumeService {
   const { store, backend } = deps;
   const resolver = createVolumeResolver({ store, drivers: deps.pools, stateDir: deps.stateDir });
-
-  // One change at a time: attach checks (a block volume on one guest only) read then write.
-  let chain: Promise<unknown> = Promise.resolve();
-  const serial = <T>(work: () => Promise<T>): Promise<T> => {
-    const next = chain.then(work, work);
-    chain = next.catch(() => {});
-    return next;
-  };
+  // One change of a volume at a time, whichever member asks (decision 28): its checks (a block
+  // volume in one guest only, nothing attached to a volume being deleted) read, then write.
+  const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
+  const holdingVolume = <T>(pool: string, name: string, action: string, work: () => Promise<T>) =>
+    claims.holding(
+      'volume',
+      `${pool}/${name}`,
+      {
+        action,
+        busy: (h: ClaimHolder) =>
+          conflict(
+            `Storage volume ${name} on pool ${pool} is being changed (${describeHolder(h)}): wait for it`,
+          ),
+      },
+      work,
+    );
 
   async function poolRecord(name: string): Promise<PoolRecord> {
     assertDnsLabel(name, 'pool name');
-    const kv = await store.get(poolKeys.pool(name));
-    if (!kv) throw notFound(`Storage pool ${name} not found`);
-    return JSON.parse(kv.value) as PoolRecord;
+    const found = await records.pool.at(name).get(store);
+    if (!found) throw notFound(`Storage pool ${name} not found`);
+    return found.value;
   }
 
   const poolPath = (pool: PoolRecord) => poolPathOf(pool, deps.pools, deps.stateDir);
@@ -209,17 +219,16 @@ export function createVolumeService(deps: {
   async function volumeAny(pool: string, name: string): Promise<{ pool: PoolRecord; vol: OwnedVolume }> {
     const p = await poolRecord(pool);
     assertVolumeName(name);
-    const kv = await store.get(volumeKeys.volume(pool, name));
-    if (!kv) throw notFound(`Storage volume ${name} not found on pool ${pool}`);
-    return { pool: p, vol: JSON.parse(kv.value) as OwnedVolume };
+    const found = await records.volume.at(pool, name).get(store);
+    if (!found) throw notFound(`Storage volume ${name} not found on pool ${pool}`);
+    return { pool: p, vol: found.value };
   }
 
   /** What `quota` adds to a project when a volume of `sizeBytes` is made or grown by that much. */
   const diskOf = (sizeBytes: number) => ({ ...NO_USAGE, diskBytes: sizeBytes });
 
   async function allSpecs(): Promise<GuestSpec[]> {
-    const { kvs } = await store.list(keys.guestPrefix);
-    return kvs.map((kv) => JSON.parse(kv.value) as GuestSpec);
+    return valuesOf(await records.guest.list(store));
   }
 
   const attachmentsOf = (vol: VolumeRecord, specs: GuestSpec[]): VolumeAttachment[] =>
@@ -245,19 +254,17 @@ export function createVolumeService(deps: {
 
   async function guestSpec(name: string): Promise<{ spec: GuestSpec; modRevision: number }> {
     assertDnsLabel(name, 'guest name');
-    const kv = await store.get(keys.guest(name));
-    if (!kv) throw notFound(`Guest ${name} not found`);
-    const spec = JSON.parse(kv.value) as GuestSpec;
-    if (spec.deleting) throw failedPrecondition(`Guest ${name} is being deleted`);
-    return { spec, modRevision: kv.modRevision };
+    const found = await records.guest.at(name).get(store);
+    if (!found) throw notFound(`Guest ${name} not found`);
+    if (found.value.deleting) throw failedPrecondition(`Guest ${name} is being deleted`);
+    return { spec: found.value, modRevision: found.modRevision };
   }
 
   /** The guest's top process when it runs (or is frozen), checked against pid reuse by its driver. */
   async function runningPid(spec: GuestSpec): Promise<number | undefined> {
     const driver = deps.drivers[spec.model];
     if (!driver) return undefined;
-    const kv = await store.get(keys.guestStatus(spec.name));
-    const status = kv ? (JSON.parse(kv.value) as GuestStatus) : undefined;
+    const status = (await records.guestStatus.at(spec.name).get(store))?.value;
     const rt = await driver.inspect(spec, status?.process).catch(() => ({ state: 'absent' as const }));
     return (rt.state === 'running' || rt.state === 'frozen') && 'process' in rt ? rt.process?.pid : undefined;
   }
@@ -273,10 +280,8 @@ export function createVolumeService(deps: {
       const next: GuestSpec = { ...spec };
       if (Object.keys(disks).length > 0) next.disks = disks;
       else delete next.disks;
-      const r = await store.txn({
-        compare: [{ key: keys.guest(name), target: 'modRevision', op: '=', value: modRevision }],
-        success: [{ type: 'put', key: keys.guest(name), value: JSON.stringify(next) }],
-      });
+      const ref = records.guest.at(name);
+      const r = await store.txn({ compare: [ref.unchanged(modRevision)], success: [ref.putOp(next)] });
       if (r.succeeded) return;
     }
     throw conflict(`Guest ${name} kept changing: try again`);
@@ -295,8 +300,8 @@ export function createVolumeService(deps: {
   async function isosOf(disks: Record<string, DiskDevice>): Promise<string[]> {
     const out: string[] = [];
     for (const [device, d] of Object.entries(disks)) {
-      const kv = await store.get(volumeKeys.volume(d.pool, d.source));
-      if (kv && (JSON.parse(kv.value) as VolumeRecord).type === 'iso') out.push(device);
+      const found = await records.volume.at(d.pool, d.source).get(store);
+      if (found?.value.type === 'iso') out.push(device);
     }
     return out;
   }
@@ -335,11 +340,11 @@ export function createVolumeService(deps: {
 
       async list(pool, options = {}) {
         const p = await poolRecord(pool);
-        const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+        const listed = await records.volume.list(store, pool);
         const specs = await allSpecs();
-        const vols = kvs
-          .map((kv) => JSON.parse(kv.value) as OwnedVolume)
-          .filter((v) => scope === undefined || options.allProjects || projectOfRecord(v) === scope);
+        const vols = valuesOf(listed).filter(
+          (v) => scope === undefined || options.allProjects || projectOfRecord(v) === scope,
+        );
         return Promise.all(vols.map((v) => show(p, v, specs)));
       },
 
@@ -348,14 +353,14 @@ export function createVolumeService(deps: {
         return show(p, vol);
       },
 
-      create(pool, request) {
-        return serial(async () => {
-          const p = await poolRecord(pool);
-          assertVolumeName(request.name);
+      async create(pool, request) {
+        const p = await poolRecord(pool);
+        assertVolumeName(request.name);
+        const check = async () => {
           const type = parseVolumeType(request.type);
           const { sizeBytes } = checkVolumeConfig(request.config ?? {});
-          const taken = await store.get(volumeKeys.volume(pool, request.name));
-          if (taken) throw nameTaken(request.name, pool, JSON.parse(taken.value) as OwnedVolume, project);
+          const taken = await records.volume.at(pool, request.name).get(store);
+          if (taken) throw nameTaken(request.name, pool, taken.value, project);
           const size = sizeBytes ?? DEFAULT_VOLUME_BYTES;
           // Checked before any file is made; checked again, race-free, when the record is written.
           const before = await readProject(store, project);
@@ -366,6 +371,12 @@ export function createVolumeService(deps: {
           if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
             throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
           }
+          return { type, size };
+        };
+        // What can be refused is refused before the claim (a refused request writes nothing), and again under it.
+        await check();
+        return holdingVolume(pool, request.name, 'create', async () => {
+          const { type, size } = await check();
           const vol: OwnedVolume = {
             name: request.name,
             project,
@@ -383,14 +394,8 @@ export function createVolumeService(deps: {
                 before: g.usage,
                 after: addUsage(g.usage, diskOf(size)),
               });
-              return {
-                compare: [
-                  { key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 },
-                ],
-                success: [
-                  { type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) },
-                ],
-              };
+              const ref = records.volume.at(pool, vol.name);
+              return { compare: [ref.absent()], success: [ref.putOp(vol)] };
             });
           } catch (e) {
             // Refused after all (another create took the last of the quota): no volume is left behind.
@@ -399,8 +404,8 @@ export function createVolumeService(deps: {
           }
           if (!r.succeeded) {
             await backend.delete(p.driver, poolPath(p), vol);
-            const now = await store.get(volumeKeys.volume(pool, vol.name));
-            throw nameTaken(vol.name, pool, now && (JSON.parse(now.value) as OwnedVolume), project);
+            const now = await records.volume.at(pool, vol.name).get(store);
+            throw nameTaken(vol.name, pool, now?.value, project);
           }
           lifecycle('storage-volume-created', vol);
           return show(p, vol);
@@ -409,9 +414,9 @@ export function createVolumeService(deps: {
 
       async importIso(pool, request) {
         try {
-          return await serial(async () => {
-            const p = await poolRecord(pool);
-            assertVolumeName(request.name);
+          const p = await poolRecord(pool);
+          assertVolumeName(request.name);
+          const check = async () => {
             const importer = backend.importIso?.bind(backend);
             if (!importer) throw failedPrecondition('This daemon cannot keep ISO images on its pools');
             if (!(await isIsoImage(request.file).catch(() => false))) {
@@ -419,8 +424,8 @@ export function createVolumeService(deps: {
                 'The upload is not an ISO image (no ISO 9660 or UDF volume descriptor at sector 16): give an installer or live CD image',
               );
             }
-            const taken = await store.get(volumeKeys.volume(pool, request.name));
-            if (taken) throw nameTaken(request.name, pool, JSON.parse(taken.value) as OwnedVolume, project);
+            const taken = await records.volume.at(pool, request.name).get(store);
+            if (taken) throw nameTaken(request.name, pool, taken.value, project);
             const size = (await stat(request.file)).size;
             const before = await readProject(store, project);
             assertWithinLimits(project, before.spec.config, {
@@ -430,6 +435,12 @@ export function createVolumeService(deps: {
             if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
               throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
             }
+            return { importer, size };
+          };
+          // Refused before the claim (a refused request writes nothing), and checked again under it.
+          await check();
+          return await holdingVolume(pool, request.name, 'import', async () => {
+            const { importer, size } = await check();
             const vol: OwnedVolume = {
               name: request.name,
               project,
@@ -447,14 +458,8 @@ export function createVolumeService(deps: {
                   before: g.usage,
                   after: addUsage(g.usage, diskOf(size)),
                 });
-                return {
-                  compare: [
-                    { key: volumeKeys.volume(pool, vol.name), target: 'createRevision', op: '=', value: 0 },
-                  ],
-                  success: [
-                    { type: 'put', key: volumeKeys.volume(pool, vol.name), value: JSON.stringify(vol) },
-                  ],
-                };
+                const ref = records.volume.at(pool, vol.name);
+                return { compare: [ref.absent()], success: [ref.putOp(vol)] };
               });
             } catch (e) {
               await backend.delete(p.driver, poolPath(p), vol);
@@ -462,8 +467,8 @@ export function createVolumeService(deps: {
             }
             if (!r.succeeded) {
               await backend.delete(p.driver, poolPath(p), vol);
-              const now = await store.get(volumeKeys.volume(pool, vol.name));
-              throw nameTaken(vol.name, pool, now && (JSON.parse(now.value) as OwnedVolume), project);
+              const now = await records.volume.at(pool, vol.name).get(store);
+              throw nameTaken(vol.name, pool, now?.value, project);
             }
             lifecycle('storage-volume-created', vol);
             return show(p, vol);
@@ -473,9 +478,10 @@ export function createVolumeService(deps: {
         }
       },
 
-      update(pool, name, change) {
-        return serial(async () => {
-          const { pool: p, vol } = await volumeRecord(pool, name);
+      async update(pool, name, change) {
+        const check = async () => {
+          const found = await volumeRecord(pool, name);
+          const { vol } = found;
           if (vol.type === 'iso') {
             throw invalidArgument(
               `Volume ${name} is an ISO image, which keeps the size it was uploaded with`,
@@ -484,6 +490,24 @@ export function createVolumeService(deps: {
           const { sizeBytes } = checkVolumeConfig(change.config ?? {});
           if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
           checkGrow(vol, sizeBytes);
+          const owner = projectOfRecord(vol);
+          const g = await readProject(store, owner);
+          assertWithinLimits(owner, g.spec.config, {
+            before: g.usage,
+            after: addUsage(g.usage, diskOf(sizeBytes - vol.sizeBytes)),
+          });
+          return { ...found, sizeBytes };
+        };
+        const first = await check();
+        if (first.sizeBytes === first.vol.sizeBytes) {
+          return {
+            volume: await show(first.pool, first.vol),
+            applied: 'none',
+            message: `Volume ${name} is already ${formatBytes(first.sizeBytes)}`,
+          };
+        }
+        return holdingVolume(pool, name, 'resize', async () => {
+          const { pool: p, vol, sizeBytes } = await check();
           if (sizeBytes === vol.sizeBytes) {
             return {
               volume: await show(p, vol),
@@ -500,18 +524,17 @@ export function createVolumeService(deps: {
               before: g.usage,
               after: addUsage(g.usage, diskOf(sizeBytes - vol.sizeBytes)),
             });
+            const ref = records.volume.at(pool, name);
             return {
-              compare: [
-                { key: volumeKeys.volume(pool, name), target: 'value', op: '=', value: JSON.stringify(vol) },
-              ],
-              success: [{ type: 'put', key: volumeKeys.volume(pool, name), value: JSON.stringify(grown) }],
+              compare: [{ key: ref.key, target: 'value', op: '=', value: records.volume.encode(vol) }],
+              success: [ref.putOp(grown)],
             };
           });
           if (!r.succeeded) throw conflict(`Storage volume ${name} was changed at the same time; retry`);
           try {
             await backend.resize(p.driver, poolPath(p), vol, sizeBytes);
           } catch (e) {
-            await store.put(volumeKeys.volume(pool, name), JSON.stringify(vol));
+            await records.volume.at(pool, name).put(store, vol);
             throw e;
           }
           lifecycle('storage-volume-updated', grown, { sizeBytes });
@@ -539,22 +562,27 @@ export function createVolumeService(deps: {
         });
       },
 
-      delete(pool, name) {
-        return serial(async () => {
-          const { pool: p, vol } = await volumeRecord(pool, name);
-          const attachments = attachmentsOf(vol, await allSpecs());
+      async delete(pool, name) {
+        const check = async () => {
+          const found = await volumeRecord(pool, name);
+          const attachments = attachmentsOf(found.vol, await allSpecs());
           if (attachments.length > 0) {
             const guests = [...new Set(attachments.map((a) => a.guest))].join(', ');
             throw failedPrecondition(`Storage volume ${name} is attached to ${guests}: detach it first`);
           }
+          return found;
+        };
+        await check();
+        return holdingVolume(pool, name, 'delete', async () => {
+          const { pool: p, vol } = await check();
           await backend.delete(p.driver, poolPath(p), vol);
-          await store.delete(volumeKeys.volume(pool, name));
+          await store.delete(records.volume.key(pool, name));
           lifecycle('storage-volume-deleted', vol);
         });
       },
 
-      attach(pool, name, request) {
-        return serial(async () => {
+      async attach(pool, name, request) {
+        const plan = async () => {
           const { pool: p, vol } = await volumeRecord(pool, name);
           const { spec } = await guestOf(request.guest, vol);
           const allowed = modelsFor(vol.type);
@@ -623,8 +651,23 @@ export function createVolumeService(deps: {
             ...(path !== undefined && { path }),
             sizeBytes: vol.sizeBytes,
           };
+          return { p, vol, spec, device, disk, attached, path };
+        };
+        // What can be refused is refused before the claim (a refused request writes nothing), and again under it.
+        await plan();
+        return holdingVolume(pool, name, 'attach', async () => {
+          const { p, vol, spec, device, disk, attached, path } = await plan();
           // Recorded first: a daemon killed in the middle leaves an attachment that applies at the next start.
-          await writeDisks(spec.name, (d) => ({ ...d, [device]: disk }));
+          // The guest's record is compared, not locked: a device another change added meanwhile is kept,
+          // and one of the same name makes this attach the loser.
+          await writeDisks(spec.name, (d) => {
+            if (d[device]) {
+              throw conflict(
+                `Guest ${spec.name} got a device named ${device} at the same time: choose another`,
+              );
+            }
+            return { ...d, [device]: disk };
+          });
           let applied: VolumeChange['applied'] = 'none';
           const pid = await runningPid(spec);
           const live = deps.live[spec.model];
@@ -659,8 +702,8 @@ export function createVolumeService(deps: {
         });
       },
 
-      detach(pool, name, request) {
-        return serial(async () => {
+      async detach(pool, name, request) {
+        const plan = async () => {
           const { pool: p, vol } = await volumeRecord(pool, name);
           const { spec } = await guestOf(request.guest, vol);
           const mine = Object.entries(spec.disks ?? {}).filter(
@@ -681,6 +724,11 @@ export function createVolumeService(deps: {
             ...(disk.path !== undefined && { path: disk.path }),
             sizeBytes: vol.sizeBytes,
           };
+          return { p, vol, spec, device, attached };
+        };
+        await plan();
+        return holdingVolume(pool, name, 'detach', async () => {
+          const { p, vol, spec, device, attached } = await plan();
           let applied: VolumeChange['applied'] = 'none';
           const pid = await runningPid(spec);
           const live = deps.live[spec.model];
@@ -707,20 +755,18 @@ export function createVolumeService(deps: {
       },
 
       async start() {
-        const reclaim = () =>
-          serial(async () => {
-            const specs = await allSpecs();
-            const { kvs } = await store.list(volumeKeys.prefix);
-            for (const kv of kvs) {
-              const vol = JSON.parse(kv.value) as VolumeRecord;
-              if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
-              const pkv = await store.get(poolKeys.pool(vol.pool));
-              if (!pkv) continue;
-              const file = volumePath(poolPath(JSON.parse(pkv.value) as PoolRecord), vol);
-              const s = await stat(file).catch(() => undefined);
-              if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
-            }
-          });
+        // Idempotent: two runs at once chown the same files to root, nothing worse.
+        const reclaim = async () => {
+          const specs = await allSpecs();
+          for (const vol of valuesOf(await records.volume.list(store))) {
+            if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
+            const pool = await records.pool.at(vol.pool).get(store);
+            if (!pool) continue;
+            const file = volumePath(poolPath(pool.value), vol);
+            const s = await stat(file).catch(() => undefined);
+            if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
+          }
+        };
         deps.events?.subscribe(
           (event) => {
             if (event.action === 'guest-deleted') void reclaim().catch(() => {});
@@ -731,9 +777,9 @@ export function createVolumeService(deps: {
       },
 
       async poolInUse(pool) {
-        const { kvs } = await store.list(volumeKeys.poolPrefix(pool));
+        const { kvs } = await store.list(keys.storageVolumes(pool));
         if (kvs.length === 0) return undefined;
-        const names = kvs.map((kv) => kv.key.slice(volumeKeys.poolPrefix(pool).length));
+        const names = kvs.map((kv) => kv.key.slice(keys.storageVolumes(pool).length));
         return `Storage pool ${pool} holds volumes ${names.join(', ')}: delete them first`;
       },
     };

@@ -1,7 +1,6 @@
 import { mkdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import { parseBytes } from '../core/sizes.ts';
 import { isMountPoint, unmountIfMounted } from '../host/mounts.ts';
 import type { ProcessRunner } from '../host/runner.ts';
@@ -19,12 +18,6 @@ export interface PoolRecord {
   config: Record<string, string>;
   createdAt: string;
 }
-
-/** Key layout of pool records, as core/keys.ts defines it. */
-export const poolKeys = {
-  poolPrefix: keys.storagePoolPrefix,
-  pool: keys.storagePool,
-} as const;
 
 /** Space of a pool as its file system reports it. */
 export interface PoolUsage {

@@ -15,7 +15,7 @@ export type VolumeType = 'filesystem' | 'block' | 'iso';
 /** The types `create` makes (an iso volume is made by an upload). */
 export const VOLUME_TYPES: readonly VolumeType[] = ['filesystem', 'block'];
 
-/** A custom volume (Incus's `custom` storage volume), stored at `volumeKeys.volume(pool, name)`. */
+/** A custom volume (Incus's `custom` storage volume), stored at `keys.storageVolume(pool, name)`. */
 export interface VolumeRecord {
   name: string;
   pool: string;
@@ -25,13 +25,6 @@ export interface VolumeRecord {
   description: string;
   createdAt: string;
 }
-
-/** Key layout of volume records (beside core/keys.ts). */
-export const volumeKeys = {
-  prefix: '/trivisor/storage-volumes/',
-  poolPrefix: (pool: string): string => `/trivisor/storage-volumes/${pool}/`,
-  volume: (pool: string, name: string): string => `/trivisor/storage-volumes/${pool}/${name}`,
-} as const;
 
 /** Default size of a new volume (Incus's default for block volumes). */
 export const DEFAULT_VOLUME_BYTES = 10 * 1024 ** 3;
