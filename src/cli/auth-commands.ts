@@ -1,9 +1,10 @@
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { AuditEntryBody } from '../api/auth-schemas.ts';
 import { createClient, type TrivisorClient } from '../client/client.ts';
 import { invalidArgument } from '../core/errors.ts';
-import { type GlobalOptions, remoteOf } from './context.ts';
+import { type GlobalOptions, remoteOf, stateDir } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 
 const formatOption = () =>
@@ -145,12 +146,37 @@ export function addAuthCommands(program: Command): void {
     });
 }
 
-/** admin audit. */
+/** admin audit, admin web-link. */
 export function addAdminCommands(program: Command): void {
   // `admin recover` made it already (storage-commands.ts): audit joins it.
   const admin =
     program.commands.find((c) => c.name() === 'admin') ??
     program.command('admin').description('Administration of the daemon');
+  admin
+    .command('web-link')
+    .description('Print a one-time link that signs a browser into the web UI as you (good for 10 minutes)')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const globals = cmd.optsWithGlobals<GlobalOptions>();
+      const remote = remoteOf(globals);
+      const link = await hostClient(cmd).createWebLink();
+      // The browser reaches the HTTPS listener: a remote's URL, or the local daemon's (daemon.json).
+      let base = 'url' in remote.target ? remote.target.url : undefined;
+      if (!base) {
+        const info = JSON.parse(
+          await readFile(join(stateDir(), 'daemon.json'), 'utf8').catch(() => '{}'),
+        ) as {
+          url?: string | null;
+        };
+        base = info.url ?? undefined;
+      }
+      if (!base) {
+        throw invalidArgument(
+          'The daemon serves no HTTPS listener (TRIVISOR_LISTEN=none): the web UI is served there; start it with --listen HOST:PORT',
+        );
+      }
+      process.stdout.write(`${base.replace(/\/$/, '')}${link.path}\n`);
+      process.stderr.write(`Good once, for ${Math.round(link.expiresInSeconds / 60)} minutes.\n`);
+    });
   admin
     .command('audit')
     .description(

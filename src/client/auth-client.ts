@@ -6,6 +6,7 @@ import type {
   TokenInfo,
   TrustCertificateBody,
 } from '../api/auth-schemas.ts';
+import type { WebLink } from '../api/web-schemas.ts';
 
 /** Tokens, trusted certificates and the audit log (a host admin's; the audit log a project admin's too). */
 export interface AuthClient {
@@ -27,6 +28,8 @@ export interface AuthClient {
     project?: string;
     allProjects?: boolean;
   }): Promise<AuditEntryBody[]>;
+  /** A one-time login link for the web UI, as the host admin who asks (its `path`, on the HTTPS listener). */
+  createWebLink(): Promise<WebLink>;
 }
 
 type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
@@ -43,6 +46,7 @@ export function authMethods(call: Call): AuthClient {
     listCertificates: () => call('GET', '/1.0/auth/certificates'),
     trustCertificate: (request) => call('POST', '/1.0/auth/certificates', request),
     untrustCertificate: (fingerprint) => call('DELETE', `/1.0/auth/certificates/${enc(fingerprint)}`),
+    createWebLink: () => call('POST', '/1.0/auth/web-links'),
     audit(o = {}) {
       const query = new URLSearchParams();
       if (o.since !== undefined) query.set('since', o.since);

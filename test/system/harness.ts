@@ -63,7 +63,13 @@ export interface ApiResponse {
 }
 
 export async function startDaemon(
-  options: { tcp?: boolean; hostname?: string; defaultNetwork?: boolean } = {},
+  options: {
+    tcp?: boolean;
+    hostname?: string;
+    defaultNetwork?: boolean;
+    /** HOST:PORT for TCP instead of a free port: it stays the same across restart() (the web UI's tests). */
+    listen?: string;
+  } = {},
 ): Promise<Daemon> {
   // Owned by this process: if it is killed, the next test run's sweep removes what it left.
   const stateDir = await makeRunDir('sys');
@@ -72,7 +78,7 @@ export async function startDaemon(
     // Daemons side by side would all want the bridge trivisor0: only tests that ask get it.
     ...(options.defaultNetwork ? {} : { TRIVISOR_DEFAULT_NETWORK: 'none' }),
     TRIVISOR_DIR: stateDir,
-    TRIVISOR_LISTEN: options.tcp ? '127.0.0.1:0' : 'none',
+    TRIVISOR_LISTEN: options.listen ?? (options.tcp ? '127.0.0.1:0' : 'none'),
     TRIVISOR_LOG_LEVEL: 'warn',
     // The CLI's remotes and tokens: the run's own, never the user's ~/.config/trivisor.
     TRIVISOR_CONFIG_DIR: path.join(stateDir, 'cli-config'),

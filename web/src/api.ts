@@ -1,6 +1,6 @@
 import type { AsyncResponse, ErrorResponse, SyncResponse } from '../../src/api/envelopes.ts';
 import type { Operation } from '../../src/api/types.ts';
-import type { History, HistoryRange, SessionBody, WebLink } from '../../src/api/web-schemas.ts';
+import type { History, HistoryRange, SessionBody } from '../../src/api/web-schemas.ts';
 import { type AuthClient, authMethods } from '../../src/client/auth-client.ts';
 import type { TrivisorClient } from '../../src/client/client.ts';
 import { type ProjectClient, projectMethods } from '../../src/client/project-client.ts';
@@ -92,7 +92,6 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient 
   signIn(credentials: { token: string } | { link: string }): Promise<SessionBody>;
   session(): Promise<SessionBody>;
   signOut(): Promise<void>;
-  createWebLink(): Promise<WebLink>;
   /** A WebSocket URL for `path` (which may carry a query) opened with a fresh ticket. */
   websocketUrl(path: string): Promise<string>;
 }
@@ -335,7 +334,6 @@ export function createWebApi(options: WebApiOptions): WebApi {
     async signOut() {
       await call('DELETE', '/1.0/auth/session');
     },
-    createWebLink: () => call('POST', '/1.0/auth/web-links'),
     async websocketUrl(path) {
       const bare = path.split('?')[0] ?? path;
       const { ticket } = await call<{ ticket: string }>('POST', '/1.0/websocket-tickets', { path: bare });

@@ -3,7 +3,7 @@ import { Terminal as XTerm } from '@xterm/xterm';
 import xtermCss from '@xterm/xterm/css/xterm.css';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Operation } from '../../src/api/types.ts';
-import { api } from './state.ts';
+import { api, finished } from './state.ts';
 
 const style = document.createElement('style');
 style.textContent = xtermCss;
@@ -102,15 +102,25 @@ export function Terminal(props: TerminalProps) {
       }
       // A serial line carries no window size: the guest's console tty is told it, which
       // signals (SIGWINCH) whatever runs on it, as a resize of a local terminal does.
+      // A guest that has just booted may not answer exec yet: a few tries, a second apart.
       if (sizeTimer) clearTimeout(sizeTimer);
-      sizeTimer = setTimeout(() => {
-        api
-          .startExec(props.guest, {
-            command: ['stty', '-F', '/dev/console', 'rows', String(term.rows), 'cols', String(term.cols)],
-            'record-output': true,
-          })
-          .catch(() => {});
-      }, 400);
+      const tell = (tries: number) => {
+        sizeTimer = setTimeout(
+          async () => {
+            const done = await api
+              .startExec(props.guest, {
+                command: ['stty', '-F', '/dev/console', 'rows', String(term.rows), 'cols', String(term.cols)],
+                'record-output': true,
+              })
+              .then(finished)
+              .then((op) => op.metadata.return === 0)
+              .catch(() => false);
+            if (!done && tries > 1 && !closed) tell(tries - 1);
+          },
+          tries === 5 ? 400 : 1000,
+        );
+      };
+      tell(5);
     };
 
     term.onData((d) => {

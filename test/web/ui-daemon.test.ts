@@ -1,0 +1,173 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { BrowserContext, Page } from 'playwright-core';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
+import { openBrowser, signIn, terminalText } from './browser.ts';
+
+/** A port nothing listens on now: the daemon keeps it across its restart, so the page can find it again. */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Lines of the terminal that are exactly `text` (a command's answer, not the command echoed). */
+const answered = async (page: Page, text: string) =>
+  (await terminalText(page)).split('\n').some((l) => l.trim() === text);
+
+/**
+ * The browser suite against a real daemon (issue 15): real ct, pvm and vm guests, booted once
+ * and shared by every test, driven through the UI in Debian's headless Chromium.
+ */
+describe('web UI against a real daemon with ct, pvm and vm guests', () => {
+  let d: Daemon;
+  let runDir: string;
+  let context: BrowserContext;
+  let page: Page;
+  let base: string;
+  let token: string;
+
+  before(async () => {
+    d = await startDaemon({ listen: `127.0.0.1:${await freePort()}` });
+    runDir = await makeRunDir('web');
+    base = d.url!;
+    token = readFileSync(path.join(d.stateDir, 'token'), 'utf8').trim();
+    // Booted once for the whole suite: under TCG a vm takes seconds.
+    d.ok(['launch', 'busybox', 'c1']);
+    d.ok(['launch', 'busybox', 'p1', '--model', 'pvm', '-c', 'limits.memory=64MiB']);
+    d.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB']);
+    context = await openBrowser(runDir);
+    page = context.pages()[0] ?? (await context.newPage());
+    await signIn(page, base, token);
+  });
+  after(async () => {
+    await context?.close();
+    if (runDir) await removeRunDir(runDir);
+    await d?.destroy();
+  });
+
+  test('the daemon serves the UI over HTTPS; `trivisor admin web-link` prints a link that signs a browser in', async () => {
+    await context.clearCookies();
+    const link = d.ok(['admin', 'web-link']).trim();
+    assert.match(link, new RegExp(`^${base.replace(/[.]/g, '\\.')}/login#code=[A-Za-z0-9_-]{43}$`));
+    await page.goto(link);
+    await page.waitForSelector('nav.side');
+    await page.goto(`${base}/guests`);
+    await page.waitForSelector('tr[data-guest="v1"]');
+    for (const name of ['c1', 'p1', 'v1']) {
+      assert.equal(await page.locator(`tr[data-guest="${name}"] .status`).textContent(), 'Running', name);
+    }
+  });
+
+  test('a guest started from the CLI changes state in an open page within 2 s, without a reload', async () => {
+    d.ok(['stop', 'c1']);
+    await page.goto(`${base}/guests/c1`);
+    await page.waitForSelector('.status:has-text("Stopped")');
+    d.ok(['start', 'c1']);
+    const started = Date.now();
+    await page.waitForSelector('p .status:has-text("Running")', { timeout: 2000 });
+    assert.ok(Date.now() - started < 2000);
+  });
+
+  for (const [name, kind, label] of [
+    ['c1', 'shell', 'ct exec with a terminal'],
+    ['p1', 'console', 'the pvm UML console'],
+    ['v1', 'console', 'the vm serial console'],
+  ] as const) {
+    test(`${label}: typing echo $((6*7)) shows 42, and a resize reaches the guest (stty size)`, async () => {
+      await page.setViewportSize({ width: 1280, height: 900 });
+      await page.goto(`${base}/guests/${name}?tab=console&console=${kind}`);
+      await page.waitForSelector('text=Connected', { timeout: 30_000 });
+      await page.click('[data-testid=terminal]');
+      await page.keyboard.type('echo $((6*7))');
+      await page.keyboard.press('Enter');
+      await eventually('42 in the terminal', () => answered(page, '42'), 30_000);
+
+      const size = async () => {
+        let found = '';
+        // Asked again until it answers: a console's size is set in the guest a moment after attaching.
+        await eventually(
+          'stty size in the terminal',
+          async () => {
+            await page.keyboard.type('clear; stty size');
+            await page.keyboard.press('Enter');
+            await page.waitForTimeout(500);
+            const m = /^\s*(\d+) (\d+)\s*$/m.exec(await terminalText(page));
+            found = m && m[1] !== '0' ? `${m[1]} ${m[2]}` : '';
+            return found !== '';
+          },
+          20_000,
+        ).catch(async (e: Error) => {
+          throw new Error(`${e.message}; the terminal shows:\n${await terminalText(page)}`);
+        });
+        return found.split(' ').map(Number) as [number, number];
+      };
+      const [, wide] = await size();
+      await page.setViewportSize({ width: 760, height: 900 });
+      // The new size reaches the guest (a console's through the guest's tty, a moment later).
+      let narrow = wide;
+      await eventually(
+        'a narrower terminal in the guest',
+        async () => {
+          [, narrow] = await size();
+          return narrow < wide;
+        },
+        30_000,
+      );
+      assert.ok(narrow < wide, `${wide} columns, then ${narrow}`);
+      await page.setViewportSize({ width: 1280, height: 900 });
+    });
+  }
+
+  test('a console that drops offers to reconnect, and reconnects', async () => {
+    await page.goto(`${base}/guests/p1?tab=console&console=console`);
+    await page.waitForSelector('text=Connected', { timeout: 30_000 });
+    // Cancelling the attachment's operation from outside drops the console.
+    const ops = JSON.parse(d.ok(['operation', 'list', '--format', 'json'])) as Array<{
+      id: string;
+      description: string;
+      status: string;
+    }>;
+    const op = ops.find((o) => o.description.includes('console of guest p1') && o.status === 'Running');
+    assert.ok(op, JSON.stringify(ops));
+    d.ok(['operation', 'cancel', op.id]);
+    await page.waitForSelector('button:has-text("Reconnect")', { timeout: 10_000 });
+    await page.click('button:has-text("Reconnect")');
+    await page.waitForSelector('text=Connected', { timeout: 30_000 });
+  });
+
+  test('charts show what the guest used (sampled every 10 s)', async () => {
+    await page.goto(`${base}/guests/c1?tab=metrics`);
+    await page.waitForSelector('.uplot canvas');
+    await eventually(
+      'samples of c1 in the history',
+      async () => {
+        const h = (await page.evaluate(
+          "fetch('/1.0/guests/c1/metrics?range=hour').then((r) => r.json()).then((b) => b.metadata)",
+        )) as { metrics: { memoryBytes: { average: Array<number | null> } } };
+        return h.metrics.memoryBytes.average.some((v) => v !== null && v > 0);
+      },
+      40_000,
+    );
+  });
+
+  test('the daemon restarted under an open page: it says it is reconnecting, and recovers within 10 s', async () => {
+    await page.goto(`${base}/guests`);
+    await page.waitForSelector('tr[data-guest="c1"]');
+    await d.kill9();
+    await page.waitForSelector('text=reconnecting', { timeout: 10_000 });
+    await d.restart();
+    const ready = Date.now();
+    await page.waitForSelector('text=reconnecting', { state: 'detached', timeout: 10_000 });
+    assert.ok(Date.now() - ready < 10_000);
+    // Live again: a change made now shows without a reload.
+    d.ok(['stop', 'c1']);
+    await page.waitForSelector('tr[data-guest="c1"] .status:has-text("Stopped")', { timeout: 5000 });
+  });
+});
