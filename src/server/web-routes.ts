@@ -176,7 +176,7 @@ export async function registerWebUi(app: FastifyInstance, root: string): Promise
         'content-security-policy',
         "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
       )
-      .sendFile('index.html', path.join(dist, manifest.dir));
+      .sendFile('index.html', path.join(dist, manifest.dir), { cacheControl: false });
   };
 
   app.get('/', { config: { access: 'public' }, schema: { hide: true } }, page);
@@ -200,9 +200,8 @@ export async function registerWebUi(app: FastifyInstance, root: string): Promise
         const found = await readdir(path.join(dist, dir)).catch(() => [] as string[]);
         if (found.includes(file) && file !== 'index.html') {
           return reply
-            .header('cache-control', 'public, max-age=31536000, immutable')
             .header('x-content-type-options', 'nosniff')
-            .sendFile(file, path.join(dist, dir));
+            .sendFile(file, path.join(dist, dir), { maxAge: 365 * 24 * 3600_000, immutable: true });
         }
       }
       throw notFound(`No such file: /assets/${file}`);
