@@ -62,6 +62,10 @@ export async function isoVolumeOf(
     );
     return client.importIsoVolume(pool, name, source);
   }
+  // A path (absolute, relative, or an .iso file name) must be a file: it is not a volume name.
+  if (/^[./~]/.test(source) || /\.iso$/i.test(source) || source.split('/').length > 2) {
+    throw invalidArgument(`${source} is neither a local ISO file nor an iso volume ([POOL/]NAME)`);
+  }
   const [first = '', second] = source.split('/');
   const pool = second === undefined ? (options.pool ?? DEFAULT_POOL) : first;
   const name = second ?? first;

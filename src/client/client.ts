@@ -216,7 +216,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
         stream: createReadStream(file),
         headers: { 'content-type': 'application/octet-stream', 'content-length': String(size), ...headers },
       });
-      return parseEnvelope(res);
+      return parseEnvelope<SyncResponse<never>>(res).metadata;
     }),
     ...projectMethods(call),
     ...authMethods(call),

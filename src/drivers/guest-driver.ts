@@ -167,7 +167,7 @@ export interface GuestDriver {
   /** Path of the guest's console log file. */
   consoleLogPath(spec: GuestSpec): string;
   /**
-   * A new connection to the running guest's graphical display, speaking RFB (VNC) both ways
+   * A new connection to the running guest's graphical display (paused: the reader resumes it), speaking RFB (VNC) both ways
    * (vm guests with `vm.display`); absent where a model has no screen. FailedPrecondition
    * when the guest has none.
    */

@@ -116,6 +116,8 @@ export function bridgeDisplay(
       });
       if (socket.bufferedAmount > DISPLAY_PAUSE_ABOVE_BYTES) stream.pause();
     });
+    // The display's stream comes paused (nothing of the RFB greeting may be lost before here).
+    stream.resume();
     if (socket.readyState !== socket.OPEN) finish('detached');
   });
 }

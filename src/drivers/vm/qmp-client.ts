@@ -39,7 +39,8 @@ export interface QmpClient {
   ): Promise<T>;
   /**
    * `getfd` with one end of a new connected socket pair named `fdname`; resolves with the
-   * other end once QEMU took it (then e.g. `add_client` gives it to the VNC server).
+   * other end, paused, once QEMU took it (then e.g. `add_client` gives it to the VNC server;
+   * the caller resumes the end when it listens).
    */
   getfdPair(fdname: string, options?: { timeoutMs?: number }): Promise<Socket>;
   /** Calls `listener` for every event; returns a function that stops listening. */
@@ -211,16 +212,25 @@ export function createQmpClient(
         execute: (command, args, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs),
         executeWithFds: (command, args, fds, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs, fds),
         async getfdPair(fdname, opts) {
-          let ends: Socket[] = [];
+          // QEMU may answer before the sender has exited and handed the ends over: wait for both.
+          let handOver: (ends: Socket[]) => void = () => {};
+          const ends = new Promise<Socket[]>((resolve) => {
+            // Paused before anything can arrive (QEMU writes only once the end is put to use): a
+            // child's stdio socket flows from the start, and what came before a listener would be lost.
+            handOver = (all) => {
+              for (const end of all) end.pause();
+              resolve(all);
+            };
+          });
           try {
-            await send('getfd', { fdname }, opts?.timeoutMs ?? timeoutMs, [{ kind: 'pair' }], (e) => {
-              ends = e;
-            });
+            await send('getfd', { fdname }, opts?.timeoutMs ?? timeoutMs, [{ kind: 'pair' }], handOver);
           } catch (e) {
-            for (const end of ends) end.destroy();
+            void ends.then((all) => {
+              for (const end of all) end.destroy();
+            });
             throw e;
           }
-          const end = ends[0];
+          const end = (await ends)[0];
           if (!end) throw internal('The descriptor sender made no socket pair.');
           return end;
         },

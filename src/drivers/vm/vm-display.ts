@@ -17,7 +17,7 @@ import type { QmpClient } from './qmp-client.ts';
 /** How long `screendump` may take (it waits for the next screen update; TCG is slow). */
 const SCREENDUMP_TIMEOUT_MS = 30_000;
 
-/** A new VNC connection to the guest's display: the daemon's end of it. */
+/** A new VNC connection to the guest's display: the daemon's end of it, paused until its reader resumes it. */
 export async function openDisplay(q: QmpClient, id: string): Promise<Socket> {
   const fdname = `vnc-${id}`;
   const end = await q.getfdPair(fdname);
