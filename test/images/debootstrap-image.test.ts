@@ -72,16 +72,28 @@ describe('buildDebootstrap', { timeout: 600_000, skip: offline ?? false }, () =>
     assert.equal((await stat(join(root, 'etc/resolv.conf'))).size, 0);
     const debs = await readdir(join(root, 'var/cache/apt/archives'));
     assert.ok(!debs.some((n) => n.endsWith('.deb')), 'package cache emptied');
-    const { stdout } = await runner.run(['chroot', root, '/bin/sh', '-c', 'echo hi; id -un']);
+    // Device nodes are dropped from image trees (decision 0018): a guest gets its /dev from its
+    // engine, so the tree is run here with the host's /dev bound in, in a mount namespace of its own.
+    const devs = await runner.run(['find', root, '-xdev', '(', '-type', 'c', '-o', '-type', 'b', ')']);
+    assert.equal(devs.stdout, '', 'no device nodes in the tree');
+    const inTree = (argv: string[]) => [
+      'unshare',
+      '--mount',
+      '--propagation',
+      'private',
+      'sh',
+      '-c',
+      'mount --rbind /dev "$0/dev" && exec chroot "$0" "$@"',
+      root,
+      ...argv,
+    ];
+    const { stdout } = await runner.run(inTree(['/bin/sh', '-c', 'echo hi; id -un']));
     assert.equal(stdout, 'hi\nroot\n');
 
     // The sh init must stop with exit 0 on SIGTERM.
-    const sh = await runner.run(
-      ['chroot', root, ...init.slice(0, 2), `(sleep 0.3; kill -TERM $$) & ${init[2]}`],
-      {
-        timeoutMs: 10_000,
-      },
-    );
+    const sh = await runner.run(inTree([...init.slice(0, 2), `(sleep 0.3; kill -TERM $$) & ${init[2]}`]), {
+      timeoutMs: 10_000,
+    });
     assert.equal(sh.code, 0);
     assert.deepEqual(
       (await readdir(join(stateDir, 'images'))).filter((n) => n.startsWith('.')),
