@@ -15,9 +15,15 @@ NPM_MAJOR=11
 RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-linux procps iproute2 ca-certificates
   qemu-system-x86 qemu-utils qemu-guest-agent user-mode-linux uml-utilities bubblewrap e2fsprogs kmod btrfs-progs
   dnsmasq-base nftables openssl etcd-server)
+# vm guests that boot their own disk under UEFI (vm.firmware=uefi): OVMF, with Secure Boot's keys.
+RUNTIME_PACKAGES+=(ovmf)
 
 # Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
 TEST_PACKAGES=(chromium)
+# The vm tests build their own boot media from Debian's packages (a Debian disk with GRUB for BIOS and EFI,
+# a memtest86+ ISO). GRUB's binaries install no boot loader of this host's (grub-pc or grub-efi-amd64
+# would, and neither is pulled in).
+TEST_PACKAGES+=(grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools fdisk)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.
