@@ -26,6 +26,7 @@ import { registerImageRoutes } from './image-routes.ts';
 import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 import { registerMetricsHistoryRoutes } from './metrics-history-routes.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
+import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
@@ -232,6 +233,9 @@ export async function buildServer(services: Services, options: BuildServerOption
       },
       security: [{ bearer: [] }],
     },
+    // operationIds, tags, servers and the wildcard route's parameter (openapi-document.ts, decision 0030).
+    transformObject: (d) =>
+      finishOpenApi(('openapiObject' in d ? d.openapiObject : {}) as OpenApiDocument) as object,
   });
 
   const ctx: RouteContext = {

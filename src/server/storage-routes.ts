@@ -203,12 +203,12 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   };
   const PoolSchema = Type.Object({
     name: Type.String(),
-    driver: Type.String(),
+    driver: Type.Union([Type.Literal('dir'), Type.Literal('btrfs')]),
     description: Type.String(),
     config: Type.Record(Type.String(), Type.String()),
     createdAt: Type.String(),
     path: Type.String(),
-    status: Type.String(),
+    status: Type.Union([Type.Literal('Created'), Type.Literal('Unavailable')]),
     error: Type.Optional(Type.String()),
     usage: Type.Union([Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number() }), Type.Null()]),
     guests: Type.Optional(
