@@ -152,7 +152,7 @@ export function GuestList() {
             <option value="pvm">pvm</option>
             <option value="vm">vm</option>
           </select>
-          <span class="muted" aria-live="polite" data-testid="guest-count">
+          <span class="muted" aria-live="polite" data-testid="guest-count" data-q={query.get('q') ?? ''}>
             {guestsLoaded.value ? `${rows.value.length} of ${guests.value.size}` : 'Loading…'}
           </span>
         </div>
