@@ -1,0 +1,39 @@
+// Screenshots of the web UI's main views for docs/ui/ and the README, taken in Debian's headless
+// Chromium against the fixture backend (1,000 guests, seeded metrics).
+// Usage: node test/web/screenshots.ts [OUT_DIR]   (default docs/ui)
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { openBrowser, signIn } from './browser.ts';
+import { startFixtureBackend } from './fixture-backend.ts';
+
+const out = path.resolve(process.argv[2] ?? path.join(import.meta.dirname, '../../docs/ui'));
+mkdirSync(out, { recursive: true });
+const runDir = await makeRunDir('web-shots');
+const backend = await startFixtureBackend(runDir);
+const context = await openBrowser(runDir, { width: 1280, height: 800 });
+try {
+  const page = context.pages()[0] ?? (await context.newPage());
+  await signIn(page, backend.url, backend.token);
+  const shot = async (name: string, url: string, wait: string, options: { full?: boolean } = {}) => {
+    await page.goto(`${backend.url}${url}`);
+    await page.waitForSelector(wait);
+    await page.waitForTimeout(400);
+    await page.screenshot({ path: path.join(out, `${name}.png`), fullPage: options.full ?? false });
+    console.log(`wrote ${path.join(out, `${name}.png`)}`);
+  };
+  await shot('dashboard', '/?charts=1', '.uplot canvas');
+  await shot('guests', '/guests?sort=status', 'tr[data-guest]');
+  await shot('guest', '/guests/pvm-0001', 'dl.facts');
+  await shot('charts', '/guests/ct-0003?tab=metrics&range=day', '.uplot canvas');
+  await shot('create', '/new-guest?step=1', 'fieldset');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await shot('guests-dark', '/guests?model=vm', 'tr[data-guest]');
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot('phone', '/guests?q=ct-00', 'tr[data-guest]');
+} finally {
+  await context.close();
+  await backend.close();
+  await removeRunDir(runDir);
+}
