@@ -453,6 +453,80 @@ async function addMember(
   }
 }
 
+/** An etcd member as `member list` shows it. */
+export interface EtcdClusterMember {
+  id: string;
+  name: string;
+  peerUrls: string[];
+  clientUrls: string[];
+  isLearner: boolean;
+}
+
+/** The members of the etcd cluster at `endpoints` (linearizable: what the leader knows now). */
+export async function listEtcdMembers(cluster: {
+  endpoints: string[];
+  tls?: EtcdTls;
+}): Promise<EtcdClusterMember[]> {
+  return withClusterClient(cluster, 'list the members of', async (client) =>
+    (await client.memberList({ linearizable: true })).members.map((m) => ({
+      id: m.ID,
+      name: m.name,
+      peerUrls: m.peerURLs,
+      clientUrls: m.clientURLs,
+      isLearner: m.isLearner ?? false,
+    })),
+  );
+}
+
+/**
+ * Removes the etcd member with peer URL `peerUrl` (a cluster member being removed);
+ * nothing when there is none. The removed etcd stops serving by itself.
+ */
+export async function removeEtcdMember(
+  cluster: { endpoints: string[]; tls?: EtcdTls },
+  peerUrl: string,
+): Promise<boolean> {
+  return withClusterClient(cluster, 'remove a member from', async (client) => {
+    const listed = await client.memberList({ linearizable: true });
+    const member = listed.members.find((m) => m.peerURLs.includes(peerUrl));
+    if (!member) return false;
+    await client.memberRemove({ ID: member.ID });
+    return true;
+  });
+}
+
+async function withClusterClient<T>(
+  cluster: { endpoints: string[]; tls?: EtcdTls },
+  what: string,
+  work: (client: ClusterClient) => Promise<T>,
+): Promise<T> {
+  const tls = cluster.tls;
+  const pool = new ConnectionPool({
+    hosts: cluster.endpoints,
+    ...(tls
+      ? {
+          credentials: {
+            rootCertificate: readFileSync(tls.caFile),
+            privateKey: readFileSync(tls.keyFile),
+            certChain: readFileSync(tls.certFile),
+          },
+        }
+      : {}),
+    defaultCallOptions: () => ({ deadline: Date.now() + 10_000 }),
+    faultHandling: { host: () => noop, global: noop },
+  });
+  try {
+    return await work(new ClusterClient(pool));
+  } catch (e) {
+    if (e instanceof TrivisorError) throw e;
+    throw unavailable(
+      `Cannot ${what} the etcd cluster at ${cluster.endpoints.join(',')}: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}.`,
+    );
+  } finally {
+    pool.close();
+  }
+}
+
 /**
  * etcd refuses a new voting member until every member has been connected for 5 s
  * (strict reconfiguration check: "unhealthy cluster"), and while members added before
