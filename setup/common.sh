@@ -24,6 +24,10 @@ TEST_PACKAGES=(chromium)
 # a memtest86+ ISO). GRUB's binaries install no boot loader of this host's (grub-pc or grub-efi-amd64
 # would, and neither is pulled in).
 TEST_PACKAGES+=(grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools fdisk)
+# The ecosystem's own checkers (decision 0030): systemd-analyze verify for the units (the package, not a
+# running systemd), debhelper for dpkg-buildpackage of debian/. promtool comes out of Debian's
+# prometheus package by ensure_promtool below, without installing a Prometheus server.
+TEST_PACKAGES+=(systemd debhelper)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.
@@ -210,6 +214,20 @@ ensure_memtest() {
   deb_unpack memtest86+ "$GUEST_KERNEL_DIR/memtest.tmp" || { echo "Error: cannot download memtest86+" >&2; exit 1; }
   cp "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.bin" "$GUEST_KERNEL_DIR/boot/"
   rm -rf "$GUEST_KERNEL_DIR/memtest.tmp"
+}
+
+# promtool (`promtool check metrics`, `promtool check rules`) for the metrics tests: unpacked from
+# Debian's prometheus package, as the guest kernel is, since installing that package would also
+# install (and, under an init system, start) a Prometheus server. Only the test setup needs it.
+PROMTOOL=/opt/trivisor/tools/promtool
+ensure_promtool() {
+  [ -x "$PROMTOOL" ] && return 0
+  say "Unpacking promtool into $(dirname "$PROMTOOL")"
+  local tmp
+  tmp=$(mktemp -d)
+  deb_unpack prometheus "$tmp" || { rm -rf "$tmp"; echo "Error: cannot download prometheus (for promtool)" >&2; exit 1; }
+  mkdir -p "$(dirname "$PROMTOOL")" && cp "$tmp/usr/bin/promtool" "$PROMTOOL.tmp" && mv "$PROMTOOL.tmp" "$PROMTOOL"
+  rm -rf "$tmp"
 }
 
 # The pre-compiled CLI and daemon under build/ (docs/decisions/0013-fast-cli.md). bin/trivisor

@@ -7,7 +7,7 @@ import { createGuestController } from './control/guest-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import type { Model } from './core/types.ts';
-import { createCtDriver } from './drivers/ct/ct-driver.ts';
+import { cgroupParentOf, createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import { createCtVolumes } from './drivers/ct/ct-volumes.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
@@ -19,7 +19,7 @@ import { createAgentPool } from './drivers/vm/vm-agent.ts';
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
-import { readGuestIo, readHostCounters } from './host/host-counters.ts';
+import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { createLogger } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
@@ -140,6 +140,21 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     storeDescription: 'sqlite',
     drivers,
     guests,
+    // The metrics' sources (decision 0030); pools are made below, hence the late lookup.
+    guestRecords: async () => {
+      const [specs, statuses] = await Promise.all([
+        records.guest.list(store),
+        records.guestStatus.list(store),
+      ]);
+      const processOf = new Map(
+        statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value.process]),
+      );
+      return new Map(valuesOf(specs).map((spec) => [spec.name, { spec, process: processOf.get(spec.name) }]));
+    },
+    nicCounters: (port) => networkBackend.counters(port),
+    processIo: (spec) => readCgroupProcessIo(`${cgroupParentOf(stateDir)}/${spec.name}`),
+    readHost: () => readHostCounters(),
+    pools: async () => (await services.pools?.list({ guests: false })) ?? [],
   });
   const projects = createProjectService({ store });
   const services: Services = { guests, networks, images, operations, events, host, projects };

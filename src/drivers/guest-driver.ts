@@ -46,6 +46,16 @@ export interface KeyInput {
   text?: string;
 }
 
+/** Cumulative I/O of one disk of a running guest, as its engine counts it (decision 0030). */
+export interface DiskCounters {
+  readBytes: number;
+  writtenBytes: number;
+  /** Read requests completed. */
+  reads: number;
+  /** Write requests completed. */
+  writes: number;
+}
+
 /** Observed state of a guest's processes on this host. */
 export interface RuntimeState {
   state: 'running' | 'frozen' | 'stopped' | 'absent';
@@ -176,6 +186,16 @@ export interface GuestDriver {
   screenshot?(spec: GuestSpec): Promise<Buffer>;
   /** Presses keys on the running guest's keyboard (vm guests with a display). */
   sendKeys?(spec: GuestSpec, keys: KeyInput): Promise<void>;
+  /**
+   * Cumulative I/O of each disk of the running guest by disk name, as the guest's own disks see it
+   * (vm: QEMU's block statistics), for the metrics. Absent where the engine has no such count
+   * (ct, pvm: the metrics read their processes' I/O instead). FailedPrecondition when `process`
+   * no longer runs.
+   */
+  diskCounters?(
+    spec: GuestSpec,
+    options: { process: ProcessIdentity },
+  ): Promise<Record<string, DiskCounters>>;
   /**
    * The running guest's own view of its interfaces and addresses (ct: its network namespace, read
    * from /proc; vm, pvm: a probe through its agent), for the NIC observer. `process` is the identity

@@ -273,6 +273,10 @@ describe('linux network backend', () => {
       ['tx_bytes', 20],
       ['rx_packets', 1],
       ['tx_packets', 2],
+      ['rx_errors', 3],
+      ['tx_errors', 4],
+      ['rx_dropped', 5],
+      ['tx_dropped', 6],
     ] as const)
       await writeFile(join(sys, 'tvx', 'statistics', f), `${v}\n`);
     const backend = createLinuxNetworkBackend({
@@ -281,7 +285,16 @@ describe('linux network backend', () => {
       stateDir: '/s',
       sysClassNet: sys,
     });
-    assert.deepEqual(await backend.counters('tvx'), { rxBytes: 20, txBytes: 10, rxPackets: 2, txPackets: 1 });
+    assert.deepEqual(await backend.counters('tvx'), {
+      rxBytes: 20,
+      txBytes: 10,
+      rxPackets: 2,
+      txPackets: 1,
+      rxErrors: 4,
+      txErrors: 3,
+      rxDropped: 6,
+      txDropped: 5,
+    });
     assert.equal(await backend.counters('nope'), undefined);
   });
 

@@ -316,6 +316,10 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
           txBytes: await read('rx_bytes'),
           rxPackets: await read('tx_packets'),
           txPackets: await read('rx_packets'),
+          rxErrors: await read('tx_errors'),
+          txErrors: await read('rx_errors'),
+          rxDropped: await read('tx_dropped'),
+          txDropped: await read('rx_dropped'),
         };
       } catch {
         return undefined;

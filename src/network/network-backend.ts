@@ -42,12 +42,17 @@ export interface PortDefinition {
   egressBitsPerSecond?: number;
 }
 
-/** Byte counters of a NIC, from the guest's point of view. */
+/** Counters of a NIC, from the guest's point of view. */
 export interface NicCounters {
   rxBytes: number;
   txBytes: number;
   rxPackets: number;
   txPackets: number;
+  rxErrors: number;
+  txErrors: number;
+  /** Packets for the guest that the host dropped (its end's transmit drops). */
+  rxDropped: number;
+  txDropped: number;
 }
 
 /**

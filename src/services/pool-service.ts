@@ -61,7 +61,8 @@ export interface CreatePoolRequest {
 
 /** Storage pools (`trivisor storage`), as in Incus's /1.0/storage-pools. */
 export interface PoolService {
-  list(): Promise<StoragePool[]>;
+  /** `guests: false` leaves out each guest's space (a du or qgroup walk): the metrics read only the pool's. */
+  list(options?: { guests?: boolean }): Promise<StoragePool[]>;
   get(name: string): Promise<StoragePool>;
   create(request: CreatePoolRequest): Promise<StoragePool>;
   delete(name: string): Promise<void>;
@@ -283,11 +284,12 @@ export function createPoolService(deps: {
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  async function show(pool: PoolRecord): Promise<StoragePool> {
+  async function show(pool: PoolRecord, options: { guests?: boolean } = {}): Promise<StoragePool> {
     const driver = drivers[pool.driver];
     const path = pool.name === DEFAULT_POOL && pool.driver === 'dir' ? deps.stateDir : driver.mountPath(pool);
     try {
       const usage = await driver.usage({ ...pool, config: { ...pool.config, source: path } });
+      if (options.guests === false) return { ...pool, path, usage, status: 'Created' };
       return { ...pool, path, usage, status: 'Created', guests: await guestsOn(pool) };
     } catch (e) {
       return { ...pool, path, usage: null, status: 'Unavailable', error: (e as Error).message };
@@ -297,8 +299,8 @@ export function createPoolService(deps: {
   return {
     releaseGuest,
 
-    async list() {
-      return Promise.all(valuesOf(await records.pool.list(store)).map(show));
+    async list(options) {
+      return Promise.all(valuesOf(await records.pool.list(store)).map((pool) => show(pool, options)));
     },
 
     async get(name) {

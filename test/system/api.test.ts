@@ -90,11 +90,12 @@ describe('the REST API: HTTPS with a token, events, metrics, operations, OpenAPI
   test('/1.0/metrics has per-guest cpu, memory and processes and host totals', async () => {
     const r = await d.api('GET', '/1.0/metrics');
     assert.equal(r.status, 200);
-    assert.match(r.text, /trivisor_guest_memory_bytes\{name="ev1",model="ct"\} [1-9]\d*/);
-    assert.match(r.text, /trivisor_guest_cpu_seconds_total\{name="ev1",model="ct"\} [\d.e-]+/);
-    assert.match(r.text, /trivisor_guest_processes\{name="ev1",model="ct"\} [1-9]/);
-    assert.match(r.text, /trivisor_host_memory_bytes \d+/);
-    assert.match(r.text, /trivisor_guests\{status="Running"\} 1/);
+    const guest = 'member="[^"]+",project="default",name="ev1",model="ct"';
+    assert.match(r.text, new RegExp(`trivisor_guest_memory_bytes\\{${guest}\\} [1-9]\\d*`));
+    assert.match(r.text, new RegExp(`trivisor_guest_cpu_seconds_total\\{${guest}\\} [\\d.e-]+`));
+    assert.match(r.text, new RegExp(`trivisor_guest_processes\\{${guest}\\} [1-9]`));
+    assert.match(r.text, /trivisor_host_memory_bytes\{member="[^"]+"\} \d+/);
+    assert.match(r.text, /trivisor_guests\{member="[^"]+",status="Running"\} 1/);
   });
 
   test('long actions are operations that can be listed and waited on', async () => {

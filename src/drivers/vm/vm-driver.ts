@@ -24,6 +24,7 @@ import { writeConfigDisk } from '../config-disk.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type {
+  DiskCounters,
   DriverContext,
   ExecSession,
   GuestDriver,
@@ -42,7 +43,14 @@ import {
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
 import { type BootKit, defaultBootDir, ensureBootKit, hasCloudKernel, modulesDirOf } from './boot-kit.ts';
-import { DEFAULT_OVMF_DIR, diskIsInstalled, ensureUefiVars, requireOvmf } from './firmware.ts';
+import {
+  DEFAULT_OVMF_DIR,
+  diskIsInstalled,
+  ensureUefiVars,
+  missingOvmf,
+  OVMF_DIR_ENV,
+  requireOvmf,
+} from './firmware.ts';
 import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
   CDROM_DRIVES,
@@ -153,7 +161,7 @@ export interface VmDriverOptions {
    * Defaults to `idmapBase + 65536`, between ct's ids and pvm's.
    */
   uidBase?: number;
-  /** Where OVMF's files are (vm.firmware=uefi); default Debian's /usr/share/OVMF. */
+  /** Where OVMF's files are (vm.firmware=uefi); default TRIVISOR_VM_OVMF_DIR, else Debian's /usr/share/OVMF. */
   ovmfDir?: string;
 }
 
@@ -179,7 +187,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const agents = options.agents ?? createAgentPool();
   const consoles = createConsoleSlots();
   const uidBase = options.uidBase ?? ctx.idmapBase + VM_UID_OFFSET;
-  const ovmfDir = options.ovmfDir ?? DEFAULT_OVMF_DIR;
+  const ovmfDir = options.ovmfDir ?? process.env[OVMF_DIR_ENV] ?? DEFAULT_OVMF_DIR;
   /** The test boot's QEMU runs unprivileged too, as the uid no guest gets. */
   const probeUid = uidBase + UID_SLOTS - 1;
   let uidLock: Promise<unknown> = Promise.resolve();
@@ -628,6 +636,10 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (configValue.vmSecureBoot(spec.config) && configValue.vmFirmware(spec.config) !== 'uefi') {
         throw invalidArgument('vm.secureboot=true needs vm.firmware=uefi: set both.');
       }
+      if (configValue.vmFirmware(spec.config) === 'uefi') {
+        const missing = missingOvmf(ovmfDir, configValue.vmSecureBoot(spec.config));
+        if (missing) throw failedPrecondition(missing);
+      }
       if (image) {
         const mode = bootModeOf({
           record: image,
@@ -1039,6 +1051,16 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       await withQmp(spec, (q) => sendKeys(q, presses));
     },
 
+    // QEMU counts each block backend's requests as the guest issued them: what the guest's disks did,
+    // whatever the host's page cache made of it. Disks by node name (root, config, volumes).
+    async diskCounters(spec, { process }) {
+      if (!(await liveQemu(spec, process))) throw failedPrecondition(`Guest ${spec.name} is not running.`);
+      const stats = await withQmp(spec, (q) =>
+        q.execute<QmpBlockStats[]>('query-blockstats', { 'query-nodes': false }, { timeoutMs: 2000 }),
+      );
+      return diskCountersOf(stats);
+    },
+
     // Through the agent, like exec: QEMU's own view (query-rx-filter, link state) knows no addresses.
     async observeNics(spec, { process, timeoutMs }) {
       if (!(await liveQemu(spec, process))) throw failedPrecondition(`Guest ${spec.name} is not running.`);
@@ -1254,4 +1276,31 @@ export async function readQemuPid(paths: VmGuestPaths): Promise<number | undefin
   const text = await readFile(paths.pidFile, 'utf8').catch(() => undefined);
   const pid = Number(text?.trim());
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** One entry of QMP's `query-blockstats` (the fields read here). */
+interface QmpBlockStats {
+  device?: string;
+  'node-name'?: string;
+  qdev?: string;
+  stats: { rd_bytes: number; wr_bytes: number; rd_operations: number; wr_operations: number };
+}
+
+/**
+ * Counters by disk: a backend's top node name (root, config, a volume's node), else its legacy
+ * drive name; a CD-ROM drive without a medium has neither and is left out.
+ */
+export function diskCountersOf(stats: QmpBlockStats[]): Record<string, DiskCounters> {
+  const out: Record<string, DiskCounters> = {};
+  for (const s of stats) {
+    const name = s['node-name'] || s.device;
+    if (!name) continue;
+    out[name] = {
+      readBytes: s.stats.rd_bytes,
+      writtenBytes: s.stats.wr_bytes,
+      reads: s.stats.rd_operations,
+      writes: s.stats.wr_operations,
+    };
+  }
+  return out;
 }
