@@ -5,7 +5,7 @@ import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-dr
 import type { Logger } from '../host/logger.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records } from '../store/records.ts';
+import { ownedBy, records } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 /** Turns an image fingerprint into what drivers need to build a guest from it. */
@@ -120,7 +120,17 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       return;
     }
     const spec = specRecord.value;
-    if (spec.host !== hostName) return;
+    // The location key is what transactions compare; the spec's `location` says the same.
+    const location = await records.guestLocation.at(name).get(store);
+    if (location === undefined) {
+      if (spec.location !== hostName) return;
+      // A guest recorded before location keys: its owner marks it, once.
+      const ref = records.guestLocation.at(name);
+      await store.txn({ compare: [ref.absent()], success: [ref.putOp(hostName)] });
+    } else if (location.value !== hostName) {
+      live.delete(name);
+      return;
+    }
     const previous: GuestStatus = statusRecord?.value ?? initialStatus();
     const status: GuestStatus = structuredClone(previous);
     const driver = drivers[spec.model];
@@ -153,9 +163,30 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     }
     status.observedGeneration = spec.generation;
     status.observedRestartRequest = spec.restartRequest;
+    // Compare-and-swap, bound to the owner: the status is written only if nobody wrote it since it
+    // was read, and only while this member owns the guest (decision 28).
+    const ref = records.guestStatus.at(name);
+    const written = await store.txn({
+      compare: [ref.unchanged(statusRecord?.modRevision ?? 0), ownedBy(name, hostName)],
+      success: [ref.putOp(status)],
+    });
+    if (!written.succeeded) {
+      const owner = (await records.guestLocation.at(name).get(store))?.value;
+      if (owner !== hostName) {
+        log.warn(
+          { guest: name, owner },
+          'the guest belongs to another member now: its status is not written here',
+        );
+        live.delete(name);
+        return;
+      }
+      // Another writer came first: read again and converge from what it wrote.
+      log.info({ guest: name }, 'the status changed while the guest was reconciled: reconciling again');
+      void enqueue(name);
+      return;
+    }
     if (status.status === 'Running' || status.status === 'Frozen') live.set(name, { spec, status });
     else live.delete(name);
-    await records.guestStatus.at(name).put(store, status);
     if (previous.status !== status.status) lifecycle('guest-updated', spec, { status: status.status });
   }
 
@@ -171,11 +202,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       await driver.delete(spec);
       await deps.releasePlacement?.(spec.name);
       await store.txn({
-        compare: [],
+        compare: [ownedBy(spec.name, hostName)],
         success: [
           records.guest.at(spec.name).deleteOp(),
           records.guestStatus.at(spec.name).deleteOp(),
           records.guestNetwork.at(spec.name).deleteOp(),
+          records.guestLocation.at(spec.name).deleteOp(),
         ],
       });
       lifecycle('guest-deleted', spec);
@@ -284,7 +316,10 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     const current = await ref.get(store);
     if (!current || current.value.generation !== spec.generation) return;
     const next: GuestSpec = { ...current.value, desired, generation: current.value.generation + 1 };
-    await store.txn({ compare: [ref.unchanged(current.modRevision)], success: [ref.putOp(next)] });
+    await store.txn({
+      compare: [ref.unchanged(current.modRevision), ownedBy(spec.name, hostName)],
+      success: [ref.putOp(next)],
+    });
   }
 
   async function checkLiveness(): Promise<void> {
@@ -306,7 +341,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       const changed = (key: string, spec: GuestSpec | undefined) => {
         const name = records.guest.nameOf(key);
         if (!starting) void enqueue(name);
-        else if (!spec || spec.host === hostName) names.add(name);
+        else if (!spec || spec.location === hostName) names.add(name);
       };
       informer = createInformer<GuestSpec>({
         store,
@@ -322,7 +357,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       });
       await informer.start();
       for (const spec of informer.values()) {
-        if (spec.host !== hostName) continue;
+        if (spec.location !== hostName) continue;
         if (configValue.autostart(spec.config) && spec.desired === 'Stopped' && !spec.deleting) {
           await setDesired(spec, 'Running');
         }

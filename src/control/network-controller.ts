@@ -101,7 +101,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       return;
     }
     const spec = specRecord.value;
-    if (spec.host !== hostName) return;
+    if (spec.location !== hostName) return;
     if (spec.deleting) {
       await backend.remove(name, previous?.dnsmasq);
       await store.txn({
@@ -138,7 +138,17 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       if (previous?.dnsmasq) status.dnsmasq = previous.dnsmasq;
     }
     if (JSON.stringify(previous) !== JSON.stringify(status)) {
-      await records.networkStatus.at(name).put(store, status);
+      // Compare-and-swap: a status another writer wrote since it was read is read again, not overwritten.
+      const ref = records.networkStatus.at(name);
+      const written = await store.txn({
+        compare: [ref.unchanged(statusRecord?.modRevision ?? 0)],
+        success: [ref.putOp(status)],
+      });
+      if (!written.succeeded) {
+        log.info({ network: name }, 'the network status changed while it was reconciled: reconciling again');
+        void reconcile(name);
+        return;
+      }
       if (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration) {
         events.publish({
           type: 'lifecycle',
@@ -183,7 +193,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     ]);
     const st = new Map(statuses.items.map((s) => [records.networkStatus.nameOf(s.key), s.value]));
     for (const spec of valuesOf(specs)) {
-      if (spec.host !== hostName || spec.deleting) continue;
+      if (spec.location !== hostName || spec.deleting) continue;
       const s = st.get(spec.name);
       const seen = await backend.inspect(spec.name, s?.dnsmasq);
       if (!seen.bridge || !seen.dnsmasq || s?.status === 'Error') {
@@ -210,7 +220,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         log,
         handlers: {
           onAdd: (key, spec) => {
-            if (!starting || spec.host === hostName) changed(nameOf(key, keys.networkPrefix));
+            if (!starting || spec.location === hostName) changed(nameOf(key, keys.networkPrefix));
           },
           onUpdate: (key) => changed(nameOf(key, keys.networkPrefix)),
           onDelete: (key) => changed(nameOf(key, keys.networkPrefix)),
@@ -246,10 +256,12 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       });
       informers.push(networks, claims, guests);
       for (const informer of informers) await informer.start();
-      const ours = new Set(networks.values().flatMap((spec) => (spec.host === hostName ? [spec.name] : [])));
+      const ours = new Set(
+        networks.values().flatMap((spec) => (spec.location === hostName ? [spec.name] : [])),
+      );
       // A bridge is stale when no record names it: one whose record does not decode is kept.
       const elsewhere = new Set(
-        networks.values().flatMap((spec) => (spec.host !== hostName ? [spec.name] : [])),
+        networks.values().flatMap((spec) => (spec.location !== hostName ? [spec.name] : [])),
       );
       const named = (await store.list(records.network.prefix)).kvs.map((kv) =>
         records.network.nameOf(kv.key),

@@ -90,7 +90,7 @@ async function makeWorld(
         stopTimeoutMs: 1000,
         stopForce: false,
         deleting: false,
-        host: 'h1',
+        location: 'h1',
         createdAt: new Date(0).toISOString(),
         devices: { eth0: { type: 'nic', network: 'net1', hwaddr: MAC, 'ipv4.address': RESERVED } },
       };

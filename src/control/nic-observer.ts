@@ -289,7 +289,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
     const at = now();
     for (const spec of valuesOf(specs)) {
       named.add(spec.name);
-      if (spec.host !== hostName) continue;
+      if (spec.location !== hostName) continue;
       ours.add(spec.name);
       const status = statusOf.get(spec.name);
       const record = recordOf.get(spec.name);

@@ -74,7 +74,7 @@ const guestSpec = (name: string, more: Partial<GuestSpec> = {}): GuestSpec => ({
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: new Date(0).toISOString(),
   ...more,
 });
@@ -188,7 +188,7 @@ describe('network controller after a lost watch', () => {
       config: { 'ipv4.address': '198.18.10.1/24' },
       generation: 1,
       deleting: false,
-      host: 'h1',
+      location: 'h1',
       createdAt: new Date(0).toISOString(),
     };
     await store.put(keys.network('net1'), JSON.stringify(spec));

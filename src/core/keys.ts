@@ -7,6 +7,12 @@ export const keys = {
   guest: (name: string): string => `/trivisor/guests/${name}`,
   guestStatusPrefix: '/trivisor/guest-status/',
   guestStatus: (name: string): string => `/trivisor/guest-status/${name}`,
+  /**
+   * The member that owns a guest, as a bare name: what status writes compare (a member that is
+   * not the owner cannot write one) and what moves when the guest moves (decision 28).
+   */
+  guestLocationPrefix: '/trivisor/guest-location/',
+  guestLocation: (name: string): string => `/trivisor/guest-location/${name}`,
   /** What the NIC observer saw of a running guest's NICs → GuestNetworkObservation. */
   guestNetworkPrefix: '/trivisor/guest-network/',
   guestNetwork: (name: string): string => `/trivisor/guest-network/${name}`,
@@ -52,4 +58,15 @@ export const keys = {
    */
   claimPrefix: '/trivisor/claims/',
   claim: (kind: string, name: string): string => `/trivisor/claims/${kind}/${name}`,
+  /** The cluster itself (decision 0032): its CA and how its store is reached → ClusterRecord. */
+  cluster: '/trivisor/cluster/config',
+  /** Cluster members: `/trivisor/cluster/members/NAME` → MemberRecord. */
+  memberPrefix: '/trivisor/cluster/members/',
+  member: (name: string): string => `/trivisor/cluster/members/${name}`,
+  /** A member's liveness, on its lease: gone once the member stops renewing → MemberHeartbeat. */
+  memberHeartbeatPrefix: '/trivisor/cluster/heartbeats/',
+  memberHeartbeat: (name: string): string => `/trivisor/cluster/heartbeats/${name}`,
+  /** Join tokens, by the name of the member each admits → JoinTokenRecord. */
+  joinTokenPrefix: '/trivisor/cluster/join-tokens/',
+  joinToken: (name: string): string => `/trivisor/cluster/join-tokens/${name}`,
 } as const;

@@ -37,8 +37,12 @@ export interface GuestSpec {
   stopForce: boolean;
   /** Set by delete: the controller stops the guest, removes its files, then its records. */
   deleting: boolean;
-  /** Host that owns the guest. */
-  host: string;
+  /**
+   * The member that owns the guest (Incus's `location`): its controller converges it, and its
+   * API answers what must run where the guest is (docs/decisions/0028). `keys.guestLocation`
+   * holds the same name, for transactions to compare (records before it had `host`).
+   */
+  location: string;
   createdAt: string;
   /** Incus-style devices by name (`eth0: { type: 'nic', network: 'trivisor0' }`); none when absent. */
   devices?: Record<string, NicDevice>;
@@ -87,7 +91,8 @@ export interface NetworkSpec {
   generation: number;
   /** Set by delete: the controller removes the bridge, dnsmasq and rules, then the records. */
   deleting: boolean;
-  host: string;
+  /** The member whose bridge it is (records before it had `host`); every member's, once networks span members. */
+  location: string;
   createdAt: string;
   /** Port forwards (DNAT) from host addresses to guests of this network. */
   forwards?: NetworkForward[];

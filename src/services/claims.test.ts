@@ -101,7 +101,7 @@ const spec = (name: string): GuestSpec => ({
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: '2026-01-01T00:00:00.000Z',
 });
 
@@ -122,7 +122,7 @@ describe('two members race over one store', () => {
     stopTimeoutMs: 1000,
     stopForce: false,
     deleting: false,
-    host: 'h1',
+    location: 'h1',
     createdAt: '2026-01-01T00:00:00.000Z',
   };
   const status: GuestStatus = {

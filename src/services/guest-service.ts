@@ -180,7 +180,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       image: spec.image,
       imageAlias: spec.imageAlias,
       config: spec.config,
-      host: spec.host,
+      host: spec.location,
       createdAt: spec.createdAt,
       state: {
         pid: status?.process?.pid ?? null,
@@ -337,7 +337,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           stopTimeoutMs: DEFAULT_STOP_TIMEOUT_MS,
           stopForce: false,
           deleting: false,
-          host: deps.hostName,
+          location: deps.hostName,
           createdAt: new Date().toISOString(),
         };
         let claims: Awaited<ReturnType<NetworkService['claimNics']>> | undefined;
@@ -363,6 +363,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             // A stale status of an earlier guest of this name must not make the new one look provisioned.
             success: [
               records.guest.at(spec.name).putOp(spec),
+              records.guestLocation.at(spec.name).putOp(spec.location),
               records.guestStatus.at(spec.name).deleteOp(),
               records.guestNetwork.at(spec.name).deleteOp(),
               ...(claims?.success ?? []),

@@ -26,7 +26,7 @@ const guestRecord = (name: string, extra: Partial<GuestSpec> = {}): GuestSpec =>
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: new Date(0).toISOString(),
   ...extra,
 });

@@ -458,7 +458,7 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
           config,
           generation: 1,
           deleting: false,
-          host: deps.hostName,
+          location: deps.hostName,
           createdAt: new Date().toISOString(),
         };
         const r = await guardedWrite(store, project, async (p) => {

@@ -231,7 +231,7 @@ describe('projects and quotas over the real services', () => {
       stopTimeoutMs: 30_000,
       stopForce: false,
       deleting: false,
-      host: 'h1',
+      location: 'h1',
       createdAt: new Date(0).toISOString(),
     } as unknown as GuestSpec;
     await w.store.put(keys.guest('legacy'), JSON.stringify(old));

@@ -28,7 +28,7 @@ const specOf = (name: string, model: Model = 'ct'): GuestSpec => ({
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: '2026-01-01T00:00:00.000Z',
 });
 
@@ -244,7 +244,9 @@ describe('storage service', () => {
     for (const name of ['lost1', 'lost2', 'web', 'junk']) {
       const dir = path.join(stateDir, 'guests', name);
       await mkdir(dir, { recursive: true });
-      const spec = { ...specOf(name), host: 'old-host' };
+      // A copy written before owners were `location`: it named its host `host`.
+      const { location: _, ...old } = specOf(name);
+      const spec = { ...old, host: 'old-host' };
       await writeFile(path.join(dir, 'guest.json'), name === 'junk' ? '{' : JSON.stringify({ spec }));
     }
     const report = await service.recover();
@@ -264,7 +266,7 @@ describe('storage service', () => {
     );
     const spec = JSON.parse((await store.get(keys.guest('lost1')))?.value ?? '{}') as GuestSpec;
     const status = JSON.parse((await store.get(keys.guestStatus('lost1')))?.value ?? '{}') as GuestStatus;
-    assert.equal(spec.host, 'h2');
+    assert.equal(spec.location, 'h2');
     assert.equal(spec.desired, 'Running');
     assert.deepEqual(status.process, { pid: 4242, startTime: 7 });
     assert.equal(status.observedGeneration, spec.generation, 'the controller sees nothing to do');

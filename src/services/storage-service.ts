@@ -760,7 +760,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             desired,
             deleting: false,
             stopForce: false,
-            host: deps.hostName ?? spec.host,
+            location: deps.hostName ?? spec.location,
           };
           const status: GuestStatus = {
             status: desired,
@@ -776,6 +776,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           const snapshots = storage ? await storage.listSnapshots(spec).catch(() => [] as string[]) : [];
           const ops: Parameters<KvStore['txn']>[0]['success'] = [
             records.guestStatus.at(name).putOp(status),
+            records.guestLocation.at(name).putOp(next.location),
             records.guest.at(name).putOp(next),
           ];
           for (const snap of snapshots) {

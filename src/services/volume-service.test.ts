@@ -22,7 +22,7 @@ const specOf = (name: string, model: Model): GuestSpec => ({
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: '2026-01-01T00:00:00.000Z',
 });
 

@@ -19,7 +19,7 @@ const spec = (name: string): GuestSpec => ({
   stopTimeoutMs: 30_000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: new Date(0).toISOString(),
   devices: {
     eth0: { type: 'nic', network: 'lab', hwaddr: '02:00:00:00:00:01', 'ipv4.address': '198.18.0.2' },
@@ -40,11 +40,14 @@ describe('records', () => {
     assert.equal(await records.guest.at('nope').get(store), undefined);
   });
 
-  test('decode migrates old shapes: a record from before projects is default’s', async () => {
+  test('decode migrates old shapes: a record from before projects is default’s, `host` is `location`', async () => {
     const store = createMemoryStore();
-    const { project: _, ...old } = spec('old1');
-    await store.put(keys.guest('old1'), JSON.stringify(old));
-    assert.equal((await records.guest.at('old1').get(store))?.value.project, 'default');
+    const { project: _, location: __, ...old } = spec('old1');
+    await store.put(keys.guest('old1'), JSON.stringify({ ...old, host: 'h9' }));
+    const decoded = (await records.guest.at('old1').get(store))?.value;
+    assert.equal(decoded?.project, 'default');
+    assert.equal(decoded?.location, 'h9');
+    assert.equal('host' in (decoded ?? {}), false);
     await store.put(
       keys.storageVolume('default', 'v1'),
       JSON.stringify({

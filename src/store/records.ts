@@ -203,6 +203,14 @@ function defineRecord<T>() {
   };
 }
 
+/** A compare that holds while `member` owns the guest: what every owner-only write adds to its transaction. */
+export const ownedBy = (guest: string, member: string): Compare => ({
+  key: keys.guestLocation(guest),
+  target: 'value',
+  op: '=',
+  value: member,
+});
+
 /** The values of a list, in key order. */
 export const valuesOf = <T>(list: RecordList<T>): T[] => list.items.map((i) => i.value);
 
@@ -218,6 +226,12 @@ const defaultProject = (raw: Record<string, unknown>) => {
   raw.project ??= DEFAULT_PROJECT;
 };
 
+/** Guest and network records named their owner `host` before owners were `location` everywhere. */
+const hostIsLocation = (raw: Record<string, unknown>) => {
+  if (raw.location === undefined && typeof raw.host === 'string') raw.location = raw.host;
+  delete raw.host;
+};
+
 export const GuestSpecSchema = Type.Object({
   name: Type.String(),
   project: Type.String(),
@@ -231,7 +245,7 @@ export const GuestSpecSchema = Type.Object({
   stopTimeoutMs: Type.Number(),
   stopForce: Type.Boolean(),
   deleting: Type.Boolean(),
-  host: Type.String(),
+  location: Type.String(),
   createdAt: Type.String(),
   devices: Type.Optional(Type.Record(Type.String(), lenient(NicDeviceSchema))),
   disks: Type.Optional(Type.Record(Type.String(), lenient(DiskDeviceSchema))),
@@ -280,7 +294,7 @@ export const NetworkSpecSchema = Type.Object({
   config: StringMap,
   generation: Type.Integer(),
   deleting: Type.Boolean(),
-  host: Type.String(),
+  location: Type.String(),
   createdAt: Type.String(),
   forwards: Type.Optional(Type.Array(lenient(NetworkForwardSchema))),
   acls: Type.Optional(Type.Array(lenient(NetworkAclRuleSchema))),
@@ -370,6 +384,77 @@ export const OperationClaimSchema = Type.Object({
 });
 export type OperationClaim = Static<typeof OperationClaimSchema>;
 
+/**
+ * A cluster member (decision 0032): where its member API is reached (`IP:PORT`), its
+ * etcd role (`etcd-voter` runs one of the etcd members, `etcd-client` only talks to
+ * them), the fingerprint of the certificate the cluster CA signed for it (what its
+ * peers accept it by), and whether it was evacuated.
+ */
+export const MemberRecordSchema = Type.Object({
+  name: Type.String(),
+  address: Type.String(),
+  roles: Type.Array(Type.String()),
+  /** A voter's etcd client URL. */
+  etcdClientUrl: Type.Optional(Type.String()),
+  certificateFingerprint: Type.String(),
+  version: Type.String(),
+  joinedAt: Type.String(),
+  evacuated: Type.Boolean(),
+});
+export type MemberRecord = Static<typeof MemberRecordSchema>;
+
+/** What a member measured of its host, published with its heartbeat. */
+export const MemberUsageSchema = Type.Object({
+  cpus: Type.Integer(),
+  /** Share of all CPUs busy over the last interval, 0-100. */
+  cpuUsedPercent: Type.Number(),
+  memoryTotalBytes: Type.Number(),
+  memoryAvailableBytes: Type.Number(),
+  measuredAt: Type.String(),
+});
+export type MemberUsage = Static<typeof MemberUsageSchema>;
+
+/** A member's heartbeat: on its lease, so it is gone once the member stops renewing (Offline). */
+export const MemberHeartbeatSchema = Type.Object({
+  /** Which daemon life wrote it (a restarted daemon has a new one). */
+  incarnation: Type.String(),
+  version: Type.String(),
+  startedAt: Type.String(),
+  usage: MemberUsageSchema,
+});
+export type MemberHeartbeat = Static<typeof MemberHeartbeatSchema>;
+
+/** A join token as stored: the SHA-256 of its secret (never the secret), when it expires, whether it was used. */
+export const JoinTokenRecordSchema = Type.Object({
+  name: Type.String(),
+  secretSha256: Type.String(),
+  createdAt: Type.String(),
+  expiresAt: Type.String(),
+  createdBy: Type.String(),
+  usedAt: Type.Optional(Type.String()),
+  usedFrom: Type.Optional(Type.String()),
+});
+export type JoinTokenRecord = Static<typeof JoinTokenRecordSchema>;
+
+/**
+ * The cluster: its CA (certificate and key: every member signs joiners' certificates with
+ * it, and every member can read the store anyway) and how its etcd is reached — managed
+ * (members run it: the voters' client URLs are in their member records) or an existing
+ * one (`--etcd URL,...`, with the client credentials it wants).
+ */
+export const ClusterRecordSchema = Type.Object({
+  createdAt: Type.String(),
+  ca: Type.Object({ cert: Type.String(), key: Type.String(), fingerprint: Type.String() }),
+  etcd: Type.Object({
+    managed: Type.Boolean(),
+    endpoints: Type.Array(Type.String()),
+    tls: Type.Optional(
+      Type.Object({ ca: Type.String(), cert: Type.Optional(Type.String()), key: Type.Optional(Type.String()) }),
+    ),
+  }),
+});
+export type ClusterRecord = Static<typeof ClusterRecordSchema>;
+
 export const ImageRecordSchema = Type.Composite([
   Type.Omit(lenient(ImageSchema), ['project']),
   Type.Object({ project: Type.Optional(Type.String()) }),
@@ -382,13 +467,24 @@ export const records = {
     prefix: keys.guestPrefix,
     key: (name: string) => keys.guest(name),
     schema: GuestSpecSchema,
-    migrate: defaultProject,
+    migrate: (raw) => {
+      defaultProject(raw);
+      hostIsLocation(raw);
+    },
   }),
   guestStatus: defineRecord<GuestStatus>()({
     kind: 'guest status',
     prefix: keys.guestStatusPrefix,
     key: (name: string) => keys.guestStatus(name),
     schema: GuestStatusSchema,
+  }),
+  /** The owner of a guest, as a bare member name (compared by status writes: decision 28). */
+  guestLocation: defineRecord<string>()({
+    kind: 'guest location',
+    prefix: keys.guestLocationPrefix,
+    key: (name: string) => keys.guestLocation(name),
+    schema: Type.String({ minLength: 1 }),
+    raw: true,
   }),
   guestNetwork: defineRecord<GuestNetworkObservation>()({
     kind: 'guest network observation',
@@ -401,7 +497,10 @@ export const records = {
     prefix: keys.networkPrefix,
     key: (name: string) => keys.network(name),
     schema: NetworkSpecSchema,
-    migrate: defaultProject,
+    migrate: (raw) => {
+      defaultProject(raw);
+      hostIsLocation(raw);
+    },
   }),
   networkStatus: defineRecord<NetworkStatus>()({
     kind: 'network status',
@@ -481,6 +580,30 @@ export const records = {
     prefix: keys.claimPrefix,
     key: (kind: string, name: string) => keys.claim(kind, name),
     schema: OperationClaimSchema,
+  }),
+  cluster: defineRecord<ClusterRecord>()({
+    kind: 'cluster record',
+    prefix: keys.cluster,
+    key: () => keys.cluster,
+    schema: ClusterRecordSchema,
+  }),
+  member: defineRecord<MemberRecord>()({
+    kind: 'cluster member',
+    prefix: keys.memberPrefix,
+    key: (name: string) => keys.member(name),
+    schema: MemberRecordSchema,
+  }),
+  memberHeartbeat: defineRecord<MemberHeartbeat>()({
+    kind: 'member heartbeat',
+    prefix: keys.memberHeartbeatPrefix,
+    key: (name: string) => keys.memberHeartbeat(name),
+    schema: MemberHeartbeatSchema,
+  }),
+  joinToken: defineRecord<JoinTokenRecord>()({
+    kind: 'join token',
+    prefix: keys.joinTokenPrefix,
+    key: (name: string) => keys.joinToken(name),
+    schema: JoinTokenRecordSchema,
   }),
   certificate: defineRecord<CertificateRecord>()({
     kind: 'trusted certificate',

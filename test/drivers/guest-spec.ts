@@ -15,7 +15,7 @@ export function testGuestSpec(name: string, model: Model, config: Record<string,
     stopTimeoutMs: 10_000,
     stopForce: false,
     deleting: false,
-    host: 'test-host',
+    location: 'test-host',
     createdAt: new Date(0).toISOString(),
   };
 }

@@ -23,7 +23,7 @@ const spec = (name: string): GuestSpec => ({
   stopTimeoutMs: 1000,
   stopForce: false,
   deleting: false,
-  host: 'h',
+  location: 'h',
   createdAt: new Date().toISOString(),
 });
 

@@ -16,7 +16,7 @@ const guest = (config: Record<string, string> = {}): GuestSpec => ({
   stopTimeoutMs: 10_000,
   stopForce: false,
   deleting: false,
-  host: 'h1',
+  location: 'h1',
   createdAt: '2026-01-01T00:00:00Z',
 });
 

@@ -24,7 +24,7 @@ const spec = (name: string, config: Record<string, string> = {}): GuestSpec => (
   stopTimeoutMs: 10_000,
   stopForce: false,
   deleting: false,
-  host: 'h',
+  location: 'h',
   createdAt: new Date(0).toISOString(),
 });
 

@@ -30,7 +30,7 @@ const spec: GuestSpec = {
   stopTimeoutMs: 10_000,
   stopForce: false,
   deleting: false,
-  host: 'h',
+  location: 'h',
   createdAt: new Date(0).toISOString(),
 };
 

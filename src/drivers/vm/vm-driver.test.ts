@@ -22,7 +22,7 @@ const spec = (config: Record<string, string>, name = 'v1'): GuestSpec => ({
   stopTimeoutMs: 10_000,
   stopForce: false,
   deleting: false,
-  host: 'h',
+  location: 'h',
   createdAt: new Date(0).toISOString(),
 });
 
