@@ -239,3 +239,25 @@ ensure_bundles() {
   say "Building the web UI (esbuild)"
   "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/web-bundle.ts" >/dev/null
 }
+
+# systemd as PID 1 (sd_booted(3)'s test). Not in containers, nor in CI's fresh root (decision 0012),
+# where setup/start keeps its background start.
+systemd_runs() { [ -d /run/systemd/system ]; }
+
+# Installs the checkout's daemon as trivisor.service (setup/systemd/trivisor.service, decision 0030)
+# into $SYSTEMD_UNIT_DIR (default /etc/systemd/system, where it overrides a packaged unit), with
+# ExecStart and the readiness check pointing into this checkout, then enables and starts it: it
+# starts at boot (boot.autostart guests with it) and again when it fails. $1 is the state directory.
+SYSTEMD_UNIT_DIR=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
+install_systemd_unit() {
+  local state_dir=$1 unit="$SYSTEMD_UNIT_DIR/trivisor.service"
+  mkdir -p "$SYSTEMD_UNIT_DIR"
+  sed -e "s#/usr/bin/trivisor#$TRIVISOR_SRC/bin/trivisor#g" \
+    -e "s#^Environment=TRIVISOR_DIR=.*#Environment=TRIVISOR_DIR=$state_dir TRIVISOR_NODE=$TRIVISOR_NODE#" \
+    "$TRIVISOR_SRC/setup/systemd/trivisor.service" >"$unit.tmp"
+  mv "$unit.tmp" "$unit"
+  systemctl daemon-reload
+  systemctl enable trivisor.service
+  # A restart, not a start: a re-run brings the checkout's new code (the guests outlive the daemon).
+  systemctl restart trivisor.service
+}

@@ -13,6 +13,7 @@ import {
 } from './other-commands.ts';
 import { addProjectCommands } from './project-commands.ts';
 import { addRemoteCommands } from './remote-commands.ts';
+import { addServiceCommands } from './service-commands.ts';
 import { addStorageCommands } from './storage-commands.ts';
 import { addVolumeCommands } from './volume-commands.ts';
 
@@ -46,6 +47,7 @@ export function buildProgram(): Command {
   addRemoteCommands(program);
   addAuthCommands(program);
   addAdminCommands(program);
+  addServiceCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
   return program;
