@@ -41,7 +41,8 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     // Booted once for the whole suite: under TCG a vm takes seconds.
     d.ok(['launch', 'busybox', 'c1']);
     d.ok(['launch', 'busybox', 'p1', '--model', 'pvm', '-c', 'limits.memory=64MiB']);
-    d.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB']);
+    // With a display: its screen is the noVNC view's (issue 17's VGA device and VNC relay).
+    d.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB', '-c', 'vm.display=true']);
     context = await openBrowser(runDir);
     page = context.pages()[0] ?? (await context.newPage());
     await signIn(page, base, token);
@@ -88,6 +89,9 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
       await page.keyboard.type('echo $((6*7))');
       await page.keyboard.press('Enter');
       await eventually('42 in the terminal', () => answered(page, '42'), 30_000);
+      // `TRIVISOR_UI_SCREENSHOTS=docs/ui` keeps what the page shows now, for the docs.
+      const shots = process.env.TRIVISOR_UI_SCREENSHOTS;
+      if (shots) await page.screenshot({ path: path.join(shots, `console-${name}.png`) });
 
       const size = async () => {
         let found = '';
@@ -169,5 +173,56 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     // Live again: a change made now shows without a reload.
     d.ok(['stop', 'c1']);
     await page.waitForSelector('tr[data-guest="c1"] .status:has-text("Stopped")', { timeout: 5000 });
+  });
+
+  // Last: Ctrl+Alt+Del reboots v1 (busybox init's ctrlaltdel line).
+  test("a vm's screen through noVNC: typed text reaches its keyboard, and Send Ctrl+Alt+Del reaches its init", async () => {
+    await page.goto(`${base}/guests/v1?tab=console&console=vga`);
+    await page.waitForSelector('text=Connected', { timeout: 30_000 });
+    const canvas = page.locator('[data-testid=vnc] canvas');
+    await canvas.waitFor();
+    const box = await canvas.boundingBox();
+    const shots = process.env.TRIVISOR_UI_SCREENSHOTS;
+    if (shots) await page.screenshot({ path: path.join(shots, 'console-vga.png') });
+    assert.ok(box && box.width > 100 && box.height > 50, JSON.stringify(box));
+    // Keys arrive on the guest's PS/2 keyboard: its interrupt count grows by a press and a release per key.
+    const keyboardInterrupts = () =>
+      d
+        .ok(['exec', 'v1', '--', 'cat', '/proc/interrupts'])
+        .split('\n')
+        .filter((l) => l.includes('i8042'))
+        .reduce(
+          (sum, l) =>
+            sum +
+            (l.split(':')[1] ?? '')
+              .trim()
+              .split(/\s+/)
+              .filter((f) => /^\d+$/.test(f))
+              .reduce((a, f) => a + Number(f), 0),
+          0,
+        );
+    const before = keyboardInterrupts();
+    await page.fill('#vnc-paste', 'typed by noVNC');
+    await page.click('button:has-text("Type it")');
+    await eventually(
+      'the keys in the guest',
+      () => keyboardInterrupts() >= before + 2 * 'typed by noVNC'.length,
+      20_000,
+    );
+    const info = () =>
+      JSON.parse(d.ok(['info', 'v1', '--format', 'json'])) as {
+        status: string;
+        state: { startedAt: string | null };
+      };
+    const startedAt = info().state.startedAt;
+    await page.click('button:has-text("Send Ctrl+Alt+Del")');
+    await eventually(
+      'v1 rebooting',
+      () => {
+        const now = info();
+        return now.status !== 'Running' || now.state.startedAt !== startedAt;
+      },
+      90_000,
+    );
   });
 });
