@@ -4,8 +4,10 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createGuestController } from './control/guest-controller.ts';
+import { createGuestStorageController } from './control/guest-storage-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
+import { createPoolController } from './control/pool-controller.ts';
 import type { Model } from './core/types.ts';
 import { cgroupParentOf, createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
@@ -189,7 +191,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     claims,
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
-  await services.storage.start();
+  await services.storage.sweep();
   services.volumes = createVolumeService({
     store,
     pools: poolDrivers,
@@ -207,7 +209,6 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     claims,
   });
   const volumeService = services.volumes;
-  await volumeService.start();
   const poolService = createPoolService({
     inUse: (pool) => volumeService.poolInUse(pool),
     store,
@@ -222,7 +223,18 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     claims,
   });
   services.pools = poolService;
-  await poolService.start();
+  // The default pool is recorded and every pool mounted before guests start; limits.disk follows.
+  const poolController = createPoolController({ store, drivers: poolDrivers, runner, log, hostName });
+  await poolController.start();
+  // guest.json copies, snapshot records of deleted guests, volumes no guest has given back to root.
+  const guestStorageController = createGuestStorageController({
+    store,
+    log,
+    hostName,
+    stateDir,
+    pools: poolDrivers,
+  });
+  await guestStorageController.start();
   // Every pool's volumes, left open (0711) by earlier versions: root only (decision 18).
   const poolPaths = valuesOf(await records.pool.list(store)).map((pool) =>
     poolPathOf(pool, poolDrivers, stateDir),
@@ -344,8 +356,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   audit.close();
   await nicObserver.stop();
   await controller.stop();
-  services.storage.stop();
-  services.pools.stop();
+  guestStorageController.stop();
+  poolController.stop();
   await networkController.stop();
   await store.close();
   await rm(path.join(stateDir, 'trivisor.pid'), { force: true });

@@ -1,9 +1,8 @@
-import { chmod, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readlink, rm, symlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { createInformer, type Informer } from '../control/informer.ts';
+import { DEFAULT_POOL, keepPoolRecord, POOL_RECORD_FILE } from '../control/pool-controller.ts';
 import {
   alreadyExists,
-  asTrivisorError,
   conflict,
   failedPrecondition,
   invalidArgument,
@@ -82,16 +81,10 @@ export interface PoolService {
    * and the guest's place on it. Returns the pool's name, undefined for the default pool.
    */
   recoverGuest(spec: GuestSpec): Promise<string | undefined>;
-  /** Records the `default` dir pool on first start, mounts every pool again, keeps disk limits in step. */
-  start(): Promise<void>;
-  stop(): void;
 }
 
-/** A copy of the pool's record at its root, for `admin recover` after the store is lost. */
-export const POOL_RECORD_FILE = '.trivisor-pool.json';
-
-/** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
-export const DEFAULT_POOL = 'default';
+// The default pool, the pool record copies and mounting are the pool controller's (src/control/).
+export { DEFAULT_POOL, POOL_RECORD_FILE } from '../control/pool-controller.ts';
 
 export function createPoolService(deps: {
   store: KvStore;
@@ -111,7 +104,6 @@ export function createPoolService(deps: {
   const { store, drivers } = deps;
   // One change of a pool at a time, whichever member asks: a claim in the store (decision 28).
   const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
-  let informer: Informer<GuestSpec> | undefined;
 
   const run = (argv: string[]) => {
     if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
@@ -135,34 +127,6 @@ export function createPoolService(deps: {
       }
     }
     await store.delete(found.key);
-  }
-
-  /**
-   * Applies a ct guest's limits.disk as the qgroup limit of its subvolume when it
-   * changed. For vm and pvm guests limits.disk is the size of their disk, which
-   * bounds what they write already; a qgroup limit would also count their
-   * snapshots and turn a full quota into I/O errors inside the guest.
-   */
-  async function syncLimit(spec: GuestSpec): Promise<void> {
-    if (spec.model !== 'ct') return;
-    const found = await records.guestPool.at(spec.name).get(store);
-    if (!found || spec.deleting) return;
-    const rec = found.value;
-    if (!(await isOnBtrfs(rec.path))) return;
-    const raw = spec.config['limits.disk'];
-    const limitBytes = raw === undefined ? null : parseBytes(raw, 'limits.disk');
-    if (limitBytes === rec.limitBytes) return;
-    await run(['btrfs', 'qgroup', 'limit', limitBytes === null ? 'none' : String(limitBytes), rec.path]);
-    await records.guestPool
-      .at(spec.name)
-      .put(store, { ...rec, limitBytes }, { ifModRevision: found.modRevision });
-  }
-  /** Keeps a copy of a pool's record at its root (written through a temporary name). */
-  async function keepPoolRecord(pool: PoolRecord): Promise<void> {
-    if (pool.name === DEFAULT_POOL) return;
-    const file = join(drivers[pool.driver].mountPath(pool), POOL_RECORD_FILE);
-    await writeFile(`${file}.tmp`, `${JSON.stringify(pool, null, 2)}\n`, { mode: 0o600 });
-    await rename(`${file}.tmp`, file);
   }
 
   /**
@@ -340,7 +304,7 @@ export function createPoolService(deps: {
           await driver.delete(pool);
           throw exists();
         }
-        await keepPoolRecord(pool).catch((e) =>
+        await keepPoolRecord(pool, drivers).catch((e) =>
           deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot keep a copy of the pool record'),
         );
       });
@@ -477,46 +441,6 @@ export function createPoolService(deps: {
       };
       await records.guestPool.at(spec.name).put(store, rec);
       return pool.name;
-    },
-
-    stop() {
-      informer?.stop();
-    },
-
-    async start() {
-      // Disk limits follow config changes (subvolumes go with their guests: the guest
-      // controller calls releaseGuest when it deletes one). Every guest of the first list
-      // is looked at too, so a change made while the daemon was down is applied now.
-      const sync = (_key: string, spec: GuestSpec) =>
-        void syncLimit(spec).catch((e) =>
-          deps.log.warn({ err: asTrivisorError(e).message }, 'cannot apply limits.disk'),
-        );
-      informer = createInformer<GuestSpec>({
-        store,
-        prefix: records.guest.prefix,
-        decode: records.guest.decode,
-        log: deps.log,
-        handlers: { onAdd: sync, onUpdate: sync },
-      });
-      await informer.start();
-      if (!(await store.get(records.pool.key(DEFAULT_POOL)))) {
-        const pool: PoolRecord = {
-          name: DEFAULT_POOL,
-          driver: 'dir',
-          description: 'Guests under the state directory',
-          config: {},
-          createdAt: new Date().toISOString(),
-        };
-        const ref = records.pool.at(DEFAULT_POOL);
-        await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
-      }
-      for (const pool of valuesOf(await records.pool.list(store))) {
-        if (pool.name === DEFAULT_POOL) continue;
-        await drivers[pool.driver]
-          .mount(pool)
-          .then(() => keepPoolRecord(pool))
-          .catch((e) => deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot mount storage pool'));
-      }
     },
   };
 }

@@ -154,7 +154,6 @@ describe('storage service', () => {
     await put(specOf('vm1', 'vm'), statusOf('Stopped'));
   });
   after(async () => {
-    service.stop();
     await rm(stateDir, { recursive: true, force: true });
   });
 
@@ -205,7 +204,6 @@ describe('storage service', () => {
   test('sweep drops records without a snapshot, snapshots without a record, and half-made copies', async () => {
     await store.put(keys.snapshot('web', 'ghost'), JSON.stringify({ name: 'ghost' }));
     rec.onDisk('web').add('orphan');
-    await store.put(keys.snapshot('gone', 'x'), JSON.stringify({ name: 'x' }));
     await store.put(keys.storagePending('half'), '{}');
     guestCalls.length = 0;
     await service.sweep();
@@ -214,7 +212,6 @@ describe('storage service', () => {
       ['s0'],
     );
     assert.ok(rec.calls.includes('delete web orphan'));
-    assert.equal(await store.get(keys.snapshot('gone', 'x')), undefined);
     assert.deepEqual(guestCalls, ['delete half']);
     assert.equal(await store.get(keys.storagePending('half')), undefined);
   });

@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { createInformer, type Informer } from '../control/informer.ts';
+import { GUEST_CONFIG_FILE } from '../control/guest-storage-controller.ts';
 import {
   alreadyExists,
   asTrivisorError,
@@ -28,7 +28,7 @@ import {
 import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
-import { type Logger, silentLogger } from '../host/logger.ts';
+import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -70,14 +70,12 @@ export interface StorageService {
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Restores a guest from an archive already written to `archivePath` (the service deletes it). */
   importBackup(request: { archivePath: string; name?: string; storage?: string }): Promise<Operation>;
-  /** Removes half-made snapshots, backups and imports an interrupted daemon left; run at start. */
-  sweep(): Promise<void>;
   /**
-   * Sweeps, then keeps a copy of every guest's spec in `guests/NAME/guest.json`
-   * (Incus's backup.yaml) from now on, for `recover`.
+   * Removes half-made snapshots, backups and imports an interrupted daemon left; run at start,
+   * before the controllers (the guest.json copies and snapshot records of deleted guests are the
+   * guest storage controller's: src/control/guest-storage-controller.ts).
    */
-  start(): Promise<void>;
-  stop(): void;
+  sweep(): Promise<void>;
   /** Rebuilds the records of guests whose directories survive but whose records were lost (`admin recover`). */
   recover(): Promise<RecoverReport>;
 }
@@ -110,8 +108,7 @@ export interface StorageServiceDeps {
   claims?: Claims;
 }
 
-/** Name of the spec copy in each guest's directory. */
-export const GUEST_CONFIG_FILE = 'guest.json';
+export { GUEST_CONFIG_FILE } from '../control/guest-storage-controller.ts';
 
 const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
 
@@ -126,17 +123,6 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     busy: (h: ClaimHolder) =>
       conflict(`Guest ${guest} has a snapshot, copy or backup under way (${describeHolder(h)}): wait for it`),
   });
-
-  // Snapshot records go with their guest (its directory, snapshots included, is gone already).
-  deps.events.subscribe(
-    (event) => {
-      const name = event.metadata.name;
-      if (event.action === 'guest-deleted' && typeof name === 'string') {
-        void store.delete(keys.snapshots(name), { prefix: true }).catch(() => {});
-      }
-    },
-    ['lifecycle'],
-  );
 
   async function loadAny(name: string): Promise<{ spec: GuestSpec; status: GuestStatus | undefined }> {
     assertDnsLabel(name, 'guest name');
@@ -239,20 +225,6 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
   }
 
   const guestsDir = join(deps.stateDir, 'guests');
-  let informer: Informer<GuestSpec> | undefined;
-
-  /** Writes the spec copy if the guest's directory exists (it does not until the driver made it). */
-  async function keepConfig(spec: GuestSpec): Promise<void> {
-    const dir = join(guestsDir, spec.name);
-    if (spec.deleting || !(await stat(dir).catch(() => undefined))) return;
-    const file = join(dir, GUEST_CONFIG_FILE);
-    await writeFile(`${file}.tmp`, `${JSON.stringify({ spec }, null, 2)}\n`, { mode: 0o600 });
-    await rename(`${file}.tmp`, file);
-  }
-  const keepConfigOf = async (name: string) => {
-    const found = await records.guest.at(name).get(store);
-    if (found) await keepConfig(found.value);
-  };
 
   /** The service as one project sees it; `scope` undefined is the host's view. */
   function scoped(scope: string | undefined): StorageService {
@@ -678,40 +650,6 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
         });
       },
 
-      async start() {
-        await service.sweep();
-        // The copies of the first list are written before start returns.
-        const first: Array<Promise<void>> = [];
-        const keep = (_key: string, spec: GuestSpec) => {
-          const written = keepConfig(spec).catch(() => {});
-          if (starting) first.push(written);
-        };
-        let starting = true;
-        informer = createInformer<GuestSpec>({
-          store,
-          prefix: keys.guestPrefix,
-          decode: records.guest.decode,
-          log: deps.log ?? silentLogger(),
-          handlers: { onAdd: keep, onUpdate: keep },
-        });
-        await informer.start();
-        starting = false;
-        await Promise.all(first);
-        // The first copy can only be written once the driver has made the guest's directory.
-        deps.events.subscribe(
-          (event) => {
-            const name = event.metadata.name;
-            if (event.action === 'guest-created' && typeof name === 'string')
-              void keepConfigOf(name).catch(() => {});
-          },
-          ['lifecycle'],
-        );
-      },
-
-      stop() {
-        informer?.stop();
-      },
-
       async recover() {
         const report: RecoverReport = { recovered: [], skipped: [] };
         const entries = await readdir(guestsDir).catch(() => [] as string[]);
@@ -828,16 +766,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
           await sweepTmp(dir);
           for (const sub of await readdir(dir).catch(() => [] as string[])) await sweepTmp(join(dir, sub));
         }
-        const guestList = await records.guest.list(store);
-        // Every guest with a record keeps its snapshot records, whether it decodes or not.
-        const names = new Set(
-          [...guestList.items, ...guestList.malformed].map((g) => records.guest.nameOf(g.key)),
-        );
-        for (const r of (await store.list(records.snapshot.prefix)).kvs) {
-          const guest = records.snapshot.nameOf(r.key).split('/')[0] ?? '';
-          if (!names.has(guest)) await store.delete(r.key);
-        }
-        for (const spec of valuesOf(guestList)) {
+        // Snapshot records of guests that are gone are the guest storage controller's to drop.
+        for (const spec of valuesOf(await records.guest.list(store))) {
           const storage = deps.storage[spec.model];
           if (!storage) continue;
           await storage.sweep(spec).catch(() => {});

@@ -1,4 +1,5 @@
-import { chown, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
+import { poolPathOf } from '../control/guest-storage-controller.ts';
 import {
   alreadyExists,
   conflict,
@@ -119,11 +120,6 @@ export interface VolumeService {
   detach(pool: string, name: string, request: { guest: string; device?: string }): Promise<VolumeChange>;
   /** Why a pool cannot be deleted (it holds volumes), or undefined. */
   poolInUse(pool: string): Promise<string | undefined>;
-  /**
-   * Gives block volumes that no guest has back to root (a pvm guest's host uid owns its
-   * disks, and a later guest may get the same uid), now and whenever a guest is deleted.
-   */
-  start(): Promise<void>;
 }
 
 /** Most volumes one guest can have: a vm's hot-plug ports, UML's ubd slots after root and config. */
@@ -131,14 +127,8 @@ export const MAX_VOLUMES: Record<Model, number> = { vm: 4, pvm: 14, ct: 64 };
 /** Most ISOs a vm guest can have attached: its CD-ROM drives (qemu-command.ts CDROM_DRIVES). */
 export const MAX_ISOS = 2;
 
-/** Where a pool's files are: the default dir pool is the state directory itself. */
-export function poolPathOf(
-  pool: PoolRecord,
-  drivers: Record<PoolDriverName, PoolDriver>,
-  stateDir: string,
-): string {
-  return pool.name === 'default' && pool.driver === 'dir' ? stateDir : drivers[pool.driver].mountPath(pool);
-}
+// Where a pool's files are (the default dir pool is the state directory itself).
+export { poolPathOf };
 
 /** Resolves guests' `disks` to host paths from the store (what drivers get as `ctx.volumes`). */
 export function createVolumeResolver(deps: {
@@ -752,28 +742,6 @@ export function createVolumeService(deps: {
             message: `Detached volume ${name} from ${spec.name}${how}`,
           };
         });
-      },
-
-      async start() {
-        // Idempotent: two runs at once chown the same files to root, nothing worse.
-        const reclaim = async () => {
-          const specs = await allSpecs();
-          for (const vol of valuesOf(await records.volume.list(store))) {
-            if (vol.type !== 'block' || attachmentsOf(vol, specs).length > 0) continue;
-            const pool = await records.pool.at(vol.pool).get(store);
-            if (!pool) continue;
-            const file = volumePath(poolPath(pool.value), vol);
-            const s = await stat(file).catch(() => undefined);
-            if (s && (s.uid !== 0 || s.gid !== 0)) await chown(file, 0, 0).catch(() => {});
-          }
-        };
-        deps.events?.subscribe(
-          (event) => {
-            if (event.action === 'guest-deleted') void reclaim().catch(() => {});
-          },
-          ['lifecycle'],
-        );
-        await reclaim();
       },
 
       async poolInUse(pool) {

@@ -1,0 +1,140 @@
+import { rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { asTrivisorError, failedPrecondition } from '../core/errors.ts';
+import { parseBytes } from '../core/sizes.ts';
+import type { GuestSpec } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import { isOnBtrfs } from '../host/reflink.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
+import type { KvStore } from '../store/kv.ts';
+import { records } from '../store/records.ts';
+import { createInformer, type Informer } from './informer.ts';
+
+/** A copy of the pool's record at its root, for `admin recover` after the store is lost. */
+export const POOL_RECORD_FILE = '.trivisor-pool.json';
+
+/** The pool every guest lives on unless told otherwise: the state dir's own guests/ directory. */
+export const DEFAULT_POOL = 'default';
+
+export interface PoolControllerDeps {
+  store: KvStore;
+  drivers: Record<PoolDriverName, PoolDriver>;
+  /** Runs btrfs for the disk limits; without it limits.disk is not applied. */
+  runner?: ProcessRunner;
+  log: Logger;
+  hostName: string;
+}
+
+/**
+ * Keeps this member's pools and what its guests need of them in step with the store:
+ * the default pool is recorded, every pool is mounted (after a reboot, or when it is
+ * recorded) with a copy of its record at its root, and a ct guest's `limits.disk` is the
+ * qgroup limit of its subvolume on a btrfs pool. Level-based: at start every pool and
+ * guest is looked at, so what changed while the daemon was down is applied then.
+ */
+export interface PoolController {
+  start(): Promise<void>;
+  stop(): void;
+}
+
+/** Keeps a copy of a pool's record at its root (written through a temporary name). */
+export async function keepPoolRecord(
+  pool: PoolRecord,
+  drivers: Record<PoolDriverName, PoolDriver>,
+): Promise<void> {
+  if (pool.name === DEFAULT_POOL) return;
+  const file = join(drivers[pool.driver].mountPath(pool), POOL_RECORD_FILE);
+  await writeFile(`${file}.tmp`, `${JSON.stringify(pool, null, 2)}\n`, { mode: 0o600 });
+  await rename(`${file}.tmp`, file);
+}
+
+export function createPoolController(deps: PoolControllerDeps): PoolController {
+  const { store, drivers, hostName } = deps;
+  const log = deps.log.child({ component: 'pool-controller' });
+  const informers: Array<Informer<unknown>> = [];
+
+  async function mount(pool: PoolRecord): Promise<void> {
+    if (pool.name === DEFAULT_POOL) return;
+    await drivers[pool.driver].mount(pool);
+    await keepPoolRecord(pool, drivers);
+  }
+
+  /**
+   * Applies a ct guest's limits.disk as the qgroup limit of its subvolume when it changed. For
+   * vm and pvm guests limits.disk is the size of their disk, which bounds what they write
+   * already; a qgroup limit would also count their snapshots and turn a full quota into I/O
+   * errors inside the guest.
+   */
+  async function syncLimit(spec: GuestSpec): Promise<void> {
+    if (spec.model !== 'ct' || spec.location !== hostName || spec.deleting) return;
+    const placed = await records.guestPool.at(spec.name).get(store);
+    if (!placed || !(await isOnBtrfs(placed.value.path))) return;
+    const raw = spec.config['limits.disk'];
+    const limitBytes = raw === undefined ? null : parseBytes(raw, 'limits.disk');
+    if (limitBytes === placed.value.limitBytes) return;
+    if (!deps.runner) throw failedPrecondition('This daemon cannot apply disk limits');
+    await deps.runner.run([
+      'btrfs',
+      'qgroup',
+      'limit',
+      limitBytes === null ? 'none' : String(limitBytes),
+      placed.value.path,
+    ]);
+    // Compared: a placement that changed meanwhile is looked at again with the next change.
+    await records.guestPool
+      .at(spec.name)
+      .put(store, { ...placed.value, limitBytes }, { ifModRevision: placed.modRevision });
+  }
+
+  return {
+    async start() {
+      const ref = records.pool.at(DEFAULT_POOL);
+      if (!(await store.get(ref.key))) {
+        const pool: PoolRecord = {
+          name: DEFAULT_POOL,
+          driver: 'dir',
+          description: 'Guests under the state directory',
+          config: {},
+          createdAt: new Date().toISOString(),
+        };
+        await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
+      }
+      // Pools are mounted before start returns: guests that start next live on them.
+      const first: Array<Promise<void>> = [];
+      let starting = true;
+      const mountIt = (_key: string, pool: PoolRecord) => {
+        const done = mount(pool).catch((e) =>
+          log.warn({ pool: pool.name, err: asTrivisorError(e).message }, 'cannot mount storage pool'),
+        );
+        if (starting) first.push(done);
+      };
+      const limit = (_key: string, spec: GuestSpec) =>
+        void syncLimit(spec).catch((e) =>
+          log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'cannot apply limits.disk'),
+        );
+      const pools = createInformer<PoolRecord>({
+        store,
+        prefix: records.pool.prefix,
+        decode: records.pool.decode,
+        log,
+        handlers: { onAdd: mountIt, onUpdate: mountIt },
+      });
+      const guests = createInformer<GuestSpec>({
+        store,
+        prefix: records.guest.prefix,
+        decode: records.guest.decode,
+        log,
+        handlers: { onAdd: limit, onUpdate: limit },
+      });
+      informers.push(pools as Informer<unknown>, guests as Informer<unknown>);
+      await pools.start();
+      starting = false;
+      await Promise.all(first);
+      await guests.start();
+    },
+    stop() {
+      for (const informer of informers.splice(0)) informer.stop();
+    },
+  };
+}

@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import { silentLogger } from '../host/logger.ts';
+import type { PoolDriver, PoolRecord } from '../storage/storage-pools.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { createGuestStorageController, GUEST_CONFIG_FILE } from './guest-storage-controller.ts';
+import { createPoolController, DEFAULT_POOL, POOL_RECORD_FILE } from './pool-controller.ts';
+
+// The two controllers that used to live inside the pool and storage services (an informer in
+// each, event subscriptions): level-based, so what changed while no daemon ran is applied at start.
+
+const spec = (name: string, location = 'h1'): GuestSpec => ({
+  name,
+  project: 'default',
+  model: 'ct',
+  image: 'f'.repeat(64),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Stopped',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  location,
+  createdAt: '2026-01-01T00:00:00.000Z',
+});
+
+const status = (provisioned: boolean): GuestStatus => ({
+  status: 'Stopped',
+  observedGeneration: 1,
+  observedRestartRequest: 0,
+  restartCount: 0,
+  provisioned,
+  appliedConfig: {},
+  pendingRestart: [],
+});
+
+const until = async (what: () => Promise<boolean>, message: string) => {
+  for (let i = 0; i < 200; i++) {
+    if (await what()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail(message);
+};
+
+describe('guest storage controller', () => {
+  let stateDir: string;
+  before(async () => {
+    stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-guest-storage-'));
+  });
+  after(async () => {
+    await rm(stateDir, { recursive: true, force: true });
+  });
+
+  test("keeps each of its guests' guest.json once the guest's directory exists, never another member's", async () => {
+    const store = createMemoryStore();
+    await mkdir(path.join(stateDir, 'guests', 'old1'), { recursive: true });
+    await mkdir(path.join(stateDir, 'guests', 'theirs'), { recursive: true });
+    // Recorded while no daemon ran: copied at start.
+    await store.put(keys.guest('old1'), JSON.stringify(spec('old1')));
+    await store.put(keys.guest('theirs'), JSON.stringify(spec('theirs', 'h2')));
+    const controller = createGuestStorageController({
+      store,
+      log: silentLogger(),
+      hostName: 'h1',
+      stateDir,
+      pools: {} as never,
+    });
+    await controller.start();
+    const copy = async (name: string) =>
+      JSON.parse(await readFile(path.join(stateDir, 'guests', name, GUEST_CONFIG_FILE), 'utf8')) as {
+        spec: GuestSpec;
+      };
+    assert.equal((await copy('old1')).spec.name, 'old1');
+    await assert.rejects(copy('theirs'), /ENOENT/);
+    // A new guest: no directory until its driver made it, which its status then says.
+    await store.put(keys.guest('new1'), JSON.stringify(spec('new1')));
+    await store.put(keys.guestStatus('new1'), JSON.stringify(status(false)));
+    await mkdir(path.join(stateDir, 'guests', 'new1'), { recursive: true });
+    await store.put(keys.guestStatus('new1'), JSON.stringify(status(true)));
+    await until(async () => (await copy('new1').catch(() => undefined)) !== undefined, 'new1 copied');
+    // A change of the spec is copied too.
+    await store.put(keys.guest('old1'), JSON.stringify({ ...spec('old1'), config: { 'limits.cpu': '1' } }));
+    await until(async () => (await copy('old1')).spec.config['limits.cpu'] === '1', 'old1 copied again');
+    controller.stop();
+  });
+
+  test("drops a deleted guest's snapshot records, and at start those whose guest went while no daemon ran", async () => {
+    const store = createMemoryStore();
+    const snap = (guest: string, name: string) => ({ name, guest, createdAt: '', wasRunning: false });
+    await store.put(keys.guest('web'), JSON.stringify(spec('web')));
+    await store.put(keys.snapshot('web', 's1'), JSON.stringify(snap('web', 's1')));
+    await store.put(keys.snapshot('gone', 's1'), JSON.stringify(snap('gone', 's1')));
+    const controller = createGuestStorageController({
+      store,
+      log: silentLogger(),
+      hostName: 'h1',
+      stateDir,
+      pools: {} as never,
+    });
+    await controller.start();
+    assert.equal(await store.get(keys.snapshot('gone', 's1')), undefined);
+    assert.ok(await store.get(keys.snapshot('web', 's1')));
+    await store.delete(keys.guest('web'));
+    await until(async () => (await store.get(keys.snapshot('web', 's1'))) === undefined, 'web s1 dropped');
+    controller.stop();
+  });
+});
+
+describe('pool controller', () => {
+  test('records the default pool, mounts every pool at start and when one is recorded, keeping its record copy', async () => {
+    const store = createMemoryStore();
+    const root = await mkdtemp(path.join(os.tmpdir(), 'trivisor-pools-'));
+    const mounted: string[] = [];
+    const dir: PoolDriver = {
+      name: 'dir',
+      validate() {},
+      async create() {},
+      async mount(pool) {
+        mounted.push(pool.name);
+        await mkdir(path.join(root, pool.name), { recursive: true });
+      },
+      async usage() {
+        return { totalBytes: 1, usedBytes: 0 };
+      },
+      async delete() {},
+      mountPath: (pool) => path.join(root, pool.name),
+    };
+    const pool = (name: string): PoolRecord => ({
+      name,
+      driver: 'dir',
+      description: '',
+      config: {},
+      createdAt: '',
+    });
+    await store.put(keys.storagePool('fast'), JSON.stringify(pool('fast')));
+    const controller = createPoolController({
+      store,
+      drivers: { dir, btrfs: dir },
+      log: silentLogger(),
+      hostName: 'h1',
+    });
+    await controller.start();
+    assert.ok(await store.get(keys.storagePool(DEFAULT_POOL)), 'the default pool is recorded');
+    assert.deepEqual(mounted, ['fast'], 'the default pool is the state directory: nothing to mount');
+    const kept = JSON.parse(await readFile(path.join(root, 'fast', POOL_RECORD_FILE), 'utf8')) as PoolRecord;
+    assert.equal(kept.name, 'fast');
+    await store.put(keys.storagePool('slow'), JSON.stringify(pool('slow')));
+    await until(async () => mounted.includes('slow'), 'slow mounted');
+    controller.stop();
+    await rm(root, { recursive: true, force: true });
+  });
+});
