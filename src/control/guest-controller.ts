@@ -72,6 +72,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
   const running = new Set<string>();
   const inFlight = new Set<Promise<void>>();
   let informer: Informer<GuestSpec> | undefined;
+  /**
+   * boot.autostart guests that should run as the daemon starts: their first reconcile starts one
+   * found dead (the host rebooted under it) whatever its restart policy, where a guest that died
+   * otherwise stays Stopped.
+   */
+  const bootStarts = new Set<string>();
   let livenessTimer: NodeJS.Timeout | undefined;
   let stopped = false;
 
@@ -240,6 +246,8 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       lifecycle(action, spec);
     };
 
+    // The first reconcile after start-up only: later deaths follow the restart policy alone.
+    const booting = bootStarts.delete(spec.name);
     // The guest was up and went away without being asked: clean up, then apply the restart policy.
     const wasUp = status.status === 'Running' || status.status === 'Frozen';
     if (wasUp && !up(rt.state)) {
@@ -247,15 +255,15 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       markStopped(status);
       lifecycle('guest-died', spec);
       const policy = configValue.restartPolicy(spec.config);
-      if (spec.desired !== 'Stopped' && policy !== 'never') {
+      if (spec.desired !== 'Stopped' && (policy !== 'never' || booting)) {
         if (tooManyCrashes(spec.name)) {
           status.status = 'Error';
           throw failedPrecondition(
             `Guest ${spec.name} died ${CRASH_LIMIT} times within a minute; not restarting it again`,
           );
         }
-        status.restartCount++;
-        await start('guest-restarted');
+        if (!booting) status.restartCount++;
+        await start(booting ? 'guest-started' : 'guest-restarted');
       } else if (spec.desired !== 'Stopped') {
         // As in Incus: a guest that shut itself down is Stopped, and its desired state says so.
         await setDesired(spec, 'Stopped');
@@ -360,6 +368,8 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         if (spec.location !== hostName) continue;
         if (configValue.autostart(spec.config) && spec.desired === 'Stopped' && !spec.deleting) {
           await setDesired(spec, 'Running');
+        } else if (configValue.autostart(spec.config) && spec.desired === 'Running' && !spec.deleting) {
+          bootStarts.add(spec.name);
         }
       }
       // Orphaned statuses (spec deleted while the daemon was down) are swept by the reconcile of their name.
