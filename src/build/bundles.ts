@@ -188,6 +188,8 @@ async function buildUnlocked(root: string, buildDir: string): Promise<BundleMani
     banner: {
       js: "import { createRequire as __trivisorRequire } from 'node:module';\nconst require = __trivisorRequire(import.meta.url);",
     },
+    // etcd3 loads its .proto files from its own directory at run time (decision 0025).
+    external: ['etcd3'],
     plugins: [builtinsByRequire(), stampedSources(root, record)],
   });
   if (result.errors.length > 0) throw new Error(result.errors.map((e) => e.text).join('\n'));

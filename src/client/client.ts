@@ -23,6 +23,7 @@ import type {
 import { type ErrorCode, isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
 import { type AuthClient, authMethods } from './auth-client.ts';
+import { type ClusterClient, clusterMethods } from './cluster-client.ts';
 import { type ConsoleHandle, consoleHandleOf } from './console-stream.ts';
 import { type ExecHandle, execHandleOf } from './exec-stream.ts';
 import { type ProjectClient, projectMethods } from './project-client.ts';
@@ -64,7 +65,12 @@ export interface PulledFile {
 }
 
 /** Typed access to every route of the Trivisor API. */
-export interface TrivisorClient extends StorageClient, VolumeClient, ProjectClient, AuthClient {
+export interface TrivisorClient
+  extends StorageClient,
+    VolumeClient,
+    ProjectClient,
+    AuthClient,
+    ClusterClient {
   serverInfo(): Promise<HostInfo>;
   /** `allProjects`: every project's guests, each with its `project`. */
   listGuests(options?: { usage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
@@ -220,6 +226,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     }),
     ...projectMethods(call),
     ...authMethods(call),
+    ...clusterMethods(call),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),

@@ -101,6 +101,15 @@ const EXPECTED: Record<string, ActionClass> = {
   'GET /1.0/auth/session': 'authenticated',
   'DELETE /1.0/auth/session': 'authenticated',
   'POST /1.0/auth/web-links': 'host-admin',
+  // Cluster membership (decision 0032): a joining host proves itself with its token's secret.
+  'GET /1.0/cluster': 'host-read',
+  'POST /1.0/cluster/bootstrap': 'host-admin',
+  'POST /1.0/cluster/tokens': 'host-admin',
+  'POST /1.0/cluster/join': 'host-admin',
+  'GET /1.0/cluster/members': 'host-read',
+  'POST /1.0/cluster/members': 'public',
+  'GET /1.0/cluster/members/:name': 'host-read',
+  'DELETE /1.0/cluster/members/:name': 'host-admin',
 };
 
 /** Requests that ask for more than the route's plain class. */
@@ -265,10 +274,12 @@ describe('roles on every route (one access hook, classes declared beside the rou
     assert.deepEqual(wrong, []);
   });
 
-  test("the daemon's own token is the host's admin; no token is a 401 everywhere but GET /1.0 and signing in", async () => {
+  test("the daemon's own token is the host's admin; no token is a 401 everywhere but GET /1.0, signing in and joining", async () => {
     for (const r of app.accessTable) {
       const anon = await app.inject({ method: r.method as 'GET', url: urlOf(r.method, r.url) });
-      const signIn = r.method === 'POST' && r.url === '/1.0/auth/session';
+      // Joining a cluster is how a host becomes a member: its token's secret, in the body, is its proof.
+      const signIn =
+        r.method === 'POST' && (r.url === '/1.0/auth/session' || r.url === '/1.0/cluster/members');
       if (r.url === '/1.0') assert.equal(anon.statusCode, 200);
       // Signing in is how a browser becomes a caller: its own refusals are 400 and 401 with their reasons.
       else if (signIn) assert.equal(anon.statusCode, 400, `${r.method} ${r.url}: ${anon.body}`);

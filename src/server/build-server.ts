@@ -18,6 +18,7 @@ import { installAccess } from './access.ts';
 import { type ApiLimits, installApiLimits, TCP_API_LIMITS, UNIX_API_LIMITS } from './api-limits.ts';
 import { type AuthOptions, createAuthenticator } from './auth.ts';
 import { registerAuthRoutes } from './auth-routes.ts';
+import { registerClusterRoutes } from './cluster-routes.ts';
 import { createExecRegistry } from './exec-bridge.ts';
 import { registerFileRoutes } from './file-routes.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
@@ -29,6 +30,7 @@ import { registerNetworkRoutes } from './network-routes.ts';
 import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
+import { ownerScopedGuest } from './owner-routes.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
 import { registerStorageRoutes } from './storage-routes.ts';
@@ -218,6 +220,14 @@ export async function buildServer(services: Services, options: BuildServerOption
     if (!isProjectRoute(request.routeOptions.url)) return;
     await services.projects.assertExists(projectOf(request));
   });
+  // A request that must run where its guest is goes to the guest's owner (decision 0028).
+  const owner = services.owner;
+  if (owner) {
+    app.addHook('preHandler', async (request) => {
+      const guest = ownerScopedGuest(request.method, request.routeOptions.url, request.params);
+      if (guest !== undefined) await owner.onOwner(guest, async () => {}, { project: projectOf(request) });
+    });
+  }
 
   await app.register(swagger, {
     openapi: {
@@ -262,6 +272,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   await app.register(async (scope) => registerVolumeRoutes(scope, ctx));
   registerAuthRoutes(app, ctx);
   registerProjectRoutes(app, ctx);
+  registerClusterRoutes(app, ctx);
   registerMetricsHistoryRoutes(app, ctx);
   registerWebSessionRoutes(app, { web: options.web, auth: options.auth, service: services.auth });
   if (options.web?.uiRoot !== undefined)

@@ -1,3 +1,4 @@
+import type { ClusterService } from '../cluster/membership.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
@@ -9,6 +10,7 @@ import type { AuditLog } from './audit-log.ts';
 import type { AuthService } from './auth-service.ts';
 import type { MetricsHistory } from './metrics-history.ts';
 import type { NetworkService } from './network-service.ts';
+import type { OwnerRouting } from './owner-routing.ts';
 import type { PoolService } from './pool-service.ts';
 import type { ProjectService } from './project-service.ts';
 import type { StorageService } from './storage-service.ts';
@@ -195,6 +197,10 @@ export interface Services {
   audit?: AuditLog;
   /** Projects and their quotas. */
   projects: ProjectService;
+  /** Where guest-scoped requests run (decision 0028); absent: always here. */
+  owner?: OwnerRouting;
   /** CPU, memory, network and disk history of guests and the host; absent: none is kept. */
   metricsHistory?: MetricsHistory;
+  /** Cluster membership (decision 0032); absent: this daemon can neither form nor join a cluster. */
+  cluster?: ClusterService;
 }

@@ -37,6 +37,8 @@ export interface Daemon {
     body?: unknown,
     headers?: Record<string, string>,
   ): Promise<ApiResponse>;
+  /** What the daemon wrote to stderr (its log) since it was last started. */
+  stderr(): string;
   /** kill -9 the daemon (guests must survive). */
   kill9(): Promise<void>;
   /** Starts the daemon again on the same state dir (in a UTS namespace with `hostname`, if given). */
@@ -69,6 +71,13 @@ export async function startDaemon(
     defaultNetwork?: boolean;
     /** HOST:PORT for TCP instead of a free port: it stays the same across restart() (the web UI's tests). */
     listen?: string;
+    /**
+     * Runs the daemon in this network namespace (/run/netns/NAME), entering only the network
+     * namespace: `ip netns exec` would remount /sys and hide the cgroup mounts (test/cluster).
+     */
+    netns?: string;
+    /** Added to the daemon's (and its CLI's) environment. */
+    env?: Record<string, string>;
   } = {},
 ): Promise<Daemon> {
   // Owned by this process: if it is killed, the next test run's sweep removes what it left.
@@ -82,14 +91,16 @@ export async function startDaemon(
     TRIVISOR_LOG_LEVEL: 'warn',
     // The CLI's remotes and tokens: the run's own, never the user's ~/.config/trivisor.
     TRIVISOR_CONFIG_DIR: path.join(stateDir, 'cli-config'),
+    ...options.env,
   };
+  let daemonStderr = '';
   let child = await launch(options.hostname);
   let info = readDaemonJson();
 
   async function launch(hostname?: string): Promise<ChildProcess> {
     rmSync(path.join(stateDir, 'daemon.json'), { force: true });
     // With a host name: in a UTS namespace of its own, so the machine's name is untouched.
-    const argv = hostname
+    const daemonArgv = hostname
       ? [
           'unshare',
           '--uts',
@@ -101,10 +112,14 @@ export async function startDaemon(
           'daemon',
         ]
       : [process.execPath, MAIN, 'daemon'];
+    const argv = options.netns ? ['nsenter', `--net=/run/netns/${options.netns}`, ...daemonArgv] : daemonArgv;
     const c = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
+    daemonStderr = '';
     c.stderr?.on('data', (d: Buffer) => {
       stderr += d.toString();
+      // The last 1 MiB: enough to tell what went wrong, bounded for long runs.
+      daemonStderr = (daemonStderr + d.toString()).slice(-1024 * 1024);
     });
     const end = Date.now() + 60_000;
     // The daemon writes daemon.json in place: wait until it is whole, not just there.
@@ -151,6 +166,7 @@ export async function startDaemon(
       return info.url;
     },
     cli,
+    stderr: () => daemonStderr,
     ok(args, o) {
       const r = cli(args, o);
       if (r.code !== 0)

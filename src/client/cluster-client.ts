@@ -1,0 +1,46 @@
+import type { Static } from '@sinclair/typebox';
+import type {
+  BootstrapBody,
+  ClusterInfoSchema,
+  ClusterMemberSchema,
+  JoinTokenSchema,
+} from '../api/cluster-schemas.ts';
+
+/** What `GET /1.0/cluster` answers. */
+export type ClusterInfo = Static<typeof ClusterInfoSchema>;
+/** A member as `cluster list` shows it. */
+export type ClusterMemberInfo = Static<typeof ClusterMemberSchema>;
+/** A join token as `cluster add` prints it. */
+export type JoinTokenInfo = Static<typeof JoinTokenSchema>;
+
+/** Cluster membership (decision 0032): the host admin's. */
+export interface ClusterClient {
+  clusterInfo(): Promise<ClusterInfo>;
+  /** Answers once the bootstrap is prepared; the daemon then restarts on etcd. */
+  bootstrapCluster(request: BootstrapBody): Promise<ClusterInfo>;
+  createJoinToken(name: string, options?: { expiry?: string }): Promise<JoinTokenInfo>;
+  /** Answers once this host is a member; the daemon then restarts on the cluster's store. */
+  joinCluster(token: string, address: string): Promise<ClusterInfo>;
+  listMembers(): Promise<ClusterMemberInfo[]>;
+  getMember(name: string): Promise<ClusterMemberInfo>;
+  removeMember(name: string, options?: { force?: boolean }): Promise<void>;
+}
+
+type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
+
+const enc = encodeURIComponent;
+
+export function clusterMethods(call: Call): ClusterClient {
+  return {
+    clusterInfo: () => call('GET', '/1.0/cluster'),
+    bootstrapCluster: (request) => call('POST', '/1.0/cluster/bootstrap', request),
+    createJoinToken: (name, o) =>
+      call('POST', '/1.0/cluster/tokens', { name, ...(o?.expiry !== undefined && { expiry: o.expiry }) }),
+    joinCluster: (token, address) => call('POST', '/1.0/cluster/join', { token, address }),
+    listMembers: () => call('GET', '/1.0/cluster/members'),
+    getMember: (name) => call('GET', `/1.0/cluster/members/${enc(name)}`),
+    async removeMember(name, o) {
+      await call('DELETE', `/1.0/cluster/members/${enc(name)}${o?.force ? '?force=true' : ''}`);
+    },
+  };
+}

@@ -1,0 +1,154 @@
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import {
+  type BootstrapBody,
+  BootstrapBodySchema,
+  ClusterInfoSchema,
+  ClusterMemberSchema,
+  type CreateJoinTokenBody,
+  CreateJoinTokenBodySchema,
+  JoinAnswerSchema,
+  type JoinBody,
+  JoinBodySchema,
+  type JoinRequestBody,
+  JoinRequestBodySchema,
+  JoinTokenSchema,
+} from '../api/cluster-schemas.ts';
+import { syncResponse } from '../api/envelopes.ts';
+import { ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
+import type { ClusterService } from '../cluster/membership.ts';
+import { describeCaller } from '../core/access.ts';
+import { parseDurationMs } from '../core/durations.ts';
+import { failedPrecondition } from '../core/errors.ts';
+import type { RouteContext } from './route-context.ts';
+
+/** `/1.0/cluster…`: membership (decision 0032). */
+export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  const cluster = (): ClusterService => {
+    if (!ctx.services.cluster) throw failedPrecondition('This daemon cannot form or join a cluster');
+    return ctx.services.cluster;
+  };
+
+  app.get(
+    '/1.0/cluster',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: 'Whether this daemon is a cluster member, and which',
+        response: { 200: SyncEnvelope(ClusterInfoSchema), ...errors },
+      },
+    },
+    async () => syncResponse(await cluster().info()),
+  );
+
+  app.post<{ Body: BootstrapBody }>(
+    '/1.0/cluster/bootstrap',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Make this single host the first member of a new cluster',
+        description:
+          'Makes the cluster CA and this member’s certificate, starts an etcd member (or uses `etcd`), and answers; the daemon then restarts on etcd with every record of its store moved there. Guests keep running.',
+        body: BootstrapBodySchema,
+        response: { 200: SyncEnvelope(ClusterInfoSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const { address, etcd } = request.body;
+      return syncResponse(await cluster().bootstrap({ address, ...(etcd !== undefined && { etcd }) }));
+    },
+  );
+
+  app.post<{ Body: CreateJoinTokenBody }>(
+    '/1.0/cluster/tokens',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'A single-use join token for a new member',
+        description: 'The answer holds the token, once: only a hash of its secret is stored.',
+        body: CreateJoinTokenBodySchema,
+        response: { 200: SyncEnvelope(JoinTokenSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const { name, expiry } = request.body;
+      const made = await cluster().createJoinToken(name, {
+        ...(expiry !== undefined && { ttlMs: parseDurationMs(expiry, 'token expiry') }),
+        createdBy: request.caller ? describeCaller(request.caller) : 'nobody',
+      });
+      return syncResponse(made);
+    },
+  );
+
+  app.post<{ Body: JoinBody }>(
+    '/1.0/cluster/join',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Join this host to the cluster a join token names',
+        description:
+          'The host must hold no guests, custom volumes or networks. It gets a member certificate from the cluster, an etcd member when the cluster has fewer than three, and answers; the daemon then restarts on the cluster’s store.',
+        body: JoinBodySchema,
+        response: { 200: SyncEnvelope(ClusterInfoSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await cluster().join(request.body)),
+  );
+
+  app.get(
+    '/1.0/cluster/members',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: 'The members, with their status, roles, guests and measured usage',
+        response: { 200: SyncEnvelope(Type.Array(ClusterMemberSchema)), ...errors },
+      },
+    },
+    async () => syncResponse(await cluster().list()),
+  );
+
+  app.post<{ Body: JoinRequestBody }>(
+    '/1.0/cluster/members',
+    {
+      // The joining host has no credentials yet: the token's secret is what it proves itself with.
+      config: { access: 'public' },
+      schema: {
+        summary: 'A joining host asks to become a member (what trivisor cluster join sends a member)',
+        body: JoinRequestBodySchema,
+        response: { 200: SyncEnvelope(JoinAnswerSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await cluster().acceptJoin(request.body)),
+  );
+
+  app.get<{ Params: { name: string } }>(
+    '/1.0/cluster/members/:name',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: 'One member',
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(ClusterMemberSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await cluster().get(request.params.name)),
+  );
+
+  app.delete<{ Params: { name: string }; Querystring: { force?: boolean } }>(
+    '/1.0/cluster/members/:name',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Remove a member (refused while it holds guests, unless force)',
+        params: NameParamsSchema,
+        querystring: Type.Object({ force: Type.Optional(Type.Boolean()) }),
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      await cluster().remove(request.params.name, { force: request.query.force === true });
+      return syncResponse({});
+    },
+  );
+}

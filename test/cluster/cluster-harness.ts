@@ -1,0 +1,150 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { claim, describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
+import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
+
+/*
+ * A Trivisor cluster on one machine, as Incus tests its clustering (issue 12, section 6):
+ * each member's daemon in a network namespace of its own (its own bridges, nftables and
+ * guests' ports), joined by veths to a test bridge in a hub namespace of its own, on a
+ * /24 of 198.18.0.0/15; each daemon with its own state directory and so its own cgroup
+ * parent (test/leftovers.ts). Daemons enter only the network namespace
+ * (`nsenter --net=/run/netns/NAME`): `ip netns exec` also remounts /sys, which hides
+ * the cgroup mounts from runc. The etcd members are the daemons' own.
+ *
+ * Everything is claimed before it is made (namespaces on the cluster's run directory,
+ * the rest is the daemons'), so a killed test run is swept: processes in the namespaces,
+ * etcd by its data directory, guests by their cgroups, then the namespaces with the veths
+ * and bridges inside them.
+ */
+
+/** One member host: its namespace, address and daemon. */
+export interface MemberHost {
+  name: string;
+  netns: string;
+  /** Its IP on the test bridge. */
+  ip: string;
+  daemon: Daemon;
+}
+
+/** The cluster's hosts and how to reach into them. */
+export interface TestCluster {
+  /** 198.18.X (the /24's first three octets). */
+  subnet: string;
+  hosts: MemberHost[];
+  /** Adds a host (namespace, veth, daemon) that is not a member yet. */
+  addHost(name: string): Promise<MemberHost>;
+  /** Runs argv inside a host's network namespace (only it: see above). */
+  inNetns(netns: string, argv: string[], input?: string): { code: number; stdout: string; stderr: string };
+  /** Kills every daemon and removes everything: etcd, guests, namespaces. Throws if something stays. */
+  destroy(): Promise<void>;
+}
+
+function run(argv: string[]): void {
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed: ${r.stderr.trim()}`);
+}
+
+/** Makes the hub and `names.length` hosts, each with a single-host daemon running (nothing joined yet). */
+export async function makeTestCluster(names: string[]): Promise<TestCluster> {
+  const dir = await makeRunDir('cluster');
+  const id = randomBytes(3).toString('hex');
+  const subnet = `198.18.${100 + (randomBytes(1)[0]! % 150)}`;
+  const hub = `trvc-${id}-hub`;
+  const hosts: MemberHost[] = [];
+  claim(dir, { netns: [hub] });
+  run(['ip', 'netns', 'add', hub]);
+  run(['ip', '-n', hub, 'link', 'set', 'lo', 'up']);
+  run(['ip', '-n', hub, 'link', 'add', 'br0', 'type', 'bridge']);
+  run(['ip', '-n', hub, 'link', 'set', 'br0', 'up']);
+
+  const inNetns: TestCluster['inNetns'] = (netns, argv, input) => {
+    const r = spawnSync('nsenter', [`--net=/run/netns/${netns}`, ...argv], {
+      encoding: 'utf8',
+      input: input ?? '',
+      timeout: 60_000,
+    });
+    return { code: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
+  };
+
+  const addHost = async (name: string): Promise<MemberHost> => {
+    const index = hosts.length + 1;
+    const netns = `trvc-${id}-${name}`;
+    const ip = `${subnet}.${10 + index}`;
+    claim(dir, { netns: [netns] });
+    run(['ip', 'netns', 'add', netns]);
+    run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
+    // The hub's end is named after the host; the host's end is its eth0.
+    run(['ip', '-n', hub, 'link', 'add', name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
+    run(['ip', '-n', hub, 'link', 'set', name, 'master', 'br0', 'up']);
+    run(['ip', '-n', netns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    run(['ip', '-n', netns, 'link', 'set', 'eth0', 'up']);
+    const daemon = await startDaemon({ netns, hostname: name, env: { TRIVISOR_LOG_LEVEL: 'info' } });
+    const host = { name, netns, ip, daemon };
+    hosts.push(host);
+    return host;
+  };
+
+  const cluster: TestCluster = {
+    subnet,
+    hosts,
+    addHost,
+    inNetns,
+    async destroy() {
+      const left: string[] = [];
+      // Killed, not stopped: destroy() would otherwise delete every member's guests through each one.
+      for (const h of hosts) {
+        await h.daemon.kill9().catch(() => {});
+      }
+      for (const h of hosts) {
+        await h.daemon.destroy().catch((e: unknown) => left.push((e as Error).message));
+      }
+      const report = await removeRunDir(dir);
+      left.push(...report.left.map(describeThing));
+      if (left.length > 0) throw new Error(`The cluster test left things behind: ${left.join('; ')}`);
+    },
+  };
+  try {
+    for (const name of names) await addHost(name);
+  } catch (e) {
+    await cluster.destroy().catch(() => {});
+    throw e;
+  }
+  return cluster;
+}
+
+/** The members as `cluster list --format json` on `daemon` shows them. */
+export function membersOf(daemon: Daemon): Array<{
+  name: string;
+  address: string;
+  status: string;
+  roles: string[];
+  guests: number;
+  version: string;
+  cpu: { cpus: number; used: number; free: number } | null;
+  memory: { totalBytes: number; usedBytes: number; freeBytes: number } | null;
+}> {
+  return JSON.parse(daemon.ok(['cluster', 'list', '--format', 'json']));
+}
+
+/** Waits until `daemon` lists member `name` with `status`; returns how long it took. */
+export async function waitForStatus(
+  daemon: Daemon,
+  name: string,
+  status: string,
+  timeoutMs = 30_000,
+): Promise<number> {
+  const started = Date.now();
+  await eventually(
+    `member ${name} ${status}`,
+    () => {
+      const r = daemon.cli(['cluster', 'list', '--format', 'json']);
+      if (r.code !== 0) return false;
+      return (JSON.parse(r.stdout) as Array<{ name: string; status: string }>).some(
+        (m) => m.name === name && m.status === status,
+      );
+    },
+    timeoutMs,
+  );
+  return Date.now() - started;
+}
