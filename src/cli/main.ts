@@ -1,8 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { addAdminCommands, addAuthCommands } from './auth-commands.ts';
+import { addCompletionCommands } from './completion.ts';
 import { addConsoleCommand } from './console-command.ts';
 import { addExecCommand } from './exec-command.ts';
 import { addFileCommands } from './file-commands.ts';
+import { addHelpExamples } from './help-examples.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
 import { addNetworkCommands } from './network-commands.ts';
 import {
@@ -50,6 +52,8 @@ export function buildProgram(): Command {
   addServiceCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
+  addCompletionCommands(program);
+  addHelpExamples(program);
   return program;
 }
 

@@ -216,6 +216,7 @@ describe('Grafana dashboard', () => {
       if (p.type === 'row') continue;
       assert.deepEqual(
         p.datasource,
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana's variable, not a template
         { type: 'prometheus', uid: '${datasource}' },
         `${p.title} uses the chosen data source`,
       );
