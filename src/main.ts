@@ -44,6 +44,7 @@ import { openMetricsHistory } from './services/metrics-history.ts';
 import { createMetricsSampler } from './services/metrics-sampler.ts';
 import { createNetworkService, type NetworkService } from './services/network-service.ts';
 import { createOperationService } from './services/operation-service.ts';
+import { createOwnerRouting } from './services/owner-routing.ts';
 import { createPoolService } from './services/pool-service.ts';
 import { createProjectService } from './services/project-service.ts';
 import { createStorageService } from './services/storage-service.ts';
@@ -160,6 +161,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   const projects = createProjectService({ store });
   const services: Services = { guests, networks, images, operations, events, host, projects };
+  // Requests that must run where their guest is are answered here only for this member's guests.
+  services.owner = createOwnerRouting({ store, member: hostName });
   // Tokens and trusted certificates (in the store), and the audit log (its own file): decision 0022.
   services.auth = createAuthService({ store, assertProjectExists: (name) => projects.assertExists(name) });
   const audit = createAuditLog({

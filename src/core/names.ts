@@ -19,6 +19,11 @@ export function assertDnsLabel(name: unknown, what = 'name'): asserts name is st
   }
 }
 
+/** Whether `name` is a DNS label, without saying why not. */
+export function isDnsLabel(name: unknown): name is string {
+  return typeof name === 'string' && DNS_LABEL.test(name);
+}
+
 const ALIAS = /^[a-z0-9][a-z0-9._-]{0,62}(\/[a-z0-9][a-z0-9._-]{0,62}){0,2}$/;
 
 /** Image aliases may have slashes (`debian/bookworm`) but no `..`, upper case or spaces. */

@@ -1,0 +1,26 @@
+/**
+ * Which routes are answered on their guest's owner (decision 0028): every route under
+ * `/1.0/guests/{name}` but the desired-state writes (state, config, delete), which any
+ * member records and the owner's controller converges. The rest (exec, console, files,
+ * display, snapshots, backups and their files, metrics, and the guest itself with its live
+ * usage) needs the owner's host.
+ */
+const DESIRED_STATE_WRITES = new Set([
+  'PUT /1.0/guests/:name/state',
+  'PUT /1.0/guests/:name',
+  'PATCH /1.0/guests/:name',
+  'DELETE /1.0/guests/:name',
+]);
+
+/** The guest a request must run beside, or undefined when any member may answer it. */
+export function ownerScopedGuest(
+  method: string,
+  url: string | undefined,
+  params: unknown,
+): string | undefined {
+  if (url === undefined || !(url === '/1.0/guests/:name' || url.startsWith('/1.0/guests/:name/')))
+    return undefined;
+  if (DESIRED_STATE_WRITES.has(`${method} ${url}`)) return undefined;
+  const name = (params as { name?: unknown } | undefined)?.name;
+  return typeof name === 'string' ? name : undefined;
+}

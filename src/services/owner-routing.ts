@@ -1,0 +1,64 @@
+import { unavailable } from '../core/errors.ts';
+import { isDnsLabel } from '../core/names.ts';
+import { projectOfRecord } from '../core/projects.ts';
+import type { KvStore } from '../store/kv.ts';
+import { records } from '../store/records.ts';
+
+/** Where a request about a guest must be answered. */
+export type GuestPlace = { here: true } | { here: false; member: string };
+
+/**
+ * Runs a guest-scoped request on the guest's owner (docs/decisions/0028). Interactive and
+ * streaming requests (exec, console, files, display), point-in-time storage actions
+ * (snapshots, restores, backups and their files) and reads of what only the owner's host
+ * knows (live usage, NIC counters) must run where the guest is; desired-state writes
+ * (state, config, delete) need not, and any member takes them.
+ */
+export interface OwnerRouting {
+  /**
+   * Here when this member owns the guest, or nobody does, or it is not `project`'s (then the
+   * request answers NotFound here, worded as for a guest that does not exist: decision 21).
+   */
+  placeOf(guest: string, options?: { project?: string }): Promise<GuestPlace>;
+  /**
+   * Runs `here` when this member owns the guest. Otherwise the request goes to the owner's API
+   * over the cluster network, as Incus forwards to the member that holds an instance: until
+   * members are connected (cluster membership), that is Unavailable naming the owner.
+   */
+  onOwner<T>(guest: string, here: () => Promise<T>, options?: { project?: string }): Promise<T>;
+}
+
+export function createOwnerRouting(deps: {
+  store: KvStore;
+  member: string;
+  /** Sends the request to `member`'s API and answers with what it answers (cluster membership). */
+  forward?: <T>(member: string, guest: string) => Promise<T>;
+}): OwnerRouting {
+  const routing: OwnerRouting = {
+    async placeOf(guest, options = {}) {
+      if (!isDnsLabel(guest)) return { here: true };
+      const spec = (
+        await records.guest
+          .at(guest)
+          .get(deps.store)
+          .catch(() => undefined)
+      )?.value;
+      if (!spec || (options.project !== undefined && projectOfRecord(spec) !== options.project)) {
+        return { here: true };
+      }
+      // The location key is the owner's record (keys.guestLocation); a guest recorded before it
+      // is its spec's `location`'s until that member's controller writes the key.
+      const location = (await records.guestLocation.at(guest).get(deps.store))?.value ?? spec.location;
+      return location === deps.member ? { here: true } : { here: false, member: location };
+    },
+    async onOwner(guest, here, options = {}) {
+      const place = await routing.placeOf(guest, options);
+      if (place.here) return here();
+      if (deps.forward) return deps.forward(place.member, guest);
+      throw unavailable(
+        `Guest ${guest} is on member ${place.member}, and this member cannot pass requests to other members yet: send it to ${place.member}`,
+      );
+    },
+  };
+  return routing;
+}
