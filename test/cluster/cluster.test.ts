@@ -1,6 +1,38 @@
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import { alive, type Daemon, eventually, gone, sleep } from '../system/harness.ts';
 import { makeTestCluster, membersOf, type TestCluster, waitForStatus } from './cluster-harness.ts';
+
+interface GuestJson {
+  name: string;
+  status: string;
+  state: { pid: number | null };
+}
+
+const guestsOf = (d: Daemon) => JSON.parse(d.ok(['list', '--format', 'json'])) as GuestJson[];
+const guest = (d: Daemon, name: string) => guestsOf(d).find((g) => g.name === name);
+
+/** The etcd process of a daemon's state dir (its --data-dir names it). */
+function etcdPidOf(d: Daemon): number | undefined {
+  const needle = `--data-dir=${d.stateDir}/etcd/data`;
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').includes(needle)) return Number(name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+/** One `Error:` line and exit code 1. */
+function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /^Error: [^\n]+\n$/, r.stderr);
+  assert.match(r.stderr, pattern);
+}
 
 // Three real daemons, each in its own network namespace, bootstrapped and joined through the
 // CLI (issue 12, sections 3 and 6; decision 0032).
@@ -50,5 +82,112 @@ describe('a three-member cluster', () => {
         assert.equal(m.guests, 0);
       }
     }
+  });
+
+  test('a daemon killed with -9: Offline within 10 s, its guests keep running; restarted, Online with its guests adopted', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    m2.daemon.ok(['launch', 'busybox', 'g2']);
+    const pid = guest(m2.daemon, 'g2')?.state.pid;
+    assert.ok(pid && alive(pid));
+    assert.equal(membersOf(m1.daemon).find((m) => m.name === 'm2')?.guests, 1);
+    await m2.daemon.kill9();
+    const offlineAfterMs = await waitForStatus(m1.daemon, 'm2', 'Offline', 15_000);
+    assert.ok(offlineAfterMs <= 10_000, `Offline after ${offlineAfterMs} ms`);
+    assert.ok(alive(pid), 'the guest outlived its daemon');
+    assert.equal(guest(m1.daemon, 'g2')?.status, 'Running', 'its spec and status are still there');
+    await m2.daemon.restart();
+    await waitForStatus(m1.daemon, 'm2', 'Online');
+    const adopted = guest(m2.daemon, 'g2');
+    assert.equal(adopted?.status, 'Running');
+    assert.equal(adopted?.state.pid, pid, 'adopted, not started again');
+    assert.equal(m2.daemon.ok(['exec', 'g2', '--', 'hostname']).trim(), 'g2');
+  });
+
+  test('every etcd killed with -9 at once: started again by the daemons, no spec lost, controllers resume', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    m1.daemon.ok(['project', 'create', 'kept']);
+    const before = guestsOf(m1.daemon).map((g) => [g.name, g.status, g.state.pid]);
+    const pids = cluster.hosts.map((h) => etcdPidOf(h.daemon));
+    assert.equal(pids.filter((p) => p !== undefined).length, 3, 'three etcd members run');
+    for (const p of pids) if (p) process.kill(p, 'SIGKILL');
+    for (const p of pids) if (p) await eventually(`etcd ${p} gone`, () => gone(p));
+    for (const h of cluster.hosts) {
+      await eventually(`etcd of ${h.name} started again`, () => {
+        const now = etcdPidOf(h.daemon);
+        return now !== undefined && !pids.includes(now);
+      });
+    }
+    for (const h of cluster.hosts) await waitForStatus(h.daemon, h.name, 'Online', 60_000);
+    assert.deepEqual(
+      guestsOf(m1.daemon).map((g) => [g.name, g.status, g.state.pid]),
+      before,
+    );
+    assert.ok(
+      JSON.parse(m2.daemon.ok(['project', 'list', '--format', 'json'])).some(
+        (p: { name: string }) => p.name === 'kept',
+      ),
+    );
+    // The guest controller watches again: a change of desired state is converged.
+    m2.daemon.ok(['stop', 'g2']);
+    await eventually('g2 stopped', () => guest(m1.daemon, 'g2')?.status === 'Stopped');
+    m2.daemon.ok(['start', 'g2']);
+    await eventually('g2 running again', () => guest(m1.daemon, 'g2')?.status === 'Running');
+  });
+
+  test("bad input is one line and changes nothing: expired, used and foreign tokens, a duplicate or unknown name, an address that is not the host's or that members cannot reach, removing a member that holds guests", async () => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    const m4 = await cluster.addHost('m4');
+    const memberNames = () => membersOf(m1.daemon).map((m) => m.name);
+
+    // An expired token.
+    const expiring = m1.daemon.ok(['cluster', 'add', 'm4', '--expiry', '1s']).trim();
+    await sleep(1500);
+    refused(m4.daemon.cli(['cluster', 'join', expiring, '--address', m4.ip]), /join token for m4 expired/);
+    // A token cut short.
+    refused(
+      m4.daemon.cli(['cluster', 'join', expiring.slice(0, 30), '--address', m4.ip]),
+      /not a join token/,
+    );
+    // A name already taken, an unknown one.
+    refused(m1.daemon.cli(['cluster', 'add', 'm2']), /already has a member named m2/);
+    refused(m1.daemon.cli(['cluster', 'remove', 'nope']), /No cluster member is named nope/);
+    // A member that holds a guest.
+    refused(m1.daemon.cli(['cluster', 'remove', 'm2']), /Member m2 holds 1 guest \(g2\).*--force/);
+
+    const token = m1.daemon.ok(['cluster', 'add', 'm4']).trim();
+    // An address that is not the joining host's.
+    refused(
+      m4.daemon.cli(['cluster', 'join', token, '--address', `${cluster.subnet}.99`]),
+      /is not an address of this host/,
+    );
+    // An address of the joining host that no member can reach (on its loopback only).
+    assert.equal(cluster.inNetns(m4.netns, ['ip', 'addr', 'add', '10.254.0.4/32', 'dev', 'lo']).code, 0);
+    refused(
+      m4.daemon.cli(['cluster', 'join', token, '--address', '10.254.0.4']),
+      /Member m1 cannot reach the joining host at 10\.254\.0\.4:8444/,
+    );
+    assert.deepEqual(memberNames(), ['m1', 'm2', 'm3'], 'no member was added');
+    refused(m4.daemon.cli(['cluster', 'list']), /not a cluster member/);
+
+    // The same token still works after those refusals; the fourth member is an etcd client only.
+    m4.daemon.ok(['cluster', 'join', token, '--address', m4.ip]);
+    await waitForStatus(m1.daemon, 'm4', 'Online');
+    assert.deepEqual(membersOf(m1.daemon).find((m) => m.name === 'm4')?.roles, ['etcd-client']);
+    // Used once: another host cannot join with it.
+    const m5 = await cluster.addHost('m5');
+    refused(
+      m5.daemon.cli(['cluster', 'join', token, '--address', m5.ip]),
+      /join token for m4 was already used/,
+    );
+
+    // Removal: refused while it holds a guest, done with --force; a member cannot remove itself.
+    m4.daemon.ok(['launch', 'busybox', 'g4']);
+    refused(m1.daemon.cli(['cluster', 'remove', 'm4']), /holds 1 guest \(g4\)/);
+    refused(m4.daemon.cli(['cluster', 'remove', 'm4']), /remove it through another member/);
+    m1.daemon.ok(['cluster', 'remove', 'm4', '--force']);
+    assert.deepEqual(memberNames(), ['m1', 'm2', 'm3']);
   });
 });
