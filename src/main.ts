@@ -3,6 +3,13 @@ import { existsSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { splitAddress } from './cluster/cluster-files.ts';
+import { openDaemonStore } from './cluster/daemon-store.ts';
+import { withMemberCertificates } from './cluster/member-auth.ts';
+import { createMemberClient } from './cluster/member-client.ts';
+import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
+import { createClusterService } from './cluster/membership.ts';
+import { createUsageMeter } from './cluster/usage-meter.ts';
 import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
@@ -54,7 +61,6 @@ import { createPoolDrivers } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteAuditStore } from './store/audit-store.ts';
 import { records, valuesOf } from './store/records.ts';
-import { openSqliteStore } from './store/sqlite-store.ts';
 
 export interface DaemonOptions {
   /** State directory; default $TRIVISOR_DIR or /var/lib/trivisor. */
@@ -87,8 +93,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const runner = hostRunner();
   // Before anything is mounted below it (pools, guests' trees): see ensureSharedMount.
   await ensureSharedMount(stateDir, { runner });
-  const store = openSqliteStore(path.join(stateDir, 'store.db'));
+  // SQLite on a single host; the cluster's etcd once this host is a member (decision 0032).
+  const opened = await openDaemonStore(stateDir, { runner, log });
+  const { store, membership } = opened;
   const hostName = await hostIdentity(stateDir);
+  if (membership && membership.name !== hostName) {
+    log.error({ member: membership.name, hostName }, 'the member name and the host name differ');
+  }
   // Operation claims this member's previous daemon held when it died are released before anything runs.
   const claims = createClaims({ store, member: hostName });
   const swept = await claims.sweep();
@@ -140,7 +151,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostName,
     version,
     stateDir,
-    storeDescription: 'sqlite',
+    storeDescription: opened.description,
     drivers,
     guests,
     // The metrics' sources (decision 0030); pools are made below, hence the late lookup.
@@ -309,6 +320,45 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     ...(Number.isInteger(sessionTtlSeconds) &&
       sessionTtlSeconds > 0 && { sessionTtlMs: sessionTtlSeconds * 1000 }),
   });
+  // Membership (decision 0032): a bootstrap or a join answers, then the daemon restarts on the
+  // cluster's store (below, after shutting down as for SIGTERM; guests keep running).
+  let restartRequested = false;
+  let stopDaemon = () => {};
+  const memberClient = opened.memberTls
+    ? createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>)
+    : undefined;
+  services.cluster = createClusterService({
+    stateDir,
+    hostName,
+    version,
+    runner,
+    log,
+    store,
+    ...(membership && { membership }),
+    ...(memberClient && { members: memberClient }),
+    restart: () => {
+      restartRequested = true;
+      stopDaemon();
+    },
+    setHostName: (name) => writeFile(path.join(stateDir, 'host-name'), `${name}\n`),
+  });
+  // Liveness: the member's lease and heartbeat, once its guests are adopted (Online means serving).
+  let lease: MemberLease | undefined;
+  if (membership) {
+    const meter = createUsageMeter();
+    const heartbeat = {
+      incarnation: randomBytes(8).toString('hex'),
+      version,
+      startedAt: new Date().toISOString(),
+    };
+    lease = await startMemberLease({
+      store,
+      name: membership.name,
+      heartbeat: () => ({ ...heartbeat, usage: meter.sample() }),
+      log,
+    });
+  }
+
   const unixApp = await buildServer(services, {
     auth: { type: 'none' },
     logger: false,
@@ -339,6 +389,23 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     url = `https://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
     apps.push(tcpApp);
   }
+  if (membership && opened.memberTls && services.auth) {
+    // The member API on the cluster address: members prove themselves with the certificate the
+    // cluster CA signed for them, which this one presents too (with the CA, for joiners to check).
+    const tls = opened.memberTls;
+    const memberApp = await buildServer(
+      { ...services, auth: withMemberCertificates(services.auth, store) },
+      {
+        auth: { type: 'token', token: await ensureToken(stateDir) },
+        logger: false,
+        uploadDir: stateDir,
+        https: { key: tls.key, cert: `${tls.cert.trim()}\n${tls.ca}` },
+      },
+    );
+    const { host, port } = splitAddress(membership.address);
+    await listenTcp(memberApp, host, port);
+    apps.push(memberApp);
+  }
   await writeFile(
     path.join(stateDir, 'daemon.json'),
     `${JSON.stringify({ pid: process.pid, socket: socketPath, url, fingerprint, version }, null, 2)}\n`,
@@ -347,13 +414,15 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
 
   process.on('unhandledRejection', (e) => log.error({ err: String(e) }, 'unhandled rejection'));
   await new Promise<void>((resolve) => {
-    const shutdown = () => resolve();
-    process.once('SIGTERM', shutdown);
-    process.once('SIGINT', shutdown);
+    stopDaemon = () => resolve();
+    process.once('SIGTERM', stopDaemon);
+    process.once('SIGINT', stopDaemon);
   });
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await Promise.allSettled(apps.map((a) => a.close()));
+  // Offline at once rather than at the lease's end: this daemon is stopping on purpose.
+  await lease?.stop({ revoke: true });
   sampler.stop();
   metricsHistory.close();
   audit.close();
@@ -363,7 +432,20 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   poolController.stop();
   await networkController.stop();
   await store.close();
+  // etcd, like the guests, outlives the daemon: the next start adopts it.
+  opened.etcdMember?.detach();
   await rm(path.join(stateDir, 'trivisor.pid'), { force: true });
+  if (restartRequested) {
+    // The same process (pid, namespaces, service manager's view) runs the daemon again, now on
+    // the cluster's store: what SIGTERM and a start would do, without anyone to start it.
+    log.info('restarting on the cluster store');
+    if (!process.execve) throw new Error('This Node.js cannot restart itself: start the daemon again');
+    process.execve(
+      process.execPath,
+      [process.execPath, ...process.execArgv, ...process.argv.slice(1)],
+      process.env,
+    );
+  }
 }
 
 /**

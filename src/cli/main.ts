@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { addAdminCommands, addAuthCommands } from './auth-commands.ts';
+import { addClusterCommands } from './cluster-commands.ts';
 import { addCompletionCommands } from './completion.ts';
 import { addConsoleCommand } from './console-command.ts';
 import { addExecCommand } from './exec-command.ts';
@@ -49,6 +50,7 @@ export function buildProgram(): Command {
   addRemoteCommands(program);
   addAuthCommands(program);
   addAdminCommands(program);
+  addClusterCommands(program);
   addServiceCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
