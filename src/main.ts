@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
 import { openDaemonStore } from './cluster/daemon-store.ts';
-import { withMemberCertificates } from './cluster/member-auth.ts';
+import { buildMemberApi } from './cluster/member-api.ts';
 import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
 import { createClusterService } from './cluster/membership.ts';
@@ -136,6 +136,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostName,
     drivers,
     hostSubnets: () => hostNetworks(runner),
+    claims,
   });
   const guests = createGuestService({
     store,
@@ -392,15 +393,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   if (membership && opened.memberTls && services.auth) {
     // The member API on the cluster address: members prove themselves with the certificate the
     // cluster CA signed for them, which this one presents too (with the CA, for joiners to check).
-    const tls = opened.memberTls;
-    const memberApp = await buildServer(
-      { ...services, auth: withMemberCertificates(services.auth, store) },
-      {
-        auth: { type: 'token', token: await ensureToken(stateDir) },
-        logger: false,
-        uploadDir: stateDir,
-        https: { key: tls.key, cert: `${tls.cert.trim()}\n${tls.ca}` },
-      },
+    const memberApp = await buildMemberApi(
+      { ...services, auth: services.auth },
+      { store, tls: opened.memberTls, token: await ensureToken(stateDir), uploadDir: stateDir },
     );
     const { host, port } = splitAddress(membership.address);
     await listenTcp(memberApp, host, port);
