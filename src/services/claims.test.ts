@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { conflict, isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { fakeRunner } from '../host/fake-runner.ts';
 import { silentLogger } from '../host/logger.ts';
@@ -14,6 +15,7 @@ import type { VolumeBackend } from '../storage/volumes.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { createClaims, describeHolder, listClaims } from './claims.ts';
 import { createEventBus } from './event-bus.ts';
+import { createNetworkService } from './network-service.ts';
 import { createOperationService } from './operation-service.ts';
 import { createPoolService } from './pool-service.ts';
 import { createStorageService } from './storage-service.ts';
@@ -306,5 +308,62 @@ describe('two members attach one block volume at once', () => {
       if (g.disks?.data) holders.push(name);
     }
     assert.equal(holders.length, 1, `a disk is in one guest at a time, not in ${holders.join(' and ')}`);
+  });
+});
+
+describe('two members hot-plug NICs into one guest at once', () => {
+  test('one plugs, the other is a 409: never two hot-plugs into one guest at a time', async () => {
+    const store = createMemoryStore();
+    await store.put(
+      keys.network('lab'),
+      JSON.stringify({
+        name: 'lab',
+        project: 'default',
+        description: '',
+        config: { 'ipv4.address': '198.18.40.1/24' },
+        generation: 1,
+        deleting: false,
+        location: 'h1',
+        createdAt: '',
+      }),
+    );
+    await store.put(keys.networkStatus('lab'), JSON.stringify({ status: 'Created', observedGeneration: 1 }));
+    const running = { ...spec('g'), desired: 'Running' as const };
+    await store.put(keys.guest('g'), JSON.stringify(running));
+    let plugging = 0;
+    let most = 0;
+    const driver = {
+      model: 'ct',
+      async inspect() {
+        return { state: 'running', process: { pid: 4242, startTime: 1 } };
+      },
+      async attachNic() {
+        plugging++;
+        most = Math.max(most, plugging);
+        await new Promise((r) => setTimeout(r, 50));
+        plugging--;
+        return 'live';
+      },
+    } as unknown as GuestDriver;
+    const networksOf = (member: string) =>
+      createNetworkService({
+        store,
+        hostName: member,
+        drivers: { ct: driver },
+        claims: createClaims({ store, member }),
+      });
+    // h2 asks while h1 is plugging: h1 has written its NIC, so no compare stops h2.
+    const first = networksOf('h1').attach('lab', 'g');
+    await new Promise((r) => setTimeout(r, 20));
+    const results = await Promise.allSettled([first, networksOf('h2').attach('lab', 'g')]);
+    assert.equal(most, 1, 'one hot-plug at a time');
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    assert.ok(
+      is409(/Guest g is having a NIC added or removed|changed at the same time/)(lost.reason),
+      String(lost.reason),
+    );
+    const after = JSON.parse((await store.get(keys.guest('g')))?.value ?? '{}') as GuestSpec;
+    assert.deepEqual(Object.keys(after.devices ?? {}), ['eth0']);
   });
 });

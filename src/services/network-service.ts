@@ -48,6 +48,7 @@ import {
 } from '../network/ipv4.ts';
 import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
+import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
 import { guardedWrite } from './project-service.ts';
 
 /** Body of `POST /1.0/networks`. */
@@ -137,6 +138,8 @@ export interface NetworkServiceDeps {
    * hostNetworks): a network's subnet may not overlap one of them, as Docker refuses too.
    */
   hostSubnets?: () => Promise<HostSubnet[]>;
+  /** Operation claims of this member (default: this service's own, over `store`). */
+  claims?: Claims;
 }
 
 /** Longest Linux interface name: the network's name is its bridge's name. */
@@ -352,13 +355,14 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
     await writeSpec({ ...before, generation: failedGen + 1 }, now.modRevision).catch(() => {});
   }
 
-  // One NIC change at a time: each reads the guest, then writes it and plugs or unplugs.
-  let chain: Promise<unknown> = Promise.resolve();
-  const serial = <T>(work: () => Promise<T>): Promise<T> => {
-    const next = chain.then(work, work);
-    chain = next.catch(() => {});
-    return next;
-  };
+  // One NIC change of a guest at a time, whichever member asks: each reads the guest, writes it
+  // (compared on its revision, with the address claims) and plugs or unplugs (decision 28).
+  const claims = deps.claims ?? createClaims({ store, member: deps.hostName });
+  const nicsBusy = (guest: string) => ({
+    action: 'NIC change',
+    busy: (h: ClaimHolder) =>
+      conflict(`Guest ${guest} is having a NIC added or removed (${describeHolder(h)}): wait for it`),
+  });
 
   /**
    * The guest's top process while it runs (checked against pid reuse by its driver); undefined when
@@ -668,8 +672,10 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
         return service.get(network);
       },
 
-      attach(network, guest, options = {}) {
-        return serial(async () => {
+      async attach(network, guest, options = {}) {
+        // Refused before the claim when it can be: a refused request writes nothing.
+        await guestIn(guest, projectOfRecord((await load(network)).spec));
+        return claims.holding('guest-nics', guest, nicsBusy(guest), async () => {
           const net = await load(network);
           const { modRevision, spec } = await guestIn(guest, projectOfRecord(net.spec));
           if (spec.deleting) throw conflict(`Guest ${guest} is being deleted`);
@@ -713,8 +719,9 @@ export function createNetworkService(deps: NetworkServiceDeps): NetworkService {
         });
       },
 
-      detach(network, guest, options = {}) {
-        return serial(async () => {
+      async detach(network, guest, options = {}) {
+        await guestIn(guest, projectOfRecord((await load(network)).spec));
+        return claims.holding('guest-nics', guest, nicsBusy(guest), async () => {
           const net = await load(network);
           const { spec } = await guestIn(guest, projectOfRecord(net.spec));
           const onNet = Object.entries(spec.devices ?? {}).filter(
