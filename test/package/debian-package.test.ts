@@ -1,0 +1,258 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { eventually, gone } from '../system/harness.ts';
+
+/*
+ * The Debian package (issue 18, decision 0030), built once with dpkg-buildpackage and installed
+ * into a throwaway Debian 12 root made by debootstrap, as CI's fresh root is made, without
+ * systemd: install, upgrade (a running guest keeps its process and the new daemon re-adopts it),
+ * remove (guests and state stay), purge (a warning, then the state goes). The root lives in a
+ * mount namespace of its own (pivot_root, as .ci/run enters its root); the daemon and the purge
+ * run in a network namespace of their own too, so that nothing they do reaches the host's
+ * bridges or firewall tables.
+ */
+
+const SRC = path.resolve(import.meta.dirname, '../..');
+const STATE = '/var/lib/trivisor';
+const ROOT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const MIRROR = process.env.TRIVISOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
+
+function sh(command: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
+  const r = spawnSync('bash', ['-euo', 'pipefail', '-c', command], {
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+    ...options,
+  });
+  if (r.status !== 0)
+    throw new Error(`${command.slice(0, 200)} failed (${r.status}):\n${r.stdout}\n${r.stderr}`.slice(-6000));
+  return `${r.stdout}${r.stderr}`;
+}
+
+describe('the Debian package in a fresh Debian 12 root without systemd', () => {
+  let run: string;
+  let root: string;
+  let holder: ChildProcess | undefined;
+  let deb1: string;
+  let deb2: string;
+  /** The guest's process, which outlives the daemon through the upgrade and the removal. */
+  let guest = 0;
+
+  /** Runs `command` in the root (its mount namespace), on the host's network or the root's own. */
+  const inRoot = (command: string, net: 'host' | 'own' = 'own'): string => {
+    const r = spawnSync(
+      'nsenter',
+      [
+        `--target=${holder?.pid}`,
+        '--mount',
+        ...(net === 'own' ? ['--net'] : []),
+        '--root',
+        '--wd=/',
+        '/usr/bin/env',
+        '-i',
+        `PATH=${ROOT_PATH}`,
+        'HOME=/root',
+        'LANG=C.UTF-8',
+        '/bin/bash',
+        '-euo',
+        'pipefail',
+        '-c',
+        command,
+      ],
+      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
+    );
+    if (r.status !== 0)
+      throw new Error(`in the root: ${command} failed (${r.status}):\n${r.stdout}\n${r.stderr}`.slice(-6000));
+    return `${r.stdout}${r.stderr}`;
+  };
+  const daemonPid = () => Number(readFileSync(path.join(root, STATE, 'trivisor.pid'), 'utf8').trim());
+  const startDaemon = () => {
+    inRoot(
+      'TRIVISOR_DEFAULT_NETWORK=none TRIVISOR_LISTEN=none setsid trivisor daemon >>/var/log/trivisor.log 2>&1 </dev/null & ' +
+        'trivisor admin wait-ready --timeout 300 --pid $!',
+    );
+  };
+  const stopDaemon = async () => {
+    const pid = daemonPid();
+    process.kill(pid, 'SIGTERM');
+    await eventually('the daemon is gone', () => gone(pid), 60_000);
+  };
+  const guestPid = () =>
+    (JSON.parse(inRoot('trivisor info pkg1 --format json')) as { status: string; state: { pid: number } })
+      .state.pid;
+
+  before(async () => {
+    run = await makeRunDir('pkg');
+    root = path.join(run, 'root');
+    // 1. Build it once, from a copy of the checkout (dpkg-buildpackage writes beside and into its tree).
+    const src = path.join(run, 'src');
+    sh(
+      `mkdir -p ${src} && tar -C ${SRC} --exclude=./node_modules --exclude=./build --exclude=./web/dist --exclude=./.git -cf - . | tar -C ${src} -xf -`,
+    );
+    const node = path.dirname(process.execPath);
+    // debhelper-compat is all it declares; Debian's implicit build-essential (a C compiler) is not needed.
+    sh('dpkg-checkbuilddeps -I', { cwd: src });
+    sh('dpkg-buildpackage -b -us -uc -d', {
+      cwd: src,
+      env: { ...process.env, PATH: `${node}:${process.env.PATH}` },
+    });
+    const version = (JSON.parse(readFileSync(path.join(SRC, 'package.json'), 'utf8')) as { version: string })
+      .version;
+    deb1 = path.join(run, `trivisor_${version}_amd64.deb`);
+    assert.ok(existsSync(deb1), `dpkg-buildpackage made ${path.basename(deb1)}`);
+    // 2. A second version for the upgrade: the same package, repacked with a higher version.
+    deb2 = path.join(run, `trivisor_${version}+upgrade_amd64.deb`);
+    sh(
+      `cd ${run} && dpkg-deb -R ${deb1} v2 && sed -i 's/^Version: .*/Version: ${version}+upgrade/' v2/DEBIAN/control && ` +
+        `dpkg-deb --root-owner-group -Zgzip -z1 -b v2 ${deb2} >/dev/null && rm -rf v2`,
+    );
+    // 3. The fresh root, as .ci/run makes CI's, and a process that holds its namespaces.
+    sh(
+      `debootstrap --variant=minbase --cache-dir=/var/cache/apt/archives bookworm ${root} ${MIRROR} >${run}/debootstrap.log 2>&1 || { tail -n 20 ${run}/debootstrap.log; exit 1; }`,
+    );
+    sh(
+      `if [ -f /etc/apt/sources.list.d/debian.sources ]; then cp /etc/apt/sources.list.d/debian.sources ${root}/etc/apt/sources.list.d/ && : >${root}/etc/apt/sources.list; else cp /etc/apt/sources.list ${root}/etc/apt/; fi; ` +
+        `cp -L /etc/resolv.conf ${root}/etc/resolv.conf; cp ${deb1} ${deb2} ${root}/tmp/; ` +
+        `if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then mkdir -p ${root}/usr/local/share/ca-certificates && cp /usr/local/share/ca-certificates/*.crt ${root}/usr/local/share/ca-certificates/; fi`,
+    );
+    holder = spawn(
+      'unshare',
+      [
+        '--mount',
+        '--net',
+        '--propagation',
+        'private',
+        '--',
+        'bash',
+        '-euo',
+        'pipefail',
+        '-c',
+        `root=$1
+        mount --bind "$root" "$root"
+        mount -t proc proc "$root/proc"
+        mount --rbind /sys "$root/sys"
+        mount --rbind /dev "$root/dev"
+        mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+        mkdir -p "$root/var/cache/apt/archives"
+        mount --bind /var/cache/apt/archives "$root/var/cache/apt/archives"
+        mkdir -p "$root/.host-root" && cd "$root" && pivot_root . .host-root && umount -l /.host-root && rmdir /.host-root && cd /
+        ip link set lo up 2>/dev/null || true
+        echo ready
+        exec sleep infinity`,
+        'holder',
+        root,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      holder?.stdout?.once('data', () => resolve());
+      holder?.once('exit', (code) => reject(new Error(`the root's namespace holder exited with ${code}`)));
+    });
+  });
+
+  after(async () => {
+    // Whatever a failed step left: processes in the root, the guests' cgroups, the root itself.
+    if (root && existsSync(root)) {
+      const want = statSync(root);
+      for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+        try {
+          const s = statSync(`/proc/${p}/root`);
+          if (s.dev === want.dev && s.ino === want.ino) process.kill(Number(p), 'SIGKILL');
+        } catch {}
+      }
+    }
+    holder?.kill('SIGKILL');
+    spawnSync('bash', [
+      '-c',
+      `for d in $(find /sys/fs/cgroup/*/${cgroupParentOf(STATE).slice(1)} -depth -type d 2>/dev/null); do rmdir "$d" 2>/dev/null; done; true`,
+    ]);
+    if (run) await removeRunDir(run);
+  });
+
+  test('it installs with the engines’ packages, and its CLI, unit, completion and man pages are in place', () => {
+    inRoot('apt-get update -qq', 'host');
+    const out = inRoot(
+      `DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends /tmp/${path.basename(deb1)} 2>&1`,
+      'host',
+    );
+    assert.match(out, /systemd does not run here/);
+    for (const file of [
+      '/usr/bin/trivisor',
+      '/lib/systemd/system/trivisor.service',
+      '/usr/share/bash-completion/completions/trivisor',
+      '/usr/share/zsh/vendor-completions/_trivisor',
+      '/usr/share/fish/vendor_completions.d/trivisor.fish',
+      '/usr/share/man/man1/trivisor.1.gz',
+      '/usr/share/man/man1/trivisor-network.1.gz',
+      '/usr/lib/trivisor/node/bin/node',
+      '/usr/lib/trivisor/build/manifest.json',
+    ])
+      assert.ok(existsSync(path.join(root, file)), file);
+    for (const pkg of ['runc', 'qemu-system-x86', 'user-mode-linux', 'dnsmasq-base', 'nftables'])
+      assert.match(inRoot(`dpkg-query -W -f='\${Status}' ${pkg}`), /install ok installed/, pkg);
+    assert.match(inRoot('trivisor --help'), /Examples:/);
+    // The unit as installed, checked by the host's systemd-analyze against the root's files.
+    const verify = spawnSync(
+      'systemd-analyze',
+      ['verify', '--man=no', `--root=${root}`, '/lib/systemd/system/trivisor.service'],
+      {
+        encoding: 'utf8',
+      },
+    );
+    assert.equal(`${verify.stdout}${verify.stderr}`, '');
+  });
+
+  test('an upgrade keeps a running guest running, and the new daemon re-adopts it', async () => {
+    startDaemon();
+    inRoot('trivisor launch busybox pkg1');
+    const pid = guestPid();
+    guest = pid;
+    assert.ok(pid > 0);
+    const oldManifest = readFileSync(path.join(root, '/usr/lib/trivisor/build/manifest.json'), 'utf8');
+    inRoot(`dpkg -i /tmp/${path.basename(deb2)}`);
+    assert.match(inRoot(`dpkg-query -W -f='\${Version}' trivisor`), /\+upgrade$/);
+    assert.notEqual(
+      readFileSync(path.join(root, '/usr/lib/trivisor/build/manifest.json'), 'utf8'),
+      oldManifest,
+    );
+    process.kill(pid, 0);
+    // What systemd's restart after the upgrade does: the old daemon ends, the new one starts.
+    await stopDaemon();
+    process.kill(pid, 0);
+    startDaemon();
+    assert.equal(guestPid(), pid, 'the same process: re-adopted, not restarted');
+    assert.equal(inRoot('trivisor exec pkg1 -- hostname').trim(), 'pkg1');
+  });
+
+  test('remove leaves the guests running and the state in place', async () => {
+    const pid = guest;
+    // What the prerm's systemctl stop does under systemd.
+    await stopDaemon();
+    inRoot('dpkg -r trivisor');
+    assert.ok(!existsSync(path.join(root, '/usr/bin/trivisor')));
+    assert.ok(
+      !existsSync(path.join(root, '/usr/lib/trivisor/build')),
+      'the bundles the postinst made go too',
+    );
+    process.kill(pid, 0);
+    assert.ok(existsSync(path.join(root, STATE, 'store.db')), 'the store stays');
+  });
+
+  test('purge warns, stops what still runs and deletes the state', async () => {
+    const pid = guest;
+    const out = inRoot('dpkg --purge trivisor 2>&1');
+    assert.match(out, /WARNING: purging deletes \/var\/lib\/trivisor: every guest's disks/);
+    assert.ok(!existsSync(path.join(root, STATE)), `${STATE} is gone`);
+    await eventually('the guest is gone', () => gone(pid));
+    const cgroups = sh(`ls -d /sys/fs/cgroup/*/${cgroupParentOf(STATE).slice(1)} 2>/dev/null || true`).trim();
+    assert.equal(cgroups, '', 'no cgroup of the package’s guests is left');
+    assert.match(
+      inRoot(`dpkg-query -W -f='\${Status}' trivisor 2>&1 || true`),
+      /not-installed|no packages found/,
+    );
+  });
+});
