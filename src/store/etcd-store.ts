@@ -178,7 +178,9 @@ class EtcdKvStore implements EtcdStore {
     options: { lease?: number } = {},
   ): Promise<{ revision: number; prevKv?: KeyValue }> {
     validateOps([{ type: 'put', key, value }]);
-    const res = await this.#call({ what: 'write', idempotent: false }, () =>
+    // Retried like a read: a put lands the same value whether it ran once or twice (a member lost
+    // mid-call must not fail a write the cluster can take). Only prevKv may then be our own first write.
+    const res = await this.#call({ what: 'write', idempotent: true }, () =>
       this.#kv.put({
         key: Buffer.from(key),
         value: Buffer.from(value),
@@ -196,7 +198,8 @@ class EtcdKvStore implements EtcdStore {
   ): Promise<{ revision: number; deleted: number }> {
     validateOps([{ type: 'delete', key, prefix: options.prefix ?? false }]);
     const range = options.prefix ? prefixRange(key) : { key: Buffer.from(key) };
-    const res = await this.#call({ what: 'delete', idempotent: false }, () => this.#kv.deleteRange(range));
+    // Retried: deleting twice leaves the same state (a retry may count 0 deleted).
+    const res = await this.#call({ what: 'delete', idempotent: true }, () => this.#kv.deleteRange(range));
     return { revision: this.#saw(res.header), deleted: Number(res.deleted) };
   }
 

@@ -99,6 +99,11 @@ export interface KvStore {
   get(key: string): Promise<KeyValue | undefined>;
   /** Keys starting with `prefix`, in key order, and the store revision they were read at. */
   list(prefix: string, options?: ListOptions): Promise<{ kvs: KeyValue[]; revision: number }>;
+  /**
+   * Writes `value` at `key`. A backend may retry a put whose answer was lost (etcd, when a
+   * member goes away mid-call): the state is the same, but `prevKv` may then be this put's own
+   * first write. Use a transaction where the previous value matters.
+   */
   put(
     key: string,
     value: string,
