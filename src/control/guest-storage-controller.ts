@@ -6,7 +6,7 @@ import type { Logger } from '../host/logger.ts';
 import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
 import { volumePath } from '../storage/volumes.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records, valuesOf } from '../store/records.ts';
+import { records, stampLocations, valuesOf } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 /** Name of the spec copy in each guest's directory (Incus's backup.yaml), read by `admin recover`. */
@@ -142,6 +142,11 @@ export function createGuestStorageController(deps: GuestStorageControllerDeps): 
       starting = false;
       await Promise.all(first);
       await dropOrphanSnapshots().catch(warn('cannot drop snapshot records'));
+      // Snapshots recorded before owners were are their guest's owner's.
+      const ownerOf = (s: { guest: string }) => guests?.get(records.guest.key(s.guest))?.location;
+      await stampLocations(store, records.snapshot, ownerOf).catch(
+        warn('cannot record the owner of older snapshots'),
+      );
       await reclaimVolumes().catch(warn('cannot give volumes back to root'));
     },
     stop() {

@@ -8,7 +8,7 @@ import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records } from '../store/records.ts';
+import { records, stampLocations } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 /** A copy of the pool's record at its root, for `admin recover` after the store is lost. */
@@ -97,9 +97,18 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
           description: 'Guests under the state directory',
           config: {},
           createdAt: new Date().toISOString(),
+          location: hostName,
         };
         await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
       }
+      // Pools, volumes and placements recorded before owners were are this member's: only a
+      // single-host store has any, and this is its member.
+      const mine = () => hostName;
+      const older = (e: unknown) =>
+        log.warn({ err: asTrivisorError(e).message }, 'cannot record the owner of older records');
+      await stampLocations(store, records.pool, mine).catch(older);
+      await stampLocations(store, records.volume, mine).catch(older);
+      await stampLocations(store, records.guestPool, mine).catch(older);
       // Pools are mounted before start returns: guests that start next live on them.
       const first: Array<Promise<void>> = [];
       let starting = true;

@@ -106,7 +106,10 @@ describe('guest storage controller', () => {
     });
     await controller.start();
     assert.equal(await store.get(keys.snapshot('gone', 's1')), undefined);
-    assert.ok(await store.get(keys.snapshot('web', 's1')));
+    const kept = JSON.parse((await store.get(keys.snapshot('web', 's1')))?.value ?? '{}') as {
+      location?: string;
+    };
+    assert.equal(kept.location, 'h1', "a snapshot recorded before owners were is its guest's owner's");
     await store.delete(keys.guest('web'));
     await until(async () => (await store.get(keys.snapshot('web', 's1'))) === undefined, 'web s1 dropped');
     controller.stop();
@@ -140,6 +143,21 @@ describe('pool controller', () => {
       createdAt: '',
     });
     await store.put(keys.storagePool('fast'), JSON.stringify(pool('fast')));
+    await store.put(
+      keys.storageVolume('fast', 'v1'),
+      JSON.stringify({
+        name: 'v1',
+        pool: 'fast',
+        type: 'block',
+        sizeBytes: 1,
+        description: '',
+        createdAt: '',
+      }),
+    );
+    await store.put(
+      keys.guestPool('c1'),
+      JSON.stringify({ pool: 'fast', path: '/nonexistent/c1', limitBytes: null }),
+    );
     const controller = createPoolController({
       store,
       drivers: { dir, btrfs: dir },
@@ -147,7 +165,16 @@ describe('pool controller', () => {
       hostName: 'h1',
     });
     await controller.start();
-    assert.ok(await store.get(keys.storagePool(DEFAULT_POOL)), 'the default pool is recorded');
+    const read = async <T>(key: string) => JSON.parse((await store.get(key))?.value ?? '{}') as T;
+    assert.equal(
+      (await read<PoolRecord>(keys.storagePool(DEFAULT_POOL))).location,
+      'h1',
+      'the default pool is h1’s',
+    );
+    // Recorded before owners were: h1's now, the only member a store without owners has.
+    assert.equal((await read<PoolRecord>(keys.storagePool('fast'))).location, 'h1');
+    assert.equal((await read<{ location?: string }>(keys.storageVolume('fast', 'v1'))).location, 'h1');
+    assert.equal((await read<{ location?: string }>(keys.guestPool('c1'))).location, 'h1');
     assert.deepEqual(mounted, ['fast'], 'the default pool is the state directory: nothing to mount');
     const kept = JSON.parse(await readFile(path.join(root, 'fast', POOL_RECORD_FILE), 'utf8')) as PoolRecord;
     assert.equal(kept.name, 'fast');

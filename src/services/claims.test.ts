@@ -256,6 +256,9 @@ describe('two members create one pool at once', () => {
       0,
       'the winner’s pool is not removed',
     );
+    const made = calls.find((c) => c.endsWith('create fast'))?.split(' ')[0];
+    const record = JSON.parse((await store.get(keys.storagePool('fast')))?.value ?? '{}') as PoolRecord;
+    assert.equal(record.location, made, 'the pool is recorded as the member’s that made it');
     assert.deepEqual(await listClaims(store), []);
   });
 });

@@ -103,7 +103,8 @@ export function createPoolService(deps: {
 }): PoolService {
   const { store, drivers } = deps;
   // One change of a pool at a time, whichever member asks: a claim in the store (decision 28).
-  const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
+  const member = deps.hostName ?? 'local';
+  const claims = deps.claims ?? createClaims({ store, member });
 
   const run = (argv: string[]) => {
     if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
@@ -282,6 +283,7 @@ export function createPoolService(deps: {
         description: request.description ?? '',
         config: { ...(request.config ?? {}) },
         createdAt: new Date().toISOString(),
+        location: member,
       };
       const driver = drivers[pool.driver];
       driver.validate(pool);
@@ -367,7 +369,7 @@ export function createPoolService(deps: {
       const path = join(parent, request.name);
       // The placement is recorded first, if no other create placed the name meanwhile: two creates of
       // one name on two pools do not both make a subvolume, and the loser releases nothing of the winner's.
-      const rec: GuestPoolRecord = { pool: poolName, path, limitBytes: null };
+      const rec: GuestPoolRecord = { pool: poolName, path, limitBytes: null, location: member };
       const placement = records.guestPool.at(request.name);
       const placed = await store.txn({ compare: [placement.absent()], success: [placement.putOp(rec)] });
       if (!placed.succeeded) throw alreadyExists(`Guest ${request.name} is being created already`);
@@ -429,7 +431,7 @@ export function createPoolService(deps: {
       }
       await store.txn({
         compare: [records.pool.at(pool.name).absent()],
-        success: [records.pool.at(pool.name).putOp(pool)],
+        success: [records.pool.at(pool.name).putOp({ ...pool, location: member })],
       });
       // A qgroup limit lives in the file system: it is still the one limits.disk set.
       const raw = spec.config['limits.disk'];
@@ -438,6 +440,7 @@ export function createPoolService(deps: {
         pool: pool.name,
         path,
         limitBytes: limited ? parseBytes(raw, 'limits.disk') : null,
+        location: member,
       };
       await records.guestPool.at(spec.name).put(store, rec);
       return pool.name;

@@ -271,6 +271,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               guest,
               createdAt: new Date().toISOString(),
               wasRunning: guestUp(status),
+              location: spec.location,
             };
             await storage.snapshot(spec, snapshot).catch((e: unknown) => {
               throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);
@@ -629,7 +630,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                     snapshot: snap.name,
                     signal: ctx.signal,
                   });
-                  const record: SnapshotRecord = { ...snap, guest: name };
+                  const record: SnapshotRecord = { ...snap, guest: name, location: spec.location };
                   await records.snapshot.at(name, snap.name).put(store, record);
                 }
               });
@@ -724,6 +725,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               guest: name,
               createdAt: (st?.mtime ?? new Date()).toISOString(),
               wasRunning: false,
+              location: next.location,
             };
             ops.push(records.snapshot.at(name, snap).putOp(record));
           }

@@ -182,7 +182,8 @@ export function createVolumeService(deps: {
   const resolver = createVolumeResolver({ store, drivers: deps.pools, stateDir: deps.stateDir });
   // One change of a volume at a time, whichever member asks (decision 28): its checks (a block
   // volume in one guest only, nothing attached to a volume being deleted) read, then write.
-  const claims = deps.claims ?? createClaims({ store, member: deps.hostName ?? 'local' });
+  const member = deps.hostName ?? 'local';
+  const claims = deps.claims ?? createClaims({ store, member });
   const holdingVolume = <T>(pool: string, name: string, action: string, work: () => Promise<T>) =>
     claims.holding(
       'volume',
@@ -375,6 +376,7 @@ export function createVolumeService(deps: {
             sizeBytes: size,
             description: request.description ?? '',
             createdAt: new Date().toISOString(),
+            location: p.location ?? member,
           };
           await backend.create(p.driver, poolPath(p), vol);
           let r: Awaited<ReturnType<typeof guardedWrite>>;
@@ -439,6 +441,7 @@ export function createVolumeService(deps: {
               sizeBytes: size,
               description: request.description ?? '',
               createdAt: new Date().toISOString(),
+              location: p.location ?? member,
             };
             await importer(p.driver, poolPath(p), vol, request.file);
             let r: Awaited<ReturnType<typeof guardedWrite>>;

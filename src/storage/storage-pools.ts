@@ -17,6 +17,11 @@ export interface PoolRecord {
   /** `size` (btrfs loop file, e.g. 2GiB) or `source` (a block device for btrfs, a directory for dir). */
   config: Record<string, string>;
   createdAt: string;
+  /**
+   * The member whose disks hold it (decision 28); records made before owners were recorded have
+   * none until that member's controller stamps its own at start.
+   */
+  location?: string;
 }
 
 /** Space of a pool as its file system reports it. */

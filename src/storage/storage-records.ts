@@ -5,6 +5,11 @@ export interface SnapshotRecord {
   createdAt: string;
   /** Whether the guest was running (and so frozen for a consistent copy) when it was taken. */
   wasRunning: boolean;
+  /**
+   * The member whose disks hold it, its guest's (decision 28); records made before owners were recorded have
+   * none until that member's controller stamps its own at start.
+   */
+  location?: string;
 }
 
 /** What `manifest.json` of a backup archive says (format `trivisor-backup/1`). */

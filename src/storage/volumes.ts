@@ -24,6 +24,11 @@ export interface VolumeRecord {
   sizeBytes: number;
   description: string;
   createdAt: string;
+  /**
+   * The member whose disks hold it (decision 28); records made before owners were recorded have
+   * none until that member's controller stamps its own at start.
+   */
+  location?: string;
 }
 
 /** Default size of a new volume (Incus's default for block volumes). */

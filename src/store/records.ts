@@ -211,6 +211,31 @@ export const ownedBy = (guest: string, member: string): Compare => ({
   value: member,
 });
 
+/**
+ * Gives records made before owners were recorded (decision 28) their owner: `ownerOf` says whose
+ * a record is, or undefined to leave it. Each write compares the record as read, so one another
+ * writer changed meanwhile is left as it is. Returns how many records were stamped.
+ */
+export async function stampLocations<T extends { location?: string }, A extends string[], P extends string[]>(
+  store: KvStore,
+  kind: RecordKind<T, A, P>,
+  ownerOf: (value: T) => string | undefined,
+): Promise<number> {
+  let stamped = 0;
+  for (const { key, value, modRevision } of (await kind.list(store)).items) {
+    if (value.location !== undefined) continue;
+    const location = ownerOf(value);
+    if (location === undefined) continue;
+    const ref = kind.ref(key);
+    const r = await store.txn({
+      compare: [ref.unchanged(modRevision)],
+      success: [ref.putOp({ ...value, location })],
+    });
+    if (r.succeeded) stamped++;
+  }
+  return stamped;
+}
+
 /** The values of a list, in key order. */
 export const valuesOf = <T>(list: RecordList<T>): T[] => list.items.map((i) => i.value);
 
@@ -321,6 +346,7 @@ export const PoolRecordSchema = Type.Object({
   description: Type.String(),
   config: StringMap,
   createdAt: Type.String(),
+  location: Type.Optional(Type.String()),
 });
 
 export const VolumeRecordSchema = Type.Object({
@@ -331,6 +357,7 @@ export const VolumeRecordSchema = Type.Object({
   sizeBytes: Type.Number(),
   description: Type.String(),
   createdAt: Type.String(),
+  location: Type.Optional(Type.String()),
 });
 
 export const ProjectSpecSchema = Type.Object({
@@ -345,6 +372,7 @@ export const SnapshotRecordSchema = Type.Object({
   guest: Type.String(),
   createdAt: Type.String(),
   wasRunning: Type.Boolean(),
+  location: Type.Optional(Type.String()),
 });
 
 /** What a storage-pending marker says: which kind of work made the guest (value of `keys.storagePending`). */
@@ -358,6 +386,8 @@ export const GuestPoolRecordSchema = Type.Object({
   pool: Type.String(),
   path: Type.String(),
   limitBytes: Type.Union([Type.Number(), Type.Null()]),
+  /** The member whose pool holds the guest's directory (its owner). */
+  location: Type.Optional(Type.String()),
 });
 export type GuestPoolRecord = Static<typeof GuestPoolRecordSchema>;
 
@@ -449,7 +479,11 @@ export const ClusterRecordSchema = Type.Object({
     managed: Type.Boolean(),
     endpoints: Type.Array(Type.String()),
     tls: Type.Optional(
-      Type.Object({ ca: Type.String(), cert: Type.Optional(Type.String()), key: Type.Optional(Type.String()) }),
+      Type.Object({
+        ca: Type.String(),
+        cert: Type.Optional(Type.String()),
+        key: Type.Optional(Type.String()),
+      }),
     ),
   }),
 });
