@@ -534,8 +534,11 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
                 ),
               );
           });
-          let etcdTls: EtcdStoreTls = etcdTlsFiles;
-          if (answer.etcd.tls) etcdTls = await writeExternalTls(answer.etcd.tls);
+          // An existing etcd's own credentials, none for a plain-HTTP one, else this member's certificate.
+          const external = answer.etcd.tls ? await writeExternalTls(answer.etcd.tls) : undefined;
+          const etcdTls: EtcdStoreTls =
+            external ??
+            (answer.etcd.endpoints.every((e) => e.startsWith('https:')) ? etcdTlsFiles : undefined);
           let member: EtcdMember | undefined;
           if (answer.etcd.voter) {
             member = await joinEtcdCluster(
@@ -567,7 +570,7 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
             address,
             etcdMember: member !== undefined,
             endpoints: [...new Set(endpoints)],
-            ...(etcdTls !== etcdTlsFiles && etcdTls && { externalEtcdTls: etcdTls }),
+            ...(external && { externalEtcdTls: external }),
             state: 'member',
           });
           member?.detach();

@@ -1,5 +1,6 @@
-import { spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import { claim, describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 
@@ -34,6 +35,12 @@ export interface TestCluster {
   hosts: MemberHost[];
   /** Adds a host (namespace, veth, daemon) that is not a member yet. */
   addHost(name: string): Promise<MemberHost>;
+  /**
+   * Starts a plain etcd (no daemon) in a namespace of its own on the test bridge: an
+   * existing etcd for `cluster bootstrap --etcd`. Its data is in the cluster's run
+   * directory, which its command line names (a sweep kills it).
+   */
+  startEtcd(name: string): Promise<{ ip: string; url: string }>;
   /** Runs argv inside a host's network namespace (only it: see above). */
   inNetns(netns: string, argv: string[], input?: string): { code: number; stdout: string; stderr: string };
   /** Kills every daemon and removes everything: etcd, guests, namespaces. Throws if something stays. */
@@ -67,10 +74,12 @@ export async function makeTestCluster(names: string[]): Promise<TestCluster> {
     return { code: r.status ?? 128, stdout: r.stdout, stderr: r.stderr };
   };
 
-  const addHost = async (name: string): Promise<MemberHost> => {
-    const index = hosts.length + 1;
+  let made = 0;
+  /** A namespace on the test bridge with `ip` on its eth0. */
+  const plug = (name: string): { netns: string; ip: string } => {
+    made++;
     const netns = `trvc-${id}-${name}`;
-    const ip = `${subnet}.${10 + index}`;
+    const ip = `${subnet}.${10 + made}`;
     claim(dir, { netns: [netns] });
     run(['ip', 'netns', 'add', netns]);
     run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
@@ -79,16 +88,51 @@ export async function makeTestCluster(names: string[]): Promise<TestCluster> {
     run(['ip', '-n', hub, 'link', 'set', name, 'master', 'br0', 'up']);
     run(['ip', '-n', netns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
     run(['ip', '-n', netns, 'link', 'set', 'eth0', 'up']);
+    return { netns, ip };
+  };
+
+  const addHost = async (name: string): Promise<MemberHost> => {
+    const { netns, ip } = plug(name);
     const daemon = await startDaemon({ netns, hostname: name, env: { TRIVISOR_LOG_LEVEL: 'info' } });
     const host = { name, netns, ip, daemon };
     hosts.push(host);
     return host;
   };
 
+  const children: ChildProcess[] = [];
+  const startEtcd = async (name: string) => {
+    const { netns, ip } = plug(name);
+    const url = `http://${ip}:2379`;
+    const peer = `http://${ip}:2380`;
+    const child = spawn(
+      'nsenter',
+      [
+        `--net=/run/netns/${netns}`,
+        'etcd',
+        `--name=${name}`,
+        `--data-dir=${path.join(dir, `${name}-data`)}`,
+        `--listen-client-urls=${url}`,
+        `--advertise-client-urls=${url}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=${name}=${peer}`,
+        '--logger=zap',
+        '--log-level=warn',
+      ],
+      { stdio: 'ignore' },
+    );
+    children.push(child);
+    await eventually(`etcd ${name} serving`, () =>
+      inNetns(netns, ['curl', '-sf', '--max-time', '2', `${url}/health`]).stdout.includes('"health":"true"'),
+    );
+    return { ip, url };
+  };
+
   const cluster: TestCluster = {
     subnet,
     hosts,
     addHost,
+    startEtcd,
     inNetns,
     async destroy() {
       const left: string[] = [];
@@ -96,6 +140,7 @@ export async function makeTestCluster(names: string[]): Promise<TestCluster> {
       for (const h of hosts) {
         await h.daemon.kill9().catch(() => {});
       }
+      for (const c of children) c.kill('SIGKILL');
       for (const h of hosts) {
         await h.daemon.destroy().catch((e: unknown) => left.push((e as Error).message));
       }
