@@ -81,3 +81,25 @@ describe('auth service: tokens', () => {
     );
   });
 });
+
+describe('auth service: records that do not decode', () => {
+  test('a token or certificate record that is not valid authenticates nobody, and grants no role', async () => {
+    const store = createMemoryStore();
+    const auth = createAuthService({ store });
+    const { secret } = await auth.createToken({ name: 'ci', role: 'viewer', projects: ['*'] }, 'root');
+    const stored = JSON.parse((await store.get(authKeys.token('ci')))?.value ?? '{}') as Record<
+      string,
+      unknown
+    >;
+    // A role no version knows (a corrupt or foreign record) is not taken for one.
+    await store.put(authKeys.token('ci'), JSON.stringify({ ...stored, role: 'root' }));
+    assert.equal(await auth.authenticate({ bearer: secret }), undefined);
+    await store.put(authKeys.token('ci'), '{not json');
+    assert.equal(await auth.authenticate({ bearer: secret }), undefined);
+    await store.put(
+      authKeys.certificate('ab'.repeat(32)),
+      JSON.stringify({ fingerprint: 'ab'.repeat(32), role: 'admin' }),
+    );
+    assert.equal(await auth.authenticate({ certificateFingerprint: 'ab'.repeat(32) }), undefined);
+  });
+});
