@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { asTrivisorError, type TrivisorError } from '../core/errors.ts';
+import type { TrivisorError } from '../core/errors.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type OperationClaim, records, valuesOf } from '../store/records.ts';
 
@@ -129,12 +129,6 @@ export function createClaims(deps: {
 export function describeHolder(holder: ClaimHolder): string {
   return `${holder.action}, for ${holder.ageSeconds} s on ${holder.member}`;
 }
-
-/** Whether an error is a refused claim (any 409 a claim's `busy` made), for callers that retry. */
-export const isBusy = (e: unknown): boolean => {
-  const code = asTrivisorError(e).code;
-  return code === 'Conflict' || code === 'AlreadyExists';
-};
 
 /** Every claim held now (tests, diagnostics). */
 export async function listClaims(store: KvStore): Promise<OperationClaim[]> {
