@@ -80,6 +80,13 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient 
     options?: { mode?: string; createDirs?: boolean },
   ): Promise<void>;
   importImage(file: Blob, alias: string, onProgress?: (fraction: number) => void): Promise<Operation>;
+  /** Uploads an ISO image as an iso volume of `pool` (a CD-ROM for vm guests, issue 17). */
+  uploadIsoVolume(
+    pool: string,
+    name: string,
+    file: Blob,
+    onProgress?: (fraction: number) => void,
+  ): Promise<Awaited<ReturnType<VolumeClient['getVolume']>>>;
   importBackup(
     file: Blob,
     options: { name?: string; storage?: string },
@@ -180,12 +187,12 @@ export function createWebApi(options: WebApiOptions): WebApi {
   };
 
   /** Uploads with progress: fetch has no upload progress, XMLHttpRequest does. */
-  const upload = (
+  const upload = <T = Operation>(
     path: string,
     file: Blob,
     headers: Record<string, string>,
     onProgress?: (fraction: number) => void,
-  ): Promise<Operation> =>
+  ): Promise<T> =>
     new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
       xhr.open('POST', `${base}${inProject(path, options.project())}`);
@@ -198,14 +205,14 @@ export function createWebApi(options: WebApiOptions): WebApi {
       };
       xhr.onerror = () => reject(new ApiError('The upload failed: the connection broke', 0));
       xhr.onload = () => {
-        let body: { type?: string; error?: string; metadata?: Operation } = {};
+        let body: { type?: string; error?: string; metadata?: T } = {};
         try {
           body = JSON.parse(xhr.responseText);
         } catch {}
         if (xhr.status >= 400 || body.type === 'error') {
           if (xhr.status === 401) options.onUnauthenticated();
           reject(new ApiError(body.error ?? `HTTP ${xhr.status}`, xhr.status));
-        } else resolve(body.metadata as Operation);
+        } else resolve(body.metadata as T);
       };
       xhr.send(file);
     });
@@ -315,6 +322,13 @@ export function createWebApi(options: WebApiOptions): WebApi {
       if (o.createDirs) headers['x-trivisor-create-dirs'] = 'true';
       await envelope(await send('POST', `/1.0/guests/${enc(name)}/files?path=${enc(path)}`, data, headers));
     },
+    uploadIsoVolume: (pool, name, file, onProgress) =>
+      upload(
+        `/1.0/storage-pools/${enc(pool)}/volumes/custom`,
+        file,
+        { 'x-trivisor-name': name, 'x-trivisor-type': 'iso' },
+        onProgress,
+      ),
     importImage: (file, alias, onProgress) =>
       upload('/1.0/images', file, { 'x-trivisor-alias': alias }, onProgress),
     importBackup: (file, o, onProgress) =>

@@ -370,6 +370,7 @@ export function Storage() {
 
 export function StoragePoolPage(props: { name: string }) {
   const volumes = useLoad(() => api.listVolumes(props.name), [props.name]);
+  const progress = useSignal<number | null>(null);
   return (
     <Page
       title={`Pool ${props.name}`}
@@ -466,6 +467,31 @@ export function StoragePoolPage(props: { name: string }) {
             </Field>
             <Field label="Size">{(id) => <input id={id} name="size" placeholder="1GiB" />}</Field>
           </div>
+        </Form>
+        <h2>Upload an ISO image</h2>
+        <Form
+          label="Upload an ISO image"
+          submit="Upload"
+          done="ISO uploaded"
+          run={async (d) => {
+            const file = d.get('iso');
+            if (!(file instanceof File) || file.size === 0) throw new Error('Choose an ISO file first');
+            await api.uploadIsoVolume(props.name, String(d.get('name')), file, (f) => {
+              progress.value = f;
+            });
+            progress.value = null;
+            volumes.reload();
+          }}
+        >
+          <div class="row">
+            <Field label="ISO file">
+              {(id) => <input id={id} name="iso" type="file" accept=".iso" required />}
+            </Field>
+            <Field label="Volume name">{(id) => <input id={id} name="name" required />}</Field>
+          </div>
+          {progress.value !== null && (
+            <progress value={progress.value} max={1} aria-label="Upload progress" />
+          )}
         </Form>
       </div>
     </Page>
