@@ -18,6 +18,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import type { NetworkService } from '../services/network-service.ts';
+import { onGuestOwner } from './owner-routes.ts';
 import { allProjectsOf, configChange, projectOf, type RouteContext } from './route-context.ts';
 
 type NameParams = { name: string };
@@ -237,7 +238,12 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
       const { guest, nic, ...device } = request.body;
       const options: Parameters<NetworkService['attach']>[2] = { device };
       if (nic !== undefined) options.nic = nic;
-      return syncResponse(await networks(request).attach(request.params.name, guest, options));
+      // The live plug needs the guest's host: on its owner (decision 0028).
+      return syncResponse(
+        await onGuestOwner(ctx, request, guest, () =>
+          networks(request).attach(request.params.name, guest, options),
+        ),
+      );
     },
   );
 
@@ -258,7 +264,9 @@ export function registerNetworkRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request) => {
       const { guest, nic } = request.body;
       return syncResponse(
-        await networks(request).detach(request.params.name, guest, nic === undefined ? {} : { nic }),
+        await onGuestOwner(ctx, request, guest, () =>
+          networks(request).detach(request.params.name, guest, nic === undefined ? {} : { nic }),
+        ),
       );
     },
   );

@@ -69,6 +69,36 @@ describe('guest-scoped requests run on the owner', () => {
     assert.equal(await world.store.revision(), before, 'nothing was written');
   });
 
+  test("a NIC or volume attach of another member's guest goes to its owner: a 503 here, nothing written", async () => {
+    await world.services.networks?.create({ name: 'lab', config: { 'ipv4.address': '198.18.60.1/24' } });
+    await world.services.volumes?.create('default', {
+      name: 'data',
+      type: 'filesystem',
+      config: { size: '1GiB' },
+    });
+    const before = await world.store.revision();
+    for (const request of [
+      { method: 'POST' as const, url: '/1.0/networks/lab/attach', payload: { guest: 'theirs' } },
+      { method: 'POST' as const, url: '/1.0/networks/lab/detach', payload: { guest: 'theirs' } },
+      {
+        method: 'POST' as const,
+        url: '/1.0/storage-pools/default/volumes/custom/data/attach',
+        payload: { guest: 'theirs', path: '/mnt/data' },
+      },
+    ]) {
+      const res = await app.inject(request);
+      assert.equal(res.statusCode, 503, `${request.url}: ${res.body}`);
+      assert.match(res.json().error, /^Guest theirs is on member h2/);
+    }
+    assert.equal(await world.store.revision(), before, 'nothing was written');
+    const mine = await app.inject({
+      method: 'POST',
+      url: '/1.0/networks/lab/attach',
+      payload: { guest: 'mine' },
+    });
+    assert.equal(mine.statusCode, 200, mine.body);
+  });
+
   test("a desired-state write about another member's guest is taken here: the owner's controller converges it", async () => {
     const res = await app.inject({
       method: 'PUT',

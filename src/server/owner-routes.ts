@@ -1,3 +1,6 @@
+import type { FastifyRequest } from 'fastify';
+import { projectOf, type RouteContext } from './route-context.ts';
+
 /**
  * Which routes are answered on their guest's owner (decision 0028): every route under
  * `/1.0/guests/{name}` but the desired-state writes (state, config, delete), which any
@@ -23,4 +26,18 @@ export function ownerScopedGuest(
   if (DESIRED_STATE_WRITES.has(`${method} ${url}`)) return undefined;
   const name = (params as { name?: unknown } | undefined)?.name;
   return typeof name === 'string' ? name : undefined;
+}
+
+/**
+ * Runs a request whose guest is named in its body (a NIC or volume attach or detach: the
+ * live plug needs the guest's host) on that guest's owner; here when no routing is set up.
+ */
+export function onGuestOwner<T>(
+  ctx: RouteContext,
+  request: FastifyRequest,
+  guest: string,
+  work: () => Promise<T>,
+): Promise<T> {
+  const owner = ctx.services.owner;
+  return owner ? owner.onOwner(guest, work, { project: projectOf(request) }) : work();
 }

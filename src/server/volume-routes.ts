@@ -12,6 +12,7 @@ import { ErrorEnvelopeSchema, RecursionQuerySchema, SyncEnvelope } from '../api/
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import type { VolumeService } from '../services/volume-service.ts';
 import { assertVolumeName } from '../storage/volumes.ts';
+import { onGuestOwner } from './owner-routes.ts';
 import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
 /** Largest ISO image accepted by upload (a DVD image of an OS installer fits). */
@@ -266,8 +267,13 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
         response: { 200: SyncEnvelope(VolumeChangeSchema), ...errors },
       },
     },
+    // The live plug needs the guest's host: on its owner (decision 0028).
     async (request) =>
-      syncResponse(await volumes(request).attach(request.params.pool, request.params.volume, request.body)),
+      syncResponse(
+        await onGuestOwner(ctx, request, request.body.guest, () =>
+          volumes(request).attach(request.params.pool, request.params.volume, request.body),
+        ),
+      ),
   );
 
   app.post<{ Params: VolumeParams; Body: { guest: string; device?: string } }>(
@@ -285,6 +291,10 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) =>
-      syncResponse(await volumes(request).detach(request.params.pool, request.params.volume, request.body)),
+      syncResponse(
+        await onGuestOwner(ctx, request, request.body.guest, () =>
+          volumes(request).detach(request.params.pool, request.params.volume, request.body),
+        ),
+      ),
   );
 }
