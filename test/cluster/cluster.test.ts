@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { alive, type Daemon, eventually, gone, sleep } from '../system/harness.ts';
 import { makeTestCluster, membersOf, type TestCluster, waitForStatus } from './cluster-harness.ts';
@@ -48,7 +49,7 @@ after(async () => {
 });
 
 describe('a three-member cluster', () => {
-  test('bootstrap and two joins: three Online members, three etcd voters, each with measured usage', async () => {
+  test('bootstrap and two joins: three Online members, three etcd voters, each with measured usage; member files root-only, etcd and the member API closed to hosts without a member certificate', async () => {
     const [m1, m2, m3] = cluster.hosts;
     assert.ok(m1 && m2 && m3);
     const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip], { timeoutMs: 180_000 });
@@ -82,6 +83,43 @@ describe('a three-member cluster', () => {
         assert.equal(m.guests, 0);
       }
     }
+    // What makes a member is root-only, and its etcd serves only holders of a CA-signed certificate.
+    for (const host of [m1, m2, m3]) {
+      const dir = path.join(host.daemon.stateDir, 'cluster');
+      assert.equal(statSync(dir).mode & 0o777, 0o700, dir);
+      for (const file of ['member.key', 'member.crt', 'ca.crt', 'member.json']) {
+        assert.equal(statSync(path.join(dir, file)).mode & 0o777, 0o600, `${host.name} ${file}`);
+      }
+      const pid = etcdPidOf(host.daemon);
+      assert.ok(pid, `${host.name} runs an etcd member`);
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      for (const flag of ['--client-cert-auth', '--peer-client-cert-auth'])
+        assert.ok(argv.includes(flag), flag);
+      assert.ok(argv.includes(`--listen-client-urls=https://${host.ip}:2379`));
+      assert.ok(argv.includes(`--listen-peer-urls=https://${host.ip}:2380`));
+    }
+    // From another host without a member certificate: no answer from etcd, nor from the member API.
+    const curl = (url: string) =>
+      cluster.inNetns(m2.netns, [
+        'curl',
+        '-sk',
+        '--max-time',
+        '5',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        url,
+      ]);
+    for (const url of [
+      `https://${m1.ip}:2379/health`,
+      `https://${m1.ip}:2380/members`,
+      `http://${m1.ip}:2379/health`,
+    ]) {
+      const r = curl(url);
+      assert.notEqual(r.code, 0, `${url} answered ${r.stdout}`);
+    }
+    assert.equal(curl(`https://${m1.ip}:8444/1.0/cluster/members`).stdout, '401');
   });
 
   test('a daemon killed with -9: Offline within 10 s, its guests keep running; restarted, Online with its guests adopted', async () => {
