@@ -237,7 +237,7 @@ ensure_bundles() {
   "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/bundles.ts" >/dev/null
   # The web UI (docs/decisions/0026-web-ui.md); the daemon also rebuilds it before serving a stale one.
   say "Building the web UI (esbuild)"
-  "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/web-bundle.ts" >/dev/null
+  "$TRIVISOR_NODE" "$TRIVISOR_SRC/src/build/build-web.ts" >/dev/null
 }
 
 # systemd as PID 1 (sd_booted(3)'s test). Not in containers, nor in CI's fresh root (decision 0012),

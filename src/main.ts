@@ -384,7 +384,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       uploadDir: stateDir,
       https: { key: certificate.key, cert: certificate.cert },
       // The web UI is served where browsers can reach it: HTTPS (decision 0026).
-      web: { sessions: webSessions, uiRoot: path.resolve(import.meta.dirname, '..') },
+      // TRIVISOR_WEB_ROOT: a checkout whose web/ to serve instead of this one's (tests of the bundle).
+      web: {
+        sessions: webSessions,
+        uiRoot: process.env.TRIVISOR_WEB_ROOT || path.resolve(import.meta.dirname, '..'),
+      },
     });
     const bound = await listenTcp(tcpApp, hostPart, portPart);
     url = `https://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;

@@ -3,6 +3,7 @@ import { statSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { gzipSync } from 'node:zlib';
 import type { Plugin } from 'esbuild';
 
 /**
@@ -119,8 +120,11 @@ function isAlive(pid: number): boolean {
 }
 
 async function buildUnlocked(root: string, dist: string): Promise<WebManifest> {
-  const { build } = await import('esbuild');
-  const { gzipSync } = await import('node:zlib');
+  // Loaded from node_modules at run time, not bundled into the daemon (its binary is found from
+  // its own package), and only when a build is due.
+  const esbuild = 'esbuild';
+  const mod = (await import(esbuild)) as typeof import('esbuild') & { default?: typeof import('esbuild') };
+  const build = mod.build ?? mod.default!.build;
   const inputs: Record<string, InputStamp> = {};
   const key = (file: string) => {
     const rel = path.relative(root, file);
@@ -230,12 +234,4 @@ async function removeOldBuilds(dist: string, current: string): Promise<void> {
     const s = await stat(full).catch(() => null);
     if (s && Date.now() - s.mtimeMs > KEEP_OLD_BUILDS_MS) await rm(full, { recursive: true, force: true });
   }
-}
-
-if (import.meta.main) {
-  const root = path.resolve(import.meta.dirname, '../..');
-  const manifest = await buildWeb(root);
-  process.stdout.write(
-    `Built the web UI into ${path.join(webDistOf(root), manifest.dir)} (first page: ${(manifest.initialGzipBytes / 1024).toFixed(1)} KiB of gzipped JavaScript)\n`,
-  );
 }
