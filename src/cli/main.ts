@@ -5,8 +5,8 @@ import { addCompletionCommands } from './completion.ts';
 import { addConsoleCommand } from './console-command.ts';
 import { addExecCommand } from './exec-command.ts';
 import { addFileCommands } from './file-commands.ts';
-import { addHelpExamples } from './help-examples.ts';
 import { addConfigCommands, addGuestCommands } from './guest-commands.ts';
+import { addHelpExamples } from './help-examples.ts';
 import { addNetworkCommands } from './network-commands.ts';
 import {
   addDaemonCommand,
