@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { access, copyFile, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { failedPrecondition } from '../../core/errors.ts';
@@ -6,6 +7,8 @@ import type { ProcessRunner } from '../../host/runner.ts';
 
 /** Where Debian's `ovmf` package installs OVMF (the 4 MiB builds: room for Secure Boot's keys). */
 export const DEFAULT_OVMF_DIR = '/usr/share/OVMF';
+/** A host's other place for OVMF's files (a build of its own), as TRIVISOR_VM_ACCELERATOR sets the accelerator. */
+export const OVMF_DIR_ENV = 'TRIVISOR_VM_OVMF_DIR';
 
 /** The per-guest copy of the UEFI variables, in the guest dir (and beside each snapshot). */
 export const UEFI_VARS_FILE = 'uefi-vars.fd';
@@ -34,17 +37,20 @@ const exists = (path: string): Promise<boolean> =>
     () => false,
   );
 
+/** Why OVMF cannot be used (a file missing, and which package to install), or undefined when it can. */
+export function missingOvmf(dir: string, secureBoot: boolean): string | undefined {
+  const files = ovmfFiles(dir, secureBoot);
+  const missing = [files.code, files.varsTemplate].find((f) => !existsSync(f));
+  return missing === undefined
+    ? undefined
+    : `vm.firmware=uefi needs OVMF, and ${missing} is missing: install Debian's ovmf package (apt-get install ovmf), or use vm.firmware=bios.`;
+}
+
 /** The OVMF files, or a FailedPrecondition that says which package to install. */
 export async function requireOvmf(dir: string, secureBoot: boolean): Promise<OvmfFiles> {
-  const files = ovmfFiles(dir, secureBoot);
-  for (const file of [files.code, files.varsTemplate]) {
-    if (!(await exists(file))) {
-      throw failedPrecondition(
-        `vm.firmware=uefi needs OVMF, and ${file} is missing: install Debian's ovmf package (apt-get install ovmf), or use vm.firmware=bios.`,
-      );
-    }
-  }
-  return files;
+  const why = missingOvmf(dir, secureBoot);
+  if (why) throw failedPrecondition(why);
+  return ovmfFiles(dir, secureBoot);
 }
 
 /**

@@ -238,4 +238,101 @@ describe('qemu command line', () => {
       ),
     );
   });
+
+  test('a guest booting its own disk gets no kernel: SeaBIOS, the disk first once installed, two CD-ROM drives, a VGA display and VNC with no socket', () => {
+    const fds = qemuFds();
+    const argv = qemuArgv({
+      name: 'deb1',
+      paths: vmGuestPaths('/var/lib/trivisor', 'deb1'),
+      fds,
+      accelerator: 'tcg',
+      machine: 'q35',
+      resources: vmResources({}),
+      kernelArgs: [],
+      firmware: { bootFrom: 'disk', media: { cd1: { path: '/pool/custom/inst.iso', node: 'iso-inst' } } },
+      devices: { diskBus: 'virtio', nicModel: 'virtio', display: true },
+    });
+    for (const flag of ['-kernel', '-initrd', '-append'])
+      assert.deepEqual(after(argv, flag), [], `no ${flag}`);
+    // Its own OS reboots inside QEMU (an installer does at its end).
+    assert.ok(!argv.includes('-no-reboot'));
+    assert.deepEqual(after(argv, '-machine'), ['q35'], 'SeaBIOS: no flash');
+    const devices = after(argv, '-device');
+    assert.ok(devices.includes('virtio-blk-pci,drive=root,werror=enospc,rerror=report,bootindex=1'));
+    assert.ok(devices.includes('ide-cd,id=cd0,bus=ide.2,bootindex=2'), 'an empty drive');
+    assert.ok(devices.includes('ide-cd,id=cd1,bus=ide.3,drive=iso-inst,bootindex=3'));
+    // The ISO is a read-only descriptor like every file.
+    const iso = JSON.parse(after(argv, '-blockdev').find((b) => b.includes('iso-inst')) ?? '{}');
+    assert.equal(iso['read-only'], true);
+    const set = Number(/^\/dev\/fdset\/(\d+)$/.exec(iso.file.filename)?.[1]);
+    const setFd = Number(new RegExp(`fd=(\\d+),set=${set},`).exec(fds.addFdArgs().join(' '))?.[1]);
+    assert.deepEqual(fds.entries.find((e) => e.fd === setFd)?.source, {
+      kind: 'file',
+      path: '/pool/custom/inst.iso',
+      access: 'read',
+    });
+    assert.ok(devices.includes('VGA,id=video0'));
+    assert.ok(devices.includes('usb-tablet,bus=usb.0'));
+    assert.deepEqual(after(argv, '-vnc'), ['none'], 'nothing listens: viewers are handed over (add_client)');
+    assert.ok(!argv.some((a) => a.includes('/var/lib/trivisor/guests/deb1')), 'no path of the guest dir');
+  });
+
+  test('a blank disk boots its CD-ROMs first; UEFI is OVMF as two flash nodes, Secure Boot with SMM; sata and e1000', () => {
+    const fds = qemuFds();
+    const argv = qemuArgv({
+      name: 'win1',
+      paths: vmGuestPaths('/var/lib/trivisor', 'win1'),
+      fds,
+      accelerator: 'tcg',
+      machine: 'q35',
+      resources: vmResources({}),
+      kernelArgs: [],
+      firmware: {
+        bootFrom: 'cdrom',
+        uefi: {
+          code: '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd',
+          vars: '/g/win1/uefi-vars.fd',
+          secureBoot: true,
+        },
+      },
+      devices: { diskBus: 'sata', nicModel: 'e1000', display: false },
+      nics: [{ nic: 'eth0', tap: 'tv01', mac: '02:00:00:00:00:01' }],
+    });
+    assert.deepEqual(after(argv, '-machine'), ['q35,pflash0=fw-code,pflash1=fw-vars,smm=on']);
+    assert.ok(after(argv, '-global').includes('driver=cfi.pflash01,property=secure,value=on'));
+    const nodes = after(argv, '-blockdev').map((b) => JSON.parse(b) as Record<string, unknown>);
+    const code = nodes.find((n) => n['node-name'] === 'fw-code');
+    const vars = nodes.find((n) => n['node-name'] === 'fw-vars');
+    assert.equal(code?.['read-only'], true, "OVMF's code is read-only");
+    assert.equal(vars?.['read-only'], undefined, 'the variables are written');
+    const sources = fds.entries.map((e) => e.source);
+    assert.ok(sources.some((x) => x.kind === 'file' && x.path.endsWith('secboot.fd') && x.access === 'read'));
+    assert.ok(
+      sources.some((x) => x.kind === 'file' && x.path === '/g/win1/uefi-vars.fd' && x.access === 'readwrite'),
+    );
+    const devices = after(argv, '-device');
+    assert.ok(devices.includes('ide-cd,id=cd0,bus=ide.2,bootindex=1'), 'CD first: the disk is blank');
+    assert.ok(devices.includes('ide-hd,drive=root,bus=ide.0,werror=enospc,rerror=report,bootindex=3'));
+    assert.ok(devices.some((x) => x.startsWith('e1000,netdev=hn-eth0,mac=02:00:00:00:00:01')));
+    assert.deepEqual(after(argv, '-vnc'), [], 'no display asked for');
+    // pc: IDE buses of two units each.
+    const pc = qemuArgv({
+      name: 'old1',
+      paths: vmGuestPaths('/var/lib/trivisor', 'old1'),
+      fds: qemuFds(),
+      accelerator: 'tcg',
+      machine: 'pc',
+      resources: vmResources({}),
+      kernelArgs: [],
+      firmware: { bootFrom: 'disk' },
+      devices: { diskBus: 'sata', nicModel: 'virtio', display: false },
+    });
+    assert.ok(
+      after(pc, '-device').includes(
+        'ide-hd,drive=root,bus=ide.0,unit=0,werror=enospc,rerror=report,bootindex=1',
+      ),
+    );
+    assert.ok(after(pc, '-device').includes('ide-cd,id=cd0,bus=ide.1,unit=0,bootindex=2'));
+    assert.ok(after(pc, '-device').includes('ide-cd,id=cd1,bus=ide.1,unit=1,bootindex=3'));
+  });
 });

@@ -43,7 +43,14 @@ import {
   parseAcceleratorSetting,
 } from './accelerator-probe.ts';
 import { type BootKit, defaultBootDir, ensureBootKit, hasCloudKernel, modulesDirOf } from './boot-kit.ts';
-import { DEFAULT_OVMF_DIR, diskIsInstalled, ensureUefiVars, requireOvmf } from './firmware.ts';
+import {
+  DEFAULT_OVMF_DIR,
+  diskIsInstalled,
+  ensureUefiVars,
+  missingOvmf,
+  OVMF_DIR_ENV,
+  requireOvmf,
+} from './firmware.ts';
 import { addOnFreePort, NoFreePortError, portCount } from './pcie-ports.ts';
 import {
   CDROM_DRIVES,
@@ -154,7 +161,7 @@ export interface VmDriverOptions {
    * Defaults to `idmapBase + 65536`, between ct's ids and pvm's.
    */
   uidBase?: number;
-  /** Where OVMF's files are (vm.firmware=uefi); default Debian's /usr/share/OVMF. */
+  /** Where OVMF's files are (vm.firmware=uefi); default TRIVISOR_VM_OVMF_DIR, else Debian's /usr/share/OVMF. */
   ovmfDir?: string;
 }
 
@@ -180,7 +187,7 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
   const agents = options.agents ?? createAgentPool();
   const consoles = createConsoleSlots();
   const uidBase = options.uidBase ?? ctx.idmapBase + VM_UID_OFFSET;
-  const ovmfDir = options.ovmfDir ?? DEFAULT_OVMF_DIR;
+  const ovmfDir = options.ovmfDir ?? process.env[OVMF_DIR_ENV] ?? DEFAULT_OVMF_DIR;
   /** The test boot's QEMU runs unprivileged too, as the uid no guest gets. */
   const probeUid = uidBase + UID_SLOTS - 1;
   let uidLock: Promise<unknown> = Promise.resolve();
@@ -628,6 +635,10 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       if (disk !== undefined) parseBytes(disk, 'limits.disk');
       if (configValue.vmSecureBoot(spec.config) && configValue.vmFirmware(spec.config) !== 'uefi') {
         throw invalidArgument('vm.secureboot=true needs vm.firmware=uefi: set both.');
+      }
+      if (configValue.vmFirmware(spec.config) === 'uefi') {
+        const missing = missingOvmf(ovmfDir, configValue.vmSecureBoot(spec.config));
+        if (missing) throw failedPrecondition(missing);
       }
       if (image) {
         const mode = bootModeOf({
