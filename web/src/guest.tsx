@@ -3,7 +3,7 @@ import { useState } from 'preact/hooks';
 import type { Guest } from '../../src/api/types.ts';
 import { Charts, Terminal, Vnc } from './lazy.tsx';
 import { navigate, route, withQuery } from './router.ts';
-import { api, finished, guests, recentEvents } from './state.ts';
+import { api, finished, guests, project, recentEvents, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
 
 const TABS: Array<[string, string]> = [
@@ -535,6 +535,19 @@ function Files(props: { guest: Guest }) {
 function Events(props: { guest: Guest }) {
   const source = `/1.0/guests/${props.guest.name}`;
   const log = useLoad(() => api.consoleLog(props.guest.name).catch(() => ''), [props.guest.name]);
+  // What was done to it before this page opened: the audit log (kept across restarts), an admin's to read.
+  const admin = session.value?.user.role === 'admin';
+  const history = useLoad(
+    () =>
+      admin
+        ? api
+            .audit({ project: project.value, limit: 1000 })
+            .then((all) =>
+              all.filter((e) => e.request.path.startsWith(source) || e.request.object === props.guest.name),
+            )
+        : Promise.resolve([]),
+    [admin, props.guest.name, project.value],
+  );
   const mine = recentEvents.value.filter(
     (e) =>
       e.source === source ||
@@ -561,6 +574,26 @@ function Events(props: { guest: Guest }) {
               </li>
             ))}
         </ul>
+      )}
+      {admin && (
+        <>
+          <h2>Changes (audit log)</h2>
+          {(history.data ?? []).length === 0 ? (
+            <p class="muted">None recorded.</p>
+          ) : (
+            <ul>
+              {(history.data ?? [])
+                .slice()
+                .reverse()
+                .map((e) => (
+                  <li key={e.id}>
+                    {when(e.time)} · {e.actor.name} · {e.request.method} {e.request.path} · {e.result.status}
+                    {e.result.error ? ` ${e.result.error}` : ''}
+                  </li>
+                ))}
+            </ul>
+          )}
+        </>
       )}
       <h2>Console log</h2>
       <pre style={{ maxHeight: '300px', overflow: 'auto', whiteSpace: 'pre-wrap' }}>

@@ -1,6 +1,6 @@
 import { useSignal } from '@preact/signals';
 import type { NetworkAclRule } from '../../src/api/types.ts';
-import { api, finished, operations, session } from './state.ts';
+import { api, finished, operations, project, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, useLoad, when } from './ui.tsx';
 
 /* Networks, storage, images, operations and administration. */
@@ -612,6 +612,12 @@ export function Images() {
 
 export function Operations() {
   const list = [...operations.value.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  // The daemon keeps operations in memory; what survives its restarts is the audit log, an admin's to read.
+  const admin = session.value?.user.role === 'admin';
+  const history = useLoad(
+    () => (admin ? api.audit({ project: project.value, limit: 300 }) : Promise.resolve([])),
+    [admin, project.value],
+  );
   return (
     <Page title="Operations">
       <div class="panel table-wrap">
@@ -649,6 +655,44 @@ export function Operations() {
         </table>
         {list.length === 0 && <p class="muted">No operations since the daemon started.</p>}
       </div>
+      {admin && (
+        <div class="panel table-wrap">
+          <h2>Task history (audit log, kept across restarts)</h2>
+          {history.data ? (
+            <table>
+              <thead>
+                <tr>
+                  <th>Time</th>
+                  <th>Who</th>
+                  <th>Request</th>
+                  <th>Result</th>
+                </tr>
+              </thead>
+              <tbody>
+                {history.data
+                  .filter((e) => e.operation !== undefined || e.result.status >= 400)
+                  .reverse()
+                  .map((e) => (
+                    <tr key={e.id}>
+                      <td>{when(e.time)}</td>
+                      <td>
+                        {e.actor.method}:{e.actor.name}
+                      </td>
+                      <td>
+                        {e.request.method} {e.request.path}
+                      </td>
+                      <td>
+                        {e.result.status} {e.result.error ?? ''}
+                      </td>
+                    </tr>
+                  ))}
+              </tbody>
+            </table>
+          ) : (
+            <Loading error={history.error} />
+          )}
+        </div>
+      )}
     </Page>
   );
 }
