@@ -219,9 +219,7 @@ describe('roles on every route (one access hook, classes declared beside the rou
     for (const [path, methods] of Object.entries(doc.paths)) {
       for (const method of Object.keys(methods)) {
         // finishOpenApi writes fastify's wildcard `/1.0/images/*` as `/1.0/images/{ref}`.
-        const pattern = path
-          .replace('/1.0/images/{ref}', '/1.0/images/*')
-          .replace(/\{([^}]+)\}/g, ':$1');
+        const pattern = path.replace('/1.0/images/{ref}', '/1.0/images/*').replace(/\{([^}]+)\}/g, ':$1');
         assert.ok(
           declared.includes(`${method.toUpperCase()} ${pattern}`),
           `${method} ${path} in the access table`,
