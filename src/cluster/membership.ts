@@ -472,44 +472,51 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
         const { host, port, address } = parseMemberAddress(request.address);
         await assertEmpty();
         await assertBindable(host, [port, ports.client, ports.peer]);
-        await ensureClusterDir(stateDir);
-        const nonce = randomBytes(16).toString('hex');
-        const key = await makeMemberKey(paths.scratch, { runner, name });
+        // Until a member accepts, nothing of the join stays behind whatever fails.
+        let key: { key: string; csr: string };
         let accepted: (JoinAnswer & { caCert: string }) | undefined;
-        const unreachable: string[] = [];
-        const probe = await serveProbe(host, port, nonce);
         try {
-          for (const at of token.addresses) {
-            try {
-              const answer = await requestWithPinnedCa<JoinAnswer>(at, {
-                caFingerprint: token.caFingerprint,
-                method: 'POST',
-                path: '/1.0/cluster/members',
-                body: {
-                  name,
-                  secret: token.secret,
-                  address,
-                  csr: key.csr,
-                  version: deps.version,
-                  nonce,
-                } satisfies JoinRequest,
-                timeoutMs: 60_000,
-              });
-              // The CA is the one the handshake proved, whatever the body says.
-              accepted = { ...answer.metadata, caCert: answer.caCert };
-              break;
-            } catch (e) {
-              // Another member may answer; anything else is the cluster's answer to this join.
-              if (isTrivisorError(e) && e.code === 'Unavailable') unreachable.push(e.message);
-              else throw e;
+          await ensureClusterDir(stateDir);
+          const nonce = randomBytes(16).toString('hex');
+          key = await makeMemberKey(paths.scratch, { runner, name });
+          const csr = key.csr;
+          const unreachable: string[] = [];
+          const probe = await serveProbe(host, port, nonce);
+          try {
+            for (const at of token.addresses) {
+              try {
+                const answer = await requestWithPinnedCa<JoinAnswer>(at, {
+                  caFingerprint: token.caFingerprint,
+                  method: 'POST',
+                  path: '/1.0/cluster/members',
+                  body: {
+                    name,
+                    secret: token.secret,
+                    address,
+                    csr,
+                    version: deps.version,
+                    nonce,
+                  } satisfies JoinRequest,
+                  timeoutMs: 60_000,
+                });
+                // The CA is the one the handshake proved, whatever the body says.
+                accepted = { ...answer.metadata, caCert: answer.caCert };
+                break;
+              } catch (e) {
+                // Another member may answer; anything else is the cluster's answer to this join.
+                if (isTrivisorError(e) && e.code === 'Unavailable') unreachable.push(e.message);
+                else throw e;
+              }
             }
+          } finally {
+            await probe.close();
           }
-        } finally {
-          await probe.close();
-        }
-        if (!accepted) {
+          if (!accepted) {
+            throw unavailable(`Cannot reach the cluster: ${unreachable.join('; ')}. Nothing was changed`);
+          }
+        } catch (e) {
           await removeClusterFiles(stateDir);
-          throw unavailable(`Cannot reach the cluster: ${unreachable.join('; ')}. Nothing was changed`);
+          throw e;
         }
         // From here on the cluster has this member: a failure removes it there again.
         const r = reverter();
