@@ -57,6 +57,25 @@ function sh(command: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } 
   return `${r.stdout}${r.stderr}`;
 }
 
+/** sh, without blocking the event loop (for steps that run side by side). */
+function shAsync(command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('bash', ['-euo', 'pipefail', '-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code === 0) resolve(out);
+      else reject(new Error(`${command.slice(0, 300)} failed (${code}):\n${out}`.slice(-6000)));
+    });
+  });
+}
+
 describe('the Debian package in a fresh Debian 12 root without systemd', () => {
   let run: string;
   let root: string;
@@ -127,42 +146,12 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
   before(async () => {
     run = await makeRunDir('pkg');
     root = path.join(run, 'root');
-    // 1. Build it once, from a copy of the checkout (dpkg-buildpackage writes beside and into its tree).
-    const src = path.join(run, 'src');
-    sh(
-      `mkdir -p ${src} && tar -C ${SRC} --exclude=./node_modules --exclude=./build --exclude=./web/dist --exclude=./.git -cf - . | tar -C ${src} -xf -`,
-    );
-    const node = path.dirname(process.execPath);
-    // debhelper-compat is all it declares; Debian's implicit build-essential (a C compiler) is not needed.
-    sh('dpkg-checkbuilddeps -I', { cwd: src });
-    sh('dpkg-buildpackage -b -us -uc -d', {
-      cwd: src,
-      env: { ...process.env, PATH: `${node}:${process.env.PATH}` },
-    });
-    const version = (JSON.parse(readFileSync(path.join(SRC, 'package.json'), 'utf8')) as { version: string })
-      .version;
-    deb1 = path.join(run, `trivisor_${version}_amd64.deb`);
-    assert.ok(existsSync(deb1), `dpkg-buildpackage made ${path.basename(deb1)}`);
-    // 2. A second version for the upgrade: the same package, repacked with a higher version.
-    deb2 = path.join(run, `trivisor_${version}+upgrade_amd64.deb`);
-    sh(
-      `cd ${run} && dpkg-deb -R ${deb1} v2 && sed -i 's/^Version: .*/Version: ${version}+upgrade/' v2/DEBIAN/control && ` +
-        `dpkg-deb --root-owner-group -Zgzip -z1 -b v2 ${deb2} >/dev/null && rm -rf v2`,
-    );
-    // 3. The fresh root, as .ci/run makes CI's, and a process that holds its namespaces.
-    sh(
-      `debootstrap --variant=minbase --cache-dir=/var/cache/apt/archives bookworm ${root} ${MIRROR} >${run}/debootstrap.log 2>&1 || { tail -n 20 ${run}/debootstrap.log; exit 1; }`,
-    );
-    sh(
-      `if [ -f /etc/apt/sources.list.d/debian.sources ]; then cp /etc/apt/sources.list.d/debian.sources ${root}/etc/apt/sources.list.d/ && : >${root}/etc/apt/sources.list; else cp /etc/apt/sources.list ${root}/etc/apt/; fi; ` +
-        `cp -L /etc/resolv.conf ${root}/etc/resolv.conf; cp ${deb1} ${deb2} ${root}/tmp/; ` +
-        `if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then mkdir -p ${root}/usr/local/share/ca-certificates && cp /usr/local/share/ca-certificates/*.crt ${root}/usr/local/share/ca-certificates/; fi`,
-    );
-    // The root's own cgroup namespace, rooted at the run's cgroup (cgroupParentOf(run), which the
-    // sweeper knows): the package's daemon names its guests' cgroups after /var/lib/trivisor as on
-    // any host, and the purge kills whatever runs in them, so outside the namespace these would be
-    // the host's own (a daemon that setup/start runs there, CI's root at the end of its run). In it
-    // they lie under the run's cgroup, and a killed test leaves nothing the sweeper cannot find.
+    // Everything the test starts runs in the run's cgroup, which the sweeper knows (cgroupParentOf
+    // of the run): the build, debootstrap's chrooted dpkg and, in the root's own cgroup namespace
+    // rooted there, the package's daemon and guests. Their cgroups are named after
+    // /var/lib/trivisor as on any host, and the purge kills whatever runs in those: outside the
+    // namespace they would be the host's own (a daemon setup/start runs there, CI's root at the end
+    // of its run). A killed test leaves nothing the sweeper cannot find.
     const hierarchies = cgroupHierarchies();
     const runCgroup = cgroupParentOf(run);
     for (const h of hierarchies) {
@@ -175,6 +164,39 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
       }
     }
     joinRunCgroup = hierarchies.map((h) => `echo $$ >${h.mountPoint}${runCgroup}/cgroup.procs`).join('; ');
+    const src = path.join(run, 'src');
+    const node = path.dirname(process.execPath);
+    const version = (JSON.parse(readFileSync(path.join(SRC, 'package.json'), 'utf8')) as { version: string })
+      .version;
+    deb1 = path.join(run, `trivisor_${version}_amd64.deb`);
+    deb2 = path.join(run, `trivisor_${version}+upgrade_amd64.deb`);
+    // The package is built once while debootstrap makes the root (each waits on the disk and the
+    // network half the time: together they take little more than the longer one).
+    await Promise.all([
+      // 1. From a copy of the checkout (dpkg-buildpackage writes beside and into its tree).
+      // debhelper-compat is all it declares; Debian's implicit build-essential (a C compiler) is
+      // not needed. 2. A second version for the upgrade: the same package repacked with a higher one.
+      shAsync(
+        `${joinRunCgroup}
+        mkdir -p ${src} && tar -C ${SRC} --exclude=./node_modules --exclude=./build --exclude=./web/dist --exclude=./.git -cf - . | tar -C ${src} -xf -
+        cd ${src} && dpkg-checkbuilddeps -I && PATH=${node}:$PATH dpkg-buildpackage -b -us -uc -d >${run}/build.log 2>&1 || { tail -n 30 ${run}/build.log; exit 1; }
+        test -f ${deb1} || { echo "dpkg-buildpackage made no ${path.basename(deb1)}"; exit 1; }
+        cd ${run} && dpkg-deb -R ${deb1} v2 && sed -i 's/^Version: .*/Version: ${version}+upgrade/' v2/DEBIAN/control
+        dpkg-deb --root-owner-group -Zgzip -z1 -b v2 ${deb2} >/dev/null && rm -rf v2`,
+      ),
+      // 3. The fresh root, as .ci/run makes CI's. dpkg in it need not sync every file: the root
+      // is thrown away (an install of the engines' packages takes half the time).
+      shAsync(
+        `${joinRunCgroup}
+        debootstrap --variant=minbase --cache-dir=/var/cache/apt/archives bookworm ${root} ${MIRROR} >${run}/debootstrap.log 2>&1 || { tail -n 20 ${run}/debootstrap.log; exit 1; }
+        echo force-unsafe-io >${root}/etc/dpkg/dpkg.cfg.d/trivisor-test-unsafe-io`,
+      ),
+    ]);
+    sh(
+      `if [ -f /etc/apt/sources.list.d/debian.sources ]; then cp /etc/apt/sources.list.d/debian.sources ${root}/etc/apt/sources.list.d/ && : >${root}/etc/apt/sources.list; else cp /etc/apt/sources.list ${root}/etc/apt/; fi; ` +
+        `cp -L /etc/resolv.conf ${root}/etc/resolv.conf; cp ${deb1} ${deb2} ${root}/tmp/; ` +
+        `if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then mkdir -p ${root}/usr/local/share/ca-certificates && cp /usr/local/share/ca-certificates/*.crt ${root}/usr/local/share/ca-certificates/; fi`,
+    );
     const mountCgroups = hierarchies
       .map((h) =>
         h.type === 'cgroup2'
