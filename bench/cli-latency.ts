@@ -14,7 +14,7 @@ import { loadavg, release, tmpdir } from 'node:os';
 import path from 'node:path';
 import { readManifest, staleInputs } from '../src/build/bundles.ts';
 import { request, sleep, startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, pool, rssBytes, runOperation, writeResult } from './lib.ts';
+import { ms, percentile, pool, QUICK, rssBytes, runOperation, writeResult } from './lib.ts';
 
 const positional = process.argv
   .slice(2)
@@ -24,8 +24,8 @@ const guestCount = Number(positional[1] ?? 100);
 const beforeRef = process.argv.includes('--before')
   ? process.argv[process.argv.indexOf('--before') + 1]
   : null;
-const startupRounds = 5;
-const CLI_GUESTS = 10;
+const startupRounds = QUICK ? 1 : 5;
+const CLI_GUESTS = QUICK ? 2 : 10;
 
 const REPO = path.resolve(import.meta.dirname, '..');
 const loadAtStart = loadavg();
@@ -203,7 +203,8 @@ try {
   // One start of each, not counted (page cache, compile cache written by the bundle's daemon).
   for (const argv of Object.values(variants)) {
     await startOnce(argv);
-    await sleep(11_000);
+    // Quick mode only shows that start-up runs: it need not wait for the compile cache.
+    if (!QUICK) await sleep(11_000);
     await startOnce(argv);
   }
   const variantNames = Object.keys(variants);

@@ -4,6 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
 import { ms, percentile, runOperation, writeResult } from './lib.ts';
 
@@ -17,12 +18,18 @@ try {
   const template = JSON.parse(
     readFileSync(path.join(d.stateDir, 'guests/template/bundle/config.json'), 'utf8'),
   );
-  const mount = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .find((l) => l.includes(`${d.stateDir}/guests/template/rootfs`));
-  const lowerDir = /lowerdir=([^,]+)/.exec(mount ?? '')?.[1];
-  if (!lowerDir) throw new Error('cannot find the template overlay');
-  const idBase: number = template.linux?.uidMappings?.[0]?.hostID ?? 0;
+  // The image's tree: the guest's overlay shows it through an idmapped staging mount
+  // (decision 0018), detached once the overlay holds it, so /proc/mounts cannot name it.
+  const tree = spawnSync(
+    'find',
+    [path.join(d.stateDir, 'images'), '-maxdepth', '3', '-type', 'd', '-name', 'rootfs'],
+    {
+      encoding: 'utf8',
+    },
+  ).stdout.split('\n')[0];
+  if (!tree) throw new Error('cannot find the image tree');
+  const mapping = template.linux?.uidMappings?.[0] as { hostID: number; size: number } | undefined;
+  const idBase = mapping?.hostID ?? 0;
   await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
   mkdirSync(rawRoot, { recursive: true });
 
@@ -31,16 +38,20 @@ try {
     const t0 = process.hrtime.bigint();
     for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
       mkdirSync(path.join(dir, sub), { recursive: true });
+    mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
     chownSync(path.join(dir, 'upper'), idBase, idBase);
     chownSync(path.join(dir, 'work'), idBase, idBase);
-    const m = spawnSync('mount', [
-      '-t',
-      'overlay',
-      'overlay',
-      '-o',
-      `lowerdir=${lowerDir},upperdir=${dir}/upper,workdir=${dir}/work`,
-      `${dir}/rootfs`,
-    ]);
+    // The same mount as the driver's (the image tree idmapped to the guest's range, then the
+    // overlay), without the daemon around it.
+    const [cmd, ...args] = overlayRootfsArgv({
+      tree,
+      staging: `${dir}/staging`,
+      upper: `${dir}/upper`,
+      work: `${dir}/work`,
+      target: `${dir}/rootfs`,
+      ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
+    });
+    const m = spawnSync(cmd as string, args, { encoding: 'utf8' });
     if (m.status !== 0) throw new Error(`mount: ${m.stderr}`);
     const spec = structuredClone(template);
     spec.root.path = `${dir}/rootfs`;

@@ -4,19 +4,37 @@
 // moved to a scratch dir) and timed to the same line, alternating, in one run.
 // Usage: node bench/engine-boot.ts vm|pvm [iterations=5]
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { type Daemon, sleep, startDaemon } from '../test/system/harness.ts';
-import { baseDiskOf, guestPss, percentile, pssBytes, runOperation, settle, writeResult } from './lib.ts';
+import {
+  guestPss,
+  percentile,
+  pssBytes,
+  QUICK,
+  rawQemuArgv,
+  rawQemuFailure,
+  runOperation,
+  settle,
+  startRawQemu,
+  writeResult,
+} from './lib.ts';
 
 const model = process.argv[2] === 'pvm' ? 'pvm' : 'vm';
 const iterations = Number(process.argv[3] ?? 5);
 const MARKER = 'trivisor: init';
 const config = { 'limits.memory': '128MiB', 'limits.cpu': '1' };
 
-async function untilMarker(file: string, t0: number, timeoutMs = 120_000): Promise<number> {
+async function untilMarker(
+  file: string,
+  t0: number,
+  options: { timeoutMs?: number; gone?: () => string | undefined } = {},
+): Promise<number> {
+  const timeoutMs = options.timeoutMs ?? 120_000;
   while (performance.now() - t0 < timeoutMs) {
     if (existsSync(file) && readFileSync(file, 'utf8').includes(MARKER)) return performance.now() - t0;
+    const gone = options.gone?.();
+    if (gone) throw new Error(`${file}: ${gone}`);
     await sleep(5);
   }
   throw new Error(`no "${MARKER}" in ${file} after ${timeoutMs} ms`);
@@ -35,8 +53,9 @@ async function viaApi(d: Daemon, name: string): Promise<number> {
 /** The engine's own argv for guest `name`, with its guest dir replaced by `dir`. */
 function rawArgv(d: Daemon, name: string, dir: string): string[] {
   const pid = (JSON.parse(d.ok(['info', name, '--format', 'json'])) as { state: { pid: number } }).state.pid;
-  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
   const guestDir = path.join(d.stateDir, 'guests', name);
+  if (model === 'vm') return rawQemuArgv(pid, guestDir, dir);
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
   return argv.map((a) =>
     a
       .replaceAll(guestDir, dir)
@@ -45,32 +64,36 @@ function rawArgv(d: Daemon, name: string, dir: string): string[] {
   );
 }
 
-async function viaRaw(template: string[], dir: string, baseDisk: string): Promise<number> {
+async function viaRaw(template: string[], dir: string): Promise<number> {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   const log = path.join(dir, 'console.log');
   let t0: number;
   if (model === 'vm') {
     t0 = performance.now();
-    execFileSync('qemu-img', [
-      'create',
-      '-q',
-      '-f',
-      'qcow2',
-      '-F',
-      'raw',
-      '-b',
-      baseDisk,
-      `${dir}/root.qcow2`,
-      '2G',
-    ]);
-    execFileSync(template[0]!, template.slice(1), { stdio: 'ignore' }); // -daemonize: returns once QEMU runs
+    const qemu = startRawQemu(template, dir);
+    return untilMarker(log, t0, {
+      gone: () => (qemu.exitCode !== null || qemu.signalCode !== null ? rawQemuFailure(dir) : undefined),
+    });
   } else {
     mkdirSync(path.join(dir, 'disk'), { recursive: true });
     mkdirSync(path.join(dir, 'uml'), { recursive: true });
+    // con0=fd:5,fd:1 (decision 0010): console input is fd 5, a FIFO opened read-write as the
+    // launcher does, so that it always has a reader and the kernel never reads end of file.
+    const fifo = path.join(dir, 'console.in');
+    execFileSync('mkfifo', ['-m', '0600', fifo]);
+    const input = openSync(fifo, 'r+');
     const out = openSync(log, 'a');
     t0 = performance.now();
-    spawn(template[0]!, template.slice(1), { stdio: ['ignore', out, out], detached: true }).unref();
+    try {
+      spawn(template[0]!, template.slice(1), {
+        stdio: ['ignore', out, out, 'ignore', 'ignore', input],
+        detached: true,
+      }).unref();
+    } finally {
+      closeSync(input);
+      closeSync(out);
+    }
   }
   return untilMarker(log, t0);
 }
@@ -87,7 +110,6 @@ const raw: number[] = [];
 try {
   await runOperation(d, 'POST', '/1.0/guests', { name: 'tpl', image: 'busybox', model, start: true, config });
   const template = rawArgv(d, 'tpl', rawDir);
-  const base = baseDiskOf(d);
   await runOperation(d, 'DELETE', '/1.0/guests/tpl?force=true');
   for (let i = 0; i < iterations; i++) {
     await sleep(500);
@@ -97,7 +119,7 @@ try {
         api.push(await viaApi(d, `b${i}`));
         await runOperation(d, 'DELETE', `/1.0/guests/b${i}?force=true`);
       } else {
-        raw.push(await viaRaw(template, rawDir, base));
+        raw.push(await viaRaw(template, rawDir));
         killRaw(rawDir);
       }
       await sleep(500);
@@ -111,9 +133,9 @@ try {
     start: true,
     config,
   });
-  await viaRaw(template, rawDir, base);
+  await viaRaw(template, rawDir);
   await settle();
-  await sleep(5000);
+  await sleep(QUICK ? 1000 : 5000);
   const rawPids = spawnSync('pgrep', ['-f', rawDir], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
   const idle = {
     trivisorMiB: guestPss(d.stateDir, 'idle') / 2 ** 20,

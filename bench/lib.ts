@@ -1,10 +1,76 @@
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
 import { type ApiResponse, type Daemon, sleep } from '../test/system/harness.ts';
 
-export const RESULTS_DIR = path.resolve(import.meta.dirname, 'results');
+const REPO = path.resolve(import.meta.dirname, '..');
+
+/**
+ * Where results go: bench/results, or TRIVISOR_BENCH_RESULTS (the quick run and its test write
+ * elsewhere, so that a tiny run never replaces a measured figure).
+ */
+export const RESULTS_DIR = process.env.TRIVISOR_BENCH_RESULTS
+  ? path.resolve(process.env.TRIVISOR_BENCH_RESULTS)
+  : path.resolve(import.meta.dirname, 'results');
+
+/**
+ * Quick mode (`npm run bench -- --quick`, TRIVISOR_BENCH_QUICK=1): benchmarks whose sizes are not
+ * arguments shrink them, so that every benchmark and its baseline still run end to end in seconds.
+ */
+export const QUICK = process.env.TRIVISOR_BENCH_QUICK === '1';
+
+// Read when a benchmark starts (every one imports this module first), for its provenance.
+const loadAtStart = os.loadavg();
+
+/** The facts every result carries: the machine, its load around the run, the commit measured. */
+export interface Provenance {
+  kernel: string;
+  cpus: number;
+  cpuModel: string;
+  memoryBytes: number;
+  loadBefore: number[];
+  loadAfter: number[];
+  commit: string;
+  /** Uncommitted changes under bench/ or src/ when measured: the figure is not exactly `commit`'s. */
+  uncommittedChanges: boolean;
+  quick: boolean;
+}
+
+function git(args: string[]): string {
+  try {
+    return execFileSync('git', ['-C', REPO, ...args], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    return '';
+  }
+}
+
+export function provenance(): Provenance {
+  const cpus = os.cpus();
+  return {
+    kernel: os.release(),
+    cpus: cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+    memoryBytes: os.totalmem(),
+    loadBefore: loadAtStart.map((x) => Math.round(x * 100) / 100),
+    loadAfter: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    commit: git(['rev-parse', '--short=12', 'HEAD']) || 'unknown',
+    uncommittedChanges: git(['status', '--porcelain', '--', 'bench', 'src']) !== '',
+    quick: QUICK,
+  };
+}
 
 /** Percentile of a sample (nearest rank). */
 export function percentile(values: number[], p: number): number {
@@ -66,7 +132,8 @@ export async function settle(): Promise<void> {
 export function writeResult(name: string, result: Record<string, unknown>): string {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const file = path.join(RESULTS_DIR, `${name}.json`);
-  writeFileSync(file, `${JSON.stringify({ ...result, measuredAt: new Date().toISOString() }, null, 2)}\n`);
+  const stamped = { ...result, provenance: provenance(), measuredAt: new Date().toISOString() };
+  writeFileSync(file, `${JSON.stringify(stamped, null, 2)}\n`);
   return file;
 }
 
@@ -102,4 +169,93 @@ export function baseDiskOf(daemon: Daemon): string {
     .split('\n')[0];
   if (!found) throw new Error('no base disk found');
   return found;
+}
+
+/**
+ * A vm guest's QEMU argv (read from its /proc/PID/cmdline), made runnable by hand in `dir`. Since
+ * decision 0019 QEMU opens nothing of the state dir by name: it inherits every file and listening
+ * socket as a descriptor, which a replay does not have. Each is named again by path: an fd set
+ * (`-add-fd fd=N,set=S,opaque=PATH`, used as /dev/fdset/S) by its file, a listening socket by a path
+ * in `dir`, /proc/self/fd/N (the kernel and initramfs) by the file the guest's QEMU holds there;
+ * the guest's own dir becomes `dir`. The raw QEMU runs as root without the launcher: the engine alone.
+ */
+export function rawQemuArgv(pid: number, guestDir: string, dir: string): string[] {
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  const sets = new Map<string, string>();
+  const kept: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '-add-fd') {
+      const spec = argv[++i] ?? '';
+      const set = /(?:^|,)set=(\d+)/.exec(spec)?.[1];
+      const opaque = /(?:^|,)opaque=(.+)$/.exec(spec)?.[1];
+      if (!set || !opaque) throw new Error(`cannot replay -add-fd ${spec}: no set or opaque path`);
+      sets.set(set, opaque);
+    } else kept.push(a);
+  }
+  return kept.map((a) => {
+    let s = a
+      .replace(/\/dev\/fdset\/(\d+)/g, (_, set: string) => {
+        const file = sets.get(set);
+        if (!file) throw new Error(`cannot replay ${a}: no -add-fd for fd set ${set}`);
+        return file;
+      })
+      .replace(/\/proc\/self\/fd\/(\d+)/g, (_, fd: string) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+    if (s.startsWith('socket,') && /(?:^|,)fd=\d+/.test(s)) {
+      const id = /(?:^|,)id=([^,]+)/.exec(s)?.[1] ?? 'socket';
+      s = s.replace(/(^|,)fd=\d+/, `$1path=${guestDir}/raw-${id}.sock`);
+    }
+    if (/(?:^|[,=])fd=\d+/.test(s)) throw new Error(`cannot replay ${a}: it names an inherited descriptor`);
+    return s.replaceAll(guestDir, dir);
+  });
+}
+
+/** The backing file and format of the root disk in a QEMU argv (`-blockdev` with node-name root). */
+export function qemuRootBacking(argv: string[]): { file: string; format: string } {
+  for (let i = 0; i < argv.length - 1; i++) {
+    if (argv[i] !== '-blockdev' || !argv[i + 1]?.startsWith('{')) continue;
+    const node = JSON.parse(argv[i + 1] as string) as {
+      'node-name'?: string;
+      backing?: { driver?: string; file?: { filename?: string } } | null;
+    };
+    const file = node.backing?.file?.filename;
+    if (node['node-name'] === 'root' && file) return { file, format: node.backing?.driver ?? 'raw' };
+  }
+  throw new Error('no root -blockdev with a backing file in the QEMU argv');
+}
+
+/**
+ * Starts a replayed QEMU in `dir` (its root disk made first, a qcow2 over the same backing file),
+ * detached as the driver's launcher starts it; its own output goes to dir/qemu.log.
+ */
+export function startRawQemu(argv: string[], dir: string): ChildProcess {
+  const backing = qemuRootBacking(argv);
+  execFileSync('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-F',
+    backing.format,
+    '-b',
+    backing.file,
+    path.join(dir, 'root.qcow2'),
+    '2G',
+  ]);
+  const out = openSync(path.join(dir, 'qemu.log'), 'a');
+  try {
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', out, out], detached: true });
+    child.on('error', () => {});
+    child.unref();
+    return child;
+  } finally {
+    closeSync(out);
+  }
+}
+
+/** Why a raw QEMU ended before its guest's init: the end of its own output. */
+export function rawQemuFailure(dir: string): string {
+  const log = path.join(dir, 'qemu.log');
+  const text = existsSync(log) ? readFileSync(log, 'utf8').trim() : '';
+  return `QEMU exited: ${text.split('\n').at(-1) || 'no output'}`;
 }

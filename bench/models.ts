@@ -3,34 +3,39 @@
 // host memory per guest. Usage: node bench/models.ts [models=ct,pvm,vm] [repeats=3]
 import { spawnSync } from 'node:child_process';
 import { type Daemon, startDaemon } from '../test/system/harness.ts';
-import { guestPss, ms, runOperation, settle, writeResult } from './lib.ts';
+import { guestPss, ms, QUICK, runOperation, settle, writeResult } from './lib.ts';
 
 const models = (process.argv[2] ?? 'ct,pvm,vm').split(',');
 const repeats = Number(process.argv[3] ?? 3);
 const MiB = 2 ** 20;
 
+// Quick mode runs every workload at a quarter of its size (a few take seconds in a pvm or vm guest).
+const n = (count: number) => (QUICK ? Math.max(1, Math.round(count / 4)) : count);
+// /proc/uptime moves in 10 ms steps: a reading below one step is counted as one, so that a
+// workload too short for the clock gives a finite ratio rather than 0 or a division by zero.
+const TICK_SECONDS = 0.01;
+
 /** Each workload prints its own elapsed seconds, read from /proc/uptime around it (10 ms steps). */
 const WORKLOADS: Record<string, { what: string; script: string }> = {
   cpu: {
-    what: 'sha256sum of 64 MiB',
-    script: 'dd if=/dev/zero bs=1M count=64 2>/dev/null | sha256sum >/dev/null',
+    what: `sha256sum of ${n(64)} MiB`,
+    script: `dd if=/dev/zero bs=1M count=${n(64)} 2>/dev/null | sha256sum >/dev/null`,
   },
   syscalls: {
-    what: '200k one-byte read+write syscalls',
-    script: 'dd if=/dev/zero of=/dev/null bs=1 count=100000 2>/dev/null',
+    what: `${n(200)}k one-byte read+write syscalls`,
+    script: `dd if=/dev/zero of=/dev/null bs=1 count=${n(100_000)} 2>/dev/null`,
   },
   forkExec: {
-    what: '200 fork+exec of /bin/true',
-    script: 'i=0; while [ $i -lt 200 ]; do /bin/true; i=$((i+1)); done',
+    what: `${n(200)} fork+exec of /bin/true`,
+    script: `i=0; while [ $i -lt ${n(200)} ]; do /bin/true; i=$((i+1)); done`,
   },
   fileFsync: {
-    what: '100 x (write 64 KiB + fsync)',
-    script:
-      'mkdir -p /root/b; i=0; while [ $i -lt 100 ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b',
+    what: `${n(100)} x (write 64 KiB + fsync)`,
+    script: `mkdir -p /root/b; i=0; while [ $i -lt ${n(100)} ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b`,
   },
   memory: {
-    what: '1 GiB through dd (memory bandwidth)',
-    script: 'dd if=/dev/zero of=/dev/null bs=1M count=1024 2>/dev/null',
+    what: `${n(1024)} MiB through dd (memory bandwidth)`,
+    script: `dd if=/dev/zero of=/dev/null bs=1M count=${n(1024)} 2>/dev/null`,
   },
 };
 
@@ -94,7 +99,8 @@ try {
   for (const model of models) {
     ratios[model] = {};
     for (const name of Object.keys(WORKLOADS)) {
-      ratios[model]![name] = results[model]![name]! / nativeByModel[model]![name]!;
+      ratios[model]![name] =
+        Math.max(TICK_SECONDS, results[model]![name]!) / Math.max(TICK_SECONDS, nativeByModel[model]![name]!);
     }
   }
   results.native = nativeByModel[models[0]!] ?? {};

@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { type Daemon, eventually, sleep, startDaemon } from '../test/system/harness.ts';
-import { writeResult } from './lib.ts';
+import { QUICK, writeResult } from './lib.ts';
 
 const mib = Number(process.argv[2] ?? 256);
 const pings = Number(process.argv[3] ?? 50);
@@ -72,7 +72,7 @@ for (const subnet of ['198.18.205.0/24', '198.18.206.0/24']) {
 const d = await startDaemon();
 const results: Record<string, { mib: number; mbitPerSecond: number; rttMs: number }> = {};
 const loadAtStart = loadavg();
-const slowMib = Math.max(16, Math.round(mib / 2));
+const slowMib = Math.max(QUICK ? 1 : 16, Math.round(mib / 2));
 const baselines: Array<{ mbitPerSecond: number; rttMs: number }> = [];
 try {
   // Baseline: a veth pair between two namespaces.

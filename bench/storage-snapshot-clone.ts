@@ -6,12 +6,12 @@ import { spawnSync } from 'node:child_process';
 import { statfsSync } from 'node:fs';
 import path from 'node:path';
 import { startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, runOperation, settle, writeResult } from './lib.ts';
+import { ms, percentile, QUICK, runOperation, settle, writeResult } from './lib.ts';
 
 process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
 const reps = Number(process.argv[2] ?? 3);
 const MiB = 2 ** 20;
-const sizes = [10 * MiB, 1024 * MiB];
+const sizes = QUICK ? [2 * MiB] : [10 * MiB, 1024 * MiB];
 
 const d = await startDaemon();
 try {

@@ -6,11 +6,11 @@
 // variants alternating. A variant that does not reach the line in time is reported as
 // such with the tail of its console.
 // Usage: node bench/vm-variants.ts [iterations=3]
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { sleep, startDaemon } from '../test/system/harness.ts';
-import { baseDiskOf, percentile, runOperation, writeResult } from './lib.ts';
+import { percentile, rawQemuArgv, rawQemuFailure, runOperation, startRawQemu, writeResult } from './lib.ts';
 
 const iterations = Number(process.argv[2] ?? 3);
 const MARKER = 'trivisor: init';
@@ -74,27 +74,15 @@ const variants: Variant[] = [
   },
 ];
 
-async function boot(argv: string[], dir: string, baseDisk: string): Promise<number | string> {
+async function boot(argv: string[], dir: string): Promise<number | string> {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  execFileSync('qemu-img', [
-    'create',
-    '-q',
-    '-f',
-    'qcow2',
-    '-F',
-    'raw',
-    '-b',
-    baseDisk,
-    `${dir}/root.qcow2`,
-    '2G',
-  ]);
   const log = path.join(dir, 'console.log');
   const t0 = performance.now();
-  const r = spawnSync(argv[0] as string, argv.slice(1), { encoding: 'utf8' }); // -daemonize: returns once QEMU runs
-  if (r.status !== 0) return `QEMU refused: ${(r.stderr || r.stdout).trim().split('\n').at(-1)}`;
+  const qemu = startRawQemu(argv, dir);
   while (performance.now() - t0 < TIMEOUT_MS) {
     if (existsSync(log) && readFileSync(log, 'utf8').includes(MARKER)) return performance.now() - t0;
+    if (qemu.exitCode !== null || qemu.signalCode !== null) return rawQemuFailure(dir);
     await sleep(5);
   }
   const tail = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').slice(-12).join(' | ') : '';
@@ -117,11 +105,7 @@ try {
   });
   const pid = (JSON.parse(d.ok(['info', 'tpl', '--format', 'json'])) as { state: { pid: number } }).state.pid;
   const guestDir = path.join(d.stateDir, 'guests', 'tpl');
-  const template = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
-    .split('\0')
-    .filter(Boolean)
-    .map((a) => a.replaceAll(guestDir, scratch));
-  const base = baseDiskOf(d);
+  const template = rawQemuArgv(pid, guestDir, scratch);
   await runOperation(d, 'DELETE', '/1.0/guests/tpl?force=true');
   if (!debianInitrd()) {
     for (const v of ['q35-debian', 'q35-debian-256'])
@@ -134,7 +118,7 @@ try {
     for (const v of order) {
       if (failures[v.name]) continue;
       await sleep(500);
-      const result = await boot(v.argv(template), scratch, base);
+      const result = await boot(v.argv(template), scratch);
       killAll(scratch);
       if (typeof result === 'string') failures[v.name] = result;
       else samples[v.name] = [...(samples[v.name] ?? []), result];

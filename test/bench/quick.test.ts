@@ -1,0 +1,254 @@
+// Every benchmark stays runnable (issue 19): `npm run bench -- --quick` runs each one and its
+// baseline at a tiny size, into a run dir of this test (never bench/results or docs/benchmarks.md),
+// and each result must hold its figures: present, positive, ratios finite. No timing is asserted:
+// a quick run on a shared machine measures nothing, it only shows that both sides still run.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { BENCHMARKS, type RunSummary } from '../../bench/run-all.ts';
+import { cleanUpRun, makeRunDir } from '../leftovers.ts';
+
+const REPO = path.resolve(import.meta.dirname, '../..');
+type Json = Record<string, unknown>;
+
+/**
+ * The values at a dotted path; `*` stands for every key or element there. Throws when a part
+ * of the path is missing, so an absent figure fails as surely as a wrong one.
+ */
+function valuesAt(root: unknown, dotted: string): Array<{ where: string; value: unknown }> {
+  let found: Array<{ where: string; value: unknown }> = [{ where: '', value: root }];
+  for (const part of dotted.split('.')) {
+    found = found.flatMap(({ where, value }) => {
+      if (value === null || typeof value !== 'object')
+        throw new Error(`${where || 'the result'} has no ${part}`);
+      const entries = part === '*' ? Object.entries(value) : [[part, (value as Json)[part]] as const];
+      if (entries.length === 0) throw new Error(`${where || 'the result'} is empty`);
+      return entries.map(([k, v]) => {
+        if (v === undefined) throw new Error(`${where || 'the result'} has no ${k}`);
+        return { where: where ? `${where}.${k}` : k, value: v };
+      });
+    });
+  }
+  return found;
+}
+
+/** Every value at each path is a finite number above zero (JSON writes NaN and Infinity as null). */
+function positive(file: string, result: Json, paths: string[]): void {
+  for (const p of paths) {
+    for (const { where, value } of valuesAt(result, p)) {
+      assert.ok(
+        typeof value === 'number' && Number.isFinite(value) && value > 0,
+        `${file}: ${where} is ${JSON.stringify(value)}, not a positive finite number`,
+      );
+    }
+  }
+}
+
+/** What each quick result must hold: the benchmark's figures and its baseline's, and the ratio. */
+const CHECKS: Record<string, (r: Json, file: string) => void> = {
+  'ct-latency.json': (r, f) => positive(f, r, ['trivisor.p50Ms', 'rawRunc.p50Ms', 'ratioP50', 'ratioP95']),
+  'ct-density-4.json': (r, f) => {
+    assert.equal(r.running, 4, `${f}: ${r.running} of 4 guests running`);
+    positive(f, r, [
+      'startAllSeconds',
+      'deleteAllSeconds',
+      'hostMemoryPerGuestMiB',
+      'guestProcessPssPerGuestMiB',
+      'daemonRssMiB',
+      'listUrls.p50Ms',
+      'listFull.p50Ms',
+      'listWithUsage.p50Ms',
+      'cliListJsonMs',
+    ]);
+  },
+  'models.json': (r, f) => {
+    assert.deepEqual(Object.keys(r.ratioToNative as Json).sort(), ['ct', 'pvm', 'vm'], `${f}: models`);
+    positive(f, r, ['ratioToNative.*.*', 'bootToInitMs.*', 'idleHostMemoryMiB.*']);
+  },
+  'vm-boot.json': (r, f) =>
+    positive(f, r, [
+      'trivisor.p50Ms',
+      'raw.p50Ms',
+      'ratioP50',
+      'idleHostMemory.trivisorMiB',
+      'idleHostMemory.rawMiB',
+    ]),
+  'pvm-boot.json': (r, f) =>
+    positive(f, r, [
+      'trivisor.p50Ms',
+      'raw.p50Ms',
+      'ratioP50',
+      'idleHostMemory.trivisorMiB',
+      'idleHostMemory.rawMiB',
+    ]),
+  'vm-variants.json': (r, f) => {
+    const variants = r.variants as Json[];
+    assert.deepEqual(
+      variants.map((v) => v.name),
+      ['q35-own', 'pc-own'],
+      `${f}: the variants quick mode runs`,
+    );
+    for (const v of variants)
+      assert.equal(v.failed, undefined, `${f}: variant ${v.name} failed: ${v.failed}`);
+    positive(f, r, ['variants.*.p50Ms', 'variants.*.ratioToDefault']);
+  },
+  'vm-density-1.json': (r, f) =>
+    positive(f, r, ['allUpSeconds', 'hostMemoryPerGuestMiB', 'deleteAllSeconds']),
+  'pvm-density-2.json': (r, f) =>
+    positive(f, r, ['allUpSeconds', 'hostMemoryPerGuestMiB', 'deleteAllSeconds']),
+  'storage-snapshot-clone.json': (r, f) => {
+    assert.equal((r.rows as Json[]).length, 2, `${f}: a row for the dir pool and one for btrfs`);
+    positive(f, r, [
+      'rows.*.snapshotRunning.p50Ms',
+      'rows.*.restoreRunning.p50Ms',
+      'rows.*.cloneRunning.p50Ms',
+      'rows.*.deleteSnapshot.p50Ms',
+    ]);
+  },
+  'storage-backup.json': (r, f) =>
+    positive(f, r, [
+      'writableBytes',
+      'archiveBytes',
+      'export.ms',
+      'export.mibPerSecond',
+      'import.ms',
+      'import.mibPerSecond',
+      'rawTarZstd.ms',
+      'rawTarZstdAllCores.ms',
+      'rawUnzstdUntar.ms',
+    ]),
+  'storage-vm.json': (r, f) => {
+    assert.deepEqual(
+      (r.snapshots as Json[]).map((x) => x.model),
+      ['vm', 'pvm'],
+      `${f}: snapshot rows`,
+    );
+    assert.deepEqual(
+      (r.backups as Json[]).map((x) => x.model),
+      ['vm', 'pvm'],
+      `${f}: backup rows`,
+    );
+    positive(f, r, [
+      'snapshots.*.snapshotRunning.p50Ms',
+      'snapshots.*.cloneRunning.p50Ms',
+      'snapshots.*.restoreRunning.p50Ms',
+      'snapshots.*.deleteSnapshot.p50Ms',
+      'backups.*.export.ms',
+      'backups.*.import.ms',
+      'backups.*.rawQemuImgConvertFlat.ms',
+      'backups.*.rawTarZstdOfFlat.ms',
+      'backups.*.rawUntarZstd.ms',
+      'backups.*.rawQemuImgConvertBack.ms',
+      'incremental.full.ms',
+      'incremental.incremental.ms',
+      'incremental.incremental.archiveBytes',
+    ]);
+  },
+  'network.json': (r, f) => {
+    assert.equal((r.baselines as Json[]).length, 2, `${f}: the veth baseline at the start and the end`);
+    // The baseline, 7 guest-to-guest paths and 3 guest-to-host paths.
+    assert.equal((r.rows as Json[]).length, 11, `${f}: rows`);
+    positive(f, r, [
+      'baselines.*.mbitPerSecond',
+      'baselines.*.rttMs',
+      'rows.*.mbitPerSecond',
+      'rows.*.rttMs',
+    ]);
+    positive(f, r, ['rows.*.throughputRatio', 'rows.*.rttRatio']);
+  },
+  'cli-latency.json': (r, f) => {
+    assert.ok((r.cli as Json[]).length > 0, `${f}: no commands`);
+    positive(f, r, [
+      'cli.*.bundle.p50Ms',
+      'cli.*.sources.p50Ms',
+      'cli.*.baselineStats.p50Ms',
+      'cli.*.ratioP50',
+      'daemonStartup.*.readyP50Ms',
+      'daemonStartup.*.firstAnswerP50Ms',
+    ]);
+  },
+  'store-etcd.json': (r, f) => positive(f, r, ['ops.*.etcd.p50Ms', 'ops.*.sqlite.p50Ms', 'ops.*.ratioP50']),
+  'cluster-ct.json': (r, f) => {
+    assert.deepEqual(
+      (r.setups as Json[]).map((x) => x.name),
+      ['sqlite', 'etcd, 1 voter', 'etcd, 3 voters'],
+      `${f}: setups`,
+    );
+    positive(f, r, ['setups.*.p50Ms', 'setups.*.meanMs', 'setups.*.ratioP50']);
+  },
+  'web-ui.json': (r, f) =>
+    positive(f, r, ['listInteractive.p50Ms', 'filterKeystroke.p50Ms', 'maxRowNodes', 'firstPageGzipBytes']),
+  'fuzz-api.json': (r, f) => {
+    assert.equal(r.daemonAlive, true, `${f}: the daemon died under the fuzzer`);
+    positive(f, r, ['requests', 'routesHit', 'requestsPerSecond']);
+  },
+};
+
+const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+
+test('npm run bench -- --quick runs every benchmark and its baseline to sane output, and leaves docs/benchmarks.md alone', {
+  timeout: 1_200_000,
+}, async () => {
+  // Every benchmark the runner knows is checked here, and nothing else: a new benchmark needs its check.
+  assert.deepEqual(
+    BENCHMARKS.flatMap((b) => b.quickResults).sort(),
+    Object.keys(CHECKS).sort(),
+    'every benchmark has its check',
+  );
+  const docs = path.join(REPO, 'docs/benchmarks.md');
+  const docsBefore = sha256(docs);
+  const dir = await makeRunDir('bench-quick');
+  try {
+    const out = path.join(dir, 'results');
+    const code = await new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, ['bench/run-all.ts', '--quick', '--out', out], {
+        cwd: REPO,
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
+      child.on('close', resolve);
+    });
+    const summary = JSON.parse(readFileSync(path.join(out, 'run.json'), 'utf8')) as RunSummary;
+    const failed = summary.runs.filter((r) => !r.ok).map((r) => `${r.name}: ${r.error} (log ${r.log})`);
+    assert.deepEqual(failed, [], 'benchmarks that failed');
+    assert.equal(code, 0, 'run-all exit code');
+    assert.equal(summary.quick, true);
+    assert.deepEqual(
+      summary.runs.map((r) => r.name),
+      BENCHMARKS.map((b) => b.name),
+      'every benchmark ran',
+    );
+    // What quick mode leaves out, listed rather than skipped in silence.
+    assert.deepEqual(
+      summary.runs.filter((r) => r.quickOmits).map((r) => r.name),
+      ['vm-variants'],
+    );
+    for (const [file, check] of Object.entries(CHECKS)) {
+      const result = JSON.parse(readFileSync(path.join(out, file), 'utf8')) as Json;
+      check(result, file);
+      const p = result.provenance as Json;
+      assert.equal(p.quick, true, `${file}: provenance says quick mode`);
+      positive(file, result, ['provenance.cpus', 'provenance.memoryBytes']);
+      assert.match(String(p.commit), /^[0-9a-f]{7,}$/, `${file}: provenance names the commit`);
+      assert.equal((p.loadBefore as number[]).length, 3, `${file}: load before`);
+      assert.equal((p.loadAfter as number[]).length, 3, `${file}: load after`);
+    }
+    assert.equal(summary.reportOk, true, 'the report was generated');
+    const report = readFileSync(summary.report, 'utf8');
+    assert.equal(path.dirname(summary.report), out, 'the quick report is written beside its results');
+    assert.doesNotMatch(report, /NaN|Infinity|undefined|_Not measured yet\._/, 'the report has every figure');
+    assert.ok(
+      (report.match(/Quick mode \(`npm run bench -- --quick`\)/g) ?? []).length >= BENCHMARKS.length,
+      'each table says it is a quick run',
+    );
+    assert.equal(sha256(docs), docsBefore, 'docs/benchmarks.md is not rewritten by a quick run');
+    console.log(
+      `quick benchmarks: ${summary.seconds} s (${summary.runs.map((r) => `${r.name} ${r.seconds} s`).join(', ')})`,
+    );
+  } finally {
+    const left = await cleanUpRun(dir);
+    assert.deepEqual(left, [], 'what the quick run left behind');
+  }
+});
