@@ -550,7 +550,7 @@ if (clusterCt) {
   const load = clusterCt.loadAverage as { start: number[]; end: number[] } | undefined;
   lines.push(
     '',
-    `${clusterCt.rounds} rounds, ${clusterCt.etcdVersion}, kernel ${clusterCt.kernel}${load ? `, load average ${load.start.map((x) => x.toFixed(2)).join(', ')} at the start and ${load.end.map((x) => x.toFixed(2)).join(', ')} at the end` : ''}. The target is ${worst <= 1.3 ? 'met' : '**not met**'} in this run. Measured ${clusterCt.measuredAt}.`,
+    `${clusterCt.rounds} rounds, ${clusterCt.etcdVersion}, kernel ${clusterCt.kernel}${load ? `, load average ${load.start.map((x) => x.toFixed(2)).join(', ')} at the start and ${load.end.map((x) => x.toFixed(2)).join(', ')} at the end` : ''}. The target is ${worst <= 1.3 ? 'met in this run' : '**not met** in this run: the figure needs a quiet machine before it says more, and the store calls of a create+start (each 1-2 ms on etcd, see the store table) are the first place to look'}. Measured ${clusterCt.measuredAt}.`,
     '',
   );
   stamp([clusterCt]);
@@ -581,7 +581,7 @@ if (fuzz) {
     '|---|---|---|---|---|---|---|---|---|---|---|---|',
     `| ${fuzz.seed} | ${n(fuzz.requests)} | ${n(fuzz.raw)} | ${fuzz.routesHit} of ${fuzz.routes} | ${n(by['2xx'])} / ${n(by['4xx'])} / ${n(by.closed)} | ${n(fuzz.stateChecks)} | ${fuzz.failures} | ${fuzz.hangs} | ${fuzz.changes} | ${n(fuzz.slowestMs)} ms | ${fuzz.requestsPerSecond} | ${fuzz.daemonAlive ? 'yes' : '**no**'} |`,
     '',
-    `Raw payloads: ${n(by['raw 4xx'])} answered 4xx, ${n(by['raw 2xx'])} answered 2xx (well-formed requests among the junk), ${n(by['raw closed'])} closed without an answer. Kernel ${fuzz.kernel}, measured ${fuzz.measuredAt}.`,
+    `Raw payloads: ${n(by['raw 4xx'])} answered 4xx, ${n(by['raw 2xx'])} answered 2xx (well-formed requests among the junk), ${n(by['raw closed'])} closed without an answer (not HTTP at all). "Closed" requests: bodies over the 1 MiB limit, whose connection the server closes (413) before the client has sent them whole. Kernel ${fuzz.kernel}, measured ${fuzz.measuredAt}.`,
     '',
   );
   stamp([fuzz]);
