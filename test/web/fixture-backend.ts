@@ -1,9 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { failedPrecondition } from '../../src/core/errors.ts';
+import type { ClusterInfo, ClusterMember, ClusterService } from '../../src/cluster/membership.ts';
+import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../../src/core/errors.ts';
 import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
 import { createFakeServices, type FakeServices } from '../../src/server/fake-services.ts';
@@ -23,6 +24,8 @@ export interface FixtureBackend {
   token: string;
   fake: FakeServices;
   app: FastifyInstance;
+  /** The fake membership's members (empty on a single host): tests read and change them. */
+  members: ClusterMember[];
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
   setStatus(name: string, status: Guest['status']): void;
   close(): Promise<void>;
@@ -112,10 +115,142 @@ function seedHistory(history: ReturnType<typeof openMetricsHistory>, names: stri
   }
 }
 
+const GiB = 2 ** 30;
+
+/**
+ * Cluster membership as the API answers it (decision 0032), without etcd: `member` starts as a
+ * cluster of three (this host with the guests, web2 holding guests of its own, web3 Offline and
+ * empty), `single` as a host of its own that a bootstrap makes the first member. Refusals are
+ * the real service's, in its words: removing this member or one that holds guests, a join by a
+ * host that holds guests.
+ */
+function fakeCluster(
+  mode: 'member' | 'single',
+  ownGuests: () => number,
+): { service: ClusterService; members: ClusterMember[] } {
+  const self = 'fakehost';
+  const members: ClusterMember[] = [];
+  const info = (): ClusterInfo =>
+    members.length === 0
+      ? { enabled: false }
+      : {
+          enabled: true,
+          member: self,
+          address: '198.18.0.1:8444',
+          caFingerprint: 'ab'.repeat(32),
+          etcd: { managed: true, endpoints: ['https://198.18.0.1:2379', 'https://198.18.0.2:2379'] },
+        };
+  const joinedAt = '2026-12-01T09:00:00.000Z';
+  const selfMember = (): ClusterMember => ({
+    name: self,
+    address: '198.18.0.1:8444',
+    status: 'Online',
+    roles: ['etcd-voter'],
+    guests: ownGuests(),
+    version: '0.1.0',
+    cpu: { cpus: 2, used: 0.85, free: 1.15 },
+    memory: { totalBytes: 24 * GiB, usedBytes: 6.5 * GiB, freeBytes: 17.5 * GiB },
+    joinedAt,
+  });
+  if (mode === 'member') {
+    members.push(
+      selfMember(),
+      {
+        name: 'web2',
+        address: '198.18.0.2:8444',
+        status: 'Online',
+        roles: ['etcd-voter'],
+        guests: 12,
+        version: '0.1.0',
+        cpu: { cpus: 4, used: 1.5, free: 2.5 },
+        memory: { totalBytes: 16 * GiB, usedBytes: 3 * GiB, freeBytes: 13 * GiB },
+        joinedAt,
+      },
+      {
+        name: 'web3',
+        address: '198.18.0.3:8444',
+        status: 'Offline',
+        roles: ['etcd-client'],
+        guests: 0,
+        version: '0.1.0',
+        cpu: null,
+        memory: null,
+        joinedAt,
+      },
+    );
+  }
+  const requireMember = () => {
+    if (members.length === 0) {
+      throw failedPrecondition(
+        'This daemon is not a cluster member: make it the first one with trivisor cluster bootstrap --address IP, or join one with trivisor cluster join',
+      );
+    }
+  };
+  const service: ClusterService = {
+    async info() {
+      return info();
+    },
+    async bootstrap(request) {
+      if (members.length > 0) throw failedPrecondition('This daemon is a cluster member already');
+      if (!/^\d{1,3}(\.\d{1,3}){3}(:\d+)?$/.test(request.address)) {
+        throw invalidArgument(`Cluster address ${request.address} is not IP[:PORT]`);
+      }
+      members.push(selfMember());
+      return info();
+    },
+    async createJoinToken(name, options) {
+      requireMember();
+      if (members.some((m) => m.name === name)) throw alreadyExists(`A member named ${name} exists already`);
+      return {
+        name,
+        token: `trvjoin_${randomBytes(48).toString('base64url')}`,
+        expiresAt: new Date(Date.now() + (options.ttlMs ?? 3 * 3_600_000)).toISOString(),
+      };
+    },
+    async join() {
+      if (members.length > 0) throw failedPrecondition('This daemon is a cluster member already');
+      throw failedPrecondition(
+        `This host holds ${ownGuests()} guests: only a host with no guests, custom volumes or networks can join a cluster`,
+      );
+    },
+    async acceptJoin() {
+      throw failedPrecondition('The fixture accepts no joining host');
+    },
+    async list() {
+      requireMember();
+      return members.map((m) => (m.name === self ? selfMember() : { ...m }));
+    },
+    async get(name) {
+      requireMember();
+      const found = members.find((m) => m.name === name);
+      if (!found) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
+      return found;
+    },
+    async remove(name, options = {}) {
+      requireMember();
+      const at = members.findIndex((m) => m.name === name);
+      const member = members[at];
+      if (!member) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
+      if (name === self) {
+        throw failedPrecondition(
+          `Member ${name} is the one this request reached: remove it through another member`,
+        );
+      }
+      if (member.guests > 0 && !options.force) {
+        throw failedPrecondition(
+          `Member ${name} holds ${member.guests} guests (web2-a, web2-b, web2-c, web2-d, web2-e, …): move or delete them first, or remove it anyway with --force (its guests stay recorded on it)`,
+        );
+      }
+      members.splice(at, 1);
+    },
+  };
+  return { service, members };
+}
+
 /** Starts the fixture on 127.0.0.1 over HTTPS (a throwaway certificate in `runDir`). */
 export async function startFixtureBackend(
   runDir: string,
-  options: { guests?: number; sessionTtlMs?: number; port?: number } = {},
+  options: { guests?: number; sessionTtlMs?: number; port?: number; cluster?: 'member' | 'single' } = {},
 ): Promise<FixtureBackend> {
   const key = path.join(runDir, 'fixture.key');
   const cert = path.join(runDir, 'fixture.crt');
@@ -147,6 +282,8 @@ export async function startFixtureBackend(
   const history = openMetricsHistory(':memory:');
   seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
   fake.metricsHistory = history;
+  const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size);
+  fake.cluster = cluster.service;
 
   const publish = (name: string, status: Guest['status']) =>
     fake.events.publish({
@@ -205,6 +342,7 @@ export async function startFixtureBackend(
     token: FIXTURE_TOKEN,
     fake,
     app,
+    members: cluster.members,
     setStatus(name, status) {
       const g = fake.guestMap.get(name);
       if (g) g.status = status;

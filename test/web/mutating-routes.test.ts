@@ -16,12 +16,8 @@ const WEB = path.join(REPO, 'web/src');
  */
 const NOT_IN_THE_UI: Record<string, string> = {
   'POST /1.0/guests/:name/console/keys': 'the noVNC view types through RFB, key by key, instead',
-  // The members view comes with the cluster (issue 12), whose routes are still being built.
-  'POST /1.0/cluster/bootstrap': 'forming a cluster: a members view comes with the cluster (issue 12)',
-  'POST /1.0/cluster/tokens': 'join tokens: a members view comes with the cluster (issue 12)',
-  'POST /1.0/cluster/join': 'a member joining: a members view comes with the cluster (issue 12)',
-  'POST /1.0/cluster/members': "a member's join request (member to member, not a person's action)",
-  'DELETE /1.0/cluster/members/:name': 'removing a member: a members view comes with the cluster (issue 12)',
+  'POST /1.0/cluster/members':
+    "a joining host's request to a member (member to member, proven by the token's secret): the UI's join is POST /1.0/cluster/join",
 };
 
 /** `/1.0/guests/:name/x` as a pattern that matches concrete paths. */

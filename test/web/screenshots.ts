@@ -27,6 +27,7 @@ try {
   await shot('guest', '/guests/pvm-0001', 'dl.facts');
   await shot('charts', '/guests/ct-0003?tab=metrics&range=day', '.uplot canvas');
   await shot('create', '/new-guest?step=1', 'fieldset');
+  await shot('members', '/members', 'tr[data-member]');
   await page.emulateMedia({ colorScheme: 'dark' });
   await shot('guests-dark', '/guests?model=vm', 'tr[data-guest]');
   await page.emulateMedia({ colorScheme: 'light' });

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import type { BrowserContext, Page } from 'playwright-core';
+import type { BrowserContext, Dialog, Page } from 'playwright-core';
 import { readWebManifest, webDistOf } from '../../src/build/web-bundle.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { openBrowser, signIn } from './browser.ts';
@@ -11,6 +11,14 @@ import { type FixtureBackend, startFixtureBackend } from './fixture-backend.ts';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const AXE = readFileSync(path.join(REPO, 'node_modules/axe-core/axe.min.js'), 'utf8');
+
+/** axe-core's serious and critical findings on the page as it is. */
+async function axeFindings(page: Page): Promise<string[]> {
+  await page.addScriptTag({ content: AXE });
+  return (await page.evaluate(`axe.run().then((r) => r.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => v.id + ' (' + v.impact + '): ' + v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')))`)) as string[];
+}
 
 /** The main pages, each by its URL: what the quality checks walk. */
 const MAIN_PAGES = [
@@ -24,6 +32,7 @@ const MAIN_PAGES = [
   '/storage',
   '/images',
   '/operations',
+  '/members',
   '/admin',
 ];
 
@@ -204,6 +213,183 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("the members view shows each member's status, address, roles, measured usage and guests, and nothing the API lacks", async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/members`);
+    const row = (name: string) => page.locator(`tr[data-member="${name}"]`);
+    await row('web3').waitFor();
+    assert.equal(await page.locator('tr[data-member]').count(), 3);
+    assert.match(
+      (await page.locator('[data-testid=cluster-summary]').textContent()) ?? '',
+      /^3 members, 2 online/,
+    );
+    const self = (await row('fakehost').textContent()) ?? '';
+    for (const want of [
+      'fakehost (this one)',
+      'Online',
+      '198.18.0.1:8444',
+      'etcd voter',
+      '0.85 of 2 CPUs busy',
+      '6.5 GiB of 24 GiB',
+      '1000',
+    ]) {
+      assert.ok(self.includes(want), `${want} in ${self}`);
+    }
+    const offline = (await row('web3').textContent()) ?? '';
+    for (const want of ['Offline', '198.18.0.3:8444', 'etcd client'])
+      assert.ok(offline.includes(want), `${want} in ${offline}`);
+    // Nothing measured while Offline (the API's null): not shown as zero.
+    assert.equal(await row('web3').locator('[data-testid=member-cpu]').textContent(), 'not measured');
+    assert.equal(await row('web3').locator('[data-testid=member-memory]').textContent(), 'not measured');
+    // The API refuses removing the member a request reached: no button for it.
+    assert.equal(await row('fakehost').locator('button').count(), 0);
+    // Evacuation, placement and rebalancing have no API yet: nothing pretends to do them.
+    assert.equal(
+      await page
+        .locator('main button, main a')
+        .filter({ hasText: /evacuat|restore|rebalanc|placement/i })
+        .count(),
+      0,
+    );
+    // The dashboard shows every member's measured CPU and memory too.
+    await page.goto(`${backend.url}/`);
+    await page.locator('tr[data-dashboard-member="web3"]').waitFor();
+    const web2 = page.locator('tr[data-dashboard-member="web2"] td');
+    assert.deepEqual(await web2.allTextContents(), [
+      'web2',
+      'Online',
+      '1.50 of 4 CPUs',
+      '3.0 GiB of 16 GiB',
+      '12',
+    ]);
+  });
+
+  test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {
+    await signedIn();
+    const saved = backend.members.map((m) => ({ ...m }));
+    const accept = (d: Dialog) => void d.accept();
+    page.on('dialog', accept);
+    try {
+      await page.goto(`${backend.url}/members`);
+      await page.locator('tr[data-member="web2"]').waitFor();
+      await page.click('button[aria-label="Remove member web2"]');
+      const refusal = page.locator('[data-testid=member-refusal]');
+      await refusal.waitFor();
+      assert.match(
+        (await refusal.locator('p').textContent()) ?? '',
+        /^Removing web2 was refused: Member web2 holds 12 guests \(.*\): move or delete them first/,
+      );
+      assert.ok(
+        backend.members.some((m) => m.name === 'web2'),
+        'a refusal changes nothing',
+      );
+      assert.equal(await page.locator('tr[data-member="web2"]').count(), 1);
+      await refusal.locator('button', { hasText: 'Remove web2 anyway' }).click();
+      await page.locator('tr[data-member="web2"]').waitFor({ state: 'detached' });
+      assert.equal(await refusal.count(), 0);
+      await page.click('button[aria-label="Remove member web3"]');
+      await page.locator('tr[data-member="web3"]').waitFor({ state: 'detached' });
+      assert.deepEqual(
+        backend.members.map((m) => m.name),
+        ['fakehost'],
+      );
+      assert.match(
+        (await page.locator('[data-testid=cluster-summary]').textContent()) ?? '',
+        /^1 member, 1 online/,
+      );
+    } finally {
+      page.off('dialog', accept);
+      backend.members.splice(0, backend.members.length, ...saved);
+    }
+  });
+
+  test('adding a member shows its join token once, to copy, with the command for the new host; the keyboard does it all', async () => {
+    await signedIn();
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: backend.url });
+    await page.goto(`${backend.url}/members`);
+    await page.locator('tr[data-member="web3"]').waitFor();
+    // From the page's start, Tab reaches the removal buttons and the form, and Enter submits it.
+    await page.focus('#content');
+    const reached: string[] = [];
+    for (let i = 0; i < 12 && !reached.includes('#f-new-member-s-name'); i++) {
+      await page.keyboard.press('Tab');
+      reached.push(
+        (await page.evaluate(
+          "(() => { const el = document.activeElement; return el?.id ? '#' + el.id : (el?.getAttribute('aria-label') ?? el?.innerText ?? '').trim(); })()",
+        )) as string,
+      );
+    }
+    for (const want of ['Refresh', 'Remove member web2', 'Remove member web3', '#f-new-member-s-name']) {
+      assert.ok(reached.includes(want), `${want} among ${reached.join(' | ')}`);
+    }
+    await page.keyboard.type('web4');
+    await page.keyboard.press('Tab');
+    await page.keyboard.type('1h');
+    await page.keyboard.press('Enter');
+    const shown = page.locator('[data-testid=join-token-shown]');
+    await shown.waitFor();
+    const token = await page.inputValue('#join-token');
+    assert.match(token, /^trvjoin_[A-Za-z0-9_-]{20,}$/);
+    assert.ok(((await shown.textContent()) ?? '').includes(`trivisor cluster join ${token} --address IP`));
+    await shown.locator('button', { hasText: 'Copy the token' }).click();
+    assert.equal(await page.evaluate('navigator.clipboard.readText()'), token);
+    // Shown once: a reload does not bring it back.
+    await page.reload();
+    await page.locator('tr[data-member="web3"]').waitFor();
+    assert.equal(await shown.count(), 0);
+    // The API's refusals, in its one line: a taken name, an expiry that is no duration.
+    await page.fill('#f-new-member-s-name', 'web2');
+    await page.click('button:has-text("Make a join token")');
+    await page.locator('.notice.error', { hasText: 'A member named web2 exists already' }).waitFor();
+    await page.fill('#f-new-member-s-name', 'web5');
+    await page.fill('#f-token-lasts', 'forever');
+    await page.click('button:has-text("Make a join token")');
+    await page
+      .locator('.notice.error', { hasText: 'The token expiry "forever" is not a duration' })
+      .waitFor();
+    assert.equal(await shown.count(), 0);
+  });
+
+  test('on a single host the members view says it is not clustered, refuses a join in one line, and bootstraps a cluster', async () => {
+    await signedIn();
+    const single = await startFixtureBackend(runDir, { guests: 20, cluster: 'single' });
+    try {
+      await signIn(page, single.url, single.token, '/members');
+      const note = page.locator('[data-testid=not-clustered]');
+      await note.waitFor();
+      assert.match((await note.textContent()) ?? '', /^This host is not clustered/);
+      assert.equal(await page.locator('table[aria-label="Cluster members"]').count(), 0);
+      assert.deepEqual(await axeFindings(page), []);
+      await page.setViewportSize({ width: 390, height: 844 });
+      try {
+        assert.ok(((await page.evaluate('document.documentElement.scrollWidth')) as number) <= 390);
+      } finally {
+        await page.setViewportSize({ width: 1280, height: 900 });
+      }
+      await page.fill('#f-join-token', 'trvjoin_abc');
+      await page.fill('#f-this-host-s-cluster-address', '198.18.0.9');
+      await page.click('button:has-text("Join")');
+      await page
+        .locator('.notice.error', { hasText: 'This host holds 20 guests: only a host with no guests' })
+        .waitFor();
+      assert.equal(single.members.length, 0, 'a refused join changes nothing');
+      await page.fill('#f-cluster-address', '198.18.0.1');
+      await page.click('button:has-text("Bootstrap the cluster")');
+      await page.locator('tr[data-member="fakehost"]').waitFor();
+      assert.match(
+        (await page.locator('[data-testid=cluster-summary]').textContent()) ?? '',
+        /^1 member, 1 online/,
+      );
+      assert.deepEqual(
+        single.members.map((m) => m.name),
+        ['fakehost'],
+      );
+    } finally {
+      await single.close();
+      await signIn(page, backend.url, backend.token);
+    }
+  });
+
   test('every view renders from its own URL without a script error', async () => {
     await signedIn();
     errors.length = 0;
@@ -231,11 +417,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         await page.goto(`${backend.url}${url}`);
         await page.waitForSelector('h1');
         await page.waitForTimeout(200);
-        await page.addScriptTag({ content: AXE });
-        const found = (await page.evaluate(`axe.run().then((r) => r.violations
-          .filter((v) => v.impact === 'serious' || v.impact === 'critical')
-          .map((v) => v.id + ' (' + v.impact + '): ' + v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')))`)) as string[];
-        assert.deepEqual(found, [], `${scheme} ${url}`);
+        assert.deepEqual(await axeFindings(page), [], `${scheme} ${url}`);
       }
     }
     await page.emulateMedia({ colorScheme: 'light' });
@@ -267,6 +449,13 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         const width = (await page.evaluate('document.documentElement.scrollWidth')) as number;
         assert.ok(width <= 390, `${url} is ${width} px wide`);
       }
+      // The members' table fits as it is, without a sideways scroll of its own.
+      await page.goto(`${backend.url}/members`);
+      await page.locator('tr[data-member="web3"]').waitFor();
+      const wrap = (await page
+        .locator('.table-wrap')
+        .evaluate((el) => [el.scrollWidth, el.clientWidth])) as number[];
+      assert.ok(wrap[0]! <= wrap[1]!, `the members' table is ${wrap[0]} px wide in ${wrap[1]} px`);
       await page.click('button.menu-toggle');
       await page.click('nav.side >> text=Networks');
       await page.waitForURL(/\/networks$/);
@@ -281,7 +470,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     await page.waitForSelector('tr[data-guest]');
     await page.evaluate('document.activeElement?.blur()');
     const reached: string[] = [];
-    for (let i = 0; i < 14; i++) {
+    for (let i = 0; i < 16; i++) {
       await page.keyboard.press('Tab');
       reached.push(
         (await page.evaluate(
@@ -297,6 +486,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       'Storage',
       'Images',
       'Operations',
+      'Members',
       'Administration',
       '#guest-filter',
     ]) {

@@ -3,6 +3,7 @@ import type { Operation } from '../../src/api/types.ts';
 import type { History, HistoryRange, SessionBody } from '../../src/api/web-schemas.ts';
 import { type AuthClient, authMethods } from '../../src/client/auth-client.ts';
 import type { TrivisorClient } from '../../src/client/client.ts';
+import { type ClusterClient, clusterMethods } from '../../src/client/cluster-client.ts';
 import { type ProjectClient, projectMethods } from '../../src/client/project-client.ts';
 import { type VolumeClient, volumeMethods } from '../../src/client/volume-client.ts';
 
@@ -65,7 +66,7 @@ type Shared = Pick<
 >;
 
 /** Everything the UI asks the daemon. */
-export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient {
+export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient, ClusterClient {
   /** Waits up to `timeoutSeconds` for an operation to end; it answers as it is then. */
   waitOperation(id: string, timeoutSeconds: number): Promise<Operation>;
   consoleLog(name: string): Promise<string>;
@@ -229,6 +230,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
     ),
     ...projectMethods(call),
     ...authMethods(call),
+    ...clusterMethods(call),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),

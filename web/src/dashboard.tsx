@@ -19,6 +19,15 @@ export function Dashboard() {
     return { byStatus, byModel, warnings };
   });
   const pools = useLoad(() => api.listPools().catch(() => []), []);
+  // In a cluster, every member's measured CPU and memory; a single host has only its own (above).
+  const members = useLoad(
+    () =>
+      api
+        .clusterInfo()
+        .then((info) => (info.enabled ? api.listMembers() : []))
+        .catch(() => []),
+    [],
+  );
   const env = host.value?.environment;
   const recent = [...operations.value.values()]
     .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
@@ -68,6 +77,42 @@ export function Dashboard() {
           ))}
         </div>
       </section>
+      {(members.data?.length ?? 0) > 0 && (
+        <section class="panel" aria-labelledby="members">
+          <h2 id="members">Members</h2>
+          <div class="table-wrap">
+            <table>
+              <thead>
+                <tr>
+                  <th>Member</th>
+                  <th>Status</th>
+                  <th>CPU</th>
+                  <th>Memory</th>
+                  <th>Guests</th>
+                </tr>
+              </thead>
+              <tbody>
+                {(members.data ?? []).map((m) => (
+                  <tr key={m.name} data-dashboard-member={m.name}>
+                    <td>{m.name}</td>
+                    <td>
+                      <Status value={m.status} />
+                    </td>
+                    <td>{m.cpu ? `${m.cpu.used.toFixed(2)} of ${m.cpu.cpus} CPUs` : 'not measured'}</td>
+                    <td>
+                      {m.memory
+                        ? `${bytes(m.memory.usedBytes)} of ${bytes(m.memory.totalBytes)}`
+                        : 'not measured'}
+                    </td>
+                    <td>{m.guests}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+          <Link to="/members">All about the members</Link>
+        </section>
+      )}
       <section class="panel" aria-labelledby="host-charts">
         <h2 id="host-charts">CPU, memory, network and disk of this member</h2>
         {/* Chart code loads when asked for: the first page stays small. */}

@@ -5,6 +5,7 @@ import { Dashboard } from './dashboard.tsx';
 import { GuestPage } from './guest.tsx';
 import { CreateGuest, GuestList } from './guests.tsx';
 import { Login } from './login.tsx';
+import { Members } from './members.tsx';
 import { Admin, Images, NetworkPage, Networks, Operations, Storage, StoragePoolPage } from './resources.tsx';
 import { navigate, onLinkClick, route } from './router.ts';
 import { connection, dismiss, host, notices, project, session, start, switchedProject } from './state.ts';
@@ -22,6 +23,7 @@ const NAV: Array<[string, string]> = [
   ['/storage', 'Storage'],
   ['/images', 'Images'],
   ['/operations', 'Operations'],
+  ['/members', 'Members'],
   ['/admin', 'Administration'],
 ];
 
@@ -40,6 +42,7 @@ function View() {
   if (pool) return <StoragePoolPage name={decodeURIComponent(pool[1]!)} />;
   if (path === '/images') return <Images />;
   if (path === '/operations') return <Operations />;
+  if (path === '/members') return <Members />;
   if (path === '/admin') return <Admin />;
   return (
     <p role="alert">
