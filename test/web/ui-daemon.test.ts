@@ -66,6 +66,19 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     }
   });
 
+  test("the members page of a daemon that is no cluster's member says so and offers its admin bootstrap and join", async () => {
+    await page.goto(`${base}/members`);
+    const note = page.locator('[data-testid=not-clustered]');
+    await note.waitFor();
+    assert.match((await note.textContent()) ?? '', /^This host is not clustered/);
+    assert.equal(await page.locator('form[aria-label="Form a cluster"]').count(), 1);
+    assert.equal(await page.locator('form[aria-label="Join a cluster"]').count(), 1);
+    // The dashboard's members section is a cluster's only.
+    await page.goto(`${base}/`);
+    await page.waitForSelector('h2#host-charts');
+    assert.equal(await page.locator('h2#members').count(), 0);
+  });
+
   test('a guest started from the CLI changes state in an open page within 2 s, without a reload', async () => {
     d.ok(['stop', 'c1']);
     await page.goto(`${base}/guests/c1`);
