@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -659,22 +659,51 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         ...configValue.environment(spec.config),
         ...options.env,
       };
-      if (!options.tty) delete env.TERM;
-      const argv = [
-        ...runc,
-        'exec',
-        ...Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
-        '--cwd',
-        options.cwd ?? '/',
-        '--user',
-        `${user}:${group}`,
-        ...(options.tty ? ['--tty'] : []),
-        spec.name,
-        ...options.command,
-      ];
-      return options.tty
-        ? ttyExecSession(runner, argv, { columns: options.columns ?? 80, rows: options.rows ?? 24 })
-        : pipeExecSession(runner, argv);
+      if (!options.tty) {
+        delete env.TERM;
+        return pipeExecSession(runner, [
+          ...runc,
+          'exec',
+          ...Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
+          '--cwd',
+          options.cwd ?? '/',
+          '--user',
+          `${user}:${group}`,
+          spec.name,
+          ...options.command,
+        ]);
+      }
+      // With a terminal, the process is given whole (`--process`): the guest's own process of
+      // config.json (capabilities, rlimits, no_new_privs, as a plain exec gets them) with the
+      // command, and the terminal's size as consoleSize, which runc sets before the command
+      // runs. Given by flag (--tty), runc copies the size only after the command started, and a
+      // command that asks at once (stty size, a full-screen program) saw 0x0 now and then.
+      const columns = Math.floor(options.columns ?? 80);
+      const rows = Math.floor(options.rows ?? 24);
+      const p = pathsOf(spec);
+      const config = JSON.parse(await readFile(p.config, 'utf8')) as { process: Record<string, unknown> };
+      const processFile = join(p.bundle, `exec-${randomBytes(6).toString('hex')}.json`);
+      const execProcess = {
+        ...config.process,
+        terminal: true,
+        consoleSize: { height: rows, width: columns },
+        user: { uid: user, gid: group },
+        args: options.command,
+        env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        cwd: options.cwd ?? '/',
+      };
+      await writeFile(processFile, JSON.stringify(execProcess), { mode: 0o600 });
+      try {
+        const session = ttyExecSession(runner, [...runc, 'exec', '--process', processFile, spec.name], {
+          columns,
+          rows,
+        });
+        void session.exit.finally(() => rm(processFile, { force: true })).catch(() => {});
+        return session;
+      } catch (e) {
+        await rm(processFile, { force: true });
+        throw e;
+      }
     },
 
     async attachConsole(spec) {
