@@ -8,7 +8,7 @@ import { openDaemonStore } from './cluster/daemon-store.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
 import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
-import { createClusterService } from './cluster/membership.ts';
+import { createClusterService, placementCandidates } from './cluster/membership.ts';
 import { createUsageMeter } from './cluster/usage-meter.ts';
 import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
@@ -147,6 +147,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     capacity,
     networks,
     nics,
+    // On a cluster the scheduler places new guests from the members' heartbeats (decision 0033).
+    ...(membership && {
+      placement: {
+        candidates: async () => placementCandidates(await services.cluster?.list()),
+      },
+    }),
   });
   const host = createHostService({
     hostName,

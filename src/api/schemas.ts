@@ -161,6 +161,10 @@ export const GuestSchema = Type.Object({
   imageAlias: Type.String(),
   config: StringMap,
   host: Type.String(),
+  location: Type.Optional(
+    Type.String({ description: "The member that owns the guest (Incus's name; the same as host)" }),
+  ),
+  placement: Type.Optional(Type.String({ description: 'Why the scheduler placed it on that member' })),
   createdAt: Type.String(),
   error: Type.Optional(Type.String()),
   devices: Type.Optional(Type.Record(Type.String(), NicDeviceSchema)),

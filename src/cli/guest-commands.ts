@@ -55,6 +55,10 @@ export function addGuestCommands(program: Command): void {
         collect,
         [],
       )
+      .option(
+        '--target <member>',
+        'the cluster member to place the guest on (default: the member with the most free memory that can hold it)',
+      )
       .option('--empty', 'no image: a vm guest with a blank disk of limits.disk, to install from an ISO')
       .option(
         '--iso <file-or-volume>',
@@ -69,6 +73,7 @@ export function addGuestCommands(program: Command): void {
             config: string[];
             network: string[];
             storage?: string;
+            target?: string;
             file: string[];
             empty?: boolean;
             iso?: string;
@@ -105,7 +110,10 @@ export function addGuestCommands(program: Command): void {
           }
           // The ISO goes in before the first start, so that the guest boots from it.
           const iso = opts.iso !== undefined ? await isoVolumeOf(client, opts.iso, {}) : undefined;
-          const op = await client.createGuest(request);
+          const op = await client.createGuest(
+            request,
+            opts.target !== undefined ? { target: opts.target } : {},
+          );
           await waitWithProgress(client, op, { label: `${start ? 'Launching' : 'Creating'} ${name}` });
           if (iso) {
             try {

@@ -88,9 +88,10 @@ export function guestInfo(g: Guest): string {
     `Status: ${g.status}`,
     `Model: ${g.model}`,
     `Image: ${g.imageAlias ? `${g.imageAlias} (${g.image.slice(0, 12)})` : g.image.slice(0, 12)}`,
-    `Host: ${g.host}`,
+    `Location: ${g.location ?? g.host}`,
     `Created: ${g.createdAt}`,
   ];
+  if (g.placement) lines.push(`Placement: ${g.placement}`);
   if (g.error) lines.push(`Error: ${g.error}`);
   for (const w of g.state.warnings ?? []) lines.push(`Warning: ${w}`);
   if (g.state.pid !== null) lines.push(`PID: ${g.state.pid}`);

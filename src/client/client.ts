@@ -75,7 +75,8 @@ export interface TrivisorClient
   /** `allProjects`: every project's guests, each with its `project`. */
   listGuests(options?: { usage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
   getGuest(name: string): Promise<Guest>;
-  createGuest(request: CreateGuestBody): Promise<Operation>;
+  /** `target`: the cluster member to place the guest on (else the scheduler picks, decision 0033). */
+  createGuest(request: CreateGuestBody, options?: { target?: string }): Promise<Operation>;
   updateGuestConfig(
     name: string,
     change: { set?: Record<string, string>; unset?: string[] },
@@ -231,7 +232,14 @@ export function createClient(options: ClientTarget): TrivisorClient {
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),
-    createGuest: (request) => callAsync('POST', '/1.0/guests', request),
+    createGuest: (request, options) =>
+      callAsync(
+        'POST',
+        options?.target === undefined
+          ? '/1.0/guests'
+          : `/1.0/guests?target=${encodeURIComponent(options.target)}`,
+        request,
+      ),
     listNetworks: () => call('GET', '/1.0/networks?recursion=1'),
     getNetwork: (name) => call('GET', `/1.0/networks/${enc(name)}`),
     createNetwork: (request) => call('POST', '/1.0/networks', request),

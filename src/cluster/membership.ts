@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { certificateFingerprint } from '../api/certificates.ts';
+import type { PlacementCandidate } from '../control/placement.ts';
 import {
   alreadyExists,
   conflict,
@@ -74,6 +75,21 @@ export interface ClusterMember {
   cpu: { cpus: number; used: number; free: number } | null;
   memory: { totalBytes: number; usedBytes: number; freeBytes: number } | null;
   joinedAt: string;
+}
+
+/**
+ * The members as the scheduler sees them (decision 0033): an Offline member has no measurement
+ * and is passed by; an Online one offers what its heartbeat measured free.
+ */
+export function placementCandidates(members: ClusterMember[] | undefined): PlacementCandidate[] {
+  return (members ?? []).map((m) => ({
+    name: m.name,
+    status: m.status,
+    cpus: m.cpu?.cpus ?? 0,
+    cpuFree: m.cpu?.free ?? 0,
+    memoryTotalBytes: m.memory?.totalBytes ?? 0,
+    memoryFreeBytes: m.memory?.freeBytes ?? 0,
+  }));
 }
 
 /** What `GET /1.0/cluster` says of this daemon. */

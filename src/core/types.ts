@@ -43,6 +43,8 @@ export interface GuestSpec {
    * holds the same name, for transactions to compare (records before it had `host`).
    */
   location: string;
+  /** Why the scheduler chose that member, in one line (decision 0033); absent on a single host. */
+  placement?: string;
   createdAt: string;
   /** Incus-style devices by name (`eth0: { type: 'nic', network: 'trivisor0' }`); none when absent. */
   devices?: Record<string, NicDevice>;
@@ -248,7 +250,11 @@ export interface Guest {
   image: string;
   imageAlias: string;
   config: Record<string, string>;
+  /** The member that owns the guest; `location` says the same under Incus's name. */
   host: string;
+  location?: string;
+  /** Why it was placed there (a cluster's scheduler, decision 0033). */
+  placement?: string;
   createdAt: string;
   error?: string;
   devices?: Record<string, NicDevice>;

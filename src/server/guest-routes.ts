@@ -114,12 +114,19 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
   );
 
-  app.post<{ Body: CreateGuestBody }>(
+  app.post<{ Body: CreateGuestBody; Querystring: { target?: string } }>(
     '/1.0/guests',
     {
       config: { access: 'operate' },
       schema: {
         summary: 'Create (and with start: true, launch) a guest',
+        description:
+          "On a cluster the scheduler places the guest on the member with the most free measured memory that can hold it; target=MEMBER places it there (Incus's ?target=).",
+        querystring: Type.Object({
+          target: Type.Optional(
+            Type.String({ maxLength: 63, description: 'The member to place the guest on' }),
+          ),
+        }),
         body: CreateGuestBodySchema,
         response: asyncReply,
       },
@@ -163,6 +170,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         ...(body.config !== undefined && { config: body.config }),
         ...(body.start !== undefined && { start: body.start }),
         ...(body.devices !== undefined && { devices: body.devices }),
+        ...(request.query.target !== undefined && { target: request.query.target }),
       };
       if (body.storage !== undefined && body.storage !== 'default') {
         if (!services.pools) throw notSupported('This daemon has no storage pools: leave out "storage"');

@@ -305,3 +305,90 @@ async function waitUntil(cond: () => Promise<boolean>, timeoutMs = 3000): Promis
   }
   assert.fail('condition not met in time');
 }
+
+describe('placement of new guests (decision 0033)', () => {
+  const GIB = 2 ** 30;
+  /** A guest service on a cluster whose members the test describes; the controller is h1's. */
+  async function clusterWorld(
+    members: Array<{ name: string; status?: 'Online' | 'Offline'; freeGib: number }>,
+  ) {
+    const store = createMemoryStore();
+    const operations = createOperationService(createEventBus());
+    const guests = createGuestService({
+      store,
+      drivers: { ct: createFakeDriver(), vm: createFakeDriver() },
+      images: { get: async () => image },
+      operations,
+      hostName: 'h1',
+      capacity: { memoryBytes: 24 * GIB, cpus: 2 },
+      placement: {
+        candidates: async () =>
+          members.map((m) => ({
+            name: m.name,
+            status: m.status ?? 'Online',
+            cpus: 2,
+            cpuFree: 1,
+            memoryTotalBytes: 24 * GIB,
+            memoryFreeBytes: m.freeGib * GIB,
+          })),
+      },
+    });
+    return { store, guests };
+  }
+
+  test('a single host places every guest on itself; --target names only this host', async () => {
+    const w = await makeWorld();
+    try {
+      await done(w, await w.guests.create({ name: 'here', image: 'busybox', target: 'h1' }));
+      const g = await w.guests.get('here');
+      assert.equal(g.location, 'h1');
+      assert.equal(g.placement, undefined);
+      await rejectsWith(
+        w.guests.create({ name: 'there', image: 'busybox', target: 'h2' }),
+        'NotFound',
+        /^Member h2 not found: this host \(h1\) is not in a cluster$/,
+      );
+      await rejectsWith(w.guests.create({ name: 'bad', image: 'busybox', target: 'a b' }), 'InvalidArgument');
+      assert.equal(await w.store.get(keys.guest('there')), undefined);
+    } finally {
+      await w.controller.stop();
+    }
+  });
+
+  test('on a cluster the spec goes to the member with the most free memory, with the reason', async () => {
+    const { guests, store } = await clusterWorld([
+      { name: 'h1', freeGib: 2 },
+      { name: 'h2', freeGib: 18.2 },
+      { name: 'h3', freeGib: 30, status: 'Offline' },
+    ]);
+    // Nothing converges h2's guest here (no controller for h2): the spec is what is checked.
+    await guests.create({ name: 'auto', image: 'busybox' });
+    const spec = JSON.parse((await store.get(keys.guest('auto')))?.value ?? '{}') as GuestSpec;
+    assert.equal(spec.location, 'h2');
+    assert.equal(spec.placement, 'most free memory: 18.2 GiB of 24.0');
+    assert.equal((await store.get(keys.guestLocation('auto')))?.value, 'h2');
+  });
+
+  test('--target an Offline or unknown member, or one without room, is refused and writes nothing', async () => {
+    const { guests, store } = await clusterWorld([
+      { name: 'h1', freeGib: 0.1 },
+      { name: 'h3', freeGib: 30, status: 'Offline' },
+    ]);
+    await rejectsWith(
+      guests.create({ name: 'x', image: 'busybox', target: 'h3' }),
+      'FailedPrecondition',
+      /^Cannot place the guest on h3: h3 is Offline$/,
+    );
+    await rejectsWith(
+      guests.create({ name: 'x', image: 'busybox', target: 'h9' }),
+      'NotFound',
+      /Member h9 not found/,
+    );
+    await rejectsWith(
+      guests.create({ name: 'x', image: 'busybox', model: 'vm', config: { 'limits.memory': '1GiB' } }),
+      'FailedPrecondition',
+      /No member can take a vm guest with 1\.0 GiB/,
+    );
+    assert.equal(await store.get(keys.guest('x')), undefined);
+  });
+});

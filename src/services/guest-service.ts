@@ -1,3 +1,4 @@
+import { assertTargetName, type PlacementCandidate, placeGuest } from '../control/placement.ts';
 import { configValue, createOnlyChanges, type HostCapacity, validateConfig } from '../core/config-keys.ts';
 import {
   alreadyExists,
@@ -32,6 +33,8 @@ import {
   type Model,
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
+import { PVM_DEFAULT_MEMORY_BYTES } from '../drivers/pvm/pvm-driver.ts';
+import { DEFAULT_VM_MEMORY_BYTES } from '../drivers/vm/qemu-command.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
@@ -55,9 +58,22 @@ export interface GuestServiceDeps {
   networks?: Pick<NetworkService, 'claimNics'>;
   /** Per-NIC state for `info`. */
   nics?: GuestNetworking;
+  /**
+   * The members a new guest may be placed on, as measured (a cluster member's daemon); a single
+   * host places every guest on itself.
+   */
+  placement?: { candidates(): Promise<PlacementCandidate[]> };
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+
+/** The memory a guest holds on its member: its limit, or its model's default (ct: none). */
+function placementMemory(model: Model, config: Record<string, string>): number {
+  return (
+    configValue.memoryBytes(config) ??
+    (model === 'vm' ? DEFAULT_VM_MEMORY_BYTES : model === 'pvm' ? PVM_DEFAULT_MEMORY_BYTES : 0)
+  );
+}
 /** `--timeout -1`: wait for the guest as long as it takes (a day, in practice). */
 const FOREVER_MS = 24 * 3600_000;
 
@@ -93,6 +109,31 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       );
     return d;
   };
+
+  /**
+   * Where a new guest goes (decision 0033): on a single host, here (`--target` may name only
+   * this host); on a cluster, the member the scheduler picks from the members' measurements, or
+   * the one `--target` names if it can take the guest.
+   */
+  async function placementOf(
+    model: Model,
+    config: Record<string, string>,
+    target: string | undefined,
+  ): Promise<{ member: string; reason?: string }> {
+    if (target !== undefined) assertTargetName(target);
+    if (!deps.placement) {
+      if (target !== undefined && target !== deps.hostName) {
+        throw notFound(`Member ${target} not found: this host (${deps.hostName}) is not in a cluster`);
+      }
+      return { member: deps.hostName };
+    }
+    return placeGuest(await deps.placement.candidates(), {
+      model,
+      memoryBytes: placementMemory(model, config),
+      cpus: Math.ceil(configValue.cpus(config) ?? 1),
+      ...(target !== undefined && { target }),
+    });
+  }
 
   async function loadAny(name: string): Promise<Loaded> {
     assertDnsLabel(name, 'guest name');
@@ -181,6 +222,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       imageAlias: spec.imageAlias,
       config: spec.config,
       host: spec.location,
+      location: spec.location,
+      ...(spec.placement !== undefined && { placement: spec.placement }),
       createdAt: spec.createdAt,
       state: {
         pid: status?.process?.pid ?? null,
@@ -324,6 +367,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           );
         }
         const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
+        const where = await placementOf(model, config, request.target);
         const spec: GuestSpec = {
           name: request.name,
           project,
@@ -337,7 +381,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           stopTimeoutMs: DEFAULT_STOP_TIMEOUT_MS,
           stopForce: false,
           deleting: false,
-          location: deps.hostName,
+          location: where.member,
+          ...(where.reason !== undefined && { placement: where.reason }),
           createdAt: new Date().toISOString(),
         };
         let claims: Awaited<ReturnType<NetworkService['claimNics']>> | undefined;

@@ -344,6 +344,12 @@ export function createPoolService(deps: {
       const { guests, operations } = deps;
       if (!guests || !operations) throw failedPrecondition('This daemon cannot place guests on pools');
       const model = request.model ?? 'ct';
+      // A pool's guests live where the pool is: this member (pools are per member, decision 0033).
+      if (request.target !== undefined && request.target !== member) {
+        throw failedPrecondition(
+          `Storage pool ${poolName} is on ${member}, not ${request.target}: leave out --target or pick a pool of ${request.target}`,
+        );
+      }
       if (model === 'ct' && pool.driver !== 'btrfs' && request.config?.['limits.disk'] !== undefined) {
         throw notSupported(
           `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool: pick a btrfs pool or remove the key.`,
@@ -390,7 +396,10 @@ export function createPoolService(deps: {
           await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
           await placement.put(store, { ...rec, limitBytes });
         }
-        op = await guests.create(request);
+        op = await guests.create({
+          ...request,
+          ...(deps.hostName !== undefined && { target: deps.hostName }),
+        });
       } catch (e) {
         await releaseGuest(request.name);
         throw e;

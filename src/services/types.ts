@@ -29,6 +29,8 @@ export interface CreateGuestRequest {
   devices?: Record<string, NicDevice>;
   /** Project of the new guest (default: the service's project, else `default`). */
   project?: string;
+  /** The member to place the guest on (`--target`, `?target=`); else the scheduler picks (decision 0033). */
+  target?: string;
 }
 
 /** Body of `PUT /1.0/guests/{name}/state`. */

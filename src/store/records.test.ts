@@ -94,10 +94,10 @@ describe('records', () => {
 
   test('fields a newer version added are kept, not refused', async () => {
     const store = createMemoryStore();
-    await store.put(keys.guest('new1'), JSON.stringify({ ...spec('new1'), placement: { why: 'memory' } }));
+    await store.put(keys.guest('new1'), JSON.stringify({ ...spec('new1'), affinity: { why: 'memory' } }));
     const got = await records.guest.at('new1').get(store);
     assert.ok(got);
-    assert.deepEqual((got.value as unknown as { placement: unknown }).placement, { why: 'memory' });
+    assert.deepEqual((got.value as unknown as { affinity: unknown }).affinity, { why: 'memory' });
   });
 
   test('a list narrowed by its scope: one guest’s snapshots, one pool’s volumes', async () => {

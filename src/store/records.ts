@@ -271,6 +271,8 @@ export const GuestSpecSchema = Type.Object({
   stopForce: Type.Boolean(),
   deleting: Type.Boolean(),
   location: Type.String(),
+  /** Why the scheduler put the guest on its member (decision 0033); absent on a single host. */
+  placement: Type.Optional(Type.String()),
   createdAt: Type.String(),
   devices: Type.Optional(Type.Record(Type.String(), lenient(NicDeviceSchema))),
   disks: Type.Optional(Type.Record(Type.String(), lenient(DiskDeviceSchema))),

@@ -6,6 +6,7 @@ import { alive, type Daemon, eventually, gone, sleep } from '../system/harness.t
 import { makeTestCluster, membersOf, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
 interface GuestJson {
+  location?: string;
   name: string;
   status: string;
   state: { pid: number | null };
@@ -125,7 +126,10 @@ describe('a three-member cluster', () => {
   test('a daemon killed with -9: Offline within 10 s, its guests keep running; restarted, Online with its guests adopted', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
-    m2.daemon.ok(['launch', 'busybox', 'g2']);
+    // Placed on m2 through m1 (decision 0033): m2's controller starts it.
+    m1.daemon.ok(['launch', 'busybox', 'g2', '--target', 'm2']);
+    assert.equal(guest(m2.daemon, 'g2')?.location, 'm2');
+    assert.match(m2.daemon.ok(['info', 'g2']), /Placement: asked for \(--target m2\)/);
     const pid = guest(m2.daemon, 'g2')?.state.pid;
     assert.ok(pid && alive(pid));
     assert.equal(membersOf(m1.daemon).find((m) => m.name === 'm2')?.guests, 1);
@@ -134,6 +138,12 @@ describe('a three-member cluster', () => {
     assert.ok(offlineAfterMs <= 10_000, `Offline after ${offlineAfterMs} ms`);
     assert.ok(alive(pid), 'the guest outlived its daemon');
     assert.equal(guest(m1.daemon, 'g2')?.status, 'Running', 'its spec and status are still there');
+    // An Offline member gets no guest, asked for or not.
+    refused(
+      m1.daemon.cli(['launch', 'busybox', 'gx', '--target', 'm2']),
+      /Cannot place the guest on m2: m2 is Offline/,
+    );
+    assert.equal(guest(m1.daemon, 'gx'), undefined, 'nothing was recorded');
     await m2.daemon.restart();
     await waitForStatus(m1.daemon, 'm2', 'Online');
     const adopted = guest(m2.daemon, 'g2');
@@ -172,6 +182,22 @@ describe('a three-member cluster', () => {
     await eventually('g2 stopped', () => guest(m1.daemon, 'g2')?.status === 'Stopped');
     m2.daemon.ok(['start', 'g2']);
     await eventually('g2 running again', () => guest(m1.daemon, 'g2')?.status === 'Running');
+  });
+
+  test('placement: a guest without --target goes to an Online member, the reason in info; --target an unknown member is refused', async () => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    m1.daemon.ok(['launch', 'busybox', 'auto1']);
+    const placed = guest(m1.daemon, 'auto1');
+    const owner = cluster.hosts.find((h) => h.name === placed?.location);
+    assert.ok(owner, `placed on a member: ${placed?.location}`);
+    assert.equal(placed?.status, 'Running');
+    assert.match(owner.daemon.ok(['info', 'auto1']), /Placement: most free memory: \d+\.\d GiB of \d+\.\d/);
+    assert.equal(owner.daemon.ok(['exec', 'auto1', '--', 'hostname']).trim(), 'auto1');
+    refused(m1.daemon.cli(['launch', 'busybox', 'auto2', '--target', 'nope']), /Member nope not found/);
+    assert.equal(guest(m1.daemon, 'auto2'), undefined, 'nothing was recorded');
+    owner.daemon.ok(['delete', 'auto1', '--force']);
+    assert.equal(guest(m1.daemon, 'auto1'), undefined);
   });
 
   test("bad input is one line and changes nothing: expired, used and foreign tokens, a duplicate or unknown name, an address that is not the host's or that members cannot reach, removing a member that holds guests", async () => {
@@ -222,7 +248,7 @@ describe('a three-member cluster', () => {
     );
 
     // Removal: refused while it holds a guest, done with --force; a member cannot remove itself.
-    m4.daemon.ok(['launch', 'busybox', 'g4']);
+    m4.daemon.ok(['launch', 'busybox', 'g4', '--target', 'm4']);
     refused(m1.daemon.cli(['cluster', 'remove', 'm4']), /holds 1 guest \(g4\)/);
     refused(m4.daemon.cli(['cluster', 'remove', 'm4']), /remove it through another member/);
     m1.daemon.ok(['cluster', 'remove', 'm4', '--force']);

@@ -39,7 +39,7 @@ describe('a cluster on an existing etcd', () => {
     );
     for (const h of [x1, x2])
       assert.ok(!existsSync(path.join(h.daemon.stateDir, 'etcd')), `${h.name} runs no etcd`);
-    x2.daemon.ok(['launch', 'busybox', 'on-x2']);
+    x2.daemon.ok(['launch', 'busybox', 'on-x2', '--target', 'x2']);
     assert.equal(membersOf(x1.daemon).find((m) => m.name === 'x2')?.guests, 1);
 
     const twice = x3.daemon.cli(['cluster', 'bootstrap', '--address', x3.ip, '--etcd', etcd.url]);

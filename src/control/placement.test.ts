@@ -1,0 +1,140 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { isTrivisorError } from '../core/errors.ts';
+import { createPlacementIndex, type PlacementCandidate, placeGuest } from './placement.ts';
+
+const GIB = 1024 ** 3;
+const member = (
+  name: string,
+  freeGib: number,
+  more: Partial<PlacementCandidate> = {},
+): PlacementCandidate => ({
+  name,
+  status: 'Online',
+  cpus: 2,
+  cpuFree: 1,
+  memoryTotalBytes: 24 * GIB,
+  memoryFreeBytes: freeGib * GIB,
+  ...more,
+});
+const ct = { model: 'ct' as const, memoryBytes: 256 * 1024 ** 2, cpus: 1 };
+
+/** The error's code and message, for assertions on one-line refusals. */
+function refused(f: () => unknown): { code: string; message: string } {
+  try {
+    f();
+  } catch (e) {
+    assert.ok(isTrivisorError(e), String(e));
+    assert.doesNotMatch(e.message, /\n/);
+    return { code: e.code, message: e.message };
+  }
+  assert.fail('placed, where a refusal was expected');
+}
+
+describe('placement', () => {
+  test('the member with the most free measured memory, said in one line', () => {
+    const p = placeGuest([member('a', 4), member('b', 18.2), member('c', 9)], ct);
+    assert.deepEqual(p, { member: 'b', reason: 'most free memory: 18.2 GiB of 24.0' });
+  });
+
+  test('ties go to the most free CPU, then to the first name, whatever the input order', () => {
+    const same = [member('c', 8, { cpuFree: 1.5 }), member('b', 8), member('a', 8, { cpuFree: 1.5 })];
+    assert.equal(placeGuest(same, ct).member, 'a');
+    assert.equal(placeGuest([...same].reverse(), ct).member, 'a');
+  });
+
+  test('an Offline or Evacuated member gets nothing, however free', () => {
+    const members = [
+      member('off', 20, { status: 'Offline' }),
+      member('evac', 22, { status: 'Evacuated' }),
+      member('up', 1),
+    ];
+    assert.equal(placeGuest(members, ct).member, 'up');
+  });
+
+  test("the guest's limits are honoured: memory, CPUs and the models a member runs", () => {
+    const members = [
+      member('small', 0.1),
+      member('few-cpus', 20, { cpus: 1 }),
+      member('no-vm', 18, { models: ['ct', 'pvm'] }),
+      member('fits', 2, { cpus: 4 }),
+    ];
+    assert.equal(placeGuest(members, { model: 'vm', memoryBytes: GIB, cpus: 2 }).member, 'fits');
+  });
+
+  test('a burst spreads: each placement counts on its member', () => {
+    const index = createPlacementIndex([member('a', 3), member('b', 2.5), member('c', 1)]);
+    const got = Array.from({ length: 6 }, () => index.place({ ...ct, memoryBytes: GIB }).member);
+    // a 3→2, b 2.5→1.5, a 2→1, b 1.5→0.5; then a and c both hold 1 GiB, and c's CPU is still idle.
+    assert.deepEqual(got, ['a', 'b', 'a', 'b', 'c', 'a']);
+    assert.match(
+      refused(() => index.place({ ...ct, memoryBytes: GIB })).message,
+      /No member can take a ct guest/,
+    );
+  });
+
+  test('--target places on that member only, and refuses an unknown, an Offline or a too small one', () => {
+    const members = [member('a', 10), member('b', 2), member('off', 20, { status: 'Offline' })];
+    assert.deepEqual(placeGuest(members, { ...ct, target: 'b' }), {
+      member: 'b',
+      reason: 'asked for (--target b): 2.0 GiB of 24.0 free',
+    });
+    assert.deepEqual(
+      refused(() => placeGuest(members, { ...ct, target: 'nope' })),
+      {
+        code: 'NotFound',
+        message: 'Member nope not found; see trivisor cluster list',
+      },
+    );
+    assert.deepEqual(
+      refused(() => placeGuest(members, { ...ct, target: 'off' })),
+      {
+        code: 'FailedPrecondition',
+        message: 'Cannot place the guest on off: off is Offline',
+      },
+    );
+    assert.equal(
+      refused(() => placeGuest(members, { ...ct, memoryBytes: 4 * GIB, target: 'b' })).code,
+      'FailedPrecondition',
+    );
+  });
+
+  test('no member at all, or none that fits, is a refusal that names the reasons', () => {
+    assert.equal(refused(() => placeGuest([], ct)).message, 'No member to place the guest on');
+    const r = refused(() =>
+      placeGuest([member('a', 0.1), member('b', 5, { status: 'Offline' })], { ...ct, memoryBytes: GIB }),
+    );
+    assert.equal(r.code, 'FailedPrecondition');
+    assert.match(r.message, /a has 0\.1 GiB of memory free, the guest needs 1\.0/);
+    assert.match(r.message, /b is Offline/);
+  });
+
+  test('many placements keep the order right (checked against a full sort each time)', () => {
+    let seed = 42;
+    const rnd = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    const members = Array.from({ length: 200 }, (_, i) =>
+      member(`m${i}`, 1 + rnd() * 20, { cpuFree: rnd() * 2 }),
+    );
+    const shadow = members.map((m) => ({ ...m }));
+    const index = createPlacementIndex(members);
+    for (let k = 0; k < 500; k++) {
+      const memoryBytes = Math.round((0.05 + rnd() * 0.5) * GIB);
+      const expected = [...shadow]
+        .filter((m) => m.memoryFreeBytes >= memoryBytes)
+        .sort(
+          (a, b) =>
+            b.memoryFreeBytes - a.memoryFreeBytes || b.cpuFree - a.cpuFree || a.name.localeCompare(b.name),
+        )[0];
+      const got = index.place({ ...ct, memoryBytes });
+      assert.equal(got.member, expected?.name);
+      const m = shadow.find((s) => s.name === got.member);
+      if (m) {
+        m.memoryFreeBytes -= memoryBytes;
+        m.cpuFree = Math.max(0, m.cpuFree - 1);
+      }
+    }
+  });
+});
