@@ -78,8 +78,12 @@ export async function runCli(argv: string[]): Promise<void> {
     process.stderr.write(`Error: ${oneLine(messageOf(e))}\n`);
     process.exit(1);
   }
-  // Exit as soon as the command is done: open sockets must not keep the CLI alive.
-  process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
+  // Exit as soon as the command is done: open sockets must not keep the CLI alive. Not before
+  // stdout has taken everything, though: a pipe is written asynchronously, and exiting at once
+  // cut a long output (`console --show-log` of a booted guest) at 64 or 128 KiB.
+  const code = typeof process.exitCode === 'number' ? process.exitCode : 0;
+  await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
+  process.exit(code);
 }
 
 /** A local file's system call error as `PATH: reason` ("ENOENT: no such file…, stat '/x'" reads badly). */
