@@ -123,8 +123,12 @@ export function rssBytes(pid: number): number {
   }
 }
 
-/** Lets the kernel settle (reclaim, RCU) before a memory reading. */
+/**
+ * Lets the kernel settle (reclaim, RCU) before a memory reading. Not in quick mode: its readings
+ * are no measurement, and dropping the whole host's caches slows every other run on the machine.
+ */
 export async function settle(): Promise<void> {
+  if (QUICK) return;
   writeFileSync('/proc/sys/vm/drop_caches', '3\n');
   await sleep(1500);
 }

@@ -9,8 +9,8 @@ const models = (process.argv[2] ?? 'ct,pvm,vm').split(',');
 const repeats = Number(process.argv[3] ?? 3);
 const MiB = 2 ** 20;
 
-// Quick mode runs every workload at a quarter of its size (a few take seconds in a pvm or vm guest).
-const n = (count: number) => (QUICK ? Math.max(1, Math.round(count / 4)) : count);
+// Quick mode runs every workload at a tenth of its size (a few take seconds in a pvm or vm guest).
+const n = (count: number) => (QUICK ? Math.max(1, Math.round(count / 10)) : count);
 // /proc/uptime moves in 10 ms steps: a reading below one step is counted as one, so that a
 // workload too short for the clock gives a finite ratio rather than 0 or a division by zero.
 const TICK_SECONDS = 0.01;
