@@ -152,6 +152,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['cluster-ct.json'],
   },
   {
+    name: 'placement',
+    script: 'placement.ts',
+    args: ['10000', '200000'],
+    quickArgs: ['1000', '2000'],
+    results: ['placement.json'],
+    quickResults: ['placement.json'],
+  },
+  {
     name: 'web-ui',
     script: 'web-ui.ts',
     args: ['10'],

@@ -179,6 +179,10 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     );
     positive(f, r, ['setups.*.p50Ms', 'setups.*.meanMs', 'setups.*.ratioP50']);
   },
+  'placement.json': (r, f) => {
+    assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
+    positive(f, r, ['scheduler.decisionsPerSecond', 'baselineFullSort.decisionsPerSecond', 'ratio']);
+  },
   'web-ui.json': (r, f) =>
     positive(f, r, ['listInteractive.p50Ms', 'filterKeystroke.p50Ms', 'maxRowNodes', 'firstPageGzipBytes']),
   'fuzz-api.json': (r, f) => {
