@@ -28,8 +28,9 @@ mkdir -p "$app/node/bin"
 cp "$node" "$app/node/bin/node"
 for f in LICENSE README.md; do [ -f "$(dirname "$(dirname "$node")")/$f" ] && cp "$(dirname "$(dirname "$node")")/$f" "$app/node/"; done
 
-# Production npm packages, from npm's cache when it has them (CI binds the host's in).
-export PATH="$(dirname "$node"):$PATH"
+# Production npm packages, from npm's cache when it has them (CI binds the host's in). setup puts
+# npm beside the link it makes (/opt/trivisor-node/bin), not beside the binary the link names.
+export PATH="$(dirname "$node"):$(dirname "${TRIVISOR_NODE:-/opt/trivisor-node/bin/node}"):$PATH"
 (cd "$app" && NODE_OPTIONS="--use-system-ca${NODE_OPTIONS:+ $NODE_OPTIONS}" npm install --omit=dev --no-audit --no-fund \
   --no-save --prefer-offline --loglevel=error --fetch-retries=1 >/dev/null)
 rm -f "$app/node_modules/.package-lock.json"
