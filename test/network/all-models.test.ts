@@ -271,7 +271,7 @@ describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
     assert.ok(pings('mc', 'mv.trivisor'));
   });
 
-  test('stop removes the taps and their filters; start brings them back; delete removes them', () => {
+  test('stop removes the taps and their filters; start brings them back; delete removes them', async () => {
     for (const name of ['mv', 'mp'] as const) {
       const port = ports[name] ?? '';
       d.ok(['stop', '--force', name]);
@@ -280,7 +280,12 @@ describe('ct, vm and pvm guests on one network', { timeout: 900_000 }, () => {
     }
     d.ok(['start', 'mp']);
     assert.match(links(), new RegExp(`: ${ports.mp}: .* master ${NET} `));
-    assert.ok(pings('mp', addressOf('mc')), 'a restarted pvm guest has its network back');
+    // Running is said once UML runs; its init configures eth0 a moment later (seconds, under load).
+    await eventually(
+      'a restarted pvm guest has its network back',
+      () => pings('mp', addressOf('mc')),
+      60_000,
+    );
     for (const name of ['mv', 'mp'] as const) {
       d.ok(['delete', '--force', name]);
       assert.doesNotMatch(links(), new RegExp(`: ${ports[name]}[:@]`));
