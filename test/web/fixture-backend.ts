@@ -24,6 +24,8 @@ export interface FixtureBackend {
   token: string;
   fake: FakeServices;
   app: FastifyInstance;
+  /** Every guest create request the API passed on, in order (what the wizard sent). */
+  created: CreateRequest[];
   /** The fake membership's members (empty on a single host): tests read and change them. */
   members: ClusterMember[];
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
@@ -116,6 +118,7 @@ function seedHistory(history: ReturnType<typeof openMetricsHistory>, names: stri
 }
 
 const GiB = 2 ** 30;
+type CreateRequest = Parameters<FakeServices['guests']['create']>[0];
 
 /**
  * Cluster membership as the API answers it (decision 0032), without etcd: `member` starts as a
@@ -294,9 +297,14 @@ export async function startFixtureBackend(
       metadata: { name, status },
     });
   const base = fake.guests;
+  const created: CreateRequest[] = [];
   const guests: typeof base = {
     ...base,
     inProject: () => guests,
+    async create(request) {
+      created.push(structuredClone(request));
+      return base.create(request);
+    },
     async changeState(name, request) {
       if (name.startsWith('broken-') && request.action === 'start') {
         throw failedPrecondition(
@@ -343,6 +351,7 @@ export async function startFixtureBackend(
     fake,
     app,
     members: cluster.members,
+    created,
     setStatus(name, status) {
       const g = fake.guestMap.get(name);
       if (g) g.status = status;

@@ -170,6 +170,43 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     assert.equal(backend.fake.guestMap.get('ct-0021')?.status, 'Running');
   });
 
+  test('a bulk stop and a bulk delete act on exactly the selected guests and say how many succeeded', async () => {
+    await signedIn();
+    const names = ['ct-0009', 'ct-0012'];
+    const saved = names.map((n) => structuredClone(backend.fake.guestMap.get(n)!));
+    const accept = (d: Dialog) => void d.accept();
+    page.on('dialog', accept);
+    try {
+      await page.goto(`${backend.url}/guests`);
+      await page.waitForSelector('tr[data-guest]');
+      for (const n of names) {
+        await page.fill('#guest-filter', n);
+        await page.waitForSelector(`tr[data-guest="${n}"]`);
+        await page.check(`input[aria-label="Select ${n}"]`);
+      }
+      const results = page.locator('[data-testid=bulk-results]');
+      await page.click('fieldset >> text=Stop');
+      await results.locator('strong', { hasText: 'stop: 2 succeeded, 0 failed' }).waitFor();
+      for (const n of names) assert.equal(backend.fake.guestMap.get(n)?.status, 'Stopped', n);
+      assert.equal(
+        backend.fake.guestMap.get('ct-0003')?.status,
+        'Running',
+        'an unselected guest is left alone',
+      );
+      await results.locator('button', { hasText: 'Close' }).click();
+      await page.click('fieldset >> text=Delete');
+      await results.locator('strong', { hasText: 'delete: 2 succeeded, 0 failed' }).waitFor();
+      for (const n of names) assert.equal(backend.fake.guestMap.has(n), false, n);
+      await page.fill('#guest-filter', 'ct-0009');
+      await page.waitForFunction(
+        "document.querySelector('[data-testid=guest-count]')?.textContent?.startsWith('0 of')",
+      );
+    } finally {
+      page.off('dialog', accept);
+      for (const g of saved) backend.fake.guestMap.set(g.name, g);
+    }
+  });
+
   test('a state change shows in an open page within 2 s, without a reload', async () => {
     await signedIn();
     await page.goto(`${backend.url}/guests?q=vm-0002`);
@@ -387,6 +424,63 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     } finally {
       await single.close();
       await signIn(page, backend.url, backend.token);
+    }
+  });
+
+  test('the create wizard makes a guest of each model with its image, limits and a file', async () => {
+    await signedIn();
+    try {
+      for (const [i, model] of (['ct', 'pvm', 'vm'] as const).entries()) {
+        const name = `wiz-${model}`;
+        await page.goto(`${backend.url}/new-guest`);
+        await page.locator('input[name=model]').nth(i).check();
+        await page.waitForSelector('#f-image option[value=busybox]', { state: 'attached' });
+        await page.selectOption('#f-image', 'busybox');
+        await page.getByRole('button', { name: 'Next', exact: true }).click();
+        await page.fill('#f-name', name);
+        await page.fill('#f-memory', '128MiB');
+        await page.getByRole('button', { name: 'Next', exact: true }).click();
+        // The fixture has no networks (its fake services have none): no network is chosen here.
+        assert.equal(await page.locator('#f-network option').count(), 1);
+        await page.getByRole('button', { name: 'Next', exact: true }).click();
+        await page.click('button:has-text("Add a file")');
+        await page.fill('#f-file-1-path', '/etc/motd');
+        await page.fill('#f-file-1-content', `hello ${model}`);
+        await page.getByRole('button', { name: 'Next', exact: true }).click();
+        await page.getByRole('button', { name: 'Create', exact: true }).click();
+        await page.waitForURL(new RegExp(`/guests/${name}$`));
+        const request = backend.created.find((r) => r.name === name);
+        assert.ok(request, `the wizard created ${name}`);
+        assert.equal(request.model, model);
+        assert.equal(request.image, 'busybox');
+        assert.equal(request.config?.['limits.memory'], '128MiB');
+        assert.equal(
+          request.config?.['files./etc/motd'],
+          `mode=0644,uid=0,gid=0,content=${Buffer.from(`hello ${model}`).toString('base64')}`,
+        );
+        assert.equal(request.devices, undefined);
+        assert.equal(backend.fake.guestMap.get(name)?.model, model);
+      }
+    } finally {
+      for (const model of ['ct', 'pvm', 'vm']) backend.fake.guestMap.delete(`wiz-${model}`);
+    }
+  });
+
+  test('a page whose first reads cannot reach the daemon says so and retries until it loads', async () => {
+    await signedIn();
+    let refused = 0;
+    const guestList = /\/1\.0\/guests\?recursion=1$/;
+    await page.route(guestList, (route) =>
+      refused++ < 2 ? route.abort('connectionrefused') : route.continue(),
+    );
+    try {
+      await page.goto(`${backend.url}/operations`);
+      await page.locator('[role=alert]', { hasText: 'Cannot reach the Trivisor daemon' }).waitFor();
+      assert.match((await page.locator('[role=alert]').first().textContent()) ?? '', /Retrying…$/);
+      await page.waitForSelector('h1:has-text("Operations")');
+      assert.equal(refused, 3, 'two refused reads, then the one that loaded the page');
+    } finally {
+      await page.unroute(guestList);
     }
   });
 

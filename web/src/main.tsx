@@ -1,6 +1,7 @@
 import { effect, useSignal } from '@preact/signals';
 import { render } from 'preact';
 import { useEffect } from 'preact/hooks';
+import { ApiError } from './api.ts';
 import { Dashboard } from './dashboard.tsx';
 import { GuestPage } from './guest.tsx';
 import { CreateGuest, GuestList } from './guests.tsx';
@@ -161,14 +162,30 @@ function App() {
   const path = route.value.path;
   useEffect(() => {
     if (path === '/login' || ready.value) return;
-    start().then(
-      (ok) => {
-        ready.value = ok;
-      },
-      (e: unknown) => {
-        failed.value = e instanceof Error ? e.message : String(e);
-      },
-    );
+    let live = true;
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    const begin = () =>
+      start().then(
+        (ok) => {
+          if (!live) return;
+          failed.value = '';
+          ready.value = ok;
+        },
+        (e: unknown) => {
+          if (!live) return;
+          const message = e instanceof Error ? e.message : String(e);
+          // Unreachable or failing (a daemon restarting, a dropped connection): try again each
+          // second, as the event stream does, rather than leave a dead page. Other refusals stay.
+          const transient = e instanceof ApiError && (e.status === 0 || e.status >= 500);
+          failed.value = transient ? `${message} Retrying…` : message;
+          if (transient) retry = setTimeout(begin, 1000);
+        },
+      );
+    begin();
+    return () => {
+      live = false;
+      if (retry) clearTimeout(retry);
+    };
   }, [path === '/login']);
   if (path === '/login')
     return (
