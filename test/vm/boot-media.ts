@@ -127,7 +127,8 @@ export async function buildDebianDisk(
   await run([
     'debootstrap',
     '--variant=minbase',
-    '--include=linux-image-amd64,systemd-sysv,udev,qemu-guest-agent',
+    // dbus: systemd-logind needs it, and logind is what powers the OS off on ACPI's power button.
+    '--include=linux-image-amd64,systemd-sysv,udev,dbus,qemu-guest-agent',
     'bookworm',
     tree,
     mirror,
@@ -166,6 +167,8 @@ export async function buildDebianDisk(
     await rm(join(tree, sub), { recursive: true, force: true });
   }
   await run(['depmod', '-b', tree, release]);
+  // root logs in on the screen's console without a password: the keyboard test types there.
+  await run(['chroot', tree, 'passwd', '-d', 'root']);
   await writeFile(join(tree, 'etc/hostname'), `${DEBIAN_HOSTNAME}\n`);
   await writeFile(join(tree, 'etc/hosts'), `127.0.0.1 localhost\n127.0.1.1 ${DEBIAN_HOSTNAME}\n`);
   await writeFile(join(tree, 'etc/fstab'), `LABEL=${DEBIAN_ROOT_LABEL} / ext4 rw,errors=remount-ro 0 1\n`);

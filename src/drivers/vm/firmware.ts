@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, copyFile, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, copyFile, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { failedPrecondition } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
@@ -75,6 +75,8 @@ export async function ensureUefiVars(
   const tmp = join(dirname(vars), `.tmp-uefi-${randomBytes(4).toString('hex')}`);
   try {
     await copyFile(files.varsTemplate, tmp);
+    // copyFile keeps the template's 0644: the guest's store is root's alone, like every file QEMU gets as a descriptor.
+    await chmod(tmp, 0o600);
     await rename(tmp, vars);
   } finally {
     await rm(tmp, { force: true });

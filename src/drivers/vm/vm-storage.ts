@@ -1,5 +1,16 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  chmod,
+  copyFile,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
@@ -9,6 +20,7 @@ import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { UEFI_VARS_META } from './firmware.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
@@ -20,12 +32,18 @@ const TMP_PREFIX = '.tmp-';
 const ROOT_DEVICE = 'root';
 /** Name of the disk inside an archive made by exportTar. */
 const ARCHIVE_DISK = 'disk.qcow2';
+/** The guest's UEFI variables inside an archive (guests with vm.firmware=uefi). */
+const ARCHIVE_UEFI_VARS = 'uefi-vars.fd';
+/** Largest UEFI variable store an archive may bring (OVMF's is 528 KiB, or 128 KiB for 2 MiB builds). */
+const MAX_UEFI_VARS_BYTES = 4 * 1024 * 1024;
 /** Present while the guest's vCPUs are paused for a snapshot (no agent to freeze with). */
 const PAUSE_MARKER = 'paused-for-snapshot';
 /** vm-incremental.ts's record of the guest's own backup chain. */
 const CHAIN_FILE = 'backup-chain.json';
 /** Which backup of which chain the guest's disk was last restored to (by importIncremental), and its mtime then. */
 const RESTORED_CHAIN_FILE = 'restored-chain.json';
+/** The guest's UEFI variables beside each snapshot, `<snapshot>.fd` (vm.firmware=uefi guests). */
+const UEFI_SNAPSHOTS_DIR = 'uefi-snapshots';
 
 /** What the vm storage is built with beyond the driver context. */
 export interface VmStorageOptions {
@@ -52,6 +70,34 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
 
   const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
   const tmpName = (what: string) => `${TMP_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
+
+  /**
+   * UEFI variables (docs/decisions/0023): the firmware's boot entries and keys live in
+   * `uefi-vars.fd`, outside the qcow2, so every snapshot, copy and archive carries a copy of
+   * that file too. A guest without one (BIOS, the kit) has nothing to carry.
+   */
+  const uefiVarsOf = (spec: GuestSpec): string => pathsOf(spec).uefiVars;
+  const uefiMetaOf = (spec: GuestSpec): string => join(pathsOf(spec).dir, UEFI_VARS_META);
+  const uefiSnapshotOf = (spec: GuestSpec, snap: string): string =>
+    join(pathsOf(spec).dir, UEFI_SNAPSHOTS_DIR, `${snap}.fd`);
+  /** Copies `from` to `to` through a temporary name beside it (a crash leaves no half file); false when there is no `from`. */
+  const copyAside = async (from: string, to: string): Promise<boolean> => {
+    if (!(await exists(from))) return false;
+    await mkdir(dirname(to), { recursive: true, mode: 0o700 });
+    const tmp = join(dirname(to), tmpName('uefi'));
+    try {
+      await copyFile(from, tmp);
+      // Root's alone whatever the source's mode (an archive's member has the mode tar gave it).
+      await chmod(tmp, 0o600);
+      await rename(tmp, to);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    return true;
+  };
+  /** The variables of a state of the guest: those kept with a snapshot, or its current ones. */
+  const uefiVarsAt = (spec: GuestSpec, snap: string | undefined): string =>
+    snap === undefined ? uefiVarsOf(spec) : uefiSnapshotOf(spec, snap);
 
   /** The QEMU of the guest when it runs (identity from the driver's boot.json, checked against pid reuse). */
   const liveQemu = async (spec: GuestSpec): Promise<ProcessIdentity | undefined> => {
@@ -226,6 +272,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     tarPath: string,
     signal: AbortSignal | undefined,
     apply: (files: { flat: string; tmp: string }) => Promise<void>,
+    uefiTarget?: string,
   ): Promise<void> => {
     await assertStopped(spec, 'replacing its disk');
     const disk = await diskOf(spec);
@@ -233,6 +280,11 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     await mkdir(work, { mode: 0o700 });
     try {
       const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+        ...(signal && { signal }),
+        allowFailure: true,
+      });
+      // The firmware's variables, when the guest had them (an archive of a BIOS or kit guest has none).
+      await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_UEFI_VARS], {
         ...(signal && { signal }),
         allowFailure: true,
       });
@@ -251,6 +303,17 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           'The archive does not hold a flat qcow2 disk of a vm guest: make the export again.',
         );
       }
+      // Checked before anything changes: a bad store refuses the whole import.
+      const vars = join(work, ARCHIVE_UEFI_VARS);
+      const varsStat = await lstat(vars).catch(() => undefined);
+      // A link would have root copy a host file (another guest's store…) for this guest's QEMU to read;
+      // OVMF's variable store is 528 KiB (4 MiB builds), so anything far larger is not one.
+      if (varsStat && (!varsStat.isFile() || varsStat.size > MAX_UEFI_VARS_BYTES)) {
+        throw invalidArgument(
+          `The archive's ${ARCHIVE_UEFI_VARS} is not an OVMF variable store (a regular file of at most 4 MiB): make the export again.`,
+        );
+      }
+      const carryVars = uefiTarget !== undefined && varsStat !== undefined;
       const diskInfo = await img.info(disk);
       for (const f of [CHAIN_FILE, RESTORED_CHAIN_FILE])
         await rm(join(pathsOf(spec).dir, f), { force: true });
@@ -261,6 +324,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         }
         await apply({ flat, tmp });
       });
+      if (carryVars) await copyAside(vars, uefiTarget);
     } finally {
       await rm(work, { recursive: true, force: true });
     }
@@ -274,6 +338,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       }
       if (running) await liveSnapshot(spec, snap);
       else await img.createSnapshot(await diskOf(spec), snap);
+      await copyAside(uefiVarsOf(spec), uefiSnapshotOf(spec, snap));
     },
 
     async restoreSnapshot(spec, snap) {
@@ -287,9 +352,12 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         await rm(join(pathsOf(spec).dir, f), { force: true });
       // In place: qcow2 switches the active L1 table in one write; the snapshot itself stays.
       await img.applySnapshot(await diskOf(spec), snap);
+      // The firmware's variables go back to that moment too (boot entries an installer made after it, keys).
+      await copyAside(uefiSnapshotOf(spec, snap), uefiVarsOf(spec));
     },
 
     async deleteSnapshot(spec, snap) {
+      await rm(uefiSnapshotOf(spec, snap), { force: true });
       if (!(await exists(pathsOf(spec).disk))) return;
       const running = (await liveQemu(spec)) !== undefined;
       if (!(await allSnapshots(spec, running)).includes(snap)) return;
@@ -331,6 +399,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           }
         });
       });
+      if (await copyAside(uefiVarsAt(source, copyOptions?.snapshot), uefiVarsOf(target))) {
+        await copyAside(uefiMetaOf(source), uefiMetaOf(target));
+      }
     },
 
     async exportTar(spec, tarPath, exportOptions) {
@@ -346,7 +417,11 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
             ...(signal && { signal }),
           }),
         );
-        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
+        const members = [ARCHIVE_DISK];
+        if (await copyAside(uefiVarsAt(spec, exportOptions?.snapshot), join(work, ARCHIVE_UEFI_VARS))) {
+          members.push(ARCHIVE_UEFI_VARS);
+        }
+        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ...members], {
           ...(signal && { signal }),
         });
       } finally {
@@ -356,23 +431,30 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
 
     async importTar(spec, tarPath, importOptions) {
       const signal = importOptions?.signal;
-      await withArchiveDisk(spec, tarPath, signal, async ({ flat, tmp }) => {
-        const content = { path: flat, format: 'qcow2' };
-        const snap = importOptions?.snapshot;
-        if (snap === undefined) {
+      const snapshot = importOptions?.snapshot;
+      await withArchiveDisk(
+        spec,
+        tarPath,
+        signal,
+        async ({ flat, tmp }) => {
+          const content = { path: flat, format: 'qcow2' };
+          const snap = importOptions?.snapshot;
+          if (snap === undefined) {
+            await img.setContent(tmp, content, signal ? { signal } : {});
+            return;
+          }
+          // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
+          await dropBackupBitmap(tmp);
+          const active = tmpName('active');
+          await img.createSnapshot(tmp, active);
           await img.setContent(tmp, content, signal ? { signal } : {});
-          return;
-        }
-        // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
-        await dropBackupBitmap(tmp);
-        const active = tmpName('active');
-        await img.createSnapshot(tmp, active);
-        await img.setContent(tmp, content, signal ? { signal } : {});
-        if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
-        await img.createSnapshot(tmp, snap);
-        await img.applySnapshot(tmp, active);
-        await img.deleteSnapshot(tmp, active);
-      });
+          if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
+          await img.createSnapshot(tmp, snap);
+          await img.applySnapshot(tmp, active);
+          await img.deleteSnapshot(tmp, active);
+        },
+        uefiVarsAt(spec, snapshot),
+      );
     },
 
     async exportIncremental(spec, tarPath, exportOptions) {
@@ -388,7 +470,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           }
           throw e;
         });
-        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
+        const members = [ARCHIVE_DISK];
+        if (await copyAside(uefiVarsOf(spec), join(work, ARCHIVE_UEFI_VARS))) members.push(ARCHIVE_UEFI_VARS);
+        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ...members], {
           ...(signal && { signal }),
         });
         return link;
@@ -417,15 +501,21 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           );
         }
       }
-      await withArchiveDisk(spec, tarPath, signal, async ({ flat, tmp }) => {
-        if (link.kind === 'full') {
-          await img.setContent(tmp, { path: flat, format: 'qcow2' }, signal ? { signal } : {});
-          return;
-        }
-        // The incremental holds only the changed clusters: on top of the disk, then committed into it.
-        await runner.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', tmp, flat]);
-        await runner.run(['qemu-img', 'commit', '-q', '-f', 'qcow2', flat], { ...(signal && { signal }) });
-      });
+      await withArchiveDisk(
+        spec,
+        tarPath,
+        signal,
+        async ({ flat, tmp }) => {
+          if (link.kind === 'full') {
+            await img.setContent(tmp, { path: flat, format: 'qcow2' }, signal ? { signal } : {});
+            return;
+          }
+          // The incremental holds only the changed clusters: on top of the disk, then committed into it.
+          await runner.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', tmp, flat]);
+          await runner.run(['qemu-img', 'commit', '-q', '-f', 'qcow2', flat], { ...(signal && { signal }) });
+        },
+        uefiVarsOf(spec),
+      );
       const mtime = (await stat(pathsOf(spec).disk, { bigint: true })).mtimeNs.toString();
       await writeFile(
         `${restored}.tmp`,
@@ -443,8 +533,10 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         if (running) await withQmp(spec, (q) => q.execute('cont'));
         await rm(join(p.dir, PAUSE_MARKER), { force: true });
       }
-      for (const name of await readdir(p.dir).catch(() => [] as string[])) {
-        if (name.startsWith(TMP_PREFIX)) await rm(join(p.dir, name), { recursive: true, force: true });
+      for (const dir of [p.dir, join(p.dir, UEFI_SNAPSHOTS_DIR)]) {
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          if (name.startsWith(TMP_PREFIX)) await rm(join(dir, name), { recursive: true, force: true });
+        }
       }
       if (!(await exists(p.disk))) return;
       for (const name of await allSnapshots(spec, running)) {
