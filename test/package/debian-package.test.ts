@@ -153,6 +153,7 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
     // namespace they would be the host's own (a daemon setup/start runs there, CI's root at the end
     // of its run). A killed test leaves nothing the sweeper cannot find.
     const hierarchies = cgroupHierarchies();
+    assert.ok(hierarchies.length > 0, 'cgroup hierarchies mounted under /sys/fs/cgroup/ (v1 or hybrid)');
     const runCgroup = cgroupParentOf(run);
     for (const h of hierarchies) {
       const dir = `${h.mountPoint}${runCgroup}`;
