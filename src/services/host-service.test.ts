@@ -218,6 +218,32 @@ describe('host service metrics', () => {
     assert.equal(sample(body, 'trivisor_storage_pool_size_bytes', { pool: 'gone' }), undefined);
   });
 
+  test('a ct guest’s process I/O never goes down when a process that counted ends uncounted, and starts afresh with a new guest process', async () => {
+    const c1 = guest('c1', 'ct');
+    const sums = [100, 150, 100, 110];
+    const d = {
+      ...deps([c1]),
+      processIo: () => {
+        const w = sums.shift() ?? 0;
+        return { readBytes: w, writtenBytes: w, readCalls: w, writeCalls: w };
+      },
+    };
+    const service = createHostService(d);
+    const written = async () =>
+      sample((await service.metrics()).body, 'trivisor_disk_written_bytes_total', {
+        name: 'c1',
+        device: 'all',
+      });
+    // 150 while an exec session had written 50; it ended, reaped outside the guest: still 150.
+    assert.deepEqual(
+      [await written(), await written(), await written(), await written()],
+      [100, 150, 150, 160],
+    );
+    c1.state.pid = 200;
+    sums.push(5);
+    assert.equal(await written(), 5, 'a restarted guest is a counter reset');
+  });
+
   test('scrapes at the same time each see whole values', async () => {
     const service = createHostService(deps(guests));
     const bodies = await Promise.all([service.metrics(), service.metrics(), service.metrics()]);

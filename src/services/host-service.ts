@@ -200,6 +200,27 @@ export function createHostService(deps: HostServiceDeps): HostService {
 
   const member = deps.hostName;
   let scraping: Promise<unknown> = Promise.resolve();
+  /**
+   * A ct or pvm guest's process I/O is a sum over its living processes, which keeps what their
+   * reaped children did but drops what a process whose parent is outside the guest did once it
+   * ends (a `trivisor exec` session, reaped by runc): a counter must not go down, so a drop is
+   * carried as an offset, per guest process (a restarted guest starts again from its own sum).
+   */
+  const ioSeen = new Map<string, { process: string; last: ProcessIoCounters; offset: ProcessIoCounters }>();
+  const monotonicIo = (key: string, process: string, raw: ProcessIoCounters): ProcessIoCounters => {
+    const seen = ioSeen.get(key);
+    const zero = { readBytes: 0, writtenBytes: 0, readCalls: 0, writeCalls: 0 };
+    const offset = seen && seen.process === process ? { ...seen.offset } : zero;
+    const out = { ...raw };
+    for (const k of Object.keys(raw) as Array<keyof ProcessIoCounters>) {
+      if (seen && seen.process === process && raw[k] < seen.last[k]) offset[k] += seen.last[k] - raw[k];
+      out[k] = raw[k] + offset[k];
+    }
+    ioSeen.set(key, { process, last: raw, offset });
+    ioTouched.add(key);
+    return out;
+  };
+  const ioTouched = new Set<string>();
   const setCounter = <L extends string>(c: Counter<L>, labels: Record<L, string>, value: number) => {
     if (Number.isFinite(value) && value >= 0) c.inc(labels, value);
   };
@@ -252,7 +273,10 @@ export function createHostService(deps: HostServiceDeps): HostService {
           }
         });
       } else {
-        const io = deps.processIo?.(own.spec);
+        const raw = deps.processIo?.(own.spec);
+        const io = raw
+          ? monotonicIo(`${g.project}/${g.name}`, `${process?.pid}:${process?.startTime}`, raw)
+          : undefined;
         if (io) {
           const all = { ...l, device: 'all' };
           setCounter(disk.readBytes, all, io.readBytes);
@@ -262,6 +286,9 @@ export function createHostService(deps: HostServiceDeps): HostService {
         }
       }
     }
+    // Guests gone or stopped since: their next sum starts afresh.
+    for (const key of ioSeen.keys()) if (!ioTouched.has(key)) ioSeen.delete(key);
+    ioTouched.clear();
     for (let i = 0; i < diskWork.length; i += DISK_CONCURRENCY) {
       await Promise.all(diskWork.slice(i, i + DISK_CONCURRENCY).map((work) => work()));
     }
