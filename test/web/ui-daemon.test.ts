@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { BrowserContext, Page } from 'playwright-core';
+import type { BrowserContext, Dialog, Page } from 'playwright-core';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 import { openBrowser, signIn, terminalText } from './browser.ts';
@@ -157,6 +157,27 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     await page.waitForSelector('button:has-text("Reconnect")', { timeout: 10_000 });
     await page.click('button:has-text("Reconnect")');
     await page.waitForSelector('text=Connected', { timeout: 30_000 });
+  });
+
+  test('a snapshot taken on the guest page exists, and deleting it there removes it', async () => {
+    const accept = (dialog: Dialog) => void dialog.accept();
+    page.on('dialog', accept);
+    const names = async () =>
+      (await page.evaluate(
+        "fetch('/1.0/guests/c1/snapshots?recursion=1').then((r) => r.json()).then((b) => b.metadata.map((s) => s.name))",
+      )) as string[];
+    try {
+      await page.goto(`${base}/guests/c1?tab=snapshots`);
+      await page.fill('#f-snapshot-name', 'ui-snap');
+      await page.click('button:has-text("Take snapshot")');
+      await page.waitForSelector('td:text-is("ui-snap")', { timeout: 60_000 });
+      assert.deepEqual(await names(), ['ui-snap']);
+      await page.locator('tr', { hasText: 'ui-snap' }).locator('button', { hasText: 'Delete' }).click();
+      await page.waitForSelector('td:text-is("ui-snap")', { state: 'detached', timeout: 60_000 });
+      assert.deepEqual(await names(), []);
+    } finally {
+      page.off('dialog', accept);
+    }
   });
 
   test('charts show what the guest used (sampled every 10 s)', async () => {
