@@ -116,7 +116,8 @@ export interface ProcessIoCounters {
  * The I/O of every process in a guest's cgroup (`cgroupsPath` under the pids hierarchy, which
  * holds every task): a ct guest's container, a pvm guest's UML kernel and helpers. A process's
  * `/proc/PID/io` includes the children it has reaped, so the sum over the living ones keeps
- * what exited too. Not the blkio cgroup: since Linux 6.x its v1 counters stay at 0 unless a
+ * what exited inside the guest too (not what a process reaped outside it did, a `trivisor exec`
+ * session's: services/host-service.ts keeps the exported counter from going down). Not the blkio cgroup: since Linux 6.x its v1 counters stay at 0 unless a
  * throttle rule is set on the device (seen on this host's 6.18). Undefined when the cgroup is
  * gone or empty.
  */
