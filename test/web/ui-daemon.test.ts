@@ -180,6 +180,46 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     }
   });
 
+  test('a network made on the networks page gets an access rule and loses it there, and is deleted there', async () => {
+    // A name and subnet of this run's own: other tests make bridges on this machine too.
+    const name = `uit${process.pid % 100_000}`;
+    const subnet = `198.19.${200 + (process.pid % 50)}`;
+    const accept = (dialog: Dialog) => void dialog.accept();
+    page.on('dialog', accept);
+    const acls = async () => {
+      const r = await d.api('GET', `/1.0/networks/${name}`);
+      return r.status === 200 ? ((r.body.metadata as { acls?: unknown[] }).acls ?? []) : null;
+    };
+    try {
+      await page.goto(`${base}/networks`);
+      await page.fill('#f-name', name);
+      await page.fill('#f-gateway-address', `${subnet}.1/24`);
+      await page.click('button:has-text("Create")');
+      await page.waitForSelector(`a:text-is("${name}")`, { timeout: 60_000 });
+      await page.click(`a:text-is("${name}")`);
+      await page.waitForSelector(`h1:has-text("Network ${name}")`);
+      assert.deepEqual(await acls(), []);
+      await page.selectOption('#f-direction', 'ingress');
+      await page.selectOption('#f-action', 'drop');
+      await page.selectOption('#f-protocol', 'tcp');
+      await page.fill('#f-port', '2222');
+      await page.click('button:has-text("Add rule")');
+      await page.waitForSelector('button[aria-label="Remove rule 0"]', { timeout: 30_000 });
+      assert.deepEqual(await acls(), [
+        { direction: 'ingress', action: 'drop', protocol: 'tcp', destinationPort: 2222 },
+      ]);
+      await page.click('button[aria-label="Remove rule 0"]');
+      await page.waitForSelector('button[aria-label="Remove rule 0"]', { state: 'detached' });
+      assert.deepEqual(await acls(), []);
+      await page.click('button:has-text("Delete")');
+      await page.waitForURL(/\/networks$/, { timeout: 60_000 });
+      assert.equal(await acls(), null, 'the network is gone');
+    } finally {
+      page.off('dialog', accept);
+      if ((await acls()) !== null) await d.api('DELETE', `/1.0/networks/${name}`);
+    }
+  });
+
   test('charts show what the guest used (sampled every 10 s)', async () => {
     await page.goto(`${base}/guests/c1?tab=metrics`);
     await page.waitForSelector('.uplot canvas');

@@ -266,7 +266,8 @@ export function NetworkPage(props: { name: string }) {
           <div class="row">
             <Field label="Listen address">{(id) => <input id={id} name="listen" required />}</Field>
             <Field label="Listen port">{(id) => <input id={id} name="port" type="number" required />}</Field>
-            <Field label="Protocol">
+            {/* Not "Protocol": the access rule form above has that field, and ids come from labels. */}
+            <Field label="Forward protocol">
               {(id) => (
                 <select id={id} name="protocol">
                   <option>tcp</option>
