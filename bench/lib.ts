@@ -185,6 +185,15 @@ export function baseDiskOf(daemon: Daemon): string {
  */
 export function rawQemuArgv(pid: number, guestDir: string, dir: string): string[] {
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  return replayableQemuArgv(argv, { guestDir, dir, fdTarget: (fd) => readlinkSync(`/proc/${pid}/fd/${fd}`) });
+}
+
+/** rawQemuArgv on a given argv; `fdTarget` names the file the guest's QEMU holds as descriptor N. */
+export function replayableQemuArgv(
+  argv: string[],
+  options: { guestDir: string; dir: string; fdTarget: (fd: string) => string },
+): string[] {
+  const { guestDir, dir } = options;
   const sets = new Map<string, string>();
   const kept: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -204,7 +213,7 @@ export function rawQemuArgv(pid: number, guestDir: string, dir: string): string[
         if (!file) throw new Error(`cannot replay ${a}: no -add-fd for fd set ${set}`);
         return file;
       })
-      .replace(/\/proc\/self\/fd\/(\d+)/g, (_, fd: string) => readlinkSync(`/proc/${pid}/fd/${fd}`));
+      .replace(/\/proc\/self\/fd\/(\d+)/g, (_, fd: string) => options.fdTarget(fd));
     if (s.startsWith('socket,') && /(?:^|,)fd=\d+/.test(s)) {
       const id = /(?:^|,)id=([^,]+)/.exec(s)?.[1] ?? 'socket';
       s = s.replace(/(^|,)fd=\d+/, `$1path=${guestDir}/raw-${id}.sock`);
