@@ -1,4 +1,5 @@
 import { useSignal } from '@preact/signals';
+import type { AuditEntryBody } from '../../src/api/auth-schemas.ts';
 import type { NetworkAclRule } from '../../src/api/types.ts';
 import { api, finished, operations, project, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, useLoad, when } from './ui.tsx';
@@ -611,6 +612,41 @@ export function Images() {
   );
 }
 
+/** Audit entries, newest first: when, who, what, and the answer. */
+function AuditTable(props: { entries: AuditEntryBody[] }) {
+  return (
+    <table>
+      <thead>
+        <tr>
+          <th>Time</th>
+          <th>Who</th>
+          <th>Request</th>
+          <th>Result</th>
+        </tr>
+      </thead>
+      <tbody>
+        {props.entries
+          .slice()
+          .reverse()
+          .map((e) => (
+            <tr key={e.id}>
+              <td>{when(e.time)}</td>
+              <td>
+                {e.actor.method}:{e.actor.name}
+              </td>
+              <td>
+                {e.request.method} {e.request.path}
+              </td>
+              <td>
+                {e.result.status} {e.result.error ?? ''}
+              </td>
+            </tr>
+          ))}
+      </tbody>
+    </table>
+  );
+}
+
 export function Operations() {
   const list = [...operations.value.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
   // The daemon keeps operations in memory; what survives its restarts is the audit log, an admin's to read.
@@ -660,35 +696,9 @@ export function Operations() {
         <div class="panel table-wrap">
           <h2>Task history (audit log, kept across restarts)</h2>
           {history.data ? (
-            <table>
-              <thead>
-                <tr>
-                  <th>Time</th>
-                  <th>Who</th>
-                  <th>Request</th>
-                  <th>Result</th>
-                </tr>
-              </thead>
-              <tbody>
-                {history.data
-                  .filter((e) => e.operation !== undefined || e.result.status >= 400)
-                  .reverse()
-                  .map((e) => (
-                    <tr key={e.id}>
-                      <td>{when(e.time)}</td>
-                      <td>
-                        {e.actor.method}:{e.actor.name}
-                      </td>
-                      <td>
-                        {e.request.method} {e.request.path}
-                      </td>
-                      <td>
-                        {e.result.status} {e.result.error ?? ''}
-                      </td>
-                    </tr>
-                  ))}
-              </tbody>
-            </table>
+            <AuditTable
+              entries={history.data.filter((e) => e.operation !== undefined || e.result.status >= 400)}
+            />
           ) : (
             <Loading error={history.error} />
           )}
@@ -952,35 +962,7 @@ export function Admin() {
           </div>
           <div class="panel table-wrap">
             <h2>Audit log (newest 50)</h2>
-            <table>
-              <thead>
-                <tr>
-                  <th>Time</th>
-                  <th>Who</th>
-                  <th>Request</th>
-                  <th>Result</th>
-                </tr>
-              </thead>
-              <tbody>
-                {(audit.data ?? [])
-                  .slice()
-                  .reverse()
-                  .map((e) => (
-                    <tr key={e.id}>
-                      <td>{when(e.time)}</td>
-                      <td>
-                        {e.actor.method}:{e.actor.name}
-                      </td>
-                      <td>
-                        {e.request.method} {e.request.path}
-                      </td>
-                      <td>
-                        {e.result.status} {e.result.error ?? ''}
-                      </td>
-                    </tr>
-                  ))}
-              </tbody>
-            </table>
+            <AuditTable entries={audit.data ?? []} />
           </div>
         </>
       )}
