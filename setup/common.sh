@@ -208,11 +208,12 @@ ensure_guest_kernel() {
 # memtest86+: a guest OS that is not Linux, for the vm tests (its own boot loader stays out of the
 # host's menu). Only the test setup needs it, and it must be there: the test fails without it.
 ensure_memtest() {
-  [ -f "$GUEST_KERNEL_DIR/boot/memtest86+x64.bin" ] && return 0
+  # The .bin boots by BIOS (bench and driver tests), the .efi from the ISO the vm tests make (GRUB).
+  [ -f "$GUEST_KERNEL_DIR/boot/memtest86+x64.bin" ] && [ -f "$GUEST_KERNEL_DIR/boot/memtest86+x64.efi" ] && return 0
   say "Unpacking memtest86+ into $GUEST_KERNEL_DIR"
   rm -rf "$GUEST_KERNEL_DIR/memtest.tmp" && mkdir -p "$GUEST_KERNEL_DIR/memtest.tmp"
   deb_unpack memtest86+ "$GUEST_KERNEL_DIR/memtest.tmp" || { echo "Error: cannot download memtest86+" >&2; exit 1; }
-  cp "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.bin" "$GUEST_KERNEL_DIR/boot/"
+  cp "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.bin" "$GUEST_KERNEL_DIR/memtest.tmp/boot/memtest86+x64.efi" "$GUEST_KERNEL_DIR/boot/"
   rm -rf "$GUEST_KERNEL_DIR/memtest.tmp"
 }
 
