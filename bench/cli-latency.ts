@@ -14,7 +14,7 @@ import { loadavg, release, tmpdir } from 'node:os';
 import path from 'node:path';
 import { readManifest, staleInputs } from '../src/build/bundles.ts';
 import { request, sleep, startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, pool, QUICK, rssBytes, runOperation, writeResult } from './lib.ts';
+import { ms, percentile, pool, provenance, QUICK, rssBytes, runOperation, writeResult } from './lib.ts';
 
 const positional = process.argv
   .slice(2)
@@ -97,6 +97,10 @@ try {
       encoding: 'utf8',
       stdio: ['ignore', 'ignore', 'pipe'],
     });
+    if (r.error)
+      throw new Error(
+        `/usr/bin/time cannot run (${r.error.message}): setup/test installs Debian's time package`,
+      );
     const kib = Number(r.stderr.trim().split('\n').pop());
     return r.status === 0 && kib > 0 ? kib * 1024 : null;
   };
@@ -243,9 +247,8 @@ try {
     targets: 'list, info, --help <= 150 ms; exec <= 250 ms (p50, 10 guests)',
     loadAverage: { start: loadAtStart, end: loadavg() },
     kernel: release(),
-    commit:
-      spawnSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim() ||
-      null,
+    // provenance() says 'unknown' where there is no git (CI's fresh root holds a copy of the files).
+    commit: provenance().commit,
   };
   console.log(JSON.stringify(result, null, 2));
   console.log(`wrote ${writeResult('cli-latency', result)}`);

@@ -2,14 +2,13 @@
 // fast a filter keystroke narrows it, and how many row nodes it keeps in the DOM, in Debian's
 // headless Chromium against the fixture backend (the real server and UI over fake services).
 // Usage: node bench/web-ui.ts [ROUNDS]   (default 10)
-import { spawnSync } from 'node:child_process';
 import { loadavg, release } from 'node:os';
 import path from 'node:path';
 import { readWebManifest } from '../src/build/web-bundle.ts';
 import { makeRunDir, removeRunDir } from '../test/leftovers.ts';
 import { openBrowser, signIn } from '../test/web/browser.ts';
 import { startFixtureBackend } from '../test/web/fixture-backend.ts';
-import { percentile, writeResult } from './lib.ts';
+import { percentile, provenance, writeResult } from './lib.ts';
 
 const ROUNDS = Number(process.argv[2] ?? 10);
 
@@ -99,9 +98,8 @@ try {
     browser: context.browser()?.version() ?? 'chromium',
     loadAverage: { start: loadAtStart, end: loadavg() },
     kernel: release(),
-    commit:
-      spawnSync('git', ['-C', REPO, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim() ||
-      null,
+    // provenance() says 'unknown' where there is no git (CI's fresh root holds a copy of the files).
+    commit: provenance().commit,
   };
   console.log(JSON.stringify(result, null, 2));
   console.log(`wrote ${writeResult('web-ui', result)}`);

@@ -19,7 +19,8 @@ RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-li
 RUNTIME_PACKAGES+=(ovmf)
 
 # Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
-TEST_PACKAGES=(chromium)
+# GNU time measures the CLI's peak memory in bench/cli-latency.ts (CI runs the benchmarks' quick mode).
+TEST_PACKAGES=(chromium time)
 # The vm tests build their own boot media from Debian's packages (a Debian disk with GRUB for BIOS and EFI,
 # a memtest86+ ISO). GRUB's binaries install no boot loader of this host's (grub-pc or grub-efi-amd64
 # would, and neither is pulled in).
