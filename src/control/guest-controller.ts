@@ -224,7 +224,11 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       await driver.create(spec, await images.handle(spec.image));
       status.provisioned = true;
       status.appliedConfig = { ...spec.config };
-      lifecycle('guest-created', spec);
+      // Where the guest went and why (decision 0033), with the event as with `info`.
+      lifecycle('guest-created', spec, {
+        location: spec.location,
+        ...(spec.placement !== undefined && { placement: spec.placement }),
+      });
     }
 
     const up = (s: RuntimeState['state']) => s === 'running' || s === 'frozen';

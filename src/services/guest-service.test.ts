@@ -343,6 +343,8 @@ describe('placement of new guests (decision 0033)', () => {
       const g = await w.guests.get('here');
       assert.equal(g.location, 'h1');
       assert.equal(g.placement, undefined);
+      const created = w.events.find((e) => e.action === 'guest-created');
+      assert.deepEqual(created?.metadata, { name: 'here', model: 'ct', location: 'h1' });
       await rejectsWith(
         w.guests.create({ name: 'there', image: 'busybox', target: 'h2' }),
         'NotFound',
@@ -367,6 +369,55 @@ describe('placement of new guests (decision 0033)', () => {
     assert.equal(spec.location, 'h2');
     assert.equal(spec.placement, 'most free memory: 18.2 GiB of 24.0');
     assert.equal((await store.get(keys.guestLocation('auto')))?.value, 'h2');
+  });
+
+  test("the owner's created event says where the guest went and why", async () => {
+    const { store, guests } = await clusterWorld([
+      { name: 'h1', freeGib: 12.5 },
+      { name: 'h2', freeGib: 3 },
+    ]);
+    const bus = createEventBus();
+    const events: TrivisorEvent[] = [];
+    bus.subscribe((e) => events.push(e));
+    const driver = createFakeDriver();
+    const controller = createGuestController({
+      store,
+      drivers: { ct: driver },
+      images: {
+        handle: async () => ({
+          record: image,
+          rootfs: '/x',
+          shiftedRootfs: async () => '/y',
+          baseDisk: async () => '/z',
+        }),
+      },
+      events: bus,
+      log: silentLogger(),
+      hostName: 'h1',
+      livenessIntervalMs: 20,
+    });
+    await controller.start();
+    try {
+      await guests.create({ name: 'placed', image: 'busybox' });
+      const created = await new Promise<TrivisorEvent>((resolve, reject) => {
+        const t0 = Date.now();
+        const look = () => {
+          const e = events.find((x) => x.action === 'guest-created');
+          if (e) resolve(e);
+          else if (Date.now() - t0 > 5000) reject(new Error('no guest-created event'));
+          else setTimeout(look, 10);
+        };
+        look();
+      });
+      assert.deepEqual(created.metadata, {
+        name: 'placed',
+        model: 'ct',
+        location: 'h1',
+        placement: 'most free memory: 12.5 GiB of 24.0',
+      });
+    } finally {
+      await controller.stop();
+    }
   });
 
   test('--target an Offline or unknown member, or one without room, is refused and writes nothing', async () => {
