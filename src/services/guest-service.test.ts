@@ -54,6 +54,16 @@ async function makeWorld(store: KvStore = createMemoryStore(), driver = createFa
     hostName: 'h1',
     capacity: { memoryBytes: 4 * 2 ** 30, cpus: 2 },
   });
+  const controller = await startController(store, bus, driver);
+  return { store, driver, guests, operations, controller, events };
+}
+
+/** Member h1's guest controller over `store`, with the fake driver for ct guests. */
+async function startController(
+  store: KvStore,
+  bus: ReturnType<typeof createEventBus>,
+  driver: FakeDriver,
+): Promise<GuestController> {
   const controller = createGuestController({
     store,
     drivers: { ct: driver },
@@ -71,7 +81,7 @@ async function makeWorld(store: KvStore = createMemoryStore(), driver = createFa
     livenessIntervalMs: 20,
   });
   await controller.start();
-  return { store, driver, guests, operations, controller, events };
+  return controller;
 }
 
 async function done(w: World, op: { id: string }) {
@@ -379,24 +389,7 @@ describe('placement of new guests (decision 0033)', () => {
     const bus = createEventBus();
     const events: TrivisorEvent[] = [];
     bus.subscribe((e) => events.push(e));
-    const driver = createFakeDriver();
-    const controller = createGuestController({
-      store,
-      drivers: { ct: driver },
-      images: {
-        handle: async () => ({
-          record: image,
-          rootfs: '/x',
-          shiftedRootfs: async () => '/y',
-          baseDisk: async () => '/z',
-        }),
-      },
-      events: bus,
-      log: silentLogger(),
-      hostName: 'h1',
-      livenessIntervalMs: 20,
-    });
-    await controller.start();
+    const controller = await startController(store, bus, createFakeDriver());
     try {
       await guests.create({ name: 'placed', image: 'busybox' });
       const created = await new Promise<TrivisorEvent>((resolve, reject) => {
