@@ -383,7 +383,11 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
         }
         return;
       }
-      const tail = text.trim().split('\n').slice(-3).join(' ').slice(0, 400);
+      // The last lines, and the panic's own line (a stack trace after it would hide why).
+      const lines = text.trim().split('\n');
+      const panic = lines.find((l) => /Kernel panic|not syncing/.test(l))?.trim();
+      const last = lines.slice(-3).join(' ');
+      const tail = (panic && !last.includes(panic) ? `${panic} … ${last}` : last).slice(0, 400);
       if (!(await isSameProcess(identity))) {
         throw internal(`Guest ${spec.name}'s UML kernel exited while booting: ${tail || 'no output'}.`);
       }
