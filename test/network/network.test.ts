@@ -334,14 +334,15 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.match(longName.stderr, /at most 15/);
   });
 
-  test('attach gives a stopped guest a NIC it uses at its next start; detach takes it away live', () => {
+  test('attach gives a stopped guest a NIC it uses at its next start; detach takes it away live', async () => {
     d.ok(['create', 'busybox', 'late']);
     assert.match(
       d.ok(['network', 'attach', NET_B, 'late']),
       /Attached eth0 on tnb\S* to late; late gets it when it starts/,
     );
     d.ok(['start', 'late']);
-    assert.ok(pings('late', 'b1.lab.test'), 'the attached NIC works after start');
+    // Running is said once init runs; udhcpc gets eth0 its address a moment later.
+    await eventually('the attached NIC works after start', () => pings('late', 'b1.lab.test'), 30_000);
     assert.match(d.ok(['network', 'detach', NET_B, 'late']), /Detached eth0 on tnb\S* from late \(live\)/);
     assert.ok(!pings('late', 'b1.lab.test'), 'the detached NIC is gone from the running guest');
     d.ok(['stop', '--force', 'late']);
@@ -350,7 +351,7 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     d.ok(['delete', 'late']);
   });
 
-  test('stop and delete leave no port behind', () => {
+  test('stop and delete leave no port behind', async () => {
     const g = JSON.parse(d.ok(['info', 'i2', '--format', 'json'])) as {
       state: { nics: Record<string, { hostName: string }> };
     };
@@ -360,7 +361,7 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     assert.doesNotMatch(hostNetworkState().links, new RegExp(`: ${port}@`));
     assert.doesNotMatch(hostNetworkState().tables, new RegExp(`trivisor-${port}`));
     d.ok(['start', 'i2']);
-    assert.ok(pings('i2', '198.18.203.1'), 'a restarted guest has its network back');
+    await eventually('a restarted guest has its network back', () => pings('i2', '198.18.203.1'), 30_000);
     d.ok(['delete', '--force', 'i2']);
     assert.doesNotMatch(hostNetworkState().links, new RegExp(`: ${port}@`));
   });
