@@ -326,6 +326,35 @@ export function createVolumeService(deps: {
       return found;
     }
 
+    /**
+     * Records a volume whose data `backend` has just made, if the project's quota still holds and
+     * nobody took the name meanwhile; otherwise its data goes again and the refusal is thrown.
+     */
+    async function recordNewVolume(p: PoolRecord, vol: OwnedVolume): Promise<StorageVolume> {
+      let r: Awaited<ReturnType<typeof guardedWrite>>;
+      try {
+        r = await guardedWrite(store, project, async (g) => {
+          assertWithinLimits(project, g.spec.config, {
+            before: g.usage,
+            after: addUsage(g.usage, diskOf(vol.sizeBytes)),
+          });
+          const ref = records.volume.at(vol.pool, vol.name);
+          return { compare: [ref.absent()], success: [ref.putOp(vol)] };
+        });
+      } catch (e) {
+        // Refused after all (another create took the last of the quota): no volume is left behind.
+        await backend.delete(p.driver, poolPath(p), vol);
+        throw e;
+      }
+      if (!r.succeeded) {
+        await backend.delete(p.driver, poolPath(p), vol);
+        const now = await records.volume.at(vol.pool, vol.name).get(store);
+        throw nameTaken(vol.name, vol.pool, now?.value, project);
+      }
+      lifecycle('storage-volume-created', vol);
+      return show(p, vol);
+    }
+
     return {
       inProject: (p) => scoped(p),
 
@@ -379,28 +408,7 @@ export function createVolumeService(deps: {
             location: p.location ?? member,
           };
           await backend.create(p.driver, poolPath(p), vol);
-          let r: Awaited<ReturnType<typeof guardedWrite>>;
-          try {
-            r = await guardedWrite(store, project, async (g) => {
-              assertWithinLimits(project, g.spec.config, {
-                before: g.usage,
-                after: addUsage(g.usage, diskOf(size)),
-              });
-              const ref = records.volume.at(pool, vol.name);
-              return { compare: [ref.absent()], success: [ref.putOp(vol)] };
-            });
-          } catch (e) {
-            // Refused after all (another create took the last of the quota): no volume is left behind.
-            await backend.delete(p.driver, poolPath(p), vol);
-            throw e;
-          }
-          if (!r.succeeded) {
-            await backend.delete(p.driver, poolPath(p), vol);
-            const now = await records.volume.at(pool, vol.name).get(store);
-            throw nameTaken(vol.name, pool, now?.value, project);
-          }
-          lifecycle('storage-volume-created', vol);
-          return show(p, vol);
+          return recordNewVolume(p, vol);
         });
       },
 
@@ -444,27 +452,7 @@ export function createVolumeService(deps: {
               location: p.location ?? member,
             };
             await importer(p.driver, poolPath(p), vol, request.file);
-            let r: Awaited<ReturnType<typeof guardedWrite>>;
-            try {
-              r = await guardedWrite(store, project, async (g) => {
-                assertWithinLimits(project, g.spec.config, {
-                  before: g.usage,
-                  after: addUsage(g.usage, diskOf(size)),
-                });
-                const ref = records.volume.at(pool, vol.name);
-                return { compare: [ref.absent()], success: [ref.putOp(vol)] };
-              });
-            } catch (e) {
-              await backend.delete(p.driver, poolPath(p), vol);
-              throw e;
-            }
-            if (!r.succeeded) {
-              await backend.delete(p.driver, poolPath(p), vol);
-              const now = await records.volume.at(pool, vol.name).get(store);
-              throw nameTaken(vol.name, pool, now?.value, project);
-            }
-            lifecycle('storage-volume-created', vol);
-            return show(p, vol);
+            return recordNewVolume(p, vol);
           });
         } finally {
           await rm(request.file, { force: true });
