@@ -230,6 +230,11 @@ export function configKeyHelp(): Record<string, string> {
 }
 
 /** Typed reads of config values (already validated). */
+/** Memory of a vm guest without limits.memory (QEMU's -m). */
+export const DEFAULT_VM_MEMORY_BYTES = 256 * 1024 * 1024;
+/** Memory of a pvm guest without limits.memory (UML's mem=). */
+export const PVM_DEFAULT_MEMORY_BYTES = 128 * 1024 * 1024;
+
 export const configValue = {
   memoryBytes: (c: Record<string, string>): number | undefined =>
     c['limits.memory'] ? parseBytes(c['limits.memory']) : undefined,

@@ -1,5 +1,12 @@
 import { assertTargetName, type PlacementCandidate, placeGuest } from '../control/placement.ts';
-import { configValue, createOnlyChanges, type HostCapacity, validateConfig } from '../core/config-keys.ts';
+import {
+  configValue,
+  createOnlyChanges,
+  DEFAULT_VM_MEMORY_BYTES,
+  type HostCapacity,
+  PVM_DEFAULT_MEMORY_BYTES,
+  validateConfig,
+} from '../core/config-keys.ts';
 import {
   alreadyExists,
   asTrivisorError,
@@ -33,8 +40,6 @@ import {
   type Model,
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
-import { PVM_DEFAULT_MEMORY_BYTES } from '../drivers/pvm/pvm-driver.ts';
-import { DEFAULT_VM_MEMORY_BYTES } from '../drivers/vm/qemu-command.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';

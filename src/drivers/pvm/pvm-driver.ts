@@ -18,7 +18,7 @@ import {
 import { availableParallelism } from 'node:os';
 import { dirname, isAbsolute, join, posix } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { configValue, isLiveKey } from '../../core/config-keys.ts';
+import { configValue, isLiveKey, PVM_DEFAULT_MEMORY_BYTES } from '../../core/config-keys.ts';
 import {
   failedPrecondition,
   internal,
@@ -63,7 +63,6 @@ import { umlSeccompProgram } from './uml-seccomp.ts';
 
 const MiB = 1024 * 1024;
 /** Guest RAM when limits.memory is not set. */
-export const PVM_DEFAULT_MEMORY_BYTES = 128 * MiB;
 /** Below this the kernel, busybox and qemu-ga do not fit: UML panics or the OOM killer takes the agent. */
 export const PVM_MIN_MEMORY_BYTES = 32 * MiB;
 /** Host memory a UML kernel needs beyond its guest RAM (its own text, helper stacks, page tables). */

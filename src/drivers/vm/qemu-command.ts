@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { configValue, type VmMachine } from '../../core/config-keys.ts';
+import { configValue, DEFAULT_VM_MEMORY_BYTES, type VmMachine } from '../../core/config-keys.ts';
 import type { Accelerator } from './accelerator-probe.ts';
 import type { BootKit } from './boot-kit.ts';
 import { UEFI_VARS_FILE } from './firmware.ts';
@@ -51,7 +51,6 @@ export type MachineType = VmMachine | 'microvm';
 
 const MiB = 1024 * 1024;
 /** Guest RAM when limits.memory is not set. */
-export const DEFAULT_VM_MEMORY_BYTES = 256 * MiB;
 /** Below this Debian's cloud kernel with our initramfs does not reach init. */
 export const MIN_VM_MEMORY_BYTES = 64 * MiB;
 /** Size of TCG's translation block cache per guest (QEMU's default is 1 GiB). */
