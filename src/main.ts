@@ -15,6 +15,7 @@ import { createGuestStorageController } from './control/guest-storage-controller
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
+import { notFound } from './core/errors.ts';
 import type { Model } from './core/types.ts';
 import { cgroupParentOf, createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
@@ -38,6 +39,7 @@ import { hostNetworks, pickDefaultSubnet } from './network/default-network.ts';
 import { createGuestNetworking } from './network/guest-networking.ts';
 import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
 import { buildServer } from './server/build-server.ts';
+import type { MemberForwarding } from './server/forward.ts';
 import { listenTcp, listenUnix } from './server/listen.ts';
 import { createWebSessions } from './server/web-sessions.ts';
 import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
@@ -366,8 +368,25 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     });
   }
 
+  // On a cluster, requests that another member must answer are passed on to it (decision 0034).
+  const forward: MemberForwarding | undefined =
+    membership && memberClient
+      ? {
+          here: membership.name,
+          others: async () =>
+            ((await services.cluster?.list()) ?? [])
+              .filter((m) => m.name !== membership.name && m.status !== 'Offline')
+              .map((m) => m.name),
+          connect: async (member) => {
+            const record = (await records.member.at(member).get(store))?.value;
+            if (!record) throw notFound(`Member ${member} not found`);
+            return memberClient.connect({ name: record.name, address: record.address });
+          },
+        }
+      : undefined;
   const unixApp = await buildServer(services, {
     auth: { type: 'none' },
+    ...(forward && { forward }),
     logger: false,
     uploadDir: stateDir,
     web: { sessions: webSessions },
@@ -386,6 +405,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     fingerprint = certificate.fingerprint;
     const tcpApp = await buildServer(services, {
       auth: { type: 'token', token },
+      ...(forward && { forward }),
       logger: false,
       uploadDir: stateDir,
       https: { key: certificate.key, cert: certificate.cert },
@@ -405,7 +425,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     // cluster CA signed for them, which this one presents too (with the CA, for joiners to check).
     const memberApp = await buildMemberApi(
       { ...services, auth: services.auth },
-      { store, tls: opened.memberTls, token: await ensureToken(stateDir), uploadDir: stateDir },
+      {
+        store,
+        tls: opened.memberTls,
+        token: await ensureToken(stateDir),
+        uploadDir: stateDir,
+        ...(forward && { forward }),
+      },
     );
     const { host, port } = splitAddress(membership.address);
     await listenTcp(memberApp, host, port);

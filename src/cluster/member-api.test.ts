@@ -1,14 +1,22 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { certificateFingerprint } from '../api/certificates.ts';
+import type { Caller } from '../core/access.ts';
 import { isTrivisorError } from '../core/errors.ts';
 import { hostRunner } from '../host/runner.ts';
 import { createFakeServices } from '../server/fake-services.ts';
+import {
+  createForwarder,
+  encodeCaller,
+  FORWARDED_BY_HEADER,
+  FORWARDED_CALLER_HEADER,
+} from '../server/forward.ts';
 import { listenTcp } from '../server/listen.ts';
 import { createAuthService } from '../services/auth-service.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
@@ -97,6 +105,64 @@ describe('the member API', () => {
       path: '/1.0',
     });
     assert.equal(info.metadata.auth, 'untrusted');
+  });
+
+  test("a request passed on by a member is its first caller's: that caller's role decides, its body arrives whole; only a member may pass a caller on", async () => {
+    // m2's side of a forward (server/forward.ts), as the API's onRequest hook runs it: the body unread.
+    const front = Fastify();
+    const forwarder = createForwarder({
+      here: 'm2',
+      others: async () => ['m1'],
+      connect: () => createMemberClient(() => m2).connect({ name: 'm1', address }),
+    });
+    let caller: Caller | null = null;
+    front.decorateRequest('caller', null);
+    front.addHook('onRequest', async (request, reply) => {
+      (request as unknown as { caller: Caller | null }).caller = caller;
+      await forwarder.proxy(request, reply, 'm1');
+      return reply;
+    });
+    front.all('/*', async () => ({}));
+    const port = (await listenTcp(front, '127.0.0.1', 0)).port;
+    try {
+      const viewer: Caller = { method: 'token', name: 'ro', role: 'viewer', projects: ['default'] };
+      const admin: Caller = { method: 'token', name: 'ops', role: 'admin', projects: ['*'] };
+      caller = viewer;
+      const refused = await fetch(`http://127.0.0.1:${port}/1.0/auth/tokens`);
+      assert.equal(refused.status, 403);
+      assert.match(((await refused.json()) as { error: string }).error, /ro/);
+      caller = admin;
+      const made = await fetch(`http://127.0.0.1:${port}/1.0/auth/tokens`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'passed-on', role: 'viewer', projects: ['default'] }),
+      });
+      assert.equal(made.status, 200, await made.clone().text());
+      assert.ok(await records.token.at('passed-on').get(store), 'the token was made on m1');
+      // A certificate the cluster CA signed for a member no longer recorded cannot pass a caller on.
+      const socket = await createMemberClient(() => removed)
+        .connect({ name: 'm1', address })
+        .catch((e: unknown) => e);
+      assert.ok(!(socket instanceof Error), String(socket));
+      const status = await new Promise<number>((resolve, reject) => {
+        const req = httpRequest(
+          {
+            createConnection: () => socket as Socket,
+            path: '/1.0/auth/tokens',
+            headers: { [FORWARDED_CALLER_HEADER]: encodeCaller(admin), [FORWARDED_BY_HEADER]: 'm3' },
+          },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(status, 401);
+    } finally {
+      await front.close();
+    }
   });
 
   test('there is no plain-HTTP hop: HTTP on the member port gets no answer', async () => {

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { buildServer } from '../server/build-server.ts';
+import type { MemberForwarding } from '../server/forward.ts';
 import type { Services } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { withMemberCertificates } from './member-auth.ts';
@@ -14,7 +15,7 @@ import type { MemberTls } from './member-client.ts';
  */
 export function buildMemberApi(
   services: Services & { auth: NonNullable<Services['auth']> },
-  options: { store: KvStore; tls: MemberTls; token: string; uploadDir?: string },
+  options: { store: KvStore; tls: MemberTls; token: string; uploadDir?: string; forward?: MemberForwarding },
 ): Promise<FastifyInstance> {
   return buildServer(
     { ...services, auth: withMemberCertificates(services.auth, options.store) },
@@ -22,6 +23,7 @@ export function buildMemberApi(
       auth: { type: 'token', token: options.token },
       logger: false,
       ...(options.uploadDir !== undefined && { uploadDir: options.uploadDir }),
+      ...(options.forward !== undefined && { forward: options.forward }),
       https: { key: options.tls.key, cert: `${options.tls.cert.trim()}\n${options.tls.ca}` },
     },
   );

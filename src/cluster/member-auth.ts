@@ -1,4 +1,5 @@
 import { ALL_PROJECTS, type Caller } from '../core/access.ts';
+import { decodeCaller } from '../server/forward.ts';
 import type { AuthService } from '../services/auth-service.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records } from '../store/records.ts';
@@ -9,7 +10,8 @@ import { records } from '../store/records.ts';
  * rights of the host's admin (a member runs the cluster; forwarded requests carry their
  * own caller later). Anything else is as the daemon's TLS API would take it (tokens,
  * trusted certificates). A removed member's certificate names no record and counts for
- * nothing here at its next request.
+ * nothing here at its next request. A member that passes a request on sends its caller along
+ * (decision 0034), and only a member's certificate may.
  */
 export function withMemberCertificates(auth: AuthService, store: KvStore): AuthService {
   return {
@@ -20,6 +22,11 @@ export function withMemberCertificates(auth: AuthService, store: KvStore): AuthS
         const member = (await records.member.list(store)).items.find(
           (m) => m.value.certificateFingerprint === fingerprint,
         );
+        // A request another member passed on is its first caller's, with that caller's role and
+        // projects (decision 0034): the member checked them, and this member checks them again.
+        if (credentials.forwardedCaller !== undefined) {
+          return member ? decodeCaller(credentials.forwardedCaller) : undefined;
+        }
         if (member) {
           const caller: Caller = {
             method: 'certificate',

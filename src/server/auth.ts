@@ -4,6 +4,7 @@ import { fingerprintOfPeer } from '../api/certificates.ts';
 import { ALL_PROJECTS, type Caller, UNIX_CALLER } from '../core/access.ts';
 import { ADMIN_TOKEN_NAME, type AuthService } from '../services/auth-service.ts';
 import { peerCertificateOf } from './access.ts';
+import { FORWARDED_CALLER_HEADER } from './forward.ts';
 import type { SessionCredential, WebSessions } from './web-sessions.ts';
 import type { WebSocketTickets } from './websocket-tickets.ts';
 
@@ -50,6 +51,14 @@ export function createAuthenticator(
       return (await bearerCheck(header.slice('Bearer '.length).trim()))?.caller;
     }
     if (header !== undefined) return undefined;
+    // A request another member passed on (decision 0034): its caller is in a header that only a
+    // member's certificate may set; with any other certificate, or none, it counts for nothing.
+    const forwarded = request.headers[FORWARDED_CALLER_HEADER];
+    if (typeof forwarded === 'string') {
+      const fingerprint = fingerprintOfPeer(peerCertificateOf(request) ?? {});
+      if (!fingerprint || !service) return undefined;
+      return service.authenticate({ certificateFingerprint: fingerprint, forwardedCaller: forwarded });
+    }
     const upgrade = request.headers.upgrade?.toLowerCase() === 'websocket';
     if (request.method === 'GET' && upgrade && options.isWebSocketRoute(request.routeOptions.url)) {
       const ticket = (request.query as Record<string, unknown> | undefined)?.ticket;

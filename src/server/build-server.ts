@@ -21,6 +21,7 @@ import { registerAuthRoutes } from './auth-routes.ts';
 import { registerClusterRoutes } from './cluster-routes.ts';
 import { createExecRegistry } from './exec-bridge.ts';
 import { registerFileRoutes } from './file-routes.ts';
+import { createForwarder, isForwarded, type MemberForwarding } from './forward.ts';
 import { registerGuestRoutes } from './guest-routes.ts';
 import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
@@ -28,6 +29,7 @@ import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 import { registerMetricsHistoryRoutes } from './metrics-history-routes.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
 import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
+import { createOperationPlaces, operationOf } from './operation-places.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import { ownerScopedGuest } from './owner-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
@@ -49,6 +51,8 @@ export interface BuildServerOptions {
   execConnectTimeoutMs?: number;
   /** Compile every route's schemas when the server gets ready (tests: a bad schema fails there) instead of on first use. */
   compileSchemasAtReady?: boolean;
+  /** On a cluster member: how to reach the other members, to pass on what they must answer (decision 0034). */
+  forward?: MemberForwarding;
   /** Request rate and connection limits (default: TCP_API_LIMITS with a token, UNIX_API_LIMITS without). */
   limits?: ApiLimits;
   /**
@@ -220,14 +224,34 @@ export async function buildServer(services: Services, options: BuildServerOption
     if (!isProjectRoute(request.routeOptions.url)) return;
     await services.projects.assertExists(projectOf(request));
   });
-  // A request that must run where its guest is goes to the guest's owner (decision 0028).
+  // A request that must run where its guest is goes to the guest's owner, and one about an operation to
+  // the member that runs it (decisions 0028, 0034): before its body is read, so that it is passed on as
+  // it came. Registered after the access hook: only a request this member let in is passed on.
+  const forwarder = options.forward ? createForwarder(options.forward) : undefined;
+  const operationPlaces = createOperationPlaces();
   const owner = services.owner;
-  if (owner) {
-    app.addHook('preHandler', async (request) => {
-      const guest = ownerScopedGuest(request.method, request.routeOptions.url, request.params);
-      if (guest !== undefined) await owner.onOwner(guest, async () => {}, { project: projectOf(request) });
-    });
-  }
+  app.addHook('onRequest', async (request, reply) => {
+    if (reply.sent) return;
+    const url = request.routeOptions.url;
+    const guest = owner ? ownerScopedGuest(request.method, url, request.params) : undefined;
+    if (owner && guest !== undefined) {
+      const place = await owner.placeOf(guest, { project: projectOf(request) });
+      if (place.here) return;
+      if (!forwarder || isForwarded(request)) {
+        await owner.onOwner(guest, async () => {}, { project: projectOf(request) });
+        return;
+      }
+      await forwarder.proxy(request, reply, place.member);
+      return reply;
+    }
+    const operation = operationOf(url, request.params);
+    if (operation === undefined || !forwarder || isForwarded(request)) return;
+    if (services.operations.has(operation)) return;
+    const member = await operationPlaces.locate(operation, forwarder, request, options.forward!);
+    if (member === undefined) return;
+    await forwarder.proxy(request, reply, member);
+    return reply;
+  });
 
   await app.register(swagger, {
     openapi: {
@@ -260,6 +284,7 @@ export async function buildServer(services: Services, options: BuildServerOption
       [...webSocketRoutes].some((pattern) =>
         new RegExp(`^${pattern.replace(/[.]/g, '\\.').replace(/:[^/]+/g, '[^/?#]+')}$`).test(path),
       ),
+    ...(forwarder !== undefined && { forward: forwarder }),
   };
   registerHostRoutes(app, ctx);
   registerGuestRoutes(app, ctx);

@@ -1,4 +1,5 @@
 import type { FastifyRequest } from 'fastify';
+import { isForwarded } from './forward.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
 
 /**
@@ -31,13 +32,20 @@ export function ownerScopedGuest(
 /**
  * Runs a request whose guest is named in its body (a NIC or volume attach or detach: the
  * live plug needs the guest's host) on that guest's owner; here when no routing is set up.
+ * On a cluster member the request goes to the owner with its parsed body, and the owner's
+ * sync answer is this one's (decision 0034).
  */
-export function onGuestOwner<T>(
+export async function onGuestOwner<T>(
   ctx: RouteContext,
   request: FastifyRequest,
   guest: string,
   work: () => Promise<T>,
 ): Promise<T> {
   const owner = ctx.services.owner;
-  return owner ? owner.onOwner(guest, work, { project: projectOf(request) }) : work();
+  if (!owner) return work();
+  const project = projectOf(request);
+  const place = await owner.placeOf(guest, { project });
+  if (place.here) return work();
+  if (ctx.forward && !isForwarded(request)) return ctx.forward.json<T>(request, place.member);
+  return owner.onOwner(guest, work, { project });
 }

@@ -6,6 +6,7 @@ import { assertProjectName, DEFAULT_PROJECT } from '../core/projects.ts';
 import type { Operation } from '../core/types.ts';
 import type { Services } from '../services/types.ts';
 import type { ExecRegistry } from './exec-bridge.ts';
+import type { Forwarder } from './forward.ts';
 import type { WebSocketTickets } from './websocket-tickets.ts';
 
 /** What every route module gets. */
@@ -21,6 +22,8 @@ export interface RouteContext {
   tickets: WebSocketTickets<Caller>;
   /** True when `path` (no query) is the path of a WebSocket route. */
   isWebSocketPath: (path: string) => boolean;
+  /** On a cluster member: passes requests on to the member that must answer them (decision 0034). */
+  forward?: Forwarder;
 }
 
 /** Answers 202 with the async envelope and a Location header, as Incus does. */

@@ -58,6 +58,12 @@ export interface AuthService {
   authenticate(credentials: {
     bearer?: string;
     certificateFingerprint?: string;
+    /**
+     * The caller another member authenticated and passed a request on for (decision 0034):
+     * only a cluster member's certificate may bring one (cluster/member-auth.ts); anywhere
+     * else the request authenticates nobody.
+     */
+    forwardedCaller?: string;
   }): Promise<Caller | undefined>;
 }
 
@@ -217,7 +223,9 @@ export function createAuthService(deps: {
       await deps.store.delete(keys.certificate(info.fingerprint));
       return info;
     },
-    async authenticate({ bearer, certificateFingerprint: fp }) {
+    async authenticate({ bearer, certificateFingerprint: fp, forwardedCaller }) {
+      // Only a member may pass a caller on (cluster/member-auth.ts); a trusted client may not.
+      if (forwardedCaller !== undefined) return undefined;
       if (bearer !== undefined) {
         const digest = sha256(bearer);
         const m = SECRET.exec(bearer);

@@ -42,6 +42,7 @@ export function createOperationService(events: EventBus): OperationService {
   };
 
   return {
+    has: (id) => ops.has(id),
     start(spec: OperationSpec) {
       prune();
       const now = new Date().toISOString();

@@ -21,19 +21,15 @@ export interface OwnerRouting {
    */
   placeOf(guest: string, options?: { project?: string }): Promise<GuestPlace>;
   /**
-   * Runs `here` when this member owns the guest. Otherwise the request goes to the owner's API
-   * over the cluster network, as Incus forwards to the member that holds an instance: until
-   * members are connected (cluster membership), that is Unavailable naming the owner.
+   * Runs `here` when this member owns the guest; otherwise Unavailable naming the owner. The
+   * API passes such requests on to the owner before they get here (server/forward.ts, decision
+   * 0034): this answers a member that cannot, or a request passed on to a member that no longer
+   * owns the guest.
    */
   onOwner<T>(guest: string, here: () => Promise<T>, options?: { project?: string }): Promise<T>;
 }
 
-export function createOwnerRouting(deps: {
-  store: KvStore;
-  member: string;
-  /** Sends the request to `member`'s API and answers with what it answers (cluster membership). */
-  forward?: <T>(member: string, guest: string) => Promise<T>;
-}): OwnerRouting {
+export function createOwnerRouting(deps: { store: KvStore; member: string }): OwnerRouting {
   const routing: OwnerRouting = {
     async placeOf(guest, options = {}) {
       if (!isDnsLabel(guest)) return { here: true };
@@ -54,9 +50,8 @@ export function createOwnerRouting(deps: {
     async onOwner(guest, here, options = {}) {
       const place = await routing.placeOf(guest, options);
       if (place.here) return here();
-      if (deps.forward) return deps.forward(place.member, guest);
       throw unavailable(
-        `Guest ${guest} is on member ${place.member}, and this member cannot pass requests to other members yet: send it to ${place.member}`,
+        `Guest ${guest} is on member ${place.member}, not on ${deps.member}: ask ${place.member}`,
       );
     },
   };

@@ -76,6 +76,8 @@ export interface OperationService {
   list(): Operation[];
   /** NotFound for unknown ids. */
   get(id: string): Operation;
+  /** Whether this daemon runs (or ran, recently) operation `id`. */
+  has(id: string): boolean;
   /** Resolves when the operation ends or `timeoutMs` passes (then with its current state). */
   wait(id: string, timeoutMs?: number): Promise<Operation>;
   /** FailedPrecondition if it cannot be cancelled. */

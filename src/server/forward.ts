@@ -1,0 +1,262 @@
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { errorResponse } from '../api/envelopes.ts';
+import { httpStatusOf } from '../api/errors.ts';
+import type { Caller } from '../core/access.ts';
+import { asTrivisorError, isErrorCode, TrivisorError, unavailable } from '../core/errors.ts';
+
+/**
+ * Requests passed from the member that was asked to the member that must answer
+ * (docs/decisions/0034-forwarding.md): the guest's owner, or the member that runs an
+ * operation. The connection is the members' own (mutual TLS, decision 0032); the caller the
+ * first member authenticated travels in a header that only a member's certificate may set.
+ */
+export interface MemberForwarding {
+  /** This member's name. */
+  here: string;
+  /** The other members that may be asked (Online ones, this member excluded). */
+  others(): Promise<string[]>;
+  /** A verified connection to `member`'s API (its certificate checked against its name). */
+  connect(member: string): Promise<TLSSocket>;
+}
+
+/** The header that carries the first member's caller (base64url JSON). */
+export const FORWARDED_CALLER_HEADER = 'x-trivisor-caller';
+/** Set on a forwarded request: the member that forwarded it. Such a request is never forwarded again. */
+export const FORWARDED_BY_HEADER = 'x-trivisor-forwarded-by';
+
+export function encodeCaller(caller: Caller): string {
+  return Buffer.from(JSON.stringify(caller)).toString('base64url');
+}
+
+/** The caller a member forwarded, or undefined when the header is malformed. */
+export function decodeCaller(header: string): Caller | undefined {
+  try {
+    const c = JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as Partial<Caller>;
+    if (
+      typeof c.name !== 'string' ||
+      typeof c.method !== 'string' ||
+      typeof c.role !== 'string' ||
+      !Array.isArray(c.projects) ||
+      !c.projects.every((p) => typeof p === 'string')
+    )
+      return undefined;
+    return {
+      method: c.method,
+      name: c.name,
+      role: c.role,
+      projects: c.projects,
+      ...(typeof c.fingerprint === 'string' && { fingerprint: c.fingerprint }),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when another member sent this request on (it must be answered here, never passed on). */
+export function isForwarded(request: FastifyRequest): boolean {
+  return request.headers[FORWARDED_BY_HEADER] !== undefined;
+}
+
+/** Hop-by-hop headers (RFC 9110 §7.6.1) and the credentials of the first hop: never passed on. */
+const DROPPED = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'authorization',
+  'cookie',
+  FORWARDED_CALLER_HEADER,
+  FORWARDED_BY_HEADER,
+]);
+
+function headersFor(request: FastifyRequest, here: string, member: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (value === undefined || DROPPED.has(name)) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  out.host = member;
+  out[FORWARDED_BY_HEADER] = here;
+  if (request.caller) out[FORWARDED_CALLER_HEADER] = encodeCaller(request.caller);
+  return out;
+}
+
+/** Response headers passed back: the same, less hop-by-hop ones. */
+function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || name === 'connection' || name === 'keep-alive' || name === 'transfer-encoding')
+      continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/** Writes an error envelope on a hijacked reply (or destroys it when the answer already began). */
+function failHijacked(reply: FastifyReply, error: unknown): void {
+  const e = asTrivisorError(error);
+  if (reply.raw.headersSent) {
+    reply.raw.destroy();
+    return;
+  }
+  const status = httpStatusOf(e.code);
+  const body = JSON.stringify(errorResponse(e.message, status, e.code));
+  reply.raw.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(body)),
+  });
+  reply.raw.end(body);
+}
+
+export interface Forwarder {
+  /**
+   * Passes the request as it came (its body not read yet) to `member` and streams the answer
+   * back; WebSocket upgrades are spliced through once the owner switches protocols. A member
+   * that cannot be reached is Unavailable naming it, answered before anything was sent.
+   */
+  proxy(request: FastifyRequest, reply: FastifyReply, member: string): Promise<void>;
+  /** Sends a request whose JSON body was already parsed; returns the metadata of `member`'s sync answer. */
+  json<T>(request: FastifyRequest, member: string): Promise<T>;
+  /** Asks `member` with a GET of `path` as this request's caller; the parsed envelope's metadata, or its error. */
+  get<T>(request: FastifyRequest, member: string, path: string): Promise<T>;
+}
+
+export function createForwarder(forwarding: MemberForwarding): Forwarder {
+  const connect = async (member: string): Promise<TLSSocket> => {
+    try {
+      return await forwarding.connect(member);
+    } catch (e) {
+      throw unavailable(`Member ${member} cannot be reached: ${asTrivisorError(e).message}`);
+    }
+  };
+
+  /** One request with a JSON (or no) body; the envelope's metadata or its error. */
+  const exchange = async <T>(
+    request: FastifyRequest,
+    member: string,
+    method: string,
+    path: string,
+    body: unknown,
+  ): Promise<T> => {
+    const socket = await connect(member);
+    const headers = headersFor(request, forwarding.here, member);
+    delete headers['content-length'];
+    delete headers['content-type'];
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    if (payload !== undefined) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(payload));
+    }
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest({ createConnection: () => socket, method, path, headers }, resolve);
+      req.on('error', (e) => {
+        socket.destroy();
+        reject(unavailable(`The request to member ${member} failed: ${e.message}`));
+      });
+      req.end(payload);
+    });
+    const chunks: Buffer[] = [];
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+    socket.destroy();
+    let envelope: { metadata?: unknown; error?: unknown; code?: unknown };
+    try {
+      envelope = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      throw unavailable(`Member ${member} answered ${res.statusCode} without a JSON envelope`);
+    }
+    const status = res.statusCode ?? 0;
+    if (status >= 400) {
+      const code = isErrorCode(envelope.code)
+        ? envelope.code
+        : status >= 500
+          ? 'Unavailable'
+          : 'InvalidArgument';
+      throw new TrivisorError(
+        code,
+        typeof envelope.error === 'string' ? envelope.error : `Member ${member} answered ${status}`,
+      );
+    }
+    return envelope.metadata as T;
+  };
+
+  const upgrade = async (request: FastifyRequest, reply: FastifyReply, member: string): Promise<void> => {
+    const upstream = await connect(member);
+    const client = request.raw.socket as Socket;
+    reply.hijack();
+    const headers = headersFor(request, forwarding.here, member);
+    // A WebSocket upgrade keeps its hop-by-hop pair: it is what asks the owner to switch.
+    headers.connection = 'Upgrade';
+    headers.upgrade = String(request.headers.upgrade);
+    const head = [
+      `GET ${request.url} HTTP/1.1`,
+      ...Object.entries(headers).map(([k, v]) => `${k}: ${v.replace(/[\r\n]/g, '')}`),
+      '',
+      '',
+    ].join('\r\n');
+    const end = () => {
+      upstream.destroy();
+      client.destroy();
+    };
+    upstream.on('error', end);
+    upstream.on('close', end);
+    client.on('error', end);
+    client.on('close', end);
+    upstream.write(head);
+    // From here on the two sockets are one: the owner's 101 (or its refusal) and the frames.
+    upstream.pipe(client);
+    client.pipe(upstream);
+  };
+
+  return {
+    async proxy(request, reply, member) {
+      if (request.headers.upgrade?.toLowerCase() === 'websocket') return upgrade(request, reply, member);
+      const socket = await connect(member);
+      reply.hijack();
+      const headers = headersFor(request, forwarding.here, member);
+      await new Promise<void>((resolve) => {
+        const upstream = httpRequest(
+          { createConnection: () => socket, method: request.method, path: request.url, headers },
+          (res) => {
+            reply.raw.writeHead(res.statusCode ?? 502, responseHeaders(res.headers));
+            res.pipe(reply.raw);
+            res.on('end', () => {
+              socket.destroy();
+              resolve();
+            });
+            res.on('error', () => {
+              reply.raw.destroy();
+              resolve();
+            });
+          },
+        );
+        upstream.on('error', (e) => {
+          socket.destroy();
+          failHijacked(reply, unavailable(`The request to member ${member} broke off: ${e.message}`));
+          resolve();
+        });
+        // The caller going away ends the owner's side too (a download, a follow).
+        reply.raw.on('close', () => {
+          if (!reply.raw.writableFinished) upstream.destroy();
+        });
+        const body: Readable = request.raw;
+        body.pipe(upstream);
+      });
+    },
+    json: (request, member) =>
+      exchange(
+        request,
+        member,
+        request.method,
+        request.url,
+        request.body === null ? undefined : request.body,
+      ),
+    get: (request, member, path) => exchange(request, member, 'GET', path, undefined),
+  };
+}
