@@ -128,7 +128,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   };
 
   const events = createEventBus();
-  const operations = createOperationService(events);
+  const operations = createOperationService(events, { location: hostName });
   const files = imageFiles(stateDir, { runner, log });
   await files.prepare();
   const images = createImageService({ store, files, operations, events });

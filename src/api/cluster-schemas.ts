@@ -9,6 +9,7 @@ const Address = Type.String({
 
 export const ClusterInfoSchema = Type.Object({
   enabled: Type.Boolean({ description: 'Whether this daemon is a cluster member' }),
+  host: Type.Optional(Type.String({ description: "This host's name: the `location` of what it holds" })),
   member: Type.Optional(Type.String()),
   address: Type.Optional(Type.String()),
   caFingerprint: Type.Optional(Type.String({ description: 'SHA-256 of the cluster CA certificate, hex' })),

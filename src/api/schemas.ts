@@ -224,6 +224,7 @@ export const OperationSchema = Type.Object({
   metadata: AnyMap,
   mayCancel: Type.Boolean(),
   error: NullableString,
+  location: Type.Optional(Type.String({ description: 'The member that runs it' })),
 });
 
 export const EventSchema = Type.Object({
@@ -237,6 +238,7 @@ export const EventSchema = Type.Object({
   timestamp: Type.String(),
   action: Type.Optional(Type.String()),
   source: Type.Optional(Type.String()),
+  location: Type.Optional(Type.String({ description: 'On a cluster: the member the event happened on' })),
   metadata: AnyMap,
 });
 

@@ -95,6 +95,8 @@ export function placementCandidates(members: ClusterMember[] | undefined): Place
 /** What `GET /1.0/cluster` says of this daemon. */
 export interface ClusterInfo {
   enabled: boolean;
+  /** This host's name: the `location` of what it holds (the member name on a cluster). */
+  host?: string;
   /** This member's name and address (when a member). */
   member?: string;
   address?: string;
@@ -296,10 +298,11 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
 
   return {
     async info() {
-      if (!membership) return { enabled: false };
+      if (!membership) return { enabled: false, host: deps.hostName };
       const cluster = await records.cluster.at().get(store);
       return {
         enabled: true,
+        host: membership.name,
         member: membership.name,
         address: membership.address,
         ...(cluster && {

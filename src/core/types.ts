@@ -321,6 +321,8 @@ export interface Operation {
   metadata: Record<string, unknown>;
   mayCancel: boolean;
   error: string | null;
+  /** The member that runs it (Incus's `location`); absent from a daemon told no name. */
+  location?: string;
 }
 
 /** One entry of the event stream (`/1.0/events`). */
@@ -333,5 +335,7 @@ export interface TrivisorEvent {
   /** e.g. `guest-started`, `guest-stopped`, `image-created`. */
   action?: string;
   source?: string;
+  /** On a cluster: the member the event happened on (Incus's `location`). */
+  location?: string;
   metadata: Record<string, unknown>;
 }

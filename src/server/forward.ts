@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { WebSocket } from 'ws';
 import { errorResponse } from '../api/envelopes.ts';
 import { httpStatusOf } from '../api/errors.ts';
 import type { Caller } from '../core/access.ts';
@@ -116,6 +117,8 @@ function failHijacked(reply: FastifyReply, error: unknown): void {
 }
 
 export interface Forwarder {
+  /** This member's name. */
+  here: string;
   /**
    * Passes the request as it came (its body not read yet) to `member` and streams the answer
    * back; WebSocket upgrades are spliced through once the owner switches protocols. A member
@@ -126,6 +129,18 @@ export interface Forwarder {
   json<T>(request: FastifyRequest, member: string): Promise<T>;
   /** Asks `member` with a GET of `path` as this request's caller; the parsed envelope's metadata, or its error. */
   get<T>(request: FastifyRequest, member: string, path: string): Promise<T>;
+  /** The other members that may be asked (not Offline). */
+  others(): Promise<string[]>;
+  /**
+   * Opens `member`'s WebSocket at `path` as this request's caller and hands each text message
+   * to `onMessage` until the returned function is called (or either end goes away).
+   */
+  stream(
+    request: FastifyRequest,
+    member: string,
+    path: string,
+    onMessage: (text: string) => void,
+  ): () => void;
 }
 
 export function createForwarder(forwarding: MemberForwarding): Forwarder {
@@ -215,6 +230,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
   };
 
   return {
+    here: forwarding.here,
     async proxy(request, reply, member) {
       if (request.headers.upgrade?.toLowerCase() === 'websocket') return upgrade(request, reply, member);
       const socket = await connect(member);
@@ -258,5 +274,35 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
         request.body === null ? undefined : request.body,
       ),
     get: (request, member, path) => exchange(request, member, 'GET', path, undefined),
+    others: () => forwarding.others(),
+    stream(request, member, path, onMessage) {
+      let closed = false;
+      let ws: WebSocket | undefined;
+      void connect(member)
+        .then((socket) => {
+          if (closed) {
+            socket.destroy();
+            return;
+          }
+          const headers = headersFor(request, forwarding.here, member);
+          for (const name of [
+            'upgrade',
+            'sec-websocket-key',
+            'sec-websocket-version',
+            'sec-websocket-extensions',
+          ])
+            delete headers[name];
+          ws = new WebSocket(`ws://${member}${path}`, { headers, createConnection: () => socket });
+          ws.on('message', (data, isBinary) => {
+            if (!isBinary) onMessage(data.toString());
+          });
+          ws.on('error', () => ws?.terminate());
+        })
+        .catch(() => {});
+      return () => {
+        closed = true;
+        ws?.terminate();
+      };
+    },
   };
 }

@@ -31,6 +31,7 @@ import { cancelled, failedPrecondition, invalidArgument, notSupported } from '..
 import type { ExecRequest, OperationContext, StateChangeRequest } from '../services/types.ts';
 import { bridgeConsole, bridgeDisplay } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
+import { assertTarget, TargetQueryProperties, withMembersOwnView } from './member-lists.ts';
 import { allProjectsOf, configChange, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 type NameParams = { name: string };
@@ -90,14 +91,15 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     return { ...op, metadata: { ...op.metadata, ...spec.metadata, websocket } };
   };
 
-  app.get<{ Querystring: { recursion?: number } }>(
+  app.get<{ Querystring: { recursion?: number; target?: string } }>(
     '/1.0/guests',
     {
       config: { access: 'read' },
       schema: {
         summary: 'List guests',
-        description: 'recursion=0: URLs; 1: guests; 2: guests with live usage.',
-        querystring: RecursionQuerySchema,
+        description:
+          "recursion=0: URLs; 1: guests; 2: guests with live usage. On a cluster the list covers every member; target=MEMBER narrows it to that member's guests.",
+        querystring: Type.Object({ ...RecursionQuerySchema.properties, ...TargetQueryProperties }),
         response: {
           200: SyncEnvelope(Type.Union([Type.Array(GuestSchema), Type.Array(Type.String())])),
           ...errors,
@@ -106,10 +108,22 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
     },
     async (request) => {
       const recursion = request.query.recursion ?? 0;
-      const guests = await guestsOf(request).list({
+      const { target } = request.query;
+      await assertTarget(ctx, target);
+      const listed = await guestsOf(request).list({
         withUsage: recursion >= 2,
         allProjects: allProjectsOf(request),
+        ...(target !== undefined && { target }),
       });
+      // Live usage is its member's to say (decision 0034).
+      const guests =
+        recursion >= 2
+          ? await withMembersOwnView(ctx, request, listed, (member) => {
+              const query = new URLSearchParams(request.query as Record<string, string>);
+              query.set('target', member);
+              return `/1.0/guests?${query}`;
+            })
+          : listed;
       return syncResponse(recursion === 0 ? guests.map((g) => guestUrl(g.name)) : guests);
     },
   );

@@ -11,6 +11,7 @@ import {
 import { invalidArgument } from '../core/errors.ts';
 import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { TrivisorEvent } from '../core/types.ts';
+import { isForwarded } from './forward.ts';
 import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
 const EVENT_TYPES: readonly TrivisorEvent['type'][] = ['lifecycle', 'operation', 'logging', 'audit'];
@@ -148,13 +149,42 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
       const types = eventTypesOf(request.query as { type?: string });
       const project = projectOf(request);
       const all = allProjectsOf(request);
+      const here = ctx.forward?.here;
       const unsubscribe = services.events.subscribe((event) => {
         // Another project's events are not this project's business (unlabelled ones are default's).
         if (!all && (event.project ?? DEFAULT_PROJECT) !== project) return;
-        if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(event));
+        if (socket.readyState === socket.OPEN)
+          socket.send(JSON.stringify(here === undefined ? event : { ...event, location: here }));
       }, types);
-      socket.on('close', unsubscribe);
-      socket.on('error', unsubscribe);
+      const stops = [unsubscribe];
+      const stop = () => {
+        for (const s of stops.splice(0)) s();
+      };
+      socket.on('close', stop);
+      socket.on('error', stop);
+      // On a cluster the stream is the cluster's: every other member's events are passed on, each
+      // saying its member (decision 0034). A member asked by another sends only its own.
+      const forward = ctx.forward;
+      if (forward && !isForwarded(request)) {
+        const query = new URLSearchParams(request.query as Record<string, string>);
+        query.delete('ticket');
+        void forward.others().then((members) => {
+          if (stops.length === 0) return;
+          for (const member of members) {
+            stops.push(
+              forward.stream(request, member, `/1.0/events?${query}`, (text) => {
+                if (socket.readyState !== socket.OPEN) return;
+                try {
+                  const event = JSON.parse(text) as TrivisorEvent;
+                  socket.send(JSON.stringify({ ...event, location: event.location ?? member }));
+                } catch {
+                  // Not an event: nothing to pass on.
+                }
+              }),
+            );
+          }
+        });
+      }
       // Incoming messages carry nothing; reading them keeps the socket's buffers empty.
       socket.on('message', () => {});
     },

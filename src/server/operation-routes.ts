@@ -10,6 +10,7 @@ import {
 } from '../api/schemas.ts';
 import { TrivisorError } from '../core/errors.ts';
 import type { Operation } from '../core/types.ts';
+import { isForwarded } from './forward.ts';
 import { allProjectsOf, assertInProject, projectOf, type RouteContext } from './route-context.ts';
 
 type IdParams = { id: string };
@@ -44,6 +45,18 @@ export function registerOperationRoutes(app: FastifyInstance, ctx: RouteContext)
       const all = allProjectsOf(request);
       const project = projectOf(request);
       const ops = services.operations.list().filter((o) => all || o.project === project);
+      // On a cluster the list is the cluster's: every other member's operations too (decision 0034).
+      const forward = ctx.forward;
+      if (forward && !isForwarded(request)) {
+        const query = new URLSearchParams(request.query as Record<string, string>);
+        query.set('recursion', '1');
+        const theirs = await Promise.all(
+          (await forward.others()).map((member) =>
+            forward.get<Operation[]>(request, member, `/1.0/operations?${query}`).catch(() => []),
+          ),
+        );
+        ops.push(...theirs.flat());
+      }
       return syncResponse((request.query.recursion ?? 0) === 0 ? ops.map((o) => operationUrl(o.id)) : ops);
     },
   );

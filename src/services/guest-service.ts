@@ -313,18 +313,27 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         const observed = new Map<string, GuestNetworkObservation>();
         for (const n of networks.items) observed.set(records.guestNetwork.nameOf(n.key), n.value);
         const specList = valuesOf(specs).filter(
-          (spec) => scope === undefined || options.allProjects || projectOfRecord(spec) === scope,
+          (spec) =>
+            (scope === undefined || options.allProjects || projectOfRecord(spec) === scope) &&
+            (options.target === undefined || spec.location === options.target),
         );
+        // Live usage is read where the guest runs: another member's guests have none here (the
+        // API asks their members for it, decision 0034).
+        const here = (spec: GuestSpec) => spec.location === deps.hostName;
         const networkOf = (spec: GuestSpec) =>
           currentObservation(byName.get(spec.name), observed.get(spec.name));
         // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
         const usages = options.withUsage
-          ? await Promise.all(specList.map((spec) => usageOf(spec, byName.get(spec.name))))
+          ? await Promise.all(
+              specList.map((spec) => (here(spec) ? usageOf(spec, byName.get(spec.name)) : null)),
+            )
           : [];
         const nics = options.withUsage
           ? await Promise.all(
               specList.map((spec) =>
-                nicsOf(spec, byName.get(spec.name), { withCounters: true, network: networkOf(spec) }),
+                here(spec)
+                  ? nicsOf(spec, byName.get(spec.name), { withCounters: true, network: networkOf(spec) })
+                  : undefined,
               ),
             )
           : [];

@@ -15,7 +15,10 @@ const KEEP_FINISHED_MS = 5 * 60_000;
 const KEEP_FINISHED_MAX = 1000;
 
 /** In-memory operations of this daemon, as in Incus: they end with the daemon. */
-export function createOperationService(events: EventBus): OperationService {
+export function createOperationService(
+  events: EventBus,
+  options: { location?: string } = {},
+): OperationService {
   const ops = new Map<string, Entry>();
 
   const snapshot = (op: Operation): Operation => structuredClone(op);
@@ -59,6 +62,7 @@ export function createOperationService(events: EventBus): OperationService {
         metadata: {},
         mayCancel: spec.mayCancel ?? false,
         error: null,
+        ...(options.location !== undefined && { location: options.location }),
       };
       const abort = new AbortController();
       const done = (async () => {

@@ -98,7 +98,8 @@ export interface EventBus {
 export interface GuestService {
   inProject(project: string): GuestService;
   /** `allProjects` lists every project's guests even in a project's view. */
-  list(options?: { withUsage?: boolean; allProjects?: boolean }): Promise<Guest[]>;
+  /** `target`: only the guests of that member (their `location`). */
+  list(options?: { withUsage?: boolean; allProjects?: boolean; target?: string }): Promise<Guest[]>;
   get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
   /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
   create(request: CreateGuestRequest): Promise<Operation>;
