@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { alive, type Daemon, eventually, gone, sleep } from '../system/harness.ts';
@@ -27,6 +29,26 @@ function etcdPidOf(d: Daemon): number | undefined {
     }
   }
   return undefined;
+}
+
+const CLI = path.resolve(import.meta.dirname, '../../bin/trivisor');
+
+/** `trivisor ARGS` against `d` in the background, its input piped and its output collected. */
+function spawnCli(d: Daemon, args: string[]) {
+  const child: ChildProcess = spawn(CLI, args, {
+    env: { ...process.env, TRIVISOR_DIR: d.stateDir },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (c: Buffer) => {
+    out += c.toString('latin1');
+  });
+  child.stderr?.on('data', (c: Buffer) => {
+    err += c.toString('latin1');
+  });
+  const exit = once(child, 'exit').then(([code]) => (code as number | null) ?? 128);
+  return { child, pid: child.pid ?? 0, stdout: () => out, stderr: () => err, exit };
 }
 
 /** One `Error:` line and exit code 1. */
@@ -198,6 +220,90 @@ describe('a three-member cluster', () => {
     assert.equal(guest(m1.daemon, 'auto2'), undefined, 'nothing was recorded');
     owner.daemon.ok(['delete', 'auto1', '--force']);
     assert.equal(guest(m1.daemon, 'auto1'), undefined);
+  });
+
+  test("every action on another member's guest works through any member: exec with and without a terminal, console, files, snapshots, live usage, lists, events and operations", async () => {
+    const [m1, m2, m3] = cluster.hosts;
+    assert.ok(m1 && m2 && m3);
+    // Both on m3, asked through the others: m3's controller starts them.
+    m1.daemon.ok(['launch', 'busybox', 'fc', '--target', 'm3']);
+    m2.daemon.ok([
+      'launch',
+      'busybox',
+      'fp',
+      '--target',
+      'm3',
+      '--model',
+      'pvm',
+      '-c',
+      'limits.memory=96MiB',
+    ]);
+    assert.equal(guest(m1.daemon, 'fc')?.location, 'm3');
+    // The cluster's events, on m1: m3's lifecycle events arrive, saying where they happened.
+    const monitor = spawnCli(m1.daemon, ['monitor', '--type', 'lifecycle']);
+    try {
+      await eventually(
+        'm1 subscribed to every member',
+        () => monitor.stderr() === '' && alive(monitor.pid),
+        5_000,
+      );
+      await sleep(1000);
+      // exec, plain and with a terminal, through m1 and m2; the exit code comes back.
+      assert.equal(m1.daemon.ok(['exec', 'fc', '--', 'hostname']).trim(), 'fc');
+      assert.match(m2.daemon.ok(['exec', '-t', 'fc', '--', 'tty']), /^\/dev\/pts\/\d+/m);
+      assert.equal(m2.daemon.cli(['exec', 'fc', '--', 'sh', '-c', 'exit 7']).code, 7);
+      // Files: pushed through m1, pulled through m2.
+      const local = path.join(m1.daemon.stateDir, '..', 'fwd-file');
+      writeFileSync(local, 'passed on\n');
+      m1.daemon.ok(['file', 'push', local, 'fc/root/fwd-file']);
+      assert.equal(m2.daemon.ok(['file', 'pull', 'fc/root/fwd-file', '-']), 'passed on\n');
+      // A snapshot through m1, listed through m2, restored through m1.
+      m1.daemon.ok(['snapshot', 'create', 'fc', 's1']);
+      assert.match(m2.daemon.ok(['snapshot', 'list', 'fc']), /s1/);
+      // Live usage is m3's to say: the list on m1 has it, and ?target= narrows the list.
+      await eventually("fc has live usage in m1's list", () => {
+        const listed = guestsOf(m1.daemon).find((g) => g.name === 'fc') as GuestJson & {
+          state: { usage: { memoryBytes: number } | null };
+        };
+        return (listed?.state.usage?.memoryBytes ?? 0) > 0;
+      });
+      const onM3 = await m2.daemon.api('GET', '/1.0/guests?recursion=1&target=m3');
+      assert.equal(onM3.status, 200, onM3.text);
+      assert.deepEqual((onM3.body as { metadata: GuestJson[] }).metadata.map((g) => g.name).sort(), [
+        'fc',
+        'fp',
+      ]);
+      const unknown = await m2.daemon.api('GET', '/1.0/guests?target=nope');
+      assert.equal(unknown.status, 404, unknown.text);
+      // Operations: m3's snapshot operation is in m1's list, with its location.
+      const ops = await m1.daemon.api('GET', '/1.0/operations?recursion=1');
+      assert.ok(
+        (ops.body as { metadata: Array<{ description: string; location?: string }> }).metadata.some(
+          (o) => o.location === 'm3' && /snapshot/i.test(o.description),
+        ),
+        ops.text,
+      );
+      // The pvm guest's console, interactive, through m2: a command typed, its answer seen.
+      await eventually('fp running', () => guest(m1.daemon, 'fp')?.status === 'Running', 120_000);
+      const consoleCli = spawnCli(m2.daemon, ['console', 'fp']);
+      consoleCli.child.stdin?.write('echo fwd-$((6*7))\n');
+      await eventually('the console answers', () => /fwd-42/.test(consoleCli.stdout()), 60_000);
+      consoleCli.child.stdin?.write('\x01q');
+      assert.equal(await consoleCli.exit, 0, consoleCli.stderr());
+      // A stop asked through m2: m1's monitor shows m3's event.
+      m2.daemon.ok(['stop', 'fc']);
+      await eventually("m3's guest-stopped event on m1", () =>
+        monitor
+          .stdout()
+          .split('\n')
+          .some((line) => /"guest-stopped"/.test(line) && /"location":"m3"/.test(line) && /fc/.test(line)),
+      );
+    } finally {
+      monitor.child.kill('SIGINT');
+      await monitor.exit;
+    }
+    m1.daemon.ok(['delete', '--force', 'fc', 'fp']);
+    assert.equal(guest(m2.daemon, 'fc'), undefined);
   });
 
   test("bad input is one line and changes nothing: expired, used and foreign tokens, a duplicate or unknown name, an address that is not the host's or that members cannot reach, removing a member that holds guests", async () => {
