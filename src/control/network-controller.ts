@@ -91,19 +91,32 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   }
 
   async function reconcileOnce(name: string): Promise<void> {
-    const [specRecord, statusRecord] = await Promise.all([
+    // The network's own member (its `location`) writes its status and its end; every other member
+    // builds the same bridge and says how that went in a status of its own (decision 0034).
+    const [specRecord, statusRecord, memberRecord] = await Promise.all([
       records.network.at(name).get(store),
       records.networkStatus.at(name).get(store),
+      records.networkMemberStatus.at(name, hostName).get(store),
     ]);
-    const previous = statusRecord?.value;
     if (!specRecord) {
+      // Deleted: this member's bridge goes with it (the owner's went before its records did).
+      if (memberRecord) {
+        await backend.remove(name, memberRecord.value.dnsmasq);
+        await store.delete(memberRecord.key);
+      }
       if (statusRecord) await store.delete(statusRecord.key);
       return;
     }
     const spec = specRecord.value;
-    if (spec.location !== hostName) return;
+    const primary = spec.location === hostName;
+    const own = primary ? statusRecord : memberRecord;
+    const previous = own?.value;
     if (spec.deleting) {
       await backend.remove(name, previous?.dnsmasq);
+      if (!primary) {
+        if (memberRecord) await store.delete(memberRecord.key);
+        return;
+      }
       await store.txn({
         compare: [],
         success: [
@@ -139,9 +152,9 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     }
     if (JSON.stringify(previous) !== JSON.stringify(status)) {
       // Compare-and-swap: a status another writer wrote since it was read is read again, not overwritten.
-      const ref = records.networkStatus.at(name);
+      const ref = primary ? records.networkStatus.at(name) : records.networkMemberStatus.at(name, hostName);
       const written = await store.txn({
-        compare: [ref.unchanged(statusRecord?.modRevision ?? 0)],
+        compare: [ref.unchanged(own?.modRevision ?? 0)],
         success: [ref.putOp(status)],
       });
       if (!written.succeeded) {
@@ -149,7 +162,11 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         void reconcile(name);
         return;
       }
-      if (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration) {
+      // The network's lifecycle is its own member's to announce: once, not once per member.
+      if (
+        primary &&
+        (previous?.status !== status.status || previous.observedGeneration !== status.observedGeneration)
+      ) {
         events.publish({
           type: 'lifecycle',
           project: spec.project ?? 'default',
@@ -187,14 +204,21 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   }
 
   async function check(): Promise<void> {
-    const [specs, statuses] = await Promise.all([
+    const [specs, statuses, memberStatuses] = await Promise.all([
       records.network.list(store),
       records.networkStatus.list(store),
+      records.networkMemberStatus.list(store),
     ]);
     const st = new Map(statuses.items.map((s) => [records.networkStatus.nameOf(s.key), s.value]));
+    const mine = new Map(
+      memberStatuses.items.flatMap((s) => {
+        const [network, member] = records.networkMemberStatus.nameOf(s.key).split('/');
+        return member === hostName && network ? [[network, s.value] as const] : [];
+      }),
+    );
     for (const spec of valuesOf(specs)) {
-      if (spec.location !== hostName || spec.deleting) continue;
-      const s = st.get(spec.name);
+      if (spec.deleting) continue;
+      const s = spec.location === hostName ? st.get(spec.name) : mine.get(spec.name);
       const seen = await backend.inspect(spec.name, s?.dnsmasq);
       if (!seen.bridge || !seen.dnsmasq || s?.status === 'Error') {
         log.info({ network: spec.name, ...seen }, 'network needs repair');
@@ -219,9 +243,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         decode: records.network.decode,
         log,
         handlers: {
-          onAdd: (key, spec) => {
-            if (!starting || spec.location === hostName) changed(nameOf(key, keys.networkPrefix));
-          },
+          onAdd: (key) => changed(nameOf(key, keys.networkPrefix)),
           onUpdate: (key) => changed(nameOf(key, keys.networkPrefix)),
           onDelete: (key) => changed(nameOf(key, keys.networkPrefix)),
         },
@@ -256,17 +278,11 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       });
       informers.push(networks, claims, guests);
       for (const informer of informers) await informer.start();
-      const ours = new Set(
-        networks.values().flatMap((spec) => (spec.location === hostName ? [spec.name] : [])),
-      );
-      // A bridge is stale when no record names it: one whose record does not decode is kept.
-      const elsewhere = new Set(
-        networks.values().flatMap((spec) => (spec.location !== hostName ? [spec.name] : [])),
-      );
+      // Every network has a bridge on every member; one whose record does not decode is kept too.
       const named = (await store.list(records.network.prefix)).kvs.map((kv) =>
         records.network.nameOf(kv.key),
       );
-      const keep = new Set(named.filter((name) => !elsewhere.has(name)));
+      const keep = new Set(named);
       for (const bridge of await backend.listOwned()) {
         if (!keep.has(bridge)) {
           log.info({ network: bridge }, 'removing stale network');
@@ -275,6 +291,12 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
             .catch((e) => log.warn({ network: bridge, err: String(e) }, 'cannot remove stale network'));
         }
       }
+      // This member's statuses of networks deleted while it was down.
+      for (const { key } of (await records.networkMemberStatus.list(store)).items) {
+        const [network, member] = records.networkMemberStatus.nameOf(key).split('/');
+        if (member === hostName && network && !keep.has(network)) await store.delete(key);
+      }
+      const ours = new Set(networks.values().map((spec) => spec.name));
       starting = false;
       await sweepClaims().catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
       await Promise.all([...new Set([...ours, ...names])].map((n) => reconcile(n)));

@@ -27,6 +27,11 @@ export const keys = {
   networkStatusPrefix: '/trivisor/network-status/',
   networkStatus: (name: string): string => `/trivisor/network-status/${name}`,
   /** Claims of network addresses: `/trivisor/network-addresses/NET/IP` → NetworkAddressClaim. */
+  /** What each member other than the network's own (its `location`) built of it: a bridge on every member. */
+  networkMemberStatusPrefix: '/trivisor/network-member-status/',
+  networkMemberStatuses: (network: string): string => `/trivisor/network-member-status/${network}/`,
+  networkMemberStatus: (network: string, member: string): string =>
+    `/trivisor/network-member-status/${network}/${member}`,
   networkAddressPrefix: '/trivisor/network-addresses/',
   networkAddresses: (network: string): string => `/trivisor/network-addresses/${network}/`,
   networkAddress: (network: string, ip: string): string => `/trivisor/network-addresses/${network}/${ip}`,

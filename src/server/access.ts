@@ -5,6 +5,7 @@ import { errorCodeOfStatus } from '../api/errors.ts';
 import { ACTION_CLASSES, type ActionClass, ALL_PROJECTS, type Caller, decideAccess } from '../core/access.ts';
 import { isTrivisorError } from '../core/errors.ts';
 import type { AuditLog } from '../services/audit-log.ts';
+import { wasPassedOn } from './forward.ts';
 import { allProjectsOf, projectOf } from './route-context.ts';
 
 /** What a route needs: its class, and where the project it acts in comes from if not `?project=`. */
@@ -145,6 +146,8 @@ export function installAccess(app: FastifyInstance, options: AccessOptions): voi
     // Unauthenticated attempts are not recorded: a flood of them would rotate the
     // accountable history out of the log, and they name nobody (decision 0022).
     if (!caller || !changes(request, need)) return;
+    // A request passed on to another member is audited there, where it was carried out (decision 0034).
+    if (wasPassedOn(request)) return;
     const status = reply.statusCode;
     const location = reply.getHeader('location');
     const operation =

@@ -57,6 +57,14 @@ export function decodeCaller(header: string): Caller | undefined {
   }
 }
 
+/** Requests this member passed on: their member audits them, not this one. */
+const passedOn = new WeakSet<FastifyRequest>();
+
+/** True when this member passed the request on to another (which answered it and audits it). */
+export function wasPassedOn(request: FastifyRequest): boolean {
+  return passedOn.has(request);
+}
+
 /** True when another member sent this request on (it must be answered here, never passed on). */
 export function isForwarded(request: FastifyRequest): boolean {
   return request.headers[FORWARDED_BY_HEADER] !== undefined;
@@ -232,6 +240,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
   return {
     here: forwarding.here,
     async proxy(request, reply, member) {
+      passedOn.add(request);
       if (request.headers.upgrade?.toLowerCase() === 'websocket') return upgrade(request, reply, member);
       const socket = await connect(member);
       reply.hijack();
@@ -265,14 +274,16 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
         body.pipe(upstream);
       });
     },
-    json: (request, member) =>
-      exchange(
+    json: (request, member) => {
+      passedOn.add(request);
+      return exchange(
         request,
         member,
         request.method,
         request.url,
         request.body === null ? undefined : request.body,
-      ),
+      );
+    },
     get: (request, member, path) => exchange(request, member, 'GET', path, undefined),
     others: () => forwarding.others(),
     stream(request, member, path, onMessage) {

@@ -544,6 +544,13 @@ export const records = {
     key: (name: string) => keys.networkStatus(name),
     schema: NetworkStatusSchema,
   }),
+  networkMemberStatus: defineRecord<NetworkStatus>()({
+    kind: 'network status of a member',
+    prefix: keys.networkMemberStatusPrefix,
+    key: (network: string, member: string) => keys.networkMemberStatus(network, member),
+    scope: (network: string) => keys.networkMemberStatuses(network),
+    schema: NetworkStatusSchema,
+  }),
   networkAddress: defineRecord<NetworkAddressClaim>()({
     kind: 'network address claim',
     prefix: keys.networkAddressPrefix,

@@ -260,6 +260,17 @@ describe('a three-member cluster', () => {
       // A snapshot through m1, listed through m2, restored through m1.
       m1.daemon.ok(['snapshot', 'create', 'fc', 's1']);
       assert.match(m2.daemon.ok(['snapshot', 'list', 'fc']), /s1/);
+      // Audited where it was carried out, as the caller who asked (root on m1's socket), once.
+      type Entry = { actor: { name: string }; source: string; request: { method: string; path: string } };
+      const snapshotsOf = async (d: Daemon) =>
+        ((await d.api('GET', '/1.0/audit')).body as { metadata: Entry[] }).metadata.filter(
+          (e) => e.request.method === 'POST' && e.request.path === '/1.0/guests/fc/snapshots',
+        );
+      const onOwner = await snapshotsOf(m3.daemon);
+      assert.equal(onOwner.length, 1, JSON.stringify(onOwner));
+      assert.equal(onOwner[0]?.actor.name, 'root');
+      assert.match(onOwner[0]?.source ?? '', new RegExp(`${m1.ip.replaceAll('.', '\\.')}$`), 'from m1');
+      assert.deepEqual(await snapshotsOf(m1.daemon), [], 'not audited twice');
       // Live usage is m3's to say: the list on m1 has it, and ?target= narrows the list.
       await eventually("fc has live usage in m1's list", () => {
         const listed = guestsOf(m1.daemon).find((g) => g.name === 'fc') as GuestJson & {
@@ -290,6 +301,30 @@ describe('a three-member cluster', () => {
       await eventually('the console answers', () => /fwd-42/.test(consoleCli.stdout()), 60_000);
       consoleCli.child.stdin?.write('\x01q');
       assert.equal(await consoleCli.exit, 0, consoleCli.stderr());
+      // A network made through m1 has a bridge on every member; a NIC attached through m2 plugs
+      // into m3's running guest, which reaches its gateway on m3's bridge.
+      m1.daemon.ok(['network', 'create', 'fwnet', 'ipv4.address=198.19.77.1/24']);
+      for (const h of cluster.hosts) {
+        await eventually(`fwnet's bridge on ${h.name}`, () =>
+          /198\.19\.77\.1\/24/.test(
+            cluster.inNetns(h.netns, ['ip', '-4', 'addr', 'show', 'dev', 'fwnet']).stdout,
+          ),
+        );
+      }
+      assert.match(m2.daemon.ok(['network', 'attach', 'fwnet', 'fc', 'eth0']), /eth0/);
+      await eventually(
+        'fc reaches its gateway on m3',
+        () => m1.daemon.cli(['exec', 'fc', '--', 'ping', '-c1', '-W2', '198.19.77.1']).code === 0,
+        30_000,
+      );
+      m2.daemon.ok(['network', 'detach', 'fwnet', 'fc', 'eth0']);
+      m2.daemon.ok(['network', 'delete', 'fwnet']);
+      for (const h of cluster.hosts) {
+        await eventually(
+          `fwnet's bridge gone from ${h.name}`,
+          () => cluster.inNetns(h.netns, ['ip', 'link', 'show', 'dev', 'fwnet']).code !== 0,
+        );
+      }
       // A stop asked through m2: m1's monitor shows m3's event.
       m2.daemon.ok(['stop', 'fc']);
       await eventually("m3's guest-stopped event on m1", () =>
