@@ -4,6 +4,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
 import { findCloudKernel } from '../../src/drivers/vm/boot-kit.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { eventually } from '../drivers/exec-helpers.ts';
@@ -36,6 +37,7 @@ describe('vm guests that boot their own disk image', () => {
   /** Waits for the guest's own agent to answer (it starts late in the guest's boot). */
   const agentUp = (name: string, timeoutMs = 240_000) =>
     eventually(async () => sh(name, 'true').code === 0, timeoutMs, 2000);
+  const cpuCgroup = (name: string) => `/sys/fs/cgroup/cpu${cgroupParentOf(d.stateDir)}/${name}`;
   const info = (name: string) =>
     JSON.parse(d.ok(['info', name, '--format', 'json'])) as { status: string; state: { pid: number | null } };
 
@@ -103,7 +105,7 @@ describe('vm guests that boot their own disk image', () => {
     );
   });
 
-  test('boots unmodified under BIOS: its own kernel, exec and files through its own agent, typing on its screen, Ctrl+Alt+Del, stop through ACPI', async () => {
+  test('boots unmodified under BIOS: its own kernel, exec and files through its own agent, a volume and a NIC hot-plugged, limits changed live, typing on its screen, Ctrl+Alt+Del, stop through ACPI', async () => {
     const launched = Date.now();
     const r = d.cli(['launch', 'deb12', 'b1', '--model', 'vm', '-c', 'limits.memory=512MiB'], {
       timeoutMs: 600_000,
@@ -136,6 +138,42 @@ describe('vm guests that boot their own disk image', () => {
       'and no longer',
     );
     d.ok(['storage', 'volume', 'delete', 'default', 'v17']);
+    // A NIC comes and goes live too (virtio-net on a PCIe hot-plug port; its kernel's udev loads the driver).
+    d.ok(['network', 'create', 'd17net', 'ipv4.address=198.18.217.1/24']);
+    assert.match(d.ok(['network', 'attach', 'd17net', 'b1']), /\(live\)/);
+    const nic = (
+      JSON.parse(d.ok(['info', 'b1', '--format', 'json'])) as {
+        state: { nics?: Record<string, { hwaddr: string }> };
+      }
+    ).state.nics?.eth0;
+    assert.ok(nic, 'info lists the NIC');
+    const macs = () => sh('b1', 'cat /sys/class/net/*/address').stdout;
+    assert.ok(
+      await eventually(async () => macs().includes(nic.hwaddr), 30_000),
+      `the guest sees ${nic.hwaddr}`,
+    );
+    assert.match(d.ok(['network', 'detach', 'd17net', 'b1']), /\(live\)/);
+    assert.ok(await eventually(async () => !macs().includes(nic.hwaddr), 30_000), 'and no longer');
+    // Limits change live: the balloon takes memory back from the OS's own kernel, limits.cpu is a cfs quota.
+    const memTotalKiB = () => Number(/MemTotal:\s+(\d+)/.exec(sh('b1', 'cat /proc/meminfo').stdout)?.[1]);
+    const quota = () => readFile(`${cpuCgroup('b1')}/cpu.cfs_quota_us`, 'utf8').then((t) => t.trim());
+    const booted = memTotalKiB();
+    const set = d.cli(['config', 'set', 'b1', 'limits.memory=384MiB', 'limits.cpu=0.5']);
+    assert.equal(set.code, 0, set.stderr);
+    assert.doesNotMatch(set.stderr, /next restart/, 'both apply to the running guest');
+    assert.ok(
+      await eventually(async () => memTotalKiB() <= booted - 100 * 1024, 60_000),
+      `MemTotal went down from ${booted} KiB`,
+    );
+    assert.equal(await quota(), '50000');
+    // Back to what it booted with: the rest of the test boots it again, which half a CPU would slow down.
+    d.ok(['config', 'set', 'b1', 'limits.memory=512MiB']);
+    d.ok(['config', 'unset', 'b1', 'limits.cpu']);
+    assert.equal(await quota(), '-1');
+    assert.ok(
+      await eventually(async () => memTotalKiB() >= booted - 8 * 1024, 60_000),
+      'the balloon gave it back',
+    );
     // The daemon killed with -9 finds the guest again when it comes back.
     const running = info('b1').state.pid;
     await d.kill9();
@@ -174,7 +212,7 @@ describe('vm guests that boot their own disk image', () => {
   });
 
   test('vm.disk_bus=sata and vm.nic_model=e1000: the OS finds its root on an AHCI disk and an e1000 NIC', async () => {
-    d.ok(['network', 'create', 'd17net', 'ipv4.address=198.18.217.1/24']);
+    // d17net: made by the BIOS test, which hot-plugged a NIC of it.
     d.ok(['network', 'attach', 'd17net', 'b1']);
     d.ok(['config', 'set', 'b1', 'vm.disk_bus=sata', 'vm.nic_model=e1000']);
     // This boot's part of the log only: the earlier boots of b1 had virtio.
