@@ -64,3 +64,10 @@ export interface GuestStorage {
     options: { link: BackupChainLink; signal?: AbortSignal },
   ): Promise<void>;
 }
+
+/**
+ * tar's option for the zstd of archives it writes: zstd on every core (`-T0`;
+ * tar's own `--zstd` runs one thread), the default level 3. Archives stay plain
+ * zstd, and tar reads them back with the same program (`zstd -d`).
+ */
+export const TAR_ZSTD = '--use-compress-program=zstd -T0';

@@ -1,8 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { GUEST_CONFIG_FILE } from '../control/guest-storage-controller.ts';
 import {
   alreadyExists,
@@ -30,7 +28,18 @@ import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import {
+  ArchiveDamaged,
+  ArchiveWriter,
+  digestOf,
+  listArchive,
+  memberChunks,
+  readMember,
+} from '../storage/backup-archive.ts';
+import { byteProgress } from '../storage/byte-progress.ts';
+import { readThroughFifo, writeThroughFifo } from '../storage/fifo-stream.ts';
 import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
+import { ZstdFrameEnd } from '../storage/zstd-frames.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
@@ -194,12 +203,6 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
 
   const guestUp = (status: GuestStatus | undefined) =>
     status?.status === 'Running' || status?.status === 'Frozen';
-
-  async function sha256Of(path: string): Promise<{ sha256: string; sizeBytes: number }> {
-    const hash = createHash('sha256');
-    await pipeline(createReadStream(path), hash);
-    return { sha256: hash.digest('hex'), sizeBytes: (await stat(path)).size };
-  }
 
   /** Creates a guest on `pool` (the default pool when undefined or "default"). */
   async function createOn(pool: string | undefined, request: Parameters<GuestService['create']>[0]) {
@@ -419,25 +422,41 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             const snapshots = options.withSnapshots ? await service.listSnapshots(guest) : [];
             const dir = join(backupsDir, guest);
             const work = join(dir, `.tmp-${backup}`);
+            const partial = join(dir, `.tmp-${backup}.tar`);
             const archive = join(dir, `${backup}.tar`);
-            await mkdir(join(work, 'snapshots'), { recursive: true, mode: 0o700 });
+            await mkdir(work, { recursive: true, mode: 0o700 });
+            // Each payload goes from the driver's tar through a FIFO into the archive, hashed on the
+            // way: written once, read never (decision 35). The manifest, which holds the checksums, comes last.
+            let writer: ArchiveWriter | undefined;
             try {
+              writer = await ArchiveWriter.create(partial);
+              const into = writer;
               const files: BackupManifest['files'] = {};
-              const steps = 1 + snapshots.length;
-              ctx.progress(0, 'root file system');
+              const progress = byteProgress((percent, text) => ctx.progress(percent, text));
+              const payload = async (rel: string, produce: (path: string) => Promise<unknown>) => {
+                const fifo = join(work, rel.replaceAll('/', '-'));
+                await runner.run(['mkfifo', '-m', '0600', fifo]);
+                files[rel] = await readThroughFifo(fifo, produce, (chunks) =>
+                  into.addStream(rel, zstdFramesOf(chunks), (n) => progress.add(n)),
+                );
+              };
+              progress.stage('root file system');
               let link: BackupManifest['incremental'];
-              if (options.incremental && exportIncremental) {
-                link = await exportIncremental(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
-              } else {
-                await storage.exportTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
+              await payload('rootfs.tar.zst', async (path) => {
+                if (options.incremental && exportIncremental) {
+                  link = await exportIncremental(spec, path, { signal: ctx.signal });
+                } else {
+                  await storage.exportTar(spec, path, { signal: ctx.signal });
+                }
+              });
+              if (snapshots.length > 0) await into.addDirectory('snapshots');
+              for (const snap of snapshots) {
+                progress.stage(`snapshot ${snap.name}`);
+                await payload(`snapshots/${snap.name}.tar.zst`, (path) =>
+                  storage.exportTar(spec, path, { snapshot: snap.name, signal: ctx.signal }),
+                );
               }
-              files['rootfs.tar.zst'] = await sha256Of(join(work, 'rootfs.tar.zst'));
-              for (const [i, snap] of snapshots.entries()) {
-                ctx.progress(Math.round(((i + 1) / (steps + 1)) * 100), `snapshot ${snap.name}`);
-                const rel = `snapshots/${snap.name}.tar.zst`;
-                await storage.exportTar(spec, join(work, rel), { snapshot: snap.name, signal: ctx.signal });
-                files[rel] = await sha256Of(join(work, rel));
-              }
+              ctx.signal.throwIfAborted();
               const manifest: BackupManifest = {
                 format: 'trivisor-backup/1',
                 createdAt: new Date().toISOString(),
@@ -451,16 +470,13 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                 ...(link && { incremental: link }),
                 files,
               };
-              await writeFile(join(work, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-              ctx.progress(Math.round((steps / (steps + 1)) * 100), 'compressing');
-              await runner.run(
-                // The payloads are compressed already: the outer tar only strings them together.
-                ['tar', '-C', work, '-cf', archive, 'manifest.json', 'rootfs.tar.zst', 'snapshots'],
-                { signal: ctx.signal },
-              );
-              return { backup, sizeBytes: (await stat(archive)).size, ...(link && { incremental: link }) };
+              await into.addBuffer('manifest.json', Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
+              const sizeBytes = await into.finish();
+              await rename(partial, archive);
+              return { backup, sizeBytes, ...(link && { incremental: link }) };
             } catch (e) {
-              await rm(archive, { force: true });
+              await writer?.abandon();
+              await rm(partial, { force: true });
               if (ctx.signal.aborted)
                 throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
               throw diskFull(e, `Cannot back up guest ${guest}`);
@@ -509,32 +525,36 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
             let created: string | undefined;
             try {
               await mkdir(work, { recursive: true, mode: 0o700 });
-              ctx.progress(0, 'unpacking');
-              const unpacked = await runner.run(['tar', '-C', work, '-xf', request.archivePath], {
-                signal: ctx.signal,
-                allowFailure: true,
+              ctx.progress(0, 'reading the archive');
+              // The archive is read in place (headers only here): each payload then goes once from it into
+              // the driver through a FIFO, its checksum computed on the way (decision 35).
+              const archivePath = request.archivePath;
+              const members = await listArchive(archivePath).catch((e: unknown) => {
+                if (e instanceof ArchiveDamaged) {
+                  throw invalidArgument(
+                    `The backup archive is corrupted or truncated (${e.message}): make the export again`,
+                  );
+                }
+                throw e;
               });
-              if (unpacked.code !== 0) {
-                if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-                if (/No space left/i.test(unpacked.stderr))
-                  throw diskFull(new Error(unpacked.stderr), 'Cannot import');
-                throw invalidArgument(
-                  `The backup archive is corrupted or truncated (${lastLine(unpacked.stderr)}): make the export again`,
-                );
-              }
-              const manifest = await readManifest(work);
-              ctx.progress(30, 'verifying checksums');
+              const byName = new Map(members.filter((m) => m.type === 'file').map((m) => [m.name, m]));
+              const manifestMember = byName.get('manifest.json');
+              if (!manifestMember)
+                throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
+              const manifest = parseManifest(
+                await readMember(archivePath, manifestMember, MAX_MANIFEST_BYTES).catch(() =>
+                  Buffer.alloc(0),
+                ),
+              );
+              const corrupted = (rel: string) =>
+                invalidArgument(`The backup archive is corrupted: ${rel} does not match its checksum`);
               for (const [rel, want] of Object.entries(manifest.files)) {
-                const got = await sha256Of(join(work, rel)).catch(() => undefined);
-                if (!got)
+                const member = byName.get(rel);
+                if (!member)
                   throw invalidArgument(
                     `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
                   );
-                if (got.sha256 !== want.sha256 || got.sizeBytes !== want.sizeBytes) {
-                  throw invalidArgument(
-                    `The backup archive is corrupted: ${rel} does not match its checksum`,
-                  );
-                }
+                if (member.size !== want.sizeBytes) throw corrupted(rel);
               }
               for (const snap of manifest.snapshots) {
                 if (!manifest.files[`snapshots/${snap.name}.tar.zst`]) {
@@ -543,6 +563,35 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                   );
                 }
               }
+              const total = Object.values(manifest.files).reduce((n, f) => n + f.sizeBytes, 0);
+              const progress = byteProgress((percent, text) => ctx.progress(percent, text), { total });
+              /** Feeds payload `rel` to `consume` (a driver's importTar) and refuses it when its checksum differs. */
+              const feed = async (rel: string, consume: (path: string) => Promise<unknown>) => {
+                const member = byName.get(rel);
+                const want = manifest.files[rel];
+                if (!member || !want) throw corrupted(rel);
+                const fifo = join(work, rel.replaceAll('/', '-'));
+                await runner.run(['mkfifo', '-m', '0600', fifo]);
+                const hash = createHash('sha256');
+                const failure = await writeThroughFifo(
+                  fifo,
+                  consume,
+                  memberChunks(archivePath, member),
+                  (chunk) => {
+                    ctx.signal.throwIfAborted();
+                    hash.update(chunk);
+                    progress.add(chunk.length);
+                  },
+                ).then(
+                  () => undefined,
+                  (e: unknown) => e ?? new Error('failed'),
+                );
+                await rm(fifo, { force: true });
+                if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+                // A damaged payload makes its consumer fail too: the checksum names the cause.
+                if (hash.digest('hex') !== want.sha256) throw corrupted(rel);
+                if (failure) throw failure;
+              };
               const name = request.name ?? manifest.guest.name;
               assertDnsLabel(name, 'guest name');
               const link = manifest.incremental;
@@ -571,9 +620,18 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                   );
                 }
                 const importIncremental = storage.importIncremental.bind(storage);
+                // Onto an existing guest: checked whole before anything of it is applied.
+                ctx.progress(null, 'verifying checksums');
+                const rootfs = byName.get('rootfs.tar.zst');
+                const want = manifest.files['rootfs.tar.zst'];
+                if (!rootfs || !want || (await digestOf(archivePath, rootfs)).sha256 !== want.sha256) {
+                  throw corrupted('rootfs.tar.zst');
+                }
                 await claims.holding('guest', name, guestBusy(name), async () => {
-                  ctx.progress(60, 'applying the incremental backup');
-                  await importIncremental(spec, join(work, 'rootfs.tar.zst'), { link, signal: ctx.signal });
+                  progress.stage('applying the incremental backup');
+                  await feed('rootfs.tar.zst', (path) =>
+                    importIncremental(spec, path, { link, signal: ctx.signal }),
+                  );
                 });
                 return { name };
               }
@@ -600,7 +658,7 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                   conflict(`Guest ${name} is being imported already (${describeHolder(h)}): wait for it`),
               };
               await claims.holding('guest', name, importing, async () => {
-                ctx.progress(50, 'creating the guest');
+                ctx.progress(0, 'creating the guest');
                 created = name;
                 await records.storagePending.at(name).put(store, { kind: 'import' });
                 await finished(
@@ -614,22 +672,19 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
                 );
                 const { spec } = await load(name);
                 const storage = storageFor(spec);
-                ctx.progress(60, 'root file system');
-                if (link && storage.importIncremental) {
-                  // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
-                  await storage.importIncremental(spec, join(work, 'rootfs.tar.zst'), {
-                    link,
-                    signal: ctx.signal,
-                  });
-                } else {
-                  await storage.importTar(spec, join(work, 'rootfs.tar.zst'), { signal: ctx.signal });
-                }
+                progress.stage('root file system');
+                const importIncremental = storage.importIncremental?.bind(storage);
+                await feed('rootfs.tar.zst', (path) =>
+                  link && importIncremental
+                    ? // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
+                      importIncremental(spec, path, { link, signal: ctx.signal })
+                    : storage.importTar(spec, path, { signal: ctx.signal }),
+                );
                 for (const snap of manifest.snapshots) {
-                  ctx.progress(80, `snapshot ${snap.name}`);
-                  await storage.importTar(spec, join(work, 'snapshots', `${snap.name}.tar.zst`), {
-                    snapshot: snap.name,
-                    signal: ctx.signal,
-                  });
+                  progress.stage(`snapshot ${snap.name}`);
+                  await feed(`snapshots/${snap.name}.tar.zst`, (path) =>
+                    storage.importTar(spec, path, { snapshot: snap.name, signal: ctx.signal }),
+                  );
                   const record: SnapshotRecord = { ...snap, guest: name, location: spec.location };
                   await records.snapshot.at(name, snap.name).put(store, record);
                 }
@@ -808,10 +863,23 @@ export async function removeDebris(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true, maxRetries: 3 });
 }
 
-async function readManifest(dir: string): Promise<BackupManifest> {
+/** The zstd frames of a payload, without the zeros tar pads them with when it writes to a FIFO. */
+async function* zstdFramesOf(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const frames = new ZstdFrameEnd();
+  for await (const chunk of chunks) {
+    const kept = frames.take(chunk);
+    if (kept.length > 0) yield kept;
+  }
+  frames.end();
+}
+
+/** A manifest is a few KiB (its snapshots' records): anything far larger is not one. */
+const MAX_MANIFEST_BYTES = 16 * 2 ** 20;
+
+function parseManifest(data: Buffer): BackupManifest {
   let manifest: BackupManifest;
   try {
-    manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as BackupManifest;
+    manifest = JSON.parse(data.toString('utf8')) as BackupManifest;
   } catch {
     throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
   }
@@ -827,8 +895,6 @@ async function readManifest(dir: string): Promise<BackupManifest> {
   }
   return manifest;
 }
-
-const lastLine = (text: string) => text.trim().split('\n').pop()?.slice(0, 200) ?? 'no output';
 
 /** Turns ENOSPC (from Node or from tar/cp output) into a clear FailedPrecondition. */
 function diskFull(e: unknown, what: string): TrivisorError {

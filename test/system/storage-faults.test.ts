@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -171,5 +172,35 @@ describe('storage faults: a daemon killed mid-way and full disks leave nothing h
     );
     assert.equal(status('f1'), 'Running');
     assert.equal(d.ok(['exec', 'f1', '--', 'echo', 'thawed']), 'thawed\n');
+  });
+
+  test('an import can be cancelled through its operation, leaving no guest, no spool and no work dir', async () => {
+    const importer = spawn(CLI, ['import', path.join(dir, 'f1.tar.zst'), 'f3'], {
+      env: { ...process.env, TRIVISOR_DIR: d.stateDir },
+      stdio: 'ignore',
+    });
+    try {
+      await waitForPath('the import to fill the new guest', () => tmpEntries(guestDir('f3')).length > 0);
+      const list = await d.api('GET', '/1.0/operations?recursion=1');
+      const ops = list.body.metadata as Array<{ id: string; description: string; status: string }>;
+      const op = ops.find((o) => o.description === 'Importing a guest backup' && o.status === 'Running');
+      assert.ok(op, `an import operation runs: ${JSON.stringify(list.body.metadata)}`);
+      assert.equal((await d.api('DELETE', `/1.0/operations/${op.id}`)).status, 200);
+      const done = await d.api('GET', `/1.0/operations/${op.id}/wait?timeout=60`);
+      const end = done.body.metadata as { status: string; error: string };
+      assert.equal(end.status, 'Cancelled');
+      assert.match(end.error, /cancelled/);
+      if (importer.exitCode === null && importer.signalCode === null) await once(importer, 'exit');
+      assert.notEqual(importer.exitCode, 0);
+    } finally {
+      importer.kill('SIGKILL');
+    }
+    await eventually('f3 is deleted', () => !names().includes('f3') && !existsSync(guestDir('f3')));
+    assert.deepEqual(readdirSync(path.join(d.stateDir, 'imports')), []);
+    assert.deepEqual(
+      readdirSync(d.stateDir).filter((n) => n.startsWith('trivisor-import-')),
+      [],
+      'no upload spool left',
+    );
   });
 });

@@ -6,7 +6,7 @@ import { readFreezerState } from '../../host/cgroups-v1.ts';
 import { isMountPoint } from '../../host/mounts.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { cgroupParentOf } from './ct-driver.ts';
 import { guestDirOf } from './guest-dir.ts';
 
@@ -137,7 +137,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async exportTar(spec, tarPath, options) {
       const from = await sourceOf(spec, options);
       const run = () =>
-        runner.run(['tar', '--zstd', ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
+        runner.run(['tar', TAR_ZSTD, ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
           ...(options?.signal && { signal: options.signal }),
         });
       if (options?.snapshot !== undefined) await run();

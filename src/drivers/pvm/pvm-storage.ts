@@ -7,7 +7,7 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient } from './uml-mconsole.ts';
@@ -261,7 +261,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
               ...(signal && { signal }),
             });
           }
-          await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
+          await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
             ...(signal && { signal }),
           });
         });

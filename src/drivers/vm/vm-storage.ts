@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import {
   chmod,
+  chown,
   copyFile,
   lstat,
   mkdir,
@@ -19,7 +20,7 @@ import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import type { FromSnapshot, GuestStorage } from '../guest-storage.ts';
+import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { UEFI_VARS_META } from './firmware.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
@@ -271,7 +272,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     spec: GuestSpec,
     tarPath: string,
     signal: AbortSignal | undefined,
-    apply: (files: { flat: string; tmp: string }) => Promise<void>,
+    apply: ((files: { flat: string; tmp: string }) => Promise<void>) | 'whole',
     uefiTarget?: string,
   ): Promise<void> => {
     await assertStopped(spec, 'replacing its disk');
@@ -279,16 +280,13 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     const work = join(dirname(disk), tmpName('vm-import'));
     await mkdir(work, { mode: 0o700 });
     try {
-      const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
+      // One pass over the archive (it may be a FIFO fed by the daemon): every member, of which only
+      // the disk and the firmware's variables (when the guest had them) are used.
+      const unpacked = await runner.run(['tar', '--zstd', '--no-same-owner', '-C', work, '-xf', tarPath], {
         ...(signal && { signal }),
         allowFailure: true,
       });
-      // The firmware's variables, when the guest had them (an archive of a BIOS or kit guest has none).
-      await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_UEFI_VARS], {
-        ...(signal && { signal }),
-        allowFailure: true,
-      });
-      if (unpacked.code !== 0) {
+      if (unpacked.code !== 0 || !(await lstat(join(work, ARCHIVE_DISK)).catch(() => undefined))?.isFile()) {
         signal?.throwIfAborted();
         if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
         throw invalidArgument(
@@ -317,13 +315,38 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       const diskInfo = await img.info(disk);
       for (const f of [CHAIN_FILE, RESTORED_CHAIN_FILE])
         await rm(join(pathsOf(spec).dir, f), { force: true });
-      await replaceDisk(spec, async (tmp) => {
-        await copyDisk(disk, tmp);
-        if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
-          await runner.run(['qemu-img', 'resize', '-q', '-f', 'qcow2', tmp, String(info.virtualSizeBytes)]);
-        }
-        await apply({ flat, tmp });
-      });
+      if (apply === 'whole' && diskInfo.snapshots.length === 0) {
+        // The whole disk replaced, no snapshot to keep: the archive's flat disk becomes the guest's
+        // disk as it is (QEMU takes a disk without a backing file), at its size or the guest's if larger.
+        // Re-basing it onto the image's base disk would write it twice more for a little space.
+        await replaceDisk(spec, async (tmp) => {
+          if (diskInfo.virtualSizeBytes > info.virtualSizeBytes) {
+            await runner.run([
+              'qemu-img',
+              'resize',
+              '-q',
+              '-f',
+              'qcow2',
+              flat,
+              String(diskInfo.virtualSizeBytes),
+            ]);
+          }
+          const was = await stat(disk);
+          await chown(flat, was.uid, was.gid);
+          await chmod(flat, was.mode & 0o7777);
+          await rename(flat, tmp);
+        });
+      } else {
+        await replaceDisk(spec, async (tmp) => {
+          await copyDisk(disk, tmp);
+          if (info.virtualSizeBytes > diskInfo.virtualSizeBytes) {
+            await runner.run(['qemu-img', 'resize', '-q', '-f', 'qcow2', tmp, String(info.virtualSizeBytes)]);
+          }
+          if (apply === 'whole')
+            await img.setContent(tmp, { path: flat, format: 'qcow2' }, signal ? { signal } : {});
+          else await apply({ flat, tmp });
+        });
+      }
       if (carryVars) await copyAside(vars, uefiTarget);
     } finally {
       await rm(work, { recursive: true, force: true });
@@ -421,7 +444,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         if (await copyAside(uefiVarsAt(spec, exportOptions?.snapshot), join(work, ARCHIVE_UEFI_VARS))) {
           members.push(ARCHIVE_UEFI_VARS);
         }
-        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ...members], {
+        await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
           ...(signal && { signal }),
         });
       } finally {
@@ -436,23 +459,21 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         spec,
         tarPath,
         signal,
-        async ({ flat, tmp }) => {
-          const content = { path: flat, format: 'qcow2' };
-          const snap = importOptions?.snapshot;
-          if (snap === undefined) {
-            await img.setContent(tmp, content, signal ? { signal } : {});
-            return;
-          }
-          // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
-          await dropBackupBitmap(tmp);
-          const active = tmpName('active');
-          await img.createSnapshot(tmp, active);
-          await img.setContent(tmp, content, signal ? { signal } : {});
-          if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
-          await img.createSnapshot(tmp, snap);
-          await img.applySnapshot(tmp, active);
-          await img.deleteSnapshot(tmp, active);
-        },
+        snapshot === undefined
+          ? 'whole'
+          : async ({ flat, tmp }) => {
+              const content = { path: flat, format: 'qcow2' };
+              const snap = snapshot;
+              // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
+              await dropBackupBitmap(tmp);
+              const active = tmpName('active');
+              await img.createSnapshot(tmp, active);
+              await img.setContent(tmp, content, signal ? { signal } : {});
+              if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
+              await img.createSnapshot(tmp, snap);
+              await img.applySnapshot(tmp, active);
+              await img.deleteSnapshot(tmp, active);
+            },
         uefiVarsAt(spec, snapshot),
       );
     },
@@ -472,7 +493,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         });
         const members = [ARCHIVE_DISK];
         if (await copyAside(uefiVarsOf(spec), join(work, ARCHIVE_UEFI_VARS))) members.push(ARCHIVE_UEFI_VARS);
-        await runner.run(['tar', '--zstd', '--sparse', '-C', work, '-cf', tarPath, ...members], {
+        await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
           ...(signal && { signal }),
         });
         return link;
@@ -505,15 +526,15 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         spec,
         tarPath,
         signal,
-        async ({ flat, tmp }) => {
-          if (link.kind === 'full') {
-            await img.setContent(tmp, { path: flat, format: 'qcow2' }, signal ? { signal } : {});
-            return;
-          }
-          // The incremental holds only the changed clusters: on top of the disk, then committed into it.
-          await runner.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', tmp, flat]);
-          await runner.run(['qemu-img', 'commit', '-q', '-f', 'qcow2', flat], { ...(signal && { signal }) });
-        },
+        link.kind === 'full'
+          ? 'whole'
+          : async ({ flat, tmp }) => {
+              // The incremental holds only the changed clusters: on top of the disk, then committed into it.
+              await runner.run(['qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', tmp, flat]);
+              await runner.run(['qemu-img', 'commit', '-q', '-f', 'qcow2', flat], {
+                ...(signal && { signal }),
+              });
+            },
         uefiVarsOf(spec),
       );
       const mtime = (await stat(pathsOf(spec).disk, { bigint: true })).mtimeNs.toString();

@@ -1,0 +1,234 @@
+import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+
+/**
+ * The outer tar of a backup archive (manifest.json, rootfs.tar.zst, snapshots/*),
+ * written and read by the daemon itself rather than by `tar`: each payload goes
+ * from its producer into the archive, and from the archive into its consumer,
+ * once, hashed on the way (docs/decisions/0035-streamed-backups.md). Plain
+ * ustar, which GNU tar lists and extracts; sizes of 8 GiB and more use GNU's
+ * base-256 field, as GNU tar does.
+ */
+
+const BLOCK = 512;
+const CHUNK = 1 << 20;
+
+/** Where a member's data lies in an archive file. */
+export interface ArchiveMember {
+  name: string;
+  type: 'file' | 'directory';
+  offset: number;
+  size: number;
+}
+
+/** A payload's checksum and size, as the manifest records them. */
+export interface Digest {
+  sha256: string;
+  sizeBytes: number;
+}
+
+/** Thrown for an archive whose tar structure is damaged or cut short. */
+export class ArchiveDamaged extends Error {}
+
+function writeOctal(b: Buffer, offset: number, width: number, value: number): void {
+  b.write(`${value.toString(8).padStart(width - 1, '0')}\0`, offset, width, 'ascii');
+}
+
+/** A ustar header; the size field in base-256 when octal cannot hold it. */
+export function tarHeader(name: string, type: ArchiveMember['type'], size: number, mtime: number): Buffer {
+  const b = Buffer.alloc(BLOCK);
+  if (Buffer.byteLength(name) > 100) throw new Error(`archive member name too long: ${name}`);
+  b.write(name, 0, 100, 'utf8');
+  writeOctal(b, 100, 8, type === 'directory' ? 0o755 : 0o600);
+  writeOctal(b, 108, 8, 0);
+  writeOctal(b, 116, 8, 0);
+  if (size < 8 ** 11) writeOctal(b, 124, 12, size);
+  else {
+    b[124] = 0x80;
+    b.writeBigUInt64BE(BigInt(size), 128);
+  }
+  writeOctal(b, 136, 12, Math.floor(mtime / 1000));
+  b.fill(0x20, 148, 156);
+  b.write(type === 'directory' ? '5' : '0', 156, 1, 'ascii');
+  b.write('ustar\0', 257, 6, 'ascii');
+  b.write('00', 263, 2, 'ascii');
+  b.write('root', 265, 32, 'ascii');
+  b.write('root', 297, 32, 'ascii');
+  let sum = 0;
+  for (const byte of b) sum += byte;
+  b.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'ascii');
+  return b;
+}
+
+const padding = (size: number) => (BLOCK - (size % BLOCK)) % BLOCK;
+
+/** Writes an archive member by member; `finish` ends it, `abandon` closes it unfinished (the caller removes it). */
+export class ArchiveWriter {
+  private position = 0;
+  private readonly file: FileHandle;
+  private constructor(file: FileHandle) {
+    this.file = file;
+  }
+
+  static async create(path: string): Promise<ArchiveWriter> {
+    return new ArchiveWriter(await open(path, 'wx', 0o600));
+  }
+
+  private async write(data: Buffer): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.file.write(data, done, data.length - done, this.position);
+      done += bytesWritten;
+      this.position += bytesWritten;
+    }
+  }
+
+  async addDirectory(name: string): Promise<void> {
+    await this.write(tarHeader(name.endsWith('/') ? name : `${name}/`, 'directory', 0, Date.now()));
+  }
+
+  async addBuffer(name: string, data: Buffer): Promise<void> {
+    await this.write(tarHeader(name, 'file', data.length, Date.now()));
+    await this.write(Buffer.concat([data, Buffer.alloc(padding(data.length))]));
+  }
+
+  /**
+   * Copies `source` into a member, hashing it on the way. The header is written
+   * first with size 0 and rewritten in place once the size is known.
+   */
+  async addStream(
+    name: string,
+    source: AsyncIterable<Buffer>,
+    onBytes?: (bytes: number) => void,
+  ): Promise<Digest> {
+    const headerAt = this.position;
+    await this.write(Buffer.alloc(BLOCK));
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const chunk of source) {
+      hash.update(chunk);
+      await this.write(chunk);
+      size += chunk.length;
+      onBytes?.(chunk.length);
+    }
+    await this.write(Buffer.alloc(padding(size)));
+    await this.file.write(tarHeader(name, 'file', size, Date.now()), 0, BLOCK, headerAt);
+    return { sha256: hash.digest('hex'), sizeBytes: size };
+  }
+
+  /** Two zero blocks end a tar archive. No fsync: the CLI downloads the file at once and it is deleted then. */
+  async finish(): Promise<number> {
+    await this.write(Buffer.alloc(2 * BLOCK));
+    await this.file.close();
+    return this.position;
+  }
+
+  async abandon(): Promise<void> {
+    await this.file.close().catch(() => {});
+  }
+}
+
+function readOctal(b: Buffer, offset: number, width: number): number {
+  if ((b[offset] ?? 0) & 0x80) {
+    // GNU base-256: big-endian, the top bit of the first byte a marker.
+    let v = 0n;
+    for (let i = 0; i < width; i++) v = (v << 8n) | BigInt((b[offset + i] ?? 0) & (i === 0 ? 0x7f : 0xff));
+    return Number(v);
+  }
+  const text = b
+    .toString('ascii', offset, offset + width)
+    .replace(/[\0 ]+$/, '')
+    .trim();
+  if (!/^[0-7]*$/.test(text)) throw new ArchiveDamaged('a tar header is damaged');
+  return text === '' ? 0 : Number.parseInt(text, 8);
+}
+
+const cString = (b: Buffer, offset: number, width: number) => {
+  const end = b.indexOf(0, offset);
+  return b.toString('utf8', offset, end < 0 || end > offset + width ? offset + width : end);
+};
+
+/**
+ * Lists the members of the archive at `path` by reading its headers only (each
+ * member's data is skipped by offset). Refuses a damaged header, a member that
+ * runs past the end of the file, and a file with no end-of-archive block.
+ */
+export async function listArchive(path: string): Promise<ArchiveMember[]> {
+  const file = await open(path, constants.O_RDONLY);
+  try {
+    const { size: fileSize } = await file.stat();
+    const members: ArchiveMember[] = [];
+    const header = Buffer.alloc(BLOCK);
+    let position = 0;
+    let longName: string | undefined;
+    for (;;) {
+      const { bytesRead } = await file.read(header, 0, BLOCK, position);
+      if (bytesRead < BLOCK) throw new ArchiveDamaged('the file ends before the end-of-archive block');
+      if (header.every((x) => x === 0)) return members;
+      let sum = 0;
+      for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (header[i] ?? 0);
+      if (readOctal(header, 148, 8) !== sum) throw new ArchiveDamaged('a tar header fails its checksum');
+      const size = readOctal(header, 124, 12);
+      const offset = position + BLOCK;
+      if (offset + size > fileSize) throw new ArchiveDamaged(`member data runs past the end of the file`);
+      position = offset + size + padding(size);
+      const flag = String.fromCharCode(header[156] ?? 0);
+      if (flag === 'L') {
+        // GNU long name: the next member's name is this member's data.
+        const data = Buffer.alloc(size);
+        await file.read(data, 0, size, offset);
+        longName = cString(data, 0, size);
+        continue;
+      }
+      if (flag === 'x' || flag === 'g') continue;
+      const prefix = header.toString('ascii', 257, 262) === 'ustar' ? cString(header, 345, 155) : '';
+      const name = longName ?? (prefix ? `${prefix}/${cString(header, 0, 100)}` : cString(header, 0, 100));
+      longName = undefined;
+      if (flag === '0' || flag === '\0') members.push({ name, type: 'file', offset, size });
+      else if (flag === '5')
+        members.push({ name: name.replace(/\/+$/, ''), type: 'directory', offset, size: 0 });
+      else throw new ArchiveDamaged(`member ${JSON.stringify(name)} is of an unexpected kind`);
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** Reads a member's bytes (for the manifest: small), refusing one larger than `limit`. */
+export async function readMember(path: string, member: ArchiveMember, limit: number): Promise<Buffer> {
+  if (member.size > limit) throw new ArchiveDamaged(`${member.name} is larger than ${limit} bytes`);
+  const file = await open(path, constants.O_RDONLY);
+  try {
+    const data = Buffer.alloc(member.size);
+    await file.read(data, 0, member.size, member.offset);
+    return data;
+  } finally {
+    await file.close();
+  }
+}
+
+/** The bytes of a member, chunk by chunk. */
+export async function* memberChunks(path: string, member: ArchiveMember): AsyncGenerator<Buffer> {
+  const file = await open(path, constants.O_RDONLY);
+  try {
+    let done = 0;
+    while (done < member.size) {
+      const want = Math.min(CHUNK, member.size - done);
+      const buffer = Buffer.allocUnsafe(want);
+      const { bytesRead } = await file.read(buffer, 0, want, member.offset + done);
+      if (bytesRead === 0) throw new ArchiveDamaged(`${member.name} ends early`);
+      done += bytesRead;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** The sha256 and size of a member's bytes. */
+export async function digestOf(path: string, member: ArchiveMember): Promise<Digest> {
+  const hash = createHash('sha256');
+  for await (const chunk of memberChunks(path, member)) hash.update(chunk);
+  return { sha256: hash.digest('hex'), sizeBytes: member.size };
+}

@@ -1,0 +1,106 @@
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/**
+ * Streams between the daemon and a command that reads or writes a file by
+ * path (the drivers' `tar -f PATH`), through a FIFO at that path: the bytes
+ * pass once, without a temporary file (docs/decisions/0035-streamed-backups.md).
+ * The caller makes the FIFO (mkfifo) in a private directory and removes it.
+ *
+ * Opening one end of a FIFO blocks until the other end is opened. When the
+ * command ends without ever opening it (it failed first, or was cancelled),
+ * the daemon opens the other end itself, so that its own open returns.
+ */
+
+const CHUNK = 1 << 20;
+
+/** Opens the other end of `fifo` (non-blocking) until `settled()`: the pending open on our side then returns. */
+async function release(fifo: string, flags: number, settled: () => boolean): Promise<void> {
+  while (!settled()) {
+    const handle = await open(fifo, flags | constants.O_NONBLOCK).catch(() => undefined);
+    await handle?.close();
+    if (!settled()) await sleep(5);
+  }
+}
+
+/** Settles both and throws the first failure, preferring `first`'s (the cause, when the other only saw a broken pipe). */
+async function both<T>(first: Promise<T>, second: Promise<unknown>): Promise<T> {
+  const [a, b] = await Promise.allSettled([first, second]);
+  if (a.status === 'rejected') throw a.reason;
+  if (b.status === 'rejected') throw b.reason;
+  return a.value;
+}
+
+/**
+ * Runs `produce(fifo)`, which writes a file at `fifo`, and hands what it writes
+ * to `consume` as it comes. A failure of `consume` closes the read end (the
+ * producer then fails on a broken pipe); a producer that fails after writing
+ * part of its output fails the whole.
+ */
+export async function readThroughFifo<T>(
+  fifo: string,
+  produce: (path: string) => Promise<unknown>,
+  consume: (chunks: AsyncIterable<Buffer>) => Promise<T>,
+): Promise<T> {
+  let opened = false;
+  const reading = open(fifo, constants.O_RDONLY).finally(() => {
+    opened = true;
+  });
+  const producing = produce(fifo).finally(() => release(fifo, constants.O_WRONLY, () => opened));
+  const consuming = (async () => {
+    const handle = await reading;
+    const stream = handle.createReadStream({ highWaterMark: CHUNK });
+    try {
+      return await consume(stream);
+    } finally {
+      stream.destroy();
+      await handle.close().catch(() => {});
+    }
+  })();
+  return both(consuming, producing);
+}
+
+/**
+ * Runs `consume(fifo)`, which reads a file at `fifo`, and writes `chunks` into
+ * it. Every chunk is handed to `observe` (the checksum) even after the consumer
+ * stopped reading, so that a damaged payload is known as such. Resolves once
+ * both ended; the consumer's failure is thrown.
+ */
+export async function writeThroughFifo(
+  fifo: string,
+  consume: (path: string) => Promise<unknown>,
+  chunks: AsyncIterable<Buffer>,
+  observe: (chunk: Buffer) => void,
+): Promise<void> {
+  let opened = false;
+  const writing = open(fifo, constants.O_WRONLY).finally(() => {
+    opened = true;
+  });
+  const consuming = consume(fifo).finally(() => release(fifo, constants.O_RDONLY, () => opened));
+  const feeding = (async () => {
+    const handle: FileHandle = await writing;
+    let broken = false;
+    try {
+      for await (const chunk of chunks) {
+        observe(chunk);
+        if (broken) continue;
+        let done = 0;
+        while (done < chunk.length) {
+          const r = await handle.write(chunk, done, chunk.length - done).catch((e: NodeJS.ErrnoException) => {
+            if (e.code !== 'EPIPE') throw e;
+            return undefined;
+          });
+          if (!r) {
+            broken = true;
+            break;
+          }
+          done += r.bytesWritten;
+        }
+      }
+    } finally {
+      await handle.close().catch(() => {});
+    }
+  })();
+  await both(consuming, feeding);
+}
