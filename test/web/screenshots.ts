@@ -11,7 +11,7 @@ const out = path.resolve(process.argv[2] ?? path.join(import.meta.dirname, '../.
 mkdirSync(out, { recursive: true });
 const runDir = await makeRunDir('web-shots');
 const backend = await startFixtureBackend(runDir);
-const context = await openBrowser(runDir, { width: 1280, height: 800 });
+const context = await openBrowser(runDir, { width: 1280, height: 800, base: backend.url });
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   await signIn(page, backend.url, backend.token);

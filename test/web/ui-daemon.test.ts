@@ -43,7 +43,7 @@ describe('web UI against a real daemon with ct, pvm and vm guests', () => {
     d.ok(['launch', 'busybox', 'p1', '--model', 'pvm', '-c', 'limits.memory=64MiB']);
     // With a display: its screen is the noVNC view's (issue 17's VGA device and VNC relay).
     d.ok(['launch', 'busybox', 'v1', '--model', 'vm', '-c', 'limits.memory=128MiB', '-c', 'vm.display=true']);
-    context = await openBrowser(runDir);
+    context = await openBrowser(runDir, { base });
     page = context.pages()[0] ?? (await context.newPage());
     await signIn(page, base, token);
   });

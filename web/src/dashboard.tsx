@@ -41,17 +41,21 @@ export function Dashboard() {
       <section class="cards" aria-label="This member">
         <div class="panel card">
           <div class="muted">Member</div>
-          <div class="big">{env?.name ?? '–'}</div>
-          <div class="muted">
+          <div class="big" data-testid="member-name">
+            {env?.name ?? '–'}
+          </div>
+          <div class="muted" data-testid="member-facts">
             {env?.cpus} CPUs · {bytes(env?.memoryBytes)} memory · Trivisor {env?.version}
           </div>
         </div>
         <div class="panel card">
           <div class="muted">Guests</div>
-          <div class="big">{guests.value.size}</div>
+          <div class="big" data-testid="guest-total">
+            {guests.value.size}
+          </div>
           <div>
             {Object.entries(counts.value.byStatus).map(([s, n]) => (
-              <span key={s} style={{ marginRight: '8px' }}>
+              <span key={s} data-status-count={s} style={{ marginRight: '8px' }}>
                 <Status value={s} /> {n}
               </span>
             ))}
@@ -61,7 +65,7 @@ export function Dashboard() {
           <div class="muted">By model</div>
           <div>
             {(['ct', 'pvm', 'vm'] as const).map((m) => (
-              <div key={m}>
+              <div key={m} data-model-count={m}>
                 <Link to={`/guests?model=${m}`}>{m}</Link>: {counts.value.byModel[m] ?? 0}
               </div>
             ))}
@@ -70,7 +74,7 @@ export function Dashboard() {
         <div class="panel card">
           <div class="muted">Storage</div>
           {(pools.data ?? []).map((p) => (
-            <div key={p.name}>
+            <div key={p.name} data-pool={p.name}>
               <Link to={`/storage/${encodeURIComponent(p.name)}`}>{p.name}</Link>:{' '}
               {p.usage ? `${bytes(p.usage.usedBytes)} of ${bytes(p.usage.totalBytes)}` : p.status}
             </div>

@@ -3,7 +3,7 @@ import { useState } from 'preact/hooks';
 import type { Guest } from '../../src/api/types.ts';
 import { Charts, Terminal, Vnc } from './lazy.tsx';
 import { navigate, route, withQuery } from './router.ts';
-import { api, finished, guests, project, recentEvents, session } from './state.ts';
+import { api, finished, guests, project, readGuest, recentEvents, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
 
 const TABS: Array<[string, string]> = [
@@ -162,6 +162,7 @@ function Config(props: { guest: Guest }) {
                     run={async () => {
                       const r = await api.updateGuestConfig(g.name, { unset: [k] });
                       setPending(r.pendingRestart);
+                      guests.value = new Map(guests.value).set(g.name, r.guest);
                     }}
                   >
                     Remove
@@ -349,7 +350,10 @@ function Volumes(props: { guest: Guest }) {
                 <td>{d.path ?? '–'}</td>
                 <td>
                   <Action
-                    run={async () => api.detachVolume(d.pool, d.source, { guest: g.name, device })}
+                    run={async () => {
+                      await api.detachVolume(d.pool, d.source, { guest: g.name, device });
+                      await readGuest(g.name);
+                    }}
                     done="Detached"
                   >
                     Detach
@@ -371,6 +375,7 @@ function Volumes(props: { guest: Guest }) {
             guest: g.name,
             ...(path ? { path } : {}),
           });
+          await readGuest(g.name);
         }}
       >
         <Field label="Pool">
@@ -425,7 +430,10 @@ function Nics(props: { guest: Guest }) {
                 </td>
                 <td>
                   <Action
-                    run={async () => api.detachNetwork(d.network, { guest: g.name, nic })}
+                    run={async () => {
+                      await api.detachNetwork(d.network, { guest: g.name, nic });
+                      await readGuest(g.name);
+                    }}
                     done="NIC removed"
                   >
                     Detach
@@ -441,7 +449,10 @@ function Nics(props: { guest: Guest }) {
         label="Add a NIC"
         submit="Attach"
         done="NIC added"
-        run={async (d) => api.attachNetwork(String(d.get('network')), { guest: g.name })}
+        run={async (d) => {
+          await api.attachNetwork(String(d.get('network')), { guest: g.name });
+          await readGuest(g.name);
+        }}
       >
         <Field label="Network">
           {(id) => (

@@ -21,6 +21,10 @@ const COLUMNS: Array<[SortKey | null, string]> = [
   ['createdAt', 'Created'],
 ];
 
+/** What a column shows is what it sorts by: the image column shows the alias, not the fingerprint. */
+const sortValue = (g: Guest, key: SortKey): string =>
+  key === 'image' ? g.imageAlias || g.image.slice(0, 12) : String(g[key] ?? '');
+
 const addressesOf = (g: Guest) => (g.state.addresses ?? []).join(', ');
 
 /** Matches a guest against the filter text: name, image, address or project, any part of it. */
@@ -59,8 +63,8 @@ export function GuestList() {
         (!wantStatus || g.status === wantStatus) && (!wantModel || g.model === wantModel) && matches(g, text),
     );
     list.sort((a, b) => {
-      const x = String(a[key] ?? '');
-      const y = String(b[key] ?? '');
+      const x = sortValue(a, key);
+      const y = sortValue(b, key);
       return (x < y ? -1 : x > y ? 1 : a.name < b.name ? -1 : 1) * order;
     });
     return list;

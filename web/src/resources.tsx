@@ -580,7 +580,9 @@ export function Images() {
             <Field label="Source">
               {(id) => <input id={id} name="source" required placeholder="debian/bookworm" />}
             </Field>
-            <Field label="Alias">{(id) => <input id={id} name="alias" />}</Field>
+            <Field label="Alias" id="f-build-alias">
+              {(id) => <input id={id} name="alias" />}
+            </Field>
           </div>
         </Form>
         <h2>Import a root file system tarball</h2>
@@ -601,7 +603,10 @@ export function Images() {
         >
           <div class="row">
             <Field label="Tarball">{(id) => <input id={id} name="tarball" type="file" required />}</Field>
-            <Field label="Alias">{(id) => <input id={id} name="alias" required />}</Field>
+            {/* The build form above has an Alias too: one page, two ids. */}
+            <Field label="Alias" id="f-import-alias">
+              {(id) => <input id={id} name="alias" required />}
+            </Field>
           </div>
           {progress.value !== null && (
             <progress value={progress.value} max={1} aria-label="Upload progress" />
@@ -681,7 +686,15 @@ export function Operations() {
                 <td>{o.progress !== null ? `${Math.round(o.progress)}%` : (o.progressText ?? '')}</td>
                 <td>
                   {o.mayCancel && (o.status === 'Running' || o.status === 'Pending') && (
-                    <Action label={`Cancel ${o.description}`} run={() => api.cancelOperation(o.id)}>
+                    <Action
+                      label={`Cancel ${o.description}`}
+                      run={async () => {
+                        await api.cancelOperation(o.id);
+                        // Its end shows when it comes, whether or not the stream carries it.
+                        const end = await api.waitOperation(o.id, 30);
+                        operations.value = new Map(operations.value).set(end.id, end);
+                      }}
+                    >
                       Cancel
                     </Action>
                   )}

@@ -123,8 +123,9 @@ export function startEvents(): void {
     socket = ws;
     ws.onopen = () => {
       connection.value = 'connected';
-      // Whatever happened while the stream was down is read again, whole.
-      if (again) reload().catch(() => {});
+      // Whatever happened while the stream was down is read again, whole; at the first open too:
+      // what changed between start()'s read of the lists and now reached no stream.
+      reload().catch(() => {});
     };
     ws.onmessage = (m) => {
       try {
@@ -199,6 +200,15 @@ async function readPending(): Promise<void> {
     if (g) next.set(n, g);
   });
   guests.value = next;
+}
+
+/**
+ * Reads a guest again after a change the event stream does not name it in (a NIC or a volume is
+ * attached through the network's or the pool's route, whose events are theirs, not the guest's).
+ */
+export async function readGuest(name: string): Promise<void> {
+  const g = await api.getGuest(name);
+  guests.value = new Map(guests.value).set(name, g);
 }
 
 /** Waits for an operation through its wait route (long polls of 30 s), for actions the user started. */

@@ -62,8 +62,14 @@ export function Action(props: {
   );
 }
 
-export function Field(props: { label: string; children: (id: string) => JSX.Element; hint?: string }) {
-  const id = `f-${props.label.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
+/** A labelled input; its id comes from the label, or `id` where one page has two fields of one label. */
+export function Field(props: {
+  label: string;
+  children: (id: string) => JSX.Element;
+  hint?: string;
+  id?: string;
+}) {
+  const id = props.id ?? `f-${props.label.toLowerCase().replace(/[^a-z0-9]+/g, '-')}`;
   return (
     <div class="field">
       <label for={id}>{props.label}</label>
