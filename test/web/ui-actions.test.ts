@@ -71,7 +71,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await context?.close();
     if (runDir) await removeRunDir(runDir);
     if (d) {
-      for (const g of ['a1', 'b2', 'c3']) d.cli(['delete', '--force', g]);
+      for (const g of ['a1', 'a1copy', 'b2', 'c3']) d.cli(['delete', '--force', g]);
       d.cli(['network', 'delete', net]);
       await d.destroy();
     }
@@ -151,7 +151,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     assert.equal(exec('a1', 'cat /root/mark'), 'before\n');
   });
 
-  test("a backup made on the guest page downloads as the daemon's archive, and is deleted there", async () => {
+  test("a backup made on the guest page downloads as the daemon's archive, is deleted there, and imports from an upload there", async () => {
     await page.goto(`${base}/guests/a1?tab=backups`);
     await page.click('button:has-text("Make a backup")');
     await notice('Backup made');
@@ -172,6 +172,16 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await page.click('button:has-text("Delete from the daemon")');
     await link.waitFor({ state: 'detached' });
     assert.equal((await d.api('GET', `/1.0/guests/a1/backups/${backup}/export`)).status, 404);
+
+    // The downloaded archive, uploaded on the same tab, is a guest again, with a1's files.
+    await page.setInputFiles('#f-backup-archive', file);
+    await page.fill('#f-name-of-the-imported-guest', 'a1copy');
+    await page.click('form[aria-label="Import a backup"] button[type=submit]');
+    await notice('Backup imported');
+    assert.equal((await guest('a1copy')).model, 'ct');
+    d.ok(['start', 'a1copy']);
+    assert.equal(exec('a1copy', 'cat /root/mark'), 'before\n');
+    d.ok(['delete', '--force', 'a1copy']);
   });
 
   test('a volume created on its pool page and attached on the guest page is mounted in the guest; detached there, it is not', async () => {
