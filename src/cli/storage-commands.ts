@@ -160,15 +160,24 @@ export function addStorageCommands(program: Command): void {
     .argument('<file>')
     .argument('[name]', 'name of the guest (default: the name in the archive)')
     .option('-s, --storage <pool>', 'storage pool of the guest (default: the default pool)')
-    .action(async (file: string, name: string | undefined, opts: { storage?: string }, cmd: Command) => {
-      const client = clientOf(cmd);
-      const op = await client.importBackup(resolve(file), {
-        ...(name !== undefined && { name }),
-        ...(opts.storage !== undefined && { storage: opts.storage }),
-      });
-      const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
-      process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
-    });
+    .option('--target <member>', 'on a cluster: the member to import it on (default: the one asked)')
+    .action(
+      async (
+        file: string,
+        name: string | undefined,
+        opts: { storage?: string; target?: string },
+        cmd: Command,
+      ) => {
+        const client = clientOf(cmd);
+        const op = await client.importBackup(resolve(file), {
+          ...(name !== undefined && { name }),
+          ...(opts.storage !== undefined && { storage: opts.storage }),
+          ...(opts.target !== undefined && { target: opts.target }),
+        });
+        const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
+        process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
+      },
+    );
 
   program
     .command('admin')

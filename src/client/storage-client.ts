@@ -26,7 +26,11 @@ export interface StorageClient {
   downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`; on pool `storage`). */
-  importBackup(filePath: string, options?: { name?: string; storage?: string }): Promise<Operation>;
+  /** `target`: on a cluster, the member to import on (decision 0034). */
+  importBackup(
+    filePath: string,
+    options?: { name?: string; storage?: string; target?: string },
+  ): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   listPools(): Promise<StoragePool[]>;
@@ -121,7 +125,8 @@ export function storageMethods(
     },
     async importBackup(filePath, o = {}) {
       const size = (await stat(filePath)).size;
-      const res = await transport.request('POST', '/1.0/backups', {
+      const query = o.target !== undefined ? `?target=${enc(o.target)}` : '';
+      const res = await transport.request('POST', `/1.0/backups${query}`, {
         stream: createReadStream(filePath),
         headers: {
           'content-type': 'application/octet-stream',

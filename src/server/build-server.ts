@@ -244,6 +244,15 @@ export async function buildServer(services: Services, options: BuildServerOption
       await forwarder.proxy(request, reply, place.member);
       return reply;
     }
+    // An import goes to the member it is asked for (?target=), its archive streamed there unread.
+    if (request.method === 'POST' && url === '/1.0/backups' && forwarder && !isForwarded(request)) {
+      const target = (request.query as { target?: unknown }).target;
+      if (typeof target === 'string' && target !== forwarder.here) {
+        await forwarder.proxy(request, reply, target);
+        return reply;
+      }
+      return;
+    }
     const operation = operationOf(url, request.params);
     if (operation === undefined || !forwarder || isForwarded(request)) return;
     if (services.operations.has(operation)) return;

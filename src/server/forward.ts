@@ -133,6 +133,12 @@ export interface Forwarder {
    * that cannot be reached is Unavailable naming it, answered before anything was sent.
    */
   proxy(request: FastifyRequest, reply: FastifyReply, member: string): Promise<void>;
+  /**
+   * Passes on a request whose JSON body was already parsed (a route that first had to read it
+   * to know where it goes, a copy from another member's guest), the answer streamed back as
+   * `proxy` does.
+   */
+  replay(request: FastifyRequest, reply: FastifyReply, member: string): Promise<void>;
   /** Sends a request whose JSON body was already parsed; returns the metadata of `member`'s sync answer. */
   json<T>(request: FastifyRequest, member: string): Promise<T>;
   /** Asks `member` with a GET of `path` as this request's caller; the parsed envelope's metadata, or its error. */
@@ -156,7 +162,10 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
     try {
       return await forwarding.connect(member);
     } catch (e) {
-      throw unavailable(`Member ${member} cannot be reached: ${asTrivisorError(e).message}`);
+      const error = asTrivisorError(e);
+      // An unknown member is the caller's mistake, said as it is; anything else is the network's.
+      if (error.code === 'NotFound') throw error;
+      throw unavailable(`Member ${member} cannot be reached: ${error.message}`);
     }
   };
 
@@ -237,43 +246,62 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
     client.pipe(upstream);
   };
 
+  const pass = async (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    member: string,
+    parsed: boolean,
+  ): Promise<void> => {
+    passedOn.add(request);
+    if (!parsed && request.headers.upgrade?.toLowerCase() === 'websocket')
+      return upgrade(request, reply, member);
+    const socket = await connect(member);
+    reply.hijack();
+    const headers = headersFor(request, forwarding.here, member);
+    const payload = parsed && request.body != null ? JSON.stringify(request.body) : undefined;
+    if (parsed) {
+      delete headers['content-length'];
+      delete headers['content-type'];
+      if (payload !== undefined) {
+        headers['content-type'] = 'application/json';
+        headers['content-length'] = String(Buffer.byteLength(payload));
+      }
+    }
+
+    await new Promise<void>((resolve) => {
+      const upstream = httpRequest(
+        { createConnection: () => socket, method: request.method, path: request.url, headers },
+        (res) => {
+          reply.raw.writeHead(res.statusCode ?? 502, responseHeaders(res.headers));
+          res.pipe(reply.raw);
+          res.on('end', () => {
+            socket.destroy();
+            resolve();
+          });
+          res.on('error', () => {
+            reply.raw.destroy();
+            resolve();
+          });
+        },
+      );
+      upstream.on('error', (e) => {
+        socket.destroy();
+        failHijacked(reply, unavailable(`The request to member ${member} broke off: ${e.message}`));
+        resolve();
+      });
+      // The caller going away ends the owner's side too (a download, a follow).
+      reply.raw.on('close', () => {
+        if (!reply.raw.writableFinished) upstream.destroy();
+      });
+      if (parsed) upstream.end(payload);
+      else (request.raw as Readable).pipe(upstream);
+    });
+  };
+
   return {
     here: forwarding.here,
-    async proxy(request, reply, member) {
-      passedOn.add(request);
-      if (request.headers.upgrade?.toLowerCase() === 'websocket') return upgrade(request, reply, member);
-      const socket = await connect(member);
-      reply.hijack();
-      const headers = headersFor(request, forwarding.here, member);
-      await new Promise<void>((resolve) => {
-        const upstream = httpRequest(
-          { createConnection: () => socket, method: request.method, path: request.url, headers },
-          (res) => {
-            reply.raw.writeHead(res.statusCode ?? 502, responseHeaders(res.headers));
-            res.pipe(reply.raw);
-            res.on('end', () => {
-              socket.destroy();
-              resolve();
-            });
-            res.on('error', () => {
-              reply.raw.destroy();
-              resolve();
-            });
-          },
-        );
-        upstream.on('error', (e) => {
-          socket.destroy();
-          failHijacked(reply, unavailable(`The request to member ${member} broke off: ${e.message}`));
-          resolve();
-        });
-        // The caller going away ends the owner's side too (a download, a follow).
-        reply.raw.on('close', () => {
-          if (!reply.raw.writableFinished) upstream.destroy();
-        });
-        const body: Readable = request.raw;
-        body.pipe(upstream);
-      });
-    },
+    proxy: (request, reply, member) => pass(request, reply, member, false),
+    replay: (request, reply, member) => pass(request, reply, member, true),
     json: (request, member) => {
       passedOn.add(request);
       return exchange(

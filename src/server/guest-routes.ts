@@ -31,6 +31,7 @@ import { cancelled, failedPrecondition, invalidArgument, notSupported } from '..
 import type { ExecRequest, OperationContext, StateChangeRequest } from '../services/types.ts';
 import { bridgeConsole, bridgeDisplay } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
+import { isForwarded } from './forward.ts';
 import { assertTarget, TargetQueryProperties, withMembersOwnView } from './member-lists.ts';
 import { allProjectsOf, configChange, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
@@ -153,6 +154,12 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         }
         const [source = '', snapshot, ...rest] = body.source.source.split('/');
         if (rest.length > 0) throw invalidArgument('A copy source is GUEST or GUEST/SNAPSHOT');
+        // A copy is made where its source's files are: on the source's member (decision 0034).
+        const place = await services.owner?.placeOf(source, { project: projectOf(request) });
+        if (place && !place.here && ctx.forward && !isForwarded(request)) {
+          await ctx.forward.replay(request, reply, place.member);
+          return reply;
+        }
         const op = await services.storage.inProject(projectOf(request)).copyGuest({
           name: body.name,
           source,

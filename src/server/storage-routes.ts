@@ -18,6 +18,7 @@ import {
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import type { StorageService } from '../services/storage-service.ts';
+import { assertTarget, TargetQueryProperties } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** Largest backup archive accepted by import. */
@@ -325,7 +326,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     async () => syncResponse(await storage().recover()),
   );
 
-  app.post<{ Body: Readable }>(
+  app.post<{ Body: Readable; Querystring: { target?: string } }>(
     '/1.0/backups',
     {
       config: { access: 'operate' },
@@ -333,6 +334,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary:
           'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it, X-Trivisor-Pool puts it on a storage pool)',
+        querystring: Type.Object(TargetQueryProperties),
         headers: Type.Object({
           'x-trivisor-name': Type.Optional(Type.String()),
           'x-trivisor-pool': Type.Optional(Type.String()),
@@ -347,6 +349,13 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
     async (request, reply) => {
       const stream = request.body;
+      // On a cluster another member's import was passed on before its body was read (decision 0034).
+      try {
+        await assertTarget(ctx, request.query.target);
+      } catch (e) {
+        (stream as Readable | undefined)?.resume?.();
+        throw e;
+      }
       if (typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
         throw invalidArgument(
           'Send the backup archive as the raw body (Content-Type: application/octet-stream)',

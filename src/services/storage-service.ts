@@ -370,6 +370,8 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               image: source.image,
               model: source.model,
               config: { ...source.config },
+              // The copy's files are made here, from the source's (decision 0034): so is the copy.
+              ...(deps.hostName !== undefined && { target: deps.hostName }),
             };
             const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
             await finished(await createOn(pool, create));

@@ -271,6 +271,19 @@ describe('a three-member cluster', () => {
       assert.equal(onOwner[0]?.actor.name, 'root');
       assert.match(onOwner[0]?.source ?? '', new RegExp(`${m1.ip.replaceAll('.', '\\.')}$`), 'from m1');
       assert.deepEqual(await snapshotsOf(m1.daemon), [], 'not audited twice');
+      // A copy through m1 is made on the source's member; an export through m2 is m3's archive,
+      // imported through m1 onto m2 (?target=), where it runs.
+      m1.daemon.ok(['copy', 'fc', 'fcc']);
+      assert.equal(guest(m2.daemon, 'fcc')?.location, 'm3');
+      const archive = path.join(m1.daemon.stateDir, '..', 'fc.tar.zst');
+      m2.daemon.ok(['export', 'fc', archive]);
+      m1.daemon.ok(['import', archive, 'fci', '--target', 'm2']);
+      assert.equal(guest(m3.daemon, 'fci')?.location, 'm2');
+      m3.daemon.ok(['start', 'fci']);
+      assert.equal(m1.daemon.ok(['exec', 'fci', '--', 'cat', '/root/fwd-file']), 'passed on\n');
+      refused(m1.daemon.cli(['import', archive, 'fcx', '--target', 'nope']), /Member nope not found/);
+      assert.equal(guest(m1.daemon, 'fcx'), undefined);
+      m2.daemon.ok(['delete', '--force', 'fci', 'fcc']);
       // Live usage is m3's to say: the list on m1 has it, and ?target= narrows the list.
       await eventually("fc has live usage in m1's list", () => {
         const listed = guestsOf(m1.daemon).find((g) => g.name === 'fc') as GuestJson & {
