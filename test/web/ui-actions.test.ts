@@ -312,6 +312,10 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await notice('Pool created');
     await page.click('a:text-is("uipool")');
     await page.waitForSelector('h1:has-text("Pool uipool")');
+    // Opened from a link in a fresh tab, its Delete still lands on the storage page.
+    await page.goto('about:blank');
+    await page.goto(`${base}/storage/uipool`);
+    await page.waitForSelector('h1:has-text("Pool uipool")');
     const pool = await api<{ name: string; driver: string }>('GET', '/1.0/storage-pools/uipool');
     assert.equal(pool.driver, 'dir');
     await page.click('button:has-text("Delete pool")');

@@ -1,6 +1,7 @@
 import { useSignal } from '@preact/signals';
 import type { AuditEntryBody } from '../../src/api/auth-schemas.ts';
 import type { NetworkAclRule } from '../../src/api/types.ts';
+import { navigate } from './router.ts';
 import { api, finished, operations, project, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, useLoad, when } from './ui.tsx';
 
@@ -89,7 +90,8 @@ export function NetworkPage(props: { name: string }) {
           confirm={`Delete network ${n.name}?`}
           run={async () => {
             await api.deleteNetwork(n.name);
-            history.back();
+            // Not history.back(): a page opened from a link or a bookmark would leave the UI.
+            navigate('/networks', { replace: true });
           }}
         >
           Delete
@@ -382,7 +384,7 @@ export function StoragePoolPage(props: { name: string }) {
           confirm={`Delete pool ${props.name}?`}
           run={async () => {
             await api.deletePool(props.name);
-            history.back();
+            navigate('/storage', { replace: true });
           }}
         >
           Delete pool
