@@ -77,7 +77,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     }
   });
 
-  test("the dashboard's figures are the API's: member, guests by state and model, pools", async () => {
+  test("the dashboard's figures are the API's: member, guests by state and model, recent operations, pools", async () => {
     await page.goto(`${base}/`);
     const host = await api<{ environment: { name: string; cpus: number } }>('GET', '/1.0');
     const guests = await api<ApiGuest[]>('GET', '/1.0/guests?recursion=1');
@@ -106,6 +106,24 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     for (const m of ['ct', 'pvm', 'vm']) {
       assert.equal(await page.locator(`[data-model-count=${m}]`).textContent(), `${m}: ${models[m] ?? 0}`);
     }
+    // Recent operations: the API's newest eight, newest first.
+    const ops = await api<Array<{ description: string; createdAt: string; status: string }>>(
+      'GET',
+      '/1.0/operations?recursion=1',
+    );
+    const newest = ops
+      .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+      .slice(0, 8)
+      .map((o) => `${o.description} ${o.status}`);
+    assert.ok(newest.length > 0, 'the launch and create of the setup are operations');
+    const recent = () =>
+      page
+        .locator('section[aria-labelledby=recent-ops] tbody tr')
+        .evaluateAll((rows) =>
+          rows.map((r) => `${r.children[1]?.textContent} ${r.children[2]?.textContent?.trim()}`),
+        );
+    await eventually('the recent operations shown', async () => (await recent()).length === newest.length);
+    assert.deepEqual(await recent(), newest);
     await page.locator('[data-pool]').first().waitFor();
     assert.deepEqual(
       await page.locator('[data-pool]').evaluateAll((els) => els.map((e) => e.getAttribute('data-pool'))),
