@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
 import { openDaemonStore } from './cluster/daemon-store.ts';
+import { createImageFetcher } from './cluster/image-fetch.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
 import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
@@ -131,7 +132,29 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const operations = createOperationService(events, { location: hostName });
   const files = imageFiles(stateDir, { runner, log });
   await files.prepare();
-  const images = createImageService({ store, files, operations, events });
+  // Members talk to each other over mutual TLS (decision 0032).
+  const memberClient = opened.memberTls
+    ? createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>)
+    : undefined;
+  const images = createImageService({
+    store,
+    files,
+    operations,
+    events,
+    // A member fetches the image files it lacks from the others (decision 0034).
+    ...(membership &&
+      memberClient && {
+        fetch: createImageFetcher({
+          files,
+          client: memberClient,
+          log,
+          members: async () =>
+            ((await services.cluster?.list()) ?? [])
+              .filter((m) => m.name !== membership.name && m.status !== 'Offline')
+              .map((m) => ({ name: m.name, address: m.address })),
+        }),
+      }),
+  });
   const capacity = { memoryBytes: os.totalmem(), cpus: os.availableParallelism() };
   const networks = createNetworkService({
     store,
@@ -333,9 +356,6 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // cluster's store (below, after shutting down as for SIGTERM; guests keep running).
   let restartRequested = false;
   let stopDaemon = () => {};
-  const memberClient = opened.memberTls
-    ? createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>)
-    : undefined;
   services.cluster = createClusterService({
     stateDir,
     hostName,

@@ -1,7 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { asTrivisorError, cancelled, invalidArgument, notFound } from '../core/errors.ts';
+import type { Readable } from 'node:stream';
+import {
+  asTrivisorError,
+  cancelled,
+  failedPrecondition,
+  internal,
+  invalidArgument,
+  notFound,
+  notSupported,
+  unavailable,
+} from '../core/errors.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { buildBaseDisk } from './base-disk.ts';
@@ -18,6 +28,7 @@ import {
 import { BASE_DISK_NAME, imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
 import { removeTree } from './remove-tree.ts';
+import { runStreamed } from './streamed-command.ts';
 import { assertRootFileSystem, extractTarball, importedMetadata } from './tarball-image.ts';
 import { digestTree } from './tree-manifest.ts';
 
@@ -26,6 +37,22 @@ export interface AddedImage {
   fingerprint: string;
   metadata: ImageMetadata;
   sizeBytes: number;
+  /**
+   * The tree's own digest (tree-manifest.ts), which a copy of the tree on another member must
+   * have; it is the fingerprint for built trees, not for imported tarballs (their bytes').
+   */
+  treeDigest?: string;
+}
+
+/** An image tree as one member sends it to another (decision 0034). */
+export interface TreeExport {
+  /** The digest the received tree must have. */
+  treeDigest: string;
+  metadata: ImageMetadata;
+  /** An uncompressed tar of the tree (numeric owners, modes, xattrs). */
+  stream: Readable;
+  /** Resolves when tar ended well; rejects with why it did not. */
+  done: Promise<void>;
 }
 
 /** Options of the long-running adds. */
@@ -62,6 +89,17 @@ export interface ImageFiles {
   importDisk(
     path: string,
     options: AddOptions & { format: 'qcow2' | 'raw'; description: string; sha256?: string },
+  ): Promise<AddedImage>;
+  /** The image's tree as a tar stream for another member; NotFound if absent, NotSupported for a disk image. */
+  exportTree(fingerprint: string): Promise<TreeExport>;
+  /**
+   * Adds an image tree another member sent, under `fingerprint`: refused, with nothing left,
+   * when the tree that arrived is not the one `treeDigest` names.
+   */
+  receiveTree(
+    fingerprint: string,
+    sent: { treeDigest: string; metadata: ImageMetadata },
+    tar: Readable,
   ): Promise<AddedImage>;
   /** Removes an image and all it holds; does nothing if it is absent. */
   remove(fingerprint: string): Promise<void>;
@@ -189,7 +227,7 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
    */
   const add = async (
     what: string,
-    options: AddOptions,
+    options: AddOptions & { expectTreeDigest?: string },
     build: (rootfs: string) => Promise<{ metadata: ImageMetadata; fingerprint?: string }>,
   ): Promise<AddedImage> => {
     const { signal } = options;
@@ -213,7 +251,17 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       options.onProgress?.(99, 'Fingerprinting the tree');
       const digest = await digestTree(rootfs, signal ? { signal } : {});
       const fingerprint = built.fingerprint ?? digest.fingerprint;
-      const record: AddedImage = { fingerprint, metadata: built.metadata, sizeBytes: digest.sizeBytes };
+      if (options.expectTreeDigest !== undefined && digest.fingerprint !== options.expectTreeDigest) {
+        throw failedPrecondition(
+          `${what} arrived changed: its tree digest is ${digest.fingerprint.slice(0, 12)}, the sender's ${options.expectTreeDigest.slice(0, 12)}; nothing was added`,
+        );
+      }
+      const record: AddedImage = {
+        fingerprint,
+        metadata: built.metadata,
+        sizeBytes: digest.sizeBytes,
+        treeDigest: digest.fingerprint,
+      };
       const existing = await readRecord(fingerprint);
       if (existing && (await isDirectory(treeOf(fingerprint)))) {
         log.info({ fingerprint, what }, 'image already on disk: discarding the new tree');
@@ -244,6 +292,67 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   };
 
   const files: ImageFiles = {
+    async exportTree(fingerprint) {
+      const { metadata: meta, treeDigest } = await metadata(fingerprint);
+      if (meta.type === 'disk') {
+        throw notSupported(
+          `Image ${fingerprint.slice(0, 12)} is a disk image: import it on each member that runs guests of it`,
+        );
+      }
+      const rootfs = treeOf(fingerprint);
+      // Images added before tree digests were kept: the digest of the tree as it is now.
+      const digest = treeDigest ?? (await digestTree(rootfs)).fingerprint;
+      const child = runner.spawn(
+        ['tar', '--create', '--file=-', `--directory=${rootfs}`, '--numeric-owner', '--xattrs', '.'],
+        { stdio: ['ignore', 'pipe', 'pipe'], env: { LC_ALL: 'C' } },
+      );
+      let stderr = '';
+      child.stderr?.on('data', (c: Buffer) => {
+        stderr = (stderr + c.toString()).slice(-500);
+      });
+      const done = new Promise<void>((resolve, reject) => {
+        child.once('error', reject);
+        child.once('close', (code) =>
+          code === 0
+            ? resolve()
+            : reject(internal(`tar of image ${fingerprint.slice(0, 12)} failed: ${stderr.trim()}`)),
+        );
+      });
+      return { treeDigest: digest, metadata: meta, stream: child.stdout as Readable, done };
+    },
+
+    receiveTree(fingerprint, sent, tar) {
+      checkFingerprint(fingerprint);
+      return add(
+        `Image ${fingerprint.slice(0, 12)} from another member`,
+        { expectTreeDigest: sent.treeDigest },
+        async (rootfs) => {
+          await runStreamed(
+            runner,
+            [
+              'tar',
+              '--extract',
+              '--file=-',
+              `--directory=${rootfs}`,
+              '--numeric-owner',
+              '--same-owner',
+              '--same-permissions',
+              '--xattrs',
+              '--xattrs-include=user.*',
+              '--xattrs-include=security.capability',
+            ],
+            {
+              input: tar,
+              env: { LC_ALL: 'C' },
+              onFailure: ({ tail }) =>
+                unavailable(`The image tree broke off on the way: ${tail.replace(/\s+/g, ' ').trim()}`),
+            },
+          );
+          return { metadata: sent.metadata, fingerprint };
+        },
+      );
+    },
+
     rootfsPath(fingerprint) {
       checkFingerprint(fingerprint);
       return treeOf(fingerprint);

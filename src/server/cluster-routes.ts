@@ -30,6 +30,30 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
     return ctx.services.cluster;
   };
 
+  // Members fetch the image trees they lack from each other (decision 0034): a tar of the tree,
+  // with the digest the copy must have. Admins only: a tree holds setuid files as they are.
+  app.get<{ Params: { fingerprint: string } }>(
+    '/1.0/cluster/image-trees/:fingerprint',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: "An image's tree as a tar, for a member that lacks it",
+        params: Type.Object({ fingerprint: Type.String({ pattern: '^[0-9a-f]{64}$' }) }),
+        response: { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema },
+      },
+    },
+    async (request, reply) => {
+      const tree = await ctx.services.images.exportTree(request.params.fingerprint);
+      // A tar that fails half-way cuts the answer short: the receiver refuses what it got.
+      tree.done.catch((e: unknown) => tree.stream.destroy(e as Error));
+      return reply
+        .header('x-trivisor-tree-digest', tree.treeDigest)
+        .header('x-trivisor-image-metadata', Buffer.from(JSON.stringify(tree.metadata)).toString('base64url'))
+        .type('application/x-tar')
+        .send(tree.stream);
+    },
+  );
+
   app.get(
     '/1.0/cluster',
     {

@@ -301,6 +301,9 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
     },
     images: {
       inProject: () => fake.images,
+      async exportTree(fingerprint) {
+        throw notFound(`Image ${fingerprint} is not on this host`);
+      },
       async list() {
         return [...imageMap.values()];
       },

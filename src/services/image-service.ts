@@ -20,6 +20,11 @@ export interface ImageServiceDeps {
   events: EventBus;
   /** Runs qemu-img to check an uploaded disk image before its import starts (default: the host's). */
   runner?: ProcessRunner;
+  /**
+   * On a cluster: brings the files of an image this member lacks from a member that has them
+   * (decision 0034), verified against the tree's digest. Absent: a missing image is NotFound.
+   */
+  fetch?: (fingerprint: string) => Promise<void>;
 }
 
 /**
@@ -54,6 +59,8 @@ export interface ImageServiceWithInternals extends ImageService, ImageResolver {
 export function createImageService(deps: ImageServiceDeps): ImageServiceWithInternals {
   const { store, files, operations, events } = deps;
   const runner = deps.runner ?? hostRunner();
+  /** Fetches of image files under way, one per fingerprint however many guests wait for it. */
+  const fetching = new Map<string, Promise<void>>();
 
   async function allImages(): Promise<ImageRecord[]> {
     return valuesOf(await records.image.list(store));
@@ -147,6 +154,8 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
     const project = scope ?? DEFAULT_PROJECT;
     return {
       inProject: (p) => scoped(p),
+      // Trees are the host's: a member asks for one by fingerprint, whatever its project.
+      exportTree: (fingerprint) => files.exportTree(fingerprint),
 
       async list(options = {}) {
         const all = await allImages();
@@ -284,6 +293,16 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
       if (fingerprint === '') return BLANK_IMAGE;
       const found = await records.image.at(fingerprint).get(store);
       if (!found) throw notFound(`Image ${fingerprint} not found; it may have been deleted`);
+      // The record is the cluster's, the files each member's: fetched once, here, when missing.
+      if (deps.fetch && !(await files.exists(fingerprint))) {
+        let pending = fetching.get(fingerprint);
+        if (!pending) {
+          const fetch = deps.fetch;
+          pending = fetch(fingerprint).finally(() => fetching.delete(fingerprint));
+          fetching.set(fingerprint, pending);
+        }
+        await pending;
+      }
       return {
         record: found.value,
         rootfs: files.rootfsPath(fingerprint),

@@ -205,8 +205,13 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
     status?.status === 'Running' || status?.status === 'Frozen';
 
   /** Creates a guest on `pool` (the default pool when undefined or "default"). */
+  /**
+   * Creates the guest a copy or an import fills: on this member, whose disks its files are made
+   * on (decision 0034), never where the scheduler would put a new guest.
+   */
   async function createOn(pool: string | undefined, request: Parameters<GuestService['create']>[0]) {
-    if (pool === undefined || pool === DEFAULT_POOL) return guests.create(request);
+    if (pool === undefined || pool === DEFAULT_POOL)
+      return guests.create({ ...request, ...(deps.hostName !== undefined && { target: deps.hostName }) });
     const pools = deps.pools?.();
     if (!pools) throw notSupported('This daemon has no storage pools: leave out the storage pool');
     return pools.createGuest(pool, request);
@@ -370,8 +375,6 @@ export function createStorageService(deps: StorageServiceDeps): StorageService {
               image: source.image,
               model: source.model,
               config: { ...source.config },
-              // The copy's files are made here, from the source's (decision 0034): so is the copy.
-              ...(deps.hostName !== undefined && { target: deps.hostName }),
             };
             const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
             await finished(await createOn(pool, create));

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { alive, type Daemon, eventually, gone, sleep } from '../system/harness.ts';
@@ -271,6 +271,29 @@ describe('a three-member cluster', () => {
       assert.equal(onOwner[0]?.actor.name, 'root');
       assert.match(onOwner[0]?.source ?? '', new RegExp(`${m1.ip.replaceAll('.', '\\.')}$`), 'from m1');
       assert.deepEqual(await snapshotsOf(m1.daemon), [], 'not audited twice');
+      // An image imported on m1 only: a guest of it placed on m2 (through m3) runs there, its
+      // tree fetched from m1 and checked against the sender's digest.
+      const busybox = JSON.parse(m1.daemon.ok(['image', 'info', 'busybox', '--format', 'json'])) as {
+        fingerprint: string;
+      };
+      const tree = path.join(m1.daemon.stateDir, '..', 'fw-tree');
+      execFileSync('cp', [
+        '-a',
+        path.join(m1.daemon.stateDir, 'images', busybox.fingerprint, 'trees', 'rootfs'),
+        tree,
+      ]);
+      writeFileSync(path.join(tree, 'etc', 'marker'), 'fetched\n');
+      const tarball = path.join(m1.daemon.stateDir, '..', 'fw-rootfs.tar.gz');
+      execFileSync('tar', ['-C', tree, '-czf', tarball, '.']);
+      m1.daemon.ok(['image', 'import', tarball, '--alias', 'fwimg']);
+      const fwimg = JSON.parse(m1.daemon.ok(['image', 'info', 'fwimg', '--format', 'json'])) as {
+        fingerprint: string;
+      };
+      assert.ok(!existsSync(path.join(m2.daemon.stateDir, 'images', fwimg.fingerprint)), 'not on m2 yet');
+      m3.daemon.ok(['launch', 'fwimg', 'fimg', '--target', 'm2']);
+      assert.equal(m3.daemon.ok(['exec', 'fimg', '--', 'cat', '/etc/marker']), 'fetched\n');
+      assert.ok(existsSync(path.join(m2.daemon.stateDir, 'images', fwimg.fingerprint, 'trees', 'rootfs')));
+      m1.daemon.ok(['delete', '--force', 'fimg']);
       // A copy through m1 is made on the source's member; an export through m2 is m3's archive,
       // imported through m1 onto m2 (?target=), where it runs.
       m1.daemon.ok(['copy', 'fc', 'fcc']);
