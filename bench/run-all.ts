@@ -24,6 +24,8 @@ export interface Benchmark {
   quickEnv?: Record<string, string>;
   /** What quick mode leaves out of this benchmark, and why (said in the report and the test). */
   quickOmits?: string;
+  /** Quick mode's time limit when 300 s is not enough (a benchmark that builds its own OS first). */
+  quickTimeoutMs?: number;
 }
 
 /** Every benchmark in docs/benchmarks.md, in the order of its sections. */
@@ -94,6 +96,17 @@ export const BENCHMARKS: Benchmark[] = [
     quickArgs: ['pvm', '2', '64MiB'],
     results: ['pvm-density-50.json'],
     quickResults: ['pvm-density-2.json'],
+  },
+  {
+    name: 'vm-os-boot',
+    script: 'vm-os-boot.ts',
+    args: ['5'],
+    quickArgs: ['1'],
+    results: ['vm-os-boot.json'],
+    quickResults: ['vm-os-boot.json'],
+    // It builds the Debian disk first (debootstrap with a kernel: two minutes on a quiet host, five at a
+    // load average of 15), then boots it twice to the kernel's first line.
+    quickTimeoutMs: 900_000,
   },
   {
     name: 'storage-snapshot-clone',
@@ -280,10 +293,11 @@ async function main(): Promise<number> {
     const t0 = performance.now();
     const since = Date.now();
     console.log(`${b.name}: node bench/${b.script} ${argv.slice(1).join(' ')}`);
+    const timeoutMs = quick ? (b.quickTimeoutMs ?? 300_000) : 4 * 3_600_000;
     const exit = await runNode(argv, {
       env: { ...env, ...(quick ? b.quickEnv : {}) },
       log,
-      timeoutMs: quick ? 300_000 : 4 * 3_600_000,
+      timeoutMs,
     });
     const seconds = (performance.now() - t0) / 1000;
     const expected = quick ? b.quickResults : b.results;
@@ -296,7 +310,7 @@ async function main(): Promise<number> {
       }
     });
     const error = exit.timedOut
-      ? `did not finish in ${quick ? 300 : 4 * 3600} s`
+      ? `did not finish in ${timeoutMs / 1000} s`
       : exit.code !== 0
         ? `exited with ${exit.code ?? exit.signal}`
         : stale.length > 0
