@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
@@ -15,6 +24,12 @@ import { eventually, gone } from '../system/harness.ts';
  * mount namespace of its own (pivot_root, as .ci/run enters its root); the daemon and the purge
  * run in a network namespace of their own too, so that nothing they do reaches the host's
  * bridges or firewall tables.
+ *
+ * Then the same root with systemd, booted as a container whose PID 1 is systemd (neither this
+ * host nor CI's root runs one): the package installs an enabled and active trivisor.service
+ * that logs to the journal, systemd restarts a daemon killed with -9, guests outlive a restart
+ * and an upgrade, and after the container reboots systemd starts the daemon, which starts the
+ * boot.autostart guests (decision 0030).
  */
 
 const SRC = path.resolve(import.meta.dirname, '../..');
@@ -44,6 +59,20 @@ function cgroupHierarchies(): Array<{ mountPoint: string; type: 'cgroup' | 'cgro
     out.push({ mountPoint, type, options });
   }
   return out;
+}
+
+/**
+ * Shell that mounts the cgroup hierarchies under $root as the host has them: in a cgroup
+ * namespace, each shows the namespace's root cgroup as its own root.
+ */
+function mountCgroupsIn(hierarchies: ReturnType<typeof cgroupHierarchies>): string {
+  return hierarchies
+    .map((h) =>
+      h.type === 'cgroup2'
+        ? `mkdir -p "$root${h.mountPoint}" && mount -t cgroup2 cgroup2 "$root${h.mountPoint}"`
+        : `mkdir -p "$root${h.mountPoint}" && mount -t cgroup -o ${h.options} cgroup "$root${h.mountPoint}"`,
+    )
+    .join('\n');
 }
 
 function sh(command: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): string {
@@ -76,7 +105,7 @@ function shAsync(command: string): Promise<string> {
   });
 }
 
-describe('the Debian package in a fresh Debian 12 root without systemd', () => {
+describe('the Debian package in a fresh Debian 12 root, without systemd and then under systemd as PID 1', () => {
   let run: string;
   let root: string;
   let holder: ChildProcess | undefined;
@@ -86,6 +115,9 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
   let guest = 0;
   /** Shell that moves its shell into the run's cgroup in every hierarchy. */
   let joinRunCgroup = 'false';
+  let hierarchies: ReturnType<typeof cgroupHierarchies> = [];
+  /** The booted container (systemd as its PID 1): unshare, and systemd's pid as the host sees it. */
+  let machine: { unshare: ChildProcess; init: number } | undefined;
 
   /** Runs `command` in the root (its mount namespace), on the host's network or the root's own. */
   const inRoot = (command: string, net: 'host' | 'own' = 'own'): string => {
@@ -139,6 +171,195 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
     process.kill(pid, 'SIGTERM');
     await eventually('the daemon is gone', () => gone(pid), 60_000);
   };
+  /**
+   * apt-get install in the root. The packages the host's cache has are copied in (links cannot
+   * cross CI's bind mounts); what had to be downloaded goes back into it, renamed into place so
+   * that no apt sees half a file.
+   */
+  const aptInstall = (packages: string): string => {
+    const install = `apt-get install -y -qq --no-install-recommends ${packages}`;
+    inRoot(
+      `${install} --print-uris | awk '{print $2}' | while read -r f; do
+         if [ -f ${HOST_ARCHIVES}/"$f" ]; then cp ${HOST_ARCHIVES}/"$f" /var/cache/apt/archives/; fi
+       done`,
+    );
+    const out = inRoot(`DEBIAN_FRONTEND=noninteractive ${install} 2>&1`, 'host');
+    inRoot(
+      `shopt -s nullglob; for f in /var/cache/apt/archives/*.deb; do b=\${f##*/}
+         if [ ! -e ${HOST_ARCHIVES}/"$b" ]; then cp "$f" ${HOST_ARCHIVES}/."$b".tmp && mv ${HOST_ARCHIVES}/."$b".tmp ${HOST_ARCHIVES}/"$b"; fi
+       done`,
+    );
+    return out;
+  };
+  /**
+   * Runs `command` in the booted container: in every namespace of its systemd, from the run's
+   * cgroup (the container's root cgroup), as root's shell there.
+   */
+  const inMachine = (command: string): { status: number | null; out: string } => {
+    const r = spawnSync(
+      'bash',
+      [
+        '-c',
+        `${joinRunCgroup}; exec nsenter "$@"`,
+        'nsenter',
+        `--target=${machine?.init}`,
+        '--mount',
+        '--uts',
+        '--ipc',
+        '--net',
+        '--pid',
+        '--cgroup',
+        '--root',
+        '--wd',
+        '/usr/bin/env',
+        '-i',
+        `PATH=${ROOT_PATH}`,
+        'HOME=/root',
+        'LANG=C.UTF-8',
+        '/bin/bash',
+        '-euo',
+        'pipefail',
+        '-c',
+        command,
+      ],
+      { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    return { status: r.status, out: `${r.stdout}${r.stderr}` };
+  };
+  const inMachineOk = (command: string): string => {
+    const r = inMachine(command);
+    if (r.status !== 0)
+      throw new Error(`in the container: ${command} failed (${r.status}):\n${r.out}`.slice(-6000));
+    return r.out;
+  };
+  const unitProperty = (property: string) =>
+    inMachineOk(`systemctl show -p ${property} --value trivisor.service`).trim();
+  const guestsInMachine = () =>
+    new Map(
+      (
+        JSON.parse(inMachineOk('trivisor list --format json')) as Array<{
+          name: string;
+          status: string;
+          state: { pid: number | null };
+        }>
+      ).map((g) => [g.name, g]),
+    );
+
+  /**
+   * Boots the root as a container with systemd as its PID 1, as systemd-nspawn --boot would, and
+   * waits until systemd has finished booting it. Its own namespaces: pid, mount, network, UTS, IPC
+   * and cgroup (rooted at the run's cgroup, with the host's hierarchies: cgroup v1 controllers,
+   * name=systemd and the unified one, which systemd 252 runs as its hybrid layout). A fresh
+   * read-only sysfs (udev's units skip themselves), a /dev of its own with the few device nodes a
+   * ct guest needs, a fresh /run; /proc stays writable, as unprivileged ct guests mount their own
+   * /proc only where the kernel sees one fully visible. When the test process dies, unshare gets
+   * SIGKILL (setpriv's parent-death signal) and takes systemd with it (--kill-child), and with the
+   * pid namespace every process of the container: no mount, network or process outlives it, and
+   * the sweeper removes its cgroups under the run's.
+   */
+  const bootMachine = async (): Promise<void> => {
+    const log = openSync(path.join(run, 'machine.log'), 'a');
+    const unshare = spawn(
+      'setpriv',
+      [
+        '--pdeathsig',
+        'KILL',
+        '--',
+        'bash',
+        '-euo',
+        'pipefail',
+        '-c',
+        `${joinRunCgroup}
+        exec unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup --propagation private -- bash -euo pipefail -c '
+        root=$1
+        mount --bind "$root" "$root"
+        mount -t proc proc "$root/proc"
+        mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys"
+        mount -t tmpfs -o mode=0755,nosuid,nodev,noexec cgroup "$root/sys/fs/cgroup"
+        ${mountCgroupsIn(hierarchies)}
+        mount -t tmpfs -o mode=0755,nosuid dev "$root/dev"
+        for d in null zero full random urandom tty net/tun; do
+          [ -e "/dev/$d" ] || continue
+          mkdir -p "$(dirname "$root/dev/$d")" && touch "$root/dev/$d" && mount --bind "/dev/$d" "$root/dev/$d"
+        done
+        mkdir -p "$root/dev/pts" "$root/dev/shm"
+        mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$root/dev/pts"
+        mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm"
+        ln -s pts/ptmx "$root/dev/ptmx"
+        ln -s /proc/self/fd "$root/dev/fd"
+        for i in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/\${i%%:*}" "$root/dev/\${i#*:}"; done
+        mount -t tmpfs -o mode=0755,nosuid,nodev run "$root/run"
+        mkdir -p "$root/.host-root" && cd "$root" && pivot_root . .host-root && umount -l /.host-root && rmdir /.host-root && cd /
+        exec /usr/bin/env -i container=trivisor-test PATH=${ROOT_PATH} /lib/systemd/systemd
+        ' boot "$1"`,
+        'boot',
+        root,
+      ],
+      { stdio: ['ignore', log, log] },
+    );
+    closeSync(log);
+    const pid = unshare.pid ?? 0;
+    let init = 0;
+    await eventually(
+      'systemd runs as the container’s PID 1',
+      () => {
+        if (unshare.exitCode !== null || unshare.signalCode !== null)
+          throw new Error(
+            `the container ended (${unshare.exitCode ?? unshare.signalCode}) before systemd ran:\n${readFileSync(path.join(run, 'machine.log'), 'utf8').slice(-3000)}`,
+          );
+        try {
+          const child = Number(
+            readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ')[0],
+          );
+          if (child > 0 && readFileSync(`/proc/${child}/comm`, 'utf8').trim() === 'systemd') init = child;
+        } catch {
+          // Not there yet, or between unshare's fork and the exec.
+        }
+        return init > 0;
+      },
+      30_000,
+    );
+    machine = { unshare, init };
+    let state = '';
+    await eventually(
+      'systemd finishes booting the container',
+      () => {
+        // systemctl says "offline" until systemd made /run/systemd/system, and fails to connect
+        // until it listens on its private socket; then it waits out the start-up.
+        if (!existsSync(`/proc/${init}/root/run/systemd/system`)) return false;
+        state = inMachine('systemctl is-system-running --wait').out.trim();
+        return ['running', 'degraded', 'maintenance', 'stopping'].includes(state);
+      },
+      120_000,
+    ).catch((e) => {
+      throw new Error(`${(e as Error).message} (last state: ${state})`);
+    });
+    assert.equal(
+      state,
+      'running',
+      `systemd booted the container ${state}:\n${inMachine('systemctl --failed --no-pager; journalctl -b -p warning --no-pager | tail -n 40').out}`,
+    );
+  };
+
+  /** `systemctl poweroff` in the container: systemd stops its units, ends every process and exits. */
+  const powerOffMachine = async (): Promise<void> => {
+    const m = machine;
+    if (!m) return;
+    const exited = new Promise<void>((resolve) => {
+      if (m.unshare.exitCode !== null || m.unshare.signalCode !== null) resolve();
+      else m.unshare.once('exit', () => resolve());
+    });
+    inMachineOk('systemctl --no-block poweroff');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      exited,
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('the container did not power off in 90 s')), 90_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    machine = undefined;
+  };
+
   const guestPid = () =>
     (JSON.parse(inRoot('trivisor info pkg1 --format json')) as { status: string; state: { pid: number } })
       .state.pid;
@@ -152,7 +373,7 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
     // /var/lib/trivisor as on any host, and the purge kills whatever runs in those: outside the
     // namespace they would be the host's own (a daemon setup/start runs there, CI's root at the end
     // of its run). A killed test leaves nothing the sweeper cannot find.
-    const hierarchies = cgroupHierarchies();
+    hierarchies = cgroupHierarchies();
     assert.ok(hierarchies.length > 0, 'cgroup hierarchies mounted under /sys/fs/cgroup/ (v1 or hybrid)');
     const runCgroup = cgroupParentOf(run);
     for (const h of hierarchies) {
@@ -198,13 +419,7 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
         `cp -L /etc/resolv.conf ${root}/etc/resolv.conf; cp ${deb1} ${deb2} ${root}/tmp/; ` +
         `if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then mkdir -p ${root}/usr/local/share/ca-certificates && cp /usr/local/share/ca-certificates/*.crt ${root}/usr/local/share/ca-certificates/; fi`,
     );
-    const mountCgroups = hierarchies
-      .map((h) =>
-        h.type === 'cgroup2'
-          ? `mkdir -p "$root${h.mountPoint}" && mount -t cgroup2 cgroup2 "$root${h.mountPoint}"`
-          : `mkdir -p "$root${h.mountPoint}" && mount -t cgroup -o ${h.options} cgroup "$root${h.mountPoint}"`,
-      )
-      .join('\n');
+    const mountCgroups = mountCgroupsIn(hierarchies);
     holder = spawn(
       'bash',
       [
@@ -242,6 +457,7 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
     // The sweeper kills every process in the run's cgroup (the holder, the daemon, the guests),
     // removes the cgroups, then the root.
     holder?.kill('SIGKILL');
+    machine?.unshare.kill('SIGKILL');
     if (run) {
       const report = await removeRunDir(run);
       assert.deepEqual(report.left.map(describeThing), [], 'the run leaves nothing behind');
@@ -250,20 +466,7 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
 
   test('it installs with the engines’ packages, and its CLI, unit, completion and man pages are in place', () => {
     inRoot('apt-get update -qq', 'host');
-    const install = `apt-get install -y -qq --no-install-recommends /tmp/${path.basename(deb1)}`;
-    // The packages the host's cache has are copied in (links cannot cross CI's bind mounts); what
-    // had to be downloaded goes back into it, renamed into place so that no apt sees half a file.
-    inRoot(
-      `${install} --print-uris | awk '{print $2}' | while read -r f; do
-         if [ -f ${HOST_ARCHIVES}/"$f" ]; then cp ${HOST_ARCHIVES}/"$f" /var/cache/apt/archives/; fi
-       done`,
-    );
-    const out = inRoot(`DEBIAN_FRONTEND=noninteractive ${install} 2>&1`, 'host');
-    inRoot(
-      `shopt -s nullglob; for f in /var/cache/apt/archives/*.deb; do b=\${f##*/}
-         if [ ! -e ${HOST_ARCHIVES}/"$b" ]; then cp "$f" ${HOST_ARCHIVES}/."$b".tmp && mv ${HOST_ARCHIVES}/."$b".tmp ${HOST_ARCHIVES}/"$b"; fi
-       done`,
-    );
+    const out = aptInstall(`/tmp/${path.basename(deb1)}`);
     assert.match(out, /systemd does not run here/);
     for (const file of [
       '/usr/bin/trivisor',
@@ -343,5 +546,167 @@ describe('the Debian package in a fresh Debian 12 root without systemd', () => {
       inRoot(`dpkg-query -W -f='\${Status}' trivisor 2>&1 || true`),
       /not-installed|no packages found/,
     );
+  });
+
+  /*
+   * Under systemd as PID 1: the same root, booted as a container (bootMachine). What the package
+   * does there is what it does on a Debian host: its postinst enables and starts the unit, dpkg's
+   * upgrade restarts it, and systemd starts it at every boot.
+   */
+  test('under systemd as PID 1 the package installs an enabled, active service that logs to the journal', async () => {
+    // As on a Debian host: systemd is the init (the engines' packages are still in from above).
+    inRoot('apt-get update -qq', 'host');
+    aptInstall('systemd systemd-sysv');
+    // The container shares the host's kernel: units that would change it for the host too are
+    // masked (systemd-nspawn's containers have them skip by a read-only /proc/sys, which would keep
+    // unprivileged ct guests from mounting their own /proc). Kernel settings, modules and binfmt
+    // handlers are the host's; udev's device events are (and skip anyway on the read-only /sys);
+    // e2scrub_reap looks for LVM snapshots. systemd itself raises fs.file-max as on every systemd host.
+    const units = path.join(root, 'etc/systemd/system');
+    for (const unit of [
+      'systemd-sysctl.service',
+      'systemd-modules-load.service',
+      'systemd-binfmt.service',
+      'proc-sys-fs-binfmt_misc.automount',
+      'proc-sys-fs-binfmt_misc.mount',
+      'systemd-udevd.service',
+      'systemd-udevd-control.socket',
+      'systemd-udevd-kernel.socket',
+      'systemd-udev-trigger.service',
+      'systemd-udev-settle.service',
+      'systemd-timesyncd.service',
+      'e2scrub_reap.service',
+    ]) {
+      rmSync(path.join(units, unit), { force: true });
+      symlinkSync('/dev/null', path.join(units, unit));
+    }
+    // A shutdown waits at most this long for what ignores SIGTERM (90 s by default).
+    mkdirSync(path.join(root, 'etc/systemd/system.conf.d'), { recursive: true });
+    writeFileSync(
+      path.join(root, 'etc/systemd/system.conf.d/trivisor-test.conf'),
+      '[Manager]\nDefaultTimeoutStopSec=20s\n',
+    );
+    // Not in /tmp: systemd-tmpfiles empties it at every boot.
+    for (const deb of [deb1, deb2])
+      writeFileSync(path.join(root, 'root', path.basename(deb)), readFileSync(deb));
+    await bootMachine();
+    assert.match(inMachineOk('systemd-detect-virt --container'), /container-other/);
+
+    const out = inMachineOk(`dpkg -i /root/${path.basename(deb1)} 2>&1`);
+    assert.doesNotMatch(out, /systemd does not run here/);
+    assert.equal(inMachine('systemctl is-enabled trivisor').out.trim(), 'enabled');
+    // Active only once the readiness check passed (ExecStartPost): the API answers.
+    assert.equal(inMachine('systemctl is-active trivisor').out.trim(), 'active');
+    assert.match(inMachineOk('trivisor list'), /NAME/);
+    const journal = inMachineOk('journalctl -u trivisor --no-pager -o cat');
+    assert.match(journal, /Started trivisor\.service|Started Trivisor virtualization daemon/);
+    assert.match(journal, /trivisor daemon ready/, 'the daemon’s own log lines are in the journal');
+  });
+
+  test('systemd restarts a daemon killed with -9', async () => {
+    const before = Number(unitProperty('MainPID'));
+    assert.ok(before > 0);
+    inMachineOk(`kill -9 ${before}`);
+    await eventually(
+      'a new daemon runs and is ready',
+      () => {
+        const pid = Number(unitProperty('MainPID'));
+        return pid > 0 && pid !== before && inMachine('systemctl is-active trivisor').out.trim() === 'active';
+      },
+      60_000,
+    );
+    assert.equal(unitProperty('NRestarts'), '1');
+    assert.match(
+      inMachineOk('journalctl -u trivisor --no-pager -o cat'),
+      /Main process exited, code=killed, status=9\/KILL/,
+    );
+    assert.match(inMachineOk('trivisor list'), /NAME/);
+  });
+
+  test('guests outlive systemctl restart trivisor and a package upgrade, and the new daemon re-adopts them', () => {
+    inMachineOk('trivisor launch busybox sd-auto -c boot.autostart=true && trivisor launch busybox sd-plain');
+    const pids = () => {
+      const guests = guestsInMachine();
+      return ['sd-auto', 'sd-plain'].map((n) => {
+        const g = guests.get(n);
+        assert.equal(g?.status, 'Running', `${n} runs`);
+        return g?.state.pid ?? 0;
+      });
+    };
+    const first = pids();
+    assert.ok(first.every((p) => p > 0));
+    const daemon1 = unitProperty('MainPID');
+
+    // A restart returns once the new daemon is ready (ExecStartPost).
+    inMachineOk('systemctl restart trivisor');
+    assert.notEqual(unitProperty('MainPID'), daemon1);
+    assert.equal(inMachine('systemctl is-active trivisor').out.trim(), 'active');
+    assert.deepEqual(pids(), first, 'the same processes: re-adopted, not restarted');
+    inMachineOk(`kill -0 ${first.join(' ')}`);
+
+    const daemon2 = unitProperty('MainPID');
+    inMachineOk(`dpkg -i /root/${path.basename(deb2)}`);
+    assert.match(inMachineOk(`dpkg-query -W -f='\${Version}' trivisor`), /\+upgrade$/);
+    assert.notEqual(unitProperty('MainPID'), daemon2, 'the upgrade restarted the daemon');
+    assert.equal(inMachine('systemctl is-active trivisor').out.trim(), 'active');
+    assert.deepEqual(pids(), first, 'the same processes after the upgrade');
+    assert.equal(inMachineOk('trivisor exec sd-plain -- hostname').trim(), 'sd-plain');
+    assert.match(
+      inMachineOk('journalctl -u trivisor --no-pager -o cat'),
+      /shutting down; guests keep running/,
+    );
+  });
+
+  test('after a reboot of the container systemd starts the daemon, which starts exactly the boot.autostart guests', async () => {
+    const before = guestsInMachine();
+    await powerOffMachine();
+    await bootMachine();
+    assert.equal(inMachine('systemctl is-enabled trivisor').out.trim(), 'enabled');
+    await eventually(
+      'systemd started trivisor.service at boot',
+      () => inMachine('systemctl is-active trivisor').out.trim() === 'active',
+      120_000,
+    );
+    await eventually(
+      'the autostart guest runs and the other is stopped',
+      () => {
+        const guests = guestsInMachine();
+        return guests.get('sd-auto')?.status === 'Running' && guests.get('sd-plain')?.status === 'Stopped';
+      },
+      60_000,
+    );
+    const auto = guestsInMachine().get('sd-auto');
+    assert.ok(auto?.state.pid, 'sd-auto has a process');
+    inMachineOk(`kill -0 ${auto.state.pid}`);
+    assert.equal(inMachineOk('trivisor exec sd-auto -- hostname').trim(), 'sd-auto');
+    assert.ok(before.get('sd-auto')?.state.pid, 'sd-auto ran before the reboot');
+    // The journal is kept across boots (/var/log/journal): the last boot's stop is in it too.
+    const journal = inMachineOk('journalctl -u trivisor --no-pager -o cat');
+    assert.match(journal, /Stopped trivisor\.service|Stopped Trivisor virtualization daemon/);
+  });
+
+  test('setup/start’s unit (install_systemd_unit) overrides the package’s under systemd and re-adopts its guests', async () => {
+    const guest = guestsInMachine().get('sd-auto')?.state.pid;
+    assert.ok(guest);
+    const daemon = unitProperty('MainPID');
+    // What setup/start does when systemd runs the host, for the package's state directory. The
+    // checkout: this one's setup/, with the application (bin/, src/, node_modules…) and Node.js
+    // of the package, which are a checkout's runtime files.
+    const checkout = path.join(root, 'root/checkout');
+    mkdirSync(path.join(checkout, 'setup/systemd'), { recursive: true });
+    for (const f of ['setup/common.sh', 'setup/systemd/trivisor.service'])
+      writeFileSync(path.join(checkout, f), readFileSync(path.join(SRC, f)));
+    inMachineOk(
+      `for f in /usr/lib/trivisor/*; do [ "\${f##*/}" = setup ] || ln -s "$f" /root/checkout/; done && ` +
+        'source /root/checkout/setup/common.sh && systemd_runs && ' +
+        'TRIVISOR_NODE=/usr/lib/trivisor/node/bin/node install_systemd_unit /var/lib/trivisor',
+    );
+    assert.equal(unitProperty('FragmentPath'), '/etc/systemd/system/trivisor.service');
+    assert.match(unitProperty('ExecStart'), /path=\/root\/checkout\/bin\/trivisor ;/);
+    assert.equal(inMachine('systemctl is-enabled trivisor').out.trim(), 'enabled');
+    assert.equal(inMachine('systemctl is-active trivisor').out.trim(), 'active');
+    assert.notEqual(unitProperty('MainPID'), daemon, 'restarted on the checkout’s unit');
+    assert.equal(guestsInMachine().get('sd-auto')?.state.pid, guest, 'the guest is re-adopted');
+    await powerOffMachine();
   });
 });
