@@ -103,6 +103,7 @@ const EXPECTED: Record<string, ActionClass> = {
   'POST /1.0/auth/web-links': 'host-admin',
   // Cluster membership (decision 0032): a joining host proves itself with its token's secret.
   'GET /1.0/cluster': 'host-read',
+  'GET /1.0/cluster/image-trees/:fingerprint': 'host-admin',
   'POST /1.0/cluster/bootstrap': 'host-admin',
   'POST /1.0/cluster/tokens': 'host-admin',
   'POST /1.0/cluster/join': 'host-admin',

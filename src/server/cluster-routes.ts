@@ -39,7 +39,13 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary: "An image's tree as a tar, for a member that lacks it",
         params: Type.Object({ fingerprint: Type.String({ pattern: '^[0-9a-f]{64}$' }) }),
-        response: { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema },
+        response: {
+          200: Type.Unsafe({
+            description: 'A tar of the tree (X-Trivisor-Tree-Digest: what it must hash to)',
+          }),
+          '4xx': ErrorEnvelopeSchema,
+          '5xx': ErrorEnvelopeSchema,
+        },
       },
     },
     async (request, reply) => {
