@@ -205,14 +205,24 @@ export function addStorageCommands(program: Command): void {
     .argument('<driver>', 'dir or btrfs')
     .argument('[config...]', 'key=value')
     .option('--description <text>', 'what the pool is for')
+    .option('--target <member>', 'on a cluster: the member whose disks hold it (default: the one asked)')
     .action(
-      async (name: string, driver: string, pairs: string[], opts: { description?: string }, cmd: Command) => {
-        const pool = await clientOf(cmd).createPool({
-          name,
-          driver,
-          config: parsePairs(pairs, 'Pool config'),
-          ...(opts.description !== undefined && { description: opts.description }),
-        });
+      async (
+        name: string,
+        driver: string,
+        pairs: string[],
+        opts: { description?: string; target?: string },
+        cmd: Command,
+      ) => {
+        const pool = await clientOf(cmd).createPool(
+          {
+            name,
+            driver,
+            config: parsePairs(pairs, 'Pool config'),
+            ...(opts.description !== undefined && { description: opts.description }),
+          },
+          opts.target !== undefined ? { target: opts.target } : {},
+        );
         process.stdout.write(`Created storage pool ${pool.name} (${pool.driver}) at ${pool.path}\n`);
       },
     );

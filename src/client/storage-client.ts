@@ -35,7 +35,8 @@ export interface StorageClient {
   recover(): Promise<RecoverReport>;
   listPools(): Promise<StoragePool[]>;
   getPool(name: string): Promise<StoragePool>;
-  createPool(request: CreatePoolRequest): Promise<StoragePool>;
+  /** `target`: on a cluster, the member whose disks hold the pool (decision 0034). */
+  createPool(request: CreatePoolRequest, options?: { target?: string }): Promise<StoragePool>;
   deletePool(name: string): Promise<void>;
 }
 
@@ -140,7 +141,8 @@ export function storageMethods(
     recover: () => call('POST', '/1.0/admin/recover', {}),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),
     getPool: (name) => call('GET', `/1.0/storage-pools/${enc(name)}`),
-    createPool: (request) => call('POST', '/1.0/storage-pools', request),
+    createPool: (request, o = {}) =>
+      call('POST', `/1.0/storage-pools${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, request),
     async deletePool(name) {
       await call('DELETE', `/1.0/storage-pools/${enc(name)}`);
     },

@@ -55,7 +55,8 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
   const informers: Array<Informer<unknown>> = [];
 
   async function mount(pool: PoolRecord): Promise<void> {
-    if (pool.name === DEFAULT_POOL) return;
+    // Another member's pool is on its disks (a loop file under its state dir, its block device).
+    if (pool.name === DEFAULT_POOL || (pool.location !== undefined && pool.location !== hostName)) return;
     await drivers[pool.driver].mount(pool);
     await keepPoolRecord(pool, drivers);
   }

@@ -31,7 +31,7 @@ import { registerNetworkRoutes } from './network-routes.ts';
 import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { createOperationPlaces, operationOf } from './operation-places.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
-import { ownerScopedGuest } from './owner-routes.ts';
+import { ownerScopedGuest, storageScoped } from './owner-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
@@ -244,8 +244,21 @@ export async function buildServer(services: Services, options: BuildServerOption
       await forwarder.proxy(request, reply, place.member);
       return reply;
     }
-    // An import goes to the member it is asked for (?target=), its archive streamed there unread.
-    if (request.method === 'POST' && url === '/1.0/backups' && forwarder && !isForwarded(request)) {
+    // A pool's or a volume's change runs on the member whose disks hold it.
+    const storage = owner && forwarder ? storageScoped(request.method, url, request.params) : undefined;
+    if (owner && forwarder && storage && !isForwarded(request)) {
+      const place = await owner.placeOfStorage(storage.pool, storage.volume);
+      if (place.here) return;
+      await forwarder.proxy(request, reply, place.member);
+      return reply;
+    }
+    // An import or a new pool goes to the member it is asked for (?target=), its body unread.
+    if (
+      request.method === 'POST' &&
+      (url === '/1.0/backups' || url === '/1.0/storage-pools') &&
+      forwarder &&
+      !isForwarded(request)
+    ) {
       const target = (request.query as { target?: unknown }).target;
       if (typeof target === 'string' && target !== forwarder.here) {
         await forwarder.proxy(request, reply, target);

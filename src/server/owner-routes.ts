@@ -49,3 +49,23 @@ export async function onGuestOwner<T>(
   if (ctx.forward && !isForwarded(request)) return ctx.forward.json<T>(request, place.member);
   return owner.onOwner(guest, work, { project });
 }
+
+/**
+ * The pool (and volume) a route changes or reads live, when its member must answer it
+ * (decision 0034): a pool's info (its space), delete and update; a volume's create, info,
+ * change and delete. Attach and detach go to the guest's member instead (onGuestOwner); lists
+ * are the store's.
+ */
+export function storageScoped(
+  method: string,
+  url: string | undefined,
+  params: unknown,
+): { pool: string; volume?: string } | undefined {
+  const p = (params ?? {}) as { name?: unknown; pool?: unknown; volume?: unknown };
+  if (url === '/1.0/storage-pools/:name' && typeof p.name === 'string') return { pool: p.name };
+  if (url === '/1.0/storage-pools/:pool/volumes/custom' && method === 'POST' && typeof p.pool === 'string')
+    return { pool: p.pool };
+  if (url === '/1.0/storage-pools/:pool/volumes/custom/:volume' && typeof p.pool === 'string')
+    return typeof p.volume === 'string' ? { pool: p.pool, volume: p.volume } : { pool: p.pool };
+  return undefined;
+}

@@ -208,6 +208,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     description: Type.String(),
     config: Type.Record(Type.String(), Type.String()),
     createdAt: Type.String(),
+    location: Type.Optional(Type.String({ description: 'The member whose disks hold it' })),
     path: Type.String(),
     status: Type.Union([Type.Literal('Created'), Type.Literal('Unavailable')]),
     error: Type.Optional(Type.String()),
@@ -245,13 +246,17 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
-  app.post<{ Body: { name: string; driver: string; description?: string; config?: Record<string, string> } }>(
+  app.post<{
+    Body: { name: string; driver: string; description?: string; config?: Record<string, string> };
+    Querystring: { target?: string };
+  }>(
     '/1.0/storage-pools',
     {
       config: { access: 'host-admin' },
       schema: {
         summary:
-          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source)',
+          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on this member or the one target= names',
+        querystring: Type.Object(TargetQueryProperties),
         body: Type.Object(
           {
             name: Type.String(),
@@ -264,7 +269,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 200: SyncEnvelope(PoolSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await pools().create(request.body)),
+    async (request) => {
+      // Another member's pool was passed on before its body was read (decision 0034).
+      await assertTarget(ctx, request.query.target);
+      return syncResponse(await pools().create(request.body));
+    },
   );
 
   app.get<{ Params: Name }>(

@@ -38,6 +38,7 @@ export const VolumeSchema = Type.Object({
   description: Type.String(),
   createdAt: Type.String(),
   path: Type.String({ description: 'Where it is on the host' }),
+  location: Type.Optional(Type.String({ description: 'The member whose disks hold it' })),
   usedBy: Type.Array(Type.String()),
   attachments: Type.Array(
     Type.Object({ guest: Type.String(), device: Type.String(), path: Type.Optional(Type.String()) }),

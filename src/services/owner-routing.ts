@@ -27,7 +27,16 @@ export interface OwnerRouting {
    * owns the guest.
    */
   onOwner<T>(guest: string, here: () => Promise<T>, options?: { project?: string }): Promise<T>;
+  /**
+   * Where a change of a storage pool or of one of its custom volumes must run: on the member
+   * whose disks hold it (decision 0034). A volume that exists is its own member's; otherwise
+   * the pool's; the default pool is every member's own (its directory under each state dir).
+   */
+  placeOfStorage(pool: string, volume?: string): Promise<GuestPlace>;
 }
+
+/** Each member has a default pool of its own: the directory under its state directory. */
+const DEFAULT_POOL_NAME = 'default';
 
 export function createOwnerRouting(deps: { store: KvStore; member: string }): OwnerRouting {
   const routing: OwnerRouting = {
@@ -46,6 +55,28 @@ export function createOwnerRouting(deps: { store: KvStore; member: string }): Ow
       // is its spec's `location`'s until that member's controller writes the key.
       const location = (await records.guestLocation.at(guest).get(deps.store))?.value ?? spec.location;
       return location === deps.member ? { here: true } : { here: false, member: location };
+    },
+    async placeOfStorage(pool, volume) {
+      if (!isDnsLabel(pool)) return { here: true };
+      if (volume !== undefined && isDnsLabel(volume)) {
+        const found = (
+          await records.volume
+            .at(pool, volume)
+            .get(deps.store)
+            .catch(() => undefined)
+        )?.value;
+        if (found?.location !== undefined)
+          return found.location === deps.member ? { here: true } : { here: false, member: found.location };
+      }
+      if (pool === DEFAULT_POOL_NAME) return { here: true };
+      const record = (
+        await records.pool
+          .at(pool)
+          .get(deps.store)
+          .catch(() => undefined)
+      )?.value;
+      if (record?.location === undefined || record.location === deps.member) return { here: true };
+      return { here: false, member: record.location };
     },
     async onOwner(guest, here, options = {}) {
       const place = await routing.placeOf(guest, options);

@@ -252,6 +252,10 @@ export function createPoolService(deps: {
   async function show(pool: PoolRecord, options: { guests?: boolean } = {}): Promise<StoragePool> {
     const driver = drivers[pool.driver];
     const path = pool.name === DEFAULT_POOL && pool.driver === 'dir' ? deps.stateDir : driver.mountPath(pool);
+    // Another member's pool: its space is on that member (GET of the pool is answered there).
+    if (pool.name !== DEFAULT_POOL && pool.location !== undefined && pool.location !== member) {
+      return { ...pool, path, usage: null, status: 'Created' };
+    }
     try {
       const usage = await driver.usage({ ...pool, config: { ...pool.config, source: path } });
       if (options.guests === false) return { ...pool, path, usage, status: 'Created' };

@@ -566,6 +566,13 @@ export function createVolumeService(deps: {
         const plan = async () => {
           const { pool: p, vol } = await volumeRecord(pool, name);
           const { spec } = await guestOf(request.guest, vol);
+          // A volume's files are on its member's disks (no shared storage between members yet).
+          const volumeAt = vol.location ?? member;
+          if (deps.hostName !== undefined && volumeAt !== spec.location) {
+            throw failedPrecondition(
+              `Volume ${name} is on member ${volumeAt} and guest ${spec.name} on ${spec.location}: a volume attaches to guests of its own member`,
+            );
+          }
           const allowed = modelsFor(vol.type);
           if (!allowed.includes(spec.model)) {
             throw invalidArgument(

@@ -294,6 +294,29 @@ describe('a three-member cluster', () => {
       assert.equal(m3.daemon.ok(['exec', 'fimg', '--', 'cat', '/etc/marker']), 'fetched\n');
       assert.ok(existsSync(path.join(m2.daemon.stateDir, 'images', fwimg.fingerprint, 'trees', 'rootfs')));
       m1.daemon.ok(['delete', '--force', 'fimg']);
+      // Storage: a pool made through m1 on m3's disks, a volume on it made through m2 (on m3),
+      // attached through m1 to m3's guest; a volume of m1's own default pool is refused there.
+      m1.daemon.ok(['storage', 'create', 'fwpool', 'dir', '--target', 'm3']);
+      const pools = JSON.parse(m2.daemon.ok(['storage', 'list', '--format', 'json'])) as Array<{
+        name: string;
+        location?: string;
+      }>;
+      assert.equal(pools.find((p) => p.name === 'fwpool')?.location, 'm3');
+      m2.daemon.ok(['storage', 'volume', 'create', 'fwpool', 'fwvol', 'size=64MiB']);
+      m1.daemon.ok(['storage', 'volume', 'attach', 'fwpool', 'fwvol', 'fc', '/mnt/fw']);
+      assert.equal(
+        m2.daemon.cli(['exec', 'fc', '--', 'sh', '-c', 'echo v > /mnt/fw/f && cat /mnt/fw/f']).stdout,
+        'v\n',
+      );
+      m2.daemon.ok(['storage', 'volume', 'detach', 'fwpool', 'fwvol', 'fc']);
+      m1.daemon.ok(['storage', 'volume', 'create', 'default', 'm1vol', 'size=64MiB']);
+      refused(
+        m2.daemon.cli(['storage', 'volume', 'attach', 'default', 'm1vol', 'fc', '/mnt/x']),
+        /Volume m1vol is on member m1 and guest fc on m3/,
+      );
+      m3.daemon.ok(['storage', 'volume', 'delete', 'default', 'm1vol']);
+      m1.daemon.ok(['storage', 'volume', 'delete', 'fwpool', 'fwvol']);
+      m2.daemon.ok(['storage', 'delete', 'fwpool']);
       // A copy through m1 is made on the source's member; an export through m2 is m3's archive,
       // imported through m1 onto m2 (?target=), where it runs.
       m1.daemon.ok(['copy', 'fc', 'fcc']);
