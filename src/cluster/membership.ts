@@ -74,6 +74,8 @@ export interface ClusterMember {
   /** Measured by the member (its heartbeat); null while it is Offline. */
   cpu: { cpus: number; used: number; free: number } | null;
   memory: { totalBytes: number; usedBytes: number; freeBytes: number } | null;
+  /** When `cpu` and `memory` were measured. */
+  measuredAt?: string;
   joinedAt: string;
 }
 
@@ -89,6 +91,7 @@ export function placementCandidates(members: ClusterMember[] | undefined): Place
     cpuFree: m.cpu?.free ?? 0,
     memoryTotalBytes: m.memory?.totalBytes ?? 0,
     memoryFreeBytes: m.memory?.freeBytes ?? 0,
+    ...(m.measuredAt !== undefined && { measuredAt: m.measuredAt }),
   }));
 }
 
@@ -252,6 +255,7 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
             freeBytes: usage.memoryAvailableBytes,
           }
         : null,
+      ...(usage && { measuredAt: usage.measuredAt }),
       joinedAt: m.joinedAt,
     };
   };

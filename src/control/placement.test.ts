@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isTrivisorError } from '../core/errors.ts';
-import { createPlacementIndex, type PlacementCandidate, placeGuest } from './placement.ts';
+import {
+  createPlacementIndex,
+  type PlacedGuest,
+  type PlacementCandidate,
+  placeGuest,
+  withReservations,
+} from './placement.ts';
 
 const GIB = 1024 ** 3;
 const member = (
@@ -107,6 +113,39 @@ describe('placement', () => {
     assert.equal(r.code, 'FailedPrecondition');
     assert.match(r.message, /a has 0\.1 GiB of memory free, the guest needs 1\.0/);
     assert.match(r.message, /b is Offline/);
+  });
+
+  test('guests made or started after a member measured are taken off what it measured, so a burst between heartbeats spreads', () => {
+    const at = '2026-12-05T10:00:00.000Z';
+    const before = '2026-12-05T09:59:00.000Z';
+    const after = '2026-12-05T10:00:05.000Z';
+    const members = [member('a', 8, { measuredAt: at }), member('b', 7.5, { measuredAt: at })];
+    const guest = (location: string, more: Partial<PlacedGuest>): PlacedGuest => ({
+      location,
+      memoryBytes: GIB,
+      cpus: 1,
+      createdAt: before,
+      running: false,
+      ...more,
+    });
+    // Made after a's measurement: a holds 7 GiB free as far as placement knows, and b wins.
+    const reserved = withReservations(members, [guest('a', { createdAt: after })]);
+    assert.equal(reserved.find((m) => m.name === 'a')?.memoryFreeBytes, 7 * GIB);
+    assert.equal(placeGuest(reserved, ct).member, 'b');
+    // Started since the measurement (made long before): counted too.
+    assert.equal(
+      withReservations(members, [guest('a', { running: true, startedAt: after })]).find((m) => m.name === 'a')
+        ?.memoryFreeBytes,
+      7 * GIB,
+    );
+    // Running since before the measurement, or stopped and made before it: in the measurement already.
+    const measured = withReservations(members, [
+      guest('a', { running: true, startedAt: before }),
+      guest('a', {}),
+    ]);
+    assert.equal(measured.find((m) => m.name === 'a')?.memoryFreeBytes, 8 * GIB);
+    // The input is left as it was.
+    assert.equal(members[0]?.memoryFreeBytes, 8 * GIB);
   });
 
   test('many placements keep the order right (checked against a full sort each time)', () => {

@@ -24,6 +24,43 @@ export interface PlacementCandidate {
   memoryFreeBytes: number;
   /** Models this member can run (a member without QEMU or UML runs fewer); all when absent. */
   models?: readonly Model[];
+  /** When its measurement was taken (ISO); guests placed or started since are not in it. */
+  measuredAt?: string;
+}
+
+/** A guest as reservations count it: where it is, what it holds, when it was made and started. */
+export interface PlacedGuest {
+  location: string;
+  memoryBytes: number;
+  cpus: number;
+  createdAt: string;
+  /** Absent while it has not run since it was made. */
+  startedAt?: string;
+  running: boolean;
+}
+
+/**
+ * Takes off each member's measured free capacity what its measurement cannot hold yet: the
+ * guests made, or started, after it was taken (a heartbeat comes every 10 s; a burst of
+ * creates between two would all see the same free memory and pile onto one member). A guest
+ * that has run since the measurement is in it, as what it really uses.
+ */
+export function withReservations(
+  candidates: readonly PlacementCandidate[],
+  guests: Iterable<PlacedGuest>,
+): PlacementCandidate[] {
+  const out = candidates.map((c) => ({ ...c }));
+  const byName = new Map(out.map((c) => [c.name, c]));
+  for (const g of guests) {
+    const c = byName.get(g.location);
+    if (!c?.measuredAt) continue;
+    const unmeasured =
+      g.createdAt > c.measuredAt || (g.running && g.startedAt !== undefined && g.startedAt > c.measuredAt);
+    if (!unmeasured) continue;
+    c.memoryFreeBytes = Math.max(0, c.memoryFreeBytes - g.memoryBytes);
+    c.cpuFree = Math.max(0, c.cpuFree - g.cpus);
+  }
+  return out;
 }
 
 /** What the guest needs. */

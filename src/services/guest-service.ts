@@ -1,4 +1,9 @@
-import { assertTargetName, type PlacementCandidate, placeGuest } from '../control/placement.ts';
+import {
+  assertTargetName,
+  type PlacementCandidate,
+  placeGuest,
+  withReservations,
+} from '../control/placement.ts';
 import {
   configValue,
   createOnlyChanges,
@@ -132,7 +137,24 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       }
       return { member: deps.hostName };
     }
-    return placeGuest(await deps.placement.candidates(), {
+    const [candidates, specs, statuses] = await Promise.all([
+      deps.placement.candidates(),
+      records.guest.list(store),
+      records.guestStatus.list(store),
+    ]);
+    const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value]));
+    const placed = valuesOf(specs).map((spec) => {
+      const st = statusOf.get(spec.name);
+      return {
+        location: spec.location,
+        memoryBytes: placementMemory(spec.model, spec.config),
+        cpus: Math.ceil(configValue.cpus(spec.config) ?? 1),
+        createdAt: spec.createdAt,
+        ...(st?.startedAt !== undefined && { startedAt: st.startedAt }),
+        running: st?.status === 'Running' || st?.status === 'Frozen',
+      };
+    });
+    return placeGuest(withReservations(candidates, placed), {
       model,
       memoryBytes: placementMemory(model, config),
       cpus: Math.ceil(configValue.cpus(config) ?? 1),
