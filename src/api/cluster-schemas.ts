@@ -35,6 +35,7 @@ export const ClusterMemberSchema = Type.Object({
     Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number(), freeBytes: Type.Number() }),
     Type.Null(),
   ]),
+  measuredAt: Type.Optional(Type.String({ description: 'When cpu and memory were measured' })),
   joinedAt: Type.String(),
 });
 
