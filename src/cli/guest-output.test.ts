@@ -59,3 +59,11 @@ test('info says when addresses come from a DHCP lease because the guest cannot b
   assert.match(guestInfo(g), /addresses: 198\.18\.9\.5 \(its DHCP lease: the guest cannot be asked\)\n/);
   assert.doesNotMatch(guestInfo(g), /Warning/);
 });
+
+test('the list has a LOCATION column on a cluster (guests on several members), not on a single host', () => {
+  const here = { ...guest({}), location: 'h1' };
+  assert.doesNotMatch(guestTable([here, { ...here, name: 'p2' }]), /LOCATION/);
+  const table = guestTable([here, { ...here, name: 'p2', location: 'm2' }]);
+  assert.match(table, /^NAME\s.*\sLOCATION\n/);
+  assert.match(table, /\np2\s.*\sm2\n$/);
+});

@@ -44,6 +44,9 @@ const dash = (v: string | number | null | undefined) => (v === null || v === und
 
 export function guestTable(guests: Guest[], options: { withProject?: boolean } = {}): string {
   const project = options.withProject === true;
+  // On a cluster (guests on several members, or placed by its scheduler) each says where it is, as Incus's list does.
+  const location =
+    new Set(guests.map((g) => g.location)).size > 1 || guests.some((g) => g.placement !== undefined);
   return renderTable(
     [
       ...(project ? ['PROJECT'] : []),
@@ -55,6 +58,7 @@ export function guestTable(guests: Guest[], options: { withProject?: boolean } =
       'MEMORY',
       'PROCESSES',
       'IPV4',
+      ...(location ? ['LOCATION'] : []),
     ],
     guests.map((g) => [
       ...(project ? [g.project] : []),
@@ -66,6 +70,7 @@ export function guestTable(guests: Guest[], options: { withProject?: boolean } =
       g.state.usage ? formatBytes(g.state.usage.memoryBytes) : '-',
       dash(g.state.usage?.processes),
       g.state.addresses?.length ? g.state.addresses.join(',') : '-',
+      ...(location ? [g.location ?? '-'] : []),
     ]),
   );
 }
