@@ -3,18 +3,20 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { isSameProcess, parseProcStat, readProcessIdentity } from './proc-stat.ts';
+import { isSameProcess, parseProcStat, readProcessIdentity, readProcessTree } from './proc-stat.ts';
 
 const line = (comm: string, state = 'S', start = 4242) =>
   `123 (${comm}) ${state} 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 ${start} 1000 200 18446744073709551615\n`;
 
 describe('parseProcStat', () => {
-  test('reads pid, state, ppid and start time (field 22)', () => {
+  test('reads pid, state, ppid, process group, session and start time (field 22)', () => {
     assert.deepEqual(parseProcStat(line('init')), {
       pid: 123,
       comm: 'init',
       state: 'S',
       ppid: 1,
+      pgrp: 123,
+      session: 123,
       startTime: 4242,
     });
   });
@@ -50,4 +52,56 @@ describe('process identity', () => {
       await rm(root, { recursive: true, force: true });
     }
   });
+});
+
+describe('readProcessTree', () => {
+  // pid ppid pgrp session state
+  const procs: Array<[number, number, number, number, string]> = [
+    [1, 0, 1, 1, 'S'],
+    [10, 1, 10, 10, 'S'], // the daemon
+    [20, 10, 10, 10, 'S'], // the command, not a group leader: its group and session are the daemon's
+    [21, 20, 21, 21, 'S'], // its child that made its own session: still a descendant
+    [22, 21, 21, 21, 'S'],
+    [23, 20, 10, 10, 'Z'], // a zombie child: nothing to kill
+    [30, 1, 30, 30, 'S'], // a session leader
+    [31, 1, 30, 30, 'S'], // reparented to init, still in 30's session
+    [32, 1, 32, 30, 'S'], // its own group in 30's session
+    [33, 32, 32, 30, 'S'],
+  ];
+  const withProc = async (fn: (root: string) => Promise<void>) => {
+    const root = await mkdtemp(join(tmpdir(), 'proc-'));
+    try {
+      for (const [pid, ppid, pgrp, session, state] of procs) {
+        await mkdir(join(root, String(pid)));
+        await writeFile(
+          join(root, String(pid), 'stat'),
+          `${pid} (p) ${state} ${ppid} ${pgrp} ${session} 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 99 1000 200 1\n`,
+        );
+      }
+      await fn(root);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  };
+
+  test('takes the descendants, not the group and session it does not lead', () =>
+    withProc(async (root) => {
+      assert.deepEqual(
+        (await readProcessTree(20, root)).sort((a, b) => a - b),
+        [20, 21, 22],
+      );
+    }));
+
+  test('takes the whole session of a session leader, reparented processes too', () =>
+    withProc(async (root) => {
+      assert.deepEqual(
+        (await readProcessTree(30, root)).sort((a, b) => a - b),
+        [30, 31, 32, 33],
+      );
+    }));
+
+  test('a process that is gone has no tree', () =>
+    withProc(async (root) => {
+      assert.deepEqual(await readProcessTree(40, root), []);
+    }));
 });

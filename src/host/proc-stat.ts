@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import type { ProcessIdentity } from '../core/types.ts';
 
 /** The fields of /proc/PID/stat that Trivisor reads. */
@@ -8,6 +8,9 @@ export interface ProcStat {
   /** One letter: R, S, D, Z (zombie), T, X… */
   state: string;
   ppid: number;
+  /** Fields 5 and 6: the process group and the session it is in. */
+  pgrp: number;
+  session: number;
   /** Field 22: clock ticks after boot when the process started. */
   startTime: number;
 }
@@ -29,11 +32,13 @@ export function parseProcStat(text: string): ProcStat {
     .split(/\s+/);
   const state = rest[0] ?? '';
   const ppid = Number(rest[1]);
+  const pgrp = Number(rest[2]);
+  const session = Number(rest[3]);
   const startTime = Number(rest[19]);
   if (!Number.isInteger(pid) || !Number.isInteger(startTime) || state === '') {
     throw new Error(`Malformed /proc stat line: ${text.slice(0, 80)}`);
   }
-  return { pid, comm, state, ppid, startTime };
+  return { pid, comm, state, ppid, pgrp, session, startTime };
 }
 
 /** Reads /proc/PID/stat; undefined when the process does not exist. */
@@ -90,4 +95,30 @@ export async function readChildPids(pid: number, procRoot = '/proc'): Promise<nu
   } catch {
     return [];
   }
+}
+
+/**
+ * A process and what it started: `root` itself, the processes of the process
+ * group and of the session it leads (when it leads one), and every descendant
+ * of these, live ones only. One scan of /proc; a process forked after the scan
+ * is not in it, so whoever kills the tree scans again until it is empty.
+ */
+export async function readProcessTree(root: number, procRoot = '/proc'): Promise<number[]> {
+  const names = await readdir(procRoot).catch(() => [] as string[]);
+  const stats = (
+    await Promise.all(names.filter((n) => /^\d+$/.test(n)).map((n) => readProcStat(Number(n), procRoot)))
+  ).filter((s): s is ProcStat => s !== undefined && s.state !== 'Z' && s.state !== 'X');
+  const found = new Set<number>();
+  for (const s of stats) if (s.pid === root || s.pgrp === root || s.session === root) found.add(s.pid);
+  if (found.size === 0) return [];
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const s of stats) {
+      if (!found.has(s.pid) && found.has(s.ppid)) {
+        found.add(s.pid);
+        grew = true;
+      }
+    }
+  }
+  return [...found];
 }

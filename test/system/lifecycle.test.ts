@@ -64,6 +64,44 @@ describe('ct guests end to end through the daemon and CLI', () => {
     assert.match(r.stdout, /tty/);
   });
 
+  test('a cancelled exec ends its command and what it started in the guest, with and without a terminal', async () => {
+    // Before the fix the cancel SIGKILLed `runc exec` only, and all of this ran on in the guest.
+    for (const interactive of [false, true]) {
+      const tag = interactive ? 'cancel-tty' : 'cancel-pipe';
+      const seconds = interactive ? 302 : 301;
+      // A background child (reparented to the guest's init once the shell dies) and a loop that
+      // forks, deaf to the hangup that the terminal's end would send (the old kill relied on it).
+      const script = `trap "" HUP; sleep ${seconds} & while :; do echo x >> /tmp/${tag}; sleep 1; done`;
+      const r = await d.api('POST', '/1.0/guests/web1/exec', {
+        command: ['sh', '-c', script],
+        interactive,
+        'record-output': true,
+      });
+      assert.equal(r.status, 202, r.text);
+      const id = (r.body.metadata as { id: string }).id;
+      const ps = () => d.ok(['exec', 'web1', '--', 'ps']);
+      const running = () => ps().includes(`sleep ${seconds}`) && ps().includes(`/tmp/${tag}`);
+      await eventually(`${tag}: the command running in web1`, running, 30_000);
+      assert.equal((await d.api('DELETE', `/1.0/operations/${id}`)).status, 200);
+      await eventually(
+        `${tag}: the operation Cancelled`,
+        async () =>
+          ((await d.api('GET', `/1.0/operations/${id}`)).body.metadata as { status: string }).status ===
+          'Cancelled',
+        30_000,
+      );
+      await eventually(
+        `${tag}: the command and its children gone from web1`,
+        () => !ps().includes(`sleep ${seconds}`) && !ps().includes(`/tmp/${tag}`),
+        5_000,
+      ).catch((e: Error) => assert.fail(`${e.message}; ps in web1:\n${ps()}`));
+      const size = () => d.ok(['exec', 'web1', '--', 'wc', '-c', `/tmp/${tag}`]);
+      const before = size();
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      assert.equal(size(), before, `${tag}: nothing writes the marker any more`);
+    }
+  });
+
   test('freeze stops the guest processes from running and unfreeze resumes them', () => {
     d.ok(['freeze', 'web1']);
     assert.equal(info('web1').status, 'Frozen');

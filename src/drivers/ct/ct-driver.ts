@@ -659,19 +659,30 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         ...configValue.environment(spec.config),
         ...options.env,
       };
+      // runc writes the command's host pid here: a SIGKILL of the session kills the command and
+      // what it started from the host (runc-exec.ts), which a SIGKILL of `runc exec` does not.
+      const pidFile = join(pathsOf(spec).bundle, `exec-${randomBytes(6).toString('hex')}.pid`);
       if (!options.tty) {
         delete env.TERM;
-        return pipeExecSession(runner, [
-          ...runc,
-          'exec',
-          ...Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
-          '--cwd',
-          options.cwd ?? '/',
-          '--user',
-          `${user}:${group}`,
-          spec.name,
-          ...options.command,
-        ]);
+        const session = pipeExecSession(
+          runner,
+          [
+            ...runc,
+            'exec',
+            '--pid-file',
+            pidFile,
+            ...Object.entries(env).flatMap(([k, v]) => ['--env', `${k}=${v}`]),
+            '--cwd',
+            options.cwd ?? '/',
+            '--user',
+            `${user}:${group}`,
+            spec.name,
+            ...options.command,
+          ],
+          pidFile,
+        );
+        void session.exit.finally(() => rm(pidFile, { force: true })).catch(() => {});
+        return session;
       }
       // With a terminal, the process is given whole (`--process`): the guest's own process of
       // config.json (capabilities, rlimits, no_new_privs, as a plain exec gets them) with the
@@ -694,11 +705,14 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       };
       await writeFile(processFile, JSON.stringify(execProcess), { mode: 0o600 });
       try {
-        const session = ttyExecSession(runner, [...runc, 'exec', '--process', processFile, spec.name], {
-          columns,
-          rows,
-        });
-        void session.exit.finally(() => rm(processFile, { force: true })).catch(() => {});
+        const session = ttyExecSession(
+          runner,
+          [...runc, 'exec', '--process', processFile, '--pid-file', pidFile, spec.name],
+          { columns, rows, pidFile },
+        );
+        void session.exit
+          .finally(() => Promise.all([rm(processFile, { force: true }), rm(pidFile, { force: true })]))
+          .catch(() => {});
         return session;
       } catch (e) {
         await rm(processFile, { force: true });
