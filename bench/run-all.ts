@@ -165,6 +165,15 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['cluster-ct.json'],
   },
   {
+    name: 'cluster-list',
+    script: 'cluster-list.ts',
+    args: ['1000', '50'],
+    // The three-member cluster and the single host still start in quick mode: that is most of its ~50 s.
+    quickArgs: ['60', '5'],
+    results: ['cluster-list.json'],
+    quickResults: ['cluster-list.json'],
+  },
+  {
     name: 'placement',
     script: 'placement.ts',
     args: ['10000', '200000'],

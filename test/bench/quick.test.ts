@@ -185,6 +185,20 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     );
     positive(f, r, ['setups.*.p50Ms', 'setups.*.meanMs', 'setups.*.ratioP50']);
   },
+  'cluster-list.json': (r, f) => {
+    assert.deepEqual(
+      (r.setups as Json[]).map((x) => x.name),
+      ['m1', 'm2', 'm3', 'sqlite'],
+      `${f}: setups`,
+    );
+    positive(f, r, [
+      'setups.*.recursion1.p50Ms',
+      'setups.*.recursion1.ratioP50',
+      'setups.*.recursion0.p50Ms',
+      'profileOnM1.rangeReads.p50Ms',
+      'profileOnM1.serializeRoute.p50Ms',
+    ]);
+  },
   'placement.json': (r, f) => {
     assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
     positive(f, r, ['scheduler.decisionsPerSecond', 'baselineFullSort.decisionsPerSecond', 'ratio']);
