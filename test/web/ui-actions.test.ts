@@ -387,9 +387,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       30_000,
     );
     await page.waitForSelector('tr .status:text-is("Cancelled")', { timeout: 30_000 });
-    // Not asserted: that the command ends too. In a ct guest it does not (2026-12-05): the cancel
-    // SIGKILLs `runc exec`, which cannot forward a SIGKILL to the command (src/drivers/ct/runc-exec.ts).
-    exec('a1', 'pkill -x sleep || true');
+    await eventually('sleep 600 ended in a1', () => !sleeping(), 10_000);
   });
 
   test('no page has two elements of one id (a label would name the wrong field)', async () => {
