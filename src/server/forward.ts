@@ -154,6 +154,8 @@ export interface Forwarder {
     member: string,
     path: string,
     onMessage: (text: string) => void,
+    /** Called once if the stream ends (or never opens) before it is stopped. */
+    onEnd?: () => void,
   ): () => void;
 }
 
@@ -314,9 +316,15 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
     },
     get: (request, member, path) => exchange(request, member, 'GET', path, undefined),
     others: () => forwarding.others(),
-    stream(request, member, path, onMessage) {
+    stream(request, member, path, onMessage, onEnd) {
       let closed = false;
       let ws: WebSocket | undefined;
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        if (!closed) onEnd?.();
+      };
       void connect(member)
         .then((socket) => {
           if (closed) {
@@ -336,8 +344,9 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
             if (!isBinary) onMessage(data.toString());
           });
           ws.on('error', () => ws?.terminate());
+          ws.on('close', end);
         })
-        .catch(() => {});
+        .catch(end);
       return () => {
         closed = true;
         ws?.terminate();

@@ -168,28 +168,48 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
       if (forward && !isForwarded(request)) {
         const query = new URLSearchParams(request.query as Record<string, string>);
         query.delete('ticket');
-        void forward.others().then((members) => {
-          if (stops.length === 0) return;
-          for (const member of members) {
-            stops.push(
-              forward.stream(request, member, `/1.0/events?${query}`, (text) => {
-                if (socket.readyState !== socket.OPEN) return;
-                try {
-                  const event = JSON.parse(text) as TrivisorEvent;
-                  socket.send(JSON.stringify({ ...event, location: event.location ?? member }));
-                } catch {
-                  // Not an event: nothing to pass on.
-                }
-              }),
-            );
-          }
-        });
+        // Which members are streamed; one that ends (a restart) or joins is taken up at the next look.
+        const streaming = new Set<string>();
+        const look = () =>
+          void forward
+            .others()
+            .then((members) => {
+              for (const member of members) {
+                if (stops.length === 0 || streaming.has(member)) continue;
+                streaming.add(member);
+                stops.push(
+                  forward.stream(
+                    request,
+                    member,
+                    `/1.0/events?${query}`,
+                    (text) => {
+                      if (socket.readyState !== socket.OPEN) return;
+                      try {
+                        const event = JSON.parse(text) as TrivisorEvent;
+                        socket.send(JSON.stringify({ ...event, location: event.location ?? member }));
+                      } catch {
+                        // Not an event: nothing to pass on.
+                      }
+                    },
+                    () => streaming.delete(member),
+                  ),
+                );
+              }
+            })
+            .catch(() => {});
+        look();
+        const timer = setInterval(look, MEMBER_LOOK_MS);
+        timer.unref();
+        stops.push(() => clearInterval(timer));
       }
       // Incoming messages carry nothing; reading them keeps the socket's buffers empty.
       socket.on('message', () => {});
     },
   );
 }
+
+/** How often an event subscription looks for members it does not stream yet (joined, restarted). */
+const MEMBER_LOOK_MS = 5000;
 
 function eventTypesOf(query: { type?: string }): TrivisorEvent['type'][] {
   if (!query.type) return DEFAULT_EVENT_TYPES;

@@ -384,7 +384,11 @@ describe('a three-member cluster', () => {
           () => cluster.inNetns(h.netns, ['ip', 'link', 'show', 'dev', 'fwnet']).code !== 0,
         );
       }
-      // A stop asked through m2: m1's monitor shows m3's event.
+      // m3's daemon killed and started again under m1's open monitor: m1 takes up m3's events again. A stop
+      // asked through m2: m1's monitor shows m3's event.
+      await m3.daemon.kill9();
+      await m3.daemon.restart();
+      await waitForStatus(m1.daemon, 'm3', 'Online');
       m2.daemon.ok(['stop', 'fc']);
       await eventually("m3's guest-stopped event on m1", () =>
         monitor
