@@ -5,7 +5,8 @@
 //    and `tar --zstd` of the same disk in the same run.
 // 3. vm only: a full `export --incremental`, then 1% of the 1 GiB of data changed
 //    (160 scattered 64 KiB writes) and the next incremental, against the full one.
-// Usage: node bench/storage-vm.ts [reps=3] [models=vm,pvm]
+// Export and import alternate with the raw tools for `reps` rounds (medians, load per run).
+// Usage: node bench/storage-vm.ts [reps=3] [models=vm,pvm] [backups]
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -16,9 +17,12 @@ import { ms, percentile, QUICK, runOperation, settle, writeResult } from './lib.
 process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
 const reps = Number(process.argv[2] ?? 3);
 const models = (process.argv[3] ?? 'vm,pvm').split(',') as Array<'vm' | 'pvm'>;
+// `backups`: only the export and import of the largest guest (no snapshot reps, no incrementals).
+const backupsOnly = process.argv[4] === 'backups';
+const backupRounds = Math.max(1, reps);
 const MiB = 2 ** 20;
 // Quick mode: one small guest per model, through every step (snapshots, backups, incrementals).
-const sizesMiB = QUICK ? [4] : [10, 1024];
+const sizesMiB = QUICK ? [4] : backupsOnly ? [1024] : [10, 1024];
 // A 2 GiB root disk for both models, so that 1 GiB fits: vm's default; for pvm it makes a
 // private sparse disk (root.img) instead of a COW file, since a COW file has its base disk's size.
 const config = { 'limits.memory': '256MiB', 'limits.cpu': '1', 'limits.disk': '2GiB' };
@@ -84,7 +88,7 @@ try {
       const clone: number[] = [];
       const restore: number[] = [];
       const del: number[] = [];
-      for (let i = 0; i < reps; i++) {
+      for (let i = 0; i < (backupsOnly ? 0 : reps); i++) {
         snapshot.push(
           await timed(() => runOperation(d, 'POST', `/1.0/guests/${g}/snapshots`, { name: `b${i}` })),
         );
@@ -114,13 +118,13 @@ try {
         deleteSnapshot: stats(del),
       };
       console.error(JSON.stringify(row));
-      snapshotRows.push(row);
+      if (!backupsOnly) snapshotRows.push(row);
       if (sizeMiB !== sizesMiB.at(-1)) {
         await runOperation(d, 'DELETE', `/1.0/guests/${g}?force=true`);
         continue;
       }
 
-      if (model === 'vm') {
+      if (model === 'vm' && !backupsOnly) {
         const changedBlocks = QUICK ? 1 : 160;
         // Incremental backups of the running guest: full, then 1% of the data changed.
         const full = path.join(work, 'full.backup');
@@ -152,52 +156,73 @@ try {
       await runOperation(d, 'PUT', `/1.0/guests/${g}/state`, { action: 'stop', timeout: 60 });
       sh('sync');
       await settle();
+      // Trivisor and the raw tools alternate, round by round, on a machine others load too: each figure is
+      // the median of its rounds, with the 1-minute load average read before each run.
       const archive = path.join(work, `${g}.backup`);
-      const exportMs = timedSync(() => ok(d, ['export', g, archive]));
-      const archiveBytes = statSync(archive).size;
-      sh('sync');
-      const importMs = timedSync(() => ok(d, ['import', archive, `${g}-i`]));
-      sh('sync');
-      rmSync(archive);
-      await runOperation(d, 'DELETE', `/1.0/guests/${g}-i?force=true`);
-      sh('sync');
       const flat = path.join(work, 'flat.qcow2');
       const flatTar = path.join(work, 'flat.tar.zst');
+      const diskTar = path.join(work, 'disk.tar.zst');
       const fmt = model === 'vm' ? 'qcow2' : 'raw';
-      const rawConvertMs = timedSync(() => sh(`qemu-img convert -f ${fmt} -O qcow2 ${diskFile} ${flat}`));
+      sh(`qemu-img convert -f ${fmt} -O qcow2 ${diskFile} ${flat}`);
       const flatBytes = statSync(flat).size;
-      sh('sync');
-      const rawTarMs = timedSync(() => sh(`tar --zstd --sparse -C ${work} -cf ${flatTar} flat.qcow2`));
-      const rawTarOfDiskMs = timedSync(() =>
-        sh(
-          `tar --zstd --sparse -C ${path.dirname(diskFile)} -cf ${work}/disk.tar.zst ${path.basename(diskFile)}`,
-        ),
-      );
       rmSync(flat);
-      sh(`rm -f ${work}/disk.tar.zst; mkdir -p ${work}/x && sync`);
-      const rawUntarMs = timedSync(() => sh(`tar --zstd -C ${work}/x -xf ${flatTar}`));
-      const rawConvertBackMs = timedSync(() =>
-        sh(`qemu-img convert -f qcow2 -O ${fmt} ${work}/x/flat.qcow2 ${work}/x/back.img`),
-      );
-      sh(`rm -rf ${work}/x ${flatTar}`);
+      const runs: Record<string, Array<{ ms: number; load1: number }>> = {};
+      const measure = (what: string, fn: () => void) => {
+        const load1 = Number(load().split(' ')[0]);
+        const msValue = timedSync(fn);
+        runs[what] = [...(runs[what] ?? []), { ms: Math.round(msValue), load1 }];
+        sh('sync');
+      };
+      let archiveBytes = 0;
+      for (let round = 0; round < backupRounds; round++) {
+        rmSync(archive, { force: true });
+        measure('export', () => ok(d, ['export', g, archive]));
+        archiveBytes = statSync(archive).size;
+        measure('rawTarZstdOfDiskFile', () =>
+          sh(`tar --zstd --sparse -C ${path.dirname(diskFile)} -cf ${diskTar} ${path.basename(diskFile)}`),
+        );
+        measure('rawQemuImgConvertFlat', () => sh(`qemu-img convert -f ${fmt} -O qcow2 ${diskFile} ${flat}`));
+        measure('rawTarZstdOfFlat', () => sh(`tar --zstd --sparse -C ${work} -cf ${flatTar} flat.qcow2`));
+        rmSync(flat);
+        measure('import', () => ok(d, ['import', archive, `${g}-i`]));
+        await runOperation(d, 'DELETE', `/1.0/guests/${g}-i?force=true`);
+        sh(`rm -rf ${work}/x; mkdir -p ${work}/x`);
+        measure('rawUntarZstdOfDiskFile', () => sh(`tar --zstd -C ${work}/x -xf ${diskTar}`));
+        measure('rawUntarZstdOfFlat', () => sh(`tar --zstd -C ${work}/x -xf ${flatTar}`));
+        measure('rawQemuImgConvertBack', () =>
+          sh(`qemu-img convert -f qcow2 -O ${fmt} ${work}/x/flat.qcow2 ${work}/x/back.img`),
+        );
+        sh(`rm -rf ${work}/x ${flatTar} ${diskTar}`);
+      }
+      rmSync(archive, { force: true });
+      const summary = (what: string) => {
+        const xs = runs[what] ?? [];
+        const median = percentile(
+          xs.map((x) => x.ms),
+          50,
+        );
+        return { ms: Math.round(median), mibPerSecond: mibps(flatBytes, median), runs: xs };
+      };
+      const exp = summary('export');
+      const imp = summary('import');
+      const rawTar = summary('rawTarZstdOfDiskFile');
+      const rawUntar = summary('rawUntarZstdOfDiskFile');
       const brow = {
         model,
         writtenBytes: sizeMiB * MiB,
         flatQcow2Bytes: flatBytes,
         archiveBytes,
-        export: { ms: Math.round(exportMs), mibPerSecond: mibps(flatBytes, exportMs) },
-        import: { ms: Math.round(importMs), mibPerSecond: mibps(flatBytes, importMs) },
-        rawQemuImgConvertFlat: { ms: Math.round(rawConvertMs), mibPerSecond: mibps(flatBytes, rawConvertMs) },
-        rawTarZstdOfFlat: { ms: Math.round(rawTarMs), mibPerSecond: mibps(flatBytes, rawTarMs) },
-        rawTarZstdOfDiskFile: {
-          ms: Math.round(rawTarOfDiskMs),
-          mibPerSecond: mibps(flatBytes, rawTarOfDiskMs),
-        },
-        rawUntarZstd: { ms: Math.round(rawUntarMs), mibPerSecond: mibps(flatBytes, rawUntarMs) },
-        rawQemuImgConvertBack: {
-          ms: Math.round(rawConvertBackMs),
-          mibPerSecond: mibps(flatBytes, rawConvertBackMs),
-        },
+        rounds: backupRounds,
+        export: exp,
+        import: imp,
+        rawQemuImgConvertFlat: summary('rawQemuImgConvertFlat'),
+        rawTarZstdOfFlat: summary('rawTarZstdOfFlat'),
+        rawTarZstdOfDiskFile: rawTar,
+        rawUntarZstdOfDiskFile: rawUntar,
+        rawUntarZstd: summary('rawUntarZstdOfFlat'),
+        rawQemuImgConvertBack: summary('rawQemuImgConvertBack'),
+        exportOverRawTarZstdOfDiskFile: Math.round((exp.ms / rawTar.ms) * 100) / 100,
+        importOverRawUntarOfDiskFile: Math.round((imp.ms / rawUntar.ms) * 100) / 100,
       };
       console.error(JSON.stringify(brow));
       backupRows.push(brow);
