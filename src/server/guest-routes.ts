@@ -195,6 +195,20 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       };
       if (body.storage !== undefined && body.storage !== 'default') {
         if (!services.pools) throw notSupported('This daemon has no storage pools: leave out "storage"');
+        // A guest on a pool runs on the pool's member (decision 0034): made there.
+        const place = await services.owner?.placeOfStorage(body.storage);
+        if (place && !place.here) {
+          const target = request.query.target;
+          if (target !== undefined && target !== place.member) {
+            throw failedPrecondition(
+              `Storage pool ${body.storage} is on member ${place.member}: a guest on it runs there; leave out the target or name ${place.member}`,
+            );
+          }
+          if (ctx.forward && !isForwarded(request)) {
+            await ctx.forward.replay(request, reply, place.member);
+            return reply;
+          }
+        }
         return sendAsync(reply, await services.pools.createGuest(body.storage, create));
       }
       const op = await guestsOf(request).create(create);

@@ -316,6 +316,16 @@ describe('a three-member cluster', () => {
       );
       m3.daemon.ok(['storage', 'volume', 'delete', 'default', 'm1vol']);
       m1.daemon.ok(['storage', 'volume', 'delete', 'fwpool', 'fwvol']);
+      // A guest on m3's pool, launched through m1, is made and runs on m3; another target is refused.
+      m1.daemon.ok(['launch', 'busybox', 'fpg', '--storage', 'fwpool']);
+      assert.equal(guest(m2.daemon, 'fpg')?.location, 'm3');
+      assert.equal(m2.daemon.ok(['exec', 'fpg', '--', 'hostname']).trim(), 'fpg');
+      refused(
+        m1.daemon.cli(['launch', 'busybox', 'fpx', '--storage', 'fwpool', '--target', 'm2']),
+        /Storage pool fwpool is on member m3/,
+      );
+      assert.equal(guest(m1.daemon, 'fpx'), undefined);
+      m2.daemon.ok(['delete', '--force', 'fpg']);
       m2.daemon.ok(['storage', 'delete', 'fwpool']);
       // A copy through m1 is made on the source's member; an export through m2 is m3's archive,
       // imported through m1 onto m2 (?target=), where it runs.
