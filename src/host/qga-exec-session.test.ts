@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { QgaClient, QgaExecOptions, QgaExecResult } from './qga-client.ts';
-import { GUEST_BUSYBOX, qgaExecArgv, qgaExecSession } from './qga-exec-session.ts';
+import { GUEST_BUSYBOX, killArgv, qgaExecArgv, qgaExecSession } from './qga-exec-session.ts';
 
 /** A client whose exec records the call and answers with `result` (or fails with it). */
 function fakeClient(result: QgaExecResult | Error) {
@@ -27,12 +27,23 @@ async function drain(session: ReturnType<typeof qgaExecSession>) {
 }
 
 describe('qgaExecArgv', () => {
-  test('runs the command as is when neither cwd nor user is asked for', () => {
-    assert.deepEqual(qgaExecArgv({ command: ['ls', '-l'], env: {}, tty: false, cwd: '/' }), ['ls', '-l']);
+  test("runs the command in its own session, and as is with a guest's own tools", () => {
+    assert.deepEqual(qgaExecArgv({ command: ['ls', '-l'], env: {}, tty: false, cwd: '/' }), [
+      GUEST_BUSYBOX,
+      'setsid',
+      'ls',
+      '-l',
+    ]);
+    assert.deepEqual(
+      qgaExecArgv({ command: ['ls', '-l'], env: {}, tty: false, busyboxPath: '/usr/bin/env' }),
+      ['ls', '-l'],
+    );
   });
 
   test('wraps the command in the guest busybox for a cwd and a user', () => {
     assert.deepEqual(qgaExecArgv({ command: ['id'], env: {}, tty: false, cwd: '/tmp', user: 1000 }), [
+      GUEST_BUSYBOX,
+      'setsid',
       GUEST_BUSYBOX,
       'sh',
       '-c',
@@ -50,6 +61,17 @@ describe('qgaExecArgv', () => {
       'id',
       '--',
     ]);
+  });
+});
+
+describe('killArgv', () => {
+  test("SIGKILL goes to the command's process group, other signals to the command", () => {
+    assert.deepEqual(killArgv(GUEST_BUSYBOX, 9, 42), [GUEST_BUSYBOX, 'kill', '-9', '-42']);
+    assert.deepEqual(killArgv(GUEST_BUSYBOX, 15, 42), [GUEST_BUSYBOX, 'kill', '-15', '42']);
+  });
+
+  test('a guest with its own tools (no setsid wrapper) gets it to the command alone', () => {
+    assert.deepEqual(killArgv('/usr/bin/env', 9, 42), ['/usr/bin/env', 'kill', '-9', '42']);
   });
 });
 

@@ -54,7 +54,23 @@ export function qgaExecArgv(options: QgaExecSessionOptions): string[] {
       ...argv,
     ];
   }
+  // Outermost: the command leads its own session and process group, so that a SIGKILL (a
+  // cancelled operation, a client gone) reaches what it started too (killArgv). The agent's child
+  // leads no group, so busybox setsid execs in place and the agent's pid stays the command's.
+  // Only with the kit's busybox: a guest with its own agent may have no setsid.
+  if (bb === GUEST_BUSYBOX) argv = [bb, 'setsid', ...argv];
   return argv;
+}
+
+/**
+ * The guest command that sends signal `number` to an exec's command: SIGKILL
+ * goes to its whole process group when qgaExecArgv made it a group leader
+ * (its background children, reparented or not, would live on otherwise);
+ * other signals to the command alone, which may handle them.
+ */
+export function killArgv(busyboxPath: string, number: number, pid: number): string[] {
+  const grouped = busyboxPath === GUEST_BUSYBOX && number === constants.signals.SIGKILL;
+  return [busyboxPath, 'kill', `-${number}`, grouped ? `-${pid}` : String(pid)];
 }
 
 /**
@@ -93,7 +109,7 @@ export function qgaExecSession(client: QgaClient, options: QgaExecSessionOptions
       return r.exitCode;
     },
     kill(signal, pid) {
-      client.exec([bb, 'kill', `-${signal}`, String(pid)], { env: { PATH: DEFAULT_PATH } }).catch(() => {});
+      client.exec(killArgv(bb, signal, pid), { env: { PATH: DEFAULT_PATH } }).catch(() => {});
     },
   });
 }

@@ -7,6 +7,7 @@ import {
   collectingExecSession,
   DEFAULT_PATH,
   GUEST_BUSYBOX,
+  killArgv,
   qgaExecArgv,
   qgaExecSession,
 } from '../../host/qga-exec-session.ts';
@@ -160,9 +161,8 @@ function smallMessageExecSession(client: QgaClient, options: ExecOptions): ExecS
       }
     },
     kill(signal, pid) {
-      client
-        .command('guest-exec', { path: GUEST_BUSYBOX, arg: ['kill', `-${signal}`, String(pid)] })
-        .catch(() => {});
+      const [path, ...arg] = killArgv(GUEST_BUSYBOX, signal, pid);
+      client.command('guest-exec', { path, arg }).catch(() => {});
     },
     // An agent that stopped answering leaves the line in an unknown state: start afresh next time.
     onError(e) {
