@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createFakeServices, type FakeServices } from '../../test/fakes/fake-services.ts';
 import { buildServer } from '../server/build-server.ts';
-import { createFakeServices, type FakeServices } from '../server/fake-services.ts';
 import { listenUnix } from '../server/listen.ts';
 
 const BIN = new URL('../../bin/trivisor', import.meta.url).pathname;

@@ -6,11 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { certificateFingerprint } from '../api/certificates.ts';
 import type { Caller } from '../core/access.ts';
 import { isTrivisorError } from '../core/errors.ts';
 import { hostRunner } from '../host/runner.ts';
-import { createFakeServices } from '../server/fake-services.ts';
 import {
   createForwarder,
   encodeCaller,

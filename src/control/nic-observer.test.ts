@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
 import { unavailable } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestNetworkObservation, GuestSpec, GuestStatus, Model, TrivisorEvent } from '../core/types.ts';
-import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { PortState } from '../network/network-backend.ts';
 import { createEventBus } from '../services/event-bus.ts';

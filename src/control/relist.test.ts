@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, ImageRecord, NetworkSpec } from '../core/types.ts';
-import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import { createEventBus } from '../services/event-bus.ts';

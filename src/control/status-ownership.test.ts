@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
+import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, ImageRecord } from '../core/types.ts';
-import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createMemoryStore } from '../store/memory-store.ts';

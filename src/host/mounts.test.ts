@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fakeRunner } from './fake-runner.ts';
+import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { ensureSharedMount, parseMountinfo } from './mounts.ts';
 
 const line = (id: number, point: string, optional: string) =>

@@ -3,7 +3,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fakeRunner } from './fake-runner.ts';
+import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { qemuImg } from './qemu-img.ts';
 
 test('info() reads size, backing file and internal snapshots oldest first', async () => {

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fakeRunner } from '../host/fake-runner.ts';
+import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { inspectDiskImage, sniffUpload } from './disk-image.ts';
 
 describe('disk image uploads', () => {

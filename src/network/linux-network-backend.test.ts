@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { fakeRunner } from '../host/fake-runner.ts';
+import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { createLogger } from '../host/logger.ts';
 import { dnsmasqArgv, dnsmasqPaths } from './dnsmasq-config.ts';
 import { parseGatewayCidr } from './ipv4.ts';

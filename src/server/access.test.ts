@@ -2,13 +2,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
+import { createFakeServices, type FakeServices } from '../../test/fakes/fake-services.ts';
 import { type ActionClass, ALL_PROJECTS, type Role } from '../core/access.ts';
 import { createAuditLog } from '../services/audit-log.ts';
 import { createAuthService } from '../services/auth-service.ts';
 import { createMemoryAuditStore } from '../store/audit-store.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices, type FakeServices } from './fake-services.ts';
 
 /**
  * What each route is, decided here independently of the route's own declaration: a route

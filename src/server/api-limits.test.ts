@@ -3,9 +3,9 @@ import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { createRequestLimiter } from './api-limits.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices } from './fake-services.ts';
 import { listenTcp } from './listen.ts';
 
 describe('request limiter', () => {

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance, InjectOptions } from 'fastify';
+import { createFakeServices, type FakeServices } from '../../test/fakes/fake-services.ts';
 import { httpStatusOf } from '../api/errors.ts';
 import { type ErrorCode, isErrorCode, TrivisorError } from '../core/errors.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices, type FakeServices } from './fake-services.ts';
 
 describe('buildServer (inject)', () => {
   let app: FastifyInstance;

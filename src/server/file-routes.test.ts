@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices } from './fake-services.ts';
 
 describe('file routes (inject)', () => {
   let app: FastifyInstance;

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import Fastify, { type FastifyInstance, type InjectOptions } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices } from './fake-services.ts';
 import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 
 /** One route that leans on what Ajv and fast-json-stringify do: defaults, coercion (also of a root value), errors. */

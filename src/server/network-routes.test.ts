@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { NetworkBackend } from '../network/network-backend.ts';
@@ -8,7 +9,6 @@ import { createEventBus } from '../services/event-bus.ts';
 import { createNetworkService } from '../services/network-service.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices } from './fake-services.ts';
 
 /** A backend that builds nothing: the routes and the service are what is under test. */
 const nullBackend: NetworkBackend = {

@@ -5,12 +5,12 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type ConnectionOptions, connect, type TLSSocket } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { hostRunner } from '../host/runner.ts';
 import { ensureServerCertificate, type ServerCertificate } from '../host/server-certificate.ts';
 import { createAuthService } from '../services/auth-service.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices } from './fake-services.ts';
 import { listenTcp } from './listen.ts';
 
 /** One raw HTTP/1.1 request over TLS; the whole answer as text. */

@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
+import { createFakeServices, type FakeServices } from '../../test/fakes/fake-services.ts';
 import { createAuthService } from '../services/auth-service.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { buildServer } from './build-server.ts';
-import { createFakeServices, type FakeServices } from './fake-services.ts';
 import { createWebSessions, SESSION_COOKIE, type WebSessions } from './web-sessions.ts';
 
 const ADMIN_TOKEN = 'the-daemons-own-token';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
 import { createGuestController, type GuestController } from '../control/guest-controller.ts';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, ImageRecord, TrivisorEvent } from '../core/types.ts';
-import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';

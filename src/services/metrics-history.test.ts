@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { createFakeServices } from '../server/fake-services.ts';
+import { createFakeServices } from '../../test/fakes/fake-services.ts';
 import { HISTORY_RINGS, openMetricsHistory } from './metrics-history.ts';
 import { createMetricsSampler } from './metrics-sampler.ts';
 

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, ProcessIdentity } from '../core/types.ts';
-import { createFakeDriver } from '../drivers/fake-driver.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { HostSubnet } from '../network/default-network.ts';
 import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';

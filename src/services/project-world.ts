@@ -1,10 +1,10 @@
+import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
+import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { createGuestController, type GuestController } from '../control/guest-controller.ts';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, ImageRecord, ProcessIdentity } from '../core/types.ts';
-import { createFakeDriver, type FakeDriver } from '../drivers/fake-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
-import { fakeRunner } from '../host/fake-runner.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { ImageFiles } from '../images/image-files.ts';
 import type { NetworkBackend } from '../network/network-backend.ts';

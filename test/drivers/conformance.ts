@@ -28,6 +28,13 @@ export interface DriverUnderTest {
    * files may stay.
    */
   assertNoLeftovers?(spec: GuestSpec, options?: { runtimeOnly?: boolean }): Promise<void>;
+  /**
+   * Set, to the reason, by a driver whose guests run no programs (the in-memory fake):
+   * the checks that need the guest's shell, tools or init are skipped with it.
+   */
+  noGuestPrograms?: string;
+  /** Kills the guest's init from outside, as a crash would; without it: SIGKILL to its pid. */
+  killInit?(spec: GuestSpec, init: ProcessIdentity): void;
 }
 
 /** Every byte value, four times. */
@@ -88,6 +95,19 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       t.skip('the guest did not start');
       return false;
     };
+    /** False, with the test skipped for the driver's reason, when its guests run no programs. */
+    const needPrograms = (t: TestContext): boolean => {
+      if (dut.noGuestPrograms === undefined) return true;
+      t.skip(dut.noGuestPrograms);
+      return false;
+    };
+    // Larger than one agent chunk of every model (1 MiB for vm, 1 KiB on pvm's serial line).
+    const big = randomBytes(1024 * 1024 + 4099);
+    const pushed = [
+      ['/root/all-bytes.bin', ALL_BYTES, 0o751, 0, 0],
+      ['/tmp/big.bin', big, 0o600, 1000, 1001],
+      ['/empty', Buffer.alloc(0), 0o644, 0, 0],
+    ] as const;
 
     before(async () => {
       dut = await makeDriver();
@@ -137,7 +157,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('exec passes stdout, stderr and the exit code through', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const ok = await execIn(driver, spec, ['/bin/sh', '-c', 'echo out; echo err >&2']);
         assert.deepEqual(ok, { code: 0, stdout: 'out\n', stderr: 'err\n' });
@@ -158,7 +178,10 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       const secret = await driver.pullFile(spec, '/opt/injected/deep/secret');
       assert.equal(sha256(secret.data), sha256(ALL_BYTES));
       assert.deepEqual([secret.mode, secret.uid, secret.gid], [0o600, 1000, 1000]);
-      // Seen from inside too, by the guest's own tools.
+    });
+
+    test("the guest's own tools see the injected files", async (t) => {
+      if (!needRunning(t) || !needPrograms(t)) return;
       const r = await execIn(driver, spec, [
         '/bin/sh',
         '-c',
@@ -169,29 +192,12 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
 
     test('pushFile/pullFile round-trip binary and multi-chunk files (sha256) and honour the mode', async (t) => {
       if (!needRunning(t)) return;
-      // Larger than one agent chunk of every model (1 MiB for vm, 1 KiB on pvm's serial line).
-      const big = randomBytes(1024 * 1024 + 4099);
-      for (const [path, data, mode, uid, gid] of [
-        ['/root/all-bytes.bin', ALL_BYTES, 0o751, 0, 0],
-        ['/tmp/big.bin', big, 0o600, 1000, 1001],
-        ['/empty', Buffer.alloc(0), 0o644, 0, 0],
-      ] as const) {
+      for (const [path, data, mode, uid, gid] of pushed) {
         await driver.pushFile(spec, { path, data, mode, uid, gid });
         const back = await driver.pullFile(spec, path);
         assert.equal(back.data.length, data.length, path);
         assert.equal(sha256(back.data), sha256(data), path);
         assert.deepEqual([back.mode, back.uid, back.gid], [mode, uid, gid], path);
-        const inside = await execIn(driver, spec, [
-          '/bin/sh',
-          '-c',
-          'sha256sum "$0" | cut -d" " -f1; stat -c "%a %u %g" "$0"',
-          path,
-        ]);
-        assert.equal(
-          inside.stdout,
-          `${sha256(data)}\n${mode.toString(8)} ${uid} ${gid}\n`,
-          `${path}: ${inside.stderr}`,
-        );
       }
       // A push replaces the file whole; the injected one is written again at the next start.
       await driver.pushFile(spec, {
@@ -213,6 +219,23 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       assert.equal((await driver.pullFile(spec, '/new/dirs/file')).data.toString(), 'x');
     });
 
+    test("the guest's own tools see pushed files whole, with their mode and owner", async (t) => {
+      if (!needRunning(t) || !needPrograms(t)) return;
+      for (const [path, data, mode, uid, gid] of pushed) {
+        const inside = await execIn(driver, spec, [
+          '/bin/sh',
+          '-c',
+          'sha256sum "$0" | cut -d" " -f1; stat -c "%a %u %g" "$0"',
+          path,
+        ]);
+        assert.equal(
+          inside.stdout,
+          `${sha256(data)}\n${mode.toString(8)} ${uid} ${gid}\n`,
+          `${path}: ${inside.stderr}`,
+        );
+      }
+    });
+
     test('file errors a user can cause are typed: missing, directory, missing parent', async (t) => {
       if (!needRunning(t)) return;
       const code = (c: string) => (e: unknown) => isTrivisorError(e) && e.code === c;
@@ -225,7 +248,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('exec pipes stdin through', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const text = 'line one\nline two\n'.repeat(1000);
         const r = await execIn(driver, spec, ['cat'], { input: text });
@@ -235,7 +258,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('exec with a tty gives the command a terminal and passes the exit code', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const r = await execIn(
           driver,
@@ -253,7 +276,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('resize() of a tty session reaches the terminal in the guest', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const session = await driver.exec(spec, {
           command: ['/bin/sh', '-c', 'sleep 1; stty size'],
@@ -273,7 +296,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('signal() reaches the command and the exit code says which signal killed it', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const session = await driver.exec(spec, { command: ['sleep', '30'], env: {}, tty: false });
         session.stdin.end();
@@ -288,7 +311,7 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
     });
 
     test('the console takes a command line and shows its output; detached, the guest runs on and the log has it', async (t) => {
-      if (!needRunning(t)) return;
+      if (!needRunning(t) || !needPrograms(t)) return;
       await orSkip(t, async () => {
         const marker = `console-${process.pid}-${Date.now()}`;
         const first = await driver.attachConsole(spec);
@@ -421,7 +444,8 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       await driver.delete(spec);
     });
 
-    test('stop() kills the guest after the timeout when init ignores the stop signal', async () => {
+    test('stop() kills the guest after the timeout when init ignores the stop signal', async (t) => {
+      if (!needPrograms(t)) return;
       const stubborn = guest('conf-stubborn');
       const image = withInit(dut.image, [
         '/bin/sh',
@@ -459,7 +483,8 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       const victim = guest('conf-victim');
       await driver.create(victim, dut.image);
       const id = await driver.start(victim, dut.image);
-      process.kill(id.pid, 'SIGKILL');
+      if (dut.killInit) dut.killInit(victim, id);
+      else process.kill(id.pid, 'SIGKILL');
       const t0 = Date.now();
       while ((await driver.inspect(victim, id)).state !== 'stopped') {
         assert.ok(Date.now() - t0 < 5000, 'the dead guest still looks alive');
@@ -497,30 +522,32 @@ export function runDriverConformance(name: string, makeDriver: () => Promise<Dri
       });
       await driver.create(limited, dut.image);
       const id = await driver.start(limited, dut.image);
-      await orSkip(t, async () => {
-        const mem = await execIn(driver, limited, [
-          '/bin/sh',
-          '-c',
-          'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max 2>/dev/null; grep MemTotal /proc/meminfo',
-        ]);
-        const limit = 96 * 2 ** 20;
-        const lines = mem.stdout.trim().split('\n');
-        const cgroupLimit = Number(lines[0]);
-        const memTotalKiB = Number(/MemTotal:\s+(\d+)/.exec(mem.stdout)?.[1]);
-        const seen = cgroupLimit === limit || (memTotalKiB * 1024 <= limit && memTotalKiB * 1024 > limit / 2);
-        assert.ok(
-          seen,
-          `the guest sees neither a ${limit}-byte cgroup limit nor a matching MemTotal: ${mem.stdout}`,
-        );
-        const pids = await execIn(driver, limited, [
-          '/bin/sh',
-          '-c',
-          'cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max 2>/dev/null || echo none',
-        ]);
-        if (pids.stdout.trim() !== 'none') assert.equal(pids.stdout.trim(), '64');
-        const usage = await driver.usage(limited);
-        if (usage.memoryLimitBytes !== undefined) assert.equal(usage.memoryLimitBytes, limit);
-      });
+      if (needPrograms(t))
+        await orSkip(t, async () => {
+          const mem = await execIn(driver, limited, [
+            '/bin/sh',
+            '-c',
+            'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max 2>/dev/null; grep MemTotal /proc/meminfo',
+          ]);
+          const limit = 96 * 2 ** 20;
+          const lines = mem.stdout.trim().split('\n');
+          const cgroupLimit = Number(lines[0]);
+          const memTotalKiB = Number(/MemTotal:\s+(\d+)/.exec(mem.stdout)?.[1]);
+          const seen =
+            cgroupLimit === limit || (memTotalKiB * 1024 <= limit && memTotalKiB * 1024 > limit / 2);
+          assert.ok(
+            seen,
+            `the guest sees neither a ${limit}-byte cgroup limit nor a matching MemTotal: ${mem.stdout}`,
+          );
+          const pids = await execIn(driver, limited, [
+            '/bin/sh',
+            '-c',
+            'cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max 2>/dev/null || echo none',
+          ]);
+          if (pids.stdout.trim() !== 'none') assert.equal(pids.stdout.trim(), '64');
+          const usage = await driver.usage(limited);
+          if (usage.memoryLimitBytes !== undefined) assert.equal(usage.memoryLimitBytes, limit);
+        });
       await driver.stop(limited, { timeoutMs: 0, force: true });
       assert.equal((await driver.inspect(limited, id)).state, 'stopped');
       await driver.delete(limited);

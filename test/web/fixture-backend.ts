@@ -7,10 +7,10 @@ import type { ClusterInfo, ClusterMember, ClusterService } from '../../src/clust
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../../src/core/errors.ts';
 import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
-import { createFakeServices, type FakeServices } from '../../src/server/fake-services.ts';
 import { createWebSessions } from '../../src/server/web-sessions.ts';
 import { openMetricsHistory } from '../../src/services/metrics-history.ts';
 import { createMemoryStore } from '../../src/store/memory-store.ts';
+import { createFakeServices, type FakeServices } from '../fakes/fake-services.ts';
 
 /**
  * The deterministic layer of the browser tests (issue 15): the real server, sessions, static

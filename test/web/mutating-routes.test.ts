@@ -3,9 +3,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { buildServer } from '../../src/server/build-server.ts';
-import { createFakeServices } from '../../src/server/fake-services.ts';
 import { createWebSessions } from '../../src/server/web-sessions.ts';
 import { createMemoryStore } from '../../src/store/memory-store.ts';
+import { createFakeServices } from '../fakes/fake-services.ts';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const WEB = path.join(REPO, 'web/src');

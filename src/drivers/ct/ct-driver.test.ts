@@ -5,8 +5,8 @@ import { chmod, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec, ImageRecord } from '../../core/types.ts';
-import { fakeRunner } from '../../host/fake-runner.ts';
 import { silentLogger } from '../../host/logger.ts';
 import { readProcessIdentity } from '../../host/proc-stat.ts';
 import type { ImageHandle } from '../guest-driver.ts';

@@ -4,8 +4,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec } from '../../core/types.ts';
-import { fakeRunner } from '../../host/fake-runner.ts';
 import { createLogger } from '../../host/logger.ts';
 import { hostRunner } from '../../host/runner.ts';
 import { createCtStorage } from './ct-storage.ts';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fakeRunner } from '../../host/fake-runner.ts';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { attachCtVolumeArgv, ctVolumeIdmap } from './ct-volumes.ts';
 import { mountOverlayRootfs, overlayRootfsArgv } from './overlay-rootfs.ts';
 

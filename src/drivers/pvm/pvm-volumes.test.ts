@@ -3,8 +3,8 @@ import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec } from '../../core/types.ts';
-import { fakeRunner } from '../../host/fake-runner.ts';
 import type { AttachedVolume } from '../guest-volumes.ts';
 import { createPvmVolumes } from './pvm-volumes.ts';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { isTrivisorError } from '../../core/errors.ts';
-import { fakeRunner } from '../../host/fake-runner.ts';
 import type { AttachedVolume } from '../guest-volumes.ts';
 import { umlVolumeArgs } from './pvm-volumes.ts';
 import { umlArgv } from './uml-command.ts';

@@ -3,7 +3,7 @@ import { chmod, chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fakeRunner } from '../../host/fake-runner.ts';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { chooseAccelerator, kvmAccess, parseAcceleratorSetting, probeArgv } from './accelerator-probe.ts';
 import { type BootKit, PROBE_MARKER } from './boot-kit.ts';
 

@@ -3,9 +3,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { isTrivisorError } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
-import { fakeRunner } from '../../host/fake-runner.ts';
 import { silentLogger } from '../../host/logger.ts';
 import { createVmDriver } from './vm-driver.ts';
 

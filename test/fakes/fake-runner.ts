@@ -7,7 +7,7 @@ import {
   type RunOptions,
   type RunResult,
   type SpawnOptions,
-} from './runner.ts';
+} from '../../src/host/runner.ts';
 
 /** One command a fake runner was asked to run or spawn. */
 export interface RecordedCall {

@@ -7,15 +7,15 @@ import {
   invalidArgument,
   notFound,
   notSupported,
-} from '../core/errors.ts';
-import type { GuestFile } from '../core/guest-files.ts';
-import { assertDnsLabel } from '../core/names.ts';
-import type { Guest, ImageRecord } from '../core/types.ts';
-import { createEventBus } from '../services/event-bus.ts';
-import { createOperationService } from '../services/operation-service.ts';
-import { createProjectService } from '../services/project-service.ts';
-import type { ExecRequest, ExecSession, Services } from '../services/types.ts';
-import { createMemoryStore } from '../store/memory-store.ts';
+} from '../../src/core/errors.ts';
+import type { GuestFile } from '../../src/core/guest-files.ts';
+import { assertDnsLabel } from '../../src/core/names.ts';
+import type { Guest, ImageRecord } from '../../src/core/types.ts';
+import { createEventBus } from '../../src/services/event-bus.ts';
+import { createOperationService } from '../../src/services/operation-service.ts';
+import { createProjectService } from '../../src/services/project-service.ts';
+import type { ExecRequest, ExecSession, Services } from '../../src/services/types.ts';
+import { createMemoryStore } from '../../src/store/memory-store.ts';
 
 /** What a fake exec session saw, for assertions. */
 export interface FakeExecRecord {
