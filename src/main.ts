@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statfsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -374,7 +374,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Liveness: the member's lease and heartbeat, once its guests are adopted (Online means serving).
   let lease: MemberLease | undefined;
   if (membership) {
-    const meter = createUsageMeter();
+    // The default pool's space, for placement (decision 0033): the state directory's file system.
+    const meter = createUsageMeter(undefined, undefined, () => {
+      const st = statfsSync(stateDir);
+      return { totalBytes: st.blocks * st.bsize, availableBytes: st.bavail * st.bsize };
+    });
     const heartbeat = {
       incarnation: randomBytes(8).toString('hex'),
       version,

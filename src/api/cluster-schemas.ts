@@ -35,7 +35,12 @@ export const ClusterMemberSchema = Type.Object({
     Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number(), freeBytes: Type.Number() }),
     Type.Null(),
   ]),
-  measuredAt: Type.Optional(Type.String({ description: 'When cpu and memory were measured' })),
+  disk: Type.Optional(
+    Type.Union([Type.Object({ totalBytes: Type.Number(), freeBytes: Type.Number() }), Type.Null()], {
+      description: "The default pool's file system, as measured",
+    }),
+  ),
+  measuredAt: Type.Optional(Type.String({ description: 'When cpu, memory and disk were measured' })),
   joinedAt: Type.String(),
 });
 

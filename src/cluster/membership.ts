@@ -74,7 +74,9 @@ export interface ClusterMember {
   /** Measured by the member (its heartbeat); null while it is Offline. */
   cpu: { cpus: number; used: number; free: number } | null;
   memory: { totalBytes: number; usedBytes: number; freeBytes: number } | null;
-  /** When `cpu` and `memory` were measured. */
+  /** The default pool's file system (where guests go unless told otherwise), as measured. */
+  disk?: { totalBytes: number; freeBytes: number } | null;
+  /** When `cpu`, `memory` and `disk` were measured. */
   measuredAt?: string;
   joinedAt: string;
 }
@@ -92,6 +94,7 @@ export function placementCandidates(members: ClusterMember[] | undefined): Place
     memoryTotalBytes: m.memory?.totalBytes ?? 0,
     memoryFreeBytes: m.memory?.freeBytes ?? 0,
     ...(m.measuredAt !== undefined && { measuredAt: m.measuredAt }),
+    ...(m.disk && { diskFreeBytes: m.disk.freeBytes }),
   }));
 }
 
@@ -255,6 +258,10 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
             freeBytes: usage.memoryAvailableBytes,
           }
         : null,
+      disk:
+        usage?.diskTotalBytes !== undefined && usage.diskAvailableBytes !== undefined
+          ? { totalBytes: usage.diskTotalBytes, freeBytes: usage.diskAvailableBytes }
+          : null,
       ...(usage && { measuredAt: usage.measuredAt }),
       joinedAt: m.joinedAt,
     };

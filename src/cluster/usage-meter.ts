@@ -10,6 +10,8 @@ import type { MemberUsage } from '../store/records.ts';
 export function createUsageMeter(
   read: () => { cpuBusySeconds: number; memoryUsedBytes: number } = () => readHostCounters(),
   now: () => number = () => performance.now(),
+  /** The default pool's file system: total and available bytes (statfs of the state dir). */
+  disk?: () => { totalBytes: number; availableBytes: number } | undefined,
 ): { sample(): MemberUsage } {
   let last = { at: now(), busy: read().cpuBusySeconds };
   let lastPercent = 0;
@@ -26,7 +28,15 @@ export function createUsageMeter(
         last = { at, busy: counters.cpuBusySeconds };
       }
       const total = os.totalmem();
+      const space = (() => {
+        try {
+          return disk?.();
+        } catch {
+          return undefined;
+        }
+      })();
       return {
+        ...(space && { diskTotalBytes: space.totalBytes, diskAvailableBytes: space.availableBytes }),
         cpus,
         cpuUsedPercent: lastPercent,
         memoryTotalBytes: total,

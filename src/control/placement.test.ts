@@ -148,6 +148,19 @@ describe('placement', () => {
     assert.equal(members[0]?.memoryFreeBytes, 8 * GIB);
   });
 
+  test("the pool's space counts: a member whose default pool cannot hold the guest's limits.disk gets nothing", () => {
+    const members = [
+      member('roomy', 4, { diskFreeBytes: 50 * GIB }),
+      member('full', 20, { diskFreeBytes: GIB }),
+    ];
+    assert.equal(placeGuest(members, { ...ct, diskBytes: 10 * GIB }).member, 'roomy');
+    assert.equal(placeGuest(members, ct).member, 'full', 'no limits.disk: memory decides');
+    assert.match(
+      refused(() => placeGuest(members, { ...ct, diskBytes: 60 * GIB })).message,
+      /full has 1\.0 GiB free on its storage pool, the guest's disk may take 60\.0/,
+    );
+  });
+
   test('many placements keep the order right (checked against a full sort each time)', () => {
     let seed = 42;
     const rnd = () => {

@@ -26,6 +26,8 @@ export interface PlacementCandidate {
   models?: readonly Model[];
   /** When its measurement was taken (ISO); guests placed or started since are not in it. */
   measuredAt?: string;
+  /** Free space of its default pool, where the guest's disk goes; unknown when absent. */
+  diskFreeBytes?: number;
 }
 
 /** A guest as reservations count it: where it is, what it holds, when it was made and started. */
@@ -33,6 +35,8 @@ export interface PlacedGuest {
   location: string;
   memoryBytes: number;
   cpus: number;
+  /** limits.disk: the space its disk may take on its pool (0 when unbounded). */
+  diskBytes?: number;
   createdAt: string;
   /** Absent while it has not run since it was made. */
   startedAt?: string;
@@ -59,6 +63,7 @@ export function withReservations(
     if (!unmeasured) continue;
     c.memoryFreeBytes = Math.max(0, c.memoryFreeBytes - g.memoryBytes);
     c.cpuFree = Math.max(0, c.cpuFree - g.cpus);
+    if (c.diskFreeBytes !== undefined) c.diskFreeBytes = Math.max(0, c.diskFreeBytes - (g.diskBytes ?? 0));
   }
   return out;
 }
@@ -70,6 +75,8 @@ export interface PlacementRequest {
   memoryBytes: number;
   /** limits.cpu (vCPUs); a member with fewer CPUs cannot hold the guest. */
   cpus: number;
+  /** limits.disk: space on the member's default pool its disk may take (none asked when absent). */
+  diskBytes?: number;
   /** `--target MEMBER`: only this member, if it can take the guest. */
   target?: string;
 }
@@ -90,6 +97,8 @@ function refusal(c: PlacementCandidate, r: PlacementRequest): string | undefined
   if (c.cpus < r.cpus) return `${c.name} has ${c.cpus} CPUs, the guest asks for ${r.cpus}`;
   if (c.memoryFreeBytes < r.memoryBytes)
     return `${c.name} has ${gib(c.memoryFreeBytes)} GiB of memory free, the guest needs ${gib(r.memoryBytes)}`;
+  if (r.diskBytes !== undefined && c.diskFreeBytes !== undefined && c.diskFreeBytes < r.diskBytes)
+    return `${c.name} has ${gib(c.diskFreeBytes)} GiB free on its storage pool, the guest's disk may take ${gib(r.diskBytes)}`;
   return undefined;
 }
 
@@ -154,6 +163,7 @@ export function createPlacementIndex(candidates: readonly PlacementCandidate[]) 
   const take = (c: PlacementCandidate, at: number, r: PlacementRequest) => {
     c.memoryFreeBytes -= r.memoryBytes;
     c.cpuFree = Math.max(0, c.cpuFree - r.cpus);
+    if (c.diskFreeBytes !== undefined) c.diskFreeBytes = Math.max(0, c.diskFreeBytes - (r.diskBytes ?? 0));
     siftDown(at);
   };
   /** Up to three reasons why no member takes the guest (the slow path of a refusal). */

@@ -34,6 +34,7 @@ import {
   projectOfRecord,
   subtractUsage,
 } from '../core/projects.ts';
+import { parseBytes } from '../core/sizes.ts';
 import {
   type Guest,
   type GuestNetworkObservation,
@@ -76,6 +77,12 @@ export interface GuestServiceDeps {
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
+
+/** The space a guest's disk may take on its member's pool: limits.disk, or nothing asked. */
+function placementDisk(config: Record<string, string>): number {
+  const raw = config['limits.disk'];
+  return raw === undefined ? 0 : parseBytes(raw, 'limits.disk');
+}
 
 /** The memory a guest holds on its member: its limit, or its model's default (ct: none). */
 function placementMemory(model: Model, config: Record<string, string>): number {
@@ -149,6 +156,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         location: spec.location,
         memoryBytes: placementMemory(spec.model, spec.config),
         cpus: Math.ceil(configValue.cpus(spec.config) ?? 1),
+        diskBytes: placementDisk(spec.config),
         createdAt: spec.createdAt,
         ...(st?.startedAt !== undefined && { startedAt: st.startedAt }),
         running: st?.status === 'Running' || st?.status === 'Frozen',
@@ -158,6 +166,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       model,
       memoryBytes: placementMemory(model, config),
       cpus: Math.ceil(configValue.cpus(config) ?? 1),
+      diskBytes: placementDisk(config),
       ...(target !== undefined && { target }),
     });
   }

@@ -442,6 +442,9 @@ export const MemberUsageSchema = Type.Object({
   cpuUsedPercent: Type.Number(),
   memoryTotalBytes: Type.Number(),
   memoryAvailableBytes: Type.Number(),
+  /** The default pool's file system (the state directory's), where guests go unless told otherwise. */
+  diskTotalBytes: Type.Optional(Type.Number()),
+  diskAvailableBytes: Type.Optional(Type.Number()),
   measuredAt: Type.String(),
 });
 export type MemberUsage = Static<typeof MemberUsageSchema>;
