@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { makeProjectWorld, type ProjectWorld } from '../../test/fakes/project-world.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec } from '../core/types.ts';
 import { createOwnerRouting } from '../services/owner-routing.ts';
-import { makeProjectWorld, type ProjectWorld } from '../services/project-world.ts';
 import { buildServer } from './build-server.ts';
 import { ownerScopedGuest } from './owner-routes.ts';
 

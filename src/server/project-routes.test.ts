@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { BUSYBOX, makeProjectWorld, type ProjectWorld } from '../../test/fakes/project-world.ts';
 import { createClient } from '../client/client.ts';
 import { keys } from '../core/keys.ts';
 import type { ImageRecord } from '../core/types.ts';
-import { BUSYBOX, makeProjectWorld, type ProjectWorld } from '../services/project-world.ts';
 import { buildServer } from './build-server.ts';
 import { listenUnix } from './listen.ts';
 

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { makeProjectWorld, type ProjectWorld } from '../../test/fakes/project-world.ts';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
-import { makeProjectWorld, type ProjectWorld } from './project-world.ts';
 
 async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
   await assert.rejects(p, (e: unknown) => {
