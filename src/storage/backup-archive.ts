@@ -13,6 +13,7 @@ import { type FileHandle, open } from 'node:fs/promises';
 
 const BLOCK = 512;
 const CHUNK = 1 << 20;
+const WRITE_BATCH = 4 << 20;
 
 /** Where a member's data lies in an archive file. */
 export interface ArchiveMember {
@@ -76,11 +77,15 @@ export class ArchiveWriter {
   }
 
   private async write(data: Buffer): Promise<void> {
+    await this.writeAt(data, this.position);
+    this.position += data.length;
+  }
+
+  private async writeAt(data: Buffer, position: number): Promise<void> {
     let done = 0;
     while (done < data.length) {
-      const { bytesWritten } = await this.file.write(data, done, data.length - done, this.position);
+      const { bytesWritten } = await this.file.write(data, done, data.length - done, position + done);
       done += bytesWritten;
-      this.position += bytesWritten;
     }
   }
 
@@ -106,11 +111,35 @@ export class ArchiveWriter {
     await this.write(Buffer.alloc(BLOCK));
     const hash = createHash('sha256');
     let size = 0;
-    for await (const chunk of source) {
-      hash.update(chunk);
-      await this.write(chunk);
-      size += chunk.length;
-      onBytes?.(chunk.length);
+    // Chunks (64 KiB from a pipe) are gathered into writes of WRITE_BATCH bytes, one write in flight
+    // while the next batch gathers: a write per chunk, each a trip through libuv's thread pool,
+    // cost seconds per GiB on a loaded host.
+    let batch: Buffer[] = [];
+    let batchBytes = 0;
+    let inFlight: Promise<void> = Promise.resolve();
+    const flush = async () => {
+      if (batchBytes === 0) return;
+      const data = Buffer.concat(batch, batchBytes);
+      const at = this.position;
+      this.position += batchBytes;
+      batch = [];
+      batchBytes = 0;
+      await inFlight;
+      inFlight = this.writeAt(data, at);
+    };
+    try {
+      for await (const chunk of source) {
+        hash.update(chunk);
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        size += chunk.length;
+        onBytes?.(chunk.length);
+        if (batchBytes >= WRITE_BATCH) await flush();
+      }
+      await flush();
+      await inFlight;
+    } finally {
+      await inFlight.catch(() => {});
     }
     await this.write(Buffer.alloc(padding(size)));
     await this.file.write(tarHeader(name, 'file', size, Date.now()), 0, BLOCK, headerAt);

@@ -1,6 +1,6 @@
 import { closeSync, constants, openSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import { Socket } from 'node:net';
+import { Socket, type SocketConstructorOpts } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /**
@@ -61,7 +61,15 @@ export async function readThroughFifo<T>(
     throw e;
   }
   // The socket owns the read end from here, and closes it when destroyed.
-  const socket = new Socket({ fd: readEnd, readable: true, writable: false });
+  // Read ahead up to a few MiB while the consumer writes: the producer is not held up by each write.
+  // (Socket passes its options on to its Duplex, which its type does not say.)
+  const options: SocketConstructorOpts & { readableHighWaterMark: number } = {
+    fd: readEnd,
+    readable: true,
+    writable: false,
+    readableHighWaterMark: 4 << 20,
+  };
+  const socket = new Socket(options);
   const producing = produce(fifo).finally(() => closeSync(ownWriteEnd));
   const consuming = (async () => {
     try {
