@@ -1,0 +1,142 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { invalidArgument, notFound, notSupported, TrivisorError } from '../core/errors.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import { projectOfRecord } from '../core/projects.ts';
+import { ArchiveWriter } from '../storage/backup-archive.ts';
+import { byteProgress } from '../storage/byte-progress.ts';
+import { readThroughFifo } from '../storage/fifo-stream.ts';
+import type { BackupManifest } from '../storage/storage-records.ts';
+import { ZstdFrameEnd } from '../storage/zstd-frames.ts';
+import { BLANK_IMAGE } from './image-service.ts';
+import { diskFull, type StorageView } from './storage-context.ts';
+import type { StorageService } from './storage-service.ts';
+
+const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
+
+/** Backups written on the daemon's side (export): make, find for download, delete. */
+export function backupMethods(
+  view: StorageView,
+): Pick<StorageService, 'createBackup' | 'backupFile' | 'deleteBackup'> {
+  const { deps, runner, backupsDir, storageFor, assertProvisioned, exclusive } = view.ctx;
+  const { scope, load } = view;
+  return {
+    async createBackup(guest, options) {
+      const { spec, status } = await load(guest);
+      const storage = storageFor(spec);
+      assertProvisioned(spec, status);
+      const exportIncremental = storage.exportIncremental?.bind(storage);
+      if (options.incremental) {
+        if (!exportIncremental) {
+          throw notSupported(
+            `Incremental backups are not supported for ${spec.model} guests: only vm disks keep dirty bitmaps`,
+          );
+        }
+        if (options.withSnapshots) {
+          throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
+        }
+      }
+      const backup = `backup-${randomBytes(8).toString('hex')}`;
+      return exclusive(
+        guest,
+        `Backing up guest ${guest}`,
+        async (ctx) => {
+          // A guest made with --empty has no image: its archive names none ('').
+          const image = spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image);
+          const snapshots = options.withSnapshots ? await view.self().listSnapshots(guest) : [];
+          const dir = join(backupsDir, guest);
+          const work = join(dir, `.tmp-${backup}`);
+          const partial = join(dir, `.tmp-${backup}.tar`);
+          const archive = join(dir, `${backup}.tar`);
+          await mkdir(work, { recursive: true, mode: 0o700 });
+          // Each payload goes from the driver's tar through a FIFO into the archive, hashed on the
+          // way: written once, read never (decision 35). The manifest, which holds the checksums, comes last.
+          let writer: ArchiveWriter | undefined;
+          try {
+            writer = await ArchiveWriter.create(partial);
+            const into = writer;
+            const files: BackupManifest['files'] = {};
+            const progress = byteProgress((percent, text) => ctx.progress(percent, text));
+            const payload = async (rel: string, produce: (path: string) => Promise<unknown>) => {
+              const fifo = join(work, rel.replaceAll('/', '-'));
+              await runner.run(['mkfifo', '-m', '0600', fifo]);
+              files[rel] = await readThroughFifo(fifo, produce, (chunks) =>
+                into.addStream(rel, zstdFramesOf(chunks), (n) => progress.add(n)),
+              );
+            };
+            progress.stage('root file system');
+            let link: BackupManifest['incremental'];
+            await payload('rootfs.tar.zst', async (path) => {
+              if (options.incremental && exportIncremental) {
+                link = await exportIncremental(spec, path, { signal: ctx.signal });
+              } else {
+                await storage.exportTar(spec, path, { signal: ctx.signal });
+              }
+            });
+            if (snapshots.length > 0) await into.addDirectory('snapshots');
+            for (const snap of snapshots) {
+              progress.stage(`snapshot ${snap.name}`);
+              await payload(`snapshots/${snap.name}.tar.zst`, (path) =>
+                storage.exportTar(spec, path, { snapshot: snap.name, signal: ctx.signal }),
+              );
+            }
+            ctx.signal.throwIfAborted();
+            const manifest: BackupManifest = {
+              format: 'trivisor-backup/1',
+              createdAt: new Date().toISOString(),
+              guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
+              image: {
+                fingerprint: image.fingerprint,
+                alias: spec.imageAlias,
+                description: image.description,
+              },
+              snapshots,
+              ...(link && { incremental: link }),
+              files,
+            };
+            await into.addBuffer('manifest.json', Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
+            const sizeBytes = await into.finish();
+            await rename(partial, archive);
+            return { backup, sizeBytes, ...(link && { incremental: link }) };
+          } catch (e) {
+            await writer?.abandon();
+            await rm(partial, { force: true });
+            if (ctx.signal.aborted)
+              throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
+            throw diskFull(e, `Cannot back up guest ${guest}`);
+          } finally {
+            await rm(work, { recursive: true, force: true });
+          }
+        },
+        { project: projectOfRecord(spec), mayCancel: true },
+      );
+    },
+
+    async backupFile(guest, backup) {
+      assertDnsLabel(guest, 'guest name');
+      // Backups are kept by guest name: one is only reachable through a guest of the project.
+      if (scope !== undefined) await load(guest);
+      if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
+      const path = join(backupsDir, guest, `${backup}.tar`);
+      const st = await stat(path).catch(() => undefined);
+      if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
+      return { path, sizeBytes: st.size };
+    },
+
+    async deleteBackup(guest, backup) {
+      const { path } = await view.self().backupFile(guest, backup);
+      await rm(path, { force: true });
+    },
+  };
+}
+
+/** The zstd frames of a payload, without the zeros tar pads them with when it writes to a FIFO. */
+async function* zstdFramesOf(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const frames = new ZstdFrameEnd();
+  for await (const chunk of chunks) {
+    const kept = frames.take(chunk);
+    if (kept.length > 0) yield kept;
+  }
+  frames.end();
+}

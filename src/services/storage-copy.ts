@@ -1,0 +1,94 @@
+import { alreadyExists } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import {
+  addUsage,
+  assertGuestCountable,
+  assertWithinLimits,
+  guestUsage,
+  projectOfRecord,
+} from '../core/projects.ts';
+import { records } from '../store/records.ts';
+import { readProject } from './project-service.ts';
+import type { StorageView } from './storage-context.ts';
+import type { StorageService } from './storage-service.ts';
+
+/** Copies of a guest (or of one of its snapshots) into a new guest. */
+export function copyMethods(view: StorageView): Pick<StorageService, 'copyGuest'> {
+  const {
+    deps,
+    store,
+    guests,
+    storageFor,
+    assertProvisioned,
+    exclusive,
+    finished,
+    createOn,
+    checkPool,
+    discard,
+  } = view.ctx;
+  const { load } = view;
+  return {
+    async copyGuest(request) {
+      assertDnsLabel(request.name, 'guest name');
+      const { spec: source, status } = await load(request.source);
+      const storage = storageFor(source);
+      assertProvisioned(source, status);
+      if (request.snapshot !== undefined) await view.self().getSnapshot(request.source, request.snapshot);
+      const project = projectOfRecord(source);
+      const taken = await records.guest.at(request.name).get(store);
+      if (taken) {
+        throw projectOfRecord(taken.value) === project
+          ? alreadyExists(`Guest ${request.name} already exists`)
+          : alreadyExists(
+              `The name ${request.name} is taken by a guest of another project: guest names are unique on this host, pick another`,
+            );
+      }
+      // The quota is refused here, before any work; the create in the operation checks it again, race-free.
+      const p = await readProject(store, project);
+      assertGuestCountable(project, p.spec.config, source.config);
+      assertWithinLimits(project, p.spec.config, {
+        before: p.usage,
+        after: addUsage(p.usage, guestUsage(source.config)),
+      });
+      await checkPool(request.storage);
+      const what = request.snapshot ? `${request.source}/${request.snapshot}` : request.source;
+      return exclusive(
+        request.source,
+        `Copying guest ${what} to ${request.name}`,
+        async (ctx) => {
+          await records.storagePending.at(request.name).put(store, { kind: 'copy' });
+          const create = {
+            name: request.name,
+            project,
+            image: source.image,
+            model: source.model,
+            config: { ...source.config },
+          };
+          const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
+          await finished(await createOn(pool, create));
+          try {
+            ctx.progress(null, 'copying');
+            const target = (await load(request.name)).spec;
+            await storage.copy(
+              source,
+              target,
+              request.snapshot === undefined ? {} : { snapshot: request.snapshot },
+            );
+          } catch (e) {
+            await discard(request.name);
+            throw e;
+          } finally {
+            await store.delete(keys.storagePending(request.name));
+          }
+          if (request.start) await finished(await guests.changeState(request.name, { action: 'start' }));
+          return undefined;
+        },
+        {
+          project,
+          resources: { guests: [`/1.0/guests/${request.source}`, `/1.0/guests/${request.name}`] },
+        },
+      );
+    },
+  };
+}
