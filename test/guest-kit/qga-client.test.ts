@@ -158,7 +158,11 @@ describe('QGA client against a real qemu-ga (unix-listen on the host)', {
 
   test('qgaExecSession collects stdin until EOF and delivers output at the end', async () => {
     const text = 'line one\nline two\n'.repeat(500);
-    const r = await runSession(qgaExecSession(client, { command: ['cat'], env: {}, tty: false }), text);
+    // The host's busybox: the kit's (/.trivisor/busybox, the default) is only inside guests.
+    const r = await runSession(
+      qgaExecSession(client, { command: ['cat'], env: {}, tty: false, busyboxPath: '/bin/busybox' }),
+      text,
+    );
     assert.deepEqual(r, { code: 0, stdout: text, stderr: '' });
     const env = await runSession(
       qgaExecSession(client, {
