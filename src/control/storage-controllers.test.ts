@@ -143,6 +143,8 @@ describe('pool controller', () => {
       createdAt: '',
     });
     await store.put(keys.storagePool('fast'), JSON.stringify(pool('fast')));
+    // Another member's pool is on its disks: this member never mounts it (decision 0034).
+    await store.put(keys.storagePool('theirs'), JSON.stringify({ ...pool('theirs'), location: 'h2' }));
     await store.put(
       keys.storageVolume('fast', 'v1'),
       JSON.stringify({
@@ -175,11 +177,20 @@ describe('pool controller', () => {
     assert.equal((await read<PoolRecord>(keys.storagePool('fast'))).location, 'h1');
     assert.equal((await read<{ location?: string }>(keys.storageVolume('fast', 'v1'))).location, 'h1');
     assert.equal((await read<{ location?: string }>(keys.guestPool('c1'))).location, 'h1');
-    assert.deepEqual(mounted, ['fast'], 'the default pool is the state directory: nothing to mount');
+    assert.deepEqual(
+      mounted,
+      ['fast'],
+      "the default pool is the state directory: nothing to mount; another member's pool is not this one's",
+    );
     const kept = JSON.parse(await readFile(path.join(root, 'fast', POOL_RECORD_FILE), 'utf8')) as PoolRecord;
     assert.equal(kept.name, 'fast');
     await store.put(keys.storagePool('slow'), JSON.stringify(pool('slow')));
-    await until(async () => mounted.includes('slow'), 'slow mounted');
+    // Mounted, and its record copy written (the mount's last step): only then is the tree left alone.
+    await until(
+      async () => (await readFile(path.join(root, 'slow', POOL_RECORD_FILE), 'utf8').catch(() => '')) !== '',
+      'slow mounted with its record copy',
+    );
+    assert.ok(!mounted.includes('theirs'), "another member's pool is not mounted here");
     controller.stop();
     await rm(root, { recursive: true, force: true });
   });
