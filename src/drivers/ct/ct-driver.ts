@@ -80,6 +80,8 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
   const { runner, stateDir, idmapBase } = ctx;
   const log = ctx.log.child({ driver: 'ct' });
   const runcRoot = join(stateDir, 'runc');
+  /** An exec's pid and process files: root-only, outside every guest's (quota-bound) directory. */
+  const execDir = join(stateDir, 'runc-exec');
   const runc = ['runc', '--root', runcRoot];
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
@@ -661,7 +663,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       };
       // runc writes the command's host pid here: a SIGKILL of the session kills the command and
       // what it started from the host (runc-exec.ts), which a SIGKILL of `runc exec` does not.
-      const pidFile = join(pathsOf(spec).bundle, `exec-${randomBytes(6).toString('hex')}.pid`);
+      // Outside the guest's directory: on a pool its subvolume has the guest's disk quota, and a
+      // guest that filled it must still take the exec that frees it.
+      await mkdir(execDir, { recursive: true, mode: 0o700 });
+      const pidFile = join(execDir, `${spec.name}-${randomBytes(6).toString('hex')}.pid`);
       if (!options.tty) {
         delete env.TERM;
         const session = pipeExecSession(
@@ -693,7 +698,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       const rows = Math.floor(options.rows ?? 24);
       const p = pathsOf(spec);
       const config = JSON.parse(await readFile(p.config, 'utf8')) as { process: Record<string, unknown> };
-      const processFile = join(p.bundle, `exec-${randomBytes(6).toString('hex')}.json`);
+      const processFile = join(execDir, `${spec.name}-${randomBytes(6).toString('hex')}.json`);
       const execProcess = {
         ...config.process,
         terminal: true,
