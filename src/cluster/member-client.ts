@@ -198,28 +198,11 @@ function exchange<T>(
         res.on('end', () => {
           socket.destroy();
           const status = res.statusCode ?? 0;
-          let envelope: { metadata?: unknown; error?: unknown; code?: unknown };
           try {
-            envelope = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            reject(unavailable(`${o.where} answered ${status} without a JSON envelope`));
-            return;
+            resolve({ status, metadata: metadataOfAnswer<T>(status, Buffer.concat(chunks), o.where) });
+          } catch (e) {
+            reject(e);
           }
-          if (status >= 400) {
-            const code = isErrorCode(envelope.code)
-              ? envelope.code
-              : status >= 500
-                ? 'Unavailable'
-                : 'InvalidArgument';
-            reject(
-              new TrivisorError(
-                code,
-                typeof envelope.error === 'string' ? envelope.error : `${o.where} answered ${status}`,
-              ),
-            );
-            return;
-          }
-          resolve({ status, metadata: envelope.metadata as T });
         });
       },
     );
@@ -230,6 +213,31 @@ function exchange<T>(
     });
     req.end(payload);
   });
+}
+
+/**
+ * The metadata of a member's answer, or its error envelope as the TrivisorError it names (its
+ * code as the member sent it; guessed from the status only when it sent none).
+ */
+export function metadataOfAnswer<T>(status: number, body: Buffer, where: string): T {
+  let envelope: { metadata?: unknown; error?: unknown; code?: unknown };
+  try {
+    envelope = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw unavailable(`${where} answered ${status} without a JSON envelope`);
+  }
+  if (status >= 400) {
+    const code = isErrorCode(envelope.code)
+      ? envelope.code
+      : status >= 500
+        ? 'Unavailable'
+        : 'InvalidArgument';
+    throw new TrivisorError(
+      code,
+      typeof envelope.error === 'string' ? envelope.error : `${where} answered ${status}`,
+    );
+  }
+  return envelope.metadata as T;
 }
 
 function hint(e: NodeJS.ErrnoException): string {

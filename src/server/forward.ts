@@ -6,8 +6,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { WebSocket } from 'ws';
 import { errorResponse } from '../api/envelopes.ts';
 import { httpStatusOf } from '../api/errors.ts';
+import { metadataOfAnswer } from '../cluster/member-client.ts';
 import type { Caller } from '../core/access.ts';
-import { asTrivisorError, isErrorCode, TrivisorError, unavailable } from '../core/errors.ts';
+import { asTrivisorError, unavailable } from '../core/errors.ts';
 
 /**
  * Requests passed from the member that was asked to the member that must answer
@@ -199,25 +200,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
     const chunks: Buffer[] = [];
     for await (const chunk of res) chunks.push(chunk as Buffer);
     socket.destroy();
-    let envelope: { metadata?: unknown; error?: unknown; code?: unknown };
-    try {
-      envelope = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-    } catch {
-      throw unavailable(`Member ${member} answered ${res.statusCode} without a JSON envelope`);
-    }
-    const status = res.statusCode ?? 0;
-    if (status >= 400) {
-      const code = isErrorCode(envelope.code)
-        ? envelope.code
-        : status >= 500
-          ? 'Unavailable'
-          : 'InvalidArgument';
-      throw new TrivisorError(
-        code,
-        typeof envelope.error === 'string' ? envelope.error : `Member ${member} answered ${status}`,
-      );
-    }
-    return envelope.metadata as T;
+    return metadataOfAnswer<T>(res.statusCode ?? 0, Buffer.concat(chunks), `Member ${member}`);
   };
 
   const upgrade = async (request: FastifyRequest, reply: FastifyReply, member: string): Promise<void> => {
