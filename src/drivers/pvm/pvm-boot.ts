@@ -5,7 +5,6 @@ import {
   lstat,
   mkdir,
   open,
-  readdir,
   readFile,
   readlink,
   realpath,
@@ -28,6 +27,7 @@ import { isSameProcess, readChildPids, readProcessIdentity } from '../../host/pr
 import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { writeConfigDisk } from '../config-disk.ts';
 import type { GuestDriver, ImageHandle, ProbeResult } from '../guest-driver.ts';
+import { createUidAllocator } from '../guest-uids.ts';
 import {
   BOOT_TIMEOUT_MS,
   exists,
@@ -91,7 +91,6 @@ async function existsInRoot(root: string, path: string): Promise<boolean> {
 export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' | 'create' | 'start'> {
   const { ctx, self, runner, stateDir, log, kernelPath, uidBase, cgroupParent, cgroupsPath } = c;
   const { pathsOf, diskBytesOf, memoryOf, liveUml, cleanUpRuntime, readUid, writeNicSlots, limitsOf } = c;
-  let uidLock: Promise<unknown> = Promise.resolve();
   // What the jail binds for the kernel to run: linux.uml, setpriv and the libraries they load.
   let programFiles: Promise<string[]> | undefined;
   const jailProgramFiles = (): Promise<string[]> => {
@@ -124,26 +123,13 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
   };
 
   /** The lowest uid no other pvm guest of this state dir holds (serialised: two creates must not share one). */
-  const allocateUid = (spec: GuestSpec): Promise<number> => {
-    const work = uidLock.then(async () => {
-      const taken = new Set<number>();
-      const guestsDir = join(stateDir, 'guests');
-      for (const name of await readdir(guestsDir).catch(() => [] as string[])) {
-        if (name === spec.name) continue;
-        const text = await readFile(join(guestsDir, name, 'uid'), 'utf8').catch(() => '');
-        if (text.trim() !== '') taken.add(Number(text.trim()));
-      }
-      for (let uid = uidBase; uid < uidBase + UID_SLOTS; uid++) {
-        if (!taken.has(uid)) {
-          await writeFile(pathsOf(spec).uidFile, `${uid}\n`, { mode: 0o644 });
-          return uid;
-        }
-      }
-      throw failedPrecondition(`All ${UID_SLOTS} pvm host uids are in use: delete unused pvm guests.`);
-    });
-    uidLock = work.catch(() => {});
-    return work;
-  };
+  const allocateUid = createUidAllocator({
+    stateDir,
+    base: uidBase,
+    slots: UID_SLOTS,
+    model: 'pvm',
+    uidFileOf: (spec) => pathsOf(spec).uidFile,
+  });
 
   const checkKernel = async (): Promise<void> => {
     try {

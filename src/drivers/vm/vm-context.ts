@@ -1,4 +1,4 @@
-import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -9,6 +9,7 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { createConsoleSlots } from '../console-slots.ts';
 import { cgroupParentOf } from '../ct/ct-driver.ts';
 import type { DriverContext, GuestDriver } from '../guest-driver.ts';
+import { createUidAllocator } from '../guest-uids.ts';
 import {
   ACCELERATOR_ENV,
   type AcceleratorVerdict,
@@ -89,7 +90,6 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
   const ovmfDir = options.ovmfDir ?? process.env[OVMF_DIR_ENV] ?? DEFAULT_OVMF_DIR;
   /** The test boot's QEMU runs unprivileged too, as the uid no guest gets. */
   const probeUid = uidBase + UID_SLOTS - 1;
-  let uidLock: Promise<unknown> = Promise.resolve();
 
   const bootDir = options.bootDir ?? defaultBootDir();
   const bootKit = (): Promise<BootKit> =>
@@ -119,26 +119,14 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
    * The lowest uid of the vm block that no other guest of this state dir holds
    * (serialised: two creates must not share one), written to the guest's uid file.
    */
-  const allocateUid = (spec: GuestSpec): Promise<number> => {
-    const work = uidLock.then(async () => {
-      const taken = new Set<number>();
-      const guestsDir = join(stateDir, 'guests');
-      for (const name of await readdir(guestsDir).catch(() => [] as string[])) {
-        if (name === spec.name) continue;
-        const text = await readFile(join(guestsDir, name, 'uid'), 'utf8').catch(() => '');
-        if (text.trim() !== '') taken.add(Number(text.trim()));
-      }
-      for (let uid = uidBase; uid < uidBase + UID_SLOTS - 1; uid++) {
-        if (!taken.has(uid)) {
-          await writeFile(pathsOf(spec).uidFile, `${uid}\n`, { mode: 0o644 });
-          return uid;
-        }
-      }
-      throw failedPrecondition(`All ${UID_SLOTS - 1} vm host uids are in use: delete unused vm guests.`);
-    });
-    uidLock = work.catch(() => {});
-    return work;
-  };
+  const allocateUid = createUidAllocator({
+    stateDir,
+    base: uidBase,
+    // The block's last uid is the accelerator probe's (probeUid).
+    slots: UID_SLOTS - 1,
+    model: 'vm',
+    uidFileOf: (spec) => pathsOf(spec).uidFile,
+  });
 
   const readBoot = async (spec: GuestSpec): Promise<BootRecord | undefined> =>
     readFile(pathsOf(spec).bootRecord, 'utf8')
