@@ -170,7 +170,14 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
         query.delete('ticket');
         // Which members are streamed; one that ends (a restart) or joins is taken up at the next look.
         const streaming = new Set<string>();
-        const look = () =>
+        // A member whose stream ended is looked for again soon, then less often while it stays away.
+        const retryMs = new Map<string, number>();
+        const lookAgain = (member: string) => {
+          const wait = Math.min((retryMs.get(member) ?? MEMBER_RETRY_MS / 2) * 2, MEMBER_LOOK_MS);
+          retryMs.set(member, wait);
+          setTimeout(look, wait).unref();
+        };
+        const look = (): void =>
           void forward
             .others()
             .then((members) => {
@@ -184,6 +191,7 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
                     `/1.0/events?${query}`,
                     (text) => {
                       if (socket.readyState !== socket.OPEN) return;
+                      retryMs.delete(member);
                       try {
                         const event = JSON.parse(text) as TrivisorEvent;
                         socket.send(JSON.stringify({ ...event, location: event.location ?? member }));
@@ -191,7 +199,10 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
                         // Not an event: nothing to pass on.
                       }
                     },
-                    () => streaming.delete(member),
+                    () => {
+                      streaming.delete(member);
+                      if (stops.length > 0) lookAgain(member);
+                    },
                   ),
                 );
               }
@@ -210,6 +221,8 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
 
 /** How often an event subscription looks for members it does not stream yet (joined, restarted). */
 const MEMBER_LOOK_MS = 5000;
+/** The first wait before a member whose event stream ended is looked for again. */
+const MEMBER_RETRY_MS = 500;
 
 function eventTypesOf(query: { type?: string }): TrivisorEvent['type'][] {
   if (!query.type) return DEFAULT_EVENT_TYPES;
