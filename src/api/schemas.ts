@@ -136,6 +136,19 @@ export const NetworkSchema = Type.Object({
   createdAt: Type.String(),
   forwards: Type.Optional(Type.Array(NetworkForwardSchema)),
   acls: Type.Optional(Type.Array(NetworkAclRuleSchema)),
+  members: Type.Optional(
+    Type.Array(
+      Type.Object({
+        name: Type.String(),
+        status: Type.Union([Type.Literal('Created'), Type.Literal('Pending'), Type.Literal('Error')]),
+        error: Type.Optional(Type.String()),
+      }),
+      {
+        description:
+          "On a cluster: the network's bridge on each member, its own member (location) first; absent on a single host",
+      },
+    ),
+  ),
 });
 
 export const GuestStateSchema = Type.Object({

@@ -199,6 +199,9 @@ export function networkInfo(n: Network): string {
   for (const k of Object.keys(n.config).sort()) lines.push(`  ${k}: ${n.config[k]}`);
   lines.push(n.usedBy.length === 0 ? 'Used by: (none)' : 'Used by:');
   for (const u of n.usedBy) lines.push(`  ${u}`);
+  // On a cluster: the bridge on each member (decision 0034), its own member first.
+  if (n.members?.length) lines.push('Members:');
+  for (const m of n.members ?? []) lines.push(`  ${m.name}: ${m.status}${m.error ? ` (${m.error})` : ''}`);
   if (n.forwards?.length) lines.push('Forwards:');
   for (const f of n.forwards ?? []) {
     const guest = f.targetGuest ? ` (${f.targetGuest})` : '';

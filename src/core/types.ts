@@ -161,6 +161,19 @@ export interface Network {
   createdAt: string;
   forwards?: NetworkForward[];
   acls?: NetworkAclRule[];
+  /**
+   * On a cluster, the network's bridge on each member (decision 0034), its own member first;
+   * absent on a single host.
+   */
+  members?: NetworkMemberState[];
+}
+
+/** How a network's bridge stands on one member. */
+export interface NetworkMemberState {
+  name: string;
+  /** Pending: the member has not built the network's current generation yet. */
+  status: 'Created' | 'Pending' | 'Error';
+  error?: string;
 }
 
 /** One NIC of a guest as `info` shows it. */

@@ -7,7 +7,7 @@ import {
   NO_USAGE,
   projectOfRecord,
 } from '../core/projects.ts';
-import type { Network, NetworkSpec, NetworkStatus } from '../core/types.ts';
+import type { Network, NetworkMemberState, NetworkSpec, NetworkStatus } from '../core/types.ts';
 import { type Ipv4Cidr, overlaps, parseCidr, parseGatewayCidr, subnetOf } from '../network/ipv4.ts';
 import { records, valuesOf } from '../store/records.ts';
 import type { NetworkContext } from './network-context.ts';
@@ -15,13 +15,42 @@ import type { NetworkService } from './network-service.ts';
 import { assertNetworkName, validateNetworkConfig } from './network-validation.ts';
 import { guardedWrite } from './project-service.ts';
 
+/** A network's status as one member's record of it says, against the spec's current generation. */
+export function shownStatus(spec: NetworkSpec, status: NetworkStatus | undefined): Network['status'] {
+  if (status?.error && status.failedGeneration === spec.generation) return 'Error';
+  return status && status.observedGeneration >= spec.generation ? status.status : 'Pending';
+}
+
+/**
+ * The network's bridge on each member (decision 0034): its own member's (`location`) from the
+ * network's status, every other's from the status that member wrote (`NETWORK/MEMBER`); a
+ * member that wrote none yet is Pending. Its own member first, then by name.
+ */
+export function networkMembers(
+  spec: NetworkSpec,
+  cluster: { own: NetworkStatus | undefined; members: string[]; statuses: Map<string, NetworkStatus> },
+): NetworkMemberState[] {
+  const names = [...new Set([spec.location, ...[...cluster.members].sort()])];
+  return names.map((member) => {
+    const status = member === spec.location ? cluster.own : cluster.statuses.get(`${spec.name}/${member}`);
+    const shown: NetworkMemberState = { name: member, status: shownStatus(spec, status) };
+    if (status?.error && shown.status === 'Error') shown.error = status.error;
+    return shown;
+  });
+}
+
 /** Listing, reading, creating, changing and deleting networks of the context's view. */
 export function networkCrud(
   ctx: NetworkContext,
 ): Pick<NetworkService, 'list' | 'get' | 'create' | 'update' | 'delete'> {
   const { store, deps, scope, load, guestsUsing, waitConverged, writeSpec, rollBack } = ctx;
 
-  const toNetwork = (spec: NetworkSpec, status: NetworkStatus | undefined, usedBy: string[]): Network => {
+  const toNetwork = (
+    spec: NetworkSpec,
+    status: NetworkStatus | undefined,
+    usedBy: string[],
+    cluster?: { members: string[]; statuses: Map<string, NetworkStatus> },
+  ): Network => {
     const n: Network = {
       name: spec.name,
       project: projectOfRecord(spec),
@@ -29,20 +58,33 @@ export function networkCrud(
       type: 'bridge',
       managed: true,
       config: spec.config,
-      status:
-        status?.error && status.failedGeneration === spec.generation
-          ? 'Error'
-          : status && status.observedGeneration >= spec.generation
-            ? status.status
-            : 'Pending',
+      status: shownStatus(spec, status),
       usedBy: usedBy.map((g) => `/1.0/guests/${g}`),
       createdAt: spec.createdAt,
     };
     if (status?.error) n.error = status.error;
     if (spec.forwards?.length) n.forwards = spec.forwards;
     if (spec.acls?.length) n.acls = spec.acls;
+    if (cluster && cluster.members.length > 0) {
+      n.members = networkMembers(spec, { own: status, ...cluster });
+    }
     return n;
   };
+
+  /** The cluster's members and the bridges their non-owners built, of one network or all (single host: none). */
+  async function memberStatuses(
+    name?: string,
+  ): Promise<{ members: string[]; statuses: Map<string, NetworkStatus> }> {
+    const [members, statuses] = await Promise.all([
+      records.member.list(store),
+      name === undefined
+        ? records.networkMemberStatus.list(store)
+        : records.networkMemberStatus.list(store, name),
+    ]);
+    const byKey = new Map<string, NetworkStatus>();
+    for (const s of statuses.items) byKey.set(records.networkMemberStatus.nameOf(s.key), s.value);
+    return { members: members.items.map((m) => records.member.nameOf(m.key)), statuses: byKey };
+  }
 
   async function assertNoOverlap(name: string, cidr: Ipv4Cidr, project: string): Promise<void> {
     for (const other of valuesOf(await records.network.list(store))) {
@@ -90,21 +132,23 @@ export function networkCrud(
 
   return {
     async list(options = {}) {
-      const [specs, statuses, used] = await Promise.all([
+      const [specs, statuses, used, cluster] = await Promise.all([
         records.network.list(store),
         records.networkStatus.list(store),
         guestsUsing(),
+        memberStatuses(),
       ]);
       const st = new Map<string, NetworkStatus>();
       for (const s of statuses.items) st.set(records.networkStatus.nameOf(s.key), s.value);
       return valuesOf(specs)
         .filter((s) => scope === undefined || options.allProjects || projectOfRecord(s) === scope)
-        .map((s) => toNetwork(s, st.get(s.name), used.get(s.name) ?? []));
+        .map((s) => toNetwork(s, st.get(s.name), used.get(s.name) ?? [], cluster));
     },
 
     async get(name) {
       const l = await load(name);
-      return toNetwork(l.spec, l.status, (await guestsUsing()).get(name) ?? []);
+      const [used, cluster] = await Promise.all([guestsUsing(), memberStatuses(name)]);
+      return toNetwork(l.spec, l.status, used.get(name) ?? [], cluster);
     },
 
     async create(request) {
