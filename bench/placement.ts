@@ -6,6 +6,8 @@
 import { loadavg, release } from 'node:os';
 import {
   createPlacementIndex,
+  NEAR_MEMBERS,
+  nearBytes,
   type PlacementCandidate,
   type PlacementRequest,
 } from '../src/control/placement.ts';
@@ -38,17 +40,26 @@ const requests: PlacementRequest[] = Array.from({ length: 4096 }, (_, i) => ({
   cpus: 1 + (i % 4),
 }));
 
-/** The baseline: a full scan and sort of all members per decision. */
+/**
+ * The baseline: a full scan and sort of all members per decision, then the members within
+ * nearBytes of the first (NEAR_MEMBERS at most), the first of them with the fewest guests.
+ */
 function naive(state: PlacementCandidate[], r: PlacementRequest): string {
   const fit = state
     .filter((c) => c.status === 'Online' && c.cpus >= r.cpus && c.memoryFreeBytes >= r.memoryBytes)
     .sort(
       (a, b) => b.memoryFreeBytes - a.memoryFreeBytes || b.cpuFree - a.cpuFree || (a.name < b.name ? -1 : 1),
     );
-  const c = fit[0];
+  const top = fit[0];
+  const near = top
+    ? fit.filter((c) => c.memoryFreeBytes >= top.memoryFreeBytes - nearBytes(top)).slice(0, NEAR_MEMBERS)
+    : [];
+  const fewest = Math.min(...near.map((c) => c.guests ?? 0));
+  const c = near.find((m) => (m.guests ?? 0) === fewest);
   if (!c) throw new Error('no member');
   c.memoryFreeBytes -= r.memoryBytes;
   c.cpuFree = Math.max(0, c.cpuFree - r.cpus);
+  c.guests = (c.guests ?? 0) + 1;
   return c.name;
 }
 

@@ -3,6 +3,8 @@ import { describe, test } from 'node:test';
 import { isTrivisorError } from '../core/errors.ts';
 import {
   createPlacementIndex,
+  NEAR_MEMBERS,
+  nearBytes,
   type PlacedGuest,
   type PlacementCandidate,
   placeGuest,
@@ -43,6 +45,45 @@ describe('placement', () => {
     assert.deepEqual(p, { member: 'b', reason: 'most free memory: 18.2 GiB of 24.0' });
   });
 
+  test('members within a sixteenth of their memory (1.5 GiB of 24) of the most free memory are as good: the one with the fewest guests wins, said in the reason', () => {
+    // Three members of one host measure the same memory a few MiB apart; ct guests without
+    // limits.memory reserve nothing: the guest count spreads them.
+    const index = createPlacementIndex([
+      member('m1', 20.3, { guests: 1 }),
+      member('m2', 20.24),
+      member('m3', 20.2),
+      member('far', 18.5, { guests: 0 }),
+    ]);
+    const zero = { ...ct, memoryBytes: 0 };
+    const first = index.place(zero);
+    assert.deepEqual(first, {
+      member: 'm2',
+      reason: 'most free memory: 20.2 GiB of 24.0 (within 1.5 GiB of the most), fewest guests: 0',
+    });
+    assert.deepEqual(
+      [first.member, index.place(zero).member, index.place(zero).member, index.place(zero).member],
+      ['m2', 'm3', 'm1', 'm2'],
+      '1.8 GiB further down (more than 24/16), far is not as good, whatever it holds',
+    );
+    // withReservations counts every guest a member holds, in any state.
+    const counted = withReservations(
+      [member('a', 8), member('b', 8)],
+      [
+        { location: 'a', memoryBytes: 0, cpus: 1, createdAt: '2026-12-05T09:00:00.000Z', running: false },
+        { location: 'a', memoryBytes: 0, cpus: 1, createdAt: '2026-12-05T09:00:00.000Z', running: true },
+        { location: 'gone', memoryBytes: 0, cpus: 1, createdAt: '2026-12-05T09:00:00.000Z', running: true },
+      ],
+    );
+    assert.deepEqual(
+      counted.map((m) => [m.name, m.guests ?? 0]),
+      [
+        ['a', 2],
+        ['b', 0],
+      ],
+    );
+    assert.equal(placeGuest(counted, ct).member, 'b');
+  });
+
   test('ties go to the most free CPU, then to the first name, whatever the input order', () => {
     const same = [member('c', 8, { cpuFree: 1.5 }), member('b', 8), member('a', 8, { cpuFree: 1.5 })];
     assert.equal(placeGuest(same, ct).member, 'a');
@@ -71,8 +112,10 @@ describe('placement', () => {
   test('a burst spreads: each placement counts on its member', () => {
     const index = createPlacementIndex([member('a', 3), member('b', 2.5), member('c', 1)]);
     const got = Array.from({ length: 6 }, () => index.place({ ...ct, memoryBytes: GIB }).member);
-    // a 3→2, b 2.5→1.5, a 2→1, b 1.5→0.5; then a and c both hold 1 GiB, and c's CPU is still idle.
-    assert.deepEqual(got, ['a', 'b', 'a', 'b', 'c', 'a']);
+    // Near is 1.5 GiB (a sixteenth of 24). a (3; b near, no guests either; a is freer) → 2;
+    // b (2.5; a and c near, b holds none) → 1.5; a (2; b and c near, c holds none) → c → 0;
+    // a (2, a guest, as b) → 1; b (1.5, a guest; a holds two) → 0.5; a, the only one with 1 GiB.
+    assert.deepEqual(got, ['a', 'b', 'c', 'a', 'b', 'a']);
     assert.match(
       refused(() => index.place({ ...ct, memoryBytes: GIB })).message,
       /No member can take a ct guest/,
@@ -170,23 +213,35 @@ describe('placement', () => {
     const members = Array.from({ length: 200 }, (_, i) =>
       member(`m${i}`, 1 + rnd() * 20, { cpuFree: rnd() * 2 }),
     );
-    const shadow = members.map((m) => ({ ...m }));
+    const shadow = members.map((m) => ({ ...m, guests: 0 }));
     const index = createPlacementIndex(members);
+    let byCount = 0;
     for (let k = 0; k < 500; k++) {
       const memoryBytes = Math.round((0.05 + rnd() * 0.5) * GIB);
-      const expected = [...shadow]
+      // The rule written out: sort the members that fit, keep those within nearBytes of the
+      // first (NEAR_MEMBERS at most), take the first of those with the fewest guests.
+      const fit = [...shadow]
         .filter((m) => m.memoryFreeBytes >= memoryBytes)
         .sort(
           (a, b) =>
             b.memoryFreeBytes - a.memoryFreeBytes || b.cpuFree - a.cpuFree || a.name.localeCompare(b.name),
-        )[0];
+        );
+      const top = fit[0];
+      const near = top
+        ? fit.filter((m) => m.memoryFreeBytes >= top.memoryFreeBytes - nearBytes(top)).slice(0, NEAR_MEMBERS)
+        : [];
+      const fewest = Math.min(...near.map((m) => m.guests));
+      const expected = near.find((m) => m.guests === fewest);
+      if (expected !== fit[0]) byCount++;
       const got = index.place({ ...ct, memoryBytes });
       assert.equal(got.member, expected?.name);
       const m = shadow.find((s) => s.name === got.member);
       if (m) {
         m.memoryFreeBytes -= memoryBytes;
         m.cpuFree = Math.max(0, m.cpuFree - 1);
+        m.guests++;
       }
     }
+    assert.ok(byCount > 50, `the guest count decided ${byCount} times of 500`);
   });
 });

@@ -4,10 +4,16 @@ import type { Model } from '../core/types.ts';
 /**
  * Placement (issue 12 part 5): which member a new guest goes to. The rule is Incus's and
  * vSphere's initial placement reduced to what the members measure: the member with the most
- * free measured memory that can hold the guest's limits, ties broken by free CPU and then by
- * name, so that the same states always give the same answer. An Offline or Evacuated member
- * gets nothing. Every answer says why, in words an administrator reads in `trivisor info`
- * and in the guest's created event.
+ * free measured memory that can hold the guest's limits. The next members whose free memory
+ * is within a sixteenth of its memory of that (`nearBytes`; up to NEAR_MEMBERS in all) are as
+ * good as it: measurements
+ * taken a few seconds apart differ by that much, and a ct guest without limits.memory
+ * reserves nothing. Among them the one with the fewest guests wins (Incus's own rule), then
+ * the most free memory, the most free CPU and the name, so that the same states always give
+ * the same answer. The bound keeps a decision cheap when thousands of members are equally
+ * free (a cluster filled evenly is). An Offline or Evacuated
+ * member gets nothing. Every answer says why, in words an administrator reads in `trivisor
+ * info` and in the guest's created event.
  *
  * Pure logic over member states: the guest service feeds it `cluster list`'s measurements;
  * bench/placement.ts feeds it 10,000 synthetic members.
@@ -28,6 +34,8 @@ export interface PlacementCandidate {
   measuredAt?: string;
   /** Free space of its default pool, where the guest's disk goes; unknown when absent. */
   diskFreeBytes?: number;
+  /** Guests it holds (every state); 0 when absent. */
+  guests?: number;
 }
 
 /** A guest as reservations count it: where it is, what it holds, when it was made and started. */
@@ -57,7 +65,9 @@ export function withReservations(
   const byName = new Map(out.map((c) => [c.name, c]));
   for (const g of guests) {
     const c = byName.get(g.location);
-    if (!c?.measuredAt) continue;
+    if (!c) continue;
+    c.guests = (c.guests ?? 0) + 1;
+    if (!c.measuredAt) continue;
     const unmeasured =
       g.createdAt > c.measuredAt || (g.running && g.startedAt !== undefined && g.startedAt > c.measuredAt);
     if (!unmeasured) continue;
@@ -88,6 +98,15 @@ export interface Placement {
 }
 
 const GIB = 1024 ** 3;
+/**
+ * Free memory this close to the most free member's counts as the same (see the top): a
+ * sixteenth of that member's memory (1.5 GiB of 24), at least 512 MiB.
+ */
+export function nearBytes(most: PlacementCandidate): number {
+  return Math.max(512 * 1024 ** 2, most.memoryTotalBytes / 16);
+}
+/** How many members, the most free first, a decision compares by guest count. */
+export const NEAR_MEMBERS = 16;
 const gib = (bytes: number) => (bytes / GIB).toFixed(1);
 
 /** Why a member cannot take the guest, or undefined when it can. */
@@ -111,12 +130,21 @@ function better(a: PlacementCandidate, b: PlacementCandidate): number {
   );
 }
 
+/** Counts a guest placed on `c` (its free resources only shrink). */
+function count(c: PlacementCandidate, r: PlacementRequest): void {
+  c.memoryFreeBytes -= r.memoryBytes;
+  c.cpuFree = Math.max(0, c.cpuFree - r.cpus);
+  if (c.diskFreeBytes !== undefined) c.diskFreeBytes = Math.max(0, c.diskFreeBytes - (r.diskBytes ?? 0));
+  c.guests = (c.guests ?? 0) + 1;
+}
+
 /**
  * A scheduler over a fixed set of member states that keeps what it placed: each placement
  * takes the guest's memory and CPUs off its member, so a burst of creates spreads instead of
  * piling on the member that was freest before the burst. Online members are kept in a binary
- * heap, best on top: a decision looks at the top (going deeper only past members too small
- * for the guest's CPUs or model), and a placement sifts one member down, O(log n).
+ * heap, best on top: a decision takes members off the top while they are near (`nearBytes`)
+ * the first that fits, up to NEAR_MEMBERS that fit (and past members too small for the guest's
+ * CPUs or model), chooses among them, and puts them back: O(k log n).
  */
 export function createPlacementIndex(candidates: readonly PlacementCandidate[]) {
   const all = candidates.map((c) => ({ ...c }));
@@ -161,9 +189,7 @@ export function createPlacementIndex(candidates: readonly PlacementCandidate[]) 
   };
   /** Counts the guest on `c`, the member at heap index `at` (its free resources only shrink). */
   const take = (c: PlacementCandidate, at: number, r: PlacementRequest) => {
-    c.memoryFreeBytes -= r.memoryBytes;
-    c.cpuFree = Math.max(0, c.cpuFree - r.cpus);
-    if (c.diskFreeBytes !== undefined) c.diskFreeBytes = Math.max(0, c.diskFreeBytes - (r.diskBytes ?? 0));
+    count(c, r);
     siftDown(at);
   };
   /** Up to three reasons why no member takes the guest (the slow path of a refusal). */
@@ -185,25 +211,39 @@ export function createPlacementIndex(candidates: readonly PlacementCandidate[]) 
         return { member: c.name, reason };
       }
       if (all.length === 0) throw failedPrecondition('No member to place the guest on');
-      // The top has the most free memory: when it lacks the memory, every member does.
-      const skipped: PlacementCandidate[] = [];
+      // The top has the most free memory: when it lacks the memory, every member does. Members
+      // come off the heap best first, so among as many guests the first taken off wins.
+      const taken: PlacementCandidate[] = [];
+      let first: PlacementCandidate | undefined;
       let chosen: PlacementCandidate | undefined;
-      for (let c = heap[0]; c !== undefined && c.memoryFreeBytes >= r.memoryBytes; c = heap[0]) {
-        if (refusal(c, r) === undefined) {
-          chosen = c;
-          break;
-        }
-        skipped.push(pop() as PlacementCandidate);
+      let fitting = 0;
+      for (
+        let c = heap[0];
+        c !== undefined &&
+        c.memoryFreeBytes >= r.memoryBytes &&
+        fitting < NEAR_MEMBERS &&
+        (first === undefined || c.memoryFreeBytes >= first.memoryFreeBytes - nearBytes(first));
+        c = heap[0]
+      ) {
+        taken.push(pop() as PlacementCandidate);
+        if (refusal(c, r) !== undefined) continue;
+        first ??= c;
+        fitting++;
+        if (!chosen || (c.guests ?? 0) < (chosen.guests ?? 0)) chosen = c;
       }
       let placement: Placement | undefined;
       if (chosen) {
+        const free = `${gib(chosen.memoryFreeBytes)} GiB of ${gib(chosen.memoryTotalBytes)}`;
         placement = {
           member: chosen.name,
-          reason: `most free memory: ${gib(chosen.memoryFreeBytes)} GiB of ${gib(chosen.memoryTotalBytes)}`,
+          reason:
+            chosen === first
+              ? `most free memory: ${free}`
+              : `most free memory: ${free} (within ${gib(nearBytes(first as PlacementCandidate))} GiB of the most), fewest guests: ${chosen.guests ?? 0}`,
         };
-        take(chosen, 0, r);
+        count(chosen, r);
       }
-      for (const c of skipped) push(c);
+      for (const c of taken) push(c);
       if (placement) return placement;
       throw failedPrecondition(
         `No member can take a ${r.model} guest with ${gib(r.memoryBytes)} GiB and ${r.cpus} CPUs: ${refusals(r)}`,

@@ -145,6 +145,36 @@ describe('a three-member cluster', () => {
     assert.equal(curl(`https://${m1.ip}:8444/1.0/cluster/members`).stdout, '401');
   });
 
+  test('placement spreads guests of all three models over the three members: memory measured within a sixteenth counts as equal, the fewest guests wins, and each runs where it was placed', async () => {
+    const [m1, m2, m3] = cluster.hosts;
+    assert.ok(m1 && m2 && m3);
+    // The three members measure one host's memory, seconds apart: as good as each other. None
+    // holds a guest yet, so each launch goes to a member that holds none.
+    const launched = [
+      ['sp-ct', m1, []],
+      ['sp-pvm', m2, ['--model', 'pvm', '-c', 'limits.memory=64MiB']],
+      ['sp-vm', m3, ['--model', 'vm', '-c', 'limits.memory=128MiB']],
+    ] as const;
+    for (const [name, through, args] of launched) through.daemon.ok(['launch', 'busybox', name, ...args]);
+    const placed = launched.map(([name]) => guest(m1.daemon, name));
+    assert.deepEqual(
+      new Set(placed.map((g) => g?.location)),
+      new Set(['m1', 'm2', 'm3']),
+      JSON.stringify(placed.map((g) => [g?.name, g?.location])),
+    );
+    for (const g of placed) {
+      assert.equal(g?.status, 'Running', `${g?.name} on ${g?.location}`);
+      const owner = cluster.hosts.find((h) => h.name === g?.location);
+      assert.match(
+        owner?.daemon.ok(['info', g?.name ?? '']) ?? '',
+        /Placement: most free memory: \d+\.\d GiB of/,
+      );
+      assert.equal(m2.daemon.ok(['exec', g?.name ?? '', '--', 'echo', 'placed']), 'placed\n');
+    }
+    m1.daemon.ok(['delete', '--force', ...launched.map(([name]) => name)]);
+    for (const [name] of launched) assert.equal(guest(m3.daemon, name), undefined);
+  });
+
   test('a daemon killed with -9: Offline within 10 s, its guests keep running; restarted, Online with its guests adopted', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
