@@ -174,6 +174,47 @@ describe('informer', () => {
     assert.deepEqual(calls, ['add r/a=1', 'delete r/a=1']);
   });
 
+  test('a watch that stalls without an error is healed by the periodic re-list: what it missed is seen, nothing twice, and the new watch delivers', async () => {
+    await put('a', 1);
+    await put('b', 1);
+    // A store whose first watch delivers nothing and never says it is lost (a stream that stopped).
+    let watches = 0;
+    const stalling = new Proxy(store, {
+      get(target, prop) {
+        if (prop === 'watch') {
+          return (...args: Parameters<KvStore['watch']>) => {
+            watches++;
+            if (watches === 1) return { cancel: () => {} };
+            return target.watch(...args);
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as KvStore;
+    informer = createInformer<Record>({
+      store: stalling,
+      prefix: 'r/',
+      decode,
+      handlers,
+      log: silentLogger(),
+      resyncMs: 50,
+    });
+    await informer.start();
+    await put('a', 2);
+    await store.delete('r/b');
+    await put('c', 1);
+    await waitFor(() => calls.length === 5);
+    assert.deepEqual(calls, ['add r/a=1', 'add r/b=1', 'update r/a=1->2', 'add r/c=1', 'delete r/b=1']);
+    assert.ok(informer.resyncs() >= 1);
+    assert.equal(informer.relists(), 0, 'nothing said the watch was lost');
+    // The watch opened after the re-list delivers on its own, each change once.
+    await put('c', 2);
+    await waitFor(() => calls.length === 6);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(calls.slice(5), ['update r/c=1->2']);
+  });
+
   test('records that cannot be decoded are left out; a handler that throws does not stop the others', async () => {
     await put('a', 1);
     await store.put('r/bad', 'not json');

@@ -31,6 +31,13 @@ export interface InformerOptions<T> {
   relistBackoffMs?: number;
   /** Longest pause between re-list attempts (default 10 s). */
   relistMaxMs?: number;
+  /**
+   * Lists again this often even when the watch seems well (default 5 min; 0: never). A watch
+   * that stalls without an error (a stream that stops delivering) would otherwise leave the
+   * cache, and every controller acting on it, behind for good; the re-list turns what it missed
+   * into handler calls, as after a lost watch.
+   */
+  resyncMs?: number;
 }
 
 /**
@@ -38,7 +45,8 @@ export interface InformerOptions<T> {
  * watches from the list's revision + 1, and calls its handlers for every change. When
  * the watch is lost (its history compacted, or the store cancelled it) it lists again
  * and calls the handlers for the difference, deletes included, so its owner misses
- * nothing (Kubernetes' list-then-watch informer, over our store).
+ * nothing (Kubernetes' list-then-watch informer, over our store). It also lists again every
+ * `resyncMs`, in case a watch stalls without saying so.
  */
 export interface Informer<T> {
   /** Lists (calling onAdd for every key), then watches; rejects when the first list fails. */
@@ -53,6 +61,8 @@ export interface Informer<T> {
   revision(): number;
   /** How many times the watch was lost and the prefix listed again. */
   relists(): number;
+  /** How many periodic re-lists (`resyncMs`) ran. */
+  resyncs(): number;
 }
 
 interface Cached<T> {
@@ -69,6 +79,12 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
   let watcher: Watcher | undefined;
   let revision = 0;
   let relists = 0;
+  let resyncs = 0;
+  /** The current watch's number: events of a watch cancelled for a re-list are not applied. */
+  let watchGeneration = 0;
+  /** A re-list is under way (or waiting to be retried): a resync then has nothing to add. */
+  let relisting = false;
+  let resyncTimer: NodeJS.Timeout | undefined;
   let started = false;
   let stopped = false;
   let retryTimer: NodeJS.Timeout | undefined;
@@ -119,7 +135,19 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
   };
 
   const watch = () => {
-    watcher = store.watch(prefix, { fromRevision: revision + 1, onLost }, onEvents);
+    const mine = ++watchGeneration;
+    watcher = store.watch(
+      prefix,
+      {
+        fromRevision: revision + 1,
+        onLost: (error) => {
+          if (mine === watchGeneration) onLost(error);
+        },
+      },
+      (events, at) => {
+        if (mine === watchGeneration) onEvents(events, at);
+      },
+    );
   };
 
   function onLost(error: WatchLostError): void {
@@ -130,8 +158,19 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
     void relist(0);
   }
 
+  /** The periodic re-list: the watch is ended first, and the new one starts after the list. */
+  const resync = () => {
+    if (stopped || relisting || !watcher) return;
+    watchGeneration++;
+    watcher.cancel();
+    watcher = undefined;
+    resyncs++;
+    void relist(0);
+  };
+
   /** Lists again and turns the difference with the cache into handler calls, then watches on. */
   async function relist(attempt: number): Promise<void> {
+    relisting = true;
     let listed: { kvs: KeyValue[]; revision: number };
     try {
       listed = await store.list(prefix);
@@ -154,6 +193,7 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
     }
     for (const key of [...cache.keys()]) if (!seen.has(key)) remove(key);
     revision = listed.revision;
+    relisting = false;
     watch();
     call('synced', () => handlers.onSynced?.(revision));
   }
@@ -172,10 +212,16 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
       revision = listed.revision;
       watch();
       call('synced', () => handlers.onSynced?.(revision));
+      const every = options.resyncMs ?? 5 * 60_000;
+      if (every > 0) {
+        resyncTimer = setInterval(resync, every);
+        resyncTimer.unref();
+      }
     },
     stop() {
       stopped = true;
       clearTimeout(retryTimer);
+      clearInterval(resyncTimer);
       watcher?.cancel();
       watcher = undefined;
     },
@@ -184,5 +230,6 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
     values: () => [...cache.values()].map((c) => c.value),
     revision: () => revision,
     relists: () => relists,
+    resyncs: () => resyncs,
   };
 }
