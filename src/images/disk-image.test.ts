@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { fakeRunner } from '../../test/fakes/fake-runner.ts';
-import { inspectDiskImage, sniffUpload } from './disk-image.ts';
+import { inspectDiskImage, sniffUpload, writeSparse } from './disk-image.ts';
 
 describe('disk image uploads', () => {
   let dir: string;
@@ -69,5 +71,38 @@ describe('disk image uploads', () => {
     });
     // -f: never probed; no --backing-chain: nothing but the file is opened.
     assert.deepEqual(ok.calls[0]?.argv, ['qemu-img', 'info', '-f', 'qcow2', '--output=json', '/x']);
+  });
+
+  test('writeSparse() writes what arrives in odd chunks, leaving holes for zero blocks, and answers its sha256 and length', async () => {
+    const MiB = 1024 * 1024;
+    // 4 MiB + 1000 bytes: data at the start, at 3 MiB and in the last partial block; zeros between.
+    const bytes = Buffer.alloc(4 * MiB + 1000);
+    bytes.fill(0xab, 0, 70_000);
+    bytes.fill(0xcd, 3 * MiB, 3 * MiB + 10);
+    bytes.fill(0xef, 4 * MiB + 990);
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < bytes.length; at += 40_000) chunks.push(bytes.subarray(at, at + 40_000));
+    const target = join(dir, 'sparse.bin');
+    const r = await writeSparse(Readable.from(chunks), target);
+    assert.deepEqual(r, {
+      sha256: createHash('sha256').update(bytes).digest('hex'),
+      sizeBytes: bytes.length,
+    });
+    assert.ok((await readFile(target)).equals(bytes), 'the same bytes');
+    const st = await stat(target);
+    assert.equal(st.mode & 0o777, 0o600);
+    assert.ok(st.blocks * 512 < MiB, `holes for the zero blocks (${st.blocks * 512} bytes allocated)`);
+    // A file that ends in zeros still has its whole length.
+    const tail = join(dir, 'zero-tail.bin');
+    const zeros = Buffer.alloc(200_000);
+    zeros[0] = 1;
+    assert.equal((await writeSparse(Readable.from([zeros]), tail)).sizeBytes, 200_000);
+    assert.equal((await stat(tail)).size, 200_000);
+  });
+
+  test('writeSparse() never writes into an existing file', async () => {
+    const existing = await file('taken.bin', Buffer.from('mine'));
+    await assert.rejects(writeSparse(Readable.from([Buffer.from('theirs')]), existing), /EEXIST/);
+    assert.equal(await readFile(existing, 'utf8'), 'mine');
   });
 });

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { Transform } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { invalidArgument } from '../core/errors.ts';
 import type { ProcessRunner } from '../host/runner.ts';
@@ -11,6 +11,67 @@ import { hostArchitecture, type ImageMetadata } from './image-metadata.ts';
 
 /** The file a disk image is kept as in its image directory (always qcow2: sparse, and one format to check). */
 export const DISK_IMAGE_NAME = 'disk.qcow2';
+
+/**
+ * The image property that holds the sha256 of the stored `disk.qcow2` (decision 0034): what a
+ * copy another member fetches must hash to. The fingerprint is the sha256 of the bytes that
+ * were imported, which the stored qcow2 (converted from them) cannot prove.
+ */
+export const DISK_DIGEST_PROPERTY = 'disk.qcow2_sha256';
+
+/** The unit of hole detection when a disk arrives: a qcow2 cluster (storeDiskImage's). */
+const SPARSE_BLOCK_BYTES = 64 * 1024;
+const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK_BYTES);
+
+/**
+ * Writes a stream into a new file `target` (0600, never an existing one), hashing every byte
+ * and leaving a hole for every all-zero 64 KiB block instead of writing it: a disk that left
+ * its member sparse arrives sparse, without holding more than a block and a chunk in memory.
+ * Answers the sha256 and length of what arrived; the caller decides whether it is the one
+ * expected, and removes the file when not (it is also left when this throws).
+ */
+export async function writeSparse(
+  source: Readable,
+  target: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<{ sha256: string; sizeBytes: number }> {
+  const hash = createHash('sha256');
+  const fh = await open(target, 'wx', 0o600);
+  try {
+    let position = 0;
+    let pending: Buffer = Buffer.alloc(0);
+    const put = async (block: Buffer): Promise<void> => {
+      const zero =
+        block.length === SPARSE_BLOCK_BYTES ? block.equals(ZERO_BLOCK) : block.every((b) => b === 0);
+      if (!zero) {
+        let done = 0;
+        while (done < block.length) {
+          done += (await fh.write(block, done, block.length - done, position + done)).bytesWritten;
+        }
+      }
+      position += block.length;
+    };
+    for await (const chunk of source) {
+      options.signal?.throwIfAborted();
+      const c = chunk as Buffer;
+      hash.update(c);
+      let data = pending.length > 0 ? Buffer.concat([pending, c]) : c;
+      while (data.length >= SPARSE_BLOCK_BYTES) {
+        await put(data.subarray(0, SPARSE_BLOCK_BYTES));
+        data = data.subarray(SPARSE_BLOCK_BYTES);
+      }
+      // Copied: the chunk's memory is the stream's to reuse.
+      pending = Buffer.from(data);
+    }
+    if (pending.length > 0) await put(pending);
+    // The file's length, whether or not it ends in a hole.
+    await fh.truncate(position);
+    await fh.sync();
+    return { sha256: hash.digest('hex'), sizeBytes: position };
+  } finally {
+    await fh.close();
+  }
+}
 
 /** What an uploaded image file is, told by its content (never by its name). */
 export type UploadKind = 'tarball' | 'qcow2' | 'raw-disk' | 'iso' | 'unknown';

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, lstat, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { chmod, lstat, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
@@ -19,11 +20,13 @@ import { buildBusyboxRootfs } from './busybox-image.ts';
 import { buildDebootstrapRootfs, type ProgressCallback } from './debootstrap-image.ts';
 import { removeDeviceNodes } from './device-nodes.ts';
 import {
+  DISK_DIGEST_PROPERTY,
   DISK_IMAGE_NAME,
   diskImageMetadata,
   inspectDiskImage,
   sha256File,
   storeDiskImage,
+  writeSparse,
 } from './disk-image.ts';
 import { BASE_DISK_NAME, imageInitArgv } from './guest-kit.ts';
 import type { ImageMetadata } from './image-metadata.ts';
@@ -53,6 +56,17 @@ export interface TreeExport {
   stream: Readable;
   /** Resolves when tar ended well; rejects with why it did not. */
   done: Promise<void>;
+}
+
+/** A disk image's stored qcow2 as one member sends it to another (decision 0034). */
+export interface DiskExport {
+  /** The sha256 of the stored qcow2, which the copy must have. */
+  diskDigest: string;
+  metadata: ImageMetadata;
+  /** Bytes the stream carries (the file's length). */
+  sizeBytes: number;
+  /** The qcow2's bytes. */
+  stream: Readable;
 }
 
 /** Options of the long-running adds. */
@@ -92,6 +106,19 @@ export interface ImageFiles {
   ): Promise<AddedImage>;
   /** The image's tree as a tar stream for another member; NotFound if absent, NotSupported for a disk image. */
   exportTree(fingerprint: string): Promise<TreeExport>;
+  /** A disk image's stored qcow2 for another member; NotFound if absent, NotSupported for a tree image. */
+  exportDisk(fingerprint: string): Promise<DiskExport>;
+  /**
+   * Adds a disk image another member sent, under `fingerprint`: written sparse as it arrives,
+   * refused with nothing left when its bytes do not hash to `diskDigest` (or it is no plain
+   * qcow2), and only then put in place.
+   */
+  receiveDisk(
+    fingerprint: string,
+    sent: { diskDigest: string; metadata: ImageMetadata },
+    disk: Readable,
+    options?: { signal?: AbortSignal },
+  ): Promise<AddedImage>;
   /**
    * Adds an image tree another member sent, under `fingerprint`: refused, with nothing left,
    * when the tree that arrived is not the one `treeDigest` names.
@@ -353,6 +380,93 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
       );
     },
 
+    async exportDisk(fingerprint) {
+      const { metadata: meta } = await metadata(fingerprint);
+      if (meta.type !== 'disk') {
+        throw notSupported(`Image ${fingerprint.slice(0, 12)} is a tree image: ask for its tree`);
+      }
+      const disk = diskOf(fingerprint);
+      // Images imported before the stored disk's digest was kept: the digest of the file as it is.
+      const diskDigest = meta.properties[DISK_DIGEST_PROPERTY] ?? (await sha256File(disk));
+      const { size } = await stat(disk);
+      return {
+        diskDigest,
+        metadata: meta,
+        sizeBytes: size,
+        stream: createReadStream(disk, { highWaterMark: 1024 * 1024 }),
+      };
+    },
+
+    async receiveDisk(fingerprint, sent, disk, options = {}) {
+      checkFingerprint(fingerprint);
+      const { signal } = options;
+      const what = `Disk image ${fingerprint.slice(0, 12)} from another member`;
+      // A connection that breaks before the disk is read must not throw where nobody listens:
+      // writeSparse's reading meets the error all the same (the stream is errored).
+      disk.on('error', () => {});
+      if (!/^[0-9a-f]{64}$/.test(sent.diskDigest)) {
+        disk.destroy();
+        throw invalidArgument(`${what} came without the digest of its disk: nothing was added`);
+      }
+      const existing = await readRecord(fingerprint);
+      if (existing && (await isFile(diskOf(fingerprint)))) {
+        disk.destroy();
+        return existing;
+      }
+      await ensureImagesDir();
+      const tmp = join(imagesDir, `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
+      await mkdir(tmp, { mode: 0o700 });
+      try {
+        const target = join(tmp, DISK_IMAGE_NAME);
+        let arrived: { sha256: string; sizeBytes: number };
+        try {
+          arrived = await writeSparse(disk, target, signal ? { signal } : {});
+        } catch (e) {
+          if (signal?.aborted) throw e;
+          throw unavailable(`${what} broke off on the way: ${asTrivisorError(e).message}`);
+        }
+        if (arrived.sha256 !== sent.diskDigest) {
+          throw failedPrecondition(
+            `${what} arrived changed: its sha256 is ${arrived.sha256.slice(0, 12)}, the image's ${sent.diskDigest.slice(0, 12)}; nothing was added`,
+          );
+        }
+        // The bytes are the image's own; checked all the same before QEMU ever opens them.
+        await inspectDiskImage(runner, target, 'qcow2');
+        await chmod(target, 0o400);
+        const metaData: ImageMetadata = {
+          ...sent.metadata,
+          properties: { ...sent.metadata.properties, [DISK_DIGEST_PROPERTY]: sent.diskDigest },
+        };
+        const record: AddedImage = {
+          fingerprint,
+          metadata: metaData,
+          sizeBytes: (await lstat(target)).blocks * 512,
+        };
+        await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+        signal?.throwIfAborted();
+        try {
+          await rename(tmp, imageDir(fingerprint));
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+          await removeTree(tmp, { runner });
+          return await metadata(fingerprint);
+        }
+        log.info(
+          { fingerprint, sizeBytes: record.sizeBytes, lengthBytes: arrived.sizeBytes },
+          'disk image received',
+        );
+        return record;
+      } catch (e) {
+        disk.destroy();
+        await removeTree(tmp, { runner }).catch((err: unknown) =>
+          log.error({ err, tmp }, 'cannot remove the temp dir of a failed disk image transfer'),
+        );
+        if (signal?.aborted) throw cancelled(`Receiving ${what.toLowerCase()} was cancelled.`);
+        throw asTrivisorError(e);
+      }
+    },
+
     rootfsPath(fingerprint) {
       checkFingerprint(fingerprint);
       return treeOf(fingerprint);
@@ -430,11 +544,12 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
         // Shared read-only by every guest made from it (QEMU gets it as a descriptor, decision 19).
         await chmod(disk, 0o400);
         const sizeBytes = (await lstat(disk)).blocks * 512;
-        const record: AddedImage = {
-          fingerprint,
-          metadata: diskImageMetadata(options.description, info),
-          sizeBytes,
-        };
+        // What another member's copy must hash to (decision 0034): kept in the image's record.
+        options.onProgress?.(90, 'Fingerprinting the stored disk');
+        const diskDigest = await sha256File(disk, signal ? { signal } : {});
+        const meta = diskImageMetadata(options.description, info);
+        meta.properties[DISK_DIGEST_PROPERTY] = diskDigest;
+        const record: AddedImage = { fingerprint, metadata: meta, sizeBytes };
         await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
         signal?.throwIfAborted();
         try {

@@ -104,6 +104,7 @@ const EXPECTED: Record<string, ActionClass> = {
   // Cluster membership (decision 0032): a joining host proves itself with its token's secret.
   'GET /1.0/cluster': 'host-read',
   'GET /1.0/cluster/image-trees/:fingerprint': 'host-admin',
+  'GET /1.0/cluster/image-disks/:fingerprint': 'host-admin',
   'POST /1.0/cluster/bootstrap': 'host-admin',
   'POST /1.0/cluster/tokens': 'host-admin',
   'POST /1.0/cluster/join': 'host-admin',

@@ -60,6 +60,35 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
+  // A disk image's stored qcow2, for a member that lacks it (decision 0034): its bytes as they
+  // are, with the sha256 the copy must have (the image record holds it too).
+  app.get<{ Params: { fingerprint: string } }>(
+    '/1.0/cluster/image-disks/:fingerprint',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: "A disk image's stored qcow2, for a member that lacks it",
+        params: Type.Object({ fingerprint: Type.String({ pattern: '^[0-9a-f]{64}$' }) }),
+        response: {
+          200: Type.Unsafe({
+            description: 'The qcow2 (X-Trivisor-Disk-Digest: the sha256 its bytes must have)',
+          }),
+          '4xx': ErrorEnvelopeSchema,
+          '5xx': ErrorEnvelopeSchema,
+        },
+      },
+    },
+    async (request, reply) => {
+      const disk = await ctx.services.images.exportDisk(request.params.fingerprint);
+      return reply
+        .header('x-trivisor-disk-digest', disk.diskDigest)
+        .header('x-trivisor-image-metadata', Buffer.from(JSON.stringify(disk.metadata)).toString('base64url'))
+        .header('content-length', String(disk.sizeBytes))
+        .type('application/octet-stream')
+        .send(disk.stream);
+    },
+  );
+
   app.get(
     '/1.0/cluster',
     {

@@ -22,9 +22,10 @@ export interface ImageServiceDeps {
   runner?: ProcessRunner;
   /**
    * On a cluster: brings the files of an image this member lacks from a member that has them
-   * (decision 0034), verified against the tree's digest. Absent: a missing image is NotFound.
+   * (decision 0034), verified against the tree's digest or, for a disk image, the digest of its
+   * stored disk that its record holds. Absent: a missing image is NotFound.
    */
-  fetch?: (fingerprint: string) => Promise<void>;
+  fetch?: (image: ImageRecord) => Promise<void>;
 }
 
 /**
@@ -156,6 +157,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
       inProject: (p) => scoped(p),
       // Trees are the host's: a member asks for one by fingerprint, whatever its project.
       exportTree: (fingerprint) => files.exportTree(fingerprint),
+      exportDisk: (fingerprint) => files.exportDisk(fingerprint),
 
       async list(options = {}) {
         const all = await allImages();
@@ -298,7 +300,7 @@ export function createImageService(deps: ImageServiceDeps): ImageServiceWithInte
         let pending = fetching.get(fingerprint);
         if (!pending) {
           const fetch = deps.fetch;
-          pending = fetch(fingerprint).finally(() => fetching.delete(fingerprint));
+          pending = fetch(found.value).finally(() => fetching.delete(fingerprint));
           fetching.set(fingerprint, pending);
         }
         await pending;

@@ -2,7 +2,7 @@ import type { ClusterService } from '../cluster/membership.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
-import type { TreeExport } from '../images/image-files.ts';
+import type { DiskExport, TreeExport } from '../images/image-files.ts';
 
 /** A running command in a guest, and an attached guest console, as the transport streams them. */
 export type { ConsoleStream, ExecSession };
@@ -148,6 +148,8 @@ export interface ImageService {
   get(ref: string): Promise<ImageRecord>;
   /** An image tree for a member that lacks it (decision 0034); NotFound when this member lacks it too. */
   exportTree(fingerprint: string): Promise<TreeExport>;
+  /** A disk image's stored qcow2 for a member that lacks it (decision 0034); NotFound when this member lacks it too. */
+  exportDisk(fingerprint: string): Promise<DiskExport>;
   /** `debian/bookworm` and friends, built with debootstrap, as an operation. */
   build(request: { source: string; alias?: string }): Promise<Operation>;
   /**

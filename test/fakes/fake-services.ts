@@ -304,6 +304,9 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
       async exportTree(fingerprint) {
         throw notFound(`Image ${fingerprint} is not on this host`);
       },
+      async exportDisk(fingerprint) {
+        throw notFound(`Image ${fingerprint} is not on this host`);
+      },
       async list() {
         return [...imageMap.values()];
       },
