@@ -207,7 +207,9 @@ class EtcdKvStore implements EtcdStore {
     for (const compare of request.compare) validateCompare(compare);
     validateOps(request.success);
     validateOps(request.failure ?? []);
-    const res = await this.#call({ what: 'transaction', idempotent: false }, () =>
+    // A transaction that only reads may run twice: it is retried like a read.
+    const readOnly = [...request.success, ...(request.failure ?? [])].every((op) => op.type === 'get');
+    const res = await this.#call({ what: 'transaction', idempotent: readOnly }, () =>
       this.#kv.txn({
         compare: request.compare.map(toCompare),
         success: request.success.map(toRequestOp),
@@ -298,7 +300,7 @@ class EtcdKvStore implements EtcdStore {
 
   async keepAlive(leaseId: number): Promise<void> {
     const ttl = await this.#call({ what: 'lease keep-alive', idempotent: true }, () =>
-      keepAliveOnce(this.#lease, leaseId),
+      keepAliveOnce(this.#pool, leaseId, this.#timeoutMs),
     );
     // etcd answers TTL 0 at once for a lease that expired or was revoked: no waiting for 2×TTL.
     if (ttl <= 0) throw leaseNotFound(leaseId);
@@ -440,13 +442,36 @@ function leaseNotFound(leaseId: number): TrivisorError {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** One renewal over a keep-alive stream of its own; resolves to the TTL etcd granted (0: no such lease). */
-async function keepAliveOnce(lease: LeaseClient, leaseId: number): Promise<number> {
-  const stream = await lease.leaseKeepAlive();
+/** The gRPC keep-alive stream, as far as a renewal uses it. */
+interface KeepAliveStream {
+  on(event: 'data', fn: (res: { TTL: string | number }) => void): KeepAliveStream;
+  on(event: 'error', fn: (err: Error) => void): KeepAliveStream;
+  on(event: 'end', fn: () => void): KeepAliveStream;
+  write(req: { ID: number }): void;
+  cancel(): void;
+}
+
+/**
+ * One renewal over a keep-alive stream of its own; resolves to the TTL etcd granted (0: no such
+ * lease). The stream is opened on the pool's connection directly, not through etcd3's
+ * `LeaseClient.leaseKeepAlive`: that one reports every error of its stream to the pool, the
+ * CANCELLED of our own cancel() after the answer included, and the pool then closes every
+ * client of the member (the next call reconnects, TLS and all) and counts a failure in its
+ * circuit breaker; with a call that fails on the closed client, the breaker opened and every
+ * call of the store waited a second (seen: a heartbeat put after each renewal took 1.26 s).
+ */
+async function keepAliveOnce(pool: ConnectionPool, leaseId: number, timeoutMs: number): Promise<number> {
+  const stream = await pool.withConnection('Lease', ({ client, metadata }) =>
+    (client as unknown as { leaseKeepAlive(md: unknown, options: unknown): KeepAliveStream }).leaseKeepAlive(
+      metadata,
+      { deadline: Date.now() + timeoutMs },
+    ),
+  );
   try {
     return await new Promise<number>((resolve, reject) => {
       stream.on('data', (res) => resolve(Number(res.TTL)));
-      stream.on('error', reject);
+      // Raw gRPC errors: typed like the calls' errors, so that an unreachable member is retried.
+      stream.on('error', (e) => reject(castGrpcError(e)));
       stream.on('end', () =>
         reject(new GRPCUnavailableError('The keep-alive stream ended before an answer')),
       );
