@@ -117,8 +117,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     });
 
   async function reconcileOnce(name: string): Promise<void> {
-    const specRecord = await records.guest.at(name).get(store);
-    const statusRecord = await records.guestStatus.at(name).get(store);
+    // Side by side: on etcd each read is a round trip, and a start waits for all three.
+    const [specRecord, statusRecord, location] = await Promise.all([
+      records.guest.at(name).get(store),
+      records.guestStatus.at(name).get(store),
+      records.guestLocation.at(name).get(store),
+    ]);
     if (!specRecord) {
       // A status without a spec is debris of an interrupted delete.
       if (statusRecord) await store.delete(statusRecord.key);
@@ -127,7 +131,6 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     }
     const spec = specRecord.value;
     // The location key is what transactions compare; the spec's `location` says the same.
-    const location = await records.guestLocation.at(name).get(store);
     if (location === undefined) {
       if (spec.location !== hostName) return;
       // A guest recorded before location keys: its owner marks it, once.
@@ -198,6 +201,21 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
 
   /** Brings one guest to its spec; mutates `status`; returns true when the guest was deleted. */
   async function converge(spec: GuestSpec, status: GuestStatus, driver: GuestDriver): Promise<boolean> {
+    // The image is read once per reconcile, and while the driver inspects when this reconcile
+    // will likely make or start the guest (a round trip saved on etcd's create+start).
+    let imageHandle: Promise<ImageHandle> | undefined;
+    const image = () => {
+      imageHandle ??= images.handle(spec.image);
+      return imageHandle;
+    };
+    const upAsRecorded = status.status === 'Running' || status.status === 'Frozen';
+    const willStart =
+      !spec.deleting &&
+      (!status.provisioned ||
+        (spec.desired !== 'Stopped' && !upAsRecorded) ||
+        (spec.desired !== 'Stopped' && spec.restartRequest > status.observedRestartRequest));
+    // Its failure is the await's below, when the image is used.
+    if (willStart) image().catch(() => {});
     let rt = await driver.inspect(spec, status.process);
 
     if (spec.deleting) {
@@ -221,7 +239,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     }
 
     if (!status.provisioned) {
-      await driver.create(spec, await images.handle(spec.image));
+      await driver.create(spec, await image());
       status.provisioned = true;
       status.appliedConfig = { ...spec.config };
       // Where the guest went and why (decision 0033), with the event as with `info`.
@@ -233,7 +251,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
 
     const up = (s: RuntimeState['state']) => s === 'running' || s === 'frozen';
     const start = async (action: string) => {
-      const process = await driver.start(spec, await images.handle(spec.image));
+      const process = await driver.start(spec, await image());
       status.process = process;
       status.startedAt = new Date().toISOString();
       status.status = 'Running';
@@ -352,8 +370,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       let starting = true;
       const changed = (key: string, spec: GuestSpec | undefined) => {
         const name = records.guest.nameOf(key);
-        if (!starting) void enqueue(name);
-        else if (!spec || spec.location === hostName) names.add(name);
+        // Another member's guest is none of this controller's business (its reconcile would only
+        // read three records to find so), unless it ran here: then it moved, and is let go.
+        const ours = !spec || spec.location === hostName || live.has(name);
+        if (!starting) {
+          if (ours) void enqueue(name);
+        } else if (!spec || spec.location === hostName) names.add(name);
       };
       informer = createInformer<GuestSpec>({
         store,

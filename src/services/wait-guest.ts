@@ -17,10 +17,16 @@ export async function waitForGuest(
   judge: (spec: GuestSpec | undefined, status: GuestStatus | undefined) => WaitVerdict,
   signal?: AbortSignal,
 ): Promise<void> {
+  const specKey = records.guest.key(name);
+  const statusKey = records.guestStatus.key(name);
   return new Promise<void>((resolve, reject) => {
     let settled = false;
-    let checking = false;
-    let again = false;
+    /**
+     * Each record as last seen and the revision it was seen at: a watch event carries the value
+     * it wrote, so a change is judged without reading the store again (a round trip on etcd).
+     * A read and the watch may cross: whichever saw the later revision wins.
+     */
+    const seen = new Map<string, { value: string | undefined; revision: number }>();
     const finish = (err?: Error) => {
       if (settled) return;
       settled = true;
@@ -30,27 +36,44 @@ export async function waitForGuest(
       if (err) reject(err);
       else resolve();
     };
-    const check = async () => {
-      if (checking) {
-        again = true;
-        return;
-      }
-      checking = true;
+    const see = (key: string, value: string | undefined, revision: number) => {
+      const before = seen.get(key);
+      if (!before || revision > before.revision) seen.set(key, { value, revision });
+    };
+    const decide = () => {
+      const spec = seen.get(specKey);
+      const status = seen.get(statusKey);
+      // Until both are known (the first read answers), an event of one says nothing of the other.
+      if (settled || !spec || !status) return;
       try {
-        do {
-          again = false;
-          const [s, st] = await Promise.all([
-            records.guest.at(name).get(store),
-            records.guestStatus.at(name).get(store),
-          ]);
-          const verdict = judge(s?.value, st?.value);
-          if (verdict === true) return finish();
-          if (verdict instanceof Error) return finish(verdict);
-        } while (again && !settled);
+        const verdict = judge(
+          spec.value === undefined ? undefined : records.guest.decode({ key: specKey, value: spec.value }),
+          status.value === undefined
+            ? undefined
+            : records.guestStatus.decode({ key: statusKey, value: status.value }),
+        );
+        if (verdict === true) finish();
+        else if (verdict instanceof Error) finish(verdict);
       } catch (e) {
         finish(e as Error);
-      } finally {
-        checking = false;
+      }
+    };
+    /** Both records in one read, at one revision: what is absent is known absent at that revision. */
+    const read = async () => {
+      try {
+        const r = await store.txn({
+          compare: [],
+          success: [
+            { type: 'get', key: specKey },
+            { type: 'get', key: statusKey },
+          ],
+        });
+        const [spec, status] = r.results.map((x) => (x.type === 'get' ? x.kvs[0]?.value : undefined));
+        see(specKey, spec, r.revision);
+        see(statusKey, status, r.revision);
+        decide();
+      } catch (e) {
+        finish(e as Error);
       }
     };
     const onAbort = () => finish(cancelled(`Waiting for guest ${name} was cancelled`));
@@ -65,19 +88,22 @@ export async function waitForGuest(
             onLost: () => {
               if (settled) return;
               open();
-              void check();
+              void read();
             },
           },
-          () => void check(),
+          (events, revision) => {
+            for (const e of events) see(e.kv.key, e.type === 'put' ? e.kv.value : undefined, revision);
+            decide();
+          },
         );
       };
       open();
       return { cancel: () => watcher.cancel() };
     };
-    const w1 = follow(records.guest.key(name));
-    const w2 = follow(records.guestStatus.key(name));
+    const w1 = follow(specKey);
+    const w2 = follow(statusKey);
     signal?.addEventListener('abort', onAbort);
-    void check();
+    void read();
   });
 }
 
