@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -19,17 +19,11 @@ import {
   projectOfRecord,
 } from '../core/projects.ts';
 import type { Model } from '../core/types.ts';
-import {
-  ArchiveDamaged,
-  digestOf,
-  listArchive,
-  memberChunks,
-  readMember,
-} from '../storage/backup-archive.ts';
+import { digestOf } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
-import { writeThroughFifo } from '../storage/fifo-stream.ts';
-import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
+import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { records } from '../store/records.ts';
+import { corrupted, feedPayload, openArchive, payloadBytes } from './archive-reader.ts';
 import { type ClaimHolder, describeHolder } from './claims.ts';
 import { readProject } from './project-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
@@ -77,68 +71,22 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
             ctx.progress(0, 'reading the archive');
             // The archive is read in place (headers only here): each payload then goes once from it into
             // the driver through a FIFO, its checksum computed on the way (decision 35).
-            const archivePath = request.archivePath;
-            const members = await listArchive(archivePath).catch((e: unknown) => {
-              if (e instanceof ArchiveDamaged) {
-                throw invalidArgument(
-                  `The backup archive is corrupted or truncated (${e.message}): make the export again`,
-                );
-              }
-              throw e;
+            const archive = await openArchive(request.archivePath);
+            const { manifest } = archive;
+            const progress = byteProgress((percent, text) => ctx.progress(percent, text), {
+              total: payloadBytes(archive),
             });
-            const byName = new Map(members.filter((m) => m.type === 'file').map((m) => [m.name, m]));
-            const manifestMember = byName.get('manifest.json');
-            if (!manifestMember)
-              throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
-            const manifest = parseManifest(
-              await readMember(archivePath, manifestMember, MAX_MANIFEST_BYTES).catch(() => Buffer.alloc(0)),
-            );
-            const corrupted = (rel: string) =>
-              invalidArgument(`The backup archive is corrupted: ${rel} does not match its checksum`);
-            for (const [rel, want] of Object.entries(manifest.files)) {
-              const member = byName.get(rel);
-              if (!member)
-                throw invalidArgument(
-                  `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
-                );
-              if (member.size !== want.sizeBytes) throw corrupted(rel);
-            }
-            for (const snap of manifest.snapshots) {
-              if (!manifest.files[`snapshots/${snap.name}.tar.zst`]) {
-                throw invalidArgument(
-                  `The backup archive lacks snapshot ${snap.name}: make the export again`,
-                );
-              }
-            }
-            const total = Object.values(manifest.files).reduce((n, f) => n + f.sizeBytes, 0);
-            const progress = byteProgress((percent, text) => ctx.progress(percent, text), { total });
             /** Feeds payload `rel` to `consume` (a driver's importTar) and refuses it when its checksum differs. */
-            const feed = async (rel: string, consume: (path: string) => Promise<unknown>) => {
-              const member = byName.get(rel);
-              const want = manifest.files[rel];
-              if (!member || !want) throw corrupted(rel);
-              const fifo = join(work, rel.replaceAll('/', '-'));
-              await runner.run(['mkfifo', '-m', '0600', fifo]);
-              const hash = createHash('sha256');
-              const failure = await writeThroughFifo(
-                fifo,
+            const feed = (rel: string, consume: (path: string) => Promise<unknown>) =>
+              feedPayload({
+                archive,
+                rel,
+                work,
+                runner,
+                signal: ctx.signal,
+                onBytes: (n) => progress.add(n),
                 consume,
-                memberChunks(archivePath, member),
-                (chunk) => {
-                  ctx.signal.throwIfAborted();
-                  hash.update(chunk);
-                  progress.add(chunk.length);
-                },
-              ).then(
-                () => undefined,
-                (e: unknown) => e ?? new Error('failed'),
-              );
-              await rm(fifo, { force: true });
-              if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-              // A damaged payload makes its consumer fail too: the checksum names the cause.
-              if (hash.digest('hex') !== want.sha256) throw corrupted(rel);
-              if (failure) throw failure;
-            };
+              });
             const name = request.name ?? manifest.guest.name;
             assertDnsLabel(name, 'guest name');
             const link = manifest.incremental;
@@ -169,9 +117,9 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
               const importIncremental = storage.importIncremental.bind(storage);
               // Onto an existing guest: checked whole before anything of it is applied.
               ctx.progress(null, 'verifying checksums');
-              const rootfs = byName.get('rootfs.tar.zst');
+              const rootfs = archive.members.get('rootfs.tar.zst');
               const want = manifest.files['rootfs.tar.zst'];
-              if (!rootfs || !want || (await digestOf(archivePath, rootfs)).sha256 !== want.sha256) {
+              if (!rootfs || !want || (await digestOf(archive.path, rootfs)).sha256 !== want.sha256) {
                 throw corrupted('rootfs.tar.zst');
               }
               await claims.holding('guest', name, guestBusy(name), async () => {
@@ -253,27 +201,4 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
       });
     },
   };
-}
-
-/** A manifest is a few KiB (its snapshots' records): anything far larger is not one. */
-const MAX_MANIFEST_BYTES = 16 * 2 ** 20;
-
-function parseManifest(data: Buffer): BackupManifest {
-  let manifest: BackupManifest;
-  try {
-    manifest = JSON.parse(data.toString('utf8')) as BackupManifest;
-  } catch {
-    throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
-  }
-  if (manifest.format !== 'trivisor-backup/1') {
-    throw invalidArgument(`The backup format ${JSON.stringify(manifest.format)} is not known to this daemon`);
-  }
-  if (!manifest.files?.['rootfs.tar.zst'])
-    throw invalidArgument('The backup manifest lists no rootfs.tar.zst');
-  for (const rel of Object.keys(manifest.files)) {
-    if (!/^(rootfs\.tar\.zst|snapshots\/[a-z0-9-]+\.tar\.zst)$/.test(rel)) {
-      throw invalidArgument(`The backup manifest lists an unexpected file ${JSON.stringify(rel)}`);
-    }
-  }
-  return manifest;
 }

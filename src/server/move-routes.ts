@@ -1,0 +1,147 @@
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import { syncResponse } from '../api/envelopes.ts';
+import { AsyncEnvelopeSchema, ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
+import { invalidArgument, notFound } from '../core/errors.ts';
+import type { GuestMover, MoveReceiver } from '../services/guest-move.ts';
+import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
+import { BACKUP_UPLOAD_LIMIT_BYTES } from './storage-routes.ts';
+
+/** What a cluster member moves guests with (decision 0040); absent on a single host. */
+export interface MoveServices {
+  mover: GuestMover;
+  receiver: MoveReceiver;
+}
+
+const MoveBodySchema = Type.Object(
+  {
+    migration: Type.Literal(true, { description: 'Move the guest to the member `target` names (Incus)' }),
+    live: Type.Optional(
+      Type.Boolean({
+        description: 'Keep it running through the move (NotSupported, with the reason, where it cannot)',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
+/**
+ * `POST /1.0/guests/{name}?target=MEMBER` with `{"migration": true}` moves a guest (Incus's
+ * instance migration within a cluster); it is passed on to the guest's member like every
+ * guest request (decision 0034), which runs the move. The two member routes are the
+ * destination's side of it: only members call them (host-admin, their certificates).
+ */
+export function registerMoveRoutes(
+  app: FastifyInstance,
+  ctx: RouteContext,
+  moves: MoveServices | undefined,
+): void {
+  const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+
+  app.post<{
+    Params: { name: string };
+    Querystring: { target?: string };
+    Body: { migration: true; live?: boolean };
+  }>(
+    '/1.0/guests/:name',
+    {
+      config: { access: 'admin' },
+      schema: {
+        summary: 'Move a guest to another member of the cluster (cold; `live` where the model allows)',
+        params: NameParamsSchema,
+        querystring: Type.Object({
+          target: Type.String({ minLength: 1, description: 'The member to move to' }),
+        }),
+        body: MoveBodySchema,
+        response: { 202: AsyncEnvelopeSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { name } = request.params;
+      const target = request.query.target;
+      if (target === undefined) throw invalidArgument('Give the member to move to: ?target=MEMBER');
+      // Another project's guest is NotFound, as one that does not exist.
+      await ctx.services.guests.inProject(projectOf(request)).get(name);
+      if (!moves) {
+        const host = (await ctx.services.cluster?.info())?.host;
+        throw notFound(
+          `Member ${target} not found: this host${host ? ` (${host})` : ''} is not in a cluster`,
+        );
+      }
+      return sendAsync(
+        reply,
+        await moves.mover.move(name, {
+          target,
+          ...(request.body.live !== undefined && { live: request.body.live }),
+        }),
+      );
+    },
+  );
+
+  app.post<{ Params: { name: string }; Body: Readable }>(
+    '/1.0/cluster/guest-moves/:name',
+    {
+      config: { access: 'host-admin' },
+      bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES,
+      schema: {
+        summary: "A moved guest's archive, for the member it moves to: applied before the answer",
+        params: NameParamsSchema,
+        body: {
+          content: {
+            'application/octet-stream': { schema: Type.Unsafe({ description: 'The backup archive bytes' }) },
+          },
+        },
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      const stream = request.body;
+      if (!moves || typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
+        (stream as Readable | undefined)?.resume?.();
+        throw invalidArgument(
+          moves
+            ? 'Send the archive as the raw body (Content-Type: application/octet-stream)'
+            : 'This host is not in a cluster',
+        );
+      }
+      const path = join(ctx.uploadDir ?? tmpdir(), `trivisor-move-${randomBytes(8).toString('hex')}.tar`);
+      try {
+        await pipeline(stream, createWriteStream(path, { mode: 0o600 }));
+      } catch (e) {
+        await rm(path, { force: true });
+        throw e;
+      }
+      // The receiver removes the archive, whatever the outcome.
+      const aborted = new AbortController();
+      request.raw.on('close', () => {
+        if (!request.raw.complete) aborted.abort();
+      });
+      await moves.receiver.receive(request.params.name, path, aborted.signal);
+      return syncResponse({});
+    },
+  );
+
+  app.delete<{ Params: { name: string } }>(
+    '/1.0/cluster/guest-moves/:name',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: "Remove this member's copy of a guest whose move to it was undone",
+        params: NameParamsSchema,
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      if (!moves) throw invalidArgument('This host is not in a cluster');
+      await moves.receiver.discard(request.params.name);
+      return syncResponse({});
+    },
+  );
+}

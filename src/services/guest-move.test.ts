@@ -1,0 +1,432 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { invalidArgument, isTrivisorError } from '../core/errors.ts';
+import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
+import type { GuestStorage } from '../drivers/guest-storage.ts';
+import { silentLogger } from '../host/logger.ts';
+import { hostRunner } from '../host/runner.ts';
+import { ArchiveWriter } from '../storage/backup-archive.ts';
+import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
+import type { KvEngine } from '../store/kv-engine.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { records } from '../store/records.ts';
+import { createEventBus } from './event-bus.ts';
+import {
+  createGuestMover,
+  createMoveReceiver,
+  type GuestMover,
+  type MoveReceiver,
+  type MoveTransport,
+} from './guest-move.ts';
+import { createOperationService } from './operation-service.ts';
+import type { OperationService } from './types.ts';
+import { convergedTo, waitForGuest } from './wait-guest.ts';
+
+const spec = (more: Partial<GuestSpec> = {}): GuestSpec => ({
+  name: 'web',
+  project: 'default',
+  model: 'ct',
+  image: 'ab'.repeat(32),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Running',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  location: 'h1',
+  createdAt: new Date(0).toISOString(),
+  ...more,
+});
+
+/**
+ * Every member's guest controller, reduced to what a move relies on: the owner of a spec (its
+ * location key) makes the guest's files when the status says none are made, and writes a status
+ * that answers the spec's generation, Running or Stopped as desired.
+ */
+function fakeControllers(store: KvEngine, files: Map<string, Set<string>>) {
+  const watcher = store.watch(records.guest.prefix, { prefix: true, onLost: () => {} }, (events) => {
+    for (const e of events) if (e.type === 'put') void converge(records.guest.decode(e.kv));
+  });
+  async function converge(s: GuestSpec): Promise<void> {
+    const owner = (await records.guestLocation.at(s.name).get(store))?.value;
+    const before = await records.guestStatus.at(s.name).get(store);
+    if (owner !== s.location) return;
+    if (!before?.value.provisioned) files.get(owner)?.add(s.name);
+    const status: GuestStatus = {
+      status: s.desired === 'Running' ? 'Running' : 'Stopped',
+      observedGeneration: s.generation,
+      observedRestartRequest: 0,
+      restartCount: 0,
+      provisioned: true,
+      appliedConfig: {},
+      pendingRestart: [],
+    };
+    await records.guestStatus.at(s.name).put(store, status);
+  }
+  return { stop: () => watcher.cancel() };
+}
+
+describe('moving a guest (cold)', () => {
+  let store: KvEngine;
+  let operations: OperationService;
+  let files: Map<string, Set<string>>;
+  let controllers: { stop(): void };
+  let dir: string;
+  let sent: Array<[string, string]>;
+  let discarded: Array<[string, string]>;
+  let backups: { made: number; deleted: string[] };
+  let sendFails: Error | undefined;
+  let backupFails: Error | undefined;
+  let mover: GuestMover;
+  let members: Array<{ name: string; status: string }>;
+
+  const end = async (op: Operation) => operations.wait(op.id);
+  const guest = async () => (await records.guest.at('web').get(store))?.value;
+  const status = async () => (await records.guestStatus.at('web').get(store))?.value;
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    operations = createOperationService(createEventBus());
+    files = new Map([
+      ['h1', new Set(['web'])],
+      ['h2', new Set()],
+    ]);
+    controllers = fakeControllers(store, files);
+    dir = await mkdtemp(join(tmpdir(), 'trivisor-move-'));
+    sent = [];
+    discarded = [];
+    backups = { made: 0, deleted: [] };
+    sendFails = undefined;
+    backupFails = undefined;
+    members = [
+      { name: 'h1', status: 'Online' },
+      { name: 'h2', status: 'Online' },
+      { name: 'h3', status: 'Offline' },
+    ];
+    await records.guestLocation.at('web').put(store, 'h1');
+    await records.guest.at('web').put(store, spec());
+    await waitForGuest(store, 'web', convergedTo(1));
+    const snapshot: SnapshotRecord = {
+      name: 's1',
+      guest: 'web',
+      createdAt: new Date(0).toISOString(),
+      wasRunning: false,
+      location: 'h1',
+    };
+    await records.snapshot.at('web', 's1').put(store, snapshot);
+    const transport: MoveTransport = {
+      async send(member, name, archivePath) {
+        sent.push([member, name]);
+        if (sendFails) throw sendFails;
+        // The destination writes the snapshots' records as its own.
+        await records.snapshot.at(name, 's1').put(store, { ...snapshot, location: member });
+        await rm(archivePath, { force: true });
+      },
+      async discard(member, name) {
+        discarded.push([member, name]);
+        files.get(member)?.delete(name);
+      },
+    };
+    mover = createGuestMover({
+      store,
+      operations,
+      hostName: 'h1',
+      log: silentLogger(),
+      members: async () => members,
+      transport,
+      liveRefusal: async (s) => `Live migration of ${s.model} guests needs CRIU, which fails here: test`,
+      removeLocal: async (s) => {
+        files.get(s.location)?.delete(s.name);
+      },
+      guests: {
+        async changeState(name, request) {
+          const now = await records.guest.at(name).get(store);
+          assert.ok(now);
+          const generation = now.value.generation + 1;
+          const desired = request.action === 'start' ? 'Running' : 'Stopped';
+          await records.guest.at(name).put(store, { ...now.value, desired, generation });
+          return operations.start({
+            project: 'default',
+            description: `${request.action} ${name}`,
+            resources: {},
+            run: async () => {
+              await waitForGuest(store, name, convergedTo(generation));
+              return undefined;
+            },
+          });
+        },
+      },
+      storage: {
+        async createBackup() {
+          return operations.start({
+            project: 'default',
+            description: 'backup',
+            resources: {},
+            run: async () => {
+              if (backupFails) throw backupFails;
+              backups.made++;
+              await writeFile(join(dir, 'backup-0000000000000001.tar'), 'archive');
+              return { backup: 'backup-0000000000000001' };
+            },
+          });
+        },
+        async backupFile(_guest, backup) {
+          return { path: join(dir, `${backup}.tar`), sizeBytes: 7 };
+        },
+        async deleteBackup(_guest, backup) {
+          backups.deleted.push(backup);
+          await rm(join(dir, `${backup}.tar`), { force: true });
+        },
+      },
+    });
+  });
+
+  afterEach(async () => {
+    controllers.stop();
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a running guest stops, hands over its files and records, runs on the destination, and only then leaves the source', async () => {
+    const op = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.deepEqual(op.metadata, { location: 'h2' });
+    const moved = await guest();
+    assert.equal(moved?.location, 'h2');
+    assert.equal(moved?.desired, 'Running');
+    assert.equal((await records.guestLocation.at('web').get(store))?.value, 'h2');
+    assert.equal((await status())?.status, 'Running');
+    assert.deepEqual(sent, [['h2', 'web']]);
+    assert.deepEqual([...(files.get('h1') ?? [])], [], "the source's files are removed");
+    assert.deepEqual([...(files.get('h2') ?? [])], ['web']);
+    assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
+    assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h2');
+    assert.deepEqual(discarded, []);
+  });
+
+  test('a stopped guest moves stopped', async () => {
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.guest.at('web').put(store, { ...now.value, desired: 'Stopped', generation: 2 });
+    await waitForGuest(store, 'web', convergedTo(2));
+    const op = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.equal((await guest())?.location, 'h2');
+    assert.equal((await guest())?.desired, 'Stopped');
+    assert.equal((await status())?.status, 'Stopped');
+    assert.deepEqual([...(files.get('h2') ?? [])], ['web']);
+    assert.deepEqual([...(files.get('h1') ?? [])], []);
+  });
+
+  test('a destination that refuses the archive: the records, the snapshots and the running guest are back on the source, the copy there removed, the error said with its code', async () => {
+    sendFails = invalidArgument(
+      'The backup archive is corrupted: rootfs.tar.zst does not match its checksum',
+    );
+    const before = await guest();
+    const op = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'InvalidArgument');
+    assert.equal(
+      op.error,
+      'Cannot move guest web to h2: The backup archive is corrupted: rootfs.tar.zst does not match its checksum; it stays on h1',
+    );
+    const back = await guest();
+    assert.equal(back?.location, 'h1');
+    assert.equal(back?.desired, 'Running');
+    assert.ok((back?.generation ?? 0) > (before?.generation ?? 0));
+    assert.equal((await records.guestLocation.at('web').get(store))?.value, 'h1');
+    await waitForGuest(store, 'web', convergedTo(back?.generation ?? 0));
+    assert.equal((await status())?.status, 'Running');
+    assert.deepEqual(discarded, [['h2', 'web']]);
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "the source's files are untouched");
+    assert.deepEqual([...(files.get('h2') ?? [])], [], 'no half-copy on the destination');
+    assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
+    assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
+  });
+
+  test('a failure before the hand-over (the archive cannot be written) starts the guest again where it is; nothing moved', async () => {
+    backupFails = new Error('No space left on device');
+    const op = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Failure');
+    assert.match(op.error ?? '', /^Cannot move guest web to h2: .*No space left on device; it stays on h1$/);
+    assert.equal((await guest())?.location, 'h1');
+    await waitForGuest(store, 'web', (s, st) =>
+      st?.status === 'Running' && st.observedGeneration === s?.generation ? true : undefined,
+    );
+    assert.deepEqual(sent, []);
+    assert.deepEqual(discarded, []);
+  });
+
+  test('refusals are one line, with their code, and change nothing', async () => {
+    const before = await records.guest.at('web').get(store);
+    const refused = async (target: string, more: { live?: boolean } = {}) => {
+      try {
+        await mover.move('web', { target, ...more });
+      } catch (e) {
+        assert.ok(isTrivisorError(e));
+        assert.doesNotMatch(e.message, /\n/);
+        return `${e.code}: ${e.message}`;
+      }
+      assert.fail(`moved to ${target}`);
+    };
+    assert.equal(await refused('nope'), 'NotFound: Member nope not found; see trivisor cluster list');
+    assert.equal(await refused('h3'), 'FailedPrecondition: Cannot move guest web to h3: h3 is Offline');
+    assert.equal(await refused('h1'), 'InvalidArgument: Guest web is on member h1 already');
+    assert.match(await refused('Bad_Name'), /^InvalidArgument: .*member name/);
+    assert.equal(
+      await refused('h2', { live: true }),
+      'NotSupported: Live migration of ct guests needs CRIU, which fails here: test',
+    );
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.guest.at('web').put(store, {
+      ...now.value,
+      disks: { data: { type: 'disk', pool: 'default', source: 'vol1', path: '/data' } },
+    });
+    await waitForGuest(store, 'web', convergedTo(now.value.generation));
+    assert.equal(
+      await refused('h2'),
+      'FailedPrecondition: Guest web has volumes attached (default/vol1): volumes do not move with their guest yet; detach them first',
+    );
+    assert.ok(before);
+    assert.equal((await guest())?.location, 'h1');
+    assert.deepEqual(sent, []);
+    assert.equal(backups.made, 0);
+  });
+});
+
+describe('receiving a moved guest', () => {
+  let store: KvEngine;
+  let dir: string;
+  let imported: Array<{ snapshot?: string; bytes: string }>;
+  let removed: string[];
+  let receiver: MoveReceiver;
+
+  /** A backup archive as an export writes it: payloads, then the manifest with their checksums. */
+  async function archive(
+    payloads: Record<string, string>,
+    guest = { name: 'web', model: 'ct' },
+  ): Promise<string> {
+    const path = join(dir, `a-${Math.random().toString(16).slice(2)}.tar`);
+    const writer = await ArchiveWriter.create(path);
+    const files: BackupManifest['files'] = {};
+    const snapshots: SnapshotRecord[] = [];
+    for (const [rel, text] of Object.entries(payloads)) {
+      if (rel.startsWith('snapshots/')) {
+        if (snapshots.length === 0) await writer.addDirectory('snapshots');
+        snapshots.push({
+          name: rel.slice(10, -8),
+          guest: 'web',
+          createdAt: new Date(0).toISOString(),
+          wasRunning: false,
+          location: 'h1',
+        });
+      }
+      files[rel] = await writer.addStream(
+        rel,
+        (async function* () {
+          yield Buffer.from(text);
+        })(),
+      );
+    }
+    const manifest: BackupManifest = {
+      format: 'trivisor-backup/1',
+      createdAt: new Date(0).toISOString(),
+      guest: { ...guest, config: {}, createdAt: new Date(0).toISOString() },
+      image: { fingerprint: 'ab'.repeat(32), alias: 'busybox', description: '' },
+      snapshots,
+      files,
+    };
+    await writer.addBuffer('manifest.json', Buffer.from(JSON.stringify(manifest)));
+    await writer.finish();
+    return path;
+  }
+
+  const status = (more: Partial<GuestStatus> = {}): GuestStatus => ({
+    status: 'Stopped',
+    observedGeneration: 2,
+    observedRestartRequest: 0,
+    restartCount: 0,
+    provisioned: true,
+    appliedConfig: {},
+    pendingRestart: [],
+    ...more,
+  });
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    dir = await mkdtemp(join(tmpdir(), 'trivisor-receive-'));
+    imported = [];
+    removed = [];
+    await records.guest.at('web').put(store, spec({ location: 'h2', desired: 'Stopped', generation: 2 }));
+    await records.guestStatus.at('web').put(store, status());
+    const storage = {
+      async importTar(_spec: GuestSpec, path: string, options?: { snapshot?: string }) {
+        imported.push({
+          ...(options?.snapshot && { snapshot: options.snapshot }),
+          bytes: await readFile(path, 'utf8'),
+        });
+      },
+    } as unknown as GuestStorage;
+    receiver = createMoveReceiver({
+      store,
+      hostName: 'h2',
+      storage: { ct: storage },
+      runner: hostRunner(),
+      workDir: dir,
+      removeLocal: async (s) => {
+        removed.push(`${s.location}/${s.name}`);
+      },
+    });
+  });
+
+  afterEach(async () => {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test("applies the root file system and each snapshot through the guest's storage, records the snapshots as this member's, and removes the archive", async () => {
+    const path = await archive({ 'rootfs.tar.zst': 'root', 'snapshots/s1.tar.zst': 'snap' });
+    await receiver.receive('web', path, new AbortController().signal);
+    assert.deepEqual(imported, [{ bytes: 'root' }, { snapshot: 's1', bytes: 'snap' }]);
+    assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h2');
+    await assert.rejects(stat(path), { code: 'ENOENT' });
+  });
+
+  test('refuses, in one line and applying nothing, a guest not moved here, one not made yet or running, and an archive of another guest', async () => {
+    const refusal = async (expected: RegExp) => {
+      const path = await archive({ 'rootfs.tar.zst': 'root' });
+      await assert.rejects(receiver.receive('web', path, new AbortController().signal), expected);
+      await assert.rejects(stat(path), { code: 'ENOENT' }, 'the archive is removed');
+    };
+    await records.guestStatus.at('web').put(store, status({ status: 'Running' }));
+    await refusal(
+      /^TrivisorError\(Conflict\): Guest web is not ready here for its files \(Running\)$|Guest web is not ready here/,
+    );
+    await records.guestStatus.at('web').put(store, status({ provisioned: false }));
+    await refusal(
+      /Guest web is not ready here for its files \(not made yet\)|Guest web is not ready here for its files \(Stopped\)/,
+    );
+    await records.guestStatus.at('web').put(store, status());
+    const other = await archive({ 'rootfs.tar.zst': 'root' }, { name: 'db', model: 'ct' });
+    await assert.rejects(receiver.receive('web', other, new AbortController().signal), {
+      code: 'InvalidArgument',
+      message: 'The archive is of ct guest db, not of guest web',
+    });
+    await records.guest.at('web').put(store, spec({ location: 'h1' }));
+    await refusal(/Guest web is not being moved to h2/);
+    assert.deepEqual(imported, []);
+  });
+
+  test("discard removes the copy of a guest that is another member's, never of one that is this member's", async () => {
+    await assert.rejects(receiver.discard('web'), { code: 'Conflict' });
+    await records.guest.at('web').put(store, spec({ location: 'h1' }));
+    await receiver.discard('web');
+    assert.deepEqual(removed, ['h2/web']);
+  });
+});

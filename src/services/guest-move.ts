@@ -1,0 +1,365 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  asTrivisorError,
+  conflict,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  notSupported,
+  TrivisorError,
+} from '../core/errors.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import { projectOfRecord } from '../core/projects.ts';
+import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
+import type { GuestStorage } from '../drivers/guest-storage.ts';
+import type { Logger } from '../host/logger.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import type { SnapshotRecord } from '../storage/storage-records.ts';
+import type { KvStore, TxnOp } from '../store/kv.ts';
+import { ownedBy, records, valuesOf } from '../store/records.ts';
+import { feedPayload, openArchive } from './archive-reader.ts';
+import type { StorageService } from './storage-service.ts';
+import type { GuestService, OperationService } from './types.ts';
+import { convergedTo, waitForGuest } from './wait-guest.ts';
+
+/**
+ * Moving a guest to another member, cold (issue 13 part 1; decision 0040). The member that holds
+ * the guest runs the move as one operation:
+ *
+ * 1. the guest is stopped, if it runs, and written to a backup archive with its snapshots (the
+ *    export's own code: every payload checksummed on the way);
+ * 2. the records change owner in one transaction, compared against the spec as read and against
+ *    this member's ownership: the spec names the destination (desired Stopped), the location key
+ *    too, and the status is removed, so that the destination's controller makes the guest's
+ *    files from its image as for a new guest;
+ * 3. once the destination has made them, the archive is sent to it, and it applies the archive
+ *    onto them (its checksums verified) before it answers;
+ * 4. the guest is started there if it ran here, and only then are this member's files removed.
+ *
+ * Until step 4 ends, this member's files are untouched. A failure after step 2 puts the records
+ * back as they were (this member's ownership, the status as it was, the snapshots' records), asks
+ * the destination to remove what it made, and starts the guest here again if it ran: the guest
+ * is where it was, and no half-copy is left on the destination.
+ */
+export interface MoveRequest {
+  /** The member to move to. */
+  target: string;
+  /** Keep the guest running through the move (vm: QEMU migration; not built yet). */
+  live?: boolean;
+}
+
+/** How the member that moves a guest reaches the destination's member API. */
+export interface MoveTransport {
+  /** Sends the archive at `archivePath` to `member`, which applies it onto its copy of guest `guest`; resolves once it is applied. */
+  send(member: string, guest: string, archivePath: string, signal: AbortSignal): Promise<void>;
+  /** Asks `member` to remove its copy of guest `guest` (after a move was rolled back). */
+  discard(member: string, guest: string): Promise<void>;
+}
+
+export interface GuestMoverDeps {
+  store: KvStore;
+  operations: OperationService;
+  /** This member's name. */
+  hostName: string;
+  guests: Pick<GuestService, 'changeState'>;
+  storage: Pick<StorageService, 'createBackup' | 'backupFile' | 'deleteBackup'>;
+  /** Removes this member's files of a guest (its driver's delete). */
+  removeLocal: (spec: GuestSpec) => Promise<void>;
+  /** The cluster's members and their status (`cluster list`). */
+  members: () => Promise<Array<{ name: string; status: string }>>;
+  transport: MoveTransport;
+  /** Why `--live` cannot move this guest here (a probe's finding, or the model's limit). */
+  liveRefusal: (spec: GuestSpec) => Promise<string>;
+  log: Logger;
+  /** How long the destination may take to make the guest's files, and to start it (default 5 min). */
+  convergeMs?: number;
+}
+
+export interface GuestMover {
+  move(name: string, request: MoveRequest): Promise<Operation>;
+}
+
+const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
+
+export function createGuestMover(deps: GuestMoverDeps): GuestMover {
+  const { store, hostName } = deps;
+  const log = deps.log.child({ component: 'guest-move' });
+  const convergeMs = deps.convergeMs ?? 5 * 60_000;
+
+  /** Waits for an operation of this member; throws its error, with its code, when it failed. */
+  async function finished(op: Operation): Promise<Operation> {
+    const end = await deps.operations.wait(op.id);
+    if (end.status !== 'Success') {
+      const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
+      throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
+    }
+    return end;
+  }
+
+  /** Refusals that need no work: one line each, nothing changed. */
+  async function check(name: string, request: MoveRequest) {
+    assertDnsLabel(name, 'guest name');
+    assertDnsLabel(request.target, 'member name');
+    const [spec, status, pool] = await Promise.all([
+      records.guest.at(name).get(store),
+      records.guestStatus.at(name).get(store),
+      records.guestPool.at(name).get(store),
+    ]);
+    if (!spec) throw notFound(`Guest ${name} not found`);
+    if (spec.value.location !== hostName) {
+      throw conflict(`Guest ${name} is on member ${spec.value.location}: ask it to move the guest`);
+    }
+    if (request.target === hostName) throw invalidArgument(`Guest ${name} is on member ${hostName} already`);
+    const member = (await deps.members()).find((m) => m.name === request.target);
+    if (!member) throw notFound(`Member ${request.target} not found; see trivisor cluster list`);
+    if (member.status !== 'Online') {
+      throw failedPrecondition(
+        `Cannot move guest ${name} to ${member.name}: ${member.name} is ${member.status}`,
+      );
+    }
+    if (request.live) throw notSupported(await deps.liveRefusal(spec.value));
+    const disks = Object.values(spec.value.disks ?? {}).map((d) => `${d.pool}/${d.source}`);
+    if (disks.length > 0) {
+      throw failedPrecondition(
+        `Guest ${name} has volumes attached (${disks.join(', ')}): volumes do not move with their guest yet; detach them first`,
+      );
+    }
+    if (pool && pool.value.pool !== 'default') {
+      throw failedPrecondition(
+        `Guest ${name} is on storage pool ${pool.value.pool}: only guests on the default pool move yet`,
+      );
+    }
+    if (spec.value.deleting) throw conflict(`Guest ${name} is being deleted`);
+    if (!status?.value.provisioned || status.value.observedGeneration < spec.value.generation) {
+      throw conflict(`Guest ${name} is busy with another change; wait for its operation to finish`);
+    }
+    return { spec: spec.value, status: status.value };
+  }
+
+  /** Writes the spec's desired state and waits for its owner's controller to reach it. */
+  async function setDesired(name: string, desired: GuestSpec['desired'], signal: AbortSignal): Promise<void> {
+    const now = await records.guest.at(name).get(store);
+    if (!now) throw conflict(`Guest ${name} was deleted meanwhile`);
+    const generation = now.value.generation + 1;
+    const ref = records.guest.at(name);
+    const r = await store.txn({
+      compare: [ref.unchanged(now.modRevision)],
+      success: [ref.putOp({ ...now.value, desired, generation })],
+    });
+    if (!r.succeeded) throw conflict(`Guest ${name} was changed at the same time; retry`);
+    await waitForGuest(
+      store,
+      name,
+      convergedTo(generation),
+      AbortSignal.any([signal, AbortSignal.timeout(convergeMs)]),
+    );
+  }
+
+  return {
+    async move(name, request) {
+      const { spec, status } = await check(name, request);
+      const target = request.target;
+      const wasRunning = up(status);
+      return deps.operations.start({
+        project: projectOfRecord(spec),
+        description: `Moving guest ${name} to ${target}`,
+        resources: { guests: [`/1.0/guests/${name}`] },
+        async run(ctx) {
+          let backup: string | undefined;
+          /** Set once the records name the destination: from then on a failure is rolled back. */
+          let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+          try {
+            if (wasRunning) {
+              ctx.progress(0, 'stopping the guest');
+              await finished(await deps.guests.changeState(name, { action: 'stop' }));
+            }
+            ctx.progress(10, 'writing the guest and its snapshots to an archive');
+            const made = await finished(await deps.storage.createBackup(name, { withSnapshots: true }));
+            backup = String(made.metadata.backup ?? '');
+            const archive = await deps.storage.backupFile(name, backup);
+
+            ctx.progress(40, `handing the guest over to ${target}`);
+            const [now, nowStatus, snapshots] = await Promise.all([
+              records.guest.at(name).get(store),
+              records.guestStatus.at(name).get(store),
+              records.snapshot.list(store, name),
+            ]);
+            if (!now || !nowStatus || now.value.deleting || up(nowStatus.value)) {
+              throw conflict(`Guest ${name} was changed while it was being moved`);
+            }
+            const generation = now.value.generation + 1;
+            const specRef = records.guest.at(name);
+            const flip = await store.txn({
+              compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName)],
+              success: [
+                specRef.putOp({ ...now.value, location: target, desired: 'Stopped', generation }),
+                records.guestLocation.at(name).putOp(target),
+                records.guestStatus.at(name).deleteOp(),
+              ],
+            });
+            if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+            flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
+
+            ctx.progress(50, `${target} makes the guest's files`);
+            await waitForGuest(
+              store,
+              name,
+              (s, st) => {
+                const verdict = convergedTo(generation)(s, st);
+                return verdict === true && !st?.provisioned ? undefined : verdict;
+              },
+              AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
+            );
+            ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
+            await deps.transport.send(target, name, archive.path, ctx.signal);
+            if (wasRunning) {
+              ctx.progress(90, `starting the guest on ${target}`);
+              await setDesired(name, 'Running', ctx.signal);
+            }
+          } catch (e) {
+            const err = asTrivisorError(e);
+            if (flipped) await rollBack(name, target, flipped, wasRunning);
+            else if (wasRunning) {
+              await deps.guests
+                .changeState(name, { action: 'start' })
+                .then(finished)
+                .catch((e2: unknown) =>
+                  log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+                );
+            }
+            throw new TrivisorError(
+              err.code,
+              `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
+            );
+          } finally {
+            if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
+          }
+          // The guest is the destination's now: this member's copy goes. One that cannot be
+          // removed is logged and left (the guest runs elsewhere; nothing here uses it).
+          await deps
+            .removeLocal({ ...spec, location: hostName })
+            .catch((e: unknown) =>
+              log.warn(
+                { guest: name, err: asTrivisorError(e).message },
+                "the moved guest's old files are left",
+              ),
+            );
+          return { location: target };
+        },
+      });
+    },
+  };
+
+  /** Puts the records back as they were before the hand-over, and the guest back in its state. */
+  async function rollBack(
+    name: string,
+    target: string,
+    before: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] },
+    wasRunning: boolean,
+  ): Promise<void> {
+    try {
+      const now = await records.guest.at(name).get(store);
+      if (!now) throw conflict(`Guest ${name} was deleted meanwhile`);
+      const generation = now.value.generation + 1;
+      const specRef = records.guest.at(name);
+      const ops: TxnOp[] = [
+        specRef.putOp({ ...before.before, location: hostName, desired: 'Stopped', generation }),
+        records.guestLocation.at(name).putOp(hostName),
+        records.guestStatus.at(name).putOp(before.status),
+        ...before.snapshots.map((s) => records.snapshot.at(name, s.name).putOp(s)),
+      ];
+      const r = await store.txn({
+        compare: [specRef.unchanged(now.modRevision), ownedBy(name, target)],
+        success: ops,
+      });
+      if (!r.succeeded) throw conflict(`Guest ${name} was changed while its move was being undone`);
+      await deps.transport
+        .discard(target, name)
+        .catch((e: unknown) =>
+          log.warn(
+            { guest: name, member: target, err: asTrivisorError(e).message },
+            'its copy there is left',
+          ),
+        );
+      if (wasRunning) await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
+    } catch (e) {
+      log.error({ guest: name, err: asTrivisorError(e).message }, 'a failed move could not be undone');
+    }
+  }
+}
+
+/** The destination's side of a move: applies an archive onto the guest's new, empty files. */
+export interface MoveReceiver {
+  /** Applies the archive at `archivePath` (removed afterwards) onto this member's copy of guest `name`. */
+  receive(name: string, archivePath: string, signal: AbortSignal): Promise<void>;
+  /** Removes this member's copy of guest `name` after a move was undone; refused while the guest is this member's. */
+  discard(name: string): Promise<void>;
+}
+
+export function createMoveReceiver(deps: {
+  store: KvStore;
+  hostName: string;
+  storage: Partial<Record<Model, GuestStorage>>;
+  runner: ProcessRunner;
+  /** Where the FIFOs of a receive are made. */
+  workDir: string;
+  removeLocal: (spec: GuestSpec) => Promise<void>;
+}): MoveReceiver {
+  const { store, hostName } = deps;
+  return {
+    async receive(name, archivePath, signal) {
+      try {
+        assertDnsLabel(name, 'guest name');
+        const [spec, status] = await Promise.all([
+          records.guest.at(name).get(store),
+          records.guestStatus.at(name).get(store),
+        ]);
+        if (!spec || spec.value.location !== hostName) {
+          throw failedPrecondition(`Guest ${name} is not being moved to ${hostName}`);
+        }
+        if (!status?.value.provisioned || up(status.value)) {
+          throw conflict(
+            `Guest ${name} is not ready here for its files (${status?.value.status ?? 'not made yet'})`,
+          );
+        }
+        const storage = deps.storage[spec.value.model];
+        if (!storage) throw notSupported(`${spec.value.model} guests cannot be moved to ${hostName}`);
+        const archive = await openArchive(archivePath);
+        if (archive.manifest.guest.name !== name || archive.manifest.guest.model !== spec.value.model) {
+          throw invalidArgument(
+            `The archive is of ${archive.manifest.guest.model} guest ${archive.manifest.guest.name}, not of guest ${name}`,
+          );
+        }
+        const work = await mkdtemp(join(deps.workDir, `.move-${name}-`));
+        try {
+          const feed = (rel: string, consume: (path: string) => Promise<unknown>) =>
+            feedPayload({ archive, rel, work, runner: deps.runner, signal, consume });
+          await feed('rootfs.tar.zst', (path) => storage.importTar(spec.value, path, { signal }));
+          for (const snap of archive.manifest.snapshots) {
+            await feed(`snapshots/${snap.name}.tar.zst`, (path) =>
+              storage.importTar(spec.value, path, { snapshot: snap.name, signal }),
+            );
+            await records.snapshot
+              .at(name, snap.name)
+              .put(store, { ...snap, guest: name, location: hostName });
+          }
+        } finally {
+          await rm(work, { recursive: true, force: true });
+        }
+      } finally {
+        await rm(archivePath, { force: true });
+      }
+    },
+
+    async discard(name) {
+      assertDnsLabel(name, 'guest name');
+      const spec = await records.guest.at(name).get(store);
+      if (!spec) return;
+      if (spec.value.location === hostName) {
+        throw conflict(`Guest ${name} is this member's: its files are not removed`);
+      }
+      await deps.removeLocal({ ...spec.value, location: hostName });
+    },
+  };
+}
