@@ -51,7 +51,7 @@ import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import type { NetworkService } from './network-service.ts';
-import { guardedWrite } from './project-service.ts';
+import { guardedWrite, readProject } from './project-service.ts';
 import type { ConsoleStream, GuestService, ImageService, OperationService } from './types.ts';
 import { convergedTo, convergenceError, waitForGuest } from './wait-guest.ts';
 
@@ -400,7 +400,24 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             `A ${model} guest needs an image with a root file system; only vm guests start from a blank disk (--empty)`,
           );
         }
-        const image = request.image === '' ? BLANK_IMAGE.record : await deps.images.get(request.image);
+        // The image and the placement are read side by side (each a round trip or two on etcd);
+        // their errors still come in this order: the image's, the config's, the placement's.
+        const imageLookup =
+          request.image === '' ? Promise.resolve(BLANK_IMAGE.record) : deps.images.get(request.image);
+        imageLookup.catch(() => {});
+        // So is the project the quota is checked against (guardedWrite below starts from it).
+        const projectRead = readProject(store, project);
+        projectRead.catch(() => {});
+        let config: Record<string, string>;
+        try {
+          config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
+        } catch (e) {
+          await imageLookup;
+          throw e;
+        }
+        const placing = placementOf(model, config, request.target);
+        placing.catch(() => {});
+        const image = await imageLookup;
         // A project launches from its own images and from default's, the host's shared catalogue (decision 21).
         const imageProject = projectOfRecord(image);
         if (request.image !== '' && imageProject !== project && imageProject !== DEFAULT_PROJECT) {
@@ -411,8 +428,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             `Image ${request.image} is a whole-disk image with its own boot loader and kernel, which only vm guests boot (through their firmware): use --model vm`,
           );
         }
-        const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
-        const where = await placementOf(model, config, request.target);
+        const where = await placing;
         const spec: GuestSpec = {
           name: request.name,
           project,
@@ -442,24 +458,29 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         driver.validate(spec, image);
         // The quota is decided on the project as read and the guest lands only if nothing was
         // written in the project meanwhile (guardedWrite reads again and decides again then).
-        const r = await guardedWrite(store, project, async (p) => {
-          assertGuestCountable(project, p.spec.config, config);
-          assertWithinLimits(project, p.spec.config, {
-            before: p.usage,
-            after: addUsage(p.usage, guestUsage(config)),
-          });
-          return {
-            compare: [records.guest.at(spec.name).absent(), ...(claims?.compare ?? [])],
-            // A stale status of an earlier guest of this name must not make the new one look provisioned.
-            success: [
-              records.guest.at(spec.name).putOp(spec),
-              records.guestLocation.at(spec.name).putOp(spec.location),
-              records.guestStatus.at(spec.name).deleteOp(),
-              records.guestNetwork.at(spec.name).deleteOp(),
-              ...(claims?.success ?? []),
-            ],
-          };
-        });
+        const r = await guardedWrite(
+          store,
+          project,
+          async (p) => {
+            assertGuestCountable(project, p.spec.config, config);
+            assertWithinLimits(project, p.spec.config, {
+              before: p.usage,
+              after: addUsage(p.usage, guestUsage(config)),
+            });
+            return {
+              compare: [records.guest.at(spec.name).absent(), ...(claims?.compare ?? [])],
+              // A stale status of an earlier guest of this name must not make the new one look provisioned.
+              success: [
+                records.guest.at(spec.name).putOp(spec),
+                records.guestLocation.at(spec.name).putOp(spec.location),
+                records.guestStatus.at(spec.name).deleteOp(),
+                records.guestNetwork.at(spec.name).deleteOp(),
+                ...(claims?.success ?? []),
+              ],
+            };
+          },
+          { firstRead: projectRead },
+        );
         if (!r.succeeded) {
           const other = await existing(spec.name);
           if (claims && !other) {

@@ -5,6 +5,8 @@ import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { guardedWrite, readProject } from './project-service.ts';
 
 async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
   await assert.rejects(p, (e: unknown) => {
@@ -49,6 +51,35 @@ describe('quota arithmetic', () => {
       () => assertLimitsCover('p1', { 'limits.networks': '1' }, { ...NO_USAGE, networks: 2 }),
       /already uses 2 networks, more than limits\.networks=1/,
     );
+  });
+});
+
+describe('guardedWrite', () => {
+  test('a first read made stale by another write in the project meanwhile is read again before the write lands', async () => {
+    const store = createMemoryStore();
+    const early = readProject(store, 'default');
+    await early;
+    // Another create lands in the project after the early read.
+    await guardedWrite(store, 'default', async () => ({
+      compare: [],
+      success: [{ type: 'put', key: keys.guest('a'), value: '{}' }],
+    }));
+    const seen: number[] = [];
+    const r = await guardedWrite(
+      store,
+      'default',
+      async (p) => {
+        seen.push(Number(p.compare[0]?.value));
+        return { compare: [], success: [{ type: 'put', key: keys.guest('b'), value: '{}' }] };
+      },
+      { firstRead: early },
+    );
+    assert.equal(r.succeeded, true);
+    const [first, second] = seen;
+    assert.equal(seen.length, 2, 'decided twice: on the early read, then on a fresh one');
+    assert.equal(first, 0, 'the early read saw no project record yet');
+    assert.ok(second !== undefined && second > 0, 'the fresh read saw the record the other write made');
+    await store.close();
   });
 });
 

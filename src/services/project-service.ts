@@ -130,9 +130,12 @@ export async function guardedWrite(
   store: KvStore,
   project: string,
   attempt: (p: GuardedProject) => Promise<GuardedParts>,
+  options: { firstRead?: Promise<GuardedProject> } = {},
 ): Promise<TxnResponse> {
   for (let i = 0; i < MAX_ATTEMPTS; i++) {
-    const p = await readProject(store, project);
+    // A first read the caller started early (beside its own reads) serves the first attempt:
+    // if the project changed since, the transaction fails and the next attempt reads again.
+    const p = await (i === 0 && options.firstRead ? options.firstRead : readProject(store, project));
     const own = await attempt(p);
     const guardPut: TxnOp[] = own.project ? [records.project.at(project).putOp(own.project)] : p.success;
     const r = await store.txn({
