@@ -207,6 +207,25 @@ export function addGuestCommands(program: Command): void {
   }
 
   program
+    .command('move')
+    .alias('mv')
+    .description(
+      'Move a guest to another member of the cluster (stopped, moved, started again there if it ran)',
+    )
+    .argument('<name>')
+    .requiredOption('--target <member>', 'the member to move it to')
+    .option('--live', 'keep it running through the move (refused, with the reason, where the model cannot)')
+    .option('--stateless', 'stop it, move it, start it again (the default)')
+    .action(
+      async (name: string, opts: { target: string; live?: boolean; stateless?: boolean }, cmd: Command) => {
+        if (opts.live && opts.stateless) throw invalidArgument('Give --live or --stateless, not both');
+        const client = clientOf(cmd);
+        const op = await client.moveGuest(name, opts.target, { live: opts.live === true });
+        await waitWithProgress(client, op, { label: `Moving ${name} to ${opts.target}` });
+      },
+    );
+
+  program
     .command('delete')
     .alias('rm')
     .description('Delete guests')

@@ -49,6 +49,7 @@ export const HELP_EXAMPLES: Record<string, Array<[command: string, what: string]
   ],
   stop: [['trivisor stop web1 --timeout 10', 'ask its init to power off, kill after 10 s']],
   delete: [['trivisor delete --force web1', 'stop it first if it runs']],
+  move: [['trivisor move web1 --target m2', 'to another member: stopped, moved, started there if it ran']],
   'config set': [
     ['trivisor config set db1 limits.memory=256MiB limits.cpu=2', 'applied live where the model can'],
   ],

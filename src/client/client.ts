@@ -82,6 +82,8 @@ export interface TrivisorClient
     change: { set?: Record<string, string>; unset?: string[] },
   ): Promise<ConfigUpdateResult>;
   deleteGuest(name: string, options?: { force?: boolean }): Promise<Operation>;
+  /** Moves a guest to another member of the cluster (decision 0040); `live` where the model allows. */
+  moveGuest(name: string, target: string, options?: { live?: boolean }): Promise<Operation>;
   getGuestState(name: string): Promise<GuestStateResponse>;
   changeGuestState(name: string, request: StateChangeBody): Promise<Operation>;
   /** Starts an exec operation as given (record-output, wait-for-websocket or neither). */
@@ -271,6 +273,11 @@ export function createClient(options: ClientTarget): TrivisorClient {
       return call('PATCH', `/1.0/guests/${enc(name)}`, body);
     },
     deleteGuest: (name, o) => callAsync('DELETE', `/1.0/guests/${enc(name)}${o?.force ? '?force=true' : ''}`),
+    moveGuest: (name, target, o) =>
+      callAsync('POST', `/1.0/guests/${enc(name)}?target=${enc(target)}`, {
+        migration: true,
+        ...(o?.live !== undefined && { live: o.live }),
+      }),
     getGuestState: (name) => call('GET', `/1.0/guests/${enc(name)}/state`),
     changeGuestState: (name, request) => callAsync('PUT', `/1.0/guests/${enc(name)}/state`, request),
     startExec: (name, request) => callAsync('POST', `/1.0/guests/${enc(name)}/exec`, request),
