@@ -7,7 +7,7 @@ import { invalidArgument, isTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { silentLogger } from '../host/logger.ts';
-import { hostRunner } from '../host/runner.ts';
+import { hostRunner, type ProcessRunner, type RunResult } from '../host/runner.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
 import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
@@ -18,6 +18,7 @@ import {
   createGuestMover,
   createMoveReceiver,
   type GuestMover,
+  liveMoveRefusal,
   type MoveReceiver,
   type MoveTransport,
 } from './guest-move.ts';
@@ -428,5 +429,59 @@ describe('receiving a moved guest', () => {
     await records.guest.at('web').put(store, spec({ location: 'h1' }));
     await receiver.discard('web');
     assert.deepEqual(removed, ['h2/web']);
+  });
+});
+
+describe('why a guest cannot move live', () => {
+  const runner = (answer: RunResult | Error) => {
+    const calls: string[][] = [];
+    return {
+      calls,
+      runner: {
+        async run(argv: readonly string[]) {
+          calls.push([...argv]);
+          if (answer instanceof Error) throw answer;
+          return answer;
+        },
+        spawn: () => {
+          throw new Error('not used');
+        },
+      } as ProcessRunner,
+    };
+  };
+
+  test("ct: CRIU's own check is asked once, and its first line of complaint is the reason", async () => {
+    const fake = runner({
+      code: 1,
+      stdout: '',
+      stderr: '\nError (criu/kerndat.c:1234): Unable to foo\nmore\n',
+    });
+    const refusal = liveMoveRefusal(fake.runner);
+    const ct = spec();
+    assert.equal(
+      await refusal(ct),
+      'ct guests cannot move live: `criu check` fails on this host (Error (criu/kerndat.c:1234): Unable to foo); move it with --stateless (stopped, moved, started again)',
+    );
+    await refusal(ct);
+    assert.deepEqual(fake.calls, [['criu', 'check']]);
+  });
+
+  test('ct without CRIU, pvm and vm say so in one line, without a probe for the last two', async () => {
+    const missing = runner(new Error('spawn criu ENOENT'));
+    assert.match(
+      await liveMoveRefusal(missing.runner)(spec()),
+      /^ct guests cannot move live: CRIU is not installed on this host \(.*ENOENT.*\); move it with --stateless/,
+    );
+    const unused = runner({ code: 0, stdout: '', stderr: '' });
+    const refusal = liveMoveRefusal(unused.runner);
+    assert.match(
+      await refusal(spec({ model: 'pvm' })),
+      /^pvm guests cannot move live: User-Mode Linux has no live migration/,
+    );
+    assert.match(
+      await refusal(spec({ model: 'vm' })),
+      /^Live migration of vm guests is not built yet; move it with --stateless/,
+    );
+    assert.deepEqual(unused.calls, []);
   });
 });

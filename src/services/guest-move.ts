@@ -363,3 +363,28 @@ export function createMoveReceiver(deps: {
     },
   };
 }
+
+/**
+ * Why `--live` cannot move a guest here: found by a probe where one can tell (CRIU for ct, whose
+ * answer is kept), said plainly where the model itself cannot (UML), or not built yet (vm).
+ */
+export function liveMoveRefusal(runner: ProcessRunner): (spec: GuestSpec) => Promise<string> {
+  let ct: Promise<string> | undefined;
+  const stateless = 'move it with --stateless (stopped, moved, started again)';
+  return async (spec) => {
+    if (spec.model === 'pvm')
+      return `pvm guests cannot move live: User-Mode Linux has no live migration; ${stateless}`;
+    if (spec.model === 'vm') return `Live migration of vm guests is not built yet; ${stateless}`;
+    ct ??= runner.run(['criu', 'check'], { allowFailure: true, timeoutMs: 30_000 }).then(
+      (r) => {
+        if (r.code === 0)
+          return `CRIU's check passes here, but live migration of ct guests is not built yet; ${stateless}`;
+        const said = `${r.stderr}\n${r.stdout}`.split('\n').find((l) => l.trim() !== '') ?? `exit ${r.code}`;
+        return `ct guests cannot move live: \`criu check\` fails on this host (${said.trim()}); ${stateless}`;
+      },
+      (e: unknown) =>
+        `ct guests cannot move live: CRIU is not installed on this host (${asTrivisorError(e).message}); ${stateless}`,
+    );
+    return ct;
+  };
+}
