@@ -10,7 +10,7 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { type ApiResponse, type Daemon, sleep } from '../test/system/harness.ts';
 
 const REPO = path.resolve(import.meta.dirname, '..');

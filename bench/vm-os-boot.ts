@@ -27,7 +27,7 @@ import {
   statSync,
 } from 'node:fs';
 import path from 'node:path';
-import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { hostRunner } from '../src/host/runner.ts';
 import { type Daemon, sleep, startDaemon } from '../test/system/harness.ts';
 import { buildDebianDisk, DEBIAN_HOSTNAME } from '../test/vm/boot-media.ts';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { hostPortName } from '../src/network/guest-networking.ts';
 import { ownerAlias } from '../src/network/linux-network-backend.ts';
 import {

@@ -40,7 +40,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { cgroupParentOf } from '../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { listMountPoints } from '../src/host/mounts.ts';
 import { parseProcStat } from '../src/host/proc-stat.ts';
 import { hostPortName } from '../src/network/guest-networking.ts';

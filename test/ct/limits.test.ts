@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import type { GuestSpec } from '../../src/core/types.ts';
-import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { type CtFixture, makeCtFixture } from '../drivers/ct-fixture.ts';
 import { execIn } from '../drivers/exec-helpers.ts';

@@ -12,7 +12,7 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { eventually, gone } from '../system/harness.ts';
 

@@ -3,7 +3,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
 import { mountPointsUnder } from '../../src/host/mounts.ts';
 import { hostPortName } from '../../src/network/guest-networking.ts';

@@ -4,7 +4,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { findCloudKernel } from '../../src/drivers/vm/boot-kit.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { eventually } from '../drivers/exec-helpers.ts';

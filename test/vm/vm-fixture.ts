@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { access, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestSpec } from '../../src/core/types.ts';
-import { cgroupParentOf } from '../../src/drivers/ct/ct-driver.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import type { GuestDriver, ImageHandle } from '../../src/drivers/guest-driver.ts';
 import { createVmDriver, type VmDriverOptions } from '../../src/drivers/vm/vm-driver.ts';
 import { cgroupDirs } from '../../src/host/cgroups-v1.ts';

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,6 +14,7 @@ import { readHardLimits } from '../../host/rlimits.ts';
 import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
 import { shiftIds } from '../../images/shift-tree.ts';
+import { cgroupParentOf } from '../guest-cgroup.ts';
 import type {
   DriverContext,
   ExecSession,
@@ -38,6 +39,9 @@ import {
 import { mountOverlayRootfs } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
+
+/** main.ts still reads it from here; the drivers and tests take it from guest-cgroup.ts. */
+export { cgroupParentOf };
 
 /** How often stop() looks whether init is gone. */
 const POLL_MS = 50;
@@ -66,11 +70,6 @@ export interface CtGuestPaths {
   staging: string;
   consoleLog: string;
   pidFile: string;
-}
-
-/** The cgroup parent shared by every guest of one state dir: `/trivisor-<8 hex of sha256(stateDir)>`. */
-export function cgroupParentOf(stateDir: string): string {
-  return `/trivisor-${createHash('sha256').update(stateDir).digest('hex').slice(0, 8)}`;
 }
 
 /** The OCI runtime (runc) behind the `ct` model: one detached runc container per guest. */

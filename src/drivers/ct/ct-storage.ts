@@ -5,9 +5,9 @@ import type { GuestSpec } from '../../core/types.ts';
 import { readFreezerState } from '../../host/cgroups-v1.ts';
 import { isMountPoint } from '../../host/mounts.ts';
 import { copyFlags } from '../../host/reflink.ts';
+import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
-import { cgroupParentOf } from './ct-driver.ts';
 import { guestDirOf } from './guest-dir.ts';
 
 /** Half-made objects carry this prefix until they are renamed into place. */

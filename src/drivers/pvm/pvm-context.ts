@@ -7,7 +7,7 @@ import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { createConsoleSlots } from '../console-slots.ts';
-import { cgroupParentOf } from '../ct/ct-driver.ts';
+import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext, GuestDriver } from '../guest-driver.ts';
 import { type AgentConnection, connectAgent } from './pvm-agent.ts';
 import type { PvmAgentMap } from './pvm-agent-pool.ts';

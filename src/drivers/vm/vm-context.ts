@@ -7,7 +7,7 @@ import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { createConsoleSlots } from '../console-slots.ts';
-import { cgroupParentOf } from '../ct/ct-driver.ts';
+import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext, GuestDriver } from '../guest-driver.ts';
 import { createUidAllocator } from '../guest-uids.ts';
 import {
