@@ -267,6 +267,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     events,
     hostName,
     claims,
+    // On a cluster a pool created without a target is every member's (decision 0038).
+    ...(membership && { cluster: true }),
   });
   services.pools = poolService;
   // The default pool is recorded and every pool mounted before guests start; limits.disk follows.

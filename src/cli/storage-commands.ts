@@ -205,7 +205,10 @@ export function addStorageCommands(program: Command): void {
     .argument('<driver>', 'dir or btrfs')
     .argument('[config...]', 'key=value')
     .option('--description <text>', 'what the pool is for')
-    .option('--target <member>', 'on a cluster: the member whose disks hold it (default: the one asked)')
+    .option(
+      '--target <member>',
+      "on a cluster: only this member's disks hold it (default: every member makes its own)",
+    )
     .action(
       async (
         name: string,
@@ -223,7 +226,10 @@ export function addStorageCommands(program: Command): void {
           },
           opts.target !== undefined ? { target: opts.target } : {},
         );
-        process.stdout.write(`Created storage pool ${pool.name} (${pool.driver}) at ${pool.path}\n`);
+        const where = pool.members
+          ? ` on ${pool.members.length} members (${pool.status}), here at ${pool.path}`
+          : ` at ${pool.path}`;
+        process.stdout.write(`Created storage pool ${pool.name} (${pool.driver})${where}\n`);
       },
     );
 
@@ -260,8 +266,10 @@ export function addStorageCommands(program: Command): void {
     .description('Show a storage pool')
     .argument('<name>')
     .addOption(new Option('-f, --format <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
-    .action(async (name: string, opts: { format: 'yaml' | 'json' }, cmd: Command) => {
-      process.stdout.write(renderData(await clientOf(cmd).getPool(name), opts.format));
+    .option('--target <member>', "on a cluster: that member's instance of a pool on every member")
+    .action(async (name: string, opts: { format: 'yaml' | 'json'; target?: string }, cmd: Command) => {
+      const options = opts.target !== undefined ? { target: opts.target } : {};
+      process.stdout.write(renderData(await clientOf(cmd).getPool(name, options), opts.format));
     });
 
   storage

@@ -24,20 +24,25 @@ export function addVolumeCommands(program: Command): void {
         .default('filesystem'),
     )
     .option('--description <text>', 'what the volume is for')
+    .option('--target <member>', 'on a cluster: the member to make it on (default: the one asked)')
     .action(
       async (
         pool: string,
         name: string,
         pairs: string[],
-        opts: { type: string; description?: string },
+        opts: { type: string; description?: string; target?: string },
         cmd: Command,
       ) => {
-        const v = await clientOf(cmd).createVolume(pool, {
-          name,
-          type: opts.type,
-          config: parsePairs(pairs, 'Volume config'),
-          ...(opts.description !== undefined && { description: opts.description }),
-        });
+        const v = await clientOf(cmd).createVolume(
+          pool,
+          {
+            name,
+            type: opts.type,
+            config: parsePairs(pairs, 'Volume config'),
+            ...(opts.description !== undefined && { description: opts.description }),
+          },
+          opts.target !== undefined ? { target: opts.target } : {},
+        );
         process.stdout.write(
           `Created ${v.type} volume ${v.name} (${formatBytes(v.sizeBytes)}) on pool ${v.pool}\n`,
         );

@@ -34,7 +34,8 @@ export interface StorageClient {
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   listPools(): Promise<StoragePool[]>;
-  getPool(name: string): Promise<StoragePool>;
+  /** `target`: on a cluster, that member's instance of a pool on every member (decision 0038). */
+  getPool(name: string, options?: { target?: string }): Promise<StoragePool>;
   /** `target`: on a cluster, the member whose disks hold the pool (decision 0034). */
   createPool(request: CreatePoolRequest, options?: { target?: string }): Promise<StoragePool>;
   deletePool(name: string): Promise<void>;
@@ -140,7 +141,11 @@ export function storageMethods(
     },
     recover: () => call('POST', '/1.0/admin/recover', {}),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),
-    getPool: (name) => call('GET', `/1.0/storage-pools/${enc(name)}`),
+    getPool: (name, o = {}) =>
+      call(
+        'GET',
+        `/1.0/storage-pools/${enc(name)}${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`,
+      ),
     createPool: (request, o = {}) =>
       call('POST', `/1.0/storage-pools${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, request),
     async deletePool(name) {

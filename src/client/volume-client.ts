@@ -9,7 +9,12 @@ import type {
 export interface VolumeClient {
   listVolumes(pool: string): Promise<StorageVolume[]>;
   getVolume(pool: string, name: string): Promise<StorageVolume>;
-  createVolume(pool: string, request: CreateVolumeRequest): Promise<StorageVolume>;
+  /** `target`: on a cluster, the member to make it on (a pool on every member, the default pool). */
+  createVolume(
+    pool: string,
+    request: CreateVolumeRequest,
+    options?: { target?: string },
+  ): Promise<StorageVolume>;
   /** Uploads an ISO image as an iso volume `name` (a CD-ROM for vm guests). */
   importIsoVolume(pool: string, name: string, file: string): Promise<StorageVolume>;
   /** Grows a volume to `size` (e.g. `2GiB`). */
@@ -36,7 +41,8 @@ export function volumeMethods(call: Call, upload: Upload): VolumeClient {
   return {
     listVolumes: (pool) => call('GET', `${url(pool)}?recursion=1`),
     getVolume: (pool, name) => call('GET', url(pool, name)),
-    createVolume: (pool, request) => call('POST', url(pool), request),
+    createVolume: (pool, request, o = {}) =>
+      call('POST', `${url(pool)}${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, request),
     importIsoVolume: (pool, name, file) =>
       upload(url(pool), file, { 'x-trivisor-name': name, 'x-trivisor-type': 'iso' }),
     resizeVolume: (pool, name, size) => call('PATCH', url(pool, name), { config: { size } }),

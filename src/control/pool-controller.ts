@@ -55,10 +55,90 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
   const informers: Array<Informer<unknown>> = [];
 
   async function mount(pool: PoolRecord): Promise<void> {
+    if (pool.everyMember) return makeInstance(pool);
     // Another member's pool is on its disks (a loop file under its state dir, its block device).
     if (pool.name === DEFAULT_POOL || (pool.location !== undefined && pool.location !== hostName)) return;
     await drivers[pool.driver].mount(pool);
     await keepPoolRecord(pool, drivers);
+  }
+
+  /** One change of a pool's instance at a time on this member (its record's add, update, delete). */
+  const chains = new Map<string, Promise<void>>();
+  const inTurn = (name: string, work: () => Promise<void>): Promise<void> => {
+    const next = (chains.get(name) ?? Promise.resolve()).then(work, work);
+    chains.set(name, next);
+    const done = () => {
+      if (chains.get(name) === next) chains.delete(name);
+    };
+    next.then(done, done);
+    return next;
+  };
+
+  /**
+   * This member's instance of a pool defined on every member (decision 0038): made once (its
+   * status says Created), mounted again after that; a failure is its status (Errored, with the
+   * error), which the pool's info shows. A later change of the record tries again.
+   */
+  function makeInstance(pool: PoolRecord): Promise<void> {
+    return inTurn(pool.name, async () => {
+      const ref = records.poolMemberStatus.at(pool.name, hostName);
+      const had = await ref.get(store);
+      const driver = drivers[pool.driver];
+      try {
+        if (had?.value.state === 'Created') await driver.mount(pool);
+        else await driver.create(pool);
+        await keepPoolRecord(pool, drivers);
+        // The record may be gone meanwhile (deleted while this was made): then nothing is kept.
+        if (!(await records.pool.at(pool.name).get(store))) {
+          await driver.delete(pool);
+          return;
+        }
+        if (had?.value.state !== 'Created')
+          await ref.put(store, {
+            state: 'Created',
+            driver: pool.driver,
+            updatedAt: new Date().toISOString(),
+          });
+      } catch (e) {
+        const error = asTrivisorError(e).message;
+        await ref.put(store, {
+          state: had?.value.state === 'Created' ? 'Created' : 'Errored',
+          driver: pool.driver,
+          error,
+          updatedAt: new Date().toISOString(),
+        });
+        throw e;
+      }
+    });
+  }
+
+  /** Removes this member's instance of a pool defined on every member, and its status. */
+  function removeInstance(name: string, driverName: PoolDriverName): Promise<void> {
+    return inTurn(name, async () => {
+      if (await records.pool.at(name).get(store)) return;
+      const ref = records.poolMemberStatus.at(name, hostName);
+      const pool: PoolRecord = { name, driver: driverName, description: '', config: {}, createdAt: '' };
+      await drivers[driverName].delete(pool);
+      await store.delete(ref.key);
+    });
+  }
+
+  const removeIt = (_key: string, pool: PoolRecord) => {
+    if (!pool.everyMember) return;
+    void removeInstance(pool.name, pool.driver).catch((e) =>
+      log.warn({ pool: pool.name, err: asTrivisorError(e).message }, 'cannot remove storage pool'),
+    );
+  };
+
+  /** Instances of pools deleted while this daemon was down. */
+  async function removeLeftInstances(): Promise<void> {
+    for (const { key, value } of (await records.poolMemberStatus.list(store)).items) {
+      const [name, member] = records.poolMemberStatus.nameOf(key).split('/');
+      if (member !== hostName || name === undefined) continue;
+      await removeInstance(name, value.driver).catch((e) =>
+        log.warn({ pool: name, err: asTrivisorError(e).message }, 'cannot remove storage pool'),
+      );
+    }
   }
 
   /**
@@ -107,7 +187,8 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
       const mine = () => hostName;
       const older = (e: unknown) =>
         log.warn({ err: asTrivisorError(e).message }, 'cannot record the owner of older records');
-      await stampLocations(store, records.pool, mine).catch(older);
+      // A pool defined on every member has no location (decision 0038).
+      await stampLocations(store, records.pool, (p) => (p.everyMember ? undefined : hostName)).catch(older);
       await stampLocations(store, records.volume, mine).catch(older);
       await stampLocations(store, records.guestPool, mine).catch(older);
       // Pools are mounted before start returns: guests that start next live on them.
@@ -128,7 +209,7 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
         prefix: records.pool.prefix,
         decode: records.pool.decode,
         log,
-        handlers: { onAdd: mountIt, onUpdate: mountIt },
+        handlers: { onAdd: mountIt, onUpdate: mountIt, onDelete: removeIt },
       });
       const guests = createInformer<GuestSpec>({
         store,
@@ -141,6 +222,7 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
       await pools.start();
       starting = false;
       await Promise.all(first);
+      await removeLeftInstances();
       await guests.start();
     },
     stop() {

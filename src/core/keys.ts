@@ -37,6 +37,11 @@ export const keys = {
   networkAddress: (network: string, ip: string): string => `/trivisor/network-addresses/${network}/${ip}`,
   storagePoolPrefix: '/trivisor/storage-pools/',
   storagePool: (name: string): string => `/trivisor/storage-pools/${name}`,
+  /** What each member made of a pool defined on every member (decision 0038): its own instance's state. */
+  storagePoolMemberStatusPrefix: '/trivisor/storage-pool-member-status/',
+  storagePoolMemberStatuses: (pool: string): string => `/trivisor/storage-pool-member-status/${pool}/`,
+  storagePoolMemberStatus: (pool: string, member: string): string =>
+    `/trivisor/storage-pool-member-status/${pool}/${member}`,
   /** Custom volumes: `/trivisor/storage-volumes/POOL/NAME` → VolumeRecord. */
   storageVolumePrefix: '/trivisor/storage-volumes/',
   storageVolumes: (pool: string): string => `/trivisor/storage-volumes/${pool}/`,

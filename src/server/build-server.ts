@@ -247,7 +247,12 @@ export async function buildServer(services: Services, options: BuildServerOption
     // A pool's or a volume's change runs on the member whose disks hold it.
     const storage = owner && forwarder ? storageScoped(request.method, url, request.params) : undefined;
     if (owner && forwarder && storage && !isForwarded(request)) {
-      const place = await owner.placeOfStorage(storage.pool, storage.volume);
+      const target = (request.query as { target?: unknown } | undefined)?.target;
+      const place = await owner.placeOfStorage(
+        storage.pool,
+        storage.volume,
+        typeof target === 'string' ? target : undefined,
+      );
       if (place.here) return;
       await forwarder.proxy(request, reply, place.member);
       return reply;

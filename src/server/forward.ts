@@ -139,7 +139,7 @@ export interface Forwarder {
    * to know where it goes, a copy from another member's guest), the answer streamed back as
    * `proxy` does.
    */
-  replay(request: FastifyRequest, reply: FastifyReply, member: string): Promise<void>;
+  replay(request: FastifyRequest, reply: FastifyReply, member: string, path?: string): Promise<void>;
   /** Sends a request whose JSON body was already parsed; returns the metadata of `member`'s sync answer. */
   json<T>(request: FastifyRequest, member: string): Promise<T>;
   /** Asks `member` with a GET of `path` as this request's caller; the parsed envelope's metadata, or its error. */
@@ -236,6 +236,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
     reply: FastifyReply,
     member: string,
     parsed: boolean,
+    path: string = request.url,
   ): Promise<void> => {
     passedOn.add(request);
     if (!parsed && request.headers.upgrade?.toLowerCase() === 'websocket')
@@ -255,7 +256,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
 
     await new Promise<void>((resolve) => {
       const upstream = httpRequest(
-        { createConnection: () => socket, method: request.method, path: request.url, headers },
+        { createConnection: () => socket, method: request.method, path, headers },
         (res) => {
           reply.raw.writeHead(res.statusCode ?? 502, responseHeaders(res.headers));
           res.pipe(reply.raw);
@@ -286,7 +287,7 @@ export function createForwarder(forwarding: MemberForwarding): Forwarder {
   return {
     here: forwarding.here,
     proxy: (request, reply, member) => pass(request, reply, member, false),
-    replay: (request, reply, member) => pass(request, reply, member, true),
+    replay: (request, reply, member, path) => pass(request, reply, member, true, path),
     json: (request, member) => {
       passedOn.add(request);
       return exchange(

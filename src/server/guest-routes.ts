@@ -196,7 +196,18 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       if (body.storage !== undefined && body.storage !== 'default') {
         if (!services.pools) throw notSupported('This daemon has no storage pools: leave out "storage"');
         // A guest on a pool runs on the pool's member (decision 0034): made there.
-        const place = await services.owner?.placeOfStorage(body.storage);
+        const place = await services.owner?.placeOfStorage(body.storage, undefined, request.query.target);
+        // A pool every member has (decision 0038): the scheduler picks the member, which makes it.
+        const guests = guestsOf(request);
+        if (place?.here && place.anyMember && ctx.forward && !isForwarded(request) && guests.placementFor) {
+          const where = await guests.placementFor(create);
+          if (where.member !== ctx.forward.here) {
+            const query = new URLSearchParams(request.query as Record<string, string>);
+            query.set('target', where.member);
+            await ctx.forward.replay(request, reply, where.member, `/1.0/guests?${query}`);
+            return reply;
+          }
+        }
         if (place && !place.here) {
           const target = request.query.target;
           if (target !== undefined && target !== place.member) {

@@ -210,8 +210,26 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     createdAt: Type.String(),
     location: Type.Optional(Type.String({ description: 'The member whose disks hold it' })),
     path: Type.String(),
-    status: Type.Union([Type.Literal('Created'), Type.Literal('Unavailable')]),
+    status: Type.Union([
+      Type.Literal('Created'),
+      Type.Literal('Unavailable'),
+      Type.Literal('Pending'),
+      Type.Literal('Errored'),
+    ]),
     error: Type.Optional(Type.String()),
+    everyMember: Type.Optional(
+      Type.Boolean({ description: 'Defined on every member of the cluster, each with its own instance' }),
+    ),
+    members: Type.Optional(
+      Type.Array(
+        Type.Object({
+          name: Type.String(),
+          status: Type.Union([Type.Literal('Created'), Type.Literal('Errored'), Type.Literal('Pending')]),
+          error: Type.Optional(Type.String()),
+        }),
+        { description: "A pool on every member: each member's instance (usage is the answering member's)" },
+      ),
+    ),
     usage: Type.Union([Type.Object({ totalBytes: Type.Number(), usedBytes: Type.Number() }), Type.Null()]),
     guests: Type.Optional(
       Type.Array(
@@ -255,7 +273,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       config: { access: 'host-admin' },
       schema: {
         summary:
-          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on this member or the one target= names',
+          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on every member, or only on the one target= names',
         querystring: Type.Object(TargetQueryProperties),
         body: Type.Object(
           {
@@ -272,21 +290,33 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     async (request) => {
       // Another member's pool was passed on before its body was read (decision 0034).
       await assertTarget(ctx, request.query.target);
-      return syncResponse(await pools().create(request.body));
+      return syncResponse(
+        await pools().create(
+          request.body,
+          request.query.target !== undefined ? { target: request.query.target } : {},
+        ),
+      );
     },
   );
 
-  app.get<{ Params: Name }>(
+  app.get<{ Params: Name; Querystring: { target?: string } }>(
     '/1.0/storage-pools/:name',
     {
       config: { access: 'host-read' },
       schema: {
         summary: 'Show a storage pool with its space',
+        description:
+          "A pool on every member of a cluster shows each member's state and the space of the answering member's instance: target= asks that member.",
         params: NameParams,
+        querystring: Type.Object(TargetQueryProperties),
         response: { 200: SyncEnvelope(PoolSchema), ...errors },
       },
     },
-    async (request) => syncResponse(await pools().get(request.params.name)),
+    async (request) => {
+      // Another member's instance was asked for there (decision 0038); an unknown member is a 404.
+      await assertTarget(ctx, request.query.target);
+      return syncResponse(await pools().get(request.params.name));
+    },
   );
 
   app.delete<{ Params: Name }>(

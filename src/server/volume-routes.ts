@@ -9,9 +9,10 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import { ErrorEnvelopeSchema, RecursionQuerySchema, SyncEnvelope } from '../api/schemas.ts';
-import { invalidArgument, notSupported } from '../core/errors.ts';
+import { failedPrecondition, invalidArgument, notSupported } from '../core/errors.ts';
 import type { VolumeService } from '../services/volume-service.ts';
 import { assertVolumeName } from '../storage/volumes.ts';
+import { assertTarget } from './member-lists.ts';
 import { onGuestOwner } from './owner-routes.ts';
 import { allProjectsOf, projectOf, type RouteContext } from './route-context.ts';
 
@@ -109,7 +110,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
   );
 
   type CreateBody = { name: string; type?: string; description?: string; config?: Record<string, string> };
-  app.post<{ Params: PoolParams; Body: CreateBody | Readable }>(
+  app.post<{ Params: PoolParams; Body: CreateBody | Readable; Querystring: { target?: string } }>(
     `${base}/custom`,
     {
       config: { access: 'operate' },
@@ -120,6 +121,15 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
         description:
           'JSON {name, type?, config?} creates. A raw body (application/octet-stream) with headers X-Trivisor-Name and X-Trivisor-Type: iso (Incus: X-Incus-name, X-Incus-type) uploads an ISO image (up to 16 GiB), checked for an ISO 9660 or UDF volume descriptor.',
         params: PoolParamsSchema,
+        querystring: Type.Object({
+          target: Type.Optional(
+            Type.String({
+              description:
+                'On a cluster: the member to make it on, for a pool on every member or the default pool',
+              minLength: 1,
+            }),
+          ),
+        }),
         headers: Type.Object({
           'x-trivisor-name': Type.Optional(Type.String()),
           'x-trivisor-type': Type.Optional(Type.String()),
@@ -147,6 +157,21 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
       },
     },
     async (request) => {
+      // A volume of a pool on every member (decision 0038) or of the default pool was passed on to
+      // the member target= names before its body was read; one of a pool of one member, to that
+      // member, which is then not the one asked for.
+      const target = request.query.target;
+      try {
+        await assertTarget(ctx, target);
+        if (target !== undefined && ctx.forward && target !== ctx.forward.here) {
+          throw failedPrecondition(
+            `Storage pool ${request.params.pool} is on member ${ctx.forward.here}: its volumes are made there; leave out the target`,
+          );
+        }
+      } catch (e) {
+        (request.body as Readable | undefined)?.resume?.();
+        throw e;
+      }
       const contentType = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
       if (!ISO_UPLOAD_TYPES.includes(contentType)) {
         const body = request.body as CreateBody | undefined;

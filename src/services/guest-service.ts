@@ -387,6 +387,12 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         });
       },
 
+      async placementFor(request) {
+        const model = request.model ?? 'ct';
+        const config = validateConfig({ ...(request.config ?? {}) }, deps.capacity, model);
+        return placementOf(model, config, request.target);
+      },
+
       async create(request) {
         assertDnsLabel(request.name, 'guest name');
         const model = request.model ?? 'ct';

@@ -5,7 +5,13 @@ import type { KvStore } from '../store/kv.ts';
 import { records } from '../store/records.ts';
 
 /** Where a request about a guest must be answered. */
-export type GuestPlace = { here: true } | { here: false; member: string };
+export type GuestPlace =
+  | {
+      here: true;
+      /** A pool defined on every member (decision 0038): any member could answer; a new guest on it is the scheduler's. */
+      anyMember?: boolean;
+    }
+  | { here: false; member: string };
 
 /**
  * Runs a guest-scoped request on the guest's owner (docs/decisions/0028). Interactive and
@@ -31,8 +37,10 @@ export interface OwnerRouting {
    * Where a change of a storage pool or of one of its custom volumes must run: on the member
    * whose disks hold it (decision 0034). A volume that exists is its own member's; otherwise
    * the pool's; the default pool is every member's own (its directory under each state dir).
+   * A pool defined on every member (decision 0038) is answered by the member `target` names
+   * (`?target=`), else here.
    */
-  placeOfStorage(pool: string, volume?: string): Promise<GuestPlace>;
+  placeOfStorage(pool: string, volume?: string, target?: string): Promise<GuestPlace>;
 }
 
 /** Each member has a default pool of its own: the directory under its state directory. */
@@ -56,7 +64,7 @@ export function createOwnerRouting(deps: { store: KvStore; member: string }): Ow
       const location = (await records.guestLocation.at(guest).get(deps.store))?.value ?? spec.location;
       return location === deps.member ? { here: true } : { here: false, member: location };
     },
-    async placeOfStorage(pool, volume) {
+    async placeOfStorage(pool, volume, target) {
       if (!isDnsLabel(pool)) return { here: true };
       if (volume !== undefined && isDnsLabel(volume)) {
         const found = (
@@ -68,13 +76,22 @@ export function createOwnerRouting(deps: { store: KvStore; member: string }): Ow
         if (found?.location !== undefined)
           return found.location === deps.member ? { here: true } : { here: false, member: found.location };
       }
-      if (pool === DEFAULT_POOL_NAME) return { here: true };
+      // Every member has a default pool, as every member has an instance of a pool on every member.
+      if (pool === DEFAULT_POOL_NAME) {
+        return target === undefined || target === deps.member
+          ? { here: true }
+          : { here: false, member: target };
+      }
       const record = (
         await records.pool
           .at(pool)
           .get(deps.store)
           .catch(() => undefined)
       )?.value;
+      if (record?.everyMember) {
+        if (target === undefined) return { here: true, anyMember: true };
+        return target === deps.member ? { here: true } : { here: false, member: target };
+      }
       if (record?.location === undefined || record.location === deps.member) return { here: true };
       return { here: false, member: record.location };
     },

@@ -34,10 +34,23 @@ import type { CreateGuestRequest, EventBus, GuestService, OperationService } fro
 export interface StoragePool extends PoolRecord {
   path: string;
   usage: PoolUsage | null;
-  status: 'Created' | 'Unavailable';
+  /**
+   * A pool defined on every member (decision 0038) is Created once every member made its
+   * instance, Errored when one failed, Pending while one has not yet.
+   */
+  status: 'Created' | 'Unavailable' | 'Pending' | 'Errored';
   error?: string;
+  /** A pool defined on every member: each member's instance (its own space is this answer's `usage`). */
+  members?: PoolMemberState[];
   /** Guests on the pool with their space (btrfs: from their subvolume's qgroup; dir: du of their directory). */
   guests?: PoolGuestUsage[];
+}
+
+/** One member's instance of a pool defined on every member. */
+export interface PoolMemberState {
+  name: string;
+  status: 'Created' | 'Errored' | 'Pending';
+  error?: string;
 }
 
 /** One guest's space on a pool. */
@@ -63,7 +76,11 @@ export interface PoolService {
   /** `guests: false` leaves out each guest's space (a du or qgroup walk): the metrics read only the pool's. */
   list(options?: { guests?: boolean }): Promise<StoragePool[]>;
   get(name: string): Promise<StoragePool>;
-  create(request: CreatePoolRequest): Promise<StoragePool>;
+  /**
+   * On a cluster without `target`, the pool is defined on every member (decision 0038); with it
+   * (or on a single host) it is this member's, as the API routed it here.
+   */
+  create(request: CreatePoolRequest, options?: { target?: string }): Promise<StoragePool>;
   delete(name: string): Promise<void>;
   /**
    * Creates a guest whose directory is a subvolume of a btrfs pool or a
@@ -100,6 +117,10 @@ export function createPoolService(deps: {
   /** Operation claims of this member (default: this service's own, over `store`). */
   claims?: Claims;
   hostName?: string;
+  /** A cluster member's daemon: a pool created without a target is defined on every member. */
+  cluster?: boolean;
+  /** How long create and delete of a pool on every member wait for the members (default 60 s). */
+  membersWaitMs?: number;
 }): PoolService {
   const { store, drivers } = deps;
   // One change of a pool at a time, whichever member asks: a claim in the store (decision 28).
@@ -110,6 +131,40 @@ export function createPoolService(deps: {
     if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
     return deps.runner.run(argv);
   };
+
+  /** The cluster's members (a single host: this one), by name. */
+  async function memberNames(): Promise<string[]> {
+    if (!deps.cluster) return [member];
+    return (await records.member.list(store)).items.map((m) => records.member.nameOf(m.key)).sort();
+  }
+
+  /** The members whose heartbeat is on its lease (Online): those a pool's create and delete wait for. */
+  async function onlineMembers(): Promise<string[]> {
+    if (!deps.cluster) return [member];
+    return (await records.memberHeartbeat.list(store)).items.map((m) =>
+      records.memberHeartbeat.nameOf(m.key),
+    );
+  }
+
+  /** Each member's instance of a pool defined on every member (decision 0038). */
+  async function memberStates(pool: string): Promise<PoolMemberState[]> {
+    const statuses = new Map(
+      (await records.poolMemberStatus.list(store, pool)).items.map(
+        (i) => [records.poolMemberStatus.nameOf(i.key).slice(pool.length + 1), i.value] as const,
+      ),
+    );
+    return (await memberNames()).map((name): PoolMemberState => {
+      const st = statuses.get(name);
+      if (!st) return { name, status: 'Pending' };
+      return { name, status: st.state, ...(st.error !== undefined && { error: st.error }) };
+    });
+  }
+
+  /** Polls `done` until it holds or the members' wait is over (their controllers answer through the store). */
+  async function waitForMembers(done: () => Promise<boolean>): Promise<void> {
+    const until = Date.now() + (deps.membersWaitMs ?? 60_000);
+    while (!(await done()) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+  }
 
   /** Removes what createGuest made for a guest that is gone (or never came). */
   async function releaseGuest(name: string): Promise<void> {
@@ -192,9 +247,9 @@ export function createPoolService(deps: {
    * for the whole pool. The default pool holds every guest without a pool record.
    */
   async function guestsOnDir(pool: PoolRecord): Promise<PoolGuestUsage[]> {
-    const placed = (await records.guestPool.list(store)).items.map(
-      (p) => [records.guestPool.nameOf(p.key), p.value] as const,
-    );
+    const placed = (await records.guestPool.list(store)).items
+      .filter((p) => onThisMember(p.value))
+      .map((p) => [records.guestPool.nameOf(p.key), p.value] as const);
     const dirs = new Map<string, string>();
     if (pool.name === DEFAULT_POOL) {
       const elsewhere = new Set(placed.map(([name]) => name));
@@ -225,12 +280,15 @@ export function createPoolService(deps: {
       .sort((a, b) => a.name.localeCompare(b.name));
   }
 
+  /** A pool defined on every member holds each member's guests on its instance: only this one's are measured here. */
+  const onThisMember = (rec: GuestPoolRecord) => rec.location === undefined || rec.location === member;
+
   /** Space of the guests placed on a btrfs pool, from their qgroups. */
   async function guestsOn(pool: PoolRecord): Promise<PoolGuestUsage[]> {
     if (pool.driver === 'dir') return guestsOnDir(pool);
     const out: PoolGuestUsage[] = [];
     for (const { key, value: rec } of (await records.guestPool.list(store)).items) {
-      if (rec.pool !== pool.name) continue;
+      if (rec.pool !== pool.name || !onThisMember(rec)) continue;
       const name = records.guestPool.nameOf(key);
       const shown = await deps.runner
         ?.run(['btrfs', 'qgroup', 'show', '--raw', '-f', rec.path], { allowFailure: true })
@@ -252,6 +310,25 @@ export function createPoolService(deps: {
   async function show(pool: PoolRecord, options: { guests?: boolean } = {}): Promise<StoragePool> {
     const driver = drivers[pool.driver];
     const path = pool.name === DEFAULT_POOL && pool.driver === 'dir' ? deps.stateDir : driver.mountPath(pool);
+    if (pool.everyMember) {
+      // This member's instance (another's: ?target=, answered there) and every member's state.
+      const members = await memberStates(pool.name);
+      const status = members.some((m) => m.status === 'Errored')
+        ? 'Errored'
+        : members.every((m) => m.status === 'Created')
+          ? 'Created'
+          : 'Pending';
+      const own = members.find((m) => m.name === member);
+      const base = { ...pool, path, status, members } as const;
+      if (own?.status !== 'Created') return { ...base, usage: null };
+      try {
+        const usage = await driver.usage(pool);
+        if (options.guests === false) return { ...base, usage };
+        return { ...base, usage, guests: await guestsOn(pool) };
+      } catch (e) {
+        return { ...base, usage: null, error: (e as Error).message };
+      }
+    }
     // Another member's pool: its space is on that member (GET of the pool is answered there).
     if (pool.name !== DEFAULT_POOL && pool.location !== undefined && pool.location !== member) {
       return { ...pool, path, usage: null, status: 'Created' };
@@ -276,8 +353,10 @@ export function createPoolService(deps: {
       return show(await record(name));
     },
 
-    async create(request) {
+    async create(request, options = {}) {
       assertDnsLabel(request.name, 'pool name');
+      // On a cluster a pool asked for without a member is every member's (decision 0038).
+      const everyMember = deps.cluster === true && options.target === undefined;
       if (!POOL_DRIVERS.includes(request.driver as PoolDriverName)) {
         throw invalidArgument(`Unknown storage driver ${JSON.stringify(request.driver)}: use dir or btrfs`);
       }
@@ -287,10 +366,15 @@ export function createPoolService(deps: {
         description: request.description ?? '',
         config: { ...(request.config ?? {}) },
         createdAt: new Date().toISOString(),
-        location: member,
+        ...(everyMember ? { everyMember: true } : { location: member }),
       };
       const driver = drivers[pool.driver];
       driver.validate(pool);
+      if (everyMember && pool.config.source !== undefined) {
+        throw invalidArgument(
+          "A pool on every member makes its own file system under each member's state directory: leave out source, or give --target MEMBER for a pool on that member's source",
+        );
+      }
       const exists = () => alreadyExists(`Storage pool ${pool.name} already exists`);
       const ref = records.pool.at(pool.name);
       if (await store.get(ref.key)) throw exists();
@@ -304,6 +388,12 @@ export function createPoolService(deps: {
       await claims.holding('pool', pool.name, creating, async () => {
         // Checked again under the claim: another member may have made it since the check above.
         if (await store.get(ref.key)) throw exists();
+        if (everyMember) {
+          // Each member's pool controller makes its own instance (this one's too) and says so.
+          const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
+          if (!r.succeeded) throw exists();
+          return;
+        }
         await driver.create(pool);
         const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
         if (!r.succeeded) {
@@ -314,6 +404,17 @@ export function createPoolService(deps: {
           deps.log.warn({ pool: pool.name, err: String(e) }, 'cannot keep a copy of the pool record'),
         );
       });
+      if (everyMember) {
+        // Answered once every Online member made its instance (or failed to), as far as the wait goes.
+        await waitForMembers(async () => {
+          const made = new Set(
+            (await records.poolMemberStatus.list(store, pool.name)).items.map((i) =>
+              records.poolMemberStatus.nameOf(i.key).slice(pool.name.length + 1),
+            ),
+          );
+          return (await onlineMembers()).every((m) => made.has(m));
+        });
+      }
       return show(pool);
     },
 
@@ -337,9 +438,18 @@ export function createPoolService(deps: {
       await assertEmpty();
       await claims.holding('pool', name, poolBusy(name, 'delete'), async () => {
         await assertEmpty();
-        await drivers[pool.driver].delete(pool);
+        // A pool on every member: each member's controller removes its instance once the record is gone.
+        if (!pool.everyMember) await drivers[pool.driver].delete(pool);
         await store.delete(records.pool.key(name));
       });
+      if (pool.everyMember) {
+        await waitForMembers(async () => {
+          const online = new Set(await onlineMembers());
+          return (await records.poolMemberStatus.list(store, name)).items.every(
+            (i) => !online.has(records.poolMemberStatus.nameOf(i.key).slice(name.length + 1)),
+          );
+        });
+      }
     },
 
     async createGuest(poolName, request) {
@@ -348,6 +458,14 @@ export function createPoolService(deps: {
       const { guests, operations } = deps;
       if (!guests || !operations) throw failedPrecondition('This daemon cannot place guests on pools');
       const model = request.model ?? 'ct';
+      if (pool.everyMember) {
+        const own = (await records.poolMemberStatus.at(poolName, member).get(store))?.value;
+        if (own?.state !== 'Created') {
+          throw failedPrecondition(
+            `Storage pool ${poolName} is not made on ${member}${own?.error ? ` (${own.error})` : ' yet'}: see trivisor storage info ${poolName}`,
+          );
+        }
+      }
       // A pool's guests live where the pool is: this member (pools are per member, decision 0033).
       if (request.target !== undefined && request.target !== member) {
         throw failedPrecondition(

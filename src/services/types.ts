@@ -104,6 +104,13 @@ export interface GuestService {
   get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
   /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
   create(request: CreateGuestRequest): Promise<Operation>;
+  /**
+   * Where `create` would place the guest now (decision 0033), writing nothing: a guest on a
+   * pool every member has is made on the member this names (decision 0038).
+   */
+  placementFor?(
+    request: Pick<CreateGuestRequest, 'model' | 'config' | 'target'>,
+  ): Promise<{ member: string }>;
   changeState(name: string, request: StateChangeRequest): Promise<Operation>;
   delete(name: string, options?: { force?: boolean }): Promise<Operation>;
   /** Sets and unsets config keys; applies live ones to a running guest; returns keys that wait for a restart. */

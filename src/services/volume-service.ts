@@ -207,6 +207,17 @@ export function createVolumeService(deps: {
 
   const poolPath = (pool: PoolRecord) => poolPathOf(pool, deps.pools, deps.stateDir);
 
+  /** A pool defined on every member holds volumes only on a member that made its instance (decision 0038). */
+  async function assertMadeHere(pool: PoolRecord): Promise<void> {
+    if (!pool.everyMember) return;
+    const own = (await records.poolMemberStatus.at(pool.name, member).get(store))?.value;
+    if (own?.state !== 'Created') {
+      throw unavailable(
+        `Storage pool ${pool.name} is not made on ${member}${own?.error ? ` (${own.error})` : ' yet'}: see trivisor storage info ${pool.name}`,
+      );
+    }
+  }
+
   async function volumeAny(pool: string, name: string): Promise<{ pool: PoolRecord; vol: OwnedVolume }> {
     const p = await poolRecord(pool);
     assertVolumeName(name);
@@ -388,6 +399,7 @@ export function createVolumeService(deps: {
             before: before.usage,
             after: addUsage(before.usage, diskOf(size)),
           });
+          await assertMadeHere(p);
           if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
             throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
           }
@@ -432,6 +444,7 @@ export function createVolumeService(deps: {
               before: before.usage,
               after: addUsage(before.usage, diskOf(size)),
             });
+            await assertMadeHere(p);
             if (p.driver === 'btrfs' && !(await isMountPoint(poolPath(p)))) {
               throw unavailable(`Storage pool ${pool} is not mounted: restart the daemon or check the pool`);
             }

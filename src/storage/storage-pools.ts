@@ -22,6 +22,11 @@ export interface PoolRecord {
    * none until that member's controller stamps its own at start.
    */
   location?: string;
+  /**
+   * Defined on every member of a cluster under this one name (decision 0038): each member's pool
+   * controller makes its own instance under its own state dir; no `location`.
+   */
+  everyMember?: boolean;
 }
 
 /** Space of a pool as its file system reports it. */

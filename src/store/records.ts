@@ -349,7 +349,18 @@ export const PoolRecordSchema = Type.Object({
   config: StringMap,
   createdAt: Type.String(),
   location: Type.Optional(Type.String()),
+  everyMember: Type.Optional(Type.Boolean()),
 });
+
+/** A member's instance of a pool defined on every member (value of `keys.storagePoolMemberStatus`). */
+export const PoolMemberStatusSchema = Type.Object({
+  state: Type.Union([Type.Literal('Created'), Type.Literal('Errored')]),
+  /** The pool's driver: what removes the instance when the pool is gone. */
+  driver: Type.Union([Type.Literal('dir'), Type.Literal('btrfs')]),
+  error: Type.Optional(Type.String()),
+  updatedAt: Type.String(),
+});
+export type PoolMemberStatus = Static<typeof PoolMemberStatusSchema>;
 
 export const VolumeRecordSchema = Type.Object({
   name: Type.String(),
@@ -581,6 +592,13 @@ export const records = {
     prefix: keys.storagePoolPrefix,
     key: (name: string) => keys.storagePool(name),
     schema: PoolRecordSchema,
+  }),
+  poolMemberStatus: defineRecord<PoolMemberStatus>()({
+    kind: 'storage pool status of a member',
+    prefix: keys.storagePoolMemberStatusPrefix,
+    key: (pool: string, member: string) => keys.storagePoolMemberStatus(pool, member),
+    scope: (pool: string) => keys.storagePoolMemberStatuses(pool),
+    schema: PoolMemberStatusSchema,
   }),
   volume: defineRecord<VolumeRecord & { project: string }>()({
     kind: 'storage volume',
