@@ -94,6 +94,20 @@ describe('waitForGuest', () => {
     await memory.close();
   });
 
+  test('a watch that stalls without an error does not hang the wait: the records are read again', async () => {
+    const memory = createMemoryStore();
+    await memory.put(keys.guest('web'), JSON.stringify(spec));
+    const { store, counts } = countingStore(memory);
+    const stalled: KvStore = { ...store, watch: () => ({ cancel: () => {} }) };
+    const waiting = waitForGuest(stalled, 'web', convergedTo(1), undefined, 50);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(counts.reads, 1, 'the first read saw no status');
+    await memory.put(keys.guestStatus('web'), JSON.stringify(converged));
+    await waiting;
+    assert.ok(counts.reads >= 2, `read ${counts.reads} times`);
+    await memory.close();
+  });
+
   test('a failure the controller recorded fails the wait with its code', async () => {
     const memory = createMemoryStore();
     await memory.put(keys.guest('web'), JSON.stringify(spec));

@@ -16,11 +16,14 @@ export async function waitForGuest(
   name: string,
   judge: (spec: GuestSpec | undefined, status: GuestStatus | undefined) => WaitVerdict,
   signal?: AbortSignal,
+  /** How often the records are read again beside the watches (REREAD_MS; tests shorten it). */
+  rereadMs = REREAD_MS,
 ): Promise<void> {
   const specKey = records.guest.key(name);
   const statusKey = records.guestStatus.key(name);
   return new Promise<void>((resolve, reject) => {
     let settled = false;
+    let reread: NodeJS.Timeout | undefined;
     /**
      * Each record as last seen and the revision it was seen at: a watch event carries the value
      * it wrote, so a change is judged without reading the store again (a round trip on etcd).
@@ -30,6 +33,7 @@ export async function waitForGuest(
     const finish = (err?: Error) => {
       if (settled) return;
       settled = true;
+      clearInterval(reread);
       w1.cancel();
       w2.cancel();
       signal?.removeEventListener('abort', onAbort);
@@ -102,10 +106,17 @@ export async function waitForGuest(
     };
     const w1 = follow(specKey);
     const w2 = follow(statusKey);
+    // Read again now and then: a watch that stalls without saying so must not leave the wait
+    // (and the operation that holds it) hanging for good.
+    reread = setInterval(() => void read(), rereadMs);
+    reread.unref();
     signal?.addEventListener('abort', onAbort);
     void read();
   });
 }
+
+/** How often a wait reads the records again beside its watches. */
+const REREAD_MS = 30_000;
 
 /**
  * The failure a stored status records, with its code: the controller that failed may be
