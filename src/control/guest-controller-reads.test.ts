@@ -61,7 +61,10 @@ describe('guest controller reads', () => {
     list: (prefix, options) => memory.list(prefix, options),
     put: (key, value, options) => memory.put(key, value, options),
     delete: (key, options) => memory.delete(key, options),
-    txn: (request) => memory.txn(request),
+    txn: (request) => {
+      for (const op of request.success) if (op.type === 'get') gets.push(op.key);
+      return memory.txn(request);
+    },
     watch: (key, options, onEvents) => memory.watch(key, options, onEvents),
     revision: () => memory.revision(),
     compact: (revision) => memory.compact(revision),

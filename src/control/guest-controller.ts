@@ -117,12 +117,28 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     });
 
   async function reconcileOnce(name: string): Promise<void> {
-    // Side by side: on etcd each read is a round trip, and a start waits for all three.
-    const [specRecord, statusRecord, location] = await Promise.all([
-      records.guest.at(name).get(store),
-      records.guestStatus.at(name).get(store),
-      records.guestLocation.at(name).get(store),
-    ]);
+    // One read of the three records, at one revision: on etcd each request is a round trip, and a
+    // start waits for it (three requests side by side cost more on a busy member than one).
+    const read = await store.txn({
+      compare: [],
+      success: [
+        { type: 'get', key: records.guest.key(name) },
+        { type: 'get', key: records.guestStatus.key(name) },
+        { type: 'get', key: records.guestLocation.key(name) },
+      ],
+    });
+    const kvAt = (i: number) => {
+      const r = read.results[i];
+      return r?.type === 'get' ? r.kvs[0] : undefined;
+    };
+    const [specKv, statusKv, locationKv] = [kvAt(0), kvAt(1), kvAt(2)];
+    const specRecord = specKv && { value: records.guest.decode(specKv) };
+    const statusRecord = statusKv && {
+      key: statusKv.key,
+      value: records.guestStatus.decode(statusKv),
+      modRevision: statusKv.modRevision,
+    };
+    const location = locationKv && { value: records.guestLocation.decode(locationKv) };
     if (!specRecord) {
       // A status without a spec is debris of an interrupted delete.
       if (statusRecord) await store.delete(statusRecord.key);
