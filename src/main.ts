@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
 import { openDaemonStore } from './cluster/daemon-store.ts';
+import { createMoveTransport } from './cluster/guest-transfer.ts';
 import { createImageFetcher } from './cluster/image-fetch.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
 import { createMemberClient } from './cluster/member-client.ts';
@@ -16,11 +17,12 @@ import { createGuestStorageController } from './control/guest-storage-controller
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
-import { notFound } from './core/errors.ts';
-import type { Model } from './core/types.ts';
-import { cgroupParentOf, createCtDriver } from './drivers/ct/ct-driver.ts';
+import { notFound, notSupported } from './core/errors.ts';
+import type { GuestSpec, Model } from './core/types.ts';
+import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
 import { createCtVolumes } from './drivers/ct/ct-volumes.ts';
+import { cgroupParentOf } from './drivers/guest-cgroup.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import type { PvmAgentMap } from './drivers/pvm/pvm-agent-pool.ts';
 import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
@@ -47,6 +49,7 @@ import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
 import { createAuthService } from './services/auth-service.ts';
 import { createClaims } from './services/claims.ts';
 import { createEventBus } from './services/event-bus.ts';
+import { createGuestMover, createMoveReceiver, liveMoveRefusal } from './services/guest-move.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
@@ -217,13 +220,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   services.audit = audit;
 
+  const guestStorage = {
+    ct: createCtStorage(ctx),
+    vm: createVmStorage(ctx, { agents: vmAgents }),
+    pvm: createPvmStorage(ctx, { agents: pvmAgents }),
+  };
   services.storage = createStorageService({
     store,
-    storage: {
-      ct: createCtStorage(ctx),
-      vm: createVmStorage(ctx, { agents: vmAgents }),
-      pvm: createPvmStorage(ctx, { agents: pvmAgents }),
-    },
+    storage: guestStorage,
     guests,
     images,
     operations,
@@ -238,6 +242,43 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Half-made snapshots, backups and imports of a daemon that died mid-way go before anything else runs.
   await services.storage.sweep();
+  // On a cluster, guests move between members (decision 0040): this member's files of a guest
+  // that moved away, or of one whose move here was undone, go with its driver's delete.
+  if (membership && memberClient) {
+    const removeLocal = async (spec: GuestSpec) => {
+      const driver = drivers[spec.model];
+      if (!driver) throw notSupported(`The ${spec.model} model is not available on host ${hostName}`);
+      await driver.delete(spec);
+    };
+    services.moves = {
+      mover: createGuestMover({
+        store,
+        operations,
+        hostName,
+        guests,
+        storage: services.storage,
+        removeLocal,
+        members: async () => (await services.cluster?.list()) ?? [],
+        transport: createMoveTransport({
+          client: memberClient,
+          member: async (name) => {
+            const record = (await records.member.at(name).get(store))?.value;
+            return record && { name: record.name, address: record.address };
+          },
+        }),
+        liveRefusal: liveMoveRefusal(runner),
+        log,
+      }),
+      receiver: createMoveReceiver({
+        store,
+        hostName,
+        storage: guestStorage,
+        runner,
+        workDir: path.join(stateDir, 'imports'),
+        removeLocal,
+      }),
+    };
+  }
   services.volumes = createVolumeService({
     store,
     pools: poolDrivers,

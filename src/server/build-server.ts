@@ -27,6 +27,7 @@ import { registerHostRoutes } from './host-routes.ts';
 import { registerImageRoutes } from './image-routes.ts';
 import { lazySchemaCompilers } from './lazy-schema-compilers.ts';
 import { registerMetricsHistoryRoutes } from './metrics-history-routes.ts';
+import { registerMoveRoutes } from './move-routes.ts';
 import { registerNetworkRoutes } from './network-routes.ts';
 import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { createOperationPlaces, operationOf } from './operation-places.ts';
@@ -315,6 +316,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   };
   registerHostRoutes(app, ctx);
   registerGuestRoutes(app, ctx);
+  await app.register(async (scope) => registerMoveRoutes(scope, ctx));
   await app.register(async (scope) => registerImageRoutes(scope, ctx));
   await app.register(async (scope) => registerStorageRoutes(scope, ctx));
   await app.register(async (scope) => registerFileRoutes(scope, ctx));

@@ -10,15 +10,8 @@ import type { FastifyInstance } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import { AsyncEnvelopeSchema, ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
 import { invalidArgument, notFound } from '../core/errors.ts';
-import type { GuestMover, MoveReceiver } from '../services/guest-move.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 import { BACKUP_UPLOAD_LIMIT_BYTES } from './storage-routes.ts';
-
-/** What a cluster member moves guests with (decision 0040); absent on a single host. */
-export interface MoveServices {
-  mover: GuestMover;
-  receiver: MoveReceiver;
-}
 
 const MoveBodySchema = Type.Object(
   {
@@ -38,12 +31,15 @@ const MoveBodySchema = Type.Object(
  * guest request (decision 0034), which runs the move. The two member routes are the
  * destination's side of it: only members call them (host-admin, their certificates).
  */
-export function registerMoveRoutes(
-  app: FastifyInstance,
-  ctx: RouteContext,
-  moves: MoveServices | undefined,
-): void {
+export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): void {
+  const moves = () => ctx.services.moves;
   const errors = { '4xx': ErrorEnvelopeSchema, '5xx': ErrorEnvelopeSchema };
+  // The archive comes as the raw body (this scope only: the other routes take JSON).
+  app.addContentTypeParser(
+    'application/octet-stream',
+    { bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES },
+    (_request, payload, done) => done(null, payload),
+  );
 
   app.post<{
     Params: { name: string };
@@ -69,7 +65,8 @@ export function registerMoveRoutes(
       if (target === undefined) throw invalidArgument('Give the member to move to: ?target=MEMBER');
       // Another project's guest is NotFound, as one that does not exist.
       await ctx.services.guests.inProject(projectOf(request)).get(name);
-      if (!moves) {
+      const m = moves();
+      if (!m) {
         const host = (await ctx.services.cluster?.info())?.host;
         throw notFound(
           `Member ${target} not found: this host${host ? ` (${host})` : ''} is not in a cluster`,
@@ -77,7 +74,7 @@ export function registerMoveRoutes(
       }
       return sendAsync(
         reply,
-        await moves.mover.move(name, {
+        await m.mover.move(name, {
           target,
           ...(request.body.live !== undefined && { live: request.body.live }),
         }),
@@ -103,10 +100,11 @@ export function registerMoveRoutes(
     },
     async (request) => {
       const stream = request.body;
-      if (!moves || typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
+      const m = moves();
+      if (!m || typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
         (stream as Readable | undefined)?.resume?.();
         throw invalidArgument(
-          moves
+          m
             ? 'Send the archive as the raw body (Content-Type: application/octet-stream)'
             : 'This host is not in a cluster',
         );
@@ -123,7 +121,7 @@ export function registerMoveRoutes(
       request.raw.on('close', () => {
         if (!request.raw.complete) aborted.abort();
       });
-      await moves.receiver.receive(request.params.name, path, aborted.signal);
+      await m.receiver.receive(request.params.name, path, aborted.signal);
       return syncResponse({});
     },
   );
@@ -139,8 +137,9 @@ export function registerMoveRoutes(
       },
     },
     async (request) => {
-      if (!moves) throw invalidArgument('This host is not in a cluster');
-      await moves.receiver.discard(request.params.name);
+      const m = moves();
+      if (!m) throw invalidArgument('This host is not in a cluster');
+      await m.receiver.discard(request.params.name);
       return syncResponse({});
     },
   );

@@ -41,6 +41,9 @@ describe('guest-scoped requests run on the owner', () => {
     assert.equal(ownerScopedGuest('GET', '/1.0/guests/:name/backups/:backup/export', params), 'g');
     assert.equal(ownerScopedGuest('GET', '/1.0/guests/:name', params), 'g');
     assert.equal(ownerScopedGuest('PUT', '/1.0/guests/:name/state', params), undefined);
+    // A snapshot's restore (Incus: PUT of the guest with {restore}) and a move run on the owner.
+    assert.equal(ownerScopedGuest('PUT', '/1.0/guests/:name', params), 'g');
+    assert.equal(ownerScopedGuest('POST', '/1.0/guests/:name', params), 'g');
     assert.equal(ownerScopedGuest('PATCH', '/1.0/guests/:name', params), undefined);
     assert.equal(ownerScopedGuest('DELETE', '/1.0/guests/:name', params), undefined);
     assert.equal(ownerScopedGuest('GET', '/1.0/guests', params), undefined);

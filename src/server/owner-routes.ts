@@ -6,12 +6,11 @@ import { projectOf, type RouteContext } from './route-context.ts';
  * Which routes are answered on their guest's owner (decision 0028): every route under
  * `/1.0/guests/{name}` but the desired-state writes (state, config, delete), which any
  * member records and the owner's controller converges. The rest (exec, console, files,
- * display, snapshots, backups and their files, metrics, and the guest itself with its live
- * usage) needs the owner's host.
+ * display, snapshots and their restore (`PUT` of the guest), backups and their files,
+ * metrics, a move, and the guest itself with its live usage) needs the owner's host.
  */
 const DESIRED_STATE_WRITES = new Set([
   'PUT /1.0/guests/:name/state',
-  'PUT /1.0/guests/:name',
   'PATCH /1.0/guests/:name',
   'DELETE /1.0/guests/:name',
 ]);

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   asTrivisorError,
@@ -331,6 +331,7 @@ export function createMoveReceiver(deps: {
             `The archive is of ${archive.manifest.guest.model} guest ${archive.manifest.guest.name}, not of guest ${name}`,
           );
         }
+        await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
         const work = await mkdtemp(join(deps.workDir, `.move-${name}-`));
         try {
           const feed = (rel: string, consume: (path: string) => Promise<unknown>) =>

@@ -3,6 +3,7 @@ import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 import type { DiskExport, TreeExport } from '../images/image-files.ts';
+import type { GuestMover, MoveReceiver } from './guest-move.ts';
 
 /** A running command in a guest, and an attached guest console, as the transport streams them. */
 export type { ConsoleStream, ExecSession };
@@ -220,4 +221,6 @@ export interface Services {
   metricsHistory?: MetricsHistory;
   /** Cluster membership (decision 0032); absent: this daemon can neither form nor join a cluster. */
   cluster?: ClusterService;
+  /** Moving guests between members (decision 0040); absent off a cluster. */
+  moves?: { mover: GuestMover; receiver: MoveReceiver };
 }

@@ -40,9 +40,6 @@ import { mountOverlayRootfs } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
 
-/** main.ts still reads it from here; the drivers and tests take it from guest-cgroup.ts. */
-export { cgroupParentOf };
-
 /** How often stop() looks whether init is gone. */
 const POLL_MS = 50;
 /** How long stop() waits for the kernel to reap a SIGKILLed guest. */

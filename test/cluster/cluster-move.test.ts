@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Daemon } from '../system/harness.ts';
+import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+
+/*
+ * Issue 13 part 1, cold moves (decision 0040), on two members: a running guest of each model,
+ * with a file of its own and a snapshot, moves from m1 to m2 through m2's API; it runs there
+ * with both, and m1 keeps nothing of it. Bad requests are one line and move nothing.
+ */
+
+interface Listed {
+  name: string;
+  status: string;
+  location?: string;
+}
+const listed = (d: Daemon, name: string) =>
+  (JSON.parse(d.ok(['list', '--format', 'json'])) as Listed[]).find((g) => g.name === name);
+
+/** One `Error:` line and exit code 1. */
+function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /^Error: [^\n]+\n$/, r.stderr);
+  assert.match(r.stderr, pattern);
+}
+
+let cluster: TestCluster;
+
+before(async () => {
+  cluster = await makeTestCluster(['m1', 'm2']);
+});
+
+after(async () => {
+  if (cluster) await cluster.destroy();
+});
+
+describe('moving guests between two members', () => {
+  test('bootstrap and join: two Online members', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip]);
+    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
+    const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
+    const join = m2.daemon.cli(['cluster', 'join', token, '--address', m2.ip]);
+    assert.equal(join.code, 0, `${join.stderr}\n${m2.daemon.stderr().slice(-3000)}`);
+    for (const host of [m1, m2]) await waitForStatus(host.daemon, 'm2', 'Online');
+  });
+
+  const models = [
+    ['ct', []],
+    ['pvm', ['-c', 'limits.memory=64MiB']],
+    ['vm', ['-c', 'limits.memory=128MiB']],
+  ] as const;
+  for (const [model, args] of models) {
+    test(`a running ${model} guest moves from m1 to m2, asked through m2: it runs there with its own file and its snapshot, and m1 keeps nothing of it`, async () => {
+      const [m1, m2] = cluster.hosts;
+      assert.ok(m1 && m2);
+      const name = `mv-${model}`;
+      m1.daemon.ok(['launch', 'busybox', name, '--model', model, '--target', 'm1', ...args]);
+      m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
+      m1.daemon.ok(['snapshot', 'create', name, 's1']);
+      const dirOn = (d: Daemon) => path.join(d.stateDir, 'guests', name);
+      assert.ok(existsSync(dirOn(m1.daemon)));
+
+      const moved = m2.daemon.cli(['move', name, '--target', 'm2'], { timeoutMs: 300_000 });
+      assert.equal(
+        moved.code,
+        0,
+        `${moved.stderr}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`,
+      );
+      const there = listed(m1.daemon, name);
+      assert.equal(there?.location, 'm2');
+      assert.equal(there?.status, 'Running', 'it ran, so it runs again');
+      assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+      assert.match(m2.daemon.ok(['snapshot', 'list', name]), /\bs1\b/);
+      assert.equal(existsSync(dirOn(m1.daemon)), false, "m1's copy is gone");
+      assert.ok(existsSync(dirOn(m2.daemon)));
+      // The snapshot came along: restored, it has the file as it was when it was taken.
+      m1.daemon.ok(['exec', name, '--', 'rm', '/root/mine']);
+      m1.daemon.ok(['snapshot', 'restore', name, 's1']);
+      assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+      m1.daemon.ok(['delete', '--force', name]);
+      assert.equal(existsSync(dirOn(m2.daemon)), false);
+    });
+  }
+
+  test('bad moves are one line and move nothing: an unknown member, its own member, --live (with the reason), a guest with a volume attached', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    m1.daemon.ok(['launch', 'busybox', 'mv-bad', '--target', 'm1']);
+    refused(m2.daemon.cli(['move', 'mv-bad', '--target', 'nope']), /Member nope not found/);
+    refused(m2.daemon.cli(['move', 'mv-bad', '--target', 'm1']), /Guest mv-bad is on member m1 already/);
+    refused(
+      m2.daemon.cli(['move', 'mv-bad', '--target', 'm2', '--live']),
+      /ct guests cannot move live: .*--stateless/,
+    );
+    refused(m2.daemon.cli(['move', 'nothing', '--target', 'm2']), /Guest nothing not found/);
+    m1.daemon.ok(['storage', 'volume', 'create', 'default', 'mvvol', 'size=16MiB']);
+    m1.daemon.ok(['storage', 'volume', 'attach', 'default', 'mvvol', 'mv-bad', '/data']);
+    refused(
+      m2.daemon.cli(['move', 'mv-bad', '--target', 'm2']),
+      /Guest mv-bad has volumes attached \(default\/mvvol\): .*detach them first/,
+    );
+    const still = listed(m2.daemon, 'mv-bad');
+    assert.equal(still?.location, 'm1');
+    assert.equal(still?.status, 'Running');
+    m1.daemon.ok(['storage', 'volume', 'detach', 'default', 'mvvol', 'mv-bad']);
+    m1.daemon.ok(['delete', '--force', 'mv-bad']);
+    m1.daemon.ok(['storage', 'volume', 'delete', 'default', 'mvvol']);
+  });
+});
