@@ -12,6 +12,7 @@ import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
 import { createClusterService, placementCandidates } from './cluster/membership.ts';
 import { createUsageMeter } from './cluster/usage-meter.ts';
+import { createEvacuationController } from './control/evacuation-controller.ts';
 import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
 import { createNetworkController } from './control/network-controller.ts';
@@ -504,6 +505,20 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     await listenTcp(memberApp, host, port);
     apps.push(memberApp);
   }
+  // Evacuations and restores of members (decision 0041), carried on from the records: once this
+  // member serves, since a move needs the destination's member API and this one's.
+  const evacuations =
+    services.moves &&
+    createEvacuationController({
+      store,
+      hostName,
+      mover: services.moves.mover,
+      guests,
+      operations,
+      members: async () => (await services.cluster?.list()) ?? [],
+      log,
+    });
+  evacuations?.start();
   await writeFile(
     path.join(stateDir, 'daemon.json'),
     `${JSON.stringify({ pid: process.pid, socket: socketPath, url, fingerprint, version }, null, 2)}\n`,
@@ -518,6 +533,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
+  await evacuations?.stop();
   await Promise.allSettled(apps.map((a) => a.close()));
   // Offline at once rather than at the lease's end: this daemon is stopping on purpose.
   await lease?.stop({ revoke: true });

@@ -6,6 +6,7 @@ import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { type GlobalOptions, remoteOf } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
+import { waitWithProgress } from './progress.ts';
 
 /** The cluster is the host's, not a project's: no `?project=` is sent. */
 function hostClient(cmd: Command): TrivisorClient {
@@ -171,5 +172,38 @@ export function addClusterCommands(program: Command): void {
     .option('--force', 'remove it even though it holds guests (they stay recorded on it)')
     .action(async (name: string, opts: { force?: boolean }, cmd: Command) => {
       await hostClient(cmd).removeMember(name, { force: opts.force === true });
+    });
+
+  cluster
+    .command('evacuate')
+    .description(
+      'Empty a member for maintenance: its guests move to other members (or stop, as cluster.evacuate or --action say); it gets no new ones',
+    )
+    .argument('<name>')
+    .addOption(
+      new Option(
+        '--action <mode>',
+        'for guests without cluster.evacuate: auto (move), migrate, stop',
+      ).choices(['auto', 'migrate', 'stop']),
+    )
+    .action(async (name: string, opts: { action?: 'auto' | 'migrate' | 'stop' }, cmd: Command) => {
+      const client = hostClient(cmd);
+      const op = await client.changeMemberState(name, {
+        action: 'evacuate',
+        ...(opts.action !== undefined && { mode: opts.action }),
+      });
+      await waitWithProgress(client, op, { label: `Evacuating ${name}` });
+    });
+
+  cluster
+    .command('restore')
+    .description(
+      'Bring an evacuated member back: the guests it had return to it, those it stopped start again',
+    )
+    .argument('<name>')
+    .action(async (name: string, _opts: unknown, cmd: Command) => {
+      const client = hostClient(cmd);
+      const op = await client.changeMemberState(name, { action: 'restore' });
+      await waitWithProgress(client, op, { label: `Restoring ${name}` });
     });
 }

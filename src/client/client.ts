@@ -229,7 +229,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     }),
     ...projectMethods(call),
     ...authMethods(call),
-    ...clusterMethods(call),
+    ...clusterMethods(call, callAsync),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),

@@ -5,6 +5,7 @@ import type {
   ClusterMemberSchema,
   JoinTokenSchema,
 } from '../api/cluster-schemas.ts';
+import type { Operation } from '../core/types.ts';
 
 /** What `GET /1.0/cluster` answers. */
 export type ClusterInfo = Static<typeof ClusterInfoSchema>;
@@ -24,13 +25,21 @@ export interface ClusterClient {
   listMembers(): Promise<ClusterMemberInfo[]>;
   getMember(name: string): Promise<ClusterMemberInfo>;
   removeMember(name: string, options?: { force?: boolean }): Promise<void>;
+  /** Evacuates a member (its guests leave it; `mode` for those that do not say) or restores it (decision 0041). */
+  changeMemberState(
+    name: string,
+    request: { action: 'evacuate' | 'restore'; mode?: 'auto' | 'migrate' | 'stop' },
+  ): Promise<Operation>;
 }
 
 type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
 
 const enc = encodeURIComponent;
 
-export function clusterMethods(call: Call): ClusterClient {
+export function clusterMethods(
+  call: Call,
+  callAsync: (method: string, path: string, json?: unknown) => Promise<Operation>,
+): ClusterClient {
   return {
     clusterInfo: () => call('GET', '/1.0/cluster'),
     bootstrapCluster: (request) => call('POST', '/1.0/cluster/bootstrap', request),
@@ -42,5 +51,7 @@ export function clusterMethods(call: Call): ClusterClient {
     async removeMember(name, o) {
       await call('DELETE', `/1.0/cluster/members/${enc(name)}${o?.force ? '?force=true' : ''}`);
     },
+    changeMemberState: (name, request) =>
+      callAsync('POST', `/1.0/cluster/members/${enc(name)}/state`, request),
   };
 }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { certificateFingerprint } from '../api/certificates.ts';
+import { evacuationProgress } from '../control/evacuation-controller.ts';
 import type { PlacementCandidate } from '../control/placement.ts';
 import {
   alreadyExists,
@@ -21,6 +22,7 @@ import { openEtcdStore } from '../store/etcd-store.ts';
 import type { KvStore } from '../store/kv.ts';
 import {
   type ClusterRecord,
+  type EvacuateMode,
   type MemberHeartbeat,
   type MemberRecord,
   records,
@@ -161,6 +163,16 @@ export interface ClusterService {
   get(name: string): Promise<ClusterMember>;
   /** Refused while the member holds guests, unless `force`. */
   remove(name: string, options?: { force?: boolean }): Promise<void>;
+  /**
+   * Marks a member evacuated (its guests leave it, it gets no new ones; `mode` for the guests
+   * that do not say) or restored (decision 0041). Idempotent.
+   */
+  setEvacuated(name: string, evacuated: boolean, mode?: EvacuateMode): Promise<void>;
+  /** The guests an evacuation (or restore) of `name` has still to move, and those it could not. */
+  evacuationProgress(
+    name: string,
+    action: 'evacuate' | 'restore',
+  ): Promise<{ left: string[]; failed: Array<{ guest: string; error: string }> }>;
 }
 
 /** What the service needs of the daemon. */
@@ -718,6 +730,25 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
       if (!found) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
       return found;
     },
+
+    async setEvacuated(name, evacuated, mode) {
+      requireMember();
+      for (;;) {
+        const member = await records.member.at(name).get(store);
+        if (!member) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
+        const { evacuateMode: _, ...rest } = member.value;
+        const next = { ...rest, evacuated, ...(evacuated && mode !== undefined && { evacuateMode: mode }) };
+        const ref = records.member.at(name);
+        const r = await store.txn({
+          compare: [ref.unchanged(member.modRevision)],
+          success: [ref.putOp(next)],
+        });
+        if (r.succeeded) break;
+      }
+      log.info({ member: name, evacuated, mode }, evacuated ? 'member evacuated' : 'member restored');
+    },
+
+    evacuationProgress: (name, action) => evacuationProgress(store, name, action),
 
     async remove(name, options = {}) {
       const self = requireMember();

@@ -87,6 +87,15 @@ const KEYS: Record<string, KeySpec> = {
     },
   },
   'boot.autostart': { live: true, help: 'start the guest when the daemon starts', check: bool },
+  'cluster.evacuate': {
+    live: true,
+    help: 'auto, migrate or stop: what an evacuation of its member does with the guest (auto moves it)',
+    check(v) {
+      if (!['auto', 'migrate', 'stop'].includes(v)) {
+        throw invalidArgument(`cluster.evacuate=${JSON.stringify(v)} must be auto, migrate or stop`);
+      }
+    },
+  },
   'boot.restart_policy': {
     live: true,
     help: 'never, on-failure or always: what to do when the guest dies unasked',

@@ -54,6 +54,9 @@ export const keys = {
   snapshots: (guest: string): string => `/trivisor/snapshots/${guest}/`,
   snapshot: (guest: string, snapshot: string): string => `/trivisor/snapshots/${guest}/${snapshot}`,
   /** Marks a guest being made by a copy or an import until it is complete: a crash leaves it to be deleted. */
+  /** A guest an evacuation moved or stopped: where it came from, so that a restore brings it back. */
+  evacuationPrefix: '/trivisor/evacuations/',
+  evacuation: (guest: string): string => `/trivisor/evacuations/${guest}`,
   storagePendingPrefix: '/trivisor/storage-pending/',
   storagePending: (guest: string): string => `/trivisor/storage-pending/${guest}`,
   projectPrefix: '/trivisor/projects/',

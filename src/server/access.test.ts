@@ -107,6 +107,7 @@ const EXPECTED: Record<string, ActionClass> = {
   'GET /1.0/cluster/image-trees/:fingerprint': 'host-admin',
   'GET /1.0/cluster/image-disks/:fingerprint': 'host-admin',
   'POST /1.0/cluster/guest-moves/:name': 'host-admin',
+  'POST /1.0/cluster/members/:name/state': 'host-admin',
   'DELETE /1.0/cluster/guest-moves/:name': 'host-admin',
   'POST /1.0/cluster/bootstrap': 'host-admin',
   'POST /1.0/cluster/tokens': 'host-admin',

@@ -15,12 +15,13 @@ import {
   JoinTokenSchema,
 } from '../api/cluster-schemas.ts';
 import { syncResponse } from '../api/envelopes.ts';
-import { ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
+import { AsyncEnvelopeSchema, ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
 import type { ClusterService } from '../cluster/membership.ts';
 import { describeCaller } from '../core/access.ts';
 import { parseDurationMs } from '../core/durations.ts';
-import { failedPrecondition } from '../core/errors.ts';
-import type { RouteContext } from './route-context.ts';
+import { cancelled, failedPrecondition, invalidArgument } from '../core/errors.ts';
+import { type EvacuateMode, EvacuateModeSchema } from '../store/records.ts';
+import { type RouteContext, sendAsync } from './route-context.ts';
 
 /** `/1.0/cluster…`: membership (decision 0032). */
 export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -192,6 +193,64 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => syncResponse(await cluster().get(request.params.name)),
+  );
+
+  // Evacuate or restore a member (Incus's shape, decision 0041): recorded here, carried out by the
+  // members' evacuation controllers; the operation follows their progress in the records.
+  app.post<{ Params: { name: string }; Body: { action: 'evacuate' | 'restore'; mode?: EvacuateMode } }>(
+    '/1.0/cluster/members/:name/state',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Evacuate a member (its guests move away or stop; it gets no new ones) or restore it',
+        params: NameParamsSchema,
+        body: Type.Object(
+          {
+            action: Type.Union([Type.Literal('evacuate'), Type.Literal('restore')]),
+            mode: Type.Optional(EvacuateModeSchema),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 202: AsyncEnvelopeSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { name } = request.params;
+      const { action, mode } = request.body;
+      if (action === 'restore' && mode !== undefined) throw invalidArgument('A restore takes no mode');
+      await cluster().get(name);
+      await cluster().setEvacuated(name, action === 'evacuate', mode);
+      const op = ctx.services.operations.start({
+        project: 'default',
+        description: action === 'evacuate' ? `Evacuating member ${name}` : `Restoring member ${name}`,
+        resources: { members: [`/1.0/cluster/members/${name}`] },
+        mayCancel: true,
+        async run(opCtx) {
+          for (;;) {
+            const { left, failed } = await cluster().evacuationProgress(name, action);
+            if (left.length === 0) {
+              if (failed.length > 0) {
+                throw failedPrecondition(
+                  `${failed.length} guest${failed.length === 1 ? '' : 's'} could not ${action === 'evacuate' ? 'leave' : 'come back to'} ${name}: ${failed
+                    .slice(0, 3)
+                    .map((f) => `${f.guest} (${f.error})`)
+                    .join('; ')}${failed.length > 3 ? '; …' : ''}`,
+                );
+              }
+              return undefined;
+            }
+            opCtx.progress(
+              null,
+              `${left.length} guest${left.length === 1 ? '' : 's'} to go: ${left.slice(0, 5).join(', ')}`,
+            );
+            await new Promise((resolve) => setTimeout(resolve, 1000));
+            if (opCtx.signal.aborted)
+              throw cancelled(`The ${action} of member ${name} is no longer followed`);
+          }
+        },
+      });
+      return sendAsync(reply, op);
+    },
   );
 
   app.delete<{ Params: { name: string }; Querystring: { force?: boolean } }>(

@@ -66,6 +66,7 @@ export const OPERATION_IDS: Record<string, string> = {
   'GET /1.0/metrics/history': 'getHostMetricHistory',
   'GET /1.0/guests/{name}/metrics': 'getGuestMetricHistory',
   'POST /1.0/guests/{name}': 'moveGuest',
+  'POST /1.0/cluster/members/{name}/state': 'changeMemberState',
   'POST /1.0/cluster/guest-moves/{name}': 'receiveGuestMove',
   'DELETE /1.0/cluster/guest-moves/{name}': 'discardGuestMove',
   'PUT /1.0/guests/{name}/state': 'changeGuestState',

@@ -427,6 +427,14 @@ export const OperationClaimSchema = Type.Object({
 });
 export type OperationClaim = Static<typeof OperationClaimSchema>;
 
+/** How an evacuation handles a guest (Incus's `cluster.evacuate`): auto moves it (cold: live migration is not built). */
+export const EvacuateModeSchema = Type.Union([
+  Type.Literal('auto'),
+  Type.Literal('migrate'),
+  Type.Literal('stop'),
+]);
+export type EvacuateMode = Static<typeof EvacuateModeSchema>;
+
 /**
  * A cluster member (decision 0032): where its member API is reached (`IP:PORT`), its
  * etcd role (`etcd-voter` runs one of the etcd members, `etcd-client` only talks to
@@ -443,8 +451,23 @@ export const MemberRecordSchema = Type.Object({
   version: Type.String(),
   joinedAt: Type.String(),
   evacuated: Type.Boolean(),
+  /** What an evacuation does with a guest that does not say (`cluster.evacuate`): auto when absent. */
+  evacuateMode: Type.Optional(EvacuateModeSchema),
 });
 export type MemberRecord = Static<typeof MemberRecordSchema>;
+
+/**
+ * A guest an evacuation of `origin` moved away or stopped (decision 0041): a restore of
+ * `origin` brings it back, or starts it again. `error` says why it could not be done; it is
+ * tried again at the next evacuation.
+ */
+export const EvacuationRecordSchema = Type.Object({
+  origin: Type.String(),
+  action: Type.Union([Type.Literal('migrate'), Type.Literal('stop')]),
+  at: Type.String(),
+  error: Type.Optional(Type.String()),
+});
+export type EvacuationRecord = Static<typeof EvacuationRecordSchema>;
 
 /** What a member measured of its host, published with its heartbeat. */
 export const MemberUsageSchema = Type.Object({
@@ -620,6 +643,12 @@ export const records = {
     key: (guest: string, name: string) => keys.snapshot(guest, name),
     scope: (guest: string) => keys.snapshots(guest),
     schema: SnapshotRecordSchema,
+  }),
+  evacuation: defineRecord<EvacuationRecord>()({
+    kind: 'evacuation record',
+    prefix: keys.evacuationPrefix,
+    key: (guest: string) => keys.evacuation(guest),
+    schema: EvacuationRecordSchema,
   }),
   storagePending: defineRecord<StoragePending>()({
     kind: 'storage-pending marker',

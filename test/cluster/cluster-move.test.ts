@@ -86,6 +86,52 @@ describe('moving guests between two members', () => {
     });
   }
 
+  test("evacuate m1, asked through m2 while m1's daemon is down: once it is back its guests move to m2 or stop as cluster.evacuate says, and m1 gets no new guest; a restore brings them back as they were", async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    m1.daemon.ok(['launch', 'busybox', 'ev-a', '--target', 'm1']);
+    m1.daemon.ok(['launch', 'busybox', 'ev-b', '--target', 'm1', '-c', 'cluster.evacuate=stop']);
+    // The evacuation is a record: m1's daemon, dead when it is asked, carries it out when it starts.
+    await m1.daemon.kill9();
+    const asked = await m2.daemon.api('POST', '/1.0/cluster/members/m1/state', { action: 'evacuate' });
+    assert.equal(asked.status, 202, asked.text);
+    await m1.daemon.restart();
+    const done = await m2.daemon.api('GET', `${asked.body.operation}/wait?timeout=240`);
+    const op = done.body.metadata as { status: string; err: string | null };
+    assert.equal(op.status, 'Success', JSON.stringify(done.body));
+    await waitForStatus(m2.daemon, 'm1', 'Evacuated');
+    assert.deepEqual(
+      [listed(m2.daemon, 'ev-a'), listed(m2.daemon, 'ev-b')].map((g) => [g?.name, g?.location, g?.status]),
+      [
+        ['ev-a', 'm2', 'Running'],
+        ['ev-b', 'm1', 'Stopped'],
+      ],
+    );
+    // An evacuated member gets no new guest; asking again changes nothing.
+    m1.daemon.ok(['launch', 'busybox', 'ev-c']);
+    assert.equal(listed(m1.daemon, 'ev-c')?.location, 'm2');
+    m2.daemon.ok(['cluster', 'evacuate', 'm1']);
+    assert.equal(listed(m1.daemon, 'ev-a')?.location, 'm2');
+
+    m2.daemon.ok(['cluster', 'restore', 'm1']);
+    await waitForStatus(m2.daemon, 'm1', 'Online');
+    assert.deepEqual(
+      ['ev-a', 'ev-b', 'ev-c'].map((n) => listed(m2.daemon, n)).map((g) => [g?.name, g?.location, g?.status]),
+      [
+        ['ev-a', 'm1', 'Running'],
+        ['ev-b', 'm1', 'Running'],
+        ['ev-c', 'm2', 'Running'],
+      ],
+    );
+    assert.equal(m2.daemon.ok(['exec', 'ev-a', '--', 'hostname']).trim(), 'ev-a');
+    refused(m2.daemon.cli(['cluster', 'evacuate', 'nope']), /No cluster member is named nope/);
+    refused(
+      m2.daemon.cli(['config', 'set', 'ev-a', 'cluster.evacuate=never']),
+      /must be auto, migrate or stop/,
+    );
+    m1.daemon.ok(['delete', '--force', 'ev-a', 'ev-b', 'ev-c']);
+  });
+
   test('bad moves are one line and move nothing: an unknown member, its own member, --live (with the reason), a guest with a volume attached', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);

@@ -246,6 +246,15 @@ function fakeCluster(
       }
       members.splice(at, 1);
     },
+    async setEvacuated(name, evacuated) {
+      requireMember();
+      const member = members.find((m) => m.name === name);
+      if (!member) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
+      member.status = evacuated ? 'Evacuated' : 'Online';
+    },
+    async evacuationProgress() {
+      return { left: [], failed: [] };
+    },
   };
   return { service, members };
 }

@@ -230,7 +230,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
     ),
     ...projectMethods(call),
     ...authMethods(call),
-    ...clusterMethods(call),
+    ...clusterMethods(call, callAsync),
     serverInfo: () => call('GET', '/1.0'),
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),

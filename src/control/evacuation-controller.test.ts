@@ -1,0 +1,188 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import { silentLogger } from '../host/logger.ts';
+import { createEventBus } from '../services/event-bus.ts';
+import { createOperationService } from '../services/operation-service.ts';
+import type { OperationService } from '../services/types.ts';
+import type { KvEngine } from '../store/kv-engine.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { type MemberRecord, records } from '../store/records.ts';
+import { createEvacuationController, evacuationProgress } from './evacuation-controller.ts';
+
+const spec = (name: string, more: Partial<GuestSpec> = {}): GuestSpec => ({
+  name,
+  project: 'default',
+  model: 'ct',
+  image: 'ab'.repeat(32),
+  imageAlias: 'busybox',
+  config: {},
+  desired: 'Running',
+  generation: 1,
+  restartRequest: 0,
+  stopTimeoutMs: 1000,
+  stopForce: false,
+  deleting: false,
+  location: 'h1',
+  createdAt: new Date(0).toISOString(),
+  ...more,
+});
+const status = (running: boolean): GuestStatus => ({
+  status: running ? 'Running' : 'Stopped',
+  observedGeneration: 1,
+  observedRestartRequest: 0,
+  restartCount: 0,
+  provisioned: true,
+  appliedConfig: {},
+  pendingRestart: [],
+});
+const member = (name: string, evacuated = false): MemberRecord => ({
+  name,
+  address: '198.18.0.1:8444',
+  roles: [],
+  certificateFingerprint: 'x',
+  version: 'test',
+  joinedAt: new Date(0).toISOString(),
+  evacuated,
+});
+
+describe('evacuation controller', () => {
+  let store: KvEngine;
+  let operations: OperationService;
+  let moves: string[];
+  let failMoves: boolean;
+  const controllerOf = (hostName: string) =>
+    createEvacuationController({
+      store,
+      hostName,
+      operations,
+      log: silentLogger(),
+      members: async () =>
+        (await records.member.list(store)).items.map((m) => ({
+          name: m.value.name,
+          status: m.value.evacuated ? 'Evacuated' : 'Online',
+        })),
+      mover: {
+        async move(name, { target }) {
+          moves.push(`${name}->${target}`);
+          return operations.start({
+            project: 'default',
+            description: `move ${name}`,
+            resources: {},
+            run: async () => {
+              if (failMoves) throw new Error('no room');
+              const s = await records.guest.at(name).get(store);
+              assert.ok(s);
+              await records.guest.at(name).put(store, { ...s.value, location: target });
+              await records.guestLocation.at(name).put(store, target);
+              return undefined;
+            },
+          });
+        },
+      },
+      guests: {
+        async placementFor() {
+          return { member: 'h2' };
+        },
+        async changeState(name, request) {
+          return operations.start({
+            project: 'default',
+            description: `${request.action} ${name}`,
+            resources: {},
+            run: async () => {
+              await records.guestStatus.at(name).put(store, status(request.action === 'start'));
+              return undefined;
+            },
+          });
+        },
+      },
+    });
+  const where = async (name: string) => (await records.guest.at(name).get(store))?.value.location;
+  const running = async (name: string) => (await records.guestStatus.at(name).get(store))?.value.status;
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    operations = createOperationService(createEventBus());
+    moves = [];
+    failMoves = false;
+    await records.member.at('h1').put(store, member('h1'));
+    await records.member.at('h2').put(store, member('h2'));
+    for (const [name, config, up] of [
+      ['a', {}, true],
+      ['b', { 'cluster.evacuate': 'stop' }, true],
+      ['c', { 'cluster.evacuate': 'stop' }, false],
+    ] as const) {
+      await records.guest.at(name).put(store, spec(name, { config }));
+      await records.guestLocation.at(name).put(store, 'h1');
+      await records.guestStatus.at(name).put(store, status(up));
+    }
+    await records.guest.at('elsewhere').put(store, spec('elsewhere', { location: 'h2' }));
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  test('an evacuated member moves its guests, stops those that say stop, and leaves a stopped one alone; a restore brings every one back as it was', async () => {
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: ['a', 'b'], failed: [] });
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, ['a->h2']);
+    assert.equal(await where('a'), 'h2');
+    assert.equal(await where('b'), 'h1');
+    assert.equal(await running('b'), 'Stopped');
+    assert.equal(await running('c'), 'Stopped');
+    assert.deepEqual(
+      (await records.evacuation.list(store)).items.map((r) => [
+        records.evacuation.nameOf(r.key),
+        r.value.action,
+      ]),
+      [
+        ['a', 'migrate'],
+        ['b', 'stop'],
+      ],
+    );
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: [], failed: [] });
+    // Again: nothing more to do.
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, ['a->h2']);
+
+    await records.member.at('h1').put(store, member('h1'));
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'restore'), { left: ['a', 'b'], failed: [] });
+    await controllerOf('h1').pass();
+    assert.equal(await running('b'), 'Running', 'what the evacuation stopped starts again');
+    assert.equal(await running('c'), 'Stopped', 'what was stopped before stays stopped');
+    await controllerOf('h2').pass();
+    assert.deepEqual(moves, ['a->h2', 'a->h1']);
+    assert.equal(await where('a'), 'h1');
+    assert.equal(await where('elsewhere'), 'h2');
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'restore'), { left: [], failed: [] });
+    assert.equal((await records.evacuation.list(store)).items.length, 0);
+  });
+
+  test('a guest that cannot move keeps its reason and is not tried again until the next evacuation; the progress names it', async () => {
+    failMoves = true;
+    await records.member.at('h1').put(store, member('h1', true));
+    await controllerOf('h1').pass();
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, ['a->h2']);
+    const progress = await evacuationProgress(store, 'h1', 'evacuate');
+    assert.deepEqual(progress.left, []);
+    assert.deepEqual(progress.failed, [{ guest: 'a', error: 'no room' }]);
+    // Restored, then evacuated again: tried again.
+    await records.member.at('h1').put(store, member('h1'));
+    await controllerOf('h1').pass();
+    assert.equal(await records.evacuation.at('a').get(store), undefined, 'a never left: its record goes');
+    failMoves = false;
+    await records.member.at('h1').put(store, member('h1', true));
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, ['a->h2', 'a->h2']);
+    assert.equal(await where('a'), 'h2');
+  });
+
+  test('a member that is not evacuated and holds no records does nothing', async () => {
+    await controllerOf('h1').pass();
+    await controllerOf('h2').pass();
+    assert.deepEqual(moves, []);
+    assert.equal(await running('a'), 'Running');
+  });
+});

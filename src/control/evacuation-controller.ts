@@ -1,0 +1,207 @@
+import { asTrivisorError } from '../core/errors.ts';
+import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import type { GuestMover } from '../services/guest-move.ts';
+import type { GuestService, OperationService } from '../services/types.ts';
+import type { KvStore } from '../store/kv.ts';
+import { type EvacuateMode, type EvacuationRecord, records, valuesOf } from '../store/records.ts';
+
+/**
+ * Evacuation and restore of a member (issue 13 part 3, decision 0041), level-triggered: what
+ * to do follows from the records alone, so a daemon that died half way goes on where it was
+ * when it starts again, and a pass that finds nothing to do does nothing.
+ *
+ * - A member marked evacuated moves its guests away one by one (each by the mover, to the member
+ *   the scheduler picks: an evacuated member gets nothing), or stops those whose
+ *   `cluster.evacuate` (or the evacuation's mode) says `stop`. Each guest so handled gets an
+ *   evacuation record naming its origin before anything is done to it.
+ * - A member restored starts again the guests it stopped, and drops the records of guests
+ *   that never left; the member that holds a guest moved away from a restored, Online member
+ *   moves it back.
+ * A guest that cannot be moved keeps its record with the reason, and is not tried again until
+ * the next evacuation.
+ */
+export interface EvacuationControllerDeps {
+  store: KvStore;
+  hostName: string;
+  mover: Pick<GuestMover, 'move'>;
+  guests: Pick<GuestService, 'changeState' | 'placementFor'>;
+  operations: Pick<OperationService, 'wait'>;
+  /** The members and their status (`cluster list`): a guest goes back only to an Online member. */
+  members: () => Promise<Array<{ name: string; status: string }>>;
+  log: Logger;
+  /** How often it looks (default 2 s); a pass runs at once after start. */
+  intervalMs?: number;
+}
+
+export interface EvacuationController {
+  start(): void;
+  stop(): Promise<void>;
+  /** One look at the records, and what they ask done (tests call it directly). */
+  pass(): Promise<void>;
+}
+
+const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
+
+/** What an evacuation does with `spec`: its own key, else the evacuation's mode; auto moves it. */
+export const evacuationAction = (spec: GuestSpec, mode: EvacuateMode | undefined): 'migrate' | 'stop' =>
+  (spec.config['cluster.evacuate'] ?? mode ?? 'auto') === 'stop' ? 'stop' : 'migrate';
+
+export function createEvacuationController(deps: EvacuationControllerDeps): EvacuationController {
+  const { store, hostName } = deps;
+  const log = deps.log.child({ component: 'evacuation' });
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+
+  async function finished(op: Operation): Promise<string | undefined> {
+    const end = await deps.operations.wait(op.id);
+    return end.status === 'Success' ? undefined : (end.error ?? `${end.description} ended ${end.status}`);
+  }
+  const record = (name: string, value: EvacuationRecord) => records.evacuation.at(name).put(store, value);
+  const failed = async (name: string, value: EvacuationRecord, error: string) => {
+    log.warn({ guest: name, action: value.action, err: error }, 'evacuation step failed');
+    await record(name, { ...value, error });
+  };
+
+  async function evacuate(mode: EvacuateMode | undefined, evacuations: Map<string, EvacuationRecord>) {
+    const [specs, statuses] = await Promise.all([records.guest.list(store), records.guestStatus.list(store)]);
+    const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value]));
+    for (const spec of valuesOf(specs)) {
+      if (stopped) return;
+      if (spec.location !== hostName || spec.deleting) continue;
+      const done = evacuations.get(spec.name);
+      if (done?.error !== undefined) continue;
+      const action = evacuationAction(spec, mode);
+      const value: EvacuationRecord = { origin: hostName, action, at: new Date().toISOString() };
+      try {
+        if (action === 'stop') {
+          // One stopped before the evacuation stays stopped after the restore: it gets no record.
+          if (!up(statusOf.get(spec.name))) continue;
+          await record(spec.name, value);
+          const error = await finished(await deps.guests.changeState(spec.name, { action: 'stop' }));
+          if (error) await failed(spec.name, value, error);
+          continue;
+        }
+        if (!deps.guests.placementFor) throw new Error('no scheduler: this daemon is not in a cluster');
+        const { member } = await deps.guests.placementFor({ model: spec.model, config: spec.config });
+        await record(spec.name, value);
+        const error = await finished(await deps.mover.move(spec.name, { target: member }));
+        if (error) await failed(spec.name, value, error);
+      } catch (e) {
+        await failed(spec.name, value, asTrivisorError(e).message);
+      }
+    }
+  }
+
+  /** This member is not evacuated: what it stopped starts again; records of guests that stayed go. */
+  async function restoreHere(evacuations: Map<string, EvacuationRecord>) {
+    for (const [name, value] of evacuations) {
+      if (stopped) return;
+      if (value.origin !== hostName) continue;
+      const [spec, status] = await Promise.all([
+        records.guest.at(name).get(store),
+        records.guestStatus.at(name).get(store),
+      ]);
+      if (spec && spec.value.location !== hostName) continue; // its holder brings it back
+      if (spec && value.action === 'stop' && !up(status?.value) && !spec.value.deleting) {
+        const error = await finished(await deps.guests.changeState(name, { action: 'start' }));
+        if (error) {
+          log.warn({ guest: name, err: error }, 'a guest stopped by an evacuation did not start again');
+          continue;
+        }
+      }
+      await store.delete(records.evacuation.key(name));
+    }
+  }
+
+  /** Guests this member holds that came from a member restored since: back to it, when it is Online. */
+  async function bringBack(evacuations: Map<string, EvacuationRecord>) {
+    const online = new Set((await deps.members()).filter((m) => m.status === 'Online').map((m) => m.name));
+    for (const [name, value] of evacuations) {
+      if (stopped) return;
+      if (value.origin === hostName || value.action !== 'migrate' || value.error !== undefined) continue;
+      if (!online.has(value.origin)) continue;
+      const spec = await records.guest.at(name).get(store);
+      if (!spec || spec.value.location !== hostName || spec.value.deleting) continue;
+      try {
+        const error = await finished(await deps.mover.move(name, { target: value.origin }));
+        if (error) await failed(name, value, error);
+        else await store.delete(records.evacuation.key(name));
+      } catch (e) {
+        await failed(name, value, asTrivisorError(e).message);
+      }
+    }
+  }
+
+  async function pass(): Promise<void> {
+    const [me, listed] = await Promise.all([
+      records.member.at(hostName).get(store),
+      records.evacuation.list(store),
+    ]);
+    if (!me) return;
+    const evacuations = new Map(listed.items.map((r) => [records.evacuation.nameOf(r.key), r.value]));
+    if (me.value.evacuated) {
+      await evacuate(me.value.evacuateMode, evacuations);
+      return;
+    }
+    if (evacuations.size === 0) return;
+    await restoreHere(evacuations);
+    await bringBack(evacuations);
+  }
+
+  const tick = () => {
+    if (stopped) return;
+    running = pass()
+      .catch((e: unknown) => log.error({ err: asTrivisorError(e).message }, 'evacuation pass failed'))
+      .finally(() => {
+        running = undefined;
+        if (!stopped) timer = setTimeout(tick, deps.intervalMs ?? 2000);
+        timer?.unref();
+      });
+  };
+
+  return {
+    start: tick,
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    },
+    pass,
+  };
+}
+
+/**
+ * How far the evacuation or restore of `member` is, from the records: the guests still to
+ * leave it (or to come back to it), and those that could not, with the reason.
+ */
+export async function evacuationProgress(
+  store: KvStore,
+  member: string,
+  action: 'evacuate' | 'restore',
+): Promise<{ left: string[]; failed: Array<{ guest: string; error: string }> }> {
+  const [me, specs, statuses, listed] = await Promise.all([
+    records.member.at(member).get(store),
+    records.guest.list(store),
+    records.guestStatus.list(store),
+    records.evacuation.list(store),
+  ]);
+  const evacuations = new Map(listed.items.map((r) => [records.evacuation.nameOf(r.key), r.value]));
+  const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value]));
+  const failed = [...evacuations]
+    .filter(([, r]) => r.origin === member && r.error !== undefined)
+    .map(([guest, r]) => ({ guest, error: r.error as string }));
+  const erred = new Set(failed.map((f) => f.guest));
+  if (action === 'evacuate') {
+    const left = valuesOf(specs)
+      .filter((s) => s.location === member && !s.deleting && !erred.has(s.name))
+      .filter((s) =>
+        evacuationAction(s, me?.value.evacuateMode) === 'stop' ? up(statusOf.get(s.name)) : true,
+      )
+      .map((s) => s.name);
+    return { left, failed };
+  }
+  const left = [...evacuations].filter(([g, r]) => r.origin === member && !erred.has(g)).map(([g]) => g);
+  return { left, failed };
+}
