@@ -291,11 +291,39 @@ export async function startFixtureBackend(
   const fake = createFakeServices();
   fake.guestMap.clear();
   for (const g of fixtureGuests(options.guests ?? 1000)) fake.guestMap.set(g.name, g);
+  // One guest says its member, as guests on a cluster do: its page offers a move (decision 0040).
+  const placed = fake.guestMap.get('ct-0006');
+  if (placed) placed.location = 'fakehost';
   const history = openMetricsHistory(':memory:');
   seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
   fake.metricsHistory = history;
   const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size);
   fake.cluster = cluster.service;
+  // A move only says where the guest went: the members' side of it is the cluster tests'.
+  fake.moves = {
+    mover: {
+      async move(name, { target }) {
+        const g = fake.guestMap.get(name);
+        if (!g) throw notFound(`Guest ${name} not found`);
+        return fake.operations.start({
+          project: 'default',
+          description: `Moving guest ${name} to ${target}`,
+          resources: { guests: [`/1.0/guests/${name}`] },
+          run: async () => {
+            g.location = target;
+            g.host = target;
+            return { location: target };
+          },
+        });
+      },
+    },
+    receiver: {
+      async receive() {
+        throw failedPrecondition('The fixture receives no guests');
+      },
+      async discard() {},
+    },
+  };
 
   const publish = (name: string, status: Guest['status']) =>
     fake.events.publish({

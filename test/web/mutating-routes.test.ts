@@ -18,6 +18,10 @@ const NOT_IN_THE_UI: Record<string, string> = {
   'POST /1.0/guests/:name/console/keys': 'the noVNC view types through RFB, key by key, instead',
   'POST /1.0/cluster/members':
     "a joining host's request to a member (member to member, proven by the token's secret): the UI's join is POST /1.0/cluster/join",
+  'POST /1.0/cluster/guest-moves/:name':
+    "a moved guest's archive, sent by the member that moves it to the destination (member to member): the UI's move is POST /1.0/guests/:name",
+  'DELETE /1.0/cluster/guest-moves/:name':
+    'the member that moved a guest asks the destination to drop its copy of an undone move (member to member)',
 };
 
 /** `/1.0/guests/:name/x` as a pattern that matches concrete paths. */

@@ -285,15 +285,24 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     assert.equal(await row('web3').locator('[data-testid=member-cpu]').textContent(), 'not measured');
     assert.equal(await row('web3').locator('[data-testid=member-memory]').textContent(), 'not measured');
     // The API refuses removing the member a request reached: no button for it.
-    assert.equal(await row('fakehost').locator('button').count(), 0);
-    // Evacuation, placement and rebalancing have no API yet: nothing pretends to do them.
+    assert.equal(await row('fakehost').locator('button', { hasText: 'Remove' }).count(), 0);
+    // Placement and rebalancing have no API yet: nothing pretends to do them.
     assert.equal(
       await page
         .locator('main button, main a')
-        .filter({ hasText: /evacuat|restore|rebalanc|placement/i })
+        .filter({ hasText: /rebalanc|placement/i })
         .count(),
       0,
     );
+    // Evacuate a member, then restore it: the API's status each time.
+    page.once('dialog', (d) => void d.accept());
+    await row('web2').locator('button[aria-label="Evacuate member web2"]').click();
+    await row('web2').locator('button[aria-label="Restore member web2"]').waitFor();
+    assert.match((await row('web2').textContent()) ?? '', /Evacuated/);
+    assert.equal(backend.members.find((m) => m.name === 'web2')?.status, 'Evacuated');
+    await row('web2').locator('button[aria-label="Restore member web2"]').click();
+    await row('web2').locator('button[aria-label="Evacuate member web2"]').waitFor();
+    assert.equal(backend.members.find((m) => m.name === 'web2')?.status, 'Online');
     // The dashboard shows every member's measured CPU and memory too.
     await page.goto(`${backend.url}/`);
     await page.locator('tr[data-dashboard-member="web3"]').waitFor();
@@ -305,6 +314,19 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       '3.0 GiB of 16 GiB',
       '12',
     ]);
+  });
+
+  test("a guest's page on a cluster moves it to the member chosen among the other Online ones", async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/guests/ct-0006`);
+    const move = page.locator('[data-testid=move-guest]');
+    await move.waitFor();
+    // Offline web3 and the guest's own member are not offered.
+    assert.deepEqual(await move.locator('option').allTextContents(), ['web2']);
+    page.once('dialog', (d) => void d.accept());
+    await move.locator('button', { hasText: 'Move' }).click();
+    await page.locator('text=ct-0006 moved to web2').waitFor();
+    assert.equal(backend.fake.guestMap.get('ct-0006')?.location, 'web2');
   });
 
   test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {

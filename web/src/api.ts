@@ -57,6 +57,7 @@ type Shared = Pick<
   | 'deleteSnapshot'
   | 'restoreSnapshot'
   | 'copyGuest'
+  | 'moveGuest'
   | 'createBackup'
   | 'deleteBackup'
   | 'listPools'
@@ -243,6 +244,11 @@ export function createWebApi(options: WebApiOptions): WebApi {
       return call('PATCH', `/1.0/guests/${enc(name)}`, body);
     },
     deleteGuest: (name, o) => callAsync('DELETE', `/1.0/guests/${enc(name)}${o?.force ? '?force=true' : ''}`),
+    moveGuest: (name, target, o) =>
+      callAsync('POST', `/1.0/guests/${enc(name)}?target=${enc(target)}`, {
+        migration: true,
+        ...(o?.live !== undefined && { live: o.live }),
+      }),
     getGuestState: (name) => call('GET', `/1.0/guests/${enc(name)}/state`),
     changeGuestState: (name, request) => callAsync('PUT', `/1.0/guests/${enc(name)}/state`, request),
     startExec: (name, request) => callAsync('POST', `/1.0/guests/${enc(name)}/exec`, request),

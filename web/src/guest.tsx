@@ -117,6 +117,7 @@ function Overview(props: { guest: Guest }) {
           {w}
         </p>
       ))}
+      {g.location !== undefined && <MoveGuest guest={g} />}
       <h2>Copy</h2>
       <Form
         label="Copy this guest"
@@ -127,6 +128,56 @@ function Overview(props: { guest: Guest }) {
         <Field label="Name of the copy">{(id) => <input id={id} name="name" required />}</Field>
       </Form>
     </div>
+  );
+}
+
+/**
+ * On a cluster: moves the guest to another Online member (decision 0040), cold: stopped, moved
+ * with its snapshots, started there if it ran. Shown to those who may read the members.
+ */
+function MoveGuest(props: { guest: Guest }) {
+  const g = props.guest;
+  const others = useLoad(async () => {
+    const info = await api.clusterInfo();
+    if (!info.enabled) return [];
+    return (await api.listMembers())
+      .filter((m) => m.status === 'Online' && m.name !== g.location)
+      .map((m) => m.name);
+  }, [g.location]);
+  const choice = useSignal('');
+  const targets = others.data ?? [];
+  if (targets.length === 0) return null;
+  const target = targets.includes(choice.value) ? choice.value : (targets[0] as string);
+  return (
+    <>
+      <h2>Move</h2>
+      <div class="row" data-testid="move-guest">
+        <Field label="Move to member">
+          {(id) => (
+            <select
+              id={id}
+              value={target}
+              onChange={(e) => {
+                choice.value = (e.currentTarget as HTMLSelectElement).value;
+              }}
+            >
+              {targets.map((m) => (
+                <option key={m} value={m}>
+                  {m}
+                </option>
+              ))}
+            </select>
+          )}
+        </Field>
+        <Action
+          confirm={`Move ${g.name} from ${g.location} to ${target}?${g.status === 'Running' ? ' It is stopped, moved and started again there.' : ''}`}
+          done={`${g.name} moved to ${target}`}
+          run={async () => finished(await api.moveGuest(g.name, target))}
+        >
+          Move
+        </Action>
+      </div>
+    </>
   );
 }
 

@@ -1,13 +1,14 @@
 import { useSignal } from '@preact/signals';
 import { useEffect } from 'preact/hooks';
 import type { ClusterInfo, ClusterMemberInfo } from '../../src/client/cluster-client.ts';
-import { api, host, notify, session } from './state.ts';
+import { api, finished, host, notify, session } from './state.ts';
 import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from './ui.tsx';
 
 /*
  * The cluster's members (decision 0032): what GET /1.0/cluster/members answers, a join token for
  * a new member, removal with the API's own refusal, and on a single host bootstrap or join.
- * Evacuation, placement and rebalancing are not offered: the API has no routes for them yet.
+ * Evacuation and restore (decision 0041) follow their operation; placement and rebalancing are
+ * not offered: the API has no routes for them yet.
  */
 
 /**
@@ -75,6 +76,15 @@ function MemberList(props: {
   /** The last refusal of a removal, kept on the page (a notice would vanish) with a way to force it. */
   const refusal = useSignal<{ name: string; message: string } | null>(null);
   const online = members.filter((m) => m.status === 'Online').length;
+
+  /** Evacuates or restores a member and follows the operation to its end (the guests moved or back). */
+  const changeState = async (name: string, action: 'evacuate' | 'restore') => {
+    try {
+      await finished(await api.changeMemberState(name, { action }));
+    } finally {
+      props.reload();
+    }
+  };
 
   const remove = async (name: string, force: boolean) => {
     try {
@@ -147,6 +157,24 @@ function MemberList(props: {
                 <td data-label="Joined">{when(m.joinedAt)}</td>
                 {props.admin && (
                   <td>
+                    {m.status === 'Evacuated' ? (
+                      <Action
+                        label={`Restore member ${m.name}`}
+                        done={`Member ${m.name} restored`}
+                        run={() => changeState(m.name, 'restore')}
+                      >
+                        Restore
+                      </Action>
+                    ) : (
+                      <Action
+                        label={`Evacuate member ${m.name}`}
+                        confirm={`Evacuate member ${m.name}? Its guests move to other members (or stop, as their cluster.evacuate says), and it gets no new ones until it is restored.`}
+                        done={`Member ${m.name} evacuated`}
+                        run={() => changeState(m.name, 'evacuate')}
+                      >
+                        Evacuate
+                      </Action>
+                    )}
                     {/* The API refuses removing the member a request reached: another member must do it. */}
                     {m.name !== info.member && (
                       <Action
