@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { BrowserContext, Dialog, Page } from 'playwright-core';
@@ -71,7 +71,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await context?.close();
     if (runDir) await removeRunDir(runDir);
     if (d) {
-      for (const g of ['a1', 'a1copy', 'b2', 'c3']) d.cli(['delete', '--force', g]);
+      for (const g of ['a1', 'a1copy', 'b2', 'c3', 'w4']) d.cli(['delete', '--force', g]);
       d.cli(['network', 'delete', net]);
       await d.destroy();
     }
@@ -388,6 +388,51 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     );
     await page.waitForSelector('tr .status:text-is("Cancelled")', { timeout: 30_000 });
     await eventually('sleep 600 ended in a1', () => !sleeping(), 10_000);
+  });
+
+  test('the create wizard makes a guest with a NIC on the chosen network, on the chosen storage pool', async () => {
+    await api('POST', '/1.0/storage-pools', { name: 'uiwpool', driver: 'dir' });
+    try {
+      await page.goto(`${base}/new-guest`);
+      await page.waitForSelector('#f-image option[value=busybox]', { state: 'attached' });
+      await page.selectOption('#f-image', 'busybox');
+      await page.getByRole('button', { name: 'Next', exact: true }).click();
+      await page.fill('#f-name', 'w4');
+      await page.getByRole('button', { name: 'Next', exact: true }).click();
+      await page.waitForSelector(`#f-network option:text-is("${net}")`, { state: 'attached' });
+      await page.selectOption('#f-network', net);
+      await page.waitForSelector('#f-storage-pool option:text-is("uiwpool")', { state: 'attached' });
+      await page.selectOption('#f-storage-pool', 'uiwpool');
+      await page.getByRole('button', { name: 'Next', exact: true }).click();
+      await page.getByRole('button', { name: 'Next', exact: true }).click();
+      await page.getByRole('button', { name: 'Create', exact: true }).click();
+      await page.waitForURL(/\/guests\/w4$/, { timeout: 120_000 });
+      const made = await guest('w4');
+      assert.equal(made.model, 'ct');
+      assert.deepEqual(
+        Object.values(made.devices ?? {}).map((x) => x.network),
+        [net],
+      );
+      const pool = await api<{ path: string; guests?: Array<{ name: string }> }>(
+        'GET',
+        '/1.0/storage-pools/uiwpool',
+      );
+      assert.deepEqual(
+        (pool.guests ?? []).map((g) => g.name),
+        ['w4'],
+      );
+      // Its files are on that pool: the daemon links guests/w4 to POOL/guests/w4.
+      assert.equal(readlinkSync(path.join(d.stateDir, 'guests', 'w4')), path.join(pool.path, 'guests', 'w4'));
+      // Started, with an address of the chosen network's subnet.
+      await eventually(
+        `an address of ${subnet}.0/24 in w4`,
+        () => d.cli(['exec', 'w4', '--', 'ip', '-4', 'addr']).stdout.includes(`inet ${subnet}.`),
+        30_000,
+      );
+    } finally {
+      d.cli(['delete', '--force', 'w4']);
+      await d.api('DELETE', '/1.0/storage-pools/uiwpool');
+    }
   });
 
   test('no page has two elements of one id (a label would name the wrong field)', async () => {
