@@ -18,6 +18,7 @@ import { createGuestStorageController } from './control/guest-storage-controller
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
+import { createSnapshotScheduler } from './control/snapshot-scheduler.ts';
 import { notFound, notSupported } from './core/errors.ts';
 import type { GuestSpec, Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
@@ -519,6 +520,15 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       log,
     });
   evacuations?.start();
+  // Scheduled snapshots and their expiry (decision 0043), for this member's own guests.
+  const snapshotScheduler = createSnapshotScheduler({
+    store,
+    hostName,
+    storage: services.storage,
+    operations,
+    log,
+  });
+  snapshotScheduler.start();
   await writeFile(
     path.join(stateDir, 'daemon.json'),
     `${JSON.stringify({ pid: process.pid, socket: socketPath, url, fingerprint, version }, null, 2)}\n`,
@@ -534,6 +544,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await evacuations?.stop();
+  await snapshotScheduler.stop();
   await Promise.allSettled(apps.map((a) => a.close()));
   // Offline at once rather than at the lease's end: this daemon is stopping on purpose.
   await lease?.stop({ revoke: true });

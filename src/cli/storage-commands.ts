@@ -46,8 +46,8 @@ export function addStorageCommands(program: Command): void {
       process.stdout.write(
         opts.format === 'table'
           ? renderTable(
-              ['NAME', 'CREATED', 'WAS RUNNING'],
-              list.map((s) => [s.name, s.createdAt, s.wasRunning ? 'yes' : 'no']),
+              ['NAME', 'CREATED', 'WAS RUNNING', 'EXPIRES'],
+              list.map((s) => [s.name, s.createdAt, s.wasRunning ? 'yes' : 'no', s.expiresAt ?? '–']),
             )
           : renderData(list, opts.format),
       );

@@ -1,3 +1,5 @@
+import { Cron } from 'croner';
+import { parseDurationMs } from './durations.ts';
 import { invalidArgument } from './errors.ts';
 import { injectedFiles, parseInjectedFile } from './guest-files.ts';
 import { parseBytes } from './sizes.ts';
@@ -19,6 +21,26 @@ interface KeySpec {
   /** The models the key means something to (all when absent). */
   models?: Model[];
   help: string;
+}
+
+/**
+ * A guest's `snapshots.schedule` as a cron (croner): five fields, minute granularity, or one of
+ * the named ones. InvalidArgument in one line otherwise.
+ */
+export function snapshotSchedule(v: string): Cron {
+  const named = ['@hourly', '@daily', '@weekly', '@monthly', '@yearly', '@annually'];
+  if (!named.includes(v) && v.trim().split(/\s+/).length !== 5) {
+    throw invalidArgument(
+      `snapshots.schedule=${JSON.stringify(v)} is not a schedule: give five cron fields (minute hour day month weekday, e.g. "0 3 * * *") or @hourly, @daily, @weekly, @monthly, @yearly`,
+    );
+  }
+  try {
+    return new Cron(v, { paused: true });
+  } catch (e) {
+    throw invalidArgument(
+      `snapshots.schedule=${JSON.stringify(v)} is not a schedule: ${(e as Error).message}`,
+    );
+  }
 }
 
 const bool: KeySpec['check'] = (v) => {
@@ -87,6 +109,36 @@ const KEYS: Record<string, KeySpec> = {
     },
   },
   'boot.autostart': { live: true, help: 'start the guest when the daemon starts', check: bool },
+  'snapshots.schedule': {
+    live: true,
+    help: 'when to snapshot the guest: a cron expression (minute hour day month weekday) or @hourly, @daily, @weekly, @monthly, @yearly',
+    check(v) {
+      snapshotSchedule(v);
+    },
+  },
+  'snapshots.schedule.stopped': {
+    live: true,
+    help: 'whether a stopped guest is snapshotted on schedule too (default false)',
+    check: bool,
+  },
+  'snapshots.expiry': {
+    live: true,
+    help: 'how long a scheduled snapshot is kept, e.g. 2h, 7d or 4w (kept for ever when unset)',
+    check(v) {
+      parseDurationMs(v, 'snapshots.expiry');
+    },
+  },
+  'snapshots.pattern': {
+    live: true,
+    help: "names of scheduled snapshots: lowercase letters, digits and '-' with %d, the next free number (default snap%d)",
+    check(v) {
+      if (!/^[a-z0-9-]*%d[a-z0-9-]*$/.test(v) || v.length > 50) {
+        throw invalidArgument(
+          `snapshots.pattern=${JSON.stringify(v)} must hold %d once, with lowercase letters, digits and - around it (e.g. auto-%d)`,
+        );
+      }
+    },
+  },
   'cluster.evacuate': {
     live: true,
     help: 'auto, migrate or stop: what an evacuation of its member does with the guest (auto moves it)',

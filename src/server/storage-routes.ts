@@ -29,6 +29,9 @@ const SnapshotSchema = Type.Object({
   guest: Type.String(),
   createdAt: Type.String(),
   wasRunning: Type.Boolean(),
+  expiresAt: Type.Optional(
+    Type.String({ description: "When a scheduled snapshot is deleted (its guest's snapshots.expiry)" }),
+  ),
 });
 const NameParams = Type.Object({ name: Type.String() });
 const SnapshotParams = Type.Object({ name: Type.String(), snapshot: Type.String() });

@@ -33,7 +33,8 @@ export interface StorageService {
   inProject(project: string): StorageService;
   listSnapshots(guest: string): Promise<SnapshotRecord[]>;
   getSnapshot(guest: string, snapshot: string): Promise<SnapshotRecord>;
-  createSnapshot(guest: string, snapshot: string): Promise<Operation>;
+  /** `expiresAt`: when the snapshot is deleted again (scheduled snapshots, `snapshots.expiry`). */
+  createSnapshot(guest: string, snapshot: string, options?: { expiresAt?: string }): Promise<Operation>;
   deleteSnapshot(guest: string, snapshot: string): Promise<Operation>;
   /** Rolls the guest back to the snapshot: stops it if it runs, replaces its state, starts it again. */
   restoreSnapshot(guest: string, snapshot: string): Promise<Operation>;

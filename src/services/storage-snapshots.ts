@@ -33,7 +33,7 @@ export function snapshotMethods(
       return record;
     },
 
-    async createSnapshot(guest, snapshot) {
+    async createSnapshot(guest, snapshot, options = {}) {
       const { spec, status } = await load(guest);
       assertDnsLabel(snapshot, 'snapshot name');
       const storage = storageFor(spec);
@@ -52,6 +52,7 @@ export function snapshotMethods(
             createdAt: new Date().toISOString(),
             wasRunning: guestUp(status),
             location: spec.location,
+            ...(options.expiresAt !== undefined && { expiresAt: options.expiresAt }),
           };
           await storage.snapshot(spec, snapshot).catch((e: unknown) => {
             throw diskFull(e, `Cannot snapshot guest ${guest} as ${snapshot}`);

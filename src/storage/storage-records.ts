@@ -10,6 +10,8 @@ export interface SnapshotRecord {
    * none until that member's controller stamps its own at start.
    */
   location?: string;
+  /** When a scheduled snapshot is deleted (its guest's `snapshots.expiry`); never when absent. */
+  expiresAt?: string;
 }
 
 /** What `manifest.json` of a backup archive says (format `trivisor-backup/1`). */

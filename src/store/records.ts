@@ -386,6 +386,8 @@ export const SnapshotRecordSchema = Type.Object({
   createdAt: Type.String(),
   wasRunning: Type.Boolean(),
   location: Type.Optional(Type.String()),
+  /** When a scheduled snapshot is deleted (its guest's snapshots.expiry); never when absent. */
+  expiresAt: Type.Optional(Type.String()),
 });
 
 /** What a storage-pending marker says: which kind of work made the guest (value of `keys.storagePending`). */

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { type Daemon, startDaemon } from './harness.ts';
+import { type Daemon, eventually, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
 process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
@@ -11,6 +11,19 @@ describe('snapshots and copies of ct guests', () => {
   let d: Daemon;
   before(async () => {
     d = await startDaemon();
+    // A schedule that fires every minute, kept a minute: checked by the last test, the others'
+    // time spent waiting for it.
+    d.ok([
+      'launch',
+      'busybox',
+      'sched',
+      '-c',
+      'snapshots.schedule=* * * * *',
+      '-c',
+      'snapshots.expiry=1m',
+      '-c',
+      'snapshots.pattern=auto-%d',
+    ]);
   });
   after(async () => {
     await d?.destroy();
@@ -19,6 +32,12 @@ describe('snapshots and copies of ct guests', () => {
   const read = (guest: string, file: string) => d.ok(['exec', guest, '--', 'cat', file]);
   const write = (guest: string, file: string, text: string) =>
     d.ok(['exec', guest, '--', 'sh', '-c', `printf %s '${text}' > ${file}`]);
+  /** One `Error:` line, exit code 1. */
+  const refused = (r: { code: number; stderr: string }, pattern: RegExp) => {
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^Error: [^\n]+\n$/);
+    assert.match(r.stderr, pattern);
+  };
   const status = (guest: string) =>
     (JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { status: string }).status;
 
@@ -110,5 +129,35 @@ describe('snapshots and copies of ct guests', () => {
     d.ok(['create', 'busybox', 's1']);
     assert.deepEqual(JSON.parse(d.ok(['snapshot', 'list', 's1', '--format', 'json'])), []);
     d.ok(['delete', 's1']);
+  });
+
+  test('a guest with snapshots.schedule gets a snapshot each minute, named by its pattern, and each is deleted when it expires', async () => {
+    type Snap = { name: string; createdAt: string; expiresAt?: string };
+    const snaps = () => JSON.parse(d.ok(['snapshot', 'list', 'sched', '--format', 'json'])) as Snap[];
+    await eventually('a scheduled snapshot', () => snaps().length > 0, 75_000);
+    const first = snaps()[0];
+    assert.equal(first?.name, 'auto-0');
+    assert.equal(
+      Date.parse(first?.expiresAt ?? '') - Math.floor(Date.parse(first?.createdAt ?? '') / 60_000) * 60_000,
+      60_000,
+      'it expires a minute after the minute it was taken in',
+    );
+    // A minute later it has expired: deleted before the next one is taken under the name it freed.
+    await eventually(
+      'the first expired and the next taken',
+      () => {
+        const now = snaps();
+        return now.length === 1 && now[0]?.createdAt !== first?.createdAt;
+      },
+      75_000,
+    );
+    assert.deepEqual(
+      snaps().map((s) => s.name),
+      ['auto-0'],
+    );
+    refused(d.cli(['config', 'set', 'sched', 'snapshots.schedule=now']), /is not a schedule/);
+    refused(d.cli(['config', 'set', 'sched', 'snapshots.expiry=forever']), /is not a duration/);
+    refused(d.cli(['config', 'set', 'sched', 'snapshots.pattern=snap']), /must hold %d once/);
+    d.ok(['delete', '--force', 'sched']);
   });
 });

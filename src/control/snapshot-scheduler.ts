@@ -1,0 +1,146 @@
+import { snapshotSchedule } from '../core/config-keys.ts';
+import { parseDurationMs } from '../core/durations.ts';
+import { asTrivisorError } from '../core/errors.ts';
+import type { GuestSpec, Operation } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import type { StorageService } from '../services/storage-service.ts';
+import type { OperationService } from '../services/types.ts';
+import type { KvStore } from '../store/kv.ts';
+import { records, valuesOf } from '../store/records.ts';
+
+/**
+ * Scheduled snapshots with expiry (issue 13 part 5, Incus's keys; decision 0043): each member
+ * snapshots its own guests whose `snapshots.schedule` fires in the current minute (running ones;
+ * stopped ones too with `snapshots.schedule.stopped=true`), names the snapshot by
+ * `snapshots.pattern` (`snap%d` by default: the next free number), and gives it `expiresAt` from
+ * `snapshots.expiry`; every pass also deletes its guests' snapshots whose time has come (a
+ * snapshot taken by hand has no expiry and is never deleted). Runs missed while the daemon was
+ * down are not made up; expired snapshots are deleted at the first pass after they expire.
+ */
+export interface SnapshotSchedulerDeps {
+  store: KvStore;
+  hostName: string;
+  storage: Pick<StorageService, 'createSnapshot' | 'deleteSnapshot'>;
+  operations: Pick<OperationService, 'wait'>;
+  log: Logger;
+  now?: () => Date;
+}
+
+export interface SnapshotScheduler {
+  /** Runs a pass at every minute's start (a few seconds in). */
+  start(): void;
+  stop(): Promise<void>;
+  /** One pass at `now`: the schedules that fire in its minute, and the expired snapshots. */
+  pass(now: Date): Promise<void>;
+}
+
+const MINUTE = 60_000;
+
+/** Whether `schedule` fires in the minute that starts at `minute`. */
+export function firesIn(schedule: string, minute: Date): boolean {
+  const next = snapshotSchedule(schedule).nextRun(new Date(minute.getTime() - 1));
+  return next !== null && next.getTime() === minute.getTime();
+}
+
+/** The pattern with the lowest number no snapshot of the guest has. */
+export function nextSnapshotName(pattern: string, taken: ReadonlySet<string>): string {
+  for (let n = 0; ; n++) {
+    const name = pattern.replace('%d', String(n));
+    if (!taken.has(name)) return name;
+  }
+}
+
+export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotScheduler {
+  const { store, hostName } = deps;
+  const log = deps.log.child({ component: 'snapshot-scheduler' });
+  const now = deps.now ?? (() => new Date());
+  /** The minute each guest was last snapshotted on schedule by this daemon: one snapshot a minute. */
+  const lastRun = new Map<string, number>();
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+
+  async function ended(op: Operation): Promise<void> {
+    const end = await deps.operations.wait(op.id);
+    if (end.status !== 'Success') throw new Error(end.error ?? `${end.description} ended ${end.status}`);
+  }
+
+  async function snapshotOnSchedule(spec: GuestSpec, minute: Date, up: boolean): Promise<void> {
+    const schedule = spec.config['snapshots.schedule'];
+    if (!schedule || lastRun.get(spec.name) === minute.getTime()) return;
+    if (!up && spec.config['snapshots.schedule.stopped'] !== 'true') return;
+    if (!firesIn(schedule, minute)) return;
+    lastRun.set(spec.name, minute.getTime());
+    const taken = new Set(valuesOf(await records.snapshot.list(store, spec.name)).map((s) => s.name));
+    const name = nextSnapshotName(spec.config['snapshots.pattern'] ?? 'snap%d', taken);
+    const expiry = spec.config['snapshots.expiry'];
+    const expiresAt = expiry
+      ? new Date(minute.getTime() + parseDurationMs(expiry, 'snapshots.expiry')).toISOString()
+      : undefined;
+    await ended(
+      await deps.storage.createSnapshot(spec.name, name, { ...(expiresAt !== undefined && { expiresAt }) }),
+    );
+    log.info({ guest: spec.name, snapshot: name, expiresAt }, 'scheduled snapshot taken');
+  }
+
+  async function pass(at: Date): Promise<void> {
+    const minute = new Date(Math.floor(at.getTime() / MINUTE) * MINUTE);
+    const [specs, statuses, snapshots] = await Promise.all([
+      records.guest.list(store),
+      records.guestStatus.list(store),
+      records.snapshot.list(store),
+    ]);
+    const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value.status]));
+    const mine = valuesOf(specs).filter((s) => s.location === hostName && !s.deleting);
+    const ours = new Set(mine.map((s) => s.name));
+    for (const snap of valuesOf(snapshots)) {
+      if (stopped) return;
+      if (!ours.has(snap.guest) || snap.expiresAt === undefined || Date.parse(snap.expiresAt) > at.getTime())
+        continue;
+      await ended(await deps.storage.deleteSnapshot(snap.guest, snap.name))
+        .then(() => log.info({ guest: snap.guest, snapshot: snap.name }, 'expired snapshot deleted'))
+        .catch((e: unknown) =>
+          log.warn(
+            { guest: snap.guest, snapshot: snap.name, err: asTrivisorError(e).message },
+            'cannot delete an expired snapshot',
+          ),
+        );
+    }
+    for (const spec of mine) {
+      if (stopped) return;
+      const status = statusOf.get(spec.name);
+      await snapshotOnSchedule(spec, minute, status === 'Running' || status === 'Frozen').catch(
+        (e: unknown) =>
+          log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'scheduled snapshot failed'),
+      );
+    }
+  }
+
+  const schedule = () => {
+    if (stopped) return;
+    const t = now().getTime();
+    // A few seconds into the next minute: the minute a pass judges is never the one before.
+    const wait = MINUTE - (t % MINUTE) + 2000;
+    timer = setTimeout(() => {
+      running = pass(now())
+        .catch((e: unknown) =>
+          log.error({ err: asTrivisorError(e).message }, 'snapshot schedule pass failed'),
+        )
+        .finally(() => {
+          running = undefined;
+          schedule();
+        });
+    }, wait);
+    timer.unref();
+  };
+
+  return {
+    start: schedule,
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    },
+    pass,
+  };
+}
