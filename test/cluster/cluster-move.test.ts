@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { Daemon } from '../system/harness.ts';
+import { type Daemon, eventually } from '../system/harness.ts';
 import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
 /*
@@ -85,6 +85,32 @@ describe('moving guests between two members', () => {
       assert.equal(existsSync(dirOn(m2.daemon)), false);
     });
   }
+
+  test("a ct guest with a NIC on a managed network keeps its MAC and address when it moves, and reaches the gateway on its new member's bridge", async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    m1.daemon.ok(['network', 'create', 'mvnet', 'ipv4.address=198.19.79.1/24']);
+    m1.daemon.ok(['launch', 'busybox', 'mv-nic', '--target', 'm1', '--network', 'mvnet']);
+    const nic = () => {
+      const g = JSON.parse(m2.daemon.ok(['info', 'mv-nic', '--format', 'json'])) as {
+        devices?: Record<string, { hwaddr?: string; 'ipv4.address'?: string }>;
+      };
+      return g.devices?.eth0;
+    };
+    const before = nic();
+    assert.match(before?.hwaddr ?? '', /^[0-9a-f:]{17}$/);
+    assert.match(before?.['ipv4.address'] ?? '', /^198\.19\.79\.\d+$/);
+    const ping = () =>
+      m1.daemon.cli(['exec', 'mv-nic', '--', 'ping', '-c1', '-W2', '198.19.79.1']).code === 0;
+    await eventually('mv-nic reaches its gateway on m1', ping, 30_000);
+    m2.daemon.ok(['move', 'mv-nic', '--target', 'm2']);
+    assert.deepEqual(nic(), before, 'the same MAC and address');
+    await eventually('mv-nic reaches its gateway on m2', ping, 30_000);
+    const inGuest = m1.daemon.ok(['exec', 'mv-nic', '--', 'ip', '-4', 'addr', 'show', 'dev', 'eth0']);
+    assert.ok(inGuest.includes(`inet ${before?.['ipv4.address']}/24`), inGuest);
+    m1.daemon.ok(['delete', '--force', 'mv-nic']);
+    m1.daemon.ok(['network', 'delete', 'mvnet']);
+  });
 
   test("evacuate m1, asked through m2 while m1's daemon is down: once it is back its guests move to m2 or stop as cluster.evacuate says, and m1 gets no new guest; a restore brings them back as they were", async () => {
     const [m1, m2] = cluster.hosts;
