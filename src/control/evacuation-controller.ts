@@ -2,6 +2,7 @@ import { asTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
+import { succeeded } from '../services/operation-service.ts';
 import type { GuestService, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type EvacuateMode, type EvacuationRecord, records, valuesOf } from '../store/records.ts';
@@ -54,10 +55,12 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
   let running: Promise<void> | undefined;
   let stopped = false;
 
-  async function finished(op: Operation): Promise<string | undefined> {
-    const end = await deps.operations.wait(op.id);
-    return end.status === 'Success' ? undefined : (end.error ?? `${end.description} ended ${end.status}`);
-  }
+  /** Undefined when the operation succeeded, else why it did not. */
+  const finished = (op: Operation): Promise<string | undefined> =>
+    succeeded(deps.operations, op).then(
+      () => undefined,
+      (e: unknown) => asTrivisorError(e).message,
+    );
   const record = (name: string, value: EvacuationRecord) => records.evacuation.at(name).put(store, value);
   const failed = async (name: string, value: EvacuationRecord, error: string) => {
     log.warn({ guest: name, action: value.action, err: error }, 'evacuation step failed');

@@ -3,6 +3,7 @@ import { parseDurationMs } from '../core/durations.ts';
 import { asTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
+import { succeeded } from '../services/operation-service.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -60,10 +61,7 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
   let running: Promise<void> | undefined;
   let stopped = false;
 
-  async function ended(op: Operation): Promise<void> {
-    const end = await deps.operations.wait(op.id);
-    if (end.status !== 'Success') throw new Error(end.error ?? `${end.description} ended ${end.status}`);
-  }
+  const ended = (op: Operation) => succeeded(deps.operations, op);
 
   async function snapshotOnSchedule(spec: GuestSpec, minute: Date, up: boolean): Promise<void> {
     const schedule = spec.config['snapshots.schedule'];

@@ -19,6 +19,7 @@ import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { feedPayload, openArchive } from './archive-reader.ts';
+import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
@@ -88,14 +89,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
 
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
-  async function finished(op: Operation): Promise<Operation> {
-    const end = await deps.operations.wait(op.id);
-    if (end.status !== 'Success') {
-      const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
-      throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
-    }
-    return end;
-  }
+  const finished = (op: Operation) => succeeded(deps.operations, op);
 
   /** Refusals that need no work: one line each, nothing changed. */
   async function check(name: string, request: MoveRequest) {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { asTrivisorError, failedPrecondition, notFound } from '../core/errors.ts';
+import { asTrivisorError, failedPrecondition, isErrorCode, notFound, TrivisorError } from '../core/errors.ts';
 import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { Operation } from '../core/types.ts';
 import type { EventBus, OperationService, OperationSpec } from './types.ts';
@@ -126,4 +126,22 @@ export function createOperationService(
 
 export function isFinal(op: Operation): boolean {
   return op.status === 'Success' || op.status === 'Failure' || op.status === 'Cancelled';
+}
+
+/**
+ * Waits for an operation to end and answers it when it succeeded; otherwise throws its error
+ * with the code it ended with (a caller that started another service's operation fails as that
+ * operation did, not with Internal).
+ */
+export async function succeeded(
+  operations: Pick<OperationService, 'wait'>,
+  op: Operation,
+): Promise<Operation> {
+  const end = await operations.wait(op.id);
+  if (end.status === 'Success') return end;
+  const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
+  throw new TrivisorError(
+    isErrorCode(code) ? code : 'Internal',
+    end.error ?? `${end.description} ended ${end.status}`,
+  );
 }

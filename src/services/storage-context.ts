@@ -5,7 +5,7 @@ import {
   failedPrecondition,
   notFound,
   notSupported,
-  TrivisorError,
+  type TrivisorError,
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
@@ -14,6 +14,7 @@ import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { records } from '../store/records.ts';
 import { type ClaimHolder, createClaims, describeHolder } from './claims.ts';
+import { succeeded } from './operation-service.ts';
 import { DEFAULT_POOL } from './pool-service.ts';
 import type { StorageService, StorageServiceDeps } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
@@ -105,11 +106,7 @@ export function createStorageContext(deps: StorageServiceDeps) {
 
   /** Waits for an operation started by another service; throws its error when it failed. */
   async function finished(op: Operation): Promise<void> {
-    const end = await operations.wait(op.id);
-    if (end.status !== 'Success') {
-      const code = typeof end.metadata.errorCode === 'string' ? end.metadata.errorCode : 'Internal';
-      throw new TrivisorError(code as never, end.error ?? `${end.description} ended ${end.status}`);
-    }
+    await succeeded(operations, op);
   }
 
   const guestUp = (status: GuestStatus | undefined) =>
