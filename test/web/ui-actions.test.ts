@@ -435,6 +435,135 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     }
   });
 
+  test('the networks, pools, volumes, images and operations tables sort by each column, both ways, as the API has them', async () => {
+    const net2 = `uib${process.pid % 100_000}`;
+    await api('POST', '/1.0/networks', {
+      name: net2,
+      config: { 'ipv4.address': `198.19.${200 + (process.pid % 50)}.1/24`, 'ipv4.nat': 'true' },
+    });
+    await api('POST', '/1.0/storage-pools', { name: 'uispool', driver: 'dir' });
+    const pool = (await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1'))[0]!.name;
+    for (const [name, size] of [
+      ['uis-b', '32MiB'],
+      ['uis-a', '96MiB'],
+    ]) {
+      await api('POST', `/1.0/storage-pools/${pool}/volumes/custom`, {
+        name,
+        type: 'filesystem',
+        config: { size },
+      });
+    }
+    try {
+      type Row = Record<string, unknown>;
+      const cmp = (x: unknown, y: unknown) =>
+        (x as string) < (y as string) ? -1 : (x as string) > (y as string) ? 1 : 0;
+      const ordered = (rows: Row[], value: (r: Row) => unknown, name: (r: Row) => string, dir: number) =>
+        [...rows].sort((a, b) => (cmp(value(a), value(b)) || cmp(name(a), name(b))) * dir).map(name);
+      const shown = () =>
+        page.locator('tr[data-row]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row')));
+      const rowsAre = async (want: string[], what: string) => {
+        await eventually(
+          what,
+          async () => JSON.stringify(await shown()) === JSON.stringify(want),
+          15_000,
+        ).catch(() => undefined);
+        assert.deepEqual(await shown(), want, what);
+      };
+      /** Opens `url`, reads its rows from the API, then sorts by each column both ways. */
+      const sorts = async (
+        url: string,
+        read: () => Promise<Row[]>,
+        name: (r: Row) => string,
+        columns: Array<[string, string, (r: Row) => unknown]>,
+      ) => {
+        await page.goto(`${base}${url}`);
+        await page.locator('tr[data-row]').first().waitFor({ timeout: 30_000 });
+        const rows = await read();
+        assert.ok(rows.length >= 2, `${url}: ${rows.length} rows`);
+        // Before a column is chosen: by the first column, the operations newest first.
+        const [, , first] = columns.at(-1)!;
+        await rowsAre(ordered(rows, first, name, url === '/operations' ? -1 : 1), `${url} as it opens`);
+        for (const [label, key, value] of columns) {
+          await page.click(`th button.sort:has-text("${label}")`);
+          await page.waitForURL(new RegExp(`sort=${key}(?!.*dir=desc)`));
+          await rowsAre(ordered(rows, value, name, 1), `${url} sorted by ${key}`);
+          await page.click(`th button.sort:has-text("${label}")`);
+          await page.waitForURL(new RegExp(`sort=${key}.*dir=desc`));
+          await rowsAre(ordered(rows, value, name, -1), `${url} sorted by ${key}, descending`);
+          assert.equal(await page.locator('th[aria-sort]').getAttribute('aria-sort'), 'descending');
+        }
+      };
+      const config = (r: Row) => r.config as Record<string, string>;
+      await sorts(
+        '/networks',
+        () => api('GET', '/1.0/networks?recursion=1'),
+        (r) => r.name as string,
+        [
+          ['IPv4', 'ipv4', (r) => config(r)['ipv4.address'] ?? '–'],
+          ['NAT', 'nat', (r) => config(r)['ipv4.nat'] ?? 'false'],
+          ['Used by', 'usedBy', (r) => (r.usedBy as string[]).length],
+          ['Name', 'name', (r) => r.name],
+        ],
+      );
+      await sorts(
+        '/storage',
+        () => api('GET', '/1.0/storage-pools?recursion=1'),
+        (r) => r.name as string,
+        [
+          ['Driver', 'driver', (r) => r.driver],
+          ['Used', 'used', (r) => (r.usage as { usedBytes: number } | null)?.usedBytes ?? -1],
+          ['Pool', 'name', (r) => r.name],
+        ],
+      );
+      await sorts(
+        `/storage/${pool}`,
+        () => api('GET', `/1.0/storage-pools/${pool}/volumes/custom?recursion=1`),
+        (r) => r.name as string,
+        [
+          ['Size', 'size', (r) => r.sizeBytes],
+          ['Name', 'name', (r) => r.name],
+        ],
+      );
+      const alias = (r: Row) => (r.aliases as string[]).join(', ') || (r.fingerprint as string).slice(0, 12);
+      await sorts(
+        '/images',
+        () => api('GET', '/1.0/images?recursion=1'),
+        (r) => r.fingerprint as string,
+        [
+          ['Description', 'description', (r) => r.description],
+          ['Size', 'size', (r) => r.sizeBytes],
+          ['Alias', 'alias', alias],
+        ],
+      );
+      await sorts(
+        '/operations',
+        () => api('GET', '/1.0/operations?recursion=1'),
+        (r) => r.id as string,
+        [
+          ['What', 'description', (r) => r.description],
+          ['Status', 'status', (r) => r.status],
+          ['Started', 'createdAt', (r) => r.createdAt],
+        ],
+      );
+      // The sort is the URL's: a reload keeps it.
+      await page.reload();
+      await rowsAre(
+        ordered(
+          await api('GET', '/1.0/operations?recursion=1'),
+          (r) => r.createdAt,
+          (r) => r.id as string,
+          -1,
+        ),
+        'the operations sorted by time, descending, after a reload',
+      );
+    } finally {
+      for (const name of ['uis-a', 'uis-b'])
+        await d.api('DELETE', `/1.0/storage-pools/${pool}/volumes/custom/${name}`);
+      await d.api('DELETE', '/1.0/storage-pools/uispool');
+      await d.api('DELETE', `/1.0/networks/${net2}`);
+    }
+  });
+
   test('no page has two elements of one id (a label would name the wrong field)', async () => {
     const pools = await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1');
     const pages = [

@@ -2,6 +2,7 @@ import { useComputed, useSignal } from '@preact/signals';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Guest, Operation } from '../../src/api/types.ts';
 import { navigate, route, withQuery } from './router.ts';
+import { type Sort, SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, attempt, finished, guests, guestsLoaded } from './state.ts';
 import { Field, Link, Page, Status, useLoad } from './ui.tsx';
 
@@ -12,6 +13,8 @@ const OVERSCAN = 10;
 const MAX_ROWS = 200;
 
 type SortKey = 'name' | 'status' | 'model' | 'image' | 'createdAt';
+const SORT_KEYS: readonly SortKey[] = ['name', 'status', 'model', 'image', 'createdAt'];
+const BY_NAME: Sort<SortKey> = { key: 'name', dir: 1 };
 const COLUMNS: Array<[SortKey | null, string]> = [
   ['name', 'Name'],
   ['status', 'Status'],
@@ -44,8 +47,7 @@ export function GuestList() {
   const query = route.value.query;
   const status = query.get('status') ?? '';
   const model = query.get('model') ?? '';
-  const sort = (query.get('sort') as SortKey | null) ?? 'name';
-  const dir = query.get('dir') === 'desc' ? -1 : 1;
+  const sort = sortOf(SORT_KEYS, BY_NAME);
   const selected = useSignal<Set<string>>(new Set());
   const results = useSignal<{ action: string; failed: Array<[string, string]>; ok: number } | null>(null);
   const [filterText, setFilterText] = useState(query.get('q') ?? '');
@@ -56,18 +58,11 @@ export function GuestList() {
     const text = (qs.get('q') ?? '').toLowerCase();
     const wantStatus = qs.get('status') ?? '';
     const wantModel = qs.get('model') ?? '';
-    const key = (qs.get('sort') as SortKey | null) ?? 'name';
-    const order = qs.get('dir') === 'desc' ? -1 : 1;
     const list = [...guests.value.values()].filter(
       (g) =>
         (!wantStatus || g.status === wantStatus) && (!wantModel || g.model === wantModel) && matches(g, text),
     );
-    list.sort((a, b) => {
-      const x = sortValue(a, key);
-      const y = sortValue(b, key);
-      return (x < y ? -1 : x > y ? 1 : a.name < b.name ? -1 : 1) * order;
-    });
-    return list;
+    return sortRows(list, sortOf(SORT_KEYS, BY_NAME, qs), sortValue, (g) => g.name);
   });
 
   const bulk = async (action: 'start' | 'stop' | 'snapshot' | 'delete') => {
@@ -101,9 +96,6 @@ export function GuestList() {
     results.value = { action, failed, ok };
     if (action === 'delete') selected.value = new Set([...selected.value].filter((n) => guests.value.has(n)));
   };
-
-  const setSort = (key: SortKey) =>
-    navigate(withQuery({ sort: key, dir: sort === key && dir === 1 ? 'desc' : null }), { replace: true });
 
   return (
     <Page
@@ -220,8 +212,6 @@ export function GuestList() {
           selected.value = next;
         }}
         sort={sort}
-        dir={dir}
-        onSort={setSort}
       />
     </Page>
   );
@@ -231,9 +221,7 @@ function Window(props: {
   rows: Guest[];
   selected: Set<string>;
   onSelect: (s: Set<string>) => void;
-  sort: SortKey;
-  dir: number;
-  onSort: (key: SortKey) => void;
+  sort: Sort<SortKey>;
 }) {
   const box = useRef<HTMLDivElement>(null);
   const [scroll, setScroll] = useState(0);
@@ -276,23 +264,21 @@ function Window(props: {
                 }}
               />
             </th>
-            {COLUMNS.map(([key, label]) => (
-              <th
-                scope="col"
-                key={label}
-                class={key === 'image' || key === 'createdAt' || key === null ? 'hide-narrow' : undefined}
-                aria-sort={key === props.sort ? (props.dir === 1 ? 'ascending' : 'descending') : undefined}
-              >
-                {key ? (
-                  <button type="button" class="sort" onClick={() => props.onSort(key)}>
-                    {label}
-                    {key === props.sort ? (props.dir === 1 ? ' ▲' : ' ▼') : ''}
-                  </button>
-                ) : (
-                  label
-                )}
-              </th>
-            ))}
+            {COLUMNS.map(([key, label]) =>
+              key ? (
+                <SortHeader
+                  key={label}
+                  column={key}
+                  label={label}
+                  sort={props.sort}
+                  class={key === 'image' || key === 'createdAt' ? 'hide-narrow' : undefined}
+                />
+              ) : (
+                <th scope="col" key={label} class="hide-narrow">
+                  {label}
+                </th>
+              ),
+            )}
           </tr>
         </thead>
         <tbody>

@@ -2,6 +2,7 @@ import { useSignal } from '@preact/signals';
 import type { AuditEntryBody } from '../../src/api/auth-schemas.ts';
 import type { NetworkAclRule } from '../../src/api/types.ts';
 import { navigate } from './router.ts';
+import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, operations, project, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, useLoad, when } from './ui.tsx';
 
@@ -9,6 +10,7 @@ import { Action, bytes, Field, Form, Link, Loading, Page, Status, useLoad, when 
 
 export function Networks() {
   const list = useLoad(() => api.listNetworks(), []);
+  const sort = sortOf(['name', 'ipv4', 'nat', 'status', 'usedBy'] as const, { key: 'name', dir: 1 });
   return (
     <Page title="Networks">
       <div class="panel">
@@ -17,16 +19,28 @@ export function Networks() {
             <table>
               <thead>
                 <tr>
-                  <th>Name</th>
-                  <th>IPv4</th>
-                  <th>NAT</th>
-                  <th>Status</th>
-                  <th>Used by</th>
+                  <SortHeader column="name" label="Name" sort={sort} />
+                  <SortHeader column="ipv4" label="IPv4" sort={sort} />
+                  <SortHeader column="nat" label="NAT" sort={sort} />
+                  <SortHeader column="status" label="Status" sort={sort} />
+                  <SortHeader column="usedBy" label="Used by" sort={sort} />
                 </tr>
               </thead>
               <tbody>
-                {list.data.map((n) => (
-                  <tr key={n.name}>
+                {sortRows(
+                  list.data,
+                  sort,
+                  (n, key) =>
+                    key === 'ipv4'
+                      ? (n.config['ipv4.address'] ?? '–')
+                      : key === 'nat'
+                        ? (n.config['ipv4.nat'] ?? 'false')
+                        : key === 'usedBy'
+                          ? n.usedBy.length
+                          : n[key],
+                  (n) => n.name,
+                ).map((n) => (
+                  <tr key={n.name} data-row={n.name}>
                     <td>
                       <Link to={`/networks/${encodeURIComponent(n.name)}`}>{n.name}</Link>
                     </td>
@@ -291,6 +305,7 @@ export function NetworkPage(props: { name: string }) {
 
 export function Storage() {
   const pools = useLoad(() => api.listPools(), []);
+  const sort = sortOf(['name', 'driver', 'used', 'status'] as const, { key: 'name', dir: 1 });
   return (
     <Page title="Storage">
       <div class="panel">
@@ -299,15 +314,21 @@ export function Storage() {
             <table>
               <thead>
                 <tr>
-                  <th>Pool</th>
-                  <th>Driver</th>
-                  <th>Used</th>
-                  <th>Status</th>
+                  <SortHeader column="name" label="Pool" sort={sort} />
+                  <SortHeader column="driver" label="Driver" sort={sort} />
+                  <SortHeader column="used" label="Used" sort={sort} />
+                  <SortHeader column="status" label="Status" sort={sort} />
                 </tr>
               </thead>
               <tbody>
-                {pools.data.map((p) => (
-                  <tr key={p.name}>
+                {sortRows(
+                  pools.data,
+                  sort,
+                  // A pool without a measure (unavailable) sorts below the emptiest one.
+                  (p, key) => (key === 'used' ? (p.usage?.usedBytes ?? -1) : p[key]),
+                  (p) => p.name,
+                ).map((p) => (
+                  <tr key={p.name} data-row={p.name}>
                     <td>
                       <Link to={`/storage/${encodeURIComponent(p.name)}`}>{p.name}</Link>
                     </td>
@@ -372,8 +393,13 @@ export function Storage() {
   );
 }
 
+/** The guests a volume is attached to, as its row shows them. */
+const usersOf = (v: { attachments: Array<{ guest: string; device: string }> }) =>
+  v.attachments.map((a) => `${a.guest} (${a.device})`).join(', ') || '–';
+
 export function StoragePoolPage(props: { name: string }) {
   const volumes = useLoad(() => api.listVolumes(props.name), [props.name]);
+  const sort = sortOf(['name', 'type', 'size', 'usedBy'] as const, { key: 'name', dir: 1 });
   const progress = useSignal<number | null>(null);
   return (
     <Page
@@ -398,22 +424,34 @@ export function StoragePoolPage(props: { name: string }) {
             <table>
               <thead>
                 <tr>
-                  <th>Name</th>
-                  <th>Type</th>
-                  <th>Size</th>
-                  <th>Used by</th>
+                  <SortHeader column="name" label="Name" sort={sort} />
+                  <SortHeader column="type" label="Type" sort={sort} />
+                  <SortHeader column="size" label="Size" sort={sort} />
+                  <SortHeader column="usedBy" label="Used by" sort={sort} />
                   <th>
                     <span class="sr-only">Actions</span>
                   </th>
                 </tr>
               </thead>
               <tbody>
-                {volumes.data.map((v) => (
-                  <tr key={v.name}>
+                {sortRows(
+                  volumes.data,
+                  sort,
+                  (v, key) =>
+                    key === 'size'
+                      ? v.sizeBytes
+                      : key === 'usedBy'
+                        ? usersOf(v)
+                        : key === 'type'
+                          ? String(v.type)
+                          : v.name,
+                  (v) => v.name,
+                ).map((v) => (
+                  <tr key={v.name} data-row={v.name}>
                     <td>{v.name}</td>
                     <td>{String(v.type)}</td>
                     <td>{bytes(v.sizeBytes)}</td>
-                    <td>{v.attachments.map((a) => `${a.guest} (${a.device})`).join(', ') || '–'}</td>
+                    <td>{usersOf(v)}</td>
                     <td class="row">
                       <Action
                         label={`Grow ${v.name}`}
@@ -502,8 +540,13 @@ export function StoragePoolPage(props: { name: string }) {
   );
 }
 
+/** What an image's row shows for it: its aliases, or the start of its fingerprint. */
+const aliasOf = (i: { aliases: string[]; fingerprint: string }) =>
+  i.aliases.join(', ') || i.fingerprint.slice(0, 12);
+
 export function Images() {
   const list = useLoad(() => api.listImages(), []);
+  const sort = sortOf(['alias', 'description', 'source', 'size'] as const, { key: 'alias', dir: 1 });
   const progress = useSignal<number | null>(null);
   const building = [...operations.value.values()].filter(
     (o) => (o.status === 'Running' || o.status === 'Pending') && /image/i.test(o.description),
@@ -516,19 +559,24 @@ export function Images() {
             <table>
               <thead>
                 <tr>
-                  <th>Alias</th>
-                  <th>Description</th>
-                  <th>Source</th>
-                  <th>Size</th>
+                  <SortHeader column="alias" label="Alias" sort={sort} />
+                  <SortHeader column="description" label="Description" sort={sort} />
+                  <SortHeader column="source" label="Source" sort={sort} />
+                  <SortHeader column="size" label="Size" sort={sort} />
                   <th>
                     <span class="sr-only">Actions</span>
                   </th>
                 </tr>
               </thead>
               <tbody>
-                {list.data.map((i) => (
-                  <tr key={i.fingerprint}>
-                    <td>{i.aliases.join(', ') || i.fingerprint.slice(0, 12)}</td>
+                {sortRows(
+                  list.data,
+                  sort,
+                  (i, key) => (key === 'alias' ? aliasOf(i) : key === 'size' ? i.sizeBytes : i[key]),
+                  (i) => i.fingerprint,
+                ).map((i) => (
+                  <tr key={i.fingerprint} data-row={i.fingerprint}>
+                    <td>{aliasOf(i)}</td>
                     <td>{i.description}</td>
                     <td>{i.source}</td>
                     <td>{bytes(i.sizeBytes)}</td>
@@ -655,7 +703,17 @@ function AuditTable(props: { entries: AuditEntryBody[] }) {
 }
 
 export function Operations() {
-  const list = [...operations.value.values()].sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+  // The newest first until a column is chosen.
+  const sort = sortOf(['createdAt', 'description', 'status', 'progress'] as const, {
+    key: 'createdAt',
+    dir: -1,
+  });
+  const list = sortRows(
+    operations.value.values(),
+    sort,
+    (o, key) => (key === 'progress' ? (o.progress ?? -1) : o[key]),
+    (o) => o.id,
+  );
   // The daemon keeps operations in memory; what survives its restarts is the audit log, an admin's to read.
   const admin = session.value?.user.role === 'admin';
   const history = useLoad(
@@ -668,10 +726,10 @@ export function Operations() {
         <table>
           <thead>
             <tr>
-              <th>Started</th>
-              <th>What</th>
-              <th>Status</th>
-              <th>Progress</th>
+              <SortHeader column="createdAt" label="Started" sort={sort} />
+              <SortHeader column="description" label="What" sort={sort} />
+              <SortHeader column="status" label="Status" sort={sort} />
+              <SortHeader column="progress" label="Progress" sort={sort} />
               <th>
                 <span class="sr-only">Actions</span>
               </th>
@@ -679,7 +737,7 @@ export function Operations() {
           </thead>
           <tbody>
             {list.map((o) => (
-              <tr key={o.id}>
+              <tr key={o.id} data-row={o.id}>
                 <td>{when(o.createdAt)}</td>
                 <td>{o.description}</td>
                 <td>
