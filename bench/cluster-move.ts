@@ -173,7 +173,8 @@ try {
       model,
       dataMiB: mib,
       guestDirBytes,
-      archiveBytes: moves[0]?.archiveBytes ?? 0,
+      // From the progress line of a move whose sending step a poll saw.
+      archiveBytes: Math.max(...moves.map((m) => m.archiveBytes)),
       move: {
         p50Ms: p50,
         p95Ms: percentile(

@@ -174,6 +174,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['cluster-list.json'],
   },
   {
+    name: 'cluster-move',
+    script: 'cluster-move.ts',
+    args: ['3', '256', '128'],
+    quickArgs: ['1', '4', '4'],
+    results: ['cluster-move.json'],
+    quickResults: ['cluster-move.json'],
+  },
+  {
     name: 'placement',
     script: 'placement.ts',
     args: ['10000', '200000'],

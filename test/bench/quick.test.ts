@@ -199,6 +199,35 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'profileOnM1.serializeRoute.p50Ms',
     ]);
   },
+  'cluster-move.json': (r, f) => {
+    const models = r.models as Json[];
+    assert.deepEqual(
+      models.map((x) => x.model),
+      ['ct', 'pvm'],
+      `${f}: models`,
+    );
+    for (const x of models) {
+      assert.equal(
+        (x.move as Json & { samples: Json[] }).samples.length,
+        2,
+        `${f}: ${x.model} moved there and back`,
+      );
+      // A step may fall between two polls of a tiny move: present and not negative, not asserted above zero.
+      for (const step of ['request', 'stop', 'archive', 'handOver', 'sendApply', 'start']) {
+        const v = (x.stepsP50Ms as Json)[step];
+        assert.ok(typeof v === 'number' && v >= 0, `${f}: ${x.model} step ${step} is ${JSON.stringify(v)}`);
+      }
+    }
+    positive(f, r, [
+      'models.*.guestDirBytes',
+      'models.*.archiveBytes',
+      'models.*.move.p50Ms',
+      'models.*.tarZstd.p50Ms',
+      'models.*.cpA.p50Ms',
+      'models.*.ratioToTarP50',
+      'models.*.ratioToCpP50',
+    ]);
+  },
   'placement.json': (r, f) => {
     assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
     positive(f, r, ['scheduler.decisionsPerSecond', 'baselineFullSort.decisionsPerSecond', 'ratio']);
