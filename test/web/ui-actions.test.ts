@@ -564,6 +564,74 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     }
   });
 
+  test('an image build asked on the images page shows its progress from the daemon and is cancelled on the operations page, leaving no image; an unknown source is one line', async () => {
+    const description = 'Building image uibuild from debian/bookworm';
+    const ops = () =>
+      api<Array<{ id: string; description: string; status: string; progressText?: string }>>(
+        'GET',
+        '/1.0/operations?recursion=1',
+      );
+    const imageStatus = async () => (await d.api('GET', '/1.0/images/uibuild')).status;
+    // The daemon's debootstrap: its target is in the daemon's state directory.
+    const bootstrapping = () =>
+      execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+        .split('\n')
+        .some((line) => line.includes('debootstrap') && line.includes(d.stateDir));
+    const form = 'form[aria-label="Build an image"]';
+    await page.goto(`${base}/images`);
+    await page.fill('#f-source', 'debian/nosuch');
+    await page.fill('#f-build-alias', 'uibuild');
+    await page.click(`${form} button[type=submit]`);
+    const error = page.locator('.notice.error');
+    await error.waitFor({ timeout: 30_000 });
+    assert.match((await error.textContent()) ?? '', /Image source 'debian\/nosuch' is not supported/);
+    await error.getByRole('button', { name: 'Dismiss' }).click();
+    assert.equal(await imageStatus(), 404);
+    assert.ok(!(await ops()).some((o) => o.description.startsWith('Building image uibuild')));
+
+    await page.fill('#f-source', 'debian/bookworm');
+    await page.click(`${form} button[type=submit]`);
+    try {
+      // The page shows the build's progress as the daemon's events carry it.
+      await page.locator(`progress[aria-label="${description}"]`).waitFor({ timeout: 30_000 });
+      const building = (await ops()).find((o) => o.description === description);
+      assert.ok(building, 'the daemon runs the build');
+      assert.equal(building.status, 'Running');
+      await eventually('debootstrap running for the daemon', bootstrapping, 30_000);
+      const line = page.locator('[aria-live=polite] div', { hasText: description });
+      assert.match(
+        (await line.textContent()) ?? '',
+        /Bootstrapping Debian bookworm from|%|Retrieving|Validating|Resolving/,
+      );
+
+      // Through the menu, not a reload: the images page's wait for the build goes on.
+      await page.click('a[href="/operations"]');
+      await page.click(`button[aria-label="Cancel ${description}"]`);
+      await eventually(
+        'the build cancelled',
+        async () =>
+          (await api<{ status: string }>('GET', `/1.0/operations/${building.id}`)).status === 'Cancelled',
+        60_000,
+      );
+      await page.waitForSelector(`tr[data-row="${building.id}"] .status:text-is("Cancelled")`, {
+        timeout: 30_000,
+      });
+      await eventually('debootstrap ended', () => !bootstrapping(), 30_000);
+      assert.equal(await imageStatus(), 404);
+      // The build form's wait ends too: its one line says so.
+      const ended = page.locator('.notice.error');
+      await ended.first().waitFor({ timeout: 30_000 });
+      assert.match((await ended.first().textContent()) ?? '', /cancel/i);
+    } finally {
+      for (const o of await ops()) {
+        if (o.description === description && o.status === 'Running')
+          await d.api('DELETE', `/1.0/operations/${o.id}`);
+      }
+      // The build form's own end (cancelled) is a notice: dismissed, so that no later page shows it.
+      for (const dismiss of await page.getByRole('button', { name: 'Dismiss' }).all()) await dismiss.click();
+    }
+  });
+
   test('no page has two elements of one id (a label would name the wrong field)', async () => {
     const pools = await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1');
     const pages = [
