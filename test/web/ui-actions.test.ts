@@ -34,6 +34,9 @@ describe('web UI actions against a real daemon, checked in its state', () => {
   // A network of this run's own (other tests make bridges on this machine too).
   const net = `uia${process.pid % 100_000}`;
   const subnet = `198.19.${150 + (process.pid % 50)}`;
+  // A second one: a guest with two NICs, and a networks table of two rows to sort.
+  const net2 = `uib${process.pid % 100_000}`;
+  const subnet2 = `198.19.${200 + (process.pid % 50)}`;
 
   const api = async <T>(method: string, url: string, body?: unknown): Promise<T> => {
     const r = await d.api(method, url, body);
@@ -60,6 +63,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     base = d.url!;
     const token = readFileSync(path.join(d.stateDir, 'token'), 'utf8').trim();
     d.ok(['network', 'create', net, `ipv4.address=${subnet}.1/24`]);
+    d.ok(['network', 'create', net2, `ipv4.address=${subnet2}.1/24`, 'ipv4.nat=true']);
     d.ok(['launch', 'busybox', 'a1']);
     d.ok(['create', 'busybox', 'b2']);
     context = await openBrowser(runDir, { base });
@@ -73,6 +77,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     if (d) {
       for (const g of ['a1', 'a1copy', 'b2', 'c3', 'w4']) d.cli(['delete', '--force', g]);
       d.cli(['network', 'delete', net]);
+      d.cli(['network', 'delete', net2]);
       await d.destroy();
     }
   });
@@ -390,7 +395,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await eventually('sleep 600 ended in a1', () => !sleeping(), 10_000);
   });
 
-  test('the create wizard makes a guest with a NIC on the chosen network, on the chosen storage pool', async () => {
+  test('the create wizard makes a guest with a NIC on each chosen network, on the chosen storage pool', async () => {
     await api('POST', '/1.0/storage-pools', { name: 'uiwpool', driver: 'dir' });
     try {
       await page.goto(`${base}/new-guest`);
@@ -401,6 +406,8 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       await page.getByRole('button', { name: 'Next', exact: true }).click();
       await page.waitForSelector(`#f-network option:text-is("${net}")`, { state: 'attached' });
       await page.selectOption('#f-network', net);
+      await page.click('button:has-text("Add a NIC")');
+      await page.selectOption('#f-network-2', net2);
       await page.waitForSelector('#f-storage-pool option:text-is("uiwpool")', { state: 'attached' });
       await page.selectOption('#f-storage-pool', 'uiwpool');
       await page.getByRole('button', { name: 'Next', exact: true }).click();
@@ -410,8 +417,10 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       const made = await guest('w4');
       assert.equal(made.model, 'ct');
       assert.deepEqual(
-        Object.values(made.devices ?? {}).map((x) => x.network),
-        [net],
+        Object.entries(made.devices ?? {})
+          .map(([nic, x]) => `${nic}:${x.network}`)
+          .sort(),
+        [`eth0:${net}`, `eth1:${net2}`],
       );
       const pool = await api<{ path: string; guests?: Array<{ name: string }> }>(
         'GET',
@@ -423,10 +432,11 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       );
       // Its files are on that pool: the daemon links guests/w4 to POOL/guests/w4.
       assert.equal(readlinkSync(path.join(d.stateDir, 'guests', 'w4')), path.join(pool.path, 'guests', 'w4'));
-      // Started, with an address of the chosen network's subnet.
+      // Started, with an address of each chosen network's subnet.
+      const addresses = () => d.cli(['exec', 'w4', '--', 'ip', '-4', 'addr']).stdout;
       await eventually(
-        `an address of ${subnet}.0/24 in w4`,
-        () => d.cli(['exec', 'w4', '--', 'ip', '-4', 'addr']).stdout.includes(`inet ${subnet}.`),
+        `an address of ${subnet}.0/24 and of ${subnet2}.0/24 in w4`,
+        () => addresses().includes(`inet ${subnet}.`) && addresses().includes(`inet ${subnet2}.`),
         30_000,
       );
     } finally {
@@ -436,11 +446,6 @@ describe('web UI actions against a real daemon, checked in its state', () => {
   });
 
   test('the networks, pools, volumes, images and operations tables sort by each column, both ways, as the API has them', async () => {
-    const net2 = `uib${process.pid % 100_000}`;
-    await api('POST', '/1.0/networks', {
-      name: net2,
-      config: { 'ipv4.address': `198.19.${200 + (process.pid % 50)}.1/24`, 'ipv4.nat': 'true' },
-    });
     await api('POST', '/1.0/storage-pools', { name: 'uispool', driver: 'dir' });
     const pool = (await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1'))[0]!.name;
     for (const [name, size] of [
@@ -560,7 +565,6 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       for (const name of ['uis-a', 'uis-b'])
         await d.api('DELETE', `/1.0/storage-pools/${pool}/volumes/custom/${name}`);
       await d.api('DELETE', '/1.0/storage-pools/uispool');
-      await d.api('DELETE', `/1.0/networks/${net2}`);
     }
   });
 

@@ -344,7 +344,8 @@ export function CreateGuest() {
     image: '',
     name: '',
     limits: {} as Record<string, string>,
-    network: '',
+    /** One NIC per entry, eth0 first; '' is no NIC. */
+    networks: [''],
     storage: '',
     files: [] as Array<{ path: string; content: string; mode: string }>,
     start: true,
@@ -356,6 +357,7 @@ export function CreateGuest() {
   const [busy, setBusy] = useState(false);
   const f = form.value;
 
+  const chosen = f.networks.filter((n) => n !== '');
   const create = async () => {
     const config: Record<string, string> = {};
     for (const [k, v] of Object.entries(f.limits)) if (v.trim()) config[k] = v.trim();
@@ -370,7 +372,13 @@ export function CreateGuest() {
       model: f.model,
       config,
       start: f.start,
-      ...(f.network ? { devices: { eth0: { type: 'nic' as const, network: f.network } } } : {}),
+      ...(chosen.length > 0
+        ? {
+            devices: Object.fromEntries(
+              chosen.map((network, i) => [`eth${i}`, { type: 'nic' as const, network }]),
+            ),
+          }
+        : {}),
       ...(f.storage ? { storage: f.storage } : {}),
     });
     await finished(op);
@@ -444,16 +452,31 @@ export function CreateGuest() {
         )}
         {step === 3 && (
           <>
-            <Field label="Network">
-              {(id) => (
-                <select id={id} value={f.network} onChange={(e) => set({ network: e.currentTarget.value })}>
-                  <option value="">No network</option>
-                  {(networks.data ?? []).map((n) => (
-                    <option key={n.name}>{n.name}</option>
-                  ))}
-                </select>
-              )}
-            </Field>
+            {f.networks.map((network, i) => (
+              <Field key={i} label={i === 0 ? 'Network' : `Network ${i + 1}`}>
+                {(id) => (
+                  <select
+                    id={id}
+                    value={network}
+                    onChange={(e) => {
+                      const next = [...f.networks];
+                      next[i] = e.currentTarget.value;
+                      set({ networks: next });
+                    }}
+                  >
+                    <option value="">No network</option>
+                    {(networks.data ?? []).map((n) => (
+                      <option key={n.name}>{n.name}</option>
+                    ))}
+                  </select>
+                )}
+              </Field>
+            ))}
+            {(networks.data ?? []).length > 0 && (
+              <button type="button" onClick={() => set({ networks: [...f.networks, ''] })}>
+                Add a NIC
+              </button>
+            )}
             <Field label="Storage pool">
               {(id) => (
                 <select id={id} value={f.storage} onChange={(e) => set({ storage: e.currentTarget.value })}>
@@ -527,8 +550,8 @@ export function CreateGuest() {
                   .map(([k, v]) => `${k}=${v}`)
                   .join(', ') || 'none'}
               </dd>
-              <dt>Network</dt>
-              <dd>{f.network || 'none'}</dd>
+              <dt>Networks</dt>
+              <dd>{chosen.map((n, i) => `eth${i}: ${n}`).join(', ') || 'none'}</dd>
               <dt>Storage</dt>
               <dd>{f.storage || 'default'}</dd>
               <dt>Files</dt>
