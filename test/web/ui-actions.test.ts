@@ -445,7 +445,44 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     }
   });
 
-  test('the networks, pools, volumes, images and operations tables sort by each column, both ways, as the API has them', async () => {
+  test('the networks, pools, volumes, images, operations and administration tables sort by each column, both ways, as the API has them', async () => {
+    await api('POST', '/1.0/projects', { name: 'uis-proj' });
+    await api('POST', '/1.0/auth/tokens', { name: 'uis-tok-b', role: 'viewer', projects: ['default'] });
+    await api('POST', '/1.0/auth/tokens', { name: 'uis-tok-a', role: 'operator', projects: ['uis-proj'] });
+    const certificates: string[] = [];
+    for (const [cn, role] of [
+      ['uis-cert-b', 'viewer'],
+      ['uis-cert-a', 'operator'],
+    ]) {
+      const pem = path.join(runDir, `${cn}.pem`);
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'ec',
+          '-pkeyopt',
+          'ec_paramgen_curve:P-256',
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          `/CN=${cn}`,
+          '-keyout',
+          path.join(runDir, `${cn}.key`),
+          '-out',
+          pem,
+        ],
+        { stdio: 'ignore' },
+      );
+      const trusted = await api<{ fingerprint: string }>('POST', '/1.0/auth/certificates', {
+        certificate: readFileSync(pem, 'utf8'),
+        role,
+        projects: ['*'],
+      });
+      certificates.push(trusted.fingerprint);
+    }
     await api('POST', '/1.0/storage-pools', { name: 'uispool', driver: 'dir' });
     const pool = (await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1'))[0]!.name;
     for (const [name, size] of [
@@ -464,8 +501,12 @@ describe('web UI actions against a real daemon, checked in its state', () => {
         (x as string) < (y as string) ? -1 : (x as string) > (y as string) ? 1 : 0;
       const ordered = (rows: Row[], value: (r: Row) => unknown, name: (r: Row) => string, dir: number) =>
         [...rows].sort((a, b) => (cmp(value(a), value(b)) || cmp(name(a), name(b))) * dir).map(name);
+      // On a page of several tables, one of them (`scope`, its panel) with its own URL parameters.
+      let scope = '';
       const shown = () =>
-        page.locator('tr[data-row]').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row')));
+        page
+          .locator(`${scope} tr[data-row]`)
+          .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row')));
       const rowsAre = async (want: string[], what: string) => {
         await eventually(
           what,
@@ -480,22 +521,25 @@ describe('web UI actions against a real daemon, checked in its state', () => {
         read: () => Promise<Row[]>,
         name: (r: Row) => string,
         columns: Array<[string, string, (r: Row) => unknown]>,
+        table = { scope: '', prefix: '' },
       ) => {
+        scope = table.scope;
+        const p = table.prefix;
         await page.goto(`${base}${url}`);
-        await page.locator('tr[data-row]').first().waitFor({ timeout: 30_000 });
+        await page.locator(`${scope} tr[data-row]`).first().waitFor({ timeout: 30_000 });
         const rows = await read();
         assert.ok(rows.length >= 2, `${url}: ${rows.length} rows`);
         // Before a column is chosen: by the first column, the operations newest first.
         const [, , first] = columns.at(-1)!;
         await rowsAre(ordered(rows, first, name, url === '/operations' ? -1 : 1), `${url} as it opens`);
         for (const [label, key, value] of columns) {
-          await page.click(`th button.sort:has-text("${label}")`);
-          await page.waitForURL(new RegExp(`sort=${key}(?!.*dir=desc)`));
-          await rowsAre(ordered(rows, value, name, 1), `${url} sorted by ${key}`);
-          await page.click(`th button.sort:has-text("${label}")`);
-          await page.waitForURL(new RegExp(`sort=${key}.*dir=desc`));
-          await rowsAre(ordered(rows, value, name, -1), `${url} sorted by ${key}, descending`);
-          assert.equal(await page.locator('th[aria-sort]').getAttribute('aria-sort'), 'descending');
+          await page.click(`${scope} th button.sort:has-text("${label}")`);
+          await page.waitForURL(new RegExp(`[?&]${p}sort=${key}(?!.*${p}dir=desc)`));
+          await rowsAre(ordered(rows, value, name, 1), `${url} ${p}sorted by ${key}`);
+          await page.click(`${scope} th button.sort:has-text("${label}")`);
+          await page.waitForURL(new RegExp(`[?&]${p}sort=${key}.*${p}dir=desc`));
+          await rowsAre(ordered(rows, value, name, -1), `${url} ${p}sorted by ${key}, descending`);
+          assert.equal(await page.locator(`${scope} th[aria-sort]`).getAttribute('aria-sort'), 'descending');
         }
       };
       const config = (r: Row) => r.config as Record<string, string>;
@@ -561,10 +605,46 @@ describe('web UI actions against a real daemon, checked in its state', () => {
         ),
         'the operations sorted by time, descending, after a reload',
       );
+      const panel = (title: string) => `.panel:has(h2:text-is("${title}"))`;
+      await sorts(
+        '/admin',
+        () => api('GET', '/1.0/projects?recursion=1'),
+        (r) => r.name as string,
+        [
+          ['Guests', 'guests', (r) => (r.usage as { guests: number }).guests],
+          ['Name', 'name', (r) => r.name],
+        ],
+        { scope: panel('Projects'), prefix: 'projects-' },
+      );
+      await sorts(
+        '/admin',
+        () => api('GET', '/1.0/auth/tokens'),
+        (r) => r.name as string,
+        [
+          ['Role', 'role', (r) => r.role],
+          ['Projects', 'projects', (r) => (r.projects as string[]).join(', ')],
+          ['Name', 'name', (r) => r.name],
+        ],
+        { scope: panel('API tokens'), prefix: 'tokens-' },
+      );
+      await sorts(
+        '/admin',
+        () => api('GET', '/1.0/auth/certificates'),
+        (r) => r.fingerprint as string,
+        [
+          ['Role', 'role', (r) => r.role],
+          ['Fingerprint', 'fingerprint', (r) => r.fingerprint],
+          ['Name', 'name', (r) => r.name],
+        ],
+        { scope: panel('Trusted client certificates'), prefix: 'certificates-' },
+      );
     } finally {
       for (const name of ['uis-a', 'uis-b'])
         await d.api('DELETE', `/1.0/storage-pools/${pool}/volumes/custom/${name}`);
       await d.api('DELETE', '/1.0/storage-pools/uispool');
+      for (const t of ['uis-tok-a', 'uis-tok-b']) await d.api('DELETE', `/1.0/auth/tokens/${t}`);
+      for (const f of certificates) await d.api('DELETE', `/1.0/auth/certificates/${f}`);
+      await d.api('DELETE', '/1.0/projects/uis-proj');
     }
   });
 

@@ -792,6 +792,14 @@ export function Admin() {
   );
   const secret = useSignal('');
   const link = useSignal('');
+  // Three tables on one page: each sort has its own URL parameters.
+  const projectSort = sortOf(['name', 'guests'] as const, { key: 'name', dir: 1, prefix: 'projects-' });
+  const tokenSort = sortOf(['name', 'role', 'projects'] as const, { key: 'name', dir: 1, prefix: 'tokens-' });
+  const certificateSort = sortOf(['name', 'role', 'fingerprint'] as const, {
+    key: 'name',
+    dir: 1,
+    prefix: 'certificates-',
+  });
   return (
     <Page title="Administration">
       <div class="panel">
@@ -800,8 +808,8 @@ export function Admin() {
           <table>
             <thead>
               <tr>
-                <th>Name</th>
-                <th>Guests</th>
+                <SortHeader column="name" label="Name" sort={projectSort} />
+                <SortHeader column="guests" label="Guests" sort={projectSort} />
                 <th>Limits</th>
                 <th>
                   <span class="sr-only">Actions</span>
@@ -809,8 +817,13 @@ export function Admin() {
               </tr>
             </thead>
             <tbody>
-              {projects.data.map((p) => (
-                <tr key={p.name}>
+              {sortRows(
+                projects.data,
+                projectSort,
+                (p, key) => (key === 'guests' ? p.usage.guests : p.name),
+                (p) => p.name,
+              ).map((p) => (
+                <tr key={p.name} data-row={p.name}>
                   <td>
                     <Link to={`/guests?project=${encodeURIComponent(p.name)}`}>{p.name}</Link>
                   </td>
@@ -901,17 +914,22 @@ export function Admin() {
             <table>
               <thead>
                 <tr>
-                  <th>Name</th>
-                  <th>Role</th>
-                  <th>Projects</th>
+                  <SortHeader column="name" label="Name" sort={tokenSort} />
+                  <SortHeader column="role" label="Role" sort={tokenSort} />
+                  <SortHeader column="projects" label="Projects" sort={tokenSort} />
                   <th>
                     <span class="sr-only">Actions</span>
                   </th>
                 </tr>
               </thead>
               <tbody>
-                {(tokens.data ?? []).map((t) => (
-                  <tr key={t.name}>
+                {sortRows(
+                  tokens.data ?? [],
+                  tokenSort,
+                  (t, key) => (key === 'projects' ? t.projects.join(', ') : t[key]),
+                  (t) => t.name,
+                ).map((t) => (
+                  <tr key={t.name} data-row={t.name}>
                     <td>{t.name}</td>
                     <td>{t.role}</td>
                     <td>{t.projects.join(', ')}</td>
@@ -976,17 +994,22 @@ export function Admin() {
             <table>
               <thead>
                 <tr>
-                  <th>Name</th>
-                  <th>Role</th>
-                  <th>Fingerprint</th>
+                  <SortHeader column="name" label="Name" sort={certificateSort} />
+                  <SortHeader column="role" label="Role" sort={certificateSort} />
+                  <SortHeader column="fingerprint" label="Fingerprint" sort={certificateSort} />
                   <th>
                     <span class="sr-only">Actions</span>
                   </th>
                 </tr>
               </thead>
               <tbody>
-                {(certificates.data ?? []).map((c) => (
-                  <tr key={c.fingerprint}>
+                {sortRows(
+                  certificates.data ?? [],
+                  certificateSort,
+                  (c, key) => c[key],
+                  (c) => c.fingerprint,
+                ).map((c) => (
+                  <tr key={c.fingerprint} data-row={c.fingerprint}>
                     <td>{c.name}</td>
                     <td>{c.role}</td>
                     <td>{c.fingerprint.slice(0, 16)}…</td>

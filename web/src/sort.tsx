@@ -2,7 +2,8 @@ import { navigate, route, withQuery } from './router.ts';
 
 /*
  * Sorting of every table, one way (issue 15): the sort is in the URL (`?sort=KEY&dir=desc`), so
- * reload and back restore it; a column sorts by what it shows; ties go by the row's name.
+ * reload and back restore it; a column sorts by what it shows; ties go by the row's name. A page
+ * with several tables gives each a prefix of its own (`?tokens-sort=role&tokens-dir=desc`).
  */
 
 /** What a column sorts by: the text it shows, or a number for sizes and counts. */
@@ -12,6 +13,8 @@ export interface Sort<K extends string> {
   key: K;
   /** 1 ascending, -1 descending. */
   dir: 1 | -1;
+  /** Of the table's URL parameters, when its page has several tables. */
+  prefix?: string;
 }
 
 /**
@@ -23,9 +26,10 @@ export function sortOf<K extends string>(
   fallback: Sort<K>,
   query: URLSearchParams = route.value.query,
 ): Sort<K> {
-  const key = query.get('sort');
+  const prefix = fallback.prefix ?? '';
+  const key = query.get(`${prefix}sort`);
   if (key === null || !(keys as readonly string[]).includes(key)) return fallback;
-  return { key: key as K, dir: query.get('dir') === 'desc' ? -1 : 1 };
+  return { key: key as K, dir: query.get(`${prefix}dir`) === 'desc' ? -1 : 1, prefix };
 }
 
 /** `rows` in the order `sort` asks, by `value` of its column, ties by `name` (the same both ways). */
@@ -46,9 +50,14 @@ export function sortRows<T, K extends string>(
 
 /** Clicking a column sorts by it ascending, and a second click descending; the URL keeps it. */
 export function sortBy<K extends string>(key: K, sort: Sort<K>): void {
-  navigate(withQuery({ sort: key, dir: sort.key === key && sort.dir === 1 ? 'desc' : null }), {
-    replace: true,
-  });
+  const prefix = sort.prefix ?? '';
+  navigate(
+    withQuery({
+      [`${prefix}sort`]: key,
+      [`${prefix}dir`]: sort.key === key && sort.dir === 1 ? 'desc' : null,
+    }),
+    { replace: true },
+  );
 }
 
 /** A column header that sorts its table: a button, and aria-sort on the sorted column. */
