@@ -395,7 +395,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await eventually('sleep 600 ended in a1', () => !sleeping(), 10_000);
   });
 
-  test('the create wizard makes a guest with a NIC on each chosen network, on the chosen storage pool', async () => {
+  test('the create wizard makes a guest with a NIC on each chosen network, on the chosen storage pool, with its file', async () => {
     await api('POST', '/1.0/storage-pools', { name: 'uiwpool', driver: 'dir' });
     try {
       await page.goto(`${base}/new-guest`);
@@ -411,6 +411,9 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       await page.waitForSelector('#f-storage-pool option:text-is("uiwpool")', { state: 'attached' });
       await page.selectOption('#f-storage-pool', 'uiwpool');
       await page.getByRole('button', { name: 'Next', exact: true }).click();
+      await page.click('button:has-text("Add a file")');
+      await page.fill('#f-file-1-path', '/etc/wizard-note');
+      await page.fill('#f-file-1-content', 'written by the wizard\n');
       await page.getByRole('button', { name: 'Next', exact: true }).click();
       await page.getByRole('button', { name: 'Create', exact: true }).click();
       await page.waitForURL(/\/guests\/w4$/, { timeout: 120_000 });
@@ -432,6 +435,9 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       );
       // Its files are on that pool: the daemon links guests/w4 to POOL/guests/w4.
       assert.equal(readlinkSync(path.join(d.stateDir, 'guests', 'w4')), path.join(pool.path, 'guests', 'w4'));
+      // Its file is in it, with the wizard's mode.
+      assert.equal(exec('w4', 'cat /etc/wizard-note'), 'written by the wizard\n');
+      assert.equal(exec('w4', 'stat -c %a /etc/wizard-note'), '644\n');
       // Started, with an address of each chosen network's subnet.
       const addresses = () => d.cli(['exec', 'w4', '--', 'ip', '-4', 'addr']).stdout;
       await eventually(
