@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
+import type { GuestSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
@@ -10,32 +11,8 @@ import { createMemoryStore } from '../store/memory-store.ts';
 import { type MemberRecord, records } from '../store/records.ts';
 import { createEvacuationController, evacuationProgress } from './evacuation-controller.ts';
 
-const spec = (name: string, more: Partial<GuestSpec> = {}): GuestSpec => ({
-  name,
-  project: 'default',
-  model: 'ct',
-  image: 'ab'.repeat(32),
-  imageAlias: 'busybox',
-  config: {},
-  desired: 'Running',
-  generation: 1,
-  restartRequest: 0,
-  stopTimeoutMs: 1000,
-  stopForce: false,
-  deleting: false,
-  location: 'h1',
-  createdAt: new Date(0).toISOString(),
-  ...more,
-});
-const status = (running: boolean): GuestStatus => ({
-  status: running ? 'Running' : 'Stopped',
-  observedGeneration: 1,
-  observedRestartRequest: 0,
-  restartCount: 0,
-  provisioned: true,
-  appliedConfig: {},
-  pendingRestart: [],
-});
+const spec = (name: string, more: Partial<GuestSpec> = {}) => aGuestSpec({ name, ...more });
+const status = (running: boolean) => aGuestStatus({ status: running ? 'Running' : 'Stopped' });
 const member = (name: string, evacuated = false): MemberRecord => ({
   name,
   address: '198.18.0.1:8444',

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
+import { aGuestSpec } from '../../test/fakes/guest-records.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestSpec, GuestStatus, ImageRecord } from '../core/types.ts';
+import type { GuestStatus, ImageRecord } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -25,22 +26,8 @@ const image: ImageRecord = {
   properties: {},
 };
 
-const guestSpec = (name: string, location: string): GuestSpec => ({
-  name,
-  project: 'default',
-  model: 'ct',
-  image: image.fingerprint,
-  imageAlias: 'busybox',
-  config: {},
-  desired: 'Running',
-  generation: 1,
-  restartRequest: 0,
-  stopTimeoutMs: 1000,
-  stopForce: false,
-  deleting: false,
-  location,
-  createdAt: new Date(0).toISOString(),
-});
+const guestSpec = (name: string, location: string) =>
+  aGuestSpec({ name, location, image: image.fingerprint });
 
 const until = async (what: () => Promise<boolean>, message: string) => {
   for (let i = 0; i < 200; i++) {

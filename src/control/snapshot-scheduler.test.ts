@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
+import type { GuestSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
@@ -10,31 +11,9 @@ import { createMemoryStore } from '../store/memory-store.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { createSnapshotScheduler, firesIn, nextSnapshotName } from './snapshot-scheduler.ts';
 
-const spec = (name: string, config: Record<string, string>, location = 'h1'): GuestSpec => ({
-  name,
-  project: 'default',
-  model: 'ct',
-  image: 'ab'.repeat(32),
-  imageAlias: 'busybox',
-  config,
-  desired: 'Running',
-  generation: 1,
-  restartRequest: 0,
-  stopTimeoutMs: 1000,
-  stopForce: false,
-  deleting: false,
-  location,
-  createdAt: new Date(0).toISOString(),
-});
-const status = (running: boolean): GuestStatus => ({
-  status: running ? 'Running' : 'Stopped',
-  observedGeneration: 1,
-  observedRestartRequest: 0,
-  restartCount: 0,
-  provisioned: true,
-  appliedConfig: {},
-  pendingRestart: [],
-});
+const spec = (name: string, config: Record<string, string>, location = 'h1') =>
+  aGuestSpec({ name, config, location });
+const status = (running: boolean) => aGuestStatus({ status: running ? 'Running' : 'Stopped' });
 
 describe('schedules', () => {
   test('a cron fires in the minutes it names, and only those', () => {

@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { invalidArgument, isTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
@@ -26,23 +27,7 @@ import { createOperationService } from './operation-service.ts';
 import type { OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
 
-const spec = (more: Partial<GuestSpec> = {}): GuestSpec => ({
-  name: 'web',
-  project: 'default',
-  model: 'ct',
-  image: 'ab'.repeat(32),
-  imageAlias: 'busybox',
-  config: {},
-  desired: 'Running',
-  generation: 1,
-  restartRequest: 0,
-  stopTimeoutMs: 1000,
-  stopForce: false,
-  deleting: false,
-  location: 'h1',
-  createdAt: new Date(0).toISOString(),
-  ...more,
-});
+const spec = aGuestSpec;
 
 /**
  * Every member's guest controller, reduced to what a move relies on: the owner of a spec (its
@@ -348,16 +333,8 @@ describe('receiving a moved guest', () => {
     return path;
   }
 
-  const status = (more: Partial<GuestStatus> = {}): GuestStatus => ({
-    status: 'Stopped',
-    observedGeneration: 2,
-    observedRestartRequest: 0,
-    restartCount: 0,
-    provisioned: true,
-    appliedConfig: {},
-    pendingRestart: [],
-    ...more,
-  });
+  const status = (more: Partial<GuestStatus> = {}) =>
+    aGuestStatus({ status: 'Stopped', observedGeneration: 2, ...more });
 
   beforeEach(async () => {
     store = createMemoryStore();

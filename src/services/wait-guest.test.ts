@@ -1,37 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { keys } from '../core/keys.ts';
-import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { KvStore, TxnRequest, TxnResponse } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
 
-const spec: GuestSpec = {
-  name: 'web',
-  project: 'default',
-  model: 'ct',
-  image: 'ab'.repeat(32),
-  imageAlias: 'busybox',
-  config: {},
-  desired: 'Running',
-  generation: 1,
-  restartRequest: 0,
-  stopTimeoutMs: 1000,
-  stopForce: false,
-  deleting: false,
-  location: 'h1',
-  createdAt: new Date(0).toISOString(),
-};
+const spec = aGuestSpec();
 
-const converged: GuestStatus = {
-  status: 'Running',
-  observedGeneration: 1,
-  observedRestartRequest: 0,
-  restartCount: 0,
-  provisioned: true,
-  appliedConfig: {},
-  pendingRestart: [],
-};
+const converged = aGuestStatus();
 
 /** The store, counting its reads, with each read's answer held until `release` when `hold` is set. */
 function countingStore(store: KvStore, options: { hold?: Promise<void> } = {}) {
