@@ -248,6 +248,29 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
   };
 
   /**
+   * Writes an image's record into its temp dir and puts the dir in place. Another add of the
+   * same fingerprint that got there first wins, as good as ours: its record is answered and ours
+   * removed. Undefined when ours is in place.
+   */
+  const install = async (
+    tmp: string,
+    record: AddedImage,
+    signal: AbortSignal | undefined,
+  ): Promise<AddedImage | undefined> => {
+    await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+    signal?.throwIfAborted();
+    try {
+      await rename(tmp, imageDir(record.fingerprint));
+      return undefined;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
+      await removeTree(tmp, { runner });
+      return await metadata(record.fingerprint);
+    }
+  };
+
+  /**
    * Runs `build` on a fresh `trees/rootfs` dir inside a fresh `images/.tmp-<random>`, drops the
    * tree's device nodes, fingerprints it and renames it into place; on any failure or cancel the
    * temp dir goes away.
@@ -295,17 +318,8 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
         await removeTree(tmp, { runner });
         return existing;
       }
-      await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
-      signal?.throwIfAborted();
-      try {
-        await rename(tmp, imageDir(fingerprint));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-        // Another add of the same tree won the race; theirs is as good as ours.
-        await removeTree(tmp, { runner });
-        return await metadata(fingerprint);
-      }
+      const theirs = await install(tmp, record, signal);
+      if (theirs) return theirs;
       options.onProgress?.(100, 'Done');
       log.info({ fingerprint, what, sizeBytes: record.sizeBytes }, 'image added');
       return record;
@@ -442,16 +456,8 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
           metadata: metaData,
           sizeBytes: (await lstat(target)).blocks * 512,
         };
-        await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
-        signal?.throwIfAborted();
-        try {
-          await rename(tmp, imageDir(fingerprint));
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-          await removeTree(tmp, { runner });
-          return await metadata(fingerprint);
-        }
+        const theirs = await install(tmp, record, signal);
+        if (theirs) return theirs;
         log.info(
           { fingerprint, sizeBytes: record.sizeBytes, lengthBytes: arrived.sizeBytes },
           'disk image received',
@@ -550,16 +556,8 @@ export function imageFiles(stateDir: string, deps: { runner: ProcessRunner; log:
         const meta = diskImageMetadata(options.description, info);
         meta.properties[DISK_DIGEST_PROPERTY] = diskDigest;
         const record: AddedImage = { fingerprint, metadata: meta, sizeBytes };
-        await writeFile(join(tmp, 'image.json'), `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
-        signal?.throwIfAborted();
-        try {
-          await rename(tmp, imageDir(fingerprint));
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw e;
-          await removeTree(tmp, { runner });
-          return await metadata(fingerprint);
-        }
+        const theirs = await install(tmp, record, signal);
+        if (theirs) return theirs;
         options.onProgress?.(100, 'Done');
         log.info({ fingerprint, sizeBytes, virtualSizeBytes: info.virtualSizeBytes }, 'disk image added');
         return record;
