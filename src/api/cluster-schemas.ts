@@ -1,4 +1,8 @@
 import { type Static, Type } from '@sinclair/typebox';
+import { EVACUATE_MODES } from '../core/types.ts';
+
+/** What an evacuation does with a guest that does not say (`cluster.evacuate`; decision 0041). */
+export const EvacuateModeSchema = Type.Union(EVACUATE_MODES.map((m) => Type.Literal(m)));
 
 /* Wire schemas of cluster membership (server/cluster-routes.ts, decision 0032). */
 

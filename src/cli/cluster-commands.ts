@@ -4,6 +4,7 @@ import { createClient, type TrivisorClient } from '../client/client.ts';
 import type { ClusterMemberInfo } from '../client/cluster-client.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
+import { EVACUATE_MODES, type EvacuateMode } from '../core/types.ts';
 import { type GlobalOptions, remoteOf } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 import { waitWithProgress } from './progress.ts';
@@ -184,9 +185,9 @@ export function addClusterCommands(program: Command): void {
       new Option(
         '--action <mode>',
         'for guests without cluster.evacuate: auto (move), migrate, stop',
-      ).choices(['auto', 'migrate', 'stop']),
+      ).choices([...EVACUATE_MODES]),
     )
-    .action(async (name: string, opts: { action?: 'auto' | 'migrate' | 'stop' }, cmd: Command) => {
+    .action(async (name: string, opts: { action?: EvacuateMode }, cmd: Command) => {
       const client = hostClient(cmd);
       const op = await client.changeMemberState(name, {
         action: 'evacuate',

@@ -5,7 +5,7 @@ import type {
   ClusterMemberSchema,
   JoinTokenSchema,
 } from '../api/cluster-schemas.ts';
-import type { Operation } from '../core/types.ts';
+import type { EvacuateMode, Operation } from '../core/types.ts';
 
 /** What `GET /1.0/cluster` answers. */
 export type ClusterInfo = Static<typeof ClusterInfoSchema>;
@@ -28,7 +28,7 @@ export interface ClusterClient {
   /** Evacuates a member (its guests leave it; `mode` for those that do not say) or restores it (decision 0041). */
   changeMemberState(
     name: string,
-    request: { action: 'evacuate' | 'restore'; mode?: 'auto' | 'migrate' | 'stop' },
+    request: { action: 'evacuate' | 'restore'; mode?: EvacuateMode },
   ): Promise<Operation>;
 }
 

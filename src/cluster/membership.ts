@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { certificateFingerprint } from '../api/certificates.ts';
-import { evacuationProgress } from '../control/evacuation-controller.ts';
+import { evacuationProgress, followEvacuation } from '../control/evacuation-controller.ts';
 import type { PlacementCandidate } from '../control/placement.ts';
 import {
   alreadyExists,
@@ -16,13 +16,14 @@ import {
 } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { reverter } from '../core/revert.ts';
+import type { EvacuateMode, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import type { OperationService } from '../services/types.ts';
 import { openEtcdStore } from '../store/etcd-store.ts';
 import type { KvStore } from '../store/kv.ts';
 import {
   type ClusterRecord,
-  type EvacuateMode,
   type MemberHeartbeat,
   type MemberRecord,
   records,
@@ -165,14 +166,13 @@ export interface ClusterService {
   remove(name: string, options?: { force?: boolean }): Promise<void>;
   /**
    * Marks a member evacuated (its guests leave it, it gets no new ones; `mode` for the guests
-   * that do not say) or restored (decision 0041). Idempotent.
+   * that do not say) or restored (decision 0041), idempotently: the members' evacuation
+   * controllers carry it out, and the operation answered follows them in the records.
    */
-  setEvacuated(name: string, evacuated: boolean, mode?: EvacuateMode): Promise<void>;
-  /** The guests an evacuation (or restore) of `name` has still to move, and those it could not. */
-  evacuationProgress(
+  changeMemberState(
     name: string,
-    action: 'evacuate' | 'restore',
-  ): Promise<{ left: string[]; failed: Array<{ guest: string; error: string }> }>;
+    request: { action: 'evacuate' | 'restore'; mode?: EvacuateMode },
+  ): Promise<Operation>;
 }
 
 /** What the service needs of the daemon. */
@@ -193,6 +193,8 @@ export interface ClusterDeps {
   setHostName: (name: string) => Promise<void>;
   /** Calls to other members (forwarding builds on it). */
   members?: MemberClient;
+  /** Where an evacuation's operation runs. */
+  operations?: Pick<OperationService, 'start'>;
   /** etcd's client and peer ports on a member's address (default 2379, 2380). */
   etcdPorts?: { client: number; peer: number };
   clock?: () => number;
@@ -731,8 +733,13 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
       return found;
     },
 
-    async setEvacuated(name, evacuated, mode) {
+    async changeMemberState(name, { action, mode }) {
       requireMember();
+      if (action === 'restore' && mode !== undefined) throw invalidArgument('A restore takes no mode');
+      const operations = deps.operations;
+      if (!operations)
+        throw failedPrecondition('This daemon runs no operations: it cannot evacuate a member');
+      const evacuated = action === 'evacuate';
       for (;;) {
         const member = await records.member.at(name).get(store);
         if (!member) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
@@ -746,9 +753,14 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
         if (r.succeeded) break;
       }
       log.info({ member: name, evacuated, mode }, evacuated ? 'member evacuated' : 'member restored');
+      return operations.start({
+        project: 'default',
+        description: evacuated ? `Evacuating member ${name}` : `Restoring member ${name}`,
+        resources: { members: [`/1.0/cluster/members/${name}`] },
+        mayCancel: true,
+        run: (ctx) => followEvacuation(() => evacuationProgress(store, name, action), name, action, ctx),
+      });
     },
-
-    evacuationProgress: (name, action) => evacuationProgress(store, name, action),
 
     async remove(name, options = {}) {
       const self = requireMember();

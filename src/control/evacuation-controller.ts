@@ -1,11 +1,11 @@
-import { asTrivisorError } from '../core/errors.ts';
-import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
+import { asTrivisorError, cancelled, failedPrecondition } from '../core/errors.ts';
+import type { EvacuateMode, GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
 import { succeeded } from '../services/operation-service.ts';
-import type { GuestService, OperationService } from '../services/types.ts';
+import type { GuestService, OperationContext, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
-import { type EvacuateMode, type EvacuationRecord, records, valuesOf } from '../store/records.ts';
+import { type EvacuationRecord, records, valuesOf } from '../store/records.ts';
 
 /**
  * Evacuation and restore of a member (issue 13 part 3, decision 0041), level-triggered: what
@@ -207,4 +207,35 @@ export async function evacuationProgress(
   }
   const left = [...evacuations].filter(([g, r]) => r.origin === member && !erred.has(g)).map(([g]) => g);
   return { left, failed };
+}
+
+/**
+ * The work of the operation that answers an evacuation or restore request: follows `progress`
+ * (the records, read every second) until no guest is left to go, then fails in one line naming
+ * the guests that could not, if any. Cancelling only stops following.
+ */
+export async function followEvacuation(
+  progress: () => Promise<{ left: string[]; failed: Array<{ guest: string; error: string }> }>,
+  member: string,
+  action: 'evacuate' | 'restore',
+  ctx: Pick<OperationContext, 'progress' | 'signal'>,
+): Promise<undefined> {
+  for (;;) {
+    const { left, failed } = await progress();
+    if (left.length === 0) {
+      if (failed.length === 0) return undefined;
+      throw failedPrecondition(
+        `${failed.length} guest${failed.length === 1 ? '' : 's'} could not ${action === 'evacuate' ? 'leave' : 'come back to'} ${member}: ${failed
+          .slice(0, 3)
+          .map((f) => `${f.guest} (${f.error})`)
+          .join('; ')}${failed.length > 3 ? '; …' : ''}`,
+      );
+    }
+    ctx.progress(
+      null,
+      `${left.length} guest${left.length === 1 ? '' : 's'} to go: ${left.slice(0, 5).join(', ')}`,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (ctx.signal.aborted) throw cancelled(`The ${action} of member ${member} is no longer followed`);
+  }
 }

@@ -3,7 +3,7 @@ import { parseDurationMs } from './durations.ts';
 import { invalidArgument } from './errors.ts';
 import { injectedFiles, parseInjectedFile } from './guest-files.ts';
 import { parseBytes } from './sizes.ts';
-import type { Model, RestartPolicy } from './types.ts';
+import { EVACUATE_MODES, type Model, type RestartPolicy } from './types.ts';
 
 /** Host facts that bound what a guest may ask for. */
 export interface HostCapacity {
@@ -143,7 +143,7 @@ const KEYS: Record<string, KeySpec> = {
     live: true,
     help: 'auto, migrate or stop: what an evacuation of its member does with the guest (auto moves it)',
     check(v) {
-      if (!['auto', 'migrate', 'stop'].includes(v)) {
+      if (!(EVACUATE_MODES as readonly string[]).includes(v)) {
         throw invalidArgument(`cluster.evacuate=${JSON.stringify(v)} must be auto, migrate or stop`);
       }
     },

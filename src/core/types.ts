@@ -14,6 +14,13 @@ export type GuestStatusName = 'Running' | 'Stopped' | 'Frozen' | 'Error';
 export type RestartPolicy = 'never' | 'on-failure' | 'always';
 
 /**
+ * What an evacuation of its member does with a guest (Incus's `cluster.evacuate`; decision 0041):
+ * auto moves it (cold, while live migration is not built), migrate moves it, stop stops it.
+ */
+export const EVACUATE_MODES = ['auto', 'migrate', 'stop'] as const;
+export type EvacuateMode = (typeof EVACUATE_MODES)[number];
+
+/**
  * Desired state of one guest, stored at `keys.guest(name)`. Every change that the
  * controller must act on bumps `generation`.
  */

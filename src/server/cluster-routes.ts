@@ -7,6 +7,7 @@ import {
   ClusterMemberSchema,
   type CreateJoinTokenBody,
   CreateJoinTokenBodySchema,
+  EvacuateModeSchema,
   JoinAnswerSchema,
   type JoinBody,
   JoinBodySchema,
@@ -19,8 +20,8 @@ import { AsyncEnvelopeSchema, ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelop
 import type { ClusterService } from '../cluster/membership.ts';
 import { describeCaller } from '../core/access.ts';
 import { parseDurationMs } from '../core/durations.ts';
-import { cancelled, failedPrecondition, invalidArgument } from '../core/errors.ts';
-import { type EvacuateMode, EvacuateModeSchema } from '../store/records.ts';
+import { failedPrecondition } from '../core/errors.ts';
+import type { EvacuateMode } from '../core/types.ts';
 import { type RouteContext, sendAsync } from './route-context.ts';
 
 /** `/1.0/cluster…`: membership (decision 0032). */
@@ -214,43 +215,8 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 202: AsyncEnvelopeSchema, ...errors },
       },
     },
-    async (request, reply) => {
-      const { name } = request.params;
-      const { action, mode } = request.body;
-      if (action === 'restore' && mode !== undefined) throw invalidArgument('A restore takes no mode');
-      await cluster().get(name);
-      await cluster().setEvacuated(name, action === 'evacuate', mode);
-      const op = ctx.services.operations.start({
-        project: 'default',
-        description: action === 'evacuate' ? `Evacuating member ${name}` : `Restoring member ${name}`,
-        resources: { members: [`/1.0/cluster/members/${name}`] },
-        mayCancel: true,
-        async run(opCtx) {
-          for (;;) {
-            const { left, failed } = await cluster().evacuationProgress(name, action);
-            if (left.length === 0) {
-              if (failed.length > 0) {
-                throw failedPrecondition(
-                  `${failed.length} guest${failed.length === 1 ? '' : 's'} could not ${action === 'evacuate' ? 'leave' : 'come back to'} ${name}: ${failed
-                    .slice(0, 3)
-                    .map((f) => `${f.guest} (${f.error})`)
-                    .join('; ')}${failed.length > 3 ? '; …' : ''}`,
-                );
-              }
-              return undefined;
-            }
-            opCtx.progress(
-              null,
-              `${left.length} guest${left.length === 1 ? '' : 's'} to go: ${left.slice(0, 5).join(', ')}`,
-            );
-            await new Promise((resolve) => setTimeout(resolve, 1000));
-            if (opCtx.signal.aborted)
-              throw cancelled(`The ${action} of member ${name} is no longer followed`);
-          }
-        },
-      });
-      return sendAsync(reply, op);
-    },
+    async (request, reply) =>
+      sendAsync(reply, await cluster().changeMemberState(request.params.name, request.body)),
   );
 
   app.delete<{ Params: { name: string }; Querystring: { force?: boolean } }>(

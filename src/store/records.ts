@@ -20,6 +20,7 @@ import type {
   NetworkSpec,
   NetworkStatus,
 } from '../core/types.ts';
+import { EVACUATE_MODES } from '../core/types.ts';
 import type { PoolRecord } from '../storage/storage-pools.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { VolumeRecord } from '../storage/volumes.ts';
@@ -429,13 +430,8 @@ export const OperationClaimSchema = Type.Object({
 });
 export type OperationClaim = Static<typeof OperationClaimSchema>;
 
-/** How an evacuation handles a guest (Incus's `cluster.evacuate`): auto moves it (cold: live migration is not built). */
-export const EvacuateModeSchema = Type.Union([
-  Type.Literal('auto'),
-  Type.Literal('migrate'),
-  Type.Literal('stop'),
-]);
-export type EvacuateMode = Static<typeof EvacuateModeSchema>;
+/** How an evacuation handles a guest (core's EVACUATE_MODES). */
+const EvacuateModeSchema = Type.Union(EVACUATE_MODES.map((m) => Type.Literal(m)));
 
 /**
  * A cluster member (decision 0032): where its member API is reached (`IP:PORT`), its

@@ -9,6 +9,7 @@ import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
 import { createWebSessions } from '../../src/server/web-sessions.ts';
 import { openMetricsHistory } from '../../src/services/metrics-history.ts';
+import type { OperationService } from '../../src/services/types.ts';
 import { createMemoryStore } from '../../src/store/memory-store.ts';
 import { createFakeServices, type FakeServices } from '../fakes/fake-services.ts';
 
@@ -130,6 +131,7 @@ type CreateRequest = Parameters<FakeServices['guests']['create']>[0];
 function fakeCluster(
   mode: 'member' | 'single',
   ownGuests: () => number,
+  operations: Pick<OperationService, 'start'>,
 ): { service: ClusterService; members: ClusterMember[] } {
   const self = 'fakehost';
   const members: ClusterMember[] = [];
@@ -246,14 +248,18 @@ function fakeCluster(
       }
       members.splice(at, 1);
     },
-    async setEvacuated(name, evacuated) {
+    async changeMemberState(name, { action }) {
       requireMember();
       const member = members.find((m) => m.name === name);
       if (!member) throw notFound(`No cluster member is named ${name}: see trivisor cluster list`);
-      member.status = evacuated ? 'Evacuated' : 'Online';
-    },
-    async evacuationProgress() {
-      return { left: [], failed: [] };
+      member.status = action === 'evacuate' ? 'Evacuated' : 'Online';
+      // The fixture's members hold no real guests: nothing is left to move.
+      return operations.start({
+        project: 'default',
+        description: `${action} ${name}`,
+        resources: {},
+        run: async () => undefined,
+      });
     },
   };
   return { service, members };
@@ -297,7 +303,7 @@ export async function startFixtureBackend(
   const history = openMetricsHistory(':memory:');
   seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
   fake.metricsHistory = history;
-  const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size);
+  const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size, fake.operations);
   fake.cluster = cluster.service;
   // A move only says where the guest went: the members' side of it is the cluster tests'.
   fake.moves = {
