@@ -141,6 +141,16 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const memberClient = opened.memberTls
     ? createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>)
     : undefined;
+  /** The cluster's members as `cluster list` has them (none off a cluster). */
+  const clusterMembers = async () => (await services.cluster?.list()) ?? [];
+  /** The other members, Offline ones left out. */
+  const otherMembers = async () =>
+    (await clusterMembers()).filter((m) => m.name !== membership?.name && m.status !== 'Offline');
+  /** A member's name and member-API address, from its record. */
+  const memberTarget = async (name: string) => {
+    const record = (await records.member.at(name).get(store))?.value;
+    return record && { name: record.name, address: record.address };
+  };
   const images = createImageService({
     store,
     files,
@@ -153,10 +163,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
           files,
           client: memberClient,
           log,
-          members: async () =>
-            ((await services.cluster?.list()) ?? [])
-              .filter((m) => m.name !== membership.name && m.status !== 'Offline')
-              .map((m) => ({ name: m.name, address: m.address })),
+          members: async () => (await otherMembers()).map((m) => ({ name: m.name, address: m.address })),
         }),
       }),
   });
@@ -260,14 +267,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         guests,
         storage: services.storage,
         removeLocal,
-        members: async () => (await services.cluster?.list()) ?? [],
-        transport: createMoveTransport({
-          client: memberClient,
-          member: async (name) => {
-            const record = (await records.member.at(name).get(store))?.value;
-            return record && { name: record.name, address: record.address };
-          },
-        }),
+        members: clusterMembers,
+        transport: createMoveTransport({ client: memberClient, member: memberTarget }),
         liveRefusal: liveMoveRefusal(runner),
         log,
       }),
@@ -410,6 +411,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     store,
     ...(membership && { membership }),
     ...(memberClient && { members: memberClient }),
+    operations,
     restart: () => {
       restartRequested = true;
       stopDaemon();
@@ -442,14 +444,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     membership && memberClient
       ? {
           here: membership.name,
-          others: async () =>
-            ((await services.cluster?.list()) ?? [])
-              .filter((m) => m.name !== membership.name && m.status !== 'Offline')
-              .map((m) => m.name),
+          others: async () => (await otherMembers()).map((m) => m.name),
           connect: async (member) => {
-            const record = (await records.member.at(member).get(store))?.value;
-            if (!record) throw notFound(`Member ${member} not found`);
-            return memberClient.connect({ name: record.name, address: record.address });
+            const target = await memberTarget(member);
+            if (!target) throw notFound(`Member ${member} not found`);
+            return memberClient.connect(target);
           },
         }
       : undefined;
@@ -516,7 +515,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       mover: services.moves.mover,
       guests,
       operations,
-      members: async () => (await services.cluster?.list()) ?? [],
+      members: clusterMembers,
       log,
     });
   evacuations?.start();

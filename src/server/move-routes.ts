@@ -98,7 +98,7 @@ export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): voi
         response: { 200: SyncEnvelope(Type.Object({})), ...errors },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const stream = request.body;
       const m = moves();
       if (!m || typeof (stream as { pipe?: unknown })?.pipe !== 'function') {
@@ -116,10 +116,11 @@ export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): voi
         await rm(path, { force: true });
         throw e;
       }
-      // The receiver removes the archive, whatever the outcome.
+      // The receiver removes the archive, whatever the outcome. The sender gone before the answer
+      // (its move given up: it undoes it) stops the apply.
       const aborted = new AbortController();
-      request.raw.on('close', () => {
-        if (!request.raw.complete) aborted.abort();
+      reply.raw.on('close', () => {
+        if (!reply.raw.writableFinished) aborted.abort();
       });
       await m.receiver.receive(request.params.name, path, aborted.signal);
       return syncResponse({});
