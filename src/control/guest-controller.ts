@@ -4,7 +4,7 @@ import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/typ
 import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore } from '../store/kv.ts';
+import { type KvStore, readTogether } from '../store/kv.ts';
 import { ownedBy, records } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
@@ -119,19 +119,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
   async function reconcileOnce(name: string): Promise<void> {
     // One read of the three records, at one revision: on etcd each request is a round trip, and a
     // start waits for it (three requests side by side cost more on a busy member than one).
-    const read = await store.txn({
-      compare: [],
-      success: [
-        { type: 'get', key: records.guest.key(name) },
-        { type: 'get', key: records.guestStatus.key(name) },
-        { type: 'get', key: records.guestLocation.key(name) },
-      ],
-    });
-    const kvAt = (i: number) => {
-      const r = read.results[i];
-      return r?.type === 'get' ? r.kvs[0] : undefined;
-    };
-    const [specKv, statusKv, locationKv] = [kvAt(0), kvAt(1), kvAt(2)];
+    const read = await readTogether(store, [
+      { key: records.guest.key(name) },
+      { key: records.guestStatus.key(name) },
+      { key: records.guestLocation.key(name) },
+    ]);
+    const [specKv, statusKv, locationKv] = read.kvs.map((kvs) => kvs[0]);
     const specRecord = specKv && { value: records.guest.decode(specKv) };
     const statusRecord = statusKv && {
       key: statusKv.key,

@@ -13,7 +13,14 @@ import {
   projectOfRecord,
   validateProjectConfig,
 } from '../core/projects.ts';
-import type { Compare, KeyValue, KvStore, TxnOp, TxnResponse } from '../store/kv.ts';
+import {
+  type Compare,
+  type KeyValue,
+  type KvStore,
+  readTogether,
+  type TxnOp,
+  type TxnResponse,
+} from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 
 /** Body of `POST /1.0/projects`. */
@@ -75,19 +82,14 @@ export async function readProject(store: KvStore, name: string): Promise<Guarded
   assertProjectName(name);
   // One read at one revision (on etcd one request, where five side by side cost more on a busy
   // member); a record that does not decode is left out, as a list leaves it out.
-  const read = await store.txn({
-    compare: [],
-    success: [
-      { type: 'get', key: records.project.key(name) },
-      ...[records.guest, records.network, records.volume, records.image].map(
-        (kind): TxnOp => ({ type: 'get', key: kind.prefix, prefix: true }),
-      ),
-    ],
-  });
-  const kvsAt = (i: number) => {
-    const r = read.results[i];
-    return r?.type === 'get' ? r.kvs : [];
-  };
+  const read = await readTogether(store, [
+    { key: records.project.key(name) },
+    ...[records.guest, records.network, records.volume, records.image].map((kind) => ({
+      key: kind.prefix,
+      prefix: true,
+    })),
+  ]);
+  const kvsAt = (i: number) => read.kvs[i] ?? [];
   const decoded = <T>(kind: { decode(kv: KeyValue): T }, kvs: KeyValue[]): T[] =>
     kvs.flatMap((one) => {
       try {

@@ -1,6 +1,6 @@
 import { cancelled, conflict, isErrorCode, TrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
-import type { KvStore, Watcher } from '../store/kv.ts';
+import { type KvStore, readTogether, type Watcher } from '../store/kv.ts';
 import { records } from '../store/records.ts';
 
 /** Verdict of a wait predicate: keep waiting (undefined), done (true), or failed (an Error). */
@@ -65,14 +65,8 @@ export async function waitForGuest(
     /** Both records in one read, at one revision: what is absent is known absent at that revision. */
     const read = async () => {
       try {
-        const r = await store.txn({
-          compare: [],
-          success: [
-            { type: 'get', key: specKey },
-            { type: 'get', key: statusKey },
-          ],
-        });
-        const [spec, status] = r.results.map((x) => (x.type === 'get' ? x.kvs[0]?.value : undefined));
+        const r = await readTogether(store, [{ key: specKey }, { key: statusKey }]);
+        const [spec, status] = r.kvs.map((kvs) => kvs[0]?.value);
         see(specKey, spec, r.revision);
         see(statusKey, status, r.revision);
         decide();

@@ -138,3 +138,19 @@ export interface KvStore {
   /** Releases the backend (closes the database, stops timers). */
   close(): Promise<void>;
 }
+
+/**
+ * Several reads at one revision in one request (on etcd one round trip, where reads side by
+ * side each cost one): for each read, the records it found (one key, or every key under it
+ * with `prefix`), and the revision they were read at.
+ */
+export async function readTogether(
+  store: Pick<KvStore, 'txn'>,
+  reads: ReadonlyArray<{ key: string; prefix?: boolean }>,
+): Promise<{ kvs: KeyValue[][]; revision: number }> {
+  const r = await store.txn({
+    compare: [],
+    success: reads.map((x): TxnOp => ({ type: 'get', key: x.key, ...(x.prefix && { prefix: true }) })),
+  });
+  return { kvs: r.results.map((x) => (x.type === 'get' ? x.kvs : [])), revision: r.revision };
+}
