@@ -7,6 +7,7 @@ import type { BrowserContext, Dialog, Page } from 'playwright-core';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 import { openBrowser, signIn } from './browser.ts';
+import { checkSorts, type Row, type SortColumn } from './sort-check.ts';
 
 interface ApiGuest {
   name: string;
@@ -75,7 +76,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await context?.close();
     if (runDir) await removeRunDir(runDir);
     if (d) {
-      for (const g of ['a1', 'a1copy', 'b2', 'c3', 'w4']) d.cli(['delete', '--force', g]);
+      for (const g of ['a1', 'a1copy', 'b2', 'c3', 'w4', 's5']) d.cli(['delete', '--force', g]);
       d.cli(['network', 'delete', net]);
       d.cli(['network', 'delete', net2]);
       await d.destroy();
@@ -651,6 +652,189 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       for (const t of ['uis-tok-a', 'uis-tok-b']) await d.api('DELETE', `/1.0/auth/tokens/${t}`);
       for (const f of certificates) await d.api('DELETE', `/1.0/auth/certificates/${f}`);
       await d.api('DELETE', '/1.0/projects/uis-proj');
+    }
+  });
+
+  test("a guest's configuration, snapshots, backups, volumes and NICs, and the audit log, sort by each column, both ways, as the API has them", async () => {
+    // A guest of this test's own, stopped, with two of everything, named against their order of making.
+    d.ok(['create', 'busybox', 's5']);
+    const pool = (await api<Array<{ name: string }>>('GET', '/1.0/storage-pools?recursion=1'))[0]!.name;
+    const volumes = [
+      ['uit-a', '/zz'],
+      ['uit-b', '/aa'],
+    ];
+    try {
+      await api('PATCH', '/1.0/guests/s5', { config: { 'user.sort-b': '1', 'user.sort-a': '2' } });
+      d.ok(['snapshot', 'create', 's5', 'snap-b']);
+      d.ok(['snapshot', 'create', 's5', 'snap-a']);
+      await api('POST', `/1.0/networks/${net2}/attach`, {
+        guest: 's5',
+        nic: 'eth0',
+        hwaddr: '0a:00:00:00:00:02',
+      });
+      await api('POST', `/1.0/networks/${net}/attach`, {
+        guest: 's5',
+        nic: 'eth1',
+        hwaddr: '0a:00:00:00:00:01',
+      });
+      for (const [name, mount] of volumes) {
+        await api('POST', `/1.0/storage-pools/${pool}/volumes/custom`, {
+          name,
+          type: 'filesystem',
+          config: { size: '32MiB' },
+        });
+        await api('POST', `/1.0/storage-pools/${pool}/volumes/custom/${name}/attach`, {
+          guest: 's5',
+          path: mount,
+        });
+      }
+      const s5 = () =>
+        api<ApiGuest & { state: { nics?: Record<string, { hwaddr: string; addresses: string[] }> } }>(
+          'GET',
+          '/1.0/guests/s5',
+        );
+      const byName = (r: Row) => r.name as string;
+      const opening = { value: byName, dir: 1 } as const;
+
+      await page.goto(`${base}/guests/s5?tab=config`);
+      await checkSorts(
+        page,
+        async () => Object.entries((await s5()).config).map(([name, value]) => ({ name, value })),
+        byName,
+        [
+          ['Value', 'value', (r) => ((r.name as string).startsWith('files.') ? '(file)' : r.value)],
+          ['Key', 'key', byName],
+        ],
+        { prefix: 'config-', opening },
+      );
+
+      await page.goto(`${base}/guests/s5?tab=snapshots`);
+      await checkSorts(
+        page,
+        () => api('GET', '/1.0/guests/s5/snapshots?recursion=1'),
+        byName,
+        [
+          ['Taken', 'createdAt', (r) => r.createdAt],
+          ['Name', 'name', byName],
+        ],
+        { prefix: 'snapshots-', opening },
+      );
+
+      await page.goto(`${base}/guests/s5?tab=volumes`);
+      await checkSorts(
+        page,
+        async () =>
+          Object.entries((await s5()).disks ?? {}).map(([name, x]) => ({
+            name,
+            volume: `${x.pool}/${x.source}`,
+            path: x.path ?? '–',
+          })),
+        byName,
+        [
+          ['Path', 'path', (r) => r.path],
+          ['Volume', 'volume', (r) => r.volume],
+          ['Device', 'device', byName],
+        ],
+        { prefix: 'volumes-', opening },
+      );
+
+      await page.goto(`${base}/guests/s5?tab=nics`);
+      await checkSorts(
+        page,
+        async () => {
+          const g = await s5();
+          return Object.entries(g.devices ?? {}).map(([name, x]) => ({
+            name,
+            network: x.network,
+            hwaddr: g.state.nics?.[name]?.hwaddr ?? (x as { hwaddr?: string }).hwaddr ?? '–',
+            addresses: (g.state.nics?.[name]?.addresses ?? []).join(', ') || '–',
+          }));
+        },
+        byName,
+        [
+          ['Network', 'network', (r) => r.network],
+          ['MAC', 'hwaddr', (r) => r.hwaddr],
+          ['Addresses', 'addresses', (r) => r.addresses],
+          ['NIC', 'nic', byName],
+        ],
+        { prefix: 'nics-', opening },
+      );
+
+      // Backups: the API lists none; the page lists those it made, as their operations answered.
+      await page.goto(`${base}/guests/s5?tab=backups`);
+      for (let i = 0; i < 2; i++) {
+        await page.click('button:has-text("Make a backup")');
+        await notice('Backup made');
+      }
+      type Op = { description: string; updatedAt: string; metadata: { backup?: string; sizeBytes?: number } };
+      const backups = async (shown: string[]) =>
+        (await api<Op[]>('GET', '/1.0/operations?recursion=1'))
+          .filter((o) => o.metadata.backup !== undefined && shown.includes(o.metadata.backup))
+          .map((o) => ({ name: o.metadata.backup, sizeBytes: o.metadata.sizeBytes, madeAt: o.updatedAt }));
+      await checkSorts(
+        page,
+        backups,
+        byName,
+        [
+          ['Size', 'sizeBytes', (r) => r.sizeBytes],
+          ['Backup', 'name', byName],
+          ['Made', 'madeAt', (r) => r.madeAt],
+        ],
+        { prefix: 'backups-', opening: { value: (r) => r.madeAt, dir: 1 } },
+      );
+      for (const b of await page
+        .locator('tr[data-row]')
+        .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row'))))
+        await d.api('DELETE', `/1.0/guests/s5/backups/${b}`);
+
+      // The audit log, on the administration page and as the operations page's task history.
+      type Entry = {
+        id: number;
+        time: string;
+        actor: { method: string; name: string };
+        request: { method: string; path: string };
+        result: { status: number; error?: string };
+      };
+      const audit = async (shown: string[]) =>
+        (await api<Entry[]>('GET', '/1.0/audit?all-projects=true&limit=10000')).filter((e) =>
+          shown.includes(String(e.id)),
+        ) as unknown as Row[];
+      const entry = (r: Row) => r as unknown as Entry;
+      const auditColumns: SortColumn[] = [
+        ['Who', 'who', (r) => `${entry(r).actor.method}:${entry(r).actor.name}`],
+        ['Request', 'request', (r) => `${entry(r).request.method} ${entry(r).request.path}`],
+        ['Result', 'result', (r) => `${entry(r).result.status} ${entry(r).result.error ?? ''}`],
+        ['Time', 'time', (r) => entry(r).time],
+      ];
+      const auditTable = (scope: string, prefix: string) => ({
+        scope,
+        prefix,
+        opening: { value: (r: Row) => entry(r).time, dir: -1 as const },
+        tie: (r: Row) => String(entry(r).id).padStart(16, '0'),
+      });
+      await page.goto(`${base}/admin`);
+      await checkSorts(
+        page,
+        audit,
+        (r) => String(entry(r).id),
+        auditColumns,
+        auditTable('.panel:has(h2:text-is("Audit log (newest 50)"))', 'audit-'),
+      );
+      await page.goto(`${base}/operations`);
+      await checkSorts(
+        page,
+        audit,
+        (r) => String(entry(r).id),
+        auditColumns,
+        auditTable('.panel:has(h2:text-is("Task history (audit log, kept across restarts)"))', 'history-'),
+      );
+    } finally {
+      for (const [name] of volumes) {
+        await d.api('POST', `/1.0/storage-pools/${pool}/volumes/custom/${name}/detach`, { guest: 's5' });
+      }
+      d.cli(['delete', '--force', 's5']);
+      for (const [name] of volumes)
+        await d.api('DELETE', `/1.0/storage-pools/${pool}/volumes/custom/${name}`);
     }
   });
 

@@ -8,6 +8,7 @@ import { readWebManifest, webDistOf } from '../../src/build/web-bundle.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { openBrowser, reach, signIn } from './browser.ts';
 import { type FixtureBackend, startFixtureBackend } from './fixture-backend.ts';
+import { checkSorts, type Row } from './sort-check.ts';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const AXE = readFileSync(path.join(REPO, 'node_modules/axe-core/axe.min.js'), 'utf8');
@@ -316,6 +317,49 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     ]);
   });
 
+  test('the members table sorts by each column, both ways, as the API has the members', async () => {
+    await signedIn();
+    await page.goto(`${backend.url}/members`);
+    const members = async () => {
+      const r = await backend.app.inject({
+        url: '/1.0/cluster/members',
+        headers: { authorization: `Bearer ${backend.token}` },
+      });
+      return r.json().metadata as Row[];
+    };
+    const measure = (r: Row, what: 'cpu' | 'memory') =>
+      what === 'cpu'
+        ? ((r.cpu as { used: number } | null)?.used ?? -1)
+        : ((r.memory as { usedBytes: number } | null)?.usedBytes ?? -1);
+    const roles = { 'etcd-voter': 'etcd voter', 'etcd-client': 'etcd client' } as Record<string, string>;
+    await checkSorts(
+      page,
+      members,
+      (r) => r.name as string,
+      [
+        ['Status', 'status', (r) => r.status],
+        ['Address', 'address', (r) => r.address],
+        ['Roles', 'roles', (r) => (r.roles as string[]).map((x) => roles[x] ?? x).join(', ')],
+        ['CPU', 'cpu', (r) => measure(r, 'cpu')],
+        ['Memory', 'memory', (r) => measure(r, 'memory')],
+        ['Guests', 'guests', (r) => r.guests],
+        ['Version', 'version', (r) => r.version],
+        ['Joined', 'joinedAt', (r) => r.joinedAt],
+        ['Name', 'name', (r) => r.name],
+      ],
+      { rowAttribute: 'data-member', opening: { value: (r) => r.name, dir: 1 } },
+    );
+    // The measured columns order by the measure, not its text: web3 (not measured) is last descending.
+    await page.goto(`${backend.url}/members?sort=memory&dir=desc`);
+    await page.locator('tr[data-member="web3"]').waitFor();
+    assert.deepEqual(
+      await page
+        .locator('tr[data-member]')
+        .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-member'))),
+      ['fakehost', 'web2', 'web3'],
+    );
+  });
+
   test("a guest's page on a cluster moves it to the member chosen among the other Online ones", async () => {
     await signedIn();
     await page.goto(`${backend.url}/guests/ct-0006`);
@@ -373,10 +417,11 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: backend.url });
     await page.goto(`${backend.url}/members`);
     await page.locator('tr[data-member="web3"]').waitFor();
-    // From the page's start, Tab reaches the removal buttons and the form, and Enter submits it.
+    // From the page's start, Tab reaches the column sorts, the removal buttons and the form, and
+    // Enter submits it.
     await page.focus('#content');
     const reached: string[] = [];
-    for (let i = 0; i < 12 && !reached.includes('#f-new-member-s-name'); i++) {
+    for (let i = 0; i < 24 && !reached.includes('#f-new-member-s-name'); i++) {
       await page.keyboard.press('Tab');
       reached.push(
         (await page.evaluate(
@@ -384,7 +429,14 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         )) as string,
       );
     }
-    for (const want of ['Refresh', 'Remove member web2', 'Remove member web3', '#f-new-member-s-name']) {
+    for (const want of [
+      'Refresh',
+      'Name ▲',
+      'Joined',
+      'Remove member web2',
+      'Remove member web3',
+      '#f-new-member-s-name',
+    ]) {
       assert.ok(reached.includes(want), `${want} among ${reached.join(' | ')}`);
     }
     await page.keyboard.type('web4');

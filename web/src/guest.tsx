@@ -3,6 +3,7 @@ import { useState } from 'preact/hooks';
 import type { Guest } from '../../src/api/types.ts';
 import { Charts, Terminal, Vnc } from './lazy.tsx';
 import { navigate, route, withQuery } from './router.ts';
+import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, guests, project, readGuest, recentEvents, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
 
@@ -184,7 +185,15 @@ function MoveGuest(props: { guest: Guest }) {
 function Config(props: { guest: Guest }) {
   const g = props.guest;
   const [pending, setPending] = useState<string[]>([]);
-  const entries = Object.entries(g.config).sort(([a], [b]) => a.localeCompare(b));
+  // Each tab's table has its own URL parameters: the tabs keep the query when switched.
+  const sort = sortOf(['key', 'value'] as const, { key: 'key', dir: 1, prefix: 'config-' });
+  const shown = (k: string, v: string) => (k.startsWith('files.') ? '(file)' : v);
+  const entries = sortRows(
+    Object.entries(g.config),
+    sort,
+    ([k, v], key) => (key === 'key' ? k : shown(k, v)),
+    ([k]) => k,
+  );
   return (
     <div class="panel">
       <p class="muted">
@@ -195,8 +204,8 @@ function Config(props: { guest: Guest }) {
         <table>
           <thead>
             <tr>
-              <th>Key</th>
-              <th>Value</th>
+              <SortHeader column="key" label="Key" sort={sort} />
+              <SortHeader column="value" label="Value" sort={sort} />
               <th>
                 <span class="sr-only">Actions</span>
               </th>
@@ -204,9 +213,9 @@ function Config(props: { guest: Guest }) {
           </thead>
           <tbody>
             {entries.map(([k, v]) => (
-              <tr key={k}>
+              <tr key={k} data-row={k}>
                 <td>{k}</td>
-                <td>{k.startsWith('files.') ? '(file)' : v}</td>
+                <td>{shown(k, v)}</td>
                 <td>
                   <Action
                     label={`Remove ${k}`}
@@ -248,6 +257,7 @@ function Config(props: { guest: Guest }) {
 function Snapshots(props: { guest: Guest }) {
   const g = props.guest;
   const list = useLoad(() => api.listSnapshots(g.name), [g.name]);
+  const sort = sortOf(['name', 'createdAt'] as const, { key: 'name', dir: 1, prefix: 'snapshots-' });
   return (
     <div class="panel">
       <Form
@@ -266,16 +276,21 @@ function Snapshots(props: { guest: Guest }) {
           <table>
             <thead>
               <tr>
-                <th>Name</th>
-                <th>Taken</th>
+                <SortHeader column="name" label="Name" sort={sort} />
+                <SortHeader column="createdAt" label="Taken" sort={sort} />
                 <th>
                   <span class="sr-only">Actions</span>
                 </th>
               </tr>
             </thead>
             <tbody>
-              {list.data.map((s) => (
-                <tr key={s.name}>
+              {sortRows(
+                list.data,
+                sort,
+                (s, key) => s[key],
+                (s) => s.name,
+              ).map((s) => (
+                <tr key={s.name} data-row={s.name}>
                   <td>{s.name}</td>
                   <td>{when(s.createdAt)}</td>
                   <td class="row">
@@ -309,10 +324,22 @@ function Snapshots(props: { guest: Guest }) {
   );
 }
 
+/** A backup made on this page: the API lists none, so the page keeps what its operations answered. */
+interface MadeBackup {
+  name: string;
+  sizeBytes: number;
+  madeAt: string;
+}
+
 function Backups(props: { guest: Guest }) {
   const g = props.guest;
-  const made = useSignal<string[]>([]);
+  const made = useSignal<MadeBackup[]>([]);
   const progress = useSignal<number | null>(null);
+  const sort = sortOf(['name', 'sizeBytes', 'madeAt'] as const, {
+    key: 'madeAt',
+    dir: 1,
+    prefix: 'backups-',
+  });
   return (
     <div class="panel">
       <h2>Export</h2>
@@ -322,30 +349,60 @@ function Backups(props: { guest: Guest }) {
           done="Backup made: download it below"
           run={async () => {
             const op = await finished(await api.createBackup(g.name, { snapshots: true }));
-            const backup = op.metadata.backup;
-            if (typeof backup === 'string') made.value = [...made.value, backup];
+            const { backup, sizeBytes } = op.metadata;
+            if (typeof backup === 'string') {
+              const size = typeof sizeBytes === 'number' ? sizeBytes : -1;
+              made.value = [...made.value, { name: backup, sizeBytes: size, madeAt: op.updatedAt }];
+            }
           }}
         >
           Make a backup
         </Action>
       </div>
-      <ul>
-        {made.value.map((b) => (
-          <li key={b} class="row">
-            <a href={api.backupUrl(g.name, b)} download={`${g.name}-${b}.tar`}>
-              Download {b}
-            </a>
-            <Action
-              run={async () => {
-                await api.deleteBackup(g.name, b);
-                made.value = made.value.filter((x) => x !== b);
-              }}
-            >
-              Delete from the daemon
-            </Action>
-          </li>
-        ))}
-      </ul>
+      {made.value.length > 0 && (
+        <div class="table-wrap">
+          <table>
+            <thead>
+              <tr>
+                <SortHeader column="name" label="Backup" sort={sort} />
+                <SortHeader column="sizeBytes" label="Size" sort={sort} />
+                <SortHeader column="madeAt" label="Made" sort={sort} />
+                <th>
+                  <span class="sr-only">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {sortRows(
+                made.value,
+                sort,
+                (b, key) => b[key],
+                (b) => b.name,
+              ).map((b) => (
+                <tr key={b.name} data-row={b.name}>
+                  <td>{b.name}</td>
+                  <td>{b.sizeBytes < 0 ? '–' : bytes(b.sizeBytes)}</td>
+                  <td>{when(b.madeAt)}</td>
+                  <td class="row">
+                    <a href={api.backupUrl(g.name, b.name)} download={`${g.name}-${b.name}.tar`}>
+                      Download {b.name}
+                    </a>
+                    <Action
+                      label={`Delete ${b.name} from the daemon`}
+                      run={async () => {
+                        await api.deleteBackup(g.name, b.name);
+                        made.value = made.value.filter((x) => x.name !== b.name);
+                      }}
+                    >
+                      Delete from the daemon
+                    </Action>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
       <h2>Import</h2>
       <Form
         label="Import a backup"
@@ -374,7 +431,14 @@ function Backups(props: { guest: Guest }) {
 function Volumes(props: { guest: Guest }) {
   const g = props.guest;
   const pools = useLoad(() => api.listPools().catch(() => []), []);
-  const disks = Object.entries(g.disks ?? {});
+  const sort = sortOf(['device', 'volume', 'path'] as const, { key: 'device', dir: 1, prefix: 'volumes-' });
+  const disks = sortRows(
+    Object.entries(g.disks ?? {}),
+    sort,
+    ([device, d], key) =>
+      key === 'device' ? device : key === 'volume' ? `${d.pool}/${d.source}` : (d.path ?? '–'),
+    ([device]) => device,
+  );
   return (
     <div class="panel">
       {disks.length === 0 ? (
@@ -383,9 +447,9 @@ function Volumes(props: { guest: Guest }) {
         <table>
           <thead>
             <tr>
-              <th>Device</th>
-              <th>Volume</th>
-              <th>Path</th>
+              <SortHeader column="device" label="Device" sort={sort} />
+              <SortHeader column="volume" label="Volume" sort={sort} />
+              <SortHeader column="path" label="Path" sort={sort} />
               <th>
                 <span class="sr-only">Actions</span>
               </th>
@@ -393,7 +457,7 @@ function Volumes(props: { guest: Guest }) {
           </thead>
           <tbody>
             {disks.map(([device, d]) => (
-              <tr key={device}>
+              <tr key={device} data-row={device}>
                 <td>{device}</td>
                 <td>
                   {d.pool}/{d.source}
@@ -450,16 +514,29 @@ function Volumes(props: { guest: Guest }) {
 function Nics(props: { guest: Guest }) {
   const g = props.guest;
   const networks = useLoad(() => api.listNetworks().catch(() => []), []);
-  const nics = Object.entries(g.devices ?? {});
+  const sort = sortOf(['nic', 'network', 'hwaddr', 'addresses'] as const, {
+    key: 'nic',
+    dir: 1,
+    prefix: 'nics-',
+  });
+  const hwaddr = (nic: string) => g.state.nics?.[nic]?.hwaddr ?? g.devices?.[nic]?.hwaddr ?? '–';
+  const addresses = (nic: string) => (g.state.nics?.[nic]?.addresses ?? []).join(', ') || '–';
+  const nics = sortRows(
+    Object.entries(g.devices ?? {}),
+    sort,
+    ([nic, d], key) =>
+      key === 'nic' ? nic : key === 'network' ? d.network : key === 'hwaddr' ? hwaddr(nic) : addresses(nic),
+    ([nic]) => nic,
+  );
   return (
     <div class="panel">
       <table>
         <thead>
           <tr>
-            <th>NIC</th>
-            <th>Network</th>
-            <th>MAC</th>
-            <th>Addresses</th>
+            <SortHeader column="nic" label="NIC" sort={sort} />
+            <SortHeader column="network" label="Network" sort={sort} />
+            <SortHeader column="hwaddr" label="MAC" sort={sort} />
+            <SortHeader column="addresses" label="Addresses" sort={sort} />
             <th>
               <span class="sr-only">Actions</span>
             </th>
@@ -469,14 +546,14 @@ function Nics(props: { guest: Guest }) {
           {nics.map(([nic, d]) => {
             const s = g.state.nics?.[nic];
             return (
-              <tr key={nic}>
+              <tr key={nic} data-row={nic}>
                 <td>{nic}</td>
                 <td>
                   <Link to={`/networks/${encodeURIComponent(d.network)}`}>{d.network}</Link>
                 </td>
-                <td>{s?.hwaddr ?? d.hwaddr ?? '–'}</td>
+                <td>{hwaddr(nic)}</td>
                 <td>
-                  {(s?.addresses ?? []).join(', ') || '–'}
+                  {addresses(nic)}
                   {s?.warning && <div role="alert">{s.warning}</div>}
                 </td>
                 <td>

@@ -1,6 +1,7 @@
 import { useSignal } from '@preact/signals';
 import { useEffect } from 'preact/hooks';
 import type { ClusterInfo, ClusterMemberInfo } from '../../src/client/cluster-client.ts';
+import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, host, notify, session } from './state.ts';
 import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from './ui.tsx';
 
@@ -19,6 +20,31 @@ import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from
 const REREAD_MS = 10_000;
 
 const ROLE_NAMES: Record<string, string> = { 'etcd-voter': 'etcd voter', 'etcd-client': 'etcd client' };
+
+const MEMBER_COLUMNS = [
+  'name',
+  'status',
+  'address',
+  'roles',
+  'cpu',
+  'memory',
+  'guests',
+  'version',
+  'joinedAt',
+] as const;
+type MemberColumn = (typeof MEMBER_COLUMNS)[number];
+
+const roleNames = (m: ClusterMemberInfo) => m.roles.map((r) => ROLE_NAMES[r] ?? r).join(', ') || '–';
+
+/** What a column sorts by: the text it shows, or the measure; a member not measured sorts below an idle one. */
+const memberValue = (m: ClusterMemberInfo, key: MemberColumn): string | number =>
+  key === 'roles'
+    ? roleNames(m)
+    : key === 'cpu'
+      ? (m.cpu?.used ?? -1)
+      : key === 'memory'
+        ? (m.memory?.usedBytes ?? -1)
+        : m[key];
 
 interface ClusterView {
   info: ClusterInfo;
@@ -76,6 +102,7 @@ function MemberList(props: {
   /** The last refusal of a removal, kept on the page (a notice would vanish) with a way to force it. */
   const refusal = useSignal<{ name: string; message: string } | null>(null);
   const online = members.filter((m) => m.status === 'Online').length;
+  const sort = sortOf(MEMBER_COLUMNS, { key: 'name', dir: 1 });
 
   /** Evacuates or restores a member and follows the operation to its end (the guests moved or back). */
   const changeState = async (name: string, action: 'evacuate' | 'restore') => {
@@ -113,15 +140,15 @@ function MemberList(props: {
         <table class="members" aria-label="Cluster members">
           <thead>
             <tr>
-              <th>Name</th>
-              <th>Status</th>
-              <th>Address</th>
-              <th>Roles</th>
-              <th>CPU</th>
-              <th>Memory</th>
-              <th>Guests</th>
-              <th>Version</th>
-              <th>Joined</th>
+              <SortHeader column="name" label="Name" sort={sort} />
+              <SortHeader column="status" label="Status" sort={sort} />
+              <SortHeader column="address" label="Address" sort={sort} />
+              <SortHeader column="roles" label="Roles" sort={sort} />
+              <SortHeader column="cpu" label="CPU" sort={sort} />
+              <SortHeader column="memory" label="Memory" sort={sort} />
+              <SortHeader column="guests" label="Guests" sort={sort} />
+              <SortHeader column="version" label="Version" sort={sort} />
+              <SortHeader column="joinedAt" label="Joined" sort={sort} />
               {props.admin && (
                 <th>
                   <span class="sr-only">Actions</span>
@@ -130,7 +157,7 @@ function MemberList(props: {
             </tr>
           </thead>
           <tbody>
-            {members.map((m) => (
+            {sortRows(members, sort, memberValue, (m) => m.name).map((m) => (
               <tr key={m.name} data-member={m.name}>
                 <td>
                   {m.name}
@@ -142,7 +169,7 @@ function MemberList(props: {
                 <td data-label="Address" class="address">
                   {m.address}
                 </td>
-                <td data-label="Roles">{m.roles.map((r) => ROLE_NAMES[r] ?? r).join(', ') || '–'}</td>
+                <td data-label="Roles">{roleNames(m)}</td>
                 {/* Null while the member is Offline: nothing measured is shown as nothing. */}
                 <td data-label="CPU" data-testid="member-cpu">
                   {m.cpu ? `${m.cpu.used.toFixed(2)} of ${m.cpu.cpus} CPUs busy` : 'not measured'}

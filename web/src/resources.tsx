@@ -668,35 +668,46 @@ export function Images() {
 }
 
 /** Audit entries, newest first: when, who, what, and the answer. */
-function AuditTable(props: { entries: AuditEntryBody[] }) {
+const AUDIT_COLUMNS = ['time', 'who', 'request', 'result'] as const;
+type AuditColumn = (typeof AUDIT_COLUMNS)[number];
+
+/** What each column of the audit log shows, which is what it sorts by. */
+const auditCell = (e: AuditEntryBody, key: AuditColumn): string =>
+  key === 'time'
+    ? e.time
+    : key === 'who'
+      ? `${e.actor.method}:${e.actor.name}`
+      : key === 'request'
+        ? `${e.request.method} ${e.request.path}`
+        : `${e.result.status} ${e.result.error ?? ''}`;
+
+/**
+ * The audit log's entries, the newest first until a column is chosen; `prefix` names its URL
+ * parameters (two pages show it beside other tables). Ties go by the entry's number, padded so
+ * that its text sorts as the number does.
+ */
+function AuditTable(props: { entries: AuditEntryBody[]; prefix: string }) {
+  const sort = sortOf(AUDIT_COLUMNS, { key: 'time', dir: -1, prefix: props.prefix });
+  const rows = sortRows(props.entries, sort, auditCell, (e) => String(e.id).padStart(16, '0'));
   return (
     <table>
       <thead>
         <tr>
-          <th>Time</th>
-          <th>Who</th>
-          <th>Request</th>
-          <th>Result</th>
+          <SortHeader column="time" label="Time" sort={sort} />
+          <SortHeader column="who" label="Who" sort={sort} />
+          <SortHeader column="request" label="Request" sort={sort} />
+          <SortHeader column="result" label="Result" sort={sort} />
         </tr>
       </thead>
       <tbody>
-        {props.entries
-          .slice()
-          .reverse()
-          .map((e) => (
-            <tr key={e.id}>
-              <td>{when(e.time)}</td>
-              <td>
-                {e.actor.method}:{e.actor.name}
-              </td>
-              <td>
-                {e.request.method} {e.request.path}
-              </td>
-              <td>
-                {e.result.status} {e.result.error ?? ''}
-              </td>
-            </tr>
-          ))}
+        {rows.map((e) => (
+          <tr key={e.id} data-row={String(e.id)}>
+            <td>{when(e.time)}</td>
+            <td>{auditCell(e, 'who')}</td>
+            <td>{auditCell(e, 'request')}</td>
+            <td>{auditCell(e, 'result')}</td>
+          </tr>
+        ))}
       </tbody>
     </table>
   );
@@ -770,6 +781,7 @@ export function Operations() {
           <h2>Task history (audit log, kept across restarts)</h2>
           {history.data ? (
             <AuditTable
+              prefix="history-"
               entries={history.data.filter((e) => e.operation !== undefined || e.result.status >= 400)}
             />
           ) : (
@@ -1058,7 +1070,7 @@ export function Admin() {
           </div>
           <div class="panel table-wrap">
             <h2>Audit log (newest 50)</h2>
-            <AuditTable entries={audit.data ?? []} />
+            <AuditTable prefix="audit-" entries={audit.data ?? []} />
           </div>
         </>
       )}
