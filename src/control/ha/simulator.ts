@@ -1,0 +1,708 @@
+import { asTrivisorError } from '../../core/errors.ts';
+import type { Model } from '../../core/types.ts';
+import { createPlacementIndex } from '../placement.ts';
+import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
+import { createFakeStore, type FakeStore } from './fake-store.ts';
+import { createLrm, type Lrm, type LrmAction } from './lrm.ts';
+import {
+  type CrmLockValue,
+  DEFAULT_TIMINGS,
+  type HaGuestRecord,
+  type HaMemberRecord,
+  type HaTimings,
+  type HeartbeatValue,
+  haKeys,
+} from './types.ts';
+
+/**
+ * A deterministic simulator of the HA state machines (decision 0044): a fake monotonic clock that
+ * moves in ticks, the fake store, members made of a host (up, down or frozen), the HA agent that
+ * runs the LRM and pets the host's watchdog, the daemon that runs the CRM, the mover and the
+ * evacuation, and a link to the store (up, down, or one-way: requests arrive, answers are lost).
+ * Guests are modelled as the processes they are, not as records: the invariant checked after
+ * every tick is about processes. Everything happens in one order (members by name), so a
+ * scenario gives the same event log every time.
+ */
+export interface SimGuest {
+  name: string;
+  on: string;
+  memoryGiB?: number;
+  priority?: number;
+  ha?: boolean;
+  model?: Model;
+  want?: 'started' | 'stopped';
+}
+
+export interface SimMember {
+  name: string;
+  memoryGiB?: number;
+  cpus?: number;
+}
+
+export interface SimOptions {
+  members: Array<string | SimMember>;
+  guests?: SimGuest[];
+  timings?: Partial<HaTimings>;
+  /** The clock's step (default 500 ms). */
+  tickMs?: number;
+  /** How long a move's transfer takes (default 2 s). */
+  transferMs?: number;
+  /** How long a host reset by its watchdog takes to come back (default 20 s). */
+  rebootMs?: number;
+  /** Events before this time are not logged (default 1 s: the cluster's start). */
+  quietUntilMs?: number;
+}
+
+/** What a scenario can do to the world. */
+export interface SimWorld {
+  now(): number;
+  /** The whole host dies: guests, agent and daemon. */
+  kill(member: string): void;
+  /** A dead host boots again: no guests run on it. */
+  boot(member: string): void;
+  killDaemon(member: string): void;
+  startDaemon(member: string): void;
+  /** The whole host freezes (a hypervisor pause): guests too. */
+  pauseHost(member: string): void;
+  resumeHost(member: string): void;
+  /** Only the HA agent stops (SIGSTOP); guests and daemon go on. */
+  pauseAgent(member: string): void;
+  resumeAgent(member: string): void;
+  /** The member's link to the store: `oneway` delivers its requests and loses the answers. */
+  link(member: string, state: 'up' | 'down' | 'oneway'): void;
+  /** etcd loses its quorum (every member at once), or gets it back. */
+  storeDown(): void;
+  storeUp(): void;
+  /** A move (migration) of `guest` to `to`, asked of its owner. */
+  move(guest: string, to: string): void;
+  /** The member is marked evacuated: its daemon moves its guests away, one at a time. */
+  evacuate(member: string): void;
+  /** The next `count` starts of `guest` on `member` fail. */
+  failStarts(member: string, guest: string, count: number): void;
+  /** The guest's process dies by itself. */
+  crash(guest: string): void;
+  /** An administrator's edit of the guest's record. */
+  edit(guest: string, patch: Partial<HaGuestRecord>): void;
+  remove(guest: string): void;
+}
+
+export interface Simulator {
+  readonly world: SimWorld;
+  readonly log: string[];
+  /** Runs `what` at `atMs`: before the members act, or between the CRMs' reads and writes (`race`). */
+  at(atMs: number, what: (w: SimWorld) => void, phase?: 'before' | 'race'): void;
+  /** Runs until `untilMs`, checking the invariants after every tick; then logs where guests run. */
+  run(untilMs: number): string[];
+  /** Members where the guest's processes execute now. */
+  runningOn(guest: string): string[];
+  record(guest: string): HaGuestRecord | undefined;
+}
+
+/** A broken invariant: a guest ran twice, or a member started one it must not. */
+export class InvariantError extends Error {}
+
+interface MemberState {
+  name: string;
+  memoryTotalBytes: number;
+  cpus: number;
+  host: 'up' | 'down' | 'paused';
+  bootAt?: number;
+  agent: 'up' | 'paused';
+  daemon: 'up' | 'down';
+  link: 'up' | 'down' | 'oneway';
+  lrm: Lrm;
+  crm: Crm;
+  lease: number | undefined;
+  /** The daemon's own lease, which the CRM's election key is on: it goes when the daemon dies. */
+  crmLease: number | undefined;
+  watchdog: number | undefined;
+  failStarts: Map<string, number>;
+  /** Its daemon just started: it settles moves it no longer runs. */
+  settleMoves: boolean;
+}
+
+interface MoveState {
+  guest: string;
+  from: string;
+  to: string;
+  phase: 'transfer' | 'switched';
+  until: number;
+}
+
+const GIB = 1024 ** 3;
+const secs = (ms: number) => (ms / 1000).toFixed(1);
+
+export function createSimulator(options: SimOptions): Simulator {
+  const timings: HaTimings = { ...DEFAULT_TIMINGS, ...options.timings };
+  const tickMs = options.tickMs ?? 500;
+  const transferMs = options.transferMs ?? 2000;
+  const rebootMs = options.rebootMs ?? 20_000;
+  const quietUntil = options.quietUntilMs ?? 1000;
+  const store: FakeStore = createFakeStore();
+  const log: string[] = [];
+  let now = 0;
+  const placer = (c: Parameters<typeof createPlacementIndex>[0]) => createPlacementIndex(c);
+
+  const members = new Map<string, MemberState>();
+  const fresh = (m: SimMember): MemberState => ({
+    name: m.name,
+    memoryTotalBytes: (m.memoryGiB ?? 8) * GIB,
+    cpus: m.cpus ?? 4,
+    host: 'up',
+    agent: 'up',
+    daemon: 'up',
+    link: 'up',
+    lrm: createLrm(m.name, timings),
+    crm: createCrm(m.name, timings, placer),
+    failStarts: new Map(),
+    settleMoves: false,
+    lease: undefined,
+    crmLease: undefined,
+    watchdog: undefined,
+  });
+  for (const spec of options.members) {
+    const m = typeof spec === 'string' ? { name: spec } : spec;
+    members.set(m.name, fresh(m));
+    store.put(haKeys.member(m.name), {
+      name: m.name,
+      memoryTotalBytes: (m.memoryGiB ?? 8) * GIB,
+      cpus: m.cpus ?? 4,
+      evacuated: false,
+    } satisfies HaMemberRecord);
+  }
+  const ordered = () => [...members.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  const member = (name: string) => {
+    const m = members.get(name);
+    if (!m) throw new Error(`no member ${name}`);
+    return m;
+  };
+
+  /** Where each guest's processes are: running, or arriving by a move (not executing). */
+  const procs = new Map<string, Map<string, 'running' | 'incoming'>>();
+  const moves = new Map<string, MoveState>();
+  const scheduled: Array<{ at: number; phase: 'before' | 'race'; what: (w: SimWorld) => void }> = [];
+
+  const say = (text: string) => {
+    if (now >= quietUntil) log.push(`${secs(now)} ${text}`);
+  };
+  const procsOn = (m: string) =>
+    [...procs]
+      .filter(([, where]) => where.has(m))
+      .map(([g]) => g)
+      .sort();
+  const setProc = (g: string, m: string, state: 'running' | 'incoming' | undefined) => {
+    const where = procs.get(g) ?? new Map<string, 'running' | 'incoming'>();
+    if (state) where.set(m, state);
+    else where.delete(m);
+    if (where.size === 0) procs.delete(g);
+    else procs.set(g, where);
+  };
+  const killAll = (m: string) => {
+    const killed = procsOn(m);
+    for (const g of killed) setProc(g, m, undefined);
+    return killed;
+  };
+
+  /**
+   * One request of `m` to the store: undefined when no answer came back. A one-way link
+   * delivers the request (it takes effect) and loses the answer.
+   */
+  const call = <T>(m: MemberState, request: () => T): T | undefined => {
+    if (!store.up() || m.link === 'down' || m.host !== 'up') return undefined;
+    const answer = request();
+    return m.link === 'oneway' ? undefined : answer;
+  };
+  const guests = () => store.list<HaGuestRecord>(haKeys.guestPrefix);
+  const guestRecord = (g: string) => store.get<HaGuestRecord>(haKeys.guest(g));
+  const tokenOf = (m: string) => store.get<HeartbeatValue>(haKeys.heartbeat(m))?.createRevision;
+  const agentWorks = (m: MemberState) => m.host === 'up' && m.agent === 'up';
+  const daemonWorks = (m: MemberState) => agentWorks(m) && m.daemon === 'up' && m.lrm.live(now);
+
+  // ----- the LRM's actions, carried out -----
+  function act(m: MemberState, a: LrmAction) {
+    switch (a.kind) {
+      case 'grant': {
+        const sentAt = now;
+        const r = call(m, () =>
+          store.register(now, timings.leaseTtlMs, haKeys.heartbeat(m.name), { member: m.name }),
+        );
+        if (!r) return lrmAnswer(m, { kind: 'failed' });
+        m.lease = r.lease;
+        say(`${m.name} lease granted (token ${r.createRevision})`);
+        return lrmAnswer(m, { kind: 'granted', token: r.createRevision, sentAt });
+      }
+      case 'renew': {
+        const sentAt = now;
+        const lease = m.lease;
+        const ok = lease === undefined ? false : call(m, () => store.keepAlive(now, lease));
+        if (ok === undefined) return lrmAnswer(m, { kind: 'failed' });
+        return lrmAnswer(m, ok ? { kind: 'renewed', sentAt } : { kind: 'gone' });
+      }
+      case 'fence': {
+        for (const g of a.guests) setProc(g, m.name, undefined);
+        say(
+          `${m.name} fenced: ${a.guests.length > 0 ? `killed ${a.guests.join(', ')}` : 'no HA guest ran here'}`,
+        );
+        return;
+      }
+      case 'revoke': {
+        const lease = m.lease;
+        m.lease = undefined;
+        if (lease !== undefined) call(m, () => store.revoke(lease));
+        return;
+      }
+      case 'start':
+        return start(m, a.guest);
+      case 'stop':
+        setProc(a.guest, m.name, undefined);
+        say(`${m.name} stops ${a.guest}: ${a.why}`);
+        return;
+      case 'pet':
+        m.watchdog = a.untilMs;
+        return;
+      case 'disarm':
+        m.watchdog = undefined;
+        return;
+      case 'write': {
+        const ok = call(m, () => store.txn(a.write));
+        const value = a.write.put?.value as HaGuestRecord | undefined;
+        if (ok && value) say(`${m.name} records ${value.failures} failed start(s) of ${a.guest}`);
+        return;
+      }
+    }
+  }
+  function lrmAnswer(m: MemberState, answer: Parameters<Lrm['leaseAnswer']>[1]) {
+    for (const a of m.lrm.leaseAnswer(now, answer)) act(m, a);
+  }
+
+  function start(m: MemberState, g: string) {
+    // The invariant's second half: only a live member with the guest's token starts it.
+    const r = guestRecord(g);
+    const token = tokenOf(m.name);
+    if (!m.lrm.live(now) || token === undefined || m.lrm.token(now) !== token)
+      throw new InvariantError(
+        `${secs(now)}: ${m.name} started ${g} without a live lease\n${log.join('\n')}`,
+      );
+    if (!r || r.value.owner !== m.name || (r.value.ha && r.value.token !== token))
+      throw new InvariantError(
+        `${secs(now)}: ${m.name} started ${g}, which it does not own\n${log.join('\n')}`,
+      );
+    const failing = m.failStarts.get(g) ?? 0;
+    if (m.daemon !== 'up' || failing > 0) {
+      if (failing > 0) m.failStarts.set(g, failing - 1);
+      const why = m.daemon !== 'up' ? 'the daemon is down' : 'the driver failed';
+      say(`${m.name} cannot start ${g}: ${why}`);
+      m.lrm.started(now, g, false);
+      return;
+    }
+    setProc(g, m.name, 'running');
+    say(`${m.name} starts ${g}`);
+    m.lrm.started(now, g, true);
+  }
+
+  // ----- moves -----
+  function beginMove(g: string, to: string, reason: string): boolean {
+    const r = guestRecord(g);
+    if (!r) return false;
+    const from = member(r.value.owner);
+    const dest = member(to);
+    const destToken = tokenOf(to);
+    const token = from.lrm.token(now);
+    if (!daemonWorks(from) || token === undefined || destToken === undefined || r.value.moving) {
+      say(`${from.name} cannot move ${g} to ${to} now`);
+      return false;
+    }
+    const ok = call(from, () =>
+      store.txn({
+        compare: [
+          { key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision },
+          { key: haKeys.heartbeat(from.name), target: 'createRevision', op: '=', value: token },
+          { key: haKeys.heartbeat(to), target: 'createRevision', op: '=', value: destToken },
+        ],
+        put: { key: haKeys.guest(g), value: { ...r.value, moving: { to, token: destToken, reason } } },
+      }),
+    );
+    if (!ok) {
+      say(`${from.name} cannot move ${g} to ${to}: the store refused`);
+      return false;
+    }
+    if (procs.get(g)?.get(from.name) === 'running') setProc(g, dest.name, 'incoming');
+    moves.set(g, { guest: g, from: from.name, to, phase: 'transfer', until: now + transferMs });
+    say(`${from.name} moves ${g} to ${to} (${reason})`);
+    return true;
+  }
+  /** The source gives up a move; the record says so when the source can write it. */
+  function abortMove(mv: MoveState, why: string) {
+    moves.delete(mv.guest);
+    if (procs.get(mv.guest)?.get(mv.to) === 'incoming') setProc(mv.guest, mv.to, undefined);
+    say(`move of ${mv.guest} to ${mv.to} aborted: ${why}`);
+    const from = member(mv.from);
+    if (daemonWorks(from)) clearMove(from, mv.guest);
+  }
+  function clearMove(from: MemberState, g: string) {
+    const r = guestRecord(g);
+    const token = from.lrm.token(now);
+    if (!r?.value.moving || r.value.owner !== from.name || token === undefined) return;
+    const { moving: _moving, ...rest } = r.value;
+    const ok = call(from, () =>
+      store.txn({
+        compare: [
+          { key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision },
+          { key: haKeys.heartbeat(from.name), target: 'createRevision', op: '=', value: token },
+        ],
+        put: { key: haKeys.guest(g), value: rest },
+      }),
+    );
+    if (ok) say(`${from.name} keeps ${g}: its move is over`);
+  }
+  function stepMoves() {
+    for (const mv of [...moves.values()].sort((a, b) => (a.guest < b.guest ? -1 : 1))) {
+      const from = member(mv.from);
+      const to = member(mv.to);
+      if (mv.phase === 'transfer') {
+        if (!daemonWorks(from)) abortMove(mv, `${from.name} stopped sending`);
+        else if (!daemonWorks(to)) abortMove(mv, `${to.name} stopped receiving`);
+        else if (from.link !== 'up' || to.link !== 'up') abortMove(mv, 'the link between them broke');
+        else if (now >= mv.until) {
+          if (procs.get(mv.guest)?.get(from.name) === 'running') {
+            setProc(mv.guest, from.name, undefined);
+            setProc(mv.guest, to.name, 'running');
+          }
+          mv.phase = 'switched';
+          say(`${mv.guest} switched over from ${from.name} to ${to.name}`);
+        }
+        continue;
+      }
+      const r = guestRecord(mv.guest);
+      if (!r || r.value.moving?.to !== to.name) {
+        moves.delete(mv.guest);
+        continue;
+      }
+      if (!daemonWorks(to)) continue;
+      const ok = call(to, () =>
+        store.txn({
+          compare: [
+            { key: haKeys.guest(mv.guest), target: 'modRevision', op: '=', value: r.modRevision },
+            {
+              key: haKeys.heartbeat(to.name),
+              target: 'createRevision',
+              op: '=',
+              value: r.value.moving?.token ?? 0,
+            },
+          ],
+          put: {
+            key: haKeys.guest(mv.guest),
+            value: {
+              ...settledMove(r.value),
+              owner: to.name,
+              token: r.value.moving?.token ?? 0,
+              failures: 0,
+              failedOn: [],
+            },
+          },
+        }),
+      );
+      if (ok) {
+        moves.delete(mv.guest);
+        say(`${to.name} owns ${mv.guest}: the move is done`);
+      }
+    }
+  }
+  const settledMove = (g: HaGuestRecord): HaGuestRecord => {
+    const { moving: _moving, ...rest } = g;
+    return rest;
+  };
+
+  // ----- the daemon's other duties -----
+  function daemonDuties(m: MemberState) {
+    if (!daemonWorks(m)) return;
+    if (m.settleMoves) {
+      m.settleMoves = false;
+      for (const r of guests())
+        if (r.value.owner === m.name && r.value.moving && !moves.has(r.value.name))
+          clearMove(m, r.value.name);
+    }
+    const me = store.get<HaMemberRecord>(haKeys.member(m.name));
+    if (!me?.value.evacuated || [...moves.values()].some((mv) => mv.from === m.name)) return;
+    const mine = guests()
+      .map((r) => r.value)
+      .filter((g) => g.owner === m.name && !g.moving && g.error === undefined)
+      .sort(byPriority);
+    const next = mine[0];
+    if (!next) return;
+    const alive = new Map(
+      store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
+    );
+    const candidates = haCandidates(
+      store.list<HaMemberRecord>(haKeys.memberPrefix).map((r) => r.value),
+      alive,
+      guests().map((r) => r.value),
+    );
+    try {
+      const p = placer(candidates).place({
+        model: next.model,
+        memoryBytes: next.memoryBytes,
+        cpus: next.cpus,
+      });
+      beginMove(next.name, p.member, 'evacuation');
+    } catch (e) {
+      say(`${m.name} cannot evacuate ${next.name}: ${asTrivisorError(e).message}`);
+    }
+  }
+
+  // ----- one tick -----
+  function crmView(m: MemberState): CrmView | undefined {
+    return call(m, () => ({
+      revision: store.revision(),
+      lock: store.get<CrmLockValue>(haKeys.crm),
+      heartbeats: store.list<HeartbeatValue>(haKeys.heartbeatPrefix),
+      members: store.list<HaMemberRecord>(haKeys.memberPrefix).map((r) => r.value),
+      guests: guests(),
+    }));
+  }
+
+  function tick() {
+    for (const s of scheduled.filter((s) => s.at === now && s.phase === 'before')) s.what(world);
+    for (const key of store.expire(now))
+      if (key.startsWith(haKeys.heartbeatPrefix))
+        say(`store: the lease of ${key.slice(haKeys.heartbeatPrefix.length)} expired`);
+
+    for (const m of ordered()) {
+      if (m.host === 'down' && m.bootAt !== undefined && now >= m.bootAt) bootMember(m);
+      if (m.host !== 'up') continue;
+      if (m.watchdog !== undefined && now >= m.watchdog) {
+        const killed = killAll(m.name);
+        say(`${m.name} watchdog reset the host${killed.length ? ` (killed ${killed.join(', ')})` : ''}`);
+        downMember(m, now + rebootMs);
+        continue;
+      }
+      if (m.agent !== 'up') continue;
+      for (const a of m.lrm.tick(now)) act(m, a);
+      if (!m.lrm.live(now)) {
+        m.lrm.manage(now, { guests: [], running: new Set(procsOn(m.name)) });
+        continue;
+      }
+      const view = call(m, () => guests());
+      const running = new Set(procsOn(m.name).filter((g) => procs.get(g)?.get(m.name) === 'running'));
+      if (view) for (const a of m.lrm.manage(now, { guests: view, running })) act(m, a);
+    }
+
+    stepMoves();
+    for (const m of ordered()) daemonDuties(m);
+
+    const planned: Array<{ m: MemberState; d: CrmDecision }> = [];
+    if (now % timings.crmEveryMs === 0) {
+      for (const m of ordered()) {
+        const crmLease = m.crmLease;
+        if (
+          crmLease !== undefined &&
+          daemonWorks(m) &&
+          call(m, () => store.keepAlive(now, crmLease)) === false
+        )
+          m.crmLease = undefined;
+        const token = daemonWorks(m) ? m.lrm.token(now) : undefined;
+        const view = token === undefined ? undefined : crmView(m);
+        if (!view) {
+          m.crm.step(now, undefined, emptyView);
+          continue;
+        }
+        const { decisions, notes } = m.crm.step(now, token, view);
+        for (const n of notes) say(`${m.name} ${n}`);
+        for (const d of decisions) planned.push({ m, d });
+      }
+    }
+    for (const s of scheduled.filter((s) => s.at === now && s.phase === 'race')) s.what(world);
+    for (const { m, d } of planned) {
+      let lease = m.crmLease;
+      if (d.write.put?.lease === 'own' && lease === undefined) {
+        lease = call(m, () => store.grant(now, timings.leaseTtlMs));
+        if (lease === undefined) continue;
+      }
+      const onLease = lease;
+      const ok = call(m, () => store.txn(d.write, onLease));
+      if (ok && d.write.put?.lease === 'own') m.crmLease = onLease;
+      if (ok) say(`${m.name} ${d.says}`);
+      else if (ok === false) say(`${m.name} ${d.ifRefused}`);
+    }
+    check();
+  }
+  const emptyView: CrmView = { revision: 0, lock: undefined, heartbeats: [], members: [], guests: [] };
+
+  function downMember(m: MemberState, bootAt?: number) {
+    m.host = 'down';
+    m.watchdog = undefined;
+    m.lease = undefined;
+    m.crmLease = undefined;
+    if (bootAt === undefined) delete m.bootAt;
+    else m.bootAt = bootAt;
+  }
+  function bootMember(m: MemberState) {
+    const spec = { name: m.name, memoryGiB: m.memoryTotalBytes / GIB, cpus: m.cpus };
+    const link = m.link;
+    Object.assign(m, fresh(spec), { link, settleMoves: true });
+    delete m.bootAt;
+    say(`${m.name} boots`);
+  }
+
+  function check() {
+    for (const [g, where] of procs) {
+      const executing = [...where]
+        .filter(([m, s]) => s === 'running' && member(m).host === 'up')
+        .map(([m]) => m);
+      if (executing.length > 1)
+        throw new InvariantError(`${secs(now)}: ${g} runs on ${executing.join(' and ')}\n${log.join('\n')}`);
+      const frozen = [...where]
+        .filter(([m, s]) => s === 'running' && member(m).host === 'paused')
+        .map(([m]) => m);
+      // A frozen copy may exist only if its host's watchdog resets it before it runs again.
+      for (const m of frozen) {
+        const wd = member(m).watchdog;
+        if (executing.length + frozen.length > 1 && (wd === undefined || wd > now))
+          throw new InvariantError(
+            `${secs(now)}: ${g} frozen on ${m} would run again beside ${executing.join(', ')}\n${log.join('\n')}`,
+          );
+      }
+    }
+  }
+
+  const world: SimWorld = {
+    now: () => now,
+    kill(name) {
+      const m = member(name);
+      killAll(name);
+      downMember(m);
+      say(`world: ${name} dies`);
+    },
+    boot(name) {
+      const m = member(name);
+      if (m.host !== 'down') return;
+      bootMember(m);
+    },
+    killDaemon(name) {
+      member(name).daemon = 'down';
+      member(name).crmLease = undefined;
+      say(`world: the daemon of ${name} is killed`);
+    },
+    startDaemon(name) {
+      const m = member(name);
+      m.daemon = 'up';
+      m.settleMoves = true;
+      say(`world: the daemon of ${name} starts`);
+    },
+    pauseHost(name) {
+      member(name).host = 'paused';
+      say(`world: ${name} freezes`);
+    },
+    resumeHost(name) {
+      const m = member(name);
+      if (m.host === 'paused') m.host = 'up';
+      say(`world: ${name} thaws`);
+    },
+    pauseAgent(name) {
+      member(name).agent = 'paused';
+      say(`world: the HA agent of ${name} stops`);
+    },
+    resumeAgent(name) {
+      member(name).agent = 'up';
+      say(`world: the HA agent of ${name} continues`);
+    },
+    link(name, state) {
+      member(name).link = state;
+      say(`world: the link of ${name} is ${state}`);
+    },
+    storeDown() {
+      store.setUp(false, now);
+      say('world: the store lost its quorum');
+    },
+    storeUp() {
+      store.setUp(true, now);
+      say('world: the store is back');
+    },
+    move(g, to) {
+      beginMove(g, to, 'migration');
+    },
+    evacuate(name) {
+      const r = store.get<HaMemberRecord>(haKeys.member(name));
+      if (r) store.put(haKeys.member(name), { ...r.value, evacuated: true });
+      say(`world: ${name} is evacuated`);
+    },
+    failStarts(name, g, count) {
+      member(name).failStarts.set(g, count);
+    },
+    crash(g) {
+      const where = [...(procs.get(g) ?? [])].filter(([, s]) => s === 'running').map(([m]) => m);
+      for (const m of where) setProc(g, m, undefined);
+      say(`world: ${g} crashes`);
+    },
+    edit(g, patch) {
+      const r = guestRecord(g);
+      if (r) store.put(haKeys.guest(g), { ...r.value, ...patch });
+      say(`world: ${g} is edited (${Object.keys(patch).join(', ')})`);
+    },
+    remove(g) {
+      store.delete(haKeys.guest(g));
+      say(`world: ${g} is deleted`);
+    },
+  };
+
+  // The cluster's start: leases first, then the guests on their members' tokens.
+  let started = false;
+  function begin() {
+    started = true;
+    for (const m of ordered()) for (const a of m.lrm.tick(now)) act(m, a);
+    for (const g of options.guests ?? []) {
+      store.put(haKeys.guest(g.name), {
+        name: g.name,
+        model: g.model ?? 'ct',
+        memoryBytes: (g.memoryGiB ?? 1) * GIB,
+        cpus: 1,
+        ha: g.ha ?? true,
+        priority: g.priority ?? 0,
+        want: g.want ?? 'started',
+        owner: g.on,
+        token: tokenOf(g.on) ?? 0,
+        decidedAt: store.revision(),
+        failures: 0,
+        failedOn: [],
+      } satisfies HaGuestRecord);
+    }
+  }
+
+  function where(): string {
+    const byMember = ordered().map((m) => {
+      const state = m.host !== 'up' ? ` ${m.host}` : '';
+      return `${m.name}${state}[${procsOn(m.name)
+        .map((g) => (procs.get(g)?.get(m.name) === 'incoming' ? `${g}(incoming)` : g))
+        .join(' ')}]`;
+    });
+    const errors = guests()
+      .filter((r) => r.value.error !== undefined)
+      .map((r) => ` ${r.value.name}: error`);
+    return `world: ${byMember.join(' ')}${errors.join('')}`;
+  }
+
+  return {
+    world,
+    log,
+    at(atMs, what, phase = 'before') {
+      if (atMs % tickMs !== 0) throw new Error(`${atMs} ms is not on a tick of ${tickMs} ms`);
+      scheduled.push({ at: atMs, phase, what });
+    },
+    run(untilMs) {
+      if (!started) begin();
+      for (; now <= untilMs; now += tickMs) {
+        if (now === quietUntil) log.push(`${secs(now)} ${where()}`);
+        tick();
+      }
+      log.push(`${secs(untilMs)} ${where()}`);
+      return log;
+    },
+    runningOn(g) {
+      return [...(procs.get(g) ?? [])]
+        .filter(([m, s]) => s === 'running' && member(m).host === 'up')
+        .map(([m]) => m)
+        .sort();
+    },
+    record: (g) => guestRecord(g)?.value,
+  };
+}
