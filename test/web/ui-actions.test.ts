@@ -17,7 +17,7 @@ interface ApiGuest {
   imageAlias?: string;
   createdAt: string;
   config: Record<string, string>;
-  devices?: Record<string, { network: string }>;
+  devices?: Record<string, { network: string; hwaddr?: string; 'ipv4.address'?: string }>;
   disks?: Record<string, { pool: string; source: string; path?: string }>;
 }
 
@@ -396,7 +396,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await eventually('sleep 600 ended in a1', () => !sleeping(), 10_000);
   });
 
-  test('the create wizard makes a guest with a NIC on each chosen network, on the chosen storage pool, with its file', async () => {
+  test('the create wizard makes a guest with a NIC on each chosen network (a fixed address and MAC on one, a name of its own (eth5) on the other), on the chosen storage pool, with its file', async () => {
     await api('POST', '/1.0/storage-pools', { name: 'uiwpool', driver: 'dir' });
     try {
       await page.goto(`${base}/new-guest`);
@@ -407,8 +407,13 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       await page.getByRole('button', { name: 'Next', exact: true }).click();
       await page.waitForSelector(`#f-network option:text-is("${net}")`, { state: 'attached' });
       await page.selectOption('#f-network', net);
+      // The first NIC keeps its default name (eth0), with a fixed address and MAC.
+      await page.fill('#f-nic-1-ipv4-address', `${subnet}.77`);
+      await page.fill('#f-nic-1-mac-address', '0a:11:22:33:44:55');
       await page.click('button:has-text("Add a NIC")');
       await page.selectOption('#f-network-2', net2);
+      // eth5: the busybox image's init asks DHCP on ethN interfaces only.
+      await page.fill('#f-nic-2-name', 'eth5');
       await page.waitForSelector('#f-storage-pool option:text-is("uiwpool")', { state: 'attached' });
       await page.selectOption('#f-storage-pool', 'uiwpool');
       await page.getByRole('button', { name: 'Next', exact: true }).click();
@@ -424,8 +429,10 @@ describe('web UI actions against a real daemon, checked in its state', () => {
         Object.entries(made.devices ?? {})
           .map(([nic, x]) => `${nic}:${x.network}`)
           .sort(),
-        [`eth0:${net}`, `eth1:${net2}`],
+        [`eth0:${net}`, `eth5:${net2}`],
       );
+      assert.equal(made.devices?.eth0?.['ipv4.address'], `${subnet}.77`);
+      assert.equal(made.devices?.eth0?.hwaddr, '0a:11:22:33:44:55');
       const pool = await api<{ path: string; guests?: Array<{ name: string }> }>(
         'GET',
         '/1.0/storage-pools/uiwpool',
@@ -439,13 +446,18 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       // Its file is in it, with the wizard's mode.
       assert.equal(exec('w4', 'cat /etc/wizard-note'), 'written by the wizard\n');
       assert.equal(exec('w4', 'stat -c %a /etc/wizard-note'), '644\n');
-      // Started, with an address of each chosen network's subnet.
-      const addresses = () => d.cli(['exec', 'w4', '--', 'ip', '-4', 'addr']).stdout;
+      // Started, with the fixed address and MAC on eth0, and an address of the second subnet on eth5.
+      const ip = (...args: string[]) => d.cli(['exec', 'w4', '--', 'ip', ...args]).stdout;
       await eventually(
-        `an address of ${subnet}.0/24 and of ${subnet2}.0/24 in w4`,
-        () => addresses().includes(`inet ${subnet}.`) && addresses().includes(`inet ${subnet2}.`),
+        `${subnet}.77 on eth0 and an address of ${subnet2}.0/24 on eth5 in w4`,
+        () =>
+          ip('-4', 'addr', 'show', 'eth0').includes(`inet ${subnet}.77/`) &&
+          ip('-4', 'addr', 'show', 'eth5').includes(`inet ${subnet2}.`),
         30_000,
-      );
+      ).catch((e: Error) => {
+        throw new Error(`${e.message}; w4 has: ${ip('addr')}`);
+      });
+      assert.match(ip('link', 'show', 'eth0'), /link\/ether 0a:11:22:33:44:55 /);
     } finally {
       d.cli(['delete', '--force', 'w4']);
       await d.api('DELETE', '/1.0/storage-pools/uiwpool');

@@ -1,6 +1,6 @@
 import { useComputed, useSignal } from '@preact/signals';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import type { Guest, Operation } from '../../src/api/types.ts';
+import type { Guest, NicDevice, Operation } from '../../src/api/types.ts';
 import { navigate, route, withQuery } from './router.ts';
 import { type Sort, SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, attempt, finished, guests, guestsLoaded } from './state.ts';
@@ -333,6 +333,40 @@ const LIMITS = [
   ['limits.processes', 'Processes', 'ct: most processes at once'],
 ] as const;
 
+/** A NIC of the wizard: its network ('' is none), and what the API lets a NIC fix ('' is its default). */
+interface WizardNic {
+  network: string;
+  name: string;
+  address: string;
+  hwaddr: string;
+}
+const NO_NIC: WizardNic = { network: '', name: '', address: '', hwaddr: '' };
+
+/**
+ * The devices the wizard's NICs ask for: a NIC without a name takes the first ethN no other NIC
+ * is named, so that eth0, eth1… come in order and a named one (`lan`) takes no number.
+ */
+function wizardDevices(nics: WizardNic[]): Record<string, NicDevice> {
+  const chosen = nics.filter((n) => n.network !== '');
+  const named = new Set(chosen.map((n) => n.name.trim()).filter(Boolean));
+  const devices: Record<string, NicDevice> = {};
+  let next = 0;
+  for (const nic of chosen) {
+    let name = nic.name.trim();
+    if (!name) {
+      while (named.has(`eth${next}`) || `eth${next}` in devices) next++;
+      name = `eth${next}`;
+    }
+    devices[name] = {
+      type: 'nic',
+      network: nic.network,
+      ...(nic.address.trim() && { 'ipv4.address': nic.address.trim() }),
+      ...(nic.hwaddr.trim() && { hwaddr: nic.hwaddr.trim() }),
+    };
+  }
+  return devices;
+}
+
 /** The create wizard for all three models: image and model, name and limits, networks and storage, files. */
 export function CreateGuest() {
   const step = Number(route.value.query.get('step') ?? '1');
@@ -344,8 +378,8 @@ export function CreateGuest() {
     image: '',
     name: '',
     limits: {} as Record<string, string>,
-    /** One NIC per entry, eth0 first; '' is no NIC. */
-    networks: [''],
+    /** One NIC per entry, eth0 first; one on no network is none. */
+    nics: [NO_NIC],
     storage: '',
     files: [] as Array<{ path: string; content: string; mode: string }>,
     start: true,
@@ -357,7 +391,12 @@ export function CreateGuest() {
   const [busy, setBusy] = useState(false);
   const f = form.value;
 
-  const chosen = f.networks.filter((n) => n !== '');
+  const devices = wizardDevices(f.nics);
+  const setNic = (i: number, patch: Partial<WizardNic>) => {
+    const nics = [...f.nics];
+    nics[i] = { ...(nics[i] ?? NO_NIC), ...patch };
+    set({ nics });
+  };
   const create = async () => {
     const config: Record<string, string> = {};
     for (const [k, v] of Object.entries(f.limits)) if (v.trim()) config[k] = v.trim();
@@ -372,13 +411,7 @@ export function CreateGuest() {
       model: f.model,
       config,
       start: f.start,
-      ...(chosen.length > 0
-        ? {
-            devices: Object.fromEntries(
-              chosen.map((network, i) => [`eth${i}`, { type: 'nic' as const, network }]),
-            ),
-          }
-        : {}),
+      ...(Object.keys(devices).length > 0 ? { devices } : {}),
       ...(f.storage ? { storage: f.storage } : {}),
     });
     await finished(op);
@@ -452,28 +485,58 @@ export function CreateGuest() {
         )}
         {step === 3 && (
           <>
-            {f.networks.map((network, i) => (
-              <Field key={i} label={i === 0 ? 'Network' : `Network ${i + 1}`}>
-                {(id) => (
-                  <select
-                    id={id}
-                    value={network}
-                    onChange={(e) => {
-                      const next = [...f.networks];
-                      next[i] = e.currentTarget.value;
-                      set({ networks: next });
-                    }}
-                  >
-                    <option value="">No network</option>
-                    {(networks.data ?? []).map((n) => (
-                      <option key={n.name}>{n.name}</option>
-                    ))}
-                  </select>
+            {f.nics.map((nic, i) => (
+              <fieldset key={i} class="plain" aria-label={`NIC ${i + 1}`}>
+                <Field label={i === 0 ? 'Network' : `Network ${i + 1}`}>
+                  {(id) => (
+                    <select
+                      id={id}
+                      value={nic.network}
+                      onChange={(e) => setNic(i, { network: e.currentTarget.value })}
+                    >
+                      <option value="">No network</option>
+                      {(networks.data ?? []).map((n) => (
+                        <option key={n.name}>{n.name}</option>
+                      ))}
+                    </select>
+                  )}
+                </Field>
+                {nic.network !== '' && (
+                  <div class="row">
+                    <Field label={`NIC ${i + 1} name`} hint="Default: the next free ethN">
+                      {(id) => (
+                        <input
+                          id={id}
+                          value={nic.name}
+                          placeholder="eth0"
+                          onInput={(e) => setNic(i, { name: e.currentTarget.value })}
+                        />
+                      )}
+                    </Field>
+                    <Field label={`NIC ${i + 1} IPv4 address`} hint="Default: the next free one">
+                      {(id) => (
+                        <input
+                          id={id}
+                          value={nic.address}
+                          onInput={(e) => setNic(i, { address: e.currentTarget.value })}
+                        />
+                      )}
+                    </Field>
+                    <Field label={`NIC ${i + 1} MAC address`} hint="Default: stable, from the guest and NIC">
+                      {(id) => (
+                        <input
+                          id={id}
+                          value={nic.hwaddr}
+                          onInput={(e) => setNic(i, { hwaddr: e.currentTarget.value })}
+                        />
+                      )}
+                    </Field>
+                  </div>
                 )}
-              </Field>
+              </fieldset>
             ))}
             {(networks.data ?? []).length > 0 && (
-              <button type="button" onClick={() => set({ networks: [...f.networks, ''] })}>
+              <button type="button" onClick={() => set({ nics: [...f.nics, NO_NIC] })}>
                 Add a NIC
               </button>
             )}
@@ -551,7 +614,14 @@ export function CreateGuest() {
                   .join(', ') || 'none'}
               </dd>
               <dt>Networks</dt>
-              <dd>{chosen.map((n, i) => `eth${i}: ${n}`).join(', ') || 'none'}</dd>
+              <dd data-testid="review-networks">
+                {Object.entries(devices)
+                  .map(
+                    ([nic, d]) =>
+                      `${nic}: ${d.network}${d['ipv4.address'] ? ` ${d['ipv4.address']}` : ''}${d.hwaddr ? ` ${d.hwaddr}` : ''}`,
+                  )
+                  .join(', ') || 'none'}
+              </dd>
               <dt>Storage</dt>
               <dd>{f.storage || 'default'}</dd>
               <dt>Files</dt>
