@@ -28,6 +28,7 @@ import { imageInitArgv, KIT_INIT_MARKER } from '../../images/guest-kit.ts';
 import { writeConfigDisk } from '../config-disk.ts';
 import type { GuestDriver, ImageHandle, ProbeResult } from '../guest-driver.ts';
 import { createUidAllocator } from '../guest-uids.ts';
+import { createBaseDiskTwins } from './base-disk-twin.ts';
 import {
   BOOT_TIMEOUT_MS,
   exists,
@@ -158,11 +159,18 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
         }
         return;
       }
-      // The last lines, and the panic's own line (a stack trace after it would hide why).
+      // The panic's own line and what the block driver said before it (why the root disk did not
+      // open: a lock, a missing backing file, a size or time mismatch), then the last lines: a
+      // stack trace after the panic would hide why.
       const lines = text.trim().split('\n');
       const panic = lines.find((l) => /Kernel panic|not syncing/.test(l))?.trim();
+      const disk = lines
+        .filter((l) => /ubd|errno|backing|cow|EXT4-fs|failed to/i.test(l) && !/command line|^\s*\[</i.test(l))
+        .slice(-2)
+        .map((l) => l.trim());
       const last = lines.slice(-3).join(' ');
-      const tail = (panic && !last.includes(panic) ? `${panic} … ${last}` : last).slice(0, 400);
+      const cause = [...disk, ...(panic && !last.includes(panic) ? [panic] : [])].join(' … ');
+      const tail = (cause ? `${cause} … ${last}` : last).slice(0, 600);
       if (!(await isSameProcess(identity))) {
         throw internal(`Guest ${spec.name}'s UML kernel exited while booting: ${tail || 'no output'}.`);
       }
@@ -183,6 +191,8 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
    * the image's current one, or under the state dir's images) is taken. A header naming a
    * file that is gone gets the image's current base disk, as before.
    */
+  const umlTwinOf = createBaseDiskTwins(runner);
+
   const baseDiskOf = async (
     spec: GuestSpec,
     image: ImageHandle,
@@ -419,7 +429,8 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
             programFiles: await jailProgramFiles(),
             writableDirs: [p.diskDir, p.runDir],
             readOnlyFiles: [
-              ...(raw ? [] : [{ path: baseDisk, source: baseSource }]),
+              // UML reads the base disk's twin, at the base disk's path (base-disk-twin.ts).
+              ...(raw ? [] : [{ path: baseDisk, source: await umlTwinOf(baseSource) }]),
               ...(withConfig ? [configDisk] : []),
             ],
             volumes: volumes.map((v) => ({ device: v.device, hostPath: v.hostPath })),
