@@ -111,10 +111,15 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
     token: (now) => (live(now) ? token : undefined),
     tick(now) {
       if (token !== undefined && !live(now)) return fence();
+      // Petted at every look while live, whether or not the store answers: the watchdog is for
+      // a member that cannot look any more, the fencing above for one that cannot renew.
+      const actions: LrmAction[] = armed ? [{ kind: 'pet', untilMs: now + timings.watchdogMs }] : [];
       // A request that got no answer is sent again at the next look, not a period later.
-      if (!lastFailed && now - lastRequestAt < timings.renewEveryMs) return [];
-      lastRequestAt = now;
-      return [{ kind: token === undefined ? 'grant' : 'renew' }];
+      if (lastFailed || now - lastRequestAt >= timings.renewEveryMs) {
+        lastRequestAt = now;
+        actions.push({ kind: token === undefined ? 'grant' : 'renew' });
+      }
+      return actions;
     },
     leaseAnswer(now, answer) {
       lastFailed = answer.kind === 'failed';

@@ -223,9 +223,15 @@ export function createSimulator(options: SimOptions): Simulator {
     switch (a.kind) {
       case 'grant': {
         const sentAt = now;
-        const r = call(m, () =>
-          store.register(now, timings.leaseTtlMs, haKeys.heartbeat(m.name), { member: m.name }),
-        );
+        // The heartbeat is put with the lease's id, which a one-way link never brings back: the
+        // lease is granted and left to expire, with nothing on it.
+        if (m.link === 'oneway') call(m, () => store.grant(now, timings.leaseTtlMs));
+        const r =
+          m.link === 'oneway'
+            ? undefined
+            : call(m, () =>
+                store.register(now, timings.leaseTtlMs, haKeys.heartbeat(m.name), { member: m.name }),
+              );
         if (!r) return lrmAnswer(m, { kind: 'failed' });
         m.lease = r.lease;
         say(`${m.name} lease granted (token ${r.createRevision})`);
@@ -494,6 +500,11 @@ export function createSimulator(options: SimOptions): Simulator {
     if (now % timings.crmEveryMs === 0) {
       for (const m of ordered()) {
         const crmLease = m.crmLease;
+        // A daemon whose member is fenced gives its election up at once, not a TTL later.
+        if (crmLease !== undefined && m.host === 'up' && m.daemon === 'up' && !daemonWorks(m)) {
+          m.crmLease = undefined;
+          call(m, () => store.revoke(crmLease));
+        }
         if (
           crmLease !== undefined &&
           daemonWorks(m) &&
