@@ -268,8 +268,18 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         storage: services.storage,
         removeLocal,
         members: clusterMembers,
-        transport: createMoveTransport({ client: memberClient, member: memberTarget }),
-        liveRefusal: liveMoveRefusal(runner),
+        transport: createMoveTransport({
+          client: memberClient,
+          // A live move's prepare makes a disk and starts a QEMU before it answers.
+          liveClient: createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>, {
+            timeoutMs: 180_000,
+          }),
+          member: memberTarget,
+        }),
+        liveRefusal: liveMoveRefusal(runner, {
+          migrates: (model) => drivers[model]?.migration !== undefined,
+        }),
+        migrationOf: (model) => drivers[model]?.migration,
         log,
       }),
       receiver: createMoveReceiver({
@@ -279,6 +289,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         runner,
         workDir: path.join(stateDir, 'imports'),
         removeLocal,
+        // A live migration comes in on this member's cluster address (decision 0042).
+        live: {
+          migrationOf: (model) => drivers[model]?.migration,
+          image: (fingerprint) => images.handle(fingerprint),
+          host: splitAddress(membership.address).host,
+        },
       }),
     };
   }

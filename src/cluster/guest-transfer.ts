@@ -3,6 +3,8 @@ import { stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { notFound } from '../core/errors.ts';
+import type { ProcessIdentity } from '../core/types.ts';
+import type { IncomingEndpoints } from '../drivers/live-migration.ts';
 import type { MoveTransport } from '../services/guest-move.ts';
 import { type MemberClient, type MemberTarget, metadataOfAnswer } from './member-client.ts';
 
@@ -10,9 +12,13 @@ import { type MemberClient, type MemberTarget, metadataOfAnswer } from './member
  * The members' side of a move (decision 0040): the archive of a guest goes to the destination
  * as the body of one request over the members' mutual TLS, streamed from the file; the
  * destination answers once it has applied it, or with the error envelope that says why not.
+ * A live move (decision 0042) asks the destination to get ready and, after the switch-over, to
+ * run the guest, over the same TLS; the migration's own traffic goes between the QEMUs.
  */
 export function createMoveTransport(deps: {
   client: MemberClient;
+  /** For a live move's prepare, which makes a disk and starts QEMU before it answers (a longer timeout). */
+  liveClient?: MemberClient;
   /** The member's name and member-API address, from the cluster's records. */
   member: (name: string) => Promise<MemberTarget | undefined>;
 }): MoveTransport {
@@ -62,6 +68,23 @@ export function createMoveTransport(deps: {
     },
     async discard(member, guest) {
       await deps.client.request(await targetOf(member), 'DELETE', `/1.0/cluster/guest-moves/${guest}`);
+    },
+    async prepareLive(member, guest, signal) {
+      const target = await targetOf(member);
+      signal.throwIfAborted();
+      const answer = await (deps.liveClient ?? deps.client).request<{
+        process: ProcessIdentity;
+        endpoints: IncomingEndpoints;
+      }>(target, 'POST', `/1.0/cluster/live-moves/${guest}`, {});
+      return answer.metadata;
+    },
+    async finishLive(member, guest) {
+      await deps.client.request(
+        await targetOf(member),
+        'POST',
+        `/1.0/cluster/live-moves/${guest}/finish`,
+        {},
+      );
     },
   };
 }

@@ -43,6 +43,21 @@ export function snapshotSchedule(v: string): Cron {
   }
 }
 
+/** Default `migration.downtime_limit` (QEMU's own default downtime-limit). */
+export const DEFAULT_MIGRATION_DOWNTIME_MS = 300;
+
+/** `migration.downtime_limit` in ms: a whole number from 1 to 60000 (QEMU takes up to 2000 s; a minute is already no longer live). */
+export function migrationDowntimeLimitMs(v: string | undefined): number {
+  if (v === undefined) return DEFAULT_MIGRATION_DOWNTIME_MS;
+  const n = /^[0-9]{1,6}$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 60_000) {
+    throw invalidArgument(
+      `migration.downtime_limit=${JSON.stringify(v)} must be a whole number of milliseconds from 1 to 60000 (default ${DEFAULT_MIGRATION_DOWNTIME_MS})`,
+    );
+  }
+  return n;
+}
+
 const bool: KeySpec['check'] = (v) => {
   if (v !== 'true' && v !== 'false')
     throw invalidArgument(`Expected true or false, got ${JSON.stringify(v)}`);
@@ -146,6 +161,14 @@ const KEYS: Record<string, KeySpec> = {
       if (!(EVACUATE_MODES as readonly string[]).includes(v)) {
         throw invalidArgument(`cluster.evacuate=${JSON.stringify(v)} must be auto, migrate or stop`);
       }
+    },
+  },
+  'migration.downtime_limit': {
+    live: true,
+    models: ['vm'],
+    help: 'longest pause a live move may give the guest at its switch-over, in milliseconds (QEMU downtime-limit, default 300)',
+    check(v) {
+      migrationDowntimeLimitMs(v);
     },
   },
   'boot.restart_policy': {

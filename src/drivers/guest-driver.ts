@@ -5,6 +5,7 @@ import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { LiveResult, VolumeResolver } from './guest-volumes.ts';
+import type { LiveMigration } from './live-migration.ts';
 
 /** What a driver's probe found on this host. */
 export interface ProbeResult {
@@ -196,6 +197,8 @@ export interface GuestDriver {
     spec: GuestSpec,
     options: { process: ProcessIdentity },
   ): Promise<Record<string, DiskCounters>>;
+  /** Moving the running guest to another member (vm, decision 0042); absent where the model cannot. */
+  migration?: LiveMigration;
   /**
    * The running guest's own view of its interfaces and addresses (ct: its network namespace, read
    * from /proc; vm, pvm: a probe through its agent), for the NIC observer. `process` is the identity

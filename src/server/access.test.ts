@@ -109,6 +109,8 @@ const EXPECTED: Record<string, ActionClass> = {
   'POST /1.0/cluster/guest-moves/:name': 'host-admin',
   'POST /1.0/cluster/members/:name/state': 'host-admin',
   'DELETE /1.0/cluster/guest-moves/:name': 'host-admin',
+  'POST /1.0/cluster/live-moves/:name': 'host-admin',
+  'POST /1.0/cluster/live-moves/:name/finish': 'host-admin',
   'POST /1.0/cluster/bootstrap': 'host-admin',
   'POST /1.0/cluster/tokens': 'host-admin',
   'POST /1.0/cluster/join': 'host-admin',

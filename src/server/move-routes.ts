@@ -18,7 +18,8 @@ const MoveBodySchema = Type.Object(
     migration: Type.Literal(true, { description: 'Move the guest to the member `target` names (Incus)' }),
     live: Type.Optional(
       Type.Boolean({
-        description: 'Keep it running through the move (NotSupported, with the reason, where it cannot)',
+        description:
+          'Keep it running through the move (vm: live migration, its disk mirrored; NotSupported, with the reason, where the model cannot)',
       }),
     ),
   },
@@ -123,6 +124,57 @@ export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): voi
         if (!reply.raw.writableFinished) aborted.abort();
       });
       await m.receiver.receive(request.params.name, path, aborted.signal);
+      return syncResponse({});
+    },
+  );
+
+  const LivePreparedSchema = Type.Object({
+    process: Type.Object({
+      pid: Type.Integer({ description: "The destination QEMU's pid" }),
+      startTime: Type.Integer({ description: 'Its start time (field 22 of /proc/PID/stat)' }),
+    }),
+    endpoints: Type.Object({
+      host: Type.String({ description: "The destination's cluster address" }),
+      nbdPort: Type.Integer({ description: "Port of the NBD export of the guest's disk" }),
+      migrationPort: Type.Integer({ description: "Port of QEMU's incoming migration" }),
+    }),
+  });
+
+  app.post<{ Params: { name: string } }>(
+    '/1.0/cluster/live-moves/:name',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary:
+          'For the member a guest moves to live: make its disk and start its QEMU waiting for the migration; answers where it listens',
+        params: NameParamsSchema,
+        body: Type.Object({}, { additionalProperties: false }),
+        response: { 200: SyncEnvelope(LivePreparedSchema), ...errors },
+      },
+    },
+    async (request) => {
+      const m = moves();
+      if (!m) throw invalidArgument('This host is not in a cluster');
+      return syncResponse(await m.receiver.prepareLive(request.params.name));
+    },
+  );
+
+  app.post<{ Params: { name: string } }>(
+    '/1.0/cluster/live-moves/:name/finish',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary:
+          'For the member a guest moved to live: the migration is in and the records name it; run the guest',
+        params: NameParamsSchema,
+        body: Type.Object({}, { additionalProperties: false }),
+        response: { 200: SyncEnvelope(Type.Object({})), ...errors },
+      },
+    },
+    async (request) => {
+      const m = moves();
+      if (!m) throw invalidArgument('This host is not in a cluster');
+      await m.receiver.finishLive(request.params.name);
       return syncResponse({});
     },
   );

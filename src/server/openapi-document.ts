@@ -69,6 +69,8 @@ export const OPERATION_IDS: Record<string, string> = {
   'POST /1.0/cluster/members/{name}/state': 'changeMemberState',
   'POST /1.0/cluster/guest-moves/{name}': 'receiveGuestMove',
   'DELETE /1.0/cluster/guest-moves/{name}': 'discardGuestMove',
+  'POST /1.0/cluster/live-moves/{name}': 'prepareLiveMove',
+  'POST /1.0/cluster/live-moves/{name}/finish': 'finishLiveMove',
   'PUT /1.0/guests/{name}/state': 'changeGuestState',
   'POST /1.0/guests/{name}/exec': 'execInGuest',
   'GET /1.0/guests/{name}/console': 'getGuestConsoleLog',

@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
-import { invalidArgument, isTrivisorError } from '../core/errors.ts';
+import { cancelled, conflict, invalidArgument, isTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
+import type { LiveMigration } from '../drivers/live-migration.ts';
 import { silentLogger } from '../host/logger.ts';
 import { hostRunner, type ProcessRunner, type RunResult } from '../host/runner.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
@@ -117,6 +118,8 @@ describe('moving a guest (cold)', () => {
         discarded.push([member, name]);
         files.get(member)?.delete(name);
       },
+      prepareLive: () => Promise.reject(new Error('not a live move')),
+      finishLive: () => Promise.reject(new Error('not a live move')),
     };
     mover = createGuestMover({
       store,
@@ -443,22 +446,265 @@ describe('why a guest cannot move live', () => {
     assert.deepEqual(fake.calls, [['criu', 'check']]);
   });
 
-  test('ct without CRIU, pvm and vm say so in one line, without a probe for the last two', async () => {
+  test('ct without CRIU, pvm, and vm where the driver cannot migrate say so in one line, without a probe for the last two; vm where it can is not refused', async () => {
     const missing = runner(new Error('spawn criu ENOENT'));
     assert.match(
-      await liveMoveRefusal(missing.runner)(spec()),
+      (await liveMoveRefusal(missing.runner)(spec())) ?? '',
       /^ct guests cannot move live: CRIU is not installed on this host \(.*ENOENT.*\); move it with --stateless/,
     );
     const unused = runner({ code: 0, stdout: '', stderr: '' });
     const refusal = liveMoveRefusal(unused.runner);
     assert.match(
-      await refusal(spec({ model: 'pvm' })),
+      (await refusal(spec({ model: 'pvm' }))) ?? '',
       /^pvm guests cannot move live: User-Mode Linux has no live migration/,
     );
     assert.match(
-      await refusal(spec({ model: 'vm' })),
-      /^Live migration of vm guests is not built yet; move it with --stateless/,
+      (await refusal(spec({ model: 'vm' }))) ?? '',
+      /^vm guests cannot move live: the vm driver of this member has no live migration; move it with --stateless/,
+    );
+    const migrating = liveMoveRefusal(unused.runner, { migrates: (m) => m === 'vm' });
+    assert.equal(
+      await migrating(spec({ model: 'vm' })),
+      undefined,
+      'vm guests move live where the driver can',
     );
     assert.deepEqual(unused.calls, []);
+  });
+});
+
+describe('moving a vm guest live', () => {
+  let store: KvEngine;
+  let operations: OperationService;
+  let files: Map<string, Set<string>>;
+  let controllers: { stop(): void };
+  let calls: string[];
+  let mover: GuestMover;
+  let fail: { migrate?: Error; finish?: Error; prepare?: Error };
+  /** Set to hold migrateOut until the test lets it go (or the signal ends it). */
+  let hold: Promise<void> | undefined;
+
+  const guest = async () => (await records.guest.at('web').get(store))?.value;
+  const end = async (op: Operation) => operations.wait(op.id);
+  const process = { pid: 4242, startTime: 99 };
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    operations = createOperationService(createEventBus());
+    files = new Map([
+      ['h1', new Set(['web'])],
+      ['h2', new Set()],
+    ]);
+    controllers = fakeControllers(store, files);
+    calls = [];
+    fail = {};
+    hold = undefined;
+    await records.guestLocation.at('web').put(store, 'h1');
+    await records.guest
+      .at('web')
+      .put(store, spec({ model: 'vm', config: { 'migration.downtime_limit': '120' } }));
+    await waitForGuest(store, 'web', convergedTo(1));
+    const migration: LiveMigration = {
+      prepareIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
+      finishIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
+      async migrateOut(s, options) {
+        calls.push(
+          `migrateOut ${s.location} -> ${options.to.host}:${options.to.migrationPort} limit ${options.downtimeLimitMs}`,
+        );
+        options.onProgress?.({
+          phase: 'copying RAM',
+          diskDoneBytes: 10,
+          diskTotalBytes: 10,
+          ramTransferredBytes: 5,
+          ramTotalBytes: 20,
+        });
+        if (hold) {
+          await Promise.race([
+            hold,
+            new Promise<void>((_, reject) =>
+              options.signal.addEventListener('abort', () =>
+                reject(cancelled('The live move was cancelled')),
+              ),
+            ),
+          ]);
+        }
+        if (fail.migrate) throw fail.migrate;
+        return { downtimeMs: 42, totalMs: 1000, mirrorMs: 400, ramMs: 600, diskBytes: 10, ramBytes: 20 };
+      },
+      async resumeSource(s) {
+        calls.push(`resume ${s.location}`);
+      },
+    };
+    const transport: MoveTransport = {
+      send: () => Promise.reject(new Error('not a cold move')),
+      async discard(member, name) {
+        calls.push(`discard ${member} ${name}`);
+        files.get(member)?.delete(name);
+      },
+      async prepareLive(member, name) {
+        calls.push(`prepare ${member} ${name}`);
+        if (fail.prepare) throw fail.prepare;
+        files.get(member)?.add(name);
+        return { process, endpoints: { host: '198.18.0.2', nbdPort: 1, migrationPort: 2 } };
+      },
+      async finishLive(member, name) {
+        calls.push(
+          `finish ${member} ${name} owner ${(await records.guestLocation.at(name).get(store))?.value}`,
+        );
+        if (fail.finish) throw fail.finish;
+      },
+    };
+    mover = createGuestMover({
+      store,
+      operations,
+      hostName: 'h1',
+      log: silentLogger(),
+      members: async () => [
+        { name: 'h1', status: 'Online' },
+        { name: 'h2', status: 'Online' },
+      ],
+      transport,
+      liveRefusal: async () => undefined,
+      migrationOf: (model) => (model === 'vm' ? migration : undefined),
+      removeLocal: async (s) => {
+        calls.push(`removeLocal ${s.location}`);
+        files.get(s.location)?.delete(s.name);
+      },
+      guests: { changeState: () => Promise.reject(new Error('a live move never stops the guest')) },
+      storage: {
+        createBackup: () => Promise.reject(new Error('a live move writes no archive')),
+        backupFile: () => Promise.reject(new Error('a live move writes no archive')),
+        deleteBackup: () => Promise.reject(new Error('a live move writes no archive')),
+      },
+    });
+  });
+
+  afterEach(async () => {
+    controllers.stop();
+    await store.close();
+  });
+
+  test('the destination gets ready, the guest migrates, the records change owner at switch-over, then it runs there and the source copy goes; the downtime is in the metadata', async () => {
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.deepEqual(calls, [
+      'prepare h2 web',
+      'migrateOut h1 -> 198.18.0.2:2 limit 120',
+      'finish h2 web owner h2',
+      'removeLocal h1',
+    ]);
+    assert.equal(op.metadata.location, 'h2');
+    assert.equal(op.metadata.downtimeMs, 42);
+    assert.equal(op.metadata.downtimeLimitMs, 120);
+    assert.equal(op.metadata.ramTransferredBytes, 20);
+    assert.equal(typeof op.metadata.pausedMs, 'number');
+    assert.equal(typeof op.metadata.totalMs, 'number');
+    const moved = await guest();
+    assert.equal(moved?.location, 'h2');
+    assert.equal(moved?.desired, 'Running');
+    assert.equal((await records.guestStatus.at('web').get(store))?.value.status, 'Running');
+    assert.deepEqual([...(files.get('h1') ?? [])], []);
+  });
+
+  test('a migration that fails leaves the guest running on the source, its records untouched, and nothing on the destination', async () => {
+    fail.migrate = new Error('The RAM migration failed: Connection reset');
+    const before = await records.guest.at('web').get(store);
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(
+      op.error,
+      'Cannot move guest web live to h2: The RAM migration failed: Connection reset; it stays running on h1',
+    );
+    assert.deepEqual(calls, ['prepare h2 web', 'migrateOut h1 -> 198.18.0.2:2 limit 120', 'discard h2 web']);
+    assert.equal((await records.guest.at('web').get(store))?.modRevision, before?.modRevision);
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+  });
+
+  test('a cancelled live move ends Cancelled with the guest on the source and nothing on the destination', async () => {
+    hold = new Promise(() => {});
+    const started = await mover.move('web', { target: 'h2', live: true });
+    assert.equal(started.mayCancel, true);
+    while (!calls.some((c) => c.startsWith('migrateOut'))) await new Promise((r) => setTimeout(r, 5));
+    operations.cancel(started.id);
+    const op = await end(started);
+    assert.equal(op.status, 'Cancelled');
+    assert.deepEqual(calls, ['prepare h2 web', 'migrateOut h1 -> 198.18.0.2:2 limit 120', 'discard h2 web']);
+    assert.equal((await guest())?.location, 'h1');
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+  });
+
+  test('a destination that cannot run the guest after the switch-over: the records come back, the source resumes, the destination copy goes', async () => {
+    fail.finish = new Error('QEMU refused cont');
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.match(
+      op.error ?? '',
+      /^Cannot move guest web live to h2: QEMU refused cont; it stays running on h1$/,
+    );
+    assert.deepEqual(calls, [
+      'prepare h2 web',
+      'migrateOut h1 -> 198.18.0.2:2 limit 120',
+      'finish h2 web owner h2',
+      'resume h1',
+      'discard h2 web',
+    ]);
+    assert.equal((await guest())?.location, 'h1');
+    assert.equal((await records.guestLocation.at('web').get(store))?.value, 'h1');
+  });
+
+  test('a destination that already holds files of the guest refuses, and keeps them', async () => {
+    fail.prepare = conflict('This member already has files of guest web');
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'Conflict');
+    assert.deepEqual(calls, ['prepare h2 web']);
+  });
+
+  test('refusals of a live move are one line and change nothing: a stopped guest, one with snapshots, a bad downtime limit, a model without live migration', async () => {
+    const refused = async () => {
+      try {
+        await mover.move('web', { target: 'h2', live: true });
+      } catch (e) {
+        assert.ok(isTrivisorError(e));
+        assert.doesNotMatch(e.message, /\n/);
+        return `${e.code}: ${e.message}`;
+      }
+      assert.fail('moved');
+    };
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.snapshot.at('web', 's1').put(store, {
+      name: 's1',
+      guest: 'web',
+      createdAt: new Date(0).toISOString(),
+      wasRunning: true,
+      location: 'h1',
+    });
+    assert.equal(
+      await refused(),
+      'FailedPrecondition: Guest web has snapshots (s1): they do not move live yet; delete them or move it without --live',
+    );
+    await store.txn({ compare: [], success: [records.snapshot.at('web', 's1').deleteOp()] });
+    await records.guest.at('web').put(store, {
+      ...now.value,
+      generation: 2,
+      config: { 'migration.downtime_limit': 'soon' },
+    });
+    await waitForGuest(store, 'web', convergedTo(2));
+    assert.match(
+      await refused(),
+      /^InvalidArgument: migration\.downtime_limit="soon" must be a whole number/,
+    );
+    await records.guest.at('web').put(store, { ...now.value, generation: 3, desired: 'Stopped' });
+    await waitForGuest(store, 'web', convergedTo(3));
+    assert.equal(
+      await refused(),
+      'FailedPrecondition: Guest web is Stopped: a live move needs it running; move it without --live',
+    );
+    await records.guest.at('web').put(store, { ...now.value, generation: 4, model: 'pvm' });
+    await waitForGuest(store, 'web', convergedTo(4));
+    assert.equal(await refused(), 'NotSupported: pvm guests cannot move live from h1');
+    assert.deepEqual(calls, []);
+    assert.equal((await guest())?.location, 'h1');
   });
 });

@@ -1,7 +1,9 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { migrationDowntimeLimitMs } from '../core/config-keys.ts';
 import {
   asTrivisorError,
+  cancelled,
   conflict,
   failedPrecondition,
   invalidArgument,
@@ -11,8 +13,10 @@ import {
 } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { projectOfRecord } from '../core/projects.ts';
-import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
+import type { GuestSpec, GuestStatus, Model, Operation, ProcessIdentity } from '../core/types.ts';
+import type { ImageHandle } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
+import type { IncomingEndpoints, LiveMigration, MigrationProgress } from '../drivers/live-migration.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -46,7 +50,7 @@ import { convergedTo, waitForGuest } from './wait-guest.ts';
 export interface MoveRequest {
   /** The member to move to. */
   target: string;
-  /** Keep the guest running through the move (vm: QEMU migration; not built yet). */
+  /** Keep the guest running through the move (vm: QEMU's live migration, decision 0042). */
   live?: boolean;
 }
 
@@ -56,6 +60,17 @@ export interface MoveTransport {
   send(member: string, guest: string, archivePath: string, signal: AbortSignal): Promise<void>;
   /** Asks `member` to remove its copy of guest `guest` (after a move was rolled back). */
   discard(member: string, guest: string): Promise<void>;
+  /**
+   * Asks `member` to get ready for guest `guest`'s live migration (its disk made, its QEMU
+   * waiting); resolves with that QEMU's process and where it listens.
+   */
+  prepareLive(
+    member: string,
+    guest: string,
+    signal: AbortSignal,
+  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
+  /** Tells `member` that the migration is in and the records name it: the guest runs there. */
+  finishLive(member: string, guest: string): Promise<void>;
 }
 
 export interface GuestMoverDeps {
@@ -70,8 +85,10 @@ export interface GuestMoverDeps {
   /** The cluster's members and their status (`cluster list`). */
   members: () => Promise<Array<{ name: string; status: string }>>;
   transport: MoveTransport;
-  /** Why `--live` cannot move this guest here (a probe's finding, or the model's limit). */
-  liveRefusal: (spec: GuestSpec) => Promise<string>;
+  /** Why `--live` cannot move this guest here (a probe's finding, or the model's limit); undefined: it can. */
+  liveRefusal: (spec: GuestSpec) => Promise<string | undefined>;
+  /** This member's live migration of a model (its driver's), the source's side of a live move. */
+  migrationOf?: (model: Model) => LiveMigration | undefined;
   log: Logger;
   /** How long the destination may take to make the guest's files, and to start it (default 5 min). */
   convergeMs?: number;
@@ -112,7 +129,12 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         `Cannot move guest ${name} to ${member.name}: ${member.name} is ${member.status}`,
       );
     }
-    if (request.live) throw notSupported(await deps.liveRefusal(spec.value));
+    if (request.live) {
+      const refusal = await deps.liveRefusal(spec.value);
+      if (refusal !== undefined || !deps.migrationOf?.(spec.value.model)) {
+        throw notSupported(refusal ?? `${spec.value.model} guests cannot move live from ${hostName}`);
+      }
+    }
     const disks = Object.values(spec.value.disks ?? {}).map((d) => `${d.pool}/${d.source}`);
     if (disks.length > 0) {
       throw failedPrecondition(
@@ -128,7 +150,21 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     if (!status?.value.provisioned || status.value.observedGeneration < spec.value.generation) {
       throw conflict(`Guest ${name} is busy with another change; wait for its operation to finish`);
     }
-    return { spec: spec.value, status: status.value };
+    if (request.live) {
+      if (spec.value.desired !== 'Running' || status.value.status !== 'Running') {
+        throw failedPrecondition(
+          `Guest ${name} is ${status.value.status}: a live move needs it running; move it without --live`,
+        );
+      }
+      const snapshots = valuesOf(await records.snapshot.list(store, name)).map((s) => s.name);
+      if (snapshots.length > 0) {
+        throw failedPrecondition(
+          `Guest ${name} has snapshots (${snapshots.join(', ')}): they do not move live yet; delete them or move it without --live`,
+        );
+      }
+      migrationDowntimeLimitMs(spec.value.config['migration.downtime_limit']);
+    }
+    return { spec: spec.value, status: status.value, specRevision: spec.modRevision };
   }
 
   /** Writes the spec's desired state and waits for its owner's controller to reach it. */
@@ -152,7 +188,9 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
 
   return {
     async move(name, request) {
-      const { spec, status } = await check(name, request);
+      const checked = await check(name, request);
+      if (request.live) return moveLive(name, request.target, checked);
+      const { spec, status } = checked;
       const target = request.target;
       const wasRunning = up(status);
       return deps.operations.start({
@@ -245,6 +283,179 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     },
   };
 
+  /**
+   * A live move (decision 0042): the destination's QEMU waits, the disk and the RAM go over, and
+   * at switch-over (the source paused, both disks equal) the records change owner in one
+   * transaction; only then does the destination's guest run, and this member's copy go. Until
+   * the transaction, a failure or a cancel leaves the guest running here, and the destination
+   * removes what it made.
+   */
+  async function moveLive(
+    name: string,
+    target: string,
+    checked: { spec: GuestSpec; status: GuestStatus; specRevision: number },
+  ): Promise<Operation> {
+    const { spec } = checked;
+    const migration = deps.migrationOf?.(spec.model);
+    if (!migration) throw notSupported(`${spec.model} guests cannot move live from ${hostName}`);
+    const downtimeLimitMs = migrationDowntimeLimitMs(spec.config['migration.downtime_limit']);
+    return deps.operations.start({
+      project: projectOfRecord(spec),
+      description: `Moving guest ${name} live to ${target}`,
+      resources: { guests: [`/1.0/guests/${name}`] },
+      mayCancel: true,
+      async run(ctx) {
+        const started = Date.now();
+        const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+        const onProgress = (p: MigrationProgress) => {
+          const disk = `disk ${mib(p.diskDoneBytes)} of ${mib(p.diskTotalBytes)}`;
+          const ram = `RAM ${mib(p.ramTransferredBytes)} sent of ${mib(p.ramTotalBytes)}`;
+          const percent =
+            p.phase === 'mirroring the disk'
+              ? 5 + Math.floor((45 * p.diskDoneBytes) / Math.max(1, p.diskTotalBytes))
+              : p.phase === 'copying RAM'
+                ? 50 + Math.min(40, Math.floor((40 * p.ramTransferredBytes) / Math.max(1, p.ramTotalBytes)))
+                : 90;
+          ctx.progress(percent, `${p.phase}: ${disk}, ${ram}`);
+          ctx.setMetadata({
+            diskMirroredBytes: p.diskDoneBytes,
+            diskTotalBytes: p.diskTotalBytes,
+            ramTransferredBytes: p.ramTransferredBytes,
+            ramTotalBytes: p.ramTotalBytes,
+          });
+        };
+        let asked = false;
+        let prepareRefused = false;
+        let migrated = false;
+        let flippedAt: { generation: number } | undefined;
+        try {
+          ctx.progress(0, `${target} starts the guest's QEMU, waiting for the migration`);
+          asked = true;
+          const prepared = await deps.transport.prepareLive(target, name, ctx.signal).catch((e: unknown) => {
+            // A destination that refused because it holds files of the guest already keeps them.
+            prepareRefused = asTrivisorError(e).code === 'Conflict';
+            throw e;
+          });
+          const result = await migration.migrateOut(spec, {
+            to: prepared.endpoints,
+            downtimeLimitMs,
+            signal: ctx.signal,
+            onProgress,
+          });
+          migrated = true;
+          const pausedFrom = Date.now();
+          if (ctx.signal.aborted) throw cancelled('The live move was cancelled');
+          // The switch-over: the records change owner in one transaction, compared against the spec
+          // as it was when the move was asked and against this member's ownership.
+          ctx.progress(92, `handing the guest over to ${target}`);
+          const [now, nowStatus] = await Promise.all([
+            records.guest.at(name).get(store),
+            records.guestStatus.at(name).get(store),
+          ]);
+          if (!now || now.modRevision !== checked.specRevision || !nowStatus) {
+            throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          }
+          const generation = now.value.generation + 1;
+          const specRef = records.guest.at(name);
+          const flip = await store.txn({
+            compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName)],
+            success: [
+              specRef.putOp({ ...now.value, location: target, generation }),
+              records.guestLocation.at(name).putOp(target),
+              records.guestStatus.at(name).putOp({
+                ...nowStatus.value,
+                status: 'Running',
+                process: prepared.process,
+                observedGeneration: generation,
+              }),
+            ],
+          });
+          if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          flippedAt = { generation };
+          ctx.progress(95, `the guest runs on ${target}`);
+          await deps.transport.finishLive(target, name);
+          // The guest's pause as this member saw it: QEMU's downtime, then the hand-over until it runs.
+          const pausedMs = result.downtimeMs + (Date.now() - pausedFrom);
+          // The guest runs on the destination now: this member's QEMU and files go. One that
+          // cannot be removed is logged and left (nothing here uses it).
+          await deps
+            .removeLocal({ ...spec, location: hostName })
+            .catch((e: unknown) =>
+              log.warn(
+                { guest: name, err: asTrivisorError(e).message },
+                "the moved guest's old files are left",
+              ),
+            );
+          const measured = {
+            location: target,
+            live: true,
+            downtimeMs: result.downtimeMs,
+            pausedMs,
+            totalMs: Date.now() - started,
+            mirrorMs: result.mirrorMs,
+            ramMs: result.ramMs,
+            diskMirroredBytes: result.diskBytes,
+            ramTransferredBytes: result.ramBytes,
+            downtimeLimitMs,
+          };
+          log.info({ guest: name, target, ...measured }, 'guest moved live');
+          return measured;
+        } catch (e) {
+          const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
+          if (flippedAt) await unflip(name, target, checked, flippedAt.generation);
+          // migrateOut resumes the guest on its own failures; after it, a failed hand-over does here.
+          if (migrated) {
+            await migration
+              .resumeSource({ ...spec, location: hostName })
+              .catch((e2: unknown) =>
+                log.error(
+                  { guest: name, err: asTrivisorError(e2).message },
+                  'the guest could not be resumed here',
+                ),
+              );
+          }
+          if (asked && !prepareRefused) {
+            await deps.transport
+              .discard(target, name)
+              .catch((e2: unknown) =>
+                log.warn(
+                  { guest: name, member: target, err: asTrivisorError(e2).message },
+                  'its copy there is left',
+                ),
+              );
+          }
+          throw new TrivisorError(
+            err.code,
+            `Cannot move guest ${name} live to ${target}: ${err.message}; it stays running on ${hostName}`,
+          );
+        }
+      },
+    });
+  }
+
+  /** Gives a live-moved guest's records back to this member after a hand-over that failed. */
+  async function unflip(
+    name: string,
+    target: string,
+    checked: { spec: GuestSpec; status: GuestStatus },
+    generation: number,
+  ): Promise<void> {
+    const now = await records.guest.at(name).get(store);
+    const specRef = records.guest.at(name);
+    const back = generation + 1;
+    const r = await store.txn({
+      compare: [specRef.unchanged(now?.modRevision ?? 0), ownedBy(name, target)],
+      success: [
+        specRef.putOp({ ...checked.spec, location: hostName, generation: back }),
+        records.guestLocation.at(name).putOp(hostName),
+        records.guestStatus.at(name).putOp({ ...checked.status, observedGeneration: back }),
+      ],
+    });
+    if (!r.succeeded) {
+      log.error({ guest: name, member: target }, 'a failed live move could not give the records back');
+    }
+  }
+
   /** Puts the records back as they were before the hand-over, and the guest back in its state. */
   async function rollBack(
     name: string,
@@ -289,6 +500,13 @@ export interface MoveReceiver {
   receive(name: string, archivePath: string, signal: AbortSignal): Promise<void>;
   /** Removes this member's copy of guest `name` after a move was undone; refused while the guest is this member's. */
   discard(name: string): Promise<void>;
+  /**
+   * Makes guest `name`'s disk here and starts its QEMU waiting for its live migration from the
+   * member that holds it; resolves with that QEMU's process and where it listens.
+   */
+  prepareLive(name: string): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
+  /** The migration is in and the records name this member: the guest runs here. */
+  finishLive(name: string): Promise<void>;
 }
 
 export function createMoveReceiver(deps: {
@@ -299,6 +517,13 @@ export function createMoveReceiver(deps: {
   /** Where the FIFOs of a receive are made. */
   workDir: string;
   removeLocal: (spec: GuestSpec) => Promise<void>;
+  /** This member's live migration of a model (its driver's), and the image of a guest. */
+  live?: {
+    migrationOf: (model: Model) => LiveMigration | undefined;
+    image: (fingerprint: string) => Promise<ImageHandle>;
+    /** This member's cluster address (the IP other members reach it at): where a migration comes in. */
+    host: string;
+  };
 }): MoveReceiver {
   const { store, hostName } = deps;
   return {
@@ -347,6 +572,36 @@ export function createMoveReceiver(deps: {
       }
     },
 
+    async prepareLive(name) {
+      assertDnsLabel(name, 'guest name');
+      const spec = await records.guest.at(name).get(store);
+      if (!spec) throw notFound(`Guest ${name} not found`);
+      if (spec.value.location === hostName) {
+        throw conflict(`Guest ${name} is on ${hostName} already: there is nothing to migrate here`);
+      }
+      const migration = deps.live?.migrationOf(spec.value.model);
+      if (!deps.live || !migration) {
+        throw notSupported(`${spec.value.model} guests cannot move live to ${hostName}`);
+      }
+      const image = await deps.live.image(spec.value.image);
+      return migration.prepareIncoming({ ...spec.value, location: hostName }, image, {
+        host: deps.live.host,
+      });
+    },
+
+    async finishLive(name) {
+      assertDnsLabel(name, 'guest name');
+      const spec = await records.guest.at(name).get(store);
+      if (!spec || spec.value.location !== hostName) {
+        throw failedPrecondition(
+          `Guest ${name} has not been handed over to ${hostName}: it does not run here`,
+        );
+      }
+      const migration = deps.live?.migrationOf(spec.value.model);
+      if (!migration) throw notSupported(`${spec.value.model} guests cannot move live to ${hostName}`);
+      await migration.finishIncoming(spec.value);
+    },
+
     async discard(name) {
       assertDnsLabel(name, 'guest name');
       const spec = await records.guest.at(name).get(store);
@@ -361,15 +616,23 @@ export function createMoveReceiver(deps: {
 
 /**
  * Why `--live` cannot move a guest here: found by a probe where one can tell (CRIU for ct, whose
- * answer is kept), said plainly where the model itself cannot (UML), or not built yet (vm).
+ * answer is kept), said plainly where the model itself cannot (UML); undefined for a model whose
+ * driver migrates live on this member (vm, decision 0042).
  */
-export function liveMoveRefusal(runner: ProcessRunner): (spec: GuestSpec) => Promise<string> {
+export function liveMoveRefusal(
+  runner: ProcessRunner,
+  options: { migrates?: (model: Model) => boolean } = {},
+): (spec: GuestSpec) => Promise<string | undefined> {
   let ct: Promise<string> | undefined;
   const stateless = 'move it with --stateless (stopped, moved, started again)';
   return async (spec) => {
     if (spec.model === 'pvm')
       return `pvm guests cannot move live: User-Mode Linux has no live migration; ${stateless}`;
-    if (spec.model === 'vm') return `Live migration of vm guests is not built yet; ${stateless}`;
+    if (spec.model === 'vm') {
+      return options.migrates?.('vm')
+        ? undefined
+        : `vm guests cannot move live: the vm driver of this member has no live migration; ${stateless}`;
+    }
     ct ??= runner.run(['criu', 'check'], { allowFailure: true, timeoutMs: 30_000 }).then(
       (r) => {
         if (r.code === 0)

@@ -328,6 +328,12 @@ export async function startFixtureBackend(
         throw failedPrecondition('The fixture receives no guests');
       },
       async discard() {},
+      async prepareLive() {
+        throw failedPrecondition('The fixture receives no guests');
+      },
+      async finishLive() {
+        throw failedPrecondition('The fixture receives no guests');
+      },
     },
   };
 

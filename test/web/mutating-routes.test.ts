@@ -22,6 +22,10 @@ const NOT_IN_THE_UI: Record<string, string> = {
     "a moved guest's archive, sent by the member that moves it to the destination (member to member): the UI's move is POST /1.0/guests/:name",
   'DELETE /1.0/cluster/guest-moves/:name':
     'the member that moved a guest asks the destination to drop its copy of an undone move (member to member)',
+  'POST /1.0/cluster/live-moves/:name':
+    "the member that moves a guest live asks the destination to start its QEMU waiting for the migration (member to member): the UI's move is POST /1.0/guests/:name",
+  'POST /1.0/cluster/live-moves/:name/finish':
+    'the member that moved a guest live tells the destination to run it after the switch-over (member to member)',
 };
 
 /** `/1.0/guests/:name/x` as a pattern that matches concrete paths. */

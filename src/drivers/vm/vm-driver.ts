@@ -14,6 +14,7 @@ import { createVmConsole } from './vm-console.ts';
 import { createVmContext } from './vm-context.ts';
 import { createVmExec } from './vm-exec.ts';
 import { createVmLaunch } from './vm-launch.ts';
+import { createVmLiveMigration } from './vm-live-migration.ts';
 import { createVmLiveNics } from './vm-live-nics.ts';
 import { createVmPower } from './vm-power.ts';
 import { createVmUsage } from './vm-usage.ts';
@@ -48,6 +49,7 @@ export interface VmDriverOptions {
 export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}): GuestDriver {
   // The parts (vm-launch, vm-power, vm-usage, vm-exec, vm-console, vm-live-nics) share one context.
   const c = createVmContext(ctx, options, () => driver);
+  const launch = createVmLaunch(c);
   const { runner, stateDir, machine, uidBase, ovmfDir, bootDir, bootKit, accelerator, hostCpus } = c;
   const driver: GuestDriver = {
     model: 'vm',
@@ -146,7 +148,9 @@ export function createVmDriver(ctx: DriverContext, options: VmDriverOptions = {}
       }
     },
 
-    ...createVmLaunch(c),
+    create: launch.create,
+    start: launch.start,
+    migration: createVmLiveMigration(c, launch),
     ...createVmPower(c),
     ...createVmUsage(c),
     ...createVmExec(c),

@@ -37,7 +37,13 @@ import {
 import { vmVolumeArgs } from './vm-volumes.ts';
 
 /** Creating a guest's disk and starting its QEMU: the argv, the launcher, and the waits until it has booted. */
-export function createVmLaunch(c: VmContext): Pick<GuestDriver, 'create' | 'start'> {
+/** The launch part of the vm driver: the driver's create and start, and the destination's start of a live migration. */
+export interface VmLaunch extends Pick<GuestDriver, 'create' | 'start'> {
+  /** Starts the guest's QEMU waiting for a live migration (paused, `-incoming defer`); its disk must exist. */
+  startIncoming(spec: GuestSpec, image: ImageHandle): Promise<ProcessIdentity>;
+}
+
+export function createVmLaunch(c: VmContext): VmLaunch {
   const {
     ctx,
     self,
@@ -317,166 +323,179 @@ export function createVmLaunch(c: VmContext): Pick<GuestDriver, 'create' | 'star
         await writeFile(p.consoleLog, '', { mode: 0o600 });
       });
     },
-    async start(spec, image) {
-      self().validate(spec);
-      const p = pathsOf(spec);
-      if (!(await exists(p.disk))) {
-        throw failedPrecondition(`Guest ${spec.name} has no disk on this host: create it first.`);
-      }
-      const running = await liveQemu(spec);
-      if (running) return running;
-      await cleanUpRuntime(spec);
-      const mode = bootModeOf(image);
-      assertBootConfig(spec, mode);
-      const kit = await bootKit();
-      const verdict = await accelerator(kit);
-      const resources = vmResources(spec.config);
-      const foreign = mode === 'kernel' ? foreignBootOf(image) : undefined;
-      if (foreign && !(await exists(foreign.kernel))) {
-        throw failedPrecondition(
-          `The kernel ${foreign.kernel} of image ${image.record.fingerprint} does not exist on this host: install it or fix the image's vm.kernel property.`,
-        );
-      }
-      const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
-      if (withNics && !ctx.network) {
-        throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
-      }
-      const guestMachine = configValue.vmMachine(spec.config) ?? machine;
-      const uefi =
-        mode === 'firmware' && configValue.vmFirmware(spec.config) === 'uefi'
-          ? await requireOvmf(ovmfDir, configValue.vmSecureBoot(spec.config))
-          : undefined;
-      const devices: VmDevices = {
-        diskBus: configValue.vmDiskBus(spec.config),
-        nicModel: configValue.vmNicModel(spec.config),
-        // A guest that runs its own OS is seen on its screen; the kit's guests have a serial console.
-        display: configValue.vmDisplay(spec.config) ?? mode === 'firmware',
-      };
-      const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
-      const isos = volumes.filter((v) => v.type === 'iso');
-      if (isos.length > 0 && mode !== 'firmware') {
-        throw failedPrecondition(
-          `Guest ${spec.name} boots Trivisor's kernel directly, which has no CD-ROM: detach ${isos.map((v) => v.volume).join(', ')}.`,
-        );
-      }
-      if (isos.length > CDROM_DRIVES.length) {
-        throw failedPrecondition(
-          `Guest ${spec.name} has ${CDROM_DRIVES.length} CD-ROM drives and ${isos.length} ISOs attached: detach one.`,
-        );
-      }
-      return withRevert(async (r) => {
-        const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
-        r.add(() => cleanUpRuntime(spec));
-        // A tap per NIC on its bridge, filtered and limited before QEMU opens it.
-        const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec) : [];
-        const nics = taps.map((t) => ({ name: t.nic, mac: t.mac }));
-        // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start).
-        const files = injectedFiles(spec.config);
-        if (mode !== 'kit' && files.length > 0) {
-          throw failedPrecondition(
-            `Guest ${spec.name} boots ${mode === 'firmware' ? 'its own disk' : 'its own kernel'} without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
-          );
-        }
-        const configDisk = join(p.dir, 'config.ext4');
-        const withConfig = mode === 'kit' ? await writeConfigDisk(files, configDisk, { runner }) : false;
-        const identity = await qemuIdentity(spec, verdict.accelerator);
-        if (mode === 'kit') await assertReadableByOthers([kit.kernelPath, kit.initramfsPath]);
-        if (foreign) await assertReadableByOthers([foreign.kernel]);
-        const rootChain = await diskChain(spec, image, mode);
-        let firmware: FirmwareBoot | undefined;
-        if (mode === 'firmware') {
-          const secureBoot = configValue.vmSecureBoot(spec.config);
-          const media: NonNullable<FirmwareBoot['media']> = {};
-          isos.forEach((v, i) => {
-            const drive = CDROM_DRIVES[i] as CdromDrive;
-            media[drive] = { path: v.hostPath, node: isoNodeOf(v.device) };
-          });
-          firmware = {
-            // Checked after the chain: qemu-img reads the disk as root, and only a checked chain.
-            bootFrom: (await diskIsInstalled(runner, p.disk, { format: 'qcow2' })) ? 'disk' : 'cdrom',
-            media,
-            ...(uefi && {
-              uefi: {
-                code: uefi.code,
-                vars: await ensureUefiVars(p.dir, uefi, { secureBoot }),
-                secureBoot,
-              },
-            }),
-          };
-        }
-        const fds = qemuFds();
-        const argv = qemuArgv({
-          name: spec.name,
-          paths: p,
-          fds,
-          rootChain,
-          kit,
-          accelerator: verdict.accelerator,
-          machine: guestMachine,
-          resources,
-          devices,
-          ...(firmware && { firmware }),
-          ...(foreign && { foreignKernel: foreign.kernel }),
-          kernelArgs:
-            mode === 'kit'
-              ? kitKernelArgs({
-                  hostname: spec.name,
-                  model: 'vm',
-                  nics,
-                  ...(withConfig ? { configDevice: VM_CONFIG_DEVICE } : {}),
-                })
-              : (foreign?.cmdline ?? []),
-          nics: taps,
-          ...(withConfig ? { configDisk } : {}),
-        });
-        // Attached block volumes, and on q35 the root ports that let volumes come and go live.
-        argv.push(...vmVolumeArgs(volumes, guestMachine, fds));
-        argv.push(...fds.addFdArgs());
-        const launched = await launchQemu(
-          spec,
-          launcherArgv({ fds, cgroups: await cgroupDirsOf(spec), identity, command: argv }),
-        );
-        const { pid } = launched;
-        const started = await readProcessIdentity(pid);
-        if (!started) {
-          await launched.exited;
-          throw internal(`QEMU could not start guest ${spec.name}: ${await qemuLogTail(spec)}`);
-        }
-        r.add(() => killQemu(spec, started));
-        await writeFile(p.pidFile, `${pid}\n`, { mode: 0o600 });
-        await writeBoot(spec, {
-          identity: started,
-          accelerator: verdict.accelerator,
-          machine: guestMachine,
-          memoryBytes: resources.memoryMiB * 2 ** 20,
-          balloonBytes: resources.memoryMiB * 2 ** 20,
-          vcpus: resources.vcpus,
-          stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
-          kernelRelease: mode === 'kit' ? kit.kernelRelease : '',
-          uid: identity.uid,
-          boot: mode,
-          display: devices.display,
-          nicModel: devices.nicModel,
-          ...(foreign ? { foreign: true } : {}),
-          ...(firmware && { firmware: firmware.uefi ? 'uefi' : 'bios' }),
-        });
-        await waitQemuReady(spec, started, launched.exited);
-        await setCpuQuota(spec, resources.cpuQuotaUs);
-        if (foreign) await waitForeignBooted(spec, started, { consoleOffset, ready: foreign.ready });
-        else if (mode === 'firmware') {
-          // Its own OS says nothing Trivisor knows: it runs once its firmware does, or, with the
-          // image property vm.ready, once that text is on its serial console.
-          await waitForeignBooted(spec, started, {
-            consoleOffset,
-            ready: image.record.properties['vm.ready'],
-          });
-        } else await waitBooted(spec, started, consoleOffset);
-        log.info(
-          { guest: spec.name, pid, uid: identity.uid, accelerator: verdict.accelerator, boot: mode },
-          'vm guest started',
-        );
-        return started;
-      });
-    },
+    start: (spec, image) => launch(spec, image, false),
+    startIncoming: (spec, image) => launch(spec, image, true),
   };
+
+  /**
+   * Starts the guest's QEMU; `incoming`: with the same machine, devices and MACs but waiting for
+   * a live migration (`-incoming defer -S`: nothing runs until the migration is in and the
+   * daemon says `cont`), resolving once QMP answers, not once it has booted.
+   */
+  async function launch(spec: GuestSpec, image: ImageHandle, incoming: boolean): Promise<ProcessIdentity> {
+    self().validate(spec);
+    const p = pathsOf(spec);
+    if (!(await exists(p.disk))) {
+      throw failedPrecondition(`Guest ${spec.name} has no disk on this host: create it first.`);
+    }
+    const running = await liveQemu(spec);
+    if (running) return running;
+    await cleanUpRuntime(spec);
+    const mode = bootModeOf(image);
+    assertBootConfig(spec, mode);
+    const kit = await bootKit();
+    const verdict = await accelerator(kit);
+    const resources = vmResources(spec.config);
+    const foreign = mode === 'kernel' ? foreignBootOf(image) : undefined;
+    if (foreign && !(await exists(foreign.kernel))) {
+      throw failedPrecondition(
+        `The kernel ${foreign.kernel} of image ${image.record.fingerprint} does not exist on this host: install it or fix the image's vm.kernel property.`,
+      );
+    }
+    const withNics = ctx.network?.hasNics(spec) ?? Object.keys(spec.devices ?? {}).length > 0;
+    if (withNics && !ctx.network) {
+      throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
+    }
+    const guestMachine = configValue.vmMachine(spec.config) ?? machine;
+    const uefi =
+      mode === 'firmware' && configValue.vmFirmware(spec.config) === 'uefi'
+        ? await requireOvmf(ovmfDir, configValue.vmSecureBoot(spec.config))
+        : undefined;
+    const devices: VmDevices = {
+      diskBus: configValue.vmDiskBus(spec.config),
+      nicModel: configValue.vmNicModel(spec.config),
+      // A guest that runs its own OS is seen on its screen; the kit's guests have a serial console.
+      display: configValue.vmDisplay(spec.config) ?? mode === 'firmware',
+    };
+    const volumes = (await ctx.volumes?.resolve(spec)) ?? [];
+    const isos = volumes.filter((v) => v.type === 'iso');
+    if (isos.length > 0 && mode !== 'firmware') {
+      throw failedPrecondition(
+        `Guest ${spec.name} boots Trivisor's kernel directly, which has no CD-ROM: detach ${isos.map((v) => v.volume).join(', ')}.`,
+      );
+    }
+    if (isos.length > CDROM_DRIVES.length) {
+      throw failedPrecondition(
+        `Guest ${spec.name} has ${CDROM_DRIVES.length} CD-ROM drives and ${isos.length} ISOs attached: detach one.`,
+      );
+    }
+    return withRevert(async (r) => {
+      const consoleOffset = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
+      r.add(() => cleanUpRuntime(spec));
+      // A tap per NIC on its bridge, filtered and limited before QEMU opens it.
+      const taps = withNics && ctx.network ? await ctx.network.plugTaps(spec) : [];
+      const nics = taps.map((t) => ({ name: t.nic, mac: t.mac }));
+      // Injected files ride on a read-only config disk the kit copies from (rebuilt at every start).
+      const files = injectedFiles(spec.config);
+      if (mode !== 'kit' && files.length > 0) {
+        throw failedPrecondition(
+          `Guest ${spec.name} boots ${mode === 'firmware' ? 'its own disk' : 'its own kernel'} without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
+        );
+      }
+      const configDisk = join(p.dir, 'config.ext4');
+      const withConfig = mode === 'kit' ? await writeConfigDisk(files, configDisk, { runner }) : false;
+      const identity = await qemuIdentity(spec, verdict.accelerator);
+      if (mode === 'kit') await assertReadableByOthers([kit.kernelPath, kit.initramfsPath]);
+      if (foreign) await assertReadableByOthers([foreign.kernel]);
+      const rootChain = await diskChain(spec, image, mode);
+      let firmware: FirmwareBoot | undefined;
+      if (mode === 'firmware') {
+        const secureBoot = configValue.vmSecureBoot(spec.config);
+        const media: NonNullable<FirmwareBoot['media']> = {};
+        isos.forEach((v, i) => {
+          const drive = CDROM_DRIVES[i] as CdromDrive;
+          media[drive] = { path: v.hostPath, node: isoNodeOf(v.device) };
+        });
+        firmware = {
+          // Checked after the chain: qemu-img reads the disk as root, and only a checked chain.
+          bootFrom: (await diskIsInstalled(runner, p.disk, { format: 'qcow2' })) ? 'disk' : 'cdrom',
+          media,
+          ...(uefi && {
+            uefi: {
+              code: uefi.code,
+              vars: await ensureUefiVars(p.dir, uefi, { secureBoot }),
+              secureBoot,
+            },
+          }),
+        };
+      }
+      const fds = qemuFds();
+      const argv = qemuArgv({
+        name: spec.name,
+        paths: p,
+        fds,
+        rootChain,
+        kit,
+        accelerator: verdict.accelerator,
+        machine: guestMachine,
+        resources,
+        devices,
+        ...(firmware && { firmware }),
+        ...(foreign && { foreignKernel: foreign.kernel }),
+        kernelArgs:
+          mode === 'kit'
+            ? kitKernelArgs({
+                hostname: spec.name,
+                model: 'vm',
+                nics,
+                ...(withConfig ? { configDevice: VM_CONFIG_DEVICE } : {}),
+              })
+            : (foreign?.cmdline ?? []),
+        nics: taps,
+        ...(withConfig ? { configDisk } : {}),
+      });
+      // Attached block volumes, and on q35 the root ports that let volumes come and go live.
+      argv.push(...vmVolumeArgs(volumes, guestMachine, fds));
+      argv.push(...fds.addFdArgs());
+      if (incoming) argv.push('-incoming', 'defer', '-S');
+      const launched = await launchQemu(
+        spec,
+        launcherArgv({ fds, cgroups: await cgroupDirsOf(spec), identity, command: argv }),
+      );
+      const { pid } = launched;
+      const started = await readProcessIdentity(pid);
+      if (!started) {
+        await launched.exited;
+        throw internal(`QEMU could not start guest ${spec.name}: ${await qemuLogTail(spec)}`);
+      }
+      r.add(() => killQemu(spec, started));
+      await writeFile(p.pidFile, `${pid}\n`, { mode: 0o600 });
+      await writeBoot(spec, {
+        identity: started,
+        accelerator: verdict.accelerator,
+        machine: guestMachine,
+        memoryBytes: resources.memoryMiB * 2 ** 20,
+        balloonBytes: resources.memoryMiB * 2 ** 20,
+        vcpus: resources.vcpus,
+        stopSignal: image.record.properties['stop.signal'] ?? 'SIGTERM',
+        kernelRelease: mode === 'kit' ? kit.kernelRelease : '',
+        uid: identity.uid,
+        boot: mode,
+        display: devices.display,
+        nicModel: devices.nicModel,
+        ...(foreign ? { foreign: true } : {}),
+        ...(firmware && { firmware: firmware.uefi ? 'uefi' : 'bios' }),
+      });
+      await waitQemuReady(spec, started, launched.exited);
+      await setCpuQuota(spec, resources.cpuQuotaUs);
+      if (incoming) {
+        log.info({ guest: spec.name, pid, uid: identity.uid }, 'vm guest waiting for its live migration');
+        return started;
+      }
+      if (foreign) await waitForeignBooted(spec, started, { consoleOffset, ready: foreign.ready });
+      else if (mode === 'firmware') {
+        // Its own OS says nothing Trivisor knows: it runs once its firmware does, or, with the
+        // image property vm.ready, once that text is on its serial console.
+        await waitForeignBooted(spec, started, {
+          consoleOffset,
+          ready: image.record.properties['vm.ready'],
+        });
+      } else await waitBooted(spec, started, consoleOffset);
+      log.info(
+        { guest: spec.name, pid, uid: identity.uid, accelerator: verdict.accelerator, boot: mode },
+        'vm guest started',
+      );
+      return started;
+    });
+  }
 }

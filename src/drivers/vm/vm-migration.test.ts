@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { isTrivisorError } from '../../core/errors.ts';
+import { finishIncoming, type MigrationQmp, migrateOut, prepareIncoming, tcpUri } from './vm-migration.ts';
+
+interface Call {
+  command: string;
+  args?: Record<string, unknown>;
+}
+
+/**
+ * A QEMU over QMP reduced to what a migration asks: the mirror job becomes ready after
+ * `readyAfter` polls, the migration completes after `completeAfter` polls (or fails), the job
+ * concludes once cancelled. Every command is recorded.
+ */
+function fakeQemu(
+  options: {
+    readyAfter?: number;
+    completeAfter?: number;
+    migration?: 'completes' | 'fails';
+    onPoll?: (what: 'mirror' | 'migrate', n: number) => void;
+  } = {},
+) {
+  const calls: Call[] = [];
+  let job: { status: string; ready: boolean; offset: number } | undefined;
+  let jobPolls = 0;
+  let migratePolls = 0;
+  let migrating = false;
+  let running = true;
+  const qmp: MigrationQmp = {
+    async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+      calls.push(args ? { command, args } : { command });
+      const answer = (value: unknown) => value as T;
+      switch (command) {
+        case 'blockdev-mirror':
+          job = { status: 'running', ready: false, offset: 0 };
+          return answer({});
+        case 'query-block-jobs': {
+          if (!job) return answer([]);
+          jobPolls++;
+          options.onPoll?.('mirror', jobPolls);
+          if (job.status === 'running' && jobPolls >= (options.readyAfter ?? 2)) {
+            job.ready = true;
+            job.offset = 4096;
+          }
+          return answer([
+            {
+              device: 'migration-mirror',
+              len: 4096,
+              offset: job.offset,
+              ready: job.ready,
+              status: job.status,
+            },
+          ]);
+        }
+        case 'block-job-cancel':
+          if (job) job.status = 'concluded';
+          return answer({});
+        case 'job-dismiss':
+          job = undefined;
+          return answer({});
+        case 'migrate':
+          migrating = true;
+          return answer({});
+        case 'query-migrate': {
+          if (!migrating) return answer({});
+          migratePolls++;
+          options.onPoll?.('migrate', migratePolls);
+          if (migratePolls >= (options.completeAfter ?? 2)) {
+            if (options.migration === 'fails') {
+              return answer({
+                status: 'failed',
+                'error-desc': 'Unable to write to socket: Connection reset',
+              });
+            }
+            running = false;
+            return answer({
+              status: 'completed',
+              downtime: 42,
+              ram: { transferred: 1000, total: 2000, remaining: 0 },
+            });
+          }
+          return answer({ status: 'active', ram: { transferred: 500, total: 2000, remaining: 1500 } });
+        }
+        case 'migrate_cancel':
+          migrating = false;
+          return answer({});
+        case 'query-status':
+          return answer({ status: running ? 'running' : 'postmigrate' });
+        case 'cont':
+          running = true;
+          return answer({});
+        default:
+          return answer({});
+      }
+    },
+  };
+  return { qmp, calls, names: () => calls.map((c) => c.command).filter((c) => !c.startsWith('query-')) };
+}
+
+const to = { host: '198.18.5.12', nbdPort: 40001, migrationPort: 40002 };
+
+describe('vm live migration over QMP', () => {
+  test('the destination exports its root disk writable over NBD on its cluster address, then listens for RAM', async () => {
+    const { qmp, calls } = fakeQemu();
+    await prepareIncoming(qmp, to);
+    assert.deepEqual(calls, [
+      {
+        command: 'nbd-server-start',
+        args: { addr: { type: 'inet', data: { host: '198.18.5.12', port: '40001' } } },
+      },
+      {
+        command: 'block-export-add',
+        args: { type: 'nbd', id: 'migration-export', 'node-name': 'root', name: 'root', writable: true },
+      },
+      { command: 'migrate-incoming', args: { uri: 'tcp:198.18.5.12:40002' } },
+    ]);
+    assert.equal(tcpUri('fd00::1', 5), 'tcp:[fd00::1]:5');
+  });
+
+  test('the source mirrors until ready, then migrates RAM with the downtime limit, then cancels the ready mirror at switch-over', async () => {
+    const { qmp, calls, names } = fakeQemu({ readyAfter: 3, completeAfter: 3 });
+    const phases: string[] = [];
+    const result = await migrateOut(qmp, {
+      to,
+      downtimeLimitMs: 250,
+      sync: 'top',
+      signal: new AbortController().signal,
+      pollMs: 1,
+      onProgress: (p) => {
+        if (phases.at(-1) !== p.phase) phases.push(p.phase);
+      },
+    });
+    assert.deepEqual(names(), [
+      'blockdev-add',
+      'blockdev-mirror',
+      'migrate-set-parameters',
+      'migrate',
+      'block-job-cancel',
+      'job-dismiss',
+      'blockdev-del',
+    ]);
+    const args = (name: string) => calls.find((c) => c.command === name)?.args;
+    assert.deepEqual(args('blockdev-add'), {
+      driver: 'nbd',
+      'node-name': 'migration-target',
+      server: { type: 'inet', host: '198.18.5.12', port: '40001' },
+      export: 'root',
+    });
+    assert.equal(args('blockdev-mirror')?.sync, 'top');
+    assert.equal(args('blockdev-mirror')?.device, 'root');
+    assert.equal(args('migrate-set-parameters')?.['downtime-limit'], 250);
+    assert.deepEqual(args('migrate'), { uri: 'tcp:198.18.5.12:40002' });
+    // Cancelled once ready (no force): QEMU copies the last writes and does not pivot.
+    assert.deepEqual(args('block-job-cancel'), { device: 'migration-mirror' });
+    assert.deepEqual(phases, ['mirroring the disk', 'copying RAM', 'switching over']);
+    assert.equal(result.downtimeMs, 42);
+    assert.equal(result.ramBytes, 1000);
+    assert.equal(result.diskBytes, 4096);
+    assert.ok(!names().includes('cont'), 'the source stays paused for the hand-over');
+  });
+
+  test('a cancel while the RAM is copied: migrate_cancel, the mirror cancelled by force, the NBD node removed, and the guest runs on', async () => {
+    const abort = new AbortController();
+    const { qmp, names } = fakeQemu({
+      completeAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'migrate' && n === 2) abort.abort();
+      },
+    });
+    await assert.rejects(
+      migrateOut(qmp, { to, downtimeLimitMs: 300, sync: 'top', signal: abort.signal, pollMs: 1 }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(names(), [
+      'blockdev-add',
+      'blockdev-mirror',
+      'migrate-set-parameters',
+      'migrate',
+      'migrate_cancel',
+      'block-job-cancel',
+      'job-dismiss',
+      'blockdev-del',
+    ]);
+  });
+
+  test('a cancel while the disk is mirrored never starts the RAM migration', async () => {
+    const abort = new AbortController();
+    const { qmp, names } = fakeQemu({
+      readyAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'mirror' && n === 2) abort.abort();
+      },
+    });
+    await assert.rejects(
+      migrateOut(qmp, { to, downtimeLimitMs: 300, sync: 'full', signal: abort.signal, pollMs: 1 }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(names(), [
+      'blockdev-add',
+      'blockdev-mirror',
+      'block-job-cancel',
+      'job-dismiss',
+      'blockdev-del',
+    ]);
+  });
+
+  test('a RAM migration that fails says why, and undoes the mirror', async () => {
+    const { qmp, names } = fakeQemu({ migration: 'fails' });
+    await assert.rejects(
+      migrateOut(qmp, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'top',
+        signal: new AbortController().signal,
+        pollMs: 1,
+      }),
+      /The RAM migration failed: Unable to write to socket: Connection reset/,
+    );
+    assert.ok(names().includes('block-job-cancel'));
+    assert.equal(names().at(-1), 'blockdev-del');
+  });
+
+  test('the destination runs only once its incoming migration completed, its export gone first', async () => {
+    const incoming: Call[] = [];
+    let status = 'active';
+    const qmp: MigrationQmp = {
+      async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+        incoming.push(args ? { command, args } : { command });
+        return (command === 'query-migrate' ? { status } : {}) as T;
+      },
+    };
+    await assert.rejects(finishIncoming(qmp), /The incoming migration has not completed here \(active\)/);
+    assert.deepEqual(
+      incoming.map((c) => c.command),
+      ['query-migrate'],
+    );
+    status = 'completed';
+    await finishIncoming(qmp);
+    assert.deepEqual(
+      incoming.map((c) => c.command),
+      ['query-migrate', 'query-migrate', 'block-export-del', 'nbd-server-stop', 'cont'],
+    );
+  });
+});

@@ -1,0 +1,260 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Daemon, eventually } from '../system/harness.ts';
+import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+
+/*
+ * Issue 13 part 1, vm live moves (decision 0042), on two members, one vm guest of 128 MiB shared
+ * by the checks. The guest streams a counter every 10 ms over one TCP connection to a listener
+ * on m1 (an address of its own on m1's bridge of the guest's network): after the move the same
+ * connection goes on, the counter has no gap and no restart, the guest did not boot again, and
+ * no pause seen by the listener is longer than the pause the move measured plus slack. The two
+ * members' bridges are joined by a veth made here, standing in for the VXLAN of issue 13 part 2
+ * (not built yet): without it nothing on m1 reaches the guest once it is on m2.
+ */
+
+/** The longest pause the listener may see beyond the pause the move measured (TCG on a busy 2-core host). */
+const SLACK_MS = 2500;
+
+interface Op {
+  id: string;
+  status: string;
+  progressText: string | null;
+  error: string | null;
+  metadata: Record<string, unknown>;
+}
+
+/** One `Error:` line and exit code 1. */
+function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /^Error: [^\n]+\n$/, r.stderr);
+  assert.match(r.stderr, pattern);
+}
+
+const listed = (d: Daemon, name: string) =>
+  (
+    JSON.parse(d.ok(['list', '--format', 'json'])) as Array<{
+      name: string;
+      status: string;
+      location?: string;
+    }>
+  ).find((g) => g.name === name);
+
+let cluster: TestCluster;
+let listener: ChildProcess | undefined;
+/** `host-ms counter` lines the listener on m1 got from the guest, in order. */
+const received: Array<{ at: number; n: number }> = [];
+
+before(async () => {
+  cluster = await makeTestCluster(['m1', 'm2']);
+});
+
+after(async () => {
+  listener?.kill('SIGKILL');
+  if (cluster) await cluster.destroy();
+});
+
+const NAME = 'lm-vm';
+const SUBNET = '198.19.83';
+const PEER = `${SUBNET}.250`;
+const PORT = 7083;
+
+describe('moving a vm guest live between two members', () => {
+  /** Whether the listener saw the guest's connection close. */
+  let connectionClosed = () => false;
+  test('bootstrap and join; a vm guest on a managed network, its counter streaming to m1 over TCP', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip]);
+    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
+    const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
+    const join = m2.daemon.cli(['cluster', 'join', token, '--address', m2.ip]);
+    assert.equal(join.code, 0, `${join.stderr}\n${m2.daemon.stderr().slice(-3000)}`);
+    for (const host of [m1, m2]) await waitForStatus(host.daemon, 'm2', 'Online');
+
+    m1.daemon.ok(['network', 'create', 'lmnet', `ipv4.address=${SUBNET}.1/24`]);
+    m1.daemon.ok([
+      ...['launch', 'busybox', NAME, '--model', 'vm', '--target', 'm1', '--network', 'lmnet'],
+      ...['-c', 'limits.memory=128MiB'],
+    ]);
+    await eventually(
+      'lmnet on m2',
+      () => cluster.inNetns(m2.netns, ['ip', 'link', 'show', 'lmnet']).code === 0,
+    );
+    // The two bridges as one segment (inside the members' namespaces: it goes with them).
+    const sh = (argv: string[]) => {
+      const r = spawnSync(argv[0] as string, argv.slice(1), { encoding: 'utf8' });
+      assert.equal(r.status, 0, `${argv.join(' ')}: ${r.stderr}`);
+    };
+    sh([
+      'ip',
+      '-n',
+      m1.netns,
+      'link',
+      'add',
+      'lmx1',
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'lmx2',
+      'netns',
+      m2.netns,
+    ]);
+    sh(['ip', '-n', m1.netns, 'link', 'set', 'lmx1', 'master', 'lmnet', 'up']);
+    sh(['ip', '-n', m2.netns, 'link', 'set', 'lmx2', 'master', 'lmnet', 'up']);
+    // The listener's own address: the gateway's is on both bridges.
+    sh(['ip', '-n', m1.netns, 'addr', 'add', `${PEER}/24`, 'dev', 'lmnet']);
+
+    const server = `
+      const net = require('node:net');
+      net.createServer((s) => {
+        let buf = '';
+        s.setEncoding('utf8');
+        s.on('data', (d) => {
+          buf += d;
+          let nl;
+          while ((nl = buf.indexOf('\\n')) >= 0) {
+            process.stdout.write(Date.now() + ' ' + buf.slice(0, nl) + '\\n');
+            buf = buf.slice(nl + 1);
+          }
+        });
+        s.on('close', () => process.stdout.write('closed\\n'));
+      }).listen(${PORT}, '${PEER}', () => process.stdout.write('listening\\n'));`;
+    listener = spawn('nsenter', [`--net=/run/netns/${m1.netns}`, process.execPath, '-e', server], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    let closed = false;
+    listener.stdout?.setEncoding('utf8');
+    listener.stdout?.on('data', (d: string) => {
+      out += d;
+      let nl = out.indexOf('\n');
+      while (nl >= 0) {
+        const line = out.slice(0, nl);
+        out = out.slice(nl + 1);
+        if (line === 'closed') closed = true;
+        const m = /^(\d+) (\d+)$/.exec(line);
+        if (m) received.push({ at: Number(m[1]), n: Number(m[2]) });
+        nl = out.indexOf('\n');
+      }
+    });
+    connectionClosed = () => closed;
+    await eventually(
+      `${NAME} reaches ${PEER}`,
+      () => m1.daemon.cli(['exec', NAME, '--', 'ping', '-c1', '-W2', PEER]).code === 0,
+    );
+    const loop = `i=0; while :; do i=$((i+1)); echo $i; usleep 10000; done | nc ${PEER} ${PORT}`;
+    m1.daemon.ok(['exec', NAME, '--', 'sh', '-c', `setsid sh -c '${loop}' </dev/null >/dev/null 2>&1 &`]);
+    await eventually('the counter streaming', () => received.length > 50, 30_000);
+  });
+
+  const bootId = (d: Daemon) => d.ok(['exec', NAME, '--', 'cat', '/proc/sys/kernel/random/boot_id']).trim();
+
+  test('migration.downtime_limit: bad values are refused in one line, a good one is taken', () => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    for (const bad of ['abc', '0', '-5', '1.5', '60001']) {
+      refused(
+        m1.daemon.cli(['config', 'set', NAME, `migration.downtime_limit=${bad}`]),
+        /migration\.downtime_limit=.* must be a whole number of milliseconds from 1 to 60000/,
+      );
+    }
+    refused(
+      m1.daemon.cli(['launch', 'busybox', 'lm-bad', '--model', 'vm', '-c', 'migration.downtime_limit=fast']),
+      /migration\.downtime_limit/,
+    );
+    assert.equal(listed(m1.daemon, 'lm-bad'), undefined);
+    m1.daemon.ok(['config', 'set', NAME, 'migration.downtime_limit=250']);
+  });
+
+  test('a live move cancelled while its RAM is copied: the guest runs on on m1 as it was, m2 keeps nothing of it', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = bootId(m1.daemon);
+    // A guest that dirties its memory faster than 1 ms of downtime allows never converges: the
+    // cancel comes while the RAM is still being copied.
+    m1.daemon.ok(['config', 'set', NAME, 'migration.downtime_limit=1']);
+    m1.daemon.ok([
+      ...['exec', NAME, '--', 'sh', '-c'],
+      'mkdir -p /mnt/dirty && mount -t tmpfs -o size=32m tmpfs /mnt/dirty && ' +
+        "setsid sh -c 'while [ ! -e /mnt/dirty/stop ]; do dd if=/dev/zero of=/mnt/dirty/x bs=1M count=24 2>/dev/null; done' </dev/null >/dev/null 2>&1 &",
+    ]);
+    const asked = await m1.daemon.api('POST', `/1.0/guests/${NAME}?target=m2`, {
+      migration: true,
+      live: true,
+    });
+    assert.equal(asked.status, 202, asked.text);
+    const id = (asked.body.metadata as Op).id;
+    const op = async () => (await m1.daemon.api('GET', `/1.0/operations/${id}`)).body.metadata as Op;
+    await eventually(
+      'the RAM being copied',
+      async () => /copying RAM/.test((await op()).progressText ?? ''),
+      120_000,
+    );
+    assert.equal((await m1.daemon.api('DELETE', `/1.0/operations/${id}`)).status, 200);
+    await eventually('the move Cancelled', async () => (await op()).status === 'Cancelled', 60_000);
+    assert.equal(listed(m2.daemon, NAME)?.location, 'm1');
+    assert.equal(listed(m2.daemon, NAME)?.status, 'Running');
+    assert.equal(bootId(m1.daemon), boot, 'the same boot');
+    assert.equal(existsSync(path.join(m2.daemon.stateDir, 'guests', NAME)), false, 'nothing of it on m2');
+    const qemuOnM2 = spawnSync('pgrep', ['-f', `guest=${NAME},`], { encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n');
+    assert.equal(qemuOnM2.filter((p) => p !== '').length, 1, "one QEMU of the guest on the machine: m1's");
+    m1.daemon.ok(['exec', NAME, '--', 'sh', '-c', 'touch /mnt/dirty/stop; sleep 2; rm -f /mnt/dirty/x']);
+    m1.daemon.ok(['config', 'set', NAME, 'migration.downtime_limit=250']);
+    const before = received.length;
+    await eventually('the counter still streaming', () => received.length > before + 20, 10_000);
+    assert.equal(connectionClosed(), false);
+  });
+
+  test('a live move to m2: the guest runs on with the same boot, its counter and its TCP connection go on, and m1 keeps nothing of it', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = bootId(m1.daemon);
+    const asked = await m2.daemon.api('POST', `/1.0/guests/${NAME}?target=m2`, {
+      migration: true,
+      live: true,
+    });
+    assert.equal(asked.status, 202, asked.text);
+    const from = received.length;
+    const done = await m1.daemon.api('GET', `${asked.body.operation}/wait?timeout=300`);
+    const op = done.body.metadata as Op;
+    assert.equal(
+      op.status,
+      'Success',
+      `${JSON.stringify(done.body)}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`,
+    );
+    const m = op.metadata as Record<string, number>;
+    assert.equal(op.metadata.location, 'm2');
+    for (const k of ['downtimeMs', 'pausedMs', 'totalMs', 'ramTransferredBytes']) {
+      assert.ok(typeof m[k] === 'number' && (m[k] as number) >= 0, `${k}: ${JSON.stringify(op.metadata)}`);
+    }
+    assert.equal(m.downtimeLimitMs, 250);
+    assert.ok((m.ramTransferredBytes as number) > 0);
+    assert.equal(listed(m1.daemon, NAME)?.location, 'm2');
+    assert.equal(listed(m1.daemon, NAME)?.status, 'Running');
+    assert.equal(bootId(m2.daemon), boot, 'the same boot: no restart');
+    assert.equal(existsSync(path.join(m1.daemon.stateDir, 'guests', NAME)), false, "m1's copy is gone");
+    const after = received.length;
+    await eventually('the counter streaming after the move', () => received.length > after + 50, 30_000);
+    assert.equal(connectionClosed(), false, 'the TCP connection survived');
+    // No number lost or repeated: the loop was not restarted, the stream lost nothing.
+    const seen = received.slice(from);
+    for (let i = 1; i < seen.length; i++) assert.equal(seen[i]?.n, (seen[i - 1]?.n ?? 0) + 1, `at ${i}`);
+    let gap = 0;
+    for (let i = 1; i < seen.length; i++) gap = Math.max(gap, (seen[i]?.at ?? 0) - (seen[i - 1]?.at ?? 0));
+    const paused = m.pausedMs as number;
+    process.stdout.write(
+      `# live move: downtime ${m.downtimeMs} ms (QEMU), paused ${paused} ms, total ${m.totalMs} ms; longest gap seen on m1 ${gap} ms\n`,
+    );
+    assert.ok(gap <= paused + SLACK_MS, `gap ${gap} ms > paused ${paused} ms + ${SLACK_MS} ms`);
+    m1.daemon.ok(['delete', '--force', NAME]);
+    assert.equal(existsSync(path.join(m2.daemon.stateDir, 'guests', NAME)), false);
+    m1.daemon.ok(['network', 'delete', 'lmnet']);
+  });
+});
