@@ -1,6 +1,7 @@
 import { useComputed, useSignal } from '@preact/signals';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import type { Guest, NicDevice, Operation } from '../../src/api/types.ts';
+import type { Guest, Model, NicDevice, Operation } from '../../src/api/types.ts';
+import { defaultMemory, type LimitKey, MODEL_LIMITS, memoryHint, memoryProblem } from './model-limits.ts';
 import { navigate, route, withQuery } from './router.ts';
 import { type Sort, SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, attempt, finished, guests, guestsLoaded } from './state.ts';
@@ -325,13 +326,19 @@ function Window(props: {
   );
 }
 
-/** Keys of the wizard's limits step, as Incus names them. */
-const LIMITS = [
-  ['limits.cpu', 'CPUs', 'e.g. 1 or 0.5'],
-  ['limits.memory', 'Memory', 'e.g. 256MiB or 1GiB'],
-  ['limits.disk', 'Disk', 'e.g. 2GiB (vm, pvm; ct on btrfs)'],
-  ['limits.processes', 'Processes', 'ct: most processes at once'],
-] as const;
+/** The label and hint of each limit of the wizard (keys as Incus names them), for a model. */
+function limitField(key: LimitKey, model: Model): [label: string, hint: string] {
+  switch (key) {
+    case 'limits.cpu':
+      return ['CPUs', 'e.g. 1 or 0.5'];
+    case 'limits.memory':
+      return ['Memory', memoryHint(model)];
+    case 'limits.disk':
+      return ['Disk', MODEL_LIMITS[model].diskHint];
+    case 'limits.processes':
+      return ['Processes', 'the most processes at once, e.g. 500'];
+  }
+}
 
 /** A NIC of the wizard: its network ('' is none), and what the API lets a NIC fix ('' is its default). */
 interface WizardNic {
@@ -374,7 +381,7 @@ export function CreateGuest() {
   const networks = useLoad(() => api.listNetworks().catch(() => []), []);
   const pools = useLoad(() => api.listPools().catch(() => []), []);
   const form = useSignal({
-    model: 'ct' as 'ct' | 'pvm' | 'vm',
+    model: 'ct' as Model,
     image: '',
     name: '',
     limits: {} as Record<string, string>,
@@ -392,6 +399,12 @@ export function CreateGuest() {
   const f = form.value;
 
   const devices = wizardDevices(f.nics);
+  // Only the chosen model's limits are sent: a key typed for another model is kept, not sent.
+  const limits = MODEL_LIMITS[f.model].keys.flatMap((k) => {
+    const v = f.limits[k]?.trim();
+    return v ? [[k, v] as const] : [];
+  });
+  const memoryWrong = memoryProblem(f.model, f.limits['limits.memory'] ?? '');
   const setNic = (i: number, patch: Partial<WizardNic>) => {
     const nics = [...f.nics];
     nics[i] = { ...(nics[i] ?? NO_NIC), ...patch };
@@ -399,7 +412,7 @@ export function CreateGuest() {
   };
   const create = async () => {
     const config: Record<string, string> = {};
-    for (const [k, v] of Object.entries(f.limits)) if (v.trim()) config[k] = v.trim();
+    for (const [k, v] of limits) config[k] = v;
     for (const file of f.files) {
       if (!file.path.trim()) continue;
       const content = btoa(String.fromCharCode(...new TextEncoder().encode(file.content)));
@@ -470,17 +483,26 @@ export function CreateGuest() {
             <Field label="Name" hint="A DNS label: lower-case letters, digits and dashes">
               {(id) => <input id={id} value={f.name} onInput={(e) => set({ name: e.currentTarget.value })} />}
             </Field>
-            {LIMITS.map(([key, label, hint]) => (
-              <Field key={key} label={label} hint={hint}>
-                {(id) => (
-                  <input
-                    id={id}
-                    value={f.limits[key] ?? ''}
-                    onInput={(e) => set({ limits: { ...f.limits, [key]: e.currentTarget.value } })}
-                  />
-                )}
-              </Field>
-            ))}
+            {MODEL_LIMITS[f.model].keys.map((key) => {
+              const [label, hint] = limitField(key, f.model);
+              return (
+                <Field key={key} label={label} hint={hint}>
+                  {(id) => (
+                    <input
+                      id={id}
+                      value={f.limits[key] ?? ''}
+                      aria-invalid={key === 'limits.memory' && memoryWrong !== null}
+                      onInput={(e) => set({ limits: { ...f.limits, [key]: e.currentTarget.value } })}
+                    />
+                  )}
+                </Field>
+              );
+            })}
+            {memoryWrong && (
+              <p role="alert" data-testid="memory-problem">
+                {memoryWrong}
+              </p>
+            )}
           </>
         )}
         {step === 3 && (
@@ -607,11 +629,13 @@ export function CreateGuest() {
               <dt>Name</dt>
               <dd>{f.name || '–'}</dd>
               <dt>Limits</dt>
-              <dd>
-                {Object.entries(f.limits)
-                  .filter(([, v]) => v)
-                  .map(([k, v]) => `${k}=${v}`)
-                  .join(', ') || 'none'}
+              <dd data-testid="review-limits">
+                {[
+                  ...limits.map(([k, v]) => `${k}=${v}`),
+                  ...(f.limits['limits.memory']?.trim() || defaultMemory(f.model) === null
+                    ? []
+                    : [`memory ${defaultMemory(f.model)} by default`]),
+                ].join(', ') || 'none'}
               </dd>
               <dt>Networks</dt>
               <dd data-testid="review-networks">
@@ -653,7 +677,7 @@ export function CreateGuest() {
               type="button"
               class="primary"
               onClick={() => go(step + 1)}
-              disabled={step === 1 && !f.image}
+              disabled={(step === 1 && !f.image) || (step === 2 && memoryWrong !== null)}
             >
               Next
             </button>
@@ -662,7 +686,7 @@ export function CreateGuest() {
             <button
               type="button"
               class="primary"
-              disabled={busy || !f.name || !f.image}
+              disabled={busy || !f.name || !f.image || memoryWrong !== null}
               onClick={async () => {
                 setBusy(true);
                 await attempt(create, `Guest ${f.name} created`);
