@@ -109,7 +109,7 @@ export function haCandidates(
 export function createCrm(member: string, timings: HaTimings, placer: Placer): Crm {
   /** When this CRM first saw each lost member incarnation (`member@token`). */
   const lostSince = new Map<string, number>();
-  /** The last refusal reported per guest, so that a refusal is told once, not every pass. */
+  /** Guests reported as waiting for room, so that a refusal is told once, not every pass. */
   const refused = new Map<string, string>();
   let isElected = false;
 
@@ -206,7 +206,8 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         }
       };
       const refuse = (g: HaGuestRecord, why: string) => {
-        if (refused.get(g.name) === why) return;
+        // Told once per guest while it waits (the figures in the reason change as others are placed).
+        if (refused.has(g.name)) return;
         refused.set(g.name, why);
         notes.push(`crm: ${g.name} cannot be placed: ${why}`);
       };

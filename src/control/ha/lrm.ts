@@ -58,8 +58,11 @@ export interface LrmView {
 /** A member's LRM: one per agent life; its state is what the agent keeps across its own restarts. */
 export interface Lrm {
   readonly member: string;
-  /** The clock check first (fencing), then the lease request to send, if any. */
-  tick(nowMs: number): LrmAction[];
+  /**
+   * The clock check first (fencing: it kills what runs here, listed by the agent itself, so it
+   * needs no read of the store), then the lease request to send, if any.
+   */
+  tick(nowMs: number, running: ReadonlySet<string>): LrmAction[];
   leaseAnswer(nowMs: number, answer: LeaseAnswer): LrmAction[];
   /** Whether this member may run its HA guests now, on its clock. */
   live(nowMs: number): boolean;
@@ -79,7 +82,7 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
   let armed = false;
   /** What the last read said of each guest running here (HA or not), for fencing without a read. */
   const haKnown = new Map<string, boolean>();
-  /** Guests running here when last looked (fencing kills those that are HA or unknown). */
+  /** Guests running here at the last look (fencing kills those that are HA or unknown). */
   let runningHere: ReadonlySet<string> = new Set();
   const retryAt = new Map<string, number>();
   /** Failed starts in a row (the backoff doubles with each). */
@@ -109,7 +112,8 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
     member,
     live,
     token: (now) => (live(now) ? token : undefined),
-    tick(now) {
+    tick(now, running) {
+      runningHere = new Set(running);
       if (token !== undefined && !live(now)) return fence();
       // Petted at every look while live, whether or not the store answers: the watchdog is for
       // a member that cannot look any more, the fencing above for one that cannot renew.

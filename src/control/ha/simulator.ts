@@ -77,6 +77,8 @@ export interface SimWorld {
   move(guest: string, to: string): void;
   /** The member is marked evacuated: its daemon moves its guests away, one at a time. */
   evacuate(member: string): void;
+  /** The member's lease (its agent's, or its daemon's for the election) runs out now, as if it expired. */
+  dropLease(member: string, which: 'agent' | 'daemon'): void;
   /** The next `count` starts of `guest` on `member` fail. */
   failStarts(member: string, guest: string, count: number): void;
   /** The guest's process dies by itself. */
@@ -197,6 +199,8 @@ export function createSimulator(options: SimOptions): Simulator {
     if (where.size === 0) procs.delete(g);
     else procs.set(g, where);
   };
+  /** What the agent of `m` sees running (a guest arriving by a move is not running yet). */
+  const runningHere = (m: string) => new Set(procsOn(m).filter((g) => procs.get(g)?.get(m) === 'running'));
   const killAll = (m: string) => {
     const killed = procsOn(m);
     for (const g of killed) setProc(g, m, undefined);
@@ -292,6 +296,14 @@ export function createSimulator(options: SimOptions): Simulator {
     if (!r || r.value.owner !== m.name || (r.value.ha && r.value.token !== token))
       throw new InvariantError(
         `${secs(now)}: ${m.name} started ${g}, which it does not own\n${log.join('\n')}`,
+      );
+    // A copy frozen on a host whose watchdog already ran out is reset before it can run again.
+    const elsewhere = [...(procs.get(g) ?? [])]
+      .filter(([other, state]) => other !== m.name && state === 'running' && !condemned(member(other)))
+      .map(([other]) => other);
+    if (elsewhere.length > 0)
+      throw new InvariantError(
+        `${secs(now)}: ${m.name} started ${g} while it runs on ${elsewhere.join(', ')}\n${log.join('\n')}`,
       );
     const failing = m.failStarts.get(g) ?? 0;
     if (m.daemon !== 'up' || failing > 0) {
@@ -483,14 +495,10 @@ export function createSimulator(options: SimOptions): Simulator {
         continue;
       }
       if (m.agent !== 'up') continue;
-      for (const a of m.lrm.tick(now)) act(m, a);
-      if (!m.lrm.live(now)) {
-        m.lrm.manage(now, { guests: [], running: new Set(procsOn(m.name)) });
-        continue;
-      }
+      for (const a of m.lrm.tick(now, runningHere(m.name))) act(m, a);
+      if (!m.lrm.live(now)) continue;
       const view = call(m, () => guests());
-      const running = new Set(procsOn(m.name).filter((g) => procs.get(g)?.get(m.name) === 'running'));
-      if (view) for (const a of m.lrm.manage(now, { guests: view, running })) act(m, a);
+      if (view) for (const a of m.lrm.manage(now, { guests: view, running: runningHere(m.name) })) act(m, a);
     }
 
     stepMoves();
@@ -555,6 +563,9 @@ export function createSimulator(options: SimOptions): Simulator {
     say(`${m.name} boots`);
   }
 
+  /** A frozen host whose watchdog ran out: it is reset the moment it thaws, before anything runs. */
+  const condemned = (m: MemberState) => m.host === 'paused' && m.watchdog !== undefined && m.watchdog <= now;
+
   function check() {
     for (const [g, where] of procs) {
       const executing = [...where]
@@ -567,8 +578,7 @@ export function createSimulator(options: SimOptions): Simulator {
         .map(([m]) => m);
       // A frozen copy may exist only if its host's watchdog resets it before it runs again.
       for (const m of frozen) {
-        const wd = member(m).watchdog;
-        if (executing.length + frozen.length > 1 && (wd === undefined || wd > now))
+        if (executing.length + frozen.length > 1 && !condemned(member(m)))
           throw new InvariantError(
             `${secs(now)}: ${g} frozen on ${m} would run again beside ${executing.join(', ')}\n${log.join('\n')}`,
           );
@@ -637,6 +647,12 @@ export function createSimulator(options: SimOptions): Simulator {
       if (r) store.put(haKeys.member(name), { ...r.value, evacuated: true });
       say(`world: ${name} is evacuated`);
     },
+    dropLease(name, which) {
+      const m = member(name);
+      const lease = which === 'agent' ? m.lease : m.crmLease;
+      if (lease !== undefined) store.revoke(lease);
+      say(`world: the ${which === 'agent' ? 'lease' : 'election lease'} of ${name} runs out`);
+    },
     failStarts(name, g, count) {
       member(name).failStarts.set(g, count);
     },
@@ -660,7 +676,7 @@ export function createSimulator(options: SimOptions): Simulator {
   let started = false;
   function begin() {
     started = true;
-    for (const m of ordered()) for (const a of m.lrm.tick(now)) act(m, a);
+    for (const m of ordered()) for (const a of m.lrm.tick(now, new Set())) act(m, a);
     for (const g of options.guests ?? []) {
       store.put(haKeys.guest(g.name), {
         name: g.name,
