@@ -270,7 +270,17 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
           }
           const p = place(g, failedOn);
           if (typeof p === 'string') {
-            refuse(g, p);
+            decisions.push({
+              write: {
+                compare: [guestCompare(r), lockCompare],
+                put: {
+                  key: haKeys.guest(g.name),
+                  value: { ...g, failedOn, error: `it failed to start on ${failedOn.join(', ')}; ${p}` },
+                },
+              },
+              says: `crm: ${g.name} failed to start on ${failedOn.join(', ')} and no other member can take it: given up`,
+              ifRefused: `crm: ${g.name} could not be marked in error: its record or the election changed`,
+            });
             continue;
           }
           give(

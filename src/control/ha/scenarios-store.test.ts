@@ -269,4 +269,32 @@ scenarios([
       '25.0 world: h1 down[] h2[g1] h3[]',
     ],
   },
+  {
+    title:
+      'the member chosen dies between the CRM’s read and its write: its lease is still there, so it is given the guest, and the guest is given again once that lease expired',
+    cluster: {
+      members: [{ name: 'h1' }, { name: 'h2', memoryGiB: 4 }, { name: 'h3' }],
+      guests: [{ name: 'g1', on: 'h1' }],
+    },
+    script: (sim) => {
+      sim.at(5000, (w) => w.kill('h1'));
+      sim.at(13_000, (w) => w.kill('h3'), 'race');
+    },
+    untilMs: 30_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '5.0 world: h1 dies',
+      '10.0 store: the lease of h1 expired',
+      '10.0 h2 crm: elected',
+      '10.0 h3 crm: another member was elected first',
+      '11.0 h2 crm: h1 lost (token 5); its HA guests are given to others from 13.0',
+      '13.0 world: h3 dies',
+      '13.0 h2 crm: g1 → h3 (rev 12; most free memory: 8.0 GiB of 8.0)',
+      '19.0 store: the lease of h3 expired',
+      '19.0 h2 crm: h3 lost (token 7); its HA guests are given to others from 21.0',
+      '21.0 h2 crm: g1 → h2 (rev 14; most free memory: 4.0 GiB of 4.0)',
+      '21.5 h2 starts g1',
+      '30.0 world: h1 down[] h2[g1] h3 down[]',
+    ],
+  },
 ]);

@@ -132,6 +132,7 @@ interface MoveState {
 }
 
 const GIB = 1024 ** 3;
+const EVACUATION_EVERY_MS = 2000;
 const secs = (ms: number) => (ms / 1000).toFixed(1);
 
 export function createSimulator(options: SimOptions): Simulator {
@@ -276,7 +277,12 @@ export function createSimulator(options: SimOptions): Simulator {
       case 'write': {
         const ok = call(m, () => store.txn(a.write));
         const value = a.write.put?.value as HaGuestRecord | undefined;
-        if (ok && value) say(`${m.name} records ${value.failures} failed start(s) of ${a.guest}`);
+        if (ok && value)
+          say(
+            value.failures === 0
+              ? `${m.name} clears the failed starts of ${a.guest}`
+              : `${m.name} records ${value.failures} failed start(s) of ${a.guest}`,
+          );
         return;
       }
     }
@@ -440,6 +446,8 @@ export function createSimulator(options: SimOptions): Simulator {
         if (r.value.owner === m.name && r.value.moving && !moves.has(r.value.name))
           clearMove(m, r.value.name);
     }
+    // The evacuation controller looks every 2 s (decision 0041).
+    if (now % EVACUATION_EVERY_MS !== 0) return;
     const me = store.get<HaMemberRecord>(haKeys.member(m.name));
     if (!me?.value.evacuated || [...moves.values()].some((mv) => mv.from === m.name)) return;
     const mine = guests()
