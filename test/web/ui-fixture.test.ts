@@ -259,6 +259,11 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
 
   test("the members view shows each member's status, address, roles, measured usage and guests, and nothing the API lacks", async () => {
     await signedIn();
+    // web2 measured its default pool's file system; Offline web3 is not measured (the API's null),
+    // and the fixture's own member says nothing of it (no disk at all).
+    const member = (name: string) => backend.members.find((m) => m.name === name)!;
+    member('web2').disk = { totalBytes: 100 * 2 ** 30, freeBytes: 60 * 2 ** 30 };
+    member('web3').disk = null;
     await page.goto(`${backend.url}/members`);
     const row = (name: string) => page.locator(`tr[data-member="${name}"]`);
     await row('web3').waitFor();
@@ -285,6 +290,12 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     // Nothing measured while Offline (the API's null): not shown as zero.
     assert.equal(await row('web3').locator('[data-testid=member-cpu]').textContent(), 'not measured');
     assert.equal(await row('web3').locator('[data-testid=member-memory]').textContent(), 'not measured');
+    assert.equal(await row('web3').locator('[data-testid=member-storage]').textContent(), 'not measured');
+    assert.equal(await row('fakehost').locator('[data-testid=member-storage]').textContent(), 'not measured');
+    assert.equal(
+      await row('web2').locator('[data-testid=member-storage]').textContent(),
+      '40 GiB of 100 GiB',
+    );
     // The API refuses removing the member a request reached: no button for it.
     assert.equal(await row('fakehost').locator('button', { hasText: 'Remove' }).count(), 0);
     // Placement and rebalancing have no API yet: nothing pretends to do them.
@@ -313,7 +324,16 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       'Online',
       '1.50 of 4 CPUs',
       '3.0 GiB of 16 GiB',
+      '40 GiB of 100 GiB',
       '12',
+    ]);
+    assert.deepEqual(await page.locator('tr[data-dashboard-member="web3"] td').allTextContents(), [
+      'web3',
+      'Offline',
+      'not measured',
+      'not measured',
+      'not measured',
+      '0',
     ]);
   });
 
@@ -327,10 +347,12 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       });
       return r.json().metadata as Row[];
     };
-    const measure = (r: Row, what: 'cpu' | 'memory') =>
-      what === 'cpu'
-        ? ((r.cpu as { used: number } | null)?.used ?? -1)
-        : ((r.memory as { usedBytes: number } | null)?.usedBytes ?? -1);
+    const measure = (r: Row, what: 'cpu' | 'memory' | 'disk') => {
+      if (what === 'cpu') return (r.cpu as { used: number } | null)?.used ?? -1;
+      if (what === 'memory') return (r.memory as { usedBytes: number } | null)?.usedBytes ?? -1;
+      const disk = r.disk as { totalBytes: number; freeBytes: number } | null | undefined;
+      return disk ? disk.totalBytes - disk.freeBytes : -1;
+    };
     const roles = { 'etcd-voter': 'etcd voter', 'etcd-client': 'etcd client' } as Record<string, string>;
     await checkSorts(
       page,
@@ -342,6 +364,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         ['Roles', 'roles', (r) => (r.roles as string[]).map((x) => roles[x] ?? x).join(', ')],
         ['CPU', 'cpu', (r) => measure(r, 'cpu')],
         ['Memory', 'memory', (r) => measure(r, 'memory')],
+        ['Storage', 'storage', (r) => measure(r, 'disk')],
         ['Guests', 'guests', (r) => r.guests],
         ['Version', 'version', (r) => r.version],
         ['Joined', 'joinedAt', (r) => r.joinedAt],
@@ -421,7 +444,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     // Enter submits it.
     await page.focus('#content');
     const reached: string[] = [];
-    for (let i = 0; i < 24 && !reached.includes('#f-new-member-s-name'); i++) {
+    for (let i = 0; i < 30 && !reached.includes('#f-new-member-s-name'); i++) {
       await page.keyboard.press('Tab');
       reached.push(
         (await page.evaluate(

@@ -1,5 +1,6 @@
 import { useComputed } from '@preact/signals';
 import { Charts } from './lazy.tsx';
+import { memberStorage } from './members.tsx';
 import { navigate, route, withQuery } from './router.ts';
 import { api, guests, host, operations, recentEvents } from './state.ts';
 import { bytes, Link, Page, Status, useLoad, when } from './ui.tsx';
@@ -19,7 +20,7 @@ export function Dashboard() {
     return { byStatus, byModel, warnings };
   });
   const pools = useLoad(() => api.listPools().catch(() => []), []);
-  // In a cluster, every member's measured CPU and memory; a single host has only its own (above).
+  // In a cluster, every member's measured CPU, memory and storage; a single host has only its own (above).
   const members = useLoad(
     () =>
       api
@@ -92,6 +93,7 @@ export function Dashboard() {
                   <th>Status</th>
                   <th>CPU</th>
                   <th>Memory</th>
+                  <th>Storage</th>
                   <th>Guests</th>
                 </tr>
               </thead>
@@ -108,6 +110,7 @@ export function Dashboard() {
                         ? `${bytes(m.memory.usedBytes)} of ${bytes(m.memory.totalBytes)}`
                         : 'not measured'}
                     </td>
+                    <td>{memberStorage(m)}</td>
                     <td>{m.guests}</td>
                   </tr>
                 ))}

@@ -28,11 +28,19 @@ const MEMBER_COLUMNS = [
   'roles',
   'cpu',
   'memory',
+  'storage',
   'guests',
   'version',
   'joinedAt',
 ] as const;
 type MemberColumn = (typeof MEMBER_COLUMNS)[number];
+
+/**
+ * A member's storage: the default pool's file system as the member measured it, used of total;
+ * "not measured" while it is Offline or has not said (the API's null or nothing), never a zero.
+ */
+export const memberStorage = (m: ClusterMemberInfo): string =>
+  m.disk ? `${bytes(m.disk.totalBytes - m.disk.freeBytes)} of ${bytes(m.disk.totalBytes)}` : 'not measured';
 
 const roleNames = (m: ClusterMemberInfo) => m.roles.map((r) => ROLE_NAMES[r] ?? r).join(', ') || '–';
 
@@ -44,7 +52,11 @@ const memberValue = (m: ClusterMemberInfo, key: MemberColumn): string | number =
       ? (m.cpu?.used ?? -1)
       : key === 'memory'
         ? (m.memory?.usedBytes ?? -1)
-        : m[key];
+        : key === 'storage'
+          ? m.disk
+            ? m.disk.totalBytes - m.disk.freeBytes
+            : -1
+          : m[key];
 
 interface ClusterView {
   info: ClusterInfo;
@@ -146,6 +158,7 @@ function MemberList(props: {
               <SortHeader column="roles" label="Roles" sort={sort} />
               <SortHeader column="cpu" label="CPU" sort={sort} />
               <SortHeader column="memory" label="Memory" sort={sort} />
+              <SortHeader column="storage" label="Storage" sort={sort} />
               <SortHeader column="guests" label="Guests" sort={sort} />
               <SortHeader column="version" label="Version" sort={sort} />
               <SortHeader column="joinedAt" label="Joined" sort={sort} />
@@ -178,6 +191,9 @@ function MemberList(props: {
                   {m.memory
                     ? `${bytes(m.memory.usedBytes)} of ${bytes(m.memory.totalBytes)}`
                     : 'not measured'}
+                </td>
+                <td data-label="Storage" data-testid="member-storage">
+                  {memberStorage(m)}
                 </td>
                 <td data-label="Guests">{m.guests}</td>
                 <td data-label="Version">{m.version}</td>
