@@ -60,7 +60,7 @@ export function createFakeStore(): FakeStore {
     const old = data.get(key);
     if (old?.lease) leases.get(old.lease)?.keys.delete(key);
     data.set(key, {
-      value,
+      value: Object.freeze(structuredClone(value)),
       createRevision: old ? old.createRevision : revision,
       modRevision: revision,
       version: (old?.version ?? 0) + 1,
@@ -104,8 +104,9 @@ export function createFakeStore(): FakeStore {
         return actual > c.value;
     }
   };
+  // Values are copied when written and frozen, so readers share them without copying.
   const read = <T>(e: Entry): Read<T> => ({
-    value: structuredClone(e.value) as T,
+    value: e.value as T,
     createRevision: e.createRevision,
     modRevision: e.modRevision,
   });
@@ -157,16 +158,11 @@ export function createFakeStore(): FakeStore {
     },
     txn(write, lease) {
       if (!write.compare.every(holds)) return false;
-      if (write.put)
-        putEntry(
-          write.put.key,
-          structuredClone(write.put.value),
-          write.put.lease === 'own' ? (lease ?? 0) : 0,
-        );
+      if (write.put) putEntry(write.put.key, write.put.value, write.put.lease === 'own' ? (lease ?? 0) : 0);
       if (write.delete) deleteEntry(write.delete);
       return true;
     },
-    put: (key, value) => putEntry(key, structuredClone(value)),
+    put: (key, value) => putEntry(key, value),
     delete: deleteEntry,
   };
 }
