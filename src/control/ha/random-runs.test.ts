@@ -92,7 +92,7 @@ export function oneRun(seed: number): { events: number; log: string[]; check: ()
       for (const g of guests) {
         const r = sim.record(g.name);
         const where = sim.runningOn(g.name);
-        if (!r || !r.ha || r.want !== 'started' || r.error !== undefined) {
+        if (!r?.ha || r.want !== 'started' || r.error !== undefined) {
           assert.ok(where.length <= 1);
           continue;
         }
