@@ -612,6 +612,8 @@ describe('web UI actions against a real daemon, checked in its state', () => {
           ['Status', 'status', (r) => r.status],
           ['Started', 'createdAt', (r) => r.createdAt],
         ],
+        // Not the task history below it, a table of its own.
+        { scope: 'table[aria-label="Operations"]', prefix: '' },
       );
       // The sort is the URL's: a reload keeps it.
       await page.reload();

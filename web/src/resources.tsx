@@ -734,7 +734,7 @@ export function Operations() {
   return (
     <Page title="Operations">
       <div class="panel table-wrap">
-        <table>
+        <table aria-label="Operations">
           <thead>
             <tr>
               <SortHeader column="createdAt" label="Started" sort={sort} />
