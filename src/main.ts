@@ -294,6 +294,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
           migrationOf: (model) => drivers[model]?.migration,
           image: (fingerprint) => images.handle(fingerprint),
           host: splitAddress(membership.address).host,
+          addressOf: async (member) => {
+            const target = await memberTarget(member);
+            return target && splitAddress(target.address).host;
+          },
         },
       }),
     };

@@ -44,10 +44,16 @@ export interface LiveMigration {
   prepareIncoming(
     spec: GuestSpec,
     image: ImageHandle,
-    options: { host: string },
+    options: {
+      host: string;
+      /** The source member's address: the only one that may connect to the ports. */
+      from: string;
+    },
   ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
   /** Destination: the migration is in and the guest's records name this member: it runs here. */
   finishIncoming(spec: GuestSpec): Promise<void>;
+  /** Destination: a migration given up: what guards its ports goes (the files go with the driver's delete). */
+  dropIncoming(spec: GuestSpec): Promise<void>;
   /**
    * Source: copies the disk and the RAM to `to`; resolves with the guest paused here and both
    * disks equal. On failure or abort the guest runs on here as before, and it throws.

@@ -506,6 +506,7 @@ describe('moving a vm guest live', () => {
     const migration: LiveMigration = {
       prepareIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
       finishIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
+      dropIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
       async migrateOut(s, options) {
         calls.push(
           `migrateOut ${s.location} -> ${options.to.host}:${options.to.migrationPort} limit ${options.downtimeLimitMs}`,

@@ -523,6 +523,8 @@ export function createMoveReceiver(deps: {
     image: (fingerprint: string) => Promise<ImageHandle>;
     /** This member's cluster address (the IP other members reach it at): where a migration comes in. */
     host: string;
+    /** A member's cluster address (its IP): the only one a migration from it may come from. */
+    addressOf: (member: string) => Promise<string | undefined>;
   };
 }): MoveReceiver {
   const { store, hostName } = deps;
@@ -584,8 +586,12 @@ export function createMoveReceiver(deps: {
         throw notSupported(`${spec.value.model} guests cannot move live to ${hostName}`);
       }
       const image = await deps.live.image(spec.value.image);
+      const from = await deps.live.addressOf(spec.value.location);
+      if (!from)
+        throw failedPrecondition(`Member ${spec.value.location} has no address in the cluster's records`);
       return migration.prepareIncoming({ ...spec.value, location: hostName }, image, {
         host: deps.live.host,
+        from,
       });
     },
 
@@ -609,6 +615,7 @@ export function createMoveReceiver(deps: {
       if (spec.value.location === hostName) {
         throw conflict(`Guest ${name} is this member's: its files are not removed`);
       }
+      await deps.live?.migrationOf(spec.value.model)?.dropIncoming({ ...spec.value, location: hostName });
       await deps.removeLocal({ ...spec.value, location: hostName });
     },
   };

@@ -29,9 +29,34 @@ export function freeTcpPort(host: string): Promise<number> {
   });
 }
 
+/** The nftables table (family inet) that lets only the source reach a migration's two ports. */
+export const migrationTable = (guest: string): string => `trivisor-migration-${guest}`;
+
+/**
+ * The NBD export and the migration stream are plain TCP (decision 0042): while they listen, only
+ * the source member's address may open a connection to their ports; anything else (another
+ * host, a local process) is dropped before it reaches QEMU. One table per guest, replaced whole.
+ */
+export function migrationFilter(guest: string, options: { from: string; ports: readonly number[] }): string {
+  const table = migrationTable(guest);
+  const family = options.from.includes(':') ? 'ip6' : 'ip';
+  return (
+    `add table inet ${table}\ndelete table inet ${table}\ntable inet ${table} {\n` +
+    '  chain input {\n    type filter hook input priority filter - 1; policy accept;\n' +
+    `    tcp dport { ${options.ports.join(', ')} } ${family} saddr != ${options.from} drop\n` +
+    `    tcp dport { ${options.ports.join(', ')} } meta nfproto != ${family === 'ip' ? 'ipv4' : 'ipv6'} drop\n` +
+    '  }\n}\n'
+  );
+}
+
+/** Removes a migration's filter (nothing when there is none). */
+export const dropMigrationFilter = (guest: string): string =>
+  `add table inet ${migrationTable(guest)}\ndelete table inet ${migrationTable(guest)}\n`;
+
 /** The vm driver's live migration (decision 0042): QEMU's, over QMP, the disk mirrored over NBD. */
 export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigration {
-  const { self, pathsOf, withQmp, log } = c;
+  const { self, pathsOf, withQmp, log, runner } = c;
+  const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
   return {
     async prepareIncoming(spec, image, options) {
       if (await exists(pathsOf(spec).dir)) {
@@ -49,6 +74,9 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         let migrationPort = await freeTcpPort(options.host);
         if (migrationPort === nbdPort) migrationPort = await freeTcpPort(options.host);
         const endpoints = { host: options.host, nbdPort, migrationPort };
+        // Filtered before QEMU listens: there is no moment when anyone else could connect.
+        r.add(() => nft(dropMigrationFilter(spec.name)).then(() => undefined));
+        await nft(migrationFilter(spec.name, { from: options.from, ports: [nbdPort, migrationPort] }));
         await withQmp(spec, (q) => prepareIncoming(q, endpoints));
         log.info({ guest: spec.name, ...endpoints }, 'waiting for a live migration');
         return { process, endpoints };
@@ -56,6 +84,10 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
     },
     async finishIncoming(spec) {
       await withQmp(spec, (q) => finishIncoming(q));
+      await nft(dropMigrationFilter(spec.name));
+    },
+    async dropIncoming(spec) {
+      await nft(dropMigrationFilter(spec.name));
     },
     async migrateOut(spec, options) {
       // A connection per command: QEMU serves one QMP client at a time, and the rest of the daemon

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isTrivisorError } from '../../core/errors.ts';
+import { migrationFilter } from './vm-live-migration.ts';
 import { finishIncoming, type MigrationQmp, migrateOut, prepareIncoming, tcpUri } from './vm-migration.ts';
 
 interface Call {
@@ -241,5 +242,24 @@ describe('vm live migration over QMP', () => {
       incoming.map((c) => c.command),
       ['query-migrate', 'query-migrate', 'block-export-del', 'nbd-server-stop', 'cont'],
     );
+  });
+
+  test("while a destination listens, only the source member's address reaches its two ports", () => {
+    assert.equal(
+      migrationFilter('web', { from: '198.18.5.11', ports: [40001, 40002] }),
+      [
+        'add table inet trivisor-migration-web',
+        'delete table inet trivisor-migration-web',
+        'table inet trivisor-migration-web {',
+        '  chain input {',
+        '    type filter hook input priority filter - 1; policy accept;',
+        '    tcp dport { 40001, 40002 } ip saddr != 198.18.5.11 drop',
+        '    tcp dport { 40001, 40002 } meta nfproto != ipv4 drop',
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
+    );
+    assert.match(migrationFilter('web', { from: 'fd00::11', ports: [1, 2] }), /ip6 saddr != fd00::11 drop/);
   });
 });
