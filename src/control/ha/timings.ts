@@ -25,7 +25,10 @@ export function checkTimings(t: HaTimings): string[] {
     problems.push(
       `the watchdog (${t.watchdogMs} ms) fires between two renewals (${t.renewEveryMs} ms) of a healthy member`,
     );
-  if (t.marginMs <= 0) problems.push('the margin must be positive: it covers the kill and clock rates');
+  if (t.marginMs <= t.renewEveryMs)
+    problems.push(
+      `the margin (${t.marginMs} ms) must exceed the renewal period (${t.renewEveryMs} ms): a member whose lease was revoked learns it only at its next renewal`,
+    );
   return problems;
 }
 
