@@ -155,6 +155,7 @@ function fakeCluster(
     version: '0.1.0',
     cpu: { cpus: 2, used: 0.85, free: 1.15 },
     memory: { totalBytes: 24 * GiB, usedBytes: 6.5 * GiB, freeBytes: 17.5 * GiB },
+    disk: { totalBytes: 400 * GiB, freeBytes: 250 * GiB },
     joinedAt,
   });
   if (mode === 'member') {
@@ -169,6 +170,7 @@ function fakeCluster(
         version: '0.1.0',
         cpu: { cpus: 4, used: 1.5, free: 2.5 },
         memory: { totalBytes: 16 * GiB, usedBytes: 3 * GiB, freeBytes: 13 * GiB },
+        disk: { totalBytes: 100 * GiB, freeBytes: 60 * GiB },
         joinedAt,
       },
       {
@@ -180,6 +182,7 @@ function fakeCluster(
         version: '0.1.0',
         cpu: null,
         memory: null,
+        disk: null,
         joinedAt,
       },
     );

@@ -259,11 +259,6 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
 
   test("the members view shows each member's status, address, roles, measured usage and guests, and nothing the API lacks", async () => {
     await signedIn();
-    // web2 measured its default pool's file system; Offline web3 is not measured (the API's null),
-    // and the fixture's own member says nothing of it (no disk at all).
-    const member = (name: string) => backend.members.find((m) => m.name === name)!;
-    member('web2').disk = { totalBytes: 100 * 2 ** 30, freeBytes: 60 * 2 ** 30 };
-    member('web3').disk = null;
     await page.goto(`${backend.url}/members`);
     const row = (name: string) => page.locator(`tr[data-member="${name}"]`);
     await row('web3').waitFor();
@@ -280,6 +275,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       'etcd voter',
       '0.85 of 2 CPUs busy',
       '6.5 GiB of 24 GiB',
+      '150 GiB of 400 GiB',
       '1000',
     ]) {
       assert.ok(self.includes(want), `${want} in ${self}`);
@@ -291,7 +287,10 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     assert.equal(await row('web3').locator('[data-testid=member-cpu]').textContent(), 'not measured');
     assert.equal(await row('web3').locator('[data-testid=member-memory]').textContent(), 'not measured');
     assert.equal(await row('web3').locator('[data-testid=member-storage]').textContent(), 'not measured');
-    assert.equal(await row('fakehost').locator('[data-testid=member-storage]').textContent(), 'not measured');
+    assert.equal(
+      await row('fakehost').locator('[data-testid=member-storage]').textContent(),
+      '150 GiB of 400 GiB',
+    );
     assert.equal(
       await row('web2').locator('[data-testid=member-storage]').textContent(),
       '40 GiB of 100 GiB',
