@@ -58,10 +58,11 @@ export type Placer = (candidates: readonly PlacementCandidate[]) => {
 /** A member's CRM. */
 export interface Crm {
   readonly member: string;
-  /** One pass: the writes to try, in order, and the events seen (losses, refusals). */
+  /**
+   * One pass: the writes to try, in order, and the events seen (losses, refusals). `token` is
+   * this member's while its LRM is live, undefined otherwise (then it forgets what it saw).
+   */
   step(nowMs: number, token: Token | undefined, view: CrmView): { decisions: CrmDecision[]; notes: string[] };
-  /** Whether this member was the elected one at its last pass. */
-  elected(): boolean;
 }
 
 const guestCompare = (r: Read<HaGuestRecord>) => ({
@@ -72,7 +73,7 @@ const guestCompare = (r: Read<HaGuestRecord>) => ({
 });
 
 /** The record without a move or an error: what a guest given to a member starts from. */
-function settled(g: HaGuestRecord): HaGuestRecord {
+export function settled(g: HaGuestRecord): HaGuestRecord {
   const { moving: _moving, error: _error, ...rest } = g;
   return rest;
 }
@@ -110,18 +111,15 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
   /** When this CRM first saw each lost member incarnation (`member@token`). */
   const lostSince = new Map<string, number>();
   /** Guests reported as waiting for room, so that a refusal is told once, not every pass. */
-  const refused = new Map<string, string>();
-  let isElected = false;
+  const refused = new Set<string>();
 
   function forget() {
     lostSince.clear();
     refused.clear();
-    isElected = false;
   }
 
   return {
     member,
-    elected: () => isElected,
     step(now, token, view) {
       if (token === undefined) {
         forget();
@@ -147,7 +145,6 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         forget();
         return { decisions: [], notes: [] };
       }
-      isElected = true;
       const lock = view.lock;
       const alive = new Map(view.heartbeats.map((h) => [h.value.member, h.createRevision]));
       const notes: string[] = [];
@@ -208,7 +205,7 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
       const refuse = (g: HaGuestRecord, why: string) => {
         // Told once per guest while it waits (the figures in the reason change as others are placed).
         if (refused.has(g.name)) return;
-        refused.set(g.name, why);
+        refused.add(g.name);
         notes.push(`crm: ${g.name} cannot be placed: ${why}`);
       };
       const give = (

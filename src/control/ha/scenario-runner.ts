@@ -26,14 +26,18 @@ export function play(s: Scenario): { sim: Simulator; log: string[] } {
   return { sim, log };
 }
 
-/** Registers each scenario as a test (with HA_PRINT=1 it prints the logs instead of checking them). */
+/**
+ * Registers each scenario as a test. With HA_PRINT=1 each prints its log (as JSON, after a line
+ * `@@@ title`) and fails, to write a new scenario's expectation from after reading it.
+ */
 export function scenarios(list: Scenario[]): void {
   for (const s of list) {
     test(s.title, () => {
       const { sim, log } = play(s);
       if (process.env.HA_PRINT === '1') {
+        // Printed to write a new expectation from; never a pass: nothing was checked.
         console.log(`@@@ ${s.title}\n${JSON.stringify(log)}`);
-        return;
+        assert.fail('HA_PRINT=1: the log was printed, not checked');
       }
       assert.deepEqual(log, s.log);
       s.after?.(sim);

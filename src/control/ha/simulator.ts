@@ -1,7 +1,15 @@
 import { asTrivisorError } from '../../core/errors.ts';
 import type { Model } from '../../core/types.ts';
 import { createPlacementIndex } from '../placement.ts';
-import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
+import {
+  byPriority,
+  type Crm,
+  type CrmDecision,
+  type CrmView,
+  createCrm,
+  haCandidates,
+  settled,
+} from './crm.ts';
 import { createFakeStore, type FakeStore } from './fake-store.ts';
 import { createLrm, type Lrm, type LrmAction } from './lrm.ts';
 import {
@@ -428,7 +436,7 @@ export function createSimulator(options: SimOptions): Simulator {
           put: {
             key: haKeys.guest(mv.guest),
             value: {
-              ...settledMove(r.value),
+              ...settled(r.value),
               owner: to.name,
               token: r.value.moving?.token ?? 0,
               failures: 0,
@@ -443,10 +451,6 @@ export function createSimulator(options: SimOptions): Simulator {
       }
     }
   }
-  const settledMove = (g: HaGuestRecord): HaGuestRecord => {
-    const { moving: _moving, ...rest } = g;
-    return rest;
-  };
 
   // ----- the daemon's other duties -----
   function daemonDuties(m: MemberState) {
