@@ -245,7 +245,7 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await api('DELETE', `/1.0/storage-pools/${pool}/volumes/custom/uivol`);
   });
 
-  test("a NIC added on the guest page is the guest's, with an address on that network; detached there, it is gone", async () => {
+  test("a NIC added on the guest page is the guest's, with an address on that network, or the name, address and MAC given there; detached there, it is gone", async () => {
     const before = Object.keys((await guest('a1')).devices ?? {});
     await page.goto(`${base}/guests/a1?tab=nics`);
     await page.selectOption('#f-network', net);
@@ -266,6 +266,30 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await row.locator('button', { hasText: 'Detach' }).click();
     await notice('NIC removed');
     await row.waitFor({ state: 'detached', timeout: 30_000 });
+    assert.deepEqual(Object.keys((await guest('a1')).devices ?? {}), before);
+
+    // One with a name, an address and a MAC of its own: the daemon's device and the guest's interface.
+    await page.selectOption('#f-network', net2);
+    await page.fill('#f-nic-name', 'eth7');
+    await page.fill('#f-ipv4-address', `${subnet2}.66`);
+    await page.fill('#f-mac-address', '0a:00:00:00:07:07');
+    await page.click('form[aria-label="Add a NIC"] button[type=submit]');
+    await notice('NIC added');
+    const eth7 = (await guest('a1')).devices?.eth7;
+    assert.deepEqual(
+      [eth7?.network, eth7?.['ipv4.address'], eth7?.hwaddr],
+      [net2, `${subnet2}.66`, '0a:00:00:00:07:07'],
+    );
+    await eventually(
+      `${subnet2}.66 on eth7 in a1`,
+      () => exec('a1', 'ip -4 addr show eth7').includes(`inet ${subnet2}.66/`),
+      30_000,
+    );
+    assert.match(exec('a1', 'ip link show eth7'), /link\/ether 0a:00:00:00:07:07 /);
+    const row7 = page.locator('tr[data-row="eth7"]');
+    await row7.locator('button', { hasText: 'Detach' }).click();
+    await notice('NIC removed');
+    await row7.waitFor({ state: 'detached', timeout: 30_000 });
     assert.deepEqual(Object.keys((await guest('a1')).devices ?? {}), before);
   });
 

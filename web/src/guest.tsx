@@ -578,7 +578,14 @@ function Nics(props: { guest: Guest }) {
         submit="Attach"
         done="NIC added"
         run={async (d) => {
-          await api.attachNetwork(String(d.get('network')), { guest: g.name });
+          // Empty fields are the API's defaults: the next free ethN, address and a stable MAC.
+          const given = (key: string) => String(d.get(key) ?? '').trim();
+          await api.attachNetwork(String(d.get('network')), {
+            guest: g.name,
+            ...(given('nic') && { nic: given('nic') }),
+            ...(given('address') && { 'ipv4.address': given('address') }),
+            ...(given('hwaddr') && { hwaddr: given('hwaddr') }),
+          });
           await readGuest(g.name);
         }}
       >
@@ -591,6 +598,17 @@ function Nics(props: { guest: Guest }) {
             </select>
           )}
         </Field>
+        <div class="row">
+          <Field label="NIC name" hint="Default: the next free ethN">
+            {(id) => <input id={id} name="nic" placeholder="eth1" />}
+          </Field>
+          <Field label="IPv4 address" hint="Default: the next free one">
+            {(id) => <input id={id} name="address" />}
+          </Field>
+          <Field label="MAC address" hint="Default: stable, from the guest and NIC">
+            {(id) => <input id={id} name="hwaddr" />}
+          </Field>
+        </div>
       </Form>
     </div>
   );
