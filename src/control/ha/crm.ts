@@ -174,7 +174,7 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         if (since === undefined) {
           lostSince.set(key, now);
           notes.push(
-            `crm: ${m} lost (token ${t}); its HA guests are given to others from ${((now + timings.marginMs) / 1000).toFixed(1)}`,
+            `crm: ${m} lost (token ${t}); its HA guests are given to others after the margin (${timings.marginMs / 1000} s on this clock)`,
           );
           return false;
         }

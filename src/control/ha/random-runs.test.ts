@@ -5,7 +5,8 @@ import { createSimulator, type SimGuest, type SimWorld } from './simulator.ts';
 /**
  * Seeded random failure sequences: each run draws a cluster and a minute of failures (deaths,
  * boots, daemons killed, partitions symmetric and one-way, frozen hosts and agents, etcd lost,
- * moves, an evacuation, crashes, failing starts, edits and deletes, leases running out), then
+ * moves, an evacuation, crashes, failing starts, edits and deletes, leases running out) on
+ * members whose clocks run at different rates, then
  * heals everything and lets it settle. The simulator checks after every tick (and at every
  * start) that no guest runs on two members and that no member starts a guest without a live
  * lease and its token; at the end every HA guest that should run runs exactly once.
@@ -41,7 +42,11 @@ export function oneRun(seed: number): { events: number; log: string[]; check: ()
     priority: Math.floor(random() * 3),
     ha: random() < 0.85,
   }));
-  const sim = createSimulator({ members: members.map((name) => ({ name, memoryGiB: 16 })), guests });
+  // Clocks 20 % slow to 20 % fast: far beyond real drift, which the margin must cover too.
+  const sim = createSimulator({
+    members: members.map((name) => ({ name, memoryGiB: 16, clockRate: 0.8 + Math.round(random() * 8) / 20 })),
+    guests,
+  });
   const actions: Array<(w: SimWorld) => void> = [
     (w) => w.kill(pick(members)),
     (w) => w.boot(pick(members)),

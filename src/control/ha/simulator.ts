@@ -45,6 +45,8 @@ export interface SimMember {
   name: string;
   memoryGiB?: number;
   cpus?: number;
+  /** How fast its monotonic clock runs against the store's (default 1; 0.9 is 10 % slow). */
+  clockRate?: number;
 }
 
 export interface SimOptions {
@@ -115,6 +117,7 @@ interface MemberState {
   name: string;
   memoryTotalBytes: number;
   cpus: number;
+  clockRate: number;
   host: 'up' | 'down' | 'paused';
   bootAt?: number;
   agent: 'up' | 'paused';
@@ -162,6 +165,7 @@ export function createSimulator(options: SimOptions): Simulator {
     name: m.name,
     memoryTotalBytes: (m.memoryGiB ?? 8) * GIB,
     cpus: m.cpus ?? 4,
+    clockRate: m.clockRate ?? 1,
     host: 'up',
     agent: 'up',
     daemon: 'up',
@@ -233,14 +237,16 @@ export function createSimulator(options: SimOptions): Simulator {
   const guests = () => store.list<HaGuestRecord>(haKeys.guestPrefix);
   const guestRecord = (g: string) => store.get<HaGuestRecord>(haKeys.guest(g));
   const tokenOf = (m: string) => store.get<HeartbeatValue>(haKeys.heartbeat(m))?.createRevision;
+  /** The member's own monotonic clock: the simulator's, at the member's rate. */
+  const local = (m: MemberState) => Math.round(now * m.clockRate);
   const agentWorks = (m: MemberState) => m.host === 'up' && m.agent === 'up';
-  const daemonWorks = (m: MemberState) => agentWorks(m) && m.daemon === 'up' && m.lrm.live(now);
+  const daemonWorks = (m: MemberState) => agentWorks(m) && m.daemon === 'up' && m.lrm.live(local(m));
 
   // ----- the LRM's actions, carried out -----
   function act(m: MemberState, a: LrmAction) {
     switch (a.kind) {
       case 'grant': {
-        const sentAt = now;
+        const sentAt = local(m);
         // The heartbeat is put with the lease's id, which a one-way link never brings back: the
         // lease is granted and left to expire, with nothing on it.
         if (m.link === 'oneway') call(m, () => store.grant(now, timings.leaseTtlMs));
@@ -258,7 +264,7 @@ export function createSimulator(options: SimOptions): Simulator {
         return lrmAnswer(m, { kind: 'granted', token: r.createRevision, sentAt });
       }
       case 'renew': {
-        const sentAt = now;
+        const sentAt = local(m);
         const lease = m.lease;
         const ok = lease === undefined ? false : call(m, () => store.keepAlive(now, lease));
         if (ok === undefined) return lrmAnswer(m, { kind: 'failed' });
@@ -304,7 +310,7 @@ export function createSimulator(options: SimOptions): Simulator {
     }
   }
   function lrmAnswer(m: MemberState, answer: Parameters<Lrm['leaseAnswer']>[1]) {
-    for (const a of m.lrm.leaseAnswer(now, answer)) act(m, a);
+    for (const a of m.lrm.leaseAnswer(local(m), answer)) act(m, a);
   }
 
   function start(m: MemberState, g: string) {
@@ -312,9 +318,13 @@ export function createSimulator(options: SimOptions): Simulator {
     // guest's record names, starts it. (Its lease may have been revoked a moment ago without it
     // knowing yet: it learns at its next renewal, within a period, and the margin is longer.)
     const r = guestRecord(g);
-    const token = m.lrm.token(now);
+    const token = m.lrm.token(local(m));
     // Counted by the simulator itself, from the answers it gave, not taken from the LRM.
-    if (token === undefined || m.confirmedToken !== token || now - m.confirmedSentAt >= timings.fenceAfterMs)
+    if (
+      token === undefined ||
+      m.confirmedToken !== token ||
+      local(m) - m.confirmedSentAt >= timings.fenceAfterMs
+    )
       throw new InvariantError(
         `${secs(now)}: ${m.name} started ${g} without a live lease\n${log.join('\n')}`,
       );
@@ -335,12 +345,12 @@ export function createSimulator(options: SimOptions): Simulator {
       if (failing > 0) m.failStarts.set(g, failing - 1);
       const why = m.daemon !== 'up' ? 'the daemon is down' : 'the driver failed';
       say(`${m.name} cannot start ${g}: ${why}`);
-      m.lrm.started(now, g, false);
+      m.lrm.started(local(m), g, false);
       return;
     }
     setProc(g, m.name, 'running');
     say(`${m.name} starts ${g}`);
-    m.lrm.started(now, g, true);
+    m.lrm.started(local(m), g, true);
   }
 
   // ----- moves -----
@@ -350,7 +360,7 @@ export function createSimulator(options: SimOptions): Simulator {
     const from = member(r.value.owner);
     const dest = member(to);
     const destToken = tokenOf(to);
-    const token = from.lrm.token(now);
+    const token = from.lrm.token(local(from));
     if (!daemonWorks(from) || token === undefined || destToken === undefined || r.value.moving) {
       say(`${from.name} cannot move ${g} to ${to} now`);
       return false;
@@ -384,7 +394,7 @@ export function createSimulator(options: SimOptions): Simulator {
   }
   function clearMove(from: MemberState, g: string) {
     const r = guestRecord(g);
-    const token = from.lrm.token(now);
+    const token = from.lrm.token(local(from));
     if (!r?.value.moving || r.value.owner !== from.name || token === undefined) return;
     const { moving: _moving, ...rest } = r.value;
     const ok = call(from, () =>
@@ -513,10 +523,11 @@ export function createSimulator(options: SimOptions): Simulator {
       if (m.host !== 'up') continue;
       if (watchdogFires(m)) continue;
       if (m.agent !== 'up') continue;
-      for (const a of m.lrm.tick(now, runningHere(m.name))) act(m, a);
-      if (!m.lrm.live(now)) continue;
+      for (const a of m.lrm.tick(local(m), runningHere(m.name))) act(m, a);
+      if (!m.lrm.live(local(m))) continue;
       const view = call(m, () => guests());
-      if (view) for (const a of m.lrm.manage(now, { guests: view, running: runningHere(m.name) })) act(m, a);
+      if (view)
+        for (const a of m.lrm.manage(local(m), { guests: view, running: runningHere(m.name) })) act(m, a);
     }
 
     stepMoves();
@@ -537,13 +548,13 @@ export function createSimulator(options: SimOptions): Simulator {
           call(m, () => store.keepAlive(now, crmLease)) === false
         )
           m.crmLease = undefined;
-        const token = daemonWorks(m) ? m.lrm.token(now) : undefined;
+        const token = daemonWorks(m) ? m.lrm.token(local(m)) : undefined;
         const view = token === undefined ? undefined : crmView(m);
         if (!view) {
-          m.crm.step(now, undefined, emptyView);
+          m.crm.step(local(m), undefined, emptyView);
           continue;
         }
-        const { decisions, notes } = m.crm.step(now, token, view);
+        const { decisions, notes } = m.crm.step(local(m), token, view);
         for (const n of notes) say(`${m.name} ${n}`);
         for (const d of decisions) planned.push({ m, d });
       }
@@ -574,7 +585,7 @@ export function createSimulator(options: SimOptions): Simulator {
     else m.bootAt = bootAt;
   }
   function bootMember(m: MemberState) {
-    const spec = { name: m.name, memoryGiB: m.memoryTotalBytes / GIB, cpus: m.cpus };
+    const spec = { name: m.name, memoryGiB: m.memoryTotalBytes / GIB, cpus: m.cpus, clockRate: m.clockRate };
     const link = m.link;
     Object.assign(m, fresh(spec), { link, settleMoves: true });
     delete m.bootAt;
@@ -583,7 +594,7 @@ export function createSimulator(options: SimOptions): Simulator {
 
   /** Resets the host if its watchdog ran out (checked at every look, and the moment a host thaws). */
   function watchdogFires(m: MemberState): boolean {
-    if (m.host !== 'up' || m.watchdog === undefined || now < m.watchdog) return false;
+    if (m.host !== 'up' || m.watchdog === undefined || local(m) < m.watchdog) return false;
     const killed = killAll(m.name);
     say(`${m.name} watchdog reset the host${killed.length ? ` (killed ${killed.join(', ')})` : ''}`);
     downMember(m, now + rebootMs);
@@ -591,7 +602,8 @@ export function createSimulator(options: SimOptions): Simulator {
   }
 
   /** A frozen host whose watchdog ran out: it is reset the moment it thaws, before anything runs. */
-  const condemned = (m: MemberState) => m.host === 'paused' && m.watchdog !== undefined && m.watchdog <= now;
+  const condemned = (m: MemberState) =>
+    m.host === 'paused' && m.watchdog !== undefined && m.watchdog <= local(m);
 
   function check() {
     for (const [g, where] of procs) {
@@ -704,7 +716,7 @@ export function createSimulator(options: SimOptions): Simulator {
   let started = false;
   function begin() {
     started = true;
-    for (const m of ordered()) for (const a of m.lrm.tick(now, new Set())) act(m, a);
+    for (const m of ordered()) for (const a of m.lrm.tick(local(m), new Set())) act(m, a);
     for (const g of options.guests ?? []) {
       store.put(haKeys.guest(g.name), {
         name: g.name,
