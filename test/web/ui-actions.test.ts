@@ -7,7 +7,7 @@ import type { BrowserContext, Dialog, Page } from 'playwright-core';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 import { openBrowser, signIn } from './browser.ts';
-import { checkSorts, type Row, type SortColumn } from './sort-check.ts';
+import { checkSorts, ordered, type Row, type SortColumn } from './sort-check.ts';
 
 interface ApiGuest {
   name: string;
@@ -539,51 +539,23 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       });
     }
     try {
-      type Row = Record<string, unknown>;
-      const cmp = (x: unknown, y: unknown) =>
-        (x as string) < (y as string) ? -1 : (x as string) > (y as string) ? 1 : 0;
-      const ordered = (rows: Row[], value: (r: Row) => unknown, name: (r: Row) => string, dir: number) =>
-        [...rows].sort((a, b) => (cmp(value(a), value(b)) || cmp(name(a), name(b))) * dir).map(name);
-      // On a page of several tables, one of them (`scope`, its panel) with its own URL parameters.
-      let scope = '';
-      const shown = () =>
-        page
-          .locator(`${scope} tr[data-row]`)
-          .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row')));
-      const rowsAre = async (want: string[], what: string) => {
-        await eventually(
-          what,
-          async () => JSON.stringify(await shown()) === JSON.stringify(want),
-          15_000,
-        ).catch(() => undefined);
-        assert.deepEqual(await shown(), want, what);
-      };
-      /** Opens `url`, reads its rows from the API, then sorts by each column both ways. */
+      /**
+       * Opens `url` and sorts its table by each column both ways against the API's rows; it opens
+       * sorted by the last column, the operations newest first.
+       */
       const sorts = async (
         url: string,
         read: () => Promise<Row[]>,
         name: (r: Row) => string,
-        columns: Array<[string, string, (r: Row) => unknown]>,
+        columns: SortColumn[],
         table = { scope: '', prefix: '' },
       ) => {
-        scope = table.scope;
-        const p = table.prefix;
         await page.goto(`${base}${url}`);
-        await page.locator(`${scope} tr[data-row]`).first().waitFor({ timeout: 30_000 });
-        const rows = await read();
-        assert.ok(rows.length >= 2, `${url}: ${rows.length} rows`);
-        // Before a column is chosen: by the first column, the operations newest first.
         const [, , first] = columns.at(-1)!;
-        await rowsAre(ordered(rows, first, name, url === '/operations' ? -1 : 1), `${url} as it opens`);
-        for (const [label, key, value] of columns) {
-          await page.click(`${scope} th button.sort:has-text("${label}")`);
-          await page.waitForURL(new RegExp(`[?&]${p}sort=${key}(?!.*${p}dir=desc)`));
-          await rowsAre(ordered(rows, value, name, 1), `${url} ${p}sorted by ${key}`);
-          await page.click(`${scope} th button.sort:has-text("${label}")`);
-          await page.waitForURL(new RegExp(`[?&]${p}sort=${key}.*${p}dir=desc`));
-          await rowsAre(ordered(rows, value, name, -1), `${url} ${p}sorted by ${key}, descending`);
-          assert.equal(await page.locator(`${scope} th[aria-sort]`).getAttribute('aria-sort'), 'descending');
-        }
+        await checkSorts(page, read, name, columns, {
+          ...table,
+          opening: { value: first, dir: url === '/operations' ? -1 : 1 },
+        });
       };
       const config = (r: Row) => r.config as Record<string, string>;
       await sorts(
@@ -641,13 +613,24 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       );
       // The sort is the URL's: a reload keeps it.
       await page.reload();
-      await rowsAre(
-        ordered(
-          await api('GET', '/1.0/operations?recursion=1'),
-          (r) => r.createdAt,
-          (r) => r.id as string,
-          -1,
-        ),
+      const newestFirst = ordered(
+        await api('GET', '/1.0/operations?recursion=1'),
+        (r) => r.createdAt,
+        (r) => r.id as string,
+        -1,
+      );
+      const shown = () =>
+        page
+          .locator('table[aria-label="Operations"] tr[data-row]')
+          .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-row')));
+      await eventually(
+        'the operations shown',
+        async () => JSON.stringify(await shown()) === JSON.stringify(newestFirst),
+        15_000,
+      ).catch(() => undefined);
+      assert.deepEqual(
+        await shown(),
+        newestFirst,
         'the operations sorted by time, descending, after a reload',
       );
       const panel = (title: string) => `.panel:has(h2:text-is("${title}"))`;
