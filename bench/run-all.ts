@@ -182,6 +182,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['cluster-move.json'],
   },
   {
+    name: 'vm-live-migration',
+    script: 'vm-live-migration.ts',
+    args: ['3', '256'],
+    quickArgs: ['1', '128'],
+    results: ['vm-live-migration.json'],
+    quickResults: ['vm-live-migration.json'],
+  },
+  {
     name: 'placement',
     script: 'placement.ts',
     args: ['10000', '200000'],

@@ -228,6 +228,19 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'models.*.ratioToCpP50',
     ]);
   },
+  'vm-live-migration.json': (r, f) => {
+    const samples = r.samples as Array<{ load: string; how: string; downtimeMs: number; pausedMs?: number }>;
+    for (const load of ['idle', 'busy']) {
+      const of = (how: string) => samples.filter((x) => x.load === load && x.how === how);
+      assert.equal(of('trivisor').length, 2, `${f}: ${load}: moved live there and back`);
+      assert.equal(of('hand').length, 1, `${f}: ${load}: migrated once by hand`);
+      for (const x of samples) {
+        assert.ok(x.downtimeMs >= 0, `${f}: ${x.load} ${x.how} downtime ${x.downtimeMs}`);
+        if (x.how === 'trivisor') assert.ok((x.pausedMs ?? -1) >= x.downtimeMs, `${f}: paused ${x.pausedMs}`);
+      }
+    }
+    positive(f, r, ['samples.*.totalMs', 'samples.*.ramBytes']);
+  },
   'placement.json': (r, f) => {
     assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
     positive(f, r, ['scheduler.decisionsPerSecond', 'baselineFullSort.decisionsPerSecond', 'ratio']);

@@ -1,0 +1,312 @@
+// Benchmark (issue 13 part 6): live moves of a vm guest between two members (decision 0042), idle
+// and busy (writing its memory), against the same migration driven by hand between two raw QEMUs
+// in one run. Two daemons in network namespaces of their own (test/cluster/cluster-harness.ts),
+// bootstrapped and joined; a busybox vm guest of MEM MiB on m1.
+// - Trivisor: `POST /1.0/guests/NAME?target=` with `{migration: true, live: true}` to the other
+//   member, there and back, each timed from the POST to the end of its operation, with the
+//   operation's own figures (QEMU's downtime, the pause as the source saw it, the phases).
+// - By hand: the guest's own QEMU argv replayed as root without Trivisor (bench/lib.ts
+//   rawQemuArgv), the source in m1's namespace and the destination (`-incoming defer -S`) in
+//   m2's, each on a fresh qcow2 over the same base disk; then the same QMP commands the daemon
+//   sends (nbd-server-start, block-export-add, migrate-incoming; blockdev-add nbd,
+//   blockdev-mirror sync=top until ready, migrate-set-parameters downtime-limit 300 and
+//   max-bandwidth, migrate until completed, block-job-cancel; block-export-del, nbd-server-stop,
+//   cont), timed from the destination QEMU's spawn to its `cont`.
+// Busy: a shell loop copies MiB of random bytes over and over in a tmpfs in the guest (zero pages
+// would go as markers), started through exec (Trivisor) or typed on the serial console (by hand).
+// Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256]
+import { type ChildProcess, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { loadavg } from 'node:os';
+import path from 'node:path';
+import { connectQmp, type QmpClient } from '../src/drivers/vm/qmp-client.ts';
+import { MIGRATION_MAX_BANDWIDTH } from '../src/drivers/vm/vm-migration.ts';
+import { type MemberHost, makeTestCluster, waitForStatus } from '../test/cluster/cluster-harness.ts';
+import { makeRunDir, removeRunDir } from '../test/leftovers.ts';
+import { sleep } from '../test/system/harness.ts';
+import { percentile, QUICK, rawQemuArgv, rawQemuFailure, startRawQemu, writeResult } from './lib.ts';
+
+const rounds = Number(process.argv[2] ?? (QUICK ? 1 : 3));
+const memMiB = Number(process.argv[3] ?? 256);
+/** Random bytes the busy guest copies over and over (quick mode: a check that it runs, on a small guest). */
+const DIRTY_MIB = QUICK ? 8 : 32;
+const DOWNTIME_LIMIT_MS = 300;
+const NAME = 'lmb';
+const MARKER = 'trivisor: init';
+const loadAtStart = loadavg();
+
+interface Sample {
+  load: 'idle' | 'busy';
+  how: 'trivisor' | 'hand';
+  totalMs: number;
+  downtimeMs: number;
+  /** Trivisor only: QEMU's downtime plus the hand-over until the destination runs. */
+  pausedMs?: number;
+  ramBytes: number;
+}
+const samples: Sample[] = [];
+
+const dirtier = (mib: number) =>
+  `mkdir -p /mnt/dirty && mount -t tmpfs -o size=${2 * mib + 8}m tmpfs /mnt/dirty && ` +
+  `dd if=/dev/urandom of=/mnt/dirty/src bs=1M count=${mib} 2>/dev/null && ` +
+  "(setsid sh -c 'while [ ! -e /mnt/dirty/stop ]; do cat /mnt/dirty/src > /mnt/dirty/x; done' </dev/null >/dev/null 2>&1 &)";
+
+async function trivisorMove(from: MemberHost, to: MemberHost, load: Sample['load']): Promise<void> {
+  const t0 = performance.now();
+  const asked = await from.daemon.api('POST', `/1.0/guests/${NAME}?target=${to.name}`, {
+    migration: true,
+    live: true,
+  });
+  if (asked.status !== 202) throw new Error(`move refused: ${asked.text}`);
+  const done = await from.daemon.api('GET', `${asked.body.operation}/wait?timeout=600`);
+  const op = done.body.metadata as { status: string; error: string | null; metadata: Record<string, number> };
+  if (op.status !== 'Success') throw new Error(`live move to ${to.name}: ${op.error}`);
+  samples.push({
+    load,
+    how: 'trivisor',
+    totalMs: performance.now() - t0,
+    downtimeMs: op.metadata.downtimeMs ?? Number.NaN,
+    pausedMs: op.metadata.pausedMs ?? Number.NaN,
+    ramBytes: op.metadata.ramTransferredBytes ?? 0,
+  });
+}
+
+/** Polls `query` until `done` says so (or throws what `failed` says). */
+async function until<T>(
+  query: () => Promise<T>,
+  done: (v: T) => boolean,
+  failed?: (v: T) => string | undefined,
+) {
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const v = await query();
+    const why = failed?.(v);
+    if (why) throw new Error(why);
+    if (done(v)) return v;
+    if (Date.now() > deadline) throw new Error('timed out');
+    await sleep(20);
+  }
+}
+
+function startIn(host: MemberHost, template: string[], dir: string, extra: string[] = []): ChildProcess {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return startRawQemu(['nsenter', `--net=/run/netns/${host.netns}`, ...template, ...extra], dir);
+}
+
+async function qmpOf(dir: string, qemu: ChildProcess): Promise<QmpClient> {
+  const sock = path.join(dir, 'raw-qmp.sock');
+  await until(
+    async () => existsSync(sock),
+    (v) => v,
+    () => (qemu.exitCode !== null ? rawQemuFailure(dir) : undefined),
+  );
+  return connectQmp(sock, { timeoutMs: 30_000 });
+}
+
+async function handMove(
+  argvIn: (dir: string) => string[],
+  scratch: string,
+  hosts: { m1: MemberHost; m2: MemberHost },
+  load: Sample['load'],
+) {
+  const srcDir = path.join(scratch, 'src');
+  const dstDir = path.join(scratch, 'dst');
+  const src = startIn(hosts.m1, argvIn(srcDir), srcDir);
+  let dst: ChildProcess | undefined;
+  try {
+    await until(
+      async () =>
+        existsSync(path.join(srcDir, 'console.log')) &&
+        readFileSync(path.join(srcDir, 'console.log'), 'utf8').includes(MARKER),
+      (v) => v,
+      () => (src.exitCode !== null ? rawQemuFailure(srcDir) : undefined),
+    );
+    await sleep(2000);
+    if (load === 'busy') {
+      // The kit's root shell on the serial console.
+      const console = connect(path.join(srcDir, 'raw-console.sock'));
+      await new Promise<void>((resolve, reject) => {
+        console.once('connect', () => resolve());
+        console.once('error', reject);
+      });
+      console.write(`${dirtier(DIRTY_MIB)}\n`);
+      // dd from /dev/urandom under TCG, then the loop running a while.
+      await sleep(QUICK ? 5000 : 15_000);
+      console.destroy();
+    }
+    const qs = await qmpOf(srcDir, src);
+    const t0 = performance.now();
+    dst = startIn(hosts.m2, argvIn(dstDir), dstDir, ['-incoming', 'defer', '-S']);
+    const qd = await qmpOf(dstDir, dst);
+    const host = hosts.m2.ip;
+    const nbdPort = await portIn(hosts.m2);
+    const migrationPort = await portIn(hosts.m2, nbdPort);
+    await qd.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(nbdPort) } } });
+    await qd.execute('block-export-add', {
+      type: 'nbd',
+      id: 'e',
+      'node-name': 'root',
+      name: 'root',
+      writable: true,
+    });
+    await qd.execute('migrate-incoming', { uri: `tcp:${host}:${migrationPort}` });
+    await qs.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': 't',
+      server: { type: 'inet', host, port: String(nbdPort) },
+      export: 'root',
+    });
+    await qs.execute('blockdev-mirror', {
+      'job-id': 'm',
+      device: 'root',
+      target: 't',
+      sync: 'top',
+      'auto-dismiss': false,
+    });
+    type Job = { device: string; ready: boolean; status: string };
+    await until(
+      () => qs.execute<Job[]>('query-block-jobs'),
+      (jobs) => jobs.some((j) => j.device === 'm' && j.ready),
+    );
+    await qs.execute('migrate-set-parameters', {
+      'downtime-limit': DOWNTIME_LIMIT_MS,
+      'max-bandwidth': MIGRATION_MAX_BANDWIDTH,
+    });
+    await qs.execute('migrate', { uri: `tcp:${host}:${migrationPort}` });
+    type Mig = { status?: string; downtime?: number; ram?: { transferred: number } };
+    const info = await until(
+      () => qs.execute<Mig>('query-migrate'),
+      (m) => m.status === 'completed',
+      (m) => (m.status === 'failed' ? 'the migration failed' : undefined),
+    );
+    await qs.execute('block-job-cancel', { device: 'm' });
+    await until(
+      () => qs.execute<Job[]>('query-block-jobs'),
+      (jobs) => jobs.some((j) => j.device === 'm' && j.status === 'concluded'),
+    );
+    await qs.execute('job-dismiss', { id: 'm' });
+    await qs.execute('blockdev-del', { 'node-name': 't' });
+    await qd.execute('block-export-del', { id: 'e' });
+    await qd.execute('nbd-server-stop');
+    await qd.execute('cont');
+    samples.push({
+      load,
+      how: 'hand',
+      totalMs: performance.now() - t0,
+      downtimeMs: info.downtime ?? Number.NaN,
+      ramBytes: info.ram?.transferred ?? 0,
+    });
+    qs.close();
+    qd.close();
+  } finally {
+    for (const q of [src, dst]) {
+      if (q?.pid !== undefined && q.exitCode === null) {
+        // nsenter execs QEMU: the pid is QEMU's.
+        try {
+          process.kill(q.pid, 'SIGKILL');
+        } catch {}
+      }
+    }
+    await sleep(500);
+  }
+}
+
+/** A free port on the member's address, found from inside its namespace. */
+async function portIn(host: MemberHost, not?: number): Promise<number> {
+  for (;;) {
+    const r = spawnSync(
+      'nsenter',
+      [
+        `--net=/run/netns/${host.netns}`,
+        process.execPath,
+        '-e',
+        `import(${JSON.stringify(path.resolve('src/drivers/vm/vm-live-migration.ts'))}).then(async (m) => console.log(await m.freeTcpPort(${JSON.stringify(host.ip)})))`,
+      ],
+      { encoding: 'utf8' },
+    );
+    const port = Number(r.stdout.trim());
+    if (!Number.isInteger(port) || port <= 0) throw new Error(`no free port on ${host.name}: ${r.stderr}`);
+    if (port !== not) return port;
+  }
+}
+
+const cluster = await makeTestCluster(['m1', 'm2']);
+const scratch = await makeRunDir('bench-live');
+try {
+  const [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
+  m1.daemon.ok(['cluster', 'bootstrap', '--address', m1.ip]);
+  const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
+  m2.daemon.ok(['cluster', 'join', token, '--address', m2.ip]);
+  for (const h of [m1, m2]) await waitForStatus(h.daemon, 'm2', 'Online');
+  m1.daemon.ok([
+    'launch',
+    'busybox',
+    NAME,
+    '--model',
+    'vm',
+    '--target',
+    'm1',
+    '-c',
+    `limits.memory=${memMiB}MiB`,
+  ]);
+  const pid = (JSON.parse(m1.daemon.ok(['info', NAME, '--format', 'json'])) as { state: { pid: number } })
+    .state.pid;
+  const template = rawQemuArgv(pid, path.join(m1.daemon.stateDir, 'guests', NAME), '@DIR@');
+  const inDir = (dir: string) => template.map((a) => a.replaceAll('@DIR@', dir));
+
+  for (const load of ['idle', 'busy'] as const) {
+    if (load === 'busy') {
+      const holder = JSON.parse(m1.daemon.ok(['info', NAME, '--format', 'json'])).location as string;
+      const d = holder === 'm1' ? m1 : m2;
+      d.daemon.ok(['exec', NAME, '--', 'sh', '-c', dirtier(DIRTY_MIB)]);
+      await sleep(5000);
+    }
+    for (let r = 0; r < rounds; r++) {
+      for (const [from, to] of [
+        [m1, m2],
+        [m2, m1],
+      ] as const) {
+        process.stderr.write(`${load} round ${r + 1}: trivisor ${from.name} -> ${to.name}\n`);
+        await trivisorMove(from, to, load);
+      }
+      process.stderr.write(`${load} round ${r + 1}: by hand m1 -> m2\n`);
+      const dir = path.join(scratch, `hand-${load}-${r}`);
+      await handMove(inDir, dir, { m1, m2 }, load);
+    }
+  }
+  m1.daemon.ok(['delete', '--force', NAME]);
+} finally {
+  await cluster.destroy();
+  await removeRunDir(scratch);
+}
+
+const stat = (load: string, how: string, key: 'totalMs' | 'downtimeMs' | 'pausedMs') => {
+  const v = samples.filter((s) => s.load === load && s.how === how).map((s) => s[key] ?? Number.NaN);
+  return { p50: percentile(v, 50), max: Math.max(...v), n: v.length };
+};
+const result = {
+  rounds,
+  memMiB,
+  dirtyMiB: DIRTY_MIB,
+  downtimeLimitMs: DOWNTIME_LIMIT_MS,
+  samples,
+  summary: Object.fromEntries(
+    ['idle', 'busy'].map((load) => [
+      load,
+      {
+        trivisor: {
+          totalMs: stat(load, 'trivisor', 'totalMs'),
+          downtimeMs: stat(load, 'trivisor', 'downtimeMs'),
+          pausedMs: stat(load, 'trivisor', 'pausedMs'),
+        },
+        hand: { totalMs: stat(load, 'hand', 'totalMs'), downtimeMs: stat(load, 'hand', 'downtimeMs') },
+      },
+    ]),
+  ),
+  loadAtStart,
+  loadAtEnd: loadavg(),
+};
+console.log(writeResult('vm-live-migration', result));
+console.log(JSON.stringify(result.summary, null, 2));
