@@ -12,9 +12,11 @@ import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
 import { createClusterService, placementCandidates } from './cluster/membership.ts';
 import { createUsageMeter } from './cluster/usage-meter.ts';
+import { createBackupScheduler } from './control/backup-scheduler.ts';
 import { createEvacuationController } from './control/evacuation-controller.ts';
 import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
+import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
@@ -547,7 +549,27 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     operations,
     log,
   });
-  snapshotScheduler.start();
+  // Scheduled backups shipped to the host administrator's backup directory (decision 0046).
+  const backupScheduler = createBackupScheduler({
+    store,
+    hostName,
+    storage: services.storage,
+    operations,
+    directory: process.env.TRIVISOR_BACKUP_DIR || path.join(stateDir, 'shipped-backups'),
+    log,
+  });
+  // One clock for both: a guest's snapshot and its backup of the same minute, one after the other
+  // (at once, each would find the guest busy with the other, minute after minute).
+  const schedules = everyMinute({
+    pass: async (at) => {
+      await snapshotScheduler.pass(at);
+      await backupScheduler.pass(at);
+    },
+    now: () => new Date(),
+    log,
+    what: 'snapshot and backup schedule',
+  });
+  schedules.start();
   await writeFile(
     path.join(stateDir, 'daemon.json'),
     `${JSON.stringify({ pid: process.pid, socket: socketPath, url, fingerprint, version }, null, 2)}\n`,
@@ -563,7 +585,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await evacuations?.stop();
-  await snapshotScheduler.stop();
+  snapshotScheduler.stop();
+  backupScheduler.stop();
+  await schedules.stop();
   await Promise.allSettled(apps.map((a) => a.close()));
   // Offline at once rather than at the lease's end: this daemon is stopping on purpose.
   await lease?.stop({ revoke: true });

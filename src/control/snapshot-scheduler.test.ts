@@ -9,7 +9,8 @@ import type { OperationService } from '../services/types.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records, valuesOf } from '../store/records.ts';
-import { createSnapshotScheduler, firesIn, nextSnapshotName } from './snapshot-scheduler.ts';
+import { firesIn } from './minute-clock.ts';
+import { createSnapshotScheduler, nextSnapshotName } from './snapshot-scheduler.ts';
 
 const spec = (name: string, config: Record<string, string>, location = 'h1') =>
   aGuestSpec({ name, config, location });

@@ -1,4 +1,3 @@
-import { snapshotSchedule } from '../core/config-keys.ts';
 import { parseDurationMs } from '../core/durations.ts';
 import { asTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
@@ -8,6 +7,7 @@ import type { StorageService } from '../services/storage-service.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
+import { firesIn, minuteOf } from './minute-clock.ts';
 
 /**
  * Scheduled snapshots with expiry (issue 13 part 5, Incus's keys; decision 0043): each member
@@ -24,23 +24,13 @@ export interface SnapshotSchedulerDeps {
   storage: Pick<StorageService, 'createSnapshot' | 'deleteSnapshot'>;
   operations: Pick<OperationService, 'wait'>;
   log: Logger;
-  now?: () => Date;
 }
 
 export interface SnapshotScheduler {
-  /** Runs a pass at every minute's start (a few seconds in). */
-  start(): void;
-  stop(): Promise<void>;
-  /** One pass at `now`: the schedules that fire in its minute, and the expired snapshots. */
+  /** One pass at `now`: the schedules that fire in its minute, and the expired snapshots (run each minute: minute-clock.ts). */
   pass(now: Date): Promise<void>;
-}
-
-const MINUTE = 60_000;
-
-/** Whether `schedule` fires in the minute that starts at `minute`. */
-export function firesIn(schedule: string, minute: Date): boolean {
-  const next = snapshotSchedule(schedule).nextRun(new Date(minute.getTime() - 1));
-  return next !== null && next.getTime() === minute.getTime();
+  /** Ends a pass under way early (the daemon stops). */
+  stop(): void;
 }
 
 /** The pattern with the lowest number no snapshot of the guest has. */
@@ -54,11 +44,8 @@ export function nextSnapshotName(pattern: string, taken: ReadonlySet<string>): s
 export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotScheduler {
   const { store, hostName } = deps;
   const log = deps.log.child({ component: 'snapshot-scheduler' });
-  const now = deps.now ?? (() => new Date());
   /** The minute each guest was last snapshotted on schedule by this daemon: one snapshot a minute. */
   const lastRun = new Map<string, number>();
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
   let stopped = false;
 
   const ended = (op: Operation) => succeeded(deps.operations, op);
@@ -82,7 +69,7 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
   }
 
   async function pass(at: Date): Promise<void> {
-    const minute = new Date(Math.floor(at.getTime() / MINUTE) * MINUTE);
+    const minute = minuteOf(at);
     const [specs, statuses, snapshots] = await Promise.all([
       records.guest.list(store),
       records.guestStatus.list(store),
@@ -114,31 +101,10 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
     }
   }
 
-  const schedule = () => {
-    if (stopped) return;
-    const t = now().getTime();
-    // A few seconds into the next minute: the minute a pass judges is never the one before.
-    const wait = MINUTE - (t % MINUTE) + 2000;
-    timer = setTimeout(() => {
-      running = pass(now())
-        .catch((e: unknown) =>
-          log.error({ err: asTrivisorError(e).message }, 'snapshot schedule pass failed'),
-        )
-        .finally(() => {
-          running = undefined;
-          schedule();
-        });
-    }, wait);
-    timer.unref();
-  };
-
   return {
-    start: schedule,
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await running;
-    },
     pass,
+    stop() {
+      stopped = true;
+    },
   };
 }

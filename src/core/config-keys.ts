@@ -24,24 +24,25 @@ interface KeySpec {
 }
 
 /**
- * A guest's `snapshots.schedule` as a cron (croner): five fields, minute granularity, or one of
- * the named ones. InvalidArgument in one line otherwise.
+ * A schedule key's value (`snapshots.schedule`, `backups.schedule`) as a cron (croner): five
+ * fields, minute granularity, or one of the named ones. InvalidArgument in one line otherwise.
  */
-export function snapshotSchedule(v: string): Cron {
+export function cronSchedule(v: string, key: string): Cron {
   const named = ['@hourly', '@daily', '@weekly', '@monthly', '@yearly', '@annually'];
   if (!named.includes(v) && v.trim().split(/\s+/).length !== 5) {
     throw invalidArgument(
-      `snapshots.schedule=${JSON.stringify(v)} is not a schedule: give five cron fields (minute hour day month weekday, e.g. "0 3 * * *") or @hourly, @daily, @weekly, @monthly, @yearly`,
+      `${key}=${JSON.stringify(v)} is not a schedule: give five cron fields (minute hour day month weekday, e.g. "0 3 * * *") or @hourly, @daily, @weekly, @monthly, @yearly`,
     );
   }
   try {
     return new Cron(v, { paused: true });
   } catch (e) {
-    throw invalidArgument(
-      `snapshots.schedule=${JSON.stringify(v)} is not a schedule: ${(e as Error).message}`,
-    );
+    throw invalidArgument(`${key}=${JSON.stringify(v)} is not a schedule: ${(e as Error).message}`);
   }
 }
+
+/** How many shipped backups of a guest are kept when `backups.retention.count` is unset. */
+export const DEFAULT_BACKUP_RETENTION_COUNT = 7;
 
 /** Default `migration.downtime_limit` (QEMU's own default downtime-limit). */
 export const DEFAULT_MIGRATION_DOWNTIME_MS = 300;
@@ -128,7 +129,7 @@ const KEYS: Record<string, KeySpec> = {
     live: true,
     help: 'when to snapshot the guest: a cron expression (minute hour day month weekday) or @hourly, @daily, @weekly, @monthly, @yearly',
     check(v) {
-      snapshotSchedule(v);
+      cronSchedule(v, 'snapshots.schedule');
     },
   },
   'snapshots.schedule.stopped': {
@@ -152,6 +153,31 @@ const KEYS: Record<string, KeySpec> = {
           `snapshots.pattern=${JSON.stringify(v)} must hold %d once, with lowercase letters, digits and - around it (e.g. auto-%d)`,
         );
       }
+    },
+  },
+  'backups.schedule': {
+    live: true,
+    help: "when to back the guest up to the daemon's backup directory (TRIVISOR_BACKUP_DIR: an NFS mount, off the member): a cron expression or @hourly, @daily, @weekly, @monthly, @yearly",
+    check(v) {
+      cronSchedule(v, 'backups.schedule');
+    },
+  },
+  'backups.retention.count': {
+    live: true,
+    help: `how many scheduled backups of the guest are kept, newest first (default ${DEFAULT_BACKUP_RETENTION_COUNT})`,
+    check(v) {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1000) {
+        throw invalidArgument(
+          `backups.retention.count=${JSON.stringify(v)} must be a whole number from 1 to 1000`,
+        );
+      }
+    },
+  },
+  'backups.retention.age': {
+    live: true,
+    help: 'how long a scheduled backup is kept, e.g. 7d or 4w (the newest is always kept; unset: by count only)',
+    check(v) {
+      parseDurationMs(v, 'backups.retention.age');
     },
   },
   'cluster.evacuate': {

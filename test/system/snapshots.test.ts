@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, eventually, startDaemon } from './harness.ts';
@@ -23,8 +23,19 @@ describe('snapshots and copies of ct guests', () => {
       'snapshots.expiry=1m',
       '-c',
       'snapshots.pattern=auto-%d',
+      '-c',
+      'backups.schedule=* * * * *',
+      '-c',
+      'backups.retention.count=1',
     ]);
+    d.ok(['exec', 'sched', '--', 'sh', '-c', 'echo shipped > /root/mark']);
   });
+  /** The scheduled backups of guest sched in the daemon's backup directory (the default one). */
+  const shipped = () => {
+    const dir = path.join(d.stateDir, 'shipped-backups', 'sched');
+    return existsSync(dir) ? readdirSync(dir) : [];
+  };
+  let firstShipped: string | undefined;
   after(async () => {
     await d?.destroy();
   });
@@ -131,6 +142,21 @@ describe('snapshots and copies of ct guests', () => {
     d.ok(['delete', 's1']);
   });
 
+  test('a guest with backups.schedule is backed up into the backup directory each minute; the archive imports as a guest with its files', async () => {
+    await eventually('a shipped backup', () => shipped().length > 0, 75_000);
+    const [first, ...more] = shipped();
+    assert.match(first ?? '', /^\d{8}T\d{4}00Z\.tar$/);
+    assert.deepEqual(more, []);
+    firstShipped = first;
+    d.ok(['import', path.join(d.stateDir, 'shipped-backups', 'sched', first ?? ''), 'from-shipped']);
+    d.ok(['start', 'from-shipped']);
+    assert.equal(d.ok(['exec', 'from-shipped', '--', 'cat', '/root/mark']), 'shipped\n');
+    d.ok(['delete', '--force', 'from-shipped']);
+    refused(d.cli(['config', 'set', 'sched', 'backups.schedule=sometimes']), /is not a schedule/);
+    refused(d.cli(['config', 'set', 'sched', 'backups.retention.count=0']), /from 1 to 1000/);
+    refused(d.cli(['config', 'set', 'sched', 'backups.retention.age=long']), /is not a duration/);
+  });
+
   test('a guest with snapshots.schedule gets a snapshot each minute, named by its pattern, and each is deleted when it expires', async () => {
     type Snap = { name: string; createdAt: string; expiresAt?: string };
     const snaps = () => JSON.parse(d.ok(['snapshot', 'list', 'sched', '--format', 'json'])) as Snap[];
@@ -158,6 +184,15 @@ describe('snapshots and copies of ct guests', () => {
     refused(d.cli(['config', 'set', 'sched', 'snapshots.schedule=now']), /is not a schedule/);
     refused(d.cli(['config', 'set', 'sched', 'snapshots.expiry=forever']), /is not a duration/);
     refused(d.cli(['config', 'set', 'sched', 'snapshots.pattern=snap']), /must hold %d once/);
+    // backups.retention.count=1: a minute later the newer backup took the place of the first.
+    await eventually(
+      'a newer shipped backup, alone',
+      () => {
+        const now = shipped();
+        return now.length === 1 && now[0] !== firstShipped;
+      },
+      75_000,
+    );
     d.ok(['delete', '--force', 'sched']);
   });
 });
