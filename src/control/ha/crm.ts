@@ -141,7 +141,27 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
           notes: [],
         };
       }
-      if (view.lock.value.member !== member || view.lock.value.token !== token) {
+      if (view.lock.value.member === member && view.lock.value.token !== token) {
+        // Its own election from an earlier lease (its daemon kept renewing the election's lease
+        // through a fence it did not see): nobody could be elected while it stands.
+        forget();
+        return {
+          decisions: [
+            {
+              write: {
+                compare: [
+                  { key: haKeys.crm, target: 'createRevision', op: '=', value: view.lock.createRevision },
+                ],
+                delete: haKeys.crm,
+              },
+              says: 'crm: gives up its election of an earlier lease',
+              ifRefused: 'crm: its election of an earlier lease changed meanwhile',
+            },
+          ],
+          notes: [],
+        };
+      }
+      if (view.lock.value.member !== member) {
         forget();
         return { decisions: [], notes: [] };
       }

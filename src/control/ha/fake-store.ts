@@ -28,7 +28,8 @@ export interface FakeStore {
   grant(nowMs: number, ttlMs: number): number;
   /** False when the lease is gone. */
   keepAlive(nowMs: number, lease: number): boolean;
-  revoke(lease: number): void;
+  /** False when the lease was gone already. */
+  revoke(lease: number): boolean;
   /** Leases whose time ran out by `nowMs`, with their keys deleted; their holders' keys, sorted. */
   expire(nowMs: number): string[];
   get<T>(key: string): Read<T> | undefined;
@@ -137,7 +138,9 @@ export function createFakeStore(): FakeStore {
       return true;
     },
     revoke(lease) {
+      const had = leases.has(lease);
       dropLease(lease);
+      return had;
     },
     expire(now) {
       if (!isUp) return [];

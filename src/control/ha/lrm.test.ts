@@ -50,8 +50,11 @@ test('the LRM fences on its own clock, fenceAfterMs after the last confirmed ren
     { kind: 'disarm' },
   ]);
   assert.equal(lrm.token(3000), undefined);
-  // It never renews the fenced lease: it asks for a new one.
-  assert.deepEqual(lrm.tick(3000, new Set(['plain'])), [{ kind: 'grant' }]);
+  // It never renews the fenced lease: it revokes it until the store answers, and asks for a new one.
+  assert.deepEqual(lrm.tick(3000, new Set(['plain'])), [{ kind: 'revoke' }, { kind: 'grant' }]);
+  lrm.leaseAnswer(3000, { kind: 'failed' });
+  lrm.leaseAnswer(3500, { kind: 'revoked' });
+  assert.deepEqual(lrm.tick(3500, new Set(['plain'])), [{ kind: 'grant' }]);
 });
 
 test('a renewal counts from when it was sent, not when its answer came', () => {

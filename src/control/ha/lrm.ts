@@ -28,7 +28,7 @@ export type LrmAction =
   | { kind: 'renew' }
   /** Kill these guests at once (SIGKILL, their cgroup): the lease may be about to expire. */
   | { kind: 'fence'; guests: string[] }
-  /** Give the fenced lease up (best effort: it expires by itself otherwise). */
+  /** Give the fenced lease up; sent again at each look until the store answers (it expires by itself otherwise). */
   | { kind: 'revoke' }
   | { kind: 'start'; guest: string }
   | { kind: 'stop'; guest: string; why: string }
@@ -45,7 +45,9 @@ export type LeaseAnswer =
   /** The store says the lease is gone (expired or revoked). */
   | { kind: 'gone' }
   /** No answer (unreachable, timed out, an answer lost). */
-  | { kind: 'failed' };
+  | { kind: 'failed' }
+  /** The store answered the revoke of the fenced lease: it is gone, a new one can be taken. */
+  | { kind: 'revoked' };
 
 /** What the LRM looks at when it manages guests. */
 export interface LrmView {
@@ -79,6 +81,8 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
   let lastConfirmedSentAt = Number.NEGATIVE_INFINITY;
   let lastRequestAt = Number.NEGATIVE_INFINITY;
   let lastFailed = false;
+  /** A fenced lease whose revoke the store has not answered yet. */
+  let revoking = false;
   let armed = false;
   /** What the last read said of each guest running here (HA or not), for fencing without a read. */
   const haKnown = new Map<string, boolean>();
@@ -96,6 +100,7 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
   function fence(): LrmAction[] {
     const victims = [...runningHere].filter((g) => haKnown.get(g) !== false).sort();
     token = undefined;
+    revoking = true;
     lastConfirmedSentAt = Number.NEGATIVE_INFINITY;
     retryAt.clear();
     failedStarts.clear();
@@ -118,6 +123,8 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
       // Petted at every look while live, whether or not the store answers: the watchdog is for
       // a member that cannot look any more, the fencing above for one that cannot renew.
       const actions: LrmAction[] = armed ? [{ kind: 'pet', untilMs: now + timings.watchdogMs }] : [];
+      // Until the old lease is gone its heartbeat key is too, and no new lease can be taken.
+      if (revoking) actions.push({ kind: 'revoke' });
       // A request that got no answer is sent again at the next look, not a period later.
       if (lastFailed || now - lastRequestAt >= timings.renewEveryMs) {
         lastRequestAt = now;
@@ -126,9 +133,11 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
       return actions;
     },
     leaseAnswer(now, answer) {
-      lastFailed = answer.kind === 'failed';
+      // The revoke's answer says nothing of the grant or renewal sent beside it.
+      if (answer.kind !== 'revoked') lastFailed = answer.kind === 'failed';
       switch (answer.kind) {
         case 'granted':
+          revoking = false;
           token = answer.token;
           lastConfirmedSentAt = answer.sentAt;
           return [];
@@ -139,6 +148,9 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
           return token === undefined ? [] : fence();
         case 'failed':
           return token !== undefined && !live(now) ? fence() : [];
+        case 'revoked':
+          revoking = false;
+          return [];
       }
     },
     manage(now, view) {

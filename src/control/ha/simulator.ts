@@ -280,9 +280,10 @@ export function createSimulator(options: SimOptions): Simulator {
       }
       case 'revoke': {
         const lease = m.lease;
+        const answered = lease === undefined || call(m, () => store.revoke(lease)) !== undefined;
+        if (!answered) return;
         m.lease = undefined;
-        if (lease !== undefined) call(m, () => store.revoke(lease));
-        return;
+        return lrmAnswer(m, { kind: 'revoked' });
       }
       case 'start':
         return start(m, a.guest);
