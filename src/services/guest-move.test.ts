@@ -410,6 +410,56 @@ describe('receiving a moved guest', () => {
     await receiver.discard('web');
     assert.deepEqual(removed, ['h2/web']);
   });
+
+  test("a live move is prepared only for a guest another member holds, from that member's address; it runs here only once the records name this member; a discard drops its filter first", async () => {
+    const calls: string[] = [];
+    const migration: LiveMigration = {
+      async prepareIncoming(s, _image, options) {
+        calls.push(`prepare ${s.name} on ${s.location} at ${options.host} from ${options.from}`);
+        return {
+          process: { pid: 1, startTime: 2 },
+          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
+        };
+      },
+      async finishIncoming(s) {
+        calls.push(`finish ${s.name}`);
+      },
+      async dropIncoming(s) {
+        calls.push(`drop ${s.name}`);
+      },
+      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
+      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
+    };
+    const live = createMoveReceiver({
+      store,
+      hostName: 'h2',
+      storage: {},
+      runner: hostRunner(),
+      workDir: dir,
+      removeLocal: async (s) => {
+        removed.push(`${s.location}/${s.name}`);
+      },
+      live: {
+        migrationOf: (model) => (model === 'vm' ? migration : undefined),
+        image: async () => ({}) as never,
+        host: '198.18.0.12',
+        addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
+      },
+    });
+    // The guest is this member's (the fixture's location h2): nothing to migrate here.
+    await assert.rejects(live.prepareLive('web'), { code: 'Conflict' });
+    await records.guest.at('web').put(store, spec({ location: 'h1' }));
+    await assert.rejects(live.prepareLive('web'), { code: 'NotSupported' }, 'a ct guest');
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    const prepared = await live.prepareLive('web');
+    assert.deepEqual(prepared.endpoints, { host: '198.18.0.12', nbdPort: 3, migrationPort: 4 });
+    await assert.rejects(live.finishLive('web'), { code: 'FailedPrecondition' }, 'not handed over yet');
+    await live.discard('web');
+    await records.guest.at('web').put(store, spec({ location: 'h2', model: 'vm' }));
+    await live.finishLive('web');
+    assert.deepEqual(calls, ['prepare web on h2 at 198.18.0.12 from 198.18.0.11', 'drop web', 'finish web']);
+    assert.deepEqual(removed, ['h2/web']);
+  });
 });
 
 describe('why a guest cannot move live', () => {
