@@ -28,6 +28,7 @@ const MAIN_PAGES = [
   '/guests/ct-0003',
   '/guests/ct-0003?tab=config',
   '/guests/ct-0003?tab=snapshots',
+  '/guests/ct-0003?tab=nics',
   '/new-guest',
   '/networks',
   '/storage',
