@@ -15,9 +15,9 @@ import { type HaGuestRecord, type HaTimings, type HaWrite, haKeys, type Read, ty
  * - It starts a guest only while its lease is live on its clock and the guest's record names
  *   this member with this token; so a member in the minority of a partition, or one that comes
  *   back after its guests were given to others, starts nothing.
- * - It pets the host's watchdog only while its lease is live and HA guests run here: a member
- *   stuck anywhere (the agent stopped, the host frozen) is reset before the store can expire
- *   its lease.
+ * - It pets the host's watchdog only while its lease is live and HA guests run here (or are
+ *   moving here): a member stuck anywhere (the agent stopped, the host frozen) is reset before
+ *   the store can expire its lease.
  *
  * Pure: the clock's readings, the store's answers and what runs here come in; actions go out.
  */
@@ -218,7 +218,10 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
 
       const haRunning = [...view.running].some((g) => haKnown.get(g) !== false);
       const starting = actions.some((a) => a.kind === 'start');
-      if (haRunning || starting) {
+      // A guest moving here runs here from its switch-over on, before this member owns it: the
+      // watchdog is armed from the start of the move, or a member stuck then would run it unfenced.
+      const arriving = view.guests.some((r) => r.value.ha && r.value.moving?.to === member);
+      if (haRunning || starting || arriving) {
         armed = true;
         actions.push({ kind: 'pet', untilMs: now + timings.watchdogMs });
       } else if (armed) {

@@ -280,4 +280,28 @@ scenarios([
       '20.0 world: h1[] h2 down[] h3[fill g1]',
     ],
   },
+  {
+    title:
+      'the destination freezes just after the switch-over: its watchdog, armed since the move began, resets it before the source starts the guest again',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.move('g1', 'h2'));
+      sim.at(5000, (w) => w.pauseHost('h2'), 'race');
+      sim.at(20_000, (w) => w.resumeHost('h2'));
+    },
+    untilMs: 25_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 moves g1 to h2 (migration)',
+      '5.0 g1 switched over from h1 to h2',
+      '5.0 world: h2 freezes',
+      '11.0 store: the lease of h2 expired',
+      '11.0 h1 crm: h2 lost (token 6); its HA guests are given to others after the margin (2 s on this clock)',
+      '13.0 h1 crm: g1 stays on h1: the destination of its move, h2, was lost',
+      '13.5 h1 starts g1',
+      '20.0 world: h2 thaws',
+      '20.0 h2 watchdog reset the host (killed g1)',
+      '25.0 world: h1[g1] h2 down[] h3[]',
+    ],
+  },
 ]);
