@@ -436,6 +436,9 @@ describe('web UI actions against a real daemon, checked in its state', () => {
       await page.fill('#f-nic-1-mac-address', '0a:11:22:33:44:55');
       await page.click('button:has-text("Add a NIC")');
       await page.selectOption('#f-network-2', net2);
+      // Each name field shows the name its NIC gets without one.
+      assert.equal(await page.getAttribute('#f-nic-1-name', 'placeholder'), 'eth0');
+      assert.equal(await page.getAttribute('#f-nic-2-name', 'placeholder'), 'eth1');
       // eth5: the busybox image's init asks DHCP on ethN interfaces only.
       await page.fill('#f-nic-2-name', 'eth5');
       await page.waitForSelector('#f-storage-pool option:text-is("uiwpool")', { state: 'attached' });

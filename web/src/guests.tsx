@@ -399,6 +399,8 @@ export function CreateGuest() {
   const f = form.value;
 
   const devices = wizardDevices(f.nics);
+  // The names the chosen NICs get, in their order: each name field shows its default.
+  const nicNames = Object.keys(devices);
   // Only the chosen model's limits are sent: a key typed for another model is kept, not sent.
   const limits = MODEL_LIMITS[f.model].keys.flatMap((k) => {
     const v = f.limits[k]?.trim();
@@ -530,7 +532,7 @@ export function CreateGuest() {
                         <input
                           id={id}
                           value={nic.name}
-                          placeholder="eth0"
+                          placeholder={nicNames[f.nics.slice(0, i).filter((n) => n.network !== '').length]}
                           onInput={(e) => setNic(i, { name: e.currentTarget.value })}
                         />
                       )}
