@@ -3,6 +3,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
 import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
@@ -276,6 +277,50 @@ describe('moving a vm guest live between two members', () => {
       `# live move: downtime ${m.downtimeMs} ms (QEMU), paused ${paused} ms, total ${m.totalMs} ms; longest gap seen on m1 ${gap} ms\n`,
     );
     assert.ok(gap <= paused + SLACK_MS, `gap ${gap} ms > paused ${paused} ms + ${SLACK_MS} ms`);
+  });
+
+  test('a QEMU left paused by a migration that was never handed over (its daemon died in between) runs again: its member resumes it', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = bootId(m2.daemon);
+    // What a source daemon that died right after the copy leaves: the migration completed, the
+    // guest paused (postmigrate), the records still its own. Here by hand, to a sink in m2.
+    const sink = spawn(
+      'nsenter',
+      [
+        `--net=/run/netns/${m2.netns}`,
+        process.execPath,
+        '-e',
+        "require('node:net').createServer((s) => s.resume()).listen(7099, '127.0.0.1', () => console.log('ready'))",
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        sink.stdout?.once('data', () => resolve());
+        sink.once('exit', () => reject(new Error('the sink exited')));
+      });
+      const qmp = path.join(m2.daemon.stateDir, 'guests', NAME, 'qmp.sock');
+      await qmpOnce(qmp, 'migrate-set-parameters', { args: { 'max-bandwidth': 2 ** 30 } });
+      await qmpOnce(qmp, 'migrate', { args: { uri: 'tcp:127.0.0.1:7099' } });
+      await eventually(
+        'the migration to the sink completed',
+        async () => (await qmpOnce<{ status?: string }>(qmp, 'query-migrate')).status === 'completed',
+        60_000,
+      );
+      await eventually(
+        'the guest running again',
+        async () => (await qmpOnce<{ status: string }>(qmp, 'query-status')).status === 'running',
+        30_000,
+      );
+    } finally {
+      sink.kill('SIGKILL');
+    }
+    const before = received.length;
+    await eventually('the counter streaming again', () => received.length > before + 20, 30_000);
+    assert.equal(connectionClosed(), false);
+    assert.equal(bootId(m2.daemon), boot, 'the same boot');
+    assert.equal(listed(m1.daemon, NAME)?.status, 'Running');
     m1.daemon.ok(['delete', '--force', NAME]);
     assert.equal(existsSync(path.join(m2.daemon.stateDir, 'guests', NAME)), false);
     m1.daemon.ok(['network', 'delete', 'lmnet']);

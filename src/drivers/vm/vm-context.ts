@@ -222,6 +222,13 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
 
   const hostCpus = availableParallelism();
 
+  /**
+   * Guests whose QEMU this daemon is migrating out (decision 0042): from the start of the copy until
+   * the guest is resumed here or its QEMU is gone. One found paused by a completed migration
+   * (`postmigrate`) and not in here was left half way by a daemon that died: it runs again.
+   */
+  const migratingOut = new Set<string>();
+
   /** A running, unfrozen guest whose agent can take file requests. */
   const runningAgent = async (spec: GuestSpec): Promise<void> => {
     await runningQemu(spec);
@@ -290,6 +297,7 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     killQemu,
     runningQemu,
     hostCpus,
+    migratingOut,
     runningAgent,
     ownAgent,
     runningDisplay,

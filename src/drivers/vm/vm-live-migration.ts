@@ -55,7 +55,7 @@ export const dropMigrationFilter = (guest: string): string =>
 
 /** The vm driver's live migration (decision 0042): QEMU's, over QMP, the disk mirrored over NBD. */
 export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigration {
-  const { self, pathsOf, withQmp, log, runner } = c;
+  const { self, pathsOf, withQmp, log, runner, migratingOut } = c;
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
   return {
     async prepareIncoming(spec, image, options) {
@@ -96,16 +96,28 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         execute: <T>(command: string, args?: Record<string, unknown>, opts?: { timeoutMs?: number }) =>
           withQmp(spec, (q) => q.execute<T>(command, args, opts)),
       };
-      return migrateOut(qmp, {
-        to: options.to,
-        downtimeLimitMs: options.downtimeLimitMs,
-        sync: 'top',
-        signal: options.signal,
-        ...(options.onProgress && { onProgress: options.onProgress }),
-      });
+      // Until it is resumed here or its QEMU is gone, a paused source is this migration's to decide.
+      migratingOut.add(spec.name);
+      try {
+        return await migrateOut(qmp, {
+          to: options.to,
+          downtimeLimitMs: options.downtimeLimitMs,
+          sync: 'top',
+          signal: options.signal,
+          ...(options.onProgress && { onProgress: options.onProgress }),
+        });
+      } catch (e) {
+        // migrateOut resumed the guest here before it threw.
+        migratingOut.delete(spec.name);
+        throw e;
+      }
     },
     async resumeSource(spec) {
-      await withQmp(spec, (q) => resumeSource(q));
+      try {
+        await withQmp(spec, (q) => resumeSource(q));
+      } finally {
+        migratingOut.delete(spec.name);
+      }
     },
   };
 }

@@ -22,6 +22,7 @@ export function createVmPower(
     cleanUpRuntime,
     killQemu,
     runningQemu,
+    migratingOut,
   } = c;
   return {
     async stop(spec, stopOptions) {
@@ -69,6 +70,7 @@ export function createVmPower(
       const q = await liveQemu(spec);
       if (q) await self().stop(spec, { timeoutMs: 0, force: true });
       await cleanUpRuntime(spec);
+      migratingOut.delete(spec.name);
       await rm(p.dir, { recursive: true, force: true });
       await removeCgroup(cgroupParent);
     },
@@ -82,6 +84,16 @@ export function createVmPower(
         // The liveness checks come here every few seconds: resume, and once there is room again the
         // write succeeds; while the disk is still full QEMU just pauses it again.
         log.warn({ guest: spec.name }, 'vm guest paused on a full disk: resuming it');
+        await withQmp(spec, (c) => c.execute('cont')).catch(() => {});
+      }
+      if (status === 'postmigrate' && !migratingOut.has(spec.name)) {
+        // Its migration completed but the guest was never handed over (the daemon that moved it
+        // died before the records changed owner: they still name this member), so the destination
+        // never ran it: it runs on here.
+        log.warn(
+          { guest: spec.name },
+          'vm guest left paused by a live move that was not handed over: resuming it',
+        );
         await withQmp(spec, (c) => c.execute('cont')).catch(() => {});
       }
       return { state: status === 'paused' ? 'frozen' : 'running', process: q };
