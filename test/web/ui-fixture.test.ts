@@ -627,6 +627,56 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("the wizard's model choice follows the daemon's driver probes: a model it cannot run is not offered, warnings are shown", async () => {
+    await signedIn();
+    // The daemon's answer to GET /1.0 with the probes of a host without UML whose KVM does not work.
+    const probes = [
+      { model: 'ct', supported: true, version: 'runc 1.1.5', warnings: [], details: {} },
+      {
+        model: 'pvm',
+        supported: false,
+        version: '',
+        warnings: ['linux.uml not found: install user-mode-linux'],
+        details: {},
+      },
+      {
+        model: 'vm',
+        supported: true,
+        version: 'QEMU 7.2',
+        warnings: ['KVM does not work here: guests run under TCG'],
+        details: {},
+      },
+    ];
+    await page.route(`${backend.url}/1.0`, async (route) => {
+      const answer = await route.fetch();
+      const body = await answer.json();
+      body.metadata.environment.drivers = probes;
+      await route.fulfill({ response: answer, json: body });
+    });
+    try {
+      await page.goto(`${backend.url}/new-guest`);
+      const model = (m: string) => page.locator(`label[data-model=${m}]`);
+      await model('pvm').locator('strong').waitFor();
+      assert.ok(await model('pvm').locator('input').isDisabled(), 'pvm cannot be chosen');
+      assert.match(
+        (await model('pvm').textContent()) ?? '',
+        /\(not available on this host\) · linux\.uml not found/,
+      );
+      assert.ok(!(await model('vm').locator('input').isDisabled()), 'vm can be chosen');
+      assert.match(
+        (await model('vm').textContent()) ?? '',
+        /· KVM does not work here: guests run under TCG$/,
+      );
+      assert.equal(await model('ct').locator('.muted').count(), 0);
+      await model('vm').locator('input').check();
+      await page.waitForSelector('#f-image option[value=busybox]', { state: 'attached' });
+      await page.selectOption('#f-image', 'busybox');
+      assert.ok(!(await page.getByRole('button', { name: 'Next', exact: true }).isDisabled()));
+    } finally {
+      await page.unroute(`${backend.url}/1.0`);
+    }
+  });
+
   test('a page whose first reads cannot reach the daemon says so and retries until it loads', async () => {
     await signedIn();
     let refused = 0;

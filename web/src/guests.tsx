@@ -4,7 +4,7 @@ import type { Guest, Model, NicDevice, Operation } from '../../src/api/types.ts'
 import { defaultMemory, type LimitKey, MODEL_LIMITS, memoryHint, memoryProblem } from './model-limits.ts';
 import { navigate, route, withQuery } from './router.ts';
 import { type Sort, SortHeader, sortOf, sortRows } from './sort.tsx';
-import { api, attempt, finished, guests, guestsLoaded } from './state.ts';
+import { api, attempt, finished, guests, guestsLoaded, host } from './state.ts';
 import { Field, Link, Page, Status, useLoad } from './ui.tsx';
 
 const ROW_HEIGHT = 40;
@@ -398,6 +398,10 @@ export function CreateGuest() {
   const [busy, setBusy] = useState(false);
   const f = form.value;
 
+  // What the daemon's probe of each model's driver found (GET /1.0): a model it cannot run is
+  // not offered, and its warnings (a vm under TCG, say) are shown beside it.
+  const driverOf = (m: Model) => host.value?.environment?.drivers.find((d) => d.model === m);
+  const unavailable = driverOf(f.model)?.supported === false;
   const devices = wizardDevices(f.nics);
   // The names the chosen NICs get, in their order: each name field shows its default.
   const nicNames = Object.keys(devices);
@@ -454,17 +458,23 @@ export function CreateGuest() {
                   ['pvm', 'Paravirtual machine (pvm): its own User-Mode Linux kernel'],
                   ['vm', 'Virtual machine (vm): QEMU, any OS'],
                 ] as const
-              ).map(([m, text]) => (
-                <label key={m} style={{ fontWeight: 'normal' }}>
-                  <input
-                    type="radio"
-                    name="model"
-                    checked={f.model === m}
-                    onChange={() => set({ model: m })}
-                  />{' '}
-                  {text}
-                </label>
-              ))}
+              ).map(([m, text]) => {
+                const d = driverOf(m);
+                return (
+                  <label key={m} style={{ fontWeight: 'normal' }} data-model={m}>
+                    <input
+                      type="radio"
+                      name="model"
+                      checked={f.model === m}
+                      disabled={d?.supported === false}
+                      onChange={() => set({ model: m })}
+                    />{' '}
+                    {text}
+                    {d?.supported === false && <strong> (not available on this host)</strong>}
+                    {d && d.warnings.length > 0 && <span class="muted"> · {d.warnings.join(' · ')}</span>}
+                  </label>
+                );
+              })}
             </fieldset>
             <Field label="Image">
               {(id) => (
@@ -679,7 +689,7 @@ export function CreateGuest() {
               type="button"
               class="primary"
               onClick={() => go(step + 1)}
-              disabled={(step === 1 && !f.image) || (step === 2 && memoryWrong !== null)}
+              disabled={(step === 1 && (!f.image || unavailable)) || (step === 2 && memoryWrong !== null)}
             >
               Next
             </button>
@@ -688,7 +698,7 @@ export function CreateGuest() {
             <button
               type="button"
               class="primary"
-              disabled={busy || !f.name || !f.image || memoryWrong !== null}
+              disabled={busy || !f.name || !f.image || unavailable || memoryWrong !== null}
               onClick={async () => {
                 setBusy(true);
                 await attempt(create, `Guest ${f.name} created`);
