@@ -74,6 +74,11 @@ export interface Lrm {
   manage(nowMs: number, view: LrmView): LrmAction[];
   /** A start's outcome: a failed one is retried after a backoff and recorded for the CRM. */
   started(nowMs: number, guest: string, ok: boolean): void;
+  /**
+   * Fences now, whatever the clock says (the agent stopped cleanly, or asked to fence): the only
+   * way a member's lease may be revoked before it expires is by its holder, after the kill.
+   */
+  fenceNow(running: ReadonlySet<string>): LrmAction[];
 }
 
 export function createLrm(member: string, timings: HaTimings): Lrm {
@@ -229,6 +234,10 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
         actions.push({ kind: 'disarm' });
       }
       return actions;
+    },
+    fenceNow(running) {
+      runningHere = new Set(running);
+      return token === undefined ? [] : fence();
     },
     started(now, guest, ok) {
       if (ok) {

@@ -5,9 +5,9 @@ import { createSimulator, type SimGuest, type SimWorld } from './simulator.ts';
 /**
  * Seeded random failure sequences: each run draws a cluster and a minute of failures (deaths,
  * boots, daemons killed, partitions symmetric and one-way, frozen hosts and agents, etcd lost,
- * moves, an evacuation, crashes, failing starts, edits and deletes, leases running out) on
- * members whose clocks run at different rates, then
- * heals everything and lets it settle. The simulator checks after every tick (and at every
+ * moves, an evacuation, crashes, failing starts, edits and deletes, agents fencing on request,
+ * elections running out) on members whose clocks run at different rates, then heals everything
+ * and lets it settle. The simulator checks after every tick (and at every
  * start) that no guest runs on two members and that no member starts a guest without a live
  * lease and its token; at the end every HA guest that should run runs exactly once.
  */
@@ -65,7 +65,8 @@ export function oneRun(seed: number): { events: number; log: string[]; check: ()
     (w) => w.failStarts(pick(members), pick(guests).name, 1 + Math.floor(random() * 3)),
     (w) => w.edit(pick(guests).name, { memoryBytes: (1 + Math.floor(random() * 3)) * 1024 ** 3 }),
     (w) => w.edit(pick(guests).name, { want: pick(['started', 'stopped'] as const) }),
-    (w) => w.dropLease(pick(members), pick(['agent', 'daemon'] as const)),
+    (w) => w.fence(pick(members)),
+    (w) => w.dropElection(pick(members)),
   ];
   const events = 3 + Math.floor(random() * 12);
   for (let i = 0; i < events; i++) {

@@ -25,7 +25,7 @@ scenarios([
     cluster: { members: ['h1', 'h2', 'h3', 'h4'], guests: [{ name: 'g1', on: 'h4' }] },
     script: (sim) => {
       sim.at(5000, (w) => w.kill('h4'));
-      sim.at(12_000, (w) => w.dropLease('h1', 'daemon'), 'race');
+      sim.at(12_000, (w) => w.dropElection('h1'), 'race');
     },
     untilMs: 30_000,
     log: [

@@ -304,4 +304,28 @@ scenarios([
       '25.0 world: h1[g1] h2 down[] h3[]',
     ],
   },
+  {
+    title:
+      'the destination is fenced during the transfer and at once takes a new lease: the move, bound to its old one, is given up',
+    cluster: {
+      // A fast clock makes its agent look twice per tick: it is back with a new token before the mover's next step.
+      members: [{ name: 'h1' }, { name: 'h2', clockRate: 2 }, { name: 'h3' }],
+      guests: [{ name: 'g1', on: 'h1' }],
+    },
+    script: (sim) => {
+      sim.at(3000, (w) => w.move('g1', 'h2'));
+      sim.at(4000, (w) => w.fence('h2'), 'race');
+    },
+    untilMs: 12_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 moves g1 to h2 (migration)',
+      '4.0 world: the HA agent of h2 is asked to fence',
+      '4.0 h2 fenced: no HA guest ran here',
+      '4.5 h2 lease granted (token 12)',
+      '4.5 move of g1 to h2 aborted: h2 was fenced',
+      '4.5 h1 keeps g1: its move is over',
+      '12.0 world: h1[g1] h2[] h3[]',
+    ],
+  },
 ]);

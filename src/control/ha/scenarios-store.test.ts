@@ -237,14 +237,14 @@ scenarios([
   },
   {
     title:
-      'the member chosen loses its lease between the CRM’s read and its write: the write is refused (its token changed) and the guest goes elsewhere',
+      'the member chosen fences between the CRM’s read and its write: the write is refused (its token changed) and the guest goes elsewhere',
     cluster: {
       members: [{ name: 'h1' }, { name: 'h2' }, { name: 'h3', memoryGiB: 4 }],
       guests: [{ name: 'g1', on: 'h1' }],
     },
     script: (sim) => {
       sim.at(5000, (w) => w.kill('h1'));
-      sim.at(13_000, (w) => w.dropLease('h2', 'agent'), 'race');
+      sim.at(13_000, (w) => w.fence('h2'), 'race');
     },
     untilMs: 25_000,
     log: [
@@ -254,14 +254,16 @@ scenarios([
       '10.0 h2 crm: elected',
       '10.0 h3 crm: another member was elected first',
       '11.0 h2 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
-      '13.0 world: the lease of h2 runs out',
+      '13.0 world: the HA agent of h2 is asked to fence',
+      '13.0 h2 fenced: no HA guest ran here',
       '13.0 h2 crm: g1 → h2 refused: its record, the election or a token changed',
-      '14.0 h2 fenced: no HA guest ran here',
-      '14.0 h3 crm: elected',
-      '15.0 h2 lease granted (token 16)',
-      '15.0 h3 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
-      '17.0 h3 crm: g1 → h2 (rev 16; most free memory: 8.0 GiB of 8.0)',
-      '17.5 h2 starts g1',
+      '14.0 h2 lease granted (token 14)',
+      '14.0 h2 crm: gives up its election of an earlier lease',
+      '15.0 h2 crm: elected',
+      '15.0 h3 crm: another member was elected first',
+      '16.0 h2 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '18.0 h2 crm: g1 → h2 (rev 16; most free memory: 8.0 GiB of 8.0)',
+      '18.5 h2 starts g1',
       '25.0 world: h1 down[] h2[g1] h3[]',
     ],
   },

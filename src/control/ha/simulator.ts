@@ -87,8 +87,13 @@ export interface SimWorld {
   move(guest: string, to: string): void;
   /** The member is marked evacuated: its daemon moves its guests away, one at a time. */
   evacuate(member: string): void;
-  /** The member's lease (its agent's, or its daemon's for the election) runs out now, as if it expired. */
-  dropLease(member: string, which: 'agent' | 'daemon'): void;
+  /**
+   * The member's agent fences now (its clean stop, or an administrator's fence): it kills its HA
+   * guests, then revokes its lease. Nobody else ever revokes a member's lease (decision 0044).
+   */
+  fence(member: string): void;
+  /** The daemon's election lease runs out now (it may be revoked by anyone: writes compare the key). */
+  dropElection(member: string): void;
   /** The next `count` starts of `guest` on `member` fail. */
   failStarts(member: string, guest: string, count: number): void;
   /** The guest's process dies by itself. */
@@ -141,6 +146,8 @@ interface MoveState {
   guest: string;
   from: string;
   to: string;
+  fromToken: number;
+  toToken: number;
   phase: 'transfer' | 'switched';
   until: number;
 }
@@ -381,7 +388,15 @@ export function createSimulator(options: SimOptions): Simulator {
       return false;
     }
     if (procs.get(g)?.get(from.name) === 'running') setProc(g, dest.name, 'incoming');
-    moves.set(g, { guest: g, from: from.name, to, phase: 'transfer', until: now + transferMs });
+    moves.set(g, {
+      guest: g,
+      from: from.name,
+      to,
+      fromToken: token,
+      toToken: destToken,
+      phase: 'transfer',
+      until: now + transferMs,
+    });
     say(`${from.name} moves ${g} to ${to} (${reason})`);
     return true;
   }
@@ -416,6 +431,10 @@ export function createSimulator(options: SimOptions): Simulator {
       if (mv.phase === 'transfer') {
         if (!daemonWorks(from)) abortMove(mv, `${from.name} stopped sending`);
         else if (!daemonWorks(to)) abortMove(mv, `${to.name} stopped receiving`);
+        // Each end is bound to the lease it had when the move began: one fenced since (a new
+        // token) gives the move up, whatever it holds of it.
+        else if (from.lrm.token(local(from)) !== mv.fromToken) abortMove(mv, `${from.name} was fenced`);
+        else if (to.lrm.token(local(to)) !== mv.toToken) abortMove(mv, `${to.name} was fenced`);
         else if (from.link !== 'up' || to.link !== 'up') abortMove(mv, 'the link between them broke');
         else if (now >= mv.until) {
           if (procs.get(mv.guest)?.get(from.name) === 'running') {
@@ -688,11 +707,15 @@ export function createSimulator(options: SimOptions): Simulator {
       if (r) store.put(haKeys.member(name), { ...r.value, evacuated: true });
       say(`world: ${name} is evacuated`);
     },
-    dropLease(name, which) {
+    fence(name) {
       const m = member(name);
-      const lease = which === 'agent' ? m.lease : m.crmLease;
+      say(`world: the HA agent of ${name} is asked to fence`);
+      if (agentWorks(m)) for (const a of m.lrm.fenceNow(runningHere(name))) act(m, a);
+    },
+    dropElection(name) {
+      const lease = member(name).crmLease;
       if (lease !== undefined) store.revoke(lease);
-      say(`world: the ${which === 'agent' ? 'lease' : 'election lease'} of ${name} runs out`);
+      say(`world: the election lease of ${name} runs out`);
     },
     failStarts(name, g, count) {
       member(name).failStarts.set(g, count);
