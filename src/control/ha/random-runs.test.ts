@@ -12,6 +12,7 @@ import { createSimulator, type SimGuest, type SimWorld } from './simulator.ts';
  * lease and its token; at the end every HA guest that should run runs exactly once.
  */
 const RUNS = 300;
+const DENSE_RUNS = 100;
 const SEED = 20261205;
 
 /** mulberry32: small, fast and the same on every machine. */
@@ -31,7 +32,10 @@ const CHAOS_UNTIL = 60_000;
 /** Healing at the end of the chaos, then time for leases to run out, margins and retries. */
 const SETTLED = 100_000;
 
-export function oneRun(seed: number): { events: number; log: string[]; check: () => void } {
+export function oneRun(
+  seed: number,
+  density: 'sparse' | 'dense' = 'sparse',
+): { events: number; log: string[]; check: () => void } {
   const random = prng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
   const members = Array.from({ length: 3 + Math.floor(random() * 3) }, (_, i) => `h${i + 1}`);
@@ -68,12 +72,13 @@ export function oneRun(seed: number): { events: number; log: string[]; check: ()
     (w) => w.fence(pick(members)),
     (w) => w.dropElection(pick(members)),
   ];
-  const events = 3 + Math.floor(random() * 12);
+  const events = density === 'sparse' ? 3 + Math.floor(random() * 12) : 10 + Math.floor(random() * 30);
   for (let i = 0; i < events; i++) {
     const at = 1000 + Math.floor((random() * (CHAOS_UNTIL - 1000)) / TICK) * TICK;
     sim.at(at, pick(actions), random() < 0.2 ? 'race' : 'before');
   }
-  if (random() < 0.2) sim.at(1000 + Math.floor(random() * 50) * TICK, (w) => w.evacuate(pick(members)));
+  if (random() < (density === 'sparse' ? 0.2 : 0.6))
+    sim.at(1000 + Math.floor(random() * 50) * TICK, (w) => w.evacuate(pick(members)));
   if (random() < 0.1) sim.at(1000 + Math.floor(random() * 50) * TICK, (w) => w.remove(pick(guests).name));
   sim.at(CHAOS_UNTIL, (w) => {
     w.storeUp();
@@ -121,6 +126,10 @@ test(`${RUNS} seeded random failure sequences: no guest ever runs twice, and onc
   }
   // The runs did something: a generator that drew nothing would pass for nothing.
   assert.ok(events > RUNS * 3);
+});
+
+test(`${DENSE_RUNS} denser sequences (10 to 40 failures a minute, evacuations more often) keep the same invariants`, () => {
+  for (let i = 0; i < DENSE_RUNS; i++) oneRun(SEED + RUNS + i, 'dense').check();
 });
 
 test('a run is the same every time it is played (the simulator is deterministic)', () => {
