@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { scenarios } from './scenario-runner.ts';
+import { createSimulator, InvariantError } from './simulator.ts';
 
 /** Partitions: a member cut from the store (the majority's side), fully or one way, briefly or for long. */
 const three = ['h1', 'h2', 'h3'];
@@ -478,3 +480,30 @@ scenarios([
     ],
   },
 ]);
+
+test('why nobody but its holder may revoke a member’s lease: revoked from outside, a frozen member’s guest runs twice', () => {
+  // Cut one way (its renewals arrive, the answers do not), its clock slow, then frozen: it cannot
+  // learn that its lease is gone, and its watchdog has not run out when the margin after the
+  // revoke has. The rule (decision 0044) is what keeps this out of every other run.
+  const sim = createSimulator({
+    members: [{ name: 'h1' }, { name: 'h2' }, { name: 'h3', clockRate: 0.8 }],
+    guests: [{ name: 'g1', on: 'h3' }],
+  });
+  sim.at(
+    4000,
+    (w) => {
+      w.link('h3', 'oneway');
+      w.revokeFromOutside('h3');
+    },
+    'race',
+  );
+  sim.at(6000, (w) => w.pauseHost('h3'));
+  assert.throws(
+    () => sim.run(20_000),
+    (e: unknown) => {
+      assert.ok(e instanceof InvariantError);
+      assert.match(e.message, /^7\.5: h1 started g1 while it runs on h3\n/);
+      return true;
+    },
+  );
+});

@@ -94,6 +94,11 @@ export interface SimWorld {
   fence(member: string): void;
   /** The daemon's election lease runs out now (it may be revoked by anyone: writes compare the key). */
   dropElection(member: string): void;
+  /**
+   * Someone other than its holder revokes the member's lease: what decision 0044 forbids, kept
+   * only for the test that shows why.
+   */
+  revokeFromOutside(member: string): void;
   /** The next `count` starts of `guest` on `member` fail. */
   failStarts(member: string, guest: string, count: number): void;
   /** The guest's process dies by itself. */
@@ -711,6 +716,11 @@ export function createSimulator(options: SimOptions): Simulator {
       const m = member(name);
       say(`world: the HA agent of ${name} is asked to fence`);
       if (agentWorks(m)) for (const a of m.lrm.fenceNow(runningHere(name))) act(m, a);
+    },
+    revokeFromOutside(name) {
+      const lease = member(name).lease;
+      if (lease !== undefined) store.revoke(lease);
+      say(`world: the lease of ${name} is revoked by someone else`);
     },
     dropElection(name) {
       const lease = member(name).crmLease;
