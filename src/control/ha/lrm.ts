@@ -9,9 +9,11 @@ import { type HaGuestRecord, type HaTimings, type HaWrite, haKeys, type Read, ty
  * - It counts from the moment it *sent* its last renewal that the store confirmed (the store
  *   restarted the TTL no earlier than that), on its own monotonic clock. Once `fenceAfterMs`
  *   has passed without another, it kills this member's HA guests, then gives the lease up for
- *   good (a best-effort revoke; it never renews that lease again, so a renewal that reaches
- *   the store without an answer cannot keep the lease alive behind its back), and takes a new
- *   lease: a new token, under which it owns nothing until the CRM gives it guests again.
+ *   good (revoked at each look until the store answers; never renewed again, so a renewal that
+ *   reaches the store without an answer cannot keep the lease alive behind its back), and takes
+ *   a new lease: a new token, under which it owns nothing until the CRM gives it guests again.
+ *   Nobody else ever revokes a member's lease: the CRM's margin holds only for leases that
+ *   expired or that their holder gave up after the kill.
  * - It starts a guest only while its lease is live on its clock and the guest's record names
  *   this member with this token; so a member in the minority of a partition, or one that comes
  *   back after its guests were given to others, starts nothing.
@@ -38,7 +40,7 @@ export type LrmAction =
   /** A compare-and-swap write of a guest's record (failed starts). */
   | { kind: 'write'; guest: string; write: HaWrite };
 
-/** The store's answer to a grant or a renewal. */
+/** The store's answer to a grant, a renewal or the revoke of a fenced lease. */
 export type LeaseAnswer =
   | { kind: 'granted'; token: Token; sentAt: number }
   | { kind: 'renewed'; sentAt: number }

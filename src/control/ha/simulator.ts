@@ -23,8 +23,8 @@ import {
 } from './types.ts';
 
 /**
- * A deterministic simulator of the HA state machines (decision 0044): a fake monotonic clock that
- * moves in ticks, the fake store, members made of a host (up, down or frozen), the HA agent that
+ * A deterministic simulator of the HA state machines (decision 0044): one fake clock that moves in
+ * ticks and that each member reads at its own rate (its monotonic clock), the fake store, members made of a host (up, down or frozen), the HA agent that
  * runs the LRM and pets the host's watchdog, the daemon that runs the CRM, the mover and the
  * evacuation, and a link to the store (up, down, or one-way: requests arrive, answers are lost).
  * Guests are modelled as the processes they are, not as records: the invariant checked after
