@@ -51,9 +51,15 @@ import { listenTcp, listenUnix } from './server/listen.ts';
 import { createWebSessions } from './server/web-sessions.ts';
 import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
 import { createAuthService } from './services/auth-service.ts';
+import { createBackupRecovery } from './services/backup-recovery.ts';
 import { createClaims } from './services/claims.ts';
 import { createEventBus } from './services/event-bus.ts';
-import { createGuestMover, createMoveReceiver, liveMoveRefusal } from './services/guest-move.ts';
+import {
+  createGuestMover,
+  createMoveReceiver,
+  liveMoveRefusal,
+  type MoveTransport,
+} from './services/guest-move.ts';
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
@@ -255,12 +261,21 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await services.storage.sweep();
   // On a cluster, guests move between members (decision 0040): this member's files of a guest
   // that moved away, or of one whose move here was undone, go with its driver's delete.
+  let moveTransport: MoveTransport | undefined;
   if (membership && memberClient) {
     const removeLocal = async (spec: GuestSpec) => {
       const driver = drivers[spec.model];
       if (!driver) throw notSupported(`The ${spec.model} model is not available on host ${hostName}`);
       await driver.delete(spec);
     };
+    moveTransport = createMoveTransport({
+      client: memberClient,
+      // A live move's prepare makes a disk and starts a QEMU before it answers.
+      liveClient: createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>, {
+        timeoutMs: 180_000,
+      }),
+      member: memberTarget,
+    });
     services.moves = {
       mover: createGuestMover({
         store,
@@ -270,14 +285,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         storage: services.storage,
         removeLocal,
         members: clusterMembers,
-        transport: createMoveTransport({
-          client: memberClient,
-          // A live move's prepare makes a disk and starts a QEMU before it answers.
-          liveClient: createMemberClient(() => opened.memberTls as NonNullable<typeof opened.memberTls>, {
-            timeoutMs: 180_000,
-          }),
-          member: memberTarget,
-        }),
+        transport: moveTransport,
         liveRefusal: liveMoveRefusal(runner, {
           migrates: (model) => drivers[model]?.migration !== undefined,
         }),
@@ -304,6 +312,19 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       }),
     };
   }
+  // A lost member's guests, and those the store does not know, back from the backup directory (decision 0046).
+  services.backupRecovery = createBackupRecovery({
+    store,
+    hostName,
+    operations,
+    guests,
+    storage: services.storage,
+    members: clusterMembers,
+    ...(moveTransport && { transport: moveTransport }),
+    ...(services.moves && { receiver: services.moves.receiver }),
+    workDir: path.join(stateDir, 'imports'),
+    log,
+  });
   services.volumes = createVolumeService({
     store,
     pools: poolDrivers,

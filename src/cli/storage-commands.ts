@@ -183,8 +183,30 @@ export function addStorageCommands(program: Command): void {
     .command('admin')
     .description('Administration of the daemon')
     .command('recover')
-    .description('Rebuild the records of guests found on disk after the store was lost')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .description(
+      "Rebuild the records of guests found on disk after the store was lost; with --from-backups, bring back a lost member's guests from their latest scheduled backups",
+    )
+    .option(
+      '--from-backups <dir>',
+      "the backup directory (TRIVISOR_BACKUP_DIR of the daemons) on the daemon's host: every guest of an Offline member comes back on the surviving members, and every guest the store does not know on this one",
+    )
+    .action(async (opts: { fromBackups?: string }, cmd: Command) => {
+      if (opts.fromBackups !== undefined) {
+        const client = clientOf(cmd);
+        const op = await client.recoverFromBackups(resolve(opts.fromBackups));
+        const done = await waitWithProgress(client, op, { label: 'Recovering from backups' });
+        const meta = done.metadata as {
+          recovered?: Array<{ name: string; member: string; backup: string }>;
+          skipped?: Array<{ name: string; reason: string }>;
+        };
+        for (const g of meta.recovered ?? []) {
+          process.stdout.write(`Recovered ${g.name} on ${g.member} from ${g.backup}\n`);
+        }
+        for (const g of meta.skipped ?? []) process.stdout.write(`Skipped ${g.name}: ${g.reason}\n`);
+        if ((meta.recovered ?? []).length === 0 && (meta.skipped ?? []).length === 0)
+          process.stdout.write('No backups found\n');
+        return;
+      }
       const report = await clientOf(cmd).recover();
       for (const g of report.recovered) {
         const snaps = g.snapshots.length > 0 ? ` with snapshots ${g.snapshots.join(', ')}` : '';

@@ -33,6 +33,8 @@ export interface StorageClient {
   ): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
+  /** Starts bringing back a lost member's guests from the backup directory `directory` (on the daemon's host). */
+  recoverFromBackups(directory: string): Promise<Operation>;
   listPools(): Promise<StoragePool[]>;
   /** `target`: on a cluster, that member's instance of a pool on every member (decision 0038). */
   getPool(name: string, options?: { target?: string }): Promise<StoragePool>;
@@ -140,6 +142,7 @@ export function storageMethods(
       return parseEnvelope<AsyncResponse>(res).metadata;
     },
     recover: () => call('POST', '/1.0/admin/recover', {}),
+    recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),
     getPool: (name, o = {}) =>
       call(

@@ -83,6 +83,7 @@ export const OPERATION_IDS: Record<string, string> = {
   'GET /1.0/guests/{name}/backups/{backup}/export': 'downloadGuestBackup',
   'POST /1.0/backups': 'importGuest',
   'POST /1.0/admin/recover': 'recoverGuests',
+  'POST /1.0/admin/recover/backups': 'recoverGuestsFromBackups',
   'DELETE /1.0/operations/{id}': 'cancelOperation',
   'GET /1.0/operations/{id}/wait': 'waitForOperation',
   'POST /1.0/networks/{name}/attach': 'attachNetwork',

@@ -112,6 +112,7 @@ const CALLS: Array<{ method: string; operation: string; body?: number }> = [
   { method: 'restoreSnapshot', operation: 'replaceGuest' },
   { method: 'createBackup', operation: 'exportGuest' },
   { method: 'recover', operation: 'recoverGuests' },
+  { method: 'recoverFromBackups', operation: 'recoverGuestsFromBackups' },
   { method: 'getPool', operation: 'getStoragePool' },
   { method: 'createPool', operation: 'createStoragePool', body: 0 },
   { method: 'getVolume', operation: 'getCustomVolume' },

@@ -368,6 +368,28 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     async () => syncResponse(await storage().recover()),
   );
 
+  app.post<{ Body: { directory: string } }>(
+    '/1.0/admin/recover/backups',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary:
+          "Bring back a lost member's guests, and those the store does not know, from the backup directory",
+        description:
+          "Each from its latest archive in DIRECTORY/GUEST/ (scheduled backups, decision 0046): a guest of an Offline member goes to the member the scheduler picks, with its keys and NICs, its disk from the backup, started if it was meant to run; one the store does not know is imported on this member. The operation's metadata lists what was recovered and what was skipped, with why.",
+        body: Type.Object({
+          directory: Type.String({ minLength: 1, description: 'An absolute path on the member asked' }),
+        }),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      const recovery = ctx.services.backupRecovery;
+      if (!recovery) throw notSupported('This daemon does not recover guests from backups');
+      return sendAsync(reply, await recovery.recover(request.body.directory));
+    },
+  );
+
   app.post<{ Body: Readable; Querystring: { target?: string } }>(
     '/1.0/backups',
     {

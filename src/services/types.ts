@@ -3,6 +3,7 @@ import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 import type { DiskExport, TreeExport } from '../images/image-files.ts';
+import type { BackupRecovery } from './backup-recovery.ts';
 import type { GuestMover, MoveReceiver } from './guest-move.ts';
 
 /** A running command in a guest, and an attached guest console, as the transport streams them. */
@@ -223,4 +224,6 @@ export interface Services {
   cluster?: ClusterService;
   /** Moving guests between members (decision 0040); absent off a cluster. */
   moves?: { mover: GuestMover; receiver: MoveReceiver };
+  /** Guests brought back from the backup directory (decision 0046); absent: not offered. */
+  backupRecovery?: BackupRecovery;
 }

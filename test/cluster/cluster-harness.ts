@@ -53,7 +53,13 @@ function run(argv: string[]): void {
 }
 
 /** Makes the hub and `names.length` hosts, each with a single-host daemon running (nothing joined yet). */
-export async function makeTestCluster(names: string[]): Promise<TestCluster> {
+export async function makeTestCluster(
+  names: string[],
+  options: {
+    /** More environment of every member's daemon (a shared TRIVISOR_BACKUP_DIR, say). */
+    env?: Record<string, string>;
+  } = {},
+): Promise<TestCluster> {
   const dir = await makeRunDir('cluster');
   const id = randomBytes(3).toString('hex');
   const subnet = `198.18.${100 + (randomBytes(1)[0]! % 150)}`;
@@ -93,7 +99,11 @@ export async function makeTestCluster(names: string[]): Promise<TestCluster> {
 
   const addHost = async (name: string): Promise<MemberHost> => {
     const { netns, ip } = plug(name);
-    const daemon = await startDaemon({ netns, hostname: name, env: { TRIVISOR_LOG_LEVEL: 'info' } });
+    const daemon = await startDaemon({
+      netns,
+      hostname: name,
+      env: { TRIVISOR_LOG_LEVEL: 'info', ...options.env },
+    });
     const host = { name, netns, ip, daemon };
     hosts.push(host);
     return host;

@@ -64,6 +64,7 @@ type Shared = Pick<
   | 'createPool'
   | 'deletePool'
   | 'recover'
+  | 'recoverFromBackups'
 >;
 
 /** Everything the UI asks the daemon. */
@@ -313,6 +314,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
       await call('DELETE', `/1.0/storage-pools/${enc(name)}`);
     },
     recover: () => call('POST', '/1.0/admin/recover', {}),
+    recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     openConsole: (name, type = 'console') => callAsync('POST', `/1.0/guests/${enc(name)}/console`, { type }),
     async consoleLog(name) {
       const res = await send('GET', `/1.0/guests/${enc(name)}/console?type=log`);

@@ -388,6 +388,22 @@ export function Storage() {
         >
           Recover guests from disk
         </Action>
+        <Form
+          label="Recover guests from the backup directory"
+          submit="Recover from backups"
+          done="Recovery started: see Operations"
+          run={async (d) => {
+            await api.recoverFromBackups(String(d.get('directory')));
+          }}
+        >
+          <div class="row">
+            <Field label="Backup directory (on the daemon's host)">
+              {(id) => (
+                <input id={id} name="directory" required placeholder="/var/lib/trivisor/shipped-backups" />
+              )}
+            </Field>
+          </div>
+        </Form>
       </div>
     </Page>
   );

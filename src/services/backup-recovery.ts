@@ -1,0 +1,175 @@
+import { copyFile, link, mkdir, readdir, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
+import { asTrivisorError, conflict, failedPrecondition, invalidArgument } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { assertDnsLabel } from '../core/names.ts';
+import type { GuestSpec, Operation } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import { listShipped } from '../storage/shipped-backups.ts';
+import type { KvStore, TxnOp } from '../store/kv.ts';
+import { ownedBy, records } from '../store/records.ts';
+import type { MoveReceiver, MoveTransport } from './guest-move.ts';
+import { succeeded } from './operation-service.ts';
+import type { StorageService } from './storage-service.ts';
+import type { GuestService, OperationService } from './types.ts';
+import { convergedTo, waitForGuest } from './wait-guest.ts';
+
+/**
+ * `trivisor admin recover --from-backups DIR` (issue 13 part 5; decision 0046): brings back,
+ * from the latest archive each has in the backup directory, every guest that a lost member held
+ * and every guest the store no longer knows.
+ *
+ * - A guest whose member is Offline keeps its records, which change hands in one transaction
+ *   compared against the spec as read and the lost member's ownership: the spec names the member
+ *   the scheduler picks among the Online ones (desired Stopped), its status and its snapshots'
+ *   records go (the snapshots were on the lost member's disks). That member's controller makes
+ *   the guest's files from its image as for a new guest, the archive is applied onto them as in a
+ *   move (decision 0040), and the guest is started if it was meant to run. Its name, keys, NICs
+ *   (MAC and address) are the cluster's; its disk is the backup's.
+ * - A guest the store does not know is imported on this member, as `trivisor import` would.
+ * - A guest whose member is Online, or this host's own, is left alone: its member has it.
+ *
+ * Each guest is recovered on its own: one that fails is reported with the reason, the others go on.
+ */
+export interface RecoverReport {
+  recovered: Array<{ name: string; member: string; backup: string }>;
+  skipped: Array<{ name: string; reason: string }>;
+}
+
+export interface BackupRecoveryDeps {
+  store: KvStore;
+  hostName: string;
+  operations: OperationService;
+  guests: Pick<GuestService, 'placementFor' | 'changeState'>;
+  storage: Pick<StorageService, 'importBackup'>;
+  /** The cluster's members and their status; none on a single host. */
+  members: () => Promise<Array<{ name: string; status: string }>>;
+  /** Sends an archive to another member's move receiver (absent on a single host). */
+  transport?: Pick<MoveTransport, 'send'>;
+  /** This member's move receiver (absent on a single host). */
+  receiver?: Pick<MoveReceiver, 'receive'>;
+  /** Where copies of archives are made for an import or a local receive (both remove what they are given). */
+  workDir: string;
+  log: Logger;
+  /** How long a member may take to make a guest's files, and to start it (default 5 min). */
+  convergeMs?: number;
+}
+
+export interface BackupRecovery {
+  recover(directory: string): Promise<Operation>;
+}
+
+export function createBackupRecovery(deps: BackupRecoveryDeps): BackupRecovery {
+  const { store, hostName } = deps;
+  const log = deps.log.child({ component: 'backup-recovery' });
+  const convergeMs = deps.convergeMs ?? 5 * 60_000;
+
+  /** A copy of `path` the consumer may remove: a hard link where it can be, else a copy. */
+  async function disposableCopy(path: string, name: string): Promise<string> {
+    await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
+    const copy = join(deps.workDir, `.recover-${name}-${Date.now()}.tar`);
+    await link(path, copy).catch(() => copyFile(path, copy));
+    return copy;
+  }
+
+  /** Gives guest `spec` (of lost member `lost`) to `target` and puts the archive's disk under it. */
+  async function rehome(spec: GuestSpec, modRevision: number, lost: string, target: string, archive: string) {
+    if (!deps.transport || !deps.receiver) throw failedPrecondition('This host is not in a cluster');
+    const name = spec.name;
+    const generation = spec.generation + 1;
+    const ref = records.guest.at(name);
+    const ops: TxnOp[] = [
+      ref.putOp({ ...spec, location: target, desired: 'Stopped', generation }),
+      records.guestLocation.at(name).putOp(target),
+      records.guestStatus.at(name).deleteOp(),
+      { type: 'delete', key: keys.snapshots(name), prefix: true },
+    ];
+    const r = await store.txn({ compare: [ref.unchanged(modRevision), ownedBy(name, lost)], success: ops });
+    if (!r.succeeded)
+      throw conflict(`Guest ${name} was changed while it was being recovered; run the recovery again`);
+    const signal = AbortSignal.timeout(convergeMs);
+    await waitForGuest(
+      store,
+      name,
+      (s, st) => {
+        const verdict = convergedTo(generation)(s, st);
+        return verdict === true && !st?.provisioned ? undefined : verdict;
+      },
+      signal,
+    );
+    if (target === hostName) await deps.receiver.receive(name, await disposableCopy(archive, name), signal);
+    else await deps.transport.send(target, name, archive, signal);
+    if (spec.desired !== 'Stopped') {
+      await succeeded(deps.operations, await deps.guests.changeState(name, { action: 'start' }));
+    }
+  }
+
+  return {
+    async recover(directory) {
+      if (typeof directory !== 'string' || !isAbsolute(directory)) {
+        throw invalidArgument(`The backup directory must be an absolute path on host ${hostName}`);
+      }
+      const st = await stat(directory).catch(() => undefined);
+      if (!st?.isDirectory()) throw invalidArgument(`${directory} is not a directory on host ${hostName}`);
+      return deps.operations.start({
+        project: 'default',
+        description: `Recovering guests from the backups in ${directory}`,
+        resources: {},
+        async run(ctx) {
+          const report: RecoverReport = { recovered: [], skipped: [] };
+          const names = (await readdir(directory)).filter((n) => {
+            try {
+              assertDnsLabel(n, 'guest name');
+              return true;
+            } catch {
+              return false;
+            }
+          });
+          const [members, specs] = await Promise.all([deps.members(), records.guest.list(store)]);
+          const statusOf = new Map(members.map((m) => [m.name, m.status]));
+          const specOf = new Map(specs.items.map((s) => [s.value.name, s]));
+          let done = 0;
+          for (const name of names.sort()) {
+            ctx.signal.throwIfAborted();
+            ctx.progress(Math.floor((done++ * 100) / names.length), `guest ${name}`);
+            const latest = (await listShipped(directory, name)).at(-1);
+            if (!latest) continue;
+            const held = specOf.get(name);
+            try {
+              if (!held) {
+                const op = await deps.storage.importBackup({
+                  archivePath: await disposableCopy(latest.path, name),
+                });
+                await succeeded(deps.operations, op);
+                report.recovered.push({ name, member: hostName, backup: latest.name });
+                continue;
+              }
+              const owner = held.value.location;
+              const ownerStatus = statusOf.get(owner);
+              if (owner === hostName || ownerStatus === undefined || ownerStatus === 'Online') {
+                report.skipped.push({ name, reason: `it is on member ${owner}, which has it` });
+                continue;
+              }
+              if (ownerStatus !== 'Offline') {
+                report.skipped.push({ name, reason: `its member ${owner} is ${ownerStatus}, not lost` });
+                continue;
+              }
+              const place = await deps.guests.placementFor?.({
+                model: held.value.model,
+                config: held.value.config,
+              });
+              if (!place) throw failedPrecondition('This host places no guests: it is not in a cluster');
+              await rehome(held.value, held.modRevision, owner, place.member, latest.path);
+              report.recovered.push({ name, member: place.member, backup: latest.name });
+            } catch (e) {
+              const reason = asTrivisorError(e).message;
+              log.warn({ guest: name, err: reason }, 'not recovered from its backup');
+              report.skipped.push({ name, reason });
+            }
+          }
+          return { recovered: report.recovered, skipped: report.skipped };
+        },
+      });
+    },
+  };
+}

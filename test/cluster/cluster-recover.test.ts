@@ -1,0 +1,127 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
+import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
+import { eventually } from '../system/harness.ts';
+import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+
+/*
+ * Issue 13 part 5 (decision 0046): a member's guests of all three models, backed up on schedule
+ * into the backup directory every member shares (an NFS mount in production, a directory of the
+ * machine here), come back on the surviving member from their latest backups after the member is
+ * destroyed: its daemon and every process of its guests killed.
+ */
+
+let cluster: TestCluster;
+let backupDir: string;
+
+before(async () => {
+  backupDir = await makeRunDir('shipped');
+  cluster = await makeTestCluster(['m1', 'm2', 'm3'], { env: { TRIVISOR_BACKUP_DIR: backupDir } });
+});
+
+after(async () => {
+  if (cluster) await cluster.destroy();
+  if (backupDir) {
+    const report = await removeRunDir(backupDir);
+    assert.deepEqual(report.left.map(describeThing), []);
+  }
+});
+
+/** Kills every process of the member whose state dir is `stateDir`: those in its cgroups, and those that name the dir. */
+function killProcessesOf(stateDir: string): number {
+  const parent = cgroupParentOf(stateDir);
+  let killed = 0;
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (cgroups.includes(`:${parent}/`) || cgroups.includes(`:${parent}\n`) || cmdline.includes(stateDir)) {
+        process.kill(pid, 'SIGKILL');
+        killed++;
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return killed;
+}
+
+const guests = [
+  ['rc-ct', []],
+  ['rc-pvm', ['--model', 'pvm', '-c', 'limits.memory=64MiB']],
+  ['rc-vm', ['--model', 'vm', '-c', 'limits.memory=128MiB']],
+] as const;
+
+describe('recovery of a lost member from its shipped backups', () => {
+  // Three etcd voters: the store keeps its quorum when one member is lost.
+  test('bootstrap and two joins: three Online members', async () => {
+    const [m1, m2, m3] = cluster.hosts;
+    assert.ok(m1 && m2 && m3);
+    m1.daemon.ok(['cluster', 'bootstrap', '--address', m1.ip]);
+    for (const m of [m2, m3]) {
+      const token = m1.daemon.ok(['cluster', 'add', m.name]).trim();
+      m.daemon.ok(['cluster', 'join', token, '--address', m.ip]);
+    }
+    for (const host of [m1, m2, m3]) await waitForStatus(host.daemon, 'm3', 'Online');
+  });
+
+  test("m3's guests of every model, backed up each minute, run on the other members with their files after m3 is destroyed; asked again, nothing moves; bad input is one line", async () => {
+    const [m1, m2, m3] = cluster.hosts;
+    assert.ok(m1 && m2 && m3);
+    for (const [name, args] of guests) {
+      m1.daemon.ok(['launch', 'busybox', name, '--target', 'm3', ...args]);
+      m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} kept > /root/kept`]);
+    }
+    // Only then is the schedule set: every backup shipped has the file.
+    for (const [name] of guests) m1.daemon.ok(['config', 'set', name, 'backups.schedule=* * * * *']);
+    const shippedOf = (name: string) => {
+      try {
+        return readdirSync(path.join(backupDir, name)).filter((f) => f.endsWith('.tar'));
+      } catch {
+        return [];
+      }
+    };
+    await eventually(
+      'a shipped backup of each guest',
+      () => guests.every(([name]) => shippedOf(name).length > 0),
+      180_000,
+    );
+
+    // m3 is destroyed: its daemon, its etcd and every process of its guests.
+    await m3.daemon.kill9();
+    assert.ok(killProcessesOf(m3.daemon.stateDir) >= 3, "m3's guests' processes were found and killed");
+    await waitForStatus(m2.daemon, 'm3', 'Offline');
+
+    const recovered = m2.daemon.cli(['admin', 'recover', '--from-backups', backupDir], {
+      timeoutMs: 600_000,
+    });
+    assert.equal(recovered.code, 0, `${recovered.stderr}\nm2: ${m2.daemon.stderr().slice(-3000)}`);
+    const out = recovered.stdout;
+    for (const [name] of guests) {
+      assert.match(out, new RegExp(`^Recovered ${name} on m[12] from \\d{8}T\\d{6}Z\\.tar$`, 'm'), out);
+    }
+    type Listed = { name: string; status: string; location?: string };
+    const listed = JSON.parse(m2.daemon.ok(['list', '--format', 'json'])) as Listed[];
+    for (const [name] of guests) {
+      const g = listed.find((l) => l.name === name);
+      assert.match(g?.location ?? '', /^m[12]$/, name);
+      assert.equal(g?.status, 'Running', name);
+      assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/kept']), `${name} kept\n`);
+    }
+
+    // Asked again: every guest is on an Online member, which has it.
+    const again = m2.daemon.ok(['admin', 'recover', '--from-backups', backupDir]);
+    for (const [name] of guests) {
+      assert.match(again, new RegExp(`^Skipped ${name}: it is on member m[12], which has it$`, 'm'), again);
+    }
+    const missing = m2.daemon.cli(['admin', 'recover', '--from-backups', '/nonexistent-backups']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^Error: \/nonexistent-backups is not a directory on host m2\n$/);
+    for (const [name] of guests) m2.daemon.ok(['delete', '--force', name]);
+  });
+});
