@@ -328,11 +328,10 @@ export function createSimulator(options: SimOptions): Simulator {
 
   function start(m: MemberState, g: string) {
     // The invariant's second half: only a member live on its own clock, holding the token the
-    // guest's record names, starts it. (Its lease may have been revoked a moment ago without it
-    // knowing yet: it learns at its next renewal, within a period, and the margin is longer.)
+    // guest's record names, starts it. Live is counted from the renewals this simulator
+    // confirmed to it, not taken from the LRM.
     const r = guestRecord(g);
     const token = m.lrm.token(local(m));
-    // Counted by the simulator itself, from the answers it gave, not taken from the LRM.
     if (
       token === undefined ||
       m.confirmedToken !== token ||
