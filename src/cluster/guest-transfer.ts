@@ -4,7 +4,7 @@ import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { notFound } from '../core/errors.ts';
 import type { ProcessIdentity } from '../core/types.ts';
-import type { IncomingEndpoints } from '../drivers/live-migration.ts';
+import type { IncomingEndpoints, MigrationTls } from '../drivers/live-migration.ts';
 import type { MoveTransport } from '../services/guest-move.ts';
 import { type MemberClient, type MemberTarget, metadataOfAnswer } from './member-client.ts';
 
@@ -75,6 +75,7 @@ export function createMoveTransport(deps: {
       const answer = await (deps.liveClient ?? deps.client).request<{
         process: ProcessIdentity;
         endpoints: IncomingEndpoints;
+        tls: MigrationTls;
       }>(target, 'POST', `/1.0/cluster/live-moves/${guest}`, {});
       return answer.metadata;
     },

@@ -9,6 +9,16 @@ export interface IncomingEndpoints {
   migrationPort: number;
 }
 
+/**
+ * The source's TLS credentials for one migration (PEM): a certificate and key of its own and the
+ * certificate of the CA the destination made for this migration alone, which signed both sides'.
+ */
+export interface MigrationTls {
+  caCert: string;
+  cert: string;
+  key: string;
+}
+
 /** What a live migration has done so far (the operation's progress). */
 export interface MigrationProgress {
   phase: 'mirroring the disk' | 'copying RAM' | 'switching over';
@@ -49,7 +59,7 @@ export interface LiveMigration {
       /** The source member's address: the only one that may connect to the ports. */
       from: string;
     },
-  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
+  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints; tls: MigrationTls }>;
   /** Destination: the migration is in and the guest's records name this member: it runs here. */
   finishIncoming(spec: GuestSpec): Promise<void>;
   /** Destination: a migration given up: what guards its ports goes (the files go with the driver's delete). */
@@ -62,6 +72,8 @@ export interface LiveMigration {
     spec: GuestSpec,
     options: {
       to: IncomingEndpoints;
+      /** The credentials the destination's prepare answered with: both streams go in TLS. */
+      tls: MigrationTls;
       downtimeLimitMs: number;
       signal: AbortSignal;
       onProgress?: (p: MigrationProgress) => void;

@@ -138,6 +138,14 @@ export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): voi
       nbdPort: Type.Integer({ description: "Port of the NBD export of the guest's disk" }),
       migrationPort: Type.Integer({ description: "Port of QEMU's incoming migration" }),
     }),
+    tls: Type.Object(
+      {
+        caCert: Type.String({ description: 'The CA made for this migration alone (PEM)' }),
+        cert: Type.String({ description: "The source's client certificate, signed by it (PEM)" }),
+        key: Type.String({ description: "The client certificate's key (PEM)" }),
+      },
+      { description: "The source's credentials for this migration's TLS (both streams)" },
+    ),
   });
 
   app.post<{ Params: { name: string } }>(

@@ -419,6 +419,7 @@ describe('receiving a moved guest', () => {
         return {
           process: { pid: 1, startTime: 2 },
           endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
+          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
         };
       },
       async finishIncoming(s) {
@@ -536,6 +537,7 @@ describe('moving a vm guest live', () => {
   const guest = async () => (await records.guest.at('web').get(store))?.value;
   const end = async (op: Operation) => operations.wait(op.id);
   const process = { pid: 4242, startTime: 99 };
+  const tls = { caCert: 'CA', cert: 'CERT', key: 'KEY' };
 
   beforeEach(async () => {
     store = createMemoryStore();
@@ -559,7 +561,7 @@ describe('moving a vm guest live', () => {
       dropIncoming: () => Promise.reject(new Error('the destination side is the receiver')),
       async migrateOut(s, options) {
         calls.push(
-          `migrateOut ${s.location} -> ${options.to.host}:${options.to.migrationPort} limit ${options.downtimeLimitMs}`,
+          `migrateOut ${s.location} -> ${options.to.host}:${options.to.migrationPort} limit ${options.downtimeLimitMs}${options.tls === tls ? '' : ' without the TLS the destination gave'}`,
         );
         options.onProgress?.({
           phase: 'copying RAM',
@@ -595,7 +597,7 @@ describe('moving a vm guest live', () => {
         calls.push(`prepare ${member} ${name}`);
         if (fail.prepare) throw fail.prepare;
         files.get(member)?.add(name);
-        return { process, endpoints: { host: '198.18.0.2', nbdPort: 1, migrationPort: 2 } };
+        return { process, endpoints: { host: '198.18.0.2', nbdPort: 1, migrationPort: 2 }, tls };
       },
       async finishLive(member, name) {
         calls.push(

@@ -16,7 +16,12 @@ import { projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, GuestStatus, Model, Operation, ProcessIdentity } from '../core/types.ts';
 import type { ImageHandle } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
-import type { IncomingEndpoints, LiveMigration, MigrationProgress } from '../drivers/live-migration.ts';
+import type {
+  IncomingEndpoints,
+  LiveMigration,
+  MigrationProgress,
+  MigrationTls,
+} from '../drivers/live-migration.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -68,7 +73,7 @@ export interface MoveTransport {
     member: string,
     guest: string,
     signal: AbortSignal,
-  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
+  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints; tls: MigrationTls }>;
   /** Tells `member` that the migration is in and the records name it: the guest runs there. */
   finishLive(member: string, guest: string): Promise<void>;
 }
@@ -338,6 +343,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           });
           const result = await migration.migrateOut(spec, {
             to: prepared.endpoints,
+            tls: prepared.tls,
             downtimeLimitMs,
             signal: ctx.signal,
             onProgress,
@@ -504,7 +510,9 @@ export interface MoveReceiver {
    * Makes guest `name`'s disk here and starts its QEMU waiting for its live migration from the
    * member that holds it; resolves with that QEMU's process and where it listens.
    */
-  prepareLive(name: string): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints }>;
+  prepareLive(
+    name: string,
+  ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints; tls: MigrationTls }>;
   /** The migration is in and the records name this member: the guest runs here. */
   finishLive(name: string): Promise<void>;
 }

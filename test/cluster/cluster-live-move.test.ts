@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
@@ -216,6 +217,16 @@ describe('moving a vm guest live between two members', () => {
         ]);
         assert.notEqual(probe.code, 0, `port ${port} of m2 reached from m2 itself`);
       }
+      // Both streams go in TLS: the source's QEMU holds this migration's credentials.
+      const objects = await qmpOnce<Array<{ name: string; type: string }>>(
+        path.join(m1.daemon.stateDir, 'guests', NAME, 'qmp.sock'),
+        'qom-list',
+        { args: { path: '/objects' } },
+      );
+      assert.ok(
+        objects.some((o) => o.name === 'migration-tls' && o.type === 'child<tls-creds-x509>'),
+        JSON.stringify(objects),
+      );
       assert.equal((await m1.daemon.api('DELETE', `/1.0/operations/${id}`)).status, 200);
     } finally {
       process.kill(Number(pid), 'SIGCONT');
@@ -277,6 +288,12 @@ describe('moving a vm guest live between two members', () => {
       `# live move: downtime ${m.downtimeMs} ms (QEMU), paused ${paused} ms, total ${m.totalMs} ms; longest gap seen on m1 ${gap} ms\n`,
     );
     assert.ok(gap <= paused + SLACK_MS, `gap ${gap} ms > paused ${paused} ms + ${SLACK_MS} ms`);
+    // The TLS credentials were on disk only while QEMU loaded them.
+    assert.deepEqual(
+      readdirSync(tmpdir()).filter((n) => n.startsWith('trivisor-migration-')),
+      [],
+      'no credentials left in /tmp',
+    );
   });
 
   test('a QEMU left paused by a migration that was never handed over (its daemon died in between) runs again: its member resumes it', async () => {

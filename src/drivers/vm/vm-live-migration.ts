@@ -1,7 +1,12 @@
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { conflict } from '../../core/errors.ts';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { conflict, failedPrecondition } from '../../core/errors.ts';
 import { withRevert } from '../../core/revert.ts';
-import type { LiveMigration } from '../live-migration.ts';
+import type { ProcessRunner } from '../../host/runner.ts';
+import type { LiveMigration, MigrationTls } from '../live-migration.ts';
 import { exists, type VmContext } from './vm-context.ts';
 import type { VmLaunch } from './vm-launch.ts';
 import {
@@ -53,9 +58,91 @@ export function migrationFilter(guest: string, options: { from: string; ports: r
 export const dropMigrationFilter = (guest: string): string =>
   `add table inet ${migrationTable(guest)}\ndelete table inet ${migrationTable(guest)}\n`;
 
+/**
+ * TLS for one migration (decision 0042): a CA made for it alone (its key gone once it has signed),
+ * a server certificate for the destination's address and a client certificate for the source.
+ * Nothing else trusts that CA (not etcd, not the member API, which trust the cluster's): a QEMU
+ * taken over by its guest, which holds one of these keys, can use it for nothing but this
+ * migration. Made with Debian's openssl, as the cluster's own certificates are.
+ */
+export async function makeMigrationCredentials(
+  runner: ProcessRunner,
+  options: { host: string },
+): Promise<{ caCert: string; server: { cert: string; key: string }; client: { cert: string; key: string } }> {
+  const dir = await mkdtemp(join(tmpdir(), 'trivisor-migration-ca-'));
+  try {
+    const f = (name: string) => join(dir, name);
+    const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-sha256'];
+    await runner.run([
+      ...['openssl', 'req', '-x509', '-new', ...newKey, '-days', '2'],
+      ...['-subj', '/O=Trivisor/CN=live migration', '-keyout', f('ca.key'), '-out', f('ca.pem')],
+    ]);
+    const leaf = async (name: 'server' | 'client', ext: string[]) => {
+      await runner.run([
+        ...['openssl', 'req', '-new', ...newKey, '-subj', `/O=Trivisor/CN=migration ${name}`],
+        ...['-keyout', f(`${name}.key`), '-out', f(`${name}.csr`)],
+      ]);
+      await writeFile(f(`${name}.ext`), `${ext.join('\n')}\n`);
+      await runner.run([
+        ...['openssl', 'x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key')],
+        ...['-set_serial', `0x${randomBytes(16).toString('hex')}`, '-days', '2', '-sha256'],
+        ...['-extfile', f(`${name}.ext`), '-out', f(`${name}.pem`)],
+      ]);
+      return {
+        cert: await readFile(f(`${name}.pem`), 'utf8'),
+        key: await readFile(f(`${name}.key`), 'utf8'),
+      };
+    };
+    const usage = [
+      'basicConstraints=critical,CA:FALSE',
+      'keyUsage=critical,digitalSignature,keyEncipherment',
+    ];
+    const server = await leaf('server', [
+      ...usage,
+      'extendedKeyUsage=serverAuth',
+      `subjectAltName=IP:${options.host}`,
+    ]);
+    const client = await leaf('client', [...usage, 'extendedKeyUsage=clientAuth']);
+    return { caCert: await readFile(f('ca.pem'), 'utf8'), server, client };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs `load` with a directory of QEMU's credential files (`files`: name → PEM) that only `uid`
+ * (the guest's QEMU) can read; QEMU reads them when its tls-creds object is made, and the
+ * directory goes right after.
+ */
+async function withCredentialsDir<T>(
+  uid: number,
+  files: Record<string, string>,
+  load: (dir: string) => Promise<T>,
+): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'trivisor-migration-tls-'));
+  try {
+    for (const [name, pem] of Object.entries(files)) {
+      await writeFile(join(dir, name), pem, { mode: 0o600 });
+      await chown(join(dir, name), uid, uid);
+    }
+    await chmod(dir, 0o700);
+    await chown(dir, uid, uid);
+    return await load(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const noop = (): void => {};
+
 /** The vm driver's live migration (decision 0042): QEMU's, over QMP, the disk mirrored over NBD. */
 export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigration {
-  const { self, pathsOf, withQmp, log, runner, migratingOut } = c;
+  const { self, pathsOf, withQmp, log, runner, migratingOut, readUid } = c;
+  const uidOf = async (spec: Parameters<typeof readUid>[0]): Promise<number> => {
+    const uid = await readUid(spec);
+    if (uid === undefined) throw failedPrecondition(`Guest ${spec.name} has no QEMU uid on this member`);
+    return uid;
+  };
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
   return {
     async prepareIncoming(spec, image, options) {
@@ -77,9 +164,18 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         // Filtered before QEMU listens: there is no moment when anyone else could connect.
         r.add(() => nft(dropMigrationFilter(spec.name)).then(() => undefined));
         await nft(migrationFilter(spec.name, { from: options.from, ports: [nbdPort, migrationPort] }));
-        await withQmp(spec, (q) => prepareIncoming(q, endpoints));
+        const creds = await makeMigrationCredentials(runner, { host: options.host });
+        const files = {
+          'ca-cert.pem': creds.caCert,
+          'server-cert.pem': creds.server.cert,
+          'server-key.pem': creds.server.key,
+        };
+        await withCredentialsDir(await uidOf(spec), files, (tlsDir) =>
+          withQmp(spec, (q) => prepareIncoming(q, endpoints, { tlsDir })),
+        );
         log.info({ guest: spec.name, ...endpoints }, 'waiting for a live migration');
-        return { process, endpoints };
+        const tls: MigrationTls = { caCert: creds.caCert, ...creds.client };
+        return { process, endpoints, tls };
       });
     },
     async finishIncoming(spec) {
@@ -99,13 +195,33 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
       // Until it is resumed here or its QEMU is gone, a paused source is this migration's to decide.
       migratingOut.add(spec.name);
       try {
-        return await migrateOut(qmp, {
-          to: options.to,
-          downtimeLimitMs: options.downtimeLimitMs,
-          sync: 'top',
-          signal: options.signal,
-          ...(options.onProgress && { onProgress: options.onProgress }),
+        const files = {
+          'ca-cert.pem': options.tls.caCert,
+          'client-cert.pem': options.tls.cert,
+          'client-key.pem': options.tls.key,
+        };
+        // The files go once migrateOut's first command (object-add) has loaded them.
+        let loaded: () => void = () => {};
+        const read = new Promise<void>((resolve) => {
+          loaded = resolve;
         });
+        const uid = await uidOf(spec);
+        const started = await withCredentialsDir(uid, files, async (tlsDir) => {
+          const migrating = migrateOut(qmp, {
+            to: options.to,
+            downtimeLimitMs: options.downtimeLimitMs,
+            sync: 'top',
+            tlsDir,
+            onTlsLoaded: loaded,
+            signal: options.signal,
+            ...(options.onProgress && { onProgress: options.onProgress }),
+          });
+          // Failing before it loaded them ends the wait too.
+          await Promise.race([read, migrating.then(noop, noop)]);
+          // Wrapped: the migration goes on after the files are gone.
+          return { migrating };
+        });
+        return await started.migrating;
       } catch (e) {
         // migrateOut resumed the guest here before it threw.
         migratingOut.delete(spec.name);

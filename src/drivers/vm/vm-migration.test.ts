@@ -161,6 +161,58 @@ describe('vm live migration over QMP', () => {
     assert.ok(!names().includes('cont'), 'the source stays paused for the hand-over');
   });
 
+  test('with TLS: both ends load their credentials first, the export and the RAM stream use them, the source checks the address it connects to, and the credentials are forgotten at the end', async () => {
+    const dest = fakeQemu();
+    await prepareIncoming(dest.qmp, to, { tlsDir: '/tmp/d' });
+    assert.deepEqual(dest.calls.slice(0, 3), [
+      {
+        command: 'object-add',
+        args: {
+          'qom-type': 'tls-creds-x509',
+          id: 'migration-tls',
+          dir: '/tmp/d',
+          endpoint: 'server',
+          'verify-peer': true,
+        },
+      },
+      { command: 'migrate-set-parameters', args: { 'tls-creds': 'migration-tls' } },
+      {
+        command: 'nbd-server-start',
+        args: {
+          addr: { type: 'inet', data: { host: '198.18.5.12', port: '40001' } },
+          'tls-creds': 'migration-tls',
+        },
+      },
+    ]);
+    const source = fakeQemu();
+    let loaded = 0;
+    const parameters = source.qmp.execute;
+    // The fake's parameters: TLS set once migrate-set-parameters named it.
+    let creds = '';
+    source.qmp.execute = async <T>(command: string, args?: Record<string, unknown>) => {
+      if (command === 'query-migrate-parameters') return { 'tls-creds': creds } as T;
+      if (command === 'migrate-set-parameters' && typeof args?.['tls-creds'] === 'string')
+        creds = args['tls-creds'] as string;
+      return parameters<T>(command, args);
+    };
+    await migrateOut(source.qmp, {
+      to,
+      downtimeLimitMs: 300,
+      sync: 'top',
+      tlsDir: '/tmp/s',
+      onTlsLoaded: () => loaded++,
+      signal: new AbortController().signal,
+      pollMs: 1,
+    });
+    assert.equal(loaded, 1);
+    const args = (name: string) => source.calls.find((c) => c.command === name)?.args;
+    assert.equal(args('object-add')?.endpoint, 'client');
+    assert.equal(args('blockdev-add')?.['tls-creds'], 'migration-tls');
+    assert.equal(args('migrate-set-parameters')?.['tls-creds'], 'migration-tls');
+    assert.equal(args('migrate-set-parameters')?.['tls-hostname'], '198.18.5.12');
+    assert.deepEqual(source.names().slice(-2), ['migrate-set-parameters', 'object-del']);
+  });
+
   test('a cancel while the RAM is copied: migrate_cancel, the mirror cancelled by force, the NBD node removed, and the guest runs on', async () => {
     const abort = new AbortController();
     const { qmp, names } = fakeQemu({
@@ -206,6 +258,36 @@ describe('vm live migration over QMP', () => {
     ]);
   });
 
+  test('with TLS, a cancel during the mirror removes the credentials too, though no migration parameter names them yet', async () => {
+    const abort = new AbortController();
+    const { qmp, names } = fakeQemu({
+      readyAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'mirror' && n === 2) abort.abort();
+      },
+    });
+    await assert.rejects(
+      migrateOut(qmp, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'top',
+        tlsDir: '/tmp/s',
+        signal: abort.signal,
+        pollMs: 1,
+      }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(names(), [
+      'object-add',
+      'blockdev-add',
+      'blockdev-mirror',
+      'block-job-cancel',
+      'job-dismiss',
+      'blockdev-del',
+      'object-del',
+    ]);
+  });
+
   test('a RAM migration that fails says why, and undoes the mirror', async () => {
     const { qmp, names } = fakeQemu({ migration: 'fails' });
     await assert.rejects(
@@ -240,7 +322,14 @@ describe('vm live migration over QMP', () => {
     await finishIncoming(qmp);
     assert.deepEqual(
       incoming.map((c) => c.command),
-      ['query-migrate', 'query-migrate', 'block-export-del', 'nbd-server-stop', 'cont'],
+      [
+        'query-migrate',
+        'query-migrate',
+        'block-export-del',
+        'nbd-server-stop',
+        'cont',
+        'query-migrate-parameters',
+      ],
     );
   });
 

@@ -21,6 +21,7 @@ export const EXPORT_NAME = 'root';
 const EXPORT_ID = 'migration-export';
 const MIRROR_JOB = 'migration-mirror';
 const TARGET_NODE = 'migration-target';
+const TLS_ID = 'migration-tls';
 /** RAM goes as fast as the link allows: QEMU 7.2 limits it to 32 MiB/s unless told. */
 export const MIGRATION_MAX_BANDWIDTH = 10 * 2 ** 30;
 
@@ -32,9 +33,25 @@ export const tcpUri = (host: string, port: number): string =>
  * The destination's side before the source starts: exports the root disk over NBD (writable;
  * QEMU activates the node for it though the machine is incoming) and listens for RAM.
  */
-export async function prepareIncoming(qmp: MigrationQmp, endpoints: IncomingEndpoints): Promise<void> {
+export async function prepareIncoming(
+  qmp: MigrationQmp,
+  endpoints: IncomingEndpoints,
+  options: { tlsDir?: string } = {},
+): Promise<void> {
+  if (options.tlsDir) {
+    // QEMU reads the credentials when the object is made: the files may go right after.
+    await qmp.execute('object-add', {
+      'qom-type': 'tls-creds-x509',
+      id: TLS_ID,
+      dir: options.tlsDir,
+      endpoint: 'server',
+      'verify-peer': true,
+    });
+    await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_ID });
+  }
   await qmp.execute('nbd-server-start', {
     addr: { type: 'inet', data: { host: endpoints.host, port: String(endpoints.nbdPort) } },
+    ...(options.tlsDir && { 'tls-creds': TLS_ID }),
   });
   await qmp.execute('block-export-add', {
     type: 'nbd',
@@ -59,6 +76,20 @@ export async function finishIncoming(qmp: MigrationQmp): Promise<void> {
   await qmp.execute('block-export-del', { id: EXPORT_ID });
   await qmp.execute('nbd-server-stop');
   await qmp.execute('cont');
+  await dropTls(qmp);
+}
+
+/**
+ * Forgets a migration's TLS credentials, so that a later migration can add its own: the migration
+ * parameters that name them, then the object (`added`: it was made, whether or not the parameters
+ * came to name it, as when a move is cancelled during the mirror).
+ */
+async function dropTls(qmp: MigrationQmp, options: { added?: boolean } = {}): Promise<void> {
+  const params = await qmp.execute<{ 'tls-creds'?: string }>('query-migrate-parameters');
+  if (params['tls-creds']) {
+    await qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
+  } else if (!options.added) return;
+  await qmp.execute('object-del', { id: TLS_ID });
 }
 
 interface BlockJob {
@@ -89,6 +120,10 @@ export async function migrateOut(
     downtimeLimitMs: number;
     /** `top`: only the source's own clusters (the destination's disk is an overlay on the same base disk). */
     sync: 'top' | 'full';
+    /** A directory with ca-cert.pem, client-cert.pem and client-key.pem: both streams in TLS, the destination verified. */
+    tlsDir?: string;
+    /** Called once QEMU has read the credentials in `tlsDir` (they may go then). */
+    onTlsLoaded?: () => void;
     signal: AbortSignal;
     onProgress?: (p: MigrationProgress) => void;
     pollMs?: number;
@@ -118,12 +153,24 @@ export async function migrateOut(
   };
   const mirrorJob = async (): Promise<BlockJob | undefined> =>
     (await qmp.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+  let tls = false;
   try {
+    if (options.tlsDir) {
+      await qmp.execute('object-add', {
+        'qom-type': 'tls-creds-x509',
+        id: TLS_ID,
+        dir: options.tlsDir,
+        endpoint: 'client',
+      });
+      tls = true;
+      options.onTlsLoaded?.();
+    }
     await qmp.execute('blockdev-add', {
       driver: 'nbd',
       'node-name': TARGET_NODE,
       server: { type: 'inet', host: to.host, port: String(to.nbdPort) },
       export: EXPORT_NAME,
+      ...(tls && { 'tls-creds': TLS_ID }),
     });
     nodeAdded = true;
     await qmp.execute('blockdev-mirror', {
@@ -151,6 +198,7 @@ export async function migrateOut(
     await qmp.execute('migrate-set-parameters', {
       'downtime-limit': options.downtimeLimitMs,
       'max-bandwidth': MIGRATION_MAX_BANDWIDTH,
+      ...(tls && { 'tls-creds': TLS_ID, 'tls-hostname': to.host }),
     });
     aborted();
     migrating = true;
@@ -191,6 +239,7 @@ export async function migrateOut(
     mirrorStarted = false;
     await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
     nodeAdded = false;
+    if (tls) await dropTls(qmp, { added: true }).catch(() => {});
     return {
       downtimeMs: info.downtime ?? 0,
       totalMs: now() - started,
@@ -216,6 +265,7 @@ export async function migrateOut(
       }
     }
     if (nodeAdded) await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
+    if (tls) await dropTls(qmp, { added: true }).catch(() => {});
     await resumeSource(qmp).catch(() => {});
     throw e;
   }
