@@ -12,7 +12,7 @@ import type { MoveReceiver, MoveTransport } from './guest-move.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
-import { convergedTo, waitForGuest } from './wait-guest.ts';
+import { provisionedAt, waitForGuest } from './wait-guest.ts';
 
 /**
  * `trivisor admin recover --from-backups DIR` (issue 13 part 5; decision 0046): brings back,
@@ -88,15 +88,7 @@ export function createBackupRecovery(deps: BackupRecoveryDeps): BackupRecovery {
     if (!r.succeeded)
       throw conflict(`Guest ${name} was changed while it was being recovered; run the recovery again`);
     const signal = AbortSignal.timeout(convergeMs);
-    await waitForGuest(
-      store,
-      name,
-      (s, st) => {
-        const verdict = convergedTo(generation)(s, st);
-        return verdict === true && !st?.provisioned ? undefined : verdict;
-      },
-      signal,
-    );
+    await waitForGuest(store, name, provisionedAt(generation), signal);
     if (target === hostName) await deps.receiver.receive(name, await disposableCopy(archive, name), signal);
     else await deps.transport.send(target, name, archive, signal);
     if (spec.desired !== 'Stopped') {

@@ -121,6 +121,15 @@ export function convergenceError(status: { error: string; errorCode?: string | u
   return new TrivisorError(isErrorCode(status.errorCode) ? status.errorCode : 'Internal', status.error);
 }
 
+/** Judge for "the guest's (new) member has made its files at generation `gen`" (a move's, a recovery's hand-over). */
+export function provisionedAt(gen: number): (spec?: GuestSpec, status?: GuestStatus) => WaitVerdict {
+  const converged = convergedTo(gen);
+  return (spec, status) => {
+    const verdict = converged(spec, status);
+    return verdict === true && !status?.provisioned ? undefined : verdict;
+  };
+}
+
 /** Judge for "the controller has acted on generation `gen`". */
 export function convergedTo(gen: number): (spec?: GuestSpec, status?: GuestStatus) => WaitVerdict {
   return (spec, status) => {
