@@ -184,7 +184,7 @@ export function addClusterCommands(program: Command): void {
     .addOption(
       new Option(
         '--action <mode>',
-        'for guests without cluster.evacuate: auto (move), migrate, stop',
+        'for guests without cluster.evacuate: auto (a running vm live, others cold), live-migrate, migrate (cold), stop',
       ).choices([...EVACUATE_MODES]),
     )
     .action(async (name: string, opts: { action?: EvacuateMode }, cmd: Command) => {

@@ -40,8 +40,8 @@ describe('evacuation controller', () => {
           status: m.value.evacuated ? 'Evacuated' : 'Online',
         })),
       mover: {
-        async move(name, { target }) {
-          moves.push(`${name}->${target}`);
+        async move(name, { target, live }) {
+          moves.push(`${name}->${target}${live ? ' live' : ''}`);
           return operations.start({
             project: 'default',
             description: `move ${name}`,
@@ -154,6 +154,39 @@ describe('evacuation controller', () => {
     await controllerOf('h1').pass();
     assert.deepEqual(moves, ['a->h2', 'a->h2']);
     assert.equal(await where('a'), 'h2');
+  });
+
+  test('auto moves a running vm live and any other guest cold; live-migrate asks every guest to move live; migrate moves a vm cold', async () => {
+    for (const [name, model, config, up] of [
+      ['v-run', 'vm', {}, true],
+      ['v-off', 'vm', {}, false],
+      ['v-cold', 'vm', { 'cluster.evacuate': 'migrate' }, true],
+      ['ct-live', 'ct', { 'cluster.evacuate': 'live-migrate' }, true],
+    ] as const) {
+      await records.guest.at(name).put(store, spec(name, { model, config }));
+      await records.guestLocation.at(name).put(store, 'h1');
+      await records.guestStatus.at(name).put(store, status(up));
+    }
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves.sort(), [
+      'a->h2',
+      'ct-live->h2 live',
+      'v-cold->h2',
+      'v-off->h2',
+      'v-run->h2 live',
+    ]);
+    // Restored: the running vm comes back live too.
+    moves = [];
+    await records.member.at('h1').put(store, member('h1'));
+    await controllerOf('h2').pass();
+    assert.deepEqual(moves.sort(), [
+      'a->h1',
+      'ct-live->h1 live',
+      'v-cold->h1',
+      'v-off->h1',
+      'v-run->h1 live',
+    ]);
   });
 
   test('a member that is not evacuated and holds no records does nothing', async () => {

@@ -13,7 +13,8 @@ import { type EvacuationRecord, records, valuesOf } from '../store/records.ts';
  * when it starts again, and a pass that finds nothing to do does nothing.
  *
  * - A member marked evacuated moves its guests away one by one (each by the mover, to the member
- *   the scheduler picks: an evacuated member gets nothing), or stops those whose
+ *   the scheduler picks: an evacuated member gets nothing; a running vm live under `auto` or
+ *   `live-migrate`, any other cold), or stops those whose
  *   `cluster.evacuate` (or the evacuation's mode) says `stop`. Each guest so handled gets an
  *   evacuation record naming its origin before anything is done to it.
  * - A member restored starts again the guests it stopped, and drops the records of guests
@@ -44,9 +45,27 @@ export interface EvacuationController {
 
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
 
-/** What an evacuation does with `spec`: its own key, else the evacuation's mode; auto moves it. */
+/** The mode that applies to `spec`: its own key, else the evacuation's; auto when neither says. */
+const modeOf = (spec: GuestSpec, mode: EvacuateMode | undefined): string =>
+  spec.config['cluster.evacuate'] ?? mode ?? 'auto';
+
+/** What an evacuation does with `spec`: stop it, or move it (live or cold: `liveMove`). */
 export const evacuationAction = (spec: GuestSpec, mode: EvacuateMode | undefined): 'migrate' | 'stop' =>
-  (spec.config['cluster.evacuate'] ?? mode ?? 'auto') === 'stop' ? 'stop' : 'migrate';
+  modeOf(spec, mode) === 'stop' ? 'stop' : 'migrate';
+
+/**
+ * Whether a guest that moves moves live: `live-migrate` asks it (a guest that cannot is refused by
+ * the mover, with the reason, and keeps its record); `auto` moves a running vm live (QEMU's
+ * migration, decision 0042) and any other guest cold, as Incus's auto does; `migrate` is cold.
+ */
+export const liveMove = (
+  spec: GuestSpec,
+  status: GuestStatus | undefined,
+  mode: EvacuateMode | undefined,
+) => {
+  const m = modeOf(spec, mode);
+  return m === 'live-migrate' || (m === 'auto' && spec.model === 'vm' && status?.status === 'Running');
+};
 
 export function createEvacuationController(deps: EvacuationControllerDeps): EvacuationController {
   const { store, hostName } = deps;
@@ -89,7 +108,8 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
         if (!deps.guests.placementFor) throw new Error('no scheduler: this daemon is not in a cluster');
         const { member } = await deps.guests.placementFor({ model: spec.model, config: spec.config });
         await record(spec.name, value);
-        const error = await finished(await deps.mover.move(spec.name, { target: member }));
+        const live = liveMove(spec, statusOf.get(spec.name), mode);
+        const error = await finished(await deps.mover.move(spec.name, { target: member, live }));
         if (error) await failed(spec.name, value, error);
       } catch (e) {
         await failed(spec.name, value, asTrivisorError(e).message);
@@ -125,10 +145,15 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
       if (stopped) return;
       if (value.origin === hostName || value.action !== 'migrate' || value.error !== undefined) continue;
       if (!online.has(value.origin)) continue;
-      const spec = await records.guest.at(name).get(store);
+      const [spec, status] = await Promise.all([
+        records.guest.at(name).get(store),
+        records.guestStatus.at(name).get(store),
+      ]);
       if (!spec || spec.value.location !== hostName || spec.value.deleting) continue;
       try {
-        const error = await finished(await deps.mover.move(name, { target: value.origin }));
+        // Back as it left: live for a running vm unless its key says otherwise.
+        const live = liveMove(spec.value, status?.value, undefined);
+        const error = await finished(await deps.mover.move(name, { target: value.origin, live }));
         if (error) await failed(name, value, error);
         else await store.delete(records.evacuation.key(name));
       } catch (e) {

@@ -182,10 +182,12 @@ const KEYS: Record<string, KeySpec> = {
   },
   'cluster.evacuate': {
     live: true,
-    help: 'auto, migrate or stop: what an evacuation of its member does with the guest (auto moves it)',
+    help: 'auto, live-migrate, migrate or stop: what an evacuation of its member does with the guest (auto moves a running vm live, any other cold)',
     check(v) {
       if (!(EVACUATE_MODES as readonly string[]).includes(v)) {
-        throw invalidArgument(`cluster.evacuate=${JSON.stringify(v)} must be auto, migrate or stop`);
+        throw invalidArgument(
+          `cluster.evacuate=${JSON.stringify(v)} must be auto, live-migrate, migrate or stop`,
+        );
       }
     },
   },

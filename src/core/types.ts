@@ -17,7 +17,7 @@ export type RestartPolicy = 'never' | 'on-failure' | 'always';
  * What an evacuation of its member does with a guest (Incus's `cluster.evacuate`; decision 0041):
  * auto moves it (cold, while live migration is not built), migrate moves it, stop stops it.
  */
-export const EVACUATE_MODES = ['auto', 'migrate', 'stop'] as const;
+export const EVACUATE_MODES = ['auto', 'live-migrate', 'migrate', 'stop'] as const;
 export type EvacuateMode = (typeof EVACUATE_MODES)[number];
 
 /**
