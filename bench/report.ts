@@ -788,7 +788,7 @@ lines.push(
   "records' hand-over and the destination's `cont`). Against it in the same run, by hand: the guest's own QEMU",
   "argv replayed as root without Trivisor (bench/lib.ts `rawQemuArgv`), the source in m1's namespace and the",
   "destination (`-incoming defer -S`) in m2's, each on a fresh qcow2 over the same base disk, and the same QMP",
-  'commands (NBD export, `blockdev-mirror` sync=top until ready, `downtime-limit` 300 ms and the same',
+  'commands, TLS included (a CA made for the migration, `tls-creds-x509` on both ends; NBD export, `blockdev-mirror` sync=top until ready, `downtime-limit` 300 ms and the same',
   "`max-bandwidth`, `migrate`, `block-job-cancel`, `cont`), timed from the destination QEMU's spawn to its",
   '`cont`. Busy: a shell loop in the guest copies 32 MiB of random bytes over and over in a tmpfs (zero pages',
   'would go as markers). The disk is local (the default pool): there is no shared pool yet to move RAM alone.',
@@ -825,8 +825,8 @@ if (liveMove) {
     "records' hand-over; its `paused` adds to QEMU's downtime the hand-over and the `cont` the source asks of the",
     'destination over the member API. The guest by hand is a fresh boot each round (its loop started 15 s before), where',
     "Trivisor's guest has run since the first round: its RAM and the busy loop's pace are not the same from one side to",
-    'the other, which shows in the downtimes and the RAM sent. On 2 CPUs shared with other test runs (load average',
-    'above 6), one move in a few takes twice the median: read the medians.',
+    'the other, which shows in the downtimes and the RAM sent. On 2 CPUs shared with other test runs (the load',
+    'average is in the provenance line), one move in a few takes twice the median: read the medians.',
     '',
   );
   stamp([liveMove]);

@@ -8,7 +8,8 @@
 // - By hand: the guest's own QEMU argv replayed as root without Trivisor (bench/lib.ts
 //   rawQemuArgv), the source in m1's namespace and the destination (`-incoming defer -S`) in
 //   m2's, each on a fresh qcow2 over the same base disk; then the same QMP commands the daemon
-//   sends (nbd-server-start, block-export-add, migrate-incoming; blockdev-add nbd,
+//   sends, TLS included (a CA made for the migration, tls-creds-x509 on both ends;
+//   nbd-server-start, block-export-add, migrate-incoming; blockdev-add nbd,
 //   blockdev-mirror sync=top until ready, migrate-set-parameters downtime-limit 300 and
 //   max-bandwidth, migrate until completed, block-job-cancel; block-export-del, nbd-server-stop,
 //   cont), timed from the destination QEMU's spawn to its `cont`.
@@ -16,12 +17,14 @@
 // would go as markers), started through exec (Trivisor) or typed on the serial console (by hand).
 // Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256]
 import { type ChildProcess, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { connectQmp, type QmpClient } from '../src/drivers/vm/qmp-client.ts';
+import { makeMigrationCredentials } from '../src/drivers/vm/vm-live-migration.ts';
 import { MIGRATION_MAX_BANDWIDTH } from '../src/drivers/vm/vm-migration.ts';
+import { hostRunner } from '../src/host/runner.ts';
 import { type MemberHost, makeTestCluster, waitForStatus } from '../test/cluster/cluster-harness.ts';
 import { makeRunDir, removeRunDir } from '../test/leftovers.ts';
 import { sleep } from '../test/system/harness.ts';
@@ -143,7 +146,43 @@ async function handMove(
     const host = hosts.m2.ip;
     const nbdPort = await portIn(hosts.m2);
     const migrationPort = await portIn(hosts.m2, nbdPort);
-    await qd.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(nbdPort) } } });
+    // TLS as the daemon does it: a CA for this migration, the server's credentials to the
+    // destination, the client's to the source (both QEMUs run as root here: plain files).
+    const creds = await makeMigrationCredentials(hostRunner(), { host });
+    const tlsDir = (name: string, files: Record<string, string>) => {
+      const d = path.join(scratch, `tls-${name}`);
+      mkdirSync(d, { recursive: true, mode: 0o700 });
+      for (const [f, pem] of Object.entries(files)) writeFileSync(path.join(d, f), pem, { mode: 0o600 });
+      return d;
+    };
+    const serverDir = tlsDir('server', {
+      'ca-cert.pem': creds.caCert,
+      'server-cert.pem': creds.server.cert,
+      'server-key.pem': creds.server.key,
+    });
+    const clientDir = tlsDir('client', {
+      'ca-cert.pem': creds.caCert,
+      'client-cert.pem': creds.client.cert,
+      'client-key.pem': creds.client.key,
+    });
+    await qd.execute('object-add', {
+      'qom-type': 'tls-creds-x509',
+      id: 'tls',
+      dir: serverDir,
+      endpoint: 'server',
+      'verify-peer': true,
+    });
+    await qd.execute('migrate-set-parameters', { 'tls-creds': 'tls' });
+    await qs.execute('object-add', {
+      'qom-type': 'tls-creds-x509',
+      id: 'tls',
+      dir: clientDir,
+      endpoint: 'client',
+    });
+    await qd.execute('nbd-server-start', {
+      addr: { type: 'inet', data: { host, port: String(nbdPort) } },
+      'tls-creds': 'tls',
+    });
     await qd.execute('block-export-add', {
       type: 'nbd',
       id: 'e',
@@ -157,6 +196,7 @@ async function handMove(
       'node-name': 't',
       server: { type: 'inet', host, port: String(nbdPort) },
       export: 'root',
+      'tls-creds': 'tls',
     });
     await qs.execute('blockdev-mirror', {
       'job-id': 'm',
@@ -173,6 +213,8 @@ async function handMove(
     await qs.execute('migrate-set-parameters', {
       'downtime-limit': DOWNTIME_LIMIT_MS,
       'max-bandwidth': MIGRATION_MAX_BANDWIDTH,
+      'tls-creds': 'tls',
+      'tls-hostname': host,
     });
     await qs.execute('migrate', { uri: `tcp:${host}:${migrationPort}` });
     type Mig = { status?: string; downtime?: number; ram?: { transferred: number } };
