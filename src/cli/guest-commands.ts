@@ -210,11 +210,14 @@ export function addGuestCommands(program: Command): void {
     .command('move')
     .alias('mv')
     .description(
-      'Move a guest to another member of the cluster (stopped, moved, started again there if it ran)',
+      'Move a guest to another member of the cluster (stopped, moved, started again there if it ran; --live: a running vm guest keeps running)',
     )
     .argument('<name>')
     .requiredOption('--target <member>', 'the member to move it to')
-    .option('--live', 'keep it running through the move (refused, with the reason, where the model cannot)')
+    .option(
+      '--live',
+      'keep it running through the move (vm: its disk mirrored and its RAM copied; refused, with the reason, for ct and pvm)',
+    )
     .option('--stateless', 'stop it, move it, start it again (the default)')
     .action(
       async (name: string, opts: { target: string; live?: boolean; stateless?: boolean }, cmd: Command) => {
