@@ -14,6 +14,7 @@ import {
   addMonitorCommand,
   addOperationCommands,
 } from './other-commands.ts';
+import { addPlanCommands } from './plan-commands.ts';
 import { addProjectCommands } from './project-commands.ts';
 import { addRemoteCommands } from './remote-commands.ts';
 import { addServiceCommands } from './service-commands.ts';
@@ -52,6 +53,7 @@ export function buildProgram(): Command {
   addAdminCommands(program);
   addClusterCommands(program);
   addServiceCommands(program);
+  addPlanCommands(program);
   addMonitorCommand(program);
   addDaemonCommand(program);
   addCompletionCommands(program);

@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { firstFitDecreasing, lowerBound, percentileOf, planConsolidation } from './consolidate.ts';
+import { type Inventory, parseHostSize, type Workload } from './inventory.ts';
+import { replayPlan } from './replay.ts';
+
+const GIB = 1024 ** 3;
+
+/** A workload of `T` samples: `busy` cores in the intervals where `on(t)`, 0.5 otherwise. */
+function workload(id: string, T: number, on: (t: number) => boolean, busy = 3): Workload {
+  return {
+    id,
+    cpuCapacity: 4,
+    cpu: Float64Array.from({ length: T }, (_, t) => (on(t) ? busy : 0.5)),
+    file: 'synthetic.csv',
+    line: 2,
+  };
+}
+
+const inventory = (workloads: Workload[]): Inventory => ({
+  format: 'trivisor',
+  cpuUnit: 'cores',
+  intervalSeconds: 300,
+  samples: workloads[0]?.cpu.length ?? 0,
+  workloads,
+});
+
+const day = (t: number) => t < 12;
+const night = (t: number) => t >= 12;
+
+describe('consolidation planner', () => {
+  test('workloads that peak apart share a host; the same workloads peaking together do not', () => {
+    const apart = inventory([
+      workload('web1', 24, day),
+      workload('web2', 24, day),
+      workload('batch1', 24, night),
+      workload('batch2', 24, night),
+    ]);
+    const plan = planConsolidation(apart, { hostSize: { cpu: 4 } });
+    assert.equal(plan.hosts.length, 2);
+    assert.equal(plan.lowerBound, 2);
+    for (const h of plan.hosts) {
+      assert.equal(h.workloads.filter((id) => id.startsWith('web')).length, 1, `${h.name}: ${h.workloads}`);
+    }
+    assert.equal(replayPlan(plan.hosts, apart, { cpu: 4 }).hostIntervalsOver100, 0);
+    // Peaks summed as if they were simultaneous: one host each.
+    assert.equal(firstFitDecreasing(apart, { hostSize: { cpu: 4 }, sizing: 'peak' }).hosts.length, 4);
+
+    const together = inventory(['a', 'b', 'c', 'd'].map((id) => workload(id, 24, day)));
+    const four = planConsolidation(together, { hostSize: { cpu: 4 } });
+    assert.equal(four.hosts.length, 4);
+    assert.equal(replayPlan(four.hosts, together, { cpu: 4 }).hostIntervalsOver100, 0);
+  });
+
+  test('CPU and memory are packed together: memory alone can need the second host', () => {
+    const ws = ['a', 'b'].map((id) => ({
+      ...workload(id, 8, () => false),
+      memoryCapacityBytes: 8 * GIB,
+      memoryBytes: new Float64Array(8).fill(5 * GIB),
+    }));
+    const inv = inventory(ws);
+    assert.equal(planConsolidation(inv, { hostSize: { cpu: 4, memoryBytes: 8 * GIB } }).hosts.length, 2);
+    assert.equal(planConsolidation(inv, { hostSize: { cpu: 4, memoryBytes: 16 * GIB } }).hosts.length, 1);
+    assert.equal(lowerBound(inv, { cpu: 4, memoryBytes: 8 * GIB }), 2);
+  });
+
+  test('the percentile lets a host spend that share of intervals over 100%, and the replay counts them', () => {
+    // Two workloads at 1.5 cores, both at 3 in one interval of 100: 6 cores there on a 4-core host.
+    const spike = (t: number) => (t === 50 ? 3 : 1.5);
+    const ws = ['a', 'b'].map((id) => ({
+      ...workload(id, 100, () => false),
+      cpu: Float64Array.from({ length: 100 }, (_, t) => spike(t)),
+    }));
+    const inv = inventory(ws);
+    const at99 = planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 99 });
+    assert.equal(at99.hosts.length, 1);
+    const r = replayPlan(at99.hosts, inv, { cpu: 4 });
+    assert.equal(r.hostIntervalsOver100, 1);
+    assert.equal(r.overloadFraction, 0.01);
+    assert.equal(planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 100 }).hosts.length, 2);
+  });
+
+  test('the same inventory and seed give the same plan; the plan holds every workload once', () => {
+    let s = 42;
+    const rnd = () => {
+      s = (s * 1103515245 + 12345) % 2 ** 31;
+      return s / 2 ** 31;
+    };
+    const ws = Array.from({ length: 60 }, (_, i) => {
+      const phase = rnd() * 48;
+      return {
+        ...workload(`vm${i}`, 48, () => false),
+        cpu: Float64Array.from({ length: 48 }, (_, t) => Math.max(0, 1 + Math.sin((t + phase) / 4) + rnd())),
+      };
+    });
+    const inv = inventory(ws);
+    const a = planConsolidation(inv, { hostSize: { cpu: 8 }, seed: 7 });
+    const b = planConsolidation(inv, { hostSize: { cpu: 8 }, seed: 7 });
+    assert.deepEqual(a, b);
+    const ids = a.hosts.flatMap((h) => h.workloads).sort();
+    assert.deepEqual(ids, ws.map((w) => w.id).sort());
+    assert.ok(a.hosts.length >= a.lowerBound);
+    const ffd = firstFitDecreasing(inv, { hostSize: { cpu: 8 }, sizing: 'peak' });
+    assert.ok(a.hosts.length < ffd.hosts.length, `${a.hosts.length} hosts against FFD's ${ffd.hosts.length}`);
+  });
+
+  test('a host too small for a single workload is a FailedPrecondition naming its file and line', () => {
+    const inv = inventory([
+      workload('web1', 8, () => true, 3),
+      { ...workload('big', 8, () => true, 6), line: 19 },
+    ]);
+    assert.throws(
+      () => planConsolidation(inv, { hostSize: { cpu: 4 } }),
+      (e: Error & { code?: string }) =>
+        e.code === 'FailedPrecondition' && /^synthetic\.csv:19: big needs cpu 6 cores/.test(e.message),
+    );
+  });
+
+  test('a host size with memory for a CPU-only inventory is refused', () => {
+    const inv = inventory([workload('a', 4, () => true)]);
+    assert.throws(
+      () => planConsolidation(inv, { hostSize: { cpu: 4, memoryBytes: GIB } }),
+      /measures CPU only/,
+    );
+  });
+
+  test('parseHostSize takes cpu=5320 and cpu=32,memory=256GiB, and refuses the rest', () => {
+    assert.deepEqual(parseHostSize('cpu=5320'), { cpu: 5320 });
+    assert.deepEqual(parseHostSize('cpu=32,memory=256GiB'), { cpu: 32, memoryBytes: 256 * GIB });
+    assert.throws(() => parseHostSize('memory=1GiB'), /needs cpu/);
+    assert.throws(() => parseHostSize('cpu=-1'), /positive/);
+    assert.throws(() => parseHostSize('disk=1'), /unknown key/);
+    assert.throws(() => parseHostSize('cpu'), /key=value/);
+  });
+
+  test('percentileOf is the nearest rank', () => {
+    assert.equal(percentileOf([5, 1, 4, 2, 3], 50), 3);
+    assert.equal(
+      percentileOf(
+        Float64Array.from({ length: 100 }, (_, i) => i + 1),
+        95,
+      ),
+      95,
+    );
+  });
+});

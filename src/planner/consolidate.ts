@@ -1,0 +1,426 @@
+import { failedPrecondition, invalidArgument } from '../core/errors.ts';
+import type { HostSize, Inventory, Workload } from './inventory.ts';
+
+/** How to plan: the host, the sizing percentile, and the seed of the extra orderings tried. */
+export interface PlanOptions {
+  hostSize: HostSize;
+  /** A host fits its workloads when its summed load is ≤ 100% at this percentile of the intervals. Default 99. */
+  percentile?: number;
+  /** Seed of the perturbed orderings tried after the sorted one (same input and seed, same plan). */
+  seed?: number;
+  /** How many perturbed orderings to try beside the sorted one. Default 4. */
+  restarts?: number;
+}
+
+/** One planned host and the inventory ids of the workloads it runs. */
+export interface PlannedHost {
+  name: string;
+  workloads: string[];
+}
+
+/** A consolidation plan. */
+export interface Plan {
+  hostSize: HostSize;
+  method: string;
+  percentile?: number;
+  hosts: PlannedHost[];
+  /** ⌈peak of the summed load / host capacity⌉, the larger over CPU and memory. */
+  lowerBound: number;
+}
+
+/**
+ * Each workload's load as fractions of the host, dimension-major (CPU then memory, each
+ * `samples` long): packing works on these, so that one test covers CPU and memory together.
+ */
+interface Normalized {
+  w: Workload;
+  dims: number;
+  load: Float64Array;
+}
+
+const EPS = 1e-9;
+
+/** The dimensions the host constrains: CPU always, memory when both the host and the inventory have it. */
+function normalize(inv: Inventory, size: HostSize): Normalized[] {
+  const withMemory = size.memoryBytes !== undefined && inv.workloads.every((w) => w.memoryBytes);
+  const T = inv.samples;
+  return inv.workloads.map((w) => {
+    const dims = withMemory ? 2 : 1;
+    const load = new Float64Array(dims * T);
+    for (let t = 0; t < T; t++) load[t] = (w.cpu[t] ?? 0) / size.cpu;
+    if (withMemory) {
+      const mem = w.memoryBytes as Float64Array;
+      const cap = size.memoryBytes as number;
+      for (let t = 0; t < T; t++) load[T + t] = (mem[t] ?? 0) / cap;
+    }
+    return { w, dims, load };
+  });
+}
+
+/** k-th smallest (0-based) of `a`, reordering it (Hoare's selection). */
+function select(a: Float64Array, k: number): number {
+  let lo = 0;
+  let hi = a.length - 1;
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >> 1] as number;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while ((a[i] as number) < pivot) i++;
+      while ((a[j] as number) > pivot) j--;
+      if (i <= j) {
+        const x = a[i] as number;
+        a[i] = a[j] as number;
+        a[j] = x;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else break;
+  }
+  return a[k] as number;
+}
+
+/** Rank (0-based) of the p-th percentile in `n` sorted values (nearest rank). */
+export const percentileRank = (n: number, p: number): number =>
+  Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1));
+
+/** The p-th percentile of a series (nearest rank), leaving it untouched. */
+export function percentileOf(values: ArrayLike<number>, p: number): number {
+  const copy = Float64Array.from(values as ArrayLike<number>);
+  return copy.length === 0 ? 0 : select(copy, percentileRank(copy.length, p));
+}
+
+/** ⌈peak of the summed load / host capacity⌉, over CPU and memory. */
+export function lowerBound(inv: Inventory, size: HostSize): number {
+  const norm = normalize(inv, size);
+  const dims = norm[0]?.dims ?? 1;
+  const T = inv.samples;
+  let bound = 0;
+  for (let d = 0; d < dims; d++) {
+    let peak = 0;
+    for (let t = 0; t < T; t++) {
+      let sum = 0;
+      for (const n of norm) sum += n.load[d * T + t] as number;
+      if (sum > peak) peak = sum;
+    }
+    bound = Math.max(bound, Math.ceil(peak - EPS));
+  }
+  return bound;
+}
+
+/** A host being filled: its summed load series and its workloads. */
+interface Bin {
+  sum: Float64Array;
+  members: Normalized[];
+}
+
+/** A small deterministic generator (mulberry32): the same seed, the same orderings. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The correlation-aware packer. A workload goes onto a host only if the host's summed series,
+ * interval by interval, stays within 100% (CPU and memory alike) at the sizing percentile: two
+ * workloads that peak together add up there, two that peak apart do not. Among the hosts it fits
+ * on, it takes the one left with the least headroom at that percentile (best fit).
+ */
+class Packer {
+  readonly T: number;
+  readonly dims: number;
+  /** Intervals a host may spend over 100% and still count as fitting at the percentile. */
+  readonly allowed: number;
+  readonly rank: number;
+  private readonly scratch: Float64Array;
+
+  constructor(T: number, dims: number, p: number) {
+    this.T = T;
+    this.dims = dims;
+    this.rank = percentileRank(T, p);
+    this.allowed = T - 1 - this.rank;
+    this.scratch = new Float64Array(T);
+  }
+
+  fits(sum: Float64Array, load: Float64Array): boolean {
+    const { T, dims } = this;
+    let over = 0;
+    for (let t = 0; t < T; t++) {
+      for (let d = 0; d < dims; d++) {
+        const i = d * T + t;
+        if ((sum[i] as number) + (load[i] as number) > 1 + EPS) {
+          if (++over > this.allowed) return false;
+          break;
+        }
+      }
+    }
+    return true;
+  }
+
+  /** The host's bottleneck load at the percentile once `load` is added. */
+  loadAt(sum: Float64Array, load: Float64Array | undefined): number {
+    const { T, dims, scratch } = this;
+    for (let t = 0; t < T; t++) {
+      let m = 0;
+      for (let d = 0; d < dims; d++) {
+        const v = (sum[d * T + t] as number) + (load ? (load[d * T + t] as number) : 0);
+        if (v > m) m = v;
+      }
+      scratch[t] = m;
+    }
+    return select(scratch, this.rank);
+  }
+
+  add(bin: Bin, n: Normalized): void {
+    for (let i = 0; i < bin.sum.length; i++) bin.sum[i] = (bin.sum[i] as number) + (n.load[i] as number);
+    bin.members.push(n);
+  }
+
+  remove(bin: Bin, n: Normalized): void {
+    for (let i = 0; i < bin.sum.length; i++) bin.sum[i] = (bin.sum[i] as number) - (n.load[i] as number);
+    bin.members.splice(bin.members.indexOf(n), 1);
+  }
+
+  /** Best fit among `bins` (skipping `except`); undefined when none has room. */
+  bestBin(bins: Bin[], n: Normalized, except?: Bin): Bin | undefined {
+    let best: Bin | undefined;
+    let bestLoad = Number.POSITIVE_INFINITY;
+    for (const b of bins) {
+      if (b === except || !this.fits(b.sum, n.load)) continue;
+      const headroom = 1 - this.loadAt(b.sum, n.load);
+      if (headroom < bestLoad - EPS) {
+        bestLoad = headroom;
+        best = b;
+      }
+    }
+    return best;
+  }
+
+  pack(order: Normalized[]): Bin[] {
+    const bins: Bin[] = [];
+    for (const n of order) {
+      let bin = this.bestBin(bins, n);
+      if (!bin) {
+        bin = { sum: new Float64Array(this.dims * this.T), members: [] };
+        bins.push(bin);
+      }
+      this.add(bin, n);
+    }
+    this.emptyHosts(bins);
+    return bins;
+  }
+
+  /**
+   * Packs onto exactly `count` hosts, each workload (largest first) onto the host left least
+   * loaded at the percentile: spreading fills the hosts evenly, and the host whose peaks come at
+   * other times is the one that grows least. Undefined when a workload fits on none.
+   */
+  packInto(order: Normalized[], count: number): Bin[] | undefined {
+    const bins: Bin[] = Array.from({ length: count }, () => ({
+      sum: new Float64Array(this.dims * this.T),
+      members: [],
+    }));
+    for (const n of order) {
+      let best: Bin | undefined;
+      let bestLoad = Number.POSITIVE_INFINITY;
+      for (const b of bins) {
+        if (!this.fits(b.sum, n.load)) continue;
+        const load = this.loadAt(b.sum, n.load);
+        if (load < bestLoad - EPS) {
+          bestLoad = load;
+          best = b;
+        }
+      }
+      if (!best) best = this.makeRoom(bins, n);
+      if (!best) return undefined;
+      this.add(best, n);
+    }
+    return bins;
+  }
+
+  /**
+   * When `n` fits nowhere: finds a host where it would fit once one of its workloads moves to
+   * another host that has room for that one (a one-step ejection), makes the move, returns the host.
+   */
+  makeRoom(bins: Bin[], n: Normalized): Bin | undefined {
+    for (const b of bins) {
+      for (const m of [...b.members].reverse()) {
+        this.remove(b, m);
+        if (this.fits(b.sum, n.load)) {
+          const to = this.bestBin(bins, m, b);
+          if (to) {
+            this.add(to, m);
+            return b;
+          }
+        }
+        this.add(b, m);
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Tries to empty each host, the least loaded first, by moving all its workloads onto the others
+   * (undone when one does not fit): the greedy pass opens hosts early that end up nearly empty.
+   */
+  emptyHosts(bins: Bin[]): void {
+    const mean = (b: Bin) => b.sum.reduce((s, v) => s + v, 0);
+    const order = [...bins].sort((a, b) => mean(a) - mean(b));
+    for (const victim of order) {
+      const moved: Array<[Normalized, Bin]> = [];
+      const leaving = [...victim.members].sort((a, b) => sizeKey(b) - sizeKey(a));
+      let ok = true;
+      for (const n of leaving) {
+        const to = this.bestBin(
+          bins.filter((b) => b !== victim),
+          n,
+        );
+        if (!to) {
+          ok = false;
+          break;
+        }
+        this.add(to, n);
+        moved.push([n, to]);
+      }
+      if (ok) {
+        bins.splice(bins.indexOf(victim), 1);
+      } else {
+        for (const [n, to] of moved) this.remove(to, n);
+      }
+    }
+  }
+}
+
+/** The sort key of a workload: the sum over dimensions of its own load at the percentile. */
+const sizes = new WeakMap<Normalized, number>();
+const sizeKey = (n: Normalized): number => sizes.get(n) ?? 0;
+
+const byName = (a: Normalized, b: Normalized) => (a.w.id < b.w.id ? -1 : a.w.id > b.w.id ? 1 : 0);
+
+function hostsOf(bins: Array<{ members: Normalized[] }>): PlannedHost[] {
+  const width = String(bins.length).length;
+  return bins.map((b, i) => ({
+    name: `host${String(i + 1).padStart(width, '0')}`,
+    workloads: b.members.map((n) => n.w.id),
+  }));
+}
+
+function checkInventory(inv: Inventory, size: HostSize): void {
+  if (inv.workloads.length === 0) throw invalidArgument('The inventory has no workload to plan');
+  if (size.memoryBytes !== undefined && inv.workloads.some((w) => !w.memoryBytes)) {
+    throw invalidArgument(
+      `The inventory (${inv.format}) measures CPU only: give the host size as cpu=… without memory`,
+    );
+  }
+}
+
+/** Plans the consolidation of an inventory onto hosts of one size (see Packer). */
+export function planConsolidation(inv: Inventory, options: PlanOptions): Plan {
+  const size = options.hostSize;
+  checkInventory(inv, size);
+  const p = options.percentile ?? 99;
+  if (!(p > 0 && p <= 100)) throw invalidArgument(`The percentile ${p} must be in (0, 100]`);
+  const norm = normalize(inv, size);
+  const dims = norm[0]?.dims ?? 1;
+  const packer = new Packer(inv.samples, dims, p);
+  const empty = new Float64Array(dims * inv.samples);
+  for (const n of norm) {
+    if (!packer.fits(empty, n.load)) {
+      const cpu = percentileOf(n.w.cpu, p);
+      const mem = n.w.memoryBytes ? percentileOf(n.w.memoryBytes, p) : 0;
+      const what =
+        cpu > size.cpu
+          ? `cpu ${round(cpu)} ${inv.cpuUnit} at its ${p}th percentile, more than a whole host (cpu=${size.cpu})`
+          : `${round(mem / 1024 ** 3)} GiB of memory at its ${p}th percentile, more than a whole host (${round((size.memoryBytes ?? 0) / 1024 ** 3)} GiB)`;
+      throw failedPrecondition(`${n.w.file}:${n.w.line}: ${n.w.id} needs ${what}: give a larger --host-size`);
+    }
+    let s = 0;
+    for (let d = 0; d < dims; d++)
+      s += percentileOf(n.load.subarray(d * inv.samples, (d + 1) * inv.samples), p);
+    sizes.set(n, s);
+  }
+  const sorted = [...norm].sort((a, b) => sizeKey(b) - sizeKey(a) || byName(a, b));
+  let best = packer.pack(sorted);
+  const rnd = random(options.seed ?? 1);
+  for (let r = 0; r < (options.restarts ?? 4); r++) {
+    // Sizes jittered by ±15%: a different but still roughly decreasing order.
+    const jitter = new Map(norm.map((n) => [n, sizeKey(n) * (0.85 + 0.3 * rnd())]));
+    const order = [...norm].sort(
+      (a, b) => (jitter.get(b) as number) - (jitter.get(a) as number) || byName(a, b),
+    );
+    const bins = packer.pack(order);
+    if (bins.length < best.length) best = bins;
+  }
+  const bound = lowerBound(inv, size);
+  for (let count = Math.max(1, bound); count < best.length; count++) {
+    const bins = packer.packInto(sorted, count);
+    if (bins) {
+      best = bins.filter((b) => b.members.length > 0);
+      break;
+    }
+  }
+  return {
+    hostSize: size,
+    method: `correlation-aware best fit at the ${p}th percentile`,
+    percentile: p,
+    hosts: hostsOf(best),
+    lowerBound: bound,
+  };
+}
+
+const round = (v: number) => Math.round(v * 100) / 100;
+
+/**
+ * The baseline: first-fit decreasing on one number per workload and dimension, each workload's
+ * own peak (`'peak'`) or its own percentile, as if every workload peaked at the same time.
+ */
+export function firstFitDecreasing(
+  inv: Inventory,
+  options: { hostSize: HostSize; sizing: 'peak' | number },
+): Plan {
+  const size = options.hostSize;
+  checkInventory(inv, size);
+  const norm = normalize(inv, size);
+  const dims = norm[0]?.dims ?? 1;
+  const T = inv.samples;
+  const p = options.sizing === 'peak' ? 100 : options.sizing;
+  const items = norm.map((n) => {
+    const need: number[] = [];
+    for (let d = 0; d < dims; d++) need.push(percentileOf(n.load.subarray(d * T, (d + 1) * T), p));
+    return { n, need, key: need.reduce((s, v) => s + v, 0) };
+  });
+  items.sort((a, b) => b.key - a.key || byName(a.n, b.n));
+  const bins: Array<{ used: number[]; members: Normalized[] }> = [];
+  for (const it of items) {
+    if (it.need.some((v) => v > 1 + EPS)) {
+      throw failedPrecondition(
+        `${it.n.w.file}:${it.n.w.line}: ${it.n.w.id} is larger than a whole host: give a larger --host-size`,
+      );
+    }
+    let bin = bins.find((b) => b.used.every((u, d) => u + (it.need[d] as number) <= 1 + EPS));
+    if (!bin) {
+      bin = { used: new Array<number>(dims).fill(0), members: [] };
+      bins.push(bin);
+    }
+    for (let d = 0; d < dims; d++) bin.used[d] = (bin.used[d] as number) + (it.need[d] as number);
+    bin.members.push(it.n);
+  }
+  return {
+    hostSize: size,
+    method:
+      options.sizing === 'peak'
+        ? 'first-fit decreasing on peaks'
+        : `first-fit decreasing on ${p}th percentiles`,
+    hosts: hostsOf(bins),
+    lowerBound: lowerBound(inv, size),
+  };
+}
