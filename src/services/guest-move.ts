@@ -31,7 +31,7 @@ import { feedPayload, openArchive } from './archive-reader.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
-import { convergedTo, waitForGuest } from './wait-guest.ts';
+import { convergedTo, provisionedAt, waitForGuest } from './wait-guest.ts';
 
 /**
  * Moving a guest to another member, cold (issue 13 part 1; decision 0040). The member that holds
@@ -242,10 +242,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             await waitForGuest(
               store,
               name,
-              (s, st) => {
-                const verdict = convergedTo(generation)(s, st);
-                return verdict === true && !st?.provisioned ? undefined : verdict;
-              },
+              provisionedAt(generation),
               AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
             );
             ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
