@@ -30,7 +30,7 @@ export function backupMethods(
       if (options.incremental) {
         if (!exportIncremental) {
           throw notSupported(
-            `Incremental backups are not supported for ${spec.model} guests: only vm disks keep dirty bitmaps`,
+            `Incremental backups are not supported for ${spec.model} guests: only vm and ct guests export incrementally`,
           );
         }
         if (options.withSnapshots) {

@@ -167,10 +167,11 @@ describe('storage service', () => {
     }
   });
 
-  test('an incremental backup needs a model whose disks keep dirty bitmaps', async () => {
+  test('an incremental backup needs a storage that exports incrementally (this fake does not)', async () => {
     await assert.rejects(service.createBackup('web', { withSnapshots: false, incremental: true }), {
       code: 'NotSupported',
-      message: /Incremental backups are not supported for ct guests: only vm disks keep dirty bitmaps/,
+      message:
+        /^Incremental backups are not supported for ct guests: only vm and ct guests export incrementally$/,
     });
   });
 

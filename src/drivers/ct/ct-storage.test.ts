@@ -1,6 +1,20 @@
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import {
+  chown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -120,5 +134,128 @@ describe('ct storage on a directory pool', () => {
       [],
     );
     assert.deepEqual(await readdir(path.join(dir, 'snapshots')), []);
+  });
+
+  /** Every entry of a tree: type, mode, owner, device numbers, content hash or link target. */
+  const treeOf = async (root: string): Promise<string[]> => {
+    const out: string[] = [];
+    const walk = async (rel: string) => {
+      const p = path.join(root, rel);
+      const st = await lstat(p);
+      const what = st.isFile()
+        ? createHash('sha256')
+            .update(await readFile(p))
+            .digest('hex')
+        : st.isSymbolicLink()
+          ? `-> ${await readlink(p)}`
+          : st.isCharacterDevice()
+            ? `c ${st.rdev}`
+            : '';
+      out.push(`${rel} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${what}`);
+      if (st.isDirectory()) for (const n of (await readdir(p)).sort()) await walk(path.join(rel, n));
+    };
+    await walk('.');
+    return out;
+  };
+  /** An overlayfs whiteout: how the upper layer records that a file of the image was deleted. */
+  const whiteout = (p: string) => hostRunner().run(['mknod', p, 'c', '0', '0']);
+
+  test('an incremental chain carries writes, deletions, whiteouts and renames; imported in order it gives the same layer', async () => {
+    const a = await makeGuest('ia');
+    const b = await makeGuest('ib');
+    const up = (rel: string) => path.join(a, 'upper', rel);
+    await mkdir(up('etc/old'), { recursive: true });
+    await writeFile(up('etc/conf'), 'x=1', { mode: 0o640 });
+    await writeFile(up('etc/old/gone'), 'upper only');
+    await writeFile(up('big'), randomBytes(2 * 2 ** 20));
+    await chown(up('etc/conf'), 1_000_033, 1_000_033);
+    // Ids of the guest's range (decision 18) travel as numbers.
+    await chown(up('big'), 1_000_033, 1_000_033);
+    const bigHash = createHash('sha256')
+      .update(await readFile(up('big')))
+      .digest('hex');
+    await whiteout(up('etc/motd'));
+    const s = storage();
+    const file = (n: string) => path.join(stateDir, `${n}.tar.zst`);
+    const full = await s.exportIncremental?.(spec('ia'), file('i0'));
+    assert.equal(full?.kind, 'full');
+    assert.equal(full?.sequence, 0);
+    // Changes: a write, an upper-only file deleted, an image file deleted (whiteout), a rename.
+    await writeFile(up('etc/conf'), 'x=2');
+    await rm(up('etc/old/gone'));
+    await whiteout(up('etc/hostname'));
+    await rename(up('etc/old'), up('etc/new'));
+    await writeFile(up('etc/new/made'), 'after the full one');
+    const inc1 = await s.exportIncremental?.(spec('ia'), file('i1'));
+    assert.deepEqual(inc1, { chain: full?.chain, sequence: 1, kind: 'incremental' });
+    // A whiteout replaced by a file (the image's file made again), a file replaced by a whiteout.
+    await rm(up('etc/motd'));
+    await writeFile(up('etc/motd'), 'back');
+    await rm(up('etc/conf'));
+    await whiteout(up('etc/conf'));
+    const inc2 = await s.exportIncremental?.(spec('ia'), file('i2'));
+    assert.equal(inc2?.sequence, 2);
+    const [fullBytes, inc1Bytes] = await Promise.all([stat(file('i0')), stat(file('i1'))]);
+    assert.ok(inc1Bytes.size * 10 < fullBytes.size, `${inc1Bytes.size} B against ${fullBytes.size} B`);
+
+    const want = await treeOf(path.join(a, 'upper'));
+    const apply = (n: string, link: typeof full) =>
+      s.importIncremental?.(spec('ib'), file(n), { link: link as NonNullable<typeof full> });
+    await apply('i0', full);
+    await assert.rejects(async () => apply('i2', inc2), /is not at backup 1 of chain/);
+    await apply('i1', inc1);
+    await apply('i2', inc2);
+    assert.deepEqual(await treeOf(path.join(b, 'upper')), want);
+    assert.ok(want.includes('etc/hostname 20644 0:0 c 0'), want.join('\n'));
+    assert.ok(want.includes(`big 100644 1000033:1000033 ${bigHash}`), want.join('\n'));
+    assert.equal(await readFile(path.join(b, 'upper/etc/new/made'), 'utf8'), 'after the full one');
+    assert.equal(existsSync(path.join(b, 'upper/etc/old')), false);
+    // Applied twice: the guest is past it.
+    await assert.rejects(async () => apply('i2', inc2), /is not at backup 1 of chain/);
+  });
+
+  test('an incremental is refused onto a layer changed since the last link, and a restored snapshot ends the chain', async () => {
+    const a = await makeGuest('ra');
+    const b = await makeGuest('rb');
+    await writeFile(path.join(a, 'upper/a.txt'), 'one');
+    const s = storage();
+    const file = (n: string) => path.join(stateDir, `r-${n}.tar.zst`);
+    const full = await s.exportIncremental?.(spec('ra'), file('0'));
+    await s.snapshot(spec('ra'), 's0');
+    await writeFile(path.join(a, 'upper/a.txt'), 'two');
+    const inc = await s.exportIncremental?.(spec('ra'), file('1'));
+    assert.ok(full && inc);
+    await s.importIncremental?.(spec('rb'), file('0'), { link: full });
+    // The guest ran in between: its layer is not what the first link left.
+    await writeFile(path.join(b, 'upper/b.txt'), 'written by the guest');
+    await assert.rejects(async () => s.importIncremental?.(spec('rb'), file('1'), { link: inc }), {
+      code: 'FailedPrecondition',
+      message: /files changed since backup 0 of chain/,
+    });
+    assert.equal(await readFile(path.join(b, 'upper/a.txt'), 'utf8'), 'one');
+    await s.restoreSnapshot(spec('ra'), 's0');
+    const again = await s.exportIncremental?.(spec('ra'), file('2'));
+    assert.equal(again?.kind, 'full');
+    assert.notEqual(again?.chain, full.chain);
+    assert.deepEqual(
+      (await readdir(a)).filter((n) => n.startsWith('backup-chain-')),
+      [`backup-chain-${again?.chain}-0.snar`],
+    );
+  });
+
+  test('a failed incremental export leaves the chain where it was', async () => {
+    const a = await makeGuest('fa');
+    await writeFile(path.join(a, 'upper/a.txt'), 'one');
+    const full = await storage().exportIncremental?.(spec('fa'), path.join(stateDir, 'fa0.tar'));
+    const runner = fakeRunner((argv) =>
+      argv[0] === 'tar' ? { code: 2, stderr: 'tar: No space left on device' } : undefined,
+    );
+    const failing = createCtStorage({ runner, log, stateDir, idmapBase: 1_000_000 });
+    await assert.rejects(
+      async () => failing.exportIncremental?.(spec('fa'), path.join(stateDir, 'fa1.tar')),
+      /No space left/,
+    );
+    const next = await storage().exportIncremental?.(spec('fa'), path.join(stateDir, 'fa1.tar'));
+    assert.deepEqual(next, { chain: full?.chain, sequence: 1, kind: 'incremental' });
   });
 });

@@ -1,4 +1,4 @@
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failedPrecondition, notFound } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
@@ -8,6 +8,17 @@ import { copyFlags } from '../../host/reflink.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import {
+  commitChain,
+  forgetChains,
+  newChainId,
+  nextLink,
+  readChain,
+  readRestored,
+  snarNameOf,
+  treeStamp,
+  writeRestored,
+} from './ct-incremental.ts';
 import { guestDirOf } from './guest-dir.ts';
 
 /** Half-made objects carry this prefix until they are renamed into place. */
@@ -15,11 +26,23 @@ const TMP_PREFIX = '.tmp-';
 
 /** tar flags that keep what an overlay upper layer needs: numeric owners, whiteouts, opaque-dir xattrs. */
 const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
+/** tar flags of what an archive is extracted with: owners, modes and xattrs as archived. */
+const TAR_EXTRACT = ['--zstd', ...TAR_KEEP, '--same-permissions', '--same-owner'];
+/**
+ * Incremental archives (decision 48) compare directories by inode only: the
+ * device number of a pool's file system may change between mounts (btrfs
+ * subvolumes, a remount), which would make every directory look new.
+ */
+const TAR_NO_DEVICE = '--no-check-device';
 
 /**
  * Storage of `ct` guests on a directory pool: the overlay's upper layer is the
  * guest's whole writable state; snapshots are copies of it (`cp --reflink=auto`:
  * copy-on-write on btrfs/xfs, a plain copy elsewhere) under the guest's dir.
+ * Incremental backups are GNU tar's listed-incremental archives of that layer
+ * (docs/decisions/0048-ct-incremental-backups.md): whiteouts are character
+ * devices and opaque directories xattrs in it, so deletions of the image's
+ * files travel as files do.
  */
 export function createCtStorage(ctx: DriverContext): GuestStorage {
   const { runner, stateDir } = ctx;
@@ -76,6 +99,8 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       throw e;
     }
     await rm(old, { recursive: true, force: true });
+    // The layer is new: the guest's own backup chain and the one it was restored from end here.
+    await forgetChains(dirOf(spec));
     await rename(upper, old);
     await rename(tmp, upper);
     await rm(old, { recursive: true, force: true });
@@ -147,12 +172,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async importTar(spec, tarPath, options) {
       const extract = async (dir: string) => {
         await mkdir(dir, { mode: 0o755 });
-        await runner.run(
-          ['tar', '--zstd', ...TAR_KEEP, '--same-permissions', '--same-owner', '-C', dir, '-xf', tarPath],
-          {
-            ...(options?.signal && { signal: options.signal }),
-          },
-        );
+        await runner.run(['tar', ...TAR_EXTRACT, '-C', dir, '-xf', tarPath], {
+          ...(options?.signal && { signal: options.signal }),
+        });
       };
       if (options?.snapshot === undefined) {
         await replaceUpper(spec, extract);
@@ -171,6 +193,94 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
         await rm(tmp, { recursive: true, force: true });
         throw e;
       }
+    },
+
+    async exportIncremental(spec, tarPath, options) {
+      const dir = dirOf(spec);
+      const chain = await readChain(dir);
+      const link = nextLink(chain, newChainId);
+      // tar rewrites the snapshot file it is given: the link's own copy, which counts only once
+      // the archive is whole (commitChain), so a failed backup leaves the chain where it was.
+      const snar = join(dir, snarNameOf(link));
+      await rm(snar, { force: true });
+      try {
+        if (chain) await copyFile(join(dir, chain.snar), snar);
+        await whileFrozen(spec, () =>
+          runner.run(
+            [
+              'tar',
+              TAR_ZSTD,
+              ...TAR_KEEP,
+              TAR_NO_DEVICE,
+              `--listed-incremental=${snar}`,
+              '-C',
+              upperOf(spec),
+              '-cf',
+              tarPath,
+              '.',
+            ],
+            { ...(options?.signal && { signal: options.signal }) },
+          ),
+        );
+        await commitChain(dir, { chain: link.chain, sequence: link.sequence, snar: snarNameOf(link) });
+        return link;
+      } catch (e) {
+        await rm(snar, { force: true });
+        throw e;
+      }
+    },
+
+    async importIncremental(spec, tarPath, options) {
+      const { link, signal } = options;
+      const dir = dirOf(spec);
+      // `--listed-incremental=/dev/null` makes tar apply each directory's listing: what the archived
+      // directory no longer held is deleted (renames follow from that), whiteouts come as devices.
+      const extract = async (into: string) =>
+        runner.run(
+          [
+            'tar',
+            ...TAR_EXTRACT,
+            TAR_NO_DEVICE,
+            '--listed-incremental=/dev/null',
+            '-C',
+            into,
+            '-xf',
+            tarPath,
+          ],
+          {
+            ...(signal && { signal }),
+          },
+        );
+      if (link.kind === 'full') {
+        await replaceUpper(spec, async (tmp) => {
+          await mkdir(tmp, { mode: 0o755 });
+          await extract(tmp);
+        });
+      } else {
+        const previous = await readRestored(dir);
+        const expected = `backup ${link.sequence - 1} of chain ${link.chain}`;
+        if (!previous || previous.chain !== link.chain || previous.sequence !== link.sequence - 1) {
+          throw failedPrecondition(
+            `Guest ${spec.name} is not at ${expected}: import the chain's full backup and its incrementals in order.`,
+          );
+        }
+        if ((await treeStamp(upperOf(spec))) !== previous.stamp) {
+          throw failedPrecondition(
+            `Guest ${spec.name}'s files changed since ${expected} was applied (it ran): import the chain again from its full backup.`,
+          );
+        }
+        // Applied to a copy that replaces the layer once whole: a damaged archive changes nothing.
+        await replaceUpper(spec, async (tmp) => {
+          const flags = await copyFlags(upperOf(spec), tmp);
+          await runner.run(['cp', '-a', ...flags, '--', upperOf(spec), tmp]);
+          await extract(tmp);
+        });
+      }
+      await writeRestored(dir, {
+        chain: link.chain,
+        sequence: link.sequence,
+        stamp: await treeStamp(upperOf(spec)),
+      });
     },
 
     async sweep(spec) {
