@@ -37,7 +37,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
-import { createLogger } from './host/logger.ts';
+import { createLogger, type LogForward } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
 import { ensureServerCertificate } from './host/server-certificate.ts';
@@ -103,7 +103,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
   // Search only for others (docs/decisions/0018): guests' uids walk through it to what is theirs.
   await chmod(stateDir, 0o711);
-  const log = createLogger();
+  // Warnings and errors also go out as `logging` events (Incus's), once the event bus exists.
+  const logForward: LogForward = {};
+  const log = createLogger({ forward: logForward });
   await takePidLock(stateDir);
 
   const runner = hostRunner();
@@ -142,6 +144,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   };
 
   const events = createEventBus();
+  logForward.to = (line) =>
+    events.publish({
+      type: 'logging',
+      location: hostName,
+      metadata: { message: line.message, level: line.level, context: line.context },
+    });
   const operations = createOperationService(events, { location: hostName });
   const files = imageFiles(stateDir, { runner, log });
   await files.prepare();

@@ -378,6 +378,46 @@ describe('roles on every route (one access hook, classes declared beside the rou
   });
 });
 
+test("logging events (the daemon's warnings) reach host readers only, not a reader of the default project alone", async () => {
+  const fake = createFakeServices();
+  fake.auth = createAuthService({ store: createMemoryStore() });
+  const app = await buildServer(fake, { auth: { type: 'token', token: ADMIN_TOKEN }, limits: {} });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as { port: number };
+  const secretOf = async (name: string, projects: string[]) =>
+    (await fake.auth!.createToken({ name, role: 'viewer', projects }, 'test')).secret;
+  const listen = async (secret: string) => {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/1.0/websocket-tickets',
+      headers: { authorization: `Bearer ${secret}` },
+      payload: { path: '/1.0/events' },
+    });
+    assert.equal(res.statusCode, 200, res.body);
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/1.0/events?ticket=${res.json().metadata.ticket}`);
+    const got: string[] = [];
+    ws.on('message', (m) => got.push((JSON.parse(String(m)) as { type: string }).type));
+    await new Promise((resolve) => ws.once('open', resolve));
+    return { got, close: () => ws.close() };
+  };
+  try {
+    const project = await listen(await secretOf('default-viewer', ['default']));
+    const host = await listen(await secretOf('host-viewer', ['*']));
+    fake.events.publish({
+      type: 'logging',
+      metadata: { message: 'backup failed', level: 'warn', context: {} },
+    });
+    fake.events.publish({ type: 'lifecycle', action: 'guest-started', metadata: {} });
+    for (let i = 0; i < 100 && host.got.length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(host.got, ['logging', 'lifecycle']);
+    assert.deepEqual(project.got, ['lifecycle']);
+    project.close();
+    host.close();
+  } finally {
+    await app.close();
+  }
+});
+
 describe('the audit log of the API', () => {
   let app: FastifyInstance;
   let fake: FakeServices;

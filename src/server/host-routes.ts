@@ -8,6 +8,7 @@ import {
   HostInfoSchema,
   SyncEnvelope,
 } from '../api/schemas.ts';
+import { ALL_PROJECTS, decideAccess } from '../core/access.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { DEFAULT_PROJECT } from '../core/projects.ts';
 import type { TrivisorEvent } from '../core/types.ts';
@@ -134,7 +135,7 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
           type: Type.Optional(
             Type.String({
               description:
-                'Comma-separated: lifecycle,operation,logging (the default: all three), audit (the audit log: admins only)',
+                "Comma-separated: lifecycle,operation,logging (the default: all three; logging, the daemon's warnings and errors, goes to host readers only), audit (the audit log: admins only)",
             }),
           ),
         }),
@@ -150,7 +151,13 @@ export function registerHostRoutes(app: FastifyInstance, ctx: RouteContext): voi
       const project = projectOf(request);
       const all = allProjectsOf(request);
       const here = ctx.forward?.here;
+      // The daemon's own warnings name any project's guests and the host's paths: host readers only.
+      const caller = request.caller;
+      const hostReader =
+        caller !== null &&
+        decideAccess(caller, 'host-read', { project: ALL_PROJECTS, what: 'logging events' }).allowed;
       const unsubscribe = services.events.subscribe((event) => {
+        if (event.type === 'logging' && !hostReader) return;
         // Another project's events are not this project's business (unlabelled ones are default's).
         if (!all && (event.project ?? DEFAULT_PROJECT) !== project) return;
         if (socket.readyState === socket.OPEN)
