@@ -16,6 +16,18 @@ const FINGERPRINT = [
     'if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else echo "$(stat -c "%u:%g %a" "$f") $(sha256sum < "$f" | cut -c1-64) $f"; fi; done',
 ];
 
+/**
+ * Every file, link and directory of a ct guest's root file system (its overlay, not /proc, /sys,
+ * /dev or tmpfs mounts): path, owner, mode, and content hash or link target.
+ */
+const WHOLE_TREE = [
+  'sh',
+  '-c',
+  'cd / && find . -xdev | sort | while read -r f; do ' +
+    'if [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; elif [ -f "$f" ]; then echo "$(stat -c "%u:%g %a" "$f") $(sha256sum < "$f" | cut -c1-64) $f"; ' +
+    'else echo "$(stat -c "%u:%g %a %F" "$f") $f"; fi; done',
+];
+
 for (const model of ['vm', 'pvm'] as const) {
   describe(`snapshots, copies and backups of ${model} guests through the CLI`, () => {
     let src: Daemon;
@@ -83,7 +95,7 @@ for (const model of ['vm', 'pvm'] as const) {
   });
 }
 
-describe('incremental backups of a vm guest through the CLI', () => {
+describe('incremental backups of vm and ct guests through the CLI', () => {
   let src: Daemon;
   let dst: Daemon;
   let dir: string;
@@ -137,7 +149,74 @@ describe('incremental backups of a vm guest through the CLI', () => {
     assert.equal(late.code, 1);
   });
 
-  test('pvm and ct guests refuse --incremental with a reason', () => {
+  test('a ct guest: writes, deletions of its own and of the image files, renames; the chain imported in order gives the same files', (t) => {
+    src.ok(['launch', 'busybox', 'c1', '--model', 'ct']);
+    sh(
+      src,
+      'c1',
+      'mkdir -p /srv/old /srv/empty && dd if=/dev/urandom of=/srv/blob bs=1M count=4 2>/dev/null && ' +
+        'printf zero > /srv/v.txt && echo a > /srv/old/a && echo gone > /srv/gone.txt',
+    );
+    assert.match(
+      src.ok(['export', 'c1', file('cf0'), '--incremental']),
+      /^Full backup: starts chain [0-9a-f]+\n$/,
+    );
+    // /etc/profile and /etc/udhcpc/ come from the image (the lower layer): deleting them leaves a
+    // whiteout, and the directory made again over one is opaque.
+    sh(
+      src,
+      'c1',
+      'printf one > /srv/v.txt && rm /srv/gone.txt /etc/profile && mv /srv/old /srv/renamed && ' +
+        'echo b > /srv/renamed/b && mv /srv/v.txt /srv/w.txt && ' +
+        'rm -rf /etc/udhcpc && mkdir /etc/udhcpc && echo own > /etc/udhcpc/own',
+    );
+    assert.match(src.ok(['export', 'c1', file('ci1'), '--incremental']), /^Incremental backup 1 of chain /);
+    sh(
+      src,
+      'c1',
+      'printf two > /srv/w.txt && rm /srv/renamed/a && echo new > /srv/new.txt && rmdir /srv/empty',
+    );
+    const want = src.ok(['exec', 'c1', '--', ...WHOLE_TREE]);
+    for (const gone of [
+      '/etc/profile',
+      '/etc/udhcpc/default.script',
+      '/srv/old',
+      '/srv/gone.txt',
+      '/srv/empty',
+    ]) {
+      assert.doesNotMatch(want, new RegExp(`\\.${gone}( |$)`, 'm'), `${gone} is deleted in the source`);
+    }
+    assert.match(want, /\.\/etc\/udhcpc\/own$/m);
+    src.ok(['stop', 'c1']);
+    assert.match(src.ok(['export', 'c1', file('ci2'), '--incremental']), /^Incremental backup 2 of chain /);
+    const [full = 0, inc1 = 0, inc2 = 0] = ['cf0', 'ci1', 'ci2'].map((n) => statSync(file(n)).size);
+    t.diagnostic(`ct archives: full ${full} B, incremental 1 ${inc1} B, incremental 2 ${inc2} B`);
+    assert.ok(full > 4 * 2 ** 20, `the full backup (${full} B) holds the 4 MiB blob`);
+    assert.ok(inc1 * 20 < full && inc2 * 20 < full, `incrementals ${inc1} B and ${inc2} B against ${full} B`);
+
+    dst.ok(['import', file('cf0'), 'c1']);
+    const early = dst.cli(['import', file('ci2'), 'c1']);
+    assert.equal(early.code, 1);
+    assert.match(
+      early.stderr,
+      /^Error: .*is not at backup 1 of chain [0-9a-f]+: import the chain's full backup and its incrementals in order\.?\n$/,
+    );
+    dst.ok(['import', file('ci1'), 'c1']);
+    dst.ok(['import', file('ci2'), 'c1']);
+    dst.ok(['start', 'c1']);
+    assert.equal(dst.ok(['exec', 'c1', '--', ...WHOLE_TREE]), want);
+    assert.equal(
+      sh(dst, 'c1', 'cat /srv/w.txt; test -e /etc/profile || echo " no profile"'),
+      'two no profile\n',
+    );
+
+    // A restored snapshot ends the source's chain: the next --incremental export is a full one.
+    src.ok(['snapshot', 'create', 'c1', 's0']);
+    src.ok(['snapshot', 'restore', 'c1', 's0']);
+    assert.match(src.ok(['export', 'c1', file('cf1'), '--incremental']), /^Full backup: starts chain /);
+  });
+
+  test('pvm guests refuse --incremental with a reason', () => {
     src.ok(['create', 'busybox', 'p1', '--model', 'pvm']);
     const r = src.cli(['export', 'p1', file('p'), '--incremental']);
     assert.equal(r.code, 1);
