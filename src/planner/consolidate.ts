@@ -95,9 +95,11 @@ export function percentileOf(values: ArrayLike<number>, p: number): number {
 
 /** ⌈peak of the summed load / host capacity⌉, over CPU and memory. */
 export function lowerBound(inv: Inventory, size: HostSize): number {
-  const norm = normalize(inv, size);
+  return boundOf(normalize(inv, size), inv.samples);
+}
+
+function boundOf(norm: Normalized[], T: number): number {
   const dims = norm[0]?.dims ?? 1;
-  const T = inv.samples;
   let bound = 0;
   for (let d = 0; d < dims; d++) {
     let peak = 0;
@@ -363,7 +365,7 @@ export function planConsolidation(inv: Inventory, options: PlanOptions): Plan {
     const bins = packer.pack(order);
     if (bins.length < best.length) best = bins;
   }
-  const bound = lowerBound(inv, size);
+  const bound = boundOf(norm, inv.samples);
   for (let count = Math.max(1, bound); count < best.length; count++) {
     const bins = packer.packInto(sorted, count);
     if (bins) {

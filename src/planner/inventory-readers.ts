@@ -194,6 +194,10 @@ function onGrid(
       mem[i] = mem[from] as number;
     }
     series.set(id, { cpu, mem });
+    // The rows are on the grid now: let them go before the next VM's grid is made (a month of 500 VMs).
+    r.t = [];
+    r.cpu = [];
+    r.mem = [];
   }
   return { samples, series };
 }
