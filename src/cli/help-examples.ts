@@ -50,6 +50,20 @@ export const HELP_EXAMPLES: Record<string, Array<[command: string, what: string]
   stop: [['trivisor stop web1 --timeout 10', 'ask its init to power off, kill after 10 s']],
   delete: [['trivisor delete --force web1', 'stop it first if it runs']],
   move: [['trivisor move web1 --target m2', 'to another member: stopped, moved, started there if it ran']],
+  'plan consolidate': [
+    [
+      'trivisor plan consolidate 20110303.csv.gz --host-size cpu=5320',
+      'PlanetLab VMs onto hosts of 2 × 2660 MIPS',
+    ],
+    [
+      'trivisor plan consolidate 2013-7.csv.gz --host-size cpu=32,memory=256GiB --replay 2013-8.csv.gz --svg hosts.svg',
+      'Bitbrains: planned from July, replayed on August, with a picture of each host',
+    ],
+    [
+      'trivisor plan consolidate servers.csv --host-size cpu=32,memory=256GiB --format json',
+      'our CSV, for a script',
+    ],
+  ],
   'config set': [
     ['trivisor config set db1 limits.memory=256MiB limits.cpu=2', 'applied live where the model can'],
   ],

@@ -105,6 +105,9 @@ export function addPlanCommands(program: Command): void {
         [
           `${inv.workloads.length} workloads (${inv.format}, ${inv.samples} samples of ${inv.intervalSeconds} s), hosts of ${opts.hostSize} (${inv.cpuUnit})`,
           `hosts needed: ${result.hosts.length} (lower bound ${result.lowerBound}), ${result.method}`,
+          ...(hostSize.memoryBytes === undefined && inv.workloads.some((w) => w.memoryBytes)
+            ? ['memory not checked: the host size has no memory= (give it to pack memory too)']
+            : []),
           `predicted: headroom ${predicted.headroomPercent.toFixed(1)} points, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
           ...(opts.replay
             ? [
