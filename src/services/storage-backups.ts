@@ -30,7 +30,7 @@ export function backupMethods(
       if (options.incremental) {
         if (!exportIncremental) {
           throw notSupported(
-            `Incremental backups are not supported for ${spec.model} guests: only vm and ct guests export incrementally`,
+            `Incremental backups are not supported for ${spec.model} guests: their storage cannot tell what changed since a backup`,
           );
         }
         if (options.withSnapshots) {

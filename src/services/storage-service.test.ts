@@ -171,7 +171,7 @@ describe('storage service', () => {
     await assert.rejects(service.createBackup('web', { withSnapshots: false, incremental: true }), {
       code: 'NotSupported',
       message:
-        /^Incremental backups are not supported for ct guests: only vm and ct guests export incrementally$/,
+        /^Incremental backups are not supported for ct guests: their storage cannot tell what changed since a backup$/,
     });
   });
 

@@ -7,8 +7,24 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
+import {
+  applyBlocks,
+  type BlockList,
+  blockSums,
+  changedBlocks,
+  commitPvmChain,
+  copyBlocks,
+  forgetPvmChains,
+  PVM_BLOCK_BYTES,
+  parseBlockList,
+  readPvmChain,
+  readPvmRestored,
+  sumsNameOf,
+  writePvmRestored,
+  writeSums,
+} from './pvm-incremental.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient } from './uml-mconsole.ts';
 
@@ -19,6 +35,9 @@ const COW = 'root.cow';
 const RAW = 'root.img';
 /** Name of the flat disk inside an archive made by exportTar. */
 const ARCHIVE_DISK = 'disk.img';
+/** An incremental link's changed blocks of the flat disk, and their list (pvm-incremental.ts). */
+const ARCHIVE_BLOCKS = 'disk.blocks';
+const ARCHIVE_BLOCK_LIST = 'disk.blocks.json';
 /** Present while the kernel is stopped through mconsole for a snapshot (no agent to freeze with). */
 const PAUSE_MARKER = 'paused-for-snapshot';
 
@@ -162,6 +181,49 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
     for (const other of [COW, RAW]) {
       if (other !== name) await rm(join(diskDir, other), { force: true });
     }
+    // A disk put in place is no base for the incrementals of any chain.
+    await forgetPvmChains(dirOf(spec));
+  };
+
+  /** The guest's disk (or a stable copy of it) as one flat disk at `flat`: a private disk, or base and COW merged. */
+  const flatten = async (
+    disk: { path: string; kind: string },
+    flat: string,
+    signal: AbortSignal | undefined,
+  ): Promise<void> => {
+    if (disk.kind === RAW) {
+      await copyFile(disk.path, flat);
+      return;
+    }
+    // Base disk and COW merged into one flat disk (the base disk differs on another host).
+    const header = await readUmlCowHeader(disk.path);
+    await runner.run(['uml_moo', '-b', header.backingFile, disk.path, flat], { ...(signal && { signal }) });
+  };
+
+  /** Identifies the content of a private disk that nothing wrote to since: inode, size, mtime. */
+  const diskStamp = async (spec: GuestSpec): Promise<string> => {
+    const st = await stat(join(diskDirOf(spec), RAW), { bigint: true }).catch(() => undefined);
+    return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : 'none';
+  };
+
+  /** Unpacks `members` of an archive into `work`; an archive without them is not one of a pvm guest. */
+  const unpack = async (
+    tarPath: string,
+    work: string,
+    members: string[],
+    signal: AbortSignal | undefined,
+  ) => {
+    const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ...members], {
+      ...(signal && { signal }),
+      allowFailure: true,
+    });
+    if (unpacked.code !== 0) {
+      signal?.throwIfAborted();
+      if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
+      throw invalidArgument(
+        `The archive holds no ${members.join(' and ')}: it was not made from a pvm guest, or it is damaged.`,
+      );
+    }
   };
 
   const snapshotDisk = async (spec: GuestSpec, snap: string): Promise<string | undefined> => {
@@ -252,15 +314,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
           const flat = join(work, ARCHIVE_DISK);
           if (!disk)
             throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
-          if (disk.kind === RAW) {
-            await copyFile(disk.path, flat);
-          } else {
-            // Base disk and COW merged into one flat disk (the base disk differs on another host).
-            const header = await readUmlCowHeader(disk.path);
-            await runner.run(['uml_moo', '-b', header.backingFile, disk.path, flat], {
-              ...(signal && { signal }),
-            });
-          }
+          await flatten(disk, flat, signal);
           await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
             ...(signal && { signal }),
           });
@@ -276,17 +330,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       const work = join(diskDirOf(spec), tmpName('import'));
       await mkdir(work, { mode: 0o700 });
       try {
-        const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ARCHIVE_DISK], {
-          ...(signal && { signal }),
-          allowFailure: true,
-        });
-        if (unpacked.code !== 0) {
-          signal?.throwIfAborted();
-          if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
-          throw invalidArgument(
-            `The archive holds no ${ARCHIVE_DISK}: it was not made from a pvm guest, or it is damaged.`,
-          );
-        }
+        await unpack(tarPath, work, [ARCHIVE_DISK], signal);
         const flat = join(work, ARCHIVE_DISK);
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
@@ -302,6 +346,100 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       } finally {
         await rm(work, { recursive: true, force: true });
       }
+    },
+
+    async exportIncremental(spec, tarPath, exportOptions) {
+      const signal = exportOptions?.signal;
+      const dir = dirOf(spec);
+      const work = join(snapshotsOf(spec), tmpName('export'));
+      await mkdir(work, { recursive: true, mode: 0o700 });
+      try {
+        return await withStableDisk(spec, undefined, async (disk) => {
+          if (!disk)
+            throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
+          const flat = join(work, ARCHIVE_DISK);
+          await flatten(disk, flat, signal);
+          const sizeBytes = (await stat(flat)).size;
+          const sums = await blockSums(flat);
+          const chain = await readPvmChain(dir);
+          // A disk of another size (grown since) starts a new chain: its blocks do not line up.
+          const base = chain && chain.state.sizeBytes === sizeBytes ? chain : undefined;
+          const link: BackupChainLink = base
+            ? { chain: base.state.chain, sequence: base.state.sequence + 1, kind: 'incremental' }
+            : { chain: randomBytes(8).toString('hex'), sequence: 0, kind: 'full' };
+          let members = [ARCHIVE_DISK];
+          if (base) {
+            const list: BlockList = {
+              blockBytes: PVM_BLOCK_BYTES,
+              sizeBytes,
+              blocks: changedBlocks(base.sums, sums),
+            };
+            await copyBlocks(flat, list, join(work, ARCHIVE_BLOCKS));
+            await writeFile(join(work, ARCHIVE_BLOCK_LIST), `${JSON.stringify(list)}\n`);
+            await rm(flat, { force: true });
+            members = [ARCHIVE_BLOCK_LIST, ARCHIVE_BLOCKS];
+          }
+          await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
+            ...(signal && { signal }),
+          });
+          // The checksums count only once the archive is whole: a failed backup leaves the chain as it was.
+          await writeSums(dir, sumsNameOf(link), sums);
+          await commitPvmChain(dir, {
+            chain: link.chain,
+            sequence: link.sequence,
+            sizeBytes,
+            sums: sumsNameOf(link),
+          });
+          return link;
+        });
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+
+    async importIncremental(spec, tarPath, importOptions) {
+      const { link, signal } = importOptions;
+      const dir = dirOf(spec);
+      if (link.kind === 'full') {
+        await storage.importTar(spec, tarPath, { ...(signal && { signal }) });
+      } else {
+        await assertStopped(spec, 'applying an incremental backup');
+        const previous = await readPvmRestored(dir);
+        const expected = `backup ${link.sequence - 1} of chain ${link.chain}`;
+        if (!previous || previous.chain !== link.chain || previous.sequence !== link.sequence - 1) {
+          throw failedPrecondition(
+            `Guest ${spec.name} is not at ${expected}: import the chain's full backup and its incrementals in order.`,
+          );
+        }
+        if ((await diskStamp(spec)) !== previous.stamp) {
+          throw failedPrecondition(
+            `Guest ${spec.name}'s disk changed since ${expected} was applied (it ran): import the chain again from its full backup.`,
+          );
+        }
+        const work = join(diskDirOf(spec), tmpName('import'));
+        await mkdir(work, { mode: 0o700 });
+        try {
+          await unpack(tarPath, work, [ARCHIVE_BLOCK_LIST, ARCHIVE_BLOCKS], signal);
+          const current = join(diskDirOf(spec), RAW);
+          const list = parseBlockList(
+            await readFile(join(work, ARCHIVE_BLOCK_LIST), 'utf8'),
+            (await stat(current)).size,
+            (await stat(join(work, ARCHIVE_BLOCKS))).size,
+          );
+          // Applied to a copy that replaces the disk once whole: a damaged link changes nothing.
+          const next = join(work, RAW);
+          await copyFile(current, next);
+          await applyBlocks(next, list, join(work, ARCHIVE_BLOCKS));
+          await installDisk(spec, next, RAW);
+        } finally {
+          await rm(work, { recursive: true, force: true });
+        }
+      }
+      await writePvmRestored(dir, {
+        chain: link.chain,
+        sequence: link.sequence,
+        stamp: await diskStamp(spec),
+      });
     },
 
     async sweep(spec) {

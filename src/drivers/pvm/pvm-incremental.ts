@@ -1,0 +1,246 @@
+import { createHash } from 'node:crypto';
+import { open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { invalidArgument } from '../../core/errors.ts';
+
+/**
+ * Incremental backups of pvm disks by block checksums
+ * (docs/decisions/0048-ct-incremental-backups.md, pvm section): each backup
+ * keeps the sha256 of every block of the flat disk it archived; the next one
+ * archives only the blocks whose checksum differs. UML's COW bitmap cannot
+ * serve: it marks what was ever written since the COW file was made, not
+ * since a backup.
+ */
+export const PVM_BLOCK_BYTES = 1024 * 1024;
+/** Per guest: the chain of its last incremental backup, and the checksum file it continues from. */
+export const PVM_CHAIN_FILE = 'backup-chain.json';
+/** Per guest: which backup of which chain its disk was last restored to, and the disk's stamp then. */
+export const PVM_RESTORED_CHAIN_FILE = 'restored-chain.json';
+const SUMS_PREFIX = 'backup-chain-';
+const SUMS_NAME = /^backup-chain-[0-9a-f]{16}-\d+\.sums$/;
+const CHAIN_ID = /^[0-9a-f]{16}$/;
+const HASH_BYTES = 32;
+
+/** The guest's own chain: its last link, the disk size then, and the file of block checksums after it. */
+export interface PvmChainState {
+  chain: string;
+  sequence: number;
+  sizeBytes: number;
+  sums: string;
+}
+
+/** What an incremental link's `disk.blocks` holds: the listed blocks of a disk of `sizeBytes`, in order. */
+export interface BlockList {
+  blockBytes: number;
+  sizeBytes: number;
+  blocks: number[];
+}
+
+export const sumsNameOf = (link: { chain: string; sequence: number }): string =>
+  `${SUMS_PREFIX}${link.chain}-${link.sequence}.sums`;
+
+/** Bytes of block `index` of a disk of `sizeBytes` (the last one may be short). */
+export function blockLength(index: number, sizeBytes: number, blockBytes = PVM_BLOCK_BYTES): number {
+  return Math.max(0, Math.min(blockBytes, sizeBytes - index * blockBytes));
+}
+
+/** The sha256 of each block of a file, concatenated. */
+export async function blockSums(path: string, blockBytes = PVM_BLOCK_BYTES): Promise<Buffer> {
+  const handle = await open(path, 'r');
+  try {
+    const { size } = await handle.stat();
+    const count = Math.ceil(size / blockBytes);
+    const out = Buffer.alloc(count * HASH_BYTES);
+    const buf = Buffer.alloc(blockBytes);
+    for (let i = 0; i < count; i++) {
+      const want = blockLength(i, size, blockBytes);
+      const { bytesRead } = await handle.read(buf, 0, want, i * blockBytes);
+      createHash('sha256')
+        .update(buf.subarray(0, bytesRead))
+        .digest()
+        .copy(out, i * HASH_BYTES);
+    }
+    return out;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Indices of the blocks whose checksums differ (both lists of the same disk size). */
+export function changedBlocks(before: Buffer, after: Buffer): number[] {
+  if (before.length !== after.length) throw new Error('Block lists of different disk sizes');
+  const changed: number[] = [];
+  for (let i = 0; i * HASH_BYTES < after.length; i++) {
+    const a = before.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+    const b = after.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+    if (!a.equals(b)) changed.push(i);
+  }
+  return changed;
+}
+
+/** Writes the listed blocks of `disk`, in order, to `out`. */
+export async function copyBlocks(disk: string, list: BlockList, out: string): Promise<void> {
+  const from = await open(disk, 'r');
+  const to = await open(out, 'w', 0o600);
+  try {
+    const buf = Buffer.alloc(list.blockBytes);
+    for (const i of list.blocks) {
+      const len = blockLength(i, list.sizeBytes, list.blockBytes);
+      const { bytesRead } = await from.read(buf, 0, len, i * list.blockBytes);
+      if (bytesRead !== len) throw new Error(`Short read of block ${i} of ${disk}`);
+      await to.write(buf, 0, len);
+    }
+  } finally {
+    await to.close();
+    await from.close();
+  }
+}
+
+/** Writes the blocks of `blocksFile` into `disk` at their places. */
+export async function applyBlocks(disk: string, list: BlockList, blocksFile: string): Promise<void> {
+  const from = await open(blocksFile, 'r');
+  const to = await open(disk, 'r+');
+  try {
+    const buf = Buffer.alloc(list.blockBytes);
+    let at = 0;
+    for (const i of list.blocks) {
+      const len = blockLength(i, list.sizeBytes, list.blockBytes);
+      const { bytesRead } = await from.read(buf, 0, len, at);
+      if (bytesRead !== len) throw invalidArgument('The archive holds fewer blocks than it lists.');
+      at += len;
+      await to.write(buf, 0, len, i * list.blockBytes);
+    }
+    await to.sync();
+  } finally {
+    await to.close();
+    await from.close();
+  }
+}
+
+/**
+ * Parses and checks a link's block list against the disk it goes onto:
+ * the same size, the block size this code writes, indices in order and in
+ * range, and a blocks file of exactly their length.
+ */
+export function parseBlockList(text: string, diskBytes: number, blocksFileBytes: number): BlockList {
+  let v: Partial<BlockList>;
+  try {
+    v = JSON.parse(text) as Partial<BlockList>;
+  } catch {
+    throw invalidArgument('The archive has a damaged block list: make the export again.');
+  }
+  const { blockBytes, sizeBytes, blocks } = v;
+  if (blockBytes !== PVM_BLOCK_BYTES || !Number.isSafeInteger(sizeBytes) || !Array.isArray(blocks)) {
+    throw invalidArgument('The archive has a damaged block list: make the export again.');
+  }
+  if (sizeBytes !== diskBytes) {
+    throw invalidArgument(
+      `The incremental backup is of a disk of ${sizeBytes} bytes, the guest's has ${diskBytes}: import its chain from the full backup.`,
+    );
+  }
+  const count = Math.ceil((sizeBytes as number) / blockBytes);
+  let total = 0;
+  let last = -1;
+  for (const i of blocks) {
+    if (!Number.isSafeInteger(i) || i <= last || i >= count) {
+      throw invalidArgument('The archive has a damaged block list: make the export again.');
+    }
+    last = i;
+    total += blockLength(i, sizeBytes as number, blockBytes);
+  }
+  if (total !== blocksFileBytes) {
+    throw invalidArgument(
+      'The archive holds fewer or more block bytes than it lists: make the export again.',
+    );
+  }
+  return { blockBytes, sizeBytes: sizeBytes as number, blocks };
+}
+
+export function parsePvmChain(text: string): PvmChainState | undefined {
+  try {
+    const v = JSON.parse(text) as Partial<PvmChainState>;
+    if (
+      typeof v.chain === 'string' &&
+      CHAIN_ID.test(v.chain) &&
+      Number.isSafeInteger(v.sequence) &&
+      (v.sequence ?? -1) >= 0 &&
+      Number.isSafeInteger(v.sizeBytes) &&
+      typeof v.sums === 'string' &&
+      SUMS_NAME.test(v.sums)
+    ) {
+      return {
+        chain: v.chain,
+        sequence: v.sequence as number,
+        sizeBytes: v.sizeBytes as number,
+        sums: v.sums,
+      };
+    }
+  } catch {
+    // Not JSON: no chain.
+  }
+  return undefined;
+}
+
+/** The guest's chain with its block checksums, if both are there and agree. */
+export async function readPvmChain(dir: string): Promise<{ state: PvmChainState; sums: Buffer } | undefined> {
+  const state = parsePvmChain(await readFile(join(dir, PVM_CHAIN_FILE), 'utf8').catch(() => ''));
+  if (!state) return undefined;
+  const sums = await readFile(join(dir, state.sums)).catch(() => undefined);
+  if (!sums || sums.length !== Math.ceil(state.sizeBytes / PVM_BLOCK_BYTES) * HASH_BYTES) return undefined;
+  return { state, sums };
+}
+
+/** Makes `state` the guest's chain (one rename), then drops earlier checksum files. */
+export async function commitPvmChain(dir: string, state: PvmChainState): Promise<void> {
+  await writeAtomically(join(dir, PVM_CHAIN_FILE), state);
+  await removeSums(dir, state.sums);
+}
+
+/** Forgets the guest's own chain and the one it was restored from: its disk is new. */
+export async function forgetPvmChains(dir: string): Promise<void> {
+  await rm(join(dir, PVM_CHAIN_FILE), { force: true });
+  await rm(join(dir, PVM_RESTORED_CHAIN_FILE), { force: true });
+  await removeSums(dir);
+}
+
+export async function readPvmRestored(
+  dir: string,
+): Promise<{ chain: string; sequence: number; stamp: string } | undefined> {
+  try {
+    const v = JSON.parse(await readFile(join(dir, PVM_RESTORED_CHAIN_FILE), 'utf8')) as {
+      chain?: unknown;
+      sequence?: unknown;
+      stamp?: unknown;
+    };
+    if (typeof v.chain === 'string' && typeof v.sequence === 'number' && typeof v.stamp === 'string') {
+      return { chain: v.chain, sequence: v.sequence, stamp: v.stamp };
+    }
+  } catch {
+    // Missing or damaged: restored from no chain.
+  }
+  return undefined;
+}
+
+export async function writePvmRestored(
+  dir: string,
+  state: { chain: string; sequence: number; stamp: string },
+): Promise<void> {
+  await writeAtomically(join(dir, PVM_RESTORED_CHAIN_FILE), state);
+}
+
+async function removeSums(dir: string, keep?: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (name.startsWith(SUMS_PREFIX) && name.endsWith('.sums') && name !== keep) {
+      await rm(join(dir, name), { force: true });
+    }
+  }
+}
+
+async function writeAtomically(path: string, value: unknown): Promise<void> {
+  await writeFile(`${path}.tmp`, `${JSON.stringify(value)}\n`, { mode: 0o600 });
+  await rename(`${path}.tmp`, path);
+}
+
+export async function writeSums(dir: string, name: string, sums: Buffer): Promise<void> {
+  await writeFile(join(dir, name), sums, { mode: 0o600 });
+}
