@@ -114,7 +114,7 @@ export function addStorageCommands(program: Command): void {
     .option('--with-snapshots', 'include the snapshots')
     .option(
       '--incremental',
-      'vm, ct: only what changed since the last --incremental export (the first one is full); import them in order',
+      'only what changed since the last --incremental export (the first one is full); import them in order',
     )
     .action(
       async (

@@ -44,7 +44,7 @@ export interface GuestStorage {
   /** Removes half-made snapshots and copies left by an interrupted daemon. */
   sweep(spec: GuestSpec): Promise<void>;
   /**
-   * Optional (vm, ct): writes a backup of the writable state as a zstd tar at
+   * Optional (every model has it): writes a backup of the writable state as a zstd tar at
    * `tarPath`, as the next link of the guest's incremental chain: only what
    * changed since the chain's last backup, or everything (a new chain) when
    * there is none. A restore of a snapshot or an import ends the chain.
@@ -55,7 +55,7 @@ export interface GuestStorage {
     options?: { signal?: AbortSignal },
   ): Promise<BackupChainLink>;
   /**
-   * Optional (vm, ct): applies a tar made by exportIncremental to a stopped guest: a
+   * Optional: applies a tar made by exportIncremental to a stopped guest: a
    * full one replaces its disk, an incremental one must follow the last one
    * applied, with the guest unchanged since.
    */

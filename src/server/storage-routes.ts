@@ -147,7 +147,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
         description:
-          "The operation metadata names the backup (`backup`) once it is done. `incremental` (vm and ct guests): the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`.",
+          "The operation metadata names the backup (`backup`) once it is done. `incremental`: the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`.",
         params: NameParams,
         body: Type.Object(
           { snapshots: Type.Optional(Type.Boolean()), incremental: Type.Optional(Type.Boolean()) },
