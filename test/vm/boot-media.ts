@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GUEST_KERNEL_DIR } from '../../src/drivers/vm/boot-kit.ts';
 import type { ProcessRunner } from '../../src/host/runner.ts';
@@ -101,11 +101,56 @@ const GRUB_MODULES = [
 ];
 
 /**
+ * Where a test session (setup/test's TRIVISOR_TEST_SESSION) keeps the Debian disk once one of its
+ * files built it, for the others: the quick benchmark and the vm tests each built it again (2-6
+ * minutes of CI each). Per session, never across runs: every CI run still builds it once from
+ * Debian's packages. setup/test removes it at the end, and the next run removes what a killed one
+ * left.
+ */
+export function sessionMediaDir(session = process.env.TRIVISOR_TEST_SESSION): string | undefined {
+  if (!session || !/^[A-Za-z0-9-]+$/.test(session)) return undefined;
+  return join('/var/tmp', `trivisor-media-${session}`);
+}
+
+/**
  * A Debian 12 whole-disk image built from Debian's packages, with nothing of Trivisor in it.
- * Takes about two minutes (debootstrap with a kernel); tests build it once per file, in their
- * own run dir, and share it.
+ * Takes about two minutes (debootstrap with a kernel); built once per test session (copied into
+ * `dir` for each file that asks: sessionMediaDir), or once per file outside one.
  */
 export async function buildDebianDisk(
+  dir: string,
+  options: { runner: ProcessRunner; mirror?: string },
+): Promise<DebianDisk> {
+  const shared = sessionMediaDir();
+  const copy = (from: string, to: string) =>
+    options.runner.run(['cp', '--sparse=always', '--reflink=auto', '--', from, to]);
+  const made = shared ? await readFile(join(shared, 'release'), 'utf8').catch(() => undefined) : undefined;
+  if (shared && made) {
+    const disk = {
+      qcow2: join(dir, 'debian-12.qcow2'),
+      raw: join(dir, 'debian-12.raw'),
+      kernelRelease: made,
+    };
+    await mkdir(dir, { recursive: true });
+    await copy(join(shared, 'debian-12.qcow2'), disk.qcow2);
+    await copy(join(shared, 'debian-12.raw'), disk.raw);
+    return disk;
+  }
+  const disk = await buildDebianDiskHere(dir, options);
+  if (shared) {
+    // Whole or not at all: a temporary directory renamed into place (a file that races us keeps its own).
+    const tmp = `${shared}.tmp-${process.pid}`;
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp, { recursive: true });
+    await copy(disk.qcow2, join(tmp, 'debian-12.qcow2'));
+    await copy(disk.raw, join(tmp, 'debian-12.raw'));
+    await writeFile(join(tmp, 'release'), disk.kernelRelease);
+    await rename(tmp, shared).catch(() => rm(tmp, { recursive: true, force: true }));
+  }
+  return disk;
+}
+
+async function buildDebianDiskHere(
   dir: string,
   options: { runner: ProcessRunner; mirror?: string },
 ): Promise<DebianDisk> {
