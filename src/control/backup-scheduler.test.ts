@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
@@ -128,6 +128,8 @@ describe('backup scheduler (fake clock, real directory)', () => {
       made[0] === 'daily' ? 'archive of daily (backup-0)' : 'archive of daily (backup-1)',
     );
     assert.deepEqual(await readdir(dir), ['daily', 'hourly']);
+    assert.equal((await stat(join(dir, 'daily'))).mode & 0o777, 0o700);
+    assert.equal((await stat(join(dir, 'daily', '20261205T030000Z.tar'))).mode & 0o777, 0o600);
     assert.equal(deleted.length, 2, 'the local backups are deleted once shipped');
     // Once a minute only, however many passes run in it.
     await s.pass(at('2026-12-05T03:00:40'));

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /**
@@ -49,6 +49,8 @@ export async function shipBackup(
   const tmp = join(guestDir, `.${name}.tmp-${randomBytes(4).toString('hex')}`);
   try {
     await copyFile(archivePath, tmp);
+    // A guest's whole disk: root's alone, whatever the directory's own mode.
+    await chmod(tmp, 0o600);
     await syncPath(tmp);
     await rename(tmp, path);
     await syncPath(guestDir);
