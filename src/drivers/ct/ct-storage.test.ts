@@ -258,4 +258,41 @@ describe('ct storage on a directory pool', () => {
     const next = await storage().exportIncremental?.(spec('fa'), path.join(stateDir, 'fa1.tar'));
     assert.deepEqual(next, { chain: full?.chain, sequence: 1, kind: 'incremental' });
   });
+
+  test('a crafted link cannot write through a symlink an earlier link left: the import fails, nothing changes', async () => {
+    const a = await makeGuest('xa');
+    const b = await makeGuest('xb');
+    const victim = path.join(stateDir, 'victim');
+    await mkdir(victim);
+    await mkdir(path.join(a, 'upper/srv'));
+    await symlink(victim, path.join(a, 'upper/srv/d'));
+    const s = storage();
+    const full = await s.exportIncremental?.(spec('xa'), path.join(stateDir, 'x0.tar.zst'));
+    assert.ok(full);
+    await s.importIncremental?.(spec('xb'), path.join(stateDir, 'x0.tar.zst'), { link: full });
+    assert.equal(await readlink(path.join(b, 'upper/srv/d')), victim);
+    // The next "link": a plain tar whose member goes through srv/d.
+    const crafted = path.join(stateDir, 'crafted');
+    await mkdir(path.join(crafted, 'srv/d'), { recursive: true });
+    await writeFile(path.join(crafted, 'srv/d/owned'), 'written through the link');
+    await hostRunner().run([
+      'tar',
+      '--zstd',
+      '-C',
+      crafted,
+      '-cf',
+      path.join(stateDir, 'x1.tar.zst'),
+      'srv/d/owned',
+    ]);
+    const before = await treeOf(path.join(b, 'upper'));
+    await assert.rejects(
+      async () =>
+        s.importIncremental?.(spec('xb'), path.join(stateDir, 'x1.tar.zst'), {
+          link: { chain: full.chain, sequence: 1, kind: 'incremental' },
+        }),
+      { code: 'InvalidArgument', message: /Read-only file system/ },
+    );
+    assert.deepEqual(await readdir(victim), []);
+    assert.deepEqual(await treeOf(path.join(b, 'upper')), before);
+  });
 });

@@ -1,6 +1,6 @@
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { failedPrecondition, notFound } from '../../core/errors.ts';
+import { copyFile, lstat, mkdir, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { readFreezerState } from '../../host/cgroups-v1.ts';
 import { isMountPoint } from '../../host/mounts.ts';
@@ -34,6 +34,51 @@ const TAR_EXTRACT = ['--zstd', ...TAR_KEEP, '--same-permissions', '--same-owner'
  * subvolumes, a remount), which would make every directory look new.
  */
 const TAR_NO_DEVICE = '--no-check-device';
+
+/**
+ * Wraps the tar that applies an incremental link in a bubblewrap sandbox that
+ * sees only the layer being made (writable), the archive's directory and the
+ * host's /usr (read-only), on a read-only root. tar follows the symlinks that
+ * exist before it starts: a crafted link could otherwise write or delete, as
+ * root, through a symlink an earlier link left in the layer (`x -> /etc`, then
+ * `x/passwd`). In the sandbox such a path ends on a read-only file system and
+ * the import fails with nothing changed. A full link goes into an empty
+ * directory, where tar's own delayed symlinks already keep it inside.
+ */
+async function sandboxFor(into: string, archive: string, argv: string[]): Promise<string[]> {
+  const root: string[] = [];
+  // Merged /usr (Debian 12) has these as links into /usr; older layouts have directories.
+  for (const top of ['/bin', '/sbin', '/lib', '/lib64']) {
+    const st = await lstat(top).catch(() => undefined);
+    if (st?.isSymbolicLink()) root.push('--symlink', await readlink(top), top);
+    else if (st?.isDirectory()) root.push('--ro-bind', top, top);
+  }
+  return [
+    'bwrap',
+    '--die-with-parent',
+    '--unshare-net',
+    '--unshare-ipc',
+    // tar makes whiteouts (mknod), sets owners of the guest's range and trusted.* xattrs.
+    '--cap-add',
+    'ALL',
+    '--ro-bind',
+    '/usr',
+    '/usr',
+    ...root,
+    '--dev',
+    '/dev',
+    '--ro-bind',
+    dirname(archive),
+    dirname(archive),
+    '--bind',
+    into,
+    into,
+    '--remount-ro',
+    '/',
+    '--',
+    ...argv,
+  ];
+}
 
 /**
  * Storage of `ct` guests on a directory pool: the overlay's upper layer is the
@@ -235,9 +280,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       const dir = dirOf(spec);
       // `--listed-incremental=/dev/null` makes tar apply each directory's listing: what the archived
       // directory no longer held is deleted (renames follow from that), whiteouts come as devices.
-      const extract = async (into: string) =>
-        runner.run(
-          [
+      const extract = async (into: string) => {
+        const r = await runner.run(
+          await sandboxFor(into, tarPath, [
             'tar',
             ...TAR_EXTRACT,
             TAR_NO_DEVICE,
@@ -246,11 +291,18 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
             into,
             '-xf',
             tarPath,
-          ],
-          {
-            ...(signal && { signal }),
-          },
+          ]),
+          { ...(signal && { signal }), allowFailure: true },
         );
+        if (r.code === 0) return;
+        signal?.throwIfAborted();
+        const stderr = r.stderr.trim();
+        if (/No space left/i.test(stderr) || stderr.startsWith('bwrap:')) throw new Error(stderr);
+        // The archive's checksums matched its manifest: what tar refuses was made so (or by another tool).
+        throw invalidArgument(
+          `The backup cannot be applied to guest ${spec.name} (${stderr.split('\n')[0] ?? ''}): it was not made by a ct export.`,
+        );
+      };
       if (link.kind === 'full') {
         await replaceUpper(spec, async (tmp) => {
           await mkdir(tmp, { mode: 0o755 });
