@@ -1,9 +1,23 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  copyFile,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { GuestSpec } from '../../core/types.ts';
+import { createLogger } from '../../host/logger.ts';
+import { hostRunner } from '../../host/runner.ts';
 import {
   applyBlocks,
   blockLength,
@@ -14,6 +28,7 @@ import {
   parseBlockList,
   parsePvmChain,
 } from './pvm-incremental.ts';
+import { createPvmStorage } from './pvm-storage.ts';
 
 const MiB = 1024 * 1024;
 
@@ -88,5 +103,45 @@ describe('changed blocks on real files', () => {
     const checked = parseBlockList(JSON.stringify(list), size, (await stat(blocks)).size);
     await applyBlocks(oldDisk, checked, blocks);
     assert.ok((await readFile(oldDisk)).equals(await readFile(newDisk)));
+  });
+
+  test('an archive whose disk or blocks are links is refused before anything is read through them', async () => {
+    const stateDir = path.join(dir, 'state');
+    const disk = path.join(stateDir, 'guests', 'p1', 'disk');
+    await mkdir(disk, { recursive: true });
+    await writeFile(path.join(stateDir, 'guests', 'p1', 'uid'), '4242');
+    const storage = createPvmStorage(
+      { runner: hostRunner(), log: createLogger({ level: 'silent' }), stateDir, idmapBase: 1_000_000 },
+      { agents: new Map() },
+    );
+    const spec = { name: 'p1', model: 'pvm' } as GuestSpec;
+    const crafted = path.join(dir, 'crafted');
+    await mkdir(crafted);
+    for (const m of ['disk.img', 'disk.blocks', 'disk.blocks.json'])
+      await symlink('/etc/hostname', path.join(crafted, m));
+    const tar = path.join(dir, 'crafted.tar.zst');
+    await hostRunner().run([
+      'tar',
+      '--zstd',
+      '-C',
+      crafted,
+      '-cf',
+      tar,
+      'disk.img',
+      'disk.blocks',
+      'disk.blocks.json',
+    ]);
+    await assert.rejects(storage.importTar(spec, tar), {
+      code: 'InvalidArgument',
+      message: /disk\.img is not a regular file/,
+    });
+    await assert.rejects(
+      async () =>
+        storage.importIncremental?.(spec, tar, {
+          link: { chain: '0123456789abcdef', sequence: 0, kind: 'full' },
+        }),
+      { code: 'InvalidArgument' },
+    );
+    assert.deepEqual(await readdir(disk), []);
   });
 });

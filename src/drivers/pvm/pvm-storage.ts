@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
@@ -223,6 +223,12 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       throw invalidArgument(
         `The archive holds no ${members.join(' and ')}: it was not made from a pvm guest, or it is damaged.`,
       );
+    }
+    // A link would have root read a host file (a device, another guest's disk…) into this guest's disk.
+    for (const m of members) {
+      if (!(await lstat(join(work, m)))?.isFile()) {
+        throw invalidArgument(`The archive's ${m} is not a regular file: make the export again.`);
+      }
     }
   };
 
