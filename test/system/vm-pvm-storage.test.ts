@@ -262,5 +262,10 @@ describe('incremental backups of vm, ct and pvm guests through the CLI', () => {
     dst.ok(['stop', 'p1']);
     const late = dst.cli(['import', file('pi2'), 'p1']);
     assert.equal(late.code, 1);
+
+    // A restored snapshot ends the source's chain: the next --incremental export is a full one.
+    src.ok(['snapshot', 'create', 'p1', 's0']);
+    src.ok(['snapshot', 'restore', 'p1', 's0']);
+    assert.match(src.ok(['export', 'p1', file('pf1'), '--incremental']), /^Full backup: starts chain /);
   });
 });
