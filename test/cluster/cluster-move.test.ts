@@ -153,7 +153,7 @@ describe('moving guests between two members', () => {
     refused(m2.daemon.cli(['cluster', 'evacuate', 'nope']), /No cluster member is named nope/);
     refused(
       m2.daemon.cli(['config', 'set', 'ev-a', 'cluster.evacuate=never']),
-      /must be auto, migrate or stop/,
+      /must be auto, live-migrate, migrate or stop/,
     );
     m1.daemon.ok(['delete', '--force', 'ev-a', 'ev-b', 'ev-c']);
   });
