@@ -951,7 +951,14 @@ if (planner) {
     '',
   );
   stamp([planner]);
-} else lines.push('_Not measured yet._', '');
+} else {
+  // Not one of `npm run bench`'s (its traces live outside the repository): a run without its result
+  // (the quick one) says where its figures come from instead of leaving a hole.
+  lines.push(
+    '_Not part of this run: `node bench/planner.ts` reads `../shared/traces`, outside the repository; its figures come from `bench/results/planner.json`._',
+    '',
+  );
+}
 
 const out = reportPath();
 writeFileSync(out, `${lines.join('\n')}\n`);
