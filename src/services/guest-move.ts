@@ -113,6 +113,20 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
   const finished = (op: Operation) => succeeded(deps.operations, op);
 
+  /**
+   * The guest runs on the destination now: this member's copy (files, and a live move's QEMU)
+   * goes. One that cannot be removed is logged and left: nothing here uses it any more.
+   */
+  const dropLocalCopy = (spec: GuestSpec) =>
+    deps
+      .removeLocal({ ...spec, location: hostName })
+      .catch((e: unknown) =>
+        log.warn(
+          { guest: spec.name, err: asTrivisorError(e).message },
+          "the moved guest's old files are left",
+        ),
+      );
+
   /** Refusals that need no work: one line each, nothing changed. */
   async function check(name: string, request: MoveRequest) {
     assertDnsLabel(name, 'guest name');
@@ -269,16 +283,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           } finally {
             if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
           }
-          // The guest is the destination's now: this member's copy goes. One that cannot be
-          // removed is logged and left (the guest runs elsewhere; nothing here uses it).
-          await deps
-            .removeLocal({ ...spec, location: hostName })
-            .catch((e: unknown) =>
-              log.warn(
-                { guest: name, err: asTrivisorError(e).message },
-                "the moved guest's old files are left",
-              ),
-            );
+          await dropLocalCopy(spec);
           return { location: target };
         },
       });
@@ -379,16 +384,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           await deps.transport.finishLive(target, name);
           // The guest's pause as this member saw it: QEMU's downtime, then the hand-over until it runs.
           const pausedMs = result.downtimeMs + (Date.now() - pausedFrom);
-          // The guest runs on the destination now: this member's QEMU and files go. One that
-          // cannot be removed is logged and left (nothing here uses it).
-          await deps
-            .removeLocal({ ...spec, location: hostName })
-            .catch((e: unknown) =>
-              log.warn(
-                { guest: name, err: asTrivisorError(e).message },
-                "the moved guest's old files are left",
-              ),
-            );
+          await dropLocalCopy(spec);
           const measured = {
             location: target,
             live: true,
