@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -183,6 +184,32 @@ export function membersOf(daemon: Daemon): Array<{
 }
 
 /** Waits until `daemon` lists member `name` with `status`; returns how long it took. */
+/**
+ * Bootstraps the cluster on the first host and joins the others to it, each with the address the
+ * test bridge gives it; resolves once every host sees the last one Online. A failed step fails
+ * the test with the CLI's error and the end of that daemon's log.
+ */
+export async function formCluster(cluster: TestCluster): Promise<void> {
+  const [first, ...others] = cluster.hosts;
+  assert.ok(first, 'a cluster of at least one host');
+  const step = (host: MemberHost, args: string[]) => {
+    const r = host.daemon.cli(args, { timeoutMs: 180_000 });
+    assert.equal(
+      r.code,
+      0,
+      `${args.slice(0, 2).join(' ')} on ${host.name}: ${r.stderr}\n${host.daemon.stderr().slice(-3000)}`,
+    );
+    return r.stdout;
+  };
+  step(first, ['cluster', 'bootstrap', '--address', first.ip]);
+  for (const host of others) {
+    const token = step(first, ['cluster', 'add', host.name]).trim();
+    step(host, ['cluster', 'join', token, '--address', host.ip]);
+  }
+  const last = cluster.hosts.at(-1)?.name ?? first.name;
+  for (const host of cluster.hosts) await waitForStatus(host.daemon, last, 'Online');
+}
+
 export async function waitForStatus(
   daemon: Daemon,
   name: string,

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { hostRunner } from '../../src/host/runner.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
-import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
 
 /*
  * Issue 12 §4 on two members (decision 0034): a vm disk image imported on one member is
@@ -43,14 +43,7 @@ after(async () => {
 
 describe('images and networks on a two-member cluster', () => {
   test('bootstrap and join: two Online members', async () => {
-    const [m1, m2] = cluster.hosts;
-    assert.ok(m1 && m2);
-    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip], { timeoutMs: 180_000 });
-    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
-    const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
-    const join = m2.daemon.cli(['cluster', 'join', token, '--address', m2.ip], { timeoutMs: 180_000 });
-    assert.equal(join.code, 0, `${join.stderr}\n${m2.daemon.stderr().slice(-3000)}`);
-    for (const host of [m1, m2]) await waitForStatus(host.daemon, 'm2', 'Online');
+    await formCluster(cluster);
   });
 
   test("a network made through m1 shows its bridge Created on both members in m2's network info", async () => {

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
-import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
 
 /*
  * Issue 13 part 1, vm live moves (decision 0042), on two members, one vm guest of 128 MiB shared
@@ -70,12 +70,7 @@ describe('moving a vm guest live between two members', () => {
   test('bootstrap and join; a vm guest on a managed network, its counter streaming to m1 over TCP', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
-    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip]);
-    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
-    const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
-    const join = m2.daemon.cli(['cluster', 'join', token, '--address', m2.ip]);
-    assert.equal(join.code, 0, `${join.stderr}\n${m2.daemon.stderr().slice(-3000)}`);
-    for (const host of [m1, m2]) await waitForStatus(host.daemon, 'm2', 'Online');
+    await formCluster(cluster);
 
     m1.daemon.ok(['network', 'create', 'lmnet', `ipv4.address=${SUBNET}.1/24`]);
     m1.daemon.ok([

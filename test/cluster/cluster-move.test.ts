@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, eventually } from '../system/harness.ts';
-import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
 /*
  * Issue 13 part 1, cold moves (decision 0040), on two members: a running guest of each model,
@@ -38,14 +38,7 @@ after(async () => {
 
 describe('moving guests between two members', () => {
   test('bootstrap and join: two Online members', async () => {
-    const [m1, m2] = cluster.hosts;
-    assert.ok(m1 && m2);
-    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip]);
-    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
-    const token = m1.daemon.ok(['cluster', 'add', 'm2']).trim();
-    const join = m2.daemon.cli(['cluster', 'join', token, '--address', m2.ip]);
-    assert.equal(join.code, 0, `${join.stderr}\n${m2.daemon.stderr().slice(-3000)}`);
-    for (const host of [m1, m2]) await waitForStatus(host.daemon, 'm2', 'Online');
+    await formCluster(cluster);
   });
 
   const models = [

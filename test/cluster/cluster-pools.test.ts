@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Daemon } from '../system/harness.ts';
-import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
 
 // A storage pool under one cluster-wide name, an instance on every member (issue 12 §4,
 // decision 0038): a btrfs loop file under each member's own state dir, mounted by that member.
@@ -46,16 +46,7 @@ after(async () => {
 
 describe('a storage pool on every member', () => {
   test('three members joined', async () => {
-    const [m1, m2, m3] = cluster.hosts;
-    assert.ok(m1 && m2 && m3);
-    const boot = m1.daemon.cli(['cluster', 'bootstrap', '--address', m1.ip], { timeoutMs: 180_000 });
-    assert.equal(boot.code, 0, `${boot.stderr}\n${m1.daemon.stderr().slice(-3000)}`);
-    for (const host of [m2, m3]) {
-      const token = m1.daemon.ok(['cluster', 'add', host.name]).trim();
-      const join = host.daemon.cli(['cluster', 'join', token, '--address', host.ip], { timeoutMs: 180_000 });
-      assert.equal(join.code, 0, `${join.stderr}\n${host.daemon.stderr().slice(-3000)}`);
-    }
-    for (const host of [m1, m2, m3]) await waitForStatus(host.daemon, 'm3', 'Online');
+    await formCluster(cluster);
   });
 
   test('made through m1 on all three; a volume and a guest on the member asked; delete removes every instance; bad input changes nothing', async () => {

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { eventually } from '../system/harness.ts';
-import { makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
 /*
  * Issue 13 part 5 (decision 0046): a member's guests of all three models, backed up on schedule
@@ -60,14 +60,7 @@ const guests = [
 describe('recovery of a lost member from its shipped backups', () => {
   // Three etcd voters: the store keeps its quorum when one member is lost.
   test('bootstrap and two joins: three Online members', async () => {
-    const [m1, m2, m3] = cluster.hosts;
-    assert.ok(m1 && m2 && m3);
-    m1.daemon.ok(['cluster', 'bootstrap', '--address', m1.ip]);
-    for (const m of [m2, m3]) {
-      const token = m1.daemon.ok(['cluster', 'add', m.name]).trim();
-      m.daemon.ok(['cluster', 'join', token, '--address', m.ip]);
-    }
-    for (const host of [m1, m2, m3]) await waitForStatus(host.daemon, 'm3', 'Online');
+    await formCluster(cluster);
   });
 
   test("m3's guests of every model, backed up each minute, run on the other members with their files after m3 is destroyed; asked again, nothing moves; bad input is one line", async () => {
