@@ -2,13 +2,13 @@ import { copyFile, link, mkdir, readdir, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { asTrivisorError, conflict, failedPrecondition, invalidArgument } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import { assertDnsLabel } from '../core/names.ts';
+import { isDnsLabel } from '../core/names.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { listShipped } from '../storage/shipped-backups.ts';
 import type { KvStore, TxnOp } from '../store/kv.ts';
-import { ownedBy, records } from '../store/records.ts';
-import type { MoveReceiver, MoveTransport } from './guest-move.ts';
+import { records } from '../store/records.ts';
+import { handOver, type MoveReceiver, type MoveTransport } from './guest-move.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
@@ -76,17 +76,12 @@ export function createBackupRecovery(deps: BackupRecoveryDeps): BackupRecovery {
   async function rehome(spec: GuestSpec, modRevision: number, lost: string, target: string, archive: string) {
     if (!deps.transport || !deps.receiver) throw failedPrecondition('This host is not in a cluster');
     const name = spec.name;
-    const generation = spec.generation + 1;
-    const ref = records.guest.at(name);
-    const ops: TxnOp[] = [
-      ref.putOp({ ...spec, location: target, desired: 'Stopped', generation }),
-      records.guestLocation.at(name).putOp(target),
-      records.guestStatus.at(name).deleteOp(),
-      { type: 'delete', key: keys.snapshots(name), prefix: true },
-    ];
-    const r = await store.txn({ compare: [ref.unchanged(modRevision), ownedBy(name, lost)], success: ops });
+    // The snapshots were on the lost member's disks: their records go with the hand-over.
+    const dropSnapshots: TxnOp = { type: 'delete', key: keys.snapshots(name), prefix: true };
+    const r = await handOver(store, { value: spec, modRevision }, lost, target, [dropSnapshots]);
     if (!r.succeeded)
       throw conflict(`Guest ${name} was changed while it was being recovered; run the recovery again`);
+    const { generation } = r;
     const signal = AbortSignal.timeout(convergeMs);
     await waitForGuest(store, name, provisionedAt(generation), signal);
     if (target === hostName) await deps.receiver.receive(name, await disposableCopy(archive, name), signal);
@@ -109,14 +104,7 @@ export function createBackupRecovery(deps: BackupRecoveryDeps): BackupRecovery {
         resources: {},
         async run(ctx) {
           const report: RecoverReport = { recovered: [], skipped: [] };
-          const names = (await readdir(directory)).filter((n) => {
-            try {
-              assertDnsLabel(n, 'guest name');
-              return true;
-            } catch {
-              return false;
-            }
-          });
+          const names = (await readdir(directory)).filter(isDnsLabel);
           const [members, specs] = await Promise.all([deps.members(), records.guest.list(store)]);
           const statusOf = new Map(members.map((m) => [m.name, m.status]));
           const specOf = new Map(specs.items.map((s) => [s.value.name, s]));

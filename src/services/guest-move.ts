@@ -239,16 +239,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             if (!now || !nowStatus || now.value.deleting || up(nowStatus.value)) {
               throw conflict(`Guest ${name} was changed while it was being moved`);
             }
-            const generation = now.value.generation + 1;
-            const specRef = records.guest.at(name);
-            const flip = await store.txn({
-              compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName)],
-              success: [
-                specRef.putOp({ ...now.value, location: target, desired: 'Stopped', generation }),
-                records.guestLocation.at(name).putOp(target),
-                records.guestStatus.at(name).deleteOp(),
-              ],
-            });
+            const flip = await handOver(store, now, hostName, target);
+            const { generation } = flip;
             if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
             flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
 
@@ -491,6 +483,35 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
       log.error({ guest: name, err: asTrivisorError(e).message }, 'a failed move could not be undone');
     }
   }
+}
+
+/**
+ * Gives guest `guest` (its spec as read, owned by member `from`) to member `to`, which makes its
+ * files from its image as for a new guest (decision 0040): in one transaction, compared against
+ * the spec as read and `from`'s ownership, the spec names `to` (desired Stopped, next
+ * generation), so does the location key, and the status goes; `more` are further ops of the same
+ * hand-over. The cold move and the recovery from backups (decision 0046) hand over this way.
+ */
+export async function handOver(
+  store: KvStore,
+  guest: { value: GuestSpec; modRevision: number },
+  from: string,
+  to: string,
+  more: TxnOp[] = [],
+): Promise<{ succeeded: boolean; generation: number }> {
+  const name = guest.value.name;
+  const generation = guest.value.generation + 1;
+  const ref = records.guest.at(name);
+  const r = await store.txn({
+    compare: [ref.unchanged(guest.modRevision), ownedBy(name, from)],
+    success: [
+      ref.putOp({ ...guest.value, location: to, desired: 'Stopped', generation }),
+      records.guestLocation.at(name).putOp(to),
+      records.guestStatus.at(name).deleteOp(),
+      ...more,
+    ],
+  });
+  return { succeeded: r.succeeded, generation };
 }
 
 /** The destination's side of a move: applies an archive onto the guest's new, empty files. */
