@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, statfsSync } from 'node:fs';
+import { existsSync, type FSWatcher, mkdirSync, readFileSync, statfsSync, watch } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +16,10 @@ import { createBackupScheduler } from './control/backup-scheduler.ts';
 import { createEvacuationController } from './control/evacuation-controller.ts';
 import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
+import { superviseHaAgent } from './control/ha/agent-process.ts';
+import { startCrmLoop } from './control/ha/crm-loop.ts';
+import { haPaths, startRefusal } from './control/ha/ha-files.ts';
+import { isHaGuest } from './control/ha/ha-store.ts';
 import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
@@ -413,6 +417,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       'cannot create the default network; create one with trivisor network create',
     ),
   );
+  // HA (decision 0052): the member's agent holds the HA lease and fences; the daemon starts an HA
+  // guest only when the agent asks, and runs the CRM that gives a lost member's guests away.
+  const haAgent = membership ? await superviseHaAgent({ stateDir, runner, log }) : undefined;
   const controller = createGuestController({
     store,
     drivers,
@@ -420,9 +427,23 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     events,
     log,
     hostName,
+    ...(membership && {
+      ha: {
+        manages: (spec: GuestSpec) => isHaGuest(spec),
+        startRefusal: (spec: GuestSpec) => startRefusal(stateDir, spec.name),
+      },
+    }),
     releasePlacement: (name) => poolService.releaseGuest(name),
   });
   await controller.start();
+  // A permit the agent writes is a start it asks for: that guest is reconciled at once.
+  let permitWatch: FSWatcher | undefined;
+  if (membership) {
+    mkdirSync(haPaths(stateDir).permits, { recursive: true, mode: 0o700 });
+    permitWatch = watch(haPaths(stateDir).permits, (_event, file) => {
+      if (file && !file.includes('.tmp-')) void controller.reconcile(file).catch(() => {});
+    });
+  }
   // What running guests actually hold on their NICs, and NICs that did not come up (decision 15).
   const nicObserver = createNicObserver({ store, drivers, networking: nics, events, log, hostName });
   await nicObserver.start();
@@ -570,6 +591,21 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       log,
     });
   evacuations?.start();
+  const crm =
+    membership &&
+    startCrmLoop({
+      store,
+      stateDir,
+      member: membership.name,
+      members: async () =>
+        (await clusterMembers()).map((m) => ({
+          name: m.name,
+          memoryTotalBytes: m.memory?.totalBytes ?? 0,
+          cpus: m.cpu?.cpus ?? 0,
+          evacuated: m.status === 'Evacuated',
+        })),
+      log,
+    });
   // Scheduled snapshots and their expiry (decision 0043), for this member's own guests.
   const snapshotScheduler = createSnapshotScheduler({
     store,
@@ -614,6 +650,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await evacuations?.stop();
+  await crm?.stop();
+  haAgent?.stop();
+  permitWatch?.close();
   snapshotScheduler.stop();
   backupScheduler.stop();
   await schedules.stop();

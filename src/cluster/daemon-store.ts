@@ -64,15 +64,8 @@ export async function openDaemonStore(
     const { adopted } = await etcdMember.start();
     log.info({ member: membership.name, adopted }, 'etcd member serving');
   }
-  // Our own member first: it answers while the others may be down.
-  const endpoints = [...new Set([...(etcdMember ? [etcdMember.clientUrl] : []), ...membership.endpoints])];
-  // An existing etcd's own credentials, none for a plain-HTTP one, else the member's certificate.
-  const tls =
-    membership.externalEtcdTls ??
-    (endpoints.every((e) => e.startsWith('https:')) ? memberTlsFiles : undefined);
   const store = await openEtcdStore({
-    endpoints,
-    ...(tls && { tls }),
+    ...etcdClientOptions(stateDir, membership, etcdMember?.clientUrl),
     onError: (e) => log.error({ err: String(e) }, 'etcd store callback failed'),
   });
 
@@ -110,6 +103,26 @@ export async function openDaemonStore(
     ...(etcdMember && { etcdMember }),
     memberTls: await readMemberTls(stateDir),
   };
+}
+
+/**
+ * Where a member's etcd clients connect, and with what credentials: the daemon's and the HA
+ * agent's (decision 0052). Its own etcd member first: it answers while the others may be down.
+ */
+export function etcdClientOptions(
+  stateDir: string,
+  membership: LocalMembership,
+  ownClientUrl?: string,
+): { endpoints: string[]; tls?: { caFile: string; certFile?: string; keyFile?: string } } {
+  const paths = clusterPaths(stateDir);
+  const endpoints = [...new Set([...(ownClientUrl ? [ownClientUrl] : []), ...membership.endpoints])];
+  // An existing etcd's own credentials, none for a plain-HTTP one, else the member's certificate.
+  const tls =
+    membership.externalEtcdTls ??
+    (endpoints.every((e) => e.startsWith('https:'))
+      ? { caFile: paths.caCert, certFile: paths.cert, keyFile: paths.key }
+      : undefined);
+  return { endpoints, ...(tls && { tls }) };
 }
 
 /** This member's certificate, key and the cluster CA, as PEM. */

@@ -29,6 +29,12 @@ export interface GuestControllerDeps {
    * deleted it, before its records go: a delete is done when nothing of the guest is left.
    */
   releasePlacement?: (name: string) => Promise<void>;
+  /**
+   * HA (decision 0052): whether a guest's starts are its member's HA agent's to decide, and why
+   * it may not start now (undefined: it may). Such a guest is started only when the agent asks,
+   * and one that died is left for the agent, not restarted by policy nor marked stopped.
+   */
+  ha?: { manages(spec: GuestSpec): boolean; startRefusal(spec: GuestSpec): string | undefined };
 }
 
 /** Converges this host's guests to their desired state (Kubernetes controller pattern). */
@@ -259,7 +265,13 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     }
 
     const up = (s: RuntimeState['state']) => s === 'running' || s === 'frozen';
+    const haManaged = deps.ha?.manages(spec) === true;
     const start = async (action: string) => {
+      const refused = haManaged ? deps.ha?.startRefusal(spec) : undefined;
+      if (refused !== undefined) {
+        log.info({ guest: spec.name, why: refused }, 'HA guest not started by the controller');
+        return;
+      }
       const process = await driver.start(spec, await image());
       status.process = process;
       status.startedAt = new Date().toISOString();
@@ -286,7 +298,10 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       markStopped(status);
       lifecycle('guest-died', spec);
       const policy = configValue.restartPolicy(spec.config);
-      if (spec.desired !== 'Stopped' && (policy !== 'never' || booting)) {
+      if (haManaged) {
+        // Its agent starts it again here, or the CRM elsewhere: its desired state stays.
+        if (spec.desired !== 'Stopped') await start('guest-restarted');
+      } else if (spec.desired !== 'Stopped' && (policy !== 'never' || booting)) {
         if (tooManyCrashes(spec.name)) {
           status.status = 'Error';
           throw failedPrecondition(

@@ -11,16 +11,16 @@ import type { Compare } from '../../store/kv.ts';
 /** Keys of the HA records, etcd-style: one prefix per kind. */
 export const haKeys = {
   /** A member's liveness key, put on its lease: gone when the lease expires. */
-  heartbeat: (member: string) => `/ha/heartbeats/${member}`,
-  heartbeatPrefix: '/ha/heartbeats/',
+  heartbeat: (member: string) => `/trivisor/ha/heartbeats/${member}`,
+  heartbeatPrefix: '/trivisor/ha/heartbeats/',
   /** The CRM's election key, put on the elected member's lease. */
-  crm: '/ha/crm',
+  crm: '/trivisor/ha/crm',
   /** One guest's HA record: what the CRM and the owner's LRM agree on. */
-  guest: (name: string) => `/ha/guests/${name}`,
-  guestPrefix: '/ha/guests/',
+  guest: (name: string) => `/trivisor/ha/guests/${name}`,
+  guestPrefix: '/trivisor/ha/guests/',
   /** A member's record (evacuated or not). */
-  member: (name: string) => `/ha/members/${name}`,
-  memberPrefix: '/ha/members/',
+  member: (name: string) => `/trivisor/ha/members/${name}`,
+  memberPrefix: '/trivisor/ha/members/',
 } as const;
 
 /**

@@ -1,0 +1,193 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import type { GuestSpec } from '../../core/types.ts';
+import { silentLogger } from '../../host/logger.ts';
+import type { KvStore } from '../../store/kv.ts';
+import { createMemoryStore } from '../../store/memory-store.ts';
+import { records } from '../../store/records.ts';
+import { type HaAgent, startHaAgent } from './agent.ts';
+import { type CrmLoop, startCrmLoop } from './crm-loop.ts';
+import { startRefusal } from './ha-files.ts';
+import { checkTimings } from './timings.ts';
+import { type HaTimings, haKeys } from './types.ts';
+
+/*
+ * The agent and the CRM loop of decision 0052 on a real (memory) store, with real timers and
+ * guests modelled as names in each member's running set: an HA guest runs on its member; that
+ * member is cut off from the store; it fences itself (kills the guest) and only after its lease
+ * expired plus the margin does the other member start it. At no sampled moment does it run twice.
+ */
+
+/** Decision 0044's rules, scaled down so that a run takes a few seconds. */
+const FAST: HaTimings = {
+  leaseTtlMs: 2000,
+  renewEveryMs: 300,
+  fenceAfterMs: 1000,
+  watchdogMs: 500,
+  marginMs: 600,
+  crmEveryMs: 300,
+  retryBaseMs: 300,
+  maxStartFailures: 3,
+  maxRelocations: 2,
+};
+
+const dirs: string[] = [];
+const stops: Array<() => Promise<void> | void> = [];
+after(async () => {
+  for (const s of stops.reverse()) await s();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** A store that fails every call while `cut.on` (the member's link to etcd is cut). */
+function cuttable(store: KvStore, cut: { on: boolean }): KvStore {
+  return new Proxy(store, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) =>
+        cut.on
+          ? Promise.reject(new Error('link cut'))
+          : (v as (...a: unknown[]) => unknown).apply(target, args);
+    },
+  });
+}
+
+function spec(name: string, location: string): GuestSpec {
+  return {
+    name,
+    project: 'default',
+    model: 'ct',
+    image: 'f',
+    imageAlias: 'busybox',
+    config: { 'ha.enabled': 'true', 'limits.memory': '64MiB' },
+    desired: 'Running',
+    generation: 1,
+    restartRequest: 0,
+    stopTimeoutMs: 1000,
+    stopForce: false,
+    deleting: false,
+    location,
+    createdAt: new Date().toISOString(),
+  };
+}
+
+interface Member {
+  name: string;
+  dir: string;
+  running: Set<string>;
+  cut: { on: boolean };
+  agent: HaAgent;
+  crm: CrmLoop;
+}
+
+function member(name: string, store: KvStore): Member {
+  const dir = mkdtempSync(path.join(tmpdir(), `ha-${name}-`));
+  dirs.push(dir);
+  const running = new Set<string>();
+  const cut = { on: false };
+  const s = cuttable(store, cut);
+  const agent = startHaAgent({
+    store: s,
+    stateDir: dir,
+    member: name,
+    log: silentLogger(),
+    running: async () => new Set(running),
+    kill: async (g) => {
+      running.delete(g);
+    },
+    timings: FAST,
+    lookEveryMs: 100,
+    callTimeoutMs: 300,
+  });
+  const crm = startCrmLoop({
+    store: s,
+    stateDir: dir,
+    member: name,
+    members: async () =>
+      ['m1', 'm2'].map((n) => ({ name: n, memoryTotalBytes: 8 * 2 ** 30, cpus: 2, evacuated: false })),
+    log: silentLogger(),
+    timings: FAST,
+  });
+  // The daemon: starts a guest located here once the agent's permit allows it.
+  const daemon = setInterval(async () => {
+    if (cut.on) return;
+    for (const r of (await records.guest.list(store)).items) {
+      const g = r.value;
+      if (g.location === name && !running.has(g.name) && startRefusal(dir, g.name) === undefined)
+        running.add(g.name);
+    }
+  }, 50);
+  stops.push(async () => {
+    clearInterval(daemon);
+    cut.on = false;
+    await crm.stop();
+    await agent.stop();
+  });
+  return { name, dir, running, cut, agent, crm };
+}
+
+async function until(what: string, ok: () => boolean | Promise<boolean>, ms: number, each?: () => void) {
+  const deadline = Date.now() + ms;
+  while (!(await ok())) {
+    each?.();
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('the fast timings keep decision 0044 rules', () => {
+  assert.doesNotThrow(() => checkTimings(FAST));
+});
+
+test('an HA guest runs on its member, which is cut off: it fences, and the other member starts the guest only after expiry plus margin, never both at once', async () => {
+  const store = createMemoryStore();
+  stops.push(() => store.close());
+  await records.guest.at('g1').put(store, spec('g1', 'm2'));
+  await records.guestLocation.at('g1').put(store, 'm2');
+  const m1 = member('m1', store);
+  const m2 = member('m2', store);
+
+  await until('g1 running on m2', () => m2.running.has('g1'), 10_000);
+  assert.equal(m1.running.has('g1'), false);
+  const record = await store.get(haKeys.guest('g1'));
+  assert.ok(record, 'the elected CRM made the HA record');
+  assert.equal(JSON.parse(record.value).owner, 'm2');
+
+  let twice = 0;
+  const cutAt = Date.now();
+  m2.cut.on = true;
+  let fencedAt = 0;
+  await until(
+    'g1 running on m1',
+    () => m1.running.has('g1'),
+    15_000,
+    () => {
+      if (m1.running.has('g1') && m2.running.has('g1')) twice++;
+      if (!m2.running.has('g1') && fencedAt === 0) fencedAt = Date.now();
+    },
+  );
+  const startedAt = Date.now();
+  assert.equal(twice, 0, 'g1 ran on both members at once');
+  assert.equal(m2.running.has('g1'), false, 'm2 killed g1 when it fenced');
+  assert.ok(fencedAt - cutAt <= FAST.fenceAfterMs + 500, `m2 fenced ${fencedAt - cutAt} ms after the cut`);
+  // Given away only after the lease could expire (TTL from the last renewal) plus the margin.
+  assert.ok(
+    startedAt - cutAt >= FAST.leaseTtlMs - FAST.renewEveryMs + FAST.marginMs,
+    `started on m1 ${startedAt - cutAt} ms after the cut`,
+  );
+  const moved = await records.guest.at('g1').get(store);
+  assert.equal(moved?.value.location, 'm1');
+  assert.equal((await records.guestLocation.at('g1').get(store))?.value, 'm1');
+  assert.equal((await records.guestStatus.at('g1').get(store))?.value.provisioned, true);
+
+  // m2 comes back: a new token, and it starts nothing of what moved.
+  m2.cut.on = false;
+  await new Promise((r) => setTimeout(r, 2500));
+  assert.equal(m2.running.has('g1'), false);
+  assert.equal(m1.running.has('g1'), true);
+  const beat = await store.get(haKeys.heartbeat('m2'));
+  assert.ok(beat, 'm2 took a new lease');
+});

@@ -1,0 +1,117 @@
+import { isTrivisorError } from '../../core/errors.ts';
+import type { Logger } from '../../host/logger.ts';
+import type { KvStore } from '../../store/kv.ts';
+import { createPlacementIndex } from '../placement.ts';
+import { type CrmView, createCrm } from './crm.ts';
+import { liveAgentToken, readAgentState } from './ha-files.ts';
+import { readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
+import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings } from './types.ts';
+
+/**
+ * The daemon's side of HA (decision 0052): the CRM of decision 0044, run every `crmEveryMs` on
+ * the real store. Every daemon runs it; the elected one acts. Its election key is on a lease of
+ * the daemon's own, so a daemon killed with -9 gives the election up a TTL later while its
+ * member's agent keeps the member's lease, and the member's guests where they are. It acts only
+ * while its member's agent is live (the agent's token is the one its writes are made under).
+ */
+export interface CrmLoopDeps {
+  store: KvStore;
+  stateDir: string;
+  member: string;
+  /** The members as placement needs them (memory, CPUs, evacuated). */
+  members: () => Promise<HaMemberRecord[]>;
+  log: Logger;
+  timings?: HaTimings;
+  /** Monotonic ms (default performance.now). */
+  clock?: () => number;
+  /** Told of each decision written and each note (losses, refusals), for the event stream. */
+  onNote?: (note: string) => void;
+}
+
+export interface CrmLoop {
+  stop(): Promise<void>;
+}
+
+const EMPTY: CrmView = { revision: 0, lock: undefined, heartbeats: [], members: [], guests: [] };
+
+export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
+  const { store, log } = deps;
+  const timings = deps.timings ?? DEFAULT_TIMINGS;
+  const clock = deps.clock ?? (() => performance.now());
+  const crm = createCrm(deps.member, timings, (c) => createPlacementIndex(c));
+  let lease: number | undefined;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> = Promise.resolve();
+  const note = (n: string) => {
+    log.warn({ ha: n }, `HA: ${deps.member} ${n}`);
+    deps.onNote?.(`${deps.member} ${n}`);
+  };
+
+  const giveUpElection = async () => {
+    const held = lease;
+    lease = undefined;
+    if (held !== undefined) await store.revokeLease(held).catch(() => {});
+  };
+
+  const pass = async () => {
+    const token = liveAgentToken(readAgentState(deps.stateDir));
+    if (token === undefined) {
+      // A member whose agent is not live (fenced, stopped) must not decide for the others.
+      crm.step(clock(), undefined, EMPTY);
+      await giveUpElection();
+      return;
+    }
+    if (lease !== undefined) {
+      try {
+        await store.keepAlive(lease);
+      } catch (e) {
+        if (isTrivisorError(e) && e.code === 'NotFound') lease = undefined;
+        else throw e;
+      }
+    }
+    const world = await readHaWorld(store);
+    const view: CrmView = {
+      revision: world.revision,
+      lock: world.lock,
+      heartbeats: world.heartbeats,
+      members: await deps.members(),
+      guests: world.guests,
+    };
+    const { decisions, notes } = crm.step(clock(), token, view);
+    for (const n of notes) note(n);
+    for (const d of decisions) {
+      if (d.write.put?.lease === 'own' && lease === undefined) {
+        lease = (await store.grantLease(Math.ceil(timings.leaseTtlMs / 1000))).id;
+      }
+      const r = await store.txn(txnOf(d.write, world, lease));
+      note(r.succeeded ? d.says : d.ifRefused);
+    }
+    // The bookkeeping between specs and records, by the elected CRM only (every write compares it).
+    if (world.lock?.value.member === deps.member && world.lock.value.token === token) {
+      const all = await readHaWorld(store, { allSpecs: true });
+      if (all.lock) for (const txn of recordUpkeep(all, all.lock)) await store.txn(txn);
+    }
+  };
+
+  const loop = () => {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      running = pass()
+        .catch((e: unknown) => log.warn({ err: String(e) }, 'HA: a CRM pass failed; trying again'))
+        .finally(loop);
+    }, timings.crmEveryMs);
+    timer.unref();
+  };
+  loop();
+
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+      // Revoked, the election key goes with the lease: another daemon's CRM takes over at once.
+      await giveUpElection();
+    },
+  };
+}
