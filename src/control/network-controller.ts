@@ -5,9 +5,10 @@ import type { Logger } from '../host/logger.ts';
 import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
 import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
+import { pickVni, tunnelEnds } from '../network/vxlan.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records, valuesOf } from '../store/records.ts';
+import { type MemberRecord, records, valuesOf } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
 export interface NetworkControllerDeps {
@@ -36,6 +37,8 @@ export function networkDefinition(
   spec: NetworkSpec,
   claims: Array<{ ip: string; claim: NetworkAddressClaim }>,
   stateDir?: string,
+  /** This member's and the other members' cluster addresses (a cluster member only). */
+  ends?: { local: string; remotes: string[] },
 ): NetworkDefinition {
   const hosts: DhcpHost[] = claims.map(({ ip, claim }) => ({
     mac: claim.hwaddr,
@@ -53,6 +56,8 @@ export function networkDefinition(
     hosts,
     forwards: spec.forwards ?? [],
     acls: spec.acls ?? [],
+    ...(spec.vni !== undefined && { vni: spec.vni }),
+    ...(spec.vni !== undefined && ends && { tunnel: { vni: spec.vni, ...ends } }),
   };
 }
 
@@ -123,6 +128,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           records.network.at(name).deleteOp(),
           records.networkStatus.at(name).deleteOp(),
           { type: 'delete', key: keys.networkAddresses(name), prefix: true },
+          ...(spec.vni !== undefined ? [records.networkVni.at(String(spec.vni)).deleteOp()] : []),
         ],
       });
       events.publish({
@@ -134,11 +140,20 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       });
       return;
     }
+    if (spec.vni === undefined && primary) {
+      // A network made before networks spanned members gets its VNI from its own member.
+      await assignVni(name, specRecord.modRevision);
+      return;
+    }
     const status: NetworkStatus = { status: 'Created', observedGeneration: spec.generation };
     try {
-      const claims = await claimsOf(name);
+      const [claims, members] = await Promise.all([claimsOf(name), records.member.list(store)]);
+      const ends = tunnelEnds(
+        members.items.map((m) => ({ name: records.member.nameOf(m.key), address: m.value.address })),
+        hostName,
+      );
       status.dnsmasq = await backend.ensure(
-        networkDefinition(spec, claims, deps.stateDir),
+        networkDefinition(spec, claims, deps.stateDir, ends),
         previous?.dnsmasq,
       );
     } catch (e) {
@@ -176,6 +191,25 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         });
       }
     }
+  }
+
+  /** Gives a network without a VNI the lowest free one, claimed with it in one transaction. */
+  async function assignVni(name: string, modRevision: number): Promise<void> {
+    const used = (await records.networkVni.list(store)).items.map((v) =>
+      Number(records.networkVni.nameOf(v.key)),
+    );
+    const vni = pickVni(used);
+    const spec = (await records.network.at(name).get(store))?.value;
+    if (vni === undefined || !spec) return;
+    const ref = records.network.at(name);
+    const claim = records.networkVni.at(String(vni));
+    const r = await store.txn({
+      compare: [ref.unchanged(modRevision), claim.absent()],
+      success: [ref.putOp({ ...spec, vni }), claim.putOp(name)],
+    });
+    log.info({ network: name, vni, assigned: r.succeeded }, 'network VNI assigned');
+    // Whatever happened, the spec's watch (or this retry) reconciles it again.
+    if (!r.succeeded) void reconcile(name);
   }
 
   /** Releases addresses whose guest or NIC is gone (a deleted guest's claims end here). */
@@ -276,7 +310,25 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           },
         },
       });
-      informers.push(networks, claims, guests);
+      // A member that joins or leaves changes every network's tunnel (its FDB, its nftables set).
+      const members = createInformer<MemberRecord>({
+        store,
+        prefix: keys.memberPrefix,
+        decode: records.member.decode,
+        log,
+        handlers: {
+          onAdd: () => reconcileAll(),
+          onUpdate: (_key, next, previous) => {
+            if (next.address !== previous.address) reconcileAll();
+          },
+          onDelete: () => reconcileAll(),
+        },
+      });
+      const reconcileAll = () => {
+        if (starting) return;
+        for (const spec of networks.values()) void reconcile(spec.name);
+      };
+      informers.push(networks, claims, guests, members);
       for (const informer of informers) await informer.start();
       // Every network has a bridge on every member; one whose record does not decode is kept too.
       const named = (await store.list(records.network.prefix)).kvs.map((kv) =>

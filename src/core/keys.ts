@@ -32,6 +32,9 @@ export const keys = {
   networkMemberStatuses: (network: string): string => `/trivisor/network-member-status/${network}/`,
   networkMemberStatus: (network: string, member: string): string =>
     `/trivisor/network-member-status/${network}/${member}`,
+  /** VNIs taken by networks (decision 0050): `/trivisor/network-vnis/VNI` → the network's name. */
+  networkVniPrefix: '/trivisor/network-vnis/',
+  networkVni: (vni: string): string => `/trivisor/network-vnis/${vni}`,
   networkAddressPrefix: '/trivisor/network-addresses/',
   networkAddresses: (network: string): string => `/trivisor/network-addresses/${network}/`,
   networkAddress: (network: string, ip: string): string => `/trivisor/network-addresses/${network}/${ip}`,

@@ -107,6 +107,11 @@ export interface NetworkSpec {
   forwards?: NetworkForward[];
   /** ACL rules for every guest port of the network, in order; what no rule matches is allowed. */
   acls?: NetworkAclRule[];
+  /**
+   * The VXLAN network identifier joining the members' bridges (decision 0050), unique in the
+   * cluster (claimed under `network-vnis/`); records made before it get one from their member.
+   */
+  vni?: number;
 }
 
 /**

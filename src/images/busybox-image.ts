@@ -34,12 +34,13 @@ for n in $TRIVISOR_NICS; do
   case "$n" in eth[0-9]|eth[0-9][0-9]) ;; *) continue ;; esac
   ip link show dev "$n" >/dev/null 2>&1 || continue
   ip link set dev "$n" up
-  udhcpc -b -t 10 -T 1 -i "$n" -s /etc/udhcpc/default.script -p "/run/udhcpc.$n.pid" -x "hostname:$(hostname)" >/dev/null 2>&1
+  udhcpc -b -t 10 -T 1 -O mtu -i "$n" -s /etc/udhcpc/default.script -p "/run/udhcpc.$n.pid" -x "hostname:$(hostname)" >/dev/null 2>&1
 done
 exit 0
 `;
 
-// udhcpc's event script: applies the lease (address, default route, DNS).
+// udhcpc's event script: applies the lease (address, MTU, default route, DNS). A network that
+// spans cluster members gives an MTU of 1450 (VXLAN's 50 bytes, decision 0050).
 const UDHCPC_SCRIPT = `#!/bin/sh
 case "$1" in
   deconfig)
@@ -47,6 +48,7 @@ case "$1" in
     ip link set dev "$interface" up
     ;;
   bound|renew)
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
     if ! ip -4 addr show dev "$interface" | grep -q " $ip/"; then
       ip -4 addr flush dev "$interface"
       ip addr add "$ip/\${mask:-24}" dev "$interface"

@@ -31,6 +31,16 @@ import {
   networkRuleset,
   portRuleset,
 } from './nft-rules.ts';
+import {
+  deleteTunnelRuleset,
+  fdbChanges,
+  floodDestinations,
+  gatewayMac,
+  SPANNED_MTU,
+  tunnelRuleset,
+  VXLAN_PORT,
+  vxlanDevice,
+} from './vxlan.ts';
 
 /** What the Linux backend is built with. */
 export interface LinuxNetworkBackendOptions {
@@ -69,6 +79,75 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   };
 
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
+
+  /** `ip -details -json link show` of a VXLAN device; undefined when it does not exist. */
+  const vxlanInfo = async (dev: string) => {
+    const r = await runner.run(['ip', '-details', '-json', 'link', 'show', 'dev', dev], {
+      allowFailure: true,
+    });
+    if (r.code !== 0) return undefined;
+    return (
+      JSON.parse(r.stdout || '[]') as Array<{
+        ifalias?: string;
+        linkinfo?: { info_kind?: string; info_data?: { id?: number; local?: string; port?: number } };
+      }>
+    )[0];
+  };
+
+  const removeTunnel = async (name: string): Promise<void> => {
+    const dev = vxlanDevice(stateDir, name);
+    const info = await vxlanInfo(dev);
+    if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', dev]);
+    await nft(deleteTunnelRuleset(name));
+  };
+
+  /**
+   * Joins the bridge to the other members' bridges (decision 0050): a VXLAN device with the
+   * network's VNI from this member's cluster address, one all-zero FDB entry per other member
+   * (unicast head-end replication; MACs are learned), its filters loaded before it is on the bridge.
+   */
+  const ensureTunnel = async (def: NetworkDefinition): Promise<void> => {
+    const t = def.tunnel;
+    if (!t) return removeTunnel(def.name);
+    const dev = vxlanDevice(stateDir, def.name);
+    let info = await vxlanInfo(dev);
+    if (info && info.ifalias !== alias) {
+      throw failedPrecondition(
+        `A host interface named ${dev} exists and is not this daemon's VXLAN device: remove it.`,
+      );
+    }
+    const data = info?.linkinfo?.info_data;
+    if (info && (data?.id !== t.vni || data.local !== t.local || data.port !== VXLAN_PORT)) {
+      await runner.run(['ip', 'link', 'del', 'dev', dev]);
+      info = undefined;
+    }
+    await nft(
+      tunnelRuleset({ network: def.name, device: dev, gateway: def.gateway.address, hosts: def.hosts }),
+    );
+    if (!info) {
+      await runner.run([
+        ...['ip', 'link', 'add', 'name', dev, 'type', 'vxlan', 'id', String(t.vni)],
+        ...['local', t.local, 'dstport', String(VXLAN_PORT)],
+      ]);
+      await runner.run(['ip', 'link', 'set', 'dev', dev, 'alias', alias]);
+    }
+    const fdb = await runner.run(['bridge', '-json', 'fdb', 'show', 'dev', dev]);
+    const { add, remove } = fdbChanges(floodDestinations(fdb.stdout), t.remotes);
+    for (const ip of remove) {
+      await runner.run(['bridge', 'fdb', 'del', '00:00:00:00:00:00', 'dev', dev, 'dst', ip], {
+        allowFailure: true,
+      });
+    }
+    for (const ip of add) {
+      await runner.run(['bridge', 'fdb', 'append', '00:00:00:00:00:00', 'dev', dev, 'dst', ip]);
+    }
+    await runner.run([
+      ...['ip', 'link', 'set', 'dev', dev, 'mtu', String(SPANNED_MTU)],
+      ...['master', def.name, 'up'],
+    ]);
+    // Isolated guests of other members are isolated from these too: the tunnel is one more isolated port.
+    await runner.run(['bridge', 'link', 'set', 'dev', dev, 'isolated', def.isolated ? 'on' : 'off']);
+  };
 
   const dnsmasqRuns = async (known: ProcessIdentity | undefined): Promise<boolean> => {
     if (!known || !(await isSameProcess(known, procRoot))) return false;
@@ -177,7 +256,8 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         await runner.run(['ip', 'addr', 'add', cidr, 'dev', def.name]);
       }
       // A bridge takes the lowest MAC of its ports unless given one: guests would lose the
-      // gateway (stale ARP) whenever a guest's port comes or goes.
+      // gateway (stale ARP) whenever a guest's port comes or goes. With a VNI it is the same on
+      // every member (a distributed gateway, decision 0050): a guest that moves keeps its ARP entry.
       await runner.run([
         'ip',
         'link',
@@ -185,7 +265,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         'dev',
         def.name,
         'address',
-        bridgeMac(stateDir, def.name),
+        def.vni !== undefined ? gatewayMac(def.name, def.vni) : bridgeMac(stateDir, def.name),
         'up',
       ]);
       await reattachPorts(def);
@@ -193,6 +273,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
       await nft(networkRuleset(def));
       await nft(aclRuleset(def));
+      await ensureTunnel(def);
 
       const paths = dnsmasqPaths(stateDir, def.name);
       // dnsmasq drops to its own user and re-reads the hosts files on SIGHUP: they must stay reachable.
@@ -253,6 +334,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', name]);
       await nft(deleteNetworkRuleset(name));
       await nft(aclRuleset({ name, hosts: [] }));
+      await removeTunnel(name);
       await rm(dnsmasqPaths(stateDir, name).dir, { recursive: true, force: true });
     },
 

@@ -1,5 +1,6 @@
 import type { NetworkAclRule, NetworkForward, ProcessIdentity } from '../core/types.ts';
 import type { Ipv4Cidr } from './ipv4.ts';
+import type { TunnelDefinition } from './vxlan.ts';
 
 /** One DHCP reservation and DNS name of a NIC on a network. */
 export interface DhcpHost {
@@ -26,6 +27,13 @@ export interface NetworkDefinition {
   forwards?: NetworkForward[];
   /** ACL rules applied on every guest port (`hosts[].port`). */
   acls?: NetworkAclRule[];
+  /**
+   * The network's VNI (decision 0050): the gateway's MAC derives from it, the same on every
+   * member. Absent in records made before networks spanned members.
+   */
+  vni?: number;
+  /** On a cluster: the VXLAN that joins this member's bridge to the other members' (decision 0050). */
+  tunnel?: TunnelDefinition;
 }
 
 /** A guest's port on a network: a veth (ct) or tap (vm, pvm) enslaved to the bridge. */

@@ -1,6 +1,7 @@
 import type { NetworkAclRule } from '../core/types.ts';
 import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
 import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
+import { vxlanInputRule } from './vxlan.ts';
 
 /** nftables table of a network (family ip). */
 export const networkTable = (name: string): string => `trivisor-${name}`;
@@ -19,7 +20,7 @@ function replaceTable(family: string, table: string, body: string): string {
  * interface but the bridge.
  */
 export function networkRuleset(
-  def: Pick<NetworkDefinition, 'name' | 'nat' | 'forwards'> & { gateway: Ipv4Cidr },
+  def: Pick<NetworkDefinition, 'name' | 'nat' | 'forwards' | 'tunnel'> & { gateway: Ipv4Cidr },
 ): string {
   const br = JSON.stringify(def.name);
   const forward = [
@@ -34,6 +35,9 @@ export function networkRuleset(
   let body = `  chain forward {\n    type filter hook forward priority filter; policy accept;\n${forward.join('\n')}\n  }\n`;
   if (def.nat) {
     body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
+  }
+  if (def.tunnel) {
+    body += `  chain input {\n    type filter hook input priority filter; policy accept;\n${vxlanInputRule(def.tunnel.remotes)}\n  }\n`;
   }
   const dnat = (def.forwards ?? []).map(
     (f) =>

@@ -9,6 +9,7 @@ import {
 } from '../core/projects.ts';
 import type { Network, NetworkMemberState, NetworkSpec, NetworkStatus } from '../core/types.ts';
 import { type Ipv4Cidr, overlaps, parseCidr, parseGatewayCidr, subnetOf } from '../network/ipv4.ts';
+import { pickVni } from '../network/vxlan.ts';
 import { records, valuesOf } from '../store/records.ts';
 import type { NetworkContext } from './network-context.ts';
 import type { NetworkService } from './network-service.ts';
@@ -160,7 +161,7 @@ export function networkCrud(
       if (taken) throw nameTaken(request.name, taken.value, project);
       await assertNoOverlap(request.name, cidr, project);
       await assertNotHostRouted(request.name, cidr);
-      const spec: NetworkSpec = {
+      const base: NetworkSpec = {
         name: request.name,
         project,
         description: request.description ?? '',
@@ -170,22 +171,35 @@ export function networkCrud(
         location: deps.hostName,
         createdAt: new Date().toISOString(),
       };
-      const r = await guardedWrite(store, project, async (p) => {
-        assertWithinLimits(project, p.spec.config, {
-          before: p.usage,
-          after: addUsage(p.usage, { ...NO_USAGE, networks: 1 }),
+      // The VNI is claimed with the spec (decision 0050): two members creating networks at once
+      // never take one VNI; the one that loses picks again.
+      let spec = base;
+      for (let attempt = 0; ; attempt++) {
+        const used = (await records.networkVni.list(store)).items.map((v) =>
+          Number(records.networkVni.nameOf(v.key)),
+        );
+        const vni = pickVni(used);
+        if (vni === undefined)
+          throw failedPrecondition('Every VXLAN network identifier (VNI) is taken: delete a network first');
+        spec = { ...base, vni };
+        const vniRef = records.networkVni.at(String(vni));
+        const r = await guardedWrite(store, project, async (p) => {
+          assertWithinLimits(project, p.spec.config, {
+            before: p.usage,
+            after: addUsage(p.usage, { ...NO_USAGE, networks: 1 }),
+          });
+          return {
+            compare: [records.network.at(spec.name).absent(), vniRef.absent()],
+            success: [
+              records.network.at(spec.name).putOp(spec),
+              records.networkStatus.at(spec.name).deleteOp(),
+              vniRef.putOp(spec.name),
+            ],
+          };
         });
-        return {
-          compare: [records.network.at(spec.name).absent()],
-          success: [
-            records.network.at(spec.name).putOp(spec),
-            records.networkStatus.at(spec.name).deleteOp(),
-          ],
-        };
-      });
-      if (!r.succeeded) {
+        if (r.succeeded) break;
         const now = await records.network.at(spec.name).get(store);
-        throw nameTaken(spec.name, now?.value, project);
+        if (now || attempt >= 5) throw nameTaken(spec.name, now?.value, project);
       }
       try {
         await waitConverged(spec.name, 1);

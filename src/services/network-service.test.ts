@@ -9,6 +9,7 @@ import type { HostSubnet } from '../network/default-network.ts';
 import type { NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createNetworkService, type NetworkService, validateAclRule } from './network-service.ts';
 
@@ -436,5 +437,97 @@ describe('network service and controller', () => {
     await controller.start();
     assert.deepEqual([...backend.bridges.keys()], ['net1']);
     assert.ok(backend.calls.includes('remove stale0'));
+  });
+
+  const member = (name: string, ip: string) =>
+    records.member.at(name).putOp({
+      name,
+      address: `${ip}:8443`,
+      roles: [],
+      certificateFingerprint: 'ff',
+      version: 'test',
+      joinedAt: new Date(0).toISOString(),
+      evacuated: false,
+    });
+
+  test('two members claiming an address at once never both get it: the later transaction fails, its next claim takes the next address', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    const other = createNetworkService({ store, hostName: 'h2', convergeWaitMs: 2000 });
+    // Both read the same free addresses before either writes.
+    const [a, b] = await Promise.all([
+      networks.claimNics('a', { eth0: { type: 'nic', network: 'net1' } }),
+      other.claimNics('b', { eth0: { type: 'nic', network: 'net1' } }),
+    ]);
+    assert.equal(a.devices.eth0?.['ipv4.address'], '198.18.10.2');
+    assert.equal(b.devices.eth0?.['ipv4.address'], '198.18.10.2');
+    const put = (name: string, claims: typeof a) =>
+      store.txn({
+        compare: claims.compare,
+        success: [
+          ...claims.success,
+          {
+            type: 'put',
+            key: keys.guest(name),
+            value: JSON.stringify(guestRecord(name, { devices: claims.devices })),
+          },
+        ],
+      });
+    assert.equal((await put('a', a)).succeeded, true);
+    assert.equal((await put('b', b)).succeeded, false, "h2's claim of the same address fails");
+    const again = await other.claimNics('b', { eth0: { type: 'nic', network: 'net1' } });
+    assert.equal(again.devices.eth0?.['ipv4.address'], '198.18.10.3');
+    assert.equal((await put('b', again)).succeeded, true);
+  });
+
+  test('every network gets a VNI of its own, claimed with it; a deleted network frees it', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await networks.create({ name: 'net2', config: { 'ipv4.address': '198.18.11.1/24' } });
+    const vniOf = async (name: string) => (await records.network.at(name).get(store))?.value.vni;
+    assert.equal(await vniOf('net1'), 1);
+    assert.equal(await vniOf('net2'), 2);
+    assert.equal((await records.networkVni.at('2').get(store))?.value, 'net2');
+    // A VNI taken meanwhile (another member's create): the next create picks another.
+    await store.txn({ compare: [], success: [records.networkVni.at('3').putOp('elsewhere')] });
+    await networks.create({ name: 'net3', config: { 'ipv4.address': '198.18.12.1/24' } });
+    assert.equal(await vniOf('net3'), 4);
+    await networks.delete('net1');
+    assert.equal(await records.networkVni.at('1').get(store), undefined);
+    await networks.create({ name: 'net4', config: { 'ipv4.address': '198.18.13.1/24' } });
+    assert.equal(await vniOf('net4'), 1);
+  });
+
+  test('a network made before VNIs gets one from its own member', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    const got = await records.network.at('net1').get(store);
+    assert.ok(got);
+    const { vni: _, ...old } = got.value;
+    await store.txn({
+      compare: [],
+      success: [records.network.at('net1').putOp(old), records.networkVni.at('1').deleteOp()],
+    });
+    await controller.reconcile('net1');
+    for (let i = 0; i < 100 && (await records.network.at('net1').get(store))?.value.vni === undefined; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal((await records.network.at('net1').get(store))?.value.vni, 1);
+    assert.equal((await records.networkVni.at('1').get(store))?.value, 'net1');
+  });
+
+  test('on a cluster every network is tunnelled to the other members; a member that joins or leaves changes it', async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    assert.equal(backend.bridges.get('net1')?.tunnel, undefined, 'a single host has no tunnel');
+    assert.equal(backend.bridges.get('net1')?.vni, 1);
+    await store.txn({ compare: [], success: [member('h1', '198.18.5.11'), member('h2', '198.18.5.12')] });
+    const tunnel = () => backend.bridges.get('net1')?.tunnel;
+    for (let i = 0; i < 100 && tunnel()?.remotes.length !== 1; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(tunnel(), { vni: 1, local: '198.18.5.11', remotes: ['198.18.5.12'] });
+    await store.txn({ compare: [], success: [member('h3', '198.18.5.13')] });
+    for (let i = 0; i < 100 && tunnel()?.remotes.length !== 2; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(tunnel()?.remotes, ['198.18.5.12', '198.18.5.13']);
+    await store.delete(records.member.key('h2'));
+    for (let i = 0; i < 100 && tunnel()?.remotes.length !== 1; i++)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(tunnel()?.remotes, ['198.18.5.13']);
   });
 });

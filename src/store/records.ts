@@ -326,6 +326,7 @@ export const NetworkSpecSchema = Type.Object({
   createdAt: Type.String(),
   forwards: Type.Optional(Type.Array(lenient(NetworkForwardSchema))),
   acls: Type.Optional(Type.Array(lenient(NetworkAclRuleSchema))),
+  vni: Type.Optional(Type.Integer({ minimum: 1, maximum: 16_777_215 })),
 });
 
 export const NetworkStatusSchema = Type.Object({
@@ -592,6 +593,14 @@ export const records = {
     key: (network: string, ip: string) => keys.networkAddress(network, ip),
     scope: (network: string) => keys.networkAddresses(network),
     schema: NetworkAddressClaimSchema,
+  }),
+  /** A VNI taken by a network (decision 0050): its value is the network's name, as a bare string. */
+  networkVni: defineRecord<string>()({
+    kind: 'network VNI',
+    prefix: keys.networkVniPrefix,
+    key: (vni: string) => keys.networkVni(vni),
+    schema: Type.String({ minLength: 1 }),
+    raw: true,
   }),
   image: defineRecord<ImageRecord>()({
     kind: 'image',

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  addressHost,
+  fdbChanges,
+  floodDestinations,
+  gatewayMac,
+  MAX_VNI,
+  pickVni,
+  SPANNED_MSS,
+  SPANNED_MTU,
+  tunnelEnds,
+  tunnelRuleset,
+  vxlanDevice,
+  vxlanInputRule,
+} from './vxlan.ts';
+
+const MEMBERS = [
+  { name: 'm2', address: '198.18.5.12:8443' },
+  { name: 'm1', address: '198.18.5.11:8443' },
+  { name: 'm3', address: '198.18.5.13' },
+];
+
+describe('VXLAN between members', () => {
+  test("a member's tunnel ends: its own cluster IP and every other member's, sorted, ports dropped", () => {
+    assert.deepEqual(tunnelEnds(MEMBERS, 'm1'), {
+      local: '198.18.5.11',
+      remotes: ['198.18.5.12', '198.18.5.13'],
+    });
+    assert.deepEqual(tunnelEnds(MEMBERS, 'm3'), {
+      local: '198.18.5.13',
+      remotes: ['198.18.5.11', '198.18.5.12'],
+    });
+    assert.deepEqual(tunnelEnds([MEMBERS[1] as (typeof MEMBERS)[number]], 'm1'), {
+      local: '198.18.5.11',
+      remotes: [],
+    });
+  });
+
+  test('a host that is not a member has no tunnel', () => {
+    assert.equal(tunnelEnds(MEMBERS, 'elsewhere'), undefined);
+    assert.equal(tunnelEnds([], 'm1'), undefined);
+  });
+
+  test('member addresses: IPv4 with or without port, IPv6 in brackets', () => {
+    assert.equal(addressHost('198.18.5.11:8443'), '198.18.5.11');
+    assert.equal(addressHost('198.18.5.11'), '198.18.5.11');
+    assert.equal(addressHost('[fd00::1]:8443'), 'fd00::1');
+  });
+
+  test('the FDB follows the members: a joined member is added, a departed one removed, the rest kept', () => {
+    assert.deepEqual(fdbChanges(['198.18.5.12'], ['198.18.5.12', '198.18.5.13']), {
+      add: ['198.18.5.13'],
+      remove: [],
+    });
+    assert.deepEqual(fdbChanges(['198.18.5.12', '198.18.5.13'], ['198.18.5.13']), {
+      add: [],
+      remove: ['198.18.5.12'],
+    });
+    assert.deepEqual(fdbChanges(['198.18.5.12'], ['198.18.5.12']), { add: [], remove: [] });
+  });
+
+  test('flood destinations are the all-zero entries of bridge -json fdb; learned MACs are not', () => {
+    const json = JSON.stringify([
+      { mac: '00:00:00:00:00:00', dst: '198.18.5.12', flags: ['self'], state: 'permanent' },
+      { mac: '02:aa:bb:cc:dd:ee', dst: '198.18.5.12', flags: ['self'] },
+      { mac: '00:00:00:00:00:00', dst: '198.18.5.13', flags: ['self'], state: 'permanent' },
+      { mac: '33:33:00:00:00:01', flags: ['self'], state: 'permanent' },
+    ]);
+    assert.deepEqual(floodDestinations(json), ['198.18.5.12', '198.18.5.13']);
+    assert.deepEqual(floodDestinations(''), []);
+  });
+
+  test('VNIs: the lowest free one from 1; none when all 2^24-1 are taken', () => {
+    assert.equal(pickVni([]), 1);
+    assert.equal(pickVni([1, 2, 4]), 3);
+    assert.equal(pickVni([2, 3]), 1);
+    const all = Array.from({ length: MAX_VNI }, (_, i) => i + 1);
+    assert.equal(pickVni(all), undefined);
+  });
+
+  test('the gateway MAC is the same on every member (name and VNI only); the device name fits 15 characters', () => {
+    assert.equal(gatewayMac('net0', 7), gatewayMac('net0', 7));
+    assert.notEqual(gatewayMac('net0', 7), gatewayMac('net0', 8));
+    assert.match(gatewayMac('net0', 7), /^02(:[0-9a-f]{2}){5}$/);
+    assert.match(vxlanDevice('/var/lib/trivisor', 'a-fifteen-chars'), /^vx[0-9a-f]{10}$/);
+    assert.notEqual(vxlanDevice('/a', 'net0'), vxlanDevice('/b', 'net0'));
+  });
+
+  test('VXLAN is taken from the other members only; with none, from nobody', () => {
+    assert.equal(
+      vxlanInputRule(['198.18.5.12', '198.18.5.13']),
+      '    udp dport 4789 ip saddr != { 198.18.5.12, 198.18.5.13 } drop',
+    );
+    assert.equal(vxlanInputRule([]), '    udp dport 4789 drop');
+  });
+
+  test('the tunnel port: claimed MAC and address pairs only, nothing of the gateway or DHCP crosses, the host neither sends nor takes, MSS clamped', () => {
+    const text = tunnelRuleset({
+      network: 'net0',
+      device: 'vx0123456789',
+      gateway: '198.18.9.1',
+      hosts: [
+        { mac: '02:00:00:00:00:03', ip: '198.18.9.3' },
+        { mac: '02:00:00:00:00:02', ip: '198.18.9.2' },
+      ],
+    });
+    assert.match(text, /table bridge trivisor-vx-net0/);
+    assert.ok(
+      text.includes(
+        'iifname "vx0123456789" ether type ip ether saddr . ip saddr != { 02:00:00:00:00:02 . 198.18.9.2, 02:00:00:00:00:03 . 198.18.9.3 } drop',
+      ),
+      text,
+    );
+    assert.ok(text.includes('iifname "vx0123456789" arp saddr ether . arp saddr ip != {'), text);
+    assert.ok(text.includes('iifname "vx0123456789" ether type != { ip, arp } drop'), text);
+    for (const dir of ['iifname', 'oifname']) {
+      assert.ok(text.includes(`${dir} "vx0123456789" arp daddr ip 198.18.9.1 drop`), text);
+      assert.ok(text.includes(`${dir} "vx0123456789" udp dport { 67, 68 } drop`), text);
+      assert.ok(
+        text.includes(`${dir} "vx0123456789" tcp flags syn tcp option maxseg size > ${SPANNED_MSS}`),
+        text,
+      );
+    }
+    assert.match(text, /hook input priority filter; policy accept;\n {4}iifname "vx0123456789" drop/);
+    assert.match(text, /hook output priority filter; policy accept;\n {4}oifname "vx0123456789" drop/);
+    assert.equal(SPANNED_MTU, 1450);
+    assert.equal(SPANNED_MSS, 1410);
+  });
+
+  test('a tunnel with no claimed NICs takes nothing in', () => {
+    const text = tunnelRuleset({ network: 'net0', device: 'vx0', gateway: '198.18.9.1', hosts: [] });
+    assert.ok(text.includes('iifname "vx0" drop'), text);
+    assert.ok(!text.includes('saddr . ip saddr'), text);
+  });
+});

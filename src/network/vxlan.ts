@@ -1,0 +1,151 @@
+import { createHash } from 'node:crypto';
+import { stableMac } from './ipv4.ts';
+import type { DhcpHost } from './network-backend.ts';
+
+/** IANA's VXLAN port (RFC 7348): what the kernel's own default of 8472 is not. */
+export const VXLAN_PORT = 4789;
+/** Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) header bytes added to every frame. */
+export const VXLAN_OVERHEAD = 50;
+/** Underlay MTU assumed for the members' cluster addresses (ordinary Ethernet). */
+export const UNDERLAY_MTU = 1500;
+/** The MTU of a spanned network, as guests are told by DHCP (option 26). */
+export const SPANNED_MTU = UNDERLAY_MTU - VXLAN_OVERHEAD;
+/** The TCP MSS clamped on SYNs crossing the tunnel: the spanned MTU less IPv4 and TCP headers. */
+export const SPANNED_MSS = SPANNED_MTU - 40;
+/** VNIs are 24 bits; 0 is left out (some switches treat it as "none"). */
+export const MIN_VNI = 1;
+export const MAX_VNI = 2 ** 24 - 1;
+
+/** How a network's bridge is joined to the other members' bridges. */
+export interface TunnelDefinition {
+  vni: number;
+  /** This member's cluster address: the source of its VXLAN packets. */
+  local: string;
+  /** The other members' cluster addresses: one FDB entry each (head-end replication, no multicast). */
+  remotes: string[];
+}
+
+/** The VXLAN device of a network: `vx` and 10 hex of state dir and network (at most 15 characters). */
+export function vxlanDevice(stateDir: string, network: string): string {
+  return `vx${createHash('sha256').update(`${stateDir}\0${network}`).digest('hex').slice(0, 10)}`;
+}
+
+/**
+ * The gateway's MAC on a spanned network: the same on every member (derived from the network's
+ * name and VNI only), so a guest that moves, live too, keeps a valid ARP entry for its gateway.
+ */
+export function gatewayMac(network: string, vni: number): string {
+  return stableMac(`gateway\0${vni}`, network);
+}
+
+/** The IP of a member's address (`IP:PORT`, `[IPv6]:PORT` or a bare IP). */
+export function addressHost(address: string): string {
+  const v6 = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
+  if (v6?.[1]) return v6[1];
+  const m = /^([^:]+)(?::\d+)?$/.exec(address);
+  return m?.[1] ?? address;
+}
+
+/**
+ * The VXLAN peers of `self`: every other member's cluster IP, unique and sorted (so the FDB
+ * and the nftables set are the same text whatever order the store listed the members in).
+ * Undefined when `self` is not among the members (a single host: no tunnel).
+ */
+export function tunnelEnds(
+  members: ReadonlyArray<{ name: string; address: string }>,
+  self: string,
+): { local: string; remotes: string[] } | undefined {
+  const me = members.find((m) => m.name === self);
+  if (!me) return undefined;
+  const local = addressHost(me.address);
+  const remotes = [...new Set(members.filter((m) => m.name !== self).map((m) => addressHost(m.address)))]
+    .filter((ip) => ip !== local)
+    .sort();
+  return { local, remotes };
+}
+
+/** The all-zero FDB entries (`bridge fdb … 00:00:00:00:00:00 dst IP`) to add and to delete. */
+export function fdbChanges(
+  present: readonly string[],
+  wanted: readonly string[],
+): { add: string[]; remove: string[] } {
+  const have = new Set(present);
+  const want = new Set(wanted);
+  return {
+    add: [...want].filter((ip) => !have.has(ip)).sort(),
+    remove: [...have].filter((ip) => !want.has(ip)).sort(),
+  };
+}
+
+/** The flood destinations of a VXLAN device from `bridge -json fdb show dev DEV`. */
+export function floodDestinations(json: string): string[] {
+  const entries = JSON.parse(json || '[]') as Array<{ mac?: string; dst?: string }>;
+  return entries.flatMap((e) => (e.mac === '00:00:00:00:00:00' && e.dst ? [e.dst] : []));
+}
+
+/** The lowest VNI no other network holds (`used`); undefined when all 2^24-1 are taken. */
+export function pickVni(used: Iterable<number>): number | undefined {
+  const taken = new Set(used);
+  for (let vni = MIN_VNI; vni <= MAX_VNI; vni++) if (!taken.has(vni)) return vni;
+  return undefined;
+}
+
+/** nftables table of a network's tunnel filters (family bridge). */
+export const tunnelTable = (network: string): string => `trivisor-vx-${network}`;
+
+/**
+ * The filters on a network's VXLAN port (bridge family). The gateway is distributed: every
+ * member's bridge holds the gateway address with the same MAC, so nothing of it may cross the
+ * tunnel: frames from or to the host itself (output, input), ARP about the gateway address,
+ * and DHCP (each guest's DHCP server is its own member's dnsmasq). What comes in from the
+ * tunnel must be IPv4 or ARP from a claimed NIC's MAC with that NIC's address (the other
+ * member's port filters already checked it: this holds even when they did not). TCP SYNs
+ * crossing have their MSS clamped to the spanned MTU, for guests that kept an MTU of 1500.
+ */
+export function tunnelRuleset(def: {
+  network: string;
+  device: string;
+  gateway: string;
+  hosts: ReadonlyArray<Pick<DhcpHost, 'mac' | 'ip'>>;
+}): string {
+  const vx = JSON.stringify(def.device);
+  const pairs = [...new Set(def.hosts.map((h) => `${h.mac.toLowerCase()} . ${h.ip}`))].sort();
+  const fromTunnel =
+    pairs.length === 0
+      ? [`    iifname ${vx} drop`]
+      : [
+          `    iifname ${vx} ether type != { ip, arp } drop`,
+          `    iifname ${vx} ether type ip ether saddr . ip saddr != { ${pairs.join(', ')} } drop`,
+          `    iifname ${vx} arp saddr ether . arp saddr ip != { ${pairs.join(', ')} } drop`,
+        ];
+  const forward = [
+    `    oifname ${vx} arp daddr ip ${def.gateway} drop`,
+    `    iifname ${vx} arp daddr ip ${def.gateway} drop`,
+    `    oifname ${vx} udp dport { 67, 68 } drop`,
+    `    iifname ${vx} udp dport { 67, 68 } drop`,
+    ...fromTunnel,
+    `    oifname ${vx} tcp flags syn tcp option maxseg size > ${SPANNED_MSS} tcp option maxseg size set ${SPANNED_MSS}`,
+    `    iifname ${vx} tcp flags syn tcp option maxseg size > ${SPANNED_MSS} tcp option maxseg size set ${SPANNED_MSS}`,
+  ];
+  const table = tunnelTable(def.network);
+  const body = [
+    `  chain forward {\n    type filter hook forward priority filter; policy accept;\n${forward.join('\n')}\n  }`,
+    `  chain input {\n    type filter hook input priority filter; policy accept;\n    iifname ${vx} drop\n  }`,
+    `  chain output {\n    type filter hook output priority filter; policy accept;\n    oifname ${vx} drop\n  }`,
+  ].join('\n');
+  return `add table bridge ${table}\ndelete table bridge ${table}\ntable bridge ${table} {\n${body}\n}\n`;
+}
+
+export function deleteTunnelRuleset(network: string): string {
+  return `add table bridge ${tunnelTable(network)}\ndelete table bridge ${tunnelTable(network)}\n`;
+}
+
+/**
+ * The input rule of a network's ip table: VXLAN is accepted from the other members' cluster
+ * addresses only (it is unauthenticated: anyone else could inject frames onto the bridge).
+ */
+export function vxlanInputRule(remotes: readonly string[]): string {
+  return remotes.length === 0
+    ? `    udp dport ${VXLAN_PORT} drop`
+    : `    udp dport ${VXLAN_PORT} ip saddr != { ${remotes.join(', ')} } drop`;
+}

@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { eventually, sleep } from '../system/harness.ts';
+import { formCluster, type MemberHost, makeTestCluster, type TestCluster } from './cluster-harness.ts';
+
+/*
+ * Issue 13 part 2 (decision 0050): one managed network spans two members. Its bridges are
+ * joined by VXLAN over the members' cluster addresses; guests of every model on different
+ * members get their reserved addresses from their own member's dnsmasq, ping each other and
+ * move data over TCP by address and by name; a guest that sends from an address it was not
+ * given reaches nothing on the other member, even when its own member's port filter is gone
+ * (the tunnel's filter on the receiving member holds); a guest moved cold to the other member
+ * answers at the same address with the same MAC. Guests: m1 has a ct (sc) and a vm (sv), m2 a
+ * pvm (sp) and a ct (sd); every model has a peer on the other member. Traffic stays in
+ * 198.19.84.0/24 and the cluster's namespaces.
+ */
+
+const NET = 'spannet';
+const SUBNET = '198.19.84';
+const GUESTS = [
+  { name: 'sc', model: 'ct', member: 'm1', args: [] },
+  { name: 'sv', model: 'vm', member: 'm1', args: ['-c', 'limits.memory=128MiB'] },
+  { name: 'sp', model: 'pvm', member: 'm2', args: ['-c', 'limits.memory=64MiB'] },
+  { name: 'sd', model: 'ct', member: 'm2', args: [] },
+] as const;
+type Name = (typeof GUESTS)[number]['name'];
+/** Pairs on different members (at the start): every model talks to a model on the other member. */
+const ACROSS: Array<[Name, Name]> = [
+  ['sc', 'sp'],
+  ['sv', 'sd'],
+  ['sp', 'sv'],
+  ['sd', 'sc'],
+];
+
+let cluster: TestCluster;
+
+before(async () => {
+  cluster = await makeTestCluster(['m1', 'm2']);
+});
+
+after(async () => {
+  if (cluster) await cluster.destroy();
+});
+
+interface Nic {
+  hwaddr?: string;
+  'ipv4.address'?: string;
+}
+
+describe('a managed network spanning two members', { timeout: 600_000 }, () => {
+  let m1: MemberHost;
+  let m2: MemberHost;
+  const sh = (guest: string, script: string) =>
+    m1.daemon.cli(['exec', guest, '--', 'sh', '-c', script], { timeoutMs: 120_000 });
+  const nicOf = (guest: string): Nic => {
+    const g = JSON.parse(m2.daemon.ok(['info', guest, '--format', 'json'])) as {
+      devices?: Record<string, Nic>;
+    };
+    return g.devices?.eth0 ?? {};
+  };
+  const addressOf = (guest: string) => nicOf(guest)['ipv4.address'] ?? '';
+  const locationOf = (guest: string) =>
+    (
+      JSON.parse(m1.daemon.ok(['list', '--format', 'json'])) as Array<{ name: string; location?: string }>
+    ).find((g) => g.name === guest)?.location;
+  const vxlanOf = (host: MemberHost) => {
+    const r = cluster.inNetns(host.netns, ['ip', '-details', '-json', 'link', 'show', 'type', 'vxlan']);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Array<{
+      ifname: string;
+      mtu: number;
+      master?: string;
+      linkinfo: { info_data: { id: number; local: string; port: number } };
+    }>;
+  };
+
+  test('the network is a VXLAN-joined bridge on both members: one VNI, port 4789, an FDB entry for the other member, VXLAN only from members', async () => {
+    [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
+    await formCluster(cluster);
+    m1.daemon.ok(['network', 'create', NET, `ipv4.address=${SUBNET}.1/24`]);
+    await eventually(`${NET}'s VXLAN on m2`, () => vxlanOf(m2).some((v) => v.master === NET), 30_000);
+    const [v1, v2] = [vxlanOf(m1), vxlanOf(m2)].map((l) => l.find((v) => v.master === NET));
+    assert.ok(v1 && v2);
+    assert.equal(v1.linkinfo.info_data.id, v2.linkinfo.info_data.id, 'one VNI on both members');
+    assert.equal(v1.linkinfo.info_data.port, 4789);
+    assert.equal(v1.linkinfo.info_data.local, m1.ip);
+    assert.equal(v2.linkinfo.info_data.local, m2.ip);
+    assert.equal(v1.mtu, 1450);
+    for (const [host, other, v] of [
+      [m1, m2, v1],
+      [m2, m1, v2],
+    ] as const) {
+      const fdb = cluster.inNetns(host.netns, ['bridge', '-json', 'fdb', 'show', 'dev', v.ifname]);
+      const flood = (JSON.parse(fdb.stdout) as Array<{ mac: string; dst?: string }>).filter(
+        (e) => e.mac === '00:00:00:00:00:00',
+      );
+      assert.deepEqual(
+        flood.map((e) => e.dst),
+        [other.ip],
+        `${host.name} floods to ${other.name} only`,
+      );
+      const rules = cluster.inNetns(host.netns, ['nft', 'list', 'table', 'ip', `trivisor-${NET}`]);
+      assert.match(
+        rules.stdout,
+        new RegExp(`udp dport 4789 ip saddr != ${other.ip.replaceAll('.', '\\.')} drop`),
+      );
+    }
+    // The gateway is distributed: the same address and MAC on both bridges.
+    const mac = (host: MemberHost) =>
+      cluster.inNetns(host.netns, ['cat', `/sys/class/net/${NET}/address`]).stdout.trim();
+    assert.equal(mac(m1), mac(m2));
+  });
+
+  test('a guest of each model gets its reserved address and the spanned MTU from its own member', async () => {
+    for (const g of GUESTS) {
+      m1.daemon.ok([
+        ...['launch', 'busybox', g.name, '--model', g.model, '--target', g.member, '--network', NET],
+        ...g.args,
+      ]);
+    }
+    const all = GUESTS.map((g) => addressOf(g.name));
+    assert.equal(new Set(all).size, GUESTS.length, `four distinct addresses: ${all.join(' ')}`);
+    for (const g of GUESTS) {
+      const ip = addressOf(g.name);
+      assert.match(ip, new RegExp(`^${SUBNET.replaceAll('.', '\\.')}\\.\\d+$`));
+      await eventually(
+        `${g.name} holds ${ip}`,
+        () => sh(g.name, 'ip -4 addr show dev eth0').stdout.includes(`inet ${ip}/24`),
+        90_000,
+      );
+      assert.equal(sh(g.name, 'cat /sys/class/net/eth0/mtu').stdout.trim(), '1450', `${g.name}'s MTU`);
+      assert.equal(sh(g.name, 'cat /sys/class/net/eth0/address').stdout.trim(), nicOf(g.name).hwaddr);
+    }
+  });
+
+  test('guests on different members ping each other by address and by name, and their gateway', () => {
+    for (const [from, to] of ACROSS) {
+      assert.equal(sh(from, `ping -c1 -W3 ${SUBNET}.1`).code, 0, `${from} reaches its gateway`);
+      for (const target of [addressOf(to), `${to}.trivisor`]) {
+        const r = sh(from, `ping -c2 -W3 ${target}`);
+        assert.equal(r.code, 0, `${from} pings ${to} as ${target}: ${r.stdout}${r.stderr}`);
+      }
+    }
+  });
+
+  /** Sends 256 KiB from `from` to `to` (addressed as `target`) over TCP; asserts it arrived whole. */
+  const transfer = async (from: Name, to: Name, target: string, port: number) => {
+    const listen = sh(
+      to,
+      `rm -f /tmp/got-${port}; nc -l -p ${port} -e sh -c "cat > /tmp/got-${port}" </dev/null >/dev/null 2>&1 &`,
+    );
+    assert.equal(listen.code, 0, listen.stderr);
+    await sleep(500);
+    const sent = sh(
+      from,
+      `dd if=/dev/urandom of=/tmp/sent bs=1k count=256 2>/dev/null && nc ${target} ${port} < /tmp/sent && md5sum /tmp/sent`,
+    );
+    assert.equal(sent.code, 0, `${from} → ${to}: ${sent.stderr}`);
+    const sum = sent.stdout.split(' ')[0] ?? '';
+    assert.match(sum, /^[0-9a-f]{32}$/);
+    await eventually(
+      `${to} received all of ${from}'s data`,
+      () => sh(to, `md5sum /tmp/got-${port}`).stdout.startsWith(`${sum} `),
+      30_000,
+    );
+  };
+
+  test('guests on different members move data over TCP to each other, by address and by name', async () => {
+    let port = 5200;
+    for (const [from, to] of ACROSS) {
+      await transfer(from, to, addressOf(to), port++);
+      await transfer(from, to, `${to}.trivisor`, port++);
+    }
+  });
+
+  test("a spoofed source from a guest on m1 reaches nothing on m2, also with m1's port filter gone", async () => {
+    const spoofed = `${SUBNET}.250`;
+    const target = addressOf('sd');
+    /** Echo requests sd's kernel received so far (its namespace's ICMP counters). */
+    const echos = () => {
+      const lines = sh('sd', 'cat /proc/net/snmp')
+        .stdout.split('\n')
+        .filter((l) => l.startsWith('Icmp: '));
+      const [head, values] = lines.map((l) => l.split(/\s+/));
+      const at = head?.indexOf('InEchos') ?? -1;
+      assert.ok(at > 0, lines.join('\n'));
+      return Number(values?.[at]);
+    };
+    /** How many of three pings from sc (from `source` when given) reached sd. */
+    const arrived = async (source?: string) => {
+      const before = echos();
+      sh('sc', `ping -c3 -W1 ${source === undefined ? '' : `-I ${source}`} ${target}`);
+      await sleep(500);
+      return echos() - before;
+    };
+    // The genuine pings first: they arrive, and sc knows sd's MAC (no ARP from the spoofed address needed).
+    assert.equal(await arrived(), 3, 'pings from its own address arrive');
+    assert.equal(
+      sh('sc', `ip addr add ${spoofed}/24 dev eth0`).code,
+      0,
+      'sc takes an address it was not given',
+    );
+    assert.equal(await arrived(spoofed), 0, "sc's spoofed pings reached sd");
+    // m1's filter of sc's port removed (a member whose filters failed): m2's tunnel port drops them.
+    const port = (
+      JSON.parse(m1.daemon.ok(['info', 'sc', '--format', 'json'])) as {
+        state: { nics?: Record<string, { hostName: string }> };
+      }
+    ).state.nics?.eth0?.hostName;
+    assert.ok(port);
+    const del = cluster.inNetns(m1.netns, ['nft', 'delete', 'table', 'bridge', `trivisor-${port}`]);
+    assert.equal(del.code, 0, del.stderr);
+    assert.equal(await arrived(spoofed), 0, "without m1's filter, sc's spoofed pings reached sd");
+    assert.equal(await arrived(), 3, 'its own address still gets through');
+    sh('sc', `ip addr del ${spoofed}/24 dev eth0`);
+  });
+
+  test('a guest moved cold to the other member keeps its MAC and address and is reached there by address and name', async () => {
+    const before = nicOf('sp');
+    m1.daemon.ok(['move', 'sp', '--target', 'm1']);
+    assert.equal(locationOf('sp'), 'm1');
+    assert.deepEqual(nicOf('sp'), before, 'the same MAC and address');
+    const ip = before['ipv4.address'] ?? '';
+    await eventually(
+      'sp holds its address on m1',
+      () => sh('sp', 'ip -4 addr show dev eth0').stdout.includes(`inet ${ip}/24`),
+      90_000,
+    );
+    assert.equal(sh('sp', 'cat /sys/class/net/eth0/address').stdout.trim(), before.hwaddr);
+    await eventually('sd (m2) pings sp on m1', () => sh('sd', `ping -c1 -W2 ${ip}`).code === 0, 30_000);
+    assert.equal(sh('sd', 'ping -c1 -W3 sp.trivisor').code, 0, 'sd pings sp.trivisor');
+    await transfer('sd', 'sp', 'sp.trivisor', 5300);
+    await transfer('sp', 'sd', addressOf('sd'), 5301);
+  });
+
+  test('deleting the guests and the network removes the VXLAN devices and their filters on both members', async () => {
+    m1.daemon.ok(['delete', '--force', ...GUESTS.map((g) => g.name)]);
+    m1.daemon.ok(['network', 'delete', NET]);
+    for (const host of [m1, m2]) {
+      await eventually(`no VXLAN left on ${host.name}`, () => vxlanOf(host).length === 0, 30_000);
+      const tables = cluster.inNetns(host.netns, ['nft', 'list', 'tables']).stdout;
+      assert.doesNotMatch(tables, new RegExp(`trivisor-vx-${NET}`));
+    }
+  });
+});
