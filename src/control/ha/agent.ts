@@ -1,8 +1,10 @@
 import { isTrivisorError } from '../../core/errors.ts';
 import type { Logger } from '../../host/logger.ts';
 import type { KvStore } from '../../store/kv.ts';
+import { records } from '../../store/records.ts';
+import { createInformer } from '../informer.ts';
 import { dropPermit, writeAgentState, writePermit } from './ha-files.ts';
-import { type HaWorld, readHaWorld, txnOf } from './ha-store.ts';
+import { type HaWorld, isHaGuest, readHaWorld, txnOf } from './ha-store.ts';
 import { createLrm, type LeaseAnswer, type LrmAction } from './lrm.ts';
 import { DEFAULT_TIMINGS, type HaTimings, haKeys } from './types.ts';
 
@@ -43,6 +45,8 @@ export interface HaAgent {
   stop(): Promise<void>;
 }
 
+const nameOf = (key: string) => key.slice(records.guest.prefix.length);
+
 function timeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
@@ -75,14 +79,30 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
   let revokeCall = false;
   let manageCall = false;
   let world: HaWorld | undefined;
-  /** Guests whose HA records this agent has read: those it fences (the others are not HA). */
+  /** Guests whose HA records this agent has read: those it fences and whose starts are its (the others are not HA). */
   let haNames = new Set<string>();
   const pending = new Map<string, number>();
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let looking: Promise<void> = Promise.resolve();
 
-  const haRunning = (running: Set<string>) => new Set([...running].filter((g) => haNames.has(g)));
+  // The guests made HA, known from the specs as soon as the store says so (a watch), before the
+  // CRM records them: a fence kills them too, whether or not a record was read yet.
+  const haSpecs = new Set<string>();
+  const specs = createInformer<boolean>({
+    store,
+    prefix: records.guest.prefix,
+    decode: (kv) => isHaGuest(records.guest.decode(kv)),
+    handlers: {
+      onAdd: (key, ha) => void (ha ? haSpecs.add(nameOf(key)) : haSpecs.delete(nameOf(key))),
+      onUpdate: (key, ha) => void (ha ? haSpecs.add(nameOf(key)) : haSpecs.delete(nameOf(key))),
+      onDelete: (key) => void haSpecs.delete(nameOf(key)),
+    },
+    log,
+  });
+  specs.start().catch((e: unknown) => log.warn({ err: String(e) }, 'HA: cannot list the guests yet'));
+  const haRunning = (running: Set<string>) =>
+    new Set([...running].filter((g) => haNames.has(g) || haSpecs.has(g)));
 
   const answer = (a: LeaseAnswer) => {
     for (const x of lrm.leaseAnswer(clock(), a)) void act(x);
@@ -267,6 +287,7 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
   return {
     async stop() {
       stopped = true;
+      specs.stop();
       clearTimeout(timer);
       await looking;
       for (const a of lrm.fenceNow(haRunning(await deps.running()))) await act(a);

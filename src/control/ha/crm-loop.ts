@@ -1,10 +1,13 @@
 import { isTrivisorError } from '../../core/errors.ts';
+import type { GuestSpec } from '../../core/types.ts';
 import type { Logger } from '../../host/logger.ts';
 import type { KvStore } from '../../store/kv.ts';
+import { records, type Stored } from '../../store/records.ts';
+import { createInformer } from '../informer.ts';
 import { createPlacementIndex } from '../placement.ts';
 import { type CrmView, createCrm } from './crm.ts';
 import { liveAgentToken, readAgentState } from './ha-files.ts';
-import { readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
+import { isHaGuest, readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
 import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings } from './types.ts';
 
 /**
@@ -41,6 +44,27 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
   const crm = createCrm(deps.member, timings, (c) => createPlacementIndex(c));
   let lease: number | undefined;
   let stopped = false;
+  // The specs of HA guests, watched: the bookkeeping finds a guest made HA without listing every spec.
+  const haSpecs = new Map<string, Stored<GuestSpec>>();
+  const specs = createInformer<Stored<GuestSpec>>({
+    store,
+    prefix: records.guest.prefix,
+    decode: (kv) => ({
+      key: kv.key,
+      value: records.guest.decode(kv),
+      modRevision: kv.modRevision,
+      createRevision: kv.createRevision,
+    }),
+    handlers: {
+      onAdd: (_k, s) =>
+        void (isHaGuest(s.value) ? haSpecs.set(s.value.name, s) : haSpecs.delete(s.value.name)),
+      onUpdate: (_k, s) =>
+        void (isHaGuest(s.value) ? haSpecs.set(s.value.name, s) : haSpecs.delete(s.value.name)),
+      onDelete: (_k, s) => void haSpecs.delete(s.value.name),
+    },
+    log,
+  });
+  specs.start().catch((e: unknown) => log.warn({ err: String(e) }, 'HA: cannot list the guests yet'));
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
   const note = (n: string) => {
@@ -89,8 +113,9 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
     }
     // The bookkeeping between specs and records, by the elected CRM only (every write compares it).
     if (world.lock?.value.member === deps.member && world.lock.value.token === token) {
-      const all = await readHaWorld(store, { allSpecs: true });
-      if (all.lock) for (const txn of recordUpkeep(all, all.lock)) await store.txn(txn);
+      // The HA guests without a record yet come from the watched specs; those recorded were just read.
+      const specs = new Map([...haSpecs, ...world.specs]);
+      for (const txn of recordUpkeep({ ...world, specs }, world.lock)) await store.txn(txn);
     }
   };
 
@@ -108,6 +133,7 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
   return {
     async stop() {
       stopped = true;
+      specs.stop();
       clearTimeout(timer);
       await running;
       // Revoked, the election key goes with the lease: another daemon's CRM takes over at once.

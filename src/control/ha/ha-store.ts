@@ -99,28 +99,26 @@ export function tokenOf(world: Pick<HaWorld, 'heartbeats'>, member: string): Tok
 }
 
 /**
- * Reads the election key, the heartbeats, the HA records and the specs. With `allSpecs` (the
- * elected CRM's bookkeeping, which finds HA guests without records) in one transaction; otherwise
- * the specs of the recorded guests only, read just after (every write compares the spec it read).
+ * Reads the election key, the heartbeats and the HA records in one transaction, then the specs of
+ * the recorded guests (every write compares the spec it read).
  */
-export async function readHaWorld(store: KvStore, options: { allSpecs?: boolean } = {}): Promise<HaWorld> {
+export async function readHaWorld(store: KvStore): Promise<HaWorld> {
   const r = await readTogether(store, [
     { key: haKeys.crm },
     { key: haKeys.heartbeatPrefix, prefix: true },
     { key: haKeys.guestPrefix, prefix: true },
-    ...(options.allSpecs ? [{ key: records.guest.prefix, prefix: true }] : []),
   ]);
   const [lockKvs = [], beatKvs = [], haKvs = []] = r.kvs;
-  let specKvs = r.kvs[3] ?? [];
-  if (!options.allSpecs && haKvs.length > 0) {
-    const names = haKvs.map((kv) => kv.key.slice(haKeys.guestPrefix.length));
-    specKvs = (
-      await readTogether(
-        store,
-        names.map((n) => ({ key: records.guest.at(n).key })),
-      )
-    ).kvs.flat();
-  }
+  const names = haKvs.map((kv) => kv.key.slice(haKeys.guestPrefix.length));
+  const specKvs =
+    names.length === 0
+      ? []
+      : (
+          await readTogether(
+            store,
+            names.map((n) => ({ key: records.guest.at(n).key })),
+          )
+        ).kvs.flat();
   const specs = new Map<string, Stored<GuestSpec>>();
   for (const kv of specKvs) {
     const value = records.guest.decode(kv);
