@@ -276,6 +276,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   let moveTransport: MoveTransport | undefined;
   if (membership && memberClient) {
     const removeLocal = async (spec: GuestSpec) => {
+      // A guest on a shared pool keeps its files (the pool's, now used by another member): only this member's link goes.
+      if (await services.pools?.sharedPoolOf(spec.name)) return services.pools?.dropShared(spec.name);
       const driver = drivers[spec.model];
       if (!driver) throw notSupported(`The ${spec.model} model is not available on host ${hostName}`);
       await driver.delete(spec);
@@ -373,6 +375,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // The default pool is recorded and every pool mounted before guests start; limits.disk follows.
   const poolController = createPoolController({ store, drivers: poolDrivers, runner, log, hostName });
   await poolController.start();
+  // Links to guests on shared pools that another member runs now (decision 0049): only the link goes.
+  await poolService
+    .sweepSharedLinks()
+    .catch((e: unknown) => log.warn({ err: String(e) }, 'cannot sweep the links of guests on shared pools'));
   // guest.json copies, snapshot records of deleted guests, volumes no guest has given back to root.
   const guestStorageController = createGuestStorageController({
     store,
@@ -434,6 +440,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       },
     }),
     releasePlacement: (name) => poolService.releaseGuest(name),
+    // Guests on a shared pool run on whichever member they are located on (decision 0049).
+    shared: {
+      adopt: (spec) => poolService.adoptShared(spec),
+      imageFor: (spec, image) => poolService.imageFor(spec, image),
+    },
   });
   await controller.start();
   // A permit the agent writes is a start it asks for: that guest is reconciled at once.

@@ -222,7 +222,9 @@ export function addStorageCommands(program: Command): void {
 
   storage
     .command('create')
-    .description('Create a pool: storage create NAME dir|btrfs [size=2GiB] [source=PATH]')
+    .description(
+      'Create a pool: storage create NAME dir|btrfs [size=2GiB] [source=PATH] [shared=true (dir with source, on a cluster: one directory every member sees)]',
+    )
     .argument('<name>')
     .argument('<driver>', 'dir or btrfs')
     .argument('[config...]', 'key=value')
@@ -248,9 +250,11 @@ export function addStorageCommands(program: Command): void {
           },
           opts.target !== undefined ? { target: opts.target } : {},
         );
-        const where = pool.members
-          ? ` on ${pool.members.length} members (${pool.status}), here at ${pool.path}`
-          : ` at ${pool.path}`;
+        const where = pool.shared
+          ? `, shared by ${pool.members?.length ?? 0} members (${pool.status}) at ${pool.path}`
+          : pool.members
+            ? ` on ${pool.members.length} members (${pool.status}), here at ${pool.path}`
+            : ` at ${pool.path}`;
         process.stdout.write(`Created storage pool ${pool.name} (${pool.driver})${where}\n`);
       },
     );
@@ -269,10 +273,11 @@ export function addStorageCommands(program: Command): void {
       process.stdout.write(
         opts.format === 'table'
           ? renderTable(
-              ['NAME', 'DRIVER', 'STATUS', 'USED', 'TOTAL', 'PATH'],
+              ['NAME', 'DRIVER', 'SHARED', 'STATUS', 'USED', 'TOTAL', 'PATH'],
               list.map((p) => [
                 p.name,
                 p.driver,
+                p.shared ? 'yes' : 'no',
                 p.status,
                 p.usage ? formatBytes(p.usage.usedBytes) : '-',
                 p.usage ? formatBytes(p.usage.totalBytes) : '-',

@@ -30,6 +30,15 @@ export interface GuestControllerDeps {
    */
   releasePlacement?: (name: string) => Promise<void>;
   /**
+   * Guests on a shared storage pool (decision 0049): `adopt` links a guest located here that has
+   * no `guests/NAME` yet to its directory on the pool (an HA restart, a hand-over), before it is
+   * made or started; `imageFor` gives it the pool's copy of its base disk.
+   */
+  shared?: {
+    adopt(spec: GuestSpec): Promise<void>;
+    imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
+  };
+  /**
    * HA (decision 0052): whether a guest's starts are its member's HA agent's to decide, and why
    * it may not start now (undefined: it may). Such a guest is started only when the agent asks,
    * and one that died is left for the agent, not restarted by policy nor marked stopped.
@@ -220,7 +229,10 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     // will likely make or start the guest (a round trip saved on etcd's create+start).
     let imageHandle: Promise<ImageHandle> | undefined;
     const image = () => {
-      imageHandle ??= images.handle(spec.image);
+      const shared = deps.shared;
+      imageHandle ??= shared
+        ? images.handle(spec.image).then((h) => shared.imageFor(spec, h))
+        : images.handle(spec.image);
       return imageHandle;
     };
     const upAsRecorded = status.status === 'Running' || status.status === 'Frozen';
@@ -231,6 +243,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         (spec.desired !== 'Stopped' && spec.restartRequest > status.observedRestartRequest));
     // Its failure is the await's below, when the image is used.
     if (willStart) image().catch(() => {});
+    // A guest on a shared pool that another member held until now is linked here first: the
+    // driver then finds its files (and makes nothing) where it looks for them.
+    if (!spec.deleting) await deps.shared?.adopt(spec);
     let rt = await driver.inspect(spec, status.process);
 
     if (spec.deleting) {

@@ -6,6 +6,7 @@ import type { GuestSpec } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { checkSharedMarker } from '../storage/shared-pools.ts';
 import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, stampLocations } from '../store/records.ts';
@@ -84,6 +85,7 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
       const ref = records.poolMemberStatus.at(pool.name, hostName);
       const had = await ref.get(store);
       const driver = drivers[pool.driver];
+      if (pool.shared) return checkShared(pool, had?.value.state);
       try {
         if (had?.value.state === 'Created') await driver.mount(pool);
         else await driver.create(pool);
@@ -110,6 +112,28 @@ export function createPoolController(deps: PoolControllerDeps): PoolController {
         throw e;
       }
     });
+  }
+
+  /**
+   * A shared pool (decision 0049) is no instance of this member's: the member that created it
+   * wrote a marker at its root, and this member's status says whether it reads that marker
+   * there (Created) or not (Errored, naming the member and the path). Checked whenever the pool
+   * is looked at (its record changes, the daemon starts), so a directory mounted later counts.
+   */
+  async function checkShared(pool: PoolRecord, had: 'Created' | 'Errored' | undefined): Promise<void> {
+    const ref = records.poolMemberStatus.at(pool.name, hostName);
+    const error = await checkSharedMarker(pool, hostName);
+    // Every member writes the same copy: one that loses a race with another's rename loses nothing.
+    if (error === undefined) await keepPoolRecord(pool, drivers).catch(() => {});
+    if (!(await records.pool.at(pool.name).get(store))) return;
+    if (error === undefined && had === 'Created') return;
+    await ref.put(store, {
+      state: error === undefined ? 'Created' : 'Errored',
+      driver: pool.driver,
+      ...(error !== undefined && { error }),
+      updatedAt: new Date().toISOString(),
+    });
+    if (error !== undefined) throw failedPrecondition(error);
   }
 
   /** Removes this member's instance of a pool defined on every member, and its status. */

@@ -59,6 +59,35 @@ export function migrationDowntimeLimitMs(v: string | undefined): number {
   return n;
 }
 
+/** Highest `ha.priority`. */
+export const HA_MAX_PRIORITY = 1000;
+
+/** `ha.priority` as a number: a whole number from 0 to 1000, 0 when unset. */
+function haPriorityOf(v: string | undefined): number {
+  if (v === undefined) return 0;
+  const n = /^[0-9]{1,4}$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isInteger(n) || n > HA_MAX_PRIORITY) {
+    throw invalidArgument(
+      `ha.priority=${JSON.stringify(v)} must be a whole number from 0 to ${HA_MAX_PRIORITY} (default 0; higher restarts first)`,
+    );
+  }
+  return n;
+}
+
+/** Whether the guest is to be restarted elsewhere when its member dies (`ha.enabled`, default false). */
+export function haEnabled(spec: { config: Record<string, string> }): boolean {
+  return spec.config['ha.enabled'] === 'true';
+}
+
+/** The guest's HA restart order (`ha.priority`, default 0; higher first); 0 for a value that does not validate. */
+export function haPriority(spec: { config: Record<string, string> }): number {
+  try {
+    return haPriorityOf(spec.config['ha.priority']);
+  } catch {
+    return 0;
+  }
+}
+
 const bool: KeySpec['check'] = (v) => {
   if (v !== 'true' && v !== 'false')
     throw invalidArgument(`Expected true or false, got ${JSON.stringify(v)}`);
@@ -197,6 +226,19 @@ const KEYS: Record<string, KeySpec> = {
     help: 'longest pause a live move may give the guest at its switch-over, in milliseconds (QEMU downtime-limit, default 300)',
     check(v) {
       migrationDowntimeLimitMs(v);
+    },
+  },
+  // Read by the HA manager (decision 0044); where the guest's disk may be is the guest service's check (decision 0049).
+  'ha.enabled': {
+    live: true,
+    help: 'restart the guest on another member when its member dies (needs its disk on a shared storage pool)',
+    check: bool,
+  },
+  'ha.priority': {
+    live: true,
+    help: `order of HA restarts, a whole number from 0 to ${HA_MAX_PRIORITY} (default 0; higher restarts first)`,
+    check(v) {
+      haPriorityOf(v);
     },
   },
   'boot.restart_policy': {

@@ -223,6 +223,17 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     everyMember: Type.Optional(
       Type.Boolean({ description: 'Defined on every member of the cluster, each with its own instance' }),
     ),
+    shared: Type.Optional(
+      Type.Boolean({
+        description:
+          'One directory (source) every member sees at the same path: any member can run its guests (decision 0049)',
+      }),
+    ),
+    marker: Type.Optional(
+      Type.String({
+        description: "A shared pool's id, also at its root: each member checks it reads it there",
+      }),
+    ),
     members: Type.Optional(
       Type.Array(
         Type.Object({
@@ -276,7 +287,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       config: { access: 'host-admin' },
       schema: {
         summary:
-          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on every member, or only on the one target= names',
+          'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on every member, or only on the one target= names; config shared=true (dir with a source, on a cluster): one directory every member sees',
         querystring: Type.Object(TargetQueryProperties),
         body: Type.Object(
           {

@@ -160,9 +160,17 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         `Guest ${name} has volumes attached (${disks.join(', ')}): volumes do not move with their guest yet; detach them first`,
       );
     }
-    if (pool && pool.value.pool !== 'default') {
+    // A guest on a shared pool (decision 0049) is where it was: only its records change hands.
+    const onShared =
+      pool !== undefined && (await records.pool.at(pool.value.pool).get(store))?.value.shared === true;
+    if (pool && pool.value.pool !== 'default' && !onShared) {
       throw failedPrecondition(
-        `Guest ${name} is on storage pool ${pool.value.pool}: only guests on the default pool move yet`,
+        `Guest ${name} is on storage pool ${pool.value.pool}: only guests on the default pool or a shared pool move yet`,
+      );
+    }
+    if (onShared && request.live) {
+      throw notSupported(
+        `Guest ${name} is on shared pool ${pool?.value.pool}: a live move of a guest on a shared pool is not done yet; move it without --live (its files stay where they are)`,
       );
     }
     if (spec.value.deleting) throw conflict(`Guest ${name} is being deleted`);
@@ -183,7 +191,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
       }
       migrationDowntimeLimitMs(spec.value.config['migration.downtime_limit']);
     }
-    return { spec: spec.value, status: status.value, specRevision: spec.modRevision };
+    return { spec: spec.value, status: status.value, specRevision: spec.modRevision, onShared };
   }
 
   /** Writes the spec's desired state and waits for its owner's controller to reach it. */
@@ -209,6 +217,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     async move(name, request) {
       const checked = await check(name, request);
       if (request.live) return moveLive(name, request.target, checked);
+      if (checked.onShared) return moveShared(name, request.target, checked);
       const { spec, status } = checked;
       const target = request.target;
       const wasRunning = up(status);
@@ -281,6 +290,80 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
       });
     },
   };
+
+  /**
+   * A cold move of a guest on a shared pool (decision 0049): its files are already where the
+   * destination sees them, so nothing is copied. The guest is stopped, the records change hands
+   * (its snapshots' too: they are in its directory), the destination links the guest's directory
+   * and starts it if it ran; this member then drops only its link. A failure after the hand-over
+   * puts the records back as the archive move does.
+   */
+  async function moveShared(
+    name: string,
+    target: string,
+    checked: { spec: GuestSpec; status: GuestStatus },
+  ): Promise<Operation> {
+    const { spec, status } = checked;
+    const wasRunning = up(status);
+    return deps.operations.start({
+      project: projectOfRecord(spec),
+      description: `Moving guest ${name} to ${target}`,
+      resources: { guests: [`/1.0/guests/${name}`] },
+      async run(ctx) {
+        let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+        try {
+          if (wasRunning) {
+            ctx.progress(0, 'stopping the guest');
+            await finished(await deps.guests.changeState(name, { action: 'stop' }));
+          }
+          ctx.progress(30, `handing the guest over to ${target} (its files are on a shared pool)`);
+          const [now, nowStatus, snapshots] = await Promise.all([
+            records.guest.at(name).get(store),
+            records.guestStatus.at(name).get(store),
+            records.snapshot.list(store, name),
+          ]);
+          if (!now || !nowStatus || now.value.deleting || up(nowStatus.value)) {
+            throw conflict(`Guest ${name} was changed while it was being moved`);
+          }
+          const theirs = valuesOf(snapshots).map((s) =>
+            records.snapshot.at(name, s.name).putOp({ ...s, location: target }),
+          );
+          const flip = await handOver(store, now, hostName, target, theirs);
+          if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
+          ctx.progress(50, `${target} takes the guest's files over`);
+          await waitForGuest(
+            store,
+            name,
+            provisionedAt(flip.generation),
+            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
+          );
+          if (wasRunning) {
+            ctx.progress(80, `starting the guest on ${target}`);
+            await setDesired(name, 'Running', ctx.signal);
+          }
+        } catch (e) {
+          const err = asTrivisorError(e);
+          if (flipped) await rollBack(name, target, flipped, wasRunning);
+          else if (wasRunning) {
+            await deps.guests
+              .changeState(name, { action: 'start' })
+              .then(finished)
+              .catch((e2: unknown) =>
+                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+              );
+          }
+          throw new TrivisorError(
+            err.code,
+            `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
+          );
+        }
+        // removeLocal of a guest on a shared pool drops this member's link only.
+        await dropLocalCopy(spec);
+        return { location: target, shared: true };
+      },
+    });
+  }
 
   /**
    * A live move (decision 0042): the destination's QEMU waits, the disk and the RAM go over, and

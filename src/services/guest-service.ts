@@ -9,6 +9,7 @@ import {
   createOnlyChanges,
   DEFAULT_VM_MEMORY_BYTES,
   type HostCapacity,
+  haEnabled,
   PVM_DEFAULT_MEMORY_BYTES,
   validateConfig,
 } from '../core/config-keys.ts';
@@ -117,6 +118,40 @@ function currentObservation(
 
 export function createGuestService(deps: GuestServiceDeps): GuestService {
   const { store, drivers, operations } = deps;
+
+  /**
+   * `ha.enabled=true` (decision 0049) only where another member can start the guest: on a
+   * cluster, with its disk on a shared pool and every custom volume it has on one too.
+   * InvalidArgument in one line otherwise.
+   */
+  async function assertHaPossible(spec: GuestSpec): Promise<void> {
+    if (!haEnabled(spec)) return;
+    if (!deps.placement) {
+      throw invalidArgument(
+        `ha.enabled=true needs a cluster: ${deps.hostName} is a single host, with no member to restart guest ${spec.name} on`,
+      );
+    }
+    const placed = (await records.guestPool.at(spec.name).get(store))?.value;
+    const pool = placed && (await records.pool.at(placed.pool).get(store))?.value;
+    if (!pool?.shared) {
+      const name = placed?.pool ?? 'default';
+      const whose =
+        pool?.location !== undefined && pool.location !== ''
+          ? `member ${pool.location}'s own`
+          : "each member's own (not shared)";
+      throw invalidArgument(
+        `ha.enabled=true needs the guest's disk on a shared storage pool: ${spec.name} is on pool ${name}, which is ${name === 'default' ? `${spec.location ?? deps.hostName}'s own` : whose}`,
+      );
+    }
+    for (const [device, disk] of Object.entries(spec.disks ?? {})) {
+      const volumePool = (await records.pool.at(disk.pool).get(store))?.value;
+      if (!volumePool?.shared) {
+        throw invalidArgument(
+          `ha.enabled=true needs every volume of guest ${spec.name} on a shared storage pool: ${disk.source} (${device}) is on pool ${disk.pool}, which is not shared`,
+        );
+      }
+    }
+  }
 
   const driverFor = (model: Model): GuestDriver => {
     const d = drivers[model];
@@ -462,6 +497,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           spec.devices = claims.devices;
         }
         driver.validate(spec, image);
+        await assertHaPossible(spec);
         // The quota is decided on the project as read and the guest lands only if nothing was
         // written in the project meanwhile (guardedWrite reads again and decides again then).
         const r = await guardedWrite(
@@ -628,6 +664,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         }
         const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
         driverFor(next.model).validate(next, await imageOf(next));
+        await assertHaPossible(next);
         const counted = ['limits.memory', 'limits.cpu', 'limits.disk'];
         if (counted.some((key) => l.spec.config[key] !== config[key])) {
           // A change of what the project counts is a guarded write, like a create.

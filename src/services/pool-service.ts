@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdir, readFile, readlink, rm, symlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, symlink, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DEFAULT_POOL, keepPoolRecord, POOL_RECORD_FILE } from '../control/pool-controller.ts';
 import {
@@ -15,9 +15,17 @@ import { assertDnsLabel } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import { parseBytes } from '../core/sizes.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
+import type { ImageHandle } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import {
+  createSharedBases,
+  newSharedMarker,
+  removeSharedStructure,
+  SHARED_MARKER_FILE,
+  writeSharedMarker,
+} from '../storage/shared-pools.ts';
 import {
   POOL_DRIVERS,
   type PoolDriver,
@@ -98,10 +106,67 @@ export interface PoolService {
    * and the guest's place on it. Returns the pool's name, undefined for the default pool.
    */
   recoverGuest(spec: GuestSpec): Promise<string | undefined>;
+  /** The shared pool a guest lives on (decision 0049), or undefined. */
+  sharedPoolOf(guest: string): Promise<PoolRecord | undefined>;
+  /**
+   * Before a guest located on this member is made or started: when it lives on a shared pool and
+   * this member has no `guests/NAME` link yet (an HA restart, a hand-over), makes it. Idempotent;
+   * nothing for any other guest.
+   */
+  adoptShared(spec: GuestSpec): Promise<void>;
+  /**
+   * The image as a guest on a shared pool must see it: its base disk the pool's copy (made once),
+   * which every member's copy-on-write layer of the guest can name. Other guests: `image` as is.
+   */
+  imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
+  /**
+   * Drops this member's hold on a guest that lives on a shared pool and is no longer located
+   * here: its `guests/NAME` link and its id range claim. The guest's files (the pool's) stay.
+   */
+  dropShared(name: string): Promise<void>;
+  /**
+   * At start: drops this member's links to guests on shared pools that are located elsewhere now
+   * (an HA restart while this member was away) or gone; their files stay.
+   */
+  sweepSharedLinks(): Promise<string[]>;
 }
 
 // The default pool, the pool record copies and mounting are the pool controller's (src/control/).
 export { DEFAULT_POOL, POOL_RECORD_FILE } from '../control/pool-controller.ts';
+
+/**
+ * Whether a pool asked for is shared (`shared=true`, decision 0049): one directory every member
+ * sees at the same path, so only a dir pool with a source, and only on a cluster, without a
+ * target. InvalidArgument in one line otherwise.
+ */
+export function sharedFlag(
+  value: string | undefined,
+  driver: string,
+  source: string | undefined,
+  where: { cluster: boolean; target: string | undefined },
+): boolean {
+  if (value === undefined || value === 'false') return false;
+  if (value !== 'true') throw invalidArgument(`shared must be true or false, got ${JSON.stringify(value)}`);
+  if (driver !== 'dir') {
+    throw invalidArgument(
+      `shared=true needs the dir driver (a directory every member mounts at the same path), not ${driver}`,
+    );
+  }
+  if (source === undefined) {
+    throw invalidArgument(
+      'shared=true needs source=/path: the directory every member sees at that path (NFS or a cluster file system)',
+    );
+  }
+  if (!where.cluster) {
+    throw invalidArgument(
+      'shared=true needs a cluster: a single host has no other member to share the pool with',
+    );
+  }
+  if (where.target !== undefined) {
+    throw invalidArgument(`A shared pool is every member's: leave out --target ${where.target}`);
+  }
+  return true;
+}
 
 export function createPoolService(deps: {
   store: KvStore;
@@ -123,6 +188,7 @@ export function createPoolService(deps: {
   membersWaitMs?: number;
 }): PoolService {
   const { store, drivers } = deps;
+
   // One change of a pool at a time, whichever member asks: a claim in the store (decision 28).
   const member = deps.hostName ?? 'local';
   const claims = deps.claims ?? createClaims({ store, member });
@@ -131,6 +197,7 @@ export function createPoolService(deps: {
     if (!deps.runner) throw failedPrecondition('This daemon cannot place guests on pools');
     return deps.runner.run(argv);
   };
+  const sharedBase = createSharedBases({ run: (argv) => run([...argv]) });
 
   /** The cluster's members (a single host: this one), by name. */
   async function memberNames(): Promise<string[]> {
@@ -164,6 +231,26 @@ export function createPoolService(deps: {
   async function waitForMembers(done: () => Promise<boolean>): Promise<void> {
     const until = Date.now() + (deps.membersWaitMs ?? 60_000);
     while (!(await done()) && Date.now() < until) await new Promise((r) => setTimeout(r, 200));
+  }
+
+  async function sharedPoolOf(guest: string): Promise<PoolRecord | undefined> {
+    const placed = await records.guestPool.at(guest).get(store);
+    if (!placed) return undefined;
+    const pool = (await records.pool.at(placed.value.pool).get(store))?.value;
+    return pool?.shared ? pool : undefined;
+  }
+
+  /** Drops this member's link and id range claim of a guest on a shared pool (its files stay). */
+  async function dropShared(name: string): Promise<void> {
+    const link = join(deps.stateDir, 'guests', name);
+    if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await unlink(link).catch(() => {});
+    // A ct guest's id range claim here (src/drivers/ct/id-ranges.ts: idmap/SLOT -> NAME); its
+    // idmap.json stays with its files, and the member it runs on claims a range of its own.
+    const claimsDir = join(deps.stateDir, 'idmap');
+    for (const slot of await readdir(claimsDir).catch(() => [] as string[])) {
+      const holder = await readlink(join(claimsDir, slot)).catch(() => undefined);
+      if (holder === name) await unlink(join(claimsDir, slot)).catch(() => {});
+    }
   }
 
   /** Removes what createGuest made for a guest that is gone (or never came). */
@@ -360,17 +447,33 @@ export function createPoolService(deps: {
       if (!POOL_DRIVERS.includes(request.driver as PoolDriverName)) {
         throw invalidArgument(`Unknown storage driver ${JSON.stringify(request.driver)}: use dir or btrfs`);
       }
+      const { shared: sharedValue, ...config } = request.config ?? {};
+      const shared = sharedFlag(sharedValue, request.driver, config.source, {
+        cluster: deps.cluster === true,
+        target: options.target,
+      });
       const pool: PoolRecord = {
         name: request.name,
         driver: request.driver as PoolDriverName,
         description: request.description ?? '',
-        config: { ...(request.config ?? {}) },
+        config,
         createdAt: new Date().toISOString(),
         ...(everyMember ? { everyMember: true } : { location: member }),
+        ...(shared && { shared: true, marker: newSharedMarker() }),
       };
       const driver = drivers[pool.driver];
       driver.validate(pool);
-      if (everyMember && pool.config.source !== undefined) {
+      if (shared) {
+        const taken = valuesOf(await records.pool.list(store)).find(
+          (p) => p.config.source !== undefined && p.config.source === pool.config.source,
+        );
+        if (taken) {
+          throw conflict(
+            `Storage pool ${taken.name} has source ${pool.config.source} already: pick another directory`,
+          );
+        }
+      }
+      if (everyMember && !shared && pool.config.source !== undefined) {
         throw invalidArgument(
           "A pool on every member makes its own file system under each member's state directory: leave out source, or give --target MEMBER for a pool on that member's source",
         );
@@ -388,6 +491,17 @@ export function createPoolService(deps: {
       await claims.holding('pool', pool.name, creating, async () => {
         // Checked again under the claim: another member may have made it since the check above.
         if (await store.get(ref.key)) throw exists();
+        if (shared) {
+          // The marker first: every member's controller proves it sees this directory by reading it.
+          const root = pool.config.source ?? '';
+          await writeSharedMarker(root, pool.marker ?? '');
+          const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
+          if (!r.succeeded) {
+            await rm(join(root, SHARED_MARKER_FILE), { force: true });
+            throw exists();
+          }
+          return;
+        }
         if (everyMember) {
           // Each member's pool controller makes its own instance (this one's too) and says so.
           const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(pool)] });
@@ -440,6 +554,8 @@ export function createPoolService(deps: {
         await assertEmpty();
         // A pool on every member: each member's controller removes its instance once the record is gone.
         if (!pool.everyMember) await drivers[pool.driver].delete(pool);
+        // A shared pool's directory is one for all: what Trivisor made there goes once, here.
+        if (pool.shared) await removeSharedStructure(pool, POOL_RECORD_FILE);
         await store.delete(records.pool.key(name));
       });
       if (pool.everyMember) {
@@ -543,6 +659,75 @@ export function createPoolService(deps: {
           return undefined;
         },
       });
+    },
+
+    sharedPoolOf,
+
+    async adoptShared(spec) {
+      if (spec.location !== member || spec.deleting) return;
+      // Every reconcile asks: a guest whose directory (or link) is here costs one lstat, no store read.
+      const link = join(deps.stateDir, 'guests', spec.name);
+      if (await lstat(link).catch(() => undefined)) return;
+      const placed = await records.guestPool.at(spec.name).get(store);
+      if (!placed) return;
+      const pool = (await records.pool.at(placed.value.pool).get(store))?.value;
+      if (!pool?.shared) return;
+      const own = (await records.poolMemberStatus.at(pool.name, member).get(store))?.value;
+      if (own?.state !== 'Created') {
+        throw failedPrecondition(
+          `Guest ${spec.name} lives on shared pool ${pool.name}, which ${member} does not see${own?.error ? ` (${own.error})` : ' yet'}: see trivisor storage info ${pool.name}`,
+        );
+      }
+      const path = placed.value.path;
+      if (!(await lstat(path).catch(() => undefined))?.isDirectory()) {
+        throw failedPrecondition(
+          `Guest ${spec.name}'s directory ${path} is not on shared pool ${pool.name} as ${member} sees it: check the pool's mount`,
+        );
+      }
+      await mkdir(join(deps.stateDir, 'guests'), { recursive: true, mode: 0o711 });
+      await symlink(path, link).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+      deps.log.info({ guest: spec.name, pool: pool.name }, 'linked the guest on the shared pool here');
+      if (placed.value.location !== member) {
+        // Its placement names its member, for the pool's per-member usage; compared, as a write may race.
+        await records.guestPool
+          .at(spec.name)
+          .put(store, { ...placed.value, location: member }, { ifModRevision: placed.modRevision })
+          .catch(() => {});
+      }
+    },
+
+    async imageFor(spec, image) {
+      if (spec.model === 'ct' || image.blank) return image;
+      const pool = await sharedPoolOf(spec.name);
+      if (!pool) return image;
+      return {
+        ...image,
+        baseDisk: async () => sharedBase(pool, image.record.fingerprint, await image.baseDisk()),
+      };
+    },
+
+    dropShared,
+
+    async sweepSharedLinks() {
+      const roots = valuesOf(await records.pool.list(store))
+        .filter((p) => p.shared && p.config.source !== undefined)
+        .map((p) => join(p.config.source ?? '', 'guests'));
+      if (roots.length === 0) return [];
+      const dropped: string[] = [];
+      const guestsDir = join(deps.stateDir, 'guests');
+      for (const name of await readdir(guestsDir).catch(() => [] as string[])) {
+        const target = await readlink(join(guestsDir, name)).catch(() => undefined);
+        if (target === undefined || !roots.some((r) => dirname(target) === r)) continue;
+        const spec = (await records.guest.at(name).get(store))?.value;
+        if (spec?.location === member) continue;
+        await dropShared(name);
+        dropped.push(name);
+      }
+      if (dropped.length > 0)
+        deps.log.info({ guests: dropped }, 'dropped the links of guests on shared pools that run elsewhere');
+      return dropped;
     },
 
     async poolOf(guest) {

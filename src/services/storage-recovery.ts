@@ -133,6 +133,10 @@ export function recoveryMethods(ctx: StorageContext): Pick<StorageService, 'reco
       }
       // Snapshot records of guests that are gone are the guest storage controller's to drop.
       for (const spec of valuesOf(await records.guest.list(store))) {
+        // Only this member's guests: another's have no files here, or (on a shared pool, decision
+        // 0049) files another member uses, and their snapshot records are that member's.
+        if (spec.location !== undefined && deps.hostName !== undefined && spec.location !== deps.hostName)
+          continue;
         const storage = deps.storage[spec.model];
         if (!storage) continue;
         await storage.sweep(spec).catch(() => {});

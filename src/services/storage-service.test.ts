@@ -206,8 +206,17 @@ describe('storage service', () => {
     await store.put(keys.snapshot('web', 'ghost'), JSON.stringify({ name: 'ghost' }));
     rec.onDisk('web').add('orphan');
     await store.put(keys.storagePending('half'), '{}');
+    // Another member's guest is not looked at: its snapshot records are that member's.
+    await store.put(keys.guest('elsewhere'), JSON.stringify({ ...specOf('elsewhere'), location: 'h3' }));
+    await store.put(keys.snapshot('elsewhere', 'kept'), JSON.stringify({ name: 'kept' }));
+    // The sweep is this member's (h2): its guest web is located here.
+    await store.put(keys.guest('web'), JSON.stringify({ ...specOf('web'), location: 'h2' }));
     guestCalls.length = 0;
     await service.sweep();
+    assert.ok(await store.get(keys.snapshot('elsewhere', 'kept')));
+    await store.delete(keys.snapshot('elsewhere', 'kept'));
+    await store.delete(keys.guest('elsewhere'));
+    await store.put(keys.guest('web'), JSON.stringify(specOf('web')));
     assert.deepEqual(
       (await service.listSnapshots('web')).map((s) => s.name),
       ['s0'],

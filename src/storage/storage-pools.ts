@@ -27,6 +27,14 @@ export interface PoolRecord {
    * controller makes its own instance under its own state dir; no `location`.
    */
   everyMember?: boolean;
+  /**
+   * One directory every member sees at the same path (`source`, NFS or a cluster file system;
+   * decision 0049): a dir pool on every member whose instances are all that directory, so any
+   * member can run a guest on it. Always with `everyMember` and `marker`.
+   */
+  shared?: boolean;
+  /** A shared pool's random id, also written at its root: each member proves it sees that very directory. */
+  marker?: string;
 }
 
 /** Space of a pool as its file system reports it. */

@@ -352,6 +352,8 @@ export const PoolRecordSchema = Type.Object({
   createdAt: Type.String(),
   location: Type.Optional(Type.String()),
   everyMember: Type.Optional(Type.Boolean()),
+  shared: Type.Optional(Type.Boolean()),
+  marker: Type.Optional(Type.String()),
 });
 
 /** A member's instance of a pool defined on every member (value of `keys.storagePoolMemberStatus`). */

@@ -1,0 +1,199 @@
+import assert from 'node:assert/strict';
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import type { Daemon } from '../system/harness.ts';
+import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
+
+/*
+ * Shared storage pools (decision 0049) on two members: one directory both see, proved by its
+ * marker; a guest of each model on it moves cold from m1 to m2 without a byte copied (its files
+ * keep their inodes) and runs there with its own file; m1's start-up sweep drops only its
+ * stale link; ha.enabled=true is taken for them and refused in one line for a guest on the
+ * default pool; delete leaves only what was not the pool's.
+ */
+
+interface Listed {
+  name: string;
+  status: string;
+  location?: string;
+}
+const listed = (d: Daemon, name: string) =>
+  (JSON.parse(d.ok(['list', '--format', 'json'])) as Listed[]).find((g) => g.name === name);
+
+/** One `Error:` line and exit code 1. */
+function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /^Error: [^\n]+\n$/, r.stderr);
+  assert.match(r.stderr, pattern);
+}
+
+let cluster: TestCluster;
+let runDir: string;
+let nfs: string;
+
+before(async () => {
+  cluster = await makeTestCluster(['m1', 'm2']);
+  // Guests' user namespaces and QEMU's uid walk through it: searchable, as a state dir is.
+  runDir = await makeRunDir('shared-pool', { mode: 0o711 });
+  nfs = path.join(runDir, 'nfs');
+  await mkdir(nfs, { mode: 0o711 });
+});
+
+after(async () => {
+  if (cluster) await cluster.destroy();
+  if (runDir) {
+    const report = await removeRunDir(runDir);
+    assert.deepEqual(report.left, [], 'the shared directory leaves nothing behind');
+  }
+});
+
+const models = [
+  ['ct', []],
+  ['pvm', ['-c', 'limits.memory=64MiB']],
+  ['vm', ['-c', 'limits.memory=128MiB']],
+] as const;
+/** The file each model's guest keeps its own data in: the one a copy would make anew. */
+const dataFile = { ct: 'upper/root/mine', pvm: 'disk/root.cow', vm: 'root.qcow2' } as const;
+
+describe('a shared storage pool on two members', () => {
+  test('bootstrap and join: two Online members', async () => {
+    await formCluster(cluster);
+  });
+
+  test('made through m1 over one directory: its marker there, Created on both members; bad asks are one line', () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    refused(m1.daemon.cli(['storage', 'create', 'bad', 'dir', 'shared=true']), /shared=true needs source=/);
+    refused(
+      m1.daemon.cli(['storage', 'create', 'bad', 'btrfs', `source=${nfs}`, 'shared=true']),
+      /shared=true needs the dir driver/,
+    );
+    m1.daemon.ok(['storage', 'create', 'nfs', 'dir', `source=${nfs}`, 'shared=true']);
+    const info = JSON.parse(m2.daemon.ok(['storage', 'info', 'nfs', '--format', 'json'])) as {
+      shared?: boolean;
+      marker?: string;
+      status: string;
+      path: string;
+      members?: Array<{ name: string; status: string }>;
+    };
+    assert.equal(info.shared, true);
+    assert.equal(info.path, nfs);
+    assert.equal(info.status, 'Created', JSON.stringify(info));
+    assert.deepEqual(
+      info.members?.map((m) => `${m.name}:${m.status}`),
+      ['m1:Created', 'm2:Created'],
+    );
+    assert.equal(readFileSync(path.join(nfs, '.trivisor-shared-pool'), 'utf8').trim(), info.marker);
+    assert.match(m1.daemon.ok(['storage', 'list']), /\bnfs\s+dir\s+yes\s+Created\b/);
+    refused(
+      m2.daemon.cli(['storage', 'create', 'nfs2', 'dir', `source=${nfs}`, 'shared=true']),
+      /has source/,
+    );
+  });
+
+  test('a guest of each model made on it on m1 moves cold to m2 with no copy, and runs there with its own file', () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const inodes = new Map<string, number>();
+    for (const [model, args] of models) {
+      const name = `sh-${model}`;
+      m1.daemon.ok([
+        'launch',
+        'busybox',
+        name,
+        '--model',
+        model,
+        '--target',
+        'm1',
+        '--storage',
+        'nfs',
+        ...args,
+      ]);
+      m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine; sync`]);
+      m1.daemon.ok(['stop', name]);
+      // Its directory is the pool's; m1 holds a link to it.
+      assert.equal(lstatSync(path.join(m1.daemon.stateDir, 'guests', name)).isSymbolicLink(), true);
+      inodes.set(name, statSync(path.join(nfs, 'guests', name, dataFile[model])).ino);
+    }
+    // vm and pvm disks name the pool's copy of the image's base disk, the same file on every member.
+    const bases = readdirSync(path.join(nfs, 'bases')).filter((f) => /^[0-9a-f]{64}-/.test(f));
+    assert.ok(bases.length >= 1, bases.join(' '));
+
+    for (const [model] of models) {
+      const name = `sh-${model}`;
+      const moved = m2.daemon.cli(['move', name, '--target', 'm2'], { timeoutMs: 300_000 });
+      assert.equal(
+        moved.code,
+        0,
+        `${moved.stderr}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`,
+      );
+      assert.equal(listed(m1.daemon, name)?.location, 'm2');
+      assert.equal(
+        statSync(path.join(nfs, 'guests', name, dataFile[model])).ino,
+        inodes.get(name),
+        `${name}'s data stayed where it was: not copied`,
+      );
+      assert.equal(existsSync(path.join(m1.daemon.stateDir, 'guests', name)), false, "m1's link went");
+      assert.equal(lstatSync(path.join(m2.daemon.stateDir, 'guests', name)).isSymbolicLink(), true);
+      const started = m2.daemon.cli(['start', name], { timeoutMs: 180_000 });
+      assert.equal(started.code, 0, `${started.stderr}\nm2: ${m2.daemon.stderr().slice(-3000)}`);
+      assert.equal(listed(m2.daemon, name)?.status, 'Running');
+      assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+    }
+  });
+
+  test("m1's start-up sweep drops its stale link to a guest that runs on m2, and nothing of the guest's", async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const stale = path.join(m1.daemon.stateDir, 'guests', 'sh-ct');
+    symlinkSync(path.join(nfs, 'guests', 'sh-ct'), stale);
+    await m1.daemon.kill9();
+    await m1.daemon.restart();
+    assert.equal(lstatSync(stale, { throwIfNoEntry: false }), undefined, "m1's stale link went");
+    for (const [model] of models) {
+      const name = `sh-${model}`;
+      assert.ok(existsSync(path.join(nfs, 'guests', name, dataFile[model])), name);
+      assert.equal(listed(m2.daemon, name)?.status, 'Running');
+    }
+    assert.equal(m2.daemon.ok(['exec', 'sh-ct', '--', 'cat', '/root/mine']), 'sh-ct was here\n');
+  });
+
+  test('ha.enabled=true is taken for guests on the shared pool and refused in one line for one on the default pool', () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    for (const [model] of models) {
+      const name = `sh-${model}`;
+      m1.daemon.ok(['config', 'set', name, 'ha.priority=10']);
+      m2.daemon.ok(['config', 'set', name, 'ha.enabled=true']);
+      assert.equal(m1.daemon.ok(['config', 'get', name, 'ha.enabled']).trim(), 'true');
+      // Left as it was: the HA manager's own tests are elsewhere.
+      m2.daemon.ok(['config', 'unset', name, 'ha.enabled']);
+    }
+    m1.daemon.ok(['launch', 'busybox', 'local-ct', '--target', 'm1']);
+    refused(
+      m2.daemon.cli(['config', 'set', 'local-ct', 'ha.enabled=true']),
+      /ha\.enabled=true needs the guest's disk on a shared storage pool: local-ct is on pool default/,
+    );
+    refused(
+      m1.daemon.cli(['launch', 'busybox', 'local-ha', '--target', 'm1', '-c', 'ha.enabled=true']),
+      /needs the guest's disk on a shared storage pool/,
+    );
+    assert.equal(listed(m1.daemon, 'local-ha'), undefined);
+    m1.daemon.ok(['delete', '--force', 'local-ct']);
+  });
+
+  test('delete is refused while guests are on it; then it removes the marker and its own structure only', () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    refused(m1.daemon.cli(['storage', 'delete', 'nfs']), /holds guests/);
+    const deleted = m1.daemon.cli(['delete', '--force', 'sh-ct', 'sh-pvm', 'sh-vm'], { timeoutMs: 180_000 });
+    assert.equal(deleted.code, 0, deleted.stderr);
+    for (const [model] of models) assert.equal(existsSync(path.join(nfs, 'guests', `sh-${model}`)), false);
+    m1.daemon.ok(['storage', 'delete', 'nfs']);
+    assert.deepEqual(readdirSync(nfs), [], 'nothing of the pool is left');
+    assert.ok(existsSync(nfs), "the directory itself is the administrator's");
+  });
+});
