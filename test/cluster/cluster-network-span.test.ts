@@ -9,7 +9,7 @@ import { formCluster, type MemberHost, makeTestCluster, type TestCluster } from 
  * members get their reserved addresses from their own member's dnsmasq, ping each other and
  * move data over TCP by address and by name; a guest that sends from an address it was not
  * given reaches nothing on the other member, even when its own member's port filter is gone
- * (the tunnel's filter on the receiving member holds); a guest moved cold to the other member
+ * (the tunnel's filter on the receiving member holds); ACLs hold across members; a guest moved cold to the other member
  * answers at the same address with the same MAC. Guests: m1 has a ct (sc) and a vm (sv), m2 a
  * pvm (sp) and a ct (sd); every model has a peer on the other member. Traffic stays in
  * 198.19.84.0/24 and the cluster's namespaces.
@@ -170,6 +170,19 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     for (const [from, to] of ACROSS) {
       await transfer(from, to, addressOf(to), port++);
       await transfer(from, to, `${to}.trivisor`, port++);
+    }
+  });
+
+  test('ACLs hold across members: an ingress rule on the receiving member, an egress rule on the sending one', async () => {
+    const sd = addressOf('sd');
+    const pings = () => sh('sc', `ping -c1 -W2 ${sd}`).code === 0;
+    assert.ok(pings(), 'sc pings sd before any rule');
+    for (const direction of ['ingress', 'egress']) {
+      m2.daemon.ok(['network', 'acl', 'add', NET, direction, 'drop', 'protocol=icmp', `destination=${sd}`]);
+      await eventually(`sc's pings to sd dropped by the ${direction} rule`, () => !pings(), 30_000);
+      assert.equal(sh('sc', `ping -c1 -W2 ${addressOf('sp')}`).code, 0, 'pings to another guest on m2 pass');
+      m1.daemon.ok(['network', 'acl', 'remove', NET, '0']);
+      await eventually(`sc pings sd again without the ${direction} rule`, pings, 30_000);
     }
   });
 
