@@ -64,6 +64,9 @@ async function main(): Promise<void> {
         log.error({ guest, pids: left }, 'HA agent: processes of a fenced guest are still there');
     },
     ...(watchdog && { watchdog }),
+    onRemoved: () => {
+      void store.close().finally(() => process.exit(0));
+    },
   });
   log.info({ member: membership.name, pid: process.pid }, 'HA agent running');
   const stop = () => {

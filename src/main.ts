@@ -10,7 +10,7 @@ import { createImageFetcher } from './cluster/image-fetch.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
 import { createMemberClient } from './cluster/member-client.ts';
 import { type MemberLease, startMemberLease } from './cluster/member-lease.ts';
-import { createClusterService, placementCandidates } from './cluster/membership.ts';
+import { type ClusterMember, createClusterService, placementCandidates } from './cluster/membership.ts';
 import { createUsageMeter } from './cluster/usage-meter.ts';
 import { createBackupScheduler } from './control/backup-scheduler.ts';
 import { createEvacuationController } from './control/evacuation-controller.ts';
@@ -20,6 +20,7 @@ import { superviseHaAgent } from './control/ha/agent-process.ts';
 import { startCrmLoop } from './control/ha/crm-loop.ts';
 import { haPaths, startRefusal } from './control/ha/ha-files.ts';
 import { isHaGuest } from './control/ha/ha-store.ts';
+import { haSummary } from './control/ha/ha-summary.ts';
 import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
@@ -602,19 +603,22 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       log,
     });
   evacuations?.start();
+  // HA (decision 0052): the members as the CRM places on them, and admission control for `cluster list`.
+  const haMembers = (members: ClusterMember[]) =>
+    members.map((m) => ({
+      name: m.name,
+      memoryTotalBytes: m.memory?.totalBytes ?? 0,
+      cpus: m.cpu?.cpus ?? 0,
+      evacuated: m.status === 'Evacuated',
+    }));
+  if (membership) services.haSummary = (members) => haSummary(store, haMembers(members));
   const crm =
     membership &&
     startCrmLoop({
       store,
       stateDir,
       member: membership.name,
-      members: async () =>
-        (await clusterMembers()).map((m) => ({
-          name: m.name,
-          memoryTotalBytes: m.memory?.totalBytes ?? 0,
-          cpus: m.cpu?.cpus ?? 0,
-          evacuated: m.status === 'Evacuated',
-        })),
+      members: async () => haMembers(await clusterMembers()),
       log,
     });
   // Scheduled snapshots and their expiry (decision 0043), for this member's own guests.

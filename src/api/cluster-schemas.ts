@@ -46,6 +46,21 @@ export const ClusterMemberSchema = Type.Object({
   ),
   measuredAt: Type.Optional(Type.String({ description: 'When cpu, memory and disk were measured' })),
   joinedAt: Type.String(),
+  ha: Type.Optional(
+    Type.Object(
+      {
+        live: Type.Boolean({ description: "Whether the member's HA agent holds its HA lease" }),
+        guests: Type.Integer({ description: 'HA guests it holds' }),
+        warning: Type.Optional(
+          Type.String({
+            description:
+              'Admission control: why the other members could not restart all of them if it were lost',
+          }),
+        ),
+      },
+      { description: 'High availability (decision 0052)' },
+    ),
+  ),
 });
 
 export const BootstrapBodySchema = Type.Object(

@@ -150,19 +150,21 @@ export function addClusterCommands(program: Command): void {
       }
       process.stdout.write(
         renderTable(
-          ['NAME', 'ADDRESS', 'STATUS', 'ROLES', 'GUESTS', 'CPU', 'MEMORY', 'VERSION'],
+          ['NAME', 'ADDRESS', 'STATUS', 'ROLES', 'GUESTS', 'HA', 'CPU', 'MEMORY', 'VERSION'],
           members.map((m) => [
             m.name,
             m.address,
             m.status,
             m.roles.join(','),
             String(m.guests),
+            m.ha ? `${m.ha.guests}${m.ha.live ? '' : ' (no HA lease)'}` : '-',
             cpuOf(m),
             memoryOf(m),
             m.version,
           ]),
         ),
       );
+      for (const m of members) if (m.ha?.warning) process.stdout.write(`Warning: ${m.ha.warning}\n`);
     });
 
   cluster

@@ -82,6 +82,11 @@ export interface ClusterMember {
   /** When `cpu`, `memory` and `disk` were measured. */
   measuredAt?: string;
   joinedAt: string;
+  /**
+   * HA (decision 0052): whether its HA agent holds its lease, the HA guests it holds, and admission
+   * control's warning when the others could not take them all if it were lost.
+   */
+  ha?: { live: boolean; guests: number; warning?: string };
 }
 
 /**

@@ -93,6 +93,8 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
    * otherwise stays Stopped.
    */
   const bootStarts = new Set<string>();
+  /** HA guests whose start this reconcile left to their agent (decision 0052). */
+  const deferred = new Set<string>();
   let livenessTimer: NodeJS.Timeout | undefined;
   let stopped = false;
 
@@ -194,8 +196,11 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       live.delete(name);
       return;
     }
-    status.observedGeneration = spec.generation;
-    status.observedRestartRequest = spec.restartRequest;
+    // An HA guest whose start waits for its agent has not reached its spec yet.
+    if (!deferred.delete(name)) {
+      status.observedGeneration = spec.generation;
+      status.observedRestartRequest = spec.restartRequest;
+    }
     // Compare-and-swap, bound to the owner: the status is written only if nobody wrote it since it
     // was read, and only while this member owns the guest (decision 28).
     const ref = records.guestStatus.at(name);
@@ -284,6 +289,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     const start = async (action: string) => {
       const refused = haManaged ? deps.ha?.startRefusal(spec) : undefined;
       if (refused !== undefined) {
+        // Not converged yet: a waiter (launch, start) waits for the agent's permit, which
+        // reconciles the guest again.
+        deferred.add(spec.name);
         log.info({ guest: spec.name, why: refused }, 'HA guest not started by the controller');
         return;
       }

@@ -166,7 +166,12 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
         response: { 200: SyncEnvelope(Type.Array(ClusterMemberSchema)), ...errors },
       },
     },
-    async () => syncResponse(await cluster().list()),
+    async () => {
+      const members = await cluster().list();
+      // HA as the CRM sees it, with admission control's warning (decision 0052).
+      const ha = await ctx.services.haSummary?.(members);
+      return syncResponse(members.map((m) => ({ ...m, ...(ha?.has(m.name) && { ha: ha.get(m.name) }) })));
+    },
   );
 
   app.post<{ Body: JoinRequestBody }>(

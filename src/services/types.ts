@@ -1,4 +1,4 @@
-import type { ClusterService } from '../cluster/membership.ts';
+import type { ClusterMember, ClusterService } from '../cluster/membership.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
@@ -226,4 +226,6 @@ export interface Services {
   moves?: { mover: GuestMover; receiver: MoveReceiver };
   /** Guests brought back from the backup directory (decision 0046); absent: not offered. */
   backupRecovery?: BackupRecovery;
+  /** HA per member for `cluster list` (decision 0052); absent off a cluster. */
+  haSummary?: (members: ClusterMember[]) => Promise<Map<string, NonNullable<ClusterMember['ha']>>>;
 }

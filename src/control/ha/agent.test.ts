@@ -83,7 +83,16 @@ interface Member {
   crm: CrmLoop;
 }
 
-function member(name: string, store: KvStore): Member {
+async function member(name: string, store: KvStore): Promise<Member> {
+  await records.member.at(name).put(store, {
+    name,
+    address: '198.18.0.1:8443',
+    roles: [],
+    certificateFingerprint: 'f',
+    version: 'test',
+    joinedAt: new Date().toISOString(),
+    evacuated: false,
+  });
   const dir = mkdtempSync(path.join(tmpdir(), `ha-${name}-`));
   dirs.push(dir);
   const running = new Set<string>();
@@ -150,8 +159,8 @@ test('an HA guest runs on its member, which is cut off: it fences, and the other
   stops.push(() => store.close());
   await records.guest.at('g1').put(store, spec('g1', 'm2'));
   await records.guestLocation.at('g1').put(store, 'm2');
-  const m1 = member('m1', store);
-  const m2 = member('m2', store);
+  const m1 = await member('m1', store);
+  const m2 = await member('m2', store);
 
   // The CRM records it (owned by m2), then m2's agent permits its start: the daemon starts it.
   await until('g1 running on m2', () => m2.running.has('g1'), 10_000);
@@ -198,4 +207,20 @@ test('an HA guest runs on its member, which is cut off: it fences, and the other
   assert.equal(m1.running.has('g1'), true);
   const beat = await store.get(haKeys.heartbeat('m2'));
   assert.ok(beat, 'm2 took a new lease');
+});
+
+test('a member removed from the cluster fences: its agent kills its HA guests, gives its lease up and stops', async () => {
+  const store = createMemoryStore();
+  stops.push(() => store.close());
+  await records.guest.at('g2').put(store, spec('g2', 'm1'));
+  await records.guestLocation.at('g2').put(store, 'm1');
+  const m1 = await member('m1', store);
+  await until('g2 running on m1', () => m1.running.has('g2'), 10_000);
+  await store.delete(records.member.at('m1').key);
+  await until('g2 killed on m1', () => !m1.running.has('g2'), 5000);
+  await until(
+    'the HA lease of m1 given up',
+    async () => (await store.get(haKeys.heartbeat('m1'))) === undefined,
+    5000,
+  );
 });

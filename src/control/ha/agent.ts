@@ -38,6 +38,11 @@ export interface HaAgentDeps {
   callTimeoutMs?: number;
   /** A start the daemon has not made after this long counts as failed (default 90 s: vm boots under TCG). */
   startTimeoutMs?: number;
+  /**
+   * Told once the member's record is gone (`cluster remove`): the agent has fenced by then (killed
+   * its HA guests, given its lease up), as a member that leaves must; its process exits.
+   */
+  onRemoved?: () => void;
 }
 
 export interface HaAgent {
@@ -223,7 +228,22 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
     if (manageCall) return;
     manageCall = true;
     try {
-      world = await timeout(readHaWorld(store), callMs * 2);
+      const [read, me] = await timeout(
+        Promise.all([readHaWorld(store), records.member.at(member).get(store)]),
+        callMs * 2,
+      );
+      world = read;
+      if (!me) {
+        // Removed from the cluster: nobody else may revoke this lease (decision 0044), so the
+        // agent fences and gives it up itself, and stops.
+        log.warn({ member }, 'HA: this member was removed from the cluster: fencing and stopping');
+        stopped = true;
+        clearTimeout(timer);
+        for (const a of lrm.fenceNow(haRunning(running))) await act(a);
+        publish();
+        deps.onRemoved?.();
+        return;
+      }
       haNames = new Set(world.guests.filter((g) => g.value.ha).map((g) => g.value.name));
       const now = clock();
       for (const [g, since] of pending) {
