@@ -34,10 +34,12 @@ import { createCtVolumes } from './drivers/ct/ct-volumes.ts';
 import { cgroupParentOf } from './drivers/guest-cgroup.ts';
 import type { DriverContext, GuestDriver } from './drivers/guest-driver.ts';
 import type { PvmAgentMap } from './drivers/pvm/pvm-agent-pool.ts';
+import { PVM_UID_OFFSET, UID_SLOTS as PVM_UID_SLOTS } from './drivers/pvm/pvm-context.ts';
 import { createPvmDriver } from './drivers/pvm/pvm-driver.ts';
 import { createPvmStorage } from './drivers/pvm/pvm-storage.ts';
 import { createPvmVolumes } from './drivers/pvm/pvm-volumes.ts';
 import { createAgentPool } from './drivers/vm/vm-agent.ts';
+import { VM_UID_OFFSET, UID_SLOTS as VM_UID_SLOTS } from './drivers/vm/vm-context.ts';
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
@@ -358,6 +360,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   const volumeService = services.volumes;
   const poolService = createPoolService({
+    // The host uids vm and pvm guests run as here: an adopted guest on a shared pool gets its own (decision 0049).
+    uidBlocks: {
+      vm: { base: IDMAP_BASE + VM_UID_OFFSET, slots: VM_UID_SLOTS - 1 },
+      pvm: { base: IDMAP_BASE + PVM_UID_OFFSET, slots: PVM_UID_SLOTS },
+    },
     inUse: (pool) => volumeService.poolInUse(pool),
     store,
     drivers: poolDrivers,

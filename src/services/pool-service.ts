@@ -1,4 +1,16 @@
-import { chmod, lstat, mkdir, readdir, readFile, readlink, rm, symlink, unlink } from 'node:fs/promises';
+import {
+  chmod,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  symlink,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DEFAULT_POOL, keepPoolRecord, POOL_RECORD_FILE } from '../control/pool-controller.ts';
 import {
@@ -19,10 +31,13 @@ import type { ImageHandle } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { DISK_IMAGE_NAME } from '../images/disk-image.ts';
+import { BASE_DISK_NAME } from '../images/guest-kit.ts';
 import {
   createSharedBases,
   newSharedMarker,
   removeSharedStructure,
+  SHARED_BASES_DIR,
   SHARED_MARKER_FILE,
   writeSharedMarker,
 } from '../storage/shared-pools.ts';
@@ -186,6 +201,11 @@ export function createPoolService(deps: {
   cluster?: boolean;
   /** How long create and delete of a pool on every member wait for the members (default 60 s). */
   membersWaitMs?: number;
+  /**
+   * The host uids each model's guests run as on this member (decision 17, 19): a guest adopted
+   * from a shared pool whose uid another guest here has gets a free one (its files follow).
+   */
+  uidBlocks?: Partial<Record<'vm' | 'pvm', { base: number; slots: number }>>;
 }): PoolService {
   const { store, drivers } = deps;
 
@@ -238,6 +258,43 @@ export function createPoolService(deps: {
     if (!placed) return undefined;
     const pool = (await records.pool.at(placed.value.pool).get(store))?.value;
     return pool?.shared ? pool : undefined;
+  }
+
+  /**
+   * A vm or pvm guest's host uid is in its directory (`uid`, src/drivers/guest-uids.ts), handed
+   * out by the member that made it. Adopted on a member where another guest of this member has
+   * that uid, the guest gets the lowest free one of its model's block, and its files owned by the
+   * old uid (a pvm guest's disk and run dirs) are given to the new one, before it is linked here.
+   */
+  async function ownUid(
+    name: string,
+    dir: string,
+    block: { base: number; slots: number } | undefined,
+  ): Promise<void> {
+    if (!block) return;
+    const file = join(dir, 'uid');
+    const uid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+    if (!Number.isInteger(uid) || uid <= 0) return;
+    const guestsDir = join(deps.stateDir, 'guests');
+    const taken = new Set<number>();
+    for (const other of await readdir(guestsDir).catch(() => [] as string[])) {
+      if (other === name) continue;
+      const text = await readFile(join(guestsDir, other, 'uid'), 'utf8').catch(() => '');
+      if (text.trim() !== '') taken.add(Number(text.trim()));
+    }
+    if (!taken.has(uid)) return;
+    let next = block.base;
+    while (next < block.base + block.slots && taken.has(next)) next++;
+    if (next >= block.base + block.slots) {
+      throw failedPrecondition(
+        `Guest ${name}'s host uid ${uid} is another guest's on ${member}, and no other is free: delete unused guests`,
+      );
+    }
+    await run(['chown', '-R', '--from', String(uid), String(next), dir]);
+    await run(['chown', '-R', '--from', `:${uid}`, `:${next}`, dir]);
+    await writeFile(`${file}.tmp`, `${next}\n`, { mode: 0o644 });
+    await rename(`${file}.tmp`, file);
+    deps.log.info({ guest: name, from: uid, to: next }, "gave the adopted guest a host uid of this member's");
   }
 
   /** Drops this member's link and id range claim of a guest on a shared pool (its files stay). */
@@ -684,6 +741,8 @@ export function createPoolService(deps: {
           `Guest ${spec.name}'s directory ${path} is not on shared pool ${pool.name} as ${member} sees it: check the pool's mount`,
         );
       }
+      if (spec.model === 'vm' || spec.model === 'pvm')
+        await ownUid(spec.name, path, deps.uidBlocks?.[spec.model]);
       await mkdir(join(deps.stateDir, 'guests'), { recursive: true, mode: 0o711 });
       await symlink(path, link).catch((e: NodeJS.ErrnoException) => {
         if (e.code !== 'EEXIST') throw e;
@@ -702,9 +761,17 @@ export function createPoolService(deps: {
       if (spec.model === 'ct' || image.blank) return image;
       const pool = await sharedPoolOf(spec.name);
       if (!pool) return image;
+      const fingerprint = image.record.fingerprint;
+      // The copy another member published is used as it is: an HA restart here need not build
+      // this member's own base disk of the image first (mkfs.ext4 of its whole tree).
+      const name = image.record.type === 'disk' ? DISK_IMAGE_NAME : BASE_DISK_NAME;
+      const published = join(pool.config.source ?? '', SHARED_BASES_DIR, `${fingerprint}-${name}`);
       return {
         ...image,
-        baseDisk: async () => sharedBase(pool, image.record.fingerprint, await image.baseDisk()),
+        baseDisk: async () =>
+          (await lstat(published).catch(() => undefined))?.isFile()
+            ? published
+            : sharedBase(pool, fingerprint, await image.baseDisk()),
       };
     },
 

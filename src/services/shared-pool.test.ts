@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { chown, lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -10,6 +10,7 @@ import { isErrorCode, TrivisorError } from '../core/errors.ts';
 import type { GuestSpec, ImageRecord } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { hostRunner } from '../host/runner.ts';
+import { BASE_DISK_NAME } from '../images/guest-kit.ts';
 import { checkSharedMarker, SHARED_MARKER_FILE } from '../storage/shared-pools.ts';
 import { createPoolDrivers } from '../storage/storage-pools.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -85,6 +86,7 @@ describe('shared storage pools', () => {
       hostName: h,
       cluster,
       membersWaitMs: 3000,
+      uidBlocks: { pvm: { base: 1_131_072, slots: 4 } },
       inUse: async (pool) =>
         (await records.volume.list(store, pool)).items.length > 0
           ? `Storage pool ${pool} holds volumes`
@@ -251,6 +253,15 @@ describe('shared storage pools', () => {
     assert.deepEqual(await readFile(copy), await readFile(base));
     assert.equal(await (await service('h1').imageFor(spec, handle)).baseDisk(), copy);
     assert.equal(await h2.imageFor({ ...spec, model: 'ct' }, handle), handle);
+    // A copy published under the current kit's name is taken without building this member's base disk.
+    const published = path.join(shared, 'bases', `${image.fingerprint}-${BASE_DISK_NAME}`);
+    await writeFile(published, 'base');
+    const unbuilt = {
+      ...handle,
+      baseDisk: async (): Promise<string> => assert.fail('no base disk is built here'),
+    };
+    assert.equal(await (await h2.imageFor(spec, unbuilt)).baseDisk(), published);
+    await rm(published);
 
     // h1 still links it (it ran there before): the sweep at start drops only that link.
     await mkdir(path.join(stateDirs.h1, 'guests'), { recursive: true });
@@ -264,6 +275,49 @@ describe('shared storage pools', () => {
     assert.equal(await exists(path.join(stateDirs.h1, 'idmap', '3')), false);
     assert.equal(await readFile(path.join(dir, 'disk.qcow2'), 'utf8'), 'disk');
     assert.equal(await readlink(link), dir);
+  });
+
+  test('a pvm guest adopted where another guest has its host uid gets a free one, and its files follow', async () => {
+    const dir = path.join(shared, 'guests', 'pv');
+    await mkdir(path.join(dir, 'disk'), { recursive: true });
+    await writeFile(path.join(dir, 'uid'), '1131072\n');
+    await writeFile(path.join(dir, 'disk', 'root.cow'), 'cow');
+    await chown(path.join(dir, 'disk'), 1_131_072, 1_131_072);
+    await chown(path.join(dir, 'disk', 'root.cow'), 1_131_072, 1_131_072);
+    // h2's own pvm guests hold the first two uids of the block.
+    for (const [other, uid] of [
+      ['mine', 1_131_072],
+      ['mine2', 1_131_073],
+    ] as const) {
+      await mkdir(path.join(stateDirs.h2, 'guests', other), { recursive: true });
+      await writeFile(path.join(stateDirs.h2, 'guests', other, 'uid'), `${uid}\n`);
+    }
+    await records.guestPool.at('pv').put(store, { pool: 'nfs', path: dir, limitBytes: null, location: 'h1' });
+    await service('h2').adoptShared({
+      name: 'pv',
+      model: 'pvm',
+      location: 'h2',
+      deleting: false,
+    } as GuestSpec);
+    assert.equal((await readFile(path.join(dir, 'uid'), 'utf8')).trim(), '1131074');
+    for (const f of ['disk', 'disk/root.cow']) {
+      const st = await lstat(path.join(dir, f));
+      assert.deepEqual([st.uid, st.gid], [1_131_074, 1_131_074], f);
+    }
+    // On h1, where no guest has it, it keeps its uid.
+    await records.guestPool.at('pv').put(store, { pool: 'nfs', path: dir, limitBytes: null, location: 'h2' });
+    await service('h1').adoptShared({
+      name: 'pv',
+      model: 'pvm',
+      location: 'h1',
+      deleting: false,
+    } as GuestSpec);
+    assert.equal((await readFile(path.join(dir, 'uid'), 'utf8')).trim(), '1131074');
+    await rm(dir, { recursive: true });
+    for (const h of ['h1', 'h2'] as const) await rm(path.join(stateDirs[h], 'guests', 'pv'), { force: true });
+    await rm(path.join(stateDirs.h2, 'guests', 'mine'), { recursive: true });
+    await rm(path.join(stateDirs.h2, 'guests', 'mine2'), { recursive: true });
+    await store.delete(records.guestPool.key('pv'));
   });
 
   test('ha.enabled=true: accepted for a guest on the shared pool, refused in one line on the default pool and on a single host', async () => {

@@ -140,6 +140,24 @@ describe('volume service', () => {
     assert.deepEqual((await w.spec('v1')).disks, undefined);
   });
 
+  test('a guest with ha.enabled=true takes no volume of a pool that is not shared (decision 0049)', async () => {
+    const w = await setup();
+    await w.store.put(
+      keys.guest('ha1'),
+      JSON.stringify({ ...specOf('ha1', 'ct'), config: { 'ha.enabled': 'true' } }),
+    );
+    await w.service.create('default', { name: 'data' });
+    await assert.rejects(w.service.attach('default', 'data', { guest: 'ha1', path: '/mnt' }), (e) => {
+      assert.equal((e as { code?: string }).code, 'InvalidArgument');
+      assert.match(
+        (e as Error).message,
+        /^Guest ha1 has ha\.enabled=true and volume data is on pool default, which is not shared/,
+      );
+      return true;
+    });
+    assert.equal((await w.spec('ha1')).disks, undefined);
+  });
+
   test('a failed live attach leaves the guest spec as it was', async () => {
     const w = await setup();
     await w.addGuest('c1', 'ct');

@@ -1,5 +1,6 @@
 import { rm, stat } from 'node:fs/promises';
 import { poolPathOf } from '../control/guest-storage-controller.ts';
+import { haEnabled } from '../core/config-keys.ts';
 import {
   alreadyExists,
   conflict,
@@ -594,6 +595,12 @@ export function createVolumeService(deps: {
                 : vol.type === 'iso'
                   ? `Volume ${name} is an ISO image, which only vm guests read (as a CD-ROM); ${spec.name} is a ${spec.model} guest`
                   : `Volume ${name} is a block volume, which only vm and pvm guests can use; ${spec.name} is a ct guest: use a filesystem volume`,
+            );
+          }
+          // An HA guest runs wherever its member dies to: its volumes must be where every member sees them (decision 0049).
+          if (haEnabled(spec) && !p.shared) {
+            throw invalidArgument(
+              `Guest ${spec.name} has ha.enabled=true and volume ${name} is on pool ${pool}, which is not shared: put the volume on a shared pool, or unset ha.enabled first`,
             );
           }
           if (vol.type === 'iso') await assertBootsFirmware(spec, name);

@@ -122,6 +122,22 @@ describe('a shared storage pool on two members', () => {
     const bases = readdirSync(path.join(nfs, 'bases')).filter((f) => /^[0-9a-f]{64}-/.test(f));
     assert.ok(bases.length >= 1, bases.join(' '));
 
+    // A pvm guest of m2's own has the host uid m1 gave sh-pvm (each member hands out the lowest
+    // free one): m2 gives the adopted guest another, and its disk follows.
+    m2.daemon.ok([
+      'launch',
+      'busybox',
+      'local-pvm',
+      '--model',
+      'pvm',
+      '--target',
+      'm2',
+      '-c',
+      'limits.memory=64MiB',
+    ]);
+    const uidOf = (dir: string) => readFileSync(path.join(dir, 'uid'), 'utf8').trim();
+    const pvmUid = uidOf(path.join(nfs, 'guests', 'sh-pvm'));
+    assert.equal(uidOf(path.join(m2.daemon.stateDir, 'guests', 'local-pvm')), pvmUid);
     for (const [model] of models) {
       const name = `sh-${model}`;
       const moved = m2.daemon.cli(['move', name, '--target', 'm2'], { timeoutMs: 300_000 });
@@ -143,6 +159,10 @@ describe('a shared storage pool on two members', () => {
       assert.equal(listed(m2.daemon, name)?.status, 'Running');
       assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
     }
+    const movedUid = uidOf(path.join(nfs, 'guests', 'sh-pvm'));
+    assert.notEqual(movedUid, pvmUid, 'sh-pvm got a uid of its own on m2');
+    assert.equal(String(statSync(path.join(nfs, 'guests', 'sh-pvm', 'disk', 'root.cow')).uid), movedUid);
+    m2.daemon.ok(['delete', '--force', 'local-pvm']);
   });
 
   test("m1's start-up sweep drops its stale link to a guest that runs on m2, and nothing of the guest's", async () => {

@@ -28,6 +28,8 @@ export const DEFAULT_UML_KERNEL = '/usr/bin/linux.uml';
 export const UMID = 'uml';
 /** Per-guest host uids: `uidBase + slot`, slots allocated at create and kept in the guest dir. */
 export const UID_SLOTS = 65_536;
+/** Where pvm guests' uids start above the id base: its third block of 65536 (decision 18). */
+export const PVM_UID_OFFSET = 2 * 65_536;
 
 export const POLL_MS = 50;
 /** How long start() waits for the kit's marker on the console (a contended host boots slowly). */
@@ -109,7 +111,7 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
   const { runner, stateDir } = ctx;
   const log = ctx.log.child({ driver: 'pvm' });
   const kernelPath = options.kernelPath ?? DEFAULT_UML_KERNEL;
-  const uidBase = options.uidBase ?? ctx.idmapBase + 2 * 65_536;
+  const uidBase = options.uidBase ?? ctx.idmapBase + PVM_UID_OFFSET;
   const cgroupParent = cgroupParentOf(stateDir);
   const cgroupsPath = (spec: GuestSpec): string => `${cgroupParent}/${spec.name}`;
   const agents: PvmAgentMap = options.agents ?? new Map<string, Promise<AgentConnection>>();
