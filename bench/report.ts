@@ -960,6 +960,104 @@ if (planner) {
   );
 }
 
+const autonomic = load('autonomic.json');
+lines.push(
+  '## Self-managing cluster: rebalancing and power management, simulated',
+  '',
+  '`node bench/autonomic.ts`: the rebalancer and the power manager (`src/autonomic/`, decision 0051) with their',
+  'defaults, against in-repo reimplementations of VMware DPM (45–81%, demand as mean + 2σ over 5 minutes to power on,',
+  "40 to power off), Beloglazov & Buyya's LR-MMT (local regression over 10 samples, safety 1.2, minimum migration",
+  "time, power-aware best fit) and Incus's rebalancer (20% gap by configured limits, one VM a run, 6 h cooldown, no",
+  'power management), on one simulator replaying the traces of `../shared/traces` on a fake clock, no real guest.',
+  'PlanetLab: every day of the trace, hosts of 2 × 2660 MIPS; Bitbrains Rnd: each month, hosts of',
+  "cpu=32,memory=512GiB (its largest VM's configured memory is 511 GiB). Every run starts from the same cluster:",
+  "as many members as first-fit decreasing on the guests' configured limits needs, all on. A member booting takes",
+  '5 minutes, for every policy. Host-hours: members on or booting. SLATAH: the share of active host intervals at',
+  '100% of CPU or memory. Goals (issue 14 §6): fewer host-hours than DPM and LR-MMT, SLATAH no worse than',
+  "LR-MMT's, at most half its migrations. `trivisor, no failure room` is not a policy anyone runs: it shows what",
+  "keeping room for one member's failure (which the baselines do not) costs.",
+  '',
+);
+if (autonomic) {
+  const names: Array<[string, string]> = [
+    ['trivisor', 'Trivisor'],
+    ['dpm', 'DPM 45–81%'],
+    ['lr-mmt', 'LR-MMT 1.2'],
+    ['incus', 'Incus rebalancer'],
+    ['trivisor-no-failure-room', 'Trivisor, no failure room'],
+  ];
+  const n = (v: unknown) => (typeof v === 'number' ? v.toLocaleString('en-US') : '–');
+  const table = (t: Record<string, Json>) => [
+    '| policy | host-hours | SLATAH | migrations | power-offs | most cycles of a member in a day | members on (min–max) |',
+    '|---|---|---|---|---|---|---|',
+    ...names.map(([k, label]) => {
+      const x = t[k] ?? {};
+      return `| ${label} | ${n(x.hostHours)} | ${f(100 * (x.slatah as number), 2)}% | ${n(x.migrations)} | ${n(x.powerOffs)} | ${n(x.maxCyclesPerMemberPerDay)} | ${x.minMembersOn}–${x.maxMembersOn} |`;
+    }),
+    '',
+  ];
+  const yes = (v: unknown) => (v ? '**met**' : '**not met**');
+  const goalLines = (g: Json) => [
+    `Fewer host-hours than DPM: ${yes(g.fewerHostHoursThanDpm)} (×${f(g.hostHoursToDpm, 3)}); than LR-MMT: ${yes(g.fewerHostHoursThanLrMmt)} (×${f(g.hostHoursToLrMmt, 3)}); SLATAH no worse than LR-MMT's: ${yes(g.overloadNoWorseThanLrMmt)}; at most half its migrations: ${yes(g.atMostHalfLrMmtMigrations)} (×${f(g.migrationsToLrMmt, 3)}).`,
+    '',
+  ];
+  const pl = autonomic.planetLab as Json;
+  const bb = autonomic.bitbrains as Json;
+  const plRuns = pl.runs as Json[];
+  lines.push(
+    `PlanetLab, ${plRuns.length} days summed (${plRuns.map((r) => String(r.name).replace(/^planetlab /, '')).join(', ')}):`,
+    '',
+    ...table(pl.total as Record<string, Json>),
+    ...goalLines(pl.goals as Json),
+    '| day | VMs | members at the start | Trivisor h / SLATAH / migrations | DPM | LR-MMT | Incus |',
+    '|---|---|---|---|---|---|---|',
+    ...plRuns.map((r) => {
+      const p = r.policies as Record<string, Json>;
+      const cell = (x: Json | undefined) =>
+        x ? `${n(x.hostHours)} / ${f(100 * (x.slatah as number), 2)}% / ${n(x.migrations)}` : '–';
+      return `| ${String(r.name).replace(/^planetlab /, '')} | ${n(r.guests)} | ${n(r.members)} | ${cell(p.trivisor)} | ${cell(p.dpm)} | ${cell(p['lr-mmt'])} | ${cell(p.incus)} |`;
+    }),
+    '',
+  );
+  for (const r of bb.runs as Json[]) {
+    lines.push(
+      `${String(r.name).replace(/^bitbrains /, 'Bitbrains Rnd ')}: ${n(r.guests)} VMs, ${n(r.samples)} samples, ${n(r.members)} members at the start.`,
+      '',
+      ...table(r.policies as Record<string, Json>),
+    );
+  }
+  lines.push(
+    'Bitbrains Rnd, the months summed:',
+    '',
+    ...goalLines(bb.goals as Json),
+    `Per run, the goals met: ${(autonomic.perRunGoals as Json[])
+      .map(
+        (g) =>
+          `${String(g.name).replace(/^(planetlab|bitbrains) /, '')} ${[g.fewerHostHoursThanDpm, g.fewerHostHoursThanLrMmt, g.overloadNoWorseThanLrMmt, g.atMostHalfLrMmtMigrations].filter(Boolean).length}/4`,
+      )
+      .join(', ')}.`,
+    '',
+  );
+  const scale = autonomic.scale as Json | undefined;
+  if (scale) {
+    lines.push(
+      `At scale, the ${plRuns.length} PlanetLab days side by side as one cluster, the same policy unchanged: ${n(scale.members)} members, ${n(scale.guests)} guests, ${n(scale.samples)} cycles simulated in ${f(scale.seconds)} s (${f(1000 * (scale.decideSecondsPerCycle as number), 1)} ms of decisions a cycle); ${n(scale.hostHours)} host-hours, SLATAH ${f(100 * (scale.slatah as number), 2)}%, ${n(scale.migrations)} migrations, members on ${scale.minMembersOn}–${scale.maxMembersOn}.`,
+      '',
+    );
+  }
+  lines.push(
+    `Source: ${autonomic.source}. Peak RSS ${autonomic.peakRssMiB} MiB. Measured ${autonomic.measuredAt}.`,
+    '',
+  );
+  stamp([autonomic]);
+} else {
+  // Not one of `npm run bench`'s (its traces live outside the repository), like the planner's.
+  lines.push(
+    '_Not part of this run: `node bench/autonomic.ts` reads `../shared/traces`, outside the repository; its figures come from `bench/results/autonomic.json`._',
+    '',
+  );
+}
+
 const out = reportPath();
 writeFileSync(out, `${lines.join('\n')}\n`);
 console.log(`wrote ${out}`);

@@ -1,0 +1,215 @@
+// Benchmark (issue 14 §6, decision 0051): the self-managing cluster's policies (src/autonomic/:
+// the power manager and the rebalancer, as `autonomicPolicy()` with its defaults) against
+// in-repo reimplementations of VMware DPM (45–81%, 5/40-minute windows), Beloglazov & Buyya's
+// LR-MMT (safety 1.2) and Incus's rebalancer rule, all on the same simulator and traces of
+// ../shared/traces (read from there, never copied):
+// - PlanetLab, all 10 days, one day at a time: hosts of 2 × 2660 MIPS, CloudSim's VM sizes;
+// - Bitbrains Rnd, July and August 2013, one month at a time: hosts of cpu=32,memory=512GiB
+//   (the trace's largest VM is configured with 511 GiB: a smaller host could not hold it by limits);
+// - at scale: the 10 PlanetLab days side by side as one cluster (thousands of members), Trivisor only.
+// Every run starts from the same cluster: members of the host size, as many as first-fit
+// decreasing on the guests' configured limits needs, all on.
+// Metrics: host-hours (members on or booting), SLATAH (the share of active host intervals at
+// 100% of CPU or memory), migrations.
+// Usage: node bench/autonomic.ts [traces-dir=../shared/traces]
+//   quick mode (TRIVISOR_BENCH_QUICK=1): synthetic clusters instead of the traces.
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { dpmBaseline, incusBaseline, lrMmtBaseline } from '../src/autonomic/baselines.ts';
+import { autonomicPolicy, type ClusterPolicy } from '../src/autonomic/controller.ts';
+import { type Scenario, type SimResult, simulate } from '../src/autonomic/simulator.ts';
+import { syntheticScenario } from '../src/autonomic/synthetic.ts';
+import { scenarioFromInventory, type TraceScenario } from '../src/autonomic/trace-scenario.ts';
+import type { HostSize } from '../src/planner/inventory.ts';
+import { readInventory } from '../src/planner/inventory-readers.ts';
+import { QUICK, writeResult } from './lib.ts';
+
+const traces = path.resolve(process.argv[2] ?? path.join(import.meta.dirname, '../../shared/traces'));
+const GIB = 1024 ** 3;
+const round = (v: number, digits = 4) => Math.round(v * 10 ** digits) / 10 ** digits;
+
+/** The figures of one policy on one scenario. */
+interface Figures {
+  hostHours: number;
+  slatah: number;
+  overloadedHostIntervals: number;
+  activeHostIntervals: number;
+  migrations: number;
+  powerOffs: number;
+  powerOns: number;
+  abortedEvacuations: number;
+  maxCyclesPerMemberPerDay: number;
+  returnMoves: number;
+  minMembersOn: number;
+  maxMembersOn: number;
+  seconds: number;
+}
+
+const POLICIES = ['trivisor', 'dpm', 'lr-mmt', 'incus', 'trivisor-no-failure-room'] as const;
+type PolicyName = (typeof POLICIES)[number];
+
+function policies(ts: TraceScenario): Record<PolicyName, ClusterPolicy> {
+  return {
+    trivisor: autonomicPolicy(),
+    dpm: dpmBaseline(),
+    'lr-mmt': lrMmtBaseline(),
+    incus: incusBaseline(ts.limits),
+    // For reading the numbers only: what keeping room for a member's failure costs.
+    'trivisor-no-failure-room': autonomicPolicy({ power: { keepFailureRoom: false } }),
+  };
+}
+
+function figures(r: SimResult, seconds: number): Figures {
+  return {
+    hostHours: round(r.hostHours, 1),
+    slatah: round(r.slatah, 5),
+    overloadedHostIntervals: r.overloadedHostIntervals,
+    activeHostIntervals: r.activeHostIntervals,
+    migrations: r.migrations,
+    powerOffs: r.powerOffs,
+    powerOns: r.powerOns,
+    abortedEvacuations: r.abortedEvacuations,
+    maxCyclesPerMemberPerDay: r.maxCyclesPerMemberPerDay,
+    returnMoves: r.returnMoves,
+    minMembersOn: r.minMembersOn,
+    maxMembersOn: r.maxMembersOn,
+    seconds: round(seconds, 2),
+  };
+}
+
+function runAll(name: string, ts: TraceScenario) {
+  const out = {} as Record<PolicyName, Figures>;
+  for (const [p, policy] of Object.entries(policies(ts)) as Array<[PolicyName, ClusterPolicy]>) {
+    const t0 = performance.now();
+    const r = simulate(ts.scenario, policy);
+    out[p] = figures(r, (performance.now() - t0) / 1000);
+    console.log(
+      `${name} ${p}: ${out[p].hostHours} host-hours, SLATAH ${round(100 * out[p].slatah, 2)}%, ${out[p].migrations} migrations (${out[p].seconds} s)`,
+    );
+  }
+  return {
+    name,
+    guests: ts.scenario.guests.length,
+    members: ts.scenario.members.length,
+    samples: ts.scenario.samples,
+    policies: out,
+  };
+}
+
+type Run = ReturnType<typeof runAll>;
+
+/** Sums of several runs: host-hours and migrations add, SLATAH over all active intervals. */
+function total(runs: Run[]): Record<PolicyName, Figures> {
+  const out = {} as Record<PolicyName, Figures>;
+  for (const p of POLICIES) {
+    const xs = runs.map((r) => r.policies[p]);
+    const sum = (k: keyof Figures) => xs.reduce((a, x) => a + x[k], 0);
+    out[p] = {
+      hostHours: round(sum('hostHours'), 1),
+      slatah: round(sum('overloadedHostIntervals') / Math.max(1, sum('activeHostIntervals')), 5),
+      overloadedHostIntervals: sum('overloadedHostIntervals'),
+      activeHostIntervals: sum('activeHostIntervals'),
+      migrations: sum('migrations'),
+      powerOffs: sum('powerOffs'),
+      powerOns: sum('powerOns'),
+      abortedEvacuations: sum('abortedEvacuations'),
+      maxCyclesPerMemberPerDay: Math.max(...xs.map((x) => x.maxCyclesPerMemberPerDay)),
+      returnMoves: sum('returnMoves'),
+      minMembersOn: Math.min(...xs.map((x) => x.minMembersOn)),
+      maxMembersOn: Math.max(...xs.map((x) => x.maxMembersOn)),
+      seconds: round(sum('seconds'), 2),
+    };
+  }
+  return out;
+}
+
+/** The issue's goals, each met or not. */
+function goals(t: Record<PolicyName, Figures>) {
+  const us = t.trivisor;
+  return {
+    fewerHostHoursThanDpm: us.hostHours < t.dpm.hostHours,
+    fewerHostHoursThanLrMmt: us.hostHours < t['lr-mmt'].hostHours,
+    overloadNoWorseThanLrMmt: us.slatah <= t['lr-mmt'].slatah,
+    atMostHalfLrMmtMigrations: us.migrations <= t['lr-mmt'].migrations / 2,
+    hostHoursToDpm: round(us.hostHours / t.dpm.hostHours, 3),
+    hostHoursToLrMmt: round(us.hostHours / t['lr-mmt'].hostHours, 3),
+    migrationsToLrMmt: round(us.migrations / Math.max(1, t['lr-mmt'].migrations), 3),
+  };
+}
+
+const plSize: HostSize = { cpu: 2 * 2660 };
+const bbSize: HostSize = { cpu: 32, memoryBytes: 512 * GIB };
+const planetLab: Run[] = [];
+const bitbrains: Run[] = [];
+let scale: Record<string, unknown> | undefined;
+let source: string;
+
+if (QUICK) {
+  // The traces live outside the repository: quick mode shows that every policy still runs.
+  source = 'synthetic (quick mode)';
+  for (const seed of [1, 2]) {
+    const ts = syntheticScenario({ members: 12, guests: 60, samples: 144, seed, meanLoad: 0.3 });
+    planetLab.push(runAll(`synthetic-${seed}`, ts));
+  }
+  const ts = syntheticScenario({ members: 6, guests: 30, samples: 288, seed: 3, meanLoad: 0.4 });
+  bitbrains.push(runAll('synthetic-month', ts));
+} else {
+  source = traces;
+  const plDir = path.join(traces, 'planetlab');
+  if (!existsSync(plDir)) throw new Error(`${plDir} is missing: see ../shared/traces/README.md`);
+  const days = readdirSync(plDir)
+    .filter((n) => n.endsWith('.csv.gz'))
+    .sort();
+  const all: TraceScenario[] = [];
+  for (const file of days) {
+    const day = file.replace('.csv.gz', '');
+    const inv = await readInventory(path.join(plDir, file));
+    const ts = scenarioFromInventory(inv, { hostSize: plSize });
+    planetLab.push(runAll(`planetlab ${day}`, ts));
+    all.push(scenarioFromInventory(inv, { hostSize: plSize, prefix: `${day}-` }));
+  }
+  const bbDir = path.join(traces, 'bitbrains-rnd');
+  for (const file of readdirSync(bbDir)
+    .filter((n) => n.endsWith('.csv.gz'))
+    .sort()) {
+    const inv = await readInventory(path.join(bbDir, file));
+    bitbrains.push(
+      runAll(`bitbrains ${file.replace('.csv.gz', '')}`, scenarioFromInventory(inv, { hostSize: bbSize })),
+    );
+  }
+  // At scale: the ten days side by side, one cluster; the same policy, unchanged.
+  const samples = Math.min(...all.map((t) => t.scenario.samples));
+  const big: Scenario = {
+    intervalMs: all[0]?.scenario.intervalMs ?? 300_000,
+    samples,
+    members: all.flatMap((t) => t.scenario.members),
+    guests: all.flatMap((t) => t.scenario.guests),
+  };
+  const t0 = performance.now();
+  const r = simulate(big, autonomicPolicy());
+  const seconds = (performance.now() - t0) / 1000;
+  scale = {
+    members: big.members.length,
+    guests: big.guests.length,
+    samples,
+    ...figures(r, seconds),
+    decideSecondsPerCycle: round(r.decideMs / 1000 / samples, 4),
+  };
+  console.log(`scale: ${JSON.stringify(scale)}`);
+}
+
+const plTotal = total(planetLab);
+const bbTotal = total(bitbrains);
+const result = {
+  source,
+  hostSizes: { planetLab: 'cpu=5320 (MIPS)', bitbrains: 'cpu=32,memory=512GiB' },
+  planetLab: { runs: planetLab, total: plTotal, goals: goals(plTotal) },
+  bitbrains: { runs: bitbrains, total: bbTotal, goals: goals(bbTotal) },
+  perRunGoals: [...planetLab, ...bitbrains].map((r) => ({ name: r.name, ...goals(r.policies) })),
+  ...(scale ? { scale } : {}),
+  peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+};
+console.log(
+  JSON.stringify({ planetLab: result.planetLab.goals, bitbrains: result.bitbrains.goals }, null, 2),
+);
+console.log(`wrote ${writeResult('autonomic', result)}`);

@@ -1,0 +1,254 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import type { ClusterState, GuestState, MemberState } from './cluster-state.ts';
+import { autonomicPolicy } from './controller.ts';
+import { concludeEvacuation, planPower } from './power-manager.ts';
+import { type Scenario, simulate } from './simulator.ts';
+import { syntheticScenario } from './synthetic.ts';
+
+const member = (id: string, extra: Partial<MemberState> = {}): MemberState => ({
+  id,
+  cpuCapacity: 16,
+  power: 'on',
+  powerOffsMs: [],
+  bootDelayMs: 300_000,
+  bandwidthBytesPerSecond: 125_000_000,
+  ...extra,
+});
+
+const series = (f: (t: number) => number, n = 12) => Float64Array.from({ length: n }, (_, t) => f(t));
+
+const guest = (id: string, on: string, cpu: Float64Array, extra: Partial<GuestState> = {}): GuestState => ({
+  id,
+  model: 'vm',
+  member: on,
+  cpu,
+  moveBytes: 2 ** 30,
+  ...extra,
+});
+
+/** A cluster whose guests' CPU is `load(t)` each, for a step-by-step replay. */
+function stepScenario(
+  members: number,
+  guests: number,
+  samples: number,
+  load: (t: number) => number,
+): Scenario {
+  return {
+    intervalMs: 300_000,
+    samples,
+    members: Array.from({ length: members }, (_, i) => ({
+      id: `m${i + 1}`,
+      cpuCapacity: 16,
+      bootDelayMs: 600_000,
+      bandwidthBytesPerSecond: 125_000_000,
+    })),
+    guests: Array.from({ length: guests }, (_, i) => ({
+      id: `g${i + 1}`,
+      model: 'vm' as const,
+      member: `m${(i % members) + 1}`,
+      cpu: Float64Array.from({ length: samples }, (_, t) => load(t)),
+      moveBytes: 2 ** 30,
+    })),
+  };
+}
+
+describe('power manager', () => {
+  test('an idle member is evacuated with its moves explained, then powered off', () => {
+    const state: ClusterState = {
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c')],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 6),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 6),
+        ),
+        guest(
+          'c1',
+          'c',
+          series(() => 0.5),
+        ),
+      ],
+    };
+    const { plan } = planPower(state);
+    assert.deepEqual(plan.powerOn, []);
+    assert.deepEqual(
+      plan.evacuations.map((e) => e.member),
+      ['c'],
+    );
+    const [e] = plan.evacuations;
+    assert.ok(e);
+    assert.match(e.reason, /its load stayed at 3% or less \(p100\) over 40 min, below 75%/);
+    assert.equal(e.moves[0]?.reason, 'evacuation');
+    assert.match(e.moves[0]?.summary ?? '', /^evacuation: c1 \(vm\) live c → [ab]/);
+    assert.deepEqual(concludeEvacuation(e, { failed: [] }), {
+      kind: 'power-off',
+      member: 'c',
+      reason: 'c is empty (1 guest(s) moved): powering it off',
+    });
+  });
+
+  test('room for one member failure is kept: two members stay on for a tiny load', () => {
+    const r = simulate(
+      stepScenario(3, 6, 48, () => 0.3),
+      autonomicPolicy(),
+    );
+    assert.equal(r.powerOffs, 1);
+    assert.equal(r.membersOnAtEnd, 2);
+    assert.equal(r.minMembersOn, 2);
+  });
+
+  test('powered back on when demand over the short window rises, and the load fits again', () => {
+    // 3 hours quiet, then every guest busy: the 8 guests need 3 members and room for a failure.
+    const r = simulate(
+      stepScenario(5, 8, 72, (t) => (t < 36 ? 0.5 : 5)),
+      autonomicPolicy(),
+      { keepLog: true },
+    );
+    assert.ok(r.powerOffs >= 2, `members were powered off while quiet (${r.powerOffs})`);
+    assert.ok(r.powerOns >= 2, `members were powered back on (${r.powerOns})`);
+    const onAt = r.log.find((l) => / on m\d$/.test(l));
+    assert.match(onAt ?? '', /^10800000 on /, 'the first power-on comes with the first busy sample');
+    assert.ok((r.membersOn.at(-1) as number) >= 3);
+  });
+
+  test('the boot delay counts: a rising demand powers a member on before it exceeds what is on', () => {
+    const rising = (t: number) => 1 + t * 0.45;
+    const state = (bootDelayMs: number): ClusterState => ({
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [
+        member('a', { bootDelayMs }),
+        member('b', { bootDelayMs }),
+        member('c', { power: 'off', bootDelayMs, powerOffsMs: [0] }),
+      ],
+      guests: [guest('a1', 'a', series(rising)), guest('b1', 'b', series(rising))],
+    });
+    // Now 2 × 5.95 = 11.9 CPU: within 90% of one member (14.4) after a failure.
+    assert.deepEqual(planPower(state(0)).plan.powerOn, []);
+    // Carried 30 min ahead (6 samples × 0.9 CPU), it is 17.3: member c must start now.
+    const soon = planPower(state(1_800_000)).plan.powerOn;
+    assert.deepEqual(
+      soon.map((p) => [p.member, p.readyAtMs]),
+      [['c', 3_600_000 + 1_800_000]],
+    );
+    assert.match(soon[0]?.reason ?? '', /carried 1800 s ahead \(its boot delay\)/);
+  });
+
+  test('no member cycles more than 4 times a day', () => {
+    // Busy and quiet in turns every 90 minutes over two days.
+    const r = simulate(
+      stepScenario(4, 8, 576, (t) => (Math.floor(t / 18) % 2 === 0 ? 5 : 0.3)),
+      autonomicPolicy({ power: { minOnMs: 0 } }),
+    );
+    assert.ok(r.powerOffs > 4, `it cycles (${r.powerOffs} power-offs)`);
+    assert.ok(r.maxCyclesPerMemberPerDay <= 4, `${r.maxCyclesPerMemberPerDay} cycles of one member in a day`);
+    const state: ClusterState = {
+      nowMs: 86_400_000,
+      intervalMs: 300_000,
+      members: [
+        member('a'),
+        member('b'),
+        member('c', { powerOffsMs: [1, 2, 3, 4].map((h) => h * 3_600_000) }),
+      ],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 6),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 6),
+        ),
+      ],
+    };
+    const { plan } = planPower(state);
+    assert.ok(plan.evacuations.every((e) => e.member !== 'c'));
+    assert.ok(plan.notes.includes('c stays on: it was powered off 4 times in the last 24 h'));
+  });
+
+  test('a failed migration aborts the evacuation and leaves the member on', () => {
+    const scenario = stepScenario(3, 6, 24, () => 0.3);
+    const r = simulate(scenario, autonomicPolicy(), { migrationFailureRate: 1, keepLog: true });
+    assert.ok(r.abortedEvacuations > 0);
+    assert.equal(r.powerOffs, 0);
+    assert.equal(r.membersOnAtEnd, 3);
+    assert.ok(
+      r.log.some((l) =>
+        /abort m\d: evacuation of m\d aborted, the member stays on: moving g\d failed \(simulated migration failure\)/.test(
+          l,
+        ),
+      ),
+    );
+    const verdict = concludeEvacuation(
+      { member: 'x', moves: [], reason: '' },
+      { failed: [{ guest: 'g', error: 'connection reset' }] },
+    );
+    assert.deepEqual(verdict, {
+      kind: 'abort',
+      member: 'x',
+      reason: 'evacuation of x aborted, the member stays on: moving g failed (connection reset)',
+    });
+  });
+
+  test('a member holding a ct guest that may never be cold-moved is not evacuated', () => {
+    const state: ClusterState = {
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c')],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 6),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 6),
+        ),
+        guest(
+          'db',
+          'c',
+          series(() => 0.5),
+          { model: 'ct', downtimeBudgetMs: 0 },
+        ),
+      ],
+    };
+    const { plan } = planPower(state);
+    assert.ok(plan.evacuations.every((e) => e.member !== 'c'));
+    assert.ok(plan.notes.includes('c stays on: db: migration.downtime_budget is 0 (never cold-moved)'));
+  });
+
+  test('bad knobs get a one-line error', () => {
+    const state: ClusterState = { nowMs: 0, intervalMs: 300_000, members: [member('a')], guests: [] };
+    assert.throws(
+      () => planPower(state, { ceiling: 1.5 }),
+      /^Error: The power manager's ceiling 1.5 must be in \(0, 1\]$|ceiling 1.5 must be in \(0, 1\]/,
+    );
+    assert.throws(() => planPower(state, { maxCyclesPerDay: 0 }), /at least 1 power cycle a day/);
+  });
+
+  test('the same trace and seed give byte-identical decisions; another seed does not', () => {
+    const { scenario } = syntheticScenario({ members: 8, guests: 40, samples: 288, seed: 11, meanLoad: 0.5 });
+    const run = (seed: number) =>
+      simulate(scenario, autonomicPolicy(), { seed, migrationFailureRate: 0.05, keepLog: true });
+    const a = run(1);
+    const b = run(1);
+    const c = run(2);
+    assert.ok(a.failedMigrations > 0, 'failures were drawn');
+    assert.equal(JSON.stringify(a.log), JSON.stringify(b.log));
+    const strip = ({ decideMs: _, ...rest }: typeof a) => rest;
+    assert.equal(JSON.stringify(strip(a)), JSON.stringify(strip(b)));
+    assert.notEqual(JSON.stringify(a.log), JSON.stringify(c.log));
+  });
+});
