@@ -814,7 +814,8 @@ export function createPoolService(deps: {
       }
       await store.txn({
         compare: [records.pool.at(pool.name).absent()],
-        success: [records.pool.at(pool.name).putOp({ ...pool, location: member })],
+        // A pool on every member (a shared one too) has no member of its own.
+        success: [records.pool.at(pool.name).putOp(pool.everyMember ? pool : { ...pool, location: member })],
       });
       // A qgroup limit lives in the file system: it is still the one limits.disk set.
       const raw = spec.config['limits.disk'];

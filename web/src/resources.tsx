@@ -332,7 +332,10 @@ export function Storage() {
                     <td>
                       <Link to={`/storage/${encodeURIComponent(p.name)}`}>{p.name}</Link>
                     </td>
-                    <td>{p.driver}</td>
+                    <td>
+                      {p.driver}
+                      {p.shared ? ' (shared)' : ''}
+                    </td>
                     <td>{p.usage ? `${bytes(p.usage.usedBytes)} of ${bytes(p.usage.totalBytes)}` : '–'}</td>
                     <td>
                       <Status value={p.status} /> {p.error ?? ''}
