@@ -1,0 +1,141 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
+import { runningGuests } from '../../src/host/guest-processes.ts';
+import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
+import { eventually } from '../system/harness.ts';
+import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
+
+/*
+ * Issue 13 §4 on real members (decision 0052): HA guests of all three models on a shared pool.
+ * - m3's daemon killed -9 with its guests running: its HA agent keeps the member's lease, so
+ *   nothing moves and the guests keep running.
+ * - m3 destroyed whole (its daemon, HA agent, etcd and every guest process killed): its HA guests
+ *   run on m1 or m2 within the target, with what they wrote on their disks.
+ */
+
+let cluster: TestCluster;
+let runDir: string;
+let sharedDir: string;
+
+before(async () => {
+  // Guests' user namespaces and QEMU's uid walk through it: searchable, as a state dir is.
+  runDir = await makeRunDir('ha-shared', { mode: 0o711 });
+  sharedDir = path.join(runDir, 'nfs');
+  await mkdir(sharedDir, { mode: 0o711 });
+  cluster = await makeTestCluster(['m1', 'm2', 'm3']);
+});
+
+after(async () => {
+  if (cluster) await cluster.destroy();
+  if (runDir) {
+    const report = await removeRunDir(runDir);
+    assert.deepEqual(report.left.map(describeThing), []);
+  }
+});
+
+/** Kills every process of the member whose state dir is `stateDir`: those in its cgroups, and those that name the dir. */
+function killProcessesOf(stateDir: string): number {
+  const parent = cgroupParentOf(stateDir);
+  let killed = 0;
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (cgroups.includes(`:${parent}/`) || cgroups.includes(`:${parent}\n`) || cmdline.includes(stateDir)) {
+        process.kill(pid, 'SIGKILL');
+        killed++;
+      }
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return killed;
+}
+
+const guests = [
+  ['ha-ct', ['-c', 'ha.priority=30']],
+  ['ha-pvm', ['--model', 'pvm', '-c', 'limits.memory=64MiB', '-c', 'ha.priority=20']],
+  ['ha-vm', ['--model', 'vm', '-c', 'limits.memory=128MiB', '-c', 'ha.priority=10']],
+] as const;
+
+interface Listed {
+  name: string;
+  status: string;
+  location?: string;
+}
+
+describe('HA guests on a shared pool', () => {
+  test('bootstrap and two joins: three Online members; a shared pool on all', async () => {
+    await formCluster(cluster);
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    m1.daemon.ok(['storage', 'create', 'hapool', 'dir', `source=${sharedDir}`, 'shared=true']);
+  });
+
+  test("m3's HA guests of every model keep running when m3's daemon is killed -9; they run on m1 or m2 within 30 s when m3 is destroyed", async () => {
+    const [m1, m2, m3] = cluster.hosts;
+    assert.ok(m1 && m2 && m3);
+    for (const [name, args] of guests) {
+      m1.daemon.ok([
+        'launch',
+        'busybox',
+        name,
+        '--target',
+        'm3',
+        '--storage',
+        'hapool',
+        '-c',
+        'ha.enabled=true',
+        ...args,
+      ]);
+      m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} kept > /root/kept && sync`]);
+    }
+    const list = (): Listed[] => JSON.parse(m1.daemon.ok(['list', '--format', 'json'])) as Listed[];
+    const m3Guests = () => runningGuests(cgroupParentOf(m3.daemon.stateDir));
+
+    // The daemon alone dies: the agent keeps m3's lease, and nothing moves.
+    await m3.daemon.kill9();
+    await new Promise((r) => setTimeout(r, 15_000));
+    for (const [name] of guests) {
+      assert.equal(
+        list().find((g) => g.name === name)?.location,
+        'm3',
+        `${name} moved while m3's daemon was down`,
+      );
+    }
+    assert.deepEqual([...(await m3Guests())].sort(), guests.map(([n]) => n).sort());
+    await m3.daemon.restart();
+
+    // The whole member dies: daemon, agent, etcd and guests.
+    const killedAt = Date.now();
+    assert.ok(killProcessesOf(m3.daemon.stateDir) > 0);
+    const runningElsewhere = new Map<string, number>();
+    await eventually(
+      "m3's HA guests running on m1 or m2",
+      () => {
+        for (const g of list()) {
+          if (guests.some(([n]) => n === g.name) && g.status === 'Running' && g.location !== 'm3') {
+            if (!runningElsewhere.has(g.name)) runningElsewhere.set(g.name, Date.now() - killedAt);
+          }
+        }
+        return runningElsewhere.size === guests.length;
+      },
+      90_000,
+    );
+    const slowest = Math.max(...runningElsewhere.values());
+    console.log(
+      `HA guests running elsewhere after m3 was destroyed: ${JSON.stringify(Object.fromEntries(runningElsewhere))} ms`,
+    );
+    assert.ok(slowest <= 30_000, `the last HA guest ran elsewhere ${slowest} ms after m3 died (target 30 s)`);
+    for (const [name] of guests) {
+      const out = m1.daemon.ok(['exec', name, '--', 'cat', '/root/kept']);
+      assert.equal(out.trim(), `${name} kept`);
+    }
+  });
+});
