@@ -49,6 +49,8 @@ export interface PowerOptions {
   /** Keep enough capacity on for the largest member to fail. */
   keepFailureRoom: boolean;
   maxEvacuationsPerCycle: number;
+  /** This many members at 100% that the others cannot relieve power one more on (0: never). */
+  hotMembers: number;
   costs: MoveCosts;
 }
 
@@ -56,14 +58,15 @@ export const DEFAULT_POWER: PowerOptions = {
   lowWindowMs: 40 * 60_000,
   highWindowMs: 10 * 60_000,
   percentile: 100,
-  lowLoad: 0.75,
-  ceiling: 0.9,
+  lowLoad: 0.85,
+  ceiling: 0.97,
   powerOnAt: 1,
-  powerOffBelow: 0.95,
+  powerOffBelow: 1,
   maxCyclesPerDay: 4,
   minOnMs: 60 * 60_000,
   keepFailureRoom: true,
   maxEvacuationsPerCycle: Number.POSITIVE_INFINITY,
+  hotMembers: 1,
   costs: DEFAULT_MOVE_COSTS,
 };
 
@@ -225,6 +228,35 @@ export function planPower(
   }
   if (!fits(demandSoon, usable(coming, o.keepFailureRoom), o.powerOnAt, withMemory)) {
     notes.push('every member is on or booting and demand still exceeds the power-on line');
+  }
+  // Local heat: members at 100% over the short window whose excess the others cannot take below
+  // the ceiling. The cluster as a whole may have room, in pieces too small to use: one more member.
+  if (
+    o.hotMembers > 0 &&
+    powerOn.length === 0 &&
+    off.length > 0 &&
+    !onOrBooting.some((m) => m.power === 'booting')
+  ) {
+    const hotBook = new LoadBook(state, { windowSamples: perMs(o.highWindowMs), percentile: 100 });
+    let excess = 0;
+    let room = 0;
+    let hot = 0;
+    for (const m of onOrBooting) {
+      const now = hotBook.load(m.id);
+      const l = book.load(m.id);
+      if (now >= 1) {
+        hot++;
+        excess += (now - o.ceiling) * m.cpuCapacity;
+      } else room += Math.max(0, o.ceiling - l) * m.cpuCapacity;
+    }
+    if (hot >= o.hotMembers && room < excess) {
+      const m = off.shift() as MemberState;
+      powerOn.push({
+        member: m.id,
+        readyAtMs: state.nowMs + m.bootDelayMs,
+        reason: `${hot} member(s) at 100% over the last ${o.highWindowMs / 60_000} min, and the others have room for ${round(room)} of their ${round(excess)} CPU above ${pct(o.ceiling)}`,
+      });
+    }
   }
 
   // Power off: nothing while members are coming up (demand is rising) or just powered on.
