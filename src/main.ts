@@ -452,6 +452,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     shared: {
       adopt: (spec) => poolService.adoptShared(spec),
       imageFor: (spec, image) => poolService.imageFor(spec, image),
+      release: (name) => poolService.releaseShared(name),
     },
   });
   await controller.start();

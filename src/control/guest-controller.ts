@@ -37,6 +37,8 @@ export interface GuestControllerDeps {
   shared?: {
     adopt(spec: GuestSpec): Promise<void>;
     imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
+    /** A guest located on another member: this member's link to it on a shared pool goes (its files stay). */
+    release(name: string): Promise<void>;
   };
   /**
    * HA (decision 0052): whether a guest's starts are its member's HA agent's to decide, and why
@@ -164,6 +166,11 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       await store.txn({ compare: [ref.absent()], success: [ref.putOp(hostName)] });
     } else if (location.value !== hostName) {
       live.delete(name);
+      await deps.shared
+        ?.release(name)
+        .catch((e) =>
+          log.warn({ guest: name, err: asTrivisorError(e).message }, 'cannot drop the link of a moved guest'),
+        );
       return;
     }
     const previous: GuestStatus = statusRecord?.value ?? initialStatus();

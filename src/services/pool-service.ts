@@ -144,6 +144,11 @@ export interface PoolService {
    * (an HA restart while this member was away) or gone; their files stay.
    */
   sweepSharedLinks(): Promise<string[]>;
+  /**
+   * Called for a guest located on another member: drops this member's link to it if the guest
+   * lives on a shared pool (an HA restart elsewhere, a hand-over). One lstat when there is none.
+   */
+  releaseShared(name: string): Promise<void>;
 }
 
 // The default pool, the pool record copies and mounting are the pool controller's (src/control/).
@@ -776,6 +781,23 @@ export function createPoolService(deps: {
     },
 
     dropShared,
+
+    async releaseShared(name) {
+      const link = join(deps.stateDir, 'guests', name);
+      if (!(await lstat(link).catch(() => undefined))?.isSymbolicLink()) return;
+      const spec = (await records.guest.at(name).get(store))?.value;
+      if (spec?.location === member) return;
+      const target = await readlink(link).catch(() => undefined);
+      const shared = valuesOf(await records.pool.list(store)).some(
+        (p) => p.shared && target !== undefined && dirname(target) === join(p.config.source ?? '', 'guests'),
+      );
+      if (!shared) return;
+      await dropShared(name);
+      deps.log.info(
+        { guest: name, location: spec?.location },
+        "dropped the link of a shared pool's guest that runs elsewhere",
+      );
+    },
 
     async sweepSharedLinks() {
       const roots = valuesOf(await records.pool.list(store))

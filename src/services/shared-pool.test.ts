@@ -275,6 +275,19 @@ describe('shared storage pools', () => {
     assert.equal(await exists(path.join(stateDirs.h1, 'idmap', '3')), false);
     assert.equal(await readFile(path.join(dir, 'disk.qcow2'), 'utf8'), 'disk');
     assert.equal(await readlink(link), dir);
+
+    // The guest controller, seeing the guest located on another member, has its link released.
+    await service('h2').releaseShared('web');
+    assert.equal(await readlink(link), dir, 'located on h2: kept');
+    await records.guest.at('web').put(store, { ...spec, location: 'h1' });
+    await service('h2').releaseShared('web');
+    assert.equal(await exists(link), false);
+    assert.equal(await readFile(path.join(dir, 'disk.qcow2'), 'utf8'), 'disk');
+    // A guest directory of this member's own (not a link) is never touched.
+    await mkdir(path.join(stateDirs.h2, 'guests', 'own'), { recursive: true });
+    await service('h2').releaseShared('own');
+    assert.ok(await exists(path.join(stateDirs.h2, 'guests', 'own')));
+    await rm(path.join(stateDirs.h2, 'guests', 'own'), { recursive: true });
   });
 
   test('a pvm guest adopted where another guest has its host uid gets a free one, and its files follow', async () => {
