@@ -9,7 +9,8 @@ import { formCluster, type MemberHost, makeTestCluster, type TestCluster } from 
  * members get their reserved addresses from their own member's dnsmasq, ping each other and
  * move data over TCP by address and by name; a guest that sends from an address it was not
  * given reaches nothing on the other member, even when its own member's port filter is gone
- * (the tunnel's filter on the receiving member holds); ACLs hold across members; a guest moved cold to the other member
+ * (the tunnel's filter on the receiving member holds); ACLs and isolation hold across members;
+ * a guest moved cold to the other member
  * answers at the same address with the same MAC. Guests: m1 has a ct (sc) and a vm (sv), m2 a
  * pvm (sp) and a ct (sd); every model has a peer on the other member. Traffic stays in
  * 198.19.84.0/24 and the cluster's namespaces.
@@ -74,11 +75,29 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     }>;
   };
 
-  test('the network is a VXLAN-joined bridge on both members: one VNI, port 4789, an FDB entry for the other member, VXLAN only from members', async () => {
+  test('a network made before the cluster becomes a VXLAN-joined bridge on both members as they join: one VNI, port 4789, an FDB entry for the other member, VXLAN only from members', async () => {
     [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
-    await formCluster(cluster);
+    // Made while m1 is a single host: the tunnel and its FDB come with the members that join.
     m1.daemon.ok(['network', 'create', NET, `ipv4.address=${SUBNET}.1/24`]);
-    await eventually(`${NET}'s VXLAN on m2`, () => vxlanOf(m2).some((v) => v.master === NET), 30_000);
+    assert.deepEqual(vxlanOf(m1), [], 'a single host has no VXLAN');
+    await formCluster(cluster);
+    const floods = (host: MemberHost, dev: string) =>
+      (
+        JSON.parse(
+          cluster.inNetns(host.netns, ['bridge', '-json', 'fdb', 'show', 'dev', dev]).stdout || '[]',
+        ) as Array<{ mac: string; dst?: string }>
+      ).flatMap((e) => (e.mac === '00:00:00:00:00:00' && e.dst ? [e.dst] : []));
+    for (const [host, other] of [
+      [m1, m2],
+      [m2, m1],
+    ] as const) {
+      // Exactly one flood entry, the other member's.
+      await eventually(
+        `${NET}'s VXLAN on ${host.name}, flooding to ${other.name} only`,
+        () => vxlanOf(host).some((v) => v.master === NET && floods(host, v.ifname).join() === other.ip),
+        30_000,
+      );
+    }
     const [v1, v2] = [vxlanOf(m1), vxlanOf(m2)].map((l) => l.find((v) => v.master === NET));
     assert.ok(v1 && v2);
     assert.equal(v1.linkinfo.info_data.id, v2.linkinfo.info_data.id, 'one VNI on both members');
@@ -86,19 +105,10 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     assert.equal(v1.linkinfo.info_data.local, m1.ip);
     assert.equal(v2.linkinfo.info_data.local, m2.ip);
     assert.equal(v1.mtu, 1450);
-    for (const [host, other, v] of [
-      [m1, m2, v1],
-      [m2, m1, v2],
+    for (const [host, other] of [
+      [m1, m2],
+      [m2, m1],
     ] as const) {
-      const fdb = cluster.inNetns(host.netns, ['bridge', '-json', 'fdb', 'show', 'dev', v.ifname]);
-      const flood = (JSON.parse(fdb.stdout) as Array<{ mac: string; dst?: string }>).filter(
-        (e) => e.mac === '00:00:00:00:00:00',
-      );
-      assert.deepEqual(
-        flood.map((e) => e.dst),
-        [other.ip],
-        `${host.name} floods to ${other.name} only`,
-      );
       const rules = cluster.inNetns(host.netns, ['nft', 'list', 'table', 'ip', `trivisor-${NET}`]);
       assert.match(
         rules.stdout,
@@ -184,6 +194,23 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
       m1.daemon.ok(['network', 'acl', 'remove', NET, '0']);
       await eventually(`sc pings sd again without the ${direction} rule`, pings, 30_000);
     }
+  });
+
+  test('an isolated network stays isolated across members: its guests reach their gateway, not each other', async () => {
+    m1.daemon.ok(['network', 'create', 'spaniso', 'ipv4.address=198.19.85.1/24', 'security.isolated=true']);
+    m1.daemon.ok(['launch', 'busybox', 'si1', '--target', 'm1', '--network', 'spaniso']);
+    m1.daemon.ok(['launch', 'busybox', 'si2', '--target', 'm2', '--network', 'spaniso']);
+    for (const g of ['si1', 'si2']) {
+      await eventually(
+        `${g} reaches its gateway`,
+        () => sh(g, 'ping -c1 -W2 198.19.85.1').code === 0,
+        60_000,
+      );
+    }
+    assert.notEqual(sh('si1', `ping -c2 -W2 ${addressOf('si2')}`).code, 0, 'si1 (m1) reached si2 (m2)');
+    assert.notEqual(sh('si2', `ping -c2 -W2 ${addressOf('si1')}`).code, 0, 'si2 (m2) reached si1 (m1)');
+    m1.daemon.ok(['delete', '--force', 'si1', 'si2']);
+    m1.daemon.ok(['network', 'delete', 'spaniso']);
   });
 
   test("a spoofed source from a guest on m1 reaches nothing on m2, also with m1's port filter gone", async () => {
