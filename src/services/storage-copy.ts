@@ -1,4 +1,4 @@
-import { alreadyExists } from '../core/errors.ts';
+import { alreadyExists, failedPrecondition } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import {
@@ -32,6 +32,17 @@ export function copyMethods(view: StorageView): Pick<StorageService, 'copyGuest'
     async copyGuest(request) {
       assertDnsLabel(request.name, 'guest name');
       const { spec: source, status } = await load(request.source);
+      // A pvm copy keeps its source's COW file, whose header names the source's base disk: on a
+      // shared pool it would start on no other member (decision 0049). A flat import has no base.
+      if (source.model === 'pvm' && request.storage !== undefined) {
+        const into = (await records.pool.at(request.storage).get(store))?.value;
+        const from = (await records.guestPool.at(request.source).get(store))?.value.pool;
+        if (into?.shared && from !== request.storage) {
+          throw failedPrecondition(
+            `A pvm copy onto shared pool ${request.storage} would keep ${request.source}'s base disk, which other members do not have: export ${request.source} and import the archive with --storage ${request.storage} instead`,
+          );
+        }
+      }
       const storage = storageFor(source);
       assertProvisioned(source, status);
       if (request.snapshot !== undefined) await view.self().getSnapshot(request.source, request.snapshot);

@@ -9,6 +9,7 @@ import type { GuestSpec, GuestStatus, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
 import type { PoolService } from './pool-service.ts';
@@ -240,6 +241,25 @@ describe('storage service', () => {
       ['create k1 on fast', 'create k2 on slow', 'create k3'],
     );
     await assert.rejects(service.copyGuest({ name: 'k4', source: 'web', storage: 'nope' }), /nope not found/);
+    // A pvm copy onto a shared pool would keep its source's base disk (decision 0049): one line, nothing made.
+    await put(specOf('pv1', 'pvm'), statusOf('Stopped'));
+    await records.pool.at('fast').put(store, {
+      name: 'fast',
+      driver: 'dir',
+      description: '',
+      config: { source: '/srv/nfs' },
+      createdAt: '',
+      everyMember: true,
+      shared: true,
+      marker: 'x',
+    });
+    await assert.rejects(service.copyGuest({ name: 'k5', source: 'pv1', storage: 'fast' }), (e) => {
+      assert.equal((e as { code?: string }).code, 'FailedPrecondition');
+      assert.match((e as Error).message, /^A pvm copy onto shared pool fast would keep pv1's base disk/);
+      return true;
+    });
+    assert.equal(guestCalls.filter((c) => c.includes('k5')).length, 0, 'nothing was made');
+    await store.delete(records.pool.key('fast'));
     await assert.rejects(
       service.importBackup({ archivePath: path.join(stateDir, 'x.tar'), storage: 'nope' }),
       /nope not found/,
