@@ -142,6 +142,7 @@ const bbSize: HostSize = { cpu: 32, memoryBytes: 512 * GIB };
 const planetLab: Run[] = [];
 const bitbrains: Run[] = [];
 let scale: Record<string, unknown> | undefined;
+const frontier: Array<{ ceiling: number; hostHours: number; slatah: number; migrations: number }> = [];
 let source: string;
 
 if (QUICK) {
@@ -161,12 +162,32 @@ if (QUICK) {
     .filter((n) => n.endsWith('.csv.gz'))
     .sort();
   const all: TraceScenario[] = [];
+  const perDay: TraceScenario[] = [];
   for (const file of days) {
     const day = file.replace('.csv.gz', '');
     const inv = await readInventory(path.join(plDir, file));
     const ts = scenarioFromInventory(inv, { hostSize: plSize });
     planetLab.push(runAll(`planetlab ${day}`, ts));
+    perDay.push(ts);
     all.push(scenarioFromInventory(inv, { hostSize: plSize, prefix: `${day}-` }));
+  }
+  // Trivisor's one knob against overload, the ceiling, over the same days: its host-hours against
+  // SLATAH, a curve to read the baselines' points against.
+  for (const ceiling of [0.95, 0.97, 0.985, 1]) {
+    const policy = autonomicPolicy({ power: { ceiling }, rebalance: { ceiling } });
+    const rs = perDay.map((ts) => simulate(ts.scenario, policy));
+    const overloaded = rs.reduce((a, r) => a + r.overloadedHostIntervals, 0);
+    const active = rs.reduce((a, r) => a + r.activeHostIntervals, 0);
+    frontier.push({
+      ceiling,
+      hostHours: round(
+        rs.reduce((a, r) => a + r.hostHours, 0),
+        1,
+      ),
+      slatah: round(overloaded / Math.max(1, active), 5),
+      migrations: rs.reduce((a, r) => a + r.migrations, 0),
+    });
+    console.log(`frontier ${JSON.stringify(frontier.at(-1))}`);
   }
   const bbDir = path.join(traces, 'bitbrains-rnd');
   for (const file of readdirSync(bbDir)
@@ -203,7 +224,7 @@ const bbTotal = total(bitbrains);
 const result = {
   source,
   hostSizes: { planetLab: 'cpu=5320 (MIPS)', bitbrains: 'cpu=32,memory=512GiB' },
-  planetLab: { runs: planetLab, total: plTotal, goals: goals(plTotal) },
+  planetLab: { runs: planetLab, total: plTotal, goals: goals(plTotal), frontier },
   bitbrains: { runs: bitbrains, total: bbTotal, goals: goals(bbTotal) },
   perRunGoals: [...planetLab, ...bitbrains].map((r) => ({ name: r.name, ...goals(r.policies) })),
   ...(scale ? { scale } : {}),

@@ -1019,6 +1019,22 @@ if (autonomic) {
     }),
     '',
   );
+  const frontier = (pl.frontier as Json[] | undefined) ?? [];
+  if (frontier.length > 0) {
+    const lr = (pl.total as Record<string, Json>)['lr-mmt'] ?? {};
+    lines.push(
+      "Trivisor's ceiling (the load no move or evacuation may put a member above; default 98.5%) against LR-MMT, the same days summed:",
+      '',
+      '| policy | host-hours | SLATAH | migrations |',
+      '|---|---|---|---|',
+      ...frontier.map(
+        (x) =>
+          `| Trivisor, ceiling ${f(100 * (x.ceiling as number), 1)}% | ${n(x.hostHours)} | ${f(100 * (x.slatah as number), 2)}% | ${n(x.migrations)} |`,
+      ),
+      `| LR-MMT 1.2 | ${n(lr.hostHours)} | ${f(100 * (lr.slatah as number), 2)}% | ${n(lr.migrations)} |`,
+      '',
+    );
+  }
   for (const r of bb.runs as Json[]) {
     lines.push(
       `${String(r.name).replace(/^bitbrains /, 'Bitbrains Rnd ')}: ${n(r.guests)} VMs, ${n(r.samples)} samples, ${n(r.members)} members at the start.`,

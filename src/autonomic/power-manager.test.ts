@@ -87,7 +87,7 @@ describe('power manager', () => {
     assert.ok(e);
     assert.match(
       e.reason,
-      /its load stayed at 3% or less \(p100\) over 40 min, below 85%, and its guests fit on the others below 97%/,
+      /its load stayed at 3% or less \(p100\) over 40 min, below 85%, and its guests fit on the others below 99%/,
     );
     assert.equal(e.moves[0]?.reason, 'evacuation');
     assert.match(e.moves[0]?.summary ?? '', /^evacuation: c1 \(vm\) live c → [ab]/);

@@ -59,7 +59,7 @@ export const DEFAULT_POWER: PowerOptions = {
   highWindowMs: 10 * 60_000,
   percentile: 100,
   lowLoad: 0.85,
-  ceiling: 0.97,
+  ceiling: 0.985,
   powerOnAt: 1,
   powerOffBelow: 1,
   maxCyclesPerDay: 4,

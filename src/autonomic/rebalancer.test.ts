@@ -104,7 +104,7 @@ describe('rebalancer', () => {
       guests: [
         guest('busy', 'a', 6),
         guest('idle', 'a', 0.2),
-        guest('base', 'a', 9.5),
+        guest('base', 'a', 9.7),
         guest('b1', 'b', 4),
         guest('c1', 'c', 4),
       ],
@@ -123,7 +123,7 @@ describe('rebalancer', () => {
     assert.ok(m.benefitSeconds > m.costSeconds);
     assert.match(
       m.summary,
-      /^overload: busy \(vm\) live a → b; a 98% → 61%, b 25% → 63%; imbalance 0\.345 → 0\.173; benefit [\d.]+ s against cost 2\.02 s \(copy 17\.18 s, downtime 300 ms\)$/,
+      /^overload: busy \(vm\) live a → b; a 99% → 62%, b 25% → 63%; imbalance 0\.351 → 0\.175; benefit [\d.]+ s against cost 2\.02 s \(copy 17\.18 s, downtime 300 ms\)$/,
     );
     assert.ok(m.constraints.some((c) => c.startsWith('ceiling')));
   });

@@ -48,7 +48,7 @@ export const DEFAULT_REBALANCE: RebalanceOptions = {
   targetImbalance: 0.1,
   aggressiveness: 3,
   cooldownMs: 60 * 60_000,
-  ceiling: 0.97,
+  ceiling: 0.985,
   costs: DEFAULT_MOVE_COSTS,
 };
 
