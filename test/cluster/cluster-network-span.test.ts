@@ -60,6 +60,16 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     return g.devices?.eth0 ?? {};
   };
   const addressOf = (guest: string) => nicOf(guest)['ipv4.address'] ?? '';
+  /** Echo requests sd's kernel received so far (its namespace's ICMP counters). */
+  const echos = () => {
+    const lines = sh('sd', 'cat /proc/net/snmp')
+      .stdout.split('\n')
+      .filter((l) => l.startsWith('Icmp: '));
+    const [head, values] = lines.map((l) => l.split(/\s+/));
+    const at = head?.indexOf('InEchos') ?? -1;
+    assert.ok(at > 0, lines.join('\n'));
+    return Number(values?.[at]);
+  };
   const locationOf = (guest: string) =>
     (
       JSON.parse(m1.daemon.ok(['list', '--format', 'json'])) as Array<{ name: string; location?: string }>
@@ -216,16 +226,6 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
   test("a spoofed source from a guest on m1 reaches nothing on m2, also with m1's port filter gone", async () => {
     const spoofed = `${SUBNET}.250`;
     const target = addressOf('sd');
-    /** Echo requests sd's kernel received so far (its namespace's ICMP counters). */
-    const echos = () => {
-      const lines = sh('sd', 'cat /proc/net/snmp')
-        .stdout.split('\n')
-        .filter((l) => l.startsWith('Icmp: '));
-      const [head, values] = lines.map((l) => l.split(/\s+/));
-      const at = head?.indexOf('InEchos') ?? -1;
-      assert.ok(at > 0, lines.join('\n'));
-      return Number(values?.[at]);
-    };
     /** How many of three pings from sc (from `source` when given) reached sd. */
     const arrived = async (source?: string) => {
       const before = echos();
@@ -255,6 +255,64 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     sh('sc', `ip addr del ${spoofed}/24 dev eth0`);
   });
 
+  test("VXLAN from a host that is not a member is dropped by the member's input rule, even with a claimed MAC and address inside", async () => {
+    const outsider = await cluster.addHost('mx');
+    const vni = vxlanOf(m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
+    assert.ok(vni);
+    const [sc, sd] = [nicOf('sc'), nicOf('sd')];
+    // A VXLAN device of the network's VNI in the outsider's namespace, sending as sc to sd.
+    for (const argv of [
+      ['ip', 'link', 'add', 'vxo', 'type', 'vxlan', 'id', String(vni), 'remote', m2.ip, 'dstport', '4789'],
+      ['ip', 'link', 'set', 'vxo', 'address', sc.hwaddr ?? ''],
+      ['ip', 'addr', 'add', `${sc['ipv4.address']}/24`, 'dev', 'vxo'],
+      ['ip', 'link', 'set', 'vxo', 'up'],
+      [
+        'ip',
+        'neigh',
+        'replace',
+        sd['ipv4.address'] ?? '',
+        'lladdr',
+        sd.hwaddr ?? '',
+        'dev',
+        'vxo',
+        'nud',
+        'permanent',
+      ],
+    ]) {
+      const r = cluster.inNetns(outsider.netns, argv);
+      assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}`);
+    }
+    const fromOutsider = async () => {
+      const before = echos();
+      // busybox's ping: the host may have no other. It fails (no reply comes back to the outsider).
+      const r = cluster.inNetns(outsider.netns, ['busybox', 'ping', '-c3', '-W1', sd['ipv4.address'] ?? '']);
+      assert.match(r.stdout, /3 packets transmitted/, r.stderr);
+      await sleep(500);
+      return echos() - before;
+    };
+    assert.equal(await fromOutsider(), 0, "the outsider's VXLAN reached sd");
+    // The same packets with m2's input rule taken out: they arrive, so the rule is what stopped them.
+    const flushed = cluster.inNetns(m2.netns, ['nft', 'flush', 'chain', 'ip', `trivisor-${NET}`, 'input']);
+    assert.equal(flushed.code, 0, flushed.stderr);
+    assert.ok((await fromOutsider()) > 0, "without the input rule the outsider's pings reach sd");
+    cluster.inNetns(outsider.netns, ['ip', 'link', 'del', 'vxo']);
+    // The rule back (any change of the network reconciles it) and sc's place on m2 relearned.
+    m1.daemon.ok(['network', 'set', NET, 'dns.domain=trivisor']);
+    await eventually(
+      "m2's input rule back",
+      () =>
+        /udp dport 4789 ip saddr != /.test(
+          cluster.inNetns(m2.netns, ['nft', 'list', 'table', 'ip', `trivisor-${NET}`]).stdout,
+        ),
+      30_000,
+    );
+    await eventually(
+      'sc reaches sd again',
+      () => sh('sc', `ping -c1 -W2 ${sd['ipv4.address']}`).code === 0,
+      30_000,
+    );
+  });
+
   test('a guest moved cold to the other member keeps its MAC and address and is reached there by address and name', async () => {
     const before = nicOf('sp');
     m1.daemon.ok(['move', 'sp', '--target', 'm1']);
@@ -277,9 +335,14 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     m1.daemon.ok(['delete', '--force', ...GUESTS.map((g) => g.name)]);
     m1.daemon.ok(['network', 'delete', NET]);
     for (const host of [m1, m2]) {
-      await eventually(`no VXLAN left on ${host.name}`, () => vxlanOf(host).length === 0, 30_000);
-      const tables = cluster.inNetns(host.netns, ['nft', 'list', 'tables']).stdout;
-      assert.doesNotMatch(tables, new RegExp(`trivisor-vx-${NET}`));
+      // The device goes first, then its filters' table.
+      await eventually(
+        `no VXLAN and no tunnel table left on ${host.name}`,
+        () =>
+          vxlanOf(host).length === 0 &&
+          !cluster.inNetns(host.netns, ['nft', 'list', 'tables']).stdout.includes(`trivisor-vx-${NET}`),
+        30_000,
+      );
     }
   });
 });
