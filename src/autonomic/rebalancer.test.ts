@@ -224,6 +224,37 @@ describe('rebalancer', () => {
     assert.equal(cheap.moves.length, 1);
   });
 
+  test('aggressiveness 1 only relieves overloads; higher levels also balance', () => {
+    const state = eightMembers();
+    const calm: ClusterState = {
+      ...state,
+      guests: state.guests.map((g) => ({ ...g, cpu: Float64Array.from(g.cpu, (v) => v / 2) })),
+    };
+    // Halved, no member is over the ceiling, but the piles are still uneven.
+    const one = planRebalance(calm, { aggressiveness: 1 });
+    assert.ok(one.imbalanceBefore > DEFAULT_REBALANCE.targetImbalance / 2);
+    assert.equal(planRebalance(calm, { aggressiveness: 1, targetImbalance: 0.01 }).moves.length, 0);
+    const five = planRebalance(calm, { aggressiveness: 5, targetImbalance: 0.01 });
+    assert.ok(five.moves.length > 0);
+    assert.ok(five.moves.every((m) => m.reason === 'balance'));
+    assert.ok(five.imbalanceAfter < five.imbalanceBefore);
+  });
+
+  test('the interval knob sets how often the simulator asks the policy', () => {
+    const { scenario } = syntheticScenario({ members: 4, guests: 8, samples: 24, seed: 2 });
+    let calls = 0;
+    const policy = autonomicPolicy({ rebalance: { intervalMs: 15 * 60_000 } });
+    simulate(scenario, {
+      ...policy,
+      decide(state) {
+        calls++;
+        return policy.decide(state);
+      },
+    });
+    assert.equal(policy.intervalMs, 900_000);
+    assert.equal(calls, 8, '24 samples of 5 minutes, a decision every 15 minutes');
+  });
+
   test('bad input gets a clear one-line error and nothing is decided', () => {
     const ok: ClusterState = {
       nowMs: 0,
