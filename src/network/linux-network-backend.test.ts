@@ -10,6 +10,7 @@ import { parseGatewayCidr } from './ipv4.ts';
 import { bridgeMac, createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
 import type { NetworkDefinition } from './network-backend.ts';
 import { aclRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
+import { gatewayMac, vxlanDevice } from './vxlan.ts';
 
 const log = createLogger({ level: 'silent' });
 const dirs: string[] = [];
@@ -161,6 +162,92 @@ describe('linux network backend', () => {
     assert.ok(cmds.some((c) => c.startsWith('dnsmasq ')));
     assert.equal(await readFile(paths.dhcpHosts, 'utf8'), '02:00:00:00:00:02,198.18.10.2,a\n');
     assert.equal(await readFile(paths.hosts, 'utf8'), '198.18.10.2 a.trivisor a\n');
+  });
+
+  test('ensure() on a cluster joins the bridge by VXLAN: filters first, one flood entry per other member, MTU 1450, the shared gateway MAC; inspect() wants the device back', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const paths = dnsmasqPaths(stateDir, 'tvnet0');
+    const vx = vxlanDevice(stateDir, 'tvnet0');
+    let bridgeExists = false;
+    const runner = fakeRunner((argv) => {
+      const line = argv.join(' ');
+      if (line === 'ip -json link show dev tvnet0' && bridgeExists)
+        return { stdout: JSON.stringify([{ ifname: 'tvnet0', ifalias: ownerAlias(stateDir) }]) };
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (line === `bridge -json fdb show dev ${vx}`)
+        return { stdout: JSON.stringify([{ mac: '00:00:00:00:00:00', dst: '198.18.5.99' }]) };
+      if (argv[0] === 'dnsmasq')
+        return {
+          effect: () =>
+            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+        };
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir });
+    const tunnel = { vni: 7, local: '198.18.5.11', remotes: ['198.18.5.12', '198.18.5.13'] };
+    await backend.ensure(def({ vni: 7, tunnel }), undefined);
+    const cmds = runner.commands();
+    assert.ok(cmds.includes(`ip link set dev tvnet0 address ${gatewayMac('tvnet0', 7)} up`));
+    const add = cmds.indexOf(`ip link add name ${vx} type vxlan id 7 local 198.18.5.11 dstport 4789`);
+    const up = cmds.indexOf(`ip link set dev ${vx} mtu 1450 master tvnet0 up`);
+    assert.ok(add >= 0 && up > add, cmds.join('\n'));
+    for (const ip of ['198.18.5.12', '198.18.5.13'])
+      assert.ok(cmds.includes(`bridge fdb append 00:00:00:00:00:00 dev ${vx} dst ${ip}`));
+    assert.ok(
+      cmds.includes(`bridge fdb del 00:00:00:00:00:00 dev ${vx} dst 198.18.5.99`),
+      'a departed member goes',
+    );
+    assert.ok(cmds.includes(`bridge link set dev ${vx} isolated off`));
+    const scripts = runner.calls.flatMap((c, at) =>
+      c.argv[0] === 'nft' ? [{ at, input: String((c.options as { input?: string }).input) }] : [],
+    );
+    const tunnelTable = scripts.find((x) => x.input.includes('table bridge trivisor-vx-tvnet0 {'));
+    assert.ok(tunnelTable && tunnelTable.at < runner.calls.findIndex((c) => c.argv.join(' ') === cmds[up]));
+    assert.ok(
+      scripts.some((x) => x.input.includes('udp dport 4789 ip saddr != { 198.18.5.12, 198.18.5.13 } drop')),
+    );
+    const started = cmds.find((c) => c.startsWith('dnsmasq '));
+    assert.ok(started?.includes('--dhcp-option=option:mtu,1450'), started);
+    bridgeExists = true;
+    assert.equal((await backend.inspect('tvnet0', undefined)).bridge, false, 'the VXLAN device is missing');
+    runner.respond((argv) =>
+      argv.join(' ') === `ip -json link show dev ${vx}`
+        ? { stdout: JSON.stringify([{ ifname: vx, ifalias: ownerAlias(stateDir) }]) }
+        : undefined,
+    );
+    assert.equal((await backend.inspect('tvnet0', undefined)).bridge, true, 'bridge and VXLAN device there');
+  });
+
+  test('ensure() without a tunnel (a single host) removes a VXLAN device of its own and its table, and advertises no MTU', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const paths = dnsmasqPaths(stateDir, 'tvnet0');
+    const vx = vxlanDevice(stateDir, 'tvnet0');
+    const runner = fakeRunner((argv) => {
+      const line = argv.join(' ');
+      if (line === `ip -details -json link show dev ${vx}`)
+        return { stdout: JSON.stringify([{ ifname: vx, ifalias: ownerAlias(stateDir) }]) };
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (argv[0] === 'dnsmasq')
+        return {
+          effect: () =>
+            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+        };
+      return undefined;
+    });
+    await createLinuxNetworkBackend({ runner, log, stateDir }).ensure(def({ vni: 7 }), undefined);
+    const cmds = runner.commands();
+    assert.ok(cmds.includes(`ip link del dev ${vx}`));
+    assert.ok(!cmds.some((c) => c.includes('type vxlan')));
+    assert.ok(
+      runner.calls.some((c) =>
+        String((c.options as { input?: string }).input).includes('delete table bridge trivisor-vx-tvnet0'),
+      ),
+    );
+    assert.ok(!cmds.find((c) => c.startsWith('dnsmasq '))?.includes('option:mtu'));
   });
 
   test('ensure() refuses a host interface of that name that is not ours', async () => {

@@ -94,7 +94,11 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     )[0];
   };
 
+  /** Networks whose last ensure() built a tunnel: inspect() says a bridge without it needs repair. */
+  const tunnelled = new Set<string>();
+
   const removeTunnel = async (name: string): Promise<void> => {
+    tunnelled.delete(name);
     const dev = vxlanDevice(stateDir, name);
     const info = await vxlanInfo(dev);
     if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', dev]);
@@ -147,6 +151,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     ]);
     // Isolated guests of other members are isolated from these too: the tunnel is one more isolated port.
     await runner.run(['bridge', 'link', 'set', 'dev', dev, 'isolated', def.isolated ? 'on' : 'off']);
+    tunnelled.add(def.name);
   };
 
   const dnsmasqRuns = async (known: ProcessIdentity | undefined): Promise<boolean> => {
@@ -322,8 +327,10 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
 
     async inspect(name, known) {
       const info = await linkInfo(name);
+      // A VXLAN device deleted under a spanned network is a broken bridge too: the repair rebuilds it.
+      const tunnel = !tunnelled.has(name) || (await linkInfo(vxlanDevice(stateDir, name)))?.ifalias === alias;
       return {
-        bridge: info?.ifalias === alias,
+        bridge: info?.ifalias === alias && tunnel,
         dnsmasq: (await adoptDnsmasq(name, known)) !== undefined,
       };
     },

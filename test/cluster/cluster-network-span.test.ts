@@ -129,6 +129,14 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     const mac = (host: MemberHost) =>
       cluster.inNetns(host.netns, ['cat', `/sys/class/net/${NET}/address`]).stdout.trim();
     assert.equal(mac(m1), mac(m2));
+    // A VXLAN device deleted behind the daemon's back is made again by its periodic check.
+    const gone = cluster.inNetns(m2.netns, ['ip', 'link', 'del', v2.ifname]);
+    assert.equal(gone.code, 0, gone.stderr);
+    await eventually(
+      "m2's VXLAN device back, flooding to m1",
+      () => vxlanOf(m2).some((v) => v.master === NET && floods(m2, v.ifname).join() === m1.ip),
+      30_000,
+    );
   });
 
   test('a guest of each model gets its reserved address and the spanned MTU from its own member', async () => {
