@@ -122,16 +122,22 @@ describe('simulator and baselines', () => {
   test('the simulator never lets a policy see the future: decisions at a sample use samples up to it only', () => {
     const { scenario } = syntheticScenario({ members: 4, guests: 12, samples: 30, seed: 9 });
     const seen: number[] = [];
+    const trace = scenario.guests[0]?.cpu as Float64Array;
     simulate(scenario, {
       name: 'probe',
       intervalMs: 300_000,
       historyMs: 3_600_000,
       decide(state) {
-        seen.push((state.guests[0]?.cpu.length ?? 0) - 1 + Math.max(0, state.nowMs / 300_000 + 1 - 12));
+        const i = state.nowMs / 300_000;
+        const window = state.guests[0]?.cpu as Float64Array;
+        // The window ends with sample i itself and holds at most the 12 samples up to it.
+        assert.equal(window.length, Math.min(12, i + 1));
+        assert.deepEqual([...window], [...trace.subarray(Math.max(0, i - 11), i + 1)]);
+        seen.push(i);
         return { evacuations: [], moves: [], powerOn: [], notes: [] };
       },
     });
-    // The last sample a decision at sample i sees is i.
+    // A decision at every sample.
     assert.deepEqual(
       seen,
       Array.from({ length: 30 }, (_, i) => i),
