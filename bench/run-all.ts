@@ -190,6 +190,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['vm-live-migration.json'],
   },
   {
+    name: 'ha-failover',
+    script: 'ha-failover.ts',
+    args: ['100', '20', '5'],
+    quickArgs: ['1', '1', '1'],
+    results: ['ha-failover.json'],
+    quickResults: ['ha-failover.json'],
+  },
+  {
     name: 'placement',
     script: 'placement.ts',
     args: ['10000', '200000'],

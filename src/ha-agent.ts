@@ -46,8 +46,12 @@ async function main(): Promise<void> {
     log.error({ stateDir }, 'HA agent: this host is not a cluster member; nothing to do');
     process.exit(2);
   }
+  // The daemon names this member's own etcd when it runs one (agent-process.ts says why).
+  const own = process.env.TRIVISOR_HA_ETCD_ENDPOINTS?.split(',').filter(Boolean);
+  const client = etcdClientOptions(stateDir, membership);
   const store = await openEtcdStore({
-    ...etcdClientOptions(stateDir, membership),
+    ...client,
+    ...(own && own.length > 0 && { endpoints: own }),
     onError: (e) => log.error({ err: String(e) }, 'etcd store callback failed'),
   });
   const parent = cgroupParentOf(stateDir);

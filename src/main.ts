@@ -4,7 +4,7 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
-import { openDaemonStore } from './cluster/daemon-store.ts';
+import { etcdClientOptions, openDaemonStore } from './cluster/daemon-store.ts';
 import { createMoveTransport } from './cluster/guest-transfer.ts';
 import { createImageFetcher } from './cluster/image-fetch.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
@@ -19,7 +19,7 @@ import { createGuestStorageController } from './control/guest-storage-controller
 import { superviseHaAgent } from './control/ha/agent-process.ts';
 import { startCrmLoop } from './control/ha/crm-loop.ts';
 import { haPaths, startRefusal } from './control/ha/ha-files.ts';
-import { isHaGuest } from './control/ha/ha-store.ts';
+import { isHaGuest, readHaMembers } from './control/ha/ha-store.ts';
 import { haSummary } from './control/ha/ha-summary.ts';
 import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
@@ -83,6 +83,7 @@ import { createVolumeResolver, createVolumeService, poolPathOf } from './service
 import { createPoolDrivers } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteAuditStore } from './store/audit-store.ts';
+import { openEtcdStore } from './store/etcd-store.ts';
 import { records, valuesOf } from './store/records.ts';
 
 export interface DaemonOptions {
@@ -433,7 +434,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   );
   // HA (decision 0052): the member's agent holds the HA lease and fences; the daemon starts an HA
   // guest only when the agent asks, and runs the CRM that gives a lost member's guests away.
-  const haAgent = membership ? await superviseHaAgent({ stateDir, runner, log }) : undefined;
+  const haAgent = membership
+    ? await superviseHaAgent({
+        stateDir,
+        runner,
+        log,
+        ...(opened.etcdMember && { etcdEndpoints: [opened.etcdMember.clientUrl] }),
+      })
+    : undefined;
   const controller = createGuestController({
     store,
     drivers,
@@ -620,13 +628,23 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       evacuated: m.status === 'Evacuated',
     }));
   if (membership) services.haSummary = (members) => haSummary(store, haMembers(members));
+  // The CRM talks to this member's own etcd when it runs one: cut off, it gets no answer and
+  // decides nothing; otherwise it is answered at once, never stalled on a lost member's endpoint.
+  const crmStore =
+    membership && opened.etcdMember
+      ? await openEtcdStore({
+          ...etcdClientOptions(stateDir, membership),
+          endpoints: [opened.etcdMember.clientUrl],
+          onError: (e) => log.error({ err: String(e) }, 'etcd store callback failed (HA)'),
+        })
+      : store;
   const crm =
     membership &&
     startCrmLoop({
-      store,
+      store: crmStore,
       stateDir,
       member: membership.name,
-      members: async () => haMembers(await clusterMembers()),
+      members: () => readHaMembers(crmStore),
       log,
     });
   // Scheduled snapshots and their expiry (decision 0043), for this member's own guests.
@@ -674,6 +692,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   log.info('shutting down; guests keep running');
   await evacuations?.stop();
   await crm?.stop();
+  if (crmStore !== store) await crmStore.close();
   haAgent?.stop();
   permitWatch?.close();
   snapshotScheduler.stop();

@@ -188,6 +188,9 @@ export function createEtcdMember(options: EtcdMemberOptions): EtcdMember {
       '--auto-compaction-retention=1h',
       // etcd 3.5's default: 3.4's 100000 keeps too much of the log in memory.
       '--snapshot-count=10000',
+      // A member cut off and back must not call an election that stalls every write for seconds
+      // (3.4's default is off): the HA agents would all miss renewals and fence (decision 0052).
+      '--pre-vote=true',
       '--logger=zap',
       '--log-outputs=stderr',
       `--log-level=${options.logLevel ?? 'warn'}`,

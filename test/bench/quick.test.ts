@@ -241,6 +241,12 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     }
     positive(f, r, ['samples.*.totalMs', 'samples.*.ramBytes']);
   },
+  'ha-failover.json': (r, f) => {
+    assert.equal(r.overlappingWriters, 0, `${f}: two boots of the HA writer wrote at the same time`);
+    // The first boot, one after the partition and one after the loss.
+    assert.equal(r.boots, 3, `${f}: boots of the writer`);
+    positive(f, r, ['partitions.p50Ms', 'losses.p50Ms', 'startBaseline.p50Ms']);
+  },
   'placement.json': (r, f) => {
     assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
     positive(f, r, ['scheduler.decisionsPerSecond', 'baselineFullSort.decisionsPerSecond', 'ratio']);

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
@@ -113,7 +113,10 @@ export async function startDaemon(
         ]
       : [process.execPath, MAIN, 'daemon'];
     const argv = options.netns ? ['nsenter', `--net=/run/netns/${options.netns}`, ...daemonArgv] : daemonArgv;
-    const c = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    // Its log (pino, on stdout) goes to STATE/daemon.log, for a failing test to read.
+    const logFd = openSync(path.join(stateDir, 'daemon.log'), 'a', 0o600);
+    const c = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', logFd, 'pipe'] });
+    closeSync(logFd);
     let stderr = '';
     daemonStderr = '';
     c.stderr?.on('data', (d: Buffer) => {

@@ -33,6 +33,13 @@ export async function superviseHaAgent(options: {
   runner: ProcessRunner;
   log: Logger;
   checkEveryMs?: number;
+  /**
+   * Where the agent reaches etcd: this member's own etcd member when it runs one. A member cut
+   * off then gets no answer (its etcd has no quorum) and fences, as it must; a member that is not
+   * cut off gets its answers from its own etcd at once, never waiting on a lost member's endpoint
+   * as a client of every member would (it fenced for that under a partition in the HA test).
+   */
+  etcdEndpoints?: string[];
 }): Promise<AgentSupervisor> {
   const { stateDir, runner, log } = options;
   const paths = haPaths(stateDir);
@@ -44,6 +51,9 @@ export async function superviseHaAgent(options: {
       const child = runner.spawn([process.execPath, ...process.execArgv, AGENT_ENTRY, stateDir], {
         stdio: ['ignore', out.fd, out.fd],
         detached: true,
+        ...(options.etcdEndpoints && {
+          env: { TRIVISOR_HA_ETCD_ENDPOINTS: options.etcdEndpoints.join(',') },
+        }),
       });
       child.on('error', (e) => log.error({ err: e.message }, 'cannot run the HA agent'));
       child.unref();

@@ -2,12 +2,12 @@ import { isTrivisorError } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import type { Logger } from '../../host/logger.ts';
 import type { KvStore } from '../../store/kv.ts';
-import { records, type Stored } from '../../store/records.ts';
+import { records, type Stored, valuesOf } from '../../store/records.ts';
 import { createInformer } from '../informer.ts';
 import { createPlacementIndex } from '../placement.ts';
 import { type CrmView, createCrm } from './crm.ts';
 import { liveAgentToken, readAgentState } from './ha-files.ts';
-import { isHaGuest, readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
+import { handOverOf, isHaGuest, readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
 import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings } from './types.ts';
 
 /**
@@ -108,7 +108,14 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
       if (d.write.put?.lease === 'own' && lease === undefined) {
         lease = (await store.grantLease(Math.ceil(timings.leaseTtlMs / 1000))).id;
       }
-      const r = await store.txn(txnOf(d.write, world, lease));
+      // A guest given away takes its snapshots' records along (they name its member too).
+      const given = handOverOf(d.write, world);
+      const also = given
+        ? valuesOf(await records.snapshot.list(store, given.guest)).map((s) =>
+            records.snapshot.at(given.guest, s.name).putOp({ ...s, location: given.to }),
+          )
+        : [];
+      const r = await store.txn(txnOf(d.write, world, lease, also));
       note(r.succeeded ? d.says : d.ifRefused);
     }
     // The bookkeeping between specs and records, by the elected CRM only (every write compares it).

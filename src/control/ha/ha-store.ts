@@ -8,6 +8,7 @@ import { records, type Stored } from '../../store/records.ts';
 import {
   type CrmLockValue,
   type HaGuestRecord,
+  type HaMemberRecord,
   type HaWrite,
   type HeartbeatValue,
   haKeys,
@@ -151,6 +152,33 @@ export async function readHaWorld(store: KvStore): Promise<HaWorld> {
   };
 }
 
+/**
+ * The members as the CRM places on them: memory and CPUs from each one's heartbeat (none while its
+ * daemon is down: it could not start a guest then), evacuated from its record. Two prefixes, one
+ * read: the CRM asks every second, so this does not count every member's guests as `cluster list`
+ * does.
+ */
+export async function readHaMembers(store: KvStore): Promise<HaMemberRecord[]> {
+  const r = await readTogether(store, [
+    { key: records.member.prefix, prefix: true },
+    { key: records.memberHeartbeat.prefix, prefix: true },
+  ]);
+  const [memberKvs = [], beatKvs = []] = r.kvs;
+  const beats = new Map(
+    beatKvs.map((kv) => [records.memberHeartbeat.nameOf(kv.key), records.memberHeartbeat.decode(kv)]),
+  );
+  return memberKvs.map((kv) => {
+    const m = records.member.decode(kv);
+    const usage = beats.get(m.name)?.usage;
+    return {
+      name: m.name,
+      memoryTotalBytes: usage?.memoryTotalBytes ?? 0,
+      cpus: usage?.cpus ?? 0,
+      evacuated: m.evacuated,
+    };
+  });
+}
+
 /** What is kept of a record in the store: the spec's part is read from the spec. */
 export function storedPart(g: HaGuestRecord): StoredHa {
   return {
@@ -185,7 +213,27 @@ function handedOverStatus(): GuestStatus {
  * location key too, and the status says the guest is provisioned and stopped there (its disk is
  * on the shared pool); its desired state is kept, so the new owner's agent starts it.
  */
-export function txnOf(write: HaWrite, world: Pick<HaWorld, 'specs'>, lease?: number): TxnRequest {
+/** The guest a write gives to another member, and to whom: its record names an owner other than its location. */
+export function handOverOf(
+  write: HaWrite,
+  world: Pick<HaWorld, 'specs'>,
+): { guest: string; to: string } | undefined {
+  if (!write.put?.key.startsWith(haKeys.guestPrefix)) return undefined;
+  const g = write.put.value as HaGuestRecord;
+  const spec = world.specs.get(g.name);
+  return spec && !g.moving && spec.value.location !== g.owner ? { guest: g.name, to: g.owner } : undefined;
+}
+
+/**
+ * `also`: more writes for a hand-over (its snapshots' records, which name their guest's member
+ * too, as a cold move hands them over).
+ */
+export function txnOf(
+  write: HaWrite,
+  world: Pick<HaWorld, 'specs'>,
+  lease?: number,
+  also: TxnOp[] = [],
+): TxnRequest {
   const success: TxnOp[] = [];
   const compare = [...write.compare];
   if (write.put) {
@@ -208,6 +256,7 @@ export function txnOf(write: HaWrite, world: Pick<HaWorld, 'specs'>, lease?: num
           ref.putOp({ ...spec.value, location: g.owner, generation: spec.value.generation + 1 }),
           records.guestLocation.at(g.name).putOp(g.owner),
           records.guestStatus.at(g.name).putOp(handedOverStatus()),
+          ...also,
         );
       }
     }

@@ -1,0 +1,110 @@
+// Benchmark (issue 13 §6 and §4's partition runs, decision 0052): how long an HA guest is down
+// when the member running it is lost, over many losses, and whether it ever ran twice.
+// Three daemons in network namespaces of their own (test/cluster/cluster-harness.ts), a shared
+// pool on a directory of this machine, one HA ct guest that appends `BOOT UPTIME` to a log on its
+// disk every 100 ms (test/cluster/ha-scenarios.ts).
+// - Partition runs: the link of the member running the guest is cut (it fences itself: it kills
+//   the guest 3 s after its last renewal); timed from the cut to the guest Running on another
+//   member; then the link is mended and its HA lease comes back.
+// - Loss runs: the whole member running it is killed (daemon, HA agent, etcd, guests); timed the
+//   same way; then its daemon is started again (it starts its etcd and agent again).
+// - The baseline, in the same run: the same guest stopped and started by hand on one member
+//   (`trivisor stop`, `trivisor start`), the part of a failover no detection can save.
+// At the end the log, read from the guest, must show no two boots writing at the same time.
+// Usage: node bench/ha-failover.ts [partitions=100] [losses=20] [baseline=5]
+
+import { mkdir } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import path from 'node:path';
+import { formCluster, makeTestCluster } from '../test/cluster/cluster-harness.ts';
+import {
+  bootsOf,
+  haLive,
+  killMember,
+  locate,
+  overlaps,
+  partitionOnce,
+  runningElsewhere,
+  writerConfig,
+} from '../test/cluster/ha-scenarios.ts';
+import { makeRunDir, removeRunDir } from '../test/leftovers.ts';
+import { percentile, writeResult } from './lib.ts';
+
+const partitions = Number(process.argv[2] ?? 100);
+const losses = Number(process.argv[3] ?? 20);
+const baselineRounds = Number(process.argv[4] ?? 5);
+const loadAtStart = loadavg();
+
+const summary = (ms: number[]) => ({
+  runs: ms.length,
+  p50Ms: percentile(ms, 50),
+  p95Ms: percentile(ms, 95),
+  maxMs: Math.max(...ms),
+  samplesMs: ms,
+});
+
+const runDir = await makeRunDir('ha-bench', { mode: 0o711 });
+const shared = path.join(runDir, 'nfs');
+await mkdir(shared, { mode: 0o711 });
+const cluster = await makeTestCluster(['m1', 'm2', 'm3']);
+try {
+  await formCluster(cluster);
+  const [m1] = cluster.hosts;
+  if (!m1) throw new Error('no member');
+  m1.daemon.ok(['storage', 'create', 'hapool', 'dir', `source=${shared}`, 'shared=true']);
+  const base = ['launch', 'busybox', '--storage', 'hapool', '--target', 'm1'];
+  m1.daemon.ok([...base.slice(0, 2), 'ha-log', ...base.slice(2), '-c', 'ha.enabled=true', ...writerConfig()]);
+
+  // The baseline: a plain guest on the same pool, stopped and started by hand.
+  m1.daemon.ok([...base.slice(0, 2), 'plain', ...base.slice(2)]);
+  const baseline: number[] = [];
+  for (let i = 0; i < baselineRounds; i++) {
+    m1.daemon.ok(['stop', 'plain']);
+    const t0 = Date.now();
+    m1.daemon.ok(['start', 'plain']);
+    baseline.push(Date.now() - t0);
+  }
+  m1.daemon.ok(['delete', '--force', 'plain']);
+
+  const partitionMs: number[] = [];
+  for (let i = 0; i < partitions; i++) {
+    const r = await partitionOnce(cluster, 'ha-log');
+    partitionMs.push(r.ms);
+    console.log(`partition ${i + 1}/${partitions}: ${r.from} cut off, running on ${r.to} after ${r.ms} ms`);
+  }
+
+  const lossMs: number[] = [];
+  for (let i = 0; i < losses; i++) {
+    const where = locate(m1, 'ha-log') ?? locate(cluster.hosts[1] ?? m1, 'ha-log');
+    const owner = cluster.hosts.find((h) => h.name === where?.location);
+    if (!owner) throw new Error(`ha-log is nowhere (${JSON.stringify(where)})`);
+    const others = cluster.hosts.filter((h) => h !== owner);
+    const killedAt = Date.now();
+    killMember(owner.daemon.stateDir);
+    const r = await runningElsewhere(others, 'ha-log', owner.name, killedAt);
+    lossMs.push(r.ms);
+    console.log(`loss ${i + 1}/${losses}: ${owner.name} killed, running on ${r.on} after ${r.ms} ms`);
+    await owner.daemon.restart();
+    await haLive(others[0] ?? m1, owner.name, 120_000);
+  }
+
+  const log = m1.daemon.ok(['exec', 'ha-log', '--', 'cat', '/root/ha.log']);
+  const twice = overlaps(log);
+  const boots = bootsOf(log).length;
+  const result = {
+    partitions: partitionMs.length > 0 ? summary(partitionMs) : null,
+    losses: lossMs.length > 0 ? summary(lossMs) : null,
+    startBaseline: summary(baseline),
+    boots,
+    overlappingWriters: twice.length,
+    overlaps: twice,
+    loadAtStart,
+    loadAtEnd: loadavg(),
+  };
+  console.log(JSON.stringify({ ...result, overlaps: twice.slice(0, 5) }, null, 2));
+  console.log(`wrote ${writeResult('ha-failover', result)}`);
+  if (twice.length > 0) throw new Error(`two boots of ha-log wrote at the same time: ${twice.join('; ')}`);
+} finally {
+  await cluster.destroy();
+  await removeRunDir(runDir);
+}
