@@ -16,25 +16,31 @@ const n = (count: number) => (QUICK ? Math.max(1, Math.round(count / 10)) : coun
 const TICK_SECONDS = 0.01;
 
 /** Each workload prints its own elapsed seconds, read from /proc/uptime around it (10 ms steps). */
-const WORKLOADS: Record<string, { what: string; script: string }> = {
+const WORKLOADS: Record<string, { what: string; script: string; operations: number }> = {
   cpu: {
     what: `sha256sum of ${n(64)} MiB`,
+    operations: n(64),
     script: `dd if=/dev/zero bs=1M count=${n(64)} 2>/dev/null | sha256sum >/dev/null`,
   },
   syscalls: {
     what: `${n(200)}k one-byte read+write syscalls`,
+    // dd with bs=1 makes one read and one write per byte.
+    operations: 2 * n(100_000),
     script: `dd if=/dev/zero of=/dev/null bs=1 count=${n(100_000)} 2>/dev/null`,
   },
   forkExec: {
     what: `${n(200)} fork+exec of /bin/true`,
+    operations: n(200),
     script: `i=0; while [ $i -lt ${n(200)} ]; do /bin/true; i=$((i+1)); done`,
   },
   fileFsync: {
     what: `${n(100)} x (write 64 KiB + fsync)`,
+    operations: n(100),
     script: `mkdir -p /root/b; i=0; while [ $i -lt ${n(100)} ]; do dd if=/dev/zero of=/root/b/f bs=64k count=1 conv=fsync 2>/dev/null; i=$((i+1)); done; rm -rf /root/b`,
   },
   memory: {
     what: `${n(1024)} MiB through dd (memory bandwidth)`,
+    operations: n(1024),
     script: `dd if=/dev/zero of=/dev/null bs=1M count=${n(1024)} 2>/dev/null`,
   },
 };
@@ -109,6 +115,10 @@ try {
     benchmark: 'three-model comparison',
     repeats,
     workloads: Object.fromEntries(Object.entries(WORKLOADS).map(([k, w]) => [k, w.what])),
+    // How many of its unit each workload does (MiB hashed, system calls, fork+execs, 64 KiB
+    // write+fsyncs, MiB copied): seconds ÷ operations is the cost of one, which the model advisor
+    // (`trivisor plan advise`, decision 0054) scales by a workload's measured rates.
+    operations: Object.fromEntries(Object.entries(WORKLOADS).map(([k, w]) => [k, w.operations])),
     seconds: results,
     nativeSecondsByModel: nativeByModel,
     ratioToNative: ratios,

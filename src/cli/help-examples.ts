@@ -64,6 +64,17 @@ export const HELP_EXAMPLES: Record<string, Array<[command: string, what: string]
       'our CSV, for a script',
     ],
   ],
+  'plan advise': [
+    [
+      'trivisor plan advise --cpu 0.3 --syscalls 200k --memory 512MiB',
+      'a Linux workload measured at 200,000 system calls a second',
+    ],
+    ['trivisor plan advise --os other --cpu 2 --memory 4GiB', 'a workload that needs another kernel'],
+    [
+      'trivisor plan advise servers.csv --format json',
+      'many workloads from a file (docs/advisor-profile.md), for a script',
+    ],
+  ],
   'config set': [
     ['trivisor config set db1 limits.memory=256MiB limits.cpu=2', 'applied live where the model can'],
   ],

@@ -1,6 +1,16 @@
 import { writeFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import { invalidArgument } from '../core/errors.ts';
+import { formatBytes } from '../core/sizes.ts';
+import { type Advice, advise } from '../planner/advisor.ts';
+import {
+  DEFAULT_MEASUREMENTS,
+  located,
+  type ProfileFields,
+  parseProfile,
+  readModelTable,
+  readProfiles,
+} from '../planner/advisor-input.ts';
 import { planConsolidation } from '../planner/consolidate.ts';
 import { parseHostSize } from '../planner/inventory.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
@@ -15,6 +25,53 @@ interface ConsolidateOptions {
   replay?: string;
   svg?: string;
   format: 'table' | 'json';
+}
+
+interface AdviseOptions {
+  measurements: string;
+  id?: string;
+  os?: string;
+  kernel?: string;
+  isolation?: string;
+  cpu?: string;
+  syscalls?: string;
+  forks?: string;
+  io?: string;
+  memory?: string;
+  format: 'table' | 'json';
+}
+
+/** The workload flags of plan advise, named as the profile file's fields. */
+const PROFILE_FLAGS = [
+  'id',
+  'os',
+  'kernel',
+  'isolation',
+  'cpu',
+  'syscalls',
+  'forks',
+  'io',
+  'memory',
+] as const;
+
+const factor = (x: number) => `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}×`;
+
+function adviceJson(a: Advice) {
+  return {
+    id: a.id,
+    model: a.model,
+    reason: a.reason,
+    estimates: a.estimates.map((e) => ({
+      model: e.model,
+      isolation: e.isolation,
+      ...(e.excludedBecause === undefined ? {} : { excludedBecause: e.excludedBecause }),
+      slowdown: e.slowdown,
+      hostCores: e.hostCores,
+      hostMemoryBytes: e.hostMemoryBytes,
+      bootMs: e.bootMs,
+      busySecondsPerSecond: e.busySecondsPerSecond,
+    })),
+  };
 }
 
 const summary = (r: Replay) => ({
@@ -43,6 +100,7 @@ export function addPlanCommands(program: Command): void {
   const plan = program
     .command('plan')
     .description('Plan a consolidation from measured load (computed here, no daemon needed)');
+  addAdviseCommand(plan);
   plan
     .command('consolidate')
     .argument(
@@ -132,6 +190,104 @@ export function addPlanCommands(program: Command): void {
               ids,
             ];
           }),
+        ),
+      );
+    });
+}
+
+/**
+ * plan advise: the model advisor (issue 14 §5, decision 0054). Like plan consolidate it computes
+ * here, from this host's three-model table (bench/models.ts) and a workload given by flags or a file.
+ */
+function addAdviseCommand(plan: Command): void {
+  plan
+    .command('advise')
+    .argument('[profile]', 'workloads in a JSON or CSV file (docs/advisor-profile.md) instead of the flags')
+    .description(
+      'Which model (ct, pvm or vm) suits a workload, with the reason and each model’s estimated overhead, ' +
+        'from its measured profile and the overheads measured on this host by bench/models.ts. No daemon is needed',
+    )
+    .option(
+      '--measurements <file>',
+      'the three-model table bench/models.ts wrote on this host',
+      DEFAULT_MEASUREMENTS,
+    )
+    .option('--id <name>', 'the workload’s name in the output (default: workload)')
+    .option('--os <os>', 'the OS it needs: linux or other (any kernel that is not Linux)')
+    .option(
+      '--kernel <kernel>',
+      'any (the host’s Linux kernel will do) or own (its own modules, version, sysctls)',
+    )
+    .option(
+      '--isolation <level>',
+      'shared-kernel-ok or own-kernel (must not share a kernel with other guests)',
+    )
+    .option('--cpu <cores>', 'CPU in use: cores (0.5) or percent of one core (50%)')
+    .option('--syscalls <rate>', 'system calls per second (1500, 250k)')
+    .option('--forks <rate>', 'processes started (fork+exec) per second')
+    .option('--io <rate>', 'synchronous disk writes: 20MiB/s or 300iops')
+    .option('--memory <size>', 'memory in use (2GiB)')
+    .addOption(
+      new Option('-f, --format <format>', 'output format').choices(['table', 'json']).default('table'),
+    )
+    .action(async (file: string | undefined, opts: AdviseOptions) => {
+      const flags: ProfileFields = {};
+      for (const key of PROFILE_FLAGS) {
+        const v = opts[key];
+        if (v !== undefined) flags[key] = v;
+      }
+      if (file !== undefined && Object.keys(flags).length > 0)
+        throw invalidArgument(
+          `Give the workload either as a file or as flags, not both (--${Object.keys(flags)[0]} with ${file})`,
+        );
+      // The profile first: a typo in it is reported even where nothing is measured yet.
+      const profiles =
+        file === undefined
+          ? [located('The workload’s', () => parseProfile(flags, 'workload'), ' ')]
+          : await readProfiles(file);
+      const table = await readModelTable(opts.measurements);
+      const advice = profiles.map((p) => advise(p, table));
+      const measured = { file: table.source, measuredAt: table.measuredAt ?? null };
+      if (opts.format === 'json') {
+        process.stdout.write(
+          `${JSON.stringify({ measurements: measured, advice: advice.map(adviceJson) }, null, 2)}\n`,
+        );
+        return;
+      }
+      const from = `overheads measured on this host${table.measuredAt ? ` at ${table.measuredAt}` : ''} (${table.source})`;
+      const [only] = advice;
+      if (only !== undefined && advice.length === 1) {
+        process.stdout.write(`${only.reason}\n\nestimates from the ${from}:\n`);
+        process.stdout.write(
+          renderTable(
+            ['MODEL', 'SLOWDOWN', 'HOST CPU', 'HOST MEMORY', 'BOOT', 'ISOLATION', 'NOTE'],
+            only.estimates.map((e) => [
+              e.model,
+              factor(e.slowdown),
+              `${e.hostCores.toFixed(2)} cores`,
+              formatBytes(Math.round(e.hostMemoryBytes)),
+              `${(e.bootMs / 1000).toFixed(1)} s`,
+              e.isolation,
+              e.excludedBecause === undefined
+                ? e.model === only.model
+                  ? 'recommended'
+                  : ''
+                : `cannot: ${e.excludedBecause}`,
+            ]),
+          ),
+        );
+        return;
+      }
+      process.stdout.write(`slowdown against native, from the ${from}:\n`);
+      process.stdout.write(
+        renderTable(
+          ['ID', 'MODEL', 'CT', 'PVM', 'VM', 'REASON'],
+          advice.map((a) => [
+            a.id,
+            a.model,
+            ...a.estimates.map((e) => (e.excludedBecause === undefined ? factor(e.slowdown) : '–')),
+            a.reason,
+          ]),
         ),
       );
     });

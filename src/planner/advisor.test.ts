@@ -1,0 +1,365 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { type Advice, advise, type WorkloadProfile } from './advisor.ts';
+import { parseProfile, readModelTable, readProfiles } from './advisor-input.ts';
+
+const dir = mkdtempSync(path.join(tmpdir(), 'trivisor-advisor-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const REPO = path.resolve(import.meta.dirname, '../..');
+/** A real table measured on this host by bench/models.ts (2026-12-05), kept as a fixture. */
+const MODELS = path.join(REPO, 'test/fixtures/planner/models.json');
+const PROFILES = path.join(REPO, 'test/fixtures/planner/advisor-profile.csv');
+const MiB = 2 ** 20;
+
+let n = 0;
+function file(text: string, ext = '.csv'): string {
+  const f = path.join(dir, `f${n++}${ext}`);
+  writeFileSync(f, text);
+  return f;
+}
+
+type Json = Record<string, Record<string, Record<string, number>>>;
+/** The fixture's table with some of its ratios replaced, written where readModelTable reads it. */
+function tableFile(ratios: Partial<Record<'ct' | 'pvm' | 'vm', Record<string, number>>>): string {
+  const doc = JSON.parse(readFileSync(MODELS, 'utf8')) as Json;
+  for (const [model, r] of Object.entries(ratios)) Object.assign(doc.ratioToNative![model]!, r);
+  return file(JSON.stringify(doc), '.json');
+}
+
+const profile = (fields: Record<string, unknown>): WorkloadProfile => parseProfile(fields, 'w');
+const estimate = (a: Advice, model: string) => {
+  const e = a.estimates.find((x) => x.model === model);
+  assert.ok(e, `no estimate for ${model}`);
+  return e;
+};
+
+describe('model advisor', async () => {
+  const measured = await readModelTable(MODELS);
+
+  test('a non-Linux OS gets vm, the only model that runs another kernel', () => {
+    const a = advise(profile({ os: 'other', cpu: 2, syscalls: '500k' }), measured);
+    assert.equal(a.model, 'vm');
+    assert.equal(a.reason, 'vm: needs a non-Linux kernel');
+    assert.match(estimate(a, 'ct').excludedBecause ?? '', /shares the host’s Linux kernel/);
+    assert.match(estimate(a, 'pvm').excludedBecause ?? '', /runs only a Linux kernel/);
+  });
+
+  test('a syscall-heavy Linux workload gets ct, and the reason names what pvm would cost', () => {
+    const a = advise(profile({ cpu: 0.2, syscalls: '500k' }), measured);
+    assert.equal(a.model, 'ct');
+    const pvm = estimate(a, 'pvm').slowdown / estimate(a, 'ct').slowdown;
+    const vm = estimate(a, 'vm').slowdown / estimate(a, 'ct').slowdown;
+    assert.ok(pvm > 50, `pvm ${pvm}`);
+    assert.equal(a.reason, `ct: syscall-heavy: vm would cost ${vm.toFixed(1)}×, pvm ${pvm.toFixed(0)}×`);
+  });
+
+  test('own kernel and light syscalls: pvm or vm by the measured compute overhead', async () => {
+    const p = profile({ kernel: 'own', cpu: 1, syscalls: 200 });
+    // Measured here: vm runs under TCG (6.1× on computation), pvm runs user code natively-ish (3.4×).
+    const here = advise(p, measured);
+    assert.equal(here.model, 'pvm');
+    assert.match(here.reason, /^pvm: needs its own kernel; compute-bound: vm would cost 1\.\d×$/);
+    assert.match(estimate(here, 'ct').excludedBecause ?? '', /shares the host’s kernel/);
+    // The same workload on a host where KVM works: the table, not the code, changes the answer.
+    const kvm = await readModelTable(
+      tableFile({ vm: { cpu: 1.05, syscalls: 1.6, forkExec: 1.5, fileFsync: 1.4 } }),
+    );
+    const there = advise(p, kvm);
+    assert.equal(there.model, 'vm');
+    assert.match(there.reason, /^vm: needs its own kernel; compute-bound: pvm would cost 3\.\d×$/);
+  });
+
+  test('isolation from other guests rules out ct; syscall-heavy then goes to vm', () => {
+    const a = advise(
+      profile({ isolation: 'own-kernel', cpu: 0.1, syscalls: '50k', memory: '1GiB' }),
+      measured,
+    );
+    assert.equal(a.model, 'vm');
+    assert.match(
+      a.reason,
+      /^vm: needs its own kernel for isolation; syscall-heavy: pvm would cost \d+(\.\d)?×$/,
+    );
+    assert.equal(estimate(a, 'vm').hostMemoryBytes, 1024 * MiB + measured.models.vm.idleMemoryBytes);
+  });
+
+  test('the estimate is the measured ratio, weighted by where the workload spends its time', () => {
+    // Nothing but system calls (its CPU is theirs): each model's slowdown is its syscall ratio.
+    const calls = advise(profile({ syscalls: 1000 }), measured);
+    for (const m of ['ct', 'pvm', 'vm'] as const) {
+      const ratio = measured.models[m].syscallSeconds / measured.native.syscallSeconds;
+      assert.ok(Math.abs(estimate(calls, m).slowdown - ratio) < 1e-9, `${m}: ${estimate(calls, m).slowdown}`);
+    }
+    // Half computation, half system calls (by native time): the mean of the two ratios.
+    const perCall = measured.native.syscallSeconds;
+    const mixed = advise(profile({ cpu: 2 * 1000 * perCall, syscalls: 1000 }), measured);
+    const pvm = measured.models.pvm;
+    const expected = (pvm.computeRatio + pvm.syscallSeconds / perCall) / 2;
+    assert.ok(Math.abs(estimate(mixed, 'pvm').slowdown - expected) < 1e-9);
+    // I/O as 64 KiB synchronous writes: 20 MiB/s is 320 of them a second, like 320 IOPS.
+    const io = advise(profile({ io: '20MiB/s' }), measured);
+    assert.deepEqual(io.estimates, advise(profile({ io: '320iops' }), measured).estimates);
+    assert.ok(
+      Math.abs(estimate(io, 'vm').busySecondsPerSecond.io - 320 * measured.models.vm.ioOpSeconds) < 1e-12,
+    );
+    assert.equal(
+      advise(profile({ io: '2000iops' }), measured).reason.split(':')[1],
+      ' I/O-heavy (synchronous writes)',
+    );
+  });
+
+  test('a fake table with cheap pvm system calls turns a syscall-heavy own-kernel workload to pvm', async () => {
+    const p = profile({ kernel: 'own', cpu: 0.2, syscalls: '500k' });
+    assert.equal(advise(p, measured).model, 'vm');
+    const cheap = await readModelTable(tableFile({ pvm: { cpu: 1.1, syscalls: 2 } }));
+    assert.equal(advise(p, cheap).model, 'pvm');
+  });
+
+  test('a workload that does nearly nothing goes where a guest costs the least memory', () => {
+    const idle = advise(profile({ memory: '64MiB' }), measured);
+    assert.equal(idle.model, 'ct');
+    assert.match(
+      idle.reason,
+      /^ct: pvm and vm cost about the same but take \d+ MiB and \d+ MiB of host memory per guest against 1\.4 MiB$/,
+    );
+    const own = advise(profile({ kernel: 'own' }), measured);
+    assert.equal(own.model, 'pvm', 'a pvm guest idles in less memory than a vm on this host');
+    assert.match(own.reason, /^pvm: needs its own kernel; vm costs about the same but takes \d+ MiB/);
+  });
+
+  test('profile fields: defaults, units, percentages', () => {
+    const p = profile({ cpu: '50%', syscalls: '1.5k', forks: '3', io: '1GiB/s', memory: '2GiB' });
+    assert.deepEqual(p, {
+      id: 'w',
+      os: 'linux',
+      kernel: 'any',
+      isolation: 'shared-kernel-ok',
+      cpuCores: 0.5,
+      syscallsPerSecond: 1500,
+      forkExecsPerSecond: 3,
+      ioOpsPerSecond: 16384,
+      memoryBytes: 2 * 1024 * MiB,
+    });
+  });
+
+  test('every bad profile field is one InvalidArgument line saying what is wrong', () => {
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ os: 'windows' }, /^os "windows" is not one of linux, other$/],
+      [{ kernel: 'mine' }, /^kernel "mine" is not one of any, own$/],
+      [{ isolation: 'total' }, /^isolation "total" is not one of shared-kernel-ok, own-kernel$/],
+      [{ syscalls: -3 }, /^syscalls -3 is negative$/],
+      [{ syscalls: '-3k' }, /^syscalls "-3k" is negative$/],
+      [{ forks: 'many' }, /^forks "many" is not a number$/],
+      [{ cpu: '-10%' }, /^cpu "-10" is negative$/],
+      [{ io: '20' }, /^io "20" is not a rate: write e\.g\. 20MiB\/s or 300iops$/],
+      [{ io: '5parsecs/s' }, /^io "5parsecs\/s" is not a rate/],
+      [{ io: '-1MiB/s' }, /^io "-1MiB\/s" is negative$/],
+      [{ memory: '-1GiB' }, /^memory "-1GiB" is negative$/],
+      [{ memory: 'lots' }, /^The memory "lots" is not a size/],
+      [{ colour: 'blue' }, /^Unknown field "colour": use id, os/],
+    ];
+    for (const [fields, message] of bad) {
+      assert.throws(
+        () => profile(fields),
+        (e: Error & { code?: string }) => {
+          assert.equal(e.code, 'InvalidArgument');
+          assert.match(e.message, message);
+          return true;
+        },
+        JSON.stringify(fields),
+      );
+    }
+  });
+
+  test('measurements: missing, malformed or from an older bench each get one line saying how to measure', async () => {
+    const missing = path.join(dir, 'none.json');
+    await assert.rejects(readModelTable(missing), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'FailedPrecondition');
+      assert.equal(
+        e.message,
+        `No three-model measurements at ${missing}: measure this host with \`node bench/models.ts ct,pvm,vm 3\` (writes bench/results/models.json), or give --measurements FILE`,
+      );
+      return true;
+    });
+    const doc = JSON.parse(readFileSync(MODELS, 'utf8')) as Record<string, unknown>;
+    const cases: Array<[string, RegExp]> = [
+      ['{"ratio', /are not JSON/],
+      [
+        JSON.stringify({ ...doc, operations: undefined }),
+        /no usable operations\.syscalls \(written by an older bench\/models\.ts\): measure again with `node bench\/models\.ts ct,pvm,vm 3`$/,
+      ],
+      [JSON.stringify({ ...doc, bootToInitMs: { ct: 1, pvm: 2 } }), /no usable bootToInitMs\.vm/],
+      [
+        JSON.stringify({ ...doc, idleHostMemoryMiB: { ct: 1, pvm: -2, vm: 3 } }),
+        /no usable idleHostMemoryMiB\.pvm/,
+      ],
+      [JSON.stringify([1, 2]), /no usable seconds\.native\.syscalls/],
+    ];
+    for (const [text, message] of cases) {
+      await assert.rejects(readModelTable(file(text, '.json')), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'InvalidArgument');
+        assert.match(e.message, message);
+        assert.ok(!e.message.includes('\n'));
+        return true;
+      });
+    }
+    const zero = tableFile({ pvm: { syscalls: 0 } });
+    await assert.rejects(readModelTable(zero), /ratio of 0 at ratioToNative\.pvm\.syscalls/);
+  });
+
+  test('profile files: CSV with a header and JSON, errors naming the file and the line or entry', async () => {
+    const csv = await readProfiles(PROFILES);
+    assert.deepEqual(
+      csv.map((p) => [p.id, advise(p, measured).model]),
+      [
+        ['web', 'ct'],
+        ['dns', 'pvm'],
+        ['win2019', 'vm'],
+      ],
+    );
+    const json = await readProfiles(
+      file(
+        JSON.stringify([
+          { id: 'a', cpu: 0.5, io: '300iops' },
+          { os: 'other', memory: 2 ** 30 },
+        ]),
+        '.json',
+      ),
+    );
+    assert.deepEqual(
+      json.map((p) => [p.id, p.ioOpsPerSecond, p.memoryBytes]),
+      [
+        ['a', 300, 0],
+        ['workload2', 0, 2 ** 30],
+      ],
+    );
+    assert.equal((await readProfiles(file('{"id":"one","cpu":1}', '.json')))[0]?.cpuCores, 1);
+
+    const refused = async (f: string, message: string) =>
+      assert.rejects(readProfiles(f), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'InvalidArgument');
+        assert.equal(e.message, message.replaceAll('FILE', f));
+        return true;
+      });
+    await refused(file('id,cpu\na,1,2\n'), 'FILE:2: 3 columns where the header has 2');
+    await refused(
+      file('id,cpu,speed\n'),
+      'FILE:1: the header has an unknown column "speed": use id, os, kernel, isolation, cpu, syscalls, forks, io, memory',
+    );
+    await refused(file('id,cpu,cpu\n'), 'FILE:1: the header names a column twice');
+    await refused(file('# only a comment\nid,syscalls\n\na,-4\n'), 'FILE:4: syscalls "-4" is negative');
+    await refused(file('id,os\na,plan9\n'), 'FILE:2: os "plan9" is not one of linux, other');
+    await refused(file('id,cpu\na,1\na,2\n'), 'FILE: workload "a" appears twice');
+    await refused(file('id,cpu\n'), 'FILE holds no workload');
+    await refused(file('[{"id":"a"},"b"]', '.json'), 'FILE: workload 2: is not an object');
+    await refused(
+      file('[{"id":"a","io":20}]', '.json'),
+      'FILE: workload 1: io 20 is not a rate: write e.g. 20MiB/s or 300iops',
+    );
+    await refused(file('[{"id":"a"', '.json'), `FILE is not valid JSON (${jsonError('[{"id":"a"')})`);
+    await refused(path.join(dir, 'absent.csv'), 'Cannot read the workload profile FILE: no such file');
+  });
+});
+
+function jsonError(text: string): string {
+  try {
+    JSON.parse(text);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return '';
+}
+
+describe('trivisor plan advise', () => {
+  const cli = (args: string[]) =>
+    spawnSync(process.execPath, [path.join(REPO, 'src/cli/main.ts'), 'plan', 'advise', ...args], {
+      encoding: 'utf8',
+      env: { ...process.env, TRIVISOR_DIR: path.join(dir, 'no-daemon') },
+    });
+
+  test('advises a fixture file in the CLI process, as JSON with every model’s estimate', () => {
+    const r = cli([PROFILES, '--measurements', MODELS, '--format', 'json']);
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as {
+      measurements: { file: string; measuredAt: string };
+      advice: Array<{
+        id: string;
+        model: string;
+        reason: string;
+        estimates: Array<{
+          model: string;
+          slowdown: number;
+          hostMemoryBytes: number;
+          excludedBecause?: string;
+        }>;
+      }>;
+    };
+    assert.deepEqual(out.measurements, { file: MODELS, measuredAt: '2026-12-05T11:26:47.919Z' });
+    assert.deepEqual(
+      out.advice.map((a) => [a.id, a.model, a.reason.split(':')[0]]),
+      [
+        ['web', 'ct', 'ct'],
+        ['dns', 'pvm', 'pvm'],
+        ['win2019', 'vm', 'vm'],
+      ],
+    );
+    assert.equal(out.advice[2]?.reason, 'vm: needs a non-Linux kernel');
+    for (const a of out.advice) {
+      assert.deepEqual(
+        a.estimates.map((e) => e.model),
+        ['ct', 'pvm', 'vm'],
+      );
+      for (const e of a.estimates) assert.ok(Number.isFinite(e.slowdown) && e.slowdown > 0);
+    }
+    assert.deepEqual(
+      out.advice[2]?.estimates.map((e) => e.excludedBecause !== undefined),
+      [true, true, false],
+    );
+  });
+
+  test('a workload given by flags: the reason, then each model’s estimate', () => {
+    const r = cli(['--measurements', MODELS, '--cpu', '0.2', '--syscalls', '500k', '--memory', '256MiB']);
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.split('\n');
+    assert.match(lines[0] ?? '', /^ct: syscall-heavy: vm would cost \d\.\d×, pvm \d+×$/);
+    assert.match(
+      lines[2] ?? '',
+      /^estimates from the overheads measured on this host at 2026-12-05T11:26:47\.919Z/,
+    );
+    assert.match(lines[3] ?? '', /^MODEL +SLOWDOWN +HOST CPU +HOST MEMORY +BOOT +ISOLATION +NOTE$/);
+    assert.match(lines[4] ?? '', /^ct +1\.\d\d× .* shared kernel +recommended$/);
+    assert.match(lines[6] ?? '', /^vm +\d\.\d\d× .* 487MiB .* own kernel, hardware emulated$/);
+  });
+
+  test('bad input is one Error: line, nothing on stdout, exit 1', () => {
+    const missing = path.join(dir, 'no-models.json');
+    const cases: Array<[string[], string]> = [
+      [
+        ['--measurements', MODELS, '--os', 'beos'],
+        'Error: The workload’s os "beos" is not one of linux, other\n',
+      ],
+      [['--measurements', MODELS, '--syscalls', '-5'], 'Error: The workload’s syscalls "-5" is negative\n'],
+      [
+        ['--measurements', missing, '--cpu', '1'],
+        `Error: No three-model measurements at ${missing}: measure this host with \`node bench/models.ts ct,pvm,vm 3\` (writes bench/results/models.json), or give --measurements FILE\n`,
+      ],
+      [
+        ['--measurements', MODELS, PROFILES, '--cpu', '1'],
+        `Error: Give the workload either as a file or as flags, not both (--cpu with ${PROFILES})\n`,
+      ],
+      [
+        ['--measurements', PROFILES, '--cpu', '1'],
+        `Error: The measurements ${PROFILES} are not JSON (${jsonError(readFileSync(PROFILES, 'utf8'))})\n`,
+      ],
+    ];
+    for (const [args, stderr] of cases) {
+      const r = cli(args);
+      assert.equal(r.stderr, stderr, args.join(' '));
+      assert.equal(r.status, 1);
+      assert.equal(r.stdout, '');
+    }
+  });
+});
