@@ -68,7 +68,8 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
   },
   'models.json': (r, f) => {
     assert.deepEqual(Object.keys(r.ratioToNative as Json).sort(), ['ct', 'pvm', 'vm'], `${f}: models`);
-    positive(f, r, ['ratioToNative.*.*', 'bootToInitMs.*', 'idleHostMemoryMiB.*']);
+    // operations: what `trivisor plan advise` divides seconds by (decision 0054).
+    positive(f, r, ['ratioToNative.*.*', 'bootToInitMs.*', 'idleHostMemoryMiB.*', 'operations.*']);
   },
   'vm-boot.json': (r, f) =>
     positive(f, r, [
