@@ -146,11 +146,13 @@ if (models) {
     'system calls): `ct` matches it, every workload within noise of native, because a container is ordinary host',
     'processes. The VM columns differ in degree, for reasons of this host rather than of the models: KVM hangs',
     'here, so `vm` runs under TCG, a binary translator, which also makes pure computation and memory traffic',
-    'several times to tens of times slower (with KVM they would be near native, as in the paper). `pvm` is',
+    'several times to over a hundred times slower (with KVM they would be near native, as in the paper). `pvm` is',
     'User-Mode Linux, which traps every guest system call through ptrace into the host: system calls, fork+exec',
     'and fsync cost tens to hundreds of times native, far beyond a hardware-assisted VM, while user-space',
     'computation stays within a small factor. Idle memory tells the density story: a `ct` guest costs its own',
     'processes (about a megabyte), a `pvm` or `vm` guest the RAM its kernel has touched plus the engine.',
+    "`trivisor plan advise` (decision 0054) weights this table by a workload's measured rates: the result",
+    'also holds how many operations each workload did, so that seconds per system call, fork+exec and write follow.',
     '',
   );
 } else lines.push('_Not measured yet._', '');
