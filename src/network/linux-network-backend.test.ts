@@ -210,6 +210,20 @@ describe('linux network backend', () => {
     );
     const started = cmds.find((c) => c.startsWith('dnsmasq '));
     assert.ok(started?.includes('--dhcp-option=option:mtu,1450'), started);
+    await backend.plugVeth(
+      {
+        port: 'tv0123456789',
+        bridge: 'tvnet0',
+        mac: '02:00:00:00:00:02',
+        ip: '198.18.10.2',
+        isolated: false,
+      },
+      { netnsPid: 42, ifname: 'eth0' },
+    );
+    assert.ok(
+      runner.commands().includes('ip link set dev tv0123456789p mtu 1450'),
+      'a ct NIC starts at 1450',
+    );
     bridgeExists = true;
     assert.equal((await backend.inspect('tvnet0', undefined)).bridge, false, 'the VXLAN device is missing');
     runner.respond((argv) =>

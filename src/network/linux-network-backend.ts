@@ -358,6 +358,11 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       try {
         await runner.run(['ip', 'link', 'add', 'name', def.port, 'type', 'veth', 'peer', 'name', peer]);
         await runner.run(['ip', 'link', 'set', 'dev', peer, 'address', def.mac]);
+        // On a spanned network the guest end starts at the tunnel's MTU, whatever its DHCP client does
+        // (a hot-plugged NIC gets no lease at all). A tap's guest side is QEMU's or UML's to set.
+        if (tunnelled.has(def.bridge)) {
+          await runner.run(['ip', 'link', 'set', 'dev', peer, 'mtu', String(SPANNED_MTU)]);
+        }
         await attachPort(def);
         await runner.run(['ip', 'link', 'set', 'dev', peer, 'netns', String(netnsPid)]);
         const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];

@@ -167,6 +167,17 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     }
   });
 
+  test('a NIC hot-plugged into a running ct guest on a spanned network starts at the spanned MTU', () => {
+    m1.daemon.ok(['network', 'attach', NET, 'sd', 'eth1']);
+    const ip = (
+      JSON.parse(m1.daemon.ok(['info', 'sd', '--format', 'json'])) as { devices?: Record<string, Nic> }
+    ).devices?.eth1?.['ipv4.address'];
+    const shown = sh('sd', 'cat /sys/class/net/eth1/mtu; ip -4 addr show dev eth1');
+    assert.match(shown.stdout, /^1450\n/, shown.stdout);
+    assert.ok(ip && shown.stdout.includes(`inet ${ip}/24`), shown.stdout);
+    m1.daemon.ok(['network', 'detach', NET, 'sd', 'eth1']);
+  });
+
   test('guests on different members ping each other by address and by name, and their gateway', () => {
     for (const [from, to] of ACROSS) {
       assert.equal(sh(from, `ping -c1 -W3 ${SUBNET}.1`).code, 0, `${from} reaches its gateway`);
