@@ -25,6 +25,7 @@ import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
+import { createRebalanceController } from './control/rebalance-controller.ts';
 import { createSnapshotScheduler } from './control/snapshot-scheduler.ts';
 import { notFound, notSupported } from './core/errors.ts';
 import type { GuestSpec, Model } from './core/types.ts';
@@ -619,6 +620,22 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       log,
     });
   evacuations?.start();
+  // The rebalancer (decision 0053): every member publishes its guests' measured load and carries
+  // out the moves asked of it; one member at a time plans a cycle, every cluster.rebalance.interval.
+  const rebalancer =
+    services.moves &&
+    createRebalanceController({
+      store,
+      hostName,
+      history: metricsHistory,
+      mover: services.moves.mover,
+      operations,
+      members: clusterMembers,
+      events,
+      log,
+    });
+  if (rebalancer) services.rebalance = rebalancer;
+  rebalancer?.start();
   // HA (decision 0052): the members as the CRM places on them, and admission control for `cluster list`.
   const haMembers = (members: ClusterMember[]) =>
     members.map((m) => ({
@@ -691,6 +708,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
   await evacuations?.stop();
+  await rebalancer?.stop();
   await crm?.stop();
   if (crmStore !== store) await crmStore.close();
   haAgent?.stop();

@@ -137,3 +137,76 @@ export const JoinAnswerSchema = Type.Object({
     ),
   }),
 });
+
+/* The rebalancer (decision 0053): cluster-wide settings, the moves it made, a cycle on demand. */
+
+const MoveModel = Type.Union([Type.Literal('ct'), Type.Literal('pvm'), Type.Literal('vm')]);
+
+/** A rebalancing move with its explanation (src/autonomic's MoveRecord). */
+export const MoveRecordSchema = Type.Object({
+  atMs: Type.Number({ description: 'When it was planned, ms since the epoch' }),
+  guest: Type.String(),
+  model: MoveModel,
+  from: Type.String(),
+  to: Type.String(),
+  how: Type.Union([Type.Literal('live'), Type.Literal('cold')]),
+  reason: Type.Union([Type.Literal('overload'), Type.Literal('balance'), Type.Literal('evacuation')]),
+  imbalanceBefore: Type.Number({ description: "Standard deviation of the members' loads before the move" }),
+  imbalanceAfter: Type.Number(),
+  loadBefore: Type.Object({ from: Type.Number(), to: Type.Number() }),
+  loadAfter: Type.Object({ from: Type.Number(), to: Type.Number() }),
+  benefitSeconds: Type.Number({
+    description: 'Predicted benefit (member-seconds of imbalance and overload removed)',
+  }),
+  costSeconds: Type.Number({ description: "The copy's slowdown plus the guest's downtime, seconds" }),
+  copySeconds: Type.Number(),
+  downtimeMs: Type.Number(),
+  constraints: Type.Array(Type.String(), { description: 'The rules that narrowed the choice' }),
+  summary: Type.String(),
+});
+
+/** A move the rebalancer made or tried: what `cluster moves` lists. */
+export const ClusterMoveSchema = Type.Composite([
+  MoveRecordSchema,
+  Type.Object({
+    result: Type.Union([Type.Literal('moved'), Type.Literal('failed')]),
+    error: Type.Optional(Type.String()),
+    finishedAt: Type.String(),
+  }),
+]);
+export type ClusterMove = Static<typeof ClusterMoveSchema>;
+
+export const ClusterSettingsSchema = Type.Object({
+  config: Type.Record(Type.String(), Type.String(), {
+    description: 'The keys set (unset keys have their defaults)',
+  }),
+});
+
+export const ClusterSettingsPatchSchema = Type.Object(
+  {
+    config: Type.Record(
+      Type.String({ maxLength: 100 }),
+      Type.Union([Type.String({ maxLength: 100 }), Type.Null()]),
+      {
+        description: 'Keys to set; null unsets one',
+      },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type ClusterSettingsPatch = Static<typeof ClusterSettingsPatchSchema>;
+
+export const RebalanceBodySchema = Type.Object(
+  { dryRun: Type.Optional(Type.Boolean({ description: 'Plan only: nothing moves' })) },
+  { additionalProperties: false },
+);
+
+export const RebalanceResultSchema = Type.Object({
+  dryRun: Type.Boolean(),
+  imbalanceBefore: Type.Number(),
+  imbalanceAfter: Type.Number({ description: 'As planned' }),
+  planned: Type.Array(MoveRecordSchema),
+  notes: Type.Array(Type.String(), { description: 'What was held back, and why' }),
+  moved: Type.Array(ClusterMoveSchema, { description: 'The moves carried out (none on a dry run)' }),
+});
+export type RebalanceResult = Static<typeof RebalanceResultSchema>;

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
 import { createClient, type TrivisorClient } from '../client/client.ts';
-import type { ClusterMemberInfo } from '../client/cluster-client.ts';
+import type { ClusterMemberInfo, ClusterMove, RebalanceResult } from '../client/cluster-client.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { EVACUATE_MODES, type EvacuateMode } from '../core/types.ts';
@@ -49,6 +49,31 @@ async function waitOnline(cmd: Command, name: string, timeoutMs = 120_000): Prom
 const cpuOf = (m: ClusterMemberInfo) => (m.cpu ? `${m.cpu.used.toFixed(1)}/${m.cpu.cpus}` : '-');
 const memoryOf = (m: ClusterMemberInfo) =>
   m.memory ? `${formatBytes(m.memory.usedBytes)}/${formatBytes(m.memory.totalBytes)}` : '-';
+
+/** A move's row: when, what, where, why, and the figures that justified it. */
+const moveRow = (m: ClusterMove | RebalanceResult['planned'][number]) => [
+  new Date(m.atMs).toISOString().replace(/\.\d+Z$/, 'Z'),
+  m.guest,
+  `${m.from} → ${m.to}`,
+  `${m.how} (${m.model})`,
+  m.reason,
+  `${m.imbalanceBefore.toFixed(3)} → ${m.imbalanceAfter.toFixed(3)}`,
+  `${m.benefitSeconds.toFixed(1)} s / ${m.costSeconds.toFixed(2)} s`,
+  'result' in m ? (m.result === 'moved' ? 'moved' : `failed: ${m.error ?? ''}`) : 'planned',
+];
+const MOVE_HEADERS = ['PLANNED', 'GUEST', 'MOVE', 'HOW', 'REASON', 'IMBALANCE', 'BENEFIT/COST', 'RESULT'];
+
+/** KEY=VALUE or KEY VALUE pairs of `cluster set`. */
+function settingsOf(args: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (args.length === 2 && !args[0]?.includes('=')) return { [args[0] as string]: args[1] as string };
+  for (const a of args) {
+    const i = a.indexOf('=');
+    if (i <= 0) throw invalidArgument(`${JSON.stringify(a)} is not KEY=VALUE (or give one KEY VALUE)`);
+    out[a.slice(0, i)] = a.slice(i + 1);
+  }
+  return out;
+}
 
 /** cluster bootstrap|add|join|list|remove (decision 0032). */
 export function addClusterCommands(program: Command): void {
@@ -208,5 +233,80 @@ export function addClusterCommands(program: Command): void {
       const client = hostClient(cmd);
       const op = await client.changeMemberState(name, { action: 'restore' });
       await waitWithProgress(client, op, { label: `Restoring ${name}` });
+    });
+
+  // The rebalancer (decision 0053).
+  cluster
+    .command('set')
+    .description('Set cluster-wide keys: cluster set cluster.rebalance.threshold=20 (or KEY VALUE)')
+    .argument('<settings...>')
+    .action(async (args: string[], _opts: unknown, cmd: Command) => {
+      await hostClient(cmd).updateClusterConfig(settingsOf(args));
+    });
+
+  cluster
+    .command('unset')
+    .description('Unset cluster-wide keys (they take their defaults again)')
+    .argument('<keys...>')
+    .action(async (names: string[], _opts: unknown, cmd: Command) => {
+      await hostClient(cmd).updateClusterConfig(Object.fromEntries(names.map((k) => [k, null])));
+    });
+
+  cluster
+    .command('show')
+    .description('Show the cluster-wide keys that are set')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const config = await hostClient(cmd).clusterConfig();
+      for (const [k, v] of Object.entries(config)) process.stdout.write(`${k}: ${v}\n`);
+    });
+
+  cluster
+    .command('moves')
+    .description(
+      "The rebalancer's recent moves, newest first: imbalance before and after, benefit, cost, constraints",
+    )
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (opts: { format: OutputFormat }, cmd: Command) => {
+      const moves = await hostClient(cmd).clusterMoves();
+      if (opts.format !== 'table') {
+        process.stdout.write(renderData(moves, opts.format));
+        return;
+      }
+      process.stdout.write(renderTable(MOVE_HEADERS, moves.map(moveRow)));
+      for (const m of moves) {
+        process.stdout.write(`${m.guest}: ${m.summary}\n  constraints: ${m.constraints.join('; ')}\n`);
+      }
+    });
+
+  cluster
+    .command('rebalance')
+    .description(
+      'Run one rebalancing cycle now (the moves one at a time), or only print its plan (--dry-run)',
+    )
+    .option('--dry-run', 'print the plan without moving anything')
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (opts: { dryRun?: boolean; format: OutputFormat }, cmd: Command) => {
+      const r = await hostClient(cmd).rebalanceCluster({ dryRun: opts.dryRun === true });
+      if (opts.format !== 'table') {
+        process.stdout.write(renderData(r, opts.format));
+        return;
+      }
+      process.stdout.write(
+        `Imbalance ${r.imbalanceBefore.toFixed(3)} → ${r.imbalanceAfter.toFixed(3)} (planned); ${r.planned.length} move(s) planned${r.dryRun ? ', none made (dry run)' : `, ${r.moved.filter((m) => m.result === 'moved').length} made`}\n`,
+      );
+      const rows = r.dryRun ? r.planned : r.moved;
+      if (rows.length > 0) process.stdout.write(renderTable(MOVE_HEADERS, rows.map(moveRow)));
+      for (const m of rows) process.stdout.write(`${m.guest}: ${m.summary}\n`);
+      for (const n of r.notes) process.stdout.write(`Note: ${n}\n`);
+      const failed = r.moved.find((m) => m.result === 'failed');
+      if (failed) throw new Error(`Moving ${failed.guest} failed: ${failed.error ?? 'unknown error'}`);
     });
 }

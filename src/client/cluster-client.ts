@@ -3,7 +3,9 @@ import type {
   BootstrapBody,
   ClusterInfoSchema,
   ClusterMemberSchema,
+  ClusterMove,
   JoinTokenSchema,
+  RebalanceResult,
 } from '../api/cluster-schemas.ts';
 import type { EvacuateMode, Operation } from '../core/types.ts';
 
@@ -11,6 +13,7 @@ import type { EvacuateMode, Operation } from '../core/types.ts';
 export type ClusterInfo = Static<typeof ClusterInfoSchema>;
 /** A member as `cluster list` shows it. */
 export type ClusterMemberInfo = Static<typeof ClusterMemberSchema>;
+export type { ClusterMove, RebalanceResult };
 /** A join token as `cluster add` prints it. */
 export type JoinTokenInfo = Static<typeof JoinTokenSchema>;
 
@@ -30,6 +33,14 @@ export interface ClusterClient {
     name: string,
     request: { action: 'evacuate' | 'restore'; mode?: EvacuateMode },
   ): Promise<Operation>;
+  /** The cluster-wide keys set (`cluster.rebalance.*`, decision 0053). */
+  clusterConfig(): Promise<Record<string, string>>;
+  /** Sets keys (null unsets one); one bad key changes nothing. Answers the keys now set. */
+  updateClusterConfig(config: Record<string, string | null>): Promise<Record<string, string>>;
+  /** The rebalancer's recent moves, newest first, each explained. */
+  clusterMoves(): Promise<ClusterMove[]>;
+  /** One rebalancing cycle now; `dryRun` plans without moving anything. */
+  rebalanceCluster(options?: { dryRun?: boolean }): Promise<RebalanceResult>;
 }
 
 type Call = <T>(method: string, path: string, json?: unknown) => Promise<T>;
@@ -53,5 +64,11 @@ export function clusterMethods(
     },
     changeMemberState: (name, request) =>
       callAsync('POST', `/1.0/cluster/members/${enc(name)}/state`, request),
+    clusterConfig: async () =>
+      (await call<{ config: Record<string, string> }>('GET', '/1.0/cluster/config')).config,
+    updateClusterConfig: async (config) =>
+      (await call<{ config: Record<string, string> }>('PATCH', '/1.0/cluster/config', { config })).config,
+    clusterMoves: () => call('GET', '/1.0/cluster/moves'),
+    rebalanceCluster: (o) => call('POST', '/1.0/cluster/rebalance', { dryRun: o?.dryRun === true }),
   };
 }

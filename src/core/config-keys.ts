@@ -59,6 +59,138 @@ export function migrationDowntimeLimitMs(v: string | undefined): number {
   return n;
 }
 
+/** `migration.downtime_budget` in ms: 0 (never cold-moved) or a duration; undefined when unset. */
+export function migrationDowntimeBudgetMs(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (v === '0') return 0;
+  if (!/^\d{1,6}[smh]$/.test(v)) {
+    throw invalidArgument(
+      `migration.downtime_budget=${JSON.stringify(v)} must be 0 (never cold-moved) or a duration such as 30s, 2m or 1h`,
+    );
+  }
+  return parseDurationMs(v, 'migration.downtime_budget');
+}
+
+/**
+ * The rebalancer's cluster-wide settings (decision 0053), Incus's `cluster.rebalance.*` names:
+ * `trivisor cluster set KEY=VALUE`. Unset keys take the defaults of decision 0051.
+ */
+export interface RebalanceSettings {
+  /** false: no cycle runs on its own (`cluster rebalance` still does). */
+  enabled: boolean;
+  intervalMs: number;
+  /** The target imbalance: the standard deviation of the members' loads, as a fraction. */
+  targetImbalance: number;
+  aggressiveness: 1 | 2 | 3 | 4 | 5;
+  cooldownMs: number;
+  windowMs: number;
+  percentile: number;
+}
+
+export const DEFAULT_REBALANCE_SETTINGS: RebalanceSettings = {
+  enabled: true,
+  intervalMs: 5 * 60_000,
+  targetImbalance: 0.1,
+  aggressiveness: 3,
+  cooldownMs: 60 * 60_000,
+  windowMs: 60 * 60_000,
+  percentile: 95,
+};
+
+/** A duration of at least 10 s and at most a week; a bare whole number is minutes (Incus's interval). */
+function rebalanceDurationMs(v: string, key: string): number {
+  const ms = /^\d{1,6}$/.test(v)
+    ? Number(v) * 60_000
+    : /^\d{1,9}[smhdw]$/.test(v)
+      ? parseDurationMs(v, key)
+      : -1;
+  if (!(ms >= 10_000 && ms <= 7 * 86_400_000)) {
+    throw invalidArgument(
+      `${key}=${JSON.stringify(v)} must be a duration from 10s to 1w, e.g. 30s, 5m or 1h (a bare number is minutes)`,
+    );
+  }
+  return ms;
+}
+
+const CLUSTER_KEYS: Record<
+  string,
+  { help: string; apply(v: string, s: RebalanceSettings, key: string): void }
+> = {
+  'cluster.rebalance.enabled': {
+    help: 'whether the rebalancer runs by itself every interval (default true: on in a cluster of 2 or more)',
+    apply(v, s, key) {
+      if (v !== 'true' && v !== 'false')
+        throw invalidArgument(`${key} must be true or false, got ${JSON.stringify(v)}`);
+      s.enabled = v === 'true';
+    },
+  },
+  'cluster.rebalance.interval': {
+    help: 'how often the rebalancer runs, e.g. 5m (default; a bare number is minutes)',
+    apply(v, s, key) {
+      s.intervalMs = rebalanceDurationMs(v, key);
+    },
+  },
+  'cluster.rebalance.threshold': {
+    help: "target imbalance: below this standard deviation of the members' loads, in percent, nothing moves but overloads (default 10)",
+    apply(v, s, key) {
+      const n = /^\d{1,2}(\.\d+)?$/.test(v) ? Number(v) : Number.NaN;
+      if (!(n >= 0 && n < 100))
+        throw invalidArgument(`${key}=${JSON.stringify(v)} must be a percentage from 0 to 99`);
+      s.targetImbalance = n / 100;
+    },
+  },
+  'cluster.rebalance.aggressiveness': {
+    help: 'from 1 (only relieve overloaded members) to 5 (chase small gains, more moves per cycle); default 3',
+    apply(v, s, key) {
+      if (!/^[1-5]$/.test(v)) throw invalidArgument(`${key}=${JSON.stringify(v)} must be 1, 2, 3, 4 or 5`);
+      s.aggressiveness = Number(v) as RebalanceSettings['aggressiveness'];
+    },
+  },
+  'cluster.rebalance.cooldown': {
+    help: 'how long a guest the rebalancer moved stays where it went, e.g. 1h (default)',
+    apply(v, s, key) {
+      s.cooldownMs = rebalanceDurationMs(v, key);
+    },
+  },
+  'cluster.rebalance.window': {
+    help: 'the window of measured demand balanced, e.g. 1h (default; up to 15m it is read in 10 s steps, longer in 5 min steps)',
+    apply(v, s, key) {
+      s.windowMs = rebalanceDurationMs(v, key);
+      if (s.windowMs > 86_400_000) throw invalidArgument(`${key}=${JSON.stringify(v)} must be at most 1d`);
+    },
+  },
+  'cluster.rebalance.percentile': {
+    help: "the percentile of a member's summed load over the window that counts as its load (default 95)",
+    apply(v, s, key) {
+      const n = /^\d{1,3}(\.\d+)?$/.test(v) ? Number(v) : Number.NaN;
+      if (!(n > 0 && n <= 100))
+        throw invalidArgument(`${key}=${JSON.stringify(v)} must be a number above 0 and at most 100`);
+      s.percentile = n;
+    },
+  },
+};
+
+/** The cluster-wide keys with a line of help each. */
+export function clusterKeyHelp(): Record<string, string> {
+  return Object.fromEntries(Object.entries(CLUSTER_KEYS).map(([k, s]) => [k, s.help]));
+}
+
+/** The rebalancer's settings from the cluster's keys; InvalidArgument in one line for an unknown key or a bad value. */
+export function rebalanceSettings(config: Record<string, string>): RebalanceSettings {
+  const s: RebalanceSettings = { ...DEFAULT_REBALANCE_SETTINGS };
+  for (const [key, value] of Object.entries(config)) {
+    const spec = CLUSTER_KEYS[key];
+    if (!spec) {
+      throw invalidArgument(
+        `Unknown cluster key ${JSON.stringify(key)}: known are ${Object.keys(CLUSTER_KEYS).join(', ')}`,
+      );
+    }
+    if (typeof value !== 'string') throw invalidArgument(`The value of ${key} must be a string`);
+    spec.apply(value, s, key);
+  }
+  return s;
+}
+
 /** Highest `ha.priority`. */
 export const HA_MAX_PRIORITY = 1000;
 
@@ -226,6 +358,15 @@ const KEYS: Record<string, KeySpec> = {
     help: 'longest pause a live move may give the guest at its switch-over, in milliseconds (QEMU downtime-limit, default 300)',
     check(v) {
       migrationDowntimeLimitMs(v);
+    },
+  },
+  // Read by the rebalancer (decision 0053): how long a cold move may stop the guest.
+  'migration.downtime_budget': {
+    live: true,
+    models: ['ct', 'pvm'],
+    help: 'longest stop a cold move by the rebalancer may give the guest, e.g. 30s or 2m; 0 never cold-moves it (default 60s)',
+    check(v) {
+      migrationDowntimeBudgetMs(v);
     },
   },
   // Read by the HA manager (decision 0044); where the guest's disk may be is the guest service's check (decision 0049).

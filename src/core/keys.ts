@@ -85,4 +85,19 @@ export const keys = {
   /** Join tokens, by the name of the member each admits → JoinTokenRecord. */
   joinTokenPrefix: '/trivisor/cluster/join-tokens/',
   joinToken: (name: string): string => `/trivisor/cluster/join-tokens/${name}`,
+  /** Cluster-wide settings (`cluster.rebalance.*`, decision 0053) → a map of key to value. */
+  clusterSettings: '/trivisor/cluster/settings',
+  /** Each member's recent measured load of its guests (decision 0053) → MemberLoad. */
+  memberLoadPrefix: '/trivisor/rebalance/load/',
+  memberLoad: (name: string): string => `/trivisor/rebalance/load/${name}`,
+  /** The rebalancer's election key, on the acting daemon's own lease → the member's name. */
+  rebalanceLeader: '/trivisor/rebalance/leader',
+  /** When the rebalancer last ran a cycle → ISO time, bare. */
+  rebalanceLast: '/trivisor/rebalance/last',
+  /** A move the rebalancer asked of a guest's owner → RebalanceRequest. */
+  rebalanceRequestPrefix: '/trivisor/rebalance/requests/',
+  rebalanceRequest: (guest: string): string => `/trivisor/rebalance/requests/${guest}`,
+  /** The rebalancer's recent moves, explained: `/trivisor/rebalance/moves/MS-GUEST` → ClusterMove. */
+  clusterMovePrefix: '/trivisor/rebalance/moves/',
+  clusterMove: (id: string): string => `/trivisor/rebalance/moves/${id}`,
 } as const;

@@ -119,6 +119,10 @@ const EXPECTED: Record<string, ActionClass> = {
   'POST /1.0/cluster/members': 'public',
   'GET /1.0/cluster/members/:name': 'host-read',
   'DELETE /1.0/cluster/members/:name': 'host-admin',
+  'GET /1.0/cluster/config': 'host-read',
+  'PATCH /1.0/cluster/config': 'host-admin',
+  'GET /1.0/cluster/moves': 'host-read',
+  'POST /1.0/cluster/rebalance': 'host-admin',
 };
 
 /** Requests that ask for more than the route's plain class. */

@@ -5,6 +5,10 @@ import {
   BootstrapBodySchema,
   ClusterInfoSchema,
   ClusterMemberSchema,
+  ClusterMoveSchema,
+  type ClusterSettingsPatch,
+  ClusterSettingsPatchSchema,
+  ClusterSettingsSchema,
   type CreateJoinTokenBody,
   CreateJoinTokenBodySchema,
   EvacuateModeSchema,
@@ -14,10 +18,13 @@ import {
   type JoinRequestBody,
   JoinRequestBodySchema,
   JoinTokenSchema,
+  RebalanceBodySchema,
+  RebalanceResultSchema,
 } from '../api/cluster-schemas.ts';
 import { syncResponse } from '../api/envelopes.ts';
 import { AsyncEnvelopeSchema, ErrorEnvelopeSchema, NameParamsSchema, SyncEnvelope } from '../api/schemas.ts';
 import type { ClusterService } from '../cluster/membership.ts';
+import type { RebalanceService } from '../control/rebalance-controller.ts';
 import { describeCaller } from '../core/access.ts';
 import { parseDurationMs } from '../core/durations.ts';
 import { failedPrecondition } from '../core/errors.ts';
@@ -31,6 +38,67 @@ export function registerClusterRoutes(app: FastifyInstance, ctx: RouteContext): 
     if (!ctx.services.cluster) throw failedPrecondition('This daemon cannot form or join a cluster');
     return ctx.services.cluster;
   };
+  const rebalance = (): RebalanceService => {
+    if (!ctx.services.rebalance)
+      throw failedPrecondition('This daemon is not a cluster member: there is nothing to rebalance');
+    return ctx.services.rebalance;
+  };
+
+  // The rebalancer (decision 0053): cluster-wide keys, the moves it made, a cycle on demand.
+  app.get(
+    '/1.0/cluster/config',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: 'The cluster-wide settings (cluster.rebalance.*)',
+        response: { 200: SyncEnvelope(ClusterSettingsSchema), ...errors },
+      },
+    },
+    async () => syncResponse({ config: await rebalance().settings() }),
+  );
+
+  app.patch<{ Body: ClusterSettingsPatch }>(
+    '/1.0/cluster/config',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Set or unset cluster-wide settings (cluster.rebalance.*)',
+        description: 'Every key is checked first: one bad key or value changes nothing (400).',
+        body: ClusterSettingsPatchSchema,
+        response: { 200: SyncEnvelope(ClusterSettingsSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse({ config: await rebalance().updateSettings(request.body.config) }),
+  );
+
+  app.get(
+    '/1.0/cluster/moves',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: "The rebalancer's recent moves, newest first, each explained",
+        description:
+          'Imbalance before and after, the predicted benefit, the cost and the constraints that applied; the last 100 are kept.',
+        response: { 200: SyncEnvelope(Type.Array(ClusterMoveSchema)), ...errors },
+      },
+    },
+    async () => syncResponse(await rebalance().moves()),
+  );
+
+  app.post<{ Body: { dryRun?: boolean } }>(
+    '/1.0/cluster/rebalance',
+    {
+      config: { access: 'host-admin' },
+      schema: {
+        summary: 'Run one rebalancing cycle now, or plan one (dryRun)',
+        description:
+          'Answers once the planned moves are made, one at a time (a dry run moves nothing). 409 while another cycle runs.',
+        body: RebalanceBodySchema,
+        response: { 200: SyncEnvelope(RebalanceResultSchema), ...errors },
+      },
+    },
+    async (request) => syncResponse(await rebalance().run({ dryRun: request.body?.dryRun === true })),
+  );
 
   // Members fetch the image trees they lack from each other (decision 0034): a tar of the tree,
   // with the digest the copy must have. Admins only: a tree holds setuid files as they are.

@@ -1,4 +1,5 @@
 import type { ClusterMember, ClusterService } from '../cluster/membership.ts';
+import type { RebalanceService } from '../control/rebalance-controller.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
@@ -226,6 +227,8 @@ export interface Services {
   moves?: { mover: GuestMover; receiver: MoveReceiver };
   /** Guests brought back from the backup directory (decision 0046); absent: not offered. */
   backupRecovery?: BackupRecovery;
+  /** The rebalancer's settings, moves and cycles on demand (decision 0053); absent off a cluster. */
+  rebalance?: RebalanceService;
   /** HA per member for `cluster list` (decision 0052); absent off a cluster. */
   haSummary?: (members: ClusterMember[]) => Promise<Map<string, NonNullable<ClusterMember['ha']>>>;
 }

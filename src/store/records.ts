@@ -1,6 +1,7 @@
 import { type Static, type TObject, type TProperties, type TSchema, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
 import { CertificateSchema, TokenSchema } from '../api/auth-schemas.ts';
+import { type ClusterMove, ClusterMoveSchema, MoveRecordSchema } from '../api/cluster-schemas.ts';
 import {
   DiskDeviceSchema,
   ImageSchema,
@@ -529,6 +530,37 @@ export const ClusterRecordSchema = Type.Object({
 });
 export type ClusterRecord = Static<typeof ClusterRecordSchema>;
 
+/**
+ * A member's measured load of the guests it runs, published for the rebalancer (decision 0053):
+ * per guest the maximum of each step of its metric history over the recent window, oldest first,
+ * the last step the one that holds `endAt`; null where nothing was sampled.
+ */
+export const MemberLoadSchema = Type.Object({
+  stepSeconds: Type.Integer({ minimum: 1 }),
+  /** Start of the last step, Unix seconds. */
+  endAt: Type.Integer(),
+  publishedAt: Type.String(),
+  guests: Type.Record(
+    Type.String(),
+    Type.Object({
+      model: Model,
+      cpu: Type.Array(Type.Union([Type.Number(), Type.Null()])),
+      memoryBytes: Type.Array(Type.Union([Type.Number(), Type.Null()])),
+    }),
+  ),
+});
+export type MemberLoad = Static<typeof MemberLoadSchema>;
+
+/** A move the rebalancer asked of the guest's owner, which carries it out (decision 0053). */
+export const RebalanceRequestSchema = Type.Object({
+  move: MoveRecordSchema,
+  requestedBy: Type.String(),
+  at: Type.String(),
+});
+export type RebalanceRequest = Static<typeof RebalanceRequestSchema>;
+
+export type { ClusterMove };
+
 export const ImageRecordSchema = Type.Composite([
   Type.Omit(lenient(ImageSchema), ['project']),
   Type.Object({ project: Type.Optional(Type.String()) }),
@@ -706,6 +738,30 @@ export const records = {
     prefix: keys.joinTokenPrefix,
     key: (name: string) => keys.joinToken(name),
     schema: JoinTokenRecordSchema,
+  }),
+  clusterSettings: defineRecord<Record<string, string>>()({
+    kind: 'cluster settings',
+    prefix: keys.clusterSettings,
+    key: () => keys.clusterSettings,
+    schema: StringMap,
+  }),
+  memberLoad: defineRecord<MemberLoad>()({
+    kind: 'member load',
+    prefix: keys.memberLoadPrefix,
+    key: (member: string) => keys.memberLoad(member),
+    schema: MemberLoadSchema,
+  }),
+  rebalanceRequest: defineRecord<RebalanceRequest>()({
+    kind: 'rebalance request',
+    prefix: keys.rebalanceRequestPrefix,
+    key: (guest: string) => keys.rebalanceRequest(guest),
+    schema: RebalanceRequestSchema,
+  }),
+  clusterMove: defineRecord<ClusterMove>()({
+    kind: 'cluster move',
+    prefix: keys.clusterMovePrefix,
+    key: (id: string) => keys.clusterMove(id),
+    schema: ClusterMoveSchema,
   }),
   certificate: defineRecord<CertificateRecord>()({
     kind: 'trusted certificate',

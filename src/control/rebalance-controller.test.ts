@@ -1,0 +1,331 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { aGuestSpec } from '../../test/fakes/guest-records.ts';
+import type { ClusterMove } from '../api/cluster-schemas.ts';
+import { DEFAULT_REBALANCE_SETTINGS, rebalanceSettings } from '../core/config-keys.ts';
+import { isTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec, TrivisorEvent } from '../core/types.ts';
+import { silentLogger } from '../host/logger.ts';
+import { createEventBus } from '../services/event-bus.ts';
+import { type MetricsHistory, openMetricsHistory } from '../services/metrics-history.ts';
+import { guestSeries } from '../services/metrics-sampler.ts';
+import { createOperationService } from '../services/operation-service.ts';
+import type { OperationService } from '../services/types.ts';
+import type { KvEngine } from '../store/kv-engine.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { type MemberLoad, records } from '../store/records.ts';
+import {
+  buildClusterState,
+  createRebalanceController,
+  memberLoadOf,
+  type RebalanceMember,
+} from './rebalance-controller.ts';
+
+const GiB = 2 ** 30;
+const member = (name: string, status = 'Online'): RebalanceMember => ({
+  name,
+  status,
+  cpu: { cpus: 2 },
+  memory: { totalBytes: 8 * GiB },
+});
+const spec = (name: string, location: string, config: Record<string, string> = {}): GuestSpec =>
+  aGuestSpec({ name, location, config });
+const settings = { ...DEFAULT_REBALANCE_SETTINGS, windowMs: 60_000 };
+// 12:00:00 exactly: the 10 s steps of the window end at 11:59:50 … 12:00:00.
+const NOW = Date.parse('2026-12-05T12:00:00Z');
+const endAt = NOW / 1000;
+
+describe('buildClusterState', () => {
+  const load = (guests: MemberLoad['guests'], end = endAt): MemberLoad => ({
+    stepSeconds: 10,
+    endAt: end,
+    publishedAt: new Date(NOW).toISOString(),
+    guests,
+  });
+
+  test('members that are not Online or published no recent load take no part, with the reason', () => {
+    const { state, notes } = buildClusterState({
+      nowMs: NOW,
+      settings,
+      members: [member('a'), member('b', 'Offline'), member('c'), member('d')],
+      loads: new Map([
+        ['a', load({})],
+        ['b', load({})],
+        ['d', load({}, endAt - 120)],
+      ]),
+      specs: [],
+      moves: [],
+      bandwidthBytesPerSecond: 1e8,
+    });
+    assert.deepEqual(
+      state.members.map((m) => m.id),
+      ['a'],
+    );
+    assert.deepEqual(notes, [
+      'b is Offline: it takes no part',
+      'c has published no recent load: it takes no part',
+      'd has published no recent load: it takes no part',
+    ]);
+  });
+
+  test("series are aligned on the window's steps, gaps are no demand, and the last move, the budget and the owner come from the records", () => {
+    const moves: ClusterMove[] = [
+      { ...aMove('busy', 'b', 'a', NOW - 600_000), result: 'moved', finishedAt: '' },
+      { ...aMove('busy', 'a', 'b', NOW - 900_000), result: 'moved', finishedAt: '' },
+      { ...aMove('idle', 'a', 'b', NOW - 100_000), result: 'failed', finishedAt: '' },
+    ];
+    const { state } = buildClusterState({
+      nowMs: NOW,
+      settings,
+      members: [member('a'), member('b')],
+      loads: new Map([
+        // a published 10 s earlier than b: its last step is one behind, and its first one old.
+        [
+          'a',
+          load(
+            { busy: { model: 'ct', cpu: [9, 1, 1, null, 1, 1, 1], memoryBytes: [0, 1, 1, 1, 1, 1, 1] } },
+            endAt - 10,
+          ),
+        ],
+        [
+          'b',
+          load({
+            idle: { model: 'ct', cpu: [0, 0, 0, 0, 0, 0], memoryBytes: [5, 5, 5, 5, 5, 5] },
+            moved: { model: 'ct', cpu: [1, 1, 1, 1, 1, 1], memoryBytes: [1, 1, 1, 1, 1, 1] },
+          }),
+        ],
+      ]),
+      specs: [
+        spec('busy', 'a', { 'migration.downtime_budget': '0' }),
+        spec('idle', 'b', { 'migration.downtime_budget': '2m' }),
+        spec('moved', 'a'),
+      ],
+      moves,
+      bandwidthBytesPerSecond: 1e8,
+    });
+    assert.equal(state.intervalMs, 10_000);
+    const busy = state.guests.find((g) => g.id === 'busy');
+    assert.deepEqual(Array.from(busy?.cpu ?? []), [1, 1, 0, 1, 1, 1]);
+    assert.equal(busy?.downtimeBudgetMs, 0);
+    assert.deepEqual(busy?.lastMove, { atMs: NOW - 600_000, from: 'b', to: 'a' });
+    const idle = state.guests.find((g) => g.id === 'idle');
+    assert.equal(idle?.downtimeBudgetMs, 120_000);
+    assert.equal(idle?.lastMove, undefined, 'a failed move is no move');
+    assert.equal(
+      state.guests.find((g) => g.id === 'moved'),
+      undefined,
+      'a guest its publisher no longer owns is left out',
+    );
+  });
+});
+
+function aMove(guest: string, from: string, to: string, atMs: number) {
+  return {
+    atMs,
+    guest,
+    model: 'ct' as const,
+    from,
+    to,
+    how: 'cold' as const,
+    reason: 'balance' as const,
+    imbalanceBefore: 0.3,
+    imbalanceAfter: 0.1,
+    loadBefore: { from: 0.6, to: 0 },
+    loadAfter: { from: 0.3, to: 0.3 },
+    benefitSeconds: 100,
+    costSeconds: 1,
+    copySeconds: 0,
+    downtimeMs: 1000,
+    constraints: [],
+    summary: 'x',
+  };
+}
+
+describe('rebalance controller', () => {
+  let store: KvEngine;
+  let operations: OperationService;
+  let history: MetricsHistory;
+  let clock: number;
+  let moved: string[];
+  let events: TrivisorEvent[];
+  const controllers: Array<ReturnType<typeof createRebalanceController>> = [];
+  const controllerOf = (hostName: string) => {
+    const bus = createEventBus();
+    bus.subscribe((e) => events.push(e));
+    const c = createRebalanceController({
+      store,
+      hostName,
+      // Each member has its own history; here one holds every guest's, read by whoever owns it.
+      history,
+      operations,
+      events: bus,
+      log: silentLogger(),
+      now: () => clock,
+      members: async () => [member('h1'), member('h2')],
+      mover: {
+        async move(name, { target, live }) {
+          moved.push(`${name}->${target}${live ? ' live' : ''}`);
+          return operations.start({
+            project: 'default',
+            description: `move ${name}`,
+            resources: {},
+            run: async () => {
+              const s = await records.guest.at(name).get(store);
+              assert.ok(s);
+              await records.guest.at(name).put(store, { ...s.value, location: target });
+              return undefined;
+            },
+          });
+        },
+      },
+    });
+    controllers.push(c);
+    return c;
+  };
+
+  beforeEach(async () => {
+    store = createMemoryStore();
+    operations = createOperationService(createEventBus());
+    history = openMetricsHistory(':memory:');
+    moved = [];
+    events = [];
+    clock = NOW - 60_000;
+    // A busy guest and its idle twin (same configuration) on h1 with a busy guest that may not
+    // cold-move; h2 idle. One core is 1.0 of cpu, h1 has 2: it is full.
+    await records.guest.at('busy').put(store, spec('busy', 'h1'));
+    await records.guest.at('idle').put(store, spec('idle', 'h1'));
+    await records.guest.at('anchor').put(store, spec('anchor', 'h1', { 'migration.downtime_budget': '0' }));
+    await records.guest.at('other').put(store, spec('other', 'h2'));
+    for (; clock <= NOW; clock += 10_000) {
+      history.record(
+        [
+          { series: guestSeries('busy'), values: { cpu: 1, memoryBytes: 64 * 2 ** 20 } },
+          { series: guestSeries('idle'), values: { cpu: 0.001, memoryBytes: 64 * 2 ** 20 } },
+          { series: guestSeries('anchor'), values: { cpu: 1, memoryBytes: 64 * 2 ** 20 } },
+          { series: guestSeries('other'), values: { cpu: 0.001, memoryBytes: 2 ** 20 } },
+        ],
+        clock,
+      );
+    }
+    clock = NOW;
+  });
+  afterEach(async () => {
+    for (const c of controllers.splice(0)) await c.stop();
+    history.close();
+    await store.close();
+  });
+
+  test('memberLoadOf publishes the maximum of each step of the guests it is given, over the window', () => {
+    const load = memberLoadOf({ history, guests: [spec('busy', 'h1')], windowMs: 60_000, nowMs: NOW });
+    assert.equal(load.stepSeconds, 10);
+    assert.equal(load.endAt, endAt);
+    assert.deepEqual(load.guests.busy?.cpu, [1, 1, 1, 1, 1, 1]);
+  });
+
+  test('a dry run plans the busy guest, not its idle twin nor the one with a budget of 0, and moves nothing; a cycle asked of the other member has the owner move it, explained; the next plan does not send it back within its cooldown', async () => {
+    const h1 = controllerOf('h1');
+    const h2 = controllerOf('h2');
+    await h1.updateSettings({ 'cluster.rebalance.window': '1m' });
+    await h1.publish();
+    await h2.publish();
+
+    const dry = await h2.run({ dryRun: true });
+    assert.equal(dry.dryRun, true);
+    assert.deepEqual(
+      dry.planned.map((m) => `${m.guest} ${m.from}->${m.to} ${m.how}`),
+      ['busy h1->h2 cold'],
+    );
+    assert.ok(
+      dry.notes.some((n) => n.includes('anchor: migration.downtime_budget is 0')),
+      dry.notes.join('\n'),
+    );
+    assert.deepEqual(moved, []);
+    assert.deepEqual(await h1.moves(), []);
+
+    // h2 plans; h1 owns the guest and carries the move out when it looks.
+    const cycle = h2.run({ dryRun: false });
+    while ((await records.rebalanceRequest.list(store)).items.length === 0)
+      await new Promise((r) => setTimeout(r, 20));
+    // While h2 holds the election key, h1 cannot run a cycle of its own.
+    await assert.rejects(h1.run({ dryRun: false }), (e) => isTrivisorError(e) && e.code === 'Conflict');
+    await h1.pass();
+    const result = await cycle;
+    assert.deepEqual(moved, ['busy->h2']);
+    assert.deepEqual(
+      result.moved.map((m) => `${m.guest} ${m.result}`),
+      ['busy moved'],
+    );
+    const listed = await h2.moves();
+    assert.equal(listed.length, 1);
+    assert.equal(listed[0]?.guest, 'busy');
+    assert.ok(listed[0]?.imbalanceAfter < listed[0]!.imbalanceBefore);
+    assert.match(listed[0]?.summary ?? '', /busy \(ct\) cold h1 → h2/);
+    assert.deepEqual(
+      events.map((e) => `${e.action} ${e.location}`),
+      ['cluster-move h1'],
+    );
+    assert.equal(await store.get(keys.rebalanceLeader), undefined, 'the election key goes with the cycle');
+
+    // Now h2 is the full one and h1 nearly empty (anchor deleted, other busy): moving busy back
+    // would balance as well as moving other, but busy is in its cooldown and left h1 last.
+    const anchor = await records.guest.at('anchor').get(store);
+    assert.ok(anchor);
+    await records.guest.at('anchor').put(store, { ...anchor.value, deleting: true });
+    for (let t = NOW - 60_000; t <= NOW; t += 10_000) {
+      history.record([{ series: guestSeries('other'), values: { cpu: 1 } }], t);
+    }
+    await h1.publish();
+    await h2.publish();
+    const again = await h1.run({ dryRun: true });
+    assert.deepEqual(
+      again.planned.map((m) => `${m.guest} ${m.from}->${m.to}`),
+      ['other h2->h1'],
+    );
+    assert.ok(again.notes.includes('1 guest(s) of h2 in their cooldown'), again.notes.join('\n'));
+  });
+
+  test('bad settings are refused in one line and change nothing; null unsets a key', async () => {
+    const h1 = controllerOf('h1');
+    await h1.updateSettings({ 'cluster.rebalance.threshold': '20' });
+    for (const [k, v] of [
+      ['cluster.rebalance.aggressiveness', '6'],
+      ['cluster.rebalance.interval', '1s'],
+      ['cluster.rebalance.threshold', '-1'],
+      ['cluster.rebalance.enabled', 'yes'],
+      ['cluster.rebalance.nope', '1'],
+    ] as const) {
+      await assert.rejects(
+        h1.updateSettings({ 'cluster.rebalance.cooldown': '2h', [k]: v }),
+        (e) => isTrivisorError(e) && e.code === 'InvalidArgument' && !e.message.includes('\n'),
+      );
+    }
+    assert.deepEqual(await h1.settings(), { 'cluster.rebalance.threshold': '20' });
+    assert.equal(rebalanceSettings(await h1.settings()).targetImbalance, 0.2);
+    await h1.updateSettings({ 'cluster.rebalance.threshold': null, 'cluster.rebalance.interval': '5' });
+    assert.deepEqual(await h1.settings(), { 'cluster.rebalance.interval': '5' });
+    assert.equal(rebalanceSettings(await h1.settings()).intervalMs, 300_000);
+  });
+
+  test('a periodic cycle runs once per interval, on one member, and not while disabled', async () => {
+    const h1 = controllerOf('h1');
+    const h2 = controllerOf('h2');
+    await h1.updateSettings({ 'cluster.rebalance.window': '1m', 'cluster.rebalance.enabled': 'false' });
+    await h1.pass();
+    await h2.pass();
+    assert.equal(await store.get(keys.rebalanceLast), undefined);
+    await h1.updateSettings({ 'cluster.rebalance.enabled': null, 'cluster.rebalance.interval': '1m' });
+    // h2 finds a cycle due (none ran yet), plans, and asks h1, the owner, for the move.
+    const periodic = h2.pass();
+    while ((await records.rebalanceRequest.list(store)).items.length === 0)
+      await new Promise((r) => setTimeout(r, 20));
+    await h1.pass();
+    await periodic;
+    assert.deepEqual(moved, ['busy->h2']);
+    assert.equal((await store.get(keys.rebalanceLast))?.value, new Date(NOW).toISOString());
+    // Not due again before the interval, on either member.
+    await h1.pass();
+    await h2.pass();
+    assert.equal((await h1.moves()).length, 1);
+  });
+});

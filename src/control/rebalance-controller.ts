@@ -1,0 +1,489 @@
+import type { ClusterMove, ClusterSettingsPatch, RebalanceResult } from '../api/cluster-schemas.ts';
+import type { ClusterState, GuestState, MemberState, MoveRecord } from '../autonomic/cluster-state.ts';
+import { planRebalance } from '../autonomic/rebalancer.ts';
+import { migrationDowntimeBudgetMs, type RebalanceSettings, rebalanceSettings } from '../core/config-keys.ts';
+import { asTrivisorError, conflict, isTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec } from '../core/types.ts';
+import type { Logger } from '../host/logger.ts';
+import type { GuestMover } from '../services/guest-move.ts';
+import type { HistoryPoints, MetricsHistory } from '../services/metrics-history.ts';
+import { guestSeries } from '../services/metrics-sampler.ts';
+import { succeeded } from '../services/operation-service.ts';
+import type { EventBus, OperationService } from '../services/types.ts';
+import type { KvStore } from '../store/kv.ts';
+import { type MemberLoad, type RebalanceRequest, records, valuesOf } from '../store/records.ts';
+
+/**
+ * The rebalancer in the cluster (issue 14 §2, decision 0053): the pure policy of decision 0051
+ * fed from what the members measure, its moves carried out by the guests' owners.
+ *
+ * - Every member publishes a compact window of its own guests' metric history into the store
+ *   (`MemberLoad`: the maximum of each step, per guest), so that whichever member plans reads
+ *   the whole cluster's load from the store alone.
+ * - A cycle runs on one member at a time: it holds the election key on a lease of its own daemon
+ *   for the cycle's length. Every `cluster.rebalance.interval` one member runs it (the first to
+ *   take the key, after checking the last cycle's time again); `cluster rebalance` runs one now.
+ * - Each planned move, one at a time, is asked of the guest's owner through a request record (or
+ *   made here, when this member owns the guest); the owner moves it with the mover (vm live, ct
+ *   and pvm cold) and records the outcome with its explanation, which `cluster moves` lists.
+ */
+export interface RebalanceControllerDeps {
+  store: KvStore;
+  hostName: string;
+  history: Pick<MetricsHistory, 'query'>;
+  mover: Pick<GuestMover, 'move'>;
+  operations: Pick<OperationService, 'wait'>;
+  /** The members as `cluster list` has them. */
+  members: () => Promise<RebalanceMember[]>;
+  events?: Pick<EventBus, 'publish'>;
+  log: Logger;
+  /** Wall clock, ms (default Date.now). */
+  now?: () => number;
+  /** How often it looks: publishes, carries out requests, checks whether a cycle is due (default 2 s). */
+  tickMs?: number;
+  /** The election lease's TTL (default 10 s). */
+  leaseTtlSeconds?: number;
+  /** Moves kept in the store (default 100). */
+  keep?: number;
+  /** Migration bandwidth between members, bytes/s (default 1 Gbit/s). */
+  bandwidthBytesPerSecond?: number;
+  /** How long a cycle waits for an owner to carry out one move (default 10 min). */
+  moveTimeoutMs?: number;
+}
+
+/** A member as the rebalancer reads it. */
+export interface RebalanceMember {
+  name: string;
+  status: string;
+  cpu: { cpus: number } | null;
+  memory: { totalBytes: number } | null;
+}
+
+/** What the API asks of the rebalancer. */
+export interface RebalanceService {
+  settings(): Promise<Record<string, string>>;
+  /** Validates every key first: a bad one changes nothing. */
+  updateSettings(patch: ClusterSettingsPatch['config']): Promise<Record<string, string>>;
+  /** The recorded moves, newest first. */
+  moves(): Promise<ClusterMove[]>;
+  /** One cycle now; `dryRun` plans only. */
+  run(options: { dryRun: boolean }): Promise<RebalanceResult>;
+}
+
+export interface RebalanceController extends RebalanceService {
+  start(): void;
+  stop(): Promise<void>;
+  /** One look (tests call it directly): publish, carry out requests, run a cycle when due. */
+  pass(): Promise<void>;
+  /** Publishes this member's load now. */
+  publish(): Promise<void>;
+}
+
+/** The history's step a window is read in: 10 s up to 15 minutes, else the 5-minute steps. */
+export const stepSecondsFor = (windowMs: number): number => (windowMs <= 15 * 60_000 ? 10 : 300);
+
+/** A member's window of its guests' load from its metric history (the maximum of each step). */
+export function memberLoadOf(options: {
+  history: Pick<MetricsHistory, 'query'>;
+  guests: ReadonlyArray<Pick<GuestSpec, 'name' | 'model'>>;
+  windowMs: number;
+  nowMs: number;
+}): MemberLoad {
+  const step = stepSecondsFor(options.windowMs);
+  const n = Math.max(1, Math.round(options.windowMs / 1000 / step));
+  const range = step === 10 ? 'hour' : 'day';
+  const out: MemberLoad = {
+    stepSeconds: step,
+    endAt: 0,
+    publishedAt: new Date(options.nowMs).toISOString(),
+    guests: {},
+  };
+  for (const g of options.guests) {
+    const p: HistoryPoints = options.history.query(guestSeries(g.name), range, options.nowMs);
+    out.endAt = p.times.at(-1) ?? Math.floor(options.nowMs / 1000 / step) * step;
+    const cpu = p.metrics.cpu.maximum.slice(-n);
+    const memoryBytes = p.metrics.memoryBytes.maximum.slice(-n);
+    // A guest that ran at no time in the window demands nothing: it is not published.
+    if (cpu.every((v) => v === null) && memoryBytes.every((v) => v === null)) continue;
+    out.guests[g.name] = { model: g.model, cpu, memoryBytes };
+  }
+  if (out.endAt === 0) out.endAt = Math.floor(options.nowMs / 1000 / step) * step;
+  return out;
+}
+
+/** What a cluster state is built from: everything read from the store, and the clock. */
+export interface StateInputs {
+  nowMs: number;
+  settings: RebalanceSettings;
+  members: readonly RebalanceMember[];
+  loads: ReadonlyMap<string, MemberLoad>;
+  specs: readonly GuestSpec[];
+  moves: readonly ClusterMove[];
+  bandwidthBytesPerSecond: number;
+}
+
+/**
+ * The policies' `ClusterState` from the members' published loads (pure). Members that are not
+ * Online, or whose load is missing or older than three steps, take no part (a member whose load
+ * is not known could be taken for an empty one); their reasons are in `notes`. A step in which a
+ * guest was not sampled counts as no demand (it was stopped). Each guest's last move comes from
+ * the moves recorded, for the cooldown and the no-return rule.
+ */
+export function buildClusterState(input: StateInputs): { state: ClusterState; notes: string[] } {
+  const notes: string[] = [];
+  const step = stepSecondsFor(input.settings.windowMs);
+  const n = Math.max(1, Math.round(input.settings.windowMs / 1000 / step));
+  const nowStep = Math.floor(input.nowMs / 1000 / step) * step;
+  const members: MemberState[] = [];
+  const usable = new Map<string, MemberLoad>();
+  for (const m of [...input.members].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    if (m.status !== 'Online') {
+      notes.push(`${m.name} is ${m.status}: it takes no part`);
+      continue;
+    }
+    const load = input.loads.get(m.name);
+    if (!load || load.stepSeconds !== step || load.endAt < nowStep - 3 * step) {
+      notes.push(`${m.name} has published no recent load: it takes no part`);
+      continue;
+    }
+    if (!m.cpu || !(m.cpu.cpus > 0)) {
+      notes.push(`${m.name} has not reported its CPUs: it takes no part`);
+      continue;
+    }
+    usable.set(m.name, load);
+    members.push({
+      id: m.name,
+      cpuCapacity: m.cpu.cpus,
+      ...(m.memory && m.memory.totalBytes > 0 && { memoryBytes: m.memory.totalBytes }),
+      power: 'on',
+      powerOffsMs: [],
+      bootDelayMs: 0,
+      bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
+    });
+  }
+  const lastMove = new Map<string, { atMs: number; from: string; to: string }>();
+  for (const mv of input.moves) {
+    if (mv.result !== 'moved') continue;
+    const before = lastMove.get(mv.guest);
+    if (!before || before.atMs < mv.atMs) lastMove.set(mv.guest, { atMs: mv.atMs, from: mv.from, to: mv.to });
+  }
+  // The window ends at the step every member has published: one that published a step later
+  // would otherwise show the others' current step as empty.
+  let end = nowStep;
+  for (const load of usable.values()) end = Math.min(end, load.endAt);
+  const specs = new Map(input.specs.map((s) => [s.name, s]));
+  const guests: GuestState[] = [];
+  for (const [member, load] of usable) {
+    for (const name of Object.keys(load.guests).sort()) {
+      const g = load.guests[name];
+      const spec = specs.get(name);
+      // Moved or deleted since the member published: the next publication tells.
+      if (!g || !spec || spec.location !== member || spec.deleting) continue;
+      const at = (series: Array<number | null>) => {
+        const out = new Array<number>(n);
+        for (let i = 0; i < n; i++) {
+          const t = end - (n - 1 - i) * step;
+          const j = series.length - 1 - (load.endAt - t) / step;
+          const v = Number.isInteger(j) && j >= 0 ? series[j] : undefined;
+          out[i] = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0;
+        }
+        return out;
+      };
+      let budget: number | undefined;
+      try {
+        budget = migrationDowntimeBudgetMs(spec.config['migration.downtime_budget']);
+      } catch {
+        budget = undefined;
+      }
+      const last = lastMove.get(name);
+      guests.push({
+        id: name,
+        model: spec.model,
+        member,
+        cpu: at(g.cpu),
+        memoryBytes: at(g.memoryBytes),
+        ...(budget !== undefined && { downtimeBudgetMs: budget }),
+        ...(last && { lastMove: last }),
+      });
+    }
+  }
+  return { state: { nowMs: input.nowMs, intervalMs: step * 1000, members, guests }, notes };
+}
+
+const moveId = (m: MoveRecord) => `${String(Math.round(m.atMs)).padStart(15, '0')}-${m.guest}`;
+
+export function createRebalanceController(deps: RebalanceControllerDeps): RebalanceController {
+  const { store, hostName } = deps;
+  const log = deps.log.child({ component: 'rebalance' });
+  const now = deps.now ?? Date.now;
+  const keep = deps.keep ?? 100;
+  const ttl = deps.leaseTtlSeconds ?? 10;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let stopped = false;
+  let cycling = false;
+  let lastPublishMs = 0;
+  const executing = new Set<string>();
+
+  const settingsNow = async () =>
+    rebalanceSettings((await records.clusterSettings.at().get(store))?.value ?? {});
+
+  async function publish(): Promise<void> {
+    const settings = await settingsNow();
+    const mine = valuesOf(await records.guest.list(store)).filter(
+      (s) => s.location === hostName && !s.deleting,
+    );
+    const load = memberLoadOf({
+      history: deps.history,
+      guests: mine,
+      windowMs: settings.windowMs,
+      nowMs: now(),
+    });
+    await records.memberLoad.at(hostName).put(store, load);
+    lastPublishMs = now();
+  }
+
+  /** Moves the guest (this member owns it) and records the outcome; never throws. */
+  async function execute(request: RebalanceRequest): Promise<ClusterMove> {
+    const m = request.move;
+    let error: string | undefined;
+    try {
+      const op = await deps.mover.move(m.guest, { target: m.to, live: m.how === 'live' });
+      await succeeded(deps.operations, op);
+    } catch (e) {
+      error = asTrivisorError(e).message;
+    }
+    const done: ClusterMove = {
+      ...m,
+      result: error === undefined ? 'moved' : 'failed',
+      ...(error !== undefined && { error }),
+      finishedAt: new Date(now()).toISOString(),
+    };
+    await store.txn({
+      compare: [],
+      success: [
+        records.clusterMove.at(moveId(m)).putOp(done),
+        { type: 'delete', key: records.rebalanceRequest.key(m.guest) },
+      ],
+    });
+    if (error === undefined) log.info({ guest: m.guest, to: m.to }, m.summary);
+    else log.warn({ guest: m.guest, to: m.to, err: error }, 'a rebalancing move failed');
+    deps.events?.publish({
+      type: 'lifecycle',
+      action: error === undefined ? 'cluster-move' : 'cluster-move-failed',
+      source: `/1.0/guests/${m.guest}`,
+      location: hostName,
+      metadata: { ...done },
+    });
+    // The oldest beyond the last `keep` go.
+    const all = await store.list(records.clusterMove.prefix);
+    for (const kv of all.kvs.slice(0, Math.max(0, all.kvs.length - keep))) await store.delete(kv.key);
+    return done;
+  }
+
+  /** Requests for guests this member owns, carried out one at a time. */
+  async function carryOut(): Promise<void> {
+    const requests = await records.rebalanceRequest.list(store);
+    for (const { key, value } of requests.items) {
+      if (stopped) return;
+      const name = records.rebalanceRequest.nameOf(key);
+      if (executing.has(name)) continue;
+      const spec = await records.guest.at(name).get(store);
+      if (spec?.value.location !== hostName) {
+        // Gone, or its owner is not the one planned: the request is void.
+        if (!spec || spec.value.location !== value.move.from) await store.delete(key);
+        continue;
+      }
+      executing.add(name);
+      try {
+        await execute(value);
+      } finally {
+        executing.delete(name);
+      }
+    }
+  }
+
+  // The election: the key on a lease of this daemon's own, held for the cycle's length.
+  let lease: number | undefined;
+  async function elect(): Promise<string | undefined> {
+    lease ??= (await store.grantLease(ttl)).id;
+    const r = await store.txn({
+      compare: [{ key: keys.rebalanceLeader, target: 'createRevision', op: '=', value: 0 }],
+      success: [{ type: 'put', key: keys.rebalanceLeader, value: hostName, lease }],
+    });
+    if (r.succeeded) return undefined;
+    const holder = (await store.get(keys.rebalanceLeader))?.value;
+    return holder === hostName ? undefined : (holder ?? 'another member');
+  }
+  async function keepElected(): Promise<void> {
+    if (lease !== undefined) await store.keepAlive(lease);
+  }
+  async function resign(): Promise<void> {
+    const held = lease;
+    lease = undefined;
+    if (held !== undefined) await store.revokeLease(held).catch(() => {});
+  }
+
+  /** Asks the owner to move the guest and waits for the outcome. */
+  async function carry(m: MoveRecord): Promise<ClusterMove> {
+    const request: RebalanceRequest = { move: m, requestedBy: hostName, at: new Date(now()).toISOString() };
+    if (m.from === hostName) return execute(request);
+    const ref = records.rebalanceRequest.at(m.guest);
+    const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(request)] });
+    if (!r.succeeded) throw conflict(`A move of ${m.guest} is already asked for`);
+    const deadline = now() + (deps.moveTimeoutMs ?? 10 * 60_000);
+    while (now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await keepElected();
+      if (await ref.get(store)) continue;
+      const done = await records.clusterMove.at(moveId(m)).get(store);
+      if (done) return done.value;
+      return {
+        ...m,
+        result: 'failed',
+        error: 'The request was dropped by its owner',
+        finishedAt: new Date(now()).toISOString(),
+      };
+    }
+    await store.delete(ref.key);
+    return {
+      ...m,
+      result: 'failed',
+      error: `${m.from} did not carry the move out in time`,
+      finishedAt: new Date(now()).toISOString(),
+    };
+  }
+
+  async function plan(settings: RebalanceSettings) {
+    const [members, loads, specs, moves] = await Promise.all([
+      deps.members(),
+      records.memberLoad.list(store),
+      records.guest.list(store),
+      records.clusterMove.list(store),
+    ]);
+    const { state, notes } = buildClusterState({
+      nowMs: now(),
+      settings,
+      members,
+      loads: new Map(loads.items.map((l) => [records.memberLoad.nameOf(l.key), l.value])),
+      specs: valuesOf(specs),
+      moves: valuesOf(moves),
+      bandwidthBytesPerSecond: deps.bandwidthBytesPerSecond ?? 125_000_000,
+    });
+    const p = planRebalance(state, {
+      intervalMs: settings.intervalMs,
+      windowMs: settings.windowMs,
+      percentile: settings.percentile,
+      targetImbalance: settings.targetImbalance,
+      aggressiveness: settings.aggressiveness,
+      cooldownMs: settings.cooldownMs,
+    });
+    return { ...p, notes: [...notes, ...p.notes] };
+  }
+
+  /** A cycle under the election key; `periodic` cycles run only when one is due. */
+  async function cycle(options: {
+    dryRun: boolean;
+    periodic: boolean;
+  }): Promise<RebalanceResult | undefined> {
+    const settings = await settingsNow();
+    if (options.dryRun) {
+      const p = await plan(settings);
+      return { dryRun: true, ...resultOf(p), moved: [] };
+    }
+    if (cycling) throw conflict(`A rebalancing cycle is running on ${hostName}: try again when it ends`);
+    cycling = true;
+    try {
+      const holder = await elect();
+      if (holder !== undefined) {
+        if (options.periodic) return undefined;
+        throw conflict(`A rebalancing cycle is running on ${holder}: try again when it ends`);
+      }
+      if (options.periodic && !(await due(settings))) return undefined;
+      await store.put(keys.rebalanceLast, new Date(now()).toISOString());
+      const p = await plan(settings);
+      const moved: ClusterMove[] = [];
+      for (const m of p.moves) {
+        if (stopped) break;
+        const done = await carry(m);
+        moved.push(done);
+        // The rest of the plan assumed this move: it waits for the next cycle.
+        if (done.result !== 'moved') break;
+      }
+      return { dryRun: false, ...resultOf(p), moved };
+    } finally {
+      cycling = false;
+      await resign();
+    }
+  }
+
+  const resultOf = (p: Awaited<ReturnType<typeof plan>>) => ({
+    imbalanceBefore: p.imbalanceBefore,
+    imbalanceAfter: p.imbalanceAfter,
+    planned: p.moves,
+    notes: p.notes,
+  });
+
+  async function due(settings: RebalanceSettings): Promise<boolean> {
+    if (!settings.enabled) return false;
+    const members = await deps.members();
+    if (members.length < 2) return false;
+    const last = Date.parse((await store.get(keys.rebalanceLast))?.value ?? '');
+    return !(now() - last < settings.intervalMs);
+  }
+
+  async function pass(): Promise<void> {
+    const settings = await settingsNow().catch(() => undefined);
+    const publishEvery = Math.min(60_000, stepSecondsFor(settings?.windowMs ?? 3_600_000) * 1000);
+    if (now() - lastPublishMs >= publishEvery) await publish();
+    await carryOut();
+    if (settings && !cycling && (await due(settings))) await cycle({ dryRun: false, periodic: true });
+  }
+
+  const tick = () => {
+    if (stopped) return;
+    running = pass()
+      .catch((e: unknown) => {
+        if (!(isTrivisorError(e) && e.code === 'Conflict')) {
+          log.warn({ err: asTrivisorError(e).message }, 'rebalance pass failed');
+        }
+      })
+      .finally(() => {
+        running = undefined;
+        if (!stopped) timer = setTimeout(tick, deps.tickMs ?? 2000);
+        timer?.unref();
+      });
+  };
+
+  return {
+    start: tick,
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+      await resign();
+    },
+    pass,
+    publish,
+    settings: async () => (await records.clusterSettings.at().get(store))?.value ?? {},
+    async updateSettings(patch) {
+      const ref = records.clusterSettings.at();
+      const before = await ref.get(store);
+      const next = { ...(before?.value ?? {}) };
+      for (const [k, v] of Object.entries(patch)) {
+        if (v === null) delete next[k];
+        else next[k] = v;
+      }
+      rebalanceSettings(next);
+      await ref.put(store, next, { ifModRevision: before?.modRevision ?? 0 });
+      return next;
+    },
+    async moves() {
+      return valuesOf(await records.clusterMove.list(store)).reverse();
+    },
+    async run({ dryRun }) {
+      return (await cycle({ dryRun, periodic: false })) as RebalanceResult;
+    },
+  };
+}
