@@ -4,7 +4,7 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
-import { etcdClientOptions, openDaemonStore } from './cluster/daemon-store.ts';
+import { openDaemonStore } from './cluster/daemon-store.ts';
 import { createMoveTransport } from './cluster/guest-transfer.ts';
 import { createImageFetcher } from './cluster/image-fetch.ts';
 import { buildMemberApi } from './cluster/member-api.ts';
@@ -84,7 +84,6 @@ import { createVolumeResolver, createVolumeService, poolPathOf } from './service
 import { createPoolDrivers } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteAuditStore } from './store/audit-store.ts';
-import { openEtcdStore } from './store/etcd-store.ts';
 import { records, valuesOf } from './store/records.ts';
 
 export interface DaemonOptions {
@@ -645,23 +644,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       evacuated: m.status === 'Evacuated',
     }));
   if (membership) services.haSummary = (members) => haSummary(store, haMembers(members));
-  // The CRM talks to this member's own etcd when it runs one: cut off, it gets no answer and
-  // decides nothing; otherwise it is answered at once, never stalled on a lost member's endpoint.
-  const crmStore =
-    membership && opened.etcdMember
-      ? await openEtcdStore({
-          ...etcdClientOptions(stateDir, membership),
-          endpoints: [opened.etcdMember.clientUrl],
-          onError: (e) => log.error({ err: String(e) }, 'etcd store callback failed (HA)'),
-        })
-      : store;
   const crm =
     membership &&
     startCrmLoop({
-      store: crmStore,
+      store,
       stateDir,
       member: membership.name,
-      members: () => readHaMembers(crmStore),
+      members: () => readHaMembers(store),
       log,
     });
   // Scheduled snapshots and their expiry (decision 0043), for this member's own guests.
@@ -710,7 +699,6 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   await evacuations?.stop();
   await rebalancer?.stop();
   await crm?.stop();
-  if (crmStore !== store) await crmStore.close();
   haAgent?.stop();
   permitWatch?.close();
   snapshotScheduler.stop();

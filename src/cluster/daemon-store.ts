@@ -107,7 +107,12 @@ export async function openDaemonStore(
 
 /**
  * Where a member's etcd clients connect, and with what credentials: the daemon's and the HA
- * agent's (decision 0052). Its own etcd member first: it answers while the others may be down.
+ * agent's (decision 0052). A member that runs an etcd member talks to it alone: any member serves
+ * any request, and a client given every member's endpoint sends its calls to each in turn, so
+ * that with one member lost every member's calls waited out that member's deadline (5 s) now and
+ * then (seen under a partition: leases missed, decisions 40 s late). Its own etcd cut off from
+ * the others answers nothing, which is right for a member in the minority. A member that runs
+ * none uses the voters' list.
  */
 export function etcdClientOptions(
   stateDir: string,
@@ -115,7 +120,7 @@ export function etcdClientOptions(
   ownClientUrl?: string,
 ): { endpoints: string[]; tls?: { caFile: string; certFile?: string; keyFile?: string } } {
   const paths = clusterPaths(stateDir);
-  const endpoints = [...new Set([...(ownClientUrl ? [ownClientUrl] : []), ...membership.endpoints])];
+  const endpoints = ownClientUrl ? [ownClientUrl] : membership.endpoints;
   // An existing etcd's own credentials, none for a plain-HTTP one, else the member's certificate.
   const tls =
     membership.externalEtcdTls ??

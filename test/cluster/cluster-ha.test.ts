@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -7,7 +6,8 @@ import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { runningGuests } from '../../src/host/guest-processes.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { eventually } from '../system/harness.ts';
-import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { bootsOf, killMember, logsOf, overlaps, partitionOnce, writerConfig } from './ha-scenarios.ts';
 
 /*
  * Issue 13 §4 on real members (decision 0052): HA guests of all three models on a shared pool.
@@ -37,27 +37,6 @@ after(async () => {
   }
 });
 
-/** Kills every process of the member whose state dir is `stateDir`: those in its cgroups, and those that name the dir. */
-function killProcessesOf(stateDir: string): number {
-  const parent = cgroupParentOf(stateDir);
-  let killed = 0;
-  for (const entry of readdirSync('/proc')) {
-    const pid = Number(entry);
-    if (!Number.isInteger(pid) || pid === process.pid) continue;
-    try {
-      const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cgroups.includes(`:${parent}/`) || cgroups.includes(`:${parent}\n`) || cmdline.includes(stateDir)) {
-        process.kill(pid, 'SIGKILL');
-        killed++;
-      }
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return killed;
-}
-
 const guests = [
   ['ha-ct', ['-c', 'ha.priority=30']],
   ['ha-pvm', ['--model', 'pvm', '-c', 'limits.memory=64MiB', '-c', 'ha.priority=20']],
@@ -78,9 +57,41 @@ describe('HA guests on a shared pool', () => {
     m1.daemon.ok(['storage', 'create', 'hapool', 'dir', `source=${sharedDir}`, 'shared=true']);
   });
 
+  test('partitions: the member running an HA writer is cut off twice; it runs elsewhere each time, and its log on the shared pool shows no two writers at once', async () => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    m1.daemon.ok([
+      'launch',
+      'busybox',
+      'ha-log',
+      '--target',
+      'm1',
+      '--storage',
+      'hapool',
+      '-c',
+      'ha.enabled=true',
+      ...writerConfig(),
+    ]);
+    const runs = [];
+    for (let i = 0; i < 2; i++) runs.push(await partitionOnce(cluster, 'ha-log'));
+    console.log(`partition runs: ${JSON.stringify(runs)}`);
+    for (const r of runs)
+      assert.ok(
+        r.ms <= 30_000,
+        `ran elsewhere ${r.ms} ms after ${r.from} was cut off\n${logsOf(cluster.hosts)}`,
+      );
+    const log = m1.daemon.ok(['exec', 'ha-log', '--', 'cat', '/root/ha.log']);
+    assert.deepEqual(overlaps(log), [], 'two boots of ha-log wrote at the same time');
+    // One boot per member it ran on: the first, and one after each partition.
+    assert.equal(bootsOf(log).length, runs.length + 1);
+    m1.daemon.ok(['delete', '--force', 'ha-log']);
+  });
+
   test("m3's HA guests of every model keep running when m3's daemon is killed -9; they run on m1 or m2 within 30 s when m3 is destroyed", async () => {
     const [m1, m2, m3] = cluster.hosts;
     assert.ok(m1 && m2 && m3);
+    // After the partitions, every member Online again (its daemon's lease too, not only its agent's).
+    for (const h of cluster.hosts) await waitForStatus(m1.daemon, h.name, 'Online', 60_000);
     for (const [name, args] of guests) {
       m1.daemon.ok([
         'launch',
@@ -114,7 +125,7 @@ describe('HA guests on a shared pool', () => {
 
     // The whole member dies: daemon, agent, etcd and guests.
     const killedAt = Date.now();
-    assert.ok(killProcessesOf(m3.daemon.stateDir) > 0);
+    assert.ok(killMember(m3.daemon.stateDir) > 0);
     const runningElsewhere = new Map<string, number>();
     await eventually(
       "m3's HA guests running on m1 or m2",

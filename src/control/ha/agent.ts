@@ -1,3 +1,4 @@
+import { availableParallelism, totalmem } from 'node:os';
 import { isTrivisorError } from '../../core/errors.ts';
 import type { Logger } from '../../host/logger.ts';
 import type { KvStore } from '../../store/kv.ts';
@@ -6,7 +7,7 @@ import { createInformer } from '../informer.ts';
 import { dropPermit, writeAgentState, writePermit } from './ha-files.ts';
 import { type HaWorld, isHaGuest, readHaWorld, txnOf } from './ha-store.ts';
 import { createLrm, type LeaseAnswer, type LrmAction } from './lrm.ts';
-import { DEFAULT_TIMINGS, type HaTimings, haKeys } from './types.ts';
+import { DEFAULT_TIMINGS, type HaTimings, type HeartbeatValue, haKeys } from './types.ts';
 
 /**
  * The HA agent's loop (decision 0052): decision 0044's LRM on the real store, in a process of
@@ -137,7 +138,11 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
             {
               type: 'put',
               key: haKeys.heartbeat(member),
-              value: JSON.stringify({ member }),
+              value: JSON.stringify({
+                member,
+                memoryTotalBytes: totalmem(),
+                cpus: availableParallelism(),
+              } satisfies HeartbeatValue),
               lease: granted.id,
             },
           ],

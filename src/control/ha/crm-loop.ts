@@ -5,7 +5,8 @@ import type { KvStore } from '../../store/kv.ts';
 import { records, type Stored, valuesOf } from '../../store/records.ts';
 import { createInformer } from '../informer.ts';
 import { createPlacementIndex } from '../placement.ts';
-import { type CrmView, createCrm } from './crm.ts';
+import { admission } from './admission.ts';
+import { type CrmView, createCrm, type Placer } from './crm.ts';
 import { liveAgentToken, readAgentState } from './ha-files.ts';
 import { handOverOf, isHaGuest, readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
 import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings } from './types.ts';
@@ -41,7 +42,9 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
   const { store, log } = deps;
   const timings = deps.timings ?? DEFAULT_TIMINGS;
   const clock = deps.clock ?? (() => performance.now());
-  const crm = createCrm(deps.member, timings, (c) => createPlacementIndex(c));
+  const placer: Placer = (c) => createPlacementIndex(c);
+  const crm = createCrm(deps.member, timings, placer);
+  let lastAdmission: string | undefined;
   let lease: number | undefined;
   let stopped = false;
   // The specs of HA guests, watched: the bookkeeping finds a guest made HA without listing every spec.
@@ -123,6 +126,22 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
       // The HA guests without a record yet come from the watched specs; those recorded were just read.
       const specs = new Map([...haSpecs, ...world.specs]);
       for (const txn of recordUpkeep({ ...world, specs }, world.lock)) await store.txn(txn);
+      // Admission control (issue 13 §4): told when the answer changes, as a warning (a `logging`
+      // event); `cluster list` shows the standing answer.
+      const alive = new Map(world.heartbeats.map((h) => [h.value.member, h.createRevision]));
+      const verdict = admission(
+        view.members,
+        alive,
+        view.guests.map((g) => g.value),
+        placer,
+      );
+      const said = verdict.ok ? 'ok' : verdict.reason;
+      if (said !== lastAdmission) {
+        if (!verdict.ok) note(`admission: ${verdict.reason}`);
+        else if (lastAdmission !== undefined)
+          note("admission: every member's HA guests can be restarted elsewhere again");
+        lastAdmission = said;
+      }
     }
   };
 

@@ -44,7 +44,11 @@ const HaGuestRecordSchema = Type.Object({
   error: Type.Optional(Type.String()),
 });
 const checkHaGuest = TypeCompiler.Compile(HaGuestRecordSchema);
-const HeartbeatSchema = Type.Object({ member: Type.String() });
+const HeartbeatSchema = Type.Object({
+  member: Type.String(),
+  memoryTotalBytes: Type.Optional(Type.Number()),
+  cpus: Type.Optional(Type.Number()),
+});
 const checkHeartbeat = TypeCompiler.Compile(HeartbeatSchema);
 const CrmLockSchema = Type.Object({ member: Type.String(), token: Type.Number() });
 const checkCrmLock = TypeCompiler.Compile(CrmLockSchema);
@@ -153,27 +157,30 @@ export async function readHaWorld(store: KvStore): Promise<HaWorld> {
 }
 
 /**
- * The members as the CRM places on them: memory and CPUs from each one's heartbeat (none while its
- * daemon is down: it could not start a guest then), evacuated from its record. Two prefixes, one
- * read: the CRM asks every second, so this does not count every member's guests as `cluster list`
- * does.
+ * The members as the CRM places on them: memory and CPUs from each one's HA heartbeat (its agent
+ * writes them with it), evacuated from its record. Two prefixes, one read: the CRM asks every
+ * second, so this does not count every member's guests as `cluster list` does. A member without
+ * an HA heartbeat is lost to HA anyway (nothing is placed on it).
  */
 export async function readHaMembers(store: KvStore): Promise<HaMemberRecord[]> {
   const r = await readTogether(store, [
     { key: records.member.prefix, prefix: true },
-    { key: records.memberHeartbeat.prefix, prefix: true },
+    { key: haKeys.heartbeatPrefix, prefix: true },
   ]);
   const [memberKvs = [], beatKvs = []] = r.kvs;
   const beats = new Map(
-    beatKvs.map((kv) => [records.memberHeartbeat.nameOf(kv.key), records.memberHeartbeat.decode(kv)]),
+    beatKvs.map((kv) => {
+      const b = decode<HeartbeatValue>(kv, checkHeartbeat, 'HA heartbeat').value;
+      return [b.member, b];
+    }),
   );
   return memberKvs.map((kv) => {
     const m = records.member.decode(kv);
-    const usage = beats.get(m.name)?.usage;
+    const beat = beats.get(m.name);
     return {
       name: m.name,
-      memoryTotalBytes: usage?.memoryTotalBytes ?? 0,
-      cpus: usage?.cpus ?? 0,
+      memoryTotalBytes: beat?.memoryTotalBytes ?? 0,
+      cpus: beat?.cpus ?? 0,
       evacuated: m.evacuated,
     };
   });

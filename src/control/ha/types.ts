@@ -78,6 +78,9 @@ export interface HaMemberRecord {
 /** What a member's heartbeat key holds. */
 export interface HeartbeatValue {
   member: string;
+  /** The member's capacity, as its agent found it (what the CRM places HA guests by). */
+  memoryTotalBytes?: number;
+  cpus?: number;
 }
 
 /** What the CRM's election key holds. */
