@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { eventually } from '../system/harness.ts';
 import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
+import { killMember } from './ha-scenarios.ts';
 
 /*
  * Issue 13 part 5 (decision 0046): a member's guests of all three models, backed up on schedule
@@ -29,27 +29,6 @@ after(async () => {
     assert.deepEqual(report.left.map(describeThing), []);
   }
 });
-
-/** Kills every process of the member whose state dir is `stateDir`: those in its cgroups, and those that name the dir. */
-function killProcessesOf(stateDir: string): number {
-  const parent = cgroupParentOf(stateDir);
-  let killed = 0;
-  for (const entry of readdirSync('/proc')) {
-    const pid = Number(entry);
-    if (!Number.isInteger(pid) || pid === process.pid) continue;
-    try {
-      const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cgroups.includes(`:${parent}/`) || cgroups.includes(`:${parent}\n`) || cmdline.includes(stateDir)) {
-        process.kill(pid, 'SIGKILL');
-        killed++;
-      }
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return killed;
-}
 
 const guests = [
   ['rc-ct', []],
@@ -87,7 +66,7 @@ describe('recovery of a lost member from its shipped backups', () => {
 
     // m3 is destroyed: its daemon, its etcd and every process of its guests.
     await m3.daemon.kill9();
-    assert.ok(killProcessesOf(m3.daemon.stateDir) >= 3, "m3's guests' processes were found and killed");
+    assert.ok(killMember(m3.daemon.stateDir) >= 3, "m3's guests' processes were found and killed");
     await waitForStatus(m2.daemon, 'm3', 'Offline');
 
     const recovered = m2.daemon.cli(['admin', 'recover', '--from-backups', backupDir], {

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import { aGuestSpec } from '../../../test/fakes/guest-records.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { createLogger, silentLogger } from '../../host/logger.ts';
 import type { KvStore } from '../../store/kv.ts';
@@ -55,24 +56,8 @@ function cuttable(store: KvStore, cut: { on: boolean }): KvStore {
   });
 }
 
-function spec(name: string, location: string): GuestSpec {
-  return {
-    name,
-    project: 'default',
-    model: 'ct',
-    image: 'f',
-    imageAlias: 'busybox',
-    config: { 'ha.enabled': 'true', 'limits.memory': '64MiB' },
-    desired: 'Running',
-    generation: 1,
-    restartRequest: 0,
-    stopTimeoutMs: 1000,
-    stopForce: false,
-    deleting: false,
-    location,
-    createdAt: new Date().toISOString(),
-  };
-}
+const spec = (name: string, location: string): GuestSpec =>
+  aGuestSpec({ name, location, config: { 'ha.enabled': 'true', 'limits.memory': '64MiB' } });
 
 interface Member {
   name: string;

@@ -1,33 +1,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { aGuestSpec } from '../../../test/fakes/guest-records.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { createMemoryStore } from '../../store/memory-store.ts';
 import { records } from '../../store/records.ts';
 import { handOverOf, readHaWorld, recordUpkeep, storedPart, txnOf } from './ha-store.ts';
 import { haKeys } from './types.ts';
 
-function spec(
+const spec = (
   name: string,
   location: string,
   config: Record<string, string> = { 'ha.enabled': 'true' },
-): GuestSpec {
-  return {
-    name,
-    project: 'default',
-    model: 'ct',
-    image: 'f',
-    imageAlias: 'busybox',
-    config,
-    desired: 'Running',
-    generation: 3,
-    restartRequest: 0,
-    stopTimeoutMs: 1000,
-    stopForce: false,
-    deleting: false,
-    location,
-    createdAt: new Date().toISOString(),
-  };
-}
+): GuestSpec => aGuestSpec({ name, location, config, generation: 3 });
 
 test('the bookkeeping records an HA guest under its member token, drops the record of a guest no longer HA or gone, and follows a move', async () => {
   const store = createMemoryStore();

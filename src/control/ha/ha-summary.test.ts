@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { aGuestSpec } from '../../../test/fakes/guest-records.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { createMemoryStore } from '../../store/memory-store.ts';
 import { records } from '../../store/records.ts';
@@ -8,24 +9,8 @@ import { haKeys } from './types.ts';
 
 const GiB = 2 ** 30;
 
-function spec(name: string, location: string, memory: string): GuestSpec {
-  return {
-    name,
-    project: 'default',
-    model: 'ct',
-    image: 'f',
-    imageAlias: 'busybox',
-    config: { 'ha.enabled': 'true', 'limits.memory': memory },
-    desired: 'Running',
-    generation: 1,
-    restartRequest: 0,
-    stopTimeoutMs: 1000,
-    stopForce: false,
-    deleting: false,
-    location,
-    createdAt: new Date().toISOString(),
-  };
-}
+const spec = (name: string, location: string, memory: string): GuestSpec =>
+  aGuestSpec({ name, location, config: { 'ha.enabled': 'true', 'limits.memory': memory } });
 
 test("cluster list's HA: live leases, HA guests per member, and admission control's warning on the member whose loss could not be absorbed", async () => {
   const store = createMemoryStore();
