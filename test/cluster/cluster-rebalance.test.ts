@@ -9,7 +9,8 @@ import { formCluster, makeTestCluster, type TestCluster } from './cluster-harnes
  * twin with the same configuration, and a busy one that may not be cold-moved
  * (migration.downtime_budget=0) on m1; m2 holds nothing. The rebalancer, its window shortened
  * to a minute through the keys, plans the busy one and moves it to m2, explained in
- * `cluster moves`; a cycle run at once after moves nothing back. The machine's two CPUs are
+ * `cluster moves`; a cycle run at once after moves nothing back, and once m2 is the full one the
+ * moved guest, in its cooldown, stays while another goes. The machine's two CPUs are
  * shared with other tests: the assertions are about which guest moves, not about its figures.
  */
 
@@ -147,20 +148,57 @@ describe('the rebalancer on two members', () => {
   test('a cycle run at once after the move moves nothing back', () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
-    // Off again, so that this cycle is the only one; the busy guest runs its loop on m2 now.
+    // Off again, so that the cycles from here on are the ones this test asks for.
     m1.daemon.ok(['cluster', 'set', 'cluster.rebalance.enabled=false']);
-    m2.daemon.ok(['exec', 'busy', '--', 'sh', '-c', LOOP]);
     const r = m1.daemon.cli(['cluster', 'rebalance', '--format', 'json'], { timeoutMs: 300_000 });
     assert.equal(r.code, 0, r.stderr);
     const result = JSON.parse(r.stdout) as RebalanceResult;
     assert.equal(result.dryRun, false);
+    assert.deepEqual(result.moved, [], JSON.stringify(result, null, 2));
+    assert.equal(whereIs(m1.daemon, 'busy'), 'm2');
+  });
+
+  test('within its cooldown the moved guest is not sent back: with m2 full and m1 idle, another guest of m2 goes', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    // m1 empties (anchor stopped: no demand), m2 fills: busy loops again and busy2 loops beside it.
+    m1.daemon.ok(['stop', '--force', 'anchor']);
+    m2.daemon.ok(['exec', 'busy', '--', 'sh', '-c', LOOP]);
+    m2.daemon.ok(['launch', 'busybox', 'busy2', '--target', 'm2', '-c', 'limits.cpu=1']);
+    m2.daemon.ok(['exec', 'busy2', '--', 'sh', '-c', LOOP]);
+    let plan: RebalanceResult | undefined;
+    await eventually(
+      'a plan that moves busy2 (the window sees m2 full)',
+      () => {
+        plan = JSON.parse(
+          m1.daemon.ok(['cluster', 'rebalance', '--dry-run', '--format', 'json']),
+        ) as RebalanceResult;
+        return plan.planned.some((m) => m.guest === 'busy2');
+      },
+      150_000,
+    );
+    assert.ok(plan);
+    assert.ok(
+      plan.planned.every((m) => m.guest !== 'busy'),
+      JSON.stringify(plan.planned, null, 2),
+    );
+    assert.ok(plan.notes.includes('1 guest(s) of m2 in their cooldown'), plan.notes.join('\n'));
+
+    const r = m2.daemon.cli(['cluster', 'rebalance', '--format', 'json'], { timeoutMs: 300_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const result = JSON.parse(r.stdout) as RebalanceResult;
     assert.ok(
       result.moved.every((m) => m.guest !== 'busy'),
       JSON.stringify(result.moved, null, 2),
     );
-    assert.equal(whereIs(m1.daemon, 'busy'), 'm2');
+    assert.ok(
+      result.moved.some((m) => m.guest === 'busy2' && m.result === 'moved' && m.to === 'm1'),
+      JSON.stringify(result, null, 2),
+    );
+    assert.equal(whereIs(m1.daemon, 'busy2'), 'm1');
+    assert.equal(whereIs(m1.daemon, 'busy'), 'm2', 'busy stays where it went');
     const moves = JSON.parse(m1.daemon.ok(['cluster', 'moves', '--format', 'json'])) as ClusterMove[];
-    assert.equal(moves.filter((m) => m.guest === 'busy').length, 1);
-    m1.daemon.ok(['delete', '--force', 'busy', 'idle', 'anchor']);
+    assert.equal(moves.filter((m) => m.guest === 'busy').length, 1, JSON.stringify(moves, null, 2));
+    m1.daemon.ok(['delete', '--force', 'busy', 'busy2', 'idle', 'anchor']);
   });
 });
