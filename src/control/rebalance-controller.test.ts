@@ -150,12 +150,13 @@ describe('rebalance controller', () => {
   let moved: string[];
   let events: TrivisorEvent[];
   const controllers: Array<ReturnType<typeof createRebalanceController>> = [];
-  const controllerOf = (hostName: string) => {
+  const controllerOf = (hostName: string, keep?: number) => {
     const bus = createEventBus();
     bus.subscribe((e) => events.push(e));
     const c = createRebalanceController({
       store,
       hostName,
+      ...(keep !== undefined && { keep }),
       // Each member has its own history; here one holds every guest's, read by whoever owns it.
       history,
       operations,
@@ -283,6 +284,34 @@ describe('rebalance controller', () => {
       ['other h2->h1'],
     );
     assert.ok(again.notes.includes('1 guest(s) of h2 in their cooldown'), again.notes.join('\n'));
+  });
+
+  test('a vm moves live, made by the planner when it owns the guest; only the newest moves are kept', async () => {
+    const busy = await records.guest.at('busy').get(store);
+    assert.ok(busy);
+    await records.guest.at('busy').put(store, { ...busy.value, model: 'vm' });
+    for (const at of [NOW - 3_000_000, NOW - 2_000_000]) {
+      const old = aMove('gone', 'h2', 'h1', at);
+      await records.clusterMove
+        .at(`${String(at).padStart(15, '0')}-gone`)
+        .put(store, { ...old, result: 'moved', finishedAt: new Date(at).toISOString() });
+    }
+    const h1 = controllerOf('h1', 2);
+    const h2 = controllerOf('h2');
+    await h1.updateSettings({ 'cluster.rebalance.window': '1m' });
+    await h1.publish();
+    await h2.publish();
+    const r = await h1.run({ dryRun: false });
+    assert.deepEqual(
+      r.moved.map((m) => `${m.guest} ${m.how} ${m.result}`),
+      ['busy live moved'],
+    );
+    assert.deepEqual(moved, ['busy->h2 live']);
+    assert.equal((await records.rebalanceRequest.list(store)).items.length, 0, 'no request: made here');
+    assert.deepEqual(
+      (await h1.moves()).map((m) => `${m.guest} ${m.atMs}`),
+      [`busy ${NOW}`, `gone ${NOW - 2_000_000}`],
+    );
   });
 
   test('bad settings are refused in one line and change nothing; null unsets a key', async () => {
