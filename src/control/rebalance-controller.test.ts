@@ -9,7 +9,7 @@ import type { GuestSpec, TrivisorEvent } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { type MetricsHistory, openMetricsHistory } from '../services/metrics-history.ts';
-import { guestSeries } from '../services/metrics-sampler.ts';
+import { guestSeries, hostSeries } from '../services/metrics-sampler.ts';
 import { createOperationService } from '../services/operation-service.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
@@ -44,15 +44,16 @@ describe('buildClusterState', () => {
     guests,
   });
 
-  test('members that are not Online or published no recent load take no part, with the reason', () => {
+  test('members that are not Online, published no recent load or measured less than half the window take no part, with the reason', () => {
     const { state, notes } = buildClusterState({
       nowMs: NOW,
       settings,
-      members: [member('a'), member('b', 'Offline'), member('c'), member('d')],
+      members: [member('a'), member('b', 'Offline'), member('c'), member('d'), member('e')],
       loads: new Map([
         ['a', load({})],
         ['b', load({})],
         ['d', load({}, endAt - 120)],
+        ['e', { ...load({}), measuredSteps: 2 }],
       ]),
       specs: [],
       moves: [],
@@ -66,6 +67,7 @@ describe('buildClusterState', () => {
       'b is Offline: it takes no part',
       'c has published no recent load: it takes no part',
       'd has published no recent load: it takes no part',
+      "e has measured 2 of the window's 6 steps, fewer than half: it takes no part yet",
     ]);
   });
 
@@ -205,6 +207,9 @@ describe('rebalance controller', () => {
           { series: guestSeries('idle'), values: { cpu: 0.001, memoryBytes: 64 * 2 ** 20 } },
           { series: guestSeries('anchor'), values: { cpu: 1, memoryBytes: 64 * 2 ** 20 } },
           { series: guestSeries('other'), values: { cpu: 0.001, memoryBytes: 2 ** 20 } },
+          // The members' own series: they have measured the whole window.
+          { series: hostSeries('h1'), values: { memoryBytes: GiB } },
+          { series: hostSeries('h2'), values: { memoryBytes: GiB } },
         ],
         clock,
       );
@@ -217,11 +222,20 @@ describe('rebalance controller', () => {
     await store.close();
   });
 
-  test('memberLoadOf publishes the maximum of each step of the guests it is given, over the window', () => {
-    const load = memberLoadOf({ history, guests: [spec('busy', 'h1')], windowMs: 60_000, nowMs: NOW });
+  test('memberLoadOf publishes the maximum of each step of the guests it is given over the window, and how much of it the member measured', () => {
+    const load = memberLoadOf({
+      history,
+      hostName: 'h1',
+      guests: [spec('busy', 'h1')],
+      windowMs: 60_000,
+      nowMs: NOW,
+    });
     assert.equal(load.stepSeconds, 10);
     assert.equal(load.endAt, endAt);
+    assert.equal(load.measuredSteps, 6);
     assert.deepEqual(load.guests.busy?.cpu, [1, 1, 1, 1, 1, 1]);
+    const fresh = memberLoadOf({ history, hostName: 'h3', guests: [], windowMs: 60_000, nowMs: NOW });
+    assert.equal(fresh.measuredSteps, 0);
   });
 
   test('a dry run plans the busy guest, not its idle twin nor the one with a budget of 0, and moves nothing; a cycle asked of the other member has the owner move it, explained; the next plan does not send it back within its cooldown', async () => {

@@ -8,7 +8,7 @@ import type { GuestSpec } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
 import type { HistoryPoints, MetricsHistory } from '../services/metrics-history.ts';
-import { guestSeries } from '../services/metrics-sampler.ts';
+import { guestSeries, hostSeries } from '../services/metrics-sampler.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -86,6 +86,8 @@ export const stepSecondsFor = (windowMs: number): number => (windowMs <= 15 * 60
 /** A member's window of its guests' load from its metric history (the maximum of each step). */
 export function memberLoadOf(options: {
   history: Pick<MetricsHistory, 'query'>;
+  /** This member: its own series says for how much of the window it has been measuring. */
+  hostName: string;
   guests: ReadonlyArray<Pick<GuestSpec, 'name' | 'model'>>;
   windowMs: number;
   nowMs: number;
@@ -93,10 +95,12 @@ export function memberLoadOf(options: {
   const step = stepSecondsFor(options.windowMs);
   const n = Math.max(1, Math.round(options.windowMs / 1000 / step));
   const range = step === 10 ? 'hour' : 'day';
+  const host = options.history.query(hostSeries(options.hostName), range, options.nowMs);
   const out: MemberLoad = {
     stepSeconds: step,
     endAt: 0,
     publishedAt: new Date(options.nowMs).toISOString(),
+    measuredSteps: host.metrics.memoryBytes.maximum.slice(-n).filter((v) => v !== null).length,
     guests: {},
   };
   for (const g of options.guests) {
@@ -145,6 +149,14 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
     const load = input.loads.get(m.name);
     if (!load || load.stepSeconds !== step || load.endAt < nowStep - 3 * step) {
       notes.push(`${m.name} has published no recent load: it takes no part`);
+      continue;
+    }
+    // A percentile over a few samples is noise: a member (a new cluster, a daemon whose history
+    // was lost) waits until it has measured half the window.
+    if (load.measuredSteps !== undefined && load.measuredSteps < Math.ceil(n / 2)) {
+      notes.push(
+        `${m.name} has measured ${load.measuredSteps} of the window's ${n} steps, fewer than half: it takes no part yet`,
+      );
       continue;
     }
     if (!m.cpu || !(m.cpu.cpus > 0)) {
@@ -235,6 +247,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       (s) => s.location === hostName && !s.deleting,
     );
     const load = memberLoadOf({
+      hostName,
       history: deps.history,
       guests: mine,
       windowMs: settings.windowMs,

@@ -540,6 +540,8 @@ export const MemberLoadSchema = Type.Object({
   /** Start of the last step, Unix seconds. */
   endAt: Type.Integer(),
   publishedAt: Type.String(),
+  /** Steps of the window in which the member sampled itself: how much of it it has measured. */
+  measuredSteps: Type.Optional(Type.Integer({ minimum: 0 })),
   guests: Type.Record(
     Type.String(),
     Type.Object({
