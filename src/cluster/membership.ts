@@ -802,6 +802,8 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
           records.member.at(name).deleteOp(),
           records.memberHeartbeat.at(name).deleteOp(),
           records.joinToken.at(name).deleteOp(),
+          // Its load, published for the rebalancer (decision 0053).
+          records.memberLoad.at(name).deleteOp(),
         ],
       });
       log.info({ member: name, force: options.force === true, guests: held.length }, 'member removed');
