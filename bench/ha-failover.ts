@@ -80,6 +80,7 @@ try {
     if (!owner) throw new Error(`ha-log is nowhere (${JSON.stringify(where)})`);
     const others = cluster.hosts.filter((h) => h !== owner);
     const killedAt = Date.now();
+    await owner.daemon.kill9();
     killMember(owner.daemon.stateDir);
     const r = await runningElsewhere(others, 'ha-log', owner.name, killedAt);
     lossMs.push(r.ms);

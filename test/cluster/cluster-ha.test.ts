@@ -125,6 +125,7 @@ describe('HA guests on a shared pool', () => {
 
     // The whole member dies: daemon, agent, etcd and guests.
     const killedAt = Date.now();
+    await m3.daemon.kill9();
     assert.ok(killMember(m3.daemon.stateDir) > 0);
     const runningElsewhere = new Map<string, number>();
     await eventually(

@@ -92,7 +92,10 @@ export function setLink(cluster: TestCluster, host: MemberHost, up: boolean): vo
   if (r.code !== 0) throw new Error(`cannot set ${host.name}'s link ${up ? 'up' : 'down'}: ${r.stderr}`);
 }
 
-/** Kills every process of a member: those in its guests' cgroups and those that name its state dir. */
+/**
+ * Kills every process of a member: those in its guests' cgroups, those that name its state dir
+ * (etcd, the HA agent) and those whose environment does (the daemon: its command line does not).
+ */
 export function killMember(stateDir: string): number {
   const parent = cgroupParentOf(stateDir);
   let killed = 0;
@@ -102,7 +105,13 @@ export function killMember(stateDir: string): number {
     try {
       const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
       const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cgroups.includes(`:${parent}/`) || cgroups.includes(`:${parent}\n`) || cmdline.includes(stateDir)) {
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      if (
+        cgroups.includes(`:${parent}/`) ||
+        cgroups.includes(`:${parent}\n`) ||
+        cmdline.includes(stateDir) ||
+        environ.includes(`TRIVISOR_DIR=${stateDir}`)
+      ) {
         process.kill(pid, 'SIGKILL');
         killed++;
       }
