@@ -43,7 +43,7 @@ describe('storage pools: dir and btrfs on a loop file', () => {
     );
     assert.equal(list[0]?.path, d.stateDir);
     assert.ok((list[0]?.usage?.totalBytes ?? 0) > 0);
-    assert.match(d.ok(['storage', 'list']), /default\s+dir\s+Created/);
+    assert.match(d.ok(['storage', 'list']), /default\s+dir\s+no\s+Created/);
   });
 
   test('a btrfs pool on a loop file is made, mounted with quotas on, and measured', () => {
