@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
-import { aGuestSpec } from '../../test/fakes/guest-records.ts';
+import { aGuestSpec, BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestStatus, ImageRecord } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
@@ -13,18 +13,7 @@ import { createGuestController, type GuestController } from './guest-controller.
 // On etcd every read is a round trip: a create+start waits for the controller's reads, and
 // every member's controller sees every guest's spec change.
 
-const image: ImageRecord = {
-  fingerprint: 'ab'.repeat(32),
-  aliases: ['busybox'],
-  description: 'test',
-  os: 'busybox',
-  release: '1',
-  architecture: 'x86_64',
-  source: 'builtin',
-  sizeBytes: 1,
-  createdAt: new Date(0).toISOString(),
-  properties: {},
-};
+const image: ImageRecord = BUSYBOX_IMAGE;
 
 const guestSpec = (name: string, location: string) =>
   aGuestSpec({ name, location, image: image.fingerprint });

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
+import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, ImageRecord, NetworkSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
@@ -48,18 +49,7 @@ function holdable(store: KvEngine) {
   };
 }
 
-const image: ImageRecord = {
-  fingerprint: 'ab'.repeat(32),
-  aliases: ['busybox'],
-  description: 'test',
-  os: 'busybox',
-  release: '1',
-  architecture: 'x86_64',
-  source: 'builtin',
-  sizeBytes: 1,
-  createdAt: new Date(0).toISOString(),
-  properties: {},
-};
+const image: ImageRecord = BUSYBOX_IMAGE;
 
 const guestSpec = (name: string, more: Partial<GuestSpec> = {}): GuestSpec => ({
   name,

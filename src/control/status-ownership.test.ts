@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
+import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, ImageRecord } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
@@ -11,18 +12,7 @@ import { createGuestController, type GuestController } from './guest-controller.
 // Status writes are compare-and-swap on the status's mod revision and bound to the guest's
 // owner: the transaction compares `keys.guestLocation` with the writer (decision 28).
 
-const image: ImageRecord = {
-  fingerprint: 'ab'.repeat(32),
-  aliases: ['busybox'],
-  description: 'test',
-  os: 'busybox',
-  release: '1',
-  architecture: 'x86_64',
-  source: 'builtin',
-  sizeBytes: 1,
-  createdAt: new Date(0).toISOString(),
-  properties: {},
-};
+const image: ImageRecord = BUSYBOX_IMAGE;
 
 const guestSpec = (location: string): GuestSpec => ({
   name: 'web',

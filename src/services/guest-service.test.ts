@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
+import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { createGuestController, type GuestController } from '../control/guest-controller.ts';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
@@ -13,18 +14,7 @@ import { createGuestService } from './guest-service.ts';
 import { createOperationService } from './operation-service.ts';
 import type { GuestService, OperationService } from './types.ts';
 
-const image: ImageRecord = {
-  fingerprint: 'ab'.repeat(32),
-  aliases: ['busybox'],
-  description: 'test',
-  os: 'busybox',
-  release: '1',
-  architecture: 'x86_64',
-  source: 'builtin',
-  sizeBytes: 1,
-  createdAt: new Date(0).toISOString(),
-  properties: {},
-};
+const image: ImageRecord = BUSYBOX_IMAGE;
 
 interface World {
   store: KvStore;

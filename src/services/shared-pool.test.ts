@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
+import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { createPoolController, type PoolController } from '../control/pool-controller.ts';
 import { haEnabled, haPriority, validateConfig } from '../core/config-keys.ts';
 import { isErrorCode, TrivisorError } from '../core/errors.ts';
@@ -57,18 +58,7 @@ async function addMember(store: KvStore, name: string): Promise<void> {
   });
 }
 
-const image: ImageRecord = {
-  fingerprint: 'ab'.repeat(32),
-  aliases: ['busybox'],
-  description: 'test',
-  os: 'busybox',
-  release: '1',
-  architecture: 'x86_64',
-  source: 'builtin',
-  sizeBytes: 1,
-  createdAt: new Date(0).toISOString(),
-  properties: {},
-};
+const image: ImageRecord = BUSYBOX_IMAGE;
 
 describe('shared storage pools', () => {
   let root: string;

@@ -1,4 +1,4 @@
-import type { GuestSpec, GuestStatus } from '../../src/core/types.ts';
+import type { GuestSpec, GuestStatus, ImageRecord } from '../../src/core/types.ts';
 
 /**
  * A guest's spec and status as the unit tests of controllers and services build them: a running
@@ -37,3 +37,17 @@ export function aGuestStatus(more: Partial<GuestStatus> = {}): GuestStatus {
     ...more,
   };
 }
+
+/** The busybox image record the guests above are made from (fingerprint `ab…ab`). */
+export const BUSYBOX_IMAGE: ImageRecord = {
+  fingerprint: 'ab'.repeat(32),
+  aliases: ['busybox'],
+  description: 'test',
+  os: 'busybox',
+  release: '1',
+  architecture: 'x86_64',
+  source: 'builtin',
+  sizeBytes: 1,
+  createdAt: new Date(0).toISOString(),
+  properties: {},
+};
