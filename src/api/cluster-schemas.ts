@@ -186,7 +186,8 @@ export const ClusterSettingsPatchSchema = Type.Object(
   {
     config: Type.Record(
       Type.String({ maxLength: 100 }),
-      Type.Union([Type.String({ maxLength: 100 }), Type.Null()]),
+      // Null first: with the API's type coercion a string branch tried first would take null as "".
+      Type.Union([Type.Null(), Type.String({ maxLength: 100 })]),
       {
         description: 'Keys to set; null unsets one',
       },

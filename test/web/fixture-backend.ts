@@ -3,7 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
+import type { ClusterMove, RebalanceResult } from '../../src/api/cluster-schemas.ts';
 import type { ClusterInfo, ClusterMember, ClusterService } from '../../src/cluster/membership.ts';
+import type { RebalanceService } from '../../src/control/rebalance-controller.ts';
+import { rebalanceSettings } from '../../src/core/config-keys.ts';
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../../src/core/errors.ts';
 import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
@@ -27,6 +30,8 @@ export interface FixtureBackend {
   app: FastifyInstance;
   /** Every guest create request the API passed on, in order (what the wizard sent). */
   created: CreateRequest[];
+  /** The fake rebalancer's keys, moves and the cycles asked of it: tests read them. */
+  rebalance: FakeRebalancer;
   /** The fake membership's members (empty on a single host): tests read and change them. */
   members: ClusterMember[];
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
@@ -268,6 +273,99 @@ function fakeCluster(
   return { service, members };
 }
 
+/** The fixture's rebalancer: the real keys' checks over a map, two recorded moves, a fixed plan. */
+export interface FakeRebalancer extends RebalanceService {
+  config: Record<string, string>;
+  recorded: ClusterMove[];
+  /** Each cycle asked for, dry or not, in order. */
+  cycles: boolean[];
+}
+
+/** A planned move of the fixture's plan, with the explanation the rebalancer would record. */
+const plannedMove = (atMs: number): RebalanceResult['planned'][number] => ({
+  atMs,
+  guest: 'web2-a',
+  model: 'vm',
+  from: 'web2',
+  to: 'fakehost',
+  how: 'live',
+  reason: 'balance',
+  imbalanceBefore: 0.214,
+  imbalanceAfter: 0.061,
+  loadBefore: { from: 0.82, to: 0.39 },
+  loadAfter: { from: 0.67, to: 0.54 },
+  benefitSeconds: 137.7,
+  costSeconds: 0.84,
+  copySeconds: 8.1,
+  downtimeMs: 300,
+  constraints: ['web3 is Offline', 'busy-db: migration.downtime_budget=0'],
+  summary:
+    'balance: web2-a (vm) live web2 → fakehost; web2 82% → 67%, fakehost 39% → 54%; imbalance 0.214 → 0.061; benefit 137.7 s against cost 0.84 s (copy 8.1 s, downtime 300 ms)',
+});
+
+function fakeRebalancer(): FakeRebalancer {
+  const hourAgo = NOW - 3600_000;
+  const r: FakeRebalancer = {
+    config: { 'cluster.rebalance.interval': '10m' },
+    cycles: [],
+    recorded: [
+      {
+        ...plannedMove(hourAgo),
+        guest: 'web2-b',
+        model: 'ct',
+        how: 'cold',
+        reason: 'overload',
+        downtimeMs: 2400,
+        constraints: [],
+        summary: 'overload: web2-b (ct) cold web2 → fakehost',
+        result: 'failed',
+        error: 'Member fakehost cannot be reached: connection refused',
+        finishedAt: new Date(hourAgo + 5_000).toISOString(),
+      },
+      {
+        ...plannedMove(hourAgo - 600_000),
+        guest: 'web2-c',
+        result: 'moved',
+        finishedAt: new Date(hourAgo - 590_000).toISOString(),
+      },
+    ],
+    async settings() {
+      return { ...r.config };
+    },
+    async updateSettings(patch) {
+      const next = { ...r.config };
+      for (const [k, v] of Object.entries(patch)) {
+        if (v === null) delete next[k];
+        else next[k] = v;
+      }
+      // The daemon's own checks: one bad key or value refuses the whole change.
+      rebalanceSettings(next);
+      r.config = next;
+      return { ...next };
+    },
+    async moves() {
+      return r.recorded.map((m) => ({ ...m }));
+    },
+    async run({ dryRun }) {
+      r.cycles.push(dryRun);
+      const planned = [plannedMove(Date.now())];
+      const moved: ClusterMove[] = dryRun
+        ? []
+        : planned.map((m) => ({ ...m, result: 'moved', finishedAt: new Date().toISOString() }));
+      r.recorded.unshift(...moved);
+      return {
+        dryRun,
+        imbalanceBefore: 0.214,
+        imbalanceAfter: 0.061,
+        planned,
+        notes: ['web3 is Offline: left out of the cycle'],
+        moved,
+      };
+    },
+  };
+  return r;
+}
+
 /** Starts the fixture on 127.0.0.1 over HTTPS (a throwaway certificate in `runDir`). */
 export async function startFixtureBackend(
   runDir: string,
@@ -302,12 +400,33 @@ export async function startFixtureBackend(
   for (const g of fixtureGuests(options.guests ?? 1000)) fake.guestMap.set(g.name, g);
   // One guest says its member, as guests on a cluster do: its page offers a move (decision 0040).
   const placed = fake.guestMap.get('ct-0006');
-  if (placed) placed.location = 'fakehost';
+  if (placed) {
+    placed.location = 'fakehost';
+    placed.placement = 'most free memory: 17.5 GiB of 24.0';
+  }
   const history = openMetricsHistory(':memory:');
   seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
   fake.metricsHistory = history;
   const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size, fake.operations);
   fake.cluster = cluster.service;
+  const rebalance = fakeRebalancer();
+  // HA as the CRM would see it (decision 0052): web2's agent lost, with admission control's warning.
+  fake.haSummary = async (members) =>
+    new Map(
+      members
+        .filter((m) => m.name !== 'web3')
+        .map((m) => [
+          m.name,
+          m.name === 'web2'
+            ? {
+                live: false,
+                guests: 3,
+                warning: 'The other members could restart 1 of its 3 HA guests: 2 GiB of memory short',
+              }
+            : { live: true, guests: 1 },
+        ]),
+    );
+  if ((options.cluster ?? 'member') === 'member') fake.rebalance = rebalance;
   // A move only says where the guest went: the members' side of it is the cluster tests'.
   fake.moves = {
     mover: {
@@ -403,6 +522,7 @@ export async function startFixtureBackend(
     fake,
     app,
     members: cluster.members,
+    rebalance,
     created,
     setStatus(name, status) {
       const g = fake.guestMap.get(name);

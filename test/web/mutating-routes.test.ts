@@ -26,10 +26,6 @@ const NOT_IN_THE_UI: Record<string, string> = {
     "the member that moves a guest live asks the destination to start its QEMU waiting for the migration (member to member): the UI's move is POST /1.0/guests/:name",
   'POST /1.0/cluster/live-moves/:name/finish':
     'the member that moved a guest live tells the destination to run it after the switch-over (member to member)',
-  'PATCH /1.0/cluster/config':
-    'cluster-wide rebalancer keys (decision 0053): trivisor cluster set; the UI has no cluster settings page yet',
-  'POST /1.0/cluster/rebalance':
-    'a rebalancing cycle on demand (decision 0053): trivisor cluster rebalance [--dry-run]; the rebalancer runs by itself every interval',
 };
 
 /** `/1.0/guests/:name/x` as a pattern that matches concrete paths. */

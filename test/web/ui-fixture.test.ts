@@ -298,13 +298,19 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     );
     // The API refuses removing the member a request reached: no button for it.
     assert.equal(await row('fakehost').locator('button', { hasText: 'Remove' }).count(), 0);
-    // Placement and rebalancing have no API yet: nothing pretends to do them.
+    // HA as the API says it (decision 0052), with admission control's warning; web3 has none.
     assert.equal(
-      await page
-        .locator('main button, main a')
-        .filter({ hasText: /rebalanc|placement/i })
-        .count(),
-      0,
+      await row('fakehost').locator('[data-testid=member-ha]').textContent(),
+      '1 HA guest, agent live',
+    );
+    assert.equal(
+      await row('web2').locator('[data-testid=member-ha]').textContent(),
+      '3 HA guests, agent not live',
+    );
+    assert.equal(await row('web3').locator('[data-testid=member-ha]').textContent(), '–');
+    assert.equal(
+      await page.locator('[data-testid=ha-warnings]').textContent(),
+      'web2 (HA): The other members could restart 1 of its 3 HA guests: 2 GiB of memory short',
     );
     // Evacuate a member, then restore it: the API's status each time.
     page.once('dialog', (d) => void d.accept());
@@ -366,6 +372,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         ['Memory', 'memory', (r) => measure(r, 'memory')],
         ['Storage', 'storage', (r) => measure(r, 'disk')],
         ['Guests', 'guests', (r) => r.guests],
+        ['HA', 'ha', (r) => (r.ha as { guests: number } | undefined)?.guests ?? -1],
         ['Version', 'version', (r) => r.version],
         ['Joined', 'joinedAt', (r) => r.joinedAt],
         ['Name', 'name', (r) => r.name],
@@ -388,12 +395,110 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     await page.goto(`${backend.url}/guests/ct-0006`);
     const move = page.locator('[data-testid=move-guest]');
     await move.waitFor();
+    // Why the scheduler put it there, as the API has it (decision 0033).
+    assert.equal(
+      await page.locator('[data-testid=guest-placement]').textContent(),
+      'most free memory: 17.5 GiB of 24.0',
+    );
     // Offline web3 and the guest's own member are not offered.
     assert.deepEqual(await move.locator('option').allTextContents(), ['web2']);
     page.once('dialog', (d) => void d.accept());
     await move.locator('button', { hasText: 'Move' }).click();
     await page.locator('text=ct-0006 moved to web2').waitFor();
     assert.equal(backend.fake.guestMap.get('ct-0006')?.location, 'web2');
+  });
+
+  test("the members page lists the rebalancer's moves with their explanations, plans a dry run, rebalances now, and edits its keys; a bad key value is refused in one line and changes nothing", async () => {
+    await signedIn();
+    const r = backend.rebalance;
+    const savedConfig = { ...r.config };
+    const savedMoves = [...r.recorded];
+    try {
+      await page.goto(`${backend.url}/members`);
+      const moves = page.locator('ul[aria-label="Rebalancing moves"] > li');
+      await moves.first().waitFor();
+      // Newest first, as the API lists them: the failed one says why.
+      assert.deepEqual(await moves.evaluateAll((l) => l.map((x) => x.getAttribute('data-move'))), [
+        'web2-b',
+        'web2-c',
+      ]);
+      assert.match(
+        (await moves.nth(0).textContent()) ?? '',
+        /web2-b \(ct\) web2 → fakehost, cold, for overload · failed/,
+      );
+      assert.match((await moves.nth(0).locator('[role=alert]').textContent()) ?? '', /cannot be reached/);
+      await moves.nth(1).locator('summary', { hasText: 'Why' }).click();
+      const why = moves.nth(1);
+      assert.equal(await why.locator('[data-testid=move-imbalance]').textContent(), '0.214 → 0.061');
+      assert.equal(await why.locator('[data-testid=move-benefit]').textContent(), '137.7 s');
+      assert.equal(
+        await why.locator('[data-testid=move-cost]').textContent(),
+        '0.84 s (copy 8.10 s, downtime 300 ms)',
+      );
+      assert.equal(
+        await why.locator('[data-testid=move-constraints]').textContent(),
+        'web3 is Offline; busy-db: migration.downtime_budget=0',
+      );
+      assert.match((await why.textContent()) ?? '', /web2 82% → 67%/);
+      assert.match(
+        (await page.locator('[data-testid=rebalance-status]').textContent()) ?? '',
+        /runs by itself every 10m, .* last 1h \(95th percentile\) towards an imbalance below 10%/,
+      );
+
+      // A dry run: the plan and its notes, nothing moved.
+      await page.click('button[aria-label="Plan a rebalance (dry run)"]');
+      const result = page.locator('[data-testid=rebalance-result]');
+      await result.waitFor();
+      assert.match(
+        (await result.textContent()) ?? '',
+        /^Plan \(dry run, nothing moved\): imbalance 0\.214 → 0\.061 as planned; 1 move planned\./,
+      );
+      assert.equal(await result.locator('li[data-move="web2-a"]').count(), 1);
+      assert.equal(
+        await result.locator('[data-testid=rebalance-notes]').textContent(),
+        'web3 is Offline: left out of the cycle',
+      );
+      assert.deepEqual(r.cycles, [true]);
+      assert.equal(r.recorded.length, 2);
+
+      // Rebalance now: confirmed, the move made, and listed first among the moves.
+      page.once('dialog', (d) => void d.accept());
+      await page.click('button:has-text("Rebalance now")');
+      await page
+        .locator('text=Cycle run: imbalance 0.214 → 0.061 as planned; 1 move planned, 1 made.')
+        .waitFor();
+      await page.locator('ul[aria-label="Rebalancing moves"] > li').nth(2).waitFor();
+      assert.equal(await moves.first().getAttribute('data-move'), 'web2-a');
+      assert.deepEqual(r.cycles, [true, false]);
+
+      // The keys: a bad value refused in the API's one line, nothing changed.
+      const form = page.locator('form[aria-label="Rebalancer settings"]');
+      assert.equal(await form.locator('input[name="cluster.rebalance.interval"]').inputValue(), '10m');
+      assert.equal(
+        await form.locator('input[name="cluster.rebalance.threshold"]').getAttribute('placeholder'),
+        '10',
+      );
+      await form.locator('input[name="cluster.rebalance.threshold"]').fill('20');
+      await form.locator('input[name="cluster.rebalance.cooldown"]').fill('soon');
+      await form.locator('button[type=submit]').click();
+      await page
+        .locator('text=cluster.rebalance.cooldown="soon" must be a duration from 10s to 1w')
+        .waitFor();
+      assert.deepEqual(r.config, savedConfig);
+      // A good change: the interval emptied (unset, its default again), the threshold and the cooldown set.
+      await form.locator('input[name="cluster.rebalance.cooldown"]').fill('2h');
+      await form.locator('input[name="cluster.rebalance.interval"]').fill('');
+      await form.locator('button[type=submit]').click();
+      await page.locator('text=Rebalancer settings saved').waitFor();
+      assert.deepEqual(r.config, { 'cluster.rebalance.threshold': '20', 'cluster.rebalance.cooldown': '2h' });
+      await page.locator('[data-testid=rebalance-status]', { hasText: 'every 5m' }).waitFor();
+      assert.equal(await form.locator('input[name="cluster.rebalance.threshold"]').inputValue(), '20');
+      assert.equal(await form.locator('input[name="cluster.rebalance.interval"]').inputValue(), '');
+    } finally {
+      r.config = savedConfig;
+      r.recorded.splice(0, r.recorded.length, ...savedMoves);
+      r.cycles.length = 0;
+    }
   });
 
   test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {
@@ -759,7 +864,7 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       await page.goto(`${backend.url}/members`);
       await page.locator('tr[data-member="web3"]').waitFor();
       const wrap = (await page
-        .locator('.table-wrap')
+        .locator('.table-wrap:has(table.members)')
         .evaluate((el) => [el.scrollWidth, el.clientWidth])) as number[];
       assert.ok(wrap[0]! <= wrap[1]!, `the members' table is ${wrap[0]} px wide in ${wrap[1]} px`);
       await page.click('button.menu-toggle');

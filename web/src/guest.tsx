@@ -94,6 +94,13 @@ function Overview(props: { guest: Guest }) {
         <dd>{g.project}</dd>
         <dt>Host</dt>
         <dd>{g.host}</dd>
+        {/* The scheduler's reason for the member (decision 0033); absent when it was not placed by it. */}
+        {g.placement && (
+          <>
+            <dt>Placed there</dt>
+            <dd data-testid="guest-placement">{g.placement}</dd>
+          </>
+        )}
         <dt>Created</dt>
         <dd>{when(g.createdAt)}</dd>
         <dt>Started</dt>

@@ -1,6 +1,7 @@
 import { useSignal } from '@preact/signals';
 import { useEffect } from 'preact/hooks';
 import type { ClusterInfo, ClusterMemberInfo } from '../../src/client/cluster-client.ts';
+import { Rebalancing } from './rebalancing.tsx';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, host, notify, session } from './state.ts';
 import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from './ui.tsx';
@@ -8,8 +9,9 @@ import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from
 /*
  * The cluster's members (decision 0032): what GET /1.0/cluster/members answers, a join token for
  * a new member, removal with the API's own refusal, and on a single host bootstrap or join.
- * Evacuation and restore (decision 0041) follow their operation; placement and rebalancing are
- * not offered: the API has no routes for them yet.
+ * Evacuation and restore (decision 0041) follow their operation; each member's HA summary
+ * (decision 0052); the rebalancer's keys, plan, cycle on demand and explained moves (decision
+ * 0053, rebalancing.tsx).
  */
 
 /**
@@ -30,6 +32,7 @@ const MEMBER_COLUMNS = [
   'memory',
   'storage',
   'guests',
+  'ha',
   'version',
   'joinedAt',
 ] as const;
@@ -41,6 +44,12 @@ type MemberColumn = (typeof MEMBER_COLUMNS)[number];
  */
 export const memberStorage = (m: ClusterMemberInfo): string =>
   m.disk ? `${bytes(m.disk.totalBytes - m.disk.freeBytes)} of ${bytes(m.disk.totalBytes)}` : 'not measured';
+
+/** A member's HA summary (decision 0052): whether its HA agent holds its lease, and its HA guests. */
+export const memberHa = (m: ClusterMemberInfo): string =>
+  m.ha
+    ? `${m.ha.guests} HA guest${m.ha.guests === 1 ? '' : 's'}, agent ${m.ha.live ? 'live' : 'not live'}`
+    : '–';
 
 const roleNames = (m: ClusterMemberInfo) => m.roles.map((r) => ROLE_NAMES[r] ?? r).join(', ') || '–';
 
@@ -56,7 +65,9 @@ const memberValue = (m: ClusterMemberInfo, key: MemberColumn): string | number =
           ? m.disk
             ? m.disk.totalBytes - m.disk.freeBytes
             : -1
-          : m[key];
+          : key === 'ha'
+            ? (m.ha?.guests ?? -1)
+            : m[key];
 
 interface ClusterView {
   info: ClusterInfo;
@@ -99,6 +110,7 @@ export function Members() {
           Could not read the members again: {view.error}
         </p>
       )}
+      <Rebalancing admin={hostAdmin} members={data.members} />
       {hostAdmin && <AddMember />}
     </Page>
   );
@@ -160,6 +172,7 @@ function MemberList(props: {
               <SortHeader column="memory" label="Memory" sort={sort} />
               <SortHeader column="storage" label="Storage" sort={sort} />
               <SortHeader column="guests" label="Guests" sort={sort} />
+              <SortHeader column="ha" label="HA" sort={sort} />
               <SortHeader column="version" label="Version" sort={sort} />
               <SortHeader column="joinedAt" label="Joined" sort={sort} />
               {props.admin && (
@@ -196,6 +209,9 @@ function MemberList(props: {
                   {memberStorage(m)}
                 </td>
                 <td data-label="Guests">{m.guests}</td>
+                <td data-label="HA" data-testid="member-ha">
+                  {memberHa(m)}
+                </td>
                 <td data-label="Version">{m.version}</td>
                 <td data-label="Joined">{when(m.joinedAt)}</td>
                 {props.admin && (
@@ -236,6 +252,17 @@ function MemberList(props: {
           </tbody>
         </table>
       </div>
+      {members.some((m) => m.ha?.warning) && (
+        <div role="alert" data-testid="ha-warnings">
+          {members
+            .filter((m) => m.ha?.warning)
+            .map((m) => (
+              <p key={m.name}>
+                <strong>{m.name}</strong> (HA): {m.ha?.warning}
+              </p>
+            ))}
+        </div>
+      )}
       {refusal.value && (
         <div role="alert" class="refusal" data-testid="member-refusal">
           <p>
