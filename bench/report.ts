@@ -112,6 +112,55 @@ if (densityFiles.length > 0) {
   );
 } else lines.push('_Not measured yet._', '');
 
+const staged = load('ct-density-stages.json');
+lines.push('## (b2) ct density in stages, against raw runc', '');
+lines.push(
+  '`node bench/ct-density-stages.ts --stages 100,1000,2000,5000,10000`: raw runc first (the same bundle and idmapped',
+  'overlay as a guest, no daemon), started up to each N and deleted; then busybox guests through the API up to each N',
+  '(4 at a time). At each N: host memory per guest, daemon RSS, list latency, create+start of one more guest and when',
+  '`trivisor monitor` shows it started, and re-adoption after the daemon is killed -9 (every guest Running with the pid',
+  'it had). The first failure ends the run and is named by the resource it hit; everything started is deleted.',
+  "Memory is the whole host's (MemTotal − MemAvailable): other work on the machine during the run shows in it.",
+  '',
+);
+if (staged) {
+  const t = (staged.trivisor as Json[] | undefined) ?? [];
+  const raw = new Map(((staged.raw as Json[] | undefined) ?? []).map((r) => [r.guests, r]));
+  lines.push('![ct density against N](ct-density-stages.svg)', '');
+  lines.push(
+    '| N | running | start all (s) | stage ms/guest | raw runc stage ms/guest | host MiB/guest | raw runc MiB/guest | beyond own processes MiB/guest | daemon RSS MiB | GET /1.0/guests p50 ms | ?recursion=1 p50 ms | `trivisor list` ms | one more create+start ms | seen by monitor ms | re-adopted after kill -9 (s) | lost |',
+  );
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const x of t) {
+    const r = raw.get(x.guests);
+    const p = (k: string) => (x[k] as Json).p50Ms;
+    lines.push(
+      `| ${x.guests} | ${x.running} | ${f(x.startAllSeconds)} | ${f(x.stagePerGuestMs)} | ${r ? f(r.stagePerGuestMs) : '—'} | ${f(x.hostMemoryPerGuestMiB, 2)} | ${r ? f(r.hostMemoryPerGuestMiB, 2) : '—'} | ${f(x.hostMemoryPerGuestBeyondOwnProcessesMiB, 2)} | ${f(x.daemonRssMiB)} | ${f(p('listUrls'))} | ${f(p('listFull'))} | ${f(x.cliListMs, 0)} | ${f(x.oneMoreCreateStartMs, 0)} | ${f(x.monitorSeenMs, 0)} | ${f(x.readoptSeconds)} | ${x.lostAfterKill9} |`,
+    );
+  }
+  lines.push('');
+  const limit = staged.limit as Json | undefined;
+  const rawLimit = staged.rawLimit as Json | undefined;
+  const last = t.at(-1);
+  if (last) {
+    lines.push(
+      `Deleting all ${String(staged.deleteAllGuests)} guests took ${f(staged.deleteAllSeconds)} s${staged.rawDeleteAllSeconds ? ` (raw runc: ${f(staged.rawDeleteAllSeconds)} s for its largest N)` : ''}.`,
+    );
+  }
+  lines.push(
+    limit
+      ? `The run stopped before ${String(limit.atGuests)} guests: **${String(limit.resource)}**${limit.setting ? ` (${String(limit.setting)}: ${String(limit.used)} of ${String(limit.limit)})` : ''}: ${String(limit.error).slice(0, 300)}`
+      : `No limit was hit up to the largest stage asked (${String((staged.stagesAsked as number[]).at(-1))}).`,
+  );
+  if (rawLimit)
+    lines.push(
+      '',
+      `Raw runc stopped before ${String(rawLimit.atGuests)}: **${String(rawLimit.resource)}**: ${String(rawLimit.error).slice(0, 300)}`,
+    );
+  lines.push('');
+  stamp([staged]);
+} else lines.push('_Not measured yet._', '');
+
 const models = load('models.json');
 lines.push('## The three models side by side', '');
 lines.push(

@@ -47,6 +47,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['ct-density-4.json'],
   },
   {
+    name: 'ct-density-stages',
+    script: 'ct-density-stages.ts',
+    args: ['--stages', '100,1000,2000,5000,10000'],
+    quickArgs: ['--stages', '4', '--concurrency', '2'],
+    results: ['ct-density-stages.json'],
+    quickResults: ['ct-density-stages.json'],
+  },
+  {
     name: 'models',
     script: 'models.ts',
     args: ['ct,pvm,vm', '3'],

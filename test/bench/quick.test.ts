@@ -66,6 +66,32 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'cliListJsonMs',
     ]);
   },
+  'ct-density-stages.json': (r, f) => {
+    assert.equal(r.limit, undefined, `${f}: a quick run hits no limit`);
+    const stages = r.trivisor as Json[];
+    assert.deepEqual(
+      stages.map((s) => [s.guests, s.running, s.lostAfterKill9]),
+      [[4, 4, 0]],
+      `${f}: 4 guests running, none lost after kill -9`,
+    );
+    assert.deepEqual(
+      (r.raw as Json[]).map((s) => s.guests),
+      [4],
+      `${f}: raw runc at the same N`,
+    );
+    positive(f, r, [
+      'deleteAllSeconds',
+      'trivisor.*.startAllSeconds',
+      'trivisor.*.daemonRssMiB',
+      'trivisor.*.listUrls.p50Ms',
+      'trivisor.*.listFull.p50Ms',
+      'trivisor.*.cliListMs',
+      'trivisor.*.oneMoreCreateStartMs',
+      'trivisor.*.monitorSeenMs',
+      'trivisor.*.readoptSeconds',
+      'raw.*.startAllSeconds',
+    ]);
+  },
   'models.json': (r, f) => {
     assert.deepEqual(Object.keys(r.ratioToNative as Json).sort(), ['ct', 'pvm', 'vm'], `${f}: models`);
     // operations: what `trivisor plan advise` divides seconds by (decision 0054).
