@@ -667,6 +667,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostName,
     storage: services.storage,
     operations,
+    events,
     directory: process.env.TRIVISOR_BACKUP_DIR || path.join(stateDir, 'shipped-backups'),
     log,
   });

@@ -39,7 +39,20 @@ test('info shows the warnings of a NIC that did not come up, and no address the 
   const text = guestInfo(g);
   assert.match(text, new RegExp(`\\nWarning: ${warning.replace(/[()/.]/g, '\\$&')}\\n`));
   assert.match(text, /\n {4}addresses: -\n/);
-  assert.match(guestTable([g]), /\np1\s+pvm\s+Running\s+busybox\s+7\s+-\s+-\s+-\n$/);
+  assert.match(
+    guestTable([g]),
+    /\np1\s+pvm\s+Running\s+busybox\s+7\s+-\s+-\s+-\nWarning: p1: NIC eth0 is down: /,
+  );
+});
+
+test('the list shows a failed scheduled backup under the table, one line per warning', () => {
+  const failed = 'The scheduled backup of 2026-12-05T03:00:00Z failed on m1: no space left on device';
+  const table = guestTable([guest({ warnings: [failed] }), { ...guest({}), name: 'p2' }]);
+  assert.match(
+    table,
+    /\np2\s.*\nWarning: p1: The scheduled backup of 2026-12-05T03:00:00Z failed on m1: no space left on device\n$/,
+  );
+  assert.doesNotMatch(guestTable([guest({})]), /Warning/);
 });
 
 test('info says when addresses come from a DHCP lease because the guest cannot be asked', () => {

@@ -43,6 +43,13 @@ export function formatDuration(seconds: number): string {
 const dash = (v: string | number | null | undefined) => (v === null || v === undefined ? '-' : String(v));
 
 export function guestTable(guests: Guest[], options: { withProject?: boolean } = {}): string {
+  // A guest's warnings (a NIC down, decision 0015; a failed scheduled backup, decision 0062) under
+  // the table, one line each: a list is where an administrator looks first.
+  const warnings = guests.flatMap((g) => (g.state.warnings ?? []).map((w) => `Warning: ${g.name}: ${w}\n`));
+  return guestRows(guests, options) + warnings.join('');
+}
+
+function guestRows(guests: Guest[], options: { withProject?: boolean }): string {
   const project = options.withProject === true;
   // On a cluster (guests on several members, or placed by its scheduler) each says where it is, as Incus's list does.
   const location =

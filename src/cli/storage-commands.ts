@@ -196,11 +196,20 @@ export function addStorageCommands(program: Command): void {
         const op = await client.recoverFromBackups(resolve(opts.fromBackups));
         const done = await waitWithProgress(client, op, { label: 'Recovering from backups' });
         const meta = done.metadata as {
-          recovered?: Array<{ name: string; member: string; backup: string }>;
+          recovered?: Array<{
+            name: string;
+            member: string;
+            backup: string;
+            links?: string[];
+            problems?: string[];
+          }>;
           skipped?: Array<{ name: string; reason: string }>;
         };
         for (const g of meta.recovered ?? []) {
-          process.stdout.write(`Recovered ${g.name} on ${g.member} from ${g.backup}\n`);
+          // A chain's full backup and its incrementals, in the order they were applied (decision 0062).
+          const from = (g.links ?? [g.backup]).join(', ');
+          for (const p of g.problems ?? []) process.stdout.write(`Warning: ${g.name}: ${p}\n`);
+          process.stdout.write(`Recovered ${g.name} on ${g.member} from ${from}\n`);
         }
         for (const g of meta.skipped ?? []) process.stdout.write(`Skipped ${g.name}: ${g.reason}\n`);
         if ((meta.recovered ?? []).length === 0 && (meta.skipped ?? []).length === 0)

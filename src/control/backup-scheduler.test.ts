@@ -5,11 +5,21 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { invalidArgument } from '../core/errors.ts';
+import type { TrivisorEvent } from '../core/types.ts';
+import type { BackupChainLink } from '../drivers/guest-storage.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
 import type { OperationService } from '../services/types.ts';
-import { expiredBackups, listShipped, shippedName } from '../storage/shipped-backups.ts';
+import {
+  expiredBackups,
+  listShipped,
+  nextShippedLink,
+  parseShippedName,
+  restorePoint,
+  type ShippedBackup,
+  shippedName,
+} from '../storage/shipped-backups.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
@@ -17,33 +27,159 @@ import { createBackupScheduler } from './backup-scheduler.ts';
 
 const at = (iso: string) => new Date(`${iso}Z`);
 
+/** Shipped backups as their names say (oldest first): `T` a whole archive, `F:c` a full of chain c, `I:c:n` link n. */
+function shippedOf(...specs: Array<[string, string]>): ShippedBackup[] {
+  return specs.map(([iso, what]) => {
+    const [kind, chain = '', seq = '0'] = what.split(':');
+    const chainId = chain.padEnd(16, '0');
+    const link =
+      kind === 'T'
+        ? undefined
+        : {
+            chain: chainId,
+            sequence: Number(seq),
+            kind: kind === 'F' ? ('full' as const) : ('incremental' as const),
+          };
+    const name = shippedName(at(iso), link);
+    return { name, path: `/x/${name}`, takenAt: at(iso), sizeBytes: 1, ...(link && { link }) };
+  });
+}
+const namesOf = (bs: readonly ShippedBackup[]) => bs.map((b) => b.name);
+
 describe('retention of shipped backups', () => {
-  const taken = (...isos: string[]) => isos.map((iso) => ({ takenAt: at(iso), id: iso }));
-  test('beyond the newest count, and older than the age; never the newest', () => {
-    const six = taken(
-      '2026-12-01T03:00:00',
-      '2026-12-02T03:00:00',
-      '2026-12-03T03:00:00',
-      '2026-12-04T03:00:00',
+  test('whole archives: beyond the newest count, and older than the age; never the newest', () => {
+    const four = shippedOf(
+      ['2026-12-01T03:00:00', 'T'],
+      ['2026-12-02T03:00:00', 'T'],
+      ['2026-12-03T03:00:00', 'T'],
+      ['2026-12-04T03:00:00', 'T'],
     );
     const now = at('2026-12-04T03:00:00');
-    assert.deepEqual(
-      expiredBackups(six, { count: 2 }, now).map((b) => b.id),
-      ['2026-12-02T03:00:00', '2026-12-01T03:00:00'],
-    );
-    assert.deepEqual(
-      expiredBackups(six, { count: 10, maxAgeMs: 36 * 3600_000 }, now).map((b) => b.id),
-      ['2026-12-02T03:00:00', '2026-12-01T03:00:00'],
-    );
+    assert.deepEqual(namesOf(expiredBackups(four, { count: 2 }, now)), [
+      '20261201T030000Z.tar',
+      '20261202T030000Z.tar',
+    ]);
+    assert.deepEqual(namesOf(expiredBackups(four, { count: 10, maxAgeMs: 36 * 3600_000 }, now)), [
+      '20261201T030000Z.tar',
+      '20261202T030000Z.tar',
+    ]);
     // All older than the age: the newest stays all the same.
     assert.deepEqual(
-      expiredBackups(six, { count: 10, maxAgeMs: 1000 }, at('2027-01-01T00:00:00')).map((b) => b.id),
-      ['2026-12-03T03:00:00', '2026-12-02T03:00:00', '2026-12-01T03:00:00'],
+      namesOf(expiredBackups(four, { count: 10, maxAgeMs: 1000 }, at('2027-01-01T00:00:00'))),
+      ['20261201T030000Z.tar', '20261202T030000Z.tar', '20261203T030000Z.tar'],
     );
   });
 
-  test('names sort as the times they were taken', () => {
+  test('a chain goes only whole, once every link is past: its incrementals newest first, its full last', () => {
+    const two = shippedOf(
+      ['2026-12-01T00:00:00', 'F:a'],
+      ['2026-12-01T01:00:00', 'I:a:1'],
+      ['2026-12-01T02:00:00', 'I:a:2'],
+      ['2026-12-01T03:00:00', 'F:b'],
+      ['2026-12-01T04:00:00', 'I:b:1'],
+    );
+    const now = at('2026-12-01T04:00:00');
+    // Count 3 keeps b's two links and a's newest: a stays whole (its full is needed by that link).
+    assert.deepEqual(namesOf(expiredBackups(two, { count: 3 }, now)), []);
+    // Count 2: every link of a is past.
+    assert.deepEqual(namesOf(expiredBackups(two, { count: 2 }, now)), [
+      '20261201T020000Z-incr-a000000000000000-2.tar',
+      '20261201T010000Z-incr-a000000000000000-1.tar',
+      '20261201T000000Z-full-a000000000000000.tar',
+    ]);
+    // Count 1 still keeps b whole: its full is what its newest link is restored from.
+    assert.deepEqual(namesOf(expiredBackups(two, { count: 1 }, now)).length, 3);
+    // By age: a's newest link is 120 minutes old, b's full 60.
+    assert.deepEqual(namesOf(expiredBackups(two, { count: 100, maxAgeMs: 150 * 60_000 }, now)), []);
+    assert.equal(expiredBackups(two, { count: 100, maxAgeMs: 90 * 60_000 }, now).length, 3);
+    assert.equal(expiredBackups(two, { count: 100, maxAgeMs: 30 * 60_000 }, now).length, 3);
+  });
+
+  test('the chain of the newest restorable backup is kept, however old, when a newer chain is broken', () => {
+    // Chain b lost its full (removed by hand): a is what a recovery would use.
+    const broken = shippedOf(
+      ['2026-12-01T00:00:00', 'F:a'],
+      ['2026-12-01T01:00:00', 'I:a:1'],
+      ['2026-12-01T03:00:00', 'I:b:1'],
+      ['2026-12-01T04:00:00', 'I:b:2'],
+    );
+    const expired = expiredBackups(broken, { count: 1, maxAgeMs: 1000 }, at('2026-12-09T00:00:00'));
+    assert.deepEqual(namesOf(expired), [
+      '20261201T040000Z-incr-b000000000000000-2.tar',
+      '20261201T030000Z-incr-b000000000000000-1.tar',
+    ]);
+  });
+
+  test('names sort as the times they were taken, and say the link', () => {
     assert.equal(shippedName(at('2026-12-05T03:07:00')), '20261205T030700Z.tar');
+    const link = { chain: '3f9a1c2b4d5e6f70', sequence: 2, kind: 'incremental' as const };
+    assert.equal(
+      shippedName(at('2026-12-05T03:07:00'), link),
+      '20261205T030700Z-incr-3f9a1c2b4d5e6f70-2.tar',
+    );
+    assert.deepEqual(parseShippedName('20261205T030700Z-incr-3f9a1c2b4d5e6f70-2.tar'), {
+      takenAt: at('2026-12-05T03:07:00'),
+      link,
+    });
+    assert.deepEqual(parseShippedName('20261205T030700Z-full-3f9a1c2b4d5e6f70.tar')?.link?.sequence, 0);
+    for (const other of [
+      '20261205T030700Z-incr-3f9a1c2b4d5e6f70-0.tar',
+      'x.tar',
+      '20261205T030700Z-full-X.tar',
+    ]) {
+      assert.equal(parseShippedName(other), undefined, other);
+    }
+  });
+});
+
+describe('restore point and next link', () => {
+  test('the newest chain whole: its full and every incremental in order', () => {
+    const b = shippedOf(
+      ['2026-12-01T00:00:00', 'T'],
+      ['2026-12-01T01:00:00', 'F:a'],
+      ['2026-12-01T02:00:00', 'I:a:1'],
+    );
+    assert.deepEqual(restorePoint(b), { links: b.slice(1), problems: [] });
+  });
+
+  test('a missing link is named, and the links before it are used', () => {
+    const b = shippedOf(
+      ['2026-12-01T00:00:00', 'F:a'],
+      ['2026-12-01T01:00:00', 'I:a:1'],
+      ['2026-12-01T03:00:00', 'I:a:3'],
+    );
+    const point = restorePoint(b);
+    assert.deepEqual(namesOf(point.links), namesOf(b.slice(0, 2)));
+    assert.deepEqual(point.problems, [
+      'Link 2 of chain a000000000000000 is missing: the chain ends at 20261201T010000Z-incr-a000000000000000-1.tar',
+    ]);
+  });
+
+  test('a chain without its full falls back to the chain before; a damaged link counts as missing', () => {
+    const b = shippedOf(
+      ['2026-12-01T00:00:00', 'F:a'],
+      ['2026-12-01T01:00:00', 'I:a:1'],
+      ['2026-12-01T03:00:00', 'I:b:1'],
+    );
+    const point = restorePoint(b);
+    assert.deepEqual(namesOf(point.links), namesOf(b.slice(0, 2)));
+    assert.match(
+      point.problems[0] ?? '',
+      /^The full backup of chain b0+ is missing: 20261201T030000Z-incr-b0+-1\.tar cannot be restored$/,
+    );
+    const damaged = restorePoint(b, new Set([b[0]?.name ?? '']));
+    assert.deepEqual(damaged.links, []);
+    assert.equal(damaged.problems.length, 2);
+  });
+
+  test('the next link follows a whole chain until it has full_every links; else a new chain', () => {
+    const b = shippedOf(['2026-12-01T00:00:00', 'F:a'], ['2026-12-01T01:00:00', 'I:a:1']);
+    assert.deepEqual(nextShippedLink(b, 3), { newChain: false, after: b[1]?.link });
+    assert.deepEqual(nextShippedLink(b, 2), { newChain: true });
+    assert.deepEqual(nextShippedLink([], 3), { newChain: true });
+    assert.deepEqual(nextShippedLink(shippedOf(['2026-12-01T00:00:00', 'T']), 3), { newChain: true });
+    const gap = shippedOf(['2026-12-01T00:00:00', 'F:a'], ['2026-12-01T02:00:00', 'I:a:2']);
+    assert.deepEqual(nextShippedLink(gap, 7), { newChain: true });
   });
 });
 
@@ -52,29 +188,43 @@ describe('backup scheduler (fake clock, real directory)', () => {
   let operations: OperationService;
   let work: string;
   let dir: string;
-  let made: string[];
+  let made: Array<{ guest: string; incremental: boolean; newChain: boolean }>;
   let deleted: string[];
   let failing: Set<string>;
+  let events: TrivisorEvent[];
+  /** The chain each guest's storage is at, as a driver keeps it (decision 0048). */
+  let chainOf: Map<string, BackupChainLink>;
+  let chains: number;
 
   const scheduler = () =>
     createBackupScheduler({
       store,
       hostName: 'h1',
       operations,
+      events: { publish: (e) => events.push({ ...e, timestamp: '' }) },
       directory: dir,
       log: silentLogger(),
       storage: {
-        async createBackup(guest) {
+        async createBackup(guest, options) {
           const backup = `backup-${made.length}`;
-          made.push(guest);
+          made.push({
+            guest,
+            incremental: options.incremental === true,
+            newChain: options.newChain === true,
+          });
           return operations.start({
             project: 'default',
             description: 'backup',
             resources: {},
             run: async () => {
               if (failing.has(guest)) throw invalidArgument(`no room for ${guest}`);
+              const before = options.newChain ? undefined : chainOf.get(guest);
+              const link: BackupChainLink = before
+                ? { chain: before.chain, sequence: before.sequence + 1, kind: 'incremental' }
+                : { chain: String(++chains).padStart(16, '0'), sequence: 0, kind: 'full' };
+              chainOf.set(guest, link);
               await writeFile(join(work, `${guest}-${backup}.tar`), `archive of ${guest} (${backup})`);
-              return { backup };
+              return { backup, incremental: link };
             },
           });
         },
@@ -88,6 +238,11 @@ describe('backup scheduler (fake clock, real directory)', () => {
       },
     });
   const shipped = async (guest: string) => (await listShipped(dir, guest)).map((b) => b.name);
+  /** The shipped backups as kind and sequence: `F0 I1 I2 F0`. */
+  const links = async (guest: string) =>
+    (await listShipped(dir, guest))
+      .map((b) => `${b.link?.kind === 'full' ? 'F' : 'I'}${b.link?.sequence}`)
+      .join(' ');
 
   beforeEach(async () => {
     store = createMemoryStore();
@@ -97,17 +252,36 @@ describe('backup scheduler (fake clock, real directory)', () => {
     made = [];
     deleted = [];
     failing = new Set();
+    events = [];
+    chainOf = new Map();
+    chains = 0;
     const guests = [
       aGuestSpec({
         name: 'daily',
-        config: { 'backups.schedule': '0 3 * * *', 'backups.retention.count': '2' },
+        config: {
+          'backups.schedule': '0 3 * * *',
+          'backups.retention.count': '2',
+          'backups.full_every': '1',
+        },
       }),
       aGuestSpec({
         name: 'hourly',
-        config: { 'backups.schedule': '0 * * * *', 'backups.retention.age': '90m' },
+        config: {
+          'backups.schedule': '0 * * * *',
+          'backups.retention.age': '90m',
+          'backups.full_every': '1',
+        },
       }),
       aGuestSpec({ name: 'theirs', config: { 'backups.schedule': '0 * * * *' }, location: 'h2' }),
       aGuestSpec({ name: 'plain', config: {} }),
+      aGuestSpec({
+        name: 'chained',
+        config: {
+          'backups.schedule': '*/10 * * * *',
+          'backups.full_every': '3',
+          'backups.retention.count': '4',
+        },
+      }),
     ];
     for (const s of guests) {
       await records.guest.at(s.name).put(store, s);
@@ -121,48 +295,129 @@ describe('backup scheduler (fake clock, real directory)', () => {
   test('a guest of this member whose schedule fires is backed up, stopped or not, and the archive shipped; the local copy goes', async () => {
     const s = scheduler();
     await s.pass(at('2026-12-05T03:00:04'));
-    assert.deepEqual(made.sort(), ['daily', 'hourly']);
-    assert.deepEqual(await shipped('daily'), ['20261205T030000Z.tar']);
+    assert.deepEqual(made.map((m) => m.guest).sort(), ['chained', 'daily', 'hourly']);
+    const [daily] = await shipped('daily');
+    assert.match(daily ?? '', /^20261205T030000Z-full-0{15}\d\.tar$/);
+    const backup = made.findIndex((m) => m.guest === 'daily');
     assert.equal(
-      await readFile(join(dir, 'daily', '20261205T030000Z.tar'), 'utf8'),
-      made[0] === 'daily' ? 'archive of daily (backup-0)' : 'archive of daily (backup-1)',
+      await readFile(join(dir, 'daily', daily ?? ''), 'utf8'),
+      `archive of daily (backup-${backup})`,
     );
-    assert.deepEqual(await readdir(dir), ['daily', 'hourly']);
+    assert.deepEqual(await readdir(dir), ['chained', 'daily', 'hourly']);
     assert.equal((await stat(join(dir, 'daily'))).mode & 0o777, 0o700);
-    assert.equal((await stat(join(dir, 'daily', '20261205T030000Z.tar'))).mode & 0o777, 0o600);
-    assert.equal(deleted.length, 2, 'the local backups are deleted once shipped');
+    assert.equal((await stat(join(dir, 'daily', daily ?? ''))).mode & 0o777, 0o600);
+    assert.equal(deleted.length, 3, 'the local backups are deleted once shipped');
     // Once a minute only, however many passes run in it.
     await s.pass(at('2026-12-05T03:00:40'));
-    assert.equal(made.length, 2);
+    assert.equal(made.length, 3);
     // Not in a minute the schedule does not name.
     await s.pass(at('2026-12-05T03:01:04'));
-    assert.equal(made.length, 2);
+    assert.equal(made.length, 3);
   });
 
-  test('retention: by count and by age, pruned after each shipping', async () => {
+  test('a full backup, then incrementals after it, a new full every full_every backups', async () => {
+    const s = scheduler();
+    for (const minute of ['00', '10', '20', '30', '40']) await s.pass(at(`2026-12-05T04:${minute}:04`));
+    assert.equal(await links('chained'), 'F0 I1 I2 F0 I1');
+    const asked = made.filter((m) => m.guest === 'chained');
+    assert.deepEqual(
+      asked.map((m) => m.newChain),
+      [true, false, false, true, false],
+    );
+    assert.ok(asked.every((m) => m.incremental));
+    const [first, , , fourth] = await listShipped(dir, 'chained');
+    assert.notEqual(first?.link?.chain, fourth?.link?.chain);
+  });
+
+  test('retention: by count and by age, pruned after each shipping, chains only whole', async () => {
     const s = scheduler();
     for (const day of ['01', '02', '03', '04']) await s.pass(at(`2026-12-${day}T03:00:04`));
-    assert.deepEqual(await shipped('daily'), ['20261203T030000Z.tar', '20261204T030000Z.tar']);
+    assert.deepEqual(
+      (await shipped('daily')).map((n) => n.slice(0, 16)),
+      ['20261203T030000Z', '20261204T030000Z'],
+    );
     for (const hour of ['04', '05', '06']) await s.pass(at(`2026-12-04T${hour}:00:04`));
     // 90 minutes: the backups of 05:00 and 06:00 are kept at 06:00, the older ones go.
-    assert.deepEqual(await shipped('hourly'), ['20261204T050000Z.tar', '20261204T060000Z.tar']);
+    assert.deepEqual(
+      (await shipped('hourly')).map((n) => n.slice(0, 16)),
+      ['20261204T050000Z', '20261204T060000Z'],
+    );
   });
 
-  test('a failed backup ships nothing and leaves the others to be made', async () => {
+  test('retention by count keeps chains whole: the first chain goes once its newest link is past', async () => {
+    const s = scheduler();
+    // count 4 over chains of 3: the first chain goes only once its newest link is past (the 7th
+    // backup), never in part.
+    const chained: string[] = [];
+    for (const minute of ['00', '10', '20', '30', '40', '50']) {
+      await s.pass(at(`2026-12-05T05:${minute}:04`));
+      chained.push(await links('chained'));
+    }
+    await s.pass(at('2026-12-05T06:00:04'));
+    chained.push(await links('chained'));
+    assert.deepEqual(chained, [
+      'F0',
+      'F0 I1',
+      'F0 I1 I2',
+      'F0 I1 I2 F0',
+      'F0 I1 I2 F0 I1',
+      'F0 I1 I2 F0 I1 I2',
+      'F0 I1 I2 F0',
+    ]);
+  });
+
+  test('a failed backup ships nothing, is a warning on the guest and an event until the next one succeeds', async () => {
     failing.add('daily');
-    await scheduler().pass(at('2026-12-05T03:00:04'));
+    const s = scheduler();
+    await s.pass(at('2026-12-05T03:00:04'));
     assert.deepEqual(await shipped('daily'), []);
-    assert.deepEqual(await shipped('hourly'), ['20261205T030000Z.tar']);
+    assert.equal((await shipped('hourly')).length, 1);
     // No partial file left in the guest's directory.
-    assert.deepEqual(await readdir(join(dir, 'hourly')), ['20261205T030000Z.tar']);
+    assert.equal((await readdir(join(dir, 'hourly'))).length, 1);
+    const failure = await records.backupFailure.at('daily').get(store);
+    assert.deepEqual(failure?.value, {
+      at: '2026-12-05T03:00:00Z',
+      member: 'h1',
+      error: 'no room for daily',
+    });
+    assert.deepEqual(
+      events.map((e) => [e.action, e.metadata.name, e.metadata.error]),
+      [['guest-backup-failed', 'daily', 'no room for daily']],
+    );
+    failing.clear();
+    await s.pass(at('2026-12-06T03:00:04'));
+    assert.equal(await records.backupFailure.at('daily').get(store), undefined);
+    assert.deepEqual(events.at(-1)?.action, 'guest-backup-recovered');
   });
 
-  test('a guest not yet made, or being deleted, is not backed up', async () => {
+  test('a link the shipped chain lacks is never shipped after it: a new full at once', async () => {
+    const s = scheduler();
+    await s.pass(at('2026-12-05T04:00:04'));
+    await s.pass(at('2026-12-05T04:10:04'));
+    assert.equal(await links('chained'), 'F0 I1');
+    // The directory could not take link 2 (made, then lost): the guest's chain is at 2.
+    failing.add('x');
+    const link = chainOf.get('chained');
+    assert.ok(link);
+    chainOf.set('chained', { ...link, sequence: link.sequence + 1 });
+    await s.pass(at('2026-12-05T04:20:04'));
+    assert.equal(await links('chained'), 'F0 I1 F0');
+    const asked = made.filter((m) => m.guest === 'chained').map((m) => m.newChain);
+    assert.deepEqual(asked, [true, false, false, true]);
+  });
+
+  test('a guest not yet made, or being deleted, is not backed up; a failure outlives neither guest nor schedule', async () => {
     await records.guestStatus.at('daily').put(store, aGuestStatus({ status: 'Stopped', provisioned: false }));
     const hourly = await records.guest.at('hourly').get(store);
     assert.ok(hourly);
     await records.guest.at('hourly').put(store, { ...hourly.value, deleting: true });
+    await records.backupFailure.at('gone').put(store, { at: 'x', member: 'h1', error: 'e' });
+    await records.backupFailure.at('plain').put(store, { at: 'x', member: 'h1', error: 'e' });
     await scheduler().pass(at('2026-12-05T03:00:04'));
-    assert.deepEqual(made, []);
+    assert.deepEqual(
+      made.map((m) => m.guest),
+      ['chained'],
+    );
+    assert.deepEqual((await records.backupFailure.list(store)).items, []);
   });
 });

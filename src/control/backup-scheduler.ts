@@ -1,23 +1,28 @@
-import { DEFAULT_BACKUP_RETENTION_COUNT } from '../core/config-keys.ts';
+import { DEFAULT_BACKUP_FULL_EVERY, DEFAULT_BACKUP_RETENTION_COUNT } from '../core/config-keys.ts';
 import { parseDurationMs } from '../core/durations.ts';
 import { asTrivisorError } from '../core/errors.ts';
 import type { GuestSpec } from '../core/types.ts';
+import type { BackupChainLink } from '../drivers/guest-storage.ts';
 import type { Logger } from '../host/logger.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { StorageService } from '../services/storage-service.ts';
-import type { OperationService } from '../services/types.ts';
-import { pruneShipped, shipBackup } from '../storage/shipped-backups.ts';
+import type { EventBus, OperationService } from '../services/types.ts';
+import { listShipped, nextShippedLink, pruneShipped, shipBackup } from '../storage/shipped-backups.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { firesIn, minuteOf } from './minute-clock.ts';
 
 /**
- * Scheduled backups shipped off the member (issue 13 part 5; decision 0046): each member backs
- * up its own guests whose `backups.schedule` fires in the current minute, running or not, with
- * the export's own code (every payload checksummed), copies the archive into the backup
- * directory (`<dir>/<guest>/<time>.tar`, shipped-backups.ts), removes its local copy, and prunes
- * the guest's shipped backups beyond `backups.retention.count` (default 7) or older than
- * `backups.retention.age`, the newest always kept. The directory is the host administrator's
+ * Scheduled backups shipped off the member (issue 13 part 5; decisions 0046 and 0062): each
+ * member backs up its own guests whose `backups.schedule` fires in the current minute, running or
+ * not, with the export's own code (every payload checksummed): a full backup that starts a chain,
+ * then incrementals after it, a new full every `backups.full_every` backups (default 7) or as soon
+ * as the shipped chain is not whole. It copies the archive into the backup directory
+ * (`<dir>/<guest>/<time>-full-<chain>.tar`, `…-incr-<chain>-<n>.tar`: shipped-backups.ts), removes
+ * its local copy, and prunes the guest's shipped chains whose every backup is beyond
+ * `backups.retention.count` (default 7) or older than `backups.retention.age`, the chain of the
+ * newest restorable backup always kept. A failed backup is recorded on the guest (a warning in
+ * `list` and `info`, and a `guest-backup-failed` event) until the next one succeeds. The directory is the host administrator's
  * (TRIVISOR_BACKUP_DIR, an NFS mount in production), not a guest key: a project user who may set
  * a guest's keys must not make root write or delete files where they choose.
  */
@@ -26,6 +31,7 @@ export interface BackupSchedulerDeps {
   hostName: string;
   storage: Pick<StorageService, 'createBackup' | 'backupFile' | 'deleteBackup'>;
   operations: Pick<OperationService, 'wait'>;
+  events: Pick<EventBus, 'publish'>;
   /** The backup directory. */
   directory: string;
   log: Logger;
@@ -45,21 +51,51 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
   const lastRun = new Map<string, number>();
   let stopped = false;
 
+  /** A backup of the guest made here: its name and the link of its chain it is (none for a whole archive). */
+  async function make(
+    spec: GuestSpec,
+    newChain: boolean,
+  ): Promise<{ backup: string; link?: BackupChainLink }> {
+    const op = await deps.storage
+      .createBackup(spec.name, { withSnapshots: false, incremental: true, ...(newChain && { newChain }) })
+      .catch((e: unknown) => {
+        // A model whose storage cannot tell what changed: whole archives, as before decision 0062.
+        if (asTrivisorError(e).code !== 'NotSupported') throw e;
+        return deps.storage.createBackup(spec.name, { withSnapshots: false });
+      });
+    const { metadata } = await succeeded(deps.operations, op);
+    const link = metadata.incremental as BackupChainLink | undefined;
+    return { backup: String(metadata.backup ?? ''), ...(link && { link }) };
+  }
+
   async function backUp(spec: GuestSpec, minute: Date): Promise<void> {
-    const made = await succeeded(
-      deps.operations,
-      await deps.storage.createBackup(spec.name, { withSnapshots: false }),
-    );
-    const backup = String(made.metadata.backup ?? '');
+    const fullEvery = Number(spec.config['backups.full_every'] ?? DEFAULT_BACKUP_FULL_EVERY);
+    const plan = nextShippedLink(await listShipped(directory, spec.name), fullEvery);
+    let made = await make(spec, plan.newChain);
     try {
-      const archive = await deps.storage.backupFile(spec.name, backup);
-      const shipped = await shipBackup(directory, spec.name, archive.path, minute);
+      const { link } = made;
+      if (!plan.newChain && link?.kind === 'incremental') {
+        const follows = link.chain === plan.after.chain && link.sequence === plan.after.sequence + 1;
+        if (!follows) {
+          // The guest's chain moved on past what was shipped (an earlier link made but not shipped,
+          // an export by hand): this link builds on one the directory lacks, and would be a chain
+          // no recovery can restore. A new chain instead, at once.
+          log.info(
+            { guest: spec.name, made: link, shipped: plan.after },
+            'the guest backup chain does not follow the shipped one: a new full backup instead',
+          );
+          await deps.storage.deleteBackup(spec.name, made.backup).catch(() => {});
+          made = await make(spec, true);
+        }
+      }
+      const archive = await deps.storage.backupFile(spec.name, made.backup);
+      const shipped = await shipBackup(directory, spec.name, archive.path, minute, made.link);
       log.info(
         { guest: spec.name, path: shipped.path, sizeBytes: shipped.sizeBytes },
         'scheduled backup shipped',
       );
     } finally {
-      await deps.storage.deleteBackup(spec.name, backup).catch(() => {});
+      await deps.storage.deleteBackup(spec.name, made.backup).catch(() => {});
     }
     const age = spec.config['backups.retention.age'];
     const removed = await pruneShipped(
@@ -75,21 +111,63 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
       log.info({ guest: spec.name, removed }, 'shipped backups past their retention removed');
   }
 
+  const publish = (action: string, spec: GuestSpec, metadata: Record<string, unknown>) =>
+    deps.events.publish({
+      type: 'lifecycle',
+      project: spec.project ?? 'default',
+      action,
+      source: `/1.0/guests/${spec.name}`,
+      metadata: { name: spec.name, model: spec.model, ...metadata },
+    });
+
+  /** Records the failure on the guest (a warning until the next success) and says so in an event. */
+  async function failed(spec: GuestSpec, minute: Date, e: unknown): Promise<void> {
+    const error = asTrivisorError(e).message;
+    log.warn({ guest: spec.name, err: error }, 'scheduled backup failed');
+    const at = minute.toISOString().replace('.000Z', 'Z');
+    await records.backupFailure
+      .at(spec.name)
+      .put(store, { at, member: hostName, error })
+      .catch((err: unknown) =>
+        log.warn({ guest: spec.name, err: asTrivisorError(err).message }, 'backup failure not recorded'),
+      );
+    publish('guest-backup-failed', spec, { at, error });
+  }
+
+  async function succeededNow(spec: GuestSpec, hadFailed: boolean): Promise<void> {
+    if (!hadFailed) return;
+    await store.delete(records.backupFailure.at(spec.name).key);
+    publish('guest-backup-recovered', spec, {});
+  }
+
   async function pass(at: Date): Promise<void> {
     const minute = minuteOf(at);
-    const [specs, statuses] = await Promise.all([records.guest.list(store), records.guestStatus.list(store)]);
+    const [specs, statuses, failures] = await Promise.all([
+      records.guest.list(store),
+      records.guestStatus.list(store),
+      records.backupFailure.list(store),
+    ]);
     const provisioned = new Set(
       statuses.items.filter((s) => s.value.provisioned).map((s) => records.guestStatus.nameOf(s.key)),
     );
-    for (const spec of valuesOf(specs)) {
+    const failing = new Set(failures.items.map((f) => records.backupFailure.nameOf(f.key)));
+    const specOf = new Map(valuesOf(specs).map((s) => [s.name, s]));
+    // A failure outlives neither its guest nor its schedule.
+    for (const name of failing) {
+      const spec = specOf.get(name);
+      if (spec && (spec.location !== hostName || spec.config['backups.schedule'])) continue;
+      await store.delete(records.backupFailure.at(name).key).catch(() => {});
+    }
+    for (const spec of specOf.values()) {
       if (stopped) return;
       const schedule = spec.config['backups.schedule'];
       if (!schedule || spec.location !== hostName || spec.deleting || !provisioned.has(spec.name)) continue;
       if (lastRun.get(spec.name) === minute.getTime()) continue;
       if (!firesIn(schedule, minute, 'backups.schedule')) continue;
       lastRun.set(spec.name, minute.getTime());
-      await backUp(spec, minute).catch((e: unknown) =>
-        log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'scheduled backup failed'),
+      await backUp(spec, minute).then(
+        () => succeededNow(spec, failing.has(spec.name)),
+        (e: unknown) => failed(spec, minute, e),
       );
     }
   }

@@ -44,6 +44,9 @@ export function cronSchedule(v: string, key: string): Cron {
 /** How many shipped backups of a guest are kept when `backups.retention.count` is unset. */
 export const DEFAULT_BACKUP_RETENTION_COUNT = 7;
 
+/** How many scheduled backups make one chain (a full and the incrementals after it) when `backups.full_every` is unset. */
+export const DEFAULT_BACKUP_FULL_EVERY = 7;
+
 /** Default `migration.downtime_limit` (QEMU's own default downtime-limit). */
 export const DEFAULT_MIGRATION_DOWNTIME_MS = 300;
 
@@ -330,6 +333,17 @@ const KEYS: Record<string, KeySpec> = {
       if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1000) {
         throw invalidArgument(
           `backups.retention.count=${JSON.stringify(v)} must be a whole number from 1 to 1000`,
+        );
+      }
+    },
+  },
+  'backups.full_every': {
+    live: true,
+    help: `every how many scheduled backups one is full; the others are incremental, each after the one before (default ${DEFAULT_BACKUP_FULL_EVERY}; 1: all full)`,
+    check(v) {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 1000) {
+        throw invalidArgument(
+          `backups.full_every=${JSON.stringify(v)} must be a whole number from 1 to 1000`,
         );
       }
     },

@@ -16,6 +16,9 @@ export const keys = {
   /** What the NIC observer saw of a running guest's NICs → GuestNetworkObservation. */
   guestNetworkPrefix: '/trivisor/guest-network/',
   guestNetwork: (name: string): string => `/trivisor/guest-network/${name}`,
+  /** The last scheduled backup of a guest that failed, until one succeeds → BackupFailure (decision 0062). */
+  backupFailurePrefix: '/trivisor/backup-failures/',
+  backupFailure: (name: string): string => `/trivisor/backup-failures/${name}`,
   imagePrefix: '/trivisor/images/',
   image: (fingerprint: string): string => `/trivisor/images/${fingerprint}`,
   imageAliasPrefix: '/trivisor/image-aliases/',

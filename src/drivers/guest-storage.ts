@@ -48,11 +48,13 @@ export interface GuestStorage {
    * `tarPath`, as the next link of the guest's incremental chain: only what
    * changed since the chain's last backup, or everything (a new chain) when
    * there is none. A restore of a snapshot or an import ends the chain.
+   * `newChain`: a full backup that starts a new chain even when there is one
+   * (scheduled backups bound their chains: `backups.full_every`, decision 0062).
    */
   exportIncremental?(
     spec: GuestSpec,
     tarPath: string,
-    options?: { signal?: AbortSignal },
+    options?: { signal?: AbortSignal; newChain?: boolean },
   ): Promise<BackupChainLink>;
   /**
    * Optional: applies a tar made by exportIncremental to a stopped guest: a

@@ -24,10 +24,11 @@ import type {
 } from '../drivers/live-migration.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { digestOf } from '../storage/backup-archive.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
-import { feedPayload, openArchive } from './archive-reader.ts';
+import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
@@ -597,6 +598,13 @@ export async function handOver(
   return { succeeded: r.succeeded, generation };
 }
 
+/** Refuses an archive whose payload `rel` does not match the checksum its manifest gives. */
+async function assertPayloadWhole(archive: OpenedArchive, rel: string): Promise<void> {
+  const member = archive.members.get(rel);
+  const want = archive.manifest.files[rel];
+  if (!member || !want || (await digestOf(archive.path, member)).sha256 !== want.sha256) throw corrupted(rel);
+}
+
 /** The destination's side of a move: applies an archive onto the guest's new, empty files. */
 export interface MoveReceiver {
   /** Applies the archive at `archivePath` (removed afterwards) onto this member's copy of guest `name`. */
@@ -662,7 +670,16 @@ export function createMoveReceiver(deps: {
         try {
           const feed = (rel: string, consume: (path: string) => Promise<unknown>) =>
             feedPayload({ archive, rel, work, runner: deps.runner, signal, consume });
-          await feed('rootfs.tar.zst', (path) => storage.importTar(spec.value, path, { signal }));
+          const link = archive.manifest.incremental;
+          const importIncremental = storage.importIncremental?.bind(storage);
+          if (link && importIncremental) {
+            // A link of a shipped chain, applied in order by a recovery (decision 0062): an
+            // incremental changes a disk in place, so its payload is checked whole first.
+            if (link.kind === 'incremental') await assertPayloadWhole(archive, 'rootfs.tar.zst');
+            await feed('rootfs.tar.zst', (path) => importIncremental(spec.value, path, { link, signal }));
+          } else {
+            await feed('rootfs.tar.zst', (path) => storage.importTar(spec.value, path, { signal }));
+          }
           for (const snap of archive.manifest.snapshots) {
             await feed(`snapshots/${snap.name}.tar.zst`, (path) =>
               storage.importTar(spec.value, path, { snapshot: snap.name, signal }),

@@ -9,6 +9,7 @@ import type { GuestSpec, ImageRecord, TrivisorEvent } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createGuestService } from './guest-service.ts';
 import { createOperationService } from './operation-service.ts';
@@ -183,6 +184,21 @@ describe('guest service and controller', () => {
     assert.equal(op.status, 'Success', op.error ?? '');
     assert.deepEqual(w.driver.calls.slice(-2), ['stop:a:force', 'delete:a']);
     await rejectsWith(w.guests.get('a'), 'NotFound');
+  });
+
+  test('a failed scheduled backup is a warning of the guest in get and list until it is cleared; a new guest of the name starts without it', async () => {
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    const failure = { at: '2026-12-05T03:00:00Z', member: 'h1', error: 'no space left on device' };
+    await records.backupFailure.at('a').put(w.store, failure);
+    const warning = 'The scheduled backup of 2026-12-05T03:00:00Z failed on h1: no space left on device';
+    assert.deepEqual((await w.guests.get('a')).state.warnings, [warning]);
+    assert.deepEqual((await w.guests.list()).find((g) => g.name === 'a')?.state.warnings, [warning]);
+    await w.store.delete(keys.backupFailure('a'));
+    assert.equal((await w.guests.get('a')).state.warnings, undefined);
+    await done(w, await w.guests.delete('a', { force: true }));
+    await records.backupFailure.at('a').put(w.store, failure);
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    assert.equal((await w.guests.get('a')).state.warnings, undefined);
   });
 
   test('stop passes the timeout; restart stops then starts', async () => {

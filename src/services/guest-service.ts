@@ -49,7 +49,7 @@ import {
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records, valuesOf } from '../store/records.ts';
+import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite, readProject } from './project-service.ts';
@@ -101,6 +101,8 @@ interface Loaded {
   modRevision: number;
   /** What the NIC observer last saw, when it is about the guest's current run. */
   network: GuestNetworkObservation | undefined;
+  /** The guest's last scheduled backup, when it failed (decision 0062). */
+  backupFailure: BackupFailure | undefined;
 }
 
 /** An observation counts only for the run it was made in, and only while the guest runs. */
@@ -208,10 +210,11 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   async function loadAny(name: string): Promise<Loaded> {
     assertDnsLabel(name, 'guest name');
-    const [s, st, net] = await Promise.all([
+    const [s, st, net, failed] = await Promise.all([
       records.guest.at(name).get(store),
       records.guestStatus.at(name).get(store),
       records.guestNetwork.at(name).get(store),
+      records.backupFailure.at(name).get(store),
     ]);
     if (!s) throw notFound(`Guest ${name} not found`);
     return {
@@ -219,6 +222,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       status: st?.value,
       modRevision: s.modRevision,
       network: currentObservation(st?.value, net?.value),
+      backupFailure: failed?.value,
     };
   }
 
@@ -280,9 +284,13 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
     spec: GuestSpec,
     status: GuestStatus | undefined,
     usage: GuestUsage | null,
-    options: { nics?: Guest['state']['nics']; network: GuestNetworkObservation | undefined },
+    options: {
+      nics?: Guest['state']['nics'];
+      network: GuestNetworkObservation | undefined;
+      backupFailure: BackupFailure | undefined;
+    },
   ): Guest {
-    const { nics, network } = options;
+    const { nics, network, backupFailure } = options;
     const startedAt = status?.startedAt ?? null;
     const guest: Guest = {
       name: spec.name,
@@ -316,6 +324,11 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       guest.state.addresses = seen.flatMap((n) => n.addresses);
       const warnings = seen.flatMap((n) => (n.warning !== undefined ? [n.warning] : []));
       if (warnings.length > 0) guest.state.warnings = warnings;
+    }
+    if (backupFailure) {
+      // Until the next scheduled backup succeeds (decision 0062).
+      const warning = `The scheduled backup of ${backupFailure.at} failed on ${backupFailure.member}: ${backupFailure.error}`;
+      guest.state.warnings = [...(guest.state.warnings ?? []), warning];
     }
     if (spec.disks && Object.keys(spec.disks).length > 0) guest.disks = spec.disks;
     if (nics) guest.state.nics = nics;
@@ -369,11 +382,13 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       inProject: (project) => scoped(project),
 
       async list(options = {}) {
-        const [specs, statuses, networks] = await Promise.all([
+        const [specs, statuses, networks, failures] = await Promise.all([
           records.guest.list(store),
           records.guestStatus.list(store),
           records.guestNetwork.list(store),
+          records.backupFailure.list(store),
         ]);
+        const failureOf = new Map(failures.items.map((f) => [records.backupFailure.nameOf(f.key), f.value]));
         const byName = new Map<string, GuestStatus>();
         for (const st of statuses.items) byName.set(records.guestStatus.nameOf(st.key), st.value);
         const observed = new Map<string, GuestNetworkObservation>();
@@ -407,6 +422,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           toGuest(spec, byName.get(spec.name), usages[i] ?? null, {
             nics: nics[i],
             network: networkOf(spec),
+            backupFailure: failureOf.get(spec.name),
           }),
         );
       },
@@ -418,6 +434,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             withCounters: options.withUsage === true,
             network: l.network,
           }),
+          backupFailure: l.backupFailure,
           network: l.network,
         });
       },
@@ -517,6 +534,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
                 records.guestLocation.at(spec.name).putOp(spec.location),
                 records.guestStatus.at(spec.name).deleteOp(),
                 records.guestNetwork.at(spec.name).deleteOp(),
+                records.backupFailure.at(spec.name).deleteOp(),
                 ...(claims?.success ?? []),
               ],
             };
@@ -708,6 +726,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         return {
           guest: toGuest(after.spec, after.status, await usageOf(after.spec, after.status), {
             network: after.network,
+            backupFailure: after.backupFailure,
           }),
           pendingRestart: after.status?.pendingRestart ?? [],
         };

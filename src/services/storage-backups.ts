@@ -69,7 +69,10 @@ export function backupMethods(
             let link: BackupManifest['incremental'];
             await payload('rootfs.tar.zst', async (path) => {
               if (options.incremental && exportIncremental) {
-                link = await exportIncremental(spec, path, { signal: ctx.signal });
+                link = await exportIncremental(spec, path, {
+                  signal: ctx.signal,
+                  ...(options.newChain && { newChain: true }),
+                });
               } else {
                 await storage.exportTar(spec, path, { signal: ctx.signal });
               }

@@ -41,9 +41,13 @@ export interface StorageService {
   copyGuest(request: CopyGuestRequest): Promise<Operation>;
   /**
    * Writes a backup archive on the daemon's side; the operation's metadata names it (`backup`).
-   * `incremental` (vm): the next link of the guest's backup chain (`incremental` in the metadata).
+   * `incremental`: the next link of the guest's backup chain (`incremental` in the metadata);
+   * with `newChain`, the full backup that starts a new one (scheduled backups, decision 0062).
    */
-  createBackup(guest: string, options: { withSnapshots: boolean; incremental?: boolean }): Promise<Operation>;
+  createBackup(
+    guest: string,
+    options: { withSnapshots: boolean; incremental?: boolean; newChain?: boolean },
+  ): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
   deleteBackup(guest: string, backup: string): Promise<void>;

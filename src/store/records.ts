@@ -302,6 +302,16 @@ export const GuestStatusSchema = Type.Object({
   provisioned: Type.Boolean(),
 });
 
+/** A guest's last scheduled backup that failed (decision 0062): a warning on the guest until one succeeds. */
+export const BackupFailureSchema = Type.Object({
+  /** When the backup was due (its minute). */
+  at: Type.String(),
+  /** The member that tried it. */
+  member: Type.String(),
+  error: Type.String(),
+});
+export type BackupFailure = Static<typeof BackupFailureSchema>;
+
 export const GuestNetworkObservationSchema = Type.Object({
   process: ProcessIdentity,
   nics: Type.Record(
@@ -593,6 +603,12 @@ export const records = {
     key: (name: string) => keys.guestLocation(name),
     schema: Type.String({ minLength: 1 }),
     raw: true,
+  }),
+  backupFailure: defineRecord<BackupFailure>()({
+    kind: 'backup failure',
+    prefix: keys.backupFailurePrefix,
+    key: (name: string) => keys.backupFailure(name),
+    schema: BackupFailureSchema,
   }),
   guestNetwork: defineRecord<GuestNetworkObservation>()({
     kind: 'guest network observation',

@@ -2,15 +2,17 @@ import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { parseShippedName } from '../../src/storage/shipped-backups.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { eventually } from '../system/harness.ts';
 import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 import { killMember } from './ha-scenarios.ts';
 
 /*
- * Issue 13 part 5 (decision 0046): a member's guests of all three models, backed up on schedule
- * into the backup directory every member shares (an NFS mount in production, a directory of the
- * machine here), come back on the surviving member from their latest backups after the member is
+ * Issue 13 part 5 (decisions 0046 and 0062): a member's guests of all three models, backed up on
+ * schedule into the backup directory every member shares (an NFS mount in production, a directory
+ * of the machine here), a full backup then incrementals after it, come back on the surviving
+ * members from their latest chain (the full and each incremental in order) after the member is
  * destroyed: its daemon and every process of its guests killed.
  */
 
@@ -42,7 +44,7 @@ describe('recovery of a lost member from its shipped backups', () => {
     await formCluster(cluster);
   });
 
-  test("m3's guests of every model, backed up each minute, run on the other members with their files after m3 is destroyed; asked again, nothing moves; bad input is one line", async () => {
+  test("m3's guests of every model, backed up each minute (a full, then incrementals), run on the other members with the files of both after m3 is destroyed; asked again, nothing moves; bad input is one line", async () => {
     const [m1, m2, m3] = cluster.hosts;
     assert.ok(m1 && m2 && m3);
     for (const [name, args] of guests) {
@@ -53,14 +55,29 @@ describe('recovery of a lost member from its shipped backups', () => {
     for (const [name] of guests) m1.daemon.ok(['config', 'set', name, 'backups.schedule=* * * * *']);
     const shippedOf = (name: string) => {
       try {
-        return readdirSync(path.join(backupDir, name)).filter((f) => f.endsWith('.tar'));
+        return readdirSync(path.join(backupDir, name)).filter((f) => parseShippedName(f) !== undefined);
       } catch {
         return [];
       }
     };
     await eventually(
-      'a shipped backup of each guest',
-      () => guests.every(([name]) => shippedOf(name).length > 0),
+      'a full backup of each guest shipped',
+      () => guests.every(([name]) => shippedOf(name).some((f) => parseShippedName(f)?.link?.kind === 'full')),
+      180_000,
+    );
+    // Written after the full backup: only an incremental can bring it back.
+    for (const [name] of guests) {
+      m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} later > /root/later && sync`]);
+    }
+    const writtenAt = Date.now();
+    const incrementalAfterWrite = (name: string) =>
+      shippedOf(name).some((f) => {
+        const p = parseShippedName(f);
+        return p?.link?.kind === 'incremental' && p.takenAt.getTime() > writtenAt;
+      });
+    await eventually(
+      'an incremental of each guest, begun after the write, shipped',
+      () => guests.every(([name]) => incrementalAfterWrite(name)),
       180_000,
     );
 
@@ -74,9 +91,13 @@ describe('recovery of a lost member from its shipped backups', () => {
     });
     assert.equal(recovered.code, 0, `${recovered.stderr}\nm2: ${m2.daemon.stderr().slice(-3000)}`);
     const out = recovered.stdout;
+    const stamp = '\\d{8}T\\d{6}Z';
     for (const [name] of guests) {
-      assert.match(out, new RegExp(`^Recovered ${name} on m[12] from \\d{8}T\\d{6}Z\\.tar$`, 'm'), out);
+      // The chain's full first, then its incrementals in order, as many as were shipped.
+      const chain = `${stamp}-full-([0-9a-f]{16})\\.tar(, ${stamp}-incr-\\1-\\d+\\.tar)+`;
+      assert.match(out, new RegExp(`^Recovered ${name} on m[12] from ${chain}$`, 'm'), out);
     }
+    assert.doesNotMatch(out, /^Warning:/m, out);
     type Listed = { name: string; status: string; location?: string };
     const listed = JSON.parse(m2.daemon.ok(['list', '--format', 'json'])) as Listed[];
     for (const [name] of guests) {
@@ -84,6 +105,7 @@ describe('recovery of a lost member from its shipped backups', () => {
       assert.match(g?.location ?? '', /^m[12]$/, name);
       assert.equal(g?.status, 'Running', name);
       assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/kept']), `${name} kept\n`);
+      assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/later']), `${name} later\n`);
     }
 
     // Asked again: every guest is on an Online member, which has it.

@@ -27,6 +27,9 @@ describe('snapshots and copies of ct guests', () => {
       'backups.schedule=* * * * *',
       '-c',
       'backups.retention.count=1',
+      '-c',
+      // Every backup a full one: retention then replaces the first by the next (chains: cluster-recover).
+      'backups.full_every=1',
     ]);
     d.ok(['exec', 'sched', '--', 'sh', '-c', 'echo shipped > /root/mark']);
   });
@@ -145,7 +148,7 @@ describe('snapshots and copies of ct guests', () => {
   test('a guest with backups.schedule is backed up into the backup directory each minute; the archive imports as a guest with its files', async () => {
     await eventually('a shipped backup', () => shipped().length > 0, 75_000);
     const [first, ...more] = shipped();
-    assert.match(first ?? '', /^\d{8}T\d{4}00Z\.tar$/);
+    assert.match(first ?? '', /^\d{8}T\d{4}00Z-full-[0-9a-f]{16}\.tar$/);
     assert.deepEqual(more, []);
     firstShipped = first;
     d.ok(['import', path.join(d.stateDir, 'shipped-backups', 'sched', first ?? ''), 'from-shipped']);
@@ -155,6 +158,7 @@ describe('snapshots and copies of ct guests', () => {
     refused(d.cli(['config', 'set', 'sched', 'backups.schedule=sometimes']), /is not a schedule/);
     refused(d.cli(['config', 'set', 'sched', 'backups.retention.count=0']), /from 1 to 1000/);
     refused(d.cli(['config', 'set', 'sched', 'backups.retention.age=long']), /is not a duration/);
+    refused(d.cli(['config', 'set', 'sched', 'backups.full_every=0']), /from 1 to 1000/);
   });
 
   test('a guest with snapshots.schedule gets a snapshot each minute, named by its pattern, and each is deleted when it expires', async () => {

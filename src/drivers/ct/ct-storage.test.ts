@@ -212,6 +212,12 @@ describe('ct storage on a directory pool', () => {
     assert.equal(existsSync(path.join(b, 'upper/etc/old')), false);
     // Applied twice: the guest is past it.
     await assert.rejects(async () => apply('i2', inc2), /is not at backup 1 of chain/);
+    // newChain (scheduled backups, decision 0062): a full one that starts another chain, which goes on from there.
+    const again = await s.exportIncremental?.(spec('ia'), file('i3'), { newChain: true });
+    assert.equal(again?.kind, 'full');
+    assert.notEqual(again?.chain, full?.chain);
+    const next = await s.exportIncremental?.(spec('ia'), file('i4'));
+    assert.deepEqual(next, { chain: again?.chain, sequence: 1, kind: 'incremental' });
   });
 
   test('an incremental is refused onto a layer changed since the last link, and a restored snapshot ends the chain', async () => {

@@ -242,7 +242,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
 
     async exportIncremental(spec, tarPath, options) {
       const dir = dirOf(spec);
-      const chain = await readChain(dir);
+      const chain = options?.newChain ? undefined : await readChain(dir);
       const link = nextLink(chain, newChainId);
       // tar rewrites the snapshot file it is given: the link's own copy, which counts only once
       // the archive is whole (commitChain), so a failed backup leaves the chain where it was.

@@ -367,7 +367,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
           await flatten(disk, flat, signal);
           const sizeBytes = (await stat(flat)).size;
           const sums = await blockSums(flat);
-          const chain = await readPvmChain(dir);
+          const chain = exportOptions?.newChain ? undefined : await readPvmChain(dir);
           // A disk of another size (grown since) starts a new chain: its blocks do not line up.
           const base = chain && chain.state.sizeBytes === sizeBytes ? chain : undefined;
           const link: BackupChainLink = base

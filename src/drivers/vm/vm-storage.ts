@@ -484,13 +484,15 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       await mkdir(work, { mode: 0o700 });
       try {
         const target = join(work, ARCHIVE_DISK);
-        const link = await incremental.backup(spec, target, { incremental: true }).catch((e: unknown) => {
-          // No chain yet, or the disk was rolled back: this link starts a new chain.
-          if (e instanceof Error && /full backup first/.test(e.message)) {
-            return incremental.backup(spec, target, { incremental: false });
-          }
-          throw e;
-        });
+        const link = await incremental
+          .backup(spec, target, { incremental: !exportOptions?.newChain })
+          .catch((e: unknown) => {
+            // No chain yet, or the disk was rolled back: this link starts a new chain.
+            if (e instanceof Error && /full backup first/.test(e.message)) {
+              return incremental.backup(spec, target, { incremental: false });
+            }
+            throw e;
+          });
         const members = [ARCHIVE_DISK];
         if (await copyAside(uefiVarsOf(spec), join(work, ARCHIVE_UEFI_VARS))) members.push(ARCHIVE_UEFI_VARS);
         await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
