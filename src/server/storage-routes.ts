@@ -387,7 +387,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         summary:
           "Bring back a lost member's guests, and those the store does not know, from the backup directory",
         description:
-          "Each from its latest archive in DIRECTORY/GUEST/ (scheduled backups, decision 0046): a guest of an Offline member goes to the member the scheduler picks, with its keys and NICs, its disk from the backup, started if it was meant to run; one the store does not know is imported on this member. The operation's metadata lists what was recovered and what was skipped, with why.",
+          "Each from its latest chain in DIRECTORY/GUEST/ (scheduled backups, decisions 0046 and 0062): the full backup and its incrementals in order, every payload checked against its checksum first; a link missing or damaged is named and the links before it are used. A guest of an Offline member goes to the member the scheduler picks, with its keys and NICs, its disk from the backups, started if it was meant to run; one the store does not know is imported on this member. The operation's metadata lists what was recovered (the links applied, and any problems) and what was skipped, with why.",
         body: Type.Object({
           directory: Type.String({ minLength: 1, description: 'An absolute path on the member asked' }),
         }),
