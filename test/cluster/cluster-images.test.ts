@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { hostRunner } from '../../src/host/runner.ts';
@@ -132,6 +132,70 @@ describe('images and networks on a two-member cluster', () => {
     assert.equal(d1?.location, 'm2');
     assert.ok(d1?.state.pid && existsSync(`/proc/${d1.state.pid}`), 'its QEMU runs');
     m1.daemon.ok(['delete', '--force', 'd1']);
+  });
+
+  test('a UEFI guest of that disk image moves cold from m2 to m1 and live back to m2, its UEFI variables with it', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const fail = (r: { stderr: string }) =>
+      `${r.stderr}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`;
+    const store = (d: Daemon) => path.join(d.stateDir, 'guests', 'd3', 'uefi-vars.fd');
+    const listed = () =>
+      (
+        JSON.parse(m1.daemon.ok(['list', '--format', 'json'])) as Array<{
+          name: string;
+          status: string;
+          location?: string;
+        }>
+      ).find((g) => g.name === 'd3');
+    const launched = m1.daemon.cli(
+      ['launch', 'tiny', 'd3', '--model', 'vm', '--target', 'm2', '-c', 'vm.firmware=uefi'],
+      { timeoutMs: 180_000 },
+    );
+    assert.equal(launched.code, 0, fail(launched));
+    try {
+      // OVMF finds no OS on it; what it writes into its store as it boots (its boot entries) is the guest's own.
+      const template = await readFile('/usr/share/OVMF/OVMF_VARS_4M.fd');
+      await eventually(
+        'the firmware writes its store',
+        async () => !(await readFile(store(m2.daemon))).equals(template),
+        180_000,
+      );
+      await new Promise((r) => setTimeout(r, 5000));
+      m1.daemon.ok(['stop', 'd3', '--timeout', '2']);
+      const before = await readFile(store(m2.daemon));
+      const cold = m1.daemon.cli(['move', 'd3', '--target', 'm1'], { timeoutMs: 300_000 });
+      assert.equal(cold.code, 0, fail(cold));
+      assert.equal(listed()?.location, 'm1');
+      assert.ok((await readFile(store(m1.daemon))).equals(before), 'the cold move carried the store');
+      assert.equal(existsSync(store(m2.daemon)), false, "m2's copy is gone");
+      const started = m1.daemon.cli(['start', 'd3'], { timeoutMs: 180_000 });
+      assert.equal(started.code, 0, fail(started));
+      // Live: QEMU sends the flash with the RAM and writes it into the destination's store. Taken
+      // once OVMF has written this boot's variables (its monotonic counter, its boot entries) and
+      // stopped writing for 10 s.
+      let running = before;
+      let still = 0;
+      await eventually(
+        "the firmware's store settles",
+        async () => {
+          const now = await readFile(store(m1.daemon));
+          still = now.equals(running) ? still + 1 : 0;
+          running = now;
+          return !now.equals(before) && still >= 100; // eventually polls every 100 ms
+        },
+        180_000,
+      );
+      const live = m2.daemon.cli(['move', 'd3', '--target', 'm2', '--live'], { timeoutMs: 300_000 });
+      assert.equal(live.code, 0, fail(live));
+      assert.deepEqual([listed()?.location, listed()?.status], ['m2', 'Running']);
+      assert.equal(existsSync(store(m1.daemon)), false, "m1's copy is gone");
+      m1.daemon.ok(['stop', 'd3', '--timeout', '2']);
+      assert.ok((await readFile(store(m2.daemon))).equals(running), 'the live move carried the store');
+    } finally {
+      // Gone even when an assertion failed: the next test counts the guests.
+      m1.daemon.cli(['delete', '--force', 'd3'], { timeoutMs: 120_000 });
+    }
   });
 
   test('a guest of a disk image no member holds any more is refused in one line, and m2 is left without a trace of it', async () => {
