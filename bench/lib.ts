@@ -6,6 +6,7 @@ import {
   openSync,
   readFileSync,
   readlinkSync,
+  statfsSync,
   writeFileSync,
 } from 'node:fs';
 import os from 'node:os';
@@ -156,13 +157,45 @@ export function pssBytes(pid: number): number {
   }
 }
 
-/** PSS of every process in the guest's pids cgroup (ct, pvm and vm guests each run in one). */
+/**
+ * PSS of every process in the guest's pids cgroup (ct, pvm and vm guests each run in one).
+ * Processes that share one address space (UML's kernel and its I/O helper, made with CLONE_VM)
+ * report the same smaps_rollup: each such address space is counted once (before 2026-12-05 a
+ * pvm guest's kernel was counted twice).
+ */
 export function guestPss(stateDir: string, guest: string): number {
   const procs = readFileSync(`/sys/fs/cgroup/pids${cgroupParentOf(stateDir)}/${guest}/cgroup.procs`, 'utf8');
-  return procs
-    .split('\n')
-    .filter(Boolean)
-    .reduce((sum, pid) => sum + pssBytes(Number(pid)), 0);
+  const seen = new Set<string>();
+  let sum = 0;
+  for (const pid of procs.split('\n').filter(Boolean)) {
+    let rollup: string;
+    try {
+      rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (seen.has(rollup)) continue;
+    seen.add(rollup);
+    sum += Number(/^Pss:\s+(\d+)/m.exec(rollup)?.[1] ?? 0) * 1024;
+  }
+  return sum;
+}
+
+/**
+ * Bytes of a running pvm guest's RAM file the host holds: the used space of the UML jail's
+ * memory tmpfs (uml-jail.ts), seen through a jailed process' root. 0 when no process shows it.
+ */
+export function umlRamBytes(stateDir: string, guest: string): number {
+  const procs = readFileSync(`/sys/fs/cgroup/pids${cgroupParentOf(stateDir)}/${guest}/cgroup.procs`, 'utf8');
+  for (const pid of procs.split('\n').filter(Boolean)) {
+    try {
+      const s = statfsSync(`/proc/${pid}/root/.uml/memory`);
+      return (s.blocks - s.bfree) * s.bsize;
+    } catch {
+      // bwrap's own process is outside the jail: the next one.
+    }
+  }
+  return 0;
 }
 
 /** The busybox image's base disk (the one disk-*.ext4 the run made). */

@@ -106,6 +106,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['pvm-density-2.json'],
   },
   {
+    name: 'vm-pvm-density',
+    script: 'vm-pvm-density.ts',
+    args: ['6', '20', '128MiB'],
+    quickArgs: ['1', '1', '128MiB'],
+    results: ['vm-pvm-density.json'],
+    quickResults: ['vm-pvm-density.json'],
+  },
+  {
     name: 'vm-os-boot',
     script: 'vm-os-boot.ts',
     args: ['5'],

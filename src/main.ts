@@ -21,6 +21,7 @@ import { startCrmLoop } from './control/ha/crm-loop.ts';
 import { haPaths, startRefusal } from './control/ha/ha-files.ts';
 import { isHaGuest, readHaMembers } from './control/ha/ha-store.ts';
 import { haSummary } from './control/ha/ha-summary.ts';
+import { createMemoryReclaim } from './control/memory-reclaim.ts';
 import { everyMinute } from './control/minute-clock.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
@@ -45,6 +46,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
+import { createKsmControl } from './host/ksm.ts';
 import { createLogger, type LogForward } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
@@ -215,6 +217,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       },
     }),
   });
+  // KSM while vm guests run (decision 0060): what the daemon found is kept to be put back.
+  const ksm = createKsmControl({ stateFile: path.join(stateDir, 'ksm.json'), log });
   const host = createHostService({
     hostName,
     version,
@@ -222,6 +226,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     storeDescription: opened.description,
     drivers,
     guests,
+    ksm: () => ksm.status(),
     // The metrics' sources (decision 0030); pools are made below, hence the late lookup.
     guestRecords: async () => {
       const [specs, statuses] = await Promise.all([
@@ -488,6 +493,26 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     onError: (e) => log.warn({ err: String(e) }, 'cannot sample the metric history'),
   });
   sampler.start();
+  // Idle guests' memory back to the host (decision 0060): KSM for vm, free pages of pvm guests.
+  // TRIVISOR_MEMORY_RECLAIM=off leaves both alone (bench/vm-pvm-density.ts measures without them).
+  const memoryReclaim = createMemoryReclaim({
+    runningGuests: async () => {
+      const [specs, statuses] = await Promise.all([
+        records.guest.list(store),
+        records.guestStatus.list(store),
+      ]);
+      const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value]));
+      return valuesOf(specs).flatMap((spec) => {
+        const status = statusOf.get(spec.name);
+        if (spec.location !== hostName || status?.status !== 'Running') return [];
+        return [{ spec, ...(status.startedAt && { startedAt: status.startedAt }) }];
+      });
+    },
+    drivers,
+    ksm,
+    log,
+  });
+  if (process.env.TRIVISOR_MEMORY_RECLAIM !== 'off') memoryReclaim.start();
 
   // Browser sessions and login links (decision 0026), in the store: both listeners and restarts share them.
   let daemonTokenSha256: string | undefined;
@@ -709,6 +734,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Offline at once rather than at the lease's end: this daemon is stopping on purpose.
   await lease?.stop({ revoke: true });
   sampler.stop();
+  await memoryReclaim.stop();
   metricsHistory.close();
   audit.close();
   await nicObserver.stop();

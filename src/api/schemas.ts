@@ -283,6 +283,23 @@ export const HostInfoSchema = Type.Object({
         }),
       ),
       store: Type.String(),
+      ksm: Type.Optional(
+        Type.Object(
+          {
+            available: Type.Boolean(),
+            run: Type.Integer({ description: '0 stopped, 1 merging, 2 stopped and unmerged' }),
+            enabledByTrivisor: Type.Boolean({
+              description: 'The daemon started it for its vm guests and puts it back once none runs',
+            }),
+            pagesToScan: Type.Integer(),
+            sleepMillisecs: Type.Integer(),
+            pagesShared: Type.Integer(),
+            pagesSharing: Type.Integer(),
+            savedBytes: Type.Number({ description: 'What merging saves: pages_sharing pages of 4 KiB' }),
+          },
+          { description: 'Kernel Samepage Merging (decision 0060)' },
+        ),
+      ),
     }),
   ),
 });

@@ -329,6 +329,22 @@ interface HostInfo {
     warnings: string[];
     details: Record<string, string>;
   }>;
+  ksm?: {
+    available: boolean;
+    run: number;
+    enabledByTrivisor: boolean;
+    pagesToScan: number;
+    sleepMillisecs: number;
+    savedBytes: number;
+  };
+}
+
+/** KSM in one line: whether it merges, who started it, what it saves. */
+function ksmLine(k: NonNullable<HostInfo['ksm']>): string {
+  if (!k.available) return 'not in this kernel';
+  const state = k.run === 1 ? 'merging' : k.run === 2 ? 'stopped, unmerged' : 'stopped';
+  const who = k.enabledByTrivisor ? ' (started by Trivisor while vm guests run)' : '';
+  return `${state}${who}, ${formatBytes(k.savedBytes)} saved (${k.pagesToScan} pages every ${k.sleepMillisecs} ms)`;
 }
 
 /** `info --host` for people: the host, then one block per model. */
@@ -340,6 +356,7 @@ function hostInfo(h: HostInfo): string {
     `CPUs: ${h.cpus}`,
     `Memory: ${formatBytes(h.memoryBytes)}`,
     `Store: ${h.store}`,
+    ...(h.ksm ? [`KSM: ${ksmLine(h.ksm)}`] : []),
     'Models:',
   ];
   for (const d of h.drivers) {

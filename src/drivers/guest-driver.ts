@@ -158,6 +158,12 @@ export interface GuestDriver {
   /** What runs now; `known` is the identity recorded at start, checked against pid reuse. */
   inspect(spec: GuestSpec, known: ProcessIdentity | undefined): Promise<RuntimeState>;
   usage(spec: GuestSpec): Promise<GuestUsage>;
+  /**
+   * Gives the host back the memory the running guest has freed, where its engine keeps it
+   * (pvm: UML's RAM file, docs/decisions/0060); resolves with the bytes released. vm guests
+   * report their free pages themselves (virtio-balloon), ct guests' memory is the host's own.
+   */
+  releaseFreeMemory?(spec: GuestSpec): Promise<number>;
   /** Applies live-changeable config to a running guest; returns keys that need a restart. */
   update(spec: GuestSpec, changedKeys: string[]): Promise<string[]>;
   exec(spec: GuestSpec, options: ExecOptions): Promise<ExecSession>;

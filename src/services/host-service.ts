@@ -3,6 +3,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
 import type { DiskCounters, GuestDriver, ProbeResult } from '../drivers/guest-driver.ts';
 import type { ProcessIoCounters } from '../host/host-counters.ts';
+import type { KsmStatus } from '../host/ksm.ts';
 import type { NicCounters } from '../network/network-backend.ts';
 import type { HostCounters } from './metrics-sampler.ts';
 import type { GuestService, HostService } from './types.ts';
@@ -25,6 +26,8 @@ export interface HostServiceDeps {
   processIo?: (guest: GuestSpec) => ProcessIoCounters | undefined;
   /** The member's own CPU, network and disk counters (host/host-counters.ts readHostCounters). */
   readHost?: () => HostCounters;
+  /** KSM as it is now (host/ksm.ts): the daemon runs it while vm guests do. */
+  ksm?: () => Promise<KsmStatus>;
   /** This member's storage pools and their space (without the per-guest walk). */
   pools?: () => Promise<
     Array<{ name: string; driver: string; usage: { totalBytes: number; usedBytes: number } | null }>
@@ -336,6 +339,7 @@ export function createHostService(deps: HostServiceDeps): HostService {
           details: p.details,
         })),
         store: deps.storeDescription,
+        ...(deps.ksm && { ksm: await deps.ksm() }),
       };
     },
     metrics() {

@@ -3,6 +3,7 @@ import type { RebalanceService } from '../control/rebalance-controller.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
+import type { KsmStatus } from '../host/ksm.ts';
 import type { DiskExport, TreeExport } from '../images/image-files.ts';
 import type { BackupRecovery } from './backup-recovery.ts';
 import type { GuestMover, MoveReceiver } from './guest-move.ts';
@@ -191,6 +192,8 @@ export interface HostService {
       details: Record<string, string>;
     }>;
     store: string;
+    /** Kernel Samepage Merging (decision 0060); absent when the daemon was given no view of it. */
+    ksm?: KsmStatus;
   }>;
   /** Prometheus exposition text. */
   metrics(): Promise<{ contentType: string; body: string }>;

@@ -132,6 +132,16 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     positive(f, r, ['allUpSeconds', 'hostMemoryPerGuestMiB', 'deleteAllSeconds']),
   'pvm-density-2.json': (r, f) =>
     positive(f, r, ['allUpSeconds', 'hostMemoryPerGuestMiB', 'deleteAllSeconds']),
+  'vm-pvm-density.json': (r, f) =>
+    positive(f, r, [
+      'off.vm.hostMemoryPerGuestMiB',
+      'on.vm.hostMemoryPerGuestMiB',
+      'off.pvm.hostMemoryPerGuestMiB',
+      'on.pvm.hostMemoryPerGuestMiB',
+      'on.pvm.ramFilePerGuestMiB',
+      'on.vm.guestsPerGiB',
+      'on.pvm.guestsPerGiB',
+    ]),
   'storage-snapshot-clone.json': (r, f) => {
     assert.equal((r.rows as Json[]).length, 2, `${f}: a row for the dir pool and one for btrfs`);
     positive(f, r, [

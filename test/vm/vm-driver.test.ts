@@ -167,7 +167,7 @@ describe('vm driver', () => {
     await f.driver.create(spec, f.image);
     const id = await f.driver.start(spec, f.image);
     const argv = (await readFile(`/proc/${id.pid}/cmdline`, 'utf8')).split('\0');
-    assert.equal(argv[argv.indexOf('-machine') + 1], 'pc');
+    assert.equal(argv[argv.indexOf('-machine') + 1], 'pc,mem-merge=on');
     // QEMU runs under its seccomp sandbox (mode 2: filter).
     assert.match(await readFile(`/proc/${id.pid}/status`, 'utf8'), /^Seccomp:\s+2$/m);
     // The i440fx host bridge (8086:1237) instead of q35's (8086:29c0).

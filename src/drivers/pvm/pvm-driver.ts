@@ -3,6 +3,7 @@ import { pvmBoot } from './pvm-boot.ts';
 import { createPvmContext, type PvmDriverOptions } from './pvm-context.ts';
 import { pvmExec } from './pvm-exec.ts';
 import { pvmLive } from './pvm-live.ts';
+import { pvmMemory } from './pvm-memory.ts';
 import { pvmState } from './pvm-state.ts';
 import { pvmStop } from './pvm-stop.ts';
 
@@ -29,6 +30,7 @@ export function createPvmDriver(ctx: DriverContext, options: PvmDriverOptions = 
     ...pvmState(c),
     ...pvmExec(c),
     ...pvmLive(c),
+    ...pvmMemory(c),
   };
   return driver;
 }

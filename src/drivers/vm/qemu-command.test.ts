@@ -45,7 +45,7 @@ describe('qemu command line', () => {
     assert.ok(!argv.some((a) => a.includes(dir)), 'no path of the guest dir on the command line');
     assert.deepEqual(after(argv, '-m'), ['128']);
     assert.deepEqual(after(argv, '-smp'), ['2']);
-    assert.deepEqual(after(argv, '-machine'), ['q35']);
+    assert.deepEqual(after(argv, '-machine'), ['q35,mem-merge=on']);
     assert.deepEqual(after(argv, '-accel'), ['tcg,tb-size=64']);
     const source = (n: number): FdSource | undefined => fds.entries.find((e) => e.fd === n)?.source;
     const fdOf = (chardev: string): number => Number(/,fd=(\d+),/.exec(chardev)?.[1]);
@@ -184,7 +184,7 @@ describe('qemu command line', () => {
 
   test('pc is passed through as the machine, with PCI devices', () => {
     const argv = argvFor({}, 'pc');
-    assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc']);
+    assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc,mem-merge=on']);
     assert.ok(after(argv, '-device').includes('virtio-blk-pci,drive=root,werror=enospc,rerror=report'));
   });
 
@@ -256,7 +256,7 @@ describe('qemu command line', () => {
       assert.deepEqual(after(argv, flag), [], `no ${flag}`);
     // Its own OS reboots inside QEMU (an installer does at its end).
     assert.ok(!argv.includes('-no-reboot'));
-    assert.deepEqual(after(argv, '-machine'), ['q35'], 'SeaBIOS: no flash');
+    assert.deepEqual(after(argv, '-machine'), ['q35,mem-merge=on'], 'SeaBIOS: no flash');
     const devices = after(argv, '-device');
     assert.ok(devices.includes('virtio-blk-pci,drive=root,werror=enospc,rerror=report,bootindex=1'));
     assert.ok(devices.includes('ide-cd,id=cd0,bus=ide.2,bootindex=2'), 'an empty drive');
@@ -298,7 +298,7 @@ describe('qemu command line', () => {
       devices: { diskBus: 'sata', nicModel: 'e1000', display: false },
       nics: [{ nic: 'eth0', tap: 'tv01', mac: '02:00:00:00:00:01' }],
     });
-    assert.deepEqual(after(argv, '-machine'), ['q35,pflash0=fw-code,pflash1=fw-vars,smm=on']);
+    assert.deepEqual(after(argv, '-machine'), ['q35,pflash0=fw-code,pflash1=fw-vars,smm=on,mem-merge=on']);
     assert.ok(after(argv, '-global').includes('driver=cfi.pflash01,property=secure,value=on'));
     const nodes = after(argv, '-blockdev').map((b) => JSON.parse(b) as Record<string, unknown>);
     const code = nodes.find((n) => n['node-name'] === 'fw-code');
