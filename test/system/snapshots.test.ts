@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, eventually, startDaemon } from './harness.ts';
@@ -32,6 +32,10 @@ describe('snapshots and copies of ct guests', () => {
       'backups.full_every=1',
     ]);
     d.ok(['exec', 'sched', '--', 'sh', '-c', 'echo shipped > /root/mark']);
+    // Its backups cannot be shipped: a file stands where its directory in the backup directory goes.
+    mkdirSync(path.join(d.stateDir, 'shipped-backups'), { recursive: true });
+    writeFileSync(path.join(d.stateDir, 'shipped-backups', 'unshipped'), 'in the way');
+    d.ok(['create', 'busybox', 'unshipped', '-c', 'backups.schedule=* * * * *']);
   });
   /** The scheduled backups of guest sched in the daemon's backup directory (the default one). */
   const shipped = () => {
@@ -159,6 +163,31 @@ describe('snapshots and copies of ct guests', () => {
     refused(d.cli(['config', 'set', 'sched', 'backups.retention.count=0']), /from 1 to 1000/);
     refused(d.cli(['config', 'set', 'sched', 'backups.retention.age=long']), /is not a duration/);
     refused(d.cli(['config', 'set', 'sched', 'backups.full_every=0']), /from 1 to 1000/);
+  });
+
+  test('a failed scheduled backup is a warning of the guest in list and info until the next one succeeds', async () => {
+    const failed = /The scheduled backup of \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:00Z failed on \S+: .+/;
+    await eventually(
+      'the failure shown under the list',
+      () => /^Warning: unshipped: /m.test(d.ok(['list'])),
+      75_000,
+    );
+    assert.match(d.ok(['list']), new RegExp(`^Warning: unshipped: ${failed.source}$`, 'm'));
+    assert.match(d.ok(['info', 'unshipped']), new RegExp(`^Warning: ${failed.source}$`, 'm'));
+    // The way cleared: the next backup ships, and the warning goes.
+    rmSync(path.join(d.stateDir, 'shipped-backups', 'unshipped'));
+    await eventually(
+      'the warning cleared by a shipped backup',
+      () =>
+        existsSync(path.join(d.stateDir, 'shipped-backups', 'unshipped')) &&
+        !/Warning: unshipped/.test(d.ok(['list'])),
+      75_000,
+    );
+    assert.ok(
+      readdirSync(path.join(d.stateDir, 'shipped-backups', 'unshipped')).some((f) => f.includes('-full-')),
+    );
+    assert.doesNotMatch(d.ok(['info', 'unshipped']), /Warning/);
+    d.ok(['delete', 'unshipped']);
   });
 
   test('a guest with snapshots.schedule gets a snapshot each minute, named by its pattern, and each is deleted when it expires', async () => {
