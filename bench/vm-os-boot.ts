@@ -125,8 +125,11 @@ async function viaApi(d: Daemon, name: string): Promise<BootDetail> {
   const r = await d.api('POST', '/1.0/guests', { name, image: IMAGE, model: 'vm', start: true, config });
   if (r.status !== 202) throw new Error(`POST /1.0/guests: ${r.status} ${r.text}`);
   const ms = await untilMarker(log, t0);
-  const pid = (JSON.parse(readFileSync(path.join(dir, 'boot.json'), 'utf8')) as { identity: { pid: number } })
-    .identity.pid;
+  const pid = (
+    JSON.parse(readFileSync(path.join(d.stateDir, 'run', 'vm', name, 'boot.json'), 'utf8')) as {
+      identity: { pid: number };
+    }
+  ).identity.pid;
   const detail = { ...detailOf(ms, pid, log), daemonCpuSeconds: cpuSeconds(daemonPid) - daemonBefore };
   await d.api('GET', `${r.body.operation}/wait?timeout=120`);
   return detail;

@@ -331,6 +331,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
             const target = await memberTarget(member);
             return target && splitAddress(target.address).host;
           },
+          // Over a shared pool only the RAM moves (decision 0061); the pool service is made below.
+          shared: {
+            linkIncoming: async (spec) => (await services.pools?.linkIncoming(spec)) === true,
+            imageFor: async (spec, image) => services.pools?.imageFor(spec, image) ?? image,
+          },
         },
       }),
     };

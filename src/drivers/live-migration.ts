@@ -5,6 +5,7 @@ import type { ImageHandle } from './guest-driver.ts';
 export interface IncomingEndpoints {
   /** The destination member's cluster address (an IP address). */
   host: string;
+  /** 0 when nothing is exported: the disk is on a shared pool, the destination opens the same file (decision 0061). */
   nbdPort: number;
   migrationPort: number;
 }
@@ -49,7 +50,9 @@ export interface LiveMigration {
   /**
    * Destination: makes the guest's disk here (empty: an overlay on its image's base disk) and
    * starts its engine paused, waiting for the migration, with the disk exported; refused when
-   * this member already has files of the guest.
+   * this member already has files of the guest. With `sharedDisk` the guest's files are already
+   * here (a shared pool, linked): nothing is made or exported, and it is refused when this
+   * member runs an engine of the guest already.
    */
   prepareIncoming(
     spec: GuestSpec,
@@ -58,11 +61,15 @@ export interface LiveMigration {
       host: string;
       /** The source member's address: the only one that may connect to the ports. */
       from: string;
+      sharedDisk?: boolean;
     },
   ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints; tls: MigrationTls }>;
   /** Destination: the migration is in and the guest's records name this member: it runs here. */
   finishIncoming(spec: GuestSpec): Promise<void>;
-  /** Destination: a migration given up: what guards its ports goes (the files go with the driver's delete). */
+  /**
+   * Destination: a migration given up: its waiting engine and what guards its ports go (the
+   * files go with the driver's delete, or stay on a shared pool).
+   */
   dropIncoming(spec: GuestSpec): Promise<void>;
   /**
    * Source: copies the disk and the RAM to `to`; resolves with the guest paused here and both
@@ -75,10 +82,17 @@ export interface LiveMigration {
       /** The credentials the destination's prepare answered with: both streams go in TLS. */
       tls: MigrationTls;
       downtimeLimitMs: number;
+      /** The destination opens the same disk file (a shared pool): only the RAM moves. */
+      sharedDisk?: boolean;
       signal: AbortSignal;
       onProgress?: (p: MigrationProgress) => void;
     },
   ): Promise<MigrationResult>;
   /** Source: runs the guest again after a migration that completed but could not be handed over. */
   resumeSource(spec: GuestSpec): Promise<void>;
+  /**
+   * Source, after the hand-over, when the guest's files stay (a shared pool): its paused engine
+   * here and its runtime files go, the guest's own files are left alone.
+   */
+  releaseSource(spec: GuestSpec): Promise<void>;
 }

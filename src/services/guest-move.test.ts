@@ -430,6 +430,7 @@ describe('receiving a moved guest', () => {
       },
       migrateOut: () => Promise.reject(new Error('the source side is the mover')),
       resumeSource: () => Promise.reject(new Error('the source side is the mover')),
+      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
     };
     const live = createMoveReceiver({
       store,
@@ -585,6 +586,9 @@ describe('moving a vm guest live', () => {
       },
       async resumeSource(s) {
         calls.push(`resume ${s.location}`);
+      },
+      async releaseSource(s) {
+        calls.push(`release ${s.location}`);
       },
     };
     const transport: MoveTransport = {

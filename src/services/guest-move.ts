@@ -169,11 +169,6 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         `Guest ${name} is on storage pool ${pool.value.pool}: only guests on the default pool or a shared pool move yet`,
       );
     }
-    if (onShared && request.live) {
-      throw notSupported(
-        `Guest ${name} is on shared pool ${pool?.value.pool}: a live move of a guest on a shared pool is not done yet; move it without --live (its files stay where they are)`,
-      );
-    }
     if (spec.value.deleting) throw conflict(`Guest ${name} is being deleted`);
     if (!status?.value.provisioned || status.value.observedGeneration < spec.value.generation) {
       throw conflict(`Guest ${name} is busy with another change; wait for its operation to finish`);
@@ -376,9 +371,9 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
   async function moveLive(
     name: string,
     target: string,
-    checked: { spec: GuestSpec; status: GuestStatus; specRevision: number },
+    checked: { spec: GuestSpec; status: GuestStatus; specRevision: number; onShared: boolean },
   ): Promise<Operation> {
-    const { spec } = checked;
+    const { spec, onShared } = checked;
     const migration = deps.migrationOf?.(spec.model);
     if (!migration) throw notSupported(`${spec.model} guests cannot move live from ${hostName}`);
     const downtimeLimitMs = migrationDowntimeLimitMs(spec.config['migration.downtime_limit']);
@@ -423,6 +418,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             to: prepared.endpoints,
             tls: prepared.tls,
             downtimeLimitMs,
+            // Over a shared pool (decision 0061) the destination opens the same disk: only the RAM moves.
+            ...(onShared && { sharedDisk: true }),
             signal: ctx.signal,
             onProgress,
           });
@@ -460,6 +457,17 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           await deps.transport.finishLive(target, name);
           // The guest's pause as this member saw it: QEMU's downtime, then the hand-over until it runs.
           const pausedMs = result.downtimeMs + (Date.now() - pausedFrom);
+          // The guest's files stay on a shared pool: this member's paused QEMU goes by itself.
+          if (onShared) {
+            await migration
+              .releaseSource({ ...spec, location: hostName })
+              .catch((e2: unknown) =>
+                log.error(
+                  { guest: name, err: asTrivisorError(e2).message },
+                  'the paused QEMU the guest left here could not be ended',
+                ),
+              );
+          }
           await dropLocalCopy(spec);
           const measured = {
             location: target,
@@ -472,12 +480,27 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             diskMirroredBytes: result.diskBytes,
             ramTransferredBytes: result.ramBytes,
             downtimeLimitMs,
+            sharedDisk: onShared,
           };
           log.info({ guest: name, target, ...measured }, 'guest moved live');
           return measured;
         } catch (e) {
           const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
           if (flippedAt) await unflip(name, target, checked, flippedAt.generation);
+          const discard = async () => {
+            if (!asked || prepareRefused) return;
+            await deps.transport
+              .discard(target, name)
+              .catch((e2: unknown) =>
+                log.warn(
+                  { guest: name, member: target, err: asTrivisorError(e2).message },
+                  'its copy there is left',
+                ),
+              );
+          };
+          // Over a shared disk the destination's QEMU goes first: it must never hold the disk
+          // when the source takes it back (its lock would refuse the source's resume anyway).
+          if (onShared) await discard();
           // migrateOut resumes the guest on its own failures; after it, a failed hand-over does here.
           if (migrated) {
             await migration
@@ -489,16 +512,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
                 ),
               );
           }
-          if (asked && !prepareRefused) {
-            await deps.transport
-              .discard(target, name)
-              .catch((e2: unknown) =>
-                log.warn(
-                  { guest: name, member: target, err: asTrivisorError(e2).message },
-                  'its copy there is left',
-                ),
-              );
-          }
+          if (!onShared) await discard();
           throw new TrivisorError(
             err.code,
             `Cannot move guest ${name} live to ${target}: ${err.message}; it stays running on ${hostName}`,
@@ -638,6 +652,14 @@ export function createMoveReceiver(deps: {
     host: string;
     /** A member's cluster address (its IP): the only one a migration from it may come from. */
     addressOf: (member: string) => Promise<string | undefined>;
+    /**
+     * Guests on a shared pool (decision 0061): links the guest's directory here for the incoming
+     * QEMU (false: the guest is not on a shared pool), and the image as the guest's disk names it.
+     */
+    shared?: {
+      linkIncoming(spec: GuestSpec): Promise<boolean>;
+      imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
+    };
   };
 }): MoveReceiver {
   const { store, hostName } = deps;
@@ -707,14 +729,24 @@ export function createMoveReceiver(deps: {
       if (!deps.live || !migration) {
         throw notSupported(`${spec.value.model} guests cannot move live to ${hostName}`);
       }
-      const image = await deps.live.image(spec.value.image);
       const from = await deps.live.addressOf(spec.value.location);
       if (!from)
         throw failedPrecondition(`Member ${spec.value.location} has no address in the cluster's records`);
-      return migration.prepareIncoming({ ...spec.value, location: hostName }, image, {
-        host: deps.live.host,
-        from,
-      });
+      const here = { ...spec.value, location: hostName };
+      const shared = deps.live.shared;
+      const sharedDisk = (await shared?.linkIncoming(here)) === true;
+      try {
+        const image = await deps.live.image(spec.value.image);
+        return await migration.prepareIncoming(
+          here,
+          shared && sharedDisk ? await shared.imageFor(here, image) : image,
+          { host: deps.live.host, from, ...(sharedDisk && { sharedDisk: true }) },
+        );
+      } catch (e) {
+        // The source asks for no discard after a refused prepare: the link made for it goes here.
+        if (sharedDisk) await deps.removeLocal(here).catch(() => {});
+        throw e;
+      }
     },
 
     async finishLive(name) {

@@ -130,6 +130,15 @@ export interface PoolService {
    */
   adoptShared(spec: GuestSpec): Promise<void>;
   /**
+   * Before a live move of a guest on a shared pool to this member (decision 0061), while the
+   * guest is still another member's: links its directory here for the destination's QEMU and
+   * keeps the link from the sweep of guests located elsewhere until the guest is handed over or
+   * the move given up (`dropShared`). False, and nothing done, for a guest not on a shared pool.
+   * Its host uid is not re-owned (the source's QEMU runs as it): refused in one line when another
+   * guest of this member has it.
+   */
+  linkIncoming(spec: GuestSpec): Promise<boolean>;
+  /**
    * The image as a guest on a shared pool must see it: its base disk the pool's copy (made once),
    * which every member's copy-on-write layer of the guest can name. Other guests: `image` as is.
    */
@@ -302,8 +311,12 @@ export function createPoolService(deps: {
     deps.log.info({ guest: name, from: uid, to: next }, "gave the adopted guest a host uid of this member's");
   }
 
+  /** Guests on a shared pool coming here by a live move: linked, not yet handed over (decision 0061). */
+  const incoming = new Set<string>();
+
   /** Drops this member's link and id range claim of a guest on a shared pool (its files stay). */
   async function dropShared(name: string): Promise<void> {
+    incoming.delete(name);
     const link = join(deps.stateDir, 'guests', name);
     if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await unlink(link).catch(() => {});
     // A ct guest's id range claim here (src/drivers/ct/id-ranges.ts: idmap/SLOT -> NAME); its
@@ -727,6 +740,7 @@ export function createPoolService(deps: {
 
     async adoptShared(spec) {
       if (spec.location !== member || spec.deleting) return;
+      incoming.delete(spec.name);
       // Every reconcile asks: a guest whose directory (or link) is here costs one lstat, no store read.
       const link = join(deps.stateDir, 'guests', spec.name);
       if (await lstat(link).catch(() => undefined)) return;
@@ -762,6 +776,41 @@ export function createPoolService(deps: {
       }
     },
 
+    async linkIncoming(spec) {
+      const placed = await records.guestPool.at(spec.name).get(store);
+      const pool = placed && (await records.pool.at(placed.value.pool).get(store))?.value;
+      if (!placed || !pool?.shared) return false;
+      const own = (await records.poolMemberStatus.at(pool.name, member).get(store))?.value;
+      if (own?.state !== 'Created') {
+        throw failedPrecondition(
+          `Guest ${spec.name} lives on shared pool ${pool.name}, which ${member} does not see${own?.error ? ` (${own.error})` : ' yet'}: see trivisor storage info ${pool.name}`,
+        );
+      }
+      const path = placed.value.path;
+      if (!(await lstat(path).catch(() => undefined))?.isDirectory()) {
+        throw failedPrecondition(
+          `Guest ${spec.name}'s directory ${path} is not on shared pool ${pool.name} as ${member} sees it: check the pool's mount`,
+        );
+      }
+      const uid = (await readFile(join(path, 'uid'), 'utf8').catch(() => '')).trim();
+      const guestsDir = join(deps.stateDir, 'guests');
+      for (const other of await readdir(guestsDir).catch(() => [] as string[])) {
+        if (other === spec.name || uid === '') continue;
+        if ((await readFile(join(guestsDir, other, 'uid'), 'utf8').catch(() => '')).trim() === uid) {
+          throw failedPrecondition(
+            `Guest ${spec.name}'s host uid ${uid} is guest ${other}'s on ${member}, and a live move cannot give it another while it runs: move it without --live`,
+          );
+        }
+      }
+      incoming.add(spec.name);
+      await mkdir(guestsDir, { recursive: true, mode: 0o711 });
+      const link = join(guestsDir, spec.name);
+      await symlink(path, link).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+      return true;
+    },
+
     async imageFor(spec, image) {
       if (spec.model === 'ct' || image.blank) return image;
       const pool = await sharedPoolOf(spec.name);
@@ -783,6 +832,8 @@ export function createPoolService(deps: {
     dropShared,
 
     async releaseShared(name) {
+      // Coming here by a live move: the records still name the source until the hand-over.
+      if (incoming.has(name)) return;
       const link = join(deps.stateDir, 'guests', name);
       if (!(await lstat(link).catch(() => undefined))?.isSymbolicLink()) return;
       const spec = (await records.guest.at(name).get(store))?.value;

@@ -205,7 +205,7 @@ describe('moving a vm guest live between two members', () => {
       }
       // Both streams go in TLS: the source's QEMU holds this migration's credentials.
       const objects = await qmpOnce<Array<{ name: string; type: string }>>(
-        path.join(m1.daemon.stateDir, 'guests', NAME, 'qmp.sock'),
+        path.join(m1.daemon.stateDir, 'run', 'vm', NAME, 'qmp.sock'),
         'qom-list',
         { args: { path: '/objects' } },
       );
@@ -303,7 +303,7 @@ describe('moving a vm guest live between two members', () => {
         sink.stdout?.once('data', () => resolve());
         sink.once('exit', () => reject(new Error('the sink exited')));
       });
-      const qmp = path.join(m2.daemon.stateDir, 'guests', NAME, 'qmp.sock');
+      const qmp = path.join(m2.daemon.stateDir, 'run', 'vm', NAME, 'qmp.sock');
       await qmpOnce(qmp, 'migrate-set-parameters', { args: { 'max-bandwidth': 2 ** 30 } });
       await qmpOnce(qmp, 'migrate', { args: { uri: 'tcp:127.0.0.1:7099' } });
       await eventually(

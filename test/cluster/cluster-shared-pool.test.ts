@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
-import type { Daemon } from '../system/harness.ts';
+import { type Daemon, eventually } from '../system/harness.ts';
 import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
 
 /*
@@ -163,6 +164,71 @@ describe('a shared storage pool on two members', () => {
     assert.notEqual(movedUid, pvmUid, 'sh-pvm got a uid of its own on m2');
     assert.equal(String(statSync(path.join(nfs, 'guests', 'sh-pvm', 'disk', 'root.cow')).uid), movedUid);
     m2.daemon.ok(['delete', '--force', 'local-pvm']);
+  });
+
+  test('the vm moves live from m2 to m1 with only its RAM sent: its counter goes on in the same boot, its disk is the same file, and each member had a QEMU of its own (decision 0061)', async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const name = 'sh-vm';
+    const disk = path.join(nfs, 'guests', name, dataFile.vm);
+    const inode = statSync(disk).ino;
+    const loop =
+      'echo $$ > /tmp/counter.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; usleep 10000; done';
+    m2.daemon.ok(['exec', name, '--', 'sh', '-c', `setsid sh -c '${loop}' </dev/null >/dev/null 2>&1 &`]);
+    const read = (d: Daemon) =>
+      d
+        .ok(['exec', name, '--', 'sh', '-c', 'cat /proc/sys/kernel/random/boot_id /tmp/counter.pid /tmp/n'])
+        .trim()
+        .split('\n');
+    await eventually('the counter runs', () => Number(read(m2.daemon)[2] ?? 0) > 5, 30_000);
+    const [boot, pid, n] = read(m2.daemon);
+    // The QEMU's own files are each member's: nothing of them in the guest's directory on the pool.
+    const m2Run = path.join(m2.daemon.stateDir, 'run', 'vm', name);
+    assert.ok(existsSync(path.join(m2Run, 'qmp.sock')) && existsSync(path.join(m2Run, 'boot.json')));
+    for (const f of ['qmp.sock', 'boot.json', 'qemu.pid', 'agent.sock']) {
+      assert.equal(existsSync(path.join(nfs, 'guests', name, f)), false, `no ${f} on the pool`);
+    }
+
+    const moved = m1.daemon.cli(['move', name, '--target', 'm1', '--live'], { timeoutMs: 300_000 });
+    assert.equal(
+      moved.code,
+      0,
+      `${moved.stderr}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`,
+    );
+    const ops = JSON.parse(m1.daemon.ok(['operation', 'list', '--format', 'json'])) as Array<{
+      description: string;
+      status: string;
+      metadata: Record<string, unknown>;
+    }>;
+    const op = ops.find((o) => o.description === `Moving guest ${name} live to m1`);
+    assert.ok(op, JSON.stringify(ops.map((o) => o.description)));
+    assert.equal(op.status, 'Success');
+    assert.equal(op.metadata.sharedDisk, true, JSON.stringify(op.metadata));
+    assert.equal(op.metadata.diskMirroredBytes, 0, 'no disk mirrored: no NBD export was used');
+    assert.ok((op.metadata.ramTransferredBytes as number) > 0, JSON.stringify(op.metadata));
+    assert.ok(typeof op.metadata.downtimeMs === 'number', JSON.stringify(op.metadata));
+
+    assert.equal(listed(m2.daemon, name)?.location, 'm1');
+    assert.equal(listed(m2.daemon, name)?.status, 'Running');
+    const [bootAfter, pidAfter, nAfter] = read(m1.daemon);
+    assert.equal(bootAfter, boot, 'the same boot: no restart');
+    assert.equal(pidAfter, pid, 'the same counter process');
+    assert.ok(Number(nAfter) > Number(n), `the counter went on: ${n} then ${nAfter}`);
+    await eventually(
+      'the counter still counts on m1',
+      () => Number(read(m1.daemon)[2]) > Number(nAfter),
+      30_000,
+    );
+
+    assert.equal(statSync(disk).ino, inode, 'the same disk file: not copied');
+    assert.equal(lstatSync(path.join(m1.daemon.stateDir, 'guests', name)).isSymbolicLink(), true);
+    assert.equal(existsSync(path.join(m2.daemon.stateDir, 'guests', name)), false, "m2's link went");
+    assert.equal(existsSync(m2Run), false, "m2's runtime directory went with its QEMU");
+    assert.ok(existsSync(path.join(m1.daemon.stateDir, 'run', 'vm', name, 'qmp.sock')));
+    const qemus = spawnSync('pgrep', ['-f', `guest=${name},`], { encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n');
+    assert.equal(qemus.filter((p) => p !== '').length, 1, "one QEMU of the guest on the machine: m1's");
   });
 
   test("m1's start-up sweep drops its stale link to a guest that runs on m2, and nothing of the guest's", async () => {

@@ -129,7 +129,7 @@ describe('vm driver', () => {
     const before = await memTotal();
     const lowered = { ...spec, config: { ...spec.config, 'limits.memory': '96MiB' } };
     assert.deepEqual(await again.update(lowered, ['limits.memory']), []);
-    const qmp = await connectQmp(join(f.stateDir, 'guests', spec.name, 'qmp.sock'));
+    const qmp = await connectQmp(join(f.stateDir, 'run', 'vm', spec.name, 'qmp.sock'));
     try {
       const ballooned = await eventually(async () => {
         const b = await qmp.execute<{ actual: number }>('query-balloon');

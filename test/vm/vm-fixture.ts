@@ -92,10 +92,16 @@ export async function makeVmFixture(options: VmDriverOptions = {}): Promise<VmFi
       const guestDir = join(stateDir, 'guests', spec.name);
       assert.deepEqual(await qemuProcessesUnder(guestDir), [], 'no QEMU left');
       assert.deepEqual(await cgroupDirs(`${cgroupParent}/${spec.name}`), [], 'no cgroups left');
+      // A running QEMU's files are in the guest's runtime directory of this state dir (decision 0061).
+      const runDir = join(stateDir, 'run', 'vm', spec.name);
       for (const f of ['qmp.sock', 'console.sock', 'agent.sock', 'qemu.pid']) {
-        assert.equal(await exists(join(guestDir, f)), false, `no ${f} left`);
+        assert.equal(await exists(join(runDir, f)), false, `no ${f} left`);
+        assert.equal(await exists(join(guestDir, f)), false, `no ${f} left in the guest dir`);
       }
-      if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
+      if (!opts.runtimeOnly) {
+        assert.equal(await exists(guestDir), false, 'no guest dir left');
+        assert.equal(await exists(runDir), false, 'no runtime dir left');
+      }
     },
     async cleanup() {
       assert.deepEqual(await cleanUpRun(dir), [], 'tests left things behind');

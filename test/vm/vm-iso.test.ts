@@ -34,7 +34,7 @@ describe('vm guests installed from an ISO', () => {
 
   /** One QMP command on the guest's own socket (the test runs as root, as the daemon does). */
   const qmp = async <T>(guest: string, command: string, args?: Record<string, unknown>): Promise<T> => {
-    const q = await connectQmp(join(d.stateDir, 'guests', guest, 'qmp.sock'), { timeoutMs: 10_000 });
+    const q = await connectQmp(join(d.stateDir, 'run', 'vm', guest, 'qmp.sock'), { timeoutMs: 10_000 });
     try {
       return await q.execute<T>(command, args);
     } finally {

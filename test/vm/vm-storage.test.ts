@@ -21,8 +21,10 @@ runStorageConformance('vm (QEMU, TCG; internal qcow2 snapshots)', async () => {
     async freezeLikeACrash(spec) {
       const dir = join(fixture.stateDir, 'guests', spec.name);
       await writeFile(join(dir, 'fsfreeze.pending'), '');
-      await agents.use(join(dir, 'agent.sock'), { timeoutMs: 10_000 }, (c) =>
-        c.command('guest-fsfreeze-freeze', undefined, { timeoutMs: 60_000 }),
+      await agents.use(
+        join(fixture.stateDir, 'run', 'vm', spec.name, 'agent.sock'),
+        { timeoutMs: 10_000 },
+        (c) => c.command('guest-fsfreeze-freeze', undefined, { timeoutMs: 60_000 }),
       );
     },
     async makeDebris(spec) {

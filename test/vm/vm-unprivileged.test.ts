@@ -107,7 +107,7 @@ describe('vm guests: QEMU runs as the guest’s own unprivileged uid', () => {
     // disk and the other guest's disk by name (the guest dirs are root's, 0700).
     const secret = join(f.dir, 'root-only-secret');
     await writeFile(secret, 'host secret\n', { mode: 0o600 });
-    const qmp = await connectQmp(join(f.stateDir, 'guests', a.name, 'qmp.sock'));
+    const qmp = await connectQmp(join(f.stateDir, 'run', 'vm', a.name, 'qmp.sock'));
     try {
       const open = (filename: string, i: number) =>
         qmp.execute('blockdev-add', {

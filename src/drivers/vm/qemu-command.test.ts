@@ -39,6 +39,8 @@ describe('qemu command line', () => {
     const fds = qemuFds();
     const argv = argvFor({ 'limits.memory': '128MiB', 'limits.cpu': '2' }, 'q35', undefined, fds);
     const dir = '/var/lib/trivisor/guests/web1';
+    // The sockets are in the guest's runtime directory of this member (decision 0061).
+    const run = '/var/lib/trivisor/run/vm/web1';
     // Not daemonized (that forks, which the sandbox forbids), and nothing of the guest dir by name.
     assert.ok(!argv.includes('-daemonize'));
     assert.deepEqual(after(argv, '-pidfile'), []);
@@ -53,9 +55,10 @@ describe('qemu command line', () => {
     const [qmp, console, agent] = ['qmp', 'console', 'agent'].map(
       (id) => chardevs.find((c) => c.startsWith(`socket,id=${id},`)) ?? '',
     );
-    assert.deepEqual(source(fdOf(qmp ?? '')), { kind: 'listen', path: `${dir}/qmp.sock` });
-    assert.deepEqual(source(fdOf(console ?? '')), { kind: 'listen', path: `${dir}/console.sock` });
-    assert.deepEqual(source(fdOf(agent ?? '')), { kind: 'listen', path: `${dir}/agent.sock` });
+    assert.ok(!argv.some((a) => a.includes(run)), 'nor of its runtime directory');
+    assert.deepEqual(source(fdOf(qmp ?? '')), { kind: 'listen', path: `${run}/qmp.sock` });
+    assert.deepEqual(source(fdOf(console ?? '')), { kind: 'listen', path: `${run}/console.sock` });
+    assert.deepEqual(source(fdOf(agent ?? '')), { kind: 'listen', path: `${run}/agent.sock` });
     assert.match(console ?? '', /,server=on,wait=off,logfile=\/dev\/fdset\/1,logappend=on$/);
     // The console log is fd set 1, opened for appending; the root disk read-write in set 2.
     const addFd = fds.addFdArgs();
@@ -118,7 +121,7 @@ describe('qemu command line', () => {
       directives.filter((d) => !d.startsWith('cgroup:')).map((d) => Number(d.split(':')[1])),
       fds.entries.map((e) => e.fd),
     );
-    assert.ok(directives.some((d) => /^listen:\d+:\/var\/lib\/trivisor\/guests\/web1\/qmp\.sock$/.test(d)));
+    assert.ok(directives.some((d) => /^listen:\d+:\/var\/lib\/trivisor\/run\/vm\/web1\/qmp\.sock$/.test(d)));
     assert.ok(
       directives.some((d) => /^file:\d+:rw:\/var\/lib\/trivisor\/guests\/web1\/root\.qcow2$/.test(d)),
     );

@@ -6,9 +6,17 @@ import { UEFI_VARS_FILE } from './firmware.ts';
 import { portCount, portIdOf, rootPortArgs } from './pcie-ports.ts';
 import type { QemuFds } from './qemu-fds.ts';
 
-/** Where a vm guest keeps its files under the state dir. */
+/**
+ * Where a vm guest keeps its files: its own (disk, console log, uid, UEFI variables) in its
+ * directory under the state dir, which may be a link to a shared pool (decision 0049), and what a
+ * running QEMU owns (sockets, pid, boot record, QEMU's log, the config disk rebuilt at every
+ * start) in a runtime directory of this member's own, `STATE/run/vm/NAME`, never on a pool: two
+ * members each run a QEMU of the guest during a live move over a shared pool (decision 0061).
+ */
 export interface VmGuestPaths {
   dir: string;
+  /** This member's runtime directory of the guest (what its QEMU here owns). */
+  runDir: string;
   /** qcow2 overlay on the image's base disk. */
   disk: string;
   qmpSocket: string;
@@ -23,24 +31,39 @@ export interface VmGuestPaths {
   uidFile: string;
   /** JSON of what start() chose (BootRecord). */
   bootRecord: string;
+  /** The read-only disk of injected files, rebuilt at every start. */
+  configDisk: string;
   /** The guest's own UEFI variables (vm.firmware=uefi), made from OVMF's template. */
   uefiVars: string;
 }
 
+/** The guest's runtime files as they were named in its directory before decision 0061 (adopted once). */
+export const LEGACY_RUNTIME_FILES = {
+  qmpSocket: 'qmp.sock',
+  consoleSocket: 'console.sock',
+  agentSocket: 'agent.sock',
+  pidFile: 'qemu.pid',
+  qemuLog: 'qemu.log',
+  bootRecord: 'boot.json',
+} as const;
+
 /** The guest dir and files of guest `name` (short socket names: sun_path holds 108 bytes). */
 export function vmGuestPaths(stateDir: string, name: string): VmGuestPaths {
   const dir = join(stateDir, 'guests', name);
+  const runDir = join(stateDir, 'run', 'vm', name);
   return {
     dir,
+    runDir,
     disk: join(dir, 'root.qcow2'),
-    qmpSocket: join(dir, 'qmp.sock'),
-    consoleSocket: join(dir, 'console.sock'),
+    qmpSocket: join(runDir, LEGACY_RUNTIME_FILES.qmpSocket),
+    consoleSocket: join(runDir, LEGACY_RUNTIME_FILES.consoleSocket),
     consoleLog: join(dir, 'console.log'),
-    agentSocket: join(dir, 'agent.sock'),
-    pidFile: join(dir, 'qemu.pid'),
-    qemuLog: join(dir, 'qemu.log'),
+    agentSocket: join(runDir, LEGACY_RUNTIME_FILES.agentSocket),
+    pidFile: join(runDir, LEGACY_RUNTIME_FILES.pidFile),
+    qemuLog: join(runDir, LEGACY_RUNTIME_FILES.qemuLog),
     uidFile: join(dir, 'uid'),
-    bootRecord: join(dir, 'boot.json'),
+    bootRecord: join(runDir, LEGACY_RUNTIME_FILES.bootRecord),
+    configDisk: join(runDir, 'config.ext4'),
     uefiVars: join(dir, UEFI_VARS_FILE),
   };
 }

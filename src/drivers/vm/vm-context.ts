@@ -23,6 +23,7 @@ import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { createAgentPool } from './vm-agent.ts';
 import { type BootRecord, bootOf } from './vm-boot.ts';
 import type { VmDriverOptions } from './vm-driver.ts';
+import { adoptLegacyRuntime, removeRuntimeFiles } from './vm-runtime-dir.ts';
 
 // The settings and helpers the vm driver's parts share (cut out of createVmDriver, bodies verbatim).
 
@@ -128,10 +129,26 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     uidFileOf: (spec) => pathsOf(spec).uidFile,
   });
 
-  const readBoot = async (spec: GuestSpec): Promise<BootRecord | undefined> =>
-    readFile(pathsOf(spec).bootRecord, 'utf8')
+  /**
+   * A guest started before decision 0061 has its runtime files in its directory: they are adopted
+   * into the runtime directory the first time they are looked for (the liveness checks do within
+   * seconds of the daemon's start), and its QEMU runs on untouched.
+   */
+  const adoptLegacy = async (spec: GuestSpec): Promise<void> => {
+    if (await adoptLegacyRuntime(pathsOf(spec))) {
+      log.info(
+        { guest: spec.name },
+        "adopted the runtime files of a QEMU started before they had a directory of this member's",
+      );
+    }
+  };
+
+  const readBoot = async (spec: GuestSpec): Promise<BootRecord | undefined> => {
+    await adoptLegacy(spec);
+    return readFile(pathsOf(spec).bootRecord, 'utf8')
       .then((t) => JSON.parse(t) as BootRecord)
       .catch(() => undefined);
+  };
   const writeBoot = (spec: GuestSpec, record: BootRecord): Promise<void> =>
     writeFile(pathsOf(spec).bootRecord, `${JSON.stringify(record, null, 2)}\n`);
 
@@ -142,6 +159,7 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
   };
 
   const withQmp = async <T>(spec: GuestSpec, work: (qmp: QmpClient) => Promise<T>): Promise<T> => {
+    await adoptLegacy(spec);
     const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 5000, runner });
     try {
       return await work(qmp);
@@ -188,7 +206,7 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
   const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
     const p = pathsOf(spec);
     agents.drop(p.agentSocket);
-    for (const f of [p.qmpSocket, p.consoleSocket, p.agentSocket, p.pidFile]) await rm(f, { force: true });
+    await removeRuntimeFiles(p);
     // The taps are persistent: they outlive QEMU, and go only with the guest's runtime.
     if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
     // Threads of a QEMU that just exited may linger a moment in the cgroup.
@@ -285,6 +303,7 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     accelerator,
     readUid,
     allocateUid,
+    adoptLegacy,
     readBoot,
     writeBoot,
     liveQemu,

@@ -34,6 +34,7 @@ import {
   VM_CONFIG_DEVICE,
   type VmContext,
 } from './vm-context.ts';
+import { ensureRuntimeDir } from './vm-runtime-dir.ts';
 import { vmVolumeArgs } from './vm-volumes.ts';
 
 /** Creating a guest's disk and starting its QEMU: the argv, the launcher, and the waits until it has booted. */
@@ -341,6 +342,7 @@ export function createVmLaunch(c: VmContext): VmLaunch {
     const running = await liveQemu(spec);
     if (running) return running;
     await cleanUpRuntime(spec);
+    await ensureRuntimeDir(p);
     const mode = bootModeOf(image);
     assertBootConfig(spec, mode);
     const kit = await bootKit();
@@ -392,7 +394,8 @@ export function createVmLaunch(c: VmContext): VmLaunch {
           `Guest ${spec.name} boots ${mode === 'firmware' ? 'its own disk' : 'its own kernel'} without the guest kit, which injects files: remove the files.* keys of guest ${spec.name}.`,
         );
       }
-      const configDisk = join(p.dir, 'config.ext4');
+      // In the runtime directory: a QEMU of the guest on another member may hold the guest's (decision 0061).
+      const configDisk = p.configDisk;
       const withConfig = mode === 'kit' ? await writeConfigDisk(files, configDisk, { runner }) : false;
       const identity = await qemuIdentity(spec, verdict.accelerator);
       if (mode === 'kit') await assertReadableByOthers([kit.kernelPath, kit.initramfsPath]);

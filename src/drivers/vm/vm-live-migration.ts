@@ -16,6 +16,7 @@ import {
   prepareIncoming,
   resumeSource,
 } from './vm-migration.ts';
+import { removeRuntimeDir } from './vm-runtime-dir.ts';
 
 /**
  * A TCP port free on `host` now. QEMU binds it itself a moment later (as the guest's uid, in the
@@ -146,24 +147,43 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
   return {
     async prepareIncoming(spec, image, options) {
-      if (await exists(pathsOf(spec).dir)) {
+      const p = pathsOf(spec);
+      if (options.sharedDisk) {
+        // The guest's directory is the pool's, linked here, and the source's QEMU uses it: only a
+        // QEMU of this member's own would be in the way (its runtime directory is this member's).
+        if (!(await exists(p.disk))) {
+          throw failedPrecondition(
+            `Guest ${spec.name}'s disk ${p.disk} is not to be seen on this member: check the shared pool's mount`,
+          );
+        }
+        if (await c.liveQemu(spec)) {
+          throw conflict(
+            `This member runs a QEMU of guest ${spec.name} already (${p.runDir}): a live move needs none here`,
+          );
+        }
+      } else if (await exists(p.dir)) {
         throw conflict(
-          `This member already has files of guest ${spec.name} (${pathsOf(spec).dir}): a live move needs an empty place; remove them first`,
+          `This member already has files of guest ${spec.name} (${p.dir}): a live move needs an empty place; remove them first`,
         );
       }
       return withRevert(async (r) => {
-        r.add(() => self().delete(spec));
-        // The disk is the one a new guest gets: an overlay on the same image's base disk, of the
-        // spec's size; the source's mirror fills in only its own clusters (sync=top).
-        await self().create(spec, image);
+        if (options.sharedDisk) {
+          r.add(() => stopIncoming(spec));
+        } else {
+          r.add(() => self().delete(spec));
+          // The disk is the one a new guest gets: an overlay on the same image's base disk, of the
+          // spec's size; the source's mirror fills in only its own clusters (sync=top).
+          await self().create(spec, image);
+        }
         const process = await launch.startIncoming(spec, image);
-        const nbdPort = await freeTcpPort(options.host);
+        const nbdPort = options.sharedDisk ? 0 : await freeTcpPort(options.host);
         let migrationPort = await freeTcpPort(options.host);
         if (migrationPort === nbdPort) migrationPort = await freeTcpPort(options.host);
         const endpoints = { host: options.host, nbdPort, migrationPort };
         // Filtered before QEMU listens: there is no moment when anyone else could connect.
         r.add(() => nft(dropMigrationFilter(spec.name)).then(() => undefined));
-        await nft(migrationFilter(spec.name, { from: options.from, ports: [nbdPort, migrationPort] }));
+        const ports = options.sharedDisk ? [migrationPort] : [nbdPort, migrationPort];
+        await nft(migrationFilter(spec.name, { from: options.from, ports }));
         const creds = await makeMigrationCredentials(runner, { host: options.host });
         const files = {
           'ca-cert.pem': creds.caCert,
@@ -171,9 +191,14 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
           'server-key.pem': creds.server.key,
         };
         await withCredentialsDir(await uidOf(spec), files, (tlsDir) =>
-          withQmp(spec, (q) => prepareIncoming(q, endpoints, { tlsDir })),
+          withQmp(spec, (q) =>
+            prepareIncoming(q, endpoints, { tlsDir, ...(options.sharedDisk && { sharedDisk: true }) }),
+          ),
         );
-        log.info({ guest: spec.name, ...endpoints }, 'waiting for a live migration');
+        log.info(
+          { guest: spec.name, ...endpoints, sharedDisk: options.sharedDisk === true },
+          'waiting for a live migration',
+        );
         const tls: MigrationTls = { caCert: creds.caCert, ...creds.client };
         return { process, endpoints, tls };
       });
@@ -183,6 +208,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
       await nft(dropMigrationFilter(spec.name));
     },
     async dropIncoming(spec) {
+      await stopIncoming(spec);
       await nft(dropMigrationFilter(spec.name));
     },
     async migrateOut(spec, options) {
@@ -205,12 +231,20 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         const read = new Promise<void>((resolve) => {
           loaded = resolve;
         });
+        // Both sides must agree: a disk mirrored into nothing, or one left unmirrored, loses writes.
+        if ((options.to.nbdPort === 0) !== (options.sharedDisk === true)) {
+          throw failedPrecondition(
+            options.sharedDisk
+              ? `The destination exports a disk of guest ${spec.name}, which is on a shared pool: it does not see the pool as shared`
+              : `The destination exports no disk of guest ${spec.name}, whose disk is this member's own`,
+          );
+        }
         const uid = await uidOf(spec);
         const started = await withCredentialsDir(uid, files, async (tlsDir) => {
           const migrating = migrateOut(qmp, {
             to: options.to,
             downtimeLimitMs: options.downtimeLimitMs,
-            sync: 'top',
+            sync: options.sharedDisk ? 'shared' : 'top',
             tlsDir,
             onTlsLoaded: loaded,
             signal: options.signal,
@@ -235,5 +269,21 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         migratingOut.delete(spec.name);
       }
     },
+    async releaseSource(spec) {
+      await stopIncoming(spec);
+      migratingOut.delete(spec.name);
+    },
   };
+
+  /**
+   * Ends this member's QEMU of the guest, never run or paused after its migration, and removes
+   * its runtime directory; the guest's own files are not touched (on a shared pool they are the
+   * guest's wherever it runs).
+   */
+  async function stopIncoming(spec: Parameters<typeof readUid>[0]): Promise<void> {
+    const q = await c.liveQemu(spec);
+    if (q) await c.killQemu(spec, q);
+    await c.cleanUpRuntime(spec);
+    await removeRuntimeDir(pathsOf(spec));
+  }
 }

@@ -310,6 +310,7 @@ describe('vm live migration over QMP', () => {
     const qmp: MigrationQmp = {
       async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
         incoming.push(args ? { command, args } : { command });
+        if (command === 'query-block-exports') return [{ id: 'migration-export' }] as T;
         return (command === 'query-migrate' ? { status } : {}) as T;
       },
     };
@@ -325,12 +326,75 @@ describe('vm live migration over QMP', () => {
       [
         'query-migrate',
         'query-migrate',
+        'query-block-exports',
         'block-export-del',
         'nbd-server-stop',
         'cont',
         'query-migrate-parameters',
       ],
     );
+  });
+
+  test('over a shared disk (decision 0061) nothing is exported or mirrored: the destination keeps the disk inactive until cont, the source moves only the RAM', async () => {
+    const dest = fakeQemu();
+    await prepareIncoming(dest.qmp, { ...to, nbdPort: 0 }, { sharedDisk: true });
+    assert.deepEqual(dest.calls, [
+      {
+        command: 'migrate-set-capabilities',
+        args: { capabilities: [{ capability: 'late-block-activate', state: true }] },
+      },
+      { command: 'migrate-incoming', args: { uri: 'tcp:198.18.5.12:40002' } },
+    ]);
+
+    const { qmp, names } = fakeQemu({ completeAfter: 3 });
+    const phases: string[] = [];
+    const result = await migrateOut(qmp, {
+      to: { ...to, nbdPort: 0 },
+      downtimeLimitMs: 300,
+      sync: 'shared',
+      signal: new AbortController().signal,
+      pollMs: 1,
+      onProgress: (p) => {
+        if (phases.at(-1) !== p.phase) phases.push(p.phase);
+      },
+    });
+    assert.deepEqual(names(), ['migrate-set-parameters', 'migrate']);
+    assert.deepEqual(phases, ['copying RAM']);
+    assert.equal(result.downtimeMs, 42);
+    assert.equal(result.diskBytes, 0);
+
+    // Its finish finds no export to remove.
+    const incoming: string[] = [];
+    const done: MigrationQmp = {
+      async execute<T>(command: string): Promise<T> {
+        incoming.push(command);
+        if (command === 'query-block-exports') return [] as T;
+        return (command === 'query-migrate' ? { status: 'completed' } : {}) as T;
+      },
+    };
+    await finishIncoming(done);
+    assert.deepEqual(incoming, ['query-migrate', 'query-block-exports', 'cont', 'query-migrate-parameters']);
+  });
+
+  test('a RAM-only migration that is cancelled resumes the source, with nothing of a mirror to undo', async () => {
+    const controller = new AbortController();
+    const { qmp, names } = fakeQemu({
+      completeAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'migrate' && n === 2) controller.abort();
+      },
+    });
+    await assert.rejects(
+      migrateOut(qmp, {
+        to: { ...to, nbdPort: 0 },
+        downtimeLimitMs: 300,
+        sync: 'shared',
+        signal: controller.signal,
+        pollMs: 1,
+      }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(names(), ['migrate-set-parameters', 'migrate', 'migrate_cancel']);
   });
 
   test("while a destination listens, only the source member's address reaches its two ports", () => {

@@ -31,12 +31,16 @@ export const tcpUri = (host: string, port: number): string =>
 
 /**
  * The destination's side before the source starts: exports the root disk over NBD (writable;
- * QEMU activates the node for it though the machine is incoming) and listens for RAM.
+ * QEMU activates the node for it though the machine is incoming) and listens for RAM. With
+ * `sharedDisk` (decision 0061: the source's QEMU has the same disk file open) nothing is
+ * exported, and `late-block-activate` keeps the disk inactive here, its lock not taken, until
+ * `cont`: the source, which inactivates it at the end of the migration, can take it back by
+ * resuming if the guest is not handed over, as long as this QEMU never ran.
  */
 export async function prepareIncoming(
   qmp: MigrationQmp,
   endpoints: IncomingEndpoints,
-  options: { tlsDir?: string } = {},
+  options: { tlsDir?: string; sharedDisk?: boolean } = {},
 ): Promise<void> {
   if (options.tlsDir) {
     // QEMU reads the credentials when the object is made: the files may go right after.
@@ -48,6 +52,13 @@ export async function prepareIncoming(
       'verify-peer': true,
     });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_ID });
+  }
+  if (options.sharedDisk) {
+    await qmp.execute('migrate-set-capabilities', {
+      capabilities: [{ capability: 'late-block-activate', state: true }],
+    });
+    await qmp.execute('migrate-incoming', { uri: tcpUri(endpoints.host, endpoints.migrationPort) });
+    return;
   }
   await qmp.execute('nbd-server-start', {
     addr: { type: 'inet', data: { host: endpoints.host, port: String(endpoints.nbdPort) } },
@@ -73,10 +84,16 @@ export async function finishIncoming(qmp: MigrationQmp): Promise<void> {
   if (m.status !== 'completed') {
     throw failedPrecondition(`The incoming migration has not completed here (${m.status ?? 'not started'})`);
   }
-  await qmp.execute('block-export-del', { id: EXPORT_ID });
-  await qmp.execute('nbd-server-stop');
+  // A move over a shared pool exported nothing (decision 0061).
+  const exports = await qmp.execute<Array<{ id: string }>>('query-block-exports');
+  if (exports.some((e) => e.id === EXPORT_ID)) {
+    await qmp.execute('block-export-del', { id: EXPORT_ID });
+    await qmp.execute('nbd-server-stop');
+  }
   await qmp.execute('cont');
-  await dropTls(qmp);
+  // It runs here now: a failure to forget the credentials must not fail the move, whose undoing
+  // would resume the source too (over a shared disk its lock, held here now, refuses that anyway).
+  await dropTls(qmp).catch(() => {});
 }
 
 /**
@@ -118,8 +135,12 @@ export async function migrateOut(
   options: {
     to: IncomingEndpoints;
     downtimeLimitMs: number;
-    /** `top`: only the source's own clusters (the destination's disk is an overlay on the same base disk). */
-    sync: 'top' | 'full';
+    /**
+     * `top`: only the source's own clusters (the destination's disk is an overlay on the same base
+     * disk); `shared`: the destination opens this very disk file (a shared pool, decision 0061),
+     * nothing is mirrored, only the RAM moves.
+     */
+    sync: 'top' | 'full' | 'shared';
     /** A directory with ca-cert.pem, client-cert.pem and client-key.pem: both streams in TLS, the destination verified. */
     tlsDir?: string;
     /** Called once QEMU has read the credentials in `tlsDir` (they may go then). */
@@ -165,34 +186,7 @@ export async function migrateOut(
       tls = true;
       options.onTlsLoaded?.();
     }
-    await qmp.execute('blockdev-add', {
-      driver: 'nbd',
-      'node-name': TARGET_NODE,
-      server: { type: 'inet', host: to.host, port: String(to.nbdPort) },
-      export: EXPORT_NAME,
-      ...(tls && { 'tls-creds': TLS_ID }),
-    });
-    nodeAdded = true;
-    await qmp.execute('blockdev-mirror', {
-      'job-id': MIRROR_JOB,
-      device: 'root',
-      target: TARGET_NODE,
-      sync: options.sync,
-      // The job is removed only when asked: its end state stays to be read.
-      'auto-dismiss': false,
-    });
-    mirrorStarted = true;
-    for (;;) {
-      aborted();
-      const job = await mirrorJob();
-      if (!job) throw internal('The disk mirror stopped before it was ready');
-      if (job.status === 'concluded' || job.status === 'aborting') {
-        throw internal('The disk mirror failed before it was ready (see the source QEMU log)');
-      }
-      report({ diskDoneBytes: job.offset, diskTotalBytes: job.len });
-      if (job.ready) break;
-      await sleep(pollMs);
-    }
+    if (options.sync !== 'shared') await mirror(options.sync);
     const mirrored = now();
     report({ phase: 'copying RAM' });
     await qmp.execute('migrate-set-parameters', {
@@ -218,27 +212,7 @@ export async function migrateOut(
     }
     const switched = now();
     migrating = false;
-    // The source is paused now: cancelling the ready mirror copies its last writes, then ends it
-    // without switching the source to the target.
-    report({ phase: 'switching over' });
-    await qmp.execute('block-job-cancel', { device: MIRROR_JOB });
-    const deadline = now() + 60_000;
-    for (;;) {
-      const job = await mirrorJob();
-      if (!job) throw internal('The disk mirror vanished at switch-over');
-      if (job.status === 'concluded') break;
-      if (now() >= deadline) throw internal('The disk mirror did not finish within 60 s at switch-over');
-      await sleep(Math.min(pollMs, 20));
-    }
-    // A mirror cancelled once ready ends cleanly; one that failed says so in the job list first.
-    const final = (await qmp.execute<Array<BlockJob & { error?: string }>>('query-block-jobs')).find(
-      (j) => j.device === MIRROR_JOB,
-    );
-    if (final?.error) throw internal(`The disk mirror failed at switch-over: ${final.error}`);
-    await qmp.execute('job-dismiss', { id: MIRROR_JOB });
-    mirrorStarted = false;
-    await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
-    nodeAdded = false;
+    if (mirrorStarted) await completeMirror();
     if (tls) await dropTls(qmp, { added: true }).catch(() => {});
     return {
       downtimeMs: info.downtime ?? 0,
@@ -268,6 +242,64 @@ export async function migrateOut(
     if (tls) await dropTls(qmp, { added: true }).catch(() => {});
     await resumeSource(qmp).catch(() => {});
     throw e;
+  }
+
+  /** The disk into the destination's NBD export, until the mirror is ready (it then follows every write). */
+  async function mirror(sync: 'top' | 'full'): Promise<void> {
+    await qmp.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': TARGET_NODE,
+      server: { type: 'inet', host: to.host, port: String(to.nbdPort) },
+      export: EXPORT_NAME,
+      ...(tls && { 'tls-creds': TLS_ID }),
+    });
+    nodeAdded = true;
+    await qmp.execute('blockdev-mirror', {
+      'job-id': MIRROR_JOB,
+      device: 'root',
+      target: TARGET_NODE,
+      sync: options.sync,
+      // The job is removed only when asked: its end state stays to be read.
+      'auto-dismiss': false,
+    });
+    mirrorStarted = true;
+    for (;;) {
+      aborted();
+      const job = await mirrorJob();
+      if (!job) throw internal('The disk mirror stopped before it was ready');
+      if (job.status === 'concluded' || job.status === 'aborting') {
+        throw internal('The disk mirror failed before it was ready (see the source QEMU log)');
+      }
+      report({ diskDoneBytes: job.offset, diskTotalBytes: job.len });
+      if (job.ready) break;
+      await sleep(pollMs);
+    }
+  }
+
+  /**
+   * At switch-over, the source paused: cancelling the ready mirror copies its last writes, then
+   * ends it without switching the source to the target.
+   */
+  async function completeMirror(): Promise<void> {
+    report({ phase: 'switching over' });
+    await qmp.execute('block-job-cancel', { device: MIRROR_JOB });
+    const deadline = now() + 60_000;
+    for (;;) {
+      const job = await mirrorJob();
+      if (!job) throw internal('The disk mirror vanished at switch-over');
+      if (job.status === 'concluded') break;
+      if (now() >= deadline) throw internal('The disk mirror did not finish within 60 s at switch-over');
+      await sleep(Math.min(pollMs, 20));
+    }
+    // A mirror cancelled once ready ends cleanly; one that failed says so in the job list first.
+    const final = (await qmp.execute<Array<BlockJob & { error?: string }>>('query-block-jobs')).find(
+      (j) => j.device === MIRROR_JOB,
+    );
+    if (final?.error) throw internal(`The disk mirror failed at switch-over: ${final.error}`);
+    await qmp.execute('job-dismiss', { id: MIRROR_JOB });
+    mirrorStarted = false;
+    await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
+    nodeAdded = false;
   }
 }
 

@@ -3,6 +3,7 @@ import { removeCgroup } from '../../host/cgroups-v1.ts';
 import type { GuestDriver, RuntimeState } from '../guest-driver.ts';
 import { bootOf } from './vm-boot.ts';
 import { exists, type VmContext } from './vm-context.ts';
+import { removeRuntimeDir } from './vm-runtime-dir.ts';
 
 /** Stopping (power-down, then kill), freezing, deleting and inspecting a guest's QEMU. */
 export function createVmPower(
@@ -15,6 +16,7 @@ export function createVmPower(
     pathsOf,
     agents,
     readBoot,
+    adoptLegacy,
     liveQemu,
     withQmp,
     runStatus,
@@ -71,11 +73,13 @@ export function createVmPower(
       if (q) await self().stop(spec, { timeoutMs: 0, force: true });
       await cleanUpRuntime(spec);
       migratingOut.delete(spec.name);
+      await removeRuntimeDir(p);
       await rm(p.dir, { recursive: true, force: true });
       await removeCgroup(cgroupParent);
     },
     async inspect(spec, known): Promise<RuntimeState> {
       if (!(await exists(pathsOf(spec).dir))) return { state: 'absent' };
+      await adoptLegacy(spec);
       const q = await liveQemu(spec, known);
       if (!q) return { state: 'stopped' };
       const status = await runStatus(spec);
