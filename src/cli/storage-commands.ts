@@ -112,6 +112,7 @@ export function addStorageCommands(program: Command): void {
     .argument('<name>')
     .argument('<file>')
     .option('--with-snapshots', 'include the snapshots')
+    .option('--uncompressed', 'a vm guest: its disk stored plain, for `import --live` (decision 0063)')
     .option(
       '--incremental',
       'only what changed since the last --incremental export (the first one is full); import them in order',
@@ -120,7 +121,7 @@ export function addStorageCommands(program: Command): void {
       async (
         name: string,
         file: string,
-        opts: { withSnapshots?: boolean; incremental?: boolean },
+        opts: { withSnapshots?: boolean; incremental?: boolean; uncompressed?: boolean },
         cmd: Command,
       ) => {
         // Before the daemon makes the archive: a target that cannot be written leaves nothing behind.
@@ -130,6 +131,7 @@ export function addStorageCommands(program: Command): void {
         const op = await client.createBackup(name, {
           snapshots: opts.withSnapshots === true,
           ...(opts.incremental && { incremental: true }),
+          ...(opts.uncompressed && { uncompressed: true }),
         });
         const done = await waitWithProgress(client, op, { label: `Backing up ${name}` });
         const backup = done.metadata.backup;
@@ -161,21 +163,28 @@ export function addStorageCommands(program: Command): void {
     .argument('[name]', 'name of the guest (default: the name in the archive)')
     .option('-s, --storage <pool>', 'storage pool of the guest (default: the default pool)')
     .option('--target <member>', 'on a cluster: the member to import it on (default: the one asked)')
+    .option(
+      '--live',
+      'a vm guest from an --uncompressed export: it runs at once, its disk copied from the archive behind it',
+    )
     .action(
       async (
         file: string,
         name: string | undefined,
-        opts: { storage?: string; target?: string },
+        opts: { storage?: string; target?: string; live?: boolean },
         cmd: Command,
       ) => {
         const client = clientOf(cmd);
         const op = await client.importBackup(resolve(file), {
+          ...(opts.live && { live: true }),
           ...(name !== undefined && { name }),
           ...(opts.storage !== undefined && { storage: opts.storage }),
           ...(opts.target !== undefined && { target: opts.target }),
         });
         const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
-        process.stdout.write(`Imported ${String(done.metadata.name ?? name ?? '')}\n`);
+        process.stdout.write(
+          `${opts.live ? 'Restored live' : 'Imported'} ${String(done.metadata.name ?? name ?? '')}\n`,
+        );
       },
     );
 

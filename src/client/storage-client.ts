@@ -21,15 +21,19 @@ export interface StorageClient {
     options?: { snapshot?: string; start?: boolean; storage?: string },
   ): Promise<Operation>;
   /** Starts making a backup archive on the daemon; the finished operation's metadata names it (`backup`). */
-  createBackup(guest: string, options?: { snapshots?: boolean; incremental?: boolean }): Promise<Operation>;
+  /** `uncompressed` (vm): the disk stored plain, for `importBackup(…, { live: true })`. */
+  createBackup(
+    guest: string,
+    options?: { snapshots?: boolean; incremental?: boolean; uncompressed?: boolean },
+  ): Promise<Operation>;
   /** Streams a finished backup to `filePath` (written under a temporary name, renamed when complete). */
   downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`; on pool `storage`). */
-  /** `target`: on a cluster, the member to import on (decision 0034). */
+  /** `target`: on a cluster, the member to import on (decision 0034); `live`: a vm guest runs at once (decision 0063). */
   importBackup(
     filePath: string,
-    options?: { name?: string; storage?: string; target?: string },
+    options?: { name?: string; storage?: string; target?: string; live?: boolean },
   ): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
@@ -94,6 +98,7 @@ export function storageMethods(
       callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, {
         snapshots: o.snapshots === true,
         ...(o.incremental && { incremental: true }),
+        ...(o.uncompressed && { uncompressed: true }),
       }),
     async downloadBackup(guest, backup, filePath) {
       const partial = `${filePath}.partial`;
@@ -137,6 +142,7 @@ export function storageMethods(
           'content-length': String(size),
           ...(o.name !== undefined && { 'x-trivisor-name': o.name }),
           ...(o.storage !== undefined && { 'x-trivisor-pool': o.storage }),
+          ...(o.live && { 'x-trivisor-live': '1' }),
         },
       });
       return parseEnvelope<AsyncResponse>(res).metadata;

@@ -29,11 +29,14 @@ export interface GuestStorage {
   listSnapshots(spec: GuestSpec): Promise<string[]>;
   /** Fills a freshly created, stopped `target` with the writable state of `source` (copy-on-write where the file system allows). */
   copy(source: GuestSpec, target: GuestSpec, options?: FromSnapshot): Promise<void>;
-  /** Writes the writable state (or a snapshot's) as a zstd-compressed tar file at `tarPath`. */
+  /**
+   * Writes the writable state (or a snapshot's) as a zstd-compressed tar file at `tarPath`;
+   * with `uncompressed` (vm), a plain tar whose disk a live restore reads in place (decision 0063).
+   */
   exportTar(
     spec: GuestSpec,
     tarPath: string,
-    options?: FromSnapshot & { signal?: AbortSignal },
+    options?: FromSnapshot & { signal?: AbortSignal; uncompressed?: boolean },
   ): Promise<void>;
   /** Replaces the writable state of a stopped guest (or makes a snapshot) from a tar made by exportTar. */
   importTar(
@@ -65,6 +68,35 @@ export interface GuestStorage {
     spec: GuestSpec,
     tarPath: string,
     options: { link: BackupChainLink; signal?: AbortSignal },
+  ): Promise<void>;
+  /** Optional: live restore (vm, decision 0063); a model without it answers NotSupported. */
+  live?: LiveImport;
+}
+
+/** Where a live restore's disk lies in place: a qcow2 stored uncompressed at a byte range of an archive file. */
+export interface LiveImportSource {
+  archivePath: string;
+  offsetBytes: number;
+  sizeBytes: number;
+}
+
+/** Bytes of the disk a live restore has copied so far, of its total. */
+export type LiveRestoreProgress = (doneBytes: number, totalBytes: number) => void;
+
+/**
+ * Live restore (decision 0063), where a model has it (vm): the stopped guest's disk becomes an
+ * overlay backed by the archive's disk in place, the guest starts, and the copy finishes behind it.
+ */
+export interface LiveImport {
+  /** Makes the stopped, new guest's disk an overlay backed by `source`; refuses a disk that is not a flat qcow2. */
+  prepareLiveImport(spec: GuestSpec, source: LiveImportSource): Promise<void>;
+  /**
+   * Copies every block still read from the archive into the guest's disk (in its QEMU when it
+   * runs, by qemu-img when not), resuming a copy under way; returns once the disk has no backing.
+   */
+  finishLiveImport(
+    spec: GuestSpec,
+    options?: { signal?: AbortSignal; speedBytesPerSecond?: number; onProgress?: LiveRestoreProgress },
   ): Promise<void>;
 }
 

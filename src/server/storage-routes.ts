@@ -140,17 +140,21 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       sendAsync(reply, await storage(request).restoreSnapshot(request.params.name, request.body.restore)),
   );
 
-  app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean } }>(
+  app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean; uncompressed?: boolean } }>(
     '/1.0/guests/:name/backups',
     {
       config: { access: 'operate' },
       schema: {
         summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
         description:
-          "The operation metadata names the backup (`backup`) once it is done. `incremental`: the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`.",
+          "The operation metadata names the backup (`backup`) once it is done. `incremental`: the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`. `uncompressed` (vm guests): the disk stored plain, which `import --live` reads in place (decision 0063).",
         params: NameParams,
         body: Type.Object(
-          { snapshots: Type.Optional(Type.Boolean()), incremental: Type.Optional(Type.Boolean()) },
+          {
+            snapshots: Type.Optional(Type.Boolean()),
+            incremental: Type.Optional(Type.Boolean()),
+            uncompressed: Type.Optional(Type.Boolean()),
+          },
           { additionalProperties: false },
         ),
         response: asyncReply,
@@ -162,6 +166,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         await storage(request).createBackup(request.params.name, {
           withSnapshots: request.body?.snapshots === true,
           incremental: request.body?.incremental === true,
+          ...(request.body?.uncompressed === true && { uncompressed: true }),
         }),
       ),
   );
@@ -408,11 +413,12 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       bodyLimit: BACKUP_UPLOAD_LIMIT_BYTES,
       schema: {
         summary:
-          'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it, X-Trivisor-Pool puts it on a storage pool)',
+          'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it, X-Trivisor-Pool puts it on a storage pool, X-Trivisor-Live: 1 restores a vm guest live)',
         querystring: Type.Object(TargetQueryProperties),
         headers: Type.Object({
           'x-trivisor-name': Type.Optional(Type.String()),
           'x-trivisor-pool': Type.Optional(Type.String()),
+          'x-trivisor-live': Type.Optional(Type.String()),
         }),
         body: {
           content: {
@@ -467,6 +473,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
             archivePath: path,
             ...(typeof name === 'string' && name !== '' && { name }),
             ...(typeof pool === 'string' && pool !== '' && { storage: pool }),
+            ...(request.headers['x-trivisor-live'] === '1' && { live: true }),
           }),
         );
       } catch (e) {

@@ -120,10 +120,11 @@ function parseManifest(data: Buffer): BackupManifest {
   if (manifest.format !== 'trivisor-backup/1') {
     throw invalidArgument(`The backup format ${JSON.stringify(manifest.format)} is not known to this daemon`);
   }
-  if (!manifest.files?.['rootfs.tar.zst'])
-    throw invalidArgument('The backup manifest lists no rootfs.tar.zst');
+  // rootfs.tar: an uncompressed export, for a live restore (decision 0063).
+  if (!manifest.files?.['rootfs.tar.zst'] === !manifest.files?.['rootfs.tar'])
+    throw invalidArgument('The backup manifest lists no rootfs.tar.zst (or rootfs.tar)');
   for (const rel of Object.keys(manifest.files)) {
-    if (!/^(rootfs\.tar\.zst|snapshots\/[a-z0-9-]+\.tar\.zst)$/.test(rel)) {
+    if (!/^(rootfs\.tar(\.zst)?|snapshots\/[a-z0-9-]+\.tar\.zst)$/.test(rel)) {
       throw invalidArgument(`The backup manifest lists an unexpected file ${JSON.stringify(rel)}`);
     }
   }

@@ -11,6 +11,7 @@ import type { BackupManifest } from '../storage/storage-records.ts';
 import { ZstdFrameEnd } from '../storage/zstd-frames.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
+import { PLAIN_ROOTFS } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
 
 const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
@@ -27,6 +28,12 @@ export function backupMethods(
       const storage = storageFor(spec);
       assertProvisioned(spec, status);
       const exportIncremental = storage.exportIncremental?.bind(storage);
+      if (options.uncompressed && (spec.model !== 'vm' || options.incremental || options.withSnapshots)) {
+        // Only a vm disk is read in place by a live restore (decision 0063); compression saves the rest.
+        throw invalidArgument(
+          'An uncompressed export is for the live restore of a vm guest: it is made of a vm guest alone, without --incremental or --with-snapshots',
+        );
+      }
       if (options.incremental) {
         if (!exportIncremental) {
           throw notSupported(
@@ -62,19 +69,24 @@ export function backupMethods(
               const fifo = join(work, rel.replaceAll('/', '-'));
               await runner.run(['mkfifo', '-m', '0600', fifo]);
               files[rel] = await readThroughFifo(fifo, produce, (chunks) =>
-                into.addStream(rel, zstdFramesOf(chunks), (n) => progress.add(n)),
+                into.addStream(rel, rel.endsWith('.zst') ? zstdFramesOf(chunks) : chunks, (n) =>
+                  progress.add(n),
+                ),
               );
             };
             progress.stage('root file system');
             let link: BackupManifest['incremental'];
-            await payload('rootfs.tar.zst', async (path) => {
+            await payload(options.uncompressed ? PLAIN_ROOTFS : 'rootfs.tar.zst', async (path) => {
               if (options.incremental && exportIncremental) {
                 link = await exportIncremental(spec, path, {
                   signal: ctx.signal,
                   ...(options.newChain && { newChain: true }),
                 });
               } else {
-                await storage.exportTar(spec, path, { signal: ctx.signal });
+                await storage.exportTar(spec, path, {
+                  signal: ctx.signal,
+                  ...(options.uncompressed && { uncompressed: true }),
+                });
               }
             });
             if (snapshots.length > 0) await into.addDirectory('snapshots');

@@ -27,6 +27,7 @@ import { corrupted, feedPayload, openArchive, payloadBytes } from './archive-rea
 import { type ClaimHolder, describeHolder } from './claims.ts';
 import { readProject } from './project-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
+import { PLAIN_ROOTFS, startLiveImport } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
 
 /** Restores a guest from a backup archive (import), whole or as the next link of its chain. */
@@ -58,6 +59,10 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
         after: addUsage(p.usage, { ...NO_USAGE, guests: 1 }),
       });
       await checkPool(request.storage);
+      if (request.live) {
+        const { live: _, ...rest } = request;
+        return startLiveImport(view, rest);
+      }
       const id = randomBytes(8).toString('hex');
       return operations.start({
         project,
@@ -169,7 +174,8 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
               const storage = storageFor(spec);
               progress.stage('root file system');
               const importIncremental = storage.importIncremental?.bind(storage);
-              await feed('rootfs.tar.zst', (path) =>
+              // An uncompressed export (decision 0063) imports the ordinary way too.
+              await feed(manifest.files[PLAIN_ROOTFS] ? PLAIN_ROOTFS : 'rootfs.tar.zst', (path) =>
                 link && importIncremental
                   ? // The full backup of a chain: the guest remembers it, so that the chain's incrementals can follow.
                     importIncremental(spec, path, { link, signal: ctx.signal })

@@ -10,6 +10,7 @@ import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import type { StorageContext } from './storage-context.ts';
+import { resumeLiveImports } from './storage-live-import.ts';
 import type { RecoverReport, StorageService } from './storage-service.ts';
 
 /** What an interrupted daemon or a lost store left: half-made work swept away, lost records rebuilt. */
@@ -117,9 +118,16 @@ export function recoveryMethods(ctx: StorageContext): Pick<StorageService, 'reco
     },
 
     async sweep() {
+      // A live restore's guest runs on its archive: its copy is finished, never the guest deleted (decision 0063).
+      await resumeLiveImports(ctx);
       // Guests a crash left half-copied or half-imported are deleted (by the controller, once it runs).
       for (const kv of (await store.list(records.storagePending.prefix)).kvs) {
         const name = records.storagePending.nameOf(kv.key);
+        const marker = await records.storagePending
+          .at(name)
+          .get(store)
+          .catch(() => undefined);
+        if (marker?.value.kind === 'live-import') continue;
         const op = await guests.delete(name, { force: true }).catch(() => undefined);
         if (op) void operations.wait(op.id).catch(() => {});
         await store.delete(kv.key);

@@ -41,18 +41,27 @@ export interface StorageService {
   copyGuest(request: CopyGuestRequest): Promise<Operation>;
   /**
    * Writes a backup archive on the daemon's side; the operation's metadata names it (`backup`).
+   * `uncompressed` (vm): the disk stored plain, for a live restore (decision 0063).
    * `incremental`: the next link of the guest's backup chain (`incremental` in the metadata);
    * with `newChain`, the full backup that starts a new one (scheduled backups, decision 0062).
    */
   createBackup(
     guest: string,
-    options: { withSnapshots: boolean; incremental?: boolean; newChain?: boolean },
+    options: { withSnapshots: boolean; incremental?: boolean; uncompressed?: boolean; newChain?: boolean },
   ): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
   deleteBackup(guest: string, backup: string): Promise<void>;
-  /** Restores a guest from an archive already written to `archivePath` (the service deletes it). */
-  importBackup(request: { archivePath: string; name?: string; storage?: string }): Promise<Operation>;
+  /**
+   * Restores a guest from an archive already written to `archivePath` (the service deletes it);
+   * `live` (vm, decision 0063): the guest runs at once on the archive's disk, copied behind it.
+   */
+  importBackup(request: {
+    archivePath: string;
+    name?: string;
+    storage?: string;
+    live?: boolean;
+  }): Promise<Operation>;
   /**
    * Removes half-made snapshots, backups and imports an interrupted daemon left; run at start,
    * before the controllers (the guest.json copies and snapshot records of deleted guests are the

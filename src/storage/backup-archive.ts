@@ -183,17 +183,23 @@ const cString = (b: Buffer, offset: number, width: number) => {
  * member's data is skipped by offset). Refuses a damaged header, a member that
  * runs past the end of the file, and a file with no end-of-archive block.
  */
-export async function listArchive(path: string): Promise<ArchiveMember[]> {
+export async function listArchive(
+  path: string,
+  /** A tar stored inside the file at this byte range (a payload of an archive): its members, offsets in the file. */
+  window?: { offsetBytes: number; sizeBytes: number },
+): Promise<ArchiveMember[]> {
   const file = await open(path, constants.O_RDONLY);
   try {
-    const { size: fileSize } = await file.stat();
+    const { size: wholeSize } = await file.stat();
+    const fileSize = window ? Math.min(wholeSize, window.offsetBytes + window.sizeBytes) : wholeSize;
     const members: ArchiveMember[] = [];
     const header = Buffer.alloc(BLOCK);
-    let position = 0;
+    let position = window?.offsetBytes ?? 0;
     let longName: string | undefined;
     for (;;) {
       const { bytesRead } = await file.read(header, 0, BLOCK, position);
-      if (bytesRead < BLOCK) throw new ArchiveDamaged('the file ends before the end-of-archive block');
+      if (bytesRead < BLOCK || position + BLOCK > fileSize)
+        throw new ArchiveDamaged('the file ends before the end-of-archive block');
       if (header.every((x) => x === 0)) return members;
       let sum = 0;
       for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (header[i] ?? 0);

@@ -407,7 +407,9 @@ export const SnapshotRecordSchema = Type.Object({
 
 /** What a storage-pending marker says: which kind of work made the guest (value of `keys.storagePending`). */
 export const StoragePendingSchema = Type.Object({
-  kind: Type.Union([Type.Literal('copy'), Type.Literal('import')]),
+  kind: Type.Union([Type.Literal('copy'), Type.Literal('import'), Type.Literal('live-import')]),
+  /** A live restore's archive, which the guest's disk reads until the copy ends (decision 0063). */
+  archive: Type.Optional(Type.String()),
 });
 export type StoragePending = Static<typeof StoragePendingSchema>;
 

@@ -103,6 +103,8 @@ export function vmResources(config: Record<string, string>): VmResources {
 export interface DiskLayer {
   path: string;
   format: string;
+  /** The layer is this byte range of the file (a live restore's disk inside its archive, decision 0063). */
+  window?: { offsetBytes: number; sizeBytes: number };
 }
 
 /** The CD-ROM drives of a guest that boots through its firmware (ids `cd0`, `cd1`; media are iso volumes). */
@@ -172,6 +174,12 @@ export interface QemuCommandOptions {
   configDisk?: string;
 }
 
+/** A layer's file node, under a `raw` node of its byte range when it is a window of the file. */
+const windowed = (l: DiskLayer, file: Record<string, unknown>): Record<string, unknown> =>
+  l.window
+    ? { driver: 'raw', 'read-only': true, offset: l.window.offsetBytes, size: l.window.sizeBytes, file }
+    : file;
+
 /** The node tree of the root disk: the qcow2 (node `root`) over its read-only backing files. */
 export function rootBlockdev(chain: readonly DiskLayer[], fds: QemuFds): Record<string, unknown> {
   // Backing files are the image's shared base disk: QEMU takes no locks on them, since other
@@ -185,7 +193,11 @@ export function rootBlockdev(chain: readonly DiskLayer[], fds: QemuFds): Record<
     return {
       driver: l.format,
       ...(top ? { 'node-name': 'root', discard: 'unmap' } : { 'read-only': true }),
-      file: { driver: 'file', filename: file, ...(top ? {} : { 'read-only': true, locking: 'off' }) },
+      file: windowed(l, {
+        driver: 'file',
+        filename: file,
+        ...(top ? {} : { 'read-only': true, locking: 'off' }),
+      }),
       // null: no backing file, whatever the header names; raw files have none to name.
       ...(l.format === 'raw' ? {} : { backing: layer(i + 1) }),
     };

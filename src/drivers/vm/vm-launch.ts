@@ -34,6 +34,7 @@ import {
   VM_CONFIG_DEVICE,
   type VmContext,
 } from './vm-context.ts';
+import { liveRestoreLayer, readLiveRestore } from './vm-live-restore.ts';
 import { ensureRuntimeDir } from './vm-runtime-dir.ts';
 import { vmVolumeArgs } from './vm-volumes.ts';
 
@@ -191,6 +192,9 @@ export function createVmLaunch(c: VmContext): VmLaunch {
         `Guest ${spec.name}'s disk names a backing file that is not ${what} (${base?.filename}): it is not handed to QEMU; restore the guest from a backup or recreate it.`,
       );
     if (!base) return [top];
+    // A live restore's disk (decision 0063): its backing is the archive the daemon noted, never the header's name.
+    const live = await readLiveRestore(stateDir, spec.name);
+    if (live) return [top, liveRestoreLayer(live)];
     if (image.blank) throw refused('anything: it was made blank');
     const real = await realpath(base.filename).catch(() => undefined);
     const allowed = [

@@ -26,6 +26,7 @@ import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
 import { BACKUP_BITMAP, createVmIncrementalBackups } from './vm-incremental.ts';
+import { createVmLiveRestore } from './vm-live-restore.ts';
 
 /** Half-made files and internal snapshots carry this prefix until they are complete. */
 const TMP_PREFIX = '.tmp-';
@@ -282,10 +283,14 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     try {
       // One pass over the archive (it may be a FIFO fed by the daemon): every member, of which only
       // the disk and the firmware's variables (when the guest had them) are used.
-      const unpacked = await runner.run(['tar', '--zstd', '--no-same-owner', '-C', work, '-xf', tarPath], {
-        ...(signal && { signal }),
-        allowFailure: true,
-      });
+      // `zstd -f` passes a plain tar through: an uncompressed export (decision 0063) imports as well.
+      const unpacked = await runner.run(
+        ['tar', '--use-compress-program=zstd -f', '--no-same-owner', '-C', work, '-xf', tarPath],
+        {
+          ...(signal && { signal }),
+          allowFailure: true,
+        },
+      );
       if (unpacked.code !== 0 || !(await lstat(join(work, ARCHIVE_DISK)).catch(() => undefined))?.isFile()) {
         signal?.throwIfAborted();
         if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
@@ -444,7 +449,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         if (await copyAside(uefiVarsAt(spec, exportOptions?.snapshot), join(work, ARCHIVE_UEFI_VARS))) {
           members.push(ARCHIVE_UEFI_VARS);
         }
-        await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
+        // Uncompressed (decision 0063): a plain, non-sparse member QEMU can read in place at its offset.
+        const format = exportOptions?.uncompressed ? [] : [TAR_ZSTD, '--sparse'];
+        await runner.run(['tar', ...format, '-C', work, '-cf', tarPath, ...members], {
           ...(signal && { signal }),
         });
       } finally {
@@ -566,6 +573,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         if (name.startsWith(TMP_PREFIX)) await deleteInternal(spec, name);
       }
     },
+    live: createVmLiveRestore(ctx),
   };
   return storage;
 }
