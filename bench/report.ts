@@ -950,7 +950,7 @@ if (ha) {
     row('loss: member killed → running elsewhere', ha.losses as Json | null),
     row('baseline: `trivisor start` by hand', ha.startBaseline as Json),
     '',
-    `Boots of the writer: ${ha.boots}; overlapping writers: ${ha.overlappingWriters}. Measured ${ha.measuredAt}.`,
+    `Boots of the writer: ${ha.boots}; overlapping writers: ${ha.overlappingWriters}.${ha.note ? ` ${ha.note}` : ''} Measured ${ha.measuredAt}.`,
     '',
   );
   stamp([ha]);
