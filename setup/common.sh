@@ -218,6 +218,21 @@ ensure_memtest() {
   rm -rf "$GUEST_KERNEL_DIR/memtest.tmp"
 }
 
+# Debian's signed boot chain (shim signed by Microsoft's UEFI CA, GRUB signed by Debian), for the vm
+# test that boots a signed Debian disk under Secure Boot. Unpacked, not installed: shim-signed's
+# postinst runs grub-install on an EFI host, which would touch this host's boot loader.
+ensure_signed_boot() {
+  local dir="$GUEST_KERNEL_DIR/secureboot"
+  [ -f "$dir/shimx64.efi.signed" ] && [ -f "$dir/grubx64.efi.signed" ] && return 0
+  say "Unpacking shim-signed and grub-efi-amd64-signed into $dir"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  deb_unpack shim-signed "$dir.tmp" || { echo "Error: cannot download shim-signed" >&2; exit 1; }
+  deb_unpack grub-efi-amd64-signed "$dir.tmp" || { echo "Error: cannot download grub-efi-amd64-signed" >&2; exit 1; }
+  mkdir -p "$dir"
+  cp "$dir.tmp/usr/lib/shim/shimx64.efi.signed" "$dir.tmp/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "$dir/"
+  rm -rf "$dir.tmp"
+}
+
 # promtool (`promtool check metrics`, `promtool check rules`) for the metrics tests: unpacked from
 # Debian's prometheus package, as the guest kernel is, since installing that package would also
 # install (and, under an init system, start) a Prometheus server. Only the test setup needs it.

@@ -150,6 +150,68 @@ export async function buildDebianDisk(
   return disk;
 }
 
+/** Debian's signed boot chain, unpacked by setup/test (ensure_signed_boot): shim, signed GRUB. */
+const SIGNED_SHIM = join(GUEST_KERNEL_DIR, 'secureboot/shimx64.efi.signed');
+const SIGNED_GRUB = join(GUEST_KERNEL_DIR, 'secureboot/grubx64.efi.signed');
+
+/**
+ * The Debian disk of buildDebianDisk with the boot chain Secure Boot lets through, as an installed
+ * Debian has it: shim (signed by Microsoft's UEFI CA) at the removable path, Debian's signed GRUB
+ * beside it (shim loads `grubx64.efi` from its own directory) and a `grub.cfg` there (the signed
+ * GRUB reads `$cmdpath/grub.cfg` when its prefix has none), which hands over to the disk's own
+ * /boot/grub/grub.cfg. Its kernel is Debian's, signed already. Only the ESP differs: the same qcow2
+ * with another ESP written over the first (`qemu-io`, seconds), kept per test session like the disk.
+ */
+export async function buildSecureBootDisk(
+  disk: DebianDisk,
+  dir: string,
+  options: { runner: ProcessRunner },
+): Promise<string> {
+  const out = join(dir, 'debian-12-secureboot.qcow2');
+  const shared = sessionMediaDir();
+  const cached = shared ? join(shared, 'debian-12-secureboot.qcow2') : undefined;
+  const copy = (from: string, to: string) =>
+    options.runner.run(['cp', '--sparse=always', '--reflink=auto', '--', from, to]);
+  if (cached && existsSync(cached)) {
+    await copy(cached, out);
+    return out;
+  }
+  requireTools({
+    [SIGNED_SHIM]: 'shim-signed (setup/test unpacks it)',
+    [SIGNED_GRUB]: 'grub-efi-amd64-signed (setup/test unpacks it)',
+    '/usr/bin/mcopy': 'mtools',
+    '/usr/sbin/mkfs.vfat': 'dosfstools',
+  });
+  const run = (argv: string[]) => options.runner.run(argv);
+  const work = join(dir, 'secureboot-esp');
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  const cfg = join(work, 'grub.cfg');
+  await writeFile(
+    cfg,
+    `search --no-floppy --label ${DEBIAN_ROOT_LABEL} --set=root\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n`,
+  );
+  // The same size and place as buildDebianDisk's ESP (32 MiB at 1 MiB): the partition table stays.
+  const esp = join(work, 'esp.img');
+  await run(['mkfs.vfat', '-C', '-n', 'ESP', esp, String(32 * 1024)]);
+  await run(['mmd', '-i', esp, '::/EFI', '::/EFI/BOOT']);
+  await run(['mcopy', '-i', esp, SIGNED_SHIM, '::/EFI/BOOT/BOOTX64.EFI']);
+  await run(['mcopy', '-i', esp, SIGNED_GRUB, '::/EFI/BOOT/grubx64.efi']);
+  await run(['mcopy', '-i', esp, cfg, '::/EFI/BOOT/grub.cfg']);
+  const tmp = `${out}.tmp`;
+  await copy(disk.qcow2, tmp);
+  await run(['qemu-io', '-f', 'qcow2', '-c', `write -q -s ${esp} 1M 32M`, tmp]);
+  await rename(tmp, out);
+  await rm(work, { recursive: true, force: true });
+  if (cached && shared && existsSync(shared)) {
+    // Whole or not at all, as the disk: a file of its own renamed into place.
+    const part = `${cached}.tmp-${process.pid}`;
+    await copy(out, part);
+    await rename(part, cached).catch(() => rm(part, { force: true }));
+  }
+  return out;
+}
+
 async function buildDebianDiskHere(
   dir: string,
   options: { runner: ProcessRunner; mirror?: string },

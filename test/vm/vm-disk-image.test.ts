@@ -9,7 +9,7 @@ import { findCloudKernel } from '../../src/drivers/vm/boot-kit.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { eventually } from '../drivers/exec-helpers.ts';
 import { type Daemon, startDaemon } from '../system/harness.ts';
-import { buildDebianDisk, DEBIAN_HOSTNAME, type DebianDisk } from './boot-media.ts';
+import { buildDebianDisk, buildSecureBootDisk, DEBIAN_HOSTNAME, type DebianDisk } from './boot-media.ts';
 
 /**
  * A whole-disk image of another OS (Debian 12 with its own kernel, GRUB for BIOS and EFI and
@@ -20,6 +20,8 @@ import { buildDebianDisk, DEBIAN_HOSTNAME, type DebianDisk } from './boot-media.
 /** A GUID of the test's own for the UEFI variables it writes from inside the guest. */
 const VAR_GUID = '5f0a7c3e-1d2b-4c8e-9a71-17e0c0de0017';
 const EFIVARS = '/sys/firmware/efi/efivars';
+/** The UEFI global variables' GUID: SecureBoot-GUID is 4 bytes of attributes, then 1 when enforced. */
+const EFI_GLOBAL = '8be4df61-93ca-11d2-aa0d-00e098032b8c';
 
 const sha256Of = async (path: string): Promise<string> => {
   const hash = createHash('sha256');
@@ -305,5 +307,79 @@ describe('vm guests that boot their own disk image', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /vm\.secureboot=true needs vm\.firmware=uefi/);
     d.ok(['delete', '--force', 'sb1']);
+  });
+
+  test('a signed OS (shim, Debian-signed GRUB and kernel) boots under Secure Boot; an incremental chain imported onto a dir pool, and a copy to it, carry its disk and its UEFI variables', async () => {
+    const signed = await buildSecureBootDisk(disk, media, { runner: hostRunner() });
+    d.ok(['image', 'import', signed, '--alias', 'deb12-sb']);
+    const sbOn = (name: string) =>
+      sh(name, `od -An -tu1 -j4 -N1 ${EFIVARS}/SecureBoot-${EFI_GLOBAL}`).stdout.trim();
+    const writeVar = (name: string, variable: string) =>
+      sh(name, `printf '\\007\\000\\000\\000x' > ${EFIVARS}/${variable}-${VAR_GUID}`);
+    const vars = (name: string) =>
+      sh(name, `ls ${EFIVARS} | grep -- '-${VAR_GUID}$' | sed 's/-${VAR_GUID}$//' | sort`)
+        .stdout.trim()
+        .split('\n')
+        .filter(Boolean);
+    const storeOf = (dir: string) => readFile(join(dir, 'uefi-vars.fd'));
+    d.ok([
+      'launch',
+      'deb12-sb',
+      'sb2',
+      '--model',
+      'vm',
+      '-c',
+      'limits.memory=512MiB',
+      '-c',
+      'vm.firmware=uefi',
+      '-c',
+      'vm.secureboot=true',
+    ]);
+    assert.ok(await agentUp('sb2', 360_000), log('sb2'));
+    // Enforced, and its kernel knows it (it locks itself down as Debian's does under Secure Boot).
+    assert.equal(sbOn('sb2'), '1', 'the SecureBoot variable says enforced');
+    assert.match(log('sb2'), /secureboot: Secure boot enabled/);
+    assert.equal(sh('sb2', 'uname -r').stdout.trim(), disk.kernelRelease, "Debian's own signed kernel");
+    // An incremental chain: a full backup of the running guest, a variable written after it, the next link.
+    assert.equal(writeVar('sb2', 'TrivisorFull').code, 0);
+    const f0 = join(media, 'sb2-f0');
+    const i1 = join(media, 'sb2-i1');
+    assert.match(d.ok(['export', 'sb2', f0, '--incremental']), /^Full backup: starts chain /);
+    assert.equal(writeVar('sb2', 'TrivisorInc').code, 0);
+    assert.deepEqual(vars('sb2'), ['TrivisorFull', 'TrivisorInc']);
+    d.ok(['stop', 'sb2', '--timeout', '120']);
+    assert.match(d.ok(['export', 'sb2', i1, '--incremental']), /^Incremental backup 1 of chain /);
+    d.ok(['storage', 'create', 'plain', 'dir']);
+    const plain = (JSON.parse(d.ok(['storage', 'info', 'plain', '--format', 'json'])) as { path: string })
+      .path;
+    // A copy to the other pool takes the store with it.
+    d.ok(['copy', 'sb2', 'sb3', '--storage', 'plain']);
+    const source = await storeOf(join(d.stateDir, 'guests', 'sb2'));
+    for (const v of ['TrivisorFull', 'TrivisorInc']) {
+      assert.ok(source.includes(Buffer.from(v, 'utf16le')), `${v} is in the store`);
+    }
+    assert.ok((await storeOf(join(plain, 'guests', 'sb3'))).equals(source), 'the copy has the same store');
+    d.ok(['delete', 'sb3']);
+    // The chain, imported in order onto the dir pool: the same disk (its overlay over the image read
+    // through) and the same store as the guest it came from.
+    d.ok(['import', f0, 'sb4', '--storage', 'plain']);
+    d.ok(['import', i1, 'sb4']);
+    assert.ok((await storeOf(join(plain, 'guests', 'sb4'))).equals(source), 'the chain carried the store');
+    const same = await hostRunner().run(
+      [
+        'qemu-img',
+        'compare',
+        '-f',
+        'qcow2',
+        '-F',
+        'qcow2',
+        join(d.stateDir, 'guests', 'sb2', 'root.qcow2'),
+        join(plain, 'guests', 'sb4', 'root.qcow2'),
+      ],
+      { allowFailure: true },
+    );
+    assert.equal(same.code, 0, same.stdout + same.stderr);
+    d.ok(['delete', 'sb4', 'sb2']);
+    d.ok(['storage', 'delete', 'plain']);
   });
 });
