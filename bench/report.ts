@@ -285,8 +285,9 @@ if (dens.length > 0) {
 
 const reclaim = load('vm-pvm-density.json');
 lines.push('## vm and pvm density: memory reclaim off, then on', '');
+const reclaimN = reclaim ? `${String(reclaim.vmGuests)} ${String(reclaim.pvmGuests)}` : '4 16';
 lines.push(
-  '`node bench/vm-pvm-density.ts 6 20 128MiB`: 6 vm and 20 pvm idle busybox guests of 128 MiB started through the API',
+  `\`node bench/vm-pvm-density.ts ${reclaimN} 128MiB\`: that many vm and pvm idle busybox guests of 128 MiB started through the API`,
   '(2 at a time), idle a minute, then read; first on a daemon with `TRIVISOR_MEMORY_RECLAIM=off`, then on one with',
   "it on (decision 0060): KSM run by the daemon while vm guests run (QEMU's RAM is `mem-merge=on`), and each pvm",
   "guest's free memory punched out of its RAM file 20 s after its start (UML's mconsole memory unplug). With it on,",
@@ -315,9 +316,14 @@ if (reclaim) {
     }
   }
   const k = onR.ksm as Json;
+  const offKsm = offR.ksm as Json;
+  const merged = (r: Json) => (r.vm as Json).ksmMergedPerGuestMiB;
   lines.push(
     '',
-    `With reclaim on, KSM shared ${f(k.savedMiB)} MiB (pages_sharing ${String(k.pagesSharing)}) after ${f(onR.ksmSettleSeconds, 0)} s of merging; KSM run was ${String((offR.ksm as Json).run)} during the off phase.`,
+    `With reclaim on, KSM shared ${f(k.savedMiB)} MiB on the host (pages_sharing ${String(k.pagesSharing)}) after ${f(onR.ksmSettleSeconds, 0)} s of merging${merged(onR) === undefined ? '' : `; ${f(merged(onR))} MiB of each vm guest's RAM was merged`}.`,
+    offKsm.run === 1
+      ? `KSM was running during the off phase too, started by another daemon on this host for its own vm guests (KSM is one per host): the off vm figure is lowered by it${merged(offR) === undefined ? '' : ` (${f(merged(offR))} MiB of each vm guest merged)`}, so the vm saving is understated.`
+      : 'KSM was stopped during the off phase.',
     '',
   );
   stamp([reclaim]);

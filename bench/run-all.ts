@@ -108,7 +108,7 @@ export const BENCHMARKS: Benchmark[] = [
   {
     name: 'vm-pvm-density',
     script: 'vm-pvm-density.ts',
-    args: ['6', '20', '128MiB'],
+    args: ['4', '16', '128MiB'],
     quickArgs: ['1', '1', '128MiB'],
     results: ['vm-pvm-density.json'],
     quickResults: ['vm-pvm-density.json'],

@@ -2,6 +2,12 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from './logger.ts';
 
+/**
+ * `off` in the daemon's environment: no KSM started, no pvm free pages released, and vm guests'
+ * RAM not even marked mergeable (a host that must not take KSM's side channel, decision 0060).
+ */
+export const MEMORY_RECLAIM_ENV = 'TRIVISOR_MEMORY_RECLAIM';
+
 /** Where the kernel exposes Kernel Samepage Merging (docs/decisions/0060-vm-pvm-density.md). */
 export const KSM_SYSFS_DIR = '/sys/kernel/mm/ksm';
 

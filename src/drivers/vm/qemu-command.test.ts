@@ -185,6 +185,21 @@ describe('qemu command line', () => {
     );
   });
 
+  test("a guest whose RAM must not be merged says mem-merge=off (the daemon's memory reclaim off)", () => {
+    const argv = qemuArgv({
+      name: 'web1',
+      paths: vmGuestPaths('/var/lib/trivisor', 'web1'),
+      fds: qemuFds(),
+      kit: { kernelPath: '/boot/vmlinuz-k', kernelRelease: 'k', initramfsPath: '/i.cpio' },
+      accelerator: 'tcg',
+      machine: 'q35',
+      resources: vmResources({}),
+      kernelArgs: [],
+      memMerge: false,
+    });
+    assert.deepEqual(after(argv, '-machine'), ['q35,mem-merge=off']);
+  });
+
   test('pc is passed through as the machine, with PCI devices', () => {
     const argv = argvFor({}, 'pc');
     assert.deepEqual(after(argv, '-machine').slice(0, 1), ['pc,mem-merge=on']);

@@ -172,6 +172,8 @@ export interface QemuCommandOptions {
   nics?: ReadonlyArray<{ nic?: string; tap: string; mac: string }>;
   /** The guest's config disk (injected files), read-only on virtio-blk right after the root: `/dev/vdb`. */
   configDisk?: string;
+  /** false: the guest's RAM is not offered to KSM (`mem-merge=off`, decision 0060); default on. */
+  memMerge?: boolean;
 }
 
 /** A layer's file node, under a `raw` node of its byte range when it is a window of the file. */
@@ -231,8 +233,8 @@ export function qemuArgv(options: QemuCommandOptions): string[] {
       : machine;
   // Guest RAM marked mergeable (MADV_MERGEABLE) for KSM, which the daemon runs while vm guests
   // do (decision 0060). QEMU's default is on already; said here so that no machine default or
-  // distribution build can turn it off unseen.
-  const machineArgs = `${machineArg},mem-merge=on`;
+  // distribution build can turn it off unseen, and off where the administrator wants no merging.
+  const machineArgs = `${machineArg},mem-merge=${options.memMerge === false ? 'off' : 'on'}`;
   // TCG's translation cache defaults to 1 GiB and fills up over time: bounded, a 128 MiB
   // guest's QEMU holds about half the host memory.
   const accelArg = accelerator === 'tcg' ? `tcg,tb-size=${TCG_TB_SIZE_MIB}` : 'kvm';

@@ -7,6 +7,7 @@ import { injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
+import { MEMORY_RECLAIM_ENV } from '../../host/ksm.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { KIT_INIT_MARKER, kitKernelArgs } from '../../images/guest-kit.ts';
 import { writeConfigDisk } from '../config-disk.ts';
@@ -450,6 +451,8 @@ export function createVmLaunch(c: VmContext): VmLaunch {
             : (foreign?.cmdline ?? []),
         nics: taps,
         ...(withConfig ? { configDisk } : {}),
+        // The daemon's memory reclaim off: not even another daemon's KSM merges this guest's RAM.
+        ...(process.env[MEMORY_RECLAIM_ENV] === 'off' && { memMerge: false }),
       });
       // Attached block volumes, and on q35 the root ports that let volumes come and go live.
       argv.push(...vmVolumeArgs(volumes, guestMachine, fds));
