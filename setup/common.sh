@@ -17,6 +17,8 @@ RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-li
   dnsmasq-base nftables openssl etcd-server)
 # vm guests that boot their own disk under UEFI (vm.firmware=uefi): OVMF, with Secure Boot's keys.
 RUNTIME_PACKAGES+=(ovmf)
+# Power management's ipmi driver runs ipmitool against a member's BMC (decision 0055).
+RUNTIME_PACKAGES+=(ipmitool)
 
 # Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
 # GNU time measures the CLI's peak memory in bench/cli-latency.ts (CI runs the benchmarks' quick mode).
@@ -25,6 +27,9 @@ TEST_PACKAGES=(chromium time)
 # a memtest86+ ISO). GRUB's binaries install no boot loader of this host's (grub-pc or grub-efi-amd64
 # would, and neither is pulled in).
 TEST_PACKAGES+=(grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools fdisk)
+# OpenIPMI's BMC simulator (ipmi_sim), which test/power drives with the real ipmitool. The package's
+# service, which loads the kernel's IPMI drivers for a local BMC, is turned off below when this script installed it.
+TEST_PACKAGES+=(openipmi)
 # The ecosystem's own checkers (decision 0030): systemd-analyze verify for the units (the package, not a
 # running systemd), debhelper for dpkg-buildpackage of debian/. promtool comes out of Debian's
 # prometheus package by ensure_promtool below, without installing a Prometheus server.
@@ -58,6 +63,9 @@ apt_install() {
   # is turned off; an etcd the administrator installed earlier is not in $missing and stays as it is.
   if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
+  if [[ " ${missing[*]} " == *" openipmi "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now openipmi.service >/dev/null 2>&1 || true
   fi
 }
 

@@ -55,6 +55,7 @@ import { imageFiles } from './images/image-files.ts';
 import { hostNetworks, pickDefaultSubnet } from './network/default-network.ts';
 import { createGuestNetworking } from './network/guest-networking.ts';
 import { createLinuxNetworkBackend } from './network/linux-network-backend.ts';
+import { createPowerDriver } from './power/power-driver.ts';
 import { buildServer } from './server/build-server.ts';
 import type { MemberForwarding } from './server/forward.ts';
 import { listenTcp, listenUnix } from './server/listen.ts';
@@ -662,6 +663,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       members: clusterMembers,
       events,
       log,
+      // Power management (decision 0055): the members' drivers run on whichever member decides.
+      driverFor: (member, config) => createPowerDriver(member, config, { runner, log }),
     });
   if (rebalancer) services.rebalance = rebalancer;
   rebalancer?.start();
@@ -671,7 +674,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       name: m.name,
       memoryTotalBytes: m.memory?.totalBytes ?? 0,
       cpus: m.cpu?.cpus ?? 0,
-      evacuated: m.status === 'Evacuated',
+      // A powered-off member (Standby, decision 0055) is evacuated: no HA guest goes to it.
+      evacuated: m.status === 'Evacuated' || m.status === 'Standby',
     }));
   if (membership) services.haSummary = (members) => haSummary(store, haMembers(members));
   const crm =

@@ -20,10 +20,41 @@ export const ClusterInfoSchema = Type.Object({
   etcd: Type.Optional(Type.Object({ managed: Type.Boolean(), endpoints: Type.Array(Type.String()) })),
 });
 
+/**
+ * A member's power as power management keeps it (decision 0055): absent means on. `evacuating`
+ * while its guests leave it before a power-off; `off` is Standby in `cluster list`.
+ */
+export const MemberPowerSchema = Type.Object({
+  state: Type.Union([
+    Type.Literal('on'),
+    Type.Literal('evacuating'),
+    Type.Literal('powering-off'),
+    Type.Literal('off'),
+    Type.Literal('powering-on'),
+  ]),
+  since: Type.String(),
+  /** Why it is in this state: the power manager's explanation. */
+  reason: Type.String(),
+  /** When it was powered off (the last 24 h: no more than cluster.power.max_cycles). */
+  powerOffs: Type.Array(Type.String()),
+  poweredOnAt: Type.Optional(Type.String()),
+  /** When a power-off was last aborted (a failed migration): it is not tried again for a low window. */
+  abortedAt: Type.Optional(Type.String()),
+  error: Type.Optional(Type.String()),
+  /** Its capacity when it went off: what a power-on brings back. */
+  capacity: Type.Optional(Type.Object({ cpus: Type.Number(), memoryBytes: Type.Number() })),
+});
+export type MemberPower = Static<typeof MemberPowerSchema>;
+
 export const ClusterMemberSchema = Type.Object({
   name: Type.String(),
   address: Type.String(),
-  status: Type.Union([Type.Literal('Online'), Type.Literal('Offline'), Type.Literal('Evacuated')]),
+  status: Type.Union([
+    Type.Literal('Online'),
+    Type.Literal('Offline'),
+    Type.Literal('Evacuated'),
+    Type.Literal('Standby'),
+  ]),
   roles: Type.Array(Type.String(), { description: 'etcd-voter: runs one of the etcd members; etcd-client' }),
   guests: Type.Integer({ description: 'Guests this member owns' }),
   version: Type.String(),
@@ -60,6 +91,9 @@ export const ClusterMemberSchema = Type.Object({
       },
       { description: 'High availability (decision 0052)' },
     ),
+  ),
+  power: Type.Optional(
+    Type.Composite([MemberPowerSchema], { description: 'Power management (decision 0055); absent: on' }),
   ),
 });
 
@@ -209,5 +243,23 @@ export const RebalanceResultSchema = Type.Object({
   planned: Type.Array(MoveRecordSchema),
   notes: Type.Array(Type.String(), { description: 'What was held back, and why' }),
   moved: Type.Array(ClusterMoveSchema, { description: 'The moves carried out (none on a dry run)' }),
+  power: Type.Optional(
+    Type.Object(
+      {
+        powerOn: Type.Array(Type.Object({ member: Type.String(), reason: Type.String() })),
+        powerOff: Type.Array(
+          Type.Object({
+            member: Type.String(),
+            reason: Type.String(),
+            moves: Type.Array(MoveRecordSchema, { description: 'As planned; the evacuation places them' }),
+          }),
+        ),
+      },
+      {
+        description:
+          'Power management (decision 0055, cluster.power.enabled): members to power on, members to empty and power off',
+      },
+    ),
+  ),
 });
 export type RebalanceResult = Static<typeof RebalanceResultSchema>;

@@ -305,6 +305,9 @@ export function addClusterCommands(program: Command): void {
       const rows = r.dryRun ? r.planned : r.moved;
       if (rows.length > 0) process.stdout.write(renderTable(MOVE_HEADERS, rows.map(moveRow)));
       for (const m of rows) process.stdout.write(`${m.guest}: ${m.summary}\n`);
+      // Power management (decision 0055): what this cycle powers on, and empties to power off.
+      for (const o of r.power?.powerOn ?? []) process.stdout.write(`Power on ${o.member}: ${o.reason}\n`);
+      for (const o of r.power?.powerOff ?? []) process.stdout.write(`Power off ${o.member}: ${o.reason}\n`);
       for (const n of r.notes) process.stdout.write(`Note: ${n}\n`);
       const failed = r.moved.find((m) => m.result === 'failed');
       if (failed) throw new Error(`Moving ${failed.guest} failed: ${failed.error ?? 'unknown error'}`);

@@ -2,8 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { certificateFingerprint } from '../api/certificates.ts';
+import type { MemberPower } from '../api/cluster-schemas.ts';
 import { evacuationProgress, followEvacuation } from '../control/evacuation-controller.ts';
 import type { PlacementCandidate } from '../control/placement.ts';
+import { isStandby } from '../control/power-controller.ts';
 import {
   alreadyExists,
   conflict,
@@ -69,7 +71,8 @@ export const DEFAULT_TOKEN_TTL_MS = 3 * 3_600_000;
 export interface ClusterMember {
   name: string;
   address: string;
-  status: 'Online' | 'Offline' | 'Evacuated';
+  /** Standby: powered off by power management (decision 0055), or on its way off or back. */
+  status: 'Online' | 'Offline' | 'Evacuated' | 'Standby';
   roles: string[];
   /** Guests this member owns. */
   guests: number;
@@ -87,6 +90,8 @@ export interface ClusterMember {
    * control's warning when the others could not take them all if it were lost.
    */
   ha?: { live: boolean; guests: number; warning?: string };
+  /** Power management's record (decision 0055): absent when it never powered the member off. */
+  power?: MemberPower;
 }
 
 /**
@@ -259,13 +264,20 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
     m: MemberRecord,
     heartbeat: MemberHeartbeat | undefined,
     guests: number,
+    power: MemberPower | undefined,
   ): ClusterMember => {
     const usage = heartbeat?.usage;
     const usedCpus = usage ? Math.round((usage.cpuUsedPercent / 100) * usage.cpus * 100) / 100 : 0;
     return {
       name: m.name,
       address: m.address,
-      status: m.evacuated ? 'Evacuated' : heartbeat ? 'Online' : 'Offline',
+      status: isStandby(power?.state)
+        ? 'Standby'
+        : m.evacuated
+          ? 'Evacuated'
+          : heartbeat
+            ? 'Online'
+            : 'Offline',
       roles: m.roles,
       guests,
       version: heartbeat?.version ?? m.version,
@@ -283,6 +295,7 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
           : null,
       ...(usage && { measuredAt: usage.measuredAt }),
       joinedAt: m.joinedAt,
+      ...(power && { power }),
     };
   };
 
@@ -296,14 +309,16 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
 
   const list = async (): Promise<ClusterMember[]> => {
     requireMember();
-    const [members, heartbeats, guests] = await Promise.all([
+    const [members, heartbeats, guests, powers] = await Promise.all([
       records.member.list(store),
       records.memberHeartbeat.list(store),
       guestsByMember(),
+      records.memberPower.list(store),
     ]);
     const beats = new Map(heartbeats.items.map((h) => [records.memberHeartbeat.nameOf(h.key), h.value]));
+    const power = new Map(powers.items.map((p) => [records.memberPower.nameOf(p.key), p.value]));
     return members.items.map(({ value: m }) =>
-      toMember(m, beats.get(m.name), guests.get(m.name)?.length ?? 0),
+      toMember(m, beats.get(m.name), guests.get(m.name)?.length ?? 0, power.get(m.name)),
     );
   };
 

@@ -22,7 +22,7 @@ import type { Model } from '../core/types.ts';
 /** A member as the scheduler sees it (from its heartbeat). */
 export interface PlacementCandidate {
   name: string;
-  status: 'Online' | 'Offline' | 'Evacuated';
+  status: 'Online' | 'Offline' | 'Evacuated' | 'Standby';
   cpus: number;
   /** Idle CPUs, measured (cpus × idle share). */
   cpuFree: number;

@@ -1,9 +1,17 @@
-import type { ClusterMove, ClusterSettingsPatch, RebalanceResult } from '../api/cluster-schemas.ts';
+import type {
+  ClusterMove,
+  ClusterSettingsPatch,
+  MemberPower,
+  RebalanceResult,
+} from '../api/cluster-schemas.ts';
 import type { ClusterState, GuestState, MemberState, MoveRecord } from '../autonomic/cluster-state.ts';
+import { autonomicPolicy } from '../autonomic/controller.ts';
+import type { Evacuation, PowerOn } from '../autonomic/power-manager.ts';
 import { planRebalance } from '../autonomic/rebalancer.ts';
 import { migrationDowntimeBudgetMs, type RebalanceSettings, rebalanceSettings } from '../core/config-keys.ts';
 import { asTrivisorError, conflict, isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
+import { isPowerKey, type MemberPowerConfig, type PowerSettings, powerSettings } from '../core/power-keys.ts';
 import type { GuestSpec } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
@@ -13,6 +21,7 @@ import { succeeded } from '../services/operation-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type MemberLoad, type RebalanceRequest, records, valuesOf } from '../store/records.ts';
+import { createPowerSteps, type PowerStepsDeps, powerMemberState } from './power-controller.ts';
 
 /**
  * The rebalancer in the cluster (issue 14 §2, decision 0053): the pure policy of decision 0051
@@ -50,6 +59,11 @@ export interface RebalanceControllerDeps {
   bandwidthBytesPerSecond?: number;
   /** How long a cycle waits for an owner to carry out one move (default 10 min). */
   moveTimeoutMs?: number;
+  /**
+   * A member's power driver (decision 0055). Without it power management is off on this member:
+   * it plans no power-off nor power-on, and carries none out.
+   */
+  driverFor?: PowerStepsDeps['driverFor'];
 }
 
 /** A member as the rebalancer reads it. */
@@ -125,6 +139,12 @@ export interface StateInputs {
   specs: readonly GuestSpec[];
   moves: readonly ClusterMove[];
   bandwidthBytesPerSecond: number;
+  /** Power management's view (decision 0055): off and booting members take part as such. */
+  power?: {
+    settings: PowerSettings;
+    records: ReadonlyMap<string, MemberPower>;
+    configs: ReadonlyMap<string, MemberPowerConfig>;
+  };
 }
 
 /**
@@ -142,6 +162,30 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
   const members: MemberState[] = [];
   const usable = new Map<string, MemberLoad>();
   for (const m of [...input.members].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const power = input.power
+      ? powerMemberState({
+          name: m.name,
+          power: input.power.records.get(m.name),
+          config: input.power.configs.get(m.name),
+          settings: input.power.settings,
+          nowMs: input.nowMs,
+        })
+      : undefined;
+    if (power?.note) notes.push(power.note);
+    if (power && power.part === 'none') continue;
+    if (power && (power.part === 'off' || power.part === 'booting')) {
+      // Off or booting: no load and no guests, only the capacity it would bring back.
+      members.push({
+        id: m.name,
+        cpuCapacity: 0,
+        powerOffsMs: [],
+        bootDelayMs: 0,
+        bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
+        power: 'off',
+        ...power.fields,
+      });
+      continue;
+    }
     if (m.status !== 'Online') {
       notes.push(`${m.name} is ${m.status}: it takes no part`);
       continue;
@@ -172,6 +216,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
       powerOffsMs: [],
       bootDelayMs: 0,
       bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
+      ...power?.fields,
     });
   }
   const lastMove = new Map<string, { atMs: number; from: string; to: string }>();
@@ -223,6 +268,10 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
   return { state: { nowMs: input.nowMs, intervalMs: step * 1000, members, guests }, notes };
 }
 
+/** The rebalancer's keys: the settings map less power management's (decision 0055). */
+const rebalanceKeys = (config: Record<string, string>): Record<string, string> =>
+  Object.fromEntries(Object.entries(config).filter(([k]) => !isPowerKey(k)));
+
 const moveId = (m: MoveRecord) => `${String(Math.round(m.atMs)).padStart(15, '0')}-${m.guest}`;
 
 export function createRebalanceController(deps: RebalanceControllerDeps): RebalanceController {
@@ -238,8 +287,20 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   let lastPublishMs = 0;
   const executing = new Set<string>();
 
-  const settingsNow = async () =>
-    rebalanceSettings((await records.clusterSettings.at().get(store))?.value ?? {});
+  const power =
+    deps.driverFor &&
+    createPowerSteps({
+      store,
+      hostName,
+      members: deps.members,
+      driverFor: deps.driverFor,
+      ...(deps.events && { events: deps.events }),
+      log: deps.log,
+      now,
+    });
+  const keysNow = async () => (await records.clusterSettings.at().get(store))?.value ?? {};
+  const settingsNow = async () => rebalanceSettings(rebalanceKeys(await keysNow()));
+  const powerNow = async () => powerSettings(await keysNow());
 
   async function publish(): Promise<void> {
     const settings = await settingsNow();
@@ -369,13 +430,19 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   }
 
   async function plan(settings: RebalanceSettings) {
-    const [members, loads, specs, moves] = await Promise.all([
+    const [members, loads, specs, moves, pw] = await Promise.all([
       deps.members(),
       records.memberLoad.list(store),
       records.guest.list(store),
       records.clusterMove.list(store),
+      power ? powerNow() : undefined,
     ]);
+    const managed =
+      power && pw?.settings.enabled
+        ? { settings: pw.settings, configs: pw.members, records: await power.read() }
+        : undefined;
     const { state, notes } = buildClusterState({
+      ...(managed && { power: managed }),
       nowMs: now(),
       settings,
       members,
@@ -384,15 +451,49 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       moves: valuesOf(moves),
       bandwidthBytesPerSecond: deps.bandwidthBytesPerSecond ?? 125_000_000,
     });
-    const p = planRebalance(state, {
+    const rebalance = {
       intervalMs: settings.intervalMs,
       windowMs: settings.windowMs,
       percentile: settings.percentile,
       targetImbalance: settings.targetImbalance,
       aggressiveness: settings.aggressiveness,
       cooldownMs: settings.cooldownMs,
-    });
-    return { ...p, notes: [...notes, ...p.notes] };
+    };
+    const p = planRebalance(state, rebalance);
+    if (!managed) {
+      return {
+        ...p,
+        notes: [...notes, ...p.notes],
+        evacuations: [] as Evacuation[],
+        powerOn: [] as PowerOn[],
+      };
+    }
+    // Power management on (decision 0055): decision 0051's whole policy, the power manager first.
+    const s = managed.settings;
+    const d = autonomicPolicy({
+      rebalance,
+      power: {
+        lowWindowMs: s.lowWindowMs,
+        highWindowMs: s.highWindowMs,
+        lowLoad: s.lowLoad,
+        powerOnAt: s.powerOnAt,
+        powerOffBelow: s.powerOffBelow,
+        minOnMs: s.minOnMs,
+        maxCyclesPerDay: s.maxCyclesPerDay,
+        // One member emptied at a time: each is a real evacuation whose outcome is waited for.
+        maxEvacuationsPerCycle: 1,
+      },
+    }).decide(state);
+    return {
+      imbalanceBefore: p.imbalanceBefore,
+      imbalanceAfter:
+        d.moves.length > 0 ? (d.moves.at(-1)?.imbalanceAfter ?? p.imbalanceAfter) : p.imbalanceBefore,
+      moves: d.moves,
+      notes: [...notes, ...d.notes],
+      evacuations: d.evacuations,
+      powerOn: d.powerOn,
+      configs: managed.configs,
+    };
   }
 
   /** A cycle under the election key; `periodic` cycles run only when one is due. */
@@ -416,8 +517,19 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       if (options.periodic && !(await due(settings))) return undefined;
       await store.put(keys.rebalanceLast, new Date(now()).toISOString());
       const p = await plan(settings);
+      if (power && 'configs' in p && p.configs) {
+        for (const on of p.powerOn) {
+          const config = p.configs.get(on.member);
+          if (config) await power.powerOn(on, config);
+        }
+        for (const e of p.evacuations) {
+          const config = p.configs.get(e.member);
+          if (config) await power.evacuate(e, config);
+        }
+      }
       const moved: ClusterMove[] = [];
-      for (const m of p.moves) {
+      // A periodic cycle with the rebalancer off runs for power management only.
+      for (const m of options.periodic && !settings.enabled ? [] : p.moves) {
         if (stopped) break;
         const done = await carry(m);
         moved.push(done);
@@ -436,14 +548,35 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     imbalanceAfter: p.imbalanceAfter,
     planned: p.moves,
     notes: p.notes,
+    ...((p.evacuations.length > 0 || p.powerOn.length > 0) && {
+      power: {
+        powerOn: p.powerOn.map((o) => ({ member: o.member, reason: o.reason })),
+        powerOff: p.evacuations.map((e) => ({ member: e.member, reason: e.reason, moves: e.moves })),
+      },
+    }),
   });
 
+  const powerEnabled = async () => power !== undefined && (await powerNow()).settings.enabled;
+
   async function due(settings: RebalanceSettings): Promise<boolean> {
-    if (!settings.enabled) return false;
+    if (!settings.enabled && !(await powerEnabled())) return false;
     const last = Date.parse((await store.get(keys.rebalanceLast))?.value ?? '');
     if (now() - last < settings.intervalMs) return false;
     // Listing the members is the dearer read: only once a cycle would otherwise be due.
     return (await deps.members()).length >= 2;
+  }
+
+  /** Members on their way off or back on are taken a step further by one member at a time. */
+  async function advancePower(): Promise<void> {
+    if (!power || cycling || !(await power.pending())) return;
+    cycling = true;
+    try {
+      if ((await elect()) !== undefined) return;
+      await power.advance((await powerNow()).members);
+    } finally {
+      cycling = false;
+      await resign();
+    }
   }
 
   async function pass(): Promise<void> {
@@ -451,6 +584,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     const publishEvery = Math.min(60_000, stepSecondsFor(settings?.windowMs ?? 3_600_000) * 1000);
     if (now() - lastPublishMs >= publishEvery) await publish();
     await carryOut();
+    await advancePower();
     if (settings && !cycling && (await due(settings))) await cycle({ dryRun: false, periodic: true });
   }
 
@@ -479,7 +613,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     },
     pass,
     publish,
-    settings: async () => (await records.clusterSettings.at().get(store))?.value ?? {},
+    settings: keysNow,
     async updateSettings(patch) {
       const ref = records.clusterSettings.at();
       const before = await ref.get(store);
@@ -488,7 +622,8 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
         if (v === null) delete next[k];
         else next[k] = v;
       }
-      rebalanceSettings(next);
+      rebalanceSettings(rebalanceKeys(next));
+      powerSettings(next);
       await ref.put(store, next, { ifModRevision: before?.modRevision ?? 0 });
       return next;
     },

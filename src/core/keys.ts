@@ -100,6 +100,9 @@ export const keys = {
   /** A move the rebalancer asked of a guest's owner → RebalanceRequest. */
   rebalanceRequestPrefix: '/trivisor/rebalance/requests/',
   rebalanceRequest: (guest: string): string => `/trivisor/rebalance/requests/${guest}`,
+  /** A member's power as power management keeps it (decision 0055) → MemberPower. */
+  memberPowerPrefix: '/trivisor/power/members/',
+  memberPower: (name: string): string => `/trivisor/power/members/${name}`,
   /** The rebalancer's recent moves, explained: `/trivisor/rebalance/moves/MS-GUEST` → ClusterMove. */
   clusterMovePrefix: '/trivisor/rebalance/moves/',
   clusterMove: (id: string): string => `/trivisor/rebalance/moves/${id}`,

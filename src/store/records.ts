@@ -1,7 +1,13 @@
 import { type Static, type TObject, type TProperties, type TSchema, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
 import { CertificateSchema, TokenSchema } from '../api/auth-schemas.ts';
-import { type ClusterMove, ClusterMoveSchema, MoveRecordSchema } from '../api/cluster-schemas.ts';
+import {
+  type ClusterMove,
+  ClusterMoveSchema,
+  type MemberPower,
+  MemberPowerSchema,
+  MoveRecordSchema,
+} from '../api/cluster-schemas.ts';
 import {
   DiskDeviceSchema,
   ImageSchema,
@@ -776,6 +782,12 @@ export const records = {
     prefix: keys.rebalanceRequestPrefix,
     key: (guest: string) => keys.rebalanceRequest(guest),
     schema: RebalanceRequestSchema,
+  }),
+  memberPower: defineRecord<MemberPower>()({
+    kind: 'member power',
+    prefix: keys.memberPowerPrefix,
+    key: (member: string) => keys.memberPower(member),
+    schema: MemberPowerSchema,
   }),
   clusterMove: defineRecord<ClusterMove>()({
     kind: 'cluster move',
