@@ -888,30 +888,44 @@ lines.push(
   'commands, TLS included (a CA made for the migration, `tls-creds-x509` on both ends; NBD export, `blockdev-mirror` sync=top until ready, `downtime-limit` 300 ms and the same',
   "`max-bandwidth`, `migrate`, `block-job-cancel`, `cont`), timed from the destination QEMU's spawn to its",
   '`cont`. Busy: a shell loop in the guest copies 32 MiB of random bytes over and over in a tmpfs (zero pages',
-  'would go as markers). The disk is local (the default pool): there is no shared pool yet to move RAM alone.',
+  'would go as markers). First with the disk local (the default pool: mirrored over NBD), then with the guest made',
+  'again on a shared pool (a dir pool both members see, decision 0061): only the RAM moves, and by hand the',
+  "destination's QEMU opens the source's very qcow2, with `late-block-activate`, no NBD export and no mirror.",
   '',
 );
 if (liveMove) {
-  const sum = (liveMove.summary ?? {}) as Record<string, Record<string, Record<string, Json>>>;
-  const samples = (liveMove.samples ?? []) as Array<{ load: string; how: string; ramBytes: number }>;
-  const ram = (load: string, how: string) => {
-    const v = samples.filter((x) => x.load === load && x.how === how).map((x) => x.ramBytes);
+  const samples = (liveMove.samples ?? []) as Array<{
+    disk?: string;
+    load: string;
+    how: string;
+    ramBytes: number;
+  }>;
+  const ram = (disk: string, load: string, how: string) => {
+    const v = samples
+      .filter((x) => (x.disk ?? 'local') === disk && x.load === load && x.how === how)
+      .map((x) => x.ramBytes);
     return v.length > 0 ? f(v.reduce((a, b) => a + b, 0) / v.length / 2 ** 20, 0) : '–';
   };
   const cell = (x: Json | undefined) =>
     x && Number(x.n) > 0 ? `${f(Number(x.p50) / 1000, 2)} / ${f(Number(x.max) / 1000, 2)}` : '–';
   const ms = (x: Json | undefined) => (x && Number(x.n) > 0 ? `${f(x.p50, 0)} / ${f(x.max, 0)}` : '–');
   lines.push(
-    '| guest | how | moves | total p50 / max s | QEMU downtime p50 / max ms | paused p50 / max ms | RAM sent, mean MiB |',
-    '|---|---|---|---|---|---|---|',
+    '| disk | guest | how | moves | total p50 / max s | QEMU downtime p50 / max ms | paused p50 / max ms | RAM sent, mean MiB |',
+    '|---|---|---|---|---|---|---|---|',
   );
-  for (const load of ['idle', 'busy']) {
-    const t = sum[load]?.trivisor;
-    const h = sum[load]?.hand;
-    lines.push(
-      `| ${load} | Trivisor | ${t?.totalMs?.n ?? 0} | ${cell(t?.totalMs)} | ${ms(t?.downtimeMs)} | ${ms(t?.pausedMs)} | ${ram(load, 'trivisor')} |`,
-      `| ${load} | by hand | ${h?.totalMs?.n ?? 0} | ${cell(h?.totalMs)} | ${ms(h?.downtimeMs)} | – | ${ram(load, 'hand')} |`,
-    );
+  for (const [disk, key] of [
+    ['local', 'summary'],
+    ['shared', 'sharedSummary'],
+  ] as const) {
+    const sum = (liveMove[key] ?? {}) as Record<string, Record<string, Record<string, Json>>>;
+    for (const load of ['idle', 'busy']) {
+      const t = sum[load]?.trivisor;
+      const h = sum[load]?.hand;
+      lines.push(
+        `| ${disk} | ${load} | Trivisor | ${t?.totalMs?.n ?? 0} | ${cell(t?.totalMs)} | ${ms(t?.downtimeMs)} | ${ms(t?.pausedMs)} | ${ram(disk, load, 'trivisor')} |`,
+        `| ${disk} | ${load} | by hand | ${h?.totalMs?.n ?? 0} | ${cell(h?.totalMs)} | ${ms(h?.downtimeMs)} | – | ${ram(disk, load, 'hand')} |`,
+      );
+    }
   }
   lines.push(
     '',
