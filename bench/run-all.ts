@@ -149,6 +149,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['storage-vm.json'],
   },
   {
+    name: 'vm-live-restore',
+    script: 'vm-live-restore.ts',
+    args: ['1', '512'],
+    quickArgs: [],
+    results: ['vm-live-restore.json'],
+    quickResults: ['vm-live-restore.json'],
+  },
+  {
     name: 'network',
     script: 'network.ts',
     args: ['256', '50'],

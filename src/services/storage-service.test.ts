@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +9,7 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
+import { ArchiveWriter } from '../storage/backup-archive.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
@@ -174,6 +176,37 @@ describe('storage service', () => {
       message:
         /^Incremental backups are not supported for ct guests: their storage cannot tell what changed since a backup$/,
     });
+  });
+
+  test('an uncompressed export and a live import are for vm guests: a ct guest is refused with the reason (decision 0063)', async () => {
+    await assert.rejects(service.createBackup('web', { withSnapshots: false, uncompressed: true }), {
+      code: 'InvalidArgument',
+      message: /^An uncompressed export is for the live restore of a vm guest/,
+    });
+    const archive = path.join(stateDir, 'ct-live.tar');
+    const payload = Buffer.from('a ct guest payload');
+    const writer = await ArchiveWriter.create(archive);
+    await writer.addBuffer('rootfs.tar', payload);
+    const manifest = {
+      format: 'trivisor-backup/1',
+      createdAt: new Date().toISOString(),
+      guest: { name: 'web9', model: 'ct', config: {}, createdAt: new Date().toISOString() },
+      image: { fingerprint: '', alias: '', description: '' },
+      snapshots: [],
+      files: {
+        'rootfs.tar': {
+          sha256: createHash('sha256').update(payload).digest('hex'),
+          sizeBytes: payload.length,
+        },
+      },
+    };
+    await writer.addBuffer('manifest.json', Buffer.from(JSON.stringify(manifest)));
+    await writer.finish();
+    await assert.rejects(service.importBackup({ archivePath: archive, live: true }), {
+      code: 'NotSupported',
+      message: /^A live restore is for vm guests: this archive holds a ct guest/,
+    });
+    assert.equal(await records.guest.at('web9').get(store), undefined, 'nothing was made');
   });
 
   test('bad names, unknown guests and unknown snapshots are typed errors', async () => {

@@ -163,6 +163,13 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'rawTarZstdAllCores.ms',
       'rawUnzstdUntar.ms',
     ]),
+  'vm-live-restore.json': (r, f) =>
+    positive(f, r, [
+      'fullImportAndStartMs',
+      'liveTimeToRunningMs',
+      'liveTimeToCompleteMs',
+      'plainArchiveBytes',
+    ]),
   'storage-vm.json': (r, f) => {
     assert.deepEqual(
       (r.snapshots as Json[]).map((x) => x.model),
