@@ -54,6 +54,19 @@ export const HistoryQuerySchema = Type.Object({
   ),
 });
 
+/** The host history's query: also which member's (each member keeps its own, decision 0027). */
+export const HostHistoryQuerySchema = Type.Composite([
+  HistoryQuerySchema,
+  Type.Object({
+    target: Type.Optional(
+      Type.String({
+        maxLength: 63,
+        description: "The member whose history: another member's is asked of it",
+      }),
+    ),
+  }),
+]);
+
 const Points = Type.Array(Type.Union([Type.Number(), Type.Null()]), {
   description: 'One value per time in `times`; null where nothing ran (a stopped guest: a gap)',
 });

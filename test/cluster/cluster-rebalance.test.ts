@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { History } from '../../src/api/web-schemas.ts';
 import type { ClusterMove, RebalanceResult } from '../../src/client/cluster-client.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
 import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
@@ -200,5 +201,25 @@ describe('the rebalancer on two members', () => {
     const moves = JSON.parse(m1.daemon.ok(['cluster', 'moves', '--format', 'json'])) as ClusterMove[];
     assert.equal(moves.filter((m) => m.guest === 'busy').length, 1, JSON.stringify(moves, null, 2));
     m1.daemon.ok(['delete', '--force', 'busy', 'busy2', 'idle', 'anchor']);
+  });
+
+  test("a member's metric history is asked of it through another member (?target=, the web UI's member charts); an unknown member is a 404", async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const history = async (target: string) => {
+      const r = await m1.daemon.api('GET', `/1.0/metrics/history?range=hour&target=${target}`);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      return r.body.metadata as History;
+    };
+    const theirs = await history('m2');
+    // m2's own series, from its own database: m1 would have answered host/m1.
+    assert.equal(theirs.target, 'host/m2');
+    assert.ok(
+      (theirs.metrics.cpu?.average ?? []).some((v) => v !== null),
+      'm2 sampled itself during the test',
+    );
+    assert.equal((await history('m1')).target, 'host/m1');
+    const unknown = await m1.daemon.api('GET', '/1.0/metrics/history?target=m9');
+    assert.equal(unknown.status, 404, JSON.stringify(unknown.body));
   });
 });

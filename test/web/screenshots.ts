@@ -28,6 +28,14 @@ try {
   await shot('charts', '/guests/ct-0003?tab=metrics&range=day', '.uplot canvas');
   await shot('create', '/new-guest?step=1', 'fieldset');
   await shot('members', '/members', 'tr[data-member]');
+  // The rebalancer's section: a dry-run plan and the first recorded move's explanation open.
+  await page.click('button[aria-label="Plan a rebalance (dry run)"]');
+  await page.waitForSelector('[data-testid=rebalance-result]');
+  await page.click('ul[aria-label="Rebalancing moves"] > li:nth-child(2) summary');
+  await page
+    .locator('section[aria-labelledby=rebalancing]')
+    .screenshot({ path: path.join(out, 'rebalancing.png') });
+  console.log(`wrote ${path.join(out, 'rebalancing.png')}`);
   await page.emulateMedia({ colorScheme: 'dark' });
   await shot('guests-dark', '/guests?model=vm', 'tr[data-guest]');
   await page.emulateMedia({ colorScheme: 'light' });

@@ -258,6 +258,51 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("the dashboard shows any member's charts, chosen among the members, the choice in the URL", async () => {
+    await signedIn();
+    // The fixture forwards to no member: web2's answer is the fixture's own history, named web2's,
+    // as a member asked with ?target= answers (that forwarding is test/cluster/cluster-rebalance's).
+    const asked: string[] = [];
+    await page.route(/\/1\.0\/metrics\/history\?.*target=web2/, async (route) => {
+      asked.push(route.request().url());
+      const own = await route.fetch({ url: route.request().url().replace('&target=web2', '') });
+      const body = await own.json();
+      body.metadata.target = 'host/web2';
+      await route.fulfill({ response: own, json: body });
+    });
+    try {
+      await page.goto(`${backend.url}/?charts=1`);
+      await page.waitForSelector('.uplot canvas');
+      assert.equal(
+        await page.locator('#host-charts').textContent(),
+        'CPU, memory, network and disk of fakehost (this member)',
+      );
+      const choice = page.locator('select#f-member-s-charts');
+      assert.deepEqual(await choice.locator('option').allTextContents(), [
+        'fakehost (this member)',
+        'web2',
+        'web3 (Offline)',
+      ]);
+      assert.equal(asked.length, 0, "this member's charts are its own history, no target");
+      await choice.selectOption('web2');
+      await page.waitForURL(/member=web2/);
+      await page.locator('#host-charts', { hasText: 'of web2' }).waitFor();
+      await page.waitForSelector('.uplot canvas');
+      assert.equal(await page.locator('.uplot').count(), 4);
+      assert.ok(asked.length > 0 && asked.every((u) => u.includes('range=hour')), asked.join(' '));
+      // Reload keeps the choice; the range too.
+      await page.click('button:has-text("Last day")');
+      await page.waitForURL(/range=day/);
+      await page.reload();
+      await page.locator('#host-charts', { hasText: 'of web2' }).waitFor();
+      assert.equal(await choice.inputValue(), 'web2');
+      await page.waitForSelector('.uplot canvas');
+      assert.ok(asked.some((u) => u.includes('range=day')));
+    } finally {
+      await page.unroute(/\/1\.0\/metrics\/history\?.*target=web2/);
+    }
+  });
+
   test("the members view shows each member's status, address, roles, measured usage and guests, and nothing the API lacks", async () => {
     await signedIn();
     await page.goto(`${backend.url}/members`);
@@ -299,15 +344,11 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     // The API refuses removing the member a request reached: no button for it.
     assert.equal(await row('fakehost').locator('button', { hasText: 'Remove' }).count(), 0);
     // HA as the API says it (decision 0052), with admission control's warning; web3 has none.
-    assert.equal(
-      await row('fakehost').locator('[data-testid=member-ha]').textContent(),
-      '1 HA guest, agent live',
-    );
-    assert.equal(
-      await row('web2').locator('[data-testid=member-ha]').textContent(),
-      '3 HA guests, agent not live',
-    );
-    assert.equal(await row('web3').locator('[data-testid=member-ha]').textContent(), '–');
+    const ha = (name: string) => row(name).locator('[data-testid=member-ha]');
+    assert.equal(await ha('fakehost').textContent(), 'HA: 1, live');
+    assert.equal(await ha('web2').textContent(), 'HA: 3, lost');
+    assert.equal(await ha('web2').getAttribute('title'), '3 HA guests; its HA agent has lost its HA lease');
+    assert.equal(await ha('web3').count(), 0);
     assert.equal(
       await page.locator('[data-testid=ha-warnings]').textContent(),
       'web2 (HA): The other members could restart 1 of its 3 HA guests: 2 GiB of memory short',
@@ -372,7 +413,6 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         ['Memory', 'memory', (r) => measure(r, 'memory')],
         ['Storage', 'storage', (r) => measure(r, 'disk')],
         ['Guests', 'guests', (r) => r.guests],
-        ['HA', 'ha', (r) => (r.ha as { guests: number } | undefined)?.guests ?? -1],
         ['Version', 'version', (r) => r.version],
         ['Joined', 'joinedAt', (r) => r.joinedAt],
         ['Name', 'name', (r) => r.name],

@@ -98,7 +98,8 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
   /** Where a browser downloads a finished backup (the session cookie authenticates the GET). */
   backupUrl(guest: string, backup: string): string;
   guestHistory(name: string, range: HistoryRange): Promise<History>;
-  hostHistory(range: HistoryRange): Promise<History>;
+  /** A member's history: this one's, or another's (`member`), which the API asks of it. */
+  hostHistory(range: HistoryRange, member?: string): Promise<History>;
   signIn(credentials: { token: string } | { link: string }): Promise<SessionBody>;
   session(): Promise<SessionBody>;
   signOut(): Promise<void>;
@@ -352,7 +353,8 @@ export function createWebApi(options: WebApiOptions): WebApi {
         onProgress,
       ),
     guestHistory: (name, range) => call('GET', `/1.0/guests/${enc(name)}/metrics?range=${range}`),
-    hostHistory: (range) => call('GET', `/1.0/metrics/history?range=${range}`),
+    hostHistory: (range, member) =>
+      call('GET', `/1.0/metrics/history?range=${range}${member ? `&target=${enc(member)}` : ''}`),
     signIn: (credentials) => call('POST', '/1.0/auth/session', credentials),
     session: () => call('GET', '/1.0/auth/session'),
     async signOut() {

@@ -6,8 +6,8 @@ import { navigate, route, withQuery } from './router.ts';
 import { api } from './state.ts';
 import { bytes, useLoad } from './ui.tsx';
 
-/** Whose history: this member's, or a guest's. */
-export type ChartTarget = { kind: 'host' } | { kind: 'guest'; name: string };
+/** Whose history: a member's (this one's without `member`), or a guest's. */
+export type ChartTarget = { kind: 'host'; member?: string } | { kind: 'guest'; name: string };
 
 const style = document.createElement('style');
 style.textContent = uplotCss;
@@ -46,10 +46,12 @@ const COLORS = ['#1f77b4', '#d62728'];
  */
 export function Charts(props: { target: ChartTarget }) {
   const range = (route.value.query.get('range') as HistoryRange | null) ?? 'hour';
-  const key = props.target.kind === 'host' ? 'host' : props.target.name;
+  const key = props.target.kind === 'host' ? `host/${props.target.member ?? ''}` : props.target.name;
   const history = useLoad(
     () =>
-      props.target.kind === 'host' ? api.hostHistory(range) : api.guestHistory(props.target.name, range),
+      props.target.kind === 'host'
+        ? api.hostHistory(range, props.target.member)
+        : api.guestHistory(props.target.name, range),
     [key, range],
   );
   useEffect(() => {

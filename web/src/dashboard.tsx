@@ -3,9 +3,12 @@ import { Charts } from './lazy.tsx';
 import { memberStorage } from './members.tsx';
 import { navigate, route, withQuery } from './router.ts';
 import { api, guests, host, operations, recentEvents } from './state.ts';
-import { bytes, Link, Page, Status, useLoad, when } from './ui.tsx';
+import { bytes, Field, Link, Page, Status, useLoad, when } from './ui.tsx';
 
-/** The dashboard: this member's CPU, memory and storage; guests by state and model; recent operations; warnings. */
+/**
+ * The dashboard: every member's CPU, memory and storage, and any member's charts; guests by state
+ * and model; recent operations; warnings.
+ */
 export function Dashboard() {
   const counts = useComputed(() => {
     const byStatus: Record<string, number> = {};
@@ -21,15 +24,19 @@ export function Dashboard() {
   });
   const pools = useLoad(() => api.listPools().catch(() => []), []);
   // In a cluster, every member's measured CPU, memory and storage; a single host has only its own (above).
-  const members = useLoad(
+  const cluster = useLoad(
     () =>
       api
         .clusterInfo()
-        .then((info) => (info.enabled ? api.listMembers() : []))
-        .catch(() => []),
+        .then(async (info) => ({ self: info.member, members: info.enabled ? await api.listMembers() : [] }))
+        .catch(() => ({ self: undefined, members: [] })),
     [],
   );
+  const members = { data: cluster.data?.members };
   const env = host.value?.environment;
+  // Whose charts: this member's unless the URL names another (each member keeps its own history).
+  const chosen = route.value.query.get('member') ?? undefined;
+  const chartMember = chosen !== undefined && chosen !== cluster.data?.self ? chosen : undefined;
   const recent = [...operations.value.values()]
     .sort((a, b) => b.createdAt.localeCompare(a.createdAt))
     .slice(0, 8);
@@ -121,10 +128,41 @@ export function Dashboard() {
         </section>
       )}
       <section class="panel" aria-labelledby="host-charts">
-        <h2 id="host-charts">CPU, memory, network and disk of this member</h2>
+        <h2 id="host-charts">
+          CPU, memory, network and disk of{' '}
+          {chartMember ?? (cluster.data?.self ? `${cluster.data.self} (this member)` : 'this member')}
+        </h2>
+        {(members.data?.length ?? 0) > 1 && (
+          <div class="row">
+            <Field label="Member's charts">
+              {(id) => (
+                <select
+                  id={id}
+                  value={chartMember ?? cluster.data?.self ?? ''}
+                  onChange={(e) =>
+                    navigate(withQuery({ member: (e.currentTarget as HTMLSelectElement).value }), {
+                      replace: true,
+                    })
+                  }
+                >
+                  {(members.data ?? []).map((m) => (
+                    <option key={m.name} value={m.name}>
+                      {m.name}
+                      {m.name === cluster.data?.self
+                        ? ' (this member)'
+                        : m.status === 'Online'
+                          ? ''
+                          : ` (${m.status})`}
+                    </option>
+                  ))}
+                </select>
+              )}
+            </Field>
+          </div>
+        )}
         {/* Chart code loads when asked for: the first page stays small. */}
         {route.value.query.get('charts') === '1' ? (
-          <Charts target={{ kind: 'host' }} />
+          <Charts target={chartMember ? { kind: 'host', member: chartMember } : { kind: 'host' }} />
         ) : (
           <button type="button" onClick={() => navigate(withQuery({ charts: '1' }), { replace: true })}>
             Show charts

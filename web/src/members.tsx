@@ -32,7 +32,6 @@ const MEMBER_COLUMNS = [
   'memory',
   'storage',
   'guests',
-  'ha',
   'version',
   'joinedAt',
 ] as const;
@@ -45,11 +44,11 @@ type MemberColumn = (typeof MEMBER_COLUMNS)[number];
 export const memberStorage = (m: ClusterMemberInfo): string =>
   m.disk ? `${bytes(m.disk.totalBytes - m.disk.freeBytes)} of ${bytes(m.disk.totalBytes)}` : 'not measured';
 
-/** A member's HA summary (decision 0052): whether its HA agent holds its lease, and its HA guests. */
-export const memberHa = (m: ClusterMemberInfo): string =>
-  m.ha
-    ? `${m.ha.guests} HA guest${m.ha.guests === 1 ? '' : 's'}, agent ${m.ha.live ? 'live' : 'not live'}`
-    : '–';
+/** A member's HA summary (decision 0052): its HA guests, and whether its HA agent holds its lease. */
+const memberHa = (ha: NonNullable<ClusterMemberInfo['ha']>) => ({
+  text: `HA: ${ha.guests}, ${ha.live ? 'live' : 'lost'}`,
+  title: `${ha.guests} HA guest${ha.guests === 1 ? '' : 's'}; its HA agent ${ha.live ? 'holds' : 'has lost'} its HA lease`,
+});
 
 const roleNames = (m: ClusterMemberInfo) => m.roles.map((r) => ROLE_NAMES[r] ?? r).join(', ') || '–';
 
@@ -65,9 +64,7 @@ const memberValue = (m: ClusterMemberInfo, key: MemberColumn): string | number =
           ? m.disk
             ? m.disk.totalBytes - m.disk.freeBytes
             : -1
-          : key === 'ha'
-            ? (m.ha?.guests ?? -1)
-            : m[key];
+          : m[key];
 
 interface ClusterView {
   info: ClusterInfo;
@@ -172,7 +169,6 @@ function MemberList(props: {
               <SortHeader column="memory" label="Memory" sort={sort} />
               <SortHeader column="storage" label="Storage" sort={sort} />
               <SortHeader column="guests" label="Guests" sort={sort} />
-              <SortHeader column="ha" label="HA" sort={sort} />
               <SortHeader column="version" label="Version" sort={sort} />
               <SortHeader column="joinedAt" label="Joined" sort={sort} />
               {props.admin && (
@@ -208,9 +204,14 @@ function MemberList(props: {
                 <td data-label="Storage" data-testid="member-storage">
                   {memberStorage(m)}
                 </td>
-                <td data-label="Guests">{m.guests}</td>
-                <td data-label="HA" data-testid="member-ha">
-                  {memberHa(m)}
+                <td data-label="Guests">
+                  {m.guests}
+                  {/* In the guests' cell: a column of its own would not fit a laptop's width. */}
+                  {m.ha && (
+                    <div class="muted" data-testid="member-ha" title={memberHa(m.ha).title}>
+                      {memberHa(m.ha).text}
+                    </div>
+                  )}
                 </td>
                 <td data-label="Version">{m.version}</td>
                 <td data-label="Joined">{when(m.joinedAt)}</td>
