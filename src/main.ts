@@ -46,6 +46,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
+import { DENSITY_SYSCTLS, raiseSysctls } from './host/host-sysctls.ts';
 import { createKsmControl } from './host/ksm.ts';
 import { createLogger, type LogForward } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
@@ -118,6 +119,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const logForward: LogForward = {};
   const log = createLogger({ forward: logForward });
   await takePidLock(stateDir);
+  // Before any guest starts: the kernel settings thousands of ct guests need (decisions 0057-0059).
+  // Only raised, never lowered; each is reported in `trivisor info --host`.
+  const sysctls = await raiseSysctls(DENSITY_SYSCTLS);
+  for (const s of sysctls) {
+    if (s.changed)
+      log.info({ key: s.key, before: s.before, value: s.value }, 'raised a kernel setting for dense hosts');
+    if (s.error) log.warn({ key: s.key, err: s.error }, 'cannot raise a kernel setting for dense hosts');
+  }
 
   const runner = hostRunner();
   // Before anything is mounted below it (pools, guests' trees): see ensureSharedMount.
@@ -225,6 +234,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     version,
     stateDir,
     storeDescription: opened.description,
+    sysctls,
     drivers,
     guests,
     ksm: () => ksm.status(),

@@ -273,6 +273,23 @@ export const HostInfoSchema = Type.Object({
       kernel: Type.String(),
       cpus: Type.Integer(),
       memoryBytes: Type.Number(),
+      sysctls: Type.Optional(
+        Type.Array(
+          Type.Object({
+            key: Type.String(),
+            before: Type.Union([Type.Number(), Type.Null()]),
+            value: Type.Union([Type.Number(), Type.Null()]),
+            atLeast: Type.Number(),
+            changed: Type.Boolean(),
+            reason: Type.String(),
+            error: Type.Optional(Type.String()),
+          }),
+          {
+            description:
+              'Kernel settings the daemon raises at start for dense hosts (decisions 0057-0059): what it found, what it set, why',
+          },
+        ),
+      ),
       drivers: Type.Array(
         Type.Object({
           model: Model,

@@ -322,6 +322,14 @@ interface HostInfo {
   cpus: number;
   memoryBytes: number;
   store: string;
+  sysctls?: Array<{
+    key: string;
+    before: number | null;
+    value: number | null;
+    atLeast: number;
+    changed: boolean;
+    error?: string;
+  }>;
   drivers: Array<{
     model: string;
     supported: boolean;
@@ -365,6 +373,13 @@ function hostInfo(h: HostInfo): string {
     );
     for (const [k, v] of Object.entries(d.details)) lines.push(`    ${k}: ${v}`);
     for (const w of d.warnings) lines.push(`    warning: ${w}`);
+  }
+  if (h.sysctls?.length) lines.push('Kernel settings (raised for dense hosts, never lowered):');
+  for (const s of h.sysctls ?? []) {
+    const what = s.changed ? `raised from ${s.before} to ${s.value}` : `${s.value ?? 'absent'}, kept`;
+    lines.push(
+      `  ${s.key}: ${what} (wanted at least ${s.atLeast})${s.error ? `; could not raise: ${s.error}` : ''}`,
+    );
   }
   return `${lines.join('\n')}\n`;
 }

@@ -3,6 +3,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
 import type { DiskCounters, GuestDriver, ProbeResult } from '../drivers/guest-driver.ts';
 import type { ProcessIoCounters } from '../host/host-counters.ts';
+import type { SysctlReport } from '../host/host-sysctls.ts';
 import type { KsmStatus } from '../host/ksm.ts';
 import type { NicCounters } from '../network/network-backend.ts';
 import type { HostCounters } from './metrics-sampler.ts';
@@ -15,6 +16,8 @@ export interface HostServiceDeps {
   storeDescription: string;
   drivers: Partial<Record<Model, GuestDriver>>;
   guests: GuestService;
+  /** What the daemon did to the host's kernel settings at start (host/host-sysctls.ts). */
+  sysctls?: SysctlReport[];
   /**
    * This member's guests' specs and the process each runs as, by name (from the store): what
    * should run, and what a driver needs to ask the engine.
@@ -331,6 +334,7 @@ export function createHostService(deps: HostServiceDeps): HostService {
         kernel: `${os.type()} ${os.release()}`,
         cpus: os.availableParallelism(),
         memoryBytes: os.totalmem(),
+        ...(deps.sysctls && { sysctls: deps.sysctls }),
         drivers: results.map((p) => ({
           model: p.model,
           supported: p.supported,

@@ -3,6 +3,7 @@ import type { RebalanceService } from '../control/rebalance-controller.ts';
 import type { GuestFile } from '../core/guest-files.ts';
 import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
+import type { SysctlReport } from '../host/host-sysctls.ts';
 import type { KsmStatus } from '../host/ksm.ts';
 import type { DiskExport, TreeExport } from '../images/image-files.ts';
 import type { BackupRecovery } from './backup-recovery.ts';
@@ -183,6 +184,8 @@ export interface HostService {
     kernel: string;
     cpus: number;
     memoryBytes: number;
+    /** Kernel settings the daemon raised (or found high enough) at start (decisions 0057-0059). */
+    sysctls?: SysctlReport[];
     drivers: Array<{
       model: Model;
       supported: boolean;
