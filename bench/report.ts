@@ -320,10 +320,12 @@ if (reclaim) {
   const merged = (r: Json) => (r.vm as Json).ksmMergedPerGuestMiB;
   lines.push(
     '',
-    `With reclaim on, KSM shared ${f(k.savedMiB)} MiB on the host (pages_sharing ${String(k.pagesSharing)}) after ${f(onR.ksmSettleSeconds, 0)} s of merging${merged(onR) === undefined ? '' : `; ${f(merged(onR))} MiB of each vm guest's RAM was merged`}.`,
-    offKsm.run === 1
-      ? `KSM was running during the off phase too, started by another daemon on this host for its own vm guests (KSM is one per host): the off vm figure is lowered by it${merged(offR) === undefined ? '' : ` (${f(merged(offR))} MiB of each vm guest merged)`}, so the vm saving is understated.`
-      : 'KSM was stopped during the off phase.',
+    `With reclaim on, KSM saved ${f(k.savedMiB)} MiB host-wide, other daemons' vm guests included (pages_sharing ${String(k.pagesSharing)}) after ${f(onR.ksmSettleSeconds, 0)} s of merging${merged(onR) === undefined ? '' : `; ${f(merged(onR))} MiB of each vm guest's RAM was merged`}.`,
+    offKsm.run !== 1
+      ? 'KSM was stopped during the off phase.'
+      : merged(offR) === 0
+        ? "KSM ran on the host during the off phase too (another daemon's, for its own vm guests: KSM is one per host), but the off phase's guests had `mem-merge=off`: none of their RAM was merged."
+        : `KSM ran on the host during the off phase too (another daemon's, for its own vm guests: KSM is one per host)${merged(offR) === undefined ? '' : `, and merged ${f(merged(offR))} MiB of each vm guest`}: the off vm figure is lowered by it, the vm saving understated.`,
     '',
   );
   stamp([reclaim]);
