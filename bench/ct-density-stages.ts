@@ -49,6 +49,17 @@ const REPO = path.resolve(import.meta.dirname, '..');
 const CLI = path.join(REPO, 'bin/trivisor');
 const log = (s: string) => console.error(`${new Date().toISOString().slice(11, 19)} ${s}`);
 
+/**
+ * The kernel's own memory (slab, kernel stacks, page tables), bytes: what namespaces, cgroups,
+ * mounts and processes cost beyond their pages. Less disturbed by other work on the machine than
+ * MemTotal − MemAvailable, which moves by gigabytes when others build or test beside the run.
+ */
+function kernelBytes(): number {
+  const info = readFileSync('/proc/meminfo', 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(info)?.[1] ?? 0);
+  return (kb('Slab') + kb('KernelStack') + kb('PageTables')) * 1024;
+}
+
 /** Why a stage stopped: the limit named from the error and the host's resources at that moment. */
 class StageFailure extends Error {}
 
@@ -200,6 +211,7 @@ async function rawPhase(): Promise<Array<Record<string, unknown>>> {
   const out: Array<Record<string, unknown>> = [];
   await settle();
   const usedBefore = hostUsedBytes();
+  const kernelBefore = kernelBytes();
   let count = 0;
   const t0 = process.hrtime.bigint();
   try {
@@ -224,6 +236,7 @@ async function rawPhase(): Promise<Array<Record<string, unknown>>> {
         stagePerGuestMs:
           (stageSeconds * 1000) / Math.max(1, n - (out.length ? (out.at(-1)?.guests as number) : 0)),
         hostMemoryPerGuestMiB: used / n / MiB,
+        kernelMemoryPerGuestMiB: (kernelBytes() - kernelBefore) / n / MiB,
         hostMemoryPerGuestBeyondOwnProcessesMiB: (used - pss) / n / MiB,
       });
       log(`raw runc ${n}: ${(used / n / MiB).toFixed(2)} MiB/guest`);
@@ -247,6 +260,16 @@ async function cleanRaw(): Promise<void> {
   spawnSync('sh', [
     '-c',
     `for m in $(grep ${rawDir} /proc/mounts | cut -d' ' -f2); do umount $m; done; rmdir /sys/fs/cgroup/*/trivisor-bench-raw 2>/dev/null`,
+  ]);
+  // What runc could not delete (its state gone, or it was killed half-way) is killed by its cgroup.
+  spawnSync('sh', [
+    '-c',
+    'cat /sys/fs/cgroup/pids/trivisor-bench-raw/*/cgroup.procs 2>/dev/null | xargs -r kill -9',
+  ]);
+  await sleep(1000);
+  spawnSync('sh', [
+    '-c',
+    'for c in /sys/fs/cgroup/*/trivisor-bench-raw; do find $c -mindepth 1 -depth -type d -delete 2>/dev/null; rmdir $c; done 2>/dev/null',
   ]);
   rmSync(rawDir, { recursive: true, force: true });
 }
@@ -308,6 +331,7 @@ async function trivisorPhase(): Promise<Array<Record<string, unknown>>> {
   const daemonPid = () => d.process.pid as number;
   await settle();
   const usedBefore = hostUsedBytes();
+  const kernelBefore = kernelBytes();
   const rssBefore = rssBytes(daemonPid());
   result.daemonRssBeforeMiB = rssBefore / MiB;
   let count = 0;
@@ -353,6 +377,7 @@ async function trivisorPhase(): Promise<Array<Record<string, unknown>>> {
       stagePerGuestMs:
         (stageSeconds * 1000) / Math.max(1, n - ((out.at(-1)?.guests as number | undefined) ?? 0)),
       hostMemoryPerGuestMiB: used / n / MiB,
+      kernelMemoryPerGuestMiB: (kernelBytes() - kernelBefore) / n / MiB,
       guestProcessPssPerGuestMiB: pss / n / MiB,
       hostMemoryPerGuestBeyondOwnProcessesMiB: (used - pss - (daemonRss - rssBefore)) / n / MiB,
       daemonRssMiB: daemonRss / MiB,

@@ -120,7 +120,8 @@ lines.push(
   '(4 at a time). At each N: host memory per guest, daemon RSS, list latency, create+start of one more guest and when',
   '`trivisor monitor` shows it started, and re-adoption after the daemon is killed -9 (every guest Running with the pid',
   'it had). The first failure ends the run and is named by the resource it hit; everything started is deleted.',
-  "Memory is the whole host's (MemTotal − MemAvailable): other work on the machine during the run shows in it.",
+  "Host memory is the whole host's (MemTotal − MemAvailable): other work on the machine during the run shows in it,",
+  'by gigabytes when others build or test; "kernel" is the growth of Slab + KernelStack + PageTables, less disturbed.',
   '',
 );
 if (staged) {
@@ -128,14 +129,14 @@ if (staged) {
   const raw = new Map(((staged.raw as Json[] | undefined) ?? []).map((r) => [r.guests, r]));
   lines.push('![ct density against N](ct-density-stages.svg)', '');
   lines.push(
-    '| N | running | start all (s) | stage ms/guest | raw runc stage ms/guest | host MiB/guest | raw runc MiB/guest | beyond own processes MiB/guest | daemon RSS MiB | GET /1.0/guests p50 ms | ?recursion=1 p50 ms | `trivisor list` ms | one more create+start ms | seen by monitor ms | re-adopted after kill -9 (s) | lost |',
+    '| N | running | start all (s) | stage ms/guest | raw runc stage ms/guest | host MiB/guest | raw runc MiB/guest | kernel MiB/guest | raw runc kernel MiB/guest | beyond own processes MiB/guest | daemon RSS MiB | GET /1.0/guests p50 ms | ?recursion=1 p50 ms | `trivisor list` ms | one more create+start ms | seen by monitor ms | re-adopted after kill -9 (s) | lost |',
   );
-  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const x of t) {
     const r = raw.get(x.guests);
     const p = (k: string) => (x[k] as Json).p50Ms;
     lines.push(
-      `| ${x.guests} | ${x.running} | ${f(x.startAllSeconds)} | ${f(x.stagePerGuestMs)} | ${r ? f(r.stagePerGuestMs) : '—'} | ${f(x.hostMemoryPerGuestMiB, 2)} | ${r ? f(r.hostMemoryPerGuestMiB, 2) : '—'} | ${f(x.hostMemoryPerGuestBeyondOwnProcessesMiB, 2)} | ${f(x.daemonRssMiB)} | ${f(p('listUrls'))} | ${f(p('listFull'))} | ${f(x.cliListMs, 0)} | ${f(x.oneMoreCreateStartMs, 0)} | ${f(x.monitorSeenMs, 0)} | ${f(x.readoptSeconds)} | ${x.lostAfterKill9} |`,
+      `| ${x.guests} | ${x.running} | ${f(x.startAllSeconds)} | ${f(x.stagePerGuestMs)} | ${r ? f(r.stagePerGuestMs) : '—'} | ${f(x.hostMemoryPerGuestMiB, 2)} | ${r ? f(r.hostMemoryPerGuestMiB, 2) : '—'} | ${f(x.kernelMemoryPerGuestMiB, 2)} | ${r ? f(r.kernelMemoryPerGuestMiB, 2) : '—'} | ${f(x.hostMemoryPerGuestBeyondOwnProcessesMiB, 2)} | ${f(x.daemonRssMiB)} | ${f(p('listUrls'))} | ${f(p('listFull'))} | ${f(x.cliListMs, 0)} | ${f(x.oneMoreCreateStartMs, 0)} | ${f(x.monitorSeenMs, 0)} | ${f(x.readoptSeconds)} | ${x.lostAfterKill9} |`,
     );
   }
   lines.push('');
