@@ -111,6 +111,7 @@ export function densityPlotSvg(result: Json): string {
     ),
   ];
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * W}" height="${2 * H}" viewBox="0 0 ${2 * W} ${2 * H}" font-family="sans-serif" font-size="11">
+<title>ct density in stages: Trivisor against raw runc</title>
 <rect width="100%" height="100%" fill="white"/>
 ${panels.join('\n')}
 </svg>

@@ -258,7 +258,7 @@ export async function migrateOut(
       'job-id': MIRROR_JOB,
       device: 'root',
       target: TARGET_NODE,
-      sync: options.sync,
+      sync,
       // The job is removed only when asked: its end state stays to be read.
       'auto-dismiss': false,
     });
