@@ -1,17 +1,26 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { ClusterMove, RebalanceResult } from '../../src/api/cluster-schemas.ts';
 import type { ClusterInfo, ClusterMember, ClusterService } from '../../src/cluster/membership.ts';
 import type { RebalanceService } from '../../src/control/rebalance-controller.ts';
 import { rebalanceSettings } from '../../src/core/config-keys.ts';
-import { alreadyExists, failedPrecondition, invalidArgument, notFound } from '../../src/core/errors.ts';
+import {
+  alreadyExists,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  notSupported,
+} from '../../src/core/errors.ts';
+import { isPowerKey, powerSettings } from '../../src/core/power-keys.ts';
 import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
 import { createWebSessions } from '../../src/server/web-sessions.ts';
 import { openMetricsHistory } from '../../src/services/metrics-history.ts';
+import type { StorageService } from '../../src/services/storage-service.ts';
 import type { OperationService } from '../../src/services/types.ts';
 import { createMemoryStore } from '../../src/store/memory-store.ts';
 import { createFakeServices, type FakeServices } from '../fakes/fake-services.ts';
@@ -34,6 +43,8 @@ export interface FixtureBackend {
   rebalance: FakeRebalancer;
   /** The fake membership's members (empty on a single host): tests read and change them. */
   members: ClusterMember[];
+  /** The fake backups: what was asked of them. */
+  backups: FakeBackups;
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
   setStatus(name: string, status: Guest['status']): void;
   close(): Promise<void>;
@@ -339,7 +350,8 @@ function fakeRebalancer(): FakeRebalancer {
         else next[k] = v;
       }
       // The daemon's own checks: one bad key or value refuses the whole change.
-      rebalanceSettings(next);
+      rebalanceSettings(Object.fromEntries(Object.entries(next).filter(([k]) => !isPowerKey(k))));
+      powerSettings(next);
       r.config = next;
       return { ...next };
     },
@@ -360,10 +372,117 @@ function fakeRebalancer(): FakeRebalancer {
         planned,
         notes: ['web3 is Offline: left out of the cycle'],
         moved,
+        // Power management's part of the plan, as the daemon answers it when it is on (decision 0055).
+        ...(r.config['cluster.power.enabled'] === 'true' && {
+          power: {
+            powerOn: [{ member: 'web3', reason: 'demand 92% of what is on passes cluster.power.on_at 90%' }],
+            powerOff: [
+              {
+                member: 'web2',
+                reason: "load 12% over 40m, below cluster.power.low_load 85%; the others' peak 41%",
+                moves: [plannedMove(Date.now())],
+              },
+            ],
+          },
+        }),
       };
     },
   };
   return r;
+}
+
+/** The fixture's backups: requests recorded, the API's refusals in the real service's words. */
+export interface FakeBackups {
+  /** Each backup asked for, with its options. */
+  made: Array<{ guest: string; options: Parameters<StorageService['createBackup']>[1] }>;
+  /** Each archive imported: its name, whether live, and its first bytes. */
+  imported: Array<{ name?: string; live: boolean; head: string }>;
+  /** Ends the live import under way (it holds at half its copy until then, so its progress can be seen). */
+  finishLive(): void;
+}
+
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+
+function fakeStorage(
+  guestMap: Map<string, Guest>,
+  operations: Pick<OperationService, 'start'>,
+): { service: StorageService; backups: FakeBackups } {
+  // What the route said before there was a storage service: the fixture has no snapshots.
+  const none = async (): Promise<never> => {
+    throw notSupported('This daemon has no storage service: snapshots and backups are unavailable');
+  };
+  let release: (() => void) | undefined;
+  const backups: FakeBackups = {
+    made: [],
+    imported: [],
+    finishLive() {
+      release?.();
+    },
+  };
+  const service: StorageService = {
+    inProject: () => service,
+    listSnapshots: none,
+    getSnapshot: none,
+    createSnapshot: none,
+    deleteSnapshot: none,
+    restoreSnapshot: none,
+    async copyGuest() {
+      throw notSupported('This daemon cannot copy guests: it has no storage service');
+    },
+    async createBackup(guest, options) {
+      const g = guestMap.get(guest);
+      if (!g) throw notFound(`Guest ${guest} not found`);
+      if (options.uncompressed && (g.model !== 'vm' || options.incremental || options.withSnapshots)) {
+        throw invalidArgument(
+          'An uncompressed export is for the live restore of a vm guest: it is made of a vm guest alone, without --incremental or --with-snapshots',
+        );
+      }
+      backups.made.push({ guest, options: { ...options } });
+      const backup = `backup-${backups.made.length}`;
+      return operations.start({
+        project: 'default',
+        description: `Backing up guest ${guest}`,
+        resources: { guests: [`/1.0/guests/${guest}`] },
+        run: async () => ({ backup, sizeBytes: options.uncompressed ? 512 * 2 ** 20 : 96 * 2 ** 20 }),
+      });
+    },
+    backupFile: none,
+    async deleteBackup() {},
+    async importBackup({ archivePath, name, live }) {
+      const head = await readFile(archivePath);
+      await rm(archivePath, { force: true });
+      // The real checks, in their words: a live restore reads an uncompressed vm archive in place.
+      if (live && head.subarray(0, 4).equals(ZSTD_MAGIC)) {
+        throw failedPrecondition(
+          "The archive's disk is compressed (rootfs.tar.zst), and QEMU cannot read it in place: export the guest with --uncompressed for a live restore, or import this archive without --live",
+        );
+      }
+      const guest = name ?? 'imported';
+      backups.imported.push({
+        ...(name !== undefined && { name }),
+        live: live === true,
+        head: head.toString('latin1', 0, 16),
+      });
+      return operations.start({
+        project: 'default',
+        description: live ? `Restoring guest ${guest} live` : `Importing guest ${guest}`,
+        resources: { guests: [`/1.0/guests/${guest}`] },
+        run: async (ctx) => {
+          if (!live) return undefined;
+          // Half the disk copied behind the running guest, as the block job reports it.
+          ctx.progress(50, '256 MiB of 512 MiB copied, 128 MiB/s, 2 s left');
+          await new Promise<void>((resolve) => {
+            release = resolve;
+          });
+          release = undefined;
+          return undefined;
+        },
+      });
+    },
+    sweep: async () => {},
+    recover: none,
+  };
+  return { service, backups };
 }
 
 /** Starts the fixture on 127.0.0.1 over HTTPS (a throwaway certificate in `runDir`). */
@@ -427,6 +546,8 @@ export async function startFixtureBackend(
         ]),
     );
   if ((options.cluster ?? 'member') === 'member') fake.rebalance = rebalance;
+  const storage = fakeStorage(fake.guestMap, fake.operations);
+  fake.storage = storage.service;
   // A move only says where the guest went: the members' side of it is the cluster tests'.
   fake.moves = {
     mover: {
@@ -522,6 +643,7 @@ export async function startFixtureBackend(
     fake,
     app,
     members: cluster.members,
+    backups: storage.backups,
     rebalance,
     created,
     setStatus(name, status) {

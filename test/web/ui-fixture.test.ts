@@ -541,6 +541,197 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("power management on the members page: its keys, each member's driver (a bad value refused in one line, nothing changed), the power state and reason, the dry run's power lines", async () => {
+    await signedIn();
+    const r = backend.rebalance;
+    const savedConfig = { ...r.config };
+    const web3 = backend.members.find((m) => m.name === 'web3');
+    assert.ok(web3);
+    const savedWeb3 = structuredClone(web3);
+    const patches: unknown[] = [];
+    const onRequest = (q: { method(): string; url(): string; postDataJSON(): unknown }) => {
+      if (q.method() === 'PATCH' && q.url().endsWith('/1.0/cluster/config')) patches.push(q.postDataJSON());
+    };
+    page.on('request', onRequest);
+    try {
+      // web3 powered off by power management: Standby, with the power manager's reason.
+      Object.assign(web3, {
+        status: 'Standby',
+        power: {
+          state: 'off',
+          since: '2026-12-05T10:00:00.000Z',
+          reason: 'its load stayed below 85% for 40m; the others carry its demand',
+          powerOffs: ['2026-12-05T10:00:00.000Z'],
+        },
+      });
+      await page.goto(`${backend.url}/members`);
+      const row = (name: string) => page.locator(`tr[data-member="${name}"]`);
+      await row('web3').locator('[data-testid=member-power]').waitFor();
+      assert.match((await row('web3').locator('td[data-label=Status]').textContent()) ?? '', /^Standby/);
+      assert.equal(
+        await row('web3').locator('[data-testid=member-power]').textContent(),
+        'Power: off. its load stayed below 85% for 40m; the others carry its demand',
+      );
+      assert.equal(await row('web2').locator('[data-testid=member-power]').count(), 0);
+
+      // The cluster-wide keys, in the same form as the rebalancer's: a bad value is one line, nothing changed.
+      const form = page.locator('form[aria-label="Rebalancer settings"]');
+      assert.equal(
+        await form.locator('input[name="cluster.power.low_window"]').getAttribute('placeholder'),
+        '40m',
+      );
+      assert.equal(
+        await page.locator('[data-testid=power-status]').textContent(),
+        'Power management is off: no member is ever powered off.',
+      );
+      await form.locator('input[name="cluster.power.enabled"]').fill('true');
+      await form.locator('input[name="cluster.power.max_cycles"]').fill('9');
+      await form.locator('button[type=submit]').click();
+      await page.locator('text=cluster.power.max_cycles="9" must be 1, 2, 3 or 4').waitFor();
+      assert.deepEqual(r.config, savedConfig);
+      await form.locator('input[name="cluster.power.max_cycles"]').fill('2');
+      await form.locator('button[type=submit]').click();
+      await page.locator('text=Rebalancer settings saved').waitFor();
+      assert.deepEqual(patches.at(-1), {
+        config: { 'cluster.power.enabled': 'true', 'cluster.power.max_cycles': '2' },
+      });
+      assert.deepEqual(r.config, {
+        ...savedConfig,
+        'cluster.power.enabled': 'true',
+        'cluster.power.max_cycles': '2',
+      });
+      await page.locator('[data-testid=power-status]', { hasText: 'Power management is on' }).waitFor();
+
+      // The dry run's power lines, as the CLI prints them.
+      await page.click('button[aria-label="Plan a rebalance (dry run)"]');
+      const lines = page.locator('[data-testid=rebalance-power] > li');
+      await lines.first().waitFor();
+      assert.deepEqual(await lines.allTextContents(), [
+        'Power on web3: demand 92% of what is on passes cluster.power.on_at 90%',
+        "Power off web2: load 12% over 40m, below cluster.power.low_load 85%; the others' peak 41% (1 guest to move first: web2-a → fakehost)",
+      ]);
+
+      // A member's driver: IPMI's fields, the password only ever as a file on the member.
+      await page.selectOption('#f-power-member', 'web2');
+      const power = page.locator('form[aria-label="Power settings of web2"]');
+      await power.waitFor();
+      await power.locator('#f-power-driver').selectOption('ipmi');
+      await power.locator('input[name="ipmi.host"]').fill('198.18.0.102');
+      await power.locator('input[name="ipmi.user"]').fill('admin');
+      await power.locator('input[name="ipmi.password_file"]').fill('s3cret');
+      assert.equal(await page.locator('input[type=password]').count(), 0);
+      const before = { ...r.config };
+      await power.locator('button[type=submit]').click();
+      await page
+        .locator(
+          'text=member.web2.power.ipmi.password_file="s3cret" must be an absolute path (a file holding the password, never the password)',
+        )
+        .waitFor();
+      assert.deepEqual(r.config, before);
+      await power.locator('input[name="ipmi.password_file"]').fill('/etc/trivisor/web2-bmc');
+      await power.locator('button[type=submit]').click();
+      await page.locator('text=Power settings of web2 saved').waitFor();
+      assert.deepEqual(patches.at(-1), {
+        config: {
+          'member.web2.power.driver': 'ipmi',
+          'member.web2.power.ipmi.host': '198.18.0.102',
+          'member.web2.power.ipmi.user': 'admin',
+          'member.web2.power.ipmi.password_file': '/etc/trivisor/web2-bmc',
+        },
+      });
+      assert.equal(
+        backend.rebalance.config['member.web2.power.ipmi.password_file'],
+        '/etc/trivisor/web2-bmc',
+      );
+      // Shown as set after the save; another driver replaces IPMI's keys, none set is none.
+      await page
+        .locator('form[aria-label="Power settings of web2"] input[name="ipmi.host"][value="198.18.0.102"]')
+        .waitFor();
+      await power.locator('#f-power-driver').selectOption('');
+      await power.locator('button[type=submit]').click();
+      await page.locator('text=Power settings of web2 saved').nth(1).waitFor();
+      assert.equal(
+        Object.keys(backend.rebalance.config).filter((k) => k.startsWith('member.web2.')).length,
+        0,
+      );
+    } finally {
+      page.off('request', onRequest);
+      r.config = savedConfig;
+      r.cycles.length = 0;
+      for (const k of Object.keys(web3)) delete (web3 as unknown as Record<string, unknown>)[k];
+      Object.assign(web3, savedWeb3);
+    }
+  });
+
+  test("a vm guest's backups export uncompressed and import live with the operation's progress; a compressed archive is refused for a live import in one line; a ct guest is not offered the uncompressed export", async () => {
+    await signedIn();
+    const b = backend.backups;
+    const made = b.made.length;
+    const imported = b.imported.length;
+    await page.goto(`${backend.url}/guests/vm-0002?tab=backups`);
+    const uncompressed = page.locator('input[name=uncompressed]');
+    await uncompressed.check();
+    const asked = page.waitForRequest(
+      (q) => q.method() === 'POST' && q.url().includes('/1.0/guests/vm-0002/backups'),
+    );
+    await page.click('button:has-text("Make a backup")');
+    assert.deepEqual((await asked).postDataJSON(), { snapshots: false, uncompressed: true });
+    await page.locator('tr[data-row] td', { hasText: '(uncompressed)' }).waitFor();
+    assert.deepEqual(b.made.slice(made), [
+      { guest: 'vm-0002', options: { withSnapshots: false, incremental: false, uncompressed: true } },
+    ]);
+
+    // A live import of a compressed archive: the header sent, the API's one line, nothing imported.
+    const form = page.locator('form[aria-label="Import a backup"]');
+    const upload = (name: string, buffer: Buffer) =>
+      form
+        .locator('input[name=archive]')
+        .setInputFiles({ name, mimeType: 'application/octet-stream', buffer });
+    await upload(
+      'web.tar.zst',
+      Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), Buffer.from('zstd frame')]),
+    );
+    await form.locator('input[name=name]').fill('restored');
+    await form.locator('input[name=live]').check();
+    const sent = page.waitForRequest((q) => q.method() === 'POST' && q.url().endsWith('/1.0/backups'));
+    await form.locator('button[type=submit]').click();
+    assert.equal((await sent).headers()['x-trivisor-live'], '1');
+    await page
+      .locator("text=The archive's disk is compressed (rootfs.tar.zst), and QEMU cannot read it in place")
+      .waitFor();
+    assert.equal(b.imported.length, imported);
+
+    // An uncompressed one: the guest runs at once, the page follows the copy's progress to its end.
+    await upload('web.tar', Buffer.from('uncompressed vm archive'));
+    await form.locator('button[type=submit]').click();
+    const progress = page.locator('[data-testid=import-progress]');
+    await progress.waitFor();
+    await page.locator('[data-testid=import-progress]', { hasText: '256 MiB of 512 MiB copied' }).waitFor();
+    assert.equal(
+      await progress.textContent(),
+      'Restoring guest restored live: 256 MiB of 512 MiB copied, 128 MiB/s, 2 s left ',
+    );
+    assert.deepEqual(b.imported.slice(imported), [
+      { name: 'restored', live: true, head: 'uncompressed vm ' },
+    ]);
+    b.finishLive();
+    await page.locator('text=Backup imported').waitFor();
+    await progress.waitFor({ state: 'detached' });
+
+    // A plain import sends no live header.
+    await upload('web.tar', Buffer.from('compressed or not'));
+    const plain = page.waitForRequest((q) => q.method() === 'POST' && q.url().endsWith('/1.0/backups'));
+    await form.locator('button[type=submit]').click();
+    assert.equal((await plain).headers()['x-trivisor-live'], undefined);
+    await page.locator('text=Backup imported').nth(1).waitFor();
+    assert.equal(b.imported.at(-1)?.live, false);
+
+    // A ct guest's backups are compressed only: no choice offered.
+    await page.goto(`${backend.url}/guests/ct-0003?tab=backups`);
+    await page.locator('button:has-text("Make a backup")').waitFor();
+    assert.equal(await page.locator('input[name=uncompressed]').count(), 0);
+  });
+
   test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {
     await signedIn();
     const saved = backend.members.map((m) => ({ ...m }));
@@ -585,11 +776,11 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: backend.url });
     await page.goto(`${backend.url}/members`);
     await page.locator('tr[data-member="web3"]').waitFor();
-    // From the page's start, Tab reaches the column sorts, the removal buttons and the form, and
-    // Enter submits it.
+    // From the page's start, Tab reaches the column sorts, the removal buttons, the settings
+    // (rebalancer, power, a member's power) and the form, and Enter submits it.
     await page.focus('#content');
     const reached: string[] = [];
-    for (let i = 0; i < 30 && !reached.includes('#f-new-member-s-name'); i++) {
+    for (let i = 0; i < 60 && !reached.includes('#f-new-member-s-name'); i++) {
       await page.keyboard.press('Tab');
       reached.push(
         (await page.evaluate(
@@ -603,6 +794,9 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       'Joined',
       'Remove member web2',
       'Remove member web3',
+      '#f-power-offs-a-day',
+      '#f-power-member',
+      '#f-power-driver',
       '#f-new-member-s-name',
     ]) {
       assert.ok(reached.includes(want), `${want} among ${reached.join(' | ')}`);

@@ -90,9 +90,10 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
     file: Blob,
     onProgress?: (fraction: number) => void,
   ): Promise<Awaited<ReturnType<VolumeClient['getVolume']>>>;
+  /** `live`: a vm guest runs at once from an uncompressed archive, its disk copied behind it (decision 0063). */
   importBackup(
     file: Blob,
-    options: { name?: string; storage?: string },
+    options: { name?: string; storage?: string; live?: boolean },
     onProgress?: (fraction: number) => void,
   ): Promise<Operation>;
   /** Where a browser downloads a finished backup (the session cookie authenticates the GET). */
@@ -303,6 +304,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
       callAsync('POST', `/1.0/guests/${enc(guest)}/backups`, {
         snapshots: o.snapshots === true,
         ...(o.incremental && { incremental: true }),
+        ...(o.uncompressed && { uncompressed: true }),
       }),
     async deleteBackup(guest, backup) {
       await call('DELETE', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}`);
@@ -349,6 +351,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
         {
           ...(o.name ? { 'x-trivisor-name': o.name } : {}),
           ...(o.storage ? { 'x-trivisor-pool': o.storage } : {}),
+          ...(o.live ? { 'x-trivisor-live': '1' } : {}),
         },
         onProgress,
       ),

@@ -4,7 +4,7 @@ import type { Guest } from '../../src/api/types.ts';
 import { Charts, Terminal, Vnc } from './lazy.tsx';
 import { navigate, route, withQuery } from './router.ts';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
-import { api, finished, guests, project, readGuest, recentEvents, session } from './state.ts';
+import { api, finished, guests, operations, project, readGuest, recentEvents, session } from './state.ts';
 import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
 
 const TABS: Array<[string, string]> = [
@@ -336,30 +336,57 @@ interface MadeBackup {
   name: string;
   sizeBytes: number;
   madeAt: string;
+  /** Made with its disk stored plain, for a live import (decision 0063). */
+  uncompressed: boolean;
 }
 
 function Backups(props: { guest: Guest }) {
   const g = props.guest;
   const made = useSignal<MadeBackup[]>([]);
   const progress = useSignal<number | null>(null);
+  /** The import under way: its progress is the operation's, as the event stream brings it. */
+  const importing = useSignal<string | null>(null);
+  const uncompressed = useSignal(false);
   const sort = sortOf(['name', 'sizeBytes', 'madeAt'] as const, {
     key: 'madeAt',
     dir: 1,
     prefix: 'backups-',
   });
+  const importOp = importing.value ? operations.value.get(importing.value) : undefined;
   return (
     <div class="panel">
       <h2>Export</h2>
       <div class="row">
+        {/* Only a vm disk is read in place by a live import; the API refuses the others (decision 0063). */}
+        {g.model === 'vm' && (
+          <label style={{ fontWeight: 'normal' }}>
+            <input
+              type="checkbox"
+              name="uncompressed"
+              checked={uncompressed.value}
+              onChange={(e) => {
+                uncompressed.value = e.currentTarget.checked;
+              }}
+            />{' '}
+            Uncompressed, for a live import (larger; without snapshots)
+          </label>
+        )}
         <Action
           kind="primary"
           done="Backup made: download it below"
           run={async () => {
-            const op = await finished(await api.createBackup(g.name, { snapshots: true }));
+            const plain = g.model === 'vm' && uncompressed.value;
+            // An uncompressed export carries no snapshots: the API refuses the two together.
+            const op = await finished(
+              await api.createBackup(g.name, plain ? { uncompressed: true } : { snapshots: true }),
+            );
             const { backup, sizeBytes } = op.metadata;
             if (typeof backup === 'string') {
               const size = typeof sizeBytes === 'number' ? sizeBytes : -1;
-              made.value = [...made.value, { name: backup, sizeBytes: size, madeAt: op.updatedAt }];
+              made.value = [
+                ...made.value,
+                { name: backup, sizeBytes: size, madeAt: op.updatedAt, uncompressed: plain },
+              ];
             }
           }}
         >
@@ -387,7 +414,10 @@ function Backups(props: { guest: Guest }) {
                 (b) => b.name,
               ).map((b) => (
                 <tr key={b.name} data-row={b.name}>
-                  <td>{b.name}</td>
+                  <td>
+                    {b.name}
+                    {b.uncompressed && <span class="muted"> (uncompressed)</span>}
+                  </td>
                   <td>{b.sizeBytes < 0 ? '–' : bytes(b.sizeBytes)}</td>
                   <td>{when(b.madeAt)}</td>
                   <td class="row">
@@ -418,18 +448,45 @@ function Backups(props: { guest: Guest }) {
         run={async (d) => {
           const file = d.get('archive');
           if (!(file instanceof File) || file.size === 0) throw new Error('Choose a backup archive first');
-          const op = await api.importBackup(file, { name: String(d.get('name') || '') }, (f) => {
-            progress.value = f;
-          });
-          progress.value = null;
-          await finished(op);
+          const live = d.get('live') === 'on';
+          try {
+            const op = await api.importBackup(
+              file,
+              { name: String(d.get('name') || ''), ...(live && { live: true }) },
+              (f) => {
+                progress.value = f;
+              },
+            );
+            progress.value = null;
+            operations.value = new Map(operations.value).set(op.id, op);
+            importing.value = op.id;
+            await finished(op);
+          } finally {
+            progress.value = null;
+            importing.value = null;
+          }
         }}
       >
         <Field label="Backup archive">{(id) => <input id={id} name="archive" type="file" required />}</Field>
         <Field label="Name of the imported guest" hint="Default: the name in the archive">
           {(id) => <input id={id} name="name" />}
         </Field>
+        <label style={{ fontWeight: 'normal' }}>
+          <input type="checkbox" name="live" /> Live: start it at once
+        </label>
+        <p class="muted">
+          For a vm guest exported uncompressed: it runs from the archive while its disk is copied behind it.
+        </p>
         {progress.value !== null && <progress value={progress.value} max={1} aria-label="Upload progress" />}
+        {importOp && (
+          <div role="status" data-testid="import-progress">
+            {importOp.description}
+            {importOp.progressText ? `: ${importOp.progressText}` : ''}{' '}
+            {importOp.progress !== null && (
+              <progress value={importOp.progress} max={100} aria-label={importOp.description} />
+            )}
+          </div>
+        )}
       </Form>
     </div>
   );

@@ -1,6 +1,7 @@
 import { useSignal } from '@preact/signals';
 import { useEffect } from 'preact/hooks';
 import type { ClusterInfo, ClusterMemberInfo } from '../../src/client/cluster-client.ts';
+import { MemberPowerState } from './power.tsx';
 import { Rebalancing } from './rebalancing.tsx';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, host, notify, session } from './state.ts';
@@ -11,7 +12,8 @@ import { Action, bytes, Field, Form, Loading, Page, Status, useLoad, when } from
  * a new member, removal with the API's own refusal, and on a single host bootstrap or join.
  * Evacuation and restore (decision 0041) follow their operation; each member's HA summary
  * (decision 0052); the rebalancer's keys, plan, cycle on demand and explained moves (decision
- * 0053, rebalancing.tsx).
+ * 0053, rebalancing.tsx); power management's keys, each member's driver and power state
+ * (decision 0055, power.tsx).
  */
 
 /**
@@ -187,6 +189,8 @@ function MemberList(props: {
                 </td>
                 <td data-label="Status">
                   <Status value={m.status} />
+                  {/* Power management's state and reason (decision 0055): Standby says why here. */}
+                  <MemberPowerState power={m.power} />
                 </td>
                 <td data-label="Address" class="address">
                   {m.address}

@@ -1,13 +1,15 @@
 import { useSignal } from '@preact/signals';
 import type { ClusterMemberInfo, ClusterMove, RebalanceResult } from '../../src/client/cluster-client.ts';
-import { REBALANCE_KEYS, settingsPatch } from './cluster-keys.ts';
+import { type ClusterKey, POWER_KEYS, REBALANCE_KEYS, settingsPatch } from './cluster-keys.ts';
+import { MemberPowerSettings } from './power.tsx';
 import { api } from './state.ts';
 import { Action, Field, Form, Loading, useLoad, when } from './ui.tsx';
 
 /*
  * The rebalancer on the Members page (decision 0053): its moves, each with the explanation the
  * API records (imbalance before and after, both members' loads, benefit against cost, the
- * constraints that narrowed the choice); a dry-run plan; a cycle now; its cluster-wide keys.
+ * constraints that narrowed the choice); a dry-run plan (with power management's power-ons and
+ * power-offs, decision 0055); a cycle now; its cluster-wide keys and power management's.
  * Moves publish a `cluster-move` event on the guest's member, but a cycle's answer already holds
  * them: the list is read again after a cycle and on Refresh, not on every event.
  */
@@ -90,6 +92,23 @@ function CycleResult(props: { result: RebalanceResult }) {
           ))}
         </ul>
       )}
+      {r.power && r.power.powerOn.length + r.power.powerOff.length > 0 && (
+        // As the CLI's dry run prints them: one line a member, with the power manager's reason.
+        <ul aria-label="Power changes" data-testid="rebalance-power">
+          {r.power.powerOn.map((o) => (
+            <li key={`on-${o.member}`}>
+              Power on {o.member}: {o.reason}
+            </li>
+          ))}
+          {r.power.powerOff.map((o) => (
+            <li key={`off-${o.member}`}>
+              Power off {o.member}: {o.reason}
+              {o.moves.length > 0 &&
+                ` (${o.moves.length} guest${o.moves.length === 1 ? '' : 's'} to move first: ${o.moves.map((m) => `${m.guest} → ${m.to}`).join(', ')})`}
+            </li>
+          ))}
+        </ul>
+      )}
       {r.notes.length > 0 && (
         <ul aria-label="Held back" data-testid="rebalance-notes">
           {r.notes.map((n) => (
@@ -106,7 +125,8 @@ export function Rebalancing(props: { admin: boolean; members: ClusterMemberInfo[
   const moves = useLoad(() => api.clusterMoves(), []);
   const result = useSignal<RebalanceResult | null>(null);
   const config = settings.data ?? {};
-  const keyValue = (key: string) => config[key] ?? REBALANCE_KEYS.find((k) => k.key === key)?.defaultValue;
+  const keyValue = (key: string) =>
+    config[key] ?? [...REBALANCE_KEYS, ...POWER_KEYS].find((k) => k.key === key)?.defaultValue;
   const online = props.members.filter((m) => m.status === 'Online').length;
 
   const cycle = async (dryRun: boolean) => {
@@ -163,7 +183,14 @@ export function Rebalancing(props: { admin: boolean; members: ClusterMemberInfo[
         )}
       </section>
       <section class="panel" aria-labelledby="rebalance-settings">
-        <h2 id="rebalance-settings">Rebalancer settings</h2>
+        <h2 id="rebalance-settings">Rebalancer and power settings</h2>
+        {settings.data && (
+          <p data-testid="power-status">
+            {keyValue('cluster.power.enabled') === 'true'
+              ? `Power management is on: a member whose load stays below ${keyValue('cluster.power.low_load')}% for ${keyValue('cluster.power.low_window')} is emptied and powered off (at most ${keyValue('cluster.power.max_cycles')} times a day), and members are powered on again when demand rises over ${keyValue('cluster.power.high_window')}. Only members with a power driver take part.`
+              : 'Power management is off: no member is ever powered off.'}
+          </p>
+        )}
         {settings.data === undefined ? (
           <Loading error={settings.error} />
         ) : props.admin ? (
@@ -174,7 +201,7 @@ export function Rebalancing(props: { admin: boolean; members: ClusterMemberInfo[
               submit="Save settings"
               run={async (d) => {
                 const entered = Object.fromEntries(
-                  REBALANCE_KEYS.map((k) => [k.key, String(d.get(k.key) ?? '')]),
+                  [...REBALANCE_KEYS, ...POWER_KEYS].map((k) => [k.key, String(d.get(k.key) ?? '')]),
                 );
                 const patch = settingsPatch(config, entered);
                 if (!patch) return;
@@ -184,32 +211,49 @@ export function Rebalancing(props: { admin: boolean; members: ClusterMemberInfo[
               done="Rebalancer settings saved"
             >
               <p class="muted">An empty field takes its default (shown in grey).</p>
-              <div class="row">
-                {REBALANCE_KEYS.map((k) => (
-                  <Field key={k.key} label={k.label} hint={`${k.key}: ${k.hint}`}>
-                    {(id) => (
-                      <input
-                        id={id}
-                        name={k.key}
-                        maxLength={100}
-                        defaultValue={config[k.key] ?? ''}
-                        placeholder={k.defaultValue}
-                      />
-                    )}
-                  </Field>
-                ))}
-              </div>
+              <KeyFields keys={REBALANCE_KEYS} config={config} />
+              <h3>Power management</h3>
+              <KeyFields keys={POWER_KEYS} config={config} />
             </Form>
           </div>
         ) : (
           <dl class="facts">
-            {REBALANCE_KEYS.map((k) => [
+            {[...REBALANCE_KEYS, ...POWER_KEYS].map((k) => [
               <dt key={`${k.key}-t`}>{k.key}</dt>,
               <dd key={k.key}>{keyValue(k.key)}</dd>,
             ])}
           </dl>
         )}
       </section>
+      {settings.data && (
+        <MemberPowerSettings
+          admin={props.admin}
+          members={props.members}
+          config={config}
+          saved={() => settings.reload()}
+        />
+      )}
     </>
+  );
+}
+
+/** A field a key: empty means unset, its default the placeholder. */
+function KeyFields(props: { keys: readonly ClusterKey[]; config: Record<string, string> }) {
+  return (
+    <div class="row">
+      {props.keys.map((k) => (
+        <Field key={k.key} label={k.label} hint={`${k.key}: ${k.hint}`}>
+          {(id) => (
+            <input
+              id={id}
+              name={k.key}
+              maxLength={100}
+              defaultValue={props.config[k.key] ?? ''}
+              placeholder={k.defaultValue}
+            />
+          )}
+        </Field>
+      ))}
+    </div>
   );
 }
