@@ -36,6 +36,35 @@ try {
     .locator('section[aria-labelledby=rebalancing]')
     .screenshot({ path: path.join(out, 'rebalancing.png') });
   console.log(`wrote ${path.join(out, 'rebalancing.png')}`);
+  // Power management (decision 0055): web3 powered off with its reason, web2 driven by its BMC.
+  const web3 = backend.members.find((m) => m.name === 'web3');
+  if (web3) {
+    web3.status = 'Standby';
+    web3.power = {
+      state: 'off',
+      since: new Date(Date.now() - 3_600_000).toISOString(),
+      reason: 'web3 was powered off by its ipmi driver (its load stayed below 85% for 40m)',
+      powerOffs: [new Date(Date.now() - 3_600_000).toISOString()],
+    };
+  }
+  backend.rebalance.config = {
+    ...backend.rebalance.config,
+    'cluster.power.enabled': 'true',
+    'member.web2.power.driver': 'ipmi',
+    'member.web2.power.ipmi.host': '198.18.0.102',
+    'member.web2.power.ipmi.user': 'admin',
+    'member.web2.power.ipmi.password_file': '/etc/trivisor/bmc-password',
+  };
+  await page.goto(`${backend.url}/members`);
+  await page.waitForSelector('[data-testid=member-power]');
+  await page.selectOption('#f-power-member', 'web2');
+  await page.waitForSelector('form[aria-label="Power settings of web2"]');
+  await page.waitForTimeout(400);
+  await page.locator('.panel:has(table.members)').screenshot({ path: path.join(out, 'power-state.png') });
+  await page
+    .locator('section[aria-labelledby=member-power]')
+    .screenshot({ path: path.join(out, 'power-settings.png') });
+  console.log(`wrote ${path.join(out, 'power-state.png')} and power-settings.png`);
   await page.emulateMedia({ colorScheme: 'dark' });
   await shot('guests-dark', '/guests?model=vm', 'tr[data-guest]');
   await page.emulateMedia({ colorScheme: 'light' });

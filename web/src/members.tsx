@@ -1,4 +1,5 @@
 import { useSignal } from '@preact/signals';
+import { Fragment } from 'preact';
 import { useEffect } from 'preact/hooks';
 import type { ClusterInfo, ClusterMemberInfo } from '../../src/client/cluster-client.ts';
 import { MemberPowerState } from './power.tsx';
@@ -182,77 +183,88 @@ function MemberList(props: {
           </thead>
           <tbody>
             {sortRows(members, sort, memberValue, (m) => m.name).map((m) => (
-              <tr key={m.name} data-member={m.name}>
-                <td>
-                  {m.name}
-                  {m.name === info.member && <span class="muted"> (this one)</span>}
-                </td>
-                <td data-label="Status">
-                  <Status value={m.status} />
-                  {/* Power management's state and reason (decision 0055): Standby says why here. */}
-                  <MemberPowerState power={m.power} />
-                </td>
-                <td data-label="Address" class="address">
-                  {m.address}
-                </td>
-                <td data-label="Roles">{roleNames(m)}</td>
-                {/* Null while the member is Offline: nothing measured is shown as nothing. */}
-                <td data-label="CPU" data-testid="member-cpu">
-                  {m.cpu ? `${m.cpu.used.toFixed(2)} of ${m.cpu.cpus} CPUs busy` : 'not measured'}
-                </td>
-                <td data-label="Memory" data-testid="member-memory">
-                  {m.memory
-                    ? `${bytes(m.memory.usedBytes)} of ${bytes(m.memory.totalBytes)}`
-                    : 'not measured'}
-                </td>
-                <td data-label="Storage" data-testid="member-storage">
-                  {memberStorage(m)}
-                </td>
-                <td data-label="Guests">
-                  {m.guests}
-                  {/* In the guests' cell: a column of its own would not fit a laptop's width. */}
-                  {m.ha && (
-                    <div class="muted" data-testid="member-ha" title={memberHa(m.ha).title}>
-                      {memberHa(m.ha).text}
-                    </div>
-                  )}
-                </td>
-                <td data-label="Version">{m.version}</td>
-                <td data-label="Joined">{when(m.joinedAt)}</td>
-                {props.admin && (
+              <Fragment key={m.name}>
+                <tr data-member={m.name}>
                   <td>
-                    {m.status === 'Evacuated' ? (
-                      <Action
-                        label={`Restore member ${m.name}`}
-                        done={`Member ${m.name} restored`}
-                        run={() => changeState(m.name, 'restore')}
-                      >
-                        Restore
-                      </Action>
-                    ) : (
-                      <Action
-                        label={`Evacuate member ${m.name}`}
-                        confirm={`Evacuate member ${m.name}? Its guests move to other members (or stop, as their cluster.evacuate says), and it gets no new ones until it is restored.`}
-                        done={`Member ${m.name} evacuated`}
-                        run={() => changeState(m.name, 'evacuate')}
-                      >
-                        Evacuate
-                      </Action>
-                    )}
-                    {/* The API refuses removing the member a request reached: another member must do it. */}
-                    {m.name !== info.member && (
-                      <Action
-                        kind="danger"
-                        label={`Remove member ${m.name}`}
-                        confirm={`Remove member ${m.name} from the cluster?`}
-                        run={() => remove(m.name, false)}
-                      >
-                        Remove
-                      </Action>
+                    {m.name}
+                    {m.name === info.member && <span class="muted"> (this one)</span>}
+                  </td>
+                  <td data-label="Status">
+                    <Status value={m.status} />
+                  </td>
+                  <td data-label="Address" class="address">
+                    {m.address}
+                  </td>
+                  <td data-label="Roles">{roleNames(m)}</td>
+                  {/* Null while the member is Offline: nothing measured is shown as nothing. */}
+                  <td data-label="CPU" data-testid="member-cpu">
+                    {m.cpu ? `${m.cpu.used.toFixed(2)} of ${m.cpu.cpus} CPUs busy` : 'not measured'}
+                  </td>
+                  <td data-label="Memory" data-testid="member-memory">
+                    {m.memory
+                      ? `${bytes(m.memory.usedBytes)} of ${bytes(m.memory.totalBytes)}`
+                      : 'not measured'}
+                  </td>
+                  <td data-label="Storage" data-testid="member-storage">
+                    {memberStorage(m)}
+                  </td>
+                  <td data-label="Guests">
+                    {m.guests}
+                    {/* In the guests' cell: a column of its own would not fit a laptop's width. */}
+                    {m.ha && (
+                      <div class="muted" data-testid="member-ha" title={memberHa(m.ha).title}>
+                        {memberHa(m.ha).text}
+                      </div>
                     )}
                   </td>
+                  <td data-label="Version">{m.version}</td>
+                  <td data-label="Joined">{when(m.joinedAt)}</td>
+                  {props.admin && (
+                    <td>
+                      {m.status === 'Evacuated' ? (
+                        <Action
+                          label={`Restore member ${m.name}`}
+                          done={`Member ${m.name} restored`}
+                          run={() => changeState(m.name, 'restore')}
+                        >
+                          Restore
+                        </Action>
+                      ) : (
+                        <Action
+                          label={`Evacuate member ${m.name}`}
+                          confirm={`Evacuate member ${m.name}? Its guests move to other members (or stop, as their cluster.evacuate says), and it gets no new ones until it is restored.`}
+                          done={`Member ${m.name} evacuated`}
+                          run={() => changeState(m.name, 'evacuate')}
+                        >
+                          Evacuate
+                        </Action>
+                      )}
+                      {/* The API refuses removing the member a request reached: another member must do it. */}
+                      {m.name !== info.member && (
+                        <Action
+                          kind="danger"
+                          label={`Remove member ${m.name}`}
+                          confirm={`Remove member ${m.name} from the cluster?`}
+                          run={() => remove(m.name, false)}
+                        >
+                          Remove
+                        </Action>
+                      )}
+                    </td>
+                  )}
+                </tr>
+                {/*
+                 * Power management's state and reason (decision 0055) on a line of its own under the
+                 * member's: a sentence, which a column would squeeze into a tall narrow strip.
+                 */}
+                {m.power && (
+                  <tr class="member-power" data-power-of={m.name}>
+                    <td colSpan={props.admin ? 11 : 10}>
+                      <MemberPowerState power={m.power} />
+                    </td>
+                  </tr>
                 )}
-              </tr>
+              </Fragment>
             ))}
           </tbody>
         </table>

@@ -35,8 +35,9 @@ export function MemberPowerState(props: { power: ClusterMemberInfo['power'] }) {
   const p = props.power;
   if (!p) return null;
   return (
-    <div class="muted" data-testid="member-power" title={`Since ${when(p.since)}`}>
-      Power: {STATE_NAMES[p.state]}. {p.reason}
+    <div data-testid="member-power">
+      <strong>Power: {STATE_NAMES[p.state]}</strong> <span class="muted">since {when(p.since)}</span>:{' '}
+      {p.reason}
       {p.error && <span role="alert"> {p.error}</span>}
     </div>
   );
