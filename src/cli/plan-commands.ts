@@ -115,7 +115,7 @@ export function addPlanCommands(program: Command): void {
       '--host-size <size>',
       'the host: cpu=5320 (the inventory’s CPU unit) or cpu=32,memory=256GiB',
     )
-    .option('--percentile <p>', 'a host fits when its summed load is ≤ 100% at this percentile', '99')
+    .option('--percentile <p>', 'the plan may be over 100% in (100 − p)% of its host-intervals', '99')
     .option('--seed <n>', 'seed of the extra orderings tried (same input and seed, same plan)', '1')
     .option(
       '--replay <inventory>',

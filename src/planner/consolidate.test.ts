@@ -80,6 +80,45 @@ describe('consolidation planner', () => {
     assert.equal(planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 100 }).hosts.length, 2);
   });
 
+  test('one overload budget is shared by the plan: a host may spend what the others leave unused', () => {
+    // a spikes to 3 cores in two intervals of 100; b, c, d are steady at 2, on hosts of 4 cores.
+    // At p99 each host alone may be over in 1 interval, so a shares with no one (3 hosts); with
+    // the plan's budget of 1% of 200 host-intervals, a+d over in 2 of them is within it (2 hosts).
+    const steady = (id: string) => ({
+      ...workload(id, 100, () => false),
+      cpu: new Float64Array(100).fill(2),
+    });
+    const a = {
+      ...steady('a'),
+      cpu: Float64Array.from({ length: 100 }, (_, t) => (t === 10 || t === 20 ? 3 : 2)),
+    };
+    const inv = inventory([a, steady('b'), steady('c'), steady('d')]);
+    const plan = planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 99 });
+    assert.equal(plan.hosts.length, 2, JSON.stringify(plan.hosts));
+    assert.match(plan.method, /shared overload budget of 1% of host-intervals/);
+    const r = replayPlan(plan.hosts, inv, { cpu: 4 });
+    assert.equal(r.hostIntervalsOver100, 2);
+    assert.equal(r.overloadFraction, 0.01);
+    // A stricter budget (0.5%: 1 host-interval of 200) does not hold a's two spikes with anyone.
+    assert.equal(planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 99.5 }).hosts.length, 3);
+  });
+
+  test('two anti-correlated workloads share a host that two correlated ones of the same size do not', () => {
+    const T = 48;
+    const wave = (id: string, phase: number) => ({
+      ...workload(id, T, () => false),
+      cpu: Float64Array.from({ length: T }, (_, t) => 2 + 1.5 * Math.sin((2 * Math.PI * t) / T + phase)),
+    });
+    const anti = inventory([wave('up', 0), wave('down', Math.PI)]);
+    const plan = planConsolidation(anti, { hostSize: { cpu: 4.1 }, percentile: 100 });
+    assert.equal(plan.hosts.length, 1);
+    assert.equal(replayPlan(plan.hosts, anti, { cpu: 4.1 }).hostIntervalsOver100, 0);
+    const same = inventory([wave('up', 0), wave('also-up', 0)]);
+    assert.equal(planConsolidation(same, { hostSize: { cpu: 4.1 }, percentile: 100 }).hosts.length, 2);
+    // Sized by their own peaks (3.5 each), neither pair shares.
+    assert.equal(firstFitDecreasing(anti, { hostSize: { cpu: 4.1 }, sizing: 'peak' }).hosts.length, 2);
+  });
+
   test('the same inventory and seed give the same plan; the plan holds every workload once', () => {
     let s = 42;
     const rnd = () => {
