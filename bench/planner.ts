@@ -7,9 +7,9 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { firstFitDecreasing, type Plan, planConsolidation } from '../src/planner/consolidate.ts';
-import type { HostSize, Inventory } from '../src/planner/inventory.ts';
+import { type HostSize, type Inventory, sliceInventory } from '../src/planner/inventory.ts';
 import { readInventory } from '../src/planner/inventory-readers.ts';
-import { type Replay, replayPlan } from '../src/planner/replay.ts';
+import { headroomByPeriod, type Replay, replayPlan } from '../src/planner/replay.ts';
 import { writeResult } from './lib.ts';
 
 const day = process.argv[2] ?? '20110303';
@@ -116,6 +116,21 @@ if (!bbPlan) throw new Error("no plan within FFD-on-p95's July overload");
 const bbPredicted = replayPlan(bbPlan.hosts, july, bbSize);
 const bbReplay = replayPlan(bbPlan.hosts, august, bbSize);
 const ffdP95Predicted = ffdP95July;
+// What July alone says about the spread of the prediction: the plan's headroom week by week, and a
+// hold-out (the same method planned on July's first three weeks, replayed on its last week), the
+// calibration one could make without August.
+const weeks = headroomByPeriod(bbPlan.hosts, july, bbSize);
+const cut = july.samples - 7 * 288;
+const firstWeeks = sliceInventory(july, 0, cut);
+const holdOutPlan = planConsolidation(firstWeeks, { hostSize: bbSize, percentile, seed: 1 });
+const holdOut = {
+  hosts: holdOutPlan.hosts.length,
+  predictedHeadroomPercent: round(replayPlan(holdOutPlan.hosts, firstWeeks, bbSize).headroomPercent, 2),
+  replayedHeadroomPercent: round(
+    replayPlan(holdOutPlan.hosts, sliceInventory(july, cut, july.samples), bbSize).headroomPercent,
+    2,
+  ),
+};
 const bitbrains = {
   vms: july.workloads.length,
   samplesJuly: july.samples,
@@ -129,7 +144,9 @@ const bitbrains = {
     planSeconds: bbPlanSeconds,
     predictedHeadroomPercent: round(bbPredicted.headroomPercent, 2),
     predictedOverloadFraction: round(bbPredicted.overloadFraction, 5),
+    predictedHeadroomWeeksPercent: weeks?.headroomPercent.map((v) => round(v, 2)),
   }),
+  holdOut,
   ffdPeak: bbBase.ffdPeak,
   ffdP95: {
     ...bbBase.ffdP95,

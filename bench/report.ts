@@ -1116,8 +1116,27 @@ if (planner) {
         `| ${x.percentile} | ${x.hosts} | ${f(100 * (x.julyOverloadFraction as number), 2)}% | ${f(100 * (x.augustOverloadFraction as number), 2)}% | ${f(x.planSeconds, 2)} |`,
     ),
     '',
-    `Fewer hosts than FFD on p95: **${f(100 * (bb.fewerHostsThanFfdP95 as number))}%** (target ≥ 8%); predicted and replayed headroom **${f(bb.headroomGapPoints)}** points apart (≤ 5). Peak RSS of the whole run ${planner.peakRssMiB} MiB. Measured ${planner.measuredAt}.`,
+    `Fewer hosts than FFD on p95: **${f(100 * (bb.fewerHostsThanFfdP95 as number))}%** (target ≥ 8% at equal overload: over 100% on July ${f(100 * ((bb.trivisor as Json).predictedOverloadFraction as number), 2)}% against FFD-on-p95's ${f(100 * ((bb.ffdP95 as Json).predictedOverloadFraction as number), 2)}%, on August ${f(100 * ((bb.trivisor as Json).overloadFraction as number), 2)}% against ${f(100 * ((bb.ffdP95 as Json).overloadFraction as number), 2)}%); predicted and replayed headroom **${f(bb.headroomGapPoints)}** points apart (≤ 5). Peak RSS of the whole run ${planner.peakRssMiB} MiB. Measured ${planner.measuredAt}.`,
     '',
+    ...(() => {
+      const t = bb.trivisor as Json;
+      const weeks = t.predictedHeadroomWeeksPercent as number[] | undefined;
+      const h = bb.holdOut as Json | undefined;
+      return [
+        ...(weeks
+          ? [
+              `What July says of its own spread: the plan's headroom week by week on July ${weeks.map((v) => f(v)).join(', ')} (August ${f(t.headroomPercent)}, ${f(Math.min(...weeks) - (t.headroomPercent as number))} points below July's lowest week).`,
+              '',
+            ]
+          : []),
+        ...(h
+          ? [
+              `Hold-out on July alone (the same percentile planned on its first three weeks, replayed on its last): ${h.hosts} hosts, headroom ${f(h.predictedHeadroomPercent)} predicted, ${f(h.replayedHeadroomPercent)} replayed${(h.replayedHeadroomPercent as number) > (h.predictedHeadroomPercent as number) ? ": July's last week is lighter than its first three, so a margin calibrated on it raises the prediction, away from August" : ''}.`,
+            ]
+          : []),
+        '',
+      ];
+    })(),
     'August is heavier than July for these VMs: every plan made from July, the baselines included, is over',
     '100% more often on August than on July, and its headroom is smaller than predicted; the tighter the plan,',
     'the more. Read the percentile table for hosts against overload.',

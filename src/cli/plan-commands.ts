@@ -15,7 +15,7 @@ import { planConsolidation } from '../planner/consolidate.ts';
 import { parseHostSize } from '../planner/inventory.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
 import { loadSvg } from '../planner/load-svg.ts';
-import { type Replay, replayPlan } from '../planner/replay.ts';
+import { headroomByPeriod, type Replay, replayPlan } from '../planner/replay.ts';
 import { renderTable } from './output.ts';
 
 interface ConsolidateOptions {
@@ -134,6 +134,8 @@ export function addPlanCommands(program: Command): void {
         seed: numberOption(opts.seed, 'seed'),
       });
       const predicted = replayPlan(result.hosts, inv, hostSize);
+      // What the prediction rests on: the planning period itself, and how far its weeks (or days) spread.
+      const spread = headroomByPeriod(result.hosts, inv, hostSize);
       const replay = opts.replay
         ? replayPlan(result.hosts, await readInventory(opts.replay), hostSize)
         : predicted;
@@ -153,7 +155,16 @@ export function addPlanCommands(program: Command): void {
             intervalsOver100: replay.hosts[i]?.intervalsOver100,
           })),
           lowerBound: result.lowerBound,
-          predicted: summary(predicted),
+          predicted: {
+            ...summary(predicted),
+            basis: 'the planning inventory replayed on the plan',
+            ...(spread
+              ? {
+                  periodDays: spread.periodDays,
+                  headroomPercentByPeriod: spread.headroomPercent,
+                }
+              : {}),
+          },
           replay: summary(replay),
         };
         process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
@@ -166,7 +177,7 @@ export function addPlanCommands(program: Command): void {
           ...(hostSize.memoryBytes === undefined && inv.workloads.some((w) => w.memoryBytes)
             ? ['memory not checked: the host size has no memory= (give it to pack memory too)']
             : []),
-          `predicted: headroom ${predicted.headroomPercent.toFixed(1)} points, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
+          `predicted (the planning inventory replayed): headroom ${predicted.headroomPercent.toFixed(1)} points${spread ? ` (its ${spread.periodDays === 7 ? 'weeks' : 'days'} ${spread.minPercent.toFixed(1)} to ${spread.maxPercent.toFixed(1)})` : ''}, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
           ...(opts.replay
             ? [
                 `replayed on ${opts.replay}: headroom ${replay.headroomPercent.toFixed(1)} points, ${pct(replay.overloadFraction)} of host-intervals over 100%`,

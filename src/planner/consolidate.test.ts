@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { firstFitDecreasing, lowerBound, percentileOf, planConsolidation } from './consolidate.ts';
-import { type Inventory, parseHostSize, type Workload } from './inventory.ts';
-import { replayPlan } from './replay.ts';
+import { type Inventory, parseHostSize, sliceInventory, type Workload } from './inventory.ts';
+import { headroomByPeriod, replayPlan } from './replay.ts';
 
 const GIB = 1024 ** 3;
 
@@ -117,6 +117,23 @@ describe('consolidation planner', () => {
     assert.equal(planConsolidation(same, { hostSize: { cpu: 4.1 }, percentile: 100 }).hosts.length, 2);
     // Sized by their own peaks (3.5 each), neither pair shares.
     assert.equal(firstFitDecreasing(anti, { hostSize: { cpu: 4.1 }, sizing: 'peak' }).hosts.length, 2);
+  });
+
+  test('headroomByPeriod gives the plan’s headroom day by day (week by week from two weeks on)', () => {
+    const cpu = Float64Array.from({ length: 3 * 288 }, (_, t) => 1 + Math.floor(t / 288));
+    const inv = inventory([{ ...workload('a', 3 * 288, () => false), cpu }]);
+    const spread = headroomByPeriod([{ name: 'host1', workloads: ['a'] }], inv, { cpu: 4 });
+    assert.deepEqual(spread, {
+      periodDays: 1,
+      headroomPercent: [75, 50, 25],
+      minPercent: 25,
+      maxPercent: 75,
+    });
+    assert.equal(
+      headroomByPeriod([{ name: 'host1', workloads: ['a'] }], sliceInventory(inv, 0, 288), { cpu: 4 }),
+      undefined,
+    );
+    assert.throws(() => sliceInventory(inv, 0, 3 * 288 + 1), /not within the inventory's 864/);
   });
 
   test('the same inventory and seed give the same plan; the plan holds every workload once', () => {

@@ -68,3 +68,19 @@ export function formatHostSize(size: HostSize): string {
   const gib = size.memoryBytes === undefined ? undefined : size.memoryBytes / 1024 ** 3;
   return gib === undefined ? `cpu=${size.cpu}` : `cpu=${size.cpu},memory=${gib}GiB`;
 }
+
+/** Samples `from` (inclusive) to `to` (exclusive) of every workload: one period of an inventory (views, no copy). */
+export function sliceInventory(inv: Inventory, from: number, to: number): Inventory {
+  if (!(from >= 0 && to <= inv.samples && from < to)) {
+    throw invalidArgument(`Samples ${from} to ${to} are not within the inventory's ${inv.samples}`);
+  }
+  return {
+    ...inv,
+    samples: to - from,
+    workloads: inv.workloads.map((w) => {
+      const { memoryBytes, ...rest } = w;
+      const cpu = w.cpu.subarray(from, to);
+      return memoryBytes ? { ...rest, cpu, memoryBytes: memoryBytes.subarray(from, to) } : { ...rest, cpu };
+    }),
+  };
+}

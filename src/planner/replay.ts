@@ -1,7 +1,7 @@
 import { invalidArgument } from '../core/errors.ts';
 import type { PlannedHost } from './consolidate.ts';
 import { percentileOf } from './consolidate.ts';
-import type { HostSize, Inventory } from './inventory.ts';
+import { type HostSize, type Inventory, sliceInventory } from './inventory.ts';
 
 /** One host of a replayed plan. */
 export interface ReplayedHost {
@@ -87,5 +87,40 @@ export function replayPlan(hosts: PlannedHost[], inv: Inventory, size: HostSize)
     headroomPercent:
       replayed.length > 0 ? 100 - replayed.reduce((s, h) => s + h.p95LoadPercent, 0) / replayed.length : 100,
     hosts: replayed,
+  };
+}
+
+/** A plan's headroom in each period of an inventory, a week when it spans two or more, else a day. */
+export interface PeriodHeadroom {
+  periodDays: number;
+  headroomPercent: number[];
+  minPercent: number;
+  maxPercent: number;
+}
+
+/**
+ * The plan's headroom period by period over the planning inventory: how much it moved from one
+ * week (or day) to the next is what a prediction from that inventory can say about its own spread.
+ * Undefined when the inventory is shorter than two days.
+ */
+export function headroomByPeriod(
+  hosts: PlannedHost[],
+  inv: Inventory,
+  size: HostSize,
+): PeriodHeadroom | undefined {
+  const perDay = Math.round(86_400 / inv.intervalSeconds);
+  const days = Math.floor(inv.samples / perDay);
+  if (days < 2) return undefined;
+  const periodDays = days >= 14 ? 7 : 1;
+  const per = periodDays * perDay;
+  const headroomPercent: number[] = [];
+  for (let from = 0; from + per <= inv.samples; from += per) {
+    headroomPercent.push(replayPlan(hosts, sliceInventory(inv, from, from + per), size).headroomPercent);
+  }
+  return {
+    periodDays,
+    headroomPercent,
+    minPercent: Math.min(...headroomPercent),
+    maxPercent: Math.max(...headroomPercent),
   };
 }
