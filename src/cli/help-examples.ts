@@ -63,6 +63,10 @@ export const HELP_EXAMPLES: Record<string, Array<[command: string, what: string]
       'trivisor plan consolidate servers.csv --host-size cpu=32,memory=256GiB --format json',
       'our CSV, for a script',
     ],
+    [
+      'trivisor plan consolidate --from-history week --host-size cpu=16,memory=64GiB',
+      "this remote's guests, from their metric history of the last week",
+    ],
   ],
   'plan advise': [
     [

@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
+import type { HistoryRange } from '../api/web-schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { type Advice, advise } from '../planner/advisor.ts';
@@ -12,10 +13,12 @@ import {
   readProfiles,
 } from '../planner/advisor-input.ts';
 import { planConsolidation } from '../planner/consolidate.ts';
-import { parseHostSize } from '../planner/inventory.ts';
+import { type Inventory, parseHostSize } from '../planner/inventory.ts';
+import { type GuestHistory, inventoryFromHistory } from '../planner/inventory-history.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
 import { loadSvg } from '../planner/load-svg.ts';
 import { headroomByPeriod, type Replay, replayPlan } from '../planner/replay.ts';
+import { clientOf } from './context.ts';
 import { renderTable } from './output.ts';
 
 interface ConsolidateOptions {
@@ -24,7 +27,23 @@ interface ConsolidateOptions {
   seed: string;
   replay?: string;
   svg?: string;
+  fromHistory?: HistoryRange;
   format: 'table' | 'json';
+}
+
+/**
+ * The inventory of the guests the remote runs, each from its own metric history (decision 0027),
+ * read through the API like any other command: the planning itself stays in this process.
+ */
+async function historyInventory(command: Command, range: HistoryRange | undefined): Promise<Inventory> {
+  const client = clientOf(command);
+  const guests = await client.listGuests();
+  const histories: GuestHistory[] = [];
+  for (const g of guests) {
+    const h = await client.guestMetricsHistory(g.name, range ?? 'day');
+    histories.push({ name: g.name, stepSeconds: h.stepSeconds, times: h.times, metrics: h.metrics });
+  }
+  return inventoryFromHistory(histories);
 }
 
 interface AdviseOptions {
@@ -93,8 +112,9 @@ function numberOption(text: string, what: string): number {
 }
 
 /**
- * plan consolidate: the consolidation planner (issue 14 §4, decision 0047). It reads a file and
- * computes in the CLI's own process: an administrator plans before any Trivisor host exists.
+ * plan consolidate: the consolidation planner (issue 14 §4, decision 0047). It reads a file, or
+ * the running guests' metric history through the API (--from-history), and computes in the CLI's
+ * own process: an administrator plans before any Trivisor host exists.
  */
 export function addPlanCommands(program: Command): void {
   const plan = program
@@ -104,12 +124,12 @@ export function addPlanCommands(program: Command): void {
   plan
     .command('consolidate')
     .argument(
-      '<inventory>',
+      '[inventory]',
       'a PlanetLab, Bitbrains or Trivisor CSV (.csv or .csv.gz), or a PlanetLab directory',
     )
     .description(
       'How many hosts of a size the inventory needs, which workload goes where, and a replay of its traces on the plan. ' +
-        'Computed in this process from the file: no daemon is needed. Inventory layouts: docs/planner-inventory.md',
+        'Computed in this process from the file: no daemon is needed (with --from-history, the guests of the remote, each from its metric history). Inventory layouts: docs/planner-inventory.md',
     )
     .requiredOption(
       '--host-size <size>',
@@ -123,11 +143,21 @@ export function addPlanCommands(program: Command): void {
     )
     .option('--svg <file>', "write a picture of each host's load over time (SVG)")
     .addOption(
+      new Option(
+        '--from-history <range>',
+        "instead of a file, this remote's guests as their metric history shows them over the range",
+      ).choices(['day', 'week', 'month', 'year']),
+    )
+    .addOption(
       new Option('-f, --format <format>', 'output format').choices(['table', 'json']).default('table'),
     )
-    .action(async (file: string, opts: ConsolidateOptions) => {
+    .action(async (file: string | undefined, opts: ConsolidateOptions, command: Command) => {
       const hostSize = parseHostSize(opts.hostSize);
-      const inv = await readInventory(file);
+      if ((file === undefined) === (opts.fromHistory === undefined)) {
+        throw invalidArgument('Give either an inventory file or --from-history RANGE, not both or neither');
+      }
+      const inv =
+        file !== undefined ? await readInventory(file) : await historyInventory(command, opts.fromHistory);
       const result = planConsolidation(inv, {
         hostSize,
         percentile: numberOption(opts.percentile, 'percentile'),

@@ -20,6 +20,7 @@ import type {
   StateChangeBody,
   TrivisorEvent,
 } from '../api/types.ts';
+import type { History, HistoryRange } from '../api/web-schemas.ts';
 import { type ErrorCode, isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
 import { type AuthClient, authMethods } from './auth-client.ts';
@@ -127,6 +128,8 @@ export interface TrivisorClient
     options?: { types?: TrivisorEvent['type'][] },
   ): Promise<EventSubscription>;
   metrics(): Promise<string>;
+  /** A guest's metric history, average and maximum per step over `range` (decision 0027). */
+  guestMetricsHistory(name: string, range: HistoryRange): Promise<History>;
   /** A single-use ticket for one WebSocket path, for clients that cannot send the token in a header (browsers). */
   websocketTicket(path: string): Promise<{ ticket: string; path: string; expiresInSeconds: number }>;
   openapi(): Promise<Record<string, unknown>>;
@@ -234,6 +237,7 @@ export function createClient(options: ClientTarget): TrivisorClient {
     listGuests: (o) =>
       call('GET', `/1.0/guests?recursion=${o?.usage ? 2 : 1}${o?.allProjects ? '&all-projects=true' : ''}`),
     getGuest: (name) => call('GET', `/1.0/guests/${enc(name)}`),
+    guestMetricsHistory: (name, range) => call('GET', `/1.0/guests/${enc(name)}/metrics?range=${range}`),
     createGuest: (request, options) =>
       callAsync(
         'POST',
