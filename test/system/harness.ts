@@ -30,7 +30,7 @@ export interface Daemon {
     options?: { input?: string; timeoutMs?: number; env?: Record<string, string> },
   ): CliResult;
   /** Like cli() but fails the test with the stderr when the exit code is not 0. */
-  ok(args: string[], options?: { input?: string; env?: Record<string, string> }): string;
+  ok(args: string[], options?: { input?: string; timeoutMs?: number; env?: Record<string, string> }): string;
   api(
     method: string,
     urlPath: string,

@@ -29,6 +29,8 @@ const sha256Of = async (path: string): Promise<string> => {
   return hash.digest('hex');
 };
 
+/** A stop may wait its whole --timeout 120 before it kills: the CLI gets longer than that. */
+const STOP = { timeoutMs: 200_000 };
 describe('vm guests that boot their own disk image', () => {
   let d: Daemon;
   let disk: DebianDisk;
@@ -207,7 +209,7 @@ describe('vm guests that boot their own disk image', () => {
     assert.match(exec.stderr, /has no guest agent: exec and files need qemu-guest-agent/);
     // Stop presses the ACPI power button: the OS powers itself off (systemd, then the kernel says so).
     const started = Date.now();
-    d.ok(['stop', 'b1', '--timeout', '120']);
+    d.ok(['stop', 'b1', '--timeout', '120'], STOP);
     assert.ok(Date.now() - started < 110_000, 'it went before the timeout (no kill)');
     assert.match(log('b1'), /reboot: Power down/);
     assert.equal(info('b1').status, 'Stopped');
@@ -230,7 +232,7 @@ describe('vm guests that boot their own disk image', () => {
     assert.match(boot(), /EXT4-fs \(sda\d\): mounted/, 'its root is on the AHCI disk');
     assert.doesNotMatch(boot(), /virtio_blk .*\[vda\]/, 'no virtio disk');
     assert.match(boot(), /e1000 .*: Intel\(R\) PRO\/1000 Network Connection/);
-    d.ok(['stop', 'b1', '--timeout', '120']);
+    d.ok(['stop', 'b1', '--timeout', '120'], STOP);
     d.ok(['delete', 'b1']);
   });
 
@@ -251,20 +253,20 @@ describe('vm guests that boot their own disk image', () => {
     d.ok(['snapshot', 'create', 'u1', 's1']);
     assert.equal(writeVar('TrivisorAfter', 'two').code, 0);
     assert.deepEqual(vars('u1'), ['TrivisorAfter', 'TrivisorBefore']);
-    d.ok(['stop', 'u1', '--timeout', '120']);
+    d.ok(['stop', 'u1', '--timeout', '120'], STOP);
     // A copy of the snapshot boots with the variables of that moment.
     d.ok(['copy', 'u1/s1', 'u2']);
     d.ok(['start', 'u2']);
     assert.ok(await agentUp('u2', 300_000), log('u2'));
     assert.deepEqual(vars('u2'), ['TrivisorBefore']);
-    d.ok(['stop', 'u2', '--timeout', '120']);
+    d.ok(['stop', 'u2', '--timeout', '120'], STOP);
     d.ok(['delete', 'u2']);
     // Restoring the snapshot takes the disk and the variables back.
     d.ok(['snapshot', 'restore', 'u1', 's1']);
     d.ok(['start', 'u1']);
     assert.ok(await agentUp('u1', 300_000), log('u1'));
     assert.deepEqual(vars('u1'), ['TrivisorBefore']);
-    d.ok(['stop', 'u1', '--timeout', '120']);
+    d.ok(['stop', 'u1', '--timeout', '120'], STOP);
     // A backup carries them too: the imported guest's firmware store is the exported one's.
     const archive = join(media, 'u1.tar');
     d.ok(['export', 'u1', archive]);
@@ -347,7 +349,7 @@ describe('vm guests that boot their own disk image', () => {
     assert.match(d.ok(['export', 'sb2', f0, '--incremental']), /^Full backup: starts chain /);
     assert.equal(writeVar('sb2', 'TrivisorInc').code, 0);
     assert.deepEqual(vars('sb2'), ['TrivisorFull', 'TrivisorInc']);
-    d.ok(['stop', 'sb2', '--timeout', '120']);
+    d.ok(['stop', 'sb2', '--timeout', '120'], STOP);
     assert.match(d.ok(['export', 'sb2', i1, '--incremental']), /^Incremental backup 1 of chain /);
     d.ok(['storage', 'create', 'plain', 'dir']);
     const plain = (JSON.parse(d.ok(['storage', 'info', 'plain', '--format', 'json'])) as { path: string })

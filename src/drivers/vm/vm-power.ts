@@ -5,6 +5,9 @@ import { bootOf } from './vm-boot.ts';
 import { exists, type VmContext } from './vm-context.ts';
 import { removeRuntimeDir } from './vm-runtime-dir.ts';
 
+/** How often a stop presses the ACPI power button again while the guest runs on. */
+const REPRESS_MS = 15_000;
+
 /** Stopping (power-down, then kill), freezing, deleting and inspecting a guest's QEMU. */
 export function createVmPower(
   c: VmContext,
@@ -48,9 +51,18 @@ export function createVmPower(
                   timeoutMs: Math.min(3000, stopOptions.timeoutMs),
                 })
               : Promise.resolve();
-          await withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
+          const press = () => withQmp(spec, (c) => c.execute('system_powerdown')).catch(() => {});
+          await press();
           await asked.catch(() => {});
-          gone = await waitGone(q, Math.max(0, deadline - Date.now()));
+          // A button pressed while the guest's OS was still starting, before anything in it
+          // listened for ACPI events (systemd-logind), is lost, as on a real machine: it is
+          // pressed again every 15 s until the deadline (a press during a shutdown is ignored).
+          for (;;) {
+            const left = deadline - Date.now();
+            gone = await waitGone(q, Math.max(0, Math.min(left, REPRESS_MS)));
+            if (gone || left <= REPRESS_MS) break;
+            await press();
+          }
         }
         if (!gone) {
           log.info({ guest: spec.name, force: stopOptions.force }, 'killing vm guest');
