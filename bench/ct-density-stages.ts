@@ -21,6 +21,7 @@ import {
   pool,
   pssBytes,
   QUICK,
+  rawRuncTemplate,
   rssBytes,
   runOperation,
   settle,
@@ -136,21 +137,7 @@ async function startUpTo(
 // --- Raw runc: the same bundle and overlay as a Trivisor guest's, no daemon around it.
 async function rawPhase(): Promise<Array<Record<string, unknown>>> {
   if (rawStages.length === 0) return [];
-  await runOperation(d, 'POST', '/1.0/guests', { name: 'template', image: 'busybox', start: true });
-  const template = JSON.parse(
-    readFileSync(path.join(d.stateDir, 'guests/template/bundle/config.json'), 'utf8'),
-  );
-  const tree = spawnSync(
-    'find',
-    [path.join(d.stateDir, 'images'), '-maxdepth', '3', '-type', 'd', '-name', 'rootfs'],
-    {
-      encoding: 'utf8',
-    },
-  ).stdout.split('\n')[0];
-  if (!tree) throw new Error('cannot find the image tree');
-  const mapping = template.linux?.uidMappings?.[0] as { hostID: number; size: number } | undefined;
-  const idBase = mapping?.hostID ?? 0;
-  await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
+  const { template, tree, mapping, idBase } = await rawRuncTemplate(d);
   mkdirSync(rawRoot, { recursive: true });
   const rawStart = async (i: number) => {
     const dir = path.join(rawDir, `raw${i}`);

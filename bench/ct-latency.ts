@@ -6,31 +6,14 @@ import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeF
 import path from 'node:path';
 import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, runOperation, writeResult } from './lib.ts';
+import { ms, percentile, rawRuncTemplate, runOperation, writeResult } from './lib.ts';
 
 const iterations = Number(process.argv[2] ?? 30);
 const d = await startDaemon();
 const rawDir = path.join(d.stateDir, 'raw');
 const rawRoot = path.join(rawDir, 'runc');
 try {
-  // The template: the exact bundle Trivisor generated, and the lower layer it used.
-  await runOperation(d, 'POST', '/1.0/guests', { name: 'template', image: 'busybox', start: true });
-  const template = JSON.parse(
-    readFileSync(path.join(d.stateDir, 'guests/template/bundle/config.json'), 'utf8'),
-  );
-  // The image's tree: the guest's overlay shows it through an idmapped staging mount
-  // (decision 0018), detached once the overlay holds it, so /proc/mounts cannot name it.
-  const tree = spawnSync(
-    'find',
-    [path.join(d.stateDir, 'images'), '-maxdepth', '3', '-type', 'd', '-name', 'rootfs'],
-    {
-      encoding: 'utf8',
-    },
-  ).stdout.split('\n')[0];
-  if (!tree) throw new Error('cannot find the image tree');
-  const mapping = template.linux?.uidMappings?.[0] as { hostID: number; size: number } | undefined;
-  const idBase = mapping?.hostID ?? 0;
-  await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
+  const { template, tree, mapping, idBase } = await rawRuncTemplate(d);
   mkdirSync(rawRoot, { recursive: true });
 
   const rawStart = (i: number): number => {

@@ -1,4 +1,4 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -304,4 +304,33 @@ export function rawQemuFailure(dir: string): string {
   const log = path.join(dir, 'qemu.log');
   const text = existsSync(log) ? readFileSync(log, 'utf8').trim() : '';
   return `QEMU exited: ${text.split('\n').at(-1) || 'no output'}`;
+}
+
+/**
+ * What a raw runc baseline starts from (bench/ct-latency.ts, bench/ct-density-stages.ts): the
+ * exact bundle Trivisor generated for a busybox guest, the image's tree it overlays and the
+ * guest's id range. The template guest is deleted again.
+ */
+export async function rawRuncTemplate(d: Daemon): Promise<{
+  /** The OCI config as runc reads it, cloned and edited per container. */
+  template: ReturnType<typeof JSON.parse>;
+  tree: string;
+  mapping: { hostID: number; size: number } | undefined;
+  idBase: number;
+}> {
+  await runOperation(d, 'POST', '/1.0/guests', { name: 'template', image: 'busybox', start: true });
+  const template = JSON.parse(
+    readFileSync(path.join(d.stateDir, 'guests/template/bundle/config.json'), 'utf8'),
+  );
+  // The image's tree: the guest's overlay shows it through an idmapped staging mount
+  // (decision 0018), detached once the overlay holds it, so /proc/mounts cannot name it.
+  const tree = spawnSync(
+    'find',
+    [path.join(d.stateDir, 'images'), '-maxdepth', '3', '-type', 'd', '-name', 'rootfs'],
+    { encoding: 'utf8' },
+  ).stdout.split('\n')[0];
+  if (!tree) throw new Error('cannot find the image tree');
+  const mapping = template.linux?.uidMappings?.[0] as { hostID: number; size: number } | undefined;
+  await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
+  return { template, tree, mapping, idBase: mapping?.hostID ?? 0 };
 }
