@@ -1,30 +1,16 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  alreadyExists,
-  asTrivisorError,
-  conflict,
-  failedPrecondition,
-  invalidArgument,
-  TrivisorError,
-} from '../core/errors.ts';
+import { asTrivisorError, failedPrecondition, invalidArgument, TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import {
-  addUsage,
-  assertWithinLimits,
-  DEFAULT_PROJECT,
-  NO_USAGE,
-  projectOfRecord,
-} from '../core/projects.ts';
-import type { Model } from '../core/types.ts';
+import { addUsage, assertWithinLimits, DEFAULT_PROJECT, NO_USAGE } from '../core/projects.ts';
 import { digestOf } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { records } from '../store/records.ts';
+import { assertArchiveGuestFits, createArchiveGuest, importingClaim } from './archive-guest.ts';
 import { corrupted, feedPayload, openArchive, payloadBytes } from './archive-reader.ts';
-import { type ClaimHolder, describeHolder } from './claims.ts';
 import { readProject } from './project-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
 import { PLAIN_ROOTFS, startLiveImport } from './storage-live-import.ts';
@@ -33,7 +19,6 @@ import type { StorageService } from './storage-service.ts';
 /** Restores a guest from a backup archive (import), whole or as the next link of its chain. */
 export function importMethods(view: StorageView): Pick<StorageService, 'importBackup'> {
   const {
-    deps,
     store,
     operations,
     runner,
@@ -41,9 +26,7 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
     claims,
     guestBusy,
     storageFor,
-    finished,
     guestUp,
-    createOn,
     checkPool,
     discard,
   } = view.ctx;
@@ -135,41 +118,11 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
               });
               return { name };
             }
-            const taken = await records.guest.at(name).get(store);
-            if (taken) {
-              throw projectOfRecord(taken.value) === project
-                ? alreadyExists(`Guest ${name} already exists: give the import another name`)
-                : alreadyExists(
-                    `The name ${name} is taken by a guest of another project: guest names are unique on this host, give the import another name`,
-                  );
-            }
-            const blank = manifest.image.fingerprint === '';
-            await (blank ? Promise.resolve() : deps.images.get(manifest.image.fingerprint)).catch(
-              (e: unknown) => {
-                if (asTrivisorError(e).code !== 'NotFound') throw e;
-                throw failedPrecondition(
-                  `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
-                );
-              },
-            );
-            const importing = {
-              action: 'import',
-              busy: (h: ClaimHolder) =>
-                conflict(`Guest ${name} is being imported already (${describeHolder(h)}): wait for it`),
-            };
-            await claims.holding('guest', name, importing, async () => {
+            await assertArchiveGuestFits(view.ctx, project, name, manifest);
+            await claims.holding('guest', name, importingClaim(name), async () => {
               ctx.progress(0, 'creating the guest');
               created = name;
-              await records.storagePending.at(name).put(store, { kind: 'import' });
-              await finished(
-                await createOn(request.storage, {
-                  name,
-                  project,
-                  image: manifest.image.fingerprint,
-                  model: manifest.guest.model as Model,
-                  config: manifest.guest.config,
-                }),
-              );
+              await createArchiveGuest(view.ctx, request.storage, project, name, manifest);
               const { spec } = await load(name);
               const storage = storageFor(spec);
               progress.stage('root file system');

@@ -1,15 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  alreadyExists,
-  asTrivisorError,
-  conflict,
-  failedPrecondition,
-  invalidArgument,
-  notSupported,
-  TrivisorError,
-} from '../core/errors.ts';
+import { failedPrecondition, invalidArgument, notSupported, TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
@@ -18,9 +10,8 @@ import type { LiveImport } from '../drivers/guest-storage.ts';
 import { ArchiveDamaged, type ArchiveMember, listArchive, memberChunks } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import { records } from '../store/records.ts';
+import { assertArchiveGuestFits, createArchiveGuest, importingClaim } from './archive-guest.ts';
 import { corrupted, type OpenedArchive, openArchive } from './archive-reader.ts';
-import type { ClaimHolder } from './claims.ts';
-import { describeHolder } from './claims.ts';
 import { diskFull, type StorageContext, type StorageView } from './storage-context.ts';
 
 /**
@@ -168,30 +159,14 @@ export async function startLiveImport(
   request: { archivePath: string; name?: string; storage?: string },
 ): Promise<Operation> {
   const { ctx } = view;
-  const { deps, store, operations, importsDir, claims, guestBusy, storageFor, finished, createOn, discard } =
-    ctx;
+  const { store, operations, importsDir, claims, guestBusy, storageFor, finished, discard } = ctx;
   const project = view.scope ?? DEFAULT_PROJECT;
   const archive = await openArchive(request.archivePath);
   const { manifest } = archive;
   const { disk } = await planLiveImport(ctx, archive);
   const name = request.name ?? manifest.guest.name;
   assertDnsLabel(name, 'guest name');
-  const taken = await records.guest.at(name).get(store);
-  if (taken) {
-    throw projectOfRecord(taken.value) === project
-      ? alreadyExists(`Guest ${name} already exists: give the import another name`)
-      : alreadyExists(
-          `The name ${name} is taken by a guest of another project: guest names are unique on this host, give the import another name`,
-        );
-  }
-  if (manifest.image.fingerprint !== '') {
-    await deps.images.get(manifest.image.fingerprint).catch((e: unknown) => {
-      if (asTrivisorError(e).code !== 'NotFound') throw e;
-      throw failedPrecondition(
-        `The image ${manifest.image.alias || manifest.image.fingerprint} (fingerprint ${manifest.image.fingerprint}) the backup was made from is not on this host: import or build it first`,
-      );
-    });
-  }
+  await assertArchiveGuestFits(ctx, project, name, manifest);
   const kept = join(importsDir, `${LIVE_PREFIX}${name}-${randomBytes(4).toString('hex')}.tar`);
   return operations.start({
     project,
@@ -201,24 +176,10 @@ export async function startLiveImport(
     async run(op) {
       let created: string | undefined;
       try {
-        const importing = {
-          action: 'import',
-          busy: (h: ClaimHolder) =>
-            conflict(`Guest ${name} is being imported already (${describeHolder(h)}): wait for it`),
-        };
-        const spec = await claims.holding('guest', name, importing, async () => {
+        const spec = await claims.holding('guest', name, importingClaim(name), async () => {
           op.progress(0, 'creating the guest');
           created = name;
-          await records.storagePending.at(name).put(store, { kind: 'import' });
-          await finished(
-            await createOn(request.storage, {
-              name,
-              project,
-              image: manifest.image.fingerprint,
-              model: manifest.guest.model as Model,
-              config: manifest.guest.config,
-            }),
-          );
+          await createArchiveGuest(ctx, request.storage, project, name, manifest);
           const { spec } = await view.load(name);
           // The upload becomes the daemon's own file for as long as the guest's disk reads it.
           await mkdir(importsDir, { recursive: true, mode: 0o700 });
