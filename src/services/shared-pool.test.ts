@@ -185,10 +185,12 @@ describe('shared storage pools', () => {
     // A member whose controller starts and reads another id there reports Errored with that line.
     const swapped = path.join(root, 'swapped');
     await mkdir(swapped);
+    // The other marker is there before the record: the member's controller may read the path
+    // as soon as the record is put (the other order let it see no marker at all, now and then).
+    await writeFile(path.join(swapped, SHARED_MARKER_FILE), 'beef\n');
     await records.pool
       .at('nfs2')
       .put(store, { ...pool, name: 'nfs2', config: { source: swapped }, marker: 'cafe' });
-    await writeFile(path.join(swapped, SHARED_MARKER_FILE), 'beef\n');
     await until(
       async () => (await records.poolMemberStatus.at('nfs2', 'h2').get(store))?.value.state === 'Errored',
       'h2 reports nfs2 Errored',
