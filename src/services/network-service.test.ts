@@ -71,7 +71,9 @@ function fakeBackend() {
       return [...bridges.keys()];
     },
     async plugVeth() {},
-    async plugTap() {},
+    async plugTap() {
+      return { mtu: 1500 };
+    },
     async unplug() {},
     async counters() {
       return undefined;
