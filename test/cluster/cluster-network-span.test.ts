@@ -121,6 +121,20 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     assert.equal(v1.linkinfo.info_data.local, m1.ip);
     assert.equal(v2.linkinfo.info_data.local, m2.ip);
     assert.equal(v1.mtu, 1450);
+    // The API shows the VNI and each member's end, as the kernels have them (read from m2: m1 owns it).
+    const shown = JSON.parse(m2.daemon.ok(['network', 'info', NET, '--format', 'json'])) as {
+      tunnel?: unknown;
+      members?: Array<{ name: string; tunnelEndpoint?: string }>;
+    };
+    assert.deepEqual(shown.tunnel, { type: 'vxlan', id: v1.linkinfo.info_data.id, port: 4789, mtu: 1450 });
+    assert.deepEqual(Object.fromEntries((shown.members ?? []).map((m) => [m.name, m.tunnelEndpoint])), {
+      m1: m1.ip,
+      m2: m2.ip,
+    });
+    assert.match(
+      m1.daemon.ok(['network', 'show', NET]),
+      new RegExp(`\\nTunnel: vxlan id ${v1.linkinfo.info_data.id}, UDP port 4789, guest MTU 1450\\n`),
+    );
     for (const [host, other] of [
       [m1, m2],
       [m2, m1],
