@@ -224,6 +224,20 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     }
   });
 
+  test("a port forward of a member's address to a guest on another member is refused naming the guest's member; to a guest of that member it is taken", () => {
+    for (const target of ['sd:80', `${addressOf('sd')}:80`]) {
+      const r = m1.daemon.cli(['network', 'forward', 'add', NET, `${m1.ip}:8080`, target]);
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.match(
+        r.stderr,
+        new RegExp(`Guest sd runs on member m2, but ${m1.ip.replaceAll('.', '\\.')} is member m1's`),
+      );
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    }
+    m1.daemon.ok(['network', 'forward', 'add', NET, `${m2.ip}:8080`, 'sd:80']);
+    m1.daemon.ok(['network', 'forward', 'remove', NET, `${m2.ip}:8080`]);
+  });
+
   test('guests on different members ping each other by address and by name, and their gateway', () => {
     for (const [from, to] of ACROSS) {
       assert.equal(sh(from, `ping -c1 -W3 ${SUBNET}.1`).code, 0, `${from} reaches its gateway`);
