@@ -142,7 +142,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const claims = createClaims({ store, member: hostName });
   const swept = await claims.sweep();
   if (swept > 0) log.info({ claims: swept }, 'released the operation claims of the previous daemon');
-  const networkBackend = createLinuxNetworkBackend({ runner, log, stateDir });
+  // TRIVISOR_BRIDGE_PORTS: guest ports per bridge before a leaf bridge is used (decision 0068; tests lower it).
+  const portsPerBridge = Number(process.env.TRIVISOR_BRIDGE_PORTS ?? '');
+  const networkBackend = createLinuxNetworkBackend({
+    runner,
+    log,
+    stateDir,
+    ...(Number.isInteger(portsPerBridge) && portsPerBridge > 0 && { portsPerBridge }),
+  });
   const nics = createGuestNetworking({ store, backend: networkBackend, stateDir });
   const poolDrivers = createPoolDrivers({ runner, stateDir });
   const volumeResolver = createVolumeResolver({ store, drivers: poolDrivers, stateDir });

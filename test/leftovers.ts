@@ -44,8 +44,8 @@ import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { listMountPoints } from '../src/host/mounts.ts';
 import { parseProcStat } from '../src/host/proc-stat.ts';
 import { hostPortName } from '../src/network/guest-networking.ts';
-import { ifbOf, ownerAlias } from '../src/network/linux-network-backend.ts';
-import { aclTable, networkTable, portTable } from '../src/network/nft-rules.ts';
+import { ifbOf, ownerAlias, ownerHash } from '../src/network/linux-network-backend.ts';
+import { aclTable, legacyPortTable, networkTable, portsTable } from '../src/network/nft-rules.ts';
 
 /** Every test run's directory name starts with this (the daemon's own files never do). */
 export const RUN_PREFIX = 'trivisor-test-';
@@ -280,7 +280,9 @@ export function thingsOf(
   }
 
   const aliases = new Set(run.stateDirs.map(ownerAlias));
-  const bridges = new Set(host.links.filter((l) => l.alias && aliases.has(l.alias)).map((l) => l.name));
+  // Networks' bridges and their leaf bridges (`ALIAS:leaf:NETWORK`, decision 0068).
+  const ownedBy = (alias: string) => aliases.has(alias) || aliases.has(alias.split(':leaf:')[0] ?? '');
+  const bridges = new Set(host.links.filter((l) => l.alias && ownedBy(l.alias)).map((l) => l.name));
   const portNames = new Set<string>();
   for (const sd of run.stateDirs) {
     for (const g of run.guests[sd] ?? []) {
@@ -312,7 +314,8 @@ export function thingsOf(
     tables.add(`ip ${networkTable(n)}`);
     tables.add(`bridge ${aclTable(n)}`);
   }
-  for (const p of [...portNames, ...ports]) tables.add(`bridge ${portTable(p)}`);
+  for (const p of [...portNames, ...ports]) tables.add(`bridge ${legacyPortTable(p)}`);
+  for (const sd of run.stateDirs) tables.add(`bridge ${portsTable(ownerHash(sd))}`);
   for (const t of host.nftTables) {
     if (tables.has(`${t.family} ${t.name}`)) things.push({ kind: 'nft', family: t.family, name: t.name });
   }

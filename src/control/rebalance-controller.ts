@@ -323,11 +323,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     const m = request.move;
     let error: string | undefined;
     try {
-      const op = await deps.mover.move(m.guest, {
-        target: m.to,
-        live: m.how === 'live',
-        reason: 'rebalancing',
-      });
+      const op = await deps.mover.move(m.guest, { target: m.to, live: m.how === 'live' });
       await succeeded(deps.operations, op);
     } catch (e) {
       error = asTrivisorError(e).message;

@@ -43,6 +43,18 @@ export const DENSITY_SYSCTLS: readonly SysctlFloor[] = [
     atLeast: 1_000_000,
     reason: 'threads are pids too; the default scales with memory and may sit below pid_max (decision 0057)',
   },
+  {
+    key: 'net.ipv4.neigh.default.gc_thresh2',
+    atLeast: 16_384,
+    reason:
+      'the gateway holds an ARP entry for every guest that talks to it: above 512 the kernel evicts them every 5 s (decision 0068)',
+  },
+  {
+    key: 'net.ipv4.neigh.default.gc_thresh3',
+    atLeast: 32_768,
+    reason:
+      'the hard limit of ARP entries: at 1024 a network of more guests gets "neighbour table overflow" and guests lose the gateway (decision 0068)',
+  },
 ];
 
 /** Where a sysctl lives under /proc/sys. */

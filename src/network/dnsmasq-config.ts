@@ -49,6 +49,8 @@ export function dnsmasqArgv(def: NetworkDefinition, paths: DnsmasqPaths): string
     `--dhcp-hostsfile=${paths.dhcpHosts}`,
     `--addn-hosts=${paths.hosts}`,
     `--dhcp-range=${formatIpv4(first)},${formatIpv4(last)},${mask},1h`,
+    // dnsmasq hands out at most 1,000 leases unless told (decision 0068): the range's size.
+    `--dhcp-lease-max=${last - first + 1}`,
     '--dhcp-authoritative',
     '--dhcp-no-override',
     `--domain=${def.domain}`,

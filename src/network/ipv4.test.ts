@@ -4,11 +4,14 @@ import {
   allocateAddress,
   assertUnicastMac,
   formatIpv4,
+  networkFull,
+  nicCapacity,
   overlaps,
   parseBitRate,
   parseCidr,
   parseGatewayCidr,
   parseIpv4,
+  prefixFor,
   stableMac,
   subnetOf,
 } from './ipv4.ts';
@@ -60,6 +63,25 @@ describe('ipv4', () => {
       got.push(formatIpv4(a));
     }
     assert.deepEqual(got, ['198.18.10.2', '198.18.10.3', '198.18.10.4', '198.18.10.5', '198.18.10.6']);
+  });
+
+  test('a /24 holds 253 NICs, a /21 2,045; the prefix for 2,000 guests is /21 (decision 0068)', () => {
+    assert.equal(nicCapacity(parseCidr('198.18.10.1/24')), 253);
+    assert.equal(nicCapacity(parseCidr('198.18.8.1/21')), 2045);
+    assert.equal(nicCapacity(parseCidr('198.18.10.1/29')), 5);
+    assert.equal(prefixFor(2000), 21);
+    assert.equal(prefixFor(253), 24);
+    assert.equal(prefixFor(254), 23);
+    assert.equal(prefixFor(8), 24);
+  });
+
+  test('a full network says how many NICs its subnet holds and what to do', () => {
+    const e = networkFull('lab', parseCidr('198.18.10.1/24'));
+    assert.equal(e.code, 'FailedPrecondition');
+    assert.equal(
+      e.message,
+      'Network lab has no free address left: its subnet 198.18.10.0/24 holds 253 NICs; put more guests on a network with a shorter prefix (a /21 holds 2045)',
+    );
   });
 
   test('stableMac() is stable per guest and NIC, unicast and locally administered', () => {

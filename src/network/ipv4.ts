@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { invalidArgument } from '../core/errors.ts';
+import { failedPrecondition, invalidArgument, type TrivisorError } from '../core/errors.ts';
 
 /** An IPv4 interface address: the gateway's address and its subnet. */
 export interface Ipv4Cidr {
@@ -77,6 +77,30 @@ export function contains(c: Ipv4Cidr, address: number): boolean {
 /** Addresses DHCP hands out: every host address of the subnet but the gateway. */
 export function dhcpRange(c: Ipv4Cidr): { first: number; last: number } {
   return { first: c.network + 1, last: c.broadcast - 1 };
+}
+
+/** How many guest NICs a network's subnet holds: its host addresses but the gateway (253 on a /24). */
+export function nicCapacity(c: Ipv4Cidr): number {
+  const { first, last } = dhcpRange(c);
+  return last - first + 1 - (c.value >= first && c.value <= last ? 1 : 0);
+}
+
+/** The smallest prefix length whose subnet holds `nics` NICs beside the gateway (/24 at most). */
+export function prefixFor(nics: number): number {
+  let prefix = 24;
+  while (prefix > 8 && 2 ** (32 - prefix) - 3 < nics) prefix--;
+  return prefix;
+}
+
+/**
+ * The error for a NIC on a network whose every address is taken (decision 0068): how many the
+ * subnet holds, and what to do (a network's subnet is fixed while it has NICs).
+ */
+export function networkFull(network: string, c: Ipv4Cidr): TrivisorError {
+  const wider = Math.max(8, c.prefixLength - 3);
+  return failedPrecondition(
+    `Network ${network} has no free address left: its subnet ${subnetOf(c)} holds ${nicCapacity(c)} NICs; put more guests on a network with a shorter prefix (a /${wider} holds ${2 ** (32 - wider) - 3})`,
+  );
 }
 
 /** The lowest host address of the subnet that is neither the gateway nor in `used`; undefined when full. */

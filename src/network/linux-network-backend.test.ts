@@ -7,9 +7,10 @@ import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { createLogger } from '../host/logger.ts';
 import { dnsmasqArgv, dnsmasqPaths } from './dnsmasq-config.ts';
 import { parseGatewayCidr } from './ipv4.ts';
-import { bridgeMac, createLinuxNetworkBackend, ownerAlias } from './linux-network-backend.ts';
+import { leafBridgeName } from './leaf-bridges.ts';
+import { bridgeMac, createLinuxNetworkBackend, ownerAlias, ownerHash } from './linux-network-backend.ts';
 import type { NetworkDefinition } from './network-backend.ts';
-import { aclRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
+import { aclRuleset, deletePortRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
 import { gatewayMac, vxlanDevice } from './vxlan.ts';
 
 const log = createLogger({ level: 'silent' });
@@ -106,18 +107,55 @@ describe('nft rulesets', () => {
   });
 
   test('a port may only send with its own MAC and address, ARP included', () => {
-    const text = portRuleset({ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
-    assert.match(text, /table bridge trivisor-tvabc/);
+    const text = portRuleset('abc', { port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
+    assert.match(text, /^add table bridge trivisor-ports-abc$/m);
     assert.match(text, /type filter hook prerouting priority filter/);
-    assert.match(text, /iifname "tvabc" ether saddr != 02:00:00:00:00:02 drop/);
-    assert.match(text, /iifname "tvabc" arp saddr ether != 02:00:00:00:00:02 drop/);
-    assert.match(text, /iifname "tvabc" arp saddr ip != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
-    assert.match(text, /iifname "tvabc" ip saddr != \{ 0\.0\.0\.0, 198\.18\.10\.2 \} drop/);
+    assert.match(text, /^add rule bridge trivisor-ports-abc prerouting iifname vmap @ports$/m);
+    assert.match(text, /^add element bridge trivisor-ports-abc ports \{ "tvabc" : jump port-tvabc \}$/m);
+    const rules = text
+      .split('\n')
+      .filter((l) => l.startsWith('add rule bridge trivisor-ports-abc port-tvabc '));
+    assert.deepEqual(
+      rules.map((l) => l.slice('add rule bridge trivisor-ports-abc port-tvabc '.length)),
+      [
+        'ether saddr != 02:00:00:00:00:02 drop',
+        'arp saddr ether != 02:00:00:00:00:02 drop',
+        'arp saddr ip != { 0.0.0.0, 198.18.10.2 } drop',
+        'ip saddr != { 0.0.0.0, 198.18.10.2 } drop',
+        'ether type != { ip, arp } drop',
+      ],
+    );
+    // The chain is flushed before its rules: a port plugged again does not pile them up.
+    assert.ok(
+      text.indexOf('flush chain bridge trivisor-ports-abc port-tvabc') < text.indexOf(rules[0] ?? '?'),
+    );
+  });
+
+  test('every port shares one base chain: no nft table, and so no netfilter hook, per port (decision 0068)', () => {
+    const texts = ['tva', 'tvb', 'tvc'].map((port, i) =>
+      portRuleset('abc', { port, mac: `02:00:00:00:00:0${i}`, ip: `198.18.10.${i + 2}` }),
+    );
+    for (const text of texts) {
+      assert.equal(text.match(/hook prerouting/g)?.length, 1, 'the one base chain, declared idempotently');
+      assert.match(text, /^add chain bridge trivisor-ports-abc prerouting \{/m);
+      assert.doesNotMatch(text, /^table /m, 'no table is made whole (which would drop the other ports)');
+    }
+    // A table made by a daemon before 0068 goes when the port is plugged again or unplugged.
+    assert.match(texts[0] ?? '', /^add table bridge trivisor-tva\ndelete table bridge trivisor-tva$/m);
+    const del = deletePortRuleset('abc', 'tva');
+    assert.match(
+      del,
+      /^delete element bridge trivisor-ports-abc ports \{ "tva" \}\ndelete chain bridge trivisor-ports-abc port-tva$/m,
+    );
+    assert.ok(
+      del.indexOf('add element') < del.indexOf('delete element'),
+      'added first: deleting what is missing is fine',
+    );
   });
 
   test('a port sends nothing but IPv4 and ARP: IPv6 and VLAN-tagged frames are dropped', () => {
-    const text = portRuleset({ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
-    assert.match(text, /iifname "tvabc" ether type != \{ ip, arp \} drop/);
+    const text = portRuleset('abc', { port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
+    assert.match(text, /port-tvabc ether type != \{ ip, arp \} drop/);
   });
 });
 
@@ -130,6 +168,16 @@ describe('dnsmasq config', () => {
     assert.ok(argv.includes('--pid-file=/s/networks/tvnet0/dnsmasq.pid'));
     assert.ok(argv.includes('--domain=trivisor'));
     assert.ok(argv.includes('--conf-file=/dev/null'));
+    assert.ok(argv.includes('--dhcp-lease-max=253'), 'as many leases as the range has addresses');
+  });
+
+  test('a /21 network leases 2,045 addresses, past the 1,000 dnsmasq gives by default (decision 0068)', () => {
+    const argv = dnsmasqArgv(
+      def({ gateway: parseGatewayCidr('198.18.8.1/21') }),
+      dnsmasqPaths('/s', 'tvnet0'),
+    );
+    assert.ok(argv.includes('--dhcp-range=198.18.8.2,198.18.15.254,255.255.248.0,1h'), argv.join(' '));
+    assert.ok(argv.includes('--dhcp-lease-max=2045'));
   });
 });
 
@@ -224,15 +272,6 @@ describe('linux network backend', () => {
       runner.commands().includes('ip link set dev tv0123456789p mtu 1450'),
       'a ct NIC starts at 1450',
     );
-    const tap = await backend.plugTap({
-      port: 'tv0123456788',
-      bridge: 'tvnet0',
-      mac: '02:00:00:00:00:03',
-      ip: '198.18.10.3',
-      isolated: false,
-    });
-    assert.deepEqual(tap, { mtu: 1450 }, 'a vm or pvm NIC is told the tunnel MTU');
-    assert.ok(runner.commands().includes('ip link set dev tv0123456788 mtu 1450'), 'its tap at 1450');
     bridgeExists = true;
     assert.equal((await backend.inspect('tvnet0', undefined)).bridge, false, 'the VXLAN device is missing');
     runner.respond((argv) =>
@@ -291,11 +330,93 @@ describe('linux network backend', () => {
     );
     await createLinuxNetworkBackend({ runner, log, stateDir }).remove('tvnet0', undefined);
     assert.ok(runner.commands().includes('ip link del dev tvnet0'));
-    const nft = runner.calls.find((c) => c.argv[0] === 'nft');
-    assert.equal(
-      (nft?.options as { input?: string } | undefined)?.input,
-      'add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\n',
+    const nft = runner.calls
+      .filter((c) => c.argv[0] === 'nft')
+      .map((c) => (c.options as { input?: string }).input);
+    assert.ok(
+      nft.includes('add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\n'),
+      nft.join('\n'),
     );
+    // Its last network gone, the daemon's ports table goes too.
+    const ports = `trivisor-ports-${ownerHash(stateDir)}`;
+    assert.ok(nft.includes(`add table bridge ${ports}\ndelete table bridge ${ports}\n`), nft.join('\n'));
+  });
+
+  test('remove() deletes the leaf bridges, and keeps the ports table while another network is left', async () => {
+    const stateDir = '/nonexistent-state';
+    const alias = ownerAlias(stateDir);
+    const leaf = leafBridgeName(stateDir, 'tvnet0', 1);
+    const runner = fakeRunner((argv) => {
+      const line = argv.join(' ');
+      if (line === 'ip -json link show dev tvnet0')
+        return { stdout: JSON.stringify([{ ifname: 'tvnet0', ifalias: alias }]) };
+      if (line === 'ip -json link show type bridge') {
+        return {
+          stdout: JSON.stringify([
+            { ifname: leaf, ifalias: `${alias}:leaf:tvnet0` },
+            { ifname: 'tlother', ifalias: `${alias}:leaf:tvnet1` },
+            { ifname: 'tvnet1', ifalias: alias },
+          ]),
+        };
+      }
+      return undefined;
+    });
+    await createLinuxNetworkBackend({ runner, log, stateDir }).remove('tvnet0', undefined);
+    const cmds = runner.commands();
+    assert.ok(cmds.includes(`ip link del dev ${leaf}`), cmds.join('\n'));
+    assert.ok(cmds.includes(`ip link del dev ${leaf}d`), 'its uplink');
+    assert.ok(
+      !cmds.some((c) => c.includes('tlother') || c.includes('del dev tvnet1')),
+      'the leaf of another network stays',
+    );
+    const nft = runner.calls.map((c) => String((c.options as { input?: string }).input));
+    assert.ok(!nft.some((t) => t.includes('delete table bridge trivisor-ports-')), 'the ports table stays');
+  });
+
+  test('a port beyond the share of a bridge goes on a leaf bridge hung off it by a veth (decision 0068)', async () => {
+    const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
+    dirs.push(sys);
+    const leaf = leafBridgeName('/s', 'tvnet0', 1);
+    await mkdir(join(sys, 'tvnet0', 'brif', 'tv0000000001'), { recursive: true });
+    await mkdir(join(sys, 'tvnet0', 'brif', 'tv0000000002'), { recursive: true });
+    const runner = fakeRunner((argv) => {
+      // The leaf exists once it was added.
+      if (argv.join(' ').startsWith(`ip link add name ${leaf} `)) {
+        return { effect: () => mkdir(join(sys, leaf, 'brif'), { recursive: true }).then(() => {}) };
+      }
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({
+      runner,
+      log,
+      stateDir: '/s',
+      sysClassNet: sys,
+      portsPerBridge: 2,
+    });
+    const port = (n: number) => ({
+      port: `tv012345678${n}`,
+      bridge: 'tvnet0',
+      mac: `02:00:00:00:00:0${n}`,
+      ip: `198.18.10.${n + 2}`,
+      isolated: true,
+    });
+    await backend.plugTap(port(1));
+    const cmds = runner.commands();
+    assert.ok(cmds.includes(`ip link add name ${leaf} type bridge stp_state 0`), cmds.join('\n'));
+    assert.ok(cmds.includes(`ip link add name ${leaf}u type veth peer name ${leaf}d`));
+    assert.ok(cmds.includes(`ip link set dev ${leaf}u master ${leaf} up`));
+    assert.ok(cmds.includes(`ip link set dev ${leaf}d master tvnet0 up`));
+    assert.ok(
+      cmds.includes(`bridge link set dev ${leaf}d isolated on`),
+      'leaves are isolated from each other',
+    );
+    assert.ok(cmds.includes(`ip link set dev tv0123456781 master ${leaf} up`), 'the port is on the leaf');
+    assert.ok(cmds.includes('bridge link set dev tv0123456781 isolated on'));
+    // A second port while the leaf has room: no second leaf.
+    await mkdir(join(sys, leaf, 'brif', 'tv0123456781'), { recursive: true });
+    await backend.plugTap(port(2));
+    assert.equal(runner.commands().filter((c) => c.includes(' type bridge ')).length, 1);
+    assert.ok(runner.commands().includes(`ip link set dev tv0123456782 master ${leaf} up`));
   });
 
   test('plugVeth() puts the host end on the bridge, isolates it, filters it and moves the guest end', async () => {
@@ -355,7 +476,7 @@ describe('linux network backend', () => {
   test('plugTap() makes a tap the given user may open, filtered and on the bridge', async () => {
     const runner = fakeRunner();
     const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
-    const tap = await backend.plugTap(
+    await backend.plugTap(
       {
         port: 'tv0123456789',
         bridge: 'tvnet0',
@@ -366,14 +487,12 @@ describe('linux network backend', () => {
       { user: 1234 },
     );
     const cmds = runner.commands();
-    assert.deepEqual(tap, { mtu: 1500 }, 'a network on one host keeps 1500');
-    assert.ok(!cmds.some((c) => c.includes(' mtu ')), cmds.join('\n'));
     assert.ok(cmds.includes('ip tuntap add dev tv0123456789 mode tap user 1234'));
     assert.ok(cmds.includes('ip link set dev tv0123456789 master tvnet0 up'));
     const nft = runner.calls
       .filter((c) => c.argv[0] === 'nft')
       .map((c) => (c.options as { input?: string }).input);
-    assert.ok(nft.some((t) => t?.includes('iifname "tv0123456789" ether saddr != 02:00:00:00:00:02 drop')));
+    assert.ok(nft.some((t) => t?.includes('port-tv0123456789 ether saddr != 02:00:00:00:00:02 drop')));
   });
 
   test('counters() reads the host end and reports them as the guest sees them', async () => {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,6 +17,7 @@ import {
   leasesWithoutConflicts,
 } from './dnsmasq-config.ts';
 import { stableMac } from './ipv4.ts';
+import { leafAlias, leafBridgeName, leafUplink, PORTS_PER_BRIDGE, pickBridge } from './leaf-bridges.ts';
 import type {
   NetworkBackend,
   NetworkDefinition,
@@ -28,6 +29,7 @@ import {
   aclRuleset,
   deleteNetworkRuleset,
   deletePortRuleset,
+  deletePortsTable,
   networkRuleset,
   portRuleset,
 } from './nft-rules.ts';
@@ -38,7 +40,6 @@ import {
   gatewayMac,
   SPANNED_MTU,
   tunnelRuleset,
-  UNDERLAY_MTU,
   VXLAN_PORT,
   vxlanDevice,
 } from './vxlan.ts';
@@ -51,6 +52,8 @@ export interface LinuxNetworkBackendOptions {
   /** Where per-interface counters are read (tests point it elsewhere). */
   sysClassNet?: string;
   procRoot?: string;
+  /** Guest ports a bridge takes before the next leaf bridge is used (decision 0068; tests lower it). */
+  portsPerBridge?: number;
 }
 
 /** The fixed MAC of a network's bridge. */
@@ -61,7 +64,12 @@ export const ifbOf = (port: string): string => `${port}i`;
 
 /** The alias a bridge carries to say which state dir made it (so nothing else is ever touched). */
 export function ownerAlias(stateDir: string): string {
-  return `trivisor:${createHash('sha256').update(stateDir).digest('hex').slice(0, 12)}`;
+  return `trivisor:${ownerHash(stateDir)}`;
+}
+
+/** 12 hex of the state dir: names what one daemon made (its bridges' alias, its ports table). */
+export function ownerHash(stateDir: string): string {
+  return createHash('sha256').update(stateDir).digest('hex').slice(0, 12);
 }
 
 /** The Linux implementation: iproute2 bridges and veths, dnsmasq, nftables, all through the runner. */
@@ -71,6 +79,8 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   const sysClassNet = options.sysClassNet ?? '/sys/class/net';
   const procRoot = options.procRoot ?? '/proc';
   const alias = ownerAlias(stateDir);
+  const owner = ownerHash(stateDir);
+  const portsPerBridge = options.portsPerBridge ?? PORTS_PER_BRIDGE;
 
   /** `ip -details -json link show` of one device; undefined when it does not exist. */
   const linkInfo = async (name: string): Promise<{ ifalias?: string; operstate?: string } | undefined> => {
@@ -191,19 +201,94 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     return true;
   };
 
-  /** A recreated bridge gets back the ports of running guests (they kept their veths). */
+  /** Names of a bridge's ports from sysfs; undefined when there is no such bridge. */
+  const bridgePorts = (bridge: string): string[] | undefined => {
+    try {
+      return readdirSync(join(sysClassNet, bridge, 'brif'));
+    } catch {
+      return undefined;
+    }
+  };
+  /** Guest ports (`tv…`; not uplinks, not the VXLAN device) a bridge holds. */
+  const guestPortCount = (bridge: string): number | undefined =>
+    bridgePorts(bridge)?.filter((p) => p.startsWith('tv')).length;
+
+  /** The network's leaf bridges that exist, by index from 1 (decision 0068). */
+  const leavesOf = (network: string): string[] => {
+    const out: string[] = [];
+    for (let i = 1; ; i++) {
+      const leaf = leafBridgeName(stateDir, network, i);
+      if (!existsSync(join(sysClassNet, leaf))) return out;
+      out.push(leaf);
+    }
+  };
+
+  /** Hangs a leaf off the network's bridge (uplink isolated on an isolated network). */
+  const linkLeaf = async (network: string, leaf: string, isolated: boolean): Promise<void> => {
+    const { bridgeEnd } = leafUplink(leaf);
+    await runner.run(['ip', 'link', 'set', 'dev', bridgeEnd, 'master', network, 'up']);
+    // Isolated guests reach the gateway (the bridge itself), never each other: a guest's port is
+    // isolated on its leaf, and the leaves' uplinks are isolated from each other on the bridge.
+    await runner.run(['bridge', 'link', 'set', 'dev', bridgeEnd, 'isolated', isolated ? 'on' : 'off']);
+  };
+
+  const creatingLeaf = new Map<string, Promise<void>>();
+  const createLeaf = (network: string, leaf: string, isolated: boolean): Promise<void> => {
+    const busy = creatingLeaf.get(leaf);
+    if (busy) return busy;
+    const { leafEnd, bridgeEnd } = leafUplink(leaf);
+    const p = (async () => {
+      if (existsSync(join(sysClassNet, leaf))) return;
+      log.info({ network, leaf }, 'the network bridge is full; adding a leaf bridge');
+      await runner.run(['ip', 'link', 'add', 'name', leaf, 'type', 'bridge', 'stp_state', '0']);
+      await runner.run(['ip', 'link', 'set', 'dev', leaf, 'alias', leafAlias(alias, network)]);
+      await runner.run(['ip', 'link', 'add', 'name', leafEnd, 'type', 'veth', 'peer', 'name', bridgeEnd]);
+      await runner.run(['ip', 'link', 'set', 'dev', leafEnd, 'master', leaf, 'up']);
+      await linkLeaf(network, leaf, isolated);
+      await runner.run(['ip', 'link', 'set', 'dev', leaf, 'up']);
+    })().finally(() => creatingLeaf.delete(leaf));
+    creatingLeaf.set(leaf, p);
+    return p;
+  };
+
+  /** The bridge a new port of `network` goes on: the network's own, or a leaf with room. */
+  const bridgeFor = async (network: string, isolated: boolean): Promise<string> => {
+    for (;;) {
+      const busy = [...creatingLeaf.values()];
+      if (busy.length === 0) break;
+      await Promise.allSettled(busy);
+    }
+    const { bridge, create } = pickBridge(network, {
+      leafName: (i) => leafBridgeName(stateDir, network, i),
+      ports: guestPortCount,
+      perBridge: portsPerBridge,
+    });
+    if (create) await createLeaf(network, bridge, isolated);
+    return bridge;
+  };
+
+  /**
+   * A recreated bridge gets back the ports of running guests (they kept their veths) and its
+   * leaves. Read from sysfs: `ip link show` of every interface is megabytes at thousands of ports.
+   */
   const reattachPorts = async (def: NetworkDefinition): Promise<void> => {
-    const wanted = new Set(def.hosts.flatMap((h) => (h.port ? [h.port] : [])));
-    if (wanted.size === 0) return;
-    const r = await runner.run(['ip', '-json', 'link', 'show'], { allowFailure: true });
-    const links = JSON.parse(r.stdout || '[]') as Array<{ ifname: string; master?: string }>;
-    for (const l of links) {
-      if (!wanted.has(l.ifname) || l.master === def.name) continue;
-      await runner.run(['ip', 'link', 'set', 'dev', l.ifname, 'master', def.name, 'up'], {
+    const leaves = leavesOf(def.name);
+    for (const leaf of leaves) {
+      if (!bridgePorts(def.name)?.includes(leafUplink(leaf).bridgeEnd)) {
+        await linkLeaf(def.name, leaf, def.isolated).catch(() => {});
+      }
+    }
+    const wanted = def.hosts.flatMap((h) => (h.port ? [h.port] : []));
+    if (wanted.length === 0) return;
+    const attached = new Set([def.name, ...leaves].flatMap((b) => bridgePorts(b) ?? []));
+    for (const port of wanted) {
+      if (attached.has(port) || !existsSync(join(sysClassNet, port))) continue;
+      const bridge = await bridgeFor(def.name, def.isolated);
+      await runner.run(['ip', 'link', 'set', 'dev', port, 'master', bridge, 'up'], {
         allowFailure: true,
       });
       if (def.isolated) {
-        await runner.run(['bridge', 'link', 'set', 'dev', l.ifname, 'isolated', 'on'], {
+        await runner.run(['bridge', 'link', 'set', 'dev', port, 'isolated', 'on'], {
           allowFailure: true,
         });
       }
@@ -219,8 +304,9 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
 
   /** Filters, enslaves, isolates and shapes a guest's host-side port (veth end or tap). */
   const attachPort = async (def: PortDefinition): Promise<void> => {
-    await nft(portRuleset(def));
-    await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', def.bridge, 'up']);
+    await nft(portRuleset(owner, def));
+    const bridge = await bridgeFor(def.bridge, def.isolated);
+    await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', bridge, 'up']);
     if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
     if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
     if (def.egressBitsPerSecond) {
@@ -340,6 +426,22 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       await killDnsmasq(await adoptDnsmasq(name, known));
       const info = await linkInfo(name);
       if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', name]);
+      // Its leaf bridges (decision 0068), found by their alias; their uplinks go with them.
+      const bridges = await runner.run(['ip', '-json', 'link', 'show', 'type', 'bridge'], {
+        allowFailure: true,
+      });
+      for (const l of JSON.parse(bridges.stdout || '[]') as Array<{ ifname: string; ifalias?: string }>) {
+        if (l.ifalias !== leafAlias(alias, name)) continue;
+        await runner.run(['ip', 'link', 'del', 'dev', leafUplink(l.ifname).bridgeEnd], {
+          allowFailure: true,
+        });
+        await runner.run(['ip', 'link', 'del', 'dev', l.ifname], { allowFailure: true });
+      }
+      // The ports table goes with the last network: no port is left without a bridge.
+      const others = (JSON.parse(bridges.stdout || '[]') as Array<{ ifname: string; ifalias?: string }>).some(
+        (l) => l.ifalias === alias && l.ifname !== name,
+      );
+      if (!others) await nft(deletePortsTable(owner));
       await nft(deleteNetworkRuleset(name));
       await nft(aclRuleset({ name, hosts: [] }));
       await removeTunnel(name);
@@ -388,23 +490,17 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
           ...['ip', 'tuntap', 'add', 'dev', def.port, 'mode', 'tap'],
           ...(options.user !== undefined ? ['user', String(options.user)] : []),
         ]);
-        // The host end at the tunnel's MTU too, as a ct guest's veth: the guest end is QEMU's or
-        // UML's, which the driver sets in the guest from the MTU returned.
-        if (tunnelled.has(def.bridge)) {
-          await runner.run(['ip', 'link', 'set', 'dev', def.port, 'mtu', String(SPANNED_MTU)]);
-        }
         await attachPort(def);
       } catch (e) {
         await backend.unplug(def.port);
         throw e;
       }
-      return { mtu: tunnelled.has(def.bridge) ? SPANNED_MTU : UNDERLAY_MTU };
     },
 
     async unplug(port) {
       await runner.run(['ip', 'link', 'del', 'dev', port], { allowFailure: true });
       await runner.run(['ip', 'link', 'del', 'dev', ifbOf(port)], { allowFailure: true });
-      await nft(deletePortRuleset(port));
+      await nft(deletePortRuleset(owner, port));
     },
 
     async counters(port): Promise<NicCounters | undefined> {

@@ -5,8 +5,17 @@ import { vxlanInputRule } from './vxlan.ts';
 
 /** nftables table of a network (family ip). */
 export const networkTable = (name: string): string => `trivisor-${name}`;
-/** nftables table of a guest port (family bridge). */
-export const portTable = (port: string): string => `trivisor-${port}`;
+/**
+ * nftables table (family bridge) of a guest port as daemons before decision 0068 made it: one
+ * table, and so one base chain on the bridge's prerouting hook, per port. The kernel takes at
+ * most 1024 hooks per family and hook point in a network namespace (MAX_HOOK_COUNT): the
+ * 1,024th port failed with E2BIG, and every frame went through every port's chain.
+ */
+export const legacyPortTable = (port: string): string => `trivisor-${port}`;
+/** nftables table (family bridge) of every guest port of one state dir's daemon (decision 0068). */
+export const portsTable = (owner: string): string => `trivisor-ports-${owner}`;
+/** The regular chain of one port's anti-spoofing rules in the ports table. */
+export const portChain = (port: string): string => `port-${port}`;
 
 /** Replaces a whole table in one nft transaction: `add` makes `delete` safe when it is missing. */
 function replaceTable(family: string, table: string, body: string): string {
@@ -58,27 +67,74 @@ export function deleteNetworkRuleset(name: string): string {
 }
 
 /**
- * Anti-spoofing of one guest port (bridge family, before any forwarding
- * decision): frames from the port must carry the NIC's MAC, IPv4 packets its
- * address (0.0.0.0 only for DHCP), ARP its MAC and address; nothing but IPv4 and
- * ARP leaves the port: IPv6 (managed networks are IPv4 only), VLAN-tagged frames
- * (which would carry either past these checks) and other ether types are dropped.
+ * The ports table's frame (idempotent, elements kept): one base chain on the bridge family's
+ * prerouting hook that looks the input interface up in a verdict map, port → `jump` to that
+ * port's chain. Each frame costs one hash lookup whatever the number of ports; interfaces
+ * that are no guest port (a bridge's uplinks, the VXLAN device) pass.
  */
-export function portRuleset(def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): string {
-  const p = JSON.stringify(def.port);
-  const rules = [
-    `    iifname ${p} ether saddr != ${def.mac} drop`,
-    `    iifname ${p} arp saddr ether != ${def.mac} drop`,
-    `    iifname ${p} arp saddr ip != { 0.0.0.0, ${def.ip} } drop`,
-    `    iifname ${p} ip saddr != { 0.0.0.0, ${def.ip} } drop`,
-    `    iifname ${p} ether type != { ip, arp } drop`,
-  ];
-  const body = `  chain prerouting {\n    type filter hook prerouting priority filter; policy accept;\n${rules.join('\n')}\n  }\n`;
-  return replaceTable('bridge', portTable(def.port), body);
+function portsFrame(table: string): string {
+  const t = `bridge ${table}`;
+  return [
+    `add table ${t}`,
+    `add map ${t} ports { type ifname : verdict; }`,
+    `add chain ${t} prerouting { type filter hook prerouting priority filter; policy accept; }`,
+    `flush chain ${t} prerouting`,
+    `add rule ${t} prerouting iifname vmap @ports`,
+    '',
+  ].join('\n');
 }
 
-export function deletePortRuleset(port: string): string {
-  return `add table bridge ${portTable(port)}\ndelete table bridge ${portTable(port)}\n`;
+/** Removes a port's table as a daemon before decision 0068 made it, if there is one. */
+const dropLegacy = (port: string) =>
+  `add table bridge ${legacyPortTable(port)}\ndelete table bridge ${legacyPortTable(port)}\n`;
+
+/**
+ * Anti-spoofing of one guest port (bridge family, before any forwarding decision), in the
+ * daemon's ports table (`owner`: its state dir's hash): frames from the port must carry the
+ * NIC's MAC, IPv4 packets its address (0.0.0.0 only for DHCP), ARP its MAC and address;
+ * nothing but IPv4 and ARP leaves the port: IPv6 (managed networks are IPv4 only),
+ * VLAN-tagged frames (which would carry either past these checks) and other ether types are
+ * dropped. One transaction: the port's chain is (re)written and its map entry added.
+ */
+export function portRuleset(owner: string, def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): string {
+  const t = `bridge ${portsTable(owner)}`;
+  const chain = portChain(def.port);
+  const rules = [
+    `ether saddr != ${def.mac} drop`,
+    `arp saddr ether != ${def.mac} drop`,
+    `arp saddr ip != { 0.0.0.0, ${def.ip} } drop`,
+    `ip saddr != { 0.0.0.0, ${def.ip} } drop`,
+    'ether type != { ip, arp } drop',
+  ];
+  return [
+    portsFrame(portsTable(owner)),
+    `add chain ${t} ${chain}`,
+    `flush chain ${t} ${chain}`,
+    ...rules.map((r) => `add rule ${t} ${chain} ${r}`),
+    `add element ${t} ports { ${JSON.stringify(def.port)} : jump ${chain} }`,
+    dropLegacy(def.port),
+  ].join('\n');
+}
+
+/** Removes a port's map entry and chain (and a legacy table); a port that has none is fine. */
+export function deletePortRuleset(owner: string, port: string): string {
+  const t = `bridge ${portsTable(owner)}`;
+  const chain = portChain(port);
+  // Added first so that the deletes never fail on what is missing (nft 1.0.6 has no `destroy`).
+  return [
+    `add table ${t}`,
+    `add map ${t} ports { type ifname : verdict; }`,
+    `add chain ${t} ${chain}`,
+    `add element ${t} ports { ${JSON.stringify(port)} : jump ${chain} }`,
+    `delete element ${t} ports { ${JSON.stringify(port)} }`,
+    `delete chain ${t} ${chain}`,
+    dropLegacy(port),
+  ].join('\n');
+}
+
+/** Removes the ports table (when the daemon's last network goes). */
+export function deletePortsTable(owner: string): string {
+  return `add table bridge ${portsTable(owner)}\ndelete table bridge ${portsTable(owner)}\n`;
 }
 
 /** nftables table of a network's ACLs (family bridge). */

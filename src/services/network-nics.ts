@@ -7,6 +7,7 @@ import {
   assertUnicastMac,
   contains,
   formatIpv4,
+  networkFull,
   parseBitRate,
   parseGatewayCidr,
   parseIpv4,
@@ -210,7 +211,7 @@ export function nicChanges(
             throw conflict(`Address ${wanted} of network ${raw.network} is taken: pick another`);
         } else {
           ip = allocateAddress(cidr, used);
-          if (ip === undefined) throw failedPrecondition(`Network ${raw.network} has no free address left`);
+          if (ip === undefined) throw networkFull(raw.network, cidr);
         }
         used.add(ip);
         const address = formatIpv4(ip);

@@ -66,9 +66,7 @@ function fakeNetworkBackend(): NetworkBackend {
       return [...bridges];
     },
     async plugVeth() {},
-    async plugTap() {
-      return { mtu: 1500 };
-    },
+    async plugTap() {},
     async unplug() {},
     async counters() {
       return undefined;

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
+import { ownerHash } from '../../src/network/linux-network-backend.ts';
 import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
+import { hasPortFilter } from './port-filters.ts';
 
 /*
  * NIC hot-plug: a ct, a vm and a pvm guest started without NICs each get one live
@@ -100,11 +102,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
         new RegExp(`: ${nic.hostName}[:@].* master ${NET} `),
         'the port is on the bridge',
       );
-      assert.match(
-        tables(),
-        new RegExp(`bridge trivisor-${nic.hostName}\\b`),
-        'with its anti-spoofing table',
-      );
+      assert.ok(hasPortFilter(nic.hostName), 'with its anti-spoofing chain');
       // Its bandwidth limits as at start: tbf on the port, and on the ifb its ingress goes through.
       assert.match(run(['tc', 'qdisc', 'show', 'dev', nic.hostName]).stdout, /qdisc tbf .*rate 50Mbit/);
       assert.match(run(['tc', 'qdisc', 'show', 'dev', `${nic.hostName}i`]).stdout, /qdisc tbf .*rate 50Mbit/);
@@ -136,7 +134,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
       assert.deepEqual(Object.keys(nicsOf(name)), []);
       assert.doesNotMatch(links(), new RegExp(`: ${nic.hostName}[:@]`), 'no port is left');
       assert.doesNotMatch(links(), new RegExp(`: ${nic.hostName}i[:@]`), 'no ifb is left');
-      assert.doesNotMatch(tables(), new RegExp(`trivisor-${nic.hostName}\\b`), 'no nftables table is left');
+      assert.ok(!hasPortFilter(nic.hostName), 'no anti-spoofing chain is left');
       assert.ok(!pings(PEER, ip), `${name} is unreachable after the detach`);
       await eventually(
         `the NIC is gone inside ${name}`,
@@ -169,7 +167,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
         assert.match(d.ok(['network', 'detach', NET, name]), /\(live\)/);
         assert.ok(!pings(PEER, ip), `${name} is unreachable after the detach`);
         assert.doesNotMatch(links(), new RegExp(`: ${nic.hostName}[:@]`));
-        assert.doesNotMatch(tables(), new RegExp(`trivisor-${nic.hostName}\\b`));
+        assert.ok(!hasPortFilter(nic.hostName), 'no anti-spoofing chain is left');
         await eventually(
           `the NIC is gone inside ${name}`,
           () => !sh(name, 'cat /sys/class/net/*/address').stdout.includes(nic.hwaddr),
@@ -230,17 +228,18 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
     assert.equal(add.code, 0, add.stderr);
     assert.match(add.stdout, /inet6 fd00::66\/64/);
     const port = ports[0] ?? '';
-    const table = ['bridge', `trivisor-${port}`];
-    const rule = `iifname "${port}" ether type != { ip, arp } drop`;
+    const table = ['bridge', `trivisor-ports-${ownerHash(d.stateDir)}`];
+    const chain = `port-${port}`;
+    const rule = 'ether type != { ip, arp } drop';
     try {
       const forged = sh(PEER, 'ping -6 -c3 -W2 fd00::2');
       assert.notEqual(forged.code, 0, `IPv6 from a forged source got out of ${PEER}: ${forged.stdout}`);
       assert.match(forged.stdout, /3 packets transmitted, 0 packets received/, 'the guest did send');
       // Without the port's rule the same packets get through: it is the rule that drops them.
-      const listed = run(['nft', '-a', 'list', 'chain', ...table, 'prerouting']).stdout;
+      const listed = run(['nft', '-a', 'list', 'chain', ...table, chain]).stdout;
       const handle = /ether type != \{ ip, arp \} drop # handle (\d+)/.exec(listed)?.[1];
       assert.ok(handle, listed);
-      assert.equal(run(['nft', 'delete', 'rule', ...table, 'prerouting', 'handle', handle]).status, 0);
+      assert.equal(run(['nft', 'delete', 'rule', ...table, chain, 'handle', handle]).status, 0);
       try {
         await eventually(
           'the forged IPv6 passes without the rule',
@@ -248,7 +247,7 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
           20_000,
         );
       } finally {
-        assert.equal(run(['nft', `add rule bridge trivisor-${port} prerouting ${rule}`]).status, 0);
+        assert.equal(run(['nft', `add rule ${table.join(' ')} ${chain} ${rule}`]).status, 0);
       }
       const again = sh(PEER, 'ip -6 neigh flush dev eth0; ping -6 -c2 -W2 fd00::2');
       assert.notEqual(again.code, 0, 'with the rule back the forged IPv6 is dropped again');

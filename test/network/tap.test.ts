@@ -4,8 +4,9 @@ import { test } from 'node:test';
 import { silentLogger } from '../../src/host/logger.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { parseGatewayCidr } from '../../src/network/ipv4.ts';
-import { createLinuxNetworkBackend } from '../../src/network/linux-network-backend.ts';
+import { createLinuxNetworkBackend, ownerHash } from '../../src/network/linux-network-backend.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { hasPortFilter } from './port-filters.ts';
 
 test('taps for vm and pvm guests: on the bridge, filtered, limited, and gone after unplug and remove', async () => {
   const stateDir = await makeRunDir('tap');
@@ -52,22 +53,20 @@ test('taps for vm and pvm guests: on the bridge, filtered, limited, and gone aft
       spawnSync('tc', ['qdisc', 'show', 'dev', port], { encoding: 'utf8' }).stdout,
       /tbf .*rate 8Mbit/,
     );
-    assert.match(
-      spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout,
-      new RegExp(`bridge trivisor-${port}`),
-    );
+    assert.ok(hasPortFilter(port), 'the tap has its anti-spoofing chain');
     await backend.unplug(port);
+    assert.ok(!hasPortFilter(port), 'unplug removes it');
     assert.notEqual(link(port).status, 0);
     assert.notEqual(link(`${port}i`).status, 0);
     await backend.remove(name, dnsmasq);
   } finally {
     spawnSync('ip', ['link', 'del', port]);
     spawnSync('ip', ['link', 'del', `${port}i`]);
-    spawnSync('nft', ['delete', 'table', 'bridge', `trivisor-${port}`]);
+    spawnSync('nft', ['delete', 'table', 'bridge', `trivisor-ports-${ownerHash(stateDir)}`]);
     await backend.remove(name, undefined).catch(() => {});
     await removeRunDir(stateDir);
   }
   const tables = spawnSync('nft', ['list', 'tables'], { encoding: 'utf8' }).stdout;
-  assert.doesNotMatch(tables, new RegExp(`trivisor-(${name}|${port})`));
+  assert.doesNotMatch(tables, new RegExp(`trivisor-(${name}|${port}|ports-${ownerHash(stateDir)})`));
   assert.notEqual(link(name).status, 0);
 });
