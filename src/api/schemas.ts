@@ -142,10 +142,27 @@ export const NetworkSchema = Type.Object({
         name: Type.String(),
         status: Type.Union([Type.Literal('Created'), Type.Literal('Pending'), Type.Literal('Error')]),
         error: Type.Optional(Type.String()),
+        tunnelEndpoint: Type.Optional(
+          Type.String({ description: "The member's end of the network's VXLAN (its cluster address)" }),
+        ),
       }),
       {
         description:
           "On a cluster: the network's bridge on each member, its own member (location) first; absent on a single host",
+      },
+    ),
+  ),
+  tunnel: Type.Optional(
+    Type.Object(
+      {
+        type: Type.Literal('vxlan'),
+        id: Type.Integer({ description: 'The VNI, the same on every member' }),
+        port: Type.Integer({ description: 'UDP port of the VXLAN' }),
+        mtu: Type.Integer({ description: 'The MTU guests on the network are given' }),
+      },
+      {
+        description:
+          "On a cluster: the VXLAN joining the members' bridges (read-only); each member's end is in members",
       },
     ),
   ),

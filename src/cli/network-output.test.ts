@@ -32,3 +32,18 @@ test('network info lists each member with its status and error, after the guests
 test('network info on a single host has no Members section', () => {
   assert.doesNotMatch(networkInfo(network), /Members/);
 });
+
+test("network info on a cluster shows the VXLAN's VNI, port and MTU, and each member's tunnel endpoint", () => {
+  const text = networkInfo({
+    ...network,
+    tunnel: { type: 'vxlan', id: 7, port: 4789, mtu: 1450 },
+    members: [
+      { name: 'm1', status: 'Created', tunnelEndpoint: '198.18.5.11' },
+      { name: 'm2', status: 'Pending', tunnelEndpoint: '198.18.5.12' },
+    ],
+  });
+  assert.match(
+    text,
+    /\nTunnel: vxlan id 7, UDP port 4789, guest MTU 1450\nMembers:\n {2}m1: Created \(tunnel endpoint 198\.18\.5\.11\)\n {2}m2: Pending \(tunnel endpoint 198\.18\.5\.12\)\n$/,
+  );
+});

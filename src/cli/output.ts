@@ -207,8 +207,16 @@ export function networkInfo(n: Network): string {
   lines.push(n.usedBy.length === 0 ? 'Used by: (none)' : 'Used by:');
   for (const u of n.usedBy) lines.push(`  ${u}`);
   // On a cluster: the bridge on each member (decision 0034), its own member first.
+  // The VXLAN joining them (decision 0050), and each member's end of it.
+  if (n.tunnel) {
+    const t = n.tunnel;
+    lines.push(`Tunnel: ${t.type} id ${t.id}, UDP port ${t.port}, guest MTU ${t.mtu}`);
+  }
   if (n.members?.length) lines.push('Members:');
-  for (const m of n.members ?? []) lines.push(`  ${m.name}: ${m.status}${m.error ? ` (${m.error})` : ''}`);
+  for (const m of n.members ?? []) {
+    const end = m.tunnelEndpoint ? ` (tunnel endpoint ${m.tunnelEndpoint})` : '';
+    lines.push(`  ${m.name}: ${m.status}${end}${m.error ? ` (${m.error})` : ''}`);
+  }
   if (n.forwards?.length) lines.push('Forwards:');
   for (const f of n.forwards ?? []) {
     const guest = f.targetGuest ? ` (${f.targetGuest})` : '';

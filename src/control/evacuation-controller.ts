@@ -109,7 +109,9 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
         const { member } = await deps.guests.placementFor({ model: spec.model, config: spec.config });
         await record(spec.name, value);
         const live = liveMove(spec, statusOf.get(spec.name), mode);
-        const error = await finished(await deps.mover.move(spec.name, { target: member, live }));
+        const error = await finished(
+          await deps.mover.move(spec.name, { target: member, live, reason: 'evacuation' }),
+        );
         if (error) await failed(spec.name, value, error);
       } catch (e) {
         await failed(spec.name, value, asTrivisorError(e).message);
@@ -153,7 +155,9 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
       try {
         // Back as it left: live for a running vm unless its key says otherwise.
         const live = liveMove(spec.value, status?.value, undefined);
-        const error = await finished(await deps.mover.move(name, { target: value.origin, live }));
+        const error = await finished(
+          await deps.mover.move(name, { target: value.origin, live, reason: 'restore' }),
+        );
         if (error) await failed(name, value, error);
         else await store.delete(records.evacuation.key(name));
       } catch (e) {

@@ -323,7 +323,11 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     const m = request.move;
     let error: string | undefined;
     try {
-      const op = await deps.mover.move(m.guest, { target: m.to, live: m.how === 'live' });
+      const op = await deps.mover.move(m.guest, {
+        target: m.to,
+        live: m.how === 'live',
+        reason: 'rebalancing',
+      });
       await succeeded(deps.operations, op);
     } catch (e) {
       error = asTrivisorError(e).message;

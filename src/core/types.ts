@@ -178,6 +178,21 @@ export interface Network {
    * absent on a single host.
    */
   members?: NetworkMemberState[];
+  /**
+   * On a cluster, the VXLAN that joins the members' bridges (decision 0050), read-only: its VNI
+   * (`id`), UDP port and the MTU guests are given; each member's end is in `members`.
+   */
+  tunnel?: NetworkTunnel;
+}
+
+/** The overlay of a network that spans members (decision 0050). */
+export interface NetworkTunnel {
+  type: 'vxlan';
+  /** The VNI, the same on every member. */
+  id: number;
+  port: number;
+  /** The MTU guests are given on this network (the underlay's less VXLAN's 50 bytes). */
+  mtu: number;
 }
 
 /** How a network's bridge stands on one member. */
@@ -186,6 +201,8 @@ export interface NetworkMemberState {
   /** Pending: the member has not built the network's current generation yet. */
   status: 'Created' | 'Pending' | 'Error';
   error?: string;
+  /** The member's end of the network's VXLAN: its cluster address (present with `tunnel`). */
+  tunnelEndpoint?: string;
 }
 
 /** One NIC of a guest as `info` shows it. */

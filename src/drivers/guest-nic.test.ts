@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import type { GuestSpec } from '../core/types.ts';
 import type { ExecSession } from './guest-driver.ts';
-import { NIC_PROBE_SCRIPT, parseNicProbe, probeGuestNics } from './guest-nic.ts';
+import { NIC_PROBE_SCRIPT, nicUpScript, parseNicProbe, probeGuestNics } from './guest-nic.ts';
 
 // What the probe printed in a pvm guest (busybox ip), with a second NIC that is down.
 const BUSYBOX = [
@@ -89,4 +89,13 @@ test('parseNicProbe() keeps 16 addresses per interface, however many the guest r
   const lines = ['link eth0 02:00:00:00:00:01 0x1003'];
   for (let i = 0; i < 40; i++) lines.push(`2: eth0    inet 10.0.0.${i}/24 scope global eth0`);
   assert.equal(parseNicProbe(lines.join('\n'))[0]?.addresses.length, 16);
+});
+
+test("nicUpScript() gives a hot-plugged NIC the network's MTU before it comes up, when told one", () => {
+  const nic = { name: 'eth1', mac: '02:00:00:00:00:09', cidr: '198.18.10.9/24' };
+  const lines = nicUpScript({ ...nic, mtu: 1450 }).split('\n');
+  const mtu = lines.indexOf('/.trivisor/busybox ip link set dev "$dev" mtu 1450');
+  const up = lines.indexOf('/.trivisor/busybox ip link set dev "$dev" up');
+  assert.ok(mtu > 0 && up > mtu, lines.join('\n'));
+  assert.doesNotMatch(nicUpScript(nic), / mtu /);
 });

@@ -12,10 +12,11 @@ const byMac = (mac: string) =>
 
 /**
  * What a vm or pvm guest runs (through its agent) when a NIC is hot-plugged: the interface
- * with the NIC's MAC takes the NIC's name (as the kit does at boot), comes up and holds the
- * NIC's reserved address, which the guest's DHCP client asked for at boot only.
+ * with the NIC's MAC takes the NIC's name (as the kit does at boot), takes the network's MTU
+ * (DHCP's option 26 at boot: lower on a network spanning members, decision 0050), comes up
+ * and holds the NIC's reserved address, which the guest's DHCP client asked for at boot only.
  */
-export function nicUpScript(nic: { name: string; mac: string; cidr: string }): string {
+export function nicUpScript(nic: { name: string; mac: string; cidr: string; mtu?: number }): string {
   const bb = KIT_BUSYBOX;
   return [
     // The kernel announces the device a moment after QEMU or UML added it.
@@ -23,6 +24,7 @@ export function nicUpScript(nic: { name: string; mac: string; cidr: string }): s
     `dev=${byMac(nic.mac)}`,
     `[ -n "$dev" ] || { echo "no interface with MAC ${nic.mac}" >&2; exit 1; }`,
     `if [ "$dev" != "${nic.name}" ] && [ ! -e /sys/class/net/${nic.name} ]; then ${bb} ip link set dev "$dev" name ${nic.name} && dev=${nic.name}; fi`,
+    ...(nic.mtu !== undefined ? [`${bb} ip link set dev "$dev" mtu ${nic.mtu}`] : []),
     `${bb} ip link set dev "$dev" up`,
     `${bb} ip addr replace ${nic.cidr} dev "$dev"`,
   ].join('\n');

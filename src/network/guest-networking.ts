@@ -30,13 +30,14 @@ export interface GuestNetworking {
   plugVeth(spec: GuestSpec, nic: string, netnsPid: number): Promise<void>;
   /**
    * Hot-plug into a running vm or pvm guest: one NIC's tap on its bridge, filtered and limited;
-   * `cidr` is the NIC's reserved address with the network's prefix, for the guest to take.
+   * `cidr` is the NIC's reserved address with the network's prefix and `mtu` the network's MTU
+   * (lower on a network that spans members), for the guest to take.
    */
   plugTap(
     spec: GuestSpec,
     nic: string,
     options?: { user?: number },
-  ): Promise<{ tap: string; mac: string; cidr: string }>;
+  ): Promise<{ tap: string; mac: string; cidr: string; mtu: number }>;
   /** Removes one NIC's port and its filters (hot-unplug); idempotent. */
   unplugNic(spec: GuestSpec, nic: string): Promise<void>;
   /**
@@ -134,8 +135,8 @@ export function createGuestNetworking(deps: {
       const d = nicOf(spec, nic);
       const port = await portOf(spec, nic, d);
       const cidr = await cidrOf(port.ip, d.network);
-      await backend.plugTap(port, options);
-      return { tap: port.port, mac: port.mac, cidr };
+      const { mtu } = await backend.plugTap(port, options);
+      return { tap: port.port, mac: port.mac, cidr, mtu };
     },
 
     async unplugNic(spec, nic) {

@@ -272,6 +272,15 @@ describe('linux network backend', () => {
       runner.commands().includes('ip link set dev tv0123456789p mtu 1450'),
       'a ct NIC starts at 1450',
     );
+    const tap = await backend.plugTap({
+      port: 'tv0123456788',
+      bridge: 'tvnet0',
+      mac: '02:00:00:00:00:03',
+      ip: '198.18.10.3',
+      isolated: false,
+    });
+    assert.deepEqual(tap, { mtu: 1450 }, 'a vm or pvm NIC is told the tunnel MTU');
+    assert.ok(runner.commands().includes('ip link set dev tv0123456788 mtu 1450'), 'its tap at 1450');
     bridgeExists = true;
     assert.equal((await backend.inspect('tvnet0', undefined)).bridge, false, 'the VXLAN device is missing');
     runner.respond((argv) =>
@@ -476,7 +485,7 @@ describe('linux network backend', () => {
   test('plugTap() makes a tap the given user may open, filtered and on the bridge', async () => {
     const runner = fakeRunner();
     const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
-    await backend.plugTap(
+    const tap = await backend.plugTap(
       {
         port: 'tv0123456789',
         bridge: 'tvnet0',
@@ -487,6 +496,8 @@ describe('linux network backend', () => {
       { user: 1234 },
     );
     const cmds = runner.commands();
+    assert.deepEqual(tap, { mtu: 1500 }, 'a network on one host keeps 1500');
+    assert.ok(!cmds.some((c) => c.includes(' mtu ')), cmds.join('\n'));
     assert.ok(cmds.includes('ip tuntap add dev tv0123456789 mode tap user 1234'));
     assert.ok(cmds.includes('ip link set dev tv0123456789 master tvnet0 up'));
     const nft = runner.calls

@@ -40,6 +40,7 @@ import {
   gatewayMac,
   SPANNED_MTU,
   tunnelRuleset,
+  UNDERLAY_MTU,
   VXLAN_PORT,
   vxlanDevice,
 } from './vxlan.ts';
@@ -490,11 +491,17 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
           ...['ip', 'tuntap', 'add', 'dev', def.port, 'mode', 'tap'],
           ...(options.user !== undefined ? ['user', String(options.user)] : []),
         ]);
+        // The host end at the tunnel's MTU too, as a ct guest's veth: the guest end is QEMU's or
+        // UML's, which the driver sets in the guest from the MTU returned.
+        if (tunnelled.has(def.bridge)) {
+          await runner.run(['ip', 'link', 'set', 'dev', def.port, 'mtu', String(SPANNED_MTU)]);
+        }
         await attachPort(def);
       } catch (e) {
         await backend.unplug(def.port);
         throw e;
       }
+      return { mtu: tunnelled.has(def.bridge) ? SPANNED_MTU : UNDERLAY_MTU };
     },
 
     async unplug(port) {

@@ -98,8 +98,10 @@ export interface NetworkBackend {
   /**
    * Creates a tap device on the bridge for a `vm` or `pvm` guest (QEMU or UML opens it;
    * `user` may open it without privileges), with the same filters and limits as a veth.
+   * Resolves with the MTU the guest's end must take: the tunnel's on a network that spans
+   * members (decision 0050), else 1500.
    */
-  plugTap(def: PortDefinition, options?: { user?: number }): Promise<void>;
+  plugTap(def: PortDefinition, options?: { user?: number }): Promise<{ mtu: number }>;
   /** Removes a port (veth or tap) and its filters; a port that is gone already is fine. */
 
   unplug(port: string): Promise<void>;

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
+import { haKeys } from '../control/ha/types.ts';
 import { cancelled, conflict, invalidArgument, isTrivisorError } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
@@ -29,6 +30,33 @@ import type { OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
 
 const spec = aGuestSpec;
+
+/**
+ * An HA guest `web` owned by h1 (decision 0052's records): a heartbeat key for each member (its
+ * create revision is its fencing token) and the guest's HA record under h1's token.
+ */
+async function makeHa(store: KvEngine, members: string[] = ['h1', 'h2']) {
+  const tokens: Record<string, number> = {};
+  for (const m of members) {
+    await store.put(haKeys.heartbeat(m), JSON.stringify({ member: m }));
+    tokens[m] = (await store.get(haKeys.heartbeat(m)))?.createRevision ?? 0;
+  }
+  const record = { name: 'web', owner: 'h1', token: tokens.h1, decidedAt: 1, failures: 0, failedOn: [] };
+  await store.put(haKeys.guest('web'), JSON.stringify(record));
+  return { tokens, record };
+}
+/** Waits for `cond`, failing after 10 s (a test that waits never hangs). */
+async function waitUntil(cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('waited 10 s in vain');
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+const haRecordOf = async (store: KvEngine) => {
+  const kv = await store.get(haKeys.guest('web'));
+  return kv && { ...JSON.parse(kv.value), modRevision: kv.modRevision };
+};
 
 /**
  * Every member's guest controller, reduced to what a move relies on: the owner of a spec (its
@@ -71,6 +99,8 @@ describe('moving a guest (cold)', () => {
   let backupFails: Error | undefined;
   let mover: GuestMover;
   let members: Array<{ name: string; status: string }>;
+  /** An HA guest's move mark as each stop or start of the move saw it. */
+  let haSeen: unknown[];
 
   const end = async (op: Operation) => operations.wait(op.id);
   const guest = async () => (await records.guest.at('web').get(store))?.value;
@@ -90,6 +120,7 @@ describe('moving a guest (cold)', () => {
     backups = { made: 0, deleted: [] };
     sendFails = undefined;
     backupFails = undefined;
+    haSeen = [];
     members = [
       { name: 'h1', status: 'Online' },
       { name: 'h2', status: 'Online' },
@@ -138,6 +169,8 @@ describe('moving a guest (cold)', () => {
           assert.ok(now);
           const generation = now.value.generation + 1;
           const desired = request.action === 'start' ? 'Running' : 'Stopped';
+          const ha = await store.get(haKeys.guest(name));
+          if (ha) haSeen.push(`${request.action} ${JSON.stringify(JSON.parse(ha.value).moving)}`);
           await records.guest.at(name).put(store, { ...now.value, desired, generation });
           return operations.start({
             project: 'default',
@@ -196,6 +229,82 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
     assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h2');
     assert.deepEqual(discarded, []);
+  });
+
+  test('an HA guest: its record says it moves before it stops, is unmarked before it starts again where it was, names the destination from the hand-over on, and goes back with the records when the move is undone', async () => {
+    const { tokens } = await makeHa(store);
+    const mark = JSON.stringify({ to: 'h2', token: tokens.h2, reason: 'evacuation' });
+    const running = () =>
+      waitForGuest(store, 'web', (sp, st) =>
+        st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
+      );
+    backupFails = new Error('No space left on device');
+    assert.equal(
+      (await end(await mover.move('web', { target: 'h2', reason: 'evacuation' }))).status,
+      'Failure',
+    );
+    // HA starts an HA guest only once its record no longer says it moves.
+    assert.deepEqual(haSeen, [`stop ${mark}`, 'start undefined']);
+    await running();
+
+    backupFails = undefined;
+    sendFails = invalidArgument(
+      'The backup archive is corrupted: rootfs.tar.zst does not match its checksum',
+    );
+    haSeen = [];
+    assert.equal(
+      (await end(await mover.move('web', { target: 'h2', reason: 'evacuation' }))).status,
+      'Failure',
+    );
+    assert.deepEqual(haSeen, [`stop ${mark}`]);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', tokens.h1, undefined]);
+    assert.equal((await guest())?.location, 'h1');
+    await running();
+
+    sendFails = undefined;
+    const ok = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(ok.status, 'Success', ok.error ?? '');
+    const moved = await haRecordOf(store);
+    assert.deepEqual([moved.owner, moved.token, moved.moving], ['h2', tokens.h2, undefined]);
+  });
+
+  test('an HA guest that HA is restarting elsewhere, or whose source lost its HA lease, or that moves already, is refused in one line and nothing changes', async () => {
+    const { tokens, record } = await makeHa(store);
+    const refusal = async () => {
+      const before = await guest();
+      try {
+        await mover.move('web', { target: 'h2' });
+      } catch (e) {
+        assert.ok(isTrivisorError(e));
+        assert.deepEqual(await guest(), before);
+        return `${e.code}: ${e.message}`;
+      }
+      assert.fail('moved');
+    };
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h3' }));
+    assert.equal(
+      await refusal(),
+      'Conflict: HA gave guest web to member h3: it is being restarted there; move it from there once it runs',
+    );
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, token: (tokens.h1 ?? 0) - 1 }));
+    assert.match(
+      await refusal(),
+      /^Conflict: Member h1 does not hold the HA lease guest web was given under/,
+    );
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...record, moving: { to: 'h2', token: tokens.h2, reason: 'migration' } }),
+    );
+    assert.equal(await refusal(), 'Conflict: Guest web is being moved to h2 already');
+    await store.put(haKeys.guest('web'), JSON.stringify(record));
+    await store.delete(haKeys.heartbeat('h2'));
+    assert.equal(
+      await refusal(),
+      'FailedPrecondition: Member h2 has no HA agent running (no HA heartbeat): HA guest web cannot move there',
+    );
+    assert.deepEqual(sent, []);
+    assert.equal((await haRecordOf(store))?.moving, undefined);
   });
 
   test('a stopped guest moves stopped', async () => {
@@ -715,6 +824,54 @@ describe('moving a vm guest live', () => {
     assert.equal(op.status, 'Failure');
     assert.equal(op.metadata.errorCode, 'Conflict');
     assert.deepEqual(calls, ['prepare h2 web']);
+  });
+
+  test('an HA guest moved live: its record says moving during the migration, and the switch-over gives it to the destination in the same transaction as the spec', async () => {
+    const { tokens } = await makeHa(store);
+    let during: unknown;
+    hold = (async () => {
+      await waitUntil(() => calls.some((c) => c.startsWith('migrateOut')));
+      during = (await haRecordOf(store))?.moving;
+    })();
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.deepEqual(during, { to: 'h2', token: tokens.h2, reason: 'migration' });
+    const after = await haRecordOf(store);
+    assert.equal(after.owner, 'h2');
+    assert.equal(after.token, tokens.h2);
+    assert.equal(after.moving, undefined);
+    assert.equal(after.modRevision, (await records.guest.at('web').get(store))?.modRevision);
+  });
+
+  test("an HA guest whose live move fails, before or after the switch-over, is its source's again, unmarked, under its token", async () => {
+    const { tokens } = await makeHa(store);
+    fail.migrate = new Error('The RAM migration failed: Connection reset');
+    assert.equal((await end(await mover.move('web', { target: 'h2', live: true }))).status, 'Failure');
+    let r = await haRecordOf(store);
+    assert.deepEqual([r.owner, r.token, r.moving], ['h1', tokens.h1, undefined]);
+    delete fail.migrate;
+    fail.finish = new Error('QEMU refused cont');
+    assert.equal((await end(await mover.move('web', { target: 'h2', live: true }))).status, 'Failure');
+    r = await haRecordOf(store);
+    assert.deepEqual([r.owner, r.token, r.moving], ['h1', tokens.h1, undefined]);
+    assert.equal((await guest())?.location, 'h1');
+  });
+
+  test("the CRM's decision racing the switch-over: HA ended the move during the migration (its destination was lost), so the switch-over does not happen and the guest runs on", async () => {
+    const { tokens, record } = await makeHa(store);
+    hold = (async () => {
+      await waitUntil(() => calls.some((c) => c.startsWith('migrateOut')));
+      // The CRM's write: the destination lost its lease, the source has the guest again.
+      await store.delete(haKeys.heartbeat('h2'));
+      await store.put(haKeys.guest('web'), JSON.stringify(record));
+    })();
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.match(op.error ?? '', /HA ended guest web's move to h2 meanwhile/);
+    assert.deepEqual(calls.slice(-2), ['resume h1', 'discard h2 web']);
+    assert.equal((await guest())?.location, 'h1');
+    const r = await haRecordOf(store);
+    assert.deepEqual([r.owner, r.token, r.moving], ['h1', tokens.h1, undefined]);
   });
 
   test('refusals of a live move are one line and change nothing: a stopped guest, one with snapshots, a bad downtime limit, a model without live migration', async () => {

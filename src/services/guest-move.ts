@@ -1,5 +1,12 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import {
+  beginHaMove,
+  endHaMove,
+  type HaMoveTicket,
+  haGiveBackPart,
+  haSwitchOverPart,
+} from '../control/ha/ha-move.ts';
 import { migrationDowntimeLimitMs } from '../core/config-keys.ts';
 import {
   asTrivisorError,
@@ -26,7 +33,7 @@ import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { digestOf } from '../storage/backup-archive.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
-import type { KvStore, TxnOp } from '../store/kv.ts';
+import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
 import { succeeded } from './operation-service.ts';
@@ -48,6 +55,9 @@ import { convergedTo, provisionedAt, waitForGuest } from './wait-guest.ts';
  *    onto them (its checksums verified) before it answers;
  * 4. the guest is started there if it ran here, and only then are this member's files removed.
  *
+ * An HA guest's record is marked `moving` before step 1 and given to the destination in step 2's
+ * transaction (back to this member if the move is undone; see `ha-move.ts`).
+ *
  * Until step 4 ends, this member's files are untouched. A failure after step 2 puts the records
  * back as they were (this member's ownership, the status as it was, the snapshots' records), asks
  * the destination to remove what it made, and starts the guest here again if it ran: the guest
@@ -58,6 +68,8 @@ export interface MoveRequest {
   target: string;
   /** Keep the guest running through the move (vm: QEMU's live migration, decision 0042). */
   live?: boolean;
+  /** Why it moves, as an HA guest's record says while it moves (default `migration`). */
+  reason?: string;
 }
 
 /** How the member that moves a guest reaches the destination's member API. */
@@ -212,60 +224,95 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
   return {
     async move(name, request) {
       const checked = await check(name, request);
-      if (request.live) return moveLive(name, request.target, checked);
-      if (checked.onShared) return moveShared(name, request.target, checked);
-      const { spec, status } = checked;
-      const target = request.target;
-      const wasRunning = up(status);
-      return deps.operations.start({
-        project: projectOfRecord(spec),
-        description: `Moving guest ${name} to ${target}`,
-        resources: { guests: [`/1.0/guests/${name}`] },
-        async run(ctx) {
-          let backup: string | undefined;
-          /** Set once the records name the destination: from then on a failure is rolled back. */
-          let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
-          try {
-            if (wasRunning) {
-              ctx.progress(0, 'stopping the guest');
-              await finished(await deps.guests.changeState(name, { action: 'stop' }));
-            }
-            ctx.progress(10, 'writing the guest and its snapshots to an archive');
-            const made = await finished(await deps.storage.createBackup(name, { withSnapshots: true }));
-            backup = String(made.metadata.backup ?? '');
-            const archive = await deps.storage.backupFile(name, backup);
+      // An HA guest's record says it moves before anything of it leaves (refused, changing
+      // nothing, while HA restarts it elsewhere); every path below ends or hands the mark over.
+      const ha = await beginHaMove(store, {
+        guest: name,
+        from: hostName,
+        to: request.target,
+        reason: request.reason ?? 'migration',
+      });
+      try {
+        if (request.live) return await moveLive(name, request.target, checked, ha);
+        if (checked.onShared) return await moveShared(name, request.target, checked, ha);
+        return await moveArchived(name, request.target, checked, ha);
+      } catch (e) {
+        // The operation did not start.
+        if (ha) await endHaMove(store, ha).catch(() => false);
+        throw e;
+      }
+    },
+  };
 
-            ctx.progress(40, `handing the guest over to ${target}`);
-            const [now, nowStatus, snapshots] = await Promise.all([
-              records.guest.at(name).get(store),
-              records.guestStatus.at(name).get(store),
-              records.snapshot.list(store, name),
-            ]);
-            if (!now || !nowStatus || now.value.deleting || up(nowStatus.value)) {
-              throw conflict(`Guest ${name} was changed while it was being moved`);
-            }
-            const flip = await handOver(store, now, hostName, target);
-            const { generation } = flip;
-            if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
-            flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
+  /** Clears an HA guest's move mark after a move given up before its switch-over. */
+  async function endMark(ha: HaMoveTicket | undefined): Promise<void> {
+    if (!ha) return;
+    const ended = await endHaMove(store, ha).catch(() => false);
+    if (!ended) log.warn({ guest: ha.guest }, "the HA record's move mark is left to the CRM");
+  }
 
-            ctx.progress(50, `${target} makes the guest's files`);
-            await waitForGuest(
-              store,
-              name,
-              provisionedAt(generation),
-              AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
-            );
-            ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
-            await deps.transport.send(target, name, archive.path, ctx.signal);
+  /** The cold move through an archive (steps 1–4 above). */
+  async function moveArchived(
+    name: string,
+    target: string,
+    checked: { spec: GuestSpec; status: GuestStatus },
+    ha: HaMoveTicket | undefined,
+  ): Promise<Operation> {
+    const { spec, status } = checked;
+    const wasRunning = up(status);
+    return deps.operations.start({
+      project: projectOfRecord(spec),
+      description: `Moving guest ${name} to ${target}`,
+      resources: { guests: [`/1.0/guests/${name}`] },
+      async run(ctx) {
+        let backup: string | undefined;
+        /** Set once the records name the destination: from then on a failure is rolled back. */
+        let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+        try {
+          if (wasRunning) {
+            ctx.progress(0, 'stopping the guest');
+            await finished(await deps.guests.changeState(name, { action: 'stop' }));
+          }
+          ctx.progress(10, 'writing the guest and its snapshots to an archive');
+          const made = await finished(await deps.storage.createBackup(name, { withSnapshots: true }));
+          backup = String(made.metadata.backup ?? '');
+          const archive = await deps.storage.backupFile(name, backup);
+
+          ctx.progress(40, `handing the guest over to ${target}`);
+          const [now, nowStatus, snapshots] = await Promise.all([
+            records.guest.at(name).get(store),
+            records.guestStatus.at(name).get(store),
+            records.snapshot.list(store, name),
+          ]);
+          if (!now || !nowStatus || now.value.deleting || up(nowStatus.value)) {
+            throw conflict(`Guest ${name} was changed while it was being moved`);
+          }
+          const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
+          const flip = await handOver(store, now, hostName, target, guard.success, guard.compare);
+          const { generation } = flip;
+          if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
+
+          ctx.progress(50, `${target} makes the guest's files`);
+          await waitForGuest(
+            store,
+            name,
+            provisionedAt(generation),
+            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
+          );
+          ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
+          await deps.transport.send(target, name, archive.path, ctx.signal);
+          if (wasRunning) {
+            ctx.progress(90, `starting the guest on ${target}`);
+            await setDesired(name, 'Running', ctx.signal);
+          }
+        } catch (e) {
+          const err = asTrivisorError(e);
+          if (flipped) await rollBack(name, target, flipped, wasRunning, ha);
+          else {
+            // The mark goes first: HA starts an HA guest only once its record no longer moves.
+            await endMark(ha);
             if (wasRunning) {
-              ctx.progress(90, `starting the guest on ${target}`);
-              await setDesired(name, 'Running', ctx.signal);
-            }
-          } catch (e) {
-            const err = asTrivisorError(e);
-            if (flipped) await rollBack(name, target, flipped, wasRunning);
-            else if (wasRunning) {
               await deps.guests
                 .changeState(name, { action: 'start' })
                 .then(finished)
@@ -273,19 +320,19 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
                   log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
                 );
             }
-            throw new TrivisorError(
-              err.code,
-              `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
-            );
-          } finally {
-            if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
           }
-          await dropLocalCopy(spec);
-          return { location: target };
-        },
-      });
-    },
-  };
+          throw new TrivisorError(
+            err.code,
+            `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
+          );
+        } finally {
+          if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
+        }
+        await dropLocalCopy(spec);
+        return { location: target };
+      },
+    });
+  }
 
   /**
    * A cold move of a guest on a shared pool (decision 0049): its files are already where the
@@ -298,6 +345,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
+    ha: HaMoveTicket | undefined,
   ): Promise<Operation> {
     const { spec, status } = checked;
     const wasRunning = up(status);
@@ -324,7 +372,15 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           const theirs = valuesOf(snapshots).map((s) =>
             records.snapshot.at(name, s.name).putOp({ ...s, location: target }),
           );
-          const flip = await handOver(store, now, hostName, target, theirs);
+          const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
+          const flip = await handOver(
+            store,
+            now,
+            hostName,
+            target,
+            [...theirs, ...guard.success],
+            guard.compare,
+          );
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
           ctx.progress(50, `${target} takes the guest's files over`);
@@ -340,14 +396,17 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           }
         } catch (e) {
           const err = asTrivisorError(e);
-          if (flipped) await rollBack(name, target, flipped, wasRunning);
-          else if (wasRunning) {
-            await deps.guests
-              .changeState(name, { action: 'start' })
-              .then(finished)
-              .catch((e2: unknown) =>
-                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
-              );
+          if (flipped) await rollBack(name, target, flipped, wasRunning, ha);
+          else {
+            await endMark(ha);
+            if (wasRunning) {
+              await deps.guests
+                .changeState(name, { action: 'start' })
+                .then(finished)
+                .catch((e2: unknown) =>
+                  log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+                );
+            }
           }
           throw new TrivisorError(
             err.code,
@@ -372,6 +431,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus; specRevision: number; onShared: boolean },
+    ha: HaMoveTicket | undefined,
   ): Promise<Operation> {
     const { spec, onShared } = checked;
     const migration = deps.migrationOf?.(spec.model);
@@ -438,9 +498,11 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           }
           const generation = now.value.generation + 1;
           const specRef = records.guest.at(name);
+          const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
           const flip = await store.txn({
-            compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName)],
+            compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName), ...guard.compare],
             success: [
+              ...guard.success,
               specRef.putOp({ ...now.value, location: target, generation }),
               records.guestLocation.at(name).putOp(target),
               records.guestStatus.at(name).putOp({
@@ -486,7 +548,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           return measured;
         } catch (e) {
           const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
-          if (flippedAt) await unflip(name, target, checked, flippedAt.generation);
+          if (flippedAt) await unflip(name, target, checked, { generation: flippedAt.generation, ha });
           const discard = async () => {
             if (!asked || prepareRefused) return;
             await deps.transport
@@ -513,6 +575,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
               );
           }
           if (!onShared) await discard();
+          // Last: until the destination's copy is gone its LRM must not take it for a stray.
+          if (!flippedAt) await endMark(ha);
           throw new TrivisorError(
             err.code,
             `Cannot move guest ${name} live to ${target}: ${err.message}; it stays running on ${hostName}`,
@@ -527,14 +591,22 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
-    generation: number,
+    options: { generation: number; ha: HaMoveTicket | undefined },
   ): Promise<void> {
     const now = await records.guest.at(name).get(store);
     const specRef = records.guest.at(name);
-    const back = generation + 1;
+    const back = options.generation + 1;
+    const guard = options.ha
+      ? await haGiveBackPart(store, options.ha).catch((e: unknown) => {
+          log.error({ guest: name, err: asTrivisorError(e).message }, 'a failed live move is left to HA');
+          return undefined;
+        })
+      : { compare: [], success: [] };
+    if (!guard) return;
     const r = await store.txn({
-      compare: [specRef.unchanged(now?.modRevision ?? 0), ownedBy(name, target)],
+      compare: [specRef.unchanged(now?.modRevision ?? 0), ownedBy(name, target), ...guard.compare],
       success: [
+        ...guard.success,
         specRef.putOp({ ...checked.spec, location: hostName, generation: back }),
         records.guestLocation.at(name).putOp(hostName),
         records.guestStatus.at(name).putOp({ ...checked.status, observedGeneration: back }),
@@ -551,8 +623,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     target: string,
     before: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] },
     wasRunning: boolean,
+    ha: HaMoveTicket | undefined,
   ): Promise<void> {
     try {
+      const guard = ha ? await haGiveBackPart(store, ha) : { compare: [], success: [] };
       const now = await records.guest.at(name).get(store);
       if (!now) throw conflict(`Guest ${name} was deleted meanwhile`);
       const generation = now.value.generation + 1;
@@ -562,9 +636,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         records.guestLocation.at(name).putOp(hostName),
         records.guestStatus.at(name).putOp(before.status),
         ...before.snapshots.map((s) => records.snapshot.at(name, s.name).putOp(s)),
+        ...guard.success,
       ];
       const r = await store.txn({
-        compare: [specRef.unchanged(now.modRevision), ownedBy(name, target)],
+        compare: [specRef.unchanged(now.modRevision), ownedBy(name, target), ...guard.compare],
         success: ops,
       });
       if (!r.succeeded) throw conflict(`Guest ${name} was changed while its move was being undone`);
@@ -588,7 +663,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
  * files from its image as for a new guest (decision 0040): in one transaction, compared against
  * the spec as read and `from`'s ownership, the spec names `to` (desired Stopped, next
  * generation), so does the location key, and the status goes; `more` are further ops of the same
- * hand-over. The cold move and the recovery from backups (decision 0046) hand over this way.
+ * hand-over, `guard` further compares (an HA guest's record and its members' tokens). The cold
+ * move and the recovery from backups (decision 0046) hand over this way.
  */
 export async function handOver(
   store: KvStore,
@@ -596,12 +672,13 @@ export async function handOver(
   from: string,
   to: string,
   more: TxnOp[] = [],
+  guard: Compare[] = [],
 ): Promise<{ succeeded: boolean; generation: number }> {
   const name = guest.value.name;
   const generation = guest.value.generation + 1;
   const ref = records.guest.at(name);
   const r = await store.txn({
-    compare: [ref.unchanged(guest.modRevision), ownedBy(name, from)],
+    compare: [ref.unchanged(guest.modRevision), ownedBy(name, from), ...guard],
     success: [
       ref.putOp({ ...guest.value, location: to, desired: 'Stopped', generation }),
       records.guestLocation.at(name).putOp(to),

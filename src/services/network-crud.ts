@@ -7,9 +7,15 @@ import {
   NO_USAGE,
   projectOfRecord,
 } from '../core/projects.ts';
-import type { Network, NetworkMemberState, NetworkSpec, NetworkStatus } from '../core/types.ts';
+import type {
+  Network,
+  NetworkMemberState,
+  NetworkSpec,
+  NetworkStatus,
+  NetworkTunnel,
+} from '../core/types.ts';
 import { type Ipv4Cidr, overlaps, parseCidr, parseGatewayCidr, subnetOf } from '../network/ipv4.ts';
-import { pickVni } from '../network/vxlan.ts';
+import { addressHost, pickVni, SPANNED_MTU, VXLAN_PORT } from '../network/vxlan.ts';
 import { records, valuesOf } from '../store/records.ts';
 import type { NetworkContext } from './network-context.ts';
 import type { NetworkService } from './network-service.ts';
@@ -29,15 +35,29 @@ export function shownStatus(spec: NetworkSpec, status: NetworkStatus | undefined
  */
 export function networkMembers(
   spec: NetworkSpec,
-  cluster: { own: NetworkStatus | undefined; members: string[]; statuses: Map<string, NetworkStatus> },
+  cluster: {
+    own: NetworkStatus | undefined;
+    members: string[];
+    statuses: Map<string, NetworkStatus>;
+    /** Each member's cluster address (`IP:PORT`): its end of the VXLAN, shown when the network has a VNI. */
+    addresses?: Map<string, string>;
+  },
 ): NetworkMemberState[] {
   const names = [...new Set([spec.location, ...[...cluster.members].sort()])];
   return names.map((member) => {
     const status = member === spec.location ? cluster.own : cluster.statuses.get(`${spec.name}/${member}`);
     const shown: NetworkMemberState = { name: member, status: shownStatus(spec, status) };
     if (status?.error && shown.status === 'Error') shown.error = status.error;
+    const address = cluster.addresses?.get(member);
+    if (spec.vni !== undefined && address !== undefined) shown.tunnelEndpoint = addressHost(address);
     return shown;
   });
+}
+
+/** The VXLAN of a network on a cluster (decision 0050), as the API shows it: read-only. */
+export function networkTunnel(spec: NetworkSpec): NetworkTunnel | undefined {
+  if (spec.vni === undefined) return undefined;
+  return { type: 'vxlan', id: spec.vni, port: VXLAN_PORT, mtu: SPANNED_MTU };
 }
 
 /** Listing, reading, creating, changing and deleting networks of the context's view. */
@@ -50,7 +70,7 @@ export function networkCrud(
     spec: NetworkSpec,
     status: NetworkStatus | undefined,
     usedBy: string[],
-    cluster?: { members: string[]; statuses: Map<string, NetworkStatus> },
+    cluster?: { members: string[]; statuses: Map<string, NetworkStatus>; addresses: Map<string, string> },
   ): Network => {
     const n: Network = {
       name: spec.name,
@@ -68,6 +88,8 @@ export function networkCrud(
     if (spec.acls?.length) n.acls = spec.acls;
     if (cluster && cluster.members.length > 0) {
       n.members = networkMembers(spec, { own: status, ...cluster });
+      const tunnel = networkTunnel(spec);
+      if (tunnel) n.tunnel = tunnel;
     }
     return n;
   };
@@ -75,7 +97,7 @@ export function networkCrud(
   /** The cluster's members and the bridges their non-owners built, of one network or all (single host: none). */
   async function memberStatuses(
     name?: string,
-  ): Promise<{ members: string[]; statuses: Map<string, NetworkStatus> }> {
+  ): Promise<{ members: string[]; statuses: Map<string, NetworkStatus>; addresses: Map<string, string> }> {
     const [members, statuses] = await Promise.all([
       records.member.list(store),
       name === undefined
@@ -84,7 +106,11 @@ export function networkCrud(
     ]);
     const byKey = new Map<string, NetworkStatus>();
     for (const s of statuses.items) byKey.set(records.networkMemberStatus.nameOf(s.key), s.value);
-    return { members: members.items.map((m) => records.member.nameOf(m.key)), statuses: byKey };
+    return {
+      members: members.items.map((m) => records.member.nameOf(m.key)),
+      statuses: byKey,
+      addresses: new Map(members.items.map((m) => [records.member.nameOf(m.key), m.value.address])),
+    };
   }
 
   async function assertNoOverlap(name: string, cidr: Ipv4Cidr, project: string): Promise<void> {

@@ -1,7 +1,8 @@
 import { conflict, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { projectOfRecord } from '../core/projects.ts';
-import type { NetworkForward } from '../core/types.ts';
+import type { NetworkForward, NetworkSpec } from '../core/types.ts';
 import { contains, parseGatewayCidr, parseIpv4, subnetOf } from '../network/ipv4.ts';
+import { addressHost } from '../network/vxlan.ts';
 import { records, valuesOf } from '../store/records.ts';
 import type { NetworkContext } from './network-context.ts';
 import type { NetworkService } from './network-service.ts';
@@ -11,7 +12,56 @@ import { validateAclRule } from './network-validation.ts';
 export function networkForwards(
   ctx: NetworkContext,
 ): Pick<NetworkService, 'addForward' | 'removeForward' | 'addAcl' | 'removeAcl'> {
-  const { store, load, guestIn, waitConverged, writeSpec, rollBack } = ctx;
+  const { store, deps, load, guestIn, waitConverged, writeSpec, rollBack } = ctx;
+
+  /**
+   * The member whose host holds `address`, when it can be told: a member's cluster address, or
+   * an address of this member's own interfaces (not a network's bridge: its gateway address is
+   * on every member). Undefined on a single host, or for an address no member is known by.
+   */
+  async function memberOfAddress(address: string): Promise<string | undefined> {
+    const members = (await records.member.list(store)).items;
+    if (members.length === 0) return undefined;
+    const byCluster = members.find((m) => addressHost(m.value.address) === address);
+    if (byCluster) return records.member.nameOf(byCluster.key);
+    if (!deps.hostSubnets) return undefined;
+    const bridges = new Set(
+      (await store.list(records.network.prefix)).kvs.map((kv) => records.network.nameOf(kv.key)),
+    );
+    const own = (await deps.hostSubnets()).some(
+      (h) => h.source === 'address' && !bridges.has(h.dev) && h.cidr.split('/')[0] === address,
+    );
+    return own ? deps.hostName : undefined;
+  }
+
+  /**
+   * Refuses a forward whose target runs on another member than the one holding its listen
+   * address (decision 0050): the gateway is distributed and a member's host reaches only its
+   * own guests over the bridge, so the DNAT would send into nothing. A target no guest holds,
+   * or a listen address no member is known by, cannot be checked and is taken.
+   */
+  async function assertSameMember(
+    network: NetworkSpec,
+    listenAddress: string,
+    targetAddress: string,
+    targetGuest: string | undefined,
+  ): Promise<void> {
+    const owner = await memberOfAddress(listenAddress);
+    if (owner === undefined) return;
+    const guest = valuesOf(await records.guest.list(store)).find(
+      (g) =>
+        projectOfRecord(g) === projectOfRecord(network) &&
+        (targetGuest !== undefined
+          ? g.name === targetGuest
+          : Object.values(g.devices ?? {}).some(
+              (d) => d.type === 'nic' && d.network === network.name && d['ipv4.address'] === targetAddress,
+            )),
+    );
+    if (!guest || guest.location === owner) return;
+    throw failedPrecondition(
+      `Guest ${guest.name} runs on member ${guest.location}, but ${listenAddress} is member ${owner}'s: a forward reaches only the guests of the member holding its listen address; forward an address of ${guest.location}`,
+    );
+  }
 
   return {
     async addForward(network, request) {
@@ -53,6 +103,7 @@ export function networkForwards(
         targetAddress = nic['ipv4.address'];
         targetGuest = g.name;
       }
+      await assertSameMember(l.spec, request.listenAddress, targetAddress, targetGuest);
       for (const other of valuesOf(await records.network.list(store))) {
         const taken = (other.forwards ?? []).find(
           (f) =>

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { NetworkSpec, NetworkStatus } from '../core/types.ts';
-import { networkMembers } from './network-crud.ts';
+import { networkMembers, networkTunnel } from './network-crud.ts';
 
 const spec: NetworkSpec = {
   name: 'lan',
@@ -51,4 +51,26 @@ test('networkMembers(): a member that wrote no status yet is Pending, and an err
     { name: 'm2', status: 'Pending' },
     { name: 'm1', status: 'Pending' },
   ]);
+});
+
+test("networkMembers() and networkTunnel(): a network with a VNI shows its VXLAN and each member's end, the cluster address without its port", () => {
+  const spanned = { ...spec, vni: 7 };
+  const addresses = new Map([
+    ['m1', '198.18.5.11:8443'],
+    ['m2', '198.18.5.12:8443'],
+  ]);
+  assert.deepEqual(
+    networkMembers(spanned, { own: created(2), members: ['m1', 'm2'], statuses: new Map(), addresses }),
+    [
+      { name: 'm2', status: 'Created', tunnelEndpoint: '198.18.5.12' },
+      { name: 'm1', status: 'Pending', tunnelEndpoint: '198.18.5.11' },
+    ],
+  );
+  assert.deepEqual(networkTunnel(spanned), { type: 'vxlan', id: 7, port: 4789, mtu: 1450 });
+  // A network without a VNI yet (made before networks spanned members): no tunnel to show.
+  assert.equal(networkTunnel(spec), undefined);
+  assert.deepEqual(
+    networkMembers(spec, { own: created(2), members: ['m2'], statuses: new Map(), addresses }),
+    [{ name: 'm2', status: 'Created' }],
+  );
 });

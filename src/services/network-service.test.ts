@@ -71,7 +71,9 @@ function fakeBackend() {
       return [...bridges.keys()];
     },
     async plugVeth() {},
-    async plugTap() {},
+    async plugTap() {
+      return { mtu: 1500 };
+    },
     async unplug() {},
     async counters() {
       return undefined;
@@ -449,6 +451,55 @@ describe('network service and controller', () => {
       joinedAt: new Date(0).toISOString(),
       evacuated: false,
     });
+
+  test("on a cluster a forward is refused, naming the guest's member, when its target runs on another member than the one holding its listen address", async () => {
+    networks = createNetworkService({
+      store,
+      hostName: 'h1',
+      convergeWaitMs: 2000,
+      hostSubnets: async () => [
+        { cidr: '198.19.251.1/24', dev: 'eth9', source: 'address' },
+        { cidr: '198.18.10.1/24', dev: 'net1', source: 'address' },
+      ],
+    });
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await guestWith('a', 'net1');
+    const b = await networks.claimNics('b', { eth0: { type: 'nic', network: 'net1' } });
+    await store.txn({
+      compare: b.compare,
+      success: [
+        ...b.success,
+        records.guest.at('b').putOp(guestRecord('b', { devices: b.devices, location: 'h2' })),
+      ],
+    });
+    const bAddress = b.devices.eth0?.['ipv4.address'] ?? '';
+    const forward = { listenAddress: '198.18.5.11', listenPort: 8080, target: 'b', targetPort: 80 };
+    // A single host: nothing to check (no members).
+    await networks.addForward('net1', forward);
+    await networks.removeForward('net1', forward);
+    await store.txn({ compare: [], success: [member('h1', '198.18.5.11'), member('h2', '198.18.5.12')] });
+    for (const f of [
+      forward,
+      { ...forward, target: bAddress },
+      { ...forward, listenAddress: '198.19.251.1' },
+    ]) {
+      await assert.rejects(networks.addForward('net1', f), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'FailedPrecondition');
+        assert.equal(
+          e.message,
+          `Guest b runs on member h2, but ${f.listenAddress} is member h1's: a forward reaches only the guests of the member holding its listen address; forward an address of h2`,
+        );
+        return true;
+      });
+    }
+    assert.deepEqual((await records.network.at('net1').get(store))?.value.forwards, [], 'nothing written');
+    // Its own member's address, a guest on the same member, or an address no member is known by: taken.
+    await networks.addForward('net1', { ...forward, listenAddress: '198.18.5.12' });
+    await networks.addForward('net1', { ...forward, listenPort: 8081, target: 'a' });
+    await networks.addForward('net1', { ...forward, listenAddress: '203.0.113.7' });
+    // The gateway address is on every member's bridge: it names no member.
+    await networks.addForward('net1', { ...forward, listenAddress: '198.18.10.1' });
+  });
 
   test('two members claiming an address at once never both get it: the later transaction fails, its next claim takes the next address', async () => {
     await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });

@@ -66,7 +66,9 @@ function fakeNetworkBackend(): NetworkBackend {
       return [...bridges];
     },
     async plugVeth() {},
-    async plugTap() {},
+    async plugTap() {
+      return { mtu: 1500 };
+    },
     async unplug() {},
     async counters() {
       return undefined;

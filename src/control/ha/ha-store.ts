@@ -66,10 +66,15 @@ function decode<T>(kv: KeyValue, check: { Check(v: unknown): boolean }, what: st
   return { value: value as T, createRevision: kv.createRevision, modRevision: kv.modRevision };
 }
 
-type StoredHa = Pick<
+/** What the store keeps of an HA guest's record (the rest is read from its spec). */
+export type StoredHa = Pick<
   HaGuestRecord,
   'name' | 'owner' | 'token' | 'decidedAt' | 'failures' | 'failedOn' | 'moving' | 'error'
 >;
+
+/** One HA guest record as stored, checked against its schema (Internal when corrupt). */
+export const decodeHaRecord = (kv: KeyValue): Read<StoredHa> =>
+  decode<StoredHa>(kv, checkHaGuest, 'HA record');
 
 /** The record as the machines see it: what HA decided, and what the spec says now. */
 export function projectHaGuest(spec: GuestSpec, stored: StoredHa): HaGuestRecord {
@@ -187,7 +192,7 @@ export async function readHaMembers(store: KvStore): Promise<HaMemberRecord[]> {
 }
 
 /** What is kept of a record in the store: the spec's part is read from the spec. */
-export function storedPart(g: HaGuestRecord): StoredHa {
+export function storedPart(g: StoredHa): StoredHa {
   return {
     name: g.name,
     owner: g.owner,

@@ -172,6 +172,17 @@ scenarios([
     ],
   },
   {
+    title: 'a move to the member that owns the guest is refused',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => sim.at(3000, (w) => w.move('g1', 'h1')),
+    untilMs: 5000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 cannot move g1 to h1: it is there already',
+      '5.0 world: h1[g1] h2[] h3[]',
+    ],
+  },
+  {
     title: 'a move asked of a member whose daemon is down is refused',
     cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
     script: (sim) => {
@@ -326,6 +337,114 @@ scenarios([
       '4.5 move of g1 to h2 aborted: h2 was fenced',
       '4.5 h1 keeps g1: its move is over',
       '12.0 world: h1[g1] h2[] h3[]',
+    ],
+  },
+  {
+    title:
+      'a move asked while the CRM is about to restart the guest elsewhere (its source was fenced and holds a new token) is refused; the guest is restarted once',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.fence('h1'));
+      sim.at(5000, (w) => w.move('g1', 'h2'));
+    },
+    untilMs: 15_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 world: the HA agent of h1 is asked to fence',
+      '3.0 h1 fenced: killed g1',
+      '3.0 h1 lease granted (token 11)',
+      '3.0 h1 crm: gives up its election of an earlier lease',
+      '4.0 h1 crm: elected',
+      '4.0 h2 crm: another member was elected first',
+      '4.0 h3 crm: another member was elected first',
+      '5.0 h1 cannot move g1 to h2: Member h1 does not hold the HA lease guest g1 was given under: HA may be restarting it elsewhere; retry once its HA agent runs',
+      '5.0 h1 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '7.0 h1 crm: g1 → h2 (rev 13; most free memory: 8.0 GiB of 8.0)',
+      '7.5 h2 starts g1',
+      '15.0 world: h1[] h2[g1] h3[]',
+    ],
+  },
+  {
+    title:
+      'the source and the destination both die during the transfer: the guest is restarted once, on the third member',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.move('g1', 'h2'));
+      sim.at(4000, (w) => {
+        w.kill('h1');
+        w.kill('h2');
+      });
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 moves g1 to h2 (migration)',
+      '4.0 world: h1 dies',
+      '4.0 world: h2 dies',
+      '4.0 move of g1 to h2 aborted: h1 stopped sending',
+      '9.0 store: the lease of h1 expired',
+      '9.0 store: the lease of h2 expired',
+      '9.0 h3 crm: elected',
+      '10.0 h3 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '12.0 h3 crm: g1 → h3 (rev 14; most free memory: 8.0 GiB of 8.0)',
+      '12.5 h3 starts g1',
+      '20.0 world: h1 down[] h2 down[] h3[g1]',
+    ],
+    after: (sim) => assert.deepEqual(sim.runningOn('g1'), ['h3']),
+  },
+  {
+    title:
+      "the CRM's relocation of a guest that fails to start races a move of it begun between the CRM's read and its write: the CRM's write is refused, the move wins",
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(2000, (w) => {
+        w.failStarts('h1', 'g1', 9);
+        w.crash('g1');
+      });
+      // 6.0 s: the CRM relocates g1 after its third failed start (its decision is read, not yet written).
+      sim.at(6000, (w) => w.move('g1', 'h3'), 'race');
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '2.0 world: g1 crashes',
+      '2.0 h1 cannot start g1: the driver failed',
+      '2.5 h1 records 1 failed start(s) of g1',
+      '3.0 h1 cannot start g1: the driver failed',
+      '3.5 h1 records 2 failed start(s) of g1',
+      '5.0 h1 cannot start g1: the driver failed',
+      '5.5 h1 records 3 failed start(s) of g1',
+      '6.0 h1 moves g1 to h3 (migration)',
+      '6.0 h1 crm: g1 → h2 refused: its record, the election or a token changed',
+      '8.0 g1 switched over from h1 to h3',
+      '8.5 h3 owns g1: the move is done',
+      '9.0 h3 starts g1',
+      '20.0 world: h1[] h2[] h3[g1]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h3']);
+      assert.equal(sim.record('g1')?.owner, 'h3');
+    },
+  },
+  {
+    title:
+      "the source dies at the tick of the switch-over, between the CRM's read and its write: the destination records itself as the owner, nothing restarts the guest",
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.move('g1', 'h2'));
+      sim.at(5000, (w) => w.kill('h1'), 'race');
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 moves g1 to h2 (migration)',
+      '5.0 g1 switched over from h1 to h2',
+      '5.0 world: h1 dies',
+      '5.5 h2 owns g1: the move is done',
+      '11.0 store: the lease of h1 expired',
+      '11.0 h2 crm: elected',
+      '11.0 h3 crm: another member was elected first',
+      '20.0 world: h1 down[] h2[g1] h3[]',
     ],
   },
 ]);

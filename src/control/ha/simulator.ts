@@ -1,16 +1,9 @@
 import { asTrivisorError } from '../../core/errors.ts';
 import type { Model } from '../../core/types.ts';
 import { createPlacementIndex } from '../placement.ts';
-import {
-  byPriority,
-  type Crm,
-  type CrmDecision,
-  type CrmView,
-  createCrm,
-  haCandidates,
-  settled,
-} from './crm.ts';
+import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
 import { createFakeStore, type FakeStore } from './fake-store.ts';
+import { haMoveBeginWrite, haMoveDoneWrite, haMoveEndWrite, haMoveRefusal } from './ha-move.ts';
 import { createLrm, type Lrm, type LrmAction } from './lrm.ts';
 import {
   type CrmLockValue,
@@ -377,16 +370,22 @@ export function createSimulator(options: SimOptions): Simulator {
       say(`${from.name} cannot move ${g} to ${to} now`);
       return false;
     }
-    const ok = call(from, () =>
-      store.txn({
-        compare: [
-          { key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision },
-          { key: haKeys.heartbeat(from.name), target: 'createRevision', op: '=', value: token },
-          { key: haKeys.heartbeat(to), target: 'createRevision', op: '=', value: destToken },
-        ],
-        put: { key: haKeys.guest(g), value: { ...r.value, moving: { to, token: destToken, reason } } },
-      }),
+    if (to === from.name) {
+      say(`${from.name} cannot move ${g} to ${to}: it is there already`);
+      return false;
+    }
+    // The real mover's refusal (ha-move.ts), on the tokens as the store holds them.
+    const alive = new Map(
+      store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
     );
+    const refusal = haMoveRefusal(r.value, { from: from.name, to }, alive);
+    if (refusal !== undefined) {
+      say(`${from.name} cannot move ${g} to ${to}: ${refusal}`);
+      return false;
+    }
+    // The real mover's write (ha-move.ts): the record as read, both ends under their tokens.
+    const ticket = { guest: g, from: from.name, fromToken: token, to, toToken: destToken, reason };
+    const ok = call(from, () => store.txn(haMoveBeginWrite(r, ticket)));
     if (!ok) {
       say(`${from.name} cannot move ${g} to ${to}: the store refused`);
       return false;
@@ -416,16 +415,16 @@ export function createSimulator(options: SimOptions): Simulator {
     const r = guestRecord(g);
     const token = from.lrm.token(local(from));
     if (!r?.value.moving || r.value.owner !== from.name || token === undefined) return;
-    const { moving: _moving, ...rest } = r.value;
-    const ok = call(from, () =>
-      store.txn({
-        compare: [
-          { key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision },
-          { key: haKeys.heartbeat(from.name), target: 'createRevision', op: '=', value: token },
-        ],
-        put: { key: haKeys.guest(g), value: rest },
-      }),
-    );
+    const moving = r.value.moving;
+    const ticket = {
+      guest: g,
+      from: from.name,
+      fromToken: token,
+      to: moving.to,
+      toToken: moving.token,
+      reason: moving.reason,
+    };
+    const ok = call(from, () => store.txn(haMoveEndWrite(r, ticket)));
     if (ok) say(`${from.name} keeps ${g}: its move is over`);
   }
   function stepMoves() {
@@ -456,29 +455,17 @@ export function createSimulator(options: SimOptions): Simulator {
         continue;
       }
       if (!daemonWorks(to)) continue;
-      const ok = call(to, () =>
-        store.txn({
-          compare: [
-            { key: haKeys.guest(mv.guest), target: 'modRevision', op: '=', value: r.modRevision },
-            {
-              key: haKeys.heartbeat(to.name),
-              target: 'createRevision',
-              op: '=',
-              value: r.value.moving?.token ?? 0,
-            },
-          ],
-          put: {
-            key: haKeys.guest(mv.guest),
-            value: {
-              ...settled(r.value),
-              owner: to.name,
-              token: r.value.moving?.token ?? 0,
-              failures: 0,
-              failedOn: [],
-            },
-          },
-        }),
-      );
+      // The switch-over's record write (ha-move.ts), here made by the destination once it runs
+      // the guest, compared on its own token only: the source may be gone by then.
+      const ticket = {
+        guest: mv.guest,
+        from: mv.from,
+        fromToken: mv.fromToken,
+        to: to.name,
+        toToken: r.value.moving.token,
+        reason: r.value.moving.reason,
+      };
+      const ok = call(to, () => store.txn(haMoveDoneWrite(r, ticket, { sourceToo: false })));
       if (ok) {
         moves.delete(mv.guest);
         say(`${to.name} owns ${mv.guest}: the move is done`);

@@ -14,7 +14,10 @@ export function pvmLive(
   const { ctx, self, log, cgroupsPath, pathsOf, mconsoleOf, readRecord, liveUml, readUid, runningUml } = c;
   const { readNicSlots, writeNicSlots, limitsOf } = c;
   /** The hot-plugged NIC takes its name, comes up and holds its address in the guest (best effort). */
-  async function nicUp(spec: GuestSpec, n: { name: string; mac: string; cidr: string }): Promise<void> {
+  async function nicUp(
+    spec: GuestSpec,
+    n: { name: string; mac: string; cidr: string; mtu: number },
+  ): Promise<void> {
     const r = await runGuestScript((g, o) => self().exec(g, o), spec, nicUpScript(n)).catch((e) => ({
       code: -1,
       output: String(e),
@@ -69,7 +72,7 @@ export function pvmLive(
         throw e;
       }
       await writeNicSlots(spec, { ...slots, [nic]: n });
-      await nicUp(spec, { name: nic, mac: t.mac, cidr: t.cidr });
+      await nicUp(spec, { name: nic, mac: t.mac, cidr: t.cidr, mtu: t.mtu });
       return 'live';
     },
 

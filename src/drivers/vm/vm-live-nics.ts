@@ -92,7 +92,7 @@ export function createVmLiveNics(c: VmContext): Pick<GuestDriver, 'observeNics' 
       const r = await runGuestScript(
         (g, o) => self().exec(g, o),
         spec,
-        nicUpScript({ name: nic, mac: t.mac, cidr: t.cidr }),
+        nicUpScript({ name: nic, mac: t.mac, cidr: t.cidr, mtu: t.mtu }),
       ).catch((e) => ({ code: -1, output: String(e) }));
       if (r.code !== 0)
         log.warn({ guest: spec.name, nic, err: r.output }, 'the guest did not set up a hot-plugged NIC');

@@ -1,0 +1,230 @@
+import { conflict, failedPrecondition } from '../../core/errors.ts';
+import type { Compare, KvStore, TxnOp } from '../../store/kv.ts';
+import { readTogether } from '../../store/kv.ts';
+import { decodeHaRecord, type StoredHa, storedPart } from './ha-store.ts';
+import { type HaWrite, haKeys, type Read, type Token } from './types.ts';
+
+/**
+ * A move of an HA guest as HA sees it (decisions 0044 and 0052, amended by issue 13): the mover
+ * marks the guest's record `moving` (to the destination, under the destination's token) before
+ * anything of the guest leaves its source, so that neither the source's LRM restarts it, nor the
+ * destination's LRM stops what arrives, nor the CRM restarts it elsewhere if its source dies;
+ * the switch-over's transaction gives the record to the destination (or, when the move is given
+ * up, back to the source) in the same transaction that moves the guest's spec.
+ *
+ * Every write compares the record as read and the members' fencing tokens (the create revision of
+ * their heartbeat keys), as the CRM's and the LRM's writes do: a move and a CRM decision about the
+ * same guest race on the record's revision, and one of them loses cleanly.
+ */
+
+/** One move's two ends, each bound to the lease it held when the move began. */
+export interface HaMoveTicket {
+  guest: string;
+  from: string;
+  fromToken: Token;
+  to: string;
+  toToken: Token;
+  /** Why it moves (`migration`, `evacuation`, `rebalancing`). */
+  reason: string;
+}
+
+const recordIs = (guest: string, modRevision: number): Compare => ({
+  key: haKeys.guest(guest),
+  target: 'modRevision',
+  op: '=',
+  value: modRevision,
+});
+const holds = (member: string, token: Token): Compare => ({
+  key: haKeys.heartbeat(member),
+  target: 'createRevision',
+  op: '=',
+  value: token,
+});
+
+/**
+ * Why guest `g` (its record) cannot begin a move from `from` to `to` now, or undefined. `alive`:
+ * each member's token (its heartbeat key's create revision).
+ */
+export function haMoveRefusal(
+  g: StoredHa,
+  move: { from: string; to: string },
+  alive: ReadonlyMap<string, Token>,
+): string | undefined {
+  const { from, to } = move;
+  if (g.moving) return `Guest ${g.name} is being moved to ${g.moving.to} already`;
+  if (g.owner !== from) {
+    return `HA gave guest ${g.name} to member ${g.owner}: it is being restarted there; move it from there once it runs`;
+  }
+  if (alive.get(from) !== g.token) {
+    return `Member ${from} does not hold the HA lease guest ${g.name} was given under: HA may be restarting it elsewhere; retry once its HA agent runs`;
+  }
+  if (alive.get(to) === undefined) {
+    return `Member ${to} has no HA agent running (no HA heartbeat): HA guest ${g.name} cannot move there`;
+  }
+  return undefined;
+}
+
+/** The write that marks the move: the record as read, both ends still under their tokens. */
+export function haMoveBeginWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket): HaWrite {
+  return {
+    compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken), holds(t.to, t.toToken)],
+    put: {
+      key: haKeys.guest(t.guest),
+      value: { ...r.value, moving: { to: t.to, token: t.toToken, reason: t.reason } },
+    },
+  };
+}
+
+/** The write that gives a move up before its switch-over: the source keeps the guest. */
+export function haMoveEndWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket): HaWrite {
+  const { moving: _moving, ...rest } = r.value;
+  return {
+    compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken)],
+    put: { key: haKeys.guest(t.guest), value: rest },
+  };
+}
+
+/**
+ * The switch-over's write: the destination owns the guest under the token it had when the move
+ * began (it must still hold it), with a clean slate of failures. `sourceToo`: the source must
+ * also still hold its token (the mover runs on the source; a source fenced since gives up, and
+ * the CRM decides).
+ */
+export function haMoveDoneWrite<T extends StoredHa>(
+  r: Read<T>,
+  t: HaMoveTicket,
+  options: { sourceToo: boolean; decidedAt?: number },
+): HaWrite {
+  const { moving: _moving, error: _error, ...rest } = r.value;
+  return {
+    compare: [
+      recordIs(t.guest, r.modRevision),
+      holds(t.to, t.toToken),
+      ...(options.sourceToo ? [holds(t.from, t.fromToken)] : []),
+    ],
+    put: {
+      key: haKeys.guest(t.guest),
+      value: {
+        ...rest,
+        owner: t.to,
+        token: t.toToken,
+        failures: 0,
+        failedOn: [],
+        ...(options.decidedAt !== undefined && { decidedAt: options.decidedAt }),
+      },
+    },
+  };
+}
+
+/** The write that gives a switched-over guest back to its source (a move undone after its switch-over). */
+export function haMoveBackWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket): HaWrite {
+  const { moving: _moving, ...rest } = r.value;
+  return {
+    compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken)],
+    put: { key: haKeys.guest(t.guest), value: { ...rest, owner: t.from, token: t.fromToken } },
+  };
+}
+
+/** An HA write as the compares and ops of a store transaction (the record as stored). */
+export function haTxnPart(write: HaWrite): { compare: Compare[]; success: TxnOp[] } {
+  const success: TxnOp[] = [];
+  if (write.put) {
+    success.push({
+      type: 'put',
+      key: write.put.key,
+      value: JSON.stringify(storedPart(write.put.value as StoredHa)),
+    });
+  }
+  return { compare: [...write.compare], success };
+}
+
+async function readMove(
+  store: KvStore,
+  guest: string,
+): Promise<{ record: Read<StoredHa> | undefined; alive: Map<string, Token>; revision: number }> {
+  const r = await readTogether(store, [
+    { key: haKeys.guest(guest) },
+    { key: haKeys.heartbeatPrefix, prefix: true },
+  ]);
+  const [recordKvs = [], beatKvs = []] = r.kvs;
+  const kv = recordKvs[0];
+  const alive = new Map<string, Token>();
+  for (const b of beatKvs) alive.set(b.key.slice(haKeys.heartbeatPrefix.length), b.createRevision);
+  return { record: kv ? decodeHaRecord(kv) : undefined, alive, revision: r.revision };
+}
+
+/**
+ * Marks guest `guest`'s move from `from` to `to` on its HA record. Answers undefined for a guest
+ * HA has no record of (not HA, or not recorded yet: nothing to guard); refuses, with a one-line
+ * Conflict or FailedPrecondition that changed nothing, a guest HA is restarting elsewhere (its
+ * record names another owner, or its source lost the token it was given under), one moving
+ * already, or a destination without an HA agent.
+ */
+export async function beginHaMove(
+  store: KvStore,
+  move: { guest: string; from: string; to: string; reason: string },
+): Promise<HaMoveTicket | undefined> {
+  const { record, alive } = await readMove(store, move.guest);
+  if (!record) return undefined;
+  const refusal = haMoveRefusal(record.value, move, alive);
+  if (refusal !== undefined) {
+    throw alive.get(move.to) === undefined && !record.value.moving && record.value.owner === move.from
+      ? failedPrecondition(refusal)
+      : conflict(refusal);
+  }
+  const ticket: HaMoveTicket = {
+    ...move,
+    fromToken: record.value.token,
+    toToken: alive.get(move.to) as Token,
+  };
+  const r = await store.txn(haTxnPart(haMoveBeginWrite(record, ticket)));
+  if (!r.succeeded) {
+    throw conflict(
+      `Guest ${move.guest}'s HA record or a member's HA lease changed at the same time (HA decided about it); retry`,
+    );
+  }
+  return ticket;
+}
+
+/**
+ * The compares and ops the switch-over's transaction adds for an HA guest: the record, still
+ * marked with this move, goes to the destination. Refuses (Conflict) when HA ended the move
+ * meanwhile (its destination or source was lost): the switch-over must not happen then.
+ */
+export async function haSwitchOverPart(
+  store: KvStore,
+  t: HaMoveTicket,
+): Promise<{ compare: Compare[]; success: TxnOp[] }> {
+  const { record, revision } = await readMove(store, t.guest);
+  if (!record || record.value.owner !== t.from || record.value.moving?.to !== t.to) {
+    throw conflict(`HA ended guest ${t.guest}'s move to ${t.to} meanwhile (a member's HA lease was lost)`);
+  }
+  return haTxnPart(haMoveDoneWrite(record, t, { sourceToo: true, decidedAt: revision }));
+}
+
+/**
+ * The compares and ops that give an HA guest's record back to its source, for the transaction
+ * that undoes a switch-over. Refuses (Conflict) when HA gave the guest elsewhere meanwhile.
+ */
+export async function haGiveBackPart(
+  store: KvStore,
+  t: HaMoveTicket,
+): Promise<{ compare: Compare[]; success: TxnOp[] }> {
+  const { record } = await readMove(store, t.guest);
+  if (!record || record.value.owner !== t.to || record.value.token !== t.toToken) {
+    throw conflict(`HA gave guest ${t.guest} to ${record?.value.owner ?? 'nobody'} meanwhile`);
+  }
+  return haTxnPart(haMoveBackWrite(record, t));
+}
+
+/**
+ * Clears the mark of a move given up before its switch-over (the source keeps the guest).
+ * Answers whether it did; one that cannot (the source lost its token, HA changed the record) is
+ * left to the CRM, which ends or finishes the move by the members' leases.
+ */
+export async function endHaMove(store: KvStore, t: HaMoveTicket): Promise<boolean> {
+  const { record } = await readMove(store, t.guest);
+  if (!record || record.value.owner !== t.from || record.value.moving?.to !== t.to) return false;
+  const r = await store.txn(haTxnPart(haMoveEndWrite(record, t)));
+  return r.succeeded;
+}
