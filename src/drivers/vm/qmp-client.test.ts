@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isTrivisorError } from '../../core/errors.ts';
 import { connectQmp, QmpCommandError } from './qmp-client.ts';
+import { migrateOut } from './vm-migration.ts';
 
 const GREETING = {
   QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: '' }, capabilities: ['oob'] },
@@ -108,5 +109,129 @@ describe('QMP client', () => {
       connectQmp(join(dir, 'none.sock')),
       (e: unknown) => isTrivisorError(e) && e.code === 'Unavailable',
     );
+  });
+
+  test("a command's signal ends its wait at once (Cancelled); QEMU's late answer is dropped and the connection goes on", async () => {
+    const path = join(dir, 'c.sock');
+    const { server } = await fakeQemu(path, (cmd, s) => {
+      const reply = () => s.write(`${JSON.stringify({ return: cmd.execute, id: cmd.id })}\r\n`);
+      setTimeout(reply, cmd.execute === 'hang' ? 200 : 0);
+    });
+    const qmp = await connectQmp(path);
+    try {
+      const stop = new AbortController();
+      const started = Date.now();
+      const waiting = qmp.execute('hang', undefined, { timeoutMs: 10_000, signal: stop.signal });
+      setTimeout(() => stop.abort(), 30);
+      await assert.rejects(waiting, (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled');
+      assert.ok(Date.now() - started < 2000, 'the wait ended with the signal, not the timeout');
+      await new Promise((r) => setTimeout(r, 250));
+      assert.equal(await qmp.execute('query-status'), 'query-status');
+    } finally {
+      qmp.close();
+      server.close();
+    }
+  });
+});
+
+describe('QMP during a migration (QEMU busy)', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp('/tmp/trivisor-qmp-');
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  /** A source QEMU that answers object-add after `objectAddMs` (never: undefined) and the rest at once. */
+  async function busySource(path: string, objectAddMs: number | undefined) {
+    return fakeQemu(path, (cmd, s) => {
+      const reply = (value: unknown) => s.write(`${JSON.stringify({ return: value, id: cmd.id })}\r\n`);
+      if (cmd.execute === 'object-add') {
+        if (objectAddMs !== undefined) setTimeout(() => reply({}), objectAddMs);
+      } else if (cmd.execute === 'query-migrate') reply({ status: 'completed', downtime: 7 });
+      else if (cmd.execute === 'query-status') reply({ status: 'running' });
+      else reply({});
+    });
+  }
+
+  test('a command answered later than the client default, within the migration wait, does not fail the move', async () => {
+    const path = join(dir, 'late.sock');
+    const { server, received } = await busySource(path, 400);
+    // The client's own default (the vm driver's 5 s, scaled down) would give up on object-add.
+    const qmp = await connectQmp(path, { timeoutMs: 100 });
+    try {
+      await assert.rejects(
+        qmp.execute('object-add', { id: 'probe' }),
+        (e: unknown) => isTrivisorError(e) && e.code === 'Unavailable',
+      );
+      const result = await migrateOut(qmp, {
+        to: { host: '198.18.0.2', nbdPort: 0, migrationPort: 2 },
+        downtimeLimitMs: 300,
+        sync: 'shared',
+        tlsDir: '/nonexistent',
+        signal: new AbortController().signal,
+        pollMs: 5,
+        qmpTimeoutMs: 3000,
+      });
+      assert.equal(result.downtimeMs, 7);
+      assert.ok(received.includes('migrate'));
+    } finally {
+      qmp.close();
+      server.close();
+    }
+  });
+
+  test('a QEMU that never answers still ends the move: the migration wait runs out, the roll-back is sent and bounded too', async () => {
+    const path = join(dir, 'hung.sock');
+    const { server, received } = await busySource(path, undefined);
+    const qmp = await connectQmp(path, { timeoutMs: 100 });
+    try {
+      const started = Date.now();
+      await assert.rejects(
+        migrateOut(qmp, {
+          to: { host: '198.18.0.2', nbdPort: 0, migrationPort: 2 },
+          downtimeLimitMs: 300,
+          sync: 'shared',
+          tlsDir: '/nonexistent',
+          signal: new AbortController().signal,
+          pollMs: 5,
+          qmpTimeoutMs: 300,
+        }),
+        /QEMU did not answer object-add within 300ms/,
+      );
+      assert.ok(Date.now() - started < 3000);
+      assert.equal(received.at(-1), 'query-status', 'the guest is resumed here (resumeSource asks first)');
+      assert.ok(!received.includes('migrate'));
+    } finally {
+      qmp.close();
+      server.close();
+    }
+  });
+
+  test("the move's cancel ends a wait for a hung QEMU at once, and the roll-back still runs", async () => {
+    const path = join(dir, 'cancel.sock');
+    const { server, received } = await busySource(path, undefined);
+    const qmp = await connectQmp(path, { timeoutMs: 100 });
+    try {
+      const cancel = new AbortController();
+      setTimeout(() => cancel.abort(), 50);
+      const started = Date.now();
+      await assert.rejects(
+        migrateOut(qmp, {
+          to: { host: '198.18.0.2', nbdPort: 0, migrationPort: 2 },
+          downtimeLimitMs: 300,
+          sync: 'shared',
+          tlsDir: '/nonexistent',
+          signal: cancel.signal,
+          pollMs: 5,
+          qmpTimeoutMs: 60_000,
+        }),
+        (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+      );
+      assert.ok(Date.now() - started < 3000, 'not the 60 s wait');
+      assert.equal(received.at(-1), 'query-status');
+    } finally {
+      qmp.close();
+      server.close();
+    }
   });
 });

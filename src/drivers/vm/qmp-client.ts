@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { internal, TrivisorError, unavailable } from '../../core/errors.ts';
+import { cancelled, internal, TrivisorError, unavailable } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import { type FdSource, sendWithFds } from './qemu-fds.ts';
 
@@ -20,12 +20,12 @@ export interface QmpEvent {
 /** A QMP connection in command mode (capabilities negotiated). */
 export interface QmpClient {
   readonly greeting: QmpGreeting;
-  /** Runs a command; rejects with the QMP error class and description when QEMU refuses it. */
-  execute<T = unknown>(
-    command: string,
-    args?: Record<string, unknown>,
-    options?: { timeoutMs?: number },
-  ): Promise<T>;
+  /**
+   * Runs a command; rejects with the QMP error class and description when QEMU refuses it, with
+   * Unavailable when it does not answer within `timeoutMs`, and with Cancelled as soon as
+   * `signal` aborts (QEMU may still run the command; its late answer is dropped).
+   */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, options?: QmpCallOptions): Promise<T>;
   /**
    * Runs a command with descriptors attached (SCM_RIGHTS), each opened by root from its
    * source: `getfd` and `add-fd` hand QEMU files and taps it could not open itself. Only on
@@ -50,6 +50,12 @@ export interface QmpClient {
   /** Resolves when the connection is gone (QEMU quit or close() was called). */
   readonly closed: Promise<void>;
   close(): void;
+}
+
+/** How long one command may wait for QEMU's answer, and what ends the wait sooner. */
+export interface QmpCallOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
 }
 
 /** Error QEMU returned for a command. */
@@ -163,22 +169,36 @@ export function createQmpClient(
   const send = <T>(
     command: string,
     args: Record<string, unknown> | undefined,
-    ms: number,
-    fds?: readonly FdSource[],
-    onEnds?: (ends: Socket[]) => void,
+    how: { ms: number; fds?: readonly FdSource[]; onEnds?: (ends: Socket[]) => void; signal?: AbortSignal },
   ): Promise<T> => {
+    const { ms, fds, onEnds, signal } = how;
     if (gone) return Promise.reject(unavailable(`QMP connection is closed: cannot run ${command}.`));
+    if (signal?.aborted) return Promise.reject(cancelled(`${command} was not sent: the wait was cancelled`));
     const { sendWithFds } = options;
     if (fds && !sendWithFds) {
       return Promise.reject(internal(`QMP client cannot pass descriptors: cannot run ${command}.`));
     }
     const id = `t${nextId++}`;
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<T>((resolveCall, rejectCall) => {
+      const onAbort = () => {
+        if (!pending.delete(id)) return;
+        clearTimeout(timer);
+        rejectCall(cancelled(`The wait for QEMU's answer to ${command} was cancelled`));
+      };
+      const resolve = (v: T) => {
+        signal?.removeEventListener('abort', onAbort);
+        resolveCall(v);
+      };
+      const reject = (e: Error) => {
+        signal?.removeEventListener('abort', onAbort);
+        rejectCall(e);
+      };
       const timer = setTimeout(() => {
         pending.delete(id);
         reject(unavailable(`QEMU did not answer ${command} within ${ms}ms.`));
       }, ms);
       pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
+      signal?.addEventListener('abort', onAbort, { once: true });
       const line = `${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`;
       const write = (): Promise<void> =>
         fds && sendWithFds
@@ -209,8 +229,13 @@ export function createQmpClient(
       const client: QmpClient = {
         greeting,
         closed,
-        execute: (command, args, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs),
-        executeWithFds: (command, args, fds, opts) => send(command, args, opts?.timeoutMs ?? timeoutMs, fds),
+        execute: (command, args, opts) =>
+          send(command, args, {
+            ms: opts?.timeoutMs ?? timeoutMs,
+            ...(opts?.signal && { signal: opts.signal }),
+          }),
+        executeWithFds: (command, args, fds, opts) =>
+          send(command, args, { ms: opts?.timeoutMs ?? timeoutMs, fds }),
         async getfdPair(fdname, opts) {
           // QEMU may answer before the sender has exited and handed the ends over: wait for both.
           let handOver: (ends: Socket[]) => void = () => {};
@@ -223,7 +248,11 @@ export function createQmpClient(
             };
           });
           try {
-            await send('getfd', { fdname }, opts?.timeoutMs ?? timeoutMs, [{ kind: 'pair' }], handOver);
+            await send(
+              'getfd',
+              { fdname },
+              { ms: opts?.timeoutMs ?? timeoutMs, fds: [{ kind: 'pair' }], onEnds: handOver },
+            );
           } catch (e) {
             void ends.then((all) => {
               for (const end of all) end.destroy();
@@ -257,7 +286,7 @@ export function createQmpClient(
           stream.destroy();
         },
       };
-      send('qmp_capabilities', undefined, timeoutMs).then(
+      send('qmp_capabilities', undefined, { ms: timeoutMs }).then(
         () => resolve(client),
         (e: unknown) => {
           stream.destroy();

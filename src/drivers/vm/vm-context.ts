@@ -158,9 +158,14 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     return identity && (await isSameProcess(identity)) ? identity : undefined;
   };
 
-  const withQmp = async <T>(spec: GuestSpec, work: (qmp: QmpClient) => Promise<T>): Promise<T> => {
+  /** `timeoutMs`: the wait for QEMU's greeting and capabilities (default 5 s). */
+  const withQmp = async <T>(
+    spec: GuestSpec,
+    work: (qmp: QmpClient) => Promise<T>,
+    options: { timeoutMs?: number } = {},
+  ): Promise<T> => {
     await adoptLegacy(spec);
-    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 5000, runner });
+    const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: options.timeoutMs ?? 5000, runner });
     try {
       return await work(qmp);
     } finally {

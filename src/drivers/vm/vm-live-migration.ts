@@ -7,6 +7,7 @@ import { conflict, failedPrecondition } from '../../core/errors.ts';
 import { withRevert } from '../../core/revert.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import type { LiveMigration, MigrationTls } from '../live-migration.ts';
+import type { QmpCallOptions } from './qmp-client.ts';
 import { exists, type VmContext } from './vm-context.ts';
 import type { VmLaunch } from './vm-launch.ts';
 import {
@@ -214,9 +215,14 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
     async migrateOut(spec, options) {
       // A connection per command: QEMU serves one QMP client at a time, and the rest of the daemon
       // (liveness checks, usage) must not wait for a migration's end to be answered.
+      // Each connection's greeting waits as long as the command it carries (QEMU is as busy then).
       const qmp: MigrationQmp = {
-        execute: <T>(command: string, args?: Record<string, unknown>, opts?: { timeoutMs?: number }) =>
-          withQmp(spec, (q) => q.execute<T>(command, args, opts)),
+        execute: <T>(command: string, args?: Record<string, unknown>, opts?: QmpCallOptions) =>
+          withQmp(
+            spec,
+            (q) => q.execute<T>(command, args, opts),
+            opts?.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {},
+          ),
       };
       // Until it is resumed here or its QEMU is gone, a paused source is this migration's to decide.
       migratingOut.add(spec.name);

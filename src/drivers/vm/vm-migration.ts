@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cancelled, failedPrecondition, internal } from '../../core/errors.ts';
 import type { IncomingEndpoints, MigrationProgress, MigrationResult } from '../live-migration.ts';
-import type { QmpClient } from './qmp-client.ts';
+import type { QmpCallOptions, QmpClient } from './qmp-client.ts';
 
 /**
  * Live migration of a vm guest over QMP (issue 13 part 1; decision 0042), the drive-mirror +
@@ -22,6 +22,17 @@ const EXPORT_ID = 'migration-export';
 const MIRROR_JOB = 'migration-mirror';
 const TARGET_NODE = 'migration-target';
 const TLS_ID = 'migration-tls';
+/**
+ * How long each command of `migrateOut` waits for QEMU's answer (the QMP client's own default is
+ * the vm driver's 5 s). While a migration runs, QEMU's main loop also copies RAM and serves the
+ * mirror, and on a loaded host it answered `object-add` after more than 5 s
+ * (bench/vm-live-migration.ts, a busy guest's shared-disk move): the move rolled back though
+ * nothing was wrong. A QEMU that is really stuck still fails the command after this, and the
+ * move's signal (its cancel) ends a wait at once; the roll-back's own commands wait as long, never
+ * ended by the signal (a cancelled move must still be undone).
+ */
+export const MIGRATION_QMP_TIMEOUT_MS = 30_000;
+
 /** RAM goes as fast as the link allows: QEMU 7.2 limits it to 32 MiB/s unless told. */
 export const MIGRATION_MAX_BANDWIDTH = 10 * 2 ** 30;
 
@@ -131,7 +142,7 @@ interface MigrateInfo {
  * removed) so that the guest runs on here as before, and throws.
  */
 export async function migrateOut(
-  qmp: MigrationQmp,
+  source: MigrationQmp,
   options: {
     to: IncomingEndpoints;
     downtimeLimitMs: number;
@@ -149,11 +160,24 @@ export async function migrateOut(
     onProgress?: (p: MigrationProgress) => void;
     pollMs?: number;
     now?: () => number;
+    /** Each command's wait for QEMU (default MIGRATION_QMP_TIMEOUT_MS). */
+    qmpTimeoutMs?: number;
   },
 ): Promise<MigrationResult> {
   const pollMs = options.pollMs ?? 100;
   const now = options.now ?? Date.now;
   const { to, signal } = options;
+  const waitMs = options.qmpTimeoutMs ?? MIGRATION_QMP_TIMEOUT_MS;
+  /** The migration's own commands: the longer wait, ended by the move's signal. */
+  const qmp: MigrationQmp = {
+    execute: <T>(command: string, args?: Record<string, unknown>, o?: QmpCallOptions) =>
+      source.execute<T>(command, args, { timeoutMs: o?.timeoutMs ?? waitMs, signal }),
+  };
+  /** The roll-back's commands: the longer wait, whatever the signal says. */
+  const undo: MigrationQmp = {
+    execute: <T>(command: string, args?: Record<string, unknown>, o?: QmpCallOptions) =>
+      source.execute<T>(command, args, { timeoutMs: o?.timeoutMs ?? waitMs }),
+  };
   const started = now();
   let progress: MigrationProgress = {
     phase: 'mirroring the disk',
@@ -172,8 +196,8 @@ export async function migrateOut(
   const aborted = () => {
     if (signal.aborted) throw cancelled('The live move was cancelled');
   };
-  const mirrorJob = async (): Promise<BlockJob | undefined> =>
-    (await qmp.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+  const mirrorJob = async (via: MigrationQmp = qmp): Promise<BlockJob | undefined> =>
+    (await via.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
   let tls = false;
   try {
     if (options.tlsDir) {
@@ -224,23 +248,23 @@ export async function migrateOut(
     };
   } catch (e) {
     // Back to where it was: the guest runs on here, nothing points at the destination.
-    if (migrating) await qmp.execute('migrate_cancel').catch(() => {});
+    if (migrating) await undo.execute('migrate_cancel').catch(() => {});
     if (mirrorStarted) {
-      await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => {});
+      await undo.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => {});
       const deadline = now() + 30_000;
       for (;;) {
-        const job = await mirrorJob().catch(() => undefined);
+        const job = await mirrorJob(undo).catch(() => undefined);
         if (!job || now() >= deadline) break;
         if (job.status === 'concluded') {
-          await qmp.execute('job-dismiss', { id: MIRROR_JOB }).catch(() => {});
+          await undo.execute('job-dismiss', { id: MIRROR_JOB }).catch(() => {});
           break;
         }
         await sleep(Math.min(pollMs, 50));
       }
     }
-    if (nodeAdded) await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
-    if (tls) await dropTls(qmp, { added: true }).catch(() => {});
-    await resumeSource(qmp).catch(() => {});
+    if (nodeAdded) await undo.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
+    if (tls) await dropTls(undo, { added: true }).catch(() => {});
+    await resumeSource(undo).catch(() => {});
     throw e;
   }
 
