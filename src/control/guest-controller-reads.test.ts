@@ -29,12 +29,16 @@ const until = async (what: () => Promise<boolean>, message: string) => {
 describe('guest controller reads', () => {
   const memory = createMemoryStore();
   const gets: string[] = [];
+  const lists: string[] = [];
   const store: KvStore = {
     get: (key) => {
       gets.push(key);
       return memory.get(key);
     },
-    list: (prefix, options) => memory.list(prefix, options),
+    list: (prefix, options) => {
+      lists.push(prefix);
+      return memory.list(prefix, options);
+    },
     put: (key, value, options) => memory.put(key, value, options),
     delete: (key, options) => memory.delete(key, options),
     txn: (request) => {
@@ -96,6 +100,44 @@ describe('guest controller reads', () => {
     });
     await until(async () => (await statusOf('web'))?.status === 'Running', 'h1 started its guest');
     assert.equal(handles, 1, 'the image was read once for the create and the start');
+  });
+
+  test('running() gives the running guests of this member from memory: no store read (decision 0068)', async () => {
+    await memory.delete('/trivisor/', { prefix: true });
+    controller = controllerOf('h1');
+    await controller.start();
+    const put = (name: string, location: string, desired: 'Running' | 'Stopped') =>
+      memory.txn({
+        compare: [],
+        success: [
+          {
+            type: 'put',
+            key: keys.guest(name),
+            value: JSON.stringify({ ...guestSpec(name, location), desired }),
+          },
+          { type: 'put', key: keys.guestLocation(name), value: location },
+        ],
+      });
+    await put('a', 'h1', 'Running');
+    await put('b', 'h1', 'Running');
+    await put('stopped', 'h1', 'Stopped');
+    await put('elsewhere', 'h2', 'Running');
+    await until(async () => (await statusOf('b'))?.status === 'Running', 'h1 started its guests');
+    await until(async () => (await statusOf('a'))?.status === 'Running', 'h1 started its guests');
+    await controller.reconcile('stopped');
+    gets.length = 0;
+    lists.length = 0;
+    const running = controller.running();
+    assert.deepEqual(running.map((g) => g.spec.name).sort(), ['a', 'b']);
+    assert.ok(running.every((g) => g.status.status === 'Running' && g.status.startedAt !== undefined));
+    assert.deepEqual([gets, lists], [[], []], 'no store read');
+    // A guest stopped is no longer in it.
+    await put('a', 'h1', 'Stopped');
+    await until(async () => (await statusOf('a'))?.status === 'Stopped', 'h1 stopped a');
+    assert.deepEqual(
+      controller.running().map((g) => g.spec.name),
+      ['b'],
+    );
   });
 
   test("another member's guest is not reconciled (nor read) by this member's controller", async () => {

@@ -56,6 +56,11 @@ export interface GuestController {
   stop(): Promise<void>;
   /** Queues a reconcile of one guest and resolves when it has run. */
   reconcile(name: string): Promise<void>;
+  /**
+   * This member's guests that their last reconcile left Running, with the status it wrote: from
+   * memory, no store read (per-member loops use it rather than listing every guest of the cluster).
+   */
+  running(): Array<{ spec: GuestSpec; status: GuestStatus }>;
 }
 
 /** Restarts by policy within this window count towards giving up. */
@@ -474,6 +479,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       await Promise.allSettled([...inFlight]);
     },
     reconcile: enqueue,
+    running: () => [...live.values()].filter(({ status }) => status.status === 'Running'),
   };
 }
 

@@ -212,6 +212,26 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     if (!r.succeeded) void reconcile(name);
   }
 
+  // Sweeps coalesce: deletes that come while one runs make one more, not one each. A sweep lists
+  // every claim and guest, and deleting N guests once swept N times (decision 0068).
+  let sweeping: Promise<void> | undefined;
+  let sweepAgain = false;
+  const requestSweep = (): Promise<void> => {
+    if (sweeping) {
+      sweepAgain = true;
+      return sweeping;
+    }
+    sweeping = (async () => {
+      do {
+        sweepAgain = false;
+        await sweepClaims().catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
+      } while (sweepAgain && !stopped);
+    })().finally(() => {
+      sweeping = undefined;
+    });
+    return sweeping;
+  };
+
   /** Releases addresses whose guest or NIC is gone (a deleted guest's claims end here). */
   async function sweepClaims(): Promise<void> {
     const [claims, guests] = await Promise.all([
@@ -306,7 +326,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           // A deleted guest's claims end here (also a delete only a re-list found); while
           // starting, the sweep below covers it.
           onDelete: () => {
-            if (!starting) void sweepClaims().catch(() => {});
+            if (!starting) void requestSweep();
           },
         },
       });
@@ -365,7 +385,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
       stopped = true;
       for (const informer of informers.splice(0)) informer.stop();
       clearTimeout(timer);
-      await Promise.allSettled([...chains.values()]);
+      await Promise.allSettled([...chains.values(), sweeping]);
     },
     reconcile,
   };
