@@ -65,6 +65,7 @@ import { auditRetentionFromEnv, createAuditLog } from './services/audit-log.ts';
 import { createAuthService } from './services/auth-service.ts';
 import { createBackupRecovery } from './services/backup-recovery.ts';
 import { createClaims } from './services/claims.ts';
+import { createConsolidationPlanner } from './services/consolidation-planner.ts';
 import { createEventBus } from './services/event-bus.ts';
 import {
   createGuestMover,
@@ -507,6 +508,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // The metric history the web UI charts (decision 0027): its own file, sampled every 10 s.
   const metricsHistory = openMetricsHistory(path.join(stateDir, 'metrics.db'));
   services.metricsHistory = metricsHistory;
+  // Plans of uploaded inventories, each in a worker thread off the event loop (decision 0065).
+  services.consolidation = createConsolidationPlanner();
   const sampler = createMetricsSampler({
     guests,
     history: metricsHistory,

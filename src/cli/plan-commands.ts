@@ -12,12 +12,10 @@ import {
   readModelTable,
   readProfiles,
 } from '../planner/advisor-input.ts';
-import { planConsolidation } from '../planner/consolidate.ts';
 import { type Inventory, parseHostSize } from '../planner/inventory.ts';
 import { type GuestHistory, inventoryFromHistory } from '../planner/inventory-history.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
-import { loadSvg } from '../planner/load-svg.ts';
-import { headroomByPeriod, type Replay, replayPlan } from '../planner/replay.ts';
+import { planReport } from '../planner/plan-report.ts';
 import { clientOf } from './context.ts';
 import { renderTable } from './output.ts';
 
@@ -93,15 +91,6 @@ function adviceJson(a: Advice) {
   };
 }
 
-const summary = (r: Replay) => ({
-  samples: r.samples,
-  hostIntervals: r.hostIntervals,
-  hostIntervalsOver100: r.hostIntervalsOver100,
-  overloadFraction: r.overloadFraction,
-  anyHostOverFraction: r.anyHostOverFraction,
-  headroomPercent: r.headroomPercent,
-});
-
 const pct = (v: number) => `${(v * 100).toFixed(2)}%`;
 
 function numberOption(text: string, what: string): number {
@@ -158,46 +147,19 @@ export function addPlanCommands(program: Command): void {
       }
       const inv =
         file !== undefined ? await readInventory(file) : await historyInventory(command, opts.fromHistory);
-      const result = planConsolidation(inv, {
+      const report = planReport(inv, {
         hostSize,
+        hostSizeText: opts.hostSize,
         percentile: numberOption(opts.percentile, 'percentile'),
         seed: numberOption(opts.seed, 'seed'),
+        ...(opts.replay
+          ? { replay: { inventory: await readInventory(opts.replay), label: opts.replay } }
+          : {}),
       });
-      const predicted = replayPlan(result.hosts, inv, hostSize);
-      // What the prediction rests on: the planning period itself, and how far its weeks (or days) spread.
-      const spread = headroomByPeriod(result.hosts, inv, hostSize);
-      const replay = opts.replay
-        ? replayPlan(result.hosts, await readInventory(opts.replay), hostSize)
-        : predicted;
-      if (opts.svg) {
-        const title = `${result.hosts.length} hosts of ${opts.hostSize}: load over time${opts.replay ? ` (${opts.replay})` : ''}`;
-        await writeFile(opts.svg, loadSvg(replay.hosts, { title }));
-      }
+      const { plan: result, predicted, spread, replay } = report;
+      if (opts.svg) await writeFile(opts.svg, report.svg);
       if (opts.format === 'json') {
-        const out = {
-          hostSize,
-          cpuUnit: inv.cpuUnit,
-          method: result.method,
-          hosts: result.hosts.map((h, i) => ({
-            name: h.name,
-            workloads: h.workloads,
-            p95LoadPercent: replay.hosts[i]?.p95LoadPercent,
-            intervalsOver100: replay.hosts[i]?.intervalsOver100,
-          })),
-          lowerBound: result.lowerBound,
-          predicted: {
-            ...summary(predicted),
-            basis: 'the planning inventory replayed on the plan',
-            ...(spread
-              ? {
-                  periodDays: spread.periodDays,
-                  headroomPercentByPeriod: spread.headroomPercent,
-                }
-              : {}),
-          },
-          replay: summary(replay),
-        };
-        process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(report.json, null, 2)}\n`);
         return;
       }
       process.stdout.write(

@@ -33,6 +33,7 @@ import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { createOperationPlaces, operationOf } from './operation-places.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
 import { ownerScopedGuest, storageScoped } from './owner-routes.ts';
+import { registerPlanRoutes } from './plan-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
 import { formatSchemaErrors } from './schema-errors.ts';
@@ -328,6 +329,7 @@ export async function buildServer(services: Services, options: BuildServerOption
   registerProjectRoutes(app, ctx);
   registerClusterRoutes(app, ctx);
   registerMetricsHistoryRoutes(app, ctx);
+  await app.register(async (scope) => registerPlanRoutes(scope, ctx));
   registerWebSessionRoutes(app, { web: options.web, auth: options.auth, service: services.auth });
   if (options.web?.uiRoot !== undefined)
     await app.register(async (scope) => registerWebUi(scope, options.web!.uiRoot!));

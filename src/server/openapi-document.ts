@@ -54,6 +54,10 @@ export const TAGS: Record<string, { tag: string; description: string }> = {
   projects: { tag: 'projects', description: 'Projects: namespaces with quotas' },
   metrics: { tag: 'metrics', description: 'Prometheus metrics and the metric history' },
   cluster: { tag: 'cluster', description: 'Cluster members' },
+  plans: {
+    tag: 'plans',
+    description: 'The consolidation planner: hosts needed for an inventory, and where each workload goes',
+  },
 };
 
 /**
@@ -106,6 +110,7 @@ export const OPERATION_IDS: Record<string, string> = {
   'DELETE /1.0/auth/session': 'deleteSession',
   'POST /1.0/auth/web-links': 'createWebLink',
   'POST /1.0/websocket-tickets': 'createWebSocketTicket',
+  'POST /1.0/plans/consolidate': 'planConsolidation',
 };
 
 /** The API's two listeners (docs/api.md): the root-only unix socket and HTTPS. */

@@ -14,6 +14,7 @@ export type { ConsoleStream, ExecSession };
 
 import type { AuditLog } from './audit-log.ts';
 import type { AuthService } from './auth-service.ts';
+import type { ConsolidationPlanner } from './consolidation-planner.ts';
 import type { MetricsHistory } from './metrics-history.ts';
 import type { NetworkService } from './network-service.ts';
 import type { OwnerRouting } from './owner-routing.ts';
@@ -235,6 +236,8 @@ export interface Services {
   backupRecovery?: BackupRecovery;
   /** The rebalancer's settings, moves and cycles on demand (decision 0053); absent off a cluster. */
   rebalance?: RebalanceService;
+  /** The consolidation planner behind `POST /1.0/plans/consolidate` (decision 0065); absent: not offered. */
+  consolidation?: ConsolidationPlanner;
   /** HA per member for `cluster list` (decision 0052); absent off a cluster. */
   haSummary?: (members: ClusterMember[]) => Promise<Map<string, NonNullable<ClusterMember['ha']>>>;
 }

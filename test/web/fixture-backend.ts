@@ -19,6 +19,7 @@ import { isPowerKey, powerSettings } from '../../src/core/power-keys.ts';
 import type { Guest, Model } from '../../src/core/types.ts';
 import { buildServer } from '../../src/server/build-server.ts';
 import { createWebSessions } from '../../src/server/web-sessions.ts';
+import { createConsolidationPlanner } from '../../src/services/consolidation-planner.ts';
 import { openMetricsHistory } from '../../src/services/metrics-history.ts';
 import type { StorageService } from '../../src/services/storage-service.ts';
 import type { OperationService } from '../../src/services/types.ts';
@@ -526,6 +527,8 @@ export async function startFixtureBackend(
   const history = openMetricsHistory(':memory:');
   seedHistory(history, ['ct-0003', 'pvm-0001', 'vm-0002']);
   fake.metricsHistory = history;
+  // The planner is pure logic over the upload: the daemon's own, in its worker thread (decision 0065).
+  fake.consolidation = createConsolidationPlanner();
   const cluster = fakeCluster(options.cluster ?? 'member', () => fake.guestMap.size, fake.operations);
   fake.cluster = cluster.service;
   const rebalance = fakeRebalancer();

@@ -1,4 +1,5 @@
 import type { AsyncResponse, ErrorResponse, SyncResponse } from '../../src/api/envelopes.ts';
+import type { ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
 import type { Operation } from '../../src/api/types.ts';
 import type { History, HistoryRange, SessionBody } from '../../src/api/web-schemas.ts';
 import { type AuthClient, authMethods } from '../../src/client/auth-client.ts';
@@ -96,6 +97,14 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
     options: { name?: string; storage?: string; live?: boolean },
     onProgress?: (fraction: number) => void,
   ): Promise<Operation>;
+  /**
+   * Plans a consolidation as `trivisor plan consolidate` does, in the daemon (decision 0065): an
+   * inventory file (CSV, or gzip'd), or with no file the project's guests from `fromHistory`.
+   */
+  planConsolidation(
+    inventory: Blob | null,
+    options: { hostSize: string; percentile?: number; seed?: number; fromHistory?: PlanHistoryRange },
+  ): Promise<ConsolidationPlanWire>;
   /** Where a browser downloads a finished backup (the session cookie authenticates the GET). */
   backupUrl(guest: string, backup: string): string;
   guestHistory(name: string, range: HistoryRange): Promise<History>;
@@ -344,6 +353,14 @@ export function createWebApi(options: WebApiOptions): WebApi {
       ),
     importImage: (file, alias, onProgress) =>
       upload('/1.0/images', file, { 'x-trivisor-alias': alias }, onProgress),
+    planConsolidation: (inventory, o) => {
+      const query = new URLSearchParams({ hostSize: String(o.hostSize) });
+      if (o.percentile !== undefined) query.set('percentile', String(o.percentile));
+      if (o.seed !== undefined) query.set('seed', String(o.seed));
+      if (o.fromHistory !== undefined) query.set('fromHistory', o.fromHistory);
+      const path = `/1.0/plans/consolidate?${query}`;
+      return inventory ? upload<ConsolidationPlanWire>(path, inventory, {}) : call('POST', path);
+    },
     importBackup: (file, o, onProgress) =>
       upload(
         '/1.0/backups',

@@ -7,6 +7,7 @@ import { GuestPage } from './guest.tsx';
 import { CreateGuest, GuestList } from './guests.tsx';
 import { Login } from './login.tsx';
 import { Members } from './members.tsx';
+import { PlanPage } from './plan.tsx';
 import { Admin, Images, NetworkPage, Networks, Operations, Storage, StoragePoolPage } from './resources.tsx';
 import { navigate, onLinkClick, route } from './router.ts';
 import { connection, dismiss, host, notices, project, session, start, switchedProject } from './state.ts';
@@ -25,6 +26,7 @@ const NAV: Array<[string, string]> = [
   ['/images', 'Images'],
   ['/operations', 'Operations'],
   ['/members', 'Members'],
+  ['/plan', 'Plan'],
   ['/admin', 'Administration'],
 ];
 
@@ -45,6 +47,7 @@ function View() {
   if (path === '/operations') return <Operations />;
   if (path === '/members') return <Members />;
   if (path === '/admin') return <Admin />;
+  if (path === '/plan') return <PlanPage />;
   return (
     <p role="alert">
       No page is at {path}. <Link to="/">Go to the dashboard</Link>

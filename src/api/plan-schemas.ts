@@ -1,0 +1,81 @@
+import { type Static, Type } from '@sinclair/typebox';
+
+/* Wire schemas of the consolidation planner's route (server/plan-routes.ts, decision 0065). */
+
+export const PLAN_HISTORY_RANGES = ['day', 'week', 'month', 'year'] as const;
+export type PlanHistoryRange = (typeof PLAN_HISTORY_RANGES)[number];
+
+export const PlanQuerySchema = Type.Object(
+  {
+    hostSize: Type.String({
+      minLength: 1,
+      maxLength: 100,
+      description:
+        "The host: cpu=5320 (in the inventory's CPU unit: MIPS for PlanetLab, cores otherwise) or cpu=32,memory=256GiB",
+    }),
+    percentile: Type.Number({
+      minimum: 0,
+      maximum: 100,
+      default: 99,
+      description: 'The plan may be over 100% in (100 − p)% of its host-intervals (0 < p ≤ 100)',
+    }),
+    seed: Type.Integer({
+      default: 1,
+      description: 'Seed of the extra orderings tried (same input and seed, same plan)',
+    }),
+    fromHistory: Type.Optional(
+      Type.Union(
+        PLAN_HISTORY_RANGES.map((r) => Type.Literal(r)),
+        {
+          description:
+            "Instead of an uploaded inventory: the project's guests as their metric history shows them over this range (send no body)",
+        },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type PlanQuery = Static<typeof PlanQuerySchema>;
+
+const ReplaySummaryProperties = {
+  samples: Type.Integer(),
+  hostIntervals: Type.Integer(),
+  hostIntervalsOver100: Type.Integer(),
+  overloadFraction: Type.Number({ description: 'hostIntervalsOver100 / hostIntervals' }),
+  anyHostOverFraction: Type.Number({ description: 'Fraction of intervals with at least one host over 100%' }),
+  headroomPercent: Type.Number({
+    description: "100 − the hosts' 95th-percentile load, averaged over hosts, in percentage points",
+  }),
+};
+
+/** `trivisor plan consolidate --format json`'s object, and the picture of each host's load. */
+export const ConsolidationPlanSchema = Type.Object({
+  hostSize: Type.Object({ cpu: Type.Number(), memoryBytes: Type.Optional(Type.Number()) }),
+  cpuUnit: Type.Union([Type.Literal('MIPS'), Type.Literal('cores')]),
+  inventory: Type.Object({
+    format: Type.Union([Type.Literal('planetlab'), Type.Literal('bitbrains'), Type.Literal('trivisor')]),
+    workloads: Type.Integer(),
+    samples: Type.Integer(),
+    intervalSeconds: Type.Number(),
+  }),
+  method: Type.String(),
+  hosts: Type.Array(
+    Type.Object({
+      name: Type.String(),
+      workloads: Type.Array(Type.String(), { description: "The inventory's own ids" }),
+      p95LoadPercent: Type.Number(),
+      peakLoadPercent: Type.Number(),
+      intervalsOver100: Type.Integer(),
+    }),
+  ),
+  lowerBound: Type.Integer({ description: '⌈peak of the summed load / host capacity⌉, CPU or memory' }),
+  predicted: Type.Object({
+    ...ReplaySummaryProperties,
+    basis: Type.String(),
+    periodDays: Type.Optional(Type.Integer()),
+    headroomPercentByPeriod: Type.Optional(Type.Array(Type.Number())),
+  }),
+  replay: Type.Object(ReplaySummaryProperties),
+  svg: Type.String({ description: "Each planned host's load over time (image/svg+xml, no script)" }),
+});
+export type ConsolidationPlanWire = Static<typeof ConsolidationPlanSchema>;

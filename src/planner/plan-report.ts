@@ -1,0 +1,106 @@
+import { type Plan, planConsolidation } from './consolidate.ts';
+import type { HostSize, Inventory } from './inventory.ts';
+import { loadSvg } from './load-svg.ts';
+import { headroomByPeriod, type PeriodHeadroom, type Replay, replayPlan } from './replay.ts';
+
+/** How to plan and what to replay the plan on (the CLI's `plan consolidate` options as values). */
+export interface PlanReportOptions {
+  hostSize: HostSize;
+  /** The host size as the user wrote it (`cpu=32,memory=256GiB`), for the picture's title. */
+  hostSizeText: string;
+  percentile: number;
+  seed: number;
+  /** Another period of the same workloads to replay the plan on (plan July, replay August). */
+  replay?: { inventory: Inventory; label: string };
+}
+
+/** A replay's figures without its per-host series. */
+export interface ReplaySummary {
+  samples: number;
+  hostIntervals: number;
+  hostIntervalsOver100: number;
+  overloadFraction: number;
+  anyHostOverFraction: number;
+  headroomPercent: number;
+}
+
+/**
+ * What `trivisor plan consolidate --format json` prints and `POST /1.0/plans/consolidate`
+ * answers (beside its SVG): one shape for both, so that a plan reads the same wherever it was made.
+ */
+export interface PlanReportJson {
+  hostSize: HostSize;
+  cpuUnit: Inventory['cpuUnit'];
+  inventory: { format: Inventory['format']; workloads: number; samples: number; intervalSeconds: number };
+  method: string;
+  hosts: Array<{
+    name: string;
+    workloads: string[];
+    p95LoadPercent: number;
+    peakLoadPercent: number;
+    intervalsOver100: number;
+  }>;
+  lowerBound: number;
+  predicted: ReplaySummary & { basis: string; periodDays?: number; headroomPercentByPeriod?: number[] };
+  replay: ReplaySummary;
+}
+
+/** A plan with its replays, as the CLI's table and JSON and the API's answer are made of. */
+export interface PlanReport {
+  plan: Plan;
+  /** The planning inventory replayed on the plan. */
+  predicted: Replay;
+  /** The `replay` option's inventory replayed on the plan, else the same as `predicted`. */
+  replay: Replay;
+  /** The plan's headroom week by week (day by day) of the planning inventory, when it spans two days. */
+  spread: PeriodHeadroom | undefined;
+  json: PlanReportJson;
+  /** Each host's load over time: the replay's (the `replay` inventory's when given). */
+  svg: string;
+}
+
+const summary = (r: Replay): ReplaySummary => ({
+  samples: r.samples,
+  hostIntervals: r.hostIntervals,
+  hostIntervalsOver100: r.hostIntervalsOver100,
+  overloadFraction: r.overloadFraction,
+  anyHostOverFraction: r.anyHostOverFraction,
+  headroomPercent: r.headroomPercent,
+});
+
+/** Plans an inventory and replays it: everything `plan consolidate` shows, in one call (pure, CPU-bound). */
+export function planReport(inv: Inventory, options: PlanReportOptions): PlanReport {
+  const { hostSize } = options;
+  const plan = planConsolidation(inv, { hostSize, percentile: options.percentile, seed: options.seed });
+  const predicted = replayPlan(plan.hosts, inv, hostSize);
+  // What the prediction rests on: the planning period itself, and how far its weeks (or days) spread.
+  const spread = headroomByPeriod(plan.hosts, inv, hostSize);
+  const replay = options.replay ? replayPlan(plan.hosts, options.replay.inventory, hostSize) : predicted;
+  const title = `${plan.hosts.length} hosts of ${options.hostSizeText}: load over time${options.replay ? ` (${options.replay.label})` : ''}`;
+  const json: PlanReportJson = {
+    hostSize,
+    cpuUnit: inv.cpuUnit,
+    inventory: {
+      format: inv.format,
+      workloads: inv.workloads.length,
+      samples: inv.samples,
+      intervalSeconds: inv.intervalSeconds,
+    },
+    method: plan.method,
+    hosts: plan.hosts.map((h, i) => ({
+      name: h.name,
+      workloads: h.workloads,
+      p95LoadPercent: replay.hosts[i]?.p95LoadPercent ?? 0,
+      peakLoadPercent: replay.hosts[i]?.peakLoadPercent ?? 0,
+      intervalsOver100: replay.hosts[i]?.intervalsOver100 ?? 0,
+    })),
+    lowerBound: plan.lowerBound,
+    predicted: {
+      ...summary(predicted),
+      basis: 'the planning inventory replayed on the plan',
+      ...(spread ? { periodDays: spread.periodDays, headroomPercentByPeriod: spread.headroomPercent } : {}),
+    },
+    replay: summary(replay),
+  };
+  return { plan, predicted, replay, spread, json, svg: loadSvg(replay.hosts, { title }) };
+}

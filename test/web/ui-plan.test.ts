@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { BrowserContext, Page } from 'playwright-core';
+import { makeRunDir, removeRunDir } from '../leftovers.ts';
+import { openBrowser, signIn } from './browser.ts';
+import { type FixtureBackend, startFixtureBackend } from './fixture-backend.ts';
+
+const INVENTORY = path.resolve(import.meta.dirname, '../fixtures/planner/day-night.csv');
+
+/**
+ * The Plan page (issue 14 §4, decision 0065) in Debian's headless Chromium, over the fixture
+ * backend whose planner is the daemon's own (a worker thread): an uploaded inventory planned.
+ */
+describe('web UI: the consolidation plan page', () => {
+  let runDir: string;
+  let backend: FixtureBackend;
+  let context: BrowserContext;
+  let page: Page;
+  const errors: string[] = [];
+
+  before(async () => {
+    runDir = await makeRunDir('web-plan');
+    backend = await startFixtureBackend(runDir, { guests: 12 });
+    context = await openBrowser(runDir, { base: backend.url });
+    page = context.pages()[0] ?? (await context.newPage());
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await signIn(page, backend.url, backend.token);
+  });
+  after(async () => {
+    await context?.close();
+    await backend?.close();
+    if (runDir) await removeRunDir(runDir);
+  });
+
+  test('uploading an inventory shows the hosts needed, the lower bound, overload, headroom, each host and the SVG of its load', async () => {
+    await page.goto(`${backend.url}/plan`);
+    await page.getByRole('link', { name: 'Plan' }).waitFor();
+    await page.setInputFiles('#f-inventory', INVENTORY);
+    await page.fill('#f-host-size', 'cpu=4,memory=16GiB');
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    await page.locator('[data-testid=plan-hosts]').waitFor({ timeout: 60_000 });
+    assert.equal(await page.locator('[data-testid=plan-hosts]').textContent(), '2');
+    assert.match(
+      (await page.locator('[data-testid=plan-lower-bound]').textContent()) ?? '',
+      /lower bound 2 /,
+    );
+    assert.equal(await page.locator('[data-testid=plan-overload]').textContent(), '0.00%');
+    assert.equal(await page.locator('[data-testid=plan-headroom]').textContent(), '12.5 points');
+    assert.match(
+      (await page.locator('[data-testid=plan-source]').textContent()) ?? '',
+      /^day-night\.csv: 4 workloads \(trivisor, 8 samples of 300 s\), hosts of 4 cores, 16 GiB/,
+    );
+    // Each host runs one day and one night workload: their peaks come at different times.
+    const rows = page.locator('table[aria-label="Planned hosts"] tbody tr');
+    assert.equal(await rows.count(), 2);
+    for (const text of await rows.allTextContents()) assert.match(text, /^host\d2(88%){2}0(batch\d, web\d)$/);
+    // The picture: the daemon's SVG, drawn by the browser as an image (loaded, with a size).
+    const img = page.locator('img[data-testid=plan-svg]');
+    assert.match((await img.getAttribute('src')) ?? '', /^data:image\/svg\+xml/);
+    const size = await img.evaluate((el) => {
+      const i = el as HTMLImageElement;
+      return { complete: i.complete, width: i.naturalWidth, height: i.naturalHeight };
+    });
+    assert.ok(size.complete && size.width === 720 && size.height > 100, JSON.stringify(size));
+    assert.deepEqual(errors, []);
+  });
+
+  test('a bad host size and a bad inventory are each one line, and the shown plan stays', async () => {
+    await page.setInputFiles('#f-inventory', INVENTORY);
+    await page.fill('#f-host-size', 'cpu=lots');
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    await page
+      .locator('.notice.error', { hasText: 'The host\'s cpu "lots" must be a positive number' })
+      .waitFor();
+    await page.setInputFiles('#f-inventory', {
+      name: 'broken.csv',
+      mimeType: 'text/csv',
+      buffer: Buffer.from('id,cpu,memory,timestamp,cpu_used,memory_used\nweb1,4,,2026-12-01T00:00:00Z,x,\n'),
+    });
+    await page.fill('#f-host-size', 'cpu=4');
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    await page
+      .locator('.notice.error', { hasText: 'inventory.csv:2: cpu_used of web1 "x" is not a number' })
+      .waitFor();
+    assert.equal(await page.locator('[data-testid=plan-hosts]').textContent(), '2');
+    assert.deepEqual(errors, []);
+  });
+});

@@ -1,0 +1,189 @@
+import { useSignal } from '@preact/signals';
+import type { ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
+import { api } from './state.ts';
+import { Field, Form, Page } from './ui.tsx';
+
+/*
+ * The consolidation planner (issue 14 §4, decision 0065): an administrator uploads an inventory
+ * (or plans the project's guests from their metric history), sets the host size, and sees what
+ * `trivisor plan consolidate` shows: hosts needed against the lower bound, the overload and
+ * headroom of the traces replayed on the plan, each host's workloads, and its load over time.
+ */
+
+const pct = (v: number, digits = 2) => `${(v * 100).toFixed(digits)}%`;
+
+/** The first workloads of a host, as the CLI's IDS column shows them; all of them in the title. */
+function ids(workloads: string[]): string {
+  return workloads.slice(0, 6).join(', ') + (workloads.length > 6 ? `, … (${workloads.length})` : '');
+}
+
+function PlanResult(props: { plan: ConsolidationPlanWire; source: string }) {
+  const p = props.plan;
+  const inv = p.inventory;
+  const memory = p.hostSize.memoryBytes === undefined ? '' : `, ${p.hostSize.memoryBytes / 1024 ** 3} GiB`;
+  return (
+    <section aria-label="Plan" data-testid="plan-result">
+      <p class="muted" data-testid="plan-source">
+        {props.source}: {inv.workloads} workloads ({inv.format}, {inv.samples} samples of{' '}
+        {inv.intervalSeconds} s), hosts of {p.hostSize.cpu} {p.cpuUnit}
+        {memory}. {p.method}.
+      </p>
+      <section class="cards" aria-label="Plan figures">
+        <div class="panel card">
+          <div class="muted">Hosts needed</div>
+          <div class="big" data-testid="plan-hosts">
+            {p.hosts.length}
+          </div>
+          <div class="muted" data-testid="plan-lower-bound">
+            lower bound {p.lowerBound} ({(p.hosts.length / p.lowerBound).toFixed(2)}×)
+          </div>
+        </div>
+        <div class="panel card">
+          <div class="muted">Over 100%</div>
+          <div class="big" data-testid="plan-overload">
+            {pct(p.replay.overloadFraction)}
+          </div>
+          <div class="muted">
+            of host-intervals ({p.replay.hostIntervalsOver100} of {p.replay.hostIntervals}); some host over in{' '}
+            {pct(p.replay.anyHostOverFraction)} of intervals
+          </div>
+        </div>
+        <div class="panel card">
+          <div class="muted">Headroom</div>
+          <div class="big" data-testid="plan-headroom">
+            {p.replay.headroomPercent.toFixed(1)} points
+          </div>
+          <div class="muted">
+            100 − each host's 95th-percentile load, averaged
+            {p.predicted.headroomPercentByPeriod && p.predicted.headroomPercentByPeriod.length > 1
+              ? `; its ${p.predicted.periodDays === 7 ? 'weeks' : 'days'} ${Math.min(...p.predicted.headroomPercentByPeriod).toFixed(1)} to ${Math.max(...p.predicted.headroomPercentByPeriod).toFixed(1)}`
+              : ''}
+          </div>
+        </div>
+      </section>
+      <p class="muted" data-testid="plan-models">
+        Model per workload: not advised from an inventory, which carries no OS or system-call profile
+        (decision 0054). <code>trivisor plan advise</code> advises ct, pvm or vm for a workload from its
+        profile.
+      </p>
+      <div class="panel table-wrap">
+        <table aria-label="Planned hosts">
+          <thead>
+            <tr>
+              <th>Host</th>
+              <th>Workloads</th>
+              <th>P95 load</th>
+              <th>Peak</th>
+              <th>Intervals over 100%</th>
+              <th>Inventory ids</th>
+            </tr>
+          </thead>
+          <tbody>
+            {p.hosts.map((h) => (
+              <tr key={h.name} data-host={h.name}>
+                <td>{h.name}</td>
+                <td>{h.workloads.length}</td>
+                <td>{h.p95LoadPercent.toFixed(0)}%</td>
+                <td>{h.peakLoadPercent.toFixed(0)}%</td>
+                <td>{h.intervalsOver100}</td>
+                <td title={h.workloads.join(', ')}>{ids(h.workloads)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      <h2>Load of each host over time</h2>
+      {/* An image, not inline markup: the daemon's SVG is shown, never run. */}
+      <img
+        class="plan-svg"
+        data-testid="plan-svg"
+        src={`data:image/svg+xml;charset=utf-8,${encodeURIComponent(p.svg)}`}
+        alt={`Load of each of the ${p.hosts.length} planned hosts over time, with the 100% line and the intervals above it`}
+      />
+    </section>
+  );
+}
+
+export function PlanPage() {
+  const plan = useSignal<{ plan: ConsolidationPlanWire; source: string } | null>(null);
+  return (
+    <Page title="Consolidation plan">
+      <div class="panel">
+        <p class="muted">
+          How many hosts of a size an inventory of measured servers needs, which workload goes where, and how
+          the traces replay on the plan, as <code>trivisor plan consolidate</code> computes it. Inventories:
+          our CSV (id,cpu,memory,timestamp,cpu_used,memory_used), PlanetLab or Bitbrains rows, plain or
+          gzip'd, up to 64 MiB; or this project's guests from their metric history.
+        </p>
+        <Form
+          label="Plan a consolidation"
+          submit="Plan"
+          run={async (d) => {
+            const file = d.get('inventory');
+            const history = String(d.get('fromHistory') || '') as PlanHistoryRange | '';
+            const chosen = file instanceof File && file.size > 0 ? file : null;
+            if (!chosen && !history)
+              throw new Error('Choose an inventory file, or a range of the guests’ metric history');
+            if (chosen && history) throw new Error('Choose an inventory file or a history range, not both');
+            const percentile = String(d.get('percentile') || '');
+            const seed = String(d.get('seed') || '');
+            const result = await api.planConsolidation(chosen, {
+              hostSize: String(d.get('hostSize') || ''),
+              ...(percentile ? { percentile: Number(percentile) } : {}),
+              ...(seed ? { seed: Number(seed) } : {}),
+              ...(history ? { fromHistory: history } : {}),
+            });
+            plan.value = {
+              plan: result,
+              source: chosen ? chosen.name : `This project's guests over the last ${history}`,
+            };
+          }}
+        >
+          <div class="row">
+            <Field label="Inventory" hint="A .csv or .csv.gz file">
+              {(id) => (
+                <input id={id} name="inventory" type="file" accept=".csv,.gz,text/csv,application/gzip" />
+              )}
+            </Field>
+            <Field label="Or from metric history">
+              {(id) => (
+                <select id={id} name="fromHistory">
+                  <option value="">No: the file</option>
+                  <option value="day">Last day</option>
+                  <option value="week">Last week</option>
+                  <option value="month">Last month</option>
+                  <option value="year">Last year</option>
+                </select>
+              )}
+            </Field>
+          </div>
+          <div class="row">
+            <Field
+              label="Host size"
+              hint="cpu=5320 in the inventory's CPU unit (MIPS for PlanetLab, cores otherwise), or cpu=32,memory=256GiB"
+            >
+              {(id) => <input id={id} name="hostSize" required placeholder="cpu=32,memory=256GiB" />}
+            </Field>
+            <Field label="Percentile" hint="Over 100% in at most (100 − p)% of host-intervals">
+              {(id) => (
+                <input
+                  id={id}
+                  name="percentile"
+                  type="number"
+                  min="1"
+                  max="100"
+                  step="any"
+                  defaultValue="99"
+                />
+              )}
+            </Field>
+            <Field label="Seed">
+              {(id) => <input id={id} name="seed" type="number" step="1" defaultValue="1" />}
+            </Field>
+          </div>
+        </Form>
+      </div>
+      {plan.value && <PlanResult plan={plan.value.plan} source={plan.value.source} />}
+    </Page>
+  );
+}
