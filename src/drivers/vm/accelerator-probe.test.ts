@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmod, chown, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -58,6 +58,31 @@ describe('accelerator probe', () => {
     assert.equal(boots(), 1);
     assert.deepEqual(await chooseAccelerator(state, { runner, kit, kvmDevice: kvm }), v);
     assert.equal(boots(), 1, 'no second test boot');
+  });
+
+  test("QEMU's version is asked once while its binary on PATH stays the same file", async () => {
+    const bin = join(dir, 'bin');
+    await rm(bin, { recursive: true, force: true });
+    await mkdir(bin);
+    const qemuBin = join(bin, 'qemu-system-x86_64');
+    await writeFile(qemuBin, '#!/bin/sh\n', { mode: 0o755 });
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path}`;
+    try {
+      const runner = qemu(`SeaBIOS\n${PROBE_MARKER}\n`);
+      const versions = () => runner.commands().filter((c) => c.endsWith('--version')).length;
+      const state = join(dir, 'version-once');
+      await chooseAccelerator(state, { runner, kit, kvmDevice: kvm });
+      await chooseAccelerator(state, { runner, kit, kvmDevice: kvm });
+      assert.equal(versions(), 1, 'asked once for two starts');
+      // A QEMU upgrade replaces the file: asked again.
+      await rm(qemuBin);
+      await writeFile(qemuBin, '#!/bin/sh\n# new\n', { mode: 0o755 });
+      await chooseAccelerator(state, { runner, kit, kvmDevice: kvm });
+      assert.equal(versions(), 2, 'asked again after the binary changed');
+    } finally {
+      process.env.PATH = path;
+    }
   });
 
   test('a KVM test boot that hangs past the timeout means TCG', async () => {

@@ -102,6 +102,36 @@ export interface ChooseAcceleratorOptions {
   runAs?: number;
 }
 
+/** QEMU's version by the runner that asked, kept while the binary on PATH is the same file. */
+const qemuVersions = new WeakMap<ProcessRunner, { stamp: string; version: string }>();
+
+/** The file `name` runs as, found on PATH, with what changes when it is replaced; undefined if none. */
+async function binaryStamp(name: string): Promise<string | undefined> {
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    if (!dir) continue;
+    const st = await stat(join(dir, name)).catch(() => undefined);
+    if (st?.isFile()) return `${join(dir, name)} ${st.dev}:${st.ino} ${st.size} ${st.mtimeMs}`;
+  }
+  return undefined;
+}
+
+/**
+ * `qemu-system-x86_64 --version`, asked once while the binary stays the same file: every vm start
+ * needs it for the verdict's key, and starting QEMU only to print its version cost a start about
+ * as much as a QEMU process start (bench/engine-boot.ts, decision 0069).
+ */
+async function qemuVersionOf(runner: ProcessRunner): Promise<string> {
+  const stamp = await binaryStamp('qemu-system-x86_64');
+  const known = qemuVersions.get(runner);
+  if (stamp && known?.stamp === stamp) return known.version;
+  const qemu = await runner
+    .run(['qemu-system-x86_64', '--version'], { allowFailure: true })
+    .catch(() => undefined);
+  const version = /version (\S+)/.exec(qemu?.stdout ?? '')?.[1] ?? 'unknown';
+  if (stamp && version !== 'unknown') qemuVersions.set(runner, { stamp, version });
+  return version;
+}
+
 /**
  * Picks the accelerator for vm guests. KVM is used only when a timed test boot
  * under it reaches the initramfs: on hosts with incomplete nested
@@ -117,10 +147,7 @@ export async function chooseAccelerator(
   const { runner, kit } = options;
   const setting = options.setting ?? 'auto';
   const hostRelease = (await readFile('/proc/sys/kernel/osrelease', 'utf8').catch(() => '?')).trim();
-  const qemu = await runner
-    .run(['qemu-system-x86_64', '--version'], { allowFailure: true })
-    .catch(() => undefined);
-  const qemuVersion = /version (\S+)/.exec(qemu?.stdout ?? '')?.[1] ?? 'unknown';
+  const qemuVersion = await qemuVersionOf(runner);
   // Who may open the KVM device is part of the verdict: a changed mode or group re-probes.
   const device = options.kvmDevice ?? '/dev/kvm';
   const kvm = await kvmAccess(device);
