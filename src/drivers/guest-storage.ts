@@ -5,6 +5,8 @@ export interface BackupChainLink {
   chain: string;
   sequence: number;
   kind: 'full' | 'incremental';
+  /** 'btrfs-send': a ct link whose payload is a zstd `btrfs send` stream, received onto a btrfs pool (decision 0067). */
+  method?: 'btrfs-send';
 }
 
 /** Options of the copy and archive methods: work from a snapshot instead of the live root file system. */

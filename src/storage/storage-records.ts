@@ -22,7 +22,13 @@ export interface BackupManifest {
   image: { fingerprint: string; alias: string; description: string };
   snapshots: SnapshotRecord[];
   /** For a link of an incremental chain (vm, `export --incremental`): which one. */
-  incremental?: { chain: string; sequence: number; kind: 'full' | 'incremental' };
+  incremental?: {
+    chain: string;
+    sequence: number;
+    kind: 'full' | 'incremental';
+    /** 'btrfs-send': the payload is a zstd btrfs send stream of a ct guest (decision 0067), not a tar. */
+    method?: 'btrfs-send';
+  };
   /** Every other file of the archive by relative path: its sha256 and size. */
   files: Record<string, { sha256: string; sizeBytes: number }>;
 }

@@ -22,6 +22,11 @@ export interface CtChainState {
   sequence: number;
   /** File name (in the guest's dir) of the tar snapshot file written by that backup. */
   snar: string;
+  /**
+   * 'btrfs-send': that backup was a `btrfs send` of its snapshot in backup-snapshots/ (decision
+   * 0067), which the next one is sent against while it exists; tar's snapshot file is kept too.
+   */
+  method?: 'btrfs-send';
 }
 
 /** What a guest restored from a chain was last brought to, with the upper layer's stamp at that moment. */
@@ -60,7 +65,12 @@ export function parseChainState(text: string): CtChainState | undefined {
       typeof v.snar === 'string' &&
       SNAR_NAME.test(v.snar)
     ) {
-      return { chain: v.chain, sequence: v.sequence as number, snar: v.snar };
+      return {
+        chain: v.chain,
+        sequence: v.sequence as number,
+        snar: v.snar,
+        ...(v.method === 'btrfs-send' && { method: v.method }),
+      };
     }
   } catch {
     // Not JSON: no chain.

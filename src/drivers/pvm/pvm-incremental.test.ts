@@ -24,6 +24,9 @@ import {
   blockSums,
   changedBlocks,
   copyBlocks,
+  cowChangedBlocks,
+  cowLayoutOf,
+  markedBlocks,
   PVM_BLOCK_BYTES,
   parseBlockList,
   parsePvmChain,
@@ -143,5 +146,112 @@ describe('changed blocks on real files', () => {
       { code: 'InvalidArgument' },
     );
     assert.deepEqual(await readdir(disk), []);
+  });
+});
+
+/** A version 3 UML COW header as uml_mkcow writes it (big-endian fields, then the backing path). */
+function cowHeader(backing: string, sizeBytes: number): Buffer {
+  const h = Buffer.alloc(32 + 4096);
+  h.writeUInt32BE(0x4f4f4f4d, 0);
+  h.writeUInt32BE(3, 4);
+  h.writeUInt32BE(0, 8);
+  h.writeBigUInt64BE(BigInt(sizeBytes), 12);
+  h.writeUInt32BE(512, 20);
+  h.writeUInt32BE(4096, 24);
+  h.write(backing, 32);
+  return h;
+}
+
+test('cowLayoutOf: the offsets uml_mkcow gives an 8 MiB disk (a 8400896-byte COW file: data at 12288)', () => {
+  const layout = cowLayoutOf({
+    mtimeSeconds: 0,
+    sizeBytes: 8 * MiB,
+    sectorSize: 512,
+    alignment: 4096,
+    backingFile: '/x',
+  });
+  assert.deepEqual(layout, {
+    sizeBytes: 8 * MiB,
+    sectorSize: 512,
+    bitmapOffset: 8192,
+    bitmapBytes: 2048,
+    dataOffset: 12288,
+  });
+  assert.throws(
+    () => cowLayoutOf({ mtimeSeconds: 0, sizeBytes: MiB, sectorSize: 512, alignment: 0, backingFile: '/x' }),
+    /not a layout this daemon reads/,
+  );
+});
+
+test('markedBlocks: blocks with any sector marked, none for an empty bitmap', () => {
+  const layout = cowLayoutOf({
+    mtimeSeconds: 0,
+    sizeBytes: 4.5 * MiB,
+    sectorSize: 512,
+    alignment: 4096,
+    backingFile: '/x',
+  });
+  const bitmap = Buffer.alloc(layout.bitmapBytes);
+  assert.deepEqual(markedBlocks(bitmap, layout), []);
+  // Sector 2048 is the first of block 1; sector 4*2048+3 lies in the short last block.
+  bitmap[2048 >> 3] = 1;
+  bitmap[(4 * 2048 + 3) >> 3] = 1 << 3;
+  assert.deepEqual(markedBlocks(bitmap, layout), [1, 4]);
+});
+
+describe('changed blocks of a COW disk, read from its bitmap', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-pvm-cow-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('only marked blocks are read; one rewritten with the same bytes is not changed; the sums are the flat disk', async () => {
+    const size = 4.5 * MiB;
+    const base = path.join(dir, 'base');
+    const baseBytes = randomBytes(size);
+    await writeFile(base, baseBytes);
+    const layout = cowLayoutOf({
+      mtimeSeconds: 0,
+      sizeBytes: size,
+      sectorSize: 512,
+      alignment: 4096,
+      backingFile: base,
+    });
+    const cow = path.join(dir, 'cow');
+    const handle = await open(cow, 'w');
+    const bitmap = Buffer.alloc(layout.bitmapBytes);
+    const flat = Buffer.from(baseBytes);
+    const put = async (sector: number, data: Buffer) => {
+      bitmap[sector >> 3] = (bitmap[sector >> 3] ?? 0) | (1 << (sector & 7));
+      await handle.write(data, 0, 512, layout.dataOffset + sector * 512);
+      data.copy(flat, sector * 512);
+    };
+    await handle.write(cowHeader(base, size), 0, 32 + 4096, 0);
+    await handle.truncate(layout.dataOffset + size);
+    await put(2048 + 7, randomBytes(512)); // block 1: new bytes
+    await put(3 * 2048, baseBytes.subarray(3 * MiB, 3 * MiB + 512)); // block 3: written, same bytes
+    await put(4 * 2048 + 1, randomBytes(512)); // block 4 (short): new bytes
+    await handle.write(bitmap, 0, bitmap.length, layout.bitmapOffset);
+    await handle.close();
+    const flatPath = path.join(dir, 'flat');
+    await writeFile(flatPath, flat);
+
+    const before = await blockSums(base);
+    const out = path.join(dir, 'blocks');
+    const found = await cowChangedBlocks(cow, { before, blocksOut: out });
+    assert.deepEqual(found.list, { blockBytes: PVM_BLOCK_BYTES, sizeBytes: size, blocks: [1, 4] });
+    assert.deepEqual(found.sums, await blockSums(flatPath));
+    assert.deepEqual(
+      await readFile(out),
+      Buffer.concat([flat.subarray(MiB, 2 * MiB), flat.subarray(4 * MiB, size)]),
+    );
+    // Header and bitmap, and the three marked blocks (the last one short): not the whole disk's 4.5 MiB.
+    assert.equal(found.readBytes, layout.bitmapOffset + layout.bitmapBytes + 2.5 * MiB);
+    // Nothing changed since: nothing listed.
+    const again = await cowChangedBlocks(cow, { before: found.sums, blocksOut: out });
+    assert.deepEqual(again.list.blocks, []);
   });
 });

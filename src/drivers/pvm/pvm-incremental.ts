@@ -2,14 +2,17 @@ import { createHash } from 'node:crypto';
 import { open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidArgument } from '../../core/errors.ts';
+import { readUmlCowHeader, type UmlCowHeader } from './uml-cow.ts';
 
 /**
  * Incremental backups of pvm disks by block checksums
  * (docs/decisions/0048-ct-incremental-backups.md, pvm section): each backup
  * keeps the sha256 of every block of the flat disk it archived; the next one
- * archives only the blocks whose checksum differs. UML's COW bitmap cannot
- * serve: it marks what was ever written since the COW file was made, not
- * since a backup.
+ * archives only the blocks whose checksum differs. UML's COW bitmap marks what
+ * was ever written since the COW file was made, not since a backup, so it
+ * cannot say what changed; but a block none of whose sectors it marks is the
+ * base disk's, which never changes: only the marked blocks are read and
+ * hashed (decision 0067), not the whole disk.
  */
 export const PVM_BLOCK_BYTES = 1024 * 1024;
 /** Per guest: the chain of its last incremental backup, and the checksum file it continues from. */
@@ -243,4 +246,151 @@ async function writeAtomically(path: string, value: unknown): Promise<void> {
 
 export async function writeSums(dir: string, name: string, sums: Buffer): Promise<void> {
   await writeFile(join(dir, name), sums, { mode: 0o600 });
+}
+
+/** The size of a version 3 UML COW header (packed: 32 bytes of fields, then a 4096-byte path). */
+const COW_V3_HEADER_BYTES = 32 + 4096;
+
+/** Where a UML COW file keeps its bitmap of written sectors and their data (arch/um/drivers/cow_user.c). */
+export interface CowLayout {
+  sizeBytes: number;
+  sectorSize: number;
+  bitmapOffset: number;
+  bitmapBytes: number;
+  dataOffset: number;
+}
+
+const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
+
+/** The layout cow_user.c gives a version 3 COW file of this header (bit n of the bitmap: byte n/8, bit n%8). */
+export function cowLayoutOf(header: UmlCowHeader): CowLayout {
+  const { sizeBytes, sectorSize, alignment } = header;
+  if (alignment <= 0 || sectorSize <= 0 || PVM_BLOCK_BYTES % sectorSize !== 0) {
+    throw invalidArgument(
+      `The UML copy-on-write file has sectors of ${sectorSize} bytes aligned to ${alignment}: not a layout this daemon reads.`,
+    );
+  }
+  const bitmapOffset = roundUp(COW_V3_HEADER_BYTES, alignment);
+  const bitmapBytes = Math.floor((sizeBytes + sectorSize - 1) / (8 * sectorSize));
+  return {
+    sizeBytes,
+    sectorSize,
+    bitmapOffset,
+    bitmapBytes,
+    dataOffset: roundUp(bitmapOffset + bitmapBytes, alignment),
+  };
+}
+
+/** Whether the bitmap marks sector `n` as written to the COW file (a sector past the bitmap counts as written). */
+const marked = (bitmap: Buffer, n: number): boolean => {
+  const byte = bitmap[n >> 3];
+  return byte === undefined || (byte & (1 << (n & 7))) !== 0;
+};
+
+/** Blocks of the flat disk with at least one sector written to the COW file. */
+export function markedBlocks(bitmap: Buffer, layout: CowLayout, blockBytes = PVM_BLOCK_BYTES): number[] {
+  const perBlock = blockBytes / layout.sectorSize;
+  const sectors = Math.ceil(layout.sizeBytes / layout.sectorSize);
+  const out: number[] = [];
+  for (let block = 0; block * perBlock < sectors; block++) {
+    const first = block * perBlock;
+    const last = Math.min(sectors, first + perBlock);
+    // Whole bytes of the bitmap at once where they are zero (the common case).
+    for (let n = first; n < last; ) {
+      if ((n & 7) === 0 && n + 8 <= last && bitmap[n >> 3] === 0) {
+        n += 8;
+        continue;
+      }
+      if (marked(bitmap, n)) {
+        out.push(block);
+        break;
+      }
+      n++;
+    }
+  }
+  return out;
+}
+
+/** What an incremental of a COW disk found: the changed blocks (written to a file), the new checksums, and bytes read. */
+export interface CowIncrement {
+  list: BlockList;
+  sums: Buffer;
+  readBytes: number;
+}
+
+/**
+ * Finds the blocks of the flat disk (base disk under COW file) that changed since the
+ * checksums `before` were taken, reading only the COW header and bitmap and the blocks
+ * the bitmap marks; the changed ones are written, in order, to `blocksOut`.
+ */
+export async function cowChangedBlocks(
+  cowPath: string,
+  options: { before: Buffer; blocksOut: string },
+): Promise<CowIncrement> {
+  const header = await readUmlCowHeader(cowPath);
+  const layout = cowLayoutOf(header);
+  const count = Math.ceil(layout.sizeBytes / PVM_BLOCK_BYTES);
+  if (options.before.length !== count * HASH_BYTES) throw new Error('Block checksums of another disk size');
+  const cow = await open(cowPath, 'r');
+  const base = await open(header.backingFile, 'r');
+  const out = await open(options.blocksOut, 'w', 0o600);
+  try {
+    if ((await base.stat()).size < layout.sizeBytes) {
+      throw new Error(`The base disk ${header.backingFile} is shorter than the COW file's disk`);
+    }
+    const bitmap = Buffer.alloc(layout.bitmapBytes);
+    await readExactly(cow, bitmap, layout.bitmapOffset);
+    let readBytes = layout.bitmapOffset + layout.bitmapBytes;
+    const sums = Buffer.from(options.before);
+    const blocks: number[] = [];
+    const buf = Buffer.alloc(PVM_BLOCK_BYTES);
+    const ss = layout.sectorSize;
+    for (const i of markedBlocks(bitmap, layout)) {
+      const len = blockLength(i, layout.sizeBytes);
+      const first = (i * PVM_BLOCK_BYTES) / ss;
+      const sectors = Math.ceil(len / ss);
+      // Runs of sectors from the same file: the COW file where marked, the base disk elsewhere.
+      for (let s = 0; s < sectors; ) {
+        const fromCow = marked(bitmap, first + s);
+        let e = s + 1;
+        while (e < sectors && marked(bitmap, first + e) === fromCow) e++;
+        const at = s * ss;
+        const bytes = Math.min(len, e * ss) - at;
+        const offset = fromCow ? layout.dataOffset + (first + s) * ss : (first + s) * ss;
+        await readExactly(fromCow ? cow : base, buf.subarray(at, at + bytes), offset, !fromCow);
+        readBytes += bytes;
+        s = e;
+      }
+      const sum = createHash('sha256').update(buf.subarray(0, len)).digest();
+      if (!sum.equals(options.before.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES))) {
+        blocks.push(i);
+        await out.write(buf, 0, len);
+        sum.copy(sums, i * HASH_BYTES);
+      }
+    }
+    return { list: { blockBytes: PVM_BLOCK_BYTES, sizeBytes: layout.sizeBytes, blocks }, sums, readBytes };
+  } finally {
+    await out.close();
+    await base.close();
+    await cow.close();
+  }
+}
+
+/** Fills `buf` from `offset`; a COW file's sparse tail reads as zeros, a short base disk is an error. */
+async function readExactly(
+  handle: Awaited<ReturnType<typeof open>>,
+  buf: Buffer,
+  offset: number,
+  strict = true,
+): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done);
+    if (bytesRead === 0) {
+      if (strict) throw new Error('Short read of a disk file');
+      buf.fill(0, done);
+      return;
+    }
+    done += bytesRead;
+  }
 }

@@ -16,6 +16,7 @@ import {
   changedBlocks,
   commitPvmChain,
   copyBlocks,
+  cowChangedBlocks,
   forgetPvmChains,
   PVM_BLOCK_BYTES,
   parseBlockList,
@@ -360,6 +361,41 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       const work = join(snapshotsOf(spec), tmpName('export'));
       await mkdir(work, { recursive: true, mode: 0o700 });
       try {
+        const next = exportOptions?.newChain ? undefined : await readPvmChain(dir);
+        const cow = await currentDisk(diskDirOf(spec));
+        const header = cow?.endsWith(`/${COW}`)
+          ? await readUmlCowHeader(cow).catch(() => undefined)
+          : undefined;
+        if (cow && next && header && header.sizeBytes === next.state.sizeBytes) {
+          // A COW disk (decision 0067): only its bitmap and the blocks it marks are read, in place,
+          // with the guest quiescent; the flat disk is never made.
+          const blocksOut = join(work, ARCHIVE_BLOCKS);
+          const found = await whileQuiescent(spec, () =>
+            cowChangedBlocks(cow, { before: next.sums, blocksOut }),
+          );
+          log.info(
+            { guest: spec.name, readBytes: found.readBytes, changed: found.list.blocks.length },
+            'incremental backup of a COW disk',
+          );
+          const link: BackupChainLink = {
+            chain: next.state.chain,
+            sequence: next.state.sequence + 1,
+            kind: 'incremental',
+          };
+          await writeFile(join(work, ARCHIVE_BLOCK_LIST), `${JSON.stringify(found.list)}\n`);
+          await runner.run(
+            ['tar', TAR_ZSTD, '-C', work, '-cf', tarPath, ARCHIVE_BLOCK_LIST, ARCHIVE_BLOCKS],
+            { ...(signal && { signal }) },
+          );
+          await writeSums(dir, sumsNameOf(link), found.sums);
+          await commitPvmChain(dir, {
+            chain: link.chain,
+            sequence: link.sequence,
+            sizeBytes: next.state.sizeBytes,
+            sums: sumsNameOf(link),
+          });
+          return link;
+        }
         return await withStableDisk(spec, undefined, async (disk) => {
           if (!disk)
             throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
