@@ -99,18 +99,30 @@ describe('ct guests run in id ranges of their own', () => {
       const st = await stat(dirOf(spec.name));
       assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [0, range.base, 0o710], spec.name);
       assert.equal(
-        (await stat(join(dirOf(spec.name), 'rootfs'))).uid,
+        (await stat(join(dirOf(spec.name), 'upper'))).uid,
         range.base,
         'the guest root is its own',
       );
     }
+    // The roots are mounted in the guests' own mount namespaces only (decision 64): on the host
+    // their files are the upper layers.
+    await sh(fx.driver, a, 'mkdir -p /etc/mine');
     assert.equal(
-      as(ra.base, ['stat', join(dirOf('rg-a'), 'rootfs', 'etc')]).code,
+      as(ra.base, ['stat', join(dirOf('rg-a'), 'upper', 'etc', 'mine')]).code,
       0,
-      'a guest root reaches its own tree',
+      'a guest root reaches its own files',
     );
-    assert.notEqual(as(ra.base, ['stat', join(dirOf('rg-b'), 'rootfs', 'etc')]).code, 0, "and not another's");
-    assert.notEqual(as(65534, ['stat', join(dirOf('rg-a'), 'rootfs', 'etc')]).code, 0, 'nor does nobody');
+    await sh(fx.driver, b, 'mkdir -p /etc/mine');
+    assert.notEqual(
+      as(ra.base, ['stat', join(dirOf('rg-b'), 'upper', 'etc', 'mine')]).code,
+      0,
+      "and not another's",
+    );
+    assert.notEqual(
+      as(65534, ['stat', join(dirOf('rg-a'), 'upper', 'etc', 'mine')]).code,
+      0,
+      'nor does nobody',
+    );
     assert.notEqual(
       as(ra.base, ['kill', '-0', String(ib.pid)]).code,
       0,

@@ -115,11 +115,20 @@ describe('a local user gets nothing from the state directory (issue 11, findings
     d.ok(['launch', 'evil', 'ev1']);
     assert.equal(d.ok(['exec', 'ev1', '--', 'stat', '-c', '%a %u', '/bin/suidsh']), '4755 0\n');
     assert.match(d.ok(['exec', 'ev1', '--', 'ls', '/dev']), /null/);
-    const evRoot = path.join(d.stateDir, 'guests', 'ev1', 'rootfs');
+    // The guest root is mounted in the guest's own mount namespace only (decision 64): the host
+    // reaches it through its init's /proc root, which nobody cannot pass.
+    const evPid = pidOf('ev1');
+    const evRoot = `/proc/${evPid}/root`;
     assert.notEqual(asNobody([path.join(evRoot, 'bin/suidsh'), '-p', '-c', 'id -u']).code, 0);
-    const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
-    const line = mountinfo.split('\n').find((l) => l.split(' ')[4] === evRoot);
-    assert.ok(line, 'the guest root is mounted');
+    const hostMounts = await readFile('/proc/self/mountinfo', 'utf8');
+    const guestDir = path.join(d.stateDir, 'guests', 'ev1');
+    assert.ok(
+      !hostMounts.split('\n').some((l) => (l.split(' ')[4] ?? '').startsWith(`${guestDir}/`)),
+      'nothing of the guest is mounted on the host',
+    );
+    const mountinfo = await readFile(`/proc/${evPid}/mountinfo`, 'utf8');
+    const line = mountinfo.split('\n').find((l) => l.split(' ')[4] === '/');
+    assert.ok(line, "the guest's namespace has its root");
     assert.match(line.split(' ')[5] ?? '', /\bnodev\b/, `mounted nodev: ${line}`);
     d.ok(['delete', '--force', 'ev1']);
     d.ok(['image', 'delete', 'evil']);
@@ -139,7 +148,9 @@ describe('a local user gets nothing from the state directory (issue 11, findings
       '-c',
       'echo "root:secret-of-gb:1::::::" > /etc/shadow && chmod 640 /etc/shadow',
     ]);
-    const sbash = path.join(d.stateDir, 'guests', 'ga', 'rootfs', 'tmp', 'sbash');
+    // The guest's files on the host: its upper layer (its root is mounted in its namespace only).
+    const sbash = path.join(d.stateDir, 'guests', 'ga', 'upper', 'tmp', 'sbash');
+    assert.ok((await stat(sbash)).mode & 0o4000, 'the setuid shell is there');
     const r = asNobody([sbash, '-p', '-c', 'id -u']);
     assert.notEqual(r.code, 0, `nobody ran the guest's setuid shell as uid ${r.stdout.trim()}`);
     assert.equal(r.stdout, '');
@@ -152,7 +163,8 @@ describe('a local user gets nothing from the state directory (issue 11, findings
     // A process that escaped ga as its root: it can neither signal gb's init nor read gb's files.
     const kill = as(a.base, ['kill', '-0', String(pidOf('gb'))]);
     assert.notEqual(kill.code, 0, "ga's root can signal gb's init");
-    const shadow = path.join(d.stateDir, 'guests', 'gb', 'rootfs', 'etc', 'shadow');
+    const shadow = path.join(d.stateDir, 'guests', 'gb', 'upper', 'etc', 'shadow');
+    assert.ok((await stat(shadow)).isFile(), "gb's shadow is in its upper layer");
     const cat = as(a.base, ['cat', shadow]);
     assert.notEqual(cat.code, 0, `ga's root read gb's shadow: ${cat.stdout}`);
     const viaProc = as(a.base, ['cat', `/proc/${pidOf('gb')}/root/etc/shadow`]);

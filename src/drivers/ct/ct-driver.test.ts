@@ -14,7 +14,7 @@ import type { ImageHandle } from '../guest-driver.ts';
 import { createCtDriver } from './ct-driver.ts';
 import { ownRangeBase } from './id-ranges.ts';
 import type { OciSpec } from './oci-spec.ts';
-import { overlayRootfsArgv } from './overlay-rootfs.ts';
+import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT } from './overlay-rootfs.ts';
 
 const guest = (config: Record<string, string> = {}): GuestSpec => ({
   name: 'g1',
@@ -94,17 +94,42 @@ describe('ct driver against a recording runner', () => {
     const g = join(stateDir, 'guests', 'g1');
     const cmds = runner.commands();
     const own = ownRangeBase(1_000_000, 0);
-    const mount = runner.calls.find((c) => c.argv.includes('/usr/bin/perl'));
+    const runcArgv = [
+      'runc',
+      '--root',
+      join(stateDir, 'runc'),
+      'run',
+      '--detach',
+      '--no-new-keyring',
+      '--pid-file',
+      `${g}/init.pid`,
+      '--bundle',
+      `${g}/bundle`,
+      'g1',
+    ];
+    // The root is mounted in a mount namespace of the start's own, where runc then runs (decision 64).
+    const run = runner.calls.find((c) => c.argv.includes('/usr/bin/perl'));
     assert.deepEqual(
-      mount?.argv,
-      overlayRootfsArgv({
-        tree: '/images/abc/rootfs',
-        staging: `${g}/staging`,
-        upper: `${g}/upper`,
-        work: `${g}/work`,
-        target: `${g}/rootfs`,
-        idmap: { base: own, size: 65536 },
-      }),
+      run?.argv,
+      privateRootArgv(
+        {
+          tree: '/images/abc/rootfs',
+          staging: `${g}/staging`,
+          upper: `${g}/upper`,
+          work: `${g}/work`,
+          target: `${g}/rootfs`,
+          idmap: { base: own, size: 65536 },
+        },
+        runcArgv,
+        { path: process.env.PATH ?? '' },
+      ),
+    );
+    assert.deepEqual(run?.argv.slice(-runcArgv.length), runcArgv);
+    assert.equal(run?.kind, 'spawn');
+    assert.equal(
+      runner.calls.filter((c) => c.argv.includes('/usr/bin/perl')).length,
+      1,
+      'no mount on the host',
     );
     assert.ok(!cmds.some((c) => c.startsWith('mount ')));
     // Closed to host users (decision 18): the guest's root passes its dir, nobody else does.
@@ -119,21 +144,6 @@ describe('ct driver against a recording runner', () => {
     });
     assert.equal(await readlink(join(stateDir, 'idmap', '0')), 'g1');
     assert.equal((await stat(`${g}/upper`)).uid, own);
-    const run = runner.calls.find((c) => c.argv.includes('run'));
-    assert.deepEqual(run?.argv, [
-      'runc',
-      '--root',
-      join(stateDir, 'runc'),
-      'run',
-      '--detach',
-      '--no-new-keyring',
-      '--pid-file',
-      `${g}/init.pid`,
-      '--bundle',
-      `${g}/bundle`,
-      'g1',
-    ]);
-    assert.equal(run?.kind, 'spawn');
     const oci = JSON.parse(await readFile(`${g}/bundle/config.json`, 'utf8')) as OciSpec;
     assert.deepEqual(oci.linux.uidMappings, [{ containerID: 0, hostID: own, size: 65536 }]);
     assert.equal(oci.linux.cgroupsPath, `${cgroupParentOf(stateDir)}/g1`);
@@ -281,6 +291,27 @@ describe('ct driver against a recording runner', () => {
       cmds.slice(runAt + 1).some((c) => c.endsWith('delete --force g1')),
       'runc delete after the failed run',
     );
+    assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
+  });
+
+  test("a root the helper cannot mount fails the start with the helper's step, and runc never ran", async () => {
+    await rm(join(stateDir, 'runc'), { recursive: true, force: true });
+    const log = join(stateDir, 'guests', 'g1', 'console.log');
+    const runner = fakeRunner((argv) =>
+      argv.includes('/usr/bin/perl')
+        ? {
+            code: ROOT_MOUNT_FAILED_EXIT,
+            effect: () =>
+              writeFile(log, 'idmapping the image tree (mount_setattr): Invalid argument\n', { flag: 'a' }),
+          }
+        : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await assert.rejects(driver.start(guest(), image), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'FailedPrecondition');
+      assert.match(e.message, /mount_setattr.*idmapped mounts \(Linux 5\.19 or later\)/);
+      return true;
+    });
     assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
   });
 });

@@ -24,7 +24,6 @@ import type {
   RuntimeState,
 } from '../guest-driver.ts';
 import type { AttachedVolume } from '../guest-volumes.ts';
-import { removeGuestSubvolumes } from './ct-btrfs-send.ts';
 import { attachCtVolume, ctVolumeIdmap, ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
 import { createIdRanges, type IdRange, isRangeBase, readIdRangeOf } from './id-ranges.ts';
@@ -37,10 +36,12 @@ import {
   ociResources,
   STOP_SIGNAL_ANNOTATION,
 } from './oci-spec.ts';
-import { mountOverlayRootfs } from './overlay-rootfs.ts';
+import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT, rootMountError } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
 
+/** Where runc is looked up when the daemon has no PATH of its own. */
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** How often stop() looks whether init is gone. */
 const POLL_MS = 50;
 /** How long stop() waits for the kernel to reap a SIGKILLed guest. */
@@ -63,8 +64,9 @@ export interface CtGuestPaths {
   config: string;
   upper: string;
   work: string;
+  /** The overlay's mount point, in the guest's mount namespace only (docs/decisions/0064): empty on the host. */
   rootfs: string;
-  /** Where the idmapped image tree is attached while the overlay is mounted on it. */
+  /** Where the idmapped image tree is attached while the overlay is mounted on it (in the start's own mount namespace). */
   staging: string;
   consoleLog: string;
   pidFile: string;
@@ -195,8 +197,10 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     if (await exists(join(runcRoot, spec.name))) {
       await runner.run([...runc, 'delete', '--force', spec.name], { allowFailure: true });
     }
+    // Guests started by a daemon before decision 64 have their root mounted on the host, as has a
+    // start killed between its two mounts the idmapped tree; since then both are mounted in the
+    // start's own mount namespace, and the guest's copy goes with its last process.
     await unmountIfMounted(p.rootfs, { runner });
-    // Only a start killed between its two mounts leaves the idmapped tree attached here.
     await unmountIfMounted(p.staging, { runner });
     await removeCgroup(cgroupsPath(spec));
     await rm(p.pidFile, { force: true });
@@ -302,9 +306,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
   };
 
   /**
-   * Writes the guest's `files.*` into its mounted root before its init runs:
-   * through the same symlink-safe walk as `file push` (the upper layer is the
-   * guest's own and may hold links planted in an earlier boot).
+   * Writes the guest's `files.*` into its root before its init runs (through
+   * /proc/PID/root of runc's init between `runc create` and `runc start`: the
+   * root is mounted in the guest's mount namespace only), with the same
+   * symlink-safe walk as `file push` (the upper layer is the guest's own and may
+   * hold links planted in an earlier boot).
    */
   const injectFiles = async (spec: GuestSpec, root: string, range: IdRange | undefined): Promise<void> => {
     for (const f of injectedFiles(spec.config)) {
@@ -456,24 +462,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         // Guests made before decision 18 have no staging dir (and a world-readable config.json).
         await mkdir(p.staging, { mode: 0o700 }).catch(() => {});
         await chmod(p.bundle, 0o700);
-        await mountOverlayRootfs(
-          {
-            tree: image.rootfs,
-            staging: p.staging,
-            upper: p.upper,
-            work: p.work,
-            target: p.rootfs,
-            ...(range && { idmap: range }),
-          },
-          { runner },
-        );
-        r.add(() => unmountIfMounted(p.rootfs, { runner }));
-        await injectFiles(spec, p.rootfs, range);
         const volumes = await writeBundle(spec, image, range);
         r.add(() => cleanUpRuntime(spec));
-        // Create, plug NICs into the guest's network namespace and mount volumes into its mount
-        // namespace, then start: init finds its interfaces and volumes at boot.
-        const twoSteps = withNics || volumes.length > 0;
+        // Create, plug NICs into the guest's network namespace, mount volumes into its mount
+        // namespace and write its files into its root, then start: init finds them at boot.
+        const inject = injectedFiles(spec.config).length > 0;
+        const twoSteps = withNics || volumes.length > 0 || inject;
 
         // The previous boots' output is kept in console.log.1 once it passes 1 MiB. (A running
         // guest holds its log open, so a guest that prints without end still grows it until restart.)
@@ -486,7 +480,18 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         try {
           // runc -d exits once init runs; init keeps the log fd as its stdout/stderr and is
           // re-parented away from us. setsid (detached) keeps terminal signals off the guest.
-          const child = runner.spawn(
+          // The root is mounted in a mount namespace made for this start, where runc then runs
+          // (overlay-rootfs.ts, docs/decisions/0064): the guest's namespace is cloned from it and
+          // keeps the root; the host's mount table never holds it.
+          const argv = privateRootArgv(
+            {
+              tree: image.rootfs,
+              staging: p.staging,
+              upper: p.upper,
+              work: p.work,
+              target: p.rootfs,
+              ...(range && { idmap: range }),
+            },
             // --no-new-keyring: a session keyring per guest would be owned by the shared mapped root
             // uid and hit the kernel's per-user key quota (kernel.keys.maxkeys, 200) at ~200 guests.
             // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
@@ -500,11 +505,12 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
               p.bundle,
               spec.name,
             ],
-            {
-              stdio: ['ignore', consoleFile.fd, consoleFile.fd],
-              detached: true,
-            },
+            { path: process.env.PATH || DEFAULT_PATH },
           );
+          const child = runner.spawn(argv, {
+            stdio: ['ignore', consoleFile.fd, consoleFile.fd],
+            detached: true,
+          });
           // runc returns as soon as init has exec'd; a runc that hangs (stuck mount, full disk) is killed.
           const timer = setTimeout(() => child.kill('SIGKILL'), RUNC_RUN_TIMEOUT_MS);
           code = await new Promise<number>((resolve) => {
@@ -518,10 +524,15 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           const output = (await readFile(p.consoleLog).catch(() => Buffer.alloc(0)))
             .subarray(before)
             .toString('utf8');
+          if (code === ROOT_MOUNT_FAILED_EXIT) {
+            throw rootMountError(output.trim().split('\n').pop() || `exit ${code}`);
+          }
           const detail = output.trim().split('\n').slice(-3).join(' ').slice(0, 400);
           throw internal(`runc could not start guest ${spec.name} (exit ${code}): ${detail || 'no output'}`);
         }
         const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
+        // runc's init has made the root its own and waits to exec init: its /proc root is the guest's.
+        if (inject) await injectFiles(spec, `/proc/${pid}/root`, range);
         if (withNics && ctx.network) await ctx.network.plugVeths(spec, pid);
         for (const volume of volumes) {
           const idmap = ctVolumeIdmap(idmapBase, base);
@@ -591,8 +602,6 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       }
       // Given back first: a claim that outlived its guest would hold 65536 ids for ever.
       await ranges.release(spec.name, p.dir);
-      // Backup snapshots on a btrfs pool are read-only subvolumes, which rm cannot empty (decision 0067).
-      await removeGuestSubvolumes(runner, p.dir);
       await rm(p.dir, { recursive: true, force: true });
       // The parent goes once its last guest is gone; rmdir refuses while others remain.
       await removeCgroup(cgroupParent);

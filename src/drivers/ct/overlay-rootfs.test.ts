@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { attachCtVolumeArgv, ctVolumeIdmap } from './ct-volumes.ts';
-import { mountOverlayRootfs, overlayRootfsArgv } from './overlay-rootfs.ts';
+import { mountOverlayRootfs, overlayRootfsArgv, privateRootArgv } from './overlay-rootfs.ts';
 
 const layers = {
   tree: '/s/images/fp/trees/rootfs',
@@ -18,6 +18,26 @@ test('the root mount runs perl with no environment, the layers and the range as 
   assert.match(argv[4] ?? '', /BEGIN \{ @INC = \(\) \}/, 'nothing of the guest is ever loaded');
   assert.deepEqual(argv.slice(5), ['--', ...Object.values(layers), '1262144', '65536']);
   assert.deepEqual(overlayRootfsArgv(layers).slice(-2), ['-', '-'], 'a privileged guest: no idmap');
+});
+
+test('a start mounts the root in a mount namespace of its own, then execs runc there with only PATH set', () => {
+  const runc = ['runc', '--root', '/s/runc', 'create', '--bundle', '/s/guests/g/bundle', 'g'];
+  const argv = privateRootArgv({ ...layers, idmap: { base: 1_262_144, size: 65536 } }, runc, {
+    path: '/usr/sbin:/usr/bin',
+  });
+  assert.deepEqual(argv.slice(0, 5), ['env', '-i', 'PATH=/usr/sbin:/usr/bin', '/usr/bin/perl', '-e']);
+  const script = argv[5] ?? '';
+  assert.match(script, /BEGIN \{ @INC = \(\) \}/, 'nothing of the guest is ever loaded');
+  assert.match(script, /syscall\(272, 0x20000\)/, 'unshare(CLONE_NEWNS) first');
+  assert.match(script, /0x4000 \| 0x40000/, 'every mount made private (MS_REC | MS_PRIVATE)');
+  assert.ok(
+    script.indexOf('0x40000') < script.indexOf("'overlay'"),
+    'made private before the root is mounted',
+  );
+  assert.deepEqual(argv.slice(6), ['--', ...Object.values(layers), '1262144', '65536', ...runc]);
+  assert.throws(() => privateRootArgv({ ...layers, work: '/s/a,b' }, runc, { path: '/usr/bin' }), {
+    code: 'InvalidArgument',
+  });
 });
 
 test('a layer path that overlayfs would split is refused before anything runs', () => {

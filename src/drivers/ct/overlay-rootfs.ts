@@ -29,10 +29,7 @@ export interface OverlayRootfs {
  * The same perl route as the volume helper
  * (decision 11): no native module in the daemon, nothing of the guest run.
  */
-const MOUNT_SCRIPT = `
-BEGIN { @INC = () }
-${USERNS_PERL}
-my ($tree, $stage, $upper, $work, $target, $base, $size) = @ARGV;
+const MOUNT_STEPS = `
 my $nsfd;
 $nsfd = idmap_userns("0 $base $size") if $base ne '-';
 my $lower = $tree;
@@ -53,8 +50,43 @@ syscall(166, $stage, 2) if defined $nsfd;
 die "mount overlay on $target: $err\\n" unless $ok;
 `;
 
-/** The argv that mounts the guest's root (run as host root). */
-export function overlayRootfsArgv(layers: OverlayRootfs): string[] {
+const MOUNT_SCRIPT = `
+BEGIN { @INC = () }
+${USERNS_PERL}
+my ($tree, $stage, $upper, $work, $target, $base, $size) = @ARGV;
+${MOUNT_STEPS}
+`;
+
+/** Exit status of the private-root helper when it could not mount the root (runc never ran). */
+export const ROOT_MOUNT_FAILED_EXIT = 86;
+
+/**
+ * The same mount, made in a mount namespace of its own (docs/decisions/0064), after which the
+ * helper execs the rest of its arguments (`runc create` or `runc run --detach`): unshare(CLONE_NEWNS),
+ * every mount made private (MS_REC | MS_PRIVATE, so that nothing propagates back to the host), the
+ * root mounted there, then exec. runc's init clones its mount namespace from this one, so the
+ * guest's copy holds its root; this namespace goes with runc when it returns. The host's mount
+ * table never holds a guest's root, and a start copies the host's mounts plus one, not one per
+ * running guest. A failed mount exits ROOT_MOUNT_FAILED_EXIT with the step on stderr.
+ */
+const PRIVATE_ROOT_SCRIPT = `
+BEGIN { @INC = () }
+${USERNS_PERL}
+my ($tree, $stage, $upper, $work, $target, $base, $size, @then) = @ARGV;
+eval {
+  syscall(272, 0x20000) == 0 or die "unshare(CLONE_NEWNS): $!\\n";
+  my $none = 'none';
+  my $root = '/';
+  syscall(165, $none, $root, 0, 0x4000 | 0x40000, 0) == 0 or die "making the mount namespace private: $!\\n";
+  ${MOUNT_STEPS}
+  1;
+} or do { print STDERR $@; exit ${ROOT_MOUNT_FAILED_EXIT}; };
+exec { $then[0] } @then;
+print STDERR "cannot run $then[0]: $!\\n";
+exit ${ROOT_MOUNT_FAILED_EXIT};
+`;
+
+function layerArgs(layers: OverlayRootfs): string[] {
   for (const p of [layers.tree, layers.staging, layers.upper, layers.work, layers.target]) {
     if (!p.startsWith('/') || /[,:\s\\]/.test(p)) {
       throw invalidArgument(
@@ -64,12 +96,6 @@ export function overlayRootfsArgv(layers: OverlayRootfs): string[] {
   }
   const { idmap } = layers;
   return [
-    'env',
-    '-i',
-    '/usr/bin/perl',
-    '-e',
-    MOUNT_SCRIPT,
-    '--',
     layers.tree,
     layers.staging,
     layers.upper,
@@ -80,6 +106,44 @@ export function overlayRootfsArgv(layers: OverlayRootfs): string[] {
   ];
 }
 
+/**
+ * The argv that mounts the guest's root in the caller's mount namespace (run as host root). The
+ * daemon no longer does this (privateRootArgv); the benchmarks' raw runc baselines do.
+ */
+export function overlayRootfsArgv(layers: OverlayRootfs): string[] {
+  return ['env', '-i', '/usr/bin/perl', '-e', MOUNT_SCRIPT, '--', ...layerArgs(layers)];
+}
+
+/**
+ * The argv that mounts the guest's root in a mount namespace made for this one start and then
+ * runs `then` there (runc create or run --detach, which must find the root at `layers.target`).
+ * perl runs with no environment but `path` (runc is looked up in it and inherits it).
+ */
+export function privateRootArgv(layers: OverlayRootfs, then: string[], options: { path: string }): string[] {
+  if (then.length === 0) throw internal('Nothing to run in the mount namespace of the guest root');
+  return [
+    'env',
+    '-i',
+    `PATH=${options.path}`,
+    '/usr/bin/perl',
+    '-e',
+    PRIVATE_ROOT_SCRIPT,
+    '--',
+    ...layerArgs(layers),
+    ...then,
+  ];
+}
+
+/** The error for a root mount that failed with `why` (the helper's last line of stderr). */
+export function rootMountError(why: string): Error {
+  if (/mount_setattr|open_tree/.test(why)) {
+    return failedPrecondition(
+      `Cannot mount the root of the guest: ${why}; unprivileged ct guests need idmapped mounts (Linux 5.19 or later).`,
+    );
+  }
+  return internal(`Cannot mount the root of the guest: ${why}`);
+}
+
 /** Mounts the guest's root; the error names the step that failed (an old kernel refuses idmapped mounts). */
 export async function mountOverlayRootfs(
   layers: OverlayRootfs,
@@ -87,11 +151,5 @@ export async function mountOverlayRootfs(
 ): Promise<void> {
   const r = await options.runner.run(overlayRootfsArgv(layers), { allowFailure: true, timeoutMs: 30_000 });
   if (r.code === 0) return;
-  const why = r.stderr.trim().split('\n').pop() || `exit ${r.code}`;
-  if (/mount_setattr|open_tree/.test(why)) {
-    throw failedPrecondition(
-      `Cannot mount the root of the guest: ${why}; unprivileged ct guests need idmapped mounts (Linux 5.19 or later).`,
-    );
-  }
-  throw internal(`Cannot mount the root of the guest: ${why}`);
+  throw rootMountError(r.stderr.trim().split('\n').pop() || `exit ${r.code}`);
 }
