@@ -3,17 +3,69 @@
 // - PlanetLab 20110303, planned and replayed on the same day, hosts of 2 × 2660 MIPS;
 // - Bitbrains Rnd, planned from July and replayed on August, hosts of cpu=32,memory=256GiB (the issue's example).
 // Baselines: FFD on each VM's own peak, FFD on each VM's own 95th percentile.
-// Usage: node bench/planner.ts [planetlab-day=20110303] [traces-dir=../shared/traces]
-import { existsSync } from 'node:fs';
+// Usage: node bench/planner.ts [planetlab-day=20110303] [traces-dir=../shared/traces] [--slice N]
+//   --slice N (npm run bench -- --quick): the first N VMs of each trace, copied into a temporary
+//   directory removed at exit, so that a quick run shows the whole benchmark still runs in seconds.
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { firstFitDecreasing, type Plan, planConsolidation } from '../src/planner/consolidate.ts';
 import { type HostSize, type Inventory, sliceInventory } from '../src/planner/inventory.ts';
-import { readInventory } from '../src/planner/inventory-readers.ts';
+import { forEachLine, readInventory } from '../src/planner/inventory-readers.ts';
 import { headroomByPeriod, type Replay, replayPlan } from '../src/planner/replay.ts';
 import { writeResult } from './lib.ts';
 
-const day = process.argv[2] ?? '20110303';
-const traces = path.resolve(process.argv[3] ?? path.join(import.meta.dirname, '../../shared/traces'));
+const args = process.argv.slice(2);
+const sliceAt = args.indexOf('--slice');
+const slice = sliceAt >= 0 ? Number(args.splice(sliceAt, 2)[1]) : undefined;
+if (slice !== undefined && !(Number.isInteger(slice) && slice > 0)) {
+  console.error('bench/planner.ts: --slice takes a whole number of VMs above 0');
+  process.exit(2);
+}
+const day = args[0] ?? '20110303';
+const sharedTraces = path.resolve(args[1] ?? path.join(import.meta.dirname, '../../shared/traces'));
+const TRACE_FILES = [
+  path.join('planetlab', `${day}.csv.gz`),
+  'bitbrains-rnd/2013-7.csv.gz',
+  'bitbrains-rnd/2013-8.csv.gz',
+];
+// The traces live outside the repository: without them the benchmark fails in one line, never skips.
+for (const f of TRACE_FILES) {
+  if (!existsSync(path.join(sharedTraces, f))) {
+    console.error(
+      `bench/planner.ts: ${path.join(sharedTraces, f)} is missing: the planner benchmark needs the traces directory ${sharedTraces} (../shared/traces, see its README.md)`,
+    );
+    process.exit(1);
+  }
+}
+
+/** The first `n` VMs of a trace (its rows of one VM are contiguous, PlanetLab's one row each), gzip'd into `to`. */
+async function sliceTrace(from: string, to: string, n: number): Promise<void> {
+  const kept: string[] = [];
+  const ids = new Set<string>();
+  const enough = new Error('enough');
+  await forEachLine(from, (line, no) => {
+    const id = line.slice(0, line.indexOf(','));
+    if (no > 1 && !ids.has(id)) {
+      if (ids.size === n) throw enough;
+      ids.add(id);
+    }
+    kept.push(line);
+  }).catch((e: unknown) => {
+    if (e !== enough) throw e;
+  });
+  mkdirSync(path.dirname(to), { recursive: true });
+  writeFileSync(to, gzipSync(`${kept.join('\n')}\n`));
+}
+
+let traces = sharedTraces;
+if (slice !== undefined) {
+  traces = mkdtempSync(path.join(os.tmpdir(), 'trivisor-planner-slice-'));
+  const dir = traces;
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  for (const f of TRACE_FILES) await sliceTrace(path.join(sharedTraces, f), path.join(traces, f), slice);
+}
 const GIB = 1024 ** 3;
 
 const seconds = (t0: number) => Math.round((performance.now() - t0) / 10) / 100;
@@ -159,6 +211,7 @@ const bitbrains = {
 console.log(JSON.stringify(bitbrains, null, 2));
 
 const result = {
+  ...(slice === undefined ? {} : { sliceVms: slice }),
   planetLab,
   bitbrains,
   targets: {

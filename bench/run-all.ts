@@ -245,6 +245,15 @@ export const BENCHMARKS: Benchmark[] = [
     results: ['fuzz-api.json'],
     quickResults: ['fuzz-api.json'],
   },
+  {
+    // Reads ../shared/traces (outside the repository): without it, it fails naming the directory.
+    name: 'planner',
+    script: 'planner.ts',
+    args: [],
+    quickArgs: ['20110303', '--slice', '40'],
+    results: ['planner.json'],
+    quickResults: ['planner.json'],
+  },
 ];
 
 /** What one benchmark's run came to (DIR/run.json lists one per benchmark). */

@@ -312,6 +312,39 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     assert.equal(r.daemonAlive, true, `${f}: the daemon died under the fuzzer`);
     positive(f, r, ['requests', 'routesHit', 'requestsPerSecond']);
   },
+  'planner.json': (r, f) => {
+    // A slice of 40 VMs of each trace: the planner and both FFD baselines planned and replayed.
+    assert.equal(r.sliceVms, 40, `${f}: the quick slice`);
+    const pl = r.planetLab as Json;
+    const bb = r.bitbrains as Json;
+    assert.equal(pl.vms, 40, `${f}: PlanetLab VMs`);
+    assert.equal(bb.vms, 40, `${f}: Bitbrains VMs`);
+    positive(f, r, [
+      'planetLab.lowerBound',
+      'planetLab.trivisor.hosts',
+      'planetLab.ffdPeak.hosts',
+      'planetLab.ffdP95.hosts',
+      'planetLab.ratioToLowerBound',
+      'planetLab.ratioToFfdPeak',
+      'bitbrains.lowerBoundJuly',
+      'bitbrains.trivisor.hosts',
+      'bitbrains.ffdPeak.hosts',
+      'bitbrains.ffdP95.hosts',
+      'bitbrains.percentile',
+      'peakRssMiB',
+    ]);
+    const hosts = (x: Json, k: string) => (x[k] as Json).hosts as number;
+    assert.ok(hosts(pl, 'trivisor') >= (pl.lowerBound as number), `${f}: PlanetLab below its lower bound`);
+    assert.ok(hosts(pl, 'trivisor') <= hosts(pl, 'ffdPeak'), `${f}: PlanetLab more hosts than FFD on peaks`);
+    for (const [name, x] of [
+      ['planetLab.trivisor', pl.trivisor],
+      ['bitbrains.trivisor', bb.trivisor],
+      ['bitbrains.ffdP95', bb.ffdP95],
+    ] as const) {
+      const over = (x as Json).overloadFraction as number;
+      assert.ok(over >= 0 && over <= 1, `${f}: ${name}.overloadFraction ${over}`);
+    }
+  },
 };
 
 const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');

@@ -59,7 +59,8 @@ describe('web UI: the consolidation plan page', () => {
     const img = page.locator('img[data-testid=plan-svg]');
     assert.match((await img.getAttribute('src')) ?? '', /^data:image\/svg\+xml/);
     const size = await img.evaluate((el) => {
-      const i = el as HTMLImageElement;
+      // No DOM types here (the daemon's tsconfig): the image's fields as the page has them.
+      const i = el as unknown as { complete: boolean; naturalWidth: number; naturalHeight: number };
       return { complete: i.complete, width: i.naturalWidth, height: i.naturalHeight };
     });
     assert.ok(size.complete && size.width === 720 && size.height > 100, JSON.stringify(size));
