@@ -24,6 +24,7 @@ import type {
   RuntimeState,
 } from '../guest-driver.ts';
 import type { AttachedVolume } from '../guest-volumes.ts';
+import { removeGuestSubvolumes } from './ct-btrfs-send.ts';
 import { attachCtVolume, ctVolumeIdmap, ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
 import { createIdRanges, type IdRange, isRangeBase, readIdRangeOf } from './id-ranges.ts';
@@ -602,6 +603,8 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       }
       // Given back first: a claim that outlived its guest would hold 65536 ids for ever.
       await ranges.release(spec.name, p.dir);
+      // Backup snapshots on a btrfs pool are read-only subvolumes, which rm cannot empty (decision 0067).
+      await removeGuestSubvolumes(runner, p.dir);
       await rm(p.dir, { recursive: true, force: true });
       // The parent goes once its last guest is gone; rmdir refuses while others remain.
       await removeCgroup(cgroupParent);

@@ -8,7 +8,20 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import {
+  BACKUP_RECEIVED,
+  BACKUP_SNAPSHOTS,
+  BTRFS_SEND,
+  isSubvolume,
+  makeBackupSnapshot,
+  pruneSubvolumes,
+  receiveStream,
+  removeBackupSubvolumes,
+  removeWithSubvolumes,
+  sendSnapshot,
+  snapshotNameOf,
+} from './ct-btrfs-send.ts';
 import {
   commitChain,
   forgetChains,
@@ -139,7 +152,11 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
   };
 
   /** Swaps the guest's upper layer for `fill`'s result, keeping the old one until the new one is complete. */
-  const replaceUpper = async (spec: GuestSpec, fill: (tmp: string) => Promise<void>) => {
+  const replaceUpper = async (
+    spec: GuestSpec,
+    fill: (tmp: string) => Promise<void>,
+    options?: { keepReceived?: string },
+  ) => {
     await assertStopped(spec);
     const upper = upperOf(spec);
     const tmp = join(dirOf(spec), `${TMP_PREFIX}upper`);
@@ -154,6 +171,11 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     await rm(old, { recursive: true, force: true });
     // The layer is new: the guest's own backup chain and the one it was restored from end here.
     await forgetChains(dirOf(spec));
+    if (options?.keepReceived === undefined) await removeBackupSubvolumes(runner, dirOf(spec));
+    else {
+      await removeWithSubvolumes(runner, join(dirOf(spec), BACKUP_SNAPSHOTS));
+      await pruneSubvolumes(runner, join(dirOf(spec), BACKUP_RECEIVED), options.keepReceived);
+    }
     await rename(upper, old);
     await rename(tmp, upper);
     await rm(old, { recursive: true, force: true });
@@ -161,6 +183,85 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     const work = join(dirOf(spec), 'work');
     await rm(work, { recursive: true, force: true });
     await mkdir(work, { mode: 0o755 });
+  };
+
+  /** Refuses an incremental link unless the guest is at the one before it, unchanged since. */
+  const assertAtPrevious = async (spec: GuestSpec, link: BackupChainLink): Promise<string> => {
+    const dir = dirOf(spec);
+    const previous = await readRestored(dir);
+    const expected = `backup ${link.sequence - 1} of chain ${link.chain}`;
+    if (!previous || previous.chain !== link.chain || previous.sequence !== link.sequence - 1) {
+      throw failedPrecondition(
+        `Guest ${spec.name} is not at ${expected}: import the chain's full backup and its incrementals in order.`,
+      );
+    }
+    if ((await treeStamp(upperOf(spec))) !== previous.stamp) {
+      throw failedPrecondition(
+        `Guest ${spec.name}'s files changed since ${expected} was applied (it ran): import the chain again from its full backup.`,
+      );
+    }
+    return expected;
+  };
+
+  /**
+   * Applies a link made by `btrfs send` (decision 0067): `btrfs receive` into a new subvolume
+   * of the guest's pool (an incremental one finds its parent, the previous link's received
+   * subvolume, by its UUID), whose `upper/` is then copied (reflinks) into a new layer that
+   * replaces the guest's once whole. The received subvolume is kept as the next link's parent.
+   */
+  const importSent = async (
+    spec: GuestSpec,
+    tarPath: string,
+    options: { link: BackupChainLink; signal?: AbortSignal },
+  ) => {
+    const { link, signal } = options;
+    const dir = dirOf(spec);
+    if (!(await isSubvolume(dir))) {
+      throw invalidArgument(
+        `The backup of guest ${spec.name} is a btrfs send stream: import it onto a btrfs storage pool (--storage POOL).`,
+      );
+    }
+    await assertStopped(spec);
+    if (link.kind === 'incremental') {
+      const expected = await assertAtPrevious(spec, link);
+      const parent = join(
+        dir,
+        BACKUP_RECEIVED,
+        snapshotNameOf({ chain: link.chain, sequence: link.sequence - 1 }),
+      );
+      if (!(await isSubvolume(parent))) {
+        throw failedPrecondition(
+          `Guest ${spec.name} no longer holds the subvolume ${expected} was received into: import the chain again from its full backup.`,
+        );
+      }
+    }
+    const name = snapshotNameOf(link);
+    const received = await receiveStream(runner, tarPath, {
+      guestDir: dir,
+      name,
+      guest: spec.name,
+      ...(signal && { signal }),
+    });
+    try {
+      // replaceUpper forgets the chains and their subvolumes: the one just received is kept.
+      await replaceUpper(
+        spec,
+        async (tmp) => {
+          const from = join(received, 'upper');
+          const flags = await copyFlags(from, tmp);
+          await runner.run(['cp', '-a', ...flags, '--', from, tmp]);
+        },
+        { keepReceived: name },
+      );
+    } catch (e) {
+      await removeWithSubvolumes(runner, received).catch(() => {});
+      throw e;
+    }
+    await writeRestored(dir, {
+      chain: link.chain,
+      sequence: link.sequence,
+      stamp: await treeStamp(upperOf(spec)),
+    });
   };
 
   const storage: GuestStorage = {
@@ -256,36 +357,67 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       // the archive is whole (commitChain), so a failed backup leaves the chain where it was.
       const snar = join(dir, snarNameOf(link));
       await rm(snar, { force: true });
+      // On a btrfs pool (decision 0067): `btrfs send` of a read-only snapshot, against the previous
+      // link's snapshot while it exists; without it (deleted by hand, a guest moved) tar's snapshot
+      // file, which every btrfs link keeps too, carries the chain on with GNU tar's incrementals.
+      const parent =
+        chain?.method === BTRFS_SEND ? join(dir, BACKUP_SNAPSHOTS, snapshotNameOf(chain)) : undefined;
+      const send =
+        (await isSubvolume(dir)) &&
+        (link.kind === 'full' || (parent !== undefined && (await isSubvolume(parent))));
+      let snap: string | undefined;
       try {
         if (chain) await copyFile(join(dir, chain.snar), snar);
-        await whileFrozen(spec, () =>
-          runner.run(
-            [
-              'tar',
-              TAR_ZSTD,
-              ...TAR_KEEP,
-              TAR_NO_DEVICE,
-              `--listed-incremental=${snar}`,
-              '-C',
-              upperOf(spec),
-              '-cf',
-              tarPath,
-              '.',
-            ],
-            { ...(options?.signal && { signal: options.signal }) },
-          ),
-        );
-        await commitChain(dir, { chain: link.chain, sequence: link.sequence, snar: snarNameOf(link) });
-        return link;
+        const listed = [TAR_NO_DEVICE, `--listed-incremental=${snar}`, '-C', upperOf(spec)];
+        if (send) {
+          snap = await makeBackupSnapshot(runner, dir, {
+            name: snapshotNameOf(link),
+            freeze: (work) =>
+              whileFrozen(spec, async () => {
+                await work();
+                // Into /dev/null GNU tar reads no file's data: only the listing for its snapshot file.
+                await runner.run(['tar', ...TAR_KEEP, ...listed, '-cf', '/dev/null', '.'], {
+                  ...(options?.signal && { signal: options.signal }),
+                });
+              }),
+          });
+          await sendSnapshot(runner, snap, {
+            ...(link.kind === 'incremental' && parent !== undefined && { parent }),
+            out: tarPath,
+            ...(options?.signal && { signal: options.signal }),
+          });
+        } else {
+          await whileFrozen(spec, () =>
+            runner.run(['tar', TAR_ZSTD, ...TAR_KEEP, ...listed, '-cf', tarPath, '.'], {
+              ...(options?.signal && { signal: options.signal }),
+            }),
+          );
+        }
+        await commitChain(dir, {
+          chain: link.chain,
+          sequence: link.sequence,
+          snar: snarNameOf(link),
+          ...(send && { method: BTRFS_SEND }),
+        });
       } catch (e) {
         await rm(snar, { force: true });
+        if (snap) await removeWithSubvolumes(runner, snap).catch(() => {});
         throw e;
       }
+      // Only the last link's snapshot is kept: the next backup is sent against it.
+      const keep = send ? snapshotNameOf(link) : undefined;
+      await pruneSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS), keep).catch(() => {});
+      if (!send) await removeWithSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS)).catch(() => {});
+      return send ? { ...link, method: BTRFS_SEND } : link;
     },
 
     async importIncremental(spec, tarPath, options) {
       const { link, signal } = options;
       const dir = dirOf(spec);
+      if (link.method === BTRFS_SEND) {
+        await importSent(spec, tarPath, { link, ...(signal && { signal }) });
+        return;
+      }
       // `--listed-incremental=/dev/null` makes tar apply each directory's listing: what the archived
       // directory no longer held is deleted (renames follow from that), whiteouts come as devices.
       const extract = async (into: string) => {
@@ -317,18 +449,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
           await extract(tmp);
         });
       } else {
-        const previous = await readRestored(dir);
-        const expected = `backup ${link.sequence - 1} of chain ${link.chain}`;
-        if (!previous || previous.chain !== link.chain || previous.sequence !== link.sequence - 1) {
-          throw failedPrecondition(
-            `Guest ${spec.name} is not at ${expected}: import the chain's full backup and its incrementals in order.`,
-          );
-        }
-        if ((await treeStamp(upperOf(spec))) !== previous.stamp) {
-          throw failedPrecondition(
-            `Guest ${spec.name}'s files changed since ${expected} was applied (it ran): import the chain again from its full backup.`,
-          );
-        }
+        await assertAtPrevious(spec, link);
         // Applied to a copy that replaces the layer once whole: a damaged archive changes nothing.
         await replaceUpper(spec, async (tmp) => {
           const flags = await copyFlags(upperOf(spec), tmp);
@@ -349,6 +470,19 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       if (!(await exists(upper)) && (await exists(join(dirOf(spec), `${TMP_PREFIX}upper-old`)))) {
         await rename(join(dirOf(spec), `${TMP_PREFIX}upper-old`), upper);
       }
+      // A backup or a receive cut short leaves a subvolume that no chain names.
+      const chain = await readChain(dirOf(spec));
+      await pruneSubvolumes(
+        runner,
+        join(dirOf(spec), BACKUP_SNAPSHOTS),
+        chain?.method === BTRFS_SEND ? snapshotNameOf(chain) : undefined,
+      );
+      const restored = await readRestored(dirOf(spec));
+      await pruneSubvolumes(
+        runner,
+        join(dirOf(spec), BACKUP_RECEIVED),
+        restored ? snapshotNameOf(restored) : undefined,
+      );
       for (const dir of [dirOf(spec), snapshotsOf(spec)]) {
         for (const name of await readdir(dir).catch(() => [] as string[])) {
           if (!name.startsWith(TMP_PREFIX)) continue;
