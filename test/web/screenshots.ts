@@ -65,6 +65,18 @@ try {
     .locator('section[aria-labelledby=member-power]')
     .screenshot({ path: path.join(out, 'power-settings.png') });
   console.log(`wrote ${path.join(out, 'power-state.png')} and power-settings.png`);
+  // The consolidation planner (decision 0065): the small day/night inventory planned on hosts of 4 cores.
+  await page.goto(`${backend.url}/plan`);
+  await page.setInputFiles(
+    '#f-inventory',
+    path.join(import.meta.dirname, '../fixtures/planner/day-night.csv'),
+  );
+  await page.fill('#f-host-size', 'cpu=4,memory=16GiB');
+  await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+  await page.waitForSelector('img[data-testid=plan-svg]');
+  await page.waitForTimeout(400);
+  await page.screenshot({ path: path.join(out, 'plan.png'), fullPage: true });
+  console.log(`wrote ${path.join(out, 'plan.png')}`);
   await page.emulateMedia({ colorScheme: 'dark' });
   await shot('guests-dark', '/guests?model=vm', 'tr[data-guest]');
   await page.emulateMedia({ colorScheme: 'light' });
