@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { firstFitDecreasing, type Plan, planConsolidation } from '../src/planner/consolidate.ts';
+import { loadTrend, scaleInventory } from '../src/planner/forecast.ts';
 import { type HostSize, type Inventory, sliceInventory } from '../src/planner/inventory.ts';
 import { forEachLine, readInventory } from '../src/planner/inventory-readers.ts';
 import { headroomByPeriod, type Replay, replayPlan } from '../src/planner/replay.ts';
@@ -129,8 +130,29 @@ t0 = performance.now();
 const july = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-7.csv.gz'));
 const august = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-8.csv.gz'));
 const bbRead = seconds(t0);
-const bbBase = baselines(july, bbSize, august);
-const ffdP95July = replayPlan(bbBase.p95.hosts, july, bbSize);
+// Growth from July's own trend (src/planner/forecast.ts), carried over the 31 days of August: when
+// it rises, every plan (the baselines too) is made on July scaled by it; a falling trend plans on
+// July as measured. The trend's own hold-out inside July: fitted on days 1-15, its factor for days
+// 16-30 against what days 16-30 were (summed CPU, relative to days 1-15).
+const trend = loadTrend(july, { aheadDays: 31 });
+const planning = scaleInventory(july, trend.factor);
+const half = 15 * 288;
+const summedCpu = (inv: Inventory) => {
+  let s = 0;
+  for (const w of inv.workloads) for (const v of w.cpu) s += v;
+  return s / inv.samples;
+};
+const trendHoldOut = {
+  fittedOnDays: 15,
+  cpuWeeklyGrowth: round(loadTrend(sliceInventory(july, 0, half), { aheadDays: 15 }).cpuWeeklyGrowth, 4),
+  forecastFactor: round(loadTrend(sliceInventory(july, 0, half), { aheadDays: 15 }).rawFactor, 3),
+  actualCpuRatio: round(
+    summedCpu(sliceInventory(july, half, 2 * half)) / summedCpu(sliceInventory(july, 0, half)),
+    3,
+  ),
+};
+const bbBase = baselines(planning, bbSize, august);
+const ffdP95July = replayPlan(bbBase.p95.hosts, planning, bbSize);
 // The sizing percentile is chosen on July alone: the fewest hosts among the plans whose own
 // overload on July is no more than FFD-on-p95's on July (both made for the same overload).
 // Every percentile tried is kept with its August replay too: hosts against overload, a curve to
@@ -147,9 +169,9 @@ let bbPlanSeconds = 0;
 let percentile = 0;
 for (const p of [99.9, 99.8, 99.5, 99, 98]) {
   t0 = performance.now();
-  const plan = planConsolidation(july, { hostSize: bbSize, percentile: p, seed: 1 });
+  const plan = planConsolidation(planning, { hostSize: bbSize, percentile: p, seed: 1 });
   const took = seconds(t0);
-  const own = replayPlan(plan.hosts, july, bbSize).overloadFraction;
+  const own = replayPlan(plan.hosts, planning, bbSize).overloadFraction;
   tried.push({
     percentile: p,
     hosts: plan.hosts.length,
@@ -165,13 +187,13 @@ for (const p of [99.9, 99.8, 99.5, 99, 98]) {
   }
 }
 if (!bbPlan) throw new Error("no plan within FFD-on-p95's July overload");
-const bbPredicted = replayPlan(bbPlan.hosts, july, bbSize);
+const bbPredicted = replayPlan(bbPlan.hosts, planning, bbSize);
 const bbReplay = replayPlan(bbPlan.hosts, august, bbSize);
 const ffdP95Predicted = ffdP95July;
 // What July alone says about the spread of the prediction: the plan's headroom week by week, and a
 // hold-out (the same method planned on July's first three weeks, replayed on its last week), the
 // calibration one could make without August.
-const weeks = headroomByPeriod(bbPlan.hosts, july, bbSize);
+const weeks = headroomByPeriod(bbPlan.hosts, planning, bbSize);
 const cut = july.samples - 7 * 288;
 const firstWeeks = sliceInventory(july, 0, cut);
 const holdOutPlan = planConsolidation(firstWeeks, { hostSize: bbSize, percentile, seed: 1 });
@@ -197,7 +219,17 @@ const bitbrains = {
     predictedHeadroomPercent: round(bbPredicted.headroomPercent, 2),
     predictedOverloadFraction: round(bbPredicted.overloadFraction, 5),
     predictedHeadroomWeeksPercent: weeks?.headroomPercent.map((v) => round(v, 2)),
+    predictedHeadroomRangePercent: weeks
+      ? [round(weeks.minPercent, 2), round(weeks.maxPercent, 2)]
+      : undefined,
   }),
+  trend: {
+    cpuWeeklyGrowth: round(trend.cpuWeeklyGrowth, 4),
+    memoryWeeklyGrowth: round(trend.memoryWeeklyGrowth ?? 0, 4),
+    rawFactor: round(trend.rawFactor, 3),
+    factor: round(trend.factor, 3),
+  },
+  trendHoldOut,
   holdOut,
   ffdPeak: bbBase.ffdPeak,
   ffdP95: {
