@@ -106,7 +106,15 @@ export async function makePvmFixture(options: PvmDriverOptions = {}): Promise<Pv
       const guestDir = join(stateDir, 'guests', spec.name);
       assert.deepEqual(await cgroupDirs(`${cgroupParent}/${spec.name}`), [], 'no cgroups left');
       assert.deepEqual(await umlProcessesUnder(guestDir), [], 'no UML process left');
-      assert.equal(await exists(join(guestDir, 'run', 'uml')), false, 'no mconsole dir left');
+      assert.equal(
+        await exists(join(stateDir, 'run', 'pvm', spec.name, 'uml', 'uml')),
+        false,
+        'no mconsole dir left',
+      );
+      assert.equal(await exists(join(guestDir, 'run')), false, 'no uml_dir left in the guest directory');
+      if (!opts.runtimeOnly) {
+        assert.equal(await exists(join(stateDir, 'run', 'pvm', spec.name)), false, 'no runtime dir left');
+      }
       if (!opts.runtimeOnly) assert.equal(await exists(guestDir), false, 'no guest dir left');
     },
     async cleanup() {

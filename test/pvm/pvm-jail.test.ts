@@ -127,6 +127,7 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
   test("the UML processes' root holds only the jail: the kernel, its libraries, its own files", async () => {
     const { spec: s, id } = await running('jail-a');
     const guestDir = join(f.stateDir, 'guests', s.name);
+    const runtimeDir = join(f.stateDir, 'run', 'pvm', s.name);
     const programs = await programFilesOf([DEFAULT_UML_KERNEL, SETPRIV], hostRunner());
     const baseDisk = await f.image.baseDisk();
     const files = new Set([
@@ -138,7 +139,7 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
       baseDisk,
       join(guestDir, 'config.ext4'),
     ]);
-    const ownDirs = [join(guestDir, 'disk'), join(guestDir, 'run'), '/.uml/memory'];
+    const ownDirs = [join(guestDir, 'disk'), join(runtimeDir, 'uml'), '/.uml/memory'];
     const dirs = new Set(['/.uml', '/.uml/empty', '/.uml/memory', '/.uml/volumes', ...ownDirs]);
     for (const path of [...files, ...ownDirs]) {
       for (let d = join(path, '..'); d !== '/'; d = join(d, '..')) dirs.add(d);
@@ -152,11 +153,11 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
       DEFAULT_UML_KERNEL,
       baseDisk,
       join(guestDir, 'disk', 'root.cow'),
-      join(guestDir, 'run', 'uml', 'mconsole'),
+      join(runtimeDir, 'uml', 'uml', 'mconsole'),
     ])
       assert.ok(paths.has(must), `${must} is in the jail`);
     assert.ok(
-      !paths.has(join(guestDir, 'uml.json')) && !paths.has(join(guestDir, 'agent.in')),
+      !paths.has(join(runtimeDir, 'uml.json')) && !paths.has(join(runtimeDir, 'agent.in')),
       "the daemon's own files are not",
     );
     assert.deepEqual(await readdir(`/proc/${id.pid}/root/.uml/empty`), [], "hostfs's root is empty");

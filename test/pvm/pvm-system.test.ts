@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { access, readFile, readlink, stat } from 'node:fs/promises';
+import { access, mkdir, readFile, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isTrivisorError } from '../../src/core/errors.ts';
@@ -58,6 +58,8 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     return s;
   };
   const guestDir = (s: GuestSpec) => join(f.stateDir, 'guests', s.name);
+  /** This member's runtime directory of the guest (decision 0066). */
+  const runtimeDir = (s: GuestSpec) => join(f.stateDir, 'run', 'pvm', s.name);
 
   before(async () => {
     f = await makePvmFixture();
@@ -112,8 +114,9 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     assert.notEqual(uidA, uidB, 'two guests never share a host uid');
     // Everything the kernel writes is the guest's uid's; what steers the daemon stays root's.
     assert.equal((await stat(join(guestDir(a), 'disk', 'root.cow'))).uid, uidA);
-    assert.equal((await stat(join(guestDir(a), 'run', 'uml', 'mconsole'))).uid, uidA);
-    assert.equal((await stat(join(guestDir(a), 'uml.json'))).uid, 0);
+    assert.equal((await stat(join(runtimeDir(a), 'uml', 'uml', 'mconsole'))).uid, uidA);
+    assert.equal((await stat(join(runtimeDir(a), 'uml.json'))).uid, 0);
+    assert.equal((await stat(runtimeDir(a))).uid, 0);
     assert.equal((await stat(guestDir(a))).uid, 0);
 
     // The cgroup holds the limits: RAM plus the kernel's overhead, pids.
@@ -125,7 +128,7 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     assert.ok(memLimit > 64 * 2 ** 20 && memLimit < 256 * 2 ** 20, `memory limit ${memLimit}`);
 
     // mconsole answers: version of the guest kernel.
-    const mconsole = createMconsoleClient(join(guestDir(a), 'run', 'uml', 'mconsole'), {
+    const mconsole = createMconsoleClient(join(runtimeDir(a), 'uml', 'uml', 'mconsole'), {
       runner: hostRunner(),
     });
     assert.match(await mconsole.version(), /^Linux lp-a /);
@@ -180,6 +183,44 @@ describe('pvm guests (User-Mode Linux) on this host', () => {
     await again.stop(s, { timeoutMs: 20_000, force: false });
     assert.equal((await f.driver.inspect(s, id)).state, 'stopped');
     await again.delete(s);
+    await f.assertNoLeftovers(s);
+  });
+
+  test('a guest started before decision 0066 (its runtime files in its directory) is adopted without a restart; a stale uml_dir there from another member, its pid file naming a live process here, does not stop a start', async () => {
+    const s = guest('legacy');
+    await f.driver.create(s, f.image);
+    const id = await f.driver.start(s, f.image);
+    const run = join(f.stateDir, 'run', 'pvm', s.name);
+    const dir = guestDir(s);
+    // The layout before 0066, made of the running UML's own files: a socket and FIFOs renamed keep working.
+    await rename(join(run, 'uml'), join(dir, 'run'));
+    for (const file of ['uml.json', 'agent.in', 'agent.out', 'console.in']) {
+      await rename(join(run, file), join(dir, file));
+    }
+    await rm(run, { recursive: true, force: true });
+    const again = f.reopen();
+    const state = await again.inspect(s, undefined);
+    assert.equal(state.state, 'running');
+    assert.deepEqual(state.process, id);
+    assert.equal((await execIn(again, s, ['echo', 'adopted'])).stdout, 'adopted\n');
+    assert.ok(await exists(join(run, 'uml.json')));
+    assert.ok(!(await exists(join(dir, 'uml.json'))));
+    await again.stop(s, { timeoutMs: 20_000, force: false });
+    assert.ok(!(await exists(join(dir, 'run'))), 'the old uml_dir goes with the UML that used it');
+
+    // What a member that ran the guest on a shared pool before decision 0066 left in its directory.
+    await mkdir(join(dir, 'run', 'uml'), { recursive: true });
+    await writeFile(join(dir, 'run', 'uml', 'pid'), `${process.pid}\n`);
+    await writeFile(
+      join(dir, 'uml.json'),
+      JSON.stringify({ pid: process.pid, startTime: 1, uid: 0, memoryBytes: 0 }),
+    );
+    const fresh = await again.start(s, f.image);
+    assert.notEqual(fresh.pid, process.pid);
+    assert.equal((await execIn(again, s, ['echo', 'fresh'])).stdout, 'fresh\n');
+    assert.ok(!(await exists(join(dir, 'run'))));
+    await again.delete(s);
+    assert.ok(!(await exists(run)), "the guest's runtime directory goes with it");
     await f.assertNoLeftovers(s);
   });
 

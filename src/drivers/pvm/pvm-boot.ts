@@ -326,10 +326,8 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
         const uid = await allocateUid(spec);
         await writeFile(p.consoleLog, '', { mode: 0o640 });
         const baseDisk = await image.baseDisk();
-        for (const d of [p.runDir, p.diskDir]) {
-          await mkdir(d, { mode: 0o700 });
-          await chown(d, uid, uid);
-        }
+        await mkdir(p.diskDir, { mode: 0o700 });
+        await chown(p.diskDir, uid, uid);
         const diskBytes = diskBytesOf(spec);
         if (diskBytes !== undefined) {
           // A UML COW file has its backing file's size, so a bigger disk is a private sparse copy.
@@ -404,6 +402,11 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
             `${image.record.properties['stop.signal'] ?? 'SIGTERM'}\n`,
           );
           r.add(() => cleanUpRuntime(spec));
+          // This member's runtime directory (decision 0066), made at each start: a guest on a
+          // shared pool may have run on another member, whose uml_dir this one never sees.
+          await mkdir(p.runtimeDir, { recursive: true, mode: 0o700 });
+          await mkdir(p.runDir, { recursive: true, mode: 0o700 });
+          await chown(p.runDir, uid, uid);
           const procs = await makeUmlCgroup(cgroupsPath(spec));
           await setUmlCgroupLimits(cgroupsPath(spec), limitsOf(spec));
           // Guests made before the jail have a 0755 dir: the kernel needs no path through it any more.

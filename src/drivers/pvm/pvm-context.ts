@@ -1,4 +1,4 @@
-import { access, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, copyFile, lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { configValue, PVM_DEFAULT_MEMORY_BYTES } from '../../core/config-keys.ts';
@@ -24,7 +24,7 @@ export const HOST_OVERHEAD_BYTES = 64 * MiB;
 export const HOST_HELPER_PIDS = 16;
 /** Where Debian's user-mode-linux puts the kernel. */
 export const DEFAULT_UML_KERNEL = '/usr/bin/linux.uml';
-/** Where a pvm guest's kernel keeps its mconsole socket: `<guest>/run/<UMID>/mconsole`. */
+/** Where a pvm guest's kernel keeps its mconsole socket: `STATE/run/pvm/<guest>/uml/<UMID>/mconsole`. */
 export const UMID = 'uml';
 /** Per-guest host uids: `uidBase + slot`, slots allocated at create and kept in the guest dir. */
 export const UID_SLOTS = 65_536;
@@ -58,10 +58,17 @@ export interface PvmDriverOptions {
   agents?: PvmAgentMap;
 }
 
-/** Where a pvm guest keeps its files under the state dir. */
+/**
+ * Where a pvm guest keeps its files under the state dir. What a running UML owns (its uml_dir
+ * with the pid file and mconsole socket, the process record, the FIFOs, the frozen mark) is in
+ * its runtime directory `STATE/run/pvm/NAME` (decision 0066), on this member, never in the guest's
+ * directory, which may be on a shared pool where another member ran the guest before.
+ */
 export interface PvmGuestPaths {
-  /** root 0700: the kernel sees only what its jail binds of it (disk/, run/, the config disk). */
+  /** root 0700: the kernel sees only what its jail binds of it (disk/, the config disk). */
   dir: string;
+  /** root 0700, this member's: `STATE/run/pvm/NAME`. */
+  runtimeDir: string;
   consoleLog: string;
   /** JSON {pid, startTime} of the main UML process (root-owned: the guest's uid cannot redirect our kills). */
   processFile: string;
@@ -74,7 +81,7 @@ export interface PvmGuestPaths {
   cow: string;
   /** A whole private disk instead of the COW file, when limits.disk asks for more than the base disk. */
   raw: string;
-  /** Owned by the guest uid, 0700: `uml_dir`, holding `<umid>/mconsole` and `<umid>/pid`. */
+  /** Owned by the guest uid, 0700, in the runtime directory: `uml_dir`, holding `<umid>/mconsole` and `<umid>/pid`. */
   runDir: string;
   mconsoleSocket: string;
   /** FIFOs of the agent's serial line (root's, 0600: the kernel gets them as open fds). */
@@ -90,6 +97,16 @@ export interface ProcessRecord extends ProcessIdentity {
   uid: number;
   memoryBytes: number;
 }
+
+/** Where a UML started before decision 0066 kept its runtime files, in the guest's directory. */
+export const LEGACY_RUNTIME_FILES = {
+  processFile: 'uml.json',
+  frozenFile: 'frozen',
+  agentIn: 'agent.in',
+  agentOut: 'agent.out',
+  consoleIn: 'console.in',
+  seccomp: 'seccomp.bpf',
+} as const;
 
 export const exists = async (path: string): Promise<boolean> => {
   try {
@@ -119,23 +136,76 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
 
   const pathsOf = (spec: GuestSpec): PvmGuestPaths => {
     const dir = join(stateDir, 'guests', spec.name);
-    const runDir = join(dir, 'run');
+    const runtimeDir = join(stateDir, 'run', 'pvm', spec.name);
+    const runDir = join(runtimeDir, 'uml');
     return {
       dir,
+      runtimeDir,
       consoleLog: join(dir, 'console.log'),
-      processFile: join(dir, 'uml.json'),
+      processFile: join(runtimeDir, 'uml.json'),
       uidFile: join(dir, 'uid'),
-      frozenFile: join(dir, 'frozen'),
+      frozenFile: join(runtimeDir, 'frozen'),
       diskDir: join(dir, 'disk'),
       cow: join(dir, 'disk', 'root.cow'),
       raw: join(dir, 'disk', 'root.img'),
       runDir,
       mconsoleSocket: join(runDir, UMID, 'mconsole'),
-      agentIn: join(dir, 'agent.in'),
-      agentOut: join(dir, 'agent.out'),
-      consoleIn: join(dir, 'console.in'),
-      seccomp: join(dir, 'seccomp.bpf'),
+      agentIn: join(runtimeDir, 'agent.in'),
+      agentOut: join(runtimeDir, 'agent.out'),
+      consoleIn: join(runtimeDir, 'console.in'),
+      seccomp: join(runtimeDir, 'seccomp.bpf'),
     };
+  };
+
+  /**
+   * Adopts a guest started before decision 0066, whose runtime files are in its directory: its UML
+   * runs on, found through the new names. Its sockets and FIFOs cannot move (a listening socket is
+   * bound to its path; the kernel holds the FIFOs open), so the runtime directory gets symbolic
+   * links to them, which connect() and open() follow; its frozen mark moves, and its process record
+   * is written last (its presence says the adoption is done) and the old one removed. Idempotent,
+   * and safe when two callers race. Answers whether it adopted anything.
+   */
+  const adoptLegacyRuntime = async (spec: GuestSpec): Promise<boolean> => {
+    const p = pathsOf(spec);
+    if (await lstat(p.processFile).catch(() => undefined)) return false;
+    const old = join(p.dir, LEGACY_RUNTIME_FILES.processFile);
+    const record = await readFile(old, 'utf8').catch(() => undefined);
+    if (record === undefined) return false;
+    await mkdir(p.runtimeDir, { recursive: true, mode: 0o700 });
+    await mkdir(join(p.runDir, UMID), { recursive: true, mode: 0o700 });
+    const links: Array<[string, string]> = [
+      [join(p.dir, 'run', UMID, 'mconsole'), p.mconsoleSocket],
+      [join(p.dir, LEGACY_RUNTIME_FILES.agentIn), p.agentIn],
+      [join(p.dir, LEGACY_RUNTIME_FILES.agentOut), p.agentOut],
+      [join(p.dir, LEGACY_RUNTIME_FILES.consoleIn), p.consoleIn],
+    ];
+    for (const [target, path] of links) {
+      if (!(await lstat(target).catch(() => undefined))) continue;
+      await symlink(target, path).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+    }
+    const frozen = join(p.dir, LEGACY_RUNTIME_FILES.frozenFile);
+    if (await lstat(frozen).catch(() => undefined)) {
+      await copyFile(frozen, p.frozenFile).catch(() => {});
+      await rm(frozen, { force: true });
+    }
+    const tmp = `${p.processFile}.${process.pid}.tmp`;
+    await writeFile(tmp, record, { mode: 0o600 });
+    await rename(tmp, p.processFile);
+    await rm(old, { force: true });
+    log.info({ guest: spec.name }, 'runtime files of a guest started before decision 0066 adopted');
+    return true;
+  };
+
+  /**
+   * Removes what a UML left in the guest's directory before decision 0066 (its uml_dir, process
+   * record, FIFOs, seccomp program, frozen mark): on a shared pool they may be another member's.
+   */
+  const removeLegacyRuntime = async (spec: GuestSpec): Promise<void> => {
+    const p = pathsOf(spec);
+    await rm(join(p.dir, 'run'), { recursive: true, force: true });
+    for (const f of Object.values(LEGACY_RUNTIME_FILES)) await rm(join(p.dir, f), { force: true });
   };
 
   const mconsoleOf = (spec: GuestSpec): MconsoleClient =>
@@ -148,6 +218,7 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
     configValue.memoryBytes(spec.config) ?? PVM_DEFAULT_MEMORY_BYTES;
 
   const readRecord = async (spec: GuestSpec): Promise<ProcessRecord | undefined> => {
+    await adoptLegacyRuntime(spec);
     try {
       const r = JSON.parse(await readFile(pathsOf(spec).processFile, 'utf8')) as ProcessRecord;
       return Number.isInteger(r.pid) && Number.isInteger(r.startTime) ? r : undefined;
@@ -184,9 +255,8 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
     let pending = agents.get(spec.name);
     if (!pending) {
       const p = pathsOf(spec);
-      pending = connectAgent(
-        { toGuest: p.agentIn, fromGuest: p.agentOut },
-        { timeoutMs, guestName: spec.name },
+      pending = adoptLegacyRuntime(spec).then(() =>
+        connectAgent({ toGuest: p.agentIn, fromGuest: p.agentOut }, { timeoutMs, guestName: spec.name }),
       );
       agents.set(spec.name, pending);
       pending.then(
@@ -209,6 +279,11 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
     }
     await rm(p.processFile, { force: true });
     await rm(p.frozenFile, { force: true });
+    // Links of an adopted guest, and a pre-0066 UML's files in the guest's directory.
+    for (const f of [p.agentIn, p.agentOut, p.consoleIn]) {
+      if ((await lstat(f).catch(() => undefined))?.isSymbolicLink()) await rm(f, { force: true });
+    }
+    await removeLegacyRuntime(spec);
     // The taps are persistent: they outlive the kernel, and go only with the guest's runtime.
     if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
   };
@@ -276,6 +351,7 @@ export function createPvmContext(ctx: DriverContext, options: PvmDriverOptions, 
     dropAgent,
     agentOf,
     cleanUpRuntime,
+    adoptLegacyRuntime,
     readUid,
     runningUml,
     readNicSlots,

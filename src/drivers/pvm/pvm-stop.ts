@@ -88,6 +88,7 @@ export function pvmStop(c: PvmContext): Pick<GuestDriver, 'stop' | 'freeze' | 'u
       const p = pathsOf(spec);
       if (await liveUml(spec)) await self().stop(spec, { timeoutMs: 0, force: true });
       await cleanUpRuntime(spec);
+      await rm(p.runtimeDir, { recursive: true, force: true });
       await rm(p.dir, { recursive: true, force: true });
       // The parent goes with its last guest; rmdir refuses while ct or pvm guests remain.
       await removeCgroup(cgroupParent);
