@@ -178,8 +178,9 @@ export function anneal(input: AnnealInput, options: AnnealOptions): AnnealResult
     const sa = sums[a] as Float64Array;
     const sb = sums[b] as Float64Array;
     // Host a loses i (and gains j); host b gains i (and loses j).
-    const ca = costOf(sa, xi, xj, -1);
-    const oa = lastOver;
+    // A host that is nowhere over stays so when it only loses a workload (loads are never negative).
+    const ca = xj || (cost[a] as number) > 0 ? costOf(sa, xi, xj, -1) : 0;
+    const oa = xj || (cost[a] as number) > 0 ? lastOver : 0;
     const cb = costOf(sb, xi, xj, 1);
     const ob = lastOver;
     const delta = ca + cb - (cost[a] as number) - (cost[b] as number);
