@@ -79,3 +79,18 @@ export const ConsolidationPlanSchema = Type.Object({
   svg: Type.String({ description: "Each planned host's load over time (image/svg+xml, no script)" }),
 });
 export type ConsolidationPlanWire = Static<typeof ConsolidationPlanSchema>;
+
+/** `POST /1.0/plans/advise`'s answer: `trivisor plan advise --format json`'s advice, without the estimates. */
+export const AdviceAnswerSchema = Type.Object({
+  measuredAt: Type.Union([Type.String(), Type.Null()], {
+    description: "When this daemon's three-model table was measured (bench/models.ts)",
+  }),
+  advice: Type.Array(
+    Type.Object({
+      id: Type.String({ description: "The profile's workload id (the inventory's, to join a plan)" }),
+      model: Type.Union([Type.Literal('ct'), Type.Literal('pvm'), Type.Literal('vm')]),
+      reason: Type.String(),
+    }),
+  ),
+});
+export type AdviceAnswer = Static<typeof AdviceAnswerSchema>;

@@ -99,6 +99,7 @@ const EXPECTED: Record<string, ActionClass> = {
   'GET /1.0/guests/:name/metrics': 'read',
   'GET /1.0/metrics/history': 'host-read',
   'POST /1.0/plans/consolidate': 'read',
+  'POST /1.0/plans/advise': 'read',
   // Web UI sessions (decision 0026): signing in is how a browser gets an identity at all.
   'POST /1.0/auth/session': 'public',
   'GET /1.0/auth/session': 'authenticated',

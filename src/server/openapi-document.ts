@@ -111,6 +111,7 @@ export const OPERATION_IDS: Record<string, string> = {
   'POST /1.0/auth/web-links': 'createWebLink',
   'POST /1.0/websocket-tickets': 'createWebSocketTicket',
   'POST /1.0/plans/consolidate': 'planConsolidation',
+  'POST /1.0/plans/advise': 'adviseWorkloads',
 };
 
 /** The API's two listeners (docs/api.md): the root-only unix socket and HTTPS. */

@@ -19,6 +19,8 @@ const DAY_NIGHT = readFileSync(
   'utf8',
 );
 const URL_ = '/1.0/plans/consolidate';
+const FIXTURES = path.join(import.meta.dirname, '../../test/fixtures/planner');
+const MODELS = path.join(FIXTURES, 'models.json');
 
 describe('POST /1.0/plans/consolidate', () => {
   let app: FastifyInstance;
@@ -28,7 +30,7 @@ describe('POST /1.0/plans/consolidate', () => {
 
   before(async () => {
     uploadDir = await mkdtemp(path.join(tmpdir(), 'plan-routes-test-'));
-    fake.consolidation = createConsolidationPlanner();
+    fake.consolidation = createConsolidationPlanner({ measurementsFile: MODELS });
     fake.metricsHistory = history;
     app = await buildServer(fake, { auth: { type: 'none' }, uploadDir });
     await app.ready();
@@ -155,5 +157,48 @@ describe('POST /1.0/plans/consolidate', () => {
       plan.hosts.map((h: { workloads: string[] }) => h.workloads),
       [['day1', 'night1']],
     );
+  });
+
+  test("POST /1.0/plans/advise: each profile's model and reason from the three-model table; a bad profile is one line", async () => {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/1.0/plans/advise',
+      headers: { 'content-type': 'text/csv' },
+      payload: readFileSync(path.join(FIXTURES, 'advisor-profile.csv')),
+    });
+    assert.equal(res.statusCode, 200, res.body);
+    const answer = res.json().metadata;
+    assert.equal(answer.measuredAt, '2026-12-05T11:26:47.919Z');
+    assert.deepEqual(
+      answer.advice.map((a: { id: string; model: string }) => [a.id, a.model]),
+      [
+        ['web', 'ct'],
+        ['dns', 'pvm'],
+        ['win2019', 'vm'],
+      ],
+    );
+    assert.equal(answer.advice[2].reason, 'vm: needs a non-Linux kernel');
+    const bad = await app.inject({
+      method: 'POST',
+      url: '/1.0/plans/advise',
+      headers: { 'content-type': 'text/csv' },
+      payload: 'id,os\nweb,beos\n',
+    });
+    assert.equal(bad.statusCode, 400, bad.body);
+    assert.match(bad.json().error, /^profiles:2: /);
+    assert.doesNotMatch(bad.json().error, /trivisor-advise-/);
+    const none = await app.inject({ method: 'POST', url: '/1.0/plans/advise' });
+    assert.equal(none.statusCode, 400, none.body);
+    assert.deepEqual(readdirSync(uploadDir), []);
+  });
+
+  test('one plan at a time: a second one meanwhile is a 503, the first answers', async () => {
+    const [a, b] = await Promise.all([
+      post('hostSize=cpu%3D4', DAY_NIGHT),
+      new Promise((resolve) => setTimeout(resolve, 50)).then(() => post('hostSize=cpu%3D4', DAY_NIGHT)),
+    ]);
+    assert.deepEqual([a.statusCode, b.statusCode].sort(), [200, 503], `${a.body} ${b.body}`);
+    const refused = a.statusCode === 503 ? a : b;
+    assert.match(refused.json().error, /computing another plan already/);
   });
 });

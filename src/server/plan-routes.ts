@@ -7,6 +7,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { syncResponse } from '../api/envelopes.ts';
 import {
+  AdviceAnswerSchema,
   ConsolidationPlanSchema,
   type PlanHistoryRange,
   type PlanQuery,
@@ -25,9 +26,16 @@ import { projectOf, type RouteContext } from './route-context.ts';
 export const PLAN_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 2;
 const PLAN_UPLOAD_TYPES = ['text/csv', 'application/gzip', 'application/octet-stream'];
 
-const tooLarge = () =>
+/** Largest workload profile file accepted (docs/advisor-profile.md: a line or an object a workload). */
+export const PROFILES_LIMIT_BYTES = 1024 ** 2;
+
+const tooLarge = (limitBytes: number) =>
   Object.assign(
-    new Error('The inventory is larger than 64 MiB: gzip it, or plan it with trivisor plan consolidate FILE'),
+    new Error(
+      limitBytes === PLAN_UPLOAD_LIMIT_BYTES
+        ? 'The inventory is larger than 64 MiB: gzip it, or plan it with trivisor plan consolidate FILE'
+        : `The workload profiles are larger than ${limitBytes / 1024 ** 2} MiB: advise them with trivisor plan advise FILE`,
+    ),
     { statusCode: 413 },
   );
 
@@ -97,8 +105,49 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
       }
       const dir = await mkdtemp(join(ctx.uploadDir ?? tmpdir(), 'trivisor-plan-'));
       try {
-        const file = await spool(upload as Readable, dir, Number(request.headers['content-length'] ?? 0));
+        const file = await spool(upload as Readable, dir, {
+          declaredBytes: Number(request.headers['content-length'] ?? 0),
+        });
         return syncResponse(await planner().planFile(file, { ...settings, shownAs: basename(file) }));
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  app.post(
+    '/1.0/plans/advise',
+    {
+      config: { access: 'read' },
+      bodyLimit: PROFILES_LIMIT_BYTES,
+      schema: {
+        summary: 'Recommend ct, pvm or vm for each workload of a profile file, with the reason',
+        description:
+          "The body is a workload profile file as `trivisor plan advise FILE` reads it (docs/advisor-profile.md): JSON or CSV, as text/csv or application/octet-stream, up to 1 MiB. The advice comes from this daemon's three-model table (bench/results/models.json, measured by bench/models.ts): each workload's id, model and one-line reason, as the CLI's --format json has them.",
+        body: {
+          content: {
+            'text/csv': { schema: Type.Unsafe({ description: 'The profiles (CSV or JSON)' }) },
+            'application/octet-stream': {
+              schema: Type.Unsafe({ description: 'The profiles (CSV or JSON)' }),
+            },
+          },
+        },
+        response: { 200: SyncEnvelope(AdviceAnswerSchema), ...errors },
+      },
+    },
+    async (request) => {
+      if (!isStream(request.body))
+        throw invalidArgument(
+          'Send the workload profiles (docs/advisor-profile.md) as the body, Content-Type: text/csv or application/octet-stream',
+        );
+      const dir = await mkdtemp(join(ctx.uploadDir ?? tmpdir(), 'trivisor-advise-'));
+      try {
+        const file = await spool(request.body, dir, {
+          declaredBytes: Number(request.headers['content-length'] ?? 0),
+          limitBytes: PROFILES_LIMIT_BYTES,
+          name: 'profiles',
+        });
+        return syncResponse(await planner().adviseFile(file, { shownAs: 'profiles' }));
       } finally {
         await rm(dir, { recursive: true, force: true });
       }
@@ -138,12 +187,17 @@ function isStream(body: unknown): body is Readable {
  * text: by the name's .gz, here from the first two bytes (1f 8b). Over the limit, the rest is
  * left unread rather than the request destroyed, so that the client still gets its 413.
  */
-async function spool(upload: Readable, dir: string, declaredBytes: number): Promise<string> {
-  if (declaredBytes > PLAN_UPLOAD_LIMIT_BYTES) {
+async function spool(
+  upload: Readable,
+  dir: string,
+  options: { declaredBytes: number; limitBytes?: number; name?: string },
+): Promise<string> {
+  const limitBytes = options.limitBytes ?? PLAN_UPLOAD_LIMIT_BYTES;
+  if (options.declaredBytes > limitBytes) {
     upload.pause();
-    throw tooLarge();
+    throw tooLarge(limitBytes);
   }
-  const file = join(dir, 'inventory.csv');
+  const file = join(dir, options.name ?? 'inventory.csv');
   const out = createWriteStream(file, { mode: 0o600 });
   let received = 0;
   const head: number[] = [];
@@ -159,7 +213,7 @@ async function spool(upload: Readable, dir: string, declaredBytes: number): Prom
     };
     const onData = (chunk: Buffer) => {
       received += chunk.length;
-      if (received > PLAN_UPLOAD_LIMIT_BYTES) return fail(tooLarge());
+      if (received > limitBytes) return fail(tooLarge(limitBytes));
       for (let i = 0; head.length < 2 && i < chunk.length; i++) head.push(chunk[i] as number);
       if (!out.write(chunk)) {
         upload.pause();

@@ -4,9 +4,12 @@ import {
   internal,
   invalidArgument,
   isErrorCode,
+  isTrivisorError,
   TrivisorError,
   unavailable,
 } from '../core/errors.ts';
+import { advise, type GuestModel } from '../planner/advisor.ts';
+import { DEFAULT_MEASUREMENTS, readModelTable, readProfiles } from '../planner/advisor-input.ts';
 import type { GuestHistory } from '../planner/inventory-history.ts';
 import type { PlanReportJson } from '../planner/plan-report.ts';
 
@@ -40,6 +43,17 @@ export interface ConsolidationPlanner {
   planFile(file: string, options: PlanSettings & { shownAs: string }): Promise<ConsolidationPlan>;
   /** Plans guests from their metric history (decision 0027). */
   planHistories(histories: GuestHistory[], options: PlanSettings): Promise<ConsolidationPlan>;
+  /**
+   * The model advisor (decision 0054) on a profile file (docs/advisor-profile.md), from this host's
+   * three-model table: quick arithmetic, computed here rather than in a worker.
+   */
+  adviseFile(file: string, options: { shownAs: string }): Promise<WorkloadAdvice>;
+}
+
+/** Each workload's recommended model and its reason, and when the table behind them was measured. */
+export interface WorkloadAdvice {
+  measuredAt: string | null;
+  advice: Array<{ id: string; model: GuestModel; reason: string }>;
 }
 
 /** Options of `createConsolidationPlanner`. */
@@ -50,6 +64,8 @@ export interface ConsolidationPlannerOptions {
   maxHeapMiB?: number;
   /** A plan taking longer is stopped and refused. Default 300 s. */
   timeoutMs?: number;
+  /** The three-model table the advice rests on. Default bench/results/models.json, as the CLI's. */
+  measurementsFile?: string;
 }
 
 const WORKER = new URL('./consolidation-worker.ts', import.meta.url);
@@ -127,5 +143,22 @@ export function createConsolidationPlanner(options: ConsolidationPlannerOptions 
       ),
     planHistories: (histories, o) =>
       run({ kind: 'history', histories, hostSize: o.hostSize, percentile: o.percentile, seed: o.seed }),
+    async adviseFile(file, o) {
+      try {
+        const profiles = await readProfiles(file);
+        const table = await readModelTable(options.measurementsFile ?? DEFAULT_MEASUREMENTS);
+        return {
+          measuredAt: table.measuredAt ?? null,
+          advice: profiles.map((p) => {
+            const a = advise(p, table);
+            return { id: a.id, model: a.model, reason: a.reason };
+          }),
+        };
+      } catch (e) {
+        // The temporary path is the daemon's business, as for plans.
+        if (isTrivisorError(e)) throw new TrivisorError(e.code, e.message.split(file).join(o.shownAs));
+        throw e;
+      }
+    },
   };
 }

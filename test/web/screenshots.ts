@@ -72,6 +72,13 @@ try {
     path.join(import.meta.dirname, '../fixtures/planner/day-night.csv'),
   );
   await page.fill('#f-host-size', 'cpu=4,memory=16GiB');
+  await page.setInputFiles('#f-workload-profiles', {
+    name: 'profiles.csv',
+    mimeType: 'text/csv',
+    buffer: Buffer.from(
+      'id,os,kernel,cpu,syscalls,memory\nweb1,linux,,3,150k,3GiB\nweb2,other,,3,,3GiB\nbatch1,linux,own,3,1k,1GiB\nbatch2,linux,,3,2k,1GiB\n',
+    ),
+  });
   await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
   await page.waitForSelector('img[data-testid=plan-svg]');
   await page.waitForTimeout(400);

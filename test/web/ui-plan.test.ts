@@ -87,4 +87,24 @@ describe('web UI: the consolidation plan page', () => {
     assert.equal(await page.locator('[data-testid=plan-hosts]').textContent(), '2');
     assert.deepEqual(errors, []);
   });
+
+  test("with the workloads' profiles, each workload's recommended model and reason, and which have none", async () => {
+    await page.setInputFiles('#f-inventory', INVENTORY);
+    await page.fill('#f-host-size', 'cpu=4,memory=16GiB');
+    await page.setInputFiles('#f-workload-profiles', {
+      name: 'profiles.csv',
+      mimeType: 'text/csv',
+      buffer: Buffer.from('id,os,cpu,memory\nweb2,other,3,3GiB\nbatch1,linux,3,1GiB\n'),
+    });
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    const web2 = page.locator('table[aria-label="Recommended models"] tr[data-workload=web2]');
+    await web2.waitFor({ timeout: 60_000 });
+    assert.match((await web2.textContent()) ?? '', /^web2host\dvmvm: needs a non-Linux kernel$/);
+    assert.equal(await page.locator('table[aria-label="Recommended models"] tbody tr').count(), 2);
+    assert.match(
+      (await page.locator('[data-testid=plan-result]').textContent()) ?? '',
+      /No profile for 2 workload\(s\): (web1|batch2), (web1|batch2)\./,
+    );
+    assert.deepEqual(errors, []);
+  });
 });

@@ -1,5 +1,5 @@
 import type { AsyncResponse, ErrorResponse, SyncResponse } from '../../src/api/envelopes.ts';
-import type { ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
+import type { AdviceAnswer, ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
 import type { Operation } from '../../src/api/types.ts';
 import type { History, HistoryRange, SessionBody } from '../../src/api/web-schemas.ts';
 import { type AuthClient, authMethods } from '../../src/client/auth-client.ts';
@@ -105,6 +105,8 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
     inventory: Blob | null,
     options: { hostSize: string; percentile?: number; seed?: number; fromHistory?: PlanHistoryRange },
   ): Promise<ConsolidationPlanWire>;
+  /** ct, pvm or vm for each workload of a profile file (docs/advisor-profile.md), from the daemon's table. */
+  adviseWorkloads(profiles: Blob): Promise<AdviceAnswer>;
   /** Where a browser downloads a finished backup (the session cookie authenticates the GET). */
   backupUrl(guest: string, backup: string): string;
   guestHistory(name: string, range: HistoryRange): Promise<History>;
@@ -361,6 +363,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
       const path = `/1.0/plans/consolidate?${query}`;
       return inventory ? upload<ConsolidationPlanWire>(path, inventory, {}) : call('POST', path);
     },
+    adviseWorkloads: (profiles) => upload<AdviceAnswer>('/1.0/plans/advise', profiles, {}),
     importBackup: (file, o, onProgress) =>
       upload(
         '/1.0/backups',

@@ -1,5 +1,5 @@
 import { useSignal } from '@preact/signals';
-import type { ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
+import type { AdviceAnswer, ConsolidationPlanWire, PlanHistoryRange } from '../../src/api/plan-schemas.ts';
 import { api } from './state.ts';
 import { Field, Form, Page } from './ui.tsx';
 
@@ -17,7 +17,56 @@ function ids(workloads: string[]): string {
   return workloads.slice(0, 6).join(', ') + (workloads.length > 6 ? `, … (${workloads.length})` : '');
 }
 
-function PlanResult(props: { plan: ConsolidationPlanWire; source: string }) {
+/**
+ * The recommended model per workload (decision 0054's advisor), when profiles were given: an
+ * inventory alone carries no OS or system-call profile to decide on.
+ */
+function Models(props: { plan: ConsolidationPlanWire; advice: AdviceAnswer | null }) {
+  if (!props.advice)
+    return (
+      <p class="muted" data-testid="plan-models">
+        Model per workload: give the workloads' profiles (OS, kernel, system calls, I/O:
+        docs/advisor-profile.md) to have ct, pvm or vm recommended for each; an inventory alone carries none.
+      </p>
+    );
+  const hostOf = new Map(props.plan.hosts.flatMap((h) => h.workloads.map((w) => [w, h.name] as const)));
+  const advised = new Set(props.advice.advice.map((a) => a.id));
+  const without = [...hostOf.keys()].filter((w) => !advised.has(w));
+  return (
+    <>
+      <h2>Recommended model per workload</h2>
+      <div class="panel table-wrap">
+        <table aria-label="Recommended models">
+          <thead>
+            <tr>
+              <th>Workload</th>
+              <th>Host</th>
+              <th>Model</th>
+              <th>Reason</th>
+            </tr>
+          </thead>
+          <tbody>
+            {props.advice.advice.map((a) => (
+              <tr key={a.id} data-workload={a.id}>
+                <td>{a.id}</td>
+                <td>{hostOf.get(a.id) ?? 'not in the inventory'}</td>
+                <td>{a.model}</td>
+                <td>{a.reason}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+        <p class="muted">
+          From the three-model table measured on the daemon's host
+          {props.advice.measuredAt ? ` at ${props.advice.measuredAt}` : ''} (bench/models.ts).
+          {without.length > 0 ? ` No profile for ${without.length} workload(s): ${ids(without)}.` : ''}
+        </p>
+      </div>
+    </>
+  );
+}
+
+function PlanResult(props: { plan: ConsolidationPlanWire; source: string; advice: AdviceAnswer | null }) {
   const p = props.plan;
   const inv = p.inventory;
   const memory = p.hostSize.memoryBytes === undefined ? '' : `, ${p.hostSize.memoryBytes / 1024 ** 3} GiB`;
@@ -26,7 +75,7 @@ function PlanResult(props: { plan: ConsolidationPlanWire; source: string }) {
       <p class="muted" data-testid="plan-source">
         {props.source}: {inv.workloads} workloads ({inv.format}, {inv.samples} samples of{' '}
         {inv.intervalSeconds} s), hosts of {p.hostSize.cpu} {p.cpuUnit}
-        {memory}. {p.method}.
+        {memory}; {p.method}.
       </p>
       <section class="cards" aria-label="Plan figures">
         <div class="panel card">
@@ -61,11 +110,7 @@ function PlanResult(props: { plan: ConsolidationPlanWire; source: string }) {
           </div>
         </div>
       </section>
-      <p class="muted" data-testid="plan-models">
-        Model per workload: not advised from an inventory, which carries no OS or system-call profile
-        (decision 0054). <code>trivisor plan advise</code> advises ct, pvm or vm for a workload from its
-        profile.
-      </p>
+      <Models plan={p} advice={props.advice} />
       <div class="panel table-wrap">
         <table aria-label="Planned hosts">
           <thead>
@@ -105,7 +150,11 @@ function PlanResult(props: { plan: ConsolidationPlanWire; source: string }) {
 }
 
 export function PlanPage() {
-  const plan = useSignal<{ plan: ConsolidationPlanWire; source: string } | null>(null);
+  const plan = useSignal<{
+    plan: ConsolidationPlanWire;
+    source: string;
+    advice: AdviceAnswer | null;
+  } | null>(null);
   return (
     <Page title="Consolidation plan">
       <div class="panel">
@@ -133,9 +182,13 @@ export function PlanPage() {
               ...(seed ? { seed: Number(seed) } : {}),
               ...(history ? { fromHistory: history } : {}),
             });
+            const profiles = d.get('profiles');
+            const advice =
+              profiles instanceof File && profiles.size > 0 ? await api.adviseWorkloads(profiles) : null;
             plan.value = {
               plan: result,
               source: chosen ? chosen.name : `This project's guests over the last ${history}`,
+              advice,
             };
           }}
         >
@@ -177,13 +230,23 @@ export function PlanPage() {
                 />
               )}
             </Field>
+            <Field
+              label="Workload profiles"
+              hint="Optional: CSV or JSON (docs/advisor-profile.md), ids as the inventory's"
+            >
+              {(id) => (
+                <input id={id} name="profiles" type="file" accept=".csv,.json,text/csv,application/json" />
+              )}
+            </Field>
             <Field label="Seed">
               {(id) => <input id={id} name="seed" type="number" step="1" defaultValue="1" />}
             </Field>
           </div>
         </Form>
       </div>
-      {plan.value && <PlanResult plan={plan.value.plan} source={plan.value.source} />}
+      {plan.value && (
+        <PlanResult plan={plan.value.plan} source={plan.value.source} advice={plan.value.advice} />
+      )}
     </Page>
   );
 }
