@@ -132,22 +132,27 @@ const august = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-8.cs
 const bbRead = seconds(t0);
 // Growth from July's own trend (src/planner/forecast.ts), carried over the 31 days of August: when
 // it rises, every plan (the baselines too) is made on July scaled by it; a falling trend plans on
-// July as measured. The trend's own hold-out inside July: fitted on days 1-15, its factor for days
-// 16-30 against what days 16-30 were (summed CPU, relative to days 1-15).
+// July as measured. The trend's own hold-out inside July: fitted on its first half (days 1-15), its
+// factor for the rest against what the rest was (summed CPU, relative to the first half).
 const trend = loadTrend(july, { aheadDays: 31 });
 const planning = scaleInventory(july, trend.factor);
-const half = 15 * 288;
+// July's first half of whole days, and the rest (a --slice's month may be a sample short of 30 days).
+const perDay = Math.round(86_400 / july.intervalSeconds);
+const half = Math.floor(july.samples / 2 / perDay) * perDay;
 const summedCpu = (inv: Inventory) => {
   let s = 0;
   for (const w of inv.workloads) for (const v of w.cpu) s += v;
   return s / inv.samples;
 };
+const firstHalfTrend = loadTrend(sliceInventory(july, 0, half), {
+  aheadDays: (july.samples - half) / perDay,
+});
 const trendHoldOut = {
-  fittedOnDays: 15,
-  cpuWeeklyGrowth: round(loadTrend(sliceInventory(july, 0, half), { aheadDays: 15 }).cpuWeeklyGrowth, 4),
-  forecastFactor: round(loadTrend(sliceInventory(july, 0, half), { aheadDays: 15 }).rawFactor, 3),
+  fittedOnDays: half / perDay,
+  cpuWeeklyGrowth: round(firstHalfTrend.cpuWeeklyGrowth, 4),
+  forecastFactor: round(firstHalfTrend.rawFactor, 3),
   actualCpuRatio: round(
-    summedCpu(sliceInventory(july, half, 2 * half)) / summedCpu(sliceInventory(july, 0, half)),
+    summedCpu(sliceInventory(july, half, july.samples)) / summedCpu(sliceInventory(july, 0, half)),
     3,
   ),
 };
