@@ -596,6 +596,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
             if (!target) throw notFound(`Member ${member} not found`);
             return memberClient.connect(target);
           },
+          statusOf: async (member) => (await clusterMembers()).find((m) => m.name === member)?.status,
         }
       : undefined;
   const unixApp = await buildServer(services, {

@@ -151,6 +151,8 @@ describe('rebalance controller', () => {
   let clock: number;
   let moved: string[];
   let events: TrivisorEvent[];
+  /** The members as `cluster list` has them, each time the controller asks. */
+  let membersNow: () => RebalanceMember[];
   const controllers: Array<ReturnType<typeof createRebalanceController>> = [];
   const controllerOf = (hostName: string, keep?: number) => {
     const bus = createEventBus();
@@ -165,7 +167,9 @@ describe('rebalance controller', () => {
       events: bus,
       log: silentLogger(),
       now: () => clock,
-      members: async () => [member('h1'), member('h2')],
+      members: async () => membersNow(),
+      // Short, so that a move left waiting fails the test rather than hanging it.
+      moveTimeoutMs: 20_000,
       mover: {
         async move(name, { target, live }) {
           moved.push(`${name}->${target}${live ? ' live' : ''}`);
@@ -193,6 +197,7 @@ describe('rebalance controller', () => {
     history = openMetricsHistory(':memory:');
     moved = [];
     events = [];
+    membersNow = () => [member('h1'), member('h2')];
     clock = NOW - 60_000;
     // A busy guest and its idle twin (same configuration) on h1 with a busy guest that may not
     // cold-move; h2 idle. One core is 1.0 of cpu, h1 has 2: it is full.
@@ -370,5 +375,49 @@ describe('rebalance controller', () => {
     await h1.pass();
     await h2.pass();
     assert.equal((await h1.moves()).length, 1);
+  });
+
+  test('a move whose owner is not Online fails at once, naming the member and its state; one whose owner goes Offline while asked is dropped', {
+    timeout: 30_000,
+  }, async () => {
+    const h1 = controllerOf('h1');
+    const h2 = controllerOf('h2');
+    await h1.updateSettings({ 'cluster.rebalance.window': '1m' });
+    await h1.publish();
+    await h2.publish();
+    // Online when the plan is made (the first look), Offline when the move is asked.
+    let looks = 0;
+    membersNow = () =>
+      looks++ === 0 ? [member('h1'), member('h2')] : [member('h1', 'Offline'), member('h2')];
+    const started = Date.now();
+    const r = await h2.run({ dryRun: false });
+    assert.ok(Date.now() - started < 5_000, 'not waited for');
+    assert.deepEqual(
+      r.moved.map((m) => `${m.guest} ${m.result}: ${m.error}`),
+      ['busy failed: Member h1 is Offline: busy was not moved h1 → h2'],
+    );
+    assert.equal((await records.rebalanceRequest.list(store)).items.length, 0, 'nothing asked of h1');
+    assert.deepEqual(moved, []);
+
+    // The destination down is refused the same way.
+    looks = 0;
+    membersNow = () =>
+      looks++ === 0 ? [member('h1'), member('h2')] : [member('h1'), member('h2', 'Standby')];
+    const toStandby = await h2.run({ dryRun: false });
+    assert.deepEqual(
+      toStandby.moved.map((m) => m.error),
+      ['Member h2 is Standby: busy was not moved h1 → h2'],
+    );
+
+    // Online when planned and asked, Offline while the request waits (h1 never looks): dropped.
+    looks = 0;
+    membersNow = () => (looks++ < 2 ? [member('h1'), member('h2')] : [member('h1', 'Offline'), member('h2')]);
+    const dropped = await h2.run({ dryRun: false });
+    assert.deepEqual(
+      dropped.moved.map((m) => `${m.result}: ${m.error}`),
+      ['failed: Member h1 went Offline before it moved busy: the move was dropped'],
+    );
+    assert.equal((await records.rebalanceRequest.list(store)).items.length, 0, 'the request is withdrawn');
+    assert.deepEqual(moved, []);
   });
 });

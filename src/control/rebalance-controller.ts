@@ -403,18 +403,50 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     if (held !== undefined) await store.revokeLease(held).catch(() => {});
   }
 
+  /** The first of `names` that is not Online (or not a member any more), with its status. */
+  async function notOnline(names: string[]): Promise<{ name: string; status: string } | undefined> {
+    const members = await deps.members();
+    for (const name of names) {
+      const status = members.find((x) => x.name === name)?.status ?? 'not a member';
+      if (status !== 'Online') return { name, status };
+    }
+    return undefined;
+  }
+
   /** Asks the owner to move the guest and waits for the outcome. */
   async function carry(m: MoveRecord): Promise<ClusterMove> {
+    const failed = (error: string): ClusterMove => ({
+      ...m,
+      result: 'failed',
+      error,
+      finishedAt: new Date(now()).toISOString(),
+    });
+    // Neither end may be down: a member that is not Online cannot carry a move out nor take a
+    // guest, and waiting for it would hold the cycle for the whole timeout.
+    const down = await notOnline([m.from, m.to]);
+    if (down)
+      return failed(`Member ${down.name} is ${down.status}: ${m.guest} was not moved ${m.from} → ${m.to}`);
     const request: RebalanceRequest = { move: m, requestedBy: hostName, at: new Date(now()).toISOString() };
     if (m.from === hostName) return execute(request);
     const ref = records.rebalanceRequest.at(m.guest);
     const r = await store.txn({ compare: [ref.absent()], success: [ref.putOp(request)] });
     if (!r.succeeded) throw conflict(`A move of ${m.guest} is already asked for`);
     const deadline = now() + (deps.moveTimeoutMs ?? 10 * 60_000);
+    let looks = 0;
     while (now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 500));
       await keepElected();
-      if (await ref.get(store)) continue;
+      if (await ref.get(store)) {
+        // The owner going down meanwhile ends the wait (checked every few seconds: members() is a list).
+        const gone = ++looks % 6 === 0 ? await notOnline([m.from]) : undefined;
+        if (gone) {
+          await store.delete(ref.key);
+          return failed(
+            `Member ${gone.name} went ${gone.status} before it moved ${m.guest}: the move was dropped`,
+          );
+        }
+        continue;
+      }
       const done = await records.clusterMove.at(moveId(m)).get(store);
       if (done) return done.value;
       return {

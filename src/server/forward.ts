@@ -23,7 +23,15 @@ export interface MemberForwarding {
   others(): Promise<string[]>;
   /** A verified connection to `member`'s API (its certificate checked against its name). */
   connect(member: string): Promise<TLSSocket>;
+  /**
+   * `member`'s status as `cluster list` has it (Online, Offline, Standby, Evacuated), undefined
+   * when unknown. An Offline or Standby member is not dialled: the request fails at once.
+   */
+  statusOf?(member: string): Promise<string | undefined>;
 }
+
+/** Statuses of a member that cannot answer: its daemon is gone, or it is powered off. */
+const UNREACHABLE_STATUSES = new Set(['Offline', 'Standby']);
 
 /** The header that carries the first member's caller (base64url JSON). */
 export const FORWARDED_CALLER_HEADER = 'x-trivisor-caller';
@@ -162,6 +170,11 @@ export interface Forwarder {
 
 export function createForwarder(forwarding: MemberForwarding): Forwarder {
   const connect = async (member: string): Promise<TLSSocket> => {
+    // A member known to be down is not waited for (a dial to a powered-off host can hang for minutes).
+    const status = await forwarding.statusOf?.(member);
+    if (status !== undefined && UNREACHABLE_STATUSES.has(status)) {
+      throw unavailable(`Member ${member} is ${status}: it cannot answer until it is Online again`);
+    }
     try {
       return await forwarding.connect(member);
     } catch (e) {
