@@ -160,11 +160,11 @@ describe('nft rulesets', () => {
 });
 
 describe('dnsmasq config', () => {
-  test('dnsmasq serves the subnet but the gateway, on the bridge only, with its files in the state dir', () => {
+  test('dnsmasq serves the reserved addresses of the subnet, on the bridge only, with its files in the state dir', () => {
     const argv = dnsmasqArgv(def(), dnsmasqPaths('/s', 'tvnet0'));
     assert.ok(argv.includes('--interface=tvnet0'));
     assert.ok(argv.includes('--listen-address=198.18.10.1'));
-    assert.ok(argv.includes('--dhcp-range=198.18.10.2,198.18.10.254,255.255.255.0,1h'));
+    assert.ok(argv.includes('--dhcp-range=198.18.10.0,static,255.255.255.0,1h'), 'reserved addresses only');
     assert.ok(argv.includes('--pid-file=/s/networks/tvnet0/dnsmasq.pid'));
     assert.ok(argv.includes('--domain=trivisor'));
     assert.ok(argv.includes('--conf-file=/dev/null'));
@@ -176,7 +176,7 @@ describe('dnsmasq config', () => {
       def({ gateway: parseGatewayCidr('198.18.8.1/21') }),
       dnsmasqPaths('/s', 'tvnet0'),
     );
-    assert.ok(argv.includes('--dhcp-range=198.18.8.2,198.18.15.254,255.255.248.0,1h'), argv.join(' '));
+    assert.ok(argv.includes('--dhcp-range=198.18.8.0,static,255.255.248.0,1h'), argv.join(' '));
     assert.ok(argv.includes('--dhcp-lease-max=2045'));
   });
 });
