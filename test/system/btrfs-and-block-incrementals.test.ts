@@ -107,7 +107,7 @@ describe('ct incrementals by btrfs send on a btrfs pool', () => {
   const poolPath = (d: Daemon) =>
     (JSON.parse(d.ok(['storage', 'info', 'bp', '--format', 'json'])) as { path: string }).path;
 
-  test('full, then two incrementals sent with btrfs send -p; the chain received onto a btrfs pool gives the same tree', (t) => {
+  test('full, then two incrementals sent with btrfs send -p; the chain received onto a btrfs pool gives the same tree', async (t) => {
     src.ok(['storage', 'create', 'bp', 'btrfs', 'size=600MiB']);
     dst.ok(['storage', 'create', 'bp', 'btrfs', 'size=600MiB']);
     src.ok(['launch', 'busybox', 'b1', '--model', 'ct', '--storage', 'bp']);
@@ -151,6 +151,18 @@ describe('ct incrementals by btrfs send on a btrfs pool', () => {
     const incMs = Date.now() - started;
     assert.equal(manifestOf(file('i1')).incremental?.method, 'btrfs-send');
     assert.deepEqual(readdirSync(snaps), [`${chain}-1`], 'only the last link snapshot is kept');
+    // A snapshot of a backup cut short (no chain names it) goes when the daemon starts again.
+    const stray = spawnSync('btrfs', [
+      'subvolume',
+      'snapshot',
+      '-r',
+      guestDir(src, 'b1'),
+      path.join(snaps, 'stray'),
+    ]);
+    assert.equal(stray.status, 0, String(stray.stderr));
+    await src.kill9();
+    await src.restart();
+    assert.deepEqual(readdirSync(snaps), [`${chain}-1`], 'the stray snapshot is swept at start');
 
     sh(
       src,

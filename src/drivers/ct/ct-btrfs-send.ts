@@ -33,27 +33,33 @@ export async function isSubvolume(path: string): Promise<boolean> {
 
 /**
  * Removes `path`: a subvolume (read-only ones cannot be emptied by rm) is deleted as one,
- * after the backup subvolumes it may hold; a directory loses the subvolumes directly in it
- * (a receive's holding directory) and then the rest by rm. Idempotent.
+ * after the backup subvolumes nested in it; a directory loses the subvolumes directly in it
+ * and then the rest by rm. Idempotent.
  */
 export async function removeWithSubvolumes(runner: ProcessRunner, path: string): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
   if (!st) return;
   if (await isSubvolume(path)) {
-    await removeNestedSubvolumes(runner, path);
+    // Only real subvolumes in it are deleted first: its other files go with it (and a
+    // read-only one cannot lose them one by one).
+    for (const name of [BACKUP_SNAPSHOTS, BACKUP_RECEIVED])
+      await deleteSubvolumesIn(runner, join(path, name));
     await runner.run(['btrfs', 'subvolume', 'delete', path]);
     return;
   }
-  if (st.isDirectory()) {
-    for (const name of await readdir(path)) {
-      const entry = join(path, name);
-      if (await isSubvolume(entry)) await removeWithSubvolumes(runner, entry);
-    }
-  }
+  if (st.isDirectory()) await deleteSubvolumesIn(runner, path);
   await rm(path, { recursive: true, force: true });
 }
 
-/** Deletes the backup subvolumes a guest's subvolume holds, so that it can be deleted itself. */
+/** Deletes the subvolumes directly in `dir`, leaving its other entries. */
+async function deleteSubvolumesIn(runner: ProcessRunner, dir: string): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const entry = join(dir, name);
+    if (await isSubvolume(entry)) await removeWithSubvolumes(runner, entry);
+  }
+}
+
+/** Deletes the backup subvolumes a guest's subvolume holds, and their directories. */
 async function removeNestedSubvolumes(runner: ProcessRunner, subvolume: string): Promise<void> {
   for (const name of [BACKUP_SNAPSHOTS, BACKUP_RECEIVED]) {
     await removeWithSubvolumes(runner, join(subvolume, name));
