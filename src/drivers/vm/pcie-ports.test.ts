@@ -37,6 +37,33 @@ describe('PCIe root ports', () => {
     assert.deepEqual(tried, ['trivisor-nic0', 'trivisor-nic1', 'trivisor-nic2']);
   });
 
+  test('a taken port is skipped: the device is asked for slot 0, which QEMU refuses on a taken port', async () => {
+    // As QEMU 7.2 does: a device given no addr on a taken root port goes to its next slot, which
+    // the guest never scans; with addr=0 a taken port answers "in use".
+    const taken = new Set(['trivisor-nic0']);
+    const tried: Array<{ bus?: string; addr?: string }> = [];
+    const q = {
+      async execute(_command: string, args?: Record<string, unknown>) {
+        const bus = args?.bus as string;
+        const addr = args?.addr as string | undefined;
+        tried.push({ bus, ...(addr !== undefined && { addr }) });
+        if (taken.has(bus) && addr === '0')
+          throw new QmpCommandError(
+            'device_add',
+            'GenericError',
+            'PCI: slot 0 function 0 not available for virtio-net-pci, in use by virtio-net-pci,id=nic-eth0',
+          );
+        return {};
+      },
+    } as unknown as QmpClient;
+    const bus = await addOnFreePort(q, 'nic', { machine: 'q35', device: { driver: 'virtio-net-pci' } });
+    assert.equal(bus, 'trivisor-nic1');
+    assert.deepEqual(tried, [
+      { bus: 'trivisor-nic0', addr: '0' },
+      { bus: 'trivisor-nic1', addr: '0' },
+    ]);
+  });
+
   test('no free or no existing port is NoFreePortError; pc uses its root bus; other refusals pass through', async () => {
     await assert.rejects(
       addOnFreePort(fakeQmp(new Set()).q, 'nic', { machine: 'q35', device: {} }),

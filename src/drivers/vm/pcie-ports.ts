@@ -51,7 +51,10 @@ export async function addOnFreePort(
   const errors: unknown[] = [];
   for (const bus of buses) {
     try {
-      await q.execute('device_add', { ...options.device, ...(bus !== undefined && { bus }) });
+      // addr=0 on a root port: a port holds one device, at slot 0, the only one a guest's kernel
+      // scans behind it. Without it QEMU 7.2 puts a device on a taken port at the next slot, where
+      // the guest never sees it (a second NIC of a guest started with one: found 2026-12-05).
+      await q.execute('device_add', { ...options.device, ...(bus !== undefined && { bus, addr: '0' }) });
       return bus;
     } catch (e) {
       errors.push(e);
