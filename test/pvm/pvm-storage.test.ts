@@ -20,7 +20,8 @@ runStorageConformance('pvm (User-Mode Linux; COW file copies)', async () => {
     async freezeLikeACrash(spec) {
       const dir = join(fixture.stateDir, 'guests', spec.name);
       await writeFile(join(dir, 'fsfreeze.pending'), '');
-      const paths = { toGuest: join(dir, 'agent.in'), fromGuest: join(dir, 'agent.out') };
+      const run = join(fixture.stateDir, 'run', 'pvm', spec.name);
+      const paths = { toGuest: join(run, 'agent.in'), fromGuest: join(run, 'agent.out') };
       const agent = await pvmAgentOf(agents, spec.name, { paths, timeoutMs: 10_000 });
       await agent.client.command('guest-fsfreeze-freeze', undefined, { timeoutMs: 60_000 });
     },

@@ -26,6 +26,7 @@ import {
   writePvmRestored,
   writeSums,
 } from './pvm-incremental.ts';
+import { type PvmRuntimeFile, pvmRuntimePath } from './pvm-runtime-paths.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
 import { createMconsoleClient } from './uml-mconsole.ts';
 
@@ -69,10 +70,12 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
   const diskDirOf = (spec: GuestSpec) => join(dirOf(spec), 'disk');
   const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
   const exists = async (path: string) => (await stat(path).catch(() => undefined)) !== undefined;
+  /** A running guest's runtime file (decision 0066: this member's runtime directory). */
+  const runtimeOf = (spec: GuestSpec, file: PvmRuntimeFile) => pvmRuntimePath(stateDir, spec.name, file);
   const tmpName = (what: string) => `${TMP_PREFIX}${what}-${randomBytes(4).toString('hex')}`;
 
   const liveUml = async (spec: GuestSpec): Promise<ProcessIdentity | undefined> => {
-    const record = await readFile(join(dirOf(spec), 'uml.json'), 'utf8')
+    const record = await readFile(runtimeOf(spec, 'uml.json'), 'utf8')
       .then((t) => JSON.parse(t) as ProcessIdentity)
       .catch(() => undefined);
     if (!record || !Number.isInteger(record.pid)) return undefined;
@@ -97,7 +100,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
   const agentOf =
     (spec: GuestSpec): AgentAccess =>
     async (work) => {
-      const paths = { toGuest: join(dirOf(spec), 'agent.in'), fromGuest: join(dirOf(spec), 'agent.out') };
+      const paths = { toGuest: runtimeOf(spec, 'agent.in'), fromGuest: runtimeOf(spec, 'agent.out') };
       const agent = await pvmAgentOf(options.agents, spec.name, { paths, timeoutMs: 10_000 });
       try {
         return await work(agent.client);
@@ -124,7 +127,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
    */
   const whileQuiescent = async <T>(spec: GuestSpec, work: () => Promise<T>): Promise<T> => {
     if (!(await liveUml(spec))) return work();
-    if (await exists(join(dirOf(spec), 'frozen'))) return work();
+    if (await exists(runtimeOf(spec, 'frozen'))) return work();
     try {
       return await withFrozenFileSystems(
         agentOf(spec),
@@ -138,7 +141,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
         'no guest agent to freeze with: stopping the kernel instead (crash-consistent copy)',
       );
     }
-    const mconsole = createMconsoleClient(join(dirOf(spec), 'run', 'uml', 'mconsole'), { runner });
+    const mconsole = createMconsoleClient(runtimeOf(spec, 'mconsole'), { runner });
     const marker = join(dirOf(spec), PAUSE_MARKER);
     await writeFile(marker, '', { mode: 0o600 });
     try {
@@ -489,7 +492,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       await thawIfMarked(running ? agentOf(spec) : undefined, join(dirOf(spec), FREEZE_MARKER));
       if (await exists(join(dirOf(spec), PAUSE_MARKER))) {
         if (running) {
-          await createMconsoleClient(join(dirOf(spec), 'run', 'uml', 'mconsole'), { runner })
+          await createMconsoleClient(runtimeOf(spec, 'mconsole'), { runner })
             .go()
             .catch(() => {});
         }

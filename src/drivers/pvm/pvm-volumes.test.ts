@@ -43,7 +43,7 @@ describe('pvm block volume hot-plug', () => {
     assert.ok(
       r
         .commands()
-        .includes(`uml_mconsole ${join(dir, 'guests/p1/run/uml/mconsole')} config ubd2=${volume.hostPath}`),
+        .includes(`uml_mconsole ${join(dir, 'run/pvm/p1/uml/uml/mconsole')} config ubd2=${volume.hostPath}`),
     );
     assert.ok(!r.commands().some((c) => c.includes('perl')), 'nothing is mounted anywhere');
     assert.equal((await stat(volume.hostPath)).uid, 1131072, "the file is the guest uid's");

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { failedPrecondition } from '../../core/errors.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import type { AttachedVolume, GuestVolumes } from '../guest-volumes.ts';
+import { pvmRuntimePath } from './pvm-runtime-paths.ts';
 import { JAIL_DIR, jailVolumePath } from './uml-jail.ts';
 import { createMconsoleClient } from './uml-mconsole.ts';
 
@@ -84,7 +85,7 @@ export function createPvmVolumes(options: {
   const procRoot = options.procRoot ?? '/proc';
   const dirOf = (name: string) => join(stateDir, 'guests', name);
   const mconsoleOf = (name: string) =>
-    createMconsoleClient(join(dirOf(name), 'run', 'uml', 'mconsole'), { runner });
+    createMconsoleClient(pvmRuntimePath(stateDir, name, 'mconsole'), { runner });
   const uidOf = async (name: string): Promise<number> => {
     const uid = Number((await readFile(join(dirOf(name), 'uid'), 'utf8')).trim());
     if (!Number.isInteger(uid) || uid <= 0) throw failedPrecondition(`Guest ${name} has no host uid`);
