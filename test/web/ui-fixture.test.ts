@@ -36,6 +36,7 @@ const MAIN_PAGES = [
   '/operations',
   '/members',
   '/admin',
+  '/plan',
 ];
 
 /**

@@ -71,7 +71,7 @@ function PlanResult(props: { plan: ConsolidationPlanWire; source: string; advice
   const inv = p.inventory;
   const memory = p.hostSize.memoryBytes === undefined ? '' : `, ${p.hostSize.memoryBytes / 1024 ** 3} GiB`;
   return (
-    <section aria-label="Plan" data-testid="plan-result">
+    <section class="plan" aria-label="Plan" data-testid="plan-result">
       <p class="muted" data-testid="plan-source">
         {props.source}: {inv.workloads} workloads ({inv.format}, {inv.samples} samples of{' '}
         {inv.intervalSeconds} s), hosts of {p.hostSize.cpu} {p.cpuUnit}
@@ -157,7 +157,7 @@ export function PlanPage() {
   } | null>(null);
   return (
     <Page title="Consolidation plan">
-      <div class="panel">
+      <div class="panel plan">
         <p class="muted">
           How many hosts of a size an inventory of measured servers needs, which workload goes where, and how
           the traces replay on the plan, as <code>trivisor plan consolidate</code> computes it. Inventories:
