@@ -599,11 +599,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
           statusOf: async (member) => (await clusterMembers()).find((m) => m.name === member)?.status,
         }
       : undefined;
+  // Scheduled backups go here (decision 0046), and import reads from it (decision 0070).
+  const backupDir = process.env.TRIVISOR_BACKUP_DIR || path.join(stateDir, 'shipped-backups');
   const unixApp = await buildServer(services, {
     auth: { type: 'none' },
     ...(forward && { forward }),
     logger: false,
     uploadDir: stateDir,
+    backupDir,
     web: { sessions: webSessions },
   });
   const socketPath = path.join(stateDir, 'trivisor.sock');
@@ -623,6 +626,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       ...(forward && { forward }),
       logger: false,
       uploadDir: stateDir,
+      backupDir,
       https: { key: certificate.key, cert: certificate.cert },
       // The web UI is served where browsers can reach it: HTTPS (decision 0026).
       // TRIVISOR_WEB_ROOT: a checkout whose web/ to serve instead of this one's (tests of the bundle).
@@ -718,7 +722,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     storage: services.storage,
     operations,
     events,
-    directory: process.env.TRIVISOR_BACKUP_DIR || path.join(stateDir, 'shipped-backups'),
+    directory: backupDir,
     log,
   });
   // One clock for both: a guest's snapshot and its backup of the same minute, one after the other

@@ -167,20 +167,31 @@ export function addStorageCommands(program: Command): void {
       '--live',
       'a vm guest from an --uncompressed export: it runs at once, its disk copied from the archive behind it',
     )
+    .option(
+      '--from-backups',
+      "FILE is GUEST/ARCHIVE in the daemon's backup directory (TRIVISOR_BACKUP_DIR), read there without an upload",
+    )
     .action(
       async (
         file: string,
         name: string | undefined,
-        opts: { storage?: string; target?: string; live?: boolean },
+        opts: { storage?: string; target?: string; live?: boolean; fromBackups?: boolean },
         cmd: Command,
       ) => {
         const client = clientOf(cmd);
-        const op = await client.importBackup(resolve(file), {
-          ...(opts.live && { live: true }),
-          ...(name !== undefined && { name }),
-          ...(opts.storage !== undefined && { storage: opts.storage }),
-          ...(opts.target !== undefined && { target: opts.target }),
-        });
+        const op = await (opts.fromBackups
+          ? client.importFromBackups(file, {
+              ...(opts.live && { live: true }),
+              ...(name !== undefined && { name }),
+              ...(opts.storage !== undefined && { storage: opts.storage }),
+              ...(opts.target !== undefined && { target: opts.target }),
+            })
+          : client.importBackup(resolve(file), {
+              ...(opts.live && { live: true }),
+              ...(name !== undefined && { name }),
+              ...(opts.storage !== undefined && { storage: opts.storage }),
+              ...(opts.target !== undefined && { target: opts.target }),
+            }));
         const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
         process.stdout.write(
           `${opts.live ? 'Restored live' : 'Imported'} ${String(done.metadata.name ?? name ?? '')}\n`,

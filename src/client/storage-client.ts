@@ -35,6 +35,11 @@ export interface StorageClient {
     filePath: string,
     options?: { name?: string; storage?: string; target?: string; live?: boolean },
   ): Promise<Operation>;
+  /** Starts importing GUEST/ARCHIVE of the daemon's backup directory, without an upload (decision 0070). */
+  importFromBackups(
+    archive: string,
+    options?: { name?: string; storage?: string; target?: string; live?: boolean },
+  ): Promise<Operation>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   /** Starts bringing back a lost member's guests from the backup directory `directory` (on the daemon's host). */
@@ -147,6 +152,13 @@ export function storageMethods(
       });
       return parseEnvelope<AsyncResponse>(res).metadata;
     },
+    importFromBackups: (archive, o = {}) =>
+      call('POST', `/1.0/backups/import${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, {
+        source: { type: 'backup-directory', archive },
+        ...(o.name !== undefined && { name: o.name }),
+        ...(o.storage !== undefined && { pool: o.storage }),
+        ...(o.live && { live: true }),
+      }),
     recover: () => call('POST', '/1.0/admin/recover', {}),
     recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),

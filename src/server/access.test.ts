@@ -81,6 +81,7 @@ const EXPECTED: Record<string, ActionClass> = {
   'POST /1.0/storage-pools/:pool/volumes/custom/:volume/detach': 'operate',
   'POST /1.0/admin/recover': 'host-admin',
   'POST /1.0/admin/recover/backups': 'host-admin',
+  'POST /1.0/backups/import': 'host-admin',
   'GET /1.0/projects': 'host-read',
   'POST /1.0/projects': 'host-admin',
   // The project named in the path (here p1): its members may read it, quotas are the host's.

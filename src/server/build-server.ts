@@ -49,6 +49,8 @@ export interface BuildServerOptions {
   logger?: false | object;
   /** Where uploaded image tarballs are spooled (default: os.tmpdir()). */
   uploadDir?: string;
+  /** The daemon's backup directory, which `POST /1.0/backups/import` reads (decision 0070). */
+  backupDir?: string;
   /** How long an exec waits for its client to connect to the websocket (default 30 s). */
   execConnectTimeoutMs?: number;
   /** Compile every route's schemas when the server gets ready (tests: a bad schema fails there) instead of on first use. */
@@ -305,6 +307,7 @@ export async function buildServer(services: Services, options: BuildServerOption
     services,
     execs: createExecRegistry(),
     uploadDir: options.uploadDir,
+    ...(options.backupDir !== undefined && { backupDir: options.backupDir }),
     execConnectTimeoutMs: options.execConnectTimeoutMs ?? 30_000,
     authType: options.auth.type,
     tls: options.https !== undefined,

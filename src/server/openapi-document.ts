@@ -90,6 +90,7 @@ export const OPERATION_IDS: Record<string, string> = {
   'POST /1.0/guests/{name}/backups': 'exportGuest',
   'GET /1.0/guests/{name}/backups/{backup}/export': 'downloadGuestBackup',
   'POST /1.0/backups': 'importGuest',
+  'POST /1.0/backups/import': 'importGuestFromBackupDirectory',
   'POST /1.0/admin/recover': 'recoverGuests',
   'POST /1.0/admin/recover/backups': 'recoverGuestsFromBackups',
   'DELETE /1.0/operations/{id}': 'cancelOperation',

@@ -14,6 +14,8 @@ export interface RouteContext {
   services: Services;
   execs: ExecRegistry;
   uploadDir: string | undefined;
+  /** The daemon's backup directory (TRIVISOR_BACKUP_DIR), which import can read from (decision 0070). */
+  backupDir?: string;
   execConnectTimeoutMs: number;
   authType: 'none' | 'token';
   /** Serving HTTPS (client certificates then authenticate too). */

@@ -17,6 +17,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import { importFromBackupDirectory } from '../services/backup-directory.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import { assertTarget, TargetQueryProperties } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
@@ -480,6 +481,71 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         await rm(path, { force: true });
         throw e;
       }
+    },
+  );
+
+  app.post<{
+    Body: {
+      source: { type: 'backup-directory'; archive: string };
+      name?: string;
+      pool?: string;
+      live?: boolean;
+    };
+    Querystring: { target?: string };
+  }>(
+    '/1.0/backups/import',
+    {
+      // The backup directory is the host's, and holds every project's guests' backups.
+      config: { access: 'host-admin' },
+      schema: {
+        summary: "Import a guest from an archive in the daemon's backup directory, without an upload",
+        description:
+          "`source.archive` names the archive relative to the backup directory (TRIVISOR_BACKUP_DIR, default STATE/shipped-backups) as GUEST/ARCHIVE: no `..`, not absolute, no symbolic link, a regular file inside the directory (else 400; missing: 404; nothing is made). An incremental link is imported with its chain's links before it, in order. `live: true` restores a vm guest live from an uncompressed archive read in place (decision 0063), through a hard link to it, so that retention removing it does not stop the copy (decision 0070).",
+        querystring: Type.Object(TargetQueryProperties),
+        body: Type.Object(
+          {
+            source: Type.Object(
+              {
+                type: Type.Literal('backup-directory'),
+                archive: Type.String({ minLength: 1, description: 'GUEST/ARCHIVE in the backup directory' }),
+              },
+              { additionalProperties: false },
+            ),
+            name: Type.Optional(
+              Type.String({ description: "The new guest's name (default: the archive's)" }),
+            ),
+            pool: Type.Optional(Type.String({ description: 'The storage pool of the new guest' })),
+            live: Type.Optional(Type.Boolean({ description: 'Restore a vm guest live' })),
+          },
+          { additionalProperties: false },
+        ),
+        response: asyncReply,
+      },
+    },
+    async (request, reply) => {
+      await assertTarget(ctx, request.query.target);
+      const { name, pool, live, source } = request.body;
+      if (name !== undefined) assertDnsLabel(name, 'guest name');
+      if (pool !== undefined) assertDnsLabel(pool, 'pool name');
+      if (!ctx.backupDir) throw notSupported('This daemon has no backup directory');
+      return sendAsync(
+        reply,
+        await importFromBackupDirectory(
+          {
+            directory: ctx.backupDir,
+            workDir: ctx.uploadDir ?? tmpdir(),
+            storage: storage(request),
+            operations: ctx.services.operations,
+            project: projectOf(request),
+          },
+          {
+            archive: source.archive,
+            ...(name !== undefined && { name }),
+            ...(pool !== undefined && { storage: pool }),
+            ...(live === true && { live: true }),
+          },
+        ),
+      );
     },
   );
 }
