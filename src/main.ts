@@ -23,6 +23,7 @@ import { isHaGuest, readHaMembers } from './control/ha/ha-store.ts';
 import { haSummary } from './control/ha/ha-summary.ts';
 import { createMemoryReclaim } from './control/memory-reclaim.ts';
 import { everyMinute } from './control/minute-clock.ts';
+import { measuringMover } from './control/move-bandwidth.ts';
 import { createNetworkController } from './control/network-controller.ts';
 import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
@@ -319,21 +320,25 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       member: memberTarget,
     });
     services.moves = {
-      mover: createGuestMover({
-        store,
-        operations,
-        hostName,
-        guests,
-        storage: services.storage,
-        removeLocal,
-        members: clusterMembers,
-        transport: moveTransport,
-        liveRefusal: liveMoveRefusal(runner, {
-          migrates: (model) => drivers[model]?.migration !== undefined,
+      // Each finished move measures its pair's bandwidth for the rebalancer (issue 14 §2).
+      mover: measuringMover(
+        createGuestMover({
+          store,
+          operations,
+          hostName,
+          guests,
+          storage: services.storage,
+          removeLocal,
+          members: clusterMembers,
+          transport: moveTransport,
+          liveRefusal: liveMoveRefusal(runner, {
+            migrates: (model) => drivers[model]?.migration !== undefined,
+          }),
+          migrationOf: (model) => drivers[model]?.migration,
+          log,
         }),
-        migrationOf: (model) => drivers[model]?.migration,
-        log,
-      }),
+        { store, operations, hostName, log },
+      ),
       receiver: createMoveReceiver({
         store,
         hostName,

@@ -53,8 +53,10 @@ export interface MemberState {
   powerOffsMs: readonly number[];
   /** How long it takes from power-on until it takes guests. */
   bootDelayMs: number;
-  /** Migration bandwidth to or from it, bytes per second. */
+  /** Migration bandwidth to or from it, bytes per second, assumed where no move measured a link. */
   bandwidthBytesPerSecond: number;
+  /** The links from it that finished moves measured, by destination member (issue 14 §2). */
+  links?: Readonly<Record<string, LinkBandwidth>>;
   /** false: the power manager never turns it off (the administrator's choice). */
   powerManaged?: boolean;
 }
@@ -123,7 +125,15 @@ export const DEFAULT_MOVE_COSTS: MoveCosts = {
 
 /** What moving a guest would cost, or why it may not move at all. */
 export type MovePrice =
-  | { ok: true; how: 'live' | 'cold'; copySeconds: number; downtimeMs: number; costSeconds: number }
+  | {
+      ok: true;
+      how: 'live' | 'cold';
+      /** The bandwidth the copy is priced at, said: "bandwidth 870 Mbit/s measured over 3 moves" or "assumed 1 Gbit/s". */
+      bandwidth: string;
+      copySeconds: number;
+      downtimeMs: number;
+      costSeconds: number;
+    }
   | { ok: false; why: string };
 
 /** Bytes a move of this guest copies: its latest measured memory, else its configured size. */
@@ -133,14 +143,46 @@ export function bytesToMove(g: GuestState): number {
   return g.moveBytes ?? 0;
 }
 
-/** The price of moving `g` between two members (the slower link counts). */
+/** A link's bandwidth as finished moves measured it: their moving average, and how many. */
+export interface LinkBandwidth {
+  bytesPerSecond: number;
+  moves: number;
+}
+
+/** A bit rate for a human: "870 Mbit/s", "1 Gbit/s". */
+export function bitRate(bytesPerSecond: number): string {
+  const bits = bytesPerSecond * 8;
+  if (bits >= 1e9) return `${Math.round(bits / 1e8) / 10} Gbit/s`;
+  if (bits >= 1e6) return `${Math.round(bits / 1e6)} Mbit/s`;
+  return `${Math.round(bits / 1e3)} kbit/s`;
+}
+
+/**
+ * The bandwidth a move from `from` to `to` is priced at: the link's as moves measured it, else
+ * the members' assumed one (the slower of the two), each said as such.
+ */
+export function linkBandwidth(from: MemberState, to: MemberState): { bytesPerSecond: number; said: string } {
+  const measured = from.links?.[to.id];
+  if (measured && measured.bytesPerSecond > 0 && measured.moves > 0) {
+    return {
+      bytesPerSecond: measured.bytesPerSecond,
+      said: `bandwidth ${bitRate(measured.bytesPerSecond)} measured over ${measured.moves} move${measured.moves === 1 ? '' : 's'}`,
+    };
+  }
+  const assumed = Math.min(from.bandwidthBytesPerSecond, to.bandwidthBytesPerSecond);
+  return { bytesPerSecond: assumed, said: `assumed ${bitRate(assumed)}` };
+}
+
+/** The price of moving `g` between two members (the measured link, else the slower member's assumed bandwidth). */
 export function priceMove(g: GuestState, from: MemberState, to: MemberState, costs: MoveCosts): MovePrice {
-  const bandwidth = Math.min(from.bandwidthBytesPerSecond, to.bandwidthBytesPerSecond);
-  const copySeconds = bytesToMove(g) / bandwidth;
+  const link = linkBandwidth(from, to);
+  const copySeconds = bytesToMove(g) / link.bytesPerSecond;
+  const bandwidth = link.said;
   if (g.model === 'vm') {
     return {
       ok: true,
       how: 'live',
+      bandwidth,
       copySeconds,
       downtimeMs: costs.liveDowntimeMs,
       costSeconds: copySeconds * costs.liveSlowdown + costs.liveDowntimeMs / 1000,
@@ -155,7 +197,7 @@ export function priceMove(g: GuestState, from: MemberState, to: MemberState, cos
       why: `${g.id}: a cold move stops it ${Math.round(downtimeMs)} ms, over its downtime budget of ${budget} ms`,
     };
   }
-  return { ok: true, how: 'cold', copySeconds, downtimeMs, costSeconds: downtimeMs / 1000 };
+  return { ok: true, how: 'cold', bandwidth, copySeconds, downtimeMs, costSeconds: downtimeMs / 1000 };
 }
 
 /**

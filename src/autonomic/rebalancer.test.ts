@@ -123,7 +123,7 @@ describe('rebalancer', () => {
     assert.ok(m.benefitSeconds > m.costSeconds);
     assert.match(
       m.summary,
-      /^overload: busy \(vm\) live a → b; a 99% → 62%, b 25% → 63%; imbalance 0\.351 → 0\.175; benefit [\d.]+ s against cost 2\.02 s \(copy 17\.18 s, downtime 300 ms\)$/,
+      /^overload: busy \(vm\) live a → b; a 99% → 62%, b 25% → 63%; imbalance 0\.351 → 0\.175; benefit [\d.]+ s against cost 2\.02 s \(copy 17\.18 s at assumed 1 Gbit\/s, downtime 300 ms\)$/,
     );
     assert.ok(m.constraints.some((c) => c.startsWith('ceiling')));
   });
@@ -174,7 +174,14 @@ describe('rebalancer', () => {
     const b = member('b');
     const ct = guest('c', 'a', 1, { model: 'ct', moveBytes: 125_000_000, downtimeBudgetMs: 5000 });
     const p = priceMove(ct, a, b, DEFAULT_REBALANCE.costs);
-    assert.deepEqual(p, { ok: true, how: 'cold', copySeconds: 1, downtimeMs: 2000, costSeconds: 2 });
+    assert.deepEqual(p, {
+      ok: true,
+      how: 'cold',
+      bandwidth: 'assumed 1 Gbit/s',
+      copySeconds: 1,
+      downtimeMs: 2000,
+      costSeconds: 2,
+    });
     const never = priceMove({ ...ct, downtimeBudgetMs: 0 }, a, b, DEFAULT_REBALANCE.costs);
     assert.equal(never.ok, false);
     const tight = priceMove({ ...ct, model: 'pvm', downtimeBudgetMs: 2000 }, a, b, DEFAULT_REBALANCE.costs);
@@ -197,6 +204,44 @@ describe('rebalancer', () => {
       [['other', 'cold', 2000]],
     );
     assert.ok(plan.notes.some((n) => /pinned: migration.downtime_budget is 0/.test(n)));
+  });
+
+  test("a link's measured bandwidth prices its moves, said in the explanation; an unmeasured one is assumed 1 Gbit/s", () => {
+    // a → b measured at 870 Mbit/s over 3 moves, a → c never: the same 2 GiB guest costs more to b.
+    const a = member('a', { links: { b: { bytesPerSecond: 108_750_000, moves: 3 } } });
+    const b = member('b');
+    const c = member('c');
+    const g = guest('g', 'a', 1);
+    const toB = priceMove(g, a, b, DEFAULT_REBALANCE.costs);
+    const toC = priceMove(g, a, c, DEFAULT_REBALANCE.costs);
+    assert.ok(toB.ok && toC.ok);
+    assert.equal(toB.bandwidth, 'bandwidth 870 Mbit/s measured over 3 moves');
+    assert.equal(toB.copySeconds, (2 * GIB) / 108_750_000);
+    assert.equal(toC.bandwidth, 'assumed 1 Gbit/s');
+    assert.equal(toC.copySeconds, (2 * GIB) / 125_000_000);
+    // The link back (b → a) has not been measured: it is assumed, whatever a → b measured.
+    const back = priceMove({ ...g, member: 'b' }, b, a, DEFAULT_REBALANCE.costs);
+    assert.ok(back.ok && back.bandwidth === 'assumed 1 Gbit/s');
+    // A slow measured link makes a move not worth it that the assumed bandwidth would make.
+    const state = (links?: MemberState['links']): ClusterState => ({
+      nowMs: 0,
+      intervalMs: 300_000,
+      members: [member('a', links ? { links } : {}), member('b')],
+      guests: [
+        guest('big', 'a', 4, { moveBytes: 64 * GIB }),
+        guest('y', 'a', 4, { moveBytes: 64 * GIB }),
+        guest('z', 'b', 3.5),
+      ],
+    });
+    const assumed = planRebalance(state(), { aggressiveness: 2 });
+    assert.equal(assumed.moves.length, 1);
+    assert.match(assumed.moves[0]?.summary ?? '', /at assumed 1 Gbit\/s/);
+    const slow = planRebalance(state({ b: { bytesPerSecond: 12_500_000, moves: 2 } }), { aggressiveness: 2 });
+    assert.equal(slow.moves.length, 0);
+    const fast = planRebalance(state({ b: { bytesPerSecond: 1_250_000_000, moves: 5 } }), {
+      aggressiveness: 2,
+    });
+    assert.match(fast.moves[0]?.summary ?? '', /at bandwidth 10 Gbit\/s measured over 5 moves/);
   });
 
   test('a move is made only when its benefit beats its cost', () => {

@@ -283,7 +283,13 @@ export function moveRecord(x: {
   from: string;
   to: string;
   reason: MoveReason;
-  price: { how: 'live' | 'cold'; copySeconds: number; downtimeMs: number; costSeconds: number };
+  price: {
+    how: 'live' | 'cold';
+    copySeconds: number;
+    downtimeMs: number;
+    costSeconds: number;
+    bandwidth?: string;
+  };
   imbalanceBefore: number;
   imbalanceAfter: number;
   loadBefore: { from: number; to: number };
@@ -296,7 +302,7 @@ export function moveRecord(x: {
     `${x.from} ${pct(x.loadBefore.from)} → ${pct(x.loadAfter.from)}, ${x.to} ${pct(x.loadBefore.to)} → ${pct(x.loadAfter.to)}; ` +
     `imbalance ${round(x.imbalanceBefore, 3)} → ${round(x.imbalanceAfter, 3)}; ` +
     `benefit ${round(x.benefitSeconds, 1)} s against cost ${round(x.price.costSeconds, 2)} s ` +
-    `(copy ${round(x.price.copySeconds, 2)} s, downtime ${Math.round(x.price.downtimeMs)} ms)`;
+    `(copy ${round(x.price.copySeconds, 2)} s${x.price.bandwidth ? ` at ${x.price.bandwidth}` : ''}, downtime ${Math.round(x.price.downtimeMs)} ms)`;
   return {
     atMs: x.atMs,
     guest: x.guest.id,

@@ -4,7 +4,13 @@ import type {
   MemberPower,
   RebalanceResult,
 } from '../api/cluster-schemas.ts';
-import type { ClusterState, GuestState, MemberState, MoveRecord } from '../autonomic/cluster-state.ts';
+import type {
+  ClusterState,
+  GuestState,
+  LinkBandwidth,
+  MemberState,
+  MoveRecord,
+} from '../autonomic/cluster-state.ts';
 import { autonomicPolicy } from '../autonomic/controller.ts';
 import type { Evacuation, PowerOn } from '../autonomic/power-manager.ts';
 import { planRebalance } from '../autonomic/rebalancer.ts';
@@ -21,6 +27,7 @@ import { succeeded } from '../services/operation-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type MemberLoad, type RebalanceRequest, records, valuesOf } from '../store/records.ts';
+import { readLinks } from './move-bandwidth.ts';
 import { createPowerSteps, type PowerStepsDeps, powerMemberState } from './power-controller.ts';
 
 /**
@@ -139,6 +146,8 @@ export interface StateInputs {
   specs: readonly GuestSpec[];
   moves: readonly ClusterMove[];
   bandwidthBytesPerSecond: number;
+  /** The links finished moves measured (move-bandwidth.ts), by source then destination: they replace the assumed bandwidth. */
+  links?: ReadonlyMap<string, Readonly<Record<string, LinkBandwidth>>>;
   /** Power management's view (decision 0055): off and booting members take part as such. */
   power?: {
     settings: PowerSettings;
@@ -160,6 +169,10 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
   const n = Math.max(1, Math.round(input.settings.windowMs / 1000 / step));
   const nowStep = Math.floor(input.nowMs / 1000 / step) * step;
   const members: MemberState[] = [];
+  const linksOf = (name: string) => {
+    const links = input.links?.get(name);
+    return links ? { links } : {};
+  };
   const usable = new Map<string, MemberLoad>();
   for (const m of [...input.members].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     const power = input.power
@@ -216,6 +229,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
       powerOffsMs: [],
       bootDelayMs: 0,
       bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
+      ...linksOf(m.name),
       ...power?.fields,
     });
   }
@@ -466,12 +480,13 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   }
 
   async function plan(settings: RebalanceSettings) {
-    const [members, loads, specs, moves, pw] = await Promise.all([
+    const [members, loads, specs, moves, pw, links] = await Promise.all([
       deps.members(),
       records.memberLoad.list(store),
       records.guest.list(store),
       records.clusterMove.list(store),
       power ? powerNow() : undefined,
+      readLinks(store),
     ]);
     const managed =
       power && pw?.settings.enabled
@@ -486,6 +501,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       specs: valuesOf(specs),
       moves: valuesOf(moves),
       bandwidthBytesPerSecond: deps.bandwidthBytesPerSecond ?? 125_000_000,
+      links,
     });
     const rebalance = {
       intervalMs: settings.intervalMs,

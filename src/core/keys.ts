@@ -97,6 +97,9 @@ export const keys = {
   rebalanceLeader: '/trivisor/rebalance/leader',
   /** When the rebalancer last ran a cycle → ISO time, bare. */
   rebalanceLast: '/trivisor/rebalance/last',
+  /** The bandwidth finished moves measured from a member to another (issue 14 §2) → MoveBandwidth. */
+  moveBandwidthPrefix: '/trivisor/rebalance/bandwidth/',
+  moveBandwidth: (from: string, to: string): string => `/trivisor/rebalance/bandwidth/${from}/${to}`,
   /** A move the rebalancer asked of a guest's owner → RebalanceRequest. */
   rebalanceRequestPrefix: '/trivisor/rebalance/requests/',
   rebalanceRequest: (guest: string): string => `/trivisor/rebalance/requests/${guest}`,

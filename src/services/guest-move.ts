@@ -268,6 +268,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         let backup: string | undefined;
         /** Set once the records name the destination: from then on a failure is rolled back. */
         let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+        let copied: { copiedBytes: number; copyMs: number } | undefined;
         try {
           if (wasRunning) {
             ctx.progress(0, 'stopping the guest');
@@ -301,7 +302,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
           );
           ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
+          const sendStarted = Date.now();
           await deps.transport.send(target, name, archive.path, ctx.signal);
+          // What the copy measured, for the rebalancer's bandwidth of this pair (issue 14 §2).
+          copied = { copiedBytes: archive.sizeBytes, copyMs: Date.now() - sendStarted };
           if (wasRunning) {
             ctx.progress(90, `starting the guest on ${target}`);
             await setDesired(name, 'Running', ctx.signal);
@@ -329,7 +333,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
         }
         await dropLocalCopy(spec);
-        return { location: target };
+        return { location: target, ...copied };
       },
     });
   }

@@ -571,6 +571,17 @@ export const MemberLoadSchema = Type.Object({
 });
 export type MemberLoad = Static<typeof MemberLoadSchema>;
 
+/**
+ * The bandwidth of the link from a member to another as finished moves measured it (bytes
+ * copied over the seconds the copy took), a moving average over the moves (issue 14 §2).
+ */
+export const MoveBandwidthSchema = Type.Object({
+  bytesPerSecond: Type.Number({ exclusiveMinimum: 0 }),
+  moves: Type.Integer({ minimum: 1 }),
+  lastAt: Type.String(),
+});
+export type MoveBandwidth = Static<typeof MoveBandwidthSchema>;
+
 /** A move the rebalancer asked of the guest's owner, which carries it out (decision 0053). */
 export const RebalanceRequestSchema = Type.Object({
   move: MoveRecordSchema,
@@ -782,6 +793,12 @@ export const records = {
     prefix: keys.rebalanceRequestPrefix,
     key: (guest: string) => keys.rebalanceRequest(guest),
     schema: RebalanceRequestSchema,
+  }),
+  moveBandwidth: defineRecord<MoveBandwidth>()({
+    kind: 'move bandwidth',
+    prefix: keys.moveBandwidthPrefix,
+    key: (from: string, to: string) => keys.moveBandwidth(from, to),
+    schema: MoveBandwidthSchema,
   }),
   memberPower: defineRecord<MemberPower>()({
     kind: 'member power',
