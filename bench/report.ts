@@ -1144,10 +1144,9 @@ if (planner) {
   );
   stamp([planner]);
 } else {
-  // Not one of `npm run bench`'s (its traces live outside the repository): a run without its result
-  // (the quick one) says where its figures come from instead of leaving a hole.
+  // One of `npm run bench`'s since decision 0065; a run without its result (`--only` of others) says so.
   lines.push(
-    '_Not part of this run: `node bench/planner.ts` reads `../shared/traces`, outside the repository; its figures come from `bench/results/planner.json`._',
+    '_Not measured in this run: `npm run bench` runs `node bench/planner.ts` (it reads `../shared/traces`, outside the repository) and writes `bench/results/planner.json`._',
     '',
   );
 }
@@ -1259,7 +1258,7 @@ if (autonomic) {
   );
   stamp([autonomic]);
 } else {
-  // Not one of `npm run bench`'s (its traces live outside the repository), like the planner's.
+  // Not one of `npm run bench`'s (its traces live outside the repository; the planner's is, decision 0065).
   lines.push(
     '_Not part of this run: `node bench/autonomic.ts` reads `../shared/traces`, outside the repository; its figures come from `bench/results/autonomic.json`._',
     '',
