@@ -55,6 +55,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['ct-density-stages.json'],
   },
   {
+    name: 'ct-density-net',
+    script: 'ct-density-net.ts',
+    args: ['2000', '4'],
+    quickArgs: ['8', '2'],
+    results: ['ct-density-net-2000.json'],
+    quickResults: ['ct-density-net-8.json'],
+  },
+  {
     name: 'models',
     script: 'models.ts',
     args: ['ct,pvm,vm', '3'],
