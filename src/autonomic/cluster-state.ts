@@ -59,6 +59,8 @@ export interface MemberState {
   links?: Readonly<Record<string, LinkBandwidth>>;
   /** false: the power manager never turns it off (the administrator's choice). */
   powerManaged?: boolean;
+  /** It votes in the cluster's etcd (role etcd-voter): the power manager keeps a quorum of voters running. */
+  etcdVoter?: boolean;
 }
 
 /** Everything a policy decides from. */
@@ -68,6 +70,11 @@ export interface ClusterState {
   intervalMs: number;
   members: readonly MemberState[];
   guests: readonly GuestState[];
+  /**
+   * How many members vote in the cluster's etcd, running or not (some may not be in `members`:
+   * Offline ones). Absent: no etcd (one host, or an external etcd), no voter rule.
+   */
+  etcdVoters?: number;
 }
 
 /** Why a guest moved. */

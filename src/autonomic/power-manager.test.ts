@@ -54,6 +54,80 @@ function stepScenario(
 }
 
 describe('power manager', () => {
+  test('an etcd voter is powered off only if the voters left running are a quorum with one more failure tolerated, said in the plan', () => {
+    const idle = (id: string) =>
+      guest(
+        `${id}1`,
+        id,
+        series(() => 0.5),
+      );
+    const busy = (id: string) =>
+      guest(
+        `${id}1`,
+        id,
+        series(() => 6),
+      );
+    const state = (members: MemberState[], etcdVoters: number, guests: GuestState[]): ClusterState => ({
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members,
+      guests,
+      etcdVoters,
+    });
+    // Three voters (quorum 2): none may go, whatever its load; the idle client member may.
+    const three = planPower(
+      state(
+        [
+          member('a', { etcdVoter: true }),
+          member('b', { etcdVoter: true }),
+          member('c', { etcdVoter: true }),
+          member('d'),
+        ],
+        3,
+        [busy('a'), busy('b'), idle('c'), idle('d')],
+      ),
+    ).plan;
+    assert.deepEqual(
+      three.evacuations.map((e) => e.member),
+      ['d'],
+    );
+    assert.match(three.evacuations[0]?.reason ?? '', /; it is not an etcd voter$/);
+    assert.ok(
+      three.notes.includes(
+        'c stays on: it is an etcd voter: without it 2 of the 3 voters would run, fewer than a quorum of 2 with one more failure tolerated (3)',
+      ),
+      three.notes.join('\n'),
+    );
+    // Five voters (quorum 3), all running: one idle voter may go, 4 still run.
+    const five = planPower(
+      state(
+        ['a', 'b', 'c', 'd', 'e'].map((id) => member(id, { etcdVoter: true })),
+        5,
+        [busy('a'), busy('b'), busy('c'), idle('d'), busy('e')],
+      ),
+    ).plan;
+    assert.deepEqual(
+      five.evacuations.map((e) => e.member),
+      ['d'],
+    );
+    assert.match(
+      five.evacuations[0]?.reason ?? '',
+      /it is an etcd voter: 4 of the 5 voters still run without it, a quorum of 3 with one more failure tolerated$/,
+    );
+    // Five voters, one already off (or Offline: not in the state): the idle voter stays.
+    const fourOn = planPower(
+      state(
+        ['a', 'b', 'c', 'd'].map((id) => member(id, { etcdVoter: true })),
+        5,
+        [busy('a'), busy('b'), busy('c'), idle('d')],
+      ),
+    ).plan;
+    assert.deepEqual(fourOn.evacuations, []);
+    assert.ok(
+      fourOn.notes.some((n) => n.startsWith('d stays on: it is an etcd voter: without it 3 of the 5')),
+    );
+  });
+
   test('an idle member is evacuated with its moves explained, then powered off', () => {
     const state: ClusterState = {
       nowMs: 3_600_000,

@@ -281,6 +281,11 @@ export function planPower(
         notes.push(`${m.id} stays on: it was powered off ${o.maxCyclesPerDay} times in the last 24 h`);
         return false;
       }
+      const voters = voterRule(state, m);
+      if (voters && !voters.ok) {
+        notes.push(`${m.id} stays on: ${voters.said}`);
+        return false;
+      }
       return true;
     })
     .sort((a, b) => (loads.get(a.id) as number) - (loads.get(b.id) as number) || (a.id < b.id ? -1 : 1));
@@ -289,6 +294,12 @@ export function planPower(
   for (const m of candidates) {
     if (evacuations.length >= o.maxEvacuationsPerCycle) break;
     if (received.has(m.id)) continue;
+    // Voters this plan already powers off count as gone.
+    const voters = voterRule(state, m, new Set(evacuations.map((e) => e.member)));
+    if (voters && !voters.ok) {
+      notes.push(`${m.id} stays on: ${voters.said}`);
+      continue;
+    }
     const rest = on.filter((x) => remaining.has(x.id) && x.id !== m.id);
     if (!fits(demandLong, usable(rest, o.keepFailureRoom), o.powerOffBelow, withMemory)) {
       notes.push(
@@ -306,10 +317,37 @@ export function planPower(
     evacuations.push({
       member: m.id,
       moves: placed,
-      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${o.lowWindowMs / 60_000} min, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}`,
+      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${o.lowWindowMs / 60_000} min, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}${voters ? `; ${voters.said}` : ''}`,
     });
   }
   return { plan: { powerOn, evacuations, notes }, book };
+}
+
+/**
+ * The etcd voters' rule (decision 0055): a voter is powered off only if the voters still running
+ * without it are a quorum with one more failure tolerated, i.e. at least quorum + 1, where the
+ * quorum is a majority of all the voters (running or not). Undefined when the cluster has no etcd
+ * of its own; for a member that is not a voter, only said.
+ */
+export function voterRule(
+  state: ClusterState,
+  m: MemberState,
+  /** Members this plan powers off already. */
+  goingOff: ReadonlySet<string> = new Set(),
+): { ok: boolean; said: string } | undefined {
+  const total = state.etcdVoters;
+  if (total === undefined || total === 0) return undefined;
+  if (!m.etcdVoter) return { ok: true, said: 'it is not an etcd voter' };
+  const quorum = Math.floor(total / 2) + 1;
+  const running = state.members.filter((x) => x.etcdVoter && x.power === 'on' && !goingOff.has(x.id)).length;
+  const left = running - 1;
+  const ok = left >= quorum + 1;
+  return {
+    ok,
+    said: ok
+      ? `it is an etcd voter: ${left} of the ${total} voters still run without it, a quorum of ${quorum} with one more failure tolerated`
+      : `it is an etcd voter: without it ${left} of the ${total} voters would run, fewer than a quorum of ${quorum} with one more failure tolerated (${quorum + 1})`,
+  };
 }
 
 /**

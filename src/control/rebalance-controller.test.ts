@@ -71,6 +71,26 @@ describe('buildClusterState', () => {
     ]);
   });
 
+  test("the etcd voters are counted from the members' roles, Offline ones too; a member's measured links come from the store's", () => {
+    const voter = (name: string, status = 'Online') => ({ ...member(name, status), roles: ['etcd-voter'] });
+    const { state } = buildClusterState({
+      nowMs: NOW,
+      settings,
+      members: [voter('a'), voter('b', 'Offline'), voter('c'), { ...member('d'), roles: ['etcd-client'] }],
+      loads: new Map(['a', 'b', 'c', 'd'].map((n) => [n, load({})])),
+      specs: [],
+      moves: [],
+      bandwidthBytesPerSecond: 1e8,
+      links: new Map([['a', { c: { bytesPerSecond: 5e7, moves: 2 } }]]),
+    });
+    assert.equal(state.etcdVoters, 3);
+    assert.deepEqual(
+      state.members.map((m) => `${m.id}${m.etcdVoter ? ' voter' : ''}`),
+      ['a voter', 'c voter', 'd'],
+    );
+    assert.deepEqual(state.members[0]?.links, { c: { bytesPerSecond: 5e7, moves: 2 } });
+  });
+
   test("series are aligned on the window's steps, gaps are no demand, and the last move, the budget and the owner come from the records", () => {
     const moves: ClusterMove[] = [
       { ...aMove('busy', 'b', 'a', NOW - 600_000), result: 'moved', finishedAt: '' },

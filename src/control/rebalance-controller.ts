@@ -14,6 +14,7 @@ import type {
 import { autonomicPolicy } from '../autonomic/controller.ts';
 import type { Evacuation, PowerOn } from '../autonomic/power-manager.ts';
 import { planRebalance } from '../autonomic/rebalancer.ts';
+import { ETCD_VOTER } from '../cluster/membership.ts';
 import { migrationDowntimeBudgetMs, type RebalanceSettings, rebalanceSettings } from '../core/config-keys.ts';
 import { asTrivisorError, conflict, isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
@@ -79,6 +80,8 @@ export interface RebalanceMember {
   status: string;
   cpu: { cpus: number } | null;
   memory: { totalBytes: number } | null;
+  /** Its roles (`etcd-voter`: it votes in the cluster's etcd). */
+  roles?: string[];
 }
 
 /** What the API asks of the rebalancer. */
@@ -169,6 +172,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
   const n = Math.max(1, Math.round(input.settings.windowMs / 1000 / step));
   const nowStep = Math.floor(input.nowMs / 1000 / step) * step;
   const members: MemberState[] = [];
+  const voterOf = (m: RebalanceMember) => (m.roles?.includes(ETCD_VOTER) ? { etcdVoter: true } : {});
   const linksOf = (name: string) => {
     const links = input.links?.get(name);
     return links ? { links } : {};
@@ -195,6 +199,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
         bootDelayMs: 0,
         bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
         power: 'off',
+        ...voterOf(m),
         ...power.fields,
       });
       continue;
@@ -230,6 +235,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
       bootDelayMs: 0,
       bandwidthBytesPerSecond: input.bandwidthBytesPerSecond,
       ...linksOf(m.name),
+      ...voterOf(m),
       ...power?.fields,
     });
   }
@@ -279,7 +285,18 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
       });
     }
   }
-  return { state: { nowMs: input.nowMs, intervalMs: step * 1000, members, guests }, notes };
+  // The etcd voters, running or not (decision 0055): the power manager keeps a quorum of them on.
+  const etcdVoters = input.members.filter((m) => m.roles?.includes(ETCD_VOTER)).length;
+  return {
+    state: {
+      nowMs: input.nowMs,
+      intervalMs: step * 1000,
+      members,
+      guests,
+      ...(etcdVoters > 0 && { etcdVoters }),
+    },
+    notes,
+  };
 }
 
 /** The rebalancer's keys: the settings map less power management's (decision 0055). */
