@@ -31,6 +31,8 @@ export interface GuestState {
   moveBytes?: number;
   /** `migration.downtime_budget` in ms: the longest stop a cold move may cause; 0 = never cold-move. */
   downtimeBudgetMs?: number;
+  /** `cluster.evacuate=stop`: an evacuation stops it where it is instead of moving it (decision 0055). */
+  stopOnEvacuation?: boolean;
   /** Its last move: the cooldown and the no-return rule read it. */
   lastMove?: { atMs: number; from: string; to: string };
 }

@@ -54,6 +54,48 @@ function stepScenario(
 }
 
 describe('power manager', () => {
+  test('a guest with cluster.evacuate=stop is not planned as moved: the reason says it stays stopped on the member while it is off', () => {
+    const state: ClusterState = {
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c')],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 6),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 6),
+        ),
+        guest(
+          'c1',
+          'c',
+          series(() => 0.5),
+        ),
+        guest(
+          'c2',
+          'c',
+          series(() => 0.2),
+          { stopOnEvacuation: true },
+        ),
+      ],
+    };
+    const { plan } = planPower(state);
+    const [e] = plan.evacuations;
+    assert.equal(e?.member, 'c');
+    assert.deepEqual(
+      e?.moves.map((m) => m.guest),
+      ['c1'],
+    );
+    assert.match(
+      e?.reason ?? '',
+      /; c2 \(cluster.evacuate=stop\) will be stopped and stay stopped on c while it is off$/,
+    );
+  });
+
   test('an etcd voter is powered off only if the voters left running are a quorum with one more failure tolerated, said in the plan', () => {
     const idle = (id: string) =>
       guest(

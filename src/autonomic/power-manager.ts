@@ -314,10 +314,18 @@ export function planPower(
     }
     remaining.delete(m.id);
     for (const mv of placed) received.add(mv.to);
+    const stopped = book
+      .guestsOn(m.id)
+      .filter((id) => book.guests.get(id)?.stopOnEvacuation)
+      .sort();
+    const staysStopped =
+      stopped.length > 0
+        ? `; ${stopped.join(', ')} (cluster.evacuate=stop) will be stopped and stay stopped on ${m.id} while it is off`
+        : '';
     evacuations.push({
       member: m.id,
       moves: placed,
-      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${o.lowWindowMs / 60_000} min, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}${voters ? `; ${voters.said}` : ''}`,
+      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${o.lowWindowMs / 60_000} min, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}${staysStopped}${voters ? `; ${voters.said}` : ''}`,
     });
   }
   return { plan: { powerOn, evacuations, notes }, book };
@@ -378,6 +386,9 @@ function evacuate(
   const before = stdDev(rest.map((x) => loads.get(x.id) ?? 0));
   for (const id of ids) {
     const g = book.guests.get(id) as GuestState;
+    // cluster.evacuate=stop: the administrator asked that it not move; it is stopped and stays
+    // stopped on the member while it is off (decision 0055), taking no room elsewhere.
+    if (g.stopOnEvacuation) continue;
     let best: { to: MemberState; after: number; back: boolean } | undefined;
     let why = '';
     // The least loaded members first, and only the first few that can take it: worst fit

@@ -281,6 +281,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
         cpu: at(g.cpu),
         memoryBytes: at(g.memoryBytes),
         ...(budget !== undefined && { downtimeBudgetMs: budget }),
+        ...(spec.config['cluster.evacuate'] === 'stop' && { stopOnEvacuation: true }),
         ...(last && { lastMove: last }),
       });
     }
