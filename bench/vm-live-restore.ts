@@ -4,11 +4,15 @@
 // deleted. Then, `reps` times each, alternating:
 // - full: `trivisor import ARCHIVE NAME` then `trivisor start NAME`: time to Running (CLI);
 // - live: `trivisor import ARCHIVE NAME --live`: time until the guest is Running (polled) and
-//   until the import has ended (the disk copied, no backing file).
+//   until the import has ended (the disk copied, no backing file);
+// - from the backup directory (decision 0070): the uncompressed archive placed in the daemon's
+//   backup directory, `trivisor import --from-backups src/plain.tar NAME --live` (no upload):
+//   time from the call until Running and until the copy has ended, against the full import of
+//   the same archive from there (`import --from-backups` then `start`).
 // Usage: node bench/vm-live-restore.ts [reps=1] [sizeMiB=512]  (TRIVISOR_BENCH_QUICK=1: 1 rep, 8 MiB)
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { type Daemon, startDaemon } from '../test/system/harness.ts';
@@ -48,6 +52,9 @@ const d = await startDaemon();
 const full: number[] = [];
 const liveRunning: number[] = [];
 const liveComplete: number[] = [];
+const dirFull: number[] = [];
+const dirRunning: number[] = [];
+const dirComplete: number[] = [];
 try {
   ok(d, [
     'launch',
@@ -70,6 +77,33 @@ try {
   ok(d, ['export', 'src', plain, '--uncompressed']);
   ok(d, ['export', 'src', zst]);
   ok(d, ['delete', '--force', 'src']);
+  // The daemon's backup directory (default STATE/shipped-backups), as a scheduled backup would be.
+  const dirArchive = path.join(d.stateDir, 'shipped-backups', 'src', 'plain.tar');
+  mkdirSync(path.dirname(dirArchive), { recursive: true });
+  copyFileSync(plain, dirArchive);
+  /** Runs `import ARGS` in the background: ms until NAME is Running, and until the import ended. */
+  const liveImport = async (args: string[], name: string) => {
+    const t = Date.now();
+    const p = spawn(CLI, ['import', ...args], {
+      env: {
+        ...process.env,
+        TRIVISOR_DIR: d.stateDir,
+        TRIVISOR_CONFIG_DIR: path.join(d.stateDir, 'cli-config'),
+      },
+      stdio: 'ignore',
+    });
+    const ended = once(p, 'exit');
+    let running: number | undefined;
+    while (p.exitCode === null && running === undefined) {
+      if (status(d, name) === 'Running') running = Date.now() - t;
+      else await sleep(100);
+    }
+    const [code] = (await ended) as [number | null];
+    if (code !== 0) throw new Error(`import ${args.join(' ')} exited ${code}`);
+    const complete = Date.now() - t;
+    if (backing(d, name) !== undefined) throw new Error('the disk still has a backing file');
+    return { running: running ?? complete, complete };
+  };
   for (let i = 0; i < reps; i++) {
     await settle();
     let t = Date.now();
@@ -99,6 +133,17 @@ try {
     if (backing(d, `live${i}`) !== undefined) throw new Error('the disk still has a backing file');
     liveRunning.push(running ?? Date.now() - t);
     ok(d, ['delete', '--force', `live${i}`]);
+    await settle();
+    t = Date.now();
+    ok(d, ['import', '--from-backups', 'src/plain.tar', `dirfull${i}`]);
+    ok(d, ['start', `dirfull${i}`]);
+    dirFull.push(Date.now() - t);
+    ok(d, ['delete', '--force', `dirfull${i}`]);
+    await settle();
+    const dir = await liveImport(['--from-backups', 'src/plain.tar', `dirlive${i}`, '--live'], `dirlive${i}`);
+    dirRunning.push(dir.running);
+    dirComplete.push(dir.complete);
+    ok(d, ['delete', '--force', `dirlive${i}`]);
   }
   const med = (xs: number[]) => Math.round(percentile(xs, 50));
   const row = {
@@ -108,7 +153,12 @@ try {
     fullImportAndStartMs: med(full),
     liveTimeToRunningMs: med(liveRunning),
     liveTimeToCompleteMs: med(liveComplete),
-    runs: { full, liveRunning, liveComplete },
+    fromBackupDirectory: {
+      fullImportAndStartMs: med(dirFull),
+      liveTimeToRunningMs: med(dirRunning),
+      liveTimeToCompleteMs: med(dirComplete),
+    },
+    runs: { full, liveRunning, liveComplete, dirFull, dirRunning, dirComplete },
   };
   console.error(JSON.stringify(row));
   console.log(
