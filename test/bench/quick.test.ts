@@ -66,6 +66,23 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'cliListJsonMs',
     ]);
   },
+  'ct-density-net-8.json': (r, f) => {
+    const t = r.trivisor as Json;
+    assert.deepEqual(
+      [t.started, t.leased, t.reachedGateway, t.spoofingHeld, t.baseChainsOnPrerouting, t.portChains],
+      [8, 8, 8, true, 1, 8],
+      `${f}: 8 guests started, leased, reaching the gateway; anti-spoofing held; one base chain for 8 ports`,
+    );
+    positive(f, r, [
+      'trivisor.startAllSeconds',
+      'trivisor.allLeasedSeconds',
+      'trivisor.checkAllSeconds',
+      'trivisor.daemonRssMiB',
+      'trivisor.dnsmasqRssMiB',
+      'raw.createSeconds',
+      'deleteAllSeconds',
+    ]);
+  },
   'ct-density-stages.json': (r, f) => {
     assert.equal(r.limit, undefined, `${f}: a quick run hits no limit`);
     const stages = r.trivisor as Json[];
