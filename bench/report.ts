@@ -526,13 +526,20 @@ if (liveRestore) {
     'for the full import), then restored both ways through the CLI, median of the runs (ms). Full: `import` then',
     '`start`, until the start has ended. Live: `import --live`, until the guest is Running (polled every 100 ms) and',
     'until the import has ended (the whole disk copied into its overlay, no backing file). Under TCG both include',
-    "the guest's boot; both include the CLI's upload of the whole archive into the daemon's state directory (a copy,",
-    'which a live restore does not avoid yet: the daemon keeps that copy until the disk is copied). How the time to',
-    'Running splits between the upload, the guest creation and the boot was not measured.',
+    "the guest's boot. Uploaded: the CLI sends the whole archive into the daemon's state directory first (a copy the",
+    'daemon keeps until the disk is copied). From the backup directory (`import --from-backups GUEST/ARCHIVE`,',
+    "decision 0070): the archive already on the daemon's host, hard-linked, no upload; the full import there is of the",
+    'uncompressed archive. How the time to Running splits between the guest creation and the boot was not measured.',
     '',
-    '| archive (plain / zstd) | full import + start | live: time to Running | live: time to complete |',
-    '|---|---|---|---|',
-    `| ${mib(liveRestore.plainArchiveBytes)} / ${mib(liveRestore.zstdArchiveBytes)} | ${f(liveRestore.fullImportAndStartMs, 0)} | ${f(liveRestore.liveTimeToRunningMs, 0)} | ${f(liveRestore.liveTimeToCompleteMs, 0)} |`,
+    '| archive (plain / zstd) | from | full import + start | live: time to Running | live: time to complete |',
+    '|---|---|---|---|---|',
+    `| ${mib(liveRestore.plainArchiveBytes)} / ${mib(liveRestore.zstdArchiveBytes)} | upload | ${f(liveRestore.fullImportAndStartMs, 0)} | ${f(liveRestore.liveTimeToRunningMs, 0)} | ${f(liveRestore.liveTimeToCompleteMs, 0)} |`,
+  );
+  const dir = liveRestore.fromBackupDirectory as Json | undefined;
+  lines.push(
+    dir
+      ? `| ${mib(liveRestore.plainArchiveBytes)} / – | backup directory | ${f(dir.fullImportAndStartMs, 0)} | ${f(dir.liveTimeToRunningMs, 0)} | ${f(dir.liveTimeToCompleteMs, 0)} |`
+      : '| – | backup directory | not measured in this result | | |',
     '',
     `Load average before ${liveRestore.loadBefore}, after ${liveRestore.loadAfter} (2 cores, shared with other work). Measured ${liveRestore.measuredAt}.`,
     '',
