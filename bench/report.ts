@@ -162,6 +162,49 @@ if (staged) {
   stamp([staged]);
 } else lines.push('_Not measured yet._', '');
 
+const netDensityFiles = readdirSync(RESULTS_DIR).filter((n) => /^ct-density-net-\d+\.json$/.test(n));
+lines.push(
+  '## (b3) ct density on one managed network',
+  '',
+  '`node bench/ct-density-net.ts N`: N busybox guests, each with a NIC on one managed network (its subnet sized for N),',
+  'started through the API (4 at a time); each gets its reserved address by DHCP and pings the gateway (checked from',
+  'inside), and anti-spoofing is checked on a sample (a foreign address and a foreign MAC dropped, the guest working',
+  'again after). Baseline: the same number of veth pairs on bare bridges made by hand (`ip link`), no guests. Decision',
+  '0068 has the limits lifted (one nftables table per daemon, leaf bridges past 1,000 ports, dnsmasq lease-max).',
+  'Target (issue 16 §4): 2,000 guests.',
+  '',
+);
+if (netDensityFiles.length > 0) {
+  lines.push(
+    '| N asked | started | leased | reached the gateway | spoofing held | start all (s) | per guest (ms) | check all (s) | daemon RSS MiB | port chains | leaf bridges | delete all (s) | raw: veth ports made (s) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const file of netDensityFiles.sort(
+    (a, b) => Number(/\d+/.exec(a)?.[0]) - Number(/\d+/.exec(b)?.[0]),
+  )) {
+    const x = load(file)!;
+    const t = x.trivisor as Json;
+    const raw = x.raw as Json;
+    lines.push(
+      `| ${x.requested} | ${t.started} | ${t.leased} | ${t.reachedGateway} | ${t.spoofingHeld ? 'yes' : '**no**'} | ${f(t.startAllSeconds)} | ${f(t.startPerGuestMs, 0)} | ${f(t.checkAllSeconds)} | ${f(t.daemonRssMiB)} | ${t.portChains} | ${t.leafBridges} | ${f(x.deleteAllSeconds)} | ${f(raw.createSeconds)} (${raw.ports}) |`,
+    );
+  }
+  lines.push('');
+  for (const file of netDensityFiles) {
+    const x = load(file)!;
+    if (x.stoppedEarly)
+      lines.push(
+        `N = ${x.requested}: the run stopped starting guests at ${String((x.trivisor as Json).started)} (its time for starting ran out), and measured those.`,
+        '',
+      );
+  }
+  stamp(
+    ...netDensityFiles
+      .sort()
+      .map((file): [Json | undefined, string] => [load(file), `N = ${/\d+/.exec(file)?.[0]}`]),
+  );
+} else lines.push('_Not measured yet._', '');
+
 const models = load('models.json');
 lines.push('## The three models side by side', '');
 lines.push(
