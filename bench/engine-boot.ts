@@ -73,8 +73,11 @@ function rawArgv(d: Daemon, name: string, dir: string): string[] {
   const guestDir = path.join(d.stateDir, 'guests', name);
   if (model === 'vm') return rawQemuArgv(pid, guestDir, dir);
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+  // What a running UML owns (uml_dir, its pid and mconsole) is in its runtime dir (decision 0066).
+  const runtimeDir = path.join(d.stateDir, 'run', 'pvm', name);
   return argv.map((a) =>
     a
+      .replaceAll(runtimeDir, dir)
       .replaceAll(guestDir, dir)
       // The agent's FIFOs are opened by Trivisor's launcher; the raw run has no agent.
       .replace(/^ssl1=fd:\d+,fd:\d+$/, 'ssl1=null'),
