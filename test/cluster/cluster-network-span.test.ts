@@ -333,7 +333,19 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
       }
     ).state.nics?.eth0?.hostName;
     assert.ok(port);
-    const del = cluster.inNetns(m1.netns, ['nft', 'delete', 'table', 'bridge', `trivisor-${port}`]);
+    // Its entry in m1's ports map goes (decision 0068: one table per daemon, a chain per port).
+    const tables = cluster.inNetns(m1.netns, ['nft', 'list', 'tables', 'bridge']).stdout;
+    const table = /table bridge (trivisor-ports-\S+)/.exec(tables)?.[1];
+    assert.ok(table, `m1's ports table: ${tables}`);
+    const del = cluster.inNetns(m1.netns, [
+      'nft',
+      'delete',
+      'element',
+      'bridge',
+      table,
+      'ports',
+      `{ "${port}" }`,
+    ]);
     assert.equal(del.code, 0, del.stderr);
     assert.equal(await arrived(spoofed), 0, "without m1's filter, sc's spoofed pings reached sd");
     assert.equal(await arrived(), 3, 'its own address still gets through');
