@@ -58,10 +58,14 @@ describe('converting a single host into a cluster', () => {
         disks: g.disks,
         pid: g.state.pid,
       })),
-      // On a cluster a network also says each member's bridge (decision 0034), checked below.
+      // On a cluster a network also says each member's bridge (decision 0034) and its VXLAN
+      // (decision 0050), checked below.
       networks: (
-        JSON.parse(d.ok(['network', 'list', '--format', 'json'])) as Array<{ members?: unknown }>
-      ).map(({ members: _, ...network }) => network),
+        JSON.parse(d.ok(['network', 'list', '--format', 'json'])) as Array<{
+          members?: unknown;
+          tunnel?: unknown;
+        }>
+      ).map(({ members: _, tunnel: __, ...network }) => network),
       pools: (JSON.parse(d.ok(['storage', 'list', '--format', 'json'])) as Array<{ name: string }>).map(
         (p) => p.name,
       ),
@@ -86,15 +90,17 @@ describe('converting a single host into a cluster', () => {
     for (const g of running) assert.ok(g.pid && alive(g.pid), `${g.name} kept running`);
     const after = read();
     assert.deepEqual(after, before, 'every record is as it was, every guest under the same process');
+    const spanned = (
+      JSON.parse(d.ok(['network', 'list', '--format', 'json'])) as Array<{
+        name: string;
+        members?: Array<{ name: string; status: string; tunnelEndpoint?: string }>;
+        tunnel?: { type: string };
+      }>
+    ).map((n) => [n.name, n.members?.map((m) => ({ name: m.name, status: m.status })), n.tunnel?.type]);
     assert.deepEqual(
-      (
-        JSON.parse(d.ok(['network', 'list', '--format', 'json'])) as Array<{
-          name: string;
-          members?: unknown;
-        }>
-      ).map((n) => [n.name, n.members]),
-      [['lan', [{ name: 'solo', status: 'Created' }]]],
-      "the converted member's bridge is the network's only one",
+      spanned,
+      [['lan', [{ name: 'solo', status: 'Created' }], 'vxlan']],
+      "the converted member's bridge is the network's only one, and it has its VXLAN",
     );
     const info = JSON.parse(d.ok(['info', 'c1', '--format', 'json'])) as { status: string };
     assert.equal(info.status, 'Running');
