@@ -23,6 +23,8 @@ RUNTIME_PACKAGES+=(ipmitool)
 # Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
 # GNU time measures the CLI's peak memory in bench/cli-latency.ts (CI runs the benchmarks' quick mode).
 TEST_PACKAGES=(chromium time)
+# Python reads and sets the xattrs and walks the trees the backup tests compare (btrfs send chains).
+TEST_PACKAGES+=(python3)
 # The vm tests build their own boot media from Debian's packages (a Debian disk with GRUB for BIOS and EFI,
 # a memtest86+ ISO). GRUB's binaries install no boot loader of this host's (grub-pc or grub-efi-amd64
 # would, and neither is pulled in).
