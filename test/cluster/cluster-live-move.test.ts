@@ -183,6 +183,18 @@ describe('moving a vm guest live between two members', () => {
       if (!copying) await new Promise((r) => setTimeout(r, 10));
     }
     assert.ok(copying, 'the copy started');
+    // Both streams go in TLS: the source's QEMU holds this migration's credentials. Asked before
+    // the destination is held up: with its NBD server stopped, the source's main loop may not
+    // greet a new monitor connection for seconds (seen in CI: no QMP greeting within 10 s).
+    const objects = await qmpOnce<Array<{ name: string; type: string }>>(
+      path.join(m1.daemon.stateDir, 'run', 'vm', NAME, 'qmp.sock'),
+      'qom-list',
+      { args: { path: '/objects' } },
+    );
+    assert.ok(
+      objects.some((o) => o.name === 'migration-tls' && o.type === 'child<tls-creds-x509>'),
+      JSON.stringify(objects),
+    );
     const pid = incoming();
     assert.match(pid, /^\d+$/, "the destination's waiting QEMU");
     process.kill(Number(pid), 'SIGSTOP');
@@ -203,16 +215,6 @@ describe('moving a vm guest live between two members', () => {
         ]);
         assert.notEqual(probe.code, 0, `port ${port} of m2 reached from m2 itself`);
       }
-      // Both streams go in TLS: the source's QEMU holds this migration's credentials.
-      const objects = await qmpOnce<Array<{ name: string; type: string }>>(
-        path.join(m1.daemon.stateDir, 'run', 'vm', NAME, 'qmp.sock'),
-        'qom-list',
-        { args: { path: '/objects' } },
-      );
-      assert.ok(
-        objects.some((o) => o.name === 'migration-tls' && o.type === 'child<tls-creds-x509>'),
-        JSON.stringify(objects),
-      );
       assert.equal((await m1.daemon.api('DELETE', `/1.0/operations/${id}`)).status, 200);
     } finally {
       process.kill(Number(pid), 'SIGCONT');
