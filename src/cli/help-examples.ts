@@ -87,6 +87,16 @@ export const HELP_EXAMPLES: Record<string, Array<[command: string, what: string]
   ],
   copy: [['trivisor copy web1 web1-test --start', 'copy-on-write where the pool can']],
   export: [['trivisor export v1 v1.backup --incremental', 'a vm backup that starts an incremental chain']],
+  'backup list': [
+    [
+      'trivisor backup list v1',
+      "v1's archives in the daemon's backup directory, each incremental with its parent",
+    ],
+    [
+      'trivisor import --from-backups v1/ARCHIVE v1-restored',
+      'restore one of them (an incremental with its chain)',
+    ],
+  ],
   'network create': [
     [
       'trivisor network create lab ipv4.address=198.18.50.1/24 ipv4.nat=true',

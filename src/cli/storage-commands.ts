@@ -8,7 +8,7 @@ import { clientOf, parsePairs } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 import { waitWithProgress } from './progress.ts';
 
-/** snapshot create|list|restore|delete, copy, export, import. */
+/** snapshot create|list|restore|delete, copy, export, import, backup list. */
 export function addStorageCommands(program: Command): void {
   const snapshot = program.command('snapshot').description('Snapshots of guests');
 
@@ -198,6 +198,44 @@ export function addStorageCommands(program: Command): void {
         );
       },
     );
+
+  const backup = program
+    .command('backup')
+    .description("The daemon's backup directory (TRIVISOR_BACKUP_DIR), which import --from-backups reads");
+
+  backup
+    .command('list')
+    .alias('ls')
+    .description(
+      "List the archives in the daemon's backup directory: what import --from-backups GUEST/ARCHIVE takes, with each incremental's chain and parent",
+    )
+    .argument('[guest]', "only this guest's archives")
+    .addOption(
+      new Option('-f, --format <format>', 'output format')
+        .choices(['table', 'json', 'yaml'])
+        .default('table'),
+    )
+    .action(async (guest: string | undefined, opts: { format: OutputFormat }, cmd: Command) => {
+      const list = await clientOf(cmd).listBackupDirectory(guest !== undefined ? { guest } : {});
+      if (opts.format !== 'table') {
+        process.stdout.write(renderData(list, opts.format));
+        return;
+      }
+      process.stdout.write(
+        renderTable(
+          ['ARCHIVE', 'KIND', 'CHAIN', 'PARENT', 'SIZE', 'CREATED', 'RESTORABLE'],
+          list.map((a) => [
+            a.archive,
+            a.kind,
+            a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '-',
+            a.parent ?? '-',
+            formatBytes(a.sizeBytes),
+            a.createdAt,
+            a.restorable ? 'yes' : `no: ${a.problem ?? 'its chain is not whole'}`,
+          ]),
+        ),
+      );
+    });
 
   program
     .command('admin')

@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import type { Operation } from '../api/types.ts';
+import type { BackupDirectoryArchive } from '../services/backup-directory.ts';
 import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
 import type { RecoverReport } from '../services/storage-service.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -40,6 +41,8 @@ export interface StorageClient {
     archive: string,
     options?: { name?: string; storage?: string; target?: string; live?: boolean },
   ): Promise<Operation>;
+  /** The archives of the daemon's backup directory (all guests', or `guest`'s), oldest first (decision 0074). */
+  listBackupDirectory(options?: { guest?: string }): Promise<BackupDirectoryArchive[]>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   /** Starts bringing back a lost member's guests from the backup directory `directory` (on the daemon's host). */
@@ -159,6 +162,8 @@ export function storageMethods(
         ...(o.storage !== undefined && { pool: o.storage }),
         ...(o.live && { live: true }),
       }),
+    listBackupDirectory: (o = {}) =>
+      call('GET', `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}`),
     recover: () => call('POST', '/1.0/admin/recover', {}),
     recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),

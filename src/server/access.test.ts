@@ -82,6 +82,9 @@ const EXPECTED: Record<string, ActionClass> = {
   'POST /1.0/admin/recover': 'host-admin',
   'POST /1.0/admin/recover/backups': 'host-admin',
   'POST /1.0/backups/import': 'host-admin',
+  // The backup directory's names, sizes and times: read as pools are; restoring from it is host-admin.
+  'GET /1.0/backups': 'host-read',
+  'GET /1.0/backups/:guest/:archive': 'host-read',
   'GET /1.0/projects': 'host-read',
   'POST /1.0/projects': 'host-admin',
   // The project named in the path (here p1): its members may read it, quotas are the host's.

@@ -91,6 +91,8 @@ export const OPERATION_IDS: Record<string, string> = {
   'GET /1.0/guests/{name}/backups/{backup}/export': 'downloadGuestBackup',
   'POST /1.0/backups': 'importGuest',
   'POST /1.0/backups/import': 'importGuestFromBackupDirectory',
+  'GET /1.0/backups': 'listBackupDirectory',
+  'GET /1.0/backups/{guest}/{archive}': 'getBackupDirectoryArchive',
   'POST /1.0/admin/recover': 'recoverGuests',
   'POST /1.0/admin/recover/backups': 'recoverGuestsFromBackups',
   'DELETE /1.0/operations/{id}': 'cancelOperation',

@@ -17,7 +17,11 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import { importFromBackupDirectory } from '../services/backup-directory.ts';
+import {
+  getBackupDirectoryArchive,
+  importFromBackupDirectory,
+  listBackupDirectory,
+} from '../services/backup-directory.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import { assertTarget, TargetQueryProperties } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
@@ -484,6 +488,85 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
+  const BackupDirectoryArchiveSchema = Type.Object({
+    guest: Type.String({ description: "The guest's folder in the backup directory" }),
+    name: Type.String({ description: "The archive's file name" }),
+    archive: Type.String({ description: 'GUEST/NAME, what POST /1.0/backups/import takes' }),
+    sizeBytes: Type.Number(),
+    createdAt: Type.String({
+      description:
+        "When it was taken (from its name in the scheduled backups' layout, else the file's mtime)",
+    }),
+    kind: Type.Union(
+      [Type.Literal('full'), Type.Literal('incremental'), Type.Literal('whole'), Type.Literal('other')],
+      {
+        description:
+          'full/incremental: a link of a chain (decision 0062); whole: a whole archive; other: a name outside the layout, imported alone',
+      },
+    ),
+    chain: Type.Optional(Type.String()),
+    sequence: Type.Optional(Type.Number()),
+    parent: Type.Optional(Type.String({ description: "An incremental's link before it (its file name)" })),
+    restorable: Type.Boolean({
+      description: 'False for an incremental whose earlier links are not all in the directory',
+    }),
+    problem: Type.Optional(Type.String({ description: 'Why it cannot be restored' })),
+  });
+  /** The backup directory, or a one-line 501 on a daemon without one. */
+  const backupDir = (): string => {
+    if (!ctx.backupDir) throw notSupported('This daemon has no backup directory');
+    return ctx.backupDir;
+  };
+
+  app.get<{ Querystring: { recursion?: number; guest?: string } }>(
+    '/1.0/backups',
+    {
+      // Names, sizes and times of the host's backup directory: read, as pools are; restoring from it is host-admin.
+      config: { access: 'host-read' },
+      schema: {
+        summary: "List the archives in the daemon's backup directory (what import --from-backups takes)",
+        description:
+          "Every archive of TRIVISOR_BACKUP_DIR (default STATE/shipped-backups) an import accepts, by guest, oldest first: recursion=0 their URLs, recursion=1 their records (size, when taken, full or incremental with its chain, sequence and parent link, whether it can be restored). `guest=NAME` lists that guest's only. A directory that does not exist yet lists nothing (decision 0074).",
+        querystring: Type.Object({
+          ...RecursionQuerySchema.properties,
+          guest: Type.Optional(Type.String({ description: "Only this guest's archives" })),
+        }),
+        response: {
+          200: SyncEnvelope(
+            Type.Union([Type.Array(BackupDirectoryArchiveSchema), Type.Array(Type.String())]),
+          ),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { guest } = request.query;
+      if (guest !== undefined) assertDnsLabel(guest, 'guest name');
+      const list = await listBackupDirectory(backupDir(), guest !== undefined ? { guest } : {});
+      return syncResponse(
+        (request.query.recursion ?? 0) === 0
+          ? list.map((a) => `/1.0/backups/${encodeURIComponent(a.guest)}/${encodeURIComponent(a.name)}`)
+          : list,
+      );
+    },
+  );
+
+  app.get<{ Params: { guest: string; archive: string } }>(
+    '/1.0/backups/:guest/:archive',
+    {
+      config: { access: 'host-read' },
+      schema: {
+        summary: "Show one archive of the daemon's backup directory",
+        params: Type.Object({ guest: Type.String(), archive: Type.String() }),
+        response: { 200: SyncEnvelope(BackupDirectoryArchiveSchema), ...errors },
+      },
+    },
+    async (request) =>
+      syncResponse(
+        await getBackupDirectoryArchive(backupDir(), `${request.params.guest}/${request.params.archive}`),
+      ),
+  );
+
   app.post<{
     Body: {
       source: { type: 'backup-directory'; archive: string };
@@ -527,12 +610,12 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       const { name, pool, live, source } = request.body;
       if (name !== undefined) assertDnsLabel(name, 'guest name');
       if (pool !== undefined) assertDnsLabel(pool, 'pool name');
-      if (!ctx.backupDir) throw notSupported('This daemon has no backup directory');
+      const directory = backupDir();
       return sendAsync(
         reply,
         await importFromBackupDirectory(
           {
-            directory: ctx.backupDir,
+            directory,
             workDir: ctx.uploadDir ?? tmpdir(),
             storage: storage(request),
             operations: ctx.services.operations,

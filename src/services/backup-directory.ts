@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, link, lstat, mkdir, realpath, rm } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { isDnsLabel } from '../core/names.ts';
@@ -72,6 +72,107 @@ export async function linksUpTo(
     );
   }
   return upTo.map((l) => l.path);
+}
+
+/**
+ * One archive of the backup directory, as `GET /1.0/backups?recursion=1` lists it (decision 0074):
+ * what `import --from-backups GUEST/NAME` takes, and what it would restore.
+ */
+export interface BackupDirectoryArchive {
+  /** The guest's folder in the directory. */
+  guest: string;
+  /** The archive's file name. */
+  name: string;
+  /** GUEST/NAME: what `POST /1.0/backups/import` takes as `source.archive`. */
+  archive: string;
+  sizeBytes: number;
+  /** When it was taken (from its name in the scheduled backups' layout; else the file's mtime). */
+  createdAt: string;
+  /**
+   * `full` or `incremental`: a link of a chain (decision 0062); `whole`: a whole archive of the
+   * layout (before chains); `other`: a name outside the layout, imported as it is, alone.
+   */
+  kind: 'full' | 'incremental' | 'whole' | 'other';
+  chain?: string;
+  sequence?: number;
+  /** An incremental's link before it in its chain (its file name), which an import applies first. */
+  parent?: string;
+  /** Whether an import of it can run: false for an incremental whose earlier links are not all there. */
+  restorable: boolean;
+  /** Why it cannot be restored, in one line. */
+  problem?: string;
+}
+
+/**
+ * The archives of the backup directory, by guest, oldest first. Only what an import would accept
+ * is listed: regular files (no symbolic link, no dot file such as a shipping's temporary copy)
+ * in a guest's folder whose real path is inside the directory. A missing directory lists nothing.
+ */
+export async function listBackupDirectory(
+  directory: string,
+  options: { guest?: string } = {},
+): Promise<BackupDirectoryArchive[]> {
+  const root = await realpath(directory).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return undefined;
+    throw e;
+  });
+  if (!root) return [];
+  const guests = options.guest !== undefined ? [options.guest] : (await readdir(root)).sort();
+  const found: BackupDirectoryArchive[] = [];
+  for (const guest of guests) {
+    if (!isDnsLabel(guest)) continue;
+    const folder = await realpath(join(root, guest)).catch(() => undefined);
+    if (!folder?.startsWith(root + sep)) continue;
+    const names = await readdir(folder).catch(() => [] as string[]);
+    const shipped = new Map((await listShipped(root, guest)).map((b) => [b.name, b]));
+    const chains = chainsOf([...shipped.values()]);
+    const mine: BackupDirectoryArchive[] = [];
+    for (const name of names) {
+      if (name.startsWith('.')) continue;
+      const st = await lstat(join(folder, name)).catch(() => undefined);
+      if (!st?.isFile()) continue;
+      const b = shipped.get(name);
+      const base = { guest, name, archive: `${guest}/${name}`, sizeBytes: st.size };
+      if (!b) {
+        mine.push({ ...base, createdAt: st.mtime.toISOString(), kind: 'other', restorable: true });
+        continue;
+      }
+      const entry: BackupDirectoryArchive = {
+        ...base,
+        createdAt: b.takenAt.toISOString(),
+        kind: b.link ? b.link.kind : 'whole',
+        restorable: true,
+      };
+      if (b.link) {
+        entry.chain = b.link.chain;
+        entry.sequence = b.link.sequence;
+        const chain = chains.find((c) => c.id === b.link?.chain);
+        if (b.link.sequence > 0) {
+          const before = chain?.links.find((l) => l.link?.sequence === (b.link?.sequence ?? 0) - 1);
+          if (before) entry.parent = before.name;
+        }
+        if (!chain?.usable.some((l) => l.name === name)) {
+          entry.restorable = false;
+          entry.problem = chain?.broken ?? `The earlier links of chain ${b.link.chain} are missing`;
+        }
+      }
+      mine.push(entry);
+    }
+    mine.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || (a.sequence ?? 0) - (b.sequence ?? 0));
+    found.push(...mine);
+  }
+  return found;
+}
+
+/** One archive of the backup directory, named GUEST/NAME (refused as an import would refuse it). */
+export async function getBackupDirectoryArchive(
+  directory: string,
+  archive: string,
+): Promise<BackupDirectoryArchive> {
+  const { guest, file } = await resolveBackupArchive(directory, archive);
+  const found = (await listBackupDirectory(directory, { guest })).find((a) => a.name === file);
+  if (!found) throw notFound(`Backup ${archive} not found in the backup directory`);
+  return found;
 }
 
 /** A file beside `workDir` the import may remove: a hard link to `path`, else a copy. */
