@@ -336,6 +336,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
           }),
           migrationOf: (model) => drivers[model]?.migration,
           log,
+          hostSubnets: () => hostNetworks(runner),
         }),
         { store, operations, hostName, log },
       ),

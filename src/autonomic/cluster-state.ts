@@ -33,6 +33,11 @@ export interface GuestState {
   downtimeBudgetMs?: number;
   /** `cluster.evacuate=stop`: an evacuation stops it where it is instead of moving it (decision 0055). */
   stopOnEvacuation?: boolean;
+  /**
+   * Why it must stay on its member, one line (a port forward of the member's address points at
+   * it, decision 0075): no policy moves it, and a member holding it is not emptied.
+   */
+  pinned?: string;
   /** Its last move: the cooldown and the no-return rule read it. */
   lastMove?: { atMs: number; from: string; to: string };
 }
@@ -184,6 +189,7 @@ export function linkBandwidth(from: MemberState, to: MemberState): { bytesPerSec
 
 /** The price of moving `g` between two members (the measured link, else the slower member's assumed bandwidth). */
 export function priceMove(g: GuestState, from: MemberState, to: MemberState, costs: MoveCosts): MovePrice {
+  if (g.pinned !== undefined) return { ok: false, why: g.pinned };
   const link = linkBandwidth(from, to);
   const copySeconds = bytesToMove(g) / link.bytesPerSecond;
   const bandwidth = link.said;

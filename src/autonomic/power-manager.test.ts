@@ -348,6 +348,36 @@ describe('power manager', () => {
     assert.ok(plan.notes.includes('c stays on: db: migration.downtime_budget is 0 (never cold-moved)'));
   });
 
+  test('a member holding a guest a port forward pins to it is not evacuated, and says why', () => {
+    const why = 'db is pinned to c by port forward lab 198.18.0.13:8080/tcp → 198.18.50.20:80';
+    const state: ClusterState = {
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c')],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 6),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 6),
+        ),
+        guest(
+          'db',
+          'c',
+          series(() => 0.5),
+          { pinned: why },
+        ),
+      ],
+    };
+    const { plan } = planPower(state);
+    assert.ok(plan.evacuations.every((e) => e.member !== 'c'));
+    assert.ok(plan.notes.includes(`c stays on: ${why}`), plan.notes.join('\n'));
+  });
+
   test('bad knobs get a one-line error', () => {
     const state: ClusterState = { nowMs: 0, intervalMs: 300_000, members: [member('a')], guests: [] };
     assert.throws(

@@ -206,6 +206,28 @@ describe('rebalancer', () => {
     assert.ok(plan.notes.some((n) => /pinned: migration.downtime_budget is 0/.test(n)));
   });
 
+  test('a guest a port forward pins to its member never moves, and the plan says why', () => {
+    const why = 'hot is pinned to a by port forward lab 198.18.0.11:8080/tcp → 198.18.50.20:80';
+    const a = member('a');
+    const b = member('b');
+    assert.deepEqual(priceMove(guest('hot', 'a', 9, { pinned: why }), a, b, DEFAULT_REBALANCE.costs), {
+      ok: false,
+      why,
+    });
+    const state: ClusterState = {
+      nowMs: 0,
+      intervalMs: 300_000,
+      members: [a, b],
+      guests: [guest('hot', 'a', 9, { pinned: why }), guest('other', 'a', 6)],
+    };
+    const plan = planRebalance(state);
+    assert.deepEqual(
+      plan.moves.map((m) => m.guest),
+      ['other'],
+    );
+    assert.ok(plan.notes.includes(why));
+  });
+
   test("a link's measured bandwidth prices its moves, said in the explanation; an unmeasured one is assumed 1 Gbit/s", () => {
     // a → b measured at 870 Mbit/s over 3 moves, a → c never: the same 2 GiB guest costs more to b.
     const a = member('a', { links: { b: { bytesPerSecond: 108_750_000, moves: 3 } } });

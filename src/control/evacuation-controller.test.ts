@@ -28,6 +28,8 @@ describe('evacuation controller', () => {
   let operations: OperationService;
   let moves: string[];
   let failMoves: boolean;
+  /** Guests a port forward pins to their member, with the mover's reason. */
+  let pins: Map<string, string>;
   const controllerOf = (hostName: string) =>
     createEvacuationController({
       store,
@@ -40,6 +42,7 @@ describe('evacuation controller', () => {
           status: m.value.evacuated ? 'Evacuated' : 'Online',
         })),
       mover: {
+        pinned: async (s) => pins.get(s.name),
         async move(name, { target, live }) {
           moves.push(`${name}->${target}${live ? ' live' : ''}`);
           return operations.start({
@@ -82,6 +85,7 @@ describe('evacuation controller', () => {
     operations = createOperationService(createEventBus());
     moves = [];
     failMoves = false;
+    pins = new Map();
     await records.member.at('h1').put(store, member('h1'));
     await records.member.at('h2').put(store, member('h2'));
     for (const [name, config, up] of [
@@ -97,6 +101,24 @@ describe('evacuation controller', () => {
   });
   afterEach(async () => {
     await store.close();
+  });
+
+  test('a guest a port forward pins to the evacuated member stays there with the reason in its record and in the progress; it is not placed nor moved', async () => {
+    const why =
+      "a is pinned to h1 by port forward lab 198.18.0.11:8080/tcp → 198.18.50.20:80 (a forward reaches only the guests of its listen address's member)";
+    pins.set('a', why);
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, []);
+    assert.equal(await where('a'), 'h1');
+    assert.equal((await records.evacuation.at('a').get(store))?.value.error, why);
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), {
+      left: [],
+      failed: [{ guest: 'a', error: why }],
+    });
+    // Not tried again by the next pass.
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, []);
   });
 
   test('an evacuated member moves its guests, stops those that say stop, and leaves a stopped one alone; a restore brings every one back as it was', async () => {
@@ -150,6 +172,7 @@ describe('evacuation controller', () => {
     await controllerOf('h1').pass();
     assert.equal(await records.evacuation.at('a').get(store), undefined, 'a never left: its record goes');
     failMoves = false;
+    pins = new Map();
     await records.member.at('h1').put(store, member('h1', true));
     await controllerOf('h1').pass();
     assert.deepEqual(moves, ['a->h2', 'a->h2']);

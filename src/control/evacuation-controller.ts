@@ -26,7 +26,8 @@ import { type EvacuationRecord, records, valuesOf } from '../store/records.ts';
 export interface EvacuationControllerDeps {
   store: KvStore;
   hostName: string;
-  mover: Pick<GuestMover, 'move'>;
+  /** `pinned`: why a guest cannot leave (a port forward of this member's address points at it, decision 0075). */
+  mover: Pick<GuestMover, 'move'> & Partial<Pick<GuestMover, 'pinned'>>;
   guests: Pick<GuestService, 'changeState' | 'placementFor'>;
   operations: Pick<OperationService, 'wait'>;
   /** The members and their status (`cluster list`): a guest goes back only to an Online member. */
@@ -103,6 +104,13 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
           await record(spec.name, value);
           const error = await finished(await deps.guests.changeState(spec.name, { action: 'stop' }));
           if (error) await failed(spec.name, value, error);
+          continue;
+        }
+        // Pinned here (a port forward of this member's address points at it): it stays, its
+        // record saying why, as one the mover refused (decision 0075); no room is taken elsewhere.
+        const pinned = await deps.mover.pinned?.(spec);
+        if (pinned !== undefined) {
+          await failed(spec.name, value, pinned);
           continue;
         }
         if (!deps.guests.placementFor) throw new Error('no scheduler: this daemon is not in a cluster');

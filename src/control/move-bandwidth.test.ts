@@ -100,6 +100,7 @@ describe('move bandwidth', () => {
       new Error('the destination refused'),
     ];
     const inner: GuestMover = {
+      pinned: async () => undefined,
       async move(name) {
         const outcome = results.shift();
         return operations.start({

@@ -114,6 +114,7 @@ export function measuringMover(
   },
 ): GuestMover {
   return {
+    pinned: (spec) => mover.pinned(spec),
     async move(name, request) {
       const op = await mover.move(name, request);
       void deps.operations

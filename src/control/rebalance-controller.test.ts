@@ -7,6 +7,7 @@ import { isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, TrivisorEvent } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
+import { memberByClusterAddress } from '../network/forward-pins.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { type MetricsHistory, openMetricsHistory } from '../services/metrics-history.ts';
 import { guestSeries, hostSeries } from '../services/metrics-sampler.ts';
@@ -19,6 +20,7 @@ import {
   buildClusterState,
   createRebalanceController,
   memberLoadOf,
+  pinnedGuests,
   type RebalanceMember,
 } from './rebalance-controller.ts';
 
@@ -89,6 +91,68 @@ describe('buildClusterState', () => {
       ['a voter', 'c voter', 'd'],
     );
     assert.deepEqual(state.members[0]?.links, { c: { bytesPerSecond: 5e7, moves: 2 } });
+  });
+
+  test("a guest that a port forward of its member's cluster address points at is pinned, with the note; other guests are not", () => {
+    const nic = (ip: string) => ({ eth0: { type: 'nic' as const, network: 'lab', 'ipv4.address': ip } });
+    const lab = {
+      name: 'lab',
+      description: '',
+      config: { 'ipv4.address': '198.18.50.1/24' },
+      generation: 1,
+      deleting: false,
+      location: 'a',
+      createdAt: new Date(0).toISOString(),
+      forwards: [
+        {
+          listenAddress: '198.18.0.11',
+          listenPort: 8080,
+          protocol: 'tcp' as const,
+          targetAddress: '198.18.50.20',
+          targetPort: 80,
+        },
+      ],
+    };
+    const pinned = pinnedGuests(
+      [
+        aGuestSpec({ name: 'web', location: 'a', devices: nic('198.18.50.20') }),
+        aGuestSpec({ name: 'db', location: 'a', devices: nic('198.18.50.21') }),
+      ],
+      [lab],
+      memberByClusterAddress([
+        { name: 'a', address: '198.18.0.11:8443' },
+        { name: 'b', address: '198.18.0.12:8443' },
+      ]),
+    );
+    const why =
+      "web is pinned to a by port forward lab 198.18.0.11:8080/tcp → 198.18.50.20:80 (a forward reaches only the guests of its listen address's member)";
+    assert.deepEqual([...pinned], [['web', why]]);
+    const { state } = buildClusterState({
+      nowMs: NOW,
+      settings,
+      members: [member('a'), member('b')],
+      loads: new Map([
+        [
+          'a',
+          load({
+            web: { model: 'ct', cpu: [1, 1, 1, 1, 1, 1], memoryBytes: [1, 1, 1, 1, 1, 1] },
+            db: { model: 'ct', cpu: [1, 1, 1, 1, 1, 1], memoryBytes: [1, 1, 1, 1, 1, 1] },
+          }),
+        ],
+        ['b', load({})],
+      ]),
+      specs: [spec('web', 'a'), spec('db', 'a')],
+      moves: [],
+      bandwidthBytesPerSecond: 1e8,
+      pinned,
+    });
+    assert.deepEqual(
+      state.guests.map((g) => [g.id, g.pinned]),
+      [
+        ['db', undefined],
+        ['web', why],
+      ],
+    );
   });
 
   test("series are aligned on the window's steps, gaps are no demand, and the last move, the budget and the owner come from the records", () => {

@@ -19,8 +19,9 @@ import { migrationDowntimeBudgetMs, type RebalanceSettings, rebalanceSettings } 
 import { asTrivisorError, conflict, isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { isPowerKey, type MemberPowerConfig, type PowerSettings, powerSettings } from '../core/power-keys.ts';
-import type { GuestSpec } from '../core/types.ts';
+import type { GuestSpec, NetworkSpec } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
+import { forwardPins, memberByClusterAddress, pinNote } from '../network/forward-pins.ts';
 import type { GuestMover } from '../services/guest-move.ts';
 import type { HistoryPoints, MetricsHistory } from '../services/metrics-history.ts';
 import { guestSeries, hostSeries } from '../services/metrics-sampler.ts';
@@ -151,6 +152,8 @@ export interface StateInputs {
   bandwidthBytesPerSecond: number;
   /** The links finished moves measured (move-bandwidth.ts), by source then destination: they replace the assumed bandwidth. */
   links?: ReadonlyMap<string, Readonly<Record<string, LinkBandwidth>>>;
+  /** Guests that must stay where they are, with the reason (port forwards, decision 0075). */
+  pinned?: ReadonlyMap<string, string>;
   /** Power management's view (decision 0055): off and booting members take part as such. */
   power?: {
     settings: PowerSettings;
@@ -250,6 +253,10 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
   let end = nowStep;
   for (const load of usable.values()) end = Math.min(end, load.endAt);
   const specs = new Map(input.specs.map((s) => [s.name, s]));
+  const pinnedOf = (name: string) => {
+    const why = input.pinned?.get(name);
+    return why === undefined ? {} : { pinned: why };
+  };
   const guests: GuestState[] = [];
   for (const [member, load] of usable) {
     for (const name of Object.keys(load.guests).sort()) {
@@ -282,6 +289,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
         memoryBytes: at(g.memoryBytes),
         ...(budget !== undefined && { downtimeBudgetMs: budget }),
         ...(spec.config['cluster.evacuate'] === 'stop' && { stopOnEvacuation: true }),
+        ...pinnedOf(name),
         ...(last && { lastMove: last }),
       });
     }
@@ -298,6 +306,26 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
     },
     notes,
   };
+}
+
+/**
+ * The guests port forwards pin to their member (decision 0075), each with the planners' note.
+ * Here a listen address is placed by the members' cluster addresses only (another member's own
+ * interfaces are not known where the plan runs); the mover, on the guest's member, also knows
+ * its own interfaces' and refuses such a move, which the move's record then says.
+ */
+export function pinnedGuests(
+  specs: readonly GuestSpec[],
+  networks: readonly NetworkSpec[],
+  memberOf: (address: string) => string | undefined,
+): Map<string, string> {
+  const out = new Map<string, string>();
+  if (!networks.some((n) => (n.forwards ?? []).length > 0)) return out;
+  for (const spec of specs) {
+    const pins = forwardPins(spec, networks, memberOf);
+    if (pins.length > 0) out.set(spec.name, pinNote(spec.name, spec.location, pins));
+  }
+  return out;
 }
 
 /** The rebalancer's keys: the settings map less power management's (decision 0055). */
@@ -498,13 +526,15 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   }
 
   async function plan(settings: RebalanceSettings) {
-    const [members, loads, specs, moves, pw, links] = await Promise.all([
+    const [members, loads, specs, moves, pw, links, networks, memberRecords] = await Promise.all([
       deps.members(),
       records.memberLoad.list(store),
       records.guest.list(store),
       records.clusterMove.list(store),
       power ? powerNow() : undefined,
       readLinks(store),
+      records.network.list(store),
+      records.member.list(store),
     ]);
     const managed =
       power && pw?.settings.enabled
@@ -520,6 +550,11 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       moves: valuesOf(moves),
       bandwidthBytesPerSecond: deps.bandwidthBytesPerSecond ?? 125_000_000,
       links,
+      pinned: pinnedGuests(
+        valuesOf(specs),
+        valuesOf(networks),
+        memberByClusterAddress(valuesOf(memberRecords).map((m) => ({ name: m.name, address: m.address }))),
+      ),
     });
     const rebalance = {
       intervalMs: settings.intervalMs,

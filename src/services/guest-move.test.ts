@@ -363,6 +363,75 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual(discarded, []);
   });
 
+  test("a guest that a port forward of its member's address points at is refused in one line (409) naming the forward, nothing changes, and pinned() says why; a forward of another member's address does not hold it", async () => {
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.guest.at('web').put(store, {
+      ...now.value,
+      devices: { eth0: { type: 'nic', network: 'lab', 'ipv4.address': '198.18.50.20' } },
+    });
+    await waitForGuest(store, 'web', convergedTo(now.value.generation));
+    for (const [name, ip] of [
+      ['h1', '198.18.0.11'],
+      ['h2', '198.18.0.12'],
+    ] as const) {
+      await records.member.at(name).put(store, {
+        name,
+        address: `${ip}:8443`,
+        roles: [],
+        certificateFingerprint: 'ff',
+        version: 'test',
+        joinedAt: new Date(0).toISOString(),
+        evacuated: false,
+      });
+    }
+    const forward = (listenAddress: string) => ({
+      listenAddress,
+      listenPort: 8080,
+      protocol: 'tcp' as const,
+      targetAddress: '198.18.50.20',
+      targetPort: 80,
+      targetGuest: 'web',
+    });
+    const lab = {
+      name: 'lab',
+      description: '',
+      config: { 'ipv4.address': '198.18.50.1/24' },
+      generation: 1,
+      deleting: false,
+      location: 'h1',
+      createdAt: new Date(0).toISOString(),
+      forwards: [forward('198.18.0.11')],
+    };
+    await records.network.at('lab').put(store, lab);
+    const before = await records.guest.at('web').get(store);
+    await assert.rejects(mover.move('web', { target: 'h2' }), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'Conflict');
+      assert.equal(
+        e.message,
+        "Guest web cannot move to h2: port forward lab 198.18.0.11:8080/tcp → 198.18.50.20:80 listens on member h1's address and would no longer reach it; remove it (trivisor network forward remove lab 198.18.0.11:8080), move the guest, and forward an address of h2 instead",
+      );
+      return true;
+    });
+    assert.equal(
+      (await records.guest.at('web').get(store))?.modRevision,
+      before?.modRevision,
+      'spec untouched',
+    );
+    assert.deepEqual(sent, []);
+    assert.equal(backups.made, 0);
+    const spec = (await guest()) as GuestSpec;
+    assert.equal(
+      await mover.pinned(spec),
+      "web is pinned to h1 by port forward lab 198.18.0.11:8080/tcp → 198.18.50.20:80 (a forward reaches only the guests of its listen address's member)",
+    );
+    // A forward left on h2's address (made before forwards were checked) reaches nothing now: it holds nothing.
+    await records.network.at('lab').put(store, { ...lab, forwards: [forward('198.18.0.12')] });
+    assert.equal(await mover.pinned(spec), undefined);
+    await end(await mover.move('web', { target: 'h2' }));
+    assert.equal((await guest())?.location, 'h2');
+  });
+
   test('refusals are one line, with their code, and change nothing', async () => {
     const before = await records.guest.at('web').get(store);
     const refused = async (target: string, more: { live?: boolean } = {}) => {

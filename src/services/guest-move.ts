@@ -31,10 +31,13 @@ import type {
 } from '../drivers/live-migration.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import type { HostSubnet } from '../network/default-network.ts';
+import { type ForwardPin, forwardPins, pinNote, pinRefusal } from '../network/forward-pins.ts';
 import { digestOf } from '../storage/backup-archive.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
+import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
@@ -110,10 +113,17 @@ export interface GuestMoverDeps {
   log: Logger;
   /** How long the destination may take to make the guest's files, and to start it (default 5 min). */
   convergeMs?: number;
+  /** This member's interfaces' addresses: a port forward listening on one pins its target here (decision 0075). */
+  hostSubnets?: () => Promise<HostSubnet[]>;
 }
 
 export interface GuestMover {
   move(name: string, request: MoveRequest): Promise<Operation>;
+  /**
+   * Why guest `spec` (this member's) cannot leave this member, in one line, or undefined: the port
+   * forwards of this member's addresses that point at it (decision 0075). The evacuation shows it.
+   */
+  pinned(spec: GuestSpec): Promise<string | undefined>;
 }
 
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
@@ -139,6 +149,15 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           "the moved guest's old files are left",
         ),
       );
+
+  /** The port forwards of this member's addresses that point at guest `spec` (decision 0075). */
+  async function pinsOf(spec: GuestSpec): Promise<ForwardPin[]> {
+    const [networks, memberOf] = await Promise.all([
+      records.network.list(store),
+      addressMembers({ store, hostName, hostSubnets: deps.hostSubnets }),
+    ]);
+    return forwardPins({ ...spec, location: hostName }, valuesOf(networks), memberOf);
+  }
 
   /** Refusals that need no work: one line each, nothing changed. */
   async function check(name: string, request: MoveRequest) {
@@ -182,6 +201,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
       );
     }
     if (spec.value.deleting) throw conflict(`Guest ${name} is being deleted`);
+    const pins = await pinsOf(spec.value);
+    if (pins.length > 0) {
+      throw conflict(pinRefusal(name, { from: hostName, to: request.target }, pins));
+    }
     if (!status?.value.provisioned || status.value.observedGeneration < spec.value.generation) {
       throw conflict(`Guest ${name} is busy with another change; wait for its operation to finish`);
     }
@@ -222,6 +245,11 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
   }
 
   return {
+    async pinned(spec) {
+      const pins = await pinsOf(spec);
+      return pins.length > 0 ? pinNote(spec.name, hostName, pins) : undefined;
+    },
+
     async move(name, request) {
       const checked = await check(name, request);
       // An HA guest's record says it moves before anything of it leaves (refused, changing

@@ -2,8 +2,8 @@ import { conflict, failedPrecondition, invalidArgument, notFound } from '../core
 import { projectOfRecord } from '../core/projects.ts';
 import type { NetworkForward, NetworkSpec } from '../core/types.ts';
 import { contains, parseGatewayCidr, parseIpv4, subnetOf } from '../network/ipv4.ts';
-import { addressHost } from '../network/vxlan.ts';
 import { records, valuesOf } from '../store/records.ts';
+import { addressMembers } from './address-members.ts';
 import type { NetworkContext } from './network-context.ts';
 import type { NetworkService } from './network-service.ts';
 import { validateAclRule } from './network-validation.ts';
@@ -13,26 +13,6 @@ export function networkForwards(
   ctx: NetworkContext,
 ): Pick<NetworkService, 'addForward' | 'removeForward' | 'addAcl' | 'removeAcl'> {
   const { store, deps, load, guestIn, waitConverged, writeSpec, rollBack } = ctx;
-
-  /**
-   * The member whose host holds `address`, when it can be told: a member's cluster address, or
-   * an address of this member's own interfaces (not a network's bridge: its gateway address is
-   * on every member). Undefined on a single host, or for an address no member is known by.
-   */
-  async function memberOfAddress(address: string): Promise<string | undefined> {
-    const members = (await records.member.list(store)).items;
-    if (members.length === 0) return undefined;
-    const byCluster = members.find((m) => addressHost(m.value.address) === address);
-    if (byCluster) return records.member.nameOf(byCluster.key);
-    if (!deps.hostSubnets) return undefined;
-    const bridges = new Set(
-      (await store.list(records.network.prefix)).kvs.map((kv) => records.network.nameOf(kv.key)),
-    );
-    const own = (await deps.hostSubnets()).some(
-      (h) => h.source === 'address' && !bridges.has(h.dev) && h.cidr.split('/')[0] === address,
-    );
-    return own ? deps.hostName : undefined;
-  }
 
   /**
    * Refuses a forward whose target runs on another member than the one holding its listen
@@ -46,7 +26,9 @@ export function networkForwards(
     targetAddress: string,
     targetGuest: string | undefined,
   ): Promise<void> {
-    const owner = await memberOfAddress(listenAddress);
+    const owner = (await addressMembers({ store, hostName: deps.hostName, hostSubnets: deps.hostSubnets }))(
+      listenAddress,
+    );
     if (owner === undefined) return;
     const guest = valuesOf(await records.guest.list(store)).find(
       (g) =>

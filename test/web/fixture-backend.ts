@@ -554,6 +554,7 @@ export async function startFixtureBackend(
   // A move only says where the guest went: the members' side of it is the cluster tests'.
   fake.moves = {
     mover: {
+      pinned: async () => undefined,
       async move(name, { target }) {
         const g = fake.guestMap.get(name);
         if (!g) throw notFound(`Guest ${name} not found`);
