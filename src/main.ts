@@ -46,6 +46,7 @@ import { VM_UID_OFFSET, UID_SLOTS as VM_UID_SLOTS } from './drivers/vm/vm-contex
 import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
+import { KERNEL_BOOT_ID_FILE, readBootId } from './host/boot-id.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { DENSITY_SYSCTLS, raiseSysctls } from './host/host-sysctls.ts';
 import { createKsmControl } from './host/ksm.ts';
@@ -580,6 +581,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     });
     const heartbeat = {
       incarnation: randomBytes(8).toString('hex'),
+      // Which boot of the host this is: power management's "back on" (decision 0055).
+      bootId: await readBootId(process.env.TRIVISOR_BOOT_ID_FILE || KERNEL_BOOT_ID_FILE),
       version,
       startedAt: new Date().toISOString(),
     };

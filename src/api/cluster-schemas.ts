@@ -43,6 +43,11 @@ export const MemberPowerSchema = Type.Object({
   error: Type.Optional(Type.String()),
   /** Its capacity when it went off: what a power-on brings back. */
   capacity: Type.Optional(Type.Object({ cpus: Type.Number(), memoryBytes: Type.Number() })),
+  /**
+   * Its daemon as its heartbeat showed it when it was powered off: it is back once a heartbeat
+   * shows another boot id (or, from a daemon that reports none, another daemon life).
+   */
+  offBoot: Type.Optional(Type.Object({ bootId: Type.Optional(Type.String()), incarnation: Type.String() })),
 });
 export type MemberPower = Static<typeof MemberPowerSchema>;
 

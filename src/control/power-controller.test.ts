@@ -12,8 +12,8 @@ import type { PowerDriver } from '../power/power-driver.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { type MemberLoad, type MemberRecord, records } from '../store/records.ts';
-import { createPowerSteps, isStandby, powerMemberState } from './power-controller.ts';
+import { type MemberHeartbeat, type MemberLoad, type MemberRecord, records } from '../store/records.ts';
+import { createPowerSteps, isBackOn, isStandby, powerMemberState } from './power-controller.ts';
 import { buildClusterState, type RebalanceMember } from './rebalance-controller.ts';
 
 const GiB = 2 ** 30;
@@ -27,6 +27,24 @@ const member = (name: string, evacuated = false): MemberRecord => ({
   version: 'test',
   joinedAt: iso(0),
   evacuated,
+});
+/** A heartbeat of a daemon of boot `bootId` (undefined: an older daemon that reports none), started at `startedAtMs`. */
+const heartbeat = (
+  bootId: string | undefined,
+  startedAtMs: number,
+  incarnation = `i-${bootId}-${startedAtMs}`,
+): MemberHeartbeat => ({
+  incarnation,
+  ...(bootId !== undefined && { bootId }),
+  version: 'test',
+  startedAt: iso(startedAtMs),
+  usage: {
+    cpus: 2,
+    cpuUsedPercent: 0,
+    memoryTotalBytes: 8 * GiB,
+    memoryAvailableBytes: 8 * GiB,
+    measuredAt: iso(startedAtMs),
+  },
 });
 const command: MemberPowerConfig = { driver: 'command', bootDelayMs: 20_000, on: 'on', off: 'off' };
 const evacuation: Evacuation = { member: 'm3', moves: [], reason: 'its load stayed low' };
@@ -105,8 +123,9 @@ describe('power steps', () => {
     );
   });
 
-  test('an empty member is powered off with its capacity kept; a power-on waits for a daemon started after it went off, then restores it', async () => {
+  test('an empty member is powered off with its capacity and boot kept; a power-on waits for a heartbeat of another boot, then restores it', async () => {
     const s = steps();
+    await records.memberHeartbeat.at('m3').put(store, heartbeat('boot-1', NOW - 3_600_000));
     await s.evacuate(evacuation, command);
     await records.guest.at('g').put(store, aGuestSpec({ name: 'g', location: 'm1' }));
     clock += 5_000;
@@ -115,6 +134,7 @@ describe('power steps', () => {
     assert.equal(p?.state, 'off');
     assert.deepEqual(p?.powerOffs, [iso(NOW + 5_000)]);
     assert.deepEqual(p?.capacity, { cpus: 2, memoryBytes: 8 * GiB });
+    assert.deepEqual(p?.offBoot, { incarnation: `i-boot-1-${NOW - 3_600_000}`, bootId: 'boot-1' });
     assert.match(p?.reason ?? '', /^m3 was powered off by its command driver \(m3 is empty/);
     assert.equal(isStandby(p?.state), true);
     assert.equal(await evacuated('m3'), true, 'an off member stays evacuated: placement and HA pass it by');
@@ -124,24 +144,15 @@ describe('power steps', () => {
     await s.powerOn({ member: 'm3', readyAtMs: clock + 20_000, reason: 'demand rose' }, command);
     assert.equal((await powerOf('m3'))?.state, 'powering-on');
     assert.deepEqual(calls, ['off m3', 'on m3']);
-    // A heartbeat of the daemon from before the power-off is not it coming back.
-    const beat = (startedAt: number) =>
-      records.memberHeartbeat.at('m3').put(store, {
-        incarnation: 'x',
-        version: 'test',
-        startedAt: iso(startedAt),
-        usage: {
-          cpus: 2,
-          cpuUsedPercent: 0,
-          memoryTotalBytes: 8 * GiB,
-          memoryAvailableBytes: 8 * GiB,
-          measuredAt: iso(clock),
-        },
-      });
-    await beat(NOW - 3_600_000);
+    // The heartbeat of the boot it went off in, still on its lease, is not it coming back; nor is
+    // a daemon restarted in that boot with a clock ahead of the decider's.
     await s.advance(new Map([['m3', command]]));
     assert.equal((await powerOf('m3'))?.state, 'powering-on');
-    await beat(clock);
+    await records.memberHeartbeat.at('m3').put(store, heartbeat('boot-1', clock + 3_600_000));
+    await s.advance(new Map([['m3', command]]));
+    assert.equal((await powerOf('m3'))?.state, 'powering-on');
+    // A new boot whose clock is an hour behind: back.
+    await records.memberHeartbeat.at('m3').put(store, heartbeat('boot-2', NOW - 3_600_000));
     await s.advance(new Map([['m3', command]]));
     p = await powerOf('m3');
     assert.equal(p?.state, 'on');
@@ -202,6 +213,68 @@ describe('power steps', () => {
     assert.equal((await powerOf('m3'))?.state, 'on');
     assert.equal((await powerOf('m3'))?.reason, 'm3 was restored during its evacuation: it stays on');
     assert.deepEqual(calls, []);
+  });
+});
+
+describe('back on after a power-off', () => {
+  const offAt = Date.parse('2026-12-05T12:00:00Z');
+  const off = { bootId: 'boot-1', incarnation: 'i-1' };
+
+  test('isBackOn() judges by boot id only: a member whose clock is behind or ahead is back only in a new boot', () => {
+    for (const skewMs of [-86_400_000, -60_000, 0, 60_000, 86_400_000]) {
+      // The old boot's daemon, or one restarted in it, whatever its clock says.
+      assert.equal(isBackOn(heartbeat('boot-1', offAt + skewMs, 'i-1'), off), false, `old boot ${skewMs}`);
+      assert.equal(isBackOn(heartbeat('boot-1', offAt + skewMs, 'i-2'), off), false, `restart ${skewMs}`);
+      // A new boot, whatever its clock says.
+      assert.equal(isBackOn(heartbeat('boot-2', offAt + skewMs, 'i-3'), off), true, `new boot ${skewMs}`);
+    }
+    assert.equal(isBackOn(undefined, off), false, 'no heartbeat: not back');
+  });
+
+  test('isBackOn() without boot ids: another daemon life of an older daemon; any heartbeat when none was seen at the power-off', () => {
+    assert.equal(isBackOn(heartbeat(undefined, offAt + 60_000, 'i-1'), off), false);
+    assert.equal(isBackOn(heartbeat(undefined, offAt - 60_000, 'i-2'), off), true);
+    assert.equal(isBackOn(heartbeat('boot-2', offAt, 'i-1'), { incarnation: 'i-1' }), false);
+    assert.equal(isBackOn(heartbeat('boot-2', offAt, 'i-2'), { incarnation: 'i-1' }), true);
+    assert.equal(isBackOn(heartbeat('boot-1', offAt - 60_000), undefined), true);
+  });
+
+  test('a member powered on by hand in a new boot is on again, its clock behind; the old boot heartbeat is not it', async () => {
+    const store = createMemoryStore();
+    try {
+      const s = createPowerSteps({
+        store,
+        hostName: 'm1',
+        members: async () => [],
+        driverFor: () => {
+          throw new Error('no driver call expected');
+        },
+        log: silentLogger(),
+        now: () => offAt + 120_000,
+      });
+      await records.member.at('m3').put(store, member('m3', true));
+      const record: MemberPower = {
+        state: 'off',
+        since: iso(offAt),
+        reason: 'x',
+        powerOffs: [iso(offAt)],
+        offBoot: off,
+      };
+      await records.memberPower.at('m3').put(store, record);
+      await records.memberHeartbeat.at('m3').put(store, heartbeat('boot-1', offAt + 60_000, 'i-1'));
+      await s.advance(new Map([['m3', command]]));
+      assert.equal((await records.memberPower.at('m3').get(store))?.value.state, 'off');
+      await records.memberHeartbeat.at('m3').put(store, heartbeat('boot-2', offAt - 600_000, 'i-2'));
+      await s.advance(new Map([['m3', command]]));
+      const p = (await records.memberPower.at('m3').get(store))?.value;
+      assert.equal(p?.state, 'on');
+      assert.equal(
+        p?.reason,
+        'm3 came back without power management: it is on, and stays evacuated until restored',
+      );
+    } finally {
+      await store.close();
+    }
   });
 });
 

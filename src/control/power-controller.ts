@@ -7,7 +7,7 @@ import type { Logger } from '../host/logger.ts';
 import type { PowerDriver } from '../power/power-driver.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records } from '../store/records.ts';
+import { type MemberHeartbeat, records } from '../store/records.ts';
 import { evacuationProgress } from './evacuation-controller.ts';
 
 /**
@@ -23,8 +23,9 @@ import { evacuationProgress } from './evacuation-controller.ts';
  *   restored (it stays on) and is not tried again for a low window; otherwise its driver powers it off.
  * - A powered-off member stays marked evacuated: placement, HA and admission control already
  *   leave an evacuated member alone, and it holds no guest that HA could want to restart.
- * - A power-on is done when the member's daemon is back (a heartbeat started after it went off);
- *   the member is then restored, and the guests it had come back to it.
+ * - A power-on is done when the member's daemon is back: a heartbeat from another boot than the
+ *   one recorded when it went off (`isBackOn`: boot ids, never clocks); the member is then
+ *   restored, and the guests it had come back to it.
  * Every step is an event (`member-power-*`) and the record's `reason` says why (`cluster list`).
  * Level-based: whichever member holds the rebalancer's election key goes on from the records.
  */
@@ -54,6 +55,22 @@ const withoutError = (p: MemberPower): MemberPower => {
   const { error: _, ...rest } = p;
   return rest;
 };
+
+/**
+ * Whether a member powered off when its daemon was `offBoot` is back on, from its heartbeat now
+ * (pure). Judged by the host's boot id, never by clocks: the member's clock may be behind or ahead
+ * of the decider's, and a heartbeat of the old boot may stay on its lease for a while after the
+ * power-off. A daemon that reports no boot id (older than this rule) is back when it is another
+ * daemon life; a member that had no heartbeat when it went off (its lease had expired) is back with
+ * any heartbeat.
+ */
+export function isBackOn(heartbeat: MemberHeartbeat | undefined, offBoot: MemberPower['offBoot']): boolean {
+  if (!heartbeat) return false;
+  if (!offBoot) return true;
+  if (heartbeat.bootId !== undefined && offBoot.bootId !== undefined)
+    return heartbeat.bootId !== offBoot.bootId;
+  return heartbeat.incarnation !== offBoot.incarnation;
+}
 
 /** Whether a member in `state` is shown as Standby (powered off, or on its way off or back on). */
 export const isStandby = (state: MemberPower['state'] | undefined): boolean =>
@@ -174,13 +191,9 @@ export function createPowerSteps(deps: PowerStepsDeps): PowerSteps {
     say(member, 'member-power-off-aborted', next);
   };
 
-  /** Whether the member's daemon has started since it went off. */
-  const cameBack = async (member: string, power: MemberPower): Promise<boolean> => {
-    const hb = await records.memberHeartbeat.at(member).get(store);
-    if (!hb) return false;
-    const off = power.powerOffs.at(-1);
-    return off === undefined || Date.parse(hb.value.startedAt) > Date.parse(off);
-  };
+  /** Whether the member runs again in another boot than the one it was powered off in. */
+  const cameBack = async (member: string, power: MemberPower): Promise<boolean> =>
+    isBackOn((await records.memberHeartbeat.at(member).get(store))?.value, power.offBoot);
 
   async function powerOff(member: string, power: MemberPower, config: MemberPowerConfig | undefined) {
     if (!config) {
@@ -249,12 +262,21 @@ export function createPowerSteps(deps: PowerStepsDeps): PowerSteps {
         const capacity = listed?.cpu
           ? { cpus: listed.cpu.cpus, memoryBytes: listed.memory?.totalBytes ?? 0 }
           : power.capacity;
+        // The boot it goes off in: a heartbeat of another one is it back on.
+        const beat = (await records.memberHeartbeat.at(member).get(store))?.value;
+        const { offBoot: _, ...rest } = power;
         const next = await write(member, {
-          ...power,
+          ...rest,
           state: 'powering-off',
           since: iso(),
           reason: verdict.reason,
           ...(capacity && { capacity }),
+          ...(beat && {
+            offBoot: {
+              incarnation: beat.incarnation,
+              ...(beat.bootId !== undefined && { bootId: beat.bootId }),
+            },
+          }),
         });
         say(member, 'member-powering-off', next);
         await powerOff(member, next, config);

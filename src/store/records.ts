@@ -507,6 +507,11 @@ export type MemberUsage = Static<typeof MemberUsageSchema>;
 export const MemberHeartbeatSchema = Type.Object({
   /** Which daemon life wrote it (a restarted daemon has a new one). */
   incarnation: Type.String(),
+  /**
+   * Which boot of its host it runs in (the kernel's boot id, or TRIVISOR_BOOT_ID_FILE's): power
+   * management takes a member as back on when it changed (decision 0055). Absent from older daemons.
+   */
+  bootId: Type.Optional(Type.String()),
   version: Type.String(),
   startedAt: Type.String(),
   usage: MemberUsageSchema,

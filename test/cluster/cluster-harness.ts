@@ -57,8 +57,11 @@ function run(argv: string[]): void {
 export async function makeTestCluster(
   names: string[],
   options: {
-    /** More environment of every member's daemon (a shared TRIVISOR_BACKUP_DIR, say). */
-    env?: Record<string, string>;
+    /**
+     * More environment of every member's daemon (a shared TRIVISOR_BACKUP_DIR, say), or of each by
+     * its name (a boot id file of its own, TRIVISOR_BOOT_ID_FILE).
+     */
+    env?: Record<string, string> | ((host: string) => Record<string, string>);
   } = {},
 ): Promise<TestCluster> {
   const dir = await makeRunDir('cluster');
@@ -103,7 +106,10 @@ export async function makeTestCluster(
     const daemon = await startDaemon({
       netns,
       hostname: name,
-      env: { TRIVISOR_LOG_LEVEL: 'info', ...options.env },
+      env: {
+        TRIVISOR_LOG_LEVEL: 'info',
+        ...(typeof options.env === 'function' ? options.env(name) : options.env),
+      },
     });
     const host = { name, netns, ip, daemon };
     hosts.push(host);

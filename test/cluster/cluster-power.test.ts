@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
@@ -11,7 +12,8 @@ import { killMember } from './ha-scenarios.ts';
  * Issue 14 §3 and §7 on four real members (decision 0055): power management through the
  * `command` driver. m4's commands append "off m4" or "on m4" to a file this test watches; the test
  * is m4's power switch: on "off" it kills m4 whole (its daemon, its etcd, its guests' processes),
- * on "on" it starts m4's daemon again. Four members: m1–m3 are the etcd voters, which the power
+ * on "on" it boots m4 again: a new boot id in the file m4's daemon reads as its host's
+ * (TRIVISOR_BOOT_ID_FILE: the members share this machine's kernel), and its daemon started again. Four members: m1–m3 are the etcd voters, which the power
  * manager never powers off (three voters: one off would leave no failure tolerated), and m4, an
  * etcd client, is the one powered off. The windows are shortened through the keys; power-on is set at 10% of what stays on so
  * that one busy loop on this two-core machine counts as rising demand.
@@ -26,11 +28,16 @@ import { killMember } from './ha-scenarios.ts';
 let cluster: TestCluster;
 let powerDir: string;
 let requests: string;
+/** Each member's boot id file: the test writes a new id into m4's when it "boots" m4 again. */
+const bootIdFile = (member: string) => path.join(powerDir, `${member}-boot-id`);
 
 before(async () => {
   powerDir = await makeRunDir('power');
   requests = path.join(powerDir, 'requests');
-  cluster = await makeTestCluster(['m1', 'm2', 'm3', 'm4']);
+  for (const m of ['m1', 'm2', 'm3', 'm4']) writeFileSync(bootIdFile(m), `${randomUUID()}\n`);
+  cluster = await makeTestCluster(['m1', 'm2', 'm3', 'm4'], {
+    env: (m) => ({ TRIVISOR_BOOT_ID_FILE: bootIdFile(m) }),
+  });
 });
 
 after(async () => {
@@ -49,7 +56,14 @@ interface Listed {
 interface PowerListed {
   name: string;
   status: string;
-  power?: { state: string; reason: string; abortedAt?: string; powerOffs: string[]; error?: string };
+  power?: {
+    state: string;
+    reason: string;
+    abortedAt?: string;
+    powerOffs: string[];
+    error?: string;
+    offBoot?: { bootId?: string };
+  };
 }
 const whereIs = (d: Daemon, name: string) =>
   (JSON.parse(d.ok(['list', '--format', 'json'])) as Listed[]).find((g) => g.name === name)?.location;
@@ -162,6 +176,7 @@ describe('power management on four members', () => {
     assert.equal(listed?.power?.state, 'off', JSON.stringify(listed));
     assert.match(listed?.power?.reason ?? '', /m4 was powered off by its command driver \(m4 is empty/);
     assert.equal(listed?.power?.powerOffs.length, 1);
+    assert.equal(listed?.power?.offBoot?.bootId, readFileSync(bootIdFile('m4'), 'utf8').trim());
     assert.match(whereIs(m1.daemon, 'goes') ?? '', /^m[123]$/);
     // Placement passes it by: a guest asked for on m4 is refused, one without a target goes elsewhere.
     const r = m1.daemon.cli(['launch', 'busybox', 'nowhere', '--target', 'm4']);
@@ -175,6 +190,7 @@ describe('power management on four members', () => {
     m1.daemon.ok(['exec', 'work', '--', 'sh', '-c', LOOP]);
     await eventually('an on request for m4', () => asked().includes('on m4'), 180_000);
     assert.equal(memberOf(m1.daemon, 'm4')?.status, 'Standby', 'Standby while it boots');
+    writeFileSync(bootIdFile('m4'), `${randomUUID()}\n`);
     await m4.daemon.restart();
     await waitForStatus(m1.daemon, 'm4', 'Online', 120_000);
     const listed = memberOf(m2.daemon, 'm4');
