@@ -23,6 +23,14 @@ export const PlanQuerySchema = Type.Object(
       default: 1,
       description: 'Seed of the extra orderings tried (same input and seed, same plan)',
     }),
+    forecastDays: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 3660,
+        description:
+          "Plan for this many days after the inventory's period: its load scaled by its own trend (a line through each day's summed load, never below what was measured; needs 7 whole days of samples)",
+      }),
+    ),
     fromHistory: Type.Optional(
       Type.Union(
         PLAN_HISTORY_RANGES.map((r) => Type.Literal(r)),
@@ -69,6 +77,19 @@ export const ConsolidationPlanSchema = Type.Object({
     }),
   ),
   lowerBound: Type.Integer({ description: '⌈peak of the summed load / host capacity⌉, CPU or memory' }),
+  forecast: Type.Optional(
+    Type.Object(
+      {
+        aheadDays: Type.Integer(),
+        days: Type.Integer({ description: 'Whole days of the inventory the trend was fitted on' }),
+        cpuWeeklyGrowth: Type.Number({ description: 'The CPU line’s change a week, a fraction of its mean' }),
+        memoryWeeklyGrowth: Type.Optional(Type.Number()),
+        factor: Type.Number({ description: 'What the load was scaled by (at least 1)' }),
+        rawFactor: Type.Number({ description: 'The trend’s factor before the floor at 1' }),
+      },
+      { description: 'The trend the plan was scaled by (forecastDays)' },
+    ),
+  ),
   predicted: Type.Object({
     ...ReplaySummaryProperties,
     basis: Type.String(),

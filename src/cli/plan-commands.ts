@@ -23,6 +23,7 @@ interface ConsolidateOptions {
   hostSize: string;
   percentile: string;
   seed: string;
+  forecastDays?: string;
   replay?: string;
   svg?: string;
   fromHistory?: HistoryRange;
@@ -127,6 +128,10 @@ export function addPlanCommands(program: Command): void {
     .option('--percentile <p>', 'the plan may be over 100% in (100 − p)% of its host-intervals', '99')
     .option('--seed <n>', 'seed of the extra orderings tried (same input and seed, same plan)', '1')
     .option(
+      '--forecast-days <n>',
+      "plan for N days after the inventory: its load scaled by its own trend, never below what was measured (needs 7 whole days of samples; the API's forecastDays)",
+    )
+    .option(
       '--replay <inventory>',
       'replay the plan on another period of the same workloads (plan July, replay August)',
     )
@@ -145,6 +150,13 @@ export function addPlanCommands(program: Command): void {
       if ((file === undefined) === (opts.fromHistory === undefined)) {
         throw invalidArgument('Give either an inventory file or --from-history RANGE, not both or neither');
       }
+      const forecastDays =
+        opts.forecastDays === undefined ? undefined : numberOption(opts.forecastDays, 'forecast days');
+      if (
+        forecastDays !== undefined &&
+        !(Number.isInteger(forecastDays) && forecastDays >= 1 && forecastDays <= 3660)
+      )
+        throw invalidArgument(`The forecast days (${forecastDays}) must be a whole number from 1 to 3660`);
       const inv =
         file !== undefined ? await readInventory(file) : await historyInventory(command, opts.fromHistory);
       const report = planReport(inv, {
@@ -152,6 +164,7 @@ export function addPlanCommands(program: Command): void {
         hostSizeText: opts.hostSize,
         percentile: numberOption(opts.percentile, 'percentile'),
         seed: numberOption(opts.seed, 'seed'),
+        ...(forecastDays !== undefined && { forecastDays }),
         ...(opts.replay
           ? { replay: { inventory: await readInventory(opts.replay), label: opts.replay } }
           : {}),
@@ -166,10 +179,15 @@ export function addPlanCommands(program: Command): void {
         [
           `${inv.workloads.length} workloads (${inv.format}, ${inv.samples} samples of ${inv.intervalSeconds} s), hosts of ${opts.hostSize} (${inv.cpuUnit})`,
           `hosts needed: ${result.hosts.length} (lower bound ${result.lowerBound}), ${result.method}`,
+          ...(report.json.forecast
+            ? [
+                `planned for the ${report.json.forecast.aheadDays} days after the inventory: its trend (CPU ${(report.json.forecast.cpuWeeklyGrowth * 100).toFixed(1)}% a week over ${report.json.forecast.days} days) scales its load by ×${report.json.forecast.factor.toFixed(3)}${report.json.forecast.rawFactor < 1 ? ' (it falls: planned as measured)' : ''}`,
+              ]
+            : []),
           ...(hostSize.memoryBytes === undefined && inv.workloads.some((w) => w.memoryBytes)
             ? ['memory not checked: the host size has no memory= (give it to pack memory too)']
             : []),
-          `predicted (the planning inventory replayed): headroom ${predicted.headroomPercent.toFixed(1)} points${spread ? ` (its ${spread.periodDays === 7 ? 'weeks' : 'days'} ${spread.minPercent.toFixed(1)} to ${spread.maxPercent.toFixed(1)})` : ''}, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
+          `predicted (the planning inventory${report.json.forecast ? ' as forecast' : ''} replayed): headroom ${predicted.headroomPercent.toFixed(1)} points${spread ? ` (its ${spread.periodDays === 7 ? 'weeks' : 'days'} ${spread.minPercent.toFixed(1)} to ${spread.maxPercent.toFixed(1)})` : ''}, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
           ...(opts.replay
             ? [
                 `replayed on ${opts.replay}: headroom ${replay.headroomPercent.toFixed(1)} points, ${pct(replay.overloadFraction)} of host-intervals over 100%`,

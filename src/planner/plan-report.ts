@@ -1,4 +1,5 @@
 import { type Plan, planConsolidation } from './consolidate.ts';
+import { type LoadTrend, loadTrend, scaleInventory } from './forecast.ts';
 import type { HostSize, Inventory } from './inventory.ts';
 import { loadSvg } from './load-svg.ts';
 import { headroomByPeriod, type PeriodHeadroom, type Replay, replayPlan } from './replay.ts';
@@ -10,6 +11,11 @@ export interface PlanReportOptions {
   hostSizeText: string;
   percentile: number;
   seed: number;
+  /**
+   * Plan for this many days after the inventory's period: its load scaled by its own trend over
+   * them (`loadTrend`, decision 0047; never below what was measured). Needs a week of samples.
+   */
+  forecastDays?: number;
   /** Another period of the same workloads to replay the plan on (plan July, replay August). */
   replay?: { inventory: Inventory; label: string };
 }
@@ -41,6 +47,8 @@ export interface PlanReportJson {
     intervalsOver100: number;
   }>;
   lowerBound: number;
+  /** The trend the plan was scaled by (`forecastDays`). */
+  forecast?: LoadTrend & { aheadDays: number };
   predicted: ReplaySummary & { basis: string; periodDays?: number; headroomPercentByPeriod?: number[] };
   replay: ReplaySummary;
 }
@@ -69,8 +77,11 @@ const summary = (r: Replay): ReplaySummary => ({
 });
 
 /** Plans an inventory and replays it: everything `plan consolidate` shows, in one call (pure, CPU-bound). */
-export function planReport(inv: Inventory, options: PlanReportOptions): PlanReport {
-  const { hostSize } = options;
+export function planReport(measured: Inventory, options: PlanReportOptions): PlanReport {
+  const { hostSize, forecastDays } = options;
+  // With a forecast, the planning inventory is the measured one as its trend expects it later.
+  const trend = forecastDays === undefined ? undefined : loadTrend(measured, { aheadDays: forecastDays });
+  const inv = trend ? scaleInventory(measured, trend.factor) : measured;
   const plan = planConsolidation(inv, { hostSize, percentile: options.percentile, seed: options.seed });
   const predicted = replayPlan(plan.hosts, inv, hostSize);
   // What the prediction rests on: the planning period itself, and how far its weeks (or days) spread.
@@ -95,9 +106,12 @@ export function planReport(inv: Inventory, options: PlanReportOptions): PlanRepo
       intervalsOver100: replay.hosts[i]?.intervalsOver100 ?? 0,
     })),
     lowerBound: plan.lowerBound,
+    ...(trend && forecastDays !== undefined && { forecast: { ...trend, aheadDays: forecastDays } }),
     predicted: {
       ...summary(predicted),
-      basis: 'the planning inventory replayed on the plan',
+      basis: trend
+        ? `the planning inventory scaled by its trend over the ${forecastDays} days after it (×${trend.factor.toFixed(3)}) and replayed on the plan`
+        : 'the planning inventory replayed on the plan',
       ...(spread ? { periodDays: spread.periodDays, headroomPercentByPeriod: spread.headroomPercent } : {}),
     },
     replay: summary(replay),

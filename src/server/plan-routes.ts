@@ -83,7 +83,7 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
       },
     },
     async (request) => {
-      const { hostSize, percentile, seed, fromHistory } = request.query;
+      const { hostSize, percentile, seed, fromHistory, forecastDays } = request.query;
       const upload = isStream(request.body) ? request.body : undefined;
       try {
         // A bad host size is refused before a byte of the upload is spooled.
@@ -99,7 +99,7 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
         upload?.resume();
         throw e;
       }
-      const settings = { hostSize, percentile, seed };
+      const settings = { hostSize, percentile, seed, ...(forecastDays !== undefined && { forecastDays }) };
       if (fromHistory !== undefined) {
         return syncResponse(await planner().planHistories(await histories(request, fromHistory), settings));
       }

@@ -13,11 +13,15 @@ import { DEFAULT_MEASUREMENTS, readModelTable, readProfiles } from '../planner/a
 import type { GuestHistory } from '../planner/inventory-history.ts';
 import type { PlanReportJson } from '../planner/plan-report.ts';
 
-/** How to plan: the host size as the CLI's --host-size takes it, the sizing percentile and the seed. */
+/**
+ * How to plan: the host size as the CLI's --host-size takes it, the sizing percentile, the seed,
+ * and the days ahead to forecast (the CLI's --forecast-days), as `planReport` takes them.
+ */
 export interface PlanSettings {
   hostSize: string;
   percentile: number;
   seed: number;
+  forecastDays?: number;
 }
 
 /** One plan asked of the worker: an inventory file, or the metric histories of guests. */
@@ -136,13 +140,11 @@ export function createConsolidationPlanner(options: ConsolidationPlannerOptions 
   }
 
   return {
-    planFile: (file, o) =>
-      run(
-        { kind: 'file', file, hostSize: o.hostSize, percentile: o.percentile, seed: o.seed },
-        { path: file, shownAs: o.shownAs },
-      ),
-    planHistories: (histories, o) =>
-      run({ kind: 'history', histories, hostSize: o.hostSize, percentile: o.percentile, seed: o.seed }),
+    planFile: (file, o) => {
+      const { shownAs, ...settings } = o;
+      return run({ kind: 'file', file, ...settings }, { path: file, shownAs });
+    },
+    planHistories: (histories, o) => run({ kind: 'history', histories, ...o }),
     async adviseFile(file, o) {
       try {
         const profiles = await readProfiles(file);

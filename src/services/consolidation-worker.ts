@@ -17,6 +17,7 @@ try {
     hostSizeText: job.hostSize,
     percentile: job.percentile,
     seed: job.seed,
+    ...(job.forecastDays !== undefined && { forecastDays: job.forecastDays }),
   });
   reply = { ok: true, plan: { ...report.json, svg: report.svg } };
 } catch (e) {
