@@ -237,7 +237,15 @@ export async function importFromBackupDirectory(
         const mine = await disposableLink(l, deps.workDir);
         let started: Operation;
         try {
-          started = await deps.storage.importBackup({ archivePath: mine, ...opts });
+          // Marked half-imported until its last link is in: a kill -9 between links leaves no guest
+          // at an earlier point than the one asked for, and a failed link removes it.
+          // The pool is the full's: an incremental goes onto the guest it made, where it is.
+          const { storage: _, ...rest } = opts;
+          started = await deps.storage.importBackup({
+            archivePath: mine,
+            ...(i === 0 ? opts : rest),
+            chain: { last: i === links.length - 1 },
+          });
         } catch (e) {
           await rm(mine, { force: true });
           throw e;

@@ -103,6 +103,8 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
                 );
               }
               const importIncremental = storage.importIncremental.bind(storage);
+              // A chain's guest made earlier in this operation goes if this link fails.
+              if (request.chain) created = name;
               // Onto an existing guest: checked whole before anything of it is applied.
               ctx.progress(null, 'verifying checksums');
               const rootfs = archive.members.get('rootfs.tar.zst');
@@ -116,6 +118,7 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
                   importIncremental(spec, path, { link, signal: ctx.signal }),
                 );
               });
+              if (request.chain?.last) await store.delete(keys.storagePending(name));
               return { name };
             }
             await assertArchiveGuestFits(view.ctx, project, name, manifest);
@@ -143,7 +146,8 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
                 await records.snapshot.at(name, snap.name).put(store, record);
               }
             });
-            await store.delete(keys.storagePending(name));
+            // A chain's full: the guest is whole once its last link is applied.
+            if (!request.chain) await store.delete(keys.storagePending(name));
             return { name };
           } catch (e) {
             if (created) {

@@ -61,6 +61,12 @@ export interface StorageService {
     name?: string;
     storage?: string;
     live?: boolean;
+    /**
+     * A link of a chain imported in one operation (the backup directory's, decision 0074): the
+     * guest stays marked half-imported (swept at the next start) until the `last` link is
+     * applied, and a link that fails removes the guest the chain's full made.
+     */
+    chain?: { last: boolean };
   }): Promise<Operation>;
   /**
    * Removes half-made snapshots, backups and imports an interrupted daemon left; run at start,

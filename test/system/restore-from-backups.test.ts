@@ -6,6 +6,7 @@ import {
   existsSync,
   mkdirSync,
   readdirSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -14,7 +15,7 @@ import {
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
-import { type Daemon, eventually, startDaemon } from './harness.ts';
+import { type Daemon, eventually, sleep, startDaemon } from './harness.ts';
 
 const CLI = path.resolve(import.meta.dirname, '../../bin/trivisor');
 
@@ -153,5 +154,124 @@ describe("import from the daemon's backup directory (import --from-backups, deci
     assert.equal(statSync(archive).nlink, 1);
     assert.deepEqual(leftovers(), []);
     d.ok(['delete', '--force', 'c2']);
+  });
+
+  /** Checksums of a guest's files (its own: /etc's are rewritten per guest by the daemon). */
+  const tree = (guest: string) =>
+    sh(
+      guest,
+      "find / -xdev -type f ! -path '/etc/*' ! -path '/tmp/*' ! -path '/run/*' | sort | xargs sha256sum",
+    );
+  /** Exports `guest` --incremental into its backup folder as the link its chain says, named as the scheduler names them. */
+  const exportLink = (guest: string, at: string): { chain: string; file: string } => {
+    mkdirSync(path.join(backups(), guest), { recursive: true });
+    const spool = path.join(backups(), guest, `.spool-${process.pid}.tar`);
+    const said = d.ok(['export', guest, spool, '--incremental']);
+    const m =
+      /^(?:Full backup: starts chain ([0-9a-f]+)|Incremental backup (\d+) of chain ([0-9a-f]+))$/m.exec(said);
+    assert.ok(m, said);
+    const file = m[1] ? `${at}-full-${m[1]}.tar` : `${at}-incr-${m[3]}-${m[2]}.tar`;
+    renameSync(spool, path.join(backups(), guest, file));
+    return { chain: (m[1] ?? m[3]) as string, file };
+  };
+  type Listed = {
+    archive: string;
+    kind: string;
+    chain?: string;
+    sequence?: number;
+    parent?: string;
+    restorable: boolean;
+    sizeBytes: number;
+  };
+
+  test('a ct chain: the listing shows the full and its incremental, and --from-backups of the incremental restores both, files identical', async () => {
+    d.ok(['launch', 'busybox', 'k1']);
+    sh(
+      'k1',
+      'mkdir -p /srv && printf one > /srv/a.txt && printf gone > /srv/b.txt && printf kept > /root/k.txt',
+    );
+    const full = exportLink('k1', '20261205T030000Z');
+    sh(
+      'k1',
+      'printf two > /srv/a.txt && rm /srv/b.txt && printf new > /srv/c.txt && mv /root/k.txt /root/moved.txt',
+    );
+    const incr = exportLink('k1', '20261205T031000Z');
+    assert.equal(incr.chain, full.chain);
+    const before = tree('k1');
+    assert.match(before, /\/srv\/c\.txt/);
+    d.ok(['delete', '--force', 'k1']);
+
+    const listed = JSON.parse(d.ok(['backup', 'list', 'k1', '--format', 'json'])) as Listed[];
+    assert.deepEqual(
+      listed.map((a) => [a.archive, a.kind, a.chain, a.sequence, a.parent ?? null, a.restorable]),
+      [
+        [`k1/${full.file}`, 'full', full.chain, 0, null, true],
+        [`k1/${incr.file}`, 'incremental', full.chain, 1, full.file, true],
+      ],
+    );
+    assert.equal(listed[1]?.sizeBytes, statSync(path.join(backups(), 'k1', incr.file)).size);
+    assert.match(
+      d.ok(['backup', 'list']),
+      new RegExp(`k1/${incr.file} +incremental +${full.chain}#1 +${full.file}`),
+    );
+    const urls = await d.api('GET', '/1.0/backups?guest=k1');
+    assert.deepEqual(urls.body.metadata, [`/1.0/backups/k1/${full.file}`, `/1.0/backups/k1/${incr.file}`]);
+    const one = await d.api('GET', `/1.0/backups/k1/${incr.file}`);
+    assert.equal((one.body.metadata as Listed).parent, full.file);
+
+    d.ok(['import', '--from-backups', `k1/${incr.file}`, 'k2', '--storage', 'default'], {
+      timeoutMs: 300_000,
+    });
+    d.ok(['start', 'k2']);
+    assert.equal(tree('k2'), before, "the chain's guest has the same files, with the same contents");
+    assert.equal(sh('k2', 'cat /srv/a.txt; echo; ls /srv; ls /root'), 'two\na.txt\nc.txt\nmoved.txt\n');
+    assert.deepEqual(leftovers(), []);
+    for (const f of [full.file, incr.file]) assert.equal(statSync(path.join(backups(), 'k1', f)).nlink, 1);
+    d.ok(['delete', '--force', 'k2']);
+  });
+
+  test('kill -9 of the daemon in the middle of a --from-backups chain import: no guest is left, and the retry restores it', async () => {
+    d.ok(['launch', 'busybox', 'm1']);
+    const full = exportLink('m1', '20261205T040000Z');
+    // A link that takes a while to apply, for the kill to land in.
+    sh(
+      'm1',
+      'mkdir -p /srv && dd if=/dev/zero of=/srv/zeros bs=1M count=256 2>/dev/null && printf last > /srv/last.txt',
+    );
+    const incr = exportLink('m1', '20261205T041000Z');
+    const before = tree('m1');
+    d.ok(['delete', '--force', 'm1']);
+    const r = await d.api('POST', '/1.0/backups/import', {
+      source: { type: 'backup-directory', archive: `m1/${incr.file}` },
+      name: 'm2',
+    });
+    assert.equal(r.status, 202, JSON.stringify(r.body));
+    const id = (r.body.metadata as { id: string }).id;
+    // The full is in and the incremental is being applied: the guest exists, at the earlier point.
+    const end = Date.now() + 120_000;
+    for (;;) {
+      const op = (await d.api('GET', `/1.0/operations/${id}`)).body.metadata as {
+        progressText: string | null;
+        status: string;
+      };
+      assert.equal(op.status, 'Running', JSON.stringify(op));
+      if (op.progressText === 'importing link 2 of 2') break;
+      assert.ok(Date.now() < end, 'timed out waiting for the second link');
+      await sleep(5);
+    }
+    await d.kill9();
+    await d.restart();
+    await eventually(
+      'the half-restored m2 is deleted',
+      () => !names().includes('m2') && !existsSync(path.join(d.stateDir, 'guests', 'm2')),
+      60_000,
+    );
+    assert.deepEqual(leftovers(), [], 'no link to the archive is left');
+    for (const f of [full.file, incr.file]) assert.equal(statSync(path.join(backups(), 'm1', f)).nlink, 1);
+    d.ok(['import', '--from-backups', `m1/${incr.file}`, 'm2'], { timeoutMs: 300_000 });
+    d.ok(['start', 'm2']);
+    assert.equal(tree('m2'), before);
+    assert.deepEqual(leftovers(), []);
+    d.ok(['delete', '--force', 'm2']);
   });
 });
