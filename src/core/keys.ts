@@ -60,6 +60,12 @@ export const keys = {
   snapshots: (guest: string): string => `/trivisor/snapshots/${guest}/`,
   snapshot: (guest: string, snapshot: string): string => `/trivisor/snapshots/${guest}/${snapshot}`,
   /** Marks a guest being made by a copy or an import until it is complete: a crash leaves it to be deleted. */
+  /**
+   * A guest whose move runs (decision 0075): where to and why, on the moving daemon's lease, so
+   * that one that dies half way leaves none.
+   */
+  guestMovePrefix: '/trivisor/guest-moves/',
+  guestMove: (guest: string): string => `/trivisor/guest-moves/${guest}`,
   /** A guest an evacuation moved or stopped: where it came from, so that a restore brings it back. */
   evacuationPrefix: '/trivisor/evacuations/',
   evacuation: (guest: string): string => `/trivisor/evacuations/${guest}`,

@@ -25,6 +25,7 @@ import {
   type MoveReceiver,
   type MoveTransport,
 } from './guest-move.ts';
+import { markMove, moveMarkOf } from './move-marks.ts';
 import { createOperationService } from './operation-service.ts';
 import type { OperationService } from './types.ts';
 import { convergedTo, waitForGuest } from './wait-guest.ts';
@@ -51,6 +52,14 @@ async function waitUntil(cond: () => boolean): Promise<void> {
   while (!cond()) {
     if (Date.now() > deadline) throw new Error('waited 10 s in vain');
     await new Promise((r) => setTimeout(r, 2));
+  }
+}
+/** Waits for `cond`, failing after 10 s. */
+async function waitUntilAsync(cond: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('waited 10 s in vain');
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 const haRecordOf = async (store: KvEngine) => {
@@ -308,6 +317,36 @@ describe('moving a guest (cold)', () => {
     );
     assert.deepEqual(sent, []);
     assert.equal((await haRecordOf(store))?.moving, undefined);
+  });
+
+  test('every move is marked while it runs (no HA key, no second move meanwhile) and unmarked when it ends; a refused move leaves no mark', async () => {
+    await assert.rejects(mover.move('web', { target: 'h3' }));
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+    const op = await mover.move('web', { target: 'h2', reason: 'rebalancing' });
+    const mark = await moveMarkOf(store, 'web');
+    assert.deepEqual(mark && [mark.from, mark.to, mark.reason], ['h1', 'h2', 'rebalancing']);
+    await assert.rejects(mover.move('web', { target: 'h2' }), { code: 'Conflict' });
+    assert.equal((await end(op)).status, 'Success');
+    await waitUntilAsync(async () => (await moveMarkOf(store, 'web')) === undefined);
+  });
+
+  test('a guest another mover marked (a move that runs) is refused in one line and nothing changes', async () => {
+    const release = await markMove(
+      store,
+      { guest: 'web', from: 'h1', to: 'h3', reason: 'evacuation', startedAt: new Date(0).toISOString() },
+      [],
+    );
+    try {
+      await assert.rejects(mover.move('web', { target: 'h2' }), {
+        code: 'Conflict',
+        message: 'Guest web is being moved to h3 already',
+      });
+      assert.equal((await guest())?.location, 'h1');
+      assert.equal((await status())?.status, 'Running');
+      assert.equal(backups.made, 0);
+    } finally {
+      await release();
+    }
   });
 
   test('a stopped guest moves stopped', async () => {

@@ -39,6 +39,7 @@ import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
+import { markMove } from './move-marks.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
@@ -252,21 +253,33 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
 
     async move(name, request) {
       const checked = await check(name, request);
-      // An HA guest's record says it moves before anything of it leaves (refused, changing
-      // nothing, while HA restarts it elsewhere); every path below ends or hands the mark over.
-      const ha = await beginHaMove(store, {
-        guest: name,
-        from: hostName,
-        to: request.target,
-        reason: request.reason ?? 'migration',
-      });
+      const reason = request.reason ?? 'migration';
+      // Every guest's move is marked while it runs (decision 0075): it cannot be made HA meanwhile,
+      // nor moved twice. Compared against the spec as checked.
+      const release = await markMove(
+        store,
+        { guest: name, from: hostName, to: request.target, reason, startedAt: new Date().toISOString() },
+        [records.guest.at(name).unchanged(checked.specRevision)],
+      );
+      let ha: HaMoveTicket | undefined;
       try {
-        if (request.live) return await moveLive(name, request.target, checked, ha);
-        if (checked.onShared) return await moveShared(name, request.target, checked, ha);
-        return await moveArchived(name, request.target, checked, ha);
+        // An HA guest's record says it moves before anything of it leaves (refused, changing
+        // nothing, while HA restarts it elsewhere); every path below ends or hands the mark over.
+        ha = await beginHaMove(store, { guest: name, from: hostName, to: request.target, reason });
+        const op = request.live
+          ? await moveLive(name, request.target, checked, ha)
+          : checked.onShared
+            ? await moveShared(name, request.target, checked, ha)
+            : await moveArchived(name, request.target, checked, ha);
+        void deps.operations
+          .wait(op.id)
+          .catch(() => undefined)
+          .finally(release);
+        return op;
       } catch (e) {
         // The operation did not start.
         if (ha) await endHaMove(store, ha).catch(() => false);
+        await release();
         throw e;
       }
     },

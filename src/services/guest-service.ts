@@ -51,6 +51,7 @@ import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
+import { moveMarkOf, noMoveOf } from './move-marks.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite, readProject } from './project-service.ts';
 import type { ConsoleStream, GuestService, ImageService, OperationService } from './types.ts';
@@ -683,6 +684,14 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         const next: GuestSpec = { ...l.spec, config, generation: l.spec.generation + 1 };
         driverFor(next.model).validate(next, await imageOf(next));
         await assertHaPossible(next);
+        // Made HA while a move of it runs, its HA record would be made without the move's mark
+        // (decision 0075): refused, and the write below compares that no move began meanwhile.
+        const notMoving = !haEnabled(l.spec) && haEnabled(next) ? [noMoveOf(name)] : [];
+        const refuseMoving = async () => {
+          const mark = await moveMarkOf(store, name);
+          if (mark) throw conflict(`Guest ${name} is moving to ${mark.to}; make it HA after the move`);
+        };
+        if (notMoving.length > 0) await refuseMoving();
         const counted = ['limits.memory', 'limits.cpu', 'limits.disk'];
         if (counted.some((key) => l.spec.config[key] !== config[key])) {
           // A change of what the project counts is a guarded write, like a create.
@@ -694,11 +703,24 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
               after: addUsage(subtractUsage(p.usage, guestUsage(l.spec.config)), guestUsage(config)),
             });
             return {
-              compare: [records.guest.at(name).unchanged(l.modRevision)],
+              compare: [records.guest.at(name).unchanged(l.modRevision), ...notMoving],
               success: [records.guest.at(name).putOp(next)],
             };
           });
-          if (!r.succeeded) throw conflict(`Guest ${name} was changed at the same time; retry`);
+          if (!r.succeeded) {
+            await refuseMoving();
+            throw conflict(`Guest ${name} was changed at the same time; retry`);
+          }
+        } else if (notMoving.length > 0) {
+          const ref = records.guest.at(name);
+          const r = await store.txn({
+            compare: [ref.unchanged(l.modRevision), ...notMoving],
+            success: [ref.putOp(next)],
+          });
+          if (!r.succeeded) {
+            await refuseMoving();
+            throw conflict(`Guest ${name} was changed at the same time; retry`);
+          }
         } else {
           await writeSpec(l, next);
         }

@@ -19,6 +19,7 @@ import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createGuestService } from './guest-service.ts';
+import { markMove, moveMarkOf } from './move-marks.ts';
 import { createOperationService } from './operation-service.ts';
 import { createPoolService, type PoolService } from './pool-service.ts';
 
@@ -394,6 +395,71 @@ describe('shared storage pools', () => {
     await store.delete(records.guestPool.key('app'));
     await store.delete(records.guest.key('db'));
     await store.delete(records.guestStatus.key('db'));
+  });
+
+  test('ha.enabled=true while a move of the guest runs is refused in one line (409) and changes nothing; the mark goes with the move', async () => {
+    const guests = createGuestService({
+      store,
+      drivers: { ct: createFakeDriver() },
+      images: { get: async () => image },
+      operations: createOperationService(createEventBus()),
+      hostName: 'h1',
+      capacity: { memoryBytes: 2 ** 32, cpus: 2 },
+      placement: {
+        candidates: async () => [
+          {
+            name: 'h1',
+            status: 'Online' as const,
+            cpus: 2,
+            cpuFree: 2,
+            memoryTotalBytes: 2 ** 32,
+            memoryFreeBytes: 2 ** 32,
+          },
+        ],
+      },
+    });
+    await records.guestPool.at('mv').put(store, {
+      pool: 'nfs',
+      path: path.join(shared, 'guests', 'mv'),
+      limitBytes: null,
+      location: 'h1',
+    });
+    await guests.create({ name: 'mv', image: 'busybox', target: 'h1' });
+    const before = await records.guest.at('mv').get(store);
+    await records.guestStatus.at('mv').put(store, {
+      status: 'Stopped',
+      observedGeneration: before?.value.generation ?? 1,
+      observedRestartRequest: 0,
+      restartCount: 0,
+      provisioned: true,
+      appliedConfig: {},
+      pendingRestart: [],
+    });
+    const release = await markMove(
+      store,
+      { guest: 'mv', from: 'h1', to: 'h2', reason: 'migration', startedAt: new Date(0).toISOString() },
+      [],
+    );
+    try {
+      await assert.rejects(guests.updateConfig('mv', { set: { 'ha.enabled': 'true' } }), (e) => {
+        oneLine('Conflict')(e);
+        assert.equal((e as Error).message, 'Guest mv is moving to h2; make it HA after the move');
+        return true;
+      });
+      assert.equal((await records.guest.at('mv').get(store))?.modRevision, before?.modRevision);
+      // A second move of it is refused too.
+      await assert.rejects(
+        markMove(store, { guest: 'mv', from: 'h1', to: 'h3', reason: 'migration', startedAt: '' }, []),
+        /Guest mv is being moved to h2 already/,
+      );
+      assert.equal((await moveMarkOf(store, 'mv'))?.to, 'h2');
+    } finally {
+      await release();
+    }
+    assert.equal(await moveMarkOf(store, 'mv'), undefined);
+    await store.delete(records.guest.key('mv'));
+    await store.delete(records.guestPool.key('mv'));
+    await store.delete(records.guestStatus.key('mv'));
   });
 
   test('delete is refused while a guest is on it, then removes the marker and its own empty structure only', async () => {

@@ -238,6 +238,25 @@ describe('a managed network spanning two members', { timeout: 600_000 }, () => {
     m1.daemon.ok(['network', 'forward', 'remove', NET, `${m2.ip}:8080`]);
   });
 
+  test("a move of a guest that a port forward of its member's address points at is refused (409, one line naming the forward) and nothing moves; without the forward it is not held", async () => {
+    m1.daemon.ok(['network', 'forward', 'add', NET, `${m2.ip}:8081`, 'sd:80']);
+    try {
+      const asked = await m1.daemon.api('POST', '/1.0/guests/sd?target=m1', { migration: true });
+      assert.equal(asked.status, 409, asked.text);
+      assert.equal(
+        asked.body.error,
+        `Guest sd cannot move to m1: port forward ${NET} ${m2.ip}:8081/tcp → ${addressOf('sd')}:80 listens on member m2's address and would no longer reach it; remove it (trivisor network forward remove ${NET} ${m2.ip}:8081), move the guest, and forward an address of m1 instead`,
+      );
+      const r = m1.daemon.cli(['move', 'sd', '--target', 'm1']);
+      assert.notEqual(r.code, 0, r.stdout);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /Guest sd cannot move to m1: port forward/);
+      assert.equal(locationOf('sd'), 'm2');
+    } finally {
+      m1.daemon.ok(['network', 'forward', 'remove', NET, `${m2.ip}:8081`]);
+    }
+  });
+
   test('guests on different members ping each other by address and by name, and their gateway', () => {
     for (const [from, to] of ACROSS) {
       assert.equal(sh(from, `ping -c1 -W3 ${SUBNET}.1`).code, 0, `${from} reaches its gateway`);
