@@ -26,6 +26,13 @@ import type { StorageService } from '../services/storage-service.ts';
 import { assertTarget, TargetQueryProperties } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
+/**
+ * Reads and writes of an archive on its way through HTTP (download and upload): 1 MiB each, not
+ * the streams' 64 KiB/16 KiB, so a GiB takes a thousand trips through the thread pool, not
+ * sixteen thousand or more (a node-to-node copy of 1 GiB: 3.0 s of CPU instead of 4.5 s, decision 0072).
+ */
+const ARCHIVE_IO_BYTES = 1 << 20;
+
 /** Largest backup archive accepted by import. */
 export const BACKUP_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 3;
 
@@ -190,7 +197,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       const file = await storage(request).backupFile(request.params.name, request.params.backup);
       reply.header('content-type', 'application/octet-stream');
       reply.header('content-length', String(file.sizeBytes));
-      return reply.send(createReadStream(file.path));
+      return reply.send(createReadStream(file.path, { highWaterMark: ARCHIVE_IO_BYTES }));
     },
   );
 
@@ -464,13 +471,18 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       );
       let received = 0;
       const count = new Transform({
+        highWaterMark: ARCHIVE_IO_BYTES,
         transform(chunk: Buffer, _enc, cb) {
           received += chunk.length;
           cb(null, chunk);
         },
       });
       try {
-        await pipeline(stream, count, createWriteStream(path, { mode: 0o600 }));
+        await pipeline(
+          stream,
+          count,
+          createWriteStream(path, { mode: 0o600, highWaterMark: ARCHIVE_IO_BYTES }),
+        );
         if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
         return sendAsync(
           reply,

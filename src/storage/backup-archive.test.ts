@@ -66,7 +66,8 @@ describe('backup archive (outer tar written and read by the daemon)', () => {
     assert.equal((await readMember(file, manifest, 100)).toString(), '{"x":1}\n');
     await assert.rejects(readMember(file, manifest, 4), ArchiveDamaged);
     const parts: Buffer[] = [];
-    for await (const c of memberChunks(file, rootfs)) parts.push(c);
+    // A chunk is valid until the next is asked for (one buffer, reused): kept as copies.
+    for await (const c of memberChunks(file, rootfs)) parts.push(Buffer.from(c));
     assert.ok(Buffer.concat(parts).equals(payload));
   });
 
@@ -124,7 +125,8 @@ describe('backup archive (outer tar written and read by the daemon)', () => {
       (p) => run('cp', [path.join(dir, 'src', 'd'), p]),
       async (chunks) => {
         const parts: Buffer[] = [];
-        for await (const c of chunks) parts.push(c);
+        // A chunk is valid until the next is asked for (one buffer, reused): kept as copies.
+        for await (const c of chunks) parts.push(Buffer.from(c));
         return Buffer.concat(parts);
       },
     );

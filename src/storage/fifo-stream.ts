@@ -31,9 +31,79 @@ async function both<T>(first: Promise<T>, second: Promise<unknown>): Promise<T> 
   return a.value;
 }
 
+/** Bytes of one read from the FIFO (a pipe hands over at most 64 KiB at a time unless it has more buffered). */
+const READ_BYTES = 256 << 10;
+
+/**
+ * The data of a socket read into one buffer, reused: a chunk is valid until the next is asked
+ * for. The socket is paused while a chunk is with the consumer, so no read overwrites it. A new
+ * buffer per read (the streams' way) cost the daemon more in garbage collection than all the rest
+ * of an export (decision 0072).
+ */
+async function* reusedChunks(makeSocket: (onread: SocketOnRead) => Socket): AsyncGenerator<Buffer> {
+  const buffer = Buffer.allocUnsafe(READ_BYTES);
+  let pending: Buffer | undefined;
+  let ended = false;
+  let failure: Error | undefined;
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const socket = makeSocket({
+    buffer,
+    callback: (n: number) => {
+      pending = buffer.subarray(0, n);
+      notify();
+      return false; // paused until the consumer is done with this chunk
+    },
+  });
+  socket.on('end', () => {
+    ended = true;
+    notify();
+  });
+  socket.on('error', (e: Error) => {
+    failure = e;
+    notify();
+  });
+  socket.on('close', () => {
+    ended = true;
+    notify();
+  });
+  try {
+    socket.resume();
+    for (;;) {
+      if (pending === undefined && !ended && failure === undefined) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      }
+      if (pending !== undefined) {
+        const chunk = pending;
+        pending = undefined;
+        yield chunk;
+        socket.resume();
+        continue;
+      }
+      if (failure) throw failure;
+      if (ended) return;
+    }
+  } finally {
+    socket.destroy();
+  }
+}
+
+/** net.Socket's `onread` option: data goes into `buffer`, `callback` returning false pauses the socket. */
+interface SocketOnRead {
+  buffer: Buffer;
+  callback: (bytes: number, buffer: Buffer) => boolean;
+}
+
 /**
  * Runs `produce(fifo)`, which writes a file at `fifo`, and hands what it writes
- * to `consume` as it comes. A failure of `consume` closes the read end (the
+ * to `consume` as it comes, in chunks each valid until the next is asked for
+ * (one buffer, reused). A failure of `consume` closes the read end (the
  * producer then fails on a broken pipe); a producer that fails after writing
  * part of its output fails the whole.
  *
@@ -61,21 +131,27 @@ export async function readThroughFifo<T>(
     throw e;
   }
   // The socket owns the read end from here, and closes it when destroyed.
-  // Read ahead up to a few MiB while the consumer writes: the producer is not held up by each write.
-  // (Socket passes its options on to its Duplex, which its type does not say.)
-  const options: SocketConstructorOpts & { readableHighWaterMark: number } = {
-    fd: readEnd,
-    readable: true,
-    writable: false,
-    readableHighWaterMark: 4 << 20,
-  };
-  const socket = new Socket(options);
+  // (Socket takes `onread` in its constructor too, which its type does not say.)
+  let socket: Socket | undefined;
+  const chunks = reusedChunks((onread) => {
+    const options: SocketConstructorOpts & { onread: SocketOnRead } = {
+      fd: readEnd,
+      readable: true,
+      writable: false,
+      onread,
+    };
+    socket = new Socket(options);
+    return socket;
+  });
   const producing = produce(fifo).finally(() => closeSync(ownWriteEnd));
   const consuming = (async () => {
     try {
-      return await consume(socket);
+      return await consume(chunks);
     } finally {
-      socket.destroy();
+      await chunks.return(undefined);
+      // A consumer that failed before its first read never made the socket: the read end is closed here.
+      if (socket === undefined) closeSync(readEnd);
+      else socket.destroy();
     }
   })();
   return both(consuming, producing);

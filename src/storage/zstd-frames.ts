@@ -17,39 +17,53 @@ export class ZstdFrameEnd {
   private checksum = false;
   private frames = 0;
 
-  /** Takes the next chunk; returns what of it (and of earlier chunks' held-back bytes) belongs to the frames. */
+  /** The bytes of a magic number begun in an earlier chunk, held back until it is known to start a frame. */
+  private held: Buffer = Buffer.alloc(0);
+
+  /**
+   * Takes the next chunk; returns what of it (and of earlier chunks' held-back bytes) belongs to the frames.
+   * What is kept of a chunk is always its beginning (a magic number not yet whole at its end, or the
+   * padding, is what is left out), so it is returned as a slice of the chunk, not copied: this runs on
+   * every byte of an export (decision 0072).
+   */
   take(chunk: Buffer): Buffer {
-    const kept: Buffer[] = [];
+    const heldIn = this.held;
+    this.held = Buffer.alloc(0);
+    let keepHeld = false;
+    let keepEnd = chunk.length;
+    // Where the magic number being read began in this chunk; -1: in an earlier one (held).
+    let magicAt = this.state === 'magic' && this.header.length > 0 ? -1 : 0;
+    if (this.state === 'padding') keepEnd = 0;
     let i = 0;
     while (i < chunk.length) {
       if (this.skip > 0) {
         const n = Math.min(this.skip, chunk.length - i);
-        kept.push(chunk.subarray(i, i + n));
         this.skip -= n;
         i += n;
         if (this.skip === 0) this.state = this.afterSkip;
         continue;
       }
       const byte = chunk[i] ?? 0;
-      i++;
       if (this.state === 'padding') {
         if (byte !== 0) throw new Error('bytes other than zeros follow the zstd frames');
+        i++;
         continue;
       }
-      // A frame's magic is held back until it is known not to be the start of the padding.
+      if (this.state === 'magic' && this.header.length === 0) magicAt = i;
+      i++;
       this.header.push(byte);
-      if (this.state !== 'magic') kept.push(Buffer.of(byte));
       if (this.state === 'magic' && this.header.length === 4) {
         const magic = Buffer.from(this.header).readUInt32LE(0);
         if (magic === 0 && this.frames > 0) {
           this.state = 'padding';
+          keepEnd = Math.max(0, magicAt);
         } else if (magic === 0xfd2fb528) {
           this.state = 'frame-header';
           this.frames++;
-          kept.push(Buffer.from(this.header));
+          if (magicAt < 0) keepHeld = true;
         } else if ((magic & 0xfffffff0) === 0x184d2a50) {
           this.state = 'skippable-size';
-          kept.push(Buffer.from(this.header));
+          if (magicAt < 0) keepHeld = true;
         } else {
           throw new Error('the stream is not zstd frames');
         }
@@ -81,7 +95,18 @@ export class ZstdFrameEnd {
         if (this.skip === 0) this.state = this.afterSkip;
       }
     }
-    return kept.length === 1 ? (kept[0] as Buffer) : Buffer.concat(kept);
+    if (this.state === 'magic' && this.header.length > 0) {
+      // A magic number not yet whole: held back until the next chunk says what it starts.
+      if (magicAt >= 0) {
+        keepEnd = magicAt;
+        this.held = Buffer.from(chunk.subarray(magicAt));
+      } else {
+        keepEnd = 0;
+        this.held = Buffer.concat([heldIn, chunk]);
+      }
+    }
+    const kept = chunk.subarray(0, keepEnd);
+    return keepHeld ? Buffer.concat([heldIn, kept]) : kept;
   }
 
   /** Checks the stream ended between frames, or in the padding (a cut-short frame is an error). */
