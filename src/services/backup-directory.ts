@@ -244,7 +244,7 @@ export async function importFromBackupDirectory(
           started = await deps.storage.importBackup({
             archivePath: mine,
             ...(i === 0 ? opts : rest),
-            chain: { last: i === links.length - 1 },
+            chain: { link: i, last: i === links.length - 1 },
           });
         } catch (e) {
           await rm(mine, { force: true });

@@ -37,10 +37,13 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
       // What the archive holds is known only once it is unpacked: the guest count is refused here,
       // the rest (memory, CPUs, disk) by the create in the operation, which leaves nothing behind.
       const p = await readProject(store, project);
-      assertWithinLimits(project, p.spec.config, {
-        before: p.usage,
-        after: addUsage(p.usage, { ...NO_USAGE, guests: 1 }),
-      });
+      // A chain's later link goes onto the guest its full made: no guest more.
+      if ((request.chain?.link ?? 0) === 0) {
+        assertWithinLimits(project, p.spec.config, {
+          before: p.usage,
+          after: addUsage(p.usage, { ...NO_USAGE, guests: 1 }),
+        });
+      }
       await checkPool(request.storage);
       if (request.live) {
         const { live: _, ...rest } = request;

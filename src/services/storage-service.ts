@@ -64,9 +64,10 @@ export interface StorageService {
     /**
      * A link of a chain imported in one operation (the backup directory's, decision 0074): the
      * guest stays marked half-imported (swept at the next start) until the `last` link is
-     * applied, and a link that fails removes the guest the chain's full made.
+     * applied, and a link that fails removes the guest the chain's full made. `link`: its place
+     * (0 the full); a later link goes onto that guest, so it is no guest more for `limits.guests`.
      */
-    chain?: { last: boolean };
+    chain?: { link: number; last: boolean };
   }): Promise<Operation>;
   /**
    * Removes half-made snapshots, backups and imports an interrupted daemon left; run at start,
