@@ -1,0 +1,4 @@
+// The quick benchmarks of the ct group (test/bench/quick-checks.ts GROUPS).
+import { quickGroupTest } from './quick-checks.ts';
+
+quickGroupTest('ct');
