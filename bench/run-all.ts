@@ -300,6 +300,16 @@ function option(name: string): string | undefined {
   return value;
 }
 
+/** The benchmark running now: a run-all stopped (SIGTERM, SIGINT: a test's timeout) stops it first. */
+const running = new Set<ReturnType<typeof spawn>>();
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(sig, () => {
+    for (const child of running) child.kill('SIGTERM');
+    console.log(`run-all: stopped by ${sig}`);
+    process.exit(128 + (sig === 'SIGTERM' ? 15 : 2));
+  });
+}
+
 /** Runs `node ARGV` with its output in `log`; resolves with its exit once it is gone. */
 function runNode(
   argv: string[],
@@ -307,6 +317,8 @@ function runNode(
 ): Promise<{ code: number | null; signal: string | null; timedOut: boolean }> {
   const out = openSync(options.log, 'a');
   const child = spawn(process.execPath, argv, { cwd: REPO, env: options.env, stdio: ['ignore', out, out] });
+  running.add(child);
+  child.once('close', () => running.delete(child));
   let timedOut = false;
   // SIGTERM, not SIGKILL: what the benchmark's own daemon leaves is swept as a dead run's (test/leftovers.ts).
   const timer = setTimeout(() => {

@@ -409,7 +409,7 @@ export function quickGroupTest(group: string): void {
   const { names, timeoutMs } = GROUPS[group] ?? { names: [], timeoutMs: 0 };
   test(`npm run bench -- --quick runs the ${group} benchmarks and their baselines to sane output, and leaves docs/benchmarks.md alone`, {
     timeout: timeoutMs,
-  }, async () => {
+  }, async (t) => {
     assert.ok(names.length > 0, `no group ${group}`);
     // Every benchmark the runner knows is in one group and has its check, and nothing else.
     assert.deepEqual(
@@ -434,8 +434,10 @@ export function quickGroupTest(group: string): void {
         const child = spawn(
           process.execPath,
           ['bench/run-all.ts', '--quick', '--only', names.join(','), '--out', out],
-          { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] },
+          // The test's timeout stops run-all, which stops its benchmark (their daemons are swept as a dead run's).
+          { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'], signal: t.signal, killSignal: 'SIGTERM' },
         );
+        child.on('error', () => {});
         child.on('close', resolve);
       });
       const summary = JSON.parse(readFileSync(path.join(out, 'run.json'), 'utf8')) as RunSummary;
