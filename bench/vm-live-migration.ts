@@ -112,12 +112,15 @@ function startIn(host: MemberHost, template: string[], dir: string, extra: strin
 
 async function qmpOf(dir: string, qemu: ChildProcess): Promise<QmpClient> {
   const sock = path.join(dir, 'raw-qmp.sock');
-  await until(
-    async () => existsSync(sock),
-    (v) => v,
+  // The socket's file exists from QEMU's bind, a moment before its listen: a connect in between
+  // is refused (seen on a loaded host), so a refusal is tried again while QEMU lives.
+  const client = await until(
+    async () =>
+      existsSync(sock) ? await connectQmp(sock, { timeoutMs: 30_000 }).catch(() => undefined) : undefined,
+    (v) => v !== undefined,
     () => (qemu.exitCode !== null ? rawQemuFailure(dir) : undefined),
   );
-  return connectQmp(sock, { timeoutMs: 30_000 });
+  return client as QmpClient;
 }
 
 async function handMove(
