@@ -41,7 +41,10 @@ export async function resolveBackupArchive(
   if (!isDnsLabel(guest))
     throw invalidArgument(`Backup ${JSON.stringify(name)}: ${guest} is not a guest name`);
   const root = await realpath(directory).catch(() => {
-    throw notFound(`The backup directory ${directory} does not exist on this host`);
+    // Not named: the directory is under the state dir by default, which errors never show (threat model).
+    throw notFound(
+      `Backup ${name} not found: this host's backup directory does not exist (nothing was shipped here yet)`,
+    );
   });
   const path = join(root, guest, file);
   const st = await lstat(path).catch(() => undefined);
