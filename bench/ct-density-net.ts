@@ -18,6 +18,7 @@ import { formatIpv4, parseCidr, prefixFor } from '../src/network/ipv4.ts';
 import { leafAlias, PORTS_PER_BRIDGE } from '../src/network/leaf-bridges.ts';
 import { ownerAlias, ownerHash } from '../src/network/linux-network-backend.ts';
 import { portsTable } from '../src/network/nft-rules.ts';
+import { claim, makeRunDir, removeRunDir } from '../test/leftovers.ts';
 import { startDaemon } from '../test/system/harness.ts';
 import {
   awaitLeases,
@@ -70,10 +71,14 @@ async function rawBaseline(): Promise<{ ports: number; createSeconds: number; ke
     const r = spawnSync('ip', ['-n', RAW_NS, ...args], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
   };
-  const add = spawnSync('ip', ['netns', 'add', RAW_NS], { encoding: 'utf8' });
-  if (add.status !== 0) throw new Error(`ip netns add: ${add.stderr}`);
+  // In a run dir of its own, claimed first: a run killed before its finally (run-all's SIGTERM at
+  // a timeout) leaves the namespace to the next run's sweep. No daemon runs yet to hold it.
+  const runDir = await makeRunDir('bench-net');
+  claim(runDir, { netns: [RAW_NS] });
   const batch = path.join(os.tmpdir(), `${RAW_NS}.batch`);
   try {
+    const add = spawnSync('ip', ['netns', 'add', RAW_NS], { encoding: 'utf8' });
+    if (add.status !== 0) throw new Error(`ip netns add: ${add.stderr}`);
     await settle();
     const kernelBefore = kernelBytes();
     const t0 = process.hrtime.bigint();
@@ -103,6 +108,7 @@ async function rawBaseline(): Promise<{ ports: number; createSeconds: number; ke
   } finally {
     rmSync(batch, { force: true });
     spawnSync('ip', ['netns', 'del', RAW_NS]);
+    await removeRunDir(runDir);
   }
 }
 

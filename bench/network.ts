@@ -7,6 +7,7 @@
 // the receiver's start-up, when the first data waits in its socket buffer, counts for little there)
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
+import { claim } from '../test/leftovers.ts';
 import { type Daemon, eventually, sleep, startDaemon } from '../test/system/harness.ts';
 import { QUICK, writeResult } from './lib.ts';
 
@@ -76,6 +77,8 @@ const slowMib = Math.max(QUICK ? 1 : 16, Math.round(mib / 2));
 const baselines: Array<{ mbitPerSecond: number; rttMs: number }> = [];
 try {
   // Baseline: a veth pair between two namespaces.
+  // Claimed first: a run killed before its finally (run-all's SIGTERM at a timeout) is swept.
+  claim(d.stateDir, { netns: NS });
   for (const ns of NS) run(['ip', 'netns', 'add', ns]);
   run([
     'ip',
