@@ -48,7 +48,7 @@ import {
 } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
-import type { KvStore } from '../store/kv.ts';
+import type { Compare, KvStore } from '../store/kv.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { moveMarkOf, noMoveOf } from './move-marks.ts';
@@ -228,9 +228,13 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
   }
 
   /** Writes a new spec if nobody else changed it since `loaded` was read. */
-  async function writeSpec(loaded: Loaded, next: GuestSpec): Promise<void> {
+  /** Writes `next` over the spec as loaded (and as `also` holds); Conflict in one line when either changed. */
+  async function writeSpec(loaded: Loaded, next: GuestSpec, also: Compare[] = []): Promise<void> {
     const ref = records.guest.at(next.name);
-    const r = await store.txn({ compare: [ref.unchanged(loaded.modRevision)], success: [ref.putOp(next)] });
+    const r = await store.txn({
+      compare: [ref.unchanged(loaded.modRevision), ...also],
+      success: [ref.putOp(next)],
+    });
     if (!r.succeeded) throw conflict(`Guest ${next.name} was changed at the same time; retry`);
   }
 
@@ -711,18 +715,11 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
             await refuseMoving();
             throw conflict(`Guest ${name} was changed at the same time; retry`);
           }
-        } else if (notMoving.length > 0) {
-          const ref = records.guest.at(name);
-          const r = await store.txn({
-            compare: [ref.unchanged(l.modRevision), ...notMoving],
-            success: [ref.putOp(next)],
-          });
-          if (!r.succeeded) {
-            await refuseMoving();
-            throw conflict(`Guest ${name} was changed at the same time; retry`);
-          }
         } else {
-          await writeSpec(l, next);
+          await writeSpec(l, next, notMoving).catch(async (e: unknown) => {
+            if (notMoving.length > 0) await refuseMoving();
+            throw e;
+          });
         }
         const timeout = AbortSignal.timeout(deps.configWaitMs ?? 60_000);
         try {
