@@ -41,33 +41,39 @@ function valuesAt(root: unknown, dotted: string): Array<{ where: string; value: 
   return found;
 }
 
-/** Every value at each path is a finite number above zero (JSON writes NaN and Infinity as null). */
-function positive(file: string, result: Json, paths: string[]): void {
+/** Every value at each path is a number that `holds` (JSON writes NaN and Infinity as null). */
+function numbersAt(file: string, result: Json, paths: string[], holds: (n: number) => boolean, what: string) {
   for (const p of paths) {
     for (const { where, value } of valuesAt(result, p)) {
       assert.ok(
-        typeof value === 'number' && Number.isFinite(value) && value > 0,
-        `${file}: ${where} is ${JSON.stringify(value)}, not a positive finite number`,
+        typeof value === 'number' && holds(value),
+        `${file}: ${where} is ${JSON.stringify(value)}, not ${what}`,
       );
     }
   }
 }
+
+/** Every value at each path is a finite number above zero. */
+const positive = (file: string, result: Json, paths: string[]) =>
+  numbersAt(file, result, paths, (n) => Number.isFinite(n) && n > 0, 'a positive finite number');
 
 /**
  * Every value at each path is a finite number, of any sign: a host-wide difference (the host's
  * used memory after the guests against before), which another test file running beside a quick
  * run (decision 0071) moves either way: -15 MiB a guest was seen for 4 guests.
  */
-function finite(file: string, result: Json, paths: string[]): void {
-  for (const p of paths) {
-    for (const { where, value } of valuesAt(result, p)) {
-      assert.ok(
-        typeof value === 'number' && Number.isFinite(value),
-        `${file}: ${where} is ${JSON.stringify(value)}, not a finite number`,
-      );
-    }
-  }
-}
+const finite = (file: string, result: Json, paths: string[]) =>
+  numbersAt(file, result, paths, Number.isFinite, 'a finite number');
+
+/** vm-boot and pvm-boot: each side's start, the ratio and the idle memory of each. */
+const engineBoot = (r: Json, f: string) =>
+  positive(f, r, [
+    'trivisor.p50Ms',
+    'raw.p50Ms',
+    'ratioP50',
+    'idleHostMemory.trivisorMiB',
+    'idleHostMemory.rawMiB',
+  ]);
 
 /** What each quick result must hold: the benchmark's figures and its baseline's, and the ratio. */
 const CHECKS: Record<string, (r: Json, file: string) => void> = {
@@ -134,22 +140,8 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     // operations: what `trivisor plan advise` divides seconds by (decision 0054).
     positive(f, r, ['ratioToNative.*.*', 'bootToInitMs.*', 'idleHostMemoryMiB.*', 'operations.*']);
   },
-  'vm-boot.json': (r, f) =>
-    positive(f, r, [
-      'trivisor.p50Ms',
-      'raw.p50Ms',
-      'ratioP50',
-      'idleHostMemory.trivisorMiB',
-      'idleHostMemory.rawMiB',
-    ]),
-  'pvm-boot.json': (r, f) =>
-    positive(f, r, [
-      'trivisor.p50Ms',
-      'raw.p50Ms',
-      'ratioP50',
-      'idleHostMemory.trivisorMiB',
-      'idleHostMemory.rawMiB',
-    ]),
+  'vm-boot.json': engineBoot,
+  'pvm-boot.json': engineBoot,
   'vm-variants.json': (r, f) => {
     const variants = r.variants as Json[];
     assert.deepEqual(
