@@ -285,7 +285,10 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
         'web3 (Offline)',
       ]);
       assert.equal(asked.length, 0, "this member's charts are its own history, no target");
+      // The heading names web2 as soon as it is chosen; its history is asked for after that.
+      const web2History = page.waitForResponse(/\/1\.0\/metrics\/history\?.*target=web2/);
       await choice.selectOption('web2');
+      await web2History;
       await page.waitForURL(/member=web2/);
       await page.locator('#host-charts', { hasText: 'of web2' }).waitFor();
       await page.waitForSelector('.uplot canvas');
