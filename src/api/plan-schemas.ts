@@ -86,6 +86,9 @@ export const ConsolidationPlanSchema = Type.Object({
         memoryWeeklyGrowth: Type.Optional(Type.Number()),
         factor: Type.Number({ description: 'What the load was scaled by (at least 1)' }),
         rawFactor: Type.Number({ description: 'The trend’s factor before the floor at 1' }),
+        measuredLowerBound: Type.Integer({
+          description: 'The lower bound of the inventory as measured, before the forecast scaled it',
+        }),
       },
       { description: 'The trend the plan was scaled by (forecastDays)' },
     ),

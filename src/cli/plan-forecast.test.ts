@@ -92,6 +92,8 @@ describe('plan consolidate with a growth forecast: the CLI and the API plan alik
     assert.ok(cliPlan.forecast.factor > 1.1, JSON.stringify(cliPlan.forecast));
     assert.match(cliPlan.predicted.basis, /scaled by its trend over the 14 days after it/);
     assert.equal(cliPlan.hosts.length, 2, 'the grown load needs a second host');
+    assert.equal(cliPlan.lowerBound, 2);
+    assert.equal(cliPlan.forecast.measuredLowerBound, 1, 'the lower bound as measured is told beside it');
 
     const measuredCli = await viaCli([]);
     assert.deepEqual(await viaApi(''), measuredCli);

@@ -1,4 +1,4 @@
-import { type Plan, planConsolidation } from './consolidate.ts';
+import { lowerBound, type Plan, planConsolidation } from './consolidate.ts';
 import { type LoadTrend, loadTrend, scaleInventory } from './forecast.ts';
 import type { HostSize, Inventory } from './inventory.ts';
 import { loadSvg } from './load-svg.ts';
@@ -47,8 +47,11 @@ export interface PlanReportJson {
     intervalsOver100: number;
   }>;
   lowerBound: number;
-  /** The trend the plan was scaled by (`forecastDays`). */
-  forecast?: LoadTrend & { aheadDays: number };
+  /**
+   * The trend the plan was scaled by (`forecastDays`), and the lower bound of the inventory as
+   * measured: what the forecast changed, without planning twice.
+   */
+  forecast?: LoadTrend & { aheadDays: number; measuredLowerBound: number };
   predicted: ReplaySummary & { basis: string; periodDays?: number; headroomPercentByPeriod?: number[] };
   replay: ReplaySummary;
 }
@@ -106,7 +109,10 @@ export function planReport(measured: Inventory, options: PlanReportOptions): Pla
       intervalsOver100: replay.hosts[i]?.intervalsOver100 ?? 0,
     })),
     lowerBound: plan.lowerBound,
-    ...(trend && forecastDays !== undefined && { forecast: { ...trend, aheadDays: forecastDays } }),
+    ...(trend &&
+      forecastDays !== undefined && {
+        forecast: { ...trend, aheadDays: forecastDays, measuredLowerBound: lowerBound(measured, hostSize) },
+      }),
     predicted: {
       ...summary(predicted),
       basis: trend

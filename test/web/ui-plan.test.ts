@@ -9,6 +9,22 @@ import { type FixtureBackend, startFixtureBackend } from './fixture-backend.ts';
 const INVENTORY = path.resolve(import.meta.dirname, '../fixtures/planner/day-night.csv');
 
 /**
+ * Four workloads over 14 days, hourly, 1.5 cores busy each on day 0 growing 10% a week: one host
+ * of 8 cores as measured, two with their trend carried 14 days ahead (as src/cli/plan-forecast.test.ts).
+ */
+function growingInventory(): Buffer {
+  const lines = ['id,cpu,memory,timestamp,cpu_used,memory_used'];
+  const start = Date.parse('2026-11-01T00:00:00Z') / 1000;
+  for (const id of ['app1', 'app2', 'app3', 'app4']) {
+    for (let h = 0; h < 14 * 24; h++) {
+      const used = 1.5 * (1 + (0.1 * h) / 24 / 7) * (1 + 0.02 * Math.sin(h + id.length));
+      lines.push(`${id},4,4GiB,${start + h * 3600},${used.toFixed(4)},1GiB`);
+    }
+  }
+  return Buffer.from(`${lines.join('\n')}\n`);
+}
+
+/**
  * The Plan page (issue 14 §4, decision 0065) in Debian's headless Chromium, over the fixture
  * backend whose planner is the daemon's own (a worker thread): an uploaded inventory planned.
  */
@@ -105,6 +121,42 @@ describe('web UI: the consolidation plan page', () => {
       (await page.locator('[data-testid=plan-result]').textContent()) ?? '',
       /No profile for 2 workload\(s\): (web1|batch2), (web1|batch2)\./,
     );
+    assert.deepEqual(errors, []);
+  });
+
+  test('with forecast days, the plan is for the trend and says what it changed; too short an inventory is refused in one line', async () => {
+    await page.setInputFiles('#f-inventory', {
+      name: 'growing.csv',
+      mimeType: 'text/csv',
+      buffer: growingInventory(),
+    });
+    await page.fill('#f-host-size', 'cpu=8');
+    await page.fill('#f-forecast-days', '14');
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    const forecast = page.locator('[data-testid=plan-forecast]');
+    await forecast.waitFor({ timeout: 60_000 });
+    assert.match(
+      (await forecast.textContent()) ?? '',
+      /^Forecast: planned for the 14 days after the inventory's 14 whole days\. .* is CPU \+9\.\d%, memory \+0\.0% a week; the load was scaled by ×1\.1\d\d: lower bound 2 hosts, 1 as measured\.$/,
+    );
+    assert.equal(await page.locator('[data-testid=plan-hosts]').textContent(), '2');
+    assert.match(
+      (await page.locator('[data-testid=plan-source]').textContent()) ?? '',
+      /^growing\.csv: 4 workloads/,
+    );
+
+    await page.setInputFiles('#f-inventory', INVENTORY);
+    await page.fill('#f-host-size', 'cpu=4,memory=16GiB');
+    await page.fill('#f-forecast-days', '7');
+    await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
+    const refused = page.locator('.notice.error span', { hasText: 'A trend needs at least 7 whole days' });
+    await refused.waitFor();
+    assert.equal(
+      await refused.textContent(),
+      'A trend needs at least 7 whole days of samples; the inventory has 0',
+    );
+    // The refused plan changed nothing shown.
+    assert.match((await page.locator('[data-testid=plan-source]').textContent()) ?? '', /^growing\.csv: /);
     assert.deepEqual(errors, []);
   });
 });

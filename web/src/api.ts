@@ -103,7 +103,13 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
    */
   planConsolidation(
     inventory: Blob | null,
-    options: { hostSize: string; percentile?: number; seed?: number; fromHistory?: PlanHistoryRange },
+    options: {
+      hostSize: string;
+      percentile?: number;
+      seed?: number;
+      forecastDays?: number;
+      fromHistory?: PlanHistoryRange;
+    },
   ): Promise<ConsolidationPlanWire>;
   /** ct, pvm or vm for each workload of a profile file (docs/advisor-profile.md), from the daemon's table. */
   adviseWorkloads(profiles: Blob): Promise<AdviceAnswer>;
@@ -359,6 +365,7 @@ export function createWebApi(options: WebApiOptions): WebApi {
       const query = new URLSearchParams({ hostSize: String(o.hostSize) });
       if (o.percentile !== undefined) query.set('percentile', String(o.percentile));
       if (o.seed !== undefined) query.set('seed', String(o.seed));
+      if (o.forecastDays !== undefined) query.set('forecastDays', String(o.forecastDays));
       if (o.fromHistory !== undefined) query.set('fromHistory', o.fromHistory);
       const path = `/1.0/plans/consolidate?${query}`;
       return inventory ? upload<ConsolidationPlanWire>(path, inventory, {}) : call('POST', path);

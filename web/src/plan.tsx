@@ -66,6 +66,25 @@ function Models(props: { plan: ConsolidationPlanWire; advice: AdviceAnswer | nul
   );
 }
 
+const growth = (v: number) => `${v >= 0 ? '+' : '−'}${Math.abs(v * 100).toFixed(1)}%`;
+
+/** What a growth forecast (`forecastDays`) did: the trend it found and how it changed the plan. */
+function Forecast(props: { plan: ConsolidationPlanWire }) {
+  const f = props.plan.forecast;
+  if (!f) return null;
+  const memory = f.memoryWeeklyGrowth === undefined ? '' : `, memory ${growth(f.memoryWeeklyGrowth)}`;
+  return (
+    <div class="panel" data-testid="plan-forecast">
+      <strong>Forecast</strong>: planned for the {f.aheadDays} days after the inventory's {f.days} whole days.
+      Its trend (a line through each day's summed load) is CPU {growth(f.cpuWeeklyGrowth)}
+      {memory} a week;{' '}
+      {f.rawFactor > 1
+        ? `the load was scaled by ×${f.factor.toFixed(3)}: lower bound ${props.plan.lowerBound} hosts, ${f.measuredLowerBound} as measured.`
+        : `it falls (×${f.rawFactor.toFixed(3)}), so the plan is for the load as measured (lower bound ${f.measuredLowerBound}).`}
+    </div>
+  );
+}
+
 function PlanResult(props: { plan: ConsolidationPlanWire; source: string; advice: AdviceAnswer | null }) {
   const p = props.plan;
   const inv = p.inventory;
@@ -110,6 +129,7 @@ function PlanResult(props: { plan: ConsolidationPlanWire; source: string; advice
           </div>
         </div>
       </section>
+      <Forecast plan={p} />
       <Models plan={p} advice={props.advice} />
       <div class="panel table-wrap">
         <table aria-label="Planned hosts">
@@ -176,10 +196,12 @@ export function PlanPage() {
             if (chosen && history) throw new Error('Choose an inventory file or a history range, not both');
             const percentile = String(d.get('percentile') || '');
             const seed = String(d.get('seed') || '');
+            const forecastDays = String(d.get('forecastDays') || '');
             const result = await api.planConsolidation(chosen, {
               hostSize: String(d.get('hostSize') || ''),
               ...(percentile ? { percentile: Number(percentile) } : {}),
               ...(seed ? { seed: Number(seed) } : {}),
+              ...(forecastDays ? { forecastDays: Number(forecastDays) } : {}),
               ...(history ? { fromHistory: history } : {}),
             });
             const profiles = d.get('profiles');
@@ -240,6 +262,12 @@ export function PlanPage() {
             </Field>
             <Field label="Seed">
               {(id) => <input id={id} name="seed" type="number" step="1" defaultValue="1" />}
+            </Field>
+            <Field
+              label="Forecast days"
+              hint="Optional: plan for this many days after the inventory, its load scaled by its own trend (needs 7 whole days of samples)"
+            >
+              {(id) => <input id={id} name="forecastDays" type="number" min="1" max="3660" step="1" />}
             </Field>
           </div>
         </Form>
