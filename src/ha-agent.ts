@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     stateDir,
     member: membership.name,
     log,
-    running: () => runningGuests(parent),
+    running: (only) => runningGuests(parent, { only }),
     kill: async (guest) => {
       const left = await killGuest(parent, guest);
       if (left.length > 0)

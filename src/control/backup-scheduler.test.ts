@@ -3,6 +3,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { invalidArgument } from '../core/errors.ts';
 import type { TrivisorEvent } from '../core/types.ts';
@@ -20,6 +21,7 @@ import {
   type ShippedBackup,
   shippedName,
 } from '../storage/shipped-backups.ts';
+import type { KvStore } from '../store/kv.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
@@ -196,9 +198,9 @@ describe('backup scheduler (fake clock, real directory)', () => {
   let chainOf: Map<string, BackupChainLink>;
   let chains: number;
 
-  const scheduler = () =>
+  const scheduler = (on: KvStore = store) =>
     createBackupScheduler({
-      store,
+      store: on,
       hostName: 'h1',
       operations,
       events: { publish: (e) => events.push({ ...e, timestamp: '' }) },
@@ -290,6 +292,38 @@ describe('backup scheduler (fake clock, real directory)', () => {
   });
   afterEach(async () => {
     await rm(work, { recursive: true, force: true });
+  });
+
+  test('among 10,000 guests without a schedule, a pass after the first reads the failures on record and the guests whose schedule fires, nothing else (decision 0080)', async () => {
+    for (let i = 0; i < 10_000; i++) {
+      await records.guest.at(`g${i}`).put(store, aGuestSpec({ name: `g${i}` }));
+      await records.guestStatus.at(`g${i}`).put(store, aGuestStatus());
+    }
+    // A failure whose guest is gone goes at the next pass; one of a guest with a schedule stays.
+    const failure = { at: '2026-12-05T02:00:00Z', member: 'h1', error: 'no room' };
+    await records.backupFailure.at('gone').put(store, failure);
+    await records.backupFailure.at('daily').put(store, failure);
+    const counted = countingStore(store);
+    const s = scheduler(counted);
+    try {
+      await s.pass(at('2026-12-05T02:58:04'));
+      assert.equal(await store.get(records.backupFailure.at('gone').key), undefined);
+      counted.reset();
+      // 03:00: daily, hourly and chained fire; 03:01 and 03:02: none.
+      for (const minute of ['00', '01', '02']) await s.pass(at(`2026-12-05T03:${minute}:04`));
+      assert.deepEqual(made.map((m) => m.guest).sort(), ['chained', 'daily', 'hourly']);
+      assert.deepEqual(counted.reads.lists, Array(3).fill(records.backupFailure.prefix));
+      assert.ok(counted.reads.records <= 12, `three passes read ${counted.reads.records} records`);
+      // A schedule set now is seen by the next pass, through the watch.
+      await records.guest
+        .at('g5')
+        .put(store, aGuestSpec({ name: 'g5', config: { 'backups.schedule': '* * * * *' } }));
+      await new Promise((r) => setTimeout(r, 50));
+      await s.pass(at('2026-12-05T03:03:04'));
+      assert.deepEqual(made.at(-1)?.guest, 'g5');
+    } finally {
+      s.stop();
+    }
   });
 
   test('a guest of this member whose schedule fires is backed up, stopped or not, and the archive shipped; the local copy goes', async () => {

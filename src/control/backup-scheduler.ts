@@ -8,9 +8,11 @@ import { succeeded } from '../services/operation-service.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
 import { listShipped, nextShippedLink, pruneShipped, shipBackup } from '../storage/shipped-backups.ts';
+import { compareByteOrder } from '../store/key-order.ts';
 import type { KvStore } from '../store/kv.ts';
-import { records, valuesOf } from '../store/records.ts';
+import { records } from '../store/records.ts';
 import { firesIn, minuteOf } from './minute-clock.ts';
+import { scheduledGuests } from './watched-subset.ts';
 
 /**
  * Scheduled backups shipped off the member (issue 13 part 5; decisions 0046 and 0062): each
@@ -38,9 +40,14 @@ export interface BackupSchedulerDeps {
 }
 
 export interface BackupScheduler {
-  /** One pass at `at`: the guests whose schedule fires in its minute, backed up, shipped and pruned (run each minute: minute-clock.ts). */
+  /**
+   * One pass at `at`: the guests whose schedule fires in its minute, backed up, shipped and pruned
+   * (run each minute: minute-clock.ts). The first pass lists the guests and watches them on; the
+   * others read only this member's guests with a schedule, from the watch, and the failures on
+   * record (decision 0080).
+   */
   pass(at: Date): Promise<void>;
-  /** Ends a pass under way early (the daemon stops). */
+  /** Ends a pass under way early and stops watching (the daemon stops). */
   stop(): void;
 }
 
@@ -50,6 +57,7 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
   /** The minute each guest was last backed up on schedule by this daemon: one backup a minute. */
   const lastRun = new Map<string, number>();
   let stopped = false;
+  const scheduled = scheduledGuests(store, { hostName, key: 'backups.schedule', log });
 
   /** A backup of the guest made here: its name and the link of its chain it is (none for a whole archive). */
   async function make(
@@ -142,28 +150,29 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
 
   async function pass(at: Date): Promise<void> {
     const minute = minuteOf(at);
-    const [specs, statuses, failures] = await Promise.all([
-      records.guest.list(store),
-      records.guestStatus.list(store),
-      records.backupFailure.list(store),
-    ]);
-    const provisioned = new Set(
-      statuses.items.filter((s) => s.value.provisioned).map((s) => records.guestStatus.nameOf(s.key)),
-    );
+    // The failures on record are few (guests whose last scheduled backup failed): listed each pass.
+    const [failures] = await Promise.all([records.backupFailure.list(store), scheduled.ready()]);
     const failing = new Set(failures.items.map((f) => records.backupFailure.nameOf(f.key)));
-    const specOf = new Map(valuesOf(specs).map((s) => [s.name, s]));
+    const mine = new Map(
+      [...scheduled.picked()]
+        .sort(([a], [b]) => compareByteOrder(a, b))
+        .map(([, s]): [string, GuestSpec] => [s.name, s]),
+    );
     // A failure outlives neither its guest nor its schedule.
     for (const name of failing) {
-      const spec = specOf.get(name);
+      if (mine.has(name)) continue;
+      const spec = (await records.guest.at(name).get(store))?.value;
       if (spec && (spec.location !== hostName || spec.config['backups.schedule'])) continue;
       await store.delete(records.backupFailure.at(name).key).catch(() => {});
     }
-    for (const spec of specOf.values()) {
+    for (const spec of mine.values()) {
       if (stopped) return;
       const schedule = spec.config['backups.schedule'];
-      if (!schedule || spec.location !== hostName || spec.deleting || !provisioned.has(spec.name)) continue;
+      if (!schedule || spec.location !== hostName || spec.deleting) continue;
       if (lastRun.get(spec.name) === minute.getTime()) continue;
       if (!firesIn(schedule, minute, 'backups.schedule')) continue;
+      // Read only for a schedule that fires: one status, not every guest's.
+      if (!(await records.guestStatus.at(spec.name).get(store))?.value.provisioned) continue;
       lastRun.set(spec.name, minute.getTime());
       await backUp(spec, minute).then(
         () => succeededNow(spec, failing.has(spec.name)),
@@ -176,6 +185,7 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
     pass,
     stop() {
       stopped = true;
+      scheduled.stop();
     },
   };
 }

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
+import { keys } from '../core/keys.ts';
 import type { GuestSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
@@ -152,5 +154,73 @@ describe('snapshot scheduler (fake clock)', () => {
       made.some((m) => m.startsWith('theirs/') || m.startsWith('plain/')),
       false,
     );
+  });
+});
+
+describe('snapshot scheduler reads (decision 0080)', () => {
+  test('among 10,000 guests without a schedule, a pass after the first reads only the scheduled guests, and a schedule set later is seen', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    const operations = createOperationService(createEventBus());
+    const made: string[] = [];
+    const s = createSnapshotScheduler({
+      store,
+      hostName: 'h1',
+      operations,
+      log: silentLogger(),
+      storage: {
+        async createSnapshot(guest, name) {
+          made.push(`${guest}/${name}`);
+          await records.snapshot.at(guest, name).put(memory, {
+            name,
+            guest,
+            createdAt: new Date().toISOString(),
+            wasRunning: true,
+            location: 'h1',
+          });
+          return operations.start({
+            project: 'default',
+            description: 'snapshot',
+            resources: {},
+            run: async () => undefined,
+          });
+        },
+        async deleteSnapshot() {
+          throw new Error('nothing expires here');
+        },
+      },
+    });
+    try {
+      for (let i = 0; i < 10_000; i++) {
+        await records.guest.at(`g${i}`).put(memory, spec(`g${i}`, {}));
+        await records.guestStatus.at(`g${i}`).put(memory, status(true));
+        if (i % 100 === 0)
+          await records.snapshot.at(`g${i}`, 'by-hand').put(memory, {
+            name: 'by-hand',
+            guest: `g${i}`,
+            createdAt: '2026-12-01T00:00:00.000Z',
+            wasRunning: true,
+            location: 'h1',
+          });
+      }
+      await records.guest.at('g1').put(memory, spec('g1', { 'snapshots.schedule': '* * * * *' }));
+      const t0 = Date.parse('2026-12-05T10:00:00.000Z');
+      await s.pass(new Date(t0 + 2000));
+      assert.deepEqual(made, ['g1/snap0']);
+      store.reset();
+      for (let m = 1; m <= 5; m++) await s.pass(new Date(t0 + m * 60_000 + 2000));
+      assert.equal(made.length, 6);
+      // One list a pass: the scheduled guest's own snapshots, for the next free name.
+      assert.deepEqual(store.reads.lists, Array(5).fill(keys.snapshots('g1')));
+      assert.ok(store.reads.records <= 5 * 8, `five passes read ${store.reads.records} records`);
+      // A schedule set now is seen by the next pass, through the watch.
+      await records.guest.at('g2').put(memory, spec('g2', { 'snapshots.schedule': '* * * * *' }));
+      await new Promise((r) => setTimeout(r, 50));
+      await s.pass(new Date(t0 + 6 * 60_000 + 2000));
+      assert.deepEqual(made.slice(-2), ['g1/snap6', 'g2/snap0']);
+    } finally {
+      s.stop();
+      await memory.close();
+    }
   });
 });

@@ -5,9 +5,11 @@ import type { Logger } from '../host/logger.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import type { OperationService } from '../services/types.ts';
+import { compareByteOrder } from '../store/key-order.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { firesIn, minuteOf } from './minute-clock.ts';
+import { scheduledGuests, watchSubset } from './watched-subset.ts';
 
 /**
  * Scheduled snapshots with expiry (issue 13 part 5, Incus's keys; decision 0043): each member
@@ -27,9 +29,14 @@ export interface SnapshotSchedulerDeps {
 }
 
 export interface SnapshotScheduler {
-  /** One pass at `now`: the schedules that fire in its minute, and the expired snapshots (run each minute: minute-clock.ts). */
+  /**
+   * One pass at `now`: the schedules that fire in its minute, and the expired snapshots (run each
+   * minute: minute-clock.ts). The first pass lists the guests and snapshots and watches them on;
+   * the others read only this member's guests with a schedule and the snapshots with an expiry,
+   * from the watch (decision 0080).
+   */
   pass(now: Date): Promise<void>;
-  /** Ends a pass under way early (the daemon stops). */
+  /** Ends a pass under way early and stops watching (the daemon stops). */
   stop(): void;
 }
 
@@ -47,14 +54,28 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
   /** The minute each guest was last snapshotted on schedule by this daemon: one snapshot a minute. */
   const lastRun = new Map<string, number>();
   let stopped = false;
+  const scheduled = scheduledGuests(store, { hostName, key: 'snapshots.schedule', log });
+  /** The snapshots that expire (any guest's: one taken by hand may have an expiry too). */
+  const expiring = watchSubset({
+    store,
+    prefix: records.snapshot.prefix,
+    pick: (kv) => {
+      const s = records.snapshot.decode(kv);
+      return s.expiresAt === undefined ? undefined : { guest: s.guest, name: s.name, expiresAt: s.expiresAt };
+    },
+    log,
+  });
 
   const ended = (op: Operation) => succeeded(deps.operations, op);
 
-  async function snapshotOnSchedule(spec: GuestSpec, minute: Date, up: boolean): Promise<void> {
+  async function snapshotOnSchedule(spec: GuestSpec, minute: Date): Promise<void> {
     const schedule = spec.config['snapshots.schedule'];
     if (!schedule || lastRun.get(spec.name) === minute.getTime()) return;
-    if (!up && spec.config['snapshots.schedule.stopped'] !== 'true') return;
     if (!firesIn(schedule, minute)) return;
+    // Read only for a schedule that fires: one status, not every guest's.
+    const status = (await records.guestStatus.at(spec.name).get(store))?.value.status;
+    const up = status === 'Running' || status === 'Frozen';
+    if (!up && spec.config['snapshots.schedule.stopped'] !== 'true') return;
     lastRun.set(spec.name, minute.getTime());
     const taken = new Set(valuesOf(await records.snapshot.list(store, spec.name)).map((s) => s.name));
     const name = nextSnapshotName(spec.config['snapshots.pattern'] ?? 'snap%d', taken);
@@ -68,20 +89,23 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
     log.info({ guest: spec.name, snapshot: name, expiresAt }, 'scheduled snapshot taken');
   }
 
+  /** Whether a guest is this member's and not being deleted (read for an expired snapshot only). */
+  const ours = async (guest: string) => {
+    const spec = (await records.guest.at(guest).get(store))?.value;
+    return spec !== undefined && spec.location === hostName && !spec.deleting;
+  };
+
   async function pass(at: Date): Promise<void> {
     const minute = minuteOf(at);
-    const [specs, statuses, snapshots] = await Promise.all([
-      records.guest.list(store),
-      records.guestStatus.list(store),
-      records.snapshot.list(store),
-    ]);
-    const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value.status]));
-    const mine = valuesOf(specs).filter((s) => s.location === hostName && !s.deleting);
-    const ours = new Set(mine.map((s) => s.name));
-    for (const snap of valuesOf(snapshots)) {
+    await Promise.all([scheduled.ready(), expiring.ready()]);
+    // In key order, as a list gave them.
+    const expired = [...expiring.picked()]
+      .filter(([, s]) => Date.parse(s.expiresAt) <= at.getTime())
+      .sort(([a], [b]) => compareByteOrder(a, b))
+      .map(([, s]) => s);
+    for (const snap of expired) {
       if (stopped) return;
-      if (!ours.has(snap.guest) || snap.expiresAt === undefined || Date.parse(snap.expiresAt) > at.getTime())
-        continue;
+      if (!(await ours(snap.guest))) continue;
       await ended(await deps.storage.deleteSnapshot(snap.guest, snap.name))
         .then(() => log.info({ guest: snap.guest, snapshot: snap.name }, 'expired snapshot deleted'))
         .catch((e: unknown) =>
@@ -91,12 +115,14 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
           ),
         );
     }
+    const mine = [...scheduled.picked()]
+      .sort(([a], [b]) => compareByteOrder(a, b))
+      .map(([, s]) => s)
+      .filter((s) => !s.deleting);
     for (const spec of mine) {
       if (stopped) return;
-      const status = statusOf.get(spec.name);
-      await snapshotOnSchedule(spec, minute, status === 'Running' || status === 'Frozen').catch(
-        (e: unknown) =>
-          log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'scheduled snapshot failed'),
+      await snapshotOnSchedule(spec, minute).catch((e: unknown) =>
+        log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'scheduled snapshot failed'),
       );
     }
   }
@@ -105,6 +131,8 @@ export function createSnapshotScheduler(deps: SnapshotSchedulerDeps): SnapshotSc
     pass,
     stop() {
       stopped = true;
+      scheduled.stop();
+      expiring.stop();
     },
   };
 }

@@ -209,3 +209,48 @@ test('a member removed from the cluster fences: its agent kills its HA guests, g
     5000,
   );
 });
+
+test('the agent reads no guest cgroup while no guest is HA, and only the HA guests once some are (decision 0080)', async () => {
+  const store = createMemoryStore();
+  stops.push(() => store.close());
+  await records.member.at('m1').put(store, {
+    name: 'm1',
+    address: '198.18.0.1:8443',
+    roles: [],
+    certificateFingerprint: 'f',
+    version: 'test',
+    joinedAt: new Date().toISOString(),
+    evacuated: false,
+  });
+  const plain = (name: string) => aGuestSpec({ name, location: 'm1' });
+  for (let i = 0; i < 10_000; i++) await records.guest.at(`g${i}`).put(store, plain(`g${i}`));
+  const dir = mkdtempSync(path.join(tmpdir(), 'ha-reads-'));
+  dirs.push(dir);
+  /** The guests each look asked about ('*': every guest of the host). */
+  const asked: string[][] = [];
+  const agent = startHaAgent({
+    store,
+    stateDir: dir,
+    member: 'm1',
+    log: silentLogger(),
+    running: async (guests?: ReadonlySet<string>) => {
+      asked.push(guests ? [...guests] : ['*']);
+      return new Set(guests ?? []);
+    },
+    kill: async () => {},
+    timings: FAST,
+    lookEveryMs: 20,
+    callTimeoutMs: 300,
+  });
+  stops.push(() => agent.stop());
+  await until('ten looks', () => asked.length >= 10, 10_000);
+  assert.deepEqual(
+    asked.filter((a) => a.length > 0),
+    [],
+    'a look asked about guests while none is HA',
+  );
+  await records.guest.at('g7').put(store, spec('g7', 'm1'));
+  await until('a look asking about g7', () => asked.some((a) => a.includes('g7')), 10_000);
+  const last = asked.at(-1) ?? [];
+  assert.deepEqual(last, ['g7'], 'a look asked about more than the HA guest');
+});

@@ -25,8 +25,11 @@ export interface HaAgentDeps {
   stateDir: string;
   member: string;
   log: Logger;
-  /** The guests of this member that have processes (their cgroups). */
-  running: () => Promise<Set<string>>;
+  /**
+   * Which of `guests` (this member's) have processes (their cgroups). The agent asks only about
+   * the guests HA knows of: none with no HA guest (decision 0080).
+   */
+  running: (guests: ReadonlySet<string>) => Promise<Set<string>>;
   /** Kills a guest at once (SIGKILL by its cgroup). */
   kill: (guest: string) => Promise<void>;
   /** The host's watchdog: armed and petted while HA guests run, disarmed after. */
@@ -109,6 +112,8 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
   specs.start().catch((e: unknown) => log.warn({ err: String(e) }, 'HA: cannot list the guests yet'));
   const haRunning = (running: Set<string>) =>
     new Set([...running].filter((g) => haNames.has(g) || haSpecs.has(g)));
+  /** The guests the agent may care about: HA by record or spec, or a start it asked for. */
+  const candidates = () => new Set([...haNames, ...haSpecs, ...pending.keys()]);
 
   const answer = (a: LeaseAnswer) => {
     for (const x of lrm.leaseAnswer(clock(), a)) void act(x);
@@ -262,7 +267,11 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
           log.warn({ member, guest: g }, 'HA: the daemon did not start the guest in time');
         }
       }
-      for (const a of lrm.manage(now, { guests: world.guests, running: haRunning(running) })) await act(a);
+      // A guest made HA a moment ago is not recorded until the CRM's next pass: left running till then.
+      const recorded = new Set(world.guests.map((g) => g.value.name));
+      const awaiting = new Set([...haSpecs].filter((g) => !recorded.has(g)));
+      for (const a of lrm.manage(now, { guests: world.guests, running: haRunning(running), awaiting }))
+        await act(a);
     } catch (e) {
       log.warn({ member, err: String(e) }, 'HA: cannot read the HA records');
     } finally {
@@ -287,7 +296,7 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
   }
 
   async function look() {
-    const running = await deps.running();
+    const running = await deps.running(candidates());
     for (const a of lrm.tick(clock(), haRunning(running))) await act(a);
     // Not live: whatever HA guest runs here is killed (a start that was in flight at the fence).
     if (!lrm.live(clock())) {
@@ -315,7 +324,7 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
       specs.stop();
       clearTimeout(timer);
       await looking;
-      for (const a of lrm.fenceNow(haRunning(await deps.running()))) await act(a);
+      for (const a of lrm.fenceNow(haRunning(await deps.running(candidates())))) await act(a);
       publish();
     },
   };
