@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { ClusterMove, RebalanceResult } from '../../src/api/cluster-schemas.ts';
 import type { ClusterInfo, ClusterMember, ClusterService } from '../../src/cluster/membership.ts';
 import type { RebalanceService } from '../../src/control/rebalance-controller.ts';
+import type { Caller } from '../../src/core/access.ts';
 import { rebalanceSettings } from '../../src/core/config-keys.ts';
 import {
   alreadyExists,
@@ -46,6 +47,10 @@ export interface FixtureBackend {
   members: ClusterMember[];
   /** The fake backups: what was asked of them. */
   backups: FakeBackups;
+  /** The daemon's backup directory (decisions 0070, 0074): a chain, a whole archive, a broken chain. */
+  backupDir: string;
+  /** A login link (`/login#code=…`) that signs a browser in as `caller`: another role than the token's. */
+  loginLink(caller: Caller): Promise<string>;
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
   setStatus(name: string, status: Guest['status']): void;
   close(): Promise<void>;
@@ -486,6 +491,26 @@ function fakeStorage(
   return { service, backups };
 }
 
+/**
+ * The fixture's backup directory, in the scheduled backups' layout (decision 0062): ct-0003's
+ * chain (a zstd full and two incrementals), vm-0002's uncompressed whole archive, and pvm-0001's
+ * second incremental whose full and first link are gone (listed as not restorable).
+ */
+async function writeBackupDirectory(dir: string): Promise<void> {
+  const chain = '3f9a1c2b4d5e6f70';
+  const files: Array<[string, Buffer]> = [
+    [`ct-0003/20261201T030000Z-full-${chain}.tar`, Buffer.concat([ZSTD_MAGIC, Buffer.alloc(3000, 1)])],
+    [`ct-0003/20261202T030000Z-incr-${chain}-1.tar`, Buffer.concat([ZSTD_MAGIC, Buffer.alloc(200, 2)])],
+    [`ct-0003/20261203T030000Z-incr-${chain}-2.tar`, Buffer.concat([ZSTD_MAGIC, Buffer.alloc(300, 3)])],
+    ['vm-0002/20261204T030000Z.tar', Buffer.from('uncompressed vm archive')],
+    ['pvm-0001/20261203T030000Z-incr-aaaabbbbccccdddd-2.tar', Buffer.concat([ZSTD_MAGIC, Buffer.alloc(99)])],
+  ];
+  for (const [name, data] of files) {
+    await mkdir(path.join(dir, path.dirname(name)), { recursive: true });
+    await writeFile(path.join(dir, name), data);
+  }
+}
+
 /** Starts the fixture on 127.0.0.1 over HTTPS (a throwaway certificate in `runDir`). */
 export async function startFixtureBackend(
   runDir: string,
@@ -632,8 +657,12 @@ export async function startFixtureBackend(
     ...(options.sessionTtlMs !== undefined && { sessionTtlMs: options.sessionTtlMs }),
     daemonTokenSha256: () => createHash('sha256').update(FIXTURE_TOKEN).digest('hex'),
   });
+  const backupDir = path.join(runDir, 'backups');
+  await writeBackupDirectory(backupDir);
   const app = await buildServer(fake, {
     auth: { type: 'token', token: FIXTURE_TOKEN },
+    uploadDir: runDir,
+    backupDir,
     https: { key: readFileSync(key, 'utf8'), cert: readFileSync(cert, 'utf8') },
     // The browser suite's pages load many chunks at once; the limits are the API's own concern.
     limits: {},
@@ -648,6 +677,10 @@ export async function startFixtureBackend(
     app,
     members: cluster.members,
     backups: storage.backups,
+    backupDir,
+    async loginLink(caller) {
+      return `/login#code=${(await sessions.createLink(caller)).code}`;
+    },
     rebalance,
     created,
     setStatus(name, status) {

@@ -26,8 +26,6 @@ const NOT_IN_THE_UI: Record<string, string> = {
     "the member that moves a guest live asks the destination to start its QEMU waiting for the migration (member to member): the UI's move is POST /1.0/guests/:name",
   'POST /1.0/cluster/live-moves/:name/finish':
     'the member that moved a guest live tells the destination to run it after the switch-over (member to member)',
-  'POST /1.0/backups/import':
-    "an import from the daemon's backup directory, a host administrator's restore (CLI `trivisor import --from-backups`; decision 0070): the UI has no view of that directory yet",
 };
 
 /** `/1.0/guests/:name/x` as a pattern that matches concrete paths. */

@@ -32,6 +32,7 @@ const MAIN_PAGES = [
   '/new-guest',
   '/networks',
   '/storage',
+  '/backups',
   '/images',
   '/operations',
   '/members',
@@ -737,6 +738,110 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     await page.goto(`${backend.url}/guests/ct-0003?tab=backups`);
     await page.locator('button:has-text("Make a backup")').waitFor();
     assert.equal(await page.locator('input[name=uncompressed]').count(), 0);
+  });
+
+  test('the backup directory lists each archive with its chain and whether it restores, filters by guest, imports a chain, a live restore with its progress, refuses a compressed live one in one line; a viewer gets the list without the action', async () => {
+    await signedIn();
+    const b = backend.backups;
+    const imported = b.imported.length;
+    const chain = '3f9a1c2b4d5e6f70';
+    const full = `ct-0003/20261201T030000Z-full-${chain}.tar`;
+    const incr2 = `ct-0003/20261203T030000Z-incr-${chain}-2.tar`;
+    const whole = 'vm-0002/20261204T030000Z.tar';
+    const broken = 'pvm-0001/20261203T030000Z-incr-aaaabbbbccccdddd-2.tar';
+    const row = (archive: string) => page.locator(`tr[data-row="${archive}"]`);
+    const cells = async (archive: string) => {
+      const t = await row(archive).locator('td').allTextContents();
+      // Guest, archive, kind, chain, size, restorable: the creation time is the browser's locale's.
+      return [t[0], t[1], t[2], t[3], t[4], t[6]];
+    };
+    await page.goto(`${backend.url}/backups`);
+    await row(whole).waitFor();
+    assert.equal(await page.locator('table.backups tbody tr').count(), 5);
+    assert.deepEqual(await cells(incr2), [
+      'ct-0003',
+      incr2.slice(8),
+      'incremental',
+      `${chain}#2`,
+      '304 B',
+      'yes',
+    ]);
+    assert.deepEqual(await cells(whole), ['vm-0002', whole.slice(8), 'whole', '–', '23 B', 'yes']);
+    assert.match((await cells(broken))[5] ?? '', /^no: .+/);
+    assert.equal(await row(broken).locator('button').count(), 0, 'no import of a broken chain');
+
+    // The filter is in the URL.
+    await page.selectOption('#backup-guest', 'ct-0003');
+    await page.waitForURL(/\/backups\?guest=ct-0003$/);
+    await page.waitForFunction("document.querySelectorAll('table.backups tbody tr').length === 3");
+
+    // An incremental imports with its chain, one operation, under the name given: no live choice.
+    await page.click(`button[aria-label="Import ${incr2}"]`);
+    const form = page.locator(`form[aria-label="Import ${incr2}"]`);
+    assert.equal(await form.locator('input[name=live]').count(), 0);
+    await form.locator('input[name=name]').fill('from-chain');
+    const asked = page.waitForRequest(
+      (q) => q.method() === 'POST' && q.url().endsWith('/1.0/backups/import'),
+    );
+    await form.locator('button[type=submit]').click();
+    assert.deepEqual((await asked).postDataJSON(), {
+      source: { type: 'backup-directory', archive: incr2 },
+      name: 'from-chain',
+    });
+    await page.locator(`text=Imported from ${incr2}`).waitFor();
+    assert.deepEqual(
+      b.imported.slice(imported).map((i) => [i.name, i.live]),
+      [
+        ['from-chain', false],
+        ['from-chain', false],
+        ['from-chain', false],
+      ],
+    );
+
+    // A live restore of the compressed full: the API's one line, nothing imported.
+    await page.click(`button[aria-label="Import ${full}"]`);
+    const fullForm = page.locator(`form[aria-label="Import ${full}"]`);
+    await fullForm.locator('input[name=live]').check();
+    await fullForm.locator('button[type=submit]').click();
+    await page
+      .locator("text=The archive's disk is compressed (rootfs.tar.zst), and QEMU cannot read it in place")
+      .waitFor();
+    assert.equal(b.imported.length, imported + 3);
+
+    // The vm guest's uncompressed archive restores live; the page follows the copy to its end.
+    await page.selectOption('#backup-guest', '');
+    await page.click(`button[aria-label="Import ${whole}"]`);
+    const wholeForm = page.locator(`form[aria-label="Import ${whole}"]`);
+    await wholeForm.locator('input[name=live]').check();
+    await wholeForm.locator('button[type=submit]').click();
+    await page
+      .locator('[data-testid=backup-import-progress]', { hasText: '256 MiB of 512 MiB copied' })
+      .waitFor();
+    assert.deepEqual(b.imported.at(-1), { live: true, head: 'uncompressed vm ' });
+    b.finishLive();
+    await page.locator(`text=Imported from ${whole}`).waitFor();
+
+    // A viewer bound to every project lists the directory but is offered no import; a role bound to
+    // one project does not see the page in the menu.
+    await context.clearCookies();
+    try {
+      await page.goto(
+        `${backend.url}${await backend.loginLink({ method: 'token', name: 'all-viewer', role: 'viewer', projects: ['*'] })}`,
+      );
+      await page.waitForSelector('nav.side');
+      await page.click('nav.side >> text=Backups');
+      await row(whole).waitFor();
+      assert.equal(await page.locator('table.backups button:has-text("Import")').count(), 0);
+      await context.clearCookies();
+      await page.goto(
+        `${backend.url}${await backend.loginLink({ method: 'token', name: 'one-op', role: 'operator', projects: ['default'] })}`,
+      );
+      await page.waitForSelector('nav.side');
+      assert.equal(await page.locator('nav.side >> text=Backups').count(), 0);
+    } finally {
+      await context.clearCookies();
+      await signIn(page, backend.url, backend.token);
+    }
   });
 
   test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {

@@ -66,6 +66,8 @@ type Shared = Pick<
   | 'deletePool'
   | 'recover'
   | 'recoverFromBackups'
+  | 'listBackupDirectory'
+  | 'importFromBackups'
 >;
 
 /** Everything the UI asks the daemon. */
@@ -335,6 +337,15 @@ export function createWebApi(options: WebApiOptions): WebApi {
     },
     recover: () => call('POST', '/1.0/admin/recover', {}),
     recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
+    listBackupDirectory: (o = {}) =>
+      call('GET', `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}`),
+    importFromBackups: (archive, o = {}) =>
+      callAsync('POST', `/1.0/backups/import${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, {
+        source: { type: 'backup-directory', archive },
+        ...(o.name !== undefined && { name: o.name }),
+        ...(o.storage !== undefined && { pool: o.storage }),
+        ...(o.live && { live: true }),
+      }),
     openConsole: (name, type = 'console') => callAsync('POST', `/1.0/guests/${enc(name)}/console`, { type }),
     async consoleLog(name) {
       const res = await send('GET', `/1.0/guests/${enc(name)}/console?type=log`);

@@ -2,6 +2,7 @@ import { effect, useSignal } from '@preact/signals';
 import { render } from 'preact';
 import { useEffect } from 'preact/hooks';
 import { ApiError } from './api.ts';
+import { Backups, sessionAllows } from './backups.tsx';
 import { Dashboard } from './dashboard.tsx';
 import { GuestPage } from './guest.tsx';
 import { CreateGuest, GuestList } from './guests.tsx';
@@ -23,6 +24,7 @@ const NAV: Array<[string, string]> = [
   ['/guests', 'Guests'],
   ['/networks', 'Networks'],
   ['/storage', 'Storage'],
+  ['/backups', 'Backups'],
   ['/images', 'Images'],
   ['/operations', 'Operations'],
   ['/members', 'Members'],
@@ -43,6 +45,7 @@ function View() {
   if (path === '/storage') return <Storage />;
   const pool = /^\/storage\/([^/]+)$/.exec(path);
   if (pool) return <StoragePoolPage name={decodeURIComponent(pool[1]!)} />;
+  if (path === '/backups') return <Backups />;
   if (path === '/images') return <Images />;
   if (path === '/operations') return <Operations />;
   if (path === '/members') return <Members />;
@@ -71,7 +74,8 @@ function Shell() {
       </a>
       <nav class={`side${menu.value ? ' open' : ''}`} aria-label="Main">
         <div class="brand">Trivisor</div>
-        {NAV.map(([p, label]) => (
+        {/* The backup directory is the host's: listed to roles bound to every project only. */}
+        {NAV.filter(([p]) => p !== '/backups' || sessionAllows('host-read')).map(([p, label]) => (
           <Link key={p} to={p} current={section === p}>
             {label}
           </Link>

@@ -1,0 +1,209 @@
+import { useSignal } from '@preact/signals';
+import { type ActionClass, decideAccess, type Role } from '../../src/core/access.ts';
+import { navigate, route, withQuery } from './router.ts';
+import { SortHeader, sortOf, sortRows } from './sort.tsx';
+import { api, finished, operations, project, session } from './state.ts';
+import { bytes, Field, Form, Link, Loading, Page, useLoad, when } from './ui.tsx';
+
+/*
+ * The daemon's backup directory (decisions 0070 and 0074): what `GET /1.0/backups` lists, and
+ * an import of a restorable archive through `POST /1.0/backups/import`, without an upload.
+ */
+
+/** Whether the signed-in user's role allows `access` here: the server's own rule (src/core/access.ts). */
+export function sessionAllows(access: ActionClass): boolean {
+  const user = session.value?.user;
+  if (!user) return false;
+  return decideAccess(
+    { method: 'session', name: user.name, role: user.role as Role, projects: user.projects },
+    access,
+    { project: project.value, what: '' },
+  ).allowed;
+}
+
+type Archive = Awaited<ReturnType<typeof api.listBackupDirectory>>[number];
+
+const chainOf = (a: Archive) => (a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '–');
+
+export function Backups() {
+  const readable = sessionAllows('host-read');
+  const importer = sessionAllows('host-admin');
+  const list = useLoad(
+    () => (readable ? api.listBackupDirectory() : Promise.resolve([] as Archive[])),
+    [readable],
+  );
+  const chosen = useSignal<Archive | null>(null);
+  const importing = useSignal<string | null>(null);
+  const guest = route.value.query.get('guest') ?? '';
+  const sort = sortOf(['guest', 'name', 'kind', 'chain', 'sizeBytes', 'createdAt', 'restorable'] as const, {
+    key: 'guest',
+    dir: 1,
+  });
+  if (!readable) {
+    return (
+      <Page title="Backups">
+        <p role="alert">
+          The backup directory is the host's: listing it needs a role bound to every project (*).
+        </p>
+      </Page>
+    );
+  }
+  const all = list.data ?? [];
+  const guests = [...new Set([...all.map((a) => a.guest), ...(guest ? [guest] : [])])].sort();
+  const shown = all.filter((a) => guest === '' || a.guest === guest);
+  const importOp = importing.value ? operations.value.get(importing.value) : undefined;
+  const target = chosen.value;
+  return (
+    <Page title="Backups">
+      <div class="panel">
+        <p class="muted">
+          The archives in the daemon's backup directory (TRIVISOR_BACKUP_DIR), where scheduled backups are
+          shipped. An import restores one as a new guest without an upload; an incremental link brings its
+          chain's earlier links with it.
+        </p>
+        <div class="row">
+          <label for="backup-guest" style={{ margin: 0 }}>
+            Guest
+          </label>
+          <select
+            id="backup-guest"
+            value={guest}
+            onChange={(e) => navigate(withQuery({ guest: e.currentTarget.value }), { replace: true })}
+          >
+            <option value="">All guests</option>
+            {guests.map((g) => (
+              <option key={g} value={g}>
+                {g}
+              </option>
+            ))}
+          </select>
+        </div>
+        {!list.data ? (
+          <Loading error={list.error} />
+        ) : shown.length === 0 ? (
+          <p class="muted" data-testid="backups-empty">
+            {guest ? `No archive of ${guest} is in the backup directory.` : 'The backup directory is empty.'}
+          </p>
+        ) : (
+          <div class="table-wrap">
+            <table class="backups">
+              <thead>
+                <tr>
+                  <SortHeader column="guest" label="Guest" sort={sort} />
+                  <SortHeader column="name" label="Archive" sort={sort} />
+                  <SortHeader column="kind" label="Kind" sort={sort} />
+                  <SortHeader column="chain" label="Chain" sort={sort} />
+                  <SortHeader column="sizeBytes" label="Size" sort={sort} />
+                  <SortHeader column="createdAt" label="Created" sort={sort} />
+                  <SortHeader column="restorable" label="Restorable" sort={sort} />
+                  {importer && (
+                    <th>
+                      <span class="sr-only">Actions</span>
+                    </th>
+                  )}
+                </tr>
+              </thead>
+              <tbody>
+                {sortRows(
+                  shown,
+                  sort,
+                  (a, key) =>
+                    key === 'chain'
+                      ? chainOf(a)
+                      : key === 'restorable'
+                        ? a.restorable
+                          ? 'yes'
+                          : (a.problem ?? 'no')
+                        : a[key],
+                  (a) => a.archive,
+                ).map((a) => (
+                  <tr key={a.archive} data-row={a.archive}>
+                    <td>
+                      <Link to={`/guests/${encodeURIComponent(a.guest)}`}>{a.guest}</Link>
+                    </td>
+                    <td>{a.name}</td>
+                    <td>{a.kind}</td>
+                    <td title={a.parent ? `after ${a.parent}` : undefined}>{chainOf(a)}</td>
+                    <td>{bytes(a.sizeBytes)}</td>
+                    <td>{when(a.createdAt)}</td>
+                    <td data-testid="restorable">{a.restorable ? 'yes' : `no: ${a.problem ?? ''}`}</td>
+                    {importer && (
+                      <td>
+                        {a.restorable && (
+                          <button
+                            type="button"
+                            aria-label={`Import ${a.archive}`}
+                            aria-expanded={target?.archive === a.archive}
+                            onClick={() => {
+                              chosen.value = target?.archive === a.archive ? null : a;
+                            }}
+                          >
+                            Import
+                          </button>
+                        )}
+                      </td>
+                    )}
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </div>
+      {importer && target && (
+        <div class="panel">
+          <h2>Import {target.archive}</h2>
+          <Form
+            key={target.archive}
+            label={`Import ${target.archive}`}
+            submit="Import"
+            done={`Imported from ${target.archive}`}
+            run={async (d) => {
+              const name = String(d.get('name') || '');
+              const op = await api.importFromBackups(target.archive, {
+                ...(name !== '' && { name }),
+                ...(d.get('live') === 'on' && { live: true }),
+              });
+              operations.value = new Map(operations.value).set(op.id, op);
+              importing.value = op.id;
+              try {
+                await finished(op);
+              } finally {
+                importing.value = null;
+              }
+              chosen.value = null;
+            }}
+          >
+            <Field label="Name of the new guest" hint={`Default: the name in the archive (${target.guest})`}>
+              {(id) => <input id={id} name="name" />}
+            </Field>
+            {target.kind === 'incremental' ? (
+              <p class="muted">
+                An incremental link is imported with its chain's earlier links, one after the other: not live.
+              </p>
+            ) : (
+              <>
+                <label style={{ fontWeight: 'normal' }}>
+                  <input type="checkbox" name="live" /> Live: start it at once
+                </label>
+                <p class="muted">
+                  For a vm guest's uncompressed archive: it runs from the archive while its disk is copied
+                  behind it.
+                </p>
+              </>
+            )}
+            {importOp && (
+              <div role="status" data-testid="backup-import-progress">
+                {importOp.description}
+                {importOp.progressText ? `: ${importOp.progressText}` : ''}{' '}
+                {importOp.progress !== null && (
+                  <progress value={importOp.progress} max={100} aria-label={importOp.description} />
+                )}
+              </div>
+            )}
+          </Form>
+        </div>
+      )}
+    </Page>
+  );
+}
