@@ -29,7 +29,7 @@ import { createNicObserver } from './control/nic-observer.ts';
 import { createPoolController } from './control/pool-controller.ts';
 import { createRebalanceController } from './control/rebalance-controller.ts';
 import { createSnapshotScheduler } from './control/snapshot-scheduler.ts';
-import { notFound, notSupported } from './core/errors.ts';
+import { asTrivisorError, notFound, notSupported } from './core/errors.ts';
 import type { GuestSpec, Model } from './core/types.ts';
 import { createCtDriver } from './drivers/ct/ct-driver.ts';
 import { createCtStorage } from './drivers/ct/ct-storage.ts';
@@ -304,6 +304,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // On a cluster, guests move between members (decision 0040): this member's files of a guest
   // that moved away, or of one whose move here was undone, go with its driver's delete.
   let moveTransport: MoveTransport | undefined;
+  /** Finishes the moves this member's daemon left unfinished when it died (decision 0079). */
+  let resumeMoves: (() => Promise<number>) | undefined;
   if (membership && memberClient) {
     const removeLocal = async (spec: GuestSpec) => {
       // A guest on a shared pool keeps its files (the pool's, now used by another member): only this member's link goes.
@@ -320,27 +322,26 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       }),
       member: memberTarget,
     });
+    const guestMover = createGuestMover({
+      store,
+      operations,
+      hostName,
+      guests,
+      storage: services.storage,
+      removeLocal,
+      members: clusterMembers,
+      transport: moveTransport,
+      liveRefusal: liveMoveRefusal(runner, {
+        migrates: (model) => drivers[model]?.migration !== undefined,
+      }),
+      migrationOf: (model) => drivers[model]?.migration,
+      log,
+      hostSubnets: () => hostNetworks(runner),
+    });
+    resumeMoves = () => guestMover.resumeUnfinished();
     services.moves = {
       // Each finished move measures its pair's bandwidth for the rebalancer (issue 14 §2).
-      mover: measuringMover(
-        createGuestMover({
-          store,
-          operations,
-          hostName,
-          guests,
-          storage: services.storage,
-          removeLocal,
-          members: clusterMembers,
-          transport: moveTransport,
-          liveRefusal: liveMoveRefusal(runner, {
-            migrates: (model) => drivers[model]?.migration !== undefined,
-          }),
-          migrationOf: (model) => drivers[model]?.migration,
-          log,
-          hostSubnets: () => hostNetworks(runner),
-        }),
-        { store, operations, hostName, log },
-      ),
+      mover: measuringMover(guestMover, { store, operations, hostName, log }),
       receiver: createMoveReceiver({
         store,
         hostName,
@@ -678,7 +679,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       members: clusterMembers,
       log,
     });
-  evacuations?.start();
+  // Moves this member's daemon left unfinished when it died are finished or undone first, once
+  // this member serves (decision 0079); the evacuation, which moves its guests again, after them.
+  void (resumeMoves?.() ?? Promise.resolve(0))
+    .catch((e: unknown) =>
+      log.error({ err: asTrivisorError(e).message }, 'unfinished moves were not resumed'),
+    )
+    .finally(() => evacuations?.start());
   // The rebalancer (decision 0053): every member publishes its guests' measured load and carries
   // out the moves asked of it; one member at a time plans a cycle, every cluster.rebalance.interval.
   const rebalancer =

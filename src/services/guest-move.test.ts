@@ -13,6 +13,7 @@ import { silentLogger } from '../host/logger.ts';
 import { hostRunner, type ProcessRunner, type RunResult } from '../host/runner.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
 import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
+import type { TxnRequest } from '../store/kv.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
@@ -21,6 +22,7 @@ import {
   createGuestMover,
   createMoveReceiver,
   type GuestMover,
+  type GuestMoverDeps,
   liveMoveRefusal,
   type MoveReceiver,
   type MoveTransport,
@@ -95,6 +97,55 @@ function fakeControllers(store: KvEngine, files: Map<string, Set<string>>) {
   return { stop: () => watcher.cancel() };
 }
 
+/** A step a cold move's daemon dies at (kill -9), in the fakes below. */
+type DeathAt = 'stopping' | 'archiving' | 'handed-over' | 'sending' | 'sent' | 'starting' | 'dropping';
+
+/**
+ * A daemon that can die: what it reaches through `wrap` (its store, its services, the member API)
+ * stops answering once `kill()` ran, as for a process killed -9: every call from then on, and
+ * every call that was waiting, hangs, and its watches go quiet. The world (the store, the other
+ * member) goes on.
+ */
+function mortal() {
+  let dead = false;
+  const never = new Promise<never>(() => {});
+  function wrap<T extends object>(target: T, diesAfter?: (method: string, args: unknown[]) => boolean): T {
+    return new Proxy(target, {
+      get(t, p, receiver) {
+        const v = Reflect.get(t, p, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        const f = v as (...a: unknown[]) => unknown;
+        if (p === 'watch') {
+          return (key: unknown, options: unknown, onEvents: (...a: unknown[]) => void) =>
+            f.call(t, key, options, (...a: unknown[]) => {
+              if (!dead) onEvents(...a);
+            });
+        }
+        return async (...args: unknown[]) => {
+          if (dead) return never;
+          const r = await f.apply(t, args);
+          if (dead) return never;
+          if (diesAfter?.(String(p), args)) {
+            dead = true;
+            return never;
+          }
+          return r;
+        };
+      },
+    });
+  }
+  return {
+    wrap,
+    kill: () => {
+      dead = true;
+    },
+    get dead() {
+      return dead;
+    },
+    never,
+  };
+}
+
 describe('moving a guest (cold)', () => {
   let store: KvEngine;
   let operations: OperationService;
@@ -110,6 +161,18 @@ describe('moving a guest (cold)', () => {
   let members: Array<{ name: string; status: string }>;
   /** An HA guest's move mark as each stop or start of the move saw it. */
   let haSeen: unknown[];
+  /** The daemon that runs `mover`, and the step it dies at (none: it lives). */
+  let life: ReturnType<typeof mortal>;
+  let dieAt: DeathAt | undefined;
+  /** The mover's dependencies as the daemon started again has them (its own daemon alive). */
+  let depsAgain: GuestMoverDeps;
+  /** Guests the destination holds half a copy of (its receive cut short). */
+  let halfCopies: Set<string>;
+  const dies = (at: DeathAt) => {
+    if (dieAt !== at) return false;
+    life.kill();
+    return true;
+  };
 
   const end = async (op: Operation) => operations.wait(op.id);
   const guest = async () => (await records.guest.at('web').get(store))?.value;
@@ -130,6 +193,9 @@ describe('moving a guest (cold)', () => {
     sendFails = undefined;
     backupFails = undefined;
     haSeen = [];
+    life = mortal();
+    dieAt = undefined;
+    halfCopies = new Set();
     members = [
       { name: 'h1', status: 'Online' },
       { name: 'h2', status: 'Online' },
@@ -148,20 +214,28 @@ describe('moving a guest (cold)', () => {
     await records.snapshot.at('web', 's1').put(store, snapshot);
     const transport: MoveTransport = {
       async send(member, name, archivePath) {
+        if (dies('handed-over')) return life.never;
         sent.push([member, name]);
         if (sendFails) throw sendFails;
+        if (dies('sending')) {
+          halfCopies.add(name);
+          return life.never;
+        }
         // The destination writes the snapshots' records as its own.
         await records.snapshot.at(name, 's1').put(store, { ...snapshot, location: member });
         await rm(archivePath, { force: true });
+        // Applied there; the daemon that sent it dies before it reads the answer.
+        if (dies('sent')) return life.never;
       },
       async discard(member, name) {
         discarded.push([member, name]);
         files.get(member)?.delete(name);
+        halfCopies.delete(name);
       },
       prepareLive: () => Promise.reject(new Error('not a live move')),
       finishLive: () => Promise.reject(new Error('not a live move')),
     };
-    mover = createGuestMover({
+    depsAgain = {
       store,
       operations,
       hostName: 'h1',
@@ -170,6 +244,7 @@ describe('moving a guest (cold)', () => {
       transport,
       liveRefusal: async (s) => `Live migration of ${s.model} guests needs CRIU, which fails here: test`,
       removeLocal: async (s) => {
+        if (dies('dropping')) return;
         files.get(s.location)?.delete(s.name);
       },
       guests: {
@@ -181,6 +256,7 @@ describe('moving a guest (cold)', () => {
           const ha = await store.get(haKeys.guest(name));
           if (ha) haSeen.push(`${request.action} ${JSON.stringify(JSON.parse(ha.value).moving)}`);
           await records.guest.at(name).put(store, { ...now.value, desired, generation });
+          if (request.action === 'stop' && dies('stopping')) return life.never;
           return operations.start({
             project: 'default',
             description: `${request.action} ${name}`,
@@ -200,6 +276,7 @@ describe('moving a guest (cold)', () => {
             resources: {},
             run: async () => {
               if (backupFails) throw backupFails;
+              if (dies('archiving')) return life.never;
               backups.made++;
               await writeFile(join(dir, 'backup-0000000000000001.tar'), 'archive');
               return { backup: 'backup-0000000000000001' };
@@ -214,6 +291,25 @@ describe('moving a guest (cold)', () => {
           await rm(join(dir, `${backup}.tar`), { force: true });
         },
       },
+    };
+    // The daemon that runs the move: its store, services and member API die with it; at
+    // `starting`, right after its write that starts the guest on the destination.
+    const startsThere = (args: unknown[]) =>
+      (args[0] as TxnRequest).success.some(
+        (op) =>
+          op.type === 'put' &&
+          op.key === records.guest.key('web') &&
+          JSON.parse(op.value).location === 'h2' &&
+          JSON.parse(op.value).desired === 'Running',
+      );
+    mover = createGuestMover({
+      ...depsAgain,
+      store: life.wrap(store, (method, args) => method === 'txn' && startsThere(args) && dies('starting')),
+      operations: life.wrap(operations),
+      transport: life.wrap(transport),
+      guests: life.wrap(depsAgain.guests),
+      storage: life.wrap(depsAgain.storage),
+      removeLocal: life.wrap({ removeLocal: depsAgain.removeLocal }).removeLocal,
     });
   });
 
@@ -387,6 +483,81 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual([...(files.get('h2') ?? [])], [], 'no half-copy on the destination');
     assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
     assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
+  });
+
+  // Decision 0079: the daemon running a cold move is killed at each step; started again, it finds
+  // the move's journal (its mark) and finishes or undoes it, whichever keeps the guest's data.
+  const deaths: Array<[DeathAt, string, 'started' | 'handed-over' | 'sent', 'h1' | 'h2']> = [
+    ['stopping', 'while the guest stops', 'started', 'h1'],
+    ['archiving', 'while it writes the archive', 'started', 'h1'],
+    ['handed-over', 'after the hand-over, before it sends the archive', 'handed-over', 'h1'],
+    ['sending', 'while it sends the archive (half of it applied there)', 'handed-over', 'h1'],
+    ['sent', 'once the destination applied the archive, before it heard so', 'handed-over', 'h1'],
+    ['starting', 'while the destination starts the guest', 'sent', 'h2'],
+    ['dropping', "before it removed the source's files", 'sent', 'h2'],
+  ];
+  for (const [at, when, phase, ends] of deaths) {
+    const outcome =
+      ends === 'h1'
+        ? 'undoes the move: the guest runs on the source with its files and snapshots, and nothing of it is left on the destination'
+        : "finishes the move: the guest runs on the destination, and the source's files go";
+    test(`a daemon killed ${when}, started again, ${outcome}`, async () => {
+      dieAt = at;
+      await mover.move('web', { target: 'h2' });
+      await waitUntil(() => life.dead);
+      const journal = await moveMarkOf(store, 'web');
+      assert.equal(journal?.phase, phase, 'the journal says how far it got');
+      assert.equal(journal?.wasRunning, true);
+      dieAt = undefined;
+      const again = createGuestMover(depsAgain);
+      assert.equal(await again.resumeUnfinished(), 1);
+      const other = ends === 'h1' ? 'h2' : 'h1';
+      assert.equal((await guest())?.location, ends);
+      assert.equal((await records.guestLocation.at('web').get(store))?.value, ends);
+      await waitForGuest(store, 'web', (sp, st) =>
+        st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
+      );
+      assert.deepEqual([...(files.get(ends) ?? [])], ['web']);
+      assert.deepEqual([...(files.get(other) ?? [])], [], `nothing of it is left on ${other}`);
+      assert.deepEqual([...halfCopies], []);
+      assert.deepEqual(discarded, phase === 'handed-over' ? [['h2', 'web']] : []);
+      assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, ends);
+      assert.equal(await moveMarkOf(store, 'web'), undefined, 'the journal is gone');
+      assert.deepEqual([...new Set(backups.deleted)], backups.made > 0 ? ['backup-0000000000000001'] : []);
+      assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
+    });
+  }
+
+  test("a guest changed on the destination before its archive arrived (its source's daemon dead): neither copy nor the archive is dropped, and the journal goes", async () => {
+    dieAt = 'handed-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.guest
+      .at('web')
+      .put(store, { ...now.value, desired: 'Running', generation: now.value.generation + 1 });
+    dieAt = undefined;
+    assert.equal(await createGuestMover(depsAgain).resumeUnfinished(), 1);
+    assert.equal((await guest())?.location, 'h2');
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+    assert.deepEqual([...(files.get('h2') ?? [])], ['web']);
+    assert.deepEqual(backups.deleted, []);
+    assert.deepEqual(discarded, []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("another member's unfinished move is not this member's to resume, and a second move of its guest is refused while it is unfinished", async () => {
+    dieAt = 'handed-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    dieAt = undefined;
+    assert.equal(await createGuestMover({ ...depsAgain, hostName: 'h2' }).resumeUnfinished(), 0);
+    await assert.rejects(createGuestMover({ ...depsAgain, hostName: 'h2' }).move('web', { target: 'h1' }), {
+      code: 'Conflict',
+      message: 'Guest web is being moved to h2 already',
+    });
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'handed-over');
   });
 
   test('a failure before the hand-over (the archive cannot be written) starts the guest again where it is; nothing moved', async () => {

@@ -39,7 +39,15 @@ import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
-import { markMove } from './move-marks.ts';
+import {
+  clearMoveMark,
+  listMoveMarks,
+  type MoveKind,
+  type MoveMark,
+  markMove,
+  moveMarkOp,
+  saveMoveMark,
+} from './move-marks.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
@@ -127,9 +135,19 @@ export interface GuestMover {
   pinned(spec: GuestSpec): Promise<string | undefined>;
 }
 
+/** The mover as the daemon that runs it sees it: it also finishes the moves it left unfinished. */
+export interface ResumingMover extends GuestMover {
+  /**
+   * Finishes or undoes, one after the other, each move this member's daemon left unfinished when
+   * it died (their marks, decision 0079), each as an operation; answers how many it found. Run at
+   * start, before anything else moves guests from here.
+   */
+  resumeUnfinished(): Promise<number>;
+}
+
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
 
-export function createGuestMover(deps: GuestMoverDeps): GuestMover {
+export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const { store, hostName } = deps;
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
@@ -255,23 +273,38 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     async move(name, request) {
       const checked = await check(name, request);
       const reason = request.reason ?? 'migration';
+      const kind: MoveKind = request.live ? 'live' : checked.onShared ? 'shared' : 'archive';
       // Every guest's move is marked while it runs (decision 0075): it cannot be made HA meanwhile,
-      // nor moved twice. Compared against the spec as checked.
-      const release = await markMove(
-        store,
-        { guest: name, from: hostName, to: request.target, reason, startedAt: new Date().toISOString() },
-        [records.guest.at(name).unchanged(checked.specRevision)],
-      );
+      // nor moved twice. Compared against the spec as checked. The mark is also the move's
+      // journal (decision 0079): each step that changes the records updates it in the same
+      // transaction, and a daemon that dies half way finishes or undoes the move from it.
+      const mark: MoveMark = {
+        guest: name,
+        from: hostName,
+        to: request.target,
+        reason,
+        startedAt: new Date().toISOString(),
+        kind,
+        phase: 'started',
+        wasRunning: up(checked.status),
+        ...(kind === 'live' && checked.onShared && { sharedDisk: true }),
+      };
+      const release = await markMove(store, mark, [records.guest.at(name).unchanged(checked.specRevision)]);
       let ha: HaMoveTicket | undefined;
       try {
         // An HA guest's record says it moves before anything of it leaves (refused, changing
         // nothing, while HA restarts it elsewhere); every path below ends or hands the mark over.
         ha = await beginHaMove(store, { guest: name, from: hostName, to: request.target, reason });
-        const op = request.live
-          ? await moveLive(name, request.target, checked, ha)
-          : checked.onShared
-            ? await moveShared(name, request.target, checked, ha)
-            : await moveArchived(name, request.target, checked, ha);
+        if (ha) {
+          mark.ha = ha;
+          await saveMoveMark(store, mark);
+        }
+        const op =
+          kind === 'live'
+            ? await moveLive(name, request.target, checked, ha, mark)
+            : kind === 'shared'
+              ? await moveShared(name, request.target, checked, ha, mark)
+              : await moveArchived(name, request.target, checked, ha, mark);
         void deps.operations
           .wait(op.id)
           .catch(() => undefined)
@@ -284,7 +317,153 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         throw e;
       }
     },
+
+    async resumeUnfinished() {
+      const mine = (await listMoveMarks(store)).filter((m) => m.from === hostName);
+      for (const mark of mine) {
+        const spec = await records.guest.at(mark.guest).get(store);
+        const op = await deps.operations.start({
+          project: spec ? projectOfRecord(spec.value) : 'default',
+          description: `Finishing the move of guest ${mark.guest} to ${mark.to}, left unfinished when ${hostName}'s daemon stopped`,
+          resources: { guests: [`/1.0/guests/${mark.guest}`] },
+          run: () => resume(mark),
+        });
+        await deps.operations.wait(op.id).catch(() => undefined);
+      }
+      return mine.length;
+    },
   };
+
+  /**
+   * Finishes or undoes a move this member's daemon left unfinished (decision 0079), from its
+   * journal: whichever keeps the guest's data. Before the hand-over the records are this member's
+   * and the destination has nothing of the guest (a live move's waiting QEMU aside): undone. After
+   * it, a cold archive move whose destination has not applied the whole archive is undone (this
+   * member's copy is whole, the destination's empty or half); once it has, and for the moves
+   * whose destination has everything from the hand-over on (a shared pool, a live move's
+   * switch-over), it is finished. This member's copy goes only once the destination has the whole
+   * guest. The mark stays where a step could not be done, for the next start.
+   */
+  async function resume(mark: MoveMark): Promise<Record<string, unknown>> {
+    const name = mark.guest;
+    const target = mark.to;
+    const kind = mark.kind ?? 'archive';
+    const phase = mark.phase ?? 'started';
+    const at = { guest: name, member: target, phase };
+    const [spec, owner] = await Promise.all([
+      records.guest.at(name).get(store),
+      records.guestLocation.at(name).get(store),
+    ]);
+    const dropBackup = async () => {
+      if (mark.backup) await deps.storage.deleteBackup(name, mark.backup).catch(() => {});
+    };
+    const done = async (outcome: string) => {
+      await dropBackup();
+      await clearMoveMark(store, name);
+      log.info({ ...at, outcome }, 'an unfinished move was resumed');
+      return { outcome };
+    };
+    const discard = () =>
+      deps.transport
+        .discard(target, name)
+        .catch((e: unknown) =>
+          log.warn({ ...at, err: asTrivisorError(e).message }, 'its copy there is left'),
+        );
+    const startHere = async () => {
+      if (!mark.wasRunning || kind === 'live') return;
+      const now = await records.guest.at(name).get(store);
+      if (now && now.value.desired !== 'Running' && !now.value.deleting) {
+        await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
+      }
+    };
+    const resumeSource = async () => {
+      if (kind !== 'live' || !spec) return;
+      await deps
+        .migrationOf?.(spec.value.model)
+        ?.resumeSource({ ...spec.value, location: hostName })
+        .catch((e: unknown) =>
+          log.error({ ...at, err: asTrivisorError(e).message }, 'the guest could not be resumed here'),
+        );
+    };
+    // Deleted meanwhile: nothing is left to move (its delete removed what was its).
+    if (!spec) return done('the guest was deleted');
+
+    if (phase === 'started' || phase === 'rolled-back') {
+      if (owner?.value !== hostName) {
+        log.error(at, "the guest's records name another member now: its files here are kept");
+        return done(`left to ${owner?.value ?? 'nobody'}`);
+      }
+      // A live move's destination QEMU goes before this member's resumes (decision 0061's order).
+      if (kind === 'live' || phase === 'rolled-back') await discard();
+      await resumeSource();
+      if (phase === 'started') await endMark(mark.ha);
+      await startHere();
+      return done('undone: the guest stays here');
+    }
+
+    // handed-over or sent: the hand-over's transaction gave the records to the destination.
+    const before = mark.before;
+    if (owner?.value !== target || !before || mark.generation === undefined) {
+      log.error(at, "the guest's records changed since its hand-over: its files here are kept");
+      return done(`left to ${owner?.value ?? 'nobody'}`);
+    }
+    const recordsOf = (b: NonNullable<MoveMark['before']>) => ({ ...b, before: b.spec });
+    /** Nobody changed the spec since the hand-over (the destination's copy has not run). */
+    const untouched = spec.value.generation === mark.generation;
+    if (kind === 'archive' && phase === 'handed-over') {
+      if (!untouched) {
+        // Changed on the destination (started, say) without the guest's data: neither copy is dropped.
+        log.error(
+          { ...at, backup: mark.backup },
+          "the guest was changed on the destination before its archive arrived: this member's copy and the archive are kept",
+        );
+        await clearMoveMark(store, name);
+        return { outcome: 'kept both copies' };
+      }
+      // This member's copy is whole; the destination's empty or half: undone.
+      const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
+      if (!back)
+        throw conflict(
+          `Guest ${name}'s move to ${target} could not be undone; it is tried again at the next start`,
+        );
+      return done('undone: the guest stays here');
+    }
+    // The destination has the whole guest (the archive applied, a shared pool, a switch-over).
+    try {
+      if (kind === 'live') {
+        await deps.transport
+          .finishLive(target, name)
+          .catch((e: unknown) =>
+            log.warn({ ...at, err: asTrivisorError(e).message }, 'the destination was not told to run it'),
+          );
+        if (mark.sharedDisk) {
+          await deps
+            .migrationOf?.(before.spec.model)
+            ?.releaseSource({ ...before.spec, location: hostName })
+            .catch((e: unknown) =>
+              log.error(
+                { ...at, err: asTrivisorError(e).message },
+                'the paused QEMU here could not be ended',
+              ),
+            );
+        }
+      } else if (untouched) {
+        await waitForGuest(store, name, provisionedAt(mark.generation), AbortSignal.timeout(convergeMs));
+        if (mark.wasRunning) await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
+      }
+    } catch (e) {
+      // The destination cannot run it, and it has not run there: back here, as a move that fails.
+      log.warn({ ...at, err: asTrivisorError(e).message }, 'the destination could not run the guest');
+      const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
+      if (!back)
+        throw conflict(
+          `Guest ${name}'s move to ${target} could not be undone; it is tried again at the next start`,
+        );
+      return done('undone: the guest stays here');
+    }
+    await dropLocalCopy(before.spec);
+    return done(`finished: the guest is on ${target}`);
+  }
 
   /** Clears an HA guest's move mark after a move given up before its switch-over. */
   async function endMark(ha: HaMoveTicket | undefined): Promise<void> {
@@ -299,6 +478,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
     ha: HaMoveTicket | undefined,
+    mark: MoveMark,
   ): Promise<Operation> {
     const { spec, status } = checked;
     const wasRunning = up(status);
@@ -320,6 +500,9 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           const made = await finished(await deps.storage.createBackup(name, { withSnapshots: true }));
           backup = String(made.metadata.backup ?? '');
           const archive = await deps.storage.backupFile(name, backup);
+          // Journaled, so that a daemon that dies from here on removes it when it starts again.
+          mark.backup = backup;
+          await saveMoveMark(store, mark);
 
           ctx.progress(40, `handing the guest over to ${target}`);
           const [now, nowStatus, snapshots] = await Promise.all([
@@ -331,9 +514,18 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             throw conflict(`Guest ${name} was changed while it was being moved`);
           }
           const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
-          const flip = await handOver(store, now, hostName, target, guard.success, guard.compare);
+          const handed = handedOver(mark, now.value, nowStatus.value, valuesOf(snapshots));
+          const flip = await handOver(
+            store,
+            now,
+            hostName,
+            target,
+            [...guard.success, moveMarkOp(handed)],
+            guard.compare,
+          );
           const { generation } = flip;
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          Object.assign(mark, handed);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
 
           ctx.progress(50, `${target} makes the guest's files`);
@@ -348,13 +540,16 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           await deps.transport.send(target, name, archive.path, ctx.signal);
           // What the copy measured, for the rebalancer's bandwidth of this pair (issue 14 §2).
           copied = { copiedBytes: archive.sizeBytes, copyMs: Date.now() - sendStarted };
+          // The destination has the whole archive: from here on a daemon that dies finishes the move.
+          mark.phase = 'sent';
+          await saveMoveMark(store, mark);
           if (wasRunning) {
             ctx.progress(90, `starting the guest on ${target}`);
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
           const err = asTrivisorError(e);
-          if (flipped) await rollBack(name, target, flipped, wasRunning, ha);
+          if (flipped) await rollBack(name, target, flipped, wasRunning, ha, mark);
           else {
             // The mark goes first: HA starts an HA guest only once its record no longer moves.
             await endMark(ha);
@@ -392,6 +587,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
     ha: HaMoveTicket | undefined,
+    mark: MoveMark,
   ): Promise<Operation> {
     const { spec, status } = checked;
     const wasRunning = up(status);
@@ -419,15 +615,17 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             records.snapshot.at(name, s.name).putOp({ ...s, location: target }),
           );
           const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
+          const handed = handedOver(mark, now.value, nowStatus.value, valuesOf(snapshots));
           const flip = await handOver(
             store,
             now,
             hostName,
             target,
-            [...theirs, ...guard.success],
+            [...theirs, ...guard.success, moveMarkOp(handed)],
             guard.compare,
           );
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          Object.assign(mark, handed);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
           ctx.progress(50, `${target} takes the guest's files over`);
           await waitForGuest(
@@ -442,7 +640,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           }
         } catch (e) {
           const err = asTrivisorError(e);
-          if (flipped) await rollBack(name, target, flipped, wasRunning, ha);
+          if (flipped) await rollBack(name, target, flipped, wasRunning, ha, mark);
           else {
             await endMark(ha);
             if (wasRunning) {
@@ -478,6 +676,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus; specRevision: number; onShared: boolean },
     ha: HaMoveTicket | undefined,
+    mark: MoveMark,
   ): Promise<Operation> {
     const { spec, onShared } = checked;
     const migration = deps.migrationOf?.(spec.model);
@@ -545,10 +744,12 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           const generation = now.value.generation + 1;
           const specRef = records.guest.at(name);
           const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
+          const handed = handedOver(mark, checked.spec, checked.status, [], generation);
           const flip = await store.txn({
             compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName), ...guard.compare],
             success: [
               ...guard.success,
+              moveMarkOp(handed),
               specRef.putOp({ ...now.value, location: target, generation }),
               records.guestLocation.at(name).putOp(target),
               records.guestStatus.at(name).putOp({
@@ -560,6 +761,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
             ],
           });
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
+          Object.assign(mark, handed);
           flippedAt = { generation };
           ctx.progress(95, `the guest runs on ${target}`);
           await deps.transport.finishLive(target, name);
@@ -594,7 +796,7 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           return measured;
         } catch (e) {
           const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
-          if (flippedAt) await unflip(name, target, checked, { generation: flippedAt.generation, ha });
+          if (flippedAt) await unflip(name, target, checked, { generation: flippedAt.generation, ha, mark });
           const discard = async () => {
             if (!asked || prepareRefused) return;
             await deps.transport
@@ -637,8 +839,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
-    options: { generation: number; ha: HaMoveTicket | undefined },
-  ): Promise<void> {
+    options: { generation: number; ha: HaMoveTicket | undefined; mark: MoveMark },
+  ): Promise<boolean> {
     const now = await records.guest.at(name).get(store);
     const specRef = records.guest.at(name);
     const back = options.generation + 1;
@@ -648,11 +850,12 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           return undefined;
         })
       : { compare: [], success: [] };
-    if (!guard) return;
+    if (!guard) return false;
     const r = await store.txn({
       compare: [specRef.unchanged(now?.modRevision ?? 0), ownedBy(name, target), ...guard.compare],
       success: [
         ...guard.success,
+        moveMarkOp({ ...options.mark, phase: 'rolled-back' }),
         specRef.putOp({ ...checked.spec, location: hostName, generation: back }),
         records.guestLocation.at(name).putOp(hostName),
         records.guestStatus.at(name).putOp({ ...checked.status, observedGeneration: back }),
@@ -660,7 +863,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     });
     if (!r.succeeded) {
       log.error({ guest: name, member: target }, 'a failed live move could not give the records back');
+      return false;
     }
+    options.mark.phase = 'rolled-back';
+    return true;
   }
 
   /** Puts the records back as they were before the hand-over, and the guest back in its state. */
@@ -670,7 +876,8 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
     before: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] },
     wasRunning: boolean,
     ha: HaMoveTicket | undefined,
-  ): Promise<void> {
+    mark: MoveMark,
+  ): Promise<boolean> {
     try {
       const guard = ha ? await haGiveBackPart(store, ha) : { compare: [], success: [] };
       const now = await records.guest.at(name).get(store);
@@ -683,12 +890,16 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
         records.guestStatus.at(name).putOp(before.status),
         ...before.snapshots.map((s) => records.snapshot.at(name, s.name).putOp(s)),
         ...guard.success,
+        // The records are the source's again; a daemon that dies from here on removes the
+        // destination's copy and starts the guest again when it starts.
+        moveMarkOp({ ...mark, phase: 'rolled-back' }),
       ];
       const r = await store.txn({
         compare: [specRef.unchanged(now.modRevision), ownedBy(name, target), ...guard.compare],
         success: ops,
       });
       if (!r.succeeded) throw conflict(`Guest ${name} was changed while its move was being undone`);
+      mark.phase = 'rolled-back';
       await deps.transport
         .discard(target, name)
         .catch((e: unknown) =>
@@ -698,8 +909,10 @@ export function createGuestMover(deps: GuestMoverDeps): GuestMover {
           ),
         );
       if (wasRunning) await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
+      return true;
     } catch (e) {
       log.error({ guest: name, err: asTrivisorError(e).message }, 'a failed move could not be undone');
+      return mark.phase === 'rolled-back';
     }
   }
 }
@@ -733,6 +946,20 @@ export async function handOver(
     ],
   });
   return { succeeded: r.succeeded, generation };
+}
+
+/**
+ * A move's journal as its hand-over writes it (in the same transaction): the records name the
+ * destination at `generation` (default: the spec's next), and `before` is what an undoing puts back.
+ */
+function handedOver(
+  mark: MoveMark,
+  spec: GuestSpec,
+  status: GuestStatus,
+  snapshots: SnapshotRecord[],
+  generation = spec.generation + 1,
+): MoveMark {
+  return { ...mark, phase: 'handed-over', generation, before: { spec, status, snapshots } };
 }
 
 /** Refuses an archive whose payload `rel` does not match the checksum its manifest gives. */

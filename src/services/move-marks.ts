@@ -1,13 +1,18 @@
+import type { HaMoveTicket } from '../control/ha/ha-move.ts';
 import { conflict } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import type { Compare, KvStore } from '../store/kv.ts';
+import type { GuestSpec, GuestStatus } from '../core/types.ts';
+import type { SnapshotRecord } from '../storage/storage-records.ts';
+import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 
 /**
- * The mark of a running move of a guest (issue 13 §4, decision 0075): written by the mover before
- * anything of the guest changes, on a lease the mover keeps alive while its operation runs, and
- * revoked when it ends; a daemon that dies half way loses its lease and the mark with it. What
- * must not change while a guest moves compares its absence: making the guest HA (its HA record
- * would be made without the move's `moving` mark), and a second move of the same guest.
+ * The mark of a move of a guest, and its journal (issue 13 §1 and §4, decisions 0075 and 0079):
+ * written by the mover before anything of the guest changes, updated in the same transactions
+ * as the records it changes (the hand-over, the undoing), and removed when the move has ended.
+ * It is not on a lease: a daemon that dies half way leaves it, and finishes or undoes the move
+ * from it when it starts again (`GuestMover.resumeUnfinished`). What must not change while a
+ * guest moves compares its absence: making the guest HA (its HA record would be made without the
+ * move's `moving` mark), and a second move of the same guest.
  */
 export interface MoveMark {
   guest: string;
@@ -15,15 +20,46 @@ export interface MoveMark {
   to: string;
   reason: string;
   startedAt: string;
+  /** How it moves: through an archive, over a shared pool (only the records), or live (QEMU). */
+  kind?: MoveKind;
+  /** How far it got (absent: `started`). */
+  phase?: MovePhase;
+  /** Whether the guest ran when the move began (it runs again where the move ends). */
+  wasRunning?: boolean;
+  /** The archive's backup name on the source, once it is written. */
+  backup?: string;
+  /** The spec's generation the hand-over wrote. */
+  generation?: number;
+  /** The records as the hand-over found them: what an undoing puts back. */
+  before?: { spec: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] };
+  /** An HA guest's move ticket. */
+  ha?: HaMoveTicket;
+  /** A live move over a shared pool (only the RAM moved). */
+  sharedDisk?: boolean;
 }
 
-/** The mark's TTL: a dead mover's mark is gone this long after its last renewal. */
-const TTL_SECONDS = 30;
+export type MoveKind = 'archive' | 'shared' | 'live';
 
-/** The guest's move mark, if a move of it runs. */
+/**
+ * - `started`: the records are the source's; the guest may be stopped, the archive written, a
+ *   live move's destination QEMU waiting.
+ * - `handed-over`: the records name the destination (the hand-over's transaction wrote it).
+ * - `sent`: the destination has applied the whole archive (a cold archive move).
+ * - `rolled-back`: the records are the source's again (the undoing's transaction wrote it); the
+ *   destination's copy and the guest's restart here may be left to do.
+ */
+export type MovePhase = 'started' | 'handed-over' | 'sent' | 'rolled-back';
+
+/** The guest's move mark, if a move of it runs or was left unfinished. */
 export async function moveMarkOf(store: KvStore, guest: string): Promise<MoveMark | undefined> {
   const kv = await store.get(keys.guestMove(guest));
   return kv ? (JSON.parse(kv.value) as MoveMark) : undefined;
+}
+
+/** Every move mark, of every member (each member finishes its own). */
+export async function listMoveMarks(store: KvStore): Promise<MoveMark[]> {
+  const listed = await store.list(keys.guestMovePrefix);
+  return listed.kvs.map((kv) => JSON.parse(kv.value) as MoveMark);
 }
 
 /** A compare that holds while no move of `guest` runs. */
@@ -34,36 +70,36 @@ export const noMoveOf = (guest: string): Compare => ({
   value: 0,
 });
 
+/** The write of `mark` as an op of a transaction (the hand-over's, the undoing's). */
+export const moveMarkOp = (mark: MoveMark): TxnOp => ({
+  type: 'put',
+  key: keys.guestMove(mark.guest),
+  value: JSON.stringify(mark),
+});
+
+/** Writes `mark` as it is now (a step done). */
+export async function saveMoveMark(store: KvStore, mark: MoveMark): Promise<void> {
+  await store.put(keys.guestMove(mark.guest), JSON.stringify(mark));
+}
+
+/** Removes guest `guest`'s mark: its move has ended. Never throws (a mark left is finished at the next start). */
+export async function clearMoveMark(store: KvStore, guest: string): Promise<void> {
+  await store.delete(keys.guestMove(guest)).catch(() => {});
+}
+
 /**
  * Marks the move, compared against `guard` (the guest's spec as the mover checked it) and against
  * another move's mark; Conflict in one line when either changed. Answers the release, which
- * revokes the lease (the mark goes with it) and never throws.
+ * removes the mark and never throws.
  */
 export async function markMove(
   store: KvStore,
   mark: MoveMark,
   guard: Compare[],
 ): Promise<() => Promise<void>> {
-  const lease = await store.grantLease(TTL_SECONDS);
-  const release = async () => {
-    clearInterval(timer);
-    await store.revokeLease(lease.id).catch(() => {});
-  };
-  const timer = setInterval(() => void store.keepAlive(lease.id).catch(() => {}), (TTL_SECONDS * 1000) / 3);
-  timer.unref();
-  const r = await store
-    .txn({
-      compare: [noMoveOf(mark.guest), ...guard],
-      success: [
-        { type: 'put', key: keys.guestMove(mark.guest), value: JSON.stringify(mark), lease: lease.id },
-      ],
-    })
-    .catch(async (e: unknown) => {
-      await release();
-      throw e;
-    });
+  const release = () => clearMoveMark(store, mark.guest);
+  const r = await store.txn({ compare: [noMoveOf(mark.guest), ...guard], success: [moveMarkOp(mark)] });
   if (!r.succeeded) {
-    await release();
     const other = await moveMarkOf(store, mark.guest);
     throw conflict(
       other
