@@ -11,10 +11,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { firstFitDecreasing, type Plan, planConsolidation } from '../src/planner/consolidate.ts';
-import { loadTrend, scaleInventory } from '../src/planner/forecast.ts';
+import { loadTrend } from '../src/planner/forecast.ts';
 import { type HostSize, type Inventory, sliceInventory } from '../src/planner/inventory.ts';
 import { forEachLine, readInventory } from '../src/planner/inventory-readers.ts';
-import { headroomByPeriod, type Replay, replayPlan } from '../src/planner/replay.ts';
+import { type PlanReport, planReport } from '../src/planner/plan-report.ts';
+import { type Replay, replayPlan } from '../src/planner/replay.ts';
 import { writeResult } from './lib.ts';
 
 const args = process.argv.slice(2);
@@ -130,12 +131,22 @@ t0 = performance.now();
 const july = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-7.csv.gz'));
 const august = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-8.csv.gz'));
 const bbRead = seconds(t0);
-// Growth from July's own trend (src/planner/forecast.ts), carried over the 31 days of August: when
-// it rises, every plan (the baselines too) is made on July scaled by it; a falling trend plans on
-// July as measured. The trend's own hold-out inside July: fitted on its first half (days 1-15), its
-// factor for the rest against what the rest was (summed CPU, relative to the first half).
-const trend = loadTrend(july, { aheadDays: 31 });
-const planning = scaleInventory(july, trend.factor);
+// Growth from July's own trend, carried over the 31 days of August, applied as the CLI and the API
+// apply it: through planReport's forecastDays (src/planner/plan-report.ts), which scales July by the
+// trend when it rises and plans on July as measured when it falls. The baselines are made on the
+// inventory it planned (`planned`), so that every plan is made for the same load. The trend's own
+// hold-out inside July: fitted on its first half (days 1-15), its factor for the rest against what
+// the rest was (summed CPU, relative to the first half).
+const forecastDays = 31;
+const report = (p: number): PlanReport =>
+  planReport(july, {
+    hostSize: bbSize,
+    hostSizeText: 'cpu=32,memory=256GiB',
+    percentile: p,
+    seed: 1,
+    forecastDays,
+    replay: { inventory: august, label: 'August' },
+  });
 // July's first half of whole days, and the rest (a --slice's month may be a sample short of 30 days).
 const perDay = Math.round(86_400 / july.intervalSeconds);
 const half = Math.floor(july.samples / 2 / perDay) * perDay;
@@ -156,12 +167,12 @@ const trendHoldOut = {
     3,
   ),
 };
-const bbBase = baselines(planning, bbSize, august);
-const ffdP95July = replayPlan(bbBase.p95.hosts, planning, bbSize);
 // The sizing percentile is chosen on July alone: the fewest hosts among the plans whose own
-// overload on July is no more than FFD-on-p95's on July (both made for the same overload).
-// Every percentile tried is kept with its August replay too: hosts against overload, a curve to
-// read the baselines' points against; the choice itself never looks at August.
+// overload on July (as forecast: the report's `predicted`) is no more than FFD-on-p95's on July
+// (both made for the same overload). Every percentile tried is kept with its August replay too:
+// hosts against overload, a curve to read the baselines' points against; the choice itself never
+// looks at August. planSeconds is planReport's whole call (the scaling, the plan, both replays and
+// the picture), not the packing alone.
 const tried: Array<{
   percentile: number;
   hosts: number;
@@ -169,36 +180,46 @@ const tried: Array<{
   augustOverloadFraction: number;
   planSeconds: number;
 }> = [];
-let bbPlan: Plan | undefined;
-let bbPlanSeconds = 0;
-let percentile = 0;
+let base: { ffd: ReturnType<typeof baselines>; p95July: Replay } | undefined;
+let best: { report: PlanReport; took: number; percentile: number } | undefined;
 for (const p of [99.9, 99.8, 99.5, 99, 98]) {
   t0 = performance.now();
-  const plan = planConsolidation(planning, { hostSize: bbSize, percentile: p, seed: 1 });
+  const r = report(p);
   const took = seconds(t0);
-  const own = replayPlan(plan.hosts, planning, bbSize).overloadFraction;
+  // The baselines are planned once, on the first report's planning inventory (the trend's factor
+  // is the same for every percentile).
+  if (!base) {
+    const ffd = baselines(r.planned, bbSize, august);
+    base = { ffd, p95July: replayPlan(ffd.p95.hosts, r.planned, bbSize) };
+  }
   tried.push({
     percentile: p,
-    hosts: plan.hosts.length,
-    julyOverloadFraction: round(own, 5),
-    augustOverloadFraction: round(replayPlan(plan.hosts, august, bbSize).overloadFraction, 5),
+    hosts: r.plan.hosts.length,
+    julyOverloadFraction: round(r.predicted.overloadFraction, 5),
+    augustOverloadFraction: round(r.replay.overloadFraction, 5),
     planSeconds: took,
   });
   console.log(JSON.stringify(tried.at(-1)));
-  if (own <= ffdP95July.overloadFraction && (!bbPlan || plan.hosts.length < bbPlan.hosts.length)) {
-    bbPlan = plan;
-    bbPlanSeconds = took;
-    percentile = p;
+  if (
+    r.predicted.overloadFraction <= base.p95July.overloadFraction &&
+    (!best || r.plan.hosts.length < best.report.plan.hosts.length)
+  ) {
+    best = { report: r, took, percentile: p };
   }
 }
-if (!bbPlan) throw new Error("no plan within FFD-on-p95's July overload");
-const bbPredicted = replayPlan(bbPlan.hosts, planning, bbSize);
-const bbReplay = replayPlan(bbPlan.hosts, august, bbSize);
+if (!base) throw new Error('no percentile tried');
+if (!best) throw new Error("no plan within FFD-on-p95's July overload");
+const bbBase = base.ffd;
+const ffdP95July = base.p95July;
+const { plan: bbPlan, predicted: bbPredicted, replay: bbReplay, spread: weeks } = best.report;
+const bbPlanSeconds = best.took;
+const percentile = best.percentile;
+const trend = best.report.json.forecast;
+if (!trend) throw new Error('planReport answered without the forecast it was asked for');
 const ffdP95Predicted = ffdP95July;
-// What July alone says about the spread of the prediction: the plan's headroom week by week, and a
-// hold-out (the same method planned on July's first three weeks, replayed on its last week), the
-// calibration one could make without August.
-const weeks = headroomByPeriod(bbPlan.hosts, planning, bbSize);
+// What July alone says about the spread of the prediction: the plan's headroom week by week (the
+// report's), and a hold-out (the same method planned on July's first three weeks, replayed on its
+// last week), the calibration one could make without August.
 const cut = july.samples - 7 * 288;
 const firstWeeks = sliceInventory(july, 0, cut);
 const holdOutPlan = planConsolidation(firstWeeks, { hostSize: bbSize, percentile, seed: 1 });

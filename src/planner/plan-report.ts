@@ -59,6 +59,8 @@ export interface PlanReportJson {
 /** A plan with its replays, as the CLI's table and JSON and the API's answer are made of. */
 export interface PlanReport {
   plan: Plan;
+  /** The inventory planned: the measured one, scaled by its trend when `forecastDays` was given. */
+  planned: Inventory;
   /** The planning inventory replayed on the plan. */
   predicted: Replay;
   /** The `replay` option's inventory replayed on the plan, else the same as `predicted`. */
@@ -122,5 +124,5 @@ export function planReport(measured: Inventory, options: PlanReportOptions): Pla
     },
     replay: summary(replay),
   };
-  return { plan, predicted, replay, spread, json, svg: loadSvg(replay.hosts, { title }) };
+  return { plan, planned: inv, predicted, replay, spread, json, svg: loadSvg(replay.hosts, { title }) };
 }
