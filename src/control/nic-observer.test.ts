@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { type CountingStore, countingStore } from '../../test/fakes/counting-store.ts';
 import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
+import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { unavailable } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestNetworkObservation, GuestSpec, GuestStatus, Model, TrivisorEvent } from '../core/types.ts';
@@ -33,7 +35,13 @@ interface World {
 
 async function makeWorld(
   model: Model = 'ct',
-  timing: { fastMs?: number; refreshMs?: number; realClock?: boolean } = {},
+  timing: {
+    fastMs?: number;
+    refreshMs?: number;
+    realClock?: boolean;
+    /** The store as the observer sees it (a counting one). */
+    wrap?: (store: KvStore) => KvStore;
+  } = {},
 ): Promise<World> {
   const store = createMemoryStore();
   const driver = createFakeDriver(model);
@@ -44,7 +52,7 @@ async function makeWorld(
   const leases: Record<string, string> = {};
   const clock = { now: Date.parse('2026-06-01T00:00:00Z') };
   const observer = createNicObserver({
-    store,
+    store: timing.wrap ? timing.wrap(store) : store,
     drivers: { [model]: driver },
     networking: {
       async hostView(spec) {
@@ -303,6 +311,47 @@ test('started, the observer looks at a guest soon after it starts, and follows i
       'the change inside it was seen at a later pass',
       async () => (await w.record('c1'))?.nics.eth0?.addresses[0] === '198.18.9.77',
     );
+  } finally {
+    await w.observer.stop();
+  }
+});
+
+test('among 10,000 guests, a pass reads only the guests that changed, and still follows a new one (decision 0080)', async () => {
+  let counted: CountingStore | undefined;
+  const w = await makeWorld('ct', {
+    fastMs: 20,
+    refreshMs: 100,
+    realClock: true,
+    wrap: (s) => {
+      counted = countingStore(s);
+      return counted;
+    },
+  });
+  for (let i = 0; i < 10_000; i++) {
+    const name = `s${i}`;
+    await w.store.put(keys.guest(name), JSON.stringify(aGuestSpec({ name, desired: 'Stopped' })));
+    await w.store.put(keys.guestStatus(name), JSON.stringify(aGuestStatus({ status: 'Stopped' })));
+  }
+  await w.run('c1');
+  w.driver.guests.get('c1')!.nicView = holding([RESERVED]);
+  const until = async (what: string, cond: () => Promise<boolean>) => {
+    for (let i = 0; i < 500 && !(await cond()); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(await cond(), what);
+  };
+  await w.observer.start();
+  try {
+    await until('c1 was looked at', async () => (await w.record('c1')) !== undefined);
+    const reads = counted!.reads;
+    counted!.reset();
+    // A second of passes (fastMs 20) over settled guests: c1 is looked at again every 100 ms.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.deepEqual(reads.lists, [], 'a pass listed a prefix');
+    assert.ok(reads.records <= 30, `a second of passes read ${reads.records} records`);
+    // A guest started now is seen through the watches, and read alone.
+    await w.run('c2');
+    w.driver.guests.get('c2')!.nicView = holding([RESERVED]);
+    await until('c2 was looked at', async () => (await w.record('c2')) !== undefined);
+    assert.deepEqual(reads.lists, []);
   } finally {
     await w.observer.stop();
   }

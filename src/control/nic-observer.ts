@@ -13,7 +13,7 @@ import type { GuestDriver, GuestNicView } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { EventBus } from '../services/types.ts';
-import type { KvStore } from '../store/kv.ts';
+import { type KeyValue, type KvStore, readTogether } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 import { diagnoseNic, interfaceOf, type NicProblem } from './nic-diagnosis.ts';
@@ -79,6 +79,11 @@ const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
 const essence = (r: GuestNetworkObservation | undefined) =>
   r === undefined ? '' : JSON.stringify({ process: r.process, nics: r.nics });
 
+/** Guests read a transaction in an incremental pass: three keys each, under etcd's 128 operations. */
+const CHANGED_PER_READ = 40;
+/** More changed guests than this (a mass start, a daemon coming back): one full pass lists them all instead. */
+const FULL_ABOVE = 400;
+
 export function createNicObserver(deps: NicObserverDeps): NicObserver {
   const { store, drivers, networking, events, hostName } = deps;
   const log = deps.log.child({ component: 'nic-observer' });
@@ -96,12 +101,13 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   const queue: Tracked[] = [];
   let busy = 0;
   const informers: Array<Informer<true>> = [];
-  /** A spec or status changed since the last full pass (a guest started, stopped, got a NIC). */
-  let dirty = true;
-  const markDirty = () => {
-    dirty = true;
-  };
-  let lastFullAt = 0;
+  /**
+   * Guests whose spec, status or observation changed since the last pass (a guest started,
+   * stopped, got a NIC, moved, was deleted): the next pass reads those alone (decision 0080).
+   */
+  const changed = new Set<string>();
+  /** The next pass lists every guest: at start, and after an informer listed again (it may have missed changes). */
+  let full = true;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
 
@@ -272,8 +278,8 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
    * drops records of guests that stopped or are gone, queues the guests that are due.
    */
   async function scan(): Promise<{ done: Promise<void> }> {
-    dirty = false;
-    lastFullAt = now();
+    full = false;
+    changed.clear();
     const [specs, statuses, observations] = await Promise.all([
       records.guest.list(store),
       records.guestStatus.list(store),
@@ -291,35 +297,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       named.add(spec.name);
       if (spec.location !== hostName) continue;
       ours.add(spec.name);
-      const status = statusOf.get(spec.name);
-      const record = recordOf.get(spec.name);
-      // Frozen guests cannot be asked: their last observation stays.
-      if (status?.status === 'Frozen') continue;
-      if (status?.status !== 'Running' || !status.process || spec.deleting || nicsOf(spec).length === 0) {
-        tracked.delete(spec.name);
-        if (record) await store.delete(keys.guestNetwork(spec.name));
-        continue;
-      }
-      let t = tracked.get(spec.name);
-      if (!t || !sameProcess(t.process, status.process)) {
-        t = {
-          spec,
-          status,
-          process: status.process,
-          pending: new Map(),
-          record: record && sameProcess(record.process, status.process) ? record : undefined,
-          nextAt: 0,
-          inFlight: false,
-          nicSince: new Map(),
-        };
-        tracked.set(spec.name, t);
-      }
-      t.spec = spec;
-      t.status = status;
-      if (!t.inFlight && at >= t.nextAt) {
-        t.inFlight = true;
-        queue.push(t);
-      }
+      await visit(spec, statusOf.get(spec.name), recordOf.get(spec.name), at);
     }
     // Records of guests that are gone (deleted while an observation was in flight).
     for (const name of recordOf.keys()) if (!named.has(name)) await store.delete(keys.guestNetwork(name));
@@ -327,6 +305,91 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
 
     // Wrapped: an async function would wait for a promise it returns.
     return { done: drain() };
+  }
+
+  /** Decodes a record read by key; undefined (as a list leaves it out) when it does not decode. */
+  const decodedOr = <T>(decode: (kv: KeyValue) => T, kv: KeyValue | undefined): T | undefined => {
+    if (!kv) return undefined;
+    try {
+      return decode(kv);
+    } catch {
+      return undefined;
+    }
+  };
+
+  /**
+   * What a full pass does for the guests that changed since the last pass, reading only theirs:
+   * spec, status and observation of each, a few guests a transaction (etcd bounds its operations).
+   */
+  async function scanChanged(): Promise<void> {
+    const names = [...changed];
+    changed.clear();
+    const at = now();
+    for (let i = 0; i < names.length; i += CHANGED_PER_READ) {
+      const some = names.slice(i, i + CHANGED_PER_READ);
+      const r = await readTogether(
+        store,
+        some.flatMap((n) => [
+          { key: keys.guest(n) },
+          { key: keys.guestStatus(n) },
+          { key: keys.guestNetwork(n) },
+        ]),
+      );
+      for (const [j, name] of some.entries()) {
+        const specKv = r.kvs[3 * j]?.[0];
+        const status = decodedOr(records.guestStatus.decode, r.kvs[3 * j + 1]?.[0]);
+        const record = decodedOr(records.guestNetwork.decode, r.kvs[3 * j + 2]?.[0]);
+        if (!specKv) {
+          // Gone (deleted while an observation was in flight, or before).
+          tracked.delete(name);
+          if (record) await store.delete(keys.guestNetwork(name));
+          continue;
+        }
+        // A spec that does not decode keeps its observation, and is not observed.
+        const spec = decodedOr(records.guest.decode, specKv);
+        if (!spec || spec.location !== hostName) {
+          tracked.delete(name);
+          continue;
+        }
+        await visit(spec, status, record, at);
+      }
+    }
+  }
+
+  /** One guest of this host as a pass found it: tracked and queued when due, or its record dropped. */
+  async function visit(
+    spec: GuestSpec,
+    status: GuestStatus | undefined,
+    record: GuestNetworkObservation | undefined,
+    at: number,
+  ): Promise<void> {
+    // Frozen guests cannot be asked: their last observation stays.
+    if (status?.status === 'Frozen') return;
+    if (status?.status !== 'Running' || !status.process || spec.deleting || nicsOf(spec).length === 0) {
+      tracked.delete(spec.name);
+      if (record) await store.delete(keys.guestNetwork(spec.name));
+      return;
+    }
+    let t = tracked.get(spec.name);
+    if (!t || !sameProcess(t.process, status.process)) {
+      t = {
+        spec,
+        status,
+        process: status.process,
+        pending: new Map(),
+        record: record && sameProcess(record.process, status.process) ? record : undefined,
+        nextAt: 0,
+        inFlight: false,
+        nicSince: new Map(),
+      };
+      tracked.set(spec.name, t);
+    }
+    t.spec = spec;
+    t.status = status;
+    if (!t.inFlight && at >= t.nextAt) {
+      t.inFlight = true;
+      queue.push(t);
+    }
   }
 
   /** One pass; waits until every observation in flight is done (tests). */
@@ -338,22 +401,28 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
   return {
     async start() {
       stopped = false;
-      // A started guest is looked at within a second: changes of specs and statuses make the next
-      // pass a full one. Otherwise a full pass every refresh interval, and in between only the
-      // guests already known (a thousand guests' specs are not parsed every second).
+      // A started guest is looked at within a second: the next pass reads the guests whose spec,
+      // status or observation changed (a watch on each prefix names them), and queues the tracked
+      // guests that are due (a settled one every refresh interval). Only the first pass, and one
+      // after an informer listed again (a lost watch, its periodic resync), lists every guest:
+      // a pass costs what changed, not every guest of the cluster (decision 0080).
       // Informers rather than bare watches: a watch lost to a compaction is re-listed, and
       // the changes it missed still make the next pass a full one. The passes read the store
       // themselves (they must work without start, in tests), so the caches keep only keys.
-      for (const prefix of [keys.guestPrefix, keys.guestStatusPrefix]) {
+      for (const prefix of [keys.guestPrefix, keys.guestStatusPrefix, keys.guestNetworkPrefix]) {
+        const mark = (key: string) => void changed.add(key.slice(prefix.length));
         const informer = createInformer({
           store,
           prefix,
           decode: () => true as const,
           log,
           handlers: {
-            onAdd: markDirty,
-            onUpdate: markDirty,
-            onDelete: markDirty,
+            onAdd: mark,
+            onUpdate: mark,
+            onDelete: mark,
+            onSynced: () => {
+              full = true;
+            },
           },
         });
         await informer.start();
@@ -363,8 +432,11 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
         // Observations run on in the background: a slow agent never holds up the next pass.
         timer = setTimeout(async () => {
           try {
-            if (dirty || now() - lastFullAt >= refreshMs) await scan();
-            else quickScan();
+            if (full || changed.size > FULL_ABOVE) await scan();
+            else {
+              if (changed.size > 0) await scanChanged();
+              quickScan();
+            }
           } catch (e) {
             log.error({ err: asTrivisorError(e).message }, 'NIC observation failed');
           }
