@@ -1,7 +1,8 @@
 import { conflict, failedPrecondition } from '../../core/errors.ts';
 import type { Compare, KvStore, TxnOp } from '../../store/kv.ts';
 import { readTogether } from '../../store/kv.ts';
-import { decodeHaRecord, type StoredHa, storedPart } from './ha-store.ts';
+import { records } from '../../store/records.ts';
+import { decodeHaRecord, isHaGuest, type StoredHa, storedPart } from './ha-store.ts';
 import { type HaWrite, haKeys, type Read, type Token } from './types.ts';
 
 /**
@@ -62,6 +63,54 @@ export function haMoveRefusal(
     return `Member ${to} has no HA agent running (no HA heartbeat): HA guest ${g.name} cannot move there`;
   }
   return undefined;
+}
+
+/**
+ * Why guest `guest`, made HA a moment ago (its spec says `ha.enabled=true`, the CRM has not
+ * recorded it yet), cannot begin a move from `from` to `to` now, or undefined: both ends need
+ * an HA agent, the source to record the guest under, the destination to be handed it.
+ */
+export function haUnrecordedMoveRefusal(
+  guest: string,
+  move: { from: string; to: string },
+  alive: ReadonlyMap<string, Token>,
+): string | undefined {
+  if (alive.get(move.from) === undefined) {
+    return `Member ${move.from} has no HA agent running (no HA heartbeat) to record guest ${guest} under, made HA a moment ago: it cannot move until that agent runs`;
+  }
+  if (alive.get(move.to) === undefined) {
+    return `Member ${move.to} has no HA agent running (no HA heartbeat): HA guest ${guest} cannot move there`;
+  }
+  return undefined;
+}
+
+/**
+ * The write that records a guest made HA a moment ago, whose record the CRM has not written yet,
+ * as the CRM would (owned by its source under the source's token), and already marked moving
+ * (decision 0075, amended): compared on the record's absence, so that the CRM's own creation of
+ * it and this write race and one of them loses cleanly, and on both ends' tokens. `value`: the
+ * record's other fields (its name, the revision it was decided at).
+ */
+export function haMoveRecordWrite<T extends StoredHa>(value: T, t: HaMoveTicket): HaWrite {
+  const { error: _error, ...rest } = value;
+  return {
+    compare: [
+      { key: haKeys.guest(t.guest), target: 'createRevision', op: '=', value: 0 },
+      holds(t.from, t.fromToken),
+      holds(t.to, t.toToken),
+    ],
+    put: {
+      key: haKeys.guest(t.guest),
+      value: {
+        ...rest,
+        owner: t.from,
+        token: t.fromToken,
+        failures: 0,
+        failedOn: [],
+        moving: { to: t.to, token: t.toToken, reason: t.reason },
+      },
+    },
+  };
 }
 
 /** The write that marks the move: the record as read, both ends still under their tokens. */
@@ -138,52 +187,93 @@ export function haTxnPart(write: HaWrite): { compare: Compare[]; success: TxnOp[
   return { compare: [...write.compare], success };
 }
 
-async function readMove(
-  store: KvStore,
-  guest: string,
-): Promise<{ record: Read<StoredHa> | undefined; alive: Map<string, Token>; revision: number }> {
+async function readMove(store: KvStore, guest: string) {
+  const spec = records.guest.at(guest);
   const r = await readTogether(store, [
     { key: haKeys.guest(guest) },
     { key: haKeys.heartbeatPrefix, prefix: true },
+    { key: spec.key },
   ]);
-  const [recordKvs = [], beatKvs = []] = r.kvs;
+  const [recordKvs = [], beatKvs = [], specKvs = []] = r.kvs;
   const kv = recordKvs[0];
+  const specKv = specKvs[0];
   const alive = new Map<string, Token>();
   for (const b of beatKvs) alive.set(b.key.slice(haKeys.heartbeatPrefix.length), b.createRevision);
-  return { record: kv ? decodeHaRecord(kv) : undefined, alive, revision: r.revision };
+  return {
+    record: kv ? decodeHaRecord(kv) : undefined,
+    alive,
+    revision: r.revision,
+    /** The guest's spec, whether it is HA, and the revision a write compares it at. */
+    spec: specKv && { ha: isHaGuest(records.guest.decode(specKv)), modRevision: specKv.modRevision },
+  };
 }
 
 /**
- * Marks guest `guest`'s move from `from` to `to` on its HA record. Answers undefined for a guest
- * HA has no record of (not HA, or not recorded yet: nothing to guard); refuses, with a one-line
- * Conflict or FailedPrecondition that changed nothing, a guest HA is restarting elsewhere (its
- * record names another owner, or its source lost the token it was given under), one moving
- * already, or a destination without an HA agent.
+ * Marks guest `guest`'s move from `from` to `to` on its HA record. A guest made HA a moment ago,
+ * whose record the CRM has not written yet, is recorded here, already marked, in one transaction
+ * (decision 0075, amended): otherwise it would move unmarked and the CRM would record it half way,
+ * owned by its source. Answers undefined for a guest that is not HA (nothing to guard); refuses,
+ * with a one-line Conflict or FailedPrecondition that changed nothing, a guest HA is restarting
+ * elsewhere (its record names another owner, or its source lost the token it was given under),
+ * one moving already, or an end without an HA agent.
  */
 export async function beginHaMove(
   store: KvStore,
   move: { guest: string; from: string; to: string; reason: string },
 ): Promise<HaMoveTicket | undefined> {
-  const { record, alive } = await readMove(store, move.guest);
-  if (!record) return undefined;
-  const refusal = haMoveRefusal(record.value, move, alive);
-  if (refusal !== undefined) {
-    throw alive.get(move.to) === undefined && !record.value.moving && record.value.owner === move.from
-      ? failedPrecondition(refusal)
-      : conflict(refusal);
+  for (let attempt = 1; ; attempt++) {
+    const { record, alive, revision, spec } = await readMove(store, move.guest);
+    if (!record) {
+      if (!spec?.ha) return undefined;
+      const refusal = haUnrecordedMoveRefusal(move.guest, move, alive);
+      if (refusal !== undefined) throw failedPrecondition(refusal);
+      const ticket: HaMoveTicket = {
+        ...move,
+        fromToken: alive.get(move.from) as Token,
+        toToken: alive.get(move.to) as Token,
+      };
+      const write = haMoveRecordWrite(
+        {
+          name: move.guest,
+          owner: move.from,
+          token: ticket.fromToken,
+          decidedAt: revision,
+          failures: 0,
+          failedOn: [],
+        },
+        ticket,
+      );
+      const part = haTxnPart(write);
+      const r = await store.txn({
+        compare: [...part.compare, records.guest.at(move.guest).unchanged(spec.modRevision)],
+        success: part.success,
+      });
+      if (r.succeeded) return ticket;
+      // The CRM recorded it at the same moment (or the spec changed): once more, from what is now.
+      if (attempt < 2) continue;
+      throw conflict(
+        `Guest ${move.guest}'s HA record or a member's HA lease changed at the same time (HA decided about it); retry`,
+      );
+    }
+    const refusal = haMoveRefusal(record.value, move, alive);
+    if (refusal !== undefined) {
+      throw alive.get(move.to) === undefined && !record.value.moving && record.value.owner === move.from
+        ? failedPrecondition(refusal)
+        : conflict(refusal);
+    }
+    const ticket: HaMoveTicket = {
+      ...move,
+      fromToken: record.value.token,
+      toToken: alive.get(move.to) as Token,
+    };
+    const r = await store.txn(haTxnPart(haMoveBeginWrite(record, ticket)));
+    if (!r.succeeded) {
+      throw conflict(
+        `Guest ${move.guest}'s HA record or a member's HA lease changed at the same time (HA decided about it); retry`,
+      );
+    }
+    return ticket;
   }
-  const ticket: HaMoveTicket = {
-    ...move,
-    fromToken: record.value.token,
-    toToken: alive.get(move.to) as Token,
-  };
-  const r = await store.txn(haTxnPart(haMoveBeginWrite(record, ticket)));
-  if (!r.succeeded) {
-    throw conflict(
-      `Guest ${move.guest}'s HA record or a member's HA lease changed at the same time (HA decided about it); retry`,
-    );
-  }
-  return ticket;
 }
 
 /**

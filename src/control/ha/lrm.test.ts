@@ -132,3 +132,13 @@ test('a guest running here that the records give to another member, or that is g
     { kind: 'stop', guest: 'moved', why: 'h2 owns it' },
   ]);
 });
+
+test('a guest running here that was made HA a moment ago, not recorded yet, is left running under the watchdog, and a fence kills it', () => {
+  const lrm = granted();
+  const actions = lrm.manage(0, { guests: [], running: new Set(['fresh']), awaiting: new Set(['fresh']) });
+  assert.deepEqual(actions, [{ kind: 'pet', untilMs: DEFAULT_TIMINGS.watchdogMs }]);
+  assert.deepEqual(
+    lrm.fenceNow(new Set(['fresh'])).find((a) => a.kind === 'fence'),
+    { kind: 'fence', guests: ['fresh'] },
+  );
+});

@@ -57,6 +57,12 @@ export interface LrmView {
   guests: Read<HaGuestRecord>[];
   /** Guests whose processes run on this member. */
   running: ReadonlySet<string>;
+  /**
+   * Guests made HA a moment ago (their specs say so) that the CRM has not recorded yet: one that
+   * runs here is left running (it ran before it was made HA; the CRM records it on this member at
+   * its next pass), never started; a fence kills it like any HA guest.
+   */
+  awaiting?: ReadonlySet<string>;
 }
 
 /** A member's LRM: one per agent life; its state is what the agent keeps across its own restarts. */
@@ -172,6 +178,7 @@ export function createLrm(member: string, timings: HaTimings): Lrm {
       for (const name of [...view.running].sort()) {
         const r = byName.get(name);
         if (!r) {
+          if (view.awaiting?.has(name)) continue;
           actions.push({ kind: 'stop', guest: name, why: 'its record is gone' });
           continue;
         }

@@ -3,7 +3,14 @@ import type { Model } from '../../core/types.ts';
 import { createPlacementIndex } from '../placement.ts';
 import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
 import { createFakeStore, type FakeStore } from './fake-store.ts';
-import { haMoveBeginWrite, haMoveDoneWrite, haMoveEndWrite, haMoveRefusal } from './ha-move.ts';
+import {
+  haMoveBeginWrite,
+  haMoveDoneWrite,
+  haMoveEndWrite,
+  haMoveRecordWrite,
+  haMoveRefusal,
+  haUnrecordedMoveRefusal,
+} from './ha-move.ts';
 import { createLrm, type Lrm, type LrmAction } from './lrm.ts';
 import {
   type CrmLockValue,
@@ -32,6 +39,12 @@ export interface SimGuest {
   ha?: boolean;
   model?: Model;
   want?: 'started' | 'stopped';
+  /**
+   * false: made HA a moment before the cluster's start, and not recorded yet: it runs on `on`
+   * (it ran there before it was made HA) until the elected CRM's bookkeeping records it there at
+   * its next pass (ha-store.ts's `recordUpkeep`), or a move records it first (ha-move.ts).
+   */
+  recorded?: boolean;
 }
 
 export interface SimMember {
@@ -205,6 +218,8 @@ export function createSimulator(options: SimOptions): Simulator {
   /** Where each guest's processes are: running, or arriving by a move (not executing). */
   const procs = new Map<string, Map<string, 'running' | 'incoming'>>();
   const moves = new Map<string, MoveState>();
+  /** Guests made HA whose record nobody wrote yet: their specs, as the CRM and the mover read them. */
+  const unrecorded = new Map<string, SimGuest>();
   const scheduled: Array<{ at: number; phase: 'before' | 'race'; what: (w: SimWorld) => void }> = [];
 
   const say = (text: string) => {
@@ -361,12 +376,13 @@ export function createSimulator(options: SimOptions): Simulator {
   // ----- moves -----
   function beginMove(g: string, to: string, reason: string): boolean {
     const r = guestRecord(g);
-    if (!r) return false;
-    const from = member(r.value.owner);
+    const spec = unrecorded.get(g);
+    if (!r && !spec) return false;
+    const from = member(r ? r.value.owner : (spec as SimGuest).on);
     const dest = member(to);
     const destToken = tokenOf(to);
     const token = from.lrm.token(local(from));
-    if (!daemonWorks(from) || token === undefined || destToken === undefined || r.value.moving) {
+    if (!daemonWorks(from) || token === undefined || destToken === undefined || r?.value.moving) {
       say(`${from.name} cannot move ${g} to ${to} now`);
       return false;
     }
@@ -378,17 +394,28 @@ export function createSimulator(options: SimOptions): Simulator {
     const alive = new Map(
       store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
     );
-    const refusal = haMoveRefusal(r.value, { from: from.name, to }, alive);
+    const refusal = r
+      ? haMoveRefusal(r.value, { from: from.name, to }, alive)
+      : haUnrecordedMoveRefusal(g, { from: from.name, to }, alive);
     if (refusal !== undefined) {
       say(`${from.name} cannot move ${g} to ${to}: ${refusal}`);
       return false;
     }
-    // The real mover's write (ha-move.ts): the record as read, both ends under their tokens.
+    // The real mover's write (ha-move.ts): the record as read, both ends under their tokens; a
+    // guest made HA that nobody recorded yet is recorded by it, already moving.
     const ticket = { guest: g, from: from.name, fromToken: token, to, toToken: destToken, reason };
-    const ok = call(from, () => store.txn(haMoveBeginWrite(r, ticket)));
+    const ok = call(from, () =>
+      store.txn(
+        r ? haMoveBeginWrite(r, ticket) : haMoveRecordWrite(recordOf(spec as SimGuest, token), ticket),
+      ),
+    );
     if (!ok) {
       say(`${from.name} cannot move ${g} to ${to}: the store refused`);
       return false;
+    }
+    if (!r) {
+      unrecorded.delete(g);
+      say(`${from.name} records ${g} (made HA a moment ago) as moving`);
     }
     if (procs.get(g)?.get(from.name) === 'running') setProc(g, dest.name, 'incoming');
     moves.set(g, {
@@ -537,8 +564,11 @@ export function createSimulator(options: SimOptions): Simulator {
       for (const a of m.lrm.tick(local(m), runningHere(m.name))) act(m, a);
       if (!m.lrm.live(local(m))) continue;
       const view = call(m, () => guests());
+      // As the agent does: a guest made HA that is not recorded yet is left running.
+      const awaiting = new Set(unrecorded.keys());
       if (view)
-        for (const a of m.lrm.manage(local(m), { guests: view, running: runningHere(m.name) })) act(m, a);
+        for (const a of m.lrm.manage(local(m), { guests: view, running: runningHere(m.name), awaiting }))
+          act(m, a);
     }
 
     stepMoves();
@@ -568,6 +598,8 @@ export function createSimulator(options: SimOptions): Simulator {
         const { decisions, notes } = m.crm.step(local(m), token, view);
         for (const n of notes) say(`${m.name} ${n}`);
         for (const d of decisions) planned.push({ m, d });
+        if (view.lock?.value.member === m.name && view.lock.value.token === token)
+          for (const d of bookkeeping(view)) planned.push({ m, d });
       }
     }
     for (const s of scheduled.filter((s) => s.at === now && s.phase === 'race')) s.what(world);
@@ -580,10 +612,38 @@ export function createSimulator(options: SimOptions): Simulator {
       const onLease = lease;
       const ok = call(m, () => store.txn(d.write, onLease));
       if (ok && d.write.put?.lease === 'own') m.crmLease = onLease;
+      if (ok && d.write.put) unrecorded.delete((d.write.put.value as { name?: string }).name ?? '');
       if (ok) say(`${m.name} ${d.says}`);
       else if (ok === false) say(`${m.name} ${d.ifRefused}`);
     }
     check();
+  }
+  /**
+   * The elected CRM's bookkeeping (ha-store.ts's `recordUpkeep`), for guests made HA: a record on
+   * the member the spec names, under that member's token as read, compared on the election, the
+   * record's absence and that token.
+   */
+  function bookkeeping(view: CrmView): CrmDecision[] {
+    const lock = view.lock;
+    if (!lock) return [];
+    const out: CrmDecision[] = [];
+    for (const g of [...unrecorded.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const token = view.heartbeats.find((h) => h.value.member === g.on)?.createRevision;
+      if (token === undefined || view.guests.some((r) => r.value.name === g.name)) continue;
+      out.push({
+        write: {
+          compare: [
+            { key: haKeys.crm, target: 'createRevision', op: '=', value: lock.createRevision },
+            { key: haKeys.guest(g.name), target: 'createRevision', op: '=', value: 0 },
+            { key: haKeys.heartbeat(g.on), target: 'createRevision', op: '=', value: token },
+          ],
+          put: { key: haKeys.guest(g.name), value: recordOf(g, token) },
+        },
+        says: `crm: records ${g.name} on ${g.on} (token ${token})`,
+        ifRefused: `crm: ${g.name} was recorded meanwhile`,
+      });
+    }
+    return out;
   }
   const emptyView: CrmView = { revision: 0, lock: undefined, heartbeats: [], members: [], guests: [] };
 
@@ -738,21 +798,27 @@ export function createSimulator(options: SimOptions): Simulator {
     started = true;
     for (const m of ordered()) for (const a of m.lrm.tick(local(m), new Set())) act(m, a);
     for (const g of options.guests ?? []) {
-      store.put(haKeys.guest(g.name), {
-        name: g.name,
-        model: g.model ?? 'ct',
-        memoryBytes: (g.memoryGiB ?? 1) * GIB,
-        cpus: 1,
-        ha: g.ha ?? true,
-        priority: g.priority ?? 0,
-        want: g.want ?? 'started',
-        owner: g.on,
-        token: tokenOf(g.on) ?? 0,
-        decidedAt: store.revision(),
-        failures: 0,
-        failedOn: [],
-      } satisfies HaGuestRecord);
+      if (g.recorded === false) {
+        unrecorded.set(g.name, g);
+        if ((g.want ?? 'started') === 'started') setProc(g.name, g.on, 'running');
+      } else store.put(haKeys.guest(g.name), recordOf(g, tokenOf(g.on) ?? 0));
     }
+  }
+  function recordOf(g: SimGuest, token: number): HaGuestRecord {
+    return {
+      name: g.name,
+      model: g.model ?? 'ct',
+      memoryBytes: (g.memoryGiB ?? 1) * GIB,
+      cpus: 1,
+      ha: g.ha ?? true,
+      priority: g.priority ?? 0,
+      want: g.want ?? 'started',
+      owner: g.on,
+      token,
+      decidedAt: store.revision(),
+      failures: 0,
+      failedOn: [],
+    };
   }
 
   function where(): string {

@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { aGuestSpec } from '../../../test/fakes/guest-records.ts';
+import { isTrivisorError } from '../../core/errors.ts';
+import type { KvStore } from '../../store/kv.ts';
+import { createMemoryStore } from '../../store/memory-store.ts';
+import { records } from '../../store/records.ts';
+import { beginHaMove, haSwitchOverPart } from './ha-move.ts';
+import { readHaWorld, recordUpkeep, type StoredHa } from './ha-store.ts';
+import { haKeys } from './types.ts';
+
+/** A cluster of m1 and m2 with HA agents (heartbeats), m1's CRM elected, and guest web on m1 made HA. */
+async function cluster(store: KvStore, agents: string[] = ['m1', 'm2']) {
+  const lease = await store.grantLease(60);
+  for (const m of agents) {
+    await store.put(haKeys.heartbeat(m), JSON.stringify({ member: m }), { lease: lease.id });
+  }
+  await store.put(haKeys.crm, JSON.stringify({ member: 'm1', token: 1 }), { lease: lease.id });
+  await records.guest
+    .at('web')
+    .put(store, aGuestSpec({ name: 'web', location: 'm1', config: { 'ha.enabled': 'true' }, generation: 3 }));
+  const token = async (m: string) => (await store.get(haKeys.heartbeat(m)))?.createRevision;
+  return { m1: await token('m1'), m2: await token('m2') };
+}
+
+const recordOf = async (store: KvStore): Promise<StoredHa | undefined> => {
+  const kv = await store.get(haKeys.guest('web'));
+  return kv ? (JSON.parse(kv.value) as StoredHa) : undefined;
+};
+
+/** The CRM's bookkeeping pass (crm-loop.ts) as the elected CRM makes it: answers how many writes it made. */
+async function crmUpkeep(store: KvStore): Promise<number> {
+  const read = await readHaWorld(store);
+  const spec = await records.guest.at('web').get(store);
+  assert.ok(read.lock && spec);
+  const world = { ...read, specs: new Map([...read.specs, ['web', spec]]) };
+  let made = 0;
+  for (const t of recordUpkeep(world, read.lock)) if ((await store.txn(t)).succeeded) made++;
+  return made;
+}
+
+test("a guest made HA whose HA record the CRM has not written yet begins its move recorded and marked moving, and the CRM's late creation of the record is refused", async () => {
+  const store = createMemoryStore();
+  try {
+    const tokens = await cluster(store);
+    assert.equal(await recordOf(store), undefined);
+    const ticket = await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' });
+    assert.deepEqual(ticket, {
+      guest: 'web',
+      from: 'm1',
+      to: 'm2',
+      reason: 'migration',
+      fromToken: tokens.m1,
+      toToken: tokens.m2,
+    });
+    const r = await recordOf(store);
+    assert.equal(r?.owner, 'm1');
+    assert.equal(r?.token, tokens.m1);
+    assert.deepEqual(r?.moving, { to: 'm2', token: tokens.m2, reason: 'migration' });
+    // The CRM's pass after it finds the record made: it writes nothing (no unmarked record).
+    assert.equal(await crmUpkeep(store), 0);
+    assert.ok((await recordOf(store))?.moving);
+    // The switch-over hands the record to the destination, as for a guest recorded before.
+    assert.ok(ticket);
+    const part = await haSwitchOverPart(store, ticket);
+    assert.equal((await store.txn({ compare: part.compare, success: part.success })).succeeded, true);
+    const done = await recordOf(store);
+    assert.equal(done?.owner, 'm2');
+    assert.equal(done?.token, tokens.m2);
+    assert.equal(done?.moving, undefined);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a move that begins after the CRM recorded a guest just made HA marks that record', async () => {
+  const store = createMemoryStore();
+  try {
+    const tokens = await cluster(store);
+    assert.equal(await crmUpkeep(store), 1);
+    const before = await store.get(haKeys.guest('web'));
+    await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'evacuation' });
+    const after = await store.get(haKeys.guest('web'));
+    assert.equal(after?.createRevision, before?.createRevision);
+    assert.deepEqual((await recordOf(store))?.moving, { to: 'm2', token: tokens.m2, reason: 'evacuation' });
+  } finally {
+    await store.close();
+  }
+});
+
+test("the CRM records a guest just made HA between the mover's read and its write: the mover's creation loses and it marks the CRM's record", async () => {
+  const store = createMemoryStore();
+  try {
+    const tokens = await cluster(store);
+    let raced = false;
+    // The CRM's pass lands just before the mover's first write (its reads are transactions too).
+    const racing = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop !== 'txn') return Reflect.get(target, prop, receiver);
+        return async (...args: Parameters<KvStore['txn']>) => {
+          if (!raced && args[0].success.some((op) => op.type === 'put')) {
+            raced = true;
+            assert.equal(await crmUpkeep(target), 1);
+          }
+          return target.txn(...args);
+        };
+      },
+    });
+    const created = (await store.get(haKeys.guest('web')))?.createRevision;
+    assert.equal(created, undefined);
+    await beginHaMove(racing, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' });
+    assert.ok(raced);
+    const r = await recordOf(store);
+    assert.equal(r?.owner, 'm1');
+    assert.deepEqual(r?.moving, { to: 'm2', token: tokens.m2, reason: 'migration' });
+    // One record, the CRM's (version 2: created, then marked).
+    assert.equal((await store.get(haKeys.guest('web')))?.version, 2);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a guest made HA on a member without an HA agent is refused a move in one line, with nothing written', async () => {
+  const store = createMemoryStore();
+  try {
+    await cluster(store, ['m2']);
+    await assert.rejects(
+      beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' }),
+      (e: unknown) =>
+        isTrivisorError(e) &&
+        e.code === 'FailedPrecondition' &&
+        e.message ===
+          'Member m1 has no HA agent running (no HA heartbeat) to record guest web under, made HA a moment ago: it cannot move until that agent runs',
+    );
+    await assert.rejects(
+      beginHaMove(store, { guest: 'web', from: 'm1', to: 'm3', reason: 'migration' }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'FailedPrecondition',
+    );
+    assert.equal(await recordOf(store), undefined);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a guest that is not HA moves without an HA record', async () => {
+  const store = createMemoryStore();
+  try {
+    await cluster(store);
+    await records.guest.at('plain').put(store, aGuestSpec({ name: 'plain', location: 'm1', generation: 1 }));
+    assert.equal(
+      await beginHaMove(store, { guest: 'plain', from: 'm1', to: 'm2', reason: 'migration' }),
+      undefined,
+    );
+    assert.equal(await store.get(haKeys.guest('plain')), undefined);
+  } finally {
+    await store.close();
+  }
+});
