@@ -254,3 +254,52 @@ test('the agent reads no guest cgroup while no guest is HA, and only the HA gues
   const last = asked.at(-1) ?? [];
   assert.deepEqual(last, ['g7'], 'a look asked about more than the HA guest');
 });
+
+test('a running guest made HA is left running by its agent until the CRM records it, and a fence kills it', async () => {
+  const store = createMemoryStore();
+  stops.push(() => store.close());
+  await records.member.at('m1').put(store, {
+    name: 'm1',
+    address: '198.18.0.1:8443',
+    roles: [],
+    certificateFingerprint: 'f',
+    version: 'test',
+    joinedAt: new Date().toISOString(),
+    evacuated: false,
+  });
+  // It ran before it was made HA; no CRM runs here, so nobody records it.
+  await records.guest.at('fresh').put(store, spec('fresh', 'm1'));
+  const running = new Set(['fresh']);
+  const dir = mkdtempSync(path.join(tmpdir(), 'ha-fresh-'));
+  dirs.push(dir);
+  let looks = 0;
+  const agent = startHaAgent({
+    store,
+    stateDir: dir,
+    member: 'm1',
+    log: silentLogger(),
+    running: async (guests) => {
+      looks++;
+      return new Set([...running].filter((g) => guests.has(g)));
+    },
+    kill: async (g) => {
+      running.delete(g);
+    },
+    timings: FAST,
+    lookEveryMs: 50,
+    callTimeoutMs: 300,
+  });
+  stops.push(() => agent.stop());
+  await until(
+    'the HA lease of m1',
+    async () => (await store.get(haKeys.heartbeat('m1'))) !== undefined,
+    5000,
+  );
+  const from = looks;
+  await until('ten looks while live', () => looks >= from + 10, 5000);
+  assert.equal(await store.get(haKeys.guest('fresh')), undefined);
+  assert.ok(running.has('fresh'), 'the agent stopped a running guest made HA before the CRM recorded it');
+  // The clean stop fences: the guest is HA by its spec, so it is killed.
+  await agent.stop();
+  assert.equal(running.has('fresh'), false);
+});
