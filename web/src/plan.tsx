@@ -265,7 +265,7 @@ export function PlanPage() {
             </Field>
             <Field
               label="Forecast days"
-              hint="Optional: plan for this many days after the inventory, its load scaled by its own trend (needs 7 whole days of samples)"
+              hint="Optional: plan for the load's trend N days on (7+ days of samples)"
             >
               {(id) => <input id={id} name="forecastDays" type="number" min="1" max="3660" step="1" />}
             </Field>
