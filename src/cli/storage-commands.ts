@@ -210,32 +210,38 @@ export function addStorageCommands(program: Command): void {
       "List the archives in the daemon's backup directory: what import --from-backups GUEST/ARCHIVE takes, with each incremental's chain and parent",
     )
     .argument('[guest]', "only this guest's archives")
+    .option('--target <member>', "on a cluster: that member's backup directory (default: the one asked)")
     .addOption(
       new Option('-f, --format <format>', 'output format')
         .choices(['table', 'json', 'yaml'])
         .default('table'),
     )
-    .action(async (guest: string | undefined, opts: { format: OutputFormat }, cmd: Command) => {
-      const list = await clientOf(cmd).listBackupDirectory(guest !== undefined ? { guest } : {});
-      if (opts.format !== 'table') {
-        process.stdout.write(renderData(list, opts.format));
-        return;
-      }
-      process.stdout.write(
-        renderTable(
-          ['ARCHIVE', 'KIND', 'CHAIN', 'PARENT', 'SIZE', 'CREATED', 'RESTORABLE'],
-          list.map((a) => [
-            a.archive,
-            a.kind,
-            a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '-',
-            a.parent ?? '-',
-            formatBytes(a.sizeBytes),
-            a.createdAt,
-            a.restorable ? 'yes' : `no: ${a.problem ?? 'its chain is not whole'}`,
-          ]),
-        ),
-      );
-    });
+    .action(
+      async (guest: string | undefined, opts: { format: OutputFormat; target?: string }, cmd: Command) => {
+        const list = await clientOf(cmd).listBackupDirectory({
+          ...(guest !== undefined && { guest }),
+          ...(opts.target !== undefined && { target: opts.target }),
+        });
+        if (opts.format !== 'table') {
+          process.stdout.write(renderData(list, opts.format));
+          return;
+        }
+        process.stdout.write(
+          renderTable(
+            ['ARCHIVE', 'KIND', 'CHAIN', 'PARENT', 'SIZE', 'CREATED', 'RESTORABLE'],
+            list.map((a) => [
+              a.archive,
+              a.kind,
+              a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '-',
+              a.parent ?? '-',
+              formatBytes(a.sizeBytes),
+              a.createdAt,
+              a.restorable ? 'yes' : `no: ${a.problem ?? 'its chain is not whole'}`,
+            ]),
+          ),
+        );
+      },
+    );
 
   program
     .command('admin')

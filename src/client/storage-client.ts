@@ -41,8 +41,11 @@ export interface StorageClient {
     archive: string,
     options?: { name?: string; storage?: string; target?: string; live?: boolean },
   ): Promise<Operation>;
-  /** The archives of the daemon's backup directory (all guests', or `guest`'s), oldest first (decision 0074). */
-  listBackupDirectory(options?: { guest?: string }): Promise<BackupDirectoryArchive[]>;
+  /**
+   * The archives of the daemon's backup directory (all guests', or `guest`'s), oldest first
+   * (decision 0074); on a cluster `target`'s directory (decision 0077).
+   */
+  listBackupDirectory(options?: { guest?: string; target?: string }): Promise<BackupDirectoryArchive[]>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   /** Starts bringing back a lost member's guests from the backup directory `directory` (on the daemon's host). */
@@ -166,7 +169,10 @@ export function storageMethods(
         ...(o.live && { live: true }),
       }),
     listBackupDirectory: (o = {}) =>
-      call('GET', `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}`),
+      call(
+        'GET',
+        `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}${o.target !== undefined ? `&target=${enc(o.target)}` : ''}`,
+      ),
     recover: () => call('POST', '/1.0/admin/recover', {}),
     recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     listPools: () => call('GET', '/1.0/storage-pools?recursion=1'),

@@ -32,7 +32,7 @@ import { registerNetworkRoutes } from './network-routes.ts';
 import { finishOpenApi, type OpenApiDocument } from './openapi-document.ts';
 import { createOperationPlaces, operationOf } from './operation-places.ts';
 import { registerOperationRoutes } from './operation-routes.ts';
-import { ownerScopedGuest, storageScoped } from './owner-routes.ts';
+import { ownerScopedGuest, storageScoped, targetScoped } from './owner-routes.ts';
 import { registerPlanRoutes } from './plan-routes.ts';
 import { isListRoute, isProjectRoute, registerProjectRoutes, withProjectQuery } from './project-routes.ts';
 import { projectOf, type RouteContext } from './route-context.ts';
@@ -261,13 +261,9 @@ export async function buildServer(services: Services, options: BuildServerOption
       await forwarder.proxy(request, reply, place.member);
       return reply;
     }
-    // An import or a new pool goes to the member it is asked for (?target=), its body unread.
-    if (
-      request.method === 'POST' &&
-      (url === '/1.0/backups' || url === '/1.0/storage-pools') &&
-      forwarder &&
-      !isForwarded(request)
-    ) {
+    // An import, a new pool or the backup directory's listing goes to the member asked for (?target=),
+    // its body unread. An unknown member is the forwarder's one-line 404.
+    if (targetScoped(request.method, url) && forwarder && !isForwarded(request)) {
       const target = (request.query as { target?: unknown }).target;
       if (typeof target === 'string' && target !== forwarder.here) {
         await forwarder.proxy(request, reply, target);

@@ -68,3 +68,22 @@ export function storageScoped(
     return typeof p.volume === 'string' ? { pool: p.pool, volume: p.volume } : { pool: p.pool };
   return undefined;
 }
+
+/**
+ * Routes answered by the member `?target=` names, passed on before their body is read
+ * (decisions 0034, 0077): an uploaded import and a new pool are made there, and the backup
+ * directory is each member's own (its listing, one archive, an import from it). Without
+ * `target`, or naming this member, they are answered here.
+ */
+const TARGET_ROUTES = new Set([
+  'POST /1.0/backups',
+  'POST /1.0/storage-pools',
+  'GET /1.0/backups',
+  'GET /1.0/backups/:guest/:archive',
+  'POST /1.0/backups/import',
+]);
+
+/** Whether the request goes to the member its `?target=` names. */
+export function targetScoped(method: string, url: string | undefined): boolean {
+  return TARGET_ROUTES.has(`${method} ${url}`);
+}

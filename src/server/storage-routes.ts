@@ -536,13 +536,22 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     }),
     problem: Type.Optional(Type.String({ description: 'Why it cannot be restored' })),
   });
+  /** Each member has its own backup directory: `target` names whose is read (decision 0077). */
+  const BackupTargetQuery = {
+    target: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description: 'On a cluster: the member whose backup directory is read (default: the one asked)',
+      }),
+    ),
+  };
   /** The backup directory, or a one-line 501 on a daemon without one. */
   const backupDir = (): string => {
     if (!ctx.backupDir) throw notSupported('This daemon has no backup directory');
     return ctx.backupDir;
   };
 
-  app.get<{ Querystring: { recursion?: number; guest?: string } }>(
+  app.get<{ Querystring: { recursion?: number; guest?: string; target?: string } }>(
     '/1.0/backups',
     {
       // Names, sizes and times of the host's backup directory: read, as pools are; restoring from it is host-admin.
@@ -550,10 +559,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary: "List the archives in the daemon's backup directory (what import --from-backups takes)",
         description:
-          "Every archive of TRIVISOR_BACKUP_DIR (default STATE/shipped-backups) an import accepts, by guest, oldest first: recursion=0 their URLs, recursion=1 their records (size, when taken, full or incremental with its chain, sequence and parent link, whether it can be restored). `guest=NAME` lists that guest's only. A directory that does not exist yet lists nothing (decision 0074).",
+          "Every archive of TRIVISOR_BACKUP_DIR (default STATE/shipped-backups) an import accepts, by guest, oldest first: recursion=0 their URLs, recursion=1 their records (size, when taken, full or incremental with its chain, sequence and parent link, whether it can be restored). `guest=NAME` lists that guest's only. A directory that does not exist yet lists nothing (decision 0074). On a cluster `target=MEMBER` lists that member's directory (decision 0077).",
         querystring: Type.Object({
           ...RecursionQuerySchema.properties,
           guest: Type.Optional(Type.String({ description: "Only this guest's archives" })),
+          ...BackupTargetQuery,
         }),
         response: {
           200: SyncEnvelope(
@@ -564,7 +574,8 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       },
     },
     async (request) => {
-      const { guest } = request.query;
+      const { guest, target } = request.query;
+      await assertTarget(ctx, target);
       if (guest !== undefined) assertDnsLabel(guest, 'guest name');
       const list = await listBackupDirectory(backupDir(), guest !== undefined ? { guest } : {});
       return syncResponse(
@@ -575,20 +586,23 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
-  app.get<{ Params: { guest: string; archive: string } }>(
+  app.get<{ Params: { guest: string; archive: string }; Querystring: { target?: string } }>(
     '/1.0/backups/:guest/:archive',
     {
       config: { access: 'host-read' },
       schema: {
-        summary: "Show one archive of the daemon's backup directory",
+        summary: "Show one archive of the daemon's backup directory (on a cluster, `target`'s)",
         params: Type.Object({ guest: Type.String(), archive: Type.String() }),
+        querystring: Type.Object(BackupTargetQuery),
         response: { 200: SyncEnvelope(BackupDirectoryArchiveSchema), ...errors },
       },
     },
-    async (request) =>
-      syncResponse(
+    async (request) => {
+      await assertTarget(ctx, request.query.target);
+      return syncResponse(
         await getBackupDirectoryArchive(backupDir(), `${request.params.guest}/${request.params.archive}`),
-      ),
+      );
+    },
   );
 
   app.post<{
@@ -607,8 +621,8 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary: "Import a guest from an archive in the daemon's backup directory, without an upload",
         description:
-          "`source.archive` names the archive relative to the backup directory (TRIVISOR_BACKUP_DIR, default STATE/shipped-backups) as GUEST/ARCHIVE: no `..`, not absolute, no symbolic link, a regular file inside the directory (else 400; missing: 404; nothing is made). An incremental link is imported with its chain's links before it, in order. `live: true` restores a vm guest live from an uncompressed archive read in place (decision 0063), through a hard link to it, so that retention removing it does not stop the copy (decision 0070).",
-        querystring: Type.Object(TargetQueryProperties),
+          "`source.archive` names the archive relative to the backup directory (TRIVISOR_BACKUP_DIR, default STATE/shipped-backups) as GUEST/ARCHIVE: no `..`, not absolute, no symbolic link, a regular file inside the directory (else 400; missing: 404; nothing is made). An incremental link is imported with its chain's links before it, in order. `live: true` restores a vm guest live from an uncompressed archive read in place (decision 0063), through a hard link to it, so that retention removing it does not stop the copy (decision 0070). On a cluster `target=MEMBER` imports from that member's own directory, onto it (decision 0077).",
+        querystring: Type.Object(BackupTargetQuery),
         body: Type.Object(
           {
             source: Type.Object(
