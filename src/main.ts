@@ -519,7 +519,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   // Plans of uploaded inventories, each in a worker thread off the event loop (decision 0065).
   services.consolidation = createConsolidationPlanner();
   const sampler = createMetricsSampler({
-    guests,
+    // This member's running guests from the controller's memory, their usage read where they run
+    // (decision 0080); every guest's name only every ten minutes, for the series of guests gone.
+    running: async () => (await guests.withUsage?.(controller.running())) ?? [],
+    names: async () =>
+      new Set((await store.list(records.guest.prefix)).kvs.map((kv) => records.guest.nameOf(kv.key))),
     history: metricsHistory,
     hostName,
     readHost: () => readHostCounters(),

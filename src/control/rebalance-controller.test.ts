@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
 import { aGuestSpec } from '../../test/fakes/guest-records.ts';
 import type { ClusterMove } from '../api/cluster-schemas.ts';
 import { DEFAULT_REBALANCE_SETTINGS, rebalanceSettings } from '../core/config-keys.ts';
@@ -504,4 +505,48 @@ describe('rebalance controller', () => {
     assert.equal((await records.rebalanceRequest.list(store)).items.length, 0, 'the request is withdrawn');
     assert.deepEqual(moved, []);
   });
+});
+
+test('a publication after the first reads none of the 10,000 guests of other members, and names a guest that came here since (decision 0080)', async () => {
+  const memory = createMemoryStore();
+  const store = countingStore(memory);
+  const history = openMetricsHistory(':memory:');
+  const operations = createOperationService(createEventBus());
+  const nowMs = Date.parse('2026-12-05T10:00:00Z');
+  for (let i = 0; i < 10_000; i++) await records.guest.at(`o${i}`).put(memory, spec(`o${i}`, 'h2'));
+  for (const name of ['a', 'b']) await records.guest.at(name).put(memory, spec(name, 'h1'));
+  for (const series of [hostSeries('h1'), guestSeries('a'), guestSeries('b'), guestSeries('o7')])
+    history.record([{ series, values: { cpu: 0.5, memoryBytes: 100 } }], nowMs - 5000);
+  const c = createRebalanceController({
+    store,
+    hostName: 'h1',
+    history,
+    operations,
+    log: silentLogger(),
+    now: () => nowMs,
+    members: async () => [],
+    mover: {
+      async move() {
+        throw new Error('no move here');
+      },
+    },
+  });
+  try {
+    await c.publish();
+    const published = async () =>
+      Object.keys((await records.memberLoad.at('h1').get(memory))?.value.guests ?? {});
+    assert.deepEqual(await published(), ['a', 'b']);
+    store.reset();
+    await c.publish();
+    assert.deepEqual(store.reads.lists, []);
+    assert.ok(store.reads.records <= 2, `a publication read ${store.reads.records} records`);
+    await records.guest.at('o7').put(memory, spec('o7', 'h1'));
+    await new Promise((r) => setTimeout(r, 20));
+    await c.publish();
+    assert.deepEqual(await published(), ['a', 'b', 'o7']);
+  } finally {
+    await c.stop();
+    history.close();
+    await memory.close();
+  }
 });

@@ -27,10 +27,12 @@ import type { HistoryPoints, MetricsHistory } from '../services/metrics-history.
 import { guestSeries, hostSeries } from '../services/metrics-sampler.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
+import { compareByteOrder } from '../store/key-order.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type MemberLoad, type RebalanceRequest, records, valuesOf } from '../store/records.ts';
 import { readLinks } from './move-bandwidth.ts';
 import { createPowerSteps, type PowerStepsDeps, powerMemberState } from './power-controller.ts';
+import { watchSubset } from './watched-subset.ts';
 
 /**
  * The rebalancer in the cluster (issue 14 §2, decision 0053): the pure policy of decision 0051
@@ -362,11 +364,22 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   const settingsNow = async () => rebalanceSettings(rebalanceKeys(await keysNow()));
   const powerNow = async () => powerSettings(await keysNow());
 
+  // This member's guests as a publication names them, from a watch: a publication lists no guest
+  // of the cluster but the first (decision 0080).
+  const ours = watchSubset<Pick<GuestSpec, 'name' | 'model'>>({
+    store,
+    prefix: records.guest.prefix,
+    pick: (kv) => {
+      const s = records.guest.decode(kv);
+      return s.location === hostName && !s.deleting ? { name: s.name, model: s.model } : undefined;
+    },
+    log,
+  });
+
   async function publish(): Promise<void> {
     const settings = await settingsNow();
-    const mine = valuesOf(await records.guest.list(store)).filter(
-      (s) => s.location === hostName && !s.deleting,
-    );
+    await ours.ready();
+    const mine = [...ours.picked()].sort(([a], [b]) => compareByteOrder(a, b)).map(([, g]) => g);
     const load = memberLoadOf({
       hostName,
       history: deps.history,
@@ -712,6 +725,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     start: tick,
     async stop() {
       stopped = true;
+      ours.stop();
       clearTimeout(timer);
       await running;
       await resign();

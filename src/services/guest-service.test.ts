@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
 import { createFakeDriver, type FakeDriver } from '../../test/fakes/fake-driver.ts';
-import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
+import { aGuestSpec, aGuestStatus, BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { createGuestController, type GuestController } from '../control/guest-controller.ts';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
@@ -441,4 +442,35 @@ describe('placement of new guests (decision 0033)', () => {
     );
     assert.equal(await store.get(keys.guest('x')), undefined);
   });
+});
+
+test('withUsage gives the usage of the guests it is handed and reads no store record, among 10,000 guests (decision 0080)', async () => {
+  const memory = createMemoryStore();
+  const store = countingStore(memory);
+  const guests = createGuestService({
+    store,
+    drivers: { ct: createFakeDriver() },
+    images: { get: async () => image },
+    operations: createOperationService(createEventBus()),
+    hostName: 'h1',
+    capacity: { memoryBytes: 4 * 2 ** 30, cpus: 2 },
+  });
+  try {
+    for (let i = 0; i < 10_000; i++) {
+      await records.guest.at(`g${i}`).put(memory, aGuestSpec({ name: `g${i}`, desired: 'Stopped' }));
+      await records.guestStatus.at(`g${i}`).put(memory, aGuestStatus({ status: 'Stopped' }));
+    }
+    const spec = aGuestSpec({ name: 'web' });
+    const status = aGuestStatus({ status: 'Running', process: { pid: 4242, startTime: 1 } });
+    const [web, ...more] = await guests.withUsage!([{ spec, status }]);
+    assert.equal(more.length, 0);
+    assert.equal(web?.name, 'web');
+    assert.equal(web?.status, 'Running');
+    assert.equal(web?.state.pid, 4242);
+    assert.ok(web?.state.usage, 'the usage was read from the driver');
+    assert.equal(store.reads.records, 0);
+    assert.deepEqual(store.reads.lists, []);
+  } finally {
+    await memory.close();
+  }
 });

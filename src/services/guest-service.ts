@@ -432,6 +432,18 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         );
       },
 
+      async withUsage(guests) {
+        return Promise.all(
+          guests.map(async ({ spec, status }) => {
+            const [usage, nics] = await Promise.all([
+              usageOf(spec, status),
+              nicsOf(spec, status, { withCounters: true, network: undefined }),
+            ]);
+            return toGuest(spec, status, usage, { nics, network: undefined, backupFailure: undefined });
+          }),
+        );
+      },
+
       async get(name, options = { withUsage: true }) {
         const l = await load(name);
         return toGuest(l.spec, l.status, options.withUsage ? await usageOf(l.spec, l.status) : null, {

@@ -91,23 +91,30 @@ describe('metric history: rings with average and maximum per step', () => {
     const guest = fake.guestMap.get('web1')!;
     guest.status = 'Running';
     guest.state.startedAt = '2026-11-30T00:00:00Z';
+    const names = new Set(['web1', 'db1']);
+    h.record(
+      [
+        { series: 'guest/db1', values: { memoryBytes: 1 } },
+        { series: 'guest/gone', values: { memoryBytes: 1 } },
+      ],
+      now - 10_000,
+    );
     const sampler = createMetricsSampler({
-      guests: {
-        ...fake.guests,
-        list: async () => {
-          const g = structuredClone(guest);
-          g.state.usage = { memoryBytes: 1000, cpuSeconds, processes: 1 };
-          g.state.nics = {
-            eth0: {
-              network: 'n',
-              hwaddr: 'x',
-              hostName: 'v',
-              addresses: [],
-              counters: { rxBytes: io, txBytes: 2 * io, rxPackets: 0, txPackets: 0 },
-            },
-          };
-          return [g];
-        },
+      names: async () => new Set(names),
+      running: async () => {
+        if (guest.status !== 'Running') return [];
+        const g = structuredClone(guest);
+        g.state.usage = { memoryBytes: 1000, cpuSeconds, processes: 1 };
+        g.state.nics = {
+          eth0: {
+            network: 'n',
+            hwaddr: 'x',
+            hostName: 'v',
+            addresses: [],
+            counters: { rxBytes: io, txBytes: 2 * io, rxPackets: 0, txPackets: 0 },
+          },
+        };
+        return [g];
       },
       history: h,
       hostName: 'h1',
@@ -144,6 +151,13 @@ describe('metric history: rings with average and maximum per step', () => {
       null,
       'stopped: a gap',
     );
+    // The series of a guest that is gone goes at the next forget (every ten minutes); a stopped
+    // guest's stays.
+    assert.deepEqual(h.series('guest/').sort(), ['guest/db1', 'guest/web1']);
+    names.delete('db1');
+    now += 10 * 60_000;
+    await sampler.sample();
+    assert.deepEqual(h.series('guest/'), ['guest/web1']);
     h.close();
   });
 });

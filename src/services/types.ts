@@ -1,7 +1,16 @@
 import type { ClusterMember, ClusterService } from '../cluster/membership.ts';
 import type { RebalanceService } from '../control/rebalance-controller.ts';
 import type { GuestFile } from '../core/guest-files.ts';
-import type { Guest, ImageRecord, Model, NicDevice, Operation, TrivisorEvent } from '../core/types.ts';
+import type {
+  Guest,
+  GuestSpec,
+  GuestStatus,
+  ImageRecord,
+  Model,
+  NicDevice,
+  Operation,
+  TrivisorEvent,
+} from '../core/types.ts';
 import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 import type { SysctlReport } from '../host/host-sysctls.ts';
 import type { KsmStatus } from '../host/ksm.ts';
@@ -108,6 +117,12 @@ export interface GuestService {
   /** `target`: only the guests of that member (their `location`). */
   list(options?: { withUsage?: boolean; allProjects?: boolean; target?: string }): Promise<Guest[]>;
   get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
+  /**
+   * Guests the caller holds (spec and status: the guest controller's running ones) with their
+   * usage and NIC counters, reading nothing from the store; no observed addresses nor warnings
+   * (the metric sampler, decision 0080).
+   */
+  withUsage?(guests: ReadonlyArray<{ spec: GuestSpec; status: GuestStatus }>): Promise<Guest[]>;
   /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
   create(request: CreateGuestRequest): Promise<Operation>;
   /**
