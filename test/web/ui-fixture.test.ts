@@ -821,6 +821,18 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     b.finishLive();
     await page.locator(`text=Imported from ${whole}`).waitFor();
 
+    // Each member has its own directory (decision 0077): choosing web2 lists and imports there.
+    const listed = page.waitForRequest((q) => /\/1\.0\/backups\?.*target=web2/.test(q.url()));
+    await page.selectOption('#backup-member', 'web2');
+    await listed;
+    await page.waitForURL(/member=web2/);
+    await page.click(`button[aria-label="Import ${whole}"]`);
+    const onWeb2 = page.waitForResponse(
+      (r) => r.request().method() === 'POST' && r.url().includes('/1.0/backups/import?target=web2'),
+    );
+    await page.locator(`form[aria-label="Import ${whole}"] button[type=submit]`).click();
+    assert.equal((await onWeb2).status(), 202);
+
     // A viewer bound to every project lists the directory but is offered no import; a role bound to
     // one project does not see the page in the menu.
     await context.clearCookies();

@@ -338,7 +338,10 @@ export function createWebApi(options: WebApiOptions): WebApi {
     recover: () => call('POST', '/1.0/admin/recover', {}),
     recoverFromBackups: (directory) => call('POST', '/1.0/admin/recover/backups', { directory }),
     listBackupDirectory: (o = {}) =>
-      call('GET', `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}`),
+      call(
+        'GET',
+        `/1.0/backups?recursion=1${o.guest !== undefined ? `&guest=${enc(o.guest)}` : ''}${o.target !== undefined ? `&target=${enc(o.target)}` : ''}`,
+      ),
     importFromBackups: (archive, o = {}) =>
       callAsync('POST', `/1.0/backups/import${o.target !== undefined ? `?target=${enc(o.target)}` : ''}`, {
         source: { type: 'backup-directory', archive },

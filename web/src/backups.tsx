@@ -28,9 +28,28 @@ const chainOf = (a: Archive) => (a.chain !== undefined ? `${a.chain}#${a.sequenc
 export function Backups() {
   const readable = sessionAllows('host-read');
   const importer = sessionAllows('host-admin');
-  const list = useLoad(
-    () => (readable ? api.listBackupDirectory() : Promise.resolve([] as Archive[])),
+  // Each member has its own directory (decision 0077): this one's unless the URL names another.
+  const cluster = useLoad(
+    () =>
+      readable
+        ? api
+            .clusterInfo()
+            .then(async (info) => ({
+              self: info.member,
+              members: info.enabled ? await api.listMembers() : [],
+            }))
+            .catch(() => ({ self: undefined, members: [] }))
+        : Promise.resolve({ self: undefined, members: [] }),
     [readable],
+  );
+  const asked = route.value.query.get('member') ?? undefined;
+  const member = asked !== undefined && asked !== cluster.data?.self ? asked : undefined;
+  const list = useLoad(
+    () =>
+      readable
+        ? api.listBackupDirectory(member !== undefined ? { target: member } : {})
+        : Promise.resolve([] as Archive[]),
+    [readable, member],
   );
   const chosen = useSignal<Archive | null>(null);
   const importing = useSignal<string | null>(null);
@@ -62,6 +81,32 @@ export function Backups() {
           chain's earlier links with it.
         </p>
         <div class="row">
+          {(cluster.data?.members.length ?? 0) > 1 && (
+            <>
+              <label for="backup-member" style={{ margin: 0 }}>
+                Member
+              </label>
+              <select
+                id="backup-member"
+                value={member ?? cluster.data?.self ?? ''}
+                onChange={(e) => {
+                  chosen.value = null;
+                  navigate(withQuery({ member: e.currentTarget.value, guest: null }), { replace: true });
+                }}
+              >
+                {(cluster.data?.members ?? []).map((m) => (
+                  <option key={m.name} value={m.name}>
+                    {m.name}
+                    {m.name === cluster.data?.self
+                      ? ' (this member)'
+                      : m.status === 'Online'
+                        ? ''
+                        : ` (${m.status})`}
+                  </option>
+                ))}
+              </select>
+            </>
+          )}
           <label for="backup-guest" style={{ margin: 0 }}>
             Guest
           </label>
@@ -152,7 +197,10 @@ export function Backups() {
       </div>
       {importer && target && (
         <div class="panel">
-          <h2>Import {target.archive}</h2>
+          <h2>
+            Import {target.archive}
+            {member !== undefined ? ` from ${member}` : ''}
+          </h2>
           <Form
             key={target.archive}
             label={`Import ${target.archive}`}
@@ -162,6 +210,7 @@ export function Backups() {
               const name = String(d.get('name') || '');
               const op = await api.importFromBackups(target.archive, {
                 ...(name !== '' && { name }),
+                ...(member !== undefined && { target: member }),
                 ...(d.get('live') === 'on' && { live: true }),
               });
               operations.value = new Map(operations.value).set(op.id, op);
