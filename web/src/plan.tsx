@@ -80,7 +80,7 @@ function Forecast(props: { plan: ConsolidationPlanWire }) {
       {memory} a week;{' '}
       {f.rawFactor > 1
         ? `the load was scaled by ×${f.factor.toFixed(3)}: lower bound ${props.plan.lowerBound} hosts, ${f.measuredLowerBound} as measured.`
-        : `it falls (×${f.rawFactor.toFixed(3)}), so the plan is for the load as measured (lower bound ${f.measuredLowerBound}).`}
+        : `it does not rise (×${f.rawFactor.toFixed(3)}), so the plan is for the load as measured (lower bound ${f.measuredLowerBound}).`}
     </div>
   );
 }
