@@ -925,6 +925,10 @@ describe('moving a vm guest live', () => {
   let fail: { migrate?: Error; finish?: Error; prepare?: Error };
   /** Set to hold migrateOut until the test lets it go (or the signal ends it). */
   let hold: Promise<void> | undefined;
+  /** Set to hold the destination's answer to `finishLive` for good (the source's daemon dies waiting). */
+  let finishHangs: boolean;
+  /** The mover's dependencies, for a daemon started again. */
+  let liveDeps: GuestMoverDeps;
 
   const guest = async () => (await records.guest.at('web').get(store))?.value;
   const end = async (op: Operation) => operations.wait(op.id);
@@ -942,6 +946,7 @@ describe('moving a vm guest live', () => {
     calls = [];
     fail = {};
     hold = undefined;
+    finishHangs = false;
     await records.guestLocation.at('web').put(store, 'h1');
     await records.guest
       .at('web')
@@ -999,9 +1004,10 @@ describe('moving a vm guest live', () => {
           `finish ${member} ${name} owner ${(await records.guestLocation.at(name).get(store))?.value}`,
         );
         if (fail.finish) throw fail.finish;
+        if (finishHangs) await new Promise(() => {});
       },
     };
-    mover = createGuestMover({
+    liveDeps = {
       store,
       operations,
       hostName: 'h1',
@@ -1023,7 +1029,37 @@ describe('moving a vm guest live', () => {
         backupFile: () => Promise.reject(new Error('a live move writes no archive')),
         deleteBackup: () => Promise.reject(new Error('a live move writes no archive')),
       },
-    });
+    };
+    mover = createGuestMover(liveDeps);
+  });
+
+  test("a daemon that died during the migration (the records still the source's), started again, drops the destination's waiting QEMU first, then resumes the guest here", async () => {
+    hold = new Promise(() => {});
+    await mover.move('web', { target: 'h2', live: true });
+    await waitUntil(() => calls.some((c) => c.startsWith('migrateOut')));
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started');
+    calls.length = 0;
+    assert.equal(await createGuestMover(liveDeps).resumeUnfinished(), 1);
+    assert.deepEqual(calls, ['discard h2 web', 'resume h1']);
+    assert.equal((await guest())?.location, 'h1');
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test('a daemon that died after the switch-over, started again, tells the destination to run the guest and only then drops its own copy', async () => {
+    finishHangs = true;
+    await mover.move('web', { target: 'h2', live: true });
+    await waitUntil(() => calls.some((c) => c.startsWith('finish')));
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'handed-over');
+    finishHangs = false;
+    calls.length = 0;
+    assert.equal(await createGuestMover(liveDeps).resumeUnfinished(), 1);
+    assert.deepEqual(calls, ['finish h2 web owner h2', 'removeLocal h1']);
+    assert.equal((await guest())?.location, 'h2');
+    assert.equal((await guest())?.desired, 'Running');
+    assert.deepEqual([...(files.get('h1') ?? [])], []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 
   afterEach(async () => {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Daemon, eventually } from '../system/harness.ts';
@@ -78,6 +78,62 @@ describe('moving guests between two members', () => {
       assert.equal(existsSync(dirOn(m2.daemon)), false);
     });
   }
+
+  test("m1's daemon killed -9 after it handed a running ct guest over to m2, before its archive went: started again, it undoes the move (decision 0079): the guest runs on m1 with its own file, and m2 keeps nothing of it", async () => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const name = `mv-die-${process.pid}`;
+    m1.daemon.ok(['launch', 'busybox', name, '--target', 'm1']);
+    m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
+    // From the records (recursion=1), as any member lists them: a guest's own GET goes to its owner.
+    const guestOn = async (d: Daemon) => {
+      const r = await d.api('GET', '/1.0/guests?recursion=1');
+      return (r.body.metadata as Listed[] | undefined)?.find((g) => g.name === name);
+    };
+    // m2's daemon is held (SIGSTOP) so that the move waits at the step after the hand-over: m1
+    // has stopped the guest, written its archive and given the records to m2, whose controller
+    // would now make the guest's files and take the archive.
+    const m2pid = m2.daemon.process.pid;
+    assert.ok(m2pid);
+    /** Waits as `eventually` does; one that fails says what the members logged last. */
+    const waitFor = (what: string, cond: () => Promise<boolean>, timeoutMs: number) =>
+      eventually(what, cond, timeoutMs).catch((e: unknown) => {
+        const tail = (h: (typeof cluster.hosts)[number]) =>
+          readFileSync(path.join(h.daemon.stateDir, 'daemon.log'), 'utf8').slice(-4000);
+        throw new Error(`${String(e)}\n${cluster.hosts.map((h) => `${h.name}:\n${tail(h)}`).join('\n')}`);
+      });
+    process.kill(m2pid, 'SIGSTOP');
+    try {
+      const asked = await m1.daemon.api('POST', `/1.0/guests/${name}?target=m2`, { migration: true });
+      assert.equal(asked.status, 202, asked.text);
+      await waitFor('the records name m2', async () => (await guestOn(m1.daemon))?.location === 'm2', 60_000);
+      await m1.daemon.kill9();
+    } finally {
+      process.kill(m2pid, 'SIGCONT');
+    }
+    // m2 makes the guest's files from its image, as for a new guest: an empty copy, the archive
+    // never came. The data is only in m1's copy.
+    await waitFor('m2 made its copy', async () => (await guestOn(m2.daemon))?.status === 'Stopped', 60_000);
+    await m1.daemon.restart();
+    await waitFor(
+      'the guest runs on m1 again',
+      async () => {
+        const g = await guestOn(m2.daemon);
+        return g?.location === 'm1' && g.status === 'Running';
+      },
+      120_000,
+    );
+    assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+    const dirOn = (d: Daemon) => path.join(d.stateDir, 'guests', name);
+    assert.ok(existsSync(dirOn(m1.daemon)));
+    assert.equal(existsSync(dirOn(m2.daemon)), false, "m2's copy is gone");
+    const archives = path.join(m1.daemon.stateDir, 'backups', name);
+    assert.deepEqual(existsSync(archives) ? readdirSync(archives) : [], [], 'no archive is left');
+    // The move is over: the guest moves again as any other.
+    m1.daemon.ok(['move', name, '--target', 'm2'], { timeoutMs: 300_000 });
+    assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+    m1.daemon.ok(['delete', '--force', name]);
+  });
 
   test("a ct guest with a NIC on a managed network keeps its MAC and address when it moves, and reaches the gateway on its new member's bridge", async () => {
     const [m1, m2] = cluster.hosts;
