@@ -98,7 +98,15 @@ function fakeControllers(store: KvEngine, files: Map<string, Set<string>>) {
 }
 
 /** A step a cold move's daemon dies at (kill -9), in the fakes below. */
-type DeathAt = 'stopping' | 'archiving' | 'handed-over' | 'sending' | 'sent' | 'starting' | 'dropping';
+type DeathAt =
+  | 'stopping'
+  | 'archiving'
+  | 'handing-over'
+  | 'handed-over'
+  | 'sending'
+  | 'sent'
+  | 'starting'
+  | 'dropping';
 
 /**
  * A daemon that can die: what it reaches through `wrap` (its store, its services, the member API)
@@ -292,19 +300,26 @@ describe('moving a guest (cold)', () => {
         },
       },
     };
-    // The daemon that runs the move: its store, services and member API die with it; at
-    // `starting`, right after its write that starts the guest on the destination.
-    const startsThere = (args: unknown[]) =>
+    // The daemon that runs the move: its store, services and member API die with it; right
+    // after its transaction that hands the guest over (`handing-over`), or that starts it on the
+    // destination (`starting`).
+    const writesSpec = (args: unknown[], desired: GuestSpec['desired']) =>
       (args[0] as TxnRequest).success.some(
         (op) =>
           op.type === 'put' &&
           op.key === records.guest.key('web') &&
           JSON.parse(op.value).location === 'h2' &&
-          JSON.parse(op.value).desired === 'Running',
+          JSON.parse(op.value).desired === desired,
       );
     mover = createGuestMover({
       ...depsAgain,
-      store: life.wrap(store, (method, args) => method === 'txn' && startsThere(args) && dies('starting')),
+      store: life.wrap(
+        store,
+        (method, args) =>
+          method === 'txn' &&
+          ((writesSpec(args, 'Running') && dies('starting')) ||
+            (writesSpec(args, 'Stopped') && dies('handing-over'))),
+      ),
       operations: life.wrap(operations),
       transport: life.wrap(transport),
       guests: life.wrap(depsAgain.guests),
@@ -527,6 +542,36 @@ describe('moving a guest (cold)', () => {
       assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
     });
   }
+
+  test("a guest on a shared pool whose daemon died right after its hand-over: started again, it finishes the move (the destination has the same files): the guest runs there and this member's link goes", async () => {
+    await records.pool.at('nfs').put(store, {
+      name: 'nfs',
+      driver: 'dir',
+      description: '',
+      config: { source: '/srv/nfs' },
+      createdAt: new Date(0).toISOString(),
+      everyMember: true,
+      shared: true,
+      marker: 'm',
+    });
+    await records.guestPool
+      .at('web')
+      .put(store, { pool: 'nfs', path: '/srv/nfs/guests/web', limitBytes: null });
+    dieAt = 'handing-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    const journal = await moveMarkOf(store, 'web');
+    assert.deepEqual([journal?.kind, journal?.phase], ['shared', 'handed-over']);
+    dieAt = undefined;
+    assert.equal(await createGuestMover(depsAgain).resumeUnfinished(), 1);
+    assert.equal((await guest())?.location, 'h2');
+    await waitForGuest(store, 'web', (sp, st) =>
+      st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
+    );
+    assert.deepEqual([...(files.get('h1') ?? [])], [], "this member's link is dropped");
+    assert.deepEqual(discarded, []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
 
   test("a guest changed on the destination before its archive arrived (its source's daemon dead): neither copy nor the archive is dropped, and the journal goes", async () => {
     dieAt = 'handed-over';
