@@ -1,8 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat } from 'node:fs/promises';
+import type { BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import type { Operation } from '../api/types.ts';
-import type { BackupDirectoryArchive } from '../services/backup-directory.ts';
 import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
 import type { RecoverReport } from '../services/storage-service.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -45,7 +45,7 @@ export interface StorageClient {
    * The archives of the daemon's backup directory (all guests', or `guest`'s), oldest first
    * (decision 0074); on a cluster `target`'s directory (decision 0077).
    */
-  listBackupDirectory(options?: { guest?: string; target?: string }): Promise<BackupDirectoryArchive[]>;
+  listBackupDirectory(options?: { guest?: string; target?: string }): Promise<BackupDirectoryArchiveWire[]>;
   /** Rebuilds lost guest records from what is on the daemon's disk. */
   recover(): Promise<RecoverReport>;
   /** Starts bringing back a lost member's guests from the backup directory `directory` (on the daemon's host). */

@@ -8,6 +8,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { BackupDirectoryArchiveSchema, type BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
 import { syncResponse } from '../api/envelopes.ts';
 import {
   AsyncEnvelopeSchema,
@@ -18,6 +19,7 @@ import {
 import { invalidArgument, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import {
+  type BackupDirectoryArchive,
   getBackupDirectoryArchive,
   importFromBackupDirectory,
   listBackupDirectory,
@@ -26,6 +28,9 @@ import type { StorageService } from '../services/storage-service.ts';
 import { sendFileBody } from './file-response.ts';
 import { assertTarget, TargetQueryProperties } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
+
+/** True when A and B are one type, not merely assignable to each other (an optional field more is not). */
+type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 
 /**
  * Writes of an uploaded archive: 1 MiB each, not the stream's 16 KiB, so a GiB takes a thousand
@@ -512,30 +517,9 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
     },
   );
 
-  const BackupDirectoryArchiveSchema = Type.Object({
-    guest: Type.String({ description: "The guest's folder in the backup directory" }),
-    name: Type.String({ description: "The archive's file name" }),
-    archive: Type.String({ description: 'GUEST/NAME, what POST /1.0/backups/import takes' }),
-    sizeBytes: Type.Number(),
-    createdAt: Type.String({
-      description:
-        "When it was taken (from its name in the scheduled backups' layout, else the file's mtime)",
-    }),
-    kind: Type.Union(
-      [Type.Literal('full'), Type.Literal('incremental'), Type.Literal('whole'), Type.Literal('other')],
-      {
-        description:
-          'full/incremental: a link of a chain (decision 0062); whole: a whole archive; other: a name outside the layout, imported alone',
-      },
-    ),
-    chain: Type.Optional(Type.String()),
-    sequence: Type.Optional(Type.Number()),
-    parent: Type.Optional(Type.String({ description: "An incremental's link before it (its file name)" })),
-    restorable: Type.Boolean({
-      description: 'False for an incremental whose earlier links are not all in the directory',
-    }),
-    problem: Type.Optional(Type.String({ description: 'Why it cannot be restored' })),
-  });
+  // The service's records are the wire's, field for field: a change to one that the other lacks fails tsc.
+  const sameShape: Same<BackupDirectoryArchive, BackupDirectoryArchiveWire> = true;
+  void sameShape;
   /** Each member has its own backup directory: `target` names whose is read (decision 0077). */
   const BackupTargetQuery = {
     target: Type.Optional(

@@ -1,10 +1,17 @@
 import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { copyFile, link, lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { isAbsolute, join, sep } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { isDnsLabel } from '../core/names.ts';
 import type { Operation } from '../core/types.ts';
-import { chainsOf, listShipped, parseShippedName, type ShippedBackup } from '../storage/shipped-backups.ts';
+import {
+  chainsOf,
+  listShipped,
+  parseShippedName,
+  type ShippedBackup,
+  shippedAmong,
+} from '../storage/shipped-backups.ts';
 import { succeeded } from './operation-service.ts';
 import type { StorageService } from './storage-service.ts';
 import type { OperationService } from './types.ts';
@@ -126,13 +133,19 @@ export async function listBackupDirectory(
     if (!isDnsLabel(guest)) continue;
     const folder = await realpath(join(root, guest)).catch(() => undefined);
     if (!folder?.startsWith(root + sep)) continue;
+    // The folder is read once: its entries' lstat serve both the listing and the chains.
     const names = await readdir(folder).catch(() => [] as string[]);
-    const shipped = new Map((await listShipped(root, guest)).map((b) => [b.name, b]));
+    const stats = new Map<string, Stats>();
+    for (const name of names) {
+      const st = await lstat(join(folder, name)).catch(() => undefined);
+      if (st) stats.set(name, st);
+    }
+    const shipped = new Map((await shippedAmong(join(root, guest), names, stats)).map((b) => [b.name, b]));
     const chains = chainsOf([...shipped.values()]);
     const mine: BackupDirectoryArchive[] = [];
     for (const name of names) {
       if (name.startsWith('.')) continue;
-      const st = await lstat(join(folder, name)).catch(() => undefined);
+      const st = stats.get(name);
       if (!st?.isFile()) continue;
       const b = shipped.get(name);
       const base = { guest, name, archive: `${guest}/${name}`, sizeBytes: st.size };

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { chmod, copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BackupChainLink } from '../drivers/guest-storage.ts';
@@ -99,11 +100,25 @@ export async function listShipped(dir: string, guest: string): Promise<ShippedBa
     if (e.code === 'ENOENT') return [] as string[];
     throw e;
   });
+  return shippedAmong(guestDir, names);
+}
+
+/**
+ * The archives of the layout among `names`, entries of `guestDir` already read, oldest first. A
+ * name whose `lstat` the caller has (`known`) and that is a regular file is not looked at again;
+ * any other is `stat`ed, so that a symbolic link to a file counts, as it always has.
+ */
+export async function shippedAmong(
+  guestDir: string,
+  names: readonly string[],
+  known: ReadonlyMap<string, Stats> = new Map(),
+): Promise<ShippedBackup[]> {
   const found: ShippedBackup[] = [];
-  for (const name of names.sort()) {
+  for (const name of [...names].sort()) {
     const parsed = parseShippedName(name);
     if (!parsed) continue;
-    const st = await stat(join(guestDir, name)).catch(() => undefined);
+    const had = known.get(name);
+    const st = had?.isFile() ? had : await stat(join(guestDir, name)).catch(() => undefined);
     if (st?.isFile()) found.push({ name, path: join(guestDir, name), sizeBytes: st.size, ...parsed });
   }
   return found.sort(byTime);
