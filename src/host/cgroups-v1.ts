@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { access, readdir, readFile, rmdir } from 'node:fs/promises';
+import { access, readdir, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { GuestUsage } from '../core/types.ts';
+import { readKernelFile } from './kernel-file.ts';
 
 /** Where the host mounts its cgroup hierarchies. */
 export const CGROUP_ROOT = '/sys/fs/cgroup';
@@ -55,7 +56,7 @@ export async function readFreezerState(
   root = CGROUP_ROOT,
 ): Promise<'THAWED' | 'FREEZING' | 'FROZEN' | undefined> {
   try {
-    const text = (await readFile(join(root, 'freezer', cgroupsPath, 'freezer.state'), 'utf8')).trim();
+    const text = (await readKernelFile(join(root, 'freezer', cgroupsPath, 'freezer.state'))).trim();
     return text === 'FROZEN' || text === 'FREEZING' || text === 'THAWED' ? text : undefined;
   } catch {
     return undefined;

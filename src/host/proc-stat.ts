@@ -1,5 +1,6 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import type { ProcessIdentity } from '../core/types.ts';
+import { readKernelFile } from './kernel-file.ts';
 
 /** The fields of /proc/PID/stat that Trivisor reads. */
 export interface ProcStat {
@@ -45,7 +46,7 @@ export function parseProcStat(text: string): ProcStat {
 export async function readProcStat(pid: number, procRoot = '/proc'): Promise<ProcStat | undefined> {
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
   try {
-    return parseProcStat(await readFile(`${procRoot}/${pid}/stat`, 'utf8'));
+    return parseProcStat(await readKernelFile(`${procRoot}/${pid}/stat`));
   } catch {
     return undefined;
   }
@@ -73,7 +74,7 @@ export async function readProcessOwner(
   procRoot = '/proc',
 ): Promise<{ uid: number; gid: number } | undefined> {
   try {
-    const text = await readFile(`${procRoot}/${pid}/status`, 'utf8');
+    const text = await readKernelFile(`${procRoot}/${pid}/status`);
     const uid = /^Uid:\s+(\d+)/m.exec(text)?.[1];
     const gid = /^Gid:\s+(\d+)/m.exec(text)?.[1];
     if (uid === undefined || gid === undefined) return undefined;
@@ -86,7 +87,7 @@ export async function readProcessOwner(
 /** Direct children of a process (needs CONFIG_PROC_CHILDREN, which Debian kernels have). */
 export async function readChildPids(pid: number, procRoot = '/proc'): Promise<number[]> {
   try {
-    const text = await readFile(`${procRoot}/${pid}/task/${pid}/children`, 'utf8');
+    const text = await readKernelFile(`${procRoot}/${pid}/task/${pid}/children`);
     return text
       .trim()
       .split(/\s+/)
