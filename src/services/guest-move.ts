@@ -74,6 +74,10 @@ import { convergedTo, provisionedAt, waitForGuest } from './wait-guest.ts';
  * back as they were (this member's ownership, the status as it was, the snapshots' records), asks
  * the destination to remove what it made, and starts the guest here again if it ran: the guest
  * is where it was, and no half-copy is left on the destination.
+ *
+ * The move's mark is its journal (decision 0079), updated in the hand-over's and the undoing's
+ * transactions: a daemon that dies half way undoes the move when it starts again, or finishes it
+ * once the destination has the whole guest (`resumeUnfinished`).
  */
 export interface MoveRequest {
   /** The member to move to. */
@@ -387,11 +391,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     };
     // Deleted meanwhile: nothing is left to move (its delete removed what was its).
     if (!spec) return done('the guest was deleted');
+    // The location key is what transactions compare (a guest recorded before them has its spec's).
+    const holder = owner?.value ?? spec.value.location;
 
     if (phase === 'started' || phase === 'rolled-back') {
-      if (owner?.value !== hostName) {
+      if (holder !== hostName) {
         log.error(at, "the guest's records name another member now: its files here are kept");
-        return done(`left to ${owner?.value ?? 'nobody'}`);
+        return done(`left to ${holder}`);
       }
       // A live move's destination QEMU goes before this member's resumes (decision 0061's order).
       if (kind === 'live' || phase === 'rolled-back') await discard();
@@ -403,9 +409,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
 
     // handed-over or sent: the hand-over's transaction gave the records to the destination.
     const before = mark.before;
-    if (owner?.value !== target || !before || mark.generation === undefined) {
+    if (holder !== target || !before || mark.generation === undefined) {
       log.error(at, "the guest's records changed since its hand-over: its files here are kept");
-      return done(`left to ${owner?.value ?? 'nobody'}`);
+      return done(`left to ${holder}`);
     }
     const recordsOf = (b: NonNullable<MoveMark['before']>) => ({ ...b, before: b.spec });
     /** Nobody changed the spec since the hand-over (the destination's copy has not run). */
