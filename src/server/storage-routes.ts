@@ -543,7 +543,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary: "List the archives in the daemon's backup directory (what import --from-backups takes)",
         description:
-          "Every archive of TRIVISOR_BACKUP_DIR (default STATE/shipped-backups) an import accepts, by guest, oldest first: recursion=0 their URLs, recursion=1 their records (size, when taken, full or incremental with its chain, sequence and parent link, whether it can be restored). `guest=NAME` lists that guest's only. A directory that does not exist yet lists nothing (decision 0074). On a cluster `target=MEMBER` lists that member's directory (decision 0077).",
+          "Every archive of TRIVISOR_BACKUP_DIR (default STATE/shipped-backups) an import accepts, by guest, oldest first: recursion=0 their URLs, recursion=1 their records (size, when taken, full or incremental with its chain, sequence and parent link, whether it can be restored). `guest=NAME` lists that guest's only. A directory that does not exist yet lists nothing (decision 0074). On a cluster `target=MEMBER` lists that member's directory, its URLs keeping the target (decision 0077).",
         querystring: Type.Object({
           ...RecursionQuerySchema.properties,
           guest: Type.Optional(Type.String({ description: "Only this guest's archives" })),
@@ -564,7 +564,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       const list = await listBackupDirectory(backupDir(), guest !== undefined ? { guest } : {});
       return syncResponse(
         (request.query.recursion ?? 0) === 0
-          ? list.map((a) => `/1.0/backups/${encodeURIComponent(a.guest)}/${encodeURIComponent(a.name)}`)
+          ? list.map(
+              // Another member's archive is shown by that member: its URL keeps the target.
+              (a) =>
+                `/1.0/backups/${encodeURIComponent(a.guest)}/${encodeURIComponent(a.name)}${target !== undefined ? `?target=${encodeURIComponent(target)}` : ''}`,
+            )
           : list,
       );
     },

@@ -102,6 +102,11 @@ describe('?target= passes the backup directory and imports on to that member', (
         [`g1/${archive}`],
       );
     }
+    // recursion=0's URLs keep the member asked for, so that following one reaches the same directory.
+    const urls = await app.inject({ method: 'GET', url: '/1.0/backups?target=m1' });
+    assert.deepEqual(urls.json().metadata, [`/1.0/backups/g1/${archive}?target=m1`]);
+    const plain = await app.inject({ method: 'GET', url: '/1.0/backups' });
+    assert.deepEqual(plain.json().metadata, [`/1.0/backups/g1/${archive}`]);
     const one = await app.inject({ method: 'GET', url: `/1.0/backups/g1/${archive}?target=m1` });
     assert.equal(one.statusCode, 200, one.body);
     assert.deepEqual(dialled, []);
