@@ -2,7 +2,6 @@ import { existsSync } from 'node:fs';
 import { readFile, rename } from 'node:fs/promises';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
-import { openEtcdStore } from '../store/etcd-store.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { openSqliteStore } from '../store/sqlite-store.ts';
@@ -15,7 +14,7 @@ import {
   sqliteStoreOf,
   writeLocalMembership,
 } from './cluster-files.ts';
-import { createEtcdMember, type EtcdMember } from './etcd-member.ts';
+import type { EtcdMember } from './etcd-member.ts';
 import type { MemberTls } from './member-client.ts';
 import { copyStore } from './store-copy.ts';
 
@@ -45,6 +44,9 @@ export async function openDaemonStore(
   const { log } = options;
   const membership = await readLocalMembership(stateDir);
   if (!membership) return { store: openSqliteStore(sqliteStoreOf(stateDir)), description: 'sqlite' };
+  // etcd's client only for a member: a single host never loads it (decision 0078).
+  const { createEtcdMember } = await import('./etcd-member.ts');
+  const { openEtcdStore } = await import('../store/etcd-store.ts');
 
   const paths = clusterPaths(stateDir);
   const memberTlsFiles = { caFile: paths.caCert, certFile: paths.cert, keyFile: paths.key };
