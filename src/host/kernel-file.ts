@@ -1,7 +1,7 @@
 import { open } from 'node:fs/promises';
 
 /*
- * Asynchronous reads of the kernel's small pseudo-files (/proc/PID/stat, a cgroup's
+ * Asynchronous reads of the kernel's pseudo-files (/proc/PID/stat, mountinfo, a cgroup's
  * freezer.state). They report a size of 0, so `readFile` reads each into a fresh 64 KiB buffer
  * for a value of a few bytes (`readFileSync(path, 'utf8')` does not: it has a native path). The
  * guest controller's liveness pass reads two of them for every running ct guest, one pass after

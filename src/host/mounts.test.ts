@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fakeRunner } from '../../test/fakes/fake-runner.ts';
-import { ensureSharedMount, parseMountinfo } from './mounts.ts';
+import { ensureSharedMount, isMountPoint, parseMountinfo } from './mounts.ts';
 
 const line = (id: number, point: string, optional: string) =>
   `${id} 1 0:${id} / ${point} rw,relatime ${optional} - ext4 /dev/vda rw`.replace('  ', ' ');
@@ -64,4 +64,21 @@ test('with mounts already below it the state dir is not bound over them (that wo
     assert.equal(await ensureSharedMount('/srv/t', { runner, mountinfoPath }), 'busy');
     assert.deepEqual(runner.commands(), []);
   });
+});
+
+test('isMountPoint: a mount point, an escaped one, and paths that only appear inside another line', async () => {
+  await withMountinfo(
+    [line(1, '/', 'shared:1'), line(2, '/srv/pool', ''), line(3, '/srv/with\\040space', 'shared:2')],
+    async (path) => {
+      assert.equal(await isMountPoint('/srv/pool', path), true);
+      assert.equal(await isMountPoint('/srv/pool/', path), true, 'resolved first');
+      assert.equal(await isMountPoint('/srv/with space', path), true, 'unescaped');
+      // In the text (a prefix of a mount point, a field of another line) but no mount point itself.
+      assert.equal(await isMountPoint('/srv', path), false);
+      assert.equal(await isMountPoint('/dev/vda', path), false);
+      // Nowhere in the text.
+      assert.equal(await isMountPoint('/var/lib/trivisor/guests/web/rootfs', path), false);
+      assert.equal(await isMountPoint('/srv/with\\040space', path), false, 'an escaped name is not the path');
+    },
+  );
 });
