@@ -21,6 +21,7 @@ import { reverter } from '../core/revert.ts';
 import type { EvacuateMode, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { marksOfMemberDeleteOps } from '../services/move-marks.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import {
@@ -819,6 +820,8 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
           records.joinToken.at(name).deleteOp(),
           // Its load, published for the rebalancer (decision 0053).
           records.memberLoad.at(name).deleteOp(),
+          // The moves it left unfinished: nobody is left to finish them (decision 0079).
+          ...(await marksOfMemberDeleteOps(store, name)),
         ],
       });
       log.info({ member: name, force: options.force === true, guests: held.length }, 'member removed');

@@ -202,6 +202,19 @@ describe('guest service and controller', () => {
     assert.equal((await w.guests.get('a')).state.warnings, undefined);
   });
 
+  test("a move mark left by a member that never came back (decision 0079) does not outlive its guest's name", async () => {
+    const mark = {
+      guest: 'a',
+      from: 'gone',
+      to: 'h2',
+      reason: 'migration',
+      startedAt: '2026-12-06T03:00:00Z',
+    };
+    await w.store.put(keys.guestMove('a'), JSON.stringify(mark));
+    await done(w, await w.guests.create({ name: 'a', image: 'busybox' }));
+    assert.equal(await w.store.get(keys.guestMove('a')), undefined);
+  });
+
   test('stop passes the timeout; restart stops then starts', async () => {
     await done(w, await w.guests.create({ name: 'a', image: 'busybox', start: true }));
     await done(w, await w.guests.changeState('a', { action: 'restart', timeout: 5 }));

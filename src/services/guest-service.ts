@@ -51,7 +51,7 @@ import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { Compare, KvStore } from '../store/kv.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
-import { moveMarkOf, noMoveOf } from './move-marks.ts';
+import { moveMarkOf, noMoveOf, staleMoveMarkDeleteOp } from './move-marks.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite, readProject } from './project-service.ts';
 import type { ConsoleStream, GuestService, ImageService, OperationService } from './types.ts';
@@ -552,6 +552,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
                 records.guestStatus.at(spec.name).deleteOp(),
                 records.guestNetwork.at(spec.name).deleteOp(),
                 records.backupFailure.at(spec.name).deleteOp(),
+                // A move of an earlier guest of this name left unfinished by a member that never came back.
+                staleMoveMarkDeleteOp(spec.name),
                 ...(claims?.success ?? []),
               ],
             };

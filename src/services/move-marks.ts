@@ -62,6 +62,24 @@ export async function listMoveMarks(store: KvStore): Promise<MoveMark[]> {
   return listed.kvs.map((kv) => JSON.parse(kv.value) as MoveMark);
 }
 
+/**
+ * The deletes of the marks of moves that member `member` ran, as ops of a transaction: when it is
+ * removed from the cluster nobody is left to finish them (decision 0079), and a mark left would
+ * refuse every later move of the guest and making it HA.
+ */
+export async function marksOfMemberDeleteOps(store: KvStore, member: string): Promise<TxnOp[]> {
+  const listed = await store.list(keys.guestMovePrefix);
+  return listed.kvs
+    .filter((kv) => (JSON.parse(kv.value) as MoveMark).from === member)
+    .map((kv) => ({ type: 'delete' as const, key: kv.key }));
+}
+
+/** The delete of guest `guest`'s mark as an op: a new guest of a deleted one's name starts unmarked. */
+export const staleMoveMarkDeleteOp = (guest: string): TxnOp => ({
+  type: 'delete',
+  key: keys.guestMove(guest),
+});
+
 /** A compare that holds while no move of `guest` runs. */
 export const noMoveOf = (guest: string): Compare => ({
   key: keys.guestMove(guest),

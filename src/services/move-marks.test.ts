@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { keys } from '../core/keys.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
+import { markMove, marksOfMemberDeleteOps, moveMarkOf } from './move-marks.ts';
+
+const mark = (guest: string, from: string) => ({
+  guest,
+  from,
+  to: 'h9',
+  reason: 'migration',
+  startedAt: '2026-12-06T03:00:00Z',
+});
+
+test("a removed member's unfinished moves are dropped with it, and another member's stay", async () => {
+  const store = createMemoryStore();
+  await markMove(store, mark('a', 'gone'), []);
+  await markMove(store, mark('b', 'gone'), []);
+  await markMove(store, mark('c', 'h1'), []);
+  const ops = await marksOfMemberDeleteOps(store, 'gone');
+  assert.deepEqual(ops.map((o) => o.key).sort(), [keys.guestMove('a'), keys.guestMove('b')]);
+  await store.txn({ compare: [], success: ops });
+  assert.equal(await moveMarkOf(store, 'a'), undefined);
+  assert.equal(await moveMarkOf(store, 'b'), undefined);
+  assert.equal((await moveMarkOf(store, 'c'))?.from, 'h1');
+  // A guest can be moved again once its mark is gone; a marked one cannot.
+  await markMove(store, mark('a', 'h1'), []);
+  await assert.rejects(markMove(store, mark('c', 'h1'), []), /being moved to h9 already/);
+});
