@@ -3,7 +3,7 @@ import { type ActionClass, decideAccess, type Role } from '../../src/core/access
 import { navigate, route, withQuery } from './router.ts';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, operations, project, session } from './state.ts';
-import { bytes, Field, Form, Link, Loading, Page, useLoad, when } from './ui.tsx';
+import { bytes, Field, Form, Link, Loading, memberChoice, Page, useLoad, when } from './ui.tsx';
 
 /*
  * The daemon's backup directory (decisions 0070 and 0074): what `GET /1.0/backups` lists, and
@@ -96,12 +96,7 @@ export function Backups() {
               >
                 {(cluster.data?.members ?? []).map((m) => (
                   <option key={m.name} value={m.name}>
-                    {m.name}
-                    {m.name === cluster.data?.self
-                      ? ' (this member)'
-                      : m.status === 'Online'
-                        ? ''
-                        : ` (${m.status})`}
+                    {memberChoice(m, cluster.data?.self)}
                   </option>
                 ))}
               </select>

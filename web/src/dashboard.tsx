@@ -3,7 +3,7 @@ import { Charts } from './lazy.tsx';
 import { memberStorage } from './members.tsx';
 import { navigate, route, withQuery } from './router.ts';
 import { api, guests, host, operations, recentEvents } from './state.ts';
-import { bytes, Field, Link, Page, Status, useLoad, when } from './ui.tsx';
+import { bytes, Field, Link, memberChoice, Page, Status, useLoad, when } from './ui.tsx';
 
 /**
  * The dashboard: every member's CPU, memory and storage, and any member's charts; guests by state
@@ -147,12 +147,7 @@ export function Dashboard() {
                 >
                   {(members.data ?? []).map((m) => (
                     <option key={m.name} value={m.name}>
-                      {m.name}
-                      {m.name === cluster.data?.self
-                        ? ' (this member)'
-                        : m.status === 'Online'
-                          ? ''
-                          : ` (${m.status})`}
+                      {memberChoice(m, cluster.data?.self)}
                     </option>
                   ))}
                 </select>

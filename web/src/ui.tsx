@@ -170,3 +170,7 @@ export const bytes = (n: number | null | undefined): string => {
 
 export const when = (iso: string | null | undefined): string =>
   iso ? new Date(iso).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' }) : '–';
+
+/** A member as a choice of a member picker: "(this member)" for the one answering, its status when not Online. */
+export const memberChoice = (m: { name: string; status: string }, self: string | undefined): string =>
+  m.name + (m.name === self ? ' (this member)' : m.status === 'Online' ? '' : ` (${m.status})`);
