@@ -3,7 +3,18 @@ import { type ActionClass, decideAccess, type Role } from '../../src/core/access
 import { navigate, route, withQuery } from './router.ts';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, operations, project, session } from './state.ts';
-import { bytes, Field, Form, Link, Loading, memberChoice, Page, useLoad, when } from './ui.tsx';
+import {
+  bytes,
+  Field,
+  Form,
+  Link,
+  Loading,
+  memberChoice,
+  OperationProgress,
+  Page,
+  useLoad,
+  when,
+} from './ui.tsx';
 
 /*
  * The daemon's backup directory (decisions 0070 and 0074): what `GET /1.0/backups` lists, and
@@ -236,15 +247,7 @@ export function Backups() {
                 </p>
               </>
             )}
-            {importOp && (
-              <div role="status" data-testid="backup-import-progress">
-                {importOp.description}
-                {importOp.progressText ? `: ${importOp.progressText}` : ''}{' '}
-                {importOp.progress !== null && (
-                  <progress value={importOp.progress} max={100} aria-label={importOp.description} />
-                )}
-              </div>
-            )}
+            {importOp && <OperationProgress op={importOp} testId="backup-import-progress" />}
           </Form>
         </div>
       )}

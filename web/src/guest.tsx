@@ -5,7 +5,20 @@ import { Charts, Terminal, Vnc } from './lazy.tsx';
 import { navigate, route, withQuery } from './router.ts';
 import { SortHeader, sortOf, sortRows } from './sort.tsx';
 import { api, finished, guests, operations, project, readGuest, recentEvents, session } from './state.ts';
-import { Action, bytes, Field, Form, Link, Loading, Page, Status, Tabs, useLoad, when } from './ui.tsx';
+import {
+  Action,
+  bytes,
+  Field,
+  Form,
+  Link,
+  Loading,
+  OperationProgress,
+  Page,
+  Status,
+  Tabs,
+  useLoad,
+  when,
+} from './ui.tsx';
 
 const TABS: Array<[string, string]> = [
   ['overview', 'Overview'],
@@ -478,15 +491,7 @@ function Backups(props: { guest: Guest }) {
           For a vm guest exported uncompressed: it runs from the archive while its disk is copied behind it.
         </p>
         {progress.value !== null && <progress value={progress.value} max={1} aria-label="Upload progress" />}
-        {importOp && (
-          <div role="status" data-testid="import-progress">
-            {importOp.description}
-            {importOp.progressText ? `: ${importOp.progressText}` : ''}{' '}
-            {importOp.progress !== null && (
-              <progress value={importOp.progress} max={100} aria-label={importOp.description} />
-            )}
-          </div>
-        )}
+        {importOp && <OperationProgress op={importOp} testId="import-progress" />}
       </Form>
     </div>
   );

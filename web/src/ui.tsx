@@ -1,5 +1,6 @@
 import type { ComponentChildren, JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
+import type { Operation } from '../../src/api/types.ts';
 import { href, route } from './router.ts';
 import { attempt } from './state.ts';
 
@@ -174,3 +175,15 @@ export const when = (iso: string | null | undefined): string =>
 /** A member as a choice of a member picker: "(this member)" for the one answering, its status when not Online. */
 export const memberChoice = (m: { name: string; status: string }, self: string | undefined): string =>
   m.name + (m.name === self ? ' (this member)' : m.status === 'Online' ? '' : ` (${m.status})`);
+
+/** A running operation's description, progress text and bar, announced as a status. */
+export function OperationProgress(props: { op: Operation; testId: string }) {
+  const { op } = props;
+  return (
+    <div role="status" data-testid={props.testId}>
+      {op.description}
+      {op.progressText ? `: ${op.progressText}` : ''}{' '}
+      {op.progress !== null && <progress value={op.progress} max={100} aria-label={op.description} />}
+    </div>
+  );
+}
