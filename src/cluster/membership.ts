@@ -3,7 +3,11 @@ import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { certificateFingerprint } from '../api/certificates.ts';
 import type { MemberPower } from '../api/cluster-schemas.ts';
-import { evacuationProgress, followEvacuation } from '../control/evacuation-controller.ts';
+import {
+  evacuationProgress,
+  followEvacuation,
+  retryFailedReturns,
+} from '../control/evacuation-controller.ts';
 import type { PlacementCandidate } from '../control/placement.ts';
 import { isStandby } from '../control/power-controller.ts';
 import {
@@ -774,6 +778,8 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
         if (r.succeeded) break;
       }
       log.info({ member: name, evacuated, mode }, evacuated ? 'member evacuated' : 'member restored');
+      // A restore asked again tries again the guests whose move back failed for good.
+      if (!evacuated) await retryFailedReturns(store, name);
       return operations.start({
         project: 'default',
         description: evacuated ? `Evacuating member ${name}` : `Restoring member ${name}`,

@@ -9,7 +9,12 @@ import type { OperationService } from '../services/types.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { type MemberRecord, records } from '../store/records.ts';
-import { createEvacuationController, evacuationProgress } from './evacuation-controller.ts';
+import {
+  createEvacuationController,
+  evacuationProgress,
+  RESTORE_RETRY_DELAYS_MS,
+  retryFailedReturns,
+} from './evacuation-controller.ts';
 
 const spec = (name: string, more: Partial<GuestSpec> = {}) => aGuestSpec({ name, ...more });
 const status = (running: boolean) => aGuestStatus({ status: running ? 'Running' : 'Stopped' });
@@ -28,6 +33,9 @@ describe('evacuation controller', () => {
   let operations: OperationService;
   let moves: string[];
   let failMoves: boolean;
+  /** How many of the next moves fail (then they succeed again). */
+  let failNext: number;
+  let clock: number;
   /** Guests a port forward pins to their member, with the mover's reason. */
   let pins: Map<string, string>;
   const controllerOf = (hostName: string) =>
@@ -36,6 +44,7 @@ describe('evacuation controller', () => {
       hostName,
       operations,
       log: silentLogger(),
+      now: () => clock,
       members: async () =>
         (await records.member.list(store)).items.map((m) => ({
           name: m.value.name,
@@ -51,6 +60,10 @@ describe('evacuation controller', () => {
             resources: {},
             run: async () => {
               if (failMoves) throw new Error('no room');
+              if (failNext > 0) {
+                failNext--;
+                throw new Error('the destination is not ready');
+              }
               const s = await records.guest.at(name).get(store);
               assert.ok(s);
               await records.guest.at(name).put(store, { ...s.value, location: target });
@@ -85,6 +98,8 @@ describe('evacuation controller', () => {
     operations = createOperationService(createEventBus());
     moves = [];
     failMoves = false;
+    failNext = 0;
+    clock = Date.parse('2026-12-06T06:00:00Z');
     pins = new Map();
     await records.member.at('h1').put(store, member('h1'));
     await records.member.at('h2').put(store, member('h2'));
@@ -177,6 +192,62 @@ describe('evacuation controller', () => {
     await controllerOf('h1').pass();
     assert.deepEqual(moves, ['a->h2', 'a->h2']);
     assert.equal(await where('a'), 'h2');
+  });
+
+  test('a move back that fails is tried again after each delay, then kept with its reason; a restore asked again tries it again', async () => {
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1').pass();
+    assert.equal(await where('a'), 'h2');
+    await records.member.at('h1').put(store, member('h1'));
+    await controllerOf('h1').pass();
+    const back = () => moves.filter((m) => m === 'a->h1').length;
+    // The first try back fails: the record says when the next comes, and the restore still waits for it.
+    failNext = 1;
+    await controllerOf('h2').pass();
+    assert.equal(back(), 1);
+    const r1 = (await records.evacuation.at('a').get(store))?.value;
+    assert.equal(r1?.error, undefined);
+    assert.deepEqual(r1?.retry, {
+      tries: 1,
+      at: new Date(clock + (RESTORE_RETRY_DELAYS_MS[0] ?? 0)).toISOString(),
+      error: 'the destination is not ready',
+    });
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'restore'), { left: ['a'], failed: [] });
+    // Not before its time; at its time, tried again, and it comes back.
+    await controllerOf('h2').pass();
+    assert.equal(back(), 1);
+    clock += RESTORE_RETRY_DELAYS_MS[0] ?? 0;
+    await controllerOf('h2').pass();
+    assert.equal(back(), 2);
+    assert.equal(await where('a'), 'h1');
+    assert.equal(await records.evacuation.at('a').get(store), undefined);
+
+    // Away again; every try back fails: after the last delay the reason is final.
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1').pass();
+    await records.member.at('h1').put(store, member('h1'));
+    await controllerOf('h1').pass();
+    failNext = RESTORE_RETRY_DELAYS_MS.length + 1;
+    for (const delay of [...RESTORE_RETRY_DELAYS_MS, 0]) {
+      await controllerOf('h2').pass();
+      clock += delay;
+    }
+    assert.equal(back(), 2 + RESTORE_RETRY_DELAYS_MS.length + 1);
+    assert.equal(await where('a'), 'h2');
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'restore'), {
+      left: [],
+      failed: [{ guest: 'a', error: 'the destination is not ready' }],
+    });
+    assert.equal((await records.evacuation.at('a').get(store))?.value.retry, undefined);
+    clock += 3_600_000;
+    await controllerOf('h2').pass();
+    assert.equal(back(), 2 + RESTORE_RETRY_DELAYS_MS.length + 1, 'not tried again by itself');
+    // `cluster restore` again: tried again, and back.
+    await retryFailedReturns(store, 'h1');
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'restore'), { left: ['a'], failed: [] });
+    await controllerOf('h2').pass();
+    assert.equal(await where('a'), 'h1');
+    assert.equal(await records.evacuation.at('a').get(store), undefined);
   });
 
   test('auto moves a running vm live and any other guest cold; live-migrate asks every guest to move live; migrate moves a vm cold', async () => {

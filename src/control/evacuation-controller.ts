@@ -20,8 +20,10 @@ import { type EvacuationRecord, records, valuesOf } from '../store/records.ts';
  * - A member restored starts again the guests it stopped, and drops the records of guests
  *   that never left; the member that holds a guest moved away from a restored, Online member
  *   moves it back.
- * A guest that cannot be moved keeps its record with the reason, and is not tried again until
- * the next evacuation.
+ * A guest that cannot be moved away keeps its record with the reason, and is not tried again
+ * until the next evacuation. A move back that fails is tried again after 15 s and 60 s (a
+ * member just powered on or restarted may refuse the first for a moment), then kept with its
+ * reason until the next `cluster restore`, which tries every one again.
  */
 export interface EvacuationControllerDeps {
   store: KvStore;
@@ -35,7 +37,11 @@ export interface EvacuationControllerDeps {
   log: Logger;
   /** How often it looks (default 2 s); a pass runs at once after start. */
   intervalMs?: number;
+  now?: () => number;
 }
+
+/** After a failed move back, how long until the next try; one more failure than there are delays is final. */
+export const RESTORE_RETRY_DELAYS_MS = [15_000, 60_000] as const;
 
 export interface EvacuationController {
   start(): void;
@@ -71,6 +77,7 @@ export const liveMove = (
 export function createEvacuationController(deps: EvacuationControllerDeps): EvacuationController {
   const { store, hostName } = deps;
   const log = deps.log.child({ component: 'evacuation' });
+  const now = deps.now ?? Date.now;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
   let stopped = false;
@@ -155,6 +162,7 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
       if (stopped) return;
       if (value.origin === hostName || value.action !== 'migrate' || value.error !== undefined) continue;
       if (!online.has(value.origin)) continue;
+      if (value.retry && now() < Date.parse(value.retry.at)) continue;
       const [spec, status] = await Promise.all([
         records.guest.at(name).get(store),
         records.guestStatus.at(name).get(store),
@@ -166,12 +174,29 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
         const error = await finished(
           await deps.mover.move(name, { target: value.origin, live, reason: 'restore' }),
         );
-        if (error) await failed(name, value, error);
+        if (error) await failedBack(name, value, error);
         else await store.delete(records.evacuation.key(name));
       } catch (e) {
-        await failed(name, value, asTrivisorError(e).message);
+        await failedBack(name, value, asTrivisorError(e).message);
       }
     }
+  }
+
+  /** A move back failed: tried again after a delay, or final once the delays are spent. */
+  async function failedBack(name: string, value: EvacuationRecord, error: string) {
+    const { retry, ...rest } = value;
+    const tries = (retry?.tries ?? 0) + 1;
+    const delay = RESTORE_RETRY_DELAYS_MS[tries - 1];
+    if (delay === undefined) {
+      await failed(name, rest, error);
+      return;
+    }
+    const at = new Date(now() + delay).toISOString();
+    log.warn(
+      { guest: name, origin: value.origin, err: error, tries, retryAt: at },
+      'a move back failed: tried again',
+    );
+    await record(name, { ...rest, retry: { tries, at, error } });
   }
 
   async function pass(): Promise<void> {
@@ -210,6 +235,22 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
     },
     pass,
   };
+}
+
+/**
+ * The guests that came from `member` and could not go back to it are tried again (a `cluster
+ * restore` asked again): their records lose the reason. Those of guests that never left it go
+ * at its own next pass, as after any restore.
+ */
+export async function retryFailedReturns(store: KvStore, member: string): Promise<void> {
+  const listed = await records.evacuation.list(store);
+  for (const r of listed.items) {
+    if (r.value.origin !== member || r.value.error === undefined) continue;
+    const { error: _, retry: __, ...rest } = r.value;
+    const ref = records.evacuation.at(records.evacuation.nameOf(r.key));
+    // Changed meanwhile (moved back, deleted): that is newer than this request.
+    await store.txn({ compare: [ref.unchanged(r.modRevision)], success: [ref.putOp(rest)] });
+  }
 }
 
 /**

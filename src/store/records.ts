@@ -485,7 +485,10 @@ export const EvacuationRecordSchema = Type.Object({
   origin: Type.String(),
   action: Type.Union([Type.Literal('migrate'), Type.Literal('stop')]),
   at: Type.String(),
+  /** Why the guest could not leave (or come back): final, it is not tried again until the next evacuation or restore. */
   error: Type.Optional(Type.String()),
+  /** A move back that failed and is tried again at `at` (`tries` failed so far; `error`, the last one's reason). */
+  retry: Type.Optional(Type.Object({ tries: Type.Integer(), at: Type.String(), error: Type.String() })),
 });
 export type EvacuationRecord = Static<typeof EvacuationRecordSchema>;
 

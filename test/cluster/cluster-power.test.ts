@@ -80,6 +80,20 @@ const asked = (): string[] => {
   }
 };
 
+/** The members' logged warnings and errors that name `guest`, for a failure's message. */
+const warningsAbout = (guest: string): string =>
+  cluster.hosts
+    .map((h) => {
+      let lines: string[] = [];
+      try {
+        lines = readFileSync(path.join(h.daemon.stateDir, 'daemon.log'), 'utf8')
+          .split('\n')
+          .filter((l) => l.includes(`"${guest}"`) && /"level":(40|50|60)/.test(l));
+      } catch {}
+      return `--- ${h.name}:\n${lines.slice(-8).join('\n')}`;
+    })
+    .join('\n');
+
 /** One `Error:` line and exit code 1. */
 function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
   assert.equal(r.code, 1, r.stdout);
@@ -198,7 +212,10 @@ describe('power management on four members', () => {
       listed?.power?.reason ?? '',
       /^m4 is back and restored: it takes guests again \(demand over/,
     );
-    await eventually('goes back on m4', () => whereIs(m1.daemon, 'goes') === 'm4', 120_000);
+    await eventually('goes back on m4', () => whereIs(m1.daemon, 'goes') === 'm4', 120_000).catch(
+      (e: Error) =>
+        assert.fail(`${e.message} (it is on ${whereIs(m1.daemon, 'goes')})\n${warningsAbout('goes')}`),
+    );
     assert.deepEqual(asked(), ['off m4', 'on m4']);
     m1.daemon.ok(['cluster', 'set', 'cluster.power.enabled=false']);
     m1.daemon.ok(['delete', '--force', 'work', 'goes']);
