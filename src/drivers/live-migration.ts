@@ -91,6 +91,14 @@ export interface LiveMigration {
   /** Source: runs the guest again after a migration that completed but could not be handed over. */
   resumeSource(spec: GuestSpec): Promise<void>;
   /**
+   * Source, when a daemon that died during the guest's migration, before the switch-over, starts
+   * again (decision 0079; the destination's waiting engine dropped first): undoes what the
+   * migration left in the engine here (QEMU: the migration, the disk's mirror job, the node it
+   * wrote to, the credentials), then runs the guest again. Answers what it undid; throws, with the
+   * guest resumed, naming what it could not undo.
+   */
+  recoverSource(spec: GuestSpec): Promise<string[]>;
+  /**
    * Source, after the hand-over, when the guest's files stay (a shared pool): its paused engine
    * here and its runtime files go, the guest's own files are left alone.
    */

@@ -866,6 +866,7 @@ describe('receiving a moved guest', () => {
       },
       migrateOut: () => Promise.reject(new Error('the source side is the mover')),
       resumeSource: () => Promise.reject(new Error('the source side is the mover')),
+      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
       releaseSource: () => Promise.reject(new Error('the source side is the mover')),
     };
     const live = createMoveReceiver({
@@ -1028,6 +1029,10 @@ describe('moving a vm guest live', () => {
       async resumeSource(s) {
         calls.push(`resume ${s.location}`);
       },
+      async recoverSource(s) {
+        calls.push(`recover ${s.location}`);
+        return ['the mirror job migration-mirror cancelled'];
+      },
       async releaseSource(s) {
         calls.push(`release ${s.location}`);
       },
@@ -1078,14 +1083,16 @@ describe('moving a vm guest live', () => {
     mover = createGuestMover(liveDeps);
   });
 
-  test("a daemon that died during the migration (the records still the source's), started again, drops the destination's waiting QEMU first, then resumes the guest here", async () => {
+  test("a daemon that died during the migration (the records still the source's), started again, drops the destination's waiting QEMU first, then undoes the migration in the source's QEMU and resumes the guest there", async () => {
     hold = new Promise(() => {});
     await mover.move('web', { target: 'h2', live: true });
     await waitUntil(() => calls.some((c) => c.startsWith('migrateOut')));
     assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started');
     calls.length = 0;
     assert.equal(await createGuestMover(liveDeps).resumeUnfinished(), 1);
-    assert.deepEqual(calls, ['discard h2 web', 'resume h1']);
+    assert.deepEqual(calls, ['discard h2 web', 'recover h1']);
+    const resumed = operations.list().find((o) => o.description.startsWith('Finishing the move'));
+    assert.deepEqual(resumed?.metadata.undoneInQemu, ['the mirror job migration-mirror cancelled']);
     assert.equal((await guest())?.location, 'h1');
     assert.deepEqual([...(files.get('h2') ?? [])], []);
     assert.deepEqual([...(files.get('h1') ?? [])], ['web']);

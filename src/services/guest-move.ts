@@ -380,14 +380,21 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
       }
     };
-    const resumeSource = async () => {
-      if (kind !== 'live' || !spec) return;
-      await deps
-        .migrationOf?.(spec.value.model)
-        ?.resumeSource({ ...spec.value, location: hostName })
-        .catch((e: unknown) =>
-          log.error({ ...at, err: asTrivisorError(e).message }, 'the guest could not be resumed here'),
+    /**
+     * A live move's source QEMU: what the migration added to it (its mirror job, the NBD node, the
+     * credentials) goes, and the guest runs again; answers what was undone.
+     */
+    const recoverSource = async (): Promise<string[]> => {
+      if (kind !== 'live' || !spec) return [];
+      const migration = deps.migrationOf?.(spec.value.model);
+      if (!migration) return [];
+      return migration.recoverSource({ ...spec.value, location: hostName }).catch((e: unknown) => {
+        log.error(
+          { ...at, err: asTrivisorError(e).message },
+          "the guest's QEMU here could not be brought back as before the move",
         );
+        return [];
+      });
     };
     // Deleted meanwhile: nothing is left to move (its delete removed what was its).
     if (!spec) return done('the guest was deleted');
@@ -401,10 +408,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       }
       // A live move's destination QEMU goes before this member's resumes (decision 0061's order).
       if (kind === 'live' || phase === 'rolled-back') await discard();
-      await resumeSource();
+      const undoneInQemu = await recoverSource();
       if (phase === 'started') await endMark(mark.ha);
       await startHere();
-      return done('undone: the guest stays here');
+      const result = await done('undone: the guest stays here');
+      return undoneInQemu.length > 0 ? { ...result, undoneInQemu } : result;
     }
 
     // handed-over or sent: the hand-over's transaction gave the records to the destination.

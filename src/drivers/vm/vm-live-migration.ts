@@ -12,9 +12,11 @@ import { exists, type VmContext } from './vm-context.ts';
 import type { VmLaunch } from './vm-launch.ts';
 import {
   finishIncoming,
+  MIGRATION_QMP_TIMEOUT_MS,
   type MigrationQmp,
   migrateOut,
   prepareIncoming,
+  recoverSource,
   resumeSource,
 } from './vm-migration.ts';
 import { removeRuntimeDir } from './vm-runtime-dir.ts';
@@ -271,6 +273,25 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
     async resumeSource(spec) {
       try {
         await withQmp(spec, (q) => resumeSource(q));
+      } finally {
+        migratingOut.delete(spec.name);
+      }
+    },
+    async recoverSource(spec) {
+      try {
+        // A QEMU that is gone has nothing to undo: the guest's controller starts it again.
+        if (!(await c.liveQemu(spec))) return [];
+        // A connection per command, as for migrateOut: a wait for a job does not hold QMP.
+        const qmp: MigrationQmp = {
+          execute: <T>(command: string, args?: Record<string, unknown>) =>
+            withQmp(spec, (q) => q.execute<T>(command, args, { timeoutMs: MIGRATION_QMP_TIMEOUT_MS }), {
+              timeoutMs: MIGRATION_QMP_TIMEOUT_MS,
+            }),
+        };
+        const undone = await recoverSource(qmp);
+        if (undone.length > 0)
+          log.info({ guest: spec.name, undone }, "a dead daemon's live move undone in QEMU");
+        return undone;
       } finally {
         migratingOut.delete(spec.name);
       }

@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isTrivisorError } from '../../core/errors.ts';
 import { migrationFilter } from './vm-live-migration.ts';
-import { finishIncoming, type MigrationQmp, migrateOut, prepareIncoming, tcpUri } from './vm-migration.ts';
+import {
+  finishIncoming,
+  type MigrationQmp,
+  migrateOut,
+  prepareIncoming,
+  recoverSource,
+  tcpUri,
+} from './vm-migration.ts';
 
 interface Call {
   command: string;
@@ -414,5 +421,177 @@ describe('vm live migration over QMP', () => {
       ].join('\n'),
     );
     assert.match(migrationFilter('web', { from: 'fd00::11', ports: [1, 2] }), /ip6 saddr != fd00::11 drop/);
+  });
+
+  describe('a source QEMU left by a daemon that died during its migration (decision 0079)', () => {
+    /**
+     * A source QEMU as a dead daemon's migrateOut left it: `left` says what is still there. The job
+     * goes `aborting` for one poll after a forced cancel, then `concluded`; the migration
+     * `cancelling` for one poll after migrate_cancel, then `cancelled`. Every command is recorded,
+     * and a command in `refuse` fails as QEMU would.
+     */
+    function leftQemu(left: {
+      migration?: string;
+      job?: string;
+      node?: boolean;
+      tlsNamed?: boolean;
+      tlsObject?: boolean;
+      status?: string;
+      refuse?: string[];
+    }) {
+      const calls: Call[] = [];
+      let { migration, job, node, tlsNamed, tlsObject } = left;
+      let status = left.status ?? 'running';
+      const qmp: MigrationQmp = {
+        async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+          calls.push(args ? { command, args } : { command });
+          if (left.refuse?.includes(command)) throw new Error(`QEMU refused ${command}`);
+          const answer = (value: unknown) => value as T;
+          switch (command) {
+            case 'query-migrate':
+              if (migration === 'cancelling') {
+                migration = 'cancelled';
+                return answer({ status: 'cancelling' });
+              }
+              return answer(migration ? { status: migration } : {});
+            case 'migrate_cancel':
+              migration = 'cancelling';
+              return answer({});
+            case 'query-block-jobs': {
+              const now = job;
+              if (job === 'aborting') job = 'concluded';
+              return answer(
+                now ? [{ device: 'migration-mirror', len: 8, offset: 4, ready: true, status: now }] : [],
+              );
+            }
+            case 'block-job-cancel':
+              assert.notEqual(job, undefined, 'a job is cancelled only if there is one');
+              job = 'aborting';
+              return answer({});
+            case 'job-dismiss':
+              assert.equal(job, 'concluded', 'only a concluded job is dismissed');
+              job = undefined;
+              return answer({});
+            case 'query-named-block-nodes':
+              return answer([
+                { 'node-name': 'root' },
+                ...(node ? [{ 'node-name': 'migration-target' }] : []),
+              ]);
+            case 'blockdev-del':
+              assert.equal(job, undefined, 'the node goes once no job holds it');
+              node = false;
+              return answer({});
+            case 'query-migrate-parameters':
+              return answer({ 'tls-creds': tlsNamed ? 'migration-tls' : '' });
+            case 'migrate-set-parameters':
+              tlsNamed = false;
+              return answer({});
+            case 'qom-list':
+              return answer([
+                { name: 'type', type: 'string' },
+                ...(tlsObject ? [{ name: 'migration-tls', type: 'child<tls-creds-x509>' }] : []),
+              ]);
+            case 'object-del':
+              assert.equal(node, false, 'the credentials go once the node that uses them is gone');
+              tlsObject = false;
+              return answer({});
+            case 'query-status':
+              return answer({ status });
+            case 'cont':
+              status = 'running';
+              return answer({});
+            default:
+              throw new Error(`unexpected ${command}`);
+          }
+        },
+      };
+      const sent = () => calls.filter((c) => !c.command.startsWith('query-') && c.command !== 'qom-list');
+      return { qmp, calls, sent, state: () => ({ migration, job, node, tlsNamed, tlsObject, status }) };
+    }
+
+    test('died while the RAM was copied: the migration is cancelled, then the mirror job (by force, then dismissed), then its NBD node, then the credentials; the guest runs on', async () => {
+      const q = leftQemu({ migration: 'active', job: 'ready', node: true, tlsNamed: true, tlsObject: true });
+      const undone = await recoverSource(q.qmp, { pollMs: 1 });
+      assert.deepEqual(q.sent(), [
+        { command: 'migrate_cancel' },
+        { command: 'block-job-cancel', args: { device: 'migration-mirror', force: true } },
+        { command: 'job-dismiss', args: { id: 'migration-mirror' } },
+        { command: 'blockdev-del', args: { 'node-name': 'migration-target' } },
+        { command: 'migrate-set-parameters', args: { 'tls-creds': '', 'tls-hostname': '' } },
+        { command: 'object-del', args: { id: 'migration-tls' } },
+      ]);
+      assert.deepEqual(undone, [
+        'the RAM migration cancelled',
+        'the mirror job migration-mirror cancelled',
+        'the NBD node migration-target removed',
+        'the TLS credentials dropped',
+      ]);
+      assert.deepEqual(q.state(), {
+        migration: 'cancelled',
+        job: undefined,
+        node: false,
+        tlsNamed: false,
+        tlsObject: false,
+        status: 'running',
+      });
+    });
+
+    test('died at switch-over (the RAM in, the source paused, the mirror still ready): no migration to cancel; the job and node go, then the guest is resumed', async () => {
+      const q = leftQemu({ migration: 'completed', job: 'ready', node: true, status: 'postmigrate' });
+      await recoverSource(q.qmp, { pollMs: 1 });
+      assert.deepEqual(
+        q.sent().map((c) => c.command),
+        ['block-job-cancel', 'job-dismiss', 'blockdev-del', 'cont'],
+      );
+    });
+
+    test('died during the mirror, whose job QEMU ended itself when the export went: the concluded job is only dismissed (a cancel would be refused); the node still goes', async () => {
+      const q = leftQemu({ job: 'concluded', node: true, tlsObject: true });
+      await recoverSource(q.qmp, { pollMs: 1 });
+      assert.deepEqual(
+        q.sent().map((c) => c.command),
+        ['job-dismiss', 'blockdev-del', 'object-del'],
+      );
+    });
+
+    test('a QEMU with nothing of a migration left is asked, not changed', async () => {
+      const q = leftQemu({});
+      assert.deepEqual(await recoverSource(q.qmp, { pollMs: 1 }), []);
+      assert.deepEqual(q.sent(), []);
+    });
+
+    test('a step QEMU refuses is named in one error, the guest resumed; the credentials the node still uses stay with it', async () => {
+      const q = leftQemu({
+        job: 'ready',
+        node: true,
+        tlsObject: true,
+        status: 'postmigrate',
+        refuse: ['blockdev-del'],
+      });
+      await assert.rejects(
+        recoverSource(q.qmp, { pollMs: 1 }),
+        /^TrivisorError\(Internal\): Not undone in the source's QEMU: the NBD node migration-target removed: QEMU refused blockdev-del$/,
+      );
+      assert.deepEqual(
+        q.sent().map((c) => c.command),
+        ['block-job-cancel', 'job-dismiss', 'blockdev-del', 'cont'],
+      );
+    });
+
+    test('a job that does not end within the wait is named, and the node it holds is left', async () => {
+      const q = leftQemu({ job: 'ready', node: true });
+      let t = 0;
+      const stuck: MigrationQmp = {
+        execute: async <T>(command: string, args?: Record<string, unknown>) =>
+          command === 'query-block-jobs'
+            ? ([{ device: 'migration-mirror', len: 8, offset: 4, ready: true, status: 'aborting' }] as T)
+            : q.qmp.execute<T>(command, args),
+      };
+      await assert.rejects(
+        recoverSource(stuck, { pollMs: 1, waitMs: 50, now: () => (t += 10) }),
+        /the mirror job migration-mirror cancelled: it did not end within 0\.05 s/,
+      );
+      assert.ok(!q.sent().some((c) => c.command === 'job-dismiss'));
+    });
   });
 });

@@ -333,3 +333,92 @@ export async function resumeSource(qmp: MigrationQmp): Promise<void> {
   if (status === 'running') return;
   await qmp.execute('cont');
 }
+
+/** What `query-migrate` says of a migration that has ended (or never began): nothing to cancel. */
+const MIGRATION_ENDED = new Set([undefined, 'none', 'completed', 'failed', 'cancelled']);
+
+/**
+ * The source's side after its daemon died during a migration, before the switch-over (decision
+ * 0079): the records are still this member's, and the destination's waiting QEMU has been
+ * dropped. Undoes in this QEMU what `migrateOut` added and could not undo itself, in its own
+ * undo's order: the migration if it still runs (`migrate_cancel`), the disk's mirror job
+ * (`block-job-cancel` by force, then `job-dismiss`: the job holds the node), the NBD client node
+ * it mirrored into (`blockdev-del`), the TLS credentials (the parameters that name them, then the
+ * object); then runs the guest again. Each is looked for first by the fixed names `migrateOut`
+ * gives them, so a QEMU that has none of them (QEMU ended the job itself when the export went)
+ * is only resumed. Answers what it undid; throws, after resuming the guest, when something could
+ * not be undone (the QEMU then keeps it until it stops, and a later live move of the guest fails
+ * in one line on the name taken).
+ */
+export async function recoverSource(
+  qmp: MigrationQmp,
+  options: { pollMs?: number; now?: () => number; waitMs?: number } = {},
+): Promise<string[]> {
+  const pollMs = options.pollMs ?? 50;
+  const now = options.now ?? Date.now;
+  const waitMs = options.waitMs ?? 30_000;
+  const undone: string[] = [];
+  const left: string[] = [];
+  const step = async (what: string, work: () => Promise<boolean>) => {
+    try {
+      if (await work()) undone.push(what);
+    } catch (e) {
+      left.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  };
+  /** Polls `done` until it holds or `waitMs` passed; answers whether it held. */
+  const until = async (done: () => Promise<boolean>) => {
+    const deadline = now() + waitMs;
+    for (;;) {
+      if (await done()) return true;
+      if (now() >= deadline) return false;
+      await sleep(pollMs);
+    }
+  };
+  await step('the RAM migration cancelled', async () => {
+    const ended = async () => MIGRATION_ENDED.has((await qmp.execute<MigrateInfo>('query-migrate')).status);
+    if (await ended()) return false;
+    await qmp.execute('migrate_cancel');
+    if (!(await until(ended))) throw internal(`it did not end within ${waitMs / 1000} s`);
+    return true;
+  });
+  await step(`the mirror job ${MIRROR_JOB} cancelled`, async () => {
+    const job = async () =>
+      (await qmp.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+    const found = await job();
+    if (!found) return false;
+    if (found.status !== 'concluded') {
+      await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true });
+      const ended = await until(async () => {
+        const j = await job();
+        return !j || j.status === 'concluded';
+      });
+      if (!ended) throw internal(`it did not end within ${waitMs / 1000} s`);
+    }
+    if (await job()) await qmp.execute('job-dismiss', { id: MIRROR_JOB });
+    return true;
+  });
+  await step(`the NBD node ${TARGET_NODE} removed`, async () => {
+    const nodes = await qmp.execute<Array<{ 'node-name': string }>>('query-named-block-nodes', {
+      flat: true,
+    });
+    if (!nodes.some((n) => n['node-name'] === TARGET_NODE)) return false;
+    await qmp.execute('blockdev-del', { 'node-name': TARGET_NODE });
+    return true;
+  });
+  // Credentials that a migration or an NBD node left behind may still use stay with it.
+  if (left.length === 0) {
+    await step('the TLS credentials dropped', async () => {
+      const params = await qmp.execute<{ 'tls-creds'?: string }>('query-migrate-parameters');
+      const named = Boolean(params['tls-creds']);
+      if (named) await qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' });
+      const objects = await qmp.execute<Array<{ name: string }>>('qom-list', { path: '/objects' });
+      if (!objects.some((o) => o.name === TLS_ID)) return named;
+      await qmp.execute('object-del', { id: TLS_ID });
+      return true;
+    });
+  }
+  await resumeSource(qmp);
+  if (left.length > 0) throw internal(`Not undone in the source's QEMU: ${left.join('; ')}`);
+  return undone;
+}
