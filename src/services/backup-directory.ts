@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { copyFile, link, lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises';
-import { isAbsolute, join, sep } from 'node:path';
-import { failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
+import { basename, isAbsolute, join, sep } from 'node:path';
+import { failedPrecondition, invalidArgument, notFound, TrivisorError } from '../core/errors.ts';
 import { isDnsLabel } from '../core/names.ts';
 import type { Operation } from '../core/types.ts';
 import {
@@ -214,7 +214,7 @@ export async function importFromBackupDirectory(
   deps: {
     directory: string;
     workDir: string;
-    storage: Pick<StorageService, 'importBackup'>;
+    storage: Pick<StorageService, 'importBackup' | 'discardImport'>;
     operations: OperationService;
     project: string;
   },
@@ -247,28 +247,59 @@ export async function importFromBackupDirectory(
   return deps.operations.start({
     project: deps.project,
     description: `Importing backup chain of ${request.archive}`,
+    mayCancel: true,
     async run(op) {
-      for (const [i, l] of links.entries()) {
-        op.progress(Math.round((100 * i) / links.length), `importing link ${i + 1} of ${links.length}`);
-        const mine = await disposableLink(l, deps.workDir);
-        let started: Operation;
+      // The guest the chain's full made: whatever refuses a later link removes it (decision 0082),
+      // before or after that link's own operation starts, so that a refused chain leaves nothing.
+      let made: string | undefined;
+      let current: Operation | undefined;
+      // A cancel of the chain cancels the link under way, which then removes what it made.
+      const onAbort = () => {
+        if (!current) return;
         try {
-          // Marked half-imported until its last link is in: a kill -9 between links leaves no guest
-          // at an earlier point than the one asked for, and a failed link removes it.
-          // The pool is the full's: an incremental goes onto the guest it made, where it is.
-          const { storage: _, ...rest } = opts;
-          started = await deps.storage.importBackup({
-            archivePath: mine,
-            ...(i === 0 ? opts : rest),
-            chain: { link: i, last: i === links.length - 1 },
-          });
-        } catch (e) {
-          await rm(mine, { force: true });
-          throw e;
+          deps.operations.cancel(current.id);
+        } catch {
+          // Already finished, or past the point where it can stop: the loop stops after it.
         }
-        await succeeded(deps.operations, started);
+      };
+      op.signal.addEventListener('abort', onAbort, { once: true });
+      try {
+        for (const [i, l] of links.entries()) {
+          if (op.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+          op.progress(Math.round((100 * i) / links.length), `importing link ${i + 1} of ${links.length}`);
+          const mine = await disposableLink(l, deps.workDir).catch((e: NodeJS.ErrnoException) => {
+            if (e.code !== 'ENOENT') throw e;
+            throw failedPrecondition(
+              `Backup ${guest}/${basename(l)}, link ${i} of the chain, is no longer in the backup directory (removed while the chain was imported): import it again`,
+            );
+          });
+          try {
+            // Marked half-imported until its last link is in: a kill -9 between links leaves no guest
+            // at an earlier point than the one asked for, and a failed link removes it.
+            // The pool is the full's: an incremental goes onto the guest it made, where it is.
+            current = await deps.storage.importBackup({
+              archivePath: mine,
+              ...(i === 0 ? opts : made !== undefined && { name: made }),
+              chain: { link: i, last: i === links.length - 1 },
+            });
+          } catch (e) {
+            await rm(mine, { force: true });
+            throw e;
+          }
+          const end = await succeeded(deps.operations, current);
+          if (i === 0)
+            made = typeof end.metadata.name === 'string' ? end.metadata.name : (request.name ?? guest);
+        }
+        return { name: made, links: links.length };
+      } catch (e) {
+        // Only a guest still marked as this import's is removed; should that fail, the marker
+        // stays and the next start's sweep removes it.
+        if (made !== undefined) await deps.storage.discardImport(made).catch(() => {});
+        if (op.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+        throw e;
+      } finally {
+        op.signal.removeEventListener('abort', onAbort);
       }
-      return { name: request.name ?? guest, links: links.length };
     },
   });
 }

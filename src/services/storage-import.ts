@@ -4,7 +4,13 @@ import { join } from 'node:path';
 import { asTrivisorError, failedPrecondition, invalidArgument, TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import { addUsage, assertWithinLimits, DEFAULT_PROJECT, NO_USAGE } from '../core/projects.ts';
+import {
+  addUsage,
+  assertWithinLimits,
+  DEFAULT_PROJECT,
+  NO_USAGE,
+  projectOfRecord,
+} from '../core/projects.ts';
 import { digestOf } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -17,7 +23,7 @@ import { PLAIN_ROOTFS, startLiveImport } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
 
 /** Restores a guest from a backup archive (import), whole or as the next link of its chain. */
-export function importMethods(view: StorageView): Pick<StorageService, 'importBackup'> {
+export function importMethods(view: StorageView): Pick<StorageService, 'importBackup' | 'discardImport'> {
   const {
     store,
     operations,
@@ -32,6 +38,14 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
   } = view.ctx;
   const { scope, load } = view;
   return {
+    async discardImport(name) {
+      const marker = (await records.storagePending.at(name).get(store))?.value;
+      if (marker?.kind !== 'import') return;
+      const spec = (await records.guest.at(name).get(store))?.value;
+      if (spec && scope !== undefined && projectOfRecord(spec) !== scope) return;
+      await discard(name);
+      await store.delete(keys.storagePending(name));
+    },
     async importBackup(request) {
       const project = scope ?? DEFAULT_PROJECT;
       // What the archive holds is known only once it is unpacked: the guest count is refused here,

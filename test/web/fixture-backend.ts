@@ -485,6 +485,7 @@ function fakeStorage(
         },
       });
     },
+    async discardImport() {},
     sweep: async () => {},
     recover: none,
   };
