@@ -61,7 +61,7 @@ export const HostHistoryQuerySchema = Type.Composite([
     target: Type.Optional(
       Type.String({
         maxLength: 63,
-        description: "The member whose history: another member's is asked of it",
+        description: 'On a cluster: the member whose history is shown, asked of it (default: the one asked)',
       }),
     ),
   }),

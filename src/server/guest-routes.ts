@@ -32,7 +32,7 @@ import type { ExecRequest, OperationContext, StateChangeRequest } from '../servi
 import { bridgeConsole, bridgeDisplay } from './console-bridge.ts';
 import { bridgeExec, collectCapped, failExecSocket, type PendingExec } from './exec-bridge.ts';
 import { isForwarded } from './forward.ts';
-import { assertTarget, TargetQueryProperties, withMembersOwnView } from './member-lists.ts';
+import { assertTarget, targetQuery, withMembersOwnView } from './member-lists.ts';
 import { allProjectsOf, configChange, projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 type NameParams = { name: string };
@@ -100,7 +100,12 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
         summary: 'List guests',
         description:
           "recursion=0: URLs; 1: guests; 2: guests with live usage. On a cluster the list covers every member; target=MEMBER narrows it to that member's guests.",
-        querystring: Type.Object({ ...RecursionQuerySchema.properties, ...TargetQueryProperties }),
+        querystring: Type.Object({
+          ...RecursionQuerySchema.properties,
+          ...targetQuery(
+            "On a cluster: only this member's guests (their `location`; default: every member's)",
+          ),
+        }),
         response: {
           200: SyncEnvelope(Type.Union([Type.Array(GuestSchema), Type.Array(Type.String())])),
           ...errors,
@@ -139,7 +144,10 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
           "On a cluster the scheduler places the guest on the member with the most free measured memory that can hold it; target=MEMBER places it there (Incus's ?target=).",
         querystring: Type.Object({
           target: Type.Optional(
-            Type.String({ maxLength: 63, description: 'The member to place the guest on' }),
+            Type.String({
+              maxLength: 63,
+              description: 'On a cluster: the member to place the guest on (default: the scheduler picks it)',
+            }),
           ),
         }),
         body: CreateGuestBodySchema,

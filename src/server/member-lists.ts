@@ -4,12 +4,13 @@ import { notFound } from '../core/errors.ts';
 import { isForwarded } from './forward.ts';
 import type { RouteContext } from './route-context.ts';
 
-/** `?target=MEMBER` on a list: only that member's objects (Incus's `target`). */
-export const TargetQueryProperties = {
-  target: Type.Optional(
-    Type.String({ description: "On a cluster: only this member's objects (their `location`)", minLength: 1 }),
-  ),
-};
+/**
+ * `?target=MEMBER` (Incus's `target`). What it does differs by route (a list's filter, the member a
+ * request runs on, whose directory is read), so each route describes it in its own words.
+ */
+export function targetQuery(description: string) {
+  return { target: Type.Optional(Type.String({ description, minLength: 1 })) };
+}
 
 /** NotFound in one line unless `target` names a member of the cluster (or this host, when it is not one). */
 export async function assertTarget(ctx: RouteContext, target: string | undefined): Promise<void> {

@@ -54,7 +54,7 @@ export function registerMoveRoutes(app: FastifyInstance, ctx: RouteContext): voi
         summary: 'Move a guest to another member of the cluster (cold; `live` where the model allows)',
         params: NameParamsSchema,
         querystring: Type.Object({
-          target: Type.String({ minLength: 1, description: 'The member to move to' }),
+          target: Type.String({ minLength: 1, description: 'The member to move the guest to' }),
         }),
         body: MoveBodySchema,
         response: { 202: AsyncEnvelopeSchema, ...errors },

@@ -26,7 +26,7 @@ import {
 } from '../services/backup-directory.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import { sendFileBody } from './file-response.ts';
-import { assertTarget, TargetQueryProperties } from './member-lists.ts';
+import { assertTarget, targetQuery } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** True when A and B are one type, not merely assignable to each other (an optional field more is not). */
@@ -322,7 +322,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary:
           'Create a storage pool (dir, or btrfs on a loop file of config size or on a block device source); on a cluster on every member, or only on the one target= names; config shared=true (dir with a source, on a cluster): one directory every member sees',
-        querystring: Type.Object(TargetQueryProperties),
+        querystring: Type.Object(
+          targetQuery(
+            'On a cluster: make the pool on this member alone, the request passed on to it (default: on every member)',
+          ),
+        ),
         body: Type.Object(
           {
             name: Type.String(),
@@ -356,7 +360,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         description:
           "A pool on every member of a cluster shows each member's state and the space of the answering member's instance: target= asks that member.",
         params: NameParams,
-        querystring: Type.Object(TargetQueryProperties),
+        querystring: Type.Object(
+          targetQuery(
+            "On a cluster, for a pool on every member or the default pool: the member whose instance is shown, asked of it (default: the one asked); another pool is its member's",
+          ),
+        ),
         response: { 200: SyncEnvelope(PoolSchema), ...errors },
       },
     },
@@ -443,7 +451,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       schema: {
         summary:
           'Import a guest from a backup archive (raw body; X-Trivisor-Name renames it, X-Trivisor-Pool puts it on a storage pool, X-Trivisor-Live: 1 restores a vm guest live)',
-        querystring: Type.Object(TargetQueryProperties),
+        querystring: Type.Object(
+          targetQuery(
+            'On a cluster: the member to import the guest onto, the upload passed on to it (default: the one asked)',
+          ),
+        ),
         headers: Type.Object({
           'x-trivisor-name': Type.Optional(Type.String()),
           'x-trivisor-pool': Type.Optional(Type.String()),
@@ -521,14 +533,9 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
   const sameShape: Same<BackupDirectoryArchive, BackupDirectoryArchiveWire> = true;
   void sameShape;
   /** Each member has its own backup directory: `target` names whose is read (decision 0077). */
-  const BackupTargetQuery = {
-    target: Type.Optional(
-      Type.String({
-        minLength: 1,
-        description: 'On a cluster: the member whose backup directory is read (default: the one asked)',
-      }),
-    ),
-  };
+  const BackupTargetQuery = targetQuery(
+    'On a cluster: the member whose backup directory is read, asked of it (default: the one asked)',
+  );
   /** The backup directory, or a one-line 501 on a daemon without one. */
   const backupDir = (): string => {
     if (!ctx.backupDir) throw notSupported('This daemon has no backup directory');
@@ -610,7 +617,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         summary: "Import a guest from an archive in the daemon's backup directory, without an upload",
         description:
           "`source.archive` names the archive relative to the backup directory (TRIVISOR_BACKUP_DIR, default STATE/shipped-backups) as GUEST/ARCHIVE: no `..`, not absolute, no symbolic link, a regular file inside the directory (else 400; missing: 404; nothing is made). An incremental link is imported with its chain's links before it, in order. `live: true` restores a vm guest live from an uncompressed archive read in place (decision 0063), through a hard link to it, so that retention removing it does not stop the copy (decision 0070). On a cluster `target=MEMBER` imports from that member's own directory, onto it (decision 0077).",
-        querystring: Type.Object(BackupTargetQuery),
+        querystring: Type.Object(
+          targetQuery(
+            'On a cluster: the member whose backup directory holds the archive; the guest is imported onto it (default: the one asked)',
+          ),
+        ),
         body: Type.Object(
           {
             source: Type.Object(

@@ -125,7 +125,7 @@ export function registerVolumeRoutes(app: FastifyInstance, ctx: RouteContext): v
           target: Type.Optional(
             Type.String({
               description:
-                'On a cluster: the member to make it on, for a pool on every member or the default pool',
+                "On a cluster, for a pool on every member or the default pool: the member to make the volume on, the request passed on to it (default: the one asked); another pool's volumes are made on its member",
               minLength: 1,
             }),
           ),
