@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
@@ -101,6 +101,7 @@ function fakeControllers(store: KvEngine, files: Map<string, Set<string>>) {
 type DeathAt =
   | 'stopping'
   | 'archiving'
+  | 'archived'
   | 'handing-over'
   | 'handed-over'
   | 'sending'
@@ -162,7 +163,8 @@ describe('moving a guest (cold)', () => {
   let dir: string;
   let sent: Array<[string, string]>;
   let discarded: Array<[string, string]>;
-  let backups: { made: number; deleted: string[] };
+  /** The archives the move asked for (`named`), how many were written, and which were deleted. */
+  let backups: { named: string[]; made: number; deleted: string[] };
   let sendFails: Error | undefined;
   let backupFails: Error | undefined;
   let mover: GuestMover;
@@ -197,7 +199,7 @@ describe('moving a guest (cold)', () => {
     dir = await mkdtemp(join(tmpdir(), 'trivisor-move-'));
     sent = [];
     discarded = [];
-    backups = { made: 0, deleted: [] };
+    backups = { named: [], made: 0, deleted: [] };
     sendFails = undefined;
     backupFails = undefined;
     haSeen = [];
@@ -277,7 +279,10 @@ describe('moving a guest (cold)', () => {
         },
       },
       storage: {
-        async createBackup() {
+        async createBackup(_guest, options) {
+          assert.match(options.name ?? '', /^backup-[0-9a-f]{16}$/, 'the mover names its archive');
+          const name = options.name ?? '';
+          backups.named.push(name);
           return operations.start({
             project: 'default',
             description: 'backup',
@@ -286,8 +291,10 @@ describe('moving a guest (cold)', () => {
               if (backupFails) throw backupFails;
               if (dies('archiving')) return life.never;
               backups.made++;
-              await writeFile(join(dir, 'backup-0000000000000001.tar'), 'archive');
-              return { backup: 'backup-0000000000000001' };
+              await writeFile(join(dir, `${name}.tar`), 'archive');
+              // Written; the daemon dies before the operation's answer reaches the mover.
+              if (dies('archived')) return life.never;
+              return { backup: name };
             },
           });
         },
@@ -349,7 +356,7 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual(sent, [['h2', 'web']]);
     assert.deepEqual([...(files.get('h1') ?? [])], [], "the source's files are removed");
     assert.deepEqual([...(files.get('h2') ?? [])], ['web']);
-    assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
+    assert.deepEqual(backups.deleted, backups.named);
     assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h2');
     assert.deepEqual(discarded, []);
   });
@@ -497,7 +504,8 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "the source's files are untouched");
     assert.deepEqual([...(files.get('h2') ?? [])], [], 'no half-copy on the destination');
     assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
-    assert.deepEqual(backups.deleted, ['backup-0000000000000001']);
+    assert.deepEqual(backups.deleted, backups.named);
+    assert.equal(backups.named.length, 1);
   });
 
   // Decision 0079: the daemon running a cold move is killed at each step; started again, it finds
@@ -505,6 +513,7 @@ describe('moving a guest (cold)', () => {
   const deaths: Array<[DeathAt, string, 'started' | 'handed-over' | 'sent', 'h1' | 'h2']> = [
     ['stopping', 'while the guest stops', 'started', 'h1'],
     ['archiving', 'while it writes the archive', 'started', 'h1'],
+    ['archived', 'once the archive is written, before it heard so', 'started', 'h1'],
     ['handed-over', 'after the hand-over, before it sends the archive', 'handed-over', 'h1'],
     ['sending', 'while it sends the archive (half of it applied there)', 'handed-over', 'h1'],
     ['sent', 'once the destination applied the archive, before it heard so', 'handed-over', 'h1'],
@@ -517,6 +526,8 @@ describe('moving a guest (cold)', () => {
         ? 'undoes the move: the guest runs on the source with its files and snapshots, and nothing of it is left on the destination'
         : "finishes the move: the guest runs on the destination, and the source's files go";
     test(`a daemon killed ${when}, started again, ${outcome}`, async () => {
+      // A user's own backup of the guest, which no move may remove.
+      await writeFile(join(dir, 'backup-00000000000000aa.tar'), "the user's");
       dieAt = at;
       await mover.move('web', { target: 'h2' });
       await waitUntil(() => life.dead);
@@ -538,7 +549,12 @@ describe('moving a guest (cold)', () => {
       assert.deepEqual(discarded, phase === 'handed-over' ? [['h2', 'web']] : []);
       assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, ends);
       assert.equal(await moveMarkOf(store, 'web'), undefined, 'the journal is gone');
-      assert.deepEqual([...new Set(backups.deleted)], backups.made > 0 ? ['backup-0000000000000001'] : []);
+      assert.deepEqual([...new Set(backups.deleted)], backups.named, 'the archive the move named is removed');
+      assert.deepEqual(
+        await readdir(dir),
+        ['backup-00000000000000aa.tar'],
+        "no archive is left but the user's",
+      );
       assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
     });
   }

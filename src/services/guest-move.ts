@@ -49,6 +49,7 @@ import {
   saveMoveMark,
 } from './move-marks.ts';
 import { succeeded } from './operation-service.ts';
+import { newBackupName } from './storage-backups.ts';
 import type { StorageService } from './storage-service.ts';
 import type { GuestService, OperationService } from './types.ts';
 import { convergedTo, provisionedAt, waitForGuest } from './wait-guest.ts';
@@ -511,12 +512,14 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await finished(await deps.guests.changeState(name, { action: 'stop' }));
           }
           ctx.progress(10, 'writing the guest and its snapshots to an archive');
-          const made = await finished(await deps.storage.createBackup(name, { withSnapshots: true }));
-          backup = String(made.metadata.backup ?? '');
-          const archive = await deps.storage.backupFile(name, backup);
-          // Journaled, so that a daemon that dies from here on removes it when it starts again.
-          mark.backup = backup;
+          // Named here and journaled before it is written: a daemon that dies from here on removes
+          // it when it starts again, whether or not its writing had finished (decision 0079).
+          const named = newBackupName();
+          mark.backup = named;
           await saveMoveMark(store, mark);
+          await finished(await deps.storage.createBackup(name, { withSnapshots: true, name: named }));
+          backup = named;
+          const archive = await deps.storage.backupFile(name, backup);
 
           ctx.progress(40, `handing the guest over to ${target}`);
           const [now, nowStatus, snapshots] = await Promise.all([

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { invalidArgument, notFound, notSupported, TrivisorError } from '../core/errors.ts';
+import { alreadyExists, invalidArgument, notFound, notSupported, TrivisorError } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
@@ -15,6 +15,9 @@ import { PLAIN_ROOTFS } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
 
 const BACKUP_NAME = /^backup-[0-9a-f]{16}$/;
+
+/** A new backup's name: random, so that a caller may pick it before the backup is made. */
+export const newBackupName = (): string => `backup-${randomBytes(8).toString('hex')}`;
 
 /** Backups written on the daemon's side (export): make, find for download, delete. */
 export function backupMethods(
@@ -44,7 +47,11 @@ export function backupMethods(
           throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
         }
       }
-      const backup = `backup-${randomBytes(8).toString('hex')}`;
+      const backup = options.name ?? newBackupName();
+      if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
+      if (await taken(join(backupsDir, guest), backup)) {
+        throw alreadyExists(`Guest ${guest} has a backup ${backup} already`);
+      }
       return exclusive(
         guest,
         `Backing up guest ${guest}`,
@@ -144,6 +151,14 @@ export function backupMethods(
       await rm(path, { force: true });
     },
   };
+}
+
+/** Whether backup `backup` exists in `dir`, finished or being written. */
+async function taken(dir: string, backup: string): Promise<boolean> {
+  for (const name of [`${backup}.tar`, `.tmp-${backup}.tar`, `.tmp-${backup}`]) {
+    if (await stat(join(dir, name)).catch(() => undefined)) return true;
+  }
+  return false;
 }
 
 /** The zstd frames of a payload, without the zeros tar pads them with when it writes to a FIFO. */

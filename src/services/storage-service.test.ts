@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +15,7 @@ import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
 import type { PoolService } from './pool-service.ts';
+import { newBackupName } from './storage-backups.ts';
 import { createStorageService, type StorageService } from './storage-service.ts';
 import type { GuestService } from './types.ts';
 
@@ -207,6 +208,23 @@ describe('storage service', () => {
       message: /^A live restore is for vm guests: this archive holds a ct guest/,
     });
     assert.equal(await records.guest.at('web9').get(store), undefined, 'nothing was made');
+  });
+
+  test("a backup's name given by its caller (a move's, decision 0079) is refused when it is no backup name or is taken, nothing written", async () => {
+    await assert.rejects(service.createBackup('web', { withSnapshots: false, name: '../x' }), {
+      code: 'InvalidArgument',
+      message: '"../x" is not a backup name',
+    });
+    const dir = path.join(stateDir, 'backups', 'web');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'backup-00000000000000aa.tar'), "a user's");
+    await assert.rejects(
+      service.createBackup('web', { withSnapshots: false, name: 'backup-00000000000000aa' }),
+      { code: 'AlreadyExists', message: 'Guest web has a backup backup-00000000000000aa already' },
+    );
+    assert.equal(await readFile(path.join(dir, 'backup-00000000000000aa.tar'), 'utf8'), "a user's");
+    assert.match(newBackupName(), /^backup-[0-9a-f]{16}$/);
+    await rm(dir, { recursive: true, force: true });
   });
 
   test('bad names, unknown guests and unknown snapshots are typed errors', async () => {

@@ -44,10 +44,18 @@ export interface StorageService {
    * `uncompressed` (vm): the disk stored plain, for a live restore (decision 0063).
    * `incremental`: the next link of the guest's backup chain (`incremental` in the metadata);
    * with `newChain`, the full backup that starts a new one (scheduled backups, decision 0062).
+   * `name`: the archive's name, made by the caller with `newBackupName()` so that it can record it
+   * before the archive exists (a move's journal, decision 0079); refused when it is taken.
    */
   createBackup(
     guest: string,
-    options: { withSnapshots: boolean; incremental?: boolean; uncompressed?: boolean; newChain?: boolean },
+    options: {
+      withSnapshots: boolean;
+      incremental?: boolean;
+      uncompressed?: boolean;
+      newChain?: boolean;
+      name?: string;
+    },
   ): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
