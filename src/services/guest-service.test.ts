@@ -457,6 +457,41 @@ describe('placement of new guests (decision 0033)', () => {
   });
 });
 
+test("a create in a project without limits reads its project's record, not the 10,000 guests beside it (decision 0084)", async () => {
+  const memory = createMemoryStore();
+  const store = countingStore(memory);
+  // Another member's guests: this member's controller leaves them alone.
+  const ops = Array.from({ length: 10_000 }, (_, i) =>
+    records.guest.at(`g${i}`).putOp(aGuestSpec({ name: `g${i}`, desired: 'Stopped', location: 'h2' })),
+  );
+  for (let i = 0; i < ops.length; i += 1000)
+    await memory.txn({ compare: [], success: ops.slice(i, i + 1000) });
+  const w = await makeWorld(store);
+  try {
+    store.reset();
+    const op = await w.guests.create({ name: 'web', image: 'busybox' });
+    const read = store.reads.records;
+    assert.ok(read < 50, `the create read ${read} records`);
+    assert.deepEqual(store.reads.lists, []);
+    await done(w, op);
+    // With a limit it counts the guests it must: 10,001 of 10,002 is over.
+    await records.project.at('default').put(memory, {
+      name: 'default',
+      description: '',
+      config: { 'limits.guests': '10001' },
+      createdAt: new Date(0).toISOString(),
+    });
+    await rejectsWith(
+      w.guests.create({ name: 'web2', image: 'busybox' }),
+      'Conflict',
+      /^Project default would use 10002 guests of limits\.guests=10001/,
+    );
+  } finally {
+    await w.controller.stop();
+    await memory.close();
+  }
+});
+
 test('withUsage gives the usage of the guests it is handed and reads no store record, among 10,000 guests (decision 0080)', async () => {
   const memory = createMemoryStore();
   const store = countingStore(memory);

@@ -53,7 +53,7 @@ import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { moveMarkOf, noMoveOf, staleMoveMarkDeleteOp } from './move-marks.ts';
 import type { NetworkService } from './network-service.ts';
-import { guardedWrite, readProject } from './project-service.ts';
+import { guardedWrite, readGuard } from './project-service.ts';
 import type { ConsoleStream, GuestService, ImageService, OperationService } from './types.ts';
 import { convergedTo, convergenceError, waitForGuest } from './wait-guest.ts';
 
@@ -481,7 +481,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
           request.image === '' ? Promise.resolve(BLANK_IMAGE.record) : deps.images.get(request.image);
         imageLookup.catch(() => {});
         // So is the project the quota is checked against (guardedWrite below starts from it).
-        const projectRead = readProject(store, project);
+        const projectRead = readGuard(store, project);
         projectRead.catch(() => {});
         let config: Record<string, string>;
         try {

@@ -250,4 +250,35 @@ describe('host service metrics', () => {
     for (const { body } of bodies)
       assert.equal(sample(body, 'trivisor_network_receive_bytes_total', { name: 'c1' }), 100);
   });
+
+  test('info (GET /1.0, `info --host`) reads no guest: its cost does not grow with the guests (decision 0084)', async () => {
+    const asked: string[] = [];
+    const d = deps(guests);
+    const service = createHostService({
+      ...d,
+      guests: {
+        list: async () => {
+          asked.push('list');
+          return guests;
+        },
+      } as unknown as GuestService,
+      guestRecords: async () => {
+        asked.push('guestRecords');
+        return new Map();
+      },
+      pools: async () => {
+        asked.push('pools');
+        return [];
+      },
+    });
+    const info = await service.info();
+    assert.equal(info.name, MEMBER);
+    assert.deepEqual(asked, []);
+    await service.metrics();
+    assert.deepEqual(
+      asked.sort(),
+      ['guestRecords', 'list', 'pools'],
+      'the scrape reads them: the test sees reads',
+    );
+  });
 });

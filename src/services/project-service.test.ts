@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
+import { aGuestSpec } from '../../test/fakes/guest-records.ts';
 import { makeProjectWorld, type ProjectWorld } from '../../test/fakes/project-world.ts';
 import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import { assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
+import { addUsage, assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { guardedWrite, readProject } from './project-service.ts';
+import { records } from '../store/records.ts';
+import { guardedWrite, readGuard, readProject } from './project-service.ts';
 
 async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
   await assert.rejects(p, (e: unknown) => {
@@ -83,6 +86,76 @@ describe('guardedWrite', () => {
   });
 });
 
+describe('readGuard (decision 0084)', () => {
+  const project = (name: string, config: Record<string, string>) =>
+    records.project.at(name).putOp({ name, description: '', config, createdAt: new Date(0).toISOString() });
+  const guest = (name: string, project: string, config: Record<string, string> = {}) =>
+    records.guest.at(name).putOp(aGuestSpec({ name, project, config }));
+
+  test('a project without limits is read as its record alone, whatever the number of guests', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    try {
+      const ops = Array.from({ length: 10_000 }, (_, i) => guest(`g${i}`, i % 2 ? 'p1' : 'default'));
+      await memory.txn({ compare: [], success: [...ops, project('p1', { 'user.owner': 'ops' })] });
+      for (const name of ['default', 'p1']) {
+        store.reset();
+        const p = await readGuard(store, name);
+        assert.deepEqual(p.usage, NO_USAGE);
+        assert.ok(store.reads.records <= 1, `${name}: read ${store.reads.records} records`);
+        assert.deepEqual(store.reads.lists, []);
+      }
+      // The same projects as `project show` reads them: every guest counted.
+      assert.equal((await readProject(store, 'p1')).usage.guests, 5000);
+      assert.equal((await readProject(store, 'default')).objects.length, 5000);
+      await rejectsWith(readGuard(store, 'nope'), 'NotFound', /^Project nope not found/);
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('a project with limits is read with the kinds its limits sum, and counts them as readProject does', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    try {
+      await memory.txn({
+        compare: [],
+        success: [
+          project('p1', { 'limits.guests': '10', 'limits.memory': '1GiB' }),
+          project('p2', { 'limits.networks': '3' }),
+          guest('a', 'p1', { 'limits.memory': '64MiB' }),
+          guest('b', 'p1', { 'limits.memory': '128MiB' }),
+          guest('c', 'p2'),
+          guest('d', 'default'),
+          records.network.at('n1').putOp({
+            name: 'n1',
+            project: 'p2',
+            description: '',
+            config: { 'ipv4.address': '198.18.60.1/24' },
+            generation: 1,
+            deleting: false,
+            location: 'h1',
+            createdAt: new Date(0).toISOString(),
+          }),
+        ],
+      });
+      store.reset();
+      const p1 = await readGuard(store, 'p1');
+      assert.equal(p1.usage.guests, 2);
+      assert.equal(p1.usage.memoryBytes, 192 * 2 ** 20);
+      assert.deepEqual(p1.objects, [], 'a guard reads part of the objects: it gives none');
+      // The record (twice: alone, then with the usage at one revision) and the four guests.
+      assert.equal(store.reads.records, 6);
+      const p2 = await readGuard(store, 'p2');
+      assert.equal(p2.usage.networks, 1);
+      assert.equal((await readProject(store, 'p2')).usage.networks, 1);
+      assert.equal(p2.usage.guests, 0, 'limits.networks alone sums no guest: they are not read');
+    } finally {
+      await memory.close();
+    }
+  });
+});
+
 describe('projects and quotas over the real services', () => {
   let w: ProjectWorld;
   beforeEach(async () => {
@@ -118,6 +191,62 @@ describe('projects and quotas over the real services', () => {
     for (const op of landed)
       await w.services.operations.wait((op as PromiseFulfilledResult<{ id: string }>).value.id);
     assert.equal((await projects.get('p1')).usage.guests, 5);
+  });
+
+  test('a limit set after a create read its project without limits is seen before the create lands (decision 0084)', async () => {
+    const { projects, guests, operations } = w.services;
+    await projects.create({ name: 'p1' });
+    await operations.wait((await guests.inProject('p1').create({ name: 'a', image: 'busybox' })).id);
+    const early = await readGuard(w.store, 'p1');
+    assert.equal(early.usage.guests, 0, 'no limit: nothing counted');
+    await projects.update('p1', { set: { 'limits.guests': '1' } });
+    const decided: number[] = [];
+    await rejectsWith(
+      guardedWrite(
+        w.store,
+        'p1',
+        async (p) => {
+          decided.push(p.usage.guests);
+          assertWithinLimits('p1', p.spec.config, {
+            before: p.usage,
+            after: addUsage(p.usage, guestUsage({})),
+          });
+          return {
+            compare: [],
+            success: [records.guest.at('b').putOp(aGuestSpec({ name: 'b', project: 'p1' }))],
+          };
+        },
+        { firstRead: Promise.resolve(early) },
+      ),
+      'Conflict',
+      /^Project p1 would use 2 guests of limits\.guests=1/,
+    );
+    assert.deepEqual(decided, [0, 1], 'decided on the early read, then on a fresh one that counted');
+    assert.deepEqual(await guestsIn('p1'), ['a']);
+  });
+
+  test('creates racing a first limit on their project: once the limit is set, the project never holds more (decision 0084)', async () => {
+    const { projects, guests, operations } = w.services;
+    for (let round = 0; round < 5; round++) {
+      const name = `q${round}`;
+      await projects.create({ name });
+      const scoped = guests.inProject(name);
+      const creates = Array.from({ length: 8 }, (_, i) =>
+        scoped.create({ name: `${name}g${i}`, image: 'busybox' }),
+      );
+      const limit = projects.update(name, { set: { 'limits.guests': '3' } });
+      const [set, ...made] = await Promise.allSettled([limit, ...creates]);
+      const held = (await guestsIn(name)).length;
+      if (set?.status === 'fulfilled') {
+        assert.ok(held <= 3, `round ${round}: the limit landed and the project holds ${held} guests`);
+      } else {
+        assert.match(String(set?.reason?.message), /already uses \d+ guests, more than limits\.guests=3/);
+      }
+      for (const r of made) {
+        if (r.status === 'fulfilled') await operations.wait(r.value.id);
+        else assert.equal((r.reason as TrivisorError).code, 'Conflict', String(r.reason));
+      }
+    }
   });
 
   test('concurrent network creates against limits.networks=1: one lands', async () => {

@@ -6,6 +6,7 @@ import {
   assertProjectName,
   DEFAULT_PROJECT,
   guestUsage,
+  limitsOf,
   NO_USAGE,
   type Project,
   type ProjectSpec,
@@ -50,8 +51,12 @@ export interface ProjectService {
 /** A project as a guarded write read it: its record, its usage, and what makes the write conditional on both. */
 export interface GuardedProject {
   spec: ProjectSpec;
+  /**
+   * What the project's objects add up to. From `readGuard`: only what the project's limits count
+   * (a usage no limit counts is 0), which is all a quota check looks at.
+   */
   usage: ProjectUsage;
-  /** Objects of the project, for messages and for delete. */
+  /** Objects of the project, for messages and for delete (none from `readGuard`). */
   objects: string[];
   /** The project's record is still the one read (and exists, unless it is an unrecorded `default`). */
   compare: Compare[];
@@ -70,71 +75,142 @@ const defaultSpec = (): ProjectSpec => ({
 /** How often a guarded write reads again after another write in the same project won the race. */
 const MAX_ATTEMPTS = 200;
 
+/** The kinds of records a project's usage is summed from. */
+type Counted = 'guests' | 'networks' | 'volumes' | 'images';
+const ALL_COUNTED: readonly Counted[] = ['guests', 'networks', 'volumes', 'images'];
+const KIND_OF = {
+  guests: records.guest,
+  networks: records.network,
+  volumes: records.volume,
+  images: records.image,
+} as const;
+
+/** The kinds a project's limits sum (decision 0084): none for a project without limits. */
+function countedBy(config: Record<string, string>): Counted[] {
+  const limits = limitsOf(config);
+  const out: Counted[] = [];
+  if (
+    limits['limits.guests'] !== undefined ||
+    limits['limits.memory'] !== undefined ||
+    limits['limits.cpu'] !== undefined ||
+    limits['limits.disk'] !== undefined
+  ) {
+    out.push('guests');
+  }
+  if (limits['limits.networks'] !== undefined) out.push('networks');
+  if (limits['limits.disk'] !== undefined) out.push('volumes');
+  return out;
+}
+
 /**
  * Reads a project, what it uses and holds, and the compare/put pair that makes a
  * transaction conditional on nothing having been written in the project since
  * (each create, copy, import and resize in a project rewrites its record in its
  * own transaction). Quotas are checked against this usage and the write lands
  * only if the record is unchanged, so two racing creates cannot both pass a
- * quota of one more: the second reads again and sees the first.
+ * quota of one more: the second reads again and sees the first. It reads every
+ * guest, network, volume and image record of the host: for `project show` and
+ * delete; a quota check reads with `readGuard`.
  */
 export async function readProject(store: KvStore, name: string): Promise<GuardedProject> {
   assertProjectName(name);
-  // One read at one revision (on etcd one request, where five side by side cost more on a busy
-  // member); a record that does not decode is left out, as a list leaves it out.
-  const read = await readTogether(store, [
-    { key: records.project.key(name) },
-    ...[records.guest, records.network, records.volume, records.image].map((kind) => ({
-      key: kind.prefix,
-      prefix: true,
-    })),
-  ]);
-  const kvsAt = (i: number) => read.kvs[i] ?? [];
-  const decoded = <T>(kind: { decode(kv: KeyValue): T }, kvs: KeyValue[]): T[] =>
-    kvs.flatMap((one) => {
-      try {
-        return [kind.decode(one)];
-      } catch {
-        return [];
-      }
-    });
-  const projectKv = kvsAt(0)[0];
-  const kv = projectKv && {
-    value: records.project.decode(projectKv),
-    modRevision: projectKv.modRevision,
-  };
-  const guests = decoded(records.guest, kvsAt(1));
-  const networks = decoded(records.network, kvsAt(2));
-  const volumes = decoded(records.volume, kvsAt(3));
-  const images = decoded(records.image, kvsAt(4));
-  if (!kv && name !== DEFAULT_PROJECT) throw notFound(`Project ${name} not found: see trivisor project list`);
-  const spec = kv?.value ?? defaultSpec();
-  let usage = NO_USAGE;
-  const objects: string[] = [];
-  for (const guest of guests) {
-    if (projectOfRecord(guest) !== name) continue;
-    usage = addUsage(usage, guestUsage(guest.config));
-    objects.push(`/1.0/guests/${guest.name}`);
+  return readCounting(store, name, ALL_COUNTED);
+}
+
+/**
+ * What a quota check needs of a project (decision 0084), as `readProject` reads it but
+ * proportional to the project's limits: with none, the project's record alone (one key,
+ * whatever the number of guests); with limits, the record and the kinds of records those
+ * limits sum, read at one revision. The compare is on the record read with the usage, so
+ * a limit set after the first read makes the guarded write fail and read again.
+ */
+export async function readGuard(store: KvStore, name: string): Promise<GuardedProject> {
+  assertProjectName(name);
+  const projectKv = await store.get(records.project.key(name));
+  const spec = specOf(name, projectKv);
+  const counted = countedBy(spec.config);
+  if (counted.length === 0) return guarded(name, spec, projectKv?.modRevision ?? 0, NO_USAGE, []);
+  return readCounting(store, name, counted);
+}
+
+async function readCounting(
+  store: KvStore,
+  name: string,
+  first: readonly Counted[],
+): Promise<GuardedProject> {
+  let counting = first;
+  for (;;) {
+    // One read at one revision (on etcd one request, where five side by side cost more on a busy
+    // member); a record that does not decode is left out, as a list leaves it out.
+    const read = await readTogether(store, [
+      { key: records.project.key(name) },
+      ...counting.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
+    ]);
+    const projectKv = read.kvs[0]?.[0];
+    const spec = specOf(name, projectKv);
+    // A limit set between a guard's first read and this one may count a kind not read: read it too.
+    const missing = countedBy(spec.config).filter((k) => !counting.includes(k));
+    if (missing.length > 0) {
+      counting = [...counting, ...missing];
+      continue;
+    }
+    const kvsOf = (kind: Counted) => read.kvs[counting.indexOf(kind) + 1] ?? [];
+    let usage = NO_USAGE;
+    const objects: string[] = [];
+    for (const guest of decoded(records.guest, kvsOf('guests'))) {
+      if (projectOfRecord(guest) !== name) continue;
+      usage = addUsage(usage, guestUsage(guest.config));
+      objects.push(`/1.0/guests/${guest.name}`);
+    }
+    for (const network of decoded(records.network, kvsOf('networks'))) {
+      if (projectOfRecord(network) !== name) continue;
+      usage = addUsage(usage, { ...NO_USAGE, networks: 1 });
+      objects.push(`/1.0/networks/${network.name}`);
+    }
+    for (const volume of decoded(records.volume, kvsOf('volumes'))) {
+      if (projectOfRecord(volume) !== name) continue;
+      usage = addUsage(usage, { ...NO_USAGE, diskBytes: volume.sizeBytes });
+      objects.push(`/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`);
+    }
+    for (const image of decoded(records.image, kvsOf('images'))) {
+      if (projectOfRecord(image) !== name) continue;
+      objects.push(`/1.0/images/${image.fingerprint}`);
+    }
+    // A guard's objects would be a part of them only: it has none.
+    const complete = ALL_COUNTED.every((k) => counting.includes(k));
+    return guarded(name, spec, projectKv?.modRevision ?? 0, usage, complete ? objects : []);
   }
-  for (const network of networks) {
-    if (projectOfRecord(network) !== name) continue;
-    usage = addUsage(usage, { ...NO_USAGE, networks: 1 });
-    objects.push(`/1.0/networks/${network.name}`);
+}
+
+function specOf(name: string, projectKv: KeyValue | undefined): ProjectSpec {
+  if (!projectKv && name !== DEFAULT_PROJECT) {
+    throw notFound(`Project ${name} not found: see trivisor project list`);
   }
-  for (const volume of volumes) {
-    if (projectOfRecord(volume) !== name) continue;
-    usage = addUsage(usage, { ...NO_USAGE, diskBytes: volume.sizeBytes });
-    objects.push(`/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`);
-  }
-  for (const image of images) {
-    if (projectOfRecord(image) !== name) continue;
-    objects.push(`/1.0/images/${image.fingerprint}`);
-  }
+  return projectKv ? records.project.decode(projectKv) : defaultSpec();
+}
+
+function decoded<T>(kind: { decode(kv: KeyValue): T }, kvs: KeyValue[]): T[] {
+  return kvs.flatMap((one) => {
+    try {
+      return [kind.decode(one)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+function guarded(
+  name: string,
+  spec: ProjectSpec,
+  modRevision: number,
+  usage: ProjectUsage,
+  objects: string[],
+): GuardedProject {
   return {
     spec,
     usage,
     objects,
-    compare: [records.project.at(name).unchanged(kv?.modRevision ?? 0)],
+    compare: [records.project.at(name).unchanged(modRevision)],
     success: [records.project.at(name).putOp(spec)],
   };
 }
@@ -147,7 +223,8 @@ export interface GuardedParts {
 }
 
 /**
- * Runs a write in a project under its guard: `attempt` gets what `readProject` read,
+ * Runs a write in a project under its guard: `attempt` gets what `readGuard` read
+ * (`options.read`: another read, `readProject` for the whole usage),
  * throws to refuse (a quota, a taken name) and returns the transaction's own parts;
  * the guard's are added. When the transaction fails because another write in the
  * project came first, everything is read and decided again. A failure of the
@@ -157,12 +234,13 @@ export async function guardedWrite(
   store: KvStore,
   project: string,
   attempt: (p: GuardedProject) => Promise<GuardedParts>,
-  options: { firstRead?: Promise<GuardedProject> } = {},
+  options: { firstRead?: Promise<GuardedProject>; read?: typeof readProject } = {},
 ): Promise<TxnResponse> {
+  const read = options.read ?? readGuard;
   for (let i = 0; i < MAX_ATTEMPTS; i++) {
     // A first read the caller started early (beside its own reads) serves the first attempt:
     // if the project changed since, the transaction fails and the next attempt reads again.
-    const p = await (i === 0 && options.firstRead ? options.firstRead : readProject(store, project));
+    const p = await (i === 0 && options.firstRead ? options.firstRead : read(store, project));
     const own = await attempt(p);
     const guardPut: TxnOp[] = own.project ? [records.project.at(project).putOp(own.project)] : p.success;
     const r = await store.txn({
@@ -217,23 +295,29 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
     },
 
     async update(name, change) {
-      await guardedWrite(store, name, async (p) => {
-        const config = { ...p.spec.config, ...(change.set ?? {}) };
-        for (const key of change.unset ?? []) {
-          if (!(key in config))
-            throw notFound(`Project ${name} has no configuration key ${JSON.stringify(key)}`);
-          delete config[key];
-        }
-        validateProjectConfig(config);
-        assertLimitsCover(name, config, p.usage);
-        await assertGuestsCountable(name, config);
-        const next: ProjectSpec = {
-          ...p.spec,
-          config,
-          ...(change.description !== undefined && { description: change.description }),
-        };
-        return { compare: [], success: [], project: next };
-      });
+      await guardedWrite(
+        store,
+        name,
+        async (p) => {
+          const config = { ...p.spec.config, ...(change.set ?? {}) };
+          for (const key of change.unset ?? []) {
+            if (!(key in config))
+              throw notFound(`Project ${name} has no configuration key ${JSON.stringify(key)}`);
+            delete config[key];
+          }
+          validateProjectConfig(config);
+          assertLimitsCover(name, config, p.usage);
+          await assertGuestsCountable(name, config);
+          const next: ProjectSpec = {
+            ...p.spec,
+            config,
+            ...(change.description !== undefined && { description: change.description }),
+          };
+          return { compare: [], success: [], project: next };
+        },
+        // A new limit is checked against every usage, not only the ones the old limits counted.
+        { read: readProject },
+      );
       return service.get(name);
     },
 

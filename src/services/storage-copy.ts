@@ -9,7 +9,7 @@ import {
   projectOfRecord,
 } from '../core/projects.ts';
 import { records } from '../store/records.ts';
-import { readProject } from './project-service.ts';
+import { readGuard } from './project-service.ts';
 import type { StorageView } from './storage-context.ts';
 import type { StorageService } from './storage-service.ts';
 
@@ -56,7 +56,7 @@ export function copyMethods(view: StorageView): Pick<StorageService, 'copyGuest'
             );
       }
       // The quota is refused here, before any work; the create in the operation checks it again, race-free.
-      const p = await readProject(store, project);
+      const p = await readGuard(store, project);
       assertGuestCountable(project, p.spec.config, source.config);
       assertWithinLimits(project, p.spec.config, {
         before: p.usage,

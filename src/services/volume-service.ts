@@ -40,7 +40,7 @@ import {
 import type { KvStore } from '../store/kv.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
-import { guardedWrite, readProject } from './project-service.ts';
+import { guardedWrite, readGuard } from './project-service.ts';
 import type { EventBus, ImageService } from './types.ts';
 
 /** A volume record with its project (volumes.ts's record predates projects). */
@@ -395,7 +395,7 @@ export function createVolumeService(deps: {
           if (taken) throw nameTaken(request.name, pool, taken.value, project);
           const size = sizeBytes ?? DEFAULT_VOLUME_BYTES;
           // Checked before any file is made; checked again, race-free, when the record is written.
-          const before = await readProject(store, project);
+          const before = await readGuard(store, project);
           assertWithinLimits(project, before.spec.config, {
             before: before.usage,
             after: addUsage(before.usage, diskOf(size)),
@@ -440,7 +440,7 @@ export function createVolumeService(deps: {
             const taken = await records.volume.at(pool, request.name).get(store);
             if (taken) throw nameTaken(request.name, pool, taken.value, project);
             const size = (await stat(request.file)).size;
-            const before = await readProject(store, project);
+            const before = await readGuard(store, project);
             assertWithinLimits(project, before.spec.config, {
               before: before.usage,
               after: addUsage(before.usage, diskOf(size)),
@@ -486,7 +486,7 @@ export function createVolumeService(deps: {
           if (sizeBytes === undefined) throw invalidArgument('Nothing to change: give size, e.g. size=2GiB');
           checkGrow(vol, sizeBytes);
           const owner = projectOfRecord(vol);
-          const g = await readProject(store, owner);
+          const g = await readGuard(store, owner);
           assertWithinLimits(owner, g.spec.config, {
             before: g.usage,
             after: addUsage(g.usage, diskOf(sizeBytes - vol.sizeBytes)),
