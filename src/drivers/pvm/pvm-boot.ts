@@ -51,9 +51,9 @@ import {
 } from './pvm-context.ts';
 import { bootVolumes, preparePvmVolumes, umlVolumeArgs } from './pvm-volumes.ts';
 import { makeUmlCgroup, setUmlCgroupLimits } from './uml-cgroup.ts';
-import { privateTunArgv, umlArgv } from './uml-command.ts';
+import { SETARCH, umlArgv, umlLauncherArgv } from './uml-command.ts';
 import { readUmlCowHeader } from './uml-cow.ts';
-import { BWRAP, JAIL_CPUINFO_FD, JAIL_SECCOMP_FD, programFilesOf, SETPRIV, umlJailArgv } from './uml-jail.ts';
+import { BWRAP, programFilesOf, SETPRIV } from './uml-jail.ts';
 import { readTail } from './uml-net-log.ts';
 import { umlSeccompProgram } from './uml-seccomp.ts';
 
@@ -98,10 +98,10 @@ async function existsInRoot(root: string, path: string): Promise<boolean> {
 export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' | 'create' | 'start'> {
   const { ctx, self, runner, stateDir, log, kernelPath, uidBase, cgroupParent, cgroupsPath } = c;
   const { pathsOf, diskBytesOf, memoryOf, liveUml, cleanUpRuntime, readUid, writeNicSlots, limitsOf } = c;
-  // What the jail binds for the kernel to run: linux.uml, setpriv and the libraries they load.
+  // What the jail binds for the kernel to run: linux.uml, setpriv, setarch and the libraries they load.
   let programFiles: Promise<string[]> | undefined;
   const jailProgramFiles = (): Promise<string[]> => {
-    programFiles ??= programFilesOf([kernelPath, SETPRIV], runner).catch((e: unknown) => {
+    programFiles ??= programFilesOf([kernelPath, SETPRIV, SETARCH], runner).catch((e: unknown) => {
       programFiles = undefined;
       throw e;
     });
@@ -271,6 +271,12 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
       const setpriv = await runner.run([SETPRIV, '--version'], { allowFailure: true }).catch(() => undefined);
       if (setpriv?.code !== 0)
         warnings.push(`${SETPRIV} (util-linux) is missing: pvm guests cannot drop root.`);
+      // Without it every boot of a guest would get a different share of its memory (decision 0081).
+      if (!(await exists(SETARCH))) {
+        warnings.push(
+          `${SETARCH} (util-linux) is missing: pvm guests cannot start with a fixed memory layout.`,
+        );
+      }
       if (!(await exists(BWRAP))) {
         warnings.push(
           `${BWRAP} is missing: pvm guests cannot be jailed; install Debian's bubblewrap package.`,
@@ -357,6 +363,11 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
       if (!(await exists(BWRAP))) {
         throw failedPrecondition(
           `${BWRAP} is missing: pvm guests run jailed by bubblewrap; install it (apt-get install bubblewrap).`,
+        );
+      }
+      if (!(await exists(SETARCH))) {
+        throw failedPrecondition(
+          `${SETARCH} is missing: pvm guests start through it (apt-get install util-linux).`,
         );
       }
       const initArgv = imageInitArgv(image.record.properties);
@@ -447,21 +458,18 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
           await preparePvmVolumes(volumes, uid);
           argv.push(...umlVolumeArgs(volumes));
           // The kernel runs in its jail (uml-jail.ts, decision 17) with only these of the host's files.
-          const jail = umlJailArgv(
-            {
-              uid,
-              programFiles: await jailProgramFiles(),
-              writableDirs: [p.diskDir, p.runDir],
-              readOnlyFiles: [
-                // UML reads the base disk's twin, at the base disk's path (base-disk-twin.ts).
-                ...(raw ? [] : [{ path: baseDisk, source: await umlTwinOf(baseSource) }]),
-                ...(withConfig ? [configDisk] : []),
-              ],
-              volumes: volumes.map((v) => ({ device: v.device, hostPath: v.hostPath })),
-              memoryTmpfsBytes: memoryBytes + HOST_OVERHEAD_BYTES,
-            },
-            argv,
-          );
+          const jail = {
+            uid,
+            programFiles: await jailProgramFiles(),
+            writableDirs: [p.diskDir, p.runDir],
+            readOnlyFiles: [
+              // UML reads the base disk's twin, at the base disk's path (base-disk-twin.ts).
+              ...(raw ? [] : [{ path: baseDisk, source: await umlTwinOf(baseSource) }]),
+              ...(withConfig ? [configDisk] : []),
+            ],
+            volumes: volumes.map((v) => ({ device: v.device, hostPath: v.hostPath })),
+            memoryTmpfsBytes: memoryBytes + HOST_OVERHEAD_BYTES,
+          };
           await writeFile(p.seccomp, umlSeccompProgram(), { mode: 0o600 });
           // The launcher joins the cgroup before exec so that every UML helper is born inside it,
           // then the jail drops to the guest's uid: the kernel never runs as root on the host.
@@ -469,21 +477,15 @@ export function pvmBoot(c: PvmContext): Pick<GuestDriver, 'probe' | 'validate' |
             await rm(fifo, { force: true });
             await runner.run(['mkfifo', '-m', '0600', fifo]);
           }
-          const launcher = [
-            '/bin/sh',
-            '-c',
-            // $0 is no positional parameter: `shift 3` drops $1 to $3, leaving the cgroups' procs files.
-            `ulimit -c 0; exec 3<>"$0" 4<>"$1" 5<>"$2" ${JAIL_SECCOMP_FD}<"$3" ${JAIL_CPUINFO_FD}</proc/cpuinfo || exit 111; shift 3; ` +
-              'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
-            p.agentIn,
-            p.agentOut,
-            p.consoleIn,
-            p.seccomp,
-            ...procs,
-            '--',
-            ...privateTunArgv(uid),
-            ...jail,
-          ];
+          const launcher = umlLauncherArgv({
+            agentIn: p.agentIn,
+            agentOut: p.agentOut,
+            consoleIn: p.consoleIn,
+            seccompPath: p.seccomp,
+            cgroupProcs: procs,
+            jail,
+            kernel: argv,
+          });
           const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
           const consoleFile = await open(p.consoleLog, 'a', 0o640);
           let pid: number | undefined;

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { privateTunArgv, umlArgv } from './uml-command.ts';
+import { privateTunArgv, SETARCH, umlArgv, umlLauncherArgv } from './uml-command.ts';
+import { BWRAP, SETPRIV } from './uml-jail.ts';
 
 const base = {
   kernelPath: '/usr/bin/linux.uml',
@@ -50,4 +51,45 @@ test('the launcher gives UML a private tun node owned by the guest uid, not the 
   assert.match(script, /mknod -m 0600 \/dev\/net\/tun c 10 200/);
   assert.match(script, /chown "\$0:\$0" \/dev\/net\/tun/);
   assert.equal(argv[8], '1000123');
+});
+
+test('the launcher execs the kernel through setarch without address randomization, after setpriv', () => {
+  const kernel = ['/usr/bin/linux.uml', 'mem=131072K', 'root=/dev/ubda'];
+  const argv = umlLauncherArgv({
+    agentIn: '/s/run/agent.in',
+    agentOut: '/s/run/agent.out',
+    consoleIn: '/s/run/console.in',
+    seccompPath: '/s/guests/p1/seccomp.bpf',
+    cgroupProcs: ['/sys/fs/cgroup/pids/t/p1/cgroup.procs', '/sys/fs/cgroup/memory/t/p1/cgroup.procs'],
+    jail: {
+      uid: 1_000_123,
+      programFiles: ['/usr/bin/linux.uml', SETPRIV, SETARCH],
+      writableDirs: ['/s/guests/p1/disk', '/s/run'],
+      readOnlyFiles: [],
+      volumes: [],
+      memoryTmpfsBytes: 192 * 2 ** 20,
+    },
+    kernel,
+  });
+  assert.deepEqual(argv.slice(0, 2), ['/bin/sh', '-c']);
+  // The shell opens fds 3 to 7, joins each cgroup, then execs what follows `--`.
+  assert.match(argv[2] ?? '', /exec 3<>"\$0" 4<>"\$1" 5<>"\$2" 6<"\$3" 7<\/proc\/cpuinfo/);
+  assert.deepEqual(argv.slice(3, 10), [
+    '/s/run/agent.in',
+    '/s/run/agent.out',
+    '/s/run/console.in',
+    '/s/guests/p1/seccomp.bpf',
+    '/sys/fs/cgroup/pids/t/p1/cgroup.procs',
+    '/sys/fs/cgroup/memory/t/p1/cgroup.procs',
+    '--',
+  ]);
+  const tun = privateTunArgv(1_000_123);
+  assert.deepEqual(argv.slice(10, 10 + tun.length), tun);
+  assert.equal(argv[10 + tun.length], BWRAP);
+  // An exec that changes capabilities (bwrap's, setpriv's) clears ADDR_NO_RANDOMIZE: setarch must
+  // be the last exec before the kernel, run as the guest's uid.
+  const setpriv = argv.lastIndexOf(SETPRIV);
+  assert.ok(setpriv > 10 + tun.length, 'setpriv runs in the jail');
+  const afterSetpriv = argv.slice(argv.indexOf('--', setpriv) + 1);
+  assert.deepEqual(afterSetpriv, [SETARCH, 'x86_64', '--addr-no-randomize', '--', ...kernel]);
 });

@@ -1,5 +1,5 @@
 import { kitKernelArgs } from '../../images/guest-kit.ts';
-import { JAIL_HOSTFS_DIR } from './uml-jail.ts';
+import { JAIL_CPUINFO_FD, JAIL_HOSTFS_DIR, JAIL_SECCOMP_FD, type UmlJail, umlJailArgv } from './uml-jail.ts';
 
 /** What a UML kernel is booted with. */
 export interface UmlBootOptions {
@@ -91,5 +91,66 @@ export function privateTunArgv(uid: number): string[] {
     'if [ -d /dev/net ]; then mount -t tmpfs -o size=16k,mode=0755,nosuid,noexec trivisor-tun /dev/net && ' +
       'mknod -m 0600 /dev/net/tun c 10 200 && chown "$0:$0" /dev/net/tun || exit 112; fi; exec "$@"',
     String(uid),
+  ];
+}
+
+/** util-linux's setarch (Debian's path; the probe checks it). */
+export const SETARCH = '/usr/bin/setarch';
+
+/**
+ * The argv prefix that starts the UML kernel without the host's address-space randomization
+ * (personality ADDR_NO_RANDOMIZE; decision 0081). UML's physical memory starts at its own text
+ * and runs past its brk: the kernel adds the gap between its bss and the brk the host chose to
+ * `mem=`, as reserved memory, and pays a struct page (64 bytes) for each 4 KiB of it. The host
+ * places the brk of this non-PIE binary anywhere in 1 GiB, so a 128 MiB guest lost up to 16 MiB
+ * of its memory (and the host the pages those struct pages fill) by the luck of its boot; without
+ * randomization the brk follows the bss and every boot of a guest gets the same, whole memory.
+ * It comes last, right before the kernel: an exec that changes capabilities clears the flag (the
+ * kernel's PER_CLEAR_ON_SETID), so set before bwrap or setpriv it would not reach the kernel.
+ * ASLR inside the guest is the guest kernel's, and stays.
+ */
+export function fixedLayoutArgv(): string[] {
+  return [SETARCH, 'x86_64', '--addr-no-randomize', '--'];
+}
+
+/** What the launcher of a jailed UML kernel opens, joins and runs. */
+export interface UmlLauncherOptions {
+  /** The agent's line (fds 3 and 4) and the console's input (fd 5): FIFOs, opened read-write. */
+  agentIn: string;
+  agentOut: string;
+  consoleIn: string;
+  /** The seccomp program, opened on fd 6 for bwrap. */
+  seccompPath: string;
+  /** `cgroup.procs` files the launcher writes its pid into before exec, one per hierarchy. */
+  cgroupProcs: readonly string[];
+  /** The jail (its uid also owns the private tun node); its program files must hold SETARCH. */
+  jail: UmlJail;
+  /** The kernel's argv (umlArgv plus volumes). */
+  kernel: readonly string[];
+}
+
+/**
+ * The launcher of a guest's UML kernel: a shell that opens the FIFOs, the seccomp program and
+ * /proc/cpuinfo on the fds the jail and the kernel expect and joins the guest's cgroups (so that
+ * every UML helper is born inside them), then execs into the private tun's mount namespace
+ * (privateTunArgv), the jail (umlJailArgv: bwrap, setpriv) and, through setarch
+ * (fixedLayoutArgv), the kernel. Every step execs: the launcher's pid ends as bwrap's, whose
+ * only child becomes the kernel.
+ */
+export function umlLauncherArgv(options: UmlLauncherOptions): string[] {
+  return [
+    '/bin/sh',
+    '-c',
+    // $0 is no positional parameter: `shift 3` drops $1 to $3, leaving the cgroups' procs files.
+    `ulimit -c 0; exec 3<>"$0" 4<>"$1" 5<>"$2" ${JAIL_SECCOMP_FD}<"$3" ${JAIL_CPUINFO_FD}</proc/cpuinfo || exit 111; shift 3; ` +
+      'while [ "$1" != -- ]; do echo $$ > "$1" || exit 111; shift; done; shift; exec "$@"',
+    options.agentIn,
+    options.agentOut,
+    options.consoleIn,
+    options.seccompPath,
+    ...options.cgroupProcs,
+    '--',
+    ...privateTunArgv(options.jail.uid),
+    ...umlJailArgv(options.jail, [...fixedLayoutArgv(), ...options.kernel]),
   ];
 }
