@@ -306,6 +306,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   let moveTransport: MoveTransport | undefined;
   /** Finishes the moves this member's daemon left unfinished when it died (decision 0079). */
   let resumeMoves: (() => Promise<number>) | undefined;
+  /** Tries again, every minute, a move whose undoing or resume failed while this daemon lives. */
+  let retryMoves: (() => { stop(): void }) | undefined;
+  let movesRetrying: { stop(): void } | undefined;
   if (membership && memberClient) {
     const removeLocal = async (spec: GuestSpec) => {
       // A guest on a shared pool keeps its files (the pool's, now used by another member): only this member's link goes.
@@ -339,6 +342,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       hostSubnets: () => hostNetworks(runner),
     });
     resumeMoves = () => guestMover.resumeUnfinished();
+    retryMoves = () => guestMover.retryUnfinished();
     services.moves = {
       // Each finished move measures its pair's bandwidth for the rebalancer (issue 14 §2).
       mover: measuringMover(guestMover, { store, operations, hostName, log }),
@@ -689,7 +693,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     .catch((e: unknown) =>
       log.error({ err: asTrivisorError(e).message }, 'unfinished moves were not resumed'),
     )
-    .finally(() => evacuations?.start());
+    .finally(() => {
+      movesRetrying = retryMoves?.();
+      evacuations?.start();
+    });
   // The rebalancer (decision 0053): every member publishes its guests' measured load and carries
   // out the moves asked of it; one member at a time plans a cycle, every cluster.rebalance.interval.
   const rebalancer =
@@ -771,6 +778,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
+  movesRetrying?.stop();
   await evacuations?.stop();
   await rebalancer?.stop();
   await crm?.stop();

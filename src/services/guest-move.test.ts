@@ -5,11 +5,12 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import { haKeys } from '../control/ha/types.ts';
-import { cancelled, conflict, invalidArgument, isTrivisorError } from '../core/errors.ts';
+import { cancelled, conflict, invalidArgument, isTrivisorError, unavailable } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import type { LiveMigration } from '../drivers/live-migration.ts';
-import { silentLogger } from '../host/logger.ts';
+import { type Logger, silentLogger } from '../host/logger.ts';
 import { hostRunner, type ProcessRunner, type RunResult } from '../host/runner.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
 import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
@@ -26,6 +27,7 @@ import {
   liveMoveRefusal,
   type MoveReceiver,
   type MoveTransport,
+  type ResumingMover,
 } from './guest-move.ts';
 import { markMove, moveMarkOf } from './move-marks.ts';
 import { createOperationService } from './operation-service.ts';
@@ -63,6 +65,43 @@ async function waitUntilAsync(cond: () => Promise<boolean>): Promise<void> {
     if (Date.now() > deadline) throw new Error('waited 10 s in vain');
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+/**
+ * `store` as a daemon whose store does not answer the undoing of a move (an etcd that did not
+ * answer in time): every transaction that writes guest `web`'s journal as `rolled-back` fails,
+ * while `refusing.on` holds.
+ */
+function refusingUndo(store: KvEngine, refusing: { on: boolean }): KvEngine {
+  return new Proxy(store, {
+    get(t, p, receiver) {
+      const v = Reflect.get(t, p, receiver) as unknown;
+      if (p === 'txn') {
+        return async (request: TxnRequest) => {
+          const undoes = request.success.some(
+            (op) =>
+              op.type === 'put' &&
+              op.key === keys.guestMove('web') &&
+              JSON.parse(op.value).phase === 'rolled-back',
+          );
+          if (refusing.on && undoes) throw unavailable('The store did not answer in time');
+          return t.txn(request);
+        };
+      }
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+}
+/** A logger that keeps the messages of its errors (what a test waits for), and drops the rest. */
+function recordingLogger(): { log: Logger; errors: string[] } {
+  const errors: string[] = [];
+  const log: Logger = {
+    debug: () => {},
+    info: () => {},
+    warn: () => {},
+    error: (_fields, message) => errors.push(message ?? ''),
+    child: () => log,
+  };
+  return { log, errors };
 }
 const haRecordOf = async (store: KvEngine) => {
   const kv = await store.get(haKeys.guest('web'));
@@ -558,6 +597,38 @@ describe('moving a guest (cold)', () => {
       assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
     });
   }
+
+  test('a move that fails after its hand-over and cannot be undone (the store did not answer) keeps its journal; the living daemon undoes it on its next try, on its timer', async () => {
+    const refusing = { on: true };
+    const { log, errors } = recordingLogger();
+    const living = createGuestMover({ ...depsAgain, log, store: refusingUndo(store, refusing) });
+    sendFails = invalidArgument('The archive is damaged');
+    const op = await end(await living.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(
+      op.error,
+      'Cannot move guest web to h2: The archive is damaged; it could not be undone either (its records name h2): it is finished or undone from its journal by h1 within minutes',
+    );
+    // Its operation has ended, and what it left is settled: the journal was kept, not removed.
+    await waitUntil(() => errors.some((m) => m.includes('its journal is kept')));
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'handed-over', 'the journal is kept');
+    assert.equal((await guest())?.location, 'h2');
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "the source's copy is kept");
+    sendFails = undefined;
+    refusing.on = false;
+    const timer = living.retryUnfinished(5);
+    try {
+      await waitUntilAsync(async () => (await moveMarkOf(store, 'web')) === undefined);
+    } finally {
+      timer.stop();
+    }
+    assert.equal((await guest())?.location, 'h1');
+    await waitForGuest(store, 'web', (sp, st) =>
+      st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
+    );
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+  });
 
   test("a guest on a shared pool whose daemon died right after its hand-over: started again, it finishes the move (the destination has the same files): the guest runs there and this member's link goes", async () => {
     await records.pool.at('nfs').put(store, {
@@ -1112,6 +1183,42 @@ describe('moving a vm guest live', () => {
     assert.equal((await guest())?.location, 'h1');
     assert.deepEqual([...(files.get('h2') ?? [])], []);
     assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("a move that runs is its daemon's, not an unfinished one: resumeUnfinished leaves it alone", async () => {
+    hold = new Promise(() => {});
+    const started = await mover.move('web', { target: 'h2', live: true });
+    await waitUntil(() => calls.some((c) => c.startsWith('migrateOut')));
+    calls.length = 0;
+    assert.equal(await (mover as ResumingMover).resumeUnfinished(), 0);
+    assert.deepEqual(calls, []);
+    operations.cancel(started.id);
+    assert.equal((await end(started)).status, 'Cancelled');
+  });
+
+  test('a destination that cannot run the guest after the switch-over, when the records cannot be given back either: the source stays paused (never run twice), the journal is kept, and the next try finishes the move there', async () => {
+    const refusing = { on: true };
+    const { log, errors } = recordingLogger();
+    const living = createGuestMover({ ...liveDeps, log, store: refusingUndo(store, refusing) });
+    fail.finish = new Error('QEMU refused cont');
+    const op = await end(await living.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.match(op.error ?? '', /QEMU refused cont; it could not be undone either \(its records name h2\)/);
+    assert.deepEqual(calls, [
+      'prepare h2 web',
+      'migrateOut h1 -> 198.18.0.2:2 limit 120',
+      'finish h2 web owner h2',
+    ]);
+    await waitUntil(() => errors.some((m) => m.includes('its journal is kept')));
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'handed-over', 'the journal is kept');
+    delete fail.finish;
+    refusing.on = false;
+    calls.length = 0;
+    // Its next try (the timer's): once the ended move is no longer this daemon's running one.
+    await waitUntilAsync(async () => (await living.resumeUnfinished()) === 1);
+    assert.deepEqual(calls, ['finish h2 web owner h2', 'removeLocal h1']);
+    assert.equal((await guest())?.location, 'h2');
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 

@@ -148,12 +148,27 @@ export interface ResumingMover extends GuestMover {
    * start, before anything else moves guests from here.
    */
   resumeUnfinished(): Promise<number>;
+  /**
+   * Runs `resumeUnfinished` every `everyMs` (default a minute): a move whose undoing failed while
+   * this daemon lives, and one whose resume failed, are tried again (each failure doubles its
+   * wait, up to 30 min) without waiting for the daemon's next start.
+   */
+  retryUnfinished(everyMs?: number): { stop(): void };
 }
 
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
 
+/** How soon an unfinished move whose resume failed is tried again, at first and at most (doubling). */
+const RETRY_FIRST_MS = 60_000;
+const RETRY_MAX_MS = 30 * 60_000;
+
 export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const { store, hostName } = deps;
+  /** Guests whose move this daemon runs now: their marks are no unfinished moves. */
+  const running = new Set<string>();
+  /** When an unfinished move whose last resume failed is tried again. */
+  const retries = new Map<string, { dueAt: number; delayMs: number }>();
+  let resuming = false;
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
 
@@ -269,7 +284,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     );
   }
 
-  return {
+  const mover: ResumingMover = {
     async pinned(spec) {
       const pins = await pinsOf(spec);
       return pins.length > 0 ? pinNote(spec.name, hostName, pins) : undefined;
@@ -295,6 +310,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         ...(kind === 'live' && checked.onShared && { sharedDisk: true }),
       };
       const release = await markMove(store, mark, [records.guest.at(name).unchanged(checked.specRevision)]);
+      running.add(name);
       let ha: HaMoveTicket | undefined;
       try {
         // An HA guest's record says it moves before anything of it leaves (refused, changing
@@ -312,32 +328,86 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
               : await moveArchived(name, request.target, checked, ha, mark);
         void deps.operations
           .wait(op.id)
-          .catch(() => undefined)
-          .finally(release);
+          .then(
+            (ended) => settle(mark, ended),
+            () => settle(mark, undefined),
+          )
+          .finally(() => running.delete(name));
         return op;
       } catch (e) {
         // The operation did not start.
         if (ha) await endHaMove(store, ha).catch(() => false);
         await release();
+        running.delete(name);
         throw e;
       }
     },
 
     async resumeUnfinished() {
-      const mine = (await listMoveMarks(store)).filter((m) => m.from === hostName);
-      for (const mark of mine) {
-        const spec = await records.guest.at(mark.guest).get(store);
-        const op = await deps.operations.start({
-          project: spec ? projectOfRecord(spec.value) : 'default',
-          description: `Finishing the move of guest ${mark.guest} to ${mark.to}, left unfinished when ${hostName}'s daemon stopped`,
-          resources: { guests: [`/1.0/guests/${mark.guest}`] },
-          run: () => resume(mark),
-        });
-        await deps.operations.wait(op.id).catch(() => undefined);
+      if (resuming) return 0;
+      resuming = true;
+      try {
+        // A move this daemon runs is its operation's, not left unfinished; one whose last try
+        // failed waits for its next (decision 0079).
+        const mine = (await listMoveMarks(store)).filter(
+          (m) =>
+            m.from === hostName && !running.has(m.guest) && (retries.get(m.guest)?.dueAt ?? 0) <= Date.now(),
+        );
+        for (const mark of mine) {
+          const spec = await records.guest.at(mark.guest).get(store);
+          const op = deps.operations.start({
+            project: spec ? projectOfRecord(spec.value) : 'default',
+            description: `Finishing the move of guest ${mark.guest} to ${mark.to}, left unfinished when ${hostName}'s daemon stopped or could not undo it`,
+            resources: { guests: [`/1.0/guests/${mark.guest}`] },
+            run: () => resume(mark),
+          });
+          const ended = await deps.operations.wait(op.id).catch(() => undefined);
+          if (ended?.status === 'Success') retries.delete(mark.guest);
+          else {
+            const delayMs = Math.min(
+              2 * (retries.get(mark.guest)?.delayMs ?? RETRY_FIRST_MS / 2),
+              RETRY_MAX_MS,
+            );
+            retries.set(mark.guest, { dueAt: Date.now() + delayMs, delayMs });
+          }
+        }
+        return mine.length;
+      } finally {
+        resuming = false;
       }
-      return mine.length;
+    },
+
+    retryUnfinished(everyMs = RETRY_FIRST_MS) {
+      const timer = setInterval(() => {
+        void mover
+          .resumeUnfinished()
+          .catch((e: unknown) =>
+            log.warn({ err: asTrivisorError(e).message }, 'unfinished moves were not resumed'),
+          );
+      }, everyMs);
+      timer.unref();
+      return { stop: () => clearInterval(timer) };
     },
   };
+  return mover;
+
+  /**
+   * After a move's operation ended: its journal goes, unless the operation failed with the records
+   * still the destination's (`handed-over`, `sent`): its undoing failed too (a store that did not
+   * answer, records changed meanwhile), and the journal is what finishes or undoes it later, at
+   * the next try of `resumeUnfinished` (its timer, or the daemon's next start).
+   */
+  async function settle(mark: MoveMark, ended: Operation | undefined): Promise<void> {
+    const handed = mark.phase === 'handed-over' || mark.phase === 'sent';
+    if (ended?.status !== 'Success' && handed) {
+      log.error(
+        { guest: mark.guest, member: mark.to, phase: mark.phase },
+        'a failed move could not be undone: its journal is kept, to be finished or undone from it',
+      );
+      return;
+    }
+    await clearMoveMark(store, mark.guest);
+  }
 
   /**
    * Finishes or undoes a move this member's daemon left unfinished (decision 0079), from its
@@ -347,7 +417,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
    * member's copy is whole, the destination's empty or half); once it has, and for the moves
    * whose destination has everything from the hand-over on (a shared pool, a live move's
    * switch-over), it is finished. This member's copy goes only once the destination has the whole
-   * guest. The mark stays where a step could not be done, for the next start.
+   * guest. The mark stays where a step could not be done, for the next try.
    */
   async function resume(mark: MoveMark): Promise<Record<string, unknown>> {
     const name = mark.guest;
@@ -439,7 +509,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
       if (!back)
         throw conflict(
-          `Guest ${name}'s move to ${target} could not be undone; it is tried again at the next start`,
+          `Guest ${name}'s move to ${target} could not be undone; it is tried again within minutes, and at the daemon's next start`,
         );
       return done('undone: the guest stays here');
     }
@@ -472,12 +542,20 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
       if (!back)
         throw conflict(
-          `Guest ${name}'s move to ${target} could not be undone; it is tried again at the next start`,
+          `Guest ${name}'s move to ${target} could not be undone; it is tried again within minutes, and at the daemon's next start`,
         );
       return done('undone: the guest stays here');
     }
     await dropLocalCopy(before.spec);
     return done(`finished: the guest is on ${target}`);
+  }
+
+  /** A move that failed after its hand-over and whose undoing failed too: its journal is kept (`settle`). */
+  function unsettled(name: string, target: string, err: TrivisorError): TrivisorError {
+    return new TrivisorError(
+      err.code,
+      `Cannot move guest ${name} to ${target}: ${err.message}; it could not be undone either (its records name ${target}): it is finished or undone from its journal by ${hostName} within minutes`,
+    );
   }
 
   /** Clears an HA guest's move mark after a move given up before its switch-over. */
@@ -566,8 +644,10 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           }
         } catch (e) {
           const err = asTrivisorError(e);
-          if (flipped) await rollBack(name, target, flipped, wasRunning, ha, mark);
-          else {
+          if (flipped) {
+            if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
+              throw unsettled(name, target, err);
+          } else {
             // The mark goes first: HA starts an HA guest only once its record no longer moves.
             await endMark(ha);
             if (wasRunning) {
@@ -657,8 +737,10 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           }
         } catch (e) {
           const err = asTrivisorError(e);
-          if (flipped) await rollBack(name, target, flipped, wasRunning, ha, mark);
-          else {
+          if (flipped) {
+            if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
+              throw unsettled(name, target, err);
+          } else {
             await endMark(ha);
             if (wasRunning) {
               await deps.guests
@@ -813,7 +895,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           return measured;
         } catch (e) {
           const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
-          if (flippedAt) await unflip(name, target, checked, { generation: flippedAt.generation, ha, mark });
+          // Records that stay the destination's keep the guest there: this member's paused QEMU is
+          // not resumed (it would run twice), and the journal finishes the move later.
+          if (
+            flippedAt &&
+            !(await unflip(name, target, checked, { generation: flippedAt.generation, ha, mark }))
+          )
+            throw unsettled(name, target, err);
           const discard = async () => {
             if (!asked || prepareRefused) return;
             await deps.transport
@@ -853,6 +941,22 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
 
   /** Gives a live-moved guest's records back to this member after a hand-over that failed. */
   async function unflip(
+    name: string,
+    target: string,
+    checked: { spec: GuestSpec; status: GuestStatus },
+    options: { generation: number; ha: HaMoveTicket | undefined; mark: MoveMark },
+  ): Promise<boolean> {
+    // A store that does not answer is a failure to give them back like a refused transaction.
+    return giveBack(name, target, checked, options).catch((e: unknown) => {
+      log.error(
+        { guest: name, member: target, err: asTrivisorError(e).message },
+        'a failed live move could not give the records back',
+      );
+      return false;
+    });
+  }
+
+  async function giveBack(
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
