@@ -4,6 +4,7 @@ import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
 import type { GuestSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
+import { clearMoveMark, saveMoveMark } from '../services/move-marks.ts';
 import { createOperationService } from '../services/operation-service.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
@@ -155,6 +156,14 @@ describe('evacuation controller', () => {
         ['b', 'stop'],
       ],
     );
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: [], failed: [] });
+    // A move handed over but not ended (its mark is there: the source may still send or clean up)
+    // has not left yet; another member's move is not this evacuation's.
+    await saveMoveMark(store, { guest: 'a', from: 'h1', to: 'h2', reason: 'evacuation', startedAt: '' });
+    await saveMoveMark(store, { guest: 'elsewhere', from: 'h2', to: 'h1', reason: 'x', startedAt: '' });
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: ['a'], failed: [] });
+    await clearMoveMark(store, 'a');
+    await clearMoveMark(store, 'elsewhere');
     assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: [], failed: [] });
     // Again: nothing more to do.
     await controllerOf('h1').pass();

@@ -2,6 +2,7 @@ import { asTrivisorError, cancelled, failedPrecondition } from '../core/errors.t
 import type { EvacuateMode, GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
+import { listMoveMarks } from '../services/move-marks.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { GuestService, OperationContext, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -255,18 +256,23 @@ export async function retryFailedReturns(store: KvStore, member: string): Promis
 
 /**
  * How far the evacuation or restore of `member` is, from the records: the guests still to
- * leave it (or to come back to it), and those that could not, with the reason.
+ * leave it (or to come back to it), and those that could not, with the reason. A guest whose
+ * move away from `member` has not ended (its move mark is there: the records name the
+ * destination once it is handed over, but the source may still be sending its archive or
+ * removing its copy) has not left yet: a member powered off then would leave the move to its
+ * next start, and the guest's next move refused meanwhile.
  */
 export async function evacuationProgress(
   store: KvStore,
   member: string,
   action: 'evacuate' | 'restore',
 ): Promise<{ left: string[]; failed: Array<{ guest: string; error: string }> }> {
-  const [me, specs, statuses, listed] = await Promise.all([
+  const [me, specs, statuses, listed, marks] = await Promise.all([
     records.member.at(member).get(store),
     records.guest.list(store),
     records.guestStatus.list(store),
     records.evacuation.list(store),
+    action === 'evacuate' ? listMoveMarks(store) : [],
   ]);
   const evacuations = new Map(listed.items.map((r) => [records.evacuation.nameOf(r.key), r.value]));
   const statusOf = new Map(statuses.items.map((s) => [records.guestStatus.nameOf(s.key), s.value]));
@@ -281,7 +287,9 @@ export async function evacuationProgress(
         evacuationAction(s, me?.value.evacuateMode) === 'stop' ? up(statusOf.get(s.name)) : true,
       )
       .map((s) => s.name);
-    return { left, failed };
+    const listed = new Set(left);
+    const leaving = marks.filter((m) => m.from === member && !listed.has(m.guest)).map((m) => m.guest);
+    return { left: [...left, ...leaving], failed };
   }
   const left = [...evacuations].filter(([g, r]) => r.origin === member && !erred.has(g)).map(([g]) => g);
   return { left, failed };
