@@ -20,6 +20,7 @@ import { isTrivisorError } from '../../src/core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
 import { DEFAULT_UML_KERNEL } from '../../src/drivers/pvm/pvm-driver.ts';
 import { umlCgroupPids } from '../../src/drivers/pvm/uml-cgroup.ts';
+import { SETARCH } from '../../src/drivers/pvm/uml-command.ts';
 import { BWRAP, programFilesOf, SETPRIV } from '../../src/drivers/pvm/uml-jail.ts';
 import { UML_DENIED_SYSCALLS, umlSeccompProgram } from '../../src/drivers/pvm/uml-seccomp.ts';
 import { readChildPids } from '../../src/host/proc-stat.ts';
@@ -128,7 +129,7 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
     const { spec: s, id } = await running('jail-a');
     const guestDir = join(f.stateDir, 'guests', s.name);
     const runtimeDir = join(f.stateDir, 'run', 'pvm', s.name);
-    const programs = await programFilesOf([DEFAULT_UML_KERNEL, SETPRIV], hostRunner());
+    const programs = await programFilesOf([DEFAULT_UML_KERNEL, SETPRIV, SETARCH], hostRunner());
     const baseDisk = await f.image.baseDisk();
     const files = new Set([
       ...programs,
@@ -202,6 +203,9 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
       for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapAmb'])
         assert.equal(st[set], '0000000000000000', `${set} of ${pid}`);
     }
+    // The kernel runs without the host's address randomization (ADDR_NO_RANDOMIZE, decision 0081),
+    // so that its brk, and with it the guest's memory, is the same at every boot.
+    assert.equal(await readFile(`/proc/${id.pid}/personality`, 'utf8'), '00040000\n');
     // bwrap's first process: the kernel's parent, in the host's view, root without any capability.
     assert.equal(others.length, 1, `one process that is not the kernel: ${others.join(' ')}`);
     const [monitor] = others as [number];
@@ -210,6 +214,8 @@ describe('a pvm guest reaches nothing of the host (decision 0017)', () => {
     const st = await procStatus(monitor);
     for (const set of ['CapInh', 'CapPrm', 'CapEff', 'CapAmb'])
       assert.equal(st[set], '0000000000000000', `${set} of bwrap`);
+    // Only the kernel is started so: bwrap, root outside the jail, keeps its randomization.
+    assert.equal(await readFile(`/proc/${monitor}/personality`, 'utf8'), '00000000\n');
   });
 
   test('the filter denies what it lists in the real kernel, even to root', async () => {
