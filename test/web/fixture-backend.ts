@@ -49,6 +49,14 @@ export interface FixtureBackend {
   backups: FakeBackups;
   /** The daemon's backup directory (decisions 0070, 0074): a chain, a whole archive, a broken chain. */
   backupDir: string;
+  /** Each listing of the backup directory the API was asked for, in order: its `target` ('' without one). */
+  backupListings: string[];
+  /**
+   * Holds the next listing of `target`'s backup directory until `release()`: a slow member. Its
+   * answer then lists `guest`'s archives only, as that member's own directory would (the fixture
+   * has one directory). `asked` resolves when the request arrives; `release()` when it is answered.
+   */
+  holdBackupListing(target: string, guest: string): { asked: Promise<void>; release(): Promise<void> };
   /** A login link (`/login#code=…`) that signs a browser in as `caller`: another role than the token's. */
   loginLink(caller: Caller): Promise<string>;
   /** Changes a guest's status as a controller would: the store, then a lifecycle event. */
@@ -669,6 +677,32 @@ export async function startFixtureBackend(
     limits: {},
     web: { sessions, uiRoot: REPO },
   });
+  const backupListings: string[] = [];
+  type Hold = { target: string; guest: string; asked(): void; gate: Promise<void>; answered(): void };
+  let hold: Hold | undefined;
+  const heldRequests = new WeakMap<object, Hold>();
+  app.addHook('onRequest', async (request) => {
+    if (request.method !== 'GET' || request.routeOptions.url !== '/1.0/backups') return;
+    const target = (request.query as { target?: string }).target ?? '';
+    backupListings.push(target);
+    const h = hold;
+    if (h?.target !== target) return;
+    hold = undefined;
+    heldRequests.set(request, h);
+    h.asked();
+    await h.gate;
+  });
+  app.addHook('onSend', async (request, _reply, payload) => {
+    const h = heldRequests.get(request);
+    if (!h || typeof payload !== 'string') return payload;
+    const body = JSON.parse(payload) as { metadata?: unknown };
+    if (Array.isArray(body.metadata))
+      body.metadata = body.metadata.filter((a: { guest?: string }) => a.guest === h.guest);
+    return JSON.stringify(body);
+  });
+  app.addHook('onResponse', async (request) => {
+    heldRequests.get(request)?.answered();
+  });
   await app.listen({ host: '127.0.0.1', port: options.port ?? 0 });
   const port = (app.server.address() as { port: number }).port;
   return {
@@ -679,6 +713,30 @@ export async function startFixtureBackend(
     members: cluster.members,
     backups: storage.backups,
     backupDir,
+    backupListings,
+    holdBackupListing(target, guest) {
+      let asked!: () => void;
+      let open!: () => void;
+      let answered!: () => void;
+      const arrived = new Promise<void>((r) => {
+        asked = r;
+      });
+      const gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const done = new Promise<void>((r) => {
+        answered = r;
+      });
+      hold = { target, guest, asked, gate, answered };
+      return {
+        asked: arrived,
+        release() {
+          if (hold?.target === target) hold = undefined;
+          open();
+          return done;
+        },
+      };
+    },
     async loginLink(caller) {
       return `/login#code=${(await sessions.createLink(caller)).code}`;
     },

@@ -856,6 +856,49 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("the Backups page's rows are the chosen member's: a first load naming this member lists once; none of the last member's rows while another's list loads; a late answer for a member no longer chosen is dropped", async () => {
+    await signedIn();
+    const whole = 'vm-0002/20261204T030000Z.tar';
+    const rows = page.locator('table.backups tbody tr');
+    const from = backend.backupListings.length;
+    // web2's directory answers late, and holds only vm-0002's archives.
+    const slow = backend.holdBackupListing('web2', 'vm-0002');
+    try {
+      await page.goto(`${backend.url}/backups?member=fakehost`);
+      await page.locator(`tr[data-row="${whole}"]`).waitFor();
+      await page.locator('#backup-member').waitFor();
+      await page.selectOption('#backup-member', 'web2');
+      // Asked once the page was drawn for web2: what it shows now is web2's choice.
+      await slow.asked;
+      assert.deepEqual(
+        backend.backupListings.slice(from),
+        ['', 'web2'],
+        "one listing of this member's directory, not one by its name and one as this member's",
+      );
+      assert.equal(await rows.count(), 0, "no row of this member's while web2's list loads");
+      assert.equal(await page.locator('button:has-text("Import")').count(), 0);
+      // Chosen again before web2 answered: web3's list is shown, and web2's late answer is dropped.
+      await page.selectOption('#backup-member', 'web3');
+      await page.waitForURL(/member=web3/);
+      await page.locator(`tr[data-row="${whole}"]`).waitFor();
+      const count = await rows.count();
+      assert.ok(count > 1, `web3's directory lists every guest's archives (${count} rows)`);
+      const late = page.waitForResponse((r) => /\/1\.0\/backups\?.*target=web2/.test(r.url()));
+      await slow.release();
+      await (await late).finished();
+      // Past the tasks that would take the late answer in.
+      await page.evaluate(() => new Promise((r) => setTimeout(r, 0)));
+      assert.equal(await rows.count(), count, "web2's late answer replaced none of web3's rows");
+      await page.click(`button[aria-label="Import ${whole}"]`);
+      assert.match(
+        (await page.locator('h2', { hasText: `Import ${whole}` }).textContent()) ?? '',
+        / from web3$/,
+      );
+    } finally {
+      void slow.release();
+    }
+  });
+
   test("removing a member that holds guests shows the API's one-line refusal and changes nothing; forcing it, or removing an empty member, removes it", async () => {
     await signedIn();
     const saved = backend.members.map((m) => ({ ...m }));

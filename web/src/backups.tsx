@@ -33,6 +33,8 @@ export function sessionAllows(access: ActionClass): boolean {
 }
 
 type Archive = Awaited<ReturnType<typeof api.listBackupDirectory>>[number];
+/** One member's listing (undefined: this member's), or why it could not be read. */
+type Listing = { member: string | undefined; archives?: Archive[]; error?: string };
 
 const chainOf = (a: Archive) => (a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '–');
 
@@ -55,14 +57,26 @@ export function Backups() {
   );
   const asked = route.value.query.get('member') ?? undefined;
   const member = asked !== undefined && asked !== cluster.data?.self ? asked : undefined;
-  const list = useLoad(
-    () =>
-      readable
-        ? api.listBackupDirectory(member !== undefined ? { target: member } : {})
-        : Promise.resolve([] as Archive[]),
-    [readable, member],
+  // A member named in the URL may be this one: which, only the cluster's answer says. Listing before
+  // it would list this member's directory twice (once by name, once as this member's).
+  const known = asked === undefined || cluster.data !== undefined;
+  // Each answer says whose directory it lists: the rows shown are the chosen member's, never the
+  // previous choice's while the new list loads.
+  const listed = useLoad(
+    (): Promise<Listing> =>
+      !readable
+        ? Promise.resolve({ member, archives: [] })
+        : !known
+          ? new Promise<never>(() => {})
+          : api.listBackupDirectory(member !== undefined ? { target: member } : {}).then(
+              (archives) => ({ member, archives }),
+              (e: unknown) => ({ member, error: e instanceof Error ? e.message : String(e) }),
+            ),
+    [readable, known, member],
   );
-  const chosen = useSignal<Archive | null>(null);
+  const list = listed.data?.member === member ? listed.data : undefined;
+  // The archive whose import form is open, with the member whose directory holds it.
+  const picked = useSignal<{ archive: Archive; member: string | undefined } | null>(null);
   const importing = useSignal<string | null>(null);
   const guest = route.value.query.get('guest') ?? '';
   const sort = sortOf(['guest', 'name', 'kind', 'chain', 'sizeBytes', 'createdAt', 'restorable'] as const, {
@@ -78,11 +92,12 @@ export function Backups() {
       </Page>
     );
   }
-  const all = list.data ?? [];
+  const all = list?.archives ?? [];
   const guests = [...new Set([...all.map((a) => a.guest), ...(guest ? [guest] : [])])].sort();
   const shown = all.filter((a) => guest === '' || a.guest === guest);
   const importOp = importing.value ? operations.value.get(importing.value) : undefined;
-  const target = chosen.value;
+  const pick = picked.value;
+  const target = pick && pick.member === member ? pick.archive : null;
   return (
     <Page title="Backups">
       <div class="panel">
@@ -101,7 +116,7 @@ export function Backups() {
                 id="backup-member"
                 value={member ?? cluster.data?.self ?? ''}
                 onChange={(e) => {
-                  chosen.value = null;
+                  picked.value = null;
                   navigate(withQuery({ member: e.currentTarget.value, guest: null }), { replace: true });
                 }}
               >
@@ -129,8 +144,8 @@ export function Backups() {
             ))}
           </select>
         </div>
-        {!list.data ? (
-          <Loading error={list.error} />
+        {!list?.archives ? (
+          <Loading error={list?.error} />
         ) : shown.length === 0 ? (
           <p class="muted" data-testid="backups-empty">
             {guest ? `No archive of ${guest} is in the backup directory.` : 'The backup directory is empty.'}
@@ -186,7 +201,7 @@ export function Backups() {
                             aria-label={`Import ${a.archive}`}
                             aria-expanded={target?.archive === a.archive}
                             onClick={() => {
-                              chosen.value = target?.archive === a.archive ? null : a;
+                              picked.value = target?.archive === a.archive ? null : { archive: a, member };
                             }}
                           >
                             Import
@@ -226,7 +241,7 @@ export function Backups() {
               } finally {
                 importing.value = null;
               }
-              chosen.value = null;
+              picked.value = null;
             }}
           >
             <Field label="Name of the new guest" hint={`Default: the name in the archive (${target.guest})`}>
