@@ -31,3 +31,28 @@ export const BackupDirectoryArchiveSchema = Type.Object({
 });
 
 export type BackupDirectoryArchiveWire = Static<typeof BackupDirectoryArchiveSchema>;
+
+/**
+ * What the operation of a live restore (`import --live`, decision 0063) says of its times, in
+ * milliseconds from the operation's start: `runningAfterMs` once the guest runs on the archive,
+ * `completedAfterMs` once its disk is wholly its own (issue 20's time to running against time to
+ * complete, decision 0082). Absent until each happens.
+ */
+export interface LiveRestoreTimes {
+  runningAfterMs?: number;
+  completedAfterMs?: number;
+}
+
+/** The live restore's times in an operation's metadata (none for any other operation). */
+export function liveRestoreTimes(metadata: Readonly<Record<string, unknown>>): LiveRestoreTimes {
+  const ms = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined);
+  const running = ms(metadata.runningAfterMs);
+  const completed = ms(metadata.completedAfterMs);
+  return {
+    ...(running !== undefined && { runningAfterMs: running }),
+    ...(completed !== undefined && { completedAfterMs: completed }),
+  };
+}
+
+/** `3140` → `3.1 s`: a live restore's times as both clients show them. */
+export const secondsText = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;

@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { type Command, Option } from 'commander';
+import { liveRestoreTimes, secondsText } from '../api/backup-schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import { clientOf, parsePairs } from './context.ts';
@@ -194,7 +195,7 @@ export function addStorageCommands(program: Command): void {
             }));
         const done = await waitWithProgress(client, op, { label: `Importing ${file}` });
         process.stdout.write(
-          `${opts.live ? 'Restored live' : 'Imported'} ${String(done.metadata.name ?? name ?? '')}\n`,
+          `${opts.live ? 'Restored live' : 'Imported'} ${String(done.metadata.name ?? name ?? '')}${liveTimesText(done.metadata)}\n`,
         );
       },
     );
@@ -393,4 +394,17 @@ async function assertWritableFile(path: string): Promise<void> {
   if ((await stat(path).catch(() => null))?.isDirectory()) {
     throw new Error(`Cannot write ${path}: it is a directory; give a file name`);
   }
+}
+
+/**
+ * `, running after 3.1 s, complete after 42.0 s` for a live restore's finished operation (issue
+ * 20: its time to running against its time to complete); nothing for any other import.
+ */
+export function liveTimesText(metadata: Readonly<Record<string, unknown>>): string {
+  const t = liveRestoreTimes(metadata);
+  const parts = [
+    ...(t.runningAfterMs !== undefined ? [`running after ${secondsText(t.runningAfterMs)}`] : []),
+    ...(t.completedAfterMs !== undefined ? [`complete after ${secondsText(t.completedAfterMs)}`] : []),
+  ];
+  return parts.length > 0 ? `: ${parts.join(', ')}` : '';
 }

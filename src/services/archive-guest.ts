@@ -1,4 +1,5 @@
 import { alreadyExists, asTrivisorError, conflict, failedPrecondition } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { Model } from '../core/types.ts';
 import type { BackupManifest } from '../storage/storage-records.ts';
@@ -44,22 +45,37 @@ export function importingClaim(name: string) {
   };
 }
 
-/** Makes the archive's guest, marked pending an import until its files are in. */
+/**
+ * Makes the archive's guest, marked pending an import until its files are in. `onMade` is called
+ * once the guest is recorded as the import's: from then on a failure must remove it. A name
+ * taken meanwhile (a guest created between the check and here) is refused with nothing made and
+ * no marker left, so that neither the import's cleanup nor the next start's sweep removes a guest
+ * the import did not make (decision 0082).
+ */
 export async function createArchiveGuest(
   ctx: Pick<StorageContext, 'store' | 'finished' | 'createOn'>,
-  pool: string | undefined,
-  project: string,
-  name: string,
+  target: { pool: string | undefined; project: string; name: string; onMade: () => void },
   manifest: BackupManifest,
 ): Promise<void> {
+  const { pool, project, name } = target;
   await records.storagePending.at(name).put(ctx.store, { kind: 'import' });
-  await ctx.finished(
-    await ctx.createOn(pool, {
+  const op = await ctx
+    .createOn(pool, {
       name,
       project,
       image: manifest.image.fingerprint,
       model: manifest.guest.model as Model,
       config: manifest.guest.config,
-    }),
-  );
+    })
+    .catch(async (e: unknown) => {
+      if (asTrivisorError(e).code === 'AlreadyExists') {
+        await ctx.store.delete(keys.storagePending(name));
+        throw e;
+      }
+      // Anything else may have left a record of the import's: the caller's cleanup removes it.
+      target.onMade();
+      throw e;
+    });
+  target.onMade();
+  await ctx.finished(op);
 }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { aGuestSpec, aGuestStatus } from '../../test/fakes/guest-records.ts';
-import { unavailable } from '../core/errors.ts';
+import { alreadyExists, unavailable } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import type { Operation } from '../core/types.ts';
 import type { BackupChainLink, GuestStorage } from '../drivers/guest-storage.ts';
@@ -66,6 +66,8 @@ describe('a chain imported from the backup directory leaves nothing when a link 
   let onCreate: () => Promise<void>;
   /** Runs when an incremental link is applied, with the link's abort signal. */
   let onIncremental: (signal: AbortSignal | undefined) => Promise<void>;
+  /** Runs when the import checks the archive's image (after it found the name free). */
+  let onImageCheck: () => Promise<void>;
 
   beforeEach(async () => {
     work = await mkdtemp(join(tmpdir(), 'trivisor-chain-import-'));
@@ -77,9 +79,13 @@ describe('a chain imported from the backup directory leaves nothing when a link 
     calls = [];
     onCreate = async () => {};
     onIncremental = async () => {};
+    onImageCheck = async () => {};
     const done = () => operations.start({ description: 'fake', run: async () => undefined });
     const guests = {
       async create(request: { name: string; project: string }) {
+        // As the real service: a taken name is refused before anything is recorded.
+        if (await records.guest.at(request.name).get(store))
+          throw alreadyExists(`Guest ${request.name} already exists`);
         calls.push(`create ${request.name}`);
         await records.guest
           .at(request.name)
@@ -116,7 +122,12 @@ describe('a chain imported from the backup directory leaves nothing when a link 
       store,
       storage: { ct },
       guests,
-      images: { get: async (ref: string) => ({ fingerprint: ref }) as never },
+      images: {
+        get: async (ref: string) => {
+          await onImageCheck();
+          return { fingerprint: ref } as never;
+        },
+      },
       operations,
       events: createEventBus(),
       runner: hostRunner(),
@@ -222,5 +233,21 @@ describe('a chain imported from the backup directory leaves nothing when a link 
     // Nor does a discard asked for by mistake remove a guest no import marked.
     await service.discardImport('c1');
     assert.ok(await records.guest.at('c1').get(store));
+  });
+
+  test('a guest made under the name while the import checked it stays: the full is refused, with no marker left for the sweep', async () => {
+    onImageCheck = async () => {
+      await records.guest.at('c1').put(store, aGuestSpec({ name: 'c1' }));
+    };
+    const end = await operations.wait((await importChain()).id);
+    assert.equal(end.status, 'Failure');
+    assert.equal(end.metadata.errorCode, 'AlreadyExists');
+    assert.ok(await records.guest.at('c1').get(store), 'the guest made meanwhile stays');
+    assert.equal(
+      await records.storagePending.at('c1').get(store),
+      undefined,
+      'the next start sweeps nothing',
+    );
+    assert.deepEqual(calls, []);
   });
 });

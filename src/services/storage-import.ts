@@ -141,8 +141,18 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
             await assertArchiveGuestFits(view.ctx, project, name, manifest);
             await claims.holding('guest', name, importingClaim(name), async () => {
               ctx.progress(0, 'creating the guest');
-              created = name;
-              await createArchiveGuest(view.ctx, request.storage, project, name, manifest);
+              await createArchiveGuest(
+                view.ctx,
+                {
+                  pool: request.storage,
+                  project,
+                  name,
+                  onMade: () => {
+                    created = name;
+                  },
+                },
+                manifest,
+              );
               const { spec } = await load(name);
               const storage = storageFor(spec);
               progress.stage('root file system');

@@ -483,13 +483,14 @@ function fakeStorage(
         resources: { guests: [`/1.0/guests/${guest}`] },
         run: async (ctx) => {
           if (!live) return undefined;
-          // Half the disk copied behind the running guest, as the block job reports it.
+          // The guest runs on the archive, half its disk copied behind it, as the block job reports it.
+          ctx.setMetadata({ runningAfterMs: 3140 });
           ctx.progress(50, '256 MiB of 512 MiB copied, 128 MiB/s, 2 s left');
           await new Promise<void>((resolve) => {
             release = resolve;
           });
           release = undefined;
-          return undefined;
+          return { name: guest, runningAfterMs: 3140, completedAfterMs: 42_000 };
         },
       });
     },

@@ -1,5 +1,6 @@
 import type { ComponentChildren, JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
+import { liveRestoreTimes, secondsText } from '../../src/api/backup-schemas.ts';
 import type { Operation } from '../../src/api/types.ts';
 import { href, route } from './router.ts';
 import { attempt } from './state.ts';
@@ -176,13 +177,18 @@ export const when = (iso: string | null | undefined): string =>
 export const memberChoice = (m: { name: string; status: string }, self: string | undefined): string =>
   m.name + (m.name === self ? ' (this member)' : m.status === 'Online' ? '' : ` (${m.status})`);
 
-/** A running operation's description, progress text and bar, announced as a status. */
+/**
+ * A running operation's description, progress text and bar, announced as a status; a live
+ * restore's also says when its guest was running (its copy goes on behind it).
+ */
 export function OperationProgress(props: { op: Operation; testId: string }) {
   const { op } = props;
+  const { runningAfterMs } = liveRestoreTimes(op.metadata);
   return (
     <div role="status" data-testid={props.testId}>
       {op.description}
-      {op.progressText ? `: ${op.progressText}` : ''}{' '}
+      {op.progressText ? `: ${op.progressText}` : ''}
+      {runningAfterMs !== undefined ? ` (running after ${secondsText(runningAfterMs)})` : ''}{' '}
       {op.progress !== null && <progress value={op.progress} max={100} aria-label={op.description} />}
     </div>
   );
