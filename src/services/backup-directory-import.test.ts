@@ -250,4 +250,18 @@ describe('a chain imported from the backup directory leaves nothing when a link 
     );
     assert.deepEqual(calls, []);
   });
+
+  test('a cancel that comes while the last link is being started cancels it too, and the guest goes', async () => {
+    const real = service.inProject('default');
+    let chain: Operation | undefined;
+    const cancelling: Pick<StorageService, 'importBackup' | 'discardImport'> = {
+      importBackup: async (request) => {
+        if (request.chain?.last && chain) operations.cancel(chain.id);
+        return real.importBackup(request);
+      },
+      discardImport: (name) => real.discardImport(name),
+    };
+    chain = await importChain(cancelling);
+    await refusedLeavingNothing(chain, 'Cancelled', /cancelled/);
+  });
 });

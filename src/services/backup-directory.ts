@@ -286,6 +286,8 @@ export async function importFromBackupDirectory(
             await rm(mine, { force: true });
             throw e;
           }
+          // A cancel that came while this link was being started reaches it too.
+          if (op.signal.aborted) onAbort();
           const end = await succeeded(deps.operations, current);
           if (i === 0)
             made = typeof end.metadata.name === 'string' ? end.metadata.name : (request.name ?? guest);
