@@ -119,6 +119,42 @@ describe('consolidation planner', () => {
     assert.equal(firstFitDecreasing(anti, { hostSize: { cpu: 4.1 }, sizing: 'peak' }).hosts.length, 2);
   });
 
+  test('the settled plan is evened out: best fit leaves a full host and a light one, the plan two halves', () => {
+    // Best fit puts a and b together (90%) and c alone (30%); one host cannot hold all three.
+    const steady = (id: string, cores: number) => workload(id, 24, () => true, cores);
+    const inv = inventory([steady('a', 2.4), steady('b', 1.2), steady('c', 1.2)]);
+    const plan = planConsolidation(inv, { hostSize: { cpu: 4 } });
+    assert.equal(plan.hosts.length, 2);
+    const replay = replayPlan(plan.hosts, inv, { cpu: 4 });
+    assert.equal(replay.hostIntervalsOver100, 0);
+    assert.deepEqual(
+      replay.hosts.map((h) => Math.round(h.peakLoadPercent)),
+      [60, 60],
+      plan.hosts.map((h) => h.workloads.join('+')).join(' | '),
+    );
+  });
+
+  test('evening out never adds intervals over 100%: a move that would even the load but overload is not made', () => {
+    // w and u fill one host exactly; v is a spike of 3.5 cores in one interval. Moving w next to v
+    // would lower Σ load² (w is steady, v mostly idle) but put that host at 5.5 cores then.
+    const series = (id: string, f: (t: number) => number): Workload => ({
+      id,
+      cpuCapacity: 4,
+      cpu: Float64Array.from({ length: 24 }, (_, t) => f(t)),
+      file: 'synthetic.csv',
+      line: 2,
+    });
+    const inv = inventory([
+      series('v', (t) => (t === 0 ? 3.5 : 0.1)),
+      series('w', () => 2),
+      series('u', () => 2),
+    ]);
+    const plan = planConsolidation(inv, { hostSize: { cpu: 4 }, percentile: 100 });
+    assert.equal(plan.hosts.length, 2);
+    const replay = replayPlan(plan.hosts, inv, { cpu: 4 });
+    assert.equal(replay.hostIntervalsOver100, 0, plan.hosts.map((h) => h.workloads.join('+')).join(' | '));
+  });
+
   test('headroomByPeriod gives the plan’s headroom day by day (week by week from two weeks on)', () => {
     const cpu = Float64Array.from({ length: 3 * 288 }, (_, t) => 1 + Math.floor(t / 288));
     const inv = inventory([{ ...workload('a', 3 * 288, () => false), cpu }]);

@@ -52,6 +52,8 @@ const ANNEAL_WORK = 6e8;
 const ANNEAL_MAX_STEPS = 1_000_000;
 /** A count whose local search ends over this many times its budget is not annealed (it never got there). */
 const ANNEAL_REACH = 2;
+/** At most this many passes evening the settled plan's load out (Packer.evenOut). */
+const MAX_EVEN_PASSES = 20;
 
 /** The dimensions the host constrains: CPU always, memory when both the host and the inventory have it. */
 function normalize(inv: Inventory, size: HostSize): Normalized[] {
@@ -447,6 +449,73 @@ class Packer {
     return n;
   }
 
+  /** Intervals in which `sum` (+ `sign` × `load`, when given) is over 100% in any dimension. */
+  private intervalsOver(sum: Float64Array, load?: Float64Array, sign = 0): number {
+    const { T, dims } = this;
+    let n = 0;
+    for (let t = 0; t < T; t++) {
+      for (let d = 0; d < dims; d++) {
+        const i = d * T + t;
+        if ((sum[i] as number) + (load ? sign * (load[i] as number) : 0) > 1 + EPS) {
+          n++;
+          break;
+        }
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Evens the hosts' load out once their count is settled: each workload moves to the host where
+   * the plan's Σ load² (over hosts, dimensions and intervals) falls most, provided the two hosts it
+   * changes are not over 100% in more intervals between them than before. The packings above fill
+   * hosts to their percentile (best fit leaves the last hosts light), which holds on the planning
+   * period only: a later period that is heavier overloads the full hosts first (decision 0047).
+   * Passes bounded by a count, never by time; ties keep the first host in plan order.
+   */
+  evenOut(bins: Bin[]): void {
+    const over = bins.map((b) => this.intervalsOver(b.sum));
+    for (let pass = 0; pass < MAX_EVEN_PASSES; pass++) {
+      let moved = 0;
+      for (let a = 0; a < bins.length; a++) {
+        const from = bins[a] as Bin;
+        for (const n of [...from.members]) {
+          const A = from.sum;
+          const w = n.load;
+          let to = -1;
+          let best = EPS;
+          let overA = 0;
+          let overB = 0;
+          let leftA = -1;
+          for (let b = 0; b < bins.length; b++) {
+            if (b === a) continue;
+            const B = (bins[b] as Bin).sum;
+            // Σ load² after − before, on the two hosts: 2 Σ w (B − A + w).
+            let delta = 0;
+            for (let i = 0; i < w.length; i++)
+              delta += (w[i] as number) * ((B[i] as number) - (A[i] as number) + (w[i] as number));
+            const gain = -2 * delta;
+            if (gain <= best) continue;
+            if (leftA < 0) leftA = this.intervalsOver(A, w, -1);
+            const landed = this.intervalsOver(B, w, 1);
+            if (leftA + landed > (over[a] as number) + (over[b] as number)) continue;
+            to = b;
+            best = gain;
+            overA = leftA;
+            overB = landed;
+          }
+          if (to < 0) continue;
+          this.remove(from, n);
+          this.add(bins[to] as Bin, n);
+          over[a] = overA;
+          over[to] = overB;
+          moved++;
+        }
+      }
+      if (moved === 0) break;
+    }
+  }
+
   /**
    * Tries to empty each host, the least loaded first, by moving all its workloads onto the others
    * (undone when one does not fit): the greedy pass opens hosts early that end up nearly empty.
@@ -557,6 +626,7 @@ export function planConsolidation(inv: Inventory, options: PlanOptions): Plan {
     best = bins.filter((b) => b.members.length > 0);
     method = `correlation-aware packing with a shared overload budget of ${round(100 - p)}% of host-intervals`;
   }
+  packer.evenOut(best);
   return {
     hostSize: size,
     method,
