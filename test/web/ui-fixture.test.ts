@@ -308,6 +308,82 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
     }
   });
 
+  test("the dashboard's charts are the chosen member's: a first load naming this member asks its history once; none of the last member's charts while another's history loads; a late answer for a member no longer chosen is dropped", async () => {
+    await signedIn();
+    // As in the test above, another member's answer is the fixture's own history under its name.
+    // web2's comes late, and says another range, so that drawing it would show.
+    const history = /\/1\.0\/metrics\/history\?/;
+    const others = /\/1\.0\/metrics\/history\?.*target=(web2|web3)/;
+    const asked: string[] = [];
+    const onRequest = (q: { url(): string }) => {
+      if (history.test(q.url())) asked.push(new URL(q.url()).searchParams.get('target') ?? '');
+    };
+    let arrived!: () => void;
+    const web2Asked = new Promise<void>((r) => {
+      arrived = r;
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    await page.route(others, async (route) => {
+      const url = route.request().url();
+      const member = new URL(url).searchParams.get('target');
+      const own = await route.fetch({ url: url.replace(`&target=${member}`, '') });
+      const body = await own.json();
+      body.metadata.target = `host/${member}`;
+      if (member === 'web2') {
+        arrived();
+        await gate;
+        body.metadata.range = 'week';
+      }
+      await route.fulfill({ response: own, json: body }).catch(() => {});
+    });
+    page.on('request', onRequest);
+    const charts = page.locator('.uplot');
+    try {
+      // The day range: no reading again every 10 s during the test.
+      await page.goto(`${backend.url}/?charts=1&range=day&member=fakehost`);
+      await page.waitForSelector('.uplot canvas');
+      const choice = page.locator('select#f-member-s-charts');
+      await choice.waitFor();
+      await choice.selectOption('web2');
+      // Asked once the page was drawn for web2: what it shows now is web2's choice.
+      await web2Asked;
+      assert.deepEqual(
+        asked,
+        ['', 'web2'],
+        "this member's history once, not by its name and then as this member's",
+      );
+      assert.equal(
+        await charts.count(),
+        0,
+        "no chart of this member's under web2's name while web2's history loads",
+      );
+      // Chosen again before web2 answered: web3's charts are drawn, and web2's late answer is dropped.
+      await choice.selectOption('web3');
+      await page.locator('#host-charts', { hasText: 'of web3' }).waitFor();
+      await page.waitForSelector('.uplot canvas');
+      const late = page.waitForResponse((r) => /target=web2/.test(r.url()));
+      release();
+      await (await late).finished();
+      // Past the tasks that would take the late answer in.
+      await page.evaluate(() => new Promise((r) => setTimeout(r, 0)));
+      const titles = await page
+        .locator('.chart [title]')
+        .evaluateAll((els) => els.map((e) => e.getAttribute('title')));
+      assert.equal(titles.length, 4);
+      assert.ok(
+        titles.every((t) => t?.endsWith('over the last day')),
+        titles.join(', '),
+      );
+    } finally {
+      release();
+      page.off('request', onRequest);
+      await page.unroute(others);
+    }
+  });
+
   test("the members view shows each member's status, address, roles, measured usage and guests, and nothing the API lacks", async () => {
     await signedIn();
     await page.goto(`${backend.url}/members`);

@@ -49,11 +49,14 @@ export function Charts(props: { target: ChartTarget }) {
   const key = props.target.kind === 'host' ? `host/${props.target.member ?? ''}` : props.target.name;
   const history = useLoad(
     () =>
-      props.target.kind === 'host'
+      (props.target.kind === 'host'
         ? api.hostHistory(range, props.target.member)
-        : api.guestHistory(props.target.name, range),
+        : api.guestHistory(props.target.name, range)
+      ).then((h) => ({ key, history: h })),
     [key, range],
   );
+  // Only the history of whom the page names is drawn: the last choice's is not, while the new one loads.
+  const shown = history.data?.key === key ? history.data.history : undefined;
   useEffect(() => {
     // The newest step fills up as samples arrive: read again every step of the hour range.
     if (range !== 'hour') return;
@@ -77,12 +80,14 @@ export function Charts(props: { target: ChartTarget }) {
         ))}
       </fieldset>
       {history.error && <p role="alert">{history.error}</p>}
-      {history.data && (
+      {shown ? (
         <div class="charts">
           {GROUPS.map((g) => (
-            <Chart key={g.title} group={g} history={history.data!} />
+            <Chart key={g.title} group={g} history={shown} />
           ))}
         </div>
+      ) : (
+        !history.error && <p class="muted">Loading…</p>
       )}
     </div>
   );

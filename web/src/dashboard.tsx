@@ -157,7 +157,13 @@ export function Dashboard() {
         )}
         {/* Chart code loads when asked for: the first page stays small. */}
         {route.value.query.get('charts') === '1' ? (
-          <Charts target={chartMember ? { kind: 'host', member: chartMember } : { kind: 'host' }} />
+          // A member named in the URL may be this one: the charts wait for the cluster's answer, so
+          // that this member's history is asked for once, not by name and then as this member's.
+          chosen !== undefined && !cluster.data ? (
+            <p class="muted">Loading…</p>
+          ) : (
+            <Charts target={chartMember ? { kind: 'host', member: chartMember } : { kind: 'host' }} />
+          )
         ) : (
           <button type="button" onClick={() => navigate(withQuery({ charts: '1' }), { replace: true })}>
             Show charts
