@@ -309,8 +309,17 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         wasRunning: up(checked.status),
         ...(kind === 'live' && checked.onShared && { sharedDisk: true }),
       };
-      const release = await markMove(store, mark, [records.guest.at(name).unchanged(checked.specRevision)]);
+      // Counted as running before its mark is written: the retry timer, listing the marks meanwhile,
+      // must never take a move that runs for one left unfinished.
+      if (running.has(name)) throw conflict(`Guest ${name} is being moved already`);
       running.add(name);
+      let release: () => Promise<void>;
+      try {
+        release = await markMove(store, mark, [records.guest.at(name).unchanged(checked.specRevision)]);
+      } catch (e) {
+        running.delete(name);
+        throw e;
+      }
       let ha: HaMoveTicket | undefined;
       try {
         // An HA guest's record says it moves before anything of it leaves (refused, changing
