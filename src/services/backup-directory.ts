@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { copyFile, link, lstat, mkdir, readdir, realpath, rm } from 'node:fs/promises';
 import { basename, isAbsolute, join, sep } from 'node:path';
-import { failedPrecondition, invalidArgument, notFound, TrivisorError } from '../core/errors.ts';
+import { cancelled, failedPrecondition, invalidArgument, notFound } from '../core/errors.ts';
 import { isDnsLabel } from '../core/names.ts';
 import type { Operation } from '../core/types.ts';
 import {
@@ -265,7 +265,7 @@ export async function importFromBackupDirectory(
       op.signal.addEventListener('abort', onAbort, { once: true });
       try {
         for (const [i, l] of links.entries()) {
-          if (op.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+          if (op.signal.aborted) throw cancelled('The import was cancelled');
           op.progress(Math.round((100 * i) / links.length), `importing link ${i + 1} of ${links.length}`);
           const mine = await disposableLink(l, deps.workDir).catch((e: NodeJS.ErrnoException) => {
             if (e.code !== 'ENOENT') throw e;
@@ -297,7 +297,7 @@ export async function importFromBackupDirectory(
         // Only a guest still marked as this import's is removed; should that fail, the marker
         // stays and the next start's sweep removes it.
         if (made !== undefined) await deps.storage.discardImport(made).catch(() => {});
-        if (op.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+        if (op.signal.aborted) throw cancelled('The import was cancelled');
         throw e;
       } finally {
         op.signal.removeEventListener('abort', onAbort);
