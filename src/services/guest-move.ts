@@ -358,9 +358,12 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       try {
         // A move this daemon runs is its operation's, not left unfinished; one whose last try
         // failed waits for its next (decision 0079).
-        const mine = (await listMoveMarks(store)).filter(
-          (m) =>
-            m.from === hostName && !running.has(m.guest) && (retries.get(m.guest)?.dueAt ?? 0) <= Date.now(),
+        const marks = (await listMoveMarks(store)).filter((m) => m.from === hostName);
+        // A move whose mark went meanwhile (finished, its member removed) has no retry to wait for.
+        const marked = new Set(marks.map((m) => m.guest));
+        for (const guest of retries.keys()) if (!marked.has(guest)) retries.delete(guest);
+        const mine = marks.filter(
+          (m) => !running.has(m.guest) && (retries.get(m.guest)?.dueAt ?? 0) <= Date.now(),
         );
         for (const mark of mine) {
           const spec = await records.guest.at(mark.guest).get(store);
@@ -516,10 +519,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       }
       // This member's copy is whole; the destination's empty or half: undone.
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
-      if (!back)
-        throw conflict(
-          `Guest ${name}'s move to ${target} could not be undone; it is tried again within minutes, and at the daemon's next start`,
-        );
+      if (!back) throw notUndone(name, target);
       return done('undone: the guest stays here');
     }
     // The destination has the whole guest (the archive applied, a shared pool, a switch-over).
@@ -549,14 +549,18 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       // The destination cannot run it, and it has not run there: back here, as a move that fails.
       log.warn({ ...at, err: asTrivisorError(e).message }, 'the destination could not run the guest');
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
-      if (!back)
-        throw conflict(
-          `Guest ${name}'s move to ${target} could not be undone; it is tried again within minutes, and at the daemon's next start`,
-        );
+      if (!back) throw notUndone(name, target);
       return done('undone: the guest stays here');
     }
     await dropLocalCopy(before.spec);
     return done(`finished: the guest is on ${target}`);
+  }
+
+  /** A resume that could not undo its move: the journal stays for the next try. */
+  function notUndone(name: string, target: string): TrivisorError {
+    return conflict(
+      `Guest ${name}'s move to ${target} could not be undone; it is tried again within minutes, and at the daemon's next start`,
+    );
   }
 
   /** A move that failed after its hand-over and whose undoing failed too: its journal is kept (`settle`). */

@@ -127,6 +127,10 @@ interface BlockJob {
   ready: boolean;
   status?: string;
 }
+/** The move's disk mirror job, if this QEMU has it. */
+const mirrorJobOf = async (qmp: MigrationQmp): Promise<BlockJob | undefined> =>
+  (await qmp.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+
 interface MigrateInfo {
   status?: string;
   downtime?: number;
@@ -196,8 +200,7 @@ export async function migrateOut(
   const aborted = () => {
     if (signal.aborted) throw cancelled('The live move was cancelled');
   };
-  const mirrorJob = async (via: MigrationQmp = qmp): Promise<BlockJob | undefined> =>
-    (await via.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+  const mirrorJob = (via: MigrationQmp = qmp) => mirrorJobOf(via);
   let tls = false;
   try {
     if (options.tlsDir) {
@@ -383,8 +386,7 @@ export async function recoverSource(
     return true;
   });
   await step(`the mirror job ${MIRROR_JOB} cancelled`, async () => {
-    const job = async () =>
-      (await qmp.execute<BlockJob[]>('query-block-jobs')).find((j) => j.device === MIRROR_JOB);
+    const job = () => mirrorJobOf(qmp);
     const found = await job();
     if (!found) return false;
     if (found.status !== 'concluded') {
