@@ -13,6 +13,7 @@ import {
   OperationProgress,
   Page,
   useLoad,
+  useLoadFor,
   when,
 } from './ui.tsx';
 
@@ -33,8 +34,8 @@ export function sessionAllows(access: ActionClass): boolean {
 }
 
 type Archive = Awaited<ReturnType<typeof api.listBackupDirectory>>[number];
-/** One member's listing (undefined: this member's), or why it could not be read. */
-type Listing = { member: string | undefined; archives?: Archive[]; error?: string };
+/** A member's listing, or why it could not be read. */
+type Listing = { archives?: Archive[]; error?: string };
 
 const chainOf = (a: Archive) => (a.chain !== undefined ? `${a.chain}#${a.sequence ?? 0}` : '–');
 
@@ -60,21 +61,21 @@ export function Backups() {
   // A member named in the URL may be this one: which, only the cluster's answer says. Listing before
   // it would list this member's directory twice (once by name, once as this member's).
   const known = asked === undefined || cluster.data !== undefined;
-  // Each answer says whose directory it lists: the rows shown are the chosen member's, never the
-  // previous choice's while the new list loads.
-  const listed = useLoad(
+  // The rows shown are the chosen member's (undefined: this one's), never the previous choice's
+  // while the new list loads; so is a refusal.
+  const list = useLoadFor(
+    member,
     (): Promise<Listing> =>
       !readable
-        ? Promise.resolve({ member, archives: [] })
+        ? Promise.resolve({ archives: [] })
         : !known
           ? new Promise<never>(() => {})
           : api.listBackupDirectory(member !== undefined ? { target: member } : {}).then(
-              (archives) => ({ member, archives }),
-              (e: unknown) => ({ member, error: e instanceof Error ? e.message : String(e) }),
+              (archives) => ({ archives }),
+              (e: unknown) => ({ error: e instanceof Error ? e.message : String(e) }),
             ),
     [readable, known, member],
-  );
-  const list = listed.data?.member === member ? listed.data : undefined;
+  ).data;
   // The archive whose import form is open, with the member whose directory holds it.
   const picked = useSignal<{ archive: Archive; member: string | undefined } | null>(null);
   const importing = useSignal<string | null>(null);

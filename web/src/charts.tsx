@@ -4,7 +4,7 @@ import uplotCss from 'uplot/dist/uPlot.min.css';
 import { HISTORY_RANGES, type History, type HistoryRange } from '../../src/api/web-schemas.ts';
 import { navigate, route, withQuery } from './router.ts';
 import { api } from './state.ts';
-import { bytes, useLoad } from './ui.tsx';
+import { bytes, useLoadFor } from './ui.tsx';
 
 /** Whose history: a member's (this one's without `member`), or a guest's. */
 export type ChartTarget = { kind: 'host'; member?: string } | { kind: 'guest'; name: string };
@@ -47,16 +47,16 @@ const COLORS = ['#1f77b4', '#d62728'];
 export function Charts(props: { target: ChartTarget }) {
   const range = (route.value.query.get('range') as HistoryRange | null) ?? 'hour';
   const key = props.target.kind === 'host' ? `host/${props.target.member ?? ''}` : props.target.name;
-  const history = useLoad(
+  // Only the history of whom the page names is drawn: the last choice's is not, while the new one loads.
+  const history = useLoadFor(
+    key,
     () =>
-      (props.target.kind === 'host'
+      props.target.kind === 'host'
         ? api.hostHistory(range, props.target.member)
-        : api.guestHistory(props.target.name, range)
-      ).then((h) => ({ key, history: h })),
+        : api.guestHistory(props.target.name, range),
     [key, range],
   );
-  // Only the history of whom the page names is drawn: the last choice's is not, while the new one loads.
-  const shown = history.data?.key === key ? history.data.history : undefined;
+  const shown = history.data;
   useEffect(() => {
     // The newest step fills up as samples arrive: read again every step of the hour range.
     if (range !== 'hour') return;

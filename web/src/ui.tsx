@@ -138,6 +138,20 @@ export function useLoad<T>(
   return { data, error, reload: () => setTick((t) => t + 1) };
 }
 
+/**
+ * `useLoad` for the object `current` names (a member, a guest): an answer loaded for another one
+ * (the last choice, while the new one loads, or a late answer for it) is never the data.
+ */
+export function useLoadFor<K, T>(
+  current: K,
+  load: () => Promise<T>,
+  key: unknown[],
+): { data: T | undefined; error: string | undefined; reload: () => void } {
+  const loaded = useLoad(() => load().then((data) => ({ for: current, data })), key);
+  const mine = loaded.data !== undefined && loaded.data.for === current ? loaded.data.data : undefined;
+  return { ...loaded, data: mine };
+}
+
 export function Loading(props: { error?: string | undefined }) {
   return props.error ? <p role="alert">{props.error}</p> : <p class="muted">Loading…</p>;
 }
