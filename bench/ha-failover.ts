@@ -10,8 +10,12 @@
 //   same way; then its daemon is started again (it starts its etcd and agent again).
 // - The baseline, in the same run: the same guest stopped and started by hand on one member
 //   (`trivisor stop`, `trivisor start`), the part of a failover no detection can save.
+// - Model loss runs: an HA pvm and an HA vm guest launched beside the writer, then that whole
+//   member killed; each of the three timed to `Running` elsewhere (the vm boots under TCG, the
+//   pvm boots its UML kernel: the boot is part of the failover), then both deleted again. The
+//   baseline for them: a plain pvm and vm guest started by hand on one member.
 // At the end the log, read from the guest, must show no two boots writing at the same time.
-// Usage: node bench/ha-failover.ts [partitions=100] [losses=20] [baseline=5]
+// Usage: node bench/ha-failover.ts [partitions=100] [losses=20] [baseline=5] [modelLosses=5]
 
 import { mkdir } from 'node:fs/promises';
 import { loadavg } from 'node:os';
@@ -33,6 +37,12 @@ import { percentile, writeResult } from './lib.ts';
 const partitions = Number(process.argv[2] ?? 100);
 const losses = Number(process.argv[3] ?? 20);
 const baselineRounds = Number(process.argv[4] ?? 5);
+const modelLosses = Number(process.argv[5] ?? 5);
+/** The HA guests of the other two models, as cluster-ha.test.ts launches them. */
+const models = [
+  ['pvm', ['--model', 'pvm', '-c', 'limits.memory=64MiB']],
+  ['vm', ['--model', 'vm', '-c', 'limits.memory=128MiB']],
+] as const;
 const loadAtStart = loadavg();
 
 const summary = (ms: number[]) => ({
@@ -65,6 +75,20 @@ try {
     baseline.push(Date.now() - t0);
   }
   m1.daemon.ok(['delete', '--force', 'plain']);
+  // The same by hand for a pvm and a vm guest: their boot, which a failover cannot save either.
+  const modelBaseline: Record<string, number[]> = {};
+  for (const [model, args] of models) {
+    const name = `plain-${model}`;
+    m1.daemon.ok([...base.slice(0, 2), name, ...base.slice(2), ...args]);
+    modelBaseline[model] = [];
+    for (let i = 0; i < baselineRounds; i++) {
+      m1.daemon.ok(['stop', '--force', name]);
+      const t0 = Date.now();
+      m1.daemon.ok(['start', name]);
+      modelBaseline[model].push(Date.now() - t0);
+    }
+    m1.daemon.ok(['delete', '--force', name]);
+  }
 
   const partitionMs: number[] = [];
   for (let i = 0; i < partitions; i++) {
@@ -74,19 +98,47 @@ try {
   }
 
   const lossMs: number[] = [];
-  for (let i = 0; i < losses; i++) {
+  const modelLossMs: Record<string, number[]> = { ct: [], pvm: [], vm: [] };
+  for (let i = 0; i < losses + modelLosses; i++) {
+    const withModels = i >= losses;
     const where = locate(m1, 'ha-log') ?? locate(cluster.hosts[1] ?? m1, 'ha-log');
     const owner = cluster.hosts.find((h) => h.name === where?.location);
     if (!owner) throw new Error(`ha-log is nowhere (${JSON.stringify(where)})`);
     const others = cluster.hosts.filter((h) => h !== owner);
+    const via = others[0] ?? m1;
+    if (withModels)
+      for (const [model, args] of models)
+        via.daemon.ok([
+          'launch',
+          'busybox',
+          `ha-${model}`,
+          '--target',
+          owner.name,
+          '--storage',
+          'hapool',
+          '-c',
+          'ha.enabled=true',
+          ...args,
+        ]);
     const killedAt = Date.now();
     await owner.daemon.kill9();
     killMember(owner.daemon.stateDir);
-    const r = await runningElsewhere(others, 'ha-log', owner.name, killedAt);
-    lossMs.push(r.ms);
-    console.log(`loss ${i + 1}/${losses}: ${owner.name} killed, running on ${r.on} after ${r.ms} ms`);
+    const names = withModels ? ['ha-log', ...models.map(([m]) => `ha-${m}`)] : ['ha-log'];
+    const found = await Promise.all(names.map((n) => runningElsewhere(others, n, owner.name, killedAt)));
+    const [r] = found;
+    if (!r) throw new Error('ha-log was not timed');
+    if (withModels) {
+      for (const [k, x] of found.entries())
+        modelLossMs[k === 0 ? 'ct' : (models[k - 1]?.[0] ?? '?')]?.push(x.ms);
+      const each = found.map((x, k) => `${names[k]} on ${x.on} after ${x.ms} ms`).join(', ');
+      console.log(`model loss ${i + 1 - losses}/${modelLosses}: ${owner.name} killed: ${each}`);
+    } else {
+      lossMs.push(r.ms);
+      console.log(`loss ${i + 1}/${losses}: ${owner.name} killed, running on ${r.on} after ${r.ms} ms`);
+    }
     await owner.daemon.restart();
-    await haLive(others[0] ?? m1, owner.name, 120_000);
+    await haLive(via, owner.name, 120_000);
+    if (withModels) for (const [model] of models) via.daemon.ok(['delete', '--force', `ha-${model}`]);
   }
 
   const log = m1.daemon.ok(['exec', 'ha-log', '--', 'cat', '/root/ha.log']);
@@ -96,6 +148,14 @@ try {
     partitions: partitionMs.length > 0 ? summary(partitionMs) : null,
     losses: lossMs.length > 0 ? summary(lossMs) : null,
     startBaseline: summary(baseline),
+    modelLosses:
+      modelLosses > 0
+        ? Object.fromEntries(Object.entries(modelLossMs).map(([m, ms]) => [m, summary(ms)]))
+        : null,
+    modelStartBaseline:
+      baselineRounds > 0
+        ? Object.fromEntries(Object.entries(modelBaseline).map(([m, ms]) => [m, summary(ms)]))
+        : null,
     boots,
     overlappingWriters: twice.length,
     overlaps: twice,

@@ -224,8 +224,8 @@ export const BENCHMARKS: Benchmark[] = [
   {
     name: 'ha-failover',
     script: 'ha-failover.ts',
-    args: ['100', '20', '5'],
-    quickArgs: ['1', '1', '1'],
+    args: ['100', '20', '5', '5'],
+    quickArgs: ['1', '1', '1', '1'],
     results: ['ha-failover.json'],
     quickResults: ['ha-failover.json'],
   },

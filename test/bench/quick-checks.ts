@@ -330,9 +330,18 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
   },
   'ha-failover.json': (r, f) => {
     assert.equal(r.overlappingWriters, 0, `${f}: two boots of the HA writer wrote at the same time`);
-    // The first boot, one after the partition and one after the loss.
-    assert.equal(r.boots, 3, `${f}: boots of the writer`);
-    positive(f, r, ['partitions.p50Ms', 'losses.p50Ms', 'startBaseline.p50Ms']);
+    // The first boot, one after the partition, one after the loss and one after the model loss.
+    assert.equal(r.boots, 4, `${f}: boots of the writer`);
+    positive(f, r, [
+      'partitions.p50Ms',
+      'losses.p50Ms',
+      'startBaseline.p50Ms',
+      'modelLosses.ct.p50Ms',
+      'modelLosses.pvm.p50Ms',
+      'modelLosses.vm.p50Ms',
+      'modelStartBaseline.pvm.p50Ms',
+      'modelStartBaseline.vm.p50Ms',
+    ]);
   },
   'placement.json': (r, f) => {
     assert.equal(r.agreedOnFirst, 2000, `${f}: the scheduler and the full sort agree on the first decisions`);
