@@ -1,5 +1,4 @@
 import { alreadyExists, asTrivisorError, conflict, failedPrecondition } from '../core/errors.ts';
-import { keys } from '../core/keys.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { Model } from '../core/types.ts';
 import type { BackupManifest } from '../storage/storage-records.ts';
@@ -47,31 +46,32 @@ export function importingClaim(name: string) {
 
 /**
  * Makes the archive's guest, marked pending an import until its files are in. `onMade` is called
- * once the guest is recorded as the import's: from then on a failure must remove it. A name
- * taken meanwhile (a guest created between the check and here) is refused with nothing made and
- * no marker left, so that neither the import's cleanup nor the next start's sweep removes a guest
- * the import did not make (decision 0082).
+ * once the guest is recorded as the import's: from then on a failure must remove it. The marker is
+ * written in the create's own transaction (decision 0082, amended): a name taken meanwhile (a guest
+ * created between the check and here) is refused with nothing made and no marker written, and a
+ * daemon killed around the create leaves either the import's guest with its marker or neither, so
+ * that neither the import's cleanup nor the next start's sweep removes a guest the import did not make.
  */
 export async function createArchiveGuest(
-  ctx: Pick<StorageContext, 'store' | 'finished' | 'createOn'>,
+  ctx: Pick<StorageContext, 'finished' | 'createOn'>,
   target: { pool: string | undefined; project: string; name: string; onMade: () => void },
   manifest: BackupManifest,
 ): Promise<void> {
   const { pool, project, name } = target;
-  await records.storagePending.at(name).put(ctx.store, { kind: 'import' });
   const op = await ctx
-    .createOn(pool, {
-      name,
-      project,
-      image: manifest.image.fingerprint,
-      model: manifest.guest.model as Model,
-      config: manifest.guest.config,
-    })
+    .createOn(
+      pool,
+      {
+        name,
+        project,
+        image: manifest.image.fingerprint,
+        model: manifest.guest.model as Model,
+        config: manifest.guest.config,
+      },
+      { pending: { kind: 'import' } },
+    )
     .catch(async (e: unknown) => {
-      if (asTrivisorError(e).code === 'AlreadyExists') {
-        await ctx.store.delete(keys.storagePending(name));
-        throw e;
-      }
+      if (asTrivisorError(e).code === 'AlreadyExists') throw e;
       // Anything else may have left a record of the import's: the caller's cleanup removes it.
       target.onMade();
       throw e;

@@ -13,7 +13,7 @@ import { hostRunner } from '../host/runner.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
 import { parseShippedName } from '../storage/shipped-backups.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { records } from '../store/records.ts';
+import { records, type StoragePending } from '../store/records.ts';
 import { importFromBackupDirectory } from './backup-directory.ts';
 import { createEventBus } from './event-bus.ts';
 import { createOperationService } from './operation-service.ts';
@@ -68,6 +68,8 @@ describe('a chain imported from the backup directory leaves nothing when a link 
   let onIncremental: (signal: AbortSignal | undefined) => Promise<void>;
   /** Runs when the import checks the archive's image (after it found the name free). */
   let onImageCheck: () => Promise<void>;
+  /** The name's storage-pending marker when the guest service refused a create as taken. */
+  let markerAtRefusal: StoragePending | undefined;
 
   beforeEach(async () => {
     work = await mkdtemp(join(tmpdir(), 'trivisor-chain-import-'));
@@ -80,16 +82,27 @@ describe('a chain imported from the backup directory leaves nothing when a link 
     onCreate = async () => {};
     onIncremental = async () => {};
     onImageCheck = async () => {};
+    markerAtRefusal = undefined;
     const done = () => operations.start({ description: 'fake', run: async () => undefined });
     const guests = {
-      async create(request: { name: string; project: string }) {
-        // As the real service: a taken name is refused before anything is recorded.
-        if (await records.guest.at(request.name).get(store))
+      async create(request: { name: string; project: string }, options: { pending?: StoragePending } = {}) {
+        // As the real service: a taken name is refused before anything is recorded; what a kill
+        // at this point would leave is what the store holds now.
+        if (await records.guest.at(request.name).get(store)) {
+          markerAtRefusal = (await records.storagePending.at(request.name).get(store))?.value;
           throw alreadyExists(`Guest ${request.name} already exists`);
+        }
         calls.push(`create ${request.name}`);
-        await records.guest
-          .at(request.name)
-          .put(store, aGuestSpec({ name: request.name, project: request.project, desired: 'Stopped' }));
+        // As the real service: the marker is written in the guest record's own transaction.
+        await store.txn({
+          compare: [records.guest.at(request.name).absent()],
+          success: [
+            records.guest
+              .at(request.name)
+              .putOp(aGuestSpec({ name: request.name, project: request.project, desired: 'Stopped' })),
+            ...(options.pending ? [records.storagePending.at(request.name).putOp(options.pending)] : []),
+          ],
+        });
         await records.guestStatus.at(request.name).put(store, aGuestStatus({ status: 'Stopped' }));
         await onCreate();
         return done();
@@ -249,6 +262,30 @@ describe('a chain imported from the backup directory leaves nothing when a link 
       'the next start sweeps nothing',
     );
     assert.deepEqual(calls, []);
+  });
+
+  test('a create refused because the name was just taken finds no marker on that name: a daemon killed then leaves the sweep nothing to delete', async () => {
+    onImageCheck = async () => {
+      await records.guest.at('c1').put(store, aGuestSpec({ name: 'c1' }));
+    };
+    const end = await operations.wait((await importChain()).id);
+    assert.equal(end.metadata.errorCode, 'AlreadyExists');
+    assert.equal(markerAtRefusal, undefined, 'no marker was on the other guest when the create was refused');
+    // The next start's sweep (a kill at the refusal leaves what the store held then) deletes nothing.
+    await service.sweep();
+    assert.ok(await records.guest.at('c1').get(store), 'the other guest stays');
+    assert.deepEqual(calls, []);
+  });
+
+  test("the full's marker comes with its guest: the import's guest is marked from the create's own write", async () => {
+    let markedAtCreate: StoragePending | undefined;
+    onCreate = async () => {
+      markedAtCreate = (await records.storagePending.at('c1').get(store))?.value;
+    };
+    const end = await operations.wait((await importChain()).id);
+    assert.equal(end.status, 'Success', end.error ?? '');
+    assert.deepEqual(markedAtCreate, { kind: 'import' });
+    assert.equal(await records.storagePending.at('c1').get(store), undefined, 'unmarked once whole');
   });
 
   test('a cancel that comes while the last link is being started cancels it too, and the guest goes', async () => {

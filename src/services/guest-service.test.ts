@@ -158,6 +158,30 @@ describe('guest service and controller', () => {
     await rejectsWith(w.guests.create({ name: 'a', image: 'busybox' }), 'AlreadyExists');
   });
 
+  test("a copy's or an import's marker is written with the guest record, never on a guest the create did not make", async () => {
+    const pending = { kind: 'import' } as const;
+    const op = await w.guests.create({ name: 'a', image: 'busybox' }, { pending });
+    const guest = await w.store.get(keys.guest('a'));
+    const marker = await w.store.get(keys.storagePending('a'));
+    assert.deepEqual(
+      await records.storagePending
+        .at('a')
+        .get(w.store)
+        .then((r) => r?.value),
+      pending,
+    );
+    assert.equal(marker?.modRevision, guest?.modRevision, 'one transaction');
+    await done(w, op);
+    await w.store.delete(keys.storagePending('a'));
+    // Taken: refused with no marker put on the guest that has the name.
+    await rejectsWith(w.guests.create({ name: 'a', image: 'busybox' }, { pending }), 'AlreadyExists');
+    assert.equal(await w.store.get(keys.storagePending('a')), undefined);
+    // A marker an earlier guest of a name left behind does not stay on a new guest of that name.
+    await w.store.put(keys.storagePending('b'), JSON.stringify({ kind: 'copy' }));
+    await done(w, await w.guests.create({ name: 'b', image: 'busybox' }));
+    assert.equal(await w.store.get(keys.storagePending('b')), undefined);
+  });
+
   test('a launch whose start fails rolls back everything it made', async () => {
     w.driver.failNext('start', 'runc exploded');
     const op = await done(w, await w.guests.create({ name: 'bad', image: 'busybox', start: true }));

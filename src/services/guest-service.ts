@@ -462,7 +462,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         return placementOf(model, config, request.target);
       },
 
-      async create(request) {
+      async create(request, options = {}) {
         assertDnsLabel(request.name, 'guest name');
         const model = request.model ?? 'ct';
         if (!MODELS.includes(model))
@@ -555,6 +555,11 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
                 // A move of an earlier guest of this name left unfinished by a member that never came back.
                 staleMoveMarkDeleteOp(spec.name),
                 ...(claims?.success ?? []),
+                // A copy's or an import's marker, in this transaction (never on a guest it did not
+                // make); any other create drops a marker an earlier guest of the name left behind.
+                options.pending
+                  ? records.storagePending.at(spec.name).putOp(options.pending)
+                  : records.storagePending.at(spec.name).deleteOp(),
               ],
             };
           },

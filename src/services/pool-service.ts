@@ -110,7 +110,11 @@ export interface PoolService {
    * directory of a dir pool (linked at guests/NAME); a ct guest's `limits.disk`
    * is its subvolume's qgroup limit.
    */
-  createGuest(pool: string, request: CreateGuestRequest): Promise<Operation>;
+  createGuest(
+    pool: string,
+    request: CreateGuestRequest,
+    options?: Parameters<GuestService['create']>[1],
+  ): Promise<Operation>;
   /** Removes a deleted guest's subvolume or directory on its pool, and its placement record. */
   releaseGuest(name: string): Promise<void>;
   /** The pool a guest was placed on with createGuest; undefined for the default pool. */
@@ -643,7 +647,7 @@ export function createPoolService(deps: {
       }
     },
 
-    async createGuest(poolName, request) {
+    async createGuest(poolName, request, options) {
       const pool = await record(poolName);
       assertDnsLabel(request.name, 'guest name');
       const { guests, operations } = deps;
@@ -709,10 +713,10 @@ export function createPoolService(deps: {
           await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
           await placement.put(store, { ...rec, limitBytes });
         }
-        op = await guests.create({
-          ...request,
-          ...(deps.hostName !== undefined && { target: deps.hostName }),
-        });
+        op = await guests.create(
+          { ...request, ...(deps.hostName !== undefined && { target: deps.hostName }) },
+          options,
+        );
       } catch (e) {
         await releaseGuest(request.name);
         throw e;

@@ -117,12 +117,19 @@ export function createStorageContext(deps: StorageServiceDeps) {
    * Creates the guest a copy or an import fills: on this member, whose disks its files are made
    * on (decision 0034), never where the scheduler would put a new guest.
    */
-  async function createOn(pool: string | undefined, request: Parameters<GuestService['create']>[0]) {
+  async function createOn(
+    pool: string | undefined,
+    request: Parameters<GuestService['create']>[0],
+    options?: Parameters<GuestService['create']>[1],
+  ) {
     if (pool === undefined || pool === DEFAULT_POOL)
-      return guests.create({ ...request, ...(deps.hostName !== undefined && { target: deps.hostName }) });
+      return guests.create(
+        { ...request, ...(deps.hostName !== undefined && { target: deps.hostName }) },
+        options,
+      );
     const pools = deps.pools?.();
     if (!pools) throw notSupported('This daemon has no storage pools: leave out the storage pool');
-    return pools.createGuest(pool, request);
+    return pools.createGuest(pool, request, options);
   }
 
   /** Fails early, before any work, on a pool that does not exist. */

@@ -68,7 +68,6 @@ export function copyMethods(view: StorageView): Pick<StorageService, 'copyGuest'
         request.source,
         `Copying guest ${what} to ${request.name}`,
         async (ctx) => {
-          await records.storagePending.at(request.name).put(store, { kind: 'copy' });
           const create = {
             name: request.name,
             project,
@@ -77,8 +76,10 @@ export function copyMethods(view: StorageView): Pick<StorageService, 'copyGuest'
             config: { ...source.config },
           };
           const pool = request.storage ?? (await deps.pools?.()?.poolOf(request.source));
-          await finished(await createOn(pool, create));
+          // Marked in the create's own transaction: a refused create leaves no marker on another's guest.
+          const made = await createOn(pool, create, { pending: { kind: 'copy' } });
           try {
+            await finished(made);
             ctx.progress(null, 'copying');
             const target = (await load(request.name)).spec;
             await storage.copy(

@@ -15,6 +15,7 @@ import type { ConsoleStream, ExecSession } from '../drivers/guest-driver.ts';
 import type { SysctlReport } from '../host/host-sysctls.ts';
 import type { KsmStatus } from '../host/ksm.ts';
 import type { DiskExport, TreeExport } from '../images/image-files.ts';
+import type { StoragePending } from '../store/records.ts';
 import type { BackupRecovery } from './backup-recovery.ts';
 import type { GuestMover, MoveReceiver } from './guest-move.ts';
 
@@ -123,8 +124,13 @@ export interface GuestService {
    * (the metric sampler, decision 0080).
    */
   withUsage?(guests: ReadonlyArray<{ spec: GuestSpec; status: GuestStatus }>): Promise<Guest[]>;
-  /** Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once. */
-  create(request: CreateGuestRequest): Promise<Operation>;
+  /**
+   * Validates, records, provisions (and starts if asked) as an operation; errors in the request throw at once.
+   * `pending` (a copy's or an import's storage-pending marker) is written in the guest record's own
+   * transaction: a create refused, or a daemon killed around it, never leaves the marker on a guest
+   * the caller did not make (the next start's sweep deletes a marked guest).
+   */
+  create(request: CreateGuestRequest, options?: { pending?: StoragePending }): Promise<Operation>;
   /**
    * Where `create` would place the guest now (decision 0033), writing nothing: a guest on a
    * pool every member has is made on the member this names (decision 0038).
