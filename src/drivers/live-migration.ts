@@ -62,6 +62,12 @@ export interface LiveMigration {
       /** The source member's address: the only one that may connect to the ports. */
       from: string;
       sharedDisk?: boolean;
+      /**
+       * Run once the disk is made here and before the engine opens it (not with `sharedDisk`): a
+       * live move's snapshots are written into it (decision 0088). Leaves what the disk's mirror
+       * needs as it was (vm: the active layer empty over the base, the snapshots internal).
+       */
+      fill?: () => Promise<void>;
     },
   ): Promise<{ process: ProcessIdentity; endpoints: IncomingEndpoints; tls: MigrationTls }>;
   /** Destination: the migration is in and the guest's records name this member: it runs here. */

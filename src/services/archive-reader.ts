@@ -29,8 +29,14 @@ export interface OpenedArchive {
 export const corrupted = (rel: string): TrivisorError =>
   invalidArgument(`The backup archive is corrupted: ${rel} does not match its checksum`);
 
-/** Lists the archive and reads its manifest; refuses, in one line, one that is not whole. */
-export async function openArchive(path: string): Promise<OpenedArchive> {
+/**
+ * Lists the archive and reads its manifest; refuses, in one line, one that is not whole.
+ * `snapshotsOnly`: a live move's cold part (decision 0088), its snapshots and no root file system.
+ */
+export async function openArchive(
+  path: string,
+  options: { snapshotsOnly?: boolean } = {},
+): Promise<OpenedArchive> {
   const listed = await listArchive(path).catch((e: unknown) => {
     if (e instanceof ArchiveDamaged) {
       throw invalidArgument(
@@ -45,6 +51,7 @@ export async function openArchive(path: string): Promise<OpenedArchive> {
     throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
   const manifest = parseManifest(
     await readMember(path, manifestMember, MAX_MANIFEST_BYTES).catch(() => Buffer.alloc(0)),
+    options.snapshotsOnly === true,
   );
   for (const [rel, want] of Object.entries(manifest.files)) {
     const member = members.get(rel);
@@ -110,7 +117,7 @@ export async function feedPayload(options: {
 /** A manifest is a few KiB (its snapshots' records): anything far larger is not one. */
 const MAX_MANIFEST_BYTES = 16 * 2 ** 20;
 
-function parseManifest(data: Buffer): BackupManifest {
+function parseManifest(data: Buffer, snapshotsOnly: boolean): BackupManifest {
   let manifest: BackupManifest;
   try {
     manifest = JSON.parse(data.toString('utf8')) as BackupManifest;
@@ -121,7 +128,10 @@ function parseManifest(data: Buffer): BackupManifest {
     throw invalidArgument(`The backup format ${JSON.stringify(manifest.format)} is not known to this daemon`);
   }
   // rootfs.tar: an uncompressed export, for a live restore (decision 0063).
-  if (!manifest.files?.['rootfs.tar.zst'] === !manifest.files?.['rootfs.tar'])
+  if (snapshotsOnly) {
+    if (!manifest.files || manifest.files['rootfs.tar.zst'] || manifest.files['rootfs.tar'])
+      throw invalidArgument("The archive of a live move's snapshots lists a root file system");
+  } else if (!manifest.files?.['rootfs.tar.zst'] === !manifest.files?.['rootfs.tar'])
     throw invalidArgument('The backup manifest lists no rootfs.tar.zst (or rootfs.tar)');
   for (const rel of Object.keys(manifest.files)) {
     if (!/^(rootfs\.tar(\.zst)?|snapshots\/[a-z0-9-]+\.tar\.zst)$/.test(rel)) {

@@ -17,7 +17,7 @@ import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.
 import type { TxnRequest } from '../store/kv.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { records } from '../store/records.ts';
+import { records, valuesOf } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import {
   createGuestMover,
@@ -986,6 +986,115 @@ describe('receiving a moved guest', () => {
     assert.deepEqual(calls, ['prepare web on h2 at 198.18.0.12 from 198.18.0.11', 'drop web', 'finish web']);
     assert.deepEqual(removed, ['h2/web']);
   });
+
+  test("a live move's snapshots, sent ahead in an archive of their own, are checked, kept, and written into the new disk by the prepare before its engine starts, then removed; a prepare whose guest has snapshots that were not sent is refused", async () => {
+    const calls: string[] = [];
+    const migration: LiveMigration = {
+      async prepareIncoming(s, _image, options) {
+        calls.push(`create ${s.name} on ${s.location}`);
+        await options.fill?.();
+        calls.push(`start QEMU after ${imported.length} snapshot(s)`);
+        return {
+          process: { pid: 1, startTime: 2 },
+          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
+          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
+        };
+      },
+      finishIncoming: () => Promise.reject(new Error('not here')),
+      async dropIncoming(s) {
+        calls.push(`drop ${s.name}`);
+      },
+      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
+      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
+      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
+      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
+    };
+    const storage = {
+      async importTar(s: GuestSpec, path: string, options?: { snapshot?: string }) {
+        imported.push({
+          ...(options?.snapshot && { snapshot: `${options.snapshot} on ${s.location}` }),
+          bytes: await readFile(path, 'utf8'),
+        });
+      },
+    } as unknown as GuestStorage;
+    const live = createMoveReceiver({
+      store,
+      hostName: 'h2',
+      storage: { vm: storage },
+      runner: hostRunner(),
+      workDir: dir,
+      removeLocal: async (s) => {
+        removed.push(`${s.location}/${s.name}`);
+      },
+      live: {
+        migrationOf: (model) => (model === 'vm' ? migration : undefined),
+        image: async () => ({}) as never,
+        host: '198.18.0.12',
+        addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
+      },
+    });
+    const staged = join(dir, 'live-snapshots-web.tar');
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    for (const name of ['s1', 's2']) {
+      await records.snapshot.at('web', name).put(store, {
+        name,
+        guest: 'web',
+        createdAt: new Date(0).toISOString(),
+        wasRunning: true,
+        location: 'h1',
+      });
+    }
+    const vm = { name: 'web', model: 'vm' };
+    // A whole archive for a guest not handed over here is the cold move's refusal, as before.
+    const whole = await archive({ 'rootfs.tar.zst': 'root', 'snapshots/s1.tar.zst': 'one' }, vm);
+    await assert.rejects(
+      live.receive('web', whole, new AbortController().signal),
+      /Guest web is not being moved to h2/,
+    );
+    // A snapshots part whose payload does not match its checksum is refused, nothing kept.
+    const bad = await archive({ 'snapshots/s1.tar.zst': 'one' }, vm);
+    const text = await readFile(bad);
+    await writeFile(bad, Buffer.from(text.toString('latin1').replace('one', 'two'), 'latin1'));
+    await assert.rejects(
+      live.receive('web', bad, new AbortController().signal),
+      /corrupted: snapshots\/s1\.tar\.zst/,
+    );
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+    // Only s1 sent while the guest has s1 and s2: the prepare is refused, nothing made, the part gone.
+    await live.receive(
+      'web',
+      await archive({ 'snapshots/s1.tar.zst': 'one' }, vm),
+      new AbortController().signal,
+    );
+    await stat(staged);
+    await assert.rejects(live.prepareLive('web'), {
+      code: 'FailedPrecondition',
+      message: 'Guest web has snapshots (s1, s2) that were not sent to h2 (it has s1): move it again',
+    });
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+    assert.deepEqual(calls, []);
+    // Both sent: written into the new disk before QEMU starts, checksums verified, the part removed.
+    const part = await archive({ 'snapshots/s1.tar.zst': 'one', 'snapshots/s2.tar.zst': 'two' }, vm);
+    await live.receive('web', part, new AbortController().signal);
+    await assert.rejects(stat(part), { code: 'ENOENT' }, 'moved aside for the prepare');
+    await live.prepareLive('web');
+    assert.deepEqual(calls, ['create web on h2', 'start QEMU after 2 snapshot(s)']);
+    assert.deepEqual(imported, [
+      { snapshot: 's1 on h2', bytes: 'one' },
+      { snapshot: 's2 on h2', bytes: 'two' },
+    ]);
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+    // The records stay the source's until its switch-over writes them.
+    assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
+    // A discard drops a part that is waiting too.
+    await live.receive(
+      'web',
+      await archive({ 'snapshots/s1.tar.zst': 'one' }, vm),
+      new AbortController().signal,
+    );
+    await live.discard('web');
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+  });
 });
 
 describe('why a guest cannot move live', () => {
@@ -1062,6 +1171,10 @@ describe('moving a vm guest live', () => {
   let finishHangs: boolean;
   /** The mover's dependencies, for a daemon started again. */
   let liveDeps: GuestMoverDeps;
+  /** Where the fake storage writes a live move's snapshots archive. */
+  let archives: string;
+  /** Run while the guest migrates (a snapshot taken meanwhile, say). */
+  let duringMigration: (() => Promise<void>) | undefined;
 
   const guest = async () => (await records.guest.at('web').get(store))?.value;
   const end = async (op: Operation) => operations.wait(op.id);
@@ -1080,6 +1193,8 @@ describe('moving a vm guest live', () => {
     fail = {};
     hold = undefined;
     finishHangs = false;
+    duringMigration = undefined;
+    archives = await mkdtemp(join(tmpdir(), 'trivisor-live-move-'));
     await records.guestLocation.at('web').put(store, 'h1');
     await records.guest
       .at('web')
@@ -1110,6 +1225,7 @@ describe('moving a vm guest live', () => {
             ),
           ]);
         }
+        if (duringMigration) await duringMigration();
         if (fail.migrate) throw fail.migrate;
         return { downtimeMs: 42, totalMs: 1000, mirrorMs: 400, ramMs: 600, diskBytes: 10, ramBytes: 20 };
       },
@@ -1125,7 +1241,9 @@ describe('moving a vm guest live', () => {
       },
     };
     const transport: MoveTransport = {
-      send: () => Promise.reject(new Error('not a cold move')),
+      async send(member, name, archivePath) {
+        calls.push(`send ${member} ${name} ${await readFile(archivePath, 'utf8')}`);
+      },
       async discard(member, name) {
         calls.push(`discard ${member} ${name}`);
         files.get(member)?.delete(name);
@@ -1162,12 +1280,99 @@ describe('moving a vm guest live', () => {
       },
       guests: { changeState: () => Promise.reject(new Error('a live move never stops the guest')) },
       storage: {
-        createBackup: () => Promise.reject(new Error('a live move writes no archive')),
-        backupFile: () => Promise.reject(new Error('a live move writes no archive')),
-        deleteBackup: () => Promise.reject(new Error('a live move writes no archive')),
+        // Only the snapshots' archive (decision 0088): the disk itself is mirrored.
+        async createBackup(name, options) {
+          assert.deepEqual(
+            { withSnapshots: options.withSnapshots, snapshotsOnly: options.snapshotsOnly },
+            { withSnapshots: true, snapshotsOnly: true },
+            'a live move archives the snapshots alone',
+          );
+          const backup = options.name ?? '';
+          calls.push(`archive the snapshots of ${name}`);
+          return operations.start({
+            project: 'default',
+            description: 'backup',
+            resources: {},
+            run: async () => {
+              const listed = valuesOf(await records.snapshot.list(store, name)).map((x) => x.name);
+              await writeFile(join(archives, `${backup}.tar`), listed.join(','));
+              return { backup };
+            },
+          });
+        },
+        backupFile: async (_guest, backup) => ({ path: join(archives, `${backup}.tar`), sizeBytes: 5 }),
+        async deleteBackup(_guest, backup) {
+          calls.push('drop the archive');
+          await rm(join(archives, `${backup}.tar`));
+        },
       },
     };
     mover = createGuestMover(liveDeps);
+  });
+
+  const snapshotOf = (name: string) =>
+    records.snapshot.at('web', name).put(store, {
+      name,
+      guest: 'web',
+      createdAt: new Date(0).toISOString(),
+      wasRunning: true,
+      location: 'h1',
+    });
+  const snapshotsWhere = async () =>
+    valuesOf(await records.snapshot.list(store, 'web')).map((x) => `${x.name}@${x.location}`);
+
+  test('a guest with snapshots: they go first, in an archive of the snapshots alone, before the destination is asked to get ready; the switch-over gives their records to the destination with the spec; the archive goes', async () => {
+    await snapshotOf('s1');
+    await snapshotOf('s2');
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.deepEqual(calls, [
+      'archive the snapshots of web',
+      'send h2 web s1,s2',
+      'drop the archive',
+      'prepare h2 web',
+      'migrateOut h1 -> 198.18.0.2:2 limit 120',
+      'finish h2 web owner h2',
+      'removeLocal h1',
+    ]);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h2', 's2@h2']);
+    assert.deepEqual(await readdir(archives), []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("a guest with snapshots whose move fails, during the migration or after the switch-over: the guest and its snapshots are the source's, the destination discards what it has", async () => {
+    await snapshotOf('s1');
+    fail.migrate = new Error('The RAM migration failed: Connection reset');
+    let op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.deepEqual(calls.slice(-2), ['migrateOut h1 -> 198.18.0.2:2 limit 120', 'discard h2 web']);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h1']);
+    delete fail.migrate;
+    fail.finish = new Error('QEMU refused cont');
+    calls = [];
+    op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.deepEqual(calls.slice(-3), ['finish h2 web owner h2', 'resume h1', 'discard h2 web']);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h1']);
+    assert.equal((await guest())?.location, 'h1');
+    assert.deepEqual(await readdir(archives), []);
+  });
+
+  test("a snapshot taken or deleted during the migration is not in the destination's disk: the switch-over is refused (Conflict, naming both lists) and the guest runs on at the source", async () => {
+    await snapshotOf('s1');
+    duringMigration = async () => {
+      await snapshotOf('s2');
+    };
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'Conflict');
+    assert.match(
+      op.error ?? '',
+      /Guest web's snapshots changed while it was being moved \(s1 sent, s1, s2 now\); retry; it stays running on h1$/,
+    );
+    assert.deepEqual(calls.slice(-2), ['resume h1', 'discard h2 web']);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h1', 's2@h1']);
+    assert.equal((await guest())?.location, 'h1');
   });
 
   test("a daemon that died during the migration (the records still the source's), started again, drops the destination's waiting QEMU first, then undoes the migration in the source's QEMU and resumes the guest there", async () => {
@@ -1240,6 +1445,7 @@ describe('moving a vm guest live', () => {
   afterEach(async () => {
     controllers.stop();
     await store.close();
+    await rm(archives, { recursive: true, force: true });
   });
 
   test('the destination gets ready, the guest migrates, the records change owner at switch-over, then it runs there and the source copy goes; the downtime is in the metadata', async () => {
@@ -1367,7 +1573,7 @@ describe('moving a vm guest live', () => {
     assert.deepEqual([r.owner, r.token, r.moving], ['h1', tokens.h1, undefined]);
   });
 
-  test('refusals of a live move are one line and change nothing: a stopped guest, one with snapshots, a bad downtime limit, a model without live migration', async () => {
+  test('refusals of a live move are one line and change nothing: a stopped guest, one with a volume attached (named), a bad downtime limit, a model without live migration', async () => {
     const refused = async () => {
       try {
         await mover.move('web', { target: 'h2', live: true });
@@ -1380,36 +1586,34 @@ describe('moving a vm guest live', () => {
     };
     const now = await records.guest.at('web').get(store);
     assert.ok(now);
-    await records.snapshot.at('web', 's1').put(store, {
-      name: 's1',
-      guest: 'web',
-      createdAt: new Date(0).toISOString(),
-      wasRunning: true,
-      location: 'h1',
-    });
-    assert.equal(
-      await refused(),
-      'FailedPrecondition: Guest web has snapshots (s1): they do not move live yet; delete them or move it without --live',
-    );
-    await store.txn({ compare: [], success: [records.snapshot.at('web', 's1').deleteOp()] });
     await records.guest.at('web').put(store, {
       ...now.value,
       generation: 2,
-      config: { 'migration.downtime_limit': 'soon' },
+      disks: { data: { type: 'disk', pool: 'default', source: 'data' } },
     });
     await waitForGuest(store, 'web', convergedTo(2));
+    assert.equal(
+      await refused(),
+      'FailedPrecondition: Guest web has volumes attached (default/data): volumes do not move with their guest yet; detach them first',
+    );
+    await records.guest.at('web').put(store, {
+      ...now.value,
+      generation: 3,
+      config: { 'migration.downtime_limit': 'soon' },
+    });
+    await waitForGuest(store, 'web', convergedTo(3));
     assert.match(
       await refused(),
       /^InvalidArgument: migration\.downtime_limit="soon" must be a whole number/,
     );
-    await records.guest.at('web').put(store, { ...now.value, generation: 3, desired: 'Stopped' });
-    await waitForGuest(store, 'web', convergedTo(3));
+    await records.guest.at('web').put(store, { ...now.value, generation: 4, desired: 'Stopped' });
+    await waitForGuest(store, 'web', convergedTo(4));
     assert.equal(
       await refused(),
       'FailedPrecondition: Guest web is Stopped: a live move needs it running; move it without --live',
     );
-    await records.guest.at('web').put(store, { ...now.value, generation: 4, model: 'pvm' });
-    await waitForGuest(store, 'web', convergedTo(4));
+    await records.guest.at('web').put(store, { ...now.value, generation: 5, model: 'pvm' });
+    await waitForGuest(store, 'web', convergedTo(5));
     assert.equal(await refused(), 'NotSupported: pvm guests cannot move live from h1');
     assert.deepEqual(calls, []);
     assert.equal((await guest())?.location, 'h1');

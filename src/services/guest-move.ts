@@ -1,9 +1,10 @@
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   beginHaMove,
   endHaMove,
   type HaMoveTicket,
+  haDecidedSinceSwitchOver,
   haGiveBackPart,
   haSwitchOverPart,
 } from '../control/ha/ha-move.ts';
@@ -254,12 +255,6 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           `Guest ${name} is ${status.value.status}: a live move needs it running; move it without --live`,
         );
       }
-      const snapshots = valuesOf(await records.snapshot.list(store, name)).map((s) => s.name);
-      if (snapshots.length > 0) {
-        throw failedPrecondition(
-          `Guest ${name} has snapshots (${snapshots.join(', ')}): they do not move live yet; delete them or move it without --live`,
-        );
-      }
       migrationDowntimeLimitMs(spec.value.config['migration.downtime_limit']);
     }
     return { spec: spec.value, status: status.value, specRevision: spec.modRevision, onShared };
@@ -505,6 +500,18 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       return done(`left to ${holder}`);
     }
     const recordsOf = (b: NonNullable<MoveMark['before']>) => ({ ...b, before: b.spec });
+    // HA decided about the guest since the hand-over (its record names another owner or lease than
+    // the hand-over gave it): the move is no longer this member's to undo (decision 0089), and
+    // nothing of it here is dropped.
+    const leftToHa = async () => {
+      if (!mark.ha || !(await haDecidedSinceSwitchOver(store, mark.ha))) return undefined;
+      log.error(
+        { ...at, backup: mark.backup },
+        "HA decided about the guest since its hand-over: this member's copy and the archive are kept",
+      );
+      await clearMoveMark(store, name);
+      return { outcome: 'left to HA' };
+    };
     /** Nobody changed the spec since the hand-over (the destination's copy has not run). */
     const untouched = spec.value.generation === mark.generation;
     if (kind === 'archive' && phase === 'handed-over') {
@@ -517,6 +524,8 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         await clearMoveMark(store, name);
         return { outcome: 'kept both copies' };
       }
+      const decided = await leftToHa();
+      if (decided) return decided;
       // This member's copy is whole; the destination's empty or half: undone.
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
       if (!back) throw notUndone(name, target);
@@ -548,6 +557,8 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     } catch (e) {
       // The destination cannot run it, and it has not run there: back here, as a move that fails.
       log.warn({ ...at, err: asTrivisorError(e).message }, 'the destination could not run the guest');
+      const decided = await leftToHa();
+      if (decided) return decided;
       const back = await rollBack(name, target, recordsOf(before), mark.wasRunning === true, mark.ha, mark);
       if (!back) throw notUndone(name, target);
       return done('undone: the guest stays here');
@@ -822,8 +833,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         let asked = false;
         let prepareRefused = false;
         let migrated = false;
-        let flippedAt: { generation: number } | undefined;
+        let flippedAt: { generation: number; snapshots: SnapshotRecord[] } | undefined;
         try {
+          // Internal snapshots are not in the disk's mirror (it copies the active layer): they go
+          // first, as a cold archive part, and the destination writes them into its new disk before
+          // its QEMU opens it (decision 0088). Over a shared pool they are in the same file already.
+          const sent = onShared ? [] : valuesOf(await records.snapshot.list(store, name));
+          if (sent.length > 0) await sendSnapshots(name, target, sent, mark, ctx);
           ctx.progress(0, `${target} starts the guest's QEMU, waiting for the migration`);
           asked = true;
           const prepared = await deps.transport.prepareLive(target, name, ctx.signal).catch((e: unknown) => {
@@ -846,17 +862,29 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           // The switch-over: the records change owner in one transaction, compared against the spec
           // as it was when the move was asked and against this member's ownership.
           ctx.progress(92, `handing the guest over to ${target}`);
-          const [now, nowStatus] = await Promise.all([
+          const [now, nowStatus, snapshotsNow] = await Promise.all([
             records.guest.at(name).get(store),
             records.guestStatus.at(name).get(store),
+            records.snapshot.list(store, name).then(valuesOf),
           ]);
           if (!now || now.modRevision !== checked.specRevision || !nowStatus) {
             throw conflict(`Guest ${name} was changed while it was being moved; retry`);
           }
+          // A snapshot taken or deleted here during the migration is not in the destination's disk.
+          const names = (list: SnapshotRecord[]) =>
+            list
+              .map((x) => x.name)
+              .sort()
+              .join(', ');
+          if (!onShared && names(snapshotsNow) !== names(sent)) {
+            throw conflict(
+              `Guest ${name}'s snapshots changed while it was being moved (${names(sent) || 'none'} sent, ${names(snapshotsNow) || 'none'} now); retry`,
+            );
+          }
           const generation = now.value.generation + 1;
           const specRef = records.guest.at(name);
           const guard = ha ? await haSwitchOverPart(store, ha) : { compare: [], success: [] };
-          const handed = handedOver(mark, checked.spec, checked.status, [], generation);
+          const handed = handedOver(mark, checked.spec, checked.status, snapshotsNow, generation);
           const flip = await store.txn({
             compare: [specRef.unchanged(now.modRevision), ownedBy(name, hostName), ...guard.compare],
             success: [
@@ -870,11 +898,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
                 process: prepared.process,
                 observedGeneration: generation,
               }),
+              // The snapshots are in the destination's disk (sent first, or the shared file).
+              ...snapshotsNow.map((x) => records.snapshot.at(name, x.name).putOp({ ...x, location: target })),
             ],
           });
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
           Object.assign(mark, handed);
-          flippedAt = { generation };
+          flippedAt = { generation, snapshots: snapshotsNow };
           ctx.progress(95, `the guest runs on ${target}`);
           await deps.transport.finishLive(target, name);
           // The guest's pause as this member saw it: QEMU's downtime, then the hand-over until it runs.
@@ -910,10 +940,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
           // Records that stay the destination's keep the guest there: this member's paused QEMU is
           // not resumed (it would run twice), and the journal finishes the move later.
-          if (
-            flippedAt &&
-            !(await unflip(name, target, checked, { generation: flippedAt.generation, ha, mark }))
-          )
+          if (flippedAt && !(await unflip(name, target, checked, { ...flippedAt, ha, mark })))
             throw unsettled(name, target, err);
           const discard = async () => {
             if (!asked || prepareRefused) return;
@@ -952,12 +979,49 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     });
   }
 
+  /**
+   * A live move's cold part (decision 0088): the guest's snapshots, read from its running disk's
+   * internal snapshots (which no write of the guest changes), in an archive of their own with
+   * their checksums, sent to the destination, which checks and keeps it until its prepare writes
+   * them into the new disk. The archive is journaled before it is written and removed after.
+   */
+  async function sendSnapshots(
+    name: string,
+    target: string,
+    snapshots: SnapshotRecord[],
+    mark: MoveMark,
+    ctx: { progress(percent: number, text: string): void; signal: AbortSignal },
+  ): Promise<void> {
+    ctx.progress(
+      0,
+      `writing the guest's snapshots (${snapshots.map((x) => x.name).join(', ')}) to an archive`,
+    );
+    const named = newBackupName();
+    mark.backup = named;
+    await saveMoveMark(store, mark);
+    try {
+      await finished(
+        await deps.storage.createBackup(name, { withSnapshots: true, snapshotsOnly: true, name: named }),
+      );
+      const archive = await deps.storage.backupFile(name, named);
+      ctx.progress(2, `sending ${archive.sizeBytes} bytes of snapshots to ${target}`);
+      await deps.transport.send(target, name, archive.path, ctx.signal);
+    } finally {
+      await deps.storage.deleteBackup(name, named).catch(() => {});
+    }
+  }
+
   /** Gives a live-moved guest's records back to this member after a hand-over that failed. */
   async function unflip(
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
-    options: { generation: number; ha: HaMoveTicket | undefined; mark: MoveMark },
+    options: {
+      generation: number;
+      snapshots: SnapshotRecord[];
+      ha: HaMoveTicket | undefined;
+      mark: MoveMark;
+    },
   ): Promise<boolean> {
     // A store that does not answer is a failure to give them back like a refused transaction.
     return giveBack(name, target, checked, options).catch((e: unknown) => {
@@ -973,7 +1037,12 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     name: string,
     target: string,
     checked: { spec: GuestSpec; status: GuestStatus },
-    options: { generation: number; ha: HaMoveTicket | undefined; mark: MoveMark },
+    options: {
+      generation: number;
+      snapshots: SnapshotRecord[];
+      ha: HaMoveTicket | undefined;
+      mark: MoveMark;
+    },
   ): Promise<boolean> {
     const now = await records.guest.at(name).get(store);
     const specRef = records.guest.at(name);
@@ -993,6 +1062,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         specRef.putOp({ ...checked.spec, location: hostName, generation: back }),
         records.guestLocation.at(name).putOp(hostName),
         records.guestStatus.at(name).putOp({ ...checked.status, observedGeneration: back }),
+        ...options.snapshots.map((x) => records.snapshot.at(name, x.name).putOp(x)),
       ],
     });
     if (!r.succeeded) {
@@ -1013,9 +1083,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     mark: MoveMark,
   ): Promise<boolean> {
     try {
-      const guard = ha ? await haGiveBackPart(store, ha) : { compare: [], success: [] };
       const now = await records.guest.at(name).get(store);
       if (!now) throw conflict(`Guest ${name} was deleted meanwhile`);
+      // The destination was never asked to run the guest: its spec is as the hand-over wrote it
+      // (desired Stopped), compared below. Its HA record then goes back whatever became of the
+      // destination's lease, under the source's token now (decision 0089).
+      const neverRanThere = now.value.desired === 'Stopped' && now.value.generation === mark.generation;
+      const guard = ha ? await haGiveBackPart(store, ha, { neverRanThere }) : { compare: [], success: [] };
       const generation = now.value.generation + 1;
       const specRef = records.guest.at(name);
       const ops: TxnOp[] = [
@@ -1147,6 +1221,63 @@ export function createMoveReceiver(deps: {
   };
 }): MoveReceiver {
   const { store, hostName } = deps;
+  /** Where a live move's snapshots wait for its prepare (decision 0088). */
+  const stagedSnapshots = (name: string) => join(deps.workDir, `live-snapshots-${name}.tar`);
+  /** A snapshots-only archive of a live move, for guest `spec` that another member holds. */
+  async function openSnapshotsPart(spec: GuestSpec, path: string): Promise<OpenedArchive> {
+    const archive = await openArchive(path, { snapshotsOnly: true }).catch((e: unknown) => {
+      // A whole archive for a guest not handed over here: the cold move's refusal.
+      if (/lists a root file system/.test(asTrivisorError(e).message)) {
+        throw failedPrecondition(`Guest ${spec.name} is not being moved to ${hostName}`);
+      }
+      throw e;
+    });
+    if (archive.manifest.guest.name !== spec.name || archive.manifest.guest.model !== spec.model) {
+      throw invalidArgument(
+        `The archive is of ${archive.manifest.guest.model} guest ${archive.manifest.guest.name}, not of guest ${spec.name}`,
+      );
+    }
+    return archive;
+  }
+  /**
+   * Writes the snapshots a live move sent ahead into guest `here`'s new disk (decision 0088),
+   * each payload's checksum verified on the way. They must be the guest's snapshots as its
+   * records list them now; a staged archive of a move that ended meanwhile is dropped unread.
+   */
+  async function fillSnapshots(here: GuestSpec): Promise<(() => Promise<void>) | undefined> {
+    const staged = stagedSnapshots(here.name);
+    const listed = valuesOf(await records.snapshot.list(store, here.name)).map((x) => x.name);
+    const have = await openSnapshotsPart(here, staged).catch(() => undefined);
+    if (listed.length === 0) return undefined;
+    const names = (list: string[]) => [...list].sort().join(', ');
+    if (!have || names(have.manifest.snapshots.map((x) => x.name)) !== names(listed)) {
+      throw failedPrecondition(
+        `Guest ${here.name} has snapshots (${names(listed)}) that were not sent to ${hostName}${have ? ` (it has ${names(have.manifest.snapshots.map((x) => x.name)) || 'none'})` : ''}: move it again`,
+      );
+    }
+    const storage = deps.storage[here.model];
+    if (!storage) throw notSupported(`${here.model} guests cannot be moved to ${hostName}`);
+    const archive = have;
+    return async () => {
+      await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
+      const work = await mkdtemp(join(deps.workDir, `.move-${here.name}-`));
+      const signal = new AbortController().signal;
+      try {
+        for (const snap of archive.manifest.snapshots) {
+          await feedPayload({
+            archive,
+            rel: `snapshots/${snap.name}.tar.zst`,
+            work,
+            runner: deps.runner,
+            signal,
+            consume: (path) => storage.importTar(here, path, { snapshot: snap.name, signal }),
+          });
+        }
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    };
+  }
   return {
     async receive(name, archivePath, signal) {
       try {
@@ -1155,6 +1286,21 @@ export function createMoveReceiver(deps: {
           records.guest.at(name).get(store),
           records.guestStatus.at(name).get(store),
         ]);
+        if (spec && spec.value.location !== hostName && deps.live?.migrationOf(spec.value.model)) {
+          // A live move's snapshots, sent before its prepare (decision 0088): checked whole and
+          // kept for it (the prepare removes them, used or not; so does a discard).
+          const archive = await openSnapshotsPart(spec.value, archivePath);
+          if (archive.manifest.snapshots.length === 0) {
+            throw invalidArgument(`The archive of guest ${name}'s snapshots holds none`);
+          }
+          for (const snap of archive.manifest.snapshots) {
+            await assertPayloadWhole(archive, `snapshots/${snap.name}.tar.zst`);
+          }
+          signal.throwIfAborted();
+          await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
+          await rename(archivePath, stagedSnapshots(name));
+          return;
+        }
         if (!spec || spec.value.location !== hostName) {
           throw failedPrecondition(`Guest ${name} is not being moved to ${hostName}`);
         }
@@ -1221,15 +1367,19 @@ export function createMoveReceiver(deps: {
       const sharedDisk = (await shared?.linkIncoming(here)) === true;
       try {
         const image = await deps.live.image(spec.value.image);
+        // A shared disk holds its snapshots already; a new disk here gets the ones sent ahead.
+        const fill = sharedDisk ? undefined : await fillSnapshots(here);
         return await migration.prepareIncoming(
           here,
           shared && sharedDisk ? await shared.imageFor(here, image) : image,
-          { host: deps.live.host, from, ...(sharedDisk && { sharedDisk: true }) },
+          { host: deps.live.host, from, ...(sharedDisk && { sharedDisk: true }), ...(fill && { fill }) },
         );
       } catch (e) {
         // The source asks for no discard after a refused prepare: the link made for it goes here.
         if (sharedDisk) await deps.removeLocal(here).catch(() => {});
         throw e;
+      } finally {
+        await rm(stagedSnapshots(name), { force: true });
       }
     },
 
@@ -1253,6 +1403,7 @@ export function createMoveReceiver(deps: {
       if (spec.value.location === hostName) {
         throw conflict(`Guest ${name} is this member's: its files are not removed`);
       }
+      await rm(stagedSnapshots(name), { force: true });
       await deps.live?.migrationOf(spec.value.model)?.dropIncoming({ ...spec.value, location: hostName });
       await deps.removeLocal({ ...spec.value, location: hostName });
     },

@@ -37,6 +37,11 @@ export function backupMethods(
           'An uncompressed export is for the live restore of a vm guest: it is made of a vm guest alone, without --incremental or --with-snapshots',
         );
       }
+      if (options.snapshotsOnly && (!options.withSnapshots || options.incremental || options.uncompressed)) {
+        throw invalidArgument(
+          'An archive of the snapshots alone is made with --with-snapshots and nothing else',
+        );
+      }
       if (options.incremental) {
         if (!exportIncremental) {
           throw notSupported(
@@ -81,21 +86,24 @@ export function backupMethods(
                 ),
               );
             };
-            progress.stage('root file system');
             let link: BackupManifest['incremental'];
-            await payload(options.uncompressed ? PLAIN_ROOTFS : 'rootfs.tar.zst', async (path) => {
-              if (options.incremental && exportIncremental) {
-                link = await exportIncremental(spec, path, {
-                  signal: ctx.signal,
-                  ...(options.newChain && { newChain: true }),
-                });
-              } else {
-                await storage.exportTar(spec, path, {
-                  signal: ctx.signal,
-                  ...(options.uncompressed && { uncompressed: true }),
-                });
-              }
-            });
+            // A live move's cold part (decision 0088) carries the snapshots alone: its disk is mirrored.
+            if (!options.snapshotsOnly) {
+              progress.stage('root file system');
+              await payload(options.uncompressed ? PLAIN_ROOTFS : 'rootfs.tar.zst', async (path) => {
+                if (options.incremental && exportIncremental) {
+                  link = await exportIncremental(spec, path, {
+                    signal: ctx.signal,
+                    ...(options.newChain && { newChain: true }),
+                  });
+                } else {
+                  await storage.exportTar(spec, path, {
+                    signal: ctx.signal,
+                    ...(options.uncompressed && { uncompressed: true }),
+                  });
+                }
+              });
+            }
             if (snapshots.length > 0) await into.addDirectory('snapshots');
             for (const snap of snapshots) {
               progress.stage(`snapshot ${snap.name}`);

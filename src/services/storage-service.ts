@@ -46,11 +46,14 @@ export interface StorageService {
    * with `newChain`, the full backup that starts a new one (scheduled backups, decision 0062).
    * `name`: the archive's name, made by the caller with `newBackupName()` so that it can record it
    * before the archive exists (a move's journal, decision 0079); refused when it is taken.
+   * `snapshotsOnly`: the snapshots alone, no root file system (a live move's cold part, decision
+   * 0088: the disk itself is mirrored); with `withSnapshots` only.
    */
   createBackup(
     guest: string,
     options: {
       withSnapshots: boolean;
+      snapshotsOnly?: boolean;
       incremental?: boolean;
       uncompressed?: boolean;
       newChain?: boolean;

@@ -177,6 +177,9 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
           // The disk is the one a new guest gets: an overlay on the same image's base disk, of the
           // spec's size; the source's mirror fills in only its own clusters (sync=top).
           await self().create(spec, image);
+          // A live move's snapshots go in before QEMU opens the disk (decision 0088): each an
+          // internal snapshot, the active layer left empty over the base for the mirror (sync=top).
+          if (options.fill) await options.fill();
         }
         const process = await launch.startIncoming(spec, image);
         const nbdPort = options.sharedDisk ? 0 : await freeTcpPort(options.host);
