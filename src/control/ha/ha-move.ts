@@ -165,12 +165,80 @@ export function haMoveDoneWrite<T extends StoredHa>(
   };
 }
 
-/** The write that gives a switched-over guest back to its source (a move undone after its switch-over). */
-export function haMoveBackWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket): HaWrite {
-  const { moving: _moving, ...rest } = r.value;
+/**
+ * How a give-back is judged: `neverRanThere`, the destination was never asked to run the guest
+ * (the spec's desired state has been Stopped since the hand-over, compared in the same
+ * transaction), so nothing of it can run there whatever became of the destination's lease.
+ */
+export interface GiveBack {
+  neverRanThere: boolean;
+}
+
+/**
+ * Why guest `g`'s record (given to `t.to` by its move's switch-over) cannot go back to its source
+ * now, or undefined (decision 0089). `how.alive`: each member's token. A record that names another
+ * owner or token than the switch-over gave it (`final`: HA decided about the guest since; the move
+ * is no longer the mover's to undo), a destination that lost the lease it was given the guest
+ * under while it may have run the guest (the CRM recovers the guest, after its margin), or a
+ * source without an HA lease now (its agent takes one within seconds) refuse it.
+ */
+export function haGiveBackRefusal(
+  g: StoredHa | undefined,
+  t: HaMoveTicket,
+  how: GiveBack & { alive: ReadonlyMap<string, Token> },
+): { reason: string; final: boolean } | undefined {
+  const { alive } = how;
+  if (!g || g.owner !== t.to || g.token !== t.toToken || g.moving) {
+    return { reason: `HA gave guest ${t.guest} to ${g?.owner ?? 'nobody'} meanwhile`, final: true };
+  }
+  if (!how.neverRanThere && alive.get(t.to) !== t.toToken) {
+    return {
+      reason: `Member ${t.to} lost the HA lease guest ${t.guest} was given under: HA recovers it`,
+      final: false,
+    };
+  }
+  if (alive.get(t.from) === undefined) {
+    return {
+      reason: `Member ${t.from} has no HA lease now (its HA agent takes one within seconds): guest ${t.guest} cannot be given back yet`,
+      final: false,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The write that gives a switched-over guest back to its source (a move undone after its
+ * switch-over), under the token the source holds now (`sourceToken`), which is the ticket's
+ * unless the source's lease was renewed since (its member restarted, its agent fenced: decision
+ * 0089). It is the switch-over made backwards: compared on the record as read (a CRM decision
+ * about the guest meanwhile wins, and the CRM's own writes compare it too), on the source's token
+ * now, and, unless the destination was never asked to run the guest, on the destination still
+ * holding the lease it was given the guest under (nobody is recovering it). The source owns it
+ * with a clean slate of failures, decided at `decidedAt`.
+ */
+export function haMoveBackWrite<T extends StoredHa>(
+  r: Read<T>,
+  t: HaMoveTicket,
+  options: GiveBack & { sourceToken: Token; decidedAt?: number },
+): HaWrite {
+  const { moving: _moving, error: _error, ...rest } = r.value;
   return {
-    compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken)],
-    put: { key: haKeys.guest(t.guest), value: { ...rest, owner: t.from, token: t.fromToken } },
+    compare: [
+      recordIs(t.guest, r.modRevision),
+      ...(options.neverRanThere ? [] : [holds(t.to, t.toToken)]),
+      holds(t.from, options.sourceToken),
+    ],
+    put: {
+      key: haKeys.guest(t.guest),
+      value: {
+        ...rest,
+        owner: t.from,
+        token: options.sourceToken,
+        failures: 0,
+        failedOn: [],
+        ...(options.decidedAt !== undefined && { decidedAt: options.decidedAt }),
+      },
+    },
   };
 }
 
@@ -294,17 +362,32 @@ export async function haSwitchOverPart(
 
 /**
  * The compares and ops that give an HA guest's record back to its source, for the transaction
- * that undoes a switch-over. Refuses (Conflict) when HA gave the guest elsewhere meanwhile.
+ * that undoes a switch-over, under the source's token now (`haMoveBackWrite`); `how` defaults to
+ * a destination that may have run the guest (a live move's). Refuses
+ * (Conflict, `haGiveBackRefusal`'s reason) when HA gave the guest elsewhere meanwhile, its
+ * destination lost its lease, or the source holds none.
  */
 export async function haGiveBackPart(
   store: KvStore,
   t: HaMoveTicket,
+  how: GiveBack = { neverRanThere: false },
 ): Promise<{ compare: Compare[]; success: TxnOp[] }> {
+  const { record, alive, revision } = await readMove(store, t.guest);
+  const refusal = haGiveBackRefusal(record?.value, t, { ...how, alive });
+  if (refusal !== undefined || !record)
+    throw conflict(refusal?.reason ?? `Guest ${t.guest} has no HA record`);
+  return haTxnPart(
+    haMoveBackWrite(record, t, { ...how, sourceToken: alive.get(t.from) as Token, decidedAt: revision }),
+  );
+}
+
+/**
+ * Whether HA decided about guest `t.guest` since its move's switch-over (its record names another
+ * owner or token than the switch-over gave it): the move is then no longer the mover's to undo.
+ */
+export async function haDecidedSinceSwitchOver(store: KvStore, t: HaMoveTicket): Promise<boolean> {
   const { record } = await readMove(store, t.guest);
-  if (!record || record.value.owner !== t.to || record.value.token !== t.toToken) {
-    throw conflict(`HA gave guest ${t.guest} to ${record?.value.owner ?? 'nobody'} meanwhile`);
-  }
-  return haTxnPart(haMoveBackWrite(record, t));
+  return haGiveBackRefusal(record?.value, t, { alive: new Map(), neverRanThere: true })?.final === true;
 }
 
 /**

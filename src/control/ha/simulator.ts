@@ -4,6 +4,9 @@ import { createPlacementIndex } from '../placement.ts';
 import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
 import { createFakeStore, type FakeStore } from './fake-store.ts';
 import {
+  type HaMoveTicket,
+  haGiveBackRefusal,
+  haMoveBackWrite,
   haMoveBeginWrite,
   haMoveDoneWrite,
   haMoveEndWrite,
@@ -91,6 +94,14 @@ export interface SimWorld {
   storeUp(): void;
   /** A move (migration) of `guest` to `to`, asked of its owner. */
   move(guest: string, to: string): void;
+  /**
+   * A cold move of `guest` to `to`, asked of its owner (the mover's archive or shared-pool move,
+   * decision 0079): the guest stops, the records are handed over (the HA record to `to`, wanted
+   * stopped as the spec's desired state), the data goes over for `transferMs`, then it is wanted
+   * started on `to`. Its journal (the move mark) is in the store: a source whose daemon stops half
+   * way finishes or undoes the move when its daemon works again (decision 0089).
+   */
+  coldMove(guest: string, to: string): void;
   /** The member is marked evacuated: its daemon moves its guests away, one at a time. */
   evacuate(member: string): void;
   /**
@@ -163,8 +174,21 @@ interface MoveState {
   until: number;
 }
 
+/** A cold move's journal (decision 0079's move mark): it outlives the source's daemon. */
+interface ColdMove {
+  ticket: HaMoveTicket;
+  phase: 'started' | 'handed-over' | 'sent';
+  wasRunning: boolean;
+  /** When the step under way (the archive's writing, its sending) ends. */
+  until: number;
+  /** Its operation runs in the source's daemon; false: left unfinished, to be resumed. */
+  running: boolean;
+}
+
 const GIB = 1024 ** 3;
 const EVACUATION_EVERY_MS = 2000;
+/** How often a daemon tries its unfinished moves again (the real daemon: every minute and more). */
+const RESUME_EVERY_MS = 10_000;
 const secs = (ms: number) => (ms / 1000).toFixed(1);
 
 export function createSimulator(options: SimOptions): Simulator {
@@ -218,6 +242,7 @@ export function createSimulator(options: SimOptions): Simulator {
   /** Where each guest's processes are: running, or arriving by a move (not executing). */
   const procs = new Map<string, Map<string, 'running' | 'incoming'>>();
   const moves = new Map<string, MoveState>();
+  const coldMoves = new Map<string, ColdMove>();
   /** Guests made HA whose record nobody wrote yet: their specs, as the CRM and the mover read them. */
   const unrecorded = new Map<string, SimGuest>();
   const scheduled: Array<{ at: number; phase: 'before' | 'race'; what: (w: SimWorld) => void }> = [];
@@ -374,7 +399,7 @@ export function createSimulator(options: SimOptions): Simulator {
   }
 
   // ----- moves -----
-  function beginMove(g: string, to: string, reason: string): boolean {
+  function beginMove(g: string, to: string, reason: string, cold = false): boolean {
     const r = guestRecord(g);
     const spec = unrecorded.get(g);
     if (!r && !spec) return false;
@@ -382,7 +407,13 @@ export function createSimulator(options: SimOptions): Simulator {
     const dest = member(to);
     const destToken = tokenOf(to);
     const token = from.lrm.token(local(from));
-    if (!daemonWorks(from) || token === undefined || destToken === undefined || r?.value.moving) {
+    if (
+      !daemonWorks(from) ||
+      token === undefined ||
+      destToken === undefined ||
+      r?.value.moving ||
+      coldMoves.has(g)
+    ) {
       say(`${from.name} cannot move ${g} to ${to} now`);
       return false;
     }
@@ -416,6 +447,13 @@ export function createSimulator(options: SimOptions): Simulator {
     if (!r) {
       unrecorded.delete(g);
       say(`${from.name} records ${g} (made HA a moment ago) as moving`);
+    }
+    if (cold) {
+      const wasRunning = procs.get(g)?.get(from.name) === 'running';
+      if (wasRunning) setProc(g, from.name, undefined);
+      coldMoves.set(g, { ticket, phase: 'started', wasRunning, until: now + transferMs, running: true });
+      say(`${from.name} stops ${g} and moves it cold to ${to} (${reason})`);
+      return true;
     }
     if (procs.get(g)?.get(from.name) === 'running') setProc(g, dest.name, 'incoming');
     moves.set(g, {
@@ -500,15 +538,141 @@ export function createSimulator(options: SimOptions): Simulator {
     }
   }
 
+  // ----- cold moves (the mover's archive and shared-pool moves) and their journals -----
+  /** The record written with the guest's desired state (the spec's, which HA reads as `want`). */
+  const wanting = (w: ReturnType<typeof haMoveDoneWrite>, want: HaGuestRecord['want']) =>
+    w.put ? { ...w, put: { ...w.put, value: { ...(w.put.value as HaGuestRecord), want } } } : w;
+  function stepColdMoves() {
+    for (const [g, mv] of [...coldMoves].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const from = member(mv.ticket.from);
+      if (!mv.running) continue;
+      if (!daemonWorks(from)) {
+        mv.running = false;
+        say(
+          `the move of ${g} to ${mv.ticket.to} is left unfinished (${mv.phase}): ${from.name}'s daemon stopped`,
+        );
+        continue;
+      }
+      if (now < mv.until) continue;
+      if (mv.phase === 'started') {
+        // The hand-over's transaction (ha-move.ts's switch-over part): the record, still marked
+        // with this move, goes to the destination, compared on both ends' tokens; the spec's
+        // desired state is Stopped until the data is there.
+        const r = guestRecord(g);
+        const marked = r?.value.owner === from.name && r.value.moving?.to === mv.ticket.to;
+        const ok =
+          r && marked
+            ? call(from, () =>
+                store.txn(
+                  wanting(
+                    haMoveDoneWrite(r, mv.ticket, { sourceToo: true, decidedAt: store.revision() }),
+                    'stopped',
+                  ),
+                ),
+              )
+            : false;
+        if (!ok) {
+          coldMoves.delete(g);
+          say(
+            `${from.name} cannot hand ${g} over to ${mv.ticket.to}: ${marked ? 'the store refused' : 'HA ended its move'}`,
+          );
+          if (daemonWorks(from)) clearMove(from, g);
+          continue;
+        }
+        mv.phase = 'handed-over';
+        mv.until = now + transferMs;
+        say(`${from.name} hands ${g} over to ${mv.ticket.to}`);
+        continue;
+      }
+      if (mv.phase === 'handed-over') {
+        // The destination applied the whole archive; the guest is started there at the next step.
+        mv.phase = 'sent';
+        say(`${from.name} sent ${g} to ${mv.ticket.to}`);
+        continue;
+      }
+      finishColdMove(from, g, mv);
+    }
+  }
+  /** The data is on the destination: the guest is wanted started there if it ran. */
+  function finishColdMove(from: MemberState, g: string, mv: ColdMove) {
+    const r = guestRecord(g);
+    if (mv.wasRunning && r && r.value.want !== 'started') {
+      const ok = call(from, () =>
+        store.txn({
+          compare: [{ key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision }],
+          put: { key: haKeys.guest(g), value: { ...r.value, want: 'started' } },
+        }),
+      );
+      if (!ok) return;
+    }
+    coldMoves.delete(g);
+    say(`${g} moved to ${mv.ticket.to}: the move is done`);
+  }
+  /**
+   * A source's daemon working again takes up the moves it left unfinished, from their journals
+   * (guest-move.ts's `resume`): one not handed over yet is undone (the source keeps the guest);
+   * one handed over whose data never arrived is undone too, its record given back under the
+   * token the source holds now (decision 0089); one whose data arrived is finished.
+   */
+  function resumeColdMoves(m: MemberState) {
+    for (const [g, mv] of [...coldMoves].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (mv.running || mv.ticket.from !== m.name) continue;
+      const to = mv.ticket.to;
+      if (mv.phase === 'sent') {
+        mv.running = true;
+        finishColdMove(m, g, mv);
+        continue;
+      }
+      if (mv.phase === 'started') {
+        coldMoves.delete(g);
+        say(`${m.name} undoes the move of ${g} to ${to}, not handed over`);
+        clearMove(m, g);
+        continue;
+      }
+      const r = guestRecord(g);
+      const alive = new Map(
+        store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
+      );
+      // The destination was never asked to run it while its record wants it stopped (the spec's
+      // desired state since the hand-over).
+      const how = { neverRanThere: r?.value.want === 'stopped' };
+      const refusal = haGiveBackRefusal(r?.value, mv.ticket, { ...how, alive });
+      if (refusal?.final) {
+        coldMoves.delete(g);
+        say(`${m.name} leaves ${g} to HA: ${refusal.reason}`);
+        continue;
+      }
+      const sourceToken = alive.get(m.name);
+      if (refusal || !r || sourceToken === undefined) {
+        say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${refusal?.reason ?? 'no HA lease'}`);
+        continue;
+      }
+      const back = haMoveBackWrite(r, mv.ticket, { ...how, sourceToken, decidedAt: store.revision() });
+      const ok = call(m, () => store.txn(wanting(back, mv.wasRunning ? 'started' : r.value.want)));
+      if (!ok) {
+        say(`${m.name} cannot undo the move of ${g} to ${to} yet: the store refused`);
+        continue;
+      }
+      coldMoves.delete(g);
+      say(`${m.name} undoes the move of ${g} to ${to}: ${g} is its own again (token ${sourceToken})`);
+    }
+  }
+
   // ----- the daemon's other duties -----
   function daemonDuties(m: MemberState) {
     if (!daemonWorks(m)) return;
     if (m.settleMoves) {
       m.settleMoves = false;
+      resumeColdMoves(m);
       for (const r of guests())
-        if (r.value.owner === m.name && r.value.moving && !moves.has(r.value.name))
+        if (
+          r.value.owner === m.name &&
+          r.value.moving &&
+          !moves.has(r.value.name) &&
+          !coldMoves.has(r.value.name)
+        )
           clearMove(m, r.value.name);
-    }
+    } else if (now % RESUME_EVERY_MS === 0) resumeColdMoves(m);
     // The evacuation controller looks every 2 s (decision 0041).
     if (now % EVACUATION_EVERY_MS !== 0) return;
     const me = store.get<HaMemberRecord>(haKeys.member(m.name));
@@ -572,6 +736,7 @@ export function createSimulator(options: SimOptions): Simulator {
     }
 
     stepMoves();
+    stepColdMoves();
     for (const m of ordered()) daemonDuties(m);
 
     const planned: Array<{ m: MemberState; d: CrmDecision }> = [];
@@ -752,6 +917,9 @@ export function createSimulator(options: SimOptions): Simulator {
     },
     move(g, to) {
       beginMove(g, to, 'migration');
+    },
+    coldMove(g, to) {
+      beginMove(g, to, 'migration', true);
     },
     evacuate(name) {
       const r = store.get<HaMemberRecord>(haKeys.member(name));

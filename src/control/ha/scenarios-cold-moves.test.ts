@@ -1,0 +1,207 @@
+import assert from 'node:assert/strict';
+import { scenarios } from './scenario-runner.ts';
+
+/**
+ * Cold moves (the mover's archive and shared-pool moves) whose source restarts past the
+ * hand-over (decision 0089): the source comes back under a new HA token, and its daemon undoes
+ * the move from its journal, the HA record given back under the token it holds now, compared on
+ * the record and both ends' tokens, so that a CRM decision about the guest meanwhile wins and the
+ * guest never runs twice.
+ */
+const three = ['h1', 'h2', 'h3'];
+
+scenarios([
+  {
+    title: 'a cold move completes: the guest stops, is handed over, and starts on the destination',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => sim.at(3000, (w) => w.coldMove('g1', 'h3')),
+    untilMs: 10_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h3 (migration)',
+      '5.0 h1 hands g1 over to h3',
+      '7.0 h1 sent g1 to h3',
+      '7.5 g1 moved to h3: the move is done',
+      '8.0 h3 starts g1',
+      '10.0 world: h1[] h2[] h3[g1]',
+    ],
+    after: (sim) => assert.equal(sim.record('g1')?.owner, 'h3'),
+  },
+  {
+    title:
+      'the source restarts past the hand-over: its daemon gives the HA record back under its new token and the guest runs on it again, once',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(6000, (w) => w.kill('h1'));
+      sim.at(7000, (w) => w.boot('h1'));
+    },
+    untilMs: 25_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '6.0 world: h1 dies',
+      "6.0 the move of g1 to h2 is left unfinished (handed-over): h1's daemon stopped",
+      '7.0 h1 boots',
+      '11.0 store: the lease of h1 expired',
+      '11.0 h1 lease granted (token 14)',
+      '11.0 h1 undoes the move of g1 to h2: g1 is its own again (token 14)',
+      '11.0 h1 crm: elected',
+      '11.0 h2 crm: another member was elected first',
+      '11.0 h3 crm: another member was elected first',
+      '11.5 h1 starts g1',
+      '25.0 world: h1[g1] h2[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.owner, 'h1');
+    },
+  },
+  {
+    title:
+      "the source restarts past the hand-over while the CRM recovers another member's guests and its own old ones: each guest runs once, the moved one back on its source",
+    cluster: {
+      members: three,
+      guests: [
+        { name: 'g1', on: 'h1' },
+        { name: 'g2', on: 'h1' },
+        { name: 'g3', on: 'h3' },
+      ],
+    },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(6000, (w) => w.kill('h1'));
+      sim.at(6000, (w) => w.kill('h3'));
+      sim.at(7000, (w) => w.boot('h1'));
+    },
+    untilMs: 25_000,
+    log: [
+      '1.0 world: h1[g1 g2] h2[] h3[g3]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '6.0 world: h1 dies',
+      '6.0 world: h3 dies',
+      "6.0 the move of g1 to h2 is left unfinished (handed-over): h1's daemon stopped",
+      '7.0 h1 boots',
+      '11.0 store: the lease of h1 expired',
+      '11.0 store: the lease of h3 expired',
+      '11.0 h1 lease granted (token 17)',
+      '11.0 h1 undoes the move of g1 to h2: g1 is its own again (token 17)',
+      '11.0 h1 crm: elected',
+      '11.0 h2 crm: another member was elected first',
+      '11.5 h1 starts g1',
+      '12.0 h1 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '12.0 h1 crm: h3 lost (token 7); its HA guests are given to others after the margin (2 s on this clock)',
+      '14.0 h1 crm: g2 \u2192 h2 (rev 19; most free memory: 8.0 GiB of 8.0)',
+      '14.0 h1 crm: g3 \u2192 h2 (rev 19; most free memory: 7.0 GiB of 8.0)',
+      '14.5 h2 starts g2',
+      '14.5 h2 starts g3',
+      '25.0 world: h1[g1] h2[g2 g3] h3 down[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.runningOn('g2').length, 1);
+      assert.equal(sim.runningOn('g3').length, 1);
+    },
+  },
+  {
+    title:
+      'the source restarts past the hand-over and the destination dies: the destination was never asked to run the guest, so the source takes it back without waiting for HA',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(6000, (w) => w.kill('h1'));
+      sim.at(6000, (w) => w.kill('h2'));
+      sim.at(7000, (w) => w.boot('h1'));
+    },
+    untilMs: 30_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '6.0 world: h1 dies',
+      '6.0 world: h2 dies',
+      "6.0 the move of g1 to h2 is left unfinished (handed-over): h1's daemon stopped",
+      '7.0 h1 boots',
+      '11.0 store: the lease of h1 expired',
+      '11.0 store: the lease of h2 expired',
+      '11.0 h1 lease granted (token 15)',
+      '11.0 h1 undoes the move of g1 to h2: g1 is its own again (token 15)',
+      '11.0 h1 crm: elected',
+      '11.0 h3 crm: another member was elected first',
+      '11.5 h1 starts g1',
+      '30.0 world: h1[g1] h2 down[] h3[]',
+    ],
+    after: (sim) => assert.deepEqual(sim.runningOn('g1'), ['h1']),
+  },
+  {
+    title:
+      'the source restarts once the data was sent: its daemon finishes the move and the guest runs on the destination',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(7000, (w) => w.killDaemon('h1'), 'race');
+      sim.at(7500, (w) => w.fence('h1'));
+      sim.at(9000, (w) => w.startDaemon('h1'));
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '7.0 h1 sent g1 to h2',
+      '7.0 world: the daemon of h1 is killed',
+      '7.5 world: the HA agent of h1 is asked to fence',
+      '7.5 h1 fenced: no HA guest ran here',
+      "7.5 the move of g1 to h2 is left unfinished (sent): h1's daemon stopped",
+      '8.0 h1 lease granted (token 13)',
+      '9.0 world: the daemon of h1 starts',
+      '9.0 g1 moved to h2: the move is done',
+      '9.0 h1 crm: gives up its election of an earlier lease',
+      '9.5 h2 starts g1',
+      '10.0 h1 crm: elected',
+      '10.0 h2 crm: another member was elected first',
+      '10.0 h3 crm: another member was elected first',
+      '20.0 world: h1[] h2[g1] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h2']);
+      assert.equal(sim.record('g1')?.owner, 'h2');
+    },
+  },
+  {
+    title:
+      "the source's agent fences and its daemon restarts past the hand-over: the record goes back under the agent's new lease",
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(5500, (w) => w.killDaemon('h1'));
+      sim.at(5500, (w) => w.fence('h1'));
+      sim.at(8000, (w) => w.startDaemon('h1'));
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '5.5 world: the daemon of h1 is killed',
+      '5.5 world: the HA agent of h1 is asked to fence',
+      '5.5 h1 fenced: no HA guest ran here',
+      "5.5 the move of g1 to h2 is left unfinished (handed-over): h1's daemon stopped",
+      '6.0 h1 lease granted (token 13)',
+      '8.0 world: the daemon of h1 starts',
+      '8.0 h1 undoes the move of g1 to h2: g1 is its own again (token 13)',
+      '8.0 h1 crm: gives up its election of an earlier lease',
+      '8.5 h1 starts g1',
+      '9.0 h1 crm: elected',
+      '9.0 h2 crm: another member was elected first',
+      '9.0 h3 crm: another member was elected first',
+      '20.0 world: h1[g1] h2[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.owner, 'h1');
+    },
+  },
+]);
