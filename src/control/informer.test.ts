@@ -1,10 +1,15 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
+import { aGuestSpec } from '../../test/fakes/guest-records.ts';
 import { unavailable } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import type { GuestSpec } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
-import type { KeyValue, KvStore } from '../store/kv.ts';
+import type { KeyValue, KvStore, WatchOptions } from '../store/kv.ts';
 import type { KvEngine } from '../store/kv-engine.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { records } from '../store/records.ts';
 import { createInformer, type Informer, type InformerHandlers } from './informer.ts';
 
 interface Record {
@@ -174,7 +179,7 @@ describe('informer', () => {
     assert.deepEqual(calls, ['add r/a=1', 'delete r/a=1']);
   });
 
-  test('a watch that stalls without an error is healed by the periodic re-list: what it missed is seen, nothing twice, and the new watch delivers', async () => {
+  test('a watch that stalls without an error is healed by the periodic re-watch: what it missed is seen, nothing twice, and the new watch delivers', async () => {
     await put('a', 1);
     await put('b', 1);
     // A store whose first watch delivers nothing and never says it is lost (a stream that stopped).
@@ -205,7 +210,8 @@ describe('informer', () => {
     await store.delete('r/b');
     await put('c', 1);
     await waitFor(() => calls.length === 5);
-    assert.deepEqual(calls, ['add r/a=1', 'add r/b=1', 'update r/a=1->2', 'add r/c=1', 'delete r/b=1']);
+    // Replayed by the new watch, in the order they happened.
+    assert.deepEqual(calls, ['add r/a=1', 'add r/b=1', 'update r/a=1->2', 'delete r/b=1', 'add r/c=1']);
     assert.ok(informer.resyncs() >= 1);
     assert.equal(informer.relists(), 0, 'nothing said the watch was lost');
     // The watch opened after the re-list delivers on its own, each change once.
@@ -213,6 +219,109 @@ describe('informer', () => {
     await waitFor(() => calls.length === 6);
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.deepEqual(calls.slice(5), ['update r/c=1->2']);
+  });
+
+  test('the periodic resync lists nothing: over 10,000 guest records, one list at start, then watches only', async () => {
+    for (let i = 0; i < 10_000; i++) {
+      const name = `g${i}`;
+      await store.put(keys.guest(name), JSON.stringify(aGuestSpec({ name })));
+    }
+    const counting = countingStore(store);
+    const seen: string[] = [];
+    const guests = createInformer<GuestSpec>({
+      store: counting,
+      prefix: records.guest.prefix,
+      decode: records.guest.decode,
+      handlers: { onUpdate: (key, spec) => seen.push(`${key} ${spec.desired}`) },
+      log: silentLogger(),
+      resyncMs: 10,
+    });
+    try {
+      await guests.start();
+      assert.deepEqual(counting.reads, { records: 10_000, lists: [records.guest.prefix] });
+      counting.reset();
+      await waitFor(() => guests.resyncs() >= 3);
+      await store.put(keys.guest('g7'), JSON.stringify(aGuestSpec({ name: 'g7', desired: 'Stopped' })));
+      const resyncs = guests.resyncs();
+      await waitFor(() => guests.resyncs() >= resyncs + 3);
+      // The change is delivered once, by whichever watch was open when it was written.
+      assert.deepEqual(seen, [`${keys.guest('g7')} Stopped`]);
+      assert.equal(guests.get(keys.guest('g7'))?.desired, 'Stopped');
+      assert.equal(guests.relists(), 0);
+      assert.deepEqual(counting.reads, { records: 0, lists: [] }, 'a resync reads nothing from the store');
+    } finally {
+      guests.stop();
+    }
+  });
+
+  test("a quiet prefix in a busy store: the resync re-watches from the watch's progress, so history compacted since the last change does not make it list", async () => {
+    await store.close();
+    store = createMemoryStore({ historyLimit: 20 });
+    await put('a', 1);
+    const counting = countingStore(store);
+    informer = createInformer<Record>({
+      store: counting,
+      prefix: 'r/',
+      decode,
+      handlers,
+      log: silentLogger(),
+      resyncMs: 10,
+    });
+    await informer.start();
+    // Writes elsewhere move the revision far past the history kept.
+    for (let i = 0; i < 200; i++) await store.put(`other/${i % 7}`, '{"n":0}');
+    const resyncs = informer.resyncs();
+    await waitFor(() => informer.resyncs() >= resyncs + 3);
+    assert.equal(informer.relists(), 0);
+    assert.deepEqual(counting.reads.lists, ['r/']);
+    assert.ok(
+      informer.revision() > 200,
+      `the cache's revision follows the watch's progress (${informer.revision()})`,
+    );
+    await put('a', 2);
+    await waitFor(() => calls.length === 2);
+    assert.deepEqual(calls, ['add r/a=1', 'update r/a=1->2']);
+  });
+
+  test('a stalled watch whose missed history is compacted is re-listed at the resync', async () => {
+    await store.close();
+    store = createMemoryStore({ historyLimit: 5 });
+    await put('a', 1);
+    await put('b', 1);
+    // While `stall` holds, a watch delivers no event and cannot tell its progress (its lost
+    // reports still arrive, as a compacted history's would); after, watches are the store's.
+    let stall = true;
+    const stalled = new Proxy(store, {
+      get(target, prop) {
+        if (prop === 'watch') {
+          return (key: string, options: WatchOptions, onEvents: Parameters<KvStore['watch']>[2]) => {
+            if (!stall) return target.watch(key, options, onEvents);
+            const inner = target.watch(key, options, () => {});
+            return { cancel: () => inner.cancel() };
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    }) as KvStore;
+    informer = createInformer<Record>({
+      store: stalled,
+      prefix: 'r/',
+      decode,
+      handlers,
+      log: silentLogger(),
+      resyncMs: 20,
+    });
+    await informer.start();
+    await put('a', 2);
+    await store.delete('r/b');
+    for (let i = 0; i < 20; i++) await store.put('other/x', '{"n":0}');
+    stall = false;
+    await waitFor(() => informer.relists() === 1 && synced.length === 2);
+    assert.deepEqual(calls.slice(2).sort(), ['delete r/b=1', 'update r/a=1->2']);
+    await put('c', 1);
+    await waitFor(() => calls.length === 5);
+    assert.equal(calls[4], 'add r/c=1');
   });
 
   test('records that cannot be decoded are left out; a handler that throws does not stop the others', async () => {

@@ -32,10 +32,12 @@ export interface InformerOptions<T> {
   /** Longest pause between re-list attempts (default 10 s). */
   relistMaxMs?: number;
   /**
-   * Lists again this often even when the watch seems well (default 5 min; 0: never). A watch
-   * that stalls without an error (a stream that stops delivering) would otherwise leave the
-   * cache, and every controller acting on it, behind for good; the re-list turns what it missed
-   * into handler calls, as after a lost watch.
+   * Ends the watch and opens a new one this often, from where the cache stands (default 5 min;
+   * 0: never). A watch that stalls without an error (a stream that stops delivering) would
+   * otherwise leave the cache, and every controller acting on it, behind for good; the new watch
+   * replays what the old one missed from the store's history, as handler calls, each change once.
+   * Nothing is listed (decision 0087): only when that history is compacted does the new watch
+   * report itself lost, and the informer lists again as after any lost watch.
    */
   resyncMs?: number;
 }
@@ -45,8 +47,8 @@ export interface InformerOptions<T> {
  * watches from the list's revision + 1, and calls its handlers for every change. When
  * the watch is lost (its history compacted, or the store cancelled it) it lists again
  * and calls the handlers for the difference, deletes included, so its owner misses
- * nothing (Kubernetes' list-then-watch informer, over our store). It also lists again every
- * `resyncMs`, in case a watch stalls without saying so.
+ * nothing (Kubernetes' list-then-watch informer, over our store). Every `resyncMs` it opens a
+ * new watch from its cache's revision (no list), in case a watch stalls without saying so.
  */
 export interface Informer<T> {
   /** Lists (calling onAdd for every key), then watches; rejects when the first list fails. */
@@ -61,7 +63,7 @@ export interface Informer<T> {
   revision(): number;
   /** How many times the watch was lost and the prefix listed again. */
   relists(): number;
-  /** How many periodic re-lists (`resyncMs`) ran. */
+  /** How many periodic re-watches (`resyncMs`) ran. */
   resyncs(): number;
 }
 
@@ -158,14 +160,22 @@ export function createInformer<T>(options: InformerOptions<T>): Informer<T> {
     void relist(0);
   }
 
-  /** The periodic re-list: the watch is ended first, and the new one starts after the list. */
+  /**
+   * The periodic re-watch: the watch is replaced by one from the revision up to which it delivered
+   * everything (its progress, which moves on with quiet revisions where the store can tell, so
+   * the replay is what changed since; else the last revision it delivered). What a stalled watch
+   * missed is replayed by the new one; events of the old one still in flight are dropped (its
+   * generation), and are replayed too. A compacted history makes the new watch lost: re-listed.
+   */
   const resync = () => {
     if (stopped || relisting || !watcher) return;
+    const progressed = watcher.progress?.();
     watchGeneration++;
     watcher.cancel();
     watcher = undefined;
     resyncs++;
-    void relist(0);
+    if (progressed !== undefined && progressed > revision) revision = progressed;
+    watch();
   };
 
   /** Lists again and turns the difference with the cache into handler calls, then watches on. */

@@ -404,8 +404,9 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       // A started guest is looked at within a second: the next pass reads the guests whose spec,
       // status or observation changed (a watch on each prefix names them), and queues the tracked
       // guests that are due (a settled one every refresh interval). Only the first pass, and one
-      // after an informer listed again (a lost watch, its periodic resync), lists every guest:
-      // a pass costs what changed, not every guest of the cluster (decision 0080).
+      // after an informer listed again (a lost watch; its periodic resync watches again from where
+      // it stands and lists nothing, decision 0087), lists every guest: a pass costs what changed,
+      // not every guest of the cluster (decision 0080).
       // Informers rather than bare watches: a watch lost to a compaction is re-listed, and
       // the changes it missed still make the next pass a full one. The passes read the store
       // themselves (they must work without start, in tests), so the caches keep only keys.

@@ -513,6 +513,35 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         }
       });
 
+      test('a watch reports progress at or past its last delivered revision: a watch from the next one delivers the rest, none twice (decision 0087)', async () => {
+        const { seen, watcher } = collect(p);
+        let second: ReturnType<typeof collect> | undefined;
+        try {
+          await store.put(`${p}a`, '1');
+          const r2 = await store.put(`${p}a`, '2');
+          await store.put(`${p.slice(0, -1)}-other`, 'x');
+          await waitFor(() => seen.length >= 2);
+          // Every backend of ours tells it (the interface lets others leave it out).
+          const progress = watcher.progress?.();
+          assert.ok(progress !== undefined, 'the watch reports its progress');
+          // Never beyond what was written, never behind what was delivered.
+          assert.ok(progress >= r2.revision, `progress ${progress} >= ${r2.revision}`);
+          assert.ok(progress <= (await store.revision()));
+          watcher.cancel();
+          const r4 = await store.put(`${p}a`, '4');
+          second = collect(p, { fromRevision: progress + 1 });
+          await waitFor(() => (second?.seen.length ?? 0) >= 1);
+          await settle();
+          assert.deepEqual(
+            second.seen.map((s) => s.revision),
+            [r4.revision],
+          );
+        } finally {
+          watcher.cancel();
+          second?.watcher.cancel();
+        }
+      });
+
       test('cancel stops delivery, even of events already written', async () => {
         const { seen, watcher } = collect(p);
         await store.put(`${p}a`, '1');

@@ -246,7 +246,7 @@ class EtcdKvStore implements EtcdStore {
     });
     this.#watches.add(watch);
     watch.start();
-    return { cancel: () => watch.cancel() };
+    return { cancel: () => watch.cancel(), progress: () => watch.progress() };
   }
 
   async revision(): Promise<number> {
@@ -593,6 +593,11 @@ class EtcdWatch {
   cancel(): void {
     if (this.#ended) return;
     this.#end();
+  }
+
+  /** Every event up to here was delivered, or etcd said there was none (a progress notification). */
+  progress(): number {
+    return this.#next - 1;
   }
 
   cancelOnServer(): void {

@@ -82,7 +82,7 @@ export class KvEngine implements KvStore {
       throw invalidArgument(`historyLimit must be a positive integer, got ${this.#historyLimit}.`);
     }
     this.#onError = options.onError ?? ((error) => process.emitWarning(`kv store: ${String(error)}`));
-    this.#hub = new WatchHub(this.#onError);
+    this.#hub = new WatchHub(this.#onError, () => this.#backend.revision());
     this.#sweepExpiredLeases();
     this.#sweeper = setInterval(() => {
       try {

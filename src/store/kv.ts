@@ -64,6 +64,15 @@ export interface WatchEvent {
 /** A registered watch; `cancel()` stops delivery. */
 export interface Watcher {
   cancel(): void;
+  /**
+   * The revision up to which this watch has delivered every event of its keys (events of other
+   * keys and revisions without any count as delivered): a new watch from the next revision
+   * misses nothing this one would have delivered. It moves on with quiet revisions too (etcd's
+   * progress notifications), so a watch opened from it replays only what happened since.
+   * Optional: a backend that cannot tell leaves it out, and its owner uses the last revision
+   * delivered to it.
+   */
+  progress?(): number;
 }
 
 export interface WatchOptions {

@@ -30,8 +30,12 @@ export class WatchHub {
   readonly #watchers = new Set<QueuedWatcher>();
   readonly #onError: (error: unknown) => void;
 
-  constructor(onError: (error: unknown) => void) {
+  readonly #revision: () => number;
+
+  /** `revision` is the store's current revision (every batch up to it was published). */
+  constructor(onError: (error: unknown) => void, revision: () => number) {
     this.#onError = onError;
+    this.#revision = revision;
   }
 
   /** Registers a watcher; `replay` (already-committed history) is delivered first. */
@@ -44,6 +48,9 @@ export class WatchHub {
         watcher.cancel();
         this.#watchers.delete(watcher);
       },
+      // Publishing queues a watcher's events synchronously: with nothing queued, it has had every
+      // event up to the store's revision; else every one before its oldest queued batch.
+      progress: () => watcher.progress(this.#revision()),
     };
   }
 
@@ -114,6 +121,11 @@ class QueuedWatcher {
       this.#scheduled = true;
       queueMicrotask(() => this.#drain());
     }
+  }
+
+  progress(current: number): number {
+    const next = this.#queue[0];
+    return next ? next.revision - 1 : current;
   }
 
   cancel(): void {
