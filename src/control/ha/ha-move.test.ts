@@ -5,7 +5,7 @@ import { isTrivisorError } from '../../core/errors.ts';
 import type { KvStore } from '../../store/kv.ts';
 import { createMemoryStore } from '../../store/memory-store.ts';
 import { records } from '../../store/records.ts';
-import { beginHaMove, haSwitchOverPart } from './ha-move.ts';
+import { beginHaMove, haDecidedSinceSwitchOver, haGiveBackPart, haSwitchOverPart } from './ha-move.ts';
 import { readHaWorld, recordUpkeep, type StoredHa } from './ha-store.ts';
 import { haKeys } from './types.ts';
 
@@ -152,6 +152,131 @@ test('a guest that is not HA moves without an HA record', async () => {
       undefined,
     );
     assert.equal(await store.get(haKeys.guest('plain')), undefined);
+  } finally {
+    await store.close();
+  }
+});
+
+/**
+ * Web moved from m1 to m2 up to its switch-over (the record and the spec name m2), then m1's HA
+ * lease renewed: a member restarted, or its agent fenced, has a new heartbeat, hence a new token.
+ */
+async function handedOverThenSourceRenewed(store: KvStore) {
+  const tokens = await cluster(store);
+  const ticket = await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' });
+  assert.ok(ticket);
+  const part = await haSwitchOverPart(store, ticket);
+  const spec = records.guest.at('web');
+  const now = await spec.get(store);
+  assert.ok(now);
+  const flip = await store.txn({
+    compare: part.compare,
+    success: [...part.success, spec.putOp({ ...now.value, location: 'm2', desired: 'Stopped' })],
+  });
+  assert.equal(flip.succeeded, true);
+  await store.delete(haKeys.heartbeat('m1'));
+  const lease = await store.grantLease(60);
+  await store.put(haKeys.heartbeat('m1'), JSON.stringify({ member: 'm1' }), { lease: lease.id });
+  const m1Now = (await store.get(haKeys.heartbeat('m1')))?.createRevision;
+  assert.ok(m1Now !== undefined && m1Now !== tokens.m1);
+  return { tokens, ticket, m1Now };
+}
+
+/** The undoing's transaction as the mover makes it: the HA part with the spec back on m1. */
+async function giveBack(store: KvStore, part: Awaited<ReturnType<typeof haGiveBackPart>>) {
+  const spec = records.guest.at('web');
+  const now = await spec.get(store);
+  assert.ok(now);
+  return store.txn({
+    compare: [...part.compare, spec.unchanged(now.modRevision)],
+    success: [...part.success, spec.putOp({ ...now.value, location: 'm1' })],
+  });
+}
+
+test("a move undone after its switch-over gives the HA record back under the source's token now, after the source's HA lease was renewed; the CRM's bookkeeping then has nothing to change", async () => {
+  const store = createMemoryStore();
+  try {
+    const { ticket, m1Now } = await handedOverThenSourceRenewed(store);
+    for (const neverRanThere of [true, false]) {
+      assert.equal(await haDecidedSinceSwitchOver(store, ticket), false);
+      const r = await giveBack(store, await haGiveBackPart(store, ticket, { neverRanThere }));
+      assert.equal(r.succeeded, true);
+      const back = await recordOf(store);
+      assert.deepEqual([back?.owner, back?.token, back?.moving, back?.failures], ['m1', m1Now, undefined, 0]);
+      assert.equal(await crmUpkeep(store), 0);
+      // Once more from the switch-over, for the other kind of destination.
+      const spec = records.guest.at('web');
+      const now = await spec.get(store);
+      assert.ok(now);
+      await store.put(haKeys.guest('web'), JSON.stringify({ ...back, owner: 'm2', token: ticket.toToken }));
+      await spec.put(store, { ...now.value, location: 'm2' });
+    }
+  } finally {
+    await store.close();
+  }
+});
+
+test("the give-back loses to a CRM decision written between its read and its write: the record's revision is compared, and nothing of the undoing is written", async () => {
+  const store = createMemoryStore();
+  try {
+    const { ticket } = await handedOverThenSourceRenewed(store);
+    const part = await haGiveBackPart(store, ticket, { neverRanThere: true });
+    // The CRM records a failed start, say (any decision rewrites the record).
+    const kv = await store.get(haKeys.guest('web'));
+    assert.ok(kv);
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...JSON.parse(kv.value), failures: 1 }));
+    assert.equal((await giveBack(store, part)).succeeded, false);
+    assert.deepEqual(
+      [(await recordOf(store))?.owner, (await records.guest.at('web').get(store))?.value.location],
+      ['m2', 'm2'],
+    );
+  } finally {
+    await store.close();
+  }
+});
+
+test('a destination that lost its HA lease refuses the give-back while it may have run the guest (the CRM recovers it), not when it was never asked to; a source without an HA lease, and a record HA gave away since, refuse it', async () => {
+  const store = createMemoryStore();
+  try {
+    const { ticket, m1Now } = await handedOverThenSourceRenewed(store);
+    await store.delete(haKeys.heartbeat('m2'));
+    await assert.rejects(
+      haGiveBackPart(store, ticket, { neverRanThere: false }),
+      (e: unknown) =>
+        isTrivisorError(e) &&
+        e.code === 'Conflict' &&
+        e.message === 'Member m2 lost the HA lease guest web was given under: HA recovers it',
+    );
+    assert.equal(
+      (await giveBack(store, await haGiveBackPart(store, ticket, { neverRanThere: true }))).succeeded,
+      true,
+    );
+    assert.deepEqual([(await recordOf(store))?.owner, (await recordOf(store))?.token], ['m1', m1Now]);
+
+    // Handed over again; now the source has no HA lease at all.
+    const kv = await store.get(haKeys.guest('web'));
+    assert.ok(kv);
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...JSON.parse(kv.value), owner: 'm2', token: ticket.toToken }),
+    );
+    await store.delete(haKeys.heartbeat('m1'));
+    await assert.rejects(
+      haGiveBackPart(store, ticket, { neverRanThere: true }),
+      (e: unknown) =>
+        isTrivisorError(e) && e.code === 'Conflict' && e.message.startsWith('Member m1 has no HA lease now'),
+    );
+    assert.equal(await haDecidedSinceSwitchOver(store, ticket), false);
+    // HA gave it to m2 again under a new lease of m2's: the move is no longer the mover's to undo.
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...JSON.parse(kv.value), owner: 'm2', token: 999 }),
+    );
+    assert.equal(await haDecidedSinceSwitchOver(store, ticket), true);
+    await assert.rejects(
+      haGiveBackPart(store, ticket, { neverRanThere: true }),
+      (e: unknown) => isTrivisorError(e) && e.message === 'HA gave guest web to m2 meanwhile',
+    );
   } finally {
     await store.close();
   }
