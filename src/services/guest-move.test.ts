@@ -679,6 +679,80 @@ describe('moving a guest (cold)', () => {
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 
+  // Decision 0089: the source restarted past the hand-over has a new HA token (its agent's lease
+  // was renewed); its journal's ticket names the old one.
+  const renewHeartbeat = async (member: string) => {
+    await store.delete(haKeys.heartbeat(member));
+    await store.put(haKeys.heartbeat(member), JSON.stringify({ member }));
+    return (await store.get(haKeys.heartbeat(member)))?.createRevision;
+  };
+
+  test("an HA guest whose source restarted past the hand-over (a new HA token), started again, undoes the move: the HA record goes back under the source's new token, the guest runs there, the journal goes", async () => {
+    const { tokens } = await makeHa(store);
+    dieAt = 'handed-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    const journal = await moveMarkOf(store, 'web');
+    assert.equal(journal?.phase, 'handed-over');
+    assert.equal(journal?.ha?.fromToken, tokens.h1);
+    const handed = await haRecordOf(store);
+    assert.deepEqual([handed.owner, handed.token], ['h2', tokens.h2]);
+    const h1Now = await renewHeartbeat('h1');
+    assert.notEqual(h1Now, tokens.h1);
+    dieAt = undefined;
+    const again = createGuestMover(depsAgain);
+    assert.equal(await again.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', h1Now, undefined]);
+    assert.equal((await guest())?.location, 'h1');
+    await waitForGuest(store, 'web', (sp, st) =>
+      st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
+    );
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web']);
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined, 'the journal is gone');
+    assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
+  });
+
+  test('an HA guest whose source restarted past the hand-over while its destination is gone too: the destination was never asked to run it, so the source takes it back without waiting for HA', async () => {
+    await makeHa(store);
+    dieAt = 'handed-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    const h1Now = await renewHeartbeat('h1');
+    await store.delete(haKeys.heartbeat('h2'));
+    dieAt = undefined;
+    assert.equal(await createGuestMover(depsAgain).resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token], ['h1', h1Now]);
+    assert.equal((await guest())?.location, 'h1');
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("an HA guest that HA gave again since its hand-over (its record names a new lease of the destination's) is left to HA by the restarted source: both copies and the archive are kept, the journal goes, and nothing is retried", async () => {
+    const { record } = await makeHa(store);
+    dieAt = 'handed-over';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    await renewHeartbeat('h1');
+    const h2Now = await renewHeartbeat('h2');
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: h2Now }));
+    dieAt = undefined;
+    const { log, errors } = recordingLogger();
+    const again = createGuestMover({ ...depsAgain, log });
+    assert.equal(await again.resumeUnfinished(), 1);
+    assert.ok(
+      errors.some((m) => m.includes('HA decided about the guest since its hand-over')),
+      errors.join('; '),
+    );
+    assert.equal((await guest())?.location, 'h2');
+    assert.deepEqual((await haRecordOf(store)).token, h2Now);
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "this member's copy is kept");
+    assert.deepEqual(backups.deleted, [], 'the archive is kept');
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+    assert.equal(await again.resumeUnfinished(), 0);
+  });
+
   test("another member's unfinished move is not this member's to resume, and a second move of its guest is refused while it is unfinished", async () => {
     dieAt = 'handed-over';
     await mover.move('web', { target: 'h2' });
