@@ -31,15 +31,15 @@ export function backupMethods(
       const storage = storageFor(spec);
       assertProvisioned(spec, status);
       const exportIncremental = storage.exportIncremental?.bind(storage);
+      if (options.snapshotsOnly && (!options.withSnapshots || options.incremental || options.uncompressed)) {
+        throw invalidArgument(
+          'An archive of the snapshots alone is made with --with-snapshots and nothing else',
+        );
+      }
       if (options.uncompressed && (spec.model !== 'vm' || options.incremental || options.withSnapshots)) {
         // Only a vm disk is read in place by a live restore (decision 0063); compression saves the rest.
         throw invalidArgument(
           'An uncompressed export is for the live restore of a vm guest: it is made of a vm guest alone, without --incremental or --with-snapshots',
-        );
-      }
-      if (options.snapshotsOnly && (!options.withSnapshots || options.incremental || options.uncompressed)) {
-        throw invalidArgument(
-          'An archive of the snapshots alone is made with --with-snapshots and nothing else',
         );
       }
       if (options.incremental) {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -225,6 +225,21 @@ describe('storage service', () => {
     assert.equal(await readFile(path.join(dir, 'backup-00000000000000aa.tar'), 'utf8'), "a user's");
     assert.match(newBackupName(), /^backup-[0-9a-f]{16}$/);
     await rm(dir, { recursive: true, force: true });
+  });
+
+  test("an archive of the snapshots alone (a live move's, decision 0088) is made with --with-snapshots and nothing else", async () => {
+    for (const options of [
+      { withSnapshots: false, snapshotsOnly: true },
+      { withSnapshots: true, snapshotsOnly: true, uncompressed: true },
+      { withSnapshots: true, snapshotsOnly: true, incremental: true },
+    ]) {
+      await assert.rejects(service.createBackup('web', options), {
+        code: 'InvalidArgument',
+        message:
+          /^An archive of the snapshots alone is made with --with-snapshots and nothing else$|^An uncompressed export/,
+      });
+    }
+    assert.deepEqual(await readdir(path.join(stateDir, 'backups')).catch(() => []), []);
   });
 
   test('bad names, unknown guests and unknown snapshots are typed errors', async () => {

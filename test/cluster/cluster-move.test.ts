@@ -75,8 +75,32 @@ describe('moving guests between two members', () => {
       m1.daemon.ok(['exec', name, '--', 'rm', '/root/mine']);
       m1.daemon.ok(['snapshot', 'restore', name, 's1']);
       assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+      if (model === 'vm') {
+        // Decision 0088: the same guest moves back live, its snapshot with it (no other vm boot).
+        m1.daemon.ok(['exec', name, '--', 'sh', '-c', 'echo later > /root/later; sync']);
+        const bootId = () => m1.daemon.ok(['exec', name, '--', 'cat', '/proc/sys/kernel/random/boot_id']);
+        const booted = bootId();
+        const live = m2.daemon.cli(['move', name, '--target', 'm1', '--live'], { timeoutMs: 300_000 });
+        assert.equal(
+          live.code,
+          0,
+          `${live.stderr}\nm1: ${m1.daemon.stderr().slice(-3000)}\nm2: ${m2.daemon.stderr().slice(-3000)}`,
+        );
+        const back = listed(m2.daemon, name);
+        assert.equal(back?.location, 'm1');
+        assert.equal(back?.status, 'Running');
+        assert.equal(bootId(), booted, 'it kept running: no restart');
+        assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/later']), 'later\n');
+        assert.match(m2.daemon.ok(['snapshot', 'list', name]), /\bs1\b/);
+        assert.equal(existsSync(dirOn(m2.daemon)), false, "m2's copy is gone");
+        // Restored on m1, the snapshot has what it had when it was taken, not what came after.
+        m2.daemon.ok(['snapshot', 'restore', name, 's1']);
+        assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+        assert.notEqual(m1.daemon.cli(['exec', name, '--', 'test', '-e', '/root/later']).code, 0);
+      }
       m1.daemon.ok(['delete', '--force', name]);
       assert.equal(existsSync(dirOn(m2.daemon)), false);
+      assert.equal(existsSync(dirOn(m1.daemon)), false);
     });
   }
 
