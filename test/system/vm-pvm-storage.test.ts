@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -92,6 +93,30 @@ for (const model of ['vm', 'pvm'] as const) {
       dst.ok(['snapshot', 'restore', name, 'snap0']);
       assert.equal(sh(dst, name, 'cat /srv/data.txt'), 'one');
     });
+
+    if (model === 'vm') {
+      // A stopped vm guest's disk is streamed into the archive as a flat qcow2 made on the way
+      // (decision 0085), its snapshots still converted: both must import whole.
+      test('an export of the stopped guest imports with the same checksums, a sound disk and its snapshot', async () => {
+        const want = src.ok(['exec', name, '--', ...FINGERPRINT]);
+        src.ok(['stop', name]);
+        const archive = path.join(dir, `${name}-stopped.backup`);
+        src.ok(['export', name, archive, '--with-snapshots']);
+        dst ??= await startDaemon();
+        // The same name, so that the hostname is the same too.
+        dst.cli(['delete', '--force', name]);
+        const copy = name;
+        dst.ok(['import', archive, copy]);
+        const disk = path.join(dst.stateDir, 'guests', copy, 'root.qcow2');
+        const check = spawnSync('qemu-img', ['check', '-f', 'qcow2', disk], { encoding: 'utf8' });
+        assert.equal(check.status, 0, check.stdout + check.stderr);
+        assert.deepEqual(snapshots(dst, copy), ['snap0']);
+        dst.ok(['start', copy]);
+        assert.equal(dst.ok(['exec', copy, '--', ...FINGERPRINT]), want);
+        dst.ok(['snapshot', 'restore', copy, 'snap0']);
+        assert.equal(sh(dst, copy, 'cat /srv/data.txt'), 'one');
+      });
+    }
   });
 }
 

@@ -5,6 +5,7 @@ import {
   copyFile,
   lstat,
   mkdir,
+  open,
   readdir,
   readFile,
   rename,
@@ -16,8 +17,10 @@ import { dirname, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
+import { type FlatQcow2Source, flatQcow2Source, streamFlatQcow2 } from '../../host/qcow2-stream.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
+import { tarHeader } from '../../storage/backup-archive.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
@@ -233,6 +236,71 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     }
   };
 
+  /**
+   * Writes the archive of exportTar to `tarPath` in one pass: a tar whose `disk.qcow2` is the
+   * flat qcow2 of `source`, made on the way, and `uefi-vars.fd` when the guest has one, through
+   * `zstd -T0` (decision 0085). The same tar as `tar --zstd` of the converted image would make,
+   * less its holes, which a flat qcow2 made this way does not have.
+   */
+  const streamDiskArchive = async (
+    source: FlatQcow2Source,
+    tarPath: string,
+    vars: Buffer | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<void> => {
+    signal?.throwIfAborted();
+    const out = await open(tarPath, 'w', 0o600);
+    const zstd = runner.spawn(['zstd', '-T0', '-q', '-c'], { stdio: ['pipe', out.fd, 'pipe'] });
+    await out.close();
+    const stderr: Buffer[] = [];
+    zstd.stderr?.on('data', (d: Buffer) => stderr.push(d));
+    const exited = new Promise<number>((resolve) => {
+      zstd.on('close', (code) => resolve(code ?? 1));
+      zstd.on('error', () => resolve(1));
+    });
+    const stdin = zstd.stdin;
+    if (!stdin) throw new Error('zstd has no stdin');
+    stdin.on('error', () => {});
+    const write = (chunk: Buffer) =>
+      new Promise<void>((resolve, reject) => {
+        stdin.write(chunk, (e) => (e ? reject(e) : resolve()));
+      });
+    const onAbort = () => zstd.kill('SIGKILL');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let written = 0;
+    const member = async (name: string, size: number, body: () => Promise<void>) => {
+      await write(tarHeader(name, 'file', size, Date.now()));
+      await body();
+      const pad = (512 - (size % 512)) % 512;
+      if (pad > 0) await write(Buffer.alloc(pad));
+      written += 512 + size + pad;
+    };
+    try {
+      await member(ARCHIVE_DISK, source.plan.sizeBytes, () =>
+        streamFlatQcow2(source, write, signal ? { signal } : {}),
+      );
+      if (vars) await member(ARCHIVE_UEFI_VARS, vars.length, () => write(vars));
+      // The end: two zero blocks, then up to a whole record of 20 blocks, as GNU tar writes it.
+      written += 1024;
+      await write(Buffer.alloc(1024 + ((10240 - (written % 10240)) % 10240)));
+      stdin.end();
+      const code = await exited;
+      signal?.throwIfAborted();
+      if (code !== 0) {
+        throw new Error(
+          `zstd failed (exit ${code}): ${Buffer.concat(stderr).toString().trim() || 'no output'}`,
+        );
+      }
+    } catch (e) {
+      zstd.kill('SIGKILL');
+      await exited;
+      signal?.throwIfAborted();
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  };
+
   /** Builds a new disk file beside the guest's disk with `fill`, then renames it into place. */
   const replaceDisk = async (spec: GuestSpec, fill: (tmp: string) => Promise<void>): Promise<void> => {
     const disk = await diskOf(spec);
@@ -437,14 +505,26 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       await mkdir(work, { mode: 0o700 });
       const signal = exportOptions?.signal;
       try {
-        await withStableState(spec, exportOptions, (state) =>
+        // A stopped guest's disk goes into the archive in one pass (decision 0085): the flat qcow2
+        // is made on the way, read from the chain's files, with no temporary image to write and read.
+        const streamed = await withStableState(spec, exportOptions, async (state) => {
+          if (state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed) {
+            const source = await flatQcow2Source(runner, state.disk);
+            if (source) {
+              const vars = await readFile(uefiVarsAt(spec, exportOptions?.snapshot)).catch(() => undefined);
+              await streamDiskArchive(source, tarPath, vars, signal);
+              return true;
+            }
+          }
           // Flat: the base disk is made anew on every host (mkfs), so an overlay would not fit another one.
-          img.convert(state.disk, join(work, ARCHIVE_DISK), {
+          await img.convert(state.disk, join(work, ARCHIVE_DISK), {
             forceShare: state.forceShare,
             ...(state.snapshot === undefined ? {} : { snapshot: state.snapshot }),
             ...(signal && { signal }),
-          }),
-        );
+          });
+          return false;
+        });
+        if (streamed) return;
         const members = [ARCHIVE_DISK];
         if (await copyAside(uefiVarsAt(spec, exportOptions?.snapshot), join(work, ARCHIVE_UEFI_VARS))) {
           members.push(ARCHIVE_UEFI_VARS);
