@@ -91,6 +91,7 @@ import { createVolumeResolver, createVolumeService, poolPathOf } from './service
 import { createPoolDrivers } from './storage/storage-pools.ts';
 import { closeVolumesDir, createVolumeBackend } from './storage/volumes.ts';
 import { openSqliteAuditStore } from './store/audit-store.ts';
+import { indexProjectGuests } from './store/project-guests.ts';
 import { records, valuesOf } from './store/records.ts';
 
 export interface DaemonOptions {
@@ -141,6 +142,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   if (membership && membership.name !== hostName) {
     log.error({ member: membership.name, hostName }, 'the member name and the host name differ');
   }
+  // A store written before the index of each project's guests gets it once (decision 0087); until
+  // then project reads go on reading every guest, so a failure here only costs reads.
+  await indexProjectGuests(store).then(
+    (r) => (r.added + r.dropped > 0 ? log.info(r, "indexed each project's guests") : undefined),
+    (e: unknown) => log.warn({ err: String(e) }, "cannot index each project's guests yet"),
+  );
   // Operation claims this member's previous daemon held when it died are released before anything runs.
   const claims = createClaims({ store, member: hostName });
   const swept = await claims.sweep();

@@ -5,6 +5,7 @@ import type { GuestDriver, ImageHandle, RuntimeState } from '../drivers/guest-dr
 import type { Logger } from '../host/logger.ts';
 import type { EventBus } from '../services/types.ts';
 import { type KvStore, readTogether } from '../store/kv.ts';
+import { projectGuestIndex } from '../store/project-guests.ts';
 import { ownedBy, records } from '../store/records.ts';
 import { createInformer, type Informer } from './informer.ts';
 
@@ -276,6 +277,7 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         compare: [ownedBy(spec.name, hostName)],
         success: [
           records.guest.at(spec.name).deleteOp(),
+          projectGuestIndex.deleteOp(spec),
           records.guestStatus.at(spec.name).deleteOp(),
           records.guestNetwork.at(spec.name).deleteOp(),
           records.guestLocation.at(spec.name).deleteOp(),

@@ -73,6 +73,15 @@ export const keys = {
   storagePending: (guest: string): string => `/trivisor/storage-pending/${guest}`,
   projectPrefix: '/trivisor/projects/',
   project: (name: string): string => `/trivisor/projects/${name}`,
+  /**
+   * A project's guests (decision 0087): `/trivisor/project-guests/PROJECT/GUEST` → '', written and
+   * deleted in the transactions that make and remove the guest's spec.
+   */
+  projectGuestPrefix: '/trivisor/project-guests/',
+  projectGuests: (project: string): string => `/trivisor/project-guests/${project}/`,
+  projectGuest: (project: string, guest: string): string => `/trivisor/project-guests/${project}/${guest}`,
+  /** Present once every guest of the store has its key above (the index's backfill ran). */
+  projectGuestsIndexed: '/trivisor/project-guests-indexed',
   tokenPrefix: '/trivisor/auth/tokens/',
   token: (name: string): string => `/trivisor/auth/tokens/${name}`,
   certificatePrefix: '/trivisor/auth/certificates/',

@@ -49,6 +49,7 @@ import {
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { Compare, KvStore } from '../store/kv.ts';
+import { projectGuestIndex } from '../store/project-guests.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { moveMarkOf, noMoveOf, staleMoveMarkDeleteOp } from './move-marks.ts';
@@ -548,6 +549,8 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
               // A stale status of an earlier guest of this name must not make the new one look provisioned.
               success: [
                 records.guest.at(spec.name).putOp(spec),
+                // Its project's index (decision 0087): where project show, delete and the guard find it.
+                projectGuestIndex.putOp(spec),
                 records.guestLocation.at(spec.name).putOp(spec.location),
                 records.guestStatus.at(spec.name).deleteOp(),
                 records.guestNetwork.at(spec.name).deleteOp(),

@@ -7,9 +7,11 @@ import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { addUsage, assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
+import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { indexProjectGuests } from '../store/project-guests.ts';
 import { records } from '../store/records.ts';
-import { guardedWrite, readGuard, readProject } from './project-service.ts';
+import { createProjectService, guardedWrite, readGuard, readProject } from './project-service.ts';
 
 async function rejectsWith(p: Promise<unknown>, code: TrivisorError['code'], re?: RegExp) {
   await assert.rejects(p, (e: unknown) => {
@@ -150,6 +152,129 @@ describe('readGuard (decision 0084)', () => {
       assert.equal(p2.usage.networks, 1);
       assert.equal((await readProject(store, 'p2')).usage.networks, 1);
       assert.equal(p2.usage.guests, 0, 'limits.networks alone sums no guest: they are not read');
+    } finally {
+      await memory.close();
+    }
+  });
+});
+
+describe("the index of a project's guests (decision 0087)", () => {
+  const project = (name: string, config: Record<string, string>) =>
+    records.project.at(name).putOp({ name, description: '', config, createdAt: new Date(0).toISOString() });
+  const guest = (name: string, project: string) =>
+    records.guest.at(name).putOp(aGuestSpec({ name, project }));
+  const indexKeys = async (store: KvStore) =>
+    (await store.list(keys.projectGuestPrefix)).kvs.map((kv) => kv.key.slice(keys.projectGuestPrefix.length));
+
+  test("project show, delete and list read a project's own guests among 10,000 others, not every guest of the host", async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    const projects = createProjectService({ store });
+    try {
+      await memory.txn({
+        compare: [],
+        success: [
+          ...Array.from({ length: 10_000 }, (_, i) => guest(`g${i}`, 'default')),
+          project('p1', {}),
+          project('p2', { 'limits.guests': '5' }),
+          guest('a', 'p1'),
+          guest('b', 'p1'),
+          guest('c', 'p2'),
+        ],
+      });
+      await indexProjectGuests(memory);
+      store.reset();
+      const p1 = await projects.get('p1');
+      assert.equal(p1.usage.guests, 2);
+      assert.deepEqual(p1.usedBy, ['/1.0/guests/a', '/1.0/guests/b']);
+      // The record, the index's mark, two index keys and two specs (the code before: 10,003 specs).
+      assert.ok(store.reads.records <= 10, `project show read ${store.reads.records} records`);
+      store.reset();
+      await rejectsWith(
+        projects.delete('p1'),
+        'FailedPrecondition',
+        /holds \/1\.0\/guests\/a, \/1\.0\/guests\/b;/,
+      );
+      assert.ok(store.reads.records <= 10, `project delete read ${store.reads.records} records`);
+      store.reset();
+      assert.equal((await readGuard(store, 'p2')).usage.guests, 1);
+      assert.ok(store.reads.records <= 10, `a guard with limits.guests read ${store.reads.records} records`);
+      store.reset();
+      assert.deepEqual(
+        (await projects.list()).map((p) => [p.name, p.usage.guests]),
+        [
+          ['default', 10_000],
+          ['p1', 2],
+          ['p2', 1],
+        ],
+      );
+      // Each guest once, under its own project (the code before: every guest once per project).
+      assert.ok(store.reads.records <= 2 * 10_003 + 30, `project list read ${store.reads.records} records`);
+      assert.ok(!store.reads.lists.includes(records.guest.prefix), 'no list of every guest');
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('the backfill indexes a store made before the index, drops stale keys, and runs once', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    try {
+      await memory.txn({
+        compare: [],
+        success: [
+          ...Array.from({ length: 1000 }, (_, i) => guest(`g${i}`, i % 2 ? 'p1' : 'default')),
+          project('p1', {}),
+          // A key of a guest that is gone, and one under a project its guest is not in.
+          { type: 'put', key: keys.projectGuest('p1', 'gone'), value: '' },
+          { type: 'put', key: keys.projectGuest('p1', 'g0'), value: '' },
+        ],
+      });
+      // Not indexed yet: every guest is read, and counted right.
+      assert.equal((await readProject(store, 'p1')).usage.guests, 500);
+      assert.ok(store.reads.lists.includes(records.guest.prefix));
+      assert.deepEqual(await indexProjectGuests(memory), { added: 1000, dropped: 2 });
+      const indexed = await indexKeys(memory);
+      assert.equal(indexed.length, 1000);
+      assert.ok(indexed.includes('default/g0') && indexed.includes('p1/g1') && !indexed.includes('p1/g0'));
+      assert.equal((await readProject(store, 'p1')).usage.guests, 500);
+      store.reset();
+      assert.deepEqual(await indexProjectGuests(store), { added: 0, dropped: 0 });
+      assert.deepEqual(store.reads, { records: 1, lists: [] }, 'a store indexed already: its mark alone');
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('a guest deleted while the backfill runs is not indexed', async () => {
+    const memory = createMemoryStore();
+    try {
+      await memory.txn({
+        compare: [],
+        success: Array.from({ length: 200 }, (_, i) => guest(`g${i}`, 'default')),
+      });
+      let raced = false;
+      // The controller's delete lands between the backfill's read and its first batch.
+      const racing = new Proxy(memory, {
+        get(target, prop) {
+          if (prop === 'txn') {
+            return async (request: Parameters<KvStore['txn']>[0]) => {
+              if (!raced && request.compare.length > 0) {
+                raced = true;
+                await target.delete(keys.guest('g7'));
+              }
+              return target.txn(request);
+            };
+          }
+          const value = Reflect.get(target, prop, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      }) as KvStore;
+      await indexProjectGuests(racing);
+      const indexed = await indexKeys(memory);
+      assert.equal(indexed.length, 199);
+      assert.ok(!indexed.includes('default/g7'));
+      assert.ok(await memory.get(keys.projectGuestsIndexed));
     } finally {
       await memory.close();
     }
@@ -344,6 +469,8 @@ describe('projects and quotas over the real services', () => {
     const { projects, guests, operations } = w.services;
     await projects.create({ name: 'p1' });
     await operations.wait((await guests.inProject('p1').create({ name: 'a', image: 'busybox' })).id);
+    // The create indexed it under its project; the controller's delete drops that key (decision 0087).
+    assert.ok(await w.store.get(keys.projectGuest('p1', 'a')));
     await rejectsWith(
       projects.delete('p1'),
       'FailedPrecondition',
@@ -351,6 +478,8 @@ describe('projects and quotas over the real services', () => {
     );
     await rejectsWith(projects.delete('default'), 'FailedPrecondition', /default cannot be deleted/);
     await operations.wait((await guests.inProject('p1').delete('a')).id);
+    await waitUntil(async () => (await w.store.get(keys.guest('a'))) === undefined);
+    assert.equal(await w.store.get(keys.projectGuest('p1', 'a')), undefined);
     await projects.delete('p1');
     await rejectsWith(projects.get('p1'), 'NotFound', /Project p1 not found/);
     await rejectsWith(
@@ -394,7 +523,12 @@ describe('projects and quotas over the real services', () => {
       location: 'h1',
       createdAt: new Date(0).toISOString(),
     } as unknown as GuestSpec;
+    // A store from before the index of projects' guests, too: counted before and after the backfill.
+    await w.store.delete(keys.projectGuestsIndexed);
     await w.store.put(keys.guest('legacy'), JSON.stringify(old));
+    assert.equal((await projects.get('default')).usage.guests, 1);
+    assert.deepEqual(await indexProjectGuests(w.store), { added: 1, dropped: 0 });
+    assert.ok(await w.store.get(keys.projectGuest('default', 'legacy')));
     assert.equal((await projects.get('default')).usage.guests, 1);
     assert.deepEqual(
       (await guests.inProject('default').list()).map((g) => g.name),
@@ -422,3 +556,11 @@ describe('projects and quotas over the real services', () => {
     );
   });
 });
+
+async function waitUntil(condition: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { alreadyExists, conflict, failedPrecondition, notFound, unavailable } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import {
   addUsage,
   assertLimitsCover,
@@ -22,7 +23,8 @@ import {
   type TxnOp,
   type TxnResponse,
 } from '../store/kv.ts';
-import { records, valuesOf } from '../store/records.ts';
+import { projectGuestReads, projectGuestSpecs } from '../store/project-guests.ts';
+import { records } from '../store/records.ts';
 
 /** Body of `POST /1.0/projects`. */
 export interface CreateProjectRequest {
@@ -142,9 +144,15 @@ async function readCounting(
   for (;;) {
     // One read at one revision (on etcd one request, where five side by side cost more on a busy
     // member); a record that does not decode is left out, as a list leaves it out.
+    // A project's guests are read through its index (decision 0087): the index's mark and the
+    // project's keys here, their specs by key after (or every guest, on a store not indexed yet).
+    // Read after the record, they are still what the compare guards: a guest made in the project
+    // since rewrote the record.
+    const listed: Counted[] = counting.filter((kind) => kind !== 'guests');
     const read = await readTogether(store, [
       { key: records.project.key(name) },
-      ...counting.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
+      ...listed.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
+      ...(counting.includes('guests') ? projectGuestReads(name) : []),
     ]);
     const projectKv = read.kvs[0]?.[0];
     const spec = specOf(name, projectKv);
@@ -154,10 +162,14 @@ async function readCounting(
       counting = [...counting, ...missing];
       continue;
     }
-    const kvsOf = (kind: Counted) => read.kvs[counting.indexOf(kind) + 1] ?? [];
+    const kvsOf = (kind: Counted) => read.kvs[listed.indexOf(kind) + 1] ?? [];
+    const [indexed, index] = read.kvs.slice(listed.length + 1);
+    const guests = counting.includes('guests')
+      ? await projectGuestSpecs(store, name, { indexed: (indexed?.length ?? 0) > 0, index: index ?? [] })
+      : [];
     let usage = NO_USAGE;
     const objects: string[] = [];
-    for (const guest of decoded(records.guest, kvsOf('guests'))) {
+    for (const guest of decoded(records.guest, guests)) {
       if (projectOfRecord(guest) !== name) continue;
       usage = addUsage(usage, guestUsage(guest.config));
       objects.push(`/1.0/guests/${guest.name}`);
@@ -334,7 +346,11 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
       // Conditional on nothing having been made in it since it was found empty.
       const r = await store.txn({
         compare: p.compare,
-        success: [records.project.at(name).deleteOp()],
+        // Its index's keys go too: none should be left (each guest's delete took its own).
+        success: [
+          records.project.at(name).deleteOp(),
+          { type: 'delete', key: keys.projectGuests(name), prefix: true },
+        ],
       });
       if (!r.succeeded) throw conflict(`Project ${name} was changed at the same time; retry`);
     },
@@ -350,7 +366,12 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
 
   /** With limits.memory (cpu, disk) on the project, every guest in it must set the key (as Incus requires). */
   async function assertGuestsCountable(name: string, config: Record<string, string>): Promise<void> {
-    for (const g of valuesOf(await records.guest.list(store))) {
+    const read = await readTogether(store, projectGuestReads(name));
+    const indexed = (read.kvs[0]?.length ?? 0) > 0;
+    for (const g of decoded(
+      records.guest,
+      await projectGuestSpecs(store, name, { indexed, index: read.kvs[1] ?? [] }),
+    )) {
       if (projectOfRecord(g) !== name) continue;
       for (const key of ['limits.memory', 'limits.cpu', 'limits.disk']) {
         if (config[key] !== undefined && g.config[key] === undefined) {

@@ -17,7 +17,7 @@ import type { SnapshotRecord } from '../storage/storage-records.ts';
 import { records } from '../store/records.ts';
 import { assertArchiveGuestFits, createArchiveGuest, importingClaim } from './archive-guest.ts';
 import { corrupted, feedPayload, openArchive, payloadBytes } from './archive-reader.ts';
-import { readProject } from './project-service.ts';
+import { readGuard } from './project-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
 import { PLAIN_ROOTFS, startLiveImport } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
@@ -50,7 +50,8 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
       const project = scope ?? DEFAULT_PROJECT;
       // What the archive holds is known only once it is unpacked: the guest count is refused here,
       // the rest (memory, CPUs, disk) by the create in the operation, which leaves nothing behind.
-      const p = await readProject(store, project);
+      // Its guard's read: the count only when the project limits it, its own guests then (decision 0087).
+      const p = await readGuard(store, project);
       // A chain's later link goes onto the guest its full made: no guest more.
       if ((request.chain?.link ?? 0) === 0) {
         assertWithinLimits(project, p.spec.config, {

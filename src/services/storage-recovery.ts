@@ -7,6 +7,7 @@ import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore } from '../store/kv.ts';
+import { projectGuestIndex } from '../store/project-guests.ts';
 import { records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import type { StorageContext } from './storage-context.ts';
@@ -81,6 +82,7 @@ export function recoveryMethods(ctx: StorageContext): Pick<StorageService, 'reco
           records.guestStatus.at(name).putOp(status),
           records.guestLocation.at(name).putOp(next.location),
           records.guest.at(name).putOp(next),
+          projectGuestIndex.putOp(next),
         ];
         for (const snap of snapshots) {
           const st = await stat(join(guestsDir, name, 'snapshots', snap)).catch(() => undefined);

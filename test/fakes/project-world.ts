@@ -19,6 +19,7 @@ import type { PoolRecord } from '../../src/storage/storage-pools.ts';
 import type { VolumeBackend } from '../../src/storage/volumes.ts';
 import type { KvStore } from '../../src/store/kv.ts';
 import { createMemoryStore } from '../../src/store/memory-store.ts';
+import { indexProjectGuests } from '../../src/store/project-guests.ts';
 import { createFakeDriver, type FakeDriver } from './fake-driver.ts';
 import { fakeRunner } from './fake-runner.ts';
 
@@ -106,6 +107,8 @@ function fakeGuestStorage(): GuestStorage {
 
 export async function makeProjectWorld(): Promise<ProjectWorld> {
   const store = createMemoryStore();
+  // As the daemon does at start: its projects' guests are read through the index (decision 0087).
+  await indexProjectGuests(store);
   const events = createEventBus();
   const operations = createOperationService(events);
   const driver = createFakeDriver('ct');

@@ -1,0 +1,143 @@
+import { unavailable } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
+import { projectOfRecord } from '../core/projects.ts';
+import type { GuestSpec } from '../core/types.ts';
+import { type KeyValue, type KvStore, readTogether, type TxnOp } from './kv.ts';
+import { records } from './records.ts';
+
+/**
+ * The index of each project's guests (decision 0087): one empty key per guest under its project,
+ * put in the transaction that makes the guest's spec and deleted in the one that removes it, so a
+ * project's guests are read by prefix instead of among every guest of the store.
+ */
+export const projectGuestIndex = {
+  putOp: (spec: Pick<GuestSpec, 'name' | 'project'>): TxnOp => ({
+    type: 'put',
+    key: keys.projectGuest(projectOfRecord(spec), spec.name),
+    value: '',
+  }),
+  deleteOp: (spec: Pick<GuestSpec, 'name' | 'project'>): TxnOp => ({
+    type: 'delete',
+    key: keys.projectGuest(projectOfRecord(spec), spec.name),
+  }),
+};
+
+/** Gets per transaction: etcd refuses more than 128 operations in one (`--max-txn-ops`). */
+const CHUNK = 100;
+
+/**
+ * The specs of a project's guests, from the index when it is complete (`indexed`: the marker was
+ * read; `index`: the project's index keys), else from every guest of the store. A spec deleted
+ * since its index key was read is left out; one of another project (a stale key) too.
+ */
+export async function projectGuestSpecs(
+  store: KvStore,
+  project: string,
+  read: { indexed: boolean; index: KeyValue[] },
+): Promise<KeyValue[]> {
+  if (!read.indexed) return (await store.list(records.guest.prefix)).kvs;
+  const prefix = keys.projectGuests(project);
+  const names = read.index.map((kv) => kv.key.slice(prefix.length));
+  const out: KeyValue[] = [];
+  for (let i = 0; i < names.length; i += CHUNK) {
+    const got = await readTogether(
+      store,
+      names.slice(i, i + CHUNK).map((name) => ({ key: records.guest.key(name) })),
+    );
+    for (const kvs of got.kvs) if (kvs[0]) out.push(kvs[0]);
+  }
+  return out;
+}
+
+/** The reads `projectGuestSpecs` needs first, to put into a transaction of the caller's own. */
+export const projectGuestReads = (project: string) => [
+  { key: keys.projectGuestsIndexed },
+  { key: keys.projectGuests(project), prefix: true },
+];
+
+/** Keys per transaction of the backfill: a compare and a write each, under etcd's 128 operations. */
+const BATCH = 60;
+
+/** How many times a key of the backfill is tried against a guest that keeps changing. */
+const ATTEMPTS = 5;
+
+/**
+ * Makes the index complete for a store written before it (decision 0087), then marks it so;
+ * nothing to do when the mark is there. Each key is written or dropped on a compare with the
+ * guest's spec as read, so a guest made or deleted meanwhile (whose own transaction keeps its key)
+ * is never indexed wrongly; every member may run it at once. Returns what it changed; throws when
+ * it cannot finish (readers then go on reading every guest, and the next start tries again).
+ */
+export async function indexProjectGuests(store: KvStore): Promise<{ added: number; dropped: number }> {
+  if (await store.get(keys.projectGuestsIndexed)) return { added: 0, dropped: 0 };
+  const read = await readTogether(store, [
+    { key: records.guest.prefix, prefix: true },
+    { key: keys.projectGuestPrefix, prefix: true },
+  ]);
+  /** Index key → the guest's name and its spec's revision as read. */
+  const want = new Map<string, { name: string; modRevision: number }>();
+  const specRevision = new Map<string, number>();
+  for (const kv of read.kvs[0] ?? []) {
+    const name = records.guest.nameOf(kv.key);
+    specRevision.set(name, kv.modRevision);
+    const key = indexKeyOf(kv);
+    if (key) want.set(key, { name, modRevision: kv.modRevision });
+  }
+  const have = new Set((read.kvs[1] ?? []).map((kv) => kv.key));
+  const todo: Array<{ key: string; name: string; modRevision: number; put: boolean }> = [];
+  for (const [key, g] of want) if (!have.has(key)) todo.push({ key, ...g, put: true });
+  for (const key of have) {
+    if (want.has(key)) continue;
+    const name = key.slice(key.lastIndexOf('/') + 1);
+    todo.push({ key, name, modRevision: specRevision.get(name) ?? 0, put: false });
+  }
+  let added = 0;
+  let dropped = 0;
+  // In batches, each on a compare with every spec it indexes as read; a batch that fails (a guest
+  // changed meanwhile) is done again key by key, each as its spec then says.
+  for (let i = 0; i < todo.length; i += BATCH) {
+    const batch = todo.slice(i, i + BATCH);
+    const r = await store.txn({
+      compare: batch.map((x) => records.guest.at(x.name).unchanged(x.modRevision)),
+      success: batch.map(
+        (x): TxnOp => (x.put ? { type: 'put', key: x.key, value: '' } : { type: 'delete', key: x.key }),
+      ),
+    });
+    for (const x of batch) {
+      const did = r.succeeded ? (x.put ? 'put' : 'dropped') : await settle(store, x.name, x.key);
+      if (did === 'put') added++;
+      else dropped++;
+    }
+  }
+  await store.put(keys.projectGuestsIndexed, new Date().toISOString());
+  return { added, dropped };
+}
+
+/** The index key a guest's spec should have, or undefined for a record that does not decode. */
+function indexKeyOf(kv: KeyValue): string | undefined {
+  try {
+    const spec = records.guest.decode(kv);
+    return keys.projectGuest(projectOfRecord(spec), spec.name);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Puts or drops the index key `key` of guest `name` as its spec now says (put when the spec is
+ * there and `key` is its key, dropped otherwise), on a compare with that spec.
+ */
+async function settle(store: KvStore, name: string, key: string): Promise<'put' | 'dropped'> {
+  for (let i = 0; i < ATTEMPTS; i++) {
+    const kv = await store.get(records.guest.key(name));
+    const belongs = kv !== undefined && indexKeyOf(kv) === key;
+    const r = await store.txn({
+      compare: [records.guest.at(name).unchanged(kv?.modRevision ?? 0)],
+      success: [belongs ? { type: 'put', key, value: '' } : { type: 'delete', key }],
+    });
+    if (r.succeeded) return belongs ? 'put' : 'dropped';
+  }
+  throw unavailable(
+    `Guest ${name} kept changing while its project's index was written: restart the daemon to try again`,
+  );
+}
