@@ -1107,7 +1107,7 @@ describe('receiving a moved guest', () => {
         addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
       },
     });
-    const staged = join(dir, 'live-snapshots-web.tar');
+    const staged = join(dir, 'move-snapshots-web.tar');
     await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
     for (const name of ['s1', 's2']) {
       await records.snapshot.at('web', name).put(store, {

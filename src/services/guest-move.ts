@@ -1004,7 +1004,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         await deps.storage.createBackup(name, { withSnapshots: true, snapshotsOnly: true, name: named }),
       );
       const archive = await deps.storage.backupFile(name, named);
-      ctx.progress(2, `sending ${archive.sizeBytes} bytes of snapshots to ${target}`);
+      ctx.progress(0, `sending ${archive.sizeBytes} bytes of snapshots to ${target}`);
       await deps.transport.send(target, name, archive.path, ctx.signal);
     } finally {
       await deps.storage.deleteBackup(name, named).catch(() => {});
@@ -1222,7 +1222,7 @@ export function createMoveReceiver(deps: {
 }): MoveReceiver {
   const { store, hostName } = deps;
   /** Where a live move's snapshots wait for its prepare (decision 0088). */
-  const stagedSnapshots = (name: string) => join(deps.workDir, `live-snapshots-${name}.tar`);
+  const stagedSnapshots = (name: string) => join(deps.workDir, `move-snapshots-${name}.tar`);
   /** A snapshots-only archive of a live move, for guest `spec` that another member holds. */
   async function openSnapshotsPart(spec: GuestSpec, path: string): Promise<OpenedArchive> {
     const archive = await openArchive(path, { snapshotsOnly: true }).catch((e: unknown) => {
@@ -1246,13 +1246,18 @@ export function createMoveReceiver(deps: {
    */
   async function fillSnapshots(here: GuestSpec): Promise<(() => Promise<void>) | undefined> {
     const staged = stagedSnapshots(here.name);
-    const listed = valuesOf(await records.snapshot.list(store, here.name)).map((x) => x.name);
+    const names = (list: Array<{ name: string }>) =>
+      list
+        .map((x) => x.name)
+        .sort()
+        .join(', ');
+    const listed = names(valuesOf(await records.snapshot.list(store, here.name)));
+    if (listed === '') return undefined;
     const have = await openSnapshotsPart(here, staged).catch(() => undefined);
-    if (listed.length === 0) return undefined;
-    const names = (list: string[]) => [...list].sort().join(', ');
-    if (!have || names(have.manifest.snapshots.map((x) => x.name)) !== names(listed)) {
+    const sent = have && names(have.manifest.snapshots);
+    if (!have || sent !== listed) {
       throw failedPrecondition(
-        `Guest ${here.name} has snapshots (${names(listed)}) that were not sent to ${hostName}${have ? ` (it has ${names(have.manifest.snapshots.map((x) => x.name)) || 'none'})` : ''}: move it again`,
+        `Guest ${here.name} has snapshots (${listed}) that were not sent to ${hostName}${have ? ` (it has ${sent || 'none'})` : ''}: move it again`,
       );
     }
     const storage = deps.storage[here.model];
