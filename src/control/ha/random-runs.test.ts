@@ -13,6 +13,7 @@ import { createSimulator, type SimGuest, type SimWorld } from './simulator.ts';
  */
 const RUNS = 300;
 const DENSE_RUNS = 100;
+const COLD_RUNS = 200;
 const SEED = 20261205;
 
 /** mulberry32: small, fast and the same on every machine. */
@@ -35,6 +36,7 @@ const SETTLED = 100_000;
 export function oneRun(
   seed: number,
   density: 'sparse' | 'dense' = 'sparse',
+  options: { coldMoves?: boolean } = {},
 ): { events: number; log: string[]; check: () => void } {
   const random = prng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)] as T;
@@ -72,6 +74,14 @@ export function oneRun(
     (w) => w.fence(pick(members)),
     (w) => w.dropElection(pick(members)),
   ];
+  // Cold moves (decision 0089) only in their own runs: the runs above keep their draws.
+  if (options.coldMoves) {
+    actions.push(
+      (w) => w.coldMove(pick(guests).name, pick(members)),
+      (w) => w.coldMove(pick(guests).name, pick(members)),
+      (w) => w.coldMove(pick(guests).name, pick(members)),
+    );
+  }
   const events = density === 'sparse' ? 3 + Math.floor(random() * 12) : 10 + Math.floor(random() * 30);
   for (let i = 0; i < events; i++) {
     const at = 1000 + Math.floor((random() * (CHAOS_UNTIL - 1000)) / TICK) * TICK;
@@ -100,6 +110,8 @@ export function oneRun(
     events,
     log,
     check: () => {
+      // Every cold move ended, finished or undone (its journal gone), once the members healed.
+      assert.deepEqual(sim.coldMovesLeft(), [], `seed ${seed}: cold moves left\n${log.join('\n')}`);
       for (const g of guests) {
         const r = sim.record(g.name);
         const where = sim.runningOn(g.name);
@@ -130,6 +142,11 @@ test(`${RUNS} seeded random failure sequences: no guest ever runs twice, and onc
 
 test(`${DENSE_RUNS} denser sequences (10 to 40 failures a minute, evacuations more often) keep the same invariants`, () => {
   for (let i = 0; i < DENSE_RUNS; i++) oneRun(SEED + RUNS + i, 'dense').check();
+});
+
+test(`${COLD_RUNS} sequences with cold moves among the failures (sources restarting past their hand-over, decision 0089) keep the same invariants`, () => {
+  for (let i = 0; i < COLD_RUNS; i++)
+    oneRun(SEED + RUNS + DENSE_RUNS + i, 'dense', { coldMoves: true }).check();
 });
 
 test('a run is the same every time it is played (the simulator is deterministic)', () => {

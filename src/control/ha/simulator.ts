@@ -135,6 +135,8 @@ export interface Simulator {
   /** Members where the guest's processes execute now. */
   runningOn(guest: string): string[];
   record(guest: string): HaGuestRecord | undefined;
+  /** Guests whose cold move's journal is still there (running, or left unfinished). */
+  coldMovesLeft(): string[];
 }
 
 /** A broken invariant: a guest ran twice, or a member started one it must not. */
@@ -1025,5 +1027,6 @@ export function createSimulator(options: SimOptions): Simulator {
         .sort();
     },
     record: (g) => guestRecord(g)?.value,
+    coldMovesLeft: () => [...coldMoves.keys()].sort(),
   };
 }
