@@ -53,6 +53,8 @@ describe('admin recover rebuilds lost guest records from the guests directories'
     const out = d.ok(['admin', 'recover']);
     assert.match(out, /^Recovered r1 \(ct, Running\) with snapshots s0$/m);
     assert.match(out, /^Recovered r2 \(ct, Stopped\)$/m);
+    // Written with each guest's record, its project's index counts them (decision 0087).
+    assert.match(d.ok(['project', 'list']), /^default\s+2\s/m);
     const r1 = info('r1');
     assert.equal(r1.status, 'Running');
     assert.equal(r1.state.pid, pid, 'the same init, adopted');
