@@ -1516,6 +1516,28 @@ describe('moving a vm guest live', () => {
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 
+  test("a guest with a snapshot whose daemon died after the switch-over: the journal holds the snapshot's record as it was, the record is the destination's, and the resume finishes the move with it there", async () => {
+    await snapshotOf('s1');
+    finishHangs = true;
+    await mover.move('web', { target: 'h2', live: true });
+    await waitUntil(() => calls.some((c) => c.startsWith('finish')));
+    const mark = await moveMarkOf(store, 'web');
+    assert.deepEqual(
+      mark?.before?.snapshots.map((x) => `${x.name}@${x.location}`),
+      ['s1@h1'],
+      'what an undoing would put back',
+    );
+    assert.deepEqual(await snapshotsWhere(), ['s1@h2']);
+    finishHangs = false;
+    calls.length = 0;
+    assert.equal(await createGuestMover(liveDeps).resumeUnfinished(), 1);
+    // The journal names the snapshots' archive (gone since it was sent): removed again, for a
+    // daemon that died while it was being written.
+    assert.deepEqual(calls, ['finish h2 web owner h2', 'removeLocal h1', 'drop the archive']);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h2']);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
   afterEach(async () => {
     controllers.stop();
     await store.close();
