@@ -113,3 +113,26 @@ test('a disk with compressed clusters is not streamed (the caller converts it)',
   await sh(['qemu-img', 'convert', '-c', '-f', 'raw', '-O', 'qcow2', raw, compressed]);
   assert.equal(await flatQcow2Source(runner, compressed), undefined);
 });
+
+test('streamFlatQcow2() stops at an abort: it rejects and hands over nothing more', async () => {
+  const base = join(dir, 'abort.raw');
+  await sh(['truncate', '-s', '16M', base]);
+  await qemuIo(base, 'raw', 'write -P 0x51 0 16M');
+  const source = await flatQcow2Source(runner, base, 'raw');
+  assert.ok(source);
+  const controller = new AbortController();
+  let writes = 0;
+  await assert.rejects(
+    streamFlatQcow2(
+      source,
+      async () => {
+        writes++;
+        controller.abort(new Error('cancelled by the test'));
+      },
+      { signal: controller.signal },
+    ),
+    /cancelled by the test/,
+  );
+  // The metadata only: the 256 data clusters (8 batches) were never read.
+  assert.equal(writes, 1);
+});
