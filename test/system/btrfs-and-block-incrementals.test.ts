@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   createReadStream,
   existsSync,
@@ -12,6 +12,9 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { SEND_ATTR, SEND_CMD } from '../../src/drivers/ct/btrfs-stream-check.ts';
+import { ArchiveWriter } from '../../src/storage/backup-archive.ts';
+import { decodeStream, encodeStream, type SendCommand, u64, uuidBytes } from '../btrfs-streams.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 
@@ -266,6 +269,126 @@ describe('ct incrementals by btrfs send on a btrfs pool', () => {
     dst.ok(['import', file('i1'), 'b2']);
     dst.ok(['delete', '--force', 'b2']);
     assert.doesNotMatch(subvolumes(poolPath(dst)), /b2/);
+  });
+
+  test("crafted btrfs streams are refused in one line before receive: no other guest's data taken, no path out, nothing left (decision 0090)", async () => {
+    // The chain's full restored as b4; b1 (restored by the first test) is the other guest, with a secret.
+    dst.ok(['import', file('f0'), 'b4', '--storage', 'bp']);
+    const dirB4 = guestDir(dst, 'b4');
+    const upperB4 = path.join(dirB4, 'upper');
+    const before = tree(upperB4);
+    const [received] = readdirSync(path.join(dirB4, 'backup-received'));
+    assert.ok(received);
+    const dirB1 = guestDir(dst, 'b1');
+    const secret = randomBytes(4096);
+    writeFileSync(path.join(dirB1, 'upper', 'secret'), secret);
+    const show = (subvolume: string, field: string) => {
+      const r = spawnSync('btrfs', ['subvolume', 'show', subvolume], { encoding: 'utf8' });
+      const v = new RegExp(`^\\t${field}:\\s*(\\S+)$`, 'm').exec(r.stdout)?.[1];
+      assert.ok(v, r.stdout + r.stderr);
+      return v;
+    };
+    const b1Uuid = show(dirB1, 'UUID');
+
+    // The real incremental's stream, and the archive it came in, rewritten around a crafted stream.
+    const unpack = (archive: string, member: string) => {
+      const r = spawnSync('tar', ['-xOf', archive, member], { maxBuffer: 1 << 28 });
+      assert.equal(r.status, 0, String(r.stderr));
+      return r.stdout;
+    };
+    const stream = spawnSync('zstd', ['-q', '-d', '-c'], {
+      input: unpack(file('i1'), 'rootfs.tar.zst'),
+      maxBuffer: 1 << 28,
+    });
+    assert.equal(stream.status, 0, String(stream.stderr));
+    const real = decodeStream(stream.stdout).commands;
+    assert.equal(real[0]?.cmd, SEND_CMD.SNAPSHOT);
+    const snapshotCmd = real[0] as SendCommand;
+    const end = real[real.length - 1] as SendCommand;
+    const craft = async (name: string, commands: SendCommand[]) => {
+      const payload = spawnSync('zstd', ['-q', '-c'], { input: encodeStream(commands) }).stdout;
+      const manifest = JSON.parse(unpack(file('i1'), 'manifest.json').toString('utf8'));
+      manifest.files['rootfs.tar.zst'] = {
+        sha256: createHash('sha256').update(payload).digest('hex'),
+        sizeBytes: payload.length,
+      };
+      const w = await ArchiveWriter.create(file(name));
+      await w.addBuffer('rootfs.tar.zst', payload);
+      await w.addBuffer('manifest.json', Buffer.from(JSON.stringify(manifest)));
+      await w.finish();
+      return file(name);
+    };
+    const withAttr = (c: SendCommand, type: number, value: Buffer): SendCommand => ({
+      cmd: c.cmd,
+      attrs: c.attrs.map(([t, v]) => [t, t === type ? value : v]),
+    });
+    const attr = (c: SendCommand, type: number) => c.attrs.find(([t]) => t === type)?.[1] as Buffer;
+    const p = (s: string) => Buffer.from(s);
+    const cases: Array<[string, SendCommand[], RegExp]> = [
+      // A snapshot of the other guest's subvolume, named by its UUID: receive finds it and would
+      // have given b4 b1's files.
+      [
+        'theft',
+        [withAttr(snapshotCmd, SEND_ATTR.CLONE_UUID, uuidBytes(b1Uuid)), end],
+        /snapshot of a subvolume other than the guest's previous link/,
+      ],
+      // A clone from b4's own previous link, its path walked out to b1's files.
+      [
+        'clone-out',
+        [
+          snapshotCmd,
+          { cmd: SEND_CMD.MKFILE, attrs: [[SEND_ATTR.PATH, p('upper/stolen')]] },
+          {
+            cmd: SEND_CMD.CLONE,
+            attrs: [
+              [SEND_ATTR.FILE_OFFSET, u64(0)],
+              [SEND_ATTR.CLONE_LEN, u64(4096)],
+              [SEND_ATTR.PATH, p('upper/stolen')],
+              [SEND_ATTR.CLONE_UUID, attr(snapshotCmd, SEND_ATTR.CLONE_UUID)],
+              [SEND_ATTR.CLONE_CTRANSID, attr(snapshotCmd, SEND_ATTR.CLONE_CTRANSID)],
+              [SEND_ATTR.CLONE_PATH, p('../../../b1/upper/secret')],
+              [SEND_ATTR.CLONE_OFFSET, u64(0)],
+            ],
+          },
+          end,
+        ],
+        /clone, which leads out of its subvolume/,
+      ],
+      // Paths out of the subvolume, absolute and by ..
+      [
+        'escape',
+        [
+          snapshotCmd,
+          { cmd: SEND_CMD.MKFILE, attrs: [[SEND_ATTR.PATH, p(`../../escape-${process.pid}`)]] },
+          { cmd: SEND_CMD.MKDIR, attrs: [[SEND_ATTR.PATH, p('/etc/escape')]] },
+          end,
+        ],
+        /escape-\d+" in mkfile, which leads out of its subvolume/,
+      ],
+    ];
+    for (const [name, commands, why] of cases) {
+      const r = dst.cli(['import', await craft(name, commands), 'b4']);
+      assert.equal(r.code, 1, `${name}: ${r.stdout}`);
+      assert.match(r.stderr, why, name);
+      assert.match(r.stderr, /not made by a ct export/, name);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.equal(tree(upperB4), before, `${name}: b4 is unchanged`);
+      assert.deepEqual(
+        readdirSync(path.join(dirB4, 'backup-received')),
+        [received],
+        `${name}: nothing received`,
+      );
+      assert.deepEqual(
+        readFileSync(path.join(dirB1, 'upper', 'secret')),
+        secret,
+        `${name}: b1's file untouched`,
+      );
+    }
+    assert.equal(existsSync(path.join(path.dirname(dirB4), `escape-${process.pid}`)), false);
+    // The untouched chain still applies afterwards.
+    dst.ok(['import', file('i1'), 'b4']);
+    dst.ok(['delete', '--force', 'b4']);
+    assert.doesNotMatch(subvolumes(poolPath(dst)), /b4/);
   });
 });
 

@@ -1,8 +1,11 @@
-import { lstat, mkdir, readdir, rm, stat, statfs } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { chmod, lstat, mkdir, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import { invalidArgument } from '../../core/errors.ts';
+import { failedPrecondition, invalidArgument } from '../../core/errors.ts';
 import { BTRFS_MAGIC } from '../../host/reflink.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
+import { checkSendStream, type ExpectedStream } from './btrfs-stream-check.ts';
 
 /**
  * ct backups by `btrfs send -p` (docs/decisions/0067-btrfs-send-and-block-incrementals.md):
@@ -138,46 +141,142 @@ export async function sendSnapshot(
   );
 }
 
+/** The fields `btrfs subvolume show` prints for a subvolume (UUID, Parent UUID, Received UUID…). */
+async function subvolumeFields(runner: ProcessRunner, path: string): Promise<Map<string, string>> {
+  const { stdout } = await runner.run(['btrfs', 'subvolume', 'show', path]);
+  const fields = new Map<string, string>();
+  for (const line of stdout.split('\n')) {
+    const m = /^\t([A-Za-z ()]+):\s*(.*)$/.exec(line);
+    if (m?.[1] && m[2] !== undefined) fields.set(m[1].trim(), m[2].trim());
+  }
+  return fields;
+}
+
+/** A UUID field as 32 hex digits, or undefined when the subvolume has none (`-`). */
+const uuidField = (fields: Map<string, string>, name: string): string | undefined => {
+  const v = fields.get(name)?.replaceAll('-', '').toLowerCase();
+  return v && /^[0-9a-f]{32}$/.test(v) ? v : undefined;
+};
+
+/** A child's exit code once it has closed (127 when it could not start). */
+const exitOf = (child: ChildProcess): Promise<number> =>
+  new Promise((resolve) => {
+    child.on('error', () => resolve(127));
+    child.on('close', (code) => resolve(code ?? 1));
+  });
+
 /**
- * Receives the zstd-compressed send stream at `from` into the guest's `backup-received/` (on
- * its btrfs pool: an incremental stream finds its parent there by UUID; a received subvolume,
- * read-only, cannot be moved to another directory afterwards) and returns the subvolume made,
- * which must be `name`. A stream that does not decompress or that btrfs receive refuses (its
- * commands carry CRCs) is refused in one line, and whatever it made is removed.
+ * `zstd -d < from | btrfs receive -C -e into`, with the stream checked on its way
+ * (btrfs-stream-check.ts): receive is given each command only once it passed, so a stream that
+ * reaches outside its subvolume or into another's data is refused before receive applies that
+ * command. The payload comes through a FIFO, read once: it is checked as it is applied.
  */
-export async function receiveStream(
+async function checkedReceive(
   runner: ProcessRunner,
   from: string,
-  options: { guestDir: string; name: string; guest: string; signal?: AbortSignal },
-): Promise<string> {
-  const { guestDir, name, guest, signal } = options;
-  const into = join(guestDir, BACKUP_RECEIVED);
-  await mkdir(into, { recursive: true, mode: 0o700 });
-  const path = join(into, name);
-  await removeWithSubvolumes(runner, path);
-  const earlier = new Set(await readdir(into));
-  const made = async () => (await readdir(into)).filter((n) => !earlier.has(n));
+  options: { into: string; expect: ExpectedStream; guest: string; signal?: AbortSignal },
+): Promise<void> {
+  const { into, expect, guest, signal } = options;
+  const zstd = runner.spawn(['zstd', '-q', '-d', '-c', '--', from], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const receive = runner.spawn(['btrfs', 'receive', '-q', '-C', '-e', into], {
+    stdio: ['pipe', 'ignore', 'pipe'],
+  });
+  const zstdErr: Buffer[] = [];
+  const receiveErr: Buffer[] = [];
+  zstd.stderr?.on('data', (d: Buffer) => zstdErr.push(d));
+  receive.stderr?.on('data', (d: Buffer) => receiveErr.push(d));
+  const zstdExit = exitOf(zstd);
+  const receiveExit = exitOf(receive);
+  const stopAll = () => {
+    zstd.kill('SIGKILL');
+    receive.kill('SIGKILL');
+  };
+  signal?.addEventListener('abort', stopAll, { once: true });
+  const input = receive.stdin;
+  // receive may end early (its own refusal): writes then fail, and its exit says why.
+  let inputGone = false;
+  input?.on('error', () => {
+    inputGone = true;
+  });
+  const receiveEnded = receiveExit.then(() => {
+    inputGone = true;
+  });
+  const forward = async (bytes: Buffer) => {
+    if (!input || inputGone) return;
+    if (!input.write(bytes)) await Promise.race([once(input, 'drain').catch(() => {}), receiveEnded]);
+  };
   try {
-    const r = await runner.run(
-      [
-        'bash',
-        '-c',
-        'set -o pipefail; zstd -q -d -c < "$1" | btrfs receive -q -C -e "$2"',
-        'btrfs-receive',
-        from,
-        into,
-      ],
-      { ...(signal && { signal }), allowFailure: true },
+    const stdout = zstd.stdout;
+    if (!stdout) throw new Error('zstd has no output');
+    const refused = await checkSendStream(stdout, expect, forward).then(
+      () => undefined,
+      (e: unknown) => e,
     );
-    if (r.code !== 0) {
-      signal?.throwIfAborted();
-      const stderr = r.stderr.trim();
+    if (refused) stopAll();
+    else input?.end();
+    const [zstdCode, receiveCode] = await Promise.all([zstdExit, receiveExit]);
+    signal?.throwIfAborted();
+    if (refused) throw refused;
+    if (zstdCode !== 0) {
+      const line = Buffer.concat(zstdErr).toString('utf8').trim().split('\n')[0] ?? '';
+      throw invalidArgument(
+        `The backup cannot be applied to guest ${guest} (${line.replace(/^zstd: /, '') || 'it does not decompress'}): it is damaged.`,
+      );
+    }
+    if (receiveCode !== 0) {
+      const stderr = Buffer.concat(receiveErr).toString('utf8').trim();
       if (/No space left/i.test(stderr)) throw new Error(stderr);
       const line = stderr.split('\n').find((l) => l.startsWith('ERROR')) ?? stderr.split('\n')[0] ?? '';
       throw invalidArgument(
         `The backup cannot be applied to guest ${guest} (${line.replace(/^ERROR: /, '')}): it is damaged, or not the next link of the chain applied.`,
       );
     }
+  } finally {
+    signal?.removeEventListener('abort', stopAll);
+  }
+}
+
+/**
+ * Receives the zstd-compressed send stream at `from` into the guest's `backup-received/` (on
+ * its btrfs pool: an incremental stream finds its parent there by UUID; a received subvolume,
+ * read-only, cannot be moved to another directory afterwards) and returns the subvolume made,
+ * which must be `name`. A stream that does not decompress or that btrfs receive refuses (its
+ * commands carry CRCs) is refused in one line, and whatever it made is removed. The stream is
+ * checked command by command before receive gets each (decision 0090): one subvolume, a snapshot only of `parent` (the guest's
+ * previous link), clones only from itself or `parent`, no path out of it; and a received
+ * snapshot must have `parent` itself as its source, not another subvolume with its received UUID.
+ */
+export async function receiveStream(
+  runner: ProcessRunner,
+  from: string,
+  options: { guestDir: string; name: string; guest: string; parent?: string; signal?: AbortSignal },
+): Promise<string> {
+  const { guestDir, name, guest, signal } = options;
+  const into = join(guestDir, BACKUP_RECEIVED);
+  await mkdir(into, { recursive: true, mode: 0o700 });
+  const path = join(into, name);
+  await removeWithSubvolumes(runner, path);
+  let parent: { uuid: string; receivedUuid: string } | undefined;
+  if (options.parent !== undefined) {
+    const fields = await subvolumeFields(runner, options.parent);
+    const uuid = uuidField(fields, 'UUID');
+    const receivedUuid = uuidField(fields, 'Received UUID');
+    if (!uuid || !receivedUuid) {
+      throw failedPrecondition(
+        `Guest ${guest}'s previous link (${options.parent}) is not a received subvolume: import the chain again from its full backup.`,
+      );
+    }
+    parent = { uuid, receivedUuid };
+  }
+  const earlier = new Set(await readdir(into));
+  const made = async () => (await readdir(into)).filter((n) => !earlier.has(n));
+  try {
+    await checkedReceive(runner, from, {
+      into,
+      expect: { name, ...(parent && { parentReceivedUuid: parent.receivedUuid }) },
+      guest,
+      ...(signal && { signal }),
+    });
     const names = await made();
     if (names.length !== 1 || names[0] !== name || !(await isSubvolume(path))) {
       throw invalidArgument(
@@ -187,6 +286,16 @@ export async function receiveStream(
     if (!(await stat(join(path, KEPT)).catch(() => undefined))?.isDirectory()) {
       throw invalidArgument(`The backup's btrfs stream holds no ${KEPT}/: it was not made by a ct export.`);
     }
+    // receive finds the parent by its received UUID among every subvolume of the pool: it must
+    // have taken the guest's own previous link, not another subvolume that claims the same UUID.
+    if (parent && uuidField(await subvolumeFields(runner, path), 'Parent UUID') !== parent.uuid) {
+      throw invalidArgument(
+        `The backup's btrfs stream was applied onto a subvolume other than guest ${guest}'s previous link: refused, nothing kept.`,
+      );
+    }
+    // A stream's symbolic link followed by a later command can reach the directory received into
+    // (receive is chrooted there, decision 0067): its mode is put back.
+    await chmod(into, 0o700);
     return path;
   } catch (e) {
     for (const n of await made().catch(() => [] as string[])) {

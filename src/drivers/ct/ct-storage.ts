@@ -222,13 +222,10 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       );
     }
     await assertStopped(spec);
+    let parent: string | undefined;
     if (link.kind === 'incremental') {
       const expected = await assertAtPrevious(spec, link);
-      const parent = join(
-        dir,
-        BACKUP_RECEIVED,
-        snapshotNameOf({ chain: link.chain, sequence: link.sequence - 1 }),
-      );
+      parent = join(dir, BACKUP_RECEIVED, snapshotNameOf({ chain: link.chain, sequence: link.sequence - 1 }));
       if (!(await isSubvolume(parent))) {
         throw failedPrecondition(
           `Guest ${spec.name} no longer holds the subvolume ${expected} was received into: import the chain again from its full backup.`,
@@ -240,6 +237,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       guestDir: dir,
       name,
       guest: spec.name,
+      ...(parent !== undefined && { parent }),
       ...(signal && { signal }),
     });
     try {
