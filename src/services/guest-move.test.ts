@@ -1414,6 +1414,29 @@ describe('moving a vm guest live', () => {
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 
+  test('a guest on a shared pool with snapshots: nothing is sent (they are in the same disk file), the RAM alone moves, and the switch-over gives their records to the destination', async () => {
+    await records.pool.at('nfs').put(store, {
+      name: 'nfs',
+      driver: 'dir',
+      description: '',
+      config: { source: '/srv/nfs' },
+      createdAt: new Date(0).toISOString(),
+      everyMember: true,
+      shared: true,
+      marker: 'm',
+    });
+    await records.guestPool
+      .at('web')
+      .put(store, { pool: 'nfs', path: '/srv/nfs/guests/web', limitBytes: null });
+    await snapshotOf('s1');
+    const op = await end(await mover.move('web', { target: 'h2', live: true }));
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.equal(op.metadata.sharedDisk, true);
+    assert.deepEqual(calls.slice(0, 2), ['prepare h2 web', 'migrateOut h1 -> 198.18.0.2:2 limit 120']);
+    assert.equal(calls.filter((c) => c.startsWith('send') || c.startsWith('archive')).length, 0);
+    assert.deepEqual(await snapshotsWhere(), ['s1@h2']);
+  });
+
   test("a guest with snapshots whose move fails, during the migration or after the switch-over: the guest and its snapshots are the source's, the destination discards what it has", async () => {
     await snapshotOf('s1');
     fail.migrate = new Error('The RAM migration failed: Connection reset');
