@@ -376,13 +376,32 @@ class Packer {
 
   /** The first swap of `n` (on an overloaded host) with a workload of another host that lowers the penalty, made. */
   private swapOff(n: Normalized, s: { bins: Bin[]; at: Map<Normalized, number>; pen: number[] }): void {
-    const { T } = this;
+    const { T, dims } = this;
     const a = s.at.get(n) as number;
     const binA = s.bins[a] as Bin;
     const sa = binA.sum;
     // Only the intervals where host a is over can make a swap worth it: a cheap bound first.
     const hot: number[] = [];
     for (let t = 0; t < T; t++) if (this.excessAt(sa, t, undefined, undefined) > 0) hot.push(t);
+    // Host a without n at those intervals, as excessAt computes it ((sum − n) + m), taken once for every m.
+    const rest = new Float64Array(hot.length * dims);
+    for (let k = 0; k < hot.length; k++) {
+      for (let d = 0; d < dims; d++) {
+        const i = d * T + (hot[k] as number);
+        rest[k * dims + d] = (sa[i] as number) - (n.load[i] as number);
+      }
+    }
+    const hots = new Map<number, number[]>();
+    const hotOf = (h: number): number[] => {
+      let list = hots.get(h);
+      if (!list) {
+        const sum = (s.bins[h] as Bin).sum;
+        list = [];
+        for (let t = 0; t < T; t++) if (this.excessAt(sum, t, undefined, undefined) > 0) list.push(t);
+        hots.set(h, list);
+      }
+      return list;
+    };
     let best: Normalized | undefined;
     let gain = -EPS;
     let newA = 0;
@@ -390,12 +409,39 @@ class Packer {
     for (const [m, b] of s.at) {
       if (b === a) continue;
       const base = (s.pen[a] as number) + (s.pen[b] as number);
+      const ml = m.load;
       let bound = 0;
-      for (const t of hot) {
-        const e = this.excessAt(sa, t, n.load, m.load);
-        if (e > 0) bound += e + OVER_WEIGHT;
+      for (let k = 0; k < hot.length; k++) {
+        const t = hot[k] as number;
+        let v = 0;
+        for (let d = 0; d < dims; d++) {
+          const x = (rest[k * dims + d] as number) + (ml[d * T + t] as number);
+          if (x > v) v = x;
+        }
+        if (v > 1 + EPS) {
+          bound += v - 1 + OVER_WEIGHT;
+          // The bound only grows: once it is past the test below, the intervals left cannot undo it.
+          if (bound - base >= gain) break;
+        }
       }
       if (bound - base >= gain) continue;
+      // The same bound on host b's own intervals over, where it would lose m and gain n.
+      if ((s.pen[b] as number) > 0) {
+        const sb = (s.bins[b] as Bin).sum;
+        for (const t of hotOf(b)) {
+          let v = 0;
+          for (let d = 0; d < dims; d++) {
+            const i = d * T + t;
+            const x = (sb[i] as number) - (ml[i] as number) + (n.load[i] as number);
+            if (x > v) v = x;
+          }
+          if (v > 1 + EPS) {
+            bound += v - 1 + OVER_WEIGHT;
+            if (bound - base >= gain) break;
+          }
+        }
+        if (bound - base >= gain) continue;
+      }
       const pa = this.penalty(sa, n.load, m.load);
       if (pa - base >= gain) continue;
       const pb = this.penalty((s.bins[b] as Bin).sum, m.load, n.load);
