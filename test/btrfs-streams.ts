@@ -4,29 +4,14 @@
  * decoded, edited and encoded again with valid CRCs, is what `btrfs receive` would apply.
  */
 
+import { crc32c } from '../src/drivers/ct/btrfs-stream-check.ts';
+
 const MAGIC = Buffer.from('btrfs-stream\0', 'latin1');
 
 /** One command: its number and its attributes in stream order. */
 export interface SendCommand {
   cmd: number;
   attrs: Array<[type: number, value: Buffer]>;
-}
-
-const CRC32C_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
-
-/** CRC-32C as btrfs computes a command's: seed 0, no final inversion. */
-export function crc32c(buf: Buffer): number {
-  let crc = 0;
-  for (const b of buf) crc = ((CRC32C_TABLE[(crc ^ b) & 0xff] as number) ^ (crc >>> 8)) >>> 0;
-  return crc >>> 0;
 }
 
 /** Decodes a whole (version 1) stream, checking each command's CRC. */

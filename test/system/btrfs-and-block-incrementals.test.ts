@@ -271,7 +271,7 @@ describe('ct incrementals by btrfs send on a btrfs pool', () => {
     assert.doesNotMatch(subvolumes(poolPath(dst)), /b2/);
   });
 
-  test("crafted btrfs streams are refused in one line before receive: no other guest's data taken, no path out, nothing left (decision 0090)", async () => {
+  test("crafted btrfs streams are refused in one line before receive: no other guest's data taken, no path out, nothing left; a link applies onto its own guest's parent (decision 0090)", async () => {
     // The chain's full restored as b4; b1 (restored by the first test) is the other guest, with a secret.
     dst.ok(['import', file('f0'), 'b4', '--storage', 'bp']);
     const dirB4 = guestDir(dst, 'b4');
@@ -385,10 +385,25 @@ describe('ct incrementals by btrfs send on a btrfs pool', () => {
       );
     }
     assert.equal(existsSync(path.join(path.dirname(dirB4), `escape-${process.pid}`)), false);
-    // The untouched chain still applies afterwards.
+    // A second guest restored from the same chain holds a received subvolume with the same received
+    // UUID as b4's (receive's search by received UUID finds b4's first): its next link is applied
+    // onto its own, and b4's still applies afterwards.
+    dst.ok(['import', file('f0'), 'b5', '--storage', 'bp']);
+    const dirB5 = guestDir(dst, 'b5');
+    const ownParent = show(path.join(dirB5, 'backup-received', received), 'UUID');
+    assert.equal(
+      show(path.join(dirB5, 'backup-received', received), 'Received UUID'),
+      show(path.join(dirB4, 'backup-received', received), 'Received UUID'),
+    );
+    dst.ok(['import', file('i1'), 'b5']);
+    const [next] = readdirSync(path.join(dirB5, 'backup-received'));
+    assert.ok(next);
+    assert.equal(show(path.join(dirB5, 'backup-received', next), 'Parent UUID'), ownParent);
     dst.ok(['import', file('i1'), 'b4']);
+    assert.equal(tree(upperB4), tree(path.join(dirB5, 'upper')));
     dst.ok(['delete', '--force', 'b4']);
-    assert.doesNotMatch(subvolumes(poolPath(dst)), /b4/);
+    dst.ok(['delete', '--force', 'b5']);
+    assert.doesNotMatch(subvolumes(poolPath(dst)), /b4|b5/);
   });
 });
 

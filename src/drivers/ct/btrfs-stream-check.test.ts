@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { encodeStream, type SendCommand, u64 } from '../../../test/btrfs-streams.ts';
+import { decodeStream, encodeStream, type SendCommand, u64 } from '../../../test/btrfs-streams.ts';
 import { isTrivisorError } from '../../core/errors.ts';
 import { SEND_ATTR as A, SEND_CMD as C, checkSendStream } from './btrfs-stream-check.ts';
 
@@ -72,6 +72,23 @@ describe('a btrfs send stream from an archive is checked before receive applies 
     ];
     await accepts([subvol(), ...files, clone(OWN, 'upper/f'), END], full);
     await accepts([snapshot(), ...files, clone(PARENT, 'upper/f'), clone(OWN, 'upper/h'), END], next);
+  });
+
+  test("what goes on to receive is the stream as sent, but for the snapshot's parent: the previous link's own UUID, with a valid CRC", async () => {
+    const LOCAL = Buffer.alloc(16, 0x44);
+    const files = [cmd(C.MKFILE, [A.PATH, p('upper/g')]), clone(PARENT, 'upper/f')];
+    const sent = encodeStream([snapshot(), ...files, END]);
+    const out: Buffer[] = [];
+    await checkSendStream(chunks(sent, 3), { ...next, parentUuid: LOCAL.toString('hex') }, async (b) => {
+      out.push(Buffer.from(b));
+    });
+    // decodeStream checks every CRC.
+    const forwarded = decodeStream(Buffer.concat(out)).commands;
+    assert.deepEqual(forwarded, [
+      { cmd: C.SNAPSHOT, attrs: snapshot().attrs.map(([t, v]) => [t, t === A.CLONE_UUID ? LOCAL : v]) },
+      ...files,
+      END,
+    ]);
   });
 
   test("a snapshot or clone of another subvolume (another guest's data) is refused", async () => {

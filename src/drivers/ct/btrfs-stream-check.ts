@@ -77,6 +77,29 @@ export interface ExpectedStream {
   name: string;
   /** An incremental's parent: the Received UUID of the guest's previous link (32 hex digits). */
   parentReceivedUuid?: string;
+  /**
+   * The previous link's own UUID (32 hex digits): the forwarded snapshot names it instead, so that
+   * receive takes exactly that subvolume (found by UUID once no received UUID matches) and not
+   * another guest's that received the same chain (the same received UUID).
+   */
+  parentUuid?: string;
+}
+
+const CRC32C_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC-32C as btrfs computes a command's: seed 0, no final inversion, over the command with its CRC zeroed. */
+export function crc32c(buf: Uint8Array): number {
+  let crc = 0;
+  for (const b of buf) crc = ((CRC32C_TABLE[(crc ^ b) & 0xff] as number) ^ (crc >>> 8)) >>> 0;
+  return crc >>> 0;
 }
 
 const refuse = (why: string) =>
@@ -129,7 +152,8 @@ export async function checkSendStream(
     return (buffered[0] as Buffer).subarray(0, n);
   };
 
-  const command = (cmd: number, body: Buffer) => {
+  /** Checks one command; a snapshot's parent UUID is handed back for `expect.parentUuid` to replace. */
+  const command = (cmd: number, body: Buffer): { parentUuid: Buffer } | undefined => {
     const what = CMD_NAMES[cmd] ?? `command ${cmd}`;
     if (ended) throw refuse('goes on after its end');
     if (cmd === 0 || cmd > LAST_CMD) throw refuse(`holds an unknown command ${cmd}`);
@@ -162,16 +186,18 @@ export async function checkSendStream(
       if (cmd === SEND_CMD.SNAPSHOT) {
         if (expect.parentReceivedUuid === undefined)
           throw refuse("is a snapshot of another subvolume where a chain's full was expected");
-        if (attrs.get(SEND_ATTR.CLONE_UUID)?.toString('hex') !== expect.parentReceivedUuid)
+        const parentUuid = attrs.get(SEND_ATTR.CLONE_UUID);
+        if (parentUuid?.toString('hex') !== expect.parentReceivedUuid)
           throw refuse("is a snapshot of a subvolume other than the guest's previous link");
+        if (expect.parentUuid !== undefined) return { parentUuid };
       }
-      return;
+      return undefined;
     }
     if (!started) throw refuse(`starts with ${what} before its subvolume`);
     if (cmd === SEND_CMD.END) {
       if (body.length !== 0) throw refuse('holds a malformed end');
       ended = true;
-      return;
+      return undefined;
     }
     const path = attrs.get(SEND_ATTR.PATH);
     if (!path) throw refuse(`holds ${what} with no path`);
@@ -189,6 +215,7 @@ export async function checkSendStream(
       if (!clonePath) throw refuse('holds a clone with no source path');
       checkPath(clonePath, what);
     }
+    return undefined;
   };
 
   for await (const chunk of source) {
@@ -209,7 +236,13 @@ export async function checkSendStream(
       if (size < COMMAND_HEADER_BYTES + len) break;
       const cmd = head.readUInt16LE(4);
       const whole = take(COMMAND_HEADER_BYTES + len);
-      command(cmd, whole.subarray(COMMAND_HEADER_BYTES));
+      const rewrite = command(cmd, whole.subarray(COMMAND_HEADER_BYTES));
+      if (rewrite && expect.parentUuid !== undefined) {
+        // A view into `whole`: the parent's own UUID goes in its place, and the CRC is made again.
+        rewrite.parentUuid.set(Buffer.from(expect.parentUuid, 'hex'));
+        whole.writeUInt32LE(0, 6);
+        whole.writeUInt32LE(crc32c(whole), 6);
+      }
       await forward?.(whole);
     }
   }

@@ -273,7 +273,7 @@ export async function receiveStream(
   try {
     await checkedReceive(runner, from, {
       into,
-      expect: { name, ...(parent && { parentReceivedUuid: parent.receivedUuid }) },
+      expect: { name, ...(parent && { parentReceivedUuid: parent.receivedUuid, parentUuid: parent.uuid }) },
       guest,
       ...(signal && { signal }),
     });
