@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
@@ -115,6 +115,22 @@ for (const model of ['vm', 'pvm'] as const) {
         assert.equal(dst.ok(['exec', copy, '--', ...FINGERPRINT]), want);
         dst.ok(['snapshot', 'restore', copy, 'snap0']);
         assert.equal(sh(dst, copy, 'cat /srv/data.txt'), 'one');
+      });
+
+      test('that archive with one byte of its disk changed is refused, leaving no guest and no work files', () => {
+        assert.ok(dst, 'the import test ran');
+        const bytes = readFileSync(path.join(dir, `${name}-stopped.backup`));
+        // The disk is most of the archive: its middle byte is the disk's.
+        const middle = Math.floor(bytes.length / 2);
+        bytes.writeUInt8(bytes.readUInt8(middle) ^ 0xff, middle);
+        const bad = path.join(dir, 'corrupt.backup');
+        writeFileSync(bad, bytes);
+        const r = dst.cli(['import', bad, 'bad1']);
+        assert.equal(r.code, 1, r.stdout);
+        assert.match(r.stderr, /^Error: The backup archive is corrupted.*\n$/);
+        assert.equal(existsSync(path.join(dst.stateDir, 'guests', 'bad1')), false);
+        assert.deepEqual(readdirSync(path.join(dst.stateDir, 'imports')), []);
+        assert.ok(!dst.ok(['list', '--format', 'json']).includes('"bad1"'));
       });
     }
   });
