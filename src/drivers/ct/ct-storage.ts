@@ -6,6 +6,8 @@ import { readFreezerState } from '../../host/cgroups-v1.ts';
 import { isMountPoint } from '../../host/mounts.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
+import { CommandError } from '../../host/runner.ts';
+import { unpackZstdTar } from '../archive-unpack.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
@@ -42,7 +44,8 @@ const TMP_PREFIX = '.tmp-';
 /** tar flags that keep what an overlay upper layer needs: numeric owners, whiteouts, opaque-dir xattrs. */
 const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
 /** tar flags of what an archive is extracted with: owners, modes and xattrs as archived. */
-const TAR_EXTRACT = ['--zstd', ...TAR_KEEP, '--same-permissions', '--same-owner'];
+/** tar's options to unpack an archive, read uncompressed from its standard input (unpackZstdTar). */
+const TAR_EXTRACT = [...TAR_KEEP, '--same-permissions', '--same-owner'];
 /**
  * Incremental archives (decision 48) compare directories by inode only: the
  * device number of a pool's file system may change between mounts (btrfs
@@ -324,9 +327,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async importTar(spec, tarPath, options) {
       const extract = async (dir: string) => {
         await mkdir(dir, { mode: 0o755 });
-        await runner.run(['tar', ...TAR_EXTRACT, '-C', dir, '-xf', tarPath], {
-          ...(options?.signal && { signal: options.signal }),
-        });
+        const argv = ['tar', ...TAR_EXTRACT, '-C', dir, '-xf', '-'];
+        const r = await unpackZstdTar(runner, tarPath, argv, options?.signal);
+        if (r.code !== 0) throw new CommandError(argv, { ...r, stdout: '' });
       };
       if (options?.snapshot === undefined) {
         await replaceUpper(spec, extract);
@@ -419,7 +422,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       // `--listed-incremental=/dev/null` makes tar apply each directory's listing: what the archived
       // directory no longer held is deleted (renames follow from that), whiteouts come as devices.
       const extract = async (into: string) => {
-        const r = await runner.run(
+        const r = await unpackZstdTar(
+          runner,
+          tarPath,
           await sandboxFor(into, tarPath, [
             'tar',
             ...TAR_EXTRACT,
@@ -428,9 +433,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
             '-C',
             into,
             '-xf',
-            tarPath,
+            '-',
           ]),
-          { ...(signal && { signal }), allowFailure: true },
+          signal,
         );
         if (r.code === 0) return;
         signal?.throwIfAborted();

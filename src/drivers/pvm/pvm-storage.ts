@@ -6,6 +6,7 @@ import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import { unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
@@ -217,10 +218,12 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
     members: string[],
     signal: AbortSignal | undefined,
   ) => {
-    const unpacked = await runner.run(['tar', '--zstd', '-C', work, '-xf', tarPath, ...members], {
-      ...(signal && { signal }),
-      allowFailure: true,
-    });
+    const unpacked = await unpackZstdTar(
+      runner,
+      tarPath,
+      ['tar', '-C', work, '-xf', '-', ...members],
+      signal,
+    );
     if (unpacked.code !== 0) {
       signal?.throwIfAborted();
       if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());

@@ -22,6 +22,7 @@ import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { tarHeader } from '../../storage/backup-archive.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
+import { unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { UEFI_VARS_META } from './firmware.ts';
@@ -332,51 +333,6 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
   };
 
   /**
-   * `zstd -d -f -c ARCHIVE | tar -x` into `work`: the code and stderr of whichever failed (tar's
-   * first: its ENOSPC names the cause). tar's own `--use-compress-program` used three to four
-   * times the CPU for the same unpacking of a FIFO (its reading child copies the archive into the
-   * compressor through a pipe in 10 KiB records; decision 0085). `-f` passes a plain tar through.
-   */
-  const unpackArchive = async (
-    tarPath: string,
-    work: string,
-    signal: AbortSignal | undefined,
-  ): Promise<{ code: number; stderr: string }> => {
-    signal?.throwIfAborted();
-    const zstd = runner.spawn(['zstd', '-d', '-f', '-c', '-q', tarPath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const tar = runner.spawn(['tar', '--no-same-owner', '-C', work, '-xf', '-'], {
-      stdio: [zstd.stdout ?? 'ignore', 'ignore', 'pipe'],
-    });
-    // The pipe is tar's now: the daemon keeps no end of it open.
-    zstd.stdout?.destroy();
-    const ended = (child: typeof zstd) => {
-      const stderr: Buffer[] = [];
-      child.stderr?.on('data', (d: Buffer) => stderr.push(d));
-      return new Promise<{ code: number; stderr: string }>((resolve) => {
-        child.on('error', (e) => resolve({ code: 127, stderr: e.message }));
-        child.on('close', (code, sig) =>
-          resolve({ code: code ?? (sig ? 128 : 1), stderr: Buffer.concat(stderr).toString('utf8') }),
-        );
-      });
-    };
-    const results = Promise.all([ended(tar), ended(zstd)]);
-    const kill = () => {
-      tar.kill('SIGKILL');
-      zstd.kill('SIGKILL');
-    };
-    signal?.addEventListener('abort', kill, { once: true });
-    try {
-      const [t, z] = await results;
-      signal?.throwIfAborted();
-      return t.code !== 0 ? t : z;
-    } finally {
-      signal?.removeEventListener('abort', kill);
-    }
-  };
-
-  /**
    * Unpacks the qcow2 of an archive made by exportTar or exportIncremental and
    * runs `apply` on a copy of the stopped guest's disk (grown to the archived
    * size if smaller), which then replaces the disk. The disk's old backup
@@ -397,7 +353,12 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       // One pass over the archive (it may be a FIFO fed by the daemon): every member, of which only
       // the disk and the firmware's variables (when the guest had them) are used.
       // `zstd -f` passes a plain tar through: an uncompressed export (decision 0063) imports as well.
-      const unpacked = await unpackArchive(tarPath, work, signal);
+      const unpacked = await unpackZstdTar(
+        runner,
+        tarPath,
+        ['tar', '--no-same-owner', '-C', work, '-xf', '-'],
+        signal,
+      );
       if (unpacked.code !== 0 || !(await lstat(join(work, ARCHIVE_DISK)).catch(() => undefined))?.isFile()) {
         signal?.throwIfAborted();
         if (/No space left/i.test(unpacked.stderr)) throw new Error(unpacked.stderr.trim());
