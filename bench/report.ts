@@ -124,10 +124,11 @@ lines.push(
   'by gigabytes when others build or test; "kernel" is the growth of Slab + KernelStack + PageTables, less disturbed.',
   '',
 );
-if (staged) {
+/** The staged table of one run of bench/ct-density-stages.ts (with its plot when `plot`). */
+const stagedRun = (staged: Json, plot: boolean) => {
   const t = (staged.trivisor as Json[] | undefined) ?? [];
   const raw = new Map(((staged.raw as Json[] | undefined) ?? []).map((r) => [r.guests, r]));
-  lines.push('![ct density against N](ct-density-stages.svg)', '');
+  if (plot) lines.push('![ct density against N](ct-density-stages.svg)', '');
   lines.push(
     '| N | running | start all (s) | stage ms/guest | raw runc stage ms/guest | host MiB/guest | raw runc MiB/guest | kernel MiB/guest | raw runc kernel MiB/guest | beyond own processes MiB/guest | daemon RSS MiB | GET /1.0/guests p50 ms | ?recursion=1 p50 ms | `trivisor list` ms | one more create+start ms | seen by monitor ms | re-adopted after kill -9 (s) | lost |',
   );
@@ -160,7 +161,26 @@ if (staged) {
     );
   lines.push('');
   stamp([staged]);
-} else lines.push('_Not measured yet._', '');
+};
+if (staged) stagedRun(staged, true);
+else lines.push('_Not measured yet._', '');
+// A quiet run at one N (bench/results/ct-density-stages-quiet.json, the same benchmark's output
+// renamed): the raw runc baseline beside the API in the same run, on a machine nothing else used.
+const stagedQuiet = load('ct-density-stages-quiet.json');
+if (stagedQuiet) {
+  const q = ((stagedQuiet.trivisor as Json[] | undefined) ?? []).at(-1);
+  const qRaw = ((stagedQuiet.raw as Json[] | undefined) ?? []).find((r) => r.guests === q?.guests);
+  const ratio = q && qRaw ? Number(q.stagePerGuestMs) / Number(qRaw.stagePerGuestMs) : undefined;
+  lines.push(
+    `A run on a quiet machine (\`--stages ${((stagedQuiet.stagesAsked as number[] | undefined) ?? []).join(',')} --raw-stages ${((stagedQuiet.raw as Json[] | undefined) ?? []).map((r) => r.guests).join(',')}\`, nothing else running, its result file renamed to`,
+    `\`ct-density-stages-quiet.json\`): at ${String(q?.guests)} guests a start took ${f(q?.stagePerGuestMs)} ms a guest through the API against ${f(qRaw?.stagePerGuestMs)} ms with raw runc in the same run (ratio ${f(ratio, 2)}).`,
+    ratio !== undefined && ratio <= 1.1
+      ? "Starts at 1,000 slower than November's 43 s (issue 19) are then this machine's: raw runc is as slow."
+      : 'The API is slower than raw runc here by more than a tenth.',
+    '',
+  );
+  stagedRun(stagedQuiet, false);
+}
 
 const netDensityFiles = readdirSync(RESULTS_DIR).filter((n) => /^ct-density-net-\d+\.json$/.test(n));
 lines.push(
