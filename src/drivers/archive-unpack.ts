@@ -1,5 +1,4 @@
-import type { ChildProcess } from 'node:child_process';
-import type { ProcessRunner } from '../host/runner.ts';
+import { childEnded, type ProcessRunner } from '../host/runner.ts';
 
 /**
  * `zstd -d -f -c ARCHIVE | TAR…` for every model's import (decision 0085): `tarArgv` is the whole
@@ -23,7 +22,7 @@ export async function unpackZstdTar(
   const tar = runner.spawn(tarArgv, { stdio: [zstd.stdout ?? 'ignore', 'ignore', 'pipe'] });
   // The pipe is tar's now: the daemon keeps no end of it open.
   zstd.stdout?.destroy();
-  const results = Promise.all([ended(tar), ended(zstd)]);
+  const results = Promise.all([childEnded(tar), childEnded(zstd)]);
   const kill = () => {
     tar.kill('SIGKILL');
     zstd.kill('SIGKILL');
@@ -36,16 +35,4 @@ export async function unpackZstdTar(
   } finally {
     signal?.removeEventListener('abort', kill);
   }
-}
-
-/** A child's exit code (128 when a signal ended it, 127 when it could not start) and its stderr. */
-function ended(child: ChildProcess): Promise<{ code: number; stderr: string }> {
-  const stderr: Buffer[] = [];
-  child.stderr?.on('data', (d: Buffer) => stderr.push(d));
-  return new Promise((resolve) => {
-    child.on('error', (e) => resolve({ code: 127, stderr: e.message }));
-    child.on('close', (code, sig) =>
-      resolve({ code: code ?? (sig ? 128 : 1), stderr: Buffer.concat(stderr).toString('utf8') }),
-    );
-  });
 }

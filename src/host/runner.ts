@@ -99,3 +99,19 @@ export function hostRunner(): ProcessRunner {
     },
   };
 }
+
+/**
+ * How a spawned child ended: its exit code (128 when a signal ended it, 127 when it could not
+ * start) and what it wrote on stderr (when its stderr is a pipe). Call it right after spawning,
+ * before the child can write.
+ */
+export function childEnded(child: ChildProcess): Promise<{ code: number; stderr: string }> {
+  const stderr: Buffer[] = [];
+  child.stderr?.on('data', (d: Buffer) => stderr.push(d));
+  return new Promise((resolve) => {
+    child.on('error', (e) => resolve({ code: 127, stderr: e.message }));
+    child.on('close', (code, sig) =>
+      resolve({ code: code ?? (sig ? 128 : 1), stderr: Buffer.concat(stderr).toString('utf8') }),
+    );
+  });
+}

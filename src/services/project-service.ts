@@ -23,7 +23,12 @@ import {
   type TxnOp,
   type TxnResponse,
 } from '../store/kv.ts';
-import { projectGuestReads, projectGuestSpecs } from '../store/project-guests.ts';
+import {
+  indexRead,
+  projectGuestReads,
+  projectGuestSpecs,
+  readProjectGuestSpecs,
+} from '../store/project-guests.ts';
 import { records } from '../store/records.ts';
 
 /** Body of `POST /1.0/projects`. */
@@ -163,9 +168,8 @@ async function readCounting(
       continue;
     }
     const kvsOf = (kind: Counted) => read.kvs[listed.indexOf(kind) + 1] ?? [];
-    const [indexed, index] = read.kvs.slice(listed.length + 1);
     const guests = counting.includes('guests')
-      ? await projectGuestSpecs(store, name, { indexed: (indexed?.length ?? 0) > 0, index: index ?? [] })
+      ? await projectGuestSpecs(store, name, indexRead(read.kvs.slice(listed.length + 1)))
       : [];
     let usage = NO_USAGE;
     const objects: string[] = [];
@@ -366,12 +370,7 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
 
   /** With limits.memory (cpu, disk) on the project, every guest in it must set the key (as Incus requires). */
   async function assertGuestsCountable(name: string, config: Record<string, string>): Promise<void> {
-    const read = await readTogether(store, projectGuestReads(name));
-    const indexed = (read.kvs[0]?.length ?? 0) > 0;
-    for (const g of decoded(
-      records.guest,
-      await projectGuestSpecs(store, name, { indexed, index: read.kvs[1] ?? [] }),
-    )) {
+    for (const g of decoded(records.guest, await readProjectGuestSpecs(store, name))) {
       if (projectOfRecord(g) !== name) continue;
       for (const key of ['limits.memory', 'limits.cpu', 'limits.disk']) {
         if (config[key] !== undefined && g.config[key] === undefined) {

@@ -55,6 +55,18 @@ export const projectGuestReads = (project: string) => [
   { key: keys.projectGuests(project), prefix: true },
 ];
 
+/** What `projectGuestSpecs` takes, from the answers to `projectGuestReads` (in their order). */
+export const indexRead = ([indexed, index]: KeyValue[][]): { indexed: boolean; index: KeyValue[] } => ({
+  indexed: (indexed?.length ?? 0) > 0,
+  index: index ?? [],
+});
+
+/** A project's guests' specs, read on their own (the index, then the specs). */
+export async function readProjectGuestSpecs(store: KvStore, project: string): Promise<KeyValue[]> {
+  const read = await readTogether(store, projectGuestReads(project));
+  return projectGuestSpecs(store, project, indexRead(read.kvs));
+}
+
 /** Keys per transaction of the backfill: a compare and a write each, under etcd's 128 operations. */
 const BATCH = 60;
 

@@ -174,6 +174,10 @@ export interface GiveBack {
   neverRanThere: boolean;
 }
 
+/** Whether HA decided about the guest since its move's switch-over: its record names another owner or token. */
+const decidedSince = (g: StoredHa | undefined, t: HaMoveTicket): boolean =>
+  !g || g.owner !== t.to || g.token !== t.toToken || Boolean(g.moving);
+
 /**
  * Why guest `g`'s record (given to `t.to` by its move's switch-over) cannot go back to its source
  * now, or undefined (decision 0089). `how.alive`: each member's token. A record that names another
@@ -188,7 +192,7 @@ export function haGiveBackRefusal(
   how: GiveBack & { alive: ReadonlyMap<string, Token> },
 ): { reason: string; final: boolean } | undefined {
   const { alive } = how;
-  if (!g || g.owner !== t.to || g.token !== t.toToken || g.moving) {
+  if (decidedSince(g, t)) {
     return { reason: `HA gave guest ${t.guest} to ${g?.owner ?? 'nobody'} meanwhile`, final: true };
   }
   if (!how.neverRanThere && alive.get(t.to) !== t.toToken) {
@@ -387,7 +391,7 @@ export async function haGiveBackPart(
  */
 export async function haDecidedSinceSwitchOver(store: KvStore, t: HaMoveTicket): Promise<boolean> {
   const { record } = await readMove(store, t.guest);
-  return haGiveBackRefusal(record?.value, t, { alive: new Map(), neverRanThere: true })?.final === true;
+  return decidedSince(record?.value, t);
 }
 
 /**

@@ -1,10 +1,9 @@
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, lstat, mkdir, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failedPrecondition, invalidArgument } from '../../core/errors.ts';
 import { BTRFS_MAGIC } from '../../host/reflink.ts';
-import type { ProcessRunner } from '../../host/runner.ts';
+import { childEnded, type ProcessRunner } from '../../host/runner.ts';
 import { checkSendStream, type ExpectedStream } from './btrfs-stream-check.ts';
 
 /**
@@ -158,13 +157,6 @@ const uuidField = (fields: Map<string, string>, name: string): string | undefine
   return v && /^[0-9a-f]{32}$/.test(v) ? v : undefined;
 };
 
-/** A child's exit code once it has closed (127 when it could not start). */
-const exitOf = (child: ChildProcess): Promise<number> =>
-  new Promise((resolve) => {
-    child.on('error', () => resolve(127));
-    child.on('close', (code) => resolve(code ?? 1));
-  });
-
 /**
  * `zstd -d < from | btrfs receive -C -e into`, with the stream checked on its way
  * (btrfs-stream-check.ts): receive is given each command only once it passed, so a stream that
@@ -181,12 +173,8 @@ async function checkedReceive(
   const receive = runner.spawn(['btrfs', 'receive', '-q', '-C', '-e', into], {
     stdio: ['pipe', 'ignore', 'pipe'],
   });
-  const zstdErr: Buffer[] = [];
-  const receiveErr: Buffer[] = [];
-  zstd.stderr?.on('data', (d: Buffer) => zstdErr.push(d));
-  receive.stderr?.on('data', (d: Buffer) => receiveErr.push(d));
-  const zstdExit = exitOf(zstd);
-  const receiveExit = exitOf(receive);
+  const zstdExit = childEnded(zstd);
+  const receiveExit = childEnded(receive);
   const stopAll = () => {
     zstd.kill('SIGKILL');
     receive.kill('SIGKILL');
@@ -214,17 +202,17 @@ async function checkedReceive(
     );
     if (refused) stopAll();
     else input?.end();
-    const [zstdCode, receiveCode] = await Promise.all([zstdExit, receiveExit]);
+    const [zstdEnd, receiveEnd] = await Promise.all([zstdExit, receiveExit]);
     signal?.throwIfAborted();
     if (refused) throw refused;
-    if (zstdCode !== 0) {
-      const line = Buffer.concat(zstdErr).toString('utf8').trim().split('\n')[0] ?? '';
+    if (zstdEnd.code !== 0) {
+      const line = zstdEnd.stderr.trim().split('\n')[0] ?? '';
       throw invalidArgument(
         `The backup cannot be applied to guest ${guest} (${line.replace(/^zstd: /, '') || 'it does not decompress'}): it is damaged.`,
       );
     }
-    if (receiveCode !== 0) {
-      const stderr = Buffer.concat(receiveErr).toString('utf8').trim();
+    if (receiveEnd.code !== 0) {
+      const stderr = receiveEnd.stderr.trim();
       if (/No space left/i.test(stderr)) throw new Error(stderr);
       const line = stderr.split('\n').find((l) => l.startsWith('ERROR')) ?? stderr.split('\n')[0] ?? '';
       throw invalidArgument(

@@ -20,6 +20,7 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { type FlatQcow2Source, flatQcow2Source, streamFlatQcow2 } from '../../host/qcow2-stream.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
+import { childEnded } from '../../host/runner.ts';
 import { tarHeader } from '../../storage/backup-archive.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import { unpackZstdTar } from '../archive-unpack.ts';
@@ -253,12 +254,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     const out = await open(tarPath, 'w', 0o600);
     const zstd = runner.spawn(['zstd', '-T0', '-q', '-c'], { stdio: ['pipe', out.fd, 'pipe'] });
     await out.close();
-    const stderr: Buffer[] = [];
-    zstd.stderr?.on('data', (d: Buffer) => stderr.push(d));
-    const exited = new Promise<number>((resolve) => {
-      zstd.on('close', (code) => resolve(code ?? 1));
-      zstd.on('error', () => resolve(1));
-    });
+    const exited = childEnded(zstd);
     const stdin = zstd.stdin;
     if (!stdin) throw new Error('zstd has no stdin');
     stdin.on('error', () => {});
@@ -285,13 +281,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       written += 1024;
       await write(Buffer.alloc(1024 + ((10240 - (written % 10240)) % 10240)));
       stdin.end();
-      const code = await exited;
+      const { code, stderr } = await exited;
       signal?.throwIfAborted();
-      if (code !== 0) {
-        throw new Error(
-          `zstd failed (exit ${code}): ${Buffer.concat(stderr).toString().trim() || 'no output'}`,
-        );
-      }
+      if (code !== 0) throw new Error(`zstd failed (exit ${code}): ${stderr.trim() || 'no output'}`);
     } catch (e) {
       zstd.kill('SIGKILL');
       await exited;
