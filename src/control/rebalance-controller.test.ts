@@ -550,3 +550,68 @@ test('a publication after the first reads none of the 10,000 guests of other mem
     await memory.close();
   }
 });
+
+test("a cycle's plan after the first reads none of the 10,000 guest records, plans the same, and sees a guest that moved since (decision 0087)", async () => {
+  const memory = createMemoryStore();
+  const store = countingStore(memory);
+  const history = openMetricsHistory(':memory:');
+  const operations = createOperationService(createEventBus());
+  const nowMs = NOW;
+  for (let i = 0; i < 10_000; i++) await records.guest.at(`o${i}`).put(memory, spec(`o${i}`, 'h2'));
+  for (const name of ['busy', 'busy2']) await records.guest.at(name).put(memory, spec(name, 'h1'));
+  for (let t = nowMs - 60_000; t <= nowMs; t += 10_000) {
+    history.record(
+      [
+        { series: guestSeries('busy'), values: { cpu: 1, memoryBytes: 64 * 2 ** 20 } },
+        { series: guestSeries('busy2'), values: { cpu: 1, memoryBytes: 64 * 2 ** 20 } },
+        { series: hostSeries('h1'), values: { memoryBytes: GiB } },
+      ],
+      t,
+    );
+  }
+  const c = createRebalanceController({
+    store,
+    hostName: 'h1',
+    history,
+    operations,
+    log: silentLogger(),
+    now: () => nowMs,
+    members: async () => [member('h1'), member('h2')],
+    mover: {
+      async move() {
+        throw new Error('no move here');
+      },
+    },
+  });
+  try {
+    await c.updateSettings({ 'cluster.rebalance.window': '1m' });
+    await c.publish();
+    // h2's own publication: one idle guest measured over the window.
+    await records.memberLoad.at('h2').put(memory, {
+      stepSeconds: 10,
+      endAt,
+      publishedAt: new Date(nowMs).toISOString(),
+      measuredSteps: 6,
+      guests: { o1: { model: 'ct', cpu: [0, 0, 0, 0, 0, 0], memoryBytes: [1, 1, 1, 1, 1, 1] } },
+    });
+    const first = await c.run({ dryRun: true });
+    const planned = (r: typeof first) => r.planned.map((m) => `${m.guest} ${m.from}->${m.to}`);
+    assert.equal(planned(first).length, 1, first.notes.join('\n'));
+    assert.match(planned(first)[0] ?? '', /^busy2? h1->h2$/);
+    store.reset();
+    const second = await c.run({ dryRun: true });
+    assert.ok(!store.reads.lists.includes(records.guest.prefix), store.reads.lists.join(' '));
+    assert.ok(store.reads.records <= 20, `a plan read ${store.reads.records} records`);
+    assert.deepEqual(planned(second), planned(first));
+    // The planned guest moves to h2 meanwhile: the next plan knows it from the watch.
+    const moved = planned(first)[0]?.split(' ')[0] ?? '';
+    await records.guest.at(moved).put(memory, spec(moved, 'h2'));
+    await new Promise((r) => setTimeout(r, 20));
+    const third = await c.run({ dryRun: true });
+    assert.ok(!planned(third).some((m) => m.startsWith(`${moved} `)), planned(third).join(', '));
+  } finally {
+    await c.stop();
+    history.close();
+    await memory.close();
+  }
+});

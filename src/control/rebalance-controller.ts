@@ -143,13 +143,45 @@ export function memberLoadOf(options: {
   return out;
 }
 
+/**
+ * What the rebalancer keeps of a guest's spec: what a plan (its member, model, the two keys of its
+ * config a plan reads, its NICs for the port forwards that pin it) and a publication need. Kept
+ * for every guest of the cluster from a watch (decision 0087, part 3), so that a cycle reads no
+ * guest record.
+ */
+export type PlannedGuest = Pick<
+  GuestSpec,
+  'name' | 'model' | 'project' | 'location' | 'deleting' | 'devices' | 'config'
+>;
+
+/** The config keys a plan reads of a guest. */
+const PLANNED_KEYS = ['migration.downtime_budget', 'cluster.evacuate'] as const;
+
+/** What `PlannedGuest` keeps of a spec; the rest of the decoded record is left to the collector. */
+export function plannedGuest(spec: GuestSpec): PlannedGuest {
+  const config: Record<string, string> = {};
+  for (const key of PLANNED_KEYS) {
+    const value = spec.config[key];
+    if (value !== undefined) config[key] = value;
+  }
+  return {
+    name: spec.name,
+    model: spec.model,
+    project: spec.project,
+    location: spec.location,
+    deleting: spec.deleting,
+    config,
+    ...(spec.devices && { devices: spec.devices }),
+  };
+}
+
 /** What a cluster state is built from: everything read from the store, and the clock. */
 export interface StateInputs {
   nowMs: number;
   settings: RebalanceSettings;
   members: readonly RebalanceMember[];
   loads: ReadonlyMap<string, MemberLoad>;
-  specs: readonly GuestSpec[];
+  specs: readonly PlannedGuest[];
   moves: readonly ClusterMove[];
   bandwidthBytesPerSecond: number;
   /** The links finished moves measured (move-bandwidth.ts), by source then destination: they replace the assumed bandwidth. */
@@ -317,7 +349,7 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
  * its own interfaces' and refuses such a move, which the move's record then says.
  */
 export function pinnedGuests(
-  specs: readonly GuestSpec[],
+  specs: ReadonlyArray<Pick<GuestSpec, 'name' | 'project' | 'location' | 'devices'>>,
   networks: readonly NetworkSpec[],
   memberOf: (address: string) => string | undefined,
 ): Map<string, string> {
@@ -364,22 +396,23 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   const settingsNow = async () => rebalanceSettings(rebalanceKeys(await keysNow()));
   const powerNow = async () => powerSettings(await keysNow());
 
-  // This member's guests as a publication names them, from a watch: a publication lists no guest
-  // of the cluster but the first (decision 0080).
-  const ours = watchSubset<Pick<GuestSpec, 'name' | 'model'>>({
+  // Every guest of the cluster as a plan and a publication need it, from a watch: listed once, at
+  // the first publication or plan, then one decoded record per change. A publication (decision
+  // 0080) and a cycle (decision 0087) read no guest record.
+  const guests = watchSubset<PlannedGuest>({
     store,
     prefix: records.guest.prefix,
-    pick: (kv) => {
-      const s = records.guest.decode(kv);
-      return s.location === hostName && !s.deleting ? { name: s.name, model: s.model } : undefined;
-    },
+    pick: (kv) => plannedGuest(records.guest.decode(kv)),
     log,
   });
 
   async function publish(): Promise<void> {
     const settings = await settingsNow();
-    await ours.ready();
-    const mine = [...ours.picked()].sort(([a], [b]) => compareByteOrder(a, b)).map(([, g]) => g);
+    await guests.ready();
+    const mine = [...guests.picked()]
+      .filter(([, g]) => g.location === hostName && !g.deleting)
+      .sort(([a], [b]) => compareByteOrder(a, b))
+      .map(([, g]) => ({ name: g.name, model: g.model }));
     const load = memberLoadOf({
       hostName,
       history: deps.history,
@@ -539,10 +572,10 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
   }
 
   async function plan(settings: RebalanceSettings) {
-    const [members, loads, specs, moves, pw, links, networks, memberRecords] = await Promise.all([
+    const [members, loads, , moves, pw, links, networks, memberRecords] = await Promise.all([
       deps.members(),
       records.memberLoad.list(store),
-      records.guest.list(store),
+      guests.ready(),
       records.clusterMove.list(store),
       power ? powerNow() : undefined,
       readLinks(store),
@@ -553,18 +586,19 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
       power && pw?.settings.enabled
         ? { settings: pw.settings, configs: pw.members, records: await power.read() }
         : undefined;
+    const specs = [...guests.picked().values()];
     const { state, notes } = buildClusterState({
       ...(managed && { power: managed }),
       nowMs: now(),
       settings,
       members,
       loads: new Map(loads.items.map((l) => [records.memberLoad.nameOf(l.key), l.value])),
-      specs: valuesOf(specs),
+      specs,
       moves: valuesOf(moves),
       bandwidthBytesPerSecond: deps.bandwidthBytesPerSecond ?? 125_000_000,
       links,
       pinned: pinnedGuests(
-        valuesOf(specs),
+        specs,
         valuesOf(networks),
         memberByClusterAddress(valuesOf(memberRecords).map((m) => ({ name: m.name, address: m.address }))),
       ),
@@ -725,7 +759,7 @@ export function createRebalanceController(deps: RebalanceControllerDeps): Rebala
     start: tick,
     async stop() {
       stopped = true;
-      ours.stop();
+      guests.stop();
       clearTimeout(timer);
       await running;
       await resign();
