@@ -18,7 +18,7 @@ import { createGuestController } from './control/guest-controller.ts';
 import { createGuestStorageController } from './control/guest-storage-controller.ts';
 import { superviseHaAgent } from './control/ha/agent-process.ts';
 import { startCrmLoop } from './control/ha/crm-loop.ts';
-import { haPaths, startRefusal } from './control/ha/ha-files.ts';
+import { haPaths, liveAgentToken, readAgentState, startRefusal } from './control/ha/ha-files.ts';
 import { isHaGuest, readHaMembers } from './control/ha/ha-store.ts';
 import { haSummary } from './control/ha/ha-summary.ts';
 import { createMemoryReclaim } from './control/memory-reclaim.ts';
@@ -347,6 +347,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       migrationOf: (model) => drivers[model]?.migration,
       log,
       hostSubnets: () => hostNetworks(runner),
+      // An HA guest's move mark is ended under the token this member's agent holds now (decision 0089).
+      haToken: () => liveAgentToken(readAgentState(stateDir)),
     });
     resumeMoves = () => guestMover.resumeUnfinished();
     retryMoves = () => guestMover.retryUnfinished();

@@ -753,6 +753,90 @@ describe('moving a guest (cold)', () => {
     assert.equal(await again.resumeUnfinished(), 0);
   });
 
+  // Decision 0089, amended: the source restarted before the hand-over (phase `started`) has a new
+  // HA token too; its journal's ticket names the old one.
+  const runsOnH1 = () =>
+    waitForGuest(store, 'web', (sp, st) =>
+      sp?.location === 'h1' && st?.status === 'Running' && st.observedGeneration === sp.generation
+        ? true
+        : undefined,
+    );
+
+  test("an HA guest whose source restarted before the hand-over (a new HA token), started again, undoes the move: its HA record is the source's under the new token, no longer moving, the guest runs there, the journal goes", async () => {
+    const { tokens } = await makeHa(store);
+    dieAt = 'archiving';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started');
+    assert.deepEqual((await haRecordOf(store)).moving?.to, 'h2');
+    const h1Now = await renewHeartbeat('h1');
+    assert.notEqual(h1Now, tokens.h1);
+    dieAt = undefined;
+    const again = createGuestMover(depsAgain);
+    assert.equal(await again.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', h1Now, undefined]);
+    await runsOnH1();
+    const resumed = operations.list().find((o) => o.description.startsWith('Finishing the move'));
+    assert.deepEqual(
+      [resumed?.status, resumed?.metadata.outcome],
+      ['Success', 'undone: the guest stays here'],
+    );
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+    assert.equal(await moveMarkOf(store, 'web'), undefined, 'the journal is gone');
+    assert.equal(await again.resumeUnfinished(), 0, 'nothing is left to resume');
+  });
+
+  test("an HA guest whose source's agent takes its new lease only after the daemon started again: the resume waits for it, then ends the mark under it", async () => {
+    await makeHa(store);
+    dieAt = 'stopping';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    // The old lease expired; the agent holds none yet.
+    await store.delete(haKeys.heartbeat('h1'));
+    let agentToken: number | undefined;
+    setTimeout(() => {
+      void renewHeartbeat('h1').then((t) => {
+        agentToken = t;
+      });
+    }, 200);
+    dieAt = undefined;
+    const again = createGuestMover({ ...depsAgain, haToken: () => agentToken, haLeaseWaitMs: 10_000 });
+    assert.equal(await again.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.ok(agentToken !== undefined);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', agentToken, undefined]);
+    await runsOnH1();
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("an HA guest whose source's agent holds no live lease within the wait (the store still shows the lease the move began under): the resume fails saying why, the guest stays stopped and marked, the journal stays; the next try, once the agent holds a lease, undoes it", async () => {
+    const { tokens } = await makeHa(store);
+    dieAt = 'archiving';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    dieAt = undefined;
+    const waiting = createGuestMover({ ...depsAgain, haToken: () => undefined, haLeaseWaitMs: 50 });
+    assert.equal(await waiting.resumeUnfinished(), 1);
+    const failed = operations.list().find((o) => o.description.startsWith('Finishing the move'));
+    assert.equal(failed?.status, 'Failure');
+    assert.equal(
+      failed?.error,
+      "Guest web's move to h2 could not be undone yet: Member h1's HA agent holds no live lease now (it takes one within seconds): guest web's move to h2 cannot be ended yet; it is tried again within minutes, and at the daemon's next start",
+    );
+    assert.equal((await haRecordOf(store)).moving?.to, 'h2', 'the mark stays');
+    assert.equal((await guest())?.desired, 'Stopped', 'not started while HA may give it away');
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started', 'the journal stays');
+    const h1Now = await renewHeartbeat('h1');
+    assert.notEqual(h1Now, tokens.h1);
+    const again = createGuestMover({ ...depsAgain, haToken: () => h1Now });
+    assert.equal(await again.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', h1Now, undefined]);
+    await runsOnH1();
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
   test("another member's unfinished move is not this member's to resume, and a second move of its guest is refused while it is unfinished", async () => {
     dieAt = 'handed-over';
     await mover.move('web', { target: 'h2' });

@@ -3,11 +3,13 @@ import { join } from 'node:path';
 import {
   beginHaMove,
   endHaMove,
+  type HaMoveEnd,
   type HaMoveTicket,
   haDecidedSinceSwitchOver,
   haGiveBackPart,
   haSwitchOverPart,
 } from '../control/ha/ha-move.ts';
+import { haKeys, type Token } from '../control/ha/types.ts';
 import { migrationDowntimeLimitMs } from '../core/config-keys.ts';
 import {
   asTrivisorError,
@@ -130,6 +132,17 @@ export interface GuestMoverDeps {
   convergeMs?: number;
   /** This member's interfaces' addresses: a port forward listening on one pins its target here (decision 0075). */
   hostSubnets?: () => Promise<HostSubnet[]>;
+  /**
+   * The fencing token this member's HA agent holds live now (its state file: `liveAgentToken`),
+   * undefined while it holds none: the token a move's HA mark is ended under (decision 0089,
+   * amended). Default: this member's heartbeat as the store holds it (no agent to ask).
+   */
+  haToken?: () => Token | undefined;
+  /**
+   * How long a resume waits for this member's HA agent to hold a live lease before it ends an HA
+   * guest's mark (a member booted again takes a new one once its old lease expired; default 15 s).
+   */
+  haLeaseWaitMs?: number;
 }
 
 export interface GuestMover {
@@ -162,6 +175,8 @@ const up = (status: GuestStatus | undefined) => status?.status === 'Running' || 
 /** How soon an unfinished move whose resume failed is tried again, at first and at most (doubling). */
 const RETRY_FIRST_MS = 60_000;
 const RETRY_MAX_MS = 30 * 60_000;
+/** How often a resume waiting for this member's HA lease looks again. */
+const HA_LEASE_POLL_MS = 250;
 
 export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const { store, hostName } = deps;
@@ -172,6 +187,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   let resuming = false;
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
+  const haLeaseWaitMs = deps.haLeaseWaitMs ?? 15_000;
 
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
   const finished = (op: Operation) => succeeded(deps.operations, op);
@@ -340,7 +356,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         return op;
       } catch (e) {
         // The operation did not start.
-        if (ha) await endHaMove(store, ha).catch(() => false);
+        await endMark(ha);
         await release();
         running.delete(name);
         throw e;
@@ -487,7 +503,23 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       // A live move's destination QEMU goes before this member's resumes (decision 0061's order).
       if (kind === 'live' || phase === 'rolled-back') await discard();
       const undoneInQemu = await recoverSource();
-      if (phase === 'started') await endMark(mark.ha);
+      if (phase === 'started') {
+        // The HA mark goes under the token this member's agent holds now, whether or not its
+        // member restarted since the move began (decision 0089, amended): then HA lets it start here.
+        const end = await endMark(mark.ha, haLeaseWaitMs);
+        if (end && !end.ended) {
+          if (!end.final) throw notEndedYet(name, target, end.reason);
+          // HA ended or finished the move meanwhile: the guest is where HA put it.
+          const where = (await records.guestLocation.at(name).get(store))?.value ?? holder;
+          if (where !== hostName) {
+            log.error(
+              { ...at, reason: end.reason },
+              'HA gave the guest to another member: its files here are kept',
+            );
+            return done(`left to HA on ${where}`);
+          }
+        }
+      }
       await startHere();
       const result = await done('undone: the guest stays here');
       return undoneInQemu.length > 0 ? { ...result, undoneInQemu } : result;
@@ -574,6 +606,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     );
   }
 
+  /** A resume that could not end an HA guest's move mark yet (no live HA lease here): the journal stays. */
+  function notEndedYet(name: string, target: string, reason: string): TrivisorError {
+    return conflict(
+      `Guest ${name}'s move to ${target} could not be undone yet: ${reason}; it is tried again within minutes, and at the daemon's next start`,
+    );
+  }
+
   /** A move that failed after its hand-over and whose undoing failed too: its journal is kept (`settle`). */
   function unsettled(name: string, target: string, err: TrivisorError): TrivisorError {
     return new TrivisorError(
@@ -582,11 +621,32 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     );
   }
 
-  /** Clears an HA guest's move mark after a move given up before its switch-over. */
-  async function endMark(ha: HaMoveTicket | undefined): Promise<void> {
-    if (!ha) return;
-    const ended = await endHaMove(store, ha).catch(() => false);
-    if (!ended) log.warn({ guest: ha.guest }, "the HA record's move mark is left to the CRM");
+  /** The token this member's HA agent holds live now (`deps.haToken`), or its heartbeat's in the store. */
+  async function haTokenNow(): Promise<Token | undefined> {
+    if (deps.haToken) return deps.haToken();
+    return (await store.get(haKeys.heartbeat(hostName)))?.createRevision;
+  }
+
+  /**
+   * Ends an HA guest's move mark after a move given up before its switch-over, under the token
+   * this member's agent holds now (decision 0089, amended: a source restarted since has a new one),
+   * waiting up to `waitMs` for the agent to hold a live lease. One that cannot end it says why
+   * (`final`: HA ended or finished the move meanwhile) and leaves it to the CRM.
+   */
+  async function endMark(ha: HaMoveTicket | undefined, waitMs = 0): Promise<HaMoveEnd | undefined> {
+    if (!ha) return undefined;
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const end = await endHaMove(store, ha, await haTokenNow()).catch(
+        (e: unknown): HaMoveEnd => ({ ended: false, reason: asTrivisorError(e).message, final: false }),
+      );
+      if (end.ended) return end;
+      if (end.final || Date.now() >= deadline) {
+        log.warn({ guest: ha.guest, reason: end.reason }, "the HA record's move mark is left to the CRM");
+        return end;
+      }
+      await new Promise((r) => setTimeout(r, HA_LEASE_POLL_MS));
+    }
   }
 
   /** The cold move through an archive (steps 1–4 above). */

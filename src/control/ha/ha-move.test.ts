@@ -5,7 +5,13 @@ import { isTrivisorError } from '../../core/errors.ts';
 import type { KvStore } from '../../store/kv.ts';
 import { createMemoryStore } from '../../store/memory-store.ts';
 import { records } from '../../store/records.ts';
-import { beginHaMove, haDecidedSinceSwitchOver, haGiveBackPart, haSwitchOverPart } from './ha-move.ts';
+import {
+  beginHaMove,
+  endHaMove,
+  haDecidedSinceSwitchOver,
+  haGiveBackPart,
+  haSwitchOverPart,
+} from './ha-move.ts';
 import { readHaWorld, recordUpkeep, type StoredHa } from './ha-store.ts';
 import { haKeys } from './types.ts';
 
@@ -277,6 +283,136 @@ test('a destination that lost its HA lease refuses the give-back while it may ha
       haGiveBackPart(store, ticket, { neverRanThere: true }),
       (e: unknown) => isTrivisorError(e) && e.message === 'HA gave guest web to m2 meanwhile',
     );
+  } finally {
+    await store.close();
+  }
+});
+
+/**
+ * Web marked moving from m1 to m2 (before its switch-over), then m1's HA lease renewed: its member
+ * restarted, or its agent fenced, and its agent holds a new token.
+ */
+async function markedThenSourceRenewed(store: KvStore) {
+  const tokens = await cluster(store);
+  const ticket = await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' });
+  assert.ok(ticket);
+  await store.delete(haKeys.heartbeat('m1'));
+  const lease = await store.grantLease(60);
+  await store.put(haKeys.heartbeat('m1'), JSON.stringify({ member: 'm1' }), { lease: lease.id });
+  const m1Now = (await store.get(haKeys.heartbeat('m1')))?.createRevision;
+  assert.ok(m1Now !== undefined && m1Now !== tokens.m1);
+  return { tokens, ticket, m1Now };
+}
+
+test("a move given up before its switch-over ends its mark under the token the source's agent holds now, after that lease was renewed; the CRM's bookkeeping then has nothing to change", async () => {
+  const store = createMemoryStore();
+  try {
+    const { ticket, m1Now } = await markedThenSourceRenewed(store);
+    const kv = await store.get(haKeys.guest('web'));
+    assert.ok(kv);
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...JSON.parse(kv.value), failures: 2, failedOn: ['m3'] }),
+    );
+    assert.deepEqual(await endHaMove(store, ticket, m1Now), { ended: true });
+    const r = await recordOf(store);
+    assert.deepEqual(
+      [r?.owner, r?.token, r?.moving, r?.failures, r?.failedOn],
+      ['m1', m1Now, undefined, 0, []],
+    );
+    assert.equal(await crmUpkeep(store), 0);
+  } finally {
+    await store.close();
+  }
+});
+
+test('a move given up before its switch-over, under the same lease it began with, only loses its mark', async () => {
+  const store = createMemoryStore();
+  try {
+    const tokens = await cluster(store);
+    assert.equal(await crmUpkeep(store), 1);
+    const kv = await store.get(haKeys.guest('web'));
+    assert.ok(kv);
+    const before = { ...JSON.parse(kv.value), failures: 1 };
+    await store.put(haKeys.guest('web'), JSON.stringify(before));
+    const ticket = await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration' });
+    assert.ok(ticket);
+    assert.deepEqual(await endHaMove(store, ticket, tokens.m1), { ended: true });
+    assert.deepEqual(await recordOf(store), before);
+  } finally {
+    await store.close();
+  }
+});
+
+test("the end of a move's mark is refused while the source's agent holds no live lease, or one the store's heartbeat does not hold, and is final once HA decided; nothing is written", async () => {
+  const store = createMemoryStore();
+  try {
+    const { tokens, ticket, m1Now } = await markedThenSourceRenewed(store);
+    const marked = await store.get(haKeys.guest('web'));
+    assert.ok(marked);
+    const notYet = { ended: false, final: false };
+    const refusal = async (token: number | undefined) => {
+      const end = await endHaMove(store, ticket, token);
+      assert.equal(
+        (await store.get(haKeys.guest('web')))?.modRevision,
+        marked.modRevision,
+        'nothing written',
+      );
+      return end;
+    };
+    assert.deepEqual(await refusal(undefined), {
+      ...notYet,
+      reason:
+        "Member m1's HA agent holds no live lease now (it takes one within seconds): guest web's move to m2 cannot be ended yet",
+    });
+    // A token the store's heartbeat does not hold (the lease the move began under, gone; one never granted).
+    assert.deepEqual((await refusal(tokens.m1)).ended, false);
+    assert.deepEqual(await refusal(tokens.m1), await refusal((m1Now ?? 0) + 100));
+    assert.deepEqual({ ...(await refusal(tokens.m1)), reason: '' }, { ...notYet, reason: '' });
+    // The CRM gave the guest to the move's destination meanwhile (its source was lost).
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...JSON.parse(marked.value), owner: 'm2', token: tokens.m2, moving: undefined }),
+    );
+    assert.deepEqual(await endHaMove(store, ticket, m1Now), {
+      ended: false,
+      final: true,
+      reason: "HA ended guest web's move to m2 meanwhile (its record names m2)",
+    });
+    assert.equal((await recordOf(store))?.owner, 'm2');
+  } finally {
+    await store.close();
+  }
+});
+
+test("the end of a move's mark loses to a CRM decision written between its read and its write, and, read again, is final", async () => {
+  const store = createMemoryStore();
+  try {
+    const { tokens, ticket, m1Now } = await markedThenSourceRenewed(store);
+    let raced = false;
+    const racing = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop !== 'txn') return Reflect.get(target, prop, receiver);
+        return async (...args: Parameters<KvStore['txn']>) => {
+          if (!raced && args[0].success.some((op) => op.type === 'put')) {
+            raced = true;
+            // The CRM gives the guest to the move's destination, compared on the record as it read it.
+            const kv = await target.get(haKeys.guest('web'));
+            assert.ok(kv);
+            const given = { ...JSON.parse(kv.value), owner: 'm2', token: tokens.m2 };
+            delete given.moving;
+            await target.put(haKeys.guest('web'), JSON.stringify(given));
+          }
+          return target.txn(...args);
+        };
+      },
+    });
+    const end = await endHaMove(racing, ticket, m1Now);
+    assert.ok(raced);
+    assert.deepEqual([end.ended, !end.ended && end.final], [false, false]);
+    assert.deepEqual([(await recordOf(store))?.owner, (await recordOf(store))?.token], ['m2', tokens.m2]);
+    const again = await endHaMove(store, ticket, m1Now);
+    assert.deepEqual([again.ended, !again.ended && again.final], [false, true]);
   } finally {
     await store.close();
   }

@@ -124,12 +124,69 @@ export function haMoveBeginWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket
   };
 }
 
-/** The write that gives a move up before its switch-over: the source keeps the guest. */
-export function haMoveEndWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket): HaWrite {
-  const { moving: _moving, ...rest } = r.value;
+/**
+ * Why the source cannot end the mark of move `t`, given up before its switch-over, now, or
+ * undefined (decision 0089, amended). `sourceToken`: the token the source's own HA agent holds
+ * live now (its member's view, not the store's: a member booted again sees its old heartbeat in
+ * the store until that lease expires, and its agent takes a new one only then). A record that no
+ * longer names the source moving to `t.to` under the move's destination token is final (HA ended
+ * or finished the move meanwhile: it is no longer the mover's); a source whose agent is not live,
+ * or whose token is not the heartbeat the store holds, is not (its agent takes a lease within
+ * seconds; try again).
+ */
+export function haMoveEndRefusal(
+  g: StoredHa | undefined,
+  t: HaMoveTicket,
+  how: { sourceToken: Token | undefined; alive: ReadonlyMap<string, Token> },
+): { reason: string; final: boolean } | undefined {
+  if (!g || g.owner !== t.from || g.moving?.to !== t.to || g.moving.token !== t.toToken) {
+    return {
+      reason: `HA ended guest ${t.guest}'s move to ${t.to} meanwhile (its record names ${g?.owner ?? 'nobody'}${g?.moving ? `, moving to ${g.moving.to}` : ''})`,
+      final: true,
+    };
+  }
+  if (how.sourceToken === undefined || how.alive.get(t.from) !== how.sourceToken) {
+    return {
+      reason: `Member ${t.from}'s HA agent holds no live lease now (it takes one within seconds): guest ${t.guest}'s move to ${t.to} cannot be ended yet`,
+      final: false,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The write that gives a move up before its switch-over: the source keeps the guest, under the
+ * token its agent holds now (`sourceToken`, decision 0089 amended), compared on the record as read
+ * (a CRM decision about the guest meanwhile wins; the CRM's own writes compare it too) and on the
+ * source's heartbeat at that token. Under the token the record names, only the mark goes (as
+ * before). Under a new one (the source's member restarted, or its agent fenced, since the move
+ * began) the source owns it again under that token, with a clean slate of failures and no error,
+ * decided at `decidedAt`: what the CRM would write if it gave the lost guest to that member. The
+ * destination's token is not compared: before the switch-over it was never asked to run the guest.
+ */
+export function haMoveEndWrite<T extends StoredHa>(
+  r: Read<T>,
+  t: HaMoveTicket,
+  options: { sourceToken: Token; decidedAt?: number },
+): HaWrite {
+  const { moving: _moving, ...kept } = r.value;
+  const { error: _error, ...rest } = kept;
+  const renewed = options.sourceToken !== r.value.token;
   return {
-    compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken)],
-    put: { key: haKeys.guest(t.guest), value: rest },
+    compare: [recordIs(t.guest, r.modRevision), holds(t.from, options.sourceToken)],
+    put: {
+      key: haKeys.guest(t.guest),
+      value: renewed
+        ? {
+            ...rest,
+            owner: t.from,
+            token: options.sourceToken,
+            failures: 0,
+            failedOn: [],
+            ...(options.decidedAt !== undefined && { decidedAt: options.decidedAt }),
+          }
+        : kept,
+    },
   };
 }
 
@@ -394,14 +451,37 @@ export async function haDecidedSinceSwitchOver(store: KvStore, t: HaMoveTicket):
   return decidedSince(record?.value, t);
 }
 
+/** How an attempt to end a move's mark before its switch-over went (`endHaMove`). */
+export type HaMoveEnd =
+  | { ended: true }
+  | {
+      ended: false;
+      reason: string /** HA decided about the guest meanwhile: nothing to retry. */;
+      final: boolean;
+    };
+
 /**
- * Clears the mark of a move given up before its switch-over (the source keeps the guest).
- * Answers whether it did; one that cannot (the source lost its token, HA changed the record) is
- * left to the CRM, which ends or finishes the move by the members' leases.
+ * Ends the mark of a move given up before its switch-over (the source keeps the guest), under
+ * the token the source's agent holds live now (`sourceToken`; `haMoveEndWrite`). One that cannot
+ * says why: HA ended or finished the move meanwhile (`final`), the source's agent holds no live
+ * lease matching the store's heartbeat yet, or the record changed between the read and the write
+ * (a CRM decision: read again, it says which).
  */
-export async function endHaMove(store: KvStore, t: HaMoveTicket): Promise<boolean> {
-  const { record } = await readMove(store, t.guest);
-  if (!record || record.value.owner !== t.from || record.value.moving?.to !== t.to) return false;
-  const r = await store.txn(haTxnPart(haMoveEndWrite(record, t)));
-  return r.succeeded;
+export async function endHaMove(
+  store: KvStore,
+  t: HaMoveTicket,
+  sourceToken: Token | undefined,
+): Promise<HaMoveEnd> {
+  const { record, alive, revision } = await readMove(store, t.guest);
+  const refusal = haMoveEndRefusal(record?.value, t, { sourceToken, alive });
+  if (refusal !== undefined || !record || sourceToken === undefined) {
+    return { ended: false, ...(refusal ?? { reason: `Guest ${t.guest} has no HA record`, final: true }) };
+  }
+  const r = await store.txn(haTxnPart(haMoveEndWrite(record, t, { sourceToken, decidedAt: revision })));
+  if (r.succeeded) return { ended: true };
+  return {
+    ended: false,
+    reason: `Guest ${t.guest}'s HA record or member ${t.from}'s HA lease changed at the same time`,
+    final: false,
+  };
 }

@@ -6,7 +6,9 @@ import { scenarios } from './scenario-runner.ts';
  * hand-over (decision 0089): the source comes back under a new HA token, and its daemon undoes
  * the move from its journal, the HA record given back under the token it holds now, compared on
  * the record and both ends' tokens, so that a CRM decision about the guest meanwhile wins and the
- * guest never runs twice.
+ * guest never runs twice. A source restarted before the hand-over ends the move's mark under the
+ * token its agent holds now (decision 0089, amended), compared on the record: the guest runs on it
+ * again, unless the CRM gave it to the destination first.
  */
 const three = ['h1', 'h2', 'h3'];
 
@@ -202,6 +204,103 @@ scenarios([
     after: (sim) => {
       assert.deepEqual(sim.runningOn('g1'), ['h1']);
       assert.equal(sim.record('g1')?.owner, 'h1');
+    },
+  },
+  {
+    title:
+      'the source restarts before the hand-over: its daemon ends the move under its new token and the guest runs on it again, once',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(4000, (w) => w.kill('h1'));
+      sim.at(4500, (w) => w.boot('h1'));
+    },
+    untilMs: 25_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '4.0 world: h1 dies',
+      "4.0 the move of g1 to h2 is left unfinished (started): h1's daemon stopped",
+      '4.5 h1 boots',
+      '9.0 store: the lease of h1 expired',
+      '9.0 h1 lease granted (token 13)',
+      '9.0 h1 undoes the move of g1 to h2, not handed over: g1 is its own again (token 13)',
+      '9.0 h1 crm: elected',
+      '9.0 h2 crm: another member was elected first',
+      '9.0 h3 crm: another member was elected first',
+      '9.5 h1 starts g1',
+      '25.0 world: h1[g1] h2[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.owner, 'h1');
+      assert.equal(sim.record('g1')?.moving, undefined);
+      assert.deepEqual(sim.coldMovesLeft(), []);
+    },
+  },
+  {
+    title:
+      "the source's agent fences and its daemon restarts before the hand-over: the move ends under the agent's new lease and the guest runs on the source again",
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(4000, (w) => w.killDaemon('h1'));
+      sim.at(4000, (w) => w.fence('h1'));
+      sim.at(6000, (w) => w.startDaemon('h1'));
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '4.0 world: the daemon of h1 is killed',
+      '4.0 world: the HA agent of h1 is asked to fence',
+      '4.0 h1 fenced: no HA guest ran here',
+      '4.0 h1 lease granted (token 12)',
+      "4.0 the move of g1 to h2 is left unfinished (started): h1's daemon stopped",
+      '6.0 world: the daemon of h1 starts',
+      '6.0 h1 undoes the move of g1 to h2, not handed over: g1 is its own again (token 12)',
+      '6.0 h1 crm: gives up its election of an earlier lease',
+      '6.5 h1 starts g1',
+      '7.0 h1 crm: elected',
+      '7.0 h2 crm: another member was elected first',
+      '7.0 h3 crm: another member was elected first',
+      '20.0 world: h1[g1] h2[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.owner, 'h1');
+      assert.deepEqual(sim.coldMovesLeft(), []);
+    },
+  },
+  {
+    title:
+      'the source comes back before the hand-over only after the CRM gave the guest to the destination: its daemon leaves it to HA, and it runs once, there',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(4000, (w) => w.kill('h1'));
+      sim.at(16_000, (w) => w.boot('h1'));
+    },
+    untilMs: 40_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '4.0 world: h1 dies',
+      "4.0 the move of g1 to h2 is left unfinished (started): h1's daemon stopped",
+      '9.0 store: the lease of h1 expired',
+      '9.0 h2 crm: elected',
+      '9.0 h3 crm: another member was elected first',
+      '10.0 h2 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '12.0 h2 crm: g1 → h2, the destination of its move (rev 13)',
+      '12.5 h2 starts g1',
+      '16.0 h1 boots',
+      '16.0 h1 lease granted (token 15)',
+      "16.0 h1 leaves g1 to HA: HA ended guest g1's move to h2 meanwhile (its record names h2)",
+      '40.0 world: h1[] h2[g1] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h2']);
+      assert.deepEqual(sim.coldMovesLeft(), []);
     },
   },
 ]);

@@ -9,6 +9,7 @@ import {
   haMoveBackWrite,
   haMoveBeginWrite,
   haMoveDoneWrite,
+  haMoveEndRefusal,
   haMoveEndWrite,
   haMoveRecordWrite,
   haMoveRefusal,
@@ -478,21 +479,46 @@ export function createSimulator(options: SimOptions): Simulator {
     const from = member(mv.from);
     if (daemonWorks(from)) clearMove(from, mv.guest);
   }
-  function clearMove(from: MemberState, g: string) {
+  /**
+   * The source ends a move's mark before its switch-over (guest-move.ts's `endMark`, ha-move.ts's
+   * `endHaMove`): under the token its own agent holds now, never one the store still shows for a
+   * lease it lost (decision 0089, amended). `want`: the guest's desired state written with it (a
+   * cold move's source wants the guest started again if it ran). Answers what came of it.
+   */
+  function clearMove(
+    from: MemberState,
+    g: string,
+    options: { ticket?: HaMoveTicket; want?: HaGuestRecord['want']; quiet?: boolean } = {},
+  ): 'ended' | { reason: string; final: boolean } {
     const r = guestRecord(g);
-    const token = from.lrm.token(local(from));
-    if (!r?.value.moving || r.value.owner !== from.name || token === undefined) return;
-    const moving = r.value.moving;
-    const ticket = {
-      guest: g,
-      from: from.name,
-      fromToken: token,
-      to: moving.to,
-      toToken: moving.token,
-      reason: moving.reason,
-    };
-    const ok = call(from, () => store.txn(haMoveEndWrite(r, ticket)));
-    if (ok) say(`${from.name} keeps ${g}: its move is over`);
+    const moving = r?.value.moving;
+    const ticket =
+      options.ticket ??
+      (moving && {
+        guest: g,
+        from: from.name,
+        fromToken: r.value.token,
+        to: moving.to,
+        toToken: moving.token,
+        reason: moving.reason,
+      });
+    if (!ticket) return { reason: `HA ended the move of ${g}`, final: true };
+    const sourceToken = from.lrm.token(local(from));
+    const alive = new Map(
+      store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
+    );
+    const refusal = haMoveEndRefusal(r?.value, ticket, { sourceToken, alive });
+    if (refusal !== undefined || !r || sourceToken === undefined) {
+      return refusal ?? { reason: 'no HA lease', final: false };
+    }
+    const end = haMoveEndWrite(r, ticket, { sourceToken, decidedAt: store.revision() });
+    const ok = call(from, () => store.txn(options.want ? wanting(end, options.want) : end));
+    if (!ok) return { reason: 'the store refused', final: false };
+    if (!options.quiet) {
+      const renewed = sourceToken !== r.value.token ? ` (token ${sourceToken})` : '';
+      say(`${from.name} keeps ${g}: its move is over${renewed}`);
+    }
+    return 'ended';
   }
   function stepMoves() {
     for (const mv of [...moves.values()].sort((a, b) => (a.guest < b.guest ? -1 : 1))) {
@@ -612,9 +638,10 @@ export function createSimulator(options: SimOptions): Simulator {
   }
   /**
    * A source's daemon working again takes up the moves it left unfinished, from their journals
-   * (guest-move.ts's `resume`): one not handed over yet is undone (the source keeps the guest);
-   * one handed over whose data never arrived is undone too, its record given back under the
-   * token the source holds now (decision 0089); one whose data arrived is finished.
+   * (guest-move.ts's `resume`): one not handed over yet is undone, its mark ended under the token
+   * the source's agent holds now (the source keeps the guest; decision 0089, amended); one handed
+   * over whose data never arrived is undone too, its record given back under that token (decision
+   * 0089); one whose data arrived is finished.
    */
   function resumeColdMoves(m: MemberState) {
     for (const [g, mv] of [...coldMoves].sort(([a], [b]) => (a < b ? -1 : 1))) {
@@ -626,9 +653,25 @@ export function createSimulator(options: SimOptions): Simulator {
         continue;
       }
       if (mv.phase === 'started') {
+        // Not handed over: the source keeps it, under the token its agent holds now (decision
+        // 0089, amended), and wants it started again if it ran; a record HA decided about since
+        // is left to HA; one the source cannot take yet is tried again.
+        const end = clearMove(m, g, {
+          ticket: mv.ticket,
+          quiet: true,
+          ...(mv.wasRunning && { want: 'started' as const }),
+        });
+        if (end !== 'ended' && !end.final) {
+          say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${end.reason}`);
+          continue;
+        }
         coldMoves.delete(g);
-        say(`${m.name} undoes the move of ${g} to ${to}, not handed over`);
-        clearMove(m, g);
+        const token = guestRecord(g)?.value.token;
+        say(
+          end === 'ended'
+            ? `${m.name} undoes the move of ${g} to ${to}, not handed over: ${g} is its own again (token ${token})`
+            : `${m.name} leaves ${g} to HA: ${end.reason}`,
+        );
         continue;
       }
       const r = guestRecord(g);
