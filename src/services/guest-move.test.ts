@@ -810,11 +810,12 @@ describe('moving a guest (cold)', () => {
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });
 
-  test("an HA guest whose source's agent holds no live lease within the wait (the store still shows the lease the move began under): the resume fails saying why, the guest stays stopped and marked, the journal stays; the next try, once the agent holds a lease, undoes it", async () => {
+  test("an HA guest whose source's agent holds no live lease within the wait (its old lease expired, no new one yet): the resume fails saying why, the guest stays stopped and marked, the journal stays; the next try, once the agent holds a lease, undoes it", async () => {
     const { tokens } = await makeHa(store);
     dieAt = 'archiving';
     await mover.move('web', { target: 'h2' });
     await waitUntil(() => life.dead);
+    await store.delete(haKeys.heartbeat('h1'));
     dieAt = undefined;
     const waiting = createGuestMover({ ...depsAgain, haToken: () => undefined, haLeaseWaitMs: 50 });
     assert.equal(await waiting.resumeUnfinished(), 1);
@@ -833,6 +834,20 @@ describe('moving a guest (cold)', () => {
     assert.equal(await again.resumeUnfinished(), 1);
     const back = await haRecordOf(store);
     assert.deepEqual([back.owner, back.token, back.moving], ['h1', h1Now, undefined]);
+    await runsOnH1();
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("an HA guest whose source's agent says nothing live within the wait while the store still holds the lease the move began under (a slow agent): only the mark goes, the record keeping that token, and the guest is wanted running", async () => {
+    const { tokens } = await makeHa(store);
+    dieAt = 'archiving';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    dieAt = undefined;
+    const again = createGuestMover({ ...depsAgain, haToken: () => undefined, haLeaseWaitMs: 50 });
+    assert.equal(await again.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', tokens.h1, undefined]);
     await runsOnH1();
     assert.equal(await moveMarkOf(store, 'web'), undefined);
   });

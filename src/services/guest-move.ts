@@ -506,7 +506,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       if (phase === 'started') {
         // The HA mark goes under the token this member's agent holds now, whether or not its
         // member restarted since the move began (decision 0089, amended): then HA lets it start here.
-        const end = await endMark(mark.ha, haLeaseWaitMs);
+        const end = await endMark(mark.ha);
         if (end && !end.ended) {
           if (!end.final) throw notEndedYet(name, target, end.reason);
           // HA ended or finished the move meanwhile: the guest is where HA put it.
@@ -630,10 +630,14 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   /**
    * Ends an HA guest's move mark after a move given up before its switch-over, under the token
    * this member's agent holds now (decision 0089, amended: a source restarted since has a new one),
-   * waiting up to `waitMs` for the agent to hold a live lease. One that cannot end it says why
-   * (`final`: HA ended or finished the move meanwhile) and leaves it to the CRM.
+   * waiting up to `waitMs` for the agent to hold a live lease that the store's heartbeat holds.
+   * One that cannot end it says why (`final`: HA ended or finished the move meanwhile) and leaves
+   * it to the CRM.
    */
-  async function endMark(ha: HaMoveTicket | undefined, waitMs = 0): Promise<HaMoveEnd | undefined> {
+  async function endMark(
+    ha: HaMoveTicket | undefined,
+    waitMs = haLeaseWaitMs,
+  ): Promise<HaMoveEnd | undefined> {
     if (!ha) return undefined;
     const deadline = Date.now() + waitMs;
     for (;;) {
@@ -642,6 +646,15 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       );
       if (end.ended) return end;
       if (end.final || Date.now() >= deadline) {
+        // No live token from the agent within the wait while the store still holds the lease the
+        // move began under (an agent too slow to write its state, say): that lease is still this
+        // member's, and only the mark goes, the record keeping its token, as before the rule. A
+        // member booted again never waits that long for its old lease to expire.
+        const held = end.final ? undefined : (await store.get(haKeys.heartbeat(hostName)))?.createRevision;
+        if (held !== undefined && held === ha.fromToken) {
+          const again = await endHaMove(store, ha, held).catch(() => undefined);
+          if (again?.ended) return again;
+        }
         log.warn({ guest: ha.guest, reason: end.reason }, "the HA record's move mark is left to the CRM");
         return end;
       }
