@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import { open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidArgument } from '../../core/errors.ts';
-import { readUmlCowHeader, type UmlCowHeader } from './uml-cow.ts';
+import { type CowLayout, cowLayoutOf, sectorMarked as marked, readUmlCowHeader } from './uml-cow.ts';
+
+export { type CowLayout, cowLayoutOf };
 
 /**
  * Incremental backups of pvm disks by block checksums
@@ -247,45 +249,6 @@ async function writeAtomically(path: string, value: unknown): Promise<void> {
 export async function writeSums(dir: string, name: string, sums: Buffer): Promise<void> {
   await writeFile(join(dir, name), sums, { mode: 0o600 });
 }
-
-/** The size of a version 3 UML COW header (packed: 32 bytes of fields, then a 4096-byte path). */
-const COW_V3_HEADER_BYTES = 32 + 4096;
-
-/** Where a UML COW file keeps its bitmap of written sectors and their data (arch/um/drivers/cow_user.c). */
-export interface CowLayout {
-  sizeBytes: number;
-  sectorSize: number;
-  bitmapOffset: number;
-  bitmapBytes: number;
-  dataOffset: number;
-}
-
-const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
-
-/** The layout cow_user.c gives a version 3 COW file of this header (bit n of the bitmap: byte n/8, bit n%8). */
-export function cowLayoutOf(header: UmlCowHeader): CowLayout {
-  const { sizeBytes, sectorSize, alignment } = header;
-  if (alignment <= 0 || sectorSize <= 0 || PVM_BLOCK_BYTES % sectorSize !== 0) {
-    throw invalidArgument(
-      `The UML copy-on-write file has sectors of ${sectorSize} bytes aligned to ${alignment}: not a layout this daemon reads.`,
-    );
-  }
-  const bitmapOffset = roundUp(COW_V3_HEADER_BYTES, alignment);
-  const bitmapBytes = Math.floor((sizeBytes + sectorSize - 1) / (8 * sectorSize));
-  return {
-    sizeBytes,
-    sectorSize,
-    bitmapOffset,
-    bitmapBytes,
-    dataOffset: roundUp(bitmapOffset + bitmapBytes, alignment),
-  };
-}
-
-/** Whether the bitmap marks sector `n` as written to the COW file (a sector past the bitmap counts as written). */
-const marked = (bitmap: Buffer, n: number): boolean => {
-  const byte = bitmap[n >> 3];
-  return byte === undefined || (byte & (1 << (n & 7))) !== 0;
-};
 
 /** Blocks of the flat disk with at least one sector written to the COW file. */
 export function markedBlocks(bitmap: Buffer, layout: CowLayout, blockBytes = PVM_BLOCK_BYTES): number[] {

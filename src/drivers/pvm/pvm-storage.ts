@@ -10,6 +10,7 @@ import { unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
+import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
 import {
   applyBlocks,
   type BlockList,
@@ -60,8 +61,10 @@ export interface PvmStorageOptions {
  * the guest's file systems frozen through its agent when it runs; a snapshot
  * without a file is the pristine state of a guest that never booted. Restore
  * and copy put such a copy in place; archives hold the flat disk (base disk
- * merged in with uml_moo), because base disks are made anew on each host, and
- * come back as a private disk.
+ * merged in), because base disks are made anew on each host, and come back as
+ * a private disk. An export streams that flat disk, sparse, from the disk's
+ * files into the archive (pvm-disk-stream.ts, decision 0085); the import's
+ * unpacked disk is moved into place, not copied.
  */
 export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions): GuestStorage {
   const { runner, stateDir } = ctx;
@@ -161,12 +164,28 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
   const copyFile = async (from: string, to: string) =>
     runner.run(['cp', ...(await copyFlags(from, to, { sparse: true })), '--', from, to]);
 
+  /** Renames a file, or copies it where it lies on another file system. */
+  const moveFile = async (from: string, to: string) => {
+    try {
+      await rename(from, to);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+      await copyFile(from, to);
+      await rm(from, { force: true });
+    }
+  };
+
   /**
    * Puts `from` (a COW or private disk file, or undefined for the pristine
    * state) in place as the disk of a stopped guest, owned by its uid: a
    * temporary copy renamed over the disk, then the other kind removed.
    */
-  const installDisk = async (spec: GuestSpec, from: string | undefined, kind?: string): Promise<void> => {
+  const installDisk = async (
+    spec: GuestSpec,
+    from: string | undefined,
+    kind?: string,
+    how: { move?: boolean } = {},
+  ): Promise<void> => {
     const diskDir = diskDirOf(spec);
     if (!(await exists(diskDir))) throw failedPrecondition(`Guest ${spec.name} has no disk on this host.`);
     const uid = await uidOf(spec);
@@ -174,7 +193,8 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
     if (from && name) {
       const tmp = join(diskDir, tmpName('disk'));
       try {
-        await copyFile(from, tmp);
+        if (how.move) await moveFile(from, tmp);
+        else await copyFile(from, tmp);
         await chmod(tmp, 0o600);
         await chown(tmp, uid, uid);
         await rename(tmp, join(diskDir, name));
@@ -320,21 +340,26 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
 
     async exportTar(spec, tarPath, exportOptions) {
       const signal = exportOptions?.signal;
-      const work = join(snapshotsOf(spec), tmpName('export'));
-      await mkdir(work, { recursive: true, mode: 0o700 });
-      try {
-        await withStableDisk(spec, exportOptions, async (disk) => {
-          const flat = join(work, ARCHIVE_DISK);
-          if (!disk)
-            throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
-          await flatten(disk, flat, signal);
-          await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ARCHIVE_DISK], {
-            ...(signal && { signal }),
-          });
-        });
-      } finally {
-        await rm(work, { recursive: true, force: true });
-      }
+      await withStableDisk(spec, exportOptions, async (disk) => {
+        if (!disk)
+          throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
+        // One pass from the disk's files into the archive (decision 0085): no merged disk written first.
+        const started = performance.now();
+        const plan =
+          disk.kind === RAW ? await planRawDisk(runner, disk.path) : await planCowDisk(runner, disk.path);
+        const planned = performance.now();
+        const done = await writeDiskArchive(runner, plan, { tarPath, name: ARCHIVE_DISK, signal });
+        log.info(
+          {
+            guest: spec.name,
+            disk: disk.kind,
+            ...done,
+            planMs: Math.round(planned - started),
+            streamMs: Math.round(performance.now() - planned),
+          },
+          'disk streamed into the archive',
+        );
+      });
     },
 
     async importTar(spec, tarPath, importOptions) {
@@ -343,19 +368,31 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       const work = join(diskDirOf(spec), tmpName('import'));
       await mkdir(work, { mode: 0o700 });
       try {
+        const started = performance.now();
         await unpack(tarPath, work, [ARCHIVE_DISK], signal);
+        const unpacked = performance.now();
         const flat = join(work, ARCHIVE_DISK);
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
           throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
         }
-        if (importOptions?.snapshot === undefined) {
-          await installDisk(spec, flat, RAW);
-          return;
+        // Unpacked (sparse) beside the disk: moved into place, not copied again.
+        if (importOptions?.snapshot === undefined) await installDisk(spec, flat, RAW, { move: true });
+        else {
+          await makeDir(snapshotsOf(spec), join(snapshotsOf(spec), importOptions.snapshot), async (tmp) => {
+            await moveFile(flat, join(tmp, RAW));
+          });
         }
-        await makeDir(snapshotsOf(spec), join(snapshotsOf(spec), importOptions.snapshot), async (tmp) => {
-          await rename(flat, join(tmp, RAW));
-        });
+        log.info(
+          {
+            guest: spec.name,
+            sizeBytes: st.size,
+            allocatedBytes: st.blocks * 512,
+            unpackMs: Math.round(unpacked - started),
+            installMs: Math.round(performance.now() - unpacked),
+          },
+          'disk unpacked from the archive',
+        );
       } finally {
         await rm(work, { recursive: true, force: true });
       }

@@ -46,3 +46,75 @@ export async function readUmlCowHeader(path: string): Promise<UmlCowHeader> {
     await handle.close();
   }
 }
+
+/** The size of a version 3 UML COW header (packed: 32 bytes of fields, then a 4096-byte path). */
+const COW_V3_HEADER_BYTES = BACKING_OFFSET + BACKING_MAX;
+/** Sector sizes must divide this (the incremental backups' block, pvm-incremental.ts). */
+const LARGEST_BLOCK_BYTES = 1024 * 1024;
+
+/** Where a UML COW file keeps its bitmap of written sectors and their data (arch/um/drivers/cow_user.c). */
+export interface CowLayout {
+  sizeBytes: number;
+  sectorSize: number;
+  bitmapOffset: number;
+  bitmapBytes: number;
+  dataOffset: number;
+}
+
+const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
+
+/**
+ * The layout cow_user.c's cow_sizes gives a version 3 COW file of this header: the bitmap at the
+ * header's size rounded up to the alignment, one bit per sector (bit n: byte n/8, bit n%8), then
+ * the sectors' data at the bitmap's end rounded up to the alignment.
+ */
+export function cowLayoutOf(header: UmlCowHeader): CowLayout {
+  const { sizeBytes, sectorSize, alignment } = header;
+  if (alignment <= 0 || sectorSize <= 0 || LARGEST_BLOCK_BYTES % sectorSize !== 0) {
+    throw invalidArgument(
+      `The UML copy-on-write file has sectors of ${sectorSize} bytes aligned to ${alignment}: not a layout this daemon reads.`,
+    );
+  }
+  const bitmapOffset = roundUp(COW_V3_HEADER_BYTES, alignment);
+  const bitmapBytes = Math.ceil(Math.ceil(sizeBytes / sectorSize) / 8);
+  return {
+    sizeBytes,
+    sectorSize,
+    bitmapOffset,
+    bitmapBytes,
+    dataOffset: roundUp(bitmapOffset + bitmapBytes, alignment),
+  };
+}
+
+/** Whether the bitmap marks sector `n` as written to the COW file (a sector past the bitmap counts as written). */
+export const sectorMarked = (bitmap: Buffer, n: number): boolean => {
+  const byte = bitmap[n >> 3];
+  return byte === undefined || (byte & (1 << (n & 7))) !== 0;
+};
+
+/**
+ * Calls `run(first, end, marked)` for each run of sectors [first, end) of `sectors` that the
+ * bitmap marks alike, in order; whole bytes of 0x00 or 0xff are skipped at once.
+ */
+export function forEachSectorRun(
+  bitmap: Buffer,
+  sectors: number,
+  run: (first: number, end: number, marked: boolean) => void,
+): void {
+  let s = 0;
+  while (s < sectors) {
+    const m = sectorMarked(bitmap, s);
+    const same = m ? 0xff : 0;
+    let e = s + 1;
+    while (e < sectors) {
+      if ((e & 7) === 0 && e + 8 <= sectors && bitmap[e >> 3] === same) {
+        e += 8;
+        continue;
+      }
+      if (sectorMarked(bitmap, e) !== m) break;
+      e++;
+    }
+    run(s, e, m);
+    s = e;
+  }
+}
