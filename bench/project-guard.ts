@@ -2,8 +2,12 @@
 // quotas, with N guest records in the store, on the memory and the SQLite store. No daemon: it
 // drives `guardedWrite` as `GuestService.create` does (the quota check on the guard's read, then
 // the guest's put in the guarded transaction) through a store that counts the records it returns.
-// Three cases: a create in `default` with no limit, a create in a project with `limits.guests`
-// holding the N guests, and one with `limits.memory` (every guest sets `limits.memory`).
+// Four cases: a create in `default` with no limit, a create in a project with `limits.guests`
+// holding the N guests, one with `limits.memory` (every guest sets `limits.memory`), and one with
+// `limits.guests` holding 10 of the N guests (the rest in `default`). The store is written as the
+// daemon writes it since decision 0087: each guest with its project's index key, and the index's
+// mark, so a guard reads the project's guests through the index (or every spec in one range read
+// when the project holds most of them); before, it had no mark and measured the full read.
 // Per case: records read per create, the median and p90 of a guarded create (ms), and the median
 // of the same store reads alone (`readTogether` of what the guard read, nothing decoded), so that
 // the decode's share shows as the difference. Prints a table; writes nothing.
@@ -11,10 +15,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { keys } from '../src/core/keys.ts';
 import { addUsage, assertWithinLimits, guestUsage, type ProjectSpec } from '../src/core/projects.ts';
 import { guardedWrite } from '../src/services/project-service.ts';
-import { type KvStore, readTogether, type TxnOp } from '../src/store/kv.ts';
+import { countKeys, type KvStore, readTogether, type TxnOp } from '../src/store/kv.ts';
 import { createMemoryStore } from '../src/store/memory-store.ts';
+import { projectGuestIndex } from '../src/store/project-guests.ts';
 import { records } from '../src/store/records.ts';
 import { openSqliteStore } from '../src/store/sqlite-store.ts';
 import { countingStore } from '../test/fakes/counting-store.ts';
@@ -32,6 +38,8 @@ interface Case {
   /** The project's record, or none for an unrecorded `default`. */
   spec?: ProjectSpec;
   guestConfig: Record<string, string>;
+  /** How many of the N guests are the project's (default: all); the rest are `default`'s. */
+  own?: number;
 }
 
 const cases = (n: number): Case[] => [
@@ -58,18 +66,33 @@ const cases = (n: number): Case[] => [
     },
     guestConfig: { 'limits.memory': '64MiB' },
   },
+  {
+    name: 'limits.guests, 10 of N',
+    project: 'p1',
+    spec: {
+      name: 'p1',
+      description: '',
+      config: { 'limits.guests': String(n * 2) },
+      createdAt: new Date(0).toISOString(),
+    },
+    guestConfig: {},
+    own: 10,
+  },
 ];
 
 async function fill(store: KvStore, n: number, c: Case): Promise<void> {
   const ops: TxnOp[] = [];
   for (let i = 0; i < n; i++) {
-    ops.push(
-      records.guest
-        .at(`g${i}`)
-        .putOp(aGuestSpec({ name: `g${i}`, project: c.project, config: c.guestConfig, desired: 'Stopped' })),
-    );
+    const spec = aGuestSpec({
+      name: `g${i}`,
+      project: i < (c.own ?? n) ? c.project : 'default',
+      config: c.guestConfig,
+      desired: 'Stopped',
+    });
+    ops.push(records.guest.at(spec.name).putOp(spec), projectGuestIndex.putOp(spec));
   }
   if (c.spec) ops.push(records.project.at(c.project).putOp(c.spec));
+  ops.push({ type: 'put', key: keys.projectGuestsIndexed, value: new Date(0).toISOString() });
   for (let i = 0; i < ops.length; i += 1000) {
     await store.txn({ compare: [], success: ops.slice(i, i + 1000) });
   }
@@ -86,8 +109,10 @@ try {
             ? createMemoryStore()
             : openSqliteStore(path.join(dir, `${n}-${c.name.replace(/\W+/g, '-')}.db`));
         const counting = countingStore(inner);
-        // The reads the guard made (gets, and a transaction's gets), to time the same reads alone.
+        // The reads the guard made (gets, and a transaction's gets), to time the same reads alone;
+        // the prefixes it counted (decision 0087's choice of path), counted again with them.
         const reads = new Map<string, { key: string; prefix?: boolean }>();
+        const counted = new Set<string>();
         const store: KvStore = {
           ...counting,
           get: (key) => {
@@ -95,7 +120,8 @@ try {
             return counting.get(key);
           },
           list: (prefix, options) => {
-            reads.set(prefix, { key: prefix, prefix: true });
+            if (options?.countOnly) counted.add(prefix);
+            else reads.set(prefix, { key: prefix, prefix: true });
             return counting.list(prefix, options);
           },
           txn: (request) => {
@@ -114,19 +140,17 @@ try {
             const name = `new${i}`;
             counting.reset();
             reads.clear();
+            counted.clear();
             const t0 = performance.now();
             const r = await guardedWrite(store, c.project, async (p) => {
               assertWithinLimits(c.project, p.spec.config, {
                 before: p.usage,
                 after: addUsage(p.usage, guestUsage(c.guestConfig)),
               });
+              const spec = aGuestSpec({ name, project: c.project, config: c.guestConfig });
               return {
                 compare: [records.guest.at(name).absent()],
-                success: [
-                  records.guest
-                    .at(name)
-                    .putOp(aGuestSpec({ name, project: c.project, config: c.guestConfig })),
-                ],
+                success: [records.guest.at(name).putOp(spec), projectGuestIndex.putOp(spec)],
               };
             });
             took.push(performance.now() - t0);
@@ -134,6 +158,7 @@ try {
             recordsRead = counting.reads.records;
             // The same store reads with nothing decoded: what the guard's read costs the store.
             const t1 = performance.now();
+            await Promise.all([...counted].map((prefix) => countKeys(inner, prefix)));
             await readTogether(inner, [...reads.values()]);
             readOnly.push(performance.now() - t1);
           }

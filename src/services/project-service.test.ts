@@ -7,9 +7,15 @@ import { isTrivisorError, type TrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { addUsage, assertLimitsCover, assertWithinLimits, guestUsage, NO_USAGE } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
-import type { KvStore } from '../store/kv.ts';
+import { type KvStore, readTogether } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { indexProjectGuests } from '../store/project-guests.ts';
+import {
+  guestReadPath,
+  guestsRead,
+  indexProjectGuests,
+  projectGuestReads,
+  projectGuestSpecs,
+} from '../store/project-guests.ts';
 import { records } from '../store/records.ts';
 import { createProjectService, guardedWrite, readGuard, readProject } from './project-service.ts';
 
@@ -208,9 +214,60 @@ describe("the index of a project's guests (decision 0087)", () => {
           ['p2', 1],
         ],
       );
-      // Each guest once, under its own project (the code before: every guest once per project).
-      assert.ok(store.reads.records <= 2 * 10_003 + 30, `project list read ${store.reads.records} records`);
-      assert.ok(!store.reads.lists.includes(records.guest.prefix), 'no list of every guest');
+      // Each guest's spec once: default's in one range read, p1's and p2's through the index (the
+      // code before 0087: every guest once per project; 0087's first index: 2 × 10,003 + 13).
+      assert.ok(store.reads.records <= 10_003 + 30, `project list read ${store.reads.records} records`);
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('project show of a project with most of the guests reads every spec in one range read, not its index keys and specs by 100, and shows the same', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    const projects = createProjectService({ store });
+    try {
+      await memory.txn({
+        compare: [],
+        success: [
+          ...Array.from({ length: 10_000 }, (_, i) => guest(`g${i}`, 'default')),
+          project('p1', { 'limits.guests': '5' }),
+          guest('a', 'p1'),
+          guest('b', 'p1'),
+          guest('z', 'p1'),
+        ],
+      });
+      await indexProjectGuests(memory);
+      await memory.txn({ compare: [], success: [project('default', { 'limits.guests': '20000' })] });
+      // What the index path reads, for the same answer.
+      const viaIndex = await projectGuestSpecs(
+        memory,
+        'default',
+        guestsRead((await readTogether(memory, projectGuestReads('default', 'index'))).kvs, 'index'),
+      );
+      assert.equal(viaIndex.length, 10_000);
+      assert.equal(await guestReadPath(memory, 'default'), 'all');
+      assert.equal(await guestReadPath(memory, 'p1'), 'index');
+      store.reset();
+      const shown = await projects.get('default');
+      assert.equal(shown.usage.guests, 10_000);
+      assert.deepEqual(
+        shown.usedBy,
+        viaIndex.map((kv) => `/1.0/guests/${records.guest.nameOf(kv.key)}`),
+      );
+      // Two counts (no record), then the record, the mark and 10,003 specs in one transaction (the
+      // index path: 10,000 keys and 10,000 specs in 101 transactions).
+      assert.deepEqual(store.calls.counts, [keys.projectGuests('default'), records.guest.prefix]);
+      assert.ok(store.reads.records <= 10_003 + 5, `project show read ${store.reads.records} records`);
+      assert.ok(store.calls.requests <= 4, `project show made ${store.calls.requests} read requests`);
+      // A guard with limits reads so too; a small project still reads its own guests only.
+      store.reset();
+      assert.equal((await readGuard(store, 'default')).usage.guests, 10_000);
+      assert.ok(store.reads.records <= 10_003 + 5, `a guard of default read ${store.reads.records} records`);
+      store.reset();
+      const p1 = await projects.get('p1');
+      assert.deepEqual(p1.usedBy, ['/1.0/guests/a', '/1.0/guests/b', '/1.0/guests/z']);
+      assert.ok(store.reads.records <= 10, `project show p1 read ${store.reads.records} records`);
     } finally {
       await memory.close();
     }

@@ -24,7 +24,8 @@ import {
   type TxnResponse,
 } from '../store/kv.ts';
 import {
-  indexRead,
+  guestReadPath,
+  guestsRead,
   projectGuestReads,
   projectGuestSpecs,
   readProjectGuestSpecs,
@@ -153,11 +154,14 @@ async function readCounting(
     // project's keys here, their specs by key after (or every guest, on a store not indexed yet).
     // Read after the record, they are still what the compare guards: a guest made in the project
     // since rewrote the record.
+    // A project with most of the store's guests reads every spec in this one read instead (two
+    // counts choose: guestReadPath), where the index would cost two records a guest.
     const listed: Counted[] = counting.filter((kind) => kind !== 'guests');
+    const path = counting.includes('guests') ? await guestReadPath(store, name) : 'index';
     const read = await readTogether(store, [
       { key: records.project.key(name) },
       ...listed.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
-      ...(counting.includes('guests') ? projectGuestReads(name) : []),
+      ...(counting.includes('guests') ? projectGuestReads(name, path) : []),
     ]);
     const projectKv = read.kvs[0]?.[0];
     const spec = specOf(name, projectKv);
@@ -169,7 +173,7 @@ async function readCounting(
     }
     const kvsOf = (kind: Counted) => read.kvs[listed.indexOf(kind) + 1] ?? [];
     const guests = counting.includes('guests')
-      ? await projectGuestSpecs(store, name, indexRead(read.kvs.slice(listed.length + 1)))
+      ? await projectGuestSpecs(store, name, guestsRead(read.kvs.slice(listed.length + 1), path))
       : [];
     let usage = NO_USAGE;
     const objects: string[] = [];

@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, type TestContext, test } from 'node:test';
 import { isTrivisorError, notSupported } from '../core/errors.ts';
-import type { Compare, CompareOp, CompareTarget, KvStore, WatchEvent, WatchOptions } from './kv.ts';
+import {
+  type Compare,
+  type CompareOp,
+  type CompareTarget,
+  countKeys,
+  type KvStore,
+  type WatchEvent,
+  type WatchOptions,
+} from './kv.ts';
 import type { KvEngine } from './kv-engine.ts';
 import { isCompactedError, type WatchLostError } from './store-errors.ts';
 
@@ -163,6 +171,19 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
           kvs.map((kv) => kv.value),
           ['a', 'b'],
         );
+      });
+
+      test('countOnly counts the keys under the prefix, returns no record, and ignores limit', async () => {
+        for (const k of ['a/1', 'a/2', 'a/3', 'b', '\u{1F600}']) await store.put(`${p}${k}`, k);
+        await store.put(`${p.slice(0, -1)}x`, 'outside');
+        const r = await store.list(`${p}a/`, { countOnly: true, limit: 1 });
+        assert.deepEqual(r.kvs, []);
+        assert.equal(r.count, 3);
+        assert.equal(r.revision, await store.revision());
+        assert.equal((await store.list(p, { countOnly: true })).count, 5);
+        assert.equal((await store.list(`${p}nothing/`, { countOnly: true })).count, 0);
+        await store.delete(`${p}a/2`);
+        assert.equal(await countKeys(store, `${p}a/`), 2);
       });
 
       test('keys are ordered by their UTF-8 bytes, like etcd', async () => {

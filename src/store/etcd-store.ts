@@ -161,7 +161,16 @@ class EtcdKvStore implements EtcdStore {
     return kv && toKeyValue(kv);
   }
 
-  async list(prefix: string, options: ListOptions = {}): Promise<{ kvs: KeyValue[]; revision: number }> {
+  async list(
+    prefix: string,
+    options: ListOptions = {},
+  ): Promise<{ kvs: KeyValue[]; revision: number; count?: number }> {
+    if (options.countOnly) {
+      const res = await this.#call({ what: 'list', idempotent: true }, () =>
+        this.#kv.range({ ...prefixRange(prefix), count_only: true }),
+      );
+      return { kvs: [], revision: this.#saw(res.header), count: Number(res.count) };
+    }
     const limit = options.limit ?? 0;
     if (!Number.isInteger(limit) || limit < 0) {
       throw invalidArgument(`List limit must be a non-negative integer, got ${limit}.`);

@@ -39,6 +39,8 @@ export interface KvBackend {
   get(key: string): KeyValue | undefined;
   /** Keys starting with `prefix` in byte order; `limit` 0 means all. */
   range(prefix: string, limit: number): KeyValue[];
+  /** How many keys start with `prefix`. */
+  count(prefix: string): number;
   put(kv: KeyValue): void;
   remove(key: string): void;
   keysOfLease(leaseId: number): string[];
@@ -100,8 +102,14 @@ export class KvEngine implements KvStore {
     return this.#backend.get(key);
   }
 
-  async list(prefix: string, options: ListOptions = {}): Promise<{ kvs: KeyValue[]; revision: number }> {
+  async list(
+    prefix: string,
+    options: ListOptions = {},
+  ): Promise<{ kvs: KeyValue[]; revision: number; count?: number }> {
     this.#assertOpen();
+    if (options.countOnly) {
+      return { kvs: [], revision: this.#backend.revision(), count: this.#backend.count(prefix) };
+    }
     const limit = options.limit ?? 0;
     if (!Number.isInteger(limit) || limit < 0) {
       throw invalidArgument(`List limit must be a non-negative integer, got ${limit}.`);

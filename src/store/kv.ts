@@ -97,6 +97,11 @@ export interface WatchOptions {
 
 export interface ListOptions {
   limit?: number;
+  /**
+   * Only how many keys the prefix holds (`count`), no record (etcd's `count_only`): the backend
+   * counts its index and decodes nothing. `limit` is ignored then.
+   */
+  countOnly?: boolean;
 }
 
 export interface Lease {
@@ -106,8 +111,12 @@ export interface Lease {
 
 export interface KvStore {
   get(key: string): Promise<KeyValue | undefined>;
-  /** Keys starting with `prefix`, in key order, and the store revision they were read at. */
-  list(prefix: string, options?: ListOptions): Promise<{ kvs: KeyValue[]; revision: number }>;
+  /**
+   * Keys starting with `prefix`, in key order, and the store revision they were read at. With
+   * `countOnly`, no key but `count`, how many there are (use `countKeys`, which also takes a store
+   * that ignores the option).
+   */
+  list(prefix: string, options?: ListOptions): Promise<{ kvs: KeyValue[]; revision: number; count?: number }>;
   /**
    * Writes `value` at `key`. A backend may retry a put whose answer was lost (etcd, when a
    * member goes away mid-call): the state is the same, but `prevKv` may then be this put's own
@@ -146,6 +155,15 @@ export interface KvStore {
   revokeLease(leaseId: number): Promise<void>;
   /** Releases the backend (closes the database, stops timers). */
   close(): Promise<void>;
+}
+
+/**
+ * How many keys start with `prefix`, reading no record where the store can count (every backend
+ * here); a store that ignores `countOnly` (a wrapper of a test) is counted by its list.
+ */
+export async function countKeys(store: Pick<KvStore, 'list'>, prefix: string): Promise<number> {
+  const r = await store.list(prefix, { countOnly: true });
+  return r.count ?? r.kvs.length;
 }
 
 /**

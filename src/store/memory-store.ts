@@ -46,6 +46,12 @@ class MemoryBackend implements KvBackend {
     return (limit > 0 ? kvs.slice(0, limit) : kvs).map((kv) => ({ ...kv }));
   }
 
+  count(prefix: string): number {
+    let n = 0;
+    for (const key of this.#kvs.keys()) if (key.startsWith(prefix)) n++;
+    return n;
+  }
+
   put(kv: KeyValue): void {
     this.#kvs.set(kv.key, { ...kv });
   }

@@ -2,7 +2,7 @@ import { unavailable } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
-import { type KeyValue, type KvStore, readTogether, type TxnOp } from './kv.ts';
+import { countKeys, type KeyValue, type KvStore, readTogether, type TxnOp } from './kv.ts';
 import { records } from './records.ts';
 
 /**
@@ -26,18 +26,50 @@ export const projectGuestIndex = {
 const CHUNK = 100;
 
 /**
- * The specs of a project's guests, from the index when it is complete (`indexed`: the marker was
- * read; `index`: the project's index keys), else from every guest of the store. A spec deleted
- * since its index key was read is left out; one of another project (a stale key) too.
+ * How a project's guests are read: `index`, the project's index keys then each spec by key (two
+ * records a guest of the project, a round trip per 100 specs); `all`, every guest's spec in one
+ * range read, filtered by project (one record a guest of the store, no round trip more).
+ */
+export type GuestReadPath = 'index' | 'all';
+
+/**
+ * The cheaper path for `project` (decision 0087): `all` when the store holds fewer guests than
+ * twice the project's (a project with most of the host's guests, `default` most often), else
+ * `index`. Decided on two counts, which read no record; taken before the caller's read, so a
+ * count a little stale only picks the dearer path, never another answer: both read the same specs.
+ */
+export async function guestReadPath(store: Pick<KvStore, 'list'>, project: string): Promise<GuestReadPath> {
+  const [mine, every] = await Promise.all([
+    countKeys(store, keys.projectGuests(project)),
+    countKeys(store, records.guest.prefix),
+  ]);
+  return every < 2 * mine ? 'all' : 'index';
+}
+
+/** What `projectGuestSpecs` takes: the index's mark and what the path read first. */
+export interface GuestsRead {
+  /** The index is complete (its mark was read). */
+  indexed: boolean;
+  path: GuestReadPath;
+  /** `index`: the project's index keys; `all`: every guest's spec. */
+  found: KeyValue[];
+}
+
+/**
+ * The specs of a project's guests: on the `all` path, those read (every guest's; the caller keeps
+ * its project's); else from the index when it is complete, by key, else from every guest of the
+ * store. A spec deleted since its index key was read is left out; one of another project (a stale
+ * key) is the caller's to leave out, as on the `all` path.
  */
 export async function projectGuestSpecs(
   store: KvStore,
   project: string,
-  read: { indexed: boolean; index: KeyValue[] },
+  read: GuestsRead,
 ): Promise<KeyValue[]> {
+  if (read.path === 'all') return read.found;
   if (!read.indexed) return (await store.list(records.guest.prefix)).kvs;
   const prefix = keys.projectGuests(project);
-  const names = read.index.map((kv) => kv.key.slice(prefix.length));
+  const names = read.found.map((kv) => kv.key.slice(prefix.length));
   const out: KeyValue[] = [];
   for (let i = 0; i < names.length; i += CHUNK) {
     const got = await readTogether(
@@ -49,22 +81,26 @@ export async function projectGuestSpecs(
   return out;
 }
 
-/** The reads `projectGuestSpecs` needs first, to put into a transaction of the caller's own. */
-export const projectGuestReads = (project: string) => [
+/** The reads `projectGuestSpecs` needs first on `path`, to put into a transaction of the caller's own. */
+export const projectGuestReads = (project: string, path: GuestReadPath = 'index') => [
   { key: keys.projectGuestsIndexed },
-  { key: keys.projectGuests(project), prefix: true },
+  path === 'all'
+    ? { key: records.guest.prefix, prefix: true }
+    : { key: keys.projectGuests(project), prefix: true },
 ];
 
 /** What `projectGuestSpecs` takes, from the answers to `projectGuestReads` (in their order). */
-export const indexRead = ([indexed, index]: KeyValue[][]): { indexed: boolean; index: KeyValue[] } => ({
+export const guestsRead = ([indexed, found]: KeyValue[][], path: GuestReadPath = 'index'): GuestsRead => ({
   indexed: (indexed?.length ?? 0) > 0,
-  index: index ?? [],
+  path,
+  found: found ?? [],
 });
 
-/** A project's guests' specs, read on their own (the index, then the specs). */
+/** A project's guests' specs, read on their own (the cheaper path, then the specs). */
 export async function readProjectGuestSpecs(store: KvStore, project: string): Promise<KeyValue[]> {
-  const read = await readTogether(store, projectGuestReads(project));
-  return projectGuestSpecs(store, project, indexRead(read.kvs));
+  const path = await guestReadPath(store, project);
+  const read = await readTogether(store, projectGuestReads(project, path));
+  return projectGuestSpecs(store, project, guestsRead(read.kvs, path));
 }
 
 /** Keys per transaction of the backfill: a compare and a write each, under etcd's 128 operations. */

@@ -67,6 +67,8 @@ class SqliteBackend implements KvBackend {
     | 'get'
     | 'rangeBounded'
     | 'rangeFrom'
+    | 'countBounded'
+    | 'countFrom'
     | 'put'
     | 'remove'
     | 'keysOfLease'
@@ -92,6 +94,8 @@ class SqliteBackend implements KvBackend {
         `SELECT ${KV_COLUMNS} FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?`,
       ),
       rangeFrom: db.prepare(`SELECT ${KV_COLUMNS} FROM kv WHERE key >= ? ORDER BY key LIMIT ?`),
+      countBounded: db.prepare('SELECT COUNT(*) AS n FROM kv WHERE key >= ? AND key < ?'),
+      countFrom: db.prepare('SELECT COUNT(*) AS n FROM kv WHERE key >= ?'),
       put: db.prepare(`INSERT OR REPLACE INTO kv (${KV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`),
       remove: db.prepare('DELETE FROM kv WHERE key = ?'),
       keysOfLease: db.prepare('SELECT key FROM kv WHERE lease = ? ORDER BY key'),
@@ -145,6 +149,13 @@ class SqliteBackend implements KvBackend {
         ? this.#stmt.rangeFrom.all(prefix, sqlLimit)
         : this.#stmt.rangeBounded.all(prefix, end, sqlLimit);
     return rows.map(toKeyValue);
+  }
+
+  count(prefix: string): number {
+    const end = prefixEnd(prefix);
+    const row =
+      end === undefined ? this.#stmt.countFrom.get(prefix) : this.#stmt.countBounded.get(prefix, end);
+    return Number(row?.n ?? 0);
   }
 
   put(kv: KeyValue): void {

@@ -7,25 +7,33 @@ import type { KvStore } from '../../src/store/kv.ts';
  */
 export interface CountingStore extends KvStore {
   reads: { records: number; lists: string[] };
+  /** Requests that read (a get, a list, a transaction with a get) and the prefixes counted (`countOnly`: no record, not in `lists`). */
+  calls: { requests: number; counts: string[] };
   /** Zeroes the counts. */
   reset(): void;
 }
 
 export function countingStore(inner: KvStore): CountingStore {
   const reads = { records: 0, lists: [] as string[] };
+  const calls = { requests: 0, counts: [] as string[] };
   return {
     reads,
+    calls,
     reset() {
       reads.records = 0;
       reads.lists.length = 0;
+      calls.requests = 0;
+      calls.counts.length = 0;
     },
     get: async (key) => {
+      calls.requests++;
       const kv = await inner.get(key);
       if (kv) reads.records++;
       return kv;
     },
     list: async (prefix, options) => {
-      reads.lists.push(prefix);
+      calls.requests++;
+      (options?.countOnly ? calls.counts : reads.lists).push(prefix);
       const r = await inner.list(prefix, options);
       reads.records += r.kvs.length;
       return r;
@@ -33,6 +41,7 @@ export function countingStore(inner: KvStore): CountingStore {
     put: (key, value, options) => inner.put(key, value, options),
     delete: (key, options) => inner.delete(key, options),
     txn: async (request) => {
+      if (request.success.some((op) => op.type === 'get')) calls.requests++;
       const r = await inner.txn(request);
       for (const x of r.results) {
         if (x.type !== 'get') continue;
