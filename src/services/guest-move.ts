@@ -641,16 +641,23 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     if (!ha) return undefined;
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const end = await endHaMove(store, ha, await haTokenNow()).catch(
-        (e: unknown): HaMoveEnd => ({ ended: false, reason: asTrivisorError(e).message, final: false }),
-      );
+      const end = await haTokenNow()
+        .then((token) => endHaMove(store, ha, token))
+        .catch(
+          (e: unknown): HaMoveEnd => ({ ended: false, reason: asTrivisorError(e).message, final: false }),
+        );
       if (end.ended) return end;
       if (end.final || Date.now() >= deadline) {
         // No live token from the agent within the wait while the store still holds the lease the
         // move began under (an agent too slow to write its state, say): that lease is still this
         // member's, and only the mark goes, the record keeping its token, as before the rule. A
         // member booted again never waits that long for its old lease to expire.
-        const held = end.final ? undefined : (await store.get(haKeys.heartbeat(hostName)))?.createRevision;
+        const held = end.final
+          ? undefined
+          : await store.get(haKeys.heartbeat(hostName)).then(
+              (kv) => kv?.createRevision,
+              () => undefined,
+            );
         if (held !== undefined && held === ha.fromToken) {
           const again = await endHaMove(store, ha, held).catch(() => undefined);
           if (again?.ended) return again;
