@@ -21,9 +21,19 @@
 // moves the shared guest idle only.
 // Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect } from 'node:net';
-import { loadavg } from 'node:os';
+import os, { loadavg } from 'node:os';
 import path from 'node:path';
 import { connectQmp, type QmpClient } from '../src/drivers/vm/qmp-client.ts';
 import { makeMigrationCredentials } from '../src/drivers/vm/vm-live-migration.ts';
@@ -76,6 +86,10 @@ async function trivisorMove(
   const done = await from.daemon.api('GET', `${asked.body.operation}/wait?timeout=600`);
   const op = done.body.metadata as { status: string; error: string | null; metadata: Record<string, number> };
   if (op.status !== 'Success') throw new Error(`live move to ${to.name}: ${op.error}`);
+  const after = await to.daemon.api('GET', `/1.0/guests/${NAME}/state`);
+  const status = (after.body.metadata as { status?: string } | undefined)?.status;
+  if (status !== 'Running')
+    throw new Error(`after its live move to ${to.name} the guest is ${status ?? after.text}`);
   samples.push({
     disk,
     load,
@@ -481,6 +495,15 @@ try {
   m1.daemon.ok(['storage', 'create', 'nfs', 'dir', `source=${nfs}`, 'shared=true']);
   await moveRounds('shared', launch(['--storage', 'nfs']));
   m1.daemon.ok(['storage', 'delete', 'nfs']);
+} catch (e) {
+  // The members' logs go with the cluster: a failed run keeps them for whoever reads its error.
+  const kept = mkdtempSync(path.join(os.tmpdir(), 'bench-live-logs-'));
+  for (const h of cluster.hosts) {
+    const log = path.join(h.daemon.stateDir, 'daemon.log');
+    if (existsSync(log)) copyFileSync(log, path.join(kept, `${h.name}-daemon.log`));
+  }
+  process.stderr.write(`the members' logs are kept in ${kept}\n`);
+  throw e;
 } finally {
   await cluster.destroy();
   await removeRunDir(scratch);
