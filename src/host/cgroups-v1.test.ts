@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { readCgroupUsage, readFreezerState } from './cgroups-v1.ts';
+import { cgroupDirs, readCgroupUsage, readFreezerState, removeCgroup } from './cgroups-v1.ts';
 
 test('readCgroupUsage reads memory, cpu and pids files of a v1 cgroup', async () => {
   const root = await mkdtemp(join(tmpdir(), 'cg-'));
@@ -29,6 +29,25 @@ test('readCgroupUsage reads memory, cpu and pids files of a v1 cgroup', async ()
     assert.equal((await readCgroupUsage(path, root)).memoryLimitBytes, undefined, 'unlimited is no limit');
     assert.deepEqual(await readCgroupUsage('/nope', root), { memoryBytes: 0, cpuSeconds: 0, processes: 0 });
     assert.equal(await readFreezerState('/nope', root), undefined);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('removeCgroup removes the cgroup where it is, skips hierarchies without it and returns the busy ones', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'cg-'));
+  try {
+    const path = '/trivisor-x/g1';
+    await mkdir(join(root, 'pids', path), { recursive: true });
+    await mkdir(join(root, 'memory', path), { recursive: true });
+    await mkdir(join(root, 'freezer', 'trivisor-x'), { recursive: true });
+    // A directory that is not empty stands in for a cgroup that still holds a child cgroup.
+    await mkdir(join(root, 'memory', path, 'child'));
+    assert.deepEqual(await removeCgroup(path, root), [join(root, 'memory', path)]);
+    assert.deepEqual(await cgroupDirs(path, root), [join(root, 'memory', path)]);
+    await rm(join(root, 'memory', path, 'child'), { recursive: true });
+    assert.deepEqual(await removeCgroup(path, root), []);
+    assert.deepEqual(await cgroupDirs(path, root), []);
   } finally {
     await rm(root, { recursive: true, force: true });
   }

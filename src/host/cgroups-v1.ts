@@ -91,7 +91,9 @@ export async function cgroupDirs(cgroupsPath: string, root = CGROUP_ROOT): Promi
  */
 export async function removeCgroup(cgroupsPath: string, root = CGROUP_ROOT): Promise<string[]> {
   const left: string[] = [];
-  for (const dir of await cgroupDirs(cgroupsPath, root)) {
+  // rmdir alone (ENOENT: not in that hierarchy): one call per hierarchy, not a look first.
+  for (const hierarchy of await cgroupHierarchies(root)) {
+    const dir = join(hierarchy, cgroupsPath);
     try {
       await rmdir(dir);
     } catch (e) {

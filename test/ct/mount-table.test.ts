@@ -1,25 +1,50 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { GuestSpec } from '../../src/core/types.ts';
+import type { GuestSpec, ProcessIdentity } from '../../src/core/types.ts';
+import { createCtDriver } from '../../src/drivers/ct/ct-driver.ts';
 import { mountOverlayRootfs } from '../../src/drivers/ct/overlay-rootfs.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
+import { cgroupDirs } from '../../src/host/cgroups-v1.ts';
+import { silentLogger } from '../../src/host/logger.ts';
 import { isMountPoint, listMountPoints } from '../../src/host/mounts.ts';
-import { hostRunner } from '../../src/host/runner.ts';
-import { type CtFixture, makeCtFixture } from '../drivers/ct-fixture.ts';
+import { isSameProcess } from '../../src/host/proc-stat.ts';
+import { hostRunner, type ProcessRunner } from '../../src/host/runner.ts';
+import { type CtFixture, makeCtFixture, TEST_IDMAP_BASE } from '../drivers/ct-fixture.ts';
 import { execIn } from '../drivers/exec-helpers.ts';
 import { testGuestSpec } from '../drivers/guest-spec.ts';
 
 // ct guests' roots are mounted in their own mount namespaces only (docs/decisions/0064): the
 // host's mount table does not grow with the number of running guests, so a start does not copy
 // one mount per running guest and an unmount does not walk them. Guarded at a CI-sized N (this
-// process plays the daemon: the driver runs in it). Counts are asserted, never times.
+// process plays the daemon: the driver runs in it). Counts are asserted, never times. The same
+// guests are then deleted: a delete spawns no command (a spawn forks the whole daemon, decision
+// 0091) and still leaves nothing behind.
 
 /** Running guests at once: enough that one host mount per guest would stand out. */
 const N = 200;
 /** Starts at once (the daemon's controllers start several guests at a time too). */
 const PARALLEL = 4;
+
+/** The host runner, recording every command run or spawned through it. */
+function recordingRunner(): ProcessRunner & { commands: string[] } {
+  const host = hostRunner();
+  const commands: string[] = [];
+  return {
+    commands,
+    run(argv, options) {
+      commands.push(argv.join(' '));
+      return host.run(argv, options);
+    },
+    spawn(argv, options) {
+      commands.push(argv.join(' '));
+      return host.spawn(argv, options);
+    },
+  };
+}
 
 /** Mount points of this process's namespace at or below `dir`. */
 const mountsUnder = async (dir: string) =>
@@ -158,5 +183,59 @@ describe("ct guests' roots stay out of the host's mount table", () => {
     assert.equal(await isMountPoint(rootfs), false, 'its next start mounts the root in its namespace only');
     await daemon.delete(spec);
     await fx.assertNoLeftovers(spec);
+  });
+
+  test(`deleting the ${N} running guests spawns no command and leaves nothing; a process left in a cgroup is runc's to kill`, async () => {
+    const runner = recordingRunner();
+    const daemon = createCtDriver({
+      runner,
+      log: silentLogger(),
+      stateDir: fx.stateDir,
+      idmapBase: TEST_IDMAP_BASE,
+    });
+    const inits = new Map<string, ProcessIdentity>();
+    for (const spec of made) {
+      const state = await daemon.inspect(spec, undefined);
+      if (state.process) inits.set(spec.name, state.process);
+    }
+    assert.equal(inits.size, N, 'every guest of the first test runs');
+    const running = made.filter((spec) => inits.has(spec.name));
+    const [strayGuest] = running;
+    assert.ok(strayGuest);
+    // A host process moved into a guest's cgroups, outside its pid namespace: killing the guest's
+    // init does not end it, so its cgroups stay busy until runc kills what they hold (runc kill --all).
+    const stray = spawn('sleep', ['120'], { stdio: 'ignore' });
+    try {
+      await once(stray, 'spawn');
+      const strayCgroups = await cgroupDirs(`${cgroupParentOf(fx.stateDir)}/${strayGuest.name}`);
+      assert.ok(strayCgroups.length > 0);
+      for (const dir of strayCgroups) await writeFile(join(dir, 'cgroup.procs'), String(stray.pid));
+      const strayEnd = once(stray, 'exit');
+      // The controller stops a running guest, then deletes it; a delete on its own stops it too.
+      await inBatches(running, PARALLEL, async (spec) => {
+        if (Number(spec.name.slice(3)) % 2 === 0) await daemon.stop(spec, { timeoutMs: 0, force: true });
+        await daemon.delete(spec);
+      });
+      const runc = `runc --root ${fx.runcRoot}`;
+      assert.deepEqual(runner.commands, [
+        `${runc} kill --all ${strayGuest.name} KILL`,
+        `${runc} delete --force ${strayGuest.name}`,
+      ]);
+      assert.deepEqual(await strayEnd, [null, 'SIGKILL'], 'the process left in the cgroup was killed');
+    } finally {
+      stray.kill('SIGKILL');
+    }
+    for (const spec of running) {
+      assert.equal(
+        await isSameProcess(inits.get(spec.name) as ProcessIdentity),
+        false,
+        `${spec.name} is gone`,
+      );
+      await fx.assertNoLeftovers(spec);
+    }
+    assert.deepEqual(await cgroupDirs(cgroupParentOf(fx.stateDir)), [], "the guests' parent cgroup is gone");
+    assert.deepEqual(await readdir(join(fx.stateDir, 'idmap')), [], 'every id range is given back');
+    assert.deepEqual(await readdir(fx.runcRoot), [], 'runc holds no container');
+    assert.deepEqual(await mountsUnder(fx.stateDir), []);
   });
 });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { once } from 'node:events';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -192,42 +193,40 @@ describe('ct driver against a recording runner', () => {
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await driver.stop(guest(), { timeoutMs: 5000, force: false });
     const runc = `runc --root ${join(stateDir, 'runc')}`;
+    // init gone and its cgroups removable: runc's state dir is removed as runc delete would (decision 0091).
     assert.deepEqual(
       runner.commands().filter((c) => c.startsWith('runc')),
-      [`${runc} kill g1 SIGUSR2`, `${runc} delete --force g1`],
+      [`${runc} kill g1 SIGUSR2`],
     );
+    assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
   });
 
-  test('stop kills with SIGKILL after the timeout when init ignores the stop signal', async () => {
+  test('stop SIGKILLs init itself after the timeout when init ignores the stop signal', async () => {
     const init = await fakeInit();
     await writeRuncState(init.state);
-    const runner = fakeRunner((argv) =>
-      argv.includes('KILL') ? { effect: () => void init.child.kill('SIGKILL') } : undefined,
-    );
+    const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     const t0 = Date.now();
     await driver.stop(guest(), { timeoutMs: 300, force: false });
     assert.ok(Date.now() - t0 >= 300, 'waited for the timeout first');
+    assert.equal(init.child.signalCode ?? (await once(init.child, 'exit'))[1], 'SIGKILL');
     const runc = `runc --root ${join(stateDir, 'runc')}`;
     assert.deepEqual(
       runner.commands().filter((c) => c.startsWith('runc')),
-      [`${runc} kill g1 SIGUSR2`, `${runc} kill --all g1 KILL`, `${runc} delete --force g1`],
+      [`${runc} kill g1 SIGUSR2`],
     );
+    assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
   });
 
-  test('force stop kills at once', async () => {
+  test('force stop kills at once and runs no command (decision 0091)', async () => {
     const init = await fakeInit();
     await writeRuncState(init.state);
-    const runner = fakeRunner((argv) =>
-      argv.includes('KILL') ? { effect: () => void init.child.kill('SIGKILL') } : undefined,
-    );
+    const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await driver.stop(guest(), { timeoutMs: 60_000, force: true });
-    const runc = `runc --root ${join(stateDir, 'runc')}`;
-    assert.deepEqual(
-      runner.commands().filter((c) => c.startsWith('runc')),
-      [`${runc} kill --all g1 KILL`, `${runc} delete --force g1`],
-    );
+    assert.equal(init.child.signalCode ?? (await once(init.child, 'exit'))[1], 'SIGKILL');
+    assert.deepEqual(runner.commands(), []);
+    assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
   });
 
   test('stop on a guest whose init already died only cleans up', async () => {
@@ -235,10 +234,8 @@ describe('ct driver against a recording runner', () => {
     const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await driver.stop(guest(), { timeoutMs: 5000, force: false });
-    assert.deepEqual(
-      runner.commands().filter((c) => c.startsWith('runc')),
-      [`runc --root ${join(stateDir, 'runc')} delete --force g1`],
-    );
+    assert.deepEqual(runner.commands(), []);
+    assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
   });
 
   test('update applies limits live with runc update and returns keys that need a restart', async () => {
@@ -285,12 +282,33 @@ describe('ct driver against a recording runner', () => {
     });
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await assert.rejects(driver.start(guest(), image), { code: 'Internal' });
-    const cmds = runner.commands();
-    const runAt = cmds.findIndex((c) => c.includes(' run '));
-    assert.ok(
-      cmds.slice(runAt + 1).some((c) => c.endsWith('delete --force g1')),
-      'runc delete after the failed run',
-    );
+    assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the failed run is gone");
+    assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
+  });
+
+  test("a failed runc run that left runc's init alive is killed and deleted by runc", async () => {
+    await rm(join(stateDir, 'runc'), { recursive: true, force: true });
+    // runc init waiting in the created state: its cgroup is busy, which only runc cleans up.
+    const init = await fakeInit();
+    const runner = fakeRunner((argv) => {
+      if (argv.includes('run')) {
+        mkdirSync(join(stateDir, 'runc', 'g1'), { recursive: true });
+        writeFileSync(join(stateDir, 'runc', 'g1', 'state.json'), init.state);
+        return { code: 1, stderr: 'no such file' };
+      }
+      if (argv.includes('KILL')) return { effect: () => void init.child.kill('SIGKILL') };
+      if (argv.includes('delete'))
+        return { effect: () => rm(join(stateDir, 'runc', 'g1'), { recursive: true }) };
+      return undefined;
+    });
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await assert.rejects(driver.start(guest(), image), { code: 'Internal' });
+    const cmds = runner.commands().filter((c) => c.startsWith('runc'));
+    const runc = `runc --root ${join(stateDir, 'runc')}`;
+    assert.deepEqual(cmds.slice(cmds.findIndex((c) => c.includes(' run ')) + 1), [
+      `${runc} kill --all g1 KILL`,
+      `${runc} delete --force g1`,
+    ]);
     assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
   });
 

@@ -43,7 +43,11 @@ import { readRuncInitIdentity } from './runc-state.ts';
 
 /** Where runc is looked up when the daemon has no PATH of its own. */
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-/** How often stop() looks whether init is gone. */
+/**
+ * How often stop() looks whether init is gone: first after 2 ms (a SIGKILLed init is mostly gone
+ * within milliseconds, and a delete waits for it), then twice as long each time, up to 50 ms.
+ */
+const POLL_FIRST_MS = 2;
 const POLL_MS = 50;
 /** How long stop() waits for the kernel to reap a SIGKILLed guest. */
 const KILL_WAIT_MS = 10_000;
@@ -184,26 +188,56 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
   const waitGone = async (identity: ProcessIdentity, timeoutMs: number): Promise<boolean> => {
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
+    for (let wait = POLL_FIRST_MS; ; wait = Math.min(wait * 2, POLL_MS)) {
       if (!(await isSameProcess(identity))) return true;
       if (Date.now() >= deadline) return false;
-      await sleep(POLL_MS);
+      await sleep(wait);
+    }
+  };
+
+  /**
+   * SIGKILLs a guest from the daemon itself, spawning nothing (docs/decisions/0091): its init leads
+   * the guest's pid namespace (every guest has one, oci-spec.ts), so the kernel kills every process
+   * in it. A process in the guest's cgroup but outside that namespace keeps the cgroup busy, and
+   * cleanUpRuntime then has runc kill it. The identity is checked again just before, so a pid
+   * reused since the guest's init died is not signalled (as runc, which also signals by pid).
+   */
+  const killInit = async (spec: GuestSpec, init: ProcessIdentity): Promise<void> => {
+    if (!(await isSameProcess(init))) return;
+    try {
+      process.kill(init.pid, 'SIGKILL');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') {
+        throw internal(`Cannot kill guest ${spec.name}'s init (pid ${init.pid}): ${(e as Error).message}`);
+      }
     }
   };
 
   /** Removes what a started guest holds (runc container, overlay mount, cgroups); leaves the guest dir. */
   const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
     const p = pathsOf(spec);
-    // Spawning runc costs ~10 ms of a ~60 ms start: only when runc has state for the guest.
-    if (await exists(join(runcRoot, spec.name))) {
-      await runner.run([...runc, 'delete', '--force', spec.name], { allowFailure: true });
+    const runcState = join(runcRoot, spec.name);
+    if (await exists(runcState)) {
+      // What `runc delete` does for a container whose init is gone: remove its cgroups, then its
+      // state dir (and run poststop hooks, which no guest's bundle has). Done here, because a spawn
+      // blocks the daemon for a fork of all its memory, longer the more guests it holds (decision
+      // 0091). rmdir refuses a cgroup that still holds a process (one outside the guest's pid
+      // namespace) or a child cgroup: then runc kills what is left and deletes, as before.
+      const left = (await liveInit(spec)) ? [runcState] : await removeCgroup(cgroupsPath(spec));
+      if (left.length === 0) await rm(runcState, { recursive: true, force: true });
+      else {
+        log.info({ guest: spec.name, left }, 'the guest is not gone on its own: runc kills what is left');
+        await runner.run([...runc, 'kill', '--all', spec.name, 'KILL'], { allowFailure: true });
+        await runner.run([...runc, 'delete', '--force', spec.name], { allowFailure: true });
+      }
     }
     // Guests started by a daemon before decision 64 have their root mounted on the host, as has a
     // start killed between its two mounts the idmapped tree; since then both are mounted in the
     // start's own mount namespace, and the guest's copy goes with its last process.
     await unmountIfMounted(p.rootfs, { runner });
     await unmountIfMounted(p.staging, { runner });
-    await removeCgroup(cgroupsPath(spec));
+    const left = await removeCgroup(cgroupsPath(spec));
+    if (left.length > 0) log.warn({ guest: spec.name, left }, 'cgroups of the guest cannot be removed');
     await rm(p.pidFile, { force: true });
     if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
   };
@@ -568,7 +602,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         }
         if (!gone) {
           log.info({ guest: spec.name, force: options.force }, 'killing guest');
-          await runner.run([...runc, 'kill', '--all', spec.name, 'KILL'], { allowFailure: true });
+          await killInit(spec, init);
           if (!(await waitGone(init, KILL_WAIT_MS))) {
             throw internal(
               `Guest ${spec.name}'s init (pid ${init.pid}) survived SIGKILL: check the host for stuck I/O.`,
@@ -592,8 +626,9 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     async delete(spec) {
       const p = pathsOf(spec);
       const init = await liveInit(spec);
+      // stop() cleans up once init is gone; a guest found stopped may still hold what a crash left.
       if (init) await driver.stop(spec, { timeoutMs: 0, force: true });
-      await cleanUpRuntime(spec);
+      else await cleanUpRuntime(spec);
       for (const point of [p.rootfs, p.staging]) {
         if (await isMountPoint(point)) {
           throw internal(
