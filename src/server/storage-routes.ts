@@ -1,11 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { BackupDirectoryArchiveSchema, type BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
@@ -26,17 +23,12 @@ import {
 } from '../services/backup-directory.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import { sendFileBody } from './file-response.ts';
+import { receiveToFile } from './file-upload.ts';
 import { assertTarget, targetQuery } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** True when A and B are one type, not merely assignable to each other (an optional field more is not). */
 type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
-
-/**
- * Writes of an uploaded archive: 1 MiB each, not the stream's 16 KiB, so a GiB takes a thousand
- * trips through the thread pool, not sixteen thousand or more (decision 0072).
- */
-const ARCHIVE_IO_BYTES = 1 << 20;
 
 /** Largest backup archive accepted by import. */
 export const BACKUP_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 3;
@@ -498,20 +490,8 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         ctx.uploadDir ?? tmpdir(),
         `trivisor-import-${randomBytes(8).toString('hex')}.tar.zst`,
       );
-      let received = 0;
-      const count = new Transform({
-        highWaterMark: ARCHIVE_IO_BYTES,
-        transform(chunk: Buffer, _enc, cb) {
-          received += chunk.length;
-          cb(null, chunk);
-        },
-      });
       try {
-        await pipeline(
-          stream,
-          count,
-          createWriteStream(path, { mode: 0o600, highWaterMark: ARCHIVE_IO_BYTES }),
-        );
+        const received = await receiveToFile(stream, path, { mode: 0o600 });
         if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
         return sendAsync(
           reply,

@@ -177,22 +177,36 @@ export async function writeThroughFifo(
   const feeding = (async () => {
     const handle: FileHandle = await writing;
     let broken = false;
+    /** Writes the whole chunk, or answers false once the consumer has closed its end. */
+    const writeAll = async (chunk: Buffer): Promise<boolean> => {
+      let done = 0;
+      while (done < chunk.length) {
+        const r = await handle.write(chunk, done, chunk.length - done).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'EPIPE') throw e;
+          return undefined;
+        });
+        if (!r) return false;
+        done += r.bytesWritten;
+      }
+      return true;
+    };
     try {
       for await (const chunk of chunks) {
-        observe(chunk);
-        if (broken) continue;
-        let done = 0;
-        while (done < chunk.length) {
-          const r = await handle.write(chunk, done, chunk.length - done).catch((e: NodeJS.ErrnoException) => {
-            if (e.code !== 'EPIPE') throw e;
-            return undefined;
-          });
-          if (!r) {
-            broken = true;
-            break;
-          }
-          done += r.bytesWritten;
+        if (broken) {
+          observe(chunk);
+          continue;
         }
+        // The write (in the thread pool) and `observe` (the checksum, on this thread) only read the
+        // chunk: they run at once, so the hashing no longer waits for the consumer (decision 0085).
+        const written = writeAll(chunk);
+        try {
+          observe(chunk);
+        } catch (e) {
+          // A cancel: the chunk's write ends before anything else touches the chunk's buffer.
+          await written.catch(() => {});
+          throw e;
+        }
+        broken = !(await written);
       }
     } finally {
       await handle.close().catch(() => {});

@@ -23,7 +23,7 @@ import { copyFlags } from '../../host/reflink.ts';
 import { childEnded } from '../../host/runner.ts';
 import { tarHeader } from '../../storage/backup-archive.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
-import { unpackZstdTar } from '../archive-unpack.ts';
+import { TAR_PIPE_RECORD_ARGS, unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { UEFI_VARS_META } from './firmware.ts';
@@ -348,7 +348,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       const unpacked = await unpackZstdTar(
         runner,
         tarPath,
-        ['tar', '--no-same-owner', '-C', work, '-xf', '-'],
+        ['tar', '--no-same-owner', ...TAR_PIPE_RECORD_ARGS, '-C', work, '-xf', '-'],
         signal,
       );
       if (unpacked.code !== 0 || !(await lstat(join(work, ARCHIVE_DISK)).catch(() => undefined))?.isFile()) {
