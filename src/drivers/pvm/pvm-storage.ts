@@ -197,6 +197,9 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
         else await copyFile(from, tmp);
         await chmod(tmp, 0o600);
         await chown(tmp, uid, uid);
+        // ext4 writes back a file renamed over another at once (auto_da_alloc): a whole disk's worth of
+        // writeback in the rename, in the import's time. An import replaces a disk it will not keep.
+        if (how.move) await rm(join(diskDir, name), { force: true });
         await rename(tmp, join(diskDir, name));
       } catch (e) {
         await rm(tmp, { force: true });
