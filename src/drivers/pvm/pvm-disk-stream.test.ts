@@ -17,6 +17,7 @@ import {
   streamFlatDisk,
   writeDiskArchive,
 } from './pvm-disk-stream.ts';
+import { blockSummer, blockSums } from './pvm-incremental.ts';
 import { createPvmStorage } from './pvm-storage.ts';
 import { cowLayoutOf, readUmlCowHeader } from './uml-cow.ts';
 
@@ -113,6 +114,37 @@ test('cowPieces: marked sectors from the COW file, the others from the base disk
     { offset: 24 * 512, length: 8 * 512, file: 0, at: 12288 + 24 * 512 },
     { offset: 32 * 512, length: 8 * 512, file: 1, at: 32 * 512 },
   ]);
+});
+
+test('blockSummer gives the checksums blockSums reads, holes hashed as zeros without being read', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-pvm-sums-'));
+  try {
+    const size = 5 * MiB + 1536;
+    const file = path.join(dir, 'disk');
+    const handle = await open(file, 'w');
+    const stretches = [
+      [512, 1000],
+      [MiB - 100, 300],
+      [3 * MiB + 4096, MiB],
+      [size - 512, 512],
+    ] as const;
+    const summer = blockSummer(size);
+    for (const [at, len] of stretches) {
+      const data = randomBytes(len);
+      await handle.write(data, 0, len, at);
+      summer.add(at, data);
+    }
+    await handle.truncate(size);
+    await handle.close();
+    assert.ok(summer.finish().equals(await blockSums(file)));
+    const ended = blockSummer(MiB);
+    assert.throws(() => ended.add(MiB - 10, Buffer.alloc(20)), /past the end/);
+    const ordered = blockSummer(MiB);
+    ordered.add(100, Buffer.alloc(10));
+    assert.throws(() => ordered.add(50, Buffer.alloc(1)), /out of order/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('streamFlatDisk stops at the next read once aborted: nothing more is read or handed over', async () => {
@@ -222,7 +254,14 @@ describe('pvm disks streamed into a zstd tar and unpacked by tar', () => {
     const plan = await planCowDisk(runner, cow);
     assert.ok(plan.regions.length > 25, `${plan.regions.length} regions`);
     const tar = path.join(dir, 'cow.tar.zst');
-    const done = await writeDiskArchive(runner, plan, { tarPath: tar, name: 'disk.img' });
+    // The block checksums of an incremental backup's full link, taken on the way, are the merged disk's.
+    const summer = blockSummer(size);
+    const done = await writeDiskArchive(runner, plan, {
+      tarPath: tar,
+      name: 'disk.img',
+      observe: summer.add,
+    });
+    assert.ok(summer.finish().equals(await blockSums(merged)));
     assert.ok(done.readBytes < 4 * MiB, `read ${done.readBytes} B`);
     const back = await unpackDisk(tar, path.join(dir, 'cow-out'));
     assert.equal((await stat(back)).size, size);

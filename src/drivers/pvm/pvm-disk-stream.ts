@@ -156,7 +156,7 @@ export async function planCowDisk(runner: ProcessRunner, path: string): Promise<
 export async function streamFlatDisk(
   plan: FlatDiskPlan,
   write: (chunk: Buffer) => Promise<void>,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; observe?: DiskObserver } = {},
 ): Promise<number> {
   const handles: FileHandle[] = [];
   try {
@@ -197,6 +197,7 @@ export async function streamFlatDisk(
           }
           readBytes += got;
         }
+        options.observe?.(p.offset + done, buffer.subarray(fill, fill + n));
         fill += n;
         done += n;
         if (fill === BUFFER_BYTES) await flush();
@@ -209,6 +210,9 @@ export async function streamFlatDisk(
     for (const h of handles) await h.close();
   }
 }
+
+/** Sees each stretch of the flat disk's stored data as it passes, in disk order (valid during the call only). */
+export type DiskObserver = (offset: number, data: Buffer) => void;
 
 /** What a streamed export did: the disk's size, the bytes of data it stored and read. */
 export interface DiskArchiveStats {
@@ -226,7 +230,7 @@ export interface DiskArchiveStats {
 export async function writeDiskArchive(
   runner: ProcessRunner,
   plan: FlatDiskPlan,
-  options: { tarPath: string; name: string; signal?: AbortSignal | undefined },
+  options: { tarPath: string; name: string; signal?: AbortSignal | undefined; observe?: DiskObserver },
 ): Promise<DiskArchiveStats> {
   const { signal } = options;
   signal?.throwIfAborted();
@@ -251,7 +255,10 @@ export async function writeDiskArchive(
     });
     const stored = storedBytes(plan.regions);
     await write(headers);
-    const readBytes = await streamFlatDisk(plan, write, signal ? { signal } : {});
+    const readBytes = await streamFlatDisk(plan, write, {
+      ...(signal && { signal }),
+      ...(options.observe && { observe: options.observe }),
+    });
     const pad = (512 - (stored % 512)) % 512;
     const written = headers.length + stored + pad + 1024;
     // The end: padding to a block, two zero blocks, then up to a whole record of 20 blocks, as GNU tar writes it.

@@ -71,6 +71,62 @@ export async function blockSums(path: string, blockBytes = PVM_BLOCK_BYTES): Pro
   }
 }
 
+/**
+ * The sha256 of each block of a disk of `sizeBytes` whose data is handed over in disk order,
+ * stretch by stretch (`add`): what lies between stretches, and after the last one, is zeros (a
+ * hole), hashed without being read; `finish` answers the checksums as blockSums gives them.
+ */
+export function blockSummer(
+  sizeBytes: number,
+  blockBytes = PVM_BLOCK_BYTES,
+): { add: (offset: number, data: Buffer) => void; finish: () => Buffer } {
+  const out = Buffer.alloc(Math.ceil(sizeBytes / blockBytes) * HASH_BYTES);
+  const zeros = Buffer.alloc(blockBytes);
+  const zeroBlockSum = createHash('sha256').update(zeros).digest();
+  let hash = createHash('sha256');
+  let pos = 0;
+  const feed = (data: Buffer) => {
+    let at = 0;
+    while (at < data.length) {
+      const index = Math.floor(pos / blockBytes);
+      const blockEnd = Math.min((index + 1) * blockBytes, sizeBytes);
+      const n = Math.min(data.length - at, blockEnd - pos);
+      if (n <= 0) throw new Error(`data past the end of a disk of ${sizeBytes} bytes`);
+      hash.update(data.subarray(at, at + n));
+      pos += n;
+      at += n;
+      if (pos === blockEnd) {
+        hash.digest().copy(out, index * HASH_BYTES);
+        hash = createHash('sha256');
+      }
+    }
+  };
+  const holeTo = (to: number) => {
+    if (to > sizeBytes) throw new Error(`data past the end of a disk of ${sizeBytes} bytes`);
+    while (pos < to) {
+      const index = Math.floor(pos / blockBytes);
+      const blockEnd = Math.min((index + 1) * blockBytes, sizeBytes);
+      if (pos === index * blockBytes && blockEnd === pos + blockBytes && blockEnd <= to) {
+        zeroBlockSum.copy(out, index * HASH_BYTES);
+        pos = blockEnd;
+        continue;
+      }
+      feed(zeros.subarray(0, Math.min(to, blockEnd) - pos));
+    }
+  };
+  return {
+    add(offset, data) {
+      if (offset < pos) throw new Error(`disk data out of order at ${offset}`);
+      holeTo(offset);
+      feed(data);
+    },
+    finish() {
+      holeTo(sizeBytes);
+      return out;
+    },
+  };
+}
+
 /** Indices of the blocks whose checksums differ (both lists of the same disk size). */
 export function changedBlocks(before: Buffer, after: Buffer): number[] {
   if (before.length !== after.length) throw new Error('Block lists of different disk sizes');

@@ -14,6 +14,7 @@ import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts
 import {
   applyBlocks,
   type BlockList,
+  blockSummer,
   blockSums,
   changedBlocks,
   commitPvmChain,
@@ -227,6 +228,10 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
     const header = await readUmlCowHeader(disk.path);
     await runner.run(['uml_moo', '-b', header.backingFile, disk.path, flat], { ...(signal && { signal }) });
   };
+
+  /** The plan of a disk file's flat disk (pvm-disk-stream.ts): a private disk as it is, a COW file over its base. */
+  const planDisk = (disk: { path: string; kind: string }) =>
+    disk.kind === RAW ? planRawDisk(runner, disk.path) : planCowDisk(runner, disk.path);
 
   /** Identifies the content of a private disk that nothing wrote to since: inode, size, mtime. */
   const diskStamp = async (spec: GuestSpec): Promise<string> => {
@@ -445,18 +450,29 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
         return await withStableDisk(spec, undefined, async (disk) => {
           if (!disk)
             throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
-          const flat = join(work, ARCHIVE_DISK);
-          await flatten(disk, flat, signal);
-          const sizeBytes = (await stat(flat)).size;
-          const sums = await blockSums(flat);
+          const plan = await planDisk(disk);
+          const sizeBytes = plan.sizeBytes;
           const chain = exportOptions?.newChain ? undefined : await readPvmChain(dir);
           // A disk of another size (grown since) starts a new chain: its blocks do not line up.
           const base = chain && chain.state.sizeBytes === sizeBytes ? chain : undefined;
           const link: BackupChainLink = base
             ? { chain: base.state.chain, sequence: base.state.sequence + 1, kind: 'incremental' }
             : { chain: randomBytes(8).toString('hex'), sequence: 0, kind: 'full' };
-          let members = [ARCHIVE_DISK];
-          if (base) {
+          let sums: Buffer;
+          if (!base) {
+            // A full link is the flat disk streamed as exportTar does, its block checksums taken on the way.
+            const summer = blockSummer(sizeBytes);
+            await writeDiskArchive(runner, plan, {
+              tarPath,
+              name: ARCHIVE_DISK,
+              signal,
+              observe: summer.add,
+            });
+            sums = summer.finish();
+          } else {
+            const flat = join(work, ARCHIVE_DISK);
+            await flatten(disk, flat, signal);
+            sums = await blockSums(flat);
             const list: BlockList = {
               blockBytes: PVM_BLOCK_BYTES,
               sizeBytes,
@@ -465,11 +481,13 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
             await copyBlocks(flat, list, join(work, ARCHIVE_BLOCKS));
             await writeFile(join(work, ARCHIVE_BLOCK_LIST), `${JSON.stringify(list)}\n`);
             await rm(flat, { force: true });
-            members = [ARCHIVE_BLOCK_LIST, ARCHIVE_BLOCKS];
+            await runner.run(
+              ['tar', TAR_ZSTD, '-C', work, '-cf', tarPath, ARCHIVE_BLOCK_LIST, ARCHIVE_BLOCKS],
+              {
+                ...(signal && { signal }),
+              },
+            );
           }
-          await runner.run(['tar', TAR_ZSTD, '--sparse', '-C', work, '-cf', tarPath, ...members], {
-            ...(signal && { signal }),
-          });
           // The checksums count only once the archive is whole: a failed backup leaves the chain as it was.
           await writeSums(dir, sumsNameOf(link), sums);
           await commitPvmChain(dir, {
