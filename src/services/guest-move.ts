@@ -421,6 +421,19 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
    * the next try of `resumeUnfinished` (its timer, or the daemon's next start).
    */
   async function settle(mark: MoveMark, ended: Operation | undefined): Promise<void> {
+    if (ended?.status !== 'Success') {
+      // Its reason, in the daemon's log too: the operation's error is gone once the operation is.
+      log.warn(
+        {
+          guest: mark.guest,
+          target: mark.to,
+          kind: mark.kind,
+          status: ended?.status ?? 'unknown',
+          err: ended?.error ?? 'its operation could not be read',
+        },
+        'a move failed',
+      );
+    }
     const handed = mark.phase === 'handed-over' || mark.phase === 'sent';
     if (ended?.status !== 'Success' && handed) {
       log.error(

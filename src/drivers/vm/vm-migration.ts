@@ -85,15 +85,35 @@ export async function prepareIncoming(
   await qmp.execute('migrate-incoming', { uri: tcpUri(endpoints.host, endpoints.migrationPort) });
 }
 
+/** What `query-migrate` says on a destination whose incoming migration is still under way. */
+const INCOMING_UNDER_WAY = new Set(['setup', 'active', 'device', 'pre-switchover']);
+
+/** How long `finishIncoming` waits for the destination to load the end of the migration stream. */
+export const INCOMING_COMPLETE_WAIT_MS = 30_000;
+
 /**
  * The destination's side once the RAM is in and the source's mirror done: the export goes and
  * the guest runs. Refused unless the migration completed here (the machine still incoming, or
- * failed, must never run).
+ * failed, must never run). The source says `completed` once it has sent the last of the stream;
+ * the destination says so once it has loaded it, a moment later (seconds on a loaded host: seen
+ * as `active` here right after the source's end, issue 13), so a migration still under way here
+ * is waited for, up to `waitMs`; one that failed, or never began, is refused at once.
  */
-export async function finishIncoming(qmp: MigrationQmp): Promise<void> {
-  const m = await qmp.execute<{ status?: string }>('query-migrate');
-  if (m.status !== 'completed') {
-    throw failedPrecondition(`The incoming migration has not completed here (${m.status ?? 'not started'})`);
+export async function finishIncoming(
+  qmp: MigrationQmp,
+  options: { waitMs?: number; pollMs?: number; now?: () => number } = {},
+): Promise<void> {
+  const now = options.now ?? Date.now;
+  const deadline = now() + (options.waitMs ?? INCOMING_COMPLETE_WAIT_MS);
+  for (;;) {
+    const m = await qmp.execute<{ status?: string }>('query-migrate');
+    if (m.status === 'completed') break;
+    if (!INCOMING_UNDER_WAY.has(m.status ?? '') || now() >= deadline) {
+      throw failedPrecondition(
+        `The incoming migration has not completed here (${m.status ?? 'not started'})`,
+      );
+    }
+    await sleep(options.pollMs ?? 50);
   }
   // A move over a shared pool exported nothing (decision 0061).
   const exports = await qmp.execute<Array<{ id: string }>>('query-block-exports');
