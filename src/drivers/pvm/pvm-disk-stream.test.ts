@@ -291,7 +291,7 @@ describe('pvm disks streamed into a zstd tar and unpacked by tar', () => {
     await rm(back);
   });
 
-  test('the storage exports a COW disk and imports it as a private disk; a damaged archive leaves nothing', async () => {
+  test('the storage exports a COW disk and imports it as a private disk, and imports an archive of the old tar --sparse kind; a damaged archive leaves nothing', async () => {
     const stateDir = path.join(dir, 'state');
     const base = path.join(dir, 'base2.ext4');
     await writeFile(base, randomBytes(2 * MiB));
@@ -326,6 +326,17 @@ describe('pvm disks streamed into a zstd tar and unpacked by tar', () => {
     assert.ok((await readFile(img)).equals(await readFile(merged)));
     assert.equal((await stat(img)).uid, 4242);
     assert.equal((await stat(img)).mode & 0o777, 0o600);
+
+    // An archive made the way exports were made before (tar --sparse of the merged disk) imports the same.
+    const old = path.join(dir, 'old-export');
+    await mkdir(old);
+    await runner.run(['cp', '--sparse=always', merged, path.join(old, 'disk.img')]);
+    const oldTar = path.join(dir, 'old.tar.zst');
+    await runner.run(['tar', '--zstd', '--sparse', '-C', old, '-cf', oldTar, 'disk.img']);
+    const fromOld = await specOf('p4');
+    await storage.importTar(fromOld, oldTar);
+    const oldImg = path.join(stateDir, 'guests', 'p4', 'disk', 'root.img');
+    assert.ok((await readFile(oldImg)).equals(await readFile(merged)));
 
     // Cut short, or a byte of its data changed: refused, the disk as it was, no work files.
     const whole = await readFile(tar);
