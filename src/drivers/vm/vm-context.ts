@@ -2,7 +2,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { failedPrecondition, internal } from '../../core/errors.ts';
+import { conflict, failedPrecondition, internal } from '../../core/errors.ts';
 import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { removeCgroup } from '../../host/cgroups-v1.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
@@ -207,11 +207,33 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     await writeFile(join(dir, 'cpu.cfs_quota_us'), String(cpuQuotaUs));
   };
 
-  /** Removes what a started guest holds (sockets, pid file, cgroup); leaves disk, console log and dir. */
-  const cleanUpRuntime = async (spec: GuestSpec): Promise<void> => {
+  /**
+   * A QEMU of the guest that still listens on its sockets though no boot record names it (one being
+   * started, whose record comes after its sockets): its runtime is left alone, said in one warning.
+   */
+  const keptLive = (spec: GuestSpec, sockets: string[]): boolean => {
+    if (sockets.length === 0) return false;
+    log.warn(
+      { guest: spec.name, sockets },
+      "a QEMU still listens on the guest's sockets though its boot record does not name it: its runtime files are kept",
+    );
+    return true;
+  };
+
+  /** The refusal of a change that would take the runtime files of a QEMU no boot record names. */
+  const unrecordedQemu = (spec: GuestSpec) =>
+    conflict(
+      `A QEMU of guest ${spec.name} that its boot record does not name yet runs on this member (it answers on ${pathsOf(spec).qmpSocket}): wait for the start in progress, or end that QEMU, and try again`,
+    );
+
+  /**
+   * Removes what a started guest holds (sockets, pid file, cgroup); leaves disk, console log and dir.
+   * Answers false, having removed nothing, while a QEMU still listens on the guest's sockets.
+   */
+  const cleanUpRuntime = async (spec: GuestSpec): Promise<boolean> => {
     const p = pathsOf(spec);
+    if (keptLive(spec, await removeRuntimeFiles(p))) return false;
     agents.drop(p.agentSocket);
-    await removeRuntimeFiles(p);
     // The taps are persistent: they outlive QEMU, and go only with the guest's runtime.
     if (ctx.network?.hasNics(spec)) await ctx.network.unplug(spec);
     // Threads of a QEMU that just exited may linger a moment in the cgroup.
@@ -219,6 +241,7 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
       if ((await removeCgroup(cgroupsPath(spec))).length === 0) break;
       await sleep(50);
     }
+    return true;
   };
 
   const killQemu = async (spec: GuestSpec, identity: ProcessIdentity): Promise<void> => {
@@ -317,6 +340,8 @@ export function createVmContext(ctx: DriverContext, options: VmDriverOptions, se
     waitGone,
     cgroupDirsOf,
     setCpuQuota,
+    keptLive,
+    unrecordedQemu,
     cleanUpRuntime,
     killQemu,
     runningQemu,

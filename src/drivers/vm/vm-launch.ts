@@ -68,6 +68,7 @@ export function createVmLaunch(c: VmContext): VmLaunch {
     cgroupDirsOf,
     setCpuQuota,
     cleanUpRuntime,
+    unrecordedQemu,
     killQemu,
   } = c;
 
@@ -346,7 +347,9 @@ export function createVmLaunch(c: VmContext): VmLaunch {
     }
     const running = await liveQemu(spec);
     if (running) return running;
-    await cleanUpRuntime(spec);
+    // A QEMU whose sockets answer though no boot record names it (another start of the guest, whose
+    // record comes after its sockets): a second one would take its sockets (issue 13).
+    if (!(await cleanUpRuntime(spec))) throw unrecordedQemu(spec);
     await ensureRuntimeDir(p);
     const mode = bootModeOf(image);
     assertBootConfig(spec, mode);

@@ -313,7 +313,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
   async function stopIncoming(spec: Parameters<typeof readUid>[0]): Promise<void> {
     const q = await c.liveQemu(spec);
     if (q) await c.killQemu(spec, q);
-    await c.cleanUpRuntime(spec);
+    if (!(await c.cleanUpRuntime(spec))) throw c.unrecordedQemu(spec);
     await removeRuntimeDir(pathsOf(spec));
   }
 }

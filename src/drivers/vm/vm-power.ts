@@ -25,6 +25,7 @@ export function createVmPower(
     runStatus,
     waitGone,
     cleanUpRuntime,
+    unrecordedQemu,
     killQemu,
     runningQemu,
     migratingOut,
@@ -83,7 +84,8 @@ export function createVmPower(
       const p = pathsOf(spec);
       const q = await liveQemu(spec);
       if (q) await self().stop(spec, { timeoutMs: 0, force: true });
-      await cleanUpRuntime(spec);
+      // A QEMU no boot record names still answers: its disk and runtime files are not taken from it.
+      if (!(await cleanUpRuntime(spec))) throw unrecordedQemu(spec);
       migratingOut.delete(spec.name);
       await removeRuntimeDir(p);
       await rm(p.dir, { recursive: true, force: true });

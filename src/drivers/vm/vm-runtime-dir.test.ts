@@ -1,15 +1,17 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { lstat, mkdir, mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { vmGuestPaths } from './qemu-command.ts';
-import { adoptLegacyRuntime, removeRuntimeDir, removeRuntimeFiles } from './vm-runtime-dir.ts';
+import { adoptLegacyRuntime, removeRuntimeDir, removeRuntimeFiles, socketListens } from './vm-runtime-dir.ts';
 
 const listen = (path: string): Promise<Server> =>
   new Promise((resolve, reject) => {
-    const server = createServer((s) => s.end('hello\n'));
+    // A client that hangs up at once (socketListens) is no error of the server's.
+    const server = createServer((s) => s.on('error', () => {}).end('hello\n'));
     server.once('error', reject);
     server.listen(path, () => resolve(server));
   });
@@ -91,6 +93,51 @@ describe("a vm guest's runtime directory (decision 0061)", () => {
     assert.equal(await present(join(p.dir, 'qmp.sock')), false);
     assert.equal(await present(p.bootRecord), true, 'the boot record stays until the runtime directory goes');
     await removeRuntimeDir(p);
+    assert.equal(await present(p.runDir), false);
+  });
+
+  test("the files of a QEMU something still listens on are kept, whatever its boot record says (issue 13); a gone QEMU's go", async () => {
+    const p = vmGuestPaths(dir, 'busy');
+    await mkdir(p.runDir, { recursive: true });
+    await writeFile(p.pidFile, '7\n');
+    await writeFile(p.bootRecord, '{}\n');
+    // A socket file whose process is gone (bound and listened on by a process that exited): stale.
+    const stale = spawnSync(
+      'perl',
+      [
+        '-MIO::Socket::UNIX',
+        '-e',
+        'IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 1) or die "$!"',
+        p.agentSocket,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(stale.status, 0, stale.stderr);
+    assert.equal((await lstat(p.agentSocket)).isSocket(), true);
+    assert.equal(await socketListens(p.agentSocket), false);
+    const qmp = await listen(p.qmpSocket);
+    try {
+      assert.equal(await socketListens(p.qmpSocket), true);
+      assert.deepEqual(await removeRuntimeFiles(p, { settleMs: 200 }), [p.qmpSocket]);
+      assert.deepEqual(await removeRuntimeDir(p, { settleMs: 0 }), [p.qmpSocket]);
+      for (const f of [p.qmpSocket, p.agentSocket, p.pidFile, p.bootRecord]) {
+        assert.equal(await present(f), true, `${f} kept while a QEMU listens`);
+      }
+      assert.equal(await greeting(p.qmpSocket), 'hello\n', 'still reached');
+    } finally {
+      await new Promise((resolve) => qmp.close(resolve));
+    }
+    // One that stops listening within the wait (a QEMU whose last threads are ending): it all goes.
+    await writeFile(p.pidFile, '7\n');
+    const ending = await listen(p.consoleSocket);
+    setTimeout(() => ending.close(), 150);
+    assert.deepEqual(await removeRuntimeFiles(p, { settleMs: 5000 }), []);
+    for (const f of [p.consoleSocket, p.agentSocket, p.pidFile]) assert.equal(await present(f), false, f);
+    // Gone (a listener's close removes its own path; the stale one is another's): all of it goes.
+    assert.deepEqual(await removeRuntimeFiles(p), []);
+    assert.equal(await present(p.agentSocket), false);
+    assert.equal(await present(p.pidFile), false);
+    assert.deepEqual(await removeRuntimeDir(p), []);
     assert.equal(await present(p.runDir), false);
   });
 

@@ -1,5 +1,7 @@
 import { copyFile, lstat, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { LEGACY_RUNTIME_FILES, type VmGuestPaths } from './qemu-command.ts';
 
 /**
@@ -47,11 +49,47 @@ export async function adoptLegacyRuntime(paths: VmGuestPaths): Promise<boolean> 
 }
 
 /**
+ * Whether a process listens on the unix socket at `path` (through a link too): a connect is
+ * accepted, or refused only because its queue is full. A socket file left by a QEMU that is gone
+ * refuses the connect at once (ECONNREFUSED).
+ */
+export function socketListens(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (answer: boolean) => {
+      s.destroy();
+      resolve(answer);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', (e: NodeJS.ErrnoException) => done(e.code === 'EAGAIN'));
+  });
+}
+
+/**
  * Removes the sockets and pid file of a QEMU that is gone: an adopted guest's links and the old
  * sockets they name too (that QEMU was this member's; a guest's directory on a shared pool holds
- * old sockets only of a QEMU started before decision 0061, which only its member ran).
+ * old sockets only of a QEMU started before decision 0061, which only its member ran). A socket
+ * something still listens on is a running QEMU's, whatever its boot record says (a QEMU whose
+ * record is not written yet, issue 13): then nothing is removed, and the sockets found listening
+ * are answered (empty: all removed).
  */
-export async function removeRuntimeFiles(paths: VmGuestPaths): Promise<void> {
+export async function removeRuntimeFiles(
+  paths: VmGuestPaths,
+  options: { settleMs?: number } = {},
+): Promise<string[]> {
+  // A QEMU that just exited still listens while its last threads end (its main thread is a zombie
+  // by then, which is how stop() saw it gone): a socket that listens is looked at again for a while.
+  const deadline = Date.now() + (options.settleMs ?? 2000);
+  for (;;) {
+    const live: string[] = [];
+    for (const socket of SOCKETS) {
+      if ((await lstat(paths[socket]).catch(() => undefined)) && (await socketListens(paths[socket])))
+        live.push(paths[socket]);
+    }
+    if (live.length === 0) break;
+    if (Date.now() >= deadline) return live;
+    await sleep(50);
+  }
   for (const socket of SOCKETS) {
     const path = paths[socket];
     if ((await lstat(path).catch(() => undefined))?.isSymbolicLink()) {
@@ -61,10 +99,19 @@ export async function removeRuntimeFiles(paths: VmGuestPaths): Promise<void> {
     await rm(path, { force: true });
   }
   await rm(paths.pidFile, { force: true });
+  return [];
 }
 
-/** Removes the guest's runtime directory whole (its QEMU must be gone). */
-export async function removeRuntimeDir(paths: VmGuestPaths): Promise<void> {
-  await removeRuntimeFiles(paths);
+/**
+ * Removes the guest's runtime directory whole (its QEMU must be gone): nothing of it when a QEMU
+ * still listens on its sockets (`removeRuntimeFiles`), whose sockets are answered.
+ */
+export async function removeRuntimeDir(
+  paths: VmGuestPaths,
+  options: { settleMs?: number } = {},
+): Promise<string[]> {
+  const live = await removeRuntimeFiles(paths, options);
+  if (live.length > 0) return live;
   await rm(paths.runDir, { recursive: true, force: true });
+  return [];
 }
