@@ -10,7 +10,7 @@ import { CommandError } from '../../host/runner.ts';
 import { unpackZstdTar } from '../archive-unpack.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
-import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import type { BackupChainLink, FromSnapshot, GuestStorage } from '../guest-storage.ts';
 import {
   BACKUP_RECEIVED,
   BACKUP_SNAPSHOTS,
@@ -37,15 +37,31 @@ import {
 } from './ct-incremental.ts';
 import { guestDirOf } from './guest-dir.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
+import { packZstdTar } from './tar-zstd-pack.ts';
 
 /** Half-made objects carry this prefix until they are renamed into place. */
 const TMP_PREFIX = '.tmp-';
 
-/** tar flags that keep what an overlay upper layer needs: numeric owners, whiteouts, opaque-dir xattrs. */
+/**
+ * tar flags that keep what an overlay upper layer needs: numeric owners, whiteouts, opaque-dir
+ * xattrs. `--xattrs-include=*` carries POSIX ACLs as their raw `system.posix_acl_*` xattrs;
+ * `--acls` stores them once more as text, for the importers before decision 0085's ct section,
+ * which unpack with `--acls` and would otherwise reset every ACL to the file's mode.
+ */
 const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
-/** tar flags of what an archive is extracted with: owners, modes and xattrs as archived. */
-/** tar's options to unpack an archive, read uncompressed from its standard input (unpackZstdTar). */
-const TAR_EXTRACT = [...TAR_KEEP, '--same-permissions', '--same-owner'];
+/**
+ * tar's options to unpack an archive, read uncompressed from its standard input (unpackZstdTar):
+ * owners, modes and xattrs (ACLs among them) as archived. Not `--acls`: it set an ACL on every
+ * file and directory (a setxattr each, 52,000 for /usr/share), the same ACLs the xattrs carry.
+ */
+const TAR_EXTRACT = [
+  '--numeric-owner',
+  '--xattrs',
+  '--xattrs-include=*',
+  '--sparse',
+  '--same-permissions',
+  '--same-owner',
+];
 /**
  * Incremental archives (decision 48) compare directories by inode only: the
  * device number of a pool's file system may change between mounts (btrfs
@@ -317,8 +333,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async exportTar(spec, tarPath, options) {
       const from = await sourceOf(spec, options);
       const run = () =>
-        runner.run(['tar', TAR_ZSTD, ...TAR_KEEP, '-C', from, '-cf', tarPath, '.'], {
-          ...(options?.signal && { signal: options.signal }),
+        packZstdTar(runner, ['tar', ...TAR_KEEP, '-C', from, '-cf', '-', '.'], {
+          out: tarPath,
+          signal: options?.signal,
         });
       if (options?.snapshot !== undefined) await run();
       else await whileFrozen(spec, run);
@@ -389,8 +406,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
           });
         } else {
           await whileFrozen(spec, () =>
-            runner.run(['tar', TAR_ZSTD, ...TAR_KEEP, ...listed, '-cf', tarPath, '.'], {
-              ...(options?.signal && { signal: options.signal }),
+            packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
+              out: tarPath,
+              signal: options?.signal,
             }),
           );
         }
