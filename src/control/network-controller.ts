@@ -5,7 +5,8 @@ import type { Logger } from '../host/logger.ts';
 import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
 import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
-import { pickVni, tunnelEnds } from '../network/vxlan.ts';
+import { nicsByEnd, pickVni, type TunnelDefinition, tunnelEnds } from '../network/vxlan.ts';
+import { listMoveMarks, type MoveMark } from '../services/move-marks.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type MemberRecord, records, valuesOf } from '../store/records.ts';
@@ -37,8 +38,8 @@ export function networkDefinition(
   spec: NetworkSpec,
   claims: Array<{ ip: string; claim: NetworkAddressClaim }>,
   stateDir?: string,
-  /** This member's and the other members' cluster addresses (a cluster member only). */
-  ends?: { local: string; remotes: string[] },
+  /** This member's and the other members' cluster addresses and their NICs (a cluster member only). */
+  ends?: Omit<TunnelDefinition, 'vni'>,
 ): NetworkDefinition {
   const hosts: DhcpHost[] = claims.map(({ ip, claim }) => ({
     mac: claim.hwaddr,
@@ -95,6 +96,32 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     return items.map((c) => ({ key: c.key, ip: c.key.slice(prefix.length), claim: c.value }));
   }
 
+  /**
+   * Each member's NICs on a spanned network, by cluster IP (decision 0050): its guests' (their
+   * location records) and those of guests moving from or to it (their move marks).
+   */
+  async function boundNics(
+    claims: Array<{ ip: string; claim: NetworkAddressClaim }>,
+    members: Array<{ name: string; address: string }>,
+    remotes: string[],
+  ) {
+    const [locations, moves] = await Promise.all([records.guestLocation.list(store), listMoveMarks(store)]);
+    const named = new Set(claims.map((c) => c.claim.guest));
+    const where = new Map(
+      locations.items.flatMap((l) => {
+        const guest = records.guestLocation.nameOf(l.key);
+        return named.has(guest) ? [[guest, l.value] as const] : [];
+      }),
+    );
+    const byEnd = nicsByEnd({
+      claims: claims.map((c) => ({ guest: c.claim.guest, mac: c.claim.hwaddr, ip: c.ip })),
+      members,
+      locations: where,
+      moves: moves.filter((m) => named.has(m.guest)),
+    });
+    return Object.fromEntries(Object.entries(byEnd).filter(([ip]) => remotes.includes(ip)));
+  }
+
   async function reconcileOnce(name: string): Promise<void> {
     // The network's own member (its `location`) writes its status and its end; every other member
     // builds the same bridge and says how that went in a status of its own (decision 0034).
@@ -148,12 +175,18 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     const status: NetworkStatus = { status: 'Created', observedGeneration: spec.generation };
     try {
       const [claims, members] = await Promise.all([claimsOf(name), records.member.list(store)]);
-      const ends = tunnelEnds(
-        members.items.map((m) => ({ name: records.member.nameOf(m.key), address: m.value.address })),
-        hostName,
-      );
+      const memberEnds = members.items.map((m) => ({
+        name: records.member.nameOf(m.key),
+        address: m.value.address,
+      }));
+      const ends = tunnelEnds(memberEnds, hostName);
       status.dnsmasq = await backend.ensure(
-        networkDefinition(spec, claims, deps.stateDir, ends),
+        networkDefinition(
+          spec,
+          claims,
+          deps.stateDir,
+          ends && { ...ends, nics: await boundNics(claims, memberEnds, ends.remotes) },
+        ),
         previous?.dnsmasq,
       );
     } catch (e) {
@@ -344,11 +377,37 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           onDelete: () => reconcileAll(),
         },
       });
+      // Where a guest runs binds its NICs to that member on the other members' tunnel ports: a
+      // guest handed over (a move, HA) or a move begun or ended changes what each member takes.
+      const locations = createInformer<string>({
+        store,
+        prefix: keys.guestLocationPrefix,
+        decode: records.guestLocation.decode,
+        log,
+        handlers: {
+          onUpdate: (_key, next, previous) => {
+            if (next !== previous) reconcileAll();
+          },
+        },
+      });
+      const moves = createInformer<MoveMark>({
+        store,
+        prefix: keys.guestMovePrefix,
+        decode: (kv) => JSON.parse(kv.value) as MoveMark,
+        log,
+        handlers: {
+          onAdd: () => reconcileAll(),
+          onUpdate: (_key, next, previous) => {
+            if (next.from !== previous.from || next.to !== previous.to) reconcileAll();
+          },
+          onDelete: () => reconcileAll(),
+        },
+      });
       const reconcileAll = () => {
         if (starting) return;
         for (const spec of networks.values()) void reconcile(spec.name);
       };
-      informers.push(networks, claims, guests, members);
+      informers.push(networks, claims, guests, members, locations, moves);
       for (const informer of informers) await informer.start();
       // Every network has a bridge on every member; one whose record does not decode is kept too.
       const named = (await store.list(records.network.prefix)).kvs.map((kv) =>

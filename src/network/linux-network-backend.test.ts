@@ -234,7 +234,12 @@ describe('linux network backend', () => {
       return undefined;
     });
     const backend = createLinuxNetworkBackend({ runner, log, stateDir });
-    const tunnel = { vni: 7, local: '198.18.5.11', remotes: ['198.18.5.12', '198.18.5.13'] };
+    const tunnel = {
+      vni: 7,
+      local: '198.18.5.11',
+      remotes: ['198.18.5.12', '198.18.5.13'],
+      nics: { '198.18.5.12': [{ mac: '02:00:00:00:00:05', ip: '198.18.10.5' }] },
+    };
     await backend.ensure(def({ vni: 7, tunnel }), undefined);
     const cmds = runner.commands();
     assert.ok(cmds.includes(`ip link set dev tvnet0 address ${gatewayMac('tvnet0', 7)} up`));
@@ -255,6 +260,13 @@ describe('linux network backend', () => {
     assert.ok(tunnelTable && tunnelTable.at < runner.calls.findIndex((c) => c.argv.join(' ') === cmds[up]));
     assert.ok(
       scripts.some((x) => x.input.includes('udp dport 4789 ip saddr != { 198.18.5.12, 198.18.5.13 } drop')),
+    );
+    const input = scripts.find((x) => x.input.includes('table ip trivisor-tvnet0 {'))?.input ?? '';
+    assert.ok(
+      input.includes(
+        'udp dport 4789 ip saddr 198.18.5.12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+      ) && input.includes('udp dport 4789 ip saddr 198.18.5.13 @th,224,16 { 0x0800, 0x0806 } drop'),
+      input,
     );
     const started = cmds.find((c) => c.startsWith('dnsmasq '));
     assert.ok(started?.includes('--dhcp-option=option:mtu,1450'), started);

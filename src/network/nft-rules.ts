@@ -1,7 +1,7 @@
 import type { NetworkAclRule } from '../core/types.ts';
 import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
 import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
-import { vxlanInputRule } from './vxlan.ts';
+import { vxlanInputRules } from './vxlan.ts';
 
 /** nftables table of a network (family ip). */
 export const networkTable = (name: string): string => `trivisor-${name}`;
@@ -46,7 +46,7 @@ export function networkRuleset(
     body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
   }
   if (def.tunnel) {
-    body += `  chain input {\n    type filter hook input priority filter; policy accept;\n${vxlanInputRule(def.tunnel.remotes)}\n  }\n`;
+    body += `  chain input {\n    type filter hook input priority filter; policy accept;\n${vxlanInputRules(def.tunnel.remotes, def.tunnel.nics).join('\n')}\n  }\n`;
   }
   const dnat = (def.forwards ?? []).map(
     (f) =>

@@ -6,13 +6,14 @@ import {
   floodDestinations,
   gatewayMac,
   MAX_VNI,
+  nicsByEnd,
   pickVni,
   SPANNED_MSS,
   SPANNED_MTU,
   tunnelEnds,
   tunnelRuleset,
   vxlanDevice,
-  vxlanInputRule,
+  vxlanInputRules,
 } from './vxlan.ts';
 
 const MEMBERS = [
@@ -89,10 +90,66 @@ describe('VXLAN between members', () => {
 
   test('VXLAN is taken from the other members only; with none, from nobody', () => {
     assert.equal(
-      vxlanInputRule(['198.18.5.12', '198.18.5.13']),
+      vxlanInputRules(['198.18.5.12', '198.18.5.13'], {})[0],
       '    udp dport 4789 ip saddr != { 198.18.5.12, 198.18.5.13 } drop',
     );
-    assert.equal(vxlanInputRule([]), '    udp dport 4789 drop');
+    assert.deepEqual(vxlanInputRules([], {}), ['    udp dport 4789 drop']);
+  });
+
+  test("each member's VXLAN carries only the MAC and address pairs of the NICs it runs; one that runs none, no IPv4 or ARP", () => {
+    const rules = vxlanInputRules(['198.18.5.12', '198.18.5.13'], {
+      '198.18.5.12': [
+        { mac: '52:54:00:AA:BB:CC', ip: '198.18.10.5' },
+        { mac: '02:00:00:00:00:02', ip: '198.18.10.2' },
+      ],
+    });
+    assert.deepEqual(rules, [
+      '    udp dport 4789 ip saddr != { 198.18.5.12, 198.18.5.13 } drop',
+      // Inner ether type at byte 28 of the UDP payload's frame; source MAC at 22, IPv4 source at 42.
+      '    udp dport 4789 ip saddr 198.18.5.12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000002 . 0xc6120a02, 0x525400aabbcc . 0xc6120a05 } drop',
+      // ARP: sender MAC at 38, sender address at 44.
+      '    udp dport 4789 ip saddr 198.18.5.12 @th,224,16 0x0806 @th,304,48 . @th,352,32 != { 0x020000000002 . 0xc6120a02, 0x525400aabbcc . 0xc6120a05 } drop',
+      '    udp dport 4789 ip saddr 198.18.5.13 @th,224,16 { 0x0800, 0x0806 } drop',
+    ]);
+  });
+
+  test("a NIC is bound to its guest's member, and to both ends while its guest moves", () => {
+    const claims = [
+      { guest: 'a', mac: '02:00:00:00:00:0A', ip: '198.18.10.10' },
+      { guest: 'b', mac: '02:00:00:00:00:0b', ip: '198.18.10.11' },
+      { guest: 'c', mac: '02:00:00:00:00:0c', ip: '198.18.10.12' },
+      { guest: 'lost', mac: '02:00:00:00:00:0d', ip: '198.18.10.13' },
+    ];
+    const locations = new Map([
+      ['a', 'm1'],
+      ['b', 'm2'],
+      ['c', 'm2'],
+      ['lost', 'gone'],
+    ]);
+    assert.deepEqual(nicsByEnd({ claims, members: MEMBERS, locations, moves: [] }), {
+      '198.18.5.11': [{ mac: '02:00:00:00:00:0a', ip: '198.18.10.10' }],
+      '198.18.5.12': [
+        { mac: '02:00:00:00:00:0b', ip: '198.18.10.11' },
+        { mac: '02:00:00:00:00:0c', ip: '198.18.10.12' },
+      ],
+    });
+    // c moves from m2 to m3: its pair is taken from both until its move's mark goes.
+    const moving = nicsByEnd({
+      claims,
+      members: MEMBERS,
+      locations,
+      moves: [{ guest: 'c', from: 'm2', to: 'm3' }],
+    });
+    assert.deepEqual(moving['198.18.5.13'], [{ mac: '02:00:00:00:00:0c', ip: '198.18.10.12' }]);
+    assert.equal(moving['198.18.5.12']?.length, 2);
+    // Handed over (location m3) and the mark still there: still both.
+    const handed = nicsByEnd({
+      claims,
+      members: MEMBERS,
+      locations: new Map([...locations, ['c', 'm3']]),
+      moves: [{ guest: 'c', from: 'm2', to: 'm3' }],
+    });
+    assert.deepEqual(handed, moving);
   });
 
   test('the tunnel port: claimed MAC and address pairs only, nothing of the gateway or DHCP crosses, the host neither sends nor takes, MSS clamped', () => {

@@ -23,6 +23,18 @@ export interface TunnelDefinition {
   local: string;
   /** The other members' cluster addresses: one FDB entry each (head-end replication, no multicast). */
   remotes: string[];
+  /**
+   * The NICs each other member may send over the tunnel, by its cluster address: those of the
+   * guests it runs, and of a guest moving from or to it (decision 0050). A remote missing here
+   * runs none: no IPv4 or ARP from it is taken.
+   */
+  nics: Record<string, NicPair[]>;
+}
+
+/** A NIC's MAC and IPv4 address, as bound to the member that runs its guest. */
+export interface NicPair {
+  mac: string;
+  ip: string;
 }
 
 /** The VXLAN device of a network: `vx` and 10 hex of state dir and network (at most 15 characters). */
@@ -62,6 +74,56 @@ export function tunnelEnds(
     .filter((ip) => ip !== local)
     .sort();
   return { local, remotes };
+}
+
+/**
+ * The NICs each member may send over the tunnel, by cluster IP (decision 0050): a claimed
+ * address's NIC is bound to the member its guest's location names and, while the guest moves
+ * (its move's mark, written before the migration), to both ends of the move, so that a live
+ * move's hand-over does not leave the other members dropping the guest's frames until they have
+ * seen it. A claim whose guest has no location (none recorded yet) is bound to no member.
+ */
+export function nicsByEnd(opts: {
+  claims: ReadonlyArray<{ guest: string; mac: string; ip: string }>;
+  members: ReadonlyArray<{ name: string; address: string }>;
+  /** Guest name → the member that holds it. */
+  locations: ReadonlyMap<string, string>;
+  /** Moves under way or left unfinished. */
+  moves: ReadonlyArray<{ guest: string; from: string; to: string }>;
+}): Record<string, NicPair[]> {
+  const ipOf = new Map(opts.members.map((m) => [m.name, addressHost(m.address)]));
+  const ends = new Map<string, Set<string>>();
+  const add = (guest: string, member: string | undefined) => {
+    if (member === undefined) return;
+    const set = ends.get(guest) ?? new Set<string>();
+    set.add(member);
+    ends.set(guest, set);
+  };
+  for (const [guest, member] of opts.locations) add(guest, member);
+  for (const m of opts.moves) {
+    add(m.guest, m.from);
+    add(m.guest, m.to);
+  }
+  const out: Record<string, Set<string>> = {};
+  for (const c of opts.claims) {
+    for (const member of ends.get(c.guest) ?? []) {
+      const ip = ipOf.get(member);
+      if (ip === undefined) continue;
+      out[ip] ??= new Set();
+      out[ip].add(`${c.mac.toLowerCase()}\0${c.ip}`);
+    }
+  }
+  return Object.fromEntries(
+    Object.entries(out)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([ip, pairs]) => [
+        ip,
+        [...pairs].sort().map((p) => {
+          const [mac = '', addr = ''] = p.split('\0');
+          return { mac, ip: addr };
+        }),
+      ]),
+  );
 }
 
 /** The all-zero FDB entries (`bridge fdb … 00:00:00:00:00:00 dst IP`) to add and to delete. */
@@ -140,12 +202,53 @@ export function deleteTunnelRuleset(network: string): string {
   return `add table bridge ${tunnelTable(network)}\ndelete table bridge ${tunnelTable(network)}\n`;
 }
 
+/** A MAC as the 48-bit integer nft compares a raw payload field with (`0x525400aabbcc`). */
+const macHex = (mac: string): string => `0x${mac.toLowerCase().replaceAll(':', '')}`;
+/** An IPv4 address as a 32-bit hex integer (`0xc6120005`). */
+const ipHex = (ip: string): string =>
+  `0x${ip
+    .split('.')
+    .map((o) => Number(o).toString(16).padStart(2, '0'))
+    .join('')}`;
+
 /**
- * The input rule of a network's ip table: VXLAN is accepted from the other members' cluster
- * addresses only (it is unauthenticated: anyone else could inject frames onto the bridge).
+ * Offsets in bits from the UDP header of a VXLAN packet (UDP 8 bytes, VXLAN 8, then the inner
+ * Ethernet frame): the inner ether type (byte 28), source MAC (22), IPv4 source (42), ARP's
+ * sender MAC (38) and sender address (44). Raw payload matches: the ip family's hook sees the
+ * packet before the VXLAN device decapsulates it, and so still knows which member sent it.
  */
-export function vxlanInputRule(remotes: readonly string[]): string {
-  return remotes.length === 0
-    ? `    udp dport ${VXLAN_PORT} drop`
-    : `    udp dport ${VXLAN_PORT} ip saddr != { ${remotes.join(', ')} } drop`;
+const INNER = {
+  etherType: '@th,224,16',
+  ipPair: '@th,176,48 . @th,336,32',
+  arpPair: '@th,304,48 . @th,352,32',
+};
+
+/**
+ * The input rules of a network's ip table. VXLAN is accepted from the other members' cluster
+ * addresses only (it is unauthenticated: anyone else could inject frames onto the bridge), and
+ * from each member R only IPv4 and ARP whose inner (source MAC, source address) is a NIC of a
+ * guest R runs or that moves from or to R (`nics`): a member cannot bring onto this bridge the
+ * MAC or address of a NIC another member runs (decision 0050). Other ether types are dropped at
+ * the VXLAN port (the tunnel's bridge table).
+ */
+export function vxlanInputRules(
+  remotes: readonly string[],
+  nics: Readonly<Record<string, NicPair[]>>,
+): string[] {
+  if (remotes.length === 0) return [`    udp dport ${VXLAN_PORT} drop`];
+  const rules = [`    udp dport ${VXLAN_PORT} ip saddr != { ${remotes.join(', ')} } drop`];
+  for (const remote of remotes) {
+    const from = `    udp dport ${VXLAN_PORT} ip saddr ${remote} ${INNER.etherType}`;
+    const pairs = [...new Set((nics[remote] ?? []).map((n) => `${macHex(n.mac)} . ${ipHex(n.ip)}`))].sort();
+    if (pairs.length === 0) {
+      rules.push(`${from} { 0x0800, 0x0806 } drop`);
+      continue;
+    }
+    const set = `{ ${pairs.join(', ')} }`;
+    rules.push(
+      `${from} 0x0800 ${INNER.ipPair} != ${set} drop`,
+      `${from} 0x0806 ${INNER.arpPair} != ${set} drop`,
+    );
+  }
+  return rules;
 }

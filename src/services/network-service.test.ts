@@ -571,7 +571,7 @@ describe('network service and controller', () => {
     const tunnel = () => backend.bridges.get('net1')?.tunnel;
     for (let i = 0; i < 100 && tunnel()?.remotes.length !== 1; i++)
       await new Promise((r) => setTimeout(r, 20));
-    assert.deepEqual(tunnel(), { vni: 1, local: '198.18.5.11', remotes: ['198.18.5.12'] });
+    assert.deepEqual(tunnel(), { vni: 1, local: '198.18.5.11', remotes: ['198.18.5.12'], nics: {} });
     await store.txn({ compare: [], success: [member('h3', '198.18.5.13')] });
     for (let i = 0; i < 100 && tunnel()?.remotes.length !== 2; i++)
       await new Promise((r) => setTimeout(r, 20));
@@ -580,5 +580,42 @@ describe('network service and controller', () => {
     for (let i = 0; i < 100 && tunnel()?.remotes.length !== 1; i++)
       await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(tunnel()?.remotes, ['198.18.5.13']);
+  });
+
+  test("each other member's tunnel takes the NICs of the guests it runs, and of a guest moving from or to it; a hand-over and a move's end change it", async () => {
+    await networks.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+    await store.txn({
+      compare: [],
+      success: [member('h1', '198.18.5.11'), member('h2', '198.18.5.12'), member('h3', '198.18.5.13')],
+    });
+    const a = await guestWith('a', 'net1');
+    const b = await guestWith('b', 'net1');
+    const pairOf = (c: typeof a) => {
+      const d = c.devices.eth0 as { hwaddr?: string; 'ipv4.address'?: string };
+      return { mac: String(d.hwaddr).toLowerCase(), ip: String(d['ipv4.address']) };
+    };
+    await store.put(keys.guestLocation('a'), 'h1');
+    await store.put(keys.guestLocation('b'), 'h2');
+    const nics = () => backend.bridges.get('net1')?.tunnel?.nics;
+    const until = async (what: string, ok: () => boolean) => {
+      for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(ok(), `${what}: ${JSON.stringify(nics())}`);
+    };
+    // A location's first write comes with the claims (a create's transaction); here a reconcile shows it.
+    await controller.reconcile('net1');
+    assert.deepEqual(nics(), { '198.18.5.12': [pairOf(b)] }, "h1's own guest is not a remote's");
+    // b begins a move to h3: its mark binds it to both ends before its hand-over.
+    const mark = { guest: 'b', from: 'h2', to: 'h3', reason: 'test', startedAt: new Date(0).toISOString() };
+    await store.put(keys.guestMove('b'), JSON.stringify(mark));
+    await until('both ends while moving', () => nics()?.['198.18.5.13']?.[0]?.ip === pairOf(b).ip);
+    assert.deepEqual(nics()?.['198.18.5.12'], [pairOf(b)]);
+    // Handed over, then the mark goes: only h3.
+    await store.put(keys.guestLocation('b'), 'h3');
+    await store.delete(keys.guestMove('b'));
+    await until('the destination only once the move ended', () => nics()?.['198.18.5.12'] === undefined);
+    assert.deepEqual(nics(), { '198.18.5.13': [pairOf(b)] });
+    // a handed to h2 (HA, say) without a mark: the flip alone rebinds it.
+    await store.put(keys.guestLocation('a'), 'h2');
+    await until('a location change', () => nics()?.['198.18.5.12']?.[0]?.ip === pairOf(a).ip);
   });
 });

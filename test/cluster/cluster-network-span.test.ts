@@ -39,6 +39,49 @@ const ACROSS: Array<[Name, Name]> = [
   ['sd', 'sc'],
 ];
 
+/**
+ * Sends three ICMP echo requests inside VXLAN (RFC 7348) from a member's cluster address, as a
+ * member whose port filters are gone or who lies would: argv LOCAL REMOTE VNI SRC_MAC SRC_IP
+ * DST_MAC DST_IP. A UDP socket, no VXLAN device (the member's own holds the VNI and port).
+ */
+const CRAFT_VXLAN = `
+const dgram = require('node:dgram');
+const [local, remote, vni, smac, sip, dmac, dip] = process.argv.slice(2);
+const mac = (m) => Buffer.from(m.replaceAll(':', ''), 'hex');
+const ip = (a) => Buffer.from(a.split('.').map(Number));
+const sum = (b) => {
+  let s = 0;
+  for (let i = 0; i < b.length; i += 2) s += (b[i] << 8) + (b[i + 1] ?? 0);
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return ~s & 0xffff;
+};
+const sock = dgram.createSocket('udp4');
+sock.bind({ address: local }, async () => {
+  for (let seq = 1; seq <= 3; seq++) {
+    const icmp = Buffer.alloc(16);
+    icmp.writeUInt8(8, 0);
+    icmp.writeUInt16BE(0x7e57, 4);
+    icmp.writeUInt16BE(seq, 6);
+    icmp.writeUInt16BE(sum(icmp), 2);
+    const ip4 = Buffer.alloc(20);
+    ip4.writeUInt8(0x45, 0);
+    ip4.writeUInt16BE(20 + icmp.length, 2);
+    ip4.writeUInt8(64, 8);
+    ip4.writeUInt8(1, 9);
+    ip(sip).copy(ip4, 12);
+    ip(dip).copy(ip4, 16);
+    ip4.writeUInt16BE(sum(ip4), 10);
+    const vx = Buffer.alloc(8);
+    vx.writeUInt8(0x08, 0);
+    vx.writeUIntBE(Number(vni), 4, 3);
+    const frame = Buffer.concat([vx, mac(dmac), mac(smac), Buffer.from([0x08, 0x00]), ip4, icmp]);
+    await new Promise((ok, fail) => sock.send(frame, 4789, remote, (e) => (e ? fail(e) : ok())));
+    await new Promise((ok) => setTimeout(ok, 200));
+  }
+  sock.close();
+});
+`;
+
 let cluster: TestCluster;
 
 before(async () => {
@@ -430,6 +473,29 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       () => sh('sc', `ping -c1 -W2 ${sd['ipv4.address']}`).code === 0,
       30_000,
     );
+  });
+
+  test("m1's VXLAN carries only the NICs m1 runs into m2: a crafted frame as m2's guest sp is dropped at m2's input, as m1's guest sc it arrives", async () => {
+    const vni = vxlanOf(m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
+    assert.ok(vni);
+    const sd = nicOf('sd');
+    /** Sends three echo requests to sd from m1's cluster address, VXLAN-encapsulated, as `as`. */
+    const craftedFrom = async (as: Nic) => {
+      const before = echos();
+      const r = cluster.inNetns(
+        m1.netns,
+        [process.execPath, '-', m1.ip, m2.ip, String(vni), as.hwaddr ?? '', as['ipv4.address'] ?? ''].concat([
+          sd.hwaddr ?? '',
+          sd['ipv4.address'] ?? '',
+        ]),
+        CRAFT_VXLAN,
+      );
+      assert.equal(r.code, 0, r.stderr);
+      await sleep(500);
+      return echos() - before;
+    };
+    assert.equal(await craftedFrom(nicOf('sp')), 0, "m1 brought m2's guest sp's MAC and address onto m2");
+    assert.equal(await craftedFrom(nicOf('sc')), 3, "m1's own guest sc's frames did not arrive");
   });
 
   test('a guest moved cold to the other member keeps its MAC and address and is reached there by address and name', async () => {
