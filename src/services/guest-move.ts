@@ -442,7 +442,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       );
       return;
     }
-    await clearMoveMark(store, mark.guest);
+    await clearMoveMark(store, mark.guest, mark);
   }
 
   /**
@@ -470,7 +470,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     };
     const done = async (outcome: string) => {
       await dropBackup();
-      await clearMoveMark(store, name);
+      await clearMoveMark(store, name, mark);
       log.info({ ...at, outcome }, 'an unfinished move was resumed');
       return { outcome };
     };
@@ -554,7 +554,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         { ...at, backup: mark.backup },
         "HA decided about the guest since its hand-over: this member's copy and the archive are kept",
       );
-      await clearMoveMark(store, name);
+      await clearMoveMark(store, name, mark);
       return { outcome: 'left to HA' };
     };
     /** Nobody changed the spec since the hand-over (the destination's copy has not run). */
@@ -566,7 +566,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           { ...at, backup: mark.backup },
           "the guest was changed on the destination before its archive arrived: this member's copy and the archive are kept",
         );
-        await clearMoveMark(store, name);
+        await clearMoveMark(store, name, mark);
         return { outcome: 'kept both copies' };
       }
       const decided = await leftToHa();

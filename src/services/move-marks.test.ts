@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { keys } from '../core/keys.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { markMove, marksOfMemberDeleteOps, moveMarkOf } from './move-marks.ts';
+import { clearMoveMark, markMove, marksOfMemberDeleteOps, moveMarkOf, saveMoveMark } from './move-marks.ts';
 
 const mark = (guest: string, from: string) => ({
   guest,
@@ -26,4 +26,26 @@ test("a removed member's unfinished moves are dropped with it, and another membe
   // A guest can be moved again once its mark is gone; a marked one cannot.
   await markMove(store, mark('a', 'h1'), []);
   await assert.rejects(markMove(store, mark('c', 'h1'), []), /being moved to h9 already/);
+});
+
+test("a move's late clean-up ends its own mark only, never the guest's next move's", async () => {
+  const store = createMemoryStore();
+  const first = mark('g', 'h1');
+  const release = await markMove(store, first, []);
+  // The same move's mark, a step further (its phase saved), is still its own to end.
+  await saveMoveMark(store, { ...first, phase: 'handed-over' });
+  await release();
+  assert.equal(await moveMarkOf(store, 'g'), undefined);
+  // The guest moved back at once: the next move (from h9) is marked before the first one's
+  // source, late, cleans up: its mark stays, and its own release ends it.
+  await markMove(store, first, []);
+  await clearMoveMark(store, 'g', first);
+  const next = { ...mark('g', 'h9'), to: 'h1', startedAt: '2026-12-06T03:00:05Z' };
+  const releaseNext = await markMove(store, next, []);
+  await clearMoveMark(store, 'g', first);
+  assert.deepEqual(await moveMarkOf(store, 'g'), next);
+  await release();
+  assert.deepEqual(await moveMarkOf(store, 'g'), next);
+  await releaseNext();
+  assert.equal(await moveMarkOf(store, 'g'), undefined);
 });

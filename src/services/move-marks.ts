@@ -100,9 +100,34 @@ export async function saveMoveMark(store: KvStore, mark: MoveMark): Promise<void
   await store.put(keys.guestMove(mark.guest), JSON.stringify(mark));
 }
 
-/** Removes guest `guest`'s mark: its move has ended. Never throws (a mark left is finished at the next start). */
-export async function clearMoveMark(store: KvStore, guest: string): Promise<void> {
-  await store.delete(keys.guestMove(guest)).catch(() => {});
+/**
+ * Removes guest `guest`'s mark: its move has ended; with `of`, only while the mark is still that
+ * move's (same source, destination and start). Never throws (a mark left is finished at the next start).
+ */
+export async function clearMoveMark(store: KvStore, guest: string, of?: MoveMark): Promise<void> {
+  const key = keys.guestMove(guest);
+  if (!of) {
+    await store.delete(key).catch(() => {});
+    return;
+  }
+  // Only the mark of move `of`: a clean-up that runs late (the source's, after its hand-over) must
+  // not end the mark of the guest's next move, which another member may have begun since. The
+  // same move's mark may change phase meanwhile: read again then.
+  try {
+    for (let tries = 0; tries < 5; tries++) {
+      const kv = await store.get(key);
+      if (!kv) return;
+      const now = JSON.parse(kv.value) as MoveMark;
+      if (now.startedAt !== of.startedAt || now.from !== of.from || now.to !== of.to) return;
+      const r = await store.txn({
+        compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+        success: [{ type: 'delete', key }],
+      });
+      if (r.succeeded) return;
+    }
+  } catch {
+    // Never throws: a mark left is finished at the next start.
+  }
 }
 
 /**
@@ -115,7 +140,7 @@ export async function markMove(
   mark: MoveMark,
   guard: Compare[],
 ): Promise<() => Promise<void>> {
-  const release = () => clearMoveMark(store, mark.guest);
+  const release = () => clearMoveMark(store, mark.guest, mark);
   const r = await store.txn({ compare: [noMoveOf(mark.guest), ...guard], success: [moveMarkOp(mark)] });
   if (!r.succeeded) {
     const other = await moveMarkOf(store, mark.guest);

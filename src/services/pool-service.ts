@@ -317,12 +317,24 @@ export function createPoolService(deps: {
 
   /** Guests on a shared pool coming here by a live move: linked, not yet handed over (decision 0061). */
   const incoming = new Set<string>();
+  /** How many times linkIncoming linked each guest here: a release compares it before and after. */
+  const linkEpochs = new Map<string, number>();
+  const linkEpochOf = (name: string) => linkEpochs.get(name) ?? 0;
 
   /** Drops this member's link and id range claim of a guest on a shared pool (its files stay). */
-  async function dropShared(name: string): Promise<void> {
-    incoming.delete(name);
+  async function dropShared(name: string, since?: { epoch: number; target: string }): Promise<void> {
+    // A release (`since`) never ends an incoming move: one begun after its check is not its to end.
+    if (!since) incoming.delete(name);
     const link = join(deps.stateDir, 'guests', name);
     if ((await lstat(link).catch(() => undefined))?.isSymbolicLink()) await unlink(link).catch(() => {});
+    if (since && linkEpochOf(name) !== since.epoch) {
+      // A live move into this member linked the guest while the release read and unlinked: its
+      // QEMU needs the link (its own symlink may have met the old one and kept it): put it back.
+      await symlink(since.target, link).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EEXIST') throw e;
+      });
+      return;
+    }
     // A ct guest's id range claim here (src/drivers/ct/id-ranges.ts: idmap/SLOT -> NAME); its
     // idmap.json stays with its files, and the member it runs on claims a range of its own.
     const claimsDir = join(deps.stateDir, 'idmap');
@@ -807,6 +819,7 @@ export function createPoolService(deps: {
         }
       }
       incoming.add(spec.name);
+      linkEpochs.set(spec.name, linkEpochOf(spec.name) + 1);
       await mkdir(guestsDir, { recursive: true, mode: 0o711 });
       const link = join(guestsDir, spec.name);
       await symlink(path, link).catch((e: NodeJS.ErrnoException) => {
@@ -838,6 +851,9 @@ export function createPoolService(deps: {
     async releaseShared(name) {
       // Coming here by a live move: the records still name the source until the hand-over.
       if (incoming.has(name)) return;
+      // A live move into this member may begin while this reads (a guest moved away and straight
+      // back): linkIncoming counts its links, and a release that saw none drops nothing of it.
+      const epoch = linkEpochOf(name);
       const link = join(deps.stateDir, 'guests', name);
       if (!(await lstat(link).catch(() => undefined))?.isSymbolicLink()) return;
       const spec = (await records.guest.at(name).get(store))?.value;
@@ -846,8 +862,10 @@ export function createPoolService(deps: {
       const shared = valuesOf(await records.pool.list(store)).some(
         (p) => p.shared && target !== undefined && dirname(target) === join(p.config.source ?? '', 'guests'),
       );
-      if (!shared) return;
-      await dropShared(name);
+      if (!shared || target === undefined) return;
+      if (incoming.has(name) || linkEpochOf(name) !== epoch) return;
+      await dropShared(name, { epoch, target });
+      if (linkEpochOf(name) !== epoch) return;
       deps.log.info(
         { guest: name, location: spec?.location },
         "dropped the link of a shared pool's guest that runs elsewhere",

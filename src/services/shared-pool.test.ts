@@ -67,9 +67,9 @@ describe('shared storage pools', () => {
   const controllers: PoolController[] = [];
   const stateDirs = { h1: '', h2: '' };
   let shared: string;
-  const service = (h: 'h1' | 'h2', cluster = true): PoolService =>
+  const service = (h: 'h1' | 'h2', cluster = true, kv: KvStore = store): PoolService =>
     createPoolService({
-      store,
+      store: kv,
       drivers: createPoolDrivers({ runner: hostRunner(), stateDir: stateDirs[h] }),
       log: silentLogger(),
       stateDir: stateDirs[h],
@@ -281,6 +281,77 @@ describe('shared storage pools', () => {
     await service('h2').releaseShared('own');
     assert.ok(await exists(path.join(stateDirs.h2, 'guests', 'own')));
     await rm(path.join(stateDirs.h2, 'guests', 'own'), { recursive: true });
+  });
+
+  test('a release still reading when a live move links the guest back here keeps the link (moved away and straight back)', async () => {
+    // The guest ran on h2, moved live to h1 (h2's link left for its release), and a move back to
+    // h2 begins while h2's guest controller is still releasing it: its QEMU needs that link.
+    const dir = path.join(shared, 'guests', 'back');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'uid'), '');
+    await records.guestPool
+      .at('back')
+      .put(store, { pool: 'nfs', path: dir, limitBytes: null, location: 'h2' });
+    const spec: GuestSpec = {
+      name: 'back',
+      project: 'default',
+      model: 'vm',
+      image: image.fingerprint,
+      imageAlias: 'busybox',
+      config: {},
+      desired: 'Running',
+      generation: 1,
+      restartRequest: 0,
+      stopTimeoutMs: 1000,
+      stopForce: false,
+      deleting: false,
+      location: 'h1',
+      createdAt: new Date(0).toISOString(),
+    };
+    await records.guest.at('back').put(store, spec);
+    const link = path.join(stateDirs.h2, 'guests', 'back');
+    await symlink(dir, link);
+    // The release's read of the pools waits until the move back has linked the guest.
+    let reached!: () => void;
+    const atPools = new Promise<void>((r) => {
+      reached = r;
+    });
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const gated = new Proxy(store, {
+      get(target, key) {
+        if (key === 'list') {
+          return async (prefix: string, options?: Parameters<KvStore['list']>[1]) => {
+            if (prefix === records.pool.prefix) {
+              reached();
+              await gate;
+            }
+            return target.list(prefix, options);
+          };
+        }
+        const v = Reflect.get(target, key);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const h2 = service('h2', true, gated);
+    const released = h2.releaseShared('back');
+    await atPools;
+    assert.equal(await h2.linkIncoming(spec), true);
+    open();
+    await released;
+    assert.equal(await readlink(link), dir, 'the move back keeps its link');
+    // Once the move is over (here: given up), a release drops it as before.
+    await h2.dropShared('back');
+    assert.equal(await exists(link), false);
+    await symlink(dir, link);
+    await h2.releaseShared('back');
+    assert.equal(await exists(link), false);
+    assert.ok(await exists(dir));
+    await rm(dir, { recursive: true });
+    await store.delete(records.guest.key('back'));
+    await store.delete(records.guestPool.key('back'));
   });
 
   test('a pvm guest adopted where another guest has its host uid gets a free one, and its files follow', async () => {
