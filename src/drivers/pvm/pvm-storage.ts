@@ -11,7 +11,6 @@ import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
 import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
-import { unpackDiskMember } from './pvm-disk-unpack.ts';
 import {
   applyBlocks,
   type BlockList,
@@ -378,10 +377,9 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       await mkdir(work, { mode: 0o700 });
       try {
         const started = performance.now();
-        const flat = join(work, ARCHIVE_DISK);
-        // Written sparse in large writes by the daemon itself, not by tar -x (pvm-disk-unpack.ts).
-        await unpackDiskMember(runner, tarPath, { name: ARCHIVE_DISK, target: flat, signal });
+        await unpack(tarPath, work, [ARCHIVE_DISK], signal);
         const unpacked = performance.now();
+        const flat = join(work, ARCHIVE_DISK);
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
           throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
