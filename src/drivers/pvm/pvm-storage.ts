@@ -6,7 +6,7 @@ import type { GuestSpec, ProcessIdentity } from '../../core/types.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
-import { unpackZstdTar } from '../archive-unpack.ts';
+import { TAR_PIPE_RECORD_ARGS, unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
@@ -249,7 +249,8 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
     const unpacked = await unpackZstdTar(
       runner,
       tarPath,
-      ['tar', '-C', work, '-xf', '-', ...members],
+      // 1 MiB records read from the pipe (h1's measurement: half the system time of 10 KiB ones).
+      ['tar', ...TAR_PIPE_RECORD_ARGS, '-C', work, '-xf', '-', ...members],
       signal,
     );
     if (unpacked.code !== 0) {
