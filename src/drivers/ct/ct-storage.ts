@@ -7,7 +7,7 @@ import { isMountPoint } from '../../host/mounts.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { CommandError } from '../../host/runner.ts';
-import { TAR_PIPE_RECORD_ARGS, unpackZstdTar } from '../archive-unpack.ts';
+import { unpackZstdTar } from '../archive-unpack.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import type { BackupChainLink, FromSnapshot, GuestStorage } from '../guest-storage.ts';
@@ -37,7 +37,7 @@ import {
 } from './ct-incremental.ts';
 import { guestDirOf } from './guest-dir.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
-import { packZstdTar, TAR_PACK_RECORD_ARGS } from './tar-zstd-pack.ts';
+import { packZstdTar } from './tar-zstd-pack.ts';
 
 /** Half-made objects carry this prefix until they are renamed into place. */
 const TMP_PREFIX = '.tmp-';
@@ -51,12 +51,15 @@ const TMP_PREFIX = '.tmp-';
 const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
 /**
  * tar's options to unpack an archive, read uncompressed from its standard input (unpackZstdTar):
- * owners, modes and xattrs (ACLs among them) as archived, the pipe read in 1 MiB records. Not
- * `--acls`: it set an ACL on every file and directory (a setxattr each, 52,000 for /usr/share),
- * the same ACLs the xattrs carry.
+ * owners, modes and xattrs (ACLs among them) as archived. Not `--acls`: it set an ACL on every
+ * file and directory (a setxattr each, 52,000 for /usr/share), the same ACLs the xattrs carry.
+ * Not `TAR_PIPE_RECORD_ARGS` (1 MiB records): unpacking the benchmark's tree of 56,000 files
+ * onto this machine's ext4 took more system time with them in four pairs out of four (decision
+ * 0085, ct section), though less on a tmpfs. The export keeps tar's 10 KiB records too: an
+ * archive padded to a 1 MiB record is left partly unread by a tar that reads 10 KiB records
+ * (every import before this one), and its zstd then fails writing into the closed pipe.
  */
 const TAR_EXTRACT = [
-  ...TAR_PIPE_RECORD_ARGS,
   '--numeric-owner',
   '--xattrs',
   '--xattrs-include=*',
@@ -335,7 +338,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async exportTar(spec, tarPath, options) {
       const from = await sourceOf(spec, options);
       const run = () =>
-        packZstdTar(runner, ['tar', ...TAR_PACK_RECORD_ARGS, ...TAR_KEEP, '-C', from, '-cf', '-', '.'], {
+        packZstdTar(runner, ['tar', ...TAR_KEEP, '-C', from, '-cf', '-', '.'], {
           out: tarPath,
           signal: options?.signal,
         });
@@ -408,7 +411,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
           });
         } else {
           await whileFrozen(spec, () =>
-            packZstdTar(runner, ['tar', ...TAR_PACK_RECORD_ARGS, ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
+            packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
               out: tarPath,
               signal: options?.signal,
             }),

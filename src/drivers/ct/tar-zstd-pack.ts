@@ -1,14 +1,6 @@
 import { open } from 'node:fs/promises';
 import { CommandError, childEnded, type ProcessRunner } from '../../host/runner.ts';
 
-/**
- * tar options for `tarArgv` that write the pipe in 1 MiB records instead of 10 KiB: reads of the
- * files' data and writes into the pipe fall from 123,685 and 85,743 to under 52,000 and about
- * 800 for /usr/share (strace -c). The archive ends padded to a whole record with zeros, which
- * zstd shrinks to nothing; a reader's record size does not matter (decision 0085, ct section).
- */
-export const TAR_PACK_RECORD_ARGS: readonly string[] = ['-b', '2048'];
-
 /** zstd on every core, its output the archive (decision 0085, ct section). */
 const ZSTD_ARGV = ['zstd', '-T0', '-q', '-c'];
 
