@@ -19,7 +19,7 @@
 // again on a shared dir pool both members see; by hand, the destination's QEMU opens the source's
 // very qcow2 and waits with `late-block-activate`, no NBD export, no mirror. The quick variant
 // moves the shared guest idle only.
-// Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256]
+// Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256] [disks=local,shared]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
@@ -46,6 +46,8 @@ import { percentile, QUICK, rawQemuArgv, rawQemuFailure, startRawQemu, writeResu
 
 const rounds = Number(process.argv[2] ?? (QUICK ? 1 : 3));
 const memMiB = Number(process.argv[3] ?? 256);
+/** Which disks to move with (`local,shared` by default); one alone to look into a failure. */
+const disks = (process.argv[4] ?? 'local,shared').split(',');
 /** Random bytes the busy guest copies over and over (quick mode: a check that it runs, on a small guest). */
 const DIRTY_MIB = QUICK ? 8 : 32;
 const DOWNTIME_LIMIT_MS = 300;
@@ -488,7 +490,7 @@ try {
     }
     m1.daemon.ok(['delete', '--force', NAME]);
   };
-  await moveRounds('local', launch([]));
+  if (disks.includes('local')) await moveRounds('local', launch([]));
   // The shared pool: a directory both members see (QEMU's uid walks through it, as a state dir).
   const nfs = path.join(shared, 'nfs');
   mkdirSync(nfs, { mode: 0o711 });
@@ -501,6 +503,14 @@ try {
   for (const h of cluster.hosts) {
     const log = path.join(h.daemon.stateDir, 'daemon.log');
     if (existsSync(log)) copyFileSync(log, path.join(kept, `${h.name}-daemon.log`));
+    // The guest's QEMU output and console on each member, if it runs or ran there.
+    const runDir = path.join(h.daemon.stateDir, 'run', 'vm', NAME);
+    for (const [from, to] of [
+      [path.join(runDir, 'qemu.log'), 'qemu.log'],
+      [path.join(h.daemon.stateDir, 'guests', NAME, 'console.log'), 'console.log'],
+    ] as const) {
+      if (existsSync(from)) copyFileSync(from, path.join(kept, `${h.name}-${to}`));
+    }
   }
   process.stderr.write(`the members' logs are kept in ${kept}\n`);
   throw e;
