@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
-import { BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
+import { aGuestSpec, BUSYBOX_IMAGE } from '../../test/fakes/guest-records.ts';
 import { createPoolController, type PoolController } from '../control/pool-controller.ts';
 import { haEnabled, haPriority, validateConfig } from '../core/config-keys.ts';
 import { isErrorCode, TrivisorError } from '../core/errors.ts';
@@ -292,22 +292,7 @@ describe('shared storage pools', () => {
     await records.guestPool
       .at('back')
       .put(store, { pool: 'nfs', path: dir, limitBytes: null, location: 'h2' });
-    const spec: GuestSpec = {
-      name: 'back',
-      project: 'default',
-      model: 'vm',
-      image: image.fingerprint,
-      imageAlias: 'busybox',
-      config: {},
-      desired: 'Running',
-      generation: 1,
-      restartRequest: 0,
-      stopTimeoutMs: 1000,
-      stopForce: false,
-      deleting: false,
-      location: 'h1',
-      createdAt: new Date(0).toISOString(),
-    };
+    const spec = aGuestSpec({ name: 'back', model: 'vm', image: image.fingerprint });
     await records.guest.at('back').put(store, spec);
     const link = path.join(stateDirs.h2, 'guests', 'back');
     await symlink(dir, link);
