@@ -1,5 +1,6 @@
 import { type FileHandle, open, stat } from 'node:fs/promises';
-import { childEnded, type ProcessRunner } from '../../host/runner.ts';
+import type { ProcessRunner } from '../../host/runner.ts';
+import { writeThroughZstd } from '../zstd-writer.ts';
 import { gnuSparseHeaders, type SparseRegion, storedBytes } from './gnu-sparse-tar.ts';
 import { cowLayoutOf, forEachSectorRun, readUmlCowHeader } from './uml-cow.ts';
 
@@ -233,21 +234,8 @@ export async function writeDiskArchive(
   options: { tarPath: string; name: string; signal?: AbortSignal | undefined; observe?: DiskObserver },
 ): Promise<DiskArchiveStats> {
   const { signal } = options;
-  signal?.throwIfAborted();
-  const out = await open(options.tarPath, 'w', 0o600);
-  const zstd = runner.spawn(['zstd', '-T0', '-q', '-c'], { stdio: ['pipe', out.fd, 'pipe'] });
-  await out.close();
-  const exited = childEnded(zstd);
-  const stdin = zstd.stdin;
-  if (!stdin) throw new Error('zstd has no stdin');
-  stdin.on('error', () => {});
-  const write = (chunk: Buffer) =>
-    new Promise<void>((resolve, reject) => {
-      stdin.write(chunk, (e) => (e ? reject(e) : resolve()));
-    });
-  const onAbort = () => zstd.kill('SIGKILL');
-  signal?.addEventListener('abort', onAbort, { once: true });
-  try {
+  let stats: DiskArchiveStats | undefined;
+  await writeThroughZstd(runner, options.tarPath, signal, async (write) => {
     const headers = gnuSparseHeaders(options.name, {
       realSize: plan.sizeBytes,
       regions: plan.regions,
@@ -263,17 +251,7 @@ export async function writeDiskArchive(
     const written = headers.length + stored + pad + 1024;
     // The end: padding to a block, two zero blocks, then up to a whole record of 20 blocks, as GNU tar writes it.
     await write(Buffer.alloc(pad + 1024 + ((10240 - (written % 10240)) % 10240)));
-    stdin.end();
-    const { code, stderr } = await exited;
-    signal?.throwIfAborted();
-    if (code !== 0) throw new Error(`zstd failed (exit ${code}): ${stderr.trim() || 'no output'}`);
-    return { sizeBytes: plan.sizeBytes, storedBytes: stored, readBytes, regions: plan.regions.length };
-  } catch (e) {
-    zstd.kill('SIGKILL');
-    await exited;
-    signal?.throwIfAborted();
-    throw e;
-  } finally {
-    signal?.removeEventListener('abort', onAbort);
-  }
+    stats = { sizeBytes: plan.sizeBytes, storedBytes: stored, readBytes, regions: plan.regions.length };
+  });
+  return stats as DiskArchiveStats;
 }

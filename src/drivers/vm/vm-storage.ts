@@ -5,7 +5,6 @@ import {
   copyFile,
   lstat,
   mkdir,
-  open,
   readdir,
   readFile,
   rename,
@@ -20,12 +19,12 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { type FlatQcow2Source, flatQcow2Source, streamFlatQcow2 } from '../../host/qcow2-stream.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
 import { copyFlags } from '../../host/reflink.ts';
-import { childEnded } from '../../host/runner.ts';
 import { tarHeader } from '../../storage/backup-archive.ts';
 import { type AgentAccess, FREEZE_MARKER, thawIfMarked, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import { TAR_PIPE_RECORD_ARGS, unpackZstdTar } from '../archive-unpack.ts';
 import type { DriverContext } from '../guest-driver.ts';
 import { type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
+import { writeThroughZstd } from '../zstd-writer.ts';
 import { UEFI_VARS_META } from './firmware.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
@@ -250,29 +249,15 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     vars: Buffer | undefined,
     signal: AbortSignal | undefined,
   ): Promise<void> => {
-    signal?.throwIfAborted();
-    const out = await open(tarPath, 'w', 0o600);
-    const zstd = runner.spawn(['zstd', '-T0', '-q', '-c'], { stdio: ['pipe', out.fd, 'pipe'] });
-    await out.close();
-    const exited = childEnded(zstd);
-    const stdin = zstd.stdin;
-    if (!stdin) throw new Error('zstd has no stdin');
-    stdin.on('error', () => {});
-    const write = (chunk: Buffer) =>
-      new Promise<void>((resolve, reject) => {
-        stdin.write(chunk, (e) => (e ? reject(e) : resolve()));
-      });
-    const onAbort = () => zstd.kill('SIGKILL');
-    signal?.addEventListener('abort', onAbort, { once: true });
-    let written = 0;
-    const member = async (name: string, size: number, body: () => Promise<void>) => {
-      await write(tarHeader(name, 'file', size, Date.now()));
-      await body();
-      const pad = (512 - (size % 512)) % 512;
-      if (pad > 0) await write(Buffer.alloc(pad));
-      written += 512 + size + pad;
-    };
-    try {
+    await writeThroughZstd(runner, tarPath, signal, async (write) => {
+      let written = 0;
+      const member = async (name: string, size: number, body: () => Promise<void>) => {
+        await write(tarHeader(name, 'file', size, Date.now()));
+        await body();
+        const pad = (512 - (size % 512)) % 512;
+        if (pad > 0) await write(Buffer.alloc(pad));
+        written += 512 + size + pad;
+      };
       await member(ARCHIVE_DISK, source.plan.sizeBytes, () =>
         streamFlatQcow2(source, write, signal ? { signal } : {}),
       );
@@ -280,18 +265,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       // The end: two zero blocks, then up to a whole record of 20 blocks, as GNU tar writes it.
       written += 1024;
       await write(Buffer.alloc(1024 + ((10240 - (written % 10240)) % 10240)));
-      stdin.end();
-      const { code, stderr } = await exited;
-      signal?.throwIfAborted();
-      if (code !== 0) throw new Error(`zstd failed (exit ${code}): ${stderr.trim() || 'no output'}`);
-    } catch (e) {
-      zstd.kill('SIGKILL');
-      await exited;
-      signal?.throwIfAborted();
-      throw e;
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-    }
+    });
   };
 
   /**
