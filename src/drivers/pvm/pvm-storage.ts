@@ -354,8 +354,7 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
           throw failedPrecondition(`Guest ${spec.name} has never booted: it has no disk to export yet.`);
         // One pass from the disk's files into the archive (decision 0085): no merged disk written first.
         const started = performance.now();
-        const plan =
-          disk.kind === RAW ? await planRawDisk(runner, disk.path) : await planCowDisk(runner, disk.path);
+        const plan = await planDisk(disk);
         const planned = performance.now();
         const done = await writeDiskArchive(runner, plan, { tarPath, name: ARCHIVE_DISK, signal });
         log.info(
