@@ -1,20 +1,22 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec, ImageRecord } from '../../core/types.ts';
 import { silentLogger } from '../../host/logger.ts';
 import { readProcessIdentity } from '../../host/proc-stat.ts';
+import type { GuestNetworking } from '../../network/guest-networking.ts';
 import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { ImageHandle } from '../guest-driver.ts';
 import { createCtDriver } from './ct-driver.ts';
 import { ownRangeBase } from './id-ranges.ts';
-import type { OciSpec } from './oci-spec.ts';
+import { type OciSpec, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
 import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT } from './overlay-rootfs.ts';
 
 const guest = (config: Record<string, string> = {}): GuestSpec => ({
@@ -48,21 +50,34 @@ describe('ct driver against a recording runner', () => {
   let stateDir: string;
   const sleepers: ChildProcess[] = [];
 
-  /** A real process standing in for the guest's init, so /proc checks see it. */
-  const fakeInit = async (): Promise<{ child: ChildProcess; state: string }> => {
-    const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+  /**
+   * A real process standing in for the guest's init, so /proc checks see it: `sleep 60`, or a
+   * shell that sets up `script` and then execs sleep (found as sleep once its script has run).
+   */
+  const fakeInit = async (script?: string): Promise<{ child: ChildProcess; state: string }> => {
+    const child = script
+      ? spawn('sh', ['-c', `${script}; exec sleep 60`], { stdio: 'ignore' })
+      : spawn('sleep', ['60'], { stdio: 'ignore' });
     sleepers.push(child);
     await new Promise((r) => child.once('spawn', r));
+    if (script) {
+      const comm = `/proc/${child.pid}/comm`;
+      while ((await readFile(comm, 'utf8').catch(() => '')).trim() !== 'sleep') await sleep(5);
+    }
     const id = await readProcessIdentity(child.pid!);
     assert.ok(id);
     const state = JSON.stringify({ init_process_pid: id.pid, init_process_start: id.startTime });
     return { child, state };
   };
 
-  const writeRuncState = async (state: string) => {
-    await mkdir(join(stateDir, 'runc', 'g1'), { recursive: true });
-    await writeFile(join(stateDir, 'runc', 'g1', 'state.json'), state);
+  const writeRuncState = async (state: string, name = 'g1') => {
+    await mkdir(join(stateDir, 'runc', name), { recursive: true });
+    await writeFile(join(stateDir, 'runc', name, 'state.json'), state);
   };
+
+  /** What the ended child died of (its signal), waiting for it when it still runs. */
+  const endOf = async (child: ChildProcess): Promise<string | null> =>
+    child.exitCode !== null || child.signalCode !== null ? child.signalCode : (await once(child, 'exit'))[1];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ct-unit-'));
@@ -182,40 +197,50 @@ describe('ct driver against a recording runner', () => {
     assert.equal((await stat(log)).size, 0);
   });
 
-  test('stop sends the image stop signal and cleans up once init is gone', async () => {
+  test('a graceful stop signals init from the daemon with the image stop signal and runs no command', async () => {
     const init = await fakeInit();
     await writeRuncState(init.state);
-    const runner = fakeRunner((argv) =>
-      argv.includes('kill') && argv.at(-1) === 'SIGUSR2'
-        ? { effect: () => void init.child.kill('SIGKILL') }
-        : undefined,
-    );
+    const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     await driver.stop(guest(), { timeoutMs: 5000, force: false });
-    const runc = `runc --root ${join(stateDir, 'runc')}`;
+    // The image's SIGUSR2 (kept in the bundle's annotation), not a SIGKILL after the timeout.
+    assert.equal(await endOf(init.child), 'SIGUSR2');
     // init gone and its cgroups removable: runc's state dir is removed as runc delete would (decision 0091).
-    assert.deepEqual(
-      runner.commands().filter((c) => c.startsWith('runc')),
-      [`${runc} kill g1 SIGUSR2`],
-    );
+    assert.deepEqual(runner.commands(), []);
     assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
   });
 
   test('stop SIGKILLs init itself after the timeout when init ignores the stop signal', async () => {
-    const init = await fakeInit();
+    const init = await fakeInit("trap '' USR2");
     await writeRuncState(init.state);
     const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
     const t0 = Date.now();
     await driver.stop(guest(), { timeoutMs: 300, force: false });
     assert.ok(Date.now() - t0 >= 300, 'waited for the timeout first');
-    assert.equal(init.child.signalCode ?? (await once(init.child, 'exit'))[1], 'SIGKILL');
-    const runc = `runc --root ${join(stateDir, 'runc')}`;
-    assert.deepEqual(
-      runner.commands().filter((c) => c.startsWith('runc')),
-      [`${runc} kill g1 SIGUSR2`],
-    );
+    assert.equal(await endOf(init.child), 'SIGKILL');
+    assert.deepEqual(runner.commands(), []);
     assert.equal(existsSync(join(stateDir, 'runc', 'g1')), false, "runc's state of the guest is gone");
+  });
+
+  test('a stop signal the daemon cannot number is left to runc kill', async () => {
+    const spec = { ...guest(), name: 'g2' };
+    const init = await fakeInit();
+    await writeRuncState(init.state, 'g2');
+    const bundle = join(stateDir, 'guests', 'g2', 'bundle');
+    await mkdir(bundle, { recursive: true });
+    await writeFile(
+      join(bundle, 'config.json'),
+      JSON.stringify({ annotations: { [STOP_SIGNAL_ANNOTATION]: 'SIGBOGUS' } }),
+    );
+    const runner = fakeRunner((argv) =>
+      argv.at(-1) === 'SIGBOGUS' ? { effect: () => void init.child.kill('SIGTERM') } : undefined,
+    );
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.stop(spec, { timeoutMs: 5000, force: false });
+    assert.equal(await endOf(init.child), 'SIGTERM');
+    assert.deepEqual(runner.commands(), [`runc --root ${join(stateDir, 'runc')} kill g2 SIGBOGUS`]);
+    await rm(join(stateDir, 'guests', 'g2'), { recursive: true, force: true });
   });
 
   test('force stop kills at once and runs no command (decision 0091)', async () => {
@@ -331,5 +356,117 @@ describe('ct driver against a recording runner', () => {
       return true;
     });
     assert.equal((await driver.inspect(guest(), undefined)).state, 'stopped');
+  });
+  /** A driver whose runner starts `init` (a real process) where the root helper's runc would. */
+  const startingRunner = (name: string, makeInit: () => Promise<{ child: ChildProcess; state: string }>) => {
+    const runner = fakeRunner();
+    runner.respond((argv) =>
+      argv.includes('/usr/bin/perl') && argv.at(-1) === name
+        ? {
+            effect: async () => {
+              const init = await makeInit();
+              await writeFile(join(stateDir, 'guests', name, 'init.pid'), String(init.child.pid));
+              await writeRuncState(init.state, name);
+            },
+          }
+        : undefined,
+    );
+    return runner;
+  };
+
+  test('processes spawned (decision 0091): create+start 1, graceful stop 0, restart 1, forced delete 0', async () => {
+    const spec = { ...guest(), name: 'g3' };
+    const runner = startingRunner('g3', () => fakeInit());
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    const spawned: Record<string, number> = {};
+    const step = async (name: string, work: () => Promise<unknown>) => {
+      const from = runner.calls.length;
+      await work();
+      spawned[name] = runner.calls.length - from;
+    };
+    await step('create+start', async () => {
+      await driver.create(spec, image);
+      await driver.start(spec, image);
+    });
+    await step('graceful stop', () => driver.stop(spec, { timeoutMs: 5000, force: false }));
+    await driver.start(spec, image);
+    // A restart is a graceful stop and a start (guest-controller.ts).
+    await step('restart', async () => {
+      await driver.stop(spec, { timeoutMs: 5000, force: false });
+      await driver.start(spec, image);
+    });
+    await step('delete', () => driver.delete(spec));
+    assert.deepEqual(
+      spawned,
+      { 'create+start': 1, 'graceful stop': 0, restart: 1, delete: 0 },
+      runner.commands().join('\n'),
+    );
+    // Each one is the root helper that execs `runc run --detach` (overlay-rootfs.ts).
+    assert.ok(runner.calls.every((c) => c.argv.includes('/usr/bin/perl') && c.argv.includes('run')));
+    assert.equal(existsSync(join(stateDir, 'guests', 'g3')), false);
+  });
+
+  test("a guest with NICs is started by reading runc's exec FIFO, not by runc start", async () => {
+    const spec = { ...guest(), name: 'g4' };
+    const fifo = join(stateDir, 'runc', 'g4', 'exec.fifo');
+    let plugged = 0;
+    const network = {
+      hasNics: () => true,
+      plugVeths: async () => void plugged++,
+      unplug: async () => {},
+    } as unknown as GuestNetworking;
+    // Like runc's init: opens the FIFO for writing (waiting for a reader), writes a byte, then execs.
+    const runner = startingRunner('g4', async () => {
+      await mkdir(join(stateDir, 'runc', 'g4'), { recursive: true });
+      execFileSync('mkfifo', [fifo]);
+      const child = spawn('sh', ['-c', `printf 0 > ${fifo}; exec sleep 60`], { stdio: 'ignore' });
+      sleepers.push(child);
+      await once(child, 'spawn');
+      const id = await readProcessIdentity(child.pid!);
+      assert.ok(id);
+      return { child, state: JSON.stringify({ init_process_pid: id.pid, init_process_start: id.startTime }) };
+    });
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network });
+    await driver.create(spec, image);
+    const identity = await driver.start(spec, image);
+    assert.equal(plugged, 1, 'the NICs were plugged between create and start');
+    assert.deepEqual(
+      runner.calls.map((c) => c.argv.slice(c.argv.indexOf('--root') + 2, c.argv.indexOf('--root') + 3)),
+      [['create']],
+      'one spawn: the root helper with runc create; no runc start',
+    );
+    assert.equal(existsSync(fifo), false, 'the FIFO is gone, as runc start leaves it');
+    const comm = `/proc/${identity.pid}/comm`;
+    while ((await readFile(comm, 'utf8')).trim() !== 'sleep') await sleep(5);
+    await driver.delete(spec);
+  });
+
+  test('a created guest whose init dies before it starts fails the start, and runc never runs', async () => {
+    const spec = { ...guest(), name: 'g5' };
+    const network = {
+      hasNics: () => true,
+      plugVeths: async () => {},
+      unplug: async () => {},
+    } as unknown as GuestNetworking;
+    let init: ChildProcess | undefined;
+    const runner = startingRunner('g5', async () => {
+      await mkdir(join(stateDir, 'runc', 'g5'), { recursive: true });
+      execFileSync('mkfifo', [join(stateDir, 'runc', 'g5', 'exec.fifo')]);
+      const made = await fakeInit();
+      init = made.child;
+      setTimeout(() => made.child.kill('SIGKILL'), 100);
+      return made;
+    });
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network });
+    await driver.create(spec, image);
+    await assert.rejects(driver.start(spec, image), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'Internal');
+      assert.match(e.message, /exited before it started/);
+      return true;
+    });
+    assert.equal(await endOf(init!), 'SIGKILL');
+    assert.equal(runner.calls.length, 1, 'only the root helper ran');
+    assert.equal(existsSync(join(stateDir, 'runc', 'g5')), false, "runc's state of the failed start is gone");
+    await driver.delete(spec);
   });
 });

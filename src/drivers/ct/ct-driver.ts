@@ -39,7 +39,8 @@ import {
 } from './oci-spec.ts';
 import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT, rootMountError } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
-import { readRuncInitIdentity } from './runc-state.ts';
+import { CreatedContainerError, readRuncInitIdentity, startCreatedContainer } from './runc-state.ts';
+import { stopSignalNumber } from './stop-signal.ts';
 
 /** Where runc is looked up when the daemon has no PATH of its own. */
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -211,6 +212,28 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         throw internal(`Cannot kill guest ${spec.name}'s init (pid ${init.pid}): ${(e as Error).message}`);
       }
     }
+  };
+
+  /**
+   * Sends a graceful stop's signal to the guest's init from the daemon (kill(2), as `runc kill`
+   * does it), spawning nothing (docs/decisions/0091). The identity is checked just before, as
+   * killInit does: a pid whose start time is not init's is never signalled, and runc, which checks
+   * the same start time, would answer that the container is not running. runc runs only for a
+   * signal the daemon cannot number, or when kill(2) refuses for another reason than ESRCH.
+   */
+  const signalInit = async (spec: GuestSpec, init: ProcessIdentity, signal: string): Promise<void> => {
+    const number = stopSignalNumber(signal);
+    if (number !== undefined) {
+      if (!(await isSameProcess(init))) return;
+      try {
+        process.kill(init.pid, number);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ESRCH') return;
+        log.warn({ guest: spec.name, err: String(e) }, 'cannot signal the guest init: runc kill tries');
+      }
+    }
+    await runner.run([...runc, 'kill', spec.name, signal], { allowFailure: true });
   };
 
   /** Removes what a started guest holds (runc container, overlay mount, cgroups); leaves the guest dir. */
@@ -386,6 +409,23 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     const init = await liveInit(spec);
     if (!init) throw failedPrecondition(`Guest ${spec.name} is not running: start it first.`);
     return init;
+  };
+
+  /**
+   * `runc start` of a guest made by `runc create`, done by the daemon (runc-state.ts): one spawn
+   * less for every guest with NICs, volumes or injected files. runc runs only where its FIFO is not.
+   */
+  const startCreated = async (spec: GuestSpec, init: ProcessIdentity | undefined): Promise<void> => {
+    if (!init) {
+      throw internal(`Guest ${spec.name}'s init exited at once: see ${pathsOf(spec).consoleLog}.`);
+    }
+    try {
+      if (await startCreatedContainer(runcRoot, spec.name, { init, timeoutMs: RUNC_RUN_TIMEOUT_MS })) return;
+    } catch (e) {
+      if (!(e instanceof CreatedContainerError)) throw e;
+      throw internal(`Guest ${spec.name} did not start: ${e.message}; see ${pathsOf(spec).consoleLog}.`);
+    }
+    await runner.run([...runc, 'start', spec.name]);
   };
 
   const driver: GuestDriver = {
@@ -566,6 +606,8 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           throw internal(`runc could not start guest ${spec.name} (exit ${code}): ${detail || 'no output'}`);
         }
         const pid = Number((await readFile(p.pidFile, 'utf8')).trim());
+        // runc's init, waiting to exec the guest's: the same process (and start time) as the guest's init.
+        const created = twoSteps ? await readProcessIdentity(pid) : undefined;
         // runc's init has made the root its own and waits to exec init: its /proc root is the guest's.
         if (inject) await injectFiles(spec, `/proc/${pid}/root`, range);
         if (withNics && ctx.network) await ctx.network.plugVeths(spec, pid);
@@ -578,7 +620,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
             ...(idmap && { idmap }),
           });
         }
-        if (twoSteps) await runner.run([...runc, 'start', spec.name]);
+        if (twoSteps) await startCreated(spec, created);
         const identity = await readProcessIdentity(pid);
         if (!identity) {
           throw internal(`Guest ${spec.name}'s init (pid ${pid}) exited at once: see ${p.consoleLog}.`);
@@ -597,7 +639,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           await runner.run([...runc, 'resume', spec.name], { allowFailure: true });
         let gone = false;
         if (!options.force) {
-          await runner.run([...runc, 'kill', spec.name, await stopSignalOf(spec)], { allowFailure: true });
+          await signalInit(spec, init, await stopSignalOf(spec));
           gone = await waitGone(init, options.timeoutMs);
         }
         if (!gone) {
