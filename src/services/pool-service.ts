@@ -51,6 +51,7 @@ import {
 import type { KvStore } from '../store/kv.ts';
 import { type GuestPoolRecord, records, valuesOf } from '../store/records.ts';
 import { type ClaimHolder, type Claims, createClaims, describeHolder } from './claims.ts';
+import { moveMarkOf } from './move-marks.ts';
 import type { CreateGuestRequest, EventBus, GuestService, OperationService } from './types.ts';
 
 /** A pool as the API shows it: its record, where it is mounted and its space. */
@@ -160,6 +161,8 @@ export interface PoolService {
   /**
    * Called for a guest located on another member: drops this member's link to it if the guest
    * lives on a shared pool (an HA restart elsewhere, a hand-over). One lstat when there is none.
+   * Nothing while a move of the guest from this member has its mark: the move drops the link at
+   * its end, and keeps it when its hand-over fails and the records come back.
    */
   releaseShared(name: string): Promise<void>;
 }
@@ -858,6 +861,11 @@ export function createPoolService(deps: {
       if (!(await lstat(link).catch(() => undefined))?.isSymbolicLink()) return;
       const spec = (await records.guest.at(name).get(store))?.value;
       if (spec?.location === member) return;
+      // A move of the guest from this member is not over until its mark goes: its mover drops the
+      // link itself at its end (or its journal's resume does), and a hand-over that fails after
+      // the records named the destination gives them back here, where the guest then runs on
+      // and needs its link (decision 0042, issue 13).
+      if ((await moveMarkOf(store, name))?.from === member) return;
       const target = await readlink(link).catch(() => undefined);
       const shared = valuesOf(await records.pool.list(store)).some(
         (p) => p.shared && target !== undefined && dirname(target) === join(p.config.source ?? '', 'guests'),

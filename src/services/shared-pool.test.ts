@@ -339,6 +339,58 @@ describe('shared storage pools', () => {
     await store.delete(records.guestPool.key('back'));
   });
 
+  test("after a hand-over the source's release keeps the link until the move's mark goes (a failed hand-over gives the guest back here)", async () => {
+    // h1 moves the guest to h2: the records name h2 from the hand-over on, while h1's mover is
+    // still finishing (the destination's `cont`, ending h1's QEMU). h1's guest controller sees a
+    // guest located elsewhere and asks for the release meanwhile.
+    const dir = path.join(shared, 'guests', 'handed');
+    await mkdir(dir, { recursive: true });
+    await records.guestPool
+      .at('handed')
+      .put(store, { pool: 'nfs', path: dir, limitBytes: null, location: 'h1' });
+    const spec = aGuestSpec({ name: 'handed', model: 'vm', image: image.fingerprint, location: 'h1' });
+    await records.guest.at('handed').put(store, spec);
+    const link = path.join(stateDirs.h1, 'guests', 'handed');
+    await mkdir(path.join(stateDirs.h1, 'guests'), { recursive: true });
+    await symlink(dir, link);
+    const mark = {
+      guest: 'handed',
+      from: 'h1',
+      to: 'h2',
+      reason: 'migration',
+      startedAt: new Date().toISOString(),
+    };
+    const endMove = await markMove(store, mark, []);
+    await records.guest.at('handed').put(store, { ...spec, location: 'h2' });
+    const h1 = service('h1');
+    await h1.releaseShared('handed');
+    assert.equal(await readlink(link), dir, 'the move from h1 runs: its link stays');
+    // The hand-over fails and the records come back: the guest runs on at h1, its link there.
+    await records.guest.at('handed').put(store, spec);
+    await h1.releaseShared('handed');
+    assert.equal(await readlink(link), dir);
+    await endMove();
+    // Another member's move of the guest holds nothing of h1's.
+    const h2Move = await markMove(store, { ...mark, from: 'h2', to: 'h1' }, []);
+    await records.guest.at('handed').put(store, { ...spec, location: 'h2' });
+    await h1.releaseShared('handed');
+    assert.equal(await exists(link), false, "a move that is not h1's: the link goes");
+    await h2Move();
+    // A move from h1 that succeeded: once its mark goes (its mover dropped the link already,
+    // put back here), a late release drops it as before.
+    await symlink(dir, link);
+    const again = await markMove(store, { ...mark, startedAt: new Date(1).toISOString() }, []);
+    await h1.releaseShared('handed');
+    assert.equal(await readlink(link), dir);
+    await again();
+    await h1.releaseShared('handed');
+    assert.equal(await exists(link), false);
+    assert.ok(await exists(dir), "the guest's files stay");
+    await rm(dir, { recursive: true });
+    await store.delete(records.guest.key('handed'));
+    await store.delete(records.guestPool.key('handed'));
+  });
+
   test('a pvm guest adopted where another guest has its host uid gets a free one, and its files follow', async () => {
     const dir = path.join(shared, 'guests', 'pv');
     await mkdir(path.join(dir, 'disk'), { recursive: true });
