@@ -15,7 +15,7 @@ import {
 import { type Inventory, parseHostSize } from '../planner/inventory.ts';
 import { type GuestHistory, inventoryFromHistory } from '../planner/inventory-history.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
-import { planReport } from '../planner/plan-report.ts';
+import { planReport, replayReport } from '../planner/plan-report.ts';
 import { clientOf } from './context.ts';
 import { renderTable } from './output.ts';
 
@@ -157,18 +157,23 @@ export function addPlanCommands(program: Command): void {
         !(Number.isInteger(forecastDays) && forecastDays >= 1 && forecastDays <= 3660)
       )
         throw invalidArgument(`The forecast days (${forecastDays}) must be a whole number from 1 to 3660`);
-      const inv =
+      // Planned first, its inventory dropped (the report keeps no samples), then the other period
+      // read and replayed by workload id: one month in memory at a time, not both.
+      let measured: Inventory | undefined =
         file !== undefined ? await readInventory(file) : await historyInventory(command, opts.fromHistory);
-      const report = planReport(inv, {
+      const memoryMeasured = measured.workloads.some((w) => w.memoryBytes);
+      const planned = planReport(measured, {
         hostSize,
         hostSizeText: opts.hostSize,
         percentile: numberOption(opts.percentile, 'percentile'),
         seed: numberOption(opts.seed, 'seed'),
         ...(forecastDays !== undefined && { forecastDays }),
-        ...(opts.replay
-          ? { replay: { inventory: await readInventory(opts.replay), label: opts.replay } }
-          : {}),
       });
+      measured = undefined;
+      const report = opts.replay
+        ? replayReport(planned, { inventory: await readInventory(opts.replay), label: opts.replay })
+        : planned;
+      const inv = report.json.inventory;
       const { plan: result, predicted, spread, replay } = report;
       if (opts.svg) await writeFile(opts.svg, report.svg);
       if (opts.format === 'json') {
@@ -177,14 +182,14 @@ export function addPlanCommands(program: Command): void {
       }
       process.stdout.write(
         [
-          `${inv.workloads.length} workloads (${inv.format}, ${inv.samples} samples of ${inv.intervalSeconds} s), hosts of ${opts.hostSize} (${inv.cpuUnit})`,
+          `${inv.workloads} workloads (${inv.format}, ${inv.samples} samples of ${inv.intervalSeconds} s), hosts of ${opts.hostSize} (${report.json.cpuUnit})`,
           `hosts needed: ${result.hosts.length} (lower bound ${result.lowerBound}), ${result.method}`,
           ...(report.json.forecast
             ? [
                 `planned for the ${report.json.forecast.aheadDays} days after the inventory: its trend (CPU ${(report.json.forecast.cpuWeeklyGrowth * 100).toFixed(1)}% a week over ${report.json.forecast.days} days) scales its load by ×${report.json.forecast.factor.toFixed(3)}${report.json.forecast.rawFactor < 1 ? ' (it falls: planned as measured)' : ''}`,
               ]
             : []),
-          ...(hostSize.memoryBytes === undefined && inv.workloads.some((w) => w.memoryBytes)
+          ...(hostSize.memoryBytes === undefined && memoryMeasured
             ? ['memory not checked: the host size has no memory= (give it to pack memory too)']
             : []),
           `predicted (the planning inventory${report.json.forecast ? ' as forecast' : ''} replayed): headroom ${predicted.headroomPercent.toFixed(1)} points${spread ? ` (its ${spread.periodDays === 7 ? 'weeks' : 'days'} ${spread.minPercent.toFixed(1)} to ${spread.maxPercent.toFixed(1)})` : ''}, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { readInventory } from './inventory-readers.ts';
+import { ROWS_PER_CHUNK, readInventory } from './inventory-readers.ts';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'trivisor-planner-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -127,6 +127,36 @@ describe('inventory readers', () => {
   });
 });
 
+describe('inventory readers, Bitbrains in chunks', () => {
+  test('rows past one chunk, two VMs interleaved and out of order, land on the grid as read', async () => {
+    const head =
+      'vm,timestamp_s,cpu_cores,cpu_capacity_mhz,cpu_usage_mhz,mem_capacity_kb,mem_usage_kb,disk_read_kbps,disk_write_kbps,net_rx_kbps,net_tx_kbps';
+    // 2.5 chunks of intervals; VM 1 at every interval but the ones divisible by 7 (gaps repeat the
+    // value before), VM 2 at every interval; rows of both interleaved, then in reverse order.
+    const samples = Math.floor(2.5 * ROWS_PER_CHUNK);
+    const rows: string[] = [];
+    for (let i = 0; i < samples; i++) {
+      if (i % 7 !== 0 || i === 0) rows.push(`1,${i * 300},4,4000,${(i % 50) * 40},8388608,${i},0,0,0,0`);
+      rows.push(`2,${i * 300},1,1000,${(i * 13) % 1000},8388608,${2 * i},0,0,0,0`);
+    }
+    rows.reverse();
+    const inv = await readInventory(file(`${head}\n${rows.join('\n')}\n`, '.csv.gz'));
+    assert.equal(inv.samples, samples);
+    assert.deepEqual(
+      inv.workloads.map((w) => w.id),
+      ['2', '1'],
+    );
+    const [two, one] = inv.workloads;
+    for (let i = 0; i < samples; i++) {
+      const j = i % 7 === 0 && i > 0 ? i - 1 : i;
+      assert.equal(one?.cpu[i], ((j % 50) * 40 * 4) / 4000, `VM 1 cpu at ${i}`);
+      assert.equal(one?.memoryBytes?.[i], j * 1024, `VM 1 memory at ${i}`);
+      assert.equal(two?.cpu[i], ((i * 13) % 1000) / 1000, `VM 2 cpu at ${i}`);
+      assert.equal(two?.memoryBytes?.[i], 2 * i * 1024, `VM 2 memory at ${i}`);
+    }
+  });
+});
+
 describe('trivisor plan consolidate', () => {
   const cli = (args: string[]) =>
     spawnSync(process.execPath, [path.join(REPO, 'src/cli/main.ts'), ...args], {
@@ -163,6 +193,58 @@ describe('trivisor plan consolidate', () => {
     assert.deepEqual(out.replay, { ...out.replay, overloadFraction: 0, hostIntervalsOver100: 0 });
     const picture = spawnSync('grep', ['-c', '<polyline', svg], { encoding: 'utf8' });
     assert.equal(picture.stdout.trim(), '2');
+  });
+
+  test('--replay replays the plan on another period by workload id; a workload missing there is one Error: line', () => {
+    const text = readFileSync(FIXTURE, 'utf8');
+    // The busy half of every workload at 4 cores instead of 3: each host of 4 is over all the time.
+    const busier = file(text.replaceAll(',3,3GiB', ',4,3GiB'));
+    const r = cli(['plan', 'consolidate', FIXTURE, '--host-size', 'cpu=4,memory=8GiB', '--replay', busier]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /^4 workloads \(trivisor, 8 samples of 300 s\), hosts of cpu=4,memory=8GiB \(cores\)$/m,
+    );
+    assert.match(
+      r.stdout,
+      /predicted \(the planning inventory replayed\): headroom 12\.5 points, 0\.00% of host-intervals over 100%/,
+    );
+    assert.match(
+      r.stdout,
+      new RegExp(`replayed on ${busier}: headroom -12\\.5 points, 100\\.00% of host-intervals over 100%`),
+    );
+    const json = cli([
+      'plan',
+      'consolidate',
+      FIXTURE,
+      '--host-size',
+      'cpu=4,memory=8GiB',
+      '--replay',
+      busier,
+      '-f',
+      'json',
+    ]);
+    const out = JSON.parse(json.stdout) as {
+      predicted: { hostIntervalsOver100: number };
+      replay: { hostIntervalsOver100: number };
+      hosts: Array<{ intervalsOver100: number }>;
+    };
+    assert.equal(out.predicted.hostIntervalsOver100, 0);
+    assert.equal(out.replay.hostIntervalsOver100, 16);
+    assert.deepEqual(
+      out.hosts.map((h) => h.intervalsOver100),
+      [8, 8],
+    );
+    const without = file(
+      text
+        .split('\n')
+        .filter((l) => !l.startsWith('batch2,'))
+        .join('\n'),
+    );
+    const r2 = cli(['plan', 'consolidate', FIXTURE, '--host-size', 'cpu=4,memory=8GiB', '--replay', without]);
+    assert.equal(r2.status, 1);
+    assert.equal(r2.stdout, '');
+    assert.match(r2.stderr, /^Error: Workload batch2 of host\d+ is not in the inventory replayed\n$/);
   });
 
   test('bad input is one Error: line naming the file and line, exit 1', () => {

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { Inventory, Workload } from './inventory.ts';
-import { planReport } from './plan-report.ts';
+import { planReport, replayReport } from './plan-report.ts';
 
 const PER_DAY = 288;
 
@@ -40,9 +42,10 @@ describe('planReport', () => {
     assert.equal(f.measuredLowerBound, 1);
     assert.equal(report.json.lowerBound, 2);
     assert.ok(Math.abs(f.factor - (1.5 + 0.1 * 20.5) / 2.15) < 1e-9, String(f.factor));
-    // What was planned is the measured load scaled by the factor; the measured one is untouched.
-    const planned = report.planned.workloads[0]?.cpu[0] as number;
-    assert.ok(Math.abs(planned - 1.5 * f.factor) < 1e-9, String(planned));
+    // What was planned and predicted is the measured load scaled by the factor (each host holds
+    // one workload, whose last day is 2.8 cores); the measured one is untouched.
+    const peak = report.predicted.hosts[0]?.peakLoadPercent as number;
+    assert.ok(Math.abs(peak - ((2.8 * f.factor) / 8) * 100) < 1e-6, String(peak));
     assert.equal(measured.workloads[0]?.cpu[0], 1.5);
     assert.equal(report.json.hosts.length, 2);
     assert.match(report.json.predicted.basis, /scaled by its trend over the 14 days after it/);
@@ -51,8 +54,36 @@ describe('planReport', () => {
   test('without forecast days it plans the inventory as measured and says nothing of a forecast', () => {
     const measured = inventory([0, 1].map((i) => workload(`w${i}`, 14, (d) => 1.5 + 0.1 * d)));
     const report = planReport(measured, options);
-    assert.equal(report.planned, measured);
+    assert.equal(report.predicted.hosts[0]?.peakLoadPercent, ((2.8 * 2) / 8) * 100);
     assert.equal(report.json.forecast, undefined);
+    assert.equal(report.json.hosts.length, 1);
+  });
+
+  test('replayReport replays a plan on another period by workload id, as planReport with replay does', () => {
+    const july = inventory([0, 1].map((i) => workload(`w${i}`, 14, () => 2)));
+    // August: the same ids in another order, w1 busier.
+    const august = inventory([1, 0].map((i) => workload(`w${i}`, 14, () => 2 + 3 * i)));
+    const both = planReport(july, { ...options, replay: { inventory: august, label: 'August' } });
+    const later = replayReport(planReport(july, options), { inventory: august, label: 'August' });
+    assert.deepEqual(later.json, both.json);
+    assert.equal(later.svg, both.svg);
+    assert.equal(later.json.hosts.length, 1);
+    assert.equal(later.json.predicted.headroomPercent, 50);
+    assert.equal(later.json.replay.headroomPercent, 100 - (7 / 8) * 100);
+    assert.match(later.svg, /\(August\)/);
+  });
+
+  test('a report keeps no reference to the inventory it planned, so a month can be dropped before the next is read', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    let measured: Inventory | undefined = inventory([0, 1].map((i) => workload(`w${i}`, 14, () => 2)));
+    const planned = new WeakRef(measured);
+    const report = planReport(measured, { ...options, forecastDays: 7 });
+    measured = undefined;
+    // A WeakRef's target stays alive until the current job ends.
+    await new Promise((resolve) => setImmediate(resolve));
+    gc();
+    assert.equal(planned.deref(), undefined, 'the planning inventory is still reachable from the report');
     assert.equal(report.json.hosts.length, 1);
   });
 });

@@ -59,9 +59,11 @@ export interface PlanReportJson {
 /** A plan with its replays, as the CLI's table and JSON and the API's answer are made of. */
 export interface PlanReport {
   plan: Plan;
-  /** The inventory planned: the measured one, scaled by its trend when `forecastDays` was given. */
-  planned: Inventory;
-  /** The planning inventory replayed on the plan. */
+  /**
+   * The planning inventory replayed on the plan. The inventory itself is not kept: a report holds
+   * only its plan and replays (per-host series), so that a month can be dropped before the next is
+   * read (`replayReport`).
+   */
   predicted: Replay;
   /** The `replay` option's inventory replayed on the plan, else the same as `predicted`. */
   replay: Replay;
@@ -70,6 +72,8 @@ export interface PlanReport {
   json: PlanReportJson;
   /** Each host's load over time: the replay's (the `replay` inventory's when given). */
   svg: string;
+  /** The host size as the user wrote it, for the picture's title when the plan is replayed later. */
+  hostSizeText: string;
 }
 
 const summary = (r: Replay): ReplaySummary => ({
@@ -81,7 +85,11 @@ const summary = (r: Replay): ReplaySummary => ({
   headroomPercent: r.headroomPercent,
 });
 
-/** Plans an inventory and replays it: everything `plan consolidate` shows, in one call (pure, CPU-bound). */
+/**
+ * Plans an inventory and replays it: everything `plan consolidate` shows, in one call (pure, CPU-bound).
+ * With `replay`, both periods are held at once; `replayReport` on a report made without it lets the
+ * caller drop the planning inventory before reading the other period.
+ */
 export function planReport(measured: Inventory, options: PlanReportOptions): PlanReport {
   const { hostSize, forecastDays } = options;
   // With a forecast, the planning inventory is the measured one as its trend expects it later.
@@ -91,8 +99,6 @@ export function planReport(measured: Inventory, options: PlanReportOptions): Pla
   const predicted = replayPlan(plan.hosts, inv, hostSize);
   // What the prediction rests on: the planning period itself, and how far its weeks (or days) spread.
   const spread = headroomByPeriod(plan.hosts, inv, hostSize);
-  const replay = options.replay ? replayPlan(plan.hosts, options.replay.inventory, hostSize) : predicted;
-  const title = `${plan.hosts.length} hosts of ${options.hostSizeText}: load over time${options.replay ? ` (${options.replay.label})` : ''}`;
   const json: PlanReportJson = {
     hostSize,
     cpuUnit: inv.cpuUnit,
@@ -103,13 +109,7 @@ export function planReport(measured: Inventory, options: PlanReportOptions): Pla
       intervalSeconds: inv.intervalSeconds,
     },
     method: plan.method,
-    hosts: plan.hosts.map((h, i) => ({
-      name: h.name,
-      workloads: h.workloads,
-      p95LoadPercent: replay.hosts[i]?.p95LoadPercent ?? 0,
-      peakLoadPercent: replay.hosts[i]?.peakLoadPercent ?? 0,
-      intervalsOver100: replay.hosts[i]?.intervalsOver100 ?? 0,
-    })),
+    hosts: hostsJson(plan, predicted),
     lowerBound: plan.lowerBound,
     ...(trend &&
       forecastDays !== undefined && {
@@ -122,7 +122,47 @@ export function planReport(measured: Inventory, options: PlanReportOptions): Pla
         : 'the planning inventory replayed on the plan',
       ...(spread ? { periodDays: spread.periodDays, headroomPercentByPeriod: spread.headroomPercent } : {}),
     },
-    replay: summary(replay),
+    replay: summary(predicted),
   };
-  return { plan, planned: inv, predicted, replay, spread, json, svg: loadSvg(replay.hosts, { title }) };
+  const report: PlanReport = {
+    plan,
+    predicted,
+    replay: predicted,
+    spread,
+    json,
+    svg: loadSvg(predicted.hosts, { title: svgTitle(plan, options.hostSizeText) }),
+    hostSizeText: options.hostSizeText,
+  };
+  return options.replay ? replayReport(report, options.replay) : report;
 }
+
+/**
+ * The report's plan replayed on another period of the same workloads (by workload id): its
+ * `replay`, the JSON's hosts and replay, and the picture become that period's. It needs only the
+ * plan, not the inventory it was made from (plan July, drop it, read August, replay).
+ */
+export function replayReport(
+  report: PlanReport,
+  replay: { inventory: Inventory; label: string },
+): PlanReport {
+  const { plan } = report;
+  const replayed = replayPlan(plan.hosts, replay.inventory, plan.hostSize);
+  return {
+    ...report,
+    replay: replayed,
+    json: { ...report.json, hosts: hostsJson(plan, replayed), replay: summary(replayed) },
+    svg: loadSvg(replayed.hosts, { title: `${svgTitle(plan, report.hostSizeText)} (${replay.label})` }),
+  };
+}
+
+const svgTitle = (plan: Plan, hostSizeText: string) =>
+  `${plan.hosts.length} hosts of ${hostSizeText}: load over time`;
+
+const hostsJson = (plan: Plan, replay: Replay): PlanReportJson['hosts'] =>
+  plan.hosts.map((h, i) => ({
+    name: h.name,
+    workloads: h.workloads,
+    p95LoadPercent: replay.hosts[i]?.p95LoadPercent ?? 0,
+    peakLoadPercent: replay.hosts[i]?.peakLoadPercent ?? 0,
+    intervalsOver100: replay.hosts[i]?.intervalsOver100 ?? 0,
+  }));
