@@ -390,3 +390,48 @@ describe('project scoping of the API', () => {
     }
   });
 });
+
+describe('GET /1.0/projects', () => {
+  test('without recursion it answers from the names alone (no usage summed); with recursion=1 from one list of every project', async () => {
+    const w = await makeProjectWorld();
+    const asked: string[] = [];
+    const { projects } = w.services;
+    const app = await buildServer(
+      {
+        ...w.services,
+        projects: {
+          ...projects,
+          list: () => {
+            asked.push('list');
+            return projects.list();
+          },
+          names: () => {
+            asked.push('names');
+            return projects.names();
+          },
+        },
+      },
+      { auth: { type: 'none' } },
+    );
+    try {
+      await projects.create({ name: 'p1', config: { 'limits.guests': '3' } });
+      const urls = await app.inject({ method: 'GET', url: '/1.0/projects' });
+      assert.equal(urls.statusCode, 200, urls.body);
+      assert.deepEqual(urls.json().metadata, ['/1.0/projects/default', '/1.0/projects/p1']);
+      assert.deepEqual(asked, ['names']);
+      const full = await app.inject({ method: 'GET', url: '/1.0/projects?recursion=1' });
+      assert.equal(full.statusCode, 200, full.body);
+      assert.deepEqual(
+        full.json().metadata.map((p: { name: string; config: Record<string, string> }) => [p.name, p.config]),
+        [
+          ['default', {}],
+          ['p1', { 'limits.guests': '3' }],
+        ],
+      );
+      assert.deepEqual(asked, ['names', 'list']);
+    } finally {
+      await app.close();
+      await w.stop();
+    }
+  });
+});

@@ -87,10 +87,11 @@ export function registerProjectRoutes(app: FastifyInstance, ctx: RouteContext): 
         },
       },
     },
-    async (request) => {
-      const list = await projects.list();
-      return syncResponse((request.query.recursion ?? 0) === 0 ? list.map((p) => url(p.name)) : list);
-    },
+    async (request) =>
+      // Without recursion only the names: no usage is summed, no guest read.
+      syncResponse(
+        (request.query.recursion ?? 0) === 0 ? (await projects.names()).map(url) : await projects.list(),
+      ),
   );
 
   app.post<{ Body: CreateProjectBody }>(

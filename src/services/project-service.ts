@@ -24,11 +24,15 @@ import {
   type TxnResponse,
 } from '../store/kv.ts';
 import {
+  type GuestReadPath,
+  guestCountReads,
   guestReadPath,
   guestsRead,
+  pathFor,
   projectGuestReads,
   projectGuestSpecs,
   readProjectGuestSpecs,
+  SPECS_PER_READ,
 } from '../store/project-guests.ts';
 import { records } from '../store/records.ts';
 
@@ -41,7 +45,10 @@ export interface CreateProjectRequest {
 
 /** Projects (`trivisor project`), as in Incus's /1.0/projects. */
 export interface ProjectService {
+  /** Every project with its usage and objects, from one read of the store. */
   list(): Promise<Project[]>;
+  /** The projects' names only (`GET /1.0/projects` without recursion): the project records alone. */
+  names(): Promise<string[]>;
   /** NotFound for a project that does not exist. */
   get(name: string): Promise<Project>;
   create(request: CreateProjectRequest): Promise<Project>;
@@ -126,6 +133,29 @@ export async function readProject(store: KvStore, name: string): Promise<Guarded
 }
 
 /**
+ * What this process learnt of each project's reads, per store: hints only, each checked by the
+ * read it shapes, so a stale one costs a request more, never another answer (decision 0087,
+ * amended). `guarded`: the kinds the project's limits counted at its last guard (a guard with
+ * limits then skips reading the record alone first); `path`: the cheaper path for its guests as
+ * that read's own counts found it (the read then needs no counts of its own first).
+ */
+const hints = new WeakMap<object, Map<string, { guarded?: readonly Counted[]; path?: GuestReadPath }>>();
+
+function hintsOf(store: KvStore, name: string) {
+  let byName = hints.get(store);
+  if (!byName) {
+    byName = new Map();
+    hints.set(store, byName);
+  }
+  let mine = byName.get(name);
+  if (!mine) {
+    mine = {};
+    byName.set(name, mine);
+  }
+  return mine;
+}
+
+/**
  * What a quota check needs of a project (decision 0084), as `readProject` reads it but
  * proportional to the project's limits: with none, the project's record alone (one key,
  * whatever the number of guests); with limits, the record and the kinds of records those
@@ -134,19 +164,25 @@ export async function readProject(store: KvStore, name: string): Promise<Guarded
  */
 export async function readGuard(store: KvStore, name: string): Promise<GuardedProject> {
   assertProjectName(name);
+  // A project that had limits at its last guard is read with what they counted straight away, in
+  // one request (a limit removed since costs that read once; one added is read by readCounting).
+  const known = hints.get(store)?.get(name)?.guarded;
+  if (known && known.length > 0) return readCounting(store, name, known, { guard: true });
   const projectKv = await store.get(records.project.key(name));
   const spec = specOf(name, projectKv);
   const counted = countedBy(spec.config);
   if (counted.length === 0) return guarded(name, spec, projectKv?.modRevision ?? 0, NO_USAGE, []);
-  return readCounting(store, name, counted);
+  return readCounting(store, name, counted, { guard: true });
 }
 
 async function readCounting(
   store: KvStore,
   name: string,
   first: readonly Counted[],
+  options: { guard?: boolean } = {},
 ): Promise<GuardedProject> {
   let counting = first;
+  let path = hints.get(store)?.get(name)?.path;
   for (;;) {
     // One read at one revision (on etcd one request, where five side by side cost more on a busy
     // member); a record that does not decode is left out, as a list leaves it out.
@@ -155,51 +191,85 @@ async function readCounting(
     // Read after the record, they are still what the compare guards: a guest made in the project
     // since rewrote the record.
     // A project with most of the store's guests reads every spec in this one read instead (two
-    // counts choose: guestReadPath), where the index would cost two records a guest.
+    // counts choose: pathFor), where the index would cost two records a guest. The counts ride in
+    // this read; the path they check is the one they chose last time (the first read of a project
+    // in this process counts first, on its own: guestReadPath).
     const listed: Counted[] = counting.filter((kind) => kind !== 'guests');
-    const path = counting.includes('guests') ? await guestReadPath(store, name) : 'index';
+    const withGuests = counting.includes('guests');
+    if (withGuests && path === undefined) path = await guestReadPath(store, name);
     const read = await readTogether(store, [
       { key: records.project.key(name) },
       ...listed.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
-      ...(counting.includes('guests') ? projectGuestReads(name, path) : []),
+      ...(withGuests ? [...guestCountReads(name), ...projectGuestReads(name, path)] : []),
     ]);
     const projectKv = read.kvs[0]?.[0];
     const spec = specOf(name, projectKv);
+    const limited = countedBy(spec.config);
+    if (options.guard) hintsOf(store, name).guarded = limited;
     // A limit set between a guard's first read and this one may count a kind not read: read it too.
-    const missing = countedBy(spec.config).filter((k) => !counting.includes(k));
+    const missing = limited.filter((k) => !counting.includes(k));
     if (missing.length > 0) {
       counting = [...counting, ...missing];
       continue;
     }
     const kvsOf = (kind: Counted) => read.kvs[listed.indexOf(kind) + 1] ?? [];
-    const guests = counting.includes('guests')
-      ? await projectGuestSpecs(store, name, guestsRead(read.kvs.slice(listed.length + 1), path))
-      : [];
-    let usage = NO_USAGE;
-    const objects: string[] = [];
-    for (const guest of decoded(records.guest, guests)) {
-      if (projectOfRecord(guest) !== name) continue;
-      usage = addUsage(usage, guestUsage(guest.config));
-      objects.push(`/1.0/guests/${guest.name}`);
+    let guests: KeyValue[] = [];
+    if (withGuests) {
+      const at = listed.length + 1;
+      const mine = read.counts[at] ?? 0;
+      const cheaper = pathFor(mine, read.counts[at + 1] ?? 0);
+      hintsOf(store, name).path = cheaper;
+      const found = guestsRead(read.kvs.slice(at + 2), path);
+      // The index path read more than one request of specs would take: one range read instead.
+      if (cheaper === 'all' && path === 'index' && found.indexed && mine > SPECS_PER_READ) {
+        path = cheaper;
+        continue;
+      }
+      guests = await projectGuestSpecs(store, name, found);
     }
-    for (const network of decoded(records.network, kvsOf('networks'))) {
-      if (projectOfRecord(network) !== name) continue;
-      usage = addUsage(usage, { ...NO_USAGE, networks: 1 });
-      objects.push(`/1.0/networks/${network.name}`);
-    }
-    for (const volume of decoded(records.volume, kvsOf('volumes'))) {
-      if (projectOfRecord(volume) !== name) continue;
-      usage = addUsage(usage, { ...NO_USAGE, diskBytes: volume.sizeBytes });
-      objects.push(`/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`);
-    }
-    for (const image of decoded(records.image, kvsOf('images'))) {
-      if (projectOfRecord(image) !== name) continue;
-      objects.push(`/1.0/images/${image.fingerprint}`);
-    }
+    const held = holdings({
+      guests,
+      networks: kvsOf('networks'),
+      volumes: kvsOf('volumes'),
+      images: kvsOf('images'),
+    }).get(name) ?? { usage: NO_USAGE, objects: [] };
     // A guard's objects would be a part of them only: it has none.
     const complete = ALL_COUNTED.every((k) => counting.includes(k));
-    return guarded(name, spec, projectKv?.modRevision ?? 0, usage, complete ? objects : []);
+    return guarded(name, spec, projectKv?.modRevision ?? 0, held.usage, complete ? held.objects : []);
   }
+}
+
+/** What each project's objects add up to, and the objects, from records of every project. */
+function holdings(
+  read: Record<Counted, KeyValue[]>,
+): Map<string, { usage: ProjectUsage; objects: string[] }> {
+  const out = new Map<string, { usage: ProjectUsage; objects: string[] }>();
+  const add = (project: string, usage: ProjectUsage | undefined, object: string) => {
+    let p = out.get(project);
+    if (!p) {
+      p = { usage: NO_USAGE, objects: [] };
+      out.set(project, p);
+    }
+    if (usage) p.usage = addUsage(p.usage, usage);
+    p.objects.push(object);
+  };
+  for (const guest of decoded(records.guest, read.guests)) {
+    add(projectOfRecord(guest), guestUsage(guest.config), `/1.0/guests/${guest.name}`);
+  }
+  for (const network of decoded(records.network, read.networks)) {
+    add(projectOfRecord(network), { ...NO_USAGE, networks: 1 }, `/1.0/networks/${network.name}`);
+  }
+  for (const volume of decoded(records.volume, read.volumes)) {
+    add(
+      projectOfRecord(volume),
+      { ...NO_USAGE, diskBytes: volume.sizeBytes },
+      `/1.0/storage-pools/${volume.pool}/volumes/custom/${volume.name}`,
+    );
+  }
+  for (const image of decoded(records.image, read.images)) {
+    add(projectOfRecord(image), undefined, `/1.0/images/${image.fingerprint}`);
+  }
+  return out;
 }
 
 function specOf(name: string, projectKv: KeyValue | undefined): ProjectSpec {
@@ -284,14 +354,32 @@ export function createProjectService(deps: { store: KvStore }): ProjectService {
 
   const service: ProjectService = {
     async list() {
-      const { kvs } = await store.list(records.project.prefix);
-      const names = new Set([DEFAULT_PROJECT, ...kvs.map((kv) => records.project.nameOf(kv.key))]);
-      const out: Project[] = [];
-      for (const name of [...names].sort()) {
-        const p = await readProject(store, name).catch(() => undefined);
-        if (p) out.push(show(p));
+      // One read of every project and everything they hold, summed in one pass (each record once,
+      // one request), where reading each project on its own read default's share of the guests
+      // and each other project's through its index, a request or more each.
+      const read = await readTogether(store, [
+        { key: records.project.prefix, prefix: true },
+        ...ALL_COUNTED.map((kind) => ({ key: KIND_OF[kind].prefix, prefix: true })),
+      ]);
+      const [projectKvs = [], guests = [], networks = [], volumes = [], images = []] = read.kvs;
+      const held = holdings({ guests, networks, volumes, images });
+      const specs = new Map<string, ProjectSpec>([[DEFAULT_PROJECT, defaultSpec()]]);
+      for (const kv of projectKvs) {
+        const [spec] = decoded(records.project, [kv]);
+        if (spec) specs.set(records.project.nameOf(kv.key), spec);
       }
-      return out;
+      return [...specs.entries()]
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([name, spec]) => {
+          const p = held.get(name);
+          return { ...spec, usage: p?.usage ?? NO_USAGE, usedBy: p?.objects ?? [] };
+        });
+    },
+
+    async names() {
+      // Only the names: no guest, network, volume or image is read.
+      const { kvs } = await store.list(records.project.prefix);
+      return [...new Set([DEFAULT_PROJECT, ...kvs.map((kv) => records.project.nameOf(kv.key))])].sort();
     },
 
     async get(name) {

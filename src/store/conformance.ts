@@ -348,6 +348,31 @@ export function runKvConformance(name: string, open: () => Promise<OpenedStore>)
         assert.equal(await store.revision(), before);
       });
 
+      test("a txn's countOnly get counts the keys it matches, returns no record, beside other gets at one revision", async () => {
+        for (const k of ['a/1', 'a/2', 'a/3', 'b']) await store.put(`${p}${k}`, k);
+        const response = await store.txn({
+          compare: [],
+          success: [
+            { type: 'get', key: `${p}a/`, prefix: true, countOnly: true },
+            { type: 'get', key: `${p}b` },
+            { type: 'get', key: `${p}b`, countOnly: true },
+            { type: 'get', key: `${p}none`, countOnly: true },
+            { type: 'get', key: `${p}nothing/`, prefix: true, countOnly: true },
+          ],
+        });
+        assert.deepEqual(
+          response.results.map((r) => (r.type === 'get' ? [r.kvs.length, r.count] : r.type)),
+          [
+            [0, 3],
+            [1, undefined],
+            [0, 1],
+            [0, 0],
+            [0, 0],
+          ],
+        );
+        assert.equal(response.revision, await store.revision());
+      });
+
       test('all writes of one txn share one revision', async () => {
         const before = await store.revision();
         await store.txn({

@@ -231,6 +231,7 @@ class EtcdKvStore implements EtcdStore {
       if (op.type === 'put') return { type: 'put' };
       if (op.type === 'delete')
         return { type: 'delete', deleted: Number(r?.response_delete_range?.deleted ?? 0) };
+      if (op.countOnly) return { type: 'get', kvs: [], count: Number(r?.response_range?.count ?? 0) };
       return { type: 'get', kvs: (r?.response_range?.kvs ?? []).map(toKeyValue) };
     });
     return { succeeded: res.succeeded, revision: this.#saw(res.header), results };
@@ -549,7 +550,12 @@ function toRequestOp(op: TxnOp): IRequestOp {
     case 'delete':
       return { request_delete_range: op.prefix ? prefixRange(op.key) : { key: Buffer.from(op.key) } };
     case 'get':
-      return { request_range: op.prefix ? prefixRange(op.key) : { key: Buffer.from(op.key) } };
+      return {
+        request_range: {
+          ...(op.prefix ? prefixRange(op.key) : { key: Buffer.from(op.key) }),
+          ...(op.countOnly && { count_only: true }),
+        },
+      };
   }
 }
 

@@ -264,6 +264,10 @@ export class KvEngine implements KvStore {
     const backend = this.#backend;
     switch (op.type) {
       case 'get': {
+        if (op.countOnly) {
+          const count = op.prefix ? backend.count(op.key) : backend.get(op.key) ? 1 : 0;
+          return { type: 'get', kvs: [], count };
+        }
         const kvs = op.prefix
           ? backend.range(op.key, 0)
           : [backend.get(op.key)].filter((kv) => kv !== undefined);

@@ -34,7 +34,8 @@ export interface Compare {
 export type TxnOp =
   | { type: 'put'; key: string; value: string; lease?: number }
   | { type: 'delete'; key: string; prefix?: boolean }
-  | { type: 'get'; key: string; prefix?: boolean };
+  /** `countOnly`: how many keys there are (`count`), no record, as `list`'s option (etcd's `count_only`). */
+  | { type: 'get'; key: string; prefix?: boolean; countOnly?: boolean };
 
 export interface TxnRequest {
   compare: Compare[];
@@ -46,7 +47,7 @@ export interface TxnRequest {
 export type TxnOpResult =
   | { type: 'put' }
   | { type: 'delete'; deleted: number }
-  | { type: 'get'; kvs: KeyValue[] };
+  | { type: 'get'; kvs: KeyValue[]; count?: number };
 
 export interface TxnResponse {
   succeeded: boolean;
@@ -169,15 +170,29 @@ export async function countKeys(store: Pick<KvStore, 'list'>, prefix: string): P
 /**
  * Several reads at one revision in one request (on etcd one round trip, where reads side by
  * side each cost one): for each read, the records it found (one key, or every key under it
- * with `prefix`), and the revision they were read at.
+ * with `prefix`), and the revision they were read at. A read with `countOnly` finds no record:
+ * its `counts` entry is how many keys it matched (for the others, how many it found).
  */
 export async function readTogether(
   store: Pick<KvStore, 'txn'>,
-  reads: ReadonlyArray<{ key: string; prefix?: boolean }>,
-): Promise<{ kvs: KeyValue[][]; revision: number }> {
+  reads: ReadonlyArray<{ key: string; prefix?: boolean; countOnly?: boolean }>,
+): Promise<{ kvs: KeyValue[][]; counts: number[]; revision: number }> {
   const r = await store.txn({
     compare: [],
-    success: reads.map((x): TxnOp => ({ type: 'get', key: x.key, ...(x.prefix && { prefix: true }) })),
+    success: reads.map(
+      (x): TxnOp => ({
+        type: 'get',
+        key: x.key,
+        ...(x.prefix && { prefix: true }),
+        ...(x.countOnly && { countOnly: true }),
+      }),
+    ),
   });
-  return { kvs: r.results.map((x) => (x.type === 'get' ? x.kvs : [])), revision: r.revision };
+  const gets = r.results.map((x) => (x.type === 'get' ? x : { kvs: [], count: undefined }));
+  return {
+    kvs: gets.map((x) => x.kvs),
+    // A store that ignores `countOnly` (a wrapper of a test) is counted by what it returned.
+    counts: gets.map((x) => x.count ?? x.kvs.length),
+    revision: r.revision,
+  };
 }

@@ -25,6 +25,9 @@ export const projectGuestIndex = {
 /** Gets per transaction: etcd refuses more than 128 operations in one (`--max-txn-ops`). */
 const CHUNK = 100;
 
+/** Specs the `index` path reads in one request. */
+export const SPECS_PER_READ = CHUNK;
+
 /**
  * How a project's guests are read: `index`, the project's index keys then each spec by key (two
  * records a guest of the project, a round trip per 100 specs); `all`, every guest's spec in one
@@ -43,8 +46,21 @@ export async function guestReadPath(store: Pick<KvStore, 'list'>, project: strin
     countKeys(store, keys.projectGuests(project)),
     countKeys(store, records.guest.prefix),
   ]);
-  return every < 2 * mine ? 'all' : 'index';
+  return pathFor(mine, every);
 }
+
+/** The cheaper path for a project of `mine` index keys among `every` guest specs. */
+export const pathFor = (mine: number, every: number): GuestReadPath => (every < 2 * mine ? 'all' : 'index');
+
+/**
+ * The two counts `guestReadPath` takes, as reads to put into a transaction of the caller's own
+ * (`readTogether`'s `counts`, in this order: the project's index keys, every guest spec): they
+ * check a path chosen before, in the same request (decision 0087, amended).
+ */
+export const guestCountReads = (project: string) => [
+  { key: keys.projectGuests(project), prefix: true, countOnly: true },
+  { key: records.guest.prefix, prefix: true, countOnly: true },
+];
 
 /** What `projectGuestSpecs` takes: the index's mark and what the path read first. */
 export interface GuestsRead {

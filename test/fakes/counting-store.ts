@@ -7,7 +7,10 @@ import type { KvStore } from '../../src/store/kv.ts';
  */
 export interface CountingStore extends KvStore {
   reads: { records: number; lists: string[] };
-  /** Requests that read (a get, a list, a transaction with a get) and the prefixes counted (`countOnly`: no record, not in `lists`). */
+  /**
+   * Requests that read (a get, a list, a transaction with a get) and the prefixes counted
+   * (`countOnly`, by a list or inside a transaction: no record, not in `lists`).
+   */
   calls: { requests: number; counts: string[] };
   /** Zeroes the counts. */
   reset(): void;
@@ -42,6 +45,8 @@ export function countingStore(inner: KvStore): CountingStore {
     delete: (key, options) => inner.delete(key, options),
     txn: async (request) => {
       if (request.success.some((op) => op.type === 'get')) calls.requests++;
+      // Counts inside a transaction ride on its request: named in `counts`, no request of their own.
+      for (const op of request.success) if (op.type === 'get' && op.countOnly) calls.counts.push(op.key);
       const r = await inner.txn(request);
       for (const x of r.results) {
         if (x.type !== 'get') continue;
