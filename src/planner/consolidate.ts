@@ -121,9 +121,34 @@ function percentileVia(scratch: Float64Array): (values: Float64Array, p: number)
   };
 }
 
-/** ⌈peak of the summed load / host capacity⌉, over CPU and memory. */
+/**
+ * The dimensions of each workload's series as fractions of the host, without copying them: a
+ * function from (dimension, sample) to the fraction normalize() would hold there, the same division.
+ */
+function dimensionsOf(inv: Inventory, size: HostSize): Array<(w: Workload, t: number) => number> {
+  const withMemory = size.memoryBytes !== undefined && inv.workloads.every((w) => w.memoryBytes);
+  const cpu = (w: Workload, t: number) => (w.cpu[t] ?? 0) / size.cpu;
+  const cap = size.memoryBytes as number;
+  const mem = (w: Workload, t: number) => ((w.memoryBytes as Float64Array)[t] ?? 0) / cap;
+  return withMemory ? [cpu, mem] : [cpu];
+}
+
+/**
+ * ⌈peak of the summed load / host capacity⌉, over CPU and memory. Summed in boundOf's order, from
+ * the inventory itself: a normalized copy of a Bitbrains month is 71 MB, for one number.
+ */
 export function lowerBound(inv: Inventory, size: HostSize): number {
-  return boundOf(normalize(inv, size), inv.samples);
+  let bound = 0;
+  for (const frac of dimensionsOf(inv, size)) {
+    let peak = 0;
+    for (let t = 0; t < inv.samples; t++) {
+      let sum = 0;
+      for (const w of inv.workloads) sum += frac(w, t);
+      if (sum > peak) peak = sum;
+    }
+    bound = Math.max(bound, Math.ceil(peak - EPS));
+  }
+  return bound;
 }
 
 function boundOf(norm: Normalized[], T: number): number {
@@ -611,9 +636,9 @@ class Packer {
 const sizes = new WeakMap<Normalized, number>();
 const sizeKey = (n: Normalized): number => sizes.get(n) ?? 0;
 
-const byName = (a: Normalized, b: Normalized) => (a.w.id < b.w.id ? -1 : a.w.id > b.w.id ? 1 : 0);
+const byName = (a: { w: Workload }, b: { w: Workload }) => (a.w.id < b.w.id ? -1 : a.w.id > b.w.id ? 1 : 0);
 
-function hostsOf(bins: Array<{ members: Normalized[] }>): PlannedHost[] {
+function hostsOf(bins: Array<{ members: Array<{ w: Workload }> }>): PlannedHost[] {
   const width = String(bins.length).length;
   return bins.map((b, i) => ({
     name: `host${String(i + 1).padStart(width, '0')}`,
@@ -708,18 +733,24 @@ export function firstFitDecreasing(
 ): Plan {
   const size = options.hostSize;
   checkInventory(inv, size);
-  const norm = normalize(inv, size);
-  const dims = norm[0]?.dims ?? 1;
+  // Each workload's percentile in each dimension: the fractions normalize() would hold, made one
+  // workload at a time in one reused scratch rather than as a copy of the whole inventory.
+  const fractions = dimensionsOf(inv, size);
+  const dims = fractions.length;
   const T = inv.samples;
   const p = options.sizing === 'peak' ? 100 : options.sizing;
-  const percentile = percentileVia(new Float64Array(T));
-  const items = norm.map((n) => {
+  const scratch = new Float64Array(T);
+  const rank = percentileRank(T, p);
+  const items = inv.workloads.map((w) => {
     const need: number[] = [];
-    for (let d = 0; d < dims; d++) need.push(percentile(n.load.subarray(d * T, (d + 1) * T), p));
-    return { n, need, key: need.reduce((s, v) => s + v, 0) };
+    for (const frac of fractions) {
+      for (let t = 0; t < T; t++) scratch[t] = frac(w, t);
+      need.push(T === 0 ? 0 : select(scratch, rank));
+    }
+    return { n: { w }, need, key: need.reduce((s, v) => s + v, 0) };
   });
   items.sort((a, b) => b.key - a.key || byName(a.n, b.n));
-  const bins: Array<{ used: number[]; members: Normalized[] }> = [];
+  const bins: Array<{ used: number[]; members: Array<{ w: Workload }> }> = [];
   for (const it of items) {
     if (it.need.some((v) => v > 1 + EPS)) {
       throw failedPrecondition(
