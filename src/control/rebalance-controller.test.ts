@@ -22,6 +22,7 @@ import {
   createRebalanceController,
   memberLoadOf,
   pinnedGuests,
+  plannedGuest,
   type RebalanceMember,
 } from './rebalance-controller.ts';
 
@@ -154,6 +155,59 @@ describe('buildClusterState', () => {
         ['web', why],
       ],
     );
+  });
+
+  test('plannedGuest keeps what a plan reads: NICs as network and fixed address, one shared empty config; pins and budgets are as from whole specs', () => {
+    const lab = {
+      name: 'lab',
+      description: '',
+      config: { 'ipv4.address': '198.18.50.1/24' },
+      generation: 1,
+      deleting: false,
+      location: 'a',
+      createdAt: new Date(0).toISOString(),
+      forwards: [
+        {
+          listenAddress: '198.18.0.11',
+          listenPort: 8080,
+          protocol: 'tcp' as const,
+          targetAddress: '198.18.50.20',
+          targetPort: 80,
+        },
+      ],
+    };
+    const whole = [
+      aGuestSpec({
+        name: 'web',
+        location: 'a',
+        devices: {
+          eth0: {
+            type: 'nic',
+            network: 'lab',
+            hwaddr: '00:16:3e:00:00:01',
+            'ipv4.address': '198.18.50.20',
+            'limits.ingress': '10Mbit',
+          },
+          eth1: { type: 'nic', network: 'lab', hwaddr: '00:16:3e:00:00:02' },
+        },
+      }),
+      aGuestSpec({ name: 'dhcp', location: 'a', devices: { eth0: { type: 'nic', network: 'lab' } } }),
+      aGuestSpec({ name: 'db', location: 'a', config: { 'limits.memory': '1GiB' } }),
+      aGuestSpec({ name: 'vm', location: 'b', config: { 'migration.downtime_budget': '0', 'user.x': 'y' } }),
+    ];
+    const [web, dhcp, db, vm] = whole.map(plannedGuest);
+    assert.deepEqual(web?.devices, { eth0: { type: 'nic', network: 'lab', 'ipv4.address': '198.18.50.20' } });
+    assert.equal(dhcp?.devices, undefined, 'a NIC without a fixed address pins nothing: not kept');
+    assert.deepEqual(db?.config, {});
+    assert.equal(db?.config, web?.config, 'guests without a planned key share one config');
+    assert.deepEqual(vm?.config, { 'migration.downtime_budget': '0' });
+    const memberOf = memberByClusterAddress([
+      { name: 'a', address: '198.18.0.11:8443' },
+      { name: 'b', address: '198.18.0.12:8443' },
+    ]);
+    const planned = whole.map(plannedGuest);
+    assert.deepEqual([...pinnedGuests(planned, [lab], memberOf)], [...pinnedGuests(whole, [lab], memberOf)]);
+    assert.equal(pinnedGuests(planned, [lab], memberOf).size, 1);
   });
 
   test("series are aligned on the window's steps, gaps are no demand, and the last move, the budget and the owner come from the records", () => {

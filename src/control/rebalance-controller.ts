@@ -19,7 +19,7 @@ import { migrationDowntimeBudgetMs, type RebalanceSettings, rebalanceSettings } 
 import { asTrivisorError, conflict, isTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { isPowerKey, type MemberPowerConfig, type PowerSettings, powerSettings } from '../core/power-keys.ts';
-import type { GuestSpec, NetworkSpec } from '../core/types.ts';
+import type { GuestSpec, NetworkSpec, NicDevice } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { forwardPins, memberByClusterAddress, pinNote } from '../network/forward-pins.ts';
 import type { GuestMover } from '../services/guest-move.ts';
@@ -157,12 +157,29 @@ export type PlannedGuest = Pick<
 /** The config keys a plan reads of a guest. */
 const PLANNED_KEYS = ['migration.downtime_budget', 'cluster.evacuate'] as const;
 
-/** What `PlannedGuest` keeps of a spec; the rest of the decoded record is left to the collector. */
+/** The config of a guest that sets none of `PLANNED_KEYS` (most guests): one object for all. */
+const NO_PLANNED_KEYS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
+/**
+ * What `PlannedGuest` keeps of a spec; the rest of the decoded record is left to the collector.
+ * Trimmed (measured by bench/planned-guests-memory.ts, decision 0087): NICs only as the port
+ * forwards' pins read them (network and fixed address; a NIC without one pins nothing), and one
+ * empty config shared by the guests that set no planned key.
+ */
 export function plannedGuest(spec: GuestSpec): PlannedGuest {
-  const config: Record<string, string> = {};
+  let config = NO_PLANNED_KEYS;
   for (const key of PLANNED_KEYS) {
     const value = spec.config[key];
-    if (value !== undefined) config[key] = value;
+    if (value === undefined) continue;
+    if (config === NO_PLANNED_KEYS) config = {};
+    config[key] = value;
+  }
+  let devices: Record<string, NicDevice> | undefined;
+  for (const [name, d] of Object.entries(spec.devices ?? {})) {
+    const address = d['ipv4.address'];
+    if (d.type !== 'nic' || address === undefined) continue;
+    devices ??= {};
+    devices[name] = { type: 'nic', network: d.network, 'ipv4.address': address };
   }
   return {
     name: spec.name,
@@ -171,7 +188,7 @@ export function plannedGuest(spec: GuestSpec): PlannedGuest {
     location: spec.location,
     deleting: spec.deleting,
     config,
-    ...(spec.devices && { devices: spec.devices }),
+    ...(devices && { devices }),
   };
 }
 
