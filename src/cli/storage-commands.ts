@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
@@ -5,9 +6,13 @@ import { type Command, Option } from 'commander';
 import { liveRestoreTimes, secondsText } from '../api/backup-schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
+import type { Operation } from '../core/types.ts';
 import { clientOf, parsePairs } from './context.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 import { waitWithProgress } from './progress.ts';
+
+/** Whether an operation's failure is its cancel. */
+const isCancelled = (e: unknown): boolean => (e as { code?: unknown } | undefined)?.code === 'Cancelled';
 
 /** snapshot create|list|restore|delete, copy, export, import, backup list. */
 export function addStorageCommands(program: Command): void {
@@ -129,16 +134,36 @@ export function addStorageCommands(program: Command): void {
         const target = resolve(file);
         await assertWritableFile(target);
         const client = clientOf(cmd);
+        // Named here, so that the download follows the archive while the daemon writes it (issue 20 §1).
+        const backup = `backup-${randomBytes(8).toString('hex')}`;
         const op = await client.createBackup(name, {
+          name: backup,
           snapshots: opts.withSnapshots === true,
           ...(opts.incremental && { incremental: true }),
           ...(opts.uncompressed && { uncompressed: true }),
         });
-        const done = await waitWithProgress(client, op, { label: `Backing up ${name}` });
-        const backup = done.metadata.backup;
-        if (typeof backup !== 'string') throw new Error('The daemon did not name the backup it made');
+        let done: Operation;
         try {
-          await client.downloadBackup(name, backup, target);
+          const downloading = client
+            .downloadBackup(name, backup, target, { follow: true })
+            .catch(async (e: unknown) => {
+              // Nothing more of it can be kept: the daemon stops writing it.
+              await client.cancelOperation(op.id).catch(() => {});
+              throw e;
+            });
+          const [waited, downloaded] = await Promise.allSettled([
+            waitWithProgress(client, op, { label: `Backing up ${name}` }),
+            downloading,
+          ]);
+          // The export's own failure names the cause; the download's says only that it stopped.
+          if (downloaded.status === 'rejected' && waited.status === 'fulfilled') throw downloaded.reason;
+          if (waited.status === 'rejected') {
+            throw downloaded.status === 'rejected' && isCancelled(waited.reason)
+              ? downloaded.reason
+              : waited.reason;
+          }
+          if (downloaded.status === 'rejected') throw downloaded.reason;
+          done = waited.value;
         } finally {
           await client.deleteBackup(name, backup).catch(() => {});
         }

@@ -1,7 +1,9 @@
 import { createReadStream } from 'node:fs';
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
+import { Writable } from 'node:stream';
 import type { BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
 import type { AsyncResponse } from '../api/envelopes.ts';
+import { FollowFrameReader } from '../api/follow-frames.ts';
 import type { Operation } from '../api/types.ts';
 import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
 import type { RecoverReport } from '../services/storage-service.ts';
@@ -23,12 +25,22 @@ export interface StorageClient {
   ): Promise<Operation>;
   /** Starts making a backup archive on the daemon; the finished operation's metadata names it (`backup`). */
   /** `uncompressed` (vm): the disk stored plain, for `importBackup(…, { live: true })`. */
+  /** `name`: the backup's name (`backup-` and 16 hex digits), so that it can be downloaded while it is made. */
   createBackup(
     guest: string,
-    options?: { snapshots?: boolean; incremental?: boolean; uncompressed?: boolean },
+    options?: { snapshots?: boolean; incremental?: boolean; uncompressed?: boolean; name?: string },
   ): Promise<Operation>;
-  /** Streams a finished backup to `filePath` (written under a temporary name, renamed when complete). */
-  downloadBackup(guest: string, backup: string, filePath: string): Promise<void>;
+  /**
+   * Streams a backup to `filePath` (written under a temporary name, renamed when complete). With
+   * `follow`, while its export still writes it (issue 20 §1): the download fails, leaving no file,
+   * when the export fails or is cancelled.
+   */
+  downloadBackup(
+    guest: string,
+    backup: string,
+    filePath: string,
+    options?: { follow?: boolean },
+  ): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`; on pool `storage`). */
   /** `target`: on a cluster, the member to import on (decision 0034); `live`: a vm guest runs at once (decision 0063). */
@@ -87,6 +99,72 @@ function localReason(e: NodeJS.ErrnoException): string {
   }
 }
 
+/**
+ * A sink for a followed download's frames (src/api/follow-frames.ts): each data frame written at
+ * its offset of `out`, contiguous bytes gathered into 1 MiB writes through two buffers used in
+ * turn. Fails on a failure frame (the export's reason) and on a body that ends without the end
+ * frame; `sizeBytes` is the archive's size the end frame gave.
+ */
+function framesInto(out: FileHandle, backup: string): { sink: Writable; sizeBytes: () => number } {
+  const reader = new FollowFrameReader();
+  let size = -1;
+  const buffers = [Buffer.allocUnsafe(ARCHIVE_IO_BYTES), Buffer.allocUnsafe(ARCHIVE_IO_BYTES)];
+  let turn = 0;
+  let fill = 0;
+  let at = 0;
+  let writing: Promise<void> = Promise.resolve();
+  const writeAll = async (buffer: Buffer, length: number, position: number) => {
+    let done = 0;
+    while (done < length) {
+      done += (await out.write(buffer, done, length - done, position + done)).bytesWritten;
+    }
+  };
+  const flush = async () => {
+    if (fill === 0) return;
+    await writing;
+    writing = writeAll(buffers[turn] as Buffer, fill, at);
+    writing.catch(() => {});
+    turn = 1 - turn;
+    at += fill;
+    fill = 0;
+  };
+  const put = async (offset: number, bytes: Buffer) => {
+    if (offset !== at + fill) {
+      await flush();
+      at = offset;
+    }
+    let from = 0;
+    while (from < bytes.length) {
+      const n = bytes.copy(buffers[turn] as Buffer, fill, from);
+      fill += n;
+      from += n;
+      if (fill === ARCHIVE_IO_BYTES) await flush();
+    }
+  };
+  const sink = new Writable({
+    highWaterMark: ARCHIVE_IO_BYTES,
+    write(chunk: Buffer, _encoding, done) {
+      (async () => {
+        for (const event of reader.push(chunk)) {
+          if (event.type === 'data') await put(event.offset, event.bytes);
+          else if (event.type === 'end') size = event.sizeBytes;
+          else throw new Error(event.message);
+        }
+      })().then(() => done(), done);
+    },
+    final(done) {
+      (async () => {
+        if (!reader.finished) {
+          throw new Error(`The download of backup ${backup} stopped before the archive was complete`);
+        }
+        await flush();
+        await writing;
+      })().then(() => done(), done);
+    },
+  });
+  return { sink, sizeBytes: () => size };
+}
+
 /** The storage half of the client, over the same transport. */
 export function storageMethods(
   transport: Transport,
@@ -113,8 +191,9 @@ export function storageMethods(
         snapshots: o.snapshots === true,
         ...(o.incremental && { incremental: true }),
         ...(o.uncompressed && { uncompressed: true }),
+        ...(o.name !== undefined && { name: o.name }),
       }),
-    async downloadBackup(guest, backup, filePath) {
+    async downloadBackup(guest, backup, filePath, options = {}) {
       const partial = `${filePath}.partial`;
       // Opened (and awaited) before the download: a stream that fails to open emits 'error'
       // before anything listens, which crashed the CLI with a stack trace (issue 11, finding 7).
@@ -122,11 +201,23 @@ export function storageMethods(
         throw new Error(`Cannot write ${filePath}: ${localReason(e)}`);
       });
       try {
-        const res = await transport.request(
-          'GET',
-          `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export`,
-          { sink: out.createWriteStream({ highWaterMark: ARCHIVE_IO_BYTES }) },
-        );
+        const url = `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export`;
+        if (options.follow) {
+          const frames = framesInto(out, backup);
+          const res = await transport.request('GET', `${url}?follow=true`, { sink: frames.sink });
+          if (res.status >= 400) parseEnvelope(res);
+          const expected = frames.sizeBytes();
+          const got = (await stat(partial)).size;
+          if (got !== expected) {
+            throw new Error(`The download of backup ${backup} ended with ${got} of ${expected} bytes`);
+          }
+          await out.close();
+          await rename(partial, filePath);
+          return;
+        }
+        const res = await transport.request('GET', url, {
+          sink: out.createWriteStream({ highWaterMark: ARCHIVE_IO_BYTES }),
+        });
         if (res.status >= 400) parseEnvelope(res);
         const expected = Number(res.headers['content-length']);
         const got = (await stat(partial)).size;

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -7,28 +7,41 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { BackupDirectoryArchiveSchema, type BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
 import { syncResponse } from '../api/envelopes.ts';
+import { FOLLOW_CONTENT_TYPE } from '../api/follow-frames.ts';
 import {
   AsyncEnvelopeSchema,
   ErrorEnvelopeSchema,
   RecursionQuerySchema,
   SyncEnvelope,
 } from '../api/schemas.ts';
-import { invalidArgument, notSupported } from '../core/errors.ts';
+import { invalidArgument, notFound, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
+import { readArchiveHead, uploadFault } from '../services/archive-stream.ts';
 import {
   type BackupDirectoryArchive,
   getBackupDirectoryArchive,
   importFromBackupDirectory,
   listBackupDirectory,
 } from '../services/backup-directory.ts';
+import type { BackupFollow } from '../services/storage-backups.ts';
 import type { StorageService } from '../services/storage-service.ts';
-import { sendFileBody } from './file-response.ts';
+import { sendFileBody, sendFollowedFile } from './file-response.ts';
 import { receiveToFile } from './file-upload.ts';
 import { assertTarget, targetQuery } from './member-lists.ts';
 import { projectOf, type RouteContext, sendAsync } from './route-context.ts';
 
 /** True when A and B are one type, not merely assignable to each other (an optional field more is not). */
 type Same<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+
+/** Waits for a backup's export to end: its size, or its failure thrown. */
+async function exportEnd(follow: BackupFollow): Promise<{ sizeBytes: number }> {
+  for (;;) {
+    const status = follow.status();
+    if (status.state === 'done') return status;
+    if (status.state === 'failed') throw status.error;
+    await follow.changed(1000);
+  }
+}
 
 /** Largest backup archive accepted by import. */
 export const BACKUP_UPLOAD_LIMIT_BYTES = 64 * 1024 ** 3;
@@ -149,17 +162,21 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       sendAsync(reply, await storage(request).restoreSnapshot(request.params.name, request.body.restore)),
   );
 
-  app.post<{ Params: Name; Body: { snapshots?: boolean; incremental?: boolean; uncompressed?: boolean } }>(
+  app.post<{
+    Params: Name;
+    Body: { name?: string; snapshots?: boolean; incremental?: boolean; uncompressed?: boolean };
+  }>(
     '/1.0/guests/:name/backups',
     {
       config: { access: 'operate' },
       schema: {
         summary: 'Make a backup archive of a guest (download it from …/backups/BACKUP/export)',
         description:
-          "The operation metadata names the backup (`backup`) once it is done. `incremental`: the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`. `uncompressed` (vm guests): the disk stored plain, which `import --live` reads in place (decision 0063).",
+          "The operation metadata names the backup (`backup`) once it is done; `name` (`backup-` and 16 hex digits, as Incus takes a name) picks it beforehand, so that the download can follow the archive while it is written (`export?follow=true`). `incremental`: the next link of the guest's backup chain, only what changed since its last one (the first is full); the metadata then has `incremental: {chain, sequence, kind}`. `uncompressed` (vm guests): the disk stored plain, which `import --live` reads in place (decision 0063).",
         params: NameParams,
         body: Type.Object(
           {
+            name: Type.Optional(Type.String({ description: "The backup's name: backup- and 16 hex digits" })),
             snapshots: Type.Optional(Type.Boolean()),
             incremental: Type.Optional(Type.Boolean()),
             uncompressed: Type.Optional(Type.Boolean()),
@@ -173,6 +190,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       sendAsync(
         reply,
         await storage(request).createBackup(request.params.name, {
+          ...(request.body?.name !== undefined && { name: request.body.name }),
           withSnapshots: request.body?.snapshots === true,
           incremental: request.body?.incremental === true,
           ...(request.body?.uncompressed === true && { uncompressed: true }),
@@ -180,27 +198,42 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       ),
   );
 
-  app.get<{ Params: Backup }>(
+  app.get<{ Params: Backup; Querystring: { follow?: boolean } }>(
     '/1.0/guests/:name/backups/:backup/export',
     {
       config: { access: 'operate' },
       schema: {
         summary: 'Download a backup archive (tar + zstd)',
+        description: `A backup still being written is sent once its export has ended (its failure is this request's error), or, with \`follow=true\`, while it is written: the body is then ${FOLLOW_CONTENT_TYPE} frames (src/api/follow-frames.ts), each bytes at an offset of the archive, ending with the archive's size or the export's failure.`,
         params: BackupParams,
+        querystring: Type.Object({
+          follow: Type.Optional(
+            Type.Boolean({ description: 'Send the archive as it is written, in frames (issue 20 §1)' }),
+          ),
+        }),
         response: { 200: Type.Unsafe({ description: 'The archive bytes' }), ...errors },
       },
     },
     async (request, reply) => {
-      const file = await storage(request).backupFile(request.params.name, request.params.backup);
-      const handle = await open(file.path, 'r');
+      const follow = await storage(request).followBackup(request.params.name, request.params.backup);
+      if (request.query.follow === true) {
+        reply.hijack();
+        reply.raw.writeHead(200, { 'content-type': FOLLOW_CONTENT_TYPE });
+        // The head is sent: the frames say the rest, a failed export included.
+        await sendFollowedFile(follow, reply.raw).catch(() => reply.raw.destroy());
+        return;
+      }
+      const end = await exportEnd(follow);
+      const handle = await follow.open();
+      if (!handle) throw notFound(`Guest ${request.params.name} has no backup ${request.params.backup}`);
       // Sent by hand through two reused buffers, not a stream's buffer per read (decision 0072).
       reply.hijack();
       try {
         reply.raw.writeHead(200, {
           'content-type': 'application/octet-stream',
-          'content-length': String(file.sizeBytes),
+          'content-length': String(end.sizeBytes),
         });
-        await sendFileBody(handle, reply.raw, file.sizeBytes);
+        await sendFileBody(handle, reply.raw, end.sizeBytes);
       } catch {
         // The head is sent: a body cut short is all the client can be told.
         reply.raw.destroy();
@@ -486,12 +519,39 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
           throw e;
         }
       }
+      const live = request.headers['x-trivisor-live'] === '1';
+      // An archive with an index is unpacked while it arrives; a live restore reads its file in place,
+      // and an archive without one (older, or packed by hand) is read from a file as before.
+      let body: AsyncIterable<Buffer> = stream;
+      if (!live) {
+        const head = await readArchiveHead(stream).catch((e: unknown) => {
+          reply.header('connection', 'close');
+          throw uploadFault(e);
+        });
+        if (head.index) {
+          try {
+            return sendAsync(
+              reply,
+              await storage(request).importUpload({
+                upload: head,
+                ...(typeof name === 'string' && name !== '' && { name }),
+                ...(typeof pool === 'string' && pool !== '' && { storage: pool }),
+              }),
+            );
+          } catch (e) {
+            // The rest of the upload is not read: the connection ends with the answer.
+            reply.header('connection', 'close');
+            throw e;
+          }
+        }
+        body = head.all;
+      }
       const path = join(
         ctx.uploadDir ?? tmpdir(),
         `trivisor-import-${randomBytes(8).toString('hex')}.tar.zst`,
       );
       try {
-        const received = await receiveToFile(stream, path, { mode: 0o600 });
+        const received = await receiveToFile(body, path, { mode: 0o600 });
         if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
         return sendAsync(
           reply,
@@ -499,7 +559,7 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
             archivePath: path,
             ...(typeof name === 'string' && name !== '' && { name }),
             ...(typeof pool === 'string' && pool !== '' && { storage: pool }),
-            ...(request.headers['x-trivisor-live'] === '1' && { live: true }),
+            ...(live && { live: true }),
           }),
         );
       } catch (e) {

@@ -115,9 +115,10 @@ export async function feedPayload(options: {
 }
 
 /** A manifest is a few KiB (its snapshots' records): anything far larger is not one. */
-const MAX_MANIFEST_BYTES = 16 * 2 ** 20;
+export const MAX_MANIFEST_BYTES = 16 * 2 ** 20;
 
-function parseManifest(data: Buffer, snapshotsOnly: boolean): BackupManifest {
+/** Parses and checks a manifest's shape; `snapshotsOnly`: a live move's cold part. */
+export function parseManifest(data: Buffer, snapshotsOnly: boolean): BackupManifest {
   let manifest: BackupManifest;
   try {
     manifest = JSON.parse(data.toString('utf8')) as BackupManifest;

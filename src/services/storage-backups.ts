@@ -1,14 +1,22 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { alreadyExists, invalidArgument, notFound, notSupported, TrivisorError } from '../core/errors.ts';
+import {
+  alreadyExists,
+  asTrivisorError,
+  invalidArgument,
+  notFound,
+  notSupported,
+  TrivisorError,
+} from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { projectOfRecord } from '../core/projects.ts';
-import { ArchiveWriter } from '../storage/backup-archive.ts';
+import { ArchiveWriter, listArchive } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import { readThroughFifo } from '../storage/fifo-stream.ts';
 import type { BackupManifest } from '../storage/storage-records.ts';
 import { ZstdFrameEnd } from '../storage/zstd-frames.ts';
+import { INDEX_MEMBER, indexOf } from './archive-stream.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
 import { PLAIN_ROOTFS } from './storage-live-import.ts';
@@ -22,7 +30,7 @@ export const newBackupName = (): string => `backup-${randomBytes(8).toString('he
 /** Backups written on the daemon's side (export): make, find for download, delete. */
 export function backupMethods(
   view: StorageView,
-): Pick<StorageService, 'createBackup' | 'backupFile' | 'deleteBackup'> {
+): Pick<StorageService, 'createBackup' | 'backupFile' | 'followBackup' | 'deleteBackup'> {
   const { deps, runner, backupsDir, storageFor, assertProvisioned, exclusive } = view.ctx;
   const { scope, load } = view;
   return {
@@ -54,9 +62,14 @@ export function backupMethods(
       }
       const backup = options.name ?? newBackupName();
       if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
-      if (await taken(join(backupsDir, guest), backup)) {
+      const dir = join(backupsDir, guest);
+      if ((await taken(dir, backup)) || exporting.has(join(dir, `${backup}.tar`))) {
         throw alreadyExists(`Guest ${guest} has a backup ${backup} already`);
       }
+      const partial = join(dir, `.tmp-${backup}.tar`);
+      const archive = join(dir, `${backup}.tar`);
+      // A download may follow the archive from now on (issue 20 §1).
+      const follow = newExport(partial, archive);
       return exclusive(
         guest,
         `Backing up guest ${guest}`,
@@ -64,26 +77,38 @@ export function backupMethods(
           // A guest made with --empty has no image: its archive names none ('').
           const image = spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image);
           const snapshots = options.withSnapshots ? await view.self().listSnapshots(guest) : [];
-          const dir = join(backupsDir, guest);
           const work = join(dir, `.tmp-${backup}`);
-          const partial = join(dir, `.tmp-${backup}.tar`);
-          const archive = join(dir, `${backup}.tar`);
           await mkdir(work, { recursive: true, mode: 0o700 });
           // Each payload goes from the driver's tar through a FIFO into the archive, hashed on the
-          // way: written once, read never (decision 35). The manifest, which holds the checksums, comes last.
+          // way: written once, read never (decision 35). The manifest, which holds the checksums, comes
+          // last; what it says of the guest also comes first, as index.json, for an import that reads
+          // the archive as it is uploaded.
           let writer: ArchiveWriter | undefined;
           try {
             writer = await ArchiveWriter.create(partial);
             const into = writer;
+            const about = {
+              format: 'trivisor-backup/1' as const,
+              guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
+              image: {
+                fingerprint: image.fingerprint,
+                alias: spec.imageAlias,
+                description: image.description,
+              },
+              snapshots,
+            };
+            const index = indexOf(about, options.incremental === true);
+            await into.addBuffer(INDEX_MEMBER, Buffer.from(`${JSON.stringify(index, null, 2)}\n`));
             const files: BackupManifest['files'] = {};
             const progress = byteProgress((percent, text) => ctx.progress(percent, text));
             const payload = async (rel: string, produce: (path: string) => Promise<unknown>) => {
               const fifo = join(work, rel.replaceAll('/', '-'));
               await runner.run(['mkfifo', '-m', '0600', fifo]);
               files[rel] = await readThroughFifo(fifo, produce, (chunks) =>
-                into.addStream(rel, rel.endsWith('.zst') ? zstdFramesOf(chunks) : chunks, (n) =>
-                  progress.add(n),
-                ),
+                into.addStream(rel, rel.endsWith('.zst') ? zstdFramesOf(chunks) : chunks, (n) => {
+                  progress.add(n);
+                  follow.wrote(n);
+                }),
               );
             };
             let link: BackupManifest['incremental'];
@@ -113,34 +138,45 @@ export function backupMethods(
             }
             ctx.signal.throwIfAborted();
             const manifest: BackupManifest = {
-              format: 'trivisor-backup/1',
+              ...about,
               createdAt: new Date().toISOString(),
-              guest: { name: spec.name, model: spec.model, config: spec.config, createdAt: spec.createdAt },
-              image: {
-                fingerprint: image.fingerprint,
-                alias: spec.imageAlias,
-                description: image.description,
-              },
-              snapshots,
               ...(link && { incremental: link }),
               files,
             };
             await into.addBuffer('manifest.json', Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
             const sizeBytes = await into.finish();
             await rename(partial, archive);
+            follow.done(sizeBytes);
             return { backup, sizeBytes, ...(link && { incremental: link }) };
           } catch (e) {
             await writer?.abandon();
             await rm(partial, { force: true });
-            if (ctx.signal.aborted)
-              throw new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`);
-            throw diskFull(e, `Cannot back up guest ${guest}`);
+            const error = ctx.signal.aborted
+              ? new TrivisorError('Cancelled', `The backup of guest ${guest} was cancelled`)
+              : diskFull(e, `Cannot back up guest ${guest}`);
+            follow.failed(error);
+            throw error;
           } finally {
             await rm(work, { recursive: true, force: true });
           }
         },
         { project: projectOfRecord(spec), mayCancel: true },
-      );
+      ).catch((e: unknown) => {
+        follow.failed(asTrivisorError(e));
+        throw e;
+      });
+    },
+
+    async followBackup(guest, backup) {
+      assertDnsLabel(guest, 'guest name');
+      if (scope !== undefined) await load(guest);
+      if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
+      const archive = join(backupsDir, guest, `${backup}.tar`);
+      const running = exporting.get(archive);
+      if (running) return running.view();
+      const st = await stat(archive).catch(() => undefined);
+      if (!st) throw notFound(`Guest ${guest} has no backup ${backup}`);
+      return finishedFollow(archive, st.size);
     },
 
     async backupFile(guest, backup) {
@@ -177,4 +213,112 @@ async function* zstdFramesOf(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buff
     if (kept.length > 0) yield kept;
   }
   frames.end();
+}
+
+/**
+ * A backup archive as a download that follows it sees it (issue 20 §1): the file to read, where
+ * the export stands, and a wait for more.
+ */
+export interface BackupFollow {
+  /** Opens the archive (the file being written, or the finished one); undefined before it exists. */
+  open(): Promise<FileHandle | undefined>;
+  /** Still written; complete at `sizeBytes`; or failed, with the export's error. */
+  status():
+    | { state: 'running' }
+    | { state: 'done'; sizeBytes: number }
+    | { state: 'failed'; error: TrivisorError };
+  /** Resolves once more has been written or the state changed, or after `timeoutMs`. */
+  changed(timeoutMs: number): Promise<void>;
+  /**
+   * Offsets of the finished archive's tar headers: a member whose size is known only at its end
+   * has its header written over a placeholder then, so a follower sends these blocks again.
+   */
+  headerOffsets(): Promise<number[]>;
+}
+
+/** Exports being written, by the path of their finished archive. */
+const exporting = new Map<string, ExportEntry>();
+
+/** A failed export is remembered this long, so that a download arriving late learns why. */
+const FAILED_KEPT_MS = 60_000;
+
+/** Bytes written between two wake-ups of a waiting follower: the archive writes 4 MiB batches. */
+const WAKE_BYTES = 4 << 20;
+
+interface ExportEntry {
+  view(): BackupFollow;
+  wrote(bytes: number): void;
+  done(sizeBytes: number): void;
+  failed(error: TrivisorError): void;
+}
+
+const headerOffsetsOf = async (path: string): Promise<number[]> =>
+  (await listArchive(path)).map((m) => m.offset - 512);
+
+function finishedFollow(archive: string, sizeBytes: number): BackupFollow {
+  return {
+    open: () => open(archive, 'r'),
+    status: () => ({ state: 'done', sizeBytes }),
+    changed: async () => {},
+    headerOffsets: () => headerOffsetsOf(archive),
+  };
+}
+
+function newExport(partial: string, archive: string): ExportEntry {
+  let state: ReturnType<BackupFollow['status']> = { state: 'running' };
+  let waiters: Array<() => void> = [];
+  let unseen = 0;
+  const wake = () => {
+    const woken = waiters;
+    waiters = [];
+    unseen = 0;
+    for (const w of woken) w();
+  };
+  const entry: ExportEntry = {
+    view: () => ({
+      async open() {
+        // Renamed when done: the finished file is tried second, so a rename in between is no miss.
+        for (const path of [partial, archive]) {
+          try {
+            return await open(path, 'r');
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          }
+        }
+        return undefined;
+      },
+      status: () => state,
+      changed: (timeoutMs) =>
+        state.state !== 'running'
+          ? Promise.resolve()
+          : new Promise<void>((resolve) => {
+              const timer = setTimeout(resolve, timeoutMs);
+              waiters.push(() => {
+                clearTimeout(timer);
+                resolve();
+              });
+            }),
+      headerOffsets: () => headerOffsetsOf(archive),
+    }),
+    wrote(bytes) {
+      unseen += bytes;
+      if (unseen >= WAKE_BYTES) wake();
+    },
+    done(sizeBytes) {
+      if (state.state !== 'running') return;
+      state = { state: 'done', sizeBytes };
+      exporting.delete(archive);
+      wake();
+    },
+    failed(error) {
+      if (state.state !== 'running') return;
+      state = { state: 'failed', error };
+      wake();
+      setTimeout(() => {
+        if (exporting.get(archive) === entry) exporting.delete(archive);
+      }, FAILED_KEPT_MS).unref();
+    },
+  };
+  exporting.set(archive, entry);
+  return entry;
 }

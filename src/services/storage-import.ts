@@ -11,19 +11,30 @@ import {
   NO_USAGE,
   projectOfRecord,
 } from '../core/projects.ts';
-import { digestOf } from '../storage/backup-archive.ts';
+import type { Operation } from '../core/types.ts';
+import { type Digest, digestOf } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
-import type { SnapshotRecord } from '../storage/storage-records.ts';
+import type { BackupManifest, SnapshotRecord } from '../storage/storage-records.ts';
 import { records } from '../store/records.ts';
 import { assertArchiveGuestFits, createArchiveGuest, importingClaim } from './archive-guest.ts';
-import { corrupted, feedPayload, openArchive, payloadBytes } from './archive-reader.ts';
+import {
+  corrupted,
+  feedPayload,
+  MAX_MANIFEST_BYTES,
+  openArchive,
+  parseManifest,
+  payloadBytes,
+} from './archive-reader.ts';
+import { feedStreamedPayload, indexMatches, uploadFault } from './archive-stream.ts';
 import { readGuard } from './project-service.ts';
 import { diskFull, type StorageView } from './storage-context.ts';
 import { PLAIN_ROOTFS, startLiveImport } from './storage-live-import.ts';
 import type { StorageService } from './storage-service.ts';
 
 /** Restores a guest from a backup archive (import), whole or as the next link of its chain. */
-export function importMethods(view: StorageView): Pick<StorageService, 'importBackup' | 'discardImport'> {
+export function importMethods(
+  view: StorageView,
+): Pick<StorageService, 'importBackup' | 'importUpload' | 'discardImport'> {
   const {
     store,
     operations,
@@ -45,6 +56,16 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
       if (spec && scope !== undefined && projectOfRecord(spec) !== scope) return;
       await discard(name);
       await store.delete(keys.storagePending(name));
+    },
+    async importUpload(request) {
+      const project = scope ?? DEFAULT_PROJECT;
+      const p = await readGuard(store, project);
+      assertWithinLimits(project, p.spec.config, {
+        before: p.usage,
+        after: addUsage(p.usage, { ...NO_USAGE, guests: 1 }),
+      });
+      await checkPool(request.storage);
+      return importUpload(view, request, project);
     },
     async importBackup(request) {
       const project = scope ?? DEFAULT_PROJECT;
@@ -193,3 +214,164 @@ export function importMethods(view: StorageView): Pick<StorageService, 'importBa
     },
   };
 }
+
+/** The members a streamed archive may hold besides its index and manifest. */
+const SNAPSHOT_PAYLOAD = /^snapshots\/([a-z0-9-]+)\.tar\.zst$/;
+
+/**
+ * Imports an archive while it is uploaded (issue 20 §1): the guest is made from the archive's
+ * index, each payload is fed to the driver as it arrives, hashed on the way, and the manifest at
+ * the end is checked against what went by; anything wrong (a checksum, a size, a member missing
+ * or unexpected, an index that the manifest contradicts, an upload cut short) removes the guest.
+ * Answers once the upload has been read to its end, so that such a fault is the request's own
+ * error (a 400 naming it), not only the operation's.
+ */
+async function importUpload(
+  view: StorageView,
+  request: Parameters<StorageService['importUpload']>[0],
+  project: string,
+): Promise<Operation> {
+  const { store, operations, runner, importsDir, claims, storageFor, discard } = view.ctx;
+  const { load } = view;
+  const { index, reader } = request.upload;
+  const id = randomBytes(8).toString('hex');
+  let settle!: (error?: unknown) => void;
+  const settled = new Promise<void>((resolve, reject) => {
+    settle = (error) => (error === undefined ? resolve() : reject(error));
+  });
+  const op = operations.start({
+    project,
+    description: 'Importing a guest backup',
+    mayCancel: true,
+    async run(ctx) {
+      const work = join(importsDir, `.tmp-${id}`);
+      let created: string | undefined;
+      try {
+        await mkdir(work, { recursive: true, mode: 0o700 });
+        const name = request.name ?? index.guest.name;
+        assertDnsLabel(name, 'guest name');
+        const { guest, image, snapshots } = index;
+        const fromIndex: BackupManifest = {
+          format: index.format,
+          guest,
+          image,
+          snapshots,
+          createdAt: '',
+          files: {},
+        };
+        await assertArchiveGuestFits(view.ctx, project, name, fromIndex);
+        const progress = byteProgress((percent, text) => ctx.progress(percent, text));
+        await claims.holding('guest', name, importingClaim(name), async () => {
+          ctx.progress(0, 'creating the guest');
+          await createArchiveGuest(
+            view.ctx,
+            { pool: request.storage, project, name, onMade: () => (created = name) },
+            fromIndex,
+          );
+          const { spec } = await load(name);
+          const storage = storageFor(spec);
+          const seen: Record<string, Digest> = {};
+          let failed: unknown;
+          let manifest: BackupManifest | undefined;
+          for (;;) {
+            const member = await reader.next().catch((e: unknown) => {
+              throw uploadFault(e);
+            });
+            if (!member) break;
+            if (manifest) throw invalidArgument('The backup archive has members after its manifest');
+            if (member.type === 'directory') {
+              if (member.name !== 'snapshots') throw unexpected(member.name);
+              continue;
+            }
+            if (member.name === 'manifest.json') {
+              const data = await reader.readSmall(member.size, MAX_MANIFEST_BYTES).catch((e: unknown) => {
+                throw uploadFault(e);
+              });
+              manifest = parseManifest(data, false);
+              continue;
+            }
+            const rel = member.name;
+            const snapshot = SNAPSHOT_PAYLOAD.exec(rel)?.[1];
+            const rootfs = rel === 'rootfs.tar.zst' || rel === PLAIN_ROOTFS;
+            if (seen[rel] || (!rootfs && snapshot === undefined)) throw unexpected(rel);
+            if (rootfs !== (Object.keys(seen).length === 0)) {
+              throw invalidArgument(
+                `The backup archive's ${rel} is out of place: the root file system comes first, then the snapshots`,
+              );
+            }
+            if (snapshot !== undefined && !index.snapshots.some((s) => s.name === snapshot)) {
+              throw unexpected(rel);
+            }
+            progress.stage(snapshot === undefined ? 'root file system' : `snapshot ${snapshot}`);
+            const fed = await feedStreamedPayload({
+              reader,
+              rel,
+              work,
+              runner,
+              signal: ctx.signal,
+              onBytes: (n) => progress.add(n),
+              // Once a payload failed the guest is removed: the rest is only read, to check it.
+              skip: failed !== undefined,
+              consume: (path) =>
+                storage.importTar(spec, path, {
+                  signal: ctx.signal,
+                  ...(snapshot !== undefined && { snapshot }),
+                }),
+            });
+            seen[rel] = fed.digest;
+            failed ??= fed.failure;
+          }
+          await reader.drain().catch((e: unknown) => {
+            throw uploadFault(e);
+          });
+          if (!manifest) {
+            throw invalidArgument('The file is not a Trivisor backup: it has no readable manifest.json');
+          }
+          for (const [rel, want] of Object.entries(manifest.files)) {
+            const got = seen[rel];
+            if (!got) {
+              throw invalidArgument(
+                `The backup archive lacks ${rel}, which its manifest lists: make the export again`,
+              );
+            }
+            if (got.sha256 !== want.sha256 || got.sizeBytes !== want.sizeBytes) throw corrupted(rel);
+          }
+          for (const rel of Object.keys(seen)) if (!manifest.files[rel]) throw unexpected(rel);
+          if (!indexMatches(index, manifest)) {
+            throw invalidArgument(
+              "The backup archive's index.json does not match its manifest: make the export again",
+            );
+          }
+          // Every checksum held: a payload that failed failed in its driver.
+          if (failed !== undefined) throw failed;
+          for (const snap of manifest.snapshots) {
+            const record: SnapshotRecord = { ...snap, guest: name, location: spec.location };
+            await records.snapshot.at(name, snap.name).put(store, record);
+          }
+        });
+        await store.delete(keys.storagePending(name));
+        settle();
+        return { name };
+      } catch (e) {
+        if (created) {
+          await discard(created);
+          await store.delete(keys.storagePending(created));
+        }
+        const error = ctx.signal.aborted
+          ? new TrivisorError('Cancelled', 'The import was cancelled')
+          : diskFull(e, 'Cannot import the backup');
+        settle(error);
+        throw error;
+      } finally {
+        await rm(work, { recursive: true, force: true });
+      }
+    },
+  });
+  await settled;
+  return operations.get(op.id);
+}
+
+const unexpected = (rel: string) =>
+  invalidArgument(
+    `The backup archive holds an unexpected member ${JSON.stringify(rel)}: make the export again`,
+  );

@@ -7,8 +7,10 @@ import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
 import type { KvStore } from '../store/kv.ts';
+import type { Upload } from './archive-stream.ts';
 import type { Claims } from './claims.ts';
 import type { PoolService } from './pool-service.ts';
+import type { BackupFollow } from './storage-backups.ts';
 import { backupMethods } from './storage-backups.ts';
 import { createStorageContext, type StorageView } from './storage-context.ts';
 import { copyMethods } from './storage-copy.ts';
@@ -62,6 +64,8 @@ export interface StorageService {
   ): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */
   backupFile(guest: string, backup: string): Promise<{ path: string; sizeBytes: number }>;
+  /** A backup archive for a download that follows it while its export still writes it (issue 20 §1). */
+  followBackup(guest: string, backup: string): Promise<BackupFollow>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /**
    * Restores a guest from an archive already written to `archivePath` (the service deletes it);
@@ -80,6 +84,12 @@ export interface StorageService {
      */
     chain?: { link: number; last: boolean };
   }): Promise<Operation>;
+  /**
+   * Imports a whole archive while it is uploaded (an archive with an index, issue 20 §1): answers
+   * once the upload has been read to its end, so that its faults (a checksum, a truncation) are
+   * this call's errors, and the guest it made is removed then.
+   */
+  importUpload(request: { upload: Upload; name?: string; storage?: string }): Promise<Operation>;
   /**
    * Removes the guest a chain import's full made, when a later link of the chain is refused
    * (decision 0082): only a guest still marked half-imported by an import, of this view's

@@ -187,6 +187,35 @@ const cString = (b: Buffer, offset: number, width: number) => {
   return b.toString('utf8', offset, end < 0 || end > offset + width ? offset + width : end);
 };
 
+/** A tar header block: its member's name, size and type flag; undefined for an end-of-archive block. */
+export interface TarHeader {
+  name: string;
+  size: number;
+  flag: string;
+}
+
+/** Reads a 512-byte tar header; refuses one whose checksum or numbers are damaged. */
+export function parseTarHeader(header: Buffer): TarHeader | undefined {
+  if (header.every((x) => x === 0)) return undefined;
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (header[i] ?? 0);
+  if (readOctal(header, 148, 8) !== sum) throw new ArchiveDamaged('a tar header fails its checksum');
+  const size = readOctal(header, 124, 12);
+  const prefix = header.toString('ascii', 257, 262) === 'ustar' ? cString(header, 345, 155) : '';
+  const name = prefix ? `${prefix}/${cString(header, 0, 100)}` : cString(header, 0, 100);
+  return { name, size, flag: String.fromCharCode(header[156] ?? 0) };
+}
+
+/** The member a file or directory header stands for; any other kind is refused. */
+export function memberOf(name: string, flag: string, offset: number, size: number): ArchiveMember {
+  if (flag === '0' || flag === '\0') return { name, type: 'file', offset, size };
+  if (flag === '5') return { name: name.replace(/\/+$/, ''), type: 'directory', offset, size: 0 };
+  throw new ArchiveDamaged(`member ${JSON.stringify(name)} is of an unexpected kind`);
+}
+
+/** Zero bytes that pad a member of `size` bytes to whole blocks. */
+export const tarPadding = padding;
+
 /**
  * Lists the members of the archive at `path` by reading its headers only (each
  * member's data is skipped by offset). Refuses a damaged header, a member that
@@ -209,15 +238,12 @@ export async function listArchive(
       const { bytesRead } = await file.read(header, 0, BLOCK, position);
       if (bytesRead < BLOCK || position + BLOCK > fileSize)
         throw new ArchiveDamaged('the file ends before the end-of-archive block');
-      if (header.every((x) => x === 0)) return members;
-      let sum = 0;
-      for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (header[i] ?? 0);
-      if (readOctal(header, 148, 8) !== sum) throw new ArchiveDamaged('a tar header fails its checksum');
-      const size = readOctal(header, 124, 12);
+      const parsed = parseTarHeader(header);
+      if (!parsed) return members;
+      const { size, flag } = parsed;
       const offset = position + BLOCK;
       if (offset + size > fileSize) throw new ArchiveDamaged(`member data runs past the end of the file`);
       position = offset + size + padding(size);
-      const flag = String.fromCharCode(header[156] ?? 0);
       if (flag === 'L') {
         // GNU long name: the next member's name is this member's data.
         const data = Buffer.alloc(size);
@@ -226,13 +252,9 @@ export async function listArchive(
         continue;
       }
       if (flag === 'x' || flag === 'g') continue;
-      const prefix = header.toString('ascii', 257, 262) === 'ustar' ? cString(header, 345, 155) : '';
-      const name = longName ?? (prefix ? `${prefix}/${cString(header, 0, 100)}` : cString(header, 0, 100));
+      const name = longName ?? parsed.name;
       longName = undefined;
-      if (flag === '0' || flag === '\0') members.push({ name, type: 'file', offset, size });
-      else if (flag === '5')
-        members.push({ name: name.replace(/\/+$/, ''), type: 'directory', offset, size: 0 });
-      else throw new ArchiveDamaged(`member ${JSON.stringify(name)} is of an unexpected kind`);
+      members.push(memberOf(name, flag, offset, size));
     }
   } finally {
     await file.close();

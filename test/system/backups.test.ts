@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createClient } from '../../src/client/client.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
-import { type Daemon, startDaemon } from './harness.ts';
+import { type Daemon, eventually, startDaemon } from './harness.ts';
 
 // Daemons of storage tests need no network of their own.
 process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
@@ -72,6 +75,8 @@ describe('export and import of ct guests between two daemons', () => {
     src.ok(['remote', 'add', 'src', src.url ?? '', '--token', token, '--accept-certificate']);
     src.ok(['--remote', 'src', 'export', 'b1', file('b1.tar.zst'), '--with-snapshots']);
     const listing = spawnSync('tar', ['-tf', file('b1.tar.zst')], { encoding: 'utf8' }).stdout;
+    // The index first: an import unpacks the rest while it is uploaded (issue 20 §1).
+    assert.equal(listing.split('\n')[0], 'index.json');
     assert.match(listing, /^manifest\.json$/m);
     assert.match(listing, /^rootfs\.tar\.zst$/m);
     assert.match(listing, /^snapshots\/snap0\.tar\.zst$/m);
@@ -102,6 +107,50 @@ describe('export and import of ct guests between two daemons', () => {
     assert.equal(again.code, 1);
     assert.match(again.stderr, /^Error: Guest b1 already exists: give the import another name\n$/);
     dst.ok(['delete', 'b2']);
+  });
+
+  test('a download that follows the export while it is written ends with the finished archive, byte for byte', async () => {
+    const client = createClient({ socketPath: src.socket });
+    const backup = `backup-${randomBytes(8).toString('hex')}`;
+    const op = await client.createBackup('b1', { name: backup, snapshots: true });
+    const [, done] = await Promise.all([
+      client.downloadBackup('b1', backup, file('followed.tar'), { follow: true }),
+      client.waitOperation(op.id),
+    ]);
+    // The finished archive, downloaded the plain way once the export has ended.
+    await client.downloadBackup('b1', backup, file('finished.tar'));
+    await client.deleteBackup('b1', backup);
+    const followed = readFileSync(file('followed.tar'));
+    assert.equal(followed.length, done.metadata.sizeBytes);
+    assert.ok(followed.equals(readFileSync(file('finished.tar'))), 'the followed download is the archive');
+    assert.deepEqual(leftovers(src), ['b1']);
+  });
+
+  test('an upload broken off in the middle of its streamed import leaves no guest and no file', async () => {
+    const bytes = readFileSync(file('b1.tar.zst'));
+    const req = http.request({
+      socketPath: dst.socket,
+      method: 'POST',
+      path: '/1.0/backups',
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-length': String(bytes.length),
+        'x-trivisor-name': 'cut1',
+      },
+    });
+    req.on('error', () => {});
+    req.on('response', (res) => res.resume());
+    // The index and part of the root file system: the import has made the guest and unpacks into it.
+    req.write(bytes.subarray(0, Math.floor(bytes.length * 0.6)));
+    await eventually('the streamed import makes the guest', () => guests(dst).includes('cut1'));
+    req.destroy();
+    await eventually('the guest of the broken-off upload is removed', () => !guests(dst).includes('cut1'));
+    await eventually('no work files are left', () => leftovers(dst).length === 0);
+    assert.deepEqual(
+      readdirSync(dst.stateDir).filter((n) => n.startsWith('trivisor-import-')),
+      [],
+      'no upload spool',
+    );
   });
 
   test('a corrupted archive is refused with one line and leaves nothing behind', () => {

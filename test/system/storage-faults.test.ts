@@ -174,6 +174,41 @@ describe('storage faults: a daemon killed mid-way and full disks leave nothing h
     assert.equal(d.ok(['exec', 'f1', '--', 'echo', 'thawed']), 'thawed\n');
   });
 
+  test('a cancelled export fails the download that follows it (issue 20 §1): no file, no archive', async () => {
+    const target = path.join(dir, 'cancelled.tar.zst');
+    const exporter = spawn(CLI, ['export', 'f1', target], {
+      env: { ...process.env, TRIVISOR_DIR: d.stateDir },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    exporter.stderr.on('data', (c: Buffer) => {
+      stderr += String(c);
+    });
+    try {
+      await waitForPath(
+        'the backup to start writing while the CLI downloads it',
+        () => tmpEntries(path.join(d.stateDir, 'backups/f1')).length > 0 && existsSync(`${target}.partial`),
+      );
+      const list = await d.api('GET', '/1.0/operations?recursion=1');
+      const ops = list.body.metadata as Array<{ id: string; description: string; status: string }>;
+      const op = ops.find((o) => o.description === 'Backing up guest f1' && o.status === 'Running');
+      assert.ok(op, `an export operation runs: ${JSON.stringify(list.body.metadata)}`);
+      assert.equal((await d.api('DELETE', `/1.0/operations/${op.id}`)).status, 200);
+      if (exporter.exitCode === null && exporter.signalCode === null) await once(exporter, 'exit');
+      assert.equal(exporter.exitCode, 1);
+      assert.equal(stderr, 'Error: The backup of guest f1 was cancelled\n');
+    } finally {
+      exporter.kill('SIGKILL');
+    }
+    assert.equal(existsSync(target), false);
+    assert.equal(existsSync(`${target}.partial`), false);
+    await eventually(
+      'the daemon drops the partial archive',
+      () => readdirSync(path.join(d.stateDir, 'backups/f1')).length === 0,
+    );
+    assert.equal(status('f1'), 'Running');
+  });
+
   test('an import can be cancelled through its operation, leaving no guest, no spool and no work dir', async () => {
     const importer = spawn(CLI, ['import', path.join(dir, 'f1.tar.zst'), 'f3'], {
       env: { ...process.env, TRIVISOR_DIR: d.stateDir },

@@ -461,6 +461,8 @@ function fakeStorage(
       });
     },
     backupFile: none,
+    importUpload: none,
+    followBackup: none,
     async deleteBackup() {},
     async importBackup({ archivePath, name, live }) {
       const head = await readFile(archivePath);

@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { ArchiveDamaged, ArchiveWriter } from '../storage/backup-archive.ts';
+import { readArchiveHead, TarStreamReader } from './archive-stream.ts';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'trivisor-archive-stream-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const index = {
+  format: 'trivisor-backup/1',
+  guest: { name: 'g1', model: 'ct', config: {}, createdAt: '2026-12-06T00:00:00Z' },
+  image: { fingerprint: 'ab', alias: 'busybox', description: '' },
+  snapshots: [],
+};
+
+/** An archive as an export writes it (with or without its index), and its bytes. */
+async function archive(
+  name: string,
+  options: { index: boolean },
+): Promise<{ bytes: Buffer; payload: Buffer }> {
+  const file = path.join(dir, name);
+  const payload = randomBytes(3 * 2 ** 20 + 333);
+  const w = await ArchiveWriter.create(file);
+  if (options.index) await w.addBuffer('index.json', Buffer.from(JSON.stringify(index)));
+  await w.addStream(
+    'rootfs.tar.zst',
+    (async function* () {
+      yield payload.subarray(0, 1000);
+      yield payload.subarray(1000);
+    })(),
+  );
+  await w.addDirectory('snapshots');
+  await w.addBuffer('manifest.json', Buffer.from('{"format":"trivisor-backup/1"}'));
+  await w.finish();
+  return { bytes: readFileSync(file), payload };
+}
+
+/** The bytes in chunks of `size` (an upload's socket reads), each a copy of its own. */
+async function* chunked(bytes: Buffer, size: number): AsyncGenerator<Buffer> {
+  for (let at = 0; at < bytes.length; at += size) yield Buffer.from(bytes.subarray(at, at + size));
+}
+
+async function collect(chunks: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of chunks) parts.push(Buffer.from(c));
+  return Buffer.concat(parts);
+}
+
+describe('reading an uploaded archive as it arrives', () => {
+  for (const size of [509, 4097, 65_536]) {
+    it(`reads the index, then each member with its bytes, in chunks of ${size} bytes`, async () => {
+      const { bytes, payload } = await archive(`a-${size}.tar`, { index: true });
+      const head = await readArchiveHead(chunked(bytes, size));
+      assert.ok(head.index);
+      assert.deepEqual(head.index, index);
+      const { reader } = head;
+      const rootfs = await reader.next();
+      assert.deepEqual(rootfs, { name: 'rootfs.tar.zst', type: 'file', size: payload.length });
+      assert.ok((await collect(reader.data())).equals(payload));
+      assert.deepEqual(await reader.next(), { name: 'snapshots', type: 'directory', size: 0 });
+      const manifest = await reader.next();
+      assert.equal(manifest?.name, 'manifest.json');
+      // Not read: the next member skips it.
+      assert.equal(await reader.next(), undefined);
+      await reader.drain();
+    });
+  }
+
+  it('hands an archive without an index back whole, byte for byte, for the file path', async () => {
+    const { bytes } = await archive('old.tar', { index: false });
+    const head = await readArchiveHead(chunked(bytes, 100));
+    assert.equal(head.index, undefined);
+    assert.ok(!head.index && (await collect(head.all)).equals(bytes));
+  });
+
+  it('hands back what is not a tar at all, and an empty upload, unchanged', async () => {
+    const junk = Buffer.from('not an archive at all');
+    const head = await readArchiveHead(chunked(junk, 5));
+    assert.ok(!head.index && (await collect(head.all)).equals(junk));
+    const empty = await readArchiveHead(chunked(Buffer.alloc(0), 5));
+    assert.ok(!empty.index && (await collect(empty.all)).length === 0);
+  });
+
+  it('refuses an upload cut short inside a member and one without the end-of-archive block', async () => {
+    const { bytes } = await archive('cut.tar', { index: true });
+    const cut = await readArchiveHead(chunked(bytes.subarray(0, 2 ** 20), 4096));
+    assert.ok(cut.index);
+    await cut.reader.next();
+    await assert.rejects(collect(cut.reader.data()), ArchiveDamaged);
+    const noEnd = new TarStreamReader(chunked(bytes.subarray(0, bytes.length - 1024), 4096));
+    await noEnd.next();
+    await noEnd.next();
+    await noEnd.next();
+    await noEnd.next();
+    await assert.rejects(noEnd.next(), /ends before the end-of-archive block/);
+  });
+
+  it('refuses a damaged header', async () => {
+    const { bytes } = await archive('damaged.tar', { index: true });
+    const copy = Buffer.from(bytes);
+    // The rootfs member's header: after the index's header and its one block of data.
+    copy[1024 + 10] = (copy[1024 + 10] ?? 0) ^ 0xff;
+    const head = await readArchiveHead(chunked(copy, 4096));
+    assert.ok(head.index);
+    await assert.rejects(head.reader.next(), /fails its checksum/);
+  });
+});

@@ -1,0 +1,360 @@
+import { createHash } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { invalidArgument, TrivisorError } from '../core/errors.ts';
+import type { ProcessRunner } from '../host/runner.ts';
+import {
+  ArchiveDamaged,
+  type Digest,
+  memberOf,
+  parseTarHeader,
+  tarPadding,
+} from '../storage/backup-archive.ts';
+import { writeThroughFifo } from '../storage/fifo-stream.ts';
+import type { BackupManifest } from '../storage/storage-records.ts';
+
+/**
+ * Reading a backup archive front to back as it arrives (an upload), so that an import unpacks
+ * while the upload runs instead of after it (issue 20 §1, decision 0085). An archive made since
+ * then starts with `index.json`: what the manifest says of the guest (model, configuration,
+ * image, snapshots), known before the export starts; the manifest, with the checksums computed
+ * on the way, still comes last and is checked once the payloads have gone by.
+ */
+
+/** The first member of an archive written since decision 0085's streamed import: the manifest without its checksums. */
+export interface BackupIndex {
+  format: BackupManifest['format'];
+  guest: BackupManifest['guest'];
+  image: BackupManifest['image'];
+  snapshots: BackupManifest['snapshots'];
+  /** An incremental export: its link is known only at its end, so its import reads the whole file first. */
+  incremental?: true;
+}
+
+/** An upload being read: the archive's index, and the reader standing after it. */
+export interface Upload {
+  index: BackupIndex;
+  reader: TarStreamReader;
+}
+
+/** The name of the index member. */
+export const INDEX_MEMBER = 'index.json';
+
+/** An index is a few KiB; anything far larger is not one. */
+const MAX_INDEX_BYTES = 16 * 2 ** 20;
+
+const BLOCK = 512;
+
+/** A member of an archive being read from a stream: its data must be read (or is skipped) before the next. */
+export interface StreamMember {
+  name: string;
+  type: 'file' | 'directory';
+  size: number;
+}
+
+/** Reads a tar archive from a stream, member by member; the stream's chunks are handed on without copies. */
+export class TarStreamReader {
+  private readonly source: AsyncIterator<Buffer>;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private ended = false;
+  /** Bytes of the current member's data (and padding) not yet read. */
+  private left = 0;
+  private leftPadding = 0;
+
+  constructor(source: AsyncIterable<Buffer>) {
+    this.source = source[Symbol.asyncIterator]();
+  }
+
+  private async more(): Promise<boolean> {
+    if (this.ended) return false;
+    const r = await this.source.next();
+    if (r.done) {
+      this.ended = true;
+      return false;
+    }
+    if (r.value.length > 0) {
+      this.pending.push(r.value);
+      this.pendingBytes += r.value.length;
+    }
+    return true;
+  }
+
+  /** The next `n` bytes (a header: small), or undefined when the stream ends first. */
+  private async take(n: number): Promise<Buffer | undefined> {
+    while (this.pendingBytes < n) if (!(await this.more())) return undefined;
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const head = this.pending[0] as Buffer;
+      const k = Math.min(head.length, n - at);
+      head.copy(out, at, 0, k);
+      at += k;
+      this.drop(k);
+    }
+    return out;
+  }
+
+  private drop(n: number): void {
+    const head = this.pending[0] as Buffer;
+    if (n === head.length) this.pending.shift();
+    else this.pending[0] = head.subarray(n);
+    this.pendingBytes -= n;
+  }
+
+  /** The next chunk of the current member's data, or undefined at its end. */
+  private async nextChunk(): Promise<Buffer | undefined> {
+    if (this.left === 0) return undefined;
+    if (this.pendingBytes === 0 && !(await this.more())) {
+      throw new ArchiveDamaged('the upload ends in the middle of a member');
+    }
+    const head = this.pending[0] as Buffer;
+    const k = Math.min(head.length, this.left);
+    const chunk = head.subarray(0, k);
+    this.drop(k);
+    this.left -= k;
+    return chunk;
+  }
+
+  /** The current member's data, chunk by chunk (each valid as long as the caller keeps it). */
+  async *data(): AsyncGenerator<Buffer> {
+    for (;;) {
+      const chunk = await this.nextChunk();
+      if (!chunk) return;
+      yield chunk;
+    }
+  }
+
+  /** Skips what is left of the current member and its padding. */
+  private async finishMember(): Promise<void> {
+    while (await this.nextChunk());
+    if (this.leftPadding > 0) {
+      if (!(await this.take(this.leftPadding))) {
+        throw new ArchiveDamaged('the upload ends in the middle of a member');
+      }
+      this.leftPadding = 0;
+    }
+  }
+
+  /**
+   * The next member, or undefined at the end-of-archive block. Refuses a damaged header and a
+   * stream that ends before the end-of-archive block. GNU long names and pax headers are read as
+   * `listArchive` reads them.
+   */
+  async next(): Promise<StreamMember | undefined> {
+    await this.finishMember();
+    let longName: string | undefined;
+    for (;;) {
+      const header = await this.take(BLOCK);
+      if (!header) throw new ArchiveDamaged('the upload ends before the end-of-archive block');
+      const parsed = parseTarHeader(header);
+      if (!parsed) return undefined;
+      this.left = parsed.size;
+      this.leftPadding = tarPadding(parsed.size);
+      if (parsed.flag === 'L' || parsed.flag === 'x' || parsed.flag === 'g') {
+        const data = await this.readSmall(parsed.size, MAX_INDEX_BYTES);
+        if (parsed.flag === 'L') {
+          const end = data.indexOf(0);
+          longName = data.toString('utf8', 0, end < 0 ? data.length : end);
+        }
+        await this.finishMember();
+        continue;
+      }
+      const member = memberOf(longName ?? parsed.name, parsed.flag, 0, parsed.size);
+      if (member.type === 'directory') this.left = 0;
+      return { name: member.name, type: member.type, size: member.size };
+    }
+  }
+
+  /** The current member's data whole (the index, the manifest), refusing one larger than `limit`. */
+  async readSmall(size: number, limit: number): Promise<Buffer> {
+    if (size > limit) throw new ArchiveDamaged(`a member is larger than ${limit} bytes`);
+    const parts: Buffer[] = [];
+    for await (const chunk of this.data()) parts.push(Buffer.from(chunk));
+    return Buffer.concat(parts);
+  }
+
+  /** Reads whatever follows the end-of-archive block (a tar's record padding) to the end of the stream. */
+  async drain(): Promise<void> {
+    this.pending = [];
+    this.pendingBytes = 0;
+    while (await this.more()) {
+      this.pending = [];
+      this.pendingBytes = 0;
+    }
+  }
+
+  /** Everything not read yet, in order: what the reader holds, then the rest of the stream. */
+  async *rest(): AsyncGenerator<Buffer> {
+    const held = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    yield* held;
+    for (;;) {
+      const r = await this.source.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+}
+
+/**
+ * The start of an uploaded archive: its index when it has one (`reader` then stands after it),
+ * else the whole upload again (`all`: the bytes read so far, then the rest), for the file path.
+ */
+export type ArchiveHead =
+  | { index: BackupIndex; reader: TarStreamReader }
+  | { index: undefined; all: AsyncIterable<Buffer> };
+
+/**
+ * Reads the first member of an uploaded archive. An archive without an index (made before it, or
+ * re-packed by hand) or that is not a tar at all is handed back whole, to be written to a file and
+ * read as before, where its faults are named.
+ */
+export async function readArchiveHead(body: AsyncIterable<Buffer>): Promise<ArchiveHead> {
+  const iterator = body[Symbol.asyncIterator]();
+  const first: Buffer[] = [];
+  let firstBytes = 0;
+  while (firstBytes < BLOCK) {
+    const r = await iterator.next();
+    if (r.done) break;
+    first.push(r.value);
+    firstBytes += r.value.length;
+  }
+  const whole = async function* (): AsyncGenerator<Buffer> {
+    yield* first;
+    for (;;) {
+      const r = await iterator.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  };
+  const header = Buffer.concat(first).subarray(0, BLOCK);
+  let named: string | undefined;
+  try {
+    named = header.length === BLOCK ? parseTarHeader(header)?.name : undefined;
+  } catch {
+    named = undefined;
+  }
+  if (named !== INDEX_MEMBER) return { index: undefined, all: whole() };
+  const reader = new TarStreamReader(whole());
+  const member = await reader.next();
+  if (member?.type !== 'file') throw new ArchiveDamaged('its index.json is not a file');
+  const data = await reader.readSmall(member.size, MAX_INDEX_BYTES);
+  return { index: parseIndex(data), reader };
+}
+
+function parseIndex(data: Buffer): BackupIndex {
+  let index: BackupIndex;
+  try {
+    index = JSON.parse(data.toString('utf8')) as BackupIndex;
+  } catch {
+    throw new ArchiveDamaged('its index.json is not readable');
+  }
+  if (index?.format !== 'trivisor-backup/1') {
+    throw new ArchiveDamaged(
+      `its backup format ${JSON.stringify(index?.format)} is not known to this daemon`,
+    );
+  }
+  if (!index.guest || !index.image || !Array.isArray(index.snapshots)) {
+    throw new ArchiveDamaged('its index.json lacks the guest, its image or its snapshots');
+  }
+  return index;
+}
+
+/** The index of a manifest (what an export writes first). */
+export function indexOf(
+  manifest: Omit<BackupManifest, 'files' | 'createdAt'>,
+  incremental: boolean,
+): BackupIndex {
+  return {
+    format: manifest.format,
+    guest: manifest.guest,
+    image: manifest.image,
+    snapshots: manifest.snapshots,
+    ...(incremental && { incremental: true }),
+  };
+}
+
+/** Whether the manifest at an archive's end says of the guest what its index said at the start. */
+export function indexMatches(index: BackupIndex, manifest: BackupManifest): boolean {
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  return (
+    same(index.guest, manifest.guest) &&
+    same(index.image, manifest.image) &&
+    same(index.snapshots, manifest.snapshots) &&
+    manifest.incremental === undefined
+  );
+}
+
+/** What feeding one streamed payload gave: its digest, and the consumer's failure if it failed. */
+export interface StreamedPayload {
+  digest: Digest;
+  failure?: unknown;
+}
+
+/**
+ * Feeds the reader's current member to `consume` (a driver's importTar, given a FIFO's path),
+ * hashing it on the way; with `skip`, only hashes it (a guest already doomed). A consumer that
+ * fails does not stop the reading: the rest of the member is hashed, so that the caller can tell
+ * a damaged payload (its checksum, known from the manifest at the end) from a failing driver.
+ * A stream that ends or breaks mid-member is thrown as the archive's fault; a cancel as one.
+ */
+export async function feedStreamedPayload(options: {
+  reader: TarStreamReader;
+  rel: string;
+  work: string;
+  runner: ProcessRunner;
+  signal: AbortSignal;
+  onBytes?: (n: number) => void;
+  consume: (path: string) => Promise<unknown>;
+  skip?: boolean;
+}): Promise<StreamedPayload> {
+  const { reader, signal } = options;
+  const hash = createHash('sha256');
+  let size = 0;
+  const observe = (chunk: Buffer) => {
+    signal.throwIfAborted();
+    hash.update(chunk);
+    size += chunk.length;
+    options.onBytes?.(chunk.length);
+  };
+  let streamError: unknown;
+  const chunks = (async function* () {
+    try {
+      yield* reader.data();
+    } catch (e) {
+      streamError = e ?? new Error('the upload failed');
+      throw e;
+    }
+  })();
+  let failure: unknown;
+  if (options.skip) {
+    try {
+      for await (const chunk of chunks) observe(chunk);
+    } catch (e) {
+      failure = e;
+    }
+  } else {
+    const fifo = join(options.work, options.rel.replaceAll('/', '-'));
+    await options.runner.run(['mkfifo', '-m', '0600', fifo]);
+    failure = await writeThroughFifo(fifo, options.consume, chunks, observe).then(
+      () => undefined,
+      (e: unknown) => e ?? new Error('failed'),
+    );
+    await rm(fifo, { force: true });
+  }
+  if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+  if (streamError !== undefined) throw uploadFault(streamError);
+  return {
+    digest: { sha256: hash.digest('hex'), sizeBytes: size },
+    ...(failure !== undefined && { failure }),
+  };
+}
+
+/** An upload's tar that is damaged, cut short or broken off, in the words of a file's refusal. */
+export function uploadFault(e: unknown): TrivisorError {
+  if (e instanceof TrivisorError) return e;
+  const why = e instanceof ArchiveDamaged ? e.message : 'the upload was broken off';
+  return invalidArgument(`The backup archive is corrupted or truncated (${why}): make the export again`);
+}
