@@ -49,7 +49,18 @@ export interface EtcdMemberOptions {
   startTimeoutMs?: number;
   /** etcd's own log level (default `warn`; its log is `etcd/etcd.log`). */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * How often etcd tells a quiet watch how far it has caught up (default 60 s; etcd's own default
+   * is 10 min). The informers' re-watch starts from there (decision 0087), every 5 minutes.
+   */
+  progressNotifyIntervalMs?: number;
 }
+
+/**
+ * The default of `progressNotifyIntervalMs`: well under the informers' 5-minute re-watch, each
+ * of which opens a new watch stream and so restarts etcd's timer of that stream (decision 0087).
+ */
+export const PROGRESS_NOTIFY_INTERVAL_MS = 60_000;
 
 /** How the member's cluster is formed the first time it starts (kept in `etcd/member.json`). */
 export type EtcdClusterJoin =
@@ -61,7 +72,7 @@ export type EtcdClusterJoin =
     };
 
 /** What is kept of a member in `etcd/member.json`: enough to start it again the same way. */
-interface MemberRecord {
+export interface MemberRecord {
   name: string;
   clientUrl: string;
   peerUrl: string;
@@ -146,6 +157,58 @@ export async function joinEtcdCluster(
   return member;
 }
 
+/** The command line etcd runs with for `record` (what `launch` spawns). */
+export function etcdArgv(options: EtcdMemberOptions, record: MemberRecord): string[] {
+  const tls = options.tls;
+  const progressMs = options.progressNotifyIntervalMs ?? PROGRESS_NOTIFY_INTERVAL_MS;
+  if (!Number.isInteger(progressMs) || progressMs < 1) {
+    throw invalidArgument(
+      `The etcd progress notification interval must be a whole number of ms from 1, got ${progressMs}.`,
+    );
+  }
+  return [
+    options.etcdBinary ?? 'etcd',
+    `--name=${record.name}`,
+    `--data-dir=${etcdPaths(options.stateDir).dataDir}`,
+    `--listen-client-urls=${record.clientUrl}`,
+    `--advertise-client-urls=${record.clientUrl}`,
+    `--listen-peer-urls=${record.peerUrl}`,
+    `--initial-advertise-peer-urls=${record.peerUrl}`,
+    `--initial-cluster=${record.initialCluster}`,
+    `--initial-cluster-state=${record.initialClusterState}`,
+    `--initial-cluster-token=${record.clusterToken}`,
+    // Watches that fall behind more than an hour re-list (the informer does); etcd
+    // would otherwise keep every revision forever.
+    '--auto-compaction-mode=periodic',
+    '--auto-compaction-retention=1h',
+    // A quiet watch learns how far the store has moved on from these notifications; an informer
+    // re-watches from there every 5 minutes (decision 0087). At etcd's default of 10 minutes, and
+    // with the timer restarting on each new watch stream, a quiet prefix's watch never got one: each
+    // re-watch replayed the history since its last event, and listed again once that was compacted.
+    `--experimental-watch-progress-notify-interval=${progressMs}ms`,
+    // etcd 3.5's default: 3.4's 100000 keeps too much of the log in memory.
+    '--snapshot-count=10000',
+    // A member cut off and back must not call an election that stalls every write for seconds
+    // (3.4's default is off): the HA agents would all miss renewals and fence (decision 0052).
+    '--pre-vote=true',
+    '--logger=zap',
+    '--log-outputs=stderr',
+    `--log-level=${options.logLevel ?? 'warn'}`,
+    ...(tls
+      ? [
+          `--cert-file=${tls.certFile}`,
+          `--key-file=${tls.keyFile}`,
+          `--trusted-ca-file=${tls.caFile}`,
+          '--client-cert-auth',
+          `--peer-cert-file=${tls.certFile}`,
+          `--peer-key-file=${tls.keyFile}`,
+          `--peer-trusted-ca-file=${tls.caFile}`,
+          '--peer-client-cert-auth',
+        ]
+      : []),
+  ];
+}
+
 /**
  * The member of this state dir as its record says (made by bootstrap or join): for a
  * daemon that starts again. FailedPrecondition on start when there is no record.
@@ -169,45 +232,7 @@ export function createEtcdMember(options: EtcdMemberOptions): EtcdMember {
   let timer: NodeJS.Timeout | undefined;
   let restarting: Promise<void> | undefined;
 
-  const argvOf = (record: MemberRecord): string[] => {
-    const tls = options.tls;
-    return [
-      options.etcdBinary ?? 'etcd',
-      `--name=${record.name}`,
-      `--data-dir=${paths.dataDir}`,
-      `--listen-client-urls=${record.clientUrl}`,
-      `--advertise-client-urls=${record.clientUrl}`,
-      `--listen-peer-urls=${record.peerUrl}`,
-      `--initial-advertise-peer-urls=${record.peerUrl}`,
-      `--initial-cluster=${record.initialCluster}`,
-      `--initial-cluster-state=${record.initialClusterState}`,
-      `--initial-cluster-token=${record.clusterToken}`,
-      // Watches that fall behind more than an hour re-list (the informer does); etcd
-      // would otherwise keep every revision forever.
-      '--auto-compaction-mode=periodic',
-      '--auto-compaction-retention=1h',
-      // etcd 3.5's default: 3.4's 100000 keeps too much of the log in memory.
-      '--snapshot-count=10000',
-      // A member cut off and back must not call an election that stalls every write for seconds
-      // (3.4's default is off): the HA agents would all miss renewals and fence (decision 0052).
-      '--pre-vote=true',
-      '--logger=zap',
-      '--log-outputs=stderr',
-      `--log-level=${options.logLevel ?? 'warn'}`,
-      ...(tls
-        ? [
-            `--cert-file=${tls.certFile}`,
-            `--key-file=${tls.keyFile}`,
-            `--trusted-ca-file=${tls.caFile}`,
-            '--client-cert-auth',
-            `--peer-cert-file=${tls.certFile}`,
-            `--peer-key-file=${tls.keyFile}`,
-            `--peer-trusted-ca-file=${tls.caFile}`,
-            '--peer-client-cert-auth',
-          ]
-        : []),
-    ];
-  };
+  const argvOf = (record: MemberRecord): string[] => etcdArgv(options, record);
 
   /** The etcd of this data dir, if one runs: the pid file's if it is still that process, else any naming the data dir. */
   const findRunning = async (): Promise<ProcessIdentity | undefined> => {
@@ -334,6 +359,20 @@ export function createEtcdMember(options: EtcdMemberOptions): EtcdMember {
       if (running) {
         startedAt = Date.now();
         log.info({ pid: running.pid }, 'adopted the running etcd');
+        // An etcd started by a daemon before its progress notifications were set keeps etcd's
+        // 10 minutes until it is restarted: said, not acted on (a restart stalls the cluster).
+        const argv = await cmdlineOf(running.pid);
+        const want = etcdArgv(options, record).find((a) => a.startsWith(PROGRESS_FLAG));
+        if (want && argv.length > 0 && !argv.includes(want)) {
+          log.warn(
+            {
+              pid: running.pid,
+              want,
+              has: argv.find((a) => a.startsWith(PROGRESS_FLAG)) ?? 'etcd default 10m',
+            },
+            'the adopted etcd runs with other watch progress notifications: informers re-watch from further back until it restarts',
+          );
+        }
         // Our pid file may be the stale one: the adopted process is the one to remember.
         await writeFileAtomic(paths.pidFile, `${JSON.stringify(running)}\n`);
       }
@@ -610,9 +649,16 @@ async function listPids(): Promise<number[]> {
 
 /** Whether process `pid` runs with `--data-dir=DIR` (so it is this member's etcd, not another). */
 async function namesDataDir(pid: number, dataDir: string): Promise<boolean> {
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  return cmdline.split('\0').includes(`--data-dir=${dataDir}`);
+  return (await cmdlineOf(pid)).includes(`--data-dir=${dataDir}`);
 }
+
+/** A process's arguments ([] when it is gone). */
+async function cmdlineOf(pid: number): Promise<string[]> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  return cmdline === '' ? [] : cmdline.split('\0');
+}
+
+const PROGRESS_FLAG = '--experimental-watch-progress-notify-interval=';
 
 async function logTail(path: string): Promise<string> {
   const st = await stat(path).catch(() => undefined);

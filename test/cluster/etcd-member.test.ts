@@ -262,6 +262,35 @@ for (const mode of ['plain', 'tls'] as const) {
   });
 }
 
+describe('watch progress (decision 0087)', () => {
+  test("a watch of a quiet prefix hears how far the store moved on at the member's progress interval", async () => {
+    // 500 ms here so the test is short; the daemon's is 60 s. At etcd's default (10 min) the
+    // watch's progress would stay where it began.
+    const options = { ...(await optionsFor('progress')), progressNotifyIntervalMs: 500 };
+    const member = tracked(await bootstrapEtcdMember(options));
+    const store = await storeOf([member.clientUrl]);
+    try {
+      const from = (await store.revision()) + 1;
+      const lost: string[] = [];
+      const delivered: number[] = [];
+      const watcher = store.watch(
+        'quiet/',
+        { fromRevision: from, onLost: (e) => lost.push(e.message) },
+        (_events, revision) => delivered.push(revision),
+      );
+      let last = 0;
+      for (let i = 0; i < 5; i++) last = (await store.put(`busy/${i}`, 'x')).revision;
+      assert.ok(watcher.progress, 'an etcd watch tells its progress');
+      await waitFor(() => (watcher.progress?.() ?? 0) >= last, 10_000);
+      watcher.cancel();
+      assert.deepEqual(delivered, [], 'nothing of the quiet prefix was delivered');
+      assert.deepEqual(lost, []);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('bad input', () => {
   test('starting a member that was never bootstrapped or joined is FailedPrecondition in one line', async () => {
     const member = createEtcdMember(await optionsFor('never'));
