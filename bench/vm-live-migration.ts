@@ -20,6 +20,12 @@
 // very qcow2 and waits with `late-block-activate`, no NBD export, no mirror. The quick variant
 // moves the shared guest idle only.
 // Usage: node bench/vm-live-migration.ts [rounds=3] [memMiB=256] [disks=local,shared]
+// A failed run keeps, in /tmp/bench-live-logs-*: each member's daemon log, the guest's QEMU output
+// and console there, the guest's timeline as the bench polled it every 2 s (its status, location
+// and pid as the API says, and which QEMU each member's boot record names and whether it lives),
+// a kernel trace of the run (signals sent to QEMUs and every SIGKILL, with the sender; every
+// process's end), and the output and console of the QEMUs run by hand, so that a guest found
+// Stopped names what ended its QEMU.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
@@ -28,7 +34,9 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
+  rmdirSync,
   rmSync,
   writeFileSync,
 } from 'node:fs';
@@ -120,6 +128,15 @@ async function until<T>(
   }
 }
 
+/** Why a raw QEMU ended: the end of its output, its exit code or signal, the end of its console. */
+function rawEnded(dir: string, qemu: ChildProcess): string {
+  const console = path.join(dir, 'console.log');
+  const last = existsSync(console)
+    ? readFileSync(console, 'utf8').trim().split('\n').slice(-3).join(' | ')
+    : '';
+  return `${rawQemuFailure(dir)} (pid ${qemu.pid}, exit code ${qemu.exitCode}, signal ${qemu.signalCode}; its console ends: ${last || 'nothing'})`;
+}
+
 function startIn(host: MemberHost, template: string[], dir: string, extra: string[] = []): ChildProcess {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
@@ -134,7 +151,7 @@ async function qmpOf(dir: string, qemu: ChildProcess): Promise<QmpClient> {
     async () =>
       existsSync(sock) ? await connectQmp(sock, { timeoutMs: 30_000 }).catch(() => undefined) : undefined,
     (v) => v !== undefined,
-    () => (qemu.exitCode !== null ? rawQemuFailure(dir) : undefined),
+    () => (qemu.exitCode !== null || qemu.signalCode !== null ? rawEnded(dir, qemu) : undefined),
   );
   return client as QmpClient;
 }
@@ -155,7 +172,7 @@ async function handMove(
         existsSync(path.join(srcDir, 'console.log')) &&
         readFileSync(path.join(srcDir, 'console.log'), 'utf8').includes(MARKER),
       (v) => v,
-      () => (src.exitCode !== null ? rawQemuFailure(srcDir) : undefined),
+      () => (src.exitCode !== null || src.signalCode !== null ? rawEnded(srcDir, src) : undefined),
     );
     await sleep(2000);
     if (load === 'busy') {
@@ -333,7 +350,7 @@ async function handMoveShared(
         existsSync(path.join(srcDir, 'console.log')) &&
         readFileSync(path.join(srcDir, 'console.log'), 'utf8').includes(MARKER),
       (v) => v,
-      () => (src.exitCode !== null ? rawQemuFailure(srcDir) : undefined),
+      () => (src.exitCode !== null || src.signalCode !== null ? rawEnded(srcDir, src) : undefined),
     );
     await sleep(2000);
     if (load === 'busy') await busyByHand(srcDir);
@@ -439,9 +456,124 @@ async function portIn(host: MemberHost, not?: number): Promise<number> {
   }
 }
 
+/**
+ * A kernel trace of the run, in a tracefs instance of its own (nothing of the host's tracing is
+ * changed): the signals sent to QEMU processes and every SIGKILL, each with its sender, and the
+ * end of every process (its pid, and the name of its last thread). Read from the instance's ring
+ * buffer when the run fails (16 MiB a CPU: a run's worth on this busy host); its times are seconds since boot, and `read` says
+ * what wall-clock time that was. An instance left by a bench that was killed is removed first.
+ */
+function startKernelTrace(): { read(): string; stop(): void } {
+  const instances = '/sys/kernel/tracing/instances';
+  if (!existsSync(instances)) {
+    return { read: () => `no kernel trace: ${instances} is not there (tracefs not mounted)\n`, stop() {} };
+  }
+  for (const name of readdirSync(instances)) {
+    const owner = /^bench-live-(\d+)$/.exec(name)?.[1];
+    if (owner && !existsSync(`/proc/${owner}`)) {
+      try {
+        rmdirSync(path.join(instances, name));
+      } catch {}
+    }
+  }
+  const dir = path.join(instances, `bench-live-${process.pid}`);
+  const stop = () => {
+    try {
+      rmdirSync(dir);
+    } catch {}
+  };
+  try {
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'trace_clock'), 'boot');
+    writeFileSync(path.join(dir, 'events/signal/signal_generate/filter'), 'comm ~ "qemu*" || sig == 9');
+    // Every process's end (the last thread of a QEMU may be one of its named threads, `CPU 0/TCG`):
+    // a larger buffer than the default holds a run's worth on this busy host.
+    writeFileSync(path.join(dir, 'buffer_size_kb'), '16384');
+    writeFileSync(path.join(dir, 'events/sched/sched_process_exit/filter'), 'group_dead == 1');
+    writeFileSync(path.join(dir, 'events/signal/signal_generate/enable'), '1');
+    writeFileSync(path.join(dir, 'events/sched/sched_process_exit/enable'), '1');
+  } catch (e) {
+    stop();
+    return { read: () => `no kernel trace: ${(e as Error).message}\n`, stop() {} };
+  }
+  return {
+    read() {
+      const uptime = readFileSync('/proc/uptime', 'utf8').split(' ')[0];
+      const text = readFileSync(path.join(dir, 'trace'), 'utf8');
+      return `# boot time ${uptime} s was ${new Date().toISOString()}\n${text}`;
+    },
+    stop,
+  };
+}
+
+interface TimelineEntry {
+  at: string;
+  /** What the API answered for the guest (m1's daemon). */
+  api: string;
+  /** Per member: the pid its boot record of the guest names, and whether that process lives. */
+  qemu: Record<string, string>;
+}
+
+/**
+ * The guest's timeline, polled every 2 s: its status, location and pid as the API says, and what
+ * each member's runtime directory says of its QEMU. Only changes are kept.
+ */
+function startTimeline(hosts: MemberHost[]): { entries: TimelineEntry[]; stop(): Promise<void> } {
+  const entries: TimelineEntry[] = [];
+  let stopped = false;
+  let last = '';
+  const qemuOn = (h: MemberHost): string => {
+    const boot = path.join(h.daemon.stateDir, 'run', 'vm', NAME, 'boot.json');
+    if (!existsSync(boot)) return 'no boot record';
+    try {
+      const identity = (
+        JSON.parse(readFileSync(boot, 'utf8')) as { identity: { pid: number; startTime: number } }
+      ).identity;
+      const stat = existsSync(`/proc/${identity.pid}/stat`)
+        ? readFileSync(`/proc/${identity.pid}/stat`, 'utf8')
+        : '';
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const alive = stat !== '' && Number(fields[19]) === identity.startTime && fields[0] !== 'Z';
+      return `pid ${identity.pid} ${alive ? 'lives' : 'gone'}`;
+    } catch (e) {
+      return `boot record unreadable: ${(e as Error).message}`;
+    }
+  };
+  const loop = (async () => {
+    while (!stopped) {
+      let api: string;
+      try {
+        const r = await hosts[0]!.daemon.api('GET', `/1.0/guests/${NAME}`);
+        const g = r.body.metadata as
+          | { status?: string; location?: string; state?: { pid?: number | null } }
+          | undefined;
+        api = g?.status ? `${g.status} on ${g.location} pid ${g.state?.pid ?? '-'}` : `${r.status}`;
+      } catch (e) {
+        api = `no answer: ${(e as Error).message}`;
+      }
+      const qemu = Object.fromEntries(hosts.map((h) => [h.name, qemuOn(h)]));
+      const key = JSON.stringify({ api, qemu });
+      if (key !== last) {
+        entries.push({ at: new Date().toISOString(), api, qemu });
+        last = key;
+      }
+      await sleep(2000);
+    }
+  })();
+  return {
+    entries,
+    async stop() {
+      stopped = true;
+      await loop;
+    },
+  };
+}
+
 const cluster = await makeTestCluster(['m1', 'm2']);
 const scratch = await makeRunDir('bench-live');
 const shared = await makeRunDir('bench-live-shared', { mode: 0o711 });
+const trace = startKernelTrace();
+const timeline = startTimeline(cluster.hosts);
 try {
   const [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
   m1.daemon.ok(['cluster', 'bootstrap', '--address', m1.ip]);
@@ -512,9 +644,27 @@ try {
       if (existsSync(from)) copyFileSync(from, path.join(kept, `${h.name}-${to}`));
     }
   }
+  // The QEMUs run by hand: their output and consoles.
+  for (const hand of readdirSync(scratch).filter((d) => d.startsWith('hand-'))) {
+    for (const side of ['src', 'dst']) {
+      for (const f of ['qemu.log', 'console.log']) {
+        const from = path.join(scratch, hand, side, f);
+        if (existsSync(from)) copyFileSync(from, path.join(kept, `${hand}-${side}-${f}`));
+      }
+    }
+  }
+  await timeline.stop();
+  writeFileSync(path.join(kept, 'timeline.json'), `${JSON.stringify(timeline.entries, null, 1)}\n`);
+  writeFileSync(path.join(kept, 'kernel-trace.txt'), trace.read());
+  writeFileSync(
+    path.join(kept, 'error.txt'),
+    `${new Date().toISOString()} ${(e as Error).stack ?? String(e)}\n`,
+  );
   process.stderr.write(`the members' logs are kept in ${kept}\n`);
   throw e;
 } finally {
+  await timeline.stop();
+  trace.stop();
   await cluster.destroy();
   await removeRunDir(scratch);
   await removeRunDir(shared);

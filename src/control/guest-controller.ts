@@ -331,6 +331,11 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
     // The guest was up and went away without being asked: clean up, then apply the restart policy.
     const wasUp = status.status === 'Running' || status.status === 'Frozen';
     if (wasUp && !up(rt.state)) {
+      // Said in the log: a guest that stops without being asked is otherwise only an event.
+      log.warn(
+        { guest: spec.name, pid: status.process?.pid, found: rt.state, desired: spec.desired },
+        'a guest recorded running was found not running: its engine ended',
+      );
       await driver.stop(spec, { timeoutMs: 0, force: true });
       markStopped(status);
       lifecycle('guest-died', spec);
