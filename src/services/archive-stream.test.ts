@@ -20,12 +20,15 @@ const index = {
 /** An archive as an export writes it (with or without its index), and its bytes. */
 async function archive(
   name: string,
-  options: { index: boolean },
+  options: { index: boolean; incremental?: boolean },
 ): Promise<{ bytes: Buffer; payload: Buffer }> {
   const file = path.join(dir, name);
   const payload = randomBytes(3 * 2 ** 20 + 333);
   const w = await ArchiveWriter.create(file);
-  if (options.index) await w.addBuffer('index.json', Buffer.from(JSON.stringify(index)));
+  if (options.index) {
+    const written = options.incremental ? { ...index, incremental: true } : index;
+    await w.addBuffer('index.json', Buffer.from(JSON.stringify(written)));
+  }
   await w.addStream(
     'rootfs.tar.zst',
     (async function* () {
@@ -75,6 +78,15 @@ describe('reading an uploaded archive as it arrives', () => {
     const head = await readArchiveHead(chunked(bytes, 100));
     assert.equal(head.index, undefined);
     assert.ok(!head.index && (await collect(head.all)).equals(bytes));
+  });
+
+  it('hands an incremental link back whole, index and all, for the file path', async () => {
+    const { bytes } = await archive('incremental.tar', { index: true, incremental: true });
+    for (const size of [100, 65_536]) {
+      const head = await readArchiveHead(chunked(bytes, size));
+      assert.equal(head.index, undefined);
+      assert.ok(!head.index && (await collect(head.all)).equals(bytes));
+    }
   });
 
   it('hands back what is not a tar at all, and an empty upload, unchanged', async () => {

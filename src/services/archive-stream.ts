@@ -213,23 +213,36 @@ export type ArchiveHead =
  */
 export async function readArchiveHead(body: AsyncIterable<Buffer>): Promise<ArchiveHead> {
   const iterator = body[Symbol.asyncIterator]();
-  const first: Buffer[] = [];
-  let firstBytes = 0;
-  while (firstBytes < BLOCK) {
+  // Every chunk taken until the index is read, to hand the upload back whole when it is not streamed.
+  const taken: Buffer[] = [];
+  let recording = true;
+  const pull = async (): Promise<IteratorResult<Buffer>> => {
     const r = await iterator.next();
-    if (r.done) break;
-    first.push(r.value);
-    firstBytes += r.value.length;
-  }
-  const whole = async function* (): AsyncGenerator<Buffer> {
-    yield* first;
+    if (!r.done && recording) taken.push(r.value);
+    return r;
+  };
+  const rest = async function* (): AsyncGenerator<Buffer> {
     for (;;) {
       const r = await iterator.next();
       if (r.done) return;
       yield r.value;
     }
   };
-  const header = Buffer.concat(first).subarray(0, BLOCK);
+  /** The upload from its first byte: what was taken, then the rest. */
+  const whole = (): AsyncIterable<Buffer> => {
+    recording = false;
+    return (async function* () {
+      yield* taken;
+      yield* rest();
+    })();
+  };
+  let firstBytes = 0;
+  while (firstBytes < BLOCK) {
+    const r = await pull();
+    if (r.done) break;
+    firstBytes += r.value.length;
+  }
+  const header = Buffer.concat(taken).subarray(0, BLOCK);
   let named: string | undefined;
   try {
     named = header.length === BLOCK ? parseTarHeader(header)?.name : undefined;
@@ -237,11 +250,25 @@ export async function readArchiveHead(body: AsyncIterable<Buffer>): Promise<Arch
     named = undefined;
   }
   if (named !== INDEX_MEMBER) return { index: undefined, all: whole() };
-  const reader = new TarStreamReader(whole());
+  const reader = new TarStreamReader(
+    (async function* () {
+      yield* [...taken];
+      for (;;) {
+        const r = await pull();
+        if (r.done) return;
+        yield r.value;
+      }
+    })(),
+  );
   const member = await reader.next();
   if (member?.type !== 'file') throw new ArchiveDamaged('its index.json is not a file');
-  const data = await reader.readSmall(member.size, MAX_INDEX_BYTES);
-  return { index: parseIndex(data), reader };
+  const index = parseIndex(await reader.readSmall(member.size, MAX_INDEX_BYTES));
+  // An incremental link is checked whole before it touches the guest it goes onto (and its link
+  // is known only from the manifest): it is read from a file.
+  if (index.incremental) return { index: undefined, all: whole() };
+  recording = false;
+  taken.length = 0;
+  return { index, reader };
 }
 
 function parseIndex(data: Buffer): BackupIndex {
