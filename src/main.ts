@@ -143,11 +143,31 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     log.error({ member: membership.name, hostName }, 'the member name and the host name differ');
   }
   // A store written before the index of each project's guests gets it once (decision 0087); until
-  // then project reads go on reading every guest, so a failure here only costs reads.
-  await indexProjectGuests(store).then(
-    (r) => (r.added + r.dropped > 0 ? log.info(r, "indexed each project's guests") : undefined),
-    (e: unknown) => log.warn({ err: String(e) }, "cannot index each project's guests yet"),
-  );
+  // then project reads go on reading every guest, so a failure here only costs reads. Checked again
+  // every minute (two counts): a member running a daemon from before the index makes guests
+  // without their keys, which this finds and indexes (readers read every guest meanwhile).
+  const checkIndex = () =>
+    indexProjectGuests(store).then(
+      (r) => {
+        if (r.recount === 'short') {
+          log.warn(
+            r,
+            'guests were made without their project index key (a member running an older daemon?): indexed them again',
+          );
+        } else if (r.added + r.dropped > 0) log.info(r, "indexed each project's guests");
+      },
+      (e: unknown) => log.warn({ err: String(e) }, "cannot index each project's guests yet"),
+    );
+  await checkIndex();
+  let indexChecking = false;
+  const indexChecks = setInterval(() => {
+    if (indexChecking) return;
+    indexChecking = true;
+    void checkIndex().finally(() => {
+      indexChecking = false;
+    });
+  }, 60_000);
+  indexChecks.unref();
   // Operation claims this member's previous daemon held when it died are released before anything runs.
   const claims = createClaims({ store, member: hostName });
   const swept = await claims.sweep();
@@ -787,6 +807,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   });
   // Guests keep running: they outlive the daemon and are re-adopted at the next start.
   log.info('shutting down; guests keep running');
+  clearInterval(indexChecks);
   movesRetrying?.stop();
   await evacuations?.stop();
   await rebalancer?.stop();

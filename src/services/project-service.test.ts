@@ -413,14 +413,78 @@ describe("the index of a project's guests (decision 0087)", () => {
       // Not indexed yet: every guest is read, and counted right.
       assert.equal((await readProject(store, 'p1')).usage.guests, 500);
       assert.ok(store.reads.lists.includes(records.guest.prefix));
-      assert.deepEqual(await indexProjectGuests(memory), { added: 1000, dropped: 2 });
+      assert.deepEqual(await indexProjectGuests(memory), {
+        added: 1000,
+        dropped: 2,
+        recount: 'unmarked',
+        guests: 1000,
+        keys: 2,
+      });
       const indexed = await indexKeys(memory);
       assert.equal(indexed.length, 1000);
       assert.ok(indexed.includes('default/g0') && indexed.includes('p1/g1') && !indexed.includes('p1/g0'));
       assert.equal((await readProject(store, 'p1')).usage.guests, 500);
       store.reset();
-      assert.deepEqual(await indexProjectGuests(store), { added: 0, dropped: 0 });
+      assert.deepEqual(await indexProjectGuests(store), { added: 0, dropped: 0, guests: 1000, keys: 1000 });
       assert.deepEqual(store.reads, { records: 1, lists: [] }, 'a store indexed already: its mark alone');
+      assert.equal(store.calls.requests, 1, 'and two counts in the same request');
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('a guest made without its index key (a member running a daemon from before the index) is found by the next check and indexed; readers read every guest meanwhile', async () => {
+    const memory = createMemoryStore();
+    const store = countingStore(memory);
+    try {
+      await memory.txn({
+        compare: [],
+        success: [
+          project('p1', { 'limits.guests': '3' }),
+          ...Array.from({ length: 3 }, (_, i) => guest(`a${i}`, 'p1')),
+          ...Array.from({ length: 20 }, (_, i) => guest(`g${i}`, 'default')),
+        ],
+      });
+      await indexProjectGuests(memory);
+      // An older daemon's create: the spec alone. The index now under-counts p1, which would let
+      // its quota be passed.
+      await memory.put(keys.guest('old'), JSON.stringify(aGuestSpec({ name: 'old', project: 'p1' })));
+      assert.equal((await readGuard(store, 'p1')).usage.guests, 3, 'the index does not know it');
+      // The check (every member's, at start and every minute) counts one key fewer than guests.
+      let duringRecount: number | undefined;
+      const watching = new Proxy(memory, {
+        get(target, prop) {
+          if (prop === 'txn') {
+            return async (request: Parameters<KvStore['txn']>[0]) => {
+              // While it indexes, the mark is gone: a guard reads every guest and counts the old one.
+              if (request.compare.length > 0 && duringRecount === undefined) {
+                duringRecount = (await readGuard(target, 'p1')).usage.guests;
+              }
+              return target.txn(request);
+            };
+          }
+          const value = Reflect.get(target, prop, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      }) as KvStore;
+      assert.deepEqual(await indexProjectGuests(watching), {
+        added: 1,
+        dropped: 0,
+        recount: 'short',
+        guests: 24,
+        keys: 23,
+      });
+      assert.equal(duringRecount, 4);
+      assert.ok(await memory.get(keys.projectGuest('p1', 'old')));
+      assert.equal((await readGuard(store, 'p1')).usage.guests, 4);
+      // Whole again: the next check is one request.
+      store.reset();
+      assert.deepEqual(await indexProjectGuests(store), { added: 0, dropped: 0, guests: 24, keys: 24 });
+      assert.equal(store.calls.requests, 1);
+      // A spec that does not decode gets no key: it is not counted as missing at every check.
+      await memory.put(keys.guest('broken'), '{not json');
+      assert.equal((await indexProjectGuests(memory)).recount, 'short');
+      assert.equal((await indexProjectGuests(memory)).recount, undefined);
     } finally {
       await memory.close();
     }
@@ -707,7 +771,13 @@ describe('projects and quotas over the real services', () => {
     await w.store.delete(keys.projectGuestsIndexed);
     await w.store.put(keys.guest('legacy'), JSON.stringify(old));
     assert.equal((await projects.get('default')).usage.guests, 1);
-    assert.deepEqual(await indexProjectGuests(w.store), { added: 1, dropped: 0 });
+    assert.deepEqual(await indexProjectGuests(w.store), {
+      added: 1,
+      dropped: 0,
+      recount: 'unmarked',
+      guests: 1,
+      keys: 0,
+    });
     assert.ok(await w.store.get(keys.projectGuest('default', 'legacy')));
     assert.equal((await projects.get('default')).usage.guests, 1);
     assert.deepEqual(

@@ -125,15 +125,63 @@ const BATCH = 60;
 /** How many times a key of the backfill is tried against a guest that keeps changing. */
 const ATTEMPTS = 5;
 
+/** What `indexProjectGuests` found and did. */
+export interface IndexCheck {
+  added: number;
+  dropped: number;
+  /**
+   * Why it indexed: `unmarked`, a store written before the index (or while a recount ran);
+   * `short`, fewer keys than guests, so a guest was made without its key (by a member running a
+   * daemon from before the index): the mark was dropped first, so readers read every guest until
+   * the index was whole again. Absent when the index was complete (nothing read but the counts).
+   */
+  recount?: 'unmarked' | 'short';
+  /** Guest specs and index keys counted at the check (one revision). */
+  guests: number;
+  keys: number;
+}
+
+/** The mark's value: when the index was made whole, and how many guest specs it could not index (they do not decode). */
+interface IndexMark {
+  at: string;
+  unindexable: number;
+}
+
+function markOf(kv: KeyValue | undefined): IndexMark | undefined {
+  if (!kv) return undefined;
+  try {
+    const v = JSON.parse(kv.value) as Partial<IndexMark>;
+    return { at: String(v.at ?? ''), unindexable: Number(v.unindexable ?? 0) || 0 };
+  } catch {
+    // The first marks held the date alone.
+    return { at: kv.value, unindexable: 0 };
+  }
+}
+
 /**
- * Makes the index complete for a store written before it (decision 0087), then marks it so;
- * nothing to do when the mark is there. Each key is written or dropped on a compare with the
- * guest's spec as read, so a guest made or deleted meanwhile (whose own transaction keeps its key)
- * is never indexed wrongly; every member may run it at once. Returns what it changed; throws when
- * it cannot finish (readers then go on reading every guest, and the next start tries again).
+ * Makes the index complete, then marks it so (decision 0087): for a store written before it,
+ * and again whenever fewer index keys than guest specs are counted. Every member runs it at
+ * start and every minute (main.ts): a complete index costs one request (the mark and two counts at
+ * one revision). Each key is written or dropped on a compare with the guest's spec as read, so a
+ * guest made or deleted meanwhile (whose own transaction keeps its key) is never indexed wrongly;
+ * every member may run it at once. Throws when it cannot finish (readers then go on reading every
+ * guest, and the next run tries again).
  */
-export async function indexProjectGuests(store: KvStore): Promise<{ added: number; dropped: number }> {
-  if (await store.get(keys.projectGuestsIndexed)) return { added: 0, dropped: 0 };
+export async function indexProjectGuests(store: KvStore): Promise<IndexCheck> {
+  const counted = await readTogether(store, [
+    { key: keys.projectGuestsIndexed },
+    { key: records.guest.prefix, prefix: true, countOnly: true },
+    { key: keys.projectGuestPrefix, prefix: true, countOnly: true },
+  ]);
+  const mark = markOf(counted.kvs[0]?.[0]);
+  const [, guests = 0, indexKeys = 0] = counted.counts;
+  // A guest made by new code has its key from the same transaction; a stale key (of a guest an
+  // older daemon deleted) is harmless to readers and may hide a missing one: counts see the net.
+  if (mark && indexKeys + mark.unindexable >= guests)
+    return { added: 0, dropped: 0, guests, keys: indexKeys };
+  const recount = mark ? 'short' : 'unmarked';
+  // Readers read every guest again until the index is whole (never fewer than there are).
+  if (mark) await store.delete(keys.projectGuestsIndexed);
   const read = await readTogether(store, [
     { key: records.guest.prefix, prefix: true },
     { key: keys.projectGuestPrefix, prefix: true },
@@ -141,11 +189,13 @@ export async function indexProjectGuests(store: KvStore): Promise<{ added: numbe
   /** Index key → the guest's name and its spec's revision as read. */
   const want = new Map<string, { name: string; modRevision: number }>();
   const specRevision = new Map<string, number>();
+  let unindexable = 0;
   for (const kv of read.kvs[0] ?? []) {
     const name = records.guest.nameOf(kv.key);
     specRevision.set(name, kv.modRevision);
     const key = indexKeyOf(kv);
     if (key) want.set(key, { name, modRevision: kv.modRevision });
+    else unindexable++;
   }
   const have = new Set((read.kvs[1] ?? []).map((kv) => kv.key));
   const todo: Array<{ key: string; name: string; modRevision: number; put: boolean }> = [];
@@ -173,8 +223,9 @@ export async function indexProjectGuests(store: KvStore): Promise<{ added: numbe
       else dropped++;
     }
   }
-  await store.put(keys.projectGuestsIndexed, new Date().toISOString());
-  return { added, dropped };
+  const value: IndexMark = { at: new Date().toISOString(), unindexable };
+  await store.put(keys.projectGuestsIndexed, JSON.stringify(value));
+  return { added, dropped, recount, guests, keys: indexKeys };
 }
 
 /** The index key a guest's spec should have, or undefined for a record that does not decode. */
