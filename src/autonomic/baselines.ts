@@ -282,15 +282,21 @@ export function loessPredict(y: number[], ahead: number): number {
   return a + b * (n - 1 + ahead);
 }
 
-/** Beloglazov & Buyya's LR-MMT with safety parameter 1.2 (CCPE 2012). */
+/**
+ * Beloglazov & Buyya's LR-MMT with safety parameter 1.2 (CCPE 2012). `keepFailureRoom` is a
+ * second baseline, not the paper's: the same policy made to keep room for one member's failure as
+ * issue 14 §3 asks of ours (the cluster's demand now within what is on or booting less the
+ * largest member): it powers members on until it fits and empties none that would break it.
+ */
 export function lrMmtBaseline(
-  options: { safety?: number; length?: number; fallback?: number } = {},
+  options: { safety?: number; length?: number; fallback?: number; keepFailureRoom?: boolean } = {},
 ): ClusterPolicy {
   const safety = options.safety ?? 1.2;
   const length = options.length ?? 10;
   const fallback = options.fallback ?? 0.7;
+  const keepFailureRoom = options.keepFailureRoom ?? false;
   return {
-    name: 'lr-mmt',
+    name: keepFailureRoom ? 'lr-mmt-failure-room' : 'lr-mmt',
     intervalMs: 5 * 60_000,
     historyMs: length * 5 * 60_000,
     decide(state) {
@@ -406,6 +412,42 @@ export function lrMmtBaseline(
           });
         }
       }
+      // The failure-room variant: the demand now must fit in what is on or booting less the largest.
+      let demandCpu = 0;
+      let demandMem = 0;
+      for (const g of state.guests) {
+        demandCpu += latest(g.cpu);
+        demandMem += latest(g.memoryBytes);
+      }
+      const roomFor = (members: MemberState[]) => {
+        let cpu = 0;
+        let mem = 0;
+        let bigCpu = 0;
+        let bigMem = 0;
+        for (const m of members) {
+          cpu += m.cpuCapacity;
+          mem += m.memoryBytes ?? 0;
+          bigCpu = Math.max(bigCpu, m.cpuCapacity);
+          bigMem = Math.max(bigMem, m.memoryBytes ?? 0);
+        }
+        return demandCpu <= cpu - bigCpu && (!v.withMemory || demandMem <= mem - bigMem);
+      };
+      if (keepFailureRoom) {
+        const coming = state.members.filter((m) => m.power !== 'off');
+        for (const p of d.powerOn) coming.push(v.members.get(p.member) as MemberState);
+        const standby = state.members
+          .filter((m) => m.power === 'off' && !d.powerOn.some((p) => p.member === m.id))
+          .sort((a, b) => (a.id < b.id ? -1 : 1));
+        while (!roomFor(coming) && standby.length > 0) {
+          const m = standby.shift() as MemberState;
+          coming.push(m);
+          d.powerOn.push({
+            member: m.id,
+            readyAtMs: state.nowMs + m.bootDelayMs,
+            reason: "LR-MMT (failure room): the demand now exceeds what is on less one member's failure",
+          });
+        }
+      }
       // Under-utilized hosts, least utilized first, emptied when every guest fits elsewhere.
       const targets = new Set<string>(excluded);
       for (const rec of d.moves) targets.add(rec.to);
@@ -415,6 +457,10 @@ export function lrMmtBaseline(
         .sort((a, b) => utilNow(a) - utilNow(b) || (a.id < b.id ? -1 : 1));
       for (const m of byUtil) {
         if (targets.has(m.id)) continue;
+        if (keepFailureRoom) {
+          const left = state.members.filter((x) => x.power !== 'off' && x.id !== m.id && !gone.has(x.id));
+          if (!roomFor(left)) continue;
+        }
         const ids = v
           .guestsOn(m.id)
           .sort((a, b) => latest(v.guests.get(b)?.cpu) - latest(v.guests.get(a)?.cpu) || (a < b ? -1 : 1));

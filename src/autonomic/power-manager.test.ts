@@ -214,6 +214,54 @@ describe('power manager', () => {
     });
   });
 
+  test('power-off reads the forecast: a burst that ended within the long window no longer keeps a member on', () => {
+    // a, b, c carry 8 CPU each; d's guest burst to 14 CPU and fell back to 1. The long window's
+    // peak (38 CPU) needs all four members with the failure room; the forecast (25 CPU) needs three.
+    const state = (burst: (t: number) => boolean): ClusterState => ({
+      nowMs: 3_600_000,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c'), member('d')],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 8),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 8),
+        ),
+        guest(
+          'c1',
+          'c',
+          series(() => 8),
+        ),
+        guest(
+          'd1',
+          'd',
+          series((t) => (burst(t) ? 14 : 1)),
+        ),
+      ],
+    });
+    const past = (t: number) => t >= 5 && t <= 7;
+    const { plan } = planPower(state(past));
+    assert.deepEqual(
+      plan.evacuations.map((e) => e.member),
+      ['d'],
+    );
+    assert.match(
+      plan.evacuations[0]?.reason ?? '',
+      /over the last 10 min \(the 40 min window's peak 38 CPU is past: the recent demand, carried forward by its trend, stays at 25\)/,
+    );
+    // The last long window alone (the policy before) keeps d on for the burst that is over.
+    assert.deepEqual(planPower(state(past), { powerOffForecast: false }).plan.evacuations, []);
+    // A burst still going is no forecast of a quiet window: nothing is powered off.
+    assert.deepEqual(planPower(state((t) => t >= 9)).plan.evacuations, []);
+    // Nor is a fall smaller than burstDrop (here 25%) of the long window's peak.
+    assert.deepEqual(planPower(state(past), { burstDrop: 0.4 }).plan.evacuations, []);
+  });
+
   test('room for one member failure is kept: two members stay on for a tiny load', () => {
     const r = simulate(
       stepScenario(3, 6, 48, () => 0.3),

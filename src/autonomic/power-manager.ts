@@ -48,6 +48,16 @@ export interface PowerOptions {
   minOnMs: number;
   /** Keep enough capacity on for the largest member to fail. */
   keepFailureRoom: boolean;
+  /**
+   * Power-off reads a forecast of the coming long window rather than the last one: once the short
+   * window's peak, carried forward by its trend over the whole long window, is at least
+   * `burstDrop` below the long window's peak (a burst is over and nothing brings it back), the
+   * short window is what must fit; otherwise the long window's peak, as before. false: always the
+   * last long window.
+   */
+  powerOffForecast: boolean;
+  /** How far below the long window's peak (a share of it) the forecast must be to replace it. */
+  burstDrop: number;
   maxEvacuationsPerCycle: number;
   /** This many members at 100% that the others cannot relieve power one more on (0: never). */
   hotMembers: number;
@@ -65,6 +75,8 @@ export const DEFAULT_POWER: PowerOptions = {
   maxCyclesPerDay: 4,
   minOnMs: 60 * 60_000,
   keepFailureRoom: true,
+  powerOffForecast: true,
+  burstDrop: 0.25,
   maxEvacuationsPerCycle: Number.POSITIVE_INFINITY,
   hotMembers: 1,
   costs: DEFAULT_MOVE_COSTS,
@@ -113,6 +125,7 @@ export function checkPowerOptions(o: PowerOptions): void {
     ['ceiling', o.ceiling],
     ['powerOnAt', o.powerOnAt],
     ['powerOffBelow', o.powerOffBelow],
+    ['burstDrop', o.burstDrop],
   ] as const) {
     if (!(v > 0 && v <= 1)) throw invalidArgument(`The power manager's ${k} ${v} must be in (0, 1]`);
   }
@@ -138,6 +151,12 @@ function totals(state: ClusterState, k: number): { cpu: Float64Array; mem: Float
   }
   return { cpu, mem };
 }
+
+const peakOf = (series: Float64Array): number => {
+  let peak = 0;
+  for (const v of series) peak = Math.max(peak, v);
+  return peak;
+};
 
 /** The peak of a series carried forward by its least-squares trend over `ahead` samples. */
 function peakAhead(series: Float64Array, ahead: number): number {
@@ -186,8 +205,9 @@ const fits = (demand: Capacity, cap: Capacity, share: number, withMemory: boolea
 
 /**
  * One cycle of the power manager. `book`, when given, is the load book the caller keeps (its
- * window must be the long one); the evacuations' moves are applied to it, so that the rebalancer
- * that runs next sees the cluster as it will be.
+ * window must be the long one). The book returned is the one the evacuations were planned on (the
+ * given one, or the short window's when the forecast says the long one's peak is past), with their
+ * moves applied, so that the rebalancer that runs next sees the cluster as it will be.
  */
 export function planPower(
   state: ClusterState,
@@ -265,13 +285,25 @@ export function planPower(
     return { plan: { powerOn, evacuations, notes }, book };
   }
   const long = totals(state, perMs(o.lowWindowMs));
-  let peakCpu = 0;
-  let peakMem = 0;
-  for (const v of long.cpu) peakCpu = Math.max(peakCpu, v);
-  for (const v of long.mem) peakMem = Math.max(peakMem, v);
-  const demandLong: Capacity = { cpu: peakCpu, mem: peakMem };
+  const longPeak: Capacity = { cpu: peakOf(long.cpu), mem: peakOf(long.mem) };
+  // The forecast of the coming long window: the short window carried forward by its trend over it.
+  const ahead = perMs(o.lowWindowMs);
+  const forecast: Capacity = { cpu: peakAhead(short.cpu, ahead), mem: peakAhead(short.mem, ahead) };
+  const settled =
+    o.powerOffForecast &&
+    perMs(o.highWindowMs) < perMs(o.lowWindowMs) &&
+    forecast.cpu <= longPeak.cpu * (1 - o.burstDrop) &&
+    (!withMemory || forecast.mem <= longPeak.mem);
+  const demandLong: Capacity = settled ? forecast : longPeak;
+  // The members' loads, and where evacuated guests fit, over the window the forecast reads.
+  const offBook = settled
+    ? new LoadBook(state, { windowSamples: perMs(o.highWindowMs), percentile: o.percentile })
+    : book;
+  const offWindow = settled
+    ? `the last ${o.highWindowMs / 60_000} min (the ${o.lowWindowMs / 60_000} min window's peak ${round(longPeak.cpu)} CPU is past: the recent demand, carried forward by its trend, stays at ${round(forecast.cpu)})`
+    : `${o.lowWindowMs / 60_000} min`;
   const on = onOrBooting.filter((m) => m.power === 'on');
-  const loads = new Map(on.map((m) => [m.id, book.load(m.id)]));
+  const loads = new Map(on.map((m) => [m.id, offBook.load(m.id)]));
   const candidates = on
     .filter((m) => {
       if (m.powerManaged === false) return false;
@@ -303,20 +335,20 @@ export function planPower(
     const rest = on.filter((x) => remaining.has(x.id) && x.id !== m.id);
     if (!fits(demandLong, usable(rest, o.keepFailureRoom), o.powerOffBelow, withMemory)) {
       notes.push(
-        `${m.id} stays on: without it the last ${o.lowWindowMs / 60_000} min's peak would exceed ${pct(o.powerOffBelow)} of the capacity left after one member's failure`,
+        `${m.id} stays on: without it the peak over ${offWindow} would exceed ${pct(o.powerOffBelow)} of the capacity left after one member's failure`,
       );
       break;
     }
-    const placed = evacuate(book, state.nowMs, m, rest, o, loads);
+    const placed = evacuate(offBook, state.nowMs, m, rest, o, loads);
     if (typeof placed === 'string') {
       notes.push(placed);
       continue;
     }
     remaining.delete(m.id);
     for (const mv of placed) received.add(mv.to);
-    const stopped = book
+    const stopped = offBook
       .guestsOn(m.id)
-      .filter((id) => book.guests.get(id)?.stopOnEvacuation)
+      .filter((id) => offBook.guests.get(id)?.stopOnEvacuation)
       .sort();
     const staysStopped =
       stopped.length > 0
@@ -325,10 +357,10 @@ export function planPower(
     evacuations.push({
       member: m.id,
       moves: placed,
-      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${o.lowWindowMs / 60_000} min, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}${staysStopped}${voters ? `; ${voters.said}` : ''}`,
+      reason: `its load stayed at ${pct(loads.get(m.id) as number)} or less (p${o.percentile}) over ${offWindow}, below ${pct(o.lowLoad)}, and its guests fit on the others below ${pct(o.ceiling)}${staysStopped}${voters ? `; ${voters.said}` : ''}`,
     });
   }
-  return { plan: { powerOn, evacuations, notes }, book };
+  return { plan: { powerOn, evacuations, notes }, book: offBook };
 }
 
 /**

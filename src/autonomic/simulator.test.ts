@@ -119,6 +119,16 @@ describe('simulator and baselines', () => {
     assert.ok(incus.migrations <= 4);
   });
 
+  test('LR-MMT with the failure room (the second baseline) keeps one member more on than LR-MMT for a tiny load', () => {
+    const { scenario } = syntheticScenario({ members: 4, guests: 8, samples: 96, seed: 5, meanLoad: 0.1 });
+    const plain = simulate(scenario, lrMmtBaseline());
+    const withRoom = simulate(scenario, lrMmtBaseline({ keepFailureRoom: true }));
+    assert.equal(plain.membersOnAtEnd, 1);
+    assert.equal(withRoom.membersOnAtEnd, 2);
+    assert.equal(withRoom.minMembersOn, 2);
+    assert.equal(withRoom.policy, 'lr-mmt-failure-room');
+  });
+
   test('the simulator never lets a policy see the future: decisions at a sample use samples up to it only', () => {
     const { scenario } = syntheticScenario({ members: 4, guests: 12, samples: 30, seed: 9 });
     const seen: number[] = [];

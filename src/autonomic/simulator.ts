@@ -86,6 +86,8 @@ export interface SimResult {
   placement: Record<string, string>;
   /** Members on at each sample. */
   membersOn: number[];
+  /** Members on or booting at each sample: what host-hours count, sample by sample. */
+  membersPowered: number[];
   /** Wall time of the policy's decisions, ms. */
   decideMs: number;
   log: string[];
@@ -153,6 +155,7 @@ export function simulate(scenario: Scenario, policy: ClusterPolicy, options: Sim
     maxMembersOn: 0,
     placement: {},
     membersOn: [],
+    membersPowered: [],
     decideMs: 0,
     log: [],
   };
@@ -206,8 +209,10 @@ export function simulate(scenario: Scenario, policy: ClusterPolicy, options: Sim
         memNow.set(g.member, (memNow.get(g.member) ?? 0) + (g.spec.memoryBytes[i] as number));
     }
     let on = 0;
+    let powered = 0;
     for (const m of memberList) {
       if (m.power === 'off') continue;
+      powered++;
       r.hostHours += step / 3_600_000;
       if (m.power !== 'on') continue;
       on++;
@@ -217,6 +222,7 @@ export function simulate(scenario: Scenario, policy: ClusterPolicy, options: Sim
       if (c >= 1 - 1e-9 || b >= 1 - 1e-9) r.overloadedHostIntervals++;
     }
     r.membersOn.push(on);
+    r.membersPowered.push(powered);
     r.minMembersOn = Math.min(r.minMembersOn, on);
     r.maxMembersOn = Math.max(r.maxMembersOn, on);
     if (i % every !== 0) continue;
