@@ -1,9 +1,16 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { cgroupDirs, readCgroupUsage, readFreezerState, removeCgroup } from './cgroups-v1.ts';
+import {
+  cgroupDirs,
+  readCgroupUsage,
+  readFreezerState,
+  removeCgroup,
+  sharedMemoryCgroup,
+} from './cgroups-v1.ts';
 
 test('readCgroupUsage reads memory, cpu and pids files of a v1 cgroup', async () => {
   const root = await mkdtemp(join(tmpdir(), 'cg-'));
@@ -48,6 +55,44 @@ test('removeCgroup removes the cgroup where it is, skips hierarchies without it 
     await rm(join(root, 'memory', path, 'child'), { recursive: true });
     assert.deepEqual(await removeCgroup(path, root), []);
     assert.deepEqual(await cgroupDirs(path, root), []);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('a guest without a memory cgroup of its own reports the resident memory of its processes', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'cg-'));
+  try {
+    const path = '/trivisor-x/g1';
+    await mkdir(join(root, 'pids', path), { recursive: true });
+    // This test's own process stands in for the guest's init; a pid gone meanwhile counts nothing.
+    await writeFile(join(root, 'pids', path, 'cgroup.procs'), `${process.pid}\n999999999\n`);
+    await writeFile(join(root, 'pids', path, 'pids.current'), '1\n');
+    const rss = () => Number(readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
+    const low = rss();
+    const usage = await readCgroupUsage(path, root);
+    const high = rss();
+    assert.ok(
+      usage.memoryBytes >= Math.min(low, high) * 0.9 && usage.memoryBytes <= Math.max(low, high) * 1.1,
+      `${usage.memoryBytes} is not this process's RSS (${low}..${high})`,
+    );
+    assert.equal(usage.memoryLimitBytes, undefined);
+    assert.equal(usage.processes, 1);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('the shared memory cgroup sits in the memory hierarchy, and there is none without one', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'cg-'));
+  try {
+    assert.equal(await sharedMemoryCgroup('/trivisor-x', root), undefined);
+    await mkdir(join(root, 'memory'));
+    await writeFile(join(root, 'memory', 'memory.usage_in_bytes'), '0\n');
+    assert.deepEqual(await sharedMemoryCgroup('/trivisor-x', root), {
+      mount: join(root, 'memory'),
+      dir: join(root, 'memory', 'trivisor-x'),
+    });
   } finally {
     await rm(root, { recursive: true, force: true });
   }

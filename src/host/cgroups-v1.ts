@@ -33,12 +33,54 @@ export async function readCgroupUsage(cgroupsPath: string, root = CGROUP_ROOT): 
   const cpuNs = readNumberSync(join(root, 'cpuacct', cgroupsPath, 'cpuacct.usage'));
   const processes = readNumberSync(join(root, 'pids', cgroupsPath, 'pids.current'));
   const usage: GuestUsage = {
-    memoryBytes: memoryBytes ?? 0,
+    // A guest without a memory limit has no memory cgroup of its own (decision 0093): the
+    // resident memory of its processes stands in for it.
+    memoryBytes: memoryBytes ?? residentBytesOf(join(root, 'pids', cgroupsPath, 'cgroup.procs')),
     cpuSeconds: (cpuNs ?? 0) / 1e9,
     processes: processes ?? 0,
   };
   if (limit !== undefined && limit < V1_UNLIMITED) usage.memoryLimitBytes = limit;
   return usage;
+}
+
+/** x86_64's page size: /proc/PID/statm counts pages. */
+const PAGE_BYTES = 4096;
+
+/**
+ * The resident memory (RSS) of the processes listed in a cgroup's `cgroup.procs`, bytes; 0 when
+ * the file is missing. Unlike a memory cgroup's usage, it leaves out the page cache and the
+ * kernel's memory, and counts a page shared by two processes twice.
+ */
+function residentBytesOf(procsFile: string): number {
+  let text: string;
+  try {
+    text = readFileSync(procsFile, 'utf8');
+  } catch {
+    return 0;
+  }
+  let pages = 0;
+  for (const pid of text.split('\n')) {
+    if (!pid) continue;
+    try {
+      pages += Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) || 0;
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pages * PAGE_BYTES;
+}
+
+/**
+ * The memory cgroup shared by the guests of `cgroupParent` that have no memory limit, with its
+ * hierarchy's mount point (decision 0093); undefined where there is no v1 memory hierarchy.
+ */
+export async function sharedMemoryCgroup(
+  cgroupParent: string,
+  root = CGROUP_ROOT,
+): Promise<{ mount: string; dir: string } | undefined> {
+  const mount = join(root, 'memory');
+  if (!(await exists(join(mount, 'memory.usage_in_bytes')))) return undefined;
+  return { mount, dir: join(mount, cgroupParent) };
 }
 
 function readNumberSync(path: string): number | undefined {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
 import type { GuestSpec } from '../../src/core/types.ts';
@@ -76,6 +77,44 @@ describe('ct guests are held to their limits', () => {
     await fx.driver.stop(bombed, { timeoutMs: 0, force: true });
     assert.ok(Date.now() - t1 < 10_000);
     assert.equal((await fx.driver.inspect(bombed, undefined)).state, 'stopped');
+  });
+
+  test('a guest without limits.memory shares one memory cgroup, still reports its memory, and takes a limit at its next start', async () => {
+    // Decision 0093: a memory cgroup per guest costs the kernel a slot for every file system of
+    // every guest, so a guest without a memory limit is charged to one cgroup its daemon's guests share.
+    const spec = await boot('mem-shared', { 'limits.processes': '100' });
+    const parent = cgroupParentOf(fx.stateDir);
+    assert.equal(
+      existsSync(`/sys/fs/cgroup/memory${parent}/${spec.name}`),
+      false,
+      'no memory cgroup of its own',
+    );
+    const init = (await fx.driver.inspect(spec, undefined)).process;
+    assert.ok(init);
+    const cgroups = await readFile(`/proc/${init.pid}/cgroup`, 'utf8');
+    assert.match(cgroups, new RegExp(`^\\d+:memory:${parent}$`, 'm'), 'charged to the shared cgroup');
+    for (const controller of ['pids', 'cpu', 'freezer', 'devices']) {
+      assert.match(
+        cgroups,
+        new RegExp(`^\\d+:${controller}:${parent}/${spec.name}$`, 'm'),
+        `its own ${controller}`,
+      );
+    }
+    assert.equal(await cgroupFile(spec, 'pids', 'pids.max'), '100', 'its other limits hold');
+    assert.equal((await execIn(fx.driver, spec, ['echo', 'up'])).stdout, 'up\n');
+    const usage = await fx.driver.usage(spec);
+    assert.ok(usage.memoryBytes > 0, 'its processes resident memory stands in for the cgroup usage');
+    assert.equal(usage.memoryLimitBytes, undefined);
+    const limited = { ...spec, config: { ...spec.config, 'limits.memory': '64MiB' } };
+    assert.deepEqual(
+      await fx.driver.update(limited, ['limits.memory']),
+      ['limits.memory'],
+      'waits for a start',
+    );
+    await fx.driver.stop(spec, { timeoutMs: 0, force: true });
+    await fx.driver.start(limited, fx.image);
+    assert.equal(await cgroupFile(limited, 'memory', 'memory.limit_in_bytes'), String(64 * MiB));
+    assert.equal((await fx.driver.usage(limited)).memoryLimitBytes, 64 * MiB);
   });
 
   test('update() changes limits.memory of a running guest live', async () => {

@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec, ImageRecord } from '../../core/types.ts';
+import { sharedMemoryCgroup } from '../../host/cgroups-v1.ts';
 import { silentLogger } from '../../host/logger.ts';
 import { readProcessIdentity } from '../../host/proc-stat.ts';
 import type { GuestNetworking } from '../../network/guest-networking.ts';
@@ -16,7 +17,7 @@ import { cgroupParentOf } from '../guest-cgroup.ts';
 import type { ImageHandle } from '../guest-driver.ts';
 import { createCtDriver } from './ct-driver.ts';
 import { ownRangeBase } from './id-ranges.ts';
-import { type OciSpec, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
+import { MEMORY_CGROUP_ANNOTATION, type OciSpec, STOP_SIGNAL_ANNOTATION } from './oci-spec.ts';
 import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT } from './overlay-rootfs.ts';
 
 const guest = (config: Record<string, string> = {}): GuestSpec => ({
@@ -268,6 +269,11 @@ describe('ct driver against a recording runner', () => {
     await writeRuncState(init.state);
     const runner = fakeRunner();
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    // As started with a memory limit: a memory cgroup of its own (decision 0093).
+    const config = join(stateDir, 'guests', 'g1', 'bundle', 'config.json');
+    const started = JSON.parse(await readFile(config, 'utf8')) as OciSpec;
+    delete started.annotations[MEMORY_CGROUP_ANNOTATION];
+    await writeFile(config, JSON.stringify(started));
     const spec = guest({ 'limits.memory': '128MiB', 'limits.cpu': '1.5', 'security.privileged': 'true' });
     const restart = await driver.update(spec, [
       'limits.memory',
@@ -285,6 +291,49 @@ describe('ct driver against a recording runner', () => {
     ) as OciSpec;
     assert.equal(oci.linux.resources.memory?.limit, 128 * 2 ** 20, 'bundle follows the new limits');
     init.child.kill('SIGKILL');
+  });
+
+  test('a guest without a memory limit starts in the shared memory cgroup, and a limit set while it runs waits for a start', async () => {
+    await writeRuncState(JSON.stringify({ init_process_pid: 999_999_999, init_process_start: 1 }));
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    const init = await fakeInit();
+    runner.respond((argv) =>
+      argv.includes('run')
+        ? {
+            effect: async () => {
+              await writeFile(join(stateDir, 'guests', 'g1', 'init.pid'), String(init.child.pid));
+              await writeRuncState(init.state);
+            },
+          }
+        : undefined,
+    );
+    await driver.start(guest(), image);
+    const shared = await sharedMemoryCgroup(cgroupParentOf(stateDir));
+    const run = runner.calls.find((c) => c.argv.includes('/usr/bin/perl'));
+    const runcAt = run?.argv.indexOf('runc') ?? -1;
+    // Decision 0093: the helper joins the shared cgroup and hides the memory hierarchy from runc.
+    assert.deepEqual(run?.argv.slice(runcAt - 2, runcAt), shared ? [shared.mount, shared.dir] : ['-', '-']);
+    const bundle = join(stateDir, 'guests', 'g1', 'bundle', 'config.json');
+    const oci = JSON.parse(await readFile(bundle, 'utf8')) as OciSpec;
+    assert.equal(oci.annotations[MEMORY_CGROUP_ANNOTATION], shared ? 'shared' : undefined);
+    if (shared) {
+      const limited = guest({ 'limits.memory': '64MiB', 'limits.processes': '10' });
+      assert.deepEqual(await driver.update(limited, ['limits.memory', 'limits.processes']), [
+        'limits.memory',
+      ]);
+      assert.deepEqual(runner.commands().slice(-1), [
+        `runc --root ${join(stateDir, 'runc')} update --pids-limit 10 g1`,
+      ]);
+      const removed = await driver.update(guest(), ['limits.memory']);
+      assert.deepEqual(removed, [], 'no limit to remove, nothing to wait for');
+      assert.ok(
+        !runner.commands().some((c) => c.includes('--memory')),
+        'runc is never asked for a memory limit',
+      );
+    }
+    init.child.kill('SIGKILL');
+    await once(init.child, 'exit');
   });
 
   test('validate refuses limits.disk with NotSupported', () => {

@@ -7,7 +7,13 @@ import { failedPrecondition, internal, invalidArgument, notSupported } from '../
 import { GUEST_FILE_MAX_BYTES, INJECTED_FILE_PREFIX, injectedFiles } from '../../core/guest-files.ts';
 import { withRevert } from '../../core/revert.ts';
 import type { GuestSpec, GuestUsage, ProcessIdentity } from '../../core/types.ts';
-import { cgroupMode, readCgroupUsage, readFreezerState, removeCgroup } from '../../host/cgroups-v1.ts';
+import {
+  cgroupMode,
+  readCgroupUsage,
+  readFreezerState,
+  removeCgroup,
+  sharedMemoryCgroup,
+} from '../../host/cgroups-v1.ts';
 import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
@@ -33,6 +39,7 @@ import {
   buildOciSpec,
   DEFAULT_ENV,
   ID_MAP_SIZE,
+  MEMORY_CGROUP_ANNOTATION,
   type OciSpec,
   ociResources,
   STOP_SIGNAL_ANNOTATION,
@@ -277,9 +284,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     spec: GuestSpec,
     image: ImageHandle,
     range: IdRange | undefined,
+    sharedMemory = false,
   ): Promise<AttachedVolume[]> => {
     const p = pathsOf(spec);
     const oci = buildOciSpec(spec, {
+      sharedMemoryCgroup: sharedMemory,
       rootfsPath: p.rootfs,
       init: initOf(image),
       idmapBase: range?.base,
@@ -537,7 +546,13 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         // Guests made before decision 18 have no staging dir (and a world-readable config.json).
         await mkdir(p.staging, { mode: 0o700 }).catch(() => {});
         await chmod(p.bundle, 0o700);
-        const volumes = await writeBundle(spec, image, range);
+        // Without a memory limit, no memory cgroup of its own (decision 0093): each one costs the
+        // kernel a slot for every file system of every guest. The bundle records it for update().
+        const sharedMemory =
+          configValue.memoryBytes(spec.config) === undefined
+            ? await sharedMemoryCgroup(cgroupParent)
+            : undefined;
+        const volumes = await writeBundle(spec, image, range, sharedMemory !== undefined);
         r.add(() => cleanUpRuntime(spec));
         // Create, plug NICs into the guest's network namespace, mount volumes into its mount
         // namespace and write its files into its root, then start: init finds them at boot.
@@ -580,7 +595,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
               p.bundle,
               spec.name,
             ],
-            { path: process.env.PATH || DEFAULT_PATH },
+            { path: process.env.PATH || DEFAULT_PATH, sharedMemory },
           );
           const child = runner.spawn(argv, {
             stdio: ['ignore', consoleFile.fd, consoleFile.fd],
@@ -708,14 +723,22 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     async update(spec, changedKeys) {
       const p = pathsOf(spec);
+      let shared = false;
       if (await exists(p.config)) {
         // Keep the bundle in step so that config.json tells the truth (start rewrites it anyway).
         const oci = await readBundle(spec);
         oci.linux.resources = ociResources(spec.config);
         await writeConfig(p.config, oci);
+        shared = oci.annotations[MEMORY_CGROUP_ANNOTATION] === 'shared';
       }
       if (!(await liveInit(spec))) return [];
-      const live = changedKeys.filter((k) => RUNC_UPDATE_KEYS.has(k));
+      // A guest started without a memory limit has no memory cgroup to hold one (decision 0093):
+      // a limit set now applies at its next start, and one removed has nothing to remove.
+      const noMemoryCgroup = shared && changedKeys.includes('limits.memory');
+      const memoryLater = noMemoryCgroup && configValue.memoryBytes(spec.config) !== undefined;
+      const live = changedKeys.filter(
+        (k) => RUNC_UPDATE_KEYS.has(k) && !(k === 'limits.memory' && noMemoryCgroup),
+      );
       if (live.length > 0) {
         const args: string[] = [];
         if (live.includes('limits.memory')) {
@@ -734,7 +757,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         }
         await runner.run([...runc, 'update', ...args, spec.name]);
       }
-      return changedKeys.filter((k) => !isLiveKey(k));
+      return changedKeys.filter((k) => !isLiveKey(k) || (k === 'limits.memory' && memoryLater));
     },
 
     async exec(spec, options): Promise<ExecSession> {

@@ -68,6 +68,13 @@ describe('buildOciSpec', () => {
     assert.equal(oci.annotations['org.trivisor.stop-signal'], 'SIGUSR2');
   });
 
+  test('records a guest that shares the memory cgroup, so that a limit set while it runs waits for a start', () => {
+    assert.equal(buildOciSpec(guest(), options()).annotations['org.trivisor.memory-cgroup'], undefined);
+    const shared = buildOciSpec(guest(), options({ sharedMemoryCgroup: true }));
+    assert.equal(shared.annotations['org.trivisor.memory-cgroup'], 'shared');
+    assert.equal(shared.linux.resources.memory, undefined);
+  });
+
   test('turns limits into cgroup resources', () => {
     const oci = buildOciSpec(
       guest({ 'limits.memory': '64MiB', 'limits.cpu': '0.5', 'limits.processes': '50' }),

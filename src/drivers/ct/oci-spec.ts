@@ -53,10 +53,18 @@ export interface OciSpecOptions {
   hostHardLimits: HardLimits;
   /** Signal that asks init to power off, kept as an annotation for stop(). */
   stopSignal: string;
+  /**
+   * The guest shares its daemon's memory cgroup instead of having one (decision 0093), kept as an
+   * annotation: a memory limit set while it runs waits for its next start.
+   */
+  sharedMemoryCgroup?: boolean;
 }
 
 /** Annotation holding the signal that asks the guest's init to power off. */
 export const STOP_SIGNAL_ANNOTATION = 'org.trivisor.stop-signal';
+
+/** Annotation `shared` when the guest was started without a memory cgroup of its own (decision 0093). */
+export const MEMORY_CGROUP_ANNOTATION = 'org.trivisor.memory-cgroup';
 
 /** Ids mapped into a user-namespaced guest. */
 export const ID_MAP_SIZE = 65536;
@@ -266,6 +274,7 @@ export function buildOciSpec(spec: GuestSpec, options: OciSpecOptions): OciSpec 
       'org.trivisor.guest': spec.name,
       'org.trivisor.project': spec.project,
       [STOP_SIGNAL_ANNOTATION]: options.stopSignal,
+      ...(options.sharedMemoryCgroup && { [MEMORY_CGROUP_ANNOTATION]: 'shared' }),
     },
     linux: {
       namespaces,

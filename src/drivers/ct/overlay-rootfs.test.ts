@@ -34,10 +34,28 @@ test('a start mounts the root in a mount namespace of its own, then execs runc t
     script.indexOf('0x40000') < script.indexOf("'overlay'"),
     'made private before the root is mounted',
   );
-  assert.deepEqual(argv.slice(6), ['--', ...Object.values(layers), '1262144', '65536', ...runc]);
+  assert.deepEqual(argv.slice(6), ['--', ...Object.values(layers), '1262144', '65536', '-', '-', ...runc]);
   assert.throws(() => privateRootArgv({ ...layers, work: '/s/a,b' }, runc, { path: '/usr/bin' }), {
     code: 'InvalidArgument',
   });
+});
+
+test('a guest without a memory limit joins the shared memory cgroup and runc is shown no memory hierarchy', () => {
+  const runc = ['runc', '--root', '/s/runc', 'run', '--detach', 'g'];
+  const sharedMemory = { mount: '/sys/fs/cgroup/memory', dir: '/sys/fs/cgroup/memory/trivisor-ab12cd34' };
+  const argv = privateRootArgv(layers, runc, { path: '/usr/bin', sharedMemory });
+  assert.deepEqual(argv.slice(-runc.length - 2), [sharedMemory.mount, sharedMemory.dir, ...runc]);
+  const script = argv[5] ?? '';
+  // The helper joins first (its children, runc and the guest, inherit the cgroup), then unmounts
+  // the hierarchy in its own private namespace: runc makes cgroups only where it finds one mounted.
+  assert.match(script, /open\(my \$procs, '>>', "\$memcg\/cgroup\.procs"\)/);
+  assert.match(script, /syscall\(166, \$memmnt, 2\)/, 'umount2(MNT_DETACH) of the memory hierarchy');
+  assert.ok(script.indexOf('0x40000') < script.indexOf('$memmnt, 2'), 'only once the namespace is private');
+  assert.ok(script.indexOf('cgroup.procs') < script.indexOf('$memmnt, 2'), 'joined before it is hidden');
+  assert.throws(
+    () => privateRootArgv(layers, runc, { path: '/usr/bin', sharedMemory: { ...sharedMemory, dir: 'x y' } }),
+    { code: 'Internal' },
+  );
 });
 
 test('a layer path that overlayfs would split is refused before anything runs', () => {

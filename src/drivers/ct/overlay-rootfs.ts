@@ -72,13 +72,20 @@ export const ROOT_MOUNT_FAILED_EXIT = 86;
 const PRIVATE_ROOT_SCRIPT = `
 BEGIN { @INC = () }
 ${USERNS_PERL}
-my ($tree, $stage, $upper, $work, $target, $base, $size, @then) = @ARGV;
+my ($tree, $stage, $upper, $work, $target, $base, $size, $memmnt, $memcg, @then) = @ARGV;
 eval {
   syscall(272, 0x20000) == 0 or die "unshare(CLONE_NEWNS): $!\\n";
   my $none = 'none';
   my $root = '/';
   syscall(165, $none, $root, 0, 0x4000 | 0x40000, 0) == 0 or die "making the mount namespace private: $!\\n";
   ${MOUNT_STEPS}
+  if ($memcg ne '-') {
+    mkdir($memcg) or ($! + 0) == 17 or die "making the shared memory cgroup $memcg: $!\\n";
+    open(my $procs, '>>', "$memcg/cgroup.procs") or die "joining $memcg: $!\\n";
+    print $procs "$$\\n";
+    close($procs) or die "joining $memcg: $!\\n";
+    syscall(166, $memmnt, 2) == 0 or die "hiding $memmnt from runc: $!\\n";
+  }
   1;
 } or do { print STDERR $@; exit ${ROOT_MOUNT_FAILED_EXIT}; };
 exec { $then[0] } @then;
@@ -115,12 +122,37 @@ export function overlayRootfsArgv(layers: OverlayRootfs): string[] {
 }
 
 /**
+ * A memory cgroup that guests without a memory limit share instead of one each
+ * (docs/decisions/0093): `mount` is the v1 memory hierarchy's mount point, `dir` the shared
+ * cgroup's directory in it.
+ */
+export interface SharedMemoryCgroup {
+  mount: string;
+  dir: string;
+}
+
+/**
  * The argv that mounts the guest's root in a mount namespace made for this one start and then
  * runs `then` there (runc create or run --detach, which must find the root at `layers.target`).
  * perl runs with no environment but `path` (runc is looked up in it and inherits it).
+ *
+ * With `sharedMemory`, the helper also joins that memory cgroup and unmounts the memory hierarchy
+ * in its own namespace before runc runs: runc makes a guest's cgroup only in the hierarchies it
+ * finds mounted, so the guest gets no memory cgroup of its own and its processes (runc's init,
+ * then the guest's) are charged to the shared one (decision 0093).
  */
-export function privateRootArgv(layers: OverlayRootfs, then: string[], options: { path: string }): string[] {
+export function privateRootArgv(
+  layers: OverlayRootfs,
+  then: string[],
+  options: { path: string; sharedMemory?: SharedMemoryCgroup | undefined },
+): string[] {
   if (then.length === 0) throw internal('Nothing to run in the mount namespace of the guest root');
+  const memory = options.sharedMemory;
+  if (memory) {
+    for (const p of [memory.mount, memory.dir]) {
+      if (!p.startsWith('/') || /\s/.test(p)) throw internal(`Not a cgroup path: ${JSON.stringify(p)}`);
+    }
+  }
   return [
     'env',
     '-i',
@@ -130,6 +162,8 @@ export function privateRootArgv(layers: OverlayRootfs, then: string[], options: 
     PRIVATE_ROOT_SCRIPT,
     '--',
     ...layerArgs(layers),
+    memory ? memory.mount : '-',
+    memory ? memory.dir : '-',
     ...then,
   ];
 }
