@@ -11,7 +11,8 @@
 // decreasing on the guests' configured limits needs, all on.
 // Metrics: host-hours (members on or booting), SLATAH (the share of active host intervals at
 // 100% of CPU or memory), migrations.
-// Usage: node bench/autonomic.ts [traces-dir=../shared/traces]
+// Usage: node bench/autonomic.ts [traces-dir=../shared/traces] [parts=planetlab,frontier,bitbrains,scale]
+//   (a part left out is not run: `… ../shared/traces bitbrains` replays only the Bitbrains months)
 //   quick mode (TRIVISOR_BENCH_QUICK=1): synthetic clusters instead of the traces.
 import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -25,6 +26,12 @@ import { readInventory } from '../src/planner/inventory-readers.ts';
 import { QUICK, writeResult } from './lib.ts';
 
 const traces = path.resolve(process.argv[2] ?? path.join(import.meta.dirname, '../../shared/traces'));
+const PARTS = new Set((process.argv[3] ?? 'planetlab,frontier,bitbrains,scale').split(','));
+for (const p of PARTS) {
+  if (!['planetlab', 'frontier', 'bitbrains', 'scale'].includes(p)) {
+    throw new Error(`Unknown part ${p}: use planetlab, frontier, bitbrains or scale, comma-separated`);
+  }
+}
 const GIB = 1024 ** 3;
 const round = (v: number, digits = 4) => Math.round(v * 10 ** digits) / 10 ** digits;
 
@@ -262,17 +269,17 @@ if (QUICK) {
     .sort();
   const all: TraceScenario[] = [];
   const perDay: TraceScenario[] = [];
-  for (const file of days) {
+  for (const file of PARTS.has('planetlab') || PARTS.has('frontier') || PARTS.has('scale') ? days : []) {
     const day = file.replace('.csv.gz', '');
     const inv = await readInventory(path.join(plDir, file));
     const ts = scenarioFromInventory(inv, { hostSize: plSize });
-    planetLab.push(runAll(`planetlab ${day}`, ts));
+    if (PARTS.has('planetlab')) planetLab.push(runAll(`planetlab ${day}`, ts));
     perDay.push(ts);
     all.push(scenarioFromInventory(inv, { hostSize: plSize, prefix: `${day}-` }));
   }
   // Trivisor's one knob against overload, the ceiling, over the same days: its host-hours against
   // SLATAH, a curve to read the baselines' points against.
-  for (const ceiling of [0.95, 0.97, 0.985, 1]) {
+  for (const ceiling of PARTS.has('frontier') ? [0.95, 0.97, 0.985, 1] : []) {
     const policy = autonomicPolicy({ power: { ceiling }, rebalance: { ceiling } });
     const rs = perDay.map((ts) => simulate(ts.scenario, policy));
     const overloaded = rs.reduce((a, r) => a + r.overloadedHostIntervals, 0);
@@ -290,7 +297,7 @@ if (QUICK) {
   }
   const bbDir = path.join(traces, 'bitbrains-rnd');
   for (const file of readdirSync(bbDir)
-    .filter((n) => n.endsWith('.csv.gz'))
+    .filter((n) => n.endsWith('.csv.gz') && PARTS.has('bitbrains'))
     .sort()) {
     const inv = await readInventory(path.join(bbDir, file));
     const name = `bitbrains ${file.replace('.csv.gz', '')}`;
@@ -299,24 +306,26 @@ if (QUICK) {
     bitbrainsWhere[name] = whereHoursGo(ts);
   }
   // At scale: the ten days side by side, one cluster; the same policy, unchanged.
-  const samples = Math.min(...all.map((t) => t.scenario.samples));
-  const big: Scenario = {
-    intervalMs: all[0]?.scenario.intervalMs ?? 300_000,
-    samples,
-    members: all.flatMap((t) => t.scenario.members),
-    guests: all.flatMap((t) => t.scenario.guests),
-  };
-  const t0 = performance.now();
-  const r = simulate(big, autonomicPolicy());
-  const seconds = (performance.now() - t0) / 1000;
-  scale = {
-    members: big.members.length,
-    guests: big.guests.length,
-    samples,
-    ...figures(r, seconds, big.intervalMs),
-    decideSecondsPerCycle: round(r.decideMs / 1000 / samples, 4),
-  };
-  console.log(`scale: ${JSON.stringify(scale)}`);
+  if (PARTS.has('scale')) {
+    const samples = Math.min(...all.map((t) => t.scenario.samples));
+    const big: Scenario = {
+      intervalMs: all[0]?.scenario.intervalMs ?? 300_000,
+      samples,
+      members: all.flatMap((t) => t.scenario.members),
+      guests: all.flatMap((t) => t.scenario.guests),
+    };
+    const t0 = performance.now();
+    const r = simulate(big, autonomicPolicy());
+    const seconds = (performance.now() - t0) / 1000;
+    scale = {
+      members: big.members.length,
+      guests: big.guests.length,
+      samples,
+      ...figures(r, seconds, big.intervalMs),
+      decideSecondsPerCycle: round(r.decideMs / 1000 / samples, 4),
+    };
+    console.log(`scale: ${JSON.stringify(scale)}`);
+  }
 }
 
 const plTotal = total(planetLab);
@@ -333,4 +342,6 @@ const result = {
 console.log(
   JSON.stringify({ planetLab: result.planetLab.goals, bitbrains: result.bitbrains.goals }, null, 2),
 );
-console.log(`wrote ${writeResult('autonomic', result)}`);
+// A partial run writes a result of its own, never in place of the whole one.
+const whole = PARTS.size === 4;
+console.log(`wrote ${writeResult(whole ? 'autonomic' : `autonomic-${[...PARTS].sort().join('-')}`, result)}`);
