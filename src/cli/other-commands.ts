@@ -2,6 +2,7 @@ import { flushCompileCache } from 'node:module';
 import { type Command, Option } from 'commander';
 import type { TrivisorEvent } from '../api/types.ts';
 import { clientOf, stateDir } from './context.ts';
+import { daemonReexecArgv } from './daemon-heap.ts';
 import { imageInfo, imageTable, type OutputFormat, operationTable, renderData } from './output.ts';
 import { waitWithProgress } from './progress.ts';
 
@@ -151,6 +152,14 @@ export function addDaemonCommand(program: Command): void {
       'also serve the API on HTTPS, e.g. 127.0.0.1:8443 (a token or a trusted client certificate required)',
     )
     .action(async (opts: { listen?: string }) => {
+      // The heap flags are the process's own (decision 0092): once, same pid, before anything runs.
+      const reexec = daemonReexecArgv(
+        process.execPath,
+        process.execArgv,
+        process.argv,
+        process.env.NODE_OPTIONS,
+      );
+      if (reexec && process.execve) process.execve(process.execPath, reexec, process.env);
       // Imported late: the CLI must not load the daemon's dependencies for client commands
       // (in the bundle the daemon is a chunk of its own, loaded here only).
       // runDaemon serves until SIGTERM/SIGINT and resolves once it has shut down.
