@@ -6,7 +6,7 @@ import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
 import type { DhcpHost, NetworkBackend, NetworkDefinition } from '../network/network-backend.ts';
 import { nicsByEnd, pickVni, type TunnelDefinition, tunnelEnds } from '../network/vxlan.ts';
-import { listMoveMarks, type MoveMark } from '../services/move-marks.ts';
+import type { MoveMark } from '../services/move-marks.ts';
 import type { EventBus } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import { type MemberRecord, records, valuesOf } from '../store/records.ts';
@@ -96,28 +96,46 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     return items.map((c) => ({ key: c.key, ip: c.key.slice(prefix.length), claim: c.value }));
   }
 
+  // The informers' caches (decision 0087), set by start(): where each guest runs and the moves
+  // under way, read per reconcile from memory instead of listing them from the store.
+  let locations: Informer<string> | undefined;
+  let moves: Informer<MoveMark> | undefined;
+  // Guest → the networks it holds address claims on (→ how many), kept from the claims' watch: what
+  // a guest's location or move mark changes.
+  const guestNetworks = new Map<string, Map<string, number>>();
+  const indexClaim = (guest: string, network: string, by: 1 | -1) => {
+    const nets = guestNetworks.get(guest) ?? new Map<string, number>();
+    const count = (nets.get(network) ?? 0) + by;
+    if (count > 0) nets.set(network, count);
+    else nets.delete(network);
+    if (nets.size > 0) guestNetworks.set(guest, nets);
+    else guestNetworks.delete(guest);
+  };
+
   /**
    * Each member's NICs on a spanned network, by cluster IP (decision 0050): its guests' (their
-   * location records) and those of guests moving from or to it (their move marks).
+   * location records) and those of guests moving from or to it (their move marks). Read from the
+   * informers' caches: per network, what its claims name, not every guest of the cluster.
    */
-  async function boundNics(
+  function boundNics(
     claims: Array<{ ip: string; claim: NetworkAddressClaim }>,
     members: Array<{ name: string; address: string }>,
     remotes: string[],
   ) {
-    const [locations, moves] = await Promise.all([records.guestLocation.list(store), listMoveMarks(store)]);
     const named = new Set(claims.map((c) => c.claim.guest));
-    const where = new Map(
-      locations.items.flatMap((l) => {
-        const guest = records.guestLocation.nameOf(l.key);
-        return named.has(guest) ? [[guest, l.value] as const] : [];
-      }),
-    );
+    const where = new Map<string, string>();
+    const moving: MoveMark[] = [];
+    for (const guest of named) {
+      const member = locations?.get(keys.guestLocation(guest));
+      if (member !== undefined) where.set(guest, member);
+      const mark = moves?.get(keys.guestMove(guest));
+      if (mark) moving.push(mark);
+    }
     const byEnd = nicsByEnd({
       claims: claims.map((c) => ({ guest: c.claim.guest, mac: c.claim.hwaddr, ip: c.ip })),
       members,
       locations: where,
-      moves: moves.filter((m) => named.has(m.guest)),
+      moves: moving,
     });
     return Object.fromEntries(Object.entries(byEnd).filter(([ip]) => remotes.includes(ip)));
   }
@@ -185,7 +203,7 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           spec,
           claims,
           deps.stateDir,
-          ends && { ...ends, nics: await boundNics(claims, memberEnds, ends.remotes) },
+          ends && { ...ends, nics: boundNics(claims, memberEnds, ends.remotes) },
         ),
         previous?.dnsmasq,
       );
@@ -335,21 +353,41 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
           onDelete: (key) => changed(nameOf(key, keys.networkPrefix)),
         },
       });
-      // Claims and guests are read from the store when acted on: their caches keep only keys.
-      const present = () => true as const;
-      const claims = createInformer({
+      // Claims are read from the store when acted on: their cache keeps each claim's guest only, for
+      // the index of which networks a guest's location or move mark concerns.
+      const claims = createInformer<string>({
         store,
         prefix: keys.networkAddressPrefix,
-        decode: present,
+        // A claim that does not decode is kept under no guest: its changes still reconcile its network.
+        decode: (kv) => {
+          try {
+            return records.networkAddress.decode(kv).guest;
+          } catch {
+            return '';
+          }
+        },
         log,
         handlers: {
-          onAdd: (key) => {
+          onAdd: (key, guest) => {
+            indexClaim(guest, nameOf(key, keys.networkAddressPrefix), 1);
             if (!starting) changed(nameOf(key, keys.networkAddressPrefix));
           },
-          onUpdate: (key) => changed(nameOf(key, keys.networkAddressPrefix)),
-          onDelete: (key) => changed(nameOf(key, keys.networkAddressPrefix)),
+          onUpdate: (key, guest, previous) => {
+            const network = nameOf(key, keys.networkAddressPrefix);
+            if (guest !== previous) {
+              indexClaim(previous, network, -1);
+              indexClaim(guest, network, 1);
+            }
+            changed(network);
+          },
+          onDelete: (key, guest) => {
+            indexClaim(guest, nameOf(key, keys.networkAddressPrefix), -1);
+            changed(nameOf(key, keys.networkAddressPrefix));
+          },
         },
       });
+      // Guests are read from the store when acted on: their cache keeps only keys.
+      const present = () => true as const;
       const guests = createInformer({
         store,
         prefix: keys.guestPrefix,
@@ -378,29 +416,44 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         },
       });
       // Where a guest runs binds its NICs to that member on the other members' tunnel ports: a
-      // guest handed over (a move, HA) or a move begun or ended changes what each member takes.
-      const locations = createInformer<string>({
+      // guest made or handed over (a create, a move, HA) or a move begun or ended changes what each
+      // member takes, on the networks of that guest's claims only. A location or mark that names no
+      // other member changes nothing here (this member's own guests are no remote's): on a single
+      // host a create's location reconciles nothing more than its claims did.
+      const rebind = (key: string, prefix: string, ...named: Array<string | undefined>) => {
+        if (starting || !named.some((m) => m !== undefined && m !== hostName)) return;
+        for (const network of guestNetworks.get(key.slice(prefix.length))?.keys() ?? [])
+          void reconcile(network);
+      };
+      const at = keys.guestLocationPrefix;
+      locations = createInformer<string>({
         store,
-        prefix: keys.guestLocationPrefix,
+        prefix: at,
         decode: records.guestLocation.decode,
         log,
         handlers: {
-          onUpdate: (_key, next, previous) => {
-            if (next !== previous) reconcileAll();
+          // Added: a create (its claims' reconcile may have read this cache before it got here), a
+          // restore, or a guest recorded before location keys.
+          onAdd: (key, member) => rebind(key, at, member),
+          onUpdate: (key, next, previous) => {
+            if (next !== previous) rebind(key, at, next, previous);
           },
+          onDelete: (key, last) => rebind(key, at, last),
         },
       });
-      const moves = createInformer<MoveMark>({
+      const mv = keys.guestMovePrefix;
+      moves = createInformer<MoveMark>({
         store,
-        prefix: keys.guestMovePrefix,
+        prefix: mv,
         decode: (kv) => JSON.parse(kv.value) as MoveMark,
         log,
         handlers: {
-          onAdd: () => reconcileAll(),
-          onUpdate: (_key, next, previous) => {
-            if (next.from !== previous.from || next.to !== previous.to) reconcileAll();
+          onAdd: (key, mark) => rebind(key, mv, mark.from, mark.to),
+          onUpdate: (key, next, previous) => {
+            if (next.from !== previous.from || next.to !== previous.to)
+              rebind(key, mv, next.from, next.to, previous.from, previous.to);
           },
-          onDelete: () => reconcileAll(),
+          onDelete: (key, mark) => rebind(key, mv, mark.from, mark.to),
         },
       });
       const reconcileAll = () => {

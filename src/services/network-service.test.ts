@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
+import { countingStore } from '../../test/fakes/counting-store.ts';
 import { createFakeDriver } from '../../test/fakes/fake-driver.ts';
 import { createNetworkController, type NetworkController } from '../control/network-controller.ts';
 import { keys } from '../core/keys.ts';
@@ -594,15 +595,19 @@ describe('network service and controller', () => {
       const d = c.devices.eth0 as { hwaddr?: string; 'ipv4.address'?: string };
       return { mac: String(d.hwaddr).toLowerCase(), ip: String(d['ipv4.address']) };
     };
+    const nics = () => backend.bridges.get('net1')?.tunnel?.nics;
+    // The claims' reconciles are over, and without a location a NIC is bound to no member.
+    await controller.reconcile('net1');
+    assert.deepEqual(nics(), {});
     await store.put(keys.guestLocation('a'), 'h1');
     await store.put(keys.guestLocation('b'), 'h2');
-    const nics = () => backend.bridges.get('net1')?.tunnel?.nics;
     const until = async (what: string, ok: () => boolean) => {
       for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 20));
       assert.ok(ok(), `${what}: ${JSON.stringify(nics())}`);
     };
-    // A location's first write comes with the claims (a create's transaction); here a reconcile shows it.
-    await controller.reconcile('net1');
+    // Locations written after the claims (a create writes them together, but the claims' watch may
+    // be delivered first): a location's arrival binds its guest's NICs, with no other change.
+    await until('a new location binds', () => nics()?.['198.18.5.12']?.[0]?.ip === pairOf(b).ip);
     assert.deepEqual(nics(), { '198.18.5.12': [pairOf(b)] }, "h1's own guest is not a remote's");
     // b begins a move to h3: its mark binds it to both ends before its hand-over.
     const mark = { guest: 'b', from: 'h2', to: 'h3', reason: 'test', startedAt: new Date(0).toISOString() };
@@ -617,5 +622,76 @@ describe('network service and controller', () => {
     // a handed to h2 (HA, say) without a mark: the flip alone rebinds it.
     await store.put(keys.guestLocation('a'), 'h2');
     await until('a location change', () => nics()?.['198.18.5.12']?.[0]?.ip === pairOf(a).ip);
+  });
+
+  test("a reconcile of a spanned network reads its guests' locations and moves from the watch, not by listing every guest's", async () => {
+    const counted = countingStore(createMemoryStore());
+    const net = fakeBackend();
+    const c = createNetworkController({
+      store: counted,
+      backend: net,
+      events: createEventBus(),
+      log: silentLogger(),
+      hostName: 'h1',
+      checkIntervalMs: 60_000,
+    });
+    const service = createNetworkService({ store: counted, hostName: 'h1', convergeWaitMs: 2000 });
+    try {
+      await c.start();
+      await service.create({ name: 'net1', config: { 'ipv4.address': '198.18.10.1/24' } });
+      await counted.txn({ compare: [], success: [member('h1', '198.18.5.11'), member('h2', '198.18.5.12')] });
+      // 3,000 guests of the cluster elsewhere, 200 of them moving: none on net1.
+      for (let i = 0; i < 3000; i += 500) {
+        await counted.txn({
+          compare: [],
+          success: Array.from({ length: 500 }, (_, j) => [
+            { type: 'put' as const, key: keys.guestLocation(`o${i + j}`), value: 'h2' },
+            ...(i + j < 200
+              ? [
+                  {
+                    type: 'put' as const,
+                    key: keys.guestMove(`o${i + j}`),
+                    value: JSON.stringify({
+                      guest: `o${i + j}`,
+                      from: 'h2',
+                      to: 'h1',
+                      reason: 't',
+                      startedAt: '',
+                    }),
+                  },
+                ]
+              : []),
+          ]).flat(),
+        });
+      }
+      const claims = await service.claimNics('g', { eth0: { type: 'nic', network: 'net1' } });
+      await counted.txn({
+        compare: claims.compare,
+        success: [
+          ...claims.success,
+          records.guest.at('g').putOp(guestRecord('g', { devices: claims.devices, location: 'h2' })),
+          records.guestLocation.at('g').putOp('h2'),
+        ],
+      });
+      const d = claims.devices.eth0 as { 'ipv4.address'?: string };
+      for (
+        let i = 0;
+        i < 100 && net.bridges.get('net1')?.tunnel?.nics['198.18.5.12']?.[0]?.ip !== d['ipv4.address'];
+        i++
+      )
+        await new Promise((r) => setTimeout(r, 20));
+      counted.reset();
+      await c.reconcile('net1');
+      assert.equal(net.bridges.get('net1')?.tunnel?.nics['198.18.5.12']?.[0]?.ip, d['ipv4.address']);
+      assert.deepEqual(
+        counted.reads.lists.filter((p) => p === keys.guestLocationPrefix || p === keys.guestMovePrefix),
+        [],
+        'no list of every location or move',
+      );
+      assert.ok(counted.reads.records < 20, `a reconcile read ${counted.reads.records} records`);
+    } finally {
+      await c.stop();
+      await counted.close();
+    }
   });
 });
