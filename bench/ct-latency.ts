@@ -1,8 +1,19 @@
 // Benchmark (a): create+start latency of a busybox ct guest through the API, against
-// raw `runc run -d` of an equivalent overlay bundle, interleaved in one run (alternating order, after a settle pause).
+// raw `runc run -d` of an equivalent overlay bundle, interleaved in one run (alternating order, after a settle pause);
+// then the graceful stop of both (the image's SIGUSR2 until init is gone: `PUT state stop` against
+// `runc kill` + a wait + `runc delete`), in the same order.
 // Usage: node bench/ct-latency.ts [iterations=30]
 import { spawnSync } from 'node:child_process';
-import { chownSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
@@ -64,6 +75,24 @@ try {
     if (r.status !== 0) throw new Error(`runc run: ${readFileSync(`${dir}/console.log`, 'utf8')}`);
     return ms(process.hrtime.bigint() - t0);
   };
+  /** The graceful stop of raw runc: the image's stop signal, a wait for init to be gone, runc delete. */
+  const rawGracefulStop = async (i: number): Promise<number> => {
+    const dir = path.join(rawDir, `raw${i}`);
+    const pid = readFileSync(`${dir}/pid`, 'utf8').trim();
+    const t0 = process.hrtime.bigint();
+    const k = spawnSync('runc', ['--root', rawRoot, 'kill', `raw${i}`, 'SIGUSR2'], { encoding: 'utf8' });
+    if (k.status !== 0) throw new Error(`runc kill: ${k.stderr}`);
+    for (
+      let wait = 2;
+      existsSync(`/proc/${pid}/stat`) && !/\) [ZX] /.test(readProcStat(pid));
+      wait = Math.min(wait * 2, 50)
+    ) {
+      if (ms(process.hrtime.bigint() - t0) > 30_000) throw new Error(`raw${i} ignored SIGUSR2 for 30 s`);
+      await sleep(wait);
+    }
+    spawnSync('runc', ['--root', rawRoot, 'delete', `raw${i}`]);
+    return ms(process.hrtime.bigint() - t0);
+  };
   const rawStop = (i: number) => {
     const dir = path.join(rawDir, `raw${i}`);
     spawnSync('runc', ['--root', rawRoot, 'delete', '--force', `raw${i}`]);
@@ -73,6 +102,13 @@ try {
 
   const api: number[] = [];
   const raw: number[] = [];
+  const apiStop: number[] = [];
+  const rawStopMs: number[] = [];
+  const measureApiStop = async (i: number) => {
+    const t0 = process.hrtime.bigint();
+    await runOperation(d, 'PUT', `/1.0/guests/lat${i}/state`, { action: 'stop', timeout: 30 });
+    apiStop.push(ms(process.hrtime.bigint() - t0));
+  };
   // One warm-up of each, not counted.
   await runOperation(d, 'POST', '/1.0/guests', { name: 'warm', image: 'busybox', start: true });
   await runOperation(d, 'DELETE', '/1.0/guests/warm?force=true');
@@ -96,6 +132,17 @@ try {
       await sleep(300);
       await measureApi(i);
     }
+    // busybox init takes SIGUSR2 once it has set up its handlers: a moment after the start.
+    await sleep(300);
+    if (i % 2 === 1) {
+      await measureApiStop(i);
+      await sleep(300);
+      rawStopMs.push(await rawGracefulStop(i));
+    } else {
+      rawStopMs.push(await rawGracefulStop(i));
+      await sleep(300);
+      await measureApiStop(i);
+    }
     await runOperation(d, 'DELETE', `/1.0/guests/lat${i}?force=true`);
     rawStop(i);
   }
@@ -108,6 +155,11 @@ try {
     ratioP50: percentile(api, 50) / percentile(raw, 50),
     ratioP95: percentile(api, 95) / percentile(raw, 95),
     target: 'ratio <= 1.5',
+    gracefulStop: {
+      trivisor: { p50Ms: percentile(apiStop, 50), p95Ms: percentile(apiStop, 95) },
+      rawRunc: { p50Ms: percentile(rawStopMs, 50), p95Ms: percentile(rawStopMs, 95) },
+      ratioP50: percentile(apiStop, 50) / percentile(rawStopMs, 50),
+    },
   };
   console.log(JSON.stringify(result, null, 2));
   console.log(`wrote ${writeResult('ct-latency', result)}`);
@@ -117,4 +169,12 @@ try {
     `for c in $(runc --root ${rawRoot} list -q 2>/dev/null); do runc --root ${rawRoot} delete --force $c; done; for m in $(grep ${rawDir} /proc/mounts | cut -d' ' -f2); do umount $m; done; rmdir /sys/fs/cgroup/*/trivisor-bench-raw 2>/dev/null`,
   ]);
   await d.destroy();
+}
+
+function readProcStat(pid: string): string {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return '0 (gone) X ';
+  }
 }

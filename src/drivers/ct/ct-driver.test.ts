@@ -244,6 +244,35 @@ describe('ct driver against a recording runner', () => {
     await rm(join(stateDir, 'guests', 'g2'), { recursive: true, force: true });
   });
 
+  test("a real-time stop signal (systemd's SIGRTMIN+3, which runc 1.1 refuses) reaches init as 37", async () => {
+    const spec = { ...guest(), name: 'g2' };
+    // An init that exits 99 on signal 37 (a shell's trap: it runs once the sleep in progress ends).
+    const child = spawn('sh', ['-c', "trap 'exit 99' 37; echo ready; while :; do sleep 0.05; done"], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    sleepers.push(child);
+    await once(child.stdout!, 'data');
+    const id = await readProcessIdentity(child.pid!);
+    assert.ok(id);
+    await writeRuncState(
+      JSON.stringify({ init_process_pid: id.pid, init_process_start: id.startTime }),
+      'g2',
+    );
+    const bundle = join(stateDir, 'guests', 'g2', 'bundle');
+    await mkdir(bundle, { recursive: true });
+    await writeFile(
+      join(bundle, 'config.json'),
+      JSON.stringify({ annotations: { [STOP_SIGNAL_ANNOTATION]: 'SIGRTMIN+3' } }),
+    );
+    const runner = fakeRunner();
+    const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000 });
+    await driver.stop(spec, { timeoutMs: 5000, force: false });
+    await endOf(child);
+    assert.equal(child.exitCode, 99, 'init took signal 37 and exited (not SIGKILLed after the timeout)');
+    assert.deepEqual(runner.commands(), []);
+    await rm(join(stateDir, 'guests', 'g2'), { recursive: true, force: true });
+  });
+
   test('force stop kills at once and runs no command (decision 0091)', async () => {
     const init = await fakeInit();
     await writeRuncState(init.state);
