@@ -10,11 +10,16 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import os from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { firstFitDecreasing, type Plan, planConsolidation } from '../src/planner/consolidate.ts';
-import { loadTrend } from '../src/planner/forecast.ts';
-import { type HostSize, type Inventory, sliceInventory } from '../src/planner/inventory.ts';
+import {
+  firstFitDecreasing,
+  type Plan,
+  percentileOf,
+  planConsolidation,
+} from '../src/planner/consolidate.ts';
+import { loadTrend, scaleInventory } from '../src/planner/forecast.ts';
+import { type HostSize, type Inventory, releaseInventory, sliceInventory } from '../src/planner/inventory.ts';
 import { forEachLine, readInventory } from '../src/planner/inventory-readers.ts';
-import { type PlanReport, planReport } from '../src/planner/plan-report.ts';
+import { type PlanReport, planReport, replayReport } from '../src/planner/plan-report.ts';
 import { type Replay, replayPlan } from '../src/planner/replay.ts';
 import { writeResult } from './lib.ts';
 
@@ -69,6 +74,19 @@ if (slice !== undefined) {
   for (const f of TRACE_FILES) await sliceTrace(path.join(sharedTraces, f), path.join(traces, f), slice);
 }
 const GIB = 1024 ** 3;
+const MIB = 1024 ** 2;
+/** RSS now and the process's peak so far, after each step: the peak only grows, so a step's own peak shows where it rises. */
+const memorySteps: Array<{ step: string; rssMiB: number; arrayBuffersMiB: number; peakRssMiB: number }> = [];
+const memoryStep = (step: string) => {
+  memorySteps.push({
+    step,
+    rssMiB: Math.round(process.memoryUsage.rss() / MIB),
+    arrayBuffersMiB: Math.round(process.memoryUsage().arrayBuffers / MIB),
+    peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+  });
+  console.log(JSON.stringify(memorySteps.at(-1)));
+};
+memoryStep(slice === undefined ? 'start' : 'start, the slices made');
 
 const seconds = (t0: number) => Math.round((performance.now() - t0) / 10) / 100;
 const round = (v: number, digits = 4) => Math.round(v * 10 ** digits) / 10 ** digits;
@@ -126,26 +144,31 @@ console.log(JSON.stringify(planetLab, null, 2));
 
 // Bitbrains Rnd: planned from July, replayed on August. The planner's percentile is set from July
 // alone: FFD-on-p95's own overload on July, so that both plans are made for the same overload.
+// One month in memory at a time (issue 14 §4: ≤ 512 MiB): everything July is needed for is
+// planned and measured first, July is dropped, then August is read and every plan replayed on it
+// by workload id (`replayReport`, as `plan consolidate --replay` does).
 const bbSize: HostSize = { cpu: 32, memoryBytes: 256 * GIB };
+memoryStep('PlanetLab read, planned and replayed');
 t0 = performance.now();
-const july = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-7.csv.gz'));
-const august = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-8.csv.gz'));
-const bbRead = seconds(t0);
+let july: Inventory | undefined = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-7.csv.gz'));
+const julyRead = seconds(t0);
+const julySummary = { vms: july.workloads.length, samples: july.samples };
+memoryStep('July read');
 // Growth from July's own trend, carried over the 31 days of August, applied as the CLI and the API
 // apply it: through planReport's forecastDays (src/planner/plan-report.ts), which scales July by the
 // trend when it rises and plans on July as measured when it falls. The baselines are made on the
-// inventory it planned (`planned`), so that every plan is made for the same load. The trend's own
-// hold-out inside July: fitted on its first half (days 1-15), its factor for the rest against what
-// the rest was (summed CPU, relative to the first half).
+// same scaled inventory, so that every plan is made for the same load. The trend's own hold-out
+// inside July: fitted on its first half (days 1-15), its factor for the rest against what the rest
+// was (summed CPU, relative to the first half).
 const forecastDays = 31;
-const report = (p: number): PlanReport =>
-  planReport(july, {
+const julyTrend = loadTrend(july, { aheadDays: forecastDays });
+const report = (inv: Inventory, p: number): PlanReport =>
+  planReport(inv, {
     hostSize: bbSize,
     hostSizeText: 'cpu=32,memory=256GiB',
     percentile: p,
     seed: 1,
     forecastDays,
-    replay: { inventory: august, label: 'August' },
   });
 // July's first half of whole days, and the rest (a --slice's month may be a sample short of 30 days).
 const perDay = Math.round(86_400 / july.intervalSeconds);
@@ -167,64 +190,70 @@ const trendHoldOut = {
     3,
   ),
 };
+/**
+ * The summed load of a month week by week (the last, shorter part too when a day or more): mean and
+ * 95th percentile of the summed CPU in cores, mean summed memory in GiB. What a month itself says
+ * about growth; August's is printed beside July's for the report only, never used in a choice.
+ */
+function weeklyLoad(inv: Inventory) {
+  const per = 7 * Math.round(86_400 / inv.intervalSeconds);
+  const sum = new Float64Array(inv.samples);
+  for (const w of inv.workloads) {
+    for (let t = 0; t < inv.samples; t++) sum[t] = (sum[t] as number) + (w.cpu[t] as number);
+  }
+  const weeks: Array<{ week: number; cpuMeanCores: number; cpuP95Cores: number; memoryMeanGiB: number }> = [];
+  for (let from = 0, k = 1; inv.samples - from >= per / 7; from += per, k++) {
+    const to = Math.min(inv.samples, from + per);
+    const part = sum.subarray(from, to);
+    let mem = 0;
+    for (const w of inv.workloads) for (let t = from; t < to; t++) mem += w.memoryBytes?.[t] ?? 0;
+    weeks.push({
+      week: k,
+      cpuMeanCores: round(part.reduce((s, v) => s + v, 0) / part.length, 1),
+      cpuP95Cores: round(percentileOf(part, 95), 1),
+      memoryMeanGiB: round(mem / part.length / GIB, 1),
+    });
+  }
+  return weeks;
+}
+const julyWeeks = weeklyLoad(july);
 // The sizing percentile is chosen on July alone: the fewest hosts among the plans whose own
 // overload on July (as forecast: the report's `predicted`) is no more than FFD-on-p95's on July
 // (both made for the same overload). Every percentile tried is kept with its August replay too:
 // hosts against overload, a curve to read the baselines' points against; the choice itself never
-// looks at August. planSeconds is planReport's whole call (the scaling, the plan, both replays and
-// the picture), not the packing alone.
-const tried: Array<{
-  percentile: number;
-  hosts: number;
-  julyOverloadFraction: number;
-  augustOverloadFraction: number;
-  planSeconds: number;
-}> = [];
-let base: { ffd: ReturnType<typeof baselines>; p95July: Replay } | undefined;
-let best: { report: PlanReport; took: number; percentile: number } | undefined;
-for (const p of [100, 99.9, 99.8, 99.5, 99, 98]) {
+// looks at August. planSeconds is planReport's whole call (the scaling, the plan, its replay on
+// July and the picture), not the packing alone; the August replay comes after, timed apart.
+const PERCENTILES = [100, 99.9, 99.8, 99.5, 99, 98];
+const reports: Array<{ percentile: number; report: PlanReport; planSeconds: number }> = [];
+for (const p of PERCENTILES) {
   t0 = performance.now();
-  const r = report(p);
-  const took = seconds(t0);
-  // The baselines are planned once, on the first report's planning inventory (the trend's factor
-  // is the same for every percentile).
-  if (!base) {
-    const ffd = baselines(r.planned, bbSize, august);
-    base = { ffd, p95July: replayPlan(ffd.p95.hosts, r.planned, bbSize) };
-  }
-  tried.push({
-    percentile: p,
-    hosts: r.plan.hosts.length,
-    julyOverloadFraction: round(r.predicted.overloadFraction, 5),
-    augustOverloadFraction: round(r.replay.overloadFraction, 5),
-    planSeconds: took,
-  });
-  console.log(JSON.stringify(tried.at(-1)));
+  const r = report(july, p);
+  reports.push({ percentile: p, report: r, planSeconds: seconds(t0) });
+  console.log(
+    JSON.stringify({ percentile: p, hosts: r.plan.hosts.length, planSeconds: reports.at(-1)?.planSeconds }),
+  );
+}
+memoryStep(`July planned at ${PERCENTILES.length} percentiles`);
+// The baselines, on the inventory the plans were made for (the trend's factor is the same for every
+// percentile: July as measured when the trend falls).
+let plannedJuly: Inventory | undefined = scaleInventory(july, julyTrend.factor);
+const bbBase = {
+  peak: firstFitDecreasing(plannedJuly, { hostSize: bbSize, sizing: 'peak' }),
+  p95: firstFitDecreasing(plannedJuly, { hostSize: bbSize, sizing: 95 }),
+};
+const ffdP95July = replayPlan(bbBase.p95.hosts, plannedJuly, bbSize);
+const ffdPeakJuly = replayPlan(bbBase.peak.hosts, plannedJuly, bbSize);
+let best: (typeof reports)[number] | undefined;
+for (const r of reports) {
   if (
-    r.predicted.overloadFraction <= base.p95July.overloadFraction &&
-    (!best || r.plan.hosts.length < best.report.plan.hosts.length)
+    r.report.predicted.overloadFraction <= ffdP95July.overloadFraction &&
+    (!best || r.report.plan.hosts.length < best.report.plan.hosts.length)
   ) {
-    best = { report: r, took, percentile: p };
+    best = r;
   }
 }
-if (!base) throw new Error('no percentile tried');
-// The same curve read the other way, at equal replayed overload (the issue's "at equal overload"):
-// the fewest hosts among the plans tried whose August overload is no more than FFD-on-p95's. Read
-// from the August replay, so it is a point of the curve, not a plan the planner could choose from
-// July alone; the choice above stays July's.
-const fp95August = base.ffd.ffdP95.overloadFraction;
-const atEqualAugust = tried
-  .filter((t) => t.augustOverloadFraction <= fp95August)
-  .sort((a, b) => a.hosts - b.hosts || a.augustOverloadFraction - b.augustOverloadFraction)[0];
 if (!best) throw new Error("no plan within FFD-on-p95's July overload");
-const bbBase = base.ffd;
-const ffdP95July = base.p95July;
-const { plan: bbPlan, predicted: bbPredicted, replay: bbReplay, spread: weeks } = best.report;
-const bbPlanSeconds = best.took;
 const percentile = best.percentile;
-const trend = best.report.json.forecast;
-if (!trend) throw new Error('planReport answered without the forecast it was asked for');
-const ffdP95Predicted = ffdP95July;
 // What July alone says about the spread of the prediction: the plan's headroom week by week (the
 // report's), and a hold-out (the same method planned on July's first three weeks, replayed on its
 // last week), the calibration one could make without August.
@@ -239,17 +268,64 @@ const holdOut = {
     2,
   ),
 };
+memoryStep('July baselines and hold-outs');
+// July is not needed any more: the reports and plans keep workload ids and per-host series only.
+// Its series are given back now (releaseInventory), not when the GC comes round.
+if (plannedJuly !== july) releaseInventory(plannedJuly);
+releaseInventory(july);
+july = undefined;
+plannedJuly = undefined;
+t0 = performance.now();
+const august = await readInventory(path.join(traces, 'bitbrains-rnd', '2013-8.csv.gz'));
+const augustRead = seconds(t0);
+memoryStep('July dropped, August read');
+t0 = performance.now();
+const tried = reports.map((r) => {
+  const replayed = replayReport(r.report, { inventory: august, label: 'August' });
+  return {
+    percentile: r.percentile,
+    hosts: r.report.plan.hosts.length,
+    julyOverloadFraction: round(r.report.predicted.overloadFraction, 5),
+    augustOverloadFraction: round(replayed.replay.overloadFraction, 5),
+    planSeconds: r.planSeconds,
+    replayed,
+  };
+});
+const ffdPeakAugust = replayPlan(bbBase.peak.hosts, august, bbSize);
+const ffdP95August = replayPlan(bbBase.p95.hosts, august, bbSize);
+const augustReplaySeconds = seconds(t0);
+const augustWeeks = weeklyLoad(august);
+memoryStep('August replayed');
+for (const t of tried) {
+  const { replayed: _, ...figures } = t;
+  console.log(JSON.stringify(figures));
+}
+// The same curve read the other way, at equal replayed overload (the issue's "at equal overload"):
+// the fewest hosts among the plans tried whose August overload is no more than FFD-on-p95's. Read
+// from the August replay, so it is a point of the curve, not a plan the planner could choose from
+// July alone; the choice above stays July's.
+const fp95August = ffdP95August.overloadFraction;
+const atEqualAugust = tried
+  .filter((t) => t.augustOverloadFraction <= fp95August)
+  .sort((a, b) => a.hosts - b.hosts || a.augustOverloadFraction - b.augustOverloadFraction)[0];
+const chosen = tried.find((t) => t.percentile === percentile);
+if (!chosen) throw new Error('the chosen percentile was not replayed');
+const { plan: bbPlan, predicted: bbPredicted, spread: weeks } = best.report;
+const bbReplay = chosen.replayed.replay;
+const trend = best.report.json.forecast;
+if (!trend) throw new Error('planReport answered without the forecast it was asked for');
 const bitbrains = {
-  vms: july.workloads.length,
-  samplesJuly: july.samples,
+  vms: julySummary.vms,
+  samplesJuly: julySummary.samples,
   samplesAugust: august.samples,
   hostSize: 'cpu=32,memory=256GiB',
   lowerBoundJuly: bbPlan.lowerBound,
-  readSeconds: bbRead,
+  readSeconds: round(julyRead + augustRead, 2),
+  augustReplaySeconds,
   percentile,
-  percentilesTried: tried,
+  percentilesTried: tried.map(({ replayed: _, ...t }) => t),
   trivisor: figures(bbPlan, bbReplay, {
-    planSeconds: bbPlanSeconds,
+    planSeconds: best.planSeconds,
     predictedHeadroomPercent: round(bbPredicted.headroomPercent, 2),
     predictedOverloadFraction: round(bbPredicted.overloadFraction, 5),
     predictedHeadroomWeeksPercent: weeks?.headroomPercent.map((v) => round(v, 2)),
@@ -265,22 +341,31 @@ const bitbrains = {
   },
   trendHoldOut,
   holdOut,
-  ffdPeak: bbBase.ffdPeak,
+  julyWeeks,
+  augustWeeksForReportOnly: augustWeeks,
+  ffdPeak: {
+    ...figures(bbBase.peak, ffdPeakAugust),
+    predictedOverloadFraction: round(ffdPeakJuly.overloadFraction, 5),
+  },
   ffdP95: {
-    ...bbBase.ffdP95,
-    predictedHeadroomPercent: round(ffdP95Predicted.headroomPercent, 2),
-    predictedOverloadFraction: round(ffdP95Predicted.overloadFraction, 5),
+    ...figures(bbBase.p95, ffdP95August),
+    predictedHeadroomPercent: round(ffdP95July.headroomPercent, 2),
+    predictedOverloadFraction: round(ffdP95July.overloadFraction, 5),
   },
   fewerHostsThanFfdP95: round(1 - bbPlan.hosts.length / bbBase.p95.hosts.length, 3),
   headroomGapPoints: round(Math.abs(bbPredicted.headroomPercent - bbReplay.headroomPercent), 2),
   atFfdP95AugustOverload: atEqualAugust
     ? {
-        ...atEqualAugust,
+        percentile: atEqualAugust.percentile,
+        hosts: atEqualAugust.hosts,
+        julyOverloadFraction: atEqualAugust.julyOverloadFraction,
+        augustOverloadFraction: atEqualAugust.augustOverloadFraction,
         fewerHostsThanFfdP95: round(1 - atEqualAugust.hosts / bbBase.p95.hosts.length, 3),
       }
     : null,
 };
 console.log(JSON.stringify(bitbrains, null, 2));
+memoryStep('end');
 
 const result = {
   ...(slice === undefined ? {} : { sliceVms: slice }),
@@ -294,7 +379,9 @@ const result = {
     bitbrainsHeadroomGapPoints: 5,
     planetLabPlanSeconds: 10,
     bitbrainsPlanSeconds: 30,
+    peakRssMiB: 512,
   },
+  memorySteps,
   peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
 };
 console.log(`wrote ${writeResult('planner', result)}`);

@@ -12,7 +12,7 @@ import {
   readModelTable,
   readProfiles,
 } from '../planner/advisor-input.ts';
-import { type Inventory, parseHostSize } from '../planner/inventory.ts';
+import { type Inventory, parseHostSize, releaseInventory } from '../planner/inventory.ts';
 import { type GuestHistory, inventoryFromHistory } from '../planner/inventory-history.ts';
 import { readInventory } from '../planner/inventory-readers.ts';
 import { planReport, replayReport } from '../planner/plan-report.ts';
@@ -169,6 +169,8 @@ export function addPlanCommands(program: Command): void {
         seed: numberOption(opts.seed, 'seed'),
         ...(forecastDays !== undefined && { forecastDays }),
       });
+      // Its series given back now, not when the GC comes round, before the other period is read.
+      if (opts.replay) releaseInventory(measured);
       measured = undefined;
       const report = opts.replay
         ? replayReport(planned, { inventory: await readInventory(opts.replay), label: opts.replay })

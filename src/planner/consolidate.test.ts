@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { firstFitDecreasing, lowerBound, percentileOf, planConsolidation } from './consolidate.ts';
-import { type Inventory, parseHostSize, sliceInventory, type Workload } from './inventory.ts';
+import {
+  type Inventory,
+  parseHostSize,
+  releaseInventory,
+  sliceInventory,
+  type Workload,
+} from './inventory.ts';
 import { headroomByPeriod, replayPlan } from './replay.ts';
 
 const GIB = 1024 ** 3;
@@ -259,5 +265,37 @@ describe('consolidation planner', () => {
       ),
       95,
     );
+  });
+});
+
+describe('consolidation planner memory', () => {
+  test('planConsolidation gives its normalized copy of the inventory back before it returns', () => {
+    // 200 workloads of 4,000 samples (150 cores at every interval, one host of 160): the copy is
+    // 6.4 MB; the inventory itself stays as it was.
+    const T = 4000;
+    const inv = inventory(
+      Array.from({ length: 200 }, (_, i) => workload(`w${i}`, T, (t) => (t + i) % 2 === 0, 1)),
+    );
+    const copyBytes = 200 * T * Float64Array.BYTES_PER_ELEMENT;
+    const before = process.memoryUsage().arrayBuffers;
+    const plan = planConsolidation(inv, { hostSize: { cpu: 160 } });
+    // Still held when the call returns, unless given back: no GC can have run since.
+    const grown = process.memoryUsage().arrayBuffers - before;
+    assert.ok(grown < copyBytes, `array buffers grew by ${grown} bytes, the copy is ${copyBytes}`);
+    assert.equal(plan.hosts.length, 1);
+    assert.equal(inv.workloads[0]?.cpu.length, T);
+  });
+
+  test('releaseInventory gives the series of an inventory back: it and its slices read as empty, another is untouched', () => {
+    const inv = inventory([workload('a', 24, day), workload('b', 24, night)]);
+    const other = inventory([workload('a', 24, day)]);
+    const slice = sliceInventory(inv, 0, 12);
+    const before = process.memoryUsage().arrayBuffers;
+    releaseInventory(inv);
+    assert.ok(process.memoryUsage().arrayBuffers < before);
+    assert.equal(inv.workloads[0]?.cpu.length, 0);
+    assert.equal(slice.workloads[1]?.cpu.length, 0);
+    assert.equal(other.workloads[0]?.cpu.length, 24);
+    releaseInventory(inv);
   });
 });

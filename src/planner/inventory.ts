@@ -84,3 +84,16 @@ export function sliceInventory(inv: Inventory, from: number, to: number): Invent
     }),
   };
 }
+
+/**
+ * Gives the memory of an inventory's series back now rather than when the GC comes round (a
+ * Bitbrains month: 71 MB), for a caller done with one period before it reads the next (plan July,
+ * then read August). The inventory, and every slice of it, reads as empty afterwards.
+ */
+export function releaseInventory(inv: Inventory): void {
+  const buffers = new Set<ArrayBuffer>();
+  for (const w of inv.workloads) {
+    for (const s of [w.cpu, w.memoryBytes]) if (s && s.buffer instanceof ArrayBuffer) buffers.add(s.buffer);
+  }
+  for (const b of buffers) if (!b.detached) b.transfer(0);
+}
