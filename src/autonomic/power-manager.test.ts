@@ -262,6 +262,51 @@ describe('power manager', () => {
     assert.deepEqual(planPower(state(past), { burstDrop: 0.4 }).plan.evacuations, []);
   });
 
+  test('a member powered on for a burst that the forecast says is over need not stay on the minimum on time', () => {
+    // As above, d powered on 20 minutes ago for the burst (the minimum on time is 1 h).
+    const nowMs = 3_600_000;
+    const state: ClusterState = {
+      nowMs,
+      intervalMs: 300_000,
+      members: [member('a'), member('b'), member('c'), member('d', { poweredOnAtMs: nowMs - 1_200_000 })],
+      guests: [
+        guest(
+          'a1',
+          'a',
+          series(() => 8),
+        ),
+        guest(
+          'b1',
+          'b',
+          series(() => 8),
+        ),
+        guest(
+          'c1',
+          'c',
+          series(() => 8),
+        ),
+        guest(
+          'd1',
+          'd',
+          series((t) => (t >= 5 && t <= 7 ? 14 : 1)),
+        ),
+      ],
+    };
+    assert.deepEqual(
+      planPower(state).plan.evacuations.map((e) => e.member),
+      ['d'],
+    );
+    // Held by the minimum on time otherwise (another member goes instead).
+    const held = planPower(state, { burstEndsMinOn: false }).plan;
+    assert.ok(!held.evacuations.some((e) => e.member === 'd'));
+    // Powered on 5 minutes ago, within the short window: it stays.
+    const justOn = {
+      ...state,
+      members: state.members.map((m) => (m.id === 'd' ? { ...m, poweredOnAtMs: nowMs - 300_000 } : m)),
+    };
+    assert.ok(!planPower(justOn).plan.evacuations.some((e) => e.member === 'd'));
+  });
+
   test('room for one member failure is kept: two members stay on for a tiny load', () => {
     const r = simulate(
       stepScenario(3, 6, 48, () => 0.3),

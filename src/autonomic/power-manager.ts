@@ -58,6 +58,12 @@ export interface PowerOptions {
   powerOffForecast: boolean;
   /** How far below the long window's peak (a share of it) the forecast must be to replace it. */
   burstDrop: number;
+  /**
+   * When the forecast says a burst is over, a member powered on for it need only have been on for
+   * the short window, not `minOnMs`: the minimum on time guards against a burst still going, which
+   * the forecast has just ruled out (the cycle limit still bounds the flapping).
+   */
+  burstEndsMinOn: boolean;
   maxEvacuationsPerCycle: number;
   /** This many members at 100% that the others cannot relieve power one more on (0: never). */
   hotMembers: number;
@@ -77,6 +83,7 @@ export const DEFAULT_POWER: PowerOptions = {
   keepFailureRoom: true,
   powerOffForecast: true,
   burstDrop: 0.25,
+  burstEndsMinOn: true,
   maxEvacuationsPerCycle: Number.POSITIVE_INFINITY,
   hotMembers: 1,
   costs: DEFAULT_MOVE_COSTS,
@@ -308,7 +315,11 @@ export function planPower(
     .filter((m) => {
       if (m.powerManaged === false) return false;
       if ((loads.get(m.id) as number) >= o.lowLoad) return false;
-      if (m.poweredOnAtMs !== undefined && state.nowMs - m.poweredOnAtMs < o.minOnMs) return false;
+      if (
+        m.poweredOnAtMs !== undefined &&
+        state.nowMs - m.poweredOnAtMs < (settled && o.burstEndsMinOn ? o.highWindowMs : o.minOnMs)
+      )
+        return false;
       if (cyclesToday(m, state.nowMs) >= o.maxCyclesPerDay) {
         notes.push(`${m.id} stays on: it was powered off ${o.maxCyclesPerDay} times in the last 24 h`);
         return false;
