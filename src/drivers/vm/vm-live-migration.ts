@@ -197,8 +197,11 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
           'server-key.pem': creds.server.key,
         };
         await withCredentialsDir(await uidOf(spec), files, (tlsDir) =>
-          withQmp(spec, (q) =>
-            prepareIncoming(q, endpoints, { tlsDir, ...(options.sharedDisk && { sharedDisk: true }) }),
+          withQmp(
+            spec,
+            (q) => prepareIncoming(q, endpoints, { tlsDir, ...(options.sharedDisk && { sharedDisk: true }) }),
+            // Its greeting too may be slow while the host is loaded (its commands wait as long).
+            { timeoutMs: MIGRATION_QMP_TIMEOUT_MS },
           ),
         );
         log.info(
@@ -210,7 +213,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
       });
     },
     async finishIncoming(spec) {
-      await withQmp(spec, (q) => finishIncoming(q));
+      await withQmp(spec, (q) => finishIncoming(q), { timeoutMs: MIGRATION_QMP_TIMEOUT_MS });
       await nft(dropMigrationFilter(spec.name));
     },
     async dropIncoming(spec) {

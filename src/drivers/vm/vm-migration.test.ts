@@ -4,6 +4,7 @@ import { isTrivisorError } from '../../core/errors.ts';
 import { migrationFilter } from './vm-live-migration.ts';
 import {
   finishIncoming,
+  MIGRATION_QMP_TIMEOUT_MS,
   type MigrationQmp,
   migrateOut,
   prepareIncoming,
@@ -412,6 +413,27 @@ describe('vm live migration over QMP', () => {
     };
     await finishIncoming(done);
     assert.deepEqual(incoming, ['query-migrate', 'query-block-exports', 'cont', 'query-migrate-parameters']);
+  });
+
+  test("the destination's commands wait for QEMU as long as the source's (30 s), not the QMP client's 5 s", async () => {
+    // A loaded host answered a destination's object-add after more than 5 s (issue 13's bench).
+    const waits: Array<[string, number | undefined]> = [];
+    const qmp: MigrationQmp = {
+      async execute<T>(
+        command: string,
+        _args?: Record<string, unknown>,
+        o?: { timeoutMs?: number },
+      ): Promise<T> {
+        waits.push([command, o?.timeoutMs]);
+        if (command === 'query-block-exports') return [] as T;
+        return (command === 'query-migrate' ? { status: 'completed' } : {}) as T;
+      },
+    };
+    await prepareIncoming(qmp, to, { tlsDir: '/tmp/tls' });
+    await prepareIncoming(qmp, { ...to, nbdPort: 0 }, { tlsDir: '/tmp/tls', sharedDisk: true });
+    await finishIncoming(qmp);
+    assert.ok(waits.length >= 12, String(waits.length));
+    for (const [command, ms] of waits) assert.equal(ms, MIGRATION_QMP_TIMEOUT_MS, command);
   });
 
   test('a RAM-only migration that is cancelled resumes the source, with nothing of a mirror to undo', async () => {

@@ -33,6 +33,17 @@ const TLS_ID = 'migration-tls';
  */
 export const MIGRATION_QMP_TIMEOUT_MS = 30_000;
 
+/**
+ * The destination's commands wait for QEMU as long as the source's do (MIGRATION_QMP_TIMEOUT_MS),
+ * unless one says otherwise: on a loaded host the destination answered `object-add` of its prepare
+ * after more than the QMP client's 5 s (bench/vm-live-migration.ts, a busy guest's local-disk move
+ * back, issue 13), and the move was undone though nothing was wrong.
+ */
+const patient = (qmp: MigrationQmp): MigrationQmp => ({
+  execute: (command, args, o) =>
+    qmp.execute(command, args, { ...o, timeoutMs: o?.timeoutMs ?? MIGRATION_QMP_TIMEOUT_MS }),
+});
+
 /** RAM goes as fast as the link allows: QEMU 7.2 limits it to 32 MiB/s unless told. */
 export const MIGRATION_MAX_BANDWIDTH = 10 * 2 ** 30;
 
@@ -49,10 +60,11 @@ export const tcpUri = (host: string, port: number): string =>
  * resuming if the guest is not handed over, as long as this QEMU never ran.
  */
 export async function prepareIncoming(
-  qmp: MigrationQmp,
+  destination: MigrationQmp,
   endpoints: IncomingEndpoints,
   options: { tlsDir?: string; sharedDisk?: boolean } = {},
 ): Promise<void> {
+  const qmp = patient(destination);
   if (options.tlsDir) {
     // QEMU reads the credentials when the object is made: the files may go right after.
     await qmp.execute('object-add', {
@@ -100,9 +112,10 @@ export const INCOMING_COMPLETE_WAIT_MS = 30_000;
  * is waited for, up to `waitMs`; one that failed, or never began, is refused at once.
  */
 export async function finishIncoming(
-  qmp: MigrationQmp,
+  destination: MigrationQmp,
   options: { waitMs?: number; pollMs?: number; now?: () => number } = {},
 ): Promise<void> {
+  const qmp = patient(destination);
   const now = options.now ?? Date.now;
   const deadline = now() + (options.waitMs ?? INCOMING_COMPLETE_WAIT_MS);
   for (;;) {
