@@ -485,6 +485,8 @@ function startKernelTrace(): { read(): string; stop(): void } {
   try {
     mkdirSync(dir);
     writeFileSync(path.join(dir, 'trace_clock'), 'boot');
+    // Each line names its task's process too (an exit's task may be any thread of it).
+    writeFileSync(path.join(dir, 'options/record-tgid'), '1');
     writeFileSync(path.join(dir, 'events/signal/signal_generate/filter'), 'comm ~ "qemu*" || sig == 9');
     // Every process's end (the last thread of a QEMU may be one of its named threads, `CPU 0/TCG`):
     // a larger buffer than the default holds a run's worth on this busy host.
