@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { open, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { hostRunner } from '../host/runner.ts';
 import { ArchiveDamaged, ArchiveWriter } from '../storage/backup-archive.ts';
-import { readArchiveHead, TarStreamReader } from './archive-stream.ts';
+import { feedStreamedPayload, readArchiveHead, TarStreamReader } from './archive-stream.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'trivisor-archive-stream-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -119,5 +121,53 @@ describe('reading an uploaded archive as it arrives', () => {
     const head = await readArchiveHead(chunked(copy, 4096));
     assert.ok(head.index);
     await assert.rejects(head.reader.next(), /fails its checksum/);
+  });
+});
+
+describe('feeding a streamed payload to its consumer', () => {
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+  it('hands the consumer every byte through its FIFO and hashes them on the way', async () => {
+    const { bytes, payload } = await archive('feed.tar', { index: true });
+    const head = await readArchiveHead(chunked(bytes, 65_536));
+    assert.ok(head.index);
+    await head.reader.next();
+    let got = Buffer.alloc(0);
+    const fed = await feedStreamedPayload({
+      reader: head.reader,
+      rel: 'rootfs.tar.zst',
+      work: dir,
+      runner: hostRunner(),
+      signal: new AbortController().signal,
+      consume: async (fifo) => {
+        got = await readFile(fifo);
+      },
+    });
+    assert.equal(fed.failure, undefined);
+    assert.deepEqual(fed.digest, { sha256: sha(payload), sizeBytes: payload.length });
+    assert.ok(got.equals(payload));
+  });
+
+  it('reads and hashes the rest of the payload when its consumer fails, and says how it failed', async () => {
+    const { bytes, payload } = await archive('feed-fail.tar', { index: true });
+    const head = await readArchiveHead(chunked(bytes, 65_536));
+    assert.ok(head.index);
+    await head.reader.next();
+    const fed = await feedStreamedPayload({
+      reader: head.reader,
+      rel: 'rootfs.tar.zst',
+      work: dir,
+      runner: hostRunner(),
+      signal: new AbortController().signal,
+      consume: async (fifo) => {
+        const f = await open(fifo, 'r');
+        await f.read(Buffer.alloc(1000), 0, 1000, null);
+        await f.close();
+        throw new Error('tar: Unexpected EOF');
+      },
+    });
+    assert.match(String(fed.failure), /Unexpected EOF/);
+    assert.deepEqual(fed.digest, { sha256: sha(payload), sizeBytes: payload.length });
+    assert.equal((await head.reader.next())?.type, 'directory');
   });
 });

@@ -349,7 +349,7 @@ export async function feedStreamedPayload(options: {
   let streamError: unknown;
   const chunks = (async function* () {
     try {
-      yield* reader.data();
+      yield* batched(reader.data());
     } catch (e) {
       streamError = e ?? new Error('the upload failed');
       throw e;
@@ -377,6 +377,33 @@ export async function feedStreamedPayload(options: {
     digest: { sha256: hash.digest('hex'), sizeBytes: size },
     ...(failure !== undefined && { failure }),
   };
+}
+
+/** Bytes of each write of a streamed payload into its FIFO. */
+const BATCH_BYTES = 1 << 20;
+
+/**
+ * The upload's chunks (64 KiB from the socket) gathered into 1 MiB batches in one reused buffer:
+ * a FIFO write per socket chunk, each a trip through libuv's thread pool awaited before the next,
+ * made a streamed pvm import slower than the same payload fed from a file in 1 MiB reads (measured
+ * on a loaded host). A batch is valid until the next is asked for, as `memberChunks`' are.
+ */
+async function* batched(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const buffer = Buffer.allocUnsafe(BATCH_BYTES);
+  let fill = 0;
+  for await (const chunk of chunks) {
+    let at = 0;
+    while (at < chunk.length) {
+      const n = chunk.copy(buffer, fill, at);
+      fill += n;
+      at += n;
+      if (fill === BATCH_BYTES) {
+        yield buffer;
+        fill = 0;
+      }
+    }
+  }
+  if (fill > 0) yield buffer.subarray(0, fill);
 }
 
 /** An upload's tar that is damaged, cut short or broken off, in the words of a file's refusal. */
