@@ -245,7 +245,8 @@ describe('power manager', () => {
       ],
     });
     const past = (t: number) => t >= 5 && t <= 7;
-    const { plan } = planPower(state(past));
+    const forecast = { powerOffForecast: true };
+    const { plan } = planPower(state(past), forecast);
     assert.deepEqual(
       plan.evacuations.map((e) => e.member),
       ['d'],
@@ -254,12 +255,18 @@ describe('power manager', () => {
       plan.evacuations[0]?.reason ?? '',
       /over the last 10 min \(the 40 min window's peak 38 CPU is past: the recent demand, carried forward by its trend, stays at 25\)/,
     );
-    // The last long window alone (the policy before) keeps d on for the burst that is over.
-    assert.deepEqual(planPower(state(past), { powerOffForecast: false }).plan.evacuations, []);
+    // The last long window alone (the default) keeps d on for the burst that is over.
+    assert.deepEqual(planPower(state(past)).plan.evacuations, []);
     // A burst still going is no forecast of a quiet window: nothing is powered off.
-    assert.deepEqual(planPower(state((t) => t >= 9)).plan.evacuations, []);
+    assert.deepEqual(
+      planPower(
+        state((t) => t >= 9),
+        forecast,
+      ).plan.evacuations,
+      [],
+    );
     // Nor is a fall smaller than burstDrop (here 25%) of the long window's peak.
-    assert.deepEqual(planPower(state(past), { burstDrop: 0.4 }).plan.evacuations, []);
+    assert.deepEqual(planPower(state(past), { ...forecast, burstDrop: 0.4 }).plan.evacuations, []);
   });
 
   test('a member powered on for a burst that the forecast says is over need not stay on the minimum on time', () => {
@@ -292,19 +299,20 @@ describe('power manager', () => {
         ),
       ],
     };
+    const on = { powerOffForecast: true, burstEndsMinOn: true };
     assert.deepEqual(
-      planPower(state).plan.evacuations.map((e) => e.member),
+      planPower(state, on).plan.evacuations.map((e) => e.member),
       ['d'],
     );
     // Held by the minimum on time otherwise (another member goes instead).
-    const held = planPower(state, { burstEndsMinOn: false }).plan;
+    const held = planPower(state, { powerOffForecast: true }).plan;
     assert.ok(!held.evacuations.some((e) => e.member === 'd'));
     // Powered on 5 minutes ago, within the short window: it stays.
     const justOn = {
       ...state,
       members: state.members.map((m) => (m.id === 'd' ? { ...m, poweredOnAtMs: nowMs - 300_000 } : m)),
     };
-    assert.ok(!planPower(justOn).plan.evacuations.some((e) => e.member === 'd'));
+    assert.ok(!planPower(justOn, on).plan.evacuations.some((e) => e.member === 'd'));
   });
 
   test('room for one member failure is kept: two members stay on for a tiny load', () => {
