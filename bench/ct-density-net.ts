@@ -22,7 +22,7 @@ import { claim, makeRunDir, removeRunDir } from '../test/leftovers.ts';
 import { startDaemon } from '../test/system/harness.ts';
 import {
   awaitLeases,
-  cliAsync,
+  checkFromInside,
   deleteGuest,
   freeGateway,
   inPool,
@@ -63,6 +63,17 @@ function kernelBytes(): number {
   const info = readFileSync('/proc/meminfo', 'utf8');
   const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(info)?.[1] ?? 0);
   return (kb('Slab') + kb('KernelStack') + kb('PageTables')) * 1024;
+}
+
+/** CPU seconds (user + system) a process has used, from /proc (clock ticks of 10 ms). */
+function cpuSeconds(pid: number): number {
+  try {
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
 }
 
 /** Baseline: N veth pairs on bare bridges (1,000 a bridge, as the product) in a namespace of the run. */
@@ -162,13 +173,10 @@ try {
   const wrong: string[] = [];
   let checked = 0;
   await inPool(names, concurrency, async (name) => {
-    const r = await cliAsync(d, [
-      ...['exec', name, '--', 'sh', '-c'],
-      `ip -4 addr show dev eth0; ping -c1 -W3 ${gateway} >/dev/null || ping -c1 -W3 ${gateway} >/dev/null && echo reached`,
-    ]);
-    const held = /inet (\d+\.\d+\.\d+\.\d+)\//.exec(r.stdout)?.[1];
-    if (held !== nics.get(name)?.ip) wrong.push(`${name} holds ${held}, not ${nics.get(name)?.ip}`);
-    else if (!/reached/.test(r.stdout)) wrong.push(`${name} does not reach the gateway`);
+    const r = await checkFromInside(d, name, gateway);
+    if (r.held !== nics.get(name)?.ip)
+      wrong.push(`${name} holds ${r.held}, not ${nics.get(name)?.ip}: ${r.error}`);
+    else if (!r.reached) wrong.push(`${name} does not reach the gateway: ${r.error}`);
     if (++checked % 100 === 0) log(`${checked}/${n} guests checked from inside`);
   });
   const checkAllSeconds = since(t1);
@@ -193,9 +201,18 @@ try {
     spawnSync('ip', ['-json', 'link', 'show', 'type', 'bridge'], { encoding: 'utf8' }).stdout,
   ) as Array<{ ifalias?: string }>;
   const leafBridges = bridges.filter((b) => b.ifalias === leafAlias(ownerAlias(d.stateDir), NET)).length;
-  const table = spawnSync('nft', ['list', 'table', 'bridge', portsTable(ownerHash(d.stateDir))], {
-    encoding: 'utf8',
-  }).stdout;
+  const tableName = portsTable(ownerHash(d.stateDir));
+  const t3 = process.hrtime.bigint();
+  const table = spawnSync('nft', ['list', 'table', 'bridge', tableName], { encoding: 'utf8' }).stdout;
+  const nftListSeconds = since(t3);
+  const rules = (
+    JSON.parse(
+      spawnSync('nft', ['-j', 'list', 'table', 'bridge', tableName], {
+        encoding: 'utf8',
+        maxBuffer: 256 * MiB,
+      }).stdout || '{"nftables":[]}',
+    ) as { nftables: Array<Record<string, unknown>> }
+  ).nftables.filter((o) => 'rule' in o).length;
   const dnsmasqPid = Number(
     readFileSync(path.join(d.stateDir, 'networks', NET, 'dnsmasq.pid'), 'utf8').trim(),
   );
@@ -220,9 +237,14 @@ try {
       daemonRssMiB: rssBytes(daemonPid) / MiB,
       daemonRssGrowthMiB: (rssBytes(daemonPid) - rssBefore) / MiB,
       dnsmasqRssMiB: rssBytes(dnsmasqPid) / MiB,
+      // dnsmasq binds dynamically: it looks at the host's interfaces again as ports come and go.
+      dnsmasqCpuSeconds: cpuSeconds(dnsmasqPid),
+      daemonCpuSeconds: cpuSeconds(daemonPid),
       leafBridges,
       portChains: table.match(/^\s+chain port-/gm)?.length ?? 0,
       baseChainsOnPrerouting: table.match(/hook prerouting/g)?.length ?? 0,
+      portsTableRules: rules,
+      nftListSeconds,
       spoofingSample: spoof,
       spoofingHeld: spoofHeld,
       notReached: wrong.slice(0, 20),

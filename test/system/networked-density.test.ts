@@ -7,7 +7,7 @@ import { portsTable } from '../../src/network/nft-rules.ts';
 import { type Daemon, startDaemon } from './harness.ts';
 import {
   awaitLeases,
-  cliAsync,
+  checkFromInside,
   deleteGuest,
   freeGateway,
   inPool,
@@ -65,15 +65,11 @@ describe(`${N} networked ct guests on one network`, { timeout: 1_800_000 }, () =
     assert.deepEqual(await awaitLeases(d, NET, nics, 300_000), [], 'guests without a lease of their address');
     const wrong: string[] = [];
     await inPool(names, 4, async (name) => {
-      // One exec a guest: the address its DHCP client took, and a ping (a second one if the first
-      // waited on ARP under load).
-      const r = await cliAsync(d, [
-        ...['exec', name, '--', 'sh', '-c'],
-        `ip -4 addr show dev eth0; ping -c1 -W3 ${gateway} >/dev/null || ping -c1 -W3 ${gateway} >/dev/null && echo reached`,
-      ]);
-      const held = /inet (\d+\.\d+\.\d+\.\d+)\//.exec(r.stdout)?.[1];
-      if (held !== nics.get(name)?.ip) wrong.push(`${name} holds ${held}, not ${nics.get(name)?.ip}`);
-      else if (!/reached/.test(r.stdout)) wrong.push(`${name} does not reach the gateway: ${r.stderr}`);
+      // One exec a guest: the address its DHCP client took, and a ping of the gateway.
+      const r = await checkFromInside(d, name, gateway);
+      if (r.held !== nics.get(name)?.ip)
+        wrong.push(`${name} holds ${r.held}, not ${nics.get(name)?.ip}: ${r.error}`);
+      else if (!r.reached) wrong.push(`${name} does not reach the gateway: ${r.error}`);
     });
     assert.deepEqual(wrong, []);
   });
