@@ -1,6 +1,7 @@
 import { chown, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { asTrivisorError } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { PoolDriver, PoolDriverName, PoolRecord } from '../storage/storage-pools.ts';
@@ -61,12 +62,19 @@ export function createGuestStorageController(deps: GuestStorageControllerDeps): 
     await rename(`${file}.tmp`, file);
   }
 
-  /** Snapshot records of guests that have no record (a guest's go with it). */
-  async function dropOrphanSnapshots(): Promise<void> {
-    const guestKeys = new Set(
-      (await store.list(records.guest.prefix)).kvs.map((kv) => records.guest.nameOf(kv.key)),
-    );
-    for (const kv of (await store.list(records.snapshot.prefix)).kvs) {
+  /**
+   * Snapshot records of guests that have no record (a guest's go with it). At start every guest's;
+   * when a guest is deleted only that guest's, its absence read from the informer's cache: a
+   * delete reads nothing of the other guests (deleting N guests listed them N times before).
+   */
+  async function dropOrphanSnapshots(deleted?: string): Promise<void> {
+    if (deleted !== undefined && guests?.get(records.guest.key(deleted))) return;
+    const guestKeys =
+      deleted === undefined
+        ? new Set((await store.list(records.guest.prefix)).kvs.map((kv) => records.guest.nameOf(kv.key)))
+        : new Set<string>();
+    const listed = deleted === undefined ? records.snapshot.prefix : keys.snapshots(deleted);
+    for (const kv of (await store.list(listed)).kvs) {
       const guest = records.snapshot.nameOf(kv.key).split('/')[0] ?? '';
       if (guestKeys.has(guest)) continue;
       const ref = records.snapshot.ref(kv.key);
@@ -74,14 +82,20 @@ export function createGuestStorageController(deps: GuestStorageControllerDeps): 
     }
   }
 
-  /** Gives block volumes that no guest has back to root. Idempotent. */
-  async function reclaimVolumes(): Promise<void> {
-    const specs = valuesOf(await records.guest.list(store));
+  /**
+   * Gives block volumes that no guest has back to root. Idempotent. When a guest is deleted, only
+   * the volumes it had, checked against the informer's cache: a guest without disks costs nothing.
+   */
+  async function reclaimVolumes(deleted?: GuestSpec): Promise<void> {
+    const had = deleted && new Set(Object.values(deleted.disks ?? {}).map((d) => `${d.pool}/${d.source}`));
+    if (had?.size === 0) return;
+    const specs = had && guests ? guests.values() : valuesOf(await records.guest.list(store));
     const attached = new Set(
       specs.flatMap((s) => Object.values(s.disks ?? {}).map((d) => `${d.pool}/${d.source}`)),
     );
     for (const vol of valuesOf(await records.volume.list(store))) {
       if (vol.type !== 'block' || attached.has(`${vol.pool}/${vol.name}`)) continue;
+      if (had && !had.has(`${vol.pool}/${vol.name}`)) continue;
       const pool = await records.pool.at(vol.pool).get(store);
       if (!pool) continue;
       const file = volumePath(poolPathOf(pool.value, deps.pools, deps.stateDir), vol);
@@ -109,10 +123,11 @@ export function createGuestStorageController(deps: GuestStorageControllerDeps): 
           onAdd: keep,
           onUpdate: keep,
           // Also a delete only a re-list found.
-          onDelete: () => {
+          onDelete: (key, last) => {
             if (starting) return;
-            void dropOrphanSnapshots().catch(warn('cannot drop snapshot records'));
-            void reclaimVolumes().catch(warn('cannot give volumes back to root'));
+            const name = records.guest.nameOf(key);
+            void dropOrphanSnapshots(name).catch(warn('cannot drop snapshot records'));
+            void reclaimVolumes(last).catch(warn('cannot give volumes back to root'));
           },
         },
       });

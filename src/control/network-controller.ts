@@ -1,6 +1,6 @@
 import { asTrivisorError } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
-import type { NetworkAddressClaim, NetworkSpec, NetworkStatus } from '../core/types.ts';
+import type { GuestSpec, NetworkAddressClaim, NetworkSpec, NetworkStatus } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import { hostPortName } from '../network/guest-networking.ts';
 import { parseGatewayCidr } from '../network/ipv4.ts';
@@ -263,11 +263,14 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     if (!r.succeeded) void reconcile(name);
   }
 
-  // Sweeps coalesce: deletes that come while one runs make one more, not one each. A sweep lists
-  // every claim and guest, and deleting N guests once swept N times (decision 0068).
+  // Sweeps coalesce: deletes that come while one runs make one more, not one each, for the guests
+  // deleted meanwhile (decision 0068). A delete's sweep reads the claims and those guests' own
+  // records only: reading every guest per delete made deleting N guests O(N²).
   let sweeping: Promise<void> | undefined;
   let sweepAgain = false;
-  const requestSweep = (): Promise<void> => {
+  let sweepFor = new Set<string>();
+  const requestSweep = (deleted: string): Promise<void> => {
+    sweepFor.add(deleted);
     if (sweeping) {
       sweepAgain = true;
       return sweeping;
@@ -275,7 +278,9 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     sweeping = (async () => {
       do {
         sweepAgain = false;
-        await sweepClaims().catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
+        const names = sweepFor;
+        sweepFor = new Set();
+        await sweepClaims(names).catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
       } while (sweepAgain && !stopped);
     })().finally(() => {
       sweeping = undefined;
@@ -283,21 +288,38 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
     return sweeping;
   };
 
-  /** Releases addresses whose guest or NIC is gone (a deleted guest's claims end here). */
-  async function sweepClaims(): Promise<void> {
-    const [claims, guests] = await Promise.all([
-      records.networkAddress.list(store),
-      records.guest.list(store),
-    ]);
-    // A guest record that does not decode keeps its claims: its NICs cannot be told.
-    if (guests.malformed.length > 0) return;
+  /**
+   * Releases addresses whose guest or NIC is gone (a deleted guest's claims end here): every
+   * claim's at start, the claims of the guests named when they are deleted.
+   */
+  async function sweepClaims(only?: ReadonlySet<string>): Promise<void> {
+    if (only?.size === 0) return;
+    const claims = await records.networkAddress.list(store);
+    const candidates = only ? claims.items.filter((c) => only.has(c.value.guest)) : claims.items;
+    if (candidates.length === 0) return;
+    const guestSpecs: GuestSpec[] = [];
+    if (only) {
+      for (const name of new Set(candidates.map((c) => c.value.guest))) {
+        // A guest record that does not decode keeps its claims: its NICs cannot be told.
+        const found = await records.guest
+          .at(name)
+          .get(store)
+          .catch(() => null);
+        if (found === null) return;
+        if (found) guestSpecs.push(found.value);
+      }
+    } else {
+      const guests = await records.guest.list(store);
+      if (guests.malformed.length > 0) return;
+      guestSpecs.push(...valuesOf(guests));
+    }
     const nics = new Set<string>();
-    for (const g of valuesOf(guests)) {
+    for (const g of guestSpecs) {
       for (const [nic, d] of Object.entries(g.devices ?? {}))
         nics.add(`${g.name}/${nic}/${d.network}/${d['ipv4.address']}`);
     }
     const touched = new Set<string>();
-    for (const { key, value: c, modRevision } of claims.items) {
+    for (const { key, value: c, modRevision } of candidates) {
       const [net, ip] = records.networkAddress.nameOf(key).split('/');
       if (!nics.has(`${c.guest}/${c.nic}/${net}/${ip}`)) {
         const ref = records.networkAddress.ref(key);
@@ -396,8 +418,8 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
         handlers: {
           // A deleted guest's claims end here (also a delete only a re-list found); while
           // starting, the sweep below covers it.
-          onDelete: () => {
-            if (!starting) void requestSweep();
+          onDelete: (key) => {
+            if (!starting) void requestSweep(nameOf(key, keys.guestPrefix));
           },
         },
       });

@@ -23,11 +23,13 @@ afterEach(async () => {
 
 test('deleting 40 guests at once sweeps their address claims in a few passes, not one per guest', async () => {
   const claimLists: string[] = [];
+  const guestLists: string[] = [];
   const store: KvStore = new Proxy(memory, {
     get(target, prop) {
       if (prop === 'list') {
         return (prefix: string, options?: { limit?: number }) => {
           if (prefix.startsWith(keys.networkAddressPrefix)) claimLists.push(prefix);
+          if (prefix.startsWith(keys.guestPrefix)) guestLists.push(prefix);
           return target.list(prefix, options);
         };
       }
@@ -83,7 +85,21 @@ test('deleting 40 guests at once sweeps their address claims in a few passes, no
   assert.equal((await memory.list(keys.networkAddresses('net1'))).kvs.length, 40, 'every claim kept');
 
   const before = claimLists.filter((p) => p === keys.networkAddressPrefix).length;
-  await memory.txn({ compare: [], success: names.map((name) => records.guest.at(name).deleteOp()) });
+  // One guest deleted alone: its claim goes, the others' stay, and no guest is listed (a delete's
+  // sweep reads the deleted guest's record only; listing every guest per delete was O(N²)).
+  guestLists.length = 0;
+  await memory.delete(keys.guest('g0'));
+  for (
+    const deadline = Date.now() + 5000;
+    (await memory.list(keys.networkAddresses('net1'))).kvs.length > 39;
+  ) {
+    assert.ok(Date.now() < deadline, "g0's claim was swept");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal((await memory.list(keys.networkAddresses('net1'))).kvs.length, 39, "the others' claims stay");
+  assert.deepEqual(guestLists, [], 'no guest listed for a delete');
+  await memory.txn({ compare: [], success: names.slice(1).map((name) => records.guest.at(name).deleteOp()) });
   const deadline = Date.now() + 5000;
   while ((await memory.list(keys.networkAddresses('net1'))).kvs.length > 0) {
     assert.ok(Date.now() < deadline, 'the claims were swept');

@@ -114,6 +114,49 @@ describe('guest storage controller', () => {
     await until(async () => (await store.get(keys.snapshot('web', 's1'))) === undefined, 'web s1 dropped');
     controller.stop();
   });
+
+  test("a guest's delete reads only its own snapshot records, not every guest's (10,000 deletes listed all N times)", async () => {
+    const memory = createMemoryStore();
+    const snap = (guest: string, name: string) => ({
+      name,
+      guest,
+      createdAt: '',
+      wasRunning: false,
+      location: 'h1',
+    });
+    for (let i = 0; i < 50; i++) {
+      await memory.put(keys.guest(`g${i}`), JSON.stringify(spec(`g${i}`)));
+      await memory.put(keys.snapshot(`g${i}`, 's1'), JSON.stringify(snap(`g${i}`, 's1')));
+    }
+    const lists: string[] = [];
+    const store = new Proxy(memory, {
+      get(target, prop) {
+        if (prop === 'list') {
+          return (prefix: string, options?: never) => {
+            lists.push(prefix);
+            return target.list(prefix, options);
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const controller = createGuestStorageController({
+      store,
+      log: silentLogger(),
+      hostName: 'h1',
+      stateDir,
+      pools: {} as never,
+    });
+    await controller.start();
+    lists.length = 0;
+    await memory.delete(keys.guest('g7'));
+    await until(async () => (await memory.get(keys.snapshot('g7', 's1'))) === undefined, 'g7 s1 dropped');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(lists, [keys.snapshots('g7')], "one list, of the deleted guest's snapshots");
+    assert.ok(await memory.get(keys.snapshot('g8', 's1')), "another guest's snapshot stays");
+    controller.stop();
+  });
 });
 
 describe('pool controller', () => {
