@@ -159,7 +159,11 @@ const stagedRun = (staged: Json, plot: boolean) => {
       '',
       `Raw runc stopped before ${String(rawLimit.atGuests)}: **${String(rawLimit.resource)}**: ${String(rawLimit.error).slice(0, 300)}`,
     );
-  lines.push('');
+  lines.push(
+    '',
+    'Kernel memory per guest depends on the host since its boot: every memory cgroup holds a table sized by the most file systems mounted at once since then (decision 0093). ct guests without `limits.memory` share one memory cgroup; raw runc makes one per container, so its kernel figure grows with the largest run the host has carried (0.75 MiB a guest on a fresh boot, about 2 after a run of thousands).',
+    '',
+  );
   stamp([staged]);
 };
 if (staged) stagedRun(staged, true);
