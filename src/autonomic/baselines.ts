@@ -8,6 +8,7 @@ import {
   priceMove,
 } from './cluster-state.ts';
 import type { ClusterPolicy, PolicyDecision } from './controller.ts';
+import { usable } from './power-manager.ts';
 import { moveRecord } from './rebalancer.ts';
 
 /**
@@ -420,17 +421,8 @@ export function lrMmtBaseline(
         demandMem += latest(g.memoryBytes);
       }
       const roomFor = (members: MemberState[]) => {
-        let cpu = 0;
-        let mem = 0;
-        let bigCpu = 0;
-        let bigMem = 0;
-        for (const m of members) {
-          cpu += m.cpuCapacity;
-          mem += m.memoryBytes ?? 0;
-          bigCpu = Math.max(bigCpu, m.cpuCapacity);
-          bigMem = Math.max(bigMem, m.memoryBytes ?? 0);
-        }
-        return demandCpu <= cpu - bigCpu && (!v.withMemory || demandMem <= mem - bigMem);
+        const { cpu, mem } = usable(members, true);
+        return demandCpu <= cpu && (!v.withMemory || demandMem <= mem);
       };
       if (keepFailureRoom) {
         const coming = state.members.filter((m) => m.power !== 'off');

@@ -195,7 +195,7 @@ interface Capacity {
 }
 
 /** Capacity of a set of members less the largest one (its failure), per dimension. */
-function usable(members: MemberState[], keepFailureRoom: boolean): Capacity {
+export function usable(members: MemberState[], keepFailureRoom: boolean): Capacity {
   let cpu = 0;
   let mem = 0;
   let bigCpu = 0;
