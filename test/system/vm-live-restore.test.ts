@@ -187,8 +187,19 @@ describe('live restore of a vm guest (import --live, decision 0063)', () => {
     const truncated = path.join(dir, 'truncated.tar');
     writeFileSync(truncated, bytes.subarray(0, Math.floor(bytes.length / 2)));
     refused(truncated, 'x2', /corrupted or truncated/);
-    // The archive's first header, then the header of the disk inside its payload (at 512).
-    for (const [i, offset] of [100, 512 + 100].entries()) {
+    // The payload's header in the archive (after index.json, which every archive starts with),
+    // then the header of the disk inside that payload (the next 512 bytes).
+    let payload = 0;
+    for (;;) {
+      const name = bytes
+        .subarray(payload, payload + 100)
+        .toString('latin1')
+        .replace(/\0.*$/s, '');
+      if (name !== 'index.json') break;
+      const size = Number.parseInt(bytes.subarray(payload + 124, payload + 136).toString('latin1'), 8);
+      payload += 512 + Math.ceil(size / 512) * 512;
+    }
+    for (const [i, offset] of [payload + 100, payload + 512 + 100].entries()) {
       const badHeader = path.join(dir, `bad-header-${i}.tar`);
       const h = Buffer.from(bytes);
       h[offset] = (h[offset] ?? 0) ^ 0xff;
