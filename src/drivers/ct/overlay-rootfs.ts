@@ -79,7 +79,15 @@ eval {
   my $root = '/';
   syscall(165, $none, $root, 0, 0x4000 | 0x40000, 0) == 0 or die "making the mount namespace private: $!\\n";
   ${MOUNT_STEPS}
+  # The hierarchy mounted more than once (a root whose mounts are locked together): it cannot be
+  # hidden from runc, so the guest keeps a memory cgroup of its own, as before decision 0093.
+  my $memory_mounts = 0;
   if ($memcg ne '-') {
+    open(my $mi, '<', '/proc/self/mountinfo') or die "reading mountinfo: $!\\n";
+    $memory_mounts = grep { / - cgroup \\S+ (?:\\S*,)?memory(?:,|$)/ } <$mi>;
+    close($mi);
+  }
+  if ($memcg ne '-' && $memory_mounts == 1) {
     mkdir($memcg) or ($! + 0) == 17 or die "making the shared memory cgroup $memcg: $!\\n";
     open(my $procs, '>>', "$memcg/cgroup.procs") or die "joining $memcg: $!\\n";
     print $procs "$$\\n";
