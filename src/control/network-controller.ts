@@ -267,21 +267,16 @@ export function createNetworkController(deps: NetworkControllerDeps): NetworkCon
   // deleted meanwhile (decision 0068). A delete's sweep reads the claims and those guests' own
   // records only: reading every guest per delete made deleting N guests O(N²).
   let sweeping: Promise<void> | undefined;
-  let sweepAgain = false;
   let sweepFor = new Set<string>();
   const requestSweep = (deleted: string): Promise<void> => {
     sweepFor.add(deleted);
-    if (sweeping) {
-      sweepAgain = true;
-      return sweeping;
-    }
-    sweeping = (async () => {
-      do {
-        sweepAgain = false;
+    sweeping ??= (async () => {
+      // Guests deleted while a sweep runs are left in sweepFor: one more pass takes them all.
+      while (sweepFor.size > 0 && !stopped) {
         const names = sweepFor;
         sweepFor = new Set();
         await sweepClaims(names).catch((e) => log.warn({ err: String(e) }, 'cannot sweep address claims'));
-      } while (sweepAgain && !stopped);
+      }
     })().finally(() => {
       sweeping = undefined;
     });
