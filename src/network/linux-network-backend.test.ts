@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -438,6 +438,55 @@ describe('linux network backend', () => {
     await backend.plugTap(port(2));
     assert.equal(runner.commands().filter((c) => c.includes(' type bridge ')).length, 1);
     assert.ok(runner.commands().includes(`ip link set dev tv0123456782 master ${leaf} up`));
+  });
+
+  test('ports attached side by side count each other: no bridge takes more than its share', async () => {
+    const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
+    dirs.push(sys);
+    const leaf = leafBridgeName('/s', 'tvnet0', 1);
+    await mkdir(join(sys, 'tvnet0', 'brif', 'tv0000000001'), { recursive: true });
+    const runner = fakeRunner((argv) => {
+      const cmd = argv.join(' ');
+      if (cmd.startsWith(`ip link add name ${leaf} `)) {
+        return { effect: () => mkdir(join(sys, leaf, 'brif'), { recursive: true }).then(() => {}) };
+      }
+      // A guest port is on its bridge only after the command took its time, as the kernel's is.
+      const m = /^ip link set dev (tv\S+) master (\S+) up$/.exec(cmd);
+      if (m?.[1]?.startsWith('tv0') && m[2]) {
+        const [, port, bridge] = m;
+        return {
+          effect: async () => {
+            await new Promise((r) => setTimeout(r, 20));
+            await mkdir(join(sys, bridge, 'brif', port), { recursive: true });
+          },
+        };
+      }
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({
+      runner,
+      log,
+      stateDir: '/s',
+      sysClassNet: sys,
+      portsPerBridge: 2,
+    });
+    const port = (n: number) => ({
+      port: `tv012345678${n}`,
+      bridge: 'tvnet0',
+      mac: `02:00:00:00:00:0${n}`,
+      ip: `198.18.10.${n + 2}`,
+      isolated: false,
+    });
+    await Promise.all([1, 2, 3].map((n) => backend.plugTap(port(n))));
+    assert.deepEqual(
+      (await readdir(join(sys, 'tvnet0', 'brif'))).filter((p) => p.startsWith('tv0')).length,
+      2,
+    );
+    assert.equal((await readdir(join(sys, leaf, 'brif'))).length, 2, 'the rest on the first leaf');
+    assert.ok(
+      !runner.commands().some((c) => c.includes(leafBridgeName('/s', 'tvnet0', 2))),
+      'no second leaf',
+    );
   });
 
   test('plugVeth() puts the host end on the bridge, isolates it, filters it and moves the guest end', async () => {

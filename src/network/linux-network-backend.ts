@@ -252,8 +252,22 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     return p;
   };
 
-  /** The bridge a new port of `network` goes on: the network's own, or a leaf with room. */
-  const bridgeFor = async (network: string, isolated: boolean): Promise<string> => {
+  /**
+   * Places picked on a bridge whose port is not enslaved yet: attaches run side by side, and each
+   * counts the others' picks, so that no bridge takes more than its share (the CI saw 65 of 64).
+   */
+  const reserved = new Map<string, number>();
+  const reserve = (bridge: string, delta: number) => {
+    const n = (reserved.get(bridge) ?? 0) + delta;
+    if (n > 0) reserved.set(bridge, n);
+    else reserved.delete(bridge);
+  };
+
+  /**
+   * Enslaves a port to the bridge of `network` it goes on: the network's own, or a leaf with
+   * room. The place is reserved from the pick until the port is on the bridge.
+   */
+  const enslave = async (network: string, isolated: boolean, port: string, allowFailure = false) => {
     for (;;) {
       const busy = [...creatingLeaf.values()];
       if (busy.length === 0) break;
@@ -261,11 +275,19 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     }
     const { bridge, create } = pickBridge(network, {
       leafName: (i) => leafBridgeName(stateDir, network, i),
-      ports: guestPortCount,
+      ports: (b) => {
+        const n = guestPortCount(b);
+        return n === undefined ? undefined : n + (reserved.get(b) ?? 0);
+      },
       perBridge: portsPerBridge,
     });
-    if (create) await createLeaf(network, bridge, isolated);
-    return bridge;
+    reserve(bridge, 1);
+    try {
+      if (create) await createLeaf(network, bridge, isolated);
+      await runner.run(['ip', 'link', 'set', 'dev', port, 'master', bridge, 'up'], { allowFailure });
+    } finally {
+      reserve(bridge, -1);
+    }
   };
 
   /**
@@ -284,10 +306,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     const attached = new Set([def.name, ...leaves].flatMap((b) => bridgePorts(b) ?? []));
     for (const port of wanted) {
       if (attached.has(port) || !existsSync(join(sysClassNet, port))) continue;
-      const bridge = await bridgeFor(def.name, def.isolated);
-      await runner.run(['ip', 'link', 'set', 'dev', port, 'master', bridge, 'up'], {
-        allowFailure: true,
-      });
+      await enslave(def.name, def.isolated, port, true);
       if (def.isolated) {
         await runner.run(['bridge', 'link', 'set', 'dev', port, 'isolated', 'on'], {
           allowFailure: true,
@@ -306,8 +325,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   /** Filters, enslaves, isolates and shapes a guest's host-side port (veth end or tap). */
   const attachPort = async (def: PortDefinition): Promise<void> => {
     await nft(portRuleset(owner, def));
-    const bridge = await bridgeFor(def.bridge, def.isolated);
-    await runner.run(['ip', 'link', 'set', 'dev', def.port, 'master', bridge, 'up']);
+    await enslave(def.bridge, def.isolated, def.port);
     if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
     if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
     if (def.egressBitsPerSecond) {
