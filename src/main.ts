@@ -369,6 +369,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       hostSubnets: () => hostNetworks(runner),
       // An HA guest's move mark is ended under the token this member's agent holds now (decision 0089).
       haToken: () => liveAgentToken(readAgentState(stateDir)),
+      // A move that ends leaving the guest elsewhere (HA gave it away) lets its shared link go.
+      releaseShared: async (name) => services.pools?.releaseShared(name),
     });
     resumeMoves = () => guestMover.resumeUnfinished();
     retryMoves = () => guestMover.retryUnfinished();

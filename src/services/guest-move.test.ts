@@ -739,12 +739,21 @@ describe('moving a guest (cold)', () => {
     await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: h2Now }));
     dieAt = undefined;
     const { log, errors } = recordingLogger();
-    const again = createGuestMover({ ...depsAgain, log });
+    // The release of a shared pool's link, asked again once the mark that kept it is gone.
+    const released: Array<[string, string | undefined]> = [];
+    const again = createGuestMover({
+      ...depsAgain,
+      log,
+      releaseShared: async (guest) => {
+        released.push([guest, (await moveMarkOf(store, guest))?.to]);
+      },
+    });
     assert.equal(await again.resumeUnfinished(), 1);
     assert.ok(
       errors.some((m) => m.includes('HA decided about the guest since its hand-over')),
       errors.join('; '),
     );
+    assert.deepEqual(released, [['web', undefined]], 'released once its mark is gone');
     assert.equal((await guest())?.location, 'h2');
     assert.deepEqual((await haRecordOf(store)).token, h2Now);
     assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "this member's copy is kept");

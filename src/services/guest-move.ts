@@ -143,6 +143,13 @@ export interface GuestMoverDeps {
    * guest's mark (a member booted again takes a new one once its old lease expired; default 15 s).
    */
   haLeaseWaitMs?: number;
+  /**
+   * Asks this member's link to a guest on a shared pool to go when the guest runs elsewhere
+   * (`PoolService.releaseShared`, which keeps it while a move of the guest from here is marked):
+   * called once a mark of a move from here is removed, so that a move left to HA, or whose records
+   * name another member, does not keep the link until the daemon's next start (decision 0042).
+   */
+  releaseShared?: (guest: string) => Promise<void>;
 }
 
 export interface GuestMover {
@@ -205,6 +212,22 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           "the moved guest's old files are left",
         ),
       );
+
+  /**
+   * Removes the mark of move `mark` (its move has ended, whichever way), then asks again for the
+   * release of this member's link to the guest: the release refused while the mark was there.
+   */
+  const unmark = async (mark: MoveMark) => {
+    await clearMoveMark(store, mark.guest, mark);
+    await deps
+      .releaseShared?.(mark.guest)
+      .catch((e: unknown) =>
+        log.warn(
+          { guest: mark.guest, err: asTrivisorError(e).message },
+          "the link to the guest's files on a shared pool is left",
+        ),
+      );
+  };
 
   /** The port forwards of this member's addresses that point at guest `spec` (decision 0075). */
   async function pinsOf(spec: GuestSpec): Promise<ForwardPin[]> {
@@ -442,7 +465,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       );
       return;
     }
-    await clearMoveMark(store, mark.guest, mark);
+    await unmark(mark);
   }
 
   /**
@@ -470,7 +493,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     };
     const done = async (outcome: string) => {
       await dropBackup();
-      await clearMoveMark(store, name, mark);
+      await unmark(mark);
       log.info({ ...at, outcome }, 'an unfinished move was resumed');
       return { outcome };
     };
@@ -554,7 +577,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         { ...at, backup: mark.backup },
         "HA decided about the guest since its hand-over: this member's copy and the archive are kept",
       );
-      await clearMoveMark(store, name, mark);
+      await unmark(mark);
       return { outcome: 'left to HA' };
     };
     /** Nobody changed the spec since the hand-over (the destination's copy has not run). */
@@ -566,7 +589,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           { ...at, backup: mark.backup },
           "the guest was changed on the destination before its archive arrived: this member's copy and the archive are kept",
         );
-        await clearMoveMark(store, name, mark);
+        await unmark(mark);
         return { outcome: 'kept both copies' };
       }
       const decided = await leftToHa();
