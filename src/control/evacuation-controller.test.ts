@@ -12,6 +12,7 @@ import { createMemoryStore } from '../store/memory-store.ts';
 import { type MemberRecord, records } from '../store/records.ts';
 import {
   createEvacuationController,
+  EVACUATION_MOVE_TIMEOUT_MS,
   evacuationProgress,
   RESTORE_RETRY_DELAYS_MS,
   retryFailedReturns,
@@ -39,8 +40,11 @@ describe('evacuation controller', () => {
   let clock: number;
   /** Guests a port forward pins to their member, with the mover's reason. */
   let pins: Map<string, string>;
-  const controllerOf = (hostName: string) =>
+  /** Guests whose moves never end by themselves (until cancelled). */
+  let hang: Set<string>;
+  const controllerOf = (hostName: string, more: { moveTimeoutMs?: number } = {}) =>
     createEvacuationController({
+      ...more,
       store,
       hostName,
       operations,
@@ -59,7 +63,12 @@ describe('evacuation controller', () => {
             project: 'default',
             description: `move ${name}`,
             resources: {},
-            run: async () => {
+            mayCancel: true,
+            run: async (ctx) => {
+              if (hang.has(name)) {
+                await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve));
+                throw new Error('cancelled: the guest stays where it was');
+              }
               if (failMoves) throw new Error('no room');
               if (failNext > 0) {
                 failNext--;
@@ -102,6 +111,7 @@ describe('evacuation controller', () => {
     failNext = 0;
     clock = Date.parse('2026-12-06T06:00:00Z');
     pins = new Map();
+    hang = new Set();
     await records.member.at('h1').put(store, member('h1'));
     await records.member.at('h2').put(store, member('h2'));
     for (const [name, config, up] of [
@@ -290,6 +300,60 @@ describe('evacuation controller', () => {
       'v-off->h1',
       'v-run->h1 live',
     ]);
+  });
+
+  test('a move that does not end within the bound is asked to stop, its guest counts as failed with the reason, and the evacuation goes on with the next guest', async () => {
+    await records.guest.at('d').put(store, spec('d'));
+    await records.guestLocation.at('d').put(store, 'h1');
+    await records.guestStatus.at('d').put(store, status(true));
+    hang.add('a');
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1', { moveTimeoutMs: 50 }).pass();
+    assert.deepEqual(moves, ['a->h2', 'd->h2']);
+    assert.equal(await where('a'), 'h1');
+    assert.equal(await where('d'), 'h2', 'the next guest left');
+    const why = 'its move to h2 did not end within 1 s';
+    assert.equal((await records.evacuation.at('a').get(store))?.value.error, why);
+    const moveOfA = operations.list().find((o) => o.description === 'move a');
+    assert.equal(moveOfA?.status, 'Cancelled', 'the move was asked to stop');
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), {
+      left: [],
+      failed: [{ guest: 'a', error: why }],
+    });
+    // Not tried again by the next pass.
+    await controllerOf('h1', { moveTimeoutMs: 50 }).pass();
+    assert.deepEqual(moves, ['a->h2', 'd->h2']);
+  });
+
+  test("a move away whose mark outlives the bound (left unfinished, its resume failing) counts as failed with the reason, and the evacuation's progress no longer waits for it", async () => {
+    await records.member.at('h1').put(store, { ...member('h1', true), evacuateMode: 'auto' });
+    await controllerOf('h1').pass();
+    assert.deepEqual(moves, ['a->h2']);
+    // Its records name the destination; its source never finished the move (its mark stays).
+    const startedAt = new Date(clock).toISOString();
+    await saveMoveMark(store, {
+      guest: 'a',
+      from: 'h1',
+      to: 'h2',
+      reason: 'evacuation',
+      startedAt,
+      phase: 'handed-over',
+    });
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), { left: ['a'], failed: [] });
+    clock += EVACUATION_MOVE_TIMEOUT_MS;
+    await controllerOf('h1').pass();
+    assert.deepEqual(
+      await evacuationProgress(store, 'h1', 'evacuate'),
+      { left: ['a'], failed: [] },
+      'within the bound it is still waited for',
+    );
+    clock += 1;
+    await controllerOf('h1').pass();
+    assert.deepEqual(await evacuationProgress(store, 'h1', 'evacuate'), {
+      left: [],
+      failed: [{ guest: 'a', error: 'its move to h2 did not end within 15 min (left at handed-over)' }],
+    });
+    assert.deepEqual(moves, ['a->h2'], 'nothing is moved again');
   });
 
   test('a member that is not evacuated and holds no records does nothing', async () => {

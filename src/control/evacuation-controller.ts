@@ -32,14 +32,35 @@ export interface EvacuationControllerDeps {
   /** `pinned`: why a guest cannot leave (a port forward of this member's address points at it, decision 0075). */
   mover: Pick<GuestMover, 'move'> & Partial<Pick<GuestMover, 'pinned'>>;
   guests: Pick<GuestService, 'changeState' | 'placementFor'>;
-  operations: Pick<OperationService, 'wait'>;
+  /** `cancel`: a move that did not end within `moveTimeoutMs` is asked to stop (its mover undoes it). */
+  operations: Pick<OperationService, 'wait'> & Partial<Pick<OperationService, 'cancel'>>;
   /** The members and their status (`cluster list`): a guest goes back only to an Online member. */
   members: () => Promise<Array<{ name: string; status: string }>>;
   log: Logger;
   /** How often it looks (default 2 s); a pass runs at once after start. */
   intervalMs?: number;
+  /**
+   * How long one guest's move away may take, from its mark's start (default
+   * `EVACUATION_MOVE_TIMEOUT_MS`): after it the guest counts as failed, with the reason, and the
+   * evacuation goes on with the next.
+   */
+  moveTimeoutMs?: number;
   now?: () => number;
 }
+
+/**
+ * How long an evacuation waits for one guest's move (its operation, then its mark): a live move of
+ * a busy vm under TCG or a cold move of a big disk takes minutes, and one that never ends must not
+ * keep the evacuation in progress until it is cancelled.
+ */
+export const EVACUATION_MOVE_TIMEOUT_MS = 15 * 60_000;
+
+/** The reason an evacuation gives for a move that did not end in time. */
+export const moveTimedOut = (target: string, timeoutMs: number, phase?: string) =>
+  `its move to ${target} did not end within ${formatMinutes(timeoutMs)}${phase ? ` (left at ${phase})` : ''}`;
+
+const formatMinutes = (ms: number) =>
+  ms >= 60_000 ? `${Math.round(ms / 60_000)} min` : `${Math.max(1, Math.round(ms / 1000))} s`;
 
 /** After a failed move back, how long until the next try; one more failure than there are delays is final. */
 export const RESTORE_RETRY_DELAYS_MS = [15_000, 60_000] as const;
@@ -79,6 +100,7 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
   const { store, hostName } = deps;
   const log = deps.log.child({ component: 'evacuation' });
   const now = deps.now ?? Date.now;
+  const moveTimeoutMs = deps.moveTimeoutMs ?? EVACUATION_MOVE_TIMEOUT_MS;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
   let stopped = false;
@@ -125,13 +147,38 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
         const { member } = await deps.guests.placementFor({ model: spec.model, config: spec.config });
         await record(spec.name, value);
         const live = liveMove(spec, statusOf.get(spec.name), mode);
-        const error = await finished(
-          await deps.mover.move(spec.name, { target: member, live, reason: 'evacuation' }),
-        );
+        const op = await deps.mover.move(spec.name, { target: member, live, reason: 'evacuation' });
+        // Bounded: a move that does not end in time is asked to stop, and the guest counts as failed.
+        const ended = await deps.operations.wait(op.id, moveTimeoutMs);
+        if (ended.status === 'Running' || ended.status === 'Pending') {
+          try {
+            deps.operations.cancel?.(op.id);
+          } catch {
+            // Past its cancellable steps: it ends by itself; the guest's record says why it was left.
+          }
+          await failed(spec.name, value, moveTimedOut(member, moveTimeoutMs));
+          continue;
+        }
+        const error = await finished(ended);
         if (error) await failed(spec.name, value, error);
       } catch (e) {
         await failed(spec.name, value, asTrivisorError(e).message);
       }
+    }
+  }
+
+  /**
+   * The moves away from this member that an evacuation waits for and that have not ended within
+   * `moveTimeoutMs` of their start (a mark a resume keeps failing to finish, a daemon that died
+   * and left it): their guests count as failed, with the reason, so that the evacuation ends.
+   */
+  async function overdueMoves(evacuations: Map<string, EvacuationRecord>) {
+    for (const mark of await listMoveMarks(store)) {
+      const value = evacuations.get(mark.guest);
+      if (mark.from !== hostName || value?.origin !== hostName || value.error !== undefined) continue;
+      if (value.action !== 'migrate' || now() - Date.parse(mark.startedAt) <= moveTimeoutMs) continue;
+      await failed(mark.guest, value, moveTimedOut(mark.to, moveTimeoutMs, mark.phase ?? 'started'));
+      evacuations.set(mark.guest, { ...value, error: moveTimedOut(mark.to, moveTimeoutMs) });
     }
   }
 
@@ -208,6 +255,7 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
     if (!me) return;
     const evacuations = new Map(listed.items.map((r) => [records.evacuation.nameOf(r.key), r.value]));
     if (me.value.evacuated) {
+      await overdueMoves(evacuations);
       await evacuate(me.value.evacuateMode, evacuations);
       return;
     }
@@ -288,7 +336,10 @@ export async function evacuationProgress(
       )
       .map((s) => s.name);
     const listed = new Set(left);
-    const leaving = marks.filter((m) => m.from === member && !listed.has(m.guest)).map((m) => m.guest);
+    // A move the evacuation gave up on (it did not end in time) is no longer waited for.
+    const leaving = marks
+      .filter((m) => m.from === member && !listed.has(m.guest) && !erred.has(m.guest))
+      .map((m) => m.guest);
     return { left: [...left, ...leaving], failed };
   }
   const left = [...evacuations].filter(([g, r]) => r.origin === member && !erred.has(g)).map(([g]) => g);
