@@ -55,7 +55,9 @@ interface AdviseOptions {
   syscalls?: string;
   forks?: string;
   io?: string;
+  net?: string;
   memory?: string;
+  cores?: string;
   format: 'table' | 'json';
 }
 
@@ -69,7 +71,9 @@ const PROFILE_FLAGS = [
   'syscalls',
   'forks',
   'io',
+  'net',
   'memory',
+  'cores',
 ] as const;
 
 const factor = (x: number) => `${x >= 10 ? x.toFixed(0) : x.toFixed(2)}×`;
@@ -85,6 +89,8 @@ function adviceJson(a: Advice) {
       ...(e.excludedBecause === undefined ? {} : { excludedBecause: e.excludedBecause }),
       slowdown: e.slowdown,
       hostCores: e.hostCores,
+      ...(e.guestCores === undefined ? {} : { guestCores: e.guestCores }),
+      throughput: e.throughput,
       hostMemoryBytes: e.hostMemoryBytes,
       bootMs: e.bootMs,
       busySecondsPerSecond: e.busySecondsPerSecond,
@@ -254,7 +260,9 @@ function addAdviseCommand(plan: Command): void {
     .option('--syscalls <rate>', 'system calls per second (1500, 250k)')
     .option('--forks <rate>', 'processes started (fork+exec) per second')
     .option('--io <rate>', 'synchronous disk writes: 20MiB/s or 300iops')
+    .option('--net <rate>', 'network traffic, received and sent: 20MiB/s')
     .option('--memory <size>', 'memory in use (2GiB)')
+    .option('--cores <cpus>', 'the CPUs the guest will have (default: as many as the host)')
     .addOption(
       new Option('-f, --format <format>', 'output format').choices(['table', 'json']).default('table'),
     )
@@ -297,9 +305,14 @@ function addAdviseCommand(plan: Command): void {
               `${(e.bootMs / 1000).toFixed(1)} s`,
               e.isolation,
               e.excludedBecause === undefined
-                ? e.model === only.model
-                  ? 'recommended'
-                  : ''
+                ? [
+                    e.model === only.model ? 'recommended' : '',
+                    e.throughput < 1
+                      ? `saturated: ${Math.round(100 * e.throughput)}% of the rates on ${e.guestCores} cores`
+                      : '',
+                  ]
+                    .filter(Boolean)
+                    .join('; ')
                 : `cannot: ${e.excludedBecause}`,
             ]),
           ),

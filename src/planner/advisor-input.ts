@@ -65,6 +65,8 @@ export async function readModelTable(file: string): Promise<ModelTable> {
     syscallSeconds: perOp('syscalls'),
     forkExecSeconds: perOp('forkExec'),
     ioOpSeconds: perOp('fileFsync'),
+    // The memory workload's operations are MiB: seconds per byte copied.
+    copyByteSeconds: perOp('memory') / 2 ** 20,
   };
   const row = (m: GuestModel): ModelCosts => {
     const ratio = (w: string) => {
@@ -78,13 +80,23 @@ export async function readModelTable(file: string): Promise<ModelTable> {
       syscallSeconds: native.syscallSeconds * ratio('syscalls'),
       forkExecSeconds: native.forkExecSeconds * ratio('forkExec'),
       ioOpSeconds: native.ioOpSeconds * ratio('fileFsync'),
+      copyByteSeconds: native.copyByteSeconds * ratio('memory'),
       bootMs: at(`bootToInitMs.${m}`),
       idleMemoryBytes: at(`idleHostMemoryMiB.${m}`) * 2 ** 20,
     };
   };
   const models = Object.fromEntries(GUEST_MODELS.map((m) => [m, row(m)])) as Record<GuestModel, ModelCosts>;
   const measuredAt = isObject(doc) && typeof doc.measuredAt === 'string' ? doc.measuredAt : undefined;
-  return { source: file, ...(measuredAt === undefined ? {} : { measuredAt }), native, models };
+  // The host's cores, from the benchmark's provenance: the most a guest of any model can use here.
+  const cpus = isObject(doc) && isObject(doc.provenance) ? doc.provenance.cpus : undefined;
+  const hostCores = typeof cpus === 'number' && Number.isInteger(cpus) && cpus > 0 ? cpus : undefined;
+  return {
+    source: file,
+    ...(measuredAt === undefined ? {} : { measuredAt }),
+    ...(hostCores === undefined ? {} : { hostCores }),
+    native,
+    models,
+  };
 }
 
 /** A workload's fields as text (flags, CSV cells) or JSON values, before they are checked. */
@@ -98,7 +110,9 @@ export const PROFILE_FIELDS = [
   'syscalls',
   'forks',
   'io',
+  'net',
   'memory',
+  'cores',
 ] as const;
 export type ProfileField = (typeof PROFILE_FIELDS)[number];
 
@@ -160,6 +174,33 @@ function ioOps(v: unknown): number {
   return unit === undefined ? n : (n * unit) / IO_OP_BYTES;
 }
 
+/** Network traffic in bytes per second, from `20MiB/s`, `800kB/s`, a number of bytes a second, or 0. */
+function networkBytes(v: unknown): number {
+  if (v === undefined || v === '' || v === 0 || v === '0') return 0;
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v) || v < 0)
+      throw invalidArgument(`net ${v} is ${v < 0 ? 'negative' : 'not a number'}`);
+    return v;
+  }
+  const text = typeof v === 'string' ? v.trim() : '';
+  const m = /^(-?\d+(?:\.\d+)?)\s*([a-zA-Z]+)\/s$/.exec(text);
+  const unit = m?.[2] === undefined ? undefined : IO_UNITS[m[2]];
+  if (!m || unit === undefined)
+    throw invalidArgument(`net ${JSON.stringify(v)} is not a rate: write e.g. 20MiB/s or 800kB/s`);
+  const n = Number(m[1]);
+  if (n < 0) throw invalidArgument(`net ${JSON.stringify(v)} is negative`);
+  return n * unit;
+}
+
+/** The guest's CPUs: a number above 0 (`2`, `0.5`); absent, as many as the host has. */
+function guestCores(v: unknown): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  const n = rate('cores', v);
+  if (n === 0)
+    throw invalidArgument('cores 0 leaves the guest no CPU: give at least a fraction of one (0.5)');
+  return n;
+}
+
 function memory(v: unknown): number {
   if (v === undefined || v === '' || v === 0 || v === '0') return 0;
   if (typeof v === 'number') {
@@ -178,6 +219,7 @@ export function parseProfile(fields: ProfileFields, fallbackId: string): Workloa
       throw invalidArgument(`Unknown field ${JSON.stringify(key)}: use ${PROFILE_FIELDS.join(', ')}`);
   }
   const id = fields.id === undefined || fields.id === '' ? fallbackId : fields.id;
+  const cores = guestCores(fields.cores);
   if (typeof id !== 'string' || id.trim() === '')
     throw invalidArgument(`id ${JSON.stringify(id)} is not a name`);
   return {
@@ -189,7 +231,9 @@ export function parseProfile(fields: ProfileFields, fallbackId: string): Workloa
     syscallsPerSecond: rate('syscalls', fields.syscalls),
     forkExecsPerSecond: rate('forks', fields.forks),
     ioOpsPerSecond: ioOps(fields.io),
+    networkBytesPerSecond: networkBytes(fields.net),
     memoryBytes: memory(fields.memory),
+    ...(cores === undefined ? {} : { cores }),
   };
 }
 

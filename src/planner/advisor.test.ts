@@ -130,6 +130,77 @@ describe('model advisor', async () => {
     assert.match(own.reason, /^pvm: needs its own kernel; vm costs about the same but takes \d+ MiB/);
   });
 
+  test('contention: a model that needs more cores than the guest has loses to one that keeps up', async () => {
+    // Own kernel, half a core of computation and 300 synchronous writes a second. On this table vm is
+    // the lesser slowdown overall (pvm's writes cost 22×, vm's 11×) but needs 0.5 × 6.1 cores of
+    // computation, where pvm needs 0.5 × 3.4: on 2 cores only pvm keeps up with the rates.
+    const fields = { kernel: 'own', cpu: 0.5, io: '300iops' };
+    const free = advise(profile(fields), measured);
+    assert.equal(free.model, 'vm', 'with no core count known, the least slowdown');
+    assert.equal(estimate(free, 'vm').throughput, 1);
+    assert.ok(estimate(free, 'vm').slowdown < estimate(free, 'pvm').slowdown);
+
+    const onTwo = advise(profile({ ...fields, cores: 2 }), measured);
+    assert.equal(onTwo.model, 'pvm');
+    const vm = estimate(onTwo, 'vm');
+    assert.ok(vm.hostCores > 2 && vm.hostCores < 4, `vm needs ${vm.hostCores} cores`);
+    assert.equal(vm.guestCores, 2);
+    assert.equal(vm.throughput, 2 / vm.hostCores);
+    assert.equal(estimate(onTwo, 'pvm').throughput, 1);
+    assert.equal(
+      onTwo.reason,
+      `pvm: needs its own kernel; vm cannot keep up: it would need ${vm.hostCores.toFixed(1)} cores of 2, ${Math.round(100 * vm.throughput)}% of the measured rates`,
+    );
+
+    // The host's own cores, from the table's provenance, bound every guest: the same answer with no
+    // core count in the profile, and a profile asking for more cores than the host has gets the host's.
+    const doc = JSON.parse(readFileSync(MODELS, 'utf8')) as Record<string, unknown>;
+    const twoCoreHost = await readModelTable(
+      file(JSON.stringify({ ...doc, provenance: { cpus: 2 } }), '.json'),
+    );
+    assert.equal(twoCoreHost.hostCores, 2);
+    assert.equal(advise(profile(fields), twoCoreHost).model, 'pvm');
+    assert.equal(estimate(advise(profile({ ...fields, cores: 8 }), twoCoreHost), 'vm').guestCores, 2);
+  });
+
+  test('contention: when the only model that can run a workload saturates, the reason says by how much', () => {
+    const a = advise(profile({ os: 'other', cpu: 2, cores: 2 }), measured);
+    const vm = estimate(a, 'vm');
+    assert.equal(a.model, 'vm');
+    assert.ok(vm.throughput < 0.2, `vm keeps ${vm.throughput} of the rates`);
+    assert.equal(
+      a.reason,
+      `vm: needs a non-Linux kernel; even so vm cannot keep up: it would need ${vm.hostCores.toFixed(0)} cores of 2, ${Math.round(100 * vm.throughput)}% of the measured rates`,
+    );
+    // Within its cores a workload keeps its rates in every model that runs it.
+    const light = advise(profile({ cpu: 0.1, cores: 2 }), measured);
+    for (const e of light.estimates) assert.equal(e.throughput, 1, e.model);
+  });
+
+  test('network traffic costs a system call per 64 KiB and the copy of its bytes, at each model’s measured ratios', () => {
+    const rate = 200 * MiB;
+    const a = advise(profile({ cpu: 0.05, net: '200MiB/s' }), measured);
+    const messages = rate / (64 * 1024);
+    for (const model of ['ct', 'pvm', 'vm'] as const) {
+      const costs = measured.models[model];
+      const e = estimate(a, model);
+      assert.ok(
+        Math.abs(
+          e.busySecondsPerSecond.network - (messages * costs.syscallSeconds + rate * costs.copyByteSeconds),
+        ) < 1e-12,
+        model,
+      );
+    }
+    // This table's memory-bandwidth ratio (vm 150× under TCG) makes vm's copies the largest part.
+    assert.equal(a.model, 'ct');
+    assert.match(a.reason, /^ct: network-heavy: /);
+    const vm = estimate(a, 'vm');
+    assert.ok(vm.busySecondsPerSecond.network > vm.busySecondsPerSecond.compute);
+    assert.ok(vm.hostCores > vm.busySecondsPerSecond.compute + vm.busySecondsPerSecond.network - 1e-9);
+    // Without traffic the estimate is what it was: no network part.
+    assert.equal(estimate(advise(profile({ cpu: 0.1 }), measured), 'vm').busySecondsPerSecond.network, 0);
+  });
+
   test('profile fields: defaults, units, percentages', () => {
     const p = profile({ cpu: '50%', syscalls: '1.5k', forks: '3', io: '1GiB/s', memory: '2GiB' });
     assert.deepEqual(p, {
@@ -141,8 +212,14 @@ describe('model advisor', async () => {
       syscallsPerSecond: 1500,
       forkExecsPerSecond: 3,
       ioOpsPerSecond: 16384,
+      networkBytesPerSecond: 0,
       memoryBytes: 2 * 1024 * MiB,
     });
+    const q = profile({ net: '2MiB/s', cores: '1.5' });
+    assert.equal(q.networkBytesPerSecond, 2 * MiB);
+    assert.equal(q.cores, 1.5);
+    assert.equal(profile({ net: '800kB/s' }).networkBytesPerSecond, 800_000);
+    assert.equal(profile({ net: 4096 }).networkBytesPerSecond, 4096, 'a JSON number is bytes a second');
   });
 
   test('every bad profile field is one InvalidArgument line saying what is wrong', () => {
@@ -159,6 +236,13 @@ describe('model advisor', async () => {
       [{ io: '-1MiB/s' }, /^io "-1MiB\/s" is negative$/],
       [{ memory: '-1GiB' }, /^memory "-1GiB" is negative$/],
       [{ memory: 'lots' }, /^The memory "lots" is not a size/],
+      [{ net: '20' }, /^net "20" is not a rate: write e\.g\. 20MiB\/s or 800kB\/s$/],
+      [{ net: '5parsecs/s' }, /^net "5parsecs\/s" is not a rate/],
+      [{ net: '-1MiB/s' }, /^net "-1MiB\/s" is negative$/],
+      [{ net: -5 }, /^net -5 is negative$/],
+      [{ cores: 0 }, /^cores 0 leaves the guest no CPU/],
+      [{ cores: '-2' }, /^cores "-2" is negative$/],
+      [{ cores: 'all' }, /^cores "all" is not a number$/],
       [{ colour: 'blue' }, /^Unknown field "colour": use id, os/],
     ];
     for (const [fields, message] of bad) {
@@ -247,7 +331,7 @@ describe('model advisor', async () => {
     await refused(file('id,cpu\na,1,2\n'), 'FILE:2: 3 columns where the header has 2');
     await refused(
       file('id,cpu,speed\n'),
-      'FILE:1: the header has an unknown column "speed": use id, os, kernel, isolation, cpu, syscalls, forks, io, memory',
+      'FILE:1: the header has an unknown column "speed": use id, os, kernel, isolation, cpu, syscalls, forks, io, net, memory, cores',
     );
     await refused(file('id,cpu,cpu\n'), 'FILE:1: the header names a column twice');
     await refused(file('# only a comment\nid,syscalls\n\na,-4\n'), 'FILE:4: syscalls "-4" is negative');
@@ -332,6 +416,24 @@ describe('trivisor plan advise', () => {
     assert.match(lines[3] ?? '', /^MODEL +SLOWDOWN +HOST CPU +HOST MEMORY +BOOT +ISOLATION +NOTE$/);
     assert.match(lines[4] ?? '', /^ct +1\.\d\d× .* shared kernel +recommended$/);
     assert.match(lines[6] ?? '', /^vm +\d\.\d\d× .* 487MiB .* own kernel, hardware emulated$/);
+
+    // --cores and --net: the model that cannot keep up on the guest's cores says so in its note.
+    const c = cli(['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.5', '--io', '300iops']);
+    assert.match(c.stdout.split('\n')[0] ?? '', /^vm: /, c.stderr);
+    const two = cli([
+      ...['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.5', '--io', '300iops'],
+      '--cores',
+      '2',
+      '--net',
+      '1MiB/s',
+    ]);
+    assert.equal(two.status, 0, two.stderr);
+    const out = two.stdout.split('\n');
+    assert.match(
+      out[0] ?? '',
+      /^pvm: needs its own kernel; vm cannot keep up: it would need 3\.\d cores of 2, \d+% of/,
+    );
+    assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 2 cores$/);
   });
 
   test('bad input is one Error: line, nothing on stdout, exit 1', () => {

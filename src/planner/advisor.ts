@@ -15,6 +15,8 @@ export interface OperationCosts {
   forkExecSeconds: number;
   /** One 64 KiB write followed by fsync: what bench/models.ts times as I/O. */
   ioOpSeconds: number;
+  /** Copying one byte in memory: bench/models.ts's memory-bandwidth workload (dd through a pipe). */
+  copyByteSeconds: number;
 }
 
 /** One model's row of the table, with what it costs beyond its workload and what it isolates. */
@@ -31,6 +33,11 @@ export interface ModelTable {
   measuredAt?: string;
   native: OperationCosts;
   models: Record<GuestModel, ModelCosts>;
+  /**
+   * The cores of the host the table was measured on (its provenance), the most any guest can use;
+   * absent when the table does not say, and then only a profile's own `cores` limits a guest.
+   */
+  hostCores?: number;
 }
 
 /**
@@ -51,7 +58,14 @@ export interface WorkloadProfile {
   forkExecsPerSecond: number;
   /** Synchronous writes per second, in 64 KiB operations (MiB/s × 16, or the IOPS given). */
   ioOpsPerSecond: number;
+  /** Network traffic, received and sent together, in bytes per second. */
+  networkBytesPerSecond: number;
   memoryBytes: number;
+  /**
+   * The CPUs the guest will be given (limits.cpu, a vm's vCPUs); absent: as many as the host has.
+   * A model whose estimate needs more cores than this cannot keep up with the measured rates.
+   */
+  cores?: number;
 }
 
 /** How each model isolates a guest, the second half of the reason after cost. */
@@ -67,6 +81,8 @@ export interface BusyTime {
   syscalls: number;
   forkExecs: number;
   io: number;
+  /** Network traffic: a system call per 64 KiB message and the copy of its bytes (a lower bound). */
+  network: number;
 }
 
 /** One model's estimate for a workload. */
@@ -80,6 +96,13 @@ export interface ModelEstimate {
   slowdown: number;
   /** Host cores the workload keeps busy in the model at its measured rates (I/O waits excluded). */
   hostCores: number;
+  /** The cores the guest can use: the profile's `cores`, at most the host's; absent when unknown. */
+  guestCores?: number;
+  /**
+   * The share of the measured rates the guest can sustain: guestCores ÷ hostCores, at most 1. Below
+   * 1 the model saturates its cores (contention): the work queues instead of taking more cores.
+   */
+  throughput: number;
   /** The workload's memory plus the model's idle guest. */
   hostMemoryBytes: number;
   bootMs: number;
@@ -105,7 +128,18 @@ const KIND_WORDS: Record<keyof BusyTime, string> = {
   syscalls: 'syscall-heavy',
   forkExecs: 'fork-heavy',
   io: 'I/O-heavy (synchronous writes)',
+  network: 'network-heavy',
 };
+
+/**
+ * Network traffic counted in messages of this size, each one system call (a send or a receive) plus
+ * the copy of its bytes: the benchmark's unit for I/O, and the most one socket call moves with
+ * Linux's default buffers. The virtual NIC's own work (a tap, virtio under TCG) is not measured by
+ * bench/models.ts, so the network part is a lower bound in pvm and vm.
+ */
+export const NETWORK_MESSAGE_BYTES = 64 * 1024;
+/** Slack on the core count: an estimate within 1% of the guest's cores still keeps up. */
+const CORES_SLACK = 1.01;
 
 function busyIn(p: WorkloadProfile, native: OperationCosts, costs: OperationCosts): BusyTime {
   const syscalls = p.syscallsPerSecond * native.syscallSeconds;
@@ -115,15 +149,25 @@ function busyIn(p: WorkloadProfile, native: OperationCosts, costs: OperationCost
   // taken at its rates (its CPU share was measured coarser than they were).
   const compute = Math.max(0, p.cpuCores - syscalls - forkExecs);
   const io = p.ioOpsPerSecond * native.ioOpSeconds;
+  // The network's system calls and copies are taken as measured rates of their own, not out of the
+  // CPU share: a profile's network rate comes from its interface counters, not from its CPU.
+  const messages = p.networkBytesPerSecond / NETWORK_MESSAGE_BYTES;
   return {
     compute: compute * (costs.computeRatio / native.computeRatio),
     syscalls: syscalls * (costs.syscallSeconds / native.syscallSeconds),
     forkExecs: forkExecs * (costs.forkExecSeconds / native.forkExecSeconds),
     io: io * (costs.ioOpSeconds / native.ioOpSeconds),
+    network: messages * costs.syscallSeconds + p.networkBytesPerSecond * costs.copyByteSeconds,
   };
 }
 
-const total = (b: BusyTime) => b.compute + b.syscalls + b.forkExecs + b.io;
+const total = (b: BusyTime) => b.compute + b.syscalls + b.forkExecs + b.io + b.network;
+
+/** The cores a guest of this workload can use on the table's host, or undefined when unknown. */
+function coresFor(p: WorkloadProfile, table: ModelTable): number | undefined {
+  if (p.cores === undefined) return table.hostCores;
+  return table.hostCores === undefined ? p.cores : Math.min(p.cores, table.hostCores);
+}
 
 /** Why a model cannot take this workload, or undefined. */
 function exclusion(p: WorkloadProfile, model: GuestModel): string | undefined {
@@ -137,10 +181,14 @@ function exclusion(p: WorkloadProfile, model: GuestModel): string | undefined {
 /** Each model's estimate for the workload on the measured table. */
 export function estimateModels(p: WorkloadProfile, table: ModelTable): ModelEstimate[] {
   const nativeBusy = total(busyIn(p, table.native, table.native));
+  const guestCores = coresFor(p, table);
   return GUEST_MODELS.map((model) => {
     const costs = table.models[model];
     const busy = busyIn(p, table.native, costs);
     const excluded = exclusion(p, model);
+    const hostCores = busy.compute + busy.syscalls + busy.forkExecs + busy.network;
+    const throughput =
+      guestCores === undefined || hostCores <= guestCores * CORES_SLACK ? 1 : guestCores / hostCores;
     return {
       model,
       isolation: ISOLATION[model],
@@ -148,7 +196,9 @@ export function estimateModels(p: WorkloadProfile, table: ModelTable): ModelEsti
       busySecondsPerSecond: busy,
       // Nothing measured to do: every model does nothing equally fast.
       slowdown: nativeBusy > 0 ? total(busy) / nativeBusy : 1,
-      hostCores: busy.compute + busy.syscalls + busy.forkExecs,
+      hostCores,
+      ...(guestCores === undefined ? {} : { guestCores }),
+      throughput,
       hostMemoryBytes: p.memoryBytes + costs.idleMemoryBytes,
       bootMs: costs.bootMs,
     };
@@ -173,27 +223,44 @@ function character(chosen: ModelEstimate, other: ModelEstimate): string {
   return KIND_WORDS[best];
 }
 
+const cores = (x: number) => `${x >= 10 ? x.toFixed(0) : x.toFixed(1)}`;
+/** How a model that saturates its cores falls short, for the reason. */
+const given = (x: number) => (Number.isInteger(x) ? String(x) : x.toFixed(1));
+const shortfall = (e: ModelEstimate) =>
+  `it would need ${cores(e.hostCores)} cores of ${given(e.guestCores ?? e.hostCores)}, ${Math.round(100 * e.throughput)}% of the measured rates`;
+
 /**
  * The rule (decision 0054): the models that can run the workload (a non-Linux OS leaves vm; a
- * kernel of its own, needed or for isolation, leaves pvm and vm); of those, the least estimated
- * slowdown on this host's table; within {@link TIE_FACTOR}, the least host memory per guest.
+ * kernel of its own, needed or for isolation, leaves pvm and vm); of those, the ones that keep up
+ * with the measured rates on the guest's cores (contention: a model that needs more cores than the
+ * guest has queues its work), then the least estimated slowdown on this host's table; within
+ * {@link TIE_FACTOR} in both, the least host memory per guest.
  */
 export function advise(p: WorkloadProfile, table: ModelTable): Advice {
   const estimates = estimateModels(p, table);
   const allowed = estimates.filter((e) => e.excludedBecause === undefined);
   const byCost = [...allowed].sort(
-    (a, b) => a.slowdown - b.slowdown || GUEST_MODELS.indexOf(a.model) - GUEST_MODELS.indexOf(b.model),
+    (a, b) =>
+      b.throughput - a.throughput ||
+      a.slowdown - b.slowdown ||
+      GUEST_MODELS.indexOf(a.model) - GUEST_MODELS.indexOf(b.model),
   );
   const cheapest = byCost[0];
   if (cheapest === undefined) throw new Error('advise: every model excluded'); // os=other always leaves vm
-  const tied = byCost.filter((e) => e.slowdown <= cheapest.slowdown * TIE_FACTOR);
+  const tied = byCost.filter(
+    (e) => e.throughput * TIE_FACTOR >= cheapest.throughput && e.slowdown <= cheapest.slowdown * TIE_FACTOR,
+  );
   const chosen = [...tied].sort(
     (a, b) => a.hostMemoryBytes - b.hostMemoryBytes || a.slowdown - b.slowdown,
   )[0] as ModelEstimate;
   const others = byCost.filter((e) => e !== chosen);
+  // Loses more of the measured rates than the chosen model: contention decides before cost.
+  const fallsShort = (e: ModelEstimate) => e.throughput * TIE_FACTOR < chosen.throughput;
+  const ownShortfall =
+    chosen.throughput < 1 ? `; even so ${chosen.model} cannot keep up: ${shortfall(chosen)}` : '';
 
   let why: string;
-  if (p.os === 'other') why = 'needs a non-Linux kernel';
+  if (p.os === 'other') why = `needs a non-Linux kernel${ownShortfall}`;
   else {
     const need =
       p.kernel === 'own'
@@ -201,24 +268,28 @@ export function advise(p: WorkloadProfile, table: ModelTable): Advice {
         : p.isolation === 'own-kernel'
           ? 'needs its own kernel for isolation; '
           : '';
-    const dearer = others.filter((e) => e.slowdown > chosen.slowdown * TIE_FACTOR);
-    const alike = others.filter((e) => e.slowdown <= chosen.slowdown * TIE_FACTOR);
+    const dearer = others
+      .filter((e) => e.slowdown > chosen.slowdown * TIE_FACTOR)
+      .sort((a, b) => a.slowdown - b.slowdown);
+    const shortOnly = others.filter((e) => !dearer.includes(e) && fallsShort(e));
+    const alike = others.filter((e) => !dearer.includes(e) && !fallsShort(e));
     const parts: string[] = [];
     const worst = dearer[dearer.length - 1];
     if (worst !== undefined) {
       const costs = dearer.map(
         (e, i) =>
-          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}`,
+          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}${fallsShort(e) ? ` and could not keep up on ${given(e.guestCores ?? 0)} cores` : ''}`,
       );
       parts.push(`${character(chosen, worst)}: ${costs.join(', ')}`);
     }
+    for (const e of shortOnly) parts.push(`${e.model} cannot keep up: ${shortfall(e)}`);
     if (alike.length > 0) {
       const guest = (e: ModelEstimate) => mib(e.hostMemoryBytes - p.memoryBytes);
       parts.push(
         `${alike.map((e) => e.model).join(' and ')} ${alike.length > 1 ? 'cost' : 'costs'} about the same but ${alike.length > 1 ? 'take' : 'takes'} ${alike.map(guest).join(' and ')} of host memory per guest against ${guest(chosen)}`,
       );
     }
-    why = `${need}${parts.join('; ') || 'the only model that can run it'}`;
+    why = `${need}${parts.join('; ') || 'the only model that can run it'}${ownShortfall}`;
   }
   return { id: p.id, model: chosen.model, reason: `${chosen.model}: ${why}`, estimates };
 }
