@@ -373,33 +373,48 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       releaseShared: async (name) => services.pools?.releaseShared(name),
     });
     resumeMoves = () => guestMover.resumeUnfinished();
-    retryMoves = () => guestMover.retryUnfinished();
+    const receiver = createMoveReceiver({
+      store,
+      hostName,
+      storage: guestStorage,
+      runner,
+      workDir: path.join(stateDir, 'imports'),
+      removeLocal,
+      log,
+      // A live migration comes in on this member's cluster address (decision 0042).
+      live: {
+        migrationOf: (model) => drivers[model]?.migration,
+        image: (fingerprint) => images.handle(fingerprint),
+        host: splitAddress(membership.address).host,
+        addressOf: async (member) => {
+          const target = await memberTarget(member);
+          return target && splitAddress(target.address).host;
+        },
+        // Over a shared pool only the RAM moves (decision 0061); the pool service is made below.
+        shared: {
+          linkIncoming: async (spec) => (await services.pools?.linkIncoming(spec)) === true,
+          imageFor: async (spec, image) => services.pools?.imageFor(spec, image) ?? image,
+        },
+      },
+    });
+    // What moves to here left in imports/ and the upload directory (a daemon that died between a
+    // live move's snapshots and its prepare, or during a receive) goes now, before the member API
+    // serves, then every 5 minutes (decision 0088, amended).
+    await receiver.sweep({ uploadDir: stateDir });
+    retryMoves = () => {
+      const moves = guestMover.retryUnfinished();
+      const sweeps = receiver.sweepEvery();
+      return {
+        stop: () => {
+          moves.stop();
+          sweeps.stop();
+        },
+      };
+    };
     services.moves = {
       // Each finished move measures its pair's bandwidth for the rebalancer (issue 14 §2).
       mover: measuringMover(guestMover, { store, operations, hostName, log }),
-      receiver: createMoveReceiver({
-        store,
-        hostName,
-        storage: guestStorage,
-        runner,
-        workDir: path.join(stateDir, 'imports'),
-        removeLocal,
-        // A live migration comes in on this member's cluster address (decision 0042).
-        live: {
-          migrationOf: (model) => drivers[model]?.migration,
-          image: (fingerprint) => images.handle(fingerprint),
-          host: splitAddress(membership.address).host,
-          addressOf: async (member) => {
-            const target = await memberTarget(member);
-            return target && splitAddress(target.address).host;
-          },
-          // Over a shared pool only the RAM moves (decision 0061); the pool service is made below.
-          shared: {
-            linkIncoming: async (spec) => (await services.pools?.linkIncoming(spec)) === true,
-            imageFor: async (spec, image) => services.pools?.imageFor(spec, image) ?? image,
-          },
-        },
-      }),
+      receiver,
     };
   }
   // A lost member's guests, and those the store does not know, back from the backup directory (decision 0046).

@@ -28,6 +28,7 @@ import {
   type MoveReceiver,
   type MoveTransport,
   type ResumingMover,
+  type SweepingReceiver,
 } from './guest-move.ts';
 import { markMove, moveMarkOf } from './move-marks.ts';
 import { createOperationService } from './operation-service.ts';
@@ -839,7 +840,10 @@ describe('moving a guest (cold)', () => {
     assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started', 'the journal stays');
     const h1Now = await renewHeartbeat('h1');
     assert.notEqual(h1Now, tokens.h1);
-    const again = createGuestMover({ ...depsAgain, haToken: () => h1Now });
+    // The failed try's wait is in the journal: a daemon started again before it ends waits too.
+    assert.equal(await createGuestMover({ ...depsAgain, haToken: () => h1Now }).resumeUnfinished(), 0);
+    const later = () => Date.now() + 61_000;
+    const again = createGuestMover({ ...depsAgain, haToken: () => h1Now, now: later });
     assert.equal(await again.resumeUnfinished(), 1);
     const back = await haRecordOf(store);
     assert.deepEqual([back.owner, back.token, back.moving], ['h1', h1Now, undefined]);
@@ -859,6 +863,88 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual([back.owner, back.token, back.moving], ['h1', tokens.h1, undefined]);
     await runsOnH1();
     assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("a failed resume's wait is kept in the journal: a daemon started again (a crash loop) waits for it, the next failure doubles it up to 30 min, and a success ends it with the journal", async () => {
+    await makeHa(store);
+    dieAt = 'archiving';
+    await mover.move('web', { target: 'h2' });
+    await waitUntil(() => life.dead);
+    await store.delete(haKeys.heartbeat('h1'));
+    dieAt = undefined;
+    let clock = Date.parse('2026-12-06T12:00:00Z');
+    /** A daemon started again: nothing in its memory, the journal in the store; no HA lease yet. */
+    const restarted = (token?: number) =>
+      createGuestMover({ ...depsAgain, haToken: () => token, haLeaseWaitMs: 20, now: () => clock });
+    const retry = async () => ((await moveMarkOf(store, 'web')) as { retry?: unknown } | undefined)?.retry;
+    const failures = () =>
+      operations
+        .list()
+        .filter((o) => o.description.startsWith('Finishing the move') && o.status === 'Failure').length;
+    assert.equal(await restarted().resumeUnfinished(), 1);
+    assert.deepEqual(await retry(), { at: new Date(clock + 60_000).toISOString(), delayMs: 60_000 });
+    // Restarted at once, and again 59 s later: not tried.
+    assert.equal(await restarted().resumeUnfinished(), 0);
+    clock += 59_000;
+    assert.equal(await restarted().resumeUnfinished(), 0);
+    assert.equal(failures(), 1);
+    // Due: tried, failed again, the wait doubled.
+    clock += 1_000;
+    assert.equal(await restarted().resumeUnfinished(), 1);
+    assert.deepEqual(await retry(), { at: new Date(clock + 120_000).toISOString(), delayMs: 120_000 });
+    // Up to 30 min at most.
+    for (const wait of [240_000, 480_000, 960_000, 1_800_000, 1_800_000]) {
+      clock = Date.parse(((await retry()) as { at: string }).at);
+      assert.equal(await restarted().resumeUnfinished(), 1);
+      assert.equal(((await retry()) as { delayMs: number }).delayMs, wait);
+    }
+    assert.equal(failures(), 7);
+    // The agent holds a lease: the next try, once due, undoes the move and the journal goes.
+    const h1Now = await renewHeartbeat('h1');
+    assert.equal(await restarted(h1Now).resumeUnfinished(), 0, 'not due yet');
+    clock = Date.parse(((await retry()) as { at: string }).at);
+    assert.equal(await restarted(h1Now).resumeUnfinished(), 1);
+    await runsOnH1();
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+  });
+
+  test("a move given up before its hand-over while this member's HA agent holds no live lease keeps its journal: the guest stays stopped here with its HA record marked, and the living daemon's next try ends the mark under the agent's new lease and starts the guest", async () => {
+    const { tokens } = await makeHa(store);
+    let agentToken: number | undefined;
+    const { log, errors } = recordingLogger();
+    const living = createGuestMover({ ...depsAgain, log, haToken: () => agentToken, haLeaseWaitMs: 50 });
+    // The agent's lease expired during the move; it holds no new one yet.
+    backupFails = new Error('No space left on device');
+    const started = await living.move('web', { target: 'h2' });
+    await store.delete(haKeys.heartbeat('h1'));
+    const op = await end(started);
+    assert.equal(op.status, 'Failure');
+    assert.equal(
+      op.error,
+      "Cannot move guest web to h2: No space left on device; it stays on h1, but its HA record still says it moves (this member's HA agent holds no live lease): h1 ends that from the move's journal within minutes, and only then starts the guest again",
+    );
+    await waitUntil(() => errors.some((m) => m.includes('HA mark could not be ended: its journal is kept')));
+    const kept = await moveMarkOf(store, 'web');
+    assert.deepEqual([kept?.phase, kept?.wasRunning, kept?.ha?.toToken], ['started', true, tokens.h2]);
+    assert.equal((await haRecordOf(store)).moving?.to, 'h2', 'the HA mark stays');
+    assert.equal((await guest())?.desired, 'Stopped', 'not started while HA may give it away');
+    assert.equal((await guest())?.location, 'h1');
+    // No lease yet: the next try fails and keeps the journal.
+    await waitUntilAsync(async () => (await living.resumeUnfinished()) === 1);
+    assert.equal((await moveMarkOf(store, 'web'))?.phase, 'started');
+    // The agent takes a new lease; the try after the wait ends the mark and starts the guest.
+    agentToken = await renewHeartbeat('h1');
+    const afterWait = createGuestMover({
+      ...depsAgain,
+      haToken: () => agentToken,
+      now: () => Date.now() + 61_000,
+    });
+    assert.equal(await afterWait.resumeUnfinished(), 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', agentToken, undefined]);
+    await runsOnH1();
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+    assert.deepEqual(sent, []);
   });
 
   test("another member's unfinished move is not this member's to resume, and a second move of its guest is refused while it is unfinished", async () => {
@@ -1275,6 +1361,89 @@ describe('receiving a moved guest', () => {
       new AbortController().signal,
     );
     await live.discard('web');
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+  });
+
+  test("the receiver's sweep of imports/ keeps a part whose live move here is journaled, and everything of a guest it prepares (a sweep during the prepare's fill), and removes a part whose move is no longer journaled", async () => {
+    const seen: string[][] = [];
+    let live: SweepingReceiver | undefined;
+    const migration = {
+      async prepareIncoming(
+        _s: GuestSpec,
+        _image: unknown,
+        options: { host: string; fill?: () => Promise<void> },
+      ) {
+        await options.fill?.();
+        return {
+          process: { pid: 1, startTime: 2 },
+          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
+          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
+        };
+      },
+      async dropIncoming() {},
+    } as unknown as LiveMigration;
+    const storage = {
+      async importTar() {
+        // A sweep while the prepare writes the snapshots: its part and its work directory stay.
+        await live?.sweep();
+        seen.push((await readdir(dir)).map((f) => f.replace(/^\.move-web-.*$/, '.move-web-XXXXXX')).sort());
+      },
+    } as unknown as GuestStorage;
+    live = createMoveReceiver({
+      store,
+      hostName: 'h2',
+      storage: { vm: storage },
+      runner: hostRunner(),
+      workDir: dir,
+      removeLocal: async () => {},
+      live: {
+        migrationOf: (model) => (model === 'vm' ? migration : undefined),
+        image: async () => ({}) as never,
+        host: '198.18.0.12',
+        addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
+      },
+    });
+    const staged = join(dir, 'move-snapshots-web.tar');
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    await records.snapshot.at('web', 's1').put(store, {
+      name: 's1',
+      guest: 'web',
+      createdAt: new Date(0).toISOString(),
+      wasRunning: true,
+      location: 'h1',
+    });
+    const vm = { name: 'web', model: 'vm' };
+    const journal = {
+      guest: 'web',
+      from: 'h1',
+      to: 'h2',
+      reason: 'migration',
+      startedAt: new Date().toISOString(),
+      kind: 'live',
+      phase: 'started',
+    };
+    await store.put(keys.guestMove('web'), JSON.stringify(journal));
+    await live.receive(
+      'web',
+      await archive({ 'snapshots/s1.tar.zst': 'one' }, vm),
+      new AbortController().signal,
+    );
+    await live.sweep();
+    await stat(staged);
+    await live.prepareLive('web');
+    assert.deepEqual(seen, [['.move-web-XXXXXX', 'move-snapshots-web.tar']]);
+    await assert.rejects(stat(staged), { code: 'ENOENT' });
+    // A part whose move ended without its prepare (the source undid it; its daemon died): removed.
+    await live.receive(
+      'web',
+      await archive({ 'snapshots/s1.tar.zst': 'one' }, vm),
+      new AbortController().signal,
+    );
+    await store.delete(keys.guestMove('web'));
+    const { removed: swept } = await live.sweep();
+    assert.deepEqual(swept, [
+      { name: 'move-snapshots-web.tar', why: 'no live move of guest web to h2 is journaled' },
+    ]);
     await assert.rejects(stat(staged), { code: 'ENOENT' });
   });
 });
@@ -1781,6 +1950,36 @@ describe('moving a vm guest live', () => {
     r = await haRecordOf(store);
     assert.deepEqual([r.owner, r.token, r.moving], ['h1', tokens.h1, undefined]);
     assert.equal((await guest())?.location, 'h1');
+  });
+
+  test("an HA guest whose live move fails before the switch-over while this member's HA agent holds no live lease: the guest runs on here, its journal is kept, and the next try ends the HA mark under the agent's new lease", async () => {
+    const { tokens } = await makeHa(store);
+    let agentToken: number | undefined;
+    // The agent's lease expired during the migration; it holds no new one yet.
+    duringMigration = async () => {
+      await store.delete(haKeys.heartbeat('h1'));
+    };
+    fail.migrate = new Error('The RAM migration failed: Connection reset');
+    const living = createGuestMover({ ...liveDeps, haToken: () => agentToken, haLeaseWaitMs: 50 });
+    const op = await end(await living.move('web', { target: 'h2', live: true }));
+    assert.equal(
+      op.error,
+      "Cannot move guest web live to h2: The RAM migration failed: Connection reset; it stays running on h1, but its HA record still says it moves (this member's HA agent holds no live lease): h1 ends that from the move's journal within minutes",
+    );
+    const kept = await moveMarkOf(store, 'web');
+    assert.deepEqual([kept?.phase, kept?.ha?.toToken], ['started', tokens.h2], 'the journal is kept');
+    assert.equal((await haRecordOf(store)).moving?.to, 'h2');
+    assert.equal((await guest())?.location, 'h1');
+    agentToken = await (async () => {
+      await store.put(haKeys.heartbeat('h1'), JSON.stringify({ member: 'h1' }));
+      return (await store.get(haKeys.heartbeat('h1')))?.createRevision;
+    })();
+    calls = [];
+    await waitUntilAsync(async () => (await living.resumeUnfinished()) === 1);
+    const back = await haRecordOf(store);
+    assert.deepEqual([back.owner, back.token, back.moving], ['h1', agentToken, undefined]);
+    assert.equal(await moveMarkOf(store, 'web'), undefined);
+    assert.deepEqual(calls, ['discard h2 web', 'recover h1']);
   });
 
   test("the CRM's decision racing the switch-over: HA ended the move during the migration (its destination was lost), so the switch-over does not happen and the guest runs on", async () => {

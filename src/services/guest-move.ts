@@ -21,6 +21,7 @@ import {
   notSupported,
   TrivisorError,
 } from '../core/errors.ts';
+import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, GuestStatus, Model, Operation, ProcessIdentity } from '../core/types.ts';
@@ -32,7 +33,7 @@ import type {
   MigrationProgress,
   MigrationTls,
 } from '../drivers/live-migration.ts';
-import type { Logger } from '../host/logger.ts';
+import { type Logger, silentLogger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { HostSubnet } from '../network/default-network.ts';
 import { type ForwardPin, forwardPins, pinNote, pinRefusal } from '../network/forward-pins.ts';
@@ -42,6 +43,13 @@ import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
+import {
+  type MoveImportsSwept,
+  SWEEP_EVERY_MS,
+  stagedPartName,
+  sweepMoveImports,
+  workDirPrefix,
+} from './move-imports.ts';
 import {
   clearMoveMark,
   listMoveMarks,
@@ -143,6 +151,8 @@ export interface GuestMoverDeps {
    * guest's mark (a member booted again takes a new one once its old lease expired; default 15 s).
    */
   haLeaseWaitMs?: number;
+  /** The clock a failed resume's next try is set on (default `Date.now`). */
+  now?: () => number;
   /**
    * Asks this member's link to a guest on a shared pool to go when the guest runs elsewhere
    * (`PoolService.releaseShared`, which keeps it while a move of the guest from here is marked):
@@ -185,12 +195,29 @@ const RETRY_MAX_MS = 30 * 60_000;
 /** How often a resume waiting for this member's HA lease looks again. */
 const HA_LEASE_POLL_MS = 250;
 
+/**
+ * A move's journal as this mover keeps it: its mark (`move-marks.ts`), and, after a resume that
+ * failed, when the next one is due (`at`, on this member's clock: only this member resumes its
+ * moves) and the wait that set it, which the next failure doubles. It is in the store with the
+ * mark, so a daemon that restarts keeps the backoff: a crash loop no longer tries every
+ * unfinished move at each start (decision 0079, amended).
+ */
+export interface MoveJournal extends MoveMark {
+  retry?: { at: string; delayMs: number };
+}
+
 export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const { store, hostName } = deps;
   /** Guests whose move this daemon runs now: their marks are no unfinished moves. */
   const running = new Set<string>();
-  /** When an unfinished move whose last resume failed is tried again. */
+  /**
+   * When an unfinished move whose last resume failed is tried again: kept in its journal
+   * (`MoveJournal.retry`), and here too for a journal that could not be written.
+   */
   const retries = new Map<string, { dueAt: number; delayMs: number }>();
+  /** Moves given up before their hand-over whose HA mark could not be ended: their journal stays. */
+  const haMarkLeft = new WeakSet<MoveMark>();
+  const now = deps.now ?? Date.now;
   let resuming = false;
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
@@ -378,9 +405,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           .finally(() => running.delete(name));
         return op;
       } catch (e) {
-        // The operation did not start.
-        await endMark(ha);
-        await release();
+        // The operation did not start. An HA mark that cannot be ended yet keeps the journal,
+        // which ends it later (decision 0079, amended).
+        if (!(await endMarkOrKeep(ha, mark))) await release();
         running.delete(name);
         throw e;
       }
@@ -392,13 +419,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       try {
         // A move this daemon runs is its operation's, not left unfinished; one whose last try
         // failed waits for its next (decision 0079).
-        const marks = (await listMoveMarks(store)).filter((m) => m.from === hostName);
+        const marks: MoveJournal[] = (await listMoveMarks(store)).filter((m) => m.from === hostName);
         // A move whose mark went meanwhile (finished, its member removed) has no retry to wait for.
         const marked = new Set(marks.map((m) => m.guest));
         for (const guest of retries.keys()) if (!marked.has(guest)) retries.delete(guest);
-        const mine = marks.filter(
-          (m) => !running.has(m.guest) && (retries.get(m.guest)?.dueAt ?? 0) <= Date.now(),
-        );
+        const mine = marks.filter((m) => !running.has(m.guest) && retryOf(m).dueAt <= now());
         for (const mark of mine) {
           const spec = await records.guest.at(mark.guest).get(store);
           const op = deps.operations.start({
@@ -410,11 +435,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           const ended = await deps.operations.wait(op.id).catch(() => undefined);
           if (ended?.status === 'Success') retries.delete(mark.guest);
           else {
-            const delayMs = Math.min(
-              2 * (retries.get(mark.guest)?.delayMs ?? RETRY_FIRST_MS / 2),
-              RETRY_MAX_MS,
-            );
-            retries.set(mark.guest, { dueAt: Date.now() + delayMs, delayMs });
+            const last = retryOf(mark).delayMs;
+            const delayMs = last === 0 ? RETRY_FIRST_MS : Math.min(2 * last, RETRY_MAX_MS);
+            const dueAt = now() + delayMs;
+            retries.set(mark.guest, { dueAt, delayMs });
+            await saveRetry(mark, { at: new Date(dueAt).toISOString(), delayMs });
           }
         }
         return mine.length;
@@ -437,6 +462,71 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   };
   return mover;
 
+  /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the later. */
+  function retryOf(m: MoveJournal): { dueAt: number; delayMs: number } {
+    const kept = m.retry && { dueAt: Date.parse(m.retry.at), delayMs: m.retry.delayMs };
+    const here = retries.get(m.guest);
+    let later = { dueAt: 0, delayMs: 0 };
+    for (const x of [kept, here]) {
+      if (x && Number.isFinite(x.dueAt) && x.dueAt > later.dueAt) later = x;
+    }
+    return later;
+  }
+
+  /**
+   * Writes a failed resume's next try into its journal, compared on the journal as read again
+   * (the resume may have changed its phase; another move's mark, or none, is left alone). One
+   * that cannot be written is logged: this daemon's own wait still holds until it restarts.
+   */
+  async function saveRetry(of: MoveMark, retry: NonNullable<MoveJournal['retry']>): Promise<void> {
+    const key = keys.guestMove(of.guest);
+    try {
+      const kv = await store.get(key);
+      if (!kv) return;
+      const current = JSON.parse(kv.value) as MoveJournal;
+      if (current.startedAt !== of.startedAt || current.from !== of.from || current.to !== of.to) return;
+      const journal: MoveJournal = { ...current, retry };
+      await store.txn({
+        compare: [{ key, target: 'modRevision', op: '=', value: kv.modRevision }],
+        success: [moveMarkOp(journal)],
+      });
+    } catch (e) {
+      log.warn(
+        { guest: of.guest, err: asTrivisorError(e).message },
+        "a failed resume's next try was not journaled: a restart tries it at once",
+      );
+    }
+  }
+
+  /**
+   * Ends an HA guest's move mark after a move given up before its hand-over (`endMark`); answers
+   * true when it could not and HA has not decided about the guest either (this member's agent held
+   * no live lease within the wait): the move's journal then stays (`settle`), and the resume ends
+   * the mark once the agent holds one, and only then starts the guest here again (decision 0079,
+   * amended).
+   */
+  async function endMarkOrKeep(ha: HaMoveTicket | undefined, mark: MoveMark): Promise<boolean> {
+    const end = await endMark(ha);
+    const left = end !== undefined && !end.ended && !end.final;
+    if (left) haMarkLeft.add(mark);
+    return left;
+  }
+
+  /** A move given up before its hand-over whose HA mark could not be ended: the guest waits here for its journal. */
+  function haMarkKept(
+    name: string,
+    target: string,
+    err: TrivisorError,
+    how: { wasRunning: boolean; live?: boolean },
+  ): TrivisorError {
+    const moved = how.live ? `${name} live` : name;
+    const stays = how.live ? 'it stays running on' : 'it stays on';
+    return new TrivisorError(
+      err.code,
+      `Cannot move guest ${moved} to ${target}: ${err.message}; ${stays} ${hostName}, but its HA record still says it moves (this member's HA agent holds no live lease): ${hostName} ends that from the move's journal within minutes${how.wasRunning ? ', and only then starts the guest again' : ''}`,
+    );
+  }
+
   /**
    * After a move's operation ended: its journal goes, unless the operation failed with the records
    * still the destination's (`handed-over`, `sent`): its undoing failed too (a store that did not
@@ -458,6 +548,13 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       );
     }
     const handed = mark.phase === 'handed-over' || mark.phase === 'sent';
+    if (ended?.status !== 'Success' && !handed && haMarkLeft.has(mark)) {
+      log.error(
+        { guest: mark.guest, member: mark.to },
+        "a failed move's HA mark could not be ended: its journal is kept, to end it and start the guest again",
+      );
+      return;
+    }
     if (ended?.status !== 'Success' && handed) {
       log.error(
         { guest: mark.guest, member: mark.to, phase: mark.phase },
@@ -787,17 +884,17 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           if (flipped) {
             if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
               throw unsettled(name, target, err);
-          } else {
-            // The mark goes first: HA starts an HA guest only once its record no longer moves.
-            await endMark(ha);
-            if (wasRunning) {
-              await deps.guests
-                .changeState(name, { action: 'start' })
-                .then(finished)
-                .catch((e2: unknown) =>
-                  log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
-                );
-            }
+          } else if (await endMarkOrKeep(ha, mark)) {
+            // The mark goes first: HA starts an HA guest only once its record no longer moves. One
+            // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
+            throw haMarkKept(name, target, err, { wasRunning });
+          } else if (wasRunning) {
+            await deps.guests
+              .changeState(name, { action: 'start' })
+              .then(finished)
+              .catch((e2: unknown) =>
+                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+              );
           }
           throw new TrivisorError(
             err.code,
@@ -880,16 +977,17 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           if (flipped) {
             if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
               throw unsettled(name, target, err);
-          } else {
-            await endMark(ha);
-            if (wasRunning) {
-              await deps.guests
-                .changeState(name, { action: 'start' })
-                .then(finished)
-                .catch((e2: unknown) =>
-                  log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
-                );
-            }
+          } else if (await endMarkOrKeep(ha, mark)) {
+            // The mark goes first: HA starts an HA guest only once its record no longer moves. One
+            // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
+            throw haMarkKept(name, target, err, { wasRunning });
+          } else if (wasRunning) {
+            await deps.guests
+              .changeState(name, { action: 'start' })
+              .then(finished)
+              .catch((e2: unknown) =>
+                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+              );
           }
           throw new TrivisorError(
             err.code,
@@ -1085,7 +1183,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           }
           if (!onShared) await discard();
           // Last: until the destination's copy is gone its LRM must not take it for a stray.
-          if (!flippedAt) await endMark(ha);
+          // An HA mark that cannot go yet keeps the journal, whose resume ends it (the guest runs here).
+          if (!flippedAt && (await endMarkOrKeep(ha, mark)))
+            throw haMarkKept(name, target, err, { wasRunning: false, live: true });
           throw new TrivisorError(
             err.code,
             `Cannot move guest ${name} live to ${target}: ${err.message}; it stays running on ${hostName}`,
@@ -1310,6 +1410,18 @@ export interface MoveReceiver {
   finishLive(name: string): Promise<void>;
 }
 
+/** The receiver as the daemon that runs it sees it: it also sweeps what moves left in `imports/`. */
+export interface SweepingReceiver extends MoveReceiver {
+  /**
+   * Removes the move files of `imports/` that no move owns any more (`sweepMoveImports`), never
+   * those of a guest this receiver is receiving or preparing now; with `uploadDir` (at the
+   * daemon's start only), the uploads a daemon dying left there too.
+   */
+  sweep(options?: { uploadDir?: string }): Promise<MoveImportsSwept>;
+  /** Runs `sweep` every `everyMs` (default 5 min) until stopped. */
+  sweepEvery(everyMs?: number): { stop(): void };
+}
+
 export function createMoveReceiver(deps: {
   store: KvStore;
   hostName: string;
@@ -1335,10 +1447,14 @@ export function createMoveReceiver(deps: {
       imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
     };
   };
-}): MoveReceiver {
+  /** Logs the sweep's removals (default: silent). */
+  log?: Logger;
+  /** How long a staged snapshots part may wait for its prepare before a sweep removes it (default 10 min). */
+  stagedMaxAgeMs?: number;
+}): SweepingReceiver {
   const { store, hostName } = deps;
   /** Where a live move's snapshots wait for its prepare (decision 0088). */
-  const stagedSnapshots = (name: string) => join(deps.workDir, `move-snapshots-${name}.tar`);
+  const stagedSnapshots = (name: string) => join(deps.workDir, stagedPartName(name));
   /** A snapshots-only archive of a live move, for guest `spec` that another member holds. */
   async function openSnapshotsPart(spec: GuestSpec, path: string): Promise<OpenedArchive> {
     const archive = await openArchive(path, { snapshotsOnly: true }).catch((e: unknown) => {
@@ -1381,7 +1497,7 @@ export function createMoveReceiver(deps: {
     const archive = have;
     return async () => {
       await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
-      const work = await mkdtemp(join(deps.workDir, `.move-${here.name}-`));
+      const work = await mkdtemp(join(deps.workDir, workDirPrefix(here.name)));
       const signal = new AbortController().signal;
       try {
         for (const snap of archive.manifest.snapshots) {
@@ -1399,7 +1515,7 @@ export function createMoveReceiver(deps: {
       }
     };
   }
-  return {
+  const base: MoveReceiver = {
     async receive(name, archivePath, signal) {
       try {
         assertDnsLabel(name, 'guest name');
@@ -1439,7 +1555,7 @@ export function createMoveReceiver(deps: {
           );
         }
         await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
-        const work = await mkdtemp(join(deps.workDir, `.move-${name}-`));
+        const work = await mkdtemp(join(deps.workDir, workDirPrefix(name)));
         try {
           const feed = (rel: string, consume: (path: string) => Promise<unknown>) =>
             feedPayload({ archive, rel, work, runner: deps.runner, signal, consume });
@@ -1529,6 +1645,39 @@ export function createMoveReceiver(deps: {
       await deps.removeLocal({ ...spec.value, location: hostName });
     },
   };
+  /** Guests this receiver receives or prepares now (how many at once): the sweep leaves their files. */
+  const busy = new Map<string, number>();
+  /** Runs `work` with guest `name` counted busy, from before any of its files is made until all are gone. */
+  async function holding<T>(name: string, work: () => Promise<T>): Promise<T> {
+    busy.set(name, (busy.get(name) ?? 0) + 1);
+    try {
+      return await work();
+    } finally {
+      const n = (busy.get(name) ?? 1) - 1;
+      if (n > 0) busy.set(name, n);
+      else busy.delete(name);
+    }
+  }
+  const sweepDeps = {
+    store,
+    hostName,
+    dir: deps.workDir,
+    busy: (guest: string) => busy.has(guest),
+    log: (deps.log ?? silentLogger()).child({ component: 'move-imports' }),
+    ...(deps.stagedMaxAgeMs !== undefined && { maxAgeMs: deps.stagedMaxAgeMs }),
+  };
+  const receiver: SweepingReceiver = {
+    ...base,
+    receive: (name, archivePath, signal) => holding(name, () => base.receive(name, archivePath, signal)),
+    prepareLive: (name) => holding(name, () => base.prepareLive(name)),
+    sweep: (options = {}) => sweepMoveImports(sweepDeps, options),
+    sweepEvery(everyMs = SWEEP_EVERY_MS) {
+      const timer = setInterval(() => void receiver.sweep(), everyMs);
+      timer.unref();
+      return { stop: () => clearInterval(timer) };
+    },
+  };
+  return receiver;
 }
 
 /**
