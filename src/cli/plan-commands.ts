@@ -236,7 +236,10 @@ export function addPlanCommands(program: Command): void {
 function addAdviseCommand(plan: Command): void {
   plan
     .command('advise')
-    .argument('[profile]', 'workloads in a JSON or CSV file (docs/advisor-profile.md) instead of the flags')
+    .argument(
+      '[profile]',
+      'workloads in a JSON or CSV file (docs/advisor-profile.md) instead of the flags, or an inventory (plan consolidate’s input, with --os, --kernel, --isolation for all its workloads)',
+    )
     .description(
       'Which model (ct, pvm or vm) suits a workload, with the reason and each model’s estimated overhead, ' +
         'from its measured profile and the overheads measured on this host by bench/models.ts. No daemon is needed',
@@ -272,15 +275,19 @@ function addAdviseCommand(plan: Command): void {
         const v = opts[key];
         if (v !== undefined) flags[key] = v;
       }
-      if (file !== undefined && Object.keys(flags).length > 0)
+      // An inventory (plan consolidate's input) says nothing of OS, kernel or isolation: those
+      // flags may come with one, for all its workloads; readProfiles refuses them with profiles.
+      const assumable = new Set(['os', 'kernel', 'isolation']);
+      const other = Object.keys(flags).find((k) => !assumable.has(k));
+      if (file !== undefined && other !== undefined)
         throw invalidArgument(
-          `Give the workload either as a file or as flags, not both (--${Object.keys(flags)[0]} with ${file})`,
+          `Give the workload either as a file or as flags, not both (--${other} with ${file})`,
         );
       // The profile first: a typo in it is reported even where nothing is measured yet.
       const profiles =
         file === undefined
           ? [located('The workload’s', () => parseProfile(flags, 'workload'), ' ')]
-          : await readProfiles(file);
+          : await readProfiles(file, flags);
       const table = await readModelTable(opts.measurements);
       const advice = profiles.map((p) => advise(p, table));
       const measured = { file: table.source, measuredAt: table.measuredAt ?? null };

@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { failedPrecondition, invalidArgument, isTrivisorError, TrivisorError } from '../core/errors.ts';
 import { parseBytes } from '../core/sizes.ts';
@@ -10,6 +10,8 @@ import {
   type OperationCosts,
   type WorkloadProfile,
 } from './advisor.ts';
+import type { Inventory } from './inventory.ts';
+import { readInventory, TRIVISOR_CSV_HEADER } from './inventory-readers.ts';
 
 /** Where bench/models.ts writes its table in this tree, the advisor's default. */
 export const DEFAULT_MEASUREMENTS = path.resolve(import.meta.dirname, '../../bench/results/models.json');
@@ -247,11 +249,82 @@ export function located<T>(where: string, fn: () => T, separator = ': '): T {
   }
 }
 
+/** What an inventory does not say about its workloads, the same for all of them (flags). */
+export type AssumedFields = Pick<ProfileFields, 'os' | 'kernel' | 'isolation'>;
+
+const mean = (xs: Float64Array | undefined) => {
+  if (xs === undefined || xs.length === 0) return 0;
+  let sum = 0;
+  for (const x of xs) sum += x;
+  return sum / xs.length;
+};
+
+/**
+ * Profiles of an inventory's workloads (issue 14 §4's model per workload, from the traces): each
+ * one's mean busy cores and memory over the inventory, its mean disk writes (counted as synchronous
+ * 64 KiB writes, as `io` is: pessimistic for buffered writes) and network traffic where the
+ * inventory measures them (Bitbrains), and its configured cores as the guest's (contention). The
+ * traces give no system-call or process-start rate: their CPU counts as computation. No OS either:
+ * Linux on any kernel unless `assume` says otherwise, for all of them.
+ */
+export function profilesFromInventory(inv: Inventory, assume: AssumedFields = {}): WorkloadProfile[] {
+  if (inv.cpuUnit !== 'cores') {
+    throw invalidArgument(
+      `A ${inv.format} inventory measures CPU in ${inv.cpuUnit}, not cores busy: it gives no workload profile (use a profile file, docs/advisor-profile.md)`,
+    );
+  }
+  const base = parseProfile({ ...assume }, 'workload');
+  return inv.workloads.map((w) => ({
+    ...base,
+    id: w.id,
+    cpuCores: mean(w.cpu),
+    ioOpsPerSecond: (w.io?.diskWriteBytesPerSecond ?? 0) / IO_OP_BYTES,
+    networkBytesPerSecond: w.io?.networkBytesPerSecond ?? 0,
+    memoryBytes: mean(w.memoryBytes),
+    ...(w.cpuCapacity > 0 ? { cores: w.cpuCapacity } : {}),
+  }));
+}
+
+/** The first bytes of a file, enough for its header line. */
+async function head(file: string): Promise<string> {
+  const f = await open(file, 'r');
+  try {
+    const { buffer, bytesRead } = await f.read({ buffer: Buffer.alloc(256), position: 0 });
+    return buffer.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await f.close();
+  }
+}
+
+/** Whether a file is an inventory of measured servers (`plan consolidate`'s input) rather than profiles. */
+async function isInventory(file: string): Promise<boolean> {
+  if (file.endsWith('.gz')) return true;
+  const first =
+    (await head(file))
+      .replace(/^\uFEFF/, '')
+      .split(/\r?\n/)[0]
+      ?.trim() ?? '';
+  return (
+    first.startsWith('vm,') || first.startsWith(`${TRIVISOR_CSV_HEADER.split(',').slice(0, 4).join(',')},`)
+  );
+}
+
 /**
  * Reads workloads from a profile file: JSON (one object or an array of them) or CSV with a header
- * naming its columns (docs/advisor-profile.md). Every error names the file and the line or entry.
+ * naming its columns (docs/advisor-profile.md), or from an inventory of measured servers (Bitbrains
+ * rows or our CSV, `plan consolidate`'s input: {@link profilesFromInventory}, with `assume` for
+ * what it does not say). Every error names the file and the line or entry.
  */
-export async function readProfiles(file: string): Promise<WorkloadProfile[]> {
+export async function readProfiles(file: string, assume: AssumedFields = {}): Promise<WorkloadProfile[]> {
+  if (await isInventory(file).catch(() => false)) {
+    const inv = await readInventory(file);
+    return located(file, () => profilesFromInventory(inv, assume));
+  }
+  if (Object.keys(assume).length > 0) {
+    throw invalidArgument(
+      `--${Object.keys(assume)[0]} applies to an inventory's workloads; ${file} is a profile file: give it there`,
+    );
+  }
   let text: string;
   try {
     text = await readFile(file, 'utf8');

@@ -201,6 +201,53 @@ describe('model advisor', async () => {
     assert.equal(estimate(advise(profile({ cpu: 0.1 }), measured), 'vm').busySecondsPerSecond.network, 0);
   });
 
+  test('an inventory gives a profile a workload: mean cores, memory, disk writes and network, its cores for contention', async () => {
+    const head =
+      'vm,timestamp_s,cpu_cores,cpu_capacity_mhz,cpu_usage_mhz,mem_capacity_kb,mem_usage_kb,disk_read_kbps,disk_write_kbps,net_rx_kbps,net_tx_kbps';
+    // VM 1: 2 cores, busy 1 then 0 (mean 0.5), 2 then 4 MiB, 640 then 1,920 KB/s written (mean 1,280),
+    // 100 KB/s of traffic; VM 2: 1 core, 0.8 busy, nothing else.
+    const bb = file(
+      `${head}\n1,0,2,4000,2000,8388608,2048,0,640,60,40\n1,300,2,4000,0,8388608,4096,0,1920,50,50\n2,0,1,1000,800,1048576,0,0,0,0,0\n2,300,1,1000,800,1048576,0,0,0,0,0\n`,
+    );
+    const [one, two] = await readProfiles(bb);
+    assert.deepEqual(one, {
+      id: '1',
+      os: 'linux',
+      kernel: 'any',
+      isolation: 'shared-kernel-ok',
+      cpuCores: 0.5,
+      syscallsPerSecond: 0,
+      forkExecsPerSecond: 0,
+      ioOpsPerSecond: (1280 * 1024) / (64 * 1024),
+      networkBytesPerSecond: 100 * 1024,
+      memoryBytes: 3 * MiB,
+      cores: 2,
+    });
+    assert.equal(two?.cores, 1);
+    // What the trace does not say is assumed for all its workloads; on its 1 core VM 2 keeps up in
+    // no model but ct when it needs its own kernel.
+    const own = await readProfiles(bb, { kernel: 'own' });
+    assert.deepEqual(
+      own.map((p) => p.kernel),
+      ['own', 'own'],
+    );
+    const a = advise(own[1] as WorkloadProfile, measured);
+    assert.equal(a.model, 'pvm');
+    assert.match(
+      a.reason,
+      /; even so pvm cannot keep up: it would need 2\.7 cores of 1, 37% of the measured rates$/,
+    );
+    // A CPU-only inventory in MIPS has no profile; assumptions with a profile file are refused.
+    await assert.rejects(
+      readProfiles(file('vm,t0,t1\n1,10,20\n')),
+      /: A planetlab inventory measures CPU in MIPS, not cores busy: it gives no workload profile/,
+    );
+    await assert.rejects(readProfiles(PROFILES, { os: 'other' }), {
+      code: 'InvalidArgument',
+      message: /^--os applies to an inventory's workloads;/,
+    });
+  });
+
   test('profile fields: defaults, units, percentages', () => {
     const p = profile({ cpu: '50%', syscalls: '1.5k', forks: '3', io: '1GiB/s', memory: '2GiB' });
     assert.deepEqual(p, {
@@ -434,6 +481,29 @@ describe('trivisor plan advise', () => {
       /^pvm: needs its own kernel; vm cannot keep up: it would need 3\.\d cores of 2, \d+% of/,
     );
     assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 2 cores$/);
+  });
+
+  test('an inventory in the CLI: one row a workload, --kernel for all of them, other flags refused', () => {
+    const bb = file(
+      'vm,timestamp_s,cpu_cores,cpu_capacity_mhz,cpu_usage_mhz,mem_capacity_kb,mem_usage_kb,disk_read_kbps,disk_write_kbps,net_rx_kbps,net_tx_kbps\n' +
+        '1,0,1,1000,800,1048576,0,0,0,0,0\n2,0,4,4000,100,1048576,0,0,0,0,0\n',
+    );
+    const r = cli([bb, '--kernel', 'own', '--measurements', MODELS, '--format', 'json']);
+    assert.equal(r.status, 0, r.stderr);
+    const advice = (JSON.parse(r.stdout) as { advice: Array<{ id: string; model: string; reason: string }> })
+      .advice;
+    assert.deepEqual(
+      advice.map((a) => [a.id, a.model]),
+      [
+        ['1', 'pvm'],
+        ['2', 'pvm'],
+      ],
+    );
+    assert.match(advice[0]?.reason ?? '', /even so pvm cannot keep up/);
+    assert.doesNotMatch(advice[1]?.reason ?? '', /keep up/);
+    const refused = cli([bb, '--cpu', '1', '--measurements', MODELS]);
+    assert.equal(refused.status, 1);
+    assert.match(refused.stderr, /not both \(--cpu with /);
   });
 
   test('bad input is one Error: line, nothing on stdout, exit 1', () => {

@@ -278,7 +278,7 @@ export function advise(p: WorkloadProfile, table: ModelTable): Advice {
     if (worst !== undefined) {
       const costs = dearer.map(
         (e, i) =>
-          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}${fallsShort(e) ? ` and could not keep up on ${given(e.guestCores ?? 0)} cores` : ''}`,
+          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}${fallsShort(e) ? ` and could not keep up on ${given(e.guestCores ?? 0)} core${e.guestCores === 1 ? '' : 's'}` : ''}`,
       );
       parts.push(`${character(chosen, worst)}: ${costs.join(', ')}`);
     }

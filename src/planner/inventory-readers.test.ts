@@ -122,6 +122,16 @@ describe('inventory readers', () => {
     assert.deepEqual([...(inv.workloads[0]?.cpu ?? [])], [1, 1, 2]);
     assert.deepEqual([...(inv.workloads[0]?.memoryBytes ?? [])], [1024 ** 2, 1024 ** 2, 2 * 1024 ** 2]);
     assert.deepEqual([...(inv.workloads[1]?.cpu ?? [])], [0, 0.5, 0]);
+    // Disk and network: means over the rows read (KB of 1,024 bytes), for the model advisor.
+    const io = await readInventory(
+      file(`${head}\n1,0,2,4000,0,8388608,0,10,20,1,2\n1,300,2,4000,0,8388608,0,30,40,3,4\n`),
+    );
+    assert.deepEqual(io.workloads[0]?.io, {
+      diskReadBytesPerSecond: 20 * 1024,
+      diskWriteBytesPerSecond: 30 * 1024,
+      networkBytesPerSecond: 5 * 1024,
+    });
+    await refused(file(`${head}\n1,0,2,4000,5,8388608,0,0,0,-1,0\n`), 2, /net_rx_kbps -1 is negative/);
     await refused(file(`${head}\n1,0,2,4000,-5,8388608,0,0,0,0,0\n`), 2, /cpu_usage_mhz -5 is negative/);
     await refused(file(`${head}\n1,0,2,4000\n`), 2, /4 columns where Bitbrains rows have 11/);
   });

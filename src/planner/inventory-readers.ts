@@ -165,6 +165,10 @@ interface Rows {
   memCapacityBytes: number;
   count: number;
   chunks: Float64Array<ArrayBuffer>[];
+  /** Sums over the rows of disk read, disk write and network (rx + tx), KB/s: their means for the advisor. */
+  diskReadKBps: number;
+  diskWriteKBps: number;
+  netKBps: number;
 }
 
 function pushRow(r: Rows, t: number, cpu: number, mem: number): void {
@@ -250,19 +254,46 @@ async function readBitbrains(file: string): Promise<Inventory> {
     const usedMhz = sample(c[4], file, n, 'cpu_usage_mhz');
     const memCapKb = sample(c[5], file, n, 'mem_capacity_kb');
     const memUsedKb = sample(c[6], file, n, 'mem_usage_kb');
+    const diskRead = sample(c[7], file, n, 'disk_read_kbps');
+    const diskWrite = sample(c[8], file, n, 'disk_write_kbps');
+    const net = sample(c[9], file, n, 'net_rx_kbps') + sample(c[10], file, n, 'net_tx_kbps');
     let r = all.get(id);
     if (!r) {
-      r = { line: n, cores, memCapacityBytes: memCapKb * 1024, count: 0, chunks: [] };
+      r = {
+        line: n,
+        cores,
+        memCapacityBytes: memCapKb * 1024,
+        count: 0,
+        chunks: [],
+        diskReadKBps: 0,
+        diskWriteKBps: 0,
+        netKBps: 0,
+      };
       all.set(id, r);
     }
+    r.diskReadKBps += diskRead;
+    r.diskWriteKBps += diskWrite;
+    r.netKBps += net;
     // Usage in MHz over the VM's total MHz, times its cores: cores busy, the unit of --host-size cpu=.
     pushRow(r, t, capMhz > 0 ? (usedMhz / capMhz) * cores : 0, memUsedKb * 1024);
   });
   if (all.size === 0) throw bad(file, 2, 'the inventory has no VM');
+  // Means over the rows read (KB as the trace's memory columns: 1,024 bytes), before onGrid gives
+  // the rows back.
+  const io = new Map<string, Workload['io']>();
+  for (const [id, r] of all) {
+    const mean = (kbps: number) => (kbps * 1024) / Math.max(1, r.count);
+    io.set(id, {
+      diskReadBytesPerSecond: mean(r.diskReadKBps),
+      diskWriteBytesPerSecond: mean(r.diskWriteKBps),
+      networkBytesPerSecond: mean(r.netKBps),
+    });
+  }
   const { samples, series } = onGrid(all, BITBRAINS_INTERVAL_S);
   const workloads = [...all].map(([id, r]): Workload => {
     const s = series.get(id) as { cpu: Float64Array; mem: Float64Array };
     return {
+      io: io.get(id) as NonNullable<Workload['io']>,
       id,
       cpuCapacity: r.cores,
       memoryCapacityBytes: r.memCapacityBytes,

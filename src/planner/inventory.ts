@@ -14,9 +14,22 @@ export interface Workload {
   cpu: Float64Array;
   /** Absent when the inventory measures CPU only (PlanetLab). */
   memoryBytes?: Float64Array;
+  /**
+   * Mean disk and network rates over the rows read, where the inventory measures them (Bitbrains):
+   * for the model advisor, not for packing. Means, not series: four numbers a workload.
+   */
+  io?: WorkloadIo;
   /** Where the workload was first read, for errors that must name a file and a line. */
   file: string;
   line: number;
+}
+
+/** A workload's mean disk and network rates, in bytes a second. */
+export interface WorkloadIo {
+  diskReadBytesPerSecond: number;
+  diskWriteBytesPerSecond: number;
+  /** Received and sent together. */
+  networkBytesPerSecond: number;
 }
 
 /** A whole inventory read from one file or directory. */
