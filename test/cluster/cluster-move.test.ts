@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Operation } from '../../src/core/types.ts';
@@ -139,7 +139,25 @@ describe('moving guests between two members', () => {
     // m2 makes the guest's files from its image, as for a new guest: an empty copy, the archive
     // never came. The data is only in m1's copy.
     await waitFor('m2 made its copy', async () => (await guestOn(m2.daemon))?.status === 'Stopped', 60_000);
+    // What a destination's daemon that died mid-move leaves (decision 0088, amended): a live
+    // move's snapshots part that no move journals, a receive's work directory, an upload of an
+    // archive. The restarted daemon's sweep removes them before its member API serves.
+    const imports = path.join(m1.daemon.stateDir, 'imports');
+    const debris = [
+      path.join(imports, `move-snapshots-${name}-gone.tar`),
+      path.join(imports, `.move-${name}-gone-a1b2c3`),
+      path.join(m1.daemon.stateDir, 'trivisor-move-00112233aabbccdd.tar'),
+    ];
+    mkdirSync(debris[1] as string, { recursive: true });
+    writeFileSync(path.join(debris[1] as string, 'rootfs.fifo'), '');
+    writeFileSync(debris[0] as string, 'part');
+    writeFileSync(debris[2] as string, 'half an archive');
     await m1.daemon.restart();
+    assert.deepEqual(
+      debris.filter((f) => existsSync(f)),
+      [],
+      'the stale move files are swept at start',
+    );
     await waitFor(
       'the guest runs on m1 again',
       async () => {
