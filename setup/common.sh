@@ -36,6 +36,9 @@ TEST_PACKAGES+=(openipmi)
 # running systemd), debhelper for dpkg-buildpackage of debian/. promtool comes out of Debian's
 # prometheus package by ensure_promtool below, without installing a Prometheus server.
 TEST_PACKAGES+=(systemd debhelper)
+# bindfs (FUSE) stands in for NFS in test/ct/layer-image.test.ts: overlayfs refuses it as an upper dir as it
+# refuses NFS, and the test kernel has no NFS client (decision 0094).
+TEST_PACKAGES+=(bindfs)
 
 # The vm guests' kernel: Debian's cloud kernel, unpacked here rather than installed, so the
 # host's own boot menu and /lib/modules stay as they are.
@@ -277,14 +280,21 @@ systemd_runs() { [ -d /run/systemd/system ]; }
 # starts at boot (boot.autostart guests with it) and again when it fails. $1 is the state directory.
 SYSTEMD_UNIT_DIR=${SYSTEMD_UNIT_DIR:-/etc/systemd/system}
 install_systemd_unit() {
-  local state_dir=$1 unit="$SYSTEMD_UNIT_DIR/trivisor.service"
+  local state_dir=$1 unit="$SYSTEMD_UNIT_DIR/trivisor.service" agent="$SYSTEMD_UNIT_DIR/trivisor-ha-agent.service"
   mkdir -p "$SYSTEMD_UNIT_DIR"
   sed -e "s#/usr/bin/trivisor#$TRIVISOR_SRC/bin/trivisor#g" \
     -e "s#^Environment=TRIVISOR_DIR=.*#Environment=TRIVISOR_DIR=$state_dir TRIVISOR_NODE=$TRIVISOR_NODE#" \
     "$TRIVISOR_SRC/setup/systemd/trivisor.service" >"$unit.tmp"
   mv "$unit.tmp" "$unit"
+  # The HA agent's unit (decision 0052, amended), on the checkout's sources and Node.js.
+  sed -e "s#/usr/lib/trivisor/node/bin/node#$TRIVISOR_NODE#g" -e "s#/usr/lib/trivisor/src/#$TRIVISOR_SRC/src/#g" \
+    -e "s#^Environment=TRIVISOR_DIR=.*#Environment=TRIVISOR_DIR=$state_dir#" \
+    "$TRIVISOR_SRC/setup/systemd/trivisor-ha-agent.service" >"$agent.tmp"
+  mv "$agent.tmp" "$agent"
   systemctl daemon-reload
-  systemctl enable trivisor.service
+  systemctl enable trivisor.service trivisor-ha-agent.service
   # A restart, not a start: a re-run brings the checkout's new code (the guests outlive the daemon).
   systemctl restart trivisor.service
+  # A start only: stopping the agent fences (kills this member's HA guests); a running one stays.
+  systemctl start trivisor-ha-agent.service
 }

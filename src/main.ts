@@ -527,6 +527,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
         runner,
         log,
         ...(opened.etcdMember && { etcdEndpoints: [opened.etcdMember.clientUrl] }),
+        external: process.env.TRIVISOR_HA_AGENT === 'systemd',
       })
     : undefined;
   const controller = createGuestController({

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -61,13 +61,79 @@ describe('trivisor.service', () => {
     assert.match(unit, /^KillMode=process$/m);
     assert.match(unit, /^Restart=on-failure$/m);
     assert.match(unit, /^After=network-online.target$/m);
+    // The daemon leaves the HA agent to its own unit.
+    assert.match(unit, /^Environment=TRIVISOR_HA_AGENT=systemd$/m);
+    assert.match(unit, /^Wants=trivisor-ha-agent.service$/m);
+    // Restarted to bring the checkout's code; the agent only started (its stop is a fence).
     assert.equal(
       readFileSync(path.join(dir, 'systemctl.log'), 'utf8'),
-      'daemon-reload\nenable trivisor.service\nrestart trivisor.service\n',
+      'daemon-reload\nenable trivisor.service trivisor-ha-agent.service\nrestart trivisor.service\nstart trivisor-ha-agent.service\n',
     );
     const r = verify(path.join(units, 'trivisor.service'));
     assert.equal(`${r.stdout}${r.stderr}`, '');
     assert.equal(r.status, 0);
+
+    const agent = readFileSync(path.join(units, 'trivisor-ha-agent.service'), 'utf8');
+    assert.match(
+      agent,
+      new RegExp(`^ExecStart=${process.execPath} ${root}/src/ha-agent.ts \\$\\{TRIVISOR_DIR\\}$`, 'm'),
+    );
+    assert.match(agent, /^Environment=TRIVISOR_DIR=\/srv\/trivisor-state$/m);
+    for (const line of ['Type=notify', 'NotifyAccess=all', 'Restart=always', 'WatchdogSec=10s'])
+      assert.match(agent, new RegExp(`^${line}$`, 'm'), line);
+    const a = verify(path.join(units, 'trivisor-ha-agent.service'));
+    assert.equal(`${a.stdout}${a.stderr}`, '');
+    assert.equal(a.status, 0);
+  });
+
+  test('the HA agent run by systemd says it is ready and pets the watchdog through systemd-notify, waiting for a membership; without systemd it refuses a host that is no member', async () => {
+    const dir = tempDir();
+    const state = path.join(dir, 'state');
+    // systemd-notify as a recorder: it gets what the agent would tell systemd.
+    const bin = path.join(dir, 'bin');
+    execFileSync('mkdir', ['-p', bin, state]);
+    writeFileSync(
+      path.join(bin, 'systemd-notify'),
+      `#!/bin/sh\necho "$NOTIFY_SOCKET $*" >>${dir}/notify.log\n`,
+    );
+    chmodSync(path.join(bin, 'systemd-notify'), 0o755);
+    const agentArgv = [process.execPath, path.join(root, 'src/ha-agent.ts'), state];
+    const plain = spawnSync(agentArgv[0] as string, agentArgv.slice(1), {
+      encoding: 'utf8',
+      // Not run by systemd, even where this test is (its NOTIFY_SOCKET would be the test's).
+      env: { ...process.env, NOTIFY_SOCKET: '' },
+      timeout: 30_000,
+    });
+    assert.equal(plain.status, 2, plain.stderr);
+    assert.match(plain.stdout, /this host is not a cluster member; nothing to do/);
+
+    const child = spawn(agentArgv[0] as string, agentArgv.slice(1), {
+      env: {
+        ...process.env,
+        PATH: `${bin}:${process.env.PATH}`,
+        NOTIFY_SOCKET: '/run/test-notify',
+        WATCHDOG_USEC: '3000000',
+      },
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      const log = () =>
+        existsSync(path.join(dir, 'notify.log')) ? readFileSync(path.join(dir, 'notify.log'), 'utf8') : '';
+      const deadline = Date.now() + 30_000;
+      while ((log().match(/WATCHDOG=1/g) ?? []).length < 2 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 200));
+      const lines = log().trim().split('\n');
+      assert.deepEqual(lines.slice(0, 2), [
+        '/run/test-notify --ready --status=starting',
+        `/run/test-notify --status=this host is not a cluster member: waiting for ${state}'s membership`,
+      ]);
+      assert.ok(lines.filter((l) => l === '/run/test-notify WATCHDOG=1').length >= 2, lines.join('\n'));
+      assert.equal(child.exitCode, null, 'it waits: systemd must not restart it in a loop');
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
   });
 
   test('systemd-analyze verify does check: a unit with a bad setting fails it', () => {

@@ -232,8 +232,9 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
       throw new Error(`in the container: ${command} failed (${r.status}):\n${r.out}`.slice(-6000));
     return r.out;
   };
-  const unitProperty = (property: string) =>
-    inMachineOk(`systemctl show -p ${property} --value trivisor.service`).trim();
+  const unitProperty = (property: string, unit = 'trivisor.service') =>
+    inMachineOk(`systemctl show -p ${property} --value ${unit}`).trim();
+  const agentProperty = (property: string) => unitProperty(property, 'trivisor-ha-agent.service');
   const guestsInMachine = () =>
     new Map(
       (
@@ -471,6 +472,8 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
     for (const file of [
       '/usr/bin/trivisor',
       '/lib/systemd/system/trivisor.service',
+      '/lib/systemd/system/trivisor-ha-agent.service',
+      '/usr/lib/trivisor/src/ha-agent.ts',
       '/usr/share/bash-completion/completions/trivisor',
       '/usr/share/zsh/vendor-completions/_trivisor',
       '/usr/share/fish/vendor_completions.d/trivisor.fish',
@@ -487,6 +490,10 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
     assert.equal(
       readFileSync(path.join(root, '/lib/systemd/system/trivisor.service'), 'utf8'),
       readFileSync(path.join(SRC, 'setup/systemd/trivisor.service'), 'utf8'),
+    );
+    assert.equal(
+      readFileSync(path.join(root, '/lib/systemd/system/trivisor-ha-agent.service'), 'utf8'),
+      readFileSync(path.join(SRC, 'setup/systemd/trivisor-ha-agent.service'), 'utf8'),
     );
   });
 
@@ -603,6 +610,39 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
     assert.match(journal, /trivisor daemon ready/, 'the daemon’s own log lines are in the journal');
   });
 
+  test('the HA agent is a unit of its own: enabled, ready by systemd-notify, its watchdog petted, and restarted by systemd when it hangs', async () => {
+    assert.equal(inMachine('systemctl is-enabled trivisor-ha-agent').out.trim(), 'enabled');
+    // Type=notify: active only once systemd took its READY=1 (sent through systemd-notify).
+    await eventually(
+      'the agent is active and waits for a membership',
+      () =>
+        inMachine('systemctl is-active trivisor-ha-agent').out.trim() === 'active' &&
+        /not a cluster member/.test(agentProperty('StatusText')),
+      60_000,
+    );
+    const first = agentProperty('MainPID');
+    // Longer than WatchdogSec (10 s): without its pings systemd would have killed it by now.
+    await new Promise((r) => setTimeout(r, 13_000));
+    assert.equal(agentProperty('MainPID'), first, 'its pings reach systemd');
+    assert.equal(agentProperty('NRestarts'), '0');
+    // A hung agent (stopped, so it pets nothing) is killed by the watchdog and started again.
+    inMachineOk(`kill -STOP ${first}`);
+    await eventually(
+      'systemd restarted the hung agent',
+      () => {
+        const pid = agentProperty('MainPID');
+        return (
+          pid !== first &&
+          pid !== '0' &&
+          inMachine('systemctl is-active trivisor-ha-agent').out.trim() === 'active'
+        );
+      },
+      60_000,
+    );
+    assert.equal(agentProperty('NRestarts'), '1');
+    assert.match(inMachineOk('journalctl -u trivisor-ha-agent --no-pager -o cat'), /Watchdog timeout/);
+  });
+
   test('systemd restarts a daemon killed with -9', async () => {
     const before = Number(unitProperty('MainPID'));
     assert.ok(before > 0);
@@ -645,7 +685,10 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
     inMachineOk(`kill -0 ${first.join(' ')}`);
 
     const daemon2 = unitProperty('MainPID');
+    const agent = agentProperty('MainPID');
     inMachineOk(`dpkg -i /root/${path.basename(deb2)}`);
+    // Its stop would fence (kill this member's HA guests): an upgrade leaves it running.
+    assert.equal(agentProperty('MainPID'), agent, 'the upgrade left the HA agent running');
     assert.match(inMachineOk(`dpkg-query -W -f='\${Version}' trivisor`), /\+upgrade$/);
     assert.notEqual(unitProperty('MainPID'), daemon2, 'the upgrade restarted the daemon');
     assert.equal(inMachine('systemctl is-active trivisor').out.trim(), 'active');
@@ -694,7 +737,11 @@ describe('the Debian package in a fresh Debian 12 root, without systemd and then
     // of the package, which are a checkout's runtime files.
     const checkout = path.join(root, 'root/checkout');
     mkdirSync(path.join(checkout, 'setup/systemd'), { recursive: true });
-    for (const f of ['setup/common.sh', 'setup/systemd/trivisor.service'])
+    for (const f of [
+      'setup/common.sh',
+      'setup/systemd/trivisor.service',
+      'setup/systemd/trivisor-ha-agent.service',
+    ])
       writeFileSync(path.join(checkout, f), readFileSync(path.join(SRC, f)));
     inMachineOk(
       `for f in /usr/lib/trivisor/*; do [ "\${f##*/}" = setup ] || ln -s "$f" /root/checkout/; done && ` +

@@ -40,8 +40,20 @@ export async function superviseHaAgent(options: {
    * as a client of every member would (it fenced for that under a partition in the HA test).
    */
   etcdEndpoints?: string[];
+  /**
+   * The agent is the service manager's (`TRIVISOR_HA_AGENT=systemd`: the unit
+   * `trivisor-ha-agent.service` runs it, restarts it and watches it): the daemon starts none.
+   */
+  external?: boolean;
 }): Promise<AgentSupervisor> {
   const { stateDir, runner, log } = options;
+  if (options.external) {
+    log.info(
+      { running: (await running(stateDir))?.pid ?? null },
+      'HA agent: run by systemd (trivisor-ha-agent.service), not by the daemon',
+    );
+    return { stop: () => {} };
+  }
   const paths = haPaths(stateDir);
   const ensure = async () => {
     if (await running(stateDir)) return;

@@ -303,3 +303,52 @@ test('a running guest made HA is left running by its agent until the CRM records
   await agent.stop();
   assert.equal(running.has('fresh'), false);
 });
+
+test('the agent tells onLook after each look that ran to its end, and not while its looks fail (the service watchdog restarts it then)', async () => {
+  const store = createMemoryStore();
+  stops.push(() => store.close());
+  await records.member.at('m1').put(store, {
+    name: 'm1',
+    address: '198.18.0.1:8443',
+    roles: [],
+    certificateFingerprint: 'f',
+    version: 'test',
+    joinedAt: new Date().toISOString(),
+    evacuated: false,
+  });
+  // One HA guest here: the looks ask about it (with none, they read no cgroup at all).
+  await records.guest.at('g1').put(store, spec('g1', 'm1'));
+  const dir = mkdtempSync(path.join(tmpdir(), 'ha-onlook-'));
+  dirs.push(dir);
+  let looks = 0;
+  let failing = false;
+  let asked = 0;
+  const agent = startHaAgent({
+    store,
+    stateDir: dir,
+    member: 'm1',
+    log: silentLogger(),
+    running: async () => {
+      asked++;
+      if (failing) throw new Error('cannot read the cgroups');
+      return new Set<string>();
+    },
+    kill: async () => {},
+    timings: FAST,
+    lookEveryMs: 20,
+    callTimeoutMs: 300,
+    onLook: () => {
+      looks++;
+    },
+  });
+  stops.push(() => agent.stop());
+  await until('five looks told', () => looks >= 5, 10_000);
+  failing = true;
+  await until('a failing look', () => asked > looks + 1, 10_000);
+  const told = looks;
+  const before = asked;
+  await until('five failing looks', () => asked >= before + 5, 10_000);
+  assert.equal(looks, told, 'a failed look petted the watchdog');
+  failing = false;
+  await until('looks told again', () => looks > told, 10_000);
+});

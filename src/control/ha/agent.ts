@@ -47,6 +47,12 @@ export interface HaAgentDeps {
    * its HA guests, given its lease up), as a member that leaves must; its process exits.
    */
   onRemoved?: () => void;
+  /**
+   * Told after every look that ran to its end: the service manager's watchdog (systemd's
+   * `WatchdogSec`, decision 0052 amended) is petted from it, so that an agent whose loop hangs or
+   * whose looks keep failing is restarted.
+   */
+  onLook?: () => void;
 }
 
 export interface HaAgent {
@@ -306,6 +312,7 @@ export function startHaAgent(deps: HaAgentDeps): HaAgent {
       }
     } else void manage(running);
     publish();
+    deps.onLook?.();
   }
 
   const loop = () => {
