@@ -29,6 +29,7 @@ import { parseBytes } from '../core/sizes.ts';
 import type { GuestSpec, Operation } from '../core/types.ts';
 import type { ImageHandle } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
+import { refusesOverlayUpper } from '../host/overlay-upper.ts';
 import { isOnBtrfs } from '../host/reflink.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import { DISK_IMAGE_NAME } from '../images/disk-image.ts';
@@ -682,9 +683,19 @@ export function createPoolService(deps: {
           `Storage pool ${poolName} is on ${member}, not ${request.target}: leave out --target or pick a pool of ${request.target}`,
         );
       }
-      if (model === 'ct' && pool.driver !== 'btrfs' && request.config?.['limits.disk'] !== undefined) {
+      // On a network file system a ct guest's layer is an image, which limits.disk sizes (decision 0094).
+      const layerImage =
+        model === 'ct' &&
+        pool.driver !== 'btrfs' &&
+        refusesOverlayUpper(drivers[pool.driver].mountPath(pool));
+      if (
+        model === 'ct' &&
+        pool.driver !== 'btrfs' &&
+        !layerImage &&
+        request.config?.['limits.disk'] !== undefined
+      ) {
         throw notSupported(
-          `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool: pick a btrfs pool or remove the key.`,
+          `limits.disk needs a btrfs storage pool; ${poolName} is a ${pool.driver} pool on a local file system: pick a btrfs pool (or one on NFS) or remove the key.`,
         );
       }
       const taken = await records.guest.at(request.name).get(store);
@@ -727,6 +738,8 @@ export function createPoolService(deps: {
           const limitBytes = parseBytes(limit, 'limits.disk');
           await run(['btrfs', 'qgroup', 'limit', String(limitBytes), path]);
           await placement.put(store, { ...rec, limitBytes });
+        } else if (limit !== undefined && layerImage) {
+          await placement.put(store, { ...rec, limitBytes: parseBytes(limit, 'limits.disk') });
         }
         op = await guests.create(
           { ...request, ...(deps.hostName !== undefined && { target: deps.hostName }) },

@@ -31,6 +31,13 @@ import type {
 } from '../guest-driver.ts';
 import type { AttachedVolume } from '../guest-volumes.ts';
 import { removeGuestSubvolumes } from './ct-btrfs-send.ts';
+import {
+  layerRootOf,
+  mountCtLayer,
+  prepareCtLayer,
+  takesLayerImage,
+  unmountCtLayer,
+} from './ct-layer-image.ts';
 import { attachCtVolume, ctVolumeIdmap, ctVolumeMounts, prepareCtVolume } from './ct-volumes.ts';
 import { guestDirOf, isOnBtrfsPool, isPoolLinked } from './guest-dir.ts';
 import { createIdRanges, type IdRange, isRangeBase, readIdRangeOf } from './id-ranges.ts';
@@ -104,8 +111,9 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       dir,
       bundle: join(dir, 'bundle'),
       config: join(dir, 'bundle', 'config.json'),
-      upper: join(dir, 'upper'),
-      work: join(dir, 'work'),
+      // In the guest's layer image on a pool overlayfs refuses as upper (decision 0094).
+      upper: join(layerRootOf(dir), 'upper'),
+      work: join(layerRootOf(dir), 'work'),
       rootfs: join(dir, 'rootfs'),
       staging: join(dir, 'staging'),
       consoleLog: join(dir, 'console.log'),
@@ -266,6 +274,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     // start's own mount namespace, and the guest's copy goes with its last process.
     await unmountIfMounted(p.rootfs, { runner });
     await unmountIfMounted(p.staging, { runner });
+    await unmountCtLayer(runner, p.dir);
     const left = await removeCgroup(cgroupsPath(spec));
     if (left.length > 0) log.warn({ guest: spec.name, left }, 'cgroups of the guest cannot be removed');
     await rm(p.pidFile, { force: true });
@@ -474,9 +483,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     validate(spec) {
       // A guest placed on a btrfs pool has its directory linked to a subvolume there, which takes a quota.
-      if (spec.config['limits.disk'] !== undefined && !isOnBtrfsPool(join(stateDir, 'guests', spec.name))) {
+      // On a network file system it sizes the guest's layer image (decision 0094).
+      const link = join(stateDir, 'guests', spec.name);
+      if (spec.config['limits.disk'] !== undefined && !isOnBtrfsPool(link) && !takesLayerImage(link)) {
         throw notSupported(
-          'limits.disk needs a btrfs storage pool: create the guest with --storage POOL, or remove the key.',
+          'limits.disk needs a btrfs storage pool or one on a network file system: create the guest with --storage POOL, or remove the key.',
         );
       }
       if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
@@ -492,9 +503,11 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
 
     async create(spec, image) {
       driver.validate(spec);
+      await prepareCtLayer(runner, join(stateDir, 'guests', spec.name), spec);
       const p = pathsOf(spec);
       if (await exists(p.bundle)) return;
       await withRevert(async (r) => {
+        r.add(() => unmountCtLayer(runner, p.dir));
         // 0711: guests' roots pass it on the way to their own directory; nobody lists it.
         await mkdir(join(stateDir, 'guests'), { recursive: true, mode: 0o711 });
         await chmod(join(stateDir, 'guests'), 0o711);
@@ -516,6 +529,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         await writeBundle(spec, image, range);
         await closeGuestDir(p, range);
       });
+      await unmountCtLayer(runner, p.dir);
     },
 
     async start(spec, image) {
@@ -532,6 +546,15 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         throw failedPrecondition(`Guest ${spec.name} has NICs but networking is not set up on this host.`);
       }
       return withRevert(async (r) => {
+        // Mounted from here to the stop (decision 0094); a smaller limits.disk waits for a new image.
+        const layer = await mountCtLayer(runner, p.dir, { spec });
+        r.add(() => unmountCtLayer(runner, p.dir));
+        if (layer.kept !== undefined) {
+          log.warn(
+            { guest: spec.name, bytes: layer.kept },
+            'limits.disk is below the layer image: kept its size',
+          );
+        }
         // A guest made before decision 18 has no record: it ran on the shared range (or none).
         const previous =
           (await ranges.recorded(p.dir))?.base ?? (configValue.privileged(spec.config) ? 0 : idmapBase);

@@ -1,9 +1,9 @@
-import { copyFile, lstat, mkdir, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, readdir, readlink, rename, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { readFreezerState } from '../../host/cgroups-v1.ts';
-import { isMountPoint } from '../../host/mounts.ts';
+import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess } from '../../host/proc-stat.ts';
 import { copyFlags } from '../../host/reflink.ts';
 import { CommandError } from '../../host/runner.ts';
@@ -35,6 +35,18 @@ import {
   treeStamp,
   writeRestored,
 } from './ct-incremental.ts';
+import {
+  fillNewImage,
+  hasLayerImage,
+  LAYER_IMAGE,
+  LAYER_MOUNT,
+  layerImageBytes,
+  layerRootOf,
+  MOUNT_PREFIX,
+  unmountCtLayer,
+  withCtLayer,
+  withImageReadOnly,
+} from './ct-layer-image.ts';
 import { guestDirOf } from './guest-dir.ts';
 import { readRuncInitIdentity } from './runc-state.ts';
 import { packZstdTar } from './tar-zstd-pack.ts';
@@ -134,7 +146,12 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
   const cgroupParent = cgroupParentOf(stateDir);
 
   const dirOf = (spec: GuestSpec) => guestDirOf(stateDir, spec.name);
-  const upperOf = (spec: GuestSpec) => join(dirOf(spec), 'upper');
+  // A guest on a network file system keeps upper/ in its layer image (decision 0094).
+  const upperOf = (spec: GuestSpec) => join(layerRootOf(dirOf(spec)), 'upper');
+  const imaged = (spec: GuestSpec) => hasLayerImage(dirOf(spec));
+  /** Runs `work` with the guest's layer mounted (a guest with a layer image, stopped: for `work` only). */
+  const withLayer = <T>(spec: GuestSpec, work: () => Promise<T>): Promise<T> =>
+    withCtLayer(runner, dirOf(spec), work);
   const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
   const snapshotUpper = (spec: GuestSpec, snap: string) => join(snapshotsOf(spec), snap, 'upper');
 
@@ -142,11 +159,31 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
 
   const sourceOf = async (spec: GuestSpec, options: FromSnapshot | undefined): Promise<string> => {
     if (options?.snapshot === undefined) return upperOf(spec);
-    const path = snapshotUpper(spec, options.snapshot);
+    const path = imaged(spec)
+      ? join(snapshotsOf(spec), options.snapshot, LAYER_IMAGE)
+      : snapshotUpper(spec, options.snapshot);
     if (!(await exists(path))) {
       throw notFound(`Guest ${spec.name} has no snapshot ${options.snapshot} on disk: list its snapshots.`);
     }
     return path;
+  };
+
+  /**
+   * Runs `work` on the upper tree of the guest or of one of its snapshots: for a guest with a
+   * layer image, its layer mounted, or the snapshot's image mounted read-only for `work` only.
+   */
+  const withSource = async <T>(
+    spec: GuestSpec,
+    options: FromSnapshot | undefined,
+    work: (upper: string) => Promise<T>,
+  ): Promise<T> => {
+    const from = await sourceOf(spec, options);
+    if (!imaged(spec)) return work(from);
+    if (options?.snapshot === undefined) return withLayer(spec, () => work(from));
+    return withImageReadOnly(runner, from, {
+      scratch: dirOf(spec),
+      work: (root) => work(join(root, 'upper')),
+    });
   };
 
   /** Runs `work` with the guest's processes frozen (if they run and are not frozen already). */
@@ -166,6 +203,49 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
    * namespace only, docs/decisions/0064); one started by an older daemon also has its root
    * mounted on the host until it stops.
    */
+  const isRunning = async (spec: GuestSpec): Promise<boolean> => {
+    const init = await readRuncInitIdentity(join(stateDir, 'runc'), spec.name);
+    return (init !== undefined && (await isSameProcess(init))) || isMountPoint(join(dirOf(spec), 'rootfs'));
+  };
+
+  /**
+   * Copies the guest's layer image to `to` (a snapshot): while it runs, with its processes and
+   * then its file system frozen, so that the copy is the file system as its last sync left it.
+   */
+  const copyLayerImage = async (spec: GuestSpec, to: string) => {
+    const mount = join(dirOf(spec), LAYER_MOUNT);
+    const copy = () =>
+      runner.run(['cp', '--sparse=always', '--reflink=auto', '--', join(dirOf(spec), LAYER_IMAGE), to]);
+    if (!(await isMountPoint(mount))) {
+      await copy();
+      return;
+    }
+    await whileFrozen(spec, async () => {
+      await runner.run(['fsfreeze', '--freeze', mount]);
+      try {
+        await copy();
+      } finally {
+        await runner.run(['fsfreeze', '--unfreeze', mount], { allowFailure: true });
+      }
+    });
+  };
+
+  /** Puts a snapshot's image in place of the stopped guest's layer image; the backup chains end here. */
+  const restoreLayerImage = async (spec: GuestSpec, from: string) => {
+    await assertStopped(spec);
+    const dir = dirOf(spec);
+    const tmp = join(dir, `${TMP_PREFIX}${LAYER_IMAGE}`);
+    await rm(tmp, { force: true });
+    try {
+      await runner.run(['cp', '--sparse=always', '--reflink=auto', '--', from, tmp]);
+      await forgetChains(dir);
+      await unmountCtLayer(runner, dir);
+      await rename(tmp, join(dir, LAYER_IMAGE));
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  };
+
   const assertStopped = async (spec: GuestSpec) => {
     const init = await readRuncInitIdentity(join(stateDir, 'runc'), spec.name);
     if ((init && (await isSameProcess(init))) || (await isMountPoint(join(dirOf(spec), 'rootfs')))) {
@@ -182,9 +262,18 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     options?: { keepReceived?: string },
   ) => {
     await assertStopped(spec);
+    await withLayer(spec, () => replaceUpperMounted(spec, fill, options));
+  };
+
+  const replaceUpperMounted = async (
+    spec: GuestSpec,
+    fill: (tmp: string) => Promise<void>,
+    options?: { keepReceived?: string },
+  ) => {
     const upper = upperOf(spec);
-    const tmp = join(dirOf(spec), `${TMP_PREFIX}upper`);
-    const old = join(dirOf(spec), `${TMP_PREFIX}upper-old`);
+    const layerRoot = layerRootOf(dirOf(spec));
+    const tmp = join(layerRoot, `${TMP_PREFIX}upper`);
+    const old = join(layerRoot, `${TMP_PREFIX}upper-old`);
     await rm(tmp, { recursive: true, force: true });
     try {
       await fill(tmp);
@@ -204,7 +293,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     await rename(tmp, upper);
     await rm(old, { recursive: true, force: true });
     // overlayfs's work dir must be empty and on the same file system as upper/.
-    const work = join(dirOf(spec), 'work');
+    const work = join(layerRoot, 'work');
     await rm(work, { recursive: true, force: true });
     await mkdir(work, { mode: 0o755 });
   };
@@ -296,10 +385,13 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { mode: 0o700 });
       try {
-        const flags = await copyFlags(upperOf(spec), tmp);
-        await whileFrozen(spec, () =>
-          runner.run(['cp', '-a', ...flags, '--', upperOf(spec), join(tmp, 'upper')]),
-        );
+        if (imaged(spec)) await copyLayerImage(spec, join(tmp, LAYER_IMAGE));
+        else {
+          const flags = await copyFlags(upperOf(spec), tmp);
+          await whileFrozen(spec, () =>
+            runner.run(['cp', '-a', ...flags, '--', upperOf(spec), join(tmp, 'upper')]),
+          );
+        }
         await rename(tmp, target);
       } catch (e) {
         await rm(tmp, { recursive: true, force: true });
@@ -309,6 +401,10 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
 
     async restoreSnapshot(spec, snap) {
       const from = await sourceOf(spec, { snapshot: snap });
+      if (imaged(spec)) {
+        await restoreLayerImage(spec, from);
+        return;
+      }
       await replaceUpper(spec, (tmp) =>
         copyFlags(from, tmp)
           .then((flags) => runner.run(['cp', '-a', ...flags, '--', from, tmp]))
@@ -326,24 +422,26 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     },
 
     async copy(source, target, options) {
-      const from = await sourceOf(source, options);
-      await replaceUpper(target, async (tmp) => {
-        const flags = await copyFlags(from, tmp);
-        const cp = () => runner.run(['cp', '-a', ...flags, '--', from, tmp]);
-        if (options?.snapshot !== undefined) await cp();
-        else await whileFrozen(source, cp);
-      });
+      await withSource(source, options, (from) =>
+        replaceUpper(target, async (tmp) => {
+          const flags = await copyFlags(from, tmp);
+          const cp = () => runner.run(['cp', '-a', ...flags, '--', from, tmp]);
+          if (options?.snapshot !== undefined) await cp();
+          else await whileFrozen(source, cp);
+        }),
+      );
     },
 
     async exportTar(spec, tarPath, options) {
-      const from = await sourceOf(spec, options);
-      const run = () =>
-        packZstdTar(runner, ['tar', ...TAR_KEEP, '-C', from, '-cf', '-', '.'], {
-          out: tarPath,
-          signal: options?.signal,
-        });
-      if (options?.snapshot !== undefined) await run();
-      else await whileFrozen(spec, run);
+      await withSource(spec, options, async (from) => {
+        const run = () =>
+          packZstdTar(runner, ['tar', ...TAR_KEEP, '-C', from, '-cf', '-', '.'], {
+            out: tarPath,
+            signal: options?.signal,
+          });
+        if (options?.snapshot !== undefined) await run();
+        else await whileFrozen(spec, run);
+      });
     },
 
     async importTar(spec, tarPath, options) {
@@ -363,7 +461,14 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { mode: 0o700 });
       try {
-        await extract(join(tmp, 'upper'));
+        if (imaged(spec)) {
+          // A snapshot of a guest with a layer image is an image too (decision 0094).
+          await fillNewImage(runner, join(tmp, LAYER_IMAGE), {
+            sizeBytes: layerImageBytes(spec),
+            scratch: dirOf(spec),
+            fill: (root) => extract(join(root, 'upper')),
+          });
+        } else await extract(join(tmp, 'upper'));
         await rm(target, { recursive: true, force: true });
         await rename(tmp, target);
       } catch (e) {
@@ -493,8 +598,9 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async sweep(spec) {
       // An interrupted restore may have left (between its two renames) the old upper aside and no new one in place.
       const upper = upperOf(spec);
-      if (!(await exists(upper)) && (await exists(join(dirOf(spec), `${TMP_PREFIX}upper-old`)))) {
-        await rename(join(dirOf(spec), `${TMP_PREFIX}upper-old`), upper);
+      const layerRoot = layerRootOf(dirOf(spec));
+      if (!(await exists(upper)) && (await exists(join(layerRoot, `${TMP_PREFIX}upper-old`)))) {
+        await rename(join(layerRoot, `${TMP_PREFIX}upper-old`), upper);
       }
       // A backup or a receive cut short leaves a subvolume that no chain names.
       const chain = await readChain(dirOf(spec));
@@ -509,7 +615,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
         join(dirOf(spec), BACKUP_RECEIVED),
         restored ? snapshotNameOf(restored) : undefined,
       );
-      for (const dir of [dirOf(spec), snapshotsOf(spec)]) {
+      for (const dir of new Set([dirOf(spec), layerRootOf(dirOf(spec)), snapshotsOf(spec)])) {
         for (const name of await readdir(dir).catch(() => [] as string[])) {
           if (!name.startsWith(TMP_PREFIX)) continue;
           // A cp of a killed daemon may still write here: move it away first so that it fails.
@@ -519,6 +625,25 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
         }
       }
     },
+  };
+
+  // With a layer image, these work on the mounted layer, mounted for them while the guest is stopped.
+  const plain = { ...storage };
+  storage.exportIncremental = (spec, tarPath, options) =>
+    withLayer(spec, () => plain.exportIncremental?.(spec, tarPath, options) ?? Promise.reject());
+  storage.importIncremental = (spec, tarPath, options) =>
+    withLayer(spec, () => plain.importIncremental?.(spec, tarPath, options) ?? Promise.resolve());
+  storage.sweep = async (spec) => {
+    if (!imaged(spec)) return plain.sweep(spec);
+    // A daemon killed while it had a snapshot's image mounted leaves the mount.
+    for (const name of await readdir(dirOf(spec)).catch(() => [] as string[])) {
+      if (!name.startsWith(MOUNT_PREFIX)) continue;
+      await unmountIfMounted(join(dirOf(spec), name), { runner });
+      await rmdir(join(dirOf(spec), name)).catch(() => {});
+    }
+    await withLayer(spec, () => plain.sweep(spec));
+    // A guest that stopped while no daemon watched keeps its layer mounted: it is unmounted here.
+    if (!(await isRunning(spec))) await unmountCtLayer(runner, dirOf(spec));
   };
   return storage;
 }
