@@ -899,6 +899,11 @@ describe('moving a guest (cold)', () => {
       assert.equal(((await retry()) as { delayMs: number }).delayMs, wait);
     }
     assert.equal(failures(), 7);
+    // A clock set back an hour since (the journal's next try further off than its wait): due now.
+    clock = Date.parse(((await retry()) as { at: string }).at) - 3_600_000;
+    assert.equal(await restarted().resumeUnfinished(), 1);
+    assert.equal(failures(), 8);
+    assert.deepEqual(await retry(), { at: new Date(clock + 1_800_000).toISOString(), delayMs: 1_800_000 });
     // The agent holds a lease: the next try, once due, undoes the move and the journal goes.
     const h1Now = await renewHeartbeat('h1');
     assert.equal(await restarted(h1Now).resumeUnfinished(), 0, 'not due yet');

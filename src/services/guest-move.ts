@@ -462,13 +462,20 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   };
   return mover;
 
-  /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the later. */
+  /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the longer. */
   function retryOf(m: MoveJournal): { dueAt: number; delayMs: number } {
-    const kept = m.retry && { dueAt: Date.parse(m.retry.at), delayMs: m.retry.delayMs };
+    // A journal's `at` is never further off than its wait when written: further, the clock was set
+    // back since, and the move would wait as long as it went back; it is due now instead.
+    const at = m.retry ? Date.parse(m.retry.at) : Number.NaN;
+    const kept = m.retry && { dueAt: at - now() > m.retry.delayMs ? 0 : at, delayMs: m.retry.delayMs };
     const here = retries.get(m.guest);
     let later = { dueAt: 0, delayMs: 0 };
     for (const x of [kept, here]) {
-      if (x && Number.isFinite(x.dueAt) && x.dueAt > later.dueAt) later = x;
+      if (!x) continue;
+      later = {
+        dueAt: Number.isFinite(x.dueAt) ? Math.max(later.dueAt, x.dueAt) : later.dueAt,
+        delayMs: Math.max(later.delayMs, x.delayMs),
+      };
     }
     return later;
   }
