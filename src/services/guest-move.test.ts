@@ -952,6 +952,21 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual(sent, []);
   });
 
+  test("a mark that is no move's journal (an HA restart's binding, which its CRM makes and removes) is not resumed, nor removed, by the member it names as its source", async () => {
+    const binding = {
+      guest: 'web',
+      from: 'h1',
+      to: 'h2',
+      reason: 'HA restart: h1 was lost',
+      startedAt: new Date().toISOString(),
+      kind: 'ha',
+    };
+    await store.put(keys.guestMove('web'), JSON.stringify(binding));
+    assert.equal(await createGuestMover(depsAgain).resumeUnfinished(), 0);
+    assert.deepEqual(await moveMarkOf(store, 'web'), binding);
+    assert.deepEqual(operations.list(), []);
+  });
+
   test("another member's unfinished move is not this member's to resume, and a second move of its guest is refused while it is unfinished", async () => {
     dieAt = 'handed-over';
     await mover.move('web', { target: 'h2' });

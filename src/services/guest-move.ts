@@ -194,6 +194,8 @@ const RETRY_FIRST_MS = 60_000;
 const RETRY_MAX_MS = 30 * 60_000;
 /** How often a resume waiting for this member's HA lease looks again. */
 const HA_LEASE_POLL_MS = 250;
+/** The kinds of mark that are a move's journal (absent: an archive move's, from before kinds). */
+const JOURNALED: ReadonlySet<string | undefined> = new Set([undefined, 'archive', 'shared', 'live']);
 
 /**
  * A move's journal as this mover keeps it: its mark (`move-marks.ts`), and, after a resume that
@@ -419,7 +421,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       try {
         // A move this daemon runs is its operation's, not left unfinished; one whose last try
         // failed waits for its next (decision 0079).
-        const marks: MoveJournal[] = (await listMoveMarks(store)).filter((m) => m.from === hostName);
+        // Only a move's journal: a mark of another kind (an HA restart's binding, which its CRM
+        // makes and removes) is nobody's to resume.
+        const marks: MoveJournal[] = (await listMoveMarks(store)).filter(
+          (m) => m.from === hostName && JOURNALED.has(m.kind),
+        );
         // A move whose mark went meanwhile (finished, its member removed) has no retry to wait for.
         const marked = new Set(marks.map((m) => m.guest));
         for (const guest of retries.keys()) if (!marked.has(guest)) retries.delete(guest);
