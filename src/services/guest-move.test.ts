@@ -2065,3 +2065,146 @@ describe('moving a vm guest live', () => {
     assert.equal((await guest())?.location, 'h1');
   });
 });
+
+describe("releasing the marks of a lost member's moves", () => {
+  let store: KvEngine;
+  let status: Record<string, string>;
+  let clock: number;
+  let mover: ResumingMover;
+  const BOUND = 15 * 60_000;
+
+  /** A move of guest `name` from h1 to h2 journaled at `phase`, its records as `where` says. */
+  async function journal(name: string, phase: 'started' | 'handed-over' | 'sent', where: string) {
+    const before = spec({ name, location: 'h1' });
+    await records.guest.at(name).put(store, { ...before, location: where, generation: 2 });
+    await records.guestLocation.at(name).put(store, where);
+    const mark = {
+      guest: name,
+      from: 'h1',
+      to: 'h2',
+      reason: 'migration',
+      startedAt: new Date(0).toISOString(),
+      kind: 'archive',
+      phase,
+      wasRunning: true,
+      ...(phase !== 'started' && {
+        generation: 2,
+        before: { spec: before, status: aGuestStatus(), snapshots: [] },
+      }),
+    };
+    await store.put(keys.guestMove(name), JSON.stringify(mark));
+  }
+  const marked = async () =>
+    (await store.list(keys.guestMovePrefix)).kvs.map((kv) => JSON.parse(kv.value).guest as string).sort();
+
+  beforeEach(() => {
+    store = createMemoryStore();
+    status = { h1: 'Offline', h2: 'Online', h3: 'Online' };
+    clock = Date.parse('2026-12-06T12:00:00Z');
+    mover = createGuestMover({
+      store,
+      operations: createOperationService(createEventBus()),
+      hostName: 'h2',
+      log: silentLogger(),
+      members: async () => Object.entries(status).map(([name, s]) => ({ name, status: s })),
+      transport: {} as MoveTransport,
+      liveRefusal: async () => undefined,
+      removeLocal: async () => {},
+      guests: { changeState: () => Promise.reject(new Error('nothing is started or stopped')) },
+      storage: {} as GuestMoverDeps['storage'],
+      now: () => clock,
+    });
+  });
+  afterEach(async () => {
+    await store.close();
+  });
+
+  test("once its source has been gone for the bound, a mark whose records moved on without it is released (the guest given to another member, or deleted); one whose source's copy may be the only whole one, or whose guest is still on the source, stays", async () => {
+    await journal('given-away', 'handed-over', 'h3');
+    await journal('started-elsewhere', 'started', 'h3');
+    await journal('empty-copy', 'handed-over', 'h2');
+    await journal('whole-there', 'sent', 'h2');
+    await journal('still-on-source', 'started', 'h1');
+    await journal('deleted', 'handed-over', 'h2');
+    await store.delete(records.guest.key('deleted'));
+    const all = await marked();
+    // First seen gone now: nothing yet, nor a minute short of the bound.
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    clock += BOUND - 60_000;
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    assert.deepEqual(await marked(), all);
+    clock += 60_000;
+    assert.deepEqual((await mover.releaseAbandoned()).sort(), ['deleted', 'given-away', 'started-elsewhere']);
+    assert.deepEqual(await marked(), ['empty-copy', 'still-on-source', 'whole-there']);
+    clock += 24 * 3_600_000;
+    assert.deepEqual(await mover.releaseAbandoned(), [], 'the rest stay for their source or cluster remove');
+  });
+
+  test("an HA guest's mark whose records are the destination's as the hand-over left them is released only once HA decided about the guest since (a new token of the destination's)", async () => {
+    const { tokens, record } = await makeHa(store, ['h1', 'h2']);
+    await journal('web', 'handed-over', 'h2');
+    const kv = await store.get(keys.guestMove('web'));
+    const ticket = {
+      guest: 'web',
+      from: 'h1',
+      fromToken: tokens.h1,
+      to: 'h2',
+      toToken: tokens.h2,
+      reason: 'migration',
+    };
+    await store.put(keys.guestMove('web'), JSON.stringify({ ...JSON.parse(kv?.value ?? '{}'), ha: ticket }));
+    // As the switch-over left it: h2 holds it under the token the move was given.
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: tokens.h2 }));
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    clock += BOUND;
+    assert.deepEqual(
+      await mover.releaseAbandoned(),
+      [],
+      "the archive never came: the source's copy is the whole one",
+    );
+    // h2 lost its lease and took a new one; HA gave the guest again under it.
+    await store.delete(haKeys.heartbeat('h2'));
+    await store.put(haKeys.heartbeat('h2'), JSON.stringify({ member: 'h2' }));
+    const h2Now = (await store.get(haKeys.heartbeat('h2')))?.createRevision;
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: h2Now }));
+    assert.deepEqual(await mover.releaseAbandoned(), ['web']);
+    assert.deepEqual(await marked(), []);
+  });
+
+  test('a source seen back before the bound starts the count again; an Online or evacuated source, or this member, is never a lost one', async () => {
+    await journal('given-away', 'handed-over', 'h3');
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    clock += BOUND - 1_000;
+    status.h1 = 'Online';
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    status.h1 = 'Offline';
+    clock += 2_000;
+    assert.deepEqual(await mover.releaseAbandoned(), [], 'seen gone again only now');
+    clock += BOUND;
+    status.h1 = 'Evacuated';
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    assert.deepEqual(await marked(), ['given-away']);
+    // Its own marks are this member's to resume, not to release.
+    const own = createGuestMover({
+      store,
+      operations: createOperationService(createEventBus()),
+      hostName: 'h1',
+      log: silentLogger(),
+      members: async () => [{ name: 'h1', status: 'Offline' }],
+      transport: {} as MoveTransport,
+      liveRefusal: async () => undefined,
+      removeLocal: async () => {},
+      guests: { changeState: () => Promise.reject(new Error('nothing is started or stopped')) },
+      storage: {} as GuestMoverDeps['storage'],
+      now: () => clock,
+    });
+    assert.deepEqual(await own.releaseAbandoned(), []);
+    clock += BOUND;
+    assert.deepEqual(await own.releaseAbandoned(), []);
+    // Gone (Offline, or powered off: Standby) past the bound: released.
+    status.h1 = 'Standby';
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    clock += BOUND;
+    assert.deepEqual(await mover.releaseAbandoned(), ['given-away']);
+  });
+});

@@ -151,8 +151,13 @@ export interface GuestMoverDeps {
    * guest's mark (a member booted again takes a new one once its old lease expired; default 15 s).
    */
   haLeaseWaitMs?: number;
-  /** The clock a failed resume's next try is set on (default `Date.now`). */
+  /** The clock a failed resume's next try is set on, and a lost member's absence measured on (default `Date.now`). */
   now?: () => number;
+  /**
+   * How long another member must be seen gone (not Online nor Evacuated) before the marks of its
+   * moves whose records moved on without it are released (`releaseAbandoned`; default 15 min).
+   */
+  abandonedAfterMs?: number;
   /**
    * Asks this member's link to a guest on a shared pool to go when the guest runs elsewhere
    * (`PoolService.releaseShared`, which keeps it while a move of the guest from here is marked):
@@ -185,6 +190,13 @@ export interface ResumingMover extends GuestMover {
    * wait, up to 30 min) without waiting for the daemon's next start.
    */
   retryUnfinished(everyMs?: number): { stop(): void };
+  /**
+   * Releases the marks of moves whose source member has been gone for `abandonedAfterMs` and whose
+   * records moved on without it (the guest deleted, given to another member, HA deciding about it,
+   * changed on the destination): exactly the marks that source's own resume would only remove.
+   * Answers the guests released. Run by `retryUnfinished`'s timer too.
+   */
+  releaseAbandoned(): Promise<string[]>;
 }
 
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
@@ -194,6 +206,8 @@ const RETRY_FIRST_MS = 60_000;
 const RETRY_MAX_MS = 30 * 60_000;
 /** How often a resume waiting for this member's HA lease looks again. */
 const HA_LEASE_POLL_MS = 250;
+/** How long a move's source must be seen gone before a mark its records moved on from is released. */
+const ABANDONED_AFTER_MS = 15 * 60_000;
 /** The kinds of mark that are a move's journal (absent: an archive move's, from before kinds). */
 const JOURNALED: ReadonlySet<string | undefined> = new Set([undefined, 'archive', 'shared', 'live']);
 
@@ -220,6 +234,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   /** Moves given up before their hand-over whose HA mark could not be ended: their journal stays. */
   const haMarkLeft = new WeakSet<MoveMark>();
   const now = deps.now ?? Date.now;
+  const abandonedAfterMs = deps.abandonedAfterMs ?? ABANDONED_AFTER_MS;
+  /** When this member first saw each other member gone that a move mark names as its source. */
+  const goneSince = new Map<string, number>();
   let resuming = false;
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
@@ -461,12 +478,91 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           .catch((e: unknown) =>
             log.warn({ err: asTrivisorError(e).message }, 'unfinished moves were not resumed'),
           );
+        void mover
+          .releaseAbandoned()
+          .catch((e: unknown) =>
+            log.warn({ err: asTrivisorError(e).message }, "lost members' move marks were not looked at"),
+          );
       }, everyMs);
       timer.unref();
       return { stop: () => clearInterval(timer) };
     },
+
+    async releaseAbandoned() {
+      const marks = (await listMoveMarks(store)).filter((m) => m.from !== hostName && JOURNALED.has(m.kind));
+      const sources = new Set(marks.map((m) => m.from));
+      for (const member of goneSince.keys()) if (!sources.has(member)) goneSince.delete(member);
+      if (marks.length === 0) return [];
+      // A member is gone while its lease is (Offline), powered off (Standby) or removed; measured
+      // on this member's clock from when it was first seen so, as the CRM's margin is.
+      const status = new Map((await deps.members()).map((m) => [m.name, m.status]));
+      const t = now();
+      for (const member of sources) {
+        const s = status.get(member);
+        if (s === 'Online' || s === 'Evacuated') goneSince.delete(member);
+        else if (!goneSince.has(member)) goneSince.set(member, t);
+      }
+      const released: string[] = [];
+      for (const mark of marks) {
+        const since = goneSince.get(mark.from);
+        if (since === undefined || t - since < abandonedAfterMs) continue;
+        const kv = await store.get(keys.guestMove(mark.guest));
+        if (!kv) continue;
+        const why = await movedOnWithout(mark);
+        if (why === undefined) continue;
+        const r = await store.txn({
+          compare: [{ key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision }],
+          success: [{ type: 'delete', key: kv.key }],
+        });
+        if (!r.succeeded) continue;
+        log.warn(
+          {
+            guest: mark.guest,
+            from: mark.from,
+            to: mark.to,
+            phase: mark.phase ?? 'started',
+            goneMs: t - since,
+            why,
+          },
+          "a lost member's move mark is released: the guest's records moved on without it",
+        );
+        released.push(mark.guest);
+      }
+      return released;
+    },
   };
   return mover;
+
+  /**
+   * Why move `mark`'s records moved on without its source, so that its source's resume would
+   * only remove the mark (and keep its own files): the guest deleted; its records naming neither
+   * end the journal expects; HA deciding about it since the hand-over; its spec changed on the
+   * destination before an archive came. Undefined where the resume would undo or finish the move
+   * (the source's copy may be the only whole one, or it must start the guest, drop its own files):
+   * that mark stays for its source, or for `cluster remove`.
+   */
+  async function movedOnWithout(mark: MoveMark): Promise<string | undefined> {
+    const [spec, owner] = await Promise.all([
+      records.guest.at(mark.guest).get(store),
+      records.guestLocation.at(mark.guest).get(store),
+    ]);
+    if (!spec) return 'the guest was deleted';
+    const holder = owner?.value ?? spec.value.location;
+    const phase = mark.phase ?? 'started';
+    if (phase === 'started' || phase === 'rolled-back') {
+      return holder !== mark.from ? `its records name ${holder}` : undefined;
+    }
+    if (holder !== mark.to || !mark.before || mark.generation === undefined) {
+      return `its records name ${holder}`;
+    }
+    if (mark.ha && (await haDecidedSinceSwitchOver(store, mark.ha))) {
+      return 'HA decided about it since its hand-over';
+    }
+    if ((mark.kind ?? 'archive') === 'archive' && phase === 'handed-over') {
+      if (spec.value.generation !== mark.generation) return 'it was changed on the destination';
+    }
+    return undefined;
+  }
 
   /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the longer. */
   function retryOf(m: MoveJournal): { dueAt: number; delayMs: number } {
