@@ -116,11 +116,11 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       const recursion = request.query.recursion ?? 0;
       const { target } = request.query;
       await assertTarget(ctx, target);
-      const listed = await guestsOf(request).list({
-        withUsage: recursion >= 2,
-        allProjects: allProjectsOf(request),
-        ...(target !== undefined && { target }),
-      });
+      const options = { allProjects: allProjectsOf(request), ...(target !== undefined && { target }) };
+      // URLs only: the names, with no guest record decoded (the index's keys, where it answers).
+      if (recursion === 0)
+        return syncResponse((await guestsOf(request).names(options)).map((name) => guestUrl(name)));
+      const listed = await guestsOf(request).list({ ...options, withUsage: recursion >= 2 });
       // Live usage is its member's to say (decision 0034).
       const guests =
         recursion >= 2
@@ -130,7 +130,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
               return `/1.0/guests?${query}`;
             })
           : listed;
-      return syncResponse(recursion === 0 ? guests.map((g) => guestUrl(g.name)) : guests);
+      return syncResponse(guests);
     },
   );
 

@@ -8,6 +8,8 @@ import { BUSYBOX, makeProjectWorld, type ProjectWorld } from '../../test/fakes/p
 import { createClient } from '../client/client.ts';
 import { keys } from '../core/keys.ts';
 import type { ImageRecord } from '../core/types.ts';
+import { createAuthService } from '../services/auth-service.ts';
+import { createMemoryStore } from '../store/memory-store.ts';
 import { buildServer } from './build-server.ts';
 import { listenUnix } from './listen.ts';
 
@@ -308,6 +310,55 @@ describe('project scoping of the API', () => {
       project: string;
     }>;
     assert.ok(ops.length > 0 && ops.every((o) => o.project === 'b'));
+  });
+
+  test('the list without recursion (names from the project index) names what recursion=1 lists, in every view; a caller of one project sees only its own', async () => {
+    const urls = async (url: string, project?: string, authorization?: string) => {
+      const sep = url.includes('?') ? '&' : '?';
+      const res = await app.inject({
+        method: 'GET',
+        url: project ? `${url}${sep}project=${project}` : url,
+        ...(authorization !== undefined && { headers: { authorization } }),
+      });
+      assert.equal(res.statusCode, 200, `${url} in ${project}: ${res.body}`);
+      return res.json().metadata as unknown[];
+    };
+    const names = async (query: string, project?: string) =>
+      ((await urls(`/1.0/guests?recursion=1${query}`, project)) as Array<{ name: string }>).map(
+        (g) => `/1.0/guests/${g.name}`,
+      );
+    for (const project of [undefined, 'a', 'b']) {
+      for (const query of ['', '&all-projects=true', '&target=nowhere']) {
+        assert.deepEqual(
+          await urls(`/1.0/guests?recursion=0${query}`, project),
+          await names(query, project),
+          `${project} ${query}`,
+        );
+      }
+    }
+    assert.deepEqual(await urls('/1.0/guests', 'a'), ['/1.0/guests/ga']);
+    assert.deepEqual(await urls('/1.0/guests?all-projects=true', 'b'), ['/1.0/guests/ga', '/1.0/guests/gb']);
+    // A viewer bound to project a, through the one access hook: its own project's names only.
+    const auth = createAuthService({
+      store: createMemoryStore(),
+      assertProjectExists: (n) => w.services.projects.assertExists(n),
+    });
+    const viewer = await auth.createToken({ name: 'viewer-a', role: 'viewer', projects: ['a'] }, 'test');
+    const guarded = await buildServer({ ...w.services, auth }, { auth: { type: 'token', token: 'admin-x' } });
+    try {
+      const ask = (url: string) =>
+        guarded.inject({ method: 'GET', url, headers: { authorization: `Bearer ${viewer.secret}` } });
+      const own = await ask('/1.0/guests?project=a');
+      assert.equal(own.statusCode, 200, own.body);
+      assert.deepEqual(own.json().metadata, ['/1.0/guests/ga']);
+      for (const url of ['/1.0/guests?project=b', '/1.0/guests', '/1.0/guests?project=a&all-projects=true']) {
+        const refused = await ask(url);
+        assert.equal(refused.statusCode, 403, `${url}: ${refused.body}`);
+        assert.doesNotMatch(refused.body, /\/1\.0\/guests\//, `${url} names no guest`);
+      }
+    } finally {
+      await guarded.close();
+    }
   });
 
   test('a project that does not exist is a 404; a malformed one a 400; neither changes anything', async () => {

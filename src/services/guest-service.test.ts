@@ -10,6 +10,7 @@ import type { GuestSpec, ImageRecord, TrivisorEvent } from '../core/types.ts';
 import { silentLogger } from '../host/logger.ts';
 import type { KvStore } from '../store/kv.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
+import { indexProjectGuests, projectGuestIndex } from '../store/project-guests.ts';
 import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createGuestService } from './guest-service.ts';
@@ -545,4 +546,122 @@ test('withUsage gives the usage of the guests it is handed and reads no store re
   } finally {
     await memory.close();
   }
+});
+
+describe('names: the guests list without recursion (issue 16 §3)', () => {
+  /** Guests of three projects on two members, written as create writes them (spec and index key). */
+  const GUESTS = [
+    { name: 'a1', project: 'a', location: 'h1' },
+    { name: 'b1', project: 'b', location: 'h2' },
+    { name: 'web', project: 'default', location: 'h1' },
+    { name: 'a2', project: 'a', location: 'h2' },
+    { name: 'zz', location: 'h1' },
+    { name: 'd-2', project: 'default', location: 'h2' },
+    { name: 'a10', project: 'a', location: 'h1' },
+    // Sorts after b1 and d-2, whose projects' keys come after a's.
+    { name: 'e5', project: 'a', location: 'h2' },
+  ];
+
+  async function world(options: { indexed: boolean }) {
+    const memory = createMemoryStore();
+    for (const g of GUESTS) {
+      const spec = aGuestSpec({ ...g, desired: 'Stopped' });
+      await memory.txn({
+        compare: [],
+        success: [records.guest.at(g.name).putOp(spec), projectGuestIndex.putOp(spec)],
+      });
+    }
+    // A spec that does not decode: neither list shows it; the index counts it as unindexable.
+    await memory.put(records.guest.key('broken'), '{"name":');
+    if (options.indexed) await indexProjectGuests(memory);
+    const store = countingStore(memory);
+    const guests = createGuestService({
+      store,
+      drivers: { ct: createFakeDriver() },
+      images: { get: async () => image },
+      operations: createOperationService(createEventBus()),
+      hostName: 'h1',
+      capacity: { memoryBytes: 4 * 2 ** 30, cpus: 2 },
+    });
+    return { memory, store, guests };
+  }
+
+  const VIEWS = [undefined, 'default', 'a', 'b', 'c'];
+  const OPTIONS: Array<{ allProjects?: boolean; target?: string }> = [
+    {},
+    { allProjects: true },
+    { target: 'h1' },
+    { target: 'h2' },
+    { target: 'h9' },
+    { allProjects: true, target: 'h2' },
+  ];
+
+  /** Every view and filter: names() says exactly what list() shows, in its order. */
+  async function assertSameAsList(guests: GuestService): Promise<void> {
+    for (const view of VIEWS) {
+      const service = view === undefined ? guests : guests.inProject(view);
+      for (const options of OPTIONS) {
+        const full = (await service.list(options)).map((g) => g.name);
+        assert.deepEqual(await service.names(options), full, `view ${view}, ${JSON.stringify(options)}`);
+      }
+    }
+  }
+
+  test('names() answers what list() shows for every project view, all-projects and target, from the index keys alone', async () => {
+    const { memory, store, guests } = await world({ indexed: true });
+    try {
+      await assertSameAsList(guests);
+      assert.deepEqual(await guests.inProject('a').names(), ['a1', 'a10', 'a2', 'e5']);
+      assert.deepEqual(await guests.inProject('default').names(), ['d-2', 'web', 'zz']);
+      assert.deepEqual(await guests.inProject('a').names({ allProjects: true }), [
+        'a1',
+        'a10',
+        'a2',
+        'b1',
+        'd-2',
+        'e5',
+        'web',
+        'zz',
+      ]);
+      // One request: the mark, the project's keys and two counts; no spec read.
+      store.reset();
+      await guests.inProject('a').names();
+      assert.equal(store.calls.requests, 1);
+      assert.equal(store.reads.records, 1 + 4);
+      assert.deepEqual(store.reads.lists, []);
+    } finally {
+      await memory.close();
+    }
+  });
+
+  test('names() reads the specs, with the same answers, where the index cannot say: not marked, a stale key, a missing key', async () => {
+    const unmarked = await world({ indexed: false });
+    try {
+      await assertSameAsList(unmarked.guests);
+      unmarked.store.reset();
+      await unmarked.guests.inProject('a').names();
+      assert.deepEqual(unmarked.store.reads.lists, [records.guest.prefix]);
+    } finally {
+      await unmarked.memory.close();
+    }
+    // A key whose guest is gone (deleted by a daemon from before the index): never a name.
+    const stale = await world({ indexed: true });
+    try {
+      await stale.memory.delete(records.guest.key('a2'));
+      await assertSameAsList(stale.guests);
+      assert.deepEqual(await stale.guests.inProject('a').names(), ['a1', 'a10', 'e5']);
+    } finally {
+      await stale.memory.close();
+    }
+    const missing = await world({ indexed: true });
+    try {
+      await records.guest
+        .at('b2')
+        .put(missing.memory, aGuestSpec({ name: 'b2', project: 'b', location: 'h1' }));
+      await assertSameAsList(missing.guests);
+      assert.deepEqual(await missing.guests.inProject('b').names(), ['b1', 'b2']);
+    } finally {
+      await missing.memory.close();
+    }
+  });
 });

@@ -49,7 +49,7 @@ import {
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { Compare, KvStore } from '../store/kv.ts';
-import { projectGuestIndex } from '../store/project-guests.ts';
+import { indexedGuestNames, projectGuestIndex } from '../store/project-guests.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
 import { moveMarkOf, noMoveOf, staleMoveMarkDeleteOp } from './move-marks.ts';
@@ -384,8 +384,27 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
       return l;
     }
 
+    /** Whether `list` (and `names`) show a guest: the view's project, else every one; the member asked. */
+    const listed = (spec: GuestSpec, options: { allProjects?: boolean; target?: string }) =>
+      (scope === undefined || options.allProjects === true || projectOfRecord(spec) === scope) &&
+      (options.target === undefined || spec.location === options.target);
+
     return {
       inProject: (project) => scoped(project),
+
+      async names(options = {}) {
+        // The project index (decision 0087) answers without decoding a guest record; a member
+        // (`target`) is only in the spec, and an index that cannot answer exactly is not used.
+        const everyProject = scope === undefined || options.allProjects === true;
+        const indexed =
+          options.target === undefined
+            ? await indexedGuestNames(store, everyProject ? undefined : scope)
+            : undefined;
+        if (indexed) return indexed;
+        return valuesOf(await records.guest.list(store))
+          .filter((spec) => listed(spec, options))
+          .map((spec) => spec.name);
+      },
 
       async list(options = {}) {
         const [specs, statuses, networks, failures] = await Promise.all([
@@ -399,11 +418,7 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         for (const st of statuses.items) byName.set(records.guestStatus.nameOf(st.key), st.value);
         const observed = new Map<string, GuestNetworkObservation>();
         for (const n of networks.items) observed.set(records.guestNetwork.nameOf(n.key), n.value);
-        const specList = valuesOf(specs).filter(
-          (spec) =>
-            (scope === undefined || options.allProjects || projectOfRecord(spec) === scope) &&
-            (options.target === undefined || spec.location === options.target),
-        );
+        const specList = valuesOf(specs).filter((spec) => listed(spec, options));
         // Live usage is read where the guest runs: another member's guests have none here (the
         // API asks their members for it, decision 0034).
         const here = (spec: GuestSpec) => spec.location === deps.hostName;

@@ -117,6 +117,11 @@ export interface GuestService {
   /** `allProjects` lists every project's guests even in a project's view. */
   /** `target`: only the guests of that member (their `location`). */
   list(options?: { withUsage?: boolean; allProjects?: boolean; target?: string }): Promise<Guest[]>;
+  /**
+   * The names `list` would show with the same options, in the same order, decoding no guest
+   * record where the project index answers (`GET /1.0/guests` without recursion).
+   */
+  names(options?: { allProjects?: boolean; target?: string }): Promise<string[]>;
   get(name: string, options?: { withUsage?: boolean }): Promise<Guest>;
   /**
    * Guests the caller holds (spec and status: the guest controller's running ones) with their

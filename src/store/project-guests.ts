@@ -2,6 +2,7 @@ import { unavailable } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec } from '../core/types.ts';
+import { compareByteOrder } from './key-order.ts';
 import { countKeys, type KeyValue, type KvStore, readTogether, type TxnOp } from './kv.ts';
 import { records } from './records.ts';
 
@@ -117,6 +118,32 @@ export async function readProjectGuestSpecs(store: KvStore, project: string): Pr
   const path = await guestReadPath(store, project);
   const read = await readTogether(store, projectGuestReads(project, path));
   return projectGuestSpecs(store, project, guestsRead(read.kvs, path));
+}
+
+/**
+ * The names of `project`'s guests (every project's when undefined) from the index alone, in the
+ * order of their specs' keys (name order), no record decoded: what a list of those guests shows,
+ * read in one request. Undefined when the index cannot say it exactly: not marked complete, or
+ * its keys and the specs it could not index do not add up to the guest specs counted at the same
+ * revision (a key left or missed by a member running a daemon from before the index, which the
+ * periodic check repairs): the caller then reads the specs.
+ */
+export async function indexedGuestNames(
+  store: Pick<KvStore, 'txn'>,
+  project: string | undefined,
+): Promise<string[] | undefined> {
+  const read = await readTogether(store, [
+    { key: keys.projectGuestsIndexed },
+    { key: project === undefined ? keys.projectGuestPrefix : keys.projectGuests(project), prefix: true },
+    { key: records.guest.prefix, prefix: true, countOnly: true },
+    { key: keys.projectGuestPrefix, prefix: true, countOnly: true },
+  ]);
+  const mark = markOf(read.kvs[0]?.[0]);
+  const [, , guests = 0, indexKeys = 0] = read.counts;
+  if (!mark || indexKeys + mark.unindexable !== guests) return undefined;
+  const names = (read.kvs[1] ?? []).map((kv) => kv.key.slice(kv.key.lastIndexOf('/') + 1));
+  // Every project's keys come project by project; the specs' keys are in name order.
+  return project === undefined ? names.sort(compareByteOrder) : names;
 }
 
 /** Keys per transaction of the backfill: a compare and a write each, under etcd's 128 operations. */

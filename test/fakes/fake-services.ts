@@ -185,6 +185,9 @@ export function createFakeServices(options: { consoleLogPath?: string } = {}): F
         const all = [...guestMap.values()];
         return opts?.withUsage ? structuredClone(all) : all.map(withoutUsage);
       },
+      async names() {
+        return [...guestMap.keys()];
+      },
       async get(name, opts) {
         const g = guestOf(name);
         return opts?.withUsage ? structuredClone(g) : withoutUsage(g);
