@@ -2,7 +2,7 @@ import { asTrivisorError, cancelled, failedPrecondition } from '../core/errors.t
 import type { EvacuateMode, GuestSpec, GuestStatus, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { GuestMover } from '../services/guest-move.ts';
-import { listMoveMarks } from '../services/move-marks.ts';
+import { isHaRestartMark, listMoveMarks } from '../services/move-marks.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { GuestService, OperationContext, OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
@@ -174,6 +174,7 @@ export function createEvacuationController(deps: EvacuationControllerDeps): Evac
    */
   async function overdueMoves(evacuations: Map<string, EvacuationRecord>) {
     for (const mark of await listMoveMarks(store)) {
+      if (isHaRestartMark(mark)) continue;
       const value = evacuations.get(mark.guest);
       if (mark.from !== hostName || value?.origin !== hostName || value.error !== undefined) continue;
       if (value.action !== 'migrate' || now() - Date.parse(mark.startedAt) <= moveTimeoutMs) continue;
@@ -338,7 +339,7 @@ export async function evacuationProgress(
     const listed = new Set(left);
     // A move the evacuation gave up on (it did not end in time) is no longer waited for.
     const leaving = marks
-      .filter((m) => m.from === member && !listed.has(m.guest) && !erred.has(m.guest))
+      .filter((m) => m.from === member && !isHaRestartMark(m) && !listed.has(m.guest) && !erred.has(m.guest))
       .map((m) => m.guest);
     return { left: [...left, ...leaving], failed };
   }

@@ -20,7 +20,12 @@ export interface MoveMark {
   to: string;
   reason: string;
   startedAt: string;
-  /** How it moves: through an archive, over a shared pool (only the records), or live (QEMU). */
+  /**
+   * How it moves: through an archive, over a shared pool (only the records), or live (QEMU); `ha`:
+   * not a move but an HA restart on its way (the elected CRM's, while it waits out the margin
+   * after the guest's member was lost), so that the networks take the guest's frames from the
+   * member it restarts on before it runs there. No journal: nobody resumes it, the CRM removes it.
+   */
   kind?: MoveKind;
   /** How far it got (absent: `started`). */
   phase?: MovePhase;
@@ -38,7 +43,10 @@ export interface MoveMark {
   sharedDisk?: boolean;
 }
 
-export type MoveKind = 'archive' | 'shared' | 'live';
+export type MoveKind = 'archive' | 'shared' | 'live' | 'ha';
+
+/** Whether `mark` is an HA restart's binding (`kind: 'ha'`), not a move's journal. */
+export const isHaRestartMark = (mark: MoveMark): boolean => mark.kind === 'ha';
 
 /**
  * - `started`: the records are the source's; the guest may be stopped, the archive written, a
@@ -145,9 +153,11 @@ export async function markMove(
   if (!r.succeeded) {
     const other = await moveMarkOf(store, mark.guest);
     throw conflict(
-      other
-        ? `Guest ${mark.guest} is being moved to ${other.to} already`
-        : `Guest ${mark.guest} was changed at the same time; retry`,
+      other && isHaRestartMark(other)
+        ? `Guest ${mark.guest} is being restarted on ${other.to} by HA (${other.from} was lost); retry once it runs there`
+        : other
+          ? `Guest ${mark.guest} is being moved to ${other.to} already`
+          : `Guest ${mark.guest} was changed at the same time; retry`,
     );
   }
   return release;

@@ -1,15 +1,17 @@
 import { isTrivisorError } from '../../core/errors.ts';
+import { keys } from '../../core/keys.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import type { Logger } from '../../host/logger.ts';
-import type { KvStore } from '../../store/kv.ts';
+import { isHaRestartMark, type MoveMark, moveMarkOp, noMoveOf } from '../../services/move-marks.ts';
+import type { Compare, KvStore, TxnRequest } from '../../store/kv.ts';
 import { records, type Stored, valuesOf } from '../../store/records.ts';
 import { createInformer } from '../informer.ts';
 import { createPlacementIndex } from '../placement.ts';
 import { admission } from './admission.ts';
-import { type CrmView, createCrm, type Placer } from './crm.ts';
+import { type CrmView, createCrm, type HaPrebind, type Placer } from './crm.ts';
 import { liveAgentToken, readAgentState } from './ha-files.ts';
 import { handOverOf, isHaGuest, readHaWorld, recordUpkeep, txnOf } from './ha-store.ts';
-import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings } from './types.ts';
+import { DEFAULT_TIMINGS, type HaMemberRecord, type HaTimings, haKeys } from './types.ts';
 
 /**
  * The daemon's side of HA (decision 0052): the CRM of decision 0044, run every `crmEveryMs` on
@@ -37,6 +39,59 @@ export interface CrmLoop {
 }
 
 const EMPTY: CrmView = { revision: 0, lock: undefined, heartbeats: [], members: [], guests: [] };
+
+/**
+ * The writes that make the HA restart marks (`kind: 'ha'`) what `prebinds` says: one per lost
+ * guest waiting out the margin, to the member placement picks for it now, made only where the
+ * guest has no mark (a move's is left alone), moved when the pick changes, and removed once the
+ * guest is no longer waiting (handed over, its owner back, deleted). Each compares the election
+ * (`stillElected`) and the mark as read, so a CRM that lost its election, or a mover that marked
+ * the guest meanwhile, wins.
+ */
+export function haRestartMarkWrites(
+  prebinds: readonly HaPrebind[],
+  marks: ReadonlyArray<{ mark: MoveMark; modRevision: number }>,
+  stillElected: Compare,
+  now: Date,
+): TxnRequest[] {
+  const out: TxnRequest[] = [];
+  const byGuest = new Map(marks.map((m) => [m.mark.guest, m]));
+  const wanted = new Set<string>();
+  const markOf = (p: HaPrebind): MoveMark => ({
+    guest: p.guest,
+    from: p.from,
+    to: p.to,
+    reason: `HA restart: ${p.from} was lost`,
+    startedAt: now.toISOString(),
+    kind: 'ha',
+  });
+  const unchanged = (guest: string, modRevision: number): Compare => ({
+    key: keys.guestMove(guest),
+    target: 'modRevision',
+    op: '=',
+    value: modRevision,
+  });
+  for (const p of prebinds) {
+    wanted.add(p.guest);
+    const have = byGuest.get(p.guest);
+    if (!have) {
+      out.push({ compare: [stillElected, noMoveOf(p.guest)], success: [moveMarkOp(markOf(p))] });
+    } else if (isHaRestartMark(have.mark) && (have.mark.to !== p.to || have.mark.from !== p.from)) {
+      out.push({
+        compare: [stillElected, unchanged(p.guest, have.modRevision)],
+        success: [moveMarkOp(markOf(p))],
+      });
+    }
+  }
+  for (const { mark, modRevision } of marks) {
+    if (!isHaRestartMark(mark) || wanted.has(mark.guest)) continue;
+    out.push({
+      compare: [stillElected, unchanged(mark.guest, modRevision)],
+      success: [{ type: 'delete', key: keys.guestMove(mark.guest) }],
+    });
+  }
+  return out;
+}
 
 export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
   const { store, log } = deps;
@@ -105,7 +160,7 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
       members: await deps.members(),
       guests: world.guests,
     };
-    const { decisions, notes } = crm.step(clock(), token, view);
+    const { decisions, notes, prebinds = [] } = crm.step(clock(), token, view);
     for (const n of notes) note(n);
     for (const d of decisions) {
       if (d.write.put?.lease === 'own' && lease === undefined) {
@@ -126,6 +181,19 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
       // The HA guests without a record yet come from the watched specs; those recorded were just read.
       const specs = new Map([...haSpecs, ...world.specs]);
       for (const txn of recordUpkeep({ ...world, specs }, world.lock)) await store.txn(txn);
+      // HA restarts on their way are marked to their member before their hand-over (issue 13 §4):
+      // the marks of guests handed over by this pass go now, their location naming the member.
+      const marks = (await store.list(keys.guestMovePrefix)).kvs.map((kv) => ({
+        mark: JSON.parse(kv.value) as MoveMark,
+        modRevision: kv.modRevision,
+      }));
+      const stillElected: Compare = {
+        key: haKeys.crm,
+        target: 'createRevision',
+        op: '=',
+        value: world.lock.createRevision,
+      };
+      for (const txn of haRestartMarkWrites(prebinds, marks, stillElected, new Date())) await store.txn(txn);
       // Admission control (issue 13 §4): told when the answer changes, as a warning (a `logging`
       // event); `cluster list` shows the standing answer.
       const alive = new Map(world.heartbeats.map((h) => [h.value.member, h.createRevision]));

@@ -50,6 +50,18 @@ export interface CrmDecision {
   ifRefused: string;
 }
 
+/**
+ * A lost member's HA guest waiting out the margin, and the member placement picks for it now:
+ * the loop marks it as moving there (a move mark of kind `ha`), so that the other members' networks
+ * take its frames from that member before it can run there, as they do for a move's destination.
+ */
+export interface HaPrebind {
+  guest: string;
+  /** Its lost owner. */
+  from: string;
+  to: string;
+}
+
 /** Chooses members for guests, counting each one placed (placement.ts's `createPlacementIndex`). */
 export type Placer = (candidates: readonly PlacementCandidate[]) => {
   place(request: PlacementRequest): Placement;
@@ -62,7 +74,11 @@ export interface Crm {
    * One pass: the writes to try, in order, and the events seen (losses, refusals). `token` is
    * this member's while its LRM is live, undefined otherwise (then it forgets what it saw).
    */
-  step(nowMs: number, token: Token | undefined, view: CrmView): { decisions: CrmDecision[]; notes: string[] };
+  step(
+    nowMs: number,
+    token: Token | undefined,
+    view: CrmView,
+  ): { decisions: CrmDecision[]; notes: string[]; prebinds?: HaPrebind[] };
 }
 
 const guestCompare = (r: Read<HaGuestRecord>) => ({
@@ -247,6 +263,8 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         });
       };
 
+      /** Lost owners' guests still waiting out the margin, in priority order. */
+      const waiting: HaGuestRecord[] = [];
       const ordered = [...view.guests].sort((a, b) => byPriority(a.value, b.value));
       for (const r of ordered) {
         const g = r.value;
@@ -317,7 +335,11 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
           continue;
         }
         stillLost.add(`${g.owner}@${g.token}`);
-        if (!marginPassed(g.owner, g.token)) continue;
+        if (!marginPassed(g.owner, g.token)) {
+          // A moving guest is marked to its destination already (the move's own mark).
+          if (g.want === 'started' && !(movingTo && destAlive)) waiting.push(g);
+          continue;
+        }
         if (g.want !== 'started') continue;
         if (movingTo && destAlive) {
           give(
@@ -357,7 +379,16 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         );
       }
       for (const key of lostSince.keys()) if (!stillLost.has(key)) lostSince.delete(key);
-      return { decisions, notes };
+      // Where the waiting guests would go now, after this pass's own placements: usually where
+      // they go once the margin passed (a different pick then is bound from its hand-over on).
+      const prebinds: HaPrebind[] = [];
+      for (const g of waiting) {
+        const p = place(g, []);
+        if (typeof p === 'string') continue;
+        placed.set(p.member, (placed.get(p.member) ?? 0) + g.memoryBytes);
+        prebinds.push({ guest: g.name, from: g.owner, to: p.member });
+      }
+      return { decisions, notes, prebinds };
     },
   };
 }

@@ -1,7 +1,15 @@
 import { asTrivisorError } from '../../core/errors.ts';
 import type { Model } from '../../core/types.ts';
 import { createPlacementIndex } from '../placement.ts';
-import { byPriority, type Crm, type CrmDecision, type CrmView, createCrm, haCandidates } from './crm.ts';
+import {
+  byPriority,
+  type Crm,
+  type CrmDecision,
+  type CrmView,
+  createCrm,
+  type HaPrebind,
+  haCandidates,
+} from './crm.ts';
 import { createFakeStore, type FakeStore } from './fake-store.ts';
 import {
   type HaMoveTicket,
@@ -138,6 +146,12 @@ export interface Simulator {
   record(guest: string): HaGuestRecord | undefined;
   /** Guests whose cold move's journal is still there (running, or left unfinished). */
   coldMovesLeft(): string[];
+  /**
+   * Each lost member's guest given to another member, in order: where the elected CRM had marked
+   * its restart to (`HaPrebind`, the loop's move mark of kind `ha`) when it gave it, and for how
+   * long (ms on the simulator's clock); undefined when it was not marked there.
+   */
+  restarts(): Array<{ guest: string; to: string; markedForMs: number | undefined }>;
 }
 
 /** A broken invariant: a guest ran twice, or a member started one it must not. */
@@ -785,6 +799,8 @@ export function createSimulator(options: SimOptions): Simulator {
     for (const m of ordered()) daemonDuties(m);
 
     const planned: Array<{ m: MemberState; d: CrmDecision }> = [];
+    /** The elected CRM's restart marks of this pass (the loop writes them after its decisions). */
+    let prebound: HaPrebind[] | undefined;
     if (now % timings.crmEveryMs === 0) {
       for (const m of ordered()) {
         const crmLease = m.crmLease;
@@ -805,11 +821,13 @@ export function createSimulator(options: SimOptions): Simulator {
           m.crm.step(local(m), undefined, emptyView);
           continue;
         }
-        const { decisions, notes } = m.crm.step(local(m), token, view);
+        const { decisions, notes, prebinds = [] } = m.crm.step(local(m), token, view);
         for (const n of notes) say(`${m.name} ${n}`);
         for (const d of decisions) planned.push({ m, d });
-        if (view.lock?.value.member === m.name && view.lock.value.token === token)
+        if (view.lock?.value.member === m.name && view.lock.value.token === token) {
           for (const d of bookkeeping(view)) planned.push({ m, d });
+          prebound = prebinds;
+        }
       }
     }
     for (const s of scheduled.filter((s) => s.at === now && s.phase === 'race')) s.what(world);
@@ -825,6 +843,26 @@ export function createSimulator(options: SimOptions): Simulator {
       if (ok && d.write.put) unrecorded.delete((d.write.put.value as { name?: string }).name ?? '');
       if (ok) say(`${m.name} ${d.says}`);
       else if (ok === false) say(`${m.name} ${d.ifRefused}`);
+      // A lost member's guest given away (its write compares that the lost token is gone).
+      const given = d.write.put?.key.startsWith(haKeys.guestPrefix)
+        ? (d.write.put.value as HaGuestRecord)
+        : undefined;
+      const fromLost = d.write.compare.some((c) => c.op === '!=' && c.key.startsWith(haKeys.heartbeatPrefix));
+      if (ok && given && fromLost) {
+        const mark = restartMarks.get(given.name);
+        restartLog.push({
+          guest: given.name,
+          to: given.owner,
+          markedForMs: mark?.to === given.owner ? now - mark.since : undefined,
+        });
+      }
+    }
+    if (prebound) {
+      // The marks as the loop leaves them: made or moved for the waiting guests, gone for the rest.
+      const wanted = new Map(prebound.map((p) => [p.guest, p.to]));
+      for (const guest of restartMarks.keys()) if (!wanted.has(guest)) restartMarks.delete(guest);
+      for (const [guest, to] of wanted)
+        if (restartMarks.get(guest)?.to !== to) restartMarks.set(guest, { to, since: now });
     }
     check();
   }
@@ -856,6 +894,9 @@ export function createSimulator(options: SimOptions): Simulator {
     return out;
   }
   const emptyView: CrmView = { revision: 0, lock: undefined, heartbeats: [], members: [], guests: [] };
+  /** The HA restart marks (guest → where, since when), as the elected CRM's loop writes them. */
+  const restartMarks = new Map<string, { to: string; since: number }>();
+  const restartLog: Array<{ guest: string; to: string; markedForMs: number | undefined }> = [];
 
   function downMember(m: MemberState, bootAt?: number) {
     m.host = 'down';
@@ -1050,6 +1091,7 @@ export function createSimulator(options: SimOptions): Simulator {
   return {
     world,
     log,
+    restarts: () => [...restartLog],
     at(atMs, what, phase = 'before') {
       if (atMs % tickMs !== 0) throw new Error(`${atMs} ms is not on a tick of ${tickMs} ms`);
       scheduled.push({ at: atMs, phase, what });
