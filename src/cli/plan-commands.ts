@@ -3,8 +3,9 @@ import { type Command, Option } from 'commander';
 import type { HistoryRange } from '../api/web-schemas.ts';
 import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
-import { type Advice, advise } from '../planner/advisor.ts';
+import { type Advice, advise, GUEST_MODELS } from '../planner/advisor.ts';
 import {
+  adviseInventory,
   DEFAULT_MEASUREMENTS,
   located,
   type ProfileFields,
@@ -27,6 +28,8 @@ interface ConsolidateOptions {
   replay?: string;
   svg?: string;
   fromHistory?: HistoryRange;
+  advise?: boolean;
+  measurements: string;
   format: 'table' | 'json';
 }
 
@@ -142,6 +145,15 @@ export function addPlanCommands(program: Command): void {
       'replay the plan on another period of the same workloads (plan July, replay August)',
     )
     .option('--svg <file>', "write a picture of each host's load over time (SVG)")
+    .option(
+      '--advise',
+      'also a model (ct, pvm, vm) per workload with its reason, from its measured profile (as plan advise INVENTORY)',
+    )
+    .option(
+      '--measurements <file>',
+      'with --advise: the three-model table bench/models.ts wrote on this host',
+      DEFAULT_MEASUREMENTS,
+    )
     .addOption(
       new Option(
         '--from-history <range>',
@@ -168,6 +180,11 @@ export function addPlanCommands(program: Command): void {
       let measured: Inventory | undefined =
         file !== undefined ? await readInventory(file) : await historyInventory(command, opts.fromHistory);
       const memoryMeasured = measured.workloads.some((w) => w.memoryBytes);
+      // A model per workload from its measured profile (decision 0054), before the series are dropped.
+      // Asked for (--advise): the API's plans have no such field, and both answer the same JSON.
+      const models = opts.advise
+        ? await adviseInventory(measured, { measurementsFile: opts.measurements })
+        : undefined;
       const planned = planReport(measured, {
         hostSize,
         hostSizeText: opts.hostSize,
@@ -185,7 +202,9 @@ export function addPlanCommands(program: Command): void {
       const { plan: result, predicted, spread, replay } = report;
       if (opts.svg) await writeFile(opts.svg, report.svg);
       if (opts.format === 'json') {
-        process.stdout.write(`${JSON.stringify(report.json, null, 2)}\n`);
+        process.stdout.write(
+          `${JSON.stringify(models ? { ...report.json, models } : report.json, null, 2)}\n`,
+        );
         return;
       }
       process.stdout.write(
@@ -201,6 +220,13 @@ export function addPlanCommands(program: Command): void {
             ? ['memory not checked: the host size has no memory= (give it to pack memory too)']
             : []),
           `predicted (the planning inventory${report.json.forecast ? ' as forecast' : ''} replayed): headroom ${predicted.headroomPercent.toFixed(1)} points${spread ? ` (its ${spread.periodDays === 7 ? 'weeks' : 'days'} ${spread.minPercent.toFixed(1)} to ${spread.maxPercent.toFixed(1)})` : ''}, ${pct(predicted.overloadFraction)} of host-intervals over 100%`,
+          ...(models === undefined
+            ? []
+            : [
+                models.unavailable === undefined
+                  ? `models (this host's overheads, plan advise): ${GUEST_MODELS.map((m) => `${models.counts[m]} ${m}`).join(', ')}; each workload's with its reason in --format json`
+                  : `no model per workload: ${models.unavailable}`,
+              ]),
           ...(opts.replay
             ? [
                 `replayed on ${opts.replay}: headroom ${replay.headroomPercent.toFixed(1)} points, ${pct(replay.overloadFraction)} of host-intervals over 100%`,

@@ -120,11 +120,15 @@ describe('nft rulesets', () => {
       [
         'ether saddr != 02:00:00:00:00:02 drop',
         'arp saddr ether != 02:00:00:00:00:02 drop',
-        'arp saddr ip != { 0.0.0.0, 198.18.10.2 } drop',
-        'ip saddr != { 0.0.0.0, 198.18.10.2 } drop',
-        'ether type != { ip, arp } drop',
+        'arp saddr ip 198.18.10.2 return',
+        'arp saddr ip 0.0.0.0 return',
+        'ip saddr 198.18.10.2 return',
+        'ip saddr 0.0.0.0 return',
+        'drop',
       ],
     );
+    // No anonymous set (`{ … }`) in a port's rules: every later `nft -f` would read it (decision 0068).
+    assert.ok(!rules.some((r) => r.includes('{')), rules.join('\n'));
     // The chain is flushed before its rules: a port plugged again does not pile them up.
     assert.ok(
       text.indexOf('flush chain bridge trivisor-ports-abc port-tvabc') < text.indexOf(rules[0] ?? '?'),
@@ -155,7 +159,14 @@ describe('nft rulesets', () => {
 
   test('a port sends nothing but IPv4 and ARP: IPv6 and VLAN-tagged frames are dropped', () => {
     const text = portRuleset('abc', { port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
-    assert.match(text, /port-tvabc ether type != \{ ip, arp \} drop/);
+    const rules = text
+      .split('\n')
+      .filter((l) => l.startsWith('add rule bridge trivisor-ports-abc port-tvabc '));
+    // Only IPv4 and ARP frames (`ip …`, `arp …`: nft matches their ether type) return; the last rule drops the rest.
+    assert.equal(rules.at(-1), 'add rule bridge trivisor-ports-abc port-tvabc drop');
+    for (const r of rules.filter((l) => l.endsWith(' return'))) {
+      assert.match(r, /port-tvabc (ip saddr|arp saddr ip) \S+ return$/);
+    }
   });
 });
 
@@ -281,7 +292,11 @@ describe('linux network backend', () => {
       { netnsPid: 42, ifname: 'eth0' },
     );
     assert.ok(
-      runner.commands().includes('ip link set dev tv0123456789p mtu 1450'),
+      runner
+        .commands()
+        .includes(
+          'ip link add name tv0123456789 master tvnet0 up type veth peer name eth0 address 02:00:00:00:00:02 mtu 1450 netns /proc/42/ns/net',
+        ),
       'a ct NIC starts at 1450',
     );
     const tap = await backend.plugTap({
@@ -440,54 +455,64 @@ describe('linux network backend', () => {
     assert.ok(runner.commands().includes(`ip link set dev tv0123456782 master ${leaf} up`));
   });
 
-  test('ports attached side by side count each other: no bridge takes more than its share', async () => {
-    const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
-    dirs.push(sys);
-    const leaf = leafBridgeName('/s', 'tvnet0', 1);
-    await mkdir(join(sys, 'tvnet0', 'brif', 'tv0000000001'), { recursive: true });
-    const runner = fakeRunner((argv) => {
-      const cmd = argv.join(' ');
-      if (cmd.startsWith(`ip link add name ${leaf} `)) {
-        return { effect: () => mkdir(join(sys, leaf, 'brif'), { recursive: true }).then(() => {}) };
-      }
-      // A guest port is on its bridge only after the command took its time, as the kernel's is.
-      const m = /^ip link set dev (tv\S+) master (\S+) up$/.exec(cmd);
-      if (m?.[1]?.startsWith('tv0') && m[2]) {
-        const [, port, bridge] = m;
-        return {
-          effect: async () => {
-            await new Promise((r) => setTimeout(r, 20));
-            await mkdir(join(sys, bridge, 'brif', port), { recursive: true });
-          },
-        };
-      }
-      return undefined;
+  for (const kind of ['tap', 'veth'] as const)
+    test(`ports attached side by side count each other: no bridge takes more than its share (${kind}s)`, async () => {
+      const sys = await mkdtemp(join(tmpdir(), 'trivisor-sys-net-'));
+      dirs.push(sys);
+      const leaf = leafBridgeName('/s', 'tvnet0', 1);
+      await mkdir(join(sys, 'tvnet0', 'brif', 'tv0000000001'), { recursive: true });
+      const runner = fakeRunner((argv) => {
+        const cmd = argv.join(' ');
+        if (cmd.startsWith(`ip link add name ${leaf} `)) {
+          return { effect: () => mkdir(join(sys, leaf, 'brif'), { recursive: true }).then(() => {}) };
+        }
+        // A guest port is on its bridge only after the command took its time, as the kernel's is.
+        // (A tap is enslaved once made; a veth is made on its bridge.)
+        const m =
+          /^ip link set dev (tv\S+) master (\S+) up$/.exec(cmd) ??
+          /^ip link add name (tv\S+) master (\S+) up type veth /.exec(cmd);
+        if (m?.[1]?.startsWith('tv0') && m[2]) {
+          const [, port, bridge] = m;
+          return {
+            effect: async () => {
+              await new Promise((r) => setTimeout(r, 20));
+              await mkdir(join(sys, bridge, 'brif', port), { recursive: true });
+            },
+          };
+        }
+        return undefined;
+      });
+      const backend = createLinuxNetworkBackend({
+        runner,
+        log,
+        stateDir: '/s',
+        sysClassNet: sys,
+        portsPerBridge: 2,
+      });
+      const port = (n: number) => ({
+        port: `tv012345678${n}`,
+        bridge: 'tvnet0',
+        mac: `02:00:00:00:00:0${n}`,
+        ip: `198.18.10.${n + 2}`,
+        isolated: false,
+      });
+      await Promise.all(
+        [1, 2, 3].map((n) =>
+          kind === 'tap'
+            ? backend.plugTap(port(n))
+            : backend.plugVeth(port(n), { netnsPid: 40 + n, ifname: 'eth0' }),
+        ),
+      );
+      assert.deepEqual(
+        (await readdir(join(sys, 'tvnet0', 'brif'))).filter((p) => p.startsWith('tv0')).length,
+        2,
+      );
+      assert.equal((await readdir(join(sys, leaf, 'brif'))).length, 2, 'the rest on the first leaf');
+      assert.ok(
+        !runner.commands().some((c) => c.includes(leafBridgeName('/s', 'tvnet0', 2))),
+        'no second leaf',
+      );
     });
-    const backend = createLinuxNetworkBackend({
-      runner,
-      log,
-      stateDir: '/s',
-      sysClassNet: sys,
-      portsPerBridge: 2,
-    });
-    const port = (n: number) => ({
-      port: `tv012345678${n}`,
-      bridge: 'tvnet0',
-      mac: `02:00:00:00:00:0${n}`,
-      ip: `198.18.10.${n + 2}`,
-      isolated: false,
-    });
-    await Promise.all([1, 2, 3].map((n) => backend.plugTap(port(n))));
-    assert.deepEqual(
-      (await readdir(join(sys, 'tvnet0', 'brif'))).filter((p) => p.startsWith('tv0')).length,
-      2,
-    );
-    assert.equal((await readdir(join(sys, leaf, 'brif'))).length, 2, 'the rest on the first leaf');
-    assert.ok(
-      !runner.commands().some((c) => c.includes(leafBridgeName('/s', 'tvnet0', 2))),
-      'no second leaf',
-    );
-  });
 
   test('plugVeth() puts the host end on the bridge, isolates it, filters it and moves the guest end', async () => {
     const runner = fakeRunner();
@@ -496,18 +521,74 @@ describe('linux network backend', () => {
       { port: 'tv0123456789', bridge: 'tvnet0', mac: '02:00:00:00:00:02', ip: '198.18.10.2', isolated: true },
       { netnsPid: 42, ifname: 'eth0' },
     );
-    const cmds = runner.commands().filter((c) => c !== 'nft -f -');
-    assert.deepEqual(cmds, [
-      'ip link del dev tv0123456789',
-      'ip link del dev tv0123456789i',
-      'ip link add name tv0123456789 type veth peer name tv0123456789p',
-      'ip link set dev tv0123456789p address 02:00:00:00:00:02',
-      'ip link set dev tv0123456789 master tvnet0 up',
+    // What a start costs the daemon (each command a fork of it, decision 0068): five, filters included.
+    assert.deepEqual(runner.commands(), [
+      'ip -force -batch -',
+      'nft -f -',
+      'ip link add name tv0123456789 master tvnet0 up type veth peer name eth0 address 02:00:00:00:00:02 netns /proc/42/ns/net',
       'bridge link set dev tv0123456789 isolated on',
-      'ip link set dev tv0123456789p netns 42',
-      'nsenter --net=/proc/42/ns/net ip link set dev tv0123456789p name eth0',
       'nsenter --net=/proc/42/ns/net ip link set dev eth0 up',
     ]);
+    const input = (i: number) => (runner.calls[i]?.options as { input?: string } | undefined)?.input;
+    assert.equal(
+      input(0),
+      'link del dev tv0123456789\nlink del dev tv0123456789i\n',
+      'what an earlier run left',
+    );
+    assert.match(String(input(1)), /port-tv0123456789 ether saddr != 02:00:00:00:00:02 drop/);
+  });
+
+  test('a port unplugged by this daemon is not unplugged again: the clean-up before a start and the plug run nothing more', async () => {
+    const runner = fakeRunner();
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    const def = {
+      port: 'tv0123456789',
+      bridge: 'tvnet0',
+      mac: '02:00:00:00:00:02',
+      ip: '198.18.10.2',
+      isolated: false,
+    };
+    await backend.unplug(def.port);
+    assert.deepEqual(runner.commands(), ['ip -force -batch -', 'nft -f -']);
+    assert.match(
+      String((runner.calls[1]?.options as { input?: string } | undefined)?.input),
+      /delete chain bridge \S+ port-tv0123456789/,
+    );
+    await backend.unplug(def.port);
+    await backend.plugVeth(def, { netnsPid: 42, ifname: 'eth0' });
+    assert.deepEqual(runner.commands().slice(2), [
+      'nft -f -',
+      'ip link add name tv0123456789 master tvnet0 up type veth peer name eth0 address 02:00:00:00:00:02 netns /proc/42/ns/net',
+      'nsenter --net=/proc/42/ns/net ip link set dev eth0 up',
+    ]);
+    // Plugged again, it is unplugged for real.
+    await backend.unplug(def.port);
+    assert.deepEqual(runner.commands().slice(5), ['ip -force -batch -', 'nft -f -']);
+  });
+
+  test('plugVeth() into a running guest gives the guest end its address, and a failed plug leaves nothing', async () => {
+    const runner = fakeRunner((argv) =>
+      argv[0] === 'nsenter' ? { code: 1, stderr: 'no such process' } : undefined,
+    );
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    await assert.rejects(
+      backend.plugVeth(
+        {
+          port: 'tv0123456789',
+          bridge: 'tvnet0',
+          mac: '02:00:00:00:00:02',
+          ip: '198.18.10.2',
+          isolated: false,
+        },
+        { netnsPid: 42, ifname: 'eth1', address: '198.18.10.2/24' },
+      ),
+    );
+    const at = runner.commands().indexOf('nsenter --net=/proc/42/ns/net ip -batch -');
+    assert.equal(
+      (runner.calls[at]?.options as { input?: string } | undefined)?.input,
+      'link set dev eth1 up\naddr replace 198.18.10.2/24 dev eth1\n',
+    );
+    assert.deepEqual(runner.commands().slice(at + 1), ['ip -force -batch -', 'nft -f -'], 'unplugged again');
   });
 
   test('plugVeth() shapes bandwidth: tbf on the host end for ingress, an ifb for egress', async () => {
@@ -540,7 +621,11 @@ describe('linux network backend', () => {
       ),
     );
     await backend.unplug('tv0123456789');
-    assert.ok(runner.commands().includes('ip link del dev tv0123456789i'));
+    const del = runner.calls.findLast((c) => c.argv.join(' ') === 'ip -force -batch -');
+    assert.match(
+      String((del?.options as { input?: string } | undefined)?.input),
+      /^link del dev tv0123456789i$/m,
+    );
   });
 
   test('plugTap() makes a tap the given user may open, filtered and on the bridge', async () => {

@@ -84,7 +84,9 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   const portsPerBridge = options.portsPerBridge ?? PORTS_PER_BRIDGE;
 
   /** `ip -details -json link show` of one device; undefined when it does not exist. */
-  const linkInfo = async (name: string): Promise<{ ifalias?: string; operstate?: string } | undefined> => {
+  const linkInfo = async (
+    name: string,
+  ): Promise<{ ifalias?: string; address?: string; flags?: string[] } | undefined> => {
     const r = await runner.run(['ip', '-json', 'link', 'show', 'dev', name], { allowFailure: true });
     if (r.code !== 0) return undefined;
     return (JSON.parse(r.stdout || '[]') as Array<{ ifalias?: string }>)[0];
@@ -109,12 +111,13 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   /** Networks whose last ensure() built a tunnel: inspect() says a bridge without it needs repair. */
   const tunnelled = new Set<string>();
 
-  const removeTunnel = async (name: string): Promise<void> => {
+  /** Removes a network's VXLAN device; its table too unless the caller's transaction deletes it. */
+  const removeTunnel = async (name: string, { table = true } = {}): Promise<void> => {
     tunnelled.delete(name);
     const dev = vxlanDevice(stateDir, name);
     const info = await vxlanInfo(dev);
     if (info?.ifalias === alias) await runner.run(['ip', 'link', 'del', 'dev', dev]);
-    await nft(deleteTunnelRuleset(name));
+    if (table) await nft(deleteTunnelRuleset(name));
   };
 
   /**
@@ -264,10 +267,10 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   };
 
   /**
-   * Enslaves a port to the bridge of `network` it goes on: the network's own, or a leaf with
-   * room. The place is reserved from the pick until the port is on the bridge.
+   * Runs `join(bridge)`, which puts a port on the bridge of `network` it goes on: the network's
+   * own, or a leaf with room. The place is reserved from the pick until `join` is done.
    */
-  const enslave = async (network: string, isolated: boolean, port: string, allowFailure = false) => {
+  const onBridge = async <T>(network: string, isolated: boolean, join: (bridge: string) => Promise<T>) => {
     for (;;) {
       const busy = [...creatingLeaf.values()];
       if (busy.length === 0) break;
@@ -284,11 +287,17 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     reserve(bridge, 1);
     try {
       if (create) await createLeaf(network, bridge, isolated);
-      await runner.run(['ip', 'link', 'set', 'dev', port, 'master', bridge, 'up'], { allowFailure });
+      return await join(bridge);
     } finally {
       reserve(bridge, -1);
     }
   };
+
+  /** Enslaves an existing port (a tap, a port found off its bridge) to the bridge it goes on. */
+  const enslave = (network: string, isolated: boolean, port: string, allowFailure = false) =>
+    onBridge(network, isolated, (bridge) =>
+      runner.run(['ip', 'link', 'set', 'dev', port, 'master', bridge, 'up'], { allowFailure }),
+    );
 
   /**
    * A recreated bridge gets back the ports of running guests (they kept their veths) and its
@@ -322,11 +331,8 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       ...['burst', String(Math.max(15_000, Math.round(bitsPerSecond / 8 / 100))), 'latency', '50ms'],
     ]);
 
-  /** Filters, enslaves, isolates and shapes a guest's host-side port (veth end or tap). */
-  const attachPort = async (def: PortDefinition): Promise<void> => {
-    await nft(portRuleset(owner, def));
-    await enslave(def.bridge, def.isolated, def.port);
-    if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+  /** Bandwidth limits of a guest's host-side port, which is on its bridge. */
+  const shapePort = async (def: PortDefinition): Promise<void> => {
     if (def.ingressBitsPerSecond) await shape(def.port, def.ingressBitsPerSecond);
     if (def.egressBitsPerSecond) {
       // What the guest sends arrives on the host end: redirect it through an ifb to shape it there
@@ -342,6 +348,36 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       ]);
     }
   };
+
+  /** Filters, enslaves, isolates and shapes a tap (its filters are loaded before it is on the bridge). */
+  const attachTap = async (def: PortDefinition): Promise<void> => {
+    await filterPort(def);
+    await enslave(def.bridge, def.isolated, def.port);
+    if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+    await shapePort(def);
+  };
+
+  /**
+   * Ports whose links and filters this daemon removed and has not plugged since: unplugging them
+   * again (the ct driver's clean-up before each start, the plug's own) runs nothing. Forgotten at
+   * a restart, when anything may be left.
+   */
+  const unplugged = new Set<string>();
+  const filterPort = async (def: PortDefinition): Promise<void> => {
+    unplugged.delete(def.port);
+    await nft(portRuleset(owner, def));
+  };
+
+  /**
+   * Deletes a port and its ifb in one process (`-force`: either may be missing). Whether the
+   * port is there cannot be read from sysfs: a daemon in a network namespace of its own (a
+   * cluster member in the tests) sees the host's interfaces there.
+   */
+  const removeLinks = (port: string) =>
+    runner.run(['ip', '-force', '-batch', '-'], {
+      input: `link del dev ${port}\nlink del dev ${ifbOf(port)}\n`,
+      allowFailure: true,
+    });
 
   const backend: NetworkBackend = {
     async ensure(def, known) {
@@ -369,22 +405,18 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       // A bridge takes the lowest MAC of its ports unless given one: guests would lose the
       // gateway (stale ARP) whenever a guest's port comes or goes. With a VNI it is the same on
       // every member (a distributed gateway, decision 0050): a guest that moves keeps its ARP entry.
-      await runner.run([
-        'ip',
-        'link',
-        'set',
-        'dev',
-        def.name,
-        'address',
-        def.vni !== undefined ? gatewayMac(def.name, def.vni) : bridgeMac(stateDir, def.name),
-        'up',
-      ]);
+      const mac = def.vni !== undefined ? gatewayMac(def.name, def.vni) : bridgeMac(stateDir, def.name);
+      if (info?.address !== mac || !info.flags?.includes('UP')) {
+        await runner.run(['ip', 'link', 'set', 'dev', def.name, 'address', mac, 'up']);
+      }
       await reattachPorts(def);
 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-      await nft(networkRuleset(def));
-      await nft(aclRuleset(def));
-      await ensureTunnel(def);
+      // One transaction for the tables (a reconcile runs at every NIC's create and delete); a
+      // network on one host drops a tunnel's table in it too.
+      await nft(networkRuleset(def) + aclRuleset(def) + (def.tunnel ? '' : deleteTunnelRuleset(def.name)));
+      if (def.tunnel) await ensureTunnel(def);
+      else await removeTunnel(def.name, { table: false });
 
       const paths = dnsmasqPaths(stateDir, def.name);
       // dnsmasq drops to its own user and re-reads the hosts files on SIGHUP: they must stay reachable.
@@ -475,26 +507,32 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     },
 
     async plugVeth(def, { netnsPid, ifname, address }) {
-      const peer = `${def.port}p`.slice(-15);
-      await backend.unplug(def.port);
+      const netns = `${procRoot}/${netnsPid}/ns/net`;
+      if (!unplugged.has(def.port)) await removeLinks(def.port);
       try {
-        await runner.run(['ip', 'link', 'add', 'name', def.port, 'type', 'veth', 'peer', 'name', peer]);
-        await runner.run(['ip', 'link', 'set', 'dev', peer, 'address', def.mac]);
-        // On a spanned network the guest end starts at the tunnel's MTU, whatever its DHCP client does
-        // (a hot-plugged NIC gets no lease at all). A tap's guest side is QEMU's or UML's to set.
-        if (tunnelled.has(def.bridge)) {
-          await runner.run(['ip', 'link', 'set', 'dev', peer, 'mtu', String(SPANNED_MTU)]);
-        }
-        await attachPort(def);
-        await runner.run(['ip', 'link', 'set', 'dev', peer, 'netns', String(netnsPid)]);
-        const inNs = ['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`, 'ip', 'link', 'set', 'dev'];
-        await runner.run([...inNs, peer, 'name', ifname]);
-        await runner.run([...inNs, ifname, 'up']);
-        if (address !== undefined) {
-          await runner.run([
-            ...['nsenter', `--net=${procRoot}/${netnsPid}/ns/net`],
-            ...['ip', 'addr', 'replace', address, 'dev', ifname],
-          ]);
+        // Filters first: the chain matches the port by name, before it exists.
+        await filterPort(def);
+        // One command makes the pair, puts the host end on its bridge, up, and makes the guest
+        // end in the guest's namespace under its name with the NIC's MAC (and, on a spanned
+        // network, the tunnel's MTU, whatever its DHCP client does: a hot-plugged NIC gets no
+        // lease). The guest end comes up last, so nothing passes before the port is isolated.
+        await onBridge(def.bridge, def.isolated, (bridge) =>
+          runner.run([
+            ...['ip', 'link', 'add', 'name', def.port, 'master', bridge, 'up', 'type', 'veth'],
+            ...['peer', 'name', ifname, 'address', def.mac],
+            ...(tunnelled.has(def.bridge) ? ['mtu', String(SPANNED_MTU)] : []),
+            ...['netns', netns],
+          ]),
+        );
+        if (def.isolated) await runner.run(['bridge', 'link', 'set', 'dev', def.port, 'isolated', 'on']);
+        await shapePort(def);
+        // The guest end must come up in its namespace: a veth peer made up from here is refused.
+        if (address === undefined) {
+          await runner.run(['nsenter', `--net=${netns}`, 'ip', 'link', 'set', 'dev', ifname, 'up']);
+        } else {
+          await runner.run(['nsenter', `--net=${netns}`, 'ip', '-batch', '-'], {
+            input: `link set dev ${ifname} up\naddr replace ${address} dev ${ifname}\n`,
+          });
         }
       } catch (e) {
         await backend.unplug(def.port);
@@ -514,7 +552,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         if (tunnelled.has(def.bridge)) {
           await runner.run(['ip', 'link', 'set', 'dev', def.port, 'mtu', String(SPANNED_MTU)]);
         }
-        await attachPort(def);
+        await attachTap(def);
       } catch (e) {
         await backend.unplug(def.port);
         throw e;
@@ -523,9 +561,12 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     },
 
     async unplug(port) {
-      await runner.run(['ip', 'link', 'del', 'dev', port], { allowFailure: true });
-      await runner.run(['ip', 'link', 'del', 'dev', ifbOf(port)], { allowFailure: true });
+      if (unplugged.has(port)) return;
+      await removeLinks(port);
       await nft(deletePortRuleset(owner, port));
+      // Bounded: the ports of deleted guests stay in it until it is cleared.
+      if (unplugged.size >= 100_000) unplugged.clear();
+      unplugged.add(port);
     },
 
     async counters(port): Promise<NicCounters | undefined> {

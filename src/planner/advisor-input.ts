@@ -3,6 +3,7 @@ import path from 'node:path';
 import { failedPrecondition, invalidArgument, isTrivisorError, TrivisorError } from '../core/errors.ts';
 import { parseBytes } from '../core/sizes.ts';
 import {
+  advise,
   GUEST_MODELS,
   type GuestModel,
   type ModelCosts,
@@ -388,4 +389,43 @@ function fromCsv(file: string, text: string): WorkloadProfile[] {
     });
   }
   return profiles;
+}
+
+/** The model per workload of a consolidation's inventory (issue 14 §4), or why there is none. */
+export interface InventoryModels {
+  /** The three-model table the advice comes from. */
+  measurements?: { file: string; measuredAt: string | null };
+  advice: Array<{ id: string; model: GuestModel; reason: string }>;
+  /** How many workloads each model gets. */
+  counts: Record<GuestModel, number>;
+  /** Why no workload was advised (no measurements on this host, an inventory in MIPS); absent when advised. */
+  unavailable?: string;
+}
+
+/**
+ * Advises a model for every workload of an inventory (`plan consolidate`'s output): their profiles
+ * from {@link profilesFromInventory}, this host's table from `measurementsFile`. Missing measurements
+ * or an inventory without cores busy are not errors of the plan: the answer says why there is no
+ * advice, in one line, and the plan goes on.
+ */
+export async function adviseInventory(
+  inv: Inventory,
+  options: { measurementsFile: string; assume?: AssumedFields },
+): Promise<InventoryModels> {
+  const counts: Record<GuestModel, number> = { ct: 0, pvm: 0, vm: 0 };
+  let profiles: WorkloadProfile[];
+  let table: ModelTable;
+  try {
+    profiles = profilesFromInventory(inv, options.assume ?? {});
+    table = await readModelTable(options.measurementsFile);
+  } catch (e) {
+    if (isTrivisorError(e)) return { advice: [], counts, unavailable: e.message };
+    throw e;
+  }
+  const advice = profiles.map((p) => {
+    const a = advise(p, table);
+    counts[a.model]++;
+    return { id: a.id, model: a.model, reason: a.reason };
+  });
+  return { measurements: { file: table.source, measuredAt: table.measuredAt ?? null }, advice, counts };
 }

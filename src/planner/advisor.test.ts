@@ -506,6 +506,40 @@ describe('trivisor plan advise', () => {
     assert.match(refused.stderr, /not both \(--cpu with /);
   });
 
+  test('plan consolidate --advise: the plan, and a model per workload (none for a PlanetLab inventory, saying why)', () => {
+    const consolidate = (args: string[]) =>
+      spawnSync(process.execPath, [path.join(REPO, 'src/cli/main.ts'), 'plan', 'consolidate', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, TRIVISOR_DIR: path.join(dir, 'no-daemon') },
+      });
+    const bb = file(
+      'vm,timestamp_s,cpu_cores,cpu_capacity_mhz,cpu_usage_mhz,mem_capacity_kb,mem_usage_kb,disk_read_kbps,disk_write_kbps,net_rx_kbps,net_tx_kbps\n' +
+        '1,0,1,1000,800,1048576,0,0,0,0,0\n2,0,4,4000,100,1048576,0,0,6400,0,0\n',
+    );
+    const base = [bb, '--host-size', 'cpu=8,memory=8GiB', '--format', 'json', '--measurements', MODELS];
+    const plain = consolidate(base);
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.equal((JSON.parse(plain.stdout) as { models?: unknown }).models, undefined, 'only when asked');
+    const r = consolidate([...base, '--advise']);
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as {
+      hosts: Array<{ workloads: string[] }>;
+      models: {
+        counts: Record<string, number>;
+        advice: Array<{ id: string; model: string; reason: string }>;
+      };
+    };
+    assert.deepEqual(out.hosts.flatMap((h) => h.workloads).sort(), ['1', '2']);
+    assert.deepEqual(out.models.counts, { ct: 2, pvm: 0, vm: 0 });
+    assert.match(out.models.advice[1]?.reason ?? '', /^ct: I\/O-heavy \(synchronous writes\): /);
+    const pl = consolidate([file('vm,t0,t1\n1,10,20\n'), '--host-size', 'cpu=5320', '--advise']);
+    assert.equal(pl.status, 0, pl.stderr);
+    assert.match(
+      pl.stdout,
+      /^no model per workload: A planetlab inventory measures CPU in MIPS, not cores busy/m,
+    );
+  });
+
   test('bad input is one Error: line, nothing on stdout, exit 1', () => {
     const missing = path.join(dir, 'no-models.json');
     const cases: Array<[string[], string]> = [
