@@ -147,7 +147,6 @@ try {
         },
         [...runcArgv, '--bundle', `${g}/bundle`, `k${i}`],
         {
-          path: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
           ...(v.sharedMemory && {
             sharedMemory: { mount: `${CGROUPS}/memory`, dir: `${CGROUPS}/memory${PARENT}` },
           }),
@@ -169,6 +168,8 @@ try {
       }
       await new Promise<void>((resolve, reject) => {
         const c = spawn(argv[0] as string, argv.slice(1), {
+          // As the daemon spawns the helper: PATH alone.
+          env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
           stdio: ['ignore', 'ignore', 'pipe'],
           detached: true,
         });

@@ -50,6 +50,7 @@ import { KERNEL_BOOT_ID_FILE, readBootId } from './host/boot-id.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { DENSITY_SYSCTLS, raiseSysctls } from './host/host-sysctls.ts';
 import { createKsmControl } from './host/ksm.ts';
+import { createLauncher } from './host/launcher.ts';
 import { createLogger, type LogForward } from './host/logger.ts';
 import { ensureSharedMount } from './host/mounts.ts';
 import { hostRunner } from './host/runner.ts';
@@ -195,7 +196,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const vmAgents = createAgentPool();
   const pvmAgents: PvmAgentMap = new Map();
   const drivers: Partial<Record<Model, GuestDriver>> = {
-    ct: createCtDriver(ctx),
+    // The ct start's helper is launched from a small process, not forked from the daemon (decision 0095).
+    ct: createCtDriver(ctx, { launcher: createLauncher(runner, log) }),
     pvm: createPvmDriver(ctx, { agents: pvmAgents }),
     vm: createVmDriver(ctx, { agents: vmAgents }),
   };

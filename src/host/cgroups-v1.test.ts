@@ -10,6 +10,7 @@ import {
   readFreezerState,
   removeCgroup,
   sharedMemoryCgroup,
+  writeFreezerState,
 } from './cgroups-v1.ts';
 
 test('readCgroupUsage reads memory, cpu and pids files of a v1 cgroup', async () => {
@@ -93,6 +94,22 @@ test('the shared memory cgroup sits in the memory hierarchy, and there is none w
       mount: join(root, 'memory'),
       dir: join(root, 'memory', 'trivisor-x'),
     });
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test('writeFreezerState freezes and thaws the cgroup in the freezer hierarchy; a missing cgroup is ENOENT', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'cg-'));
+  try {
+    const path = '/trivisor-x/g1';
+    await mkdir(join(root, 'freezer', path), { recursive: true });
+    await writeFile(join(root, 'freezer', path, 'freezer.state'), 'THAWED\n');
+    await writeFreezerState(path, 'FROZEN', root);
+    assert.equal(await readFreezerState(path, root), 'FROZEN');
+    await writeFreezerState(path, 'THAWED', root);
+    assert.equal(await readFreezerState(path, root), 'THAWED');
+    await assert.rejects(writeFreezerState('/trivisor-x/g2', 'FROZEN', root), { code: 'ENOENT' });
   } finally {
     await rm(root, { recursive: true, force: true });
   }

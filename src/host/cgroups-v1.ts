@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { access, readdir, rmdir } from 'node:fs/promises';
+import { access, readdir, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { internal } from '../core/errors.ts';
 import type { GuestUsage } from '../core/types.ts';
 import { readKernelFile } from './kernel-file.ts';
 
@@ -103,6 +105,47 @@ export async function readFreezerState(
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Freezes (FROZEN) or thaws (THAWED) a cgroup in the v1 freezer hierarchy, as runc 1.1's
+ * `pause`/`resume` do it (libcontainer's FreezerGroup.Set), without spawning runc: a thaw is one
+ * write; a freeze writes FROZEN and reads the state back until the kernel says FROZEN, since a
+ * cgroup whose processes fork meanwhile may stay FREEZING. Like runc, it writes FROZEN again up to
+ * 1,000 times, thaws and waits 10 ms every 50th try, and thaws back when it gives up (a cgroup left
+ * FREEZING holds its processes half-stopped). runc keeps no record of a pause (`runc state` reads
+ * this file), so what it reports stays in step. A cgroup that does not exist throws ENOENT.
+ */
+export async function writeFreezerState(
+  cgroupsPath: string,
+  state: 'FROZEN' | 'THAWED',
+  root = CGROUP_ROOT,
+): Promise<void> {
+  const file = join(root, 'freezer', cgroupsPath, 'freezer.state');
+  if (state === 'THAWED') {
+    await writeFile(file, 'THAWED');
+    return;
+  }
+  try {
+    for (let i = 0; i < 1000; i++) {
+      if (i % 50 === 49) {
+        await writeFile(file, 'THAWED');
+        await sleep(10);
+      }
+      await writeFile(file, 'FROZEN');
+      const now = (await readKernelFile(file)).trim();
+      if (now === 'FROZEN') return;
+      if (now !== 'FREEZING')
+        throw internal(`The freezer of ${cgroupsPath} says ${now} after FROZEN was written`);
+    }
+  } catch (e) {
+    await writeFile(file, 'THAWED').catch(() => {});
+    throw e;
+  }
+  await writeFile(file, 'THAWED').catch(() => {});
+  throw internal(
+    `Cannot freeze ${cgroupsPath}: its processes stayed FREEZING (forking without end?); try again.`,
+  );
 }
 
 /** Mounted hierarchies under the cgroup root (cpu, memory, systemd, unified…), as directories. */

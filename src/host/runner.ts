@@ -22,6 +22,8 @@ export interface RunOptions {
 export interface SpawnOptions {
   cwd?: string;
   env?: Record<string, string>;
+  /** The child's environment is `env` alone (nothing of the daemon's), not `env` added to the daemon's. */
+  envOnly?: boolean;
   /** stdio of the child: pipes by default; a number or a socket is an open descriptor to hand over. */
   stdio?: Array<'pipe' | 'ignore' | 'inherit' | number | Stream>;
   detached?: boolean;
@@ -92,7 +94,7 @@ export function hostRunner(): ProcessRunner {
       if (!cmd) throw new TypeError('empty argv');
       return spawn(cmd, args, {
         cwd: options.cwd,
-        env: options.env ? { ...process.env, ...options.env } : process.env,
+        env: options.env ? { ...(options.envOnly ? {} : process.env), ...options.env } : process.env,
         stdio: options.stdio ?? ['pipe', 'pipe', 'pipe'],
         detached: options.detached ?? false,
       });

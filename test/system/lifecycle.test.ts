@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { alive, type Daemon, eventually, gone, startDaemon } from './harness.ts';
@@ -103,13 +104,22 @@ describe('ct guests end to end through the daemon and CLI', () => {
   });
 
   test('freeze stops the guest processes from running and unfreeze resumes them', () => {
+    // The daemon writes the freezer itself (no runc pause/resume): runc must report what it did.
+    const runcStatus = () =>
+      (
+        JSON.parse(
+          execFileSync('runc', ['--root', `${d.stateDir}/runc`, 'state', 'web1'], { encoding: 'utf8' }),
+        ) as { status: string }
+      ).status;
     d.ok(['freeze', 'web1']);
     assert.equal(info('web1').status, 'Frozen');
+    assert.equal(runcStatus(), 'paused', 'runc state says paused');
     const cg = readFileSync(`/proc/${info('web1').state.pid}/status`, 'utf8');
     assert.match(cg, /State:\s+[SD]/, 'frozen processes do not run');
     assert.notEqual(d.cli(['exec', 'web1', '--', 'true']).code, 0, 'exec is refused while frozen');
     d.ok(['unfreeze', 'web1']);
     assert.equal(info('web1').status, 'Running');
+    assert.equal(runcStatus(), 'running', 'runc state says running again');
     assert.equal(d.ok(['exec', 'web1', '--', 'echo', 'back']), 'back\n');
   });
 

@@ -138,11 +138,17 @@ describe('ct driver against a recording runner', () => {
           idmap: { base: own, size: 65536 },
         },
         runcArgv,
-        { path: process.env.PATH ?? '' },
       ),
     );
     assert.deepEqual(run?.argv.slice(-runcArgv.length), runcArgv);
     assert.equal(run?.kind, 'spawn');
+    // perl is spawned with PATH alone (no `env -i` exec before it): nothing of the daemon's environment.
+    assert.equal(run?.argv[0], '/usr/bin/perl');
+    assert.deepEqual(run?.options, {
+      ...run?.options,
+      env: { PATH: process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+      envOnly: true,
+    });
     assert.equal(
       runner.calls.filter((c) => c.argv.includes('/usr/bin/perl')).length,
       1,

@@ -13,7 +13,9 @@ import {
   readFreezerState,
   removeCgroup,
   sharedMemoryCgroup,
+  writeFreezerState,
 } from '../../host/cgroups-v1.ts';
+import type { Launcher } from '../../host/launcher.ts';
 import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
 import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
@@ -51,7 +53,7 @@ import {
   ociResources,
   STOP_SIGNAL_ANNOTATION,
 } from './oci-spec.ts';
-import { privateRootArgv, ROOT_MOUNT_FAILED_EXIT, rootMountError } from './overlay-rootfs.ts';
+import { privateRootArgv, privateRootEnv, ROOT_MOUNT_FAILED_EXIT, rootMountError } from './overlay-rootfs.ts';
 import { pipeExecSession, ttyExecSession } from './runc-exec.ts';
 import { CreatedContainerError, readRuncInitIdentity, startCreatedContainer } from './runc-state.ts';
 import { stopSignalNumber } from './stop-signal.ts';
@@ -95,8 +97,9 @@ export interface CtGuestPaths {
 /** The OCI runtime (runc) behind the `ct` model: one detached runc container per guest. */
 const CONSOLE_LOG_ROTATE_BYTES = 1024 * 1024;
 
-export function createCtDriver(ctx: DriverContext): GuestDriver {
+export function createCtDriver(ctx: DriverContext, options: { launcher?: Launcher } = {}): GuestDriver {
   const { runner, stateDir, idmapBase } = ctx;
+  const { launcher } = options;
   const log = ctx.log.child({ driver: 'ct' });
   const runcRoot = join(stateDir, 'runc');
   /** An exec's pid and process files: root-only, outside every guest's (quota-bound) directory. */
@@ -446,6 +449,37 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
     await runner.run([...runc, 'start', spec.name]);
   };
 
+  /** The start's helper spawned by the daemon itself (no launcher): its output appended to `logFile`. */
+  const spawnWithLog = async (argv: string[], path: string, logFile: string): Promise<number> => {
+    const consoleFile = await open(logFile, 'a', 0o600);
+    try {
+      const child = runner.spawn(argv, {
+        stdio: ['ignore', consoleFile.fd, consoleFile.fd],
+        detached: true,
+        env: privateRootEnv(path),
+        envOnly: true,
+      });
+      const timer = setTimeout(() => child.kill('SIGKILL'), RUNC_RUN_TIMEOUT_MS);
+      return await new Promise<number>((resolve) => {
+        child.once('error', () => resolve(127));
+        child.once('exit', (c: number | null) => resolve(c ?? 137));
+      }).finally(() => clearTimeout(timer));
+    } finally {
+      await consoleFile.close();
+    }
+  };
+
+  const setFreezer = async (spec: GuestSpec, state: 'FROZEN' | 'THAWED'): Promise<void> => {
+    try {
+      await writeFreezerState(cgroupsPath(spec), state);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      throw failedPrecondition(
+        `Guest ${spec.name} has no freezer cgroup (${cgroupsPath(spec)}): restart it, then try again.`,
+      );
+    }
+  };
+
   const driver: GuestDriver = {
     model: 'ct',
 
@@ -588,51 +622,41 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
           await rename(p.consoleLog, `${p.consoleLog}.1`);
         }
         const before = (await stat(p.consoleLog).catch(() => undefined))?.size ?? 0;
-        const consoleFile = await open(p.consoleLog, 'a', 0o600);
-        let code: number;
-        try {
-          // runc -d exits once init runs; init keeps the log fd as its stdout/stderr and is
-          // re-parented away from us. setsid (detached) keeps terminal signals off the guest.
-          // The root is mounted in a mount namespace made for this start, where runc then runs
-          // (overlay-rootfs.ts, docs/decisions/0064): the guest's namespace is cloned from it and
-          // keeps the root; the host's mount table never holds it.
-          const argv = privateRootArgv(
-            {
-              tree: image.rootfs,
-              staging: p.staging,
-              upper: p.upper,
-              work: p.work,
-              target: p.rootfs,
-              ...(range && { idmap: range }),
-            },
-            // --no-new-keyring: a session keyring per guest would be owned by the shared mapped root
-            // uid and hit the kernel's per-user key quota (kernel.keys.maxkeys, 200) at ~200 guests.
-            // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
-            [
-              ...runc,
-              ...(twoSteps ? ['create'] : ['run', '--detach']),
-              '--no-new-keyring',
-              '--pid-file',
-              p.pidFile,
-              '--bundle',
-              p.bundle,
-              spec.name,
-            ],
-            { path: process.env.PATH || DEFAULT_PATH, sharedMemory },
-          );
-          const child = runner.spawn(argv, {
-            stdio: ['ignore', consoleFile.fd, consoleFile.fd],
-            detached: true,
-          });
-          // runc returns as soon as init has exec'd; a runc that hangs (stuck mount, full disk) is killed.
-          const timer = setTimeout(() => child.kill('SIGKILL'), RUNC_RUN_TIMEOUT_MS);
-          code = await new Promise<number>((resolve) => {
-            child.once('error', () => resolve(127));
-            child.once('exit', (c: number | null) => resolve(c ?? 137));
-          }).finally(() => clearTimeout(timer));
-        } finally {
-          await consoleFile.close();
-        }
+        // runc -d exits once init runs; init keeps the log fd as its stdout/stderr and is
+        // re-parented away from us. setsid (detached) keeps terminal signals off the guest.
+        // The root is mounted in a mount namespace made for this start, where runc then runs
+        // (overlay-rootfs.ts, docs/decisions/0064): the guest's namespace is cloned from it and
+        // keeps the root; the host's mount table never holds it.
+        const argv = privateRootArgv(
+          {
+            tree: image.rootfs,
+            staging: p.staging,
+            upper: p.upper,
+            work: p.work,
+            target: p.rootfs,
+            ...(range && { idmap: range }),
+          },
+          // --no-new-keyring: a session keyring per guest would be owned by the shared mapped root
+          // uid and hit the kernel's per-user key quota (kernel.keys.maxkeys, 200) at ~200 guests.
+          // Guests cannot reach any keyring anyway: seccomp denies keyctl, add_key and request_key.
+          [
+            ...runc,
+            ...(twoSteps ? ['create'] : ['run', '--detach']),
+            '--no-new-keyring',
+            '--pid-file',
+            p.pidFile,
+            '--bundle',
+            p.bundle,
+            spec.name,
+          ],
+          { sharedMemory },
+        );
+        const path = process.env.PATH || DEFAULT_PATH;
+        // runc returns as soon as init has exec'd; a runc that hangs (stuck mount, full disk) is killed.
+        // Through the launcher where there is one (decision 0095): no fork of the daemon per start.
+        const code = launcher
+          ? await launcher.run(argv, { path, logFile: p.consoleLog, timeoutMs: RUNC_RUN_TIMEOUT_MS })
+          : await spawnWithLog(argv, path, p.consoleLog);
         if (code !== 0) {
           const output = (await readFile(p.consoleLog).catch(() => Buffer.alloc(0)))
             .subarray(before)
@@ -674,7 +698,7 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
         // A frozen task cannot act on a signal, not even SIGKILL in cgroup v1.
         const freezer = await readFreezerState(cgroupsPath(spec));
         if (freezer && freezer !== 'THAWED')
-          await runner.run([...runc, 'resume', spec.name], { allowFailure: true });
+          await writeFreezerState(cgroupsPath(spec), 'THAWED').catch(() => {});
         let gone = false;
         if (!options.force) {
           await signalInit(spec, init, await stopSignalOf(spec));
@@ -693,14 +717,16 @@ export function createCtDriver(ctx: DriverContext): GuestDriver {
       await cleanUpRuntime(spec);
     },
 
+    // The freezer written by the daemon, as `runc pause`/`resume` write it (writeFreezerState):
+    // one spawn less each, and runc, which keeps no record of a pause, reports what it finds there.
     async freeze(spec) {
       await runningInit(spec);
-      await runner.run([...runc, 'pause', spec.name]);
+      await setFreezer(spec, 'FROZEN');
     },
 
     async unfreeze(spec) {
       await runningInit(spec);
-      await runner.run([...runc, 'resume', spec.name]);
+      await setFreezer(spec, 'THAWED');
     },
 
     async delete(spec) {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import { attachCtVolumeArgv, ctVolumeIdmap } from './ct-volumes.ts';
-import { mountOverlayRootfs, overlayRootfsArgv, privateRootArgv } from './overlay-rootfs.ts';
+import { mountOverlayRootfs, overlayRootfsArgv, privateRootArgv, privateRootEnv } from './overlay-rootfs.ts';
 
 const layers = {
   tree: '/s/images/fp/trees/rootfs',
@@ -22,11 +22,11 @@ test('the root mount runs perl with no environment, the layers and the range as 
 
 test('a start mounts the root in a mount namespace of its own, then execs runc there with only PATH set', () => {
   const runc = ['runc', '--root', '/s/runc', 'create', '--bundle', '/s/guests/g/bundle', 'g'];
-  const argv = privateRootArgv({ ...layers, idmap: { base: 1_262_144, size: 65536 } }, runc, {
-    path: '/usr/sbin:/usr/bin',
-  });
-  assert.deepEqual(argv.slice(0, 5), ['env', '-i', 'PATH=/usr/sbin:/usr/bin', '/usr/bin/perl', '-e']);
-  const script = argv[5] ?? '';
+  const argv = privateRootArgv({ ...layers, idmap: { base: 1_262_144, size: 65536 } }, runc);
+  // perl first, no env -i: the caller gives it PATH alone (privateRootEnv, the runner's envOnly).
+  assert.deepEqual(argv.slice(0, 2), ['/usr/bin/perl', '-e']);
+  assert.deepEqual(privateRootEnv('/usr/sbin:/usr/bin'), { PATH: '/usr/sbin:/usr/bin' });
+  const script = argv[2] ?? '';
   assert.match(script, /BEGIN \{ @INC = \(\) \}/, 'nothing of the guest is ever loaded');
   assert.match(script, /syscall\(272, 0x20000\)/, 'unshare(CLONE_NEWNS) first');
   assert.match(script, /0x4000 \| 0x40000/, 'every mount made private (MS_REC | MS_PRIVATE)');
@@ -34,8 +34,8 @@ test('a start mounts the root in a mount namespace of its own, then execs runc t
     script.indexOf('0x40000') < script.indexOf("'overlay'"),
     'made private before the root is mounted',
   );
-  assert.deepEqual(argv.slice(6), ['--', ...Object.values(layers), '1262144', '65536', '-', '-', ...runc]);
-  assert.throws(() => privateRootArgv({ ...layers, work: '/s/a,b' }, runc, { path: '/usr/bin' }), {
+  assert.deepEqual(argv.slice(3), ['--', ...Object.values(layers), '1262144', '65536', '-', '-', ...runc]);
+  assert.throws(() => privateRootArgv({ ...layers, work: '/s/a,b' }, runc), {
     code: 'InvalidArgument',
   });
 });
@@ -43,19 +43,18 @@ test('a start mounts the root in a mount namespace of its own, then execs runc t
 test('a guest without a memory limit joins the shared memory cgroup and runc is shown no memory hierarchy', () => {
   const runc = ['runc', '--root', '/s/runc', 'run', '--detach', 'g'];
   const sharedMemory = { mount: '/sys/fs/cgroup/memory', dir: '/sys/fs/cgroup/memory/trivisor-ab12cd34' };
-  const argv = privateRootArgv(layers, runc, { path: '/usr/bin', sharedMemory });
+  const argv = privateRootArgv(layers, runc, { sharedMemory });
   assert.deepEqual(argv.slice(-runc.length - 2), [sharedMemory.mount, sharedMemory.dir, ...runc]);
-  const script = argv[5] ?? '';
+  const script = argv[2] ?? '';
   // The helper joins first (its children, runc and the guest, inherit the cgroup), then unmounts
   // the hierarchy in its own private namespace: runc makes cgroups only where it finds one mounted.
   assert.match(script, /open\(my \$procs, '>>', "\$memcg\/cgroup\.procs"\)/);
   assert.match(script, /syscall\(166, \$memmnt, 2\)/, 'umount2(MNT_DETACH) of the memory hierarchy');
   assert.ok(script.indexOf('0x40000') < script.indexOf('$memmnt, 2'), 'only once the namespace is private');
   assert.ok(script.indexOf('cgroup.procs') < script.indexOf('$memmnt, 2'), 'joined before it is hidden');
-  assert.throws(
-    () => privateRootArgv(layers, runc, { path: '/usr/bin', sharedMemory: { ...sharedMemory, dir: 'x y' } }),
-    { code: 'Internal' },
-  );
+  assert.throws(() => privateRootArgv(layers, runc, { sharedMemory: { ...sharedMemory, dir: 'x y' } }), {
+    code: 'Internal',
+  });
 });
 
 test('a layer path that overlayfs would split is refused before anything runs', () => {

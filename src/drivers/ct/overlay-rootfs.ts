@@ -142,7 +142,9 @@ export interface SharedMemoryCgroup {
 /**
  * The argv that mounts the guest's root in a mount namespace made for this one start and then
  * runs `then` there (runc create or run --detach, which must find the root at `layers.target`).
- * perl runs with no environment but `path` (runc is looked up in it and inherits it).
+ * It is perl itself, with no `env -i` before it: the caller spawns it with an environment of PATH
+ * alone (the runner's `envOnly`; runc is looked up in it and inherits it), so that nothing of the
+ * daemon's environment (PERL5OPT, PERL5LIB…) reaches perl or runc, and the start execs once less.
  *
  * With `sharedMemory`, the helper also joins that memory cgroup and unmounts the memory hierarchy
  * in its own namespace before runc runs: runc makes a guest's cgroup only in the hierarchies it
@@ -152,7 +154,7 @@ export interface SharedMemoryCgroup {
 export function privateRootArgv(
   layers: OverlayRootfs,
   then: string[],
-  options: { path: string; sharedMemory?: SharedMemoryCgroup | undefined },
+  options: { sharedMemory?: SharedMemoryCgroup | undefined } = {},
 ): string[] {
   if (then.length === 0) throw internal('Nothing to run in the mount namespace of the guest root');
   const memory = options.sharedMemory;
@@ -162,9 +164,6 @@ export function privateRootArgv(
     }
   }
   return [
-    'env',
-    '-i',
-    `PATH=${options.path}`,
     '/usr/bin/perl',
     '-e',
     PRIVATE_ROOT_SCRIPT,
@@ -174,6 +173,11 @@ export function privateRootArgv(
     memory ? memory.dir : '-',
     ...then,
   ];
+}
+
+/** The whole environment the private-root helper is spawned with (see privateRootArgv). */
+export function privateRootEnv(path: string): Record<string, string> {
+  return { PATH: path };
 }
 
 /** The error for a root mount that failed with `why` (the helper's last line of stderr). */
