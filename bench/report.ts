@@ -1256,7 +1256,9 @@ lines.push(
   '5 minutes, for every policy. Host-hours: members on or booting. SLATAH: the share of active host intervals at',
   '100% of CPU or memory. Goals (issue 14 §6): fewer host-hours than DPM and LR-MMT, SLATAH no worse than',
   "LR-MMT's, at most half its migrations. `trivisor, no failure room` is not a policy anyone runs: it shows what",
-  "keeping room for one member's failure (which the baselines do not) costs.",
+  "keeping room for one member's failure (which the baselines do not) costs. `LR-MMT 1.2 keeping the failure room`",
+  "is the same LR-MMT made to keep that room too (decision 0051's amendment), and `Trivisor with the power-off",
+  'forecast` our policy with `powerOffForecast` and `burstEndsMinOn` on, which the daemon does not run by default yet.',
   '',
 );
 if (autonomic) {
@@ -1266,13 +1268,19 @@ if (autonomic) {
     ['lr-mmt', 'LR-MMT 1.2'],
     ['incus', 'Incus rebalancer'],
     ['trivisor-no-failure-room', 'Trivisor, no failure room'],
+    // Decision 0051's amendment (2026-12-06): LR-MMT keeping the same room for one member's failure,
+    // and Trivisor with the power-off forecast (not the daemon's default yet). A result written
+    // before them has no such rows, and none is drawn.
+    ['lr-mmt-failure-room', 'LR-MMT 1.2 keeping the failure room'],
+    ['trivisor-forecast', 'Trivisor with the power-off forecast'],
   ];
   const n = (v: unknown) => (typeof v === 'number' ? v.toLocaleString('en-US') : '–');
   const table = (t: Record<string, Json>) => [
     '| policy | host-hours | SLATAH | migrations | power-offs | most cycles of a member in a day | members on (min–max) |',
     '|---|---|---|---|---|---|---|',
-    ...names.map(([k, label]) => {
-      const x = t[k] ?? {};
+    ...names.flatMap(([k, label]) => {
+      const x = t[k];
+      if (x === undefined) return [];
       return `| ${label} | ${n(x.hostHours)} | ${f(100 * (x.slatah as number), 2)}% | ${n(x.migrations)} | ${n(x.powerOffs)} | ${n(x.maxCyclesPerMemberPerDay)} | ${x.minMembersOn}–${x.maxMembersOn} |`;
     }),
     '',
@@ -1280,6 +1288,12 @@ if (autonomic) {
   const yes = (v: unknown) => (v ? '**met**' : '**not met**');
   const goalLines = (g: Json) => [
     `Fewer host-hours than DPM: ${yes(g.fewerHostHoursThanDpm)} (×${f(g.hostHoursToDpm, 3)}); than LR-MMT: ${yes(g.fewerHostHoursThanLrMmt)} (×${f(g.hostHoursToLrMmt, 3)}); SLATAH no worse than LR-MMT's: ${yes(g.overloadNoWorseThanLrMmt)}; at most half its migrations: ${yes(g.atMostHalfLrMmtMigrations)} (×${f(g.migrationsToLrMmt, 3)}).`,
+    ...(g.fewerHostHoursThanLrMmtWithRoom === undefined
+      ? []
+      : [
+          '',
+          `Against LR-MMT keeping the same failure room: fewer host-hours ${yes(g.fewerHostHoursThanLrMmtWithRoom)} (×${f(g.hostHoursToLrMmtWithRoom, 3)}); SLATAH no worse ${yes(g.overloadNoWorseThanLrMmtWithRoom)}; at most half its migrations ${yes(g.atMostHalfLrMmtWithRoomMigrations)}.`,
+        ]),
     '',
   ];
   const pl = autonomic.planetLab as Json;
@@ -1321,6 +1335,32 @@ if (autonomic) {
       `${String(r.name).replace(/^bitbrains /, 'Bitbrains Rnd ')}: ${n(r.guests)} VMs, ${n(r.samples)} samples, ${n(r.members)} members at the start.`,
       '',
       ...table(r.policies as Record<string, Json>),
+    );
+  }
+  // Where Bitbrains' host-hours go (decision 0051's amendment): the clairvoyant floor, the floor
+  // with the failure room, and Trivisor with one of its limits lifted at a time, month by month.
+  const where = bb.whereHoursGo as Record<string, Record<string, Json>> | undefined;
+  const months = Object.keys(where ?? {});
+  if (where && months.length > 0) {
+    const rows = Object.keys(where[months[0] as string] ?? {});
+    lines.push(
+      "Where Bitbrains' host-hours go: the floor is ⌈the cluster's demand / one member⌉ at every sample (what a policy that knew each sample and moved for free would keep on), the floor + room adds one member; the other rows are Trivisor with one limit lifted at a time (host-hours, SLATAH):",
+      '',
+      `| | ${months.map((m) => m.replace(/^bitbrains /, '')).join(' | ')} |`,
+      `|---|${months.map(() => '---').join('|')}|`,
+      ...rows.map(
+        (row) =>
+          `| ${row} | ${months
+            .map((m) => {
+              const x = where[m]?.[row];
+              if (!x) return '–';
+              return row.startsWith('floor')
+                ? n(x.hostHours)
+                : `${n(x.hostHours)} (${f(100 * (x.slatah as number), 2)}%)`;
+            })
+            .join(' | ')} |`,
+      ),
+      '',
     );
   }
   lines.push(
