@@ -6,6 +6,7 @@ import { etcdPaths } from './cluster/etcd-member.ts';
 import { startHaAgent } from './control/ha/agent.ts';
 import { haPaths } from './control/ha/ha-files.ts';
 import type { ProcessIdentity } from './core/types.ts';
+import { unmountCtLayer } from './drivers/ct/ct-layer-image.ts';
 import { cgroupParentOf } from './drivers/guest-cgroup.ts';
 import { killGuest, runningGuests } from './host/guest-processes.ts';
 import { createLogger, type Logger } from './host/logger.ts';
@@ -148,6 +149,13 @@ async function main(): Promise<void> {
       const left = await killGuest(parent, guest);
       if (left.length > 0)
         log.error({ guest, pids: left }, 'HA agent: processes of a fenced guest are still there');
+      // A ct guest's layer image on a network pool is unmounted here, before the lease can expire:
+      // left mounted, its dirty pages would reach the image after another member mounted it
+      // (decision 0094). Blocked while the pool is out of reach, a configured watchdog resets the member.
+      else
+        await unmountCtLayer(hostRunner(), stateDir, guest).catch((e: unknown) =>
+          log.error({ guest, err: String(e) }, 'HA agent: cannot unmount the layer of a fenced guest'),
+        );
     },
     ...(watchdog && { watchdog }),
     onRemoved: () => {

@@ -3,8 +3,12 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { unmountCtLayer } from '../../src/drivers/ct/ct-layer-image.ts';
+import { cgroupParentOf } from '../../src/drivers/guest-cgroup.ts';
+import { killGuest } from '../../src/host/guest-processes.ts';
+import { hostRunner } from '../../src/host/runner.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
-import { type Daemon, startDaemon } from '../system/harness.ts';
+import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 
 // Storage only: the guest needs no network.
 process.env.TRIVISOR_DEFAULT_NETWORK = 'none';
@@ -54,7 +58,7 @@ describe('a ct guest on a pool overlayfs refuses as upper keeps its layer in a l
   };
   const sh = (script: string) => daemon().ok(['exec', 'g', '--', 'sh', '-c', script]);
 
-  test('the pool refuses an overlay upper dir; the guest runs on its image, survives a daemon restart, snapshots, and leaves no mount or loop device', async () => {
+  test('the pool refuses an overlay upper dir; the guest runs on its image, survives a daemon restart, snapshots, is fenced, and leaves no mount or loop device', async () => {
     // The stand-in refuses an upper dir as NFS does: without the image no ct guest could start here.
     const probe = path.join(dir, 'probe');
     for (const sub of ['lower', 'target']) mkdirSync(path.join(probe, sub), { recursive: true });
@@ -78,7 +82,8 @@ describe('a ct guest on a pool overlayfs refuses as upper keeps its layer in a l
     const gdir = readlinkSync(link);
     assert.ok(gdir.startsWith(`${fuse}/`), `${gdir} is on the pool`);
     const image = path.join(gdir, 'layer.img');
-    const layer = path.join(gdir, 'layer');
+    // Mounted in the member's own state dir, not on the pool.
+    const layer = path.join(d.stateDir, 'ct-layers/g');
     assert.equal(statSync(image).size, 256 * 1024 ** 2, 'limits.disk sizes the image');
     assert.ok(!existsSync(path.join(gdir, 'upper')), 'no upper dir on the pool itself');
     const mounted = mountAt(layer);
@@ -106,9 +111,18 @@ describe('a ct guest on a pool overlayfs refuses as upper keeps its layer in a l
     d.ok(['snapshot', 'create', 'g', 's0']);
     assert.ok(statSync(path.join(gdir, 'snapshots/s0/layer.img')).isFile());
     sh('printf two > /srv/data.txt');
-    d.ok(['stop', 'g']);
-    assert.equal(mountAt(layer), undefined, 'unmounted at stop');
-    assert.equal(loopsOf(image), '', 'its loop device detached at stop');
+    // The HA agent's fence, as src/ha-agent.ts does it: the guest killed by its cgroup, then its
+    // layer unmounted from this member's state dir (the agent itself is the cluster tests').
+    assert.deepEqual(await killGuest(cgroupParentOf(d.stateDir), 'g'), [], 'the guest killed');
+    await unmountCtLayer(hostRunner(), d.stateDir, 'g');
+    assert.equal(mountAt(layer), undefined, 'unmounted by the fence');
+    assert.ok(!existsSync(layer), 'its mount point removed');
+    assert.equal(loopsOf(image), '', 'its loop device detached');
+    const status = () =>
+      (JSON.parse(d.ok(['list', '--format', 'json'])) as Array<{ name: string; status: string }>).find(
+        (g) => g.name === 'g',
+      )?.status;
+    await eventually('the daemon sees g stopped', () => status() === 'Stopped', 60_000);
 
     d.ok(['snapshot', 'restore', 'g', 's0']);
     d.ok(['start', 'g']);

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,13 +12,14 @@ import {
   cgroupMode,
   readCgroupUsage,
   readFreezerState,
+  readFreezerStateSync,
   removeCgroup,
   sharedMemoryCgroup,
   writeFreezerState,
 } from '../../host/cgroups-v1.ts';
 import type { Launcher } from '../../host/launcher.ts';
 import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
-import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { isSameProcess, isSameProcessSync, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
 import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
@@ -34,6 +36,7 @@ import type {
 import type { AttachedVolume } from '../guest-volumes.ts';
 import { removeGuestSubvolumes } from './ct-btrfs-send.ts';
 import {
+  ctLayerOf,
   layerRootOf,
   mountCtLayer,
   prepareCtLayer,
@@ -70,6 +73,8 @@ const POLL_MS = 50;
 const KILL_WAIT_MS = 10_000;
 /** How long `runc run --detach` may take before start() gives up. */
 const RUNC_RUN_TIMEOUT_MS = 60_000;
+/** Guests whose usage is read between two turns of the event loop (usage()). */
+const USAGE_BATCH = 32;
 /** Config keys `runc update` applies to a running guest. */
 const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
 
@@ -114,9 +119,14 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
       dir,
       bundle: join(dir, 'bundle'),
       config: join(dir, 'bundle', 'config.json'),
-      // In the guest's layer image on a pool overlayfs refuses as upper (decision 0094).
-      upper: join(layerRootOf(dir), 'upper'),
-      work: join(layerRootOf(dir), 'work'),
+      // In the guest's layer image on a pool overlayfs refuses as upper (decision 0094): looked
+      // up when asked for (create and start), not at every inspect.
+      get upper() {
+        return join(layerRootOf(ctLayerOf(stateDir, spec.name)), 'upper');
+      },
+      get work() {
+        return join(layerRootOf(ctLayerOf(stateDir, spec.name)), 'work');
+      },
       rootfs: join(dir, 'rootfs'),
       staging: join(dir, 'staging'),
       consoleLog: join(dir, 'console.log'),
@@ -277,7 +287,7 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
     // start's own mount namespace, and the guest's copy goes with its last process.
     await unmountIfMounted(p.rootfs, { runner });
     await unmountIfMounted(p.staging, { runner });
-    await unmountCtLayer(runner, p.dir);
+    await unmountCtLayer(runner, stateDir, spec.name);
     const left = await removeCgroup(cgroupsPath(spec));
     if (left.length > 0) log.warn({ guest: spec.name, left }, 'cgroups of the guest cannot be removed');
     await rm(p.pidFile, { force: true });
@@ -469,6 +479,10 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
     }
   };
 
+  /** The usage reads in flight, one after another (usage()). */
+  let usageTurns: Promise<unknown> = Promise.resolve();
+  let usageReads = 0;
+
   const setFreezer = async (spec: GuestSpec, state: 'FROZEN' | 'THAWED'): Promise<void> => {
     try {
       await writeFreezerState(cgroupsPath(spec), state);
@@ -519,7 +533,11 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
       // A guest placed on a btrfs pool has its directory linked to a subvolume there, which takes a quota.
       // On a network file system it sizes the guest's layer image (decision 0094).
       const link = join(stateDir, 'guests', spec.name);
-      if (spec.config['limits.disk'] !== undefined && !isOnBtrfsPool(link) && !takesLayerImage(link)) {
+      if (
+        spec.config['limits.disk'] !== undefined &&
+        !isOnBtrfsPool(link) &&
+        !takesLayerImage(stateDir, spec.name)
+      ) {
         throw notSupported(
           'limits.disk needs a btrfs storage pool or one on a network file system: create the guest with --storage POOL, or remove the key.',
         );
@@ -537,11 +555,11 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
 
     async create(spec, image) {
       driver.validate(spec);
-      await prepareCtLayer(runner, join(stateDir, 'guests', spec.name), spec);
+      await prepareCtLayer(runner, stateDir, spec);
       const p = pathsOf(spec);
       if (await exists(p.bundle)) return;
       await withRevert(async (r) => {
-        r.add(() => unmountCtLayer(runner, p.dir));
+        r.add(() => unmountCtLayer(runner, stateDir, spec.name));
         // 0711: guests' roots pass it on the way to their own directory; nobody lists it.
         await mkdir(join(stateDir, 'guests'), { recursive: true, mode: 0o711 });
         await chmod(join(stateDir, 'guests'), 0o711);
@@ -563,7 +581,7 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         await writeBundle(spec, image, range);
         await closeGuestDir(p, range);
       });
-      await unmountCtLayer(runner, p.dir);
+      await unmountCtLayer(runner, stateDir, spec.name);
     },
 
     async start(spec, image) {
@@ -581,8 +599,8 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
       }
       return withRevert(async (r) => {
         // Mounted from here to the stop (decision 0094); a smaller limits.disk waits for a new image.
-        const layer = await mountCtLayer(runner, p.dir, { spec });
-        r.add(() => unmountCtLayer(runner, p.dir));
+        const layer = await mountCtLayer(runner, ctLayerOf(stateDir, spec.name), { spec });
+        r.add(() => unmountCtLayer(runner, stateDir, spec.name));
         if (layer.kept !== undefined) {
           log.warn(
             { guest: spec.name, bytes: layer.kept },
@@ -753,8 +771,11 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
 
     async inspect(spec, known): Promise<RuntimeState> {
       const p = pathsOf(spec);
-      if (!(await exists(p.dir))) return { state: 'absent' };
-      const init = await liveInit(spec, known);
+      // Synchronous: a stat and two kernel files, microseconds each, where the asynchronous reads
+      // were seven round trips through libuv's pool; the guest controller's liveness pass inspects
+      // every running guest every 2 s (decision 0095).
+      if (!existsSync(p.dir)) return { state: 'absent' };
+      const init = known ? (isSameProcessSync(known) ? known : undefined) : await liveInit(spec);
       if (!checkedDirs.has(spec.name)) {
         checkedDirs.add(spec.name);
         await closeEarlierDir(spec, p, init).catch((e: unknown) =>
@@ -762,12 +783,21 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         );
       }
       if (!init) return { state: 'stopped' };
-      const freezer = await readFreezerState(cgroupsPath(spec));
+      const freezer = readFreezerStateSync(cgroupsPath(spec));
       return { state: freezer === 'FROZEN' || freezer === 'FREEZING' ? 'frozen' : 'running', process: init };
     },
 
-    async usage(spec): Promise<GuestUsage> {
-      return readCgroupUsage(cgroupsPath(spec));
+    // readCgroupUsage reads synchronously (decision 0080's choice: microseconds a file), and the
+    // metric sampler and ?recursion=2 ask for every running guest's at once: the reads take
+    // turns, and the event loop has one every USAGE_BATCH guests, so that a pass over thousands of
+    // guests (seconds on a loaded host) does not stop every start and API call meanwhile (decision 0095).
+    usage(spec): Promise<GuestUsage> {
+      const turn = usageTurns.then(async () => {
+        if (++usageReads % USAGE_BATCH === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        return readCgroupUsage(cgroupsPath(spec));
+      });
+      usageTurns = turn.catch(() => {});
+      return turn;
     },
 
     async update(spec, changedKeys) {

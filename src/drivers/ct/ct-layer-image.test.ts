@@ -6,9 +6,9 @@ import { after, before, describe, test } from 'node:test';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import {
+  ctLayerOf,
   DEFAULT_LAYER_IMAGE_BYTES,
   hasLayerImage,
-  LAYER_IMAGE,
   layerImageBytes,
   layerRootOf,
   makeLayerImage,
@@ -42,13 +42,19 @@ describe('ct layer images (decision 0094)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  test('a guest directory without layer.img keeps upper/ in itself; with one, in the mounted layer/', async () => {
-    const g = path.join(dir, 'plain');
-    await mkdir(g);
-    assert.equal(hasLayerImage(g), false);
-    assert.equal(layerRootOf(g), g);
-    await writeFile(path.join(g, LAYER_IMAGE), '');
-    assert.equal(layerRootOf(g), path.join(g, 'layer'));
+  test("a guest directory without layer.img keeps upper/ in itself; with one, in the image mounted in the state dir's ct-layers/", async () => {
+    const state = path.join(dir, 'state');
+    await mkdir(path.join(state, 'guests', 'g'), { recursive: true });
+    const layer = ctLayerOf(state, 'g');
+    assert.deepEqual(layer, {
+      dir: path.join(state, 'guests/g'),
+      image: path.join(state, 'guests/g/layer.img'),
+      mount: path.join(state, 'ct-layers/g'),
+    });
+    assert.equal(hasLayerImage(layer.dir), false);
+    assert.equal(layerRootOf(layer), layer.dir);
+    await writeFile(layer.image, '');
+    assert.equal(layerRootOf(layer), path.join(state, 'ct-layers/g'));
   });
 
   test('the image is sized by limits.disk, 8 GiB without it; a size below 64 MiB is refused in one line', () => {
@@ -125,8 +131,8 @@ describe('ct layer images (decision 0094)', () => {
   test('withCtLayer runs the work alone for a guest without an image', async () => {
     const runner = fakeRunner();
     const g = path.join(dir, 'no-image');
-    await mkdir(g);
-    assert.equal(await withCtLayer(runner, g, async () => 42), 42);
+    await mkdir(path.join(g, 'guests', 'g'), { recursive: true });
+    assert.equal(await withCtLayer(runner, ctLayerOf(g, 'g'), async () => 42), 42);
     assert.deepEqual(runner.commands(), []);
   });
 });

@@ -1,11 +1,11 @@
 import { existsSync } from 'node:fs';
-import { mkdir, open, realpath, rm, rmdir, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { failedPrecondition, invalidArgument } from '../../core/errors.ts';
 import { parseBytes } from '../../core/sizes.ts';
 import type { GuestSpec } from '../../core/types.ts';
-import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
+import { isMountPoint } from '../../host/mounts.ts';
 import { refusesOverlayUpper } from '../../host/overlay-upper.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
 import { guestDirOf, isPoolLinked } from './guest-dir.ts';
@@ -15,15 +15,30 @@ import { guestDirOf, isPoolLinked } from './guest-dir.ts';
  * NFS, FUSE, CIFS and the like ("upper fs does not support tmpfile / RENAME_WHITEOUT ... missing
  * required features"): a guest whose directory is on such a pool (a shared pool is NFS in
  * production) keeps its upper and work dirs in a sparse ext4 image in its directory, `layer.img`,
- * loop-mounted at `layer/` beside it by the member that runs it, from start to stop only.
+ * loop-mounted by the member that runs it, from start to stop only, at a mount point in that
+ * member's own state dir: nothing of the mount is on the pool, and unmounting it (the HA agent's
+ * fence among others) walks no path on the network file system.
  */
 
 /** The layer image in the guest's directory. */
 export const LAYER_IMAGE = 'layer.img';
-/** Where the layer image is mounted, in the guest's directory: upper/ and work/ are inside. */
-export const LAYER_MOUNT = 'layer';
-/** Temporary mount points of snapshot images, in the guest's directory. */
+/** The state dir's directory of layer mount points: `ct-layers/NAME`, upper/ and work/ inside. */
+export const LAYERS_DIR = 'ct-layers';
+/** Temporary mount points of snapshot images, in LAYERS_DIR. */
 export const MOUNT_PREFIX = '.mnt-';
+
+/** A ct guest's directory, its layer image (if it has one) and this member's mount point of it. */
+export interface CtLayer {
+  dir: string;
+  image: string;
+  mount: string;
+}
+
+/** Where guest `name`'s layer is on this member (guestDirOf resolves a pool's link). */
+export function ctLayerOf(stateDir: string, name: string): CtLayer {
+  const dir = guestDirOf(stateDir, name);
+  return { dir, image: join(dir, LAYER_IMAGE), mount: join(stateDir, LAYERS_DIR, name) };
+}
 /** The image's size when the guest has no limits.disk (sparse: it takes what the guest writes). */
 export const DEFAULT_LAYER_IMAGE_BYTES = 8 * 1024 ** 3;
 /** The smallest image mkfs.ext4 makes with room for a guest's files. */
@@ -35,8 +50,8 @@ export function hasLayerImage(dir: string): boolean {
 }
 
 /** The directory that holds the guest's upper/ and work/: its own, or its image's mount point. */
-export function layerRootOf(dir: string): string {
-  return hasLayerImage(dir) ? join(dir, LAYER_MOUNT) : dir;
+export function layerRootOf(layer: CtLayer): string {
+  return hasLayerImage(layer.dir) ? layer.mount : layer.dir;
 }
 
 /** The size of a guest's layer image: limits.disk, or the default. */
@@ -141,9 +156,21 @@ async function loopsOf(runner: Pick<ProcessRunner, 'run'>, image: string): Promi
   }
 }
 
-/** Unmounts a layer image mounted at `target` (its loop device goes with it). */
+/**
+ * Unmounts a layer image mounted at `target` (its loop device goes with it) and removes the mount
+ * point. Not lazily: a file system detached while something still holds it would keep writing to
+ * the image, which another member may mount next.
+ */
 export async function unmountLayerImage(runner: ProcessRunner, target: string): Promise<void> {
-  await unmountIfMounted(target, { runner });
+  if (await isMountPoint(target)) {
+    const r = await runner.run(['umount', target], { allowFailure: true });
+    if (r.code !== 0 && (await isMountPoint(target))) {
+      throw failedPrecondition(
+        `Cannot unmount the layer at ${target} (${r.stderr.trim().split('\n')[0] ?? `exit ${r.code}`}): stop what still uses it (fuser -m ${target}), then try again.`,
+      );
+    }
+  }
+  await rmdir(target).catch(() => {});
 }
 
 /**
@@ -154,12 +181,12 @@ export async function unmountLayerImage(runner: ProcessRunner, target: string): 
  */
 export async function mountCtLayer(
   runner: ProcessRunner,
-  dir: string,
+  layer: CtLayer,
   options?: { spec?: GuestSpec },
 ): Promise<{ kept?: number }> {
-  if (!hasLayerImage(dir)) return {};
-  const image = join(dir, LAYER_IMAGE);
-  const target = join(dir, LAYER_MOUNT);
+  if (!hasLayerImage(layer.dir)) return {};
+  const { image, mount: target } = layer;
+  await mkdir(dirname(target), { recursive: true, mode: 0o700 });
   const size = (await stat(image)).size;
   const want = options?.spec ? layerImageBytes(options.spec) : size;
   const grow = want > size && !(await isMountPoint(target));
@@ -191,44 +218,57 @@ export async function mountCtLayer(
  * layer image and mounts it; mounts the image of a guest that has one. Nothing for the others,
  * and nothing new for a guest made already (its bundle or its plain upper/ exists).
  */
-export async function prepareCtLayer(runner: ProcessRunner, link: string, spec: GuestSpec): Promise<void> {
-  if (!isPoolLinked(link)) return;
-  const dir = await realpath(link);
+export async function prepareCtLayer(
+  runner: ProcessRunner,
+  stateDir: string,
+  spec: GuestSpec,
+): Promise<void> {
+  if (!isPoolLinked(join(stateDir, 'guests', spec.name))) return;
+  const layer = ctLayerOf(stateDir, spec.name);
   // A guest made already (it may run) is left as it is: create returns at once for it.
-  if (existsSync(join(dir, 'bundle'))) return;
-  const made = ['upper', LAYER_IMAGE].some((name) => existsSync(join(dir, name)));
-  if (!made && refusesOverlayUpper(dir)) {
-    await makeLayerImage(runner, join(dir, LAYER_IMAGE), { sizeBytes: layerImageBytes(spec) });
+  if (existsSync(join(layer.dir, 'bundle'))) return;
+  const made = ['upper', LAYER_IMAGE].some((name) => existsSync(join(layer.dir, name)));
+  if (!made && refusesOverlayUpper(layer.dir)) {
+    await makeLayerImage(runner, layer.image, { sizeBytes: layerImageBytes(spec) });
   }
-  await mountCtLayer(runner, dir);
+  await mountCtLayer(runner, layer);
 }
 
-/** Whether the guest at `link` (its state dir entry) has or will get a layer image: limits.disk sizes it. */
-export function takesLayerImage(link: string): boolean {
-  if (!isPoolLinked(link)) return false;
-  const dir = guestDirOf(dirname(dirname(link)), basename(link));
+/** Whether guest `name` has or will get a layer image (its pool refuses an upper dir): limits.disk sizes it. */
+export function takesLayerImage(stateDir: string, name: string): boolean {
+  if (!isPoolLinked(join(stateDir, 'guests', name))) return false;
+  const dir = guestDirOf(stateDir, name);
   return hasLayerImage(dir) || refusesOverlayUpper(dir);
 }
 
-/** Unmounts the guest's layer image (a no-op for a guest without one, or not mounted). */
-export async function unmountCtLayer(runner: ProcessRunner, dir: string): Promise<void> {
-  if (!hasLayerImage(dir)) return;
-  await unmountLayerImage(runner, join(dir, LAYER_MOUNT));
+/**
+ * Unmounts the guest's layer image if it is mounted on this member. Only this member's mount
+ * table is read and only its state dir walked, never the pool: the HA agent's fence calls it too,
+ * for a guest it has just killed (decision 0094).
+ */
+export async function unmountCtLayer(runner: ProcessRunner, stateDir: string, name: string): Promise<void> {
+  const mount = join(stateDir, LAYERS_DIR, name);
+  // A mount point exists only while mounted (or a moment after): most guests cost one stat.
+  if (!existsSync(mount)) return;
+  await unmountLayerImage(runner, mount);
 }
 
 /**
  * Runs `work` with the guest's layer mounted: mounted for it (and unmounted after) when it was
  * not (the guest is stopped), used as it is when it was (the guest runs).
  */
-export async function withCtLayer<T>(runner: ProcessRunner, dir: string, work: () => Promise<T>): Promise<T> {
-  if (!hasLayerImage(dir)) return work();
-  const target = join(dir, LAYER_MOUNT);
-  if (await isMountPoint(target)) return work();
-  await mountLayerImage(runner, join(dir, LAYER_IMAGE), target);
+export async function withCtLayer<T>(
+  runner: ProcessRunner,
+  layer: CtLayer,
+  work: () => Promise<T>,
+): Promise<T> {
+  if (!hasLayerImage(layer.dir)) return work();
+  if (await isMountPoint(layer.mount)) return work();
+  await mountCtLayer(runner, layer);
   try {
     return await work();
   } finally {
-    await unmountLayerImage(runner, target);
+    await unmountLayerImage(runner, layer.mount);
   }
 }
 
@@ -242,12 +282,12 @@ export async function withImageReadOnly<T>(
   options: { scratch: string; work: (root: string) => Promise<T> },
 ): Promise<T> {
   const target = join(options.scratch, `${MOUNT_PREFIX}${process.pid}-${Date.now().toString(36)}`);
+  await mkdir(options.scratch, { recursive: true, mode: 0o700 });
   await mountLayerImage(runner, image, target, { readOnly: true });
   try {
     return await options.work(target);
   } finally {
     await unmountLayerImage(runner, target);
-    await rmdir(target).catch(() => {});
   }
 }
 
@@ -261,6 +301,7 @@ export async function fillNewImage(
   options: { sizeBytes: number; scratch: string; fill: (root: string) => Promise<void> },
 ): Promise<void> {
   await makeLayerImage(runner, image, { sizeBytes: options.sizeBytes });
+  await mkdir(options.scratch, { recursive: true, mode: 0o700 });
   const target = join(options.scratch, `${MOUNT_PREFIX}${process.pid}-${Date.now().toString(36)}`);
   try {
     await mountLayerImage(runner, image, target);
@@ -268,7 +309,6 @@ export async function fillNewImage(
       await options.fill(target);
     } finally {
       await unmountLayerImage(runner, target);
-      await rmdir(target).catch(() => {});
     }
   } catch (e) {
     await rm(image, { force: true });

@@ -36,10 +36,11 @@ import {
   writeRestored,
 } from './ct-incremental.ts';
 import {
+  ctLayerOf,
   fillNewImage,
   hasLayerImage,
   LAYER_IMAGE,
-  LAYER_MOUNT,
+  LAYERS_DIR,
   layerImageBytes,
   layerRootOf,
   MOUNT_PREFIX,
@@ -147,11 +148,14 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
 
   const dirOf = (spec: GuestSpec) => guestDirOf(stateDir, spec.name);
   // A guest on a network file system keeps upper/ in its layer image (decision 0094).
-  const upperOf = (spec: GuestSpec) => join(layerRootOf(dirOf(spec)), 'upper');
+  const layerOf = (spec: GuestSpec) => ctLayerOf(stateDir, spec.name);
+  const upperOf = (spec: GuestSpec) => join(layerRootOf(layerOf(spec)), 'upper');
   const imaged = (spec: GuestSpec) => hasLayerImage(dirOf(spec));
+  /** Where snapshot images are mounted for a moment (this member's, not the pool's). */
+  const scratch = join(stateDir, LAYERS_DIR);
   /** Runs `work` with the guest's layer mounted (a guest with a layer image, stopped: for `work` only). */
   const withLayer = <T>(spec: GuestSpec, work: () => Promise<T>): Promise<T> =>
-    withCtLayer(runner, dirOf(spec), work);
+    withCtLayer(runner, layerOf(spec), work);
   const snapshotsOf = (spec: GuestSpec) => join(dirOf(spec), 'snapshots');
   const snapshotUpper = (spec: GuestSpec, snap: string) => join(snapshotsOf(spec), snap, 'upper');
 
@@ -181,7 +185,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     if (!imaged(spec)) return work(from);
     if (options?.snapshot === undefined) return withLayer(spec, () => work(from));
     return withImageReadOnly(runner, from, {
-      scratch: dirOf(spec),
+      scratch,
       work: (root) => work(join(root, 'upper')),
     });
   };
@@ -213,7 +217,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
    * then its file system frozen, so that the copy is the file system as its last sync left it.
    */
   const copyLayerImage = async (spec: GuestSpec, to: string) => {
-    const mount = join(dirOf(spec), LAYER_MOUNT);
+    const { mount } = layerOf(spec);
     const copy = () =>
       runner.run(['cp', '--sparse=always', '--reflink=auto', '--', join(dirOf(spec), LAYER_IMAGE), to]);
     if (!(await isMountPoint(mount))) {
@@ -239,7 +243,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     try {
       await runner.run(['cp', '--sparse=always', '--reflink=auto', '--', from, tmp]);
       await forgetChains(dir);
-      await unmountCtLayer(runner, dir);
+      await unmountCtLayer(runner, stateDir, spec.name);
       await rename(tmp, join(dir, LAYER_IMAGE));
     } finally {
       await rm(tmp, { force: true });
@@ -271,7 +275,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     options?: { keepReceived?: string },
   ) => {
     const upper = upperOf(spec);
-    const layerRoot = layerRootOf(dirOf(spec));
+    const layerRoot = layerRootOf(layerOf(spec));
     const tmp = join(layerRoot, `${TMP_PREFIX}upper`);
     const old = join(layerRoot, `${TMP_PREFIX}upper-old`);
     await rm(tmp, { recursive: true, force: true });
@@ -465,7 +469,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
           // A snapshot of a guest with a layer image is an image too (decision 0094).
           await fillNewImage(runner, join(tmp, LAYER_IMAGE), {
             sizeBytes: layerImageBytes(spec),
-            scratch: dirOf(spec),
+            scratch,
             fill: (root) => extract(join(root, 'upper')),
           });
         } else await extract(join(tmp, 'upper'));
@@ -598,7 +602,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     async sweep(spec) {
       // An interrupted restore may have left (between its two renames) the old upper aside and no new one in place.
       const upper = upperOf(spec);
-      const layerRoot = layerRootOf(dirOf(spec));
+      const layerRoot = layerRootOf(layerOf(spec));
       if (!(await exists(upper)) && (await exists(join(layerRoot, `${TMP_PREFIX}upper-old`)))) {
         await rename(join(layerRoot, `${TMP_PREFIX}upper-old`), upper);
       }
@@ -615,7 +619,7 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
         join(dirOf(spec), BACKUP_RECEIVED),
         restored ? snapshotNameOf(restored) : undefined,
       );
-      for (const dir of new Set([dirOf(spec), layerRootOf(dirOf(spec)), snapshotsOf(spec)])) {
+      for (const dir of new Set([dirOf(spec), layerRootOf(layerOf(spec)), snapshotsOf(spec)])) {
         for (const name of await readdir(dir).catch(() => [] as string[])) {
           if (!name.startsWith(TMP_PREFIX)) continue;
           // A cp of a killed daemon may still write here: move it away first so that it fails.
@@ -635,15 +639,15 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     withLayer(spec, () => plain.importIncremental?.(spec, tarPath, options) ?? Promise.resolve());
   storage.sweep = async (spec) => {
     if (!imaged(spec)) return plain.sweep(spec);
-    // A daemon killed while it had a snapshot's image mounted leaves the mount.
-    for (const name of await readdir(dirOf(spec)).catch(() => [] as string[])) {
-      if (!name.startsWith(MOUNT_PREFIX)) continue;
-      await unmountIfMounted(join(dirOf(spec), name), { runner });
-      await rmdir(join(dirOf(spec), name)).catch(() => {});
+    // A daemon killed while it had a snapshot's image mounted leaves that mount (its pid in the name).
+    for (const name of await readdir(scratch).catch(() => [] as string[])) {
+      if (!name.startsWith(MOUNT_PREFIX) || name.startsWith(`${MOUNT_PREFIX}${process.pid}-`)) continue;
+      await unmountIfMounted(join(scratch, name), { runner });
+      await rmdir(join(scratch, name)).catch(() => {});
     }
     await withLayer(spec, () => plain.sweep(spec));
     // A guest that stopped while no daemon watched keeps its layer mounted: it is unmounted here.
-    if (!(await isRunning(spec))) await unmountCtLayer(runner, dirOf(spec));
+    if (!(await isRunning(spec))) await unmountCtLayer(runner, stateDir, spec.name);
   };
   return storage;
 }
