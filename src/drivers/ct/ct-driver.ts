@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,14 +11,13 @@ import {
   cgroupMode,
   readCgroupUsage,
   readFreezerState,
-  readFreezerStateSync,
   removeCgroup,
   sharedMemoryCgroup,
   writeFreezerState,
 } from '../../host/cgroups-v1.ts';
 import type { Launcher } from '../../host/launcher.ts';
 import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
-import { isSameProcess, isSameProcessSync, readProcessIdentity } from '../../host/proc-stat.ts';
+import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
 import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
@@ -73,8 +71,6 @@ const POLL_MS = 50;
 const KILL_WAIT_MS = 10_000;
 /** How long `runc run --detach` may take before start() gives up. */
 const RUNC_RUN_TIMEOUT_MS = 60_000;
-/** Guests whose usage is read between two turns of the event loop (usage()). */
-const USAGE_BATCH = 32;
 /** Config keys `runc update` applies to a running guest. */
 const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
 
@@ -479,10 +475,6 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
     }
   };
 
-  /** The usage reads in flight, one after another (usage()). */
-  let usageTurns: Promise<unknown> = Promise.resolve();
-  let usageReads = 0;
-
   const setFreezer = async (spec: GuestSpec, state: 'FROZEN' | 'THAWED'): Promise<void> => {
     try {
       await writeFreezerState(cgroupsPath(spec), state);
@@ -771,11 +763,8 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
 
     async inspect(spec, known): Promise<RuntimeState> {
       const p = pathsOf(spec);
-      // Synchronous: a stat and two kernel files, microseconds each, where the asynchronous reads
-      // were seven round trips through libuv's pool; the guest controller's liveness pass inspects
-      // every running guest every 2 s (decision 0095).
-      if (!existsSync(p.dir)) return { state: 'absent' };
-      const init = known ? (isSameProcessSync(known) ? known : undefined) : await liveInit(spec);
+      if (!(await exists(p.dir))) return { state: 'absent' };
+      const init = await liveInit(spec, known);
       if (!checkedDirs.has(spec.name)) {
         checkedDirs.add(spec.name);
         await closeEarlierDir(spec, p, init).catch((e: unknown) =>
@@ -783,21 +772,12 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         );
       }
       if (!init) return { state: 'stopped' };
-      const freezer = readFreezerStateSync(cgroupsPath(spec));
+      const freezer = await readFreezerState(cgroupsPath(spec));
       return { state: freezer === 'FROZEN' || freezer === 'FREEZING' ? 'frozen' : 'running', process: init };
     },
 
-    // readCgroupUsage reads synchronously (decision 0080's choice: microseconds a file), and the
-    // metric sampler and ?recursion=2 ask for every running guest's at once: the reads take
-    // turns, and the event loop has one every USAGE_BATCH guests, so that a pass over thousands of
-    // guests (seconds on a loaded host) does not stop every start and API call meanwhile (decision 0095).
-    usage(spec): Promise<GuestUsage> {
-      const turn = usageTurns.then(async () => {
-        if (++usageReads % USAGE_BATCH === 0) await new Promise<void>((resolve) => setImmediate(resolve));
-        return readCgroupUsage(cgroupsPath(spec));
-      });
-      usageTurns = turn.catch(() => {});
-      return turn;
+    async usage(spec): Promise<GuestUsage> {
+      return readCgroupUsage(cgroupsPath(spec));
     },
 
     async update(spec, changedKeys) {
