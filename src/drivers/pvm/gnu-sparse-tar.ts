@@ -107,3 +107,81 @@ export function gnuSparseHeaders(
   }
   return out;
 }
+
+/** A numeric field as GNU tar writes it: octal (NUL- or space-ended), or base-256 after a 0x80 byte. */
+export function readNumber(b: Buffer, at: number, width: number): number {
+  if (((b[at] ?? 0) & 0x80) !== 0) {
+    let v = 0n;
+    for (let i = 0; i < width; i++) v = (v << 8n) | BigInt((b[at + i] ?? 0) & (i === 0 ? 0x7f : 0xff));
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new SparseHeaderDamaged('a number is out of range');
+    return Number(v);
+  }
+  const text = b
+    .toString('ascii', at, at + width)
+    .replace(/[\0 ]+$/, '')
+    .trim();
+  if (!/^[0-7]*$/.test(text)) throw new SparseHeaderDamaged('a number is not octal');
+  return text === '' ? 0 : Number.parseInt(text, 8);
+}
+
+/** A sparse header or extension block whose fields cannot be read. */
+export class SparseHeaderDamaged extends Error {}
+
+/** The map entries of a block (`count` of them from `at`), up to the first empty one. */
+function readEntries(b: Buffer, at: number, count: number): SparseRegion[] {
+  const out: SparseRegion[] = [];
+  for (let i = 0; i < count; i++) {
+    const o = at + i * ENTRY_BYTES;
+    // An entry whose length field is empty ends the map (GNU tar's own test).
+    if (b[o + 12] === 0) break;
+    out.push({ offset: readNumber(b, o, 12), length: readNumber(b, o + 12, 12) });
+  }
+  return out;
+}
+
+/** What a type 'S' header holds of its sparse map: the real size, its first entries, whether extension blocks follow. */
+export function readSparseHeader(header: Buffer): {
+  realSize: number;
+  map: SparseRegion[];
+  extended: boolean;
+} {
+  return {
+    realSize: readNumber(header, REAL_SIZE_AT, 12),
+    map: readEntries(header, SPARSE_AT, IN_HEADER),
+    extended: header[IS_EXTENDED_AT] !== 0,
+  };
+}
+
+/** An extension block's entries, and whether another follows. */
+export function readSparseExtension(block: Buffer): { map: SparseRegion[]; extended: boolean } {
+  return {
+    map: readEntries(block, 0, IN_EXTENSION),
+    extended: block[EXTENSION_IS_EXTENDED_AT] !== 0,
+  };
+}
+
+/**
+ * The data regions of a sparse member from its map as read (entries of length 0, as the
+ * `(realSize, 0)` end entry, left out), refusing a map out of order, past the real size, or
+ * whose regions do not add up to the member's stored size.
+ */
+export function regionsOfMap(
+  realSize: number,
+  map: readonly SparseRegion[],
+  storedSize: number,
+): SparseRegion[] {
+  const regions: SparseRegion[] = [];
+  let end = 0;
+  for (const r of map) {
+    if (r.offset < end || r.offset + r.length > realSize) {
+      throw new SparseHeaderDamaged('its sparse map is out of order or past the end of the file');
+    }
+    if (r.length === 0) continue;
+    regions.push({ offset: r.offset, length: r.length });
+    end = r.offset + r.length;
+  }
+  if (storedBytes(regions) !== storedSize) {
+    throw new SparseHeaderDamaged("its sparse map does not add up to the member's size");
+  }
+  return regions;
+}
