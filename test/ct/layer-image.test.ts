@@ -92,6 +92,11 @@ describe('a ct guest on a pool overlayfs refuses as upper keeps its layer in a l
     assert.match(loopsOf(image), /^\/dev\/loop\d+:/, 'one loop device backs it');
     assert.equal(loopsOf(image).split('\n').length, 1);
 
+    // A size the image cannot take is refused in one line, and nothing changes.
+    const small = d.cli(['config', 'set', 'g', 'limits.disk=1MiB']);
+    assert.notEqual(small.code, 0);
+    assert.match(small.stderr, /too small for the layer image of guest g.*at least 64MiB/);
+    assert.equal(d.ok(['config', 'get', 'g', 'limits.disk']).trim(), '256MiB');
     sh('mkdir -p /srv && printf one > /srv/data.txt && rm /bin/ls && sync');
     assert.equal(
       readFileSync(path.join(layer, 'upper/srv/data.txt'), 'utf8'),

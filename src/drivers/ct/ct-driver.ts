@@ -35,6 +35,7 @@ import type { AttachedVolume } from '../guest-volumes.ts';
 import { removeGuestSubvolumes } from './ct-btrfs-send.ts';
 import {
   ctLayerOf,
+  layerImageBytes,
   layerRootOf,
   mountCtLayer,
   prepareCtLayer,
@@ -534,6 +535,8 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
           'limits.disk needs a btrfs storage pool or one on a network file system: create the guest with --storage POOL, or remove the key.',
         );
       }
+      // A layer image must hold ext4's metadata and the guest: refused here, not at the next start.
+      if (spec.config['limits.disk'] !== undefined && takesLayerImage(stateDir, spec.name)) layerImageBytes(spec);
       if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
         throw invalidArgument(
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
