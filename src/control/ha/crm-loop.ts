@@ -100,6 +100,9 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
   const placer: Placer = (c) => createPlacementIndex(c);
   const crm = createCrm(deps.member, timings, placer);
   let lastAdmission: string | undefined;
+  /** The election the restart marks were last read under, and whether some may be left to remove. */
+  let marksElection: number | undefined;
+  let haMarksLeft = true;
   let lease: number | undefined;
   let stopped = false;
   // The specs of HA guests, watched: the bookkeeping finds a guest made HA without listing every spec.
@@ -183,17 +186,29 @@ export function startCrmLoop(deps: CrmLoopDeps): CrmLoop {
       for (const txn of recordUpkeep({ ...world, specs }, world.lock)) await store.txn(txn);
       // HA restarts on their way are marked to their member before their hand-over (issue 13 §4):
       // the marks of guests handed over by this pass go now, their location naming the member.
-      const marks = (await store.list(keys.guestMovePrefix)).kvs.map((kv) => ({
-        mark: JSON.parse(kv.value) as MoveMark,
-        modRevision: kv.modRevision,
-      }));
-      const stillElected: Compare = {
-        key: haKeys.crm,
-        target: 'createRevision',
-        op: '=',
-        value: world.lock.createRevision,
-      };
-      for (const txn of haRestartMarkWrites(prebinds, marks, stillElected, new Date())) await store.txn(txn);
+      // The marks are read while there is something to mark or to remove, and once per election
+      // (a CRM elected before may have left some): not at every quiet pass (decision 0080).
+      if (marksElection !== world.lock.createRevision) {
+        marksElection = world.lock.createRevision;
+        haMarksLeft = true;
+      }
+      if (prebinds.length > 0 || haMarksLeft) {
+        const marks = (await store.list(keys.guestMovePrefix)).kvs.map((kv) => ({
+          mark: JSON.parse(kv.value) as MoveMark,
+          modRevision: kv.modRevision,
+        }));
+        const stillElected: Compare = {
+          key: haKeys.crm,
+          target: 'createRevision',
+          op: '=',
+          value: world.lock.createRevision,
+        };
+        let left = false;
+        for (const txn of haRestartMarkWrites(prebinds, marks, stillElected, new Date()))
+          left = !(await store.txn(txn)).succeeded || left;
+        // Looked at again next pass while it marks, or while a write of it was refused.
+        haMarksLeft = left || prebinds.length > 0;
+      }
       // Admission control (issue 13 §4): told when the answer changes, as a warning (a `logging`
       // event); `cluster list` shows the standing answer.
       const alive = new Map(world.heartbeats.map((h) => [h.value.member, h.createRevision]));
