@@ -12,6 +12,7 @@ import { silentLogger } from '../host/logger.ts';
 import { createEventBus } from '../services/event-bus.ts';
 import { createOperationService } from '../services/operation-service.ts';
 import type { OperationService } from '../services/types.ts';
+import { chainStateFileOf, writeChainState } from '../storage/chain-state-file.ts';
 import {
   expiredBackups,
   listShipped,
@@ -190,18 +191,20 @@ describe('backup scheduler (fake clock, real directory)', () => {
   let operations: OperationService;
   let work: string;
   let dir: string;
-  let made: Array<{ guest: string; incremental: boolean; newChain: boolean }>;
+  let made: Array<{ guest: string; incremental: boolean; newChain: boolean; continueChain?: string }>;
   let deleted: string[];
   let failing: Set<string>;
   let events: TrivisorEvent[];
   /** The chain each guest's storage is at, as a driver keeps it (decision 0048). */
   let chainOf: Map<string, BackupChainLink>;
   let chains: number;
+  /** Guests whose model has a portable chain state (pvm's checksums): the fake leaves one beside each archive. */
+  let carrying: Set<string>;
 
-  const scheduler = (on: KvStore = store) =>
+  const scheduler = (on: KvStore = store, hostName = 'h1') =>
     createBackupScheduler({
       store: on,
-      hostName: 'h1',
+      hostName,
       operations,
       events: { publish: (e) => events.push({ ...e, timestamp: '' }) },
       directory: dir,
@@ -213,6 +216,9 @@ describe('backup scheduler (fake clock, real directory)', () => {
             guest,
             incremental: options.incremental === true,
             newChain: options.newChain === true,
+            ...(options.continueChain && {
+              continueChain: `${options.continueChain.chain}:${options.continueChain.sequence}:${options.continueChain.data}`,
+            }),
           });
           return operations.start({
             project: 'default',
@@ -220,12 +226,22 @@ describe('backup scheduler (fake clock, real directory)', () => {
             resources: {},
             run: async () => {
               if (failing.has(guest)) throw invalidArgument(`no room for ${guest}`);
+              const carried = options.continueChain;
+              // As a driver whose state is about content (pvm) takes over a state another member left.
+              if (carried && carrying.has(guest)) {
+                chainOf.set(guest, { chain: carried.chain, sequence: carried.sequence, kind: 'incremental' });
+              }
               const before = options.newChain ? undefined : chainOf.get(guest);
               const link: BackupChainLink = before
                 ? { chain: before.chain, sequence: before.sequence + 1, kind: 'incremental' }
                 : { chain: String(++chains).padStart(16, '0'), sequence: 0, kind: 'full' };
               chainOf.set(guest, link);
-              await writeFile(join(work, `${guest}-${backup}.tar`), `archive of ${guest} (${backup})`);
+              const archive = join(work, `${guest}-${backup}.tar`);
+              await writeFile(archive, `archive of ${guest} (${backup})`);
+              if (carrying.has(guest)) {
+                const data = Buffer.from(`sums of ${guest} at ${link.chain}:${link.sequence}`);
+                await writeChainState(chainStateFileOf(archive), { guest, model: 'ct' }, { ...link, data });
+              }
               return { backup, incremental: link };
             },
           });
@@ -236,6 +252,7 @@ describe('backup scheduler (fake clock, real directory)', () => {
         async deleteBackup(guest, backup) {
           deleted.push(`${guest}-${backup}`);
           await rm(join(work, `${guest}-${backup}.tar`), { force: true });
+          await rm(chainStateFileOf(join(work, `${guest}-${backup}.tar`)), { force: true });
         },
       },
     });
@@ -257,6 +274,7 @@ describe('backup scheduler (fake clock, real directory)', () => {
     events = [];
     chainOf = new Map();
     chains = 0;
+    carrying = new Set();
     const guests = [
       aGuestSpec({
         name: 'daily',
@@ -438,6 +456,55 @@ describe('backup scheduler (fake clock, real directory)', () => {
     assert.equal(await links('chained'), 'F0 I1 F0');
     const asked = made.filter((m) => m.guest === 'chained').map((m) => m.newChain);
     assert.deepEqual(asked, [true, false, false, true]);
+  });
+
+  test('a guest that moved goes on with the shipped chain from the state shipped beside its newest link (decision 0062 amended)', async () => {
+    carrying.add('chained');
+    await scheduler().pass(at('2026-12-05T04:00:04'));
+    await scheduler().pass(at('2026-12-05T04:10:04'));
+    assert.equal(await links('chained'), 'F0 I1');
+    const [, i1] = await listShipped(dir, 'chained');
+    assert.ok(i1?.link);
+    // Only the newest link's state is in the directory.
+    assert.deepEqual(
+      (await readdir(join(dir, 'chained'))).filter((n) => n.endsWith('.chain.json')),
+      [i1.name.replace(/\.tar$/, '.chain.json')],
+    );
+    // Moved to h2: the guest's storage there has no chain of its own (the move's import ended it).
+    const spec = (await records.guest.at('chained').get(store))?.value;
+    assert.ok(spec);
+    await records.guest.at('chained').put(store, { ...spec, location: 'h2' });
+    chainOf.delete('chained');
+    await scheduler(store, 'h2').pass(at('2026-12-05T04:20:04'));
+    assert.equal(await links('chained'), 'F0 I1 I2');
+    const last = made.at(-1);
+    assert.equal(last?.continueChain, `${i1.link.chain}:1:sums of chained at ${i1.link.chain}:1`);
+    assert.equal(last?.newChain, false);
+    // A state that is not that link's (damaged by hand): a full one, as before.
+    const [, , i2] = await listShipped(dir, 'chained');
+    assert.ok(i2);
+    const statePath = chainStateFileOf(i2.path);
+    const text = await readFile(statePath, 'utf8');
+    await writeFile(statePath, text.replace('"sequence":2', '"sequence":1'));
+    chainOf.delete('chained');
+    await scheduler(store, 'h2').pass(at('2026-12-05T04:30:04'));
+    assert.equal(await links('chained'), 'F0 I1 I2 F0');
+    assert.equal(made.at(-1)?.continueChain, undefined);
+  });
+
+  test('a guest whose model leaves no state starts a new chain after a move, as before', async () => {
+    await scheduler().pass(at('2026-12-05T04:00:04'));
+    await scheduler().pass(at('2026-12-05T04:10:04'));
+    const spec = (await records.guest.at('chained').get(store))?.value;
+    assert.ok(spec);
+    await records.guest.at('chained').put(store, { ...spec, location: 'h2' });
+    chainOf.delete('chained');
+    await scheduler(store, 'h2').pass(at('2026-12-05T04:20:04'));
+    assert.equal(await links('chained'), 'F0 I1 F0');
+    assert.deepEqual(
+      (await readdir(join(dir, 'chained'))).filter((n) => n.endsWith('.chain.json')),
+      [],
+    );
   });
 
   test('a guest not yet made, or being deleted, is not backed up; a failure outlives neither guest nor schedule', async () => {

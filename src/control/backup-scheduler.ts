@@ -1,13 +1,27 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DEFAULT_BACKUP_FULL_EVERY, DEFAULT_BACKUP_RETENTION_COUNT } from '../core/config-keys.ts';
 import { parseDurationMs } from '../core/durations.ts';
 import { asTrivisorError } from '../core/errors.ts';
 import type { GuestSpec } from '../core/types.ts';
-import type { BackupChainLink } from '../drivers/guest-storage.ts';
+import type { BackupChainLink, PortableChainState } from '../drivers/guest-storage.ts';
 import type { Logger } from '../host/logger.ts';
 import { succeeded } from '../services/operation-service.ts';
 import type { StorageService } from '../services/storage-service.ts';
 import type { EventBus, OperationService } from '../services/types.ts';
-import { listShipped, nextShippedLink, pruneShipped, shipBackup } from '../storage/shipped-backups.ts';
+import {
+  chainStateFileOf,
+  pruneChainStates,
+  readChainState,
+  shipChainState,
+} from '../storage/chain-state-file.ts';
+import {
+  listShipped,
+  nextShippedLink,
+  pruneShipped,
+  shipBackup,
+  shippedName,
+} from '../storage/shipped-backups.ts';
 import { compareByteOrder } from '../store/key-order.ts';
 import type { KvStore } from '../store/kv.ts';
 import { records } from '../store/records.ts';
@@ -63,9 +77,15 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
   async function make(
     spec: GuestSpec,
     newChain: boolean,
+    continueChain?: PortableChainState,
   ): Promise<{ backup: string; link?: BackupChainLink }> {
     const op = await deps.storage
-      .createBackup(spec.name, { withSnapshots: false, incremental: true, ...(newChain && { newChain }) })
+      .createBackup(spec.name, {
+        withSnapshots: false,
+        incremental: true,
+        ...(newChain && { newChain }),
+        ...(!newChain && continueChain && { continueChain }),
+      })
       .catch((e: unknown) => {
         // A model whose storage cannot tell what changed: whole archives, as before decision 0062.
         if (asTrivisorError(e).code !== 'NotSupported') throw e;
@@ -78,8 +98,22 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
 
   async function backUp(spec: GuestSpec, minute: Date): Promise<void> {
     const fullEvery = Number(spec.config['backups.full_every'] ?? DEFAULT_BACKUP_FULL_EVERY);
-    const plan = nextShippedLink(await listShipped(directory, spec.name), fullEvery);
-    let made = await make(spec, plan.newChain);
+    const shipped = await listShipped(directory, spec.name);
+    const plan = nextShippedLink(shipped, fullEvery);
+    // The chain's state after the newest link, shipped beside it: the guest takes it over where its
+    // own chain is elsewhere (it moved, it was recovered) and its model can prove the next link.
+    const last = plan.newChain
+      ? undefined
+      : shipped.find((b) => b.link?.chain === plan.after.chain && b.link.sequence === plan.after.sequence);
+    const carried =
+      last &&
+      (await readChainState(chainStateFileOf(last.path), {
+        guest: spec.name,
+        model: spec.model,
+        chain: last.link?.chain ?? '',
+        sequence: last.link?.sequence ?? -1,
+      }));
+    let made = await make(spec, plan.newChain, carried);
     try {
       const { link } = made;
       if (!plan.newChain && link?.kind === 'incremental') {
@@ -97,11 +131,19 @@ export function createBackupScheduler(deps: BackupSchedulerDeps): BackupSchedule
         }
       }
       const archive = await deps.storage.backupFile(spec.name, made.backup);
-      const shipped = await shipBackup(directory, spec.name, archive.path, minute, made.link);
-      log.info(
-        { guest: spec.name, path: shipped.path, sizeBytes: shipped.sizeBytes },
-        'scheduled backup shipped',
-      );
+      // The chain state after the link (where the model has one) goes first, beside where the link
+      // will be: a state that fails to ship only means a full backup if the guest moves before its
+      // next link.
+      const state = chainStateFileOf(archive.path);
+      const target = join(directory, spec.name, shippedName(minute, made.link));
+      if (made.link && (await stat(state).catch(() => undefined))) {
+        await shipChainState(target, state).catch((e: unknown) =>
+          log.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'backup chain state not shipped'),
+        );
+      }
+      const sent = await shipBackup(directory, spec.name, archive.path, minute, made.link);
+      log.info({ guest: spec.name, path: sent.path, sizeBytes: sent.sizeBytes }, 'scheduled backup shipped');
+      await pruneChainStates(sent.path).catch(() => {});
     } finally {
       await deps.storage.deleteBackup(spec.name, made.backup).catch(() => {});
     }

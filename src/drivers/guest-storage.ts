@@ -9,6 +9,18 @@ export interface BackupChainLink {
   method?: 'btrfs-send';
 }
 
+/**
+ * The state a guest's next incremental backup continues from, as bytes another member can take
+ * over (decision 0062, amended: a chain that goes on across a move or a recovery). `data` is the
+ * driver's own (pvm: the disk's size and its block checksums at that link); only the driver of
+ * the same model reads it.
+ */
+export interface PortableChainState {
+  chain: string;
+  sequence: number;
+  data: Buffer;
+}
+
 /** Options of the copy and archive methods: work from a snapshot instead of the live root file system. */
 export interface FromSnapshot {
   snapshot?: string;
@@ -71,6 +83,19 @@ export interface GuestStorage {
     tarPath: string,
     options: { link: BackupChainLink; signal?: AbortSignal },
   ): Promise<void>;
+  /**
+   * Optional: the state the guest's next incremental continues from (its last link's), or none
+   * without a chain. A model whose state names this host's files (ct's tar snapshot file, vm's
+   * bitmap in the disk) has no such method.
+   */
+  chainState?(spec: GuestSpec): Promise<PortableChainState | undefined>;
+  /**
+   * Optional: makes `state` (from chainState, possibly of another member) the guest's own chain,
+   * so that its next incremental is the link after it; only where that incremental is provably
+   * what changed since that link, whatever the guest's files went through (a move, an import).
+   * False, with nothing changed, where it cannot be proven: the next backup is then full.
+   */
+  continueChain?(spec: GuestSpec, state: PortableChainState): Promise<boolean>;
   /** Optional: live restore (vm, decision 0063); a model without it answers NotSupported. */
   live?: LiveImport;
 }

@@ -11,8 +11,11 @@ import {
 } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
 import { projectOfRecord } from '../core/projects.ts';
+import type { GuestSpec } from '../core/types.ts';
+import type { GuestStorage, PortableChainState } from '../drivers/guest-storage.ts';
 import { ArchiveWriter, listArchive } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
+import { chainStateFileOf, writeChainState } from '../storage/chain-state-file.ts';
 import { readThroughFifo } from '../storage/fifo-stream.ts';
 import type { BackupManifest } from '../storage/storage-records.ts';
 import { ZstdFrameEnd } from '../storage/zstd-frames.ts';
@@ -59,6 +62,8 @@ export function backupMethods(
         if (options.withSnapshots) {
           throw invalidArgument('An incremental backup carries no snapshots: leave out --with-snapshots');
         }
+      } else if (options.continueChain) {
+        throw invalidArgument('A chain is continued only by an incremental backup');
       }
       const backup = options.name ?? newBackupName();
       if (!BACKUP_NAME.test(backup)) throw invalidArgument(`${JSON.stringify(backup)} is not a backup name`);
@@ -112,6 +117,9 @@ export function backupMethods(
               );
             };
             let link: BackupManifest['incremental'];
+            if (options.incremental && options.continueChain && !options.newChain) {
+              await continueChain(spec, storage, options.continueChain);
+            }
             // A live move's cold part (decision 0088) carries the snapshots alone: its disk is mirrored.
             if (!options.snapshotsOnly) {
               progress.stage('root file system');
@@ -146,6 +154,7 @@ export function backupMethods(
             await into.addBuffer('manifest.json', Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`));
             const sizeBytes = await into.finish();
             await rename(partial, archive);
+            if (link) await leaveChainState(spec, storage, { link, archive });
             follow.done(sizeBytes);
             return { backup, sizeBytes, ...(link && { incremental: link }) };
           } catch (e) {
@@ -193,8 +202,47 @@ export function backupMethods(
     async deleteBackup(guest, backup) {
       const { path } = await view.self().backupFile(guest, backup);
       await rm(path, { force: true });
+      await rm(chainStateFileOf(path), { force: true });
     },
   };
+
+  /**
+   * Makes the guest's chain the one `state` follows, unless it is there already (decision 0062,
+   * amended): the guest moved or was recovered since that link was made. The driver takes it only
+   * where it can prove the next link correct; otherwise the backup is a full one, as before.
+   */
+  async function continueChain(spec: GuestSpec, storage: GuestStorage, state: PortableChainState) {
+    const own = await storage.chainState?.(spec);
+    if (own?.chain === state.chain && own.sequence === state.sequence) return;
+    const taken = (await storage.continueChain?.(spec, state)) ?? false;
+    deps.log?.info(
+      { guest: spec.name, chain: state.chain, sequence: state.sequence, taken },
+      taken
+        ? 'the guest continues the backup chain shipped from its last member'
+        : 'the guest cannot continue the shipped backup chain here: a full backup',
+    );
+  }
+
+  /**
+   * Writes the guest's chain state after `link` beside its archive, for the scheduler to ship. A
+   * state that cannot be written only costs a full backup after a move: the backup stands.
+   */
+  async function leaveChainState(
+    spec: GuestSpec,
+    storage: GuestStorage,
+    made: { link: NonNullable<BackupManifest['incremental']>; archive: string },
+  ) {
+    try {
+      const state = await storage.chainState?.(spec);
+      if (state?.chain !== made.link.chain || state.sequence !== made.link.sequence) return;
+      await writeChainState(chainStateFileOf(made.archive), { guest: spec.name, model: spec.model }, state);
+    } catch (e) {
+      deps.log?.warn(
+        { guest: spec.name, err: asTrivisorError(e).message },
+        'the backup chain state was not written beside the archive',
+      );
+    }
+  }
 }
 
 /** Whether backup `backup` exists in `dir`, finished or being written. */

@@ -1,15 +1,18 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { zstdCompressSync } from 'node:zlib';
 import { fakeRunner } from '../../test/fakes/fake-runner.ts';
 import { keys } from '../core/keys.ts';
 import type { GuestSpec, GuestStatus, Model } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { GuestStorage } from '../drivers/guest-storage.ts';
 import { ArchiveWriter } from '../storage/backup-archive.ts';
+import { chainStateFileOf, readChainState } from '../storage/chain-state-file.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
 import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
@@ -133,6 +136,7 @@ describe('storage service', () => {
     await store.put(keys.guestStatus(spec.name), JSON.stringify(status));
   };
   const waitOp = async (op: { id: string }) => operations.wait(op.id);
+  const runner = fakeRunner();
 
   before(async () => {
     stateDir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-storage-service-'));
@@ -148,7 +152,7 @@ describe('storage service', () => {
       },
       operations,
       events,
-      runner: fakeRunner(),
+      runner,
       stateDir,
       drivers: { ct: ctDriver },
       hostName: 'h2',
@@ -208,6 +212,64 @@ describe('storage service', () => {
       message: /^A live restore is for vm guests: this archive holds a ct guest/,
     });
     assert.equal(await records.guest.at('web9').get(store), undefined, 'nothing was made');
+  });
+
+  test('an incremental backup leaves its chain state beside the archive, and takes over a carried one only where the guest is elsewhere (decision 0062 amended)', async () => {
+    // The payload goes through a real FIFO; the rest of the runner stays fake.
+    runner.respond((argv) =>
+      argv[0] === 'mkfifo' ? { effect: () => void execFileSync('mkfifo', argv.slice(1)) } : undefined,
+    );
+    let own: { chain: string; sequence: number } | undefined;
+    const continued: string[] = [];
+    const chained: Partial<GuestStorage> = {
+      async exportIncremental(_spec, tarPath) {
+        own = own ? { ...own, sequence: own.sequence + 1 } : { chain: 'a'.repeat(16), sequence: 0 };
+        await writeFile(tarPath, zstdCompressSync(Buffer.from('payload')));
+        return { ...own, kind: own.sequence === 0 ? 'full' : 'incremental' };
+      },
+      async chainState() {
+        return own && { ...own, data: Buffer.from(`sums at ${own.sequence}`) };
+      },
+      async continueChain(_spec, state) {
+        continued.push(`${state.chain}:${state.sequence}:${state.data}`);
+        own = { chain: state.chain, sequence: state.sequence };
+        return true;
+      },
+    };
+    Object.assign(rec.storage, chained);
+    try {
+      const carried = { chain: 'c'.repeat(16), sequence: 4, data: Buffer.from('sums at 4') };
+      const made = async (continueChain: typeof carried) => {
+        const op = await waitOp(
+          await service.createBackup('web', { withSnapshots: false, incremental: true, continueChain }),
+        );
+        assert.equal(op.status, 'Success', JSON.stringify(op));
+        const backup = String(op.metadata.backup);
+        const { path: archive } = await service.backupFile('web', backup);
+        return { backup, archive, link: op.metadata.incremental as { chain: string; sequence: number } };
+      };
+      // The guest has no chain here (it moved): it takes over the carried one; the next link is 5.
+      const first = await made(carried);
+      assert.deepEqual(continued, [`${'c'.repeat(16)}:4:sums at 4`]);
+      assert.deepEqual([first.link.chain, first.link.sequence], ['c'.repeat(16), 5]);
+      const about = { guest: 'web', model: 'ct' as const, chain: 'c'.repeat(16) };
+      const left = await readChainState(chainStateFileOf(first.archive), { ...about, sequence: 5 });
+      assert.equal(left?.data.toString(), 'sums at 5');
+      // Carried state of the link the guest is at already: nothing taken over.
+      const second = await made({ ...carried, sequence: 5, data: Buffer.from('sums at 5') });
+      assert.equal(continued.length, 1);
+      assert.equal(second.link.sequence, 6);
+      await service.deleteBackup('web', first.backup);
+      await service.deleteBackup('web', second.backup);
+      assert.deepEqual(await readdir(path.dirname(first.archive)), []);
+      await assert.rejects(service.createBackup('web', { withSnapshots: false, continueChain: carried }), {
+        code: 'InvalidArgument',
+        message: 'A chain is continued only by an incremental backup',
+      });
+    } finally {
+      for (const key of Object.keys(chained))
+        delete (rec.storage as Partial<GuestStorage>)[key as keyof GuestStorage];
+    }
   });
 
   test("a backup's name given by its caller (a move's, decision 0079) is refused when it is no backup name or is taken, nothing written", async () => {

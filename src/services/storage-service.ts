@@ -2,7 +2,7 @@ import { notFound } from '../core/errors.ts';
 import { projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, GuestStatus, Model, Operation } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
-import type { GuestStorage } from '../drivers/guest-storage.ts';
+import type { GuestStorage, PortableChainState } from '../drivers/guest-storage.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
@@ -50,6 +50,10 @@ export interface StorageService {
    * before the archive exists (a move's journal, decision 0079); refused when it is taken.
    * `snapshotsOnly`: the snapshots alone, no root file system (a live move's cold part, decision
    * 0088: the disk itself is mirrored); with `withSnapshots` only.
+   * `continueChain` (scheduled backups, decision 0062 amended): with `incremental`, the state of
+   * the link last shipped, which the guest takes over first where its own chain is elsewhere (it
+   * moved, it was recovered) and its driver can prove the link after it correct. An incremental
+   * backup also leaves the guest's chain state after it beside the archive (`chainStateFileOf`).
    */
   createBackup(
     guest: string,
@@ -60,6 +64,7 @@ export interface StorageService {
       uncompressed?: boolean;
       newChain?: boolean;
       name?: string;
+      continueChain?: PortableChainState;
     },
   ): Promise<Operation>;
   /** Path and size of a finished backup archive, for download. */

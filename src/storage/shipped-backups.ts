@@ -3,6 +3,7 @@ import type { Stats } from 'node:fs';
 import { chmod, copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BackupChainLink } from '../drivers/guest-storage.ts';
+import { chainStateFileOf } from './chain-state-file.ts';
 
 /**
  * The backup directory's layout (issue 13 part 5; decisions 0046 and 0062): scheduled backups
@@ -225,7 +226,10 @@ export async function pruneShipped(
   now: Date,
 ): Promise<string[]> {
   const expired = expiredBackups(await listShipped(dir, guest), keep, now);
-  for (const b of expired) await rm(b.path, { force: true });
+  for (const b of expired) {
+    await rm(b.path, { force: true });
+    await rm(chainStateFileOf(b.path), { force: true });
+  }
   return expired.map((b) => b.name);
 }
 

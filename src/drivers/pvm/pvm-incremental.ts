@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidArgument } from '../../core/errors.ts';
+import type { PortableChainState } from '../guest-storage.ts';
 import { type CowLayout, cowLayoutOf, sectorMarked as marked, readUmlCowHeader } from './uml-cow.ts';
 
 export { type CowLayout, cowLayoutOf };
@@ -255,6 +256,43 @@ export async function readPvmChain(dir: string): Promise<{ state: PvmChainState;
 export async function commitPvmChain(dir: string, state: PvmChainState): Promise<void> {
   await writeAtomically(join(dir, PVM_CHAIN_FILE), state);
   await removeSums(dir, state.sums);
+}
+
+/**
+ * The guest's chain as another member can take it over (decision 0062, amended): the disk's size
+ * (8 bytes, big-endian) then the block checksums of its last link. Checksums of the content, not
+ * of a file of this host: any disk of that size can be compared with them.
+ */
+export async function pvmChainState(dir: string): Promise<PortableChainState | undefined> {
+  const chain = await readPvmChain(dir);
+  if (!chain) return undefined;
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64BE(BigInt(chain.state.sizeBytes));
+  return {
+    chain: chain.state.chain,
+    sequence: chain.state.sequence,
+    data: Buffer.concat([size, chain.sums]),
+  };
+}
+
+/**
+ * Makes a state of pvmChainState the guest's chain: its checksums file and record written as a
+ * backup's are. False, with nothing written, for a state that is not one (wrong length, an id that
+ * is not a chain's). The caller decides whether the disk may be compared with it (its whole
+ * content read: see pvm-storage.ts).
+ */
+export async function continuePvmChain(dir: string, state: PortableChainState): Promise<boolean> {
+  if (!CHAIN_ID.test(state.chain) || !Number.isSafeInteger(state.sequence) || state.sequence < 0)
+    return false;
+  if (state.data.length < 8) return false;
+  const sizeBytes = Number(state.data.readBigUInt64BE(0));
+  const sums = state.data.subarray(8);
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) return false;
+  if (sums.length !== Math.ceil(sizeBytes / PVM_BLOCK_BYTES) * HASH_BYTES) return false;
+  const name = sumsNameOf(state);
+  await writeSums(dir, name, sums);
+  await commitPvmChain(dir, { chain: state.chain, sequence: state.sequence, sizeBytes, sums: name });
+  return true;
 }
 
 /** Forgets the guest's own chain and the one it was restored from: its disk is new. */

@@ -11,7 +11,6 @@ import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
 import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
-import { DiskArchiveRefused, unpackDiskArchive } from './pvm-disk-unpack.ts';
 import {
   applyBlocks,
   type BlockList,
@@ -19,11 +18,13 @@ import {
   blockSums,
   changedBlocks,
   commitPvmChain,
+  continuePvmChain,
   copyBlocks,
   cowChangedBlocks,
   forgetPvmChains,
   PVM_BLOCK_BYTES,
   parseBlockList,
+  pvmChainState,
   readPvmChain,
   readPvmRestored,
   sumsNameOf,
@@ -378,19 +379,9 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       await mkdir(work, { mode: 0o700 });
       try {
         const started = performance.now();
-        const flat = join(work, ARCHIVE_DISK);
-        // Unpacked by the daemon in 4 MiB writes: tar writes a sparse member 512 bytes at a time.
-        await unpackDiskArchive(runner, tarPath, { member: ARCHIVE_DISK, target: flat, work, signal }).catch(
-          (e: unknown) => {
-            if (e instanceof DiskArchiveRefused) {
-              throw invalidArgument(
-                `The archive's ${ARCHIVE_DISK} cannot be unpacked (${e.message}): it was not made from a pvm guest, or it is damaged; make the export again.`,
-              );
-            }
-            throw e;
-          },
-        );
+        await unpack(tarPath, work, [ARCHIVE_DISK], signal);
         const unpacked = performance.now();
+        const flat = join(work, ARCHIVE_DISK);
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
           throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
@@ -512,6 +503,17 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       } finally {
         await rm(work, { recursive: true, force: true });
       }
+    },
+
+    chainState: (spec) => pvmChainState(dirOf(spec)),
+
+    async continueChain(spec, state) {
+      // An incremental of a COW disk reads only the blocks its bitmap marks and takes the others as
+      // unchanged since the last link: true only of the COW file that link was read from. A private
+      // disk (what a move or an import installs) is read whole and compared block by block.
+      const disk = await currentDisk(diskDirOf(spec));
+      if (disk === undefined || disk.endsWith(`/${COW}`)) return false;
+      return continuePvmChain(dirOf(spec), state);
     },
 
     async importIncremental(spec, tarPath, importOptions) {
