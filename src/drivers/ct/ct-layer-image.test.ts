@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fakeRunner } from '../../../test/fakes/fake-runner.ts';
 import type { GuestSpec } from '../../core/types.ts';
+import { createLogger } from '../../host/logger.ts';
 import {
   ctLayerOf,
   DEFAULT_LAYER_IMAGE_BYTES,
@@ -15,6 +17,7 @@ import {
   mountLayerImage,
   withCtLayer,
 } from './ct-layer-image.ts';
+import { createCtStorage } from './ct-storage.ts';
 
 const spec = (config: Record<string, string> = {}): GuestSpec => ({
   name: 'g',
@@ -134,5 +137,36 @@ describe('ct layer images (decision 0094)', () => {
     await mkdir(path.join(g, 'guests', 'g'), { recursive: true });
     assert.equal(await withCtLayer(runner, ctLayerOf(g, 'g'), async () => 42), 42);
     assert.deepEqual(runner.commands(), []);
+  });
+
+  test('a stopped guest with a layer image is snapshotted as a copy of the image and restored by putting the copy back', async () => {
+    const state = path.join(dir, 'snap-state');
+    const g = path.join(state, 'guests', 'sg');
+    await mkdir(g, { recursive: true });
+    await writeFile(path.join(g, 'layer.img'), 'now');
+    // cp as cp does it, so that the snapshot and the restore have files to rename.
+    const runner = fakeRunner((argv) =>
+      argv[0] === 'cp' ? { effect: () => copyFile(argv.at(-2) ?? '', argv.at(-1) ?? '') } : undefined,
+    );
+    const storage = createCtStorage({
+      runner,
+      log: createLogger({ level: 'silent' }),
+      stateDir: state,
+      idmapBase: 1_000_000,
+    });
+    const sg = { ...spec(), name: 'sg' };
+    await storage.snapshot(sg, 's0');
+    const snap = path.join(g, 'snapshots/s0/layer.img');
+    assert.deepEqual(runner.commands(), [
+      `cp --sparse=always --reflink=auto -- ${path.join(g, 'layer.img')} ${path.join(g, 'snapshots/.tmp-s0/layer.img')}`,
+    ]);
+    assert.equal(await readFile(snap, 'utf8'), 'now');
+    assert.deepEqual(await storage.listSnapshots(sg), ['s0']);
+    await writeFile(path.join(g, 'layer.img'), 'later');
+    await storage.restoreSnapshot(sg, 's0');
+    assert.equal(await readFile(path.join(g, 'layer.img'), 'utf8'), 'now');
+    assert.ok(!existsSync(path.join(g, '.tmp-layer.img')));
+    // Stopped: nothing was mounted, frozen or unmounted.
+    assert.ok(!runner.commands().some((c) => /^(mount|umount|fsfreeze|losetup)/.test(c)));
   });
 });
