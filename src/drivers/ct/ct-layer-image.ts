@@ -116,6 +116,7 @@ export async function mountLayerImage(
   // guest's processes still hold, say): two ext4 instances writing one image would corrupt it.
   const attached = await loopsOf(runner, image);
   if (attached.length > 0) {
+    await rmdir(target).catch(() => {});
     throw failedPrecondition(
       `The layer image ${image} is in use on this member already (${attached.join(', ')}): stop what still uses it, then try again.`,
     );
@@ -132,6 +133,7 @@ export async function mountLayerImage(
       { allowFailure: true },
     );
     if (r.code !== 0) {
+      await rmdir(target).catch(() => {});
       throw failedPrecondition(
         `Cannot mount the layer image ${image} (${r.stderr.trim().split('\n')[0] ?? `exit ${r.code}`}): check it with e2fsck -f ${image}.`,
       );
