@@ -214,7 +214,14 @@ export function backupMethods(
   async function continueChain(spec: GuestSpec, storage: GuestStorage, state: PortableChainState) {
     const own = await storage.chainState?.(spec);
     if (own?.chain === state.chain && own.sequence === state.sequence) return;
-    const taken = (await storage.continueChain?.(spec, state)) ?? false;
+    const taken = await Promise.resolve(storage.continueChain?.(spec, state)).then(
+      (t) => t ?? false,
+      (e: unknown) => {
+        // Not taken over: the export goes on from the guest's own chain, or makes a full.
+        deps.log?.warn({ guest: spec.name, err: asTrivisorError(e).message }, 'backup chain not taken over');
+        return false;
+      },
+    );
     deps.log?.info(
       { guest: spec.name, chain: state.chain, sequence: state.sequence, taken },
       taken
