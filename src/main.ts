@@ -196,7 +196,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const vmAgents = createAgentPool();
   const pvmAgents: PvmAgentMap = new Map();
   const drivers: Partial<Record<Model, GuestDriver>> = {
-    // The ct start's helper is launched from a small process, not forked from the daemon (decision 0095).
+    // The ct start's helper is launched from a small process, not forked from the daemon (decision 0097).
     ct: createCtDriver(ctx, { launcher: createLauncher(runner, log) }),
     pvm: createPvmDriver(ctx, { agents: pvmAgents }),
     vm: createVmDriver(ctx, { agents: vmAgents }),

@@ -67,6 +67,8 @@ export interface GuestController {
 /** Restarts by policy within this window count towards giving up. */
 const CRASH_WINDOW_MS = 60_000;
 const CRASH_LIMIT = 5;
+/** Guests the liveness pass inspects between two turns of the event loop. */
+const LIVENESS_BATCH = 32;
 
 export function initialStatus(): GuestStatus {
   return {
@@ -419,8 +421,12 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
   }
 
   async function checkLiveness(): Promise<void> {
+    let checked = 0;
     for (const [name, { spec, status }] of live) {
       if (stopped) return;
+      // A ct guest's inspect reads synchronously (microseconds): the pass gives way to the rest of
+      // the daemon (a start, an API call) every few dozen guests, not only once it has seen them all.
+      if (++checked % LIVENESS_BATCH === 0) await new Promise<void>((resolve) => setImmediate(resolve));
       const driver = drivers[spec.model];
       if (!driver || running.has(name) || pending.has(name)) continue;
       const rt = await driver.inspect(spec, status.process).catch((): RuntimeState => ({ state: 'absent' }));

@@ -8,6 +8,7 @@ import {
   cgroupDirs,
   readCgroupUsage,
   readFreezerState,
+  readFreezerStateSync,
   removeCgroup,
   sharedMemoryCgroup,
   writeFreezerState,
@@ -107,6 +108,7 @@ test('writeFreezerState freezes and thaws the cgroup in the freezer hierarchy; a
     await writeFile(join(root, 'freezer', path, 'freezer.state'), 'THAWED\n');
     await writeFreezerState(path, 'FROZEN', root);
     assert.equal(await readFreezerState(path, root), 'FROZEN');
+    assert.equal(readFreezerStateSync(path, root), 'FROZEN', 'the synchronous read agrees');
     await writeFreezerState(path, 'THAWED', root);
     assert.equal(await readFreezerState(path, root), 'THAWED');
     await assert.rejects(writeFreezerState('/trivisor-x/g2', 'FROZEN', root), { code: 'ENOENT' });

@@ -107,6 +107,19 @@ export async function readFreezerState(
   }
 }
 
+/** readFreezerState in one readFileSync (see isSameProcessSync): for loops over every guest. */
+export function readFreezerStateSync(
+  cgroupsPath: string,
+  root = CGROUP_ROOT,
+): 'THAWED' | 'FREEZING' | 'FROZEN' | undefined {
+  try {
+    const text = readFileSync(join(root, 'freezer', cgroupsPath, 'freezer.state'), 'utf8').trim();
+    return text === 'FROZEN' || text === 'FREEZING' || text === 'THAWED' ? text : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Freezes (FROZEN) or thaws (THAWED) a cgroup in the v1 freezer hierarchy, as runc 1.1's
  * `pause`/`resume` do it (libcontainer's FreezerGroup.Set), without spawning runc: a thaw is one

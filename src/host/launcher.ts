@@ -7,7 +7,7 @@ import type { ProcessRunner } from './runner.ts';
  * Starts commands from a small process of its own instead of from the daemon. A spawn from Node
  * is a fork of the whole daemon (libuv), which copies its page tables on the event loop's thread:
  * the longer the more memory the daemon holds, and the daemon holds more the more guests it has
- * (decision 0095: 19 ms a spawn at 2,000 ct guests under load, 28 ms → 164 ms for a Node process
+ * (decision 0097: 19 ms a spawn at 2,000 ct guests under load, 28 ms → 164 ms for a Node process
  * of 100 → 450 MiB). The helper is a few MiB of perl, so its fork costs about the same at any N.
  */
 export interface Launcher {

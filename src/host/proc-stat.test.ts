@@ -3,7 +3,13 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { isSameProcess, parseProcStat, readProcessIdentity, readProcessTree } from './proc-stat.ts';
+import {
+  isSameProcess,
+  isSameProcessSync,
+  parseProcStat,
+  readProcessIdentity,
+  readProcessTree,
+} from './proc-stat.ts';
 
 const line = (comm: string, state = 'S', start = 4242) =>
   `123 (${comm}) ${state} 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 ${start} 1000 200 18446744073709551615\n`;
@@ -39,6 +45,24 @@ describe('process identity', () => {
     assert.ok(me);
     assert.equal(await isSameProcess(me), true);
     assert.equal(await isSameProcess({ pid: me.pid, startTime: me.startTime + 1 }), false);
+    assert.equal(isSameProcessSync(me), true, 'the synchronous read agrees');
+    assert.equal(isSameProcessSync({ pid: me.pid, startTime: me.startTime + 1 }), false);
+  });
+
+  test('isSameProcessSync: a zombie, a missing pid and a bad pid are not the process', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'proc-'));
+    try {
+      await mkdir(join(root, '77'));
+      await writeFile(join(root, '77', 'stat'), line('zombie', 'Z').replace('123', '77'));
+      await mkdir(join(root, '79'));
+      await writeFile(join(root, '79', 'stat'), line('init').replace('123', '79'));
+      assert.equal(isSameProcessSync({ pid: 77, startTime: 4242 }, root), false);
+      assert.equal(isSameProcessSync({ pid: 78, startTime: 4242 }, root), false);
+      assert.equal(isSameProcessSync({ pid: 79, startTime: 4242 }, root), true);
+      assert.equal(isSameProcessSync({ pid: 0, startTime: 4242 }, root), false);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 
   test('a missing pid or a zombie has no identity', async () => {

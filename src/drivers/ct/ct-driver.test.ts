@@ -554,3 +554,25 @@ describe('ct driver against a recording runner', () => {
     await driver.delete(spec);
   });
 });
+
+test('usage() of many guests at once takes turns and gives the event loop a turn between batches', async () => {
+  // The metric sampler asks for every running guest's usage at once (Promise.all); the reads are
+  // synchronous, so without turns the event loop waited for all of them (seconds at 2,000 guests).
+  const driver = createCtDriver({
+    runner: fakeRunner(),
+    log: silentLogger(),
+    stateDir: '/nonexistent/trivisor-state',
+    idmapBase: 1_000_000,
+  });
+  let done = 0;
+  let doneAtTurn: number | undefined;
+  const all = Promise.all(
+    Array.from({ length: 200 }, (_, i) => driver.usage({ ...guest(), name: `g${i}` }).then(() => done++)),
+  );
+  setImmediate(() => {
+    doneAtTurn = done;
+  });
+  const usages = await all;
+  assert.equal(usages.length, 200);
+  assert.ok(doneAtTurn !== undefined && doneAtTurn < 200, `the loop turned after ${doneAtTurn} of 200`);
+});

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -11,13 +12,14 @@ import {
   cgroupMode,
   readCgroupUsage,
   readFreezerState,
+  readFreezerStateSync,
   removeCgroup,
   sharedMemoryCgroup,
   writeFreezerState,
 } from '../../host/cgroups-v1.ts';
 import type { Launcher } from '../../host/launcher.ts';
 import { isMountPoint, unmountIfMounted } from '../../host/mounts.ts';
-import { isSameProcess, readProcessIdentity } from '../../host/proc-stat.ts';
+import { isSameProcess, isSameProcessSync, readProcessIdentity } from '../../host/proc-stat.ts';
 import { readHardLimits } from '../../host/rlimits.ts';
 import { readFileInRoot, writeFileInRoot } from '../../host/rooted-fs.ts';
 import { ensureSearchable } from '../../host/searchable-path.ts';
@@ -72,6 +74,8 @@ const POLL_MS = 50;
 const KILL_WAIT_MS = 10_000;
 /** How long `runc run --detach` may take before start() gives up. */
 const RUNC_RUN_TIMEOUT_MS = 60_000;
+/** Guests whose usage is read between two turns of the event loop (usage()). */
+const USAGE_BATCH = 32;
 /** Config keys `runc update` applies to a running guest. */
 const RUNC_UPDATE_KEYS = new Set(['limits.memory', 'limits.cpu', 'limits.processes']);
 
@@ -476,6 +480,10 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
     }
   };
 
+  /** The usage reads in flight, one after another (usage()). */
+  let usageTurns: Promise<unknown> = Promise.resolve();
+  let usageReads = 0;
+
   const setFreezer = async (spec: GuestSpec, state: 'FROZEN' | 'THAWED'): Promise<void> => {
     try {
       await writeFreezerState(cgroupsPath(spec), state);
@@ -536,7 +544,8 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         );
       }
       // A layer image must hold ext4's metadata and the guest: refused here, not at the next start.
-      if (spec.config['limits.disk'] !== undefined && takesLayerImage(stateDir, spec.name)) layerImageBytes(spec);
+      if (spec.config['limits.disk'] !== undefined && takesLayerImage(stateDir, spec.name))
+        layerImageBytes(spec);
       if (!/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(spec.name)) {
         throw invalidArgument(
           `Guest name ${JSON.stringify(spec.name)} is not a DNS label: use a-z, 0-9 and -.`,
@@ -666,7 +675,7 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         );
         const path = process.env.PATH || DEFAULT_PATH;
         // runc returns as soon as init has exec'd; a runc that hangs (stuck mount, full disk) is killed.
-        // Through the launcher where there is one (decision 0095): no fork of the daemon per start.
+        // Through the launcher where there is one (decision 0097): no fork of the daemon per start.
         const code = launcher
           ? await launcher.run(argv, { path, logFile: p.consoleLog, timeoutMs: RUNC_RUN_TIMEOUT_MS })
           : await spawnWithLog(argv, path, p.consoleLog);
@@ -766,8 +775,11 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
 
     async inspect(spec, known): Promise<RuntimeState> {
       const p = pathsOf(spec);
-      if (!(await exists(p.dir))) return { state: 'absent' };
-      const init = await liveInit(spec, known);
+      // Synchronous: a stat and two kernel files, microseconds each, where the asynchronous reads
+      // were seven round trips through libuv's pool; the guest controller's liveness pass inspects
+      // every running guest every 2 s (decision 0097).
+      if (!existsSync(p.dir)) return { state: 'absent' };
+      const init = known ? (isSameProcessSync(known) ? known : undefined) : await liveInit(spec);
       if (!checkedDirs.has(spec.name)) {
         checkedDirs.add(spec.name);
         await closeEarlierDir(spec, p, init).catch((e: unknown) =>
@@ -775,12 +787,21 @@ export function createCtDriver(ctx: DriverContext, options: { launcher?: Launche
         );
       }
       if (!init) return { state: 'stopped' };
-      const freezer = await readFreezerState(cgroupsPath(spec));
+      const freezer = readFreezerStateSync(cgroupsPath(spec));
       return { state: freezer === 'FROZEN' || freezer === 'FREEZING' ? 'frozen' : 'running', process: init };
     },
 
-    async usage(spec): Promise<GuestUsage> {
-      return readCgroupUsage(cgroupsPath(spec));
+    // readCgroupUsage reads synchronously (decision 0080's choice: microseconds a file), and the
+    // metric sampler and ?recursion=2 ask for every running guest's at once: the reads take
+    // turns, and the event loop has one every USAGE_BATCH guests, so that a pass over thousands of
+    // guests (seconds on a loaded host) does not stop every start and API call meanwhile (decision 0097).
+    usage(spec): Promise<GuestUsage> {
+      const turn = usageTurns.then(async () => {
+        if (++usageReads % USAGE_BATCH === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        return readCgroupUsage(cgroupsPath(spec));
+      });
+      usageTurns = turn.catch(() => {});
+      return turn;
     },
 
     async update(spec, changedKeys) {
