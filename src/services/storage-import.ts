@@ -35,18 +35,7 @@ import type { StorageService } from './storage-service.ts';
 export function importMethods(
   view: StorageView,
 ): Pick<StorageService, 'importBackup' | 'importUpload' | 'discardImport'> {
-  const {
-    store,
-    operations,
-    runner,
-    importsDir,
-    claims,
-    guestBusy,
-    storageFor,
-    guestUp,
-    checkPool,
-    discard,
-  } = view.ctx;
+  const { store, operations, runner, claims, guestBusy, storageFor, guestUp, checkPool, discard } = view.ctx;
   const { scope, load } = view;
   return {
     async discardImport(name) {
@@ -85,16 +74,12 @@ export function importMethods(
         const { live: _, ...rest } = request;
         return startLiveImport(view, rest);
       }
-      const id = randomBytes(8).toString('hex');
       return operations.start({
         project,
         description: 'Importing a guest backup',
         mayCancel: true,
-        async run(ctx) {
-          const work = join(importsDir, `.tmp-${id}`);
-          let created: string | undefined;
-          try {
-            await mkdir(work, { recursive: true, mode: 0o700 });
+        run: (ctx) =>
+          importOperation(view, ctx.signal, async (work, made) => {
             ctx.progress(0, 'reading the archive');
             // The archive is read in place (headers only here): each payload then goes once from it into
             // the driver through a FIFO, its checksum computed on the way (decision 35).
@@ -143,7 +128,7 @@ export function importMethods(
               }
               const importIncremental = storage.importIncremental.bind(storage);
               // A chain's guest made earlier in this operation goes if this link fails.
-              if (request.chain) created = name;
+              if (request.chain) made(name);
               // Onto an existing guest: checked whole before anything of it is applied.
               ctx.progress(null, 'verifying checksums');
               const rootfs = archive.members.get('rootfs.tar.zst');
@@ -169,9 +154,7 @@ export function importMethods(
                   pool: request.storage,
                   project,
                   name,
-                  onMade: () => {
-                    created = name;
-                  },
+                  onMade: () => made(name),
                 },
                 manifest,
               );
@@ -198,18 +181,7 @@ export function importMethods(
             // A chain's full: the guest is whole once its last link is applied.
             if (!request.chain) await store.delete(keys.storagePending(name));
             return { name };
-          } catch (e) {
-            if (created) {
-              await discard(created);
-              await store.delete(keys.storagePending(created));
-            }
-            if (ctx.signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-            throw diskFull(e, 'Cannot import the backup');
-          } finally {
-            await rm(work, { recursive: true, force: true });
-            await rm(request.archivePath, { force: true });
-          }
-        },
+          }).finally(() => rm(request.archivePath, { force: true })),
       });
     },
   };
@@ -231,10 +203,9 @@ async function importUpload(
   request: Parameters<StorageService['importUpload']>[0],
   project: string,
 ): Promise<Operation> {
-  const { store, operations, runner, importsDir, claims, storageFor, discard } = view.ctx;
+  const { store, operations, runner, claims, storageFor } = view.ctx;
   const { load } = view;
   const { index, reader } = request.upload;
-  const id = randomBytes(8).toString('hex');
   let settle!: (error?: unknown) => void;
   const settled = new Promise<void>((resolve, reject) => {
     settle = (error) => (error === undefined ? resolve() : reject(error));
@@ -243,11 +214,8 @@ async function importUpload(
     project,
     description: 'Importing a guest backup',
     mayCancel: true,
-    async run(ctx) {
-      const work = join(importsDir, `.tmp-${id}`);
-      let created: string | undefined;
-      try {
-        await mkdir(work, { recursive: true, mode: 0o700 });
+    run: (ctx) =>
+      importOperation(view, ctx.signal, async (work, made) => {
         const name = request.name ?? index.guest.name;
         assertDnsLabel(name, 'guest name');
         const { guest, image, snapshots } = index;
@@ -265,7 +233,7 @@ async function importUpload(
           ctx.progress(0, 'creating the guest');
           await createArchiveGuest(
             view.ctx,
-            { pool: request.storage, project, name, onMade: () => (created = name) },
+            { pool: request.storage, project, name, onMade: () => made(name) },
             fromIndex,
           );
           const { spec } = await load(name);
@@ -350,22 +318,17 @@ async function importUpload(
           }
         });
         await store.delete(keys.storagePending(name));
-        settle();
         return { name };
-      } catch (e) {
-        if (created) {
-          await discard(created);
-          await store.delete(keys.storagePending(created));
-        }
-        const error = ctx.signal.aborted
-          ? new TrivisorError('Cancelled', 'The import was cancelled')
-          : diskFull(e, 'Cannot import the backup');
-        settle(error);
-        throw error;
-      } finally {
-        await rm(work, { recursive: true, force: true });
-      }
-    },
+      }).then(
+        (result) => {
+          settle();
+          return result;
+        },
+        (error: unknown) => {
+          settle(error);
+          throw error;
+        },
+      ),
   });
   await settled;
   return operations.get(op.id);
@@ -375,3 +338,33 @@ const unexpected = (rel: string) =>
   invalidArgument(
     `The backup archive holds an unexpected member ${JSON.stringify(rel)}: make the export again`,
   );
+
+/**
+ * The frame of every import operation, from a file or an upload: a private work directory
+ * (its FIFOs), removed at the end; a guest the import made (`made`), removed with its pending
+ * mark when the import fails; a cancel said as one, a full disk as one.
+ */
+async function importOperation<T>(
+  view: StorageView,
+  signal: AbortSignal,
+  body: (work: string, made: (name: string) => void) => Promise<T>,
+): Promise<T> {
+  const { store, importsDir, discard } = view.ctx;
+  const work = join(importsDir, `.tmp-${randomBytes(8).toString('hex')}`);
+  let created: string | undefined;
+  try {
+    await mkdir(work, { recursive: true, mode: 0o700 });
+    return await body(work, (name) => {
+      created = name;
+    });
+  } catch (e) {
+    if (created) {
+      await discard(created);
+      await store.delete(keys.storagePending(created));
+    }
+    if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+    throw diskFull(e, 'Cannot import the backup');
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
