@@ -181,6 +181,14 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['cli-latency.json'],
   },
   {
+    name: 'list-latency',
+    script: 'list-latency.ts',
+    args: ['1000', '10000', '--rounds=10', '--running=100'],
+    quickArgs: ['200', '--rounds=2'],
+    results: ['list-latency.json'],
+    quickResults: ['list-latency.json'],
+  },
+  {
     name: 'store-etcd',
     script: 'store-etcd.ts',
     args: ['300'],
