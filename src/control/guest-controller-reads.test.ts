@@ -140,6 +140,32 @@ describe('guest controller reads', () => {
     );
   });
 
+  test('a reconcile that changes nothing writes nothing: a stopped guest keeps its status record and its last exit', async () => {
+    await memory.delete('/trivisor/', { prefix: true });
+    controller = controllerOf('h1');
+    await controller.start();
+    await memory.txn({
+      compare: [],
+      success: [
+        {
+          type: 'put',
+          key: keys.guest('idle'),
+          value: JSON.stringify({ ...guestSpec('idle', 'h1'), desired: 'Stopped' }),
+        },
+        { type: 'put', key: keys.guestLocation('idle'), value: 'h1' },
+      ],
+    });
+    await until(async () => (await statusOf('idle'))?.provisioned === true, 'h1 made its guest');
+    await controller.reconcile('idle');
+    const before = await memory.get(keys.guestStatus('idle'));
+    // As at a daemon's start: every guest is reconciled again.
+    await controller.reconcile('idle');
+    await controller.reconcile('idle');
+    const after = await memory.get(keys.guestStatus('idle'));
+    assert.equal(after?.modRevision, before?.modRevision, 'the status was not written again');
+    assert.equal(after?.value, before?.value);
+  });
+
   test("another member's guest is not reconciled (nor read) by this member's controller", async () => {
     await memory.delete('/trivisor/', { prefix: true });
     const other = controllerOf('h2');

@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import { configValue } from '../core/config-keys.ts';
 import { asTrivisorError, failedPrecondition, notSupported } from '../core/errors.ts';
 import type { GuestSpec, GuestStatus, GuestStatusName, Model } from '../core/types.ts';
@@ -216,6 +217,9 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       status.observedGeneration = spec.generation;
       status.observedRestartRequest = spec.restartRequest;
     }
+    // Nothing to write when the reconcile changed nothing: a daemon's start reconciles every guest,
+    // and 10,000 stopped guests' statuses were rewritten at each start.
+    if (statusRecord && isDeepStrictEqual(status, previous)) return remember(spec, status);
     // Compare-and-swap, bound to the owner: the status is written only if nobody wrote it since it
     // was read, and only while this member owns the guest (decision 28).
     const ref = records.guestStatus.at(name);
@@ -238,9 +242,14 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
       void enqueue(name);
       return;
     }
-    if (status.status === 'Running' || status.status === 'Frozen') live.set(name, { spec, status });
-    else live.delete(name);
+    remember(spec, status);
     if (previous.status !== status.status) lifecycle('guest-updated', spec, { status: status.status });
+  }
+
+  /** Keeps a running or frozen guest of this member in memory (running()), and forgets others. */
+  function remember(spec: GuestSpec, status: GuestStatus): void {
+    if (status.status === 'Running' || status.status === 'Frozen') live.set(spec.name, { spec, status });
+    else live.delete(spec.name);
   }
 
   /** Brings one guest to its spec; mutates `status`; returns true when the guest was deleted. */
@@ -385,7 +394,8 @@ export function createGuestController(deps: GuestControllerDeps): GuestControlle
         break;
       case 'Stopped':
         if (up(rt.state)) await stop('guest-stopped');
-        else markStopped(status);
+        // Already recorded stopped: its last exit stays the time it stopped.
+        else if (status.status !== 'Stopped' || status.process || status.startedAt) markStopped(status);
         break;
     }
 
