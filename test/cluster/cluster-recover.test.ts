@@ -86,6 +86,12 @@ describe('recovery of a lost member from its shipped backups', () => {
     assert.ok(killMember(m3.daemon.stateDir) >= 3, "m3's guests' processes were found and killed");
     await waitForStatus(m2.daemon, 'm3', 'Offline');
 
+    // What m3 shipped (nothing more is shipped until a guest is back on a member).
+    const before = new Set(guests.flatMap(([name]) => shippedOf(name)));
+    const newestPvm = shippedOf('rc-pvm')
+      .map((f) => parseShippedName(f))
+      .sort((a, b) => (a?.takenAt.getTime() ?? 0) - (b?.takenAt.getTime() ?? 0))
+      .at(-1)?.link;
     const recovered = m2.daemon.cli(['admin', 'recover', '--from-backups', backupDir], {
       timeoutMs: 600_000,
     });
@@ -106,6 +112,26 @@ describe('recovery of a lost member from its shipped backups', () => {
       assert.equal(g?.status, 'Running', name);
       assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/kept']), `${name} kept\n`);
       assert.equal(m2.daemon.ok(['exec', name, '--', 'cat', '/root/later']), `${name} later\n`);
+    }
+
+    // The first scheduled backup on the member each guest came back to (decision 0062, amended):
+    // the pvm guest's chain goes on from the state shipped beside its newest link, its next link;
+    // ct and vm chains cannot be carried and start anew with a full one.
+    const firstNew = (name: string) => shippedOf(name).find((f) => !before.has(f));
+    await eventually(
+      'a scheduled backup of each guest shipped by its new member',
+      () => guests.every(([name]) => firstNew(name) !== undefined),
+      150_000,
+    );
+    for (const [name] of guests) {
+      const made = parseShippedName(firstNew(name) ?? '')?.link;
+      if (name === 'rc-pvm') {
+        assert.deepEqual(made, {
+          ...newestPvm,
+          sequence: (newestPvm?.sequence ?? -2) + 1,
+          kind: 'incremental',
+        });
+      } else assert.equal(made?.kind, 'full', name);
     }
 
     // Asked again: every guest is on an Online member, which has it.
