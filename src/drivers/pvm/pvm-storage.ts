@@ -11,7 +11,6 @@ import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
 import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
-import { DiskArchiveRefused, unpackDiskArchive } from './pvm-disk-unpack.ts';
 import {
   applyBlocks,
   type BlockList,
@@ -380,19 +379,9 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       await mkdir(work, { mode: 0o700 });
       try {
         const started = performance.now();
-        const flat = join(work, ARCHIVE_DISK);
-        // Unpacked by the daemon in 4 MiB writes: tar writes a sparse member 512 bytes at a time.
-        await unpackDiskArchive(runner, tarPath, { member: ARCHIVE_DISK, target: flat, work, signal }).catch(
-          (e: unknown) => {
-            if (e instanceof DiskArchiveRefused) {
-              throw invalidArgument(
-                `The archive's ${ARCHIVE_DISK} cannot be unpacked (${e.message}): it was not made from a pvm guest, or it is damaged; make the export again.`,
-              );
-            }
-            throw e;
-          },
-        );
+        await unpack(tarPath, work, [ARCHIVE_DISK], signal);
         const unpacked = performance.now();
+        const flat = join(work, ARCHIVE_DISK);
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
           throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
