@@ -440,6 +440,10 @@ describe('linux network backend', () => {
     const cmds = runner.commands();
     assert.ok(cmds.includes(`ip link add name ${leaf} type bridge stp_state 0`), cmds.join('\n'));
     assert.ok(cmds.includes(`ip link add name ${leaf}u type veth peer name ${leaf}d`));
+    assert.ok(
+      cmds.includes(`sysctl -q -w net.ipv4.conf.${leaf}.arp_ignore=8`),
+      'the leaf never answers ARP for the gateway',
+    );
     assert.ok(cmds.includes(`ip link set dev ${leaf}u master ${leaf} up`));
     assert.ok(cmds.includes(`ip link set dev ${leaf}d master tvnet0 up`));
     assert.ok(
