@@ -229,6 +229,39 @@ if (netDensityFiles.length > 0) {
   );
 } else lines.push('_Not measured yet._', '');
 
+const startAtN = load('ct-start-at-n.json');
+lines.push(
+  '## (b4) one more ct create+start at N guests, against raw runc',
+  '',
+  '`node bench/ct-start-at-n.ts --stages 100,2000 --more 20`: busybox guests started through the API up to each N',
+  '(`--concurrency`, 4 at a time by default); then, one at a time, 20 create+starts of one more guest through the API, each followed by a raw runc',
+  "create+start (the guest's bundle and idmapped overlay mounted on the host, `runc run -d`) on the same host at the same",
+  "moment, while `GET /1.0` is asked every 100 ms: how long the daemon's event loop is held (decision 0097). The extra",
+  'guests are deleted before the next N. Target (issue 16 §3): one more create+start at 10,000 within 1.2× of the figure at 100.',
+  '',
+);
+if (startAtN) {
+  const stages = (startAtN.stagesMeasured as Json[] | undefined) ?? [];
+  lines.push(
+    '| N | stage ms/guest | create+start p50 ms | p95 ms | mean ms | raw runc p50 ms | raw runc mean ms | ratio p50 | `GET /1.0` p50 ms | p99 ms | max ms | probes |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const x of stages) {
+    const t = x.oneMoreCreateStart as Json;
+    const r = x.rawRuncCreateStart as Json;
+    const ping = x.apiPing as Json;
+    lines.push(
+      `| ${x.guests} | ${f(x.stagePerGuestMs, 0)} | ${f(t.p50Ms, 0)} | ${f(t.p95Ms, 0)} | ${f(t.meanMs, 0)} | ${f(r.p50Ms, 0)} | ${f(r.meanMs, 0)} | ${f(Number(t.p50Ms) / Number(r.p50Ms), 2)} | ${f(ping.p50Ms, 0)} | ${f(ping.p99Ms, 0)} | ${f(ping.maxMs, 0)} | ${String(ping.n)} |`,
+    );
+  }
+  lines.push(
+    '',
+    `${String(startAtN.more)} create+starts a side at each N; deleting all ${String(stages.at(-1)?.guests ?? '')} guests then took ${f(startAtN.deleteAllSeconds, 2)} s.`,
+    '',
+  );
+  stamp([startAtN]);
+} else lines.push('_Not measured yet._', '');
+
 const models = load('models.json');
 lines.push('## The three models side by side', '');
 lines.push(
@@ -706,6 +739,32 @@ if (cliLat) {
     '',
   );
   stamp([cliLat]);
+} else lines.push('_Not measured yet._', '');
+
+const listLat = load('list-latency.json');
+lines.push(
+  '## List latency at N stored guests',
+  '',
+  "`node bench/list-latency.ts 1000 10000 --rounds=10 --running=100 [--before REF]`: one ct guest's records (spec, status,",
+  "location, project index key) copied in the daemon's own format under N names while the daemon is stopped (stored, not",
+  'running), plus `--running` guests that really run; then a daemon of this checkout (and, with `--before`, one of REF on',
+  'the same state dir, the two alternating) measures `GET /1.0/guests` (recursion 0, 1, 2) and `trivisor list` (table and',
+  "`--format json`): wall p50/p95, the daemon's CPU per request (its /proc ticks over 5 in a row, 10 ms resolution) and",
+  "the CLI's own CPU (decision 0095). Targets (issue 16 §3) at 10,000 guests: `GET /1.0/guests` ≤ 100 ms, `trivisor list` ≤ 1.5 s.",
+  '',
+);
+if (listLat) {
+  lines.push(
+    '| guests | running | code | probe | p50 ms | p95 ms | samples | daemon CPU ms | CLI CPU ms |',
+    '|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const x of (listLat.results as Json[] | undefined) ?? []) {
+    lines.push(
+      `| ${x.guests} | ${x.running} | ${x.side === 'before' ? `before (${String(listLat.before)})` : 'this commit'} | ${x.probe} | ${f(x.p50Ms)} | ${f(x.p95Ms)} | ${x.samples} | ${f(x.daemonCpuMs)} | ${x.cliCpuMs === null ? '—' : f(x.cliCpuMs)} |`,
+    );
+  }
+  lines.push('', `${String(listLat.rounds)} rounds a side.`, '');
+  stamp([listLat]);
 } else lines.push('_Not measured yet._', '');
 
 const storeEtcd = load('store-etcd.json');

@@ -63,6 +63,15 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['ct-density-net-8.json'],
   },
   {
+    // One more create+start at N running guests beside raw runc at the same moments (decision 0097).
+    name: 'ct-start-at-n',
+    script: 'ct-start-at-n.ts',
+    args: ['--stages', '100,2000', '--more', '20'],
+    quickArgs: ['--stages', '2,4', '--more', '2', '--concurrency', '2'],
+    results: ['ct-start-at-n.json'],
+    quickResults: ['ct-start-at-n.json'],
+  },
+  {
     name: 'models',
     script: 'models.ts',
     args: ['ct,pvm,vm', '3'],

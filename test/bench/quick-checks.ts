@@ -135,6 +135,27 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'raw.*.startAllSeconds',
     ]);
   },
+  'ct-start-at-n.json': (r, f) => {
+    const stages = r.stagesMeasured as Json[];
+    assert.deepEqual(
+      stages.map((s) => s.guests),
+      [2, 4],
+      `${f}: one more guest timed at 2 and at 4 running`,
+    );
+    positive(f, r, [
+      'deleteAllSeconds',
+      'stagesMeasured.*.stagePerGuestMs',
+      'stagesMeasured.*.oneMoreCreateStart.p50Ms',
+      'stagesMeasured.*.oneMoreCreateStart.p95Ms',
+      'stagesMeasured.*.oneMoreCreateStart.meanMs',
+      'stagesMeasured.*.rawRuncCreateStart.p50Ms',
+      'stagesMeasured.*.rawRuncCreateStart.meanMs',
+      'stagesMeasured.*.apiPing.p50Ms',
+      'stagesMeasured.*.apiPing.p99Ms',
+      'stagesMeasured.*.apiPing.maxMs',
+      'stagesMeasured.*.apiPing.n',
+    ]);
+  },
   'models.json': (r, f) => {
     assert.deepEqual(Object.keys(r.ratioToNative as Json).sort(), ['ct', 'pvm', 'vm'], `${f}: models`);
     // operations: what `trivisor plan advise` divides seconds by (decision 0054).
@@ -251,6 +272,23 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
       'daemonStartup.*.readyP50Ms',
       'daemonStartup.*.firstAnswerP50Ms',
     ]);
+  },
+  'list-latency.json': (r, f) => {
+    // Quick mode: 200 stored guests, this checkout's daemon only (the "before" side needs --before REF and git).
+    const rows = r.results as Json[];
+    assert.deepEqual(
+      rows.map((x) => [x.guests, x.side, x.probe]),
+      ['GET recursion=0', 'GET recursion=1', 'GET recursion=2', 'trivisor list', 'list --format json'].map(
+        (probe) => [200, 'after', probe],
+      ),
+      `${f}: every probe at 200 guests`,
+    );
+    positive(f, r, ['results.*.p50Ms', 'results.*.p95Ms', 'results.*.samples']);
+    // CPU from /proc ticks (10 ms over 5 probes): a request can take less than one tick.
+    numbersAt(f, r, ['results.*.daemonCpuMs'], (n) => Number.isFinite(n) && n >= 0, 'a number ≥ 0');
+    for (const x of rows.filter((x) => !String(x.probe).startsWith('GET'))) {
+      assert.ok(Number(x.cliCpuMs) > 0, `${f}: ${x.probe}: the CLI's CPU is ${x.cliCpuMs}`);
+    }
   },
   'store-etcd.json': (r, f) => positive(f, r, ['ops.*.etcd.p50Ms', 'ops.*.sqlite.p50Ms', 'ops.*.ratioP50']),
   'cluster-ct.json': (r, f) => {
@@ -398,6 +436,7 @@ export const GROUPS: Record<string, { names: string[]; timeoutMs: number }> = {
       'ct-density',
       'ct-density-stages',
       'ct-density-net',
+      'ct-start-at-n',
       'models',
       'store-etcd',
       'placement',
@@ -413,7 +452,10 @@ export const GROUPS: Record<string, { names: string[]; timeoutMs: number }> = {
   },
   // vm-os-boot builds a Debian disk first (debootstrap with a kernel: five minutes at a load average of 15).
   os: { names: ['vm-os-boot', 'storage-snapshot-clone', 'storage-backup'], timeoutMs: 1_500_000 },
-  storage: { names: ['storage-vm', 'vm-live-restore', 'network', 'cli-latency'], timeoutMs: 1_200_000 },
+  storage: {
+    names: ['storage-vm', 'vm-live-restore', 'network', 'cli-latency', 'list-latency'],
+    timeoutMs: 1_200_000,
+  },
   cluster: { names: ['cluster-ct', 'cluster-list', 'cluster-move'], timeoutMs: 1_200_000 },
   migration: { names: ['vm-live-migration', 'ha-failover'], timeoutMs: 1_200_000 },
 };
