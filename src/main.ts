@@ -79,6 +79,7 @@ import {
 import { createGuestService } from './services/guest-service.ts';
 import { createHostService } from './services/host-service.ts';
 import { createImageService } from './services/image-service.ts';
+import { createLastUsage } from './services/last-usage.ts';
 import { openMetricsHistory } from './services/metrics-history.ts';
 import { createMetricsSampler } from './services/metrics-sampler.ts';
 import { createNetworkService, type NetworkService } from './services/network-service.ts';
@@ -250,6 +251,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostSubnets: () => hostNetworks(runner),
     claims,
   });
+  // The metric sampler's last usage of each running guest, which the guests list answers from
+  // instead of reading every guest's cgroups at each request (decision 0099).
+  const lastUsage = createLastUsage();
   const guests = createGuestService({
     store,
     drivers,
@@ -259,6 +263,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     capacity,
     networks,
     nics,
+    lastUsage,
     // On a cluster the scheduler places new guests from the members' heartbeats (decision 0033).
     ...(membership && {
       placement: {
@@ -581,6 +586,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     hostName,
     readHost: () => readHostCounters(),
     readGuestIo: (g) => readGuestIo(g),
+    lastUsage,
     onError: (e) => log.warn({ err: String(e) }, 'cannot sample the metric history'),
   });
   sampler.start();

@@ -20,6 +20,12 @@ export const GuestUsageSchema = Type.Object({
   memoryLimitBytes: Type.Optional(Type.Number()),
   cpuSeconds: Type.Number(),
   processes: Type.Integer(),
+  sampledAt: Type.Optional(
+    Type.String({
+      description:
+        "When these figures were read (ISO 8601). A guest's info and state read them live; the guests list (recursion=2) gives the metric sampler's last sample (taken every 10 s; one older than 30 s is not served), or a live read for a guest not sampled in its current run yet",
+    }),
+  ),
 });
 
 export const NicDeviceSchema = Type.Object(

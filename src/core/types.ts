@@ -275,12 +275,17 @@ export interface GuestStatus {
   provisioned: boolean;
 }
 
-/** Live resource usage of a guest, read on demand from cgroups. */
+/** Resource usage of a guest, read from its cgroups (or its engine) at `sampledAt`. */
 export interface GuestUsage {
   memoryBytes: number;
   memoryLimitBytes?: number;
   cpuSeconds: number;
   processes: number;
+  /**
+   * When these figures were read (ISO 8601), set by the guest service: now for a guest's info, up
+   * to a sampler interval ago in the guests list (decision 0099). A driver leaves it out.
+   */
+  sampledAt?: string;
 }
 
 /** A guest as the API shows it: spec and status together. */

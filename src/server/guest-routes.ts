@@ -99,7 +99,7 @@ export function registerGuestRoutes(app: FastifyInstance, ctx: RouteContext): vo
       schema: {
         summary: 'List guests',
         description:
-          "recursion=0: URLs; 1: guests; 2: guests with live usage. On a cluster the list covers every member; target=MEMBER narrows it to that member's guests.",
+          "recursion=0: URLs; 1: guests; 2: guests with usage, from the metric sampler's last sample (state.usage.sampledAt says when it was read; a guest not sampled in its current run yet is read live). On a cluster the list covers every member; target=MEMBER narrows it to that member's guests.",
         querystring: Type.Object({
           ...RecursionQuerySchema.properties,
           ...targetQuery(

@@ -14,6 +14,9 @@ import { indexProjectGuests, projectGuestIndex } from '../store/project-guests.t
 import { records } from '../store/records.ts';
 import { createEventBus } from './event-bus.ts';
 import { createGuestService } from './guest-service.ts';
+import { createLastUsage } from './last-usage.ts';
+import { openMetricsHistory } from './metrics-history.ts';
+import { createMetricsSampler } from './metrics-sampler.ts';
 import { createOperationService } from './operation-service.ts';
 import type { GuestService, OperationService } from './types.ts';
 
@@ -662,6 +665,172 @@ describe('names: the guests list without recursion (issue 16 §3)', () => {
       assert.deepEqual(await missing.guests.inProject('b').names(), ['b1', 'b2']);
     } finally {
       await missing.memory.close();
+    }
+  });
+});
+
+describe("the list's usage: the metric sampler's last sample (decision 0099)", () => {
+  /** Two running guests and a stopped one, a driver whose every usage read gives new figures. */
+  async function world(options: { maxAgeMs?: number } = {}) {
+    const store = createMemoryStore();
+    const reads: string[] = [];
+    const driver = createFakeDriver();
+    driver.usage = async (spec) => {
+      reads.push(spec.name);
+      return { memoryBytes: 1000 * reads.length, cpuSeconds: reads.length, processes: 1 };
+    };
+    const lastUsage = createLastUsage(options);
+    const guests = createGuestService({
+      store,
+      drivers: { ct: driver },
+      images: { get: async () => image },
+      operations: createOperationService(createEventBus()),
+      hostName: 'h1',
+      capacity: { memoryBytes: 4 * 2 ** 30, cpus: 2 },
+      lastUsage,
+    });
+    const running = new Map<string, { pid: number; startedAt: string }>([
+      ['a', { pid: 101, startedAt: '2026-12-06T20:00:00.000Z' }],
+      ['b', { pid: 102, startedAt: '2026-12-06T20:00:01.000Z' }],
+    ]);
+    const put = async (name: string) => {
+      const run = running.get(name);
+      await records.guest.at(name).put(store, aGuestSpec({ name, desired: run ? 'Running' : 'Stopped' }));
+      await records.guestStatus
+        .at(name)
+        .put(
+          store,
+          run
+            ? aGuestStatus({ process: { pid: run.pid, startTime: run.pid }, startedAt: run.startedAt })
+            : aGuestStatus({ status: 'Stopped' }),
+        );
+    };
+    for (const name of ['a', 'b', 'c']) await put(name);
+    const history = openMetricsHistory(':memory:');
+    const sampler = createMetricsSampler({
+      // As main.ts: the controller's running guests (here, those of the map) with their usage.
+      running: async () => {
+        const all = await guests.list();
+        const handed = all.flatMap((g) => {
+          const run = running.get(g.name);
+          return run
+            ? [
+                {
+                  spec: aGuestSpec({ name: g.name }),
+                  status: aGuestStatus({
+                    process: { pid: run.pid, startTime: run.pid },
+                    startedAt: run.startedAt,
+                  }),
+                },
+              ]
+            : [];
+        });
+        return (await guests.withUsage?.(handed)) ?? [];
+      },
+      names: async () => new Set(['a', 'b', 'c']),
+      history,
+      hostName: 'h1',
+      readHost: () => ({
+        cpuBusySeconds: 0,
+        memoryUsedBytes: 0,
+        netRxBytes: 0,
+        netTxBytes: 0,
+        diskReadBytes: 0,
+        diskWriteBytes: 0,
+      }),
+      readGuestIo: () => undefined,
+      lastUsage,
+    });
+    const usageOf = async (name: string) =>
+      (await guests.list({ withUsage: true })).find((g) => g.name === name)?.state.usage;
+    return { store, reads, guests, sampler, running, put, usageOf, close: () => history.close() };
+  }
+
+  test("the list's usage equals the sampler's last sample, with its time, and reads no guest's cgroups", async () => {
+    const w = await world();
+    try {
+      await w.sampler.sample();
+      assert.deepEqual(w.reads.sort(), ['a', 'b']);
+      const sampled = await w.guests.withUsage?.([]); // nothing handed: nothing read
+      assert.deepEqual(sampled, []);
+      const listed = await w.guests.list({ withUsage: true });
+      assert.deepEqual(w.reads.sort(), ['a', 'b'], 'the list read no usage');
+      const a = listed.find((g) => g.name === 'a')?.state.usage;
+      const b = listed.find((g) => g.name === 'b')?.state.usage;
+      assert.ok(a && b);
+      assert.deepEqual(
+        [a.memoryBytes, b.memoryBytes].sort(),
+        [1000, 2000],
+        'the figures of the sample, not new reads',
+      );
+      assert.ok(a.sampledAt && Date.now() - Date.parse(a.sampledAt) < 5000, `sampled at ${a.sampledAt}`);
+      assert.equal(listed.find((g) => g.name === 'c')?.state.usage, null, 'a stopped guest has none');
+      // The next sample's figures replace them.
+      await w.sampler.sample();
+      assert.deepEqual(
+        [(await w.usageOf('a'))?.memoryBytes, (await w.usageOf('b'))?.memoryBytes].sort(),
+        [3000, 4000],
+      );
+      assert.equal(w.reads.length, 4);
+    } finally {
+      w.close();
+      await w.store.close();
+    }
+  });
+
+  test('a guest the sampler has not sampled in its current run is read live', async () => {
+    const w = await world();
+    try {
+      await w.sampler.sample();
+      // c starts after the sample: no figure of it yet.
+      w.running.set('c', { pid: 103, startedAt: '2026-12-06T20:05:00.000Z' });
+      await w.put('c');
+      const before = Date.now();
+      const c = await w.usageOf('c');
+      assert.deepEqual(w.reads.slice(2), ['c']);
+      assert.equal(c?.memoryBytes, 3000);
+      assert.ok(c?.sampledAt && Date.parse(c.sampledAt) >= before, 'stamped when read');
+      // a restarted since the sample (new pid and start time): its sampled figure is of the old run.
+      w.running.set('a', { pid: 201, startedAt: '2026-12-06T20:06:00.000Z' });
+      await w.put('a');
+      const listed = await w.guests.list({ withUsage: true });
+      const usage = (name: string) => listed.find((g) => g.name === name)?.state.usage?.memoryBytes;
+      // a and c (still not sampled) read live, in list order; b's sample still served.
+      assert.deepEqual(w.reads.slice(3), ['a', 'c']);
+      assert.equal(usage('a'), 4000);
+      assert.equal(usage('c'), 5000);
+      assert.ok((usage('b') ?? 0) <= 2000, 'b from the sample');
+    } finally {
+      w.close();
+      await w.store.close();
+    }
+  });
+
+  test('a sample older than maxAgeMs is not served: the list reads live again', async () => {
+    const w = await world({ maxAgeMs: 0 });
+    try {
+      await w.sampler.sample();
+      await new Promise((r) => setTimeout(r, 5));
+      await w.guests.list({ withUsage: true });
+      assert.deepEqual(w.reads.slice(2).sort(), ['a', 'b']);
+    } finally {
+      w.close();
+      await w.store.close();
+    }
+  });
+
+  test("a guest's info reads its usage live, whatever was sampled", async () => {
+    const w = await world();
+    try {
+      await w.sampler.sample();
+      const before = Date.now();
+      const a = await w.guests.get('a', { withUsage: true });
+      assert.equal(w.reads.length, 3);
+      assert.equal(a.state.usage?.memoryBytes, 3000, 'a new read, not the sample');
+      assert.ok(a.state.usage?.sampledAt && Date.parse(a.state.usage.sampledAt) >= before);
+    } finally {
+      w.close();
+      await w.store.close();
     }
   });
 });

@@ -52,6 +52,7 @@ import type { Compare, KvStore } from '../store/kv.ts';
 import { indexedGuestNames, projectGuestIndex } from '../store/project-guests.ts';
 import { type BackupFailure, records, valuesOf } from '../store/records.ts';
 import { BLANK_IMAGE } from './image-service.ts';
+import type { LastUsage } from './last-usage.ts';
 import { moveMarkOf, noMoveOf, staleMoveMarkDeleteOp } from './move-marks.ts';
 import type { NetworkService } from './network-service.ts';
 import { guardedWrite, readGuard } from './project-service.ts';
@@ -77,6 +78,11 @@ export interface GuestServiceDeps {
    * host places every guest on itself.
    */
   placement?: { candidates(): Promise<PlacementCandidate[]> };
+  /**
+   * The metric sampler's last usage of each running guest: the list with usage answers from it,
+   * reading live only a guest it has not sampled in its current run (decision 0099).
+   */
+  lastUsage?: Pick<LastUsage, 'of'>;
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 30_000;
@@ -268,7 +274,19 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
 
   async function usageOf(spec: GuestSpec, status: GuestStatus | undefined): Promise<GuestUsage | null> {
     if (status?.status !== 'Running' && status?.status !== 'Frozen') return null;
-    return (await drivers[spec.model]?.usage(spec).catch(() => null)) ?? null;
+    const usage = await drivers[spec.model]?.usage(spec).catch(() => null);
+    return usage ? { ...usage, sampledAt: new Date().toISOString() } : null;
+  }
+
+  /** The sampler's last figure of the guest's current run, else a live read (decision 0099). */
+  function sampledUsageOf(
+    spec: GuestSpec,
+    status: GuestStatus | undefined,
+    nowMs: number,
+  ): GuestUsage | null | Promise<GuestUsage | null> {
+    if (status?.status !== 'Running' && status?.status !== 'Frozen') return null;
+    const run = { pid: status.process?.pid ?? null, startedAt: status.startedAt ?? null };
+    return deps.lastUsage?.of(spec.name, run, nowMs) ?? usageOf(spec, status);
   }
 
   async function nicsOf(
@@ -424,10 +442,14 @@ export function createGuestService(deps: GuestServiceDeps): GuestService {
         const here = (spec: GuestSpec) => spec.location === deps.hostName;
         const networkOf = (spec: GuestSpec) =>
           currentObservation(byName.get(spec.name), observed.get(spec.name));
-        // Usage reads can be slow per guest (a QMP round trip for vm): do them side by side.
+        // From the sampler's last sample; the live reads left (guests it has not sampled yet) can
+        // be slow per guest (a QMP round trip for vm): side by side.
+        const nowMs = Date.now();
         const usages = options.withUsage
           ? await Promise.all(
-              specList.map((spec) => (here(spec) ? usageOf(spec, byName.get(spec.name)) : null)),
+              specList.map((spec) =>
+                here(spec) ? sampledUsageOf(spec, byName.get(spec.name), nowMs) : null,
+              ),
             )
           : [];
         const nics = options.withUsage

@@ -160,4 +160,52 @@ describe('metric history: rings with average and maximum per step', () => {
     assert.deepEqual(h.series('guest/'), ['guest/web1']);
     h.close();
   });
+
+  test("the sampler's disk counter reads take turns with the event loop (decision 0099)", async () => {
+    const fake = createFakeServices();
+    const h = openMetricsHistory(':memory:');
+    const template = fake.guestMap.get('web1')!;
+    const guests = Array.from({ length: 200 }, (_, i) => {
+      const g = structuredClone(template);
+      g.name = `g${i}`;
+      g.status = 'Running';
+      g.state.pid = 1000 + i;
+      g.state.usage = { memoryBytes: 1, cpuSeconds: 1, processes: 1 };
+      return g;
+    });
+    let reads = 0;
+    const sampler = createMetricsSampler({
+      names: async () => new Set(guests.map((g) => g.name)),
+      running: async () => guests,
+      history: h,
+      hostName: 'h1',
+      readHost: () => ({
+        cpuBusySeconds: 0,
+        memoryUsedBytes: 0,
+        netRxBytes: 0,
+        netTxBytes: 0,
+        diskReadBytes: 0,
+        diskWriteBytes: 0,
+      }),
+      readGuestIo: () => {
+        reads++;
+        return { readBytes: 0, writeBytes: 0 };
+      },
+    });
+    try {
+      let readsWhenTheLoopTurned: number | undefined;
+      setImmediate(() => {
+        readsWhenTheLoopTurned = reads;
+      });
+      await sampler.sample();
+      assert.equal(reads, 200, 'every running guest read');
+      assert.ok(
+        readsWhenTheLoopTurned !== undefined && readsWhenTheLoopTurned < 200,
+        `the loop turned after ${readsWhenTheLoopTurned} of 200 reads`,
+      );
+      assert.equal(h.series('guest/').length, 200);
+    } finally {
+      h.close();
+    }
+  });
 });

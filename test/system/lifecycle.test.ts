@@ -10,7 +10,10 @@ interface GuestJson {
   status: string;
   image: string;
   config: Record<string, string>;
-  state: { pid: number | null; usage: { memoryBytes: number; cpuSeconds: number; processes: number } | null };
+  state: {
+    pid: number | null;
+    usage: { memoryBytes: number; cpuSeconds: number; processes: number; sampledAt?: string } | null;
+  };
 }
 
 describe('ct guests end to end through the daemon and CLI', () => {
@@ -29,7 +32,8 @@ describe('ct guests end to end through the daemon and CLI', () => {
     assert.equal(d.ok(['exec', 'web1', '--', 'hostname']).trim(), 'web1');
   });
 
-  test('list and info in JSON carry name, model, status, image, config and live usage', () => {
+  test('list and info in JSON carry name, model, status, image, config and usage with the time it was read', () => {
+    const listedAt = Date.now();
     const list = JSON.parse(d.ok(['list', '--format', 'json'])) as GuestJson[];
     const g = list.find((x) => x.name === 'web1');
     assert.ok(g, 'web1 listed');
@@ -37,10 +41,22 @@ describe('ct guests end to end through the daemon and CLI', () => {
     assert.equal(g.status, 'Running');
     assert.match(g.image, /^[0-9a-f]{64}$/);
     assert.deepEqual(g.config, {});
+    // The list's usage is the sampler's last sample (every 10 s) or a live read (decision 0099).
+    assert.ok(g.state.usage && g.state.usage.memoryBytes > 0, 'the list carries usage');
+    const listedUsageAt = Date.parse(g.state.usage.sampledAt ?? '');
+    assert.ok(listedAt - listedUsageAt < 60_000, `list usage read at ${g.state.usage.sampledAt}`);
+    const infoAt = Date.now();
     const i = info('web1');
     assert.ok(i.state.pid && alive(i.state.pid), 'pid is a live host process');
     assert.ok(i.state.usage && i.state.usage.memoryBytes > 0, 'memory usage read from the cgroup');
     assert.ok(i.state.usage.processes >= 1);
+    // info reads live: after the request was sent, so never older than the list's figure.
+    const infoUsageAt = Date.parse(i.state.usage.sampledAt ?? '');
+    assert.ok(
+      infoUsageAt >= infoAt - 1000,
+      `info usage read at ${i.state.usage.sampledAt}, asked at ${infoAt}`,
+    );
+    assert.ok(infoUsageAt >= listedUsageAt);
     const table = d.ok(['list']);
     assert.match(table, /NAME/);
     assert.match(table, /web1\s+ct\s+Running/);
