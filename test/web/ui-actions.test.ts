@@ -180,16 +180,26 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     assert.equal(exec('a1', 'cat /root/mark'), 'before\n');
   });
 
-  test("a backup made on the guest page downloads as the daemon's archive, is deleted there, and imports from an upload there", async () => {
+  test("a backup made on the guest page downloads while it is made, as the daemon's archive, is deleted there, and imports from an upload there", async () => {
     await page.goto(`${base}/guests/a1?tab=backups`);
-    await page.click('button:has-text("Make a backup")');
-    await notice('Backup made');
+    // The download follows the export (issue 20 §4): the click that makes the backup downloads it.
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      page.click('button:has-text("Make a backup")'),
+    ]);
+    await notice('Backup made and downloaded');
     const link = page.locator('a', { hasText: /^Download / });
     const backup = ((await link.textContent()) ?? '').replace(/^Download /, '');
-    const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
     assert.equal(download.suggestedFilename(), `a1-${backup}.tar`);
+    assert.equal(await download.failure(), null);
     const file = path.join(runDir, 'backup.tar');
     await download.saveAs(file);
+    // The followed download is the daemon's finished archive byte for byte, header blocks
+    // included (they are written last, over placeholders): the plain download of the link.
+    const [plain] = await Promise.all([page.waitForEvent('download'), link.click()]);
+    const plainFile = path.join(runDir, 'backup-plain.tar');
+    await plain.saveAs(plainFile);
+    assert.ok(readFileSync(file).equals(readFileSync(plainFile)));
     // The daemon's archive: a tar of its manifest and the guest's root file system (tar + zstd),
     // which holds the mark the snapshot test left.
     assert.match(execFileSync('tar', ['-tf', file], { encoding: 'utf8' }), /^manifest\.json$/m);
@@ -201,6 +211,41 @@ describe('web UI actions against a real daemon, checked in its state', () => {
     await page.click('button:has-text("Delete from the daemon")');
     await link.waitFor({ state: 'detached' });
     assert.equal((await d.api('GET', `/1.0/guests/a1/backups/${backup}/export`)).status, 404);
+
+    // A followed download cut short (the daemon's own frames, without their end) fails: no file
+    // is handed to the browser, the page says why, and the backup is not left on the daemon.
+    const followed = '**/backups/*/export?follow=true*';
+    await page.route(followed, async (route) => {
+      const res = await route.fetch();
+      const body = await res.body();
+      await route.fulfill({ response: res, body: body.subarray(0, Math.floor(body.length / 2)) });
+    });
+    let downloads = 0;
+    const counted = () => downloads++;
+    page.on('download', counted);
+    try {
+      await page.click('button:has-text("Make a backup")');
+      const failed = page.locator('.notice.error', {
+        hasText: 'The download stopped before the archive was complete',
+      });
+      await failed.waitFor({ timeout: 120_000 });
+      await failed.getByRole('button', { name: 'Dismiss' }).click();
+    } finally {
+      page.off('download', counted);
+      await page.unroute(followed);
+    }
+    assert.equal(downloads, 0);
+    assert.equal(await link.count(), 0);
+    type Made = { updatedAt: string; metadata: { backup?: string } };
+    const cut = await api<Made[]>('GET', '/1.0/operations?recursion=1');
+    const last = cut.filter((o) => o.metadata.backup !== undefined && o.metadata.backup !== backup);
+    assert.equal(last.length, 1, JSON.stringify(last));
+    await eventually(
+      'the cut backup removed from the daemon',
+      async () =>
+        (await d.api('GET', `/1.0/guests/a1/backups/${last[0]?.metadata.backup}/export`)).status === 404,
+      30_000,
+    );
 
     // The downloaded archive, uploaded on the same tab, is a guest again, with a1's files.
     await page.setInputFiles('#f-backup-archive', file);

@@ -7,6 +7,7 @@ import type { TrivisorClient } from '../../src/client/client.ts';
 import { type ClusterClient, clusterMethods } from '../../src/client/cluster-client.ts';
 import { type ProjectClient, projectMethods } from '../../src/client/project-client.ts';
 import { type VolumeClient, volumeMethods } from '../../src/client/volume-client.ts';
+import { readFollowed } from './follow-download.ts';
 
 /*
  * The browser's typed client: the public REST API over fetch, with the types (and, where the
@@ -117,6 +118,11 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
   adviseWorkloads(profiles: Blob): Promise<AdviceAnswer>;
   /** Where a browser downloads a finished backup (the session cookie authenticates the GET). */
   backupUrl(guest: string, backup: string): string;
+  /**
+   * Downloads a backup while its export writes it (`export?follow=true`, issue 20 §4): the whole
+   * archive, or the export's failure (or how the download fell short) as the error.
+   */
+  followBackup(guest: string, backup: string, onBytes?: (receivedBytes: number) => void): Promise<Blob>;
   guestHistory(name: string, range: HistoryRange): Promise<History>;
   /** A member's history: this one's, or another's (`member`), which the API asks of it. */
   hostHistory(range: HistoryRange, member?: string): Promise<History>;
@@ -324,7 +330,14 @@ export function createWebApi(options: WebApiOptions): WebApi {
         snapshots: o.snapshots === true,
         ...(o.incremental && { incremental: true }),
         ...(o.uncompressed && { uncompressed: true }),
+        ...(o.name !== undefined && { name: o.name }),
       }),
+    async followBackup(guest, backup, onBytes) {
+      const res = await send('GET', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export?follow=true`);
+      if (res.status >= 400 || !res.body) await envelope(res);
+      if (!res.body) throw new ApiError(`Expected an archive (HTTP ${res.status})`, res.status);
+      return readFollowed(res.body, onBytes);
+    },
     async deleteBackup(guest, backup) {
       await call('DELETE', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}`);
     },

@@ -344,6 +344,27 @@ function Snapshots(props: { guest: Guest }) {
   );
 }
 
+/** A backup's name, `backup-` and 16 hex digits, as the API takes one. */
+function backupName(): string {
+  const digits = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) =>
+    b.toString(16).padStart(2, '0'),
+  );
+  return `backup-${digits.join('')}`;
+}
+
+/** Hands a finished archive to the browser as a download. */
+function saveBlob(blob: Blob, fileName: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = fileName;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  // The download has taken the blob once the click has been handled.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 /** A backup made on this page: the API lists none, so the page keeps what its operations answered. */
 interface MadeBackup {
   name: string;
@@ -366,6 +387,8 @@ function Backups(props: { guest: Guest }) {
     prefix: 'backups-',
   });
   const importOp = importing.value ? operations.value.get(importing.value) : undefined;
+  /** Bytes of the backup being made that the page has received, while it downloads. */
+  const received = useSignal<number | null>(null);
   return (
     <div class="panel">
       <h2>Export</h2>
@@ -386,25 +409,54 @@ function Backups(props: { guest: Guest }) {
         )}
         <Action
           kind="primary"
-          done="Backup made: download it below"
+          done="Backup made and downloaded"
           run={async () => {
             const plain = g.model === 'vm' && uncompressed.value;
-            // An uncompressed export carries no snapshots: the API refuses the two together.
-            const op = await finished(
-              await api.createBackup(g.name, plain ? { uncompressed: true } : { snapshots: true }),
+            // Named here, so that the download follows the archive while the daemon writes it
+            // (issue 20 §4). An uncompressed export carries no snapshots: the API refuses the two together.
+            const name = backupName();
+            const op = await api.createBackup(
+              g.name,
+              plain ? { uncompressed: true, name } : { snapshots: true, name },
             );
-            const { backup, sizeBytes } = op.metadata;
-            if (typeof backup === 'string') {
-              const size = typeof sizeBytes === 'number' ? sizeBytes : -1;
+            received.value = 0;
+            try {
+              const downloading = api
+                .followBackup(g.name, name, (n) => {
+                  received.value = n;
+                })
+                .catch(async (e: unknown) => {
+                  // Nothing more of it can be kept: the daemon stops writing it.
+                  await api.cancelOperation(op.id).catch(() => {});
+                  throw e;
+                });
+              const [waited, downloaded] = await Promise.allSettled([finished(op), downloading]);
+              if (waited.status === 'rejected' || downloaded.status === 'rejected') {
+                // Not listed on the page, so not left on the daemon either.
+                await api.deleteBackup(g.name, name).catch(() => {});
+              }
+              // The export's own failure names the cause; the download's says only that it stopped.
+              if (waited.status === 'rejected') throw waited.reason;
+              if (downloaded.status === 'rejected') throw downloaded.reason;
+              const { sizeBytes } = waited.value.metadata;
               made.value = [
                 ...made.value,
-                { name: backup, sizeBytes: size, madeAt: op.updatedAt, uncompressed: plain },
+                {
+                  name,
+                  sizeBytes: typeof sizeBytes === 'number' ? sizeBytes : -1,
+                  madeAt: waited.value.updatedAt,
+                  uncompressed: plain,
+                },
               ];
+              saveBlob(downloaded.value, `${g.name}-${name}.tar`);
+            } finally {
+              received.value = null;
             }
           }}
         >
           Make a backup
         </Action>
+        {received.value !== null && <span class="muted">Downloading: {bytes(received.value)}</span>}
       </div>
       {made.value.length > 0 && (
         <div class="table-wrap">
