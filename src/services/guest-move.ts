@@ -911,6 +911,44 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     }
   }
 
+  /**
+   * A cold move that failed: rolled back if the records named the destination already, else the
+   * guest started again here (or, for an HA guest whose mark cannot go yet, left stopped with
+   * its journal). Returns the error to throw.
+   */
+  async function coldMoveFailed(
+    e: unknown,
+    m: {
+      name: string;
+      target: string;
+      flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+      wasRunning: boolean;
+      ha: HaMoveTicket | undefined;
+      mark: MoveMark;
+    },
+  ): Promise<TrivisorError> {
+    const { name, target, flipped, wasRunning, ha, mark } = m;
+    const err = asTrivisorError(e);
+    if (flipped) {
+      if (!(await rollBack(name, target, flipped, wasRunning, ha, mark))) return unsettled(name, target, err);
+    } else if (await endMarkOrKeep(ha, mark)) {
+      // The mark goes first: HA starts an HA guest only once its record no longer moves. One
+      // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
+      return haMarkKept(name, target, err, { wasRunning });
+    } else if (wasRunning) {
+      await deps.guests
+        .changeState(name, { action: 'start' })
+        .then(finished)
+        .catch((e2: unknown) =>
+          log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+        );
+    }
+    return new TrivisorError(
+      err.code,
+      `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
+    );
+  }
+
   /** The cold move through an archive (steps 1–4 above). */
   async function moveArchived(
     name: string,
@@ -989,26 +1027,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
-          const err = asTrivisorError(e);
-          if (flipped) {
-            if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
-              throw unsettled(name, target, err);
-          } else if (await endMarkOrKeep(ha, mark)) {
-            // The mark goes first: HA starts an HA guest only once its record no longer moves. One
-            // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
-            throw haMarkKept(name, target, err, { wasRunning });
-          } else if (wasRunning) {
-            await deps.guests
-              .changeState(name, { action: 'start' })
-              .then(finished)
-              .catch((e2: unknown) =>
-                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
-              );
-          }
-          throw new TrivisorError(
-            err.code,
-            `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
-          );
+          throw await coldMoveFailed(e, { name, target, flipped, wasRunning, ha, mark });
         } finally {
           if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
         }
@@ -1082,26 +1101,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
-          const err = asTrivisorError(e);
-          if (flipped) {
-            if (!(await rollBack(name, target, flipped, wasRunning, ha, mark)))
-              throw unsettled(name, target, err);
-          } else if (await endMarkOrKeep(ha, mark)) {
-            // The mark goes first: HA starts an HA guest only once its record no longer moves. One
-            // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
-            throw haMarkKept(name, target, err, { wasRunning });
-          } else if (wasRunning) {
-            await deps.guests
-              .changeState(name, { action: 'start' })
-              .then(finished)
-              .catch((e2: unknown) =>
-                log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
-              );
-          }
-          throw new TrivisorError(
-            err.code,
-            `Cannot move guest ${name} to ${target}: ${err.message}; it stays on ${hostName}`,
-          );
+          throw await coldMoveFailed(e, { name, target, flipped, wasRunning, ha, mark });
         }
         // removeLocal of a guest on a shared pool drops this member's link only.
         await dropLocalCopy(spec);
