@@ -148,7 +148,10 @@ export async function flatQcow2Source(
 /**
  * Hands the flat qcow2 of `source` to `write` in order: the metadata, then the data clusters,
  * read into two buffers used in turn (a buffer is filled again only once `write` has resolved
- * for it). Stops with the signal's reason when aborted.
+ * for it). `write` is called for the next chunk before the last call has resolved (at most two
+ * outstanding), so the sink must keep the order of its calls, as a stream's write() does; one
+ * that places chunks at offsets must take each chunk's offset when it is called. Stops with the
+ * signal's reason when aborted.
  */
 export async function streamFlatQcow2(
   source: FlatQcow2Source,
