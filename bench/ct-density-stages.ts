@@ -7,10 +7,9 @@
 // Usage: node bench/ct-density-stages.ts [--stages 100,1000,2000] [--raw-stages 1000,2000|none]
 //        [--concurrency 4] [--budget-gib 12]
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { chownSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
 import { nameLimit, readResourceUse } from './density-limits.ts';
 import { densityPlotSvg } from './density-plot.ts';
@@ -25,6 +24,7 @@ import {
   rssBytes,
   runOperation,
   settle,
+  startRawRunc,
   writeResult,
 } from './lib.ts';
 
@@ -137,56 +137,15 @@ async function startUpTo(
 // --- Raw runc: the same bundle and overlay as a Trivisor guest's, no daemon around it.
 async function rawPhase(): Promise<Array<Record<string, unknown>>> {
   if (rawStages.length === 0) return [];
-  const { template, tree, mapping, idBase } = await rawRuncTemplate(d);
+  const raw = await rawRuncTemplate(d);
   mkdirSync(rawRoot, { recursive: true });
-  const rawStart = async (i: number) => {
-    const dir = path.join(rawDir, `raw${i}`);
-    for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
-      mkdirSync(path.join(dir, sub), { recursive: true });
-    mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
-    chownSync(path.join(dir, 'upper'), idBase, idBase);
-    chownSync(path.join(dir, 'work'), idBase, idBase);
-    const [cmd, ...args] = overlayRootfsArgv({
-      tree,
-      staging: `${dir}/staging`,
-      upper: `${dir}/upper`,
-      work: `${dir}/work`,
-      target: `${dir}/rootfs`,
-      ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
+  const rawStart = (i: number) =>
+    startRawRunc(raw, {
+      root: rawRoot,
+      dir: path.join(rawDir, `raw${i}`),
+      name: `raw${i}`,
+      cgroupsPath: `/trivisor-bench-raw/raw${i}`,
     });
-    await run(cmd as string, args);
-    const spec = structuredClone(template);
-    spec.root.path = `${dir}/rootfs`;
-    spec.hostname = `raw${i}`;
-    spec.linux.cgroupsPath = `/trivisor-bench-raw/raw${i}`;
-    writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
-    await new Promise<void>((resolve, reject) => {
-      const c = spawn(
-        'runc',
-        [
-          '--root',
-          rawRoot,
-          'run',
-          '-d',
-          '--no-new-keyring',
-          '--pid-file',
-          `${dir}/pid`,
-          '--bundle',
-          `${dir}/bundle`,
-          `raw${i}`,
-        ],
-        { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
-      );
-      let err = '';
-      c.stderr.on('data', (b: Buffer) => {
-        err += b.toString();
-      });
-      c.once('error', reject);
-      c.once('exit', (code) =>
-        code === 0 ? resolve() : reject(new Error(`runc run raw${i}: ${err.trim()}`)),
-      );
-    });
-  };
   const rawPids = (count: number) =>
     Array.from({ length: count }, (_, i) => {
       try {

@@ -6,14 +6,22 @@
 // `--profile DIR`, the daemon runs with the inspector on (127.0.0.1, a free port) and a CPU profile
 // of it during the timed create+starts at the largest N goes to DIR (open it in Chrome's DevTools).
 // Usage: node bench/ct-start-at-n.ts [--stages 100,2000] [--more 20] [--concurrency 4] [--profile DIR]
-import { execFile, spawn, spawnSync } from 'node:child_process';
-import { chownSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, pool, QUICK, rawRuncTemplate, runOperation, writeResult } from './lib.ts';
+import {
+  ms,
+  percentile,
+  pool,
+  QUICK,
+  rawRuncTemplate,
+  runOperation,
+  startRawRunc,
+  writeResult,
+} from './lib.ts';
 
 const run = promisify(execFile);
 const { values: opts } = parseArgs({
@@ -86,51 +94,11 @@ let rawTemplate: Awaited<ReturnType<typeof rawRuncTemplate>> | undefined;
 /** One raw runc container: the guest's overlay (idmapped tree) mounted on the host, then `runc run -d`. */
 async function rawStart(name: string): Promise<void> {
   rawTemplate ??= await rawRuncTemplate(d);
-  const { template, tree, mapping, idBase } = rawTemplate;
-  const dir = path.join(rawDir, name);
-  for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
-    mkdirSync(path.join(dir, sub), { recursive: true });
-  mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
-  chownSync(path.join(dir, 'upper'), idBase, idBase);
-  chownSync(path.join(dir, 'work'), idBase, idBase);
-  const [cmd, ...args] = overlayRootfsArgv({
-    tree,
-    staging: `${dir}/staging`,
-    upper: `${dir}/upper`,
-    work: `${dir}/work`,
-    target: `${dir}/rootfs`,
-    ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
-  });
-  await run(cmd as string, args);
-  const spec = structuredClone(template);
-  spec.root.path = `${dir}/rootfs`;
-  spec.hostname = name;
-  spec.linux.cgroupsPath = `/${rawCgroup}/${name}`;
-  writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
-  // Not execFile: the container's init inherits runc's stdout and stderr and keeps them open.
-  await new Promise<void>((resolve, reject) => {
-    const c = spawn(
-      'runc',
-      [
-        '--root',
-        rawRoot,
-        'run',
-        '-d',
-        '--no-new-keyring',
-        '--pid-file',
-        `${dir}/pid`,
-        '--bundle',
-        `${dir}/bundle`,
-        name,
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
-    );
-    let err = '';
-    c.stderr.on('data', (b: Buffer) => {
-      err += b.toString();
-    });
-    c.once('error', reject);
-    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`runc run ${name}: ${err.trim()}`))));
+  await startRawRunc(rawTemplate, {
+    root: rawRoot,
+    dir: path.join(rawDir, name),
+    name,
+    cgroupsPath: `/${rawCgroup}/${name}`,
   });
 }
 

@@ -1,5 +1,6 @@
-import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import {
+  chownSync,
   closeSync,
   existsSync,
   mkdirSync,
@@ -11,6 +12,8 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
+import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { cgroupParentOf } from '../src/drivers/guest-cgroup.ts';
 import { type ApiResponse, type Daemon, sleep } from '../test/system/harness.ts';
 
@@ -333,4 +336,49 @@ export async function rawRuncTemplate(d: Daemon): Promise<{
   const mapping = template.linux?.uidMappings?.[0] as { hostID: number; size: number } | undefined;
   await runOperation(d, 'DELETE', '/1.0/guests/template?force=true');
   return { template, tree, mapping, idBase: mapping?.hostID ?? 0 };
+}
+
+/**
+ * One raw runc container from a rawRuncTemplate(): the guest's overlay (the image tree idmapped
+ * to its range, as the driver mounts it) under `dir`, then `runc run -d` with `cgroupsPath`.
+ */
+export async function startRawRunc(
+  raw: Awaited<ReturnType<typeof rawRuncTemplate>>,
+  o: { root: string; dir: string; name: string; cgroupsPath: string },
+): Promise<void> {
+  const { template, tree, mapping, idBase } = raw;
+  const { dir, name } = o;
+  for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
+    mkdirSync(path.join(dir, sub), { recursive: true });
+  mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
+  chownSync(path.join(dir, 'upper'), idBase, idBase);
+  chownSync(path.join(dir, 'work'), idBase, idBase);
+  const [cmd, ...args] = overlayRootfsArgv({
+    tree,
+    staging: `${dir}/staging`,
+    upper: `${dir}/upper`,
+    work: `${dir}/work`,
+    target: `${dir}/rootfs`,
+    ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
+  });
+  await promisify(execFile)(cmd as string, args);
+  const spec = structuredClone(template);
+  spec.root.path = `${dir}/rootfs`;
+  spec.hostname = name;
+  spec.linux.cgroupsPath = o.cgroupsPath;
+  writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
+  // Not execFile: the container's init inherits runc's stdout and stderr and keeps them open.
+  const runcArgs = ['--root', o.root, 'run', '-d', '--no-new-keyring', '--pid-file', `${dir}/pid`];
+  await new Promise<void>((resolve, reject) => {
+    const c = spawn('runc', [...runcArgs, '--bundle', `${dir}/bundle`, name], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true,
+    });
+    let err = '';
+    c.stderr.on('data', (b: Buffer) => {
+      err += b.toString();
+    });
+    c.once('error', reject);
+    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`runc run ${name}: ${err.trim()}`))));
+  });
 }
