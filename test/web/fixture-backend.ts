@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { ClusterMove, RebalanceResult } from '../../src/api/cluster-schemas.ts';
@@ -420,6 +420,7 @@ const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 function fakeStorage(
   guestMap: Map<string, Guest>,
   operations: Pick<OperationService, 'start'>,
+  exportDir: string,
 ): { service: StorageService; backups: FakeBackups } {
   // What the route said before there was a storage service: the fixture has no snapshots.
   const none = async (): Promise<never> => {
@@ -452,7 +453,10 @@ function fakeStorage(
         );
       }
       backups.made.push({ guest, options: { ...options } });
-      const backup = `backup-${backups.made.length}`;
+      const backup = options.name ?? `backup-${backups.made.length}`;
+      // The page downloads what it made (`?follow=true`): a small archive stands for it.
+      await mkdir(path.join(exportDir, guest), { recursive: true });
+      await writeFile(path.join(exportDir, guest, `${backup}.tar`), `fixture backup ${backup} of ${guest}`);
       return operations.start({
         project: 'default',
         description: `Backing up guest ${guest}`,
@@ -462,7 +466,19 @@ function fakeStorage(
     },
     backupFile: none,
     importUpload: none,
-    followBackup: none,
+    async followBackup(guest, backup) {
+      const file = path.join(exportDir, guest, `${backup}.tar`);
+      const { size } = await stat(file).catch(() => {
+        throw notFound(`Guest ${guest} has no backup ${backup}`);
+      });
+      // Finished at once: written whole, no header sent again.
+      return {
+        open: () => open(file, 'r'),
+        status: () => ({ state: 'done', sizeBytes: size }),
+        changed: async () => {},
+        headerOffsets: async () => [],
+      };
+    },
     async deleteBackup() {},
     async importBackup({ archivePath, name, live }) {
       const head = await readFile(archivePath);
@@ -586,7 +602,7 @@ export async function startFixtureBackend(
         ]),
     );
   if ((options.cluster ?? 'member') === 'member') fake.rebalance = rebalance;
-  const storage = fakeStorage(fake.guestMap, fake.operations);
+  const storage = fakeStorage(fake.guestMap, fake.operations, path.join(runDir, 'exports'));
   fake.storage = storage.service;
   // A move only says where the guest went: the members' side of it is the cluster tests'.
   fake.moves = {

@@ -759,10 +759,16 @@ describe('web UI over the fixture backend (1,000 guests)', () => {
       (q) => q.method() === 'POST' && q.url().includes('/1.0/guests/vm-0002/backups'),
     );
     await page.click('button:has-text("Make a backup")');
-    assert.deepEqual((await asked).postDataJSON(), { snapshots: false, uncompressed: true });
+    // Named by the page, which then downloads it while it is written (decision 0098).
+    const body = (await asked).postDataJSON() as { name?: string };
+    assert.match(body.name ?? '', /^[a-z0-9-]+$/);
+    assert.deepEqual(body, { snapshots: false, uncompressed: true, name: body.name });
     await page.locator('tr[data-row] td', { hasText: '(uncompressed)' }).waitFor();
     assert.deepEqual(b.made.slice(made), [
-      { guest: 'vm-0002', options: { withSnapshots: false, incremental: false, uncompressed: true } },
+      {
+        guest: 'vm-0002',
+        options: { withSnapshots: false, incremental: false, uncompressed: true, name: body.name },
+      },
     ]);
 
     // A live import of a compressed archive: the header sent, the API's one line, nothing imported.

@@ -115,7 +115,12 @@ describe('web UI: the consolidation plan page', () => {
     await page.click('form[aria-label="Plan a consolidation"] button[type=submit]');
     const web2 = page.locator('table[aria-label="Recommended models"] tr[data-workload=web2]');
     await web2.waitFor({ timeout: 60_000 });
-    assert.match((await web2.textContent()) ?? '', /^web2host\dvmvm: needs a non-Linux kernel$/);
+    // The reason, and, where this host's measured vm (TCG here) cannot carry 3 busy cores, the
+    // advisor's contention note (decision 0054).
+    assert.match(
+      (await web2.textContent()) ?? '',
+      /^web2host\dvmvm: needs a non-Linux kernel(; even so vm cannot keep up: it would need [\d.]+ cores of \d+, \d+% of the measured rates)?$/,
+    );
     assert.equal(await page.locator('table[aria-label="Recommended models"] tbody tr').count(), 2);
     assert.match(
       (await page.locator('[data-testid=plan-result]').textContent()) ?? '',
