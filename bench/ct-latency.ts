@@ -4,73 +4,41 @@
 // `runc kill` + a wait + `runc delete`), in the same order.
 // Usage: node bench/ct-latency.ts [iterations=30]
 import { spawnSync } from 'node:child_process';
-import {
-  chownSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { overlayRootfsArgv } from '../src/drivers/ct/overlay-rootfs.ts';
 import { sleep, startDaemon } from '../test/system/harness.ts';
-import { ms, percentile, rawRuncTemplate, runOperation, writeResult } from './lib.ts';
+import {
+  ms,
+  percentile,
+  rawRuncBundle,
+  rawRuncDirs,
+  rawRuncTemplate,
+  runOperation,
+  writeResult,
+} from './lib.ts';
 
 const iterations = Number(process.argv[2] ?? 30);
 const d = await startDaemon();
 const rawDir = path.join(d.stateDir, 'raw');
 const rawRoot = path.join(rawDir, 'runc');
 try {
-  const { template, tree, mapping, idBase } = await rawRuncTemplate(d);
+  const rawTemplate = await rawRuncTemplate(d);
   mkdirSync(rawRoot, { recursive: true });
 
   const rawStart = (i: number): number => {
     const dir = path.join(rawDir, `raw${i}`);
     const t0 = process.hrtime.bigint();
-    for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
-      mkdirSync(path.join(dir, sub), { recursive: true });
-    mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
-    chownSync(path.join(dir, 'upper'), idBase, idBase);
-    chownSync(path.join(dir, 'work'), idBase, idBase);
-    // The same mount as the driver's (the image tree idmapped to the guest's range, then the
-    // overlay), without the daemon around it.
-    const [cmd, ...args] = overlayRootfsArgv({
-      tree,
-      staging: `${dir}/staging`,
-      upper: `${dir}/upper`,
-      work: `${dir}/work`,
-      target: `${dir}/rootfs`,
-      ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
-    });
+    const [cmd, ...args] = rawRuncDirs(rawTemplate, dir);
     const m = spawnSync(cmd as string, args, { encoding: 'utf8' });
     if (m.status !== 0) throw new Error(`mount: ${m.stderr}`);
-    const spec = structuredClone(template);
-    spec.root.path = `${dir}/rootfs`;
-    spec.hostname = `raw${i}`;
-    spec.linux.cgroupsPath = `/trivisor-bench-raw/raw${i}`;
-    writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
+    const argv = rawRuncBundle(rawTemplate, {
+      root: rawRoot,
+      dir,
+      name: `raw${i}`,
+      cgroupsPath: `/trivisor-bench-raw/raw${i}`,
+    });
     const log = openSync(`${dir}/console.log`, 'a');
-    const r = spawnSync(
-      'runc',
-      [
-        '--root',
-        rawRoot,
-        'run',
-        '-d',
-        '--no-new-keyring',
-        '--pid-file',
-        `${dir}/pid`,
-        '--bundle',
-        `${dir}/bundle`,
-        `raw${i}`,
-      ],
-      {
-        stdio: ['ignore', log, log],
-      },
-    );
+    const r = spawnSync('runc', argv, { stdio: ['ignore', log, log] });
     closeSync(log);
     if (r.status !== 0) throw new Error(`runc run: ${readFileSync(`${dir}/console.log`, 'utf8')}`);
     return ms(process.hrtime.bigint() - t0);

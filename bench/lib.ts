@@ -338,22 +338,18 @@ export async function rawRuncTemplate(d: Daemon): Promise<{
   return { template, tree, mapping, idBase: mapping?.hostID ?? 0 };
 }
 
-/**
- * One raw runc container from a rawRuncTemplate(): the guest's overlay (the image tree idmapped
- * to its range, as the driver mounts it) under `dir`, then `runc run -d` with `cgroupsPath`.
- */
-export async function startRawRunc(
-  raw: Awaited<ReturnType<typeof rawRuncTemplate>>,
-  o: { root: string; dir: string; name: string; cgroupsPath: string },
-): Promise<void> {
-  const { template, tree, mapping, idBase } = raw;
-  const { dir, name } = o;
+type RawRunc = Awaited<ReturnType<typeof rawRuncTemplate>>;
+
+/** A raw runc container's dirs under `dir`, made as the driver makes them; returns the overlay's mount argv. */
+export function rawRuncDirs(raw: RawRunc, dir: string): string[] {
+  const { tree, mapping, idBase } = raw;
   for (const sub of ['upper', 'work', 'rootfs', 'bundle'])
     mkdirSync(path.join(dir, sub), { recursive: true });
   mkdirSync(path.join(dir, 'staging'), { mode: 0o700 });
   chownSync(path.join(dir, 'upper'), idBase, idBase);
   chownSync(path.join(dir, 'work'), idBase, idBase);
-  const [cmd, ...args] = overlayRootfsArgv({
+  // The same mount as the driver's (the image tree idmapped to the guest's range, then the overlay).
+  return overlayRootfsArgv({
     tree,
     staging: `${dir}/staging`,
     upper: `${dir}/upper`,
@@ -361,24 +357,54 @@ export async function startRawRunc(
     target: `${dir}/rootfs`,
     ...(mapping && { idmap: { base: mapping.hostID, size: mapping.size } }),
   });
-  await promisify(execFile)(cmd as string, args);
-  const spec = structuredClone(template);
+}
+
+/** Writes the container's bundle (the template's config on its rootfs); returns `runc run -d`'s argv. */
+export function rawRuncBundle(
+  raw: RawRunc,
+  o: { root: string; dir: string; name: string; cgroupsPath: string },
+): string[] {
+  const { dir, name } = o;
+  const spec = structuredClone(raw.template);
   spec.root.path = `${dir}/rootfs`;
   spec.hostname = name;
   spec.linux.cgroupsPath = o.cgroupsPath;
   writeFileSync(`${dir}/bundle/config.json`, JSON.stringify(spec));
+  return [
+    '--root',
+    o.root,
+    'run',
+    '-d',
+    '--no-new-keyring',
+    '--pid-file',
+    `${dir}/pid`,
+    '--bundle',
+    `${dir}/bundle`,
+    name,
+  ];
+}
+
+/**
+ * One raw runc container from a rawRuncTemplate(): the guest's overlay (the image tree idmapped
+ * to its range, as the driver mounts it) under `dir`, then `runc run -d` with `cgroupsPath`.
+ */
+export async function startRawRunc(
+  raw: RawRunc,
+  o: { root: string; dir: string; name: string; cgroupsPath: string },
+): Promise<void> {
+  const [cmd, ...args] = rawRuncDirs(raw, o.dir);
+  await promisify(execFile)(cmd as string, args);
+  const argv = rawRuncBundle(raw, o);
   // Not execFile: the container's init inherits runc's stdout and stderr and keeps them open.
-  const runcArgs = ['--root', o.root, 'run', '-d', '--no-new-keyring', '--pid-file', `${dir}/pid`];
   await new Promise<void>((resolve, reject) => {
-    const c = spawn('runc', [...runcArgs, '--bundle', `${dir}/bundle`, name], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      detached: true,
-    });
+    const c = spawn('runc', argv, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let err = '';
     c.stderr.on('data', (b: Buffer) => {
       err += b.toString();
     });
     c.once('error', reject);
-    c.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`runc run ${name}: ${err.trim()}`))));
+    c.once('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`runc run ${o.name}: ${err.trim()}`)),
+    );
   });
 }
