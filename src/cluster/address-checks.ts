@@ -1,4 +1,4 @@
-import { connect, createServer, type Server } from 'node:net';
+import { connect, createServer, isIP, type Server } from 'node:net';
 import { conflict, failedPrecondition, invalidArgument } from '../core/errors.ts';
 
 /**
@@ -92,4 +92,35 @@ export function probeReachable(
       else reject(refuse('something else answers there'));
     });
   });
+}
+
+/**
+ * A cluster's addresses are of one family (decision 0100): the managed networks' VXLAN runs over
+ * them, and a Linux VXLAN device sends from one local address, IPv4 or IPv6. A host joining with
+ * an address of the other family is refused before anything changes (FailedPrecondition, one
+ * line). `members` are the members' addresses (`IP:PORT`, `[IPv6]:PORT`), with their names when
+ * known.
+ */
+export function assertSameFamily(
+  host: string,
+  members: ReadonlyArray<{ name?: string; address: string }>,
+): void {
+  const family = isIP(host);
+  const other = members.find((m) => {
+    const f = isIP(hostOf(m.address));
+    return f !== 0 && f !== family;
+  });
+  if (!other) return;
+  const theirs = family === 6 ? 'IPv4' : 'IPv6';
+  throw failedPrecondition(
+    `The cluster's members are on ${theirs} addresses (${other.name ? `${other.name} at ` : ''}${other.address}) and ${host} is not: every member's address is of one family (the managed networks' VXLAN runs over them); give --address as an ${theirs} address of this host. Nothing was changed`,
+  );
+}
+
+/** The IP of `IP:PORT`, `[IPv6]:PORT` or a bare IP. */
+function hostOf(address: string): string {
+  const v6 = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
+  if (v6?.[1]) return v6[1];
+  if (isIP(address) !== 0) return address;
+  return address.replace(/:\d+$/, '');
 }

@@ -35,7 +35,7 @@ import {
   records,
   valuesOf,
 } from '../store/records.ts';
-import { assertBindable, probeReachable, serveProbe } from './address-checks.ts';
+import { assertBindable, assertSameFamily, probeReachable, serveProbe } from './address-checks.ts';
 import { makeClusterCa, makeMemberKey, signMemberCertificate } from './cluster-ca.ts';
 import {
   clusterPaths,
@@ -535,6 +535,10 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
           );
         }
         const { host, port, address } = parseMemberAddress(request.address);
+        assertSameFamily(
+          host,
+          token.addresses.map((a) => ({ address: a })),
+        );
         await assertEmpty();
         await assertBindable(host, [port, ports.client, ports.peer]);
         // Until a member accepts, nothing of the join stays behind whatever fails.
@@ -691,6 +695,7 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
         throw alreadyExists(`The cluster already has a member named ${name}`);
       }
       const members = valuesOf(await records.member.list(store));
+      assertSameFamily(host, members);
       const sameHost = members.find((m) => parseMemberAddress(m.address).host === host);
       if (sameHost) {
         throw conflict(
