@@ -8,12 +8,77 @@ import { isSameProcess } from '../../host/proc-stat.ts';
 import { qemuImg } from '../../host/qemu-img.ts';
 import { type AgentAccess, withFrozenFileSystems } from '../agent-fs-freeze.ts';
 import type { DriverContext } from '../guest-driver.ts';
+import type { PortableChainState } from '../guest-storage.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient, type QmpEvent } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
 
-/** The persistent dirty bitmap in `root.qcow2` that records what changed since the last backup. */
+/**
+ * The persistent dirty bitmap in `root.qcow2` that records what changed since the last backup, as
+ * guests made before decision 0062's amendment of 2026-12-07 have it (one name for every link).
+ */
 export const BACKUP_BITMAP = 'trivisor-backup';
+/** Every backup bitmap's name starts so: the legacy one, and those named for their link. */
+const BITMAP_PREFIX = BACKUP_BITMAP;
+/** A chain's id: 16 hex digits (vm-incremental's own; pvm's are alike). */
+const CHAIN_ID = /^[0-9a-f]{16}$/;
+
+/**
+ * The bitmap that holds what changed since link `sequence` of chain `chain` (decision 0062, amended
+ * 2026-12-07): named for its link, so that a disk that went to another member (a cold move's
+ * archive, a live move's migration) says by itself which link its bitmap follows.
+ */
+export const linkBitmap = (chain: string, sequence: number): string =>
+  `${BITMAP_PREFIX}-${chain}-${sequence}`;
+
+/** Whether `name` is one of the backup bitmaps (the legacy one or one named for a link). */
+export const isBackupBitmap = (name: string): boolean =>
+  name === BACKUP_BITMAP || /^trivisor-backup-[0-9a-f]{16}-\d+$/.test(name);
+
+/** A bitmap as `qemu-img info` lists it in a qcow2. */
+export interface StoredBitmap {
+  name: string;
+  granularity: number;
+  flags: string[];
+}
+
+/** The bitmaps stored in qcow2 `disk` (not in use by a QEMU, or read with `forceShare`). */
+export async function storedBitmaps(
+  runner: DriverContext['runner'],
+  disk: string,
+  options: { forceShare?: boolean } = {},
+): Promise<StoredBitmap[]> {
+  const { stdout } = await runner.run([
+    'qemu-img',
+    'info',
+    ...(options.forceShare ? ['-U'] : []),
+    '--output=json',
+    disk,
+  ]);
+  const info = JSON.parse(stdout) as {
+    'format-specific'?: {
+      data?: { bitmaps?: Array<{ name: string; granularity: number; flags?: string[] }> };
+    };
+  };
+  return (info['format-specific']?.data?.bitmaps ?? []).map((b) => ({
+    name: b.name,
+    granularity: b.granularity,
+    flags: b.flags ?? [],
+  }));
+}
+
+/**
+ * Whether a stored bitmap can be trusted to hold every write since its link: recording (`auto`)
+ * and not `in-use` (a QEMU that had the disk open died without writing it back: inconsistent).
+ */
+export const isSoundBitmap = (b: StoredBitmap): boolean =>
+  b.flags.includes('auto') && !b.flags.includes('in-use');
+
+/** What a vm chain state carries (PortableChainState.data, JSON): the bitmap its next link reads, the disk's size. */
+interface VmChainData {
+  bitmap: string;
+  sizeBytes: number;
+}
 /** Per guest: the chain the bitmap belongs to and the number of its last backup. */
 const CHAIN_FILE = 'backup-chain.json';
 /** Present while the guest's file systems are frozen (shared with vm-storage.ts, whose sweep thaws). */
@@ -48,6 +113,22 @@ export interface VmIncrementalBackups {
   restoreChain(links: readonly string[], target: string): Promise<void>;
   /** Forgets the chain (the disk was rolled back or replaced): the next backup must be full. */
   resetChain(spec: GuestSpec): Promise<void>;
+  /** The guest's chain as another member can take it over: its last link and the bitmap named for it. */
+  chainState(spec: GuestSpec): Promise<PortableChainState | undefined>;
+  /**
+   * Makes `state` (of chainState, made where the guest was) the guest's chain, when its disk holds
+   * the bitmap named for that link, recording and consistent, and has the size it had; false, with
+   * nothing changed, otherwise (the next backup is then full).
+   */
+  continueChain(spec: GuestSpec, state: PortableChainState): Promise<boolean>;
+}
+
+/** A dirty bitmap as QEMU's monitor lists it. */
+interface MonitorBitmap {
+  name: string;
+  recording?: boolean;
+  persistent?: boolean;
+  inconsistent?: boolean;
 }
 
 export function createVmIncrementalBackups(
@@ -75,15 +156,6 @@ export function createVmIncrementalBackups(
     const tmp = `${chainFile(spec)}.tmp`;
     await writeFile(tmp, `${JSON.stringify(link)}\n`, { mode: 0o600 });
     await rename(tmp, chainFile(spec));
-  };
-
-  /** The bitmaps saved in a disk that is not in use. */
-  const bitmapsOf = async (disk: string): Promise<string[]> => {
-    const { stdout } = await runner.run(['qemu-img', 'info', '--output=json', disk]);
-    const info = JSON.parse(stdout) as {
-      'format-specific'?: { data?: { bitmaps?: Array<{ name: string }> } };
-    };
-    return (info['format-specific']?.data?.bitmaps ?? []).map((b) => b.name);
   };
 
   /**
@@ -147,11 +219,8 @@ export function createVmIncrementalBackups(
   };
 
   /** The dirty bitmaps of the root disk: QEMU names its drive `root`, the storage daemon its node. */
-  const monitorBitmaps = async (
-    qmp: QmpClient,
-    live: boolean,
-  ): Promise<Array<{ name: string; inconsistent?: boolean }>> => {
-    type Bitmaps = Array<{ name: string; inconsistent?: boolean }>;
+  const monitorBitmaps = async (qmp: QmpClient, live: boolean): Promise<MonitorBitmap[]> => {
+    type Bitmaps = MonitorBitmap[];
     if (live) {
       const blocks =
         await qmp.execute<
@@ -235,8 +304,27 @@ export function createVmIncrementalBackups(
       try {
         await withMonitor(spec, async (qmp, live) => {
           // A bitmap QEMU added lives in its memory until it closes the disk: ask QEMU, not the file.
-          const bitmap = (await monitorBitmaps(qmp, live)).find((b) => b.name === BACKUP_BITMAP);
-          if (link.kind === 'incremental' && (!bitmap || bitmap.inconsistent)) throw noBase();
+          const bitmaps = await monitorBitmaps(qmp, live);
+          // The bitmap this link reads: the one named for the link before, or the legacy one.
+          const current =
+            link.kind === 'incremental' && chain
+              ? (bitmaps.find((b) => b.name === linkBitmap(chain.chain, chain.sequence)) ??
+                bitmaps.find((b) => b.name === BACKUP_BITMAP))
+              : undefined;
+          if (
+            link.kind === 'incremental' &&
+            (!current || current.inconsistent || current.recording === false)
+          ) {
+            throw noBase();
+          }
+          const next = linkBitmap(link.chain, link.sequence);
+          // Every other backup bitmap is stale: an older chain's, or one of this link made before a crash.
+          for (const b of bitmaps) {
+            if (isBackupBitmap(b.name) && b.name !== current?.name) {
+              await qmp.execute('block-dirty-bitmap-remove', { node: 'root', name: b.name });
+            }
+          }
+          if (link.kind === 'full') await rm(chainFile(spec), { force: true });
           // A guest's QEMU runs unprivileged: the daemon opens the target and hands it over. The
           // storage daemon of a stopped guest runs as root and opens it itself.
           let filename = target;
@@ -259,38 +347,38 @@ export function createVmIncrementalBackups(
           }
           try {
             const backup = { device: 'root', target: targetNode, 'job-id': jobId, 'auto-dismiss': true };
-            const actions: unknown[] = [];
-            if (link.kind === 'full') {
-              // A new chain: the old bitmap goes, the new one starts at the very point the full copy is of.
-              if (bitmap) {
-                await qmp.execute('block-dirty-bitmap-remove', { node: 'root', name: BACKUP_BITMAP });
-              }
-              await rm(chainFile(spec), { force: true });
-              actions.push({
-                type: 'block-dirty-bitmap-add',
-                data: { node: 'root', name: BACKUP_BITMAP, persistent: true },
-              });
-              actions.push({ type: 'blockdev-backup', data: { ...backup, sync: 'full' } });
-            } else {
-              actions.push({
-                type: 'blockdev-backup',
-                data: { ...backup, sync: 'incremental', bitmap: BACKUP_BITMAP, 'bitmap-mode': 'on-success' },
-              });
-            }
+            // The bitmap of this link starts at the very point its copy is of (one transaction); the
+            // link before's bitmap is only read (`never` cleared), and goes once the copy succeeded.
+            const actions: unknown[] = [
+              { type: 'block-dirty-bitmap-add', data: { node: 'root', name: next, persistent: true } },
+              current
+                ? {
+                    type: 'blockdev-backup',
+                    data: { ...backup, sync: 'bitmap', bitmap: current.name, 'bitmap-mode': 'never' },
+                  }
+                : { type: 'blockdev-backup', data: { ...backup, sync: 'full' } },
+            ];
             const agent: AgentAccess | undefined = live
               ? (w) => options.agents.use(p.agentSocket, { timeoutMs: 10_000 }, w)
               : undefined;
             const status = live ? (await qmp.execute<{ status: string }>('query-status')).status : 'stopped';
             try {
-              await runJob(qmp, jobId, actions, status === 'running' ? agent : undefined, spec);
-            } catch (e) {
-              if (e instanceof Error && /Cannot freeze/.test(e.message)) {
-                // No agent: crash-consistent, as a snapshot without one.
-                await runJob(qmp, jobId, actions, undefined, spec);
-              } else {
-                throw e;
+              try {
+                await runJob(qmp, jobId, actions, status === 'running' ? agent : undefined, spec);
+              } catch (e) {
+                if (e instanceof Error && /Cannot freeze/.test(e.message)) {
+                  // No agent: crash-consistent, as a snapshot without one.
+                  await runJob(qmp, jobId, actions, undefined, spec);
+                } else {
+                  throw e;
+                }
               }
+            } catch (e) {
+              // The link was not made: the link before's bitmap (never cleared) still holds everything.
+              await qmp.execute('block-dirty-bitmap-remove', { node: 'root', name: next }).catch(() => {});
+              throw e;
             }
+            if (current) await qmp.execute('block-dirty-bitmap-remove', { node: 'root', name: current.name });
           } finally {
             await qmp.execute('blockdev-del', { 'node-name': targetNode }).catch(() => {});
           }
@@ -328,9 +416,54 @@ export function createVmIncrementalBackups(
       await rm(chainFile(spec), { force: true });
       const disk = pathsOf(spec).disk;
       if (!(await stat(disk).catch(() => undefined))) return;
-      if ((await bitmapsOf(disk)).includes(BACKUP_BITMAP)) {
-        await runner.run(['qemu-img', 'bitmap', '--remove', disk, BACKUP_BITMAP]);
+      for (const b of await storedBitmaps(runner, disk)) {
+        if (isBackupBitmap(b.name)) await runner.run(['qemu-img', 'bitmap', '--remove', disk, b.name]);
       }
+    },
+
+    async chainState(spec) {
+      const chain = await readChain(spec);
+      const disk = pathsOf(spec).disk;
+      if (!chain || !(await stat(disk).catch(() => undefined))) return undefined;
+      const info = await img.info(disk, { forceShare: true });
+      const data: VmChainData = {
+        bitmap: linkBitmap(chain.chain, chain.sequence),
+        sizeBytes: info.virtualSizeBytes,
+      };
+      return { chain: chain.chain, sequence: chain.sequence, data: Buffer.from(JSON.stringify(data)) };
+    },
+
+    async continueChain(spec, state) {
+      if (!CHAIN_ID.test(state.chain) || !Number.isSafeInteger(state.sequence) || state.sequence < 0) {
+        return false;
+      }
+      let data: Partial<VmChainData>;
+      try {
+        data = JSON.parse(state.data.toString('utf8')) as Partial<VmChainData>;
+      } catch {
+        return false;
+      }
+      const name = linkBitmap(state.chain, state.sequence);
+      if (data.bitmap !== name || typeof data.sizeBytes !== 'number') return false;
+      const disk = pathsOf(spec).disk;
+      if (!(await stat(disk).catch(() => undefined))) return false;
+      const running = (await liveQemu(spec)) !== undefined;
+      if ((await img.info(disk, { forceShare: running })).virtualSizeBytes !== data.sizeBytes) return false;
+      if (running) {
+        // The file's copy is in-use while QEMU holds it: QEMU's own says whether it records.
+        const qmp = await connectQmp(pathsOf(spec).qmpSocket, { timeoutMs: 30_000, runner });
+        try {
+          const b = (await monitorBitmaps(qmp, true)).find((m) => m.name === name);
+          if (!b || b.inconsistent || b.recording === false || b.persistent === false) return false;
+        } finally {
+          qmp.close();
+        }
+      } else {
+        const b = (await storedBitmaps(runner, disk)).find((m) => m.name === name);
+        if (!b || !isSoundBitmap(b)) return false;
+      }
+      await writeChain(spec, { chain: state.chain, sequence: state.sequence });
+      return true;
     },
   };
   return service;

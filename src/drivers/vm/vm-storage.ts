@@ -29,7 +29,12 @@ import { UEFI_VARS_META } from './firmware.ts';
 import { vmGuestPaths } from './qemu-command.ts';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import type { AgentPool } from './vm-agent.ts';
-import { BACKUP_BITMAP, createVmIncrementalBackups } from './vm-incremental.ts';
+import {
+  createVmIncrementalBackups,
+  isBackupBitmap,
+  isSoundBitmap,
+  storedBitmaps,
+} from './vm-incremental.ts';
 import { createVmLiveRestore } from './vm-live-restore.ts';
 
 /** Half-made files and internal snapshots carry this prefix until they are complete. */
@@ -38,6 +43,14 @@ const TMP_PREFIX = '.tmp-';
 const ROOT_DEVICE = 'root';
 /** Name of the disk inside an archive made by exportTar. */
 const ARCHIVE_DISK = 'disk.qcow2';
+/**
+ * The disk's backup bitmaps inside an archive made by exportTar (decision 0062, amended
+ * 2026-12-07): an empty qcow2 of the disk's size holding them, so that the chain can go on where
+ * the archive is imported. The flat disk is streamed without bitmaps (decision 0085).
+ */
+const ARCHIVE_BITMAPS = 'disk-bitmaps.qcow2';
+/** Largest bitmap image an archive may bring: 1 bit per 64 KiB is 2 MiB for 1 TiB. */
+const MAX_BITMAPS_BYTES = 64 * 1024 * 1024;
 /** The guest's UEFI variables inside an archive (guests with vm.firmware=uefi). */
 const ARCHIVE_UEFI_VARS = 'uefi-vars.fd';
 /** Largest UEFI variable store an archive may bring (OVMF's is 528 KiB, or 128 KiB for 2 MiB builds). */
@@ -246,9 +259,10 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
   const streamDiskArchive = async (
     source: FlatQcow2Source,
     tarPath: string,
-    vars: Buffer | undefined,
+    extra: { vars: Buffer | undefined; bitmaps: Buffer | undefined },
     signal: AbortSignal | undefined,
   ): Promise<void> => {
+    const { vars, bitmaps } = extra;
     await writeThroughZstd(runner, tarPath, signal, async (write) => {
       let written = 0;
       const member = async (name: string, size: number, body: () => Promise<void>) => {
@@ -262,6 +276,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         streamFlatQcow2(source, write, signal ? { signal } : {}),
       );
       if (vars) await member(ARCHIVE_UEFI_VARS, vars.length, () => write(vars));
+      if (bitmaps) await member(ARCHIVE_BITMAPS, bitmaps.length, () => write(bitmaps));
       // The end: two zero blocks, then up to a whole record of 20 blocks, as GNU tar writes it.
       written += 1024;
       await write(Buffer.alloc(1024 + ((10240 - (written % 10240)) % 10240)));
@@ -299,13 +314,74 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
 
   /** Removes the incremental-backup bitmap (vm-incremental.ts) from a disk that is not in use. */
   const dropBackupBitmap = async (disk: string): Promise<void> => {
-    const { stdout } = await runner.run(['qemu-img', 'info', '--output=json', disk]);
-    const bitmaps =
-      (JSON.parse(stdout) as { 'format-specific'?: { data?: { bitmaps?: Array<{ name: string }> } } })[
-        'format-specific'
-      ]?.data?.bitmaps ?? [];
-    if (bitmaps.some((b) => b.name === BACKUP_BITMAP)) {
-      await runner.run(['qemu-img', 'bitmap', '--remove', disk, BACKUP_BITMAP]);
+    for (const b of await storedBitmaps(runner, disk)) {
+      if (isBackupBitmap(b.name)) await runner.run(['qemu-img', 'bitmap', '--remove', disk, b.name]);
+    }
+  };
+
+  /**
+   * Writes the sound backup bitmaps of a stopped guest's `disk` into a new qcow2 `target` of its
+   * size (`qemu-img bitmap --merge`: only the bitmaps, no data); false, with nothing written, when
+   * it has none. An `in-use` bitmap (a QEMU died holding the disk) is not carried.
+   */
+  const bitmapsAside = async (disk: string, target: string): Promise<boolean> => {
+    const carried = (await storedBitmaps(runner, disk)).filter(
+      (b) => isBackupBitmap(b.name) && isSoundBitmap(b),
+    );
+    if (carried.length === 0) return false;
+    const size = (await img.info(disk)).virtualSizeBytes;
+    await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', target, String(size)]);
+    for (const b of carried) await copyBitmap(disk, target, b.name, b.granularity);
+    return true;
+  };
+
+  /** Adds bitmap `name` of qcow2 `from` to qcow2 `to` (same virtual size), with its bits. */
+  const copyBitmap = async (from: string, to: string, name: string, granularity: number) => {
+    await runner.run(['qemu-img', 'bitmap', '--add', '-g', String(granularity), '-f', 'qcow2', to, name]);
+    await runner.run([
+      'qemu-img',
+      'bitmap',
+      '--merge',
+      name,
+      '-b',
+      from,
+      '-F',
+      'qcow2',
+      '-f',
+      'qcow2',
+      to,
+      name,
+    ]);
+  };
+
+  /**
+   * Gives the flat disk of an archive the backup bitmaps the archive carries beside it, when they
+   * are what exportTar writes (a qcow2 of the disk's size, no backing file, no data); anything
+   * else is left out (the next backup is then a full one), never refused: the disk is whole anyway.
+   */
+  const carryBitmaps = async (bitmaps: string, flat: string, sizeBytes: number): Promise<void> => {
+    const st = await lstat(bitmaps).catch(() => undefined);
+    if (!st) return;
+    try {
+      if (!st.isFile() || st.size > MAX_BITMAPS_BYTES)
+        throw new Error('not a regular file of at most 64 MiB');
+      const info = await img.info(bitmaps);
+      if (info.format !== 'qcow2' || info.backingFile !== undefined || info.virtualSizeBytes !== sizeBytes) {
+        throw new Error('not a qcow2 of the disk size without a backing file');
+      }
+      const have = new Set((await storedBitmaps(runner, flat)).map((b) => b.name));
+      for (const b of await storedBitmaps(runner, bitmaps)) {
+        if (isBackupBitmap(b.name) && isSoundBitmap(b) && !have.has(b.name)) {
+          await copyBitmap(bitmaps, flat, b.name, b.granularity);
+        }
+      }
+    } catch (e) {
+      log.warn(
+        { err: e instanceof Error ? e.message : String(e) },
+        `the archive's ${ARCHIVE_BITMAPS} is not carried: the guest's next backup is a full one`,
+      );
+      // Half-added bitmaps would name a link they do not follow.
+      await dropBackupBitmap(flat).catch(() => {});
     }
   };
 
@@ -373,6 +449,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           spec,
           async (tmp) => {
             if (diskInfo.virtualSizeBytes > info.virtualSizeBytes) {
+              // Grown: a bitmap of the archived size would not fit it (and the next backup is full).
               await runner.run([
                 'qemu-img',
                 'resize',
@@ -382,6 +459,9 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
                 flat,
                 String(diskInfo.virtualSizeBytes),
               ]);
+            } else {
+              // The disk as it was exported: its backup bitmaps hold what changed since their link.
+              await carryBitmaps(join(work, ARCHIVE_BITMAPS), flat, info.virtualSizeBytes);
             }
             const was = await stat(disk);
             await chown(flat, was.uid, was.gid);
@@ -485,15 +565,27 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
       const work = join(dirname(tarPath), tmpName('vm-export'));
       await mkdir(work, { mode: 0o700 });
       const signal = exportOptions?.signal;
+      const carried: string[] = [];
       try {
         // A stopped guest's disk goes into the archive in one pass (decision 0085): the flat qcow2
         // is made on the way, read from the chain's files, with no temporary image to write and read.
         const streamed = await withStableState(spec, exportOptions, async (state) => {
+          // A stopped guest's current state carries its backup bitmaps (decision 0062, amended
+          // 2026-12-07): where it is imported, its backup chain can go on. A running guest's are in
+          // its QEMU (the file's are in-use), a snapshot has none of its own.
+          const bitmaps =
+            state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed
+              ? (await bitmapsAside(state.disk, join(work, ARCHIVE_BITMAPS)))
+                ? join(work, ARCHIVE_BITMAPS)
+                : undefined
+              : undefined;
+          if (bitmaps) carried.push(ARCHIVE_BITMAPS);
           if (state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed) {
             const source = await flatQcow2Source(runner, state.disk);
             if (source) {
               const vars = await readFile(uefiVarsAt(spec, exportOptions?.snapshot)).catch(() => undefined);
-              await streamDiskArchive(source, tarPath, vars, signal);
+              const extra = { vars, bitmaps: bitmaps ? await readFile(bitmaps) : undefined };
+              await streamDiskArchive(source, tarPath, extra, signal);
               return true;
             }
           }
@@ -506,7 +598,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           return false;
         });
         if (streamed) return;
-        const members = [ARCHIVE_DISK];
+        const members = [ARCHIVE_DISK, ...carried];
         if (await copyAside(uefiVarsAt(spec, exportOptions?.snapshot), join(work, ARCHIVE_UEFI_VARS))) {
           members.push(ARCHIVE_UEFI_VARS);
         }
@@ -634,6 +726,10 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
         if (name.startsWith(TMP_PREFIX)) await deleteInternal(spec, name);
       }
     },
+    // The chain goes on across a move where the disk brought the bitmap named for the link
+    // (decision 0062, amended 2026-12-07): a cold move's archive carries it, a live move migrates it.
+    chainState: (spec) => incremental.chainState(spec),
+    continueChain: (spec, state) => incremental.continueChain(spec, state),
     live: createVmLiveRestore(ctx),
   };
   return storage;

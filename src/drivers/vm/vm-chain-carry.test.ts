@@ -1,0 +1,229 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { GuestSpec } from '../../core/types.ts';
+import { createLogger } from '../../host/logger.ts';
+import { hostRunner } from '../../host/runner.ts';
+import { chainStateFileOf, readChainState, writeChainState } from '../../storage/chain-state-file.ts';
+import type { GuestStorage, PortableChainState } from '../guest-storage.ts';
+import { createAgentPool } from './vm-agent.ts';
+import { linkBitmap, storedBitmaps } from './vm-incremental.ts';
+import { createVmStorage } from './vm-storage.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SIZE = 16 * MiB;
+const CLUSTER = 64 * KiB;
+const spec = { name: 'v1', model: 'vm' } as GuestSpec;
+const runner = hostRunner();
+
+/**
+ * A vm guest's backup chain carried across a cold move (decision 0062, amended 2026-12-07): real
+ * qcow2 disks, real qemu-img, qemu-io and qemu-storage-daemon (a stopped guest's backups run in
+ * one), tar and zstd; three state directories stand for three members. The move's archive made on
+ * member a carries the bitmap named for a's last link; imported on b, it lets b take over a's chain
+ * state, and b's next backup is that chain's next link, holding only the clusters written since the
+ * link (before and after the move). Applied on member c after the full, it gives b's disk exactly.
+ */
+describe('a vm backup chain goes on on the member a stopped guest moved to', () => {
+  let dir: string;
+  const agents = createAgentPool();
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-vm-chain-carry-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A member's vm storage with guest v1's disk made (`base`: over a raw base disk of random data, as a create from an image). */
+  const member = async (name: string, options: { base?: boolean } = {}) => {
+    const stateDir = path.join(dir, name);
+    const guestDir = path.join(stateDir, 'guests', spec.name);
+    await mkdir(guestDir, { recursive: true });
+    const disk = path.join(guestDir, 'root.qcow2');
+    if (options.base) {
+      const base = path.join(stateDir, 'base.raw');
+      await writeFile(base, Buffer.concat([randomBytes(2 * MiB), Buffer.alloc(SIZE - 2 * MiB)]));
+      await runner.run([
+        'qemu-img',
+        'create',
+        '-q',
+        '-f',
+        'qcow2',
+        '-b',
+        base,
+        '-F',
+        'raw',
+        disk,
+        String(SIZE),
+      ]);
+    } else {
+      await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk, String(SIZE)]);
+    }
+    const storage = createVmStorage(
+      { runner, log: createLogger({ level: 'silent' }), stateDir, idmapBase: 1_000_000 },
+      { agents },
+    );
+    return { storage, disk, stateDir };
+  };
+  /** Writes `length` bytes of `pattern` at `offset` through QEMU's block layer (which marks the bitmaps, as a guest's writes do). */
+  const write = async (disk: string, offset: number, length: number, pattern: number) => {
+    await runner.run(['qemu-io', '-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, disk]);
+  };
+  /** The 64 KiB clusters a qcow2 without backing file holds data for. */
+  const clustersOf = async (qcow2: string): Promise<number[]> => {
+    const { stdout } = await runner.run(['qemu-img', 'map', '--output=json', '-f', 'qcow2', qcow2]);
+    const out: number[] = [];
+    for (const e of JSON.parse(stdout) as Array<{ start: number; length: number; data: boolean }>) {
+      if (!e.data) continue;
+      for (let at = e.start; at < e.start + e.length; at += CLUSTER) out.push(at / CLUSTER);
+    }
+    return out;
+  };
+  /** The disk.qcow2 of a vm archive payload, unpacked into `into`. */
+  const unpackDisk = async (tar: string, into: string): Promise<string> => {
+    await mkdir(into, { recursive: true });
+    await runner.run(['tar', '--zstd', '-C', into, '-xf', tar, 'disk.qcow2']);
+    return path.join(into, 'disk.qcow2');
+  };
+  const membersOf = async (tar: string): Promise<string[]> =>
+    (await runner.run(['tar', '--zstd', '-tf', tar])).stdout.trim().split('\n');
+  const identical = async (x: string, y: string) => {
+    const r = await runner.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2', x, y], {
+      allowFailure: true,
+    });
+    assert.equal(r.code, 0, `${x} and ${y} differ: ${r.stdout}${r.stderr}`);
+  };
+  /** The state a's scheduler left beside link `archive` and b's scheduler reads back, as it ships it. */
+  const shipped = async (storage: GuestStorage, archive: string): Promise<PortableChainState> => {
+    const own = await storage.chainState?.(spec);
+    assert.ok(own, 'the vm storage gives its chain state');
+    await writeChainState(chainStateFileOf(archive), { guest: spec.name, model: 'vm' }, own);
+    const back = await readChainState(chainStateFileOf(archive), {
+      guest: spec.name,
+      model: 'vm',
+      chain: own.chain,
+      sequence: own.sequence,
+    });
+    assert.ok(back, 'the state file reads back');
+    return back;
+  };
+
+  let full = '';
+  let state: PortableChainState | undefined;
+  let moveArchive = '';
+
+  test('after the move, the next backup is the chain’s next link holding only the clusters written since, and full + link restore b’s disk byte for byte', async (t) => {
+    const a = await member('a', { base: true });
+    await write(a.disk, 0, 512 * KiB, 0x01);
+    full = path.join(dir, 'full.tar.zst');
+    const link0 = await a.storage.exportIncremental?.(spec, full);
+    assert.equal(link0?.kind, 'full');
+    assert.ok(link0);
+    assert.deepEqual(
+      (await storedBitmaps(runner, a.disk)).map((b) => b.name),
+      [linkBitmap(link0.chain, 0)],
+      'the bitmap is named for the link it follows',
+    );
+    state = await shipped(a.storage, full);
+    // Written on a after the link, then the cold move: its export (the guest stopped) and b's import.
+    await write(a.disk, 3 * MiB, CLUSTER, 0x22);
+    await write(a.disk, 5 * MiB + 100, 4 * KiB, 0x23);
+    moveArchive = path.join(dir, 'move.tar.zst');
+    await a.storage.exportTar(spec, moveArchive);
+    assert.ok((await membersOf(moveArchive)).includes('disk-bitmaps.qcow2'), 'the move carries the bitmaps');
+    const b = await member('b');
+    await b.storage.importTar(spec, moveArchive);
+    assert.deepEqual(
+      (await storedBitmaps(runner, b.disk)).map((x) => x.name),
+      [linkBitmap(link0.chain, 0)],
+      'the import keeps the bitmap',
+    );
+    // Written on b after the move.
+    await write(b.disk, 7 * MiB, CLUSTER, 0x33);
+    assert.equal(await b.storage.continueChain?.(spec, state), true);
+    const incTar = path.join(dir, 'inc1.tar.zst');
+    const link1 = await b.storage.exportIncremental?.(spec, incTar);
+    assert.deepEqual(link1, { chain: link0.chain, sequence: 1, kind: 'incremental' });
+    const incDisk = await unpackDisk(incTar, path.join(dir, 'inc1'));
+    const fullDisk = await unpackDisk(full, path.join(dir, 'full'));
+    const clusters = await clustersOf(incDisk);
+    t.diagnostic(
+      `full link: ${(await clustersOf(fullDisk)).length} clusters; link 1: ${clusters.join(', ')}`,
+    );
+    assert.deepEqual(clusters, [48, 80, 112], 'link 1 holds the clusters at 3, 5 and 7 MiB and nothing else');
+    // The chain restored on a third member is b's disk.
+    const c = await member('c');
+    await c.storage.importIncremental?.(spec, full, { link: link0 });
+    await c.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
+    await identical(c.disk, b.disk);
+    // And the chain goes on on b: its bitmap is now named for link 1.
+    assert.deepEqual(
+      (await storedBitmaps(runner, b.disk)).map((x) => x.name),
+      [linkBitmap(link0.chain, 1)],
+    );
+  });
+
+  test('a move without the bitmap, or with another link’s, gives a full backup', async () => {
+    assert.ok(state);
+    // Without: the archive's bitmaps left out (as an older daemon's archive, or a flat qcow2 alone).
+    const d = await member('d');
+    const bare = path.join(dir, 'bare.tar');
+    await runner.run(['tar', '--zstd', '-xf', moveArchive, '-C', dir, 'disk.qcow2']);
+    await runner.run(['tar', '--zstd', '-C', dir, '-cf', bare, 'disk.qcow2']);
+    await d.storage.importTar(spec, bare);
+    assert.deepEqual(await storedBitmaps(runner, d.disk), []);
+    assert.equal(await d.storage.continueChain?.(spec, state), false);
+    const link = await d.storage.exportIncremental?.(spec, path.join(dir, 'd.tar.zst'));
+    assert.equal(link?.kind, 'full');
+    assert.notEqual(link?.chain, state.chain);
+    // Another link's state (the disk's bitmap is of link 0, the state of link 1): refused.
+    const e = await member('e');
+    await e.storage.importTar(spec, moveArchive);
+    assert.equal(await e.storage.continueChain?.(spec, { ...state, sequence: 1 }), false);
+    // A state whose data names another bitmap: refused.
+    const forged = { ...state, data: Buffer.from(JSON.stringify({ bitmap: 'x', sizeBytes: SIZE })) };
+    assert.equal(await e.storage.continueChain?.(spec, forged), false);
+    // Nothing was taken over: the next backup is a full one, not link 1.
+    assert.equal((await e.storage.exportIncremental?.(spec, path.join(dir, 'e.tar.zst')))?.kind, 'full');
+  });
+
+  test('an inconsistent bitmap (a QEMU died holding the disk) is not taken over nor carried', async () => {
+    assert.ok(state);
+    const f = await member('f');
+    await f.storage.importTar(spec, moveArchive);
+    // A storage daemon opens the disk (its bitmaps in-use), then is killed before it can write them back.
+    const pidFile = path.join(dir, 'qsd.pid');
+    await runner.run([
+      'qemu-storage-daemon',
+      '--blockdev',
+      `driver=file,node-name=file,filename=${f.disk}`,
+      '--blockdev',
+      'driver=qcow2,node-name=root,file=file',
+      '--daemonize',
+      '--pidfile',
+      pidFile,
+    ]);
+    process.kill(Number((await readFile(pidFile, 'utf8')).trim()), 'SIGKILL');
+    for (let i = 0; i < 100; i++) {
+      const flags = (await storedBitmaps(runner, f.disk, { forceShare: true }))[0]?.flags ?? [];
+      if (flags.includes('in-use')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // The kill may come before the daemon's own exit writes the disk: wait until the lock is gone.
+    for (let i = 0; i < 100; i++) {
+      const r = await runner.run(['qemu-img', 'info', f.disk], { allowFailure: true });
+      if (r.code === 0) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.deepEqual((await storedBitmaps(runner, f.disk))[0]?.flags.includes('in-use'), true);
+    assert.equal(await f.storage.continueChain?.(spec, state), false);
+    const again = path.join(dir, 'again.tar.zst');
+    await f.storage.exportTar(spec, again);
+    assert.equal((await membersOf(again)).includes('disk-bitmaps.qcow2'), false, 'not carried on');
+    assert.equal((await f.storage.exportIncremental?.(spec, path.join(dir, 'f.tar.zst')))?.kind, 'full');
+  });
+});
