@@ -54,11 +54,17 @@ describe('model advisor', async () => {
     const pvm = estimate(a, 'pvm').slowdown / estimate(a, 'ct').slowdown;
     const vm = estimate(a, 'vm').slowdown / estimate(a, 'ct').slowdown;
     assert.ok(pvm > 50, `pvm ${pvm}`);
-    assert.equal(a.reason, `ct: syscall-heavy: vm would cost ${vm.toFixed(1)}×, pvm ${pvm.toFixed(0)}×`);
+    // 0.2 cores of work at pvm's cost needs more than the one host CPU a UML kernel runs on.
+    assert.ok(estimate(a, 'pvm').hostCores > 1 && estimate(a, 'pvm').guestCores === 1);
+    assert.equal(
+      a.reason,
+      `ct: syscall-heavy: vm would cost ${vm.toFixed(1)}×, pvm ${pvm.toFixed(0)}× and could not keep up on 1 core (a pvm guest’s UML kernel runs on one host CPU)`,
+    );
   });
 
   test('own kernel and light syscalls: pvm or vm by the measured compute overhead', async () => {
-    const p = profile({ kernel: 'own', cpu: 1, syscalls: 200 });
+    // A quarter of a core: pvm's 3.4× still fits on the one host CPU its kernel runs on.
+    const p = profile({ kernel: 'own', cpu: 0.25, syscalls: 200 });
     // Measured here: vm runs under TCG (6.1× on computation), pvm runs user code natively-ish (3.4×).
     const here = advise(p, measured);
     assert.equal(here.model, 'pvm');
@@ -81,7 +87,7 @@ describe('model advisor', async () => {
     assert.equal(a.model, 'vm');
     assert.match(
       a.reason,
-      /^vm: needs its own kernel for isolation; syscall-heavy: pvm would cost \d+(\.\d)?×$/,
+      /^vm: needs its own kernel for isolation; syscall-heavy: pvm would cost \d+(\.\d)?× and could not keep up on 1 core \(a pvm guest’s UML kernel runs on one host CPU\)$/,
     );
     assert.equal(estimate(a, 'vm').hostMemoryBytes, 1024 * MiB + measured.models.vm.idleMemoryBytes);
   });
@@ -131,36 +137,59 @@ describe('model advisor', async () => {
   });
 
   test('contention: a model that needs more cores than the guest has loses to one that keeps up', async () => {
-    // Own kernel, half a core of computation and 300 synchronous writes a second. On this table vm is
-    // the lesser slowdown overall (pvm's writes cost 22×, vm's 11×) but needs 0.5 × 6.1 cores of
-    // computation, where pvm needs 0.5 × 3.4: on 2 cores only pvm keeps up with the rates.
-    const fields = { kernel: 'own', cpu: 0.5, io: '300iops' };
+    // Own kernel, a quarter of a core of computation and 300 synchronous writes a second. On this
+    // table vm is the lesser slowdown overall (pvm's writes cost 22×, vm's 11×) but needs 0.25 × 6.1
+    // cores of computation, where pvm needs 0.25 × 3.4: on 1 core only pvm keeps up with the rates.
+    const fields = { kernel: 'own', cpu: 0.25, io: '300iops' };
     const free = advise(profile(fields), measured);
     assert.equal(free.model, 'vm', 'with no core count known, the least slowdown');
     assert.equal(estimate(free, 'vm').throughput, 1);
+    assert.equal(estimate(free, 'pvm').throughput, 1, 'pvm needs less than its one CPU');
     assert.ok(estimate(free, 'vm').slowdown < estimate(free, 'pvm').slowdown);
 
-    const onTwo = advise(profile({ ...fields, cores: 2 }), measured);
-    assert.equal(onTwo.model, 'pvm');
-    const vm = estimate(onTwo, 'vm');
-    assert.ok(vm.hostCores > 2 && vm.hostCores < 4, `vm needs ${vm.hostCores} cores`);
-    assert.equal(vm.guestCores, 2);
-    assert.equal(vm.throughput, 2 / vm.hostCores);
-    assert.equal(estimate(onTwo, 'pvm').throughput, 1);
+    const onOne = advise(profile({ ...fields, cores: 1 }), measured);
+    assert.equal(onOne.model, 'pvm');
+    const vm = estimate(onOne, 'vm');
+    assert.ok(vm.hostCores > 1 && vm.hostCores < 2, `vm needs ${vm.hostCores} cores`);
+    assert.equal(vm.guestCores, 1);
+    assert.equal(vm.throughput, 1 / vm.hostCores);
+    assert.equal(estimate(onOne, 'pvm').throughput, 1);
     assert.equal(
-      onTwo.reason,
-      `pvm: needs its own kernel; vm cannot keep up: it would need ${vm.hostCores.toFixed(1)} cores of 2, ${Math.round(100 * vm.throughput)}% of the measured rates`,
+      onOne.reason,
+      `pvm: needs its own kernel; vm cannot keep up: it would need ${vm.hostCores.toFixed(1)} cores of 1, ${Math.round(100 * vm.throughput)}% of the measured rates`,
     );
 
     // The host's own cores, from the table's provenance, bound every guest: the same answer with no
     // core count in the profile, and a profile asking for more cores than the host has gets the host's.
     const doc = JSON.parse(readFileSync(MODELS, 'utf8')) as Record<string, unknown>;
-    const twoCoreHost = await readModelTable(
-      file(JSON.stringify({ ...doc, provenance: { cpus: 2 } }), '.json'),
+    const oneCoreHost = await readModelTable(
+      file(JSON.stringify({ ...doc, provenance: { cpus: 1 } }), '.json'),
     );
-    assert.equal(twoCoreHost.hostCores, 2);
-    assert.equal(advise(profile(fields), twoCoreHost).model, 'pvm');
-    assert.equal(estimate(advise(profile({ ...fields, cores: 8 }), twoCoreHost), 'vm').guestCores, 2);
+    assert.equal(oneCoreHost.hostCores, 1);
+    assert.equal(advise(profile(fields), oneCoreHost).model, 'pvm');
+    assert.equal(estimate(advise(profile({ ...fields, cores: 8 }), oneCoreHost), 'vm').guestCores, 1);
+  });
+
+  test('a pvm guest runs on one host CPU: pvm loses a workload that needs more, and says why', () => {
+    // Own kernel, one core of computation: pvm is the lesser slowdown (3.4× against vm's 6.1× under
+    // TCG) but its uniprocessor UML kernel keeps one host CPU busy at most, whatever the guest's cores.
+    const a = advise(profile({ kernel: 'own', cpu: 1, syscalls: 200, cores: 8 }), measured);
+    const pvm = estimate(a, 'pvm');
+    const vm = estimate(a, 'vm');
+    assert.ok(pvm.slowdown < vm.slowdown);
+    assert.equal(pvm.guestCores, 1);
+    assert.equal(vm.guestCores, 8);
+    assert.ok(pvm.hostCores > 3 && pvm.hostCores < 4, `pvm needs ${pvm.hostCores} cores`);
+    assert.equal(pvm.throughput, 1 / pvm.hostCores);
+    assert.equal(vm.throughput, 1);
+    assert.equal(a.model, 'vm');
+    assert.equal(
+      a.reason,
+      `vm: needs its own kernel; pvm cannot keep up: it would need ${pvm.hostCores.toFixed(1)} cores of 1 (a pvm guest’s UML kernel runs on one host CPU), ${Math.round(100 * pvm.throughput)}% of the measured rates`,
+    );
+    // A guest given 1 core anyway: the cap changes nothing and the reason does not blame UML.
+    const one = advise(profile({ kernel: 'own', cpu: 1, syscalls: 200, cores: 1 }), measured);
+    assert.doesNotMatch(one.reason, /UML/);
   });
 
   test('contention: when the only model that can run a workload saturates, the reason says by how much', () => {
@@ -455,7 +484,10 @@ describe('trivisor plan advise', () => {
     const r = cli(['--measurements', MODELS, '--cpu', '0.2', '--syscalls', '500k', '--memory', '256MiB']);
     assert.equal(r.status, 0, r.stderr);
     const lines = r.stdout.split('\n');
-    assert.match(lines[0] ?? '', /^ct: syscall-heavy: vm would cost \d\.\d×, pvm \d+×$/);
+    assert.match(
+      lines[0] ?? '',
+      /^ct: syscall-heavy: vm would cost \d\.\d×, pvm \d+× and could not keep up on 1 core/,
+    );
     assert.match(
       lines[2] ?? '',
       /^estimates from the overheads measured on this host at 2026-12-05T11:26:47\.919Z/,
@@ -465,12 +497,12 @@ describe('trivisor plan advise', () => {
     assert.match(lines[6] ?? '', /^vm +\d\.\d\d× .* 487MiB .* own kernel, hardware emulated$/);
 
     // --cores and --net: the model that cannot keep up on the guest's cores says so in its note.
-    const c = cli(['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.5', '--io', '300iops']);
+    const c = cli(['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.25', '--io', '300iops']);
     assert.match(c.stdout.split('\n')[0] ?? '', /^vm: /, c.stderr);
     const two = cli([
-      ...['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.5', '--io', '300iops'],
+      ...['--measurements', MODELS, '--kernel', 'own', '--cpu', '0.25', '--io', '300iops'],
       '--cores',
-      '2',
+      '1',
       '--net',
       '1MiB/s',
     ]);
@@ -478,9 +510,9 @@ describe('trivisor plan advise', () => {
     const out = two.stdout.split('\n');
     assert.match(
       out[0] ?? '',
-      /^pvm: needs its own kernel; vm cannot keep up: it would need 3\.\d cores of 2, \d+% of/,
+      /^pvm: needs its own kernel; vm cannot keep up: it would need 1\.\d cores of 1, \d+% of/,
     );
-    assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 2 cores$/);
+    assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 1 cores?$/);
   });
 
   test('an inventory in the CLI: one row a workload, --kernel for all of them, other flags refused', () => {

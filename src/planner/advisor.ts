@@ -140,6 +140,13 @@ const KIND_WORDS: Record<keyof BusyTime, string> = {
 export const NETWORK_MESSAGE_BYTES = 64 * 1024;
 /** Slack on the core count: an estimate within 1% of the guest's cores still keeps up. */
 const CORES_SLACK = 1.01;
+/**
+ * The host CPUs a pvm guest can keep busy: the UML kernel here is a uniprocessor one
+ * (`linux.uml --showconfig`: `CONFIG_NR_CPUS=1`, no `CONFIG_SMP`), and the guest's processes run
+ * only when its one kernel thread schedules them, so the whole guest runs on one host CPU whatever
+ * `limits.cpu` says (decision 0054, amended 2026-12-07).
+ */
+export const PVM_GUEST_CPUS = 1;
 
 function busyIn(p: WorkloadProfile, native: OperationCosts, costs: OperationCosts): BusyTime {
   const syscalls = p.syscallsPerSecond * native.syscallSeconds;
@@ -169,6 +176,12 @@ function coresFor(p: WorkloadProfile, table: ModelTable): number | undefined {
   return table.hostCores === undefined ? p.cores : Math.min(p.cores, table.hostCores);
 }
 
+/** The cores a guest of this model can use: a pvm guest one host CPU at most ({@link PVM_GUEST_CPUS}). */
+function modelCores(model: GuestModel, cores: number | undefined): number | undefined {
+  if (model !== 'pvm') return cores;
+  return cores === undefined ? PVM_GUEST_CPUS : Math.min(cores, PVM_GUEST_CPUS);
+}
+
 /** Why a model cannot take this workload, or undefined. */
 function exclusion(p: WorkloadProfile, model: GuestModel): string | undefined {
   if (p.os === 'other' && model !== 'vm')
@@ -181,9 +194,10 @@ function exclusion(p: WorkloadProfile, model: GuestModel): string | undefined {
 /** Each model's estimate for the workload on the measured table. */
 export function estimateModels(p: WorkloadProfile, table: ModelTable): ModelEstimate[] {
   const nativeBusy = total(busyIn(p, table.native, table.native));
-  const guestCores = coresFor(p, table);
+  const profileCores = coresFor(p, table);
   return GUEST_MODELS.map((model) => {
     const costs = table.models[model];
+    const guestCores = modelCores(model, profileCores);
     const busy = busyIn(p, table.native, costs);
     const excluded = exclusion(p, model);
     const hostCores = busy.compute + busy.syscalls + busy.forkExecs + busy.network;
@@ -226,8 +240,15 @@ function character(chosen: ModelEstimate, other: ModelEstimate): string {
 const cores = (x: number) => `${x >= 10 ? x.toFixed(0) : x.toFixed(1)}`;
 /** How a model that saturates its cores falls short, for the reason. */
 const given = (x: number) => (Number.isInteger(x) ? String(x) : x.toFixed(1));
-const shortfall = (e: ModelEstimate) =>
-  `it would need ${cores(e.hostCores)} cores of ${given(e.guestCores ?? e.hostCores)}, ${Math.round(100 * e.throughput)}% of the measured rates`;
+/** Why a pvm guest has one core when the guest would have more: said where it binds. */
+const oneCpu = (e: ModelEstimate, p: WorkloadProfile) =>
+  e.model === 'pvm' &&
+  e.guestCores === PVM_GUEST_CPUS &&
+  (p.cores ?? Number.POSITIVE_INFINITY) > PVM_GUEST_CPUS
+    ? ' (a pvm guest’s UML kernel runs on one host CPU)'
+    : '';
+const shortfall = (e: ModelEstimate, p: WorkloadProfile) =>
+  `it would need ${cores(e.hostCores)} cores of ${given(e.guestCores ?? e.hostCores)}${oneCpu(e, p)}, ${Math.round(100 * e.throughput)}% of the measured rates`;
 
 /**
  * The rule (decision 0054): the models that can run the workload (a non-Linux OS leaves vm; a
@@ -257,7 +278,7 @@ export function advise(p: WorkloadProfile, table: ModelTable): Advice {
   // Loses more of the measured rates than the chosen model: contention decides before cost.
   const fallsShort = (e: ModelEstimate) => e.throughput * TIE_FACTOR < chosen.throughput;
   const ownShortfall =
-    chosen.throughput < 1 ? `; even so ${chosen.model} cannot keep up: ${shortfall(chosen)}` : '';
+    chosen.throughput < 1 ? `; even so ${chosen.model} cannot keep up: ${shortfall(chosen, p)}` : '';
 
   let why: string;
   if (p.os === 'other') why = `needs a non-Linux kernel${ownShortfall}`;
@@ -278,11 +299,11 @@ export function advise(p: WorkloadProfile, table: ModelTable): Advice {
     if (worst !== undefined) {
       const costs = dearer.map(
         (e, i) =>
-          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}${fallsShort(e) ? ` and could not keep up on ${given(e.guestCores ?? 0)} core${e.guestCores === 1 ? '' : 's'}` : ''}`,
+          `${i === 0 ? `${e.model} would cost ` : `${e.model} `}${times(e.slowdown / chosen.slowdown)}${fallsShort(e) ? ` and could not keep up on ${given(e.guestCores ?? 0)} core${e.guestCores === 1 ? '' : 's'}${oneCpu(e, p)}` : ''}`,
       );
       parts.push(`${character(chosen, worst)}: ${costs.join(', ')}`);
     }
-    for (const e of shortOnly) parts.push(`${e.model} cannot keep up: ${shortfall(e)}`);
+    for (const e of shortOnly) parts.push(`${e.model} cannot keep up: ${shortfall(e, p)}`);
     if (alike.length > 0) {
       const guest = (e: ModelEstimate) => mib(e.hostMemoryBytes - p.memoryBytes);
       parts.push(
