@@ -122,6 +122,11 @@ describe('vm live migration over QMP', () => {
         command: 'block-export-add',
         args: { type: 'nbd', id: 'migration-export', 'node-name': 'root', name: 'root', writable: true },
       },
+      // The disk's dirty bitmaps (the backup chain's) come with the RAM (decision 0062, amended).
+      {
+        command: 'migrate-set-capabilities',
+        args: { capabilities: [{ capability: 'dirty-bitmaps', state: true }] },
+      },
       { command: 'migrate-incoming', args: { uri: 'tcp:198.18.5.12:40002' } },
     ]);
     assert.equal(tcpUri('fd00::1', 5), 'tcp:[fd00::1]:5');
@@ -141,6 +146,7 @@ describe('vm live migration over QMP', () => {
       },
     });
     assert.deepEqual(names(), [
+      'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
       'migrate-set-parameters',
@@ -234,6 +240,7 @@ describe('vm live migration over QMP', () => {
       (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
     );
     assert.deepEqual(names(), [
+      'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
       'migrate-set-parameters',
@@ -258,6 +265,7 @@ describe('vm live migration over QMP', () => {
       (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
     );
     assert.deepEqual(names(), [
+      'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
       'block-job-cancel',
@@ -287,6 +295,7 @@ describe('vm live migration over QMP', () => {
     );
     assert.deepEqual(names(), [
       'object-add',
+      'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
       'block-job-cancel',

@@ -22,6 +22,13 @@ const EXPORT_ID = 'migration-export';
 const MIRROR_JOB = 'migration-mirror';
 const TARGET_NODE = 'migration-target';
 const TLS_ID = 'migration-tls';
+
+/**
+ * QEMU's `dirty-bitmaps` capability: the named node's dirty bitmaps (the backup bitmap named for
+ * its link, vm-incremental.ts) are sent in the migration stream and made on the destination's node
+ * of the same name, persistent if they were, so the destination's QEMU stores them in its disk.
+ */
+const DIRTY_BITMAPS = [{ capability: 'dirty-bitmaps', state: true }];
 /**
  * How long each command of `migrateOut` waits for QEMU's answer (the QMP client's own default is
  * the vm driver's 5 s). While a migration runs, QEMU's main loop also copies RAM and serves the
@@ -94,6 +101,9 @@ export async function prepareIncoming(
     name: EXPORT_NAME,
     writable: true,
   });
+  // The disk's dirty bitmaps come with the RAM (the mirror copies content only): the backup chain
+  // goes on here (decision 0062, amended 2026-12-07). Both ends must have it on.
+  await qmp.execute('migrate-set-capabilities', { capabilities: DIRTY_BITMAPS });
   await qmp.execute('migrate-incoming', { uri: tcpUri(endpoints.host, endpoints.migrationPort) });
 }
 
@@ -246,7 +256,10 @@ export async function migrateOut(
       tls = true;
       options.onTlsLoaded?.();
     }
-    if (options.sync !== 'shared') await mirror(options.sync);
+    if (options.sync !== 'shared') {
+      await qmp.execute('migrate-set-capabilities', { capabilities: DIRTY_BITMAPS });
+      await mirror(options.sync);
+    }
     const mirrored = now();
     report({ phase: 'copying RAM' });
     await qmp.execute('migrate-set-parameters', {

@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { GuestSpec } from '../../core/types.ts';
+import { createLogger } from '../../host/logger.ts';
+import { hostRunner } from '../../host/runner.ts';
+import { connectQmp, type QmpClient } from './qmp-client.ts';
+import { createAgentPool } from './vm-agent.ts';
+import { linkBitmap, storedBitmaps } from './vm-incremental.ts';
+import { freeTcpPort } from './vm-live-migration.ts';
+import { finishIncoming, migrateOut, prepareIncoming } from './vm-migration.ts';
+import { createVmStorage } from './vm-storage.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SIZE = 16 * MiB;
+const CLUSTER = 64 * KiB;
+const spec = { name: 'v1', model: 'vm' } as GuestSpec;
+const runner = hostRunner();
+
+/**
+ * A vm guest's backup chain carried across a live move (decision 0062, amended 2026-12-07): two
+ * real QEMUs on this machine (no guest OS: the writes are made through QEMU's block layer with
+ * `qemu-io` on its monitor, which marks the dirty bitmaps as a guest's writes do), driven by the
+ * live move's own QMP sequence (prepareIncoming, migrateOut with the disk mirrored over NBD,
+ * finishIncoming), over loopback. The backup bitmap named for the last link comes with the RAM and
+ * is stored in the destination's disk when its QEMU quits; the destination's next backup is that
+ * chain's next link, holding only the clusters written since the link, and restores its disk.
+ */
+describe('a vm backup chain goes on on the member a running guest moved to live', () => {
+  let dir: string;
+  const agents = createAgentPool();
+  const pids: number[] = [];
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-vm-live-chain-'));
+  });
+  after(async () => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const member = async (name: string) => {
+    const stateDir = path.join(dir, name);
+    const guestDir = path.join(stateDir, 'guests', spec.name);
+    await mkdir(guestDir, { recursive: true });
+    const disk = path.join(guestDir, 'root.qcow2');
+    await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk, String(SIZE)]);
+    const storage = createVmStorage(
+      { runner, log: createLogger({ level: 'silent' }), stateDir, idmapBase: 1_000_000 },
+      { agents },
+    );
+    return { storage, disk, stateDir };
+  };
+  /** A QEMU with `disk` as its node `root` (as the vm driver names it), vCPUs stopped, no OS. */
+  const qemu = async (name: string, disk: string, incoming: boolean) => {
+    const socket = path.join(dir, `${name}.qmp`);
+    const pidFile = path.join(dir, `${name}.pid`);
+    await runner.run([
+      'qemu-system-x86_64',
+      '-machine',
+      'pc,accel=tcg',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-m',
+      '64',
+      '-S',
+      '-blockdev',
+      `driver=file,node-name=file,filename=${disk}`,
+      '-blockdev',
+      'driver=qcow2,node-name=root,file=file',
+      '-device',
+      'virtio-blk-pci,drive=root,share-rw=on',
+      '-qmp',
+      `unix:${socket},server=on,wait=off`,
+      ...(incoming ? ['-incoming', 'defer'] : []),
+      '-daemonize',
+      '-pidfile',
+      pidFile,
+    ]);
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    pids.push(pid);
+    const qmp = await connectQmp(socket, { timeoutMs: 30_000 });
+    return { qmp, pid };
+  };
+  const writeVia = async (qmp: QmpClient, offset: number, length: number, pattern: number) => {
+    // qemu-io's report goes to QEMU's stdout (daemonized: nowhere); an error comes back here.
+    const out = await qmp.execute<string>('human-monitor-command', {
+      'command-line': `qemu-io root "write -P ${pattern} ${offset} ${length}"`,
+    });
+    assert.equal(out.trim(), '', out);
+  };
+  const quit = async (q: { qmp: QmpClient; pid: number }) => {
+    await q.qmp.execute('quit').catch(() => {});
+    q.qmp.close();
+    for (let i = 0; i < 300; i++) {
+      try {
+        process.kill(q.pid, 0);
+      } catch {
+        return;
+      }
+      await sleep(100);
+    }
+    throw new Error(`QEMU ${q.pid} did not quit`);
+  };
+  const clustersOf = async (qcow2: string): Promise<number[]> => {
+    const { stdout } = await runner.run(['qemu-img', 'map', '--output=json', '-f', 'qcow2', qcow2]);
+    const out: number[] = [];
+    for (const e of JSON.parse(stdout) as Array<{ start: number; length: number; data: boolean }>) {
+      if (!e.data) continue;
+      for (let at = e.start; at < e.start + e.length; at += CLUSTER) out.push(at / CLUSTER);
+    }
+    return out;
+  };
+
+  test('after a live move with the disk mirrored, the next backup is the chain’s next link of the clusters written since, and restores the disk', async (t) => {
+    const a = await member('a');
+    await runner.run(['qemu-io', '-f', 'qcow2', '-c', `write -P 1 0 ${2 * MiB}`, a.disk]);
+    const full = path.join(dir, 'full.tar.zst');
+    const link0 = await a.storage.exportIncremental?.(spec, full);
+    assert.ok(link0 && link0.kind === 'full');
+    const state = await a.storage.chainState?.(spec);
+    assert.ok(state);
+    // The guest runs on a; it writes after the link.
+    const source = await qemu('src', a.disk, false);
+    await writeVia(source.qmp, 3 * MiB, CLUSTER, 0x22);
+    const b = await member('b');
+    const dest = await qemu('dst', b.disk, true);
+    const host = '127.0.0.1';
+    const to = { host, nbdPort: await freeTcpPort(host), migrationPort: await freeTcpPort(host) };
+    await prepareIncoming(dest.qmp, to);
+    const result = await migrateOut(source.qmp, {
+      to,
+      downtimeLimitMs: 300,
+      sync: 'full',
+      signal: new AbortController().signal,
+      pollMs: 50,
+    });
+    t.diagnostic(`migrated: ${JSON.stringify(result)}`);
+    await finishIncoming(dest.qmp);
+    await quit(source);
+    // The guest writes on b after the move; its QEMU stores the bitmap in b's disk when it quits.
+    await writeVia(dest.qmp, 9 * MiB, CLUSTER, 0x33);
+    await quit(dest);
+    assert.deepEqual(
+      (await storedBitmaps(runner, b.disk)).map((x) => [x.name, x.flags.includes('in-use')]),
+      [[linkBitmap(link0.chain, 0), false]],
+      'the bitmap named for link 0 came with the migration and was stored',
+    );
+    assert.equal(await b.storage.continueChain?.(spec, state), true);
+    const incTar = path.join(dir, 'inc1.tar.zst');
+    const link1 = await b.storage.exportIncremental?.(spec, incTar);
+    assert.deepEqual(link1, { chain: link0.chain, sequence: 1, kind: 'incremental' });
+    await mkdir(path.join(dir, 'inc1'));
+    await runner.run(['tar', '--zstd', '-C', path.join(dir, 'inc1'), '-xf', incTar, 'disk.qcow2']);
+    const clusters = await clustersOf(path.join(dir, 'inc1', 'disk.qcow2'));
+    t.diagnostic(`link 1 after the live move: clusters ${clusters.join(', ')}`);
+    assert.deepEqual(clusters, [48, 144], 'link 1 holds the clusters at 3 and 9 MiB and nothing else');
+    const c = await member('c');
+    await c.storage.importIncremental?.(spec, full, { link: link0 });
+    await c.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
+    const cmp = await runner.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2', c.disk, b.disk], {
+      allowFailure: true,
+    });
+    assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
+  });
+});
