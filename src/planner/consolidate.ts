@@ -372,7 +372,12 @@ class Packer {
         let penTo = 0;
         for (let b = 0; b < count; b++) {
           if (b === a) continue;
-          const pb = this.penalty((bins[b] as Bin).sum, undefined, n.load);
+          const pb = this.penalty((bins[b] as Bin).sum, undefined, n.load, {
+            pre: penA,
+            less: pen[a] as number,
+            less2: pen[b] as number,
+            gain,
+          });
           const d = penA + pb - (pen[a] as number) - (pen[b] as number);
           if (d < gain) {
             gain = d;
@@ -481,9 +486,14 @@ class Packer {
         }
         if (bound - base >= gain) continue;
       }
-      const pa = this.penalty(sa, n.load, m.load);
+      const pa = this.penalty(sa, n.load, m.load, { pre: 0, less: base, less2: 0, gain });
       if (pa - base >= gain) continue;
-      const pb = this.penalty((s.bins[b] as Bin).sum, m.load, n.load);
+      const pb = this.penalty((s.bins[b] as Bin).sum, m.load, n.load, {
+        pre: pa,
+        less: base,
+        less2: 0,
+        gain,
+      });
       if (pa + pb - base < gain) {
         gain = pa + pb - base;
         best = m;
@@ -526,16 +536,30 @@ class Packer {
   /**
    * The local search's measure of a host: its excess over 100% summed over the intervals, plus a
    * little for each interval over (so that, of two equal excesses, fewer intervals over is better).
+   * With `stop`: the caller only takes the result when ((pre + it) − less) − less2 < gain, and the
+   * sum only grows (positive terms, monotone rounding), so it ends as soon as that can no longer
+   * hold and returns the part summed, for which the caller's test fails just as for the whole.
    */
   private penalty(
     sum: Float64Array,
     minus: Float64Array | undefined,
     plus: Float64Array | undefined,
+    stop?: { pre: number; less: number; less2: number; gain: number },
   ): number {
+    const { T, dims } = this;
     let p = 0;
-    for (let t = 0; t < this.T; t++) {
-      const e = this.excessAt(sum, t, minus, plus);
-      if (e > 0) p += e + OVER_WEIGHT;
+    for (let t = 0; t < T; t++) {
+      // excessAt, inline: the same operations in the same order.
+      let m = 0;
+      for (let d = 0; d < dims; d++) {
+        const i = d * T + t;
+        const v = (sum[i] as number) - (minus ? (minus[i] as number) : 0) + (plus ? (plus[i] as number) : 0);
+        if (v > m) m = v;
+      }
+      if (m > 1 + EPS) {
+        p += m - 1 + OVER_WEIGHT;
+        if (stop && stop.pre + p - stop.less - stop.less2 >= stop.gain) return p;
+      }
     }
     return p;
   }
