@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BackupChainLink } from '../guest-storage.ts';
+import { isManifestName, removeManifests } from './ct-chain-carry.ts';
 
 /**
  * Per guest: the chain its last incremental backup belongs to, that backup's
@@ -16,12 +17,18 @@ const SNAR_PREFIX = 'backup-chain-';
 const SNAR_NAME = /^backup-chain-[0-9a-f]{16}-\d+\.snar$/;
 const CHAIN_ID = /^[0-9a-f]{16}$/;
 
-/** The state of a guest's own backup chain: its last link and the tar snapshot file after it. */
+/**
+ * The state of a guest's own backup chain: its last link, the tar snapshot file after it and the
+ * manifest of what it archived (decision 0062, amended 2026-12-07). A chain taken over from
+ * another member has the manifest alone: its next link is made from it (ct-chain-carry.ts).
+ */
 export interface CtChainState {
   chain: string;
   sequence: number;
   /** File name (in the guest's dir) of the tar snapshot file written by that backup. */
-  snar: string;
+  snar?: string;
+  /** File name (in the guest's dir) of the link's manifest (ct-chain-carry.ts), where one was made. */
+  manifest?: string;
   /**
    * 'btrfs-send': that backup was a `btrfs send` of its snapshot in backup-snapshots/ (decision
    * 0067), which the next one is sent against while it exists; tar's snapshot file is kept too.
@@ -62,13 +69,15 @@ export function parseChainState(text: string): CtChainState | undefined {
       CHAIN_ID.test(v.chain) &&
       Number.isSafeInteger(v.sequence) &&
       (v.sequence ?? -1) >= 0 &&
-      typeof v.snar === 'string' &&
-      SNAR_NAME.test(v.snar)
+      (v.snar === undefined || (typeof v.snar === 'string' && SNAR_NAME.test(v.snar))) &&
+      (v.manifest === undefined || (typeof v.manifest === 'string' && isManifestName(v.manifest))) &&
+      (v.snar !== undefined || v.manifest !== undefined)
     ) {
       return {
         chain: v.chain,
         sequence: v.sequence as number,
-        snar: v.snar,
+        ...(v.snar !== undefined && { snar: v.snar }),
+        ...(v.manifest !== undefined && { manifest: v.manifest }),
         ...(v.method === 'btrfs-send' && { method: v.method }),
       };
     }
@@ -78,11 +87,19 @@ export function parseChainState(text: string): CtChainState | undefined {
   return undefined;
 }
 
-/** The guest's chain, if it has one whose snapshot file is present. */
+/** The guest's chain, if it has one whose snapshot file (or, taken over, manifest) is present. */
 export async function readChain(dir: string): Promise<CtChainState | undefined> {
   const state = parseChainState(await readFile(join(dir, CT_CHAIN_FILE), 'utf8').catch(() => ''));
   if (!state) return undefined;
-  return (await lstat(join(dir, state.snar)).catch(() => undefined))?.isFile() ? state : undefined;
+  const isFile = async (name: string) =>
+    (await lstat(join(dir, name)).catch(() => undefined))?.isFile() === true;
+  if (state.snar !== undefined) {
+    if (!(await isFile(state.snar))) return undefined;
+    // A manifest that is gone only means that this chain cannot be carried: it goes on here.
+    if (state.manifest !== undefined && !(await isFile(state.manifest))) delete state.manifest;
+    return state;
+  }
+  return state.manifest !== undefined && (await isFile(state.manifest)) ? state : undefined;
 }
 
 /**
@@ -92,6 +109,7 @@ export async function readChain(dir: string): Promise<CtChainState | undefined> 
 export async function commitChain(dir: string, state: CtChainState): Promise<void> {
   await writeAtomically(join(dir, CT_CHAIN_FILE), state);
   await removeSnars(dir, state.snar);
+  await removeManifests(dir, state.manifest);
 }
 
 /** Forgets the guest's own chain and any chain it was restored from: its upper layer is new. */
@@ -99,6 +117,7 @@ export async function forgetChains(dir: string): Promise<void> {
   await rm(join(dir, CT_CHAIN_FILE), { force: true });
   await rm(join(dir, CT_RESTORED_CHAIN_FILE), { force: true });
   await removeSnars(dir);
+  await removeManifests(dir);
 }
 
 export async function readRestored(dir: string): Promise<CtRestoredState | undefined> {

@@ -1,4 +1,15 @@
-import { copyFile, lstat, mkdir, readdir, readlink, rename, rm, rmdir, stat } from 'node:fs/promises';
+import {
+  copyFile,
+  lstat,
+  mkdir,
+  readdir,
+  readlink,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { failedPrecondition, invalidArgument, notFound } from '../../core/errors.ts';
 import type { GuestSpec } from '../../core/types.ts';
@@ -24,6 +35,16 @@ import {
   sendSnapshot,
   snapshotNameOf,
 } from './ct-btrfs-send.ts';
+import {
+  buildManifest,
+  carriedSnapshotFile,
+  decodeManifest,
+  encodeManifest,
+  type ManifestEntry,
+  manifestNameOf,
+  readManifest,
+  writeManifest,
+} from './ct-chain-carry.ts';
 import {
   commitChain,
   forgetChains,
@@ -86,6 +107,8 @@ const TAR_EXTRACT = [
  * subvolumes, a remount), which would make every directory look new.
  */
 const TAR_NO_DEVICE = '--no-check-device';
+/** A chain's id (ct-incremental.ts). */
+const CHAIN_ID = /^[0-9a-f]{16}$/;
 
 /**
  * Wraps the tar that applies an incremental link in a bubblewrap sandbox that
@@ -379,6 +402,119 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     });
   };
 
+  /**
+   * The next link of the guest's chain (decision 48; 0067 on btrfs). Each link also leaves the
+   * manifest of what it archived (ct-chain-carry.ts, decision 0062 amended 2026-12-07), read in the
+   * same freeze, for another member to go on from. A chain taken over from another member has only
+   * that manifest: its next link is tar's incremental over a snapshot file made from it for this
+   * member's inodes, which archives what differs from the manifest; from then on the chain is tar's.
+   */
+  const exportLink: NonNullable<GuestStorage['exportIncremental']> = async (spec, tarPath, options) => {
+    const dir = dirOf(spec);
+    let chain = options?.newChain ? undefined : await readChain(dir);
+    const linkManifest = chain?.manifest !== undefined ? await readManifest(dir, chain.manifest) : undefined;
+    // A taken-over chain whose manifest does not read is no chain: a full link.
+    if (chain && chain.snar === undefined && !linkManifest) chain = undefined;
+    const carried = chain && chain.snar === undefined ? linkManifest : undefined;
+    const link = nextLink(chain, newChainId);
+    // tar rewrites the snapshot file it is given: the link's own copy, which counts only once
+    // the archive is whole (commitChain), so a failed backup leaves the chain where it was.
+    const snar = join(dir, snarNameOf(link));
+    await rm(snar, { force: true });
+    // On a btrfs pool (decision 0067): `btrfs send` of a read-only snapshot, against the previous
+    // link's snapshot while it exists; without it (deleted by hand, a guest moved) tar's snapshot
+    // file, which every btrfs link keeps too, carries the chain on with GNU tar's incrementals.
+    const parent =
+      chain?.method === BTRFS_SEND ? join(dir, BACKUP_SNAPSHOTS, snapshotNameOf(chain)) : undefined;
+    const send =
+      (await isSubvolume(dir)) &&
+      (link.kind === 'full' || (parent !== undefined && (await isSubvolume(parent))));
+    let snap: string | undefined;
+    let manifest: ManifestEntry[] | undefined;
+    // Of an own chain's link the manifest is a bonus: without it the chain goes on here, only not elsewhere.
+    const takeManifest = async () => {
+      try {
+        manifest = await buildManifest(runner, upperOf(spec), linkManifest);
+      } catch (e) {
+        ctx.log.warn(
+          { guest: spec.name, err: (e as Error).message },
+          'no manifest of the backup: its chain cannot go on on another member',
+        );
+      }
+    };
+    let carryFailed: Error | undefined;
+    try {
+      if (chain?.snar !== undefined) await copyFile(join(dir, chain.snar), snar);
+      const listed = [TAR_NO_DEVICE, `--listed-incremental=${snar}`, '-C', upperOf(spec)];
+      if (send) {
+        snap = await makeBackupSnapshot(runner, dir, {
+          name: snapshotNameOf(link),
+          freeze: (work) =>
+            whileFrozen(spec, async () => {
+              await work();
+              // Into /dev/null GNU tar reads no file's data: only the listing for its snapshot file.
+              await runner.run(['tar', ...TAR_KEEP, ...listed, '-cf', '/dev/null', '.'], {
+                ...(options?.signal && { signal: options.signal }),
+              });
+              await takeManifest();
+            }),
+        });
+        await sendSnapshot(runner, snap, {
+          ...(link.kind === 'incremental' && parent !== undefined && { parent }),
+          out: tarPath,
+          ...(options?.signal && { signal: options.signal }),
+        });
+      } else {
+        await whileFrozen(spec, async () => {
+          if (carried) {
+            try {
+              manifest = await buildManifest(runner, upperOf(spec));
+            } catch (e) {
+              carryFailed = e as Error;
+              return;
+            }
+            await writeFile(snar, carriedSnapshotFile(manifest, carried), { mode: 0o600 });
+          }
+          await packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
+            out: tarPath,
+            signal: options?.signal,
+          });
+          if (!carried) await takeManifest();
+        });
+      }
+      if (carryFailed === undefined) {
+        const manifestName = manifest ? manifestNameOf(link) : undefined;
+        if (manifest && manifestName) await writeManifest(dir, manifestName, encodeManifest(manifest));
+        await commitChain(dir, {
+          chain: link.chain,
+          sequence: link.sequence,
+          snar: snarNameOf(link),
+          ...(manifestName && { manifest: manifestName }),
+          ...(send && { method: BTRFS_SEND }),
+        });
+      }
+    } catch (e) {
+      await rm(snar, { force: true });
+      await rm(join(dir, manifestNameOf(link)), { force: true });
+      if (snap) await removeWithSubvolumes(runner, snap).catch(() => {});
+      throw e;
+    }
+    if (carryFailed !== undefined) {
+      // The layer cannot be compared with the carried manifest: a new chain, as without one.
+      await rm(snar, { force: true });
+      ctx.log.warn(
+        { guest: spec.name, chain: link.chain, err: carryFailed.message },
+        'the backup chain taken over cannot go on: a full backup',
+      );
+      return exportLink(spec, tarPath, { ...options, newChain: true });
+    }
+    // Only the last link's snapshot is kept: the next backup is sent against it.
+    const keep = send ? snapshotNameOf(link) : undefined;
+    await pruneSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS), keep).catch(() => {});
+    if (!send) await removeWithSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS)).catch(() => {});
+    return send ? { ...link, method: BTRFS_SEND } : link;
+  };
+
   const storage: GuestStorage = {
     async snapshot(spec, snap) {
       const target = join(snapshotsOf(spec), snap);
@@ -481,67 +617,37 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
       }
     },
 
-    async exportIncremental(spec, tarPath, options) {
+    exportIncremental: (spec, tarPath, options) => exportLink(spec, tarPath, options),
+
+    async chainState(spec) {
       const dir = dirOf(spec);
-      const chain = options?.newChain ? undefined : await readChain(dir);
-      const link = nextLink(chain, newChainId);
-      // tar rewrites the snapshot file it is given: the link's own copy, which counts only once
-      // the archive is whole (commitChain), so a failed backup leaves the chain where it was.
-      const snar = join(dir, snarNameOf(link));
-      await rm(snar, { force: true });
-      // On a btrfs pool (decision 0067): `btrfs send` of a read-only snapshot, against the previous
-      // link's snapshot while it exists; without it (deleted by hand, a guest moved) tar's snapshot
-      // file, which every btrfs link keeps too, carries the chain on with GNU tar's incrementals.
-      const parent =
-        chain?.method === BTRFS_SEND ? join(dir, BACKUP_SNAPSHOTS, snapshotNameOf(chain)) : undefined;
-      const send =
-        (await isSubvolume(dir)) &&
-        (link.kind === 'full' || (parent !== undefined && (await isSubvolume(parent))));
-      let snap: string | undefined;
-      try {
-        if (chain) await copyFile(join(dir, chain.snar), snar);
-        const listed = [TAR_NO_DEVICE, `--listed-incremental=${snar}`, '-C', upperOf(spec)];
-        if (send) {
-          snap = await makeBackupSnapshot(runner, dir, {
-            name: snapshotNameOf(link),
-            freeze: (work) =>
-              whileFrozen(spec, async () => {
-                await work();
-                // Into /dev/null GNU tar reads no file's data: only the listing for its snapshot file.
-                await runner.run(['tar', ...TAR_KEEP, ...listed, '-cf', '/dev/null', '.'], {
-                  ...(options?.signal && { signal: options.signal }),
-                });
-              }),
-          });
-          await sendSnapshot(runner, snap, {
-            ...(link.kind === 'incremental' && parent !== undefined && { parent }),
-            out: tarPath,
-            ...(options?.signal && { signal: options.signal }),
-          });
-        } else {
-          await whileFrozen(spec, () =>
-            packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
-              out: tarPath,
-              signal: options?.signal,
-            }),
-          );
-        }
-        await commitChain(dir, {
-          chain: link.chain,
-          sequence: link.sequence,
-          snar: snarNameOf(link),
-          ...(send && { method: BTRFS_SEND }),
-        });
-      } catch (e) {
-        await rm(snar, { force: true });
-        if (snap) await removeWithSubvolumes(runner, snap).catch(() => {});
-        throw e;
+      const chain = await readChain(dir);
+      if (chain?.manifest === undefined) return undefined;
+      const entries = await readManifest(dir, chain.manifest);
+      if (!entries) return undefined;
+      return {
+        chain: chain.chain,
+        sequence: chain.sequence,
+        data: encodeManifest(entries, { portable: true }),
+      };
+    },
+
+    async continueChain(spec, state) {
+      if (!CHAIN_ID.test(state.chain) || !Number.isSafeInteger(state.sequence) || state.sequence < 0) {
+        return false;
       }
-      // Only the last link's snapshot is kept: the next backup is sent against it.
-      const keep = send ? snapshotNameOf(link) : undefined;
-      await pruneSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS), keep).catch(() => {});
-      if (!send) await removeWithSubvolumes(runner, join(dir, BACKUP_SNAPSHOTS)).catch(() => {});
-      return send ? { ...link, method: BTRFS_SEND } : link;
+      const entries = decodeManifest(state.data);
+      if (!entries) return false;
+      // The upper dir's owner says which id range the files are in (decision 18): in another range
+      // than the link's, every file changed owner, and a full link is as big and stands alone.
+      const root = await lstat(upperOf(spec)).catch(() => undefined);
+      if (!root?.isDirectory() || root.uid !== entries[0]?.u || root.gid !== entries[0]?.g) return false;
+      const dir = dirOf(spec);
+      const name = manifestNameOf(state);
+      // Another member's inodes and ctimes mean nothing here: none of its digests is lent.
+      await writeManifest(dir, name, encodeManifest(entries, { portable: true }));
+      await commitChain(dir, { chain: state.chain, sequence: state.sequence, manifest: name });
+      return true;
     },
 
     async importIncremental(spec, tarPath, options) {
@@ -637,6 +743,8 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     withLayer(spec, () => plain.exportIncremental?.(spec, tarPath, options) ?? Promise.reject());
   storage.importIncremental = (spec, tarPath, options) =>
     withLayer(spec, () => plain.importIncremental?.(spec, tarPath, options) ?? Promise.resolve());
+  storage.continueChain = (spec, state) =>
+    withLayer(spec, () => plain.continueChain?.(spec, state) ?? Promise.resolve(false));
   storage.sweep = async (spec) => {
     if (!imaged(spec)) return plain.sweep(spec);
     // A daemon killed while it had a snapshot's image mounted leaves that mount (its pid in the name).

@@ -1,0 +1,329 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  chmod,
+  chown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { GuestSpec } from '../../core/types.ts';
+import { createLogger } from '../../host/logger.ts';
+import { hostRunner } from '../../host/runner.ts';
+import type { GuestStorage, PortableChainState } from '../guest-storage.ts';
+import {
+  buildManifest,
+  carriedSnapshotFile,
+  changedSince,
+  decodeManifest,
+  encodeManifest,
+} from './ct-chain-carry.ts';
+import { createCtStorage } from './ct-storage.ts';
+
+const spec = { name: 'c1', model: 'ct' } as GuestSpec;
+const RANGE = 1_000_000 + 4 * 65_536;
+const runner = hostRunner();
+
+/** Sets an xattr (Node has no call for it): perl's syscall, as the manifest reads them. */
+const setXattr = (p: string, name: string, value: string) =>
+  runner.run([
+    'perl',
+    '-e',
+    `require 'syscall.ph'; my ($p, $n, $v) = @ARGV; syscall(&SYS_lsetxattr, $p, $n, $v, length($v), 0) == 0 or die "$!\\n";`,
+    p,
+    name,
+    value,
+  ]);
+/** Every xattr of `p`, `name=hex` sorted, read apart from the code under test. */
+const xattrsOf = async (p: string): Promise<string> =>
+  (
+    await runner.run([
+      'perl',
+      '-e',
+      `require 'syscall.ph'; my $p = shift; my $l = "\\0" x 65536; my $n = syscall(&SYS_llistxattr, $p, $l, 65536); die "$!\\n" if $n < 0;
+       for my $x (sort grep { length } split /\\0/, substr($l, 0, $n)) { my $v = "\\0" x 65536; my $m = syscall(&SYS_lgetxattr, $p, $x, $v, 65536); print "$x=", unpack("H*", substr($v, 0, $m)), " "; }`,
+      p,
+    ])
+  ).stdout.trim();
+
+/** Everything a restore must give back: path, type and mode, owner, mtime, content, target, device, xattrs. */
+const treeOf = async (root: string): Promise<string[]> => {
+  const out: string[] = [];
+  const walk = async (rel: string) => {
+    const p = path.join(root, rel);
+    const st = await lstat(p, { bigint: true });
+    const what = st.isFile()
+      ? createHash('sha256')
+          .update(await readFile(p))
+          .digest('hex')
+      : st.isSymbolicLink()
+        ? `-> ${await readlink(p)}`
+        : st.isCharacterDevice()
+          ? `c ${st.rdev}`
+          : '';
+    const mtime = st.isDirectory() ? '' : ` ${st.mtimeNs}`;
+    out.push(`${rel} ${st.mode.toString(8)} ${st.uid}:${st.gid}${mtime} ${what} [${await xattrsOf(p)}]`);
+    if (st.isDirectory()) for (const n of (await readdir(p)).sort()) await walk(path.join(rel, n));
+  };
+  await walk('.');
+  return out;
+};
+
+/**
+ * A ct guest's backup chain carried across a move (decision 0062, amended 2026-12-07): real tar,
+ * zstd and perl, three state directories standing for three members. Member a's last link leaves
+ * the manifest of its layer; the guest moves to b (a's export applied there: new inodes, new
+ * ctimes); b takes the manifest over and its next backup is that chain's next link holding only
+ * what differs from the link (written on a after it, or on b) plus every directory's listing; the
+ * chain restored on member c is b's layer exactly.
+ */
+describe('a ct backup chain goes on on the member a guest moved to', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-ct-chain-carry-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A member's ct storage with guest c1's directory made, as a create does. */
+  const member = async (name: string): Promise<{ storage: GuestStorage; upper: string }> => {
+    const stateDir = path.join(dir, name);
+    const guest = path.join(stateDir, 'guests', spec.name);
+    for (const d of ['upper', 'work', 'rootfs', 'bundle'])
+      await mkdir(path.join(guest, d), { recursive: true });
+    const storage = createCtStorage({
+      runner,
+      log: createLogger({ level: 'silent' }),
+      stateDir,
+      idmapBase: 1_000_000,
+    });
+    return { storage, upper: path.join(guest, 'upper') };
+  };
+  const membersOf = async (tar: string): Promise<string[]> => {
+    const { stdout } = await runner.run(['tar', '--zstd', '-tf', tar]);
+    return stdout
+      .split('\n')
+      .filter((n) => n !== '' && !n.endsWith('/'))
+      .sort();
+  };
+  const link = (l: Awaited<ReturnType<NonNullable<GuestStorage['exportIncremental']>>> | undefined) => {
+    assert.ok(l);
+    return l;
+  };
+
+  /** Guest c1's layer on a: files of its id range, a symlink, a whiteout, xattrs, a big file. */
+  const fill = async (upper: string) => {
+    const at = (rel: string) => path.join(upper, rel);
+    for (const d of ['bin', 'etc/old', 'var']) await mkdir(at(d), { recursive: true });
+    await writeFile(at('bin/tool'), '#!/bin/sh\necho tool\n', { mode: 0o755 });
+    await writeFile(at('etc/conf'), 'x=1\n', { mode: 0o640 });
+    await writeFile(at('etc/tagged'), 'tagged\n');
+    await writeFile(at('etc/old/inner'), 'inner\n');
+    await writeFile(at('var/same-size'), 'aaaaaaaa');
+    await writeFile(at('var/gone'), 'to be deleted on b');
+    await writeFile(at('var/link-now'), 'a file, a symlink on b');
+    await writeFile(at('var/owned'), 'owner changes on b');
+    await writeFile(at('big'), randomBytes(1024 * 1024));
+    await symlink('../etc/conf', at('bin/conf-link'));
+    await runner.run(['mknod', at('etc/motd'), 'c', '0', '0']);
+    for (const rel of ['bin/tool', 'etc/conf', 'var/owned', 'big'])
+      await chown(at(rel), RANGE + 33, RANGE + 33);
+    await setXattr(at('etc/conf'), 'user.kept', 'yes');
+  };
+
+  test('the first backup after the move is the next link, holding what changed before and after the move, and the chain restores the layer exactly', async () => {
+    const a = await member('a');
+    await fill(a.upper);
+    const file = (n: string) => path.join(dir, `${n}.tar.zst`);
+    const full = link(await a.storage.exportIncremental?.(spec, file('full')));
+    assert.equal(full.kind, 'full');
+    const state = await a.storage.chainState?.(spec);
+    assert.ok(state, 'a link leaves its chain state');
+    assert.deepEqual([state.chain, state.sequence], [full.chain, 0]);
+
+    // Written on a after its last backup: content, a mode, a new file, an xattr alone.
+    const onA = (rel: string) => path.join(a.upper, rel);
+    await writeFile(onA('etc/conf'), 'x=2\n');
+    await chmod(onA('bin/tool'), 0o700);
+    await writeFile(onA('new-on-a'), 'new on a');
+    await setXattr(onA('etc/tagged'), 'user.note', 'set on a');
+    // The move: a's whole export applied on b (decision 40), every file made anew there.
+    await a.storage.exportTar(spec, file('move'));
+    const b = await member('b');
+    await b.storage.importTar(spec, file('move'));
+    assert.equal(await b.storage.chainState?.(spec), undefined, 'an import ends the chain on b');
+
+    // Written on b: a new file and a whiteout, the same size and mtime with other bytes, a renamed
+    // directory, a deletion, a file become a symlink, an owner, a directory made opaque.
+    const onB = (rel: string) => path.join(b.upper, rel);
+    await writeFile(onB('etc/made-on-b'), 'made on b');
+    await runner.run(['mknod', onB('etc/motd2'), 'c', '0', '0']);
+    const before = await stat(onB('var/same-size'));
+    await writeFile(onB('var/same-size'), 'bbbbbbbb');
+    await utimes(onB('var/same-size'), before.atime, before.mtime);
+    await rename(onB('etc/old'), onB('etc/renamed'));
+    await rm(onB('var/gone'));
+    await rm(onB('var/link-now'));
+    await symlink('/nowhere', onB('var/link-now'));
+    await chown(onB('var/owned'), RANGE + 7, RANGE + 7);
+    await setXattr(onB('var'), 'trusted.overlay.opaque', 'y');
+
+    assert.equal(await b.storage.continueChain?.(spec, state), true);
+    assert.deepEqual(await b.storage.chainState?.(spec).then((s) => [s?.chain, s?.sequence]), [
+      full.chain,
+      0,
+    ]);
+    const incr = link(await b.storage.exportIncremental?.(spec, file('incr')));
+    assert.deepEqual(incr, { chain: full.chain, sequence: 1, kind: 'incremental' });
+    // Exactly what differs from a's link: not the big file nor anything else the import rewrote.
+    assert.deepEqual(await membersOf(file('incr')), [
+      './bin/tool',
+      './etc/conf',
+      './etc/made-on-b',
+      './etc/motd2',
+      './etc/renamed/inner',
+      './etc/tagged',
+      './new-on-a',
+      './var/link-now',
+      './var/owned',
+      './var/same-size',
+    ]);
+
+    const c = await member('c');
+    await c.storage.importIncremental?.(spec, file('full'), { link: full });
+    await c.storage.importIncremental?.(spec, file('incr'), { link: incr });
+    const want = await treeOf(b.upper);
+    assert.deepEqual(await treeOf(c.upper), want);
+    assert.ok(
+      want.some((l) => l.startsWith('var 40755 0:0  [trusted.overlay.opaque=79]')),
+      want.join('\n'),
+    );
+    assert.ok(
+      want.some((l) => l.startsWith('etc/tagged ') && l.includes('user.note=')),
+      want.join('\n'),
+    );
+    assert.ok(!want.some((l) => l.startsWith('var/gone') || l.startsWith('etc/old')), want.join('\n'));
+    // a's layer lacks b's writes: the incremental, not the full alone, made c's.
+    assert.notDeepEqual(await treeOf(a.upper), want);
+
+    // From there the chain is tar's own on b: the next link holds the one file written since.
+    await writeFile(onB('etc/made-on-b'), 'made on b, again');
+    const next = link(await b.storage.exportIncremental?.(spec, file('next')));
+    assert.deepEqual(next, { chain: full.chain, sequence: 2, kind: 'incremental' });
+    assert.deepEqual(await membersOf(file('next')), ['./etc/made-on-b']);
+    await c.storage.importIncremental?.(spec, file('next'), { link: next });
+    assert.deepEqual(await treeOf(c.upper), await treeOf(b.upper));
+  });
+
+  test('a state that is not one, or a layer in another id range, is refused with nothing written: the next backup is full', async () => {
+    const d = await member('d');
+    await fill(d.upper);
+    const own = link(await d.storage.exportIncremental?.(spec, path.join(dir, 'd0.tar.zst')));
+    const state = (await d.storage.chainState?.(spec)) as PortableChainState;
+    const e = await member('e');
+    await fill(e.upper);
+    const guestDir = path.dirname(e.upper);
+    const listing = async () => (await readdir(guestDir)).sort();
+    const was = await listing();
+    const refused: PortableChainState[] = [
+      { ...state, data: Buffer.from('not gzip') },
+      { ...state, data: state.data.subarray(0, state.data.length - 9) },
+      { ...state, chain: '../../etc' },
+      { ...state, sequence: -1 },
+      {
+        ...state,
+        data: encodeManifest([
+          { p: '.', t: 'd', m: 0o755, u: 0, g: 0, s: 0, mt: '1', h: '', a: '' },
+          { p: '../x', t: 'f', m: 0o644, u: 0, g: 0, s: 1, mt: '1', h: '', a: '' },
+        ]),
+      },
+    ];
+    for (const bad of refused) assert.equal(await e.storage.continueChain?.(spec, bad), false);
+    assert.deepEqual(await listing(), was, 'nothing written');
+    // The layer's root owned by another range's base (decision 18): every file changed owner.
+    await chown(e.upper, RANGE + 65_536, RANGE + 65_536);
+    assert.equal(await e.storage.continueChain?.(spec, state), false);
+    assert.deepEqual(await listing(), was, 'nothing written');
+    const first = link(await e.storage.exportIncremental?.(spec, path.join(dir, 'e0.tar.zst')));
+    assert.equal(first.kind, 'full');
+    assert.notEqual(first.chain, own.chain);
+  });
+
+  test('a taken-over manifest that is damaged before the backup gives a full one', async () => {
+    const f = await member('f');
+    await fill(f.upper);
+    const own = link(await f.storage.exportIncremental?.(spec, path.join(dir, 'f0.tar.zst')));
+    const state = (await f.storage.chainState?.(spec)) as PortableChainState;
+    const g = await member('g');
+    await fill(g.upper);
+    assert.equal(await g.storage.continueChain?.(spec, state), true);
+    const guestDir = path.dirname(g.upper);
+    const manifest = (await readdir(guestDir)).find((n) => n.startsWith('backup-manifest-'));
+    assert.ok(manifest);
+    await writeFile(path.join(guestDir, manifest), 'damaged');
+    const next = link(await g.storage.exportIncremental?.(spec, path.join(dir, 'g0.tar.zst')));
+    assert.equal(next.kind, 'full');
+    assert.notEqual(next.chain, own.chain);
+  });
+});
+
+describe('the manifest and the snapshot file made from it', () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-ct-manifest-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a manifest round-trips, lends digests only to an entry with the same inode and ctime, and sees content, modes, owners and xattrs', async () => {
+    const root = path.join(dir, 'm');
+    await mkdir(path.join(root, 'd'), { recursive: true });
+    await writeFile(path.join(root, 'd/f'), 'one');
+    await writeFile(path.join(root, 'g'), 'two');
+    const first = await buildManifest(runner, root);
+    assert.deepEqual(
+      first.map((e) => e.p),
+      ['.', 'd', 'd/f', 'g'],
+    );
+    assert.deepEqual(decodeManifest(encodeManifest(first)), first);
+    const portable = decodeManifest(encodeManifest(first, { portable: true }));
+    assert.ok(portable?.every((e) => e.i === undefined && e.c === undefined));
+    assert.deepEqual(changedSince(await buildManifest(runner, root, first), first), []);
+    // A lent digest would hide this: the same inode, size and mtime, other bytes, another ctime.
+    const st = await stat(path.join(root, 'g'));
+    await writeFile(path.join(root, 'g'), 'TWO');
+    await utimes(path.join(root, 'g'), st.atime, st.mtime);
+    await setXattr(path.join(root, 'd/f'), 'user.x', '1');
+    assert.deepEqual(changedSince(await buildManifest(runner, root, first), first), ['d/f', 'g']);
+    assert.equal(decodeManifest(Buffer.from('x')), undefined);
+  });
+
+  test('the snapshot file lists each directory with its inode and the unchanged names only', async () => {
+    const root = path.join(dir, 's');
+    await mkdir(path.join(root, 'd'), { recursive: true });
+    await writeFile(path.join(root, 'd/same'), 'same');
+    await writeFile(path.join(root, 'd/changed'), 'one');
+    const then = await buildManifest(runner, root);
+    await writeFile(path.join(root, 'd/changed'), 'two');
+    const now = await buildManifest(runner, root);
+    const text = carriedSnapshotFile(now, then).toString('latin1');
+    const ino = (await stat(path.join(root, 'd'))).ino;
+    assert.ok(text.startsWith('GNU tar-1.34-2\n99999999999\u00000\u0000'), JSON.stringify(text));
+    assert.ok(text.includes(`\u0000${ino}\u0000./d\u0000Ysame\u0000\u0000\u0000`), JSON.stringify(text));
+    assert.ok(text.includes('\u0000.\u0000Dd\u0000\u0000\u0000'), JSON.stringify(text));
+  });
+});
