@@ -19,6 +19,8 @@ RUNTIME_PACKAGES=(runc busybox-static debootstrap xz-utils zstd gzip tar util-li
 RUNTIME_PACKAGES+=(ovmf)
 # Power management's ipmi driver runs ipmitool against a member's BMC (decision 0055).
 RUNTIME_PACKAGES+=(ipmitool)
+# perl with its full library (syscall.ph, Digest::SHA): the ct backup manifest reads xattrs and hashes files (decision 0062).
+RUNTIME_PACKAGES+=(perl)
 
 # Only the test suite's: the web UI's browser tests drive Debian's Chromium (no browser download is possible).
 # GNU time measures the CLI's peak memory in bench/cli-latency.ts (CI runs the benchmarks' quick mode).

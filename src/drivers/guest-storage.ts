@@ -12,7 +12,8 @@ export interface BackupChainLink {
 /**
  * The state a guest's next incremental backup continues from, as bytes another member can take
  * over (decision 0062, amended: a chain that goes on across a move or a recovery). `data` is the
- * driver's own (pvm: the disk's size and its block checksums at that link); only the driver of
+ * driver's own (pvm: the disk's size and its block checksums at that link; ct: a manifest of its
+ * upper layer, src/drivers/ct/ct-chain-carry.ts); only the driver of
  * the same model reads it.
  */
 export interface PortableChainState {
@@ -85,8 +86,8 @@ export interface GuestStorage {
   ): Promise<void>;
   /**
    * Optional: the state the guest's next incremental continues from (its last link's), or none
-   * without a chain. A model whose state names this host's files (ct's tar snapshot file, vm's
-   * bitmap in the disk) has no such method.
+   * without a chain. A model whose state names this host's files (vm's bitmap in the disk) has no
+   * such method; ct carries a manifest of its layer's content beside tar's snapshot file.
    */
   chainState?(spec: GuestSpec): Promise<PortableChainState | undefined>;
   /**
