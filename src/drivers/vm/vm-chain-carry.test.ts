@@ -167,6 +167,39 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     );
   });
 
+  test('a guest moved with a snapshot: the snapshot’s import keeps the bitmap, and the chain goes on', async () => {
+    const g = await member('g', { base: true });
+    const link0 = await g.storage.exportIncremental?.(spec, path.join(dir, 'g-full.tar.zst'));
+    assert.ok(link0);
+    const carried = await g.storage.chainState?.(spec);
+    assert.ok(carried);
+    await write(g.disk, 4 * MiB, CLUSTER, 0x44);
+    await g.storage.snapshot(spec, 's1');
+    await write(g.disk, 6 * MiB, CLUSTER, 0x66);
+    // The move's archive: the current state, then the snapshot (as createBackup --with-snapshots makes it).
+    const current = path.join(dir, 'g-move.tar.zst');
+    const snap = path.join(dir, 'g-s1.tar.zst');
+    await g.storage.exportTar(spec, current);
+    await g.storage.exportTar(spec, snap, { snapshot: 's1' });
+    const h = await member('h');
+    await h.storage.importTar(spec, current);
+    await h.storage.importTar(spec, snap, { snapshot: 's1' });
+    assert.deepEqual(await h.storage.listSnapshots(spec), ['s1']);
+    assert.deepEqual(
+      (await storedBitmaps(runner, h.disk)).map((x) => x.name),
+      [linkBitmap(link0.chain, 0)],
+    );
+    assert.equal(await h.storage.continueChain?.(spec, carried), true);
+    const incTar = path.join(dir, 'h-inc1.tar.zst');
+    const link1 = await h.storage.exportIncremental?.(spec, incTar);
+    assert.deepEqual(link1, { chain: link0.chain, sequence: 1, kind: 'incremental' });
+    assert.deepEqual(await clustersOf(await unpackDisk(incTar, path.join(dir, 'h-inc1'))), [64, 96]);
+    const i = await member('i');
+    await i.storage.importIncremental?.(spec, path.join(dir, 'g-full.tar.zst'), { link: link0 });
+    await i.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
+    await identical(i.disk, h.disk);
+  });
+
   test('a move without the bitmap, or with another link’s, gives a full backup', async () => {
     assert.ok(state);
     // Without: the archive's bitmaps left out (as an older daemon's archive, or a flat qcow2 alone).

@@ -378,7 +378,7 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     } catch (e) {
       log.warn(
         { err: e instanceof Error ? e.message : String(e) },
-        `the archive's ${ARCHIVE_BITMAPS} is not carried: the guest's next backup is a full one`,
+        `backup bitmaps not carried from ${bitmaps}: the guest's next backup is a full one`,
       );
       // Half-added bitmaps would name a link they do not follow.
       await dropBackupBitmap(flat).catch(() => {});
@@ -625,14 +625,23 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
               const content = { path: flat, format: 'qcow2' };
               const snap = snapshot;
               // The current state is kept aside in an internal snapshot while the disk takes the snapshot's content.
-              await dropBackupBitmap(tmp);
-              const active = tmpName('active');
-              await img.createSnapshot(tmp, active);
-              await img.setContent(tmp, content, signal ? { signal } : {});
-              if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
-              await img.createSnapshot(tmp, snap);
-              await img.applySnapshot(tmp, active);
-              await img.deleteSnapshot(tmp, active);
+              // qcow2 applies no snapshot under a bitmap: the backup bitmaps wait beside it meanwhile,
+              // and come back once the current state is back as it was (a moved guest's chain goes on).
+              const kept = join(dirname(tmp), `${tmpName('bitmaps')}.qcow2`);
+              try {
+                const hadBitmaps = await bitmapsAside(tmp, kept);
+                await dropBackupBitmap(tmp);
+                const active = tmpName('active');
+                await img.createSnapshot(tmp, active);
+                await img.setContent(tmp, content, signal ? { signal } : {});
+                if ((await img.info(tmp)).snapshots.includes(snap)) await img.deleteSnapshot(tmp, snap);
+                await img.createSnapshot(tmp, snap);
+                await img.applySnapshot(tmp, active);
+                await img.deleteSnapshot(tmp, active);
+                if (hadBitmaps) await carryBitmaps(kept, tmp, (await img.info(tmp)).virtualSizeBytes);
+              } finally {
+                await rm(kept, { force: true });
+              }
             },
         uefiVarsAt(spec, snapshot),
       );
