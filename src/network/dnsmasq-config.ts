@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { dhcpRange, formatIpv4 } from './ipv4.ts';
 import type { DhcpHost, NetworkDefinition } from './network-backend.ts';
-import { SPANNED_MTU } from './vxlan.ts';
+import { spannedMtu } from './vxlan.ts';
 
 /** Files of one network's dnsmasq under `${stateDir}/networks/<name>/`. */
 export interface DnsmasqPaths {
@@ -63,7 +63,7 @@ export function dnsmasqArgv(def: NetworkDefinition, paths: DnsmasqPaths): string
     '--no-hosts',
     `--log-facility=${paths.log}`,
     // A spanned network's frames carry VXLAN's 50 bytes on the wire (decision 0050).
-    ...(def.tunnel ? [`--dhcp-option=option:mtu,${SPANNED_MTU}`] : []),
+    ...(def.tunnel ? [`--dhcp-option=option:mtu,${spannedMtu(def.tunnel.local)}`] : []),
   ];
 }
 

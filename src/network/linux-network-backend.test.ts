@@ -318,6 +318,103 @@ describe('linux network backend', () => {
     assert.equal((await backend.inspect('tvnet0', undefined)).bridge, true, 'bridge and VXLAN device there');
   });
 
+  test('ensure() over IPv6 cluster addresses (decision 0100): local and flood entries v6, MTU 1430 on the device, ports and DHCP, the input rules in the ip6 table; a device already right is kept', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const paths = dnsmasqPaths(stateDir, 'tvnet0');
+    const vx = vxlanDevice(stateDir, 'tvnet0');
+    let device: unknown;
+    const runner = fakeRunner((argv) => {
+      const line = argv.join(' ');
+      if (line === `ip -details -json link show dev ${vx}` && device)
+        return { stdout: JSON.stringify([device]) };
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (line === `bridge -json fdb show dev ${vx}`) return { stdout: '[]' };
+      if (argv[0] === 'dnsmasq')
+        return {
+          effect: () =>
+            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+        };
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir });
+    const tunnel = {
+      vni: 7,
+      local: 'fd42:1::11',
+      remotes: ['fd42:1::12'],
+      nics: { 'fd42:1::12': [{ mac: '02:00:00:00:00:05', ip: '198.18.10.5' }] },
+    };
+    await backend.ensure(def({ vni: 7, tunnel }), undefined);
+    const cmds = runner.commands();
+    assert.ok(
+      cmds.includes(`ip link add name ${vx} type vxlan id 7 local fd42:1::11 dstport 4789`),
+      cmds.join('\n'),
+    );
+    assert.ok(cmds.includes(`bridge fdb append 00:00:00:00:00:00 dev ${vx} dst fd42:1::12`));
+    assert.ok(cmds.includes(`ip link set dev ${vx} mtu 1430 master tvnet0 up`), cmds.join('\n'));
+    const scripts = runner.calls.flatMap((c) =>
+      c.argv[0] === 'nft' ? [String((c.options as { input?: string }).input)] : [],
+    );
+    const tables = scripts.find((x) => x.includes('table ip trivisor-tvnet0 {')) ?? '';
+    assert.match(
+      tables,
+      /table ip trivisor-tvnet0 \{[\s\S]*chain input \{[^}]*\n {4}udp dport 4789 drop\n {2}\}/,
+    );
+    assert.ok(tables.includes('udp dport 4789 ip6 saddr != { fd42:1::12 } drop'), tables);
+    assert.ok(
+      tables.includes(
+        'udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+      ),
+      tables,
+    );
+    assert.ok(
+      tables.indexOf('table ip6 trivisor-tvnet0 {') > tables.indexOf('table ip trivisor-tvnet0 {'),
+      tables,
+    );
+    assert.ok(
+      scripts.some((x) => x.includes('tcp option maxseg size set 1390')),
+      'SYNs clamped to 1430 - 40',
+    );
+    assert.ok(cmds.find((c) => c.startsWith('dnsmasq '))?.includes('--dhcp-option=option:mtu,1430'));
+    await backend.plugVeth(
+      {
+        port: 'tv0123456789',
+        bridge: 'tvnet0',
+        mac: '02:00:00:00:00:02',
+        ip: '198.18.10.2',
+        isolated: false,
+      },
+      { netnsPid: 42, ifname: 'eth0' },
+    );
+    assert.ok(
+      runner
+        .commands()
+        .some((c) => c.startsWith('ip link add name tv0123456789 ') && c.includes(' mtu 1430 ')),
+    );
+    const tap = await backend.plugTap({
+      port: 'tv0123456788',
+      bridge: 'tvnet0',
+      mac: '02:00:00:00:00:03',
+      ip: '198.18.10.3',
+      isolated: false,
+    });
+    assert.deepEqual(tap, { mtu: 1430 });
+    // `ip -details -json` calls an IPv6 local `local6`: a device already right is not made again.
+    device = {
+      ifname: vx,
+      ifalias: ownerAlias(stateDir),
+      linkinfo: { info_kind: 'vxlan', info_data: { id: 7, local6: 'fd42:1::11', port: 4789 } },
+    };
+    const before = runner.commands().length;
+    await backend.ensure(def({ vni: 7, tunnel }), undefined);
+    const again = runner.commands().slice(before);
+    assert.ok(
+      !again.some((c) => c.startsWith(`ip link del dev ${vx}`) || c.startsWith(`ip link add name ${vx}`)),
+      again.join('\n'),
+    );
+  });
+
   test('ensure() without a tunnel (a single host) removes a VXLAN device of its own and its table, and advertises no MTU', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
     dirs.push(stateDir);
@@ -357,7 +454,7 @@ describe('linux network backend', () => {
     assert.ok(!runner.commands().some((c) => c.includes('link add') || c.includes('link del')));
   });
 
-  test('remove() deletes only our bridge and its nft table', async () => {
+  test('remove() deletes only our bridge and its nft tables (ip, and ip6 for a tunnel over IPv6)', async () => {
     const stateDir = '/nonexistent-state';
     const runner = fakeRunner((argv) =>
       argv.join(' ') === 'ip -json link show dev tvnet0'
@@ -370,7 +467,9 @@ describe('linux network backend', () => {
       .filter((c) => c.argv[0] === 'nft')
       .map((c) => (c.options as { input?: string }).input);
     assert.ok(
-      nft.includes('add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\n'),
+      nft.includes(
+        'add table ip trivisor-tvnet0\ndelete table ip trivisor-tvnet0\nadd table ip6 trivisor-tvnet0\ndelete table ip6 trivisor-tvnet0\n',
+      ),
       nft.join('\n'),
     );
     // Its last network gone, the daemon's ports table goes too.

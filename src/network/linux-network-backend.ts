@@ -38,7 +38,7 @@ import {
   fdbChanges,
   floodDestinations,
   gatewayMac,
-  SPANNED_MTU,
+  spannedMtu,
   tunnelRuleset,
   UNDERLAY_MTU,
   VXLAN_PORT,
@@ -103,13 +103,20 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     return (
       JSON.parse(r.stdout || '[]') as Array<{
         ifalias?: string;
-        linkinfo?: { info_kind?: string; info_data?: { id?: number; local?: string; port?: number } };
+        linkinfo?: {
+          info_kind?: string;
+          // `local6` when the tunnel is over IPv6 (decision 0100).
+          info_data?: { id?: number; local?: string; local6?: string; port?: number };
+        };
       }>
     )[0];
   };
 
-  /** Networks whose last ensure() built a tunnel: inspect() says a bridge without it needs repair. */
-  const tunnelled = new Set<string>();
+  /**
+   * Networks whose last ensure() built a tunnel, with its MTU (1450 over IPv4, 1430 over IPv6):
+   * inspect() says a bridge without it needs repair.
+   */
+  const tunnelled = new Map<string, number>();
 
   /** Removes a network's VXLAN device; its table too unless the caller's transaction deletes it. */
   const removeTunnel = async (name: string, { table = true } = {}): Promise<void> => {
@@ -136,12 +143,14 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       );
     }
     const data = info?.linkinfo?.info_data;
-    if (info && (data?.id !== t.vni || data.local !== t.local || data.port !== VXLAN_PORT)) {
+    const local = data?.local ?? data?.local6;
+    if (info && (data?.id !== t.vni || local !== t.local || data.port !== VXLAN_PORT)) {
       await runner.run(['ip', 'link', 'del', 'dev', dev]);
       info = undefined;
     }
+    const mtu = spannedMtu(t.local);
     await nft(
-      tunnelRuleset({ network: def.name, device: dev, gateway: def.gateway.address, hosts: def.hosts }),
+      tunnelRuleset({ network: def.name, device: dev, gateway: def.gateway.address, hosts: def.hosts, mtu }),
     );
     if (!info) {
       await runner.run([
@@ -161,12 +170,12 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       await runner.run(['bridge', 'fdb', 'append', '00:00:00:00:00:00', 'dev', dev, 'dst', ip]);
     }
     await runner.run([
-      ...['ip', 'link', 'set', 'dev', dev, 'mtu', String(SPANNED_MTU)],
+      ...['ip', 'link', 'set', 'dev', dev, 'mtu', String(mtu)],
       ...['master', def.name, 'up'],
     ]);
     // Isolated guests of other members are isolated from these too: the tunnel is one more isolated port.
     await runner.run(['bridge', 'link', 'set', 'dev', dev, 'isolated', def.isolated ? 'on' : 'off']);
-    tunnelled.add(def.name);
+    tunnelled.set(def.name, mtu);
   };
 
   const dnsmasqRuns = async (known: ProcessIdentity | undefined): Promise<boolean> => {
@@ -534,7 +543,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
           runner.run([
             ...['ip', 'link', 'add', 'name', def.port, 'master', bridge, 'up', 'type', 'veth'],
             ...['peer', 'name', ifname, 'address', def.mac],
-            ...(tunnelled.has(def.bridge) ? ['mtu', String(SPANNED_MTU)] : []),
+            ...(tunnelled.has(def.bridge) ? ['mtu', String(tunnelled.get(def.bridge))] : []),
             ...['netns', netns],
           ]),
         );
@@ -563,15 +572,16 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         ]);
         // The host end at the tunnel's MTU too, as a ct guest's veth: the guest end is QEMU's or
         // UML's, which the driver sets in the guest from the MTU returned.
-        if (tunnelled.has(def.bridge)) {
-          await runner.run(['ip', 'link', 'set', 'dev', def.port, 'mtu', String(SPANNED_MTU)]);
+        const mtu = tunnelled.get(def.bridge);
+        if (mtu !== undefined) {
+          await runner.run(['ip', 'link', 'set', 'dev', def.port, 'mtu', String(mtu)]);
         }
         await attachTap(def);
       } catch (e) {
         await backend.unplug(def.port);
         throw e;
       }
-      return { mtu: tunnelled.has(def.bridge) ? SPANNED_MTU : UNDERLAY_MTU };
+      return { mtu: tunnelled.get(def.bridge) ?? UNDERLAY_MTU };
     },
 
     async unplug(port) {

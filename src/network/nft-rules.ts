@@ -1,7 +1,8 @@
+import { isIPv6 } from 'node:net';
 import type { NetworkAclRule } from '../core/types.ts';
 import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
 import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
-import { vxlanInputRules } from './vxlan.ts';
+import { VXLAN_PORT, vxlanInputRules } from './vxlan.ts';
 
 /** nftables table of a network (family ip). */
 export const networkTable = (name: string): string => `trivisor-${name}`;
@@ -45,8 +46,15 @@ export function networkRuleset(
   if (def.nat) {
     body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
   }
+  // Over an IPv6 underlay (decision 0100) the tunnel's rules are the ip6 table's, and no IPv4
+  // VXLAN is taken at all.
+  const v6 = def.tunnel !== undefined && isIPv6(def.tunnel.local);
+  const input = (rules: string[]) =>
+    `  chain input {\n    type filter hook input priority filter; policy accept;\n${rules.join('\n')}\n  }\n`;
   if (def.tunnel) {
-    body += `  chain input {\n    type filter hook input priority filter; policy accept;\n${vxlanInputRules(def.tunnel.remotes, def.tunnel.nics).join('\n')}\n  }\n`;
+    body += input(
+      v6 ? [`    udp dport ${VXLAN_PORT} drop`] : vxlanInputRules(def.tunnel.remotes, def.tunnel.nics),
+    );
   }
   const dnat = (def.forwards ?? []).map(
     (f) =>
@@ -59,11 +67,23 @@ export function networkRuleset(
       body += `  chain ${hook} {\n    type nat hook ${hook} priority -100; policy accept;\n${dnat.join('\n')}\n  }\n`;
     }
   }
-  return replaceTable('ip', networkTable(def.name), body);
+  const ip6 =
+    v6 && def.tunnel
+      ? replaceTable(
+          'ip6',
+          networkTable(def.name),
+          input(vxlanInputRules(def.tunnel.remotes, def.tunnel.nics, 'ip6')),
+        )
+      : deleteTable('ip6', networkTable(def.name));
+  return replaceTable('ip', networkTable(def.name), body) + ip6;
 }
 
+const deleteTable = (family: string, table: string) =>
+  `add table ${family} ${table}\ndelete table ${family} ${table}\n`;
+
+/** Deletes a network's ip table and its ip6 table (the input rules of a tunnel over IPv6). */
 export function deleteNetworkRuleset(name: string): string {
-  return `add table ip ${networkTable(name)}\ndelete table ip ${networkTable(name)}\n`;
+  return deleteTable('ip', networkTable(name)) + deleteTable('ip6', networkTable(name));
 }
 
 /**

@@ -10,6 +10,8 @@ import {
   pickVni,
   SPANNED_MSS,
   SPANNED_MTU,
+  spannedMss,
+  spannedMtu,
   tunnelEnds,
   tunnelRuleset,
   vxlanDevice,
@@ -189,5 +191,40 @@ describe('VXLAN between members', () => {
     const text = tunnelRuleset({ network: 'net0', device: 'vx0', gateway: '198.18.9.1', hosts: [] });
     assert.ok(text.includes('iifname "vx0" drop'), text);
     assert.ok(!text.includes('saddr . ip saddr'), text);
+  });
+
+  test('over IPv6 cluster addresses: ends in canonical form whatever the records spell, MTU 1430 (20 bytes more header), MSS 1390, the rules in ip6 terms', () => {
+    const v6 = [
+      { name: 'm1', address: '[fd42:1::11]:8443' },
+      { name: 'm2', address: '[FD42:1:0:0::0012]:8443' },
+      { name: 'm3', address: '2001:db8::13' },
+    ];
+    assert.deepEqual(tunnelEnds(v6, 'm1'), { local: 'fd42:1::11', remotes: ['2001:db8::13', 'fd42:1::12'] });
+    assert.equal(addressHost('[fd42:1:0::0012]'), 'fd42:1::12');
+    assert.equal(addressHost('198.18.5.11:8443'), '198.18.5.11');
+    assert.equal(spannedMtu('198.18.5.11'), 1450);
+    assert.equal(spannedMtu('fd42:1::11'), 1430);
+    assert.equal(spannedMss(1430), 1390);
+    const text = tunnelRuleset({ network: 'n', device: 'vx0', gateway: '198.18.9.1', hosts: [], mtu: 1430 });
+    assert.ok(
+      text.includes(
+        'oifname "vx0" tcp flags syn tcp option maxseg size > 1390 tcp option maxseg size set 1390',
+      ),
+      text,
+    );
+    assert.deepEqual(
+      vxlanInputRules(
+        ['fd42:1::12', 'fd42:1::13'],
+        { 'fd42:1::12': [{ mac: '02:00:00:00:00:05', ip: '198.18.10.5' }] },
+        'ip6',
+      ),
+      [
+        '    udp dport 4789 ip6 saddr != { fd42:1::12, fd42:1::13 } drop',
+        // The same offsets: @th counts from the UDP header whatever the outer header's size.
+        '    udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+        '    udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0806 @th,304,48 . @th,352,32 != { 0x020000000005 . 0xc6120a05 } drop',
+        '    udp dport 4789 ip6 saddr fd42:1::13 @th,224,16 { 0x0800, 0x0806 } drop',
+      ],
+    );
   });
 });

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { isIPv6 } from 'node:net';
 import { stableMac } from './ipv4.ts';
 import type { DhcpHost } from './network-backend.ts';
 
@@ -6,12 +7,25 @@ import type { DhcpHost } from './network-backend.ts';
 export const VXLAN_PORT = 4789;
 /** Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) header bytes added to every frame. */
 export const VXLAN_OVERHEAD = 50;
+/** The same over an IPv6 underlay: its outer header is 40 bytes, 20 more than IPv4's. */
+export const VXLAN6_OVERHEAD = 70;
 /** Underlay MTU assumed for the members' cluster addresses (ordinary Ethernet). */
 export const UNDERLAY_MTU = 1500;
-/** The MTU of a spanned network, as guests are told by DHCP (option 26). */
+/** The MTU of a network spanned over IPv4 cluster addresses, as guests are told by DHCP (option 26). */
 export const SPANNED_MTU = UNDERLAY_MTU - VXLAN_OVERHEAD;
-/** The TCP MSS clamped on SYNs crossing the tunnel: the spanned MTU less IPv4 and TCP headers. */
+/** The TCP MSS clamped on SYNs crossing an IPv4 tunnel: the spanned MTU less IPv4 and TCP headers. */
 export const SPANNED_MSS = SPANNED_MTU - 40;
+
+/**
+ * The guests' MTU on a network whose tunnel starts at `local` (this member's cluster IP): 1450
+ * over IPv4, 1430 over IPv6 (decision 0100).
+ */
+export function spannedMtu(local: string): number {
+  return UNDERLAY_MTU - (isIPv6(local) ? VXLAN6_OVERHEAD : VXLAN_OVERHEAD);
+}
+
+/** The MSS clamped on TCP SYNs crossing a tunnel of `mtu`: less the guests' IPv4 and TCP headers. */
+export const spannedMss = (mtu: number): number => mtu - 40;
 /** VNIs are 24 bits; 0 is left out (some switches treat it as "none"). */
 export const MIN_VNI = 1;
 export const MAX_VNI = 2 ** 24 - 1;
@@ -50,12 +64,23 @@ export function gatewayMac(network: string, vni: number): string {
   return stableMac(`gateway\0${vni}`, network);
 }
 
-/** The IP of a member's address (`IP:PORT`, `[IPv6]:PORT` or a bare IP). */
+/**
+ * The IP of a member's address (`IP:PORT`, `[IPv6]:PORT` or a bare IP). An IPv6 address is
+ * given in its canonical form (lower case, zeros compressed), as `ip` and `bridge` show it: the
+ * FDB and the device's `local` are compared with it.
+ */
 export function addressHost(address: string): string {
   const v6 = /^\[([^\]]+)\](?::\d+)?$/.exec(address);
-  if (v6?.[1]) return v6[1];
+  if (v6?.[1]) return canonicalIpv6(v6[1]);
+  if (isIPv6(address)) return canonicalIpv6(address);
   const m = /^([^:]+)(?::\d+)?$/.exec(address);
   return m?.[1] ?? address;
+}
+
+/** An IPv6 address as `ip` prints it (`FD42:0::0012` → `fd42::12`); anything else unchanged. */
+export function canonicalIpv6(ip: string): string {
+  if (!isIPv6(ip)) return ip;
+  return new URL(`http://[${ip}]/`).hostname.slice(1, -1);
 }
 
 /**
@@ -169,8 +194,11 @@ export function tunnelRuleset(def: {
   device: string;
   gateway: string;
   hosts: ReadonlyArray<Pick<DhcpHost, 'mac' | 'ip'>>;
+  /** The tunnel's MTU (default: over IPv4, 1450): SYNs are clamped to it less 40. */
+  mtu?: number;
 }): string {
   const vx = JSON.stringify(def.device);
+  const mss = spannedMss(def.mtu ?? SPANNED_MTU);
   const pairs = [...new Set(def.hosts.map((h) => `${h.mac.toLowerCase()} . ${h.ip}`))].sort();
   const fromTunnel =
     pairs.length === 0
@@ -186,8 +214,8 @@ export function tunnelRuleset(def: {
     `    oifname ${vx} udp dport { 67, 68 } drop`,
     `    iifname ${vx} udp dport { 67, 68 } drop`,
     ...fromTunnel,
-    `    oifname ${vx} tcp flags syn tcp option maxseg size > ${SPANNED_MSS} tcp option maxseg size set ${SPANNED_MSS}`,
-    `    iifname ${vx} tcp flags syn tcp option maxseg size > ${SPANNED_MSS} tcp option maxseg size set ${SPANNED_MSS}`,
+    `    oifname ${vx} tcp flags syn tcp option maxseg size > ${mss} tcp option maxseg size set ${mss}`,
+    `    iifname ${vx} tcp flags syn tcp option maxseg size > ${mss} tcp option maxseg size set ${mss}`,
   ];
   const table = tunnelTable(def.network);
   const body = [
@@ -234,11 +262,13 @@ const INNER = {
 export function vxlanInputRules(
   remotes: readonly string[],
   nics: Readonly<Record<string, NicPair[]>>,
+  /** The underlay's family: `ip6` for the ip6 table of a tunnel over IPv6 (decision 0100). */
+  family: 'ip' | 'ip6' = 'ip',
 ): string[] {
   if (remotes.length === 0) return [`    udp dport ${VXLAN_PORT} drop`];
-  const rules = [`    udp dport ${VXLAN_PORT} ip saddr != { ${remotes.join(', ')} } drop`];
+  const rules = [`    udp dport ${VXLAN_PORT} ${family} saddr != { ${remotes.join(', ')} } drop`];
   for (const remote of remotes) {
-    const from = `    udp dport ${VXLAN_PORT} ip saddr ${remote} ${INNER.etherType}`;
+    const from = `    udp dport ${VXLAN_PORT} ${family} saddr ${remote} ${INNER.etherType}`;
     const pairs = [...new Set((nics[remote] ?? []).map((n) => `${macHex(n.mac)} . ${ipHex(n.ip)}`))].sort();
     if (pairs.length === 0) {
       rules.push(`${from} { 0x0800, 0x0806 } drop`);

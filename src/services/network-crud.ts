@@ -1,3 +1,4 @@
+import { isIPv6 } from 'node:net';
 import { alreadyExists, conflict, failedPrecondition, notFound } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import {
@@ -15,7 +16,7 @@ import type {
   NetworkTunnel,
 } from '../core/types.ts';
 import { type Ipv4Cidr, overlaps, parseCidr, parseGatewayCidr, subnetOf } from '../network/ipv4.ts';
-import { addressHost, pickVni, SPANNED_MTU, VXLAN_PORT } from '../network/vxlan.ts';
+import { addressHost, pickVni, SPANNED_MTU, spannedMtu, VXLAN_PORT } from '../network/vxlan.ts';
 import { records, valuesOf } from '../store/records.ts';
 import type { NetworkContext } from './network-context.ts';
 import type { NetworkService } from './network-service.ts';
@@ -54,10 +55,22 @@ export function networkMembers(
   });
 }
 
-/** The VXLAN of a network on a cluster (decision 0050), as the API shows it: read-only. */
-export function networkTunnel(spec: NetworkSpec): NetworkTunnel | undefined {
+/**
+ * The VXLAN of a network on a cluster (decision 0050), as the API shows it: read-only. Its MTU is
+ * 1430 when the members' cluster addresses are IPv6 (decision 0100), else 1450.
+ */
+export function networkTunnel(
+  spec: NetworkSpec,
+  addresses: Iterable<string> = [],
+): NetworkTunnel | undefined {
   if (spec.vni === undefined) return undefined;
-  return { type: 'vxlan', id: spec.vni, port: VXLAN_PORT, mtu: SPANNED_MTU };
+  const v6 = [...addresses].find((a) => isIPv6(addressHost(a)));
+  return {
+    type: 'vxlan',
+    id: spec.vni,
+    port: VXLAN_PORT,
+    mtu: v6 ? spannedMtu(addressHost(v6)) : SPANNED_MTU,
+  };
 }
 
 /** Listing, reading, creating, changing and deleting networks of the context's view. */
@@ -88,7 +101,7 @@ export function networkCrud(
     if (spec.acls?.length) n.acls = spec.acls;
     if (cluster && cluster.members.length > 0) {
       n.members = networkMembers(spec, { own: status, ...cluster });
-      const tunnel = networkTunnel(spec);
+      const tunnel = networkTunnel(spec, cluster.addresses.values());
       if (tunnel) n.tunnel = tunnel;
     }
     return n;

@@ -67,6 +67,24 @@ test("networkMembers() and networkTunnel(): a network with a VNI shows its VXLAN
     ],
   );
   assert.deepEqual(networkTunnel(spanned), { type: 'vxlan', id: 7, port: 4789, mtu: 1450 });
+  assert.deepEqual(networkTunnel(spanned, addresses.values()), {
+    type: 'vxlan',
+    id: 7,
+    port: 4789,
+    mtu: 1450,
+  });
+  // Over IPv6 cluster addresses the outer header is 20 bytes more (decision 0100).
+  const v6 = ['[fd42:1::11]:8443', '[fd42:1::12]:8443'];
+  assert.deepEqual(networkTunnel(spanned, v6), { type: 'vxlan', id: 7, port: 4789, mtu: 1430 });
+  assert.equal(
+    networkMembers(spanned, {
+      own: created(2),
+      members: ['m1'],
+      statuses: new Map(),
+      addresses: new Map([['m1', v6[0] ?? '']]),
+    }).find((m) => m.name === 'm1')?.tunnelEndpoint,
+    'fd42:1::11',
+  );
   // A network without a VNI yet (made before networks spanned members): no tunnel to show.
   assert.equal(networkTunnel(spec), undefined);
   assert.deepEqual(

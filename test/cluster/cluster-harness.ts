@@ -24,8 +24,10 @@ import { type Daemon, eventually, startDaemon } from '../system/harness.ts';
 export interface MemberHost {
   name: string;
   netns: string;
-  /** Its IP on the test bridge. */
+  /** Its IP on the test bridge: IPv4, or IPv6 with `underlay: 'ipv6'` (its cluster address). */
   ip: string;
+  /** Its IPv4 address on the test bridge (the same as `ip` unless the underlay is IPv6). */
+  ip4: string;
   daemon: Daemon;
 }
 
@@ -62,11 +64,18 @@ export async function makeTestCluster(
      * its name (a boot id file of its own, TRIVISOR_BOOT_ID_FILE).
      */
     env?: Record<string, string> | ((host: string) => Record<string, string>);
+    /**
+     * The members' cluster addresses: IPv4 on a /24 of 198.18.0.0/15 (the default), or IPv6 on
+     * a /64 of fd42::/16 (ULA; each host keeps its IPv4 address too, unused by the cluster).
+     */
+    underlay?: 'ipv4' | 'ipv6';
   } = {},
 ): Promise<TestCluster> {
   const dir = await makeRunDir('cluster');
   const id = randomBytes(3).toString('hex');
   const subnet = `198.18.${100 + (randomBytes(1)[0]! % 150)}`;
+  // Written as `ip` prints it (no leading zeros), so tests compare it with what the kernel shows.
+  const v6prefix = `fd42:${(Number.parseInt(id.slice(0, 4), 16) | 0x1000).toString(16)}:${(Number.parseInt(id.slice(4), 16) | 0x100).toString(16)}::`;
   const hub = `trvc-${id}-hub`;
   const hosts: MemberHost[] = [];
   claim(dir, { netns: [hub] });
@@ -86,7 +95,7 @@ export async function makeTestCluster(
 
   let made = 0;
   /** A namespace on the test bridge with `ip` on its eth0. */
-  const plug = (name: string): { netns: string; ip: string } => {
+  const plug = (name: string): { netns: string; ip: string; ip4: string } => {
     made++;
     const netns = `trvc-${id}-${name}`;
     const ip = `${subnet}.${10 + made}`;
@@ -97,12 +106,19 @@ export async function makeTestCluster(
     run(['ip', '-n', hub, 'link', 'add', name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
     run(['ip', '-n', hub, 'link', 'set', name, 'master', 'br0', 'up']);
     run(['ip', '-n', netns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    if (options.underlay !== 'ipv6') {
+      run(['ip', '-n', netns, 'link', 'set', 'eth0', 'up']);
+      return { netns, ip, ip4: ip };
+    }
+    // nodad: usable at once, not after duplicate address detection's second or so.
+    const ip6 = `${v6prefix}${10 + made}`;
+    run(['ip', '-n', netns, 'addr', 'add', `${ip6}/64`, 'dev', 'eth0', 'nodad']);
     run(['ip', '-n', netns, 'link', 'set', 'eth0', 'up']);
-    return { netns, ip };
+    return { netns, ip: ip6, ip4: ip };
   };
 
   const addHost = async (name: string): Promise<MemberHost> => {
-    const { netns, ip } = plug(name);
+    const { netns, ip, ip4 } = plug(name);
     const daemon = await startDaemon({
       netns,
       hostname: name,
@@ -111,7 +127,7 @@ export async function makeTestCluster(
         ...(typeof options.env === 'function' ? options.env(name) : options.env),
       },
     });
-    const host = { name, netns, ip, daemon };
+    const host = { name, netns, ip, ip4, daemon };
     hosts.push(host);
     return host;
   };
@@ -119,8 +135,9 @@ export async function makeTestCluster(
   const children: ChildProcess[] = [];
   const startEtcd = async (name: string) => {
     const { netns, ip } = plug(name);
-    const url = `http://${ip}:2379`;
-    const peer = `http://${ip}:2380`;
+    const h = ip.includes(':') ? `[${ip}]` : ip;
+    const url = `http://${h}:2379`;
+    const peer = `http://${h}:2380`;
     const child = spawn(
       'nsenter',
       [
