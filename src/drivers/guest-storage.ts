@@ -86,8 +86,8 @@ export interface GuestStorage {
   ): Promise<void>;
   /**
    * Optional: the state the guest's next incremental continues from (its last link's), or none
-   * without a chain. A model whose state names this host's files (vm's bitmap in the disk) has no
-   * such method; ct carries a manifest of its layer's content beside tar's snapshot file.
+   * without a chain. ct carries a manifest of its layer's content beside tar's snapshot file; vm
+   * names the disk's bitmap of that link, which its disk carries across a move (decision 0062).
    */
   chainState?(spec: GuestSpec): Promise<PortableChainState | undefined>;
   /**

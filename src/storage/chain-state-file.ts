@@ -9,7 +9,8 @@ import type { PortableChainState } from '../drivers/guest-storage.ts';
  * amended): written by the export beside its archive, shipped beside the archive into the backup
  * directory, and read by the scheduler of whichever member holds the guest next, so that the
  * first backup after a move or a recovery can be that chain's next link. Only models whose state
- * is about content, not this host's files, have one (pvm: block checksums; ct: a manifest of its layer).
+ * another member can check have one (pvm: block checksums; ct: a manifest of its layer; vm: the
+ * name of the disk's bitmap of that link, which the disk carries when it moves).
  *
  *     <dir>/<guest>/20261205T040000Z-incr-3f9a1c2b4d5e6f70-1.tar
  *     <dir>/<guest>/20261205T040000Z-incr-3f9a1c2b4d5e6f70-1.chain.json   the state after it
