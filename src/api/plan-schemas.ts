@@ -31,6 +31,12 @@ export const PlanQuerySchema = Type.Object(
           "Plan for this many days after the inventory's period: its load scaled by its own trend (a line through each day's summed load, never below what was measured; needs 7 whole days of samples)",
       }),
     ),
+    advise: Type.Optional(
+      Type.Boolean({
+        description:
+          "Also a model (ct, pvm, vm) per workload with its reason, from its measured profile and this daemon's three-model table (the CLI's plan consolidate --advise); the plan is the same either way",
+      }),
+    ),
     fromHistory: Type.Optional(
       Type.Union(
         PLAN_HISTORY_RANGES.map((r) => Type.Literal(r)),
@@ -100,6 +106,33 @@ export const ConsolidationPlanSchema = Type.Object({
     headroomPercentByPeriod: Type.Optional(Type.Array(Type.Number())),
   }),
   replay: Type.Object(ReplaySummaryProperties),
+  models: Type.Optional(
+    Type.Object(
+      {
+        measurements: Type.Optional(
+          Type.Object({
+            file: Type.String({ description: 'The three-model table the advice comes from' }),
+            measuredAt: Type.Union([Type.String(), Type.Null()]),
+          }),
+        ),
+        advice: Type.Array(
+          Type.Object({
+            id: Type.String({ description: "The inventory's workload id" }),
+            model: Type.Union([Type.Literal('ct'), Type.Literal('pvm'), Type.Literal('vm')]),
+            reason: Type.String(),
+          }),
+        ),
+        counts: Type.Object({ ct: Type.Integer(), pvm: Type.Integer(), vm: Type.Integer() }),
+        unavailable: Type.Optional(
+          Type.String({
+            description:
+              'Why no workload was advised (no measurements on this host, an inventory in MIPS); the plan is made either way',
+          }),
+        ),
+      },
+      { description: 'With ?advise=true: the recommended model per workload (decision 0054)' },
+    ),
+  ),
   svg: Type.String({ description: "Each planned host's load over time (image/svg+xml, no script)" }),
 });
 export type ConsolidationPlanWire = Static<typeof ConsolidationPlanSchema>;

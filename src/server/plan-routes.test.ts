@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -157,6 +158,52 @@ describe('POST /1.0/plans/consolidate', () => {
       plan.hosts.map((h: { workloads: string[] }) => h.workloads),
       [['day1', 'night1']],
     );
+  });
+
+  test('?advise=true adds a model per workload with its reason, the CLI --advise’s JSON; the plan is the same', async () => {
+    const plain = await post('hostSize=cpu%3D4%2Cmemory%3D16GiB', DAY_NIGHT);
+    const res = await post('hostSize=cpu%3D4%2Cmemory%3D16GiB&advise=true', DAY_NIGHT);
+    assert.equal(res.statusCode, 200, res.body);
+    const { models, ...plan } = res.json().metadata;
+    assert.equal(plain.json().metadata.models, undefined, 'not asked for, not given');
+    assert.deepEqual(plan, plain.json().metadata);
+    assert.equal(models.measurements.measuredAt, '2026-12-05T11:26:47.919Z');
+    assert.deepEqual(models.advice.map((a: { id: string }) => a.id).sort(), [
+      'batch1',
+      'batch2',
+      'web1',
+      'web2',
+    ]);
+    for (const a of models.advice) assert.match(a.reason, new RegExp(`^${a.model}: `));
+    assert.equal(models.counts.ct + models.counts.pvm + models.counts.vm, 4);
+    // The same advice as the CLI's plan consolidate --advise on the same file and table.
+    const file = path.join(uploadDir, 'day-night.csv');
+    writeFileSync(file, DAY_NIGHT);
+    try {
+      const cli = spawnSync(
+        process.execPath,
+        [
+          path.join(import.meta.dirname, '../cli/main.ts'),
+          ...['plan', 'consolidate', file, '--host-size', 'cpu=4,memory=16GiB', '--format', 'json'],
+          ...['--advise', '--measurements', MODELS],
+        ],
+        { encoding: 'utf8', env: { ...process.env, TRIVISOR_DIR: path.join(uploadDir, 'no-daemon') } },
+      );
+      assert.equal(cli.status, 0, cli.stderr);
+      assert.deepEqual(JSON.parse(cli.stdout).models, models);
+    } finally {
+      rmSync(file, { force: true });
+      rmSync(path.join(uploadDir, 'no-daemon'), { recursive: true, force: true });
+    }
+    // A PlanetLab inventory (MIPS) has no profile: the plan, and why there is no model.
+    const pl = await post('hostSize=cpu%3D5320&advise=true', 'vm,t0,t1\n1,10,20\n2,30,40\n');
+    assert.equal(pl.statusCode, 200, pl.body);
+    assert.equal(pl.json().metadata.hosts.length, 1);
+    assert.deepEqual(pl.json().metadata.models.advice, []);
+    assert.match(pl.json().metadata.models.unavailable, /MIPS/);
+    const bad = await post('hostSize=cpu%3D4&advise=maybe', DAY_NIGHT);
+    assert.equal(bad.statusCode, 400, bad.body);
+    assert.match(bad.json().error, /advise/);
   });
 
   test("POST /1.0/plans/advise: each profile's model and reason from the three-model table; a bad profile is one line", async () => {

@@ -66,7 +66,7 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
         summary:
           'Plan a consolidation: how many hosts of a size an inventory needs, and which workload goes where',
         description:
-          "The body is the inventory, as `trivisor plan consolidate FILE` reads it (docs/planner-inventory.md): our CSV, PlanetLab rows or Bitbrains rows, as text/csv, or gzip'd (application/gzip), up to 64 MiB (413 beyond). Or no body and ?fromHistory=RANGE: the project's guests from their metric history. The answer is the CLI's --format json object with the SVG of each host's load; the plan is computed in a worker thread, one at a time (503 while another runs), and nothing is kept.",
+          "The body is the inventory, as `trivisor plan consolidate FILE` reads it (docs/planner-inventory.md): our CSV, PlanetLab rows or Bitbrains rows, as text/csv, or gzip'd (application/gzip), up to 64 MiB (413 beyond). Or no body and ?fromHistory=RANGE: the project's guests from their metric history. The answer is the CLI's --format json object with the SVG of each host's load (and with ?advise=true, as the CLI's --advise, a model per workload with its reason); the plan is computed in a worker thread, one at a time (503 while another runs), and nothing is kept.",
         querystring: PlanQuerySchema,
         body: {
           content: {
@@ -83,7 +83,7 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
       },
     },
     async (request) => {
-      const { hostSize, percentile, seed, fromHistory, forecastDays } = request.query;
+      const { hostSize, percentile, seed, fromHistory, forecastDays, advise } = request.query;
       const upload = isStream(request.body) ? request.body : undefined;
       try {
         // A bad host size is refused before a byte of the upload is spooled.
@@ -99,7 +99,13 @@ export function registerPlanRoutes(app: FastifyInstance, ctx: RouteContext): voi
         upload?.resume();
         throw e;
       }
-      const settings = { hostSize, percentile, seed, ...(forecastDays !== undefined && { forecastDays }) };
+      const settings = {
+        hostSize,
+        percentile,
+        seed,
+        ...(forecastDays !== undefined && { forecastDays }),
+        ...(advise === true && { advise }),
+      };
       if (fromHistory !== undefined) {
         return syncResponse(await planner().planHistories(await histories(request, fromHistory), settings));
       }

@@ -9,7 +9,12 @@ import {
   unavailable,
 } from '../core/errors.ts';
 import { advise, type GuestModel } from '../planner/advisor.ts';
-import { DEFAULT_MEASUREMENTS, readModelTable, readProfiles } from '../planner/advisor-input.ts';
+import {
+  DEFAULT_MEASUREMENTS,
+  type InventoryModels,
+  readModelTable,
+  readProfiles,
+} from '../planner/advisor-input.ts';
 import type { GuestHistory } from '../planner/inventory-history.ts';
 import type { PlanReportJson } from '../planner/plan-report.ts';
 
@@ -22,15 +27,21 @@ export interface PlanSettings {
   percentile: number;
   seed: number;
   forecastDays?: number;
+  /** Also a model (ct, pvm, vm) per workload with its reason, as the CLI's --advise (decision 0054). */
+  advise?: boolean;
 }
 
 /** One plan asked of the worker: an inventory file, or the metric histories of guests. */
-export type PlanJob =
+export type PlanJob = (
   | (PlanSettings & { kind: 'file'; file: string })
-  | (PlanSettings & { kind: 'history'; histories: GuestHistory[] });
+  | (PlanSettings & { kind: 'history'; histories: GuestHistory[] })
+) & {
+  /** With `advise`: the three-model table the advice rests on. */
+  measurementsFile: string;
+};
 
 /** A plan as the API answers it: `plan consolidate --format json`'s object and the picture. */
-export type ConsolidationPlan = PlanReportJson & { svg: string };
+export type ConsolidationPlan = PlanReportJson & { svg: string; models?: InventoryModels };
 
 /** The worker's one message. */
 export type PlanReply =
@@ -78,6 +89,7 @@ export function createConsolidationPlanner(options: ConsolidationPlannerOptions 
   const concurrency = options.concurrency ?? 1;
   const maxHeapMiB = options.maxHeapMiB ?? 1536;
   const timeoutMs = options.timeoutMs ?? 300_000;
+  const measurementsFile = options.measurementsFile ?? DEFAULT_MEASUREMENTS;
   let running = 0;
 
   async function run(job: PlanJob, hide?: { path: string; shownAs: string }): Promise<ConsolidationPlan> {
@@ -142,13 +154,13 @@ export function createConsolidationPlanner(options: ConsolidationPlannerOptions 
   return {
     planFile: (file, o) => {
       const { shownAs, ...settings } = o;
-      return run({ kind: 'file', file, ...settings }, { path: file, shownAs });
+      return run({ kind: 'file', file, ...settings, measurementsFile }, { path: file, shownAs });
     },
-    planHistories: (histories, o) => run({ kind: 'history', histories, ...o }),
+    planHistories: (histories, o) => run({ kind: 'history', histories, ...o, measurementsFile }),
     async adviseFile(file, o) {
       try {
         const profiles = await readProfiles(file);
-        const table = await readModelTable(options.measurementsFile ?? DEFAULT_MEASUREMENTS);
+        const table = await readModelTable(measurementsFile);
         return {
           measuredAt: table.measuredAt ?? null,
           advice: profiles.map((p) => {
