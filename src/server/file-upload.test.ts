@@ -46,3 +46,29 @@ test('receiveToFile() rejects with the body’s failure and closes the file', as
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('receiveToFile() with release gives back each whole chunk once copied, and writes the same bytes', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'trivisor-upload-'));
+  try {
+    const data = randomBytes((5 << 19) + 7);
+    const given: Buffer[] = [];
+    async function* owned(): AsyncGenerator<Buffer> {
+      for (let at = 0; at < data.length; at += 65536) {
+        const chunk = Buffer.allocUnsafeSlow(Math.min(65536, data.length - at));
+        data.copy(chunk, 0, at, at + chunk.length);
+        given.push(chunk);
+        yield chunk;
+      }
+    }
+    const path = join(dir, 'released');
+    assert.equal(await receiveToFile(owned(), path, { mode: 0o600, release: true }), data.length);
+    assert.ok((await readFile(path)).equals(data));
+    assert.ok(given.length > 1 && given.every((c) => (c.buffer as ArrayBuffer).detached));
+    // A chunk that is a view into a larger buffer is not this function's to release.
+    await receiveToFile(chunksOf(data, [65536]), join(dir, 'views'), { mode: 0o600, release: true });
+    assert.equal((data.buffer as ArrayBuffer).detached, false);
+    assert.ok((await readFile(join(dir, 'views'))).equals(data));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});

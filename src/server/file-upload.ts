@@ -1,4 +1,5 @@
 import { open } from 'node:fs/promises';
+import { ownsItsMemory, releaseChunk } from '../api/chunk-memory.ts';
 
 /** Bytes of each write of an upload into its file. */
 const WRITE_BYTES = 1 << 20;
@@ -10,12 +11,13 @@ const WRITE_BYTES = 1 << 20;
  * completed. Through a Transform and a write stream (the way before) each chunk went through
  * two streams' buffering and the file got a write per few chunks; this is the upload's half of
  * decision 0072 (decision 0085: the import of a vm guest's 1 GiB archive). Rejects, with the
- * file left for the caller to remove, when the body fails (the client went away).
+ * file left for the caller to remove, when the body fails (the client went away). `release`: the
+ * body's chunks are this function's alone (a request's) and are released once copied (decision 0100).
  */
 export async function receiveToFile(
   body: AsyncIterable<Buffer>,
   path: string,
-  options: { mode: number },
+  options: { mode: number; release?: boolean },
 ): Promise<number> {
   const file = await open(path, 'w', options.mode);
   const buffers = [Buffer.allocUnsafe(WRITE_BYTES), Buffer.allocUnsafe(WRITE_BYTES)];
@@ -45,6 +47,7 @@ export async function receiveToFile(
         at += n;
         if (fill === WRITE_BYTES) await flush();
       }
+      if (options.release && ownsItsMemory(chunk)) releaseChunk(chunk.buffer);
     }
     if (fill > 0) await flush();
     await writing;

@@ -91,6 +91,50 @@ describe('reading an uploaded archive as it arrives', () => {
     }
   });
 
+  it('with release, gives back each chunk of a streamed upload once read, and reads the same bytes', async () => {
+    const { bytes, payload } = await archive('release.tar', { index: true });
+    for (const size of [4097, 65_536]) {
+      const given: Buffer[] = [];
+      // Each chunk a buffer of its own size, as Node's HTTP parser hands a body over.
+      const source = (async function* () {
+        for (let at = 0; at < bytes.length; at += size) {
+          const chunk = Buffer.allocUnsafeSlow(Math.min(size, bytes.length - at));
+          bytes.copy(chunk, 0, at, at + chunk.length);
+          given.push(chunk);
+          yield chunk;
+        }
+      })();
+      const head = await readArchiveHead(source, { release: true });
+      assert.ok(head.index);
+      const { reader } = head;
+      await reader.next();
+      // A chunk handed out stays whole until the next is asked for.
+      const parts: Buffer[] = [];
+      for await (const chunk of reader.data()) {
+        const copy = Buffer.from(chunk);
+        await Promise.resolve();
+        assert.ok(chunk.equals(copy));
+        parts.push(copy);
+      }
+      assert.ok(Buffer.concat(parts).equals(payload));
+      await reader.next();
+      await reader.next();
+      assert.equal(await reader.next(), undefined);
+      await reader.drain();
+      // The chunks read before the index was known may be handed back whole: they are not released.
+      const released = given.filter((c) => (c.buffer as ArrayBuffer).detached).length;
+      const beforeIndex = Math.ceil(1024 / size) + 1;
+      assert.ok(released >= given.length - beforeIndex - 2, `${released} of ${given.length} released`);
+      assert.ok(given.slice(0, Math.ceil(1024 / size)).every((c) => !(c.buffer as ArrayBuffer).detached));
+    }
+  });
+
+  it('with release, hands an incremental link back whole: nothing read for its index is released', async () => {
+    const { bytes } = await archive('incremental-release.tar', { index: true, incremental: true });
+    const head = await readArchiveHead(chunked(bytes, 4097), { release: true });
+    assert.ok(!head.index && (await collect(head.all)).equals(bytes));
+  });
+
   it('hands back what is not a tar at all, and an empty upload, unchanged', async () => {
     const junk = Buffer.from('not an archive at all');
     const head = await readArchiveHead(chunked(junk, 5));

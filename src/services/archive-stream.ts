@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ownsItsMemory, releaseChunk } from '../api/chunk-memory.ts';
 import { invalidArgument, TrivisorError } from '../core/errors.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import {
@@ -61,9 +62,29 @@ export class TarStreamReader {
   /** Bytes of the current member's data (and padding) not yet read. */
   private left = 0;
   private leftPadding = 0;
+  /** With `release`: the source's chunks that are whole buffers, given back once read. */
+  private owned: WeakSet<ArrayBuffer> | undefined;
+  /** Chunks read to their end, released when the next bytes are asked for (the last stays valid until then). */
+  private retired: ArrayBuffer[] = [];
 
-  constructor(source: AsyncIterable<Buffer>) {
+  /**
+   * `release`: the source's chunks are the reader's alone (an HTTP request's body): each is
+   * released (`releaseChunk`) once read, and a chunk handed out by `data()` is valid only until
+   * the next is asked for. Without it, chunks are left to the garbage collector.
+   */
+  constructor(source: AsyncIterable<Buffer>, options: { release?: boolean } = {}) {
     this.source = source[Symbol.asyncIterator]();
+    if (options.release) this.releaseChunks();
+  }
+
+  /** Releases the chunks the source hands over from now on (as with `release`): those read before are left alone. */
+  releaseChunks(): void {
+    this.owned ??= new WeakSet();
+  }
+
+  private releaseRetired(): void {
+    for (const buffer of this.retired) releaseChunk(buffer);
+    this.retired = [];
   }
 
   private async more(): Promise<boolean> {
@@ -74,6 +95,7 @@ export class TarStreamReader {
       return false;
     }
     if (r.value.length > 0) {
+      if (this.owned && ownsItsMemory(r.value)) this.owned.add(r.value.buffer);
       this.pending.push(r.value);
       this.pendingBytes += r.value.length;
     }
@@ -82,6 +104,7 @@ export class TarStreamReader {
 
   /** The next `n` bytes (a header: small), or undefined when the stream ends first. */
   private async take(n: number): Promise<Buffer | undefined> {
+    this.releaseRetired();
     while (this.pendingBytes < n) if (!(await this.more())) return undefined;
     const out = Buffer.allocUnsafe(n);
     let at = 0;
@@ -97,13 +120,16 @@ export class TarStreamReader {
 
   private drop(n: number): void {
     const head = this.pending[0] as Buffer;
-    if (n === head.length) this.pending.shift();
-    else this.pending[0] = head.subarray(n);
+    if (n === head.length) {
+      this.pending.shift();
+      if (this.owned?.has(head.buffer as ArrayBuffer)) this.retired.push(head.buffer as ArrayBuffer);
+    } else this.pending[0] = head.subarray(n);
     this.pendingBytes -= n;
   }
 
   /** The next chunk of the current member's data, or undefined at its end. */
   private async nextChunk(): Promise<Buffer | undefined> {
+    this.releaseRetired();
     if (this.left === 0) return undefined;
     if (this.pendingBytes === 0 && !(await this.more())) {
       throw new ArchiveDamaged('the upload ends in the middle of a member');
@@ -116,7 +142,7 @@ export class TarStreamReader {
     return chunk;
   }
 
-  /** The current member's data, chunk by chunk (each valid as long as the caller keeps it). */
+  /** The current member's data, chunk by chunk (each valid as long as the caller keeps it; with `release`, until the next is asked for). */
   async *data(): AsyncGenerator<Buffer> {
     for (;;) {
       const chunk = await this.nextChunk();
@@ -209,9 +235,13 @@ export type ArchiveHead =
 /**
  * Reads the first member of an uploaded archive. An archive without an index (made before it, or
  * re-packed by hand) or that is not a tar at all is handed back whole, to be written to a file and
- * read as before, where its faults are named.
+ * read as before, where its faults are named. `release`: the body's chunks are the daemon's alone
+ * (a request's), and those of a streamed import are released once read (TarStreamReader's).
  */
-export async function readArchiveHead(body: AsyncIterable<Buffer>): Promise<ArchiveHead> {
+export async function readArchiveHead(
+  body: AsyncIterable<Buffer>,
+  options: { release?: boolean } = {},
+): Promise<ArchiveHead> {
   const iterator = body[Symbol.asyncIterator]();
   // Every chunk taken until the index is read, to hand the upload back whole when it is not streamed.
   const taken: Buffer[] = [];
@@ -268,6 +298,8 @@ export async function readArchiveHead(body: AsyncIterable<Buffer>): Promise<Arch
   if (index.incremental) return { index: undefined, all: whole() };
   recording = false;
   taken.length = 0;
+  // The chunks taken so far may still be handed back whole (above): only those after are released.
+  if (options.release) reader.releaseChunks();
   return { index, reader };
 }
 
