@@ -35,10 +35,16 @@ export interface AnnealResult {
 
 const EPS = 1e-9;
 /** Intervals per block of the maxima that let costOf skip what cannot be over 100%. */
-const BLOCK = 8;
+export const BLOCK = 8;
 
 /** The maximum of each block of BLOCK intervals of a dimension-major series, into `out` (dims × nb). */
-function fillBlockMaxima(x: Float64Array, dims: number, T: number, nb: number, out: Float64Array): void {
+export function fillBlockMaxima(
+  x: Float64Array,
+  dims: number,
+  T: number,
+  nb: number,
+  out: Float64Array,
+): void {
   for (let d = 0; d < dims; d++) {
     for (let blk = 0; blk < nb; blk++) {
       let m = Number.NEGATIVE_INFINITY;
@@ -52,7 +58,7 @@ function fillBlockMaxima(x: Float64Array, dims: number, T: number, nb: number, o
   }
 }
 
-function blockMaxima(x: Float64Array, dims: number, T: number, nb: number): Float64Array {
+export function blockMaxima(x: Float64Array, dims: number, T: number, nb: number): Float64Array {
   const out = new Float64Array(dims * nb);
   fillBlockMaxima(x, dims, T, nb, out);
   return out;
@@ -108,17 +114,19 @@ export function anneal(input: AnnealInput, options: AnnealOptions): AnnealResult
 
   // The cost of a host whose series is sum + sign × (x − y) (x, y optional), and its intervals over.
   // `gainMax`: the block maxima of what the host gains (x when sign is 1, y when −1), if anything.
-  // With `early` (host b, after host a's cost `stepCa` is known): the cost so far is a lower bound
-  // of the whole (its terms are positive and rounding is monotone), so is the step's delta taken
-  // with it; once that bound is positive the Metropolis draw is due anyway (the original draws it
-  // for every delta > 0, last in the step), and when the draw already rejects at the bound it
+  // With `early`: the cost summed so far is a lower bound of the host's whole cost (its terms are
+  // positive and rounding is monotone), so the step's delta ((ca + cb) − cost a) − cost b taken
+  // with it (and with `stepOther`, the other host's cost when known, else 0) is a lower bound of
+  // the delta. Once that bound is positive the Metropolis draw is due anyway (the original draws
+  // it for every delta > 0, last in the step), and when the draw already rejects at the bound it
   // rejects at the whole delta (exp falls as delta grows; a relative 1e-12 covers exp's last bit):
   // the step ends there, the same step as before, with the same numbers drawn. Most steps are
-  // rejected (PlanetLab: 5,568 of 10⁶ taken), and most end at the first interval they push over.
+  // rejected (PlanetLab: 5,568 of 10⁶ taken), and most end at the first interval they push over:
+  // host b (which gains) first, then host a, 56% of the intervals the full sums would visit.
   let lastOver = 0;
   let rejected = false;
   let drawn = -1;
-  let stepCa = 0;
+  let stepOther = 0;
   let stepCostA = 0;
   let stepCostB = 0;
   let temperature = options.startTemperature ?? 0.02;
@@ -155,7 +163,7 @@ export function anneal(input: AnnealInput, options: AnnealOptions): AnnealResult
           c += m - 1 + W;
           over++;
           if (early) {
-            const bound = stepCa + c - stepCostA - stepCostB;
+            const bound = stepOther + c - stepCostA - stepCostB;
             if (bound > 0) {
               if (drawn < 0) drawn = rnd();
               if (drawn >= Math.exp(-bound / temperature) * (1 + 1e-12)) {
@@ -250,16 +258,21 @@ export function anneal(input: AnnealInput, options: AnnealOptions): AnnealResult
     const sb = sums[b] as Float64Array;
     // Host a loses i (and gains j); host b gains i (and loses j).
     // A host that is nowhere over stays so when it only loses a workload (loads are never negative).
-    const ca = xj || (cost[a] as number) > 0 ? costOf(a, xi, xj, -1, j >= 0 ? loadMax[j] : undefined) : 0;
-    const oa = xj || (cost[a] as number) > 0 ? lastOver : 0;
-    stepCa = ca;
+    stepOther = 0;
     stepCostA = cost[a] as number;
     stepCostB = cost[b] as number;
     rejected = false;
     drawn = -1;
+    // Host b first, host a's cost bounded below by 0, then host a with b's: the delta's bound is
+    // ((ca + cb) − cost a) − cost b with the part not yet summed left out either way.
     const cb = costOf(b, xi, xj, 1, loadMax[i], true);
     if (rejected) continue;
     const ob = lastOver;
+    stepOther = cb;
+    const ca =
+      xj || (cost[a] as number) > 0 ? costOf(a, xi, xj, -1, j >= 0 ? loadMax[j] : undefined, true) : 0;
+    if (rejected) continue;
+    const oa = xj || (cost[a] as number) > 0 ? lastOver : 0;
     const delta = ca + cb - (cost[a] as number) - (cost[b] as number);
     if (delta > 0) {
       if (drawn < 0) drawn = rnd();

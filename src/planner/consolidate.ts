@@ -1,5 +1,5 @@
 import { failedPrecondition, invalidArgument } from '../core/errors.ts';
-import { anneal, mulberry32 } from './anneal.ts';
+import { anneal, BLOCK, blockMaxima, fillBlockMaxima, mulberry32 } from './anneal.ts';
 import type { HostSize, Inventory, Workload } from './inventory.ts';
 
 /** How to plan: the host, the sizing percentile, and the seed of the extra orderings tried. */
@@ -37,6 +37,8 @@ interface Normalized {
   w: Workload;
   dims: number;
   load: Float64Array;
+  /** The load's maximum over each block of BLOCK intervals, per dimension (made when first needed). */
+  max?: Float64Array;
 }
 
 const EPS = 1e-9;
@@ -184,6 +186,8 @@ function boundOf(norm: Normalized[], T: number): number {
 interface Bin {
   sum: Float64Array;
   members: Normalized[];
+  /** The sum's block maxima, kept by add and remove when present (the shared budget's search). */
+  max?: Float64Array;
 }
 
 /**
@@ -198,6 +202,8 @@ class Packer {
   /** Intervals a host may spend over 100% and still count as fitting at the percentile. */
   readonly allowed: number;
   readonly rank: number;
+  /** Blocks of BLOCK intervals in a series (the last may be shorter). */
+  readonly blocks: number;
   private readonly scratch: Float64Array;
 
   constructor(T: number, dims: number, p: number) {
@@ -206,6 +212,7 @@ class Packer {
     this.rank = percentileRank(T, p);
     this.allowed = T - 1 - this.rank;
     this.scratch = new Float64Array(T);
+    this.blocks = Math.ceil(T / BLOCK);
   }
 
   fits(sum: Float64Array, load: Float64Array): boolean {
@@ -240,11 +247,19 @@ class Packer {
   add(bin: Bin, n: Normalized): void {
     for (let i = 0; i < bin.sum.length; i++) bin.sum[i] = (bin.sum[i] as number) + (n.load[i] as number);
     bin.members.push(n);
+    if (bin.max) fillBlockMaxima(bin.sum, this.dims, this.T, this.blocks, bin.max);
   }
 
   remove(bin: Bin, n: Normalized): void {
     for (let i = 0; i < bin.sum.length; i++) bin.sum[i] = (bin.sum[i] as number) - (n.load[i] as number);
     bin.members.splice(bin.members.indexOf(n), 1);
+    if (bin.max) fillBlockMaxima(bin.sum, this.dims, this.T, this.blocks, bin.max);
+  }
+
+  /** A workload's block maxima, made once. */
+  maxOf(n: Normalized): Float64Array {
+    if (!n.max) n.max = blockMaxima(n.load, this.dims, this.T, this.blocks);
+    return n.max;
   }
 
   /** Best fit among `bins` (skipping `except`); undefined when none has room. */
@@ -286,23 +301,39 @@ class Packer {
       sum: new Float64Array(this.dims * this.T),
       members: [],
     }));
+    // Each host's own load at the percentile, kept as its workloads change. It is also a bound:
+    // with n added every interval's load is at least what it was (loads are never negative, and
+    // rounding is monotone), so 2 × loadAt(sum + n) − base ≥ base, and a host whose base is
+    // already no better than the best so far is skipped without a look: the same choice, sooner.
+    const base = bins.map((b) => this.loadAt(b.sum, undefined));
     for (const n of order) {
       let best: Bin | undefined;
+      let bestAt = -1;
       let bestLoad = Number.POSITIVE_INFINITY;
-      for (const b of bins) {
+      for (let h = 0; h < count; h++) {
+        const b = bins[h] as Bin;
+        if ((base[h] as number) >= bestLoad - EPS) continue;
         if (!this.fits(b.sum, n.load)) continue;
         // The load it leaves plus the load it adds: of two equally full hosts, the one whose
         // peaks come at other times than this workload's grows less (45 PlanetLab hosts where
         // the load it leaves alone gives 46, and the load it adds alone 48).
-        const load = 2 * this.loadAt(b.sum, n.load) - this.loadAt(b.sum, undefined);
+        const load = 2 * this.loadAt(b.sum, n.load) - (base[h] as number);
         if (load < bestLoad - EPS) {
           bestLoad = load;
           best = b;
+          bestAt = h;
         }
       }
-      if (!best) best = this.makeRoom(bins, n);
-      if (!best) return undefined;
+      if (!best) {
+        best = this.makeRoom(bins, n);
+        if (!best) return undefined;
+        this.add(best, n);
+        // The ejection moved a workload between two other hosts too.
+        for (let h = 0; h < count; h++) base[h] = this.loadAt((bins[h] as Bin).sum, undefined);
+        continue;
+      }
       this.add(best, n);
+      base[bestAt] = this.loadAt(best.sum, undefined);
     }
     return bins;
   }
@@ -341,7 +372,11 @@ class Packer {
     const { budget } = opts;
     const { T, dims } = this;
     const L = dims * T;
-    const bins: Bin[] = Array.from({ length: count }, () => ({ sum: new Float64Array(L), members: [] }));
+    const bins: Bin[] = Array.from({ length: count }, () => ({
+      sum: new Float64Array(L),
+      members: [],
+      max: new Float64Array(dims * this.blocks),
+    }));
     const at = new Map<Normalized, number>();
     for (const n of order) {
       let best = 0;
@@ -358,7 +393,7 @@ class Packer {
       this.add(bins[best] as Bin, n);
       at.set(n, best);
     }
-    const pen = bins.map((b) => this.penalty(b.sum, undefined, undefined));
+    const pen = bins.map((b) => this.penalty(b, undefined, undefined));
     let over = this.overCount(bins);
     for (let pass = 0; over > budget && pass < MAX_PASSES; pass++) {
       const before = over;
@@ -366,13 +401,13 @@ class Packer {
         const a = at.get(n) as number;
         if ((pen[a] as number) <= 0) continue;
         const binA = bins[a] as Bin;
-        const penA = this.penalty(binA.sum, n.load, undefined);
+        const penA = this.penalty(binA, n, undefined);
         let to = -1;
         let gain = -EPS;
         let penTo = 0;
         for (let b = 0; b < count; b++) {
           if (b === a) continue;
-          const pb = this.penalty((bins[b] as Bin).sum, undefined, n.load, {
+          const pb = this.penalty(bins[b] as Bin, undefined, n, {
             pre: penA,
             less: pen[a] as number,
             less2: pen[b] as number,
@@ -486,9 +521,9 @@ class Packer {
         }
         if (bound - base >= gain) continue;
       }
-      const pa = this.penalty(sa, n.load, m.load, { pre: 0, less: base, less2: 0, gain });
+      const pa = this.penalty(binA, n, m, { pre: 0, less: base, less2: 0, gain });
       if (pa - base >= gain) continue;
-      const pb = this.penalty((s.bins[b] as Bin).sum, m.load, n.load, {
+      const pb = this.penalty(s.bins[b] as Bin, m, n, {
         pre: pa,
         less: base,
         less2: 0,
@@ -541,24 +576,44 @@ class Packer {
    * hold and returns the part summed, for which the caller's test fails just as for the whole.
    */
   private penalty(
-    sum: Float64Array,
-    minus: Float64Array | undefined,
-    plus: Float64Array | undefined,
+    bin: Bin,
+    minusN: Normalized | undefined,
+    plusN: Normalized | undefined,
     stop?: { pre: number; less: number; less2: number; gain: number },
   ): number {
-    const { T, dims } = this;
+    const { T, dims, blocks } = this;
+    const sum = bin.sum;
+    const minus = minusN?.load;
+    const plus = plusN?.load;
+    // A block where the host's maximum plus the maximum of what it gains is within 100% has no
+    // interval over: (s − minus) + plus rounds to at most s + plus's rounding, at most the maxima's
+    // sum rounded. Skipped blocks add nothing, the others are summed in the same order: the same bits.
+    const hm = bin.max;
+    const pm = plusN ? this.maxOf(plusN) : undefined;
     let p = 0;
-    for (let t = 0; t < T; t++) {
-      // excessAt, inline: the same operations in the same order.
-      let m = 0;
-      for (let d = 0; d < dims; d++) {
-        const i = d * T + t;
-        const v = (sum[i] as number) - (minus ? (minus[i] as number) : 0) + (plus ? (plus[i] as number) : 0);
-        if (v > m) m = v;
+    for (let blk = 0; blk < blocks; blk++) {
+      if (hm) {
+        let may = false;
+        for (let d = 0; d < dims && !may; d++) {
+          const k = d * blocks + blk;
+          if ((pm ? (hm[k] as number) + (pm[k] as number) : (hm[k] as number)) > 1 + EPS) may = true;
+        }
+        if (!may) continue;
       }
-      if (m > 1 + EPS) {
-        p += m - 1 + OVER_WEIGHT;
-        if (stop && stop.pre + p - stop.less - stop.less2 >= stop.gain) return p;
+      const end = Math.min(T, (blk + 1) * BLOCK);
+      for (let t = blk * BLOCK; t < end; t++) {
+        // excessAt, inline: the same operations in the same order.
+        let m = 0;
+        for (let d = 0; d < dims; d++) {
+          const i = d * T + t;
+          const v =
+            (sum[i] as number) - (minus ? (minus[i] as number) : 0) + (plus ? (plus[i] as number) : 0);
+          if (v > m) m = v;
+        }
+        if (m > 1 + EPS) {
+          p += m - 1 + OVER_WEIGHT;
+          if (stop && stop.pre + p - stop.less - stop.less2 >= stop.gain) return p;
+        }
       }
     }
     return p;
