@@ -335,6 +335,27 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
     return true;
   };
 
+  /**
+   * The export's bitmap image of a stopped guest's disk (bitmapsAside), or none: one that cannot be
+   * made only costs a full backup where the archive is imported, never the export.
+   */
+  const bitmapsOfExport = async (
+    spec: GuestSpec,
+    disk: string,
+    target: string,
+  ): Promise<string | undefined> => {
+    try {
+      return (await bitmapsAside(disk, target)) ? target : undefined;
+    } catch (e) {
+      log.warn(
+        { guest: spec.name, err: e instanceof Error ? e.message : String(e) },
+        'the backup bitmaps are left out of the export: where it is imported, the next backup is a full one',
+      );
+      await rm(target, { force: true });
+      return undefined;
+    }
+  };
+
   /** Adds bitmap `name` of qcow2 `from` to qcow2 `to` (same virtual size), with its bits. */
   const copyBitmap = async (from: string, to: string, name: string, granularity: number) => {
     await runner.run(['qemu-img', 'bitmap', '--add', '-g', String(granularity), '-f', 'qcow2', to, name]);
@@ -573,14 +594,12 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
           // A stopped guest's current state carries its backup bitmaps (decision 0062, amended
           // 2026-12-07): where it is imported, its backup chain can go on. A running guest's are in
           // its QEMU (the file's are in-use), a snapshot has none of its own.
-          const bitmaps =
-            state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed
-              ? (await bitmapsAside(state.disk, join(work, ARCHIVE_BITMAPS)))
-                ? join(work, ARCHIVE_BITMAPS)
-                : undefined
-              : undefined;
+          const current = state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed;
+          const bitmaps = current
+            ? await bitmapsOfExport(spec, state.disk, join(work, ARCHIVE_BITMAPS))
+            : undefined;
           if (bitmaps) carried.push(ARCHIVE_BITMAPS);
-          if (state.snapshot === undefined && !state.forceShare && !exportOptions?.uncompressed) {
+          if (current) {
             const source = await flatQcow2Source(runner, state.disk);
             if (source) {
               const vars = await readFile(uefiVarsAt(spec, exportOptions?.snapshot)).catch(() => undefined);
