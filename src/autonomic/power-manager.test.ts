@@ -245,8 +245,13 @@ describe('power manager', () => {
       ],
     });
     const past = (t: number) => t >= 5 && t <= 7;
-    const forecast = { powerOffForecast: true };
+    const forecast = { powerOffForecast: true, burstDrop: 0.25 };
     const { plan } = planPower(state(past), forecast);
+    // The default (since decision 0051's amendment of 2026-12-07) reads the forecast too.
+    assert.deepEqual(
+      planPower(state(past)).plan.evacuations.map((e) => e.member),
+      ['d'],
+    );
     assert.deepEqual(
       plan.evacuations.map((e) => e.member),
       ['d'],
@@ -255,8 +260,8 @@ describe('power manager', () => {
       plan.evacuations[0]?.reason ?? '',
       /over the last 10 min \(the 40 min window's peak 38 CPU is past: the recent demand, carried forward by its trend, stays at 25\)/,
     );
-    // The last long window alone (the default) keeps d on for the burst that is over.
-    assert.deepEqual(planPower(state(past)).plan.evacuations, []);
+    // The last long window alone keeps d on for the burst that is over.
+    assert.deepEqual(planPower(state(past), { powerOffForecast: false }).plan.evacuations, []);
     // A burst still going is no forecast of a quiet window: nothing is powered off.
     assert.deepEqual(
       planPower(
@@ -305,7 +310,7 @@ describe('power manager', () => {
       ['d'],
     );
     // Held by the minimum on time otherwise (another member goes instead).
-    const held = planPower(state, { powerOffForecast: true }).plan;
+    const held = planPower(state, { powerOffForecast: true, burstEndsMinOn: false }).plan;
     assert.ok(!held.evacuations.some((e) => e.member === 'd'));
     // Powered on 5 minutes ago, within the short window: it stays.
     const justOn = {
