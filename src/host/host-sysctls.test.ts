@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { PORTS_PER_BRIDGE } from '../network/leaf-bridges.ts';
 import { DENSITY_SYSCTLS, raiseSysctls, type SysctlFs, sysctlPath } from './host-sysctls.ts';
 
 /** A /proc/sys of a few files; writes go to the map, or fail for the paths in `readOnly`. */
@@ -75,4 +76,13 @@ test('every density setting names its reason and its decision', () => {
     assert.ok(s.atLeast > 0, s.key);
     sysctlPath(s.key);
   }
+});
+
+test('the per-CPU receive queue holds many floods of a full bridge at once (decision 0068)', () => {
+  // A broadcast flooded to a bridge's ports is queued as one copy per port on the CPU that
+  // floods it, before any is delivered; a batch of broadcasts handled in one softirq pass
+  // queues a flood each. The floor holds sixteen floods of a full bridge and its uplinks.
+  const backlog = DENSITY_SYSCTLS.find((s) => s.key === 'net.core.netdev_max_backlog');
+  assert.ok(backlog, 'net.core.netdev_max_backlog is raised');
+  assert.ok(backlog.atLeast >= 16 * (PORTS_PER_BRIDGE + 1), `${backlog.atLeast} holds 16 floods`);
 });

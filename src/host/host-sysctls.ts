@@ -55,6 +55,12 @@ export const DENSITY_SYSCTLS: readonly SysctlFloor[] = [
     reason:
       'the hard limit of ARP entries: at 1024 a network of more guests gets "neighbour table overflow" and guests lose the gateway (decision 0068)',
   },
+  {
+    key: 'net.core.netdev_max_backlog',
+    atLeast: 16_384,
+    reason:
+      'a broadcast on a bridge of 1,000 guest ports queues 1,000 copies on one CPU at once, and the default queue of 1,000 drops the last ports flooded (a leaf bridge uplink first): guests on a leaf lost the gateway at 2,000 guests (decision 0068)',
+  },
 ];
 
 /** Where a sysctl lives under /proc/sys. */
