@@ -7,7 +7,9 @@
 //   the guest 3 s after its last renewal); timed from the cut to the guest Running on another
 //   member; then the link is mended and its HA lease comes back.
 // - Loss runs: the whole member running it is killed (daemon, HA agent, etcd, guests); timed the
-//   same way; then its daemon is started again (it starts its etcd and agent again).
+//   same way, and from the kill to the member shown Offline by another (its lease expired: issue
+//   13 §4's "Offline within 10 s", once a timed assertion of test/cluster/cluster.test.ts); then
+//   its daemon is started again (it starts its etcd and agent again).
 // - The baseline, in the same run: the same guest stopped and started by hand on one member
 //   (`trivisor stop`, `trivisor start`), the part of a failover no detection can save.
 // - Model loss runs: an HA pvm and an HA vm guest launched beside the writer, then that whole
@@ -20,7 +22,7 @@
 import { mkdir } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import path from 'node:path';
-import { formCluster, makeTestCluster } from '../test/cluster/cluster-harness.ts';
+import { formCluster, makeTestCluster, waitForStatus } from '../test/cluster/cluster-harness.ts';
 import {
   bootsOf,
   haLive,
@@ -98,6 +100,7 @@ try {
   }
 
   const lossMs: number[] = [];
+  const offlineMs: number[] = [];
   const modelLossMs: Record<string, number[]> = { ct: [], pvm: [], vm: [] };
   for (let i = 0; i < losses + modelLosses; i++) {
     const withModels = i >= losses;
@@ -124,6 +127,10 @@ try {
     await owner.daemon.kill9();
     killMember(owner.daemon.stateDir);
     const names = withModels ? ['ha-log', ...models.map(([m]) => `ha-${m}`)] : ['ha-log'];
+    if (!withModels) {
+      await waitForStatus(via.daemon, owner.name, 'Offline', 120_000);
+      offlineMs.push(Date.now() - killedAt);
+    }
     const found = await Promise.all(names.map((n) => runningElsewhere(others, n, owner.name, killedAt)));
     const [r] = found;
     if (!r) throw new Error('ha-log was not timed');
@@ -134,7 +141,9 @@ try {
       console.log(`model loss ${i + 1 - losses}/${modelLosses}: ${owner.name} killed: ${each}`);
     } else {
       lossMs.push(r.ms);
-      console.log(`loss ${i + 1}/${losses}: ${owner.name} killed, running on ${r.on} after ${r.ms} ms`);
+      console.log(
+        `loss ${i + 1}/${losses}: ${owner.name} killed, Offline after ${offlineMs.at(-1)} ms, running on ${r.on} after ${r.ms} ms`,
+      );
     }
     await owner.daemon.restart();
     await haLive(via, owner.name, 120_000);
@@ -147,6 +156,8 @@ try {
   const result = {
     partitions: partitionMs.length > 0 ? summary(partitionMs) : null,
     losses: lossMs.length > 0 ? summary(lossMs) : null,
+    /** From a loss run's kill to another member listing it Offline (its lease expired). */
+    offline: offlineMs.length > 0 ? summary(offlineMs) : null,
     startBaseline: summary(baseline),
     modelLosses:
       modelLosses > 0

