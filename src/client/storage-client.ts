@@ -2,7 +2,6 @@ import { createReadStream } from 'node:fs';
 import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import type { BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
-import { ownsItsMemory, releaseChunk } from '../api/chunk-memory.ts';
 import type { AsyncResponse } from '../api/envelopes.ts';
 import { FollowFrameReader } from '../api/follow-frames.ts';
 import type { Operation } from '../api/types.ts';
@@ -151,8 +150,6 @@ function framesInto(out: FileHandle, backup: string): { sink: Writable; sizeByte
           else if (event.type === 'end') size = event.sizeBytes;
           else throw new Error(event.message);
         }
-        // Copied: the response's chunk is given back at once, not left to the GC (decision 0100).
-        if (ownsItsMemory(chunk)) releaseChunk(chunk.buffer);
       })().then(() => done(), done);
     },
     final(done) {
