@@ -95,7 +95,7 @@ export function probeReachable(
 }
 
 /**
- * A cluster's addresses are of one family (decision 0100): the managed networks' VXLAN runs over
+ * A cluster's addresses are of one family (decision 0101): the managed networks' VXLAN runs over
  * them, and a Linux VXLAN device sends from one local address, IPv4 or IPv6. A host joining with
  * an address of the other family is refused before anything changes (FailedPrecondition, one
  * line). `members` are the members' addresses (`IP:PORT`, `[IPv6]:PORT`), with their names when

@@ -318,7 +318,7 @@ describe('linux network backend', () => {
     assert.equal((await backend.inspect('tvnet0', undefined)).bridge, true, 'bridge and VXLAN device there');
   });
 
-  test('ensure() over IPv6 cluster addresses (decision 0100): local and flood entries v6, MTU 1430 on the device, ports and DHCP, the input rules in the ip6 table; a device already right is kept', async () => {
+  test('ensure() over IPv6 cluster addresses (decision 0101): local and flood entries v6, MTU 1430 on the device, ports and DHCP, the input rules in the ip6 table; a device already right is kept', async () => {
     const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
     dirs.push(stateDir);
     const paths = dnsmasqPaths(stateDir, 'tvnet0');

@@ -105,7 +105,7 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
         ifalias?: string;
         linkinfo?: {
           info_kind?: string;
-          // `local6` when the tunnel is over IPv6 (decision 0100).
+          // `local6` when the tunnel is over IPv6 (decision 0101).
           info_data?: { id?: number; local?: string; local6?: string; port?: number };
         };
       }>

@@ -46,7 +46,7 @@ export function networkRuleset(
   if (def.nat) {
     body += `  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr ${subnetOf(def.gateway)} oifname != ${br} masquerade\n  }\n`;
   }
-  // Over an IPv6 underlay (decision 0100) the tunnel's rules are the ip6 table's, and no IPv4
+  // Over an IPv6 underlay (decision 0101) the tunnel's rules are the ip6 table's, and no IPv4
   // VXLAN is taken at all.
   const v6 = def.tunnel !== undefined && isIPv6(def.tunnel.local);
   const input = (rules: string[]) =>

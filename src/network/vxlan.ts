@@ -18,7 +18,7 @@ export const SPANNED_MSS = SPANNED_MTU - 40;
 
 /**
  * The guests' MTU on a network whose tunnel starts at `local` (this member's cluster IP): 1450
- * over IPv4, 1430 over IPv6 (decision 0100).
+ * over IPv4, 1430 over IPv6 (decision 0101).
  */
 export function spannedMtu(local: string): number {
   return UNDERLAY_MTU - (isIPv6(local) ? VXLAN6_OVERHEAD : VXLAN_OVERHEAD);
@@ -262,7 +262,7 @@ const INNER = {
 export function vxlanInputRules(
   remotes: readonly string[],
   nics: Readonly<Record<string, NicPair[]>>,
-  /** The underlay's family: `ip6` for the ip6 table of a tunnel over IPv6 (decision 0100). */
+  /** The underlay's family: `ip6` for the ip6 table of a tunnel over IPv6 (decision 0101). */
   family: 'ip' | 'ip6' = 'ip',
 ): string[] {
   if (remotes.length === 0) return [`    udp dport ${VXLAN_PORT} drop`];

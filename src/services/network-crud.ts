@@ -57,7 +57,7 @@ export function networkMembers(
 
 /**
  * The VXLAN of a network on a cluster (decision 0050), as the API shows it: read-only. Its MTU is
- * 1430 when the members' cluster addresses are IPv6 (decision 0100), else 1450.
+ * 1430 when the members' cluster addresses are IPv6 (decision 0101), else 1450.
  */
 export function networkTunnel(
   spec: NetworkSpec,

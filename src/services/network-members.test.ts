@@ -73,7 +73,7 @@ test("networkMembers() and networkTunnel(): a network with a VNI shows its VXLAN
     port: 4789,
     mtu: 1450,
   });
-  // Over IPv6 cluster addresses the outer header is 20 bytes more (decision 0100).
+  // Over IPv6 cluster addresses the outer header is 20 bytes more (decision 0101).
   const v6 = ['[fd42:1::11]:8443', '[fd42:1::12]:8443'];
   assert.deepEqual(networkTunnel(spanned, v6), { type: 'vxlan', id: 7, port: 4789, mtu: 1430 });
   assert.equal(

@@ -10,7 +10,7 @@ import {
 } from './cluster-harness.ts';
 
 /*
- * Issue 13 part 2 over an IPv6 underlay (decision 0100): the cluster-network-span test's fixture
+ * Issue 13 part 2 over an IPv6 underlay (decision 0101): the cluster-network-span test's fixture
  * with the members' cluster addresses on a ULA /64 (fd42:…, inside the test's namespaces). The
  * cluster forms on them (etcd, member API), a managed network's bridges are joined by VXLAN over
  * IPv6 (local and FDB entries v6, guests' MTU 1430: the outer IPv6 header is 20 bytes more than
