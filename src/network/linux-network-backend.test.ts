@@ -275,8 +275,9 @@ describe('linux network backend', () => {
     const input = scripts.find((x) => x.input.includes('table ip trivisor-tvnet0 {'))?.input ?? '';
     assert.ok(
       input.includes(
-        'udp dport 4789 ip saddr 198.18.5.12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
-      ) && input.includes('udp dport 4789 ip saddr 198.18.5.13 @th,224,16 { 0x0800, 0x0806 } drop'),
+        'udp dport 4789 ip saddr 198.18.5.12 @th,96,24 7 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+      ) &&
+        input.includes('udp dport 4789 ip saddr 198.18.5.13 @th,96,24 7 @th,224,16 { 0x0800, 0x0806 } drop'),
       input,
     );
     const started = cmds.find((c) => c.startsWith('dnsmasq '));
@@ -364,7 +365,7 @@ describe('linux network backend', () => {
     assert.ok(tables.includes('udp dport 4789 ip6 saddr != { fd42:1::12 } drop'), tables);
     assert.ok(
       tables.includes(
-        'udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+        'udp dport 4789 ip6 saddr fd42:1::12 @th,96,24 7 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
       ),
       tables,
     );

@@ -53,7 +53,9 @@ export function networkRuleset(
     `  chain input {\n    type filter hook input priority filter; policy accept;\n${rules.join('\n')}\n  }\n`;
   if (def.tunnel) {
     body += input(
-      v6 ? [`    udp dport ${VXLAN_PORT} drop`] : vxlanInputRules(def.tunnel.remotes, def.tunnel.nics),
+      v6
+        ? [`    udp dport ${VXLAN_PORT} drop`]
+        : vxlanInputRules(def.tunnel.remotes, def.tunnel.nics, { vni: def.tunnel.vni }),
     );
   }
   const dnat = (def.forwards ?? []).map(
@@ -72,7 +74,7 @@ export function networkRuleset(
       ? replaceTable(
           'ip6',
           networkTable(def.name),
-          input(vxlanInputRules(def.tunnel.remotes, def.tunnel.nics, 'ip6')),
+          input(vxlanInputRules(def.tunnel.remotes, def.tunnel.nics, { family: 'ip6', vni: def.tunnel.vni })),
         )
       : deleteTable('ip6', networkTable(def.name));
   return replaceTable('ip', networkTable(def.name), body) + ip6;

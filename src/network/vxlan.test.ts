@@ -115,6 +115,16 @@ describe('VXLAN between members', () => {
     ]);
   });
 
+  test("a member's rules judge their own network's VXLAN only (its VNI): another spanned network's frames from that member are not theirs to drop", () => {
+    const rules = vxlanInputRules(['198.18.5.12'], {}, { vni: 9 });
+    assert.deepEqual(rules, [
+      // From any non-member, whatever the VNI: the same rule in every network's table.
+      '    udp dport 4789 ip saddr != { 198.18.5.12 } drop',
+      // The VNI at byte 12 of the UDP payload (UDP 8, VXLAN flags 1, reserved 3).
+      '    udp dport 4789 ip saddr 198.18.5.12 @th,96,24 9 @th,224,16 { 0x0800, 0x0806 } drop',
+    ]);
+  });
+
   test("a NIC is bound to its guest's member, and to both ends while its guest moves", () => {
     const claims = [
       { guest: 'a', mac: '02:00:00:00:00:0A', ip: '198.18.10.10' },
@@ -216,14 +226,14 @@ describe('VXLAN between members', () => {
       vxlanInputRules(
         ['fd42:1::12', 'fd42:1::13'],
         { 'fd42:1::12': [{ mac: '02:00:00:00:00:05', ip: '198.18.10.5' }] },
-        'ip6',
+        { family: 'ip6', vni: 7 },
       ),
       [
         '    udp dport 4789 ip6 saddr != { fd42:1::12, fd42:1::13 } drop',
         // The same offsets: @th counts from the UDP header whatever the outer header's size.
-        '    udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
-        '    udp dport 4789 ip6 saddr fd42:1::12 @th,224,16 0x0806 @th,304,48 . @th,352,32 != { 0x020000000005 . 0xc6120a05 } drop',
-        '    udp dport 4789 ip6 saddr fd42:1::13 @th,224,16 { 0x0800, 0x0806 } drop',
+        '    udp dport 4789 ip6 saddr fd42:1::12 @th,96,24 7 @th,224,16 0x0800 @th,176,48 . @th,336,32 != { 0x020000000005 . 0xc6120a05 } drop',
+        '    udp dport 4789 ip6 saddr fd42:1::12 @th,96,24 7 @th,224,16 0x0806 @th,304,48 . @th,352,32 != { 0x020000000005 . 0xc6120a05 } drop',
+        '    udp dport 4789 ip6 saddr fd42:1::13 @th,96,24 7 @th,224,16 { 0x0800, 0x0806 } drop',
       ],
     );
   });

@@ -246,6 +246,8 @@ const ipHex = (ip: string): string =>
  * packet before the VXLAN device decapsulates it, and so still knows which member sent it.
  */
 const INNER = {
+  /** The VXLAN header's VNI (bytes 12-14: UDP 8, then flags 1 and reserved 3). */
+  vni: '@th,96,24',
   etherType: '@th,224,16',
   ipPair: '@th,176,48 . @th,336,32',
   arpPair: '@th,304,48 . @th,352,32',
@@ -262,13 +264,23 @@ const INNER = {
 export function vxlanInputRules(
   remotes: readonly string[],
   nics: Readonly<Record<string, NicPair[]>>,
-  /** The underlay's family: `ip6` for the ip6 table of a tunnel over IPv6 (decision 0101). */
-  family: 'ip' | 'ip6' = 'ip',
+  options: {
+    /** The underlay's family: `ip6` for the ip6 table of a tunnel over IPv6 (decision 0101). */
+    family?: 'ip' | 'ip6';
+    /**
+     * The network's VNI: a member's rules judge that network's packets only. Every network's
+     * table sees every VXLAN packet on the input hook, and one drop is final: without it, a
+     * second spanned network dropped the first one's frames from a member (decision 0101).
+     */
+    vni?: number;
+  } = {},
 ): string[] {
+  const family = options.family ?? 'ip';
   if (remotes.length === 0) return [`    udp dport ${VXLAN_PORT} drop`];
   const rules = [`    udp dport ${VXLAN_PORT} ${family} saddr != { ${remotes.join(', ')} } drop`];
+  const vni = options.vni === undefined ? '' : ` ${INNER.vni} ${options.vni}`;
   for (const remote of remotes) {
-    const from = `    udp dport ${VXLAN_PORT} ${family} saddr ${remote} ${INNER.etherType}`;
+    const from = `    udp dport ${VXLAN_PORT} ${family} saddr ${remote}${vni} ${INNER.etherType}`;
     const pairs = [...new Set((nics[remote] ?? []).map((n) => `${macHex(n.mac)} . ${ipHex(n.ip)}`))].sort();
     if (pairs.length === 0) {
       rules.push(`${from} { 0x0800, 0x0806 } drop`);
