@@ -1316,8 +1316,8 @@ lines.push(
   '100% of CPU or memory. Goals (issue 14 §6): fewer host-hours than DPM and LR-MMT, SLATAH no worse than',
   "LR-MMT's, at most half its migrations. `trivisor, no failure room` is not a policy anyone runs: it shows what",
   "keeping room for one member's failure (which the baselines do not) costs. `LR-MMT 1.2 keeping the failure room`",
-  "is the same LR-MMT made to keep that room too (decision 0051's amendment), and `Trivisor without the power-off",
-  'forecast` our policy as it was before `powerOffForecast` and `burstEndsMinOn` became the default (2026-12-07).',
+  "is the same LR-MMT made to keep that room too (decision 0051's amendment), and `Trivisor with the power-off",
+  'forecast` our policy with `powerOffForecast` and `burstEndsMinOn` on, which the daemon does not run by default yet.',
   '',
 );
 if (autonomic) {
@@ -1331,9 +1331,7 @@ if (autonomic) {
     // and Trivisor with the power-off forecast (not the daemon's default yet). A result written
     // before them has no such rows, and none is drawn.
     ['lr-mmt-failure-room', 'LR-MMT 1.2 keeping the failure room'],
-    // Results written between 2026-12-06 and 2026-12-07 have the forecast as a row of its own.
     ['trivisor-forecast', 'Trivisor with the power-off forecast'],
-    ['trivisor-no-forecast', 'Trivisor without the power-off forecast (before 2026-12-07)'],
   ];
   const n = (v: unknown) => (typeof v === 'number' ? v.toLocaleString('en-US') : '–');
   const table = (t: Record<string, Json>) => [

@@ -247,9 +247,9 @@ describe('power manager', () => {
     const past = (t: number) => t >= 5 && t <= 7;
     const forecast = { powerOffForecast: true, burstDrop: 0.25 };
     const { plan } = planPower(state(past), forecast);
-    // The default (since decision 0051's amendment of 2026-12-07) reads the forecast too.
+    // With the default drop (10%) too.
     assert.deepEqual(
-      planPower(state(past)).plan.evacuations.map((e) => e.member),
+      planPower(state(past), { powerOffForecast: true }).plan.evacuations.map((e) => e.member),
       ['d'],
     );
     assert.deepEqual(
@@ -260,8 +260,8 @@ describe('power manager', () => {
       plan.evacuations[0]?.reason ?? '',
       /over the last 10 min \(the 40 min window's peak 38 CPU is past: the recent demand, carried forward by its trend, stays at 25\)/,
     );
-    // The last long window alone keeps d on for the burst that is over.
-    assert.deepEqual(planPower(state(past), { powerOffForecast: false }).plan.evacuations, []);
+    // The last long window alone (the default) keeps d on for the burst that is over.
+    assert.deepEqual(planPower(state(past)).plan.evacuations, []);
     // A burst still going is no forecast of a quiet window: nothing is powered off.
     assert.deepEqual(
       planPower(

@@ -52,8 +52,8 @@ export interface PowerOptions {
    * Power-off reads a forecast of the coming long window rather than the last one: once the short
    * window's peak, carried forward by its trend over the whole long window, is at least
    * `burstDrop` below the long window's peak (a burst is over and nothing brings it back), the
-   * short window is what must fit; otherwise the long window's peak, as before. true by default
-   * (decision 0051, amended 2026-12-07); false: always the last long window.
+   * short window is what must fit; otherwise the long window's peak, as before. false (the
+   * default): always the last long window.
    */
   powerOffForecast: boolean;
   /** How far below the long window's peak (a share of it) the forecast must be to replace it. */
@@ -81,12 +81,14 @@ export const DEFAULT_POWER: PowerOptions = {
   maxCyclesPerDay: 4,
   minOnMs: 60 * 60_000,
   keepFailureRoom: true,
-  // On since 2026-12-07 (decision 0051, amended): with a drop of 10% it brings Bitbrains' two months
-  // under LR-MMT keeping the failure room (9,625 h against 9,662, SLATAH 4.3%) and keeps every
+  // Off by default: the daemon's power test (test/cluster/cluster-power.test.ts, "rising demand
+  // powers m4 on") failed the 4 runs under load that reached it with both on, and passed with them off
+  // at the same load (decision 0051, 2026-12-06 and 2026-12-07). On, with a drop of 10%, it brings Bitbrains' two
+  // months under LR-MMT keeping the failure room (9,625 h against 9,662, SLATAH 4.3%) and keeps every
   // PlanetLab goal (10,993 h, 11.85%); at 5% or 2% PlanetLab's SLATAH passes LR-MMT's (13.8%, 16.6%).
-  powerOffForecast: true,
+  powerOffForecast: false,
   burstDrop: 0.1,
-  burstEndsMinOn: true,
+  burstEndsMinOn: false,
   maxEvacuationsPerCycle: Number.POSITIVE_INFINITY,
   hotMembers: 1,
   costs: DEFAULT_MOVE_COSTS,
