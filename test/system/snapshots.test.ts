@@ -37,11 +37,15 @@ describe('snapshots and copies of ct guests', () => {
     writeFileSync(path.join(d.stateDir, 'shipped-backups', 'unshipped'), 'in the way');
     d.ok(['create', 'busybox', 'unshipped', '-c', 'backups.schedule=* * * * *']);
   });
-  /** The scheduled backups of guest sched in the daemon's backup directory (the default one). */
-  const shipped = () => {
+  /** Every file of guest sched in the daemon's backup directory (the default one). */
+  const shippedFiles = () => {
     const dir = path.join(d.stateDir, 'shipped-backups', 'sched');
-    return existsSync(dir) ? readdirSync(dir) : [];
+    return existsSync(dir) ? readdirSync(dir).sort() : [];
   };
+  /** Its scheduled backups' archives (each has its chain state file beside it: decision 0062). */
+  const shipped = () => shippedFiles().filter((f) => f.endsWith('.tar'));
+  /** What the backup directory holds for one archive: itself and the chain state after it. */
+  const withState = (archive: string) => [archive.replace(/\.tar$/, '.chain.json'), archive].sort();
   let firstShipped: string | undefined;
   after(async () => {
     await d?.destroy();
@@ -154,6 +158,8 @@ describe('snapshots and copies of ct guests', () => {
     const [first, ...more] = shipped();
     assert.match(first ?? '', /^\d{8}T\d{4}00Z-full-[0-9a-f]{16}\.tar$/);
     assert.deepEqual(more, []);
+    await eventually('its chain state shipped beside it', () => shippedFiles().length === 2, 10_000);
+    assert.deepEqual(shippedFiles(), withState(first ?? ''));
     firstShipped = first;
     d.ok(['import', path.join(d.stateDir, 'shipped-backups', 'sched', first ?? ''), 'from-shipped']);
     d.ok(['start', 'from-shipped']);
@@ -226,6 +232,9 @@ describe('snapshots and copies of ct guests', () => {
       },
       75_000,
     );
+    // The first archive's chain state file went with it.
+    await eventually('the first chain state removed with its archive', () => shippedFiles().length === 2, 10_000);
+    assert.deepEqual(shippedFiles(), withState(shipped()[0] ?? ''));
     d.ok(['delete', '--force', 'sched']);
   });
 });
