@@ -1,24 +1,22 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import type { GuestSpec } from '../../core/types.ts';
-import { createLogger } from '../../host/logger.ts';
-import { hostRunner } from '../../host/runner.ts';
+import { describe, test } from 'node:test';
 import { chainStateFileOf, readChainState, writeChainState } from '../../storage/chain-state-file.ts';
 import type { GuestStorage, PortableChainState } from '../guest-storage.ts';
-import { createAgentPool } from './vm-agent.ts';
 import { linkBitmap, storedBitmaps } from './vm-incremental.ts';
-import { createVmStorage } from './vm-storage.ts';
-
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const SIZE = 16 * MiB;
-const CLUSTER = 64 * KiB;
-const spec = { name: 'v1', model: 'vm' } as GuestSpec;
-const runner = hostRunner();
+import {
+  assertIdentical,
+  CLUSTER,
+  clustersOf,
+  KiB,
+  MiB,
+  runner,
+  SIZE,
+  spec,
+  unpackDisk,
+  vmChainFixture,
+} from './vm-qemu-fixture.ts';
 
 /**
  * A vm guest's backup chain carried across a cold move (decision 0062, amended 2026-12-07): real
@@ -29,74 +27,14 @@ const runner = hostRunner();
  * link (before and after the move). Applied on member c after the full, it gives b's disk exactly.
  */
 describe('a vm backup chain goes on on the member a stopped guest moved to', () => {
-  let dir: string;
-  const agents = createAgentPool();
-  before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-vm-chain-carry-'));
-  });
-  after(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
-
-  /** A member's vm storage with guest v1's disk made (`base`: over a raw base disk of random data, as a create from an image). */
-  const member = async (name: string, options: { base?: boolean } = {}) => {
-    const stateDir = path.join(dir, name);
-    const guestDir = path.join(stateDir, 'guests', spec.name);
-    await mkdir(guestDir, { recursive: true });
-    const disk = path.join(guestDir, 'root.qcow2');
-    if (options.base) {
-      const base = path.join(stateDir, 'base.raw');
-      await writeFile(base, Buffer.concat([randomBytes(2 * MiB), Buffer.alloc(SIZE - 2 * MiB)]));
-      await runner.run([
-        'qemu-img',
-        'create',
-        '-q',
-        '-f',
-        'qcow2',
-        '-b',
-        base,
-        '-F',
-        'raw',
-        disk,
-        String(SIZE),
-      ]);
-    } else {
-      await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk, String(SIZE)]);
-    }
-    const storage = createVmStorage(
-      { runner, log: createLogger({ level: 'silent' }), stateDir, idmapBase: 1_000_000 },
-      { agents },
-    );
-    return { storage, disk, stateDir };
-  };
+  const fixture = vmChainFixture('trivisor-vm-chain-carry-');
+  const member = fixture.member;
   /** Writes `length` bytes of `pattern` at `offset` through QEMU's block layer (which marks the bitmaps, as a guest's writes do). */
   const write = async (disk: string, offset: number, length: number, pattern: number) => {
     await runner.run(['qemu-io', '-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, disk]);
   };
-  /** The 64 KiB clusters a qcow2 without backing file holds data for. */
-  const clustersOf = async (qcow2: string): Promise<number[]> => {
-    const { stdout } = await runner.run(['qemu-img', 'map', '--output=json', '-f', 'qcow2', qcow2]);
-    const out: number[] = [];
-    for (const e of JSON.parse(stdout) as Array<{ start: number; length: number; data: boolean }>) {
-      if (!e.data) continue;
-      for (let at = e.start; at < e.start + e.length; at += CLUSTER) out.push(at / CLUSTER);
-    }
-    return out;
-  };
-  /** The disk.qcow2 of a vm archive payload, unpacked into `into`. */
-  const unpackDisk = async (tar: string, into: string): Promise<string> => {
-    await mkdir(into, { recursive: true });
-    await runner.run(['tar', '--zstd', '-C', into, '-xf', tar, 'disk.qcow2']);
-    return path.join(into, 'disk.qcow2');
-  };
   const membersOf = async (tar: string): Promise<string[]> =>
     (await runner.run(['tar', '--zstd', '-tf', tar])).stdout.trim().split('\n');
-  const identical = async (x: string, y: string) => {
-    const r = await runner.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2', x, y], {
-      allowFailure: true,
-    });
-    assert.equal(r.code, 0, `${x} and ${y} differ: ${r.stdout}${r.stderr}`);
-  };
   /** The state a's scheduler left beside link `archive` and b's scheduler reads back, as it ships it. */
   const shipped = async (storage: GuestStorage, archive: string): Promise<PortableChainState> => {
     const own = await storage.chainState?.(spec);
@@ -119,7 +57,7 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
   test('after the move, the next backup is the chain’s next link holding only the clusters written since, and full + link restore b’s disk byte for byte', async (t) => {
     const a = await member('a', { base: true });
     await write(a.disk, 0, 512 * KiB, 0x01);
-    full = path.join(dir, 'full.tar.zst');
+    full = path.join(fixture.dir, 'full.tar.zst');
     const link0 = await a.storage.exportIncremental?.(spec, full);
     assert.equal(link0?.kind, 'full');
     assert.ok(link0);
@@ -132,7 +70,7 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     // Written on a after the link, then the cold move: its export (the guest stopped) and b's import.
     await write(a.disk, 3 * MiB, CLUSTER, 0x22);
     await write(a.disk, 5 * MiB + 100, 4 * KiB, 0x23);
-    moveArchive = path.join(dir, 'move.tar.zst');
+    moveArchive = path.join(fixture.dir, 'move.tar.zst');
     await a.storage.exportTar(spec, moveArchive);
     assert.ok((await membersOf(moveArchive)).includes('disk-bitmaps.qcow2'), 'the move carries the bitmaps');
     const b = await member('b');
@@ -145,11 +83,11 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     // Written on b after the move.
     await write(b.disk, 7 * MiB, CLUSTER, 0x33);
     assert.equal(await b.storage.continueChain?.(spec, state), true);
-    const incTar = path.join(dir, 'inc1.tar.zst');
+    const incTar = path.join(fixture.dir, 'inc1.tar.zst');
     const link1 = await b.storage.exportIncremental?.(spec, incTar);
     assert.deepEqual(link1, { chain: link0.chain, sequence: 1, kind: 'incremental' });
-    const incDisk = await unpackDisk(incTar, path.join(dir, 'inc1'));
-    const fullDisk = await unpackDisk(full, path.join(dir, 'full'));
+    const incDisk = await unpackDisk(incTar, path.join(fixture.dir, 'inc1'));
+    const fullDisk = await unpackDisk(full, path.join(fixture.dir, 'full'));
     const clusters = await clustersOf(incDisk);
     t.diagnostic(
       `full link: ${(await clustersOf(fullDisk)).length} clusters; link 1: ${clusters.join(', ')}`,
@@ -159,7 +97,7 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     const c = await member('c');
     await c.storage.importIncremental?.(spec, full, { link: link0 });
     await c.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
-    await identical(c.disk, b.disk);
+    await assertIdentical(c.disk, b.disk);
     // And the chain goes on on b: its bitmap is now named for link 1.
     assert.deepEqual(
       (await storedBitmaps(runner, b.disk)).map((x) => x.name),
@@ -169,7 +107,7 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
 
   test('a guest moved with a snapshot: the snapshot’s import keeps the bitmap, and the chain goes on', async () => {
     const g = await member('g', { base: true });
-    const link0 = await g.storage.exportIncremental?.(spec, path.join(dir, 'g-full.tar.zst'));
+    const link0 = await g.storage.exportIncremental?.(spec, path.join(fixture.dir, 'g-full.tar.zst'));
     assert.ok(link0);
     const carried = await g.storage.chainState?.(spec);
     assert.ok(carried);
@@ -177,8 +115,8 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     await g.storage.snapshot(spec, 's1');
     await write(g.disk, 6 * MiB, CLUSTER, 0x66);
     // The move's archive: the current state, then the snapshot (as createBackup --with-snapshots makes it).
-    const current = path.join(dir, 'g-move.tar.zst');
-    const snap = path.join(dir, 'g-s1.tar.zst');
+    const current = path.join(fixture.dir, 'g-move.tar.zst');
+    const snap = path.join(fixture.dir, 'g-s1.tar.zst');
     await g.storage.exportTar(spec, current);
     await g.storage.exportTar(spec, snap, { snapshot: 's1' });
     const h = await member('h');
@@ -190,27 +128,27 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
       [linkBitmap(link0.chain, 0)],
     );
     assert.equal(await h.storage.continueChain?.(spec, carried), true);
-    const incTar = path.join(dir, 'h-inc1.tar.zst');
+    const incTar = path.join(fixture.dir, 'h-inc1.tar.zst');
     const link1 = await h.storage.exportIncremental?.(spec, incTar);
     assert.deepEqual(link1, { chain: link0.chain, sequence: 1, kind: 'incremental' });
-    assert.deepEqual(await clustersOf(await unpackDisk(incTar, path.join(dir, 'h-inc1'))), [64, 96]);
+    assert.deepEqual(await clustersOf(await unpackDisk(incTar, path.join(fixture.dir, 'h-inc1'))), [64, 96]);
     const i = await member('i');
-    await i.storage.importIncremental?.(spec, path.join(dir, 'g-full.tar.zst'), { link: link0 });
+    await i.storage.importIncremental?.(spec, path.join(fixture.dir, 'g-full.tar.zst'), { link: link0 });
     await i.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
-    await identical(i.disk, h.disk);
+    await assertIdentical(i.disk, h.disk);
   });
 
   test('a move without the bitmap, or with another link’s, gives a full backup', async () => {
     assert.ok(state);
     // Without: the archive's bitmaps left out (as an older daemon's archive, or a flat qcow2 alone).
     const d = await member('d');
-    const bare = path.join(dir, 'bare.tar');
-    await runner.run(['tar', '--zstd', '-xf', moveArchive, '-C', dir, 'disk.qcow2']);
-    await runner.run(['tar', '--zstd', '-C', dir, '-cf', bare, 'disk.qcow2']);
+    const bare = path.join(fixture.dir, 'bare.tar');
+    await runner.run(['tar', '--zstd', '-xf', moveArchive, '-C', fixture.dir, 'disk.qcow2']);
+    await runner.run(['tar', '--zstd', '-C', fixture.dir, '-cf', bare, 'disk.qcow2']);
     await d.storage.importTar(spec, bare);
     assert.deepEqual(await storedBitmaps(runner, d.disk), []);
     assert.equal(await d.storage.continueChain?.(spec, state), false);
-    const link = await d.storage.exportIncremental?.(spec, path.join(dir, 'd.tar.zst'));
+    const link = await d.storage.exportIncremental?.(spec, path.join(fixture.dir, 'd.tar.zst'));
     assert.equal(link?.kind, 'full');
     assert.notEqual(link?.chain, state.chain);
     // Another link's state (the disk's bitmap is of link 0, the state of link 1): refused.
@@ -221,7 +159,10 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     const forged = { ...state, data: Buffer.from(JSON.stringify({ bitmap: 'x', sizeBytes: SIZE })) };
     assert.equal(await e.storage.continueChain?.(spec, forged), false);
     // Nothing was taken over: the next backup is a full one, not link 1.
-    assert.equal((await e.storage.exportIncremental?.(spec, path.join(dir, 'e.tar.zst')))?.kind, 'full');
+    assert.equal(
+      (await e.storage.exportIncremental?.(spec, path.join(fixture.dir, 'e.tar.zst')))?.kind,
+      'full',
+    );
   });
 
   test('an inconsistent bitmap (a QEMU died holding the disk) is not taken over nor carried', async () => {
@@ -229,7 +170,7 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     const f = await member('f');
     await f.storage.importTar(spec, moveArchive);
     // A storage daemon opens the disk (its bitmaps in-use), then is killed before it can write them back.
-    const pidFile = path.join(dir, 'qsd.pid');
+    const pidFile = path.join(fixture.dir, 'qsd.pid');
     await runner.run([
       'qemu-storage-daemon',
       '--blockdev',
@@ -240,7 +181,9 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
       '--pidfile',
       pidFile,
     ]);
-    process.kill(Number((await readFile(pidFile, 'utf8')).trim()), 'SIGKILL');
+    const qsd = Number((await readFile(pidFile, 'utf8')).trim());
+    fixture.track(qsd);
+    process.kill(qsd, 'SIGKILL');
     for (let i = 0; i < 100; i++) {
       const flags = (await storedBitmaps(runner, f.disk, { forceShare: true }))[0]?.flags ?? [];
       if (flags.includes('in-use')) break;
@@ -254,9 +197,12 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
     }
     assert.deepEqual((await storedBitmaps(runner, f.disk))[0]?.flags.includes('in-use'), true);
     assert.equal(await f.storage.continueChain?.(spec, state), false);
-    const again = path.join(dir, 'again.tar.zst');
+    const again = path.join(fixture.dir, 'again.tar.zst');
     await f.storage.exportTar(spec, again);
     assert.equal((await membersOf(again)).includes('disk-bitmaps.qcow2'), false, 'not carried on');
-    assert.equal((await f.storage.exportIncremental?.(spec, path.join(dir, 'f.tar.zst')))?.kind, 'full');
+    assert.equal(
+      (await f.storage.exportIncremental?.(spec, path.join(fixture.dir, 'f.tar.zst')))?.kind,
+      'full',
+    );
   });
 });

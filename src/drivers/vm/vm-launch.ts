@@ -39,6 +39,23 @@ import { liveRestoreLayer, readLiveRestore } from './vm-live-restore.ts';
 import { ensureRuntimeDir } from './vm-runtime-dir.ts';
 import { vmVolumeArgs } from './vm-volumes.ts';
 
+/**
+ * The qemu-img argv that makes a guest's disk: a qcow2 of `bytes`, blank, or over `backing` (the
+ * image's base disk: a raw ext4 image of a tree, or a disk image's qcow2), as the driver's create does.
+ */
+export function diskCreateArgv(
+  disk: string,
+  bytes: number,
+  backing?: { file: string; format: 'raw' | 'qcow2' },
+): string[] {
+  return [
+    ...['qemu-img', 'create', '-q', '-f', 'qcow2'],
+    ...(backing ? ['-F', backing.format, '-b', backing.file] : []),
+    disk,
+    String(bytes),
+  ];
+}
+
 /** Creating a guest's disk and starting its QEMU: the argv, the launcher, and the waits until it has booted. */
 /** The launch part of the vm driver: the driver's create and start, and the destination's start of a live migration. */
 export interface VmLaunch extends Pick<GuestDriver, 'create' | 'start'> {
@@ -295,7 +312,7 @@ export function createVmLaunch(c: VmContext): VmLaunch {
         if (image.blank) {
           // No image: a blank disk for an OS installed from an ISO.
           const size = disk === undefined ? DEFAULT_VM_DISK_BYTES : parseBytes(disk);
-          await runner.run(['qemu-img', 'create', '-q', '-f', 'qcow2', p.disk, String(size)]);
+          await runner.run(diskCreateArgv(p.disk, size));
         } else {
           const base = await image.baseDisk();
           // A disk image is a qcow2 of its own size; a tree's base disk a raw ext4 image.
@@ -309,19 +326,7 @@ export function createVmLaunch(c: VmContext): VmLaunch {
               `limits.disk=${disk} is smaller than the image's ${mode === 'firmware' ? 'disk' : 'base disk'} (${Math.ceil(baseBytes / 2 ** 20)}MiB): give at least that.`,
             );
           }
-          await runner.run([
-            'qemu-img',
-            'create',
-            '-q',
-            '-f',
-            'qcow2',
-            '-F',
-            format,
-            '-b',
-            base,
-            p.disk,
-            String(diskBytes),
-          ]);
+          await runner.run(diskCreateArgv(p.disk, diskBytes, { file: base, format }));
         }
         if (mode === 'firmware' && configValue.vmFirmware(spec.config) === 'uefi') {
           const secureBoot = configValue.vmSecureBoot(spec.config);
