@@ -1,14 +1,11 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   chmod,
   chown,
-  lstat,
   mkdir,
   mkdtemp,
   readdir,
-  readFile,
-  readlink,
   rename,
   rm,
   stat,
@@ -20,7 +17,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { GuestSpec } from '../../core/types.ts';
-import { createLogger } from '../../host/logger.ts';
 import { hostRunner } from '../../host/runner.ts';
 import type { GuestStorage, PortableChainState } from '../guest-storage.ts';
 import {
@@ -30,7 +26,7 @@ import {
   decodeManifest,
   encodeManifest,
 } from './ct-chain-carry.ts';
-import { createCtStorage } from './ct-storage.ts';
+import { ctStorageAt, makeCtGuestDirs, treeOf } from './ct-storage-fixture.ts';
 
 const spec = { name: 'c1', model: 'ct' } as GuestSpec;
 const RANGE = 1_000_000 + 4 * 65_536;
@@ -59,27 +55,7 @@ const xattrsOf = async (p: string): Promise<string> =>
   ).stdout.trim();
 
 /** Everything a restore must give back: path, type and mode, owner, mtime, content, target, device, xattrs. */
-const treeOf = async (root: string): Promise<string[]> => {
-  const out: string[] = [];
-  const walk = async (rel: string) => {
-    const p = path.join(root, rel);
-    const st = await lstat(p, { bigint: true });
-    const what = st.isFile()
-      ? createHash('sha256')
-          .update(await readFile(p))
-          .digest('hex')
-      : st.isSymbolicLink()
-        ? `-> ${await readlink(p)}`
-        : st.isCharacterDevice()
-          ? `c ${st.rdev}`
-          : '';
-    const mtime = st.isDirectory() ? '' : ` ${st.mtimeNs}`;
-    out.push(`${rel} ${st.mode.toString(8)} ${st.uid}:${st.gid}${mtime} ${what} [${await xattrsOf(p)}]`);
-    if (st.isDirectory()) for (const n of (await readdir(p)).sort()) await walk(path.join(rel, n));
-  };
-  await walk('.');
-  return out;
-};
+const fullTreeOf = (root: string) => treeOf(root, { mtime: true, xattrs: xattrsOf });
 
 /**
  * A ct guest's backup chain carried across a move (decision 0062, amended 2026-12-07): real tar,
@@ -101,16 +77,8 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
   /** A member's ct storage with guest c1's directory made, as a create does. */
   const member = async (name: string): Promise<{ storage: GuestStorage; upper: string }> => {
     const stateDir = path.join(dir, name);
-    const guest = path.join(stateDir, 'guests', spec.name);
-    for (const d of ['upper', 'work', 'rootfs', 'bundle'])
-      await mkdir(path.join(guest, d), { recursive: true });
-    const storage = createCtStorage({
-      runner,
-      log: createLogger({ level: 'silent' }),
-      stateDir,
-      idmapBase: 1_000_000,
-    });
-    return { storage, upper: path.join(guest, 'upper') };
+    const guest = await makeCtGuestDirs(stateDir, spec.name);
+    return { storage: ctStorageAt(stateDir), upper: path.join(guest, 'upper') };
   };
   const membersOf = async (tar: string): Promise<string[]> => {
     const { stdout } = await runner.run(['tar', '--zstd', '-tf', tar]);
@@ -142,6 +110,18 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
     for (const rel of ['bin/tool', 'etc/conf', 'var/owned', 'big'])
       await chown(at(rel), RANGE + 33, RANGE + 33);
     await setXattr(at('etc/conf'), 'user.kept', 'yes');
+  };
+
+  /** Member `from` with the layer filled, its full link and the chain state it leaves; member `to` with the same layer made apart (no chain). */
+  const filledPair = async (from: string, to: string) => {
+    const source = await member(from);
+    await fill(source.upper);
+    const own = link(await source.storage.exportIncremental?.(spec, path.join(dir, `${from}0.tar.zst`)));
+    const state = await source.storage.chainState?.(spec);
+    assert.ok(state, 'a link leaves its chain state');
+    const target = await member(to);
+    await fill(target.upper);
+    return { own, state, to: target };
   };
 
   test('the first backup after the move is the next link, holding what changed before and after the move, and the chain restores the layer exactly', async () => {
@@ -205,8 +185,8 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
     const c = await member('c');
     await c.storage.importIncremental?.(spec, file('full'), { link: full });
     await c.storage.importIncremental?.(spec, file('incr'), { link: incr });
-    const want = await treeOf(b.upper);
-    assert.deepEqual(await treeOf(c.upper), want);
+    const want = await fullTreeOf(b.upper);
+    assert.deepEqual(await fullTreeOf(c.upper), want);
     assert.ok(
       want.some((l) => l.startsWith('var 40755 0:0  [trusted.overlay.opaque=79]')),
       want.join('\n'),
@@ -217,7 +197,7 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
     );
     assert.ok(!want.some((l) => l.startsWith('var/gone') || l.startsWith('etc/old')), want.join('\n'));
     // a's layer lacks b's writes: the incremental, not the full alone, made c's.
-    assert.notDeepEqual(await treeOf(a.upper), want);
+    assert.notDeepEqual(await fullTreeOf(a.upper), want);
 
     // From there the chain is tar's own on b: the next link holds the one file written since.
     await writeFile(onB('etc/made-on-b'), 'made on b, again');
@@ -225,16 +205,11 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
     assert.deepEqual(next, { chain: full.chain, sequence: 2, kind: 'incremental' });
     assert.deepEqual(await membersOf(file('next')), ['./etc/made-on-b']);
     await c.storage.importIncremental?.(spec, file('next'), { link: next });
-    assert.deepEqual(await treeOf(c.upper), await treeOf(b.upper));
+    assert.deepEqual(await fullTreeOf(c.upper), await fullTreeOf(b.upper));
   });
 
   test('a state that is not one, or a layer in another id range, is refused with nothing written: the next backup is full', async () => {
-    const d = await member('d');
-    await fill(d.upper);
-    const own = link(await d.storage.exportIncremental?.(spec, path.join(dir, 'd0.tar.zst')));
-    const state = (await d.storage.chainState?.(spec)) as PortableChainState;
-    const e = await member('e');
-    await fill(e.upper);
+    const { own, state, to: e } = await filledPair('d', 'e');
     const guestDir = path.dirname(e.upper);
     const listing = async () => (await readdir(guestDir)).sort();
     const was = await listing();
@@ -263,12 +238,7 @@ describe('a ct backup chain goes on on the member a guest moved to', () => {
   });
 
   test('a taken-over manifest that is damaged before the backup gives a full one', async () => {
-    const f = await member('f');
-    await fill(f.upper);
-    const own = link(await f.storage.exportIncremental?.(spec, path.join(dir, 'f0.tar.zst')));
-    const state = (await f.storage.chainState?.(spec)) as PortableChainState;
-    const g = await member('g');
-    await fill(g.upper);
+    const { own, state, to: g } = await filledPair('f', 'g');
     assert.equal(await g.storage.continueChain?.(spec, state), true);
     const guestDir = path.dirname(g.upper);
     const manifest = (await readdir(guestDir)).find((n) => n.startsWith('backup-manifest-'));

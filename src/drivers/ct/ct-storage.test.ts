@@ -3,7 +3,6 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import {
   chown,
-  lstat,
   mkdir,
   mkdtemp,
   readdir,
@@ -23,6 +22,7 @@ import type { GuestSpec } from '../../core/types.ts';
 import { createLogger } from '../../host/logger.ts';
 import { hostRunner } from '../../host/runner.ts';
 import { createCtStorage } from './ct-storage.ts';
+import { ctStorageAt, makeCtGuestDirs, treeOf } from './ct-storage-fixture.ts';
 
 const spec = (name: string): GuestSpec => ({
   name,
@@ -51,13 +51,8 @@ describe('ct storage on a directory pool', () => {
     await rm(stateDir, { recursive: true, force: true });
   });
 
-  const makeGuest = async (name: string) => {
-    const dir = path.join(stateDir, 'guests', name);
-    for (const d of ['upper', 'work', 'rootfs', 'bundle'])
-      await mkdir(path.join(dir, d), { recursive: true });
-    return dir;
-  };
-  const storage = () => createCtStorage({ runner: hostRunner(), log, stateDir, idmapBase: 1_000_000 });
+  const makeGuest = (name: string) => makeCtGuestDirs(stateDir, name);
+  const storage = () => ctStorageAt(stateDir);
 
   test('snapshot, change, restore gives back the old files; delete removes the snapshot', async () => {
     const dir = await makeGuest('g1');
@@ -230,27 +225,6 @@ describe('ct storage on a directory pool', () => {
     assert.deepEqual(await readdir(path.join(dir, 'snapshots')), []);
   });
 
-  /** Every entry of a tree: type, mode, owner, device numbers, content hash or link target. */
-  const treeOf = async (root: string): Promise<string[]> => {
-    const out: string[] = [];
-    const walk = async (rel: string) => {
-      const p = path.join(root, rel);
-      const st = await lstat(p);
-      const what = st.isFile()
-        ? createHash('sha256')
-            .update(await readFile(p))
-            .digest('hex')
-        : st.isSymbolicLink()
-          ? `-> ${await readlink(p)}`
-          : st.isCharacterDevice()
-            ? `c ${st.rdev}`
-            : '';
-      out.push(`${rel} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${what}`);
-      if (st.isDirectory()) for (const n of (await readdir(p)).sort()) await walk(path.join(rel, n));
-    };
-    await walk('.');
-    return out;
-  };
   /** An overlayfs whiteout: how the upper layer records that a file of the image was deleted. */
   const whiteout = (p: string) => hostRunner().run(['mknod', p, 'c', '0', '0']);
 
