@@ -47,6 +47,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { KERNEL_BOOT_ID_FILE, readBootId } from './host/boot-id.ts';
+import { helperRunner } from './host/helper-runner.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { DENSITY_SYSCTLS, raiseSysctls } from './host/host-sysctls.ts';
 import { createKsmControl } from './host/ksm.ts';
@@ -176,8 +177,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   if (swept > 0) log.info({ claims: swept }, 'released the operation claims of the previous daemon');
   // TRIVISOR_BRIDGE_PORTS: guest ports per bridge before a leaf bridge is used (decision 0068; tests lower it).
   const portsPerBridge = Number(process.env.TRIVISOR_BRIDGE_PORTS ?? '');
+  // The ct start's helper and the short commands of a guest's start and stop (ip, nft, bridge,
+  // sysctl, tc, nsenter; runc's kill, start, delete, update) fork from a small perl process, not
+  // from the daemon (decision 0097); live children (spawn) stay the daemon's.
+  const launcher = createLauncher(runner, log, { dir: path.join(stateDir, 'launcher') });
+  const forkless = helperRunner(launcher, runner);
   const networkBackend = createLinuxNetworkBackend({
-    runner,
+    runner: forkless,
     log,
     stateDir,
     ...(Number.isInteger(portsPerBridge) && portsPerBridge > 0 && { portsPerBridge }),
@@ -198,7 +204,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const pvmAgents: PvmAgentMap = new Map();
   const drivers: Partial<Record<Model, GuestDriver>> = {
     // The ct start's helper is launched from a small process, not forked from the daemon (decision 0097).
-    ct: createCtDriver(ctx, { launcher: createLauncher(runner, log) }),
+    ct: createCtDriver({ ...ctx, runner: forkless }, { launcher }),
     pvm: createPvmDriver(ctx, { agents: pvmAgents }),
     vm: createVmDriver(ctx, { agents: vmAgents }),
   };
