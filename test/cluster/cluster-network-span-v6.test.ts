@@ -8,6 +8,7 @@ import {
   membersOf,
   type TestCluster,
 } from './cluster-harness.ts';
+import { floodsOf, guestSh, launchGuests, nicOf, vxlanOf } from './network-span.ts';
 
 /*
  * Issue 13 part 2 over an IPv6 underlay (decision 0101): the cluster-network-span test's fixture
@@ -43,30 +44,8 @@ describe('a managed network spanning two members whose cluster addresses are IPv
 }, () => {
   let m1: MemberHost;
   let m2: MemberHost;
-  const sh = (guest: string, script: string) =>
-    m1.daemon.cli(['exec', guest, '--', 'sh', '-c', script], { timeoutMs: 120_000 });
-  const addressOf = (guest: string) =>
-    (
-      JSON.parse(m2.daemon.ok(['info', guest, '--format', 'json'])) as {
-        devices?: Record<string, { 'ipv4.address'?: string }>;
-      }
-    ).devices?.eth0?.['ipv4.address'] ?? '';
-  const vxlanOf = (host: MemberHost) => {
-    const r = cluster.inNetns(host.netns, ['ip', '-details', '-json', 'link', 'show', 'type', 'vxlan']);
-    assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout) as Array<{
-      ifname: string;
-      mtu: number;
-      master?: string;
-      linkinfo: { info_data: { id: number; local?: string; local6?: string; port: number } };
-    }>;
-  };
-  const floods = (host: MemberHost, dev: string) =>
-    (
-      JSON.parse(
-        cluster.inNetns(host.netns, ['bridge', '-json', 'fdb', 'show', 'dev', dev]).stdout || '[]',
-      ) as Array<{ mac: string; dst?: string }>
-    ).flatMap((e) => (e.mac === '00:00:00:00:00:00' && e.dst ? [e.dst] : []));
+  const sh = (guest: string, script: string) => guestSh(m1, guest, script);
+  const addressOf = (guest: string) => nicOf(m2, guest)['ipv4.address'] ?? '';
 
   test('the cluster forms on IPv6 addresses: members listed at [IPv6]:PORT, both Online', async () => {
     [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
@@ -86,10 +65,13 @@ describe('a managed network spanning two members whose cluster addresses are IPv
     ] as const) {
       await eventually(
         `${NET}'s VXLAN on ${host.name}, flooding to ${other.ip} only`,
-        () => vxlanOf(host).some((v) => v.master === NET && floods(host, v.ifname).join() === other.ip),
+        () =>
+          vxlanOf(cluster, host).some(
+            (v) => v.master === NET && floodsOf(cluster, host, v.ifname).join() === other.ip,
+          ),
         60_000,
       );
-      const vx = vxlanOf(host).find((v) => v.master === NET);
+      const vx = vxlanOf(cluster, host).find((v) => v.master === NET);
       assert.ok(vx);
       assert.equal(
         vx.linkinfo.info_data.local6,
@@ -118,12 +100,7 @@ describe('a managed network spanning two members whose cluster addresses are IPv
   });
 
   test('a ct guest on m1 and a pvm guest on m2 get their addresses and MTU 1430', async () => {
-    for (const g of GUESTS) {
-      m1.daemon.ok([
-        ...['launch', 'busybox', g.name, '--model', g.model, '--target', g.member, '--network', NET],
-        ...g.args,
-      ]);
-    }
+    launchGuests(m1, NET, GUESTS);
     for (const g of GUESTS) {
       const ip = addressOf(g.name);
       await eventually(
@@ -200,7 +177,7 @@ describe('a managed network spanning two members whose cluster addresses are IPv
       await eventually(
         `${NET} gone from ${host.name}`,
         () =>
-          vxlanOf(host).length === 0 &&
+          vxlanOf(cluster, host).length === 0 &&
           cluster.inNetns(host.netns, ['nft', 'list', 'table', 'ip6', `trivisor-${NET}`]).code !== 0 &&
           cluster.inNetns(host.netns, ['nft', 'list', 'table', 'ip', `trivisor-${NET}`]).code !== 0,
         60_000,

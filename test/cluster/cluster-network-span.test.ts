@@ -8,6 +8,7 @@ import {
   type TestCluster,
   waitForStatus,
 } from './cluster-harness.ts';
+import { floodsOf, guestSh, launchGuests, nicOf, type SpanNic, vxlanOf } from './network-span.ts';
 
 /*
  * Issue 13 part 2 (decision 0050): one managed network spans two members. Its bridges are
@@ -92,26 +93,14 @@ after(async () => {
   if (cluster) await cluster.destroy();
 });
 
-interface Nic {
-  hwaddr?: string;
-  'ipv4.address'?: string;
-}
-
 // A guard against a hang, not a measure: about 3 minutes alone on an idle host; at a load of 14
 // the guests' launch alone took 281 s and the file passed its 600 s with 8 tests left, and the
 // suite runs two files at a time (decision 0071).
 describe('a managed network spanning two members', { timeout: 1_200_000 }, () => {
   let m1: MemberHost;
   let m2: MemberHost;
-  const sh = (guest: string, script: string) =>
-    m1.daemon.cli(['exec', guest, '--', 'sh', '-c', script], { timeoutMs: 120_000 });
-  const nicOf = (guest: string): Nic => {
-    const g = JSON.parse(m2.daemon.ok(['info', guest, '--format', 'json'])) as {
-      devices?: Record<string, Nic>;
-    };
-    return g.devices?.eth0 ?? {};
-  };
-  const addressOf = (guest: string) => nicOf(guest)['ipv4.address'] ?? '';
+  const sh = (guest: string, script: string) => guestSh(m1, guest, script);
+  const addressOf = (guest: string) => nicOf(m2, guest)['ipv4.address'] ?? '';
   /** Echo requests sd's kernel received so far (its namespace's ICMP counters). */
   const echos = () => {
     const lines = sh('sd', 'cat /proc/net/snmp')
@@ -122,32 +111,16 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
     assert.ok(at > 0, lines.join('\n'));
     return Number(values?.[at]);
   };
-  const floods = (host: MemberHost, dev: string) =>
-    (
-      JSON.parse(
-        cluster.inNetns(host.netns, ['bridge', '-json', 'fdb', 'show', 'dev', dev]).stdout || '[]',
-      ) as Array<{ mac: string; dst?: string }>
-    ).flatMap((e) => (e.mac === '00:00:00:00:00:00' && e.dst ? [e.dst] : []));
   const locationOf = (guest: string) =>
     (
       JSON.parse(m1.daemon.ok(['list', '--format', 'json'])) as Array<{ name: string; location?: string }>
     ).find((g) => g.name === guest)?.location;
-  const vxlanOf = (host: MemberHost) => {
-    const r = cluster.inNetns(host.netns, ['ip', '-details', '-json', 'link', 'show', 'type', 'vxlan']);
-    assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout) as Array<{
-      ifname: string;
-      mtu: number;
-      master?: string;
-      linkinfo: { info_data: { id: number; local: string; port: number } };
-    }>;
-  };
 
   test('a network made before the cluster becomes a VXLAN-joined bridge on both members as they join: one VNI, port 4789, an FDB entry for the other member, VXLAN only from members', async () => {
     [m1, m2] = cluster.hosts as [MemberHost, MemberHost];
     // Made while m1 is a single host: the tunnel and its FDB come with the members that join.
     m1.daemon.ok(['network', 'create', NET, `ipv4.address=${SUBNET}.1/24`]);
-    assert.deepEqual(vxlanOf(m1), [], 'a single host has no VXLAN');
+    assert.deepEqual(vxlanOf(cluster, m1), [], 'a single host has no VXLAN');
     await formCluster(cluster);
     for (const [host, other] of [
       [m1, m2],
@@ -156,11 +129,14 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       // Exactly one flood entry, the other member's.
       await eventually(
         `${NET}'s VXLAN on ${host.name}, flooding to ${other.name} only`,
-        () => vxlanOf(host).some((v) => v.master === NET && floods(host, v.ifname).join() === other.ip),
+        () =>
+          vxlanOf(cluster, host).some(
+            (v) => v.master === NET && floodsOf(cluster, host, v.ifname).join() === other.ip,
+          ),
         30_000,
       );
     }
-    const [v1, v2] = [vxlanOf(m1), vxlanOf(m2)].map((l) => l.find((v) => v.master === NET));
+    const [v1, v2] = [vxlanOf(cluster, m1), vxlanOf(cluster, m2)].map((l) => l.find((v) => v.master === NET));
     assert.ok(v1 && v2);
     assert.equal(v1.linkinfo.info_data.id, v2.linkinfo.info_data.id, 'one VNI on both members');
     assert.equal(v1.linkinfo.info_data.port, 4789);
@@ -200,18 +176,16 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
     assert.equal(gone.code, 0, gone.stderr);
     await eventually(
       "m2's VXLAN device back, flooding to m1",
-      () => vxlanOf(m2).some((v) => v.master === NET && floods(m2, v.ifname).join() === m1.ip),
+      () =>
+        vxlanOf(cluster, m2).some(
+          (v) => v.master === NET && floodsOf(cluster, m2, v.ifname).join() === m1.ip,
+        ),
       30_000,
     );
   });
 
   test('a guest of each model gets its reserved address and the spanned MTU from its own member', async () => {
-    for (const g of GUESTS) {
-      m1.daemon.ok([
-        ...['launch', 'busybox', g.name, '--model', g.model, '--target', g.member, '--network', NET],
-        ...g.args,
-      ]);
-    }
+    launchGuests(m1, NET, GUESTS);
     const all = GUESTS.map((g) => addressOf(g.name));
     assert.equal(new Set(all).size, GUESTS.length, `four distinct addresses: ${all.join(' ')}`);
     for (const g of GUESTS) {
@@ -223,14 +197,14 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
         90_000,
       );
       assert.equal(sh(g.name, 'cat /sys/class/net/eth0/mtu').stdout.trim(), '1450', `${g.name}'s MTU`);
-      assert.equal(sh(g.name, 'cat /sys/class/net/eth0/address').stdout.trim(), nicOf(g.name).hwaddr);
+      assert.equal(sh(g.name, 'cat /sys/class/net/eth0/address').stdout.trim(), nicOf(m2, g.name).hwaddr);
     }
   });
 
   test('a NIC hot-plugged into a running ct guest on a spanned network starts at the spanned MTU', () => {
     m1.daemon.ok(['network', 'attach', NET, 'sd', 'eth1']);
     const ip = (
-      JSON.parse(m1.daemon.ok(['info', 'sd', '--format', 'json'])) as { devices?: Record<string, Nic> }
+      JSON.parse(m1.daemon.ok(['info', 'sd', '--format', 'json'])) as { devices?: Record<string, SpanNic> }
     ).devices?.eth1?.['ipv4.address'];
     const shown = sh('sd', 'cat /sys/class/net/eth1/mtu; ip -4 addr show dev eth1');
     assert.match(shown.stdout, /^1450\n/, shown.stdout);
@@ -246,7 +220,7 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
     ] as const) {
       m1.daemon.ok(['network', 'attach', NET, guest, 'eth1']);
       const ip = (
-        JSON.parse(m1.daemon.ok(['info', guest, '--format', 'json'])) as { devices?: Record<string, Nic> }
+        JSON.parse(m1.daemon.ok(['info', guest, '--format', 'json'])) as { devices?: Record<string, SpanNic> }
       ).devices?.eth1?.['ipv4.address'];
       assert.ok(ip);
       await eventually(
@@ -419,9 +393,9 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
 
   test("VXLAN from a host that is not a member is dropped by the member's input rule, even with a claimed MAC and address inside", async () => {
     const outsider = await cluster.addHost('mx');
-    const vni = vxlanOf(m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
+    const vni = vxlanOf(cluster, m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
     assert.ok(vni);
-    const [sc, sd] = [nicOf('sc'), nicOf('sd')];
+    const [sc, sd] = [nicOf(m2, 'sc'), nicOf(m2, 'sd')];
     // A VXLAN device of the network's VNI in the outsider's namespace, sending as sc to sd.
     for (const argv of [
       ['ip', 'link', 'add', 'vxo', 'type', 'vxlan', 'id', String(vni), 'remote', m2.ip, 'dstport', '4789'],
@@ -476,11 +450,11 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
   });
 
   test("m1's VXLAN carries only the NICs m1 runs into m2: a crafted frame as m2's guest sp is dropped at m2's input, as m1's guest sc it arrives", async () => {
-    const vni = vxlanOf(m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
+    const vni = vxlanOf(cluster, m2).find((v) => v.master === NET)?.linkinfo.info_data.id;
     assert.ok(vni);
-    const sd = nicOf('sd');
+    const sd = nicOf(m2, 'sd');
     /** Sends three echo requests to sd from m1's cluster address, VXLAN-encapsulated, as `as`. */
-    const craftedFrom = async (as: Nic) => {
+    const craftedFrom = async (as: SpanNic) => {
       const before = echos();
       const r = cluster.inNetns(
         m1.netns,
@@ -494,15 +468,15 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       await sleep(500);
       return echos() - before;
     };
-    assert.equal(await craftedFrom(nicOf('sp')), 0, "m1 brought m2's guest sp's MAC and address onto m2");
-    assert.equal(await craftedFrom(nicOf('sc')), 3, "m1's own guest sc's frames did not arrive");
+    assert.equal(await craftedFrom(nicOf(m2, 'sp')), 0, "m1 brought m2's guest sp's MAC and address onto m2");
+    assert.equal(await craftedFrom(nicOf(m2, 'sc')), 3, "m1's own guest sc's frames did not arrive");
   });
 
   test('a guest moved cold to the other member keeps its MAC and address and is reached there by address and name', async () => {
-    const before = nicOf('sp');
+    const before = nicOf(m2, 'sp');
     m1.daemon.ok(['move', 'sp', '--target', 'm1']);
     assert.equal(locationOf('sp'), 'm1');
-    assert.deepEqual(nicOf('sp'), before, 'the same MAC and address');
+    assert.deepEqual(nicOf(m2, 'sp'), before, 'the same MAC and address');
     const ip = before['ipv4.address'] ?? '';
     await eventually(
       'sp holds its address on m1',
@@ -523,18 +497,18 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
     const joined = m3.daemon.cli(['cluster', 'join', token, '--address', m3.ip], { timeoutMs: 180_000 });
     assert.equal(joined.code, 0, joined.stderr);
     await waitForStatus(m1.daemon, 'mx', 'Online');
-    const floodsOf = (host: MemberHost) => {
-      const v = vxlanOf(host).find((x) => x.master === NET);
-      return v ? floods(host, v.ifname).sort().join() : '';
+    const remotesOf = (host: MemberHost) => {
+      const v = vxlanOf(cluster, host).find((x) => x.master === NET);
+      return v ? floodsOf(cluster, host, v.ifname).sort().join() : '';
     };
     const want = (...hosts: MemberHost[]) =>
       hosts
         .map((h) => h.ip)
         .sort()
         .join();
-    await eventually('m1 floods to m2 and mx', () => floodsOf(m1) === want(m2, m3), 30_000);
-    await eventually('m2 floods to m1 and mx', () => floodsOf(m2) === want(m1, m3), 30_000);
-    await eventually('mx floods to m1 and m2', () => floodsOf(m3) === want(m1, m2), 30_000);
+    await eventually('m1 floods to m2 and mx', () => remotesOf(m1) === want(m2, m3), 30_000);
+    await eventually('m2 floods to m1 and mx', () => remotesOf(m2) === want(m1, m3), 30_000);
+    await eventually('mx floods to m1 and m2', () => remotesOf(m3) === want(m1, m2), 30_000);
     // etcd refuses to drop a voter that joined moments ago ("unhealthy cluster"): asked again.
     await eventually(
       'mx removed',
@@ -545,8 +519,8 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       },
       60_000,
     );
-    await eventually('m1 floods to m2 only', () => floodsOf(m1) === want(m2), 30_000);
-    await eventually('m2 floods to m1 only', () => floodsOf(m2) === want(m1), 30_000);
+    await eventually('m1 floods to m2 only', () => remotesOf(m1) === want(m2), 30_000);
+    await eventually('m2 floods to m1 only', () => remotesOf(m2) === want(m1), 30_000);
     assert.match(
       cluster.inNetns(m1.netns, ['nft', 'list', 'table', 'ip', `trivisor-${NET}`]).stdout,
       new RegExp(`udp dport 4789 ip saddr != ${m2.ip.replaceAll('.', '\\.')} drop`),
@@ -561,7 +535,7 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       await eventually(
         `no VXLAN and no tunnel table left on ${host.name}`,
         () =>
-          vxlanOf(host).length === 0 &&
+          vxlanOf(cluster, host).length === 0 &&
           !cluster.inNetns(host.netns, ['nft', 'list', 'tables']).stdout.includes(`trivisor-vx-${NET}`),
         30_000,
       );
