@@ -233,7 +233,11 @@ describe('snapshots and copies of ct guests', () => {
       75_000,
     );
     // The first archive's chain state file went with it.
-    await eventually('the first chain state removed with its archive', () => shippedFiles().length === 2, 10_000);
+    await eventually(
+      'the first chain state removed with its archive',
+      () => shippedFiles().length === 2,
+      10_000,
+    );
     assert.deepEqual(shippedFiles(), withState(shipped()[0] ?? ''));
     d.ok(['delete', '--force', 'sched']);
   });
