@@ -54,7 +54,8 @@ export interface LauncherOptions {
   dir?: string;
   /**
    * How long after a SIGKILL sent for a timeout or an abort the helper may take to answer before it
-   * is taken for stuck: it is killed (its requests fail) and the next request starts a new one.
+   * is taken for stuck: it is killed (its requests fail) and the next request starts a new one
+   * (30 s by default: a helper that answers late under load costs every request it has in flight).
    */
   killGraceMs?: number;
 }
@@ -243,7 +244,7 @@ export function createLauncher(runner: ProcessRunner, log?: Logger, options: Lau
   let helper: ChildProcess | undefined;
   let nextId = 1;
   const waiting = new Map<number, Waiter>();
-  const killGraceMs = options.killGraceMs ?? 10_000;
+  const killGraceMs = options.killGraceMs ?? 30_000;
   let dir: string | undefined;
   let ownDir = false;
   /** The capture directory, made at the first capture. */
