@@ -10,8 +10,59 @@ import { parseGatewayCidr } from './ipv4.ts';
 import { leafBridgeName } from './leaf-bridges.ts';
 import { bridgeMac, createLinuxNetworkBackend, ownerAlias, ownerHash } from './linux-network-backend.ts';
 import type { NetworkDefinition } from './network-backend.ts';
-import { aclRuleset, deletePortRuleset, networkRuleset, portRuleset } from './nft-rules.ts';
+import {
+  aclRuleset,
+  deletePortRuleset,
+  networkRuleset,
+  PORTS_RULES,
+  type PortFilter,
+  parsePortsTable,
+  portRuleset,
+  portsTableRuleset,
+} from './nft-rules.ts';
 import { gatewayMac, vxlanDevice } from './vxlan.ts';
+
+/** `nft -j list table bridge trivisor-ports-x` of a daemon before 2026-12-07 with one port (nft 1.0.6). */
+const LEGACY_PORTS_JSON = `{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "bridge", "name": "trivisor-ports-x", "handle": 20}}, {"map": {"family": "bridge", "name": "ports", "table": "trivisor-ports-x", "type": "ifname", "handle": 1, "map": "verdict", "elem": [["tvg", {"jump": {"target": "port-tvg"}}]]}}, {"chain": {"family": "bridge", "table": "trivisor-ports-x", "name": "prerouting", "handle": 2, "type": "filter", "hook": "prerouting", "prio": -200, "policy": "accept"}}, {"chain": {"family": "bridge", "table": "trivisor-ports-x", "name": "port-tvg", "handle": 4}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "prerouting", "handle": 3, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@ports"}}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 5, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "saddr"}}, "right": "02:00:00:00:00:01"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 6, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "arp", "field": "saddr ether"}}, "right": "02:00:00:00:00:01"}}, {"drop": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "10.0.0.5"}}, {"return": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "arp", "field": "saddr ip"}}, "right": "0.0.0.0"}}, {"return": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.5"}}, {"return": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 10, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "0.0.0.0"}}, {"return": null}]}}, {"rule": {"family": "bridge", "table": "trivisor-ports-x", "chain": "port-tvg", "handle": 11, "expr": [{"drop": null}]}}]}`;
+
+/** `nft -j list table` of the ports table in this layout, as nft 1.0.6 writes it. */
+function currentPortsJson(ports: PortFilter[], table = 'trivisor-ports-x'): string {
+  const base = { family: 'bridge', table };
+  const set = (name: string, type: string | string[], elem: unknown[]) => ({
+    set: { ...base, name, type, handle: 1, ...(elem.length > 0 ? { elem } : {}) },
+  });
+  return JSON.stringify({
+    nftables: [
+      { metainfo: { version: '1.0.6', json_schema_version: 1 } },
+      { table: { family: 'bridge', name: table, handle: 1 } },
+      set(
+        'guest_ports',
+        'ifname',
+        ports.map((p) => p.port),
+      ),
+      set(
+        'port_mac',
+        ['ifname', 'ether_addr'],
+        ports.map((p) => ({ concat: [p.port, p.mac] })),
+      ),
+      set(
+        'port_ip',
+        ['ifname', 'ipv4_addr'],
+        ports.map((p) => ({ concat: [p.port, p.ip] })),
+      ),
+      { chain: { ...base, name: 'prerouting', handle: 1, type: 'filter', hook: 'prerouting', prio: -200 } },
+      ...PORTS_RULES.map((_, i) => ({ rule: { ...base, chain: 'prerouting', handle: 5 + i, expr: [] } })),
+    ],
+  });
+}
+
+/** A runner whose ports table (of state dir /s) is there in this layout, holding these ports. */
+const portsRunner = (ports: PortFilter[] = []) =>
+  fakeRunner((argv) =>
+    argv.join(' ') === `nft -j list table bridge trivisor-ports-${ownerHash('/s')}`
+      ? { stdout: currentPortsJson(ports, `trivisor-ports-${ownerHash('/s')}`) }
+      : undefined,
+  );
 
 const log = createLogger({ level: 'silent' });
 const dirs: string[] = [];
@@ -106,67 +157,114 @@ describe('nft rulesets', () => {
     );
   });
 
-  test('a port may only send with its own MAC and address, ARP included', () => {
-    const text = portRuleset('abc', { port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
-    assert.match(text, /^add table bridge trivisor-ports-abc$/m);
-    assert.match(text, /type filter hook prerouting priority filter/);
-    assert.match(text, /^add rule bridge trivisor-ports-abc prerouting iifname vmap @ports$/m);
-    assert.match(text, /^add element bridge trivisor-ports-abc ports \{ "tvabc" : jump port-tvabc \}$/m);
-    const rules = text
-      .split('\n')
-      .filter((l) => l.startsWith('add rule bridge trivisor-ports-abc port-tvabc '));
-    assert.deepEqual(
-      rules.map((l) => l.slice('add rule bridge trivisor-ports-abc port-tvabc '.length)),
-      [
-        'ether saddr != 02:00:00:00:00:02 drop',
-        'arp saddr ether != 02:00:00:00:00:02 drop',
-        'arp saddr ip 198.18.10.2 return',
-        'arp saddr ip 0.0.0.0 return',
-        'ip saddr 198.18.10.2 return',
-        'ip saddr 0.0.0.0 return',
-        'drop',
-      ],
-    );
-    // No anonymous set (`{ … }`) in a port's rules: every later `nft -f` would read it (decision 0068).
-    assert.ok(!rules.some((r) => r.includes('{')), rules.join('\n'));
-    // The chain is flushed before its rules: a port plugged again does not pile them up.
-    assert.ok(
-      text.indexOf('flush chain bridge trivisor-ports-abc port-tvabc') < text.indexOf(rules[0] ?? '?'),
-    );
-  });
-
-  test('every port shares one base chain: no nft table, and so no netfilter hook, per port (decision 0068)', () => {
-    const texts = ['tva', 'tvb', 'tvc'].map((port, i) =>
-      portRuleset('abc', { port, mac: `02:00:00:00:00:0${i}`, ip: `198.18.10.${i + 2}` }),
-    );
-    for (const text of texts) {
-      assert.equal(text.match(/hook prerouting/g)?.length, 1, 'the one base chain, declared idempotently');
-      assert.match(text, /^add chain bridge trivisor-ports-abc prerouting \{/m);
-      assert.doesNotMatch(text, /^table /m, 'no table is made whole (which would drop the other ports)');
-    }
-    // A table made by a daemon before 0068 goes when the port is plugged again or unplugged.
-    assert.match(texts[0] ?? '', /^add table bridge trivisor-tva\ndelete table bridge trivisor-tva$/m);
-    const del = deletePortRuleset('abc', 'tva');
+  test('a port may only send with its own MAC and address, ARP included: fixed rules, per-port sets', () => {
+    const text = portsTableRuleset('abc', [{ port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' }]);
+    assert.match(text, /^add table bridge trivisor-ports-abc\ndelete table bridge trivisor-ports-abc\n/);
+    assert.equal(text.match(/hook prerouting/g)?.length, 1, 'one base chain');
+    assert.match(text, /set guest_ports \{\n {4}type ifname\n {4}elements = \{ "tvabc" \}\n/);
     assert.match(
-      del,
-      /^delete element bridge trivisor-ports-abc ports \{ "tva" \}\ndelete chain bridge trivisor-ports-abc port-tva$/m,
+      text,
+      /set port_mac \{\n {4}type ifname \. ether_addr\n {4}elements = \{ "tvabc" \. 02:00:00:00:00:02 \}/,
     );
-    assert.ok(
-      del.indexOf('add element') < del.indexOf('delete element'),
-      'added first: deleting what is missing is fine',
+    assert.match(
+      text,
+      /set port_ip \{\n {4}type ifname \. ipv4_addr\n {4}elements = \{ "tvabc" \. 198\.18\.10\.2 \}/,
+    );
+    const rules = text
+      .slice(text.indexOf('policy accept;\n') + 'policy accept;\n'.length)
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '' && l !== '}');
+    assert.deepEqual(rules, [
+      'iifname != @guest_ports accept',
+      'iifname . ether saddr != @port_mac drop',
+      'iifname . arp saddr ether != @port_mac drop',
+      'iifname . arp saddr ip @port_ip accept',
+      'arp saddr ip 0.0.0.0 accept',
+      'ether type ip iifname . ip saddr @port_ip accept',
+      'ether type ip ip saddr 0.0.0.0 accept',
+      'drop',
+    ]);
+    // No verdict but accept and drop: a jump makes every commit validate the table's chains (O(N) a port).
+    assert.doesNotMatch(text, /jump|goto|vmap|map /);
+    // No per-port rule: a table without ports has the same chain.
+    assert.equal(
+      portsTableRuleset('abc', []).replace(/\n {4}elements = [^\n]*/g, ''),
+      text.replace(/\n {4}elements = [^\n]*/g, ''),
     );
   });
 
-  test('a port sends nothing but IPv4 and ARP: IPv6 and VLAN-tagged frames are dropped', () => {
-    const text = portRuleset('abc', { port: 'tvabc', mac: '02:00:00:00:00:02', ip: '198.18.10.2' });
-    const rules = text
-      .split('\n')
-      .filter((l) => l.startsWith('add rule bridge trivisor-ports-abc port-tvabc '));
-    // Only IPv4 and ARP frames (`ip …`, `arp …`: nft matches their ether type) return; the last rule drops the rest.
-    assert.equal(rules.at(-1), 'add rule bridge trivisor-ports-abc port-tvabc drop');
-    for (const r of rules.filter((l) => l.endsWith(' return'))) {
-      assert.match(r, /port-tvabc (ip saddr|arp saddr ip) \S+ return$/);
-    }
+  test("a port's add and delete are set element changes only, in one transaction (decision 0068)", () => {
+    const a = { port: 'tva', mac: '02:00:00:00:00:0a', ip: '198.18.10.10' };
+    const add = portRuleset('abc', a);
+    assert.equal(
+      add,
+      [
+        'add element bridge trivisor-ports-abc guest_ports { "tva" }',
+        'add element bridge trivisor-ports-abc port_mac { "tva" . 02:00:00:00:00:0a }',
+        'add element bridge trivisor-ports-abc port_ip { "tva" . 198.18.10.10 }',
+        // A table made by a daemon before 0068 goes when the port is plugged again or unplugged.
+        'add table bridge trivisor-tva\ndelete table bridge trivisor-tva\n',
+      ].join('\n'),
+    );
+    assert.doesNotMatch(add, /chain|rule|flush|jump/);
+    // Its MAC or address changed: the old elements go in the same transaction, before the new come.
+    const moved = portRuleset('abc', { ...a, ip: '198.18.10.11' }, a);
+    assert.ok(
+      moved.indexOf('delete element bridge trivisor-ports-abc port_ip { "tva" . 198.18.10.10 }') <
+        moved.indexOf('add element bridge trivisor-ports-abc port_ip { "tva" . 198.18.10.11 }'),
+      moved,
+    );
+    assert.match(
+      moved,
+      /^delete element bridge trivisor-ports-abc port_mac \{ "tva" \. 02:00:00:00:00:0a \}$/m,
+    );
+    const del = deletePortRuleset('abc', 'tva', a);
+    assert.deepEqual(del.split('\n').slice(0, 3), [
+      'delete element bridge trivisor-ports-abc guest_ports { "tva" }',
+      'delete element bridge trivisor-ports-abc port_mac { "tva" . 02:00:00:00:00:0a }',
+      'delete element bridge trivisor-ports-abc port_ip { "tva" . 198.18.10.10 }',
+    ]);
+    assert.doesNotMatch(del, /chain|rule|flush/);
+    // A port the table does not hold: only a legacy table's removal.
+    assert.equal(
+      deletePortRuleset('abc', 'tvb'),
+      'add table bridge trivisor-tvb\ndelete table bridge trivisor-tvb\n',
+    );
+  });
+
+  test('the ports table read back: this layout kept, the per-port chains of before adopted, a damaged one rewritten', () => {
+    const legacy = LEGACY_PORTS_JSON;
+    assert.deepEqual(parsePortsTable(legacy), {
+      layout: 'rewrite',
+      ports: [{ port: 'tvg', mac: '02:00:00:00:00:01', ip: '10.0.0.5' }],
+    });
+    // The first layout's port chains held `ip saddr != { 0.0.0.0, IP } drop`.
+    const first = legacy.replace(
+      '"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.5"',
+      '"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": ["0.0.0.0", "10.0.0.5"]}',
+    );
+    assert.notEqual(first, legacy);
+    assert.deepEqual(parsePortsTable(first).ports, [
+      { port: 'tvg', mac: '02:00:00:00:00:01', ip: '10.0.0.5' },
+    ]);
+    const current = currentPortsJson([
+      { port: 'tvg', mac: '02:00:00:00:00:01', ip: '10.0.0.5' },
+      { port: 'tvi', mac: '02:00:00:00:00:04', ip: '10.0.0.8' },
+    ]);
+    assert.deepEqual(parsePortsTable(current), {
+      layout: 'current',
+      ports: [
+        { port: 'tvg', mac: '02:00:00:00:00:01', ip: '10.0.0.5' },
+        { port: 'tvi', mac: '02:00:00:00:00:04', ip: '10.0.0.8' },
+      ],
+    });
+    // Its last rule (the drop) deleted by hand: rewritten, its ports kept.
+    const damaged = JSON.parse(current) as { nftables: Array<Record<string, unknown>> };
+    damaged.nftables.pop();
+    assert.equal(parsePortsTable(JSON.stringify(damaged)).layout, 'rewrite');
+    assert.equal(parsePortsTable(JSON.stringify(damaged)).ports.length, 2);
+    assert.deepEqual(parsePortsTable(''), { layout: 'missing', ports: [] });
   });
 });
 
@@ -619,15 +717,17 @@ describe('linux network backend', () => {
     });
 
   test('plugVeth() puts the host end on the bridge, isolates it, filters it and moves the guest end', async () => {
-    const runner = fakeRunner();
+    const runner = portsRunner();
     const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
     await backend.plugVeth(
       { port: 'tv0123456789', bridge: 'tvnet0', mac: '02:00:00:00:00:02', ip: '198.18.10.2', isolated: true },
       { netnsPid: 42, ifname: 'eth0' },
     );
-    // What a start costs the daemon (each command a fork of it, decision 0068): five, filters included.
+    // What a start costs the daemon (each command a fork of it, decision 0068): five, filters included,
+    // and the ports table read once in the daemon's life (its first network's reconcile does it).
     assert.deepEqual(runner.commands(), [
       'ip -force -batch -',
+      `nft -j list table bridge trivisor-ports-${ownerHash('/s')}`,
       'nft -f -',
       'ip link add name tv0123456789 master tvnet0 up type veth peer name eth0 address 02:00:00:00:00:02 netns /proc/42/ns/net',
       'bridge link set dev tv0123456789 isolated on',
@@ -639,12 +739,14 @@ describe('linux network backend', () => {
       'link del dev tv0123456789\nlink del dev tv0123456789i\n',
       'what an earlier run left',
     );
-    assert.match(String(input(1)), /port-tv0123456789 ether saddr != 02:00:00:00:00:02 drop/);
+    assert.equal(
+      input(2),
+      portRuleset(ownerHash('/s'), { port: 'tv0123456789', mac: '02:00:00:00:00:02', ip: '198.18.10.2' }),
+      'its elements only',
+    );
   });
 
   test('a port unplugged by this daemon is not unplugged again: the clean-up before a start and the plug run nothing more', async () => {
-    const runner = fakeRunner();
-    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
     const def = {
       port: 'tv0123456789',
       bridge: 'tvnet0',
@@ -652,22 +754,172 @@ describe('linux network backend', () => {
       ip: '198.18.10.2',
       isolated: false,
     };
+    // A daemon restarted with the port's elements in its table.
+    const runner = portsRunner([{ port: def.port, mac: def.mac, ip: def.ip }]);
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
     await backend.unplug(def.port);
-    assert.deepEqual(runner.commands(), ['ip -force -batch -', 'nft -f -']);
-    assert.match(
-      String((runner.calls[1]?.options as { input?: string } | undefined)?.input),
-      /delete chain bridge \S+ port-tv0123456789/,
+    assert.deepEqual(runner.commands(), [
+      'ip -force -batch -',
+      `nft -j list table bridge trivisor-ports-${ownerHash('/s')}`,
+      'nft -f -',
+    ]);
+    assert.equal(
+      (runner.calls[2]?.options as { input?: string } | undefined)?.input,
+      deletePortRuleset(ownerHash('/s'), def.port, def),
+      'its elements, as the table holds them, go',
     );
     await backend.unplug(def.port);
     await backend.plugVeth(def, { netnsPid: 42, ifname: 'eth0' });
-    assert.deepEqual(runner.commands().slice(2), [
+    assert.deepEqual(runner.commands().slice(3), [
       'nft -f -',
       'ip link add name tv0123456789 master tvnet0 up type veth peer name eth0 address 02:00:00:00:00:02 netns /proc/42/ns/net',
       'nsenter --net=/proc/42/ns/net ip link set dev eth0 up',
     ]);
     // Plugged again, it is unplugged for real.
     await backend.unplug(def.port);
-    assert.deepEqual(runner.commands().slice(5), ['ip -force -batch -', 'nft -f -']);
+    assert.deepEqual(runner.commands().slice(6), ['ip -force -batch -', 'nft -f -']);
+  });
+
+  test('a daemon that finds the per-port chains of before rewrites its ports table once, keeping every port filtered (adoption)', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const table = `trivisor-ports-${ownerHash(stateDir)}`;
+    let listed = LEGACY_PORTS_JSON.replaceAll('trivisor-ports-x', table);
+    const runner = fakeRunner((argv) => {
+      const cmd = argv.join(' ');
+      if (cmd === `nft -j list table bridge ${table}`) return { stdout: listed };
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (argv[0] === 'dnsmasq')
+        return { effect: () => writeFile(dnsmasqPaths(stateDir, 'tvnet0').pidFile, `${process.pid}\n`) };
+      return undefined;
+    });
+    const inputs = () =>
+      runner.calls
+        .filter((c) => c.argv.join(' ') === 'nft -f -')
+        .map((c) => String((c.options as { input?: string }).input));
+    await createLinuxNetworkBackend({ runner, log, stateDir }).ensure(def(), undefined);
+    const tvg = { port: 'tvg', mac: '02:00:00:00:00:01', ip: '10.0.0.5' };
+    const rewrite = portsTableRuleset(ownerHash(stateDir), [tvg]);
+    assert.deepEqual(
+      inputs().filter((t) => t.includes(table)),
+      [rewrite],
+      'one transaction replaces the table',
+    );
+    // The next start finds this layout: nothing is rewritten, and the port's elements are known.
+    listed = currentPortsJson([tvg], table);
+    runner.calls.length = 0;
+    const again = createLinuxNetworkBackend({ runner, log, stateDir });
+    await again.ensure(def(), undefined);
+    assert.deepEqual(
+      inputs().filter((t) => t.includes(table)),
+      [],
+      'nothing to adopt',
+    );
+    await again.unplug('tvg');
+    assert.deepEqual(
+      inputs().filter((t) => t.includes(table)),
+      [deletePortRuleset(ownerHash(stateDir), 'tvg', tvg)],
+    );
+  });
+
+  test('a reconcile writes the network tables at its first run and when they change, and skips them while they are there', async () => {
+    const stateDir = await mkdtemp(join(tmpdir(), 'trivisor-net-'));
+    dirs.push(stateDir);
+    const paths = dnsmasqPaths(stateDir, 'tvnet0');
+    let tables = '';
+    const runner = fakeRunner((argv) => {
+      const cmd = argv.join(' ');
+      if (cmd === 'nft list tables') return { stdout: tables };
+      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+        return { code: 1, stderr: 'does not exist' };
+      if (argv[0] === 'dnsmasq')
+        return {
+          effect: () =>
+            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+        };
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir });
+    const written = () =>
+      runner.calls.filter(
+        (c) =>
+          c.argv.join(' ') === 'nft -f -' &&
+          String((c.options as { input?: string }).input).includes('table ip trivisor-tvnet0 {'),
+      ).length;
+    const acl = def({
+      hosts: [{ mac: '02:00:00:00:00:02', ip: '198.18.10.2', name: 'a', port: 'tva' }],
+      acls: [{ direction: 'egress', action: 'drop', protocol: 'tcp', destinationPort: 22 }],
+    });
+    const known = await backend.ensure(acl, undefined);
+    assert.equal(written(), 1, 'the first reconcile writes them');
+    assert.ok(!runner.commands().includes('nft list tables'), 'nothing to check before the first write');
+    tables = 'table ip trivisor-tvnet0\ntable bridge trivisor-acl-tvnet0\ntable bridge trivisor-ports-x\n';
+    await backend.ensure(acl, known);
+    assert.equal(written(), 1, 'the same text, its tables there: skipped');
+    assert.equal(runner.commands().filter((c) => c === 'nft list tables').length, 1, 'one check');
+    // The ACL table deleted under the daemon: written again.
+    tables = 'table ip trivisor-tvnet0\n';
+    await backend.ensure(acl, known);
+    assert.equal(written(), 2);
+    // A change (another ACL rule) is written whatever is there.
+    tables = 'table ip trivisor-tvnet0\ntable bridge trivisor-acl-tvnet0\n';
+    await backend.ensure(
+      { ...acl, acls: [...(acl.acls ?? []), { direction: 'ingress', action: 'drop' }] },
+      known,
+    );
+    assert.equal(written(), 3);
+    // remove() forgets it: a network made again under the same name is written.
+    await backend.remove('tvnet0', known);
+    await backend.ensure(acl, undefined).catch(() => undefined);
+    assert.equal(written(), 4);
+  });
+
+  test('a port whose address changed swaps its elements; a change that fails reads the table again and is made from what it holds', async () => {
+    const owner = ownerHash('/s');
+    const a = { port: 'tva', mac: '02:00:00:00:00:0a', ip: '198.18.10.10' };
+    let held: PortFilter[] = [];
+    let failNext = false;
+    const runner = fakeRunner((argv) => {
+      const cmd = argv.join(' ');
+      if (cmd === `nft -j list table bridge trivisor-ports-${owner}`)
+        return { stdout: currentPortsJson(held, `trivisor-ports-${owner}`) };
+      if (cmd === 'nft -f -' && failNext) {
+        failNext = false;
+        return { code: 1, stderr: 'Error: Could not process rule: No such file or directory' };
+      }
+      return undefined;
+    });
+    const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
+    const plug = (p: PortFilter) =>
+      backend.plugVeth({ ...p, bridge: 'tvnet0', isolated: false }, { netnsPid: 42, ifname: 'eth0' });
+    const nftInputs = () =>
+      runner.calls
+        .filter((c) => c.argv.join(' ') === 'nft -f -')
+        .map((c) => String((c.options as { input?: string }).input));
+    await plug(a);
+    const b = { ...a, ip: '198.18.10.11' };
+    await plug(b);
+    assert.equal(
+      nftInputs().at(-1),
+      portRuleset(owner, b, a),
+      'the old elements out, the new in, one transaction',
+    );
+    // Plugged again as it is: no transaction at all.
+    const count = nftInputs().length;
+    await plug(b);
+    assert.equal(nftInputs().length, count);
+    // Someone removed the port's elements by hand: the delete fails, the table is read again, and
+    // the unplug deletes nothing that is not there.
+    held = [];
+    failNext = true;
+    await backend.unplug('tva');
+    assert.equal(
+      runner.commands().filter((c) => c === `nft -j list table bridge trivisor-ports-${owner}`).length,
+      2,
+      'read again',
+    );
+    assert.equal(nftInputs().at(-1), deletePortRuleset(owner, 'tva'));
   });
 
   test('plugVeth() into a running guest gives the guest end its address, and a failed plug leaves nothing', async () => {
@@ -733,7 +985,7 @@ describe('linux network backend', () => {
   });
 
   test('plugTap() makes a tap the given user may open, filtered and on the bridge', async () => {
-    const runner = fakeRunner();
+    const runner = portsRunner();
     const backend = createLinuxNetworkBackend({ runner, log, stateDir: '/s' });
     const tap = await backend.plugTap(
       {
@@ -753,7 +1005,11 @@ describe('linux network backend', () => {
     const nft = runner.calls
       .filter((c) => c.argv[0] === 'nft')
       .map((c) => (c.options as { input?: string }).input);
-    assert.ok(nft.some((t) => t?.includes('port-tv0123456789 ether saddr != 02:00:00:00:00:02 drop')));
+    assert.ok(nft.some((t) => t?.includes('port_mac { "tv0123456789" . 02:00:00:00:00:02 }')));
+    assert.ok(
+      cmds.indexOf('nft -f -') < cmds.indexOf('ip link set dev tv0123456789 master tvnet0 up'),
+      'filtered before it is on the bridge',
+    );
   });
 
   test('counters() reads the host end and reports them as the guest sees them', async () => {

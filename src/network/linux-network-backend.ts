@@ -31,7 +31,11 @@ import {
   deletePortRuleset,
   deletePortsTable,
   networkRuleset,
+  type PortFilter,
+  parsePortsTable,
   portRuleset,
+  portsTable,
+  portsTableRuleset,
 } from './nft-rules.ts';
 import {
   deleteTunnelRuleset,
@@ -93,6 +97,69 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   };
 
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
+
+  /**
+   * The network tables' script this daemon last applied, by network: a reconcile that would apply
+   * the same text again skips it while its tables are there (one `nft list tables`).
+   */
+  const appliedTables = new Map<string, string>();
+  const tablesPresent = async (script: string): Promise<boolean> => {
+    const wanted = [...script.matchAll(/^table (\S+) (\S+) \{$/gm)].map((m) => `table ${m[1]} ${m[2]}`);
+    const r = await runner.run(['nft', 'list', 'tables'], { allowFailure: true });
+    if (r.code !== 0) return false;
+    const listed = new Set(r.stdout.split('\n').map((l) => l.trim()));
+    return wanted.every((t) => listed.has(t));
+  };
+
+  /**
+   * What the ports table filters (decision 0068, amended 2026-12-07), read from the kernel once:
+   * a table that is missing, damaged or of the layout before (a chain per port behind a verdict
+   * map) is rewritten whole in one transaction, with the ports it filtered (adoption). Kept up to
+   * date with each port's change after that; forgotten when the table is removed or a change fails.
+   */
+  let portsState: Promise<Map<string, PortFilter>> | undefined;
+  const readPorts = async (): Promise<Map<string, PortFilter>> => {
+    const r = await runner.run(['nft', '-j', 'list', 'table', 'bridge', portsTable(owner)], {
+      allowFailure: true,
+    });
+    const found = parsePortsTable(r.code === 0 ? r.stdout : '');
+    if (found.layout === 'rewrite') {
+      log.info({ ports: found.ports.length }, 'rewriting the ports table in its current layout');
+    }
+    if (found.layout !== 'current') await nft(portsTableRuleset(owner, found.ports));
+    return new Map(found.ports.map((p) => [p.port, p]));
+  };
+  const loadPorts = (): Promise<Map<string, PortFilter>> => {
+    if (!portsState) {
+      const p = readPorts();
+      portsState = p;
+      p.catch(() => {
+        if (portsState === p) portsState = undefined;
+      });
+    }
+    return portsState;
+  };
+  /**
+   * One port's element changes in one transaction. When it fails (the table changed under the
+   * daemon: deleted, or an element it deletes is gone), the table is read again, rewritten if it
+   * is not whole, and the change made once more from what it holds.
+   */
+  const changePorts = async (
+    script: (ports: Map<string, PortFilter>) => string,
+    done: (ports: Map<string, PortFilter>) => void,
+  ): Promise<void> => {
+    const before = loadPorts();
+    let ports = await before;
+    try {
+      await nft(script(ports));
+    } catch (e) {
+      log.warn({ err: e }, 'a change of the ports table failed; reading it again');
+      if (portsState === before) portsState = undefined;
+      ports = await loadPorts();
+      await nft(script(ports));
+    }
+    done(ports);
+  };
 
   /** `ip -details -json link show` of a VXLAN device; undefined when it does not exist. */
   const vxlanInfo = async (dev: string) => {
@@ -388,7 +455,13 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   const unplugged = new Set<string>();
   const filterPort = async (def: PortDefinition): Promise<void> => {
     unplugged.delete(def.port);
-    await nft(portRuleset(owner, def));
+    const filter: PortFilter = { port: def.port, mac: def.mac, ip: def.ip };
+    const same = (p: PortFilter | undefined) => p?.mac === filter.mac && p.ip === filter.ip;
+    if (same((await loadPorts()).get(def.port))) return;
+    await changePorts(
+      (ports) => portRuleset(owner, filter, ports.get(def.port)),
+      (ports) => ports.set(def.port, filter),
+    );
   };
 
   /**
@@ -437,7 +510,17 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       if (def.nat) await runner.run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
       // One transaction for the tables (a reconcile runs at every NIC's create and delete); a
       // network on one host drops a tunnel's table in it too.
-      await nft(networkRuleset(def) + aclRuleset(def) + (def.tunnel ? '' : deleteTunnelRuleset(def.name)));
+      // Written at the daemon's first reconcile of the network and when it changes; skipped when
+      // this daemon applied the same text last and the tables are still there.
+      const tables =
+        networkRuleset(def) + aclRuleset(def) + (def.tunnel ? '' : deleteTunnelRuleset(def.name));
+      if (appliedTables.get(def.name) !== tables || !(await tablesPresent(tables))) {
+        appliedTables.delete(def.name);
+        await nft(tables);
+        appliedTables.set(def.name, tables);
+      }
+      // The ports table, read (and an older layout adopted) once.
+      await loadPorts();
       if (def.tunnel) await ensureTunnel(def);
       else await removeTunnel(def.name, { table: false });
 
@@ -515,7 +598,12 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       const others = (JSON.parse(bridges.stdout || '[]') as Array<{ ifname: string; ifalias?: string }>).some(
         (l) => l.ifalias === alias && l.ifname !== name,
       );
-      if (!others) await nft(deletePortsTable(owner));
+      if (!others) {
+        portsState = undefined;
+        await nft(deletePortsTable(owner));
+        portsState = undefined;
+      }
+      appliedTables.delete(name);
       await nft(deleteNetworkRuleset(name));
       await nft(aclRuleset({ name, hosts: [] }));
       await removeTunnel(name);
@@ -587,7 +675,10 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
     async unplug(port) {
       if (unplugged.has(port)) return;
       await removeLinks(port);
-      await nft(deletePortRuleset(owner, port));
+      await changePorts(
+        (ports) => deletePortRuleset(owner, port, ports.get(port)),
+        (ports) => ports.delete(port),
+      );
       // Bounded: the ports of deleted guests stay in it until it is cleared.
       if (unplugged.size >= 100_000) unplugged.clear();
       unplugged.add(port);

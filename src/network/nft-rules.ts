@@ -1,7 +1,7 @@
 import { isIPv6 } from 'node:net';
 import type { NetworkAclRule } from '../core/types.ts';
 import { type Ipv4Cidr, subnetOf } from './ipv4.ts';
-import type { NetworkDefinition, PortDefinition } from './network-backend.ts';
+import type { NetworkDefinition } from './network-backend.ts';
 import { VXLAN_PORT, vxlanInputRules } from './vxlan.ts';
 
 /** nftables table of a network (family ip). */
@@ -15,8 +15,8 @@ export const networkTable = (name: string): string => `trivisor-${name}`;
 export const legacyPortTable = (port: string): string => `trivisor-${port}`;
 /** nftables table (family bridge) of every guest port of one state dir's daemon (decision 0068). */
 export const portsTable = (owner: string): string => `trivisor-ports-${owner}`;
-/** The regular chain of one port's anti-spoofing rules in the ports table. */
-export const portChain = (port: string): string => `port-${port}`;
+/** The regular chain of one port in the ports table as daemons made it before 2026-12-07 (adopted). */
+export const legacyPortChain = (port: string): string => `port-${port}`;
 
 /** Replaces a whole table in one nft transaction: `add` makes `delete` safe when it is missing. */
 function replaceTable(family: string, table: string, body: string): string {
@@ -89,79 +89,201 @@ export function deleteNetworkRuleset(name: string): string {
 }
 
 /**
- * The ports table's frame (idempotent, elements kept): one base chain on the bridge family's
- * prerouting hook that looks the input interface up in a verdict map, port → `jump` to that
- * port's chain. Each frame costs one hash lookup whatever the number of ports; interfaces
- * that are no guest port (a bridge's uplinks, the VXLAN device) pass.
+ * The ports table (decision 0068, amended 2026-12-07): one base chain on the bridge family's
+ * prerouting hook with fixed rules, and three sets that say which interfaces are guest ports and
+ * what each may send. Frames from a guest port must carry the NIC's MAC; ARP its MAC and its
+ * address (0.0.0.0 only, for DHCP's probes); IPv4 its address (0.0.0.0 only, for DHCP). Nothing
+ * but untagged IPv4 and ARP leaves a guest port: IPv6 (managed networks are IPv4 only), VLAN-tagged
+ * frames (matched on the frame's own ether type, which the kernel keeps 802.1Q for a tagged frame
+ * even when it moved the tag aside: `meta protocol` would read the inner type and let a tagged IPv4
+ * packet with the port's own addresses through, as the per-port chains did) and other ether types
+ * are dropped. Interfaces that are no guest port (a bridge's uplinks, the VXLAN device) pass.
+ *
+ * Plugging or unplugging a port changes set elements only: no verdict, no chain, no rule. A
+ * verdict (the `jump` of a verdict map's element) made the kernel validate every chain of the
+ * table at each commit, O(N) a port at N ports; a set element is not validated. Each frame costs
+ * at most four hash lookups, whatever the number of ports.
  */
-function portsFrame(table: string): string {
-  const t = `bridge ${table}`;
-  return [
-    `add table ${t}`,
-    `add map ${t} ports { type ifname : verdict; }`,
-    `add chain ${t} prerouting { type filter hook prerouting priority filter; policy accept; }`,
-    `flush chain ${t} prerouting`,
-    `add rule ${t} prerouting iifname vmap @ports`,
-    '',
-  ].join('\n');
+export const PORTS_CHAIN = 'prerouting';
+/** Set of the guest ports' names. */
+export const GUEST_PORTS = 'guest_ports';
+/** Set of `port . MAC` a guest port may send from (as ether and as ARP source). */
+export const PORT_MAC = 'port_mac';
+/** Set of `port . IPv4` a guest port may send from (as IPv4 and as ARP source). */
+export const PORT_IP = 'port_ip';
+
+/** The base chain's rules, in order: what passes is accepted, the last rule drops the rest. */
+export const PORTS_RULES: readonly string[] = [
+  `iifname != @${GUEST_PORTS} accept`,
+  `iifname . ether saddr != @${PORT_MAC} drop`,
+  `iifname . arp saddr ether != @${PORT_MAC} drop`,
+  `iifname . arp saddr ip @${PORT_IP} accept`,
+  'arp saddr ip 0.0.0.0 accept',
+  `ether type ip iifname . ip saddr @${PORT_IP} accept`,
+  'ether type ip ip saddr 0.0.0.0 accept',
+  'drop',
+];
+
+/** What one guest port may send: its MAC and IPv4 address. */
+export interface PortFilter {
+  port: string;
+  mac: string;
+  ip: string;
 }
+
+const q = JSON.stringify;
+
+/**
+ * The whole ports table with these ports' elements, replacing whatever is there (an older layout
+ * included) in one transaction: `add` first makes the `delete` safe when the table is missing.
+ * Used when a daemon finds the table missing, damaged or of an older layout; never per port.
+ */
+export function portsTableRuleset(owner: string, ports: readonly PortFilter[]): string {
+  const elements = (f: (p: PortFilter) => string) =>
+    ports.length > 0 ? `    elements = { ${ports.map(f).join(', ')} }\n` : '';
+  const body = [
+    `  set ${GUEST_PORTS} {\n    type ifname\n${elements((p) => q(p.port))}  }\n`,
+    `  set ${PORT_MAC} {\n    type ifname . ether_addr\n${elements((p) => `${q(p.port)} . ${p.mac}`)}  }\n`,
+    `  set ${PORT_IP} {\n    type ifname . ipv4_addr\n${elements((p) => `${q(p.port)} . ${p.ip}`)}  }\n`,
+    `  chain ${PORTS_CHAIN} {\n    type filter hook prerouting priority filter; policy accept;\n`,
+    ...PORTS_RULES.map((r) => `    ${r}\n`),
+    '  }\n',
+  ].join('');
+  return replaceTable('bridge', portsTable(owner), body);
+}
+
+const elementOps = (verb: 'add' | 'delete', owner: string, p: PortFilter): string[] => {
+  const t = `bridge ${portsTable(owner)}`;
+  return [
+    `${verb} element ${t} ${GUEST_PORTS} { ${q(p.port)} }`,
+    `${verb} element ${t} ${PORT_MAC} { ${q(p.port)} . ${p.mac} }`,
+    `${verb} element ${t} ${PORT_IP} { ${q(p.port)} . ${p.ip} }`,
+  ];
+};
 
 /** Removes a port's table as a daemon before decision 0068 made it, if there is one. */
 const dropLegacy = (port: string) =>
   `add table bridge ${legacyPortTable(port)}\ndelete table bridge ${legacyPortTable(port)}\n`;
 
 /**
- * Anti-spoofing of one guest port (bridge family, before any forwarding decision), in the
- * daemon's ports table (`owner`: its state dir's hash): frames from the port must carry the
- * NIC's MAC, IPv4 packets its address (0.0.0.0 only for DHCP), ARP its MAC and address;
- * nothing but IPv4 and ARP leaves the port: IPv6 (managed networks are IPv4 only),
- * VLAN-tagged frames (which would carry either past these checks) and other ether types are
- * dropped. What may pass returns; the last rule drops the rest. No rule holds an anonymous set
- * (`!= { 0.0.0.0, IP }` made three per port): every `nft -f` reads every set of the table
- * first, and at 2,000 ports those were 6,000 (decision 0068). One transaction: the port's chain
- * is (re)written and its map entry added.
+ * Anti-spoofing of one guest port, in the daemon's ports table (`owner`: its state dir's hash):
+ * its three elements, in one transaction with the removal of the elements it had (`previous`,
+ * what the table holds for it, when the NIC's MAC or address changed) and of a per-port table of
+ * a daemon before decision 0068. Set elements only: the table must be there (portsTableRuleset).
  */
-export function portRuleset(owner: string, def: Pick<PortDefinition, 'port' | 'mac' | 'ip'>): string {
-  const t = `bridge ${portsTable(owner)}`;
-  const chain = portChain(def.port);
-  const rules = [
-    `ether saddr != ${def.mac} drop`,
-    `arp saddr ether != ${def.mac} drop`,
-    `arp saddr ip ${def.ip} return`,
-    'arp saddr ip 0.0.0.0 return',
-    `ip saddr ${def.ip} return`,
-    'ip saddr 0.0.0.0 return',
-    'drop',
-  ];
+export function portRuleset(owner: string, def: PortFilter, previous?: PortFilter): string {
   return [
-    portsFrame(portsTable(owner)),
-    `add chain ${t} ${chain}`,
-    `flush chain ${t} ${chain}`,
-    ...rules.map((r) => `add rule ${t} ${chain} ${r}`),
-    `add element ${t} ports { ${JSON.stringify(def.port)} : jump ${chain} }`,
+    ...(previous ? elementOps('delete', owner, previous) : []),
+    ...elementOps('add', owner, def),
     dropLegacy(def.port),
   ].join('\n');
 }
 
-/** Removes a port's map entry and chain (and a legacy table); a port that has none is fine. */
-export function deletePortRuleset(owner: string, port: string): string {
-  const t = `bridge ${portsTable(owner)}`;
-  const chain = portChain(port);
-  // Added first so that the deletes never fail on what is missing (nft 1.0.6 has no `destroy`).
-  return [
-    `add table ${t}`,
-    `add map ${t} ports { type ifname : verdict; }`,
-    `add chain ${t} ${chain}`,
-    `add element ${t} ports { ${JSON.stringify(port)} : jump ${chain} }`,
-    `delete element ${t} ports { ${JSON.stringify(port)} }`,
-    `delete chain ${t} ${chain}`,
-    dropLegacy(port),
-  ].join('\n');
+/**
+ * Removes a port's elements (`previous`: what the table holds for it; none when it holds nothing)
+ * and a per-port table of a daemon before decision 0068, in one transaction.
+ */
+export function deletePortRuleset(owner: string, port: string, previous?: PortFilter): string {
+  return [...(previous ? elementOps('delete', owner, previous) : []), dropLegacy(port)].join('\n');
 }
 
 /** Removes the ports table (when the daemon's last network goes). */
 export function deletePortsTable(owner: string): string {
   return `add table bridge ${portsTable(owner)}\ndelete table bridge ${portsTable(owner)}\n`;
+}
+
+/** What a daemon found in its ports table (`nft -j list table`). */
+export interface PortsTableState {
+  /**
+   * `current`: this layout, whole; `missing`: no table; `rewrite`: another layout (the per-port
+   * chains and verdict map of before 2026-12-07) or a damaged one, to be replaced.
+   */
+  layout: 'current' | 'missing' | 'rewrite';
+  /** The ports it filters, with what each may send. */
+  ports: PortFilter[];
+}
+
+type NftObject = Record<string, Record<string, unknown>>;
+type Expr = Record<string, unknown>;
+
+/** The IPv4 address other than 0.0.0.0 a legacy chain's `ip saddr`/`arp saddr ip` match names. */
+function legacyAddress(right: unknown): string | undefined {
+  const values = typeof right === 'string' ? [right] : ((right as { set?: unknown[] })?.set ?? []);
+  return values.find((v): v is string => typeof v === 'string' && v !== '0.0.0.0');
+}
+
+/**
+ * Reads the ports table from `nft -j list table bridge …` (empty or failed: missing). This layout's
+ * elements are taken as they are; a table of the layout before 2026-12-07 gives the ports of its
+ * verdict map with the MAC (`ether saddr != MAC drop`) and address (`ip saddr ADDR return`, or the
+ * anonymous set `{ 0.0.0.0, ADDR }` of the first layout) of each port's chain. A port whose MAC or
+ * address cannot be read is left out of the rewrite: a filter that names what it does not know
+ * would drop everything its guest sends, and the port's next plug writes it.
+ */
+export function parsePortsTable(json: string): PortsTableState {
+  let objects: NftObject[];
+  try {
+    objects = (JSON.parse(json || '{}') as { nftables?: NftObject[] }).nftables ?? [];
+  } catch {
+    return { layout: 'missing', ports: [] };
+  }
+  if (!objects.some((o) => o.table)) return { layout: 'missing', ports: [] };
+  const sets = new Map<string, unknown[]>();
+  for (const o of objects) {
+    const s = o.set ?? o.map;
+    if (s) sets.set(String(s.name), (s.elem as unknown[] | undefined) ?? []);
+  }
+  const chains = objects.flatMap((o) => (o.chain ? [String(o.chain.name)] : []));
+  const rules = objects.flatMap((o) => (o.rule ? [o.rule as { chain: string; expr: Expr[] }] : []));
+  const baseRules = rules.filter((r) => r.chain === PORTS_CHAIN).length;
+  const current =
+    [GUEST_PORTS, PORT_MAC, PORT_IP].every((n) => sets.has(n)) &&
+    sets.size === 3 &&
+    chains.length === 1 &&
+    chains[0] === PORTS_CHAIN &&
+    baseRules === PORTS_RULES.length;
+
+  const ports: PortFilter[] = [];
+  if (sets.has(GUEST_PORTS)) {
+    const pairs = (name: string) => {
+      const m = new Map<string, string>();
+      for (const e of sets.get(name) ?? []) {
+        const c = (e as { concat?: unknown[] })?.concat;
+        if (Array.isArray(c) && typeof c[0] === 'string' && typeof c[1] === 'string' && !m.has(c[0]))
+          m.set(c[0], c[1]);
+      }
+      return m;
+    };
+    const macs = pairs(PORT_MAC);
+    const ips = pairs(PORT_IP);
+    for (const port of sets.get(GUEST_PORTS) ?? []) {
+      if (typeof port !== 'string') continue;
+      const mac = macs.get(port);
+      const ip = ips.get(port);
+      if (mac && ip) ports.push({ port, mac, ip });
+    }
+  } else if (sets.has('ports')) {
+    // The verdict map of before: port → jump port-PORT.
+    for (const e of sets.get('ports') ?? []) {
+      const port = Array.isArray(e) ? e[0] : undefined;
+      if (typeof port !== 'string') continue;
+      let mac: string | undefined;
+      let ip: string | undefined;
+      for (const r of rules.filter((x) => x.chain === legacyPortChain(port))) {
+        const m = (r.expr.find((x) => x.match) as { match?: { op: string; left: Expr; right: unknown } })
+          ?.match;
+        const payload = m?.left?.payload as { protocol?: string; field?: string } | undefined;
+        if (!m || !payload) continue;
+        if (payload.protocol === 'ether' && payload.field === 'saddr' && typeof m.right === 'string') {
+          mac ??= m.right;
+        } else if (payload.protocol === 'ip' && payload.field === 'saddr') {
+          ip ??= legacyAddress(m.right);
+        }
+      }
+      if (mac && ip) ports.push({ port, mac, ip });
+    }
+  }
+  return { layout: current ? 'current' : 'rewrite', ports };
 }
 
 /** nftables table of a network's ACLs (family bridge). */

@@ -372,7 +372,8 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       }
     ).state.nics?.eth0?.hostName;
     assert.ok(port);
-    // Its entry in m1's ports map goes (decision 0068: one table per daemon, a chain per port).
+    // Its name leaves the guest_ports set of m1's ports table (decision 0068, amended 2026-12-07: a
+    // port that is not in it passes unfiltered).
     const tables = cluster.inNetns(m1.netns, ['nft', 'list', 'tables', 'bridge']).stdout;
     const table = /table bridge (trivisor-ports-\S+)/.exec(tables)?.[1];
     assert.ok(table, `m1's ports table: ${tables}`);
@@ -382,7 +383,7 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
       'element',
       'bridge',
       table,
-      'ports',
+      'guest_ports',
       `{ "${port}" }`,
     ]);
     assert.equal(del.code, 0, del.stderr);

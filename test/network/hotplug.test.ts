@@ -227,10 +227,10 @@ describe('NIC hot-plug into running ct, vm and pvm guests; IPv6 from guest ports
     const add = sh(PEER, 'ip -6 addr add fd00::66/64 dev eth0 && sleep 3 && ip -6 addr show dev eth0');
     assert.equal(add.code, 0, add.stderr);
     assert.match(add.stdout, /inet6 fd00::66\/64/);
-    const port = ports[0] ?? '';
     const table = ['bridge', `trivisor-ports-${ownerHash(d.stateDir)}`];
-    const chain = `port-${port}`;
-    // The port chain's last rule: what returned neither as IPv4 nor as ARP is dropped.
+    const chain = 'prerouting';
+    // The ports chain's last rule: what a guest port sends that was accepted neither as IPv4 nor as
+    // ARP is dropped.
     const rule = 'drop';
     try {
       const forged = sh(PEER, 'ping -6 -c3 -W2 fd00::2');

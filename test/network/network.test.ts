@@ -2,8 +2,11 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import { ownerHash } from '../../src/network/linux-network-backend.ts';
+import { parsePortsTable, portsTable } from '../../src/network/nft-rules.ts';
 import { type Daemon, eventually, sleep, startDaemon } from '../system/harness.ts';
 import { hasPortFilter } from './port-filters.ts';
+import { arpRequest, frame, ipv4Udp, ipv6, receiveFrames, sendFrames } from './raw-frames.ts';
 
 /*
  * Real networks between real ct guests. Traffic stays between this test's guests,
@@ -156,6 +159,118 @@ describe('ct guests on managed networks', { timeout: 600_000 }, () => {
     );
     assert.notEqual(spoofMac.code, 0, 'a frame from a foreign MAC got through');
     assert.ok(pings('a1', a2), 'back to its own addresses, the guest works again');
+  });
+
+  /** The network namespace of a running guest, as a path nsenter takes. */
+  const netnsOf = (guest: string) =>
+    `/proc/${(JSON.parse(d.ok(['info', guest, '--format', 'json'])) as { state: { pid: number } }).state.pid}/ns/net`;
+
+  /**
+   * Crafted frames from a1's port, received on a2's: exactly the untagged IPv4 and ARP from a1's
+   * own MAC and address (and DHCP's 0.0.0.0) arrive. The same frames sent by the host on the
+   * bridge all arrive: what the port drops is dropped by its filter.
+   */
+  const checkFrames = async () => {
+    const own = sh('a1', 'cat /sys/class/net/eth0/address').stdout.trim();
+    const ip = addressOf('a1');
+    const a2 = addressOf('a2');
+    const BC = 'ff:ff:ff:ff:ff:ff';
+    const FOREIGN = '02:00:00:00:00:99';
+    const frames: Record<string, Buffer> = {
+      'own-ipv4': frame(BC, own, 0x0800, ipv4Udp(ip, a2, 'MARK:own-ipv4')),
+      'dhcp-ipv4': frame(BC, own, 0x0800, ipv4Udp('0.0.0.0', '255.255.255.255', 'MARK:dhcp-ipv4')),
+      'own-arp': frame(BC, own, 0x0806, arpRequest(own, ip, a2, 'MARK:own-arp')),
+      'probe-arp': frame(BC, own, 0x0806, arpRequest(own, '0.0.0.0', ip, 'MARK:probe-arp')),
+      'spoofed-ip': frame(BC, own, 0x0800, ipv4Udp('198.18.201.250', a2, 'MARK:spoofed-ip')),
+      'spoofed-mac': frame(BC, FOREIGN, 0x0800, ipv4Udp(ip, a2, 'MARK:spoofed-mac')),
+      'arp-spoofed-ip': frame(BC, own, 0x0806, arpRequest(own, '198.18.201.250', a2, 'MARK:arp-spoofed-ip')),
+      'arp-spoofed-mac': frame(BC, own, 0x0806, arpRequest(FOREIGN, ip, a2, 'MARK:arp-spoofed-mac')),
+      ipv6: frame('33:33:00:00:00:01', own, 0x86dd, ipv6('fe80::99', 'ff02::1', 'MARK:ipv6')),
+      'vlan-ipv4': frame(BC, own, 0x0800, ipv4Udp(ip, a2, 'MARK:vlan-ipv4'), 7),
+      'vlan-arp': frame(BC, own, 0x0806, arpRequest(own, ip, a2, 'MARK:vlan-arp'), 7),
+      'other-type': frame(BC, own, 0x88b5, Buffer.from('MARK:other-type')),
+    };
+    const received = async (netns: string, ifname: string) => {
+      const r = receiveFrames(netnsOf('a2'), 'eth0', 3);
+      await r.ready;
+      sendFrames(netns, ifname, Object.values(frames));
+      return [...(await r.markers)].sort();
+    };
+    assert.deepEqual(
+      await received(`/proc/${process.pid}/ns/net`, NET_A),
+      Object.keys(frames).sort(),
+      'every frame reaches a2 when no guest port filters it',
+    );
+    assert.deepEqual(
+      await received(netnsOf('a1'), 'eth0'),
+      ['dhcp-ipv4', 'own-arp', 'own-ipv4', 'probe-arp'],
+      'from a1: its own untagged IPv4 and ARP only; a foreign address or MAC, IPv6, VLAN-tagged and other types dropped',
+    );
+  };
+
+  test('crafted frames from a guest port: only untagged IPv4 and ARP with its own MAC and address pass', async () => {
+    await checkFrames();
+  });
+
+  test('a daemon that finds its ports table of before (a chain per port behind a verdict map) adopts it at its start', async () => {
+    const table = portsTable(ownerHash(d.stateDir));
+    const list = () =>
+      spawnSync('nft', ['-j', 'list', 'table', 'bridge', table], { encoding: 'utf8' }).stdout;
+    const now = parsePortsTable(list());
+    assert.equal(now.layout, 'current');
+    assert.ok(now.ports.length >= 2, JSON.stringify(now));
+    // The layout before 2026-12-07, as those daemons wrote it, in place of this one.
+    const t = `bridge ${table}`;
+    const legacy = [
+      `add table ${t}`,
+      `delete table ${t}`,
+      `add table ${t}`,
+      `add map ${t} ports { type ifname : verdict; }`,
+      `add chain ${t} prerouting { type filter hook prerouting priority filter; policy accept; }`,
+      `add rule ${t} prerouting iifname vmap @ports`,
+      ...now.ports.flatMap((p) => [
+        `add chain ${t} port-${p.port}`,
+        ...[
+          `ether saddr != ${p.mac} drop`,
+          `arp saddr ether != ${p.mac} drop`,
+          `arp saddr ip ${p.ip} return`,
+          'arp saddr ip 0.0.0.0 return',
+          `ip saddr ${p.ip} return`,
+          'ip saddr 0.0.0.0 return',
+          'drop',
+        ].map((r) => `add rule ${t} port-${p.port} ${r}`),
+        `add element ${t} ports { "${p.port}" : jump port-${p.port} }`,
+      ]),
+      '',
+    ].join('\n');
+    const loaded = spawnSync('nft', ['-f', '-'], { input: legacy, encoding: 'utf8' });
+    assert.equal(loaded.status, 0, loaded.stderr);
+    assert.equal(parsePortsTable(list()).layout, 'rewrite');
+    assert.match(
+      spawnSync('nft', ['list', 'table', 'bridge', table], { encoding: 'utf8' }).stdout,
+      /chain port-/,
+    );
+    await d.kill9();
+    await d.restart();
+    await eventually(
+      'the ports table is rewritten',
+      () => parsePortsTable(list()).layout === 'current',
+      60_000,
+    );
+    const after = spawnSync('nft', ['list', 'table', 'bridge', table], { encoding: 'utf8' }).stdout;
+    assert.doesNotMatch(after, /chain port-|vmap|jump/, after);
+    assert.deepEqual(
+      parsePortsTable(list()).ports.sort((a, b) => a.port.localeCompare(b.port)),
+      now.ports.sort((a, b) => a.port.localeCompare(b.port)),
+      'every port it filtered, with its MAC and address',
+    );
+    await checkFrames();
+    // Idempotent: another start leaves it as it is.
+    const handles = list();
+    await d.kill9();
+    await d.restart();
+    assert.ok(pings('a1', addressOf('a2')));
+    assert.equal(list(), handles, 'the same table, not rewritten');
   });
 
   test('a guest with a NIC holds CAP_NET_ADMIN, scoped to its own network namespace; one without a NIC does not', () => {
