@@ -247,9 +247,9 @@ describe('power manager', () => {
     const past = (t: number) => t >= 5 && t <= 7;
     const forecast = { powerOffForecast: true, burstDrop: 0.25 };
     const { plan } = planPower(state(past), forecast);
-    // With the default drop (10%) too.
+    // The default (since decision 0051's amendment of 2026-12-07, h5) reads the forecast, at a drop of 10%.
     assert.deepEqual(
-      planPower(state(past), { powerOffForecast: true }).plan.evacuations.map((e) => e.member),
+      planPower(state(past)).plan.evacuations.map((e) => e.member),
       ['d'],
     );
     assert.deepEqual(
@@ -260,8 +260,8 @@ describe('power manager', () => {
       plan.evacuations[0]?.reason ?? '',
       /over the last 10 min \(the 40 min window's peak 38 CPU is past: the recent demand, carried forward by its trend, stays at 25\)/,
     );
-    // The last long window alone (the default) keeps d on for the burst that is over.
-    assert.deepEqual(planPower(state(past)).plan.evacuations, []);
+    // The last long window alone keeps d on for the burst that is over.
+    assert.deepEqual(planPower(state(past), { powerOffForecast: false }).plan.evacuations, []);
     // A burst still going is no forecast of a quiet window: nothing is powered off.
     assert.deepEqual(
       planPower(
@@ -318,6 +318,70 @@ describe('power manager', () => {
       members: state.members.map((m) => (m.id === 'd' ? { ...m, poweredOnAtMs: nowMs - 300_000 } : m)),
     };
     assert.ok(!planPower(justOn, on).plan.evacuations.some((e) => e.member === 'd'));
+  });
+
+  // The daemon's power test (test/cluster/cluster-power.test.ts) as its cycles saw it (2026-12-07, h5:
+  // the states logged by each cycle): 10-second samples, 30 s / 20 s windows, on_at 10%, four
+  // members of 2 CPUs, m1–m3 etcd voters without a driver, m4 with one, a busy loop on m1.
+  const clusterTest = (m4: Partial<MemberState>, work: number[], goes = 'm2'): ClusterState => ({
+    nowMs: 1_000_000,
+    intervalMs: 10_000,
+    etcdVoters: 3,
+    members: [
+      ...['m1', 'm2', 'm3'].map((id) =>
+        member(id, { cpuCapacity: 2, memoryBytes: 24 * 2 ** 30, etcdVoter: true, powerManaged: false }),
+      ),
+      member('m4', { cpuCapacity: 2, memoryBytes: 24 * 2 ** 30, bootDelayMs: 20_000, ...m4 }),
+    ],
+    guests: [
+      guest('work', 'm1', Float64Array.from(work), {
+        model: 'ct',
+        memoryBytes: new Float64Array(6).fill(2 ** 20),
+      }),
+      guest('goes', goes, new Float64Array(6), {
+        model: 'ct',
+        memoryBytes: new Float64Array(6).fill(2 ** 20),
+      }),
+    ],
+  });
+  const daemonTest = {
+    lowWindowMs: 30_000,
+    highWindowMs: 20_000,
+    powerOnAt: 0.1,
+    maxEvacuationsPerCycle: 1,
+    powerOffForecast: true,
+    burstEndsMinOn: true,
+  };
+
+  test('power-off never leaves demand above the power-on line: a member powered on for a loop still running is not powered off by a 10% dip', () => {
+    // m4 was powered on 30 s ago for the loop, which still runs at 0.41–0.48 CPU: the forecast
+    // (0.42) is 10% under the long window's peak (0.47) and m4 has been on longer than the short
+    // window, so only the line holds it: without m4, 0.42 CPU is over 10% of the 4 CPUs left after
+    // a failure, and the next cycle would power it on again.
+    const state = clusterTest({ poweredOnAtMs: 970_000 }, [0, 0.33, 0.48, 0.47, 0.42, 0.41], 'm4');
+    const { plan } = planPower(state, daemonTest);
+    assert.deepEqual(plan.evacuations, []);
+    assert.deepEqual(plan.notes, [
+      "m4 stays on: without it the peak over the last 0.3333333333333333 min (the 0.5 min window's peak 0.47 CPU is past: the recent demand, carried forward by its trend, stays at 0.42) would exceed 10% of the capacity left after one member's failure",
+    ]);
+    // Below the line it goes (the forecast, 0.32, under 10% of 4 CPUs), as with powerOffBelow alone.
+    const dipped = clusterTest({ poweredOnAtMs: 970_000 }, [0, 0.33, 0.48, 0.41, 0.32, 0.29], 'm4');
+    assert.deepEqual(
+      planPower(dipped, daemonTest).plan.evacuations.map((e) => e.member),
+      ['m4'],
+    );
+    // And the next cycle, m4 off, does not power it on again from the same samples.
+    const after = clusterTest({ power: 'off', poweredOnAtMs: 970_000 }, [0, 0.33, 0.48, 0.41, 0.32, 0.29]);
+    assert.deepEqual(planPower(after, daemonTest).plan.powerOn, []);
+  });
+
+  test('a long window with no demand at all holds no burst: power-off reads it, not the forecast', () => {
+    const { plan } = planPower(clusterTest({}, [0, 0, 0, 0, 0, 0], 'm4'), daemonTest);
+    assert.deepEqual(
+      plan.evacuations.map((e) => e.member),
+      ['m4'],
+    );
+    assert.match(plan.evacuations[0]?.reason ?? '', /\(p100\) over 0\.5 min, below 85%/);
   });
 
   test('room for one member failure is kept: two members stay on for a tiny load', () => {
