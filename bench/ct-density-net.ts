@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 import { formatIpv4, parseCidr, prefixFor } from '../src/network/ipv4.ts';
 import { leafAlias, PORTS_PER_BRIDGE } from '../src/network/leaf-bridges.ts';
 import { ownerAlias, ownerHash } from '../src/network/linux-network-backend.ts';
-import { portsTable } from '../src/network/nft-rules.ts';
+import { parsePortsTable, portsTable } from '../src/network/nft-rules.ts';
 import { claim, makeRunDir, removeRunDir } from '../test/leftovers.ts';
 import { startDaemon } from '../test/system/harness.ts';
 import {
@@ -205,14 +205,17 @@ try {
   const t3 = process.hrtime.bigint();
   const table = spawnSync('nft', ['list', 'table', 'bridge', tableName], { encoding: 'utf8' }).stdout;
   const nftListSeconds = since(t3);
-  const rules = (
-    JSON.parse(
-      spawnSync('nft', ['-j', 'list', 'table', 'bridge', tableName], {
-        encoding: 'utf8',
-        maxBuffer: 256 * MiB,
-      }).stdout || '{"nftables":[]}',
-    ) as { nftables: Array<Record<string, unknown>> }
-  ).nftables.filter((o) => 'rule' in o).length;
+  const listed =
+    spawnSync('nft', ['-j', 'list', 'table', 'bridge', tableName], {
+      encoding: 'utf8',
+      maxBuffer: 256 * MiB,
+    }).stdout || '{"nftables":[]}';
+  const rules = (JSON.parse(listed) as { nftables: Array<Record<string, unknown>> }).nftables.filter(
+    (o) => 'rule' in o,
+  ).length;
+  // Ports with their elements in the ports table's sets (decision 0068, amended 2026-12-07: no
+  // chain per port since).
+  const filteredPorts = parsePortsTable(listed).ports.length;
   const dnsmasqPid = Number(
     readFileSync(path.join(d.stateDir, 'networks', NET, 'dnsmasq.pid'), 'utf8').trim(),
   );
@@ -242,6 +245,7 @@ try {
       daemonCpuSeconds: cpuSeconds(daemonPid),
       leafBridges,
       portChains: table.match(/^\s+chain port-/gm)?.length ?? 0,
+      filteredPorts,
       baseChainsOnPrerouting: table.match(/hook prerouting/g)?.length ?? 0,
       portsTableRules: rules,
       nftListSeconds,

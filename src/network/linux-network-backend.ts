@@ -159,6 +159,9 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       await nft(script(ports));
     }
     done(ports);
+    // Read again meanwhile (another change failed): the map read holds this change too, or gets it.
+    const now = await portsState?.catch(() => undefined);
+    if (now && now !== ports) done(now);
   };
 
   /** `ip -details -json link show` of a VXLAN device; undefined when it does not exist. */
