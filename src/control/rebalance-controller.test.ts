@@ -382,6 +382,40 @@ describe('rebalance controller', () => {
     assert.equal(fresh.measuredSteps, 0);
   });
 
+  test('memberLoadOf ends the window at the last step the member sampled, not at the step in progress', () => {
+    // 12:00:05: the step of 12:00:00 is sampled, that of 12:00:10 not yet; and 9 s later, one
+    // more step has begun with no sample: still the same window, not one ending on a step of 0.
+    for (const nowMs of [NOW + 5_000, NOW + 19_000]) {
+      const load = memberLoadOf({
+        history,
+        hostName: 'h1',
+        guests: [spec('busy', 'h1')],
+        windowMs: 60_000,
+        nowMs,
+      });
+      assert.equal(load.endAt, endAt, `at ${new Date(nowMs).toISOString()}`);
+      assert.deepEqual(load.guests.busy?.cpu, [1, 1, 1, 1, 1, 1]);
+      assert.equal(load.measuredSteps, 6);
+    }
+    // Its next sample moves the end on.
+    history.record(
+      [
+        { series: guestSeries('busy'), values: { cpu: 0.5, memoryBytes: 64 * 2 ** 20 } },
+        { series: hostSeries('h1'), values: { memoryBytes: GiB } },
+      ],
+      NOW + 10_000,
+    );
+    const next = memberLoadOf({
+      history,
+      hostName: 'h1',
+      guests: [spec('busy', 'h1')],
+      windowMs: 60_000,
+      nowMs: NOW + 19_000,
+    });
+    assert.equal(next.endAt, endAt + 10);
+    assert.deepEqual(next.guests.busy?.cpu, [1, 1, 1, 1, 1, 0.5]);
+  });
+
   test('a dry run plans the busy guest, not its idle twin nor the one with a budget of 0, and moves nothing; a cycle asked of the other member has the owner move it, explained; the next plan does not send it back within its cooldown', async () => {
     const h1 = controllerOf('h1');
     const h2 = controllerOf('h2');

@@ -123,23 +123,35 @@ export function memberLoadOf(options: {
   const n = Math.max(1, Math.round(options.windowMs / 1000 / step));
   const range = step === 10 ? 'hour' : 'day';
   const host = options.history.query(hostSeries(options.hostName), range, options.nowMs);
+  // The step in progress holds no sample until the sampler's next tick, and a window ending on it
+  // would read every guest's demand there as 0 (half of a 20 s window). The window ends at the
+  // last step this member sampled (its own series), when it has sampled any.
+  const hostMemory = host.metrics.memoryBytes.maximum;
+  let sampled = hostMemory.length;
+  while (sampled > 0 && hostMemory[sampled - 1] === null) sampled--;
+  const endTime = sampled > 0 ? host.times[sampled - 1] : undefined;
   const out: MemberLoad = {
     stepSeconds: step,
     endAt: 0,
     publishedAt: new Date(options.nowMs).toISOString(),
-    measuredSteps: host.metrics.memoryBytes.maximum.slice(-n).filter((v) => v !== null).length,
+    measuredSteps: hostMemory
+      .slice(0, sampled || hostMemory.length)
+      .slice(-n)
+      .filter((v) => v !== null).length,
     guests: {},
   };
   for (const g of options.guests) {
     const p: HistoryPoints = options.history.query(guestSeries(g.name), range, options.nowMs);
-    out.endAt = p.times.at(-1) ?? Math.floor(options.nowMs / 1000 / step) * step;
-    const cpu = p.metrics.cpu.maximum.slice(-n);
-    const memoryBytes = p.metrics.memoryBytes.maximum.slice(-n);
+    const at = endTime === undefined ? -1 : p.times.lastIndexOf(endTime);
+    const upTo = at >= 0 ? at + 1 : p.times.length;
+    out.endAt = p.times[upTo - 1] ?? Math.floor(options.nowMs / 1000 / step) * step;
+    const cpu = p.metrics.cpu.maximum.slice(0, upTo).slice(-n);
+    const memoryBytes = p.metrics.memoryBytes.maximum.slice(0, upTo).slice(-n);
     // A guest that ran at no time in the window demands nothing: it is not published.
     if (cpu.every((v) => v === null) && memoryBytes.every((v) => v === null)) continue;
     out.guests[g.name] = { model: g.model, cpu, memoryBytes };
   }
-  if (out.endAt === 0) out.endAt = Math.floor(options.nowMs / 1000 / step) * step;
+  if (out.endAt === 0) out.endAt = endTime ?? Math.floor(options.nowMs / 1000 / step) * step;
   return out;
 }
 
