@@ -288,7 +288,7 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
   });
 
   /** Sends 256 KiB from `from` to `to` (addressed as `target`) over TCP; asserts it arrived whole. */
-  const transfer = async (from: Name, to: Name, target: string, port: number) => {
+  const transfer = async (from: string, to: string, target: string, port: number) => {
     const listen = sh(
       to,
       `rm -f /tmp/got-${port}; nc -l -p ${port} -e sh -c "cat > /tmp/got-${port}" </dev/null >/dev/null 2>&1 &`,
@@ -345,6 +345,108 @@ describe('a managed network spanning two members', { timeout: 1_200_000 }, () =>
     assert.notEqual(sh('si2', `ping -c2 -W2 ${addressOf('si1')}`).code, 0, 'si2 (m2) reached si1 (m1)');
     m1.daemon.ok(['delete', '--force', 'si1', 'si2']);
     m1.daemon.ok(['network', 'delete', 'spaniso']);
+  });
+
+  test('two spanned networks carry traffic across members at once, and neither reaches the other', async () => {
+    // A second network spanning both members (its own VNI), a ct guest of it on each, while
+    // spannet's four guests run. Before 44aa980 every network's input chain judged every VXLAN
+    // packet by its own NICs, whatever the VNI: spannet2's table on m2 dropped spannet's frames
+    // from m1 (sc, sv are not spannet2's) and spannet's dropped spannet2's (t1 is not spannet's).
+    const NET2 = 'spannet2';
+    const SUBNET2 = '198.19.86';
+    m1.daemon.ok(['network', 'create', NET2, `ipv4.address=${SUBNET2}.1/24`]);
+    try {
+      const ids = () =>
+        [m1, m2].map((h) => vxlanOf(cluster, h).find((v) => v.master === NET2)?.linkinfo.info_data.id);
+      await eventually(
+        `${NET2}'s VXLAN on both members`,
+        () => ids().every((id) => id !== undefined),
+        30_000,
+      );
+      const [id1, id2] = ids();
+      const vni = vxlanOf(cluster, m1).find((v) => v.master === NET)?.linkinfo.info_data.id;
+      assert.equal(id1, id2, `one VNI of ${NET2} on both members`);
+      assert.notEqual(id1, vni, `${NET2}'s VNI is not ${NET}'s`);
+      launchGuests(m1, NET2, [
+        { name: 't1', model: 'ct', member: 'm1', args: [] },
+        { name: 't2', model: 'ct', member: 'm2', args: [] },
+      ]);
+      for (const g of ['t1', 't2']) {
+        const ip = addressOf(g);
+        assert.match(ip, new RegExp(`^${SUBNET2.replaceAll('.', '\\.')}\\.\\d+$`));
+        await eventually(
+          `${g} holds ${ip}`,
+          () => sh(g, 'ip -4 addr show dev eth0').stdout.includes(`inet ${ip}/24`),
+          60_000,
+        );
+      }
+      // spannet keeps pinging across (sc on m1 to sd on m2) the whole time spannet2 moves data.
+      const bg = sh('sc', `ping -c 40 -i 0.25 -W2 ${addressOf('sd')} > /tmp/bgping 2>&1 &`);
+      assert.equal(bg.code, 0, bg.stderr);
+      for (const [from, to] of [
+        ['t1', 't2'],
+        ['t2', 't1'],
+      ] as const) {
+        const r = sh(from, `ping -c2 -W3 ${addressOf(to)}`);
+        assert.equal(r.code, 0, `${NET2}: ${from} pings ${to}: ${r.stdout}${r.stderr}`);
+      }
+      await transfer('t1', 't2', addressOf('t2'), 5400);
+      await transfer('t2', 't1', `t1.trivisor`, 5401);
+      // And spannet moves data while spannet2's guests are up (and t1 is pinged meanwhile).
+      const bg2 = sh('t2', `ping -c 20 -i 0.25 -W2 ${addressOf('t1')} > /tmp/bgping 2>&1 &`);
+      assert.equal(bg2.code, 0, bg2.stderr);
+      await transfer('sc', 'sd', addressOf('sd'), 5402);
+      await transfer('sd', 'sc', addressOf('sc'), 5403);
+      const received = async (g: string) => {
+        let out = '';
+        await eventually(
+          `${g}'s background ping done`,
+          () => {
+            out = sh(g, 'cat /tmp/bgping').stdout;
+            return /packets received/.test(out);
+          },
+          30_000,
+        );
+        return [
+          Number(/(\d+) packets transmitted/.exec(out)?.[1]),
+          Number(/(\d+) packets received/.exec(out)?.[1]),
+          out,
+        ] as const;
+      };
+      // A few may be lost to a loaded host; a network whose frames the other's table drops gets none.
+      const [sent1, got1, out1] = await received('sc');
+      assert.ok(sent1 === 40 && got1 >= 36, `${NET}: sc -> sd during ${NET2}'s traffic: ${out1}`);
+      const [sent2, got2, out2] = await received('t2');
+      assert.ok(sent2 === 20 && got2 >= 18, `${NET2}: t2 -> t1 during ${NET}'s traffic: ${out2}`);
+      // Isolation between the networks, on one member and across: no ping, no TCP.
+      for (const [from, to] of [
+        ['t1', 'sc'],
+        ['t1', 'sd'],
+        ['t2', 'sc'],
+        ['sc', 't2'],
+        ['sd', 't1'],
+        ['sv', 't2'],
+      ] as const) {
+        const r = sh(from, `ping -c2 -W2 ${addressOf(to)}`);
+        assert.notEqual(r.code, 0, `${from} reached ${to} on the other network: ${r.stdout}`);
+      }
+      sh(
+        'sd',
+        'rm -f /tmp/got-5404; nc -l -p 5404 -e sh -c "cat > /tmp/got-5404" </dev/null >/dev/null 2>&1 &',
+      );
+      await sleep(500);
+      const tcp = sh('t1', `echo across | timeout 5 nc ${addressOf('sd')} 5404`);
+      await sleep(500);
+      assert.notEqual(
+        sh('sd', 'cat /tmp/got-5404').stdout,
+        'across\n',
+        `t1 (${NET2}) got data to sd (${NET}) over TCP: ${tcp.stderr}`,
+      );
+      sh('sd', 'pkill -f "nc -l -p 5404"');
+    } finally {
+      m1.daemon.cli(['delete', '--force', 't1', 't2']);
+      m1.daemon.cli(['network', 'delete', NET2]);
+    }
   });
 
   test("a spoofed source from a guest on m1 reaches nothing on m2, also with m1's port filter gone", async () => {
