@@ -99,16 +99,21 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
   const nft = (script: string) => runner.run(['nft', '-f', '-'], { input: script });
 
   /**
-   * The network tables' script this daemon last applied, by network: a reconcile that would apply
-   * the same text again skips it while its tables are there (one `nft list tables`).
+   * The network tables' script this daemon last applied, by network, with how nft listed the
+   * tables it makes right after: a reconcile that would apply the same text again skips it while
+   * the listing is the same (a table or chain deleted, flushed or changed under the daemon is
+   * written again). One `nft list table` a table the text makes (the ip table; the ACL table when
+   * there are ACLs), each a few lines.
    */
-  const appliedTables = new Map<string, string>();
-  const tablesPresent = async (script: string): Promise<boolean> => {
-    const wanted = [...script.matchAll(/^table (\S+) (\S+) \{$/gm)].map((m) => `table ${m[1]} ${m[2]}`);
-    const r = await runner.run(['nft', 'list', 'tables'], { allowFailure: true });
-    if (r.code !== 0) return false;
-    const listed = new Set(r.stdout.split('\n').map((l) => l.trim()));
-    return wanted.every((t) => listed.has(t));
+  const appliedTables = new Map<string, { script: string; listing: string }>();
+  const listTables = async (script: string): Promise<string | undefined> => {
+    let out = '';
+    for (const m of script.matchAll(/^table (\S+) (\S+) \{$/gm)) {
+      const r = await runner.run(['nft', 'list', 'table', m[1] ?? '', m[2] ?? ''], { allowFailure: true });
+      if (r.code !== 0) return undefined;
+      out += r.stdout;
+    }
+    return out;
   };
 
   /**
@@ -514,13 +519,15 @@ export function createLinuxNetworkBackend(options: LinuxNetworkBackendOptions): 
       // One transaction for the tables (a reconcile runs at every NIC's create and delete); a
       // network on one host drops a tunnel's table in it too.
       // Written at the daemon's first reconcile of the network and when it changes; skipped when
-      // this daemon applied the same text last and the tables are still there.
+      // this daemon applied the same text last and the tables still list as they did then.
       const tables =
         networkRuleset(def) + aclRuleset(def) + (def.tunnel ? '' : deleteTunnelRuleset(def.name));
-      if (appliedTables.get(def.name) !== tables || !(await tablesPresent(tables))) {
+      const applied = appliedTables.get(def.name);
+      if (applied?.script !== tables || (await listTables(tables)) !== applied.listing) {
         appliedTables.delete(def.name);
         await nft(tables);
-        appliedTables.set(def.name, tables);
+        const listing = await listTables(tables);
+        if (listing !== undefined) appliedTables.set(def.name, { script: tables, listing });
       }
       // The ports table, read (and an older layout adopted) once.
       await loadPorts();
