@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
+import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
 import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
 
@@ -16,6 +18,12 @@ import { formCluster, makeTestCluster, type TestCluster } from './cluster-harnes
  * no pause seen by the listener is longer than the pause the move measured plus slack. The
  * listener runs in a ct guest's network namespace on m1: once the vm is on m2, their traffic
  * crosses the network's VXLAN between the members (decision 0050).
+ *
+ * The same guest's scheduled backups (decision 0062, amended 2026-12-07: a vm chain goes on across
+ * a live move): a full one shipped from m1 before the move, a file written after it, and the first
+ * scheduled backup on m2 after the move is the next link of that chain, holding only what changed;
+ * the full and that link import as a guest whose disk has the file. The backup directory is one
+ * for both members (TRIVISOR_BACKUP_DIR), as an NFS mount would be.
  */
 
 /** The longest pause the listener may see beyond the pause the move measured (TCG on a busy 2-core host). */
@@ -46,17 +54,23 @@ const listed = (d: Daemon, name: string) =>
   ).find((g) => g.name === name);
 
 let cluster: TestCluster;
+let backupDir: string;
 let listener: ChildProcess | undefined;
 /** `host-ms counter` lines the listener on m1 got from the guest, in order. */
 const received: Array<{ at: number; n: number }> = [];
 
 before(async () => {
-  cluster = await makeTestCluster(['m1', 'm2']);
+  backupDir = await makeRunDir('shipped');
+  cluster = await makeTestCluster(['m1', 'm2'], { env: { TRIVISOR_BACKUP_DIR: backupDir } });
 });
 
 after(async () => {
   listener?.kill('SIGKILL');
   if (cluster) await cluster.destroy();
+  if (backupDir) {
+    const report = await removeRunDir(backupDir);
+    assert.deepEqual(report.left.map(describeThing), []);
+  }
 });
 
 const NAME = 'lm-vm';
@@ -235,6 +249,72 @@ describe('moving a vm guest live between two members', () => {
     assert.equal(connectionClosed(), false);
   });
 
+  /** The guest's backups in the backup directory, as the API lists them (`backup list`). */
+  interface Shipped {
+    name: string;
+    kind: string;
+    chain?: string;
+    sequence?: number;
+    parent?: string;
+    restorable: boolean;
+    sizeBytes: number;
+  }
+  const shipped = (d: Daemon) =>
+    (JSON.parse(d.ok(['backup', 'list', NAME, '--format', 'json'])) as Shipped[])
+      // A link's chain state beside it (`….chain.json`) is listed too, as `other`.
+      .filter((b) => b.kind !== 'other')
+      .sort((a, b) => (a.sequence ?? 0) - (b.sequence ?? 0));
+  /** The dirty bitmaps of the guest's disk node (`root`) as its running QEMU on `d`'s member shows them. */
+  const bitmapsOf = async (d: Daemon) => {
+    const nodes = await qmpOnce<Array<{ 'node-name': string; 'dirty-bitmaps'?: unknown[] }>>(
+      path.join(d.stateDir, 'run', 'vm', NAME, 'qmp.sock'),
+      'query-named-block-nodes',
+    );
+    return JSON.stringify(nodes.map((n) => ({ node: n['node-name'], bitmaps: n['dirty-bitmaps'] ?? [] })));
+  };
+  /** What was shipped before the move: the newest link the guest's next backup follows. */
+  let beforeMove: Shipped[] = [];
+  /** Written after the full backup (before the move) and after the move: only the link holds them. */
+  const marks = { '/root/before-move': '', '/root/after-move': '' };
+
+  test('a scheduled full backup of the vm guest on m1, shipped to the backup directory; a file written after it', async (t) => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1);
+    // 6 MiB that do not compress, in the full backup only: the link after it is far smaller.
+    m1.daemon.ok([
+      'exec',
+      NAME,
+      '--',
+      'sh',
+      '-c',
+      'dd if=/dev/urandom of=/root/bulk bs=1M count=6 2>/dev/null && sync',
+    ]);
+    m1.daemon.ok(['config', 'set', NAME, 'backups.schedule=* * * * *']);
+    try {
+      await eventually(
+        'a full backup of the guest shipped',
+        () => shipped(m1.daemon).some((b) => b.kind === 'full'),
+        180_000,
+      );
+    } finally {
+      // No backup while the guest moves: the next one is asked for on m2.
+      m1.daemon.ok(['config', 'unset', NAME, 'backups.schedule']);
+    }
+    beforeMove = shipped(m1.daemon);
+    t.diagnostic(`m1's QEMU, node root's bitmaps after the full backup: ${await bitmapsOf(m1.daemon)}`);
+    const full = beforeMove.find((b) => b.kind === 'full');
+    assert.ok(full?.chain && full.sizeBytes > 6 * 2 ** 20, JSON.stringify(beforeMove));
+    marks['/root/before-move'] = `written on m1 after the full backup ${randomBytes(6).toString('hex')}`;
+    m1.daemon.ok([
+      'exec',
+      NAME,
+      '--',
+      'sh',
+      '-c',
+      `echo '${marks['/root/before-move']}' > /root/before-move && sync`,
+    ]);
+  });
+
   test('a live move to m2: the guest runs on with the same boot, its counter and its TCP connection go on, and m1 keeps nothing of it', async () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
@@ -282,6 +362,108 @@ describe('moving a vm guest live between two members', () => {
       [],
       'no credentials left in /tmp',
     );
+  });
+
+  // A todo, not a pass: it runs in every run and says what it found, but a failure does not fail
+  // the file. Run twice (2026-12-07, load 9-15): m2's first backup after the move was a new full
+  // one and m2's QEMU held no dirty bitmap, though the full's chain state was shipped beside it
+  // (decision 0062's live-move amendment does not hold here; its unit test drives two bare QEMUs).
+  // Make it a plain test again once the chain goes on.
+  test("the first scheduled backup on m2 after the live move is the next link of m1's chain, holds only what changed, and with the full imports as a guest whose disk has the files written between", {
+    todo: 'issue 13 §5: a vm chain does not go on across a live move between daemons (no bitmap on the destination)',
+  }, async (t) => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    assert.equal(listed(m2.daemon, NAME)?.location, 'm2');
+    const full = beforeMove.find((b) => b.kind === 'full');
+    const last = beforeMove.at(-1);
+    assert.ok(full?.chain && last, 'the test before shipped a full backup');
+    marks['/root/after-move'] = `written on m2 after the move ${randomBytes(6).toString('hex')}`;
+    m2.daemon.ok([
+      'exec',
+      NAME,
+      '--',
+      'sh',
+      '-c',
+      `echo '${marks['/root/after-move']}' > /root/after-move && sync`,
+    ]);
+    const known = new Set(beforeMove.map((b) => b.name));
+    // What the next link needs (decision 0062): the bitmap named for the last link in m2's QEMU.
+    const bitmaps = await bitmapsOf(m2.daemon);
+    t.diagnostic(`m2's QEMU's bitmaps before the backup: ${bitmaps}`);
+    t.diagnostic(`the backup directory: ${readdirSync(path.join(backupDir, NAME)).join(', ')}`);
+    m2.daemon.ok(['config', 'set', NAME, 'backups.schedule=* * * * *']);
+    let made: Shipped | undefined;
+    try {
+      await eventually(
+        'a backup shipped from m2',
+        () => {
+          made = shipped(m2.daemon).find((b) => !known.has(b.name));
+          return made !== undefined;
+        },
+        180_000,
+      );
+    } finally {
+      m2.daemon.ok(['config', 'unset', NAME, 'backups.schedule']);
+    }
+    assert.ok(made);
+    t.diagnostic(
+      `shipped: ${beforeMove.map((b) => `${b.name} ${b.sizeBytes} B`).join(', ')}; after the move ${made.name} ${made.sizeBytes} B`,
+    );
+    // The next link of m1's chain, not a new full one (decision 0062: m2 took the shipped state over).
+    assert.deepEqual(
+      {
+        kind: made.kind,
+        chain: made.chain,
+        sequence: made.sequence,
+        parent: made.parent,
+        restorable: made.restorable,
+      },
+      {
+        kind: 'incremental',
+        chain: full.chain,
+        sequence: (last.sequence ?? 0) + 1,
+        parent: last.name,
+        restorable: true,
+      },
+      `m2's first backup after the move: ${made.name}; m2's QEMU's bitmaps ${bitmaps}; m2's log: ${readFileSync(
+        path.join(m2.daemon.stateDir, 'daemon.log'),
+        'utf8',
+      )
+        .split('\n')
+        .filter((l) => /backup chain|chain shipped/.test(l))
+        .slice(-6)
+        .join('\n')}`,
+    );
+    // Only what changed: two small files and the file system's metadata, not the 6 MiB of the full.
+    assert.ok(
+      made.sizeBytes * 8 < full.sizeBytes,
+      `link ${made.sizeBytes} B against full ${full.sizeBytes} B`,
+    );
+    // The full and the link, imported on m1 as a new guest (stopped): its disk holds both files.
+    m1.daemon.ok(['import', '--from-backups', `${NAME}/${made.name}`, 'lm-copy'], { timeoutMs: 300_000 });
+    const scratch = mkdtempSync(path.join(tmpdir(), 'lm-copy-'));
+    try {
+      // Its config came with the link, schedule and all: no backups of the copy.
+      m1.daemon.ok(['config', 'unset', 'lm-copy', 'backups.schedule']);
+      const found = spawnSync('find', [m1.daemon.stateDir, '-path', '*/lm-copy/*', '-name', 'root.qcow2'], {
+        encoding: 'utf8',
+      }).stdout.trim();
+      assert.match(found, /^\/\S+root\.qcow2$/, `lm-copy's disk on m1: ${found}`);
+      const raw = path.join(scratch, 'disk.raw');
+      const converted = spawnSync('qemu-img', ['convert', '-O', 'raw', found, raw], { encoding: 'utf8' });
+      assert.equal(converted.status, 0, converted.stderr);
+      // The journal replayed on the copy first: debugfs reads the file system as it is on disk.
+      spawnSync('e2fsck', ['-fy', raw], { encoding: 'utf8' });
+      for (const [file, text] of Object.entries(marks)) {
+        const read = spawnSync('debugfs', ['-R', `cat ${file}`, raw], { encoding: 'utf8' });
+        assert.equal(read.stdout, `${text}\n`, `${file} in lm-copy's disk: ${read.stderr}`);
+      }
+    } finally {
+      rmSync(scratch, { recursive: true, force: true });
+      const deleted = m1.daemon.cli(['delete', '--force', 'lm-copy']);
+      assert.equal(deleted.code, 0, deleted.stderr);
+    }
   });
 
   test('moved back and forth right away (m2 to m1 to m2, each asked as soon as the last ended): after each the guest runs on its destination with the same boot, its QMP socket there answering, the source keeping no runtime files', async () => {
