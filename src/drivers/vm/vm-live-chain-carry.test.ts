@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connectQmp, type QmpClient } from './qmp-client.ts';
 import { linkBitmap, storedBitmaps } from './vm-incremental.ts';
 import { freeTcpPort } from './vm-live-migration.ts';
-import { finishIncoming, migrateOut, prepareIncoming } from './vm-migration.ts';
+import { finishIncoming, migrateOut, prepareIncoming, resumeSource } from './vm-migration.ts';
 import {
   assertIdentical,
   CLUSTER,
@@ -128,5 +128,47 @@ describe('a vm backup chain goes on on the member a running guest moved to live'
     await c.storage.importIncremental?.(spec, full, { link: link0 });
     await c.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
     await assertIdentical(c.disk, b.disk);
+  });
+  test('a QEMU that migrated once before it had a backup bitmap still carries the one added since (QEMU 7.2, issue 13 §5)', async (t) => {
+    const a = await member('a2');
+    await runner.run(['qemu-io', '-f', 'qcow2', '-c', `write -P 1 0 ${2 * MiB}`, a.disk]);
+    const source = await qemu('src2', a.disk, false);
+    const host = '127.0.0.1';
+    const move = async (name: string) => {
+      const m = await member(name);
+      const dest = await qemu(`dst-${name}`, m.disk, true);
+      const to = { host, nbdPort: await freeTcpPort(host), migrationPort: await freeTcpPort(host) };
+      await prepareIncoming(dest.qmp, to);
+      await migrateOut(source.qmp, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'full',
+        signal: new AbortController().signal,
+        pollMs: 50,
+      });
+      return dest;
+    };
+    // The daemon's path when a hand-over fails after the RAM went: the source runs on. No bitmap yet.
+    const first = await move('b2');
+    await quit(first);
+    await resumeSource(source.qmp);
+    // The guest's first backup on this member: its bitmap added in the running QEMU.
+    const bitmap = linkBitmap('0123456789abcdef', 0);
+    await source.qmp.execute('block-dirty-bitmap-add', { node: 'root', name: bitmap, persistent: true });
+    const second = await move('c2');
+    await finishIncoming(second.qmp);
+    await quit(source);
+    const nodes =
+      await second.qmp.execute<
+        Array<{ 'node-name': string; 'dirty-bitmaps'?: Array<{ name: string; persistent?: boolean }> }>
+      >('query-named-block-nodes');
+    const root = nodes.find((n) => n['node-name'] === 'root');
+    t.diagnostic(`the destination's root: ${JSON.stringify(root?.['dirty-bitmaps'] ?? [])}`);
+    assert.deepEqual(
+      (root?.['dirty-bitmaps'] ?? []).map((b) => [b.name, b.persistent]),
+      [[bitmap, true]],
+      'the bitmap came with the second migration',
+    );
+    await quit(second);
   });
 });

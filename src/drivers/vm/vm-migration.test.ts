@@ -28,6 +28,8 @@ function fakeQemu(
     completeAfter?: number;
     migration?: 'completes' | 'fails';
     onPoll?: (what: 'mirror' | 'migrate', n: number) => void;
+    /** Named dirty bitmaps on node `root` (backup bitmaps). */
+    bitmaps?: string[];
   } = {},
 ) {
   const calls: Call[] = [];
@@ -44,6 +46,11 @@ function fakeQemu(
         case 'blockdev-mirror':
           job = { status: 'running', ready: false, offset: 0 };
           return answer({});
+        case 'query-named-block-nodes':
+          return answer([
+            { 'node-name': 'root', 'dirty-bitmaps': (options.bitmaps ?? []).map((name) => ({ name })) },
+            { 'node-name': '#block123', 'dirty-bitmaps': [] },
+          ]);
         case 'query-block-jobs': {
           if (!job) return answer([]);
           jobPolls++;
@@ -225,6 +232,26 @@ describe('vm live migration over QMP', () => {
     assert.equal(args('migrate-set-parameters')?.['tls-creds'], 'migration-tls');
     assert.equal(args('migrate-set-parameters')?.['tls-hostname'], '198.18.5.12');
     assert.deepEqual(source.names().slice(-2), ['migrate-set-parameters', 'object-del']);
+  });
+
+  test('the source turns dirty-bitmaps migration on only when a node has a named bitmap to carry (QEMU 7.2 never carries one after a migration with none)', async () => {
+    const capability = async (bitmaps: string[]) => {
+      const { qmp, calls } = fakeQemu({ bitmaps });
+      await migrateOut(qmp, {
+        to,
+        downtimeLimitMs: 250,
+        sync: 'top',
+        signal: new AbortController().signal,
+        pollMs: 1,
+      });
+      return calls.filter((c) => c.command === 'migrate-set-capabilities').map((c) => c.args);
+    };
+    assert.deepEqual(await capability([]), [
+      { capabilities: [{ capability: 'dirty-bitmaps', state: false }] },
+    ]);
+    assert.deepEqual(await capability(['trivisor-backup-0123456789abcdef-3']), [
+      { capabilities: [{ capability: 'dirty-bitmaps', state: true }] },
+    ]);
   });
 
   test('a cancel while the RAM is copied: migrate_cancel, the mirror cancelled by force, the NBD node removed, and the guest runs on', async () => {

@@ -28,7 +28,24 @@ const TLS_ID = 'migration-tls';
  * its link, vm-incremental.ts) are sent in the migration stream and made on the destination's node
  * of the same name, persistent if they were, so the destination's QEMU stores them in its disk.
  */
-const DIRTY_BITMAPS = [{ capability: 'dirty-bitmaps', state: true }];
+const dirtyBitmaps = (state: boolean) => [{ capability: 'dirty-bitmaps', state }];
+const DIRTY_BITMAPS = dirtyBitmaps(true);
+
+/**
+ * Whether any block node of this QEMU has a named dirty bitmap (a backup bitmap) to carry. QEMU
+ * 7.2 must not migrate with `dirty-bitmaps` on while there is none: the migration then marks its
+ * bitmap state "no bitmaps" and never clears it (the mark is cleared only by the set-up that the
+ * mark itself skips), so every later migration of that QEMU carries no bitmap, even one added
+ * since. A move cancelled before the guest's first backup thus lost the chain on the next move
+ * (issue 13 §5; decision 0062).
+ */
+export async function hasNamedBitmaps(qmp: MigrationQmp): Promise<boolean> {
+  const nodes = await qmp.execute<unknown>('query-named-block-nodes', { flat: true });
+  if (!Array.isArray(nodes)) return false;
+  return nodes.some((n: { 'dirty-bitmaps'?: Array<{ name?: string }> }) =>
+    (n['dirty-bitmaps'] ?? []).some((b) => typeof b.name === 'string' && b.name !== ''),
+  );
+}
 /**
  * How long each command of `migrateOut` waits for QEMU's answer (the QMP client's own default is
  * the vm driver's 5 s). While a migration runs, QEMU's main loop also copies RAM and serves the
@@ -257,7 +274,10 @@ export async function migrateOut(
       options.onTlsLoaded?.();
     }
     if (options.sync !== 'shared') {
-      await qmp.execute('migrate-set-capabilities', { capabilities: DIRTY_BITMAPS });
+      // On only when there is a bitmap to carry (hasNamedBitmaps: QEMU 7.2's sticky "none"); off
+      // otherwise, also where an earlier move of this QEMU turned it on.
+      const carry = await hasNamedBitmaps(qmp);
+      await qmp.execute('migrate-set-capabilities', { capabilities: dirtyBitmaps(carry) });
       await mirror(options.sync);
     }
     const mirrored = now();
