@@ -279,6 +279,41 @@ describe('vm live migration over QMP', () => {
     ]);
   });
 
+  for (const [command, undoneBy] of [
+    ['object-add', 'object-del'],
+    ['blockdev-add', 'blockdev-del'],
+    ['blockdev-mirror', 'block-job-cancel'],
+  ] as const) {
+    test(`a cancel while QEMU runs ${command} (its answer not awaited) still undoes it with ${undoneBy}: the command was sent`, async () => {
+      const abort = new AbortController();
+      const { qmp, names } = fakeQemu({ readyAfter: 100 });
+      // The QMP client's wait ends at the cancel, but QEMU received the command and runs it.
+      const cancelledInFlight: MigrationQmp = {
+        async execute<T>(c: string, args?: Record<string, unknown>): Promise<T> {
+          const answer = await qmp.execute<T>(c, args);
+          if (c === command) {
+            abort.abort();
+            throw new Error(`QMP ${c}: the wait was aborted`);
+          }
+          return answer;
+        },
+      };
+      await assert.rejects(
+        migrateOut(cancelledInFlight, {
+          to,
+          downtimeLimitMs: 300,
+          sync: 'top',
+          tlsDir: '/tmp/s',
+          signal: abort.signal,
+          pollMs: 1,
+        }),
+        /the wait was aborted/,
+      );
+      assert.ok(names().includes(undoneBy), names().join(' '));
+      assert.ok(!names().includes('migrate'), 'no RAM migration started');
+    });
+  }
+
   test('a cancel while the disk is mirrored never starts the RAM migration', async () => {
     const abort = new AbortController();
     const { qmp, names } = fakeQemu({

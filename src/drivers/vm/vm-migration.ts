@@ -263,14 +263,19 @@ export async function migrateOut(
   const mirrorJob = (via: MigrationQmp = qmp) => mirrorJobOf(via);
   let tls = false;
   try {
+    // Each "made" mark is set before its command is sent, not after its answer: a cancel that ends
+    // the wait for the answer does not stop QEMU, which runs the command anyway (a monitor runs
+    // its commands in order, so the undo's removal comes after it). Set after, a node added while
+    // the answer was awaited stayed in the source's QEMU and failed its next move ("Duplicate
+    // nodes with node-name='migration-target'"). Removing what is not there fails, ignored.
     if (options.tlsDir) {
+      tls = true;
       await qmp.execute('object-add', {
         'qom-type': 'tls-creds-x509',
         id: TLS_ID,
         dir: options.tlsDir,
         endpoint: 'client',
       });
-      tls = true;
       options.onTlsLoaded?.();
     }
     if (options.sync !== 'shared') {
@@ -339,6 +344,7 @@ export async function migrateOut(
 
   /** The disk into the destination's NBD export, until the mirror is ready (it then follows every write). */
   async function mirror(sync: 'top' | 'full'): Promise<void> {
+    nodeAdded = true;
     await qmp.execute('blockdev-add', {
       driver: 'nbd',
       'node-name': TARGET_NODE,
@@ -346,7 +352,7 @@ export async function migrateOut(
       export: EXPORT_NAME,
       ...(tls && { 'tls-creds': TLS_ID }),
     });
-    nodeAdded = true;
+    mirrorStarted = true;
     await qmp.execute('blockdev-mirror', {
       'job-id': MIRROR_JOB,
       device: 'root',
@@ -355,7 +361,6 @@ export async function migrateOut(
       // The job is removed only when asked: its end state stays to be read.
       'auto-dismiss': false,
     });
-    mirrorStarted = true;
     for (;;) {
       aborted();
       const job = await mirrorJob();
