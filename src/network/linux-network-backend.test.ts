@@ -64,6 +64,21 @@ const portsRunner = (ports: PortFilter[] = []) =>
       : undefined,
   );
 
+/**
+ * What a host without the network's devices answers a backend: no link is found, and dnsmasq
+ * starts (its pid file written). Checked after what a test answers itself.
+ */
+const noDevices = (paths: { dir: string; pidFile: string }, argv: readonly string[]) => {
+  if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
+    return { code: 1, stderr: 'does not exist' };
+  if (argv[0] === 'dnsmasq')
+    return {
+      effect: () =>
+        mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
+    };
+  return undefined;
+};
+
 const log = createLogger({ level: 'silent' });
 const dirs: string[] = [];
 after(() => Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true }))));
@@ -296,14 +311,7 @@ describe('linux network backend', () => {
     dirs.push(stateDir);
     const paths = dnsmasqPaths(stateDir, 'tvnet0');
     const runner = fakeRunner((argv) => {
-      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
-        return { code: 1, stderr: 'does not exist' };
-      if (argv[0] === 'dnsmasq')
-        return {
-          effect: () =>
-            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
-        };
-      return undefined;
+      return noDevices(paths, argv);
     });
     const backend = createLinuxNetworkBackend({ runner, log, stateDir });
     const identity = await backend.ensure(def(), undefined);
@@ -331,16 +339,9 @@ describe('linux network backend', () => {
       const line = argv.join(' ');
       if (line === 'ip -json link show dev tvnet0' && bridgeExists)
         return { stdout: JSON.stringify([{ ifname: 'tvnet0', ifalias: ownerAlias(stateDir) }]) };
-      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
-        return { code: 1, stderr: 'does not exist' };
       if (line === `bridge -json fdb show dev ${vx}`)
         return { stdout: JSON.stringify([{ mac: '00:00:00:00:00:00', dst: '198.18.5.99' }]) };
-      if (argv[0] === 'dnsmasq')
-        return {
-          effect: () =>
-            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
-        };
-      return undefined;
+      return noDevices(paths, argv);
     });
     const backend = createLinuxNetworkBackend({ runner, log, stateDir });
     const tunnel = {
@@ -427,15 +428,8 @@ describe('linux network backend', () => {
       const line = argv.join(' ');
       if (line === `ip -details -json link show dev ${vx}` && device)
         return { stdout: JSON.stringify([device]) };
-      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
-        return { code: 1, stderr: 'does not exist' };
       if (line === `bridge -json fdb show dev ${vx}`) return { stdout: '[]' };
-      if (argv[0] === 'dnsmasq')
-        return {
-          effect: () =>
-            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
-        };
-      return undefined;
+      return noDevices(paths, argv);
     });
     const backend = createLinuxNetworkBackend({ runner, log, stateDir });
     const tunnel = {
@@ -523,14 +517,7 @@ describe('linux network backend', () => {
       const line = argv.join(' ');
       if (line === `ip -details -json link show dev ${vx}`)
         return { stdout: JSON.stringify([{ ifname: vx, ifalias: ownerAlias(stateDir) }]) };
-      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
-        return { code: 1, stderr: 'does not exist' };
-      if (argv[0] === 'dnsmasq')
-        return {
-          effect: () =>
-            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
-        };
-      return undefined;
+      return noDevices(paths, argv);
     });
     await createLinuxNetworkBackend({ runner, log, stateDir }).ensure(def({ vni: 7 }), undefined);
     const cmds = runner.commands();
@@ -835,14 +822,7 @@ describe('linux network backend', () => {
         const l = listing.get(argv.slice(3).join(' '));
         return l === undefined ? { code: 1, stderr: 'Error: No such file or directory' } : { stdout: l };
       }
-      if (argv[0] === 'ip' && argv.includes('link') && argv.includes('show'))
-        return { code: 1, stderr: 'does not exist' };
-      if (argv[0] === 'dnsmasq')
-        return {
-          effect: () =>
-            mkdir(paths.dir, { recursive: true }).then(() => writeFile(paths.pidFile, `${process.pid}\n`)),
-        };
-      return undefined;
+      return noDevices(paths, argv);
     });
     const backend = createLinuxNetworkBackend({ runner, log, stateDir });
     const written = () =>
