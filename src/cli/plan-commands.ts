@@ -341,7 +341,7 @@ function addAdviseCommand(plan: Command): void {
                 ? [
                     e.model === only.model ? 'recommended' : '',
                     e.throughput < 1
-                      ? `saturated: ${Math.round(100 * e.throughput)}% of the rates on ${e.guestCores} cores`
+                      ? `saturated: ${Math.round(100 * e.throughput)}% of the rates on ${e.guestCores} core${e.guestCores === 1 ? '' : 's'}`
                       : '',
                   ]
                     .filter(Boolean)

@@ -512,7 +512,7 @@ describe('trivisor plan advise', () => {
       out[0] ?? '',
       /^pvm: needs its own kernel; vm cannot keep up: it would need 1\.\d cores of 1, \d+% of/,
     );
-    assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 1 cores?$/);
+    assert.match(out[6] ?? '', /^vm .* saturated: \d+% of the rates on 1 core$/);
   });
 
   test('an inventory in the CLI: one row a workload, --kernel for all of them, other flags refused', () => {
