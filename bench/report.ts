@@ -264,6 +264,32 @@ if (startAtN) {
   stamp([startAtN]);
 } else lines.push('_Not measured yet._', '');
 
+const runnerFork = load('runner-fork.json');
+lines.push(
+  "## (b5) a short command from a daemon that holds memory: its own fork against the launcher's helper",
+  '',
+  '`node bench/runner-fork.ts --count 1000 --mib 500`: a Node process touches a buffer of 500 MiB (what a daemon holds at a',
+  'few thousand guests), then runs `ip link show lo` 1,000 times one at a time through each runner, in alternating rounds of',
+  "100: `hostRunner()` (Node's spawn: a fork of the whole process, its page tables copied on the event loop's thread)",
+  "and `helperRunner()` (forked by the launcher's small perl helper; what the network backend and the ct driver use since",
+  "decision 0097's amendment of 2026-12-07). Wall time of the runs, and how long the event loop was held meanwhile.",
+  '',
+);
+if (runnerFork) {
+  const row = (label: string, x: Json) =>
+    `| ${label} | ${f(Number(x.totalMs) / 1000, 1)} | ${f(x.p50Ms, 1)} | ${f(x.p95Ms, 1)} | ${f(x.eventLoopDelayMaxMs, 0)} |`;
+  lines.push(
+    '| runner | all runs (s) | p50 ms | p95 ms | event loop held at most (ms) |',
+    '|---|---|---|---|---|',
+    row("the daemon's fork (`hostRunner`)", runnerFork.hostRunner as Json),
+    row("the launcher's helper (`helperRunner`)", runnerFork.helperRunner as Json),
+    '',
+    `${Number(runnerFork.count).toLocaleString('en-US')} runs a side, process RSS ${String(runnerFork.rssMiB)} MiB: the daemon's fork took ×${f(runnerFork.hostOverHelper, 2)} the helper's time.`,
+    '',
+  );
+  stamp([runnerFork]);
+} else lines.push('_Not measured yet._', '');
+
 const models = load('models.json');
 lines.push('## The three models side by side', '');
 lines.push(
@@ -1318,8 +1344,10 @@ lines.push(
   '100% of CPU or memory. Goals (issue 14 §6): fewer host-hours than DPM and LR-MMT, SLATAH no worse than',
   "LR-MMT's, at most half its migrations. `trivisor, no failure room` is not a policy anyone runs: it shows what",
   "keeping room for one member's failure (which the baselines do not) costs. `LR-MMT 1.2 keeping the failure room`",
-  "is the same LR-MMT made to keep that room too (decision 0051's amendment), and `Trivisor with the power-off",
-  'forecast` our policy with `powerOffForecast` and `burstEndsMinOn` on, which the daemon does not run by default yet.',
+  "is the same LR-MMT made to keep that room too (decision 0051's amendment). The daemon's default reads a forecast",
+  'of the coming window for power-off (`powerOffForecast`, `burstEndsMinOn`) since 2026-12-07 (e357cbc): in a result',
+  'measured before, `Trivisor` is the policy without it and `Trivisor with the power-off forecast` the policy with it;',
+  'in a later one, `Trivisor` is the policy with it and `Trivisor without the power-off forecast` the one without.',
   '',
 );
 if (autonomic) {
@@ -1330,10 +1358,12 @@ if (autonomic) {
     ['incus', 'Incus rebalancer'],
     ['trivisor-no-failure-room', 'Trivisor, no failure room'],
     // Decision 0051's amendment (2026-12-06): LR-MMT keeping the same room for one member's failure,
-    // and Trivisor with the power-off forecast (not the daemon's default yet). A result written
-    // before them has no such rows, and none is drawn.
+    // and Trivisor with the power-off forecast (then not the daemon's default; a result since
+    // 2026-12-07 has Trivisor without it instead). A result written before them has no such rows,
+    // and none is drawn.
     ['lr-mmt-failure-room', 'LR-MMT 1.2 keeping the failure room'],
     ['trivisor-forecast', 'Trivisor with the power-off forecast'],
+    ['trivisor-no-forecast', 'Trivisor without the power-off forecast'],
   ];
   const n = (v: unknown) => (typeof v === 'number' ? v.toLocaleString('en-US') : '–');
   const table = (t: Record<string, Json>) => [

@@ -75,6 +75,16 @@ export const BENCHMARKS: Benchmark[] = [
     quickResults: ['ct-start-at-n.json'],
   },
   {
+    // What one short command costs a daemon holding memory: forked from it, or from the launcher's
+    // helper (issue 16, decision 0097).
+    name: 'runner-fork',
+    script: 'runner-fork.ts',
+    args: ['--count', '1000', '--mib', '500'],
+    quickArgs: ['--count', '20', '--mib', '50'],
+    results: ['runner-fork.json'],
+    quickResults: ['runner-fork.json'],
+  },
+  {
     name: 'models',
     script: 'models.ts',
     args: ['ct,pvm,vm', '3'],
@@ -286,6 +296,16 @@ export const BENCHMARKS: Benchmark[] = [
     quickArgs: ['20110303', '--slice', '40'],
     results: ['planner.json'],
     quickResults: ['planner.json'],
+  },
+  {
+    // The self-managing cluster's policies against DPM, LR-MMT and Incus's rule on the traces
+    // (issue 14 §6, decision 0051); quick mode replays synthetic clusters instead.
+    name: 'autonomic',
+    script: 'autonomic.ts',
+    args: [],
+    quickArgs: [],
+    results: ['autonomic.json'],
+    quickResults: ['autonomic.json'],
   },
 ];
 

@@ -399,6 +399,28 @@ const CHECKS: Record<string, (r: Json, file: string) => void> = {
     assert.equal(r.daemonAlive, true, `${f}: the daemon died under the fuzzer`);
     positive(f, r, ['requests', 'routesHit', 'requestsPerSecond']);
   },
+  'autonomic.json': (r, f) => {
+    // Synthetic clusters in quick mode: every policy replayed on each, with host-hours and a SLATAH.
+    assert.equal(r.source, 'synthetic (quick mode)', `${f}: the quick source`);
+    for (const part of ['planetLab', 'bitbrains']) {
+      for (const { where, value } of valuesAt(r, `${part}.runs.*.policies`)) {
+        for (const policy of ['trivisor', 'dpm', 'lr-mmt', 'incus']) {
+          assert.ok((value as Json)[policy] !== undefined, `${f}: ${where} has no ${policy}`);
+        }
+      }
+      positive(f, r, [
+        `${part}.runs.*.policies.*.hostHours`,
+        `${part}.runs.*.policies.*.activeHostIntervals`,
+      ]);
+      numbersAt(f, r, [`${part}.runs.*.policies.*.slatah`], (n) => n >= 0 && n <= 1, 'a share from 0 to 1');
+    }
+  },
+  'runner-fork.json': (r, f) => {
+    assert.equal(r.count, 20, `${f}: the quick count`);
+    assert.equal((r.hostRunner as Json).runs, 20, `${f}: every run through the daemon's fork`);
+    assert.equal((r.helperRunner as Json).runs, 20, `${f}: every run through the helper`);
+    positive(f, r, ['hostRunner.totalMs', 'helperRunner.totalMs', 'hostOverHelper']);
+  },
   'planner.json': (r, f) => {
     // A slice of 40 VMs of each trace: the planner and both FFD baselines planned and replayed.
     assert.equal(r.sliceVms, 40, `${f}: the quick slice`);
@@ -451,6 +473,8 @@ export const GROUPS: Record<string, { names: string[]; timeoutMs: number }> = {
       'web-ui',
       'fuzz-api',
       'planner',
+      'autonomic',
+      'runner-fork',
     ],
     timeoutMs: 1_200_000,
   },
