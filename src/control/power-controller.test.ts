@@ -171,6 +171,31 @@ describe('power steps', () => {
     );
   });
 
+  test('a member never runs its own power-off: it records powering-off, and another member runs the driver and records it off', async () => {
+    const stepsOn = (host: string) =>
+      createPowerSteps({
+        store,
+        hostName: host,
+        members: async () => [{ name: 'm3', cpu: { cpus: 2 }, memory: { totalBytes: 8 * GiB } }],
+        driverFor: driver,
+        events: createEventBus(),
+        log: silentLogger(),
+        now: () => clock,
+      });
+    await stepsOn('m3').evacuate(evacuation, command);
+    await records.guest.at('g').put(store, aGuestSpec({ name: 'g', location: 'm1' }));
+    await stepsOn('m3').advance(new Map([['m3', command]]));
+    assert.equal((await powerOf('m3'))?.state, 'powering-off');
+    await stepsOn('m3').advance(new Map([['m3', command]]));
+    assert.equal((await powerOf('m3'))?.state, 'powering-off', 'still not by itself');
+    assert.deepEqual(calls, []);
+    await stepsOn('m1').advance(new Map([['m3', command]]));
+    const p = await powerOf('m3');
+    assert.equal(p?.state, 'off');
+    assert.equal(p?.powerOffs.length, 1);
+    assert.deepEqual(calls, ['off m3'], 'switched off once, by m1');
+  });
+
   test('a driver that fails: a power-off is aborted (it stays on), a power-on leaves it off; a member that never comes back is taken as off', async () => {
     const s = steps();
     failDriver = true;

@@ -279,10 +279,14 @@ export function createPowerSteps(deps: PowerStepsDeps): PowerSteps {
           }),
         });
         say(member, 'member-powering-off', next);
-        await powerOff(member, next, config);
+        if (member !== hostName) await powerOff(member, next, config);
         return;
       }
       case 'powering-off':
+        // A member never runs its own power-off: its driver would switch it off under its feet,
+        // before it could record that it did (and the member taking over from a dead decider
+        // would switch it off a second time). Another member runs it, at its next step.
+        if (member === hostName) return;
         // A decider that died between the record and the driver: the driver again (idempotent).
         await powerOff(member, power, config);
         return;
