@@ -5,6 +5,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { BackupDirectoryArchiveWire } from '../../src/api/backup-schemas.ts';
 import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
@@ -250,15 +251,7 @@ describe('moving a vm guest live between two members', () => {
   });
 
   /** The guest's backups in the backup directory, as the API lists them (`backup list`). */
-  interface Shipped {
-    name: string;
-    kind: string;
-    chain?: string;
-    sequence?: number;
-    parent?: string;
-    restorable: boolean;
-    sizeBytes: number;
-  }
+  type Shipped = BackupDirectoryArchiveWire;
   const shipped = (d: Daemon) =>
     (JSON.parse(d.ok(['backup', 'list', NAME, '--format', 'json'])) as Shipped[])
       // A link's chain state beside it (`….chain.json`) is listed too, as `other`.

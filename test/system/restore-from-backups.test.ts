@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { BackupDirectoryArchiveWire } from '../../src/api/backup-schemas.ts';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually, sleep, startDaemon } from './harness.ts';
 
@@ -174,15 +175,7 @@ describe("import from the daemon's backup directory (import --from-backups, deci
     renameSync(spool, path.join(backups(), guest, file));
     return { chain: (m[1] ?? m[3]) as string, file };
   };
-  type Listed = {
-    archive: string;
-    kind: string;
-    chain?: string;
-    sequence?: number;
-    parent?: string;
-    restorable: boolean;
-    sizeBytes: number;
-  };
+  type Listed = BackupDirectoryArchiveWire;
 
   test('a ct chain: the listing shows the full and its incremental, and --from-backups of the incremental restores both, files identical', async () => {
     d.ok(['launch', 'busybox', 'k1']);
