@@ -605,6 +605,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       controller.running().map(({ spec, status }) => ({
         spec,
         ...(status.startedAt && { startedAt: status.startedAt }),
+        ...(status.process && { process: status.process }),
       })),
     drivers,
     ksm,

@@ -1,4 +1,4 @@
-import type { GuestSpec, Model } from '../core/types.ts';
+import type { GuestSpec, Model, ProcessIdentity } from '../core/types.ts';
 import type { GuestDriver } from '../drivers/guest-driver.ts';
 import type { KsmControl } from '../host/ksm.ts';
 import type { Logger } from '../host/logger.ts';
@@ -15,6 +15,8 @@ export interface RunningGuest {
   spec: GuestSpec;
   /** ISO time of its start (its status' startedAt); unknown: as if it started at the first pass. */
   startedAt?: string;
+  /** The run its status knows (the driver's start answer); unknown: its memory is left alone. */
+  process?: ProcessIdentity;
 }
 
 /** What the loop needs (main.ts injects the store's view and the drivers). */
@@ -61,7 +63,8 @@ export function createMemoryReclaim(o: MemoryReclaimOptions): MemoryReclaim {
     const seen = new Set<string>();
     for (const g of guests) {
       const driver = o.drivers[g.spec.model];
-      if (!driver?.releaseFreeMemory) continue;
+      // No run known: the guest is not started yet as far as the controller knows.
+      if (!driver?.releaseFreeMemory || !g.process) continue;
       seen.add(g.spec.name);
       const startedAt = g.startedAt ?? '';
       let next = due.get(g.spec.name);
@@ -73,7 +76,7 @@ export function createMemoryReclaim(o: MemoryReclaimOptions): MemoryReclaim {
       if (now() < next.atMs || stopped) continue;
       next.atMs = now() + everyMs;
       try {
-        const bytes = await driver.releaseFreeMemory(g.spec);
+        const bytes = await driver.releaseFreeMemory(g.spec, g.process);
         o.log.debug({ guest: g.spec.name, releasedBytes: bytes }, 'free guest memory given back to the host');
       } catch (e) {
         o.log.warn(

@@ -162,8 +162,11 @@ export interface GuestDriver {
    * Gives the host back the memory the running guest has freed, where its engine keeps it
    * (pvm: UML's RAM file, docs/decisions/0060); resolves with the bytes released. vm guests
    * report their free pages themselves (virtio-balloon), ct guests' memory is the host's own.
+   * `run` is the run the controller knows (its status' process): another one found running (a
+   * restart's new kernel, still booting) is left alone and 0 resolved, since taking a booting
+   * kernel's free memory away starves it.
    */
-  releaseFreeMemory?(spec: GuestSpec): Promise<number>;
+  releaseFreeMemory?(spec: GuestSpec, run: ProcessIdentity): Promise<number>;
   /** Applies live-changeable config to a running guest; returns keys that need a restart. */
   update(spec: GuestSpec, changedKeys: string[]): Promise<string[]>;
   exec(spec: GuestSpec, options: ExecOptions): Promise<ExecSession>;

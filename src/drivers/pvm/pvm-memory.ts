@@ -3,12 +3,17 @@ import type { PvmContext } from './pvm-context.ts';
 import { releaseFreePages } from './uml-free-pages.ts';
 
 /** The host memory of a running guest's free pages, given back (uml-free-pages.ts). */
-export function pvmMemory(c: PvmContext): Pick<GuestDriver, 'releaseFreeMemory'> {
+export function pvmMemory(
+  c: Pick<PvmContext, 'log' | 'mconsoleOf' | 'liveUml'>,
+): Pick<GuestDriver, 'releaseFreeMemory'> {
   const { log, mconsoleOf, liveUml } = c;
   return {
-    async releaseFreeMemory(spec) {
-      // A guest that is not running has no memory to give back (and no mconsole to ask).
-      if (!(await liveUml(spec))) return 0;
+    async releaseFreeMemory(spec, run) {
+      // A guest that is not running has no memory to give back (and no mconsole to ask), and a
+      // kernel other than the run asked about is a restart's, maybe still booting: unplugging
+      // its free memory then leaves its init none (UML panics "System is deadlocked on memory").
+      const live = await liveUml(spec);
+      if (!live || live.pid !== run.pid || live.startTime !== run.startTime) return 0;
       const r = await releaseFreePages(mconsoleOf(spec));
       if (r.error)
         log.warn({ guest: spec.name, err: r.error }, 'cannot give back the free memory of a pvm guest');
