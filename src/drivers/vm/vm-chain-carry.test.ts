@@ -27,7 +27,7 @@ import {
  * link (before and after the move). Applied on member c after the full, it gives b's disk exactly.
  */
 describe('a vm backup chain goes on on the member a stopped guest moved to', () => {
-  const fixture = vmChainFixture('trivisor-vm-chain-carry-');
+  const fixture = vmChainFixture('vm-chain-carry');
   const member = fixture.member;
   /** Writes `length` bytes of `pattern` at `offset` through QEMU's block layer (which marks the bitmaps, as a guest's writes do). */
   const write = async (disk: string, offset: number, length: number, pattern: number) => {

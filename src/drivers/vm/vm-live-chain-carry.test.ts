@@ -28,7 +28,7 @@ import {
  * chain's next link, holding only the clusters written since the link, and restores its disk.
  */
 describe('a vm backup chain goes on on the member a running guest moved to live', () => {
-  const fixture = vmChainFixture('trivisor-vm-live-chain-');
+  const fixture = vmChainFixture('vm-live-chain');
   const member = (name: string) => fixture.member(name);
   /** A QEMU with `disk` as its node `root` (as the vm driver names it), vCPUs stopped, no OS. */
   const qemu = async (name: string, disk: string, incoming: boolean) => {

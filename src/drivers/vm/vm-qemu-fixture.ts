@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before } from 'node:test';
+import { makeRunDir, removeRunDir } from '../../../test/leftovers.ts';
 import type { GuestSpec } from '../../core/types.ts';
 import { createLogger } from '../../host/logger.ts';
 import { hostRunner } from '../../host/runner.ts';
@@ -17,6 +17,8 @@ import { createVmStorage } from './vm-storage.ts';
  * and QEMU on a state directory per member under one temporary directory, guest v1's disk made
  * as the driver's create makes it. Not a test file: each test file calls `vmChainFixture` in its
  * describe, which removes the directory and kills the QEMUs it was told of when the suite ends.
+ * The directory is a test run's (test/leftovers.ts): a test process killed before its `after`
+ * leaves QEMUs whose command lines name it, and the next run's sweep kills them.
  */
 
 export const KiB = 1024;
@@ -45,12 +47,12 @@ export interface VmChainFixture {
 }
 
 /** Registers the suite's set-up and clean-up: call it inside the `describe`. */
-export function vmChainFixture(prefix: string): VmChainFixture {
+export function vmChainFixture(kind: string): VmChainFixture {
   const agents = createAgentPool();
   const pids: number[] = [];
   let dir = '';
   before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+    dir = await makeRunDir(kind);
   });
   after(async () => {
     for (const pid of pids) {
@@ -60,7 +62,10 @@ export function vmChainFixture(prefix: string): VmChainFixture {
         // gone already
       }
     }
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (dir) {
+      const { left } = await removeRunDir(dir);
+      assert.deepEqual(left, [], 'the suite left nothing behind');
+    }
   });
   return {
     get dir() {
