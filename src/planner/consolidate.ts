@@ -1,5 +1,6 @@
 import { failedPrecondition, invalidArgument } from '../core/errors.ts';
 import { anneal, BLOCK, blockMaxima, fillBlockMaxima, mulberry32 } from './anneal.ts';
+import { eliminate } from './eliminate.ts';
 import type { HostSize, Inventory, Workload } from './inventory.ts';
 
 /** How to plan: the host, the sizing percentile, and the seed of the extra orderings tried. */
@@ -54,6 +55,12 @@ const ANNEAL_WORK = 6e8;
 const ANNEAL_MAX_STEPS = 1_000_000;
 /** A count whose local search ends over this many times its budget is not annealed (it never got there). */
 const ANNEAL_REACH = 2;
+/**
+ * The bin elimination after the plan (eliminate.ts): host-series evaluations × (dimensions ×
+ * samples) is at most this much work, about 2 s of CPU (PlanetLab's 288 samples: 1M evaluations;
+ * 20110303 spends 39k, 0.2 s, as every host tried ends over twice its budget before any descent).
+ */
+const ELIMINATE_WORK = 3e8;
 /** At most this many passes evening the settled plan's load out (Packer.evenOut). */
 const MAX_EVEN_PASSES = 20;
 
@@ -805,6 +812,26 @@ export function planConsolidation(inv: Inventory, options: PlanOptions): Plan {
       const bins = packer.rebalance(sorted, count, { budget, seed: (options.seed ?? 1) + count });
       if (!bins) break;
       best = bins.filter((b) => b.members.length > 0);
+      method = `correlation-aware packing with a shared overload budget of ${round(100 - p)}% of host-intervals`;
+    }
+    // Bin elimination: empty the most easily placed host into the others, within the same shared
+    // budget, while it succeeds (PlanetLab 20110303 onto 43: never, see decision 0086).
+    const index = new Map(norm.map((n, k) => [n, k]));
+    const assignment = new Int32Array(norm.length);
+    best.forEach((b, h) => {
+      for (const n of b.members) assignment[index.get(n) as number] = h;
+    });
+    const fewer = eliminate(
+      { loads: norm.map((n) => n.load), assignment, count: best.length, dims, samples: inv.samples },
+      { overFraction: (100 - p) / 100, work: Math.floor(ELIMINATE_WORK / (dims * inv.samples)) },
+    );
+    if (fewer.count < best.length) {
+      const bins: Bin[] = Array.from({ length: fewer.count }, () => ({
+        sum: new Float64Array(dims * inv.samples),
+        members: [],
+      }));
+      for (const n of sorted) packer.add(bins[fewer.assignment[index.get(n) as number] as number] as Bin, n);
+      best = bins;
       method = `correlation-aware packing with a shared overload budget of ${round(100 - p)}% of host-intervals`;
     }
     packer.evenOut(best);
