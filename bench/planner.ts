@@ -155,7 +155,8 @@ const planetLab = {
 console.log(JSON.stringify(planetLab, null, 2));
 
 // Bitbrains Rnd: planned from July, replayed on August. The planner's percentile is set from July
-// alone: FFD-on-p95's own overload on July, so that both plans are made for the same overload.
+// alone: FFD-on-p95's own overload on July's last week when both are planned on its first three, so
+// that both plans are held to the same overload on a period they were not made from.
 // One month in memory at a time (issue 14 §4: ≤ 512 MiB): everything July is needed for is
 // planned and measured first, July is dropped, then August is read and every plan replayed on it
 // by workload id (`replayReport`, as `plan consolidate --replay` does).
@@ -229,9 +230,9 @@ function weeklyLoad(inv: Inventory) {
   return weeks;
 }
 const julyWeeks = weeklyLoad(july);
-// The sizing percentile is chosen on July alone: the fewest hosts among the plans whose own
-// overload on July (as forecast: the report's `predicted`) is no more than FFD-on-p95's on July
-// (both made for the same overload). Every percentile tried is kept with its August replay too:
+// The sizing percentile is chosen on July alone (below: out of sample, on July's last week; the
+// in-sample rule, each plan's own overload on July as forecast against FFD-on-p95's on July, is
+// reported beside it). Every percentile tried is kept with its August replay too:
 // hosts against overload, a curve to read the baselines' points against; the choice itself never
 // looks at August. planSeconds is planReport's whole call (the scaling, the plan, its replay on
 // July and the picture), not the packing alone; the August replay comes after, timed apart.
@@ -267,30 +268,66 @@ const bbBase = {
 };
 const ffdP95July = replayPlan(bbBase.p95.hosts, plannedJuly, bbSize);
 const ffdPeakJuly = replayPlan(bbBase.peak.hosts, plannedJuly, bbSize);
-let best: (typeof reports)[number] | undefined;
+// In-sample, for the report: the fewest hosts among the plans whose own overload on July is no
+// more than FFD-on-p95's on July (each judged on the month it was made from).
+let inSample: (typeof reports)[number] | undefined;
 for (const r of reports) {
   if (
     r.report.predicted.overloadFraction <= ffdP95July.overloadFraction &&
-    (!best || r.report.plan.hosts.length < best.report.plan.hosts.length)
+    (!inSample || r.report.plan.hosts.length < inSample.report.plan.hosts.length)
   ) {
-    best = r;
+    inSample = r;
   }
 }
-if (!best) throw new Error("no plan within FFD-on-p95's July overload");
+// The choice, out of sample but on July alone (decision 0086, amended): every percentile and
+// FFD-on-p95 planned on July's first three weeks and replayed on its last week; the percentile is
+// the fewest-hosts one whose overload on that week is no more than FFD-on-p95's there (then the
+// highest percentile). Both plans meet a period they were not made from, as on August.
+const cut = july.samples - 7 * 288;
+const firstWeeks = sliceInventory(july, 0, cut);
+const lastWeek = sliceInventory(july, cut, july.samples);
+const ffdP95HoldOut = replayPlan(
+  firstFitDecreasing(firstWeeks, { hostSize: bbSize, sizing: 95 }).hosts,
+  lastWeek,
+  bbSize,
+);
+const holdOutTried = PERCENTILES.map((p) => {
+  const c0 = process.cpuUsage();
+  const plan = planConsolidation(firstWeeks, { hostSize: bbSize, percentile: p, seed: 1 });
+  const planCpuSeconds = cpuSeconds(c0);
+  const r = replayPlan(plan.hosts, lastWeek, bbSize);
+  const row = {
+    percentile: p,
+    hosts: plan.hosts.length,
+    lastWeekOverloadFraction: round(r.overloadFraction, 5),
+    planCpuSeconds,
+  };
+  console.log(JSON.stringify({ holdOut: row }));
+  return { ...row, within: r.overloadFraction <= ffdP95HoldOut.overloadFraction };
+});
+const holdOutChoice = holdOutTried
+  .filter((t) => t.within)
+  .sort((a, b) => a.hosts - b.hosts || b.percentile - a.percentile)[0];
+const best = reports.find((r) => r.percentile === holdOutChoice?.percentile) ?? inSample;
+if (!best) throw new Error("no plan within FFD-on-p95's overload, on July's last week or on July");
 const percentile = best.percentile;
+const percentileChoice = {
+  by: holdOutChoice ? 'hold-out' : 'in-sample',
+  inSamplePercentile: inSample?.percentile ?? null,
+  ffdP95HoldOut: {
+    hosts: ffdP95HoldOut.hosts.length,
+    lastWeekOverloadFraction: round(ffdP95HoldOut.overloadFraction, 5),
+  },
+  tried: holdOutTried,
+};
 // What July alone says about the spread of the prediction: the plan's headroom week by week (the
 // report's), and a hold-out (the same method planned on July's first three weeks, replayed on its
 // last week), the calibration one could make without August.
-const cut = july.samples - 7 * 288;
-const firstWeeks = sliceInventory(july, 0, cut);
 const holdOutPlan = planConsolidation(firstWeeks, { hostSize: bbSize, percentile, seed: 1 });
 const holdOut = {
   hosts: holdOutPlan.hosts.length,
   predictedHeadroomPercent: round(replayPlan(holdOutPlan.hosts, firstWeeks, bbSize).headroomPercent, 2),
-  replayedHeadroomPercent: round(
-    replayPlan(holdOutPlan.hosts, sliceInventory(july, cut, july.samples), bbSize).headroomPercent,
-    2,
-  ),
+  replayedHeadroomPercent: round(replayPlan(holdOutPlan.hosts, lastWeek, bbSize).headroomPercent, 2),
 };
 memoryStep('July baselines and hold-outs');
 // July is not needed any more: the reports and plans keep workload ids and per-host series only.
@@ -348,6 +385,7 @@ const bitbrains = {
   readSeconds: round(julyRead + augustRead, 2),
   augustReplaySeconds,
   percentile,
+  percentileChoice,
   percentilesTried: tried.map(({ replayed: _, ...t }) => t),
   trivisor: figures(bbPlan, bbReplay, {
     planSeconds: best.planSeconds,
