@@ -1,8 +1,8 @@
-import { createHash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidArgument, TrivisorError } from '../core/errors.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { hashedOnTheWay, offloadedSha256 } from '../host/sha256-offload.ts';
 import {
   ArchiveDamaged,
   type ArchiveMember,
@@ -93,25 +93,32 @@ export async function feedPayload(options: {
   if (!member || !want) throw corrupted(rel);
   const fifo = join(options.work, rel.replaceAll('/', '-'));
   await options.runner.run(['mkfifo', '-m', '0600', fifo]);
-  const hash = createHash('sha256');
-  const failure = await writeThroughFifo(
-    fifo,
-    options.consume,
-    memberChunks(archive.path, member),
-    (chunk) => {
-      signal.throwIfAborted();
-      hash.update(chunk);
-      options.onBytes?.(chunk.length);
-    },
-  ).then(
-    () => undefined,
-    (e: unknown) => e ?? new Error('failed'),
-  );
-  await rm(fifo, { force: true });
-  if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-  // A damaged payload makes its consumer fail too: the checksum names the cause.
-  if (hash.digest('hex') !== want.sha256) throw corrupted(rel);
-  if (failure) throw failure;
+  // Hashed in a worker thread while the chunk is written into the FIFO (src/host/sha256-offload.ts).
+  const hash = offloadedSha256();
+  let sha256: string;
+  try {
+    const failure = await writeThroughFifo(
+      fifo,
+      options.consume,
+      hashedOnTheWay(memberChunks(archive.path, member), hash),
+      (chunk) => {
+        signal.throwIfAborted();
+        options.onBytes?.(chunk.length);
+      },
+    ).then(
+      () => undefined,
+      (e: unknown) => e ?? new Error('failed'),
+    );
+    await rm(fifo, { force: true });
+    if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+    // Throws if the hashing itself failed (the thread), which is no fault of the archive's.
+    sha256 = await hash.digest();
+    // A damaged payload makes its consumer fail too: the checksum names the cause.
+    if (sha256 !== want.sha256) throw corrupted(rel);
+    if (failure) throw failure;
+  } finally {
+    hash.discard();
+  }
 }
 
 /** A manifest is a few KiB (its snapshots' records): anything far larger is not one. */

@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ownsItsMemory, releaseChunk } from '../api/chunk-memory.ts';
 import { invalidArgument, TrivisorError } from '../core/errors.ts';
 import type { ProcessRunner } from '../host/runner.ts';
+import { hashedOnTheWay, offloadedSha256, sharedBuffer } from '../host/sha256-offload.ts';
 import {
   ArchiveDamaged,
   type Digest,
@@ -370,45 +370,54 @@ export async function feedStreamedPayload(options: {
   skip?: boolean;
 }): Promise<StreamedPayload> {
   const { reader, signal } = options;
-  const hash = createHash('sha256');
+  // Hashed in a worker thread, over the 1 MiB batches in shared memory (src/host/sha256-offload.ts).
+  const hash = offloadedSha256();
   let size = 0;
   const observe = (chunk: Buffer) => {
     signal.throwIfAborted();
-    hash.update(chunk);
     size += chunk.length;
     options.onBytes?.(chunk.length);
   };
   let streamError: unknown;
-  const chunks = (async function* () {
-    try {
-      yield* batched(reader.data());
-    } catch (e) {
-      streamError = e ?? new Error('the upload failed');
-      throw e;
-    }
-  })();
+  const chunks = hashedOnTheWay(
+    (async function* () {
+      try {
+        yield* batched(reader.data());
+      } catch (e) {
+        streamError = e ?? new Error('the upload failed');
+        throw e;
+      }
+    })(),
+    hash,
+  );
   let failure: unknown;
-  if (options.skip) {
-    try {
-      for await (const chunk of chunks) observe(chunk);
-    } catch (e) {
-      failure = e;
+  try {
+    if (options.skip) {
+      try {
+        for await (const chunk of chunks) observe(chunk);
+      } catch (e) {
+        failure = e;
+      }
+    } else {
+      const fifo = join(options.work, options.rel.replaceAll('/', '-'));
+      await options.runner.run(['mkfifo', '-m', '0600', fifo]);
+      failure = await writeThroughFifo(fifo, options.consume, chunks, observe).then(
+        () => undefined,
+        (e: unknown) => e ?? new Error('failed'),
+      );
+      await rm(fifo, { force: true });
     }
-  } else {
-    const fifo = join(options.work, options.rel.replaceAll('/', '-'));
-    await options.runner.run(['mkfifo', '-m', '0600', fifo]);
-    failure = await writeThroughFifo(fifo, options.consume, chunks, observe).then(
-      () => undefined,
-      (e: unknown) => e ?? new Error('failed'),
-    );
-    await rm(fifo, { force: true });
+    if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
+    if (streamError !== undefined) throw uploadFault(streamError);
+    // Throws if the hashing itself failed (the thread), which is no fault of the upload's.
+    const sha256 = await hash.digest();
+    return {
+      digest: { sha256, sizeBytes: size },
+      ...(failure !== undefined && { failure }),
+    };
+  } finally {
+    hash.discard();
   }
-  if (signal.aborted) throw new TrivisorError('Cancelled', 'The import was cancelled');
-  if (streamError !== undefined) throw uploadFault(streamError);
-  return {
-    digest: { sha256: hash.digest('hex'), sizeBytes: size },
-    ...(failure !== undefined && { failure }),
-  };
 }
 
 /** Bytes of each write of a streamed payload into its FIFO. */
@@ -421,7 +430,8 @@ const BATCH_BYTES = 1 << 20;
  * on a loaded host). A batch is valid until the next is asked for, as `memberChunks`' are.
  */
 async function* batched(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  const buffer = Buffer.allocUnsafe(BATCH_BYTES);
+  // In shared memory, so that the sha256 thread reads each batch in place.
+  const buffer = sharedBuffer(BATCH_BYTES);
   let fill = 0;
   for await (const chunk of chunks) {
     let at = 0;

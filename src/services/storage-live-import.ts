@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { failedPrecondition, invalidArgument, notSupported, TrivisorError } from '../core/errors.ts';
@@ -7,6 +7,7 @@ import { assertDnsLabel } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, Model, Operation } from '../core/types.ts';
 import type { LiveImport } from '../drivers/guest-storage.ts';
+import { offloadedSha256 } from '../host/sha256-offload.ts';
 import { ArchiveDamaged, type ArchiveMember, listArchive, memberChunks } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import { records } from '../store/records.ts';
@@ -94,12 +95,17 @@ async function verifyPayload(archive: OpenedArchive, rel: string, signal: AbortS
   const member = archive.members.get(rel);
   const want = archive.manifest.files[rel];
   if (!member || !want) throw corrupted(rel);
-  const hash = createHash('sha256');
-  for await (const chunk of memberChunks(archive.path, member)) {
-    signal.throwIfAborted();
-    hash.update(chunk);
+  // Off the event loop (src/host/sha256-offload.ts): the guest runs meanwhile.
+  const hash = offloadedSha256();
+  try {
+    for await (const chunk of memberChunks(archive.path, member)) {
+      signal.throwIfAborted();
+      await hash.update(chunk);
+    }
+    if ((await hash.digest()) !== want.sha256) throw corrupted(rel);
+  } finally {
+    hash.discard();
   }
-  if (hash.digest('hex') !== want.sha256) throw corrupted(rel);
 }
 
 /**

@@ -71,6 +71,34 @@ describe('backup archive (outer tar written and read by the daemon)', () => {
     assert.ok(Buffer.concat(parts).equals(payload));
   });
 
+  test('a payload of many write batches is written and hashed whole, the batch buffers reused in turn', async () => {
+    // 4 MiB batches, two buffers used in turn: 13 MiB and a bit in 64 KiB chunks fills each several
+    // times, so a hash or a write that read a buffer after its refill would differ.
+    const payload = randomBytes(13 * 2 ** 20 + 4097);
+    const file = path.join(dir, 'batches.tar');
+    const w = await ArchiveWriter.create(file);
+    const digest = await w.addStream('rootfs.tar.zst', chunksOf(payload, 65_536));
+    await w.finish();
+    assert.deepEqual(digest, { sha256: sha(payload), sizeBytes: payload.length });
+    const [rootfs] = await listArchive(file);
+    assert.ok(rootfs);
+    const parts: Buffer[] = [];
+    for await (const c of memberChunks(file, rootfs)) parts.push(Buffer.from(c));
+    assert.ok(Buffer.concat(parts).equals(payload));
+    assert.deepEqual(await digestOf(file, rootfs), { sha256: sha(payload), sizeBytes: payload.length });
+  });
+
+  test('a source that fails mid-payload fails the member, and the writer can be abandoned', async () => {
+    const file = path.join(dir, 'broken.tar');
+    const w = await ArchiveWriter.create(file);
+    async function* failing(): AsyncGenerator<Buffer> {
+      yield randomBytes(5 * 2 ** 20);
+      throw new Error('the producer failed');
+    }
+    await assert.rejects(w.addStream('rootfs.tar.zst', failing()), /the producer failed/);
+    await w.abandon();
+  });
+
   test('the reader reads archives GNU tar made (manifest first, a directory entry)', async () => {
     const src = path.join(dir, 'gnu');
     execFileSync('mkdir', ['-p', path.join(src, 'snapshots')]);

@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
+import { offloadedSha256, sharedBuffer } from '../host/sha256-offload.ts';
 
 /**
  * The outer tar of a backup archive (manifest.json, rootfs.tar.zst, snapshots/*),
@@ -109,17 +109,19 @@ export class ArchiveWriter {
   ): Promise<Digest> {
     const headerAt = this.position;
     await this.write(Buffer.alloc(BLOCK));
-    const hash = createHash('sha256');
+    // The sha256 runs in a worker thread (src/host/sha256-offload.ts), over each batch as it is
+    // written: the batches are in shared memory, which the worker reads in place.
+    const hash = offloadedSha256();
     let size = 0;
     // Chunks (64 KiB from a pipe) are gathered into writes of WRITE_BATCH bytes, one write in flight
     // while the next batch gathers: a write per chunk, each a trip through libuv's thread pool,
     // cost seconds per GiB on a loaded host. Chunks are copied into two batch buffers used in turn
     // (a chunk may be reused by its source once the next is asked for), and nothing is allocated
     // per chunk: the garbage collector was the daemon's largest cost of an export (decision 0072).
-    let fill = Buffer.allocUnsafe(WRITE_BATCH);
-    let spare = Buffer.allocUnsafe(WRITE_BATCH);
+    let fill = sharedBuffer(WRITE_BATCH);
+    let spare = sharedBuffer(WRITE_BATCH);
     let batchBytes = 0;
-    let inFlight: Promise<void> = Promise.resolve();
+    let inFlight: Promise<unknown> = Promise.resolve();
     const flush = async () => {
       if (batchBytes === 0) return;
       const at = this.position;
@@ -127,13 +129,14 @@ export class ArchiveWriter {
       this.position += batchBytes;
       batchBytes = 0;
       await inFlight;
-      inFlight = this.writeAt(data, at);
-      // The spare's write was awaited just above: it is free to fill.
+      // The write and the hash only read the batch: they run at once, off the event loop.
+      inFlight = Promise.all([this.writeAt(data, at), hash.update(data)]);
+      // The spare's write and hash were awaited just above: it is free to fill.
       [fill, spare] = [spare, fill];
     };
+    let sha256: string;
     try {
       for await (const chunk of source) {
-        hash.update(chunk);
         size += chunk.length;
         onBytes?.(chunk.length);
         let from = 0;
@@ -147,12 +150,14 @@ export class ArchiveWriter {
       }
       await flush();
       await inFlight;
+      sha256 = await hash.digest();
     } finally {
       await inFlight.catch(() => {});
+      hash.discard();
     }
     await this.write(Buffer.alloc(padding(size)));
     await this.file.write(tarHeader(name, 'file', size, Date.now()), 0, BLOCK, headerAt);
-    return { sha256: hash.digest('hex'), sizeBytes: size };
+    return { sha256, sizeBytes: size };
   }
 
   /** Two zero blocks end a tar archive. No fsync: the CLI downloads the file at once and it is deleted then. */
@@ -283,7 +288,8 @@ export async function* memberChunks(path: string, member: ArchiveMember): AsyncG
   const file = await open(path, constants.O_RDONLY);
   try {
     let done = 0;
-    const buffer = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, member.size)));
+    // In shared memory, so that a sha256 thread can read a chunk in place (hashedOnTheWay).
+    const buffer = sharedBuffer(Math.min(CHUNK, member.size));
     while (done < member.size) {
       const want = Math.min(CHUNK, member.size - done);
       const { bytesRead } = await file.read(buffer, 0, want, member.offset + done);
@@ -296,9 +302,13 @@ export async function* memberChunks(path: string, member: ArchiveMember): AsyncG
   }
 }
 
-/** The sha256 and size of a member's bytes. */
+/** The sha256 and size of a member's bytes, hashed off the event loop. */
 export async function digestOf(path: string, member: ArchiveMember): Promise<Digest> {
-  const hash = createHash('sha256');
-  for await (const chunk of memberChunks(path, member)) hash.update(chunk);
-  return { sha256: hash.digest('hex'), sizeBytes: member.size };
+  const hash = offloadedSha256();
+  try {
+    for await (const chunk of memberChunks(path, member)) await hash.update(chunk);
+    return { sha256: await hash.digest(), sizeBytes: member.size };
+  } finally {
+    hash.discard();
+  }
 }
