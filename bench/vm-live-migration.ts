@@ -175,18 +175,7 @@ async function handMove(
       () => (src.exitCode !== null || src.signalCode !== null ? rawEnded(srcDir, src) : undefined),
     );
     await sleep(2000);
-    if (load === 'busy') {
-      // The kit's root shell on the serial console.
-      const console = connect(path.join(srcDir, 'raw-console.sock'));
-      await new Promise<void>((resolve, reject) => {
-        console.once('connect', () => resolve());
-        console.once('error', reject);
-      });
-      console.write(`${dirtier(DIRTY_MIB)}\n`);
-      // dd from /dev/urandom under TCG, then the loop running a while.
-      await sleep(QUICK ? 5000 : 15_000);
-      console.destroy();
-    }
+    if (load === 'busy') await busyByHand(srcDir);
     const qs = await qmpOf(srcDir, src);
     const t0 = performance.now();
     dst = startIn(hosts.m2, argvIn(dstDir), dstDir, ['-incoming', 'defer', '-S']);
@@ -317,16 +306,38 @@ function spawnRawQemu(argv: string[], dir: string): ChildProcess {
   }
 }
 
-/** Types the busy loop on the raw guest's serial console (the kit's root shell), then lets it run. */
+/** What the typed busy loop prints once it runs (typed as `busy''-loop-on`, so the echo of the typing is not it). */
+const BUSY_ON = 'busy-loop-on';
+
+/**
+ * Types the busy loop on the raw guest's serial console (the kit's root shell), then lets it run:
+ * 15 s. Quick mode (issue 19) waits for the loop's start instead (dd from /dev/urandom under TCG
+ * takes a varying while), then a second, rather than a fixed 5 s.
+ */
 async function busyByHand(srcDir: string): Promise<void> {
   const console = connect(path.join(srcDir, 'raw-console.sock'));
   await new Promise<void>((resolve, reject) => {
     console.once('connect', () => resolve());
     console.once('error', reject);
   });
-  console.write(`${dirtier(DIRTY_MIB)}\n`);
-  await sleep(QUICK ? 5000 : 15_000);
-  console.destroy();
+  try {
+    if (!QUICK) {
+      console.write(`${dirtier(DIRTY_MIB)}\n`);
+      await sleep(15_000);
+      return;
+    }
+    const log = path.join(srcDir, 'console.log');
+    const before = readFileSync(log, 'utf8').length;
+    console.write(`${dirtier(DIRTY_MIB)} && echo busy''-loop-on\n`);
+    const deadline = Date.now() + 120_000;
+    while (!readFileSync(log, 'utf8').slice(before).includes(BUSY_ON)) {
+      if (Date.now() > deadline) throw new Error(`the busy loop did not start on the raw guest (see ${log})`);
+      await sleep(100);
+    }
+    await sleep(1000);
+  } finally {
+    console.destroy();
+  }
 }
 
 /**
@@ -606,7 +617,8 @@ try {
           if (attempt === 3) throw new Error(`the busy loop did not start: ${r.stderr}`);
           await sleep(5000);
         }
-        await sleep(5000);
+        // exec returned once dd was done and the loop started: quick mode (issue 19) lets it run a second.
+        await sleep(QUICK ? 1000 : 5000);
       }
       for (let r = 0; r < rounds; r++) {
         for (const [from, to] of [
