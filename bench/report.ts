@@ -1253,10 +1253,11 @@ lines.push(
   'four blocks in file order), hosts of 2 × 2660 MIPS, p99: the plan may spend 1% of its host-intervals over',
   '100%, wherever they fall (one budget shared by the hosts, decision 0047). Bitbrains Rnd: planned',
   'from July, replayed on August, CPU and memory, hosts of cpu=32,memory=256GiB; the percentile is the',
-  "fewest-hosts one of 99.9-98 whose overload on July is no more than FFD-on-p95's on July (August is never",
-  'looked at for the choice). Overload: host-intervals over 100% of CPU or memory. Headroom: 100 − the',
-  "hosts' 95th-percentile load, averaged over hosts. Targets (issue 14 §4): PlanetLab ≤ 1.05× the lower",
-  'bound ⌈peak of the summed load / host⌉, ≤ 0.6× FFD-on-peaks, ≤ 1% over; Bitbrains ≥ 8% fewer hosts',
+  "fewest-hosts one of 100-98 whose overload on July's last week, planned on its first three weeks, is no",
+  "more than FFD-on-p95's planned and replayed the same way, then the highest percentile (August is never",
+  'looked at for the choice; decision 0086, amended). Overload: host-intervals over 100% of CPU or',
+  "memory. Headroom: 100 − the hosts' 95th-percentile load, averaged over hosts. Targets (issue 14 §4):",
+  'PlanetLab ≤ 1.05× the lower bound ⌈peak of the summed load / host⌉, ≤ 0.6× FFD-on-peaks, ≤ 1% over; Bitbrains ≥ 8% fewer hosts',
   'than FFD-on-p95 at equal overload, predicted and replayed headroom within 5 points; 1,052 VMs × 288',
   'samples planned in ≤ 10 s, 500 VMs × a month in ≤ 30 s.',
   '',
@@ -1293,6 +1294,22 @@ if (planner) {
         `| ${x.percentile} | ${x.hosts} | ${f(100 * (x.julyOverloadFraction as number), 2)}% | ${f(100 * (x.augustOverloadFraction as number), 2)}% | ${f(x.planSeconds, 2)} |`,
     ),
     '',
+    ...(() => {
+      // The choice out of sample (bench/planner.ts): each percentile and FFD-on-p95 planned on
+      // July's first three weeks and replayed on its last.
+      const c = bb.percentileChoice as Json | undefined;
+      if (!c || c.by !== 'hold-out') return [];
+      const ffd = c.ffdP95HoldOut as Json | undefined;
+      const tried = c.tried as Json[] | undefined;
+      if (!ffd || !Array.isArray(tried)) return [];
+      const pct = (x: unknown) => `${f(100 * (x as number), 3).replace(/\.?0+$/, '')}%`;
+      return [
+        `The choice, on July's hold-out: FFD-on-p95 planned on July's first three weeks (${ffd.hosts} hosts) is over 100% in ${pct(ffd.lastWeekOverloadFraction)} of its host-intervals on the last week; the planner ${tried.map((x) => `at p${x.percentile} (${x.hosts} hosts) in ${pct(x.lastWeekOverloadFraction)}`).join(', ')}. That gives ${(bb.trivisor as Json).hosts} hosts at p${bb.percentile}${c.inSamplePercentile === bb.percentile ? ', the choice the July-in-sample rule made too' : `, where the July-in-sample rule chose p${c.inSamplePercentile}`}.`,
+        '',
+        'Bin elimination after the plan (decision 0086, amended) tries to empty the lightest hosts into the others within the one budget; the PlanetLab figures above are after it.',
+        '',
+      ];
+    })(),
     `Fewer hosts than FFD on p95: **${f(100 * (bb.fewerHostsThanFfdP95 as number))}%** (target ≥ 8% at equal overload: over 100% on July ${f(100 * ((bb.trivisor as Json).predictedOverloadFraction as number), 2)}% against FFD-on-p95's ${f(100 * ((bb.ffdP95 as Json).predictedOverloadFraction as number), 2)}%, on August ${f(100 * ((bb.trivisor as Json).overloadFraction as number), 2)}% against ${f(100 * ((bb.ffdP95 as Json).overloadFraction as number), 2)}%); predicted and replayed headroom **${f(bb.headroomGapPoints)}** points apart (≤ 5). Peak RSS of the whole run ${planner.peakRssMiB} MiB. Measured ${planner.measuredAt}.`,
     '',
     ...(() => {
