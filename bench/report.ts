@@ -610,14 +610,17 @@ if (vmStorage) {
     }
     lines.push(
       '',
-      'Random data does not compress, so the archive is about the size of the data. Against the raw pipeline',
-      '(`qemu-img convert` plus `tar --zstd`) an export costs several times as much: it also hashes the payload,',
-      'strings it into the outer tar and streams it to the client, each a pass over the whole gigabyte. An import costs',
-      'more again: upload, unpack, checksum, unpack the disk, then for vm `setContent` (a safe-mode `qemu-img rebase` of',
-      "the flat image onto the new guest's overlay, which compares it with the base disk cluster by cluster so that the",
-      'overlay keeps only what differs, then a commit), for pvm the flat disk installed as the private `root.img`.',
-      "pvm's archive holds the raw disk (this guest has a private `root.img`, copied as it is). The split between these",
-      'steps was not measured.',
+      ...backups.map((b) => {
+        const ratio = (x: unknown) =>
+          typeof x === 'number' ? `**${f(x, 2)}×** (${x <= 1.2 ? 'met' : 'not met'})` : '–';
+        return `${b.model}: export / raw \`tar --zstd\` of the disk file ${ratio(b.exportOverRawTarZstdOfDiskFile)}, import / raw untar of it ${ratio(b.importOverRawUntarOfDiskFile)}; issue 20's target is 1.2× (medians of the rounds, alternated with the raw tools).`;
+      }),
+      '',
+      'Random data does not compress, so the archive is about the size of the data. An export makes the flat qcow2,',
+      '`tar`s it with `zstd -T0` into a FIFO, hashes it on its way into the archive (in a worker thread, decision 0035)',
+      'and streams it to the client; an import uploads, unpacks and checksums on the way, then for vm `setContent` (a',
+      "safe-mode `qemu-img rebase` of the flat image onto the new guest's overlay, then a commit), for pvm the flat disk",
+      "installed as the private `root.img` (pvm's archive holds the raw disk).",
       '',
     );
   }
