@@ -132,6 +132,9 @@ function killRaw(dir: string): void {
  */
 const shareBoots = QUICK && iterations === 1;
 const d = await startDaemon();
+/** An untimed guest of the benchmark's image, model and config, started through the API. */
+const launch = (name: string) =>
+  runOperation(d, 'POST', '/1.0/guests', { name, image: 'busybox', model, start: true, config });
 const rawDir = path.join(d.stateDir, 'raw');
 const api: number[] = [];
 const raw: number[] = [];
@@ -139,13 +142,7 @@ try {
   let template: string[] | undefined;
   let idleGuest = 'idle';
   if (!shareBoots) {
-    await runOperation(d, 'POST', '/1.0/guests', {
-      name: 'tpl',
-      image: 'busybox',
-      model,
-      start: true,
-      config,
-    });
+    await launch('tpl');
     template = rawArgv(d, 'tpl', rawDir);
     await runOperation(d, 'DELETE', '/1.0/guests/tpl?force=true');
   }
@@ -170,13 +167,7 @@ try {
   if (!template) throw new Error('no template argv');
   // Idle host memory: one guest through the API and one raw engine, side by side, after a settle.
   if (!shareBoots) {
-    await runOperation(d, 'POST', '/1.0/guests', {
-      name: 'idle',
-      image: 'busybox',
-      model,
-      start: true,
-      config,
-    });
+    await launch('idle');
     await viaRaw(template, rawDir);
   }
   await settle();

@@ -11,6 +11,7 @@ import type {
 } from '../core/types.ts';
 import type { GuestDriver, GuestNicView } from '../drivers/guest-driver.ts';
 import type { Logger } from '../host/logger.ts';
+import { sameIdentity } from '../host/proc-stat.ts';
 import type { GuestNetworking } from '../network/guest-networking.ts';
 import type { EventBus } from '../services/types.ts';
 import { type KeyValue, type KvStore, readTogether } from '../store/kv.ts';
@@ -68,9 +69,6 @@ interface Tracked {
   /** When each NIC's grace period began: the guest's start, or when a hot-plugged NIC was first seen. */
   nicSince: Map<string, number>;
 }
-
-const sameProcess = (a: ProcessIdentity | undefined, b: ProcessIdentity | undefined) =>
-  a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
 
 const nicsOf = (spec: GuestSpec): Array<[string, NicDevice]> =>
   Object.entries(spec.devices ?? {}).filter(([, d]) => d.type === 'nic');
@@ -184,7 +182,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       nics,
       changedAt: new Date(at).toISOString(),
     };
-    const previous = t.record && sameProcess(t.record.process, status.process) ? t.record : undefined;
+    const previous = t.record && sameIdentity(t.record.process, status.process) ? t.record : undefined;
     if (essence(previous) === essence(record)) return;
     if (stopped) return;
     await records.guestNetwork.at(spec.name).put(store, record);
@@ -209,7 +207,7 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       p = { kind: problem.kind, since: at };
       t.pending.set(nic, p);
     }
-    const reported = t.record?.nics[nic]?.warning !== undefined && sameProcess(t.record.process, t.process);
+    const reported = t.record?.nics[nic]?.warning !== undefined && sameIdentity(t.record.process, t.process);
     if (reported) return problem.text;
     if (at - p.since < settleMs) return undefined;
     if (booting && !problem.definite) return undefined;
@@ -371,13 +369,13 @@ export function createNicObserver(deps: NicObserverDeps): NicObserver {
       return;
     }
     let t = tracked.get(spec.name);
-    if (!t || !sameProcess(t.process, status.process)) {
+    if (!t || !sameIdentity(t.process, status.process)) {
       t = {
         spec,
         status,
         process: status.process,
         pending: new Map(),
-        record: record && sameProcess(record.process, status.process) ? record : undefined,
+        record: record && sameIdentity(record.process, status.process) ? record : undefined,
         nextAt: 0,
         inFlight: false,
         nicSince: new Map(),

@@ -124,6 +124,19 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
     }
   };
   const cost = (n: number, e: number) => n + EXCESS_WEIGHT * e;
+  /** Host h's intervals over and excess become n and e; returns the change of the plan's intervals over. */
+  const setHost = (h: number, n: number, e: number): number => {
+    const change = n - (over[h] as number);
+    over[h] = n;
+    excess[h] = e;
+    return change;
+  };
+  /** The intervals over 100% of hosts 0 … c − 1. */
+  const overTotal = (c: number): number => {
+    let n = 0;
+    for (let h = 0; h < c; h++) n += over[h] as number;
+    return n;
+  };
 
   for (;;) {
     if (count < 2 || evaluations >= options.work) break;
@@ -151,8 +164,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
       }
       pool.sort((a, b) => (total[b] as number) - (total[a] as number) || a - b);
       load(next, c);
-      let sumOver = 0;
-      for (let h = 0; h < c; h++) sumOver += over[h] as number;
+      let sumOver = overTotal(c);
       const members = (h: number) => {
         const list: number[] = [];
         for (let i = 0; i < N; i++) if (next[i] === h) list.push(i);
@@ -208,11 +220,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
             addTo(h, xm, -1);
             addTo(h, xi, 1);
             addTo(g, xm, 1);
-            sumOver += nh - (over[h] as number) + ng - (over[g] as number);
-            over[h] = nh;
-            excess[h] = eh;
-            over[g] = ng;
-            excess[g] = eg;
+            sumOver += setHost(h, nh, eh) + setHost(g, ng, eg);
             next[i] = h;
             next[m] = g;
             placed++;
@@ -221,9 +229,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
           within = false;
         }
         addTo(to, xi, 1);
-        sumOver += added;
-        over[to] = toOver;
-        excess[to] = toExcess;
+        sumOver += setHost(to, toOver, toExcess);
         next[i] = to;
         if (within) placed++;
       }
@@ -239,9 +245,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
     count--;
   }
   load(at, count);
-  let finalOver = 0;
-  for (let h = 0; h < count; h++) finalOver += over[h] as number;
-  return { assignment: at, count, over: finalOver, attempts, evaluations };
+  return { assignment: at, count, over: overTotal(count), attempts, evaluations };
 
   /**
    * First-improving moves (best target) and swaps of the workloads of hosts over 100%, on
@@ -249,8 +253,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
    * work remains. Returns the intervals over.
    */
   function descend(assign: Int32Array, c: number, budget: number): number {
-    let sumOver = 0;
-    for (let h = 0; h < c; h++) sumOver += over[h] as number;
+    let sumOver = overTotal(c);
     let improved = true;
     while (improved && sumOver > budget && evaluations < options.work) {
       improved = false;
@@ -280,11 +283,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
         if (to >= 0) {
           addTo(a, xi, -1);
           addTo(to, xi, 1);
-          sumOver += na - (over[a] as number) + nb - (over[to] as number);
-          over[a] = na;
-          excess[a] = ea;
-          over[to] = nb;
-          excess[to] = eb;
+          sumOver += setHost(a, na, ea) + setHost(to, nb, eb);
           assign[i] = to;
           improved = true;
           continue;
@@ -305,11 +304,7 @@ export function eliminate(input: EliminateInput, options: EliminateOptions): Eli
           addTo(a, xj, 1);
           addTo(b, xj, -1);
           addTo(b, xi, 1);
-          sumOver += n1 - (over[a] as number) + n2 - (over[b] as number);
-          over[a] = n1;
-          excess[a] = e1;
-          over[b] = n2;
-          excess[b] = e2;
+          sumOver += setHost(a, n1, e1) + setHost(b, n2, e2);
           assign[i] = b;
           assign[j] = a;
           improved = true;

@@ -7,8 +7,7 @@ import { assertDnsLabel } from '../core/names.ts';
 import { DEFAULT_PROJECT, projectOfRecord } from '../core/projects.ts';
 import type { GuestSpec, Model, Operation } from '../core/types.ts';
 import type { LiveImport } from '../drivers/guest-storage.ts';
-import { offloadedSha256 } from '../host/sha256-offload.ts';
-import { ArchiveDamaged, type ArchiveMember, listArchive, memberChunks } from '../storage/backup-archive.ts';
+import { ArchiveDamaged, type ArchiveMember, digestOf, listArchive } from '../storage/backup-archive.ts';
 import { byteProgress } from '../storage/byte-progress.ts';
 import { records } from '../store/records.ts';
 import { assertArchiveGuestFits, createArchiveGuest, importingClaim } from './archive-guest.ts';
@@ -95,17 +94,8 @@ async function verifyPayload(archive: OpenedArchive, rel: string, signal: AbortS
   const member = archive.members.get(rel);
   const want = archive.manifest.files[rel];
   if (!member || !want) throw corrupted(rel);
-  // Off the event loop (src/host/sha256-offload.ts): the guest runs meanwhile.
-  const hash = offloadedSha256();
-  try {
-    for await (const chunk of memberChunks(archive.path, member)) {
-      signal.throwIfAborted();
-      await hash.update(chunk);
-    }
-    if ((await hash.digest()) !== want.sha256) throw corrupted(rel);
-  } finally {
-    hash.discard();
-  }
+  // Hashed off the event loop (digestOf): the guest runs meanwhile.
+  if ((await digestOf(archive.path, member, signal)).sha256 !== want.sha256) throw corrupted(rel);
 }
 
 /**

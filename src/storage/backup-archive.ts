@@ -302,11 +302,14 @@ export async function* memberChunks(path: string, member: ArchiveMember): AsyncG
   }
 }
 
-/** The sha256 and size of a member's bytes, hashed off the event loop. */
-export async function digestOf(path: string, member: ArchiveMember): Promise<Digest> {
+/** The sha256 and size of a member's bytes, hashed off the event loop; `signal` stops it between chunks. */
+export async function digestOf(path: string, member: ArchiveMember, signal?: AbortSignal): Promise<Digest> {
   const hash = offloadedSha256();
   try {
-    for await (const chunk of memberChunks(path, member)) await hash.update(chunk);
+    for await (const chunk of memberChunks(path, member)) {
+      signal?.throwIfAborted();
+      await hash.update(chunk);
+    }
     return { sha256: await hash.digest(), sizeBytes: member.size };
   } finally {
     hash.discard();

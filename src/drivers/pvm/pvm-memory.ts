@@ -1,3 +1,4 @@
+import { sameIdentity } from '../../host/proc-stat.ts';
 import type { GuestDriver } from '../guest-driver.ts';
 import type { PvmContext } from './pvm-context.ts';
 import { releaseFreePages } from './uml-free-pages.ts';
@@ -12,8 +13,7 @@ export function pvmMemory(
       // A guest that is not running has no memory to give back (and no mconsole to ask), and a
       // kernel other than the run asked about is a restart's, maybe still booting: unplugging
       // its free memory then leaves its init none (UML panics "System is deadlocked on memory").
-      const live = await liveUml(spec);
-      if (!live || live.pid !== run.pid || live.startTime !== run.startTime) return 0;
+      if (!sameIdentity(await liveUml(spec), run)) return 0;
       const r = await releaseFreePages(mconsoleOf(spec));
       if (r.error)
         log.warn({ guest: spec.name, err: r.error }, 'cannot give back the free memory of a pvm guest');
