@@ -259,6 +259,44 @@ describe('buildClusterState', () => {
       'a guest its publisher no longer owns is left out',
     );
   });
+
+  test('a guest that moved in or started in the window repeats its measured steps before its first sample here; later gaps stay no demand', () => {
+    const { state } = buildClusterState({
+      nowMs: NOW,
+      settings,
+      members: [member('a')],
+      loads: new Map([
+        [
+          'a',
+          load({
+            arrived: {
+              model: 'ct',
+              cpu: [null, null, null, null, 2, 4],
+              memoryBytes: [null, null, null, 7, 8, 9],
+            },
+            started: { model: 'vm', cpu: [3], memoryBytes: [5] },
+            paused: { model: 'ct', cpu: [null, 1, null, 1, 1, 1], memoryBytes: [1, 1, 1, 1, 1, 1] },
+          }),
+        ],
+      ]),
+      specs: [spec('arrived', 'a'), spec('started', 'a'), spec('paused', 'a')],
+      moves: [],
+      bandwidthBytesPerSecond: 1e8,
+    });
+    const of = (id: string) => state.guests.find((g) => g.id === id);
+    assert.deepEqual(Array.from(of('arrived')?.cpu ?? []), [2, 4, 2, 4, 2, 4]);
+    assert.deepEqual(Array.from(of('arrived')?.memoryBytes ?? []), [7, 8, 9, 7, 8, 9]);
+    assert.deepEqual(
+      Array.from(of('started')?.cpu ?? []),
+      [3, 3, 3, 3, 3, 3],
+      'a series shorter than the window',
+    );
+    assert.deepEqual(
+      Array.from(of('paused')?.cpu ?? []),
+      [1, 1, 0, 1, 1, 1],
+      'a gap after the first sample is no demand',
+    );
+  });
 });
 
 function aMove(guest: string, from: string, to: string, atMs: number) {

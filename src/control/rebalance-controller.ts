@@ -229,7 +229,9 @@ export interface StateInputs {
  * The policies' `ClusterState` from the members' published loads (pure). Members that are not
  * Online, or whose load is missing or older than three steps, take no part (a member whose load
  * is not known could be taken for an empty one); their reasons are in `notes`. A step in which a
- * guest was not sampled counts as no demand (it was stopped). Each guest's last move comes from
+ * guest was not sampled counts as no demand (it was stopped), except the steps before its first
+ * sample on this member (it moved in or started in the window), which repeat its measured steps:
+ * a guest that runs now is not lighter for having run here only part of the window. Each guest's last move comes from
  * the moves recorded, for the cooldown and the no-return rule.
  */
 export function buildClusterState(input: StateInputs): { state: ClusterState; notes: string[] } {
@@ -329,12 +331,18 @@ export function buildClusterState(input: StateInputs): { state: ClusterState; no
       if (!g || !spec || spec.location !== member || spec.deleting) continue;
       const at = (series: Array<number | null>) => {
         const out = new Array<number>(n);
+        let first = -1;
         for (let i = 0; i < n; i++) {
           const t = end - (n - 1 - i) * step;
           const j = series.length - 1 - (load.endAt - t) / step;
           const v = Number.isInteger(j) && j >= 0 ? series[j] : undefined;
-          out[i] = typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0;
+          const known = typeof v === 'number' && Number.isFinite(v) && v >= 0;
+          if (known && first < 0) first = i;
+          out[i] = known ? v : 0;
         }
+        // Before its first sample here the guest was elsewhere or not started: it runs now, so
+        // those steps repeat what it was measured doing here, not nothing.
+        for (let i = 0, k = n - first; first > 0 && i < first; i++) out[i] = out[first + (i % k)] as number;
         return out;
       };
       let budget: number | undefined;
