@@ -114,14 +114,15 @@ const haRecordOf = async (store: KvEngine) => {
  * location key) makes the guest's files when the status says none are made, and writes a status
  * that answers the spec's generation, Running or Stopped as desired.
  */
-function fakeControllers(store: KvEngine, files: Map<string, Set<string>>) {
+function fakeControllers(store: KvEngine, files: Map<string, Set<string>>, frozen = new Set<string>()) {
   const watcher = store.watch(records.guest.prefix, { prefix: true, onLost: () => {} }, (events) => {
     for (const e of events) if (e.type === 'put') void converge(records.guest.decode(e.kv));
   });
   async function converge(s: GuestSpec): Promise<void> {
     const owner = (await records.guestLocation.at(s.name).get(store))?.value;
     const before = await records.guestStatus.at(s.name).get(store);
-    if (owner !== s.location) return;
+    // A member whose daemon is held (SIGSTOP) or dead does nothing.
+    if (owner !== s.location || frozen.has(owner)) return;
     if (!before?.value.provisioned) files.get(owner)?.add(s.name);
     const status: GuestStatus = {
       status: s.desired === 'Running' ? 'Running' : 'Stopped',
@@ -218,6 +219,9 @@ describe('moving a guest (cold)', () => {
   let depsAgain: GuestMoverDeps;
   /** Guests the destination holds half a copy of (its receive cut short). */
   let halfCopies: Set<string>;
+  /** Members whose controller does nothing (held or dead), and what happens while the archive is written. */
+  let frozen: Set<string>;
+  let whileArchiving: (() => void) | undefined;
   const dies = (at: DeathAt) => {
     if (dieAt !== at) return false;
     life.kill();
@@ -235,7 +239,9 @@ describe('moving a guest (cold)', () => {
       ['h1', new Set(['web'])],
       ['h2', new Set()],
     ]);
-    controllers = fakeControllers(store, files);
+    frozen = new Set();
+    whileArchiving = undefined;
+    controllers = fakeControllers(store, files, frozen);
     dir = await mkdtemp(join(tmpdir(), 'trivisor-move-'));
     sent = [];
     discarded = [];
@@ -291,6 +297,7 @@ describe('moving a guest (cold)', () => {
       hostName: 'h1',
       log: silentLogger(),
       members: async () => members,
+      memberPollMs: 10,
       transport,
       liveRefusal: async (s) => `Live migration of ${s.model} guests needs CRIU, which fails here: test`,
       removeLocal: async (s) => {
@@ -329,6 +336,7 @@ describe('moving a guest (cold)', () => {
             resources: {},
             run: async () => {
               if (backupFails) throw backupFails;
+              whileArchiving?.();
               if (dies('archiving')) return life.never;
               backups.made++;
               await writeFile(join(dir, `${name}.tar`), 'archive');
@@ -546,6 +554,51 @@ describe('moving a guest (cold)', () => {
     assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
     assert.deepEqual(backups.deleted, backups.named);
     assert.equal(backups.named.length, 1);
+  });
+
+  test("a destination that dies while it makes the guest's files (held, then Offline): the move is undone once it is seen Offline, not at the 5-minute timeout; the guest runs on the source, the error names the member", {
+    timeout: 20_000,
+  }, async () => {
+    frozen.add('h2');
+    const asked = await mover.move('web', { target: 'h2' });
+    await waitUntilAsync(async () => (await guest())?.location === 'h2');
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    const op = await end(asked);
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'Unavailable');
+    assert.equal(
+      op.error,
+      'Cannot move guest web to h2: h2 went Offline while the guest was being moved to it; it stays on h1',
+    );
+    const back = await guest();
+    assert.equal(back?.location, 'h1');
+    assert.equal(back?.desired, 'Running');
+    await waitForGuest(store, 'web', convergedTo(back?.generation ?? 0));
+    assert.equal((await status())?.status, 'Running');
+    assert.deepEqual(sent, [], 'nothing was sent to it');
+    assert.deepEqual(discarded, [['h2', 'web']], 'its copy is asked to go (answered or not)');
+    assert.deepEqual([...(files.get('h1') ?? [])], ['web'], "the source's files are untouched");
+    assert.equal((await records.snapshot.at('web', 's1').get(store))?.value.location, 'h1');
+    assert.deepEqual(backups.deleted, backups.named);
+  });
+
+  test('a destination gone while the archive is written: nothing is handed over, the guest runs again on the source, the error says what the member is', async () => {
+    whileArchiving = () => {
+      members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    };
+    const before = await guest();
+    const op = await end(await mover.move('web', { target: 'h2' }));
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'Unavailable');
+    assert.equal(op.error, 'Cannot move guest web to h2: h2 is Offline; it stays on h1');
+    const back = await guest();
+    assert.equal(back?.location, 'h1');
+    assert.equal((await records.guestLocation.at('web').get(store))?.value, 'h1');
+    await waitForGuest(store, 'web', convergedTo(back?.generation ?? 0));
+    assert.equal((await status())?.status, 'Running');
+    assert.ok((back?.generation ?? 0) > (before?.generation ?? 0), 'stopped, then started again');
+    assert.deepEqual([sent, discarded], [[], []]);
+    assert.deepEqual(backups.deleted, backups.named);
   });
 
   // Decision 0079: the daemon running a cold move is killed at each step; started again, it finds

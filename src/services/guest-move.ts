@@ -20,6 +20,7 @@ import {
   notFound,
   notSupported,
   TrivisorError,
+  unavailable,
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
@@ -43,6 +44,7 @@ import type { Compare, KvStore, TxnOp } from '../store/kv.ts';
 import { ownedBy, records, valuesOf } from '../store/records.ts';
 import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
+import { whileMemberUp } from './member-watch.ts';
 import {
   type MoveImportsSwept,
   SWEEP_EVERY_MS,
@@ -151,6 +153,12 @@ export interface GuestMoverDeps {
    * guest's mark (a member booted again takes a new one once its old lease expired; default 15 s).
    */
   haLeaseWaitMs?: number;
+  /**
+   * How often a cold move that waits on its destination (its files made, the archive received)
+   * looks whether the destination is still a member that runs (default `MEMBER_POLL_MS`): one
+   * that went Offline undoes the move then, not at `convergeMs`.
+   */
+  memberPollMs?: number;
   /** The clock a failed resume's next try is set on, and a lost member's absence measured on (default `Date.now`). */
   now?: () => number;
   /**
@@ -241,6 +249,20 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const log = deps.log.child({ component: 'guest-move' });
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
   const haLeaseWaitMs = deps.haLeaseWaitMs ?? 15_000;
+  /**
+   * While a cold move waits on its destination after the hand-over (its files made, the archive
+   * received): aborted once the destination is seen gone (a dead daemon's lease expired), so that
+   * the move is undone within seconds instead of at `convergeMs`.
+   */
+  const whileDestinationUp = (target: string, doing: string) =>
+    whileMemberUp(deps.members, target, doing, deps.memberPollMs);
+  /** Before a hand-over: a destination that went away since the move was asked takes nothing. */
+  const stillOnline = async (target: string) => {
+    const status = (await deps.members()).find((m) => m.name === target)?.status;
+    if (status !== 'Online') {
+      throw unavailable(`${target} is ${status ?? 'no longer a member'}`);
+    }
+  };
 
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
   const finished = (op: Operation) => succeeded(deps.operations, op);
@@ -968,6 +990,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         /** Set once the records name the destination: from then on a failure is rolled back. */
         let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
         let copied: { copiedBytes: number; copyMs: number } | undefined;
+        let destination: ReturnType<typeof whileDestinationUp> | undefined;
         try {
           if (wasRunning) {
             ctx.progress(0, 'stopping the guest');
@@ -984,6 +1007,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           const archive = await deps.storage.backupFile(name, backup);
 
           ctx.progress(40, `handing the guest over to ${target}`);
+          await stillOnline(target);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
             records.guestStatus.at(name).get(store),
@@ -1008,15 +1032,22 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
 
           ctx.progress(50, `${target} makes the guest's files`);
+          destination = whileDestinationUp(target, `the guest was being moved to it`);
           await waitForGuest(
             store,
             name,
             provisionedAt(generation),
-            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
+            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs), destination.signal]),
           );
           ctx.progress(60, `sending ${archive.sizeBytes} bytes to ${target}`);
           const sendStarted = Date.now();
-          await deps.transport.send(target, name, archive.path, ctx.signal);
+          await deps.transport.send(
+            target,
+            name,
+            archive.path,
+            AbortSignal.any([ctx.signal, destination.signal]),
+          );
+          destination.stop();
           // What the copy measured, for the rebalancer's bandwidth of this pair (issue 14 §2).
           copied = { copiedBytes: archive.sizeBytes, copyMs: Date.now() - sendStarted };
           // The destination has the whole archive: from here on a daemon that dies finishes the move.
@@ -1027,8 +1058,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
-          throw await coldMoveFailed(e, { name, target, flipped, wasRunning, ha, mark });
+          // A destination seen gone is the cause, whatever the wait it cut short answered.
+          const cause = destination?.signal.aborted ? destination.signal.reason : e;
+          throw await coldMoveFailed(cause, { name, target, flipped, wasRunning, ha, mark });
         } finally {
+          destination?.stop();
           if (backup) await deps.storage.deleteBackup(name, backup).catch(() => {});
         }
         await dropLocalCopy(spec);
@@ -1059,12 +1093,14 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       resources: { guests: [`/1.0/guests/${name}`] },
       async run(ctx) {
         let flipped: { before: GuestSpec; status: GuestStatus; snapshots: SnapshotRecord[] } | undefined;
+        let destination: ReturnType<typeof whileDestinationUp> | undefined;
         try {
           if (wasRunning) {
             ctx.progress(0, 'stopping the guest');
             await finished(await deps.guests.changeState(name, { action: 'stop' }));
           }
           ctx.progress(30, `handing the guest over to ${target} (its files are on a shared pool)`);
+          await stillOnline(target);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
             records.guestStatus.at(name).get(store),
@@ -1090,18 +1126,23 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           Object.assign(mark, handed);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
           ctx.progress(50, `${target} takes the guest's files over`);
+          destination = whileDestinationUp(target, `the guest was being moved to it`);
           await waitForGuest(
             store,
             name,
             provisionedAt(flip.generation),
-            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs)]),
+            AbortSignal.any([ctx.signal, AbortSignal.timeout(convergeMs), destination.signal]),
           );
+          destination.stop();
           if (wasRunning) {
             ctx.progress(80, `starting the guest on ${target}`);
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
-          throw await coldMoveFailed(e, { name, target, flipped, wasRunning, ha, mark });
+          const cause = destination?.signal.aborted ? destination.signal.reason : e;
+          throw await coldMoveFailed(cause, { name, target, flipped, wasRunning, ha, mark });
+        } finally {
+          destination?.stop();
         }
         // removeLocal of a guest on a shared pool drops this member's link only.
         await dropLocalCopy(spec);

@@ -9,7 +9,8 @@ import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from '.
 /*
  * Issue 13 part 1, cold moves (decision 0040), on two members: a running guest of each model,
  * with a file of its own and a snapshot, moves from m1 to m2 through m2's API; it runs there
- * with both, and m1 keeps nothing of it. Bad requests are one line and move nothing.
+ * with both, and m1 keeps nothing of it. Either member's daemon killed half way: the move is
+ * undone. Bad requests are one line and move nothing.
  */
 
 interface Listed {
@@ -179,6 +180,64 @@ describe('moving guests between two members', () => {
       [resumed?.status, resumed?.metadata.outcome],
       ['Success', 'undone: the guest stays here'],
       JSON.stringify(ops),
+    );
+    m1.daemon.ok(['delete', '--force', name]);
+  });
+
+  test("m2's daemon killed -9 as a ct guest's move to it begins: m1 gives up or undoes the move once m2 is Offline, not after its 5-minute wait for m2's files; the guest runs on m1 with its own file, and m2 started again keeps nothing of it", async (t) => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const name = `mv-dst-${process.pid}`;
+    m1.daemon.ok(['launch', 'busybox', name, '--target', 'm1']);
+    m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
+    const guestOn = async (d: Daemon) => {
+      const r = await d.api('GET', '/1.0/guests?recursion=1');
+      return (r.body.metadata as Listed[] | undefined)?.find((g) => g.name === name);
+    };
+    // m2 is held (SIGSTOP) as the move is asked, then killed: it is still Online when m1 takes the
+    // request, and Offline once its lease (5 s) expires. Whether that is before the hand-over
+    // (the guest's stop and archive take about as long) or after it, where m1 waits for m2 to
+    // make the guest's files, m1 sees it within a second and ends the move. Before the change it
+    // waited 5 minutes after a hand-over: longer than the wait below.
+    const m2pid = m2.daemon.process.pid;
+    assert.ok(m2pid);
+    process.kill(m2pid, 'SIGSTOP');
+    let asked: Awaited<ReturnType<Daemon['api']>>;
+    try {
+      asked = await m1.daemon.api('POST', `/1.0/guests/${name}?target=m2`, { migration: true });
+      assert.equal(asked.status, 202, asked.text);
+    } finally {
+      await m2.daemon.kill9();
+    }
+    const done = await m1.daemon.api('GET', `${asked.body.operation}/wait?timeout=150`);
+    const op = done.body.metadata as { status: string; error: string | null };
+    assert.equal(op.status, 'Failure', JSON.stringify(done.body));
+    t.diagnostic(`the move ended: ${op.error}`);
+    assert.match(
+      op.error ?? '',
+      new RegExp(
+        `^Cannot move guest ${name} to m2: m2 (went Offline while the guest was being moved to it|is Offline); it stays on m1$`,
+      ),
+    );
+    await eventually(
+      'the guest runs on m1 again',
+      async () => {
+        const g = await guestOn(m1.daemon);
+        return g?.location === 'm1' && g.status === 'Running';
+      },
+      60_000,
+    );
+    assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+    await m2.daemon.restart();
+    await waitForStatus(m1.daemon, 'm2', 'Online', 60_000);
+    const dirOn = (d: Daemon) => path.join(d.stateDir, 'guests', name);
+    assert.ok(existsSync(dirOn(m1.daemon)));
+    assert.equal(existsSync(dirOn(m2.daemon)), false, 'm2 has no copy');
+    const seenFromM2 = await guestOn(m2.daemon);
+    assert.deepEqual(
+      [seenFromM2?.location, seenFromM2?.status],
+      ['m1', 'Running'],
+      "m2's view once it is back",
     );
     m1.daemon.ok(['delete', '--force', name]);
   });
