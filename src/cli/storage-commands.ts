@@ -8,11 +8,9 @@ import { invalidArgument } from '../core/errors.ts';
 import { formatBytes } from '../core/sizes.ts';
 import type { Operation } from '../core/types.ts';
 import { clientOf, parsePairs } from './context.ts';
+import { downloadWhileExporting } from './export-download.ts';
 import { type OutputFormat, renderData, renderTable } from './output.ts';
 import { waitWithProgress } from './progress.ts';
-
-/** Whether an operation's failure is its cancel. */
-const isCancelled = (e: unknown): boolean => (e as { code?: unknown } | undefined)?.code === 'Cancelled';
 
 /** snapshot create|list|restore|delete, copy, export, import, backup list. */
 export function addStorageCommands(program: Command): void {
@@ -144,26 +142,7 @@ export function addStorageCommands(program: Command): void {
         });
         let done: Operation;
         try {
-          const downloading = client
-            .downloadBackup(name, backup, target, { follow: true })
-            .catch(async (e: unknown) => {
-              // Nothing more of it can be kept: the daemon stops writing it.
-              await client.cancelOperation(op.id).catch(() => {});
-              throw e;
-            });
-          const [waited, downloaded] = await Promise.allSettled([
-            waitWithProgress(client, op, { label: `Backing up ${name}` }),
-            downloading,
-          ]);
-          // The export's own failure names the cause; the download's says only that it stopped.
-          if (downloaded.status === 'rejected' && waited.status === 'fulfilled') throw downloaded.reason;
-          if (waited.status === 'rejected') {
-            throw downloaded.status === 'rejected' && isCancelled(waited.reason)
-              ? downloaded.reason
-              : waited.reason;
-          }
-          if (downloaded.status === 'rejected') throw downloaded.reason;
-          done = waited.value;
+          done = await downloadWhileExporting(client, op, { guest: name, backup, file: target });
         } finally {
           await client.deleteBackup(name, backup).catch(() => {});
         }

@@ -33,13 +33,14 @@ export interface StorageClient {
   /**
    * Streams a backup to `filePath` (written under a temporary name, renamed when complete). With
    * `follow`, while its export still writes it (issue 20 §1): the download fails, leaving no file,
-   * when the export fails or is cancelled.
+   * when the export fails or is cancelled. `onBytes`: the size of each piece received; `signal`
+   * stops the download, leaving no file (it rejects with the signal's reason).
    */
   downloadBackup(
     guest: string,
     backup: string,
     filePath: string,
-    options?: { follow?: boolean },
+    options?: { follow?: boolean; onBytes?: (bytes: number) => void; signal?: AbortSignal },
   ): Promise<void>;
   deleteBackup(guest: string, backup: string): Promise<void>;
   /** Uploads an archive and starts importing it as a guest (named as in the archive unless `name`; on pool `storage`). */
@@ -200,11 +201,15 @@ export function storageMethods(
       const out = await open(partial, 'w', 0o600).catch((e: NodeJS.ErrnoException) => {
         throw new Error(`Cannot write ${filePath}: ${localReason(e)}`);
       });
+      const watch = {
+        ...(options.onBytes !== undefined && { onBytes: options.onBytes }),
+        ...(options.signal !== undefined && { signal: options.signal }),
+      };
       try {
         const url = `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export`;
         if (options.follow) {
           const frames = framesInto(out, backup);
-          const res = await transport.request('GET', `${url}?follow=true`, { sink: frames.sink });
+          const res = await transport.request('GET', `${url}?follow=true`, { sink: frames.sink, ...watch });
           if (res.status >= 400) parseEnvelope(res);
           const expected = frames.sizeBytes();
           const got = (await stat(partial)).size;
@@ -217,6 +222,7 @@ export function storageMethods(
         }
         const res = await transport.request('GET', url, {
           sink: out.createWriteStream({ highWaterMark: ARCHIVE_IO_BYTES }),
+          ...watch,
         });
         if (res.status >= 400) parseEnvelope(res);
         const expected = Number(res.headers['content-length']);

@@ -52,6 +52,10 @@ export interface Transport {
       headers?: Record<string, string>;
       /** A successful (< 400) answer's body is streamed here instead of being buffered. */
       sink?: Writable;
+      /** With `sink`: called with the size of each piece of the body as it arrives. */
+      onBytes?: (bytes: number) => void;
+      /** Aborts the request, or the body's streaming; the promise rejects with the signal's reason. */
+      signal?: AbortSignal;
     },
   ): Promise<RawResponse>;
   /** Loads `ws` on first use: most CLI commands never open a WebSocket (docs/decisions/0013-fast-cli.md). */
@@ -88,7 +92,14 @@ export function createTransport(target: ClientTarget): Transport {
         headers['content-type'] = 'application/json';
         headers['content-length'] = String(payload.length);
       }
-      const reqOptions: RequestOptions = { method, path, headers };
+      const reqOptions: RequestOptions = {
+        method,
+        path,
+        headers,
+        ...(options.signal !== undefined && { signal: options.signal }),
+      };
+      // An abort is the caller's, with its own reason: not a daemon that cannot be reached.
+      const aborted = (e: unknown) => (options.signal?.aborted ? options.signal.reason : e);
       const send = httpRequest;
       if (base) {
         reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
@@ -105,9 +116,22 @@ export function createTransport(target: ClientTarget): Transport {
       return new Promise<RawResponse>((resolve, reject) => {
         const req = send(reqOptions, (res) => {
           if (options.sink && (res.statusCode ?? 0) < 400) {
-            pipeline(res, options.sink).then(
+            const onBytes = options.onBytes;
+            (onBytes
+              ? pipeline(
+                  res,
+                  async function* (body: AsyncIterable<Buffer>) {
+                    for await (const chunk of body) {
+                      onBytes(chunk.length);
+                      yield chunk;
+                    }
+                  },
+                  options.sink,
+                )
+              : pipeline(res, options.sink)
+            ).then(
               () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.alloc(0) }),
-              reject,
+              (e: unknown) => reject(aborted(e)),
             );
             return;
           }
@@ -116,9 +140,11 @@ export function createTransport(target: ClientTarget): Transport {
           res.on('end', () =>
             resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
           );
-          res.on('error', reject);
+          res.on('error', (e) => reject(aborted(e)));
         });
-        req.on('error', (e: NodeJS.ErrnoException) => reject(connectionError(e, describe())));
+        req.on('error', (e: NodeJS.ErrnoException) =>
+          reject(options.signal?.aborted ? options.signal.reason : connectionError(e, describe())),
+        );
         if (options.stream) {
           pipeline(options.stream, req).catch((e: unknown) => req.destroy(e as Error));
         } else {

@@ -79,17 +79,20 @@ export function backupMethods(
         guest,
         `Backing up guest ${guest}`,
         async (ctx) => {
-          // A guest made with --empty has no image: its archive names none ('').
-          const image = spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image);
-          const snapshots = options.withSnapshots ? await view.self().listSnapshots(guest) : [];
           const work = join(dir, `.tmp-${backup}`);
-          await mkdir(work, { recursive: true, mode: 0o700 });
           // Each payload goes from the driver's tar through a FIFO into the archive, hashed on the
           // way: written once, read never (decision 35). The manifest, which holds the checksums, comes
           // last; what it says of the guest also comes first, as index.json, for an import that reads
           // the archive as it is uploaded.
           let writer: ArchiveWriter | undefined;
+          // Everything the export awaits is in here, so that whatever fails it, its followers are
+          // told (follow.failed): a failure before the archive was begun (the image's record gone,
+          // the snapshots unreadable) left a followed download waiting for ever (issue 20).
           try {
+            // A guest made with --empty has no image: its archive names none ('').
+            const image = spec.image === '' ? BLANK_IMAGE.record : await deps.images.get(spec.image);
+            const snapshots = options.withSnapshots ? await view.self().listSnapshots(guest) : [];
+            await mkdir(work, { recursive: true, mode: 0o700 });
             writer = await ArchiveWriter.create(partial);
             const into = writer;
             const about = {

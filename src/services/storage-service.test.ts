@@ -289,6 +289,24 @@ describe('storage service', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  test('an export that fails before its archive is begun tells its followers, who stop waiting (issue 20)', async () => {
+    // Its image's record is gone: the export fails at its first step, before any byte is written.
+    await put({ ...specOf('web3'), image: 'e'.repeat(64) }, statusOf('Stopped'));
+    const backup = newBackupName();
+    const op = await service.createBackup('web3', { withSnapshots: false, name: backup });
+    // A followed download asks as soon as the export is started, as the CLI's does.
+    const follow = await service.followBackup('web3', backup);
+    assert.equal((await waitOp(op)).status, 'Failure');
+    const status = follow.status();
+    assert.equal(status.state, 'failed', 'the follower would wait for bytes that never come');
+    assert.equal(status.state === 'failed' && status.error.message, 'no');
+    // A follower that waits for more is woken at once, not after its whole timeout.
+    const t0 = Date.now();
+    await follow.changed(60_000);
+    assert.ok(Date.now() - t0 < 1000);
+    assert.deepEqual(await readdir(path.join(stateDir, 'backups', 'web3')).catch(() => []), []);
+  });
+
   test("an archive of the snapshots alone (a live move's, decision 0088) is made with --with-snapshots and nothing else", async () => {
     for (const options of [
       { withSnapshots: false, snapshotsOnly: true },
