@@ -11,6 +11,7 @@ import type { DriverContext } from '../guest-driver.ts';
 import { type BackupChainLink, type FromSnapshot, type GuestStorage, TAR_ZSTD } from '../guest-storage.ts';
 import { dropPvmAgent, type PvmAgentMap, pvmAgentOf } from './pvm-agent-pool.ts';
 import { planCowDisk, planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
+import { DiskUnpackFailed, unpackDiskArchive } from './pvm-disk-unpack.ts';
 import {
   applyBlocks,
   type BlockList,
@@ -379,9 +380,18 @@ export function createPvmStorage(ctx: DriverContext, options: PvmStorageOptions)
       await mkdir(work, { mode: 0o700 });
       try {
         const started = performance.now();
-        await unpack(tarPath, work, [ARCHIVE_DISK], signal);
-        const unpacked = performance.now();
         const flat = join(work, ARCHIVE_DISK);
+        // Not GNU tar: it writes a sparse member 512 bytes at a time (decision 0103).
+        await unpackDiskArchive(runner, tarPath, { member: ARCHIVE_DISK, target: flat, signal }).catch(
+          (e: unknown) => {
+            if (!(e instanceof DiskUnpackFailed)) throw e;
+            if (!e.refused) throw new Error(e.message);
+            throw invalidArgument(
+              `The archive's ${ARCHIVE_DISK} cannot be unpacked (${e.message}): it was not made from a pvm guest, or it is damaged.`,
+            );
+          },
+        );
+        const unpacked = performance.now();
         const st = await stat(flat);
         if (!st.isFile() || st.size === 0) {
           throw invalidArgument(`The archive's ${ARCHIVE_DISK} is not a disk image: make the export again.`);
