@@ -222,6 +222,8 @@ describe('moving a guest (cold)', () => {
   /** Members whose controller does nothing (held or dead), and what happens while the archive is written. */
   let frozen: Set<string>;
   let whileArchiving: (() => void) | undefined;
+  /** How many times the mover read the member list. */
+  let membersRead = 0;
   const dies = (at: DeathAt) => {
     if (dieAt !== at) return false;
     life.kill();
@@ -296,8 +298,11 @@ describe('moving a guest (cold)', () => {
       operations,
       hostName: 'h1',
       log: silentLogger(),
-      members: async () => members,
-      memberPollMs: 10,
+      members: async () => {
+        membersRead++;
+        return members;
+      },
+      memberWatch: { everyMs: 10, goneAfterMs: 300 },
       transport,
       liveRefusal: async (s) => `Live migration of ${s.model} guests needs CRIU, which fails here: test`,
       removeLocal: async (s) => {
@@ -582,23 +587,47 @@ describe('moving a guest (cold)', () => {
     assert.deepEqual(backups.deleted, backups.named);
   });
 
-  test('a destination gone while the archive is written: nothing is handed over, the guest runs again on the source, the error says what the member is', async () => {
+  test('a destination gone while the archive is written: the hand-over is made (the member list may lag), then undone once the destination has been seen gone for the grace; the guest runs again on the source', async () => {
     whileArchiving = () => {
+      frozen.add('h2');
       members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
     };
     const before = await guest();
     const op = await end(await mover.move('web', { target: 'h2' }));
     assert.equal(op.status, 'Failure');
     assert.equal(op.metadata.errorCode, 'Unavailable');
-    assert.equal(op.error, 'Cannot move guest web to h2: h2 is Offline; it stays on h1');
+    assert.equal(
+      op.error,
+      'Cannot move guest web to h2: h2 went Offline while the guest was being moved to it; it stays on h1',
+    );
     const back = await guest();
     assert.equal(back?.location, 'h1');
     assert.equal((await records.guestLocation.at('web').get(store))?.value, 'h1');
     await waitForGuest(store, 'web', convergedTo(back?.generation ?? 0));
     assert.equal((await status())?.status, 'Running');
     assert.ok((back?.generation ?? 0) > (before?.generation ?? 0), 'stopped, then started again');
-    assert.deepEqual([sent, discarded], [[], []]);
+    assert.deepEqual([sent, discarded], [[], [['h2', 'web']]]);
     assert.deepEqual(backups.deleted, backups.named);
+  });
+
+  test('a destination Offline for less than the grace, back before it ran out: the move goes on and ends there', async () => {
+    frozen.add('h2');
+    const asked = await mover.move('web', { target: 'h2' });
+    await waitUntilAsync(async () => (await guest())?.location === 'h2');
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    // Seen Offline twice by the mover's watch, then back: well within the grace.
+    const read = membersRead;
+    await waitUntil(() => membersRead >= read + 2);
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Online' } : m));
+    frozen.delete('h2');
+    // The held controller takes the spec up again (as a daemon resumed from SIGSTOP would).
+    const now = await guest();
+    assert.ok(now);
+    await records.guest.at('web').put(store, now);
+    const op = await end(asked);
+    assert.equal(op.status, 'Success', op.error ?? '');
+    assert.equal((await guest())?.location, 'h2');
+    assert.deepEqual(sent, [['h2', 'web']]);
   });
 
   // Decision 0079: the daemon running a cold move is killed at each step; started again, it finds

@@ -20,7 +20,6 @@ import {
   notFound,
   notSupported,
   TrivisorError,
-  unavailable,
 } from '../core/errors.ts';
 import { keys } from '../core/keys.ts';
 import { assertDnsLabel } from '../core/names.ts';
@@ -155,10 +154,10 @@ export interface GuestMoverDeps {
   haLeaseWaitMs?: number;
   /**
    * How often a cold move that waits on its destination (its files made, the archive received)
-   * looks whether the destination is still a member that runs (default `MEMBER_POLL_MS`): one
-   * that went Offline undoes the move then, not at `convergeMs`.
+   * looks whether the destination is still a member that runs, and how long it must be seen gone
+   * before the move is undone (defaults `MEMBER_POLL_MS`, `MEMBER_GONE_AFTER_MS`).
    */
-  memberPollMs?: number;
+  memberWatch?: { everyMs?: number; goneAfterMs?: number };
   /** The clock a failed resume's next try is set on, and a lost member's absence measured on (default `Date.now`). */
   now?: () => number;
   /**
@@ -251,18 +250,11 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const haLeaseWaitMs = deps.haLeaseWaitMs ?? 15_000;
   /**
    * While a cold move waits on its destination after the hand-over (its files made, the archive
-   * received): aborted once the destination is seen gone (a dead daemon's lease expired), so that
-   * the move is undone within seconds instead of at `convergeMs`.
+   * received): aborted once the destination has been seen gone for a while (a dead daemon's lease
+   * expired), so that the move is undone within seconds instead of at `convergeMs`.
    */
-  const whileDestinationUp = (target: string, doing: string) =>
-    whileMemberUp(deps.members, target, doing, deps.memberPollMs);
-  /** Before a hand-over: a destination that went away since the move was asked takes nothing. */
-  const stillOnline = async (target: string) => {
-    const status = (await deps.members()).find((m) => m.name === target)?.status;
-    if (status !== 'Online') {
-      throw unavailable(`${target} is ${status ?? 'no longer a member'}`);
-    }
-  };
+  const whileDestinationUp = (target: string) =>
+    whileMemberUp(deps.members, target, 'the guest was being moved to it', deps.memberWatch);
 
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
   const finished = (op: Operation) => succeeded(deps.operations, op);
@@ -1007,7 +999,6 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           const archive = await deps.storage.backupFile(name, backup);
 
           ctx.progress(40, `handing the guest over to ${target}`);
-          await stillOnline(target);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
             records.guestStatus.at(name).get(store),
@@ -1032,7 +1023,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
 
           ctx.progress(50, `${target} makes the guest's files`);
-          destination = whileDestinationUp(target, `the guest was being moved to it`);
+          destination = whileDestinationUp(target);
           await waitForGuest(
             store,
             name,
@@ -1100,7 +1091,6 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await finished(await deps.guests.changeState(name, { action: 'stop' }));
           }
           ctx.progress(30, `handing the guest over to ${target} (its files are on a shared pool)`);
-          await stillOnline(target);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
             records.guestStatus.at(name).get(store),
@@ -1126,7 +1116,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           Object.assign(mark, handed);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
           ctx.progress(50, `${target} takes the guest's files over`);
-          destination = whileDestinationUp(target, `the guest was being moved to it`);
+          destination = whileDestinationUp(target);
           await waitForGuest(
             store,
             name,
