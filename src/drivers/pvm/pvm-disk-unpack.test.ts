@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { open, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { makeRunDir, removeRunDir } from '../../../test/leftovers.ts';
 import { hostRunner } from '../../host/runner.ts';
 import { planRawDisk, writeDiskArchive } from './pvm-disk-stream.ts';
 import { DiskUnpackFailed, unpackDiskArchive } from './pvm-disk-unpack.ts';
@@ -13,12 +13,14 @@ const MiB = 1024 * KiB;
 const runner = hostRunner();
 
 describe('unpackDiskArchive (zstd -d | the helper process)', () => {
+  // A test run's directory (test/leftovers.ts): a zstd or helper left by a killed run names it and is swept.
   let dir = '';
   before(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'trivisor-pvm-unpack-'));
+    dir = await makeRunDir('pvm-unpack');
   });
   after(async () => {
-    await rm(dir, { recursive: true, force: true });
+    const { left } = await removeRunDir(dir);
+    assert.deepEqual(left, [], 'the suite left nothing behind');
   });
 
   const allocated = async (file: string) => (await stat(file)).blocks * 512;
