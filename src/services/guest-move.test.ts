@@ -1628,6 +1628,8 @@ describe('moving a vm guest live', () => {
   let archives: string;
   /** Run while the guest migrates (a snapshot taken meanwhile, say). */
   let duringMigration: (() => Promise<void>) | undefined;
+  /** The cluster's members as the mover reads them. */
+  let liveMembers: Array<{ name: string; status: string }>;
 
   const guest = async () => (await records.guest.at('web').get(store))?.value;
   const end = async (op: Operation) => operations.wait(op.id);
@@ -1647,6 +1649,10 @@ describe('moving a vm guest live', () => {
     hold = undefined;
     finishHangs = false;
     duringMigration = undefined;
+    liveMembers = [
+      { name: 'h1', status: 'Online' },
+      { name: 'h2', status: 'Online' },
+    ];
     archives = await mkdtemp(join(tmpdir(), 'trivisor-live-move-'));
     await records.guestLocation.at('web').put(store, 'h1');
     await records.guest
@@ -1720,10 +1726,8 @@ describe('moving a vm guest live', () => {
       operations,
       hostName: 'h1',
       log: silentLogger(),
-      members: async () => [
-        { name: 'h1', status: 'Online' },
-        { name: 'h2', status: 'Online' },
-      ],
+      members: async () => liveMembers,
+      memberWatch: { everyMs: 10, goneAfterMs: 50 },
       transport,
       liveRefusal: async () => undefined,
       migrationOf: (model) => (model === 'vm' ? migration : undefined),
@@ -1991,6 +1995,25 @@ describe('moving a vm guest live', () => {
     operations.cancel(started.id);
     const op = await end(started);
     assert.equal(op.status, 'Cancelled');
+    assert.deepEqual(calls, ['prepare h2 web', 'migrateOut h1 -> 198.18.0.2:2 limit 120', 'discard h2 web']);
+    assert.equal((await guest())?.location, 'h1');
+    assert.deepEqual([...(files.get('h2') ?? [])], []);
+  });
+
+  test('a destination that goes Offline during the migration: the migration is stopped, the guest runs on at the source, the error names the member', {
+    timeout: 20_000,
+  }, async () => {
+    hold = new Promise(() => {});
+    const started = await mover.move('web', { target: 'h2', live: true });
+    while (!calls.some((c) => c.startsWith('migrateOut'))) await new Promise((r) => setTimeout(r, 5));
+    liveMembers = liveMembers.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    const op = await end(started);
+    assert.equal(op.status, 'Failure');
+    assert.equal(op.metadata.errorCode, 'Unavailable');
+    assert.equal(
+      op.error,
+      'Cannot move guest web live to h2: h2 went Offline while the guest was being moved to it; it stays running on h1',
+    );
     assert.deepEqual(calls, ['prepare h2 web', 'migrateOut h1 -> 198.18.0.2:2 limit 120', 'discard h2 web']);
     assert.equal((await guest())?.location, 'h1');
     assert.deepEqual([...(files.get('h2') ?? [])], []);

@@ -1188,15 +1188,18 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         let prepareRefused = false;
         let migrated = false;
         let flippedAt: { generation: number; snapshots: SnapshotRecord[] } | undefined;
+        // Until the migration has ended: a destination seen gone ends the move, the guest running on here.
+        const destination = whileDestinationUp(target);
+        const signal = AbortSignal.any([ctx.signal, destination.signal]);
         try {
           // Internal snapshots are not in the disk's mirror (it copies the active layer): they go
           // first, as a cold archive part, and the destination writes them into its new disk before
           // its QEMU opens it (decision 0088). Over a shared pool they are in the same file already.
           const sent = onShared ? [] : valuesOf(await records.snapshot.list(store, name));
-          if (sent.length > 0) await sendSnapshots(name, target, sent, mark, ctx);
+          if (sent.length > 0) await sendSnapshots(name, target, sent, mark, { ...ctx, signal });
           ctx.progress(0, `${target} starts the guest's QEMU, waiting for the migration`);
           asked = true;
-          const prepared = await deps.transport.prepareLive(target, name, ctx.signal).catch((e: unknown) => {
+          const prepared = await deps.transport.prepareLive(target, name, signal).catch((e: unknown) => {
             // A destination that refused because it holds files of the guest already keeps them.
             prepareRefused = asTrivisorError(e).code === 'Conflict';
             throw e;
@@ -1207,9 +1210,10 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             downtimeLimitMs,
             // Over a shared pool (decision 0061) the destination opens the same disk: only the RAM moves.
             ...(onShared && { sharedDisk: true }),
-            signal: ctx.signal,
+            signal,
             onProgress,
           });
+          destination.stop();
           migrated = true;
           const pausedFrom = Date.now();
           if (ctx.signal.aborted) throw cancelled('The live move was cancelled');
@@ -1291,7 +1295,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           log.info({ guest: name, target, ...measured }, 'guest moved live');
           return measured;
         } catch (e) {
-          const err = ctx.signal.aborted ? cancelled('the move was cancelled') : asTrivisorError(e);
+          const err = ctx.signal.aborted
+            ? cancelled('the move was cancelled')
+            : asTrivisorError(destination.signal.aborted ? destination.signal.reason : e);
           // Records that stay the destination's keep the guest there: this member's paused QEMU is
           // not resumed (it would run twice), and the journal finishes the move later.
           if (flippedAt && !(await unflip(name, target, checked, { ...flippedAt, ha, mark })))
@@ -1330,6 +1336,8 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             err.code,
             `Cannot move guest ${name} live to ${target}: ${err.message}; it stays running on ${hostName}`,
           );
+        } finally {
+          destination.stop();
         }
       },
     });
