@@ -1,6 +1,8 @@
 // Benchmark: export and import throughput of a ct guest's backup archive against raw
 // `tar | zstd` of the same data in the same run. The writable layer holds a copy of
 // /usr/share (compressible) plus 128 MiB of random data. Usage: node bench/storage-backup.ts [rounds=3]
+// Besides the walls, the CPU seconds of each run: of the export, the CLI's, the daemon's and its
+// children's (tar and zstd), read from /proc; of a raw pipeline, its own.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -37,29 +39,66 @@ try {
   const archive = path.join(work, 'b1.tar.zst');
   const raw = path.join(work, 'raw.tar.zst');
   const load = () => Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
-  const runs: Record<string, Array<{ ms: number; load: number }>> = {
+  const runs: Record<string, Array<{ ms: number; load: number; cpuSeconds: Record<string, number> }>> = {
     export: [],
     rawTarZstd: [],
     rawTarZstdAllCores: [],
+    rawDriverPipeline: [],
     import: [],
     rawUnzstdUntar: [],
   };
-  const measure = (what: string, fn: () => void) => {
+  // CPU seconds (user + system) of a process, and of its children it has waited for.
+  const cpu = (pid: number | 'self') => {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    const ticks = (i: number) => Number(f[i]) / 100;
+    return { self: ticks(11) + ticks(12), children: ticks(13) + ticks(14) };
+  };
+  const daemonPid = d.process.pid as number;
+  // Before each pack, the layer is read once whole, so that the export and the raw tools all read
+  // it from the page cache: the machine's page cache is reclaimed as it ages (DAMON), and the
+  // export, first of each round, read it partly from the disk, which the raw tar after it then found cached.
+  const warm = () => sh(`tar -C ${upper} -cf - . | cat > /dev/null`);
+  const measure = (what: string, fn: () => void, options?: { daemon?: boolean; warm?: boolean }) => {
+    if (options?.warm) warm();
     const l = load();
-    runs[what]?.push({ ms: timed(fn), load: l });
+    const [own0, daemon0] = [cpu('self'), options?.daemon ? cpu(daemonPid) : undefined];
+    const wall = timed(fn);
+    const [own1, daemon1] = [cpu('self'), options?.daemon ? cpu(daemonPid) : undefined];
+    const cpuSeconds: Record<string, number> = {
+      [options?.daemon ? 'client' : 'commands']: own1.children - own0.children,
+      ...(daemon0 &&
+        daemon1 && {
+          daemon: daemon1.self - daemon0.self,
+          daemonChildren: daemon1.children - daemon0.children,
+        }),
+    };
+    for (const k of Object.keys(cpuSeconds)) cpuSeconds[k] = Math.round((cpuSeconds[k] ?? 0) * 100) / 100;
+    runs[what]?.push({ ms: wall, load: l, cpuSeconds });
   };
   let archiveBytes = 0;
   for (let round = 0; round < ROUNDS; round++) {
     rmSync(archive, { force: true });
     sh('sync');
-    measure('export', () => d.ok(['export', 'b1', archive]));
+    measure('export', () => d.ok(['export', 'b1', archive]), { daemon: true, warm: true });
     archiveBytes = statSync(archive).size;
     sh('sync');
-    measure('rawTarZstd', () => sh(`tar -C ${upper} --zstd -cf ${raw} .`));
+    measure('rawTarZstd', () => sh(`tar -C ${upper} --zstd -cf ${raw} .`), { warm: true });
     sh('sync');
-    measure('rawTarZstdAllCores', () => sh(`tar -C ${upper} -I 'zstd -T0' -cf ${raw} .`));
+    measure('rawTarZstdAllCores', () => sh(`tar -C ${upper} -I 'zstd -T0' -cf ${raw} .`), { warm: true });
     sh('sync');
-    measure('import', () => d.ok(['import', archive, `b2-${round}`]));
+    // Like with like: the commands the ct driver runs (src/drivers/ct: tar's flags for an overlay's
+    // upper layer, xattrs and ACLs among them, piped into zstd on every core), into a file.
+    measure(
+      'rawDriverPipeline',
+      () =>
+        sh(
+          `tar --numeric-owner --xattrs '--xattrs-include=*' --acls --sparse -C ${upper} -cf - . | zstd -T0 -q -c > ${raw}.driver`,
+        ),
+      { warm: true },
+    );
+    rmSync(`${raw}.driver`, { force: true });
+    sh('sync');
+    measure('import', () => d.ok(['import', archive, `b2-${round}`]), { daemon: true });
     sh(`sync; rm -rf ${work}/x; mkdir ${work}/x; sync`);
     measure('rawUnzstdUntar', () => sh(`tar -C ${work}/x --zstd -xf ${raw}`));
     await runOperation(d, 'DELETE', `/1.0/guests/b2-${round}?force=true`);
@@ -74,7 +113,7 @@ try {
     return {
       ms: Math.round(median),
       mibPerSecond: mibps(median),
-      runs: xs.map((x) => ({ ms: Math.round(x.ms), load1: x.load })),
+      runs: xs.map((x) => ({ ms: Math.round(x.ms), load1: x.load, cpuSeconds: x.cpuSeconds })),
     };
   };
   const exp = summary('export');
@@ -89,10 +128,12 @@ try {
     import: imp,
     rawTarZstd: rawPack,
     rawTarZstdAllCores: summary('rawTarZstdAllCores'),
+    rawDriverPipeline: summary('rawDriverPipeline'),
     rawUnzstdUntar: rawUnpack,
     exportOverRawTarZstd: Math.round((exp.ms / rawPack.ms) * 100) / 100,
     importOverRawUntar: Math.round((imp.ms / rawUnpack.ms) * 100) / 100,
-    note: 'export = CLI export (daemon: tar of the writable layer with zstd -T0 into a FIFO, hashed on its way into the archive; then download and delete); import = CLI import (upload; each payload fed from the archive through a FIFO into tar -x, hashed on the way). Raw: tar --zstd of the writable layer, and untar of it. Rounds interleaved; load1 = 1-minute load average before each run.',
+    exportOverRawDriverPipeline: Math.round((exp.ms / summary('rawDriverPipeline').ms) * 100) / 100,
+    note: 'export = CLI export (daemon: tar of the writable layer with zstd -T0 into a FIFO, hashed on its way into the archive; then download and delete); import = CLI import (upload; each payload fed from the archive through a FIFO into tar -x, hashed on the way). Raw: tar --zstd of the writable layer, and untar of it; rawDriverPipeline: the ct driver tar flags and zstd -T0 into a file. Each pack starts with the layer read once (page cache warm for all). Rounds interleaved; load1 = 1-minute load average before each run; cpuSeconds: user + system of the CLI (client), the daemon, its children (tar, zstd), or the raw commands.',
   };
   console.error(JSON.stringify(result, null, 2));
   console.log(writeResult('storage-backup', result));

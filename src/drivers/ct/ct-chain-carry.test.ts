@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import {
   chmod,
   chown,
+  lstat,
   mkdir,
   mkdtemp,
   readdir,
@@ -272,14 +273,86 @@ describe('the manifest and the snapshot file made from it', () => {
     assert.deepEqual(decodeManifest(encodeManifest(first)), first);
     const portable = decodeManifest(encodeManifest(first, { portable: true }));
     assert.ok(portable?.every((e) => e.i === undefined && e.c === undefined));
-    assert.deepEqual(changedSince(await buildManifest(runner, root, first), first), []);
+    assert.deepEqual(changedSince(await buildManifest(runner, root, { previous: first }), first), []);
     // A lent digest would hide this: the same inode, size and mtime, other bytes, another ctime.
     const st = await stat(path.join(root, 'g'));
     await writeFile(path.join(root, 'g'), 'TWO');
     await utimes(path.join(root, 'g'), st.atime, st.mtime);
     await setXattr(path.join(root, 'd/f'), 'user.x', '1');
-    assert.deepEqual(changedSince(await buildManifest(runner, root, first), first), ['d/f', 'g']);
+    assert.deepEqual(changedSince(await buildManifest(runner, root, { previous: first }), first), [
+      'd/f',
+      'g',
+    ]);
     assert.equal(decodeManifest(Buffer.from('x')), undefined);
+  });
+
+  test("each entry's fields are lstat's, in a walk of each directory before its entries by name", async () => {
+    const root = path.join(dir, 'w');
+    await mkdir(path.join(root, 'b/inner'), { recursive: true });
+    await writeFile(path.join(root, 'b/inner/x'), 'x');
+    await writeFile(path.join(root, 'a file\nwith a newline'), 'nl');
+    await writeFile(path.join(root, 'suid'), 'su');
+    // chown clears a setuid bit: owner first.
+    await chown(path.join(root, 'suid'), 1234, 5678);
+    await chmod(path.join(root, 'suid'), 0o4755);
+    await writeFile(path.join(root, 'old'), 'before 1970');
+    await runner.run(['touch', '-h', '-d', '1960-01-01 00:00:00.5 UTC', path.join(root, 'old')]);
+    await symlink('../somewhere else', path.join(root, 'link'));
+    await runner.run(['mkfifo', path.join(root, 'fifo')]);
+    // A whiteout of an overlay's upper layer, and another device number.
+    await runner.run(['mknod', path.join(root, 'b/whiteout'), 'c', '0', '0']);
+    await runner.run(['mknod', path.join(root, 'null'), 'c', '1', '3']);
+    const entries = await buildManifest(runner, root);
+    assert.deepEqual(
+      entries.map((e) => e.p),
+      [
+        '.',
+        'a file\nwith a newline',
+        'b',
+        'b/inner',
+        'b/inner/x',
+        'b/whiteout',
+        'fifo',
+        'link',
+        'null',
+        'old',
+        'suid',
+      ],
+    );
+    const types: Record<string, string> = {
+      fifo: 'p',
+      link: 'l',
+      null: 'c',
+      'b/whiteout': 'c',
+      b: 'd',
+      'b/inner': 'd',
+      '.': 'd',
+    };
+    for (const e of entries) {
+      const st = await lstat(path.join(root, e.p), { bigint: true });
+      assert.equal(e.t, types[e.p] ?? 'f', e.p);
+      assert.equal(e.m, Number(st.mode & 0o7777n), e.p);
+      assert.equal(e.u, Number(st.uid), e.p);
+      assert.equal(e.g, Number(st.gid), e.p);
+      assert.equal(e.s, e.t === 'f' ? Number(st.size) : 0, e.p);
+      assert.equal(e.mt, st.mtimeNs.toString(), e.p);
+      assert.equal(e.c, st.ctimeNs.toString(), e.p);
+      assert.equal(e.i, st.ino.toString(), e.p);
+      assert.equal(e.d, e.t === 'd' ? st.dev.toString() : undefined, e.p);
+    }
+    const by = new Map(entries.map((e) => [e.p, e]));
+    assert.equal(by.get('old')?.mt, '-315619199500000000');
+    assert.equal(by.get('b/inner/x')?.s, 1);
+    assert.equal(by.get('suid')?.m, 0o4755);
+    assert.equal(by.get('link')?.h, '../somewhere else');
+    assert.equal(by.get('b/whiteout')?.h, '0');
+    assert.equal(by.get('null')?.h, (await lstat(path.join(root, 'null'))).rdev.toString());
+    assert.equal(by.get('b/inner/x')?.h, '2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881');
+    assert.deepEqual(decodeManifest(encodeManifest(entries)), entries);
+  });
+
+  test('a tree that cannot be read has no manifest', async () => {
+    await assert.rejects(buildManifest(runner, path.join(dir, 'missing')), /find failed/);
   });
 
   test('the snapshot file lists each directory with its inode and the unchanged names only', async () => {

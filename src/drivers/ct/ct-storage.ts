@@ -434,7 +434,10 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
     // Of an own chain's link the manifest is a bonus: without it the chain goes on here, only not elsewhere.
     const takeManifest = async () => {
       try {
-        manifest = await buildManifest(runner, upperOf(spec), linkManifest);
+        manifest = await buildManifest(runner, upperOf(spec), {
+          previous: linkManifest,
+          signal: options?.signal,
+        });
       } catch (e) {
         ctx.log.warn(
           { guest: spec.name, err: (e as Error).message },
@@ -468,18 +471,24 @@ export function createCtStorage(ctx: DriverContext): GuestStorage {
         await whileFrozen(spec, async () => {
           if (carried) {
             try {
-              manifest = await buildManifest(runner, upperOf(spec));
+              manifest = await buildManifest(runner, upperOf(spec), { signal: options?.signal });
             } catch (e) {
               carryFailed = e as Error;
               return;
             }
             await writeFile(snar, carriedSnapshotFile(manifest, carried), { mode: 0o600 });
           }
-          await packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
-            out: tarPath,
-            signal: options?.signal,
-          });
-          if (!carried) await takeManifest();
+          // The manifest is read while tar reads the same frozen tree (the guest stays frozen for
+          // the longer of the two, not their sum); it never rejects, and is awaited even when tar fails.
+          const reading = carried ? undefined : takeManifest();
+          try {
+            await packZstdTar(runner, ['tar', ...TAR_KEEP, ...listed, '-cf', '-', '.'], {
+              out: tarPath,
+              signal: options?.signal,
+            });
+          } finally {
+            await reading;
+          }
         });
       }
       if (carryFailed === undefined) {
