@@ -20,6 +20,16 @@ interface Listed {
 }
 const listed = (d: Daemon, name: string) =>
   (JSON.parse(d.ok(['list', '--format', 'json'])) as Listed[]).find((g) => g.name === name);
+/** Guest `name` from the records (recursion=1), as any member lists them: a guest's own GET goes to its owner. */
+const recordOf = async (d: Daemon, name: string) => {
+  const r = await d.api('GET', '/1.0/guests?recursion=1');
+  return (r.body.metadata as Listed[] | undefined)?.find((g) => g.name === name);
+};
+/** A running ct guest `name` on m1 with a file of its own, /root/mine. */
+const launchWithFile = (m1: Daemon, name: string) => {
+  m1.ok(['launch', 'busybox', name, '--target', 'm1']);
+  m1.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
+};
 
 /** One `Error:` line and exit code 1. */
 function refused(r: { code: number; stdout: string; stderr: string }, pattern: RegExp): void {
@@ -109,13 +119,8 @@ describe('moving guests between two members', () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
     const name = `mv-die-${process.pid}`;
-    m1.daemon.ok(['launch', 'busybox', name, '--target', 'm1']);
-    m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
-    // From the records (recursion=1), as any member lists them: a guest's own GET goes to its owner.
-    const guestOn = async (d: Daemon) => {
-      const r = await d.api('GET', '/1.0/guests?recursion=1');
-      return (r.body.metadata as Listed[] | undefined)?.find((g) => g.name === name);
-    };
+    launchWithFile(m1.daemon, name);
+    const guestOn = (d: Daemon) => recordOf(d, name);
     // m2's daemon is held (SIGSTOP) so that the move waits at the step after the hand-over: m1
     // has stopped the guest, written its archive and given the records to m2, whose controller
     // would now make the guest's files and take the archive.
@@ -188,12 +193,8 @@ describe('moving guests between two members', () => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
     const name = `mv-dst-${process.pid}`;
-    m1.daemon.ok(['launch', 'busybox', name, '--target', 'm1']);
-    m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine`]);
-    const guestOn = async (d: Daemon) => {
-      const r = await d.api('GET', '/1.0/guests?recursion=1');
-      return (r.body.metadata as Listed[] | undefined)?.find((g) => g.name === name);
-    };
+    launchWithFile(m1.daemon, name);
+    const guestOn = (d: Daemon) => recordOf(d, name);
     // m2 is held (SIGSTOP) as the move is asked, then killed: it is still Online when m1 takes the
     // request, and Offline once its lease (5 s) expires. m1 stops and archives the guest, hands
     // it over and waits for m2 to make its files: once m2 has been Offline for 10 s it undoes the
