@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,6 +35,24 @@ describe('packZstdTar', () => {
     assert.equal(await readFile(path.join(dir, 'back/etc/conf'), 'utf8'), 'x=1');
   });
 
+  test('into a FIFO, zstd writes through a 1 MiB pipe buffer, and the reader gets the whole archive', async () => {
+    await mkdir(path.join(dir, 'big'), { recursive: true });
+    await writeFile(path.join(dir, 'big/random'), randomBytes(3 * 1024 * 1024));
+    const fifo = path.join(dir, 'fifo');
+    await hostRunner().run(['mkfifo', fifo]);
+    // The reader asks the pipe's size (F_GETPIPE_SZ) once it has read it all, writer gone.
+    const reader = hostRunner().run([
+      'perl',
+      '-e',
+      'open(my $f, "<", $ARGV[0]) or die; binmode $f; local $/; my $d = <$f>; print fcntl($f, 1032, 0) + 0, " ", length($d);',
+      fifo,
+    ]);
+    await packZstdTar(hostRunner(), ['tar', '-C', path.join(dir, 'big'), '-cf', '-', '.'], { out: fifo });
+    const [size, bytes] = (await reader).stdout.split(' ').map(Number);
+    assert.equal(size, 1024 * 1024);
+    assert.ok((bytes ?? 0) > 3 * 1024 * 1024, `${bytes} bytes`);
+  });
+
   test("runs tar into zstd -T0 and reports tar's failure, with its message, before zstd's", async () => {
     const runner = fakeRunner((argv) =>
       argv[0] === 'tar'
@@ -45,9 +64,12 @@ describe('packZstdTar', () => {
       packZstdTar(runner, ['tar', '-cf', '-', '.'], { out }),
       /tar failed \(exit 2\): .*Permission denied/,
     );
-    assert.deepEqual(runner.commands(), ['zstd -T0 -q -c', 'tar -cf - .']);
+    assert.deepEqual(
+      runner.calls.map((c) => c.argv.slice(-4).join(' ')),
+      ['zstd -T0 -q -c', 'tar -cf - .'],
+    );
     const zstdFails = fakeRunner((argv) =>
-      argv[0] === 'zstd' ? { code: 1, stderr: 'zstd: Broken pipe' } : undefined,
+      argv.includes('zstd') ? { code: 1, stderr: 'zstd: Broken pipe' } : undefined,
     );
     await assert.rejects(packZstdTar(zstdFails, ['tar', '-cf', '-', '.'], { out }), /zstd failed \(exit 1\)/);
   });
