@@ -7,6 +7,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { TAR_KEEP } from '../src/drivers/ct/ct-storage.ts';
+import { ZSTD_ARGV } from '../src/drivers/ct/tar-zstd-pack.ts';
 import { startDaemon } from '../test/system/harness.ts';
 import { ms, percentile, QUICK, runOperation, settle, writeResult } from './lib.ts';
 
@@ -59,6 +61,10 @@ try {
   // lost 3% of its pages within 30 s), and the export comes first in each round. The first round's
   // export stays the slowest with the warm read too (7.4 s against 4.6 s): a fresh daemon's.
   const warm = () => sh(`tar -C ${upper} -cf - . | cat > /dev/null`);
+  // The ct driver's own tar flags and zstd command, for the like-with-like baseline.
+  const quoted = (argv: readonly string[]) => argv.map((a) => `'${a}'`).join(' ');
+  const driverTar = `tar ${quoted(TAR_KEEP)}`;
+  const driverZstd = quoted(ZSTD_ARGV);
   const measure = (what: string, fn: () => void, options?: { daemon?: boolean; warm?: boolean }) => {
     if (options?.warm) warm();
     const l = load();
@@ -91,11 +97,10 @@ try {
     // upper layer, xattrs and ACLs among them, piped into zstd on every core), into a file.
     measure(
       'rawDriverPipeline',
-      () =>
-        sh(
-          `tar --numeric-owner --xattrs '--xattrs-include=*' --acls --sparse -C ${upper} -cf - . | zstd -T0 -q -c > ${raw}.driver`,
-        ),
-      { warm: true },
+      () => sh(`${driverTar} -C ${upper} -cf - . | ${driverZstd} > ${raw}.driver`),
+      {
+        warm: true,
+      },
     );
     rmSync(`${raw}.driver`, { force: true });
     sh('sync');

@@ -142,9 +142,7 @@ export function createTransport(target: ClientTarget): Transport {
           );
           res.on('error', (e) => reject(aborted(e)));
         });
-        req.on('error', (e: NodeJS.ErrnoException) =>
-          reject(options.signal?.aborted ? options.signal.reason : connectionError(e, describe())),
-        );
+        req.on('error', (e: NodeJS.ErrnoException) => reject(aborted(connectionError(e, describe()))));
         if (options.stream) {
           pipeline(options.stream, req).catch((e: unknown) => req.destroy(e as Error));
         } else {

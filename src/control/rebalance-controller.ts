@@ -231,8 +231,8 @@ export interface StateInputs {
  * is not known could be taken for an empty one); their reasons are in `notes`. A step in which a
  * guest was not sampled counts as no demand (it was stopped), except the steps before its first
  * sample on this member (it moved in or started in the window), which repeat its measured steps:
- * a guest that runs now is not lighter for having run here only part of the window. Each guest's last move comes from
- * the moves recorded, for the cooldown and the no-return rule.
+ * a guest that runs now is not lighter for having run here only part of the window. Each guest's
+ * last move comes from the moves recorded, for the cooldown and the no-return rule.
  */
 export function buildClusterState(input: StateInputs): { state: ClusterState; notes: string[] } {
   const notes: string[] = [];

@@ -63,15 +63,14 @@ export async function readProcessIdentity(
   return { pid: stat.pid, startTime: stat.startTime };
 }
 
-/** Whether `identity` still names the same live process (pid reuse gives a different start time). */
 /** Whether two recorded identities name the same run of a process (pid and start time); none is none. */
 export function sameIdentity(a: ProcessIdentity | undefined, b: ProcessIdentity | undefined): boolean {
   return a !== undefined && b !== undefined && a.pid === b.pid && a.startTime === b.startTime;
 }
 
+/** Whether `identity` still names the same live process (pid reuse gives a different start time). */
 export async function isSameProcess(identity: ProcessIdentity, procRoot = '/proc'): Promise<boolean> {
-  const now = await readProcessIdentity(identity.pid, procRoot);
-  return now !== undefined && now.startTime === identity.startTime;
+  return sameIdentity(await readProcessIdentity(identity.pid, procRoot), identity);
 }
 
 /**

@@ -153,9 +153,10 @@ export interface GuestMoverDeps {
    */
   haLeaseWaitMs?: number;
   /**
-   * How often a cold move that waits on its destination (its files made, the archive received)
-   * looks whether the destination is still a member that runs, and how long it must be seen gone
-   * before the move is undone (defaults `MEMBER_POLL_MS`, `MEMBER_GONE_AFTER_MS`).
+   * How often a move that waits on its destination (a cold move: its files made, the archive
+   * received; a live one: its prepare and the migration) looks whether the destination is still a
+   * member that runs, and how long it must be seen gone before the move is undone (defaults
+   * `MEMBER_POLL_MS`, `MEMBER_GONE_AFTER_MS`).
    */
   memberWatch?: { everyMs?: number; goneAfterMs?: number };
   /** The clock a failed resume's next try is set on, and a lost member's absence measured on (default `Date.now`). */
@@ -249,9 +250,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   const convergeMs = deps.convergeMs ?? 5 * 60_000;
   const haLeaseWaitMs = deps.haLeaseWaitMs ?? 15_000;
   /**
-   * While a cold move waits on its destination after the hand-over (its files made, the archive
-   * received): aborted once the destination has been seen gone for a while (a dead daemon's lease
-   * expired), so that the move is undone within seconds instead of at `convergeMs`.
+   * While a move waits on its destination (`memberWatch`): aborted once the destination has been
+   * seen gone for a while (a dead daemon's lease expired), so that the move is undone within
+   * seconds instead of at `convergeMs`, or a migration to nowhere stopped.
    */
   const whileDestinationUp = (target: string) =>
     whileMemberUp(deps.members, target, 'the guest was being moved to it', deps.memberWatch);
@@ -1050,7 +1051,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           }
         } catch (e) {
           // A destination seen gone is the cause, whatever the wait it cut short answered.
-          const cause = destination?.signal.aborted ? destination.signal.reason : e;
+          const cause = destination ? destination.causeOf(e) : e;
           throw await coldMoveFailed(cause, { name, target, flipped, wasRunning, ha, mark });
         } finally {
           destination?.stop();
@@ -1129,7 +1130,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             await setDesired(name, 'Running', ctx.signal);
           }
         } catch (e) {
-          const cause = destination?.signal.aborted ? destination.signal.reason : e;
+          const cause = destination ? destination.causeOf(e) : e;
           throw await coldMoveFailed(cause, { name, target, flipped, wasRunning, ha, mark });
         } finally {
           destination?.stop();
@@ -1297,7 +1298,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         } catch (e) {
           const err = ctx.signal.aborted
             ? cancelled('the move was cancelled')
-            : asTrivisorError(destination.signal.aborted ? destination.signal.reason : e);
+            : asTrivisorError(destination.causeOf(e));
           // Records that stay the destination's keep the guest there: this member's paused QEMU is
           // not resumed (it would run twice), and the journal finishes the move later.
           if (flippedAt && !(await unflip(name, target, checked, { ...flippedAt, ha, mark })))

@@ -18,14 +18,15 @@ const gone = (status: string | undefined) =>
  * (the cluster's list: Offline once its heartbeat's lease expired, its daemon dead or cut off from
  * the store and fencing itself; Standby; removed). Its reason is an Unavailable error naming the
  * member and `doing`. A read that fails is no verdict (a store that did not answer is the waiter's
- * own failure, met by its own timeout). Stop it when the wait ends.
+ * own failure, met by its own timeout). `causeOf(e)` is what a wait the signal cut short failed
+ * of: the member's absence once it aborted, else `e` itself. Stop it when the wait ends.
  */
 export function whileMemberUp(
   members: () => Promise<Array<{ name: string; status: string }>>,
   member: string,
   doing: string,
   o: { everyMs?: number; goneAfterMs?: number; now?: () => number } = {},
-): { signal: AbortSignal; stop(): void } {
+): { signal: AbortSignal; causeOf(e: unknown): unknown; stop(): void } {
   const everyMs = o.everyMs ?? MEMBER_POLL_MS;
   const goneAfterMs = o.goneAfterMs ?? MEMBER_GONE_AFTER_MS;
   const now = o.now ?? Date.now;
@@ -54,5 +55,9 @@ export function whileMemberUp(
       });
   }, everyMs);
   timer.unref();
-  return { signal: ac.signal, stop: () => clearInterval(timer) };
+  return {
+    signal: ac.signal,
+    causeOf: (e) => (ac.signal.aborted ? ac.signal.reason : e),
+    stop: () => clearInterval(timer),
+  };
 }

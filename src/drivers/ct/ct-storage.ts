@@ -82,7 +82,7 @@ const TMP_PREFIX = '.tmp-';
  * `--acls` stores them once more as text, for the importers before decision 0085's ct section,
  * which unpack with `--acls` and would otherwise reset every ACL to the file's mode.
  */
-const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
+export const TAR_KEEP = ['--numeric-owner', '--xattrs', '--xattrs-include=*', '--acls', '--sparse'];
 /**
  * tar's options to unpack an archive, read uncompressed from its standard input (unpackZstdTar):
  * owners, modes and xattrs (ACLs among them) as archived. Not `--acls`: it set an ACL on every

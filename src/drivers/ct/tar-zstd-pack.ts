@@ -2,7 +2,7 @@ import { open } from 'node:fs/promises';
 import { CommandError, childEnded, type ProcessRunner } from '../../host/runner.ts';
 
 /** zstd on every core, its output the archive (decision 0085, ct section). */
-const ZSTD_ARGV = ['zstd', '-T0', '-q', '-c'];
+export const ZSTD_ARGV = ['zstd', '-T0', '-q', '-c'];
 /** F_SETPIPE_SZ (linux/fcntl.h), and the size asked: the default /proc/sys/fs/pipe-max-size. */
 const F_SETPIPE_SZ = 1031;
 const PIPE_BYTES = 1024 * 1024;
