@@ -109,6 +109,25 @@ describe('unpackDiskArchive (zstd -d | the helper process)', () => {
     assert.ok((await readFile(await unpack(pax))).equals(content));
   });
 
+  test("the daemon's NODE_OPTIONS do not reach the helper (a --require meant for the daemon)", async () => {
+    const content = randomBytes(64 * KiB);
+    const sub = path.join(dir, 'opts');
+    await runner.run(['mkdir', '-p', sub]);
+    await writeFile(path.join(sub, 'disk.img'), content);
+    const tar = path.join(dir, 'opts.tar');
+    await runner.run(['tar', '-C', sub, '-cf', tar, 'disk.img']);
+    const preload = path.join(dir, 'not-for-the-helper.cjs');
+    await writeFile(preload, 'process.exit(7);\n');
+    const saved = process.env.NODE_OPTIONS;
+    process.env.NODE_OPTIONS = `--require ${preload}`;
+    try {
+      assert.ok((await readFile(await unpack(tar))).equals(content));
+    } finally {
+      if (saved === undefined) delete process.env.NODE_OPTIONS;
+      else process.env.NODE_OPTIONS = saved;
+    }
+  });
+
   test('refused, as the archive’s fault: cut short, not a tar, a damaged header, the member missing, a link, a pax sparse map', async () => {
     await sparseFile('disk.img', 16 * MiB, [0, 8 * MiB], 2 * MiB);
     const good = path.join(dir, 'good.tar.zst');

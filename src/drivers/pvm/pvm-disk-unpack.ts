@@ -273,7 +273,8 @@ export async function unpackDiskArchive(
   const ended = await unpackZstdTar(
     runner,
     archive,
-    [process.execPath, '-e', HELPER_SOURCE, options.member, options.target],
+    // Not the daemon's NODE_OPTIONS (a --cpu-prof or --max-old-space-size meant for the daemon).
+    ['env', '-u', 'NODE_OPTIONS', process.execPath, '-e', HELPER_SOURCE, options.member, options.target],
     signal,
   );
   signal?.throwIfAborted();
