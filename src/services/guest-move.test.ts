@@ -389,6 +389,10 @@ describe('moving a guest (cold)', () => {
   });
 
   afterEach(async () => {
+    // As in the live moves' afterEach: no move goes on into the next test with its closures.
+    const waiting = operations.list().filter((o) => !isFinal(o) && o.mayCancel);
+    for (const o of waiting) operations.cancel(o.id);
+    await Promise.all(waiting.map((o) => operations.wait(o.id, 2000)));
     controllers.stop();
     await store.close();
     await rm(dir, { recursive: true, force: true });
