@@ -5,6 +5,7 @@ import type WebSocket from 'ws';
 import type { ErrorResponse } from '../api/envelopes.ts';
 import { isErrorCode } from '../core/errors.ts';
 import { TrivisorApiError } from './api-error.ts';
+import { requestIntoSink } from './sink-request.ts';
 
 /**
  * Where the daemon is: its root-only unix socket, or a URL plus token; and the project
@@ -100,6 +101,32 @@ export function createTransport(target: ClientTarget): Transport {
       };
       // An abort is the caller's, with its own reason: not a daemon that cannot be reached.
       const aborted = (e: unknown) => (options.signal?.aborted ? options.signal.reason : e);
+      // A body into a sink (a backup's download) is read without Node's HTTP client, into one
+      // buffer reused (decision 0105); over TLS it keeps Node's client.
+      if (options.sink && method === 'GET' && !options.stream && payload === undefined) {
+        const to = base
+          ? base.protocol === 'https:'
+            ? undefined
+            : { host: base.hostname.replace(/^\[|\]$/g, ''), port: Number(base.port || 80) }
+          : 'socketPath' in target
+            ? { path: target.socketPath }
+            : undefined;
+        if (to) {
+          const res = await requestIntoSink(
+            {
+              to,
+              path: base ? `${base.pathname.replace(/\/$/, '')}${path}` : path,
+              host: base ? base.host : 'localhost',
+              headers,
+              sink: options.sink,
+              onBytes: options.onBytes,
+              signal: options.signal,
+            },
+            (e) => connectionError(e, describe()),
+          );
+          return res as RawResponse;
+        }
+      }
       const send = httpRequest;
       if (base) {
         reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
