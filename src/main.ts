@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, type FSWatcher, mkdirSync, readFileSync, statfsSync, watch } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { splitAddress } from './cluster/cluster-files.ts';
@@ -408,6 +408,14 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
           linkIncoming: async (spec) => (await services.pools?.linkIncoming(spec)) === true,
           imageFor: async (spec, image) => services.pools?.imageFor(spec, image) ?? image,
         },
+        hasCopy: async (name) =>
+          lstat(path.join(stateDir, 'guests', name)).then(
+            () => true,
+            (e: NodeJS.ErrnoException) => {
+              if (e.code === 'ENOENT') return false;
+              throw e;
+            },
+          ),
       },
     });
     // What moves to here left in imports/ and the upload directory (a daemon that died between a

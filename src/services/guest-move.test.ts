@@ -1354,6 +1354,117 @@ describe('receiving a moved guest', () => {
     assert.deepEqual(removed, ['h2/web']);
   });
 
+  test("a live move's copy is marked from its prepare until it runs here or goes; the sweep discards one left when no move of it to this member is journaled and the records name another member, never a copy that was here before", async () => {
+    const calls: string[] = [];
+    let hasCopy = false;
+    let failPrepare: Error | undefined;
+    const migration: LiveMigration = {
+      async prepareIncoming(s, _image, options) {
+        calls.push(`prepare ${s.name}`);
+        if (failPrepare) throw failPrepare;
+        return {
+          process: { pid: 1, startTime: 2 },
+          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
+          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
+        };
+      },
+      async finishIncoming(s) {
+        calls.push(`finish ${s.name}`);
+      },
+      async dropIncoming(s) {
+        calls.push(`drop ${s.name}`);
+      },
+      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
+      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
+      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
+      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
+    };
+    const live = createMoveReceiver({
+      store,
+      hostName: 'h2',
+      storage: {},
+      runner: hostRunner(),
+      workDir: dir,
+      removeLocal: async (s) => {
+        removed.push(`${s.location}/${s.name}`);
+      },
+      live: {
+        migrationOf: (model) => (model === 'vm' ? migration : undefined),
+        image: async () => ({}) as never,
+        host: '198.18.0.12',
+        addressOf: async () => '198.18.0.11',
+        hasCopy: async () => hasCopy,
+      },
+    });
+    const marked = async () => (await readdir(dir)).filter((f) => f.startsWith('move-incoming-'));
+    const journal = (phase: 'started' | 'rolled-back') =>
+      markMove(
+        store,
+        {
+          guest: 'web',
+          from: 'h1',
+          to: 'h2',
+          reason: 'test',
+          startedAt: new Date(0).toISOString(),
+          kind: 'live',
+          phase,
+        },
+        [],
+      );
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    await records.guestLocation.at('web').put(store, 'h1');
+
+    // Prepared, then run here: marked, then not.
+    await live.prepareLive('web');
+    assert.deepEqual(await marked(), ['move-incoming-web']);
+    await records.guest.at('web').put(store, spec({ location: 'h2', model: 'vm' }));
+    await records.guestLocation.at('web').put(store, 'h2');
+    await live.finishLive('web');
+    assert.deepEqual(await marked(), []);
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    await records.guestLocation.at('web').put(store, 'h1');
+
+    // A prepare that fails undid what it made: no mark. A copy that was here before: never marked.
+    failPrepare = new Error('QEMU would not start');
+    await assert.rejects(live.prepareLive('web'), /QEMU would not start/);
+    assert.deepEqual(await marked(), []);
+    hasCopy = true;
+    failPrepare = conflict('This member already has files of guest web');
+    await assert.rejects(live.prepareLive('web'), { code: 'Conflict' });
+    assert.deepEqual(await marked(), []);
+    assert.deepEqual((await live.sweep()).removed, []);
+    hasCopy = false;
+    failPrepare = undefined;
+
+    // Prepared while its move is journaled: the sweep keeps it, whatever the phase.
+    const unjournal = await journal('started');
+    await live.prepareLive('web');
+    calls.length = 0;
+    assert.deepEqual((await live.sweep()).removed, []);
+    await unjournal();
+    const undoing = await journal('rolled-back');
+    assert.deepEqual((await live.sweep()).removed, []);
+    assert.deepEqual(calls, []);
+    assert.deepEqual(removed, []);
+    await undoing();
+    // The source gave up and could not discard (this daemon was dead): the sweep does.
+    const swept = await live.sweep();
+    assert.deepEqual(
+      swept.removed.map((r) => r.name),
+      ['move-incoming-web'],
+    );
+    assert.deepEqual(calls, ['drop web']);
+    assert.deepEqual(removed, ['h2/web']);
+    assert.deepEqual(await marked(), []);
+
+    // One whose switch-over happened (the guest is this member's now) only loses its mark.
+    await live.prepareLive('web');
+    await records.guestLocation.at('web').put(store, 'h2');
+    calls.length = 0;
+    assert.match((await live.sweep()).removed[0]?.why ?? '', /is h2's now/);
+    assert.deepEqual([calls, await marked()], [[], []]);
+  });
+
   test("a live move's snapshots, sent ahead in an archive of their own, are checked, kept, and written into the new disk by the prepare before its engine starts, then removed; a prepare whose guest has snapshots that were not sent is refused", async () => {
     const calls: string[] = [];
     const migration: LiveMigration = {
@@ -1530,8 +1641,11 @@ describe('receiving a moved guest', () => {
     await live.sweep();
     await stat(staged);
     await live.prepareLive('web');
-    assert.deepEqual(seen, [['.move-web-XXXXXX', 'move-snapshots-web.tar']]);
+    // (The prepare marks its copy first: move-incoming-web.)
+    assert.deepEqual(seen, [['.move-web-XXXXXX', 'move-incoming-web', 'move-snapshots-web.tar']]);
     await assert.rejects(stat(staged), { code: 'ENOENT' });
+    // That move undone: its source discards the copy.
+    await live.discard('web');
     // A part whose move ended without its prepare (the source undid it; its daemon died): removed.
     await live.receive(
       'web',

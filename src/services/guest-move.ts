@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   beginHaMove,
@@ -45,6 +45,8 @@ import { addressMembers } from './address-members.ts';
 import { corrupted, feedPayload, type OpenedArchive, openArchive } from './archive-reader.ts';
 import { whileMemberUp } from './member-watch.ts';
 import {
+  INCOMING_PREFIX,
+  incomingMarkName,
   type MoveImportsSwept,
   SWEEP_EVERY_MS,
   stagedPartName,
@@ -1564,7 +1566,8 @@ export interface SweepingReceiver extends MoveReceiver {
   /**
    * Removes the move files of `imports/` that no move owns any more (`sweepMoveImports`), never
    * those of a guest this receiver is receiving or preparing now; with `uploadDir` (at the
-   * daemon's start only), the uploads a daemon dying left there too.
+   * daemon's start only), the uploads a daemon dying left there too. First it discards the copies
+   * of guests that live moves left here and no move journals any more (`move-incoming-`).
    */
   sweep(options?: { uploadDir?: string }): Promise<MoveImportsSwept>;
   /** Runs `sweep` every `everyMs` (default 5 min) until stopped. */
@@ -1595,6 +1598,11 @@ export function createMoveReceiver(deps: {
       linkIncoming(spec: GuestSpec): Promise<boolean>;
       imageFor(spec: GuestSpec, image: ImageHandle): Promise<ImageHandle>;
     };
+    /**
+     * Whether this member has files of guest `name` (its `guests/NAME`): a copy that was here
+     * before a prepare is never marked as the prepare's (`move-incoming-`), so never swept.
+     */
+    hasCopy?: (name: string) => Promise<boolean>;
   };
   /** Logs the sweep's removals (default: silent). */
   log?: Logger;
@@ -1602,8 +1610,11 @@ export function createMoveReceiver(deps: {
   stagedMaxAgeMs?: number;
 }): SweepingReceiver {
   const { store, hostName } = deps;
+  const sweepLog = (deps.log ?? silentLogger()).child({ component: 'move-imports' });
   /** Where a live move's snapshots wait for its prepare (decision 0088). */
   const stagedSnapshots = (name: string) => join(deps.workDir, stagedPartName(name));
+  /** The file that says this member's copy of guest `name` is a live move's, not run here yet. */
+  const incomingMark = (name: string) => join(deps.workDir, incomingMarkName(name));
   /** A snapshots-only archive of a live move, for guest `spec` that another member holds. */
   async function openSnapshotsPart(spec: GuestSpec, path: string): Promise<OpenedArchive> {
     const archive = await openArchive(path, { snapshotsOnly: true }).catch((e: unknown) => {
@@ -1749,8 +1760,22 @@ export function createMoveReceiver(deps: {
       if (!from)
         throw failedPrecondition(`Member ${spec.value.location} has no address in the cluster's records`);
       const here = { ...spec.value, location: hostName };
+      // What the prepare makes from here on is this move's: a copy its source cannot discard
+      // (this daemon died meanwhile) is swept later. A copy that is here already is not marked
+      // (the prepare refuses it, and it may be the only one of the guest's data).
+      const marked = !(await deps.live.hasCopy?.(name));
+      if (marked) {
+        await mkdir(deps.workDir, { recursive: true, mode: 0o700 });
+        await writeFile(incomingMark(name), `${JSON.stringify({ from: spec.value.location })}\n`, {
+          mode: 0o600,
+        });
+      }
       const shared = deps.live.shared;
-      const sharedDisk = (await shared?.linkIncoming(here)) === true;
+      const sharedDisk =
+        (await shared?.linkIncoming(here).catch(async (e: unknown) => {
+          if (marked) await rm(incomingMark(name), { force: true });
+          throw e;
+        })) === true;
       try {
         const image = await deps.live.image(spec.value.image);
         // A shared disk holds its snapshots already; a new disk here gets the ones sent ahead.
@@ -1763,6 +1788,8 @@ export function createMoveReceiver(deps: {
       } catch (e) {
         // The source asks for no discard after a refused prepare: the link made for it goes here.
         if (sharedDisk) await deps.removeLocal(here).catch(() => {});
+        // The prepare undid what it made (the driver's revert).
+        if (marked) await rm(incomingMark(name), { force: true });
         throw e;
       } finally {
         await rm(stagedSnapshots(name), { force: true });
@@ -1780,6 +1807,8 @@ export function createMoveReceiver(deps: {
       const migration = deps.live?.migrationOf(spec.value.model);
       if (!migration) throw notSupported(`${spec.value.model} guests cannot move live to ${hostName}`);
       await migration.finishIncoming(spec.value);
+      // The copy is the guest's, running here.
+      await rm(incomingMark(name), { force: true });
     },
 
     async discard(name) {
@@ -1792,6 +1821,7 @@ export function createMoveReceiver(deps: {
       await rm(stagedSnapshots(name), { force: true });
       await deps.live?.migrationOf(spec.value.model)?.dropIncoming({ ...spec.value, location: hostName });
       await deps.removeLocal({ ...spec.value, location: hostName });
+      await rm(incomingMark(name), { force: true });
     },
   };
   /** Guests this receiver receives or prepares now (how many at once): the sweep leaves their files. */
@@ -1812,14 +1842,72 @@ export function createMoveReceiver(deps: {
     hostName,
     dir: deps.workDir,
     busy: (guest: string) => busy.has(guest),
-    log: (deps.log ?? silentLogger()).child({ component: 'move-imports' }),
+    log: sweepLog,
     ...(deps.stagedMaxAgeMs !== undefined && { maxAgeMs: deps.stagedMaxAgeMs }),
   };
+  /**
+   * Discards the copies live moves left here (`move-incoming-` marks, see move-imports.ts) once
+   * no move of their guest to this member is journaled and the records name another member: the
+   * source gave up while this daemon was dead or out of reach, and its discard failed. The marks
+   * are listed before the journal is read (a source journals before it asks for the prepare, which
+   * marks the copy): a move begun since is in what is read. A copy whose guest runs here now (its
+   * switch-over happened) only loses its mark; one whose guest was deleted is left and logged.
+   * Never throws: what cannot be read or removed is left for the next sweep.
+   */
+  async function sweepIncoming(): Promise<MoveImportsSwept['removed']> {
+    const removed: MoveImportsSwept['removed'] = [];
+    const left = (await readdir(deps.workDir).catch(() => [] as string[])).filter((f) =>
+      f.startsWith(INCOMING_PREFIX),
+    );
+    if (left.length === 0) return removed;
+    let marks: MoveMark[];
+    try {
+      marks = await listMoveMarks(store);
+    } catch (e) {
+      sweepLog.warn(
+        { err: asTrivisorError(e).message },
+        "the move marks were not read: live moves' copies kept",
+      );
+      return removed;
+    }
+    for (const file of left) {
+      const guest = file.slice(INCOMING_PREFIX.length);
+      if (busy.has(guest) || marks.some((m) => m.guest === guest && m.to === hostName)) continue;
+      try {
+        const [spec, owner] = await Promise.all([
+          records.guest.at(guest).get(store),
+          records.guestLocation.at(guest).get(store),
+        ]);
+        if (!spec) {
+          sweepLog.warn({ guest }, "a live move's copy here of a guest deleted since is left");
+          continue;
+        }
+        if ((owner?.value ?? spec.value.location) === hostName) {
+          await rm(join(deps.workDir, file), { force: true });
+          removed.push({ name: file, why: `guest ${guest} is ${hostName}'s now` });
+          continue;
+        }
+        await holding(guest, () => base.discard(guest));
+        removed.push({
+          name: file,
+          why: `no move of guest ${guest} to ${hostName} is journaled: the copy its live move left here went`,
+        });
+      } catch (e) {
+        sweepLog.warn({ guest, err: asTrivisorError(e).message }, "a live move's copy here is left");
+      }
+    }
+    return removed;
+  }
   const receiver: SweepingReceiver = {
     ...base,
     receive: (name, archivePath, signal) => holding(name, () => base.receive(name, archivePath, signal)),
     prepareLive: (name) => holding(name, () => base.prepareLive(name)),
-    sweep: (options = {}) => sweepMoveImports(sweepDeps, options),
+    async sweep(options = {}) {
+      const incoming = await sweepIncoming();
+      if (incoming.length > 0) sweepLog.info({ removed: incoming }, "live moves' copies swept");
+      const swept = await sweepMoveImports(sweepDeps, options);
+      return { removed: [...incoming, ...swept.removed] };
+    },
     sweepEvery(everyMs = SWEEP_EVERY_MS) {
       const timer = setInterval(() => void receiver.sweep(), everyMs);
       timer.unref();

@@ -21,11 +21,23 @@ import { listMoveMarks, type MoveMark } from './move-marks.ts';
  * undoes its move at its resume, which never reuses the part). A work directory is stale once no
  * receive or prepare of its guest runs in this daemon. Neither is ever taken while this daemon
  * receives or prepares that guest (`busy`). Other files of `imports/` (an import's `.tmp-`, a live
- * restore's `live-`, a recovery's `.recover-`) are their own sweeps'.
+ * restore's `live-`, a recovery's `.recover-`, a live move's `move-incoming-` below) are their own
+ * sweeps'.
  */
 export const STAGED_PREFIX = 'move-snapshots-';
 /** The file a live move's snapshots of guest `guest` wait in, in `imports/` (decision 0088). */
 export const stagedPartName = (guest: string) => `${STAGED_PREFIX}${guest}.tar`;
+/**
+ * `move-incoming-NAME`: this member's copy of guest NAME was made by a live move's prepare and has
+ * not been run here (decision 0042, amended 2026-12-07). The prepare writes it before it makes
+ * anything (never over a copy that was here before); running the guest here (finishLive) or
+ * discarding the copy removes it. One left names a copy that a source which gave up could not
+ * have discarded (this member's daemon was dead): the receiver's sweep discards it once no move of
+ * the guest to this member is journaled.
+ */
+export const INCOMING_PREFIX = 'move-incoming-';
+/** The file that says guest `guest`'s copy here is a live move's, not run here yet. */
+export const incomingMarkName = (guest: string) => `${INCOMING_PREFIX}${guest}`;
 /** The prefix of a receive's or a fill's work directory, `mkdtemp`'s six characters after it. */
 export const workDirPrefix = (guest: string) => `.move-${guest}-`;
 /** The member route's upload of a moved guest's archive, in the daemon's upload directory. */

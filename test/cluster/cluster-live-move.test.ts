@@ -9,7 +9,7 @@ import type { BackupDirectoryArchiveWire } from '../../src/api/backup-schemas.ts
 import { qmpOnce } from '../../src/drivers/vm/qmp-client.ts';
 import { describeThing, makeRunDir, removeRunDir } from '../leftovers.ts';
 import { type Daemon, eventually } from '../system/harness.ts';
-import { formCluster, makeTestCluster, type TestCluster } from './cluster-harness.ts';
+import { formCluster, makeTestCluster, type TestCluster, waitForStatus } from './cluster-harness.ts';
 
 /*
  * Issue 13 part 1, vm live moves (decision 0042), on two members, one vm guest of 128 MiB shared
@@ -248,6 +248,70 @@ describe('moving a vm guest live between two members', () => {
     const before = received.length;
     await eventually('the counter still streaming', () => received.length > before + 20, 10_000);
     assert.equal(connectionClosed(), false);
+  });
+
+  test("m2's daemon killed -9 during a live move: m1 stops the migration once m2 is Offline, the guest runs on on m1 as it was, and m2 started again keeps nothing of it", async (t) => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = bootId(m1.daemon);
+    const incoming = () =>
+      spawnSync('pgrep', ['-f', `guest=${NAME},.*-incoming defer`], { encoding: 'utf8' }).stdout.trim();
+    const asked = await m1.daemon.api('POST', `/1.0/guests/${NAME}?target=m2`, {
+      migration: true,
+      live: true,
+    });
+    assert.equal(asked.status, 202, asked.text);
+    const id = (asked.body.metadata as Op).id;
+    const op = async () => (await m1.daemon.api('GET', `/1.0/operations/${id}`)).body.metadata as Op;
+    let copying = false;
+    for (const deadline = Date.now() + 120_000; !copying && Date.now() < deadline; ) {
+      const now = await op();
+      assert.equal(now.status, 'Running', now.error ?? '');
+      copying = /mirroring the disk|copying RAM/.test(now.progressText ?? '');
+      if (!copying) await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(copying, 'the copy started');
+    // The destination's QEMU held up (as in the cancel above) so that the migration cannot end
+    // before m2 is seen gone; then m2's daemon dies. Its QEMU is released once m1 has given up.
+    const pid = incoming();
+    assert.match(pid, /^\d+$/, "the destination's waiting QEMU");
+    process.kill(Number(pid), 'SIGSTOP');
+    let ended: Op;
+    try {
+      await m2.daemon.kill9();
+      const done = await m1.daemon.api('GET', `/1.0/operations/${id}/wait?timeout=150`);
+      ended = done.body.metadata as Op;
+    } finally {
+      try {
+        process.kill(Number(pid), 'SIGCONT');
+      } catch {
+        // Gone already.
+      }
+    }
+    t.diagnostic(`the move ended: ${ended.error}`);
+    assert.equal(ended.status, 'Failure', JSON.stringify(ended));
+    assert.equal(
+      ended.error,
+      `Cannot move guest ${NAME} live to m2: m2 went Offline while the guest was being moved to it; it stays running on m1`,
+    );
+    assert.equal(listed(m1.daemon, NAME)?.location, 'm1');
+    assert.equal(listed(m1.daemon, NAME)?.status, 'Running');
+    assert.equal(bootId(m1.daemon), boot, 'the same boot');
+    const before = received.length;
+    await eventually('the counter still streaming', () => received.length > before + 20, 10_000);
+    assert.equal(connectionClosed(), false);
+    // m2 started again: the QEMU its dead daemon had waiting, the guest's files and the ports'
+    // filter are gone; one QEMU of the guest on the machine, m1's.
+    await m2.daemon.restart();
+    await waitForStatus(m1.daemon, 'm2', 'Online', 60_000);
+    await eventually("the destination's QEMU gone", () => incoming() === '', 60_000);
+    assert.equal(existsSync(path.join(m2.daemon.stateDir, 'guests', NAME)), false, 'nothing of it on m2');
+    assert.notEqual(cluster.inNetns(m2.netns, table).code, 0, "the ports' filter is gone from m2");
+    const qemus = spawnSync('pgrep', ['-f', `guest=${NAME},`], { encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n');
+    assert.equal(qemus.filter((p) => p !== '').length, 1, "one QEMU of the guest on the machine: m1's");
+    assert.equal(listed(m2.daemon, NAME)?.location, 'm1');
   });
 
   /** The guest's backups in the backup directory, as the API lists them (`backup list`). */

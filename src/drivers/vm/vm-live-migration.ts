@@ -18,6 +18,7 @@ import {
   prepareIncoming,
   recoverSource,
   resumeSource,
+  undoLeftovers,
 } from './vm-migration.ts';
 import { removeRuntimeDir } from './vm-runtime-dir.ts';
 
@@ -252,6 +253,18 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
               ? `The destination exports a disk of guest ${spec.name}, which is on a shared pool: it does not see the pool as shared`
               : `The destination exports no disk of guest ${spec.name}, whose disk is this member's own`,
           );
+        }
+        // An earlier migration's pieces still in this QEMU (its undo could not end the mirror job
+        // in time: the destination stopped answering, its member lost) go first; pieces that
+        // cannot go refuse the move in one line, nothing begun.
+        const earlier = await undoLeftovers(qmp, { waitMs: 10_000 });
+        if (earlier.left.length > 0) {
+          throw failedPrecondition(
+            `An earlier migration of guest ${spec.name} left pieces in its QEMU that cannot go yet (${earlier.left.join('; ')}): retry in a minute`,
+          );
+        }
+        if (earlier.undone.length > 0) {
+          log.info({ guest: spec.name, undone: earlier.undone }, "an earlier migration's pieces removed");
         }
         const uid = await uidOf(spec);
         const started = await withCredentialsDir(uid, files, async (tlsDir) => {

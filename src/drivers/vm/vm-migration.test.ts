@@ -10,6 +10,7 @@ import {
   prepareIncoming,
   recoverSource,
   tcpUri,
+  undoLeftovers,
 } from './vm-migration.ts';
 
 interface Call {
@@ -700,6 +701,39 @@ describe('vm live migration over QMP', () => {
         q.sent().map((c) => c.command),
         ['block-job-cancel', 'job-dismiss', 'blockdev-del', 'cont'],
       );
+    });
+
+    test("before a new migration (undoLeftovers): an earlier one's concluded job, its node and credentials go, the guest's state untouched; a job still draining into a dead destination is reported left, never resumed", async () => {
+      // The earlier move's undo gave up while the job drained into a destination that stopped
+      // answering; its connection has failed since, so QEMU concluded the job.
+      const q = leftQemu({ migration: 'cancelled', job: 'concluded', node: true, tlsObject: true });
+      assert.deepEqual(await undoLeftovers(q.qmp, { pollMs: 1 }), {
+        undone: [
+          'the mirror job migration-mirror cancelled',
+          'the NBD node migration-target removed',
+          'the TLS credentials dropped',
+        ],
+        left: [],
+      });
+      assert.deepEqual(
+        q.sent().map((c) => c.command),
+        ['job-dismiss', 'blockdev-del', 'object-del'],
+      );
+      const paused = leftQemu({ status: 'paused' });
+      assert.deepEqual(await undoLeftovers(paused.qmp, { pollMs: 1 }), { undone: [], left: [] });
+      assert.deepEqual(paused.sent(), [], 'not resumed: a paused guest stays paused');
+      const draining = leftQemu({ job: 'ready', node: true });
+      let t = 0;
+      const stuck: MigrationQmp = {
+        execute: async <T>(command: string, args?: Record<string, unknown>) =>
+          command === 'query-block-jobs'
+            ? ([{ device: 'migration-mirror', len: 8, offset: 4, ready: true, status: 'aborting' }] as T)
+            : draining.qmp.execute<T>(command, args),
+      };
+      const r = await undoLeftovers(stuck, { pollMs: 1, waitMs: 50, now: () => (t += 10) });
+      // (The node it holds is tried too, and QEMU refuses it while the job holds it.)
+      assert.equal(r.left[0], 'the mirror job migration-mirror cancelled: it did not end within 0.05 s');
+      assert.ok(!draining.sent().some((c) => c.command === 'cont'));
     });
 
     test('a job that does not end within the wait is named, and the node it holds is left', async () => {

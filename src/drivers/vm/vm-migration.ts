@@ -428,6 +428,24 @@ export async function recoverSource(
   qmp: MigrationQmp,
   options: { pollMs?: number; now?: () => number; waitMs?: number } = {},
 ): Promise<string[]> {
+  const { undone, left } = await undoLeftovers(qmp, options);
+  await resumeSource(qmp);
+  if (left.length > 0) throw internal(`Not undone in the source's QEMU: ${left.join('; ')}`);
+  return undone;
+}
+
+/**
+ * What an earlier `migrateOut` left in this QEMU and could not undo itself, undone in its undo's
+ * order (see `recoverSource`, which resumes the guest after it): answers what was undone, and
+ * what could not be (each with its reason). `migrateOut` runs it first too: a migration whose
+ * destination stopped answering (its member lost) leaves the mirror job draining into the dead
+ * NBD connection past the undo's wait, and the node it holds with it; once the connection has
+ * failed the job has ended, and the next move removes both instead of failing on the name.
+ */
+export async function undoLeftovers(
+  qmp: MigrationQmp,
+  options: { pollMs?: number; now?: () => number; waitMs?: number } = {},
+): Promise<{ undone: string[]; left: string[] }> {
   const pollMs = options.pollMs ?? 50;
   const now = options.now ?? Date.now;
   const waitMs = options.waitMs ?? 30_000;
@@ -491,7 +509,5 @@ export async function recoverSource(
       return true;
     });
   }
-  await resumeSource(qmp);
-  if (left.length > 0) throw internal(`Not undone in the source's QEMU: ${left.join('; ')}`);
-  return undone;
+  return { undone, left };
 }
