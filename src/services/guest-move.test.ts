@@ -1301,32 +1301,46 @@ describe('receiving a moved guest', () => {
     assert.deepEqual(removed, ['h2/web']);
   });
 
-  test("a live move is prepared only for a guest another member holds, from that member's address; it runs here only once the records name this member; a discard drops its filter first", async () => {
-    const calls: string[] = [];
-    const migration: LiveMigration = {
-      async prepareIncoming(s, _image, options) {
-        calls.push(`prepare ${s.name} on ${s.location} at ${options.host} from ${options.from}`);
-        return {
-          process: { pid: 1, startTime: 2 },
-          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
-          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
-        };
-      },
+  /**
+   * A vm's live migration as the destination's side uses it, faked: `calls` gets what it was
+   * asked (prepare as `prepare` says, finish and drop by name); the source's side is not here.
+   */
+  function incomingFake(
+    calls: string[],
+    prepare: LiveMigration['prepareIncoming'],
+    more: Partial<LiveMigration> = {},
+  ): LiveMigration {
+    const mover = () => Promise.reject(new Error('the source side is the mover'));
+    return {
+      prepareIncoming: prepare,
       async finishIncoming(s) {
         calls.push(`finish ${s.name}`);
       },
       async dropIncoming(s) {
         calls.push(`drop ${s.name}`);
       },
-      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
-      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
-      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
-      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
+      migrateOut: mover,
+      resumeSource: mover,
+      recoverSource: mover,
+      releaseSource: mover,
+      ...more,
     };
-    const live = createMoveReceiver({
+  }
+  /** What a prepare answers: the endpoints on `host`. */
+  const preparedOn = (host: string) => ({
+    process: { pid: 1, startTime: 2 },
+    endpoints: { host, nbdPort: 3, migrationPort: 4 },
+    tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
+  });
+  /** A receiver on h2 (198.18.0.12) with vm guests moving live to it through `migration`. */
+  const liveReceiver = (
+    migration: LiveMigration,
+    more: { storage?: Partial<Record<'vm', GuestStorage>>; hasCopy?: () => Promise<boolean> } = {},
+  ) =>
+    createMoveReceiver({
       store,
       hostName: 'h2',
-      storage: {},
+      storage: more.storage ?? {},
       runner: hostRunner(),
       workDir: dir,
       removeLocal: async (s) => {
@@ -1337,8 +1351,17 @@ describe('receiving a moved guest', () => {
         image: async () => ({}) as never,
         host: '198.18.0.12',
         addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
+        ...(more.hasCopy && { hasCopy: more.hasCopy }),
       },
     });
+
+  test("a live move is prepared only for a guest another member holds, from that member's address; it runs here only once the records name this member; a discard drops its filter first", async () => {
+    const calls: string[] = [];
+    const migration = incomingFake(calls, async (s, _image, options) => {
+      calls.push(`prepare ${s.name} on ${s.location} at ${options.host} from ${options.from}`);
+      return preparedOn(options.host);
+    });
+    const live = liveReceiver(migration);
     // The guest is this member's (the fixture's location h2): nothing to migrate here.
     await assert.rejects(live.prepareLive('web'), { code: 'Conflict' });
     await records.guest.at('web').put(store, spec({ location: 'h1' }));
@@ -1358,44 +1381,12 @@ describe('receiving a moved guest', () => {
     const calls: string[] = [];
     let hasCopy = false;
     let failPrepare: Error | undefined;
-    const migration: LiveMigration = {
-      async prepareIncoming(s, _image, options) {
-        calls.push(`prepare ${s.name}`);
-        if (failPrepare) throw failPrepare;
-        return {
-          process: { pid: 1, startTime: 2 },
-          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
-          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
-        };
-      },
-      async finishIncoming(s) {
-        calls.push(`finish ${s.name}`);
-      },
-      async dropIncoming(s) {
-        calls.push(`drop ${s.name}`);
-      },
-      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
-      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
-      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
-      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
-    };
-    const live = createMoveReceiver({
-      store,
-      hostName: 'h2',
-      storage: {},
-      runner: hostRunner(),
-      workDir: dir,
-      removeLocal: async (s) => {
-        removed.push(`${s.location}/${s.name}`);
-      },
-      live: {
-        migrationOf: (model) => (model === 'vm' ? migration : undefined),
-        image: async () => ({}) as never,
-        host: '198.18.0.12',
-        addressOf: async () => '198.18.0.11',
-        hasCopy: async () => hasCopy,
-      },
+    const migration = incomingFake(calls, async (s, _image, options) => {
+      calls.push(`prepare ${s.name}`);
+      if (failPrepare) throw failPrepare;
+      return preparedOn(options.host);
     });
+    const live = liveReceiver(migration, { hasCopy: async () => hasCopy });
     const marked = async () => (await readdir(dir)).filter((f) => f.startsWith('move-incoming-'));
     const journal = (phase: 'started' | 'rolled-back') =>
       markMove(
@@ -1467,26 +1458,16 @@ describe('receiving a moved guest', () => {
 
   test("a live move's snapshots, sent ahead in an archive of their own, are checked, kept, and written into the new disk by the prepare before its engine starts, then removed; a prepare whose guest has snapshots that were not sent is refused", async () => {
     const calls: string[] = [];
-    const migration: LiveMigration = {
-      async prepareIncoming(s, _image, options) {
+    const migration = incomingFake(
+      calls,
+      async (s, _image, options) => {
         calls.push(`create ${s.name} on ${s.location}`);
         await options.fill?.();
         calls.push(`start QEMU after ${imported.length} snapshot(s)`);
-        return {
-          process: { pid: 1, startTime: 2 },
-          endpoints: { host: options.host, nbdPort: 3, migrationPort: 4 },
-          tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
-        };
+        return preparedOn(options.host);
       },
-      finishIncoming: () => Promise.reject(new Error('not here')),
-      async dropIncoming(s) {
-        calls.push(`drop ${s.name}`);
-      },
-      migrateOut: () => Promise.reject(new Error('the source side is the mover')),
-      resumeSource: () => Promise.reject(new Error('the source side is the mover')),
-      recoverSource: () => Promise.reject(new Error('the source side is the mover')),
-      releaseSource: () => Promise.reject(new Error('the source side is the mover')),
-    };
+      { finishIncoming: () => Promise.reject(new Error('not here')) },
+    );
     const storage = {
       async importTar(s: GuestSpec, path: string, options?: { snapshot?: string }) {
         imported.push({
@@ -1495,22 +1476,7 @@ describe('receiving a moved guest', () => {
         });
       },
     } as unknown as GuestStorage;
-    const live = createMoveReceiver({
-      store,
-      hostName: 'h2',
-      storage: { vm: storage },
-      runner: hostRunner(),
-      workDir: dir,
-      removeLocal: async (s) => {
-        removed.push(`${s.location}/${s.name}`);
-      },
-      live: {
-        migrationOf: (model) => (model === 'vm' ? migration : undefined),
-        image: async () => ({}) as never,
-        host: '198.18.0.12',
-        addressOf: async (member) => (member === 'h1' ? '198.18.0.11' : undefined),
-      },
-    });
+    const live = liveReceiver(migration, { storage: { vm: storage } });
     const staged = join(dir, 'move-snapshots-web.tar');
     await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
     for (const name of ['s1', 's2']) {
