@@ -527,18 +527,23 @@ describe('ct driver against a recording runner', () => {
 
   test('a created guest whose init dies before it starts fails the start, and runc never runs', async () => {
     const spec = { ...guest(), name: 'g5' };
+    let init: ChildProcess | undefined;
     const network = {
       hasNics: () => true,
-      plugVeths: async () => {},
+      // The init dies once the driver has read who it is (the NICs are plugged next), whatever the
+      // load: the start's poll of the FIFO must tell. (Killed on a timer, a slow first step found it
+      // gone before that read, and the start failed on the read instead: another message.)
+      plugVeths: async () => {
+        init?.kill('SIGKILL');
+        if (init) await endOf(init);
+      },
       unplug: async () => {},
     } as unknown as GuestNetworking;
-    let init: ChildProcess | undefined;
     const runner = startingRunner('g5', async () => {
       await mkdir(join(stateDir, 'runc', 'g5'), { recursive: true });
       execFileSync('mkfifo', [join(stateDir, 'runc', 'g5', 'exec.fifo')]);
       const made = await fakeInit();
       init = made.child;
-      setTimeout(() => made.child.kill('SIGKILL'), 100);
       return made;
     });
     const driver = createCtDriver({ runner, log: silentLogger(), stateDir, idmapBase: 1_000_000, network });
