@@ -25,7 +25,7 @@ import { reverter } from '../core/revert.ts';
 import type { EvacuateMode, Operation } from '../core/types.ts';
 import type { Logger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
-import { marksOfMemberDeleteOps } from '../services/move-marks.ts';
+import { discardsForMemberDeleteOps, marksOfMemberDeleteOps } from '../services/move-marks.ts';
 import type { OperationService } from '../services/types.ts';
 import type { KvStore } from '../store/kv.ts';
 import {
@@ -833,6 +833,8 @@ export function createClusterService(deps: ClusterDeps): ClusterService {
           records.memberLoad.at(name).deleteOp(),
           // The moves it left unfinished: nobody is left to finish them (decision 0079).
           ...(await marksOfMemberDeleteOps(store, name)),
+          // The copies moves left there to discard: the member is gone.
+          ...(await discardsForMemberDeleteOps(store, name)),
         ],
       });
       log.info({ member: name, force: options.force === true, guests: held.length }, 'member removed');

@@ -66,6 +66,14 @@ export const keys = {
    */
   guestMovePrefix: '/trivisor/guest-moves/',
   guestMove: (guest: string): string => `/trivisor/guest-moves/${guest}`,
+  /**
+   * A member's copy of a guest that a move undone left there, the member not answering then (its
+   * daemon dead or cut off): `/trivisor/move-discards/MEMBER/GUEST` → when it was left. The member's
+   * receiver discards the copy once it sees the key, then deletes it (decision 0040, amended).
+   */
+  moveDiscardPrefix: '/trivisor/move-discards/',
+  moveDiscards: (member: string): string => `/trivisor/move-discards/${member}/`,
+  moveDiscard: (member: string, guest: string): string => `/trivisor/move-discards/${member}/${guest}`,
   /** A guest an evacuation moved or stopped: where it came from, so that a restore brings it back. */
   evacuationPrefix: '/trivisor/evacuations/',
   evacuation: (guest: string): string => `/trivisor/evacuations/${guest}`,

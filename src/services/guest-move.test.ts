@@ -208,6 +208,8 @@ describe('moving a guest (cold)', () => {
   let backups: { named: string[]; made: number; deleted: string[] };
   let sendFails: Error | undefined;
   let backupFails: Error | undefined;
+  /** What the destination's discard fails with (it cannot be reached, say). */
+  let discardFails: Error | undefined;
   let mover: GuestMover;
   let members: Array<{ name: string; status: string }>;
   /** An HA guest's move mark as each stop or start of the move saw it. */
@@ -250,6 +252,7 @@ describe('moving a guest (cold)', () => {
     backups = { named: [], made: 0, deleted: [] };
     sendFails = undefined;
     backupFails = undefined;
+    discardFails = undefined;
     haSeen = [];
     life = mortal();
     dieAt = undefined;
@@ -287,6 +290,7 @@ describe('moving a guest (cold)', () => {
       },
       async discard(member, name) {
         discarded.push([member, name]);
+        if (discardFails) throw discardFails;
         files.get(member)?.delete(name);
         halfCopies.delete(name);
       },
@@ -590,6 +594,29 @@ describe('moving a guest (cold)', () => {
     members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
     await assertUndone(await end(asked), 'Unavailable', WENT_OFFLINE, before);
     assert.deepEqual(sent, [], 'nothing was sent to it');
+  });
+
+  test("a destination that dies after it made the guest's files, and cannot be told to discard them when the move is undone: the discard is left for it in the store; a refusal because the guest is its own leaves none", {
+    timeout: 20_000,
+  }, async () => {
+    frozen.add('h2');
+    discardFails = unavailable('Cannot reach member h2');
+    const before = await guest();
+    const asked = await mover.move('web', { target: 'h2' });
+    await waitUntilAsync(async () => (await guest())?.location === 'h2');
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    await assertUndone(await end(asked), 'Unavailable', WENT_OFFLINE, before);
+    assert.ok(await store.get(keys.moveDiscard('h2', 'web')), 'left for h2');
+    await store.delete(keys.moveDiscard('h2', 'web'));
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Online' } : m));
+    discarded.length = 0;
+    discardFails = conflict("Guest web is this member's: its files are not removed");
+    const again = await guest();
+    const second = await mover.move('web', { target: 'h2' });
+    await waitUntilAsync(async () => (await guest())?.location === 'h2');
+    members = members.map((m) => (m.name === 'h2' ? { ...m, status: 'Offline' } : m));
+    await assertUndone(await end(second), 'Unavailable', WENT_OFFLINE, again);
+    assert.equal(await store.get(keys.moveDiscard('h2', 'web')), undefined);
   });
 
   test('a destination gone while the archive is written: the hand-over is made (the member list may lag), then undone once the destination has been seen gone for the grace; the guest runs again on the source', async () => {
@@ -1375,6 +1402,48 @@ describe('receiving a moved guest', () => {
     await live.finishLive('web');
     assert.deepEqual(calls, ['prepare web on h2 at 198.18.0.12 from 198.18.0.11', 'drop web', 'finish web']);
     assert.deepEqual(removed, ['h2/web']);
+  });
+
+  test("a copy a move undone left here while this member did not answer (the key the source left for it) is discarded by the sweep, unless a move of it to this member runs again; a guest that is this member's now only loses the key", async () => {
+    const calls: string[] = [];
+    const live = liveReceiver(
+      incomingFake(calls, async () => {
+        throw new Error('no prepare here');
+      }),
+    );
+    const leave = () => store.put(keys.moveDiscard('h2', 'web'), new Date(0).toISOString());
+    const left = async () => (await store.get(keys.moveDiscard('h2', 'web'))) !== undefined;
+    // Another member's discard is not this one's.
+    await store.put(keys.moveDiscard('h3', 'web'), new Date(0).toISOString());
+    await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
+    await records.guestLocation.at('web').put(store, 'h1');
+    await leave();
+    const unjournal = await markMove(
+      store,
+      {
+        guest: 'web',
+        from: 'h1',
+        to: 'h2',
+        reason: 'test',
+        startedAt: new Date(0).toISOString(),
+        kind: 'live',
+      },
+      [],
+    );
+    assert.deepEqual((await live.sweep()).removed, []);
+    assert.equal(await left(), true, 'a move to here runs again: kept');
+    await unjournal();
+    assert.deepEqual(
+      (await live.sweep()).removed.map((r) => r.name),
+      ['web'],
+    );
+    assert.deepEqual([calls, removed, await left()], [['drop web'], ['h2/web'], false]);
+    assert.ok(await store.get(keys.moveDiscard('h3', 'web')));
+    // The guest is this member's now: the key goes, nothing is discarded.
+    await leave();
+    await records.guestLocation.at('web').put(store, 'h2');
+    assert.deepEqual((await live.sweep()).removed, []);
+    assert.deepEqual([calls, removed, await left()], [['drop web'], ['h2/web'], false]);
   });
 
   test("a live move's copy is marked from its prepare until it runs here or goes; the sweep discards one left when no move of it to this member is journaled and the records name another member, never a copy that was here before", async () => {

@@ -258,6 +258,32 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
    */
   const whileDestinationUp = (target: string) =>
     whileMemberUp(deps.members, target, 'the guest was being moved to it', deps.memberWatch);
+  /**
+   * Tells `target` to discard its copy of guest `name` after a move to it was undone. A member
+   * that cannot be told now (its daemon dead or cut off) finds it in the store when it is back
+   * (`keys.moveDiscard`): its receiver's sweep discards the copy then. A refusal because the guest
+   * is that member's is no copy to discard.
+   */
+  const discardThere = async (target: string, name: string): Promise<void> => {
+    try {
+      await deps.transport.discard(target, name);
+    } catch (e) {
+      const err = asTrivisorError(e);
+      if (err.code === 'Conflict') return;
+      log.warn(
+        { guest: name, member: target, err: err.message },
+        'its copy there is left: it goes when the member is back',
+      );
+      await store
+        .put(keys.moveDiscard(target, name), new Date().toISOString())
+        .catch((e2: unknown) =>
+          log.error(
+            { guest: name, member: target, err: asTrivisorError(e2).message },
+            'its copy there is left, and the store was not told either',
+          ),
+        );
+    }
+  };
 
   /** Waits for an operation of this member; throws its error, with its code, when it failed. */
   const finished = (op: Operation) => succeeded(deps.operations, op);
@@ -720,12 +746,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       log.info({ ...at, outcome }, 'an unfinished move was resumed');
       return { outcome };
     };
-    const discard = () =>
-      deps.transport
-        .discard(target, name)
-        .catch((e: unknown) =>
-          log.warn({ ...at, err: asTrivisorError(e).message }, 'its copy there is left'),
-        );
+    const discard = () => discardThere(target, name);
     const startHere = async () => {
       if (!mark.wasRunning || kind === 'live') return;
       const now = await records.guest.at(name).get(store);
@@ -1307,14 +1328,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             throw unsettled(name, target, err);
           const discard = async () => {
             if (!asked || prepareRefused) return;
-            await deps.transport
-              .discard(target, name)
-              .catch((e2: unknown) =>
-                log.warn(
-                  { guest: name, member: target, err: asTrivisorError(e2).message },
-                  'its copy there is left',
-                ),
-              );
+            await discardThere(target, name);
           };
           // Over a shared disk the destination's QEMU goes first: it must never hold the disk
           // when the source takes it back (its lock would refuse the source's resume anyway).
@@ -1475,14 +1489,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       });
       if (!r.succeeded) throw conflict(`Guest ${name} was changed while its move was being undone`);
       mark.phase = 'rolled-back';
-      await deps.transport
-        .discard(target, name)
-        .catch((e: unknown) =>
-          log.warn(
-            { guest: name, member: target, err: asTrivisorError(e).message },
-            'its copy there is left',
-          ),
-        );
+      await discardThere(target, name);
       if (wasRunning) await setDesired(name, 'Running', AbortSignal.timeout(convergeMs));
       return true;
     } catch (e) {
@@ -1846,6 +1853,51 @@ export function createMoveReceiver(deps: {
     ...(deps.stagedMaxAgeMs !== undefined && { maxAgeMs: deps.stagedMaxAgeMs }),
   };
   /**
+   * Discards the copies that moves undone left here while this member did not answer (the keys
+   * `discardThere` left for it, `keys.moveDiscard`), unless a move of the guest to this member
+   * runs again (its journal names this member) or the guest is this member's now (the key only
+   * goes). Never throws: what cannot be read or removed is left for the next sweep.
+   */
+  async function sweepDiscards(): Promise<MoveImportsSwept['removed']> {
+    const removed: MoveImportsSwept['removed'] = [];
+    let left: Array<{ key: string; guest: string }>;
+    let marks: MoveMark[];
+    try {
+      const prefix = keys.moveDiscards(hostName);
+      left = (await store.list(prefix)).kvs.map((kv) => ({
+        key: kv.key,
+        guest: kv.key.slice(prefix.length),
+      }));
+      if (left.length === 0) return removed;
+      marks = await listMoveMarks(store);
+    } catch (e) {
+      sweepLog.warn({ err: asTrivisorError(e).message }, 'the discards left for this member were not read');
+      return removed;
+    }
+    for (const { key, guest } of left) {
+      // A move of the guest to this member runs again: the copy here is that move's now.
+      if (busy.has(guest) || marks.some((m) => m.guest === guest && m.to === hostName)) continue;
+      try {
+        const [spec, owner] = await Promise.all([
+          records.guest.at(guest).get(store),
+          records.guestLocation.at(guest).get(store),
+        ]);
+        // Deleted since (its delete went everywhere), or this member's now: nothing to discard.
+        if (spec && (owner?.value ?? spec.value.location) !== hostName) {
+          await holding(guest, () => base.discard(guest));
+          removed.push({
+            name: guest,
+            why: `the move that made this copy was undone while ${hostName} was away`,
+          });
+        }
+        await store.delete(key);
+      } catch (e) {
+        sweepLog.warn({ guest, err: asTrivisorError(e).message }, 'a copy a move left here is left');
+      }
+    }
+    return removed;
+  }
+  /**
    * Discards the copies live moves left here (`move-incoming-` marks, see move-imports.ts) once
    * no move of their guest to this member is journaled and the records name another member: the
    * source gave up while this daemon was dead or out of reach, and its discard failed. The marks
@@ -1903,8 +1955,8 @@ export function createMoveReceiver(deps: {
     receive: (name, archivePath, signal) => holding(name, () => base.receive(name, archivePath, signal)),
     prepareLive: (name) => holding(name, () => base.prepareLive(name)),
     async sweep(options = {}) {
-      const incoming = await sweepIncoming();
-      if (incoming.length > 0) sweepLog.info({ removed: incoming }, "live moves' copies swept");
+      const incoming = [...(await sweepDiscards()), ...(await sweepIncoming())];
+      if (incoming.length > 0) sweepLog.info({ removed: incoming }, "moves' copies swept");
       const swept = await sweepMoveImports(sweepDeps, options);
       return { removed: [...incoming, ...swept.removed] };
     },

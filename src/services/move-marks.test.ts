@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { keys } from '../core/keys.ts';
 import { createMemoryStore } from '../store/memory-store.ts';
-import { clearMoveMark, markMove, marksOfMemberDeleteOps, moveMarkOf, saveMoveMark } from './move-marks.ts';
+import {
+  clearMoveMark,
+  discardsForMemberDeleteOps,
+  markMove,
+  marksOfMemberDeleteOps,
+  moveMarkOf,
+  saveMoveMark,
+} from './move-marks.ts';
 
 const mark = (guest: string, from: string) => ({
   guest,
@@ -26,6 +33,23 @@ test("a removed member's unfinished moves are dropped with it, and another membe
   // A guest can be moved again once its mark is gone; a marked one cannot.
   await markMove(store, mark('a', 'h1'), []);
   await assert.rejects(markMove(store, mark('c', 'h1'), []), /being moved to h9 already/);
+});
+
+test("a removed member's discards left by undone moves go with it; another member's stay", async () => {
+  const store = createMemoryStore();
+  await store.put(keys.moveDiscard('gone', 'a'), 't');
+  await store.put(keys.moveDiscard('gone', 'b'), 't');
+  await store.put(keys.moveDiscard('gone2', 'c'), 't');
+  const ops = await discardsForMemberDeleteOps(store, 'gone');
+  assert.deepEqual(ops.map((o) => o.key).sort(), [
+    keys.moveDiscard('gone', 'a'),
+    keys.moveDiscard('gone', 'b'),
+  ]);
+  await store.txn({ compare: [], success: ops });
+  assert.deepEqual(
+    (await store.list(keys.moveDiscardPrefix)).kvs.map((kv) => kv.key),
+    [keys.moveDiscard('gone2', 'c')],
+  );
 });
 
 test("a move's late clean-up ends its own mark only, never the guest's next move's", async () => {

@@ -82,6 +82,15 @@ export async function marksOfMemberDeleteOps(store: KvStore, member: string): Pr
     .map((kv) => ({ type: 'delete' as const, key: kv.key }));
 }
 
+/**
+ * The deletes of the discards moves left for member `member` (`keys.moveDiscard`), as ops of a
+ * transaction: a member removed from the cluster has nothing to discard any more.
+ */
+export async function discardsForMemberDeleteOps(store: KvStore, member: string): Promise<TxnOp[]> {
+  const listed = await store.list(keys.moveDiscards(member));
+  return listed.kvs.map((kv) => ({ type: 'delete' as const, key: kv.key }));
+}
+
 /** The delete of guest `guest`'s mark as an op: a new guest of a deleted one's name starts unmarked. */
 export const staleMoveMarkDeleteOp = (guest: string): TxnOp => ({
   type: 'delete',
