@@ -1574,7 +1574,8 @@ export interface SweepingReceiver extends MoveReceiver {
    * Removes the move files of `imports/` that no move owns any more (`sweepMoveImports`), never
    * those of a guest this receiver is receiving or preparing now; with `uploadDir` (at the
    * daemon's start only), the uploads a daemon dying left there too. First it discards the copies
-   * of guests that live moves left here and no move journals any more (`move-incoming-`).
+   * that undone moves left here while this member did not answer (`keys.moveDiscard`), and those of
+   * live moves that no move journals any more (`move-incoming-`).
    */
   sweep(options?: { uploadDir?: string }): Promise<MoveImportsSwept>;
   /** Runs `sweep` every `everyMs` (default 5 min) until stopped. */
