@@ -1214,6 +1214,15 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         let flippedAt: { generation: number; snapshots: SnapshotRecord[] } | undefined;
         // Until the migration has ended: a destination seen gone ends the move, the guest running on here.
         const destination = whileDestinationUp(target);
+        destination.signal.addEventListener(
+          'abort',
+          () =>
+            log.warn(
+              { guest: name, member: target, err: asTrivisorError(destination.signal.reason).message },
+              'the destination is gone: the live move is stopped and undone',
+            ),
+          { once: true },
+        );
         const signal = AbortSignal.any([ctx.signal, destination.signal]);
         try {
           // Internal snapshots are not in the disk's mirror (it copies the active layer): they go
