@@ -1359,6 +1359,21 @@ describe('receiving a moved guest', () => {
     endpoints: { host, nbdPort: 3, migrationPort: 4 },
     tls: { caCert: 'CA', cert: 'CERT', key: 'KEY' },
   });
+  /** Journals a live move of `web` from h1 to this member (h2), as its source does; answers its release. */
+  const journalLive = (phase: 'started' | 'rolled-back') =>
+    markMove(
+      store,
+      {
+        guest: 'web',
+        from: 'h1',
+        to: 'h2',
+        reason: 'test',
+        startedAt: new Date(0).toISOString(),
+        kind: 'live',
+        phase,
+      },
+      [],
+    );
   /** A receiver on h2 (198.18.0.12) with vm guests moving live to it through `migration`. */
   const liveReceiver = (
     migration: LiveMigration,
@@ -1418,18 +1433,7 @@ describe('receiving a moved guest', () => {
     await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
     await records.guestLocation.at('web').put(store, 'h1');
     await leave();
-    const unjournal = await markMove(
-      store,
-      {
-        guest: 'web',
-        from: 'h1',
-        to: 'h2',
-        reason: 'test',
-        startedAt: new Date(0).toISOString(),
-        kind: 'live',
-      },
-      [],
-    );
+    const unjournal = await journalLive('started');
     assert.deepEqual((await live.sweep()).removed, []);
     assert.equal(await left(), true, 'a move to here runs again: kept');
     await unjournal();
@@ -1457,20 +1461,6 @@ describe('receiving a moved guest', () => {
     });
     const live = liveReceiver(migration, { hasCopy: async () => hasCopy });
     const marked = async () => (await readdir(dir)).filter((f) => f.startsWith('move-incoming-'));
-    const journal = (phase: 'started' | 'rolled-back') =>
-      markMove(
-        store,
-        {
-          guest: 'web',
-          from: 'h1',
-          to: 'h2',
-          reason: 'test',
-          startedAt: new Date(0).toISOString(),
-          kind: 'live',
-          phase,
-        },
-        [],
-      );
     await records.guest.at('web').put(store, spec({ location: 'h1', model: 'vm' }));
     await records.guestLocation.at('web').put(store, 'h1');
 
@@ -1497,12 +1487,12 @@ describe('receiving a moved guest', () => {
     failPrepare = undefined;
 
     // Prepared while its move is journaled: the sweep keeps it, whatever the phase.
-    const unjournal = await journal('started');
+    const unjournal = await journalLive('started');
     await live.prepareLive('web');
     calls.length = 0;
     assert.deepEqual((await live.sweep()).removed, []);
     await unjournal();
-    const undoing = await journal('rolled-back');
+    const undoing = await journalLive('rolled-back');
     assert.deepEqual((await live.sweep()).removed, []);
     assert.deepEqual(calls, []);
     assert.deepEqual(removed, []);
