@@ -101,21 +101,28 @@ export function createTransport(target: ClientTarget): Transport {
       };
       // An abort is the caller's, with its own reason: not a daemon that cannot be reached.
       const aborted = (e: unknown) => (options.signal?.aborted ? options.signal.reason : e);
+      // Where it goes: the URL's host, port and path prefix, or the daemon's unix socket.
+      const tls = base?.protocol === 'https:';
+      if (base) {
+        reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
+        reqOptions.port = base.port || (tls ? 443 : 80);
+        reqOptions.path = `${base.pathname.replace(/\/$/, '')}${path}`;
+      } else if ('socketPath' in target) {
+        reqOptions.socketPath = target.socketPath;
+      }
       // A body into a sink (a backup's download) is read without Node's HTTP client, into one
       // buffer reused (decision 0105); over TLS it keeps Node's client.
-      if (options.sink && method === 'GET' && !options.stream && payload === undefined) {
-        const to = base
-          ? base.protocol === 'https:'
-            ? undefined
-            : { host: base.hostname.replace(/^\[|\]$/g, ''), port: Number(base.port || 80) }
-          : 'socketPath' in target
-            ? { path: target.socketPath }
+      if (options.sink && method === 'GET' && !options.stream && payload === undefined && !tls) {
+        const to = reqOptions.socketPath
+          ? { path: reqOptions.socketPath }
+          : reqOptions.hostname
+            ? { host: reqOptions.hostname, port: Number(reqOptions.port) }
             : undefined;
         if (to) {
           const res = await requestIntoSink(
             {
               to,
-              path: base ? `${base.pathname.replace(/\/$/, '')}${path}` : path,
+              path: reqOptions.path ?? path,
               host: base ? base.host : 'localhost',
               headers,
               sink: options.sink,
@@ -128,17 +135,10 @@ export function createTransport(target: ClientTarget): Transport {
         }
       }
       const send = httpRequest;
-      if (base) {
-        reqOptions.hostname = base.hostname.replace(/^\[|\]$/g, '');
-        reqOptions.port = base.port || (base.protocol === 'https:' ? 443 : 80);
-        reqOptions.path = `${base.pathname.replace(/\/$/, '')}${path}`;
-        // The TLS connection is made and its certificate checked before HTTP writes a byte on it.
-        if (base.protocol === 'https:') {
-          const socket = await secureSocket();
-          reqOptions.createConnection = () => socket;
-        }
-      } else if ('socketPath' in target) {
-        reqOptions.socketPath = target.socketPath;
+      // The TLS connection is made and its certificate checked before HTTP writes a byte on it.
+      if (tls) {
+        const socket = await secureSocket();
+        reqOptions.createConnection = () => socket;
       }
       return new Promise<RawResponse>((resolve, reject) => {
         const req = send(reqOptions, (res) => {

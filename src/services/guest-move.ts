@@ -1863,6 +1863,21 @@ export function createMoveReceiver(deps: {
     ...(deps.stagedMaxAgeMs !== undefined && { maxAgeMs: deps.stagedMaxAgeMs }),
   };
   /**
+   * What a sweep may do with this member's copy of guest `guest`: `kept` while this receiver works
+   * on the guest or a move of it to this member is journaled in `marks` (the copy is that move's);
+   * `gone` once the guest was deleted; `ours` once its records name this member; else `stray`
+   * (another member's guest: the copy goes).
+   */
+  async function copyStanding(guest: string, marks: MoveMark[]): Promise<'kept' | 'gone' | 'ours' | 'stray'> {
+    if (busy.has(guest) || marks.some((m) => m.guest === guest && m.to === hostName)) return 'kept';
+    const [spec, owner] = await Promise.all([
+      records.guest.at(guest).get(store),
+      records.guestLocation.at(guest).get(store),
+    ]);
+    if (!spec) return 'gone';
+    return (owner?.value ?? spec.value.location) === hostName ? 'ours' : 'stray';
+  }
+  /**
    * Discards the copies that moves undone left here while this member did not answer (the keys
    * `discardThere` left for it, `keys.moveDiscard`), unless a move of the guest to this member
    * runs again (its journal names this member) or the guest is this member's now (the key only
@@ -1885,15 +1900,11 @@ export function createMoveReceiver(deps: {
       return removed;
     }
     for (const { key, guest } of left) {
-      // A move of the guest to this member runs again: the copy here is that move's now.
-      if (busy.has(guest) || marks.some((m) => m.guest === guest && m.to === hostName)) continue;
       try {
-        const [spec, owner] = await Promise.all([
-          records.guest.at(guest).get(store),
-          records.guestLocation.at(guest).get(store),
-        ]);
+        const standing = await copyStanding(guest, marks);
+        if (standing === 'kept') continue;
         // Deleted since (its delete went everywhere), or this member's now: nothing to discard.
-        if (spec && (owner?.value ?? spec.value.location) !== hostName) {
+        if (standing === 'stray') {
           await holding(guest, () => base.discard(guest));
           removed.push({
             name: guest,
@@ -1934,17 +1945,14 @@ export function createMoveReceiver(deps: {
     }
     for (const file of left) {
       const guest = file.slice(INCOMING_PREFIX.length);
-      if (busy.has(guest) || marks.some((m) => m.guest === guest && m.to === hostName)) continue;
       try {
-        const [spec, owner] = await Promise.all([
-          records.guest.at(guest).get(store),
-          records.guestLocation.at(guest).get(store),
-        ]);
-        if (!spec) {
+        const standing = await copyStanding(guest, marks);
+        if (standing === 'kept') continue;
+        if (standing === 'gone') {
           sweepLog.warn({ guest }, "a live move's copy here of a guest deleted since is left");
           continue;
         }
-        if ((owner?.value ?? spec.value.location) === hostName) {
+        if (standing === 'ours') {
           await rm(join(deps.workDir, file), { force: true });
           removed.push({ name: file, why: `guest ${guest} is ${hostName}'s now` });
           continue;

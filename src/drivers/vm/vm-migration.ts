@@ -437,10 +437,11 @@ export async function recoverSource(
 /**
  * What an earlier `migrateOut` left in this QEMU and could not undo itself, undone in its undo's
  * order (see `recoverSource`, which resumes the guest after it): answers what was undone, and
- * what could not be (each with its reason). `migrateOut` runs it first too: a migration whose
- * destination stopped answering (its member lost) leaves the mirror job draining into the dead
- * NBD connection past the undo's wait, and the node it holds with it; once the connection has
- * failed the job has ended, and the next move removes both instead of failing on the name.
+ * what could not be (each with its reason). The vm driver runs it before each migration too
+ * (vm-live-migration.ts): a migration whose destination stopped answering (its member lost)
+ * leaves the mirror job draining into the dead NBD connection past `migrateOut`'s undo's wait, and
+ * the node it holds with it; once the connection has failed the job has ended, and the next move
+ * removes both instead of failing on the name.
  */
 export async function undoLeftovers(
   qmp: MigrationQmp,
