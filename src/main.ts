@@ -47,6 +47,7 @@ import { createVmDriver } from './drivers/vm/vm-driver.ts';
 import { createVmStorage } from './drivers/vm/vm-storage.ts';
 import { createVmVolumes } from './drivers/vm/vm-volumes.ts';
 import { KERNEL_BOOT_ID_FILE, readBootId } from './host/boot-id.ts';
+import { parseFailpoints } from './host/failpoints.ts';
 import { helperRunner } from './host/helper-runner.ts';
 import { readCgroupProcessIo, readGuestIo, readHostCounters } from './host/host-counters.ts';
 import { DENSITY_SYSCTLS, raiseSysctls } from './host/host-sysctls.ts';
@@ -126,6 +127,17 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   const logForward: LogForward = {};
   const log = createLogger({ forward: logForward });
   await takePidLock(stateDir);
+  // Fault tests' failpoints (decision 0107): a daemon started with them stops itself at each.
+  const failpoints = parseFailpoints(process.env.TRIVISOR_FAILPOINTS);
+  if (failpoints.armed.size > 0) {
+    log.warn(
+      { failpoints: [...failpoints.armed] },
+      'failpoints armed: the daemon stops itself (SIGSTOP) at each',
+    );
+  }
+  if (failpoints.unknown.length > 0) {
+    log.warn({ names: failpoints.unknown }, 'TRIVISOR_FAILPOINTS names no such failpoint: ignored');
+  }
   // Before any guest starts: the kernel settings thousands of ct guests need (decisions 0057-0059).
   // Only raised, never lowered; each is reported in `trivisor info --host`.
   const sysctls = await raiseSysctls(DENSITY_SYSCTLS);
@@ -349,6 +361,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
   /** Tries again, every minute, a move whose undoing or resume failed while this daemon lives. */
   let retryMoves: (() => { stop(): void }) | undefined;
   let movesRetrying: { stop(): void } | undefined;
+  /** Sweeps what undone moves left here now (the receiver's sweep, otherwise every 5 minutes). */
+  let sweepMoves: (() => void) | undefined;
   if (membership && memberClient) {
     const removeLocal = async (spec: GuestSpec) => {
       // A guest on a shared pool keeps its files (the pool's, now used by another member): only this member's link goes.
@@ -422,6 +436,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
     // live move's snapshots and its prepare, or during a receive) goes now, before the member API
     // serves, then every 5 minutes (decision 0088, amended).
     await receiver.sweep({ uploadDir: stateDir });
+    sweepMoves = () => void receiver.sweep();
     retryMoves = () => {
       const moves = guestMover.retryUnfinished();
       const sweeps = receiver.sweepEvery();
@@ -665,11 +680,22 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<void> {
       version,
       startedAt: new Date().toISOString(),
     };
+    let fenced = false;
     lease = await startMemberLease({
       store,
       name: membership.name,
       heartbeat: () => ({ ...heartbeat, usage: meter.sample() }),
       log,
+      // Back after its lease was lost (its host hung or was cut off, its daemon stopped): a move to
+      // here undone meanwhile left its copy for this member to discard (decision 0042, amended: a
+      // hung destination), now rather than at the next sweep, up to 5 minutes on.
+      onStateChange: (state) => {
+        if (state === 'fenced') fenced = true;
+        else if (state === 'live' && fenced) {
+          fenced = false;
+          sweepMoves?.();
+        }
+      },
     });
   }
 

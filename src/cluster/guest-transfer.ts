@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { notFound } from '../core/errors.ts';
+import { notFound, TrivisorError, unavailable } from '../core/errors.ts';
 import type { ProcessIdentity } from '../core/types.ts';
 import type { IncomingEndpoints, MigrationTls } from '../drivers/live-migration.ts';
 import type { MoveTransport } from '../services/guest-move.ts';
@@ -62,6 +62,12 @@ export function createMoveTransport(deps: {
         metadataOfAnswer(res.statusCode ?? 500, Buffer.concat(chunks), `member ${target.name}`);
         const failure = await piping;
         if (failure) throw failure;
+      } catch (e) {
+        // Its answer's error as it sent it; an abort as the caller's signal says (member-watch.ts).
+        if (e instanceof TrivisorError || signal.aborted) throw e;
+        // The connection broken under the transfer (its daemon died, its host went away): a
+        // one-line reason, not the socket's "socket hang up".
+        throw unavailable(`${target.name} broke the connection before it answered (${(e as Error).message})`);
       } finally {
         socket.destroy();
       }

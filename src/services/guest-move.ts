@@ -33,6 +33,7 @@ import type {
   MigrationProgress,
   MigrationTls,
 } from '../drivers/live-migration.ts';
+import { failpoint } from '../host/failpoints.ts';
 import { type Logger, silentLogger } from '../host/logger.ts';
 import type { ProcessRunner } from '../host/runner.ts';
 import type { HostSubnet } from '../network/default-network.ts';
@@ -1757,6 +1758,9 @@ export function createMoveReceiver(deps: {
         } finally {
           await rm(work, { recursive: true, force: true });
         }
+        failpoint('move.receive.files-made', () =>
+          sweepLog.warn({ guest: name, failpoint: 'move.receive.files-made' }, 'failpoint reached: stopping'),
+        );
       } finally {
         await rm(archivePath, { force: true });
       }

@@ -44,8 +44,11 @@ export interface Daemon {
   stderr(): string;
   /** kill -9 the daemon (guests must survive). */
   kill9(): Promise<void>;
-  /** Starts the daemon again on the same state dir (in a UTS namespace with `hostname`, if given). */
-  restart(options?: { hostname?: string }): Promise<void>;
+  /**
+   * Starts the daemon again on the same state dir (in a UTS namespace with `hostname`, if given);
+   * `env` adds to its environment for this start only (a failpoint, src/host/failpoints.ts).
+   */
+  restart(options?: { hostname?: string; env?: Record<string, string> }): Promise<void>;
   /**
    * Records a network namespace or host interface the test makes beside the daemon, so that
    * destroy() removes it, and a sweep does if the test is killed (claim before making it).
@@ -100,7 +103,7 @@ export async function startDaemon(
   let child = await launch(options.hostname);
   let info = readDaemonJson();
 
-  async function launch(hostname?: string): Promise<ChildProcess> {
+  async function launch(hostname?: string, extraEnv: Record<string, string> = {}): Promise<ChildProcess> {
     rmSync(path.join(stateDir, 'daemon.json'), { force: true });
     // With a host name: in a UTS namespace of its own, so the machine's name is untouched.
     const daemonArgv = hostname
@@ -118,7 +121,10 @@ export async function startDaemon(
     const argv = options.netns ? ['nsenter', `--net=/run/netns/${options.netns}`, ...daemonArgv] : daemonArgv;
     // Its log (pino, on stdout) goes to STATE/daemon.log, for a failing test to read.
     const logFd = openSync(path.join(stateDir, 'daemon.log'), 'a', 0o600);
-    const c = spawn(argv[0]!, argv.slice(1), { env, stdio: ['ignore', logFd, 'pipe'] });
+    const c = spawn(argv[0]!, argv.slice(1), {
+      env: { ...env, ...extraEnv },
+      stdio: ['ignore', logFd, 'pipe'],
+    });
     closeSync(logFd);
     let stderr = '';
     daemonStderr = '';
@@ -191,7 +197,7 @@ export async function startDaemon(
       );
     },
     async restart(o = {}) {
-      child = await launch(o.hostname);
+      child = await launch(o.hostname, o.env);
       info = readDaemonJson();
     },
     claim(things) {
