@@ -103,6 +103,30 @@ describe('a vm backup chain goes on on the member a stopped guest moved to', () 
       (await storedBitmaps(runner, b.disk)).map((x) => x.name),
       [linkBitmap(link0.chain, 1)],
     );
+    // c, recovered from the chain (admin recover applies it so), goes on with it too: the import of
+    // each link leaves an empty bitmap named for it, the last one's only.
+    assert.deepEqual(
+      (await storedBitmaps(runner, c.disk)).map((x) => x.name),
+      [linkBitmap(link0.chain, 1)],
+      'the recovered disk holds the bitmap of the last link applied',
+    );
+    const afterLink1 = await shipped(b.storage, incTar);
+    await write(c.disk, 9 * MiB, CLUSTER, 0x99);
+    assert.equal(await c.storage.continueChain?.(spec, afterLink1), true);
+    const inc2Tar = path.join(fixture.dir, 'c-inc2.tar.zst');
+    const link2 = await c.storage.exportIncremental?.(spec, inc2Tar);
+    assert.deepEqual(link2, { chain: link0.chain, sequence: 2, kind: 'incremental' });
+    assert.deepEqual(
+      await clustersOf(await unpackDisk(inc2Tar, path.join(fixture.dir, 'c-inc2'))),
+      [144],
+      "c's next link holds the cluster written at 9 MiB after its recovery and nothing else",
+    );
+    // The three links applied on a fourth member give c's disk.
+    const r = await member('r');
+    await r.storage.importIncremental?.(spec, full, { link: link0 });
+    await r.storage.importIncremental?.(spec, incTar, { link: link1 as NonNullable<typeof link1> });
+    await r.storage.importIncremental?.(spec, inc2Tar, { link: link2 as NonNullable<typeof link2> });
+    await assertIdentical(r.disk, c.disk);
   });
 
   test('a guest moved with a snapshot: the snapshot’s import keeps the bitmap, and the chain goes on', async () => {

@@ -33,6 +33,7 @@ import {
   createVmIncrementalBackups,
   isBackupBitmap,
   isSoundBitmap,
+  linkBitmap,
   storedBitmaps,
 } from './vm-incremental.ts';
 import { createVmLiveRestore } from './vm-live-restore.ts';
@@ -727,7 +728,13 @@ export function createVmStorage(ctx: DriverContext, options: VmStorageOptions): 
             },
         uefiVarsOf(spec),
       );
-      const mtime = (await stat(pathsOf(spec).disk, { bigint: true })).mtimeNs.toString();
+      // The disk is the link's whole content now: an empty bitmap named for the link lets the
+      // chain go on from it (decision 0062, amended: a recovery's first backup is the next link once
+      // the chain's shipped state is taken over). What an earlier link left goes first.
+      const disk = pathsOf(spec).disk;
+      await dropBackupBitmap(disk);
+      await runner.run(['qemu-img', 'bitmap', '--add', disk, linkBitmap(link.chain, link.sequence)]);
+      const mtime = (await stat(disk, { bigint: true })).mtimeNs.toString();
       await writeFile(
         `${restored}.tmp`,
         `${JSON.stringify({ chain: link.chain, sequence: link.sequence, diskMtimeNs: mtime })}\n`,
