@@ -107,6 +107,51 @@ describe('a followed backup download in the web UI', () => {
   });
 });
 
+/** A body of one data frame, then silence until `endAfterMs` (never, if undefined), then its end frame. */
+async function silentThenEnd(o: {
+  exportEnded: Promise<unknown>;
+  silentMs: number;
+  endAfterMs?: number;
+}): Promise<Blob> {
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/vnd.trivisor.archive-frames' });
+    res.write(frame(FRAME.data, 0, Buffer.from('abc')));
+    if (o.endAfterMs !== undefined) setTimeout(() => res.end(frame(FRAME.end, 3)), o.endAfterMs);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/`);
+    assert.ok(res.body);
+    return await readFollowed(res.body, undefined, { exportEnded: o.exportEnded, silentMs: o.silentMs });
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+}
+
+describe('a followed download that goes silent (issue 20: never awaited for ever)', () => {
+  it('is stopped once nothing came for silentMs after the export ended, with a one-line reason', async () => {
+    await assert.rejects(
+      silentThenEnd({ exportEnded: Promise.resolve(), silentMs: 200 }),
+      /^Error: The download stopped: nothing came for 0\.2 s after the export ended$/,
+    );
+  });
+
+  it('an export that failed starts the watch too', async () => {
+    const failed = Promise.reject(new Error('Cancelled'));
+    failed.catch(() => {});
+    await assert.rejects(silentThenEnd({ exportEnded: failed, silentMs: 200 }), /nothing came for 0\.2 s/);
+  });
+
+  it('is not stopped while the export runs, however long the silence', async () => {
+    // The export "ends" after 600 ms, the body 100 ms later: silence of 700 ms in all, 100 after the end.
+    const exportEnded = new Promise((r) => setTimeout(r, 600));
+    const blob = await silentThenEnd({ exportEnded, silentMs: 300, endAfterMs: 700 });
+    assert.equal(Buffer.from(await blob.arrayBuffer()).toString(), 'abc');
+  });
+});
+
 describe('FollowAssembler', () => {
   const data = (offset: number, bytes: Buffer) => frame(FRAME.data, offset, bytes);
 

@@ -122,7 +122,13 @@ export interface WebApi extends Shared, VolumeClient, ProjectClient, AuthClient,
    * Downloads a backup while its export writes it (`export?follow=true`, issue 20 §4): the whole
    * archive, or the export's failure (or how the download fell short) as the error.
    */
-  followBackup(guest: string, backup: string, onBytes?: (receivedBytes: number) => void): Promise<Blob>;
+  followBackup(
+    guest: string,
+    backup: string,
+    onBytes?: (receivedBytes: number) => void,
+    /** Settles when the export's operation ended: from then on a silent download is stopped. */
+    exportEnded?: Promise<unknown>,
+  ): Promise<Blob>;
   guestHistory(name: string, range: HistoryRange): Promise<History>;
   /** A member's history: this one's, or another's (`member`), which the API asks of it. */
   hostHistory(range: HistoryRange, member?: string): Promise<History>;
@@ -332,11 +338,11 @@ export function createWebApi(options: WebApiOptions): WebApi {
         ...(o.uncompressed && { uncompressed: true }),
         ...(o.name !== undefined && { name: o.name }),
       }),
-    async followBackup(guest, backup, onBytes) {
+    async followBackup(guest, backup, onBytes, exportEnded) {
       const res = await send('GET', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}/export?follow=true`);
       if (res.status >= 400 || !res.body) await envelope(res);
       if (!res.body) throw new ApiError(`Expected an archive (HTTP ${res.status})`, res.status);
-      return readFollowed(res.body, onBytes);
+      return readFollowed(res.body, onBytes, exportEnded ? { exportEnded } : {});
     },
     async deleteBackup(guest, backup) {
       await call('DELETE', `/1.0/guests/${enc(guest)}/backups/${enc(backup)}`);

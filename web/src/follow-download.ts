@@ -136,27 +136,63 @@ function concat(parts: Uint8Array[], length: number): Uint8Array {
 }
 
 /**
+ * How long a followed download may receive nothing once its export has ended: the daemon then
+ * holds the whole archive (or the failure) and sends it at once, so a body silent this long is
+ * stuck (the CLI's SILENT_AFTER_EXPORT_MS, src/cli/export-download.ts; issue 20).
+ */
+export const SILENT_AFTER_EXPORT_MS = 30_000;
+
+/**
  * Reads a followed download's body to its end into an archive blob; `onBytes` hears the bytes
- * received so far. Throws the export's reason, or says how the download fell short.
+ * received so far. Throws the export's reason, or says how the download fell short. Once
+ * `exportEnded` has settled (the export's operation ended, either way), a body that brings
+ * nothing for `silentMs` is stopped with an error: the page never waits for ever on it.
  */
 export async function readFollowed(
   body: ReadableStream<Uint8Array>,
   onBytes?: (receivedBytes: number) => void,
+  options: { exportEnded?: Promise<unknown>; silentMs?: number } = {},
 ): Promise<Blob> {
+  const silentMs = options.silentMs ?? SILENT_AFTER_EXPORT_MS;
   const assembler = new FollowAssembler();
   const reader = body.getReader();
+  let lastBytesAt = Date.now();
+  let watchdog: ReturnType<typeof setInterval> | undefined;
+  let finished = false;
+  const silent = new Promise<never>((_, reject) => {
+    const watch = () => {
+      if (finished) return;
+      lastBytesAt = Date.now();
+      watchdog = setInterval(
+        () => {
+          if (Date.now() - lastBytesAt < silentMs) return;
+          reject(
+            new Error(`The download stopped: nothing came for ${silentMs / 1000} s after the export ended`),
+          );
+        },
+        Math.max(10, Math.min(1000, silentMs / 4)),
+      );
+    };
+    options.exportEnded?.then(watch, watch);
+  });
+  silent.catch(() => {});
   try {
     for (;;) {
-      const { done, value } = await reader.read().catch(() => {
+      const read = reader.read().catch(() => {
         throw new Error('The download broke off before the archive was complete');
       });
+      const { done, value } = await Promise.race([read, silent]);
       if (done) break;
+      lastBytesAt = Date.now();
       assembler.push(value);
       onBytes?.(assembler.receivedBytes);
     }
   } catch (e) {
     await reader.cancel().catch(() => {});
     throw e;
+  } finally {
+    finished = true;
+    clearInterval(watchdog);
   }
   return assembler.finish();
 }

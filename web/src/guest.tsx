@@ -421,16 +421,22 @@ function Backups(props: { guest: Guest }) {
             );
             received.value = 0;
             try {
+              const exported = finished(op);
               const downloading = api
-                .followBackup(g.name, name, (n) => {
-                  received.value = n;
-                })
+                .followBackup(
+                  g.name,
+                  name,
+                  (n) => {
+                    received.value = n;
+                  },
+                  exported,
+                )
                 .catch(async (e: unknown) => {
                   // Nothing more of it can be kept: the daemon stops writing it.
                   await api.cancelOperation(op.id).catch(() => {});
                   throw e;
                 });
-              const [waited, downloaded] = await Promise.allSettled([finished(op), downloading]);
+              const [waited, downloaded] = await Promise.allSettled([exported, downloading]);
               if (waited.status === 'rejected' || downloaded.status === 'rejected') {
                 // Not listed on the page, so not left on the daemon either.
                 await api.deleteBackup(g.name, name).catch(() => {});
