@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -34,6 +34,8 @@ function refused(r: { code: number; stdout: string; stderr: string }, pattern: R
 let cluster: TestCluster;
 let runDir: string;
 let nfs: string;
+/** The backup chain the vm guest's full export on m2 began (the live move's case). */
+let fullChain: string | undefined;
 
 before(async () => {
   cluster = await makeTestCluster(['m1', 'm2']);
@@ -189,6 +191,15 @@ describe('a shared storage pool on two members', () => {
       assert.equal(existsSync(path.join(nfs, 'guests', name, f)), false, `no ${f} on the pool`);
     }
 
+    // The first link of its backup chain, made on m2 (its QEMU then holds the link's bitmap, which
+    // the move must bring along: see the case after this one).
+    const full = m2.daemon.ok(['export', name, path.join(runDir, 'sh-vm-full.tar'), '--incremental'], {
+      timeoutMs: 300_000,
+    });
+    const chain = /^Full backup: starts chain ([0-9a-f]{16})\n$/.exec(full)?.[1];
+    assert.ok(chain, full);
+    fullChain = chain;
+
     const moved = m1.daemon.cli(['move', name, '--target', 'm1', '--live'], { timeoutMs: 300_000 });
     assert.equal(
       moved.code,
@@ -229,6 +240,19 @@ describe('a shared storage pool on two members', () => {
       .stdout.trim()
       .split('\n');
     assert.equal(qemus.filter((p) => p !== '').length, 1, "one QEMU of the guest on the machine: m1's");
+  });
+
+  test("the vm's backup chain goes on on m1 after the shared-pool live move: its next export is the chain's next link, holding only what changed", () => {
+    const [m1] = cluster.hosts;
+    assert.ok(m1 && fullChain);
+    const name = 'sh-vm';
+    const inc = path.join(runDir, 'sh-vm-inc1.tar');
+    const out = m1.daemon.ok(['export', name, inc, '--incremental'], { timeoutMs: 300_000 });
+    assert.equal(out, `Incremental backup 1 of chain ${fullChain}\n`);
+    const fullBytes = statSync(path.join(runDir, 'sh-vm-full.tar')).size;
+    const incBytes = statSync(inc).size;
+    assert.ok(incBytes < fullBytes / 4, `link 1 is ${incBytes} B against the full's ${fullBytes} B`);
+    for (const f of ['sh-vm-full.tar', 'sh-vm-inc1.tar']) rmSync(path.join(runDir, f));
   });
 
   test("m1's start-up sweep drops its stale link to a guest that runs on m2, and nothing of the guest's", async () => {
