@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import type { BackupDirectoryArchiveWire } from '../api/backup-schemas.ts';
@@ -8,6 +7,7 @@ import type { Operation } from '../api/types.ts';
 import type { CreatePoolRequest, StoragePool } from '../services/pool-service.ts';
 import type { RecoverReport } from '../services/storage-service.ts';
 import type { SnapshotRecord } from '../storage/storage-records.ts';
+import { writeFileBody } from './file-body.ts';
 import { parseEnvelope, type Transport } from './transport.ts';
 
 /** Snapshots, copies and backups of guests. */
@@ -245,17 +245,30 @@ export function storageMethods(
     },
     async importBackup(filePath, o = {}) {
       const size = (await stat(filePath)).size;
+      const file = await open(filePath, 'r');
+      // The body is sent while the daemon already unpacks it, and after its answer (the import's
+      // operation) has come: the file is closed once the body's writing has ended, whichever way.
+      let sending: Promise<void> | undefined;
       const query = o.target !== undefined ? `?target=${enc(o.target)}` : '';
-      const res = await transport.request('POST', `/1.0/backups${query}`, {
-        stream: createReadStream(filePath, { highWaterMark: ARCHIVE_IO_BYTES }),
-        headers: {
-          'content-type': 'application/octet-stream',
-          'content-length': String(size),
-          ...(o.name !== undefined && { 'x-trivisor-name': o.name }),
-          ...(o.storage !== undefined && { 'x-trivisor-pool': o.storage }),
-          ...(o.live && { 'x-trivisor-live': '1' }),
-        },
-      });
+      const res = await transport
+        .request('POST', `/1.0/backups${query}`, {
+          body: (out) => {
+            sending = writeFileBody(file, out, { size }).finally(() => file.close());
+            return sending;
+          },
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-length': String(size),
+            ...(o.name !== undefined && { 'x-trivisor-name': o.name }),
+            ...(o.storage !== undefined && { 'x-trivisor-pool': o.storage }),
+            ...(o.live && { 'x-trivisor-live': '1' }),
+          },
+        })
+        .catch(async (e: unknown) => {
+          // A request that failed before its body was asked for (a TLS connection refused).
+          if (sending === undefined) await file.close();
+          throw e;
+        });
       return parseEnvelope<AsyncResponse>(res).metadata;
     },
     importFromBackups: (archive, o = {}) =>

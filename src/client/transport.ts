@@ -50,6 +50,12 @@ export interface Transport {
     options?: {
       json?: unknown;
       stream?: Readable;
+      /**
+       * Writes the request's body into `out` and ends it, instead of `stream`: its writes' callbacks
+       * say when a buffer may be used again (the import's upload, decision 0106). A rejection
+       * destroys the request, as a failed `stream` does.
+       */
+      body?: (out: Writable) => Promise<void>;
       headers?: Record<string, string>;
       /** A successful (< 400) answer's body is streamed here instead of being buffered. */
       sink?: Writable;
@@ -170,7 +176,9 @@ export function createTransport(target: ClientTarget): Transport {
           res.on('error', (e) => reject(aborted(e)));
         });
         req.on('error', (e: NodeJS.ErrnoException) => reject(aborted(connectionError(e, describe()))));
-        if (options.stream) {
+        if (options.body) {
+          options.body(req).catch((e: unknown) => req.destroy(e as Error));
+        } else if (options.stream) {
           pipeline(options.stream, req).catch((e: unknown) => req.destroy(e as Error));
         } else {
           req.end(payload);

@@ -215,3 +215,106 @@ describe('feeding a streamed payload to its consumer', () => {
     assert.equal((await head.reader.next())?.type, 'directory');
   });
 });
+
+describe('the batches of a streamed payload (decision 0106)', () => {
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  const BATCH = 256 << 10;
+
+  it('the upload goes on into the second batch while the first is being written, every byte intact', async () => {
+    const { bytes, payload } = await archive('batches.tar', { index: true });
+    let handedOut = 0;
+    const counted = async function* () {
+      for await (const chunk of chunked(bytes, 65_536)) {
+        handedOut += chunk.length;
+        yield chunk;
+      }
+    };
+    // Released once read: a batch that still pointed into a chunk given back would read nothing.
+    const head = await readArchiveHead(counted(), { release: true });
+    assert.ok(head.index);
+    await head.reader.next();
+    let whileWriting = 0;
+    let got = Buffer.alloc(0);
+    const fed = await feedStreamedPayload({
+      reader: head.reader,
+      rel: 'rootfs.tar.zst',
+      work: dir,
+      runner: hostRunner(),
+      signal: new AbortController().signal,
+      batchBytes: BATCH,
+      consume: async (fifo) => {
+        const f = await open(fifo, 'r');
+        const parts: Buffer[] = [];
+        const first = Buffer.alloc(1000);
+        const { bytesRead } = await f.read(first, 0, 1000, null);
+        parts.push(first.subarray(0, bytesRead));
+        // The first batch's write waits on this reader (a pipe holds 64 KiB): meanwhile the upload
+        // fills the other buffer.
+        await new Promise((r) => setTimeout(r, 200));
+        whileWriting = handedOut;
+        for (;;) {
+          const b = Buffer.alloc(100_000);
+          const r = await f.read(b, 0, b.length, null);
+          if (r.bytesRead === 0) break;
+          parts.push(b.subarray(0, r.bytesRead));
+        }
+        await f.close();
+        got = Buffer.concat(parts);
+      },
+    });
+    assert.equal(fed.failure, undefined);
+    assert.ok(got.equals(payload), 'the consumer read the payload');
+    assert.deepEqual(fed.digest, { sha256: sha(payload), sizeBytes: payload.length });
+    // Two batches (and the index's and headers' blocks), not one, had come from the upload.
+    assert.ok(
+      whileWriting >= 2 * BATCH,
+      `${whileWriting} bytes read from the upload while a batch was written`,
+    );
+    assert.ok(whileWriting <= 2 * BATCH + 3 * 65_536, `${whileWriting} bytes read ahead`);
+    assert.equal((await head.reader.next())?.type, 'directory');
+  });
+
+  it('a cancel ends the feed without waiting for upload bytes that do not come', async () => {
+    const { bytes } = await archive('stalled.tar', { index: true });
+    let unstall: () => void = () => {};
+    const stalled = new Promise<void>((r) => {
+      unstall = r;
+    });
+    // The index, the payload's header and two and a half batches of it, then nothing until the test ends.
+    const upload = async function* () {
+      yield* chunked(bytes.subarray(0, 1536 + 2.5 * BATCH), 65_536);
+      await stalled;
+    };
+    const head = await readArchiveHead(upload());
+    assert.ok(head.index);
+    await head.reader.next();
+    const abort = new AbortController();
+    try {
+      await assert.rejects(
+        feedStreamedPayload({
+          reader: head.reader,
+          rel: 'rootfs.tar.zst',
+          work: dir,
+          runner: hostRunner(),
+          signal: abort.signal,
+          batchBytes: BATCH,
+          consume: async (fifo) => {
+            const f = await open(fifo, 'r');
+            const b = Buffer.alloc(65_536);
+            for (;;) {
+              const r = await f.read(b, 0, b.length, null);
+              if (r.bytesRead === 0) break;
+              // Cancelled at once: the second batch, filled meanwhile, is the one that sees it,
+              // while the third is being filled from an upload that stalls.
+              abort.abort();
+            }
+            await f.close();
+          },
+        }),
+        /The import was cancelled/,
+      );
+    } finally {
+      unstall();
+    }
+  });
+});

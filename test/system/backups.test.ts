@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createClient } from '../../src/client/client.ts';
@@ -123,6 +124,50 @@ describe('export and import of ct guests between two daemons', () => {
     const followed = readFileSync(file('followed.tar'));
     assert.equal(followed.length, done.metadata.sizeBytes);
     assert.ok(followed.equals(readFileSync(file('finished.tar'))), 'the followed download is the archive');
+    assert.deepEqual(leftovers(src), ['b1']);
+  });
+
+  test("a download over plain TCP is the daemon's archive byte for byte; the CLI's export over the unix socket imports back over HTTPS", async () => {
+    // The daemon's own TCP listener is HTTPS only (a remote's): a client given an http:// URL reads
+    // a download over plain TCP (src/client/sink-request.ts), here through a forwarder to its socket.
+    const client = createClient({ socketPath: src.socket });
+    const backup = `backup-${randomBytes(8).toString('hex')}`;
+    await client.waitOperation((await client.createBackup('b1', { name: backup, snapshots: true })).id);
+    const sha256 = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+    const onDaemon = sha256(path.join(src.stateDir, 'backups', 'b1', `${backup}.tar`));
+    const open = new Set<net.Socket>();
+    const forwarder = net.createServer((c) => {
+      const d = net.connect(src.socket);
+      for (const s of [c, d]) {
+        open.add(s);
+        s.on('close', () => open.delete(s));
+      }
+      c.on('error', () => d.destroy());
+      d.on('error', () => c.destroy());
+      c.pipe(d).pipe(c);
+    });
+    try {
+      await new Promise<void>((r) => forwarder.listen(0, '127.0.0.1', r));
+      const port = (forwarder.address() as net.AddressInfo).port;
+      const overTcp = createClient({ url: `http://127.0.0.1:${port}` });
+      await overTcp.downloadBackup('b1', backup, file('tcp.tar'));
+      await overTcp.downloadBackup('b1', backup, file('tcp-followed.tar'), { follow: true });
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise((r) => forwarder.close(r));
+      await client.deleteBackup('b1', backup);
+    }
+    assert.equal(sha256(file('tcp.tar')), onDaemon);
+    assert.equal(sha256(file('tcp-followed.tar')), onDaemon);
+    // The CLI's own path: its download over the unix socket, its upload over HTTPS (a remote).
+    src.ok(['export', 'b1', file('cli.tar.zst'), '--with-snapshots']);
+    assert.equal(
+      src.ok(['--remote', 'src', 'import', file('cli.tar.zst'), 'b1cli']).trim(),
+      'Imported b1cli',
+    );
+    src.ok(['start', 'b1cli']);
+    assert.equal(src.ok(['exec', 'b1cli', '--', ...FINGERPRINT]), before1);
+    src.ok(['delete', '--force', 'b1cli']);
     assert.deepEqual(leftovers(src), ['b1']);
   });
 
