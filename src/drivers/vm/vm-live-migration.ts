@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { conflict, failedPrecondition } from '../../core/errors.ts';
 import { withRevert } from '../../core/revert.ts';
 import type { ProcessRunner } from '../../host/runner.ts';
-import type { LiveMigration, MigrationTls } from '../live-migration.ts';
+import type { IncomingEndpoints, LiveMigration, MigrationTls } from '../live-migration.ts';
 import type { QmpCallOptions } from './qmp-client.ts';
 import { exists, type VmContext } from './vm-context.ts';
 import type { VmLaunch } from './vm-launch.ts';
@@ -57,6 +57,19 @@ export function migrationFilter(guest: string, options: { from: string; ports: r
     `    tcp dport { ${options.ports.join(', ')} } meta nfproto != ${family === 'ip' ? 'ipv4' : 'ipv6'} drop\n` +
     '  }\n}\n'
   );
+}
+
+/**
+ * `ss -K`: aborts this host's TCP connections to a migration's destination ports (the kernel's
+ * SOCK_DESTROY; run in the member's network namespace, where the guest's QEMU is): the NBD export's
+ * and the RAM stream's, open or still being opened. A destination that hangs answers nothing, not
+ * even a reset: QEMU's sends and connects would wait for as long as TCP retries (decision 0042,
+ * amended: a hung destination). Only those two ports of that address: they are this migration's.
+ */
+export function dropConnectionsArgv(to: IncomingEndpoints): string[] {
+  const ports = [to.nbdPort, to.migrationPort].filter((p) => p > 0);
+  const dports = ports.flatMap((p, i) => [...(i > 0 ? ['or'] : []), 'dport', '=', `:${p}`]);
+  return ['ss', '-tnK', 'dst', to.host.includes(':') ? `[${to.host}]` : to.host, '(', ...dports, ')'];
 }
 
 /** Removes a migration's filter (nothing when there is none). */
@@ -235,6 +248,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
       };
       // Until it is resumed here or its QEMU is gone, a paused source is this migration's to decide.
       migratingOut.add(spec.name);
+      let begun = false;
       try {
         const files = {
           'ca-cert.pem': options.tls.caCert,
@@ -268,6 +282,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
         }
         const uid = await uidOf(spec);
         const started = await withCredentialsDir(uid, files, async (tlsDir) => {
+          begun = true;
           const migrating = migrateOut(qmp, {
             to: options.to,
             downtimeLimitMs: options.downtimeLimitMs,
@@ -275,6 +290,17 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
             tlsDir,
             onTlsLoaded: loaded,
             signal: options.signal,
+            dropConnections: async () => {
+              const r = await runner.run(dropConnectionsArgv(options.to), { timeoutMs: 10_000 });
+              // ss lists what it aborted under its header line.
+              const aborted = r.stdout.trim().split('\n').slice(1);
+              if (aborted.length > 0) {
+                log.info(
+                  { guest: spec.name, aborted },
+                  "the migration's connections to the destination aborted",
+                );
+              }
+            },
             ...(options.onProgress && { onProgress: options.onProgress }),
           });
           // Failing before it loaded them ends the wait too.
@@ -286,6 +312,12 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
       } catch (e) {
         // migrateOut resumed the guest here before it threw.
         migratingOut.delete(spec.name);
+        if (begun) {
+          log.info(
+            { guest: spec.name, err: e instanceof Error ? e.message : String(e) },
+            'the live migration stopped and undone here: the guest runs on',
+          );
+        }
         throw e;
       }
     },

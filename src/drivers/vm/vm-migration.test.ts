@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { isTrivisorError } from '../../core/errors.ts';
-import { migrationFilter } from './vm-live-migration.ts';
+import { isTrivisorError, unavailable } from '../../core/errors.ts';
+import { dropConnectionsArgv, migrationFilter } from './vm-live-migration.ts';
 import {
   finishIncoming,
   MIGRATION_QMP_TIMEOUT_MS,
@@ -38,12 +38,26 @@ function fakeQemu(
   let jobPolls = 0;
   let migratePolls = 0;
   let migrating = false;
+  let node = false;
   let running = true;
   const qmp: MigrationQmp = {
     async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
       calls.push(args ? { command, args } : { command });
       const answer = (value: unknown) => value as T;
       switch (command) {
+        case 'blockdev-add':
+          node = true;
+          return answer({});
+        case 'blockdev-del':
+          node = false;
+          return answer({});
+        // What QEMU can cut: its QMP socket (a chardev) always, the migration and the NBD node while there.
+        case 'query-yank':
+          return answer([
+            { type: 'chardev', id: 'qmp' },
+            ...(migrating ? [{ type: 'migration' }] : []),
+            ...(node ? [{ type: 'block-node', 'node-name': 'migration-target' }] : []),
+          ]);
         case 'blockdev-mirror':
           job = { status: 'running', ready: false, offset: 0 };
           return answer({});
@@ -101,6 +115,13 @@ function fakeQemu(
         }
         case 'migrate_cancel':
           migrating = false;
+          return answer({});
+        // A cut fails the migration, and the mirror's writes into the node: QEMU ends its job.
+        case 'yank':
+          for (const i of (args?.instances ?? []) as Array<{ type: string }>) {
+            if (i.type === 'migration') migrating = false;
+            if (i.type === 'block-node' && job) job.status = 'concluded';
+          }
           return answer({});
         case 'query-status':
           return answer({ status: running ? 'running' : 'postmigrate' });
@@ -273,11 +294,93 @@ describe('vm live migration over QMP', () => {
       'blockdev-mirror',
       'migrate-set-parameters',
       'migrate',
+      'yank',
       'migrate_cancel',
       'block-job-cancel',
       'job-dismiss',
       'blockdev-del',
     ]);
+  });
+
+  test('a destination that hangs while the RAM is copied (nothing answers, not even a reset): the undo cuts its connections first (yank of the migration and the NBD node only), so the cancels are answered and nothing of the migration stays', async () => {
+    const abort = new AbortController();
+    const fake = fakeQemu({
+      completeAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'migrate' && n === 2) abort.abort();
+      },
+    });
+    // Until its connections are cut, QEMU's sends wait on a peer that never answers: migrate_cancel
+    // is not answered within the wait, the forced cancel leaves the job draining, and the node it
+    // holds cannot go.
+    let cut = false;
+    let draining = false;
+    const hung: MigrationQmp = {
+      async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+        if (command === 'yank') cut = true;
+        if (abort.signal.aborted && !cut) {
+          if (command === 'migrate_cancel') {
+            fake.calls.push({ command });
+            throw unavailable(`QEMU did not answer migrate_cancel within ${MIGRATION_QMP_TIMEOUT_MS}ms.`);
+          }
+          if (command === 'block-job-cancel') {
+            fake.calls.push({ command });
+            draining = true;
+            return {} as T;
+          }
+          if (command === 'query-block-jobs' && draining) {
+            return [
+              { device: 'migration-mirror', len: 4096, offset: 4096, ready: true, status: 'aborting' },
+            ] as T;
+          }
+          if (command === 'blockdev-del') {
+            fake.calls.push({ command });
+            throw new Error(
+              "QEMU refused blockdev-del: Node 'migration-target' is busy: block device is in use by block job: mirror",
+            );
+          }
+        }
+        return fake.qmp.execute<T>(command, args);
+      },
+    };
+    let t = 0;
+    await assert.rejects(
+      migrateOut(hung, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'top',
+        signal: abort.signal,
+        pollMs: 1,
+        now: () => (t += 1000),
+        // The kernel's end of the connections goes first (it needs nothing of QEMU).
+        dropConnections: async () => {
+          fake.calls.push({ command: '(ss -K)' });
+        },
+      }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(fake.names(), [
+      'migrate-set-capabilities',
+      'blockdev-add',
+      'blockdev-mirror',
+      'migrate-set-parameters',
+      'migrate',
+      '(ss -K)',
+      'yank',
+      'migrate_cancel',
+      'block-job-cancel',
+      'job-dismiss',
+      'blockdev-del',
+    ]);
+    assert.deepEqual(fake.calls.find((c) => c.command === 'yank')?.args, {
+      instances: [{ type: 'migration' }, { type: 'block-node', 'node-name': 'migration-target' }],
+    });
+    assert.deepEqual(await fake.qmp.execute('query-block-jobs'), [], 'no mirror job left');
+    assert.deepEqual(
+      await fake.qmp.execute('query-yank'),
+      [{ type: 'chardev', id: 'qmp' }],
+      'no node, no migration',
+    );
   });
 
   for (const [command, undoneBy] of [
@@ -331,6 +434,7 @@ describe('vm live migration over QMP', () => {
       'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
+      'yank',
       'block-job-cancel',
       'job-dismiss',
       'blockdev-del',
@@ -361,6 +465,7 @@ describe('vm live migration over QMP', () => {
       'migrate-set-capabilities',
       'blockdev-add',
       'blockdev-mirror',
+      'yank',
       'block-job-cancel',
       'job-dismiss',
       'blockdev-del',
@@ -526,7 +631,39 @@ describe('vm live migration over QMP', () => {
       }),
       (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
     );
-    assert.deepEqual(names(), ['migrate-set-parameters', 'migrate', 'migrate_cancel']);
+    assert.deepEqual(names(), ['migrate-set-parameters', 'migrate', 'yank', 'migrate_cancel']);
+  });
+
+  test('a connection still being opened cannot be cut by QEMU (its SYN unanswered): the undo aborts it in the kernel first, and a failing abort does not stop the undo', async () => {
+    const abort = new AbortController();
+    const { qmp, names } = fakeQemu({
+      readyAfter: 100,
+      onPoll: (what, n) => {
+        if (what === 'mirror' && n === 2) abort.abort();
+      },
+    });
+    await assert.rejects(
+      migrateOut(qmp, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'top',
+        signal: abort.signal,
+        pollMs: 1,
+        dropConnections: async () => {
+          throw new Error('ss failed (exit 1): SOCK_DESTROY answers: Operation not supported');
+        },
+      }),
+      (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+    );
+    assert.deepEqual(names().slice(3), ['yank', 'block-job-cancel', 'job-dismiss', 'blockdev-del']);
+    // Only the destination's two ports of its address; an IPv6 address in brackets; no NBD port over a shared pool.
+    assert.deepEqual(dropConnectionsArgv(to), [
+      ...['ss', '-tnK', 'dst', '198.18.5.12', '(', 'dport', '=', ':40001'],
+      ...['or', 'dport', '=', ':40002', ')'],
+    ]);
+    assert.deepEqual(dropConnectionsArgv({ host: 'fd42::12', nbdPort: 0, migrationPort: 40002 }), [
+      ...['ss', '-tnK', 'dst', '[fd42::12]', '(', 'dport', '=', ':40002', ')'],
+    ]);
   });
 
   test("while a destination listens, only the source member's address reaches its two ports", () => {
@@ -563,6 +700,12 @@ describe('vm live migration over QMP', () => {
       tlsObject?: boolean;
       status?: string;
       refuse?: string[];
+      /**
+       * The migration's connections still open, so QEMU lists them to cut (`query-yank`): a cut
+       * fails the migration and ends the mirror job (its writes fail). Otherwise only the QMP
+       * socket is listed, as when the destination's end closed them already.
+       */
+      open?: boolean;
     }) {
       const calls: Call[] = [];
       let { migration, job, node, tlsNamed, tlsObject } = left;
@@ -573,6 +716,18 @@ describe('vm live migration over QMP', () => {
           if (left.refuse?.includes(command)) throw new Error(`QEMU refused ${command}`);
           const answer = (value: unknown) => value as T;
           switch (command) {
+            case 'query-yank':
+              return answer([
+                { type: 'chardev', id: 'qmp' },
+                ...(left.open && migration === 'active' ? [{ type: 'migration' }] : []),
+                ...(left.open && node ? [{ type: 'block-node', 'node-name': 'migration-target' }] : []),
+              ]);
+            case 'yank':
+              for (const i of (args?.instances ?? []) as Array<{ type: string }>) {
+                if (i.type === 'migration') migration = 'failed';
+                if (i.type === 'block-node' && job) job = 'concluded';
+              }
+              return answer({});
             case 'query-migrate':
               if (migration === 'cancelling') {
                 migration = 'cancelled';
@@ -734,6 +889,61 @@ describe('vm live migration over QMP', () => {
       // (The node it holds is tried too, and QEMU refuses it while the job holds it.)
       assert.equal(r.left[0], 'the mirror job migration-mirror cancelled: it did not end within 0.05 s');
       assert.ok(!draining.sent().some((c) => c.command === 'cont'));
+    });
+
+    test('a destination that hangs (its connections open, nothing answering): they are cut first (yank of the migration and the NBD node only), which fails the migration and ends the draining job; the job and node then go, the guest runs on', async () => {
+      const q = leftQemu({ migration: 'active', job: 'ready', node: true, tlsNamed: true, open: true });
+      // Until the cut, the job drains into a destination that never answers: it does not end.
+      const hung: MigrationQmp = {
+        execute: async <T>(command: string, args?: Record<string, unknown>) => {
+          if (command === 'block-job-cancel' && !q.sent().some((c) => c.command === 'yank')) {
+            throw new Error('hung: no cut came first');
+          }
+          return q.qmp.execute<T>(command, args);
+        },
+      };
+      assert.deepEqual(await recoverSource(hung, { pollMs: 1 }), [
+        "the destination's connections cut",
+        'the mirror job migration-mirror cancelled',
+        'the NBD node migration-target removed',
+        'the TLS credentials dropped',
+      ]);
+      assert.deepEqual(q.sent()[0], {
+        command: 'yank',
+        args: { instances: [{ type: 'migration' }, { type: 'block-node', 'node-name': 'migration-target' }] },
+      });
+      assert.deepEqual(
+        q.sent().map((c) => c.command),
+        ['yank', 'job-dismiss', 'blockdev-del', 'migrate-set-parameters'],
+      );
+      assert.equal(q.state().migration, 'failed');
+      assert.equal(q.state().status, 'running');
+      // Nothing of this migration's open: nothing is cut (a yank of an instance QEMU lacks is refused whole).
+      const closed = leftQemu({ job: 'concluded', node: true });
+      await undoLeftovers(closed.qmp, { pollMs: 1 });
+      assert.ok(!closed.sent().some((c) => c.command === 'yank'), closed.sent().join(' '));
+    });
+
+    test('a job that concludes between its listing and its cancel (its connection just cut) is dismissed, not reported left', async () => {
+      const q = leftQemu({ job: 'ready', node: true });
+      const racing: MigrationQmp = {
+        execute: async <T>(command: string, args?: Record<string, unknown>) => {
+          if (command === 'block-job-cancel') {
+            // QEMU concluded it meanwhile: a cancel of a concluded job is refused.
+            await q.qmp.execute('yank', {
+              instances: [{ type: 'block-node', 'node-name': 'migration-target' }],
+            });
+            throw new Error(
+              "QEMU refused block-job-cancel: Job 'migration-mirror' in state 'concluded' cannot accept command verb 'cancel'",
+            );
+          }
+          return q.qmp.execute<T>(command, args);
+        },
+      };
+      assert.deepEqual(await undoLeftovers(racing, { pollMs: 1 }), {
+        undone: ['the mirror job migration-mirror cancelled', 'the NBD node migration-target removed'],
+        left: [],
+      });
     });
 
     test('a job that does not end within the wait is named, and the node it holds is left', async () => {

@@ -226,6 +226,14 @@ export async function migrateOut(
     now?: () => number;
     /** Each command's wait for QEMU (default MIGRATION_QMP_TIMEOUT_MS). */
     qmpTimeoutMs?: number;
+    /**
+     * Aborts this host's TCP connections to `to`'s two ports in the kernel, whatever QEMU is doing
+     * (the vm driver: `ss -K`, see `dropConnectionsArgv`). The undo runs it first, then `yank`
+     * (cutDestination): a connection still being opened to a destination that hangs is QEMU's to
+     * wait for (the kernel retries its SYN for about two minutes, and `migrate_cancel` waits for
+     * that), and nothing in QEMU can end it.
+     */
+    dropConnections?: () => Promise<void>;
   },
 ): Promise<MigrationResult> {
   const pollMs = options.pollMs ?? 100;
@@ -321,7 +329,14 @@ export async function migrateOut(
       ramBytes: progress.ramTransferredBytes,
     };
   } catch (e) {
-    // Back to where it was: the guest runs on here, nothing points at the destination.
+    // Back to where it was: the guest runs on here, nothing points at the destination. Its
+    // connections are cut first: a destination that hangs (frozen or cut off, answering nothing,
+    // not even a reset) holds QEMU's sends and connects, and the cancels would wait on them
+    // (`dropConnections`, then cutDestination).
+    if (migrating || nodeAdded) {
+      await options.dropConnections?.().catch(() => {});
+      await cutDestination(undo).catch(() => {});
+    }
     if (migrating) await undo.execute('migrate_cancel').catch(() => {});
     if (mirrorStarted) {
       await undo.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(() => {});
@@ -401,6 +416,35 @@ export async function migrateOut(
   }
 }
 
+/** A connection QEMU can cut at once (`query-yank`, QEMU 6.0 and later). */
+interface YankInstance {
+  type: 'block-node' | 'chardev' | 'migration';
+  'node-name'?: string;
+  id?: string;
+}
+
+/**
+ * Cuts this QEMU's connections to a migration's destination at once, QEMU's own way (`yank`): the
+ * RAM migration's (it fails) and the NBD node's (its requests fail, and the mirror job that writes
+ * into it ends). A destination whose host hangs (frozen, or cut off: nothing answers, not even a
+ * reset) leaves QEMU waiting on the kernel for as long as TCP retries, or for ever when the requests
+ * were acknowledged before the hang and nothing is left to resend: the mirror's forced cancel then
+ * waits for replies that never come, and QEMU stopped answering QMP at all, the guest's QEMU wedged
+ * (seen in the cluster case, decision 0042 amended: "a hung destination"). Cut first, every later
+ * step of the undo is answered at once. Only this migration's instances are cut (never a chardev:
+ * the QMP socket is one), only those QEMU has now: `yank` refuses the whole list for one it does
+ * not know. Answers what was cut.
+ */
+export async function cutDestination(qmp: MigrationQmp): Promise<string[]> {
+  const registered = await qmp.execute<YankInstance[]>('query-yank');
+  const ours = registered.filter(
+    (i) => i.type === 'migration' || (i.type === 'block-node' && i['node-name'] === TARGET_NODE),
+  );
+  if (ours.length === 0) return [];
+  await qmp.execute('yank', { instances: ours });
+  return ours.map((i) => (i.type === 'migration' ? 'the RAM migration' : `the NBD node ${TARGET_NODE}`));
+}
+
 /** Runs the source's guest again after a migration that completed but was not handed over. */
 export async function resumeSource(qmp: MigrationQmp): Promise<void> {
   const { status } = await qmp.execute<{ status: string }>('query-status');
@@ -415,14 +459,14 @@ const MIGRATION_ENDED = new Set([undefined, 'none', 'completed', 'failed', 'canc
  * The source's side after its daemon died during a migration, before the switch-over (decision
  * 0079): the records are still this member's, and the destination's waiting QEMU has been
  * dropped. Undoes in this QEMU what `migrateOut` added and could not undo itself, in its own
- * undo's order: the migration if it still runs (`migrate_cancel`), the disk's mirror job
- * (`block-job-cancel` by force, then `job-dismiss`: the job holds the node), the NBD client node
- * it mirrored into (`blockdev-del`), the TLS credentials (the parameters that name them, then the
- * object); then runs the guest again. Each is looked for first by the fixed names `migrateOut`
- * gives them, so a QEMU that has none of them (QEMU ended the job itself when the export went)
- * is only resumed. Answers what it undid; throws, after resuming the guest, when something could
- * not be undone (the QEMU then keeps it until it stops, and a later live move of the guest fails
- * in one line on the name taken).
+ * undo's order: its connections to the destination cut (`cutDestination`), the migration if it
+ * still runs (`migrate_cancel`), the disk's mirror job (`block-job-cancel` by force, then
+ * `job-dismiss`: the job holds the node), the NBD client node it mirrored into (`blockdev-del`),
+ * the TLS credentials (the parameters that name them, then the object); then runs the guest again.
+ * Each is looked for first by the fixed names `migrateOut` gives them, so a QEMU that has none of
+ * them (QEMU ended the job itself when the export went) is only resumed. Answers what it undid;
+ * throws, after resuming the guest, when something could not be undone (the QEMU then keeps it
+ * until it stops, and a later live move of the guest fails in one line on the name taken).
  */
 export async function recoverSource(
   qmp: MigrationQmp,
@@ -439,9 +483,10 @@ export async function recoverSource(
  * order (see `recoverSource`, which resumes the guest after it): answers what was undone, and
  * what could not be (each with its reason). The vm driver runs it before each migration too
  * (vm-live-migration.ts): a migration whose destination stopped answering (its member lost)
- * leaves the mirror job draining into the dead NBD connection past `migrateOut`'s undo's wait, and
+ * left the mirror job draining into the dead NBD connection past `migrateOut`'s undo's wait, and
  * the node it holds with it; once the connection has failed the job has ended, and the next move
- * removes both instead of failing on the name.
+ * removes both instead of failing on the name. (`migrateOut`'s undo now cuts those connections
+ * first, and so does this: a job still draining ends at once.)
  */
 export async function undoLeftovers(
   qmp: MigrationQmp,
@@ -468,6 +513,12 @@ export async function undoLeftovers(
       await sleep(pollMs);
     }
   };
+  // A destination that stopped answering holds QEMU's sends: its connections go first (cutDestination).
+  // Only an aid: a cut QEMU refuses is no piece left (the steps after it say what is).
+  await step(
+    "the destination's connections cut",
+    async () => (await cutDestination(qmp).catch(() => [])).length > 0,
+  );
   await step('the RAM migration cancelled', async () => {
     const ended = async () => MIGRATION_ENDED.has((await qmp.execute<MigrateInfo>('query-migrate')).status);
     if (await ended()) return false;
@@ -480,7 +531,11 @@ export async function undoLeftovers(
     const found = await job();
     if (!found) return false;
     if (found.status !== 'concluded') {
-      await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true });
+      // Refused if the job concluded in between (its connection was just cut): then nothing to cancel.
+      await qmp.execute('block-job-cancel', { device: MIRROR_JOB, force: true }).catch(async (e: unknown) => {
+        const j = await job();
+        if (j && j.status !== 'concluded') throw e;
+      });
       const ended = await until(async () => {
         const j = await job();
         return !j || j.status === 'concluded';
