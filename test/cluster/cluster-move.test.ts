@@ -40,6 +40,33 @@ function refused(r: { code: number; stdout: string; stderr: string }, pattern: R
   assert.match(r.stderr, pattern);
 }
 
+/**
+ * Waits for the move operation `operation` of guest `name` on m1 to fail with `reason` (the part
+ * between "to m2: " and "; it stays on m1"), then for the guest to run on m1 again with its file.
+ */
+async function failedBackOnM1(
+  t: { diagnostic(message: string): void },
+  m1: Daemon,
+  name: string,
+  operation: string | undefined,
+  reason: string,
+): Promise<void> {
+  const done = await m1.api('GET', `${operation}/wait?timeout=150`);
+  const op = done.body.metadata as { status: string; error: string | null };
+  assert.equal(op.status, 'Failure', JSON.stringify(done.body));
+  t.diagnostic(`the move ended: ${op.error}`);
+  assert.match(op.error ?? '', new RegExp(`^Cannot move guest ${name} to m2: ${reason}; it stays on m1$`));
+  await eventually(
+    'the guest runs on m1 again',
+    async () => {
+      const g = await recordOf(m1, name);
+      return g?.location === 'm1' && g.status === 'Running';
+    },
+    60_000,
+  );
+  assert.equal(m1.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+}
+
 let cluster: TestCluster;
 
 before(async () => {
@@ -211,25 +238,13 @@ describe('moving guests between two members', () => {
     } finally {
       await m2.daemon.kill9();
     }
-    const done = await m1.daemon.api('GET', `${asked.body.operation}/wait?timeout=150`);
-    const op = done.body.metadata as { status: string; error: string | null };
-    assert.equal(op.status, 'Failure', JSON.stringify(done.body));
-    t.diagnostic(`the move ended: ${op.error}`);
-    assert.match(
-      op.error ?? '',
-      new RegExp(
-        `^Cannot move guest ${name} to m2: m2 went Offline while the guest was being moved to it; it stays on m1$`,
-      ),
+    await failedBackOnM1(
+      t,
+      m1.daemon,
+      name,
+      asked.body.operation,
+      'm2 went Offline while the guest was being moved to it',
     );
-    await eventually(
-      'the guest runs on m1 again',
-      async () => {
-        const g = await guestOn(m1.daemon);
-        return g?.location === 'm1' && g.status === 'Running';
-      },
-      60_000,
-    );
-    assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
     await m2.daemon.restart();
     await waitForStatus(m1.daemon, 'm2', 'Online', 60_000);
     const dirOn = (d: Daemon) => path.join(d.stateDir, 'guests', name);
@@ -270,25 +285,13 @@ describe('moving guests between two members', () => {
     await eventually('m2 stopped at the failpoint', async () => stateOf(m2pid) === 'T', 180_000);
     assert.ok(existsSync(dirOn(m2.daemon)), "m2 made the guest's files before it stopped");
     await m2.daemon.kill9();
-    const done = await m1.daemon.api('GET', `${asked.body.operation}/wait?timeout=150`);
-    const op = done.body.metadata as { status: string; error: string | null };
-    assert.equal(op.status, 'Failure', JSON.stringify(done.body));
-    t.diagnostic(`the move ended: ${op.error}`);
-    assert.match(
-      op.error ?? '',
-      new RegExp(
-        `^Cannot move guest ${name} to m2: m2 broke the connection before it answered \\([^\n]+\\); it stays on m1$`,
-      ),
+    await failedBackOnM1(
+      t,
+      m1.daemon,
+      name,
+      asked.body.operation,
+      'm2 broke the connection before it answered \\([^\n]+\\)',
     );
-    await eventually(
-      'the guest runs on m1 again',
-      async () => {
-        const g = await recordOf(m1.daemon, name);
-        return g?.location === 'm1' && g.status === 'Running';
-      },
-      60_000,
-    );
-    assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
     // m1 could not tell m2 to discard its copy: it left that in the store (decision 0040, amended).
     assert.match(
       readFileSync(path.join(m1.daemon.stateDir, 'daemon.log'), 'utf8'),
