@@ -16,7 +16,7 @@ import {
 } from '../api/schemas.ts';
 import { invalidArgument, notFound, notSupported } from '../core/errors.ts';
 import { assertDnsLabel } from '../core/names.ts';
-import { readArchiveHead, uploadFault } from '../services/archive-stream.ts';
+import { GuardedUpload, readArchiveHead, uploadFault } from '../services/archive-stream.ts';
 import {
   type BackupDirectoryArchive,
   getBackupDirectoryArchive,
@@ -522,10 +522,11 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
       const live = request.headers['x-trivisor-live'] === '1';
       // An archive with an index is unpacked while it arrives; a live restore reads its file in place,
       // and an archive without one (older, or packed by hand) is read from a file as before.
-      let body: AsyncIterable<Buffer> = stream;
+      // A body that brings nothing for UPLOAD_IDLE_MS fails the upload (decision 0106, amended).
+      let body: AsyncIterable<Buffer> = new GuardedUpload(stream);
       if (!live) {
         // The request's chunks are released once read: left to the GC, they cost it seconds per GiB (decision 0100).
-        const head = await readArchiveHead(stream, { release: true }).catch((e: unknown) => {
+        const head = await readArchiveHead(body, { release: true }).catch((e: unknown) => {
           reply.header('connection', 'close');
           throw uploadFault(e);
         });
@@ -552,7 +553,13 @@ export function registerStorageRoutes(app: FastifyInstance, ctx: RouteContext): 
         `trivisor-import-${randomBytes(8).toString('hex')}.tar.zst`,
       );
       try {
-        const received = await receiveToFile(body, path, { mode: 0o600, release: true });
+        const received = await receiveToFile(body, path, { mode: 0o600, release: true }).catch(
+          (e: unknown) => {
+            // An upload that failed (gone silent, broken off) is not read further: the answer ends the connection.
+            reply.header('connection', 'close');
+            throw e;
+          },
+        );
         if (received === 0) throw invalidArgument('The upload is empty: send the backup archive as the body');
         return sendAsync(
           reply,

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { hostRunner } from '../host/runner.ts';
 import { ArchiveDamaged, ArchiveWriter } from '../storage/backup-archive.ts';
-import { feedStreamedPayload, readArchiveHead, TarStreamReader } from './archive-stream.ts';
+import { feedStreamedPayload, GuardedUpload, readArchiveHead, TarStreamReader } from './archive-stream.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'trivisor-archive-stream-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -316,5 +316,118 @@ describe('the batches of a streamed payload (decision 0106)', () => {
     } finally {
       unstall();
     }
+  });
+
+  it('a cancel while the upload stalls with no batch complete: the feed and the reader reject at once', async () => {
+    const { bytes } = await archive('stalled-early.tar', { index: true });
+    let unstall: () => void = () => {};
+    const stalled = new Promise<void>((r) => {
+      unstall = r;
+    });
+    let handedOut = 0;
+    const THIRD = Math.floor(BATCH / 3);
+    // The index, the payload's header and a third of a batch, then nothing until the test ends.
+    const upload = async function* () {
+      for await (const chunk of chunked(bytes.subarray(0, 1536 + THIRD), 65_536)) {
+        handedOut += chunk.length;
+        yield chunk;
+      }
+      await stalled;
+    };
+    const head = await readArchiveHead(upload());
+    assert.ok(head.index);
+    await head.reader.next();
+    const abort = new AbortController();
+    head.reader.stopOn(abort.signal);
+    let consumerEnded = false;
+    const feeding = feedStreamedPayload({
+      reader: head.reader,
+      rel: 'rootfs.tar.zst',
+      work: dir,
+      runner: hostRunner(),
+      signal: abort.signal,
+      batchBytes: BATCH,
+      consume: async (fifo) => {
+        const f = await open(fifo, 'r');
+        const b = Buffer.alloc(65_536);
+        while ((await f.read(b, 0, b.length, null)).bytesRead > 0);
+        await f.close();
+        consumerEnded = true;
+      },
+    });
+    let cancelledAt = 0;
+    const outcome = feeding.then(
+      () => 'resolved',
+      (e: unknown) => ({ error: String(e), afterMs: Date.now() - cancelledAt }),
+    );
+    try {
+      // Everything sent has been read, and the first batch waits on the upload.
+      while (handedOut < 1536 + THIRD) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, 50));
+      cancelledAt = Date.now();
+      abort.abort();
+      const got = await Promise.race([
+        outcome,
+        new Promise((r) => setTimeout(() => r('still waiting after 5 s'), 5000).unref()),
+      ]);
+      assert.equal(typeof got, 'object', String(got));
+      const { error, afterMs } = got as { error: string; afterMs: number };
+      assert.match(error, /The import was cancelled/);
+      assert.ok(afterMs < 1000, `rejected ${afterMs} ms after the cancel`);
+      assert.ok(consumerEnded, 'the FIFO was closed: its reader saw the end');
+      // The reader stays stopped, as a cancel, not as an archive cut short.
+      await assert.rejects(head.reader.next(), /The import was cancelled/);
+    } finally {
+      unstall();
+    }
+  });
+});
+
+describe('an upload gone silent (decision 0106, amended)', () => {
+  it('fails a read that waits longer than the idle cutoff, in the head or after it', {
+    timeout: 20_000,
+  }, async () => {
+    const { bytes } = await archive('silent.tar', { index: true });
+    let unstall: () => void = () => {};
+    const stalled = new Promise<void>((r) => {
+      unstall = r;
+    });
+    const cutAt = (n: number) =>
+      async function* () {
+        yield* chunked(bytes.subarray(0, n), 4096);
+        await stalled;
+      };
+    try {
+      // Within the index: the head is never read.
+      const started = Date.now();
+      await assert.rejects(
+        readArchiveHead(new GuardedUpload(cutAt(700)(), 100)),
+        /^TrivisorError\(InvalidArgument\): The upload stopped: no bytes for 100 ms; send the archive again$/,
+      );
+      assert.ok(Date.now() - started < 2000);
+      // Within the payload.
+      const head = await readArchiveHead(new GuardedUpload(cutAt(1536 + 10_000)(), 100));
+      assert.ok(head.index);
+      await head.reader.next();
+      await assert.rejects(collect(head.reader.data()), /The upload stopped: no bytes for 100 ms/);
+    } finally {
+      unstall();
+    }
+  });
+
+  it('does not count the time a slow consumer takes: only the wait for the client', {
+    timeout: 20_000,
+  }, async () => {
+    const { bytes, payload } = await archive('slow-consumer.tar', { index: true });
+    const head = await readArchiveHead(new GuardedUpload(chunked(bytes, 1 << 20), 100));
+    assert.ok(head.index);
+    await head.reader.next();
+    const parts: Buffer[] = [];
+    for await (const chunk of head.reader.data()) {
+      parts.push(Buffer.from(chunk));
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.ok(Buffer.concat(parts).equals(payload));
+    assert.equal((await head.reader.next())?.type, 'directory');
   });
 });

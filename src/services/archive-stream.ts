@@ -53,9 +53,99 @@ export interface StreamMember {
   size: number;
 }
 
+/** An upload that brings no byte for this long while the daemon waits for one fails (decision 0106, amended). */
+export const UPLOAD_IDLE_MS = 300_000;
+
+/** The one-line failure of an upload that went silent for `idleMs`. */
+export function uploadStalled(idleMs: number): TrivisorError {
+  const span = idleMs >= 1000 ? `${Math.round(idleMs / 1000)} s` : `${idleMs} ms`;
+  return invalidArgument(`The upload stopped: no bytes for ${span}; send the archive again`);
+}
+
+/**
+ * An upload's body that is never waited on for ever (decision 0106, amended). A wait for its next
+ * chunk that lasts `idleMs` fails with `uploadStalled`, and `stop` (a cancel: `stopOn`) fails the
+ * wait under way at once, and every read after it. Only the time spent waiting on the client
+ * counts: a consumer slow to ask (tar on a busy disk, the body paused meanwhile) is not the
+ * client's silence, which a socket's idle timeout could not tell apart. Its connection is left
+ * to the route, whose answer closes it. One read at a time.
+ */
+export class GuardedUpload implements AsyncIterable<Buffer>, AsyncIterator<Buffer> {
+  private readonly source: AsyncIterator<Buffer>;
+  private readonly idleMs: number;
+  private stopped: unknown;
+  /** Fails the read under way, while one is. */
+  private waiting: ((reason: unknown) => void) | undefined;
+  /** One timer, restarted by each read (16,000 reads a GiB: no new timer each). */
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(body: AsyncIterable<Buffer>, idleMs = UPLOAD_IDLE_MS) {
+    this.source = body[Symbol.asyncIterator]();
+    this.idleMs = idleMs;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    return this;
+  }
+
+  next(): Promise<IteratorResult<Buffer>> {
+    if (this.stopped !== undefined) return Promise.reject(this.stopped);
+    const next = this.source.next();
+    return new Promise<IteratorResult<Buffer>>((resolve, reject) => {
+      this.waiting = reject;
+      if (this.timer) this.timer.refresh();
+      else {
+        this.timer = setTimeout(() => {
+          if (this.waiting) this.stop(uploadStalled(this.idleMs));
+        }, this.idleMs);
+        this.timer.unref();
+      }
+      // A read given up (stopped) settles later, or never: its outcome is dropped.
+      next.then(
+        (r) => {
+          if (this.waiting === reject) this.waiting = undefined;
+          if (r.done) this.disarm();
+          resolve(r);
+        },
+        (e: unknown) => {
+          if (this.waiting === reject) this.waiting = undefined;
+          this.disarm();
+          reject(e);
+        },
+      );
+    });
+  }
+
+  /** Fails the read under way and every later one with `reason`. */
+  stop(reason: unknown): void {
+    if (this.stopped !== undefined) return;
+    this.stopped = reason;
+    this.disarm();
+    const waiting = this.waiting;
+    this.waiting = undefined;
+    waiting?.(reason);
+  }
+
+  private disarm(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Stops the upload, as a cancelled import, when `signal` aborts. */
+  stopOn(signal: AbortSignal): void {
+    const cancel = () => this.stop(new TrivisorError('Cancelled', 'The import was cancelled'));
+    if (signal.aborted) cancel();
+    else signal.addEventListener('abort', cancel, { once: true });
+  }
+}
+
 /** Reads a tar archive from a stream, member by member; the stream's chunks are handed on without copies. */
 export class TarStreamReader {
   private readonly source: AsyncIterator<Buffer>;
+  /** The upload under the source, stopped by a cancel (`stopOn`). */
+  private readonly upload: GuardedUpload;
+  /** What failed the source: every later read fails the same way (a cancel is not an archive cut short). */
+  private failure: unknown;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private ended = false;
@@ -72,9 +162,27 @@ export class TarStreamReader {
    * released (`releaseChunk`) once read, and a chunk handed out by `data()` is valid only until
    * the next is asked for. Without it, chunks are left to the garbage collector.
    */
-  constructor(source: AsyncIterable<Buffer>, options: { release?: boolean } = {}) {
-    this.source = source[Symbol.asyncIterator]();
+  constructor(source: AsyncIterable<Buffer>, options: { release?: boolean; upload?: GuardedUpload } = {}) {
+    // `upload`: the guarded body under `source` (readArchiveHead's); else the source is guarded here.
+    this.upload = options.upload ?? new GuardedUpload(source);
+    this.source = options.upload ? source[Symbol.asyncIterator]() : this.upload;
     if (options.release) this.releaseChunks();
+  }
+
+  /** A cancel: the read waiting for upload bytes fails at once (as Cancelled), and every read after it. */
+  stopOn(signal: AbortSignal): void {
+    this.upload.stopOn(signal);
+  }
+
+  /** The source's next chunk; a failure is remembered, and thrown again by every later read. */
+  private async pull(): Promise<IteratorResult<Buffer>> {
+    if (this.failure !== undefined) throw this.failure;
+    try {
+      return await this.source.next();
+    } catch (e) {
+      this.failure = e ?? new Error('the upload failed');
+      throw e;
+    }
   }
 
   /** Releases the chunks the source hands over from now on (as with `release`): those read before are left alone. */
@@ -89,7 +197,7 @@ export class TarStreamReader {
 
   private async more(): Promise<boolean> {
     if (this.ended) return false;
-    const r = await this.source.next();
+    const r = await this.pull();
     if (r.done) {
       this.ended = true;
       return false;
@@ -217,7 +325,7 @@ export class TarStreamReader {
     this.pendingBytes = 0;
     yield* held;
     for (;;) {
-      const r = await this.source.next();
+      const r = await this.pull();
       if (r.done) return;
       yield r.value;
     }
@@ -242,7 +350,9 @@ export async function readArchiveHead(
   body: AsyncIterable<Buffer>,
   options: { release?: boolean } = {},
 ): Promise<ArchiveHead> {
-  const iterator = body[Symbol.asyncIterator]();
+  // Never waited on for ever, here or in the reader, and stopped by the import's cancel (`stopOn`).
+  const upload = body instanceof GuardedUpload ? body : new GuardedUpload(body);
+  const iterator: AsyncIterator<Buffer> = upload;
   // Every chunk taken until the index is read, to hand the upload back whole when it is not streamed.
   const taken: Buffer[] = [];
   let recording = true;
@@ -289,6 +399,7 @@ export async function readArchiveHead(
         yield r.value;
       }
     })(),
+    { upload },
   );
   const member = await reader.next();
   if (member?.type !== 'file') throw new ArchiveDamaged('its index.json is not a file');
@@ -477,8 +588,9 @@ async function* batched(chunks: AsyncIterable<Buffer>, batchBytes = BATCH_BYTES)
       yield batch;
     }
   } finally {
-    // A consumer that stopped early (a cancel) does not wait for the upload's next bytes: the
-    // filling under way ends on its own, and the import that stopped reads the upload no more.
+    // A consumer that stopped early does not wait for the upload's next bytes: the filling under
+    // way ends on its own (a cancel fails it at once: TarStreamReader.stopOn), and the import that
+    // stopped reads the upload no more.
     if (!finished) filling.catch(() => {});
   }
 }

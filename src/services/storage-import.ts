@@ -216,6 +216,8 @@ async function importUpload(
     mayCancel: true,
     run: (ctx) =>
       importOperation(view, ctx.signal, async (work, made) => {
+        // A cancel ends a read that waits on an upload gone silent, at once (decision 0106, amended).
+        reader.stopOn(ctx.signal);
         const name = request.name ?? index.guest.name;
         assertDnsLabel(name, 'guest name');
         const { guest, image, snapshots } = index;

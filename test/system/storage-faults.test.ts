@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeRunDir, removeRunDir } from '../leftovers.ts';
@@ -237,5 +238,88 @@ describe('storage faults: a daemon killed mid-way and full disks leave nothing h
       [],
       'no upload spool left',
     );
+  });
+
+  test('an import whose client stops sending mid-upload is cancelled at once: no guest, no spool, its connection closed', async () => {
+    const archive = path.join(dir, 'f1.tar.zst');
+    if (!existsSync(archive)) d.ok(['export', 'f1', archive]);
+    // The index, the root file system's header and 2 MiB of it: less than one of the daemon's 4 MiB
+    // batches (decision 0106), so that no batch is complete when the upload stops.
+    const sent = Buffer.alloc(2 << 20);
+    const fd = openSync(archive, 'r');
+    try {
+      assert.equal(readSync(fd, sent, 0, sent.length, 0), sent.length);
+    } finally {
+      closeSync(fd);
+    }
+    // A raw client: the headers and part of the body, then nothing, its connection open.
+    const req = http.request({
+      socketPath: d.socket,
+      method: 'POST',
+      path: '/1.0/backups',
+      headers: { 'content-type': 'application/octet-stream', 'x-trivisor-name': 'stalled' },
+    });
+    req.on('error', () => {});
+    const answered = new Promise<{ status: number; text: string }>((resolve) => {
+      req.on('response', (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => {
+          text += String(c);
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        res.on('error', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+    });
+    const closed = new Promise<void>((resolve) => {
+      req.on('socket', (socket) => socket.once('close', () => resolve()));
+    });
+    try {
+      await new Promise<void>((resolve, reject) => req.write(sent, (e) => (e ? reject(e) : resolve())));
+      await waitForPath('the import to make the guest', () => existsSync(guestDir('stalled')), 30_000);
+      let op: { id: string } | undefined;
+      await eventually('the import operation runs', async () => {
+        const list = await d.api('GET', '/1.0/operations?recursion=1');
+        const ops = list.body.metadata as Array<{ id: string; description: string; status: string }>;
+        op = ops.find((o) => o.description === 'Importing a guest backup' && o.status === 'Running');
+        return op !== undefined;
+      });
+      assert.ok(op);
+      // What was sent has been read: the daemon waits on the client for the rest of the batch.
+      await sleep(1000);
+      const cancelled = Date.now();
+      assert.equal((await d.api('DELETE', `/1.0/operations/${op.id}`)).status, 200);
+      const done = await d.api('GET', `/1.0/operations/${op.id}/wait?timeout=30`);
+      const end = done.body.metadata as { status: string; error: string };
+      assert.equal(end.status, 'Cancelled', JSON.stringify(end));
+      assert.match(end.error, /cancelled/);
+      // The upload's request is answered and its connection closed, though the body never ended.
+      const bounded = <T>(what: string, p: Promise<T>) =>
+        Promise.race([
+          p,
+          sleep(10_000).then(() => {
+            throw new Error(`${what}: not within 10 s of the cancel`);
+          }),
+        ]);
+      const answer = await bounded('the answer', answered);
+      assert.equal(answer.status, 409);
+      assert.match(answer.text, /cancelled/);
+      await bounded('the connection closed', closed);
+      assert.ok(Date.now() - cancelled < 10_000, `ended ${Date.now() - cancelled} ms after the cancel`);
+    } finally {
+      req.destroy();
+    }
+    await eventually(
+      'no guest stalled',
+      () => !names().includes('stalled') && !existsSync(guestDir('stalled')),
+    );
+    assert.deepEqual(readdirSync(path.join(d.stateDir, 'imports')), [], 'no work dir left');
+    assert.deepEqual(
+      readdirSync(d.stateDir).filter((n) => n.startsWith('trivisor-import-')),
+      [],
+      'no upload spool left',
+    );
+    // The daemon serves on.
+    assert.equal((await d.api('GET', '/1.0')).status, 200);
+    assert.equal(status('f1'), 'Running');
   });
 });
