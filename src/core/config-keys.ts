@@ -62,6 +62,22 @@ export function migrationDowntimeLimitMs(v: string | undefined): number {
   return n;
 }
 
+/**
+ * `migration.stall_limit` in ms, set in whole seconds from 5 to 3600: how long a live move's copy
+ * may move no byte before it is given up (decision 0042, amended: a stalled migration); undefined
+ * when unset (the driver's default, 60 s).
+ */
+export function migrationStallLimitMs(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = /^[0-9]{1,4}$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isInteger(n) || n < 5 || n > 3600) {
+    throw invalidArgument(
+      `migration.stall_limit=${JSON.stringify(v)} must be a whole number of seconds from 5 to 3600 (default 60)`,
+    );
+  }
+  return n * 1000;
+}
+
 /** `migration.downtime_budget` in ms: 0 (never cold-moved) or a duration; undefined when unset. */
 export function migrationDowntimeBudgetMs(v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
@@ -372,6 +388,14 @@ const KEYS: Record<string, KeySpec> = {
     help: 'longest pause a live move may give the guest at its switch-over, in milliseconds (QEMU downtime-limit, default 300)',
     check(v) {
       migrationDowntimeLimitMs(v);
+    },
+  },
+  'migration.stall_limit': {
+    live: true,
+    models: ['vm'],
+    help: 'how long a live move may copy nothing (its destination stopped answering) before it is given up, the guest running on, in seconds (5 to 3600, default 60)',
+    check(v) {
+      migrationStallLimitMs(v);
     },
   },
   // Read by the rebalancer (decision 0053): how long a cold move may stop the guest.

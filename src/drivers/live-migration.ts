@@ -88,6 +88,11 @@ export interface LiveMigration {
       /** The credentials the destination's prepare answered with: both streams go in TLS. */
       tls: MigrationTls;
       downtimeLimitMs: number;
+      /**
+       * How long the copy may move no byte before it is given up, the guest running on here
+       * (the guest's `migration.stall_limit`; the driver's default when unset).
+       */
+      stallLimitMs?: number;
       /** The destination opens the same disk file (a shared pool): only the RAM moves. */
       sharedDisk?: boolean;
       signal: AbortSignal;

@@ -10,7 +10,7 @@ import {
   haSwitchOverPart,
 } from '../control/ha/ha-move.ts';
 import { haKeys, type Token } from '../control/ha/types.ts';
-import { migrationDowntimeLimitMs } from '../core/config-keys.ts';
+import { migrationDowntimeLimitMs, migrationStallLimitMs } from '../core/config-keys.ts';
 import {
   asTrivisorError,
   cancelled,
@@ -385,6 +385,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         );
       }
       migrationDowntimeLimitMs(spec.value.config['migration.downtime_limit']);
+      migrationStallLimitMs(spec.value.config['migration.stall_limit']);
     }
     return { spec: spec.value, status: status.value, specRevision: spec.modRevision, onShared };
   }
@@ -1184,6 +1185,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     const migration = deps.migrationOf?.(spec.model);
     if (!migration) throw notSupported(`${spec.model} guests cannot move live from ${hostName}`);
     const downtimeLimitMs = migrationDowntimeLimitMs(spec.config['migration.downtime_limit']);
+    const stallLimitMs = migrationStallLimitMs(spec.config['migration.stall_limit']);
     return deps.operations.start({
       project: projectOfRecord(spec),
       description: `Moving guest ${name} live to ${target}`,
@@ -1242,6 +1244,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             to: prepared.endpoints,
             tls: prepared.tls,
             downtimeLimitMs,
+            ...(stallLimitMs !== undefined && { stallLimitMs }),
             // Over a shared pool (decision 0061) the destination opens the same disk: only the RAM moves.
             ...(onShared && { sharedDisk: true }),
             signal,

@@ -435,6 +435,102 @@ describe('moving a vm guest live between two members', () => {
     assert.equal(listed(m2.daemon, NAME)?.location, 'm1');
   });
 
+  test("m2 hung for the migration only (its NBD and migration ports dropped both ways, no RST; m2 stays Online): m1 gives the move up once the copy made no progress for the guest's migration.stall_limit, undoes it, the guest runs on on m1 as it was, and m2, told to discard, keeps nothing of it", async (t) => {
+    const [m1, m2] = cluster.hosts;
+    assert.ok(m1 && m2);
+    const boot = bootId(m1.daemon);
+    const qmpSocket = path.join(m1.daemon.stateDir, 'run', 'vm', NAME, 'qmp.sock');
+    // The limit is the guest's (as migration.downtime_limit is), low for this case only.
+    for (const bad of ['abc', '4', '3601', '1.5']) {
+      refused(
+        m1.daemon.cli(['config', 'set', NAME, `migration.stall_limit=${bad}`]),
+        /migration\.stall_limit=.* must be a whole number of seconds from 5 to 3600/,
+      );
+    }
+    m1.daemon.ok(['config', 'set', NAME, 'migration.stall_limit=10']);
+    const hang = 'trivisor-test-stall';
+    let hung = false;
+    t.after(() => {
+      if (hung) {
+        const r = cluster.inNetns(m2.netns, ['nft', 'delete', 'table', 'inet', hang]);
+        assert.equal(r.code, 0, r.stderr);
+        hung = false;
+      }
+      m1.daemon.ok(['config', 'unset', NAME, 'migration.stall_limit']);
+    });
+    const { id, op } = await moveUntilCopying(m1.daemon);
+    // The migration's two ports on m2, from the filter its prepare made (only m1 may reach them).
+    const filter = cluster.inNetns(m2.netns, table);
+    assert.equal(filter.code, 0, filter.stderr);
+    const ports = /tcp dport \{ (\d+), (\d+) \}/.exec(filter.stdout)?.slice(1) ?? [];
+    assert.equal(ports.length, 2, filter.stdout);
+    // What m1 sends to those ports is never answered, not even by a reset, and nothing comes back
+    // from them; the member API and etcd go on: m2's daemon renews its lease, m2 stays Online.
+    const set = `{ ${ports.join(', ')} }`;
+    hung = true;
+    const made = cluster.inNetns(
+      m2.netns,
+      ['nft', '-f', '-'],
+      `table inet ${hang} {\n` +
+        `  chain input { type filter hook input priority -300; tcp dport ${set} drop; }\n` +
+        `  chain output { type filter hook output priority -300; tcp sport ${set} drop; }\n}\n`,
+    );
+    assert.equal(made.code, 0, made.stderr);
+    const hungAt = Date.now();
+    const phase = (await op()).progressText;
+    // Bounded generously: without the watch the move waits for ever (m2 never goes Offline).
+    const done = await m1.daemon.api('GET', `/1.0/operations/${id}/wait?timeout=120`);
+    const ended = done.body.metadata as Op;
+    t.diagnostic(
+      `the ports dropped at "${phase}"; the move ended ${Date.now() - hungAt} ms after: ${ended.error}`,
+    );
+    assert.equal(ended.status, 'Failure', JSON.stringify(ended));
+    assert.equal(
+      ended.error,
+      `Cannot move guest ${NAME} live to m2: the migration made no progress for 10 s (the destination stopped answering); it stays running on m1`,
+    );
+    const members = JSON.parse(m1.daemon.ok(['cluster', 'list', '--format', 'json'])) as Array<{
+      name: string;
+      status: string;
+    }>;
+    assert.equal(members.find((m) => m.name === 'm2')?.status, 'Online', 'm2 stayed Online');
+    assert.equal(listed(m1.daemon, NAME)?.location, 'm1');
+    assert.equal(listed(m1.daemon, NAME)?.status, 'Running');
+    // Nothing of the migration left in m1's QEMU: no mirror job, no migration under way, no NBD node.
+    const ask = <T>(command: string, args?: Record<string, unknown>) =>
+      qmpOnce<T>(qmpSocket, command, { ...(args && { args }), timeoutMs: 30_000 });
+    assert.deepEqual(await ask<unknown[]>('query-block-jobs'), []);
+    const migration = await ask<{ status?: string }>('query-migrate');
+    assert.ok(
+      [undefined, 'none', 'completed', 'failed', 'cancelled'].includes(migration.status),
+      JSON.stringify(migration),
+    );
+    const nodes = await ask<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
+    assert.equal(
+      nodes.some((n) => n['node-name'] === 'migration-target'),
+      false,
+      JSON.stringify(nodes.map((n) => n['node-name'])),
+    );
+    assert.equal((await ask<{ status: string }>('query-status')).status, 'running');
+    assert.equal(bootId(m1.daemon), boot, 'the same boot');
+    const before = received.length;
+    await eventually('the counter still streaming', () => received.length > before + 20, 10_000);
+    assert.equal(connectionClosed(), false);
+    // m2 was told to discard (the ports still dropped: its member API answered): the QEMU it had
+    // waiting, the guest's files and the ports' filter go; one QEMU of the guest, m1's.
+    const files = path.join(m2.daemon.stateDir, 'guests', NAME);
+    await eventually(
+      "the destination's QEMU, the guest's files and the ports' filter gone from m2",
+      () => incoming() === '' && !existsSync(files) && cluster.inNetns(m2.netns, table).code !== 0,
+      60_000,
+    );
+    const qemus = spawnSync('pgrep', ['-f', `guest=${NAME},`], { encoding: 'utf8' })
+      .stdout.trim()
+      .split('\n');
+    assert.equal(qemus.filter((p) => p !== '').length, 1, "one QEMU of the guest on the machine: m1's");
+    assert.equal(listed(m2.daemon, NAME)?.location, 'm1');
+  });
+
   /** The guest's backups in the backup directory, as the API lists them (`backup list`). */
   type Shipped = BackupDirectoryArchiveWire;
   const shipped = (d: Daemon) =>

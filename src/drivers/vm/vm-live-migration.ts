@@ -286,6 +286,7 @@ export function createVmLiveMigration(c: VmContext, launch: VmLaunch): LiveMigra
           const migrating = migrateOut(qmp, {
             to: options.to,
             downtimeLimitMs: options.downtimeLimitMs,
+            ...(options.stallLimitMs !== undefined && { stallMs: options.stallLimitMs }),
             sync: options.sharedDisk ? 'shared' : 'top',
             tlsDir,
             onTlsLoaded: loaded,

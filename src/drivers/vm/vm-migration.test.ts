@@ -31,6 +31,10 @@ function fakeQemu(
     onPoll?: (what: 'mirror' | 'migrate', n: number) => void;
     /** Named dirty bitmaps on node `root` (backup bitmaps). */
     bitmaps?: string[];
+    /** The mirror job's offset at its `n`th poll (default: 0, then 4096 once ready). */
+    offsetAt?: (n: number) => number;
+    /** `ram.transferred` at the migration's `n`th poll while active (default 500). */
+    ramAt?: (n: number) => number;
   } = {},
 ) {
   const calls: Call[] = [];
@@ -74,6 +78,7 @@ function fakeQemu(
             job.ready = true;
             job.offset = 4096;
           }
+          if (options.offsetAt) job.offset = options.offsetAt(jobPolls);
           return answer([
             {
               device: 'migration-mirror',
@@ -111,7 +116,11 @@ function fakeQemu(
               ram: { transferred: 1000, total: 2000, remaining: 0 },
             });
           }
-          return answer({ status: 'active', ram: { transferred: 500, total: 2000, remaining: 1500 } });
+          const transferred = options.ramAt?.(migratePolls) ?? 500;
+          return answer({
+            status: 'active',
+            ram: { transferred, total: 2000, remaining: Math.max(0, 2000 - transferred) },
+          });
         }
         case 'migrate_cancel':
           migrating = false;
@@ -381,6 +390,130 @@ describe('vm live migration over QMP', () => {
       [{ type: 'chardev', id: 'qmp' }],
       'no node, no migration',
     );
+  });
+
+  describe('a migration that stops making progress (decision 0042, amended: a stalled migration)', () => {
+    /**
+     * A fake QEMU on a fake clock: each poll of the copy's figures is a second later (the mirror's
+     * only until the RAM migration polls: then the migration's poll is the second, and a look at
+     * the mirror within it takes no time).
+     */
+    const clocked = (options: Parameters<typeof fakeQemu>[0]) => {
+      let clock = 0;
+      const polls = { mirror: 0, migrate: 0 };
+      const fake = fakeQemu({
+        ...options,
+        onPoll: (what, n) => {
+          polls[what] = n;
+          if (what === 'migrate' || polls.migrate === 0) clock += 1000;
+        },
+      });
+      /** The polls made when the undo began (its connections cut). */
+      const atCut = { mirror: 0, migrate: 0 };
+      return { ...fake, polls, atCut, now: () => clock };
+    };
+    /** A migration to the fake, its connections' abort recorded as `(ss -K)`. */
+    const run = (fake: ReturnType<typeof clocked>, stallMs?: number) =>
+      migrateOut(fake.qmp, {
+        to,
+        downtimeLimitMs: 300,
+        sync: 'top',
+        signal: new AbortController().signal,
+        pollMs: 0,
+        now: fake.now,
+        ...(stallMs !== undefined && { stallMs }),
+        dropConnections: async () => {
+          Object.assign(fake.atCut, fake.polls);
+          fake.calls.push({ command: '(ss -K)' });
+        },
+      });
+    const stalled = (seconds: number) => (e: unknown) =>
+      isTrivisorError(e) &&
+      e.code === 'Unavailable' &&
+      e.message === `the migration made no progress for ${seconds} s (the destination stopped answering)`;
+
+    test('the RAM stops moving, the mirror ready and idle: given up once nothing moved for the limit (60 s unless set), and undone as a cancel is, its connections cut first', async () => {
+      for (const [stallMs, seconds] of [
+        [10_000, 10],
+        [undefined, 60],
+      ] as const) {
+        // RAM moves for 3 s, then nothing: the mirror is ready, its offset stays where it was.
+        const fake = clocked({ readyAfter: 1, completeAfter: 10_000, ramAt: (n) => Math.min(n, 3) * 100 });
+        await assert.rejects(run(fake, stallMs), stalled(seconds));
+        // Given up at the first poll that found it still for the whole limit, not one before.
+        assert.equal(fake.atCut.migrate, 3 + seconds);
+        assert.deepEqual(fake.names(), [
+          'migrate-set-capabilities',
+          'blockdev-add',
+          'blockdev-mirror',
+          'migrate-set-parameters',
+          'migrate',
+          '(ss -K)',
+          'yank',
+          'migrate_cancel',
+          'block-job-cancel',
+          'job-dismiss',
+          'blockdev-del',
+        ]);
+        assert.deepEqual(await fake.qmp.execute('query-block-jobs'), [], 'no mirror job left');
+        assert.deepEqual(await fake.qmp.execute('query-yank'), [{ type: 'chardev', id: 'qmp' }]);
+        assert.deepEqual(await fake.qmp.execute('query-status'), { status: 'running' });
+      }
+    });
+
+    test('the mirror stops copying before it is ready: given up after the limit, the RAM migration never started', async () => {
+      const fake = clocked({ readyAfter: 10_000, offsetAt: (n) => Math.min(n, 2) * 512 });
+      await assert.rejects(run(fake, 10_000), stalled(10));
+      assert.equal(fake.atCut.mirror, 2 + 10);
+      assert.deepEqual(fake.names(), [
+        'migrate-set-capabilities',
+        'blockdev-add',
+        'blockdev-mirror',
+        '(ss -K)',
+        'yank',
+        'block-job-cancel',
+        'job-dismiss',
+        'blockdev-del',
+      ]);
+    });
+
+    test('a copy that moves slowly but steadily (a few bytes every 9 s, against a limit of 10 s) runs to its end, for far longer than the limit', async () => {
+      const fake = clocked({
+        readyAfter: 40,
+        offsetAt: (n) => Math.floor(n / 9) * 512,
+        completeAfter: 100,
+        ramAt: (n) => Math.floor(n / 9) * 100,
+      });
+      const result = await run(fake, 10_000);
+      assert.equal(result.downtimeMs, 42);
+      assert.ok(fake.now() >= 140_000, String(fake.now()));
+      assert.equal(fake.names().at(-3), 'block-job-cancel', 'switched over');
+    });
+
+    test("a mirror in its ready phase (nothing new to copy) while the RAM moves is not given up, nor the RAM held while the mirror still copies the guest's writes", async () => {
+      const idleDisk = clocked({
+        readyAfter: 1,
+        offsetAt: () => 4096,
+        completeAfter: 100,
+        ramAt: (n) => n * 100,
+      });
+      await run(idleDisk, 10_000);
+      const during = idleDisk.calls.slice(
+        idleDisk.calls.findIndex((c) => c.command === 'migrate'),
+        idleDisk.calls.findIndex((c) => c.command === 'block-job-cancel'),
+      );
+      assert.equal(during.filter((c) => c.command === 'query-migrate').length, 100);
+      // The RAM moved at each poll: the mirror was not asked.
+      assert.equal(during.filter((c) => c.command === 'query-block-jobs').length, 0);
+      const heldRam = clocked({
+        readyAfter: 1,
+        offsetAt: (n) => n * 512,
+        completeAfter: 100,
+        ramAt: () => 500,
+      });
+      await run(heldRam, 10_000);
+      assert.ok(heldRam.now() >= 100_000, String(heldRam.now()));
+    });
   });
 
   for (const [command, undoneBy] of [

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cancelled, failedPrecondition, internal } from '../../core/errors.ts';
+import { cancelled, failedPrecondition, internal, unavailable } from '../../core/errors.ts';
 import type { IncomingEndpoints, MigrationProgress, MigrationResult } from '../live-migration.ts';
 import type { QmpCallOptions, QmpClient } from './qmp-client.ts';
 
@@ -67,6 +67,17 @@ const patient = (qmp: MigrationQmp): MigrationQmp => ({
   execute: (command, args, o) =>
     qmp.execute(command, args, { ...o, timeoutMs: o?.timeoutMs ?? MIGRATION_QMP_TIMEOUT_MS }),
 });
+
+/**
+ * How long a migration may go without moving a byte before the source gives it up (decision 0042,
+ * amended: a stalled migration): neither the disk's mirror (its job's offset) nor the RAM stream
+ * (`ram.transferred`) moved. A destination whose host or QEMU hangs while its daemon still renews
+ * its lease (it stays Online) answers nothing, and the move would wait for ever. A healthy
+ * migration always moves some bytes each second: nothing here throttles it (MIGRATION_MAX_BANDWIDTH),
+ * and a ready mirror that has nothing new to copy leaves the RAM moving. The guest's
+ * `migration.stall_limit` sets it (seconds).
+ */
+export const MIGRATION_STALL_MS = 60_000;
 
 /** RAM goes as fast as the link allows: QEMU 7.2 limits it to 32 MiB/s unless told. */
 export const MIGRATION_MAX_BANDWIDTH = 10 * 2 ** 30;
@@ -234,6 +245,8 @@ export async function migrateOut(
      * that), and nothing in QEMU can end it.
      */
     dropConnections?: () => Promise<void>;
+    /** How long the copy may move no byte before it is given up (default MIGRATION_STALL_MS). */
+    stallMs?: number;
   },
 ): Promise<MigrationResult> {
   const pollMs = options.pollMs ?? 100;
@@ -269,6 +282,31 @@ export async function migrateOut(
     if (signal.aborted) throw cancelled('The live move was cancelled');
   };
   const mirrorJob = (via: MigrationQmp = qmp) => mirrorJobOf(via);
+  const stallMs = options.stallMs ?? MIGRATION_STALL_MS;
+  /** The copy's bytes so far (the mirror's offset and the RAM sent), and when they last grew. */
+  const moved = { disk: 0, ram: 0, bytes: 0, at: now() };
+  /** A phase begins: its commands took time, none of it the destination's. */
+  const phaseBegins = () => {
+    moved.at = now();
+  };
+  /**
+   * Notes the copy's figures as QEMU answered them; throws once they have not grown for `stallMs`
+   * (MIGRATION_STALL_MS): judged on answers only, so a QEMU slow to answer is not taken for a
+   * destination that stopped.
+   */
+  const progressed = (figures: { disk?: number; ram?: number }) => {
+    if (figures.disk !== undefined) moved.disk = figures.disk;
+    if (figures.ram !== undefined) moved.ram = figures.ram;
+    const t = now();
+    if (moved.disk + moved.ram > moved.bytes) {
+      moved.bytes = moved.disk + moved.ram;
+      moved.at = t;
+    } else if (t - moved.at >= stallMs) {
+      throw unavailable(
+        `the migration made no progress for ${stallMs / 1000} s (the destination stopped answering)`,
+      );
+    }
+  };
   let tls = false;
   try {
     // Each "made" mark is set before its command is sent, not after its answer: a cancel that ends
@@ -303,6 +341,7 @@ export async function migrateOut(
     aborted();
     migrating = true;
     await qmp.execute('migrate', { uri: tcpUri(to.host, to.migrationPort) });
+    phaseBegins();
     let info: MigrateInfo;
     for (;;) {
       aborted();
@@ -314,6 +353,10 @@ export async function migrateOut(
       if (info.status === 'failed' || info.status === 'cancelled') {
         throw internal(`The RAM migration ${info.status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
       }
+      const ram = info.ram?.transferred ?? 0;
+      // The ready mirror follows the guest's writes: asked only when the RAM did not move.
+      const disk = mirrorStarted && ram <= moved.ram ? (await mirrorJob())?.offset : undefined;
+      progressed({ ram, ...(disk !== undefined && { disk }) });
       await sleep(pollMs);
     }
     const switched = now();
@@ -376,6 +419,7 @@ export async function migrateOut(
       // The job is removed only when asked: its end state stays to be read.
       'auto-dismiss': false,
     });
+    phaseBegins();
     for (;;) {
       aborted();
       const job = await mirrorJob();
@@ -384,7 +428,12 @@ export async function migrateOut(
         throw internal('The disk mirror failed before it was ready (see the source QEMU log)');
       }
       report({ diskDoneBytes: job.offset, diskTotalBytes: job.len });
-      if (job.ready) break;
+      if (job.ready) {
+        // Never given up here: ready is progress, however little there was to copy (sync=top).
+        moved.disk = job.offset;
+        break;
+      }
+      progressed({ disk: job.offset });
       await sleep(pollMs);
     }
   }
