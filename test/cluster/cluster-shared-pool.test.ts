@@ -97,10 +97,16 @@ describe('a shared storage pool on two members', () => {
     );
   });
 
-  test('a guest of each model made on it on m1 moves cold to m2 with no copy, and runs there with its own file', () => {
+  test("a guest of each model made on it on m1 moves cold to m2 with no copy, and runs there with its own file; the ct and pvm guests' backup chains go on there", (t) => {
     const [m1, m2] = cluster.hosts;
     assert.ok(m1 && m2);
     const inodes = new Map<string, number>();
+    /** The chain each ct and pvm guest's full export on m1 began. */
+    const chains = new Map<string, string>();
+    const rangeOf = (d: Daemon, name: string) =>
+      d.ok(['exec', name, '--', 'cat', '/proc/self/uid_map']).trim().split(/\s+/)[1];
+    /** The ct guest's id range on m1, from its uid_map. */
+    let ctRangeOnM1: string | undefined;
     for (const [model, args] of models) {
       const name = `sh-${model}`;
       m1.daemon.ok([
@@ -116,7 +122,17 @@ describe('a shared storage pool on two members', () => {
         ...args,
       ]);
       m1.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} was here > /root/mine; sync`]);
+      if (model === 'ct') ctRangeOnM1 = rangeOf(m1.daemon, name);
       m1.daemon.ok(['stop', name]);
+      if (model !== 'vm') {
+        // The first link of its backup chain, made on m1 (the vm's chain is the live move's case).
+        const full = m1.daemon.ok(['export', name, path.join(runDir, `${name}-full.tar`), '--incremental'], {
+          timeoutMs: 300_000,
+        });
+        const chain = /^Full backup: starts chain ([0-9a-f]{16})\n$/.exec(full)?.[1];
+        assert.ok(chain, full);
+        chains.set(name, chain);
+      }
       // Its directory is the pool's; m1 holds a link to it.
       assert.equal(lstatSync(path.join(m1.daemon.stateDir, 'guests', name)).isSymbolicLink(), true);
       inodes.set(name, statSync(path.join(nfs, 'guests', name, dataFile[model])).ino);
@@ -161,6 +177,20 @@ describe('a shared storage pool on two members', () => {
       assert.equal(started.code, 0, `${started.stderr}\nm2: ${m2.daemon.stderr().slice(-3000)}`);
       assert.equal(listed(m2.daemon, name)?.status, 'Running');
       assert.equal(m1.daemon.ok(['exec', name, '--', 'cat', '/root/mine']), `${name} was here\n`);
+      const chain = chains.get(name);
+      if (chain) {
+        // Its chain state is in its directory on the pool: the next export on m2 goes on with it.
+        // A ct guest whose files were given another id range on m2 changed every file: a new chain.
+        m2.daemon.ok(['exec', name, '--', 'sh', '-c', `echo ${name} later > /root/later; sync`]);
+        const next = m2.daemon.ok(['export', name, path.join(runDir, `${name}-next.tar`), '--incremental'], {
+          timeoutMs: 300_000,
+        });
+        const sameRange = model !== 'ct' || rangeOf(m2.daemon, name) === ctRangeOnM1;
+        t.diagnostic(`${name}: id range the same on m2: ${sameRange}; its export there: ${next.trim()}`);
+        if (sameRange) assert.equal(next, `Incremental backup 1 of chain ${chain}\n`, name);
+        else assert.match(next, /^Full backup: starts chain [0-9a-f]{16}\n$/, name);
+        for (const f of [`${name}-full.tar`, `${name}-next.tar`]) rmSync(path.join(runDir, f));
+      }
     }
     const movedUid = uidOf(path.join(nfs, 'guests', 'sh-pvm'));
     assert.notEqual(movedUid, pvmUid, 'sh-pvm got a uid of its own on m2');
