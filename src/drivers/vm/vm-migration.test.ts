@@ -8,7 +8,9 @@ import {
   type MigrationQmp,
   migrateOut,
   prepareIncoming,
+  rearmBitmaps,
   recoverSource,
+  resumeSource,
   tcpUri,
   undoLeftovers,
 } from './vm-migration.ts';
@@ -816,6 +818,138 @@ describe('vm live migration over QMP', () => {
       ].join('\n'),
     );
     assert.match(migrationFilter('web', { from: 'fd00::11', ports: [1, 2] }), /ip6 saddr != fd00::11 drop/);
+  });
+
+  describe("the source's backup bitmaps made again after a migration (QEMU 7.2 leaves them marked not to be stored; decision 0062, amended)", () => {
+    /** A QEMU whose node `root` has these bitmaps and whose last migration says `status`. */
+    const withBitmaps = (
+      status: string | undefined,
+      bitmaps: Array<{ name: string; persistent: boolean; recording?: boolean }>,
+      refuse?: (actions: Array<{ type: string; data: Record<string, unknown> }>) => boolean,
+    ) => {
+      const calls: Call[] = [];
+      const qmp: MigrationQmp = {
+        async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+          calls.push(args ? { command, args } : { command });
+          if (command === 'query-migrate') return (status ? { status } : {}) as T;
+          if (command === 'query-status') return { status: 'paused' } as T;
+          if (command === 'query-named-block-nodes') {
+            return [
+              {
+                'node-name': 'root',
+                'dirty-bitmaps': bitmaps.map((b) => ({ granularity: 65536, recording: true, ...b })),
+              },
+              { 'node-name': 'file' },
+            ] as T;
+          }
+          if (command === 'transaction' && refuse?.(args?.actions as never)) {
+            throw new Error('QEMU refused transaction: Bitmap with the same name is already stored');
+          }
+          return {} as T;
+        },
+      };
+      return { qmp, calls, changes: () => calls.filter((c) => !c.command.startsWith('query-')) };
+    };
+    const b = (type: string, data: Record<string, unknown>) => ({ type, data: { node: 'root', ...data } });
+
+    test('a QEMU that never migrated is left as it is', async () => {
+      for (const status of [undefined, 'none']) {
+        const q = withBitmaps(status, [{ name: 'trivisor-backup-c-0', persistent: true }]);
+        assert.deepEqual(await rearmBitmaps(q.qmp), []);
+        assert.deepEqual(q.changes(), []);
+      }
+    });
+
+    test('after a migration each persistent bitmap is made again under its name, with its granularity and recording state, its bits kept in a recording bitmap of their own meanwhile; one that is not persistent is left', async () => {
+      const q = withBitmaps('cancelled', [
+        { name: 'trivisor-backup-c-0', persistent: true },
+        { name: 'kept-off', persistent: true, recording: false },
+        { name: 'scratch', persistent: false },
+      ]);
+      assert.deepEqual(await rearmBitmaps(q.qmp), ['trivisor-backup-c-0', 'kept-off']);
+      const again = (name: string, extra: Record<string, unknown> = {}) => [
+        {
+          command: 'transaction',
+          args: {
+            actions: [
+              b('block-dirty-bitmap-add', { name: 'migration-rearm', granularity: 65536 }),
+              b('block-dirty-bitmap-merge', { target: 'migration-rearm', bitmaps: [name] }),
+            ],
+          },
+        },
+        { command: 'transaction', args: { actions: [b('block-dirty-bitmap-remove', { name })] } },
+        {
+          command: 'transaction',
+          args: {
+            actions: [
+              b('block-dirty-bitmap-add', { name, granularity: 65536, persistent: true, ...extra }),
+              b('block-dirty-bitmap-merge', { target: name, bitmaps: ['migration-rearm'] }),
+              b('block-dirty-bitmap-remove', { name: 'migration-rearm' }),
+            ],
+          },
+        },
+      ];
+      assert.deepEqual(q.changes(), [
+        ...again('trivisor-backup-c-0'),
+        ...again('kept-off', { disabled: true }),
+      ]);
+    });
+
+    test('a bitmap QEMU will not add again: its waiting bits go, and the failure names it', async () => {
+      const q = withBitmaps('completed', [{ name: 'trivisor-backup-c-0', persistent: true }], (actions) =>
+        actions.some((a) => a.type === 'block-dirty-bitmap-add' && a.data.name === 'trivisor-backup-c-0'),
+      );
+      await assert.rejects(
+        rearmBitmaps(q.qmp),
+        /The backup bitmap trivisor-backup-c-0 could not be made again after an earlier migration: .*already stored/,
+      );
+      assert.deepEqual(q.changes().at(-1), {
+        command: 'block-dirty-bitmap-remove',
+        args: { node: 'root', name: 'migration-rearm' },
+      });
+      // Resuming the guest does not fail on it (its next backup is a full one).
+      await resumeSource(q.qmp);
+      assert.ok(q.changes().some((c) => c.command === 'cont'));
+    });
+
+    test("a cancelled migration's undo waits for the migration to end, then resumes the guest and makes its bitmaps again", async () => {
+      const abort = new AbortController();
+      const fake = fakeQemu({
+        completeAfter: 100,
+        onPoll: (what, n) => {
+          if (what === 'migrate' && n === 2) abort.abort();
+        },
+      });
+      // The migration goes on `cancelling` for two looks after its cancel; the bitmap is persistent.
+      let cancelling = 0;
+      const qmp: MigrationQmp = {
+        async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+          if (command === 'migrate_cancel') cancelling = 2;
+          if (command === 'query-migrate' && abort.signal.aborted) {
+            fake.calls.push({ command });
+            return { status: cancelling-- > 0 ? 'cancelling' : 'cancelled' } as T;
+          }
+          if (command === 'query-named-block-nodes') {
+            fake.calls.push({ command });
+            const bitmaps = [
+              { name: 'trivisor-backup-c-0', granularity: 65536, recording: true, persistent: true },
+            ];
+            return [{ 'node-name': 'root', 'dirty-bitmaps': bitmaps }] as T;
+          }
+          return fake.qmp.execute<T>(command, args);
+        },
+      };
+      await assert.rejects(
+        migrateOut(qmp, { to, downtimeLimitMs: 300, sync: 'top', signal: abort.signal, pollMs: 1 }),
+        (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
+      );
+      const after = fake.calls.slice(fake.calls.findIndex((c) => c.command === 'migrate_cancel'));
+      const lastLook = after.findLastIndex((c) => c.command === 'query-migrate');
+      const firstChange = after.findIndex((c) => c.command === 'transaction');
+      assert.ok(lastLook >= 0 && firstChange > lastLook, after.map((c) => c.command).join(' '));
+      assert.equal(after.filter((c) => c.command === 'query-migrate').length, 4, 'looked until cancelled');
+      assert.equal(after.filter((c) => c.command === 'transaction').length, 3);
+    });
   });
 
   describe('a source QEMU left by a daemon that died during its migration (decision 0079)', () => {

@@ -46,6 +46,72 @@ export async function hasNamedBitmaps(qmp: MigrationQmp): Promise<boolean> {
     (n['dirty-bitmaps'] ?? []).some((b) => typeof b.name === 'string' && b.name !== ''),
   );
 }
+/** The name a bitmap's bits wait under while `rearmBitmaps` makes it again (never carried: see there). */
+const REARM_BITMAP = 'migration-rearm';
+
+interface NodeBitmaps {
+  'node-name': string;
+  'dirty-bitmaps'?: Array<{ name?: string; granularity: number; recording?: boolean; persistent?: boolean }>;
+}
+
+/**
+ * Makes each persistent named bitmap of this QEMU again, under its name, with its bits, its
+ * granularity and its recording state, when this QEMU has migrated out before (`query-migrate`
+ * names a status): QEMU 7.2 marks every bitmap a migration carries not to be stored by the source
+ * (its `skip_store`, set when the migration starts: the destination stores it) and nothing clears
+ * the mark when the migration is cancelled or fails (one that completed is not left so: the source's
+ * `cont` takes its disk back and QEMU loads the bitmaps again, seen with real QEMUs). A bitmap so
+ * marked still says `persistent: true` to `query-named-block-nodes`, but the next migration sends
+ * it as not persistent (decision 0062, amended: confirmed with two real QEMUs), the destination
+ * never stores it, and the chain's next backup is a full one. A bitmap made by
+ * `block-dirty-bitmap-add` has no mark. No write of the guest is missed: its bits wait in a
+ * recording bitmap of their own (REARM_BITMAP) while the bitmap is removed, and come back to it in
+ * the transaction that adds it again. Answers the bitmaps made again.
+ */
+export async function rearmBitmaps(qmp: MigrationQmp): Promise<string[]> {
+  const { status } = await qmp.execute<{ status?: string }>('query-migrate');
+  if (status === undefined || status === 'none') return [];
+  const nodes = await qmp.execute<NodeBitmaps[]>('query-named-block-nodes', { flat: true });
+  const made: string[] = [];
+  for (const n of Array.isArray(nodes) ? nodes : []) {
+    const node = n['node-name'];
+    for (const b of n['dirty-bitmaps'] ?? []) {
+      if (!b.name || b.name === REARM_BITMAP || b.persistent !== true) continue;
+      const name = b.name;
+      const action = (type: string, data: Record<string, unknown>) => ({ type, data: { node, ...data } });
+      await qmp.execute('transaction', {
+        actions: [
+          action('block-dirty-bitmap-add', { name: REARM_BITMAP, granularity: b.granularity }),
+          action('block-dirty-bitmap-merge', { target: REARM_BITMAP, bitmaps: [name] }),
+        ],
+      });
+      try {
+        await qmp.execute('transaction', { actions: [action('block-dirty-bitmap-remove', { name })] });
+        await qmp.execute('transaction', {
+          actions: [
+            action('block-dirty-bitmap-add', {
+              name,
+              granularity: b.granularity,
+              persistent: true,
+              ...(b.recording === false && { disabled: true }),
+            }),
+            action('block-dirty-bitmap-merge', { target: name, bitmaps: [REARM_BITMAP] }),
+            action('block-dirty-bitmap-remove', { name: REARM_BITMAP }),
+          ],
+        });
+      } catch (e) {
+        // The bits in the waiting bitmap go with it: a bitmap lost makes the next backup a full one.
+        await qmp.execute('block-dirty-bitmap-remove', { node, name: REARM_BITMAP }).catch(() => {});
+        throw internal(
+          `The backup bitmap ${name} could not be made again after an earlier migration: ${e instanceof Error ? e.message : String(e)}`,
+        );
+      }
+      made.push(name);
+    }
+  }
+  return made;
+}
+
 /**
  * How long each command of `migrateOut` waits for QEMU's answer (the QMP client's own default is
  * the vm driver's 5 s). While a migration runs, QEMU's main loop also copies RAM and serves the
@@ -328,6 +394,8 @@ export async function migrateOut(
       // On only when there is a bitmap to carry (hasNamedBitmaps: QEMU 7.2's sticky "none"); off
       // otherwise, also where an earlier move of this QEMU turned it on.
       const carry = await hasNamedBitmaps(qmp);
+      // And carried persistent, also after an earlier migration of this QEMU (rearmBitmaps).
+      if (carry) await rearmBitmaps(qmp);
       await qmp.execute('migrate-set-capabilities', { capabilities: dirtyBitmaps(carry) });
       await mirror(options.sync);
     }
@@ -396,6 +464,15 @@ export async function migrateOut(
     }
     if (nodeAdded) await undo.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => {});
     if (tls) await dropTls(undo, { added: true }).catch(() => {});
+    // Its bitmaps are busy until the migration has ended (resumeSource makes them again).
+    if (migrating) {
+      const deadline = now() + 30_000;
+      for (;;) {
+        const m = await undo.execute<MigrateInfo>('query-migrate').catch(() => undefined);
+        if (!m || MIGRATION_ENDED.has(m.status) || now() >= deadline) break;
+        await sleep(Math.min(pollMs, 50));
+      }
+    }
     await resumeSource(undo).catch(() => {});
     throw e;
   }
@@ -497,8 +574,11 @@ export async function cutDestination(qmp: MigrationQmp): Promise<string[]> {
 /** Runs the source's guest again after a migration that completed but was not handed over. */
 export async function resumeSource(qmp: MigrationQmp): Promise<void> {
   const { status } = await qmp.execute<{ status: string }>('query-status');
-  if (status === 'running') return;
-  await qmp.execute('cont');
+  if (status !== 'running') await qmp.execute('cont');
+  // The guest's home is this QEMU again: its backup bitmaps stored when it quits, carried persistent
+  // by its next migration (rearmBitmaps; the migration has ended). One that cannot be made again
+  // only makes the chain's next backup a full one (an unstored bitmap is never taken for sound).
+  await rearmBitmaps(qmp).catch(() => {});
 }
 
 /** What `query-migrate` says of a migration that has ended (or never began): nothing to cancel. */
