@@ -58,8 +58,10 @@ try {
   const daemonPid = d.process.pid as number;
   // Before each pack, the layer is read once whole, so that the export and the raw tools all read
   // it from the page cache: this machine reclaims the page cache as it ages (DAMON; a file read
-  // lost 3% of its pages within 30 s), and the export comes first in each round. The first round's
-  // export stays the slowest with the warm read too (7.4 s against 4.6 s): a fresh daemon's.
+  // lost 3% of its pages within 30 s), and the export comes first in each round. A first round
+  // slower than the others (7.4 s against 4.6 s in e48730b) had its raw tar --zstd slower too: the
+  // machine's. A fresh daemon's first export costs about 0.45 s more of the daemon's CPU than its
+  // second (lazy route schemas, the sha256 thread's start, V8 and GC; decision 0106, amended).
   const warm = () => sh(`tar -C ${upper} -cf - . | cat > /dev/null`);
   // The ct driver's own tar flags and zstd command, for the like-with-like baseline.
   const quoted = (argv: readonly string[]) => argv.map((a) => `'${a}'`).join(' ');
