@@ -10,6 +10,8 @@
 export const FAILPOINTS = {
   /** A cold move's destination: the guest's files made from the archive, before it answers the source. */
   'move.receive.files-made': 'a cold move destination, once it made the guest files',
+  /** A cold move over a shared pool: the source, once it stopped the guest, before the hand-over. */
+  'move.shared.stopped': 'a shared-pool move source, once it stopped the guest',
 } as const;
 
 export type Failpoint = keyof typeof FAILPOINTS;

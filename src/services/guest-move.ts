@@ -1116,6 +1116,9 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             ctx.progress(0, 'stopping the guest');
             await finished(await deps.guests.changeState(name, { action: 'stop' }));
           }
+          failpoint('move.shared.stopped', () =>
+            log.warn({ guest: name, failpoint: 'move.shared.stopped' }, 'failpoint reached: stopping'),
+          );
           ctx.progress(30, `handing the guest over to ${target} (its files are on a shared pool)`);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
