@@ -199,7 +199,9 @@ describe('QMP during a migration (QEMU busy)', () => {
         /QEMU did not answer object-add within 300ms/,
       );
       assert.ok(Date.now() - started < 3000);
-      assert.equal(received.at(-1), 'query-status', 'the guest is resumed here (resumeSource asks first)');
+      // The guest is resumed here (resumeSource asks first); the bitmaps' re-arm may follow (decision 0062).
+      const after = received.slice(received.lastIndexOf('object-add') + 1);
+      assert.ok(after.includes('query-status'), `the guest is resumed here: ${after.join(', ')}`);
       assert.ok(!received.includes('migrate'));
     } finally {
       qmp.close();
@@ -228,7 +230,8 @@ describe('QMP during a migration (QEMU busy)', () => {
         (e: unknown) => isTrivisorError(e) && e.code === 'Cancelled',
       );
       assert.ok(Date.now() - started < 3000, 'not the 60 s wait');
-      assert.equal(received.at(-1), 'query-status');
+      const after = received.slice(received.lastIndexOf('object-add') + 1);
+      assert.ok(after.includes('query-status'), `the guest is resumed here: ${after.join(', ')}`);
     } finally {
       qmp.close();
       server.close();
