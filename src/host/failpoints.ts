@@ -30,9 +30,6 @@ export function parseFailpoints(value: string | undefined): { armed: Set<Failpoi
 
 const { armed } = parseFailpoints(process.env.TRIVISOR_FAILPOINTS);
 
-/** The failpoints this process was started with. */
-export const armedFailpoints = (): Failpoint[] => [...armed];
-
 /**
  * Stops this process (SIGSTOP) if `name` is armed, after `before` (a log line, flushed by the
  * caller's logger) ran; it goes on only if continued (SIGCONT).
