@@ -449,7 +449,15 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       try {
         // An HA guest's record says it moves before anything of it leaves (refused, changing
         // nothing, while HA restarts it elsewhere); every path below ends or hands the mark over.
-        ha = await beginHaMove(store, { guest: name, from: hostName, to: request.target, reason });
+        // A cold move's stop is the mover's (decision 0108): the mark says the guest ran, so that
+        // HA, giving it away from a source lost before the hand-over, starts it again.
+        ha = await beginHaMove(store, {
+          guest: name,
+          from: hostName,
+          to: request.target,
+          reason,
+          wasRunning: kind !== 'live' && mark.wasRunning === true,
+        });
         if (ha) {
           mark.ha = ha;
           await saveMoveMark(store, mark);
@@ -951,6 +959,15 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     }
   }
 
+  /** The member guest `name`'s records name now (its location key, else its spec's), or undefined once it is gone. */
+  async function holderOf(name: string): Promise<string | undefined> {
+    const [spec, owner] = await Promise.all([
+      records.guest.at(name).get(store),
+      records.guestLocation.at(name).get(store),
+    ]);
+    return spec ? (owner?.value ?? spec.value.location) : undefined;
+  }
+
   /**
    * A cold move that failed: rolled back if the records named the destination already, else the
    * guest started again here (or, for an HA guest whose mark cannot go yet, left stopped with
@@ -975,13 +992,24 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       // The mark goes first: HA starts an HA guest only once its record no longer moves. One
       // that cannot go yet keeps the guest stopped, and the journal, whose resume ends it.
       return haMarkKept(name, target, err, { wasRunning });
-    } else if (wasRunning) {
-      await deps.guests
-        .changeState(name, { action: 'start' })
-        .then(finished)
-        .catch((e2: unknown) =>
-          log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+    } else {
+      // HA may have ended the move meanwhile and given the guest to another member (its source
+      // was lost to HA: decision 0108): it runs there if it ran, and nothing of it starts here.
+      const where = ha ? await holderOf(name).catch(() => hostName) : hostName;
+      if (where !== hostName) {
+        return new TrivisorError(
+          err.code,
+          `Cannot move guest ${name} to ${target}: ${err.message}; HA gave it to ${where ?? 'no member'} meanwhile`,
         );
+      }
+      if (wasRunning) {
+        await deps.guests
+          .changeState(name, { action: 'start' })
+          .then(finished)
+          .catch((e2: unknown) =>
+            log.warn({ guest: name, err: asTrivisorError(e2).message }, 'not started again'),
+          );
+      }
     }
     return new TrivisorError(
       err.code,

@@ -101,13 +101,11 @@ describe('HA guests on a shared pool', () => {
     m1.daemon.ok(['delete', '--force', 'ha-log']);
   });
 
-  test("an HA ct guest's move from m1 to m2 over the shared pool, m1 cut off once it stopped the guest (a failpoint, its daemon held there): the guest runs again on one member, never two; m1 mended and let go does not run it again, and its move ends in one line", {
-    // Found by this case (2026-12-07): the cold move stops the guest by writing its desired state
-    // Stopped before the hand-over, and the CRM leaves a lost member's stopped HA guests where they
-    // are (crm.ts: `want !== 'started'`), so the guest stays down until m1 is back. The HA simulator
-    // keeps `want` started until the hand-over (simulator.ts stepColdMoves) and so never met it.
-    todo: 'an HA guest stopped by a cold move whose source is lost before the hand-over is not restarted elsewhere',
-  }, async (t) => {
+  test("an HA ct guest's move from m1 to m2 over the shared pool, m1 cut off once it stopped the guest (a failpoint, its daemon held there): the guest runs again on one member, never two; m1 mended and let go does not run it again, and its move ends in one line", async (t) => {
+    // Found by this case (2026-12-07): the cold move stops the guest through its desired state,
+    // and the CRM left a lost member's stopped HA guests where they were, so the guest stayed down
+    // until m1 was back. The move's HA mark now says the guest ran, and the CRM gives it away
+    // wanted started (decision 0108).
     const [m1, m2, m3] = cluster.hosts;
     assert.ok(m1 && m2 && m3);
     for (const h of cluster.hosts) await waitForStatus(m2.daemon, h.name, 'Online', 60_000);
@@ -172,8 +170,12 @@ describe('HA guests on a shared pool', () => {
     const op = done.body.metadata as { status: string; error: string | null };
     t.diagnostic(`the move ended: ${op.status} ${op.error ?? ''}`);
     assert.notEqual(op.status, 'Running', JSON.stringify(done.body));
-    if (op.status === 'Failure')
-      assert.match(op.error ?? '', new RegExp(`^Cannot move guest ${name} to m2: [^\n]+$`));
+    // HA gave the guest away while m1 was held: m1's move cannot have finished, and says where it is.
+    assert.equal(op.status, 'Failure', JSON.stringify(done.body));
+    assert.match(
+      op.error ?? '',
+      new RegExp(`^Cannot move guest ${name} to m2: [^\n]+; HA gave it to ${on} meanwhile$`),
+    );
     // Some time for a wrong start on m1 to show: still one member, the one HA chose, and its data.
     await new Promise((r) => setTimeout(r, 15_000));
     assert.deepEqual(await where(), [on], `${name} runs once, on ${on}\n${logsOf(cluster.hosts)}`);

@@ -94,6 +94,24 @@ export function settled(g: HaGuestRecord): HaGuestRecord {
   return rest;
 }
 
+/**
+ * Whether HA keeps guest `g` running: its desired state says so, or a cold move stopped it
+ * (decision 0108: the move's mark says it ran; the mover stops it through its desired state, and
+ * starts it again at the end, on one member or the other).
+ */
+export const wantsRunning = (g: HaGuestRecord): boolean =>
+  g.want === 'started' || g.moving?.wasRunning === true;
+
+/**
+ * A lost owner's guest as the CRM gives it to another member: settled, and wanted started if it
+ * ran when a cold move stopped it (the hand-over's transaction writes that desired state to its
+ * spec: ha-store.ts's `txnOf`).
+ */
+const recovered = (g: HaGuestRecord): HaGuestRecord => ({
+  ...settled(g),
+  want: wantsRunning(g) ? 'started' : g.want,
+});
+
 /** Highest priority first, then by name: the order of restarts and of admission. */
 export const byPriority = (a: HaGuestRecord, b: HaGuestRecord): number =>
   b.priority - a.priority || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
@@ -109,7 +127,7 @@ export function haCandidates(
 ): PlacementCandidate[] {
   const used = new Map<string, number>();
   for (const g of guests) {
-    if (g.want !== 'started' || g.error !== undefined) continue;
+    if (!wantsRunning(g) || g.error !== undefined) continue;
     const where = g.moving ? g.moving.to : g.owner;
     used.set(where, (used.get(where) ?? 0) + g.memoryBytes);
   }
@@ -337,17 +355,17 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
         stillLost.add(`${g.owner}@${g.token}`);
         if (!marginPassed(g.owner, g.token)) {
           // A moving guest is marked to its destination already (the move's own mark).
-          if (g.want === 'started' && !(movingTo && destAlive)) waiting.push(g);
+          if (wantsRunning(g) && !(movingTo && destAlive)) waiting.push(g);
           continue;
         }
-        if (g.want !== 'started') continue;
+        if (!wantsRunning(g)) continue;
         if (movingTo && destAlive) {
           give(
             r,
             movingTo.to,
             [lostCompare(g.owner, g.token)],
             {
-              ...settled(g),
+              ...recovered(g),
               owner: movingTo.to,
               token: movingTo.token,
               decidedAt: view.revision,
@@ -368,7 +386,7 @@ export function createCrm(member: string, timings: HaTimings, placer: Placer): C
           p.member,
           [lostCompare(g.owner, g.token)],
           {
-            ...settled(g),
+            ...recovered(g),
             owner: p.member,
             token: alive.get(p.member) as Token,
             decidedAt: view.revision,

@@ -79,6 +79,34 @@ test("a guest made HA whose HA record the CRM has not written yet begins its mov
   }
 });
 
+test("a cold move's mark says the guest ran (decision 0108); a live move's and a stopped guest's do not", async () => {
+  const store = createMemoryStore();
+  try {
+    const tokens = await cluster(store);
+    assert.equal(await crmUpkeep(store), 1);
+    const t = await beginHaMove(store, {
+      guest: 'web',
+      from: 'm1',
+      to: 'm2',
+      reason: 'migration',
+      wasRunning: true,
+    });
+    assert.equal(t?.wasRunning, true);
+    assert.deepEqual((await recordOf(store))?.moving, {
+      to: 'm2',
+      token: tokens.m2,
+      reason: 'migration',
+      wasRunning: true,
+    });
+    assert.ok(t);
+    assert.deepEqual(await endHaMove(store, t, tokens.m1), { ended: true });
+    await beginHaMove(store, { guest: 'web', from: 'm1', to: 'm2', reason: 'migration', wasRunning: false });
+    assert.deepEqual((await recordOf(store))?.moving, { to: 'm2', token: tokens.m2, reason: 'migration' });
+  } finally {
+    await store.close();
+  }
+});
+
 test('a move that begins after the CRM recorded a guest just made HA marks that record', async () => {
   const store = createMemoryStore();
   try {

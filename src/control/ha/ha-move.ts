@@ -3,7 +3,7 @@ import type { Compare, KvStore, TxnOp } from '../../store/kv.ts';
 import { readTogether } from '../../store/kv.ts';
 import { records } from '../../store/records.ts';
 import { decodeHaRecord, isHaGuest, type StoredHa, storedPart } from './ha-store.ts';
-import { type HaWrite, haKeys, type Read, type Token } from './types.ts';
+import { type HaMove, type HaWrite, haKeys, type Read, type Token } from './types.ts';
 
 /**
  * A move of an HA guest as HA sees it (decisions 0044 and 0052, amended by issue 13): the mover
@@ -27,7 +27,17 @@ export interface HaMoveTicket {
   toToken: Token;
   /** Why it moves (`migration`, `evacuation`, `rebalancing`). */
   reason: string;
+  /** The guest ran when the move began (decision 0108): HA starts it again if it gives it away. */
+  wasRunning?: boolean;
 }
+
+/** The mark a move writes on the record. */
+const markOf = (t: HaMoveTicket): HaMove => ({
+  to: t.to,
+  token: t.toToken,
+  reason: t.reason,
+  ...(t.wasRunning && { wasRunning: true }),
+});
 
 const recordIs = (guest: string, modRevision: number): Compare => ({
   key: haKeys.guest(guest),
@@ -107,7 +117,7 @@ export function haMoveRecordWrite<T extends StoredHa>(value: T, t: HaMoveTicket)
         token: t.fromToken,
         failures: 0,
         failedOn: [],
-        moving: { to: t.to, token: t.toToken, reason: t.reason },
+        moving: markOf(t),
       },
     },
   };
@@ -119,7 +129,7 @@ export function haMoveBeginWrite<T extends StoredHa>(r: Read<T>, t: HaMoveTicket
     compare: [recordIs(t.guest, r.modRevision), holds(t.from, t.fromToken), holds(t.to, t.toToken)],
     put: {
       key: haKeys.guest(t.guest),
-      value: { ...r.value, moving: { to: t.to, token: t.toToken, reason: t.reason } },
+      value: { ...r.value, moving: markOf(t) },
     },
   };
 }
@@ -348,7 +358,7 @@ async function readMove(store: KvStore, guest: string) {
  */
 export async function beginHaMove(
   store: KvStore,
-  move: { guest: string; from: string; to: string; reason: string },
+  move: { guest: string; from: string; to: string; reason: string; wasRunning?: boolean },
 ): Promise<HaMoveTicket | undefined> {
   for (let attempt = 1; ; attempt++) {
     const { record, alive, revision, spec } = await readMove(store, move.guest);

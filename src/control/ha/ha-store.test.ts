@@ -106,3 +106,40 @@ test("a guest given to another member moves its spec, location, status and snaps
     await store.close();
   }
 });
+
+test('a guest the CRM gives away wanting it started though its spec says Stopped (a cold move stopped it, decision 0108) is wanted Running on its new member; one stopped by its administrator stays Stopped', async () => {
+  for (const want of ['started', 'stopped'] as const) {
+    const store = createMemoryStore();
+    try {
+      await records.guest.at('g').put(store, { ...spec('g', 'm1'), desired: 'Stopped' });
+      await store.put(
+        haKeys.guest('g'),
+        JSON.stringify({
+          name: 'g',
+          owner: 'm1',
+          token: 5,
+          decidedAt: 1,
+          failures: 0,
+          failedOn: [],
+          moving: { to: 'm2', token: 9, reason: 'migration', wasRunning: want === 'started' },
+        }),
+      );
+      const world = await readHaWorld(store);
+      const g = world.guests[0];
+      assert.ok(g);
+      // The record as the CRM gives it (crm.ts's `recovered`): settled, and its `want`.
+      const { moving: _moving, ...settled } = g.value;
+      const write = {
+        compare: [],
+        put: { key: haKeys.guest('g'), value: { ...settled, owner: 'm2', token: 9, want } },
+      };
+      assert.equal((await store.txn(txnOf(write, world))).succeeded, true);
+      const given = await records.guest.at('g').get(store);
+      assert.equal(given?.value.location, 'm2');
+      assert.equal(given?.value.desired, want === 'started' ? 'Running' : 'Stopped');
+      assert.equal(given?.value.generation, 4);
+    } finally {
+      await store.close();
+    }
+  }
+});

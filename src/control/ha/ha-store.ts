@@ -40,7 +40,14 @@ const HaGuestRecordSchema = Type.Object({
   decidedAt: Type.Number(),
   failures: Type.Number(),
   failedOn: Type.Array(Type.String()),
-  moving: Type.Optional(Type.Object({ to: Type.String(), token: Type.Number(), reason: Type.String() })),
+  moving: Type.Optional(
+    Type.Object({
+      to: Type.String(),
+      token: Type.Number(),
+      reason: Type.String(),
+      wasRunning: Type.Optional(Type.Boolean()),
+    }),
+  ),
   error: Type.Optional(Type.String()),
 });
 const checkHaGuest = TypeCompiler.Compile(HaGuestRecordSchema);
@@ -223,7 +230,9 @@ function handedOverStatus(): GuestStatus {
  * owner than the guest's location (the CRM gave the guest away) also moves the guest's records
  * in the same transaction, compared on the spec as read: the spec names the new member, the
  * location key too, and the status says the guest is provisioned and stopped there (its disk is
- * on the shared pool); its desired state is kept, so the new owner's agent starts it.
+ * on the shared pool); its desired state is kept, so the new owner's agent starts it, unless the
+ * record wants it started and the spec says Stopped: a cold move stopped it and its source was
+ * lost before the hand-over (decision 0108), and it runs again.
  */
 /** The guest a write gives to another member, and to whom: its record names an owner other than its location. */
 export function handOverOf(
@@ -265,7 +274,14 @@ export function txnOf(
         const ref = records.guest.at(g.name);
         compare.push(ref.unchanged(spec.modRevision));
         success.push(
-          ref.putOp({ ...spec.value, location: g.owner, generation: spec.value.generation + 1 }),
+          ref.putOp({
+            ...spec.value,
+            location: g.owner,
+            generation: spec.value.generation + 1,
+            // A guest the CRM wants started though its spec says Stopped: a cold move stopped it,
+            // and its source was lost before the hand-over (decision 0108).
+            ...(g.want === 'started' && spec.value.desired === 'Stopped' && { desired: 'Running' as const }),
+          }),
           records.guestLocation.at(g.name).putOp(g.owner),
           records.guestStatus.at(g.name).putOp(handedOverStatus()),
           ...also,

@@ -300,7 +300,67 @@ scenarios([
     ],
     after: (sim) => {
       assert.deepEqual(sim.runningOn('g1'), ['h2']);
+      // The move stopped it through its desired state; the CRM wanted it started again (decision 0108).
+      assert.equal(sim.record('g1')?.want, 'started');
+      assert.equal(sim.record('g1')?.moving, undefined);
       assert.deepEqual(sim.coldMovesLeft(), []);
+    },
+  },
+  {
+    title:
+      'the source is lost before the hand-over while the destination is lost too: the CRM places the guest the move stopped on a third member, started (decision 0108)',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(4000, (w) => w.kill('h1'));
+      sim.at(4000, (w) => w.kill('h2'));
+    },
+    untilMs: 30_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '4.0 world: h1 dies',
+      '4.0 world: h2 dies',
+      "4.0 the move of g1 to h2 is left unfinished (started): h1's daemon stopped",
+      '9.0 store: the lease of h1 expired',
+      '9.0 store: the lease of h2 expired',
+      '9.0 h3 crm: elected',
+      '10.0 h3 crm: h1 lost (token 5); its HA guests are given to others after the margin (2 s on this clock)',
+      '12.0 h3 crm: g1 \u2192 h3 (rev 14; most free memory: 8.0 GiB of 8.0)',
+      '12.5 h3 starts g1',
+      '30.0 world: h1 down[] h2 down[] h3[g1]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h3']);
+      assert.equal(sim.record('g1')?.want, 'started');
+    },
+  },
+  {
+    title:
+      'the destination is lost before the hand-over: the CRM ends the move, the hand-over is refused, and the source starts the guest the move stopped again (decision 0108)',
+    // The archive's writing outlasts the destination's lease and the CRM's margin.
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }], transferMs: 12_000 },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(3500, (w) => w.kill('h2'));
+    },
+    untilMs: 30_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '3.5 world: h2 dies',
+      '9.0 store: the lease of h2 expired',
+      '9.0 h1 crm: h2 lost (token 6); its HA guests are given to others after the margin (2 s on this clock)',
+      '11.0 h1 crm: g1 stays on h1: the destination of its move, h2, was lost',
+      '15.0 h1 cannot hand g1 over to h2: HA ended its move',
+      "15.0 h1 keeps g1: HA ended guest g1's move to h2 meanwhile (its record names h1)",
+      '15.0 h1 starts g1 again: it is still its own',
+      '15.5 h1 starts g1',
+      '30.0 world: h1[g1] h2 down[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.want, 'started');
     },
   },
 ]);

@@ -451,12 +451,22 @@ export function createSimulator(options: SimOptions): Simulator {
     }
     // The real mover's write (ha-move.ts): the record as read, both ends under their tokens; a
     // guest made HA that nobody recorded yet is recorded by it, already moving.
-    const ticket = { guest: g, from: from.name, fromToken: token, to, toToken: destToken, reason };
-    const ok = call(from, () =>
-      store.txn(
-        r ? haMoveBeginWrite(r, ticket) : haMoveRecordWrite(recordOf(spec as SimGuest, token), ticket),
-      ),
-    );
+    // A cold move stops a running guest through its desired state (the real mover's `stop`, a
+    // write of its own there, made here with the mark), and its mark says it ran (decision 0108).
+    const wasRunning = cold && procs.get(g)?.get(from.name) === 'running';
+    const ticket = {
+      guest: g,
+      from: from.name,
+      fromToken: token,
+      to,
+      toToken: destToken,
+      reason,
+      ...(wasRunning && { wasRunning }),
+    };
+    const begin = r
+      ? haMoveBeginWrite(r, ticket)
+      : haMoveRecordWrite(recordOf(spec as SimGuest, token), ticket);
+    const ok = call(from, () => store.txn(wasRunning ? wanting(begin, 'stopped') : begin));
     if (!ok) {
       say(`${from.name} cannot move ${g} to ${to}: the store refused`);
       return false;
@@ -466,7 +476,6 @@ export function createSimulator(options: SimOptions): Simulator {
       say(`${from.name} records ${g} (made HA a moment ago) as moving`);
     }
     if (cold) {
-      const wasRunning = procs.get(g)?.get(from.name) === 'running';
       if (wasRunning) setProc(g, from.name, undefined);
       coldMoves.set(g, { ticket, phase: 'started', wasRunning, until: now + transferMs, running: true });
       say(`${from.name} stops ${g} and moves it cold to ${to} (${reason})`);
@@ -614,11 +623,11 @@ export function createSimulator(options: SimOptions): Simulator {
               )
             : false;
         if (!ok) {
-          coldMoves.delete(g);
           say(
             `${from.name} cannot hand ${g} over to ${mv.ticket.to}: ${marked ? 'the store refused' : 'HA ended its move'}`,
           );
-          if (daemonWorks(from)) clearMove(from, g);
+          if (daemonWorks(from)) undoColdMove(from, g, mv);
+          else mv.running = false;
           continue;
         }
         mv.phase = 'handed-over';
@@ -651,6 +660,49 @@ export function createSimulator(options: SimOptions): Simulator {
     say(`${g} moved to ${mv.ticket.to}: the move is done`);
   }
   /**
+   * The source undoes a cold move not handed over (guest-move.ts's `coldMoveFailed`, and its
+   * `resume` of the journal): the mark ends under the token the source's agent holds now (decision
+   * 0089, amended), the guest wanted started again if it ran. A mark HA ended meanwhile leaves the
+   * guest where HA put it: on another member, started there if it ran (decision 0108); still the
+   * source's (its move's destination was lost), wanted started here again. One that cannot end yet
+   * keeps its journal, for the source's next resume.
+   */
+  function undoColdMove(m: MemberState, g: string, mv: ColdMove, resumed = false) {
+    const to = mv.ticket.to;
+    const end = clearMove(m, g, {
+      ticket: mv.ticket,
+      quiet: true,
+      ...(mv.wasRunning && { want: 'started' as const }),
+    });
+    if (end !== 'ended' && !end.final) {
+      mv.running = false;
+      say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${end.reason}`);
+      return;
+    }
+    coldMoves.delete(g);
+    const r = guestRecord(g);
+    if (end === 'ended') {
+      const how = resumed ? ', not handed over' : '';
+      say(
+        `${m.name} undoes the move of ${g} to ${to}${how}: ${g} is its own again (token ${r?.value.token})`,
+      );
+      return;
+    }
+    if (!r || r.value.owner !== m.name || r.value.moving) {
+      say(`${m.name} leaves ${g} to HA: ${end.reason}`);
+      return;
+    }
+    say(`${m.name} keeps ${g}: ${end.reason}`);
+    if (!mv.wasRunning || r.value.want === 'started') return;
+    const ok = call(m, () =>
+      store.txn({
+        compare: [{ key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision }],
+        put: { key: haKeys.guest(g), value: { ...r.value, want: 'started' } },
+      }),
+    );
+    if (ok) say(`${m.name} starts ${g} again: it is still its own`);
+  }
+  /**
    * A source's daemon working again takes up the moves it left unfinished, from their journals
    * (guest-move.ts's `resume`): one not handed over yet is undone, its mark ended under the token
    * the source's agent holds now (the source keeps the guest; decision 0089, amended); one handed
@@ -667,25 +719,7 @@ export function createSimulator(options: SimOptions): Simulator {
         continue;
       }
       if (mv.phase === 'started') {
-        // Not handed over: the source keeps it, under the token its agent holds now (decision
-        // 0089, amended), and wants it started again if it ran; a record HA decided about since
-        // is left to HA; one the source cannot take yet is tried again.
-        const end = clearMove(m, g, {
-          ticket: mv.ticket,
-          quiet: true,
-          ...(mv.wasRunning && { want: 'started' as const }),
-        });
-        if (end !== 'ended' && !end.final) {
-          say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${end.reason}`);
-          continue;
-        }
-        coldMoves.delete(g);
-        const token = guestRecord(g)?.value.token;
-        say(
-          end === 'ended'
-            ? `${m.name} undoes the move of ${g} to ${to}, not handed over: ${g} is its own again (token ${token})`
-            : `${m.name} leaves ${g} to HA: ${end.reason}`,
-        );
+        undoColdMove(m, g, mv, true);
         continue;
       }
       const r = guestRecord(g);

@@ -38,6 +38,12 @@ export interface HaMove {
   token: Token;
   /** Why it moves (`evacuation`, `migration`). */
   reason: string;
+  /**
+   * It ran when its move began (decision 0108): a cold move stops it through its desired state,
+   * which is the mover's, not the administrator's; HA, giving it away from a lost source, wants it
+   * started again.
+   */
+  wasRunning?: boolean;
 }
 
 /** One guest as HA sees it (the HA projection of its spec and location). */
