@@ -21,7 +21,7 @@ const stateOf = (pid: number) => readFileSync(`/proc/${pid}/stat`, 'utf8').repla
 function child(armed: string) {
   const script = [
     `import { failpoint } from ${JSON.stringify(new URL('./failpoints.ts', import.meta.url).href)};`,
-    "failpoint('move.receive.files-made', () => console.log('before'));",
+    "failpoint('move.receive.files-made', { warn: (o, m) => console.log(m, JSON.stringify(o)) }, { guest: 'g' });",
     "console.log('after');",
   ].join('\n');
   return spawn(process.execPath, ['--input-type=module', '-e', script], {
@@ -43,7 +43,10 @@ test('an armed failpoint stops the process there (SIGSTOP) after its log; contin
     assert.equal(stateOf(pid), 'T', 'the child stopped itself');
     c.kill('SIGCONT');
     assert.equal(await exited, 0);
-    assert.equal(out, 'before\nafter\n');
+    assert.equal(
+      out,
+      'failpoint reached: stopping {"guest":"g","failpoint":"move.receive.files-made"}\nafter\n',
+    );
   } finally {
     c.kill('SIGKILL');
   }

@@ -6,6 +6,8 @@
  * Unset, a failpoint is one lookup in an empty set. Only the names in FAILPOINTS exist.
  */
 
+import type { Logger } from './logger.ts';
+
 /** Every failpoint, and where it is. */
 export const FAILPOINTS = {
   /** A cold move's destination: the guest's files made from the archive, before it answers the source. */
@@ -31,11 +33,12 @@ export function parseFailpoints(value: string | undefined): { armed: Set<Failpoi
 const { armed } = parseFailpoints(process.env.TRIVISOR_FAILPOINTS);
 
 /**
- * Stops this process (SIGSTOP) if `name` is armed, after `before` (a log line, flushed by the
- * caller's logger) ran; it goes on only if continued (SIGCONT).
+ * Stops this process (SIGSTOP) if `name` is armed, after a warning naming it and `fields` (the
+ * caller's logger: pino writes synchronously to its file, so the line is there before the stop);
+ * it goes on only if continued (SIGCONT).
  */
-export function failpoint(name: Failpoint, before?: () => void): void {
+export function failpoint(name: Failpoint, log: Pick<Logger, 'warn'>, fields: object = {}): void {
   if (!armed.has(name)) return;
-  before?.();
+  log.warn({ ...fields, failpoint: name }, 'failpoint reached: stopping');
   process.kill(process.pid, 'SIGSTOP');
 }

@@ -1144,9 +1144,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
             ctx.progress(0, 'stopping the guest');
             await finished(await deps.guests.changeState(name, { action: 'stop' }));
           }
-          failpoint('move.shared.stopped', () =>
-            log.warn({ guest: name, failpoint: 'move.shared.stopped' }, 'failpoint reached: stopping'),
-          );
+          failpoint('move.shared.stopped', log, { guest: name });
           ctx.progress(30, `handing the guest over to ${target} (its files are on a shared pool)`);
           const [now, nowStatus, snapshots] = await Promise.all([
             records.guest.at(name).get(store),
@@ -1792,9 +1790,7 @@ export function createMoveReceiver(deps: {
         } finally {
           await rm(work, { recursive: true, force: true });
         }
-        failpoint('move.receive.files-made', () =>
-          sweepLog.warn({ guest: name, failpoint: 'move.receive.files-made' }, 'failpoint reached: stopping'),
-        );
+        failpoint('move.receive.files-made', sweepLog, { guest: name });
       } finally {
         await rm(archivePath, { force: true });
       }
