@@ -14,6 +14,8 @@ export const FAILPOINTS = {
   'move.receive.files-made': 'a cold move destination, once it made the guest files',
   /** A cold move over a shared pool: the source, once it stopped the guest, before the hand-over. */
   'move.shared.stopped': 'a shared-pool move source, once it stopped the guest',
+  /** A cold move over a shared pool: the source, once it handed the guest over, before it started it there. */
+  'move.shared.handed-over': 'a shared-pool move source, once it handed the guest over',
 } as const;
 
 export type Failpoint = keyof typeof FAILPOINTS;

@@ -424,7 +424,8 @@ describe('moving a guest (cold)', () => {
 
   test('an HA guest: its record says it moves before it stops, is unmarked before it starts again where it was, names the destination from the hand-over on, and goes back with the records when the move is undone', async () => {
     const { tokens } = await makeHa(store);
-    const mark = JSON.stringify({ to: 'h2', token: tokens.h2, reason: 'evacuation' });
+    // The guest ran: the mark says so, for HA to start it again if the source is lost (decision 0108).
+    const mark = JSON.stringify({ to: 'h2', token: tokens.h2, reason: 'evacuation', wasRunning: true });
     const running = () =>
       waitForGuest(store, 'web', (sp, st) =>
         st?.status === 'Running' && st.observedGeneration === sp?.generation ? true : undefined,
@@ -2417,6 +2418,75 @@ describe("releasing the marks of a lost member's moves", () => {
     await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: h2Now }));
     assert.deepEqual(await mover.releaseAbandoned(), ['web']);
     assert.deepEqual(await marked(), []);
+  });
+
+  test('an HA guest moved here whose source was lost to HA after the hand-over, before it started the guest, is started here at once (decision 0108): only one whole here, that ran, as the hand-over left it', async () => {
+    const { tokens, record } = await makeHa(store, ['h1', 'h2']);
+    const ticket = {
+      guest: 'web',
+      from: 'h1',
+      fromToken: tokens.h1,
+      to: 'h2',
+      toToken: tokens.h2,
+      reason: 'migration',
+      wasRunning: true,
+    };
+    /** web's move journaled as `kind` at `phase`; spec and HA record as the hand-over wrote them. */
+    const handedOver = async (
+      kind: 'shared' | 'archive',
+      phase: 'handed-over' | 'sent',
+      wasRunning = true,
+    ) => {
+      await journal('web', phase, 'h2');
+      const kv = await store.get(keys.guestMove('web'));
+      const mark = { ...JSON.parse(kv?.value ?? '{}'), kind, wasRunning, ha: ticket };
+      await store.put(keys.guestMove('web'), JSON.stringify(mark));
+      const now = await records.guest.at('web').get(store);
+      assert.ok(now);
+      await records.guest.at('web').put(store, { ...now.value, desired: 'Stopped', generation: 2 });
+      await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: tokens.h2 }));
+    };
+    const specNow = async () => (await records.guest.at('web').get(store))?.value;
+
+    await handedOver('shared', 'handed-over');
+    assert.deepEqual(
+      await mover.startForLostSources(),
+      [],
+      'the source holds its lease: its mover starts it',
+    );
+    await store.delete(haKeys.heartbeat('h1'));
+    await handedOver('archive', 'handed-over');
+    assert.deepEqual(
+      await mover.startForLostSources(),
+      [],
+      "an archive not sent: the source's copy is the whole one",
+    );
+    await handedOver('shared', 'handed-over', false);
+    assert.deepEqual(await mover.startForLostSources(), [], 'it was stopped when it moved');
+    await handedOver('shared', 'handed-over');
+    await store.put(
+      haKeys.guest('web'),
+      JSON.stringify({ ...record, owner: 'h2', token: (tokens.h2 ?? 0) + 1000 }),
+    );
+    assert.deepEqual(await mover.startForLostSources(), [], 'HA decided about it since');
+    await handedOver('shared', 'handed-over');
+    const now = await records.guest.at('web').get(store);
+    assert.ok(now);
+    await records.guest.at('web').put(store, { ...now.value, desired: 'Stopped', generation: 3 });
+    assert.deepEqual(await mover.startForLostSources(), [], 'its spec changed since the hand-over');
+    assert.equal((await specNow())?.desired, 'Stopped');
+
+    await handedOver('shared', 'handed-over');
+    assert.deepEqual(await mover.startForLostSources(), ['web']);
+    assert.deepEqual([(await specNow())?.desired, (await specNow())?.generation], ['Running', 3]);
+    assert.deepEqual(await mover.startForLostSources(), [], 'once');
+    assert.deepEqual(await marked(), ['web'], "the journal stays for the source's resume");
+
+    // An archive sent, its source's agent under another lease than the move began under.
+    await store.put(haKeys.heartbeat('h1'), JSON.stringify({ member: 'h1' }));
+    await handedOver('archive', 'sent');
+    assert.deepEqual(await mover.startForLostSources(), ['web']);
+    assert.equal((await specNow())?.desired, 'Running');
   });
 
   test('a source seen back before the bound starts the count again; an Online or evacuated source, or this member, is never a lost one', async () => {

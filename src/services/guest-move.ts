@@ -9,6 +9,7 @@ import {
   haGiveBackPart,
   haSwitchOverPart,
 } from '../control/ha/ha-move.ts';
+import { decodeHaRecord } from '../control/ha/ha-store.ts';
 import { haKeys, type Token } from '../control/ha/types.ts';
 import { migrationDowntimeLimitMs, migrationStallLimitMs } from '../core/config-keys.ts';
 import {
@@ -208,6 +209,15 @@ export interface ResumingMover extends GuestMover {
    * Answers the guests released. Run by `retryUnfinished`'s timer too.
    */
   releaseAbandoned(): Promise<string[]>;
+  /**
+   * Starts, as their destination, the HA guests whose cold move's source was lost to HA after the
+   * hand-over, before it started them here (decision 0108): those whose destination has the whole
+   * guest (a shared pool's from the hand-over on, an archive's once sent), that ran when the move
+   * began, whose spec is as the hand-over wrote it (desired Stopped) and whose HA record is this
+   * member's as the hand-over gave it. The source stopped them before the hand-over; nothing of
+   * them runs there. Answers the guests started. Run by `retryUnfinished`'s timer, every few seconds.
+   */
+  startForLostSources(): Promise<string[]>;
 }
 
 const up = (status: GuestStatus | undefined) => status?.status === 'Running' || status?.status === 'Frozen';
@@ -219,6 +229,8 @@ const RETRY_MAX_MS = 30 * 60_000;
 const HA_LEASE_POLL_MS = 250;
 /** How long a move's source must be seen gone before a mark its records moved on from is released. */
 const ABANDONED_AFTER_MS = 15 * 60_000;
+/** How often a destination looks for HA guests moved here whose source was lost before starting them (decision 0108). */
+const LOST_SOURCE_EVERY_MS = 5_000;
 /** The kinds of mark that are a move's journal (absent: an archive move's, from before kinds). */
 const JOURNALED: ReadonlySet<string | undefined> = new Set([undefined, 'archive', 'shared', 'live']);
 
@@ -525,6 +537,14 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     },
 
     retryUnfinished(everyMs = RETRY_FIRST_MS) {
+      const fast = setInterval(() => {
+        void mover
+          .startForLostSources()
+          .catch((e: unknown) =>
+            log.warn({ err: asTrivisorError(e).message }, "lost sources' moves here were not looked at"),
+          );
+      }, LOST_SOURCE_EVERY_MS);
+      fast.unref();
       const timer = setInterval(() => {
         void mover
           .resumeUnfinished()
@@ -538,7 +558,41 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           );
       }, everyMs);
       timer.unref();
-      return { stop: () => clearInterval(timer) };
+      return {
+        stop: () => {
+          clearInterval(timer);
+          clearInterval(fast);
+        },
+      };
+    },
+
+    async startForLostSources() {
+      const marks = (await listMoveMarks(store)).filter(
+        (m) =>
+          m.to === hostName &&
+          m.from !== hostName &&
+          m.ha !== undefined &&
+          m.wasRunning === true &&
+          ((m.kind === 'shared' && m.phase === 'handed-over') ||
+            (m.kind === 'archive' && m.phase === 'sent')),
+      );
+      const started: string[] = [];
+      for (const mark of marks) {
+        const why = await startForLostSource(mark).catch((e: unknown) => {
+          log.warn(
+            { guest: mark.guest, err: asTrivisorError(e).message },
+            "a lost source's move was not looked at",
+          );
+          return undefined;
+        });
+        if (why === undefined) continue;
+        log.warn(
+          { guest: mark.guest, from: mark.from, phase: mark.phase, why },
+          "an HA guest moved here is started: its move's source was lost before it started it (decision 0108)",
+        );
+        started.push(mark.guest);
+      }
+      return started;
     },
 
     async releaseAbandoned() {
@@ -615,6 +669,48 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       if (spec.value.generation !== mark.generation) return 'it was changed on the destination';
     }
     return undefined;
+  }
+
+  /**
+   * Starts guest `mark.guest`, moved here, if its source was lost to HA (its HA heartbeat gone, or
+   * another lease's) and everything is as the hand-over left it: its spec (desired Stopped, the
+   * hand-over's generation), its HA record (this member's, under the lease it was given under, not
+   * moving) and the journal, all compared in the transaction that writes its desired Running. This
+   * member's agent then starts it. Answers why, or undefined when it is not this member's to start.
+   * The journal stays: the source's resume finds the guest changed here and only drops its own
+   * copy (or link) and the journal.
+   */
+  async function startForLostSource(mark: MoveMark): Promise<string | undefined> {
+    const ticket = mark.ha;
+    if (!ticket || mark.generation === undefined) return undefined;
+    const [kv, beat, spec, owner, rec] = await Promise.all([
+      store.get(keys.guestMove(mark.guest)),
+      store.get(haKeys.heartbeat(mark.from)),
+      records.guest.at(mark.guest).get(store),
+      records.guestLocation.at(mark.guest).get(store),
+      store.get(haKeys.guest(mark.guest)),
+    ]);
+    if (!kv || !spec || !rec) return undefined;
+    if (beat !== undefined && beat.createRevision === ticket.fromToken) return undefined;
+    const holder = owner?.value ?? spec.value.location;
+    if (holder !== hostName || spec.value.deleting || spec.value.desired !== 'Stopped') return undefined;
+    if (spec.value.generation !== mark.generation) return undefined;
+    const record = decodeHaRecord(rec).value;
+    if (record.owner !== hostName || record.token !== ticket.toToken || record.moving) return undefined;
+    const ref = records.guest.at(mark.guest);
+    const r = await store.txn({
+      compare: [
+        ref.unchanged(spec.modRevision),
+        { key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision },
+        { key: rec.key, target: 'modRevision', op: '=', value: rec.modRevision },
+        { key: haKeys.heartbeat(hostName), target: 'createRevision', op: '=', value: ticket.toToken },
+      ],
+      success: [ref.putOp({ ...spec.value, desired: 'Running', generation: spec.value.generation + 1 })],
+    });
+    if (!r.succeeded) return undefined;
+    return beat === undefined
+      ? `${mark.from} holds no HA lease`
+      : `${mark.from}'s HA lease is not the one its move began under`;
   }
 
   /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the longer. */
@@ -1170,6 +1266,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
           if (!flip.succeeded) throw conflict(`Guest ${name} was changed while it was being moved; retry`);
           Object.assign(mark, handed);
           flipped = { before: now.value, status: nowStatus.value, snapshots: valuesOf(snapshots) };
+          failpoint('move.shared.handed-over', log, { guest: name });
           ctx.progress(50, `${target} takes the guest's files over`);
           destination = whileDestinationUp(target);
           await waitForGuest(

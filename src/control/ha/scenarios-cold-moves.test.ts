@@ -157,11 +157,13 @@ scenarios([
       '7.5 world: the HA agent of h1 is asked to fence',
       '7.5 h1 fenced: no HA guest ran here',
       "7.5 the move of g1 to h2 is left unfinished (sent): h1's daemon stopped",
-      '8.0 h1 lease granted (token 13)',
+      // h1's lease is given up: h2 has the whole guest and starts it (decision 0108).
+      '7.5 h2 starts g1, moved here: its source h1 was lost before it did',
+      '8.0 h1 lease granted (token 14)',
+      '8.0 h2 starts g1',
       '9.0 world: the daemon of h1 starts',
       '9.0 g1 moved to h2: the move is done',
       '9.0 h1 crm: gives up its election of an earlier lease',
-      '9.5 h2 starts g1',
       '10.0 h1 crm: elected',
       '10.0 h2 crm: another member was elected first',
       '10.0 h3 crm: another member was elected first',
@@ -360,6 +362,34 @@ scenarios([
     ],
     after: (sim) => {
       assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.want, 'started');
+    },
+  },
+  {
+    title:
+      'the source dies once the destination has the whole archive, before it started the guest there: the destination starts it (decision 0108), once',
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(7000, (w) => w.kill('h1'), 'race');
+    },
+    untilMs: 30_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '7.0 h1 sent g1 to h2',
+      '7.0 world: h1 dies',
+      "7.5 the move of g1 to h2 is left unfinished (sent): h1's daemon stopped",
+      '13.0 store: the lease of h1 expired',
+      '13.0 h2 starts g1, moved here: its source h1 was lost before it did',
+      '13.0 h2 crm: elected',
+      '13.0 h3 crm: another member was elected first',
+      '13.5 h2 starts g1',
+      '30.0 world: h1 down[] h2[g1] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h2']);
       assert.equal(sim.record('g1')?.want, 'started');
     },
   },

@@ -752,8 +752,35 @@ export function createSimulator(options: SimOptions): Simulator {
   }
 
   // ----- the daemon's other duties -----
+  /**
+   * The destination of cold moves whose source was lost to HA once the destination had the whole
+   * guest, before the source started it there (guest-move.ts's `startForLostSources`, decision
+   * 0108): it wants the guest started, compared on the record as the hand-over left it.
+   */
+  function startForLostSources(m: MemberState) {
+    const mine = m.lrm.token(local(m));
+    for (const [g, mv] of [...coldMoves].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (mv.ticket.to !== m.name || mv.phase !== 'sent' || !mv.wasRunning) continue;
+      const beat = store.get<HeartbeatValue>(haKeys.heartbeat(mv.ticket.from));
+      if (beat && beat.createRevision === mv.ticket.fromToken) continue;
+      const r = guestRecord(g);
+      if (!r || r.value.owner !== m.name || r.value.token !== mv.ticket.toToken || r.value.moving) continue;
+      if (r.value.want === 'started' || mine !== mv.ticket.toToken) continue;
+      const ok = call(m, () =>
+        store.txn({
+          compare: [
+            { key: haKeys.guest(g), target: 'modRevision', op: '=', value: r.modRevision },
+            { key: haKeys.heartbeat(m.name), target: 'createRevision', op: '=', value: mv.ticket.toToken },
+          ],
+          put: { key: haKeys.guest(g), value: { ...r.value, want: 'started' } },
+        }),
+      );
+      if (ok) say(`${m.name} starts ${g}, moved here: its source ${mv.ticket.from} was lost before it did`);
+    }
+  }
   function daemonDuties(m: MemberState) {
     if (!daemonWorks(m)) return;
+    startForLostSources(m);
     if (m.settleMoves) {
       m.settleMoves = false;
       resumeColdMoves(m);
