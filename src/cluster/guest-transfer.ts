@@ -60,8 +60,11 @@ export function createMoveTransport(deps: {
         const chunks: Buffer[] = [];
         for await (const c of res) chunks.push(c as Buffer);
         metadataOfAnswer(res.statusCode ?? 500, Buffer.concat(chunks), `member ${target.name}`);
-        const failure = await piping;
-        if (failure) throw failure;
+        // A success is the destination's word that it read and applied the whole archive: the
+        // upload's own end may still be seen as "Premature close" (the destination closes the
+        // connection once it answered, sometimes before this side saw its last write finish),
+        // which must not undo a move that arrived.
+        await piping;
       } catch (e) {
         // Its answer's error as it sent it; an abort as the caller's signal says (member-watch.ts).
         if (e instanceof TrivisorError || signal.aborted) throw e;
