@@ -2345,6 +2345,31 @@ describe("releasing the marks of a lost member's moves", () => {
   }
   const marked = async () =>
     (await store.list(keys.guestMovePrefix)).kvs.map((kv) => JSON.parse(kv.value).guest as string).sort();
+  /**
+   * Guest web's HA move from h1 to h2 journaled at `phase` (`journal`), with its HA ticket and
+   * `extra` in the mark, and its HA record as the switch-over left it: h2's, under the move's token.
+   */
+  async function haJournal(
+    phase: 'handed-over' | 'sent',
+    ha: { tokens: Record<string, number>; record: object },
+    extra: { kind?: 'shared' | 'archive'; wasRunning?: boolean } = {},
+  ) {
+    const { tokens, record } = ha;
+    await journal('web', phase, 'h2');
+    const kv = await store.get(keys.guestMove('web'));
+    const ticket = {
+      guest: 'web',
+      from: 'h1',
+      fromToken: tokens.h1,
+      to: 'h2',
+      toToken: tokens.h2,
+      reason: 'migration',
+      ...(extra.wasRunning && { wasRunning: true }),
+    };
+    const mark = { ...JSON.parse(kv?.value ?? '{}'), ...extra, ha: ticket };
+    await store.put(keys.guestMove('web'), JSON.stringify(mark));
+    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: tokens.h2 }));
+  }
 
   beforeEach(() => {
     store = createMemoryStore();
@@ -2390,20 +2415,10 @@ describe("releasing the marks of a lost member's moves", () => {
   });
 
   test("an HA guest's mark whose records are the destination's as the hand-over left them is released only once HA decided about the guest since (a new token of the destination's)", async () => {
-    const { tokens, record } = await makeHa(store, ['h1', 'h2']);
-    await journal('web', 'handed-over', 'h2');
-    const kv = await store.get(keys.guestMove('web'));
-    const ticket = {
-      guest: 'web',
-      from: 'h1',
-      fromToken: tokens.h1,
-      to: 'h2',
-      toToken: tokens.h2,
-      reason: 'migration',
-    };
-    await store.put(keys.guestMove('web'), JSON.stringify({ ...JSON.parse(kv?.value ?? '{}'), ha: ticket }));
+    const ha = await makeHa(store, ['h1', 'h2']);
+    const { record } = ha;
     // As the switch-over left it: h2 holds it under the token the move was given.
-    await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: tokens.h2 }));
+    await haJournal('handed-over', ha);
     assert.deepEqual(await mover.releaseAbandoned(), []);
     clock += BOUND;
     assert.deepEqual(
@@ -2421,30 +2436,18 @@ describe("releasing the marks of a lost member's moves", () => {
   });
 
   test('an HA guest moved here whose source was lost to HA after the hand-over, before it started the guest, is started here at once (decision 0108): only one whole here, that ran, as the hand-over left it', async () => {
-    const { tokens, record } = await makeHa(store, ['h1', 'h2']);
-    const ticket = {
-      guest: 'web',
-      from: 'h1',
-      fromToken: tokens.h1,
-      to: 'h2',
-      toToken: tokens.h2,
-      reason: 'migration',
-      wasRunning: true,
-    };
+    const ha = await makeHa(store, ['h1', 'h2']);
+    const { tokens, record } = ha;
     /** web's move journaled as `kind` at `phase`; spec and HA record as the hand-over wrote them. */
     const handedOver = async (
       kind: 'shared' | 'archive',
       phase: 'handed-over' | 'sent',
       wasRunning = true,
     ) => {
-      await journal('web', phase, 'h2');
-      const kv = await store.get(keys.guestMove('web'));
-      const mark = { ...JSON.parse(kv?.value ?? '{}'), kind, wasRunning, ha: ticket };
-      await store.put(keys.guestMove('web'), JSON.stringify(mark));
+      await haJournal(phase, ha, { kind, wasRunning });
       const now = await records.guest.at('web').get(store);
       assert.ok(now);
       await records.guest.at('web').put(store, { ...now.value, desired: 'Stopped', generation: 2 });
-      await store.put(haKeys.guest('web'), JSON.stringify({ ...record, owner: 'h2', token: tokens.h2 }));
     };
     const specNow = async () => (await records.guest.at('web').get(store))?.value;
 
