@@ -79,3 +79,15 @@ test('admission skips members already lost: only the members online are counted 
   assert.ok(!answer.ok);
   assert.match(answer.reason, /h3 is Offline/);
 });
+
+test("a guest a cold move stopped (its mark says it ran, decision 0108) is its destination's to restart; one stopped by its administrator is no member's", () => {
+  // h1 is evacuated (no room), and its guest a moves to h2: if h2 were lost, a would find 4 GiB on h3.
+  const members = [member('h1', 8, true), member('h2'), member('h3', 4)];
+  const moving = { to: 'h2', token: 2, reason: 'evacuation' };
+  const stoppedByMove = [guest('a', 'h1', 6, { want: 'stopped', moving: { ...moving, wasRunning: true } })];
+  const answer = admission(members, alive('h1', 'h2', 'h3'), stoppedByMove, createPlacementIndex);
+  assert.ok(!answer.ok);
+  assert.deepEqual([answer.member, answer.unplaced], ['h2', ['a']]);
+  const stopped = [guest('a', 'h1', 6, { want: 'stopped', moving })];
+  assert.deepEqual(admission(members, alive('h1', 'h2', 'h3'), stopped, createPlacementIndex), { ok: true });
+});

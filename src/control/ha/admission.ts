@@ -1,5 +1,5 @@
 import { asTrivisorError } from '../../core/errors.ts';
-import { byPriority, haCandidates, type Placer } from './crm.ts';
+import { byPriority, haCandidates, type Placer, wantsRunning } from './crm.ts';
 import type { HaGuestRecord, HaMemberRecord, Token } from './types.ts';
 
 /** Whether the cluster could restart one member's HA guests, and if not, why. */
@@ -29,9 +29,7 @@ export function admission(
   placer: Placer,
 ): Admission {
   const haOf = (m: string) =>
-    guests.filter(
-      (g) => g.ha && g.want === 'started' && g.error === undefined && (g.moving?.to ?? g.owner) === m,
-    );
+    guests.filter((g) => g.ha && wantsRunning(g) && g.error === undefined && (g.moving?.to ?? g.owner) === m);
   const memoryOf = (m: string) => haOf(m).reduce((sum, g) => sum + g.memoryBytes, 0);
   const online = members.filter((m) => alive.has(m.name));
   const largestFirst = [...online].sort(

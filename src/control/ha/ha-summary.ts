@@ -1,6 +1,7 @@
 import type { KvStore } from '../../store/kv.ts';
 import { createPlacementIndex } from '../placement.ts';
 import { admission } from './admission.ts';
+import { wantsRunning } from './crm.ts';
 import { readHaWorld } from './ha-store.ts';
 import type { HaMemberRecord, Token } from './types.ts';
 
@@ -29,7 +30,7 @@ export async function haSummary(
   const out = new Map<string, MemberHaSummary>();
   for (const m of members) {
     const held = guests.filter(
-      (g) => g.ha && g.want === 'started' && g.error === undefined && (g.moving?.to ?? g.owner) === m.name,
+      (g) => g.ha && wantsRunning(g) && g.error === undefined && (g.moving?.to ?? g.owner) === m.name,
     ).length;
     out.set(m.name, {
       live: alive.has(m.name),
