@@ -2414,6 +2414,32 @@ describe("releasing the marks of a lost member's moves", () => {
     assert.deepEqual(await mover.releaseAbandoned(), [], 'the rest stay for their source or cluster remove');
   });
 
+  test("once its source has been gone for the bound, a mark whose destination has the whole guest and ran it (its spec changed since the hand-over, decision 0108) is released; an archive's copy on the source is left to its sweep", async () => {
+    await journal('ran-there', 'sent', 'h2');
+    await journal('shared-ran', 'handed-over', 'h2');
+    await journal('sent-untouched', 'sent', 'h2');
+    const kv = await store.get(keys.guestMove('shared-ran'));
+    await store.put(
+      keys.guestMove('shared-ran'),
+      JSON.stringify({ ...JSON.parse(kv?.value ?? '{}'), kind: 'shared' }),
+    );
+    for (const name of ['ran-there', 'shared-ran']) {
+      const now = await records.guest.at(name).get(store);
+      assert.ok(now);
+      await records.guest.at(name).put(store, { ...now.value, desired: 'Running', generation: 3 });
+    }
+    assert.deepEqual(await mover.releaseAbandoned(), []);
+    clock += BOUND;
+    assert.deepEqual((await mover.releaseAbandoned()).sort(), ['ran-there', 'shared-ran']);
+    assert.deepEqual(await marked(), ['sent-untouched'], 'one its source would still start stays');
+    const discards = (await store.list(keys.moveDiscards('h1'))).kvs.map((k) => k.key);
+    assert.deepEqual(
+      discards,
+      [keys.moveDiscard('h1', 'ran-there')],
+      "the archive's copy on h1 is left to its sweep",
+    );
+  });
+
   test("an HA guest's mark whose records are the destination's as the hand-over left them is released only once HA decided about the guest since (a new token of the destination's)", async () => {
     const ha = await makeHa(store, ['h1', 'h2']);
     const { record } = ha;

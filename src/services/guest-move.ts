@@ -617,9 +617,23 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
         if (!kv) continue;
         const why = await movedOnWithout(mark);
         if (why === undefined) continue;
+        // An archive's whole copy on the source, which its resume would have dropped: its
+        // receiver's sweep discards it once the source is back (`sweepDiscards`).
+        const copyLeft = (mark.kind ?? 'archive') === 'archive' && mark.phase === 'sent';
         const r = await store.txn({
           compare: [{ key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision }],
-          success: [{ type: 'delete', key: kv.key }],
+          success: [
+            { type: 'delete', key: kv.key },
+            ...(copyLeft
+              ? [
+                  {
+                    type: 'put' as const,
+                    key: keys.moveDiscard(mark.from, mark.guest),
+                    value: new Date(t).toISOString(),
+                  },
+                ]
+              : []),
+          ],
         });
         if (!r.succeeded) continue;
         log.warn(
@@ -665,8 +679,16 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     if (mark.ha && (await haDecidedSinceSwitchOver(store, mark.ha))) {
       return 'HA decided about it since its hand-over';
     }
-    if ((mark.kind ?? 'archive') === 'archive' && phase === 'handed-over') {
+    const kind = mark.kind ?? 'archive';
+    if (kind === 'archive' && phase === 'handed-over') {
       if (spec.value.generation !== mark.generation) return 'it was changed on the destination';
+    }
+    // The destination has the whole guest and its spec changed since the hand-over (started there
+    // for a lost source, decision 0108, or changed by its administrator): the source's resume
+    // would only drop its own link (its start-up sweep does too) or copy (the discard left for it
+    // with the release does, `releaseAbandoned`).
+    if ((kind === 'shared' || phase === 'sent') && spec.value.generation !== mark.generation) {
+      return 'it runs on its destination, changed there since its hand-over';
     }
     return undefined;
   }
