@@ -1117,7 +1117,7 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       if (where !== hostName) {
         return new TrivisorError(
           err.code,
-          `Cannot move guest ${name} to ${target}: ${err.message}; HA gave it to ${where ?? 'no member'} meanwhile`,
+          `Cannot move guest ${name} to ${target}: ${err.message}; ${where === undefined ? 'it was deleted meanwhile' : `HA gave it to ${where} meanwhile`}`,
         );
       }
       if (wasRunning) {
