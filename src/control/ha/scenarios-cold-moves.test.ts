@@ -393,4 +393,29 @@ scenarios([
       assert.equal(sim.record('g1')?.want, 'started');
     },
   },
+  {
+    title:
+      "the destination's daemon dies while the archive is sent: the send fails, and the source takes the guest back and starts it again (the destination was never asked to run it)",
+    cluster: { members: three, guests: [{ name: 'g1', on: 'h1' }] },
+    script: (sim) => {
+      sim.at(3000, (w) => w.coldMove('g1', 'h2'));
+      sim.at(6000, (w) => w.killDaemon('h2'));
+    },
+    untilMs: 20_000,
+    log: [
+      '1.0 world: h1[g1] h2[] h3[]',
+      '3.0 h1 stops g1 and moves it cold to h2 (migration)',
+      '5.0 h1 hands g1 over to h2',
+      '6.0 world: the daemon of h2 is killed',
+      '7.0 h1 cannot send g1 to h2: its daemon stopped receiving',
+      '7.0 h1 undoes the move of g1 to h2: g1 is its own again (token 5)',
+      '7.5 h1 starts g1',
+      '20.0 world: h1[g1] h2[] h3[]',
+    ],
+    after: (sim) => {
+      assert.deepEqual(sim.runningOn('g1'), ['h1']);
+      assert.equal(sim.record('g1')?.owner, 'h1');
+      assert.deepEqual(sim.coldMovesLeft(), []);
+    },
+  },
 ]);

@@ -636,6 +636,12 @@ export function createSimulator(options: SimOptions): Simulator {
         continue;
       }
       if (mv.phase === 'handed-over') {
+        if (!daemonWorks(member(mv.ticket.to))) {
+          // The send fails (the real mover's `whileDestinationUp`): the move is undone.
+          say(`${from.name} cannot send ${g} to ${mv.ticket.to}: its daemon stopped receiving`);
+          giveBackColdMove(from, g, mv);
+          continue;
+        }
         // The destination applied the whole archive; the guest is started there at the next step.
         mv.phase = 'sent';
         say(`${from.name} sent ${g} to ${mv.ticket.to}`);
@@ -722,33 +728,45 @@ export function createSimulator(options: SimOptions): Simulator {
         undoColdMove(m, g, mv, true);
         continue;
       }
-      const r = guestRecord(g);
-      const alive = new Map(
-        store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
-      );
-      // The destination was never asked to run it while its record wants it stopped (the spec's
-      // desired state since the hand-over).
-      const how = { neverRanThere: r?.value.want === 'stopped' };
-      const refusal = haGiveBackRefusal(r?.value, mv.ticket, { ...how, alive });
-      if (refusal?.final) {
-        coldMoves.delete(g);
-        say(`${m.name} leaves ${g} to HA: ${refusal.reason}`);
-        continue;
-      }
-      const sourceToken = alive.get(m.name);
-      if (refusal || !r || sourceToken === undefined) {
-        say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${refusal?.reason ?? 'no HA lease'}`);
-        continue;
-      }
-      const back = haMoveBackWrite(r, mv.ticket, { ...how, sourceToken, decidedAt: store.revision() });
-      const ok = call(m, () => store.txn(wanting(back, mv.wasRunning ? 'started' : r.value.want)));
-      if (!ok) {
-        say(`${m.name} cannot undo the move of ${g} to ${to} yet: the store refused`);
-        continue;
-      }
-      coldMoves.delete(g);
-      say(`${m.name} undoes the move of ${g} to ${to}: ${g} is its own again (token ${sourceToken})`);
+      giveBackColdMove(m, g, mv);
     }
+  }
+  /**
+   * The source undoes a cold move handed over whose data never arrived (guest-move.ts's
+   * `rollBack`, from its journal or when the send fails): the record goes back under the token its
+   * agent holds now (decision 0089), wanted started if it ran. A record HA decided about since is
+   * left to HA; one that cannot go back yet keeps the journal, for the source's next resume.
+   */
+  function giveBackColdMove(m: MemberState, g: string, mv: ColdMove) {
+    const to = mv.ticket.to;
+    const r = guestRecord(g);
+    const alive = new Map(
+      store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
+    );
+    // The destination was never asked to run it while its record wants it stopped (the spec's
+    // desired state since the hand-over).
+    const how = { neverRanThere: r?.value.want === 'stopped' };
+    const refusal = haGiveBackRefusal(r?.value, mv.ticket, { ...how, alive });
+    if (refusal?.final) {
+      coldMoves.delete(g);
+      say(`${m.name} leaves ${g} to HA: ${refusal.reason}`);
+      return;
+    }
+    const sourceToken = alive.get(m.name);
+    if (refusal || !r || sourceToken === undefined) {
+      mv.running = false;
+      say(`${m.name} cannot undo the move of ${g} to ${to} yet: ${refusal?.reason ?? 'no HA lease'}`);
+      return;
+    }
+    const back = haMoveBackWrite(r, mv.ticket, { ...how, sourceToken, decidedAt: store.revision() });
+    const ok = call(m, () => store.txn(wanting(back, mv.wasRunning ? 'started' : r.value.want)));
+    if (!ok) {
+      mv.running = false;
+      say(`${m.name} cannot undo the move of ${g} to ${to} yet: the store refused`);
+      return;
+    }
+    coldMoves.delete(g);
+    say(`${m.name} undoes the move of ${g} to ${to}: ${g} is its own again (token ${sourceToken})`);
   }
 
   // ----- the daemon's other duties -----
