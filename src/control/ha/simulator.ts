@@ -744,8 +744,10 @@ export function createSimulator(options: SimOptions): Simulator {
       store.list<HeartbeatValue>(haKeys.heartbeatPrefix).map((h) => [h.value.member, h.createRevision]),
     );
     // The destination was never asked to run it while its record wants it stopped (the spec's
-    // desired state since the hand-over).
-    const how = { neverRanThere: r?.value.want === 'stopped' };
+    // desired state since the hand-over). A guest that is not HA has no HA guard in the real mover
+    // (no ticket): it goes back whatever the destination's lease, its copy there discarded first.
+    const notHa = r !== undefined && !r.value.ha;
+    const how = { neverRanThere: r?.value.want === 'stopped' || notHa };
     const refusal = haGiveBackRefusal(r?.value, mv.ticket, { ...how, alive });
     if (refusal?.final) {
       coldMoves.delete(g);
@@ -760,6 +762,8 @@ export function createSimulator(options: SimOptions): Simulator {
     }
     const back = haMoveBackWrite(r, mv.ticket, { ...how, sourceToken, decidedAt: store.revision() });
     const ok = call(m, () => store.txn(wanting(back, mv.wasRunning ? 'started' : r.value.want)));
+    // The real roll-back discards the destination's copy before it starts the guest here.
+    if (ok && notHa) setProc(g, to, undefined);
     if (!ok) {
       mv.running = false;
       say(`${m.name} cannot undo the move of ${g} to ${to} yet: the store refused`);
