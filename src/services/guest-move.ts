@@ -7,9 +7,9 @@ import {
   type HaMoveTicket,
   haDecidedSinceSwitchOver,
   haGiveBackPart,
+  haLostSourcePart,
   haSwitchOverPart,
 } from '../control/ha/ha-move.ts';
-import { decodeHaRecord } from '../control/ha/ha-store.ts';
 import { haKeys, type Token } from '../control/ha/types.ts';
 import { migrationDowntimeLimitMs, migrationStallLimitMs } from '../core/config-keys.ts';
 import {
@@ -537,33 +537,24 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
     },
 
     retryUnfinished(everyMs = RETRY_FIRST_MS) {
-      const fast = setInterval(() => {
-        void mover
-          .startForLostSources()
-          .catch((e: unknown) =>
-            log.warn({ err: asTrivisorError(e).message }, "lost sources' moves here were not looked at"),
-          );
-      }, LOST_SOURCE_EVERY_MS);
-      fast.unref();
-      const timer = setInterval(() => {
-        void mover
-          .resumeUnfinished()
-          .catch((e: unknown) =>
-            log.warn({ err: asTrivisorError(e).message }, 'unfinished moves were not resumed'),
-          );
-        void mover
-          .releaseAbandoned()
-          .catch((e: unknown) =>
-            log.warn({ err: asTrivisorError(e).message }, "lost members' move marks were not looked at"),
-          );
-      }, everyMs);
-      timer.unref();
-      return {
-        stop: () => {
-          clearInterval(timer);
-          clearInterval(fast);
-        },
+      /** Runs `work` every `ms` (unref'd), a failure logged as `failed`. */
+      const every = (ms: number, work: () => Promise<unknown>, failed: string) => {
+        const timer = setInterval(() => {
+          void work().catch((e: unknown) => log.warn({ err: asTrivisorError(e).message }, failed));
+        }, ms);
+        timer.unref();
+        return timer;
       };
+      const timers = [
+        every(
+          LOST_SOURCE_EVERY_MS,
+          () => mover.startForLostSources(),
+          "lost sources' moves here were not looked at",
+        ),
+        every(everyMs, () => mover.resumeUnfinished(), 'unfinished moves were not resumed'),
+        every(everyMs, () => mover.releaseAbandoned(), "lost members' move marks were not looked at"),
+      ];
+      return { stop: () => timers.forEach(clearInterval) };
     },
 
     async startForLostSources() {
@@ -578,16 +569,16 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
       );
       const started: string[] = [];
       for (const mark of marks) {
-        const why = await startForLostSource(mark).catch((e: unknown) => {
+        const did = await startForLostSource(mark).catch((e: unknown) => {
           log.warn(
             { guest: mark.guest, err: asTrivisorError(e).message },
             "a lost source's move was not looked at",
           );
-          return undefined;
+          return false;
         });
-        if (why === undefined) continue;
+        if (!did) continue;
         log.warn(
-          { guest: mark.guest, from: mark.from, phase: mark.phase, why },
+          { guest: mark.guest, from: mark.from, phase: mark.phase },
           "an HA guest moved here is started: its move's source was lost before it started it (decision 0108)",
         );
         started.push(mark.guest);
@@ -696,43 +687,35 @@ export function createGuestMover(deps: GuestMoverDeps): ResumingMover {
   /**
    * Starts guest `mark.guest`, moved here, if its source was lost to HA (its HA heartbeat gone, or
    * another lease's) and everything is as the hand-over left it: its spec (desired Stopped, the
-   * hand-over's generation), its HA record (this member's, under the lease it was given under, not
-   * moving) and the journal, all compared in the transaction that writes its desired Running. This
-   * member's agent then starts it. Answers why, or undefined when it is not this member's to start.
-   * The journal stays: the source's resume finds the guest changed here and only drops its own
-   * copy (or link) and the journal.
+   * hand-over's generation), its HA record (`haLostSourcePart`) and the journal, all compared in the
+   * transaction that writes its desired Running. This member's agent then starts it. Answers
+   * whether it did. The journal stays: the source's resume finds the guest changed here and only
+   * drops its own copy (or link) and the journal.
    */
-  async function startForLostSource(mark: MoveMark): Promise<string | undefined> {
+  async function startForLostSource(mark: MoveMark): Promise<boolean> {
     const ticket = mark.ha;
-    if (!ticket || mark.generation === undefined) return undefined;
-    const [kv, beat, spec, owner, rec] = await Promise.all([
+    if (!ticket || mark.generation === undefined) return false;
+    const [kv, spec, owner] = await Promise.all([
       store.get(keys.guestMove(mark.guest)),
-      store.get(haKeys.heartbeat(mark.from)),
       records.guest.at(mark.guest).get(store),
       records.guestLocation.at(mark.guest).get(store),
-      store.get(haKeys.guest(mark.guest)),
     ]);
-    if (!kv || !spec || !rec) return undefined;
-    if (beat !== undefined && beat.createRevision === ticket.fromToken) return undefined;
+    if (!kv || !spec) return false;
     const holder = owner?.value ?? spec.value.location;
-    if (holder !== hostName || spec.value.deleting || spec.value.desired !== 'Stopped') return undefined;
-    if (spec.value.generation !== mark.generation) return undefined;
-    const record = decodeHaRecord(rec).value;
-    if (record.owner !== hostName || record.token !== ticket.toToken || record.moving) return undefined;
+    if (holder !== hostName || spec.value.deleting || spec.value.desired !== 'Stopped') return false;
+    if (spec.value.generation !== mark.generation) return false;
+    const ha = await haLostSourcePart(store, ticket);
+    if (!ha) return false;
     const ref = records.guest.at(mark.guest);
     const r = await store.txn({
       compare: [
         ref.unchanged(spec.modRevision),
         { key: kv.key, target: 'modRevision', op: '=', value: kv.modRevision },
-        { key: rec.key, target: 'modRevision', op: '=', value: rec.modRevision },
-        { key: haKeys.heartbeat(hostName), target: 'createRevision', op: '=', value: ticket.toToken },
+        ...ha,
       ],
       success: [ref.putOp({ ...spec.value, desired: 'Running', generation: spec.value.generation + 1 })],
     });
-    if (!r.succeeded) return undefined;
-    return beat === undefined
-      ? `${mark.from} holds no HA lease`
-      : `${mark.from}'s HA lease is not the one its move began under`;
+    return r.succeeded;
   }
 
   /** When move `m`'s next resume is due, and the wait that set it: its journal's or this daemon's, the longer. */

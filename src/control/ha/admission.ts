@@ -16,6 +16,13 @@ export type Admission =
     };
 
 /**
+ * Whether HA guest `g` is one member `m` holds for HA: running or to run (a cold move's stop
+ * counts, decision 0108), not given up, and on `m` or moving to it. Restarted elsewhere if `m` is lost.
+ */
+export const restartedFrom = (g: HaGuestRecord, m: string): boolean =>
+  g.ha && wantsRunning(g) && g.error === undefined && (g.moving?.to ?? g.owner) === m;
+
+/**
  * Admission control (issue 13 §4): can the other members hold the HA guests of any one member
  * if it is lost? Each Online member is tried, the one with the most HA memory first (the
  * largest), and its running HA guests are placed in the CRM's order, by the CRM's placement, on
@@ -28,8 +35,7 @@ export function admission(
   guests: readonly HaGuestRecord[],
   placer: Placer,
 ): Admission {
-  const haOf = (m: string) =>
-    guests.filter((g) => g.ha && wantsRunning(g) && g.error === undefined && (g.moving?.to ?? g.owner) === m);
+  const haOf = (m: string) => guests.filter((g) => restartedFrom(g, m));
   const memoryOf = (m: string) => haOf(m).reduce((sum, g) => sum + g.memoryBytes, 0);
   const online = members.filter((m) => alive.has(m.name));
   const largestFirst = [...online].sort(

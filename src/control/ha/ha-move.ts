@@ -246,6 +246,17 @@ const decidedSince = (g: StoredHa | undefined, t: HaMoveTicket): boolean =>
   !g || g.owner !== t.to || g.token !== t.toToken || Boolean(g.moving);
 
 /**
+ * Whether the destination of move `t`, switched over, may start its guest for its source (decision
+ * 0108): the source's HA heartbeat (`sourceToken`, as the store holds it) is gone or another
+ * lease's than the move began under, and the record is as the switch-over gave it.
+ */
+export const sourceLostSinceSwitchOver = (
+  g: StoredHa | undefined,
+  t: HaMoveTicket,
+  sourceToken: Token | undefined,
+): boolean => sourceToken !== t.fromToken && !decidedSince(g, t);
+
+/**
  * Why guest `g`'s record (given to `t.to` by its move's switch-over) cannot go back to its source
  * now, or undefined (decision 0089). `how.alive`: each member's token. A record that names another
  * owner or token than the switch-over gave it (`final`: HA decided about the guest since; the move
@@ -450,6 +461,17 @@ export async function haGiveBackPart(
   return haTxnPart(
     haMoveBackWrite(record, t, { ...how, sourceToken: alive.get(t.from) as Token, decidedAt: revision }),
   );
+}
+
+/**
+ * The compares under which the destination of move `t`, switched over, starts its guest because
+ * its source was lost since (`sourceLostSinceSwitchOver`): the record as read, and the destination
+ * still under the lease it was given the guest under. Undefined when it may not.
+ */
+export async function haLostSourcePart(store: KvStore, t: HaMoveTicket): Promise<Compare[] | undefined> {
+  const { record, alive } = await readMove(store, t.guest);
+  if (!record || !sourceLostSinceSwitchOver(record.value, t, alive.get(t.from))) return undefined;
+  return [recordIs(t.guest, record.modRevision), holds(t.to, t.toToken)];
 }
 
 /**

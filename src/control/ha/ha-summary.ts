@@ -1,7 +1,6 @@
 import type { KvStore } from '../../store/kv.ts';
 import { createPlacementIndex } from '../placement.ts';
-import { admission } from './admission.ts';
-import { wantsRunning } from './crm.ts';
+import { admission, restartedFrom } from './admission.ts';
 import { readHaWorld } from './ha-store.ts';
 import type { HaMemberRecord, Token } from './types.ts';
 
@@ -29,9 +28,7 @@ export async function haSummary(
   const verdict = admission(members, alive, guests, (c) => createPlacementIndex(c));
   const out = new Map<string, MemberHaSummary>();
   for (const m of members) {
-    const held = guests.filter(
-      (g) => g.ha && wantsRunning(g) && g.error === undefined && (g.moving?.to ?? g.owner) === m.name,
-    ).length;
+    const held = guests.filter((g) => restartedFrom(g, m.name)).length;
     out.set(m.name, {
       live: alive.has(m.name),
       guests: held,

@@ -22,6 +22,7 @@ import {
   haMoveRecordWrite,
   haMoveRefusal,
   haUnrecordedMoveRefusal,
+  sourceLostSinceSwitchOver,
 } from './ha-move.ts';
 import { createLrm, type Lrm, type LrmAction } from './lrm.ts';
 import {
@@ -784,9 +785,9 @@ export function createSimulator(options: SimOptions): Simulator {
     for (const [g, mv] of [...coldMoves].sort(([a], [b]) => (a < b ? -1 : 1))) {
       if (mv.ticket.to !== m.name || mv.phase !== 'sent' || !mv.wasRunning) continue;
       const beat = store.get<HeartbeatValue>(haKeys.heartbeat(mv.ticket.from));
-      if (beat && beat.createRevision === mv.ticket.fromToken) continue;
       const r = guestRecord(g);
-      if (!r || r.value.owner !== m.name || r.value.token !== mv.ticket.toToken || r.value.moving) continue;
+      // The real mover's check (ha-move.ts), on the heartbeat as the store holds it.
+      if (!r || !sourceLostSinceSwitchOver(r.value, mv.ticket, beat?.createRevision)) continue;
       if (r.value.want === 'started' || mine !== mv.ticket.toToken) continue;
       const ok = call(m, () =>
         store.txn({
